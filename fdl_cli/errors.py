@@ -1,0 +1,62 @@
+"""The one error root of fdl: every message says what was expected, what was got, and how to fix it.
+
+The command line turns any `FdlError` into exit status 1 and prints its message without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FdlError(Exception):
+    """An error the tool explains to its user.
+
+    Args:
+        what: what went wrong, naming the path, layer or shape involved.
+        got: what was found instead of what was expected (optional).
+        fix: how the user can fix it (optional but strongly preferred).
+    """
+
+    def __init__(self, what: str, *, got: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.got = got
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        lines = [self.what]
+        if self.got:
+            lines.append(f"  got: {self.got}")
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointError(FdlError):
+    """A checkpoint could not be found, trusted, loaded or matched to the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Loading this checkpoint would execute code; refused without --trust-pickle."""
+
+
+class ModelError(FdlError):
+    """The model specification could not be resolved or built, or a layer is unknown."""
+
+
+class ProbeError(FdlError):
+    """The probe set is missing, malformed or does not fit the model."""
+
+
+class StoreError(FdlError):
+    """The HDF5 store is missing, corrupt, locked, from a newer schema, or inconsistent with the run."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store."""
+
+
+class NumericalError(FdlError):
+    """The measures cannot be defined for these inputs (e.g. non-finite features)."""

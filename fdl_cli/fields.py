@@ -1,0 +1,75 @@
+"""The stable field names of fdl's per-checkpoint records (`--format json|csv`, the store's attributes).
+
+Every module that writes or reads a record uses these tuples, so the names live in one place.
+A field that does not apply to a checkpoint (no labels, no reference yet, ...) is `None` (JSON null).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Fields that identify the checkpoint (the same for every probe and layer).
+CHECKPOINT_FIELDS: Final = ("step", "path", "sha256")
+
+#: Fields of one (probe, layer) analysis of one checkpoint, in DESIGN.md order.
+MEASURE_FIELDS: Final = (
+    "n_probe",
+    "n_features",
+    "n_outputs",
+    "rank",
+    "d_lr",
+    "output_rank",
+    "dlr_alignment",
+    "feature_pr",
+    "eff_dim",
+    "eff_dim_quality",
+    "eff_dim_utility",
+    "k90_quality",
+    "k95_quality",
+    "k99_quality",
+    "k90_utility",
+    "k95_utility",
+    "k99_utility",
+    "pi_star_C",
+    "pi_hat_C",
+    "cka_init",
+    "cka_prev",
+    "overlap_init",
+    "overlap_prev",
+    "nc1",
+    "param_norm",
+    "param_dist_init",
+    "accuracy",
+    "loss",
+    "regime",
+    # Beyond DESIGN.md's list: R² of a regression probe (SPEC §6).
+    "r2",
+)
+
+#: All fields of a record, in output order.
+RECORD_FIELDS: Final = CHECKPOINT_FIELDS + MEASURE_FIELDS
+
+#: Extra keys present in every record when a store holds several probes or layers.
+SERIES_FIELDS: Final = ("probe", "layer")
+
+INT_FIELDS: Final = frozenset(
+    {
+        "step",
+        "n_probe",
+        "n_features",
+        "n_outputs",
+        "rank",
+        "output_rank",
+        "k90_quality",
+        "k95_quality",
+        "k99_quality",
+        "k90_utility",
+        "k95_utility",
+        "k99_utility",
+    }
+)
+STR_FIELDS: Final = frozenset({"path", "sha256", "regime", "probe", "layer"})
+FLOAT_FIELDS: Final = frozenset(RECORD_FIELDS) - INT_FIELDS - STR_FIELDS
+
+#: The regimes of SPEC.md §7 (and `undetermined` when the evidence conflicts).
+REGIMES: Final = ("coefficient", "MF", "EF", "undetermined")
