@@ -1,0 +1,183 @@
+"""Streaming float64 sufficient statistics of probe batches, from numpy or torch arrays on any device.
+
+`MomentAccumulator.update` takes one batch of features (b, ...) and outputs (b, C), with optional
+targets (class labels (b,) or regression targets (b, C)); it keeps only the sums that SPEC.md needs
+(n, Σφ, Σφφᵀ, Σφŷᵀ, Σφyᵀ, Σŷ, Σŷŷᵀ, Σy, Σyyᵀ, Σŷyᵀ, class sums and counts, correct predictions), so
+memory is O(p² + pC) whatever n is. Torch batches stay on their device (the GPU when there is one):
+the sums are float64 tensors there and reach the host once, in `moments()`. torch is imported only
+when a torch batch arrives, so the pure core stays importable without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fdl_cli.errors import NumericalError, ProbeError
+from fdl_cli.spectral import TASKS, Moments
+
+
+def _is_torch(array: Any) -> bool:
+    return hasattr(array, "detach") and hasattr(array, "device")
+
+
+class MomentAccumulator:
+    """Accumulate the statistics of one (probe, layer) pass over one checkpoint.
+
+    Args:
+        task: "none", "classes" (targets are integer labels in [0, C)) or "regression" (targets (b, C)).
+        keep_features: keep the float64 features themselves (the n×n Gram route, for p > n) instead
+            of Σφφᵀ.
+        product_dtype: "float64" (default) or "float32": dtype of the per-batch products before they
+            are added to the float64 sums (float32 only where tests show the measures unchanged).
+    """
+
+    def __init__(self, *, task: str = "none", keep_features: bool = False, product_dtype: str = "float64") -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if product_dtype not in ("float64", "float32"):
+            raise ValueError(f"product_dtype must be float64 or float32, got {product_dtype!r}")
+        self.task = task
+        self.keep_features = keep_features
+        self.product_dtype = product_dtype
+        self._sums: dict[str, Any] = {}
+        self._kept: list[Any] = []
+        self.n = 0
+        self._torch: Any = None
+
+    # -- array namespace: the same few operations on numpy and torch --------------------------------
+
+    def _as64(self, array: Any) -> Any:
+        if self._torch is not None:
+            return array.detach().to(self._torch.float64)
+        return np.asarray(array, dtype=np.float64)
+
+    def _product(self, left: Any, right: Any) -> Any:
+        """leftᵀ @ right in the product dtype, returned as float64."""
+        if self.product_dtype == "float32":
+            if self._torch is not None:
+                return (left.to(self._torch.float32).T @ right.to(self._torch.float32)).to(self._torch.float64)
+            return (left.astype(np.float32).T @ right.astype(np.float32)).astype(np.float64)
+        return left.T @ right
+
+    def _add(self, name: str, value: Any) -> None:
+        if name in self._sums:
+            self._sums[name] += value
+        else:
+            self._sums[name] = value
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    def update(self, features: Any, outputs: Any, targets: Any = None) -> None:
+        """Add one batch: features (b, ...) flattened to (b, p), outputs (b, C), targets per `task`."""
+        if self._torch is None and self.n == 0 and _is_torch(features):
+            import torch
+
+            self._torch = torch
+        batch = int(features.shape[0])
+        if batch == 0:
+            return
+        feats = self._as64(features).reshape(batch, -1)
+        outs = self._as64(outputs).reshape(batch, -1)
+        if int(outs.shape[0]) != batch:
+            raise NumericalError(
+                "features and outputs of a batch differ in length",
+                got=f"{batch} and {int(outs.shape[0])}",
+                fix="hook a module whose output keeps the batch dimension first",
+            )
+        self._add("sum_f", feats.sum(0))
+        self._add("sum_o", outs.sum(0))
+        self._add("sum_oo", self._product(outs, outs))
+        self._add("sum_fo", self._product(feats, outs))
+        if self.keep_features:
+            self._kept.append(feats)
+        else:
+            self._add("sum_ff", self._product(feats, feats))
+        if self.task != "none":
+            if targets is None:
+                raise ProbeError(
+                    f"the probe was declared with {self.task} targets but a batch has none",
+                    fix="pass the targets of every batch",
+                )
+            onehot = self._targets(targets, batch, int(outs.shape[1]))
+            self._add("sum_y", onehot.sum(0))
+            self._add("sum_yy", self._product(onehot, onehot))
+            self._add("sum_fy", self._product(feats, onehot))
+            self._add("sum_oy", self._product(outs, onehot))
+            if self.task == "classes":
+                self._add("class_counts", onehot.sum(0))
+                self._add("class_sum_f", self._product(onehot, feats))
+                labels = targets.reshape(-1)
+                correct = (outs.argmax(1) == (labels.to(outs.device) if self._torch else labels)).sum()
+                self._add("n_correct", correct)
+        self.n += batch
+
+    def _targets(self, targets: Any, batch: int, n_outputs: int) -> Any:
+        if self.task == "regression":
+            values = self._as64(targets).reshape(batch, -1)
+            if int(values.shape[1]) != n_outputs:
+                raise ProbeError(
+                    "regression targets and model outputs differ in width",
+                    got=f"targets of width {int(values.shape[1])}, {n_outputs} outputs",
+                    fix="give one target column per model output",
+                )
+            return values
+        labels = targets.reshape(-1)
+        if self._torch is not None:
+            labels = labels.to(device=self._sums["sum_f"].device)
+            # On an accelerator the range check would stall the stream every batch; the pipeline
+            # validates the labels once, up front (probes.validate_probe).
+            low, high = (int(labels.min()), int(labels.max())) if labels.device.type == "cpu" else (0, 0)
+        else:
+            labels = np.asarray(labels)
+            low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_outputs:
+            raise ProbeError(
+                "class labels do not fit the model's outputs",
+                got=f"labels in [{low}, {high}] for {n_outputs} outputs",
+                fix="labels must be integers in [0, C) where C is the number of model outputs",
+            )
+        if self._torch is not None:
+            return self._torch.nn.functional.one_hot(labels.long(), n_outputs).to(self._torch.float64)
+        onehot = np.zeros((batch, n_outputs))
+        onehot[np.arange(batch), labels.astype(np.int64)] = 1.0
+        return onehot
+
+    def moments(self) -> Moments:
+        """The float64 statistics as numpy arrays (one host transfer)."""
+        if self.n == 0:
+            raise NumericalError("no samples were accumulated", fix="feed at least one probe batch")
+
+        def host(name: str) -> np.ndarray | None:
+            value = self._sums.get(name)
+            if value is None:
+                return None
+            if self._torch is not None:
+                return value.detach().cpu().numpy().astype(np.float64)
+            return np.asarray(value, dtype=np.float64)
+
+        features = None
+        if self.keep_features:
+            if self._torch is not None:
+                features = self._torch.cat(self._kept).cpu().numpy()
+            else:
+                features = np.concatenate(self._kept)
+        correct = self._sums.get("n_correct", 0)
+        return Moments(
+            n=self.n,
+            sum_f=host("sum_f"),  # type: ignore[arg-type]
+            sum_ff=host("sum_ff"),
+            sum_o=host("sum_o"),  # type: ignore[arg-type]
+            sum_oo=host("sum_oo"),  # type: ignore[arg-type]
+            sum_fo=host("sum_fo"),  # type: ignore[arg-type]
+            task=self.task,
+            sum_y=host("sum_y"),
+            sum_yy=host("sum_yy"),
+            sum_fy=host("sum_fy"),
+            sum_oy=host("sum_oy"),
+            class_counts=host("class_counts"),
+            class_sum_f=host("class_sum_f"),
+            n_correct=int(correct),
+            features=features,
+        )

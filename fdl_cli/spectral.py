@@ -1,0 +1,555 @@
+"""Pure float64 maths of SPEC.md on sufficient statistics and feature matrices (numpy, scipy).
+
+Notation (SPEC.md §1-§6): a probe of n inputs; F (n, p) the features Φ(x_i); Ŷ (n, C) the model's raw
+outputs; Y (n, C) the targets (one-hot class labels or regression targets). The probe inner product is
+⟨u, v⟩ = (1/n) Σ_i u(x_i) v(x_i). Everything here is computed from the streaming statistics of
+`Moments` (n, Σφ, Σφφᵀ, Σφŷᵀ, Σφyᵀ, Σŷ, Σŷŷᵀ, Σy, Σyyᵀ, Σŷyᵀ, class sums and counts); when p > n the
+features themselves are kept and the n×n Gram route is used instead of the p×p second moment.
+
+Numerical policy (SPEC.md §8), in one place:
+- every accumulator and decomposition is float64; symmetric matrices use `eigh`;
+- eigenvalues ρ_k ≤ ρ_1 · RANK_RTOL are dropped (rank r); slightly negative eigenvalues are clipped to 0
+  and reported in `CheckpointMeasures.clipped_eigenvalue` (relative size of the most negative one);
+- no NaN leaves this module: degenerate cases return the documented values of `docs/measures.md`
+  (e.g. zero features → rank 0, D_LR = 1) or raise `NumericalError` for non-finite statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from fdl_cli.errors import NumericalError
+
+#: Eigenvalues at or below ρ_1 · RANK_RTOL are numerically zero (SPEC.md §2).
+RANK_RTOL = 1e-10
+#: A negative eigenvalue larger than this (relative to ρ_1) is reported as a warning when clipped.
+NEGATIVE_WARN_RTOL = 1e-8
+#: Thresholds τ of k_τ (SPEC.md §3).
+TAUS = (0.90, 0.95, 0.99)
+#: Default share η of the centered output energy kept in the D_LR output span (SPEC.md §4).
+DLR_ENERGY = 0.99
+#: Default number of eigenvectors / eigenfunctions kept (SPEC.md §5).
+TOP_K = 64
+
+TASKS = ("none", "classes", "regression")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Float64 sufficient statistics of one probe pass over one checkpoint.
+
+    Shapes: p features, C outputs (C targets). Sums run over the n probe samples.
+    `sum_ff` is None in the Gram route, where `features` (n, p) holds the features themselves.
+    Target statistics are None when the probe has no targets (task "none").
+    """
+
+    n: int
+    sum_f: np.ndarray  # (p,)
+    sum_ff: np.ndarray | None  # (p, p)
+    sum_o: np.ndarray  # (C,)
+    sum_oo: np.ndarray  # (C, C)
+    sum_fo: np.ndarray  # (p, C)
+    task: str = "none"
+    sum_y: np.ndarray | None = None  # (C,)
+    sum_yy: np.ndarray | None = None  # (C, C)
+    sum_fy: np.ndarray | None = None  # (p, C)
+    sum_oy: np.ndarray | None = None  # (C, C): Σ ŷ yᵀ
+    class_counts: np.ndarray | None = None  # (C,)
+    class_sum_f: np.ndarray | None = None  # (C, p)
+    n_correct: int = 0
+    features: np.ndarray | None = None  # (n, p), Gram route only
+
+    @property
+    def n_features(self) -> int:
+        return int(self.sum_f.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.sum_o.shape[0])
+
+    @property
+    def has_targets(self) -> bool:
+        return self.task != "none" and self.sum_yy is not None
+
+    def second_moment_sum(self) -> np.ndarray:
+        """Σφφᵀ (p, p), computed from the kept features in the Gram route."""
+        if self.sum_ff is not None:
+            return self.sum_ff
+        assert self.features is not None
+        return self.features.T @ self.features
+
+    def merge(self, other: Moments) -> Moments:
+        """Statistics of the union of two disjoint sample sets (exact: sums add)."""
+        if (self.n_features, self.n_outputs, self.task) != (other.n_features, other.n_outputs, other.task):
+            raise NumericalError(
+                "cannot merge statistics of different shapes or tasks",
+                got=f"(p={self.n_features}, C={self.n_outputs}, {self.task}) and "
+                f"(p={other.n_features}, C={other.n_outputs}, {other.task})",
+                fix="merge only shards of the same probe, layer and checkpoint",
+            )
+
+        def add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else a + b
+
+        if self.features is not None and other.features is not None:
+            sum_ff, features = None, np.concatenate([self.features, other.features])
+        else:
+            sum_ff, features = self.second_moment_sum() + other.second_moment_sum(), None
+        return Moments(
+            n=self.n + other.n,
+            sum_f=self.sum_f + other.sum_f,
+            sum_ff=sum_ff,
+            sum_o=self.sum_o + other.sum_o,
+            sum_oo=self.sum_oo + other.sum_oo,
+            sum_fo=self.sum_fo + other.sum_fo,
+            task=self.task,
+            sum_y=add(self.sum_y, other.sum_y),
+            sum_yy=add(self.sum_yy, other.sum_yy),
+            sum_fy=add(self.sum_fy, other.sum_fy),
+            sum_oy=add(self.sum_oy, other.sum_oy),
+            class_counts=add(self.class_counts, other.class_counts),
+            class_sum_f=add(self.class_sum_f, other.class_sum_f),
+            n_correct=self.n_correct + other.n_correct,
+            features=features,
+        )
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigen-decomposition of the (centered or uncentered) second moment M of the features.
+
+    eigenvalues: (r,) ρ_1 ≥ ... ≥ ρ_r > ρ_1·RANK_RTOL; eigenvectors: (p, r) orthonormal v_k, sign fixed
+    so that the largest-|·| entry of each is positive; mean: (p,) probe mean of the features when
+    centered, else None. clipped: most negative eigenvalue found, relative to ρ_1 (0 if none).
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    mean: np.ndarray | None
+    clipped: float = 0.0
+    route: str = "moments"
+
+    @property
+    def rank(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+
+@dataclass(frozen=True)
+class CheckpointMeasures:
+    """Every single-checkpoint measure of SPEC.md §2-§4 and §6 (see `docs/measures.md`).
+
+    Arrays: eigenvalues (r,), eigenvectors (p, min(K, r)), quality/utility and their cumulative sums
+    pi_star/pi_hat (r,) (quality arrays are None without targets). `scalars` holds the record fields.
+    """
+
+    spectrum: Spectrum
+    eigenvectors: np.ndarray
+    quality: np.ndarray | None
+    utility: np.ndarray
+    pi_star: np.ndarray | None
+    pi_hat: np.ndarray
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        return self.spectrum.eigenvalues
+
+    @property
+    def rank(self) -> int:
+        return self.spectrum.rank
+
+    @property
+    def clipped_eigenvalue(self) -> float:
+        return self.spectrum.clipped
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _check_finite(moments: Moments) -> None:
+    arrays = [moments.sum_f, moments.sum_o, moments.sum_oo, moments.sum_fo]
+    arrays += [a for a in (moments.sum_ff, moments.features) if a is not None]
+    for array in arrays:
+        if not np.all(np.isfinite(array)):
+            raise NumericalError(
+                "the features or outputs contain non-finite values (inf or NaN)",
+                got="a probe batch produced inf/NaN (overflow in a low-precision dtype, or a diverged model)",
+                fix="use --dtype float32, or check that the checkpoint is not diverged",
+            )
+
+
+def fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """Flip each column so that its largest-|·| entry is positive (deterministic, like svd_flip)."""
+    if vectors.size == 0:
+        return vectors
+    rows = np.argmax(np.abs(vectors), axis=0)
+    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return vectors * signs
+
+
+def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values, vectors = scipy.linalg.eigh(matrix, check_finite=False)
+    return values[::-1].copy(), vectors[:, ::-1].copy()
+
+
+def _truncate(values: np.ndarray) -> tuple[int, float]:
+    """Rank r (values > ρ_1·RANK_RTOL) and the most negative value relative to ρ_1 (0 if none)."""
+    top = float(values[0]) if values.size else 0.0
+    if top <= 0.0:
+        return 0, 0.0
+    most_negative = float(min(values.min(), 0.0)) / top
+    return int(np.count_nonzero(values > top * RANK_RTOL)), most_negative
+
+
+def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
+    """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
+    _check_finite(moments)
+    n = moments.n
+    mean = moments.sum_f / n if center else None
+    p = moments.n_features
+    if moments.features is not None and p > n:
+        feats = moments.features - mean if mean is not None else moments.features
+        gram = feats @ feats.T / n
+        values, left = _descending_eigh(gram)
+        rank, clipped = _truncate(values)
+        values = values[:rank]
+        # v_k = Fᵀ u_k / √(n ρ_k): the right singular vectors of F/√n.
+        vectors = feats.T @ left[:, :rank] / np.sqrt(n * values)
+        route = "gram"
+    else:
+        second = moments.second_moment_sum() / n
+        if mean is not None:
+            second = second - np.outer(mean, mean)
+        second = (second + second.T) / 2.0
+        values, vectors = _descending_eigh(second)
+        rank, clipped = _truncate(values)
+        values, vectors = values[:rank], vectors[:, :rank]
+        route = "moments"
+    return Spectrum(
+        eigenvalues=np.maximum(values, 0.0),
+        eigenvectors=fix_signs(vectors),
+        mean=mean,
+        clipped=clipped if clipped < -NEGATIVE_WARN_RTOL else 0.0,
+        route=route,
+    )
+
+
+def _cross(moments: Moments, sum_fg: np.ndarray, sum_g: np.ndarray, center: bool) -> np.ndarray:
+    """(1/n) Σ_i φ_i g_iᵀ, centered on the probe when asked (p, C)."""
+    n = moments.n
+    cross = sum_fg / n
+    if center:
+        cross = cross - np.outer(moments.sum_f / n, sum_g / n)
+    return cross
+
+
+def _energy(sum_gg: np.ndarray, sum_g: np.ndarray, n: int, center: bool) -> float:
+    """Σ_c ⟨g_c, g_c⟩ (of the centered g when asked)."""
+    energy = float(np.trace(sum_gg)) / n
+    if center:
+        energy -= float(sum_g @ sum_g) / n**2
+    return max(energy, 0.0)
+
+
+def alignment(spectrum: Spectrum, cross: np.ndarray, energy: float) -> np.ndarray:
+    """Q_k = Σ_c a_kc² / energy with a_kc = v_kᵀ cross_c / √ρ_k (SPEC.md §3); zeros when energy is 0."""
+    if spectrum.rank == 0:
+        return np.zeros(0)
+    coefficients = spectrum.eigenvectors.T @ cross / np.sqrt(spectrum.eigenvalues)[:, None]
+    if energy <= 0.0:
+        return np.zeros(spectrum.rank)
+    return np.sum(coefficients**2, axis=1) / energy
+
+
+def k_tau(cumulative: np.ndarray, tau: float) -> int | None:
+    """min{k : Π(k) ≥ τ·Π(r)} (1-based), None when Π(r) = 0 or r = 0."""
+    if cumulative.size == 0 or cumulative[-1] <= 0.0:
+        return None
+    return int(np.argmax(cumulative >= tau * cumulative[-1])) + 1
+
+
+def effective_dimension(weights: np.ndarray) -> float:
+    """D(q) = exp(−Σ q̃ ln q̃), q̃ = q/Σq (0 ln 0 = 0); 0.0 for an empty or all-zero q."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = float(weights.sum()) if weights.size else 0.0
+    if total <= 0.0:
+        return 0.0
+    share = weights[weights > 0] / total
+    return float(math.exp(-float(np.sum(share * np.log(share)))))
+
+
+def _cumulative_at(cumulative: np.ndarray | None, k: int) -> float | None:
+    if cumulative is None:
+        return None
+    if cumulative.size == 0:
+        return 0.0
+    return float(cumulative[min(k, cumulative.size) - 1])
+
+
+@dataclass(frozen=True)
+class DLR:
+    """D_LR and its factors (SPEC.md §4): d_lr = 1 − alignment·√(pr / output_rank)."""
+
+    d_lr: float
+    output_rank: int
+    alignment: float
+    participation_ratio: float
+
+
+def _centered_covariance_norms(moments: Moments) -> tuple[float, float]:
+    """(tr Σ_c, ‖Σ_c‖_F) of the centered feature covariance Σ_c = F_cᵀF_c/n."""
+    n = moments.n
+    mean = moments.sum_f / n
+    if moments.features is not None and moments.n_features > n:
+        feats = moments.features - mean
+        gram = feats @ feats.T / n
+        return float(np.trace(gram)), float(np.linalg.norm(gram))
+    cov = moments.second_moment_sum() / n - np.outer(mean, mean)
+    return float(np.trace(cov)), float(np.linalg.norm(cov))
+
+
+def output_span_rank(energies: np.ndarray, energy_share: float) -> int:
+    """r_Ŷ of SPEC.md §4 from the descending eigenvalues s_i² of Ŷ_cᵀŶ_c."""
+    if energies.size == 0 or energies[0] <= 0.0:
+        return 0
+    if energy_share >= 1.0:
+        return int(np.count_nonzero(energies > energies[0] * RANK_RTOL**2))
+    positive = np.maximum(energies, 0.0)
+    cumulative = np.cumsum(positive)
+    return int(np.argmax(cumulative >= energy_share * cumulative[-1])) + 1
+
+
+def dynamical_low_rank(moments: Moments, *, energy_share: float = DLR_ENERGY) -> DLR:
+    """D_LR = 1 − ‖QᵀF_c‖_F² / (‖F_cᵀF_c‖_F √r_Ŷ) from the statistics (SPEC.md §4).
+
+    Degenerate cases: no centered output energy (r_Ŷ = 0) or no centered feature energy → d_lr = 1
+    (nothing rich can be seen), alignment = 0; participation ratio 0 for zero features.
+    """
+    if not 0.0 < energy_share <= 1.0:
+        raise NumericalError(
+            "the D_LR energy share η must lie in (0, 1]", got=str(energy_share), fix="pass --dlr-energy 0.99"
+        )
+    n = moments.n
+    out_mean = moments.sum_o / n
+    out_cov = moments.sum_oo / n - np.outer(out_mean, out_mean)
+    energies, directions = _descending_eigh((out_cov + out_cov.T) / 2.0)
+    rank = output_span_rank(energies, energy_share)
+    trace, frob = _centered_covariance_norms(moments)
+    pr = trace**2 / frob**2 if frob > 0.0 else 0.0
+    if rank == 0 or trace <= 0.0:
+        return DLR(d_lr=1.0, output_rank=rank, alignment=0.0, participation_ratio=float(pr))
+    cross = _cross(moments, moments.sum_fo, moments.sum_o, center=True)  # F_cᵀŶ_c / n, (p, C)
+    # ‖QᵀF_c‖_F²/n = Σ_i ‖cross w_i‖² / λ_i with λ_i = s_i²/n, u_i = Ŷ_c w_i / s_i.
+    projected = cross @ directions[:, :rank]
+    inside = float(np.sum(np.sum(projected**2, axis=0) / energies[:rank]))
+    share = min(max(inside / trace, 0.0), 1.0)
+    d_lr = 1.0 - inside / (frob * math.sqrt(rank))
+    return DLR(
+        d_lr=float(min(max(d_lr, 0.0), 1.0)),
+        output_rank=rank,
+        alignment=share,
+        participation_ratio=float(pr),
+    )
+
+
+def neural_collapse_nc1(moments: Moments) -> float | None:
+    """NC1 = (1/C') tr(Σ_W Σ_B⁺) over the C' classes present (SPEC.md §6); None with < 2 classes.
+
+    Σ_W = (1/n) Σ_i (φ_i − μ_{c(i)})(φ_i − μ_{c(i)})ᵀ, Σ_B = (1/C') Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ;
+    singular values of the class-mean matrix below RANK_RTOL·s_max count as zero in the pseudo-inverse.
+    """
+    if moments.task != "classes" or moments.class_counts is None or moments.class_sum_f is None:
+        return None
+    counts = moments.class_counts
+    present = counts > 0
+    n_present = int(np.count_nonzero(present))
+    if n_present < 2:
+        return None
+    means = moments.class_sum_f[present] / counts[present, None]  # (C', p)
+    global_mean = moments.sum_f / moments.n
+    between = (means - global_mean).T  # (p, C')
+    left, singular, _ = np.linalg.svd(between, full_matrices=False)
+    if singular.size == 0 or singular[0] <= 0.0:
+        return None
+    keep = singular > singular[0] * RANK_RTOL
+    left, singular = left[:, keep], singular[keep]
+    # u_jᵀ Σ_W u_j = (u_jᵀ Σφφᵀ u_j − Σ_c n_c (u_jᵀ μ_c)²) / n
+    if moments.features is not None and moments.sum_ff is None:
+        total = np.sum((moments.features @ left) ** 2, axis=0)
+    else:
+        total = np.einsum("pj,pq,qj->j", left, moments.second_moment_sum(), left)
+    within_class = (total - np.sum(counts[present, None] * (means @ left) ** 2, axis=0)) / moments.n
+    within_class = np.maximum(within_class, 0.0)
+    return float(np.sum(within_class * n_present / singular**2) / n_present)
+
+
+def _performance(moments: Moments) -> dict[str, float | None]:
+    """accuracy, loss (MSE per output entry) and r2 (regression) of SPEC.md §6."""
+    result: dict[str, float | None] = {"accuracy": None, "loss": None, "r2": None}
+    if not moments.has_targets:
+        return result
+    assert moments.sum_yy is not None and moments.sum_oy is not None and moments.sum_y is not None
+    n, outputs = moments.n, moments.n_outputs
+    residual = float(np.trace(moments.sum_oo) - 2.0 * np.trace(moments.sum_oy) + np.trace(moments.sum_yy))
+    result["loss"] = max(residual, 0.0) / (n * outputs)
+    if moments.task == "classes":
+        result["accuracy"] = moments.n_correct / n
+    else:
+        total = float(np.trace(moments.sum_yy)) - float(moments.sum_y @ moments.sum_y) / n
+        result["r2"] = 1.0 - max(residual, 0.0) / total if total > 0.0 else None
+    return result
+
+
+def measure(
+    moments: Moments,
+    *,
+    center: bool = False,
+    top_k: int = TOP_K,
+    dlr_energy: float = DLR_ENERGY,
+) -> CheckpointMeasures:
+    """All single-checkpoint measures from the statistics (SPEC.md §2-§4, §6).
+
+    Returns eigenvalues (r,), the top min(top_k, r) eigenvectors (p, K), Q*, Q̂, Π*, Π̂ and the
+    scalar fields of `fdl_cli.fields.MEASURE_FIELDS` that one checkpoint determines.
+    """
+    if moments.n < 1:
+        raise NumericalError("the probe is empty", got="n = 0 samples", fix="use a probe with samples")
+    spectrum = feature_spectrum(moments, center=center)
+    n = moments.n
+    utility = alignment(
+        spectrum,
+        _cross(moments, moments.sum_fo, moments.sum_o, center),
+        _energy(moments.sum_oo, moments.sum_o, n, center),
+    )
+    quality = None
+    if moments.has_targets:
+        assert moments.sum_fy is not None and moments.sum_y is not None and moments.sum_yy is not None
+        quality = alignment(
+            spectrum,
+            _cross(moments, moments.sum_fy, moments.sum_y, center),
+            _energy(moments.sum_yy, moments.sum_y, n, center),
+        )
+    pi_hat = np.cumsum(utility)
+    pi_star = np.cumsum(quality) if quality is not None else None
+    dlr = dynamical_low_rank(moments, energy_share=dlr_energy)
+    n_outputs = moments.n_outputs
+    scalars: dict[str, Any] = {
+        "n_probe": n,
+        "n_features": moments.n_features,
+        "n_outputs": n_outputs,
+        "rank": spectrum.rank,
+        "d_lr": dlr.d_lr,
+        "output_rank": dlr.output_rank,
+        "dlr_alignment": dlr.alignment,
+        "feature_pr": dlr.participation_ratio,
+        "eff_dim": effective_dimension(spectrum.eigenvalues),
+        "eff_dim_quality": effective_dimension(quality) if quality is not None else None,
+        "eff_dim_utility": effective_dimension(utility),
+    }
+    for tau in TAUS:
+        name = f"k{round(tau * 100)}"
+        scalars[f"{name}_quality"] = k_tau(pi_star, tau) if pi_star is not None else None
+        scalars[f"{name}_utility"] = k_tau(pi_hat, tau)
+    scalars["pi_star_C"] = _cumulative_at(pi_star, n_outputs)
+    scalars["pi_hat_C"] = _cumulative_at(pi_hat, n_outputs)
+    scalars["nc1"] = neural_collapse_nc1(moments)
+    scalars.update(_performance(moments))
+    return CheckpointMeasures(
+        spectrum=spectrum,
+        eigenvectors=spectrum.eigenvectors[:, : min(top_k, spectrum.rank)],
+        quality=quality,
+        utility=utility,
+        pi_star=pi_star,
+        pi_hat=pi_hat,
+        scalars=scalars,
+    )
+
+
+# ------------------------------------------------------------------------ cross-checkpoint measures
+
+
+def eigenfunctions(features: np.ndarray, spectrum: Spectrum, *, k: int | None = None) -> np.ndarray:
+    """Nyström values e_k(x) = (Φ(x) − mean)·v_k / √ρ_k of the top k at given inputs, (m, k) float64."""
+    count = spectrum.rank if k is None else min(k, spectrum.rank)
+    feats = np.asarray(features, dtype=np.float64).reshape(features.shape[0], -1)
+    if spectrum.mean is not None:
+        feats = feats - spectrum.mean
+    return feats @ spectrum.eigenvectors[:, :count] / np.sqrt(spectrum.eigenvalues[:count])
+
+
+def _center_columns(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64).reshape(matrix.shape[0], -1)
+    return matrix - matrix.mean(axis=0)
+
+
+def cka(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Centered linear CKA ‖F_aᵀF_b‖_F² / (‖F_aᵀF_a‖_F ‖F_bᵀF_b‖_F) of two (m, p_a), (m, p_b) matrices.
+
+    Degenerate: if one of them is constant on the samples, CKA is 1.0 when both are, else 0.0.
+    """
+    if features_a.shape[0] != features_b.shape[0]:
+        raise NumericalError(
+            "CKA needs the features of the same inputs",
+            got=f"{features_a.shape[0]} and {features_b.shape[0]} samples",
+            fix="compare checkpoints analysed with the same probe and anchor size",
+        )
+    a, b = _center_columns(features_a), _center_columns(features_b)
+    m, pa, pb = a.shape[0], a.shape[1], b.shape[1]
+    if m * m * (pa + pb) < m * (pa * pb + pa * pa + pb * pb):
+        ka, kb = a @ a.T, b @ b.T
+        cross, norm_a, norm_b = float(np.sum(ka * kb)), float(np.linalg.norm(ka)), float(np.linalg.norm(kb))
+    else:
+        cross = float(np.linalg.norm(a.T @ b) ** 2)
+        norm_a, norm_b = float(np.linalg.norm(a.T @ a)), float(np.linalg.norm(b.T @ b))
+    if norm_a == 0.0 or norm_b == 0.0:
+        return 1.0 if norm_a == norm_b else 0.0
+    return float(min(max(cross / (norm_a * norm_b), 0.0), 1.0))
+
+
+def orthonormal_basis(columns: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (m, r) of the span of the columns (SVD, rank cut at RANK_RTOL·s_1)."""
+    if columns.size == 0:
+        return np.zeros((columns.shape[0], 0))
+    left, singular, _ = np.linalg.svd(np.asarray(columns, dtype=np.float64), full_matrices=False)
+    if singular[0] <= 0.0:
+        return np.zeros((columns.shape[0], 0))
+    return left[:, singular > singular[0] * RANK_RTOL]
+
+
+def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) -> float | None:
+    """O_k = ‖Q_aᵀQ_b‖_F² / k of the top-k eigenfunctions' values on shared inputs (SPEC.md §5).
+
+    k is reduced to the columns available on both sides; None when that leaves k = 0.
+    """
+    if values_a.shape[0] != values_b.shape[0]:
+        raise NumericalError(
+            "eigenspace overlap needs eigenfunction values on the same inputs",
+            got=f"{values_a.shape[0]} and {values_b.shape[0]} anchor points",
+            fix="compare runs analysed with the same probe and --anchor-size",
+        )
+    k = min(k, values_a.shape[1], values_b.shape[1])
+    if k <= 0:
+        return None
+    basis_a = orthonormal_basis(values_a[:, :k])
+    basis_b = orthonormal_basis(values_b[:, :k])
+    return float(min(np.linalg.norm(basis_a.T @ basis_b) ** 2 / k, 1.0))
+
+
+def with_scalars(measures: CheckpointMeasures, **scalars: Any) -> CheckpointMeasures:
+    """A copy of `measures` whose record fields are updated with `scalars`."""
+    return replace(measures, scalars={**measures.scalars, **scalars})
+
+
+def merge_all(parts: Sequence[Moments]) -> Moments:
+    """Merge the statistics of several disjoint shards."""
+    result = parts[0]
+    for part in parts[1:]:
+        result = result.merge(part)
+    return result
