@@ -1,0 +1,1020 @@
+"""Find, order, hash and load checkpoints safely; build the model they belong to.
+
+Safety policy: nothing here unpickles with ``weights_only=False`` unless the caller passed
+``trust_pickle=True``. Discovery only reads safetensors headers, zip listings, a static scan of
+pickle opcodes (which never executes them) and ``torch.load(weights_only=True, mmap=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import pickle
+import pickletools
+import re
+import struct
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
+STEP_KEYS = ("step", "global_step", "epoch")
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+MANIFEST_NAME = "fdl.toml"
+_HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
+_HF_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_STEP_FIX = "pass --step-regex 'step_(\\d+)' (first group = step), or --glob to select fewer files"
+_TRUST_FIX = "if you trust its origin, re-run with --trust-pickle"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint: a file, or an HF-style folder (``checkpoint-500/``) that is one checkpoint.
+
+    ``kind`` is one of ``state_dict``, ``safetensors``, ``hf_dir``, ``torchscript``, ``export``,
+    ``pickle`` (a pickled Python object beyond tensors: loadable only with ``trust_pickle``).
+    """
+
+    path: Path
+    step: int
+    step_source: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Checkpoints ordered by step, one note per skipped file, and pairs holding identical weights."""
+
+    checkpoints: list[CheckpointRef]
+    notes: list[str]
+    duplicates: list[tuple[Path, Path]]
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Tensors (``state_dict``) or a whole module (``module``), plus step-like metadata of the file."""
+
+    ref: CheckpointRef
+    state_dict: dict[str, torch.Tensor] | None
+    module: nn.Module | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The ``fdl.toml`` of a checkpoint folder; paths in it are already resolved against its folder."""
+
+    path: Path
+    model: str | None
+    model_kwargs: dict[str, Any]
+    probe: list[str]
+    layer: list[str]
+    options: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- peeking
+
+
+@dataclass(frozen=True)
+class _Peek:
+    kind: str | None  # None: not a model (skip_reason says why)
+    metadata: dict[str, Any]
+    skip_reason: str | None = None
+    fingerprint: str | None = None  # cheap sample hash; equal for identical weights
+
+
+def _pickle_globals(data: bytes) -> tuple[list[str], bool]:
+    """Globals referenced by a pickle and whether it stores tensors, from its opcodes (never executed)."""
+    found: list[str] = []
+    strings: list[Any] = []
+    memo: dict[int, Any] = {}
+    has_tensors = False
+    for opcode, arg, _pos in pickletools.genops(data):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        elif "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+            strings.append(arg)
+        elif name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
+            memo[int(arg)] = strings[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            strings.append(memo.get(int(arg)))
+        elif name in ("PERSID", "BINPERSID"):
+            has_tensors = True
+        if name == "STOP":
+            break
+    has_tensors = has_tensors or any("_rebuild_tensor" in g or "_rebuild_parameter" in g for g in found)
+    return sorted(set(found)), has_tensors
+
+
+_SAFE_GLOBAL_PREFIXES = (
+    "collections.OrderedDict",
+    "torch._utils._rebuild",
+    "torch.FloatStorage",
+    "torch.DoubleStorage",
+    "torch.HalfStorage",
+    "torch.BFloat16Storage",
+    "torch.LongStorage",
+    "torch.IntStorage",
+    "torch.ShortStorage",
+    "torch.CharStorage",
+    "torch.ByteStorage",
+    "torch.BoolStorage",
+    "torch.storage",
+    "torch._tensor._rebuild",
+    "torch.float",
+    "torch.double",
+    "torch.half",
+    "torch.bfloat16",
+    "torch.int",
+    "torch.long",
+    "torch.bool",
+    "torch.uint8",
+    "torch.int8",
+    "torch.int16",
+    "torch.int32",
+    "torch.int64",
+    "torch.Size",
+    "torch.device",
+    "torch.nn.parameter.Parameter",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.slice",
+    "builtins.complex",
+    "_codecs.encode",
+    "torch._utils._rebuild_parameter",
+)
+
+
+def _main_pickle_bytes(path: Path) -> bytes:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return archive.read(pkl[0]) if pkl else b""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _unsafe_globals(path: Path) -> tuple[list[str], bool]:
+    """Globals beyond what ``weights_only`` allows referenced by ``path``, and whether it stores tensors.
+
+    Zip checkpoints ask torch itself; legacy/plain pickles use a static opcode scan. Nothing runs.
+    """
+    try:
+        globals_, has_tensors = _pickle_globals(_main_pickle_bytes(path))
+    except Exception:  # noqa: BLE001 - unreadable opcodes: the caller reports the file as corrupt
+        return [], False
+    unsafe = [g for g in globals_ if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            has_tensors = has_tensors or any("/data/" in n for n in archive.namelist())
+        try:
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - fall back to the static scan above
+            pass
+    return unsafe, has_tensors
+
+
+def _is_torchscript(names: Sequence[str]) -> bool:
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _is_export(path: Path, names: Sequence[str]) -> bool:
+    return path.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names)
+
+
+def _read_safetensors_header(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            raw_len = handle.read(8)
+            if len(raw_len) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            (length,) = struct.unpack("<Q", raw_len)
+            size = path.stat().st_size
+            if length > size - 8:
+                raise ValueError(f"header length {length} exceeds the file size {size}")
+            header = json.loads(handle.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + length + end > size:
+            raise ValueError(
+                f"tensor data ends at byte {8 + length + end} but the file has {size} (truncated)"
+            )
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(
+            f"cannot read the safetensors file {path}",
+            got=str(exc),
+            fix="the file is truncated or not safetensors; re-save or re-download it",
+        ) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"cannot read the safetensors file {path}", got="a header that is not a table")
+    return header
+
+
+def _metadata_steps(meta: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in STEP_KEYS:
+        value = meta.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            out[key] = value
+        elif isinstance(value, float) and value.is_integer():
+            out[key] = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            out[key] = int(value.strip())
+        elif isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            out[key] = int(value.item())
+    return out
+
+
+def _fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        flat = tensors[name].detach().reshape(-1)
+        sample = torch.cat([flat[:32], flat[-32:]]) if flat.numel() > 64 else flat
+        digest.update(f"{name}|{tensors[name].dtype}|{tuple(tensors[name].shape)}|".encode())
+        digest.update(sample.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fingerprint_safetensors(path: Path, header: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        base = 8 + length
+        for name in sorted(k for k in header if k != "__metadata__"):
+            start, end = header[name]["data_offsets"]
+            digest.update(f"{name}|{header[name]['dtype']}|{header[name]['shape']}|".encode())
+            handle.seek(base + start)
+            digest.update(handle.read(min(256, end - start)))
+            handle.seek(base + max(start, end - 256))
+            digest.update(handle.read(min(256, end - start)))
+    return digest.hexdigest()
+
+
+def _find_tensor_dict(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
+    """The state_dict inside ``obj``: itself when all values are tensors, else under a known key."""
+    if not isinstance(obj, Mapping) or depth > 4:
+        return None
+    if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return dict(obj)
+    for key in STATE_DICT_KEYS:
+        found = _find_tensor_dict(obj.get(key), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_optimizer_state(obj: Any) -> bool:
+    if not isinstance(obj, Mapping):
+        return False
+    if "param_groups" in obj or ("state" in obj and isinstance(obj.get("state"), Mapping)):
+        return _find_tensor_dict(obj) is None
+    return False
+
+
+def _has_tensors(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth > 6:
+        return False
+    if isinstance(obj, Mapping):
+        return any(_has_tensors(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensors(v, depth + 1) for v in obj)
+    return False
+
+
+def _torch_load_safe(path: Path, *, map_location: str = "cpu") -> Any:
+    """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError."""
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as exc:
+        unsafe, _ = _unsafe_globals(path)
+        if unsafe:
+            raise _unsafe_error(path, unsafe) from None
+        raise _corrupt_error(path, exc) from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is reported as a damaged file
+        raise _corrupt_error(path, exc) from None
+
+
+def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
+    shown = ", ".join(unsafe[:5]) + (", ..." if len(unsafe) > 5 else "")
+    return UnsafeCheckpointError(
+        f"{path}: this file contains a pickled Python object ({shown}) that could run code when loaded; "
+        "fdl refused to load it",
+        fix=_TRUST_FIX + " (or re-save only the weights: torch.save(model.state_dict(), ...))",
+    )
+
+
+def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if path.is_file() and path.stat().st_size == 0:
+        reason = "the file is empty"
+    return CheckpointError(
+        f"cannot read the checkpoint {path}",
+        got=reason,
+        fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
+    )
+
+
+def _peek_file(path: Path) -> _Peek:
+    """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model."""
+    name = path.name
+    if path.stat().st_size == 0:
+        return _Peek(None, {}, f"skipped {name}: empty file")
+    if path.suffix == ".safetensors":
+        header = _read_safetensors_header(path)
+        if not any(k != "__metadata__" for k in header):
+            return _Peek(None, {}, f"skipped {name}: no tensors")
+        meta = _metadata_steps(header.get("__metadata__") or {})
+        return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header))
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _corrupt_error(path, exc) from None
+        if _is_torchscript(names):
+            return _Peek("torchscript", {})
+        if _is_export(path, names):
+            return _Peek("export", {})
+    elif _looks_like_text(path):
+        return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
+    try:
+        obj = _torch_load_safe(path)
+    except UnsafeCheckpointError:
+        unsafe, has_tensors = _unsafe_globals(path)
+        if not has_tensors:
+            return _Peek(
+                None,
+                {},
+                f"skipped {name}: pickled Python object ({', '.join(unsafe[:3])}) with no "
+                "tensors; not loaded",
+            )
+        return _Peek("pickle", {})
+    if _is_optimizer_state(obj):
+        return _Peek(None, {}, f"skipped {name}: optimizer state, no model weights")
+    tensors = _find_tensor_dict(obj)
+    if tensors is None:
+        what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
+        return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
+    meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
+    return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return head[:1] not in (b"\x80",)  # pickle protocol 2+ starts with PROTO (0x80)
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """The weight files of an HF-style checkpoint folder (empty when it is not one)."""
+    for index_name in _HF_INDEX:
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(
+                    f"cannot read the shard index {index}",
+                    got=str(exc),
+                    fix="the index must be JSON with a 'weight_map' table; re-save the checkpoint",
+                ) from None
+            return [folder / shard for shard in sorted(set(weight_map.values()))]
+    for single in _HF_SINGLE:
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
+def _peek_hf_dir(folder: Path) -> _Peek:
+    files = _hf_weight_files(folder)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"the sharded checkpoint {folder} lacks {len(missing)} shard(s)",
+            got=", ".join(f.name for f in missing[:3]),
+            fix="copy every shard named in the index",
+        )
+    meta: dict[str, Any] = {}
+    state = folder / "trainer_state.json"
+    if state.is_file():
+        try:
+            meta = _metadata_steps(json.loads(state.read_text()))
+        except (OSError, ValueError, AttributeError):
+            meta = {}
+    digest = hashlib.sha256()
+    for weight_file in files:
+        peek = _peek_file(weight_file)
+        if peek.kind == "pickle":
+            return _Peek("pickle", meta)
+        digest.update((peek.fingerprint or "").encode())
+        if not meta:
+            meta = peek.metadata
+    return _Peek("hf_dir", meta, fingerprint=digest.hexdigest())
+
+
+# --------------------------------------------------------------------------------------- discovery
+
+
+def _name_step(path: Path) -> int | None:
+    name = path.name
+    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+        name = name[: -len(path.suffix)]
+    numbers = re.findall(r"\d+", name)
+    return int(numbers[-1]) if numbers else None
+
+
+def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
+    if step_regex is not None:
+        match = step_regex.search(path.name)
+        if match is None or not match.groups() or match.group(1) is None:
+            raise CheckpointError(
+                f"--step-regex {step_regex.pattern!r} does not match {path.name} with a group",
+                fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
+            )
+        try:
+            return int(match.group(1)), "step_regex"
+        except ValueError:
+            raise CheckpointError(
+                f"--step-regex matched {match.group(1)!r} in {path.name}, which is not an integer",
+                fix="capture only the digits of the step",
+            ) from None
+    for key in STEP_KEYS:
+        if key in peek.metadata:
+            source = "trainer_state.json" if (path / "trainer_state.json").is_file() else "metadata"
+            return int(peek.metadata[key]), f"{source}:{key}"
+    step = _name_step(path)
+    if step is None:
+        raise CheckpointError(
+            f"cannot tell the training step of {path}",
+            got="no step/global_step/epoch in the file and no integer in its name",
+            fix=_STEP_FIX,
+        )
+    return step, "name"
+
+
+def _candidates(
+    sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str]
+) -> Iterator[Path]:
+    expanded: list[Path] = []
+    for source in sources:
+        if str(source) == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            expanded.extend(Path(line.strip()) for line in stream if line.strip())
+        else:
+            expanded.append(Path(source))
+    for source in expanded:
+        if not source.exists():
+            raise CheckpointError(
+                f"no such checkpoint file or folder: {source}",
+                fix="check the path (relative paths are taken from the current folder)",
+            )
+        if source.is_file() or _hf_weight_files(source):
+            yield source
+        if source.is_dir():
+            yield from _scan_folder(source, glob, notes)
+
+
+def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[Path]:
+    own = set(_hf_weight_files(folder))
+    for entry in sorted(folder.iterdir()):
+        if glob is not None and not entry.match(glob):
+            continue
+        if entry in own:
+            continue
+        if entry.is_dir():
+            if _hf_weight_files(entry):
+                yield entry
+        elif entry.suffix in WEIGHT_SUFFIXES:
+            yield entry
+        elif (
+            not entry.name.startswith(".")
+            and entry.name not in ("trainer_state.json", MANIFEST_NAME)
+            and not entry.name.endswith(".index.json")
+        ):
+            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES)})")
+
+
+def discover_checkpoints(
+    sources: Sequence[str | Path],
+    *,
+    glob: str | None = None,
+    step_regex: str | None = None,
+    steps: Sequence[int] | None = None,
+    every: int | None = None,
+    stdin: TextIO | None = None,
+) -> Discovery:
+    """Find the checkpoints in ``sources`` and order them by training step.
+
+    A source is a file, a folder (its files with a checkpoint suffix, not recursive, plus HF-style
+    sub-folders, each ONE checkpoint), or ``-`` (paths read from ``stdin``, one a line). ``glob``
+    filters the names found in folders (explicit files are always kept).
+
+    Step, first match wins: ``step_regex`` when given (its first group; an explicit choice beats
+    metadata), the keys ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``,
+    a training-loop dict's top level, an HF folder's ``trainer_state.json``), else the LAST integer
+    of the name without its suffix (``epoch_9`` < ``epoch_10``; ``ckpt-3-of-10`` is step 10, so
+    pass ``--step-regex`` for such names). Non-model files are skipped with a note. Two checkpoints
+    with the same step are an error unless their weights are identical (then the later name is
+    dropped with a note and the pair is reported in ``duplicates``); identical weights at different
+    steps are kept and reported in ``duplicates``. ``steps`` keeps exactly those steps (all must
+    exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
+    """
+    notes: list[str] = []
+    pattern = None
+    if step_regex is not None:
+        try:
+            pattern = re.compile(step_regex)
+        except re.error as exc:
+            raise CheckpointError(
+                f"--step-regex {step_regex!r} is not a valid regular expression",
+                got=str(exc),
+                fix="e.g. --step-regex 'step_(\\d+)'",
+            ) from None
+    seen: set[Path] = set()
+    found: list[tuple[CheckpointRef, str | None]] = []
+    looked_at: list[str] = []
+    for path in _candidates(sources, stdin, glob, notes):
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        looked_at.append(path.name)
+        peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
+        if peek.kind is None:
+            notes.append(peek.skip_reason or f"skipped {path.name}")
+            continue
+        kind = peek.kind
+        step, source = _step_of(path, peek, pattern)
+        found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+    if not found:
+        where = ", ".join(str(s) for s in sources)
+        raise CheckpointError(
+            f"no checkpoints found in {where}",
+            got="; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at)),
+            fix="point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2 files (or pass the files), "
+            "or loosen --glob",
+        )
+    found.sort(key=lambda item: (item[0].step, str(item[0].path)))
+    checkpoints, duplicates = _dedupe(found, notes)
+    return Discovery(
+        checkpoints=_select(checkpoints, steps=steps, every=every), notes=notes, duplicates=duplicates
+    )
+
+
+def _dedupe(
+    found: list[tuple[CheckpointRef, str | None]], notes: list[str]
+) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
+    kept: list[CheckpointRef] = []
+    duplicates: list[tuple[Path, Path]] = []
+    by_print: dict[str, CheckpointRef] = {}
+    by_step: dict[int, tuple[CheckpointRef, str | None]] = {}
+    for ref, fingerprint in found:
+        same_weights = by_print.get(fingerprint) if fingerprint else None
+        if same_weights is not None and not _same_weights(same_weights, ref):
+            same_weights = None
+        if ref.step in by_step:
+            first, _ = by_step[ref.step]
+            if same_weights is not None and same_weights.step == ref.step:
+                duplicates.append((same_weights.path, ref.path))
+                notes.append(
+                    f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
+                )
+                continue
+            raise CheckpointError(
+                f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
+                f"and {ref.path} ({ref.step_source})",
+                fix=_STEP_FIX,
+            )
+        if same_weights is not None:
+            duplicates.append((same_weights.path, ref.path))
+        by_step[ref.step] = (ref, fingerprint)
+        if fingerprint:
+            by_print.setdefault(fingerprint, ref)
+        kept.append(ref)
+    return kept, duplicates
+
+
+def _same_weights(first: CheckpointRef, second: CheckpointRef) -> bool:
+    """Confirm a fingerprint match with a full content digest."""
+    try:
+        digests = [weights_digest(load_checkpoint(r).state_dict or {}) for r in (first, second)]
+    except CheckpointError:
+        return False
+    return digests[0] == digests[1]
+
+
+def _select(
+    checkpoints: list[CheckpointRef], *, steps: Sequence[int] | None, every: int | None
+) -> list[CheckpointRef]:
+    if steps is not None:
+        wanted = list(dict.fromkeys(int(s) for s in steps))
+        have = {ref.step for ref in checkpoints}
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            raise CheckpointError(
+                f"--steps asks for step(s) {', '.join(map(str, missing))} which no checkpoint has",
+                got="available steps: "
+                + ", ".join(str(r.step) for r in checkpoints[:20])
+                + (", ..." if len(checkpoints) > 20 else ""),
+                fix="pick steps from the list above",
+            )
+        checkpoints = [ref for ref in checkpoints if ref.step in set(wanted)]
+    if every is not None:
+        if every < 1:
+            raise CheckpointError(f"--every must be a positive integer, got {every}", fix="e.g. --every 2")
+        last = len(checkpoints) - 1
+        checkpoints = [ref for i, ref in enumerate(checkpoints) if i % every == 0 or i == last]
+    return checkpoints
+
+
+# ------------------------------------------------------------------------------------------ hashing
+
+
+def _folder_weight_files(folder: Path) -> list[Path]:
+    files = _hf_weight_files(folder)
+    index = [folder / n for n in _HF_INDEX if (folder / n).is_file()]
+    return sorted(set(files + index))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes; for a folder, over its sorted weight files (name, then bytes)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = _folder_weight_files(path) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\x00")
+        with open(file, "rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\x00".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = dict(state_dict)
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix) :]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} {tuple(tensor.shape)} holds NaN or Inf",
+                    fix="the checkpoint is diverged or corrupt; skip it (--steps/--glob)",
+                )
+
+
+def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    header = _read_safetensors_header(path)
+    try:
+        tensors = load_file(str(path), device=map_location)
+    except Exception as exc:  # noqa: BLE001 - report any parse failure as a damaged file
+        raise _corrupt_error(path, exc) from None
+    return tensors, _metadata_steps(header.get("__metadata__") or {})
+
+
+def _load_tensor_file(
+    path: Path, *, trust_pickle: bool, map_location: str
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any]]:
+    if path.suffix == ".safetensors":
+        tensors, meta = _load_safetensors(path, map_location)
+        return tensors, None, meta
+    try:
+        obj = _torch_load_safe(path, map_location=map_location)
+    except UnsafeCheckpointError:
+        if not trust_pickle:
+            raise
+        obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+    if isinstance(obj, nn.Module):
+        return None, obj, {}
+    tensors = _find_tensor_dict(obj)
+    if tensors is None:
+        keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{path} holds no model state_dict",
+            got=f"top-level keys: {keys}" if isinstance(obj, Mapping) else keys,
+            fix=f"save model.state_dict(), or a dict holding it under one of {', '.join(STATE_DICT_KEYS)}",
+        )
+    meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
+    return tensors, None, meta
+
+
+def load_checkpoint(
+    ref: CheckpointRef, *, trust_pickle: bool = False, map_location: str = "cpu"
+) -> LoadedCheckpoint:
+    """Load one checkpoint: tensors (prefixes ``module.``/``_orig_mod.`` stripped) or a whole module.
+
+    Raises:
+        UnsafeCheckpointError: the file pickles Python objects and ``trust_pickle`` is False.
+        CheckpointError: the file is damaged, holds no state_dict, or holds NaN/Inf weights.
+    """
+    path = Path(ref.path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?")
+    module: nn.Module | None = None
+    tensors: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] = {}
+    if ref.kind == "pickle" and not trust_pickle:
+        unsafe, _ = _unsafe_globals(path) if path.is_file() else ([], False)
+        raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
+    if ref.kind in ("torchscript", "export"):
+        module = _load_program(path, ref.kind, map_location)
+    elif path.is_dir():
+        tensors = {}
+        for weight_file in _hf_weight_files(path):
+            part, _, part_meta = _load_tensor_file(
+                weight_file, trust_pickle=trust_pickle, map_location=map_location
+            )
+            tensors.update(part or {})
+            meta = meta or part_meta
+        state = path / "trainer_state.json"
+        if state.is_file():
+            try:
+                meta = {**meta, **_metadata_steps(json.loads(state.read_text()))}
+            except (OSError, ValueError, AttributeError):
+                pass
+    else:
+        tensors, module, meta = _load_tensor_file(path, trust_pickle=trust_pickle, map_location=map_location)
+    if tensors is not None:
+        tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+        _check_finite(path, tensors)
+    if module is not None:
+        _check_finite(path, module.state_dict())
+    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta)
+
+
+def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:
+    try:
+        if kind == "torchscript":
+            return torch.jit.load(str(path), map_location=map_location)
+        program = torch.export.load(str(path))
+        return program.module()
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is reported as a damaged file
+        raise _corrupt_error(path, exc) from None
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callable[..., nn.Module]:
+    """The callable named by ``pkg.module:factory`` or ``path/file.py:factory``.
+
+    A file path is tried relative to ``base_dir`` first, then to the current folder.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ModelError(
+            f"--model {spec!r} is not of the form module:factory",
+            fix="e.g. --model mypkg.models:build or --model path/to/model.py:build",
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
+        file = next((c for c in candidates if c.is_file()), None)
+        if file is None:
+            raise ModelError(
+                f"--model {spec!r}: file {target} not found",
+                got="looked in " + ", ".join(str(c.resolve().parent) for c in candidates),
+                fix="give the path relative to the checkpoint folder or the current folder",
+            )
+        module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
+        try:
+            spec_obj = importlib.util.spec_from_file_location(module_name, file)
+            if spec_obj is None or spec_obj.loader is None:
+                raise ImportError(f"cannot import {file}")
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[module_name] = module
+            spec_obj.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - user code can raise anything
+            sys.modules.pop(module_name, None)
+            raise ModelError(
+                f"--model {spec!r}: importing {file} failed",
+                got=f"{type(exc).__name__}: {exc}",
+                fix="fix the error in that file",
+            ) from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:  # noqa: BLE001 - user code can raise anything
+            raise ModelError(
+                f"--model {spec!r}: cannot import {target}",
+                got=f"{type(exc).__name__}: {exc}",
+                fix="install the package or put it on PYTHONPATH, or use path/file.py:factory",
+            ) from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ModelError(
+            f"--model {spec!r}: {target} has no callable {attr!r}",
+            got="callables there: " + ", ".join(public[:10]),
+            fix="check the name after ':'",
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def _key_report(
+    path: Path, model_keys: dict[str, torch.Size], ckpt: Mapping[str, torch.Tensor]
+) -> str | None:
+    missing = [k for k in model_keys if k not in ckpt]
+    unexpected = [k for k in ckpt if k not in model_keys]
+    shapes = [
+        f"{k}: checkpoint {tuple(ckpt[k].shape)} vs model {tuple(model_keys[k])}"
+        for k in model_keys
+        if k in ckpt and tuple(ckpt[k].shape) != tuple(model_keys[k])
+    ]
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} missing key(s): "
+            + ", ".join(missing[:4])
+            + (", ..." if len(missing) > 4 else "")
+        )
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} unexpected key(s): "
+            + ", ".join(unexpected[:4])
+            + (", ..." if len(unexpected) > 4 else "")
+        )
+    if shapes:
+        parts.append(
+            f"{len(shapes)} shape mismatch(es): "
+            + "; ".join(shapes[:3])
+            + ("; ..." if len(shapes) > 3 else "")
+        )
+    return "; ".join(parts) if parts else None
+
+
+def build_model(
+    loaded: LoadedCheckpoint,
+    *,
+    factory: Callable[..., nn.Module] | None,
+    kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """The model in eval mode: the checkpoint's own module, or ``factory(**kwargs)`` with its weights.
+
+    Loading is strict. When every checkpoint key carries one extra prefix (``model.`` from Lightning,
+    say) that makes the keys match exactly, that prefix is dropped.
+    """
+    path = loaded.ref.path
+    if loaded.module is not None:
+        return loaded.module.eval()
+    if factory is None:
+        raise ModelError(
+            f"{path} holds only weights; fdl needs the model's code to use them",
+            fix="pass --model path/to/model.py:build (and --model-kwargs JSON), or set model in fdl.toml",
+        )
+    try:
+        model = factory(**(kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - user code can raise anything
+        raise ModelError(
+            f"building the model for {path} failed",
+            got=f"{type(exc).__name__}: {exc}",
+            fix="check --model and --model-kwargs",
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            "the --model factory did not return a torch.nn.Module",
+            got=type(model).__name__,
+            fix="the factory must return the network",
+        )
+    state = loaded.state_dict or {}
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    problem = _key_report(path, expected, state)
+    if problem is not None:
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) == 1 and all("." in k for k in state):
+            stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
+            if _key_report(path, expected, stripped) is None:
+                state, problem = stripped, None
+    if problem is not None:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model built by --model",
+            got=problem,
+            fix="wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)",
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model",
+            got=str(exc).splitlines()[0],
+            fix="wrong --model or --model-kwargs?",
+        ) from None
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------- manifest
+
+
+def _as_str_list(value: Any, key: str, path: Path) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise CheckpointError(
+        f"{path}: {key!r} must be a string or a list of strings",
+        got=repr(value)[:100],
+        fix=f'e.g. {key} = "..." or {key} = ["...", "..."]',
+    )
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """Read ``folder/fdl.toml`` if present; ``None`` when there is none.
+
+    Keys: ``model`` (spec; a file path in it is made absolute), ``model_kwargs`` (table), ``probe``
+    (path, list of paths or table name -> path; returned as ``--probe`` specs with absolute paths),
+    ``layer`` (name or list); every other key lands in ``options``.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not valid TOML",
+            got=str(exc),
+            fix='fix the file; e.g. model = "model.py:build"  probe = "probe.npz"',
+        ) from None
+    base = path.parent
+    model = data.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        raise CheckpointError(
+            f"{path}: 'model' must be a string", got=repr(model)[:100], fix='e.g. model = "model.py:build"'
+        )
+    if model is not None:
+        target, sep, attr = model.rpartition(":")
+        if sep and (target.endswith(".py") or "/" in target) and not Path(target).is_absolute():
+            model = f"{(base / target).resolve()}:{attr}"
+    kwargs = data.pop("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(
+            f"{path}: 'model_kwargs' must be a table",
+            got=repr(kwargs)[:100],
+            fix="e.g. model_kwargs = { hidden = 64 }",
+        )
+    raw_probe = data.pop("probe", None)
+    if isinstance(raw_probe, dict):
+        probes = [f"{name}={(base / str(p)).resolve()}" for name, p in raw_probe.items()]
+    else:
+        probes = [str((base / p).resolve()) for p in _as_str_list(raw_probe, "probe", path)]
+    layers = _as_str_list(data.pop("layer", None), "layer", path)
+    return Manifest(
+        path=path, model=model, model_kwargs=dict(kwargs), probe=probes, layer=layers, options=data
+    )
