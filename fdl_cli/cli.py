@@ -1,0 +1,214 @@
+"""click commands: parse -> call -> render. torch is imported only by the commands that need it.
+
+Exit status: 0 ok, 1 an error the tool explains (no traceback), 2 usage error, 3 `classify --expect`
+mismatch. Human output goes to stderr; machine output (`--json`, `--format json|csv`) to stdout only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from fdl_cli import __version__
+from fdl_cli.errors import FdlError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _emit_json(obj: Any) -> None:
+    """One JSON document on stdout (flushed, so `| jq` sees records as they complete)."""
+    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="fdl")
+def cli() -> None:
+    """fdl — measure feature learning from training checkpoints.
+
+    \b
+    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> store.h5
+    fdl report STORE.h5                                           # table, summary, figures
+    fdl classify STORE.h5                                         # coefficient / MF / EF
+    fdl compare A.h5 B.h5                                         # two runs side by side
+    """
+
+
+# ----------------------------------------------------------------------------------------- analyze
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
+@click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
+@click.option(
+    "--probe", "probe_specs", multiple=True, metavar="[NAME=]FILE", help="Probe set (.npz/.pt/.safetensors/.h5)."
+)
+@click.option(
+    "--layer", "layers", multiple=True, metavar="NAME",
+    help="Module whose output is the feature map (NAME:input for its input). Default: input of the last nn.Linear.",
+)
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Store file (default: ./<folder>.fdl.h5).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:i.")
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--center", is_flag=True, help="Use the centered feature covariance (default: uncentered).")
+@click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
+@click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True))
+@click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.")
+@click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
+@click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
+@click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")
+@click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
+@click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that are pickled Python objects (runs their code).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
+@click.option("--product-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="dtype of the per-batch feature products (sums are always float64).")
+@click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
+@click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
+@click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per checkpoint on stdout.")
+def analyze(**kwargs: Any) -> None:
+    """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import RichReporter
+
+    options = AnalyzeOptions.from_cli(**kwargs)
+    console = _stderr_console()
+    with RichReporter(console, quiet=False) as reporter:
+        summary = run_analyze(
+            options,
+            reporter=reporter,
+            on_record=_emit_json if options.as_json else None,
+            stdin=sys.stdin,
+        )
+    console.print(summary.message())
+    if summary.failed:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------- inspect
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
+@click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
+@click.option("--probe", "probe_spec", metavar="FILE", help="A probe to take one sample from (for output shapes).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled Python object (runs its code).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def inspect(**kwargs: Any) -> None:
+    """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""
+    from fdl_cli.pipeline import inspect_checkpoint
+
+    result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    if kwargs["as_json"]:
+        _emit_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"modules of {result['checkpoint']}")
+    for column in ("module", "type", "output shape", "parameters"):
+        table.add_column(column)
+    for row in result["modules"]:
+        marker = " ← default (input)" if row["name"] == result["default_module"] else ""
+        table.add_row(row["name"] or "(model)", row["type"], str(row["output_shape"]), str(row["parameters"]) + marker)
+    console = _stderr_console()
+    console.print(table)
+    console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] "
+                  f"(the input of the last nn.Linear, {result['default_features']} features)")
+
+
+# ------------------------------------------------------------------------------- reading commands
+
+FORMATS = click.Choice(["table", "json", "csv", "markdown"])
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--wide", is_flag=True, help="Show every field in the table.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write figures (PNG and SVG) here.")
+@click.option("--probe", default=None, help="Select a probe when the store has several.")
+@click.option("--layer", default=None, help="Select a layer when the store has several.")
+def report(**kwargs: Any) -> None:
+    """One row per checkpoint and a run summary; figures and HTML on request."""
+    raise FdlError("fdl report is being implemented", fix="use the store with h5py meanwhile")
+
+
+cli.add_command(report, name="summarize")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("store_a", type=click.Path(dir_okay=False))
+@click.argument("store_b", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
+@click.option("--probe", default=None, help="Select a probe when the stores have several.")
+@click.option("--layer", default=None, help="Select a layer when the stores have several.")
+def compare(**kwargs: Any) -> None:
+    """Compare two runs step by step: field differences, cross-run eigenspace overlap, who is richer."""
+    raise FdlError("fdl compare is being implemented")
+
+
+cli.add_command(compare, name="diff")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
+              required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
+@click.option("--probe", default=None)
+@click.option("--layer", default=None)
+def export(**kwargs: Any) -> None:
+    """Export stored arrays or trajectories as CSV, JSON or NumPy."""
+    raise FdlError("fdl export is being implemented")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
+@click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"]), help="Exit 3 when the verdict differs.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold.")
+@click.option("--probe", default=None)
+@click.option("--layer", default=None)
+def classify(**kwargs: Any) -> None:
+    """The run's regime (coefficient, MF or EF) with its evidence and thresholds."""
+    raise FdlError("fdl classify is being implemented")
+
+
+# -------------------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="fdl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FdlError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
