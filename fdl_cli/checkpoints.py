@@ -243,28 +243,35 @@ def _metadata_steps(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_SAMPLE_BYTES = 256  # first and last bytes of each tensor; a match is confirmed by weights_digest
+
+
 def _fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Cheap hash of names, shapes and each tensor's first/last bytes (mmapped tensors stay unread)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        flat = tensors[name].detach().reshape(-1)
-        sample = torch.cat([flat[:32], flat[-32:]]) if flat.numel() > 64 else flat
-        digest.update(f"{name}|{tensors[name].dtype}|{tuple(tensors[name].shape)}|".encode())
-        digest.update(sample.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        tensor = tensors[name].detach()
+        flat = tensor.reshape(-1)
+        count = _SAMPLE_BYTES // max(1, tensor.element_size())
+        digest.update(f"{name}|{list(tensor.shape)}|".encode())
+        for part in (flat[:count], flat[-count:] if flat.numel() else flat):
+            digest.update(part.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def _fingerprint_safetensors(path: Path, header: Mapping[str, Any]) -> str:
+    """The same hash as :func:`_fingerprint_tensors`, read straight from the file's byte ranges."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         base = 8 + length
         for name in sorted(k for k in header if k != "__metadata__"):
             start, end = header[name]["data_offsets"]
-            digest.update(f"{name}|{header[name]['dtype']}|{header[name]['shape']}|".encode())
-            handle.seek(base + start)
-            digest.update(handle.read(min(256, end - start)))
-            handle.seek(base + max(start, end - 256))
-            digest.update(handle.read(min(256, end - start)))
+            size = min(_SAMPLE_BYTES, end - start)
+            digest.update(f"{name}|{list(header[name]['shape'])}|".encode())
+            for offset in (start, end - size):
+                handle.seek(base + offset)
+                digest.update(handle.read(size))
     return digest.hexdigest()
 
 
@@ -301,9 +308,12 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _torch_load_safe(path: Path, *, map_location: str = "cpu") -> Any:
-    """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError."""
-    is_zip = zipfile.is_zipfile(path)
+def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError.
+
+    ``mmap`` (cheap peeking) skips torch's check of each storage's size, so real loads leave it off.
+    """
+    is_zip = mmap and zipfile.is_zipfile(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -361,7 +371,7 @@ def _peek_file(path: Path) -> _Peek:
     elif _looks_like_text(path):
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
-        obj = _torch_load_safe(path)
+        obj = _torch_load_safe(path, mmap=True)
     except UnsafeCheckpointError:
         unsafe, has_tensors = _unsafe_globals(path)
         if not has_tensors:
@@ -907,7 +917,10 @@ def build_model(
     """
     path = loaded.ref.path
     if loaded.module is not None:
-        return loaded.module.eval()
+        try:
+            return loaded.module.eval()
+        except NotImplementedError:  # torch.export modules are already captured in their eval graph
+            return loaded.module
     if factory is None:
         raise ModelError(
             f"{path} holds only weights; fdl needs the model's code to use them",
