@@ -30,6 +30,9 @@ from fdl_cli.errors import NumericalError
 RANK_RTOL = 1e-10
 #: A negative eigenvalue larger than this (relative to ρ_1) is reported as a warning when clipped.
 NEGATIVE_WARN_RTOL = 1e-8
+#: A centered second moment computed as Σφφᵀ/n − μμᵀ carries rounding noise of order eps·tr(Σφφᵀ/n), so
+#: centered eigenvalues / energies at or below CANCELLATION_RTOL · (the uncentered trace) are zero.
+CANCELLATION_RTOL = 1e-12
 #: Thresholds τ of k_τ (SPEC.md §3).
 TAUS = (0.90, 0.95, 0.99)
 #: Default share η of the centered output energy kept in the D_LR output span (SPEC.md §4).
@@ -199,13 +202,21 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
-def _truncate(values: np.ndarray) -> tuple[int, float]:
-    """Rank r (values > ρ_1·RANK_RTOL) and the most negative value relative to ρ_1 (0 if none)."""
+def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
+    """Rank r (values > max(ρ_1·RANK_RTOL, floor)) and the most negative value relative to ρ_1 (0 if none)."""
     top = float(values[0]) if values.size else 0.0
-    if top <= 0.0:
+    if top <= floor or top <= 0.0:
         return 0, 0.0
     most_negative = float(min(values.min(), 0.0)) / top
-    return int(np.count_nonzero(values > top * RANK_RTOL)), most_negative
+    return int(np.count_nonzero(values > max(top * RANK_RTOL, floor))), most_negative
+
+
+def _uncentered_trace(moments: Moments) -> float:
+    """tr(Σφφᵀ)/n, the scale of the rounding noise left by centering."""
+    if moments.sum_ff is not None:
+        return float(np.trace(moments.sum_ff)) / moments.n
+    assert moments.features is not None
+    return float(np.sum(moments.features**2)) / moments.n
 
 
 def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
@@ -214,11 +225,12 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
     n = moments.n
     mean = moments.sum_f / n if center else None
     p = moments.n_features
+    floor = CANCELLATION_RTOL * _uncentered_trace(moments) if center else 0.0
     if moments.features is not None and p > n:
         feats = moments.features - mean if mean is not None else moments.features
         gram = feats @ feats.T / n
         values, left = _descending_eigh(gram)
-        rank, clipped = _truncate(values)
+        rank, clipped = _truncate(values, floor)
         values = values[:rank]
         # v_k = Fᵀ u_k / √(n ρ_k): the right singular vectors of F/√n.
         vectors = feats.T @ left[:, :rank] / np.sqrt(n * values)
@@ -229,7 +241,7 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
             second = second - np.outer(mean, mean)
         second = (second + second.T) / 2.0
         values, vectors = _descending_eigh(second)
-        rank, clipped = _truncate(values)
+        rank, clipped = _truncate(values, floor)
         values, vectors = values[:rank], vectors[:, :rank]
         route = "moments"
     return Spectrum(
@@ -251,11 +263,12 @@ def _cross(moments: Moments, sum_fg: np.ndarray, sum_g: np.ndarray, center: bool
 
 
 def _energy(sum_gg: np.ndarray, sum_g: np.ndarray, n: int, center: bool) -> float:
-    """Σ_c ⟨g_c, g_c⟩ (of the centered g when asked)."""
-    energy = float(np.trace(sum_gg)) / n
-    if center:
-        energy -= float(sum_g @ sum_g) / n**2
-    return max(energy, 0.0)
+    """Σ_c ⟨g_c, g_c⟩ (of the centered g when asked; 0 when within rounding of the uncentered energy)."""
+    uncentered = float(np.trace(sum_gg)) / n
+    if not center:
+        return max(uncentered, 0.0)
+    energy = uncentered - float(sum_g @ sum_g) / n**2
+    return energy if energy > CANCELLATION_RTOL * uncentered else 0.0
 
 
 def alignment(spectrum: Spectrum, cross: np.ndarray, energy: float) -> np.ndarray:
@@ -315,13 +328,16 @@ def _centered_covariance_norms(moments: Moments) -> tuple[float, float]:
     return float(np.trace(cov)), float(np.linalg.norm(cov))
 
 
-def output_span_rank(energies: np.ndarray, energy_share: float) -> int:
-    """r_Ŷ of SPEC.md §4 from the descending eigenvalues s_i² of Ŷ_cᵀŶ_c."""
-    if energies.size == 0 or energies[0] <= 0.0:
+def output_span_rank(energies: np.ndarray, energy_share: float, *, floor: float = 0.0) -> int:
+    """r_Ŷ of SPEC.md §4 from the descending eigenvalues s_i² of Ŷ_cᵀŶ_c.
+
+    Energies at or below `floor` (the rounding noise of the centering) count as zero.
+    """
+    if energies.size == 0 or energies[0] <= max(floor, 0.0):
         return 0
     if energy_share >= 1.0:
-        return int(np.count_nonzero(energies > energies[0] * RANK_RTOL**2))
-    positive = np.maximum(energies, 0.0)
+        return int(np.count_nonzero(energies > max(energies[0] * RANK_RTOL**2, floor)))
+    positive = np.where(energies > floor, energies, 0.0)
     cumulative = np.cumsum(positive)
     return int(np.argmax(cumulative >= energy_share * cumulative[-1])) + 1
 
@@ -340,8 +356,12 @@ def dynamical_low_rank(moments: Moments, *, energy_share: float = DLR_ENERGY) ->
     out_mean = moments.sum_o / n
     out_cov = moments.sum_oo / n - np.outer(out_mean, out_mean)
     energies, directions = _descending_eigh((out_cov + out_cov.T) / 2.0)
-    rank = output_span_rank(energies, energy_share)
+    rank = output_span_rank(
+        energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
+    )
     trace, frob = _centered_covariance_norms(moments)
+    if trace <= CANCELLATION_RTOL * _uncentered_trace(moments):
+        trace = frob = 0.0
     pr = trace**2 / frob**2 if frob > 0.0 else 0.0
     if rank == 0 or trace <= 0.0:
         return DLR(d_lr=1.0, output_rank=rank, alignment=0.0, participation_ratio=float(pr))
