@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import pickle
 import pickletools
@@ -96,29 +97,47 @@ class _Peek:
 
 
 def _pickle_globals(data: bytes) -> tuple[list[str], bool]:
-    """Globals referenced by a pickle and whether it stores tensors, from its opcodes (never executed)."""
+    """Globals referenced by the pickles in ``data`` and whether they store tensors (opcodes only, never run).
+
+    Legacy torch files are several pickles in a row (magic, protocol, sys info, object): read up to four.
+    """
     found: list[str] = []
     strings: list[Any] = []
     memo: dict[int, Any] = {}
     has_tensors = False
-    for opcode, arg, _pos in pickletools.genops(data):
-        name = opcode.name
-        if name in ("GLOBAL", "INST"):
-            found.append(str(arg).replace(" ", "."))
-        elif name == "STACK_GLOBAL" and len(strings) >= 2:
-            found.append(f"{strings[-2]}.{strings[-1]}")
-        elif "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
-            strings.append(arg)
-        elif name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
-            memo[int(arg)] = strings[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            strings.append(memo.get(int(arg)))
-        elif name in ("PERSID", "BINPERSID"):
-            has_tensors = True
-        if name == "STOP":
+    stream = io.BytesIO(data)
+    for index in range(4):
+        if stream.tell() >= len(data):
             break
+        last: Any = None
+        try:
+            ops = list(pickletools.genops(stream))
+        except Exception:  # noqa: BLE001 - damage in the first pickle is the caller's corrupt file
+            if index == 0:
+                raise
+            break
+        for opcode, arg, _pos in ops:
+            name = opcode.name
+            pushed: Any = None
+            if name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif "UNICODE" in name or name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+                pushed = arg
+            elif name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = last
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed = memo.get(int(arg))
+            elif name in ("PERSID", "BINPERSID"):
+                has_tensors = True
+            if pushed is not None:
+                strings.append(pushed)
+            if name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                last = pushed
+        memo.clear()
     has_tensors = has_tensors or any("_rebuild_tensor" in g or "_rebuild_parameter" in g for g in found)
     return sorted(set(found)), has_tensors
 
