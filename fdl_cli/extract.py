@@ -1,0 +1,269 @@
+"""Hooks and batched forward passes -> streaming float64 statistics, on the GPU when there is one.
+
+One forward pass over a probe per checkpoint feeds every hooked layer's `MomentAccumulator` (the sums
+stay on the device) and keeps the features of the first m probe points (the anchor subset, SPEC §5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fdl_cli.errors import ModelError, ProbeError
+from fdl_cli.moments import MomentAccumulator
+from fdl_cli.spectral import Moments
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+INPUT_SUFFIX = ":input"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A feature map: the output (or, with use_input, the input) of the named module."""
+
+    module: str
+    use_input: bool
+
+    @property
+    def label(self) -> str:
+        return self.module + INPUT_SUFFIX if self.use_input else self.module
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """What one probe pass gives for one layer: statistics and the anchor features (m, p) float64."""
+
+    moments: Moments
+    anchor_features: np.ndarray
+
+
+def default_layer(model: nn.Module) -> LayerSpec:
+    """The input of the last nn.Linear in registration order (SPEC §1: the penultimate features)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        names = [name for name, _ in model.named_modules() if name][:12]
+        raise ModelError(
+            "the model has no nn.Linear, so there is no default feature layer",
+            got=f"modules: {', '.join(names) or '(none)'}",
+            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT`)",
+        )
+    return LayerSpec(module=last, use_input=True)
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
+    """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given."""
+    if not names:
+        return [default_layer(model)]
+    modules = dict(model.named_modules())
+    specs = []
+    for name in names:
+        use_input = name.endswith(INPUT_SUFFIX)
+        module = name[: -len(INPUT_SUFFIX)] if use_input else name
+        if module not in modules:
+            import difflib
+
+            close = difflib.get_close_matches(module, [m for m in modules if m], n=5)
+            raise ModelError(
+                f"unknown layer {name!r}",
+                got=f"closest module names: {', '.join(close) or '(none)'}",
+                fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
+            )
+        specs.append(LayerSpec(module=module, use_input=use_input))
+    return specs
+
+
+def model_outputs(raw: Any) -> torch.Tensor:
+    """The model's raw outputs (logits) as (b, C): the first tensor of a tuple, `.logits` of a dict."""
+    if isinstance(raw, torch.Tensor):
+        tensor = raw
+    elif hasattr(raw, "logits"):
+        tensor = raw.logits
+    elif isinstance(raw, dict) and raw:
+        tensor = raw.get("logits", next(iter(raw.values())))
+    elif isinstance(raw, (tuple, list)) and raw:
+        tensor = raw[0]
+    else:
+        raise ModelError(
+            "the model's forward did not return a tensor",
+            got=type(raw).__name__,
+            fix="wrap the model so that forward returns the logits / predictions tensor",
+        )
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda when available, else cpu; `cuda[:i]` checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:i") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA GPU is available", fix="use --device cpu or auto")
+    return device
+
+
+@contextmanager
+def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture each layer's features (flattened to (b, p)) of the next forward pass."""
+    captured: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = []
+
+    def make_hook(spec: LayerSpec) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            value = inputs[0] if spec.use_input else output
+            if isinstance(value, (tuple, list)):
+                value = value[0]
+            captured[spec.label] = value.reshape(value.shape[0], -1)
+
+        return hook
+
+    for spec in layers:
+        handles.append(modules[spec.module].register_forward_hook(make_hook(spec)))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
+    """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype."""
+    model = model.to(device)
+    if dtype != "float32":
+        model = model.to(DTYPES[dtype])
+    return model.eval()
+
+
+def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(batch))
+    if tensor.is_floating_point():
+        tensor = tensor.to(DTYPES[dtype])
+    return tensor.to(device, non_blocking=True)
+
+
+def forward_one(
+    model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
+) -> tuple[dict[str, int], int]:
+    """One forward pass of one sample: the width of each layer's features and the number of outputs."""
+    with torch.inference_mode(), hooked(model, layers) as captured:
+        outputs = model_outputs(model(_inputs(sample[:1], device=device, dtype=dtype)))
+    missing = [spec.label for spec in layers if spec.label not in captured]
+    if missing:
+        raise ModelError(
+            f"layer(s) {', '.join(missing)} did not run in the model's forward pass",
+            fix="choose a module that the forward pass uses (see `fdl inspect`)",
+        )
+    return {label: int(value.shape[1]) for label, value in captured.items()}, int(outputs.shape[1])
+
+
+def extract(
+    model: nn.Module,
+    layers: Sequence[LayerSpec],
+    x: np.ndarray,
+    y: np.ndarray | None,
+    *,
+    task: str,
+    device: torch.device,
+    dtype: str = "float32",
+    batch_size: int = 512,
+    anchor_size: int = 4096,
+    keep_features: Callable[[int], bool] | None = None,
+    product_dtype: str = "float64",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, LayerResult]:
+    """One pass of the probe (x, y) through the model; statistics and anchor features per layer.
+
+    x: (n, ...) probe inputs; y: (n,) labels or (n, C) targets or None. keep_features(p) says whether
+    a layer of width p keeps its features (the Gram route, for p > n).
+    """
+    n = int(x.shape[0])
+    if n == 0:
+        raise ProbeError("the probe is empty", fix="use a probe with at least one sample")
+    accumulators: dict[str, MomentAccumulator] = {}
+    anchors: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
+    anchor_count = min(anchor_size, n)
+    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if y is not None else None
+    n_batches = math.ceil(n / batch_size)
+    with torch.inference_mode(), hooked(model, layers) as captured:
+        for index, start in enumerate(range(0, n, batch_size)):
+            stop = min(start + batch_size, n)
+            outputs = model_outputs(model(_inputs(x[start:stop], device=device, dtype=dtype)))
+            targets = targets_all[start:stop] if targets_all is not None else None
+            for spec in layers:
+                features = captured.pop(spec.label)
+                accumulator = accumulators.get(spec.label)
+                if accumulator is None:
+                    keep = bool(keep_features(int(features.shape[1]))) if keep_features else False
+                    accumulator = MomentAccumulator(task=task, keep_features=keep, product_dtype=product_dtype)
+                    accumulators[spec.label] = accumulator
+                accumulator.update(features, outputs, targets)
+                if start < anchor_count:
+                    anchors[spec.label].append(features[: anchor_count - start].to(torch.float64))
+            if on_batch is not None:
+                on_batch(index + 1, n_batches)
+    return {
+        spec.label: LayerResult(
+            moments=accumulators[spec.label].moments(),
+            anchor_features=torch.cat(anchors[spec.label]).cpu().numpy(),
+        )
+        for spec in layers
+    }
+
+
+def anchor_features(
+    model: nn.Module,
+    layers: Sequence[LayerSpec],
+    x: np.ndarray,
+    *,
+    device: torch.device,
+    dtype: str = "float32",
+    batch_size: int = 512,
+    anchor_size: int = 4096,
+) -> dict[str, np.ndarray]:
+    """Only the anchor features (m, p) float64 of each layer (for a checkpoint already in the store)."""
+    count = min(anchor_size, int(x.shape[0]))
+    chunks: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
+    with torch.inference_mode(), hooked(model, layers) as captured:
+        for start in range(0, count, batch_size):
+            model(_inputs(x[start : min(start + batch_size, count)], device=device, dtype=dtype))
+            for spec in layers:
+                chunks[spec.label].append(captured.pop(spec.label).to(torch.float64))
+    return {label: torch.cat(parts).cpu().numpy() for label, parts in chunks.items()}
+
+
+def parameter_vector_norms(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None
+) -> tuple[float, float | None]:
+    """‖θ‖² and ‖θ − θ_ref‖ / ‖θ_ref‖ over the floating tensors (BatchNorm running statistics excluded)."""
+    squared, distance, ref_squared = 0.0, 0.0, 0.0
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or _is_running_stat(name):
+            continue
+        values = tensor.detach().to(torch.float64)
+        squared += float((values * values).sum())
+        if reference is not None and name in reference and reference[name].shape == tensor.shape:
+            ref = reference[name].detach().to(device=values.device, dtype=torch.float64)
+            distance += float(((values - ref) ** 2).sum())
+            ref_squared += float((ref * ref).sum())
+    if reference is None:
+        return squared, None
+    if ref_squared == 0.0:
+        return squared, None if distance > 0 else 0.0
+    return squared, math.sqrt(distance / ref_squared)
+
+
+def _is_running_stat(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")

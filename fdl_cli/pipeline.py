@@ -1,0 +1,636 @@
+"""analyze = checkpoints -> extract -> spectral -> store; no click, no rich.
+
+`run_analyze` discovers and orders the checkpoints, loads the probes, validates them against the model
+with one forward pass of one sample, then for every checkpoint the store does not hold yet: loads it
+(the next one is loaded in a background thread meanwhile), runs each probe through the model once with
+every layer hooked, computes the measures, compares with the reference and the previous checkpoint on
+the anchor subset, and appends the result to the store (durably, before announcing it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from fdl_cli import __version__
+from fdl_cli.errors import CheckpointError, FdlError, NumericalError, ProbeError, StoreError
+from fdl_cli.fields import RECORD_FIELDS
+from fdl_cli.progress import NullReporter, Reporter
+from fdl_cli.regimes import Thresholds, checkpoint_regime
+
+if False:  # typing only: keep `import fdl_cli.pipeline` cheap
+    from fdl_cli.checkpoints import CheckpointRef, LoadedCheckpoint
+    from fdl_cli.probes import Probe
+    from fdl_cli.store import CheckpointEntry
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Everything `fdl analyze` was asked to do (CLI options, before the manifest fills gaps)."""
+
+    sources: tuple[str, ...]
+    model_spec: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    probe_specs: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()
+    out: Path | None = None
+    device: str = "auto"
+    batch_size: int = 512
+    dtype: str = "float32"
+    center: bool = False
+    top_k: int = 64
+    anchor_size: int = 4096
+    reference_step: int | None = None
+    dlr_energy: float = 0.99
+    steps: tuple[int, ...] | None = None
+    every: int | None = None
+    glob_pattern: str | None = None
+    step_regex: str | None = None
+    resume: bool = True
+    trust_pickle: bool = False
+    strict: bool = False
+    product_dtype: str = "float64"
+    shard_probe: bool = False
+    watch: bool = False
+    poll_seconds: float = 10.0
+    as_json: bool = False
+    min_commit_interval: float = 0.0
+
+    @classmethod
+    def from_cli(cls, **kwargs: Any) -> AnalyzeOptions:
+        """Build from the click parameters of `fdl analyze` (parses JSON kwargs and step lists)."""
+        raw_kwargs = kwargs.pop("model_kwargs", None)
+        model_kwargs: dict[str, Any] = {}
+        if raw_kwargs:
+            try:
+                model_kwargs = json.loads(raw_kwargs)
+            except json.JSONDecodeError as exc:
+                raise FdlError(
+                    "--model-kwargs is not valid JSON", got=f"{raw_kwargs!r} ({exc.msg})", fix='e.g. \'{"hidden": 64}\''
+                ) from None
+            if not isinstance(model_kwargs, dict):
+                raise FdlError("--model-kwargs must be a JSON object", got=raw_kwargs, fix='e.g. \'{"hidden": 64}\'')
+        steps_text = kwargs.pop("steps", None)
+        steps = None
+        if steps_text:
+            try:
+                steps = tuple(int(part) for part in steps_text.split(",") if part.strip())
+            except ValueError:
+                raise FdlError("--steps must be integers separated by commas", got=steps_text, fix="e.g. --steps 0,100,500") from None
+        out = kwargs.pop("out", None)
+        return cls(
+            sources=tuple(kwargs.pop("sources")),
+            model_kwargs=model_kwargs,
+            steps=steps,
+            out=Path(out) if out else None,
+            probe_specs=tuple(kwargs.pop("probe_specs", ())),
+            layers=tuple(kwargs.pop("layers", ())),
+            **kwargs,
+        )
+
+    def numeric_options(self) -> dict[str, Any]:
+        """The options that change the numbers (a store refuses to mix them)."""
+        return {
+            "center": self.center,
+            "top_k": self.top_k,
+            "anchor_size": self.anchor_size,
+            "dlr_energy": self.dlr_energy,
+            "dtype": self.dtype,
+            "product_dtype": self.product_dtype,
+        }
+
+
+@dataclass
+class AnalyzeSummary:
+    store: Path
+    analysed: list[int] = field(default_factory=list)
+    already: list[int] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def message(self) -> str:
+        parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
+        if self.already:
+            parts.append(f"{len(self.already)} already in the store")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        text = ", ".join(parts) + f" → {self.store}"
+        for path, reason in self.failed:
+            text += f"\n  failed: {path}: {reason.splitlines()[0]}"
+        if self.interrupted:
+            text += "\ninterrupted: what was completed is in the store; run the same command again to resume"
+        return text
+
+
+@dataclass
+class _Series:
+    """Per (probe, layer): what later checkpoints are compared with."""
+
+    anchor: np.ndarray  # (m, p) float64 anchor features
+    eigenfunctions: np.ndarray  # (m, K) float64 (float32-rounded, as stored)
+
+
+@dataclass
+class _Context:
+    options: AnalyzeOptions
+    probes: list[Probe]
+    factory: Callable[..., Any] | None
+    model_kwargs: dict[str, Any]
+    layer_names: tuple[str, ...]
+    device: Any
+    reporter: Reporter
+    layers: list[Any] = field(default_factory=list)
+    n_outputs: int = 0
+    reference_step: int = 0
+    reference_state: dict[str, Any] | None = None
+    reference: dict[tuple[str, str], _Series] = field(default_factory=dict)
+    previous: dict[tuple[str, str], _Series] = field(default_factory=dict)
+    previous_step: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def default_store_path(sources: Sequence[str]) -> Path:
+    """./<folder>.fdl.h5 for one folder, else ./fdl.h5."""
+    if len(sources) == 1 and sources[0] != "-" and Path(sources[0]).is_dir():
+        return Path(f"{Path(sources[0]).resolve().name}.fdl.h5")
+    return Path("fdl.h5")
+
+
+def _series_key(probe: str, layer: str) -> tuple[str, str]:
+    return (probe, layer)
+
+
+def entry_records(entry: CheckpointEntry, *, tagged: bool) -> list[dict[str, Any]]:
+    """The JSON records of one stored checkpoint (RECORD_FIELDS order; probe/layer when tagged)."""
+    records = []
+    for series in entry.series:
+        record: dict[str, Any] = {"step": entry.step, "path": entry.path, "sha256": entry.sha256}
+        for name in RECORD_FIELDS[3:]:
+            record[name] = series.scalars.get(name)
+        if tagged:
+            record["probe"], record["layer"] = series.probe, series.layer
+        records.append(record)
+    return records
+
+
+def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None) -> dict[str, Any]:
+    return {
+        "model": model_spec,
+        "model_kwargs": ctx.model_kwargs,
+        "layers": [spec.label for spec in ctx.layers],
+        "probes": {probe.name: probe.sha256 for probe in ctx.probes},
+        "reference_step": ctx.reference_step,
+        "options": options.numeric_options(),
+        # Recorded, not compared: a store may be resumed on another host.
+        "environment": environment(),
+    }
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "fdl_version": __version__,
+    }
+
+
+# ---------------------------------------------------------------------------------- the main job
+
+
+def run_analyze(
+    options: AnalyzeOptions,
+    *,
+    reporter: Reporter | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    stdin: TextIO | None = None,
+) -> AnalyzeSummary:
+    """Analyse the checkpoints of `options` into the store; returns what was done."""
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.extract import resolve_device
+    from fdl_cli.probes import load_probe, parse_probe_spec
+
+    reporter = reporter or NullReporter()
+    discovery = ckpts.discover_checkpoints(
+        options.sources,
+        glob=options.glob_pattern,
+        step_regex=options.step_regex,
+        steps=options.steps,
+        every=options.every,
+        stdin=stdin,
+    )
+    for note in discovery.notes:
+        reporter.note(note)
+    for first, second in discovery.duplicates:
+        reporter.warn(f"{first} and {second} hold identical weights")
+
+    manifest = None
+    folders = [Path(s) for s in options.sources if s != "-" and Path(s).is_dir()]
+    if len(folders) == 1:
+        manifest = ckpts.read_manifest(folders[0])
+    model_spec = options.model_spec or (manifest.model if manifest else None)
+    model_kwargs = options.model_kwargs or (manifest.model_kwargs if manifest else {})
+    probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
+    layer_names = options.layers or tuple(manifest.layer if manifest else ())
+    if not probe_specs:
+        raise ProbeError(
+            "no probe set was given",
+            fix="pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
+        )
+    probes = []
+    for spec in probe_specs:
+        name, path = parse_probe_spec(spec)
+        probes.append(load_probe(path, name=name))
+    if len({p.name for p in probes}) != len(probes):
+        raise ProbeError("two probes have the same name", got=", ".join(probe_specs), fix="name them: --probe train=a.npz --probe test=b.npz")
+    base_dir = folders[0] if folders else None
+    factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
+    ctx = _Context(
+        options=options,
+        probes=probes,
+        factory=factory,
+        model_kwargs=model_kwargs,
+        layer_names=layer_names,
+        device=resolve_device(options.device),
+        reporter=reporter,
+    )
+    out = options.out or default_store_path(options.sources)
+    summary = AnalyzeSummary(store=out)
+    refs = list(discovery.checkpoints)
+    try:
+        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    return summary
+
+
+def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRef:
+    if ctx.options.reference_step is None:
+        return refs[0]
+    for ref in refs:
+        if ref.step == ctx.options.reference_step:
+            return ref
+    raise CheckpointError(
+        f"--reference {ctx.options.reference_step}: no checkpoint has that step",
+        got=f"steps {', '.join(str(r.step) for r in refs[:12])}{' ...' if len(refs) > 12 else ''}",
+        fix="pass one of the steps found, or omit --reference to use the first",
+    )
+
+
+def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str]:
+    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+
+    return load_checkpoint(ref, trust_pickle=trust_pickle), sha256_file(ref.path)
+
+
+def _prepare(ctx: _Context, loaded: LoadedCheckpoint) -> Any:
+    from fdl_cli.checkpoints import build_model
+    from fdl_cli.extract import prepare_model
+
+    if loaded.module is None and ctx.factory is None:
+        raise CheckpointError(
+            f"{loaded.ref.path} holds weights only, and no model was given to put them in",
+            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        )
+    model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
+    return prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
+
+
+def _validate(ctx: _Context, model: Any) -> None:
+    """Resolve the layers and check every probe against the model with one sample, before long work."""
+    from fdl_cli.extract import forward_one, resolve_layers
+    from fdl_cli.probes import validate_probe
+
+    ctx.layers = resolve_layers(model, ctx.layer_names)
+    for probe in ctx.probes:
+        try:
+            widths, n_outputs = forward_one(model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype)
+        except FdlError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            raise ProbeError(
+                f"probe {probe.name!r} ({probe.path}) does not fit the model",
+                got=f"one sample of shape {tuple(probe.x.shape[1:])}, dtype {probe.x.dtype}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                fix="give the probe inputs the shape and dtype the model's forward expects",
+            ) from None
+        validate_probe(probe, n_outputs=n_outputs)
+        ctx.n_outputs = n_outputs
+
+
+def _probe_infos(ctx: _Context) -> list[Any]:
+    from fdl_cli.store import ProbeInfo
+
+    infos = []
+    for probe in ctx.probes:
+        m = min(ctx.options.anchor_size, int(probe.x.shape[0]))
+        one_d = probe.x.ndim == 1 or (probe.x.ndim == 2 and probe.x.shape[1] == 1)
+        anchor_x = np.asarray(probe.x[:m], dtype=np.float64).reshape(m) if one_d and probe.x.dtype.kind == "f" else None
+        anchor_y = None
+        if anchor_x is not None and probe.y is not None:
+            anchor_y = np.asarray(probe.y[:m], dtype=np.float64)
+        infos.append(
+            ProbeInfo(
+                name=probe.name,
+                sha256=probe.sha256,
+                n=int(probe.x.shape[0]),
+                task=probe.task or "none",
+                n_outputs=ctx.n_outputs,
+                anchor_x=anchor_x,
+                anchor_y=anchor_y,
+            )
+        )
+    return infos
+
+
+def _analyze_refs(
+    ctx: _Context,
+    refs: list[CheckpointRef],
+    out: Path,
+    summary: AnalyzeSummary,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    model_spec: str | None,
+    *,
+    manifest_dir: Path | None,
+    stdin: TextIO | None,
+) -> None:
+    from fdl_cli.store import StoreWriter
+
+    options, reporter = ctx.options, ctx.reporter
+    reference = _reference_ref(ctx, refs)
+    ctx.reference_step = reference.step
+    loaded, reference_sha = _load(reference, options.trust_pickle)
+    model = _prepare(ctx, loaded)
+    _validate(ctx, model)
+    provenance = _provenance(options, ctx, model_spec)
+    tagged = len(ctx.probes) * len(ctx.layers) > 1
+    with StoreWriter(
+        out,
+        provenance=provenance,
+        probes=_probe_infos(ctx),
+        overwrite=not options.resume,
+        min_interval=options.min_commit_interval,
+    ) as writer:
+
+        def announce(entries: Sequence[CheckpointEntry]) -> None:
+            for entry in entries:
+                summary.analysed.append(entry.step)
+                if on_record is not None:
+                    for record in entry_records(entry, tagged=tagged):
+                        on_record(record)
+
+        try:
+            _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
+            while options.watch:
+                time.sleep(options.poll_seconds)
+                refs = _rediscover(ctx, refs, stdin)
+                _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
+        finally:
+            announce(writer.flush())
+
+
+def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None) -> list[CheckpointRef]:
+    """For --watch: the checkpoints now present, ignoring files still being written."""
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    options = ctx.options
+    try:
+        found = discover_checkpoints(
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None
+        ).checkpoints
+    except FdlError as exc:
+        ctx.reporter.warn(f"watching: {exc.what}")
+        return known
+    settled = []
+    now = time.time()
+    for ref in found:
+        try:
+            if now - os.stat(ref.path).st_mtime < max(1.0, options.poll_seconds / 2):
+                continue  # probably still being written: next poll
+        except OSError:
+            continue
+        settled.append(ref)
+    return settled
+
+
+def _run_refs(
+    ctx: _Context,
+    refs: list[CheckpointRef],
+    writer: Any,
+    summary: AnalyzeSummary,
+    announce: Callable[[Sequence[CheckpointEntry]], None],
+    reference: CheckpointRef,
+    preloaded: tuple[LoadedCheckpoint, str] | None,
+    out: Path,
+) -> None:
+    options, reporter = ctx.options, ctx.reporter
+    completed = writer.completed()
+    failed_paths = {path for path, _ in summary.failed}
+    todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
+    for ref in refs:
+        if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed:
+            summary.already.append(ref.step)
+    if not todo:
+        return
+    # The reference goes first: every other checkpoint is compared with it.
+    todo.sort(key=lambda r: (r.step != reference.step, r.step))
+    reporter.start_run(len(todo))
+    steps_in_order = [r.step for r in refs]
+    ctx.refs_by_step = {r.step: r for r in refs}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdl-load") as pool:
+        pending: dict[int, Future[tuple[LoadedCheckpoint, str]]] = {}
+
+        def fetch(index: int) -> None:
+            if index < len(todo) and index not in pending:
+                if index == 0 and preloaded is not None and todo[0].step == reference.step:
+                    done: Future[tuple[LoadedCheckpoint, str]] = Future()
+                    done.set_result(preloaded)
+                    pending[index] = done
+                else:
+                    pending[index] = pool.submit(_load, todo[index], options.trust_pickle)
+
+        fetch(0)
+        for index, ref in enumerate(todo):
+            fetch(index + 1)  # load the next checkpoint while this one computes
+            reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
+            try:
+                loaded, sha = pending.pop(index).result()
+                entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+            except (CheckpointError, NumericalError) as exc:
+                summary.failed.append((str(ref.path), exc.message))
+                reporter.error(f"{ref.path}: {exc.message}")
+                if options.strict or ref.step == reference.step:
+                    raise
+                continue
+            finally:
+                reporter.end_checkpoint()
+            announce(writer.add(entry))
+
+
+def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> None:
+    """Rebuild the reference's anchor features and eigenfunctions when it is already in the store."""
+    if ctx.reference:
+        return
+    from fdl_cli.extract import anchor_features
+    from fdl_cli.store import StoreReader
+
+    loaded, _ = _load(reference, ctx.options.trust_pickle)
+    model = _prepare(ctx, loaded)
+    ctx.reference_state = _state_of(loaded, model)
+    with StoreReader(out) as reader:
+        for probe in ctx.probes:
+            feats = anchor_features(
+                model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
+                batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size,
+            )
+            for spec in ctx.layers:
+                stored = reader.arrays(reference.step, probe=probe.name, layer=spec.label)
+                ctx.reference[_series_key(probe.name, spec.label)] = _Series(
+                    anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64)
+                )
+
+
+def _previous_series(ctx: _Context, step: int, steps_in_order: list[int], out: Path) -> dict[tuple[str, str], _Series] | None:
+    """The series of the checkpoint before `step` in step order (recomputed from the store if needed)."""
+    position = steps_in_order.index(step)
+    if position == 0:
+        return None
+    previous = steps_in_order[position - 1]
+    if ctx.previous_step == previous:
+        return ctx.previous
+    if previous == ctx.reference_step and ctx.reference:
+        return ctx.reference
+    from fdl_cli.extract import anchor_features
+    from fdl_cli.store import StoreReader
+
+    ref = ctx.refs_by_step.get(previous)
+    if ref is None:
+        return None
+    try:
+        with StoreReader(out) as reader:
+            if previous not in reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label):
+                return None
+            loaded, _ = _load(ref, ctx.options.trust_pickle)
+            model = _prepare(ctx, loaded)
+            result = {}
+            for probe in ctx.probes:
+                feats = anchor_features(
+                    model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
+                    batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size,
+                )
+                for spec in ctx.layers:
+                    stored = reader.arrays(previous, probe=probe.name, layer=spec.label)
+                    result[_series_key(probe.name, spec.label)] = _Series(
+                        anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64)
+                    )
+    except (StoreError, FileNotFoundError):
+        return None
+    return result
+
+
+def _state_of(loaded: LoadedCheckpoint, model: Any) -> dict[str, Any]:
+    if loaded.state_dict is not None:
+        return loaded.state_dict
+    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+
+
+def _analyze_one(
+    ctx: _Context,
+    ref: CheckpointRef,
+    loaded: LoadedCheckpoint,
+    sha: str,
+    steps_in_order: list[int],
+    reference: CheckpointRef,
+    out: Path,
+) -> CheckpointEntry:
+    from fdl_cli.extract import extract, parameter_vector_norms
+    from fdl_cli.spectral import cka, eigenfunctions, eigenspace_overlap, measure
+    from fdl_cli.store import CheckpointEntry, SeriesEntry
+
+    options = ctx.options
+    is_reference = ref.step == reference.step
+    if not is_reference and not ctx.reference:
+        _reference_series(ctx, reference, out)
+    model = _prepare(ctx, loaded)
+    state = _state_of(loaded, model)
+    if is_reference:
+        ctx.reference_state = state
+    param_norm, param_dist = parameter_vector_norms(state, ctx.reference_state)
+    previous = _previous_series(ctx, ref.step, steps_in_order, out)
+    current: dict[tuple[str, str], _Series] = {}
+    series = []
+    for probe in ctx.probes:
+        results = extract(
+            model,
+            ctx.layers,
+            probe.x,
+            probe.y,
+            task=probe.task or "none",
+            device=ctx.device,
+            dtype=options.dtype,
+            batch_size=options.batch_size,
+            anchor_size=options.anchor_size,
+            keep_features=lambda p, n=int(probe.x.shape[0]): p > n,
+            product_dtype=options.product_dtype,
+            on_batch=ctx.reporter.batch,
+        )
+        for spec in ctx.layers:
+            result = results[spec.label]
+            measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
+            values = eigenfunctions(result.anchor_features, measures.spectrum, k=options.top_k).astype(np.float32)
+            mine = _Series(anchor=result.anchor_features, eigenfunctions=values.astype(np.float64))
+            key = _series_key(probe.name, spec.label)
+            current[key] = mine
+            base = mine if is_reference else ctx.reference[key]
+            before = previous.get(key) if previous else None
+            n_outputs = measures.scalars["n_outputs"]
+            scalars = dict(measures.scalars)
+            scalars["cka_init"] = cka(mine.anchor, base.anchor)
+            scalars["overlap_init"] = eigenspace_overlap(mine.eigenfunctions, base.eigenfunctions, k=n_outputs)
+            scalars["cka_prev"] = cka(mine.anchor, before.anchor) if before else None
+            scalars["overlap_prev"] = (
+                eigenspace_overlap(mine.eigenfunctions, before.eigenfunctions, k=n_outputs) if before else None
+            )
+            scalars["param_norm"] = param_norm
+            scalars["param_dist_init"] = param_dist
+            scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds).regime
+            if measures.clipped_eigenvalue:
+                ctx.reporter.warn(
+                    f"step {ref.step}, {probe.name}/{spec.label}: clipped a negative eigenvalue "
+                    f"({measures.clipped_eigenvalue:.2e} of ρ_1) to 0"
+                )
+            series.append(
+                SeriesEntry(
+                    probe=probe.name,
+                    layer=spec.label,
+                    scalars=scalars,
+                    eigenvalues=measures.eigenvalues,
+                    eigenvectors=measures.eigenvectors,
+                    eigenfunctions=values,
+                    utility=measures.utility,
+                    quality=measures.quality,
+                    feature_mean=measures.spectrum.mean,
+                )
+            )
+    if is_reference:
+        ctx.reference = current
+    ctx.previous, ctx.previous_step = current, ref.step
+    return CheckpointEntry(step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series))
+
