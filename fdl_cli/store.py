@@ -1,0 +1,1127 @@
+"""The HDF5 store of one run: its schema, its crash-safe single writer and its readers (the only h5py importer).
+
+Layout (schema_version 1; docs/store.md has the full account)::
+
+    /                                   attrs: format="fdl-store", schema_version=1 (int), fdl_version,
+                                               created (ISO 8601 UTC), provenance (JSON object as a string)
+    /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs
+        anchor_x (m, ...) f64           optional: only for 1-D inputs (for e_k(x) plots)
+        anchor_y (m, ...) f64|i64       optional
+    /checkpoints/step_<step>/           attrs: step, path, sha256, then complete=True written last
+        <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null)
+            eigenvalues    (r,)  f64    all r eigenvalues, descending
+            eigenvectors   (p,K) f64    top-K
+            eigenfunctions (m,K) f32    top-K on the anchor subset
+            utility        (r,)  f64    Q̂_k
+            quality        (r,)  f64    Q*_k; absent without targets
+            feature_mean   (p,)  f64    absent unless features were centered
+    /trajectories/<probe>/<layer>/<field>   one value per complete checkpoint, sorted by step:
+        step i64; path, sha256, regime: variable-length utf-8 ("" = null);
+        every other MEASURE field f64 (NaN = null, i.e. the field does not apply)
+
+Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
+fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
+One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from fdl_cli import __version__
+from fdl_cli.errors import StoreError, StoreLockedError
+from fdl_cli.fields import (
+    CHECKPOINT_FIELDS,
+    INT_FIELDS,
+    MEASURE_FIELDS,
+    RECORD_FIELDS,
+    SERIES_FIELDS,
+    STR_FIELDS,
+)
+
+SCHEMA_VERSION = 1
+STORE_FORMAT = "fdl-store"
+PROBE_TASKS = ("classes", "regression", "none")
+
+#: Stored dtype of every per-checkpoint array; the first four are required.
+_ARRAY_DTYPES: dict[str, type[np.generic]] = {
+    "eigenvalues": np.float64,
+    "eigenvectors": np.float64,
+    "eigenfunctions": np.float32,
+    "utility": np.float64,
+    "quality": np.float64,
+    "feature_mean": np.float64,
+}
+_REQUIRED_ARRAYS = ("eigenvalues", "eigenvectors", "eigenfunctions", "utility")
+_STEP_GROUP = re.compile(r"^step_(-?\d+)$")
+_TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
+# Commits wait at least this many times the last commit's duration, so copying costs <= ~10 %.
+_THROTTLE_FACTOR = 10.0
+_TRAJECTORY_CHUNK = 256
+# HDF5 >= 1.10 object formats: chunked datasets with one chunk need no B-tree (files ~7x smaller).
+_LIBVER = ("v110", "v110")
+_STR = h5py.string_dtype("utf-8")
+
+Scalar = float | int | str | None
+Series = tuple[str, str]
+
+
+# --------------------------------------------------------------------------------------------------
+# Entries
+
+
+def _check_name(kind: str, name: object, *, identifier: bool) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
+    if "/" in name or name in (".", ".."):
+        raise ValueError(f"{kind} name {name!r} cannot be stored: it may not contain '/' or be '.'/'..'")
+    if identifier and not name.isidentifier():
+        raise ValueError(f"probe name {name!r} must be an identifier (letters, digits, '_')")
+    return name
+
+
+def _normalize_scalar(name: str, value: object) -> Scalar:
+    """One MEASURE value as a plain Python int/float/str, or None; NaN counts as null."""
+    if value is None:
+        return None
+    if name in STR_FIELDS:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"scalar {name!r} must be a non-empty str or None, got {value!r}")
+        return value
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"scalar {name!r} must be a number or None, got the bool {value!r}")
+    if name in INT_FIELDS:
+        if not isinstance(value, int | np.integer):
+            raise ValueError(f"scalar {name!r} must be an int or None, got {value!r}")
+        return int(value)
+    if not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"scalar {name!r} must be a float or None, got {value!r}")
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _normalize_scalars(scalars: Mapping[str, object]) -> dict[str, Scalar]:
+    unknown = sorted(set(scalars) - set(MEASURE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown scalar field(s) {unknown}; the known ones are fdl_cli.fields.MEASURE_FIELDS")
+    return {name: _normalize_scalar(name, scalars.get(name)) for name in MEASURE_FIELDS}
+
+
+def _arrays_equal(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeInfo:
+    """A probe set as the store records it; anchors are kept only for 1-D inputs (e_k(x) plots)."""
+
+    name: str
+    sha256: str
+    n: int
+    task: str
+    n_outputs: int
+    anchor_x: np.ndarray | None = None
+    anchor_y: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("probe", self.name, identifier=True)
+        if self.task not in PROBE_TASKS:
+            raise ValueError(f"probe {self.name!r}: task must be one of {PROBE_TASKS}, got {self.task!r}")
+        for attr in ("n", "n_outputs"):
+            value = getattr(self, attr)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"probe {self.name!r}: {attr} must be an int >= 0, got {value!r}")
+            object.__setattr__(self, attr, int(value))
+        if self.anchor_x is not None:
+            object.__setattr__(self, "anchor_x", np.ascontiguousarray(self.anchor_x, dtype=np.float64))
+        if self.anchor_y is not None:
+            anchor_y = np.asarray(self.anchor_y)
+            dtype = np.int64 if np.issubdtype(anchor_y.dtype, np.integer) else np.float64
+            object.__setattr__(self, "anchor_y", np.ascontiguousarray(anchor_y, dtype=dtype))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProbeInfo):
+            return NotImplemented
+        return (self.name, self.sha256, self.n, self.task, self.n_outputs) == (
+            other.name,
+            other.sha256,
+            other.n,
+            other.task,
+            other.n_outputs,
+        ) and all(_arrays_equal(getattr(self, a), getattr(other, a)) for a in ("anchor_x", "anchor_y"))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesEntry:
+    """One (probe, layer) analysis of one checkpoint.
+
+    `scalars` is normalized to every MEASURE field in order (None = null, NaN -> None) and the arrays
+    to their stored dtypes, so an entry read back from the store compares equal to the one written.
+    Shapes: eigenvalues, utility, quality (r,); eigenvectors (p, K); eigenfunctions (m, K);
+    feature_mean (p,).
+    """
+
+    probe: str
+    layer: str
+    scalars: Mapping[str, Scalar]
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    eigenfunctions: np.ndarray
+    utility: np.ndarray
+    quality: np.ndarray | None = None
+    feature_mean: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("probe", self.probe, identifier=True)
+        _check_name("layer", self.layer, identifier=False)
+        object.__setattr__(self, "scalars", _normalize_scalars(self.scalars))
+        for name, dtype in _ARRAY_DTYPES.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.ascontiguousarray(value, dtype=dtype))
+        where = f"series {self.probe}/{self.layer}"
+        ndims = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
+        for name, ndim in ndims.items():
+            value = getattr(self, name)
+            if value is not None and value.ndim != ndim:
+                raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {value.shape}")
+        rank = self.eigenvalues.shape
+        for name in ("utility", "quality"):
+            value = getattr(self, name)
+            if value is not None and value.shape != rank:
+                raise ValueError(f"{where}: {name} must have the shape {rank} of eigenvalues, got {value.shape}")
+        if self.eigenvectors.shape[1] != self.eigenfunctions.shape[1]:
+            raise ValueError(
+                f"{where}: eigenvectors (p, K) {self.eigenvectors.shape} and eigenfunctions (m, K) "
+                f"{self.eigenfunctions.shape} must have the same K"
+            )
+        if self.feature_mean is not None and self.feature_mean.shape != self.eigenvectors.shape[:1]:
+            raise ValueError(
+                f"{where}: feature_mean must have shape (p,) = {self.eigenvectors.shape[:1]}, got {self.feature_mean.shape}"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SeriesEntry):
+            return NotImplemented
+        return (
+            self.probe == other.probe
+            and self.layer == other.layer
+            and dict(self.scalars) == dict(other.scalars)
+            and all(_arrays_equal(getattr(self, a), getattr(other, a)) for a in _ARRAY_DTYPES)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """Everything the store keeps of one checkpoint: its identity and one SeriesEntry per (probe, layer)."""
+
+    step: int
+    path: str
+    sha256: str
+    series: tuple[SeriesEntry, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step, int | np.integer) or isinstance(self.step, bool):
+            raise ValueError(f"checkpoint step must be an int, got {self.step!r}")
+        object.__setattr__(self, "step", int(self.step))
+        for attr in ("path", "sha256"):
+            if not isinstance(getattr(self, attr), str) or not getattr(self, attr):
+                raise ValueError(f"checkpoint {attr} must be a non-empty str, got {getattr(self, attr)!r}")
+        series = tuple(self.series)
+        if not all(isinstance(s, SeriesEntry) for s in series):
+            raise ValueError("checkpoint series must be SeriesEntry objects")
+        keys = [(s.probe, s.layer) for s in series]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"checkpoint step {self.step}: a (probe, layer) appears twice in {keys}")
+        object.__setattr__(self, "series", series)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_str(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _as_str(value[()])
+    return str(value)
+
+
+def _to_python(name: str, value: object) -> Scalar:
+    """An HDF5 attribute value of a record field as the record's Python type."""
+    if value is None:
+        return None
+    if name in STR_FIELDS:
+        text = _as_str(value)
+        return text or None
+    number = float(value)  # type: ignore[arg-type]
+    if math.isnan(number):
+        return None
+    return int(number) if name in INT_FIELDS else number
+
+
+def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        normalized = json.loads(json.dumps(dict(provenance), sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"provenance must be JSON-serializable: {exc}") from None
+    assert isinstance(normalized, dict)
+    return normalized
+
+
+def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like values, as 'key: old (store) vs new (this run)'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                lines.append(f"{where}: absent (store) vs {_short(new[key])} (this run)")
+            elif key not in new:
+                lines.append(f"{where}: {_short(old[key])} (store) vs absent (this run)")
+            else:
+                lines.extend(_dict_diff(old[key], new[key], where))
+        return lines
+    if old == new:
+        return []
+    return [f"{prefix or '(root)'}: {_short(old)} (store) vs {_short(new)} (this run)"]
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:  # some platforms cannot open a directory; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _trajectory_column(name: str, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    values = [row[name] for row in rows]
+    if name in STR_FIELDS:
+        return np.array([v or "" for v in values], dtype=object)
+    if name == "step":
+        return np.array(values, dtype=np.int64)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _column_values(name: str, column: np.ndarray) -> list[Scalar]:
+    """A trajectory column (as read) as Python values with None for null."""
+    if name in STR_FIELDS:
+        return [text or None for text in column.tolist()]
+    if name == "step":
+        return [int(v) for v in column.tolist()]
+    if name in INT_FIELDS:
+        return [None if math.isnan(v) else int(v) for v in column.tolist()]
+    return [None if math.isnan(v) else v for v in column.tolist()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reader
+
+
+class StoreReader:
+    """Read-only view of a store, as it was when opened (the writer replaces the file, never edits it).
+
+    Opens without any lock. Damaged parts are skipped and described in `warnings`; a file that is
+    not a readable fdl store raises StoreError. Use as a context manager, or call `close()`.
+    """
+
+    provenance: dict[str, Any]
+    schema_version: int
+    fdl_version: str
+    warnings: list[str]
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._open(Path(path), deep=False)
+
+    @classmethod
+    def _open_deep(cls, path: Path) -> StoreReader:
+        """A reader that also checks every checkpoint group's attributes and datasets (for the writer)."""
+        reader = cls.__new__(cls)
+        reader._open(path, deep=True)
+        return reader
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    def _open(self, path: Path, *, deep: bool) -> None:
+        self._path = path
+        self.warnings = []
+        self._probes: dict[str, ProbeInfo] = {}
+        self._group_names: dict[int, str] = {}  # intact, complete checkpoint groups
+        self._group_series: dict[int, frozenset[Series]] = {}
+        self._group_ids: dict[int, tuple[str, str]] = {}  # step -> (path, sha256); deep scan only
+        self._damaged: list[str] = []  # names of checkpoint groups skipped
+        self._rows: dict[Series, list[dict[str, Any]]] = {}
+        self._rebuilt: set[Series] = set()
+        if not path.exists():
+            raise StoreError(
+                f"no fdl store at {path}",
+                fix=f"run `fdl analyze CKPT_DIR --out {path}` first, or check the path",
+            )
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not an fdl store", fix="pass the .h5 file written by `fdl analyze`")
+        try:
+            self._file: h5py.File | None = h5py.File(path, "r", locking=False)
+        except Exception as exc:  # h5py reports a bad file with several exception types
+            raise StoreError(
+                f"{path} cannot be read as an HDF5 file (truncated, corrupt or another format)",
+                got=_one_line(exc),
+                fix="restore it from a backup, or re-run `fdl analyze ... --overwrite` to rebuild it",
+            ) from None
+        try:
+            self._read_header()
+            self._read_probes()
+            self._scan_checkpoints(deep=deep)
+            self._read_trajectories()
+        except StoreError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise self._damage_error(exc) from None
+
+    def _damage_error(self, exc: BaseException, what: str = "") -> StoreError:
+        return StoreError(
+            f"{self._path} is damaged{what}",
+            got=_one_line(exc),
+            fix="restore it from a backup, or re-run `fdl analyze ... --overwrite` to rebuild it",
+        )
+
+    def _read_header(self) -> None:
+        assert self._file is not None
+        attrs = self._file.attrs
+        fmt = _as_str(attrs["format"]) if "format" in attrs else None
+        if fmt != STORE_FORMAT:
+            raise StoreError(
+                f"{self._path} is not an fdl store",
+                got="no 'format' attribute" if fmt is None else f"format attribute {fmt!r}",
+                fix="pass the .h5 file written by `fdl analyze --out`",
+            )
+        self.fdl_version = _as_str(attrs.get("fdl_version", "unknown"))
+        version = attrs.get("schema_version")
+        if not isinstance(version, int | np.integer) or isinstance(version, bool | np.bool_) or version < 1:
+            raise StoreError(
+                f"{self._path} has no valid schema_version",
+                got=_short(version),
+                fix="re-run `fdl analyze ... --overwrite` to rebuild it",
+            )
+        self.schema_version = int(version)
+        if self.schema_version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._path} was written by a newer fdl {self.fdl_version} (store schema "
+                f"{self.schema_version}); this fdl {__version__} reads schema {SCHEMA_VERSION}",
+                fix="upgrade fdl: pip install -U fdl-cli",
+            )
+        provenance = json.loads(_as_str(attrs.get("provenance", "{}")))
+        if not isinstance(provenance, dict):
+            raise StoreError(f"{self._path}: the provenance attribute is not a JSON object", got=_short(provenance))
+        self.provenance = provenance
+        self.created = _as_str(attrs.get("created", ""))
+
+    def _read_probes(self) -> None:
+        assert self._file is not None
+        group = self._file.get("probes")
+        if group is None:
+            self.warnings.append(f"{self._path} has no /probes group: probe information unavailable")
+            return
+        for name in group:
+            try:
+                node = group[name]
+                attrs = node.attrs
+                self._probes[name] = ProbeInfo(
+                    name=name,
+                    sha256=_as_str(attrs["sha256"]),
+                    n=int(attrs["n"]),
+                    task=_as_str(attrs["task"]),
+                    n_outputs=int(attrs["n_outputs"]),
+                    anchor_x=node["anchor_x"][()] if "anchor_x" in node else None,
+                    anchor_y=node["anchor_y"][()] if "anchor_y" in node else None,
+                )
+            except Exception as exc:
+                self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
+
+    def _scan_checkpoints(self, *, deep: bool) -> None:
+        """Find the complete, intact checkpoint groups and the series each holds.
+
+        One H5Lvisit lists every link name at C speed (opening 1000 groups from Python would not stay
+        well under a second); the deep scan, for the writer, also reads each group's attributes.
+        """
+        assert self._file is not None
+        group = self._file.get("checkpoints")
+        if group is None:
+            self.warnings.append(f"{self._path} has no /checkpoints group: it holds no checkpoints")
+            return
+        links: list[bytes] = []
+        group.id.links.visit(links.append)
+        tree: dict[str, dict[Series, set[str]]] = {}
+        for link in links:
+            parts = link.decode("utf-8", "replace").split("/")
+            members = tree.setdefault(parts[0], {})
+            if len(parts) >= 3:
+                datasets = members.setdefault((parts[1], parts[2]), set())
+                if len(parts) == 4:
+                    datasets.add(parts[3])
+        for name, members in tree.items():
+            match = _STEP_GROUP.match(name)
+            if match is None:
+                self.warnings.append(f"/checkpoints/{name} is not a step_<step> group: ignored")
+                continue
+            step = int(match.group(1))
+            try:
+                if not h5py.h5a.exists(group.id, b"complete", obj_name=name.encode()):
+                    self.warnings.append(
+                        f"checkpoint step {step} (/checkpoints/{name}) was never completed "
+                        "(no 'complete' attribute): skipped; `fdl analyze` will redo it"
+                    )
+                    self._damaged.append(name)
+                    continue
+                for (probe, layer), datasets in members.items():
+                    missing = [array for array in _REQUIRED_ARRAYS if array not in datasets]
+                    if missing:
+                        raise ValueError(f"{probe}/{layer} lacks the dataset(s) {missing}")
+                if deep:
+                    self._check_group(step, group[name], members)
+            except Exception as exc:
+                self.warnings.append(
+                    f"checkpoint step {step} (/checkpoints/{name}) is damaged: skipped; "
+                    f"`fdl analyze` will redo it ({_one_line(exc)})"
+                )
+                self._damaged.append(name)
+                continue
+            self._group_names[step] = name
+            self._group_series[step] = frozenset(members)
+
+    def _check_group(self, step: int, node: h5py.Group, members: Mapping[Series, set[str]]) -> None:
+        if not bool(node.attrs["complete"]):
+            raise ValueError("its 'complete' attribute is false")
+        if int(node.attrs["step"]) != step:
+            raise ValueError(f"its step attribute is {node.attrs['step']}")
+        self._group_ids[step] = (_as_str(node.attrs["path"]), _as_str(node.attrs["sha256"]))
+        for (probe, layer), datasets in members.items():
+            leaf = node[probe][layer]
+            for name in datasets:
+                _ = leaf[name].shape
+
+    def _read_trajectories(self) -> None:
+        assert self._file is not None
+        expected: dict[Series, list[int]] = {}
+        for step in sorted(self._group_series):
+            for series in self._group_series[step]:
+                expected.setdefault(series, []).append(step)
+        trajectories = self._file.get("trajectories")
+        stored: set[Series] = set()
+        if trajectories is not None:
+            stored = {(probe, layer) for probe in trajectories for layer in trajectories[probe]}
+        for series in sorted(stored | set(expected)):
+            steps = expected.get(series, [])
+            problem = None
+            if series not in stored:
+                problem = "missing"
+            else:
+                try:
+                    rows = self._rows_from_trajectories(trajectories[series[0]][series[1]])
+                    if [row["step"] for row in rows] != steps:
+                        problem = "inconsistent with the complete checkpoint groups"
+                    else:
+                        self._rows[series] = rows
+                except Exception as exc:
+                    problem = f"unreadable ({_one_line(exc)})"
+            if problem is not None:
+                self.warnings.append(
+                    f"trajectories of {series[0]}/{series[1]} are {problem}: records rebuilt from the "
+                    "checkpoint groups (slower); the next `fdl analyze` on this store rewrites them"
+                )
+                self._rebuilt.add(series)
+                rows = [row for row in (self._row_from_group(step, series) for step in steps) if row is not None]
+                if rows:
+                    self._rows[series] = rows
+
+    @staticmethod
+    def _rows_from_trajectories(group: h5py.Group) -> list[dict[str, Any]]:
+        columns: dict[str, list[Scalar]] = {}
+        for name in RECORD_FIELDS:
+            dataset = group[name]
+            column = dataset.asstr()[()] if name in STR_FIELDS else dataset[()]
+            if column.ndim != 1:
+                raise ValueError(f"{name} is not 1-D")
+            columns[name] = _column_values(name, column)
+        lengths = {len(column) for column in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"fields have different lengths {sorted(lengths)}")
+        steps = columns["step"]
+        if any(a >= b for a, b in zip(steps, steps[1:], strict=False)):  # type: ignore[operator]
+            raise ValueError("steps are not strictly increasing")
+        return [dict(zip(RECORD_FIELDS, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+    def _row_from_group(self, step: int, series: Series) -> dict[str, Any] | None:
+        assert self._file is not None
+        name = self._group_names[step]
+        try:
+            node = self._file["checkpoints"][name]
+            leaf = node[series[0]][series[1]]
+            row: dict[str, Any] = {
+                "step": step,
+                "path": _as_str(node.attrs["path"]),
+                "sha256": _as_str(node.attrs["sha256"]),
+            }
+            for field_name in MEASURE_FIELDS:
+                row[field_name] = _to_python(field_name, leaf.attrs.get(field_name))
+            return row
+        except Exception as exc:
+            self.warnings.append(f"checkpoint step {step} of {series[0]}/{series[1]} is damaged: skipped ({_one_line(exc)})")
+            return None
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def probes(self) -> dict[str, ProbeInfo]:
+        """The probe sets of the run, by name."""
+        return dict(self._probes)
+
+    def series(self) -> list[tuple[str, str]]:
+        """The (probe, layer) pairs with at least one complete checkpoint, sorted."""
+        return sorted(self._rows)
+
+    def _select(self, probe: str | None, layer: str | None) -> list[Series]:
+        available = self.series()
+        probes = sorted({p for p, _ in available} | set(self._probes))
+        if probe is not None and probe not in probes:
+            raise StoreError(
+                f"probe {probe!r} is not in {self._path}",
+                got=f"probes in the store: {', '.join(probes) or '(none)'}",
+                fix="pass one of them as --probe",
+            )
+        candidates = [s for s in available if probe is None or s[0] == probe]
+        if layer is not None:
+            layers = sorted({name for _, name in candidates})
+            if layer not in layers:
+                scope = f" for probe {probe!r}" if probe is not None else ""
+                raise StoreError(
+                    f"layer {layer!r} is not in {self._path}{scope}",
+                    got=f"layers in the store{scope}: {', '.join(layers) or '(none)'}",
+                    fix="pass one of them as --layer",
+                )
+            candidates = [s for s in candidates if s[1] == layer]
+        return candidates
+
+    def _select_one(self, probe: str | None, layer: str | None) -> Series | None:
+        candidates = self._select(probe, layer)
+        if len(candidates) > 1:
+            raise StoreError(
+                f"{self._path} holds several probe/layer series; choose one",
+                got="series: " + ", ".join(f"probe={p} layer={name}" for p, name in candidates),
+                fix="pass probe= and layer= (--probe NAME --layer NAME)",
+            )
+        return candidates[0] if candidates else None
+
+    def records(self, *, probe: str | None = None, layer: str | None = None) -> list[dict[str, Any]]:
+        """One dict per complete checkpoint and selected series, sorted by step (then probe, layer).
+
+        Keys follow RECORD_FIELDS; when the store holds several series, "probe" and "layer" follow
+        "sha256". Null fields are None, integer fields int, the others float.
+        """
+        chosen = self._select(probe, layer)
+        tagged = len(self._rows) > 1
+        out: list[dict[str, Any]] = []
+        for series_key in chosen:
+            for row in self._rows[series_key]:
+                if tagged:
+                    record = {name: row[name] for name in CHECKPOINT_FIELDS}
+                    record.update(zip(SERIES_FIELDS, series_key, strict=True))
+                    record.update((name, row[name]) for name in MEASURE_FIELDS)
+                else:
+                    record = dict(row)
+                out.append(record)
+        out.sort(key=lambda record: record["step"])  # stable: series order kept within a step
+        return out
+
+    def steps(self, *, probe: str | None = None, layer: str | None = None) -> list[int]:
+        """The steps of the complete checkpoints of one series, ascending."""
+        chosen = self._select_one(probe, layer)
+        return [] if chosen is None else [row["step"] for row in self._rows[chosen]]
+
+    def arrays(self, step: int, *, probe: str | None = None, layer: str | None = None) -> SeriesEntry:
+        """The stored arrays and scalars of one checkpoint of one series."""
+        chosen = self._select_one(probe, layer)
+        if chosen is None:
+            raise StoreError(f"{self._path} holds no analysed checkpoints", fix="run `fdl analyze` first")
+        steps = [row["step"] for row in self._rows[chosen]]
+        if step not in steps:
+            shown = ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
+            raise StoreError(
+                f"step {step} is not in {self._path} for {chosen[0]}/{chosen[1]}",
+                got=f"{len(steps)} steps: {shown}",
+                fix="pick one of the steps listed by `fdl report`",
+            )
+        if self._file is None:
+            raise ValueError("StoreReader.arrays() called after close()")
+        try:
+            leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
+            arrays = {name: leaf[name][()] for name in _ARRAY_DTYPES if name in leaf}
+            scalars = {name: _to_python(name, leaf.attrs.get(name)) for name in MEASURE_FIELDS}
+            return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays)
+        except Exception as exc:
+            raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
+
+    def close(self) -> None:
+        """Close the file; records, steps and probes stay available, arrays() does not."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def read_records(
+    path: str | os.PathLike[str], *, probe: str | None = None, layer: str | None = None
+) -> list[dict[str, Any]]:
+    """The records of a store (see StoreReader.records); its warnings are dropped."""
+    with StoreReader(path) as reader:
+        return reader.records(probe=probe, layer=layer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writer
+
+
+class _WriterLock:
+    """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.path = store.with_name(store.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the lock file {self.path}",
+                    got=_one_line(exc),
+                    fix="check that the folder exists and is writable, or choose another --out",
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    f"{self.store} is being written by another fdl process",
+                    got=holder,
+                    fix="wait for it to finish or stop it; to run both at once, give this one another --out",
+                ) from None
+            # A previous holder may have unlinked the file between our open and our flock: retry.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": shlex.join(sys.argv),
+            "started": _utc_now(),
+        }
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 65536, 0).decode())
+            return f"pid {info['pid']} on host {info['host']}, running `{info['command']}` since {info['started']}"
+        except Exception:
+            return "an fdl process whose details could not be read from the lock file"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
+
+
+class StoreWriter:
+    """The single writer of a store: buffers checkpoints and commits them crash-safely.
+
+    Opening takes the lock and, unless `overwrite`, checks that the existing store belongs to this
+    run (same provenance and probes). `add()` commits when at least
+    max(min_interval, 10 x the last commit's duration) seconds passed since the last commit, and
+    returns the entries that are now durable; `flush()`, `close()` and leaving the `with` block
+    (also on an exception or Ctrl-C) commit the rest. Adding a step already stored replaces it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        provenance: Mapping[str, Any],
+        probes: Sequence[ProbeInfo],
+        overwrite: bool = False,
+        min_interval: float = 0.0,
+    ) -> None:
+        self._path = Path(path)
+        self._provenance = _normalized_provenance(provenance)
+        self._probes: dict[str, ProbeInfo] = {}
+        for probe in probes:
+            if not isinstance(probe, ProbeInfo):
+                raise ValueError(f"probes must be ProbeInfo objects, got {probe!r}")
+            if probe.name in self._probes:
+                raise ValueError(f"probe {probe.name!r} is given twice")
+            self._probes[probe.name] = probe
+        if not min_interval >= 0:
+            raise ValueError(f"min_interval must be >= 0 seconds, got {min_interval!r}")
+        self._min_interval = float(min_interval)
+        self.warnings: list[str] = []
+        self._buffer: list[CheckpointEntry] = []
+        self._sha256: dict[int, str] = {}  # committed steps
+        self._rows: dict[Series, dict[int, dict[str, Any]]] = {}
+        self._trajectories_match: set[Series] = set()  # series whose on-disk trajectories equal _rows
+        self._drop: set[str] = set()  # damaged groups to remove at the next commit
+        self._fresh = True  # the next commit creates the file instead of copying it
+        self._closed = False
+        self._last_commit = time.monotonic()
+        self._last_cost = 0.0
+        if self._path.is_dir():
+            raise StoreError(f"{self._path} is a folder", fix="pass a file name such as run.h5 as --out")
+        with contextlib.suppress(OSError):
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _WriterLock(self._path)
+        self._lock.acquire()
+        try:
+            self._remove_stale_tmp()
+            if self._path.exists() and not overwrite:
+                self._load_existing()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _tmp_path(self, pid: int) -> Path:
+        return self._path.with_name(f"{self._path.name}.tmp-{pid}")
+
+    def _remove_stale_tmp(self) -> None:
+        # Only the lock holder writes tmp files, so under the lock any of a dead pid (or ours) is stale.
+        for candidate in self._path.parent.glob(f"{glob.escape(self._path.name)}.tmp-*"):
+            match = _TMP_SUFFIX.search(candidate.name)
+            if match is None or candidate.name != f"{self._path.name}{match.group(0)}":
+                continue
+            pid = int(match.group(1))
+            if pid == os.getpid() or not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+
+    def _load_existing(self) -> None:
+        try:
+            reader = StoreReader._open_deep(self._path)
+        except StoreError as exc:
+            raise StoreError(
+                exc.what,
+                got=exc.got,
+                fix=(exc.fix + "; or " if exc.fix else "") + "pass --overwrite to start a fresh store, or another --out",
+            ) from None
+        try:
+            differences = _dict_diff(reader.provenance, self._provenance)
+            stored_probes = reader.probes()
+            for name in sorted(set(stored_probes) | set(self._probes)):
+                old, new = stored_probes.get(name), self._probes.get(name)
+                if old != new:
+                    differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
+            if differences:
+                raise StoreError(
+                    f"{self._path} holds the results of a different run",
+                    got="; ".join(differences),
+                    fix="pass --overwrite to replace it, or another --out to keep both",
+                )
+            self.warnings = list(reader.warnings)
+            self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}
+            for series_key, rows in reader._rows.items():
+                self._rows[series_key] = {row["step"]: row for row in rows}
+            self._trajectories_match = set(reader._rows) - reader._rebuilt
+            self._drop = set(reader._damaged)
+            self._fresh = False
+        finally:
+            reader.close()
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def completed(self) -> dict[int, str]:
+        """step -> sha256 of every complete checkpoint, committed or buffered."""
+        done = dict(self._sha256)
+        done.update((entry.step, entry.sha256) for entry in self._buffer)
+        return done
+
+    def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
+        """Buffer one checkpoint; returns the entries committed by this call (often [] when throttled)."""
+        self._check_open()
+        if not isinstance(entry, CheckpointEntry):
+            raise ValueError(f"add() takes a CheckpointEntry, got {type(entry).__name__}")
+        unknown = sorted({s.probe for s in entry.series} - set(self._probes))
+        if unknown:
+            raise ValueError(
+                f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
+            )
+        self._buffer.append(entry)
+        wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
+        if time.monotonic() - self._last_commit >= wait:
+            return self._commit()
+        return []
+
+    def flush(self) -> list[CheckpointEntry]:
+        """Commit whatever is buffered; returns those entries."""
+        self._check_open()
+        return self._commit()
+
+    def close(self) -> None:
+        """Commit the buffer (creating the store if it does not exist yet) and release the lock."""
+        if self._closed:
+            return
+        try:
+            self._commit()
+        finally:
+            self._closed = True
+            self._lock.release()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"the StoreWriter of {self._path} is closed")
+
+    # -- committing --------------------------------------------------------------------------------
+
+    def _commit(self) -> list[CheckpointEntry]:
+        entries = list(self._buffer)
+        if not entries and not self._fresh:
+            return []
+        started = time.monotonic()
+        latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
+        rows = {key: dict(value) for key, value in self._rows.items()}
+        changed: dict[Series, set[int]] = {}
+        for key, by_step in rows.items():
+            for step in latest:
+                if by_step.pop(step, None) is not None:
+                    changed.setdefault(key, set()).add(step)
+        for entry in latest.values():
+            for series in entry.series:
+                key = (series.probe, series.layer)
+                rows.setdefault(key, {})[entry.step] = {
+                    "step": entry.step,
+                    "path": entry.path,
+                    "sha256": entry.sha256,
+                    **series.scalars,
+                }
+                changed.setdefault(key, set()).add(entry.step)
+        tmp = self._tmp_path(os.getpid())
+        try:
+            if self._fresh:
+                self._create(tmp)
+            else:
+                shutil.copyfile(self._path, tmp)
+            with h5py.File(tmp, "r+", libver=_LIBVER) as store:
+                checkpoints = store.require_group("checkpoints")
+                for name in self._drop:
+                    if name in checkpoints:
+                        del checkpoints[name]
+                for entry in latest.values():
+                    _write_checkpoint(checkpoints, entry)
+                trajectories = store.require_group("trajectories")
+                for key in sorted(set(changed) | (set(rows) - self._trajectories_match)):
+                    self._write_trajectory(trajectories, key, rows[key], changed.get(key, set()))
+                store.flush()
+            _fsync_path(tmp)
+            os.replace(tmp, self._path)
+            _fsync_path(self._path.parent, directory=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, OSError):
+                raise StoreError(
+                    f"could not write {self._path} (the store on disk is unchanged)",
+                    got=_one_line(exc),
+                    fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
+                ) from None
+            raise
+        self._rows = {key: value for key, value in rows.items() if value}
+        self._trajectories_match = set(self._rows)
+        for entry in entries:
+            self._sha256[entry.step] = entry.sha256
+        del self._buffer[: len(entries)]
+        self._drop = set()
+        self._fresh = False
+        self._last_cost = time.monotonic() - started
+        self._last_commit = time.monotonic()
+        return entries
+
+    def _create(self, tmp: Path) -> None:
+        with h5py.File(tmp, "w", libver=_LIBVER) as store:
+            store.attrs["format"] = STORE_FORMAT
+            store.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+            store.attrs["fdl_version"] = __version__
+            store.attrs["created"] = _utc_now()
+            store.attrs["provenance"] = json.dumps(self._provenance, sort_keys=True)
+            probes = store.create_group("probes")
+            for probe in self._probes.values():
+                node = probes.create_group(probe.name)
+                node.attrs["sha256"] = probe.sha256
+                node.attrs["n"] = np.int64(probe.n)
+                node.attrs["task"] = probe.task
+                node.attrs["n_outputs"] = np.int64(probe.n_outputs)
+                for name in ("anchor_x", "anchor_y"):
+                    value = getattr(probe, name)
+                    if value is not None:
+                        _write_array(node, name, value)
+            store.create_group("checkpoints")
+            store.create_group("trajectories")
+
+    def _write_trajectory(
+        self, trajectories: h5py.Group, key: Series, by_step: Mapping[int, Mapping[str, Any]], changed: set[int]
+    ) -> None:
+        """Append in place when only later steps were added (the common case), else rewrite the series."""
+        probe, layer = key
+        rows = [by_step[step] for step in sorted(by_step)]
+        old_steps = sorted(set(self._rows.get(key, {})))
+        appendable = (
+            key in self._trajectories_match
+            and probe in trajectories
+            and layer in trajectories[probe]
+            and (not old_steps or all(step > old_steps[-1] for step in changed))
+            and all(step in by_step for step in changed)
+        )
+        if appendable:
+            group = trajectories[probe][layer]
+            start = len(old_steps)
+            for name in RECORD_FIELDS:
+                dataset = group[name]
+                dataset.resize((len(rows),))
+                dataset[start:] = _trajectory_column(name, rows[start:])
+            return
+        parent = trajectories.require_group(probe)
+        if layer in parent:
+            del parent[layer]
+        if not rows:
+            return
+        group = parent.create_group(layer)
+        for name in RECORD_FIELDS:
+            column = _trajectory_column(name, rows)
+            group.create_dataset(
+                name,
+                data=column,
+                dtype=_STR if name in STR_FIELDS else column.dtype,
+                maxshape=(None,),
+                chunks=(_TRAJECTORY_CHUNK,),
+                fletcher32=name not in STR_FIELDS,
+            )
+
+
+def _describe_probe(probe: ProbeInfo | None) -> str:
+    if probe is None:
+        return "absent"
+    return f"sha256={probe.sha256[:12]} n={probe.n} task={probe.task} n_outputs={probe.n_outputs}"
+
+
+def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
+    # Checksummed chunks turn flipped bytes into a read error instead of silently wrong numbers.
+    if value.size:
+        group.create_dataset(name, data=value, chunks=True, fletcher32=True)
+    else:
+        group.create_dataset(name, data=value)
+
+
+def _write_checkpoint(checkpoints: h5py.Group, entry: CheckpointEntry) -> None:
+    name = f"step_{entry.step}"
+    if name in checkpoints:
+        del checkpoints[name]
+    group = checkpoints.create_group(name)
+    for series in entry.series:
+        leaf = group.require_group(series.probe).create_group(series.layer)
+        for field_name, value in series.scalars.items():
+            if value is None:
+                continue
+            if field_name in STR_FIELDS:
+                leaf.attrs[field_name] = value
+            elif field_name in INT_FIELDS:
+                leaf.attrs[field_name] = np.int64(value)
+            else:
+                leaf.attrs[field_name] = np.float64(value)
+        for array_name in _ARRAY_DTYPES:
+            value = getattr(series, array_name)
+            if value is not None:
+                _write_array(leaf, array_name, value)
+    group.attrs["step"] = np.int64(entry.step)
+    group.attrs["path"] = entry.path
+    group.attrs["sha256"] = entry.sha256
+    group.attrs["complete"] = True  # last: a group without it was never finished
