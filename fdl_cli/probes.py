@@ -59,6 +59,8 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
     is a path even if it contains ``=``.
     """
     name, sep, rest = spec.partition("=")
+    if sep and _NAME.match(name) and not rest.strip():
+        raise ProbeError(f"--probe {spec!r} has no path after '='", fix="e.g. --probe train=a.npz")
     if sep and _NAME.match(name) and rest and not Path(spec).exists():
         path_text = rest
     else:

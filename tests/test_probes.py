@@ -1,0 +1,153 @@
+"""Probe loading in every format and alias, and every bad probe rejected with a clear ProbeError."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from fdl_cli.errors import ProbeError
+from fdl_cli.probes import load_probe, parse_probe_spec, probe_batches, validate_probe
+
+torch.set_num_threads(1)
+
+
+def _xy() -> tuple[np.ndarray, np.ndarray]:
+    x = np.arange(12, dtype=np.float32).reshape(6, 2) / 10
+    y = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
+    return x, y
+
+
+def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    if path.suffix == ".npz":
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+    elif path.suffix == ".pt":
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+    elif path.suffix == ".safetensors":
+        save_file(arrays, str(path))
+    else:
+        with h5py.File(path, "w") as handle:
+            for key, value in arrays.items():
+                handle[key] = value
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt", ".safetensors", ".h5", ".hdf5"])
+@pytest.mark.parametrize(("x_key", "y_key"), [("x", "y"), ("inputs", "targets"), ("data", "labels")])
+def test_each_format_and_alias(tmp_path: Path, suffix: str, x_key: str, y_key: str) -> None:
+    x, y = _xy()
+    path = _write(tmp_path / f"p{suffix}", {x_key: x, y_key: y.astype(np.int32)})
+    probe = load_probe(path, name="train")
+    np.testing.assert_array_equal(probe.x, x)
+    assert probe.x.dtype == np.float32
+    np.testing.assert_array_equal(probe.y, y)
+    assert probe.y is not None and probe.y.dtype == np.int64
+    assert (probe.name, probe.task, probe.n_classes, probe.n) == ("train", "classes", 3, 6)
+    assert probe.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_pt_tuple_and_regression_targets(tmp_path: Path) -> None:
+    x = torch.linspace(-1, 1, 5)
+    torch.save((x, x.double() ** 2), tmp_path / "p.pt")
+    probe = load_probe(tmp_path / "p.pt")
+    assert probe.x.shape == (5, 1) and probe.task == "regression" and probe.n_classes is None
+    assert probe.y is not None and probe.y.shape == (5, 1) and probe.y.dtype == np.float64
+    np.testing.assert_allclose(probe.y[:, 0], (x.double() ** 2).numpy())
+
+
+def test_tokens_kept_as_int64_and_no_targets(tmp_path: Path) -> None:
+    tokens = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32)
+    probe = load_probe(_write(tmp_path / "t.npz", {"x": tokens}))
+    assert probe.x.dtype == np.int64 and probe.x.shape == (2, 3)
+    assert probe.y is None and probe.task is None and probe.n_classes is None
+
+
+def test_one_hot_integer_targets_become_labels(tmp_path: Path) -> None:
+    x, y = _xy()
+    probe = load_probe(_write(tmp_path / "p.npz", {"x": x, "y": np.eye(4, dtype=np.int64)[y]}))
+    np.testing.assert_array_equal(probe.y, y)
+
+
+def test_positional_npz(tmp_path: Path) -> None:
+    x, y = _xy()
+    np.savez(tmp_path / "p.npz", x, y)
+    probe = load_probe(tmp_path / "p.npz")
+    np.testing.assert_array_equal(probe.y, y)
+
+
+def test_parse_probe_spec(tmp_path: Path) -> None:
+    assert parse_probe_spec("a.npz") == ("probe", Path("a.npz"))
+    assert parse_probe_spec("test=b.npz", base_dir=tmp_path) == ("test", tmp_path / "b.npz")
+    assert parse_probe_spec("/abs/c.npz", base_dir=tmp_path) == ("probe", Path("/abs/c.npz"))
+    odd = tmp_path / "lr=0.1.npz"
+    odd.write_bytes(b"")
+    assert parse_probe_spec(str(odd)) == ("probe", odd)
+    with pytest.raises(ProbeError):
+        parse_probe_spec("train=")
+
+
+def test_validate_probe(tmp_path: Path) -> None:
+    x, y = _xy()
+    probe = load_probe(_write(tmp_path / "p.npz", {"x": x, "y": y}))
+    validate_probe(probe, n_outputs=3)
+    with pytest.raises(ProbeError, match="class label 2 but the model has 2 outputs"):
+        validate_probe(probe, n_outputs=2)
+    regression = load_probe(_write(tmp_path / "r.npz", {"x": x, "y": np.ones((6, 2))}))
+    validate_probe(regression, n_outputs=2)
+    with pytest.raises(ProbeError, match="2 regression target"):
+        validate_probe(regression, n_outputs=3)
+
+
+def test_probe_batches(tmp_path: Path) -> None:
+    x, y = _xy()
+    probe = load_probe(_write(tmp_path / "p.npz", {"x": x, "y": y}))
+    assert list(probe_batches(probe, 4)) == [(0, 4), (4, 6)]
+    assert list(probe_batches(probe, 6)) == [(0, 6)]
+    with pytest.raises(ProbeError):
+        list(probe_batches(probe, 0))
+
+
+def _bad(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    x, y = _xy()
+    nan_x = x.copy()
+    nan_x[2, 1] = np.nan
+    inf_y = np.ones(6)
+    inf_y[4] = np.inf
+    (tmp_path / "p.csv").write_text("1,2\n")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    return {
+        "missing": (tmp_path / "nope.npz", "not found"),
+        "format": (tmp_path / "p.csv", "unknown format"),
+        "corrupt": (tmp_path / "junk.npz", "cannot read"),
+        "no x": (_write(tmp_path / "k.npz", {"features": x, "y": y}), "keys: features, y"),
+        "nan x": (_write(tmp_path / "nx.npz", {"x": nan_x}), r"'x' holds NaN or Inf \(first at index \(2, 1\)\)"),
+        "inf y": (_write(tmp_path / "iy.npz", {"x": x, "y": inf_y}), "'y' holds NaN or Inf"),
+        "empty": (_write(tmp_path / "e.npz", {"x": np.zeros((0, 2))}), "empty"),
+        "lengths": (_write(tmp_path / "l.npz", {"x": x, "y": y[:4]}), "x has 6 samples"),
+        "negative": (_write(tmp_path / "n.npz", {"x": x, "y": y - 1}), "negative class label"),
+        "3-d y": (_write(tmp_path / "d.npz", {"x": x, "y": np.zeros((6, 2, 2))}), r"shape \(6, 2, 2\)"),
+        "not one-hot": (_write(tmp_path / "o.npz", {"x": x, "y": np.ones((6, 3), dtype=np.int64)}), "one-hot"),
+        "strings": (_write(tmp_path / "s.npz", {"x": np.array(["a", "b"])}), "dtype"),
+    }
+
+
+def test_each_bad_probe_is_a_probe_error_naming_the_file(tmp_path: Path) -> None:
+    for label, (path, expected) in _bad(tmp_path).items():
+        with pytest.raises(ProbeError, match=expected) as err:
+            load_probe(path)
+        assert path.name in str(err.value), label
+        assert "fix:" in str(err.value), label
+
+
+def test_import_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, fdl_cli.probes; print('torch' in sys.modules, 'h5py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
