@@ -78,14 +78,18 @@ class MomentAccumulator:
         batch = int(features.shape[0])
         if batch == 0:
             return
+        # Check the leading dimensions before flattening: a reshape would silently re-split the
+        # samples of a shorter array whose size happens to be a multiple of the batch.
+        lengths = [int(outputs.shape[0])] + ([int(targets.shape[0])] if targets is not None else [])
+        if any(length != batch for length in lengths):
+            raise NumericalError(
+                "features, outputs and targets of a batch differ in length",
+                got=f"{batch} features, {lengths[0]} outputs"
+                + (f", {lengths[1]} targets" if len(lengths) > 1 else ""),
+                fix="hook a module whose output keeps the batch dimension first, and give one target per input",
+            )
         feats = self._as64(features).reshape(batch, -1)
         outs = self._as64(outputs).reshape(batch, -1)
-        if int(outs.shape[0]) != batch:
-            raise NumericalError(
-                "features and outputs of a batch differ in length",
-                got=f"{batch} and {int(outs.shape[0])}",
-                fix="hook a module whose output keeps the batch dimension first",
-            )
         self._add("sum_f", feats.sum(0))
         self._add("sum_o", outs.sum(0))
         self._add("sum_oo", self._product(outs, outs))
