@@ -393,7 +393,9 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
     if n_present < 2:
         return None
     means = moments.class_sum_f[present] / counts[present, None]  # (C', p)
-    global_mean = moments.sum_f / moments.n
+    # μ_G from the class sums (equal to Σφ/n in exact arithmetic): Σ_c n_c(μ_c − μ_G) = 0 must hold to
+    # rounding so that the null direction of Σ_B falls under the RANK_RTOL cut of the pseudo-inverse.
+    global_mean = moments.class_sum_f[present].sum(axis=0) / counts[present].sum()
     between = (means - global_mean).T  # (p, C')
     left, singular, _ = np.linalg.svd(between, full_matrices=False)
     if singular.size == 0 or singular[0] <= 0.0:
