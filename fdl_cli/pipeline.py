@@ -634,3 +634,100 @@ def _analyze_one(
     ctx.previous, ctx.previous_step = current, ref.step
     return CheckpointEntry(step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series))
 
+
+
+def inspect_checkpoint(
+    *,
+    checkpoint: str,
+    model_spec: str | None = None,
+    model_kwargs: str | None = None,
+    probe_spec: str | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
+    """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
+
+    The sample is the probe's first input; without a probe, the width of the first nn.Linear / Conv
+    decides a random input (inputs of other shapes need --probe).
+    """
+    import torch
+
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.extract import default_layer, model_outputs
+    from fdl_cli.probes import load_probe, parse_probe_spec
+
+    path = Path(checkpoint)
+    discovery = ckpts.discover_checkpoints([checkpoint])
+    if not discovery.checkpoints:
+        raise CheckpointError(f"{checkpoint} is not a checkpoint", got="; ".join(discovery.notes) or None)
+    ref = discovery.checkpoints[0]
+    folder = path if path.is_dir() else path.parent
+    manifest = ckpts.read_manifest(folder)
+    spec = model_spec or (manifest.model if manifest else None)
+    kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
+    kwargs = kwargs or (manifest.model_kwargs if manifest else {})
+    factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
+    loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle)
+    if loaded.module is None and factory is None:
+        raise CheckpointError(
+            f"{ref.path} holds weights only, and no model was given to put them in",
+            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        )
+    model = ckpts.build_model(loaded, factory=factory, kwargs=kwargs).eval()
+    if probe_spec is None and manifest and manifest.probe:
+        probe_spec = manifest.probe[0]
+    sample = None
+    if probe_spec is not None:
+        name, probe_path = parse_probe_spec(probe_spec)
+        x = load_probe(probe_path, name=name).x[:1]
+        sample = torch.from_numpy(np.ascontiguousarray(x))
+        if sample.is_floating_point():
+            sample = sample.float()
+    else:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                sample = torch.randn(1, module.in_features)
+                break
+            if isinstance(module, torch.nn.Conv2d):
+                sample = torch.randn(1, module.in_channels, 32, 32)
+                break
+    shapes: dict[str, Any] = {}
+    handles = []
+    for name, module in model.named_modules():
+        def hook(_m: Any, _i: Any, output: Any, name: str = name) -> None:
+            value = output[0] if isinstance(output, (tuple, list)) else output
+            shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        if sample is not None:
+            with torch.inference_mode():
+                model_outputs(model(sample))
+    except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
+        shapes = {"": f"forward failed on a sample of shape {tuple(sample.shape)}: {type(exc).__name__}"}
+    finally:
+        for handle in handles:
+            handle.remove()
+    try:
+        default = default_layer(model)
+        default_module, default_label = default.module, default.label
+        linear = dict(model.named_modules())[default.module]
+        default_features = int(getattr(linear, "in_features", 0)) or None
+    except FdlError:
+        default_module, default_label, default_features = None, None, None
+    modules = [
+        {
+            "name": name,
+            "type": type(module).__name__,
+            "output_shape": shapes.get(name),
+            "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
+        }
+        for name, module in model.named_modules()
+    ]
+    return {
+        "checkpoint": str(ref.path),
+        "step": ref.step,
+        "modules": modules,
+        "default_module": default_module,
+        "default_layer": default_label,
+        "default_features": default_features,
+    }
