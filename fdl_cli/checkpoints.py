@@ -128,9 +128,9 @@ def _pickle_globals(data: bytes) -> tuple[list[str], bool]:
             elif name == "MEMOIZE":
                 memo[len(memo)] = last
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = last
+                memo[int(str(arg))] = last
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                pushed = memo.get(int(arg))
+                pushed = memo.get(int(str(arg)))
             elif name in ("PERSID", "BINPERSID"):
                 has_tensors = True
             if pushed is not None:
@@ -702,7 +702,7 @@ def sha256_file(path: Path) -> str:
         if path.is_dir():
             digest.update(file.name.encode() + b"\x00")
         with open(file, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
 
@@ -767,8 +767,8 @@ def _load_tensor_file(
         obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
     if isinstance(obj, nn.Module):
         return None, obj, {}
-    tensors = _find_tensor_dict(obj)
-    if tensors is None:
+    found = _find_tensor_dict(obj)
+    if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
             f"{path} holds no model state_dict",
@@ -776,7 +776,7 @@ def _load_tensor_file(
             fix=f"save model.state_dict(), or a dict holding it under one of {', '.join(STATE_DICT_KEYS)}",
         )
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
-    return tensors, None, meta
+    return found, None, meta
 
 
 def load_checkpoint(
@@ -795,7 +795,8 @@ def load_checkpoint(
     tensors: dict[str, torch.Tensor] | None = None
     meta: dict[str, Any] = {}
     if ref.kind == "pickle" and not trust_pickle:
-        unsafe, _ = _unsafe_globals(path) if path.is_file() else ([], False)
+        files = [path] if path.is_file() else _hf_weight_files(path)
+        unsafe = sorted({g for file in files if file.is_file() for g in _unsafe_globals(file)[0]})
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
