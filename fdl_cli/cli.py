@@ -145,7 +145,29 @@ FORMATS = click.Choice(["table", "json", "csv", "markdown"])
 @click.option("--layer", default=None, help="Select a layer when the store has several.")
 def report(**kwargs: Any) -> None:
     """One row per checkpoint and a run summary; figures and HTML on request."""
-    raise FdlError("fdl report is being implemented", fix="use the store with h5py meanwhile")
+    from pathlib import Path
+
+    from fdl_cli import report as rep
+
+    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    console = _stderr_console()
+    for warning in run.warnings:
+        console.print(f"warning: {warning}", markup=False, style="yellow")
+    fmt = kwargs["fmt"]
+    if fmt != "table":
+        sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
+    else:
+        rep.print_run(console, run, wide=kwargs["wide"])
+    if kwargs["plots_dir"]:
+        from fdl_cli.figures import write_run_figures
+
+        paths = write_run_figures(run, Path(kwargs["plots_dir"]))
+        console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
+    if kwargs["html_path"]:
+        from fdl_cli.html import run_page
+
+        Path(kwargs["html_path"]).write_text(run_page(run), encoding="utf-8")
+        console.print(f"wrote {kwargs['html_path']}", markup=False)
 
 
 cli.add_command(report, name="summarize")

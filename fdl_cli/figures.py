@@ -1,0 +1,302 @@
+"""Figures of a run and of two compared runs (matplotlib, Agg; imported only when figures are asked for).
+
+Uses matplotlib's object API (`Figure` + the Agg canvas), never pyplot: no global figure state, no GUI
+backend, safe in a headless process. Each `*_figure` function takes plain arrays and returns a `Figure`;
+`run_figures` / `compare_figures` pull the arrays from a store and write PNG + SVG files.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from fdl_cli.report import Comparison, Run, Series, load_arrays  # noqa: E402
+
+#: Checkpoints drawn in the triptych and the eigenfunction panels (evenly spread, first and last kept).
+N_SELECTED = 5
+#: Eigenvalues drawn in the spectrum heat map, and eigenfunctions drawn against x.
+HEATMAP_TOP = 64
+N_EIGENFUNCTIONS = 4
+N_EIGENFUNCTION_STEPS = 3
+#: Deterministic SVG ids and no date in files, so figures of the same store are byte-identical.
+SVG_METADATA = {"Date": None}
+matplotlib.rcParams["svg.hashsalt"] = "fdl"
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The stored spectra of one checkpoint: ρ (r,), Q* (r,) or None, Q̂ (r,)."""
+
+    step: int
+    eigenvalues: np.ndarray
+    quality: np.ndarray | None
+    utility: np.ndarray
+
+
+def select_steps(steps: Sequence[int], count: int = N_SELECTED) -> list[int]:
+    """Up to `count` steps spread evenly over the run (by index), always the first and the last."""
+    if len(steps) <= count:
+        return list(steps)
+    indices = np.unique(np.round(np.linspace(0, len(steps) - 1, count)).astype(int))
+    return [steps[i] for i in indices]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _step_colours(steps: Sequence[int]) -> list[Any]:
+    cmap = matplotlib.colormaps["viridis"]
+    if len(steps) == 1:
+        return [cmap(0.0)]
+    return [cmap(i / (len(steps) - 1)) for i in range(len(steps))]
+
+
+def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figure:
+    """The paper's triptych: Π*(k), Π̂(k) and ρ_k/ρ_1 against k (log x; log y for ρ), coloured by step."""
+    figure = _new_figure(13.0, 4.0)
+    axes = figure.subplots(1, 3)
+    colours = _step_colours([c.step for c in curves])
+    for curve, colour in zip(curves, colours, strict=True):
+        label = f"step {curve.step}"
+        if curve.quality is not None and curve.quality.size:
+            k = np.arange(1, curve.quality.size + 1)
+            axes[0].plot(k, np.cumsum(curve.quality), color=colour, label=label)
+        if curve.utility.size:
+            axes[1].plot(np.arange(1, curve.utility.size + 1), np.cumsum(curve.utility), color=colour, label=label)
+        if curve.eigenvalues.size and curve.eigenvalues[0] > 0:
+            k = np.arange(1, curve.eigenvalues.size + 1)
+            axes[2].plot(k, curve.eigenvalues / curve.eigenvalues[0], color=colour, label=label)
+    titles = ("Π*(k): target alignment", "Π̂(k): use by the learned function", "ρ_k / ρ_1: spectrum")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("k (eigenfunction index)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        if n_outputs:
+            ax.axvline(n_outputs, color="crimson", linestyle="--", linewidth=1, label=f"k = C = {n_outputs}")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylim(0, 1.02)
+    axes[2].set_yscale("log")
+    if not any(c.quality is not None for c in curves):
+        axes[0].text(0.5, 0.5, "no targets in the probe", transform=axes[0].transAxes, ha="center")
+    _legend(axes[1])
+    return figure
+
+
+def trajectory_figure(
+    runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+    *,
+    cross_overlap: Sequence[tuple[int, float | None]] | None = None,
+) -> Figure:
+    """D_LR, CKA to the reference and eigenspace overlap to the reference over steps, per run.
+
+    `runs` is (label, records) per run (one run: solid lines; a second: dashed); `cross_overlap` adds the
+    overlap between the two runs at matched steps.
+    """
+    figure = _new_figure(8.0, 4.5)
+    ax = figure.subplots()
+    styles = ("-", "--", ":")
+    colours = {"d_lr": "tab:red", "cka_init": "tab:blue", "overlap_init": "tab:green"}
+    names = {"d_lr": "D_LR", "cka_init": "CKA to reference", "overlap_init": "overlap to reference"}
+    for (label, records), style in zip(runs, styles, strict=False):
+        for name, colour in colours.items():
+            points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            prefix = f"{label}: " if len(runs) > 1 else ""
+            ax.plot(steps, values, style, color=colour, marker=".", label=prefix + names[name])
+    if cross_overlap:
+        points = [(step, value) for step, value in cross_overlap if value is not None]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, "-", color="black", marker="o", markersize=3, label="overlap A·B")
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("feature change over training")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    return figure
+
+
+def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, top: int = HEATMAP_TOP) -> Figure:
+    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over checkpoints (columns, labelled by step)."""
+    width = max(min(top, max((s.size for s in spectra), default=1)), 1)
+    grid = np.full((width, len(steps)), np.nan)
+    for column, values in enumerate(spectra):
+        values = np.asarray(values, dtype=np.float64)[:width]
+        if values.size and values[0] > 0:
+            with np.errstate(divide="ignore"):
+                grid[: values.size, column] = np.log10(np.clip(values / values[0], 1e-16, None))
+    figure = _new_figure(8.0, 4.5)
+    ax = figure.subplots()
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                      extent=(-0.5, len(steps) - 0.5, 0.5, width + 0.5))
+    ticks = np.unique(np.round(np.linspace(0, len(steps) - 1, min(len(steps), 8))).astype(int))
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_xlabel("step")
+    ax.set_ylabel("k")
+    ax.set_title("eigenvalue spectrum over training")
+    figure.colorbar(image, ax=ax, label="log10(ρ_k / ρ_1)")
+    return figure
+
+
+def eigenfunction_figure(
+    x: np.ndarray, entries: Sequence[tuple[int, np.ndarray]], *, y: np.ndarray | None = None,
+    count: int = N_EIGENFUNCTIONS,
+) -> Figure:
+    """The top eigenfunctions e_k(x) against x (1-D regression probe) at a few steps, one panel per step.
+
+    `x` (m,) anchor inputs; `entries` (step, values (m, K)); `y` (m,) targets, drawn scaled to unit RMS.
+    """
+    order = np.argsort(x)
+    figure = _new_figure(4.2 * len(entries), 3.6)
+    axes = np.atleast_1d(figure.subplots(1, len(entries), sharey=True))
+    for ax, (step, values) in zip(axes, entries, strict=True):
+        values = np.asarray(values, dtype=np.float64)
+        if y is not None:
+            scale = float(np.sqrt(np.mean(y**2))) or 1.0
+            ax.plot(x[order], y[order] / scale, color="0.7", linestyle="--", label="target (unit RMS)")
+        for k in range(min(count, values.shape[1])):
+            ax.plot(x[order], values[order, k], label=f"e_{k + 1}")
+        ax.set_title(f"step {step}")
+        ax.set_xlabel("x")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("e_k(x)")
+    _legend(axes[-1])
+    return figure
+
+
+def _legend(ax: Any) -> None:
+    """A legend only when something is labelled (an empty one warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
+    """Write `stem.png` and `stem.svg` into `directory` (created); returns both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
+    figure.savefig(png, dpi=110)
+    figure.savefig(svg, metadata=SVG_METADATA)
+    return [png, svg]
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes (for embedding in the HTML page)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _one_d_anchor(probe: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(x, y) of a 1-D regression probe's anchor points, else None."""
+    if probe is None or getattr(probe, "task", None) != "regression" or getattr(probe, "anchor_x", None) is None:
+        return None
+    x = np.asarray(probe.anchor_x, dtype=np.float64)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        return None
+    y = getattr(probe, "anchor_y", None)
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64)
+        y = y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else (y if y.ndim == 1 else None)
+    return x, y
+
+
+def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
+    """(stem, title, figure) of every figure of one series of a run."""
+    records = series.records
+    if not records:
+        return []
+    steps = series.steps
+    arrays = load_arrays(run.path, series, steps)
+    chosen = select_steps(steps)
+    curves = [
+        Curves(
+            step=step,
+            eigenvalues=np.asarray(arrays[step].eigenvalues, dtype=np.float64),
+            quality=None if arrays[step].quality is None else np.asarray(arrays[step].quality, dtype=np.float64),
+            utility=np.asarray(arrays[step].utility, dtype=np.float64),
+        )
+        for step in chosen
+    ]
+    n_outputs = records[-1].get("n_outputs")
+    figures = [
+        ("triptych", "Π*(k), Π̂(k) and ρ_k/ρ_1 at selected checkpoints",
+         triptych_figure(curves, n_outputs=n_outputs)),
+        ("trajectories", "D_LR, CKA and eigenspace overlap to the reference over steps",
+         trajectory_figure([(run.path.name, records)])),
+        ("spectrum", "eigenvalue spectrum over steps",
+         spectrum_heatmap_figure(steps, [np.asarray(arrays[s].eigenvalues) for s in steps])),
+    ]
+    anchor = _one_d_anchor(run.probes.get(series.probe))
+    if anchor is not None:
+        x, y = anchor
+        entries = []
+        for step in select_steps(steps, N_EIGENFUNCTION_STEPS):
+            values = np.asarray(arrays[step].eigenfunctions)
+            if values.ndim == 2 and values.shape[0] == x.shape[0] and values.shape[1]:
+                entries.append((step, values))
+        if entries:
+            figures.append(("eigenfunctions", "top eigenfunctions e_k(x) on the 1-D probe",
+                            eigenfunction_figure(x, entries, y=y)))
+    return figures
+
+
+def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
+    """Every figure of a run; with several series, the stems carry `probe-layer`."""
+    out = []
+    for series in run.series:
+        suffix = f"_{series.probe}-{series.layer}".replace("/", "_") if len(run.series) > 1 else ""
+        for stem, title, figure in series_figures(run, series):
+            title = f"{title} ({series.label})" if suffix else title
+            out.append((stem + suffix, title, figure))
+    return out
+
+
+def write_run_figures(run: Run, directory: Path) -> list[Path]:
+    """Write every figure of a run as PNG and SVG into `directory`."""
+    paths: list[Path] = []
+    for stem, _title, figure in run_figures(run):
+        paths.extend(save_figure(figure, directory, stem))
+    return paths
+
+
+def write_compare_figures(run_a: Run, run_b: Run, comparison: Comparison, directory: Path) -> list[Path]:
+    """Overlay figures of two runs: trajectories of both (A solid, B dashed) with the overlap A·B."""
+    records_a, records_b = run_a.series[0].records, run_b.series[0].records
+    cross = [(c.match.step_a, c.overlap) for c in comparison.steps]
+    figure = trajectory_figure([("A", records_a), ("B", records_b)], cross_overlap=cross)
+    paths = save_figure(figure, directory, "compare_trajectories")
+    points = {"A": records_a, "B": records_b}
+    figure = _new_figure(8.0, 4.0)
+    ax = figure.subplots()
+    for (label, records), style in zip(points.items(), ("-", "--"), strict=True):
+        pts = [(r["step"], r["k95_utility"]) for r in records if r.get("k95_utility") is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, marker=".", label=f"{label}: k95 of Π̂")
+    if records_a and records_a[-1].get("n_outputs"):
+        ax.axhline(records_a[-1]["n_outputs"], color="crimson", linestyle=":", label="C")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eigenfunctions")
+    ax.set_title("eigenfunctions used by the learned function (k95 of Π̂)")
+    ax.grid(True, alpha=0.3)
+    _legend(ax)
+    paths.extend(save_figure(figure, directory, "compare_k95_utility"))
+    return paths

@@ -1,0 +1,828 @@
+"""Records -> tables, JSON/CSV/markdown, run summaries, run comparison and exports (no maths, no torch).
+
+Everything here works on the per-checkpoint records of the store (`fdl_cli.fields.RECORD_FIELDS`) and,
+for figures, overlaps and exports, on the stored arrays. The only computation is differences between
+records and the alignment of two runs by step; the cross-run eigenspace overlap is delegated to
+`fdl_cli.spectral.eigenspace_overlap` (imported lazily: it pulls in scipy).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from rich import box
+from rich.table import Table
+
+from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS
+
+Record = dict[str, Any]
+
+#: Columns of the default table: chosen to fit a 100-column terminal; `--wide` shows every field.
+TABLE_FIELDS: tuple[str, ...] = (
+    "step",
+    "d_lr",
+    "cka_init",
+    "overlap_init",
+    "k95_utility",
+    "pi_hat_C",
+    "eff_dim",
+    "accuracy",
+    "loss",
+    "regime",
+)
+
+#: Short column headers of the table (the stable field name is used for any field not listed).
+HEADERS: Mapping[str, str] = {
+    "d_lr": "D_LR",
+    "cka_init": "CKA₀",
+    "cka_prev": "CKA₋₁",
+    "overlap_init": "overlap₀",
+    "overlap_prev": "overlap₋₁",
+    "k95_utility": "k95 Π̂",
+    "pi_hat_C": "Π̂(C)",
+    "pi_star_C": "Π*(C)",
+    "eff_dim": "D_ρ",
+    "accuracy": "acc",
+}
+
+#: Fields bounded in [0, 1] (or close to it): shown with four decimals; other floats with 4 significant digits.
+UNIT_FIELDS = frozenset(
+    {
+        "d_lr",
+        "dlr_alignment",
+        "cka_init",
+        "cka_prev",
+        "overlap_init",
+        "overlap_prev",
+        "pi_star_C",
+        "pi_hat_C",
+        "accuracy",
+        "r2",
+    }
+)
+
+#: Fields whose largest change the run summary reports (SPEC.md §4, §5, §3).
+SUMMARY_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "k95_utility")
+
+#: Two D_LR values closer than this are a tie when deciding which run is richer.
+RICHER_TOLERANCE = 1e-6
+
+#: What `fdl export --what` can write.
+EXPORT_WHATS = ("eigenvalues", "quality", "utility", "eigenfunctions", "trajectories")
+EXPORT_FORMATS = ("csv", "json", "npy")
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Series:
+    """The records of one (probe, layer) analysis of a run, in step order."""
+
+    probe: str | None
+    layer: str | None
+    records: list[Record]
+
+    @property
+    def label(self) -> str:
+        return f"{self.probe}/{self.layer}"
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(record["step"]) for record in self.records]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One store, read: its provenance, probes and the selected series.
+
+    `several` is True when the store holds more than one (probe, layer) series, in which case every
+    machine-readable record also carries `probe` and `layer` (DESIGN.md).
+    """
+
+    path: Path
+    provenance: Mapping[str, Any]
+    probes: Mapping[str, Any]
+    series: list[Series]
+    several: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def records(self) -> list[Record]:
+        """Every selected record; with several series in the store, each with `probe` and `layer`."""
+        out: list[Record] = []
+        for series in self.series:
+            for record in series.records:
+                row = {name: record.get(name) for name in RECORD_FIELDS}
+                if self.several:
+                    row["probe"], row["layer"] = series.probe, series.layer
+                out.append(row)
+        return out
+
+
+def _clean(value: Any) -> Any:
+    """A plain Python value for a record field: numpy scalars unwrapped, NaN/inf and bytes normalised."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@contextmanager
+def open_store(path: str | Path) -> Iterator[Any]:
+    """The store's reader, with every low-level failure turned into a `StoreError` naming the path."""
+    from fdl_cli.store import StoreReader
+
+    path = Path(path)
+
+    try:
+        reader = StoreReader(path)
+    except FdlError:
+        raise
+    except (OSError, KeyError, ValueError) as error:
+        raise StoreError(
+            f"{path} could not be read as an fdl store",
+            got=f"{type(error).__name__}: {error}",
+            fix="pass a store written by `fdl analyze`, or re-run the analysis",
+        ) from None
+    with reader:
+        yield reader
+
+
+def select_series(
+    available: Sequence[tuple[str, str]], *, probe: str | None, layer: str | None, path: Path
+) -> list[tuple[str, str]]:
+    """The (probe, layer) pairs of the store matching `--probe` / `--layer` (None matches any)."""
+    chosen = [
+        (name, module)
+        for name, module in available
+        if (probe is None or name == probe) and (layer is None or module == layer)
+    ]
+    if not chosen:
+        listing = ", ".join(f"--probe {name} --layer {module}" for name, module in available) or "none"
+        raise StoreError(
+            f"{path} holds no series for probe={probe!r} layer={layer!r}",
+            got=f"series in the store: {listing}",
+            fix="pick one of the series listed above",
+        )
+    return chosen
+
+
+def load_run(path: str | Path, *, probe: str | None = None, layer: str | None = None) -> Run:
+    """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`."""
+    path = Path(path)
+    with open_store(path) as reader:
+        available = [(str(name), str(module)) for name, module in reader.series()]
+        chosen = select_series(available, probe=probe, layer=layer, path=path)
+        series = []
+        for name, module in chosen:
+            raw = reader.records(probe=name, layer=module)
+            records = [{key: _clean(value) for key, value in record.items()} for record in raw]
+            records.sort(key=lambda record: int(record["step"]))
+            series.append(Series(probe=name, layer=module, records=records))
+        return Run(
+            path=path,
+            provenance=dict(reader.provenance),
+            probes=dict(reader.probes()),
+            series=series,
+            several=len(available) > 1,
+            warnings=list(getattr(reader, "warnings", [])),
+        )
+
+
+def load_arrays(path: str | Path, series: Series, steps: Sequence[int]) -> dict[int, Any]:
+    """The stored arrays (`SeriesEntry`) of `steps` of one series, read with one open of the store."""
+    with open_store(path) as reader:
+        return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
+
+
+# ------------------------------------------------------------------------------------------ format
+
+
+def format_value(name: str, value: Any) -> str:
+    """A record value as shown in tables: '—' for null, 4 decimals for [0, 1] measures, else 4 sig. digits."""
+    if value is None:
+        return "—"
+    if name == "sha256":
+        return str(value)[:12]
+    if name in INT_FIELDS:
+        return str(int(value))
+    if name in FLOAT_FIELDS and isinstance(value, (int, float)):
+        return f"{value:.4f}" if name in UNIT_FIELDS else f"{value:.4g}"
+    return str(value)
+
+
+def table_fields(*, wide: bool, several: bool = False) -> tuple[str, ...]:
+    """The table's columns: the narrow set, or with `wide` every record field."""
+    if not wide:
+        return TABLE_FIELDS
+    fields = tuple(name for name in RECORD_FIELDS)
+    return fields + SERIES_FIELDS if several else fields
+
+
+def render_table(records: Sequence[Record], *, wide: bool = False, title: str | None = None) -> Table:
+    """A rich table, one row per checkpoint. The narrow form fits a 100-column terminal."""
+    fields = table_fields(wide=wide)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
+    for name in fields:
+        numeric = name in INT_FIELDS or name in FLOAT_FIELDS
+        table.add_column(HEADERS.get(name, name), justify="right" if numeric else "left", no_wrap=True)
+    for record in records:
+        table.add_row(*(format_value(name, record.get(name)) for name in fields))
+    return table
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return _clean(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _output_fields(records: Sequence[Record]) -> list[str]:
+    several = any("probe" in record for record in records)
+    return list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else [])
+
+
+def records_to_json(records: Sequence[Record]) -> str:
+    """A JSON array of records with the stable field names (null where a field does not apply)."""
+    fields = _output_fields(records)
+    rows = [{name: _clean(record.get(name)) for name in fields} for record in records]
+    return json.dumps(rows, indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def records_to_csv(records: Sequence[Record]) -> str:
+    """CSV with a header of the stable field names; null is the empty cell; floats round-trip (repr)."""
+    fields = _output_fields(records)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(fields)
+    for record in records:
+        writer.writerow(["" if (value := _clean(record.get(name))) is None else value for name in fields])
+    return buffer.getvalue()
+
+
+def _markdown_value(name: str, value: Any) -> str:
+    value = _clean(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|")
+
+
+def records_to_markdown(records: Sequence[Record]) -> str:
+    """A GitHub-flavoured markdown table of every field (floats to 6 significant digits, null empty)."""
+    fields = _output_fields(records)
+    lines = ["| " + " | ".join(fields) + " |", "|" + "|".join("---" for _ in fields) + "|"]
+    for record in records:
+        lines.append("| " + " | ".join(_markdown_value(name, record.get(name)) for name in fields) + " |")
+    return "\n".join(lines) + "\n"
+
+
+FORMATTERS: Mapping[str, Callable[[Sequence[Record]], str]] = {
+    "json": records_to_json,
+    "csv": records_to_csv,
+    "markdown": records_to_markdown,
+}
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class RegimeSpan:
+    """Consecutive checkpoints with the same regime."""
+
+    regime: str
+    first_step: int
+    last_step: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """The largest change of one field between two consecutive checkpoints (with a value)."""
+
+    name: str
+    step_before: int
+    step_after: int
+    before: float
+    after: float
+
+    @property
+    def delta(self) -> float:
+        return self.after - self.before
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, in a few numbers: span of steps, regime trajectory, largest changes, final values."""
+
+    n_checkpoints: int
+    first_step: int | None
+    last_step: int | None
+    regimes: list[RegimeSpan]
+    changes: list[Change]
+    final: Mapping[str, Any]
+
+
+def regime_spans(records: Sequence[Record]) -> list[RegimeSpan]:
+    """The regime trajectory compressed into spans of equal regime (null regimes are skipped)."""
+    spans: list[RegimeSpan] = []
+    for record in records:
+        regime, step = record.get("regime"), int(record["step"])
+        if regime is None:
+            continue
+        if spans and spans[-1].regime == regime:
+            spans[-1] = RegimeSpan(regime, spans[-1].first_step, step)
+        else:
+            spans.append(RegimeSpan(str(regime), step, step))
+    return spans
+
+
+def largest_change(records: Sequence[Record], name: str) -> Change | None:
+    """The consecutive pair (among checkpoints where `name` is defined) with the largest |Δ|."""
+    points = [(int(r["step"]), float(r[name])) for r in records if r.get(name) is not None]
+    best: Change | None = None
+    for (step_a, value_a), (step_b, value_b) in zip(points, points[1:], strict=False):
+        if best is None or abs(value_b - value_a) > abs(best.delta):
+            best = Change(name, step_a, step_b, value_a, value_b)
+    return best
+
+
+def summarize(records: Sequence[Record]) -> RunSummary:
+    """The run summary of one series' records (in step order)."""
+    steps = [int(record["step"]) for record in records]
+    changes = [change for name in SUMMARY_FIELDS if (change := largest_change(records, name)) is not None]
+    final = {name: records[-1].get(name) for name in ("d_lr", "cka_init", "k95_utility", "regime")} if records else {}
+    return RunSummary(
+        n_checkpoints=len(records),
+        first_step=steps[0] if steps else None,
+        last_step=steps[-1] if steps else None,
+        regimes=regime_spans(records),
+        changes=changes,
+        final=final,
+    )
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The run summary as plain sentences (for the terminal, the HTML page and the tests)."""
+    if summary.n_checkpoints == 0:
+        return ["no checkpoints in this series yet"]
+    lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
+    if summary.regimes:
+        trajectory = " → ".join(
+            f"{span.regime} ({span.first_step}–{span.last_step})"
+            if span.first_step != span.last_step
+            else f"{span.regime} ({span.first_step})"
+            for span in summary.regimes
+        )
+        lines.append(f"regime: {trajectory}")
+    else:
+        lines.append("regime: not classified")
+    for change in summary.changes:
+        before, after = format_value(change.name, change.before), format_value(change.name, change.after)
+        label = HEADERS.get(change.name, change.name)
+        lines.append(
+            f"{label} changed most between steps {change.step_before} and {change.step_after}: "
+            f"{before} → {after}"
+        )
+    final = ", ".join(
+        f"{HEADERS.get(name, name)} {format_value(name, value)}" for name, value in summary.final.items()
+    )
+    lines.append(f"final: {final}")
+    return lines
+
+
+def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+    """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped)."""
+    lines = []
+    for key in ("model", "layers", "probes", "options", "host", "torch_version", "fdl_version"):
+        value = provenance.get(key)
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value, default=_json_default, sort_keys=True)
+        lines.append(f"{key}: {value}")
+    return lines
+
+
+def _natural_width(console: Any, table: Table) -> int:
+    from rich.measure import Measurement
+
+    options = console.options.update_width(10_000)
+    return int(Measurement.get(console, options, table).maximum)
+
+
+def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
+    """The human report of a run on a rich console: provenance, then per series the table and summary."""
+    for line in provenance_lines(run.provenance):
+        console.print(line, markup=False, highlight=False)
+    for series in run.series:
+        title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
+        table = render_table(series.records, wide=wide, title=title)
+        # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.
+        if not console.is_terminal:
+            console.width = max(console.width, _natural_width(console, table))
+        console.print(table)
+        for line in summary_lines(summarize(series.records)):
+            console.print(line, markup=False, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------- compare
+
+
+@dataclass(frozen=True)
+class Match:
+    """A step of run A paired with a step of run B (exactly equal, or the mutual nearest)."""
+
+    step_a: int
+    step_b: int
+
+    @property
+    def exact(self) -> bool:
+        return self.step_a == self.step_b
+
+
+def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
+    """Pair the checkpoints of two runs by step: equal steps, else mutual nearest steps (ties: lower).
+
+    Each step is used at most once; steps with no partner are left out (the caller notes them).
+    """
+    sorted_a, sorted_b = sorted(set(steps_a)), sorted(set(steps_b))
+    if not sorted_a or not sorted_b:
+        return []
+
+    def nearest(step: int, candidates: Sequence[int]) -> int:
+        return min(candidates, key=lambda other: (abs(other - step), other))
+
+    matches = []
+    for step in sorted_a:
+        partner = nearest(step, sorted_b)
+        if nearest(partner, sorted_a) == step:
+            matches.append(Match(step, partner))
+    return matches
+
+
+def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
+    """B − A for every numeric field (None when either side is null); for text fields None when equal,
+    else 'a → b'. Identity fields (step, path, sha256) are left out."""
+    diffs: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
+        if name in ("step", "path", "sha256"):
+            continue
+        value_a, value_b = record_a.get(name), record_b.get(name)
+        if name in INT_FIELDS or name in FLOAT_FIELDS:
+            diffs[name] = None if value_a is None or value_b is None else value_b - value_a
+        else:
+            diffs[name] = None if value_a == value_b else f"{value_a} → {value_b}"
+    return diffs
+
+
+@dataclass(frozen=True)
+class ComparedStep:
+    """One matched pair of checkpoints: both records, B − A, and the cross-run eigenspace overlap."""
+
+    match: Match
+    record_a: Record
+    record_b: Record
+    differences: Mapping[str, Any]
+    overlap: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs aligned by step."""
+
+    path_a: Path
+    path_b: Path
+    steps: list[ComparedStep]
+    notes: list[str]
+    verdict: str
+
+
+def richer_verdict(steps: Sequence[ComparedStep]) -> str:
+    """Which run is richer (lower D_LR) and from which matched step on, in plain words."""
+    signs: list[tuple[int, int]] = []  # (step of A, +1 when B is richer, -1 when A is, 0 tie)
+    for compared in steps:
+        d_a, d_b = compared.record_a.get("d_lr"), compared.record_b.get("d_lr")
+        if d_a is None or d_b is None:
+            continue
+        sign = 0 if abs(d_b - d_a) <= RICHER_TOLERANCE else (1 if d_b < d_a else -1)
+        signs.append((compared.match.step_a, sign))
+    if not signs:
+        return "D_LR is not available at the matched steps: cannot say which run is richer."
+    last = signs[-1][1]
+    if last == 0:
+        if all(sign == 0 for _, sign in signs):
+            return "The runs are equally rich (same D_LR) at every matched step."
+        return "The runs end equally rich (same D_LR at the last matched step)."
+    first_index = len(signs) - 1
+    while first_index > 0 and signs[first_index - 1][1] == last:
+        first_index -= 1
+    winner, loser = ("B", "A") if last > 0 else ("A", "B")
+    final = steps[-1]
+    d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
+    when = "at every matched step" if first_index == 0 else f"from step {signs[first_index][0]} on"
+    return (
+        f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
+        f" (last matched step: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)})."
+    )
+
+
+def _probe_sha(run: Run, series: Series) -> str | None:
+    info = run.probes.get(series.probe) if series.probe is not None else None
+    sha = getattr(info, "sha256", None) if info is not None else None
+    return str(sha) if sha else None
+
+
+def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> None:
+    """Refuse a cross-run overlap unless both series were analysed on the same probe (same sha256)."""
+    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    if sha_a is None or sha_a != sha_b:
+        raise StoreError(
+            "the two runs were not analysed on the same probe, so their eigenspaces cannot be compared",
+            got=(
+                f"{run_a.path}: probe {series_a.probe!r} sha256 {str(sha_a)[:12]}…, "
+                f"{run_b.path}: probe {series_b.probe!r} sha256 {str(sha_b)[:12]}…"
+            ),
+            fix="analyse both runs with the same probe file (--probe), "
+            "or pass --no-overlap to compare only the per-checkpoint fields",
+        )
+
+
+def cross_overlaps(
+    run_a: Run, series_a: Series, run_b: Run, series_b: Series, matches: Sequence[Match]
+) -> dict[Match, float | None]:
+    """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5)."""
+    from fdl_cli.spectral import eigenspace_overlap
+
+    arrays_a = load_arrays(run_a.path, series_a, [match.step_a for match in matches])
+    arrays_b = load_arrays(run_b.path, series_b, [match.step_b for match in matches])
+    by_step_a = {int(record["step"]): record for record in series_a.records}
+    overlaps: dict[Match, float | None] = {}
+    for match in matches:
+        n_outputs = by_step_a[match.step_a].get("n_outputs") or 1
+        values_a = np.asarray(arrays_a[match.step_a].eigenfunctions, dtype=np.float64)
+        values_b = np.asarray(arrays_b[match.step_b].eigenfunctions, dtype=np.float64)
+        overlaps[match] = eigenspace_overlap(values_a, values_b, k=int(n_outputs))
+    return overlaps
+
+
+def compare_runs(run_a: Run, run_b: Run, *, overlap: bool = True) -> Comparison:
+    """Align two runs by step, difference every field, and (same probe) the cross-run overlap."""
+    for run in (run_a, run_b):
+        if len(run.series) != 1:
+            labels = ", ".join(series.label for series in run.series)
+            raise StoreError(
+                f"{run.path} holds several series; compare needs one per run",
+                got=labels,
+                fix="pick one with --probe NAME and/or --layer NAME",
+            )
+    series_a, series_b = run_a.series[0], run_b.series[0]
+    if overlap:
+        check_same_probe(run_a, series_a, run_b, series_b)
+    matches = align_steps(series_a.steps, series_b.steps)
+    notes = []
+    nearest = [match for match in matches if not match.exact]
+    if nearest:
+        shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
+        more = f" and {len(nearest) - 5} more" if len(nearest) > 5 else ""
+        notes.append(f"{len(nearest)} steps matched to the nearest step of the other run: {shown}{more}")
+    unmatched_a = len(series_a.steps) - len(matches)
+    unmatched_b = len(series_b.steps) - len(matches)
+    if unmatched_a or unmatched_b:
+        notes.append(f"left unmatched: {unmatched_a} checkpoints of A, {unmatched_b} of B")
+    if not matches:
+        notes.append("no checkpoints to compare")
+    overlaps = cross_overlaps(run_a, series_a, run_b, series_b, matches) if overlap and matches else {}
+    record_a = {int(record["step"]): record for record in series_a.records}
+    record_b = {int(record["step"]): record for record in series_b.records}
+    steps = [
+        ComparedStep(
+            match=match,
+            record_a=record_a[match.step_a],
+            record_b=record_b[match.step_b],
+            differences=field_differences(record_a[match.step_a], record_b[match.step_b]),
+            overlap=overlaps.get(match),
+        )
+        for match in matches
+    ]
+    return Comparison(
+        path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps)
+    )
+
+
+#: Fields of the compare table (differences B − A), chosen to fit 100 columns.
+COMPARE_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "overlap_init", "k95_utility", "pi_hat_C", "accuracy")
+
+
+def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
+    """The comparison for `--format json`: matched steps with both records, B − A and the overlap."""
+    return {
+        "a": str(comparison.path_a),
+        "b": str(comparison.path_b),
+        "steps": [
+            {
+                "step_a": compared.match.step_a,
+                "step_b": compared.match.step_b,
+                "exact": compared.match.exact,
+                "overlap": compared.overlap,
+                "differences": {name: _clean(value) for name, value in compared.differences.items()},
+                "a": {name: _clean(compared.record_a.get(name)) for name in RECORD_FIELDS},
+                "b": {name: _clean(compared.record_b.get(name)) for name in RECORD_FIELDS},
+            }
+            for compared in comparison.steps
+        ],
+        "notes": list(comparison.notes),
+        "verdict": comparison.verdict,
+    }
+
+
+def comparison_to_json(comparison: Comparison) -> str:
+    return json.dumps(comparison_to_dict(comparison), indent=2, default=_json_default, allow_nan=False)
+
+
+def _signed(name: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if value == 0:
+        return "0"
+    text = format_value(name, abs(value))
+    return ("+" if value > 0 else "−") + text
+
+
+def render_comparison_table(comparison: Comparison) -> Table:
+    """Matched steps with the differences (B − A) of the key fields and the cross-run overlap."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="B − A at matched steps", title_justify="left")
+    table.add_column("step A", justify="right", no_wrap=True)
+    table.add_column("step B", justify="right", no_wrap=True)
+    for name in COMPARE_FIELDS:
+        table.add_column("Δ " + HEADERS.get(name, name), justify="right", no_wrap=True)
+    table.add_column("overlap A·B", justify="right", no_wrap=True)
+    for compared in comparison.steps:
+        table.add_row(
+            str(compared.match.step_a),
+            str(compared.match.step_b),
+            *(_signed(name, compared.differences.get(name)) for name in COMPARE_FIELDS),
+            "—" if compared.overlap is None else f"{compared.overlap:.4f}",
+        )
+    return table
+
+
+def difference_lines(comparison: Comparison) -> list[str]:
+    """Every field that differs at some matched step: how many steps and the largest |B − A|."""
+    lines = []
+    for name in RECORD_FIELDS:
+        if name in ("step", "path", "sha256"):
+            continue
+        values = [compared.differences.get(name) for compared in comparison.steps]
+        numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
+        text = [value for value in values if isinstance(value, str)]
+        if numeric:
+            largest = max(numeric, key=abs)
+            lines.append(f"{name}: differs at {len(numeric)} steps, largest B − A {_signed(name, largest)}")
+        elif text:
+            lines.append(f"{name}: differs at {len(text)} steps (e.g. {text[0]})")
+    return lines or ["no field differs at any matched step"]
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _per_step_array(entry: Any, what: str) -> np.ndarray | None:
+    value = getattr(entry, what)
+    return None if value is None else np.asarray(value)
+
+
+def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
+    """The stored array `what` (eigenvalues, quality, utility, eigenfunctions) of every checkpoint."""
+    series = _single_series(run)
+    arrays = load_arrays(run.path, series, series.steps)
+    return {step: _per_step_array(entry, what) for step, entry in arrays.items()}
+
+
+def _single_series(run: Run) -> Series:
+    if len(run.series) != 1:
+        labels = ", ".join(series.label for series in run.series)
+        raise StoreError(
+            f"{run.path} holds several series; export writes one",
+            got=labels,
+            fix="pick one with --probe NAME and/or --layer NAME",
+        )
+    return run.series[0]
+
+
+def trajectories(run: Run) -> dict[str, list[Any]]:
+    """Column-oriented records: {'step': [...], field: [...]} for every numeric field and the regime."""
+    series = _single_series(run)
+    names = [name for name in RECORD_FIELDS if name not in ("path", "sha256")]
+    return {name: [_clean(record.get(name)) for record in series.records] for name in names}
+
+
+def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | None) -> str | None:
+    """Write `fdl export`: csv/json to `stdout` (or `out`), npy as a `.npz` archive to `out`.
+
+    npy: a NumPy `.npz` archive (`np.load(FILE)`) holding `steps` (int64) and, per checkpoint, the
+    float64 array `step_<N>` (lengths differ between checkpoints, so nothing is padded); for
+    `trajectories`, `steps` and one float64 array per numeric field (null → NaN). Returns a note for
+    the terminal, or None.
+    """
+    if what not in EXPORT_WHATS:
+        raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
+    if fmt == "npy" and out is None:
+        raise FdlError("--format npy writes a binary .npz archive and needs --out FILE", fix="add --out FILE.npz")
+    if what == "trajectories":
+        columns = trajectories(run)
+        if fmt == "npy":
+            assert out is not None
+            arrays = {"steps": np.asarray(columns["step"], dtype=np.int64)}
+            for name, values in columns.items():
+                if name in ("step", "regime"):
+                    continue
+                arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            _save_npz(out, arrays)
+            return f"wrote {len(arrays) - 1} trajectories of {len(columns['step'])} checkpoints to {out}"
+        text = _trajectories_text(columns, fmt)
+    else:
+        per_step = export_arrays(run, what)
+        missing = [step for step, values in per_step.items() if values is None]
+        if per_step and len(missing) == len(per_step):
+            raise FdlError(
+                f"{run.path} stores no {what}",
+                got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
+                fix="analyse with a probe holding targets y" if what == "quality" else None,
+            )
+        if fmt == "npy":
+            assert out is not None
+            arrays = {"steps": np.asarray(list(per_step), dtype=np.int64)}
+            for step, values in per_step.items():
+                if values is not None:
+                    arrays[f"step_{step}"] = np.asarray(values, dtype=np.float64)
+            _save_npz(out, arrays)
+            return f"wrote {what} of {len(per_step)} checkpoints to {out}"
+        text = _arrays_text(per_step, what, fmt)
+    if out is not None:
+        out.write_text(text)
+        return f"wrote {what} to {out}"
+    stdout.write(text)
+    return None
+
+
+def _save_npz(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with out.open("wb") as handle:  # a file handle keeps the name exactly as given (no '.npz' appended)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+
+def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(dict(columns), indent=2, default=_json_default, allow_nan=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    names = list(columns)
+    writer.writerow(names)
+    for row in zip(*(columns[name] for name in names), strict=True):
+        writer.writerow(["" if value is None else value for value in row])
+    return buffer.getvalue()
+
+
+def _arrays_text(per_step: Mapping[int, np.ndarray | None], what: str, fmt: str) -> str:
+    if fmt == "json":
+        rows = [
+            {"step": step, what: None if values is None else values.astype(np.float64).tolist()}
+            for step, values in per_step.items()
+        ]
+        return json.dumps(rows, indent=2, allow_nan=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if what == "eigenfunctions":
+        writer.writerow(["step", "point", "k", "value"])
+        for step, values in per_step.items():
+            if values is None:
+                continue
+            for point, row in enumerate(values.astype(np.float64)):
+                for k, value in enumerate(row, start=1):
+                    writer.writerow([step, point, k, repr(float(value))])
+    else:
+        writer.writerow(["step", "k", what])
+        for step, values in per_step.items():
+            if values is None:
+                continue
+            for k, value in enumerate(values.astype(np.float64), start=1):
+                writer.writerow([step, k, repr(float(value))])
+    return buffer.getvalue()
