@@ -1,0 +1,229 @@
+"""fdl_cli.moments: batched == one pass == merged shards, numpy == torch, float32 products (SPEC.md §8)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from reference import one_hot, reference_measures
+
+from fdl_cli.errors import NumericalError, ProbeError
+from fdl_cli.moments import MomentAccumulator
+from fdl_cli.spectral import Moments, measure, merge_all
+
+N, P, C = 60, 8, 3
+
+
+def make_probe(seed: int, *, n: int = N, p: int = P, regression: bool = False) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, p)) * np.linspace(2.0, 0.5, p) + 0.4
+    outputs = features @ rng.normal(size=(p, C)) + 0.2 * rng.normal(size=(n, C))
+    targets = rng.normal(size=(n, C)) if regression else rng.integers(0, C, size=n)
+    return {"features": features, "outputs": outputs, "targets": targets}
+
+
+def accumulate(probe: dict, *, task: str, sizes: list[int] | None = None, **options: object) -> Moments:
+    acc = MomentAccumulator(task=task, **options)  # type: ignore[arg-type]
+    bounds = np.cumsum([0] + (sizes or [len(probe["features"])]))
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        targets = None if task == "none" else probe["targets"][lo:hi]
+        acc.update(probe["features"][lo:hi], probe["outputs"][lo:hi], targets)
+    return acc.moments()
+
+
+def assert_same_moments(a: Moments, b: Moments, *, rtol: float = 1e-10) -> None:
+    for item in fields(Moments):
+        x, y = getattr(a, item.name), getattr(b, item.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            assert x is not None and y is not None, item.name
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-12, err_msg=item.name)
+        else:
+            assert x == y, item.name
+
+
+def assert_same_measures(a: Moments, b: Moments, *, rtol: float = 1e-10, center: bool = False) -> None:
+    ma, mb = measure(a, center=center), measure(b, center=center)
+    np.testing.assert_allclose(ma.eigenvalues, mb.eigenvalues, rtol=rtol)
+    np.testing.assert_allclose(ma.utility, mb.utility, rtol=rtol, atol=1e-14)
+    for name, value in ma.scalars.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(value, mb.scalars[name], rtol=rtol, atol=1e-14, err_msg=name)
+        else:
+            assert value == mb.scalars[name], name
+
+
+@pytest.mark.parametrize("task", ["none", "classes", "regression"])
+@pytest.mark.parametrize("keep_features", [False, True])
+def test_batched_equals_one_pass_equals_merged_shards(task: str, keep_features: bool) -> None:
+    probe = make_probe(1, regression=task == "regression")
+    whole = accumulate(probe, task=task, keep_features=keep_features)
+    batched = accumulate(probe, task=task, sizes=[7, 1, 20, 32], keep_features=keep_features)
+    assert whole.n == batched.n == N
+    assert_same_moments(whole, batched)
+    shards = [
+        accumulate({k: v[lo:hi] for k, v in probe.items()}, task=task, keep_features=keep_features)
+        for lo, hi in ((0, 13), (13, 14), (14, 60))
+    ]
+    assert_same_moments(whole, merge_all(shards))
+    assert_same_moments(whole, shards[0].merge(shards[1]).merge(shards[2]))
+    for center in (False, True):
+        assert_same_measures(whole, merge_all(shards), center=center)
+
+
+def test_statistics_are_the_plain_sums() -> None:
+    probe = make_probe(2)
+    f, o, labels = probe["features"], probe["outputs"], probe["targets"]
+    y = one_hot(labels, C)
+    got = accumulate(probe, task="classes", sizes=[25, 35])
+    want = {
+        "sum_f": f.sum(0), "sum_ff": f.T @ f, "sum_o": o.sum(0), "sum_oo": o.T @ o, "sum_fo": f.T @ o,
+        "sum_y": y.sum(0), "sum_yy": y.T @ y, "sum_fy": f.T @ y, "sum_oy": o.T @ y,
+        "class_counts": np.bincount(labels, minlength=C).astype(float),
+        "class_sum_f": np.stack([f[labels == c].sum(0) for c in range(C)]),
+    }
+    for name, value in want.items():
+        np.testing.assert_allclose(getattr(got, name), value, rtol=1e-12, err_msg=name)
+    assert got.n_correct == int(np.sum(o.argmax(1) == labels))
+    assert got.features is None
+
+
+def test_mixed_routes_merge_to_second_moments() -> None:
+    probe = make_probe(3)
+    gram = accumulate({k: v[:20] for k, v in probe.items()}, task="classes", keep_features=True)
+    moments = accumulate({k: v[20:] for k, v in probe.items()}, task="classes")
+    merged = gram.merge(moments)
+    assert merged.features is None
+    assert_same_moments(merged, accumulate(probe, task="classes"))
+
+
+def test_merge_refuses_different_shapes() -> None:
+    a = accumulate(make_probe(4), task="classes")
+    b = accumulate(make_probe(4, p=5), task="classes")
+    with pytest.raises(NumericalError, match="merge"):
+        a.merge(b)
+
+
+@pytest.mark.parametrize("task", ["classes", "regression"])
+@pytest.mark.parametrize("keep_features", [False, True])
+def test_numpy_and_torch_inputs_give_the_same_statistics(task: str, keep_features: bool) -> None:
+    torch = pytest.importorskip("torch")
+    probe = make_probe(5, regression=task == "regression")
+    as_torch = {k: torch.from_numpy(v) for k, v in probe.items()}
+    as_torch["features"] = as_torch["features"].reshape(N, 2, P // 2)  # (b, ...) is flattened
+    from_numpy = accumulate(probe, task=task, sizes=[30, 30], keep_features=keep_features)
+    from_torch = accumulate(as_torch, task=task, sizes=[30, 30], keep_features=keep_features)
+    assert_same_moments(from_numpy, from_torch, rtol=1e-12)
+    assert isinstance(from_torch.sum_f, np.ndarray) and from_torch.sum_f.dtype == np.float64
+
+
+def test_one_pass_matches_brute_force_measures() -> None:
+    probe = make_probe(6)
+    got = measure(accumulate(probe, task="classes", sizes=[11, 49]), center=True)
+    ref = reference_measures(probe["features"], probe["outputs"], labels=probe["targets"], center=True)
+    np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, rtol=1e-8)
+    for name in ("d_lr", "nc1", "accuracy", "loss", "eff_dim_quality", "pi_star_C"):
+        np.testing.assert_allclose(got.scalars[name], ref.scalars[name], rtol=1e-8, err_msg=name)
+
+
+def relu_probe(seed: int, *, regression: bool) -> dict[str, np.ndarray]:
+    """Realistic, well-conditioned probe: post-ReLU features, n = 2048, p = 32, 10 outputs."""
+    rng = np.random.default_rng(seed)
+    n, p, c = 2048, 32, 10
+    features = np.maximum(rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) / 6.0, 0.0)
+    outputs = 0.1 * features @ rng.normal(size=(p, c)) + rng.normal(size=(n, c))
+    targets = rng.normal(size=(n, c)) if regression else rng.integers(0, c, size=n)
+    return {"features": features, "outputs": outputs, "targets": targets}
+
+
+def float64_and_float32(task: str, center: bool) -> tuple:
+    probe = relu_probe(7, regression=task == "regression")
+    sizes = [256] * 8
+    m64 = accumulate(probe, task=task, sizes=sizes)
+    m32 = accumulate(probe, task=task, sizes=sizes, product_dtype="float32")
+    return measure(m64, center=center), measure(m32, center=center)
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("task", ["classes", "regression"])
+def test_float32_products_leave_spectrum_and_record_fields_unchanged(task: str, center: bool) -> None:
+    """SPEC.md §8: a float32 per-batch product is allowed only where the measures agree to rtol 1e-6."""
+    a, b = float64_and_float32(task, center)
+    assert a.rank == b.rank == 32
+    np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-6)
+    for name, value in a.scalars.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(b.scalars[name], value, rtol=1e-6, err_msg=name)
+        else:
+            assert b.scalars[name] == value, name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: float32 products move per-eigenfunction shares Q*_k, Q̂_k of weak directions by "
+    "~1e-5 relative (eigenvectors of close eigenvalues rotate); the stored arrays are not unchanged to 1e-6",
+)
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("task", ["classes", "regression"])
+def test_float32_products_leave_stored_arrays_unchanged(task: str, center: bool) -> None:
+    a, b = float64_and_float32(task, center)
+    np.testing.assert_allclose(b.utility, a.utility, rtol=1e-6)
+    np.testing.assert_allclose(b.quality, a.quality, rtol=1e-6)
+    np.testing.assert_allclose(b.spectrum.eigenvectors, a.spectrum.eigenvectors, rtol=1e-6, atol=1e-6)
+
+
+def test_float32_products_on_torch() -> None:
+    torch = pytest.importorskip("torch")
+    probe = make_probe(8, n=256)
+    as_torch = {k: torch.from_numpy(v) for k, v in probe.items()}
+    m64 = accumulate(as_torch, task="classes", sizes=[128, 128])
+    m32 = accumulate(as_torch, task="classes", sizes=[128, 128], product_dtype="float32")
+    a, b = measure(m64), measure(m32)
+    np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-6)
+    np.testing.assert_allclose(b.scalars["d_lr"], a.scalars["d_lr"], rtol=1e-6)
+
+
+def test_low_precision_torch_is_upcast_exactly() -> None:
+    torch = pytest.importorskip("torch")
+    probe = make_probe(9)
+    half = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in probe.items() if k != "targets"}
+    half["targets"] = torch.from_numpy(probe["targets"])
+    got = accumulate(half, task="classes", sizes=[31, 29])
+    upcast = {k: v.double().numpy() if v.is_floating_point() else v.numpy() for k, v in half.items()}
+    assert_same_moments(got, accumulate(upcast, task="classes"), rtol=1e-12)
+
+
+def test_errors_say_what_and_how_to_fix() -> None:
+    probe = make_probe(10)
+    acc = MomentAccumulator(task="classes")
+    with pytest.raises(ProbeError, match="labels"):
+        acc.update(probe["features"], probe["outputs"], probe["targets"] + C)
+    with pytest.raises(ProbeError, match="targets"):
+        MomentAccumulator(task="classes").update(probe["features"], probe["outputs"])
+    with pytest.raises(NumericalError, match="differ in length"):
+        MomentAccumulator().update(probe["features"], probe["outputs"][:5])
+    # a shorter array whose size is a multiple of the batch must not be silently re-split
+    with pytest.raises(NumericalError, match="differ in length"):
+        MomentAccumulator().update(probe["features"], probe["outputs"][:20])
+    with pytest.raises(NumericalError, match="differ in length"):
+        MomentAccumulator(task="regression").update(probe["features"], probe["outputs"], np.zeros((20, 9)))
+    with pytest.raises(NumericalError, match="differ in length"):
+        MomentAccumulator(task="classes").update(probe["features"], probe["outputs"], probe["targets"][:30])
+    with pytest.raises(ProbeError, match="width"):
+        MomentAccumulator(task="regression").update(probe["features"], probe["outputs"], np.zeros((N, 1)))
+    with pytest.raises(NumericalError, match="no samples"):
+        MomentAccumulator().moments()
+    with pytest.raises(ValueError):
+        MomentAccumulator(task="bogus")
+    with pytest.raises(ValueError):
+        MomentAccumulator(product_dtype="float16")
+
+
+def test_empty_batch_is_ignored_and_single_sample_works() -> None:
+    probe = make_probe(11)
+    acc = MomentAccumulator(task="classes")
+    acc.update(probe["features"][:0], probe["outputs"][:0], probe["targets"][:0])
+    acc.update(probe["features"][:1], probe["outputs"][:1], probe["targets"][:1])
+    moments = acc.moments()
+    assert moments.n == 1
+    np.testing.assert_allclose(moments.sum_ff, np.outer(probe["features"][0], probe["features"][0]))
