@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import io
 import json
+import numbers
 import pickle
 import pickletools
 import re
@@ -251,8 +252,8 @@ def _metadata_steps(meta: Mapping[str, Any]) -> dict[str, Any]:
         value = meta.get(key)
         if isinstance(value, bool):
             continue
-        if isinstance(value, int):
-            out[key] = value
+        if isinstance(value, numbers.Integral):
+            out[key] = int(value)
         elif isinstance(value, float) and value.is_integer():
             out[key] = int(value)
         elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -327,6 +328,21 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
+
+    They only rebuild numbers, so they are allowed beside the tensors ``weights_only`` accepts.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
+
+
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError.
 
@@ -336,7 +352,8 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip)
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         unsafe, _ = _unsafe_globals(path)
         if unsafe:

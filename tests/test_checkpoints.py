@@ -72,6 +72,15 @@ def test_training_loop_dict_with_ddp_prefix_and_metadata_step(tmp_path: Path) ->
     _assert_loads_mlp(ref, 1)
 
 
+def test_numpy_scalars_in_training_dict_load_without_trust(tmp_path: Path) -> None:
+    import numpy as np
+
+    torch.save({"net": _sd(3), "best_acc": np.float64(0.9), "global_step": np.int64(70)}, tmp_path / "c.pt")
+    ref = _only(tmp_path)
+    assert (ref.kind, ref.step, ref.step_source) == ("state_dict", 70, "metadata:global_step")
+    _assert_loads_mlp(ref, 3)
+
+
 def test_nested_and_compiled_prefix(tmp_path: Path) -> None:
     compiled = {f"_orig_mod.{k}": v for k, v in _sd(2).items()}
     torch.save({"model": {"state_dict": compiled}, "epoch": 4}, tmp_path / "run.ckpt")
