@@ -6,11 +6,15 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
-from reference import one_hot, reference_measures
 
 from fdl_cli.errors import NumericalError, ProbeError
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import Moments, measure, merge_all
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
+    from tests.reference import one_hot, reference_measures
+except ImportError:  # pragma: no cover
+    from reference import one_hot, reference_measures  # type: ignore[no-redef]
 
 N, P, C = 60, 8, 3
 

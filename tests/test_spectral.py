@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import Reference, one_hot, reference_measures
 
 from fdl_cli.errors import NumericalError
 from fdl_cli.fields import MEASURE_FIELDS
@@ -24,6 +23,11 @@ from fdl_cli.spectral import (
     feature_spectrum,
     measure,
 )
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
+    from tests.reference import Reference, one_hot, reference_measures
+except ImportError:  # pragma: no cover
+    from reference import Reference, one_hot, reference_measures  # type: ignore[no-redef]
 
 RTOL = 1e-8
 SHARE_ATOL = 1e-12  # shares / cumulative shares in [0, 1] that are 0 in exact arithmetic
