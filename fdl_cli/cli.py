@@ -180,9 +180,26 @@ cli.add_command(report, name="summarize")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
 @click.option("--probe", default=None, help="Select a probe when the stores have several.")
 @click.option("--layer", default=None, help="Select a layer when the stores have several.")
+@click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 def compare(**kwargs: Any) -> None:
     """Compare two runs step by step: field differences, cross-run eigenspace overlap, who is richer."""
-    raise FdlError("fdl compare is being implemented")
+    from pathlib import Path
+
+    from fdl_cli import report as rep
+
+    selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
+    run_a = rep.load_run(kwargs["store_a"], **selection)
+    run_b = rep.load_run(kwargs["store_b"], **selection)
+    comparison = rep.compare_runs(run_a, run_b, overlap=not kwargs["no_overlap"])
+    if kwargs["fmt"] == "table":
+        rep.print_comparison(_stderr_console(), comparison)
+    else:
+        sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
+    if kwargs["plots_dir"]:
+        from fdl_cli.figures import write_compare_figures
+
+        paths = write_compare_figures(run_a, run_b, comparison, Path(kwargs["plots_dir"]))
+        click.echo(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", err=True)
 
 
 cli.add_command(compare, name="diff")
@@ -197,8 +214,21 @@ cli.add_command(compare, name="diff")
 @click.option("--probe", default=None)
 @click.option("--layer", default=None)
 def export(**kwargs: Any) -> None:
-    """Export stored arrays or trajectories as CSV, JSON or NumPy."""
-    raise FdlError("fdl export is being implemented")
+    """Export stored arrays or trajectories as CSV, JSON or NumPy.
+
+    \b
+    csv/json go to stdout (or --out). npy writes a NumPy .npz archive to --out: `steps` and one array
+    `step_<N>` per checkpoint (ragged, never padded); for trajectories one array per field.
+    """
+    from pathlib import Path
+
+    from fdl_cli import report as rep
+
+    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    out = Path(kwargs["out"]) if kwargs["out"] else None
+    note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

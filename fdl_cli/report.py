@@ -656,6 +656,60 @@ def comparison_to_json(comparison: Comparison) -> str:
     return json.dumps(comparison_to_dict(comparison), indent=2, default=_json_default, allow_nan=False)
 
 
+def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """Flat rows for `--format csv|markdown`: the matched steps, the overlap and `delta_<field>` = B − A."""
+    rows = []
+    for compared in comparison.steps:
+        row: dict[str, Any] = {
+            "step_a": compared.match.step_a,
+            "step_b": compared.match.step_b,
+            "exact": compared.match.exact,
+            "overlap": compared.overlap,
+        }
+        row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
+        rows.append(row)
+    return rows
+
+
+def comparison_to_text(comparison: Comparison, fmt: str) -> str:
+    """The comparison as json, csv or markdown (the rows of `comparison_rows`)."""
+    if fmt == "json":
+        return comparison_to_json(comparison) + "\n"
+    rows = comparison_rows(comparison)
+    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap"]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow(["" if row[name] is None else row[name] for name in names])
+        return buffer.getvalue()
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_value(name, row[name]) for name in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_comparison(console: Any, comparison: Comparison) -> None:
+    """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
+    console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", markup=False, highlight=False)
+    table = render_comparison_table(comparison)
+    if not console.is_terminal:
+        console.width = max(console.width, _natural_width(console, table))
+    console.print(table)
+    for line in difference_lines(comparison):
+        console.print(line, markup=False, highlight=False)
+    overlaps = [c.overlap for c in comparison.steps if c.overlap is not None]
+    if overlaps:
+        console.print(
+            f"eigenspace overlap A·B (top C): min {min(overlaps):.4f}, last {overlaps[-1]:.4f}",
+            markup=False, highlight=False,
+        )
+    for note in comparison.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(comparison.verdict, markup=False, highlight=False)
+
+
 def _signed(name: str, value: Any) -> str:
     if value is None:
         return "—"

@@ -1,0 +1,90 @@
+"""`fdl compare` / `fdl diff`: alignment by step, differences, cross-run overlap, probe check, verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fdl_cli import report
+from fdl_cli.errors import StoreError
+from tests.test_report import SCALARS, make_store, run_fdl
+
+
+def test_align_steps_exact_then_mutual_nearest() -> None:
+    matches = report.align_steps([0, 100, 200, 300], [0, 110, 190, 1000])
+    assert [(m.step_a, m.step_b, m.exact) for m in matches] == [
+        (0, 0, True), (100, 110, False), (200, 190, False),
+    ]  # 300's nearest (190) is taken by 200, and 1000's nearest (300) is not mutual: both left out
+    # 150 of B is nearest to both 100 and 200 of A: paired once, with the nearer (ties -> lower).
+    assert [(m.step_a, m.step_b) for m in report.align_steps([100, 200], [150])] == [(100, 150)]
+    assert report.align_steps([], [1, 2]) == []
+
+
+def test_run_against_itself_has_zero_differences_and_overlap_1(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "a.h5")
+    result = run_fdl("compare", str(path), str(path), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [s["step_a"] for s in data["steps"]] == [0, 100, 200]
+    for step in data["steps"]:
+        assert step["exact"] is True
+        assert step["overlap"] == pytest.approx(1.0, abs=1e-9)
+        numeric = [v for v in step["differences"].values() if v is not None]
+        assert numeric and all(v == 0 for v in numeric)
+        assert step["differences"]["regime"] is None  # same text
+    assert data["verdict"] == "The runs are equally rich (same D_LR) at every matched step."
+    assert data["notes"] == []
+
+
+def test_richer_run_and_from_when(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5")
+    lazier = {step: {**values, "d_lr": [0.9, 0.6, 0.7][i]} for i, (step, values) in enumerate(SCALARS.items())}
+    b = make_store(tmp_path / "b.h5", steps=(0, 105, 200), seed=7, scalars={0: lazier[0], 105: lazier[100],
+                                                                            200: lazier[200]})
+    comparison = report.compare_runs(report.load_run(a), report.load_run(b))
+    assert [(c.match.step_a, c.match.step_b) for c in comparison.steps] == [(0, 0), (100, 105), (200, 200)]
+    assert comparison.notes[0] == "1 steps matched to the nearest step of the other run: 100↔105"
+    assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 on")
+    assert comparison.steps[2].differences["d_lr"] == pytest.approx(0.7 - 0.125)
+    assert comparison.steps[1].differences["regime"] is None
+    overlaps = [c.overlap for c in comparison.steps]
+    assert all(o is not None and 0.0 <= o < 0.999 for o in overlaps)  # different random eigenfunctions
+
+    swapped = report.compare_runs(report.load_run(b), report.load_run(a))
+    assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 on")
+
+
+def test_mismatched_probes_are_refused(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", probe_sha="b" * 64)
+    with pytest.raises(StoreError, match="not analysed on the same probe"):
+        report.compare_runs(report.load_run(a), report.load_run(b))
+    result = run_fdl("diff", str(a), str(b))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "same probe" in result.stderr and "--no-overlap" in result.stderr
+    fields_only = run_fdl("compare", str(a), str(b), "--no-overlap", "--format", "json")
+    assert fields_only.returncode == 0, fields_only.stderr
+    assert all(step["overlap"] is None for step in json.loads(fields_only.stdout)["steps"])
+
+
+def test_table_output_on_stderr_and_overlay_figures(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "a.h5")
+    plots = tmp_path / "plots"
+    result = run_fdl("compare", str(path), str(path), "--plots", str(plots))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "no field differs at any matched step" in result.stderr
+    assert "overlap A·B (top C): min 1.0000" in result.stderr
+    for stem in ("compare_trajectories", "compare_k95_utility"):
+        assert (plots / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (plots / f"{stem}.svg").read_text()
+
+
+def test_csv_rows_carry_deltas(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "a.h5")
+    text = report.comparison_to_text(report.compare_runs(report.load_run(path), report.load_run(path)), "csv")
+    header, *rows = text.splitlines()
+    assert header.startswith("step_a,step_b,exact,overlap,delta_n_probe,")
+    assert len(rows) == 3 and rows[0].startswith("0,0,True,")
