@@ -239,8 +239,40 @@ def export(**kwargs: Any) -> None:
 @click.option("--probe", default=None)
 @click.option("--layer", default=None)
 def classify(**kwargs: Any) -> None:
-    """The run's regime (coefficient, MF or EF) with its evidence and thresholds."""
-    raise FdlError("fdl classify is being implemented")
+    """The run's regime (coefficient, MF or EF) with its evidence and thresholds.
+
+    The verdict is recomputed from the stored measures with the thresholds in force (docs/regimes.md);
+    `--expect REGIME` exits 3 when it differs.
+    """
+    from fdl_cli import regimes
+    from fdl_cli.report import load_run
+
+    thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
+    run = load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    layer_order = [str(name) for name in run.provenance.get("layers") or []]
+    probe_order = [str(name) for name in run.provenance.get("probes") or []]
+    chosen = min(run.series, key=lambda s: (
+        probe_order.index(s.probe) if s.probe in probe_order else len(probe_order), s.probe,
+        layer_order.index(s.layer) if s.layer in layer_order else len(layer_order), s.layer))
+    if not chosen.records:
+        raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
+    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=run.provenance.get("reference_step"))
+    verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
+    console = _stderr_console()
+    for warning in run.warnings:
+        console.print(f"warning: {warning}", markup=False, style="yellow")
+    if kwargs["as_json"]:
+        _emit_json(verdict.as_json())
+    else:
+        others = len(run.series) - 1
+        how = f" (the first probe, the default layer; {others} other series: choose with --probe/--layer)"
+        console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
+                      markup=False)
+        for line in regimes.describe(verdict):
+            console.print(line, markup=False)
+    if kwargs["expect"] and kwargs["expect"] != verdict.regime:
+        console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")
+        sys.exit(3)
 
 
 # -------------------------------------------------------------------------------------- entry point

@@ -2,29 +2,72 @@
 
 Regimes of SPEC.md §7: **coefficient** (the features did not move: all learning is in the last layer),
 **MF** (minimal feature: the learned function rides on about C eigenfunctions) and **EF** (extended
-feature: the features moved and the function uses many more than C eigenfunctions). The reasoning
-behind each threshold is in docs/regimes.md. No torch, no I/O.
+feature: the features moved and the function uses many more than C eigenfunctions); **undetermined**
+only when the evidence conflicts. The rules, in the order they are tried, and the reasoning behind
+each threshold are in docs/regimes.md. No torch, no I/O: records (dicts of the fields of
+`fdl_cli.fields`) in, frozen verdicts out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fdl_cli.errors import FdlError
 
+#: Printed with every verdict: the regimes describe how features were learned, not whether that is good.
+NOTE = (
+    "MF is not generalisation: random labels can reach MF too. The regime says how the features "
+    "were learned, not whether the model is good."
+)
+
+# Movement of the features relative to the reference checkpoint (one checkpoint).
+STATIC, MOVED, CONFLICT, UNKNOWN = "static", "moved", "conflict", "unknown"
+
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every number the verdict depends on (override with `--threshold NAME=VALUE`)."""
+    """Every number the verdict depends on (override with `--threshold NAME=VALUE`).
+
+    The defaults are calibrated on the constructed runs of `examples/calibration.py`
+    (docs/regimes.md gives the margins).
+    """
 
     #: CKA to the reference at or above this: the kernel did not move.
-    cka_static: float = 0.99
+    cka_static: float = 0.95
     #: Overlap of the top-C eigenspace with the reference's at or above this: the eigenfunctions did not move.
-    overlap_static: float = 0.95
+    overlap_static: float = 0.90
+    #: CKA below this moved beyond doubt: if the overlap still says static, the evidence conflicts.
+    cka_moved: float = 0.80
+    #: Overlap below this moved beyond doubt: if CKA still says static, the evidence conflicts.
+    overlap_moved: float = 0.60
     #: MF when k95 of the utility is at most C + mf_extra (the extra one: the constant/bias direction).
     mf_extra: float = 1.0
+    #: How many final checkpoints must agree on MF or EF (fewer when the run is shorter).
+    final_window: float = 3.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("cka_static", "overlap_static", "cka_moved", "overlap_moved"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name}={value:g} is outside [0, 1]")
+        if self.cka_moved > self.cka_static:
+            problems.append(f"cka_moved={self.cka_moved:g} is above cka_static={self.cka_static:g}")
+        if self.overlap_moved > self.overlap_static:
+            problems.append(f"overlap_moved={self.overlap_moved:g} is above overlap_static={self.overlap_static:g}")
+        if not (math.isfinite(self.mf_extra) and self.mf_extra >= 0):
+            problems.append(f"mf_extra={self.mf_extra:g} must be a finite number ≥ 0")
+        if not (self.final_window >= 1 and float(self.final_window).is_integer()):
+            problems.append(f"final_window={self.final_window:g} must be a whole number ≥ 1")
+        if problems:
+            raise FdlError(
+                "inconsistent thresholds",
+                got="; ".join(problems),
+                fix="CKA and overlap thresholds lie in [0, 1] with *_moved ≤ *_static; mf_extra ≥ 0; final_window ≥ 1",
+            )
 
     @classmethod
     def with_overrides(cls, overrides: Sequence[str] | Mapping[str, float]) -> Thresholds:
@@ -51,7 +94,10 @@ def _split(text: str) -> tuple[str, float]:
     try:
         if not sep:
             raise ValueError
-        return name.strip(), float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError
+        return name.strip(), number
     except ValueError:
         raise FdlError(
             f"bad threshold {text!r}", got=text, fix="write it as NAME=VALUE, e.g. --threshold cka_static=0.98"
@@ -60,34 +106,213 @@ def _split(text: str) -> tuple[str, float]:
 
 @dataclass(frozen=True)
 class CheckpointVerdict:
+    """The regime of one checkpoint, the movement of its features and the rule that fired."""
+
     regime: str
     rule: str
+    movement: str = UNKNOWN
 
 
-def features_static(record: Mapping[str, Any], thresholds: Thresholds) -> bool | None:
-    """True when both the kernel (CKA) and the top-C eigenspace (overlap) stayed at the reference."""
+def _fmt(value: Any) -> str:
+    return "null" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple[str, str]:
+    """(movement, reason): did the features move relative to the reference?
+
+    `static` when every available measure is at or above its static threshold; `conflict` when one
+    says static and the other moved beyond doubt (below its *_moved threshold); `moved` otherwise;
+    `unknown` without either measure.
+    """
     cka, overlap = record.get("cka_init"), record.get("overlap_init")
     if cka is None and overlap is None:
-        return None
-    static_cka = cka is None or cka >= thresholds.cka_static
-    static_overlap = overlap is None or overlap >= thresholds.overlap_static
-    return static_cka and static_overlap
+        return UNKNOWN, "no cka_init or overlap_init: no reference to measure movement against"
+    th = thresholds
+    cka_static = cka is None or cka >= th.cka_static
+    overlap_static = overlap is None or overlap >= th.overlap_static
+    shown = f"cka_init = {_fmt(cka)}, overlap_init = {_fmt(overlap)}"
+    if cka_static and overlap_static:
+        return STATIC, f"{shown} (≥ {th.cka_static:g}, ≥ {th.overlap_static:g}): features unchanged"
+    if cka is not None and overlap is not None:
+        if cka_static and overlap < th.overlap_moved:
+            return CONFLICT, (
+                f"CKA says static (cka_init = {_fmt(cka)} ≥ {th.cka_static:g}) but the top-C eigenspace moved "
+                f"(overlap_init = {_fmt(overlap)} < {th.overlap_moved:g})"
+            )
+        if overlap_static and cka < th.cka_moved:
+            return CONFLICT, (
+                f"the top-C eigenspace says static (overlap_init = {_fmt(overlap)} ≥ {th.overlap_static:g}) but "
+                f"the kernel moved (cka_init = {_fmt(cka)} < {th.cka_moved:g})"
+            )
+    return MOVED, f"{shown}: features moved (below {th.cka_static:g} or {th.overlap_static:g})"
 
 
-def checkpoint_regime(record: Mapping[str, Any], thresholds: Thresholds = Thresholds()) -> CheckpointVerdict:
-    """The regime of one checkpoint relative to the reference (SPEC.md §7)."""
-    static = features_static(record, thresholds)
-    if static is None:
-        return CheckpointVerdict("undetermined", "no reference to measure movement against")
-    if static:
-        return CheckpointVerdict(
-            "coefficient",
-            f"cka_init ≥ {thresholds.cka_static} and overlap_init ≥ {thresholds.overlap_static}: features unchanged",
-        )
+def checkpoint_regime(
+    record: Mapping[str, Any], thresholds: Thresholds = Thresholds(), *, reference: bool = False
+) -> CheckpointVerdict:
+    """The regime of one checkpoint relative to the reference (SPEC.md §7).
+
+    The reference checkpoint itself is `coefficient` by definition (nothing has moved yet).
+    """
+    if reference:
+        return CheckpointVerdict("coefficient", "the reference checkpoint: nothing has moved yet", STATIC)
+    movement, reason = feature_movement(record, thresholds)
+    if movement == STATIC:
+        return CheckpointVerdict("coefficient", reason, movement)
+    if movement in (UNKNOWN, CONFLICT):
+        return CheckpointVerdict("undetermined", reason, movement)
     k95, outputs = record.get("k95_utility"), record.get("n_outputs")
     if k95 is None or not outputs:
-        return CheckpointVerdict("undetermined", "features moved but the outputs carry no utility to count")
+        return CheckpointVerdict(
+            "undetermined", f"{reason}, but the outputs carry no utility to count (k95_utility is null)", movement
+        )
     limit = outputs + thresholds.mf_extra
     if k95 <= limit:
-        return CheckpointVerdict("MF", f"features moved and k95_utility = {k95} ≤ C + {thresholds.mf_extra:g} = {limit:g}")
-    return CheckpointVerdict("EF", f"features moved and k95_utility = {k95} > C + {thresholds.mf_extra:g} = {limit:g}")
+        return CheckpointVerdict("MF", f"{reason}; k95_utility = {k95} ≤ C + mf_extra = {limit:g}", movement)
+    return CheckpointVerdict("EF", f"{reason}; k95_utility = {k95} > C + mf_extra = {limit:g}", movement)
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    """The run-level verdict: regime, the rule that fired, its evidence and the per-checkpoint trajectory."""
+
+    regime: str
+    rule: str
+    evidence: dict[str, Any]
+    trajectory: tuple[tuple[int, CheckpointVerdict], ...]
+    thresholds: Thresholds
+
+    def as_json(self) -> dict[str, Any]:
+        """`{"regime", "evidence", "thresholds", "trajectory": [{"step", "regime"}, ...]}` (DESIGN.md)."""
+        return {
+            "regime": self.regime,
+            "evidence": dict(self.evidence),
+            "thresholds": self.thresholds.as_dict(),
+            "trajectory": [{"step": step, "regime": verdict.regime} for step, verdict in self.trajectory],
+        }
+
+
+_EVIDENCE_FIELDS = ("cka_init", "overlap_init", "k95_utility", "n_outputs", "d_lr", "pi_hat_C", "accuracy", "r2")
+
+
+def _min_field(records: Sequence[Mapping[str, Any]], name: str) -> tuple[float | None, int | None]:
+    present = [(r[name], int(r["step"])) for r in records if r.get(name) is not None]
+    if not present:
+        return None, None
+    value, step = min(present)
+    return float(value), step
+
+
+def entered_mf(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> tuple[int | None, int | None]:
+    """(first step that is MF, first step from which every later checkpoint is MF), None when never."""
+    first = next((step for step, verdict in trajectory if verdict.regime == "MF"), None)
+    stayed = None
+    for step, verdict in reversed(trajectory):
+        if verdict.regime != "MF":
+            break
+        stayed = step
+    return first, stayed
+
+
+def classify_run(
+    records: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds = Thresholds(),
+    *,
+    reference_step: int | None = None,
+) -> RunVerdict:
+    """The run's regime, recomputed from the stored measures with `thresholds` (the stored `regime` is ignored).
+
+    Rules, first match wins (docs/regimes.md):
+      1. no checkpoint after the reference                 -> undetermined
+      2. no checkpoint after the reference moved            -> coefficient
+      3. the final checkpoint is undetermined (conflict)    -> undetermined
+      4. features moved, but the final checkpoint is static -> undetermined
+      5. the last `final_window` moved checkpoints mix MF and EF -> undetermined
+      6. otherwise the final checkpoint's regime (MF or EF).
+    `records` are sorted by step here; the reference is `reference_step` or the first step.
+    """
+    ordered = sorted(records, key=lambda record: int(record["step"]))
+    if reference_step is None and ordered:
+        reference_step = int(ordered[0]["step"])
+    trajectory = tuple(
+        (int(r["step"]), checkpoint_regime(r, thresholds, reference=int(r["step"]) == reference_step)) for r in ordered
+    )
+    evidence: dict[str, Any] = {"reference_step": reference_step, "n_checkpoints": len(ordered)}
+
+    def verdict(regime: str, rule: str) -> RunVerdict:
+        evidence["rule"] = rule
+        return RunVerdict(regime, rule, evidence, trajectory, thresholds)
+
+    after = [
+        (r, v) for r, (step, v) in zip(ordered, trajectory, strict=True) if reference_step is not None and step > reference_step
+    ]
+    if not after:
+        return verdict("undetermined", "no checkpoint after the reference: nothing to measure movement against")
+
+    moved_records = [r for r, _ in after]
+    for name in ("cka_init", "overlap_init"):
+        value, step = _min_field(moved_records, name)
+        evidence[f"min_{name}"], evidence[f"min_{name}_step"] = value, step
+    final_record, final = after[-1]
+    evidence["final_step"] = int(final_record["step"])
+    evidence.update({f"final_{name}": final_record.get(name) for name in _EVIDENCE_FIELDS})
+    evidence["final_rule"] = final.rule
+    first_mf, stayed_mf = entered_mf(trajectory)
+    evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
+
+    movements = [v.movement for _, v in after]
+    if all(m == STATIC for m in movements):
+        return verdict(
+            "coefficient",
+            f"no checkpoint after the reference moved: min cka_init = {_fmt(evidence['min_cka_init'])} "
+            f"≥ {thresholds.cka_static:g} and min overlap_init = {_fmt(evidence['min_overlap_init'])} "
+            f"≥ {thresholds.overlap_static:g}",
+        )
+    if final.regime == "undetermined":
+        return verdict("undetermined", f"final checkpoint (step {evidence['final_step']}): {final.rule}")
+    if final.movement == STATIC:
+        moved_step = next(int(r["step"]) for r, v in after if v.movement != STATIC)
+        return verdict(
+            "undetermined",
+            f"features moved (from step {moved_step}) but the final checkpoint is back at the reference: {final.rule}",
+        )
+    window = [(int(r["step"]), v.regime) for r, v in after if v.movement == MOVED][-int(thresholds.final_window) :]
+    evidence["final_window"] = [{"step": step, "regime": regime} for step, regime in window]
+    kinds = {regime for _, regime in window} & {"MF", "EF"}
+    if len(kinds) > 1:
+        shown = ", ".join(f"{step}: {regime}" for step, regime in window)
+        return verdict("undetermined", f"the last {len(window)} moved checkpoints flip between MF and EF ({shown})")
+    return verdict(final.regime, f"final checkpoint (step {evidence['final_step']}): {final.rule}")
+
+
+def trajectory_segments(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> list[tuple[int, int, str]]:
+    """Runs of equal regime: [(first step, last step, regime), ...] in step order."""
+    segments: list[tuple[int, int, str]] = []
+    for step, checkpoint in trajectory:
+        if segments and segments[-1][2] == checkpoint.regime:
+            segments[-1] = (segments[-1][0], step, checkpoint.regime)
+        else:
+            segments.append((step, step, checkpoint.regime))
+    return segments
+
+
+def describe(verdict: RunVerdict) -> list[str]:
+    """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note."""
+    ev = verdict.evidence
+    lines = [f"regime: {verdict.regime}", f"rule: {verdict.rule}"]
+    shown = [
+        f"{first}" + (f"–{last}" if last != first else "") + f": {regime}"
+        for first, last, regime in trajectory_segments(verdict.trajectory)
+    ]
+    lines.append("trajectory (step: regime): " + " | ".join(shown))
+    if ev.get("mf_since_step") is not None:
+        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
+    elif ev.get("first_mf_step") is not None:
+        lines.append(f"MF first at step {ev['first_mf_step']}, but the run did not stay MF")
+    else:
+        lines.append("the run never became MF")
+    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer"}
+    lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
+    lines.append("thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in verdict.thresholds.as_dict().items()))
+    lines.append(f"note: {NOTE}")
+    return lines
