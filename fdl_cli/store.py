@@ -848,6 +848,7 @@ class StoreWriter:
         self._rows: dict[Series, dict[int, dict[str, Any]]] = {}
         self._trajectories_match: set[Series] = set()  # series whose on-disk trajectories equal _rows
         self._drop: set[str] = set()  # damaged groups to remove at the next commit
+        self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._closed = False
         self._last_commit = time.monotonic()
@@ -907,6 +908,7 @@ class StoreWriter:
             for series_key, rows in reader._rows.items():
                 self._rows[series_key] = {row["step"]: row for row in rows}
             self._trajectories_match = set(reader._rows) - reader._rebuilt
+            self._stale_trajectories = reader._rebuilt - set(reader._rows)
             self._drop = set(reader._damaged)
             self._fresh = False
         finally:
@@ -999,8 +1001,9 @@ class StoreWriter:
                 for entry in latest.values():
                     _write_checkpoint(checkpoints, entry)
                 trajectories = store.require_group("trajectories")
-                for key in sorted(set(changed) | (set(rows) - self._trajectories_match)):
-                    self._write_trajectory(trajectories, key, rows[key], changed.get(key, set()))
+                stale = self._stale_trajectories | (set(rows) - self._trajectories_match)
+                for key in sorted(set(changed) | stale):
+                    self._write_trajectory(trajectories, key, rows.get(key, {}), changed.get(key, set()))
                 store.flush()
             _fsync_path(tmp)
             os.replace(tmp, self._path)
@@ -1021,6 +1024,7 @@ class StoreWriter:
             self._sha256[entry.step] = entry.sha256
         del self._buffer[: len(entries)]
         self._drop = set()
+        self._stale_trajectories = set()
         self._fresh = False
         self._last_cost = time.monotonic() - started
         self._last_commit = time.monotonic()

@@ -354,6 +354,12 @@ def test_damaged_files_raise_store_error_not_a_traceback(tmp_path: Path) -> None
         with pytest.raises(StoreError) as excinfo:
             StoreReader(tmp_path / f"{name}.h5")
         assert f"{name}.h5" in str(excinfo.value) and "fix:" in str(excinfo.value), name
+    with pytest.raises(StoreError, match="--overwrite"):
+        StoreWriter(tmp_path / "truncated.h5", provenance=provenance(), probes=probes())
+    write(tmp_path / "truncated.h5", [random_entry(4)], overwrite=True)
+    assert read_records(tmp_path / "truncated.h5") == [
+        expected_record(random_entry(4), dict(random_entry(4).series[0].scalars))
+    ]
     outcomes = []
     for seed in range(8):
         rng = np.random.default_rng(seed)
@@ -386,6 +392,19 @@ def test_a_group_without_complete_is_skipped_then_redone(tmp_path: Path) -> None
         writer.add(random_entry(1))
     with StoreReader(path) as reader:
         assert reader.steps() == [0, 1, 2] and reader.warnings == []
+
+
+def test_trajectories_of_a_series_left_without_groups_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    write(path, [random_entry(0, (("test", "fc1"),))])
+    with h5py.File(path, "r+") as store:
+        del store["checkpoints/step_0"].attrs["complete"]
+    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+        assert writer.completed() == {}
+        writer.add(random_entry(1))
+    with StoreReader(path) as reader:
+        assert reader.warnings == []
+        assert reader.series() == [("train", "fc2:input")] and reader.steps() == [1]
 
 
 def test_a_group_missing_a_dataset_is_skipped(tmp_path: Path) -> None:
