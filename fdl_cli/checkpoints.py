@@ -62,6 +62,9 @@ class Discovery:
     checkpoints: list[CheckpointRef]
     notes: list[str]
     duplicates: list[tuple[Path, Path]]
+    #: (path, reason) of files with a checkpoint suffix that cannot be read (corrupt, truncated, empty);
+    #: `analyze` reports them and goes on with the others.
+    bad: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -374,6 +377,11 @@ def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
 
 def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if reason.startswith("Weights only load failed"):
+        # torch's advice here is to load with weights_only=False, i.e. to run the file's code: never
+        # repeat it for a file that is merely damaged; keep only the unpickler's own diagnosis.
+        detail = str(exc).partition("WeightsUnpickler error:")[2].strip().splitlines()
+        reason = f"not a valid zip archive or pickle ({detail[0][:160] if detail else 'unreadable data'})"
     if path.is_file() and path.stat().st_size == 0:
         reason = "the file is empty"
     return CheckpointError(
@@ -606,6 +614,7 @@ def discover_checkpoints(
                 fix="e.g. --step-regex 'step_(\\d+)'",
             ) from None
     seen: set[Path] = set()
+    bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     for path in _candidates(sources, stdin, glob, notes):
@@ -613,13 +622,21 @@ def discover_checkpoints(
             continue
         seen.add(path.resolve())
         looked_at.append(path.name)
-        peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
+        try:
+            peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
+        except CheckpointError as exc:
+            bad.append((path, exc))
+            continue
         if peek.kind is None:
             notes.append(peek.skip_reason or f"skipped {path.name}")
+            if path.is_file() and path.stat().st_size == 0:
+                bad.append((path, CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty")))
             continue
         kind = peek.kind
         step, source = _step_of(path, peek, pattern)
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+    if not found and bad and len(bad) == len(looked_at):
+        raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:
         where = ", ".join(str(s) for s in sources)
         raise CheckpointError(
@@ -631,7 +648,10 @@ def discover_checkpoints(
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
     checkpoints, duplicates = _dedupe(found, notes)
     return Discovery(
-        checkpoints=_select(checkpoints, steps=steps, every=every), notes=notes, duplicates=duplicates
+        checkpoints=_select(checkpoints, steps=steps, every=every),
+        notes=notes,
+        duplicates=duplicates,
+        bad=[(path, exc.message) for path, exc in bad],
     )
 
 

@@ -240,6 +240,19 @@ def run_analyze(
         reporter.note(note)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
+    for bad_path, reason in discovery.bad:
+        reporter.error(f"{bad_path}: {reason}")
+        if options.strict:
+            raise CheckpointError(
+                f"--strict: stopped at the unreadable checkpoint {bad_path}",
+                got=reason.splitlines()[0],
+                fix="repair or remove that file, or run without --strict to analyse the readable ones",
+            )
+    if options.trust_pickle:
+        reporter.warn(
+            "--trust-pickle: pickled checkpoints are loaded with full unpickling, which runs any code they "
+            "contain; use it only on files you trust"
+        )
 
     manifest = None
     folders = [Path(s) for s in options.sources if s != "-" and Path(s).is_dir()]
@@ -273,6 +286,7 @@ def run_analyze(
     )
     out = options.out or default_store_path(options.sources)
     summary = AnalyzeSummary(store=out)
+    summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
     try:
         _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
