@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from fdl_cli.report import Comparison, Run, Series, load_arrays  # noqa: E402
 
@@ -83,6 +84,8 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     titles = ("Π*(k): target alignment", "Π̂(k): use by the learned function", "ρ_k / ρ_1: spectrum")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("k (eigenfunction index)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
