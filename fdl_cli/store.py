@@ -111,9 +111,12 @@ def _normalize_scalar(name: str, value: object) -> Scalar:
     if isinstance(value, bool | np.bool_):
         raise ValueError(f"scalar {name!r} must be a number or None, got the bool {value!r}")
     if name in INT_FIELDS:
-        if not isinstance(value, int | np.integer):
-            raise ValueError(f"scalar {name!r} must be an int or None, got {value!r}")
-        return int(value)
+        # An integral float (a count computed in float arithmetic) is accepted; 2.5 is a bug upstream.
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"scalar {name!r} must be an int or None, got {value!r}")
     if not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"scalar {name!r} must be a float or None, got {value!r}")
     number = float(value)
