@@ -20,6 +20,9 @@ from fdl_cli.errors import ModelError, ProbeError
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import Moments
 
+#: In a checkpoint that carries its own program (TorchScript, torch.export), the feature map is the
+#: input of the last linear operation of the forward pass, found by watching the aten operations.
+LAST_LINEAR_OP = "last_linear_op"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 INPUT_SUFFIX = ":input"
 
@@ -46,6 +49,8 @@ class LayerResult:
 
 def default_layer(model: nn.Module) -> LayerSpec:
     """The input of the last nn.Linear in registration order (SPEC §1: the penultimate features)."""
+    if isinstance(model, ProgramModel):
+        return LayerSpec(module=LAST_LINEAR_OP, use_input=True)
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -69,6 +74,12 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
     for name in names:
         use_input = name.endswith(INPUT_SUFFIX)
         module = name[: -len(INPUT_SUFFIX)] if use_input else name
+        if isinstance(model, ProgramModel) and module != LAST_LINEAR_OP:
+            raise ModelError(
+                f"--layer {name!r}: the layers of a TorchScript / torch.export checkpoint cannot be hooked by name",
+                fix=f"omit --layer (fdl then takes {LAST_LINEAR_OP}:input, the input of the last linear operation), "
+                "or pass --model FACTORY so that the weights are loaded into an eager model",
+            )
         if module not in modules:
             import difflib
 
@@ -114,6 +125,50 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class ProgramModel(nn.Module):
+    """Wraps a TorchScript / torch.export module so its penultimate features can be hooked.
+
+    The forward pass runs under a dispatch mode that remembers the input of the last linear operation
+    (aten linear, addmm or mm) and passes it through the identity module `last_linear_op`, whose
+    input is then hooked like any eager module's.
+    """
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+        self.last_linear_op = nn.Identity()
+
+    def train(self, mode: bool = True) -> ProgramModel:
+        # Exported programs refuse train()/eval(): they were traced in the mode they run in.
+        self.training = mode
+        if isinstance(self.program, torch.jit.ScriptModule):
+            self.program.train(mode)
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten = torch.ops.aten
+        positions = {aten.linear.default: 0, aten.addmm.default: 1, aten.mm.default: 0}
+        seen: list[torch.Tensor] = []
+
+        class Watch(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                if func in positions:
+                    seen[:] = [args[positions[func]]]
+                return func(*args, **(kwargs or {}))
+
+        with Watch():
+            output = self.program(*args, **kwargs)
+        if not seen:
+            raise ModelError(
+                "the checkpoint's program runs no linear operation whose input could be the features",
+                fix="pass --model FACTORY to load the weights into an eager model, and pick --layer NAME",
+            )
+        self.last_linear_op(seen[0])
+        return output
+
+
 @contextmanager
 def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, torch.Tensor]]:
     """Capture each layer's features (flattened to (b, p)) of the next forward pass."""
@@ -141,6 +196,8 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
     """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype."""
+    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        model = ProgramModel(model)
     model = model.to(device)
     if dtype != "float32":
         model = model.to(DTYPES[dtype])

@@ -1,0 +1,357 @@
+"""`fdl analyze` end to end through the CLI: layouts, formats, manifest, stdin, probes, layers, resume, errors.
+
+Numbers are checked against the brute-force reference of tests/reference.py on features recomputed
+here with a plain forward pass.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fdl_cli.cli import main
+from fdl_cli.store import StoreReader
+from tests.reference import reference_measures
+from tests.tiny_models import mlp
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("rank", "d_lr", "output_rank", "dlr_alignment", "feature_pr", "eff_dim", "eff_dim_quality",
+            "eff_dim_utility", "k90_quality", "k95_quality", "k99_quality", "k90_utility", "k95_utility",
+            "k99_utility", "pi_star_C", "pi_hat_C", "nc1", "accuracy", "loss")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def fdl(*args: str, stdin: str | None = None) -> Result:
+    """Run the CLI in-process, like the console script (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        sys.stdin = old_stdin
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+
+def build(hidden=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny training run: 4 checkpoints (raw state_dicts) of a 4-8-3 MLP, a probe, a model file."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("run")
+    (root / "model.py").write_text(MODEL_FILE)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
+    np.savez(root / "probe.npz", x=x, y=y)
+    x_test = rng.normal(size=(30, 4)).astype(np.float32)
+    np.savez(root / "test.npz", x=x_test, y=(x_test[:, 0] > 0).astype(np.int64))
+    ckpts = root / "ckpts"
+    ckpts.mkdir()
+    model = mlp(4, 8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for step in range(0, 31):
+        if step % 10 == 0:
+            torch.save(model.state_dict(), ckpts / f"epoch_{step}.pt")
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return root
+
+
+def brute_force(model_state: dict, probe: Path) -> dict:
+    model = mlp(4, 8, 3)
+    model.load_state_dict(model_state)
+    data = np.load(probe)
+    with torch.inference_mode():
+        x = torch.from_numpy(data["x"])
+        features = model[1](model[0](x)).double().numpy()
+        outputs = model(x).double().numpy()
+    return reference_measures(features, outputs, labels=data["y"]).scalars
+
+
+def assert_matches(record: dict, expected: dict) -> None:
+    for name in COMPARED:
+        if expected[name] is None:
+            assert record[name] is None, name
+        else:
+            assert record[name] == pytest.approx(expected[name], rel=1e-8, abs=1e-12), name
+
+
+def analyze(run: Path, out: Path, *extra: str, sources: tuple[str, ...] | None = None) -> Result:
+    return fdl("analyze", *(sources or (str(run / "ckpts"),)), "--model", f"{run}/model.py:build",
+               "--probe", str(run / "probe.npz"), "--out", str(out), "--json", *extra)
+
+
+def test_folder_of_state_dicts_matches_brute_force(run: Path, tmp_path: Path) -> None:
+    result = analyze(run, tmp_path / "s.h5")
+    assert result.code == 0, result.stderr
+    records = result.records
+    assert [r["step"] for r in records] == [0, 10, 20, 30]
+    for record in records:
+        state = torch.load(run / "ckpts" / f"epoch_{record['step']}.pt", weights_only=True)
+        assert_matches(record, brute_force(state, run / "probe.npz"))
+    assert records[0]["cka_init"] == pytest.approx(1.0) and records[0]["cka_prev"] is None
+    assert records[0]["param_dist_init"] == 0.0
+    assert records[-1]["param_dist_init"] > 0.0
+    # The store holds exactly what was printed.
+    with StoreReader(tmp_path / "s.h5") as reader:
+        stored = reader.records()
+    assert stored == records
+
+
+def test_numeric_order_and_step_selection(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "order"
+    folder.mkdir()
+    state = torch.load(run / "ckpts" / "epoch_0.pt", weights_only=True)
+    for step in (9, 10, 100, 2):
+        tweaked = {k: v + 0.01 * step for k, v in state.items()}
+        torch.save(tweaked, folder / f"epoch_{step}.pt")
+    result = analyze(run, tmp_path / "o.h5", sources=(str(folder),))
+    assert result.code == 0, result.stderr
+    assert [r["step"] for r in result.records] == [2, 9, 10, 100]
+    picked = analyze(run, tmp_path / "p.h5", "--steps", "9,100", sources=(str(folder),))
+    assert [r["step"] for r in picked.records] == [9, 100]
+
+
+def _save_variants(run: Path, root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """The same weights in every supported layout: name -> (sources, extra options)."""
+    states = {s: torch.load(run / "ckpts" / f"epoch_{s}.pt", weights_only=True) for s in (0, 30)}
+    variants: dict[str, tuple[list[str], list[str]]] = {}
+    model_opt = ["--model", f"{run}/model.py:build"]
+    # training-loop dicts with a DDP prefix, .ckpt and .bin and .pth
+    loop = root / "loop"
+    loop.mkdir()
+    for step, state in states.items():
+        suffix = ".ckpt" if step == 0 else ".bin"
+        torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "step": step,
+                    "optimizer": {"lr": 0.1}}, loop / f"run{suffix}" if False else loop / f"ck_{step}{suffix}")
+    variants["training-loop dict"] = ([str(loop)], model_opt)
+    # safetensors single files
+    single = root / "single"
+    single.mkdir()
+    for step, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, single / f"s_{step}.safetensors")
+    variants["safetensors"] = ([str(single)], model_opt)
+    # Hugging Face sub-folders with sharded safetensors + index
+    hf = root / "hf"
+    hf.mkdir()
+    for step, state in states.items():
+        sub = hf / f"checkpoint-{step}"
+        sub.mkdir()
+        names = sorted(state)
+        half = len(names) // 2
+        shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+        weight_map = {}
+        for shard, keys in shards.items():
+            save_file({k: state[k].contiguous() for k in keys}, sub / shard)
+            weight_map.update({k: shard for k in keys})
+        (sub / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    variants["hf sharded"] = ([str(hf)], model_opt)
+    # TorchScript and torch.export: no --model
+    scripted = root / "script"
+    scripted.mkdir()
+    exported = root / "export"
+    exported.mkdir()
+    for step, state in states.items():
+        model = mlp(4, 8, 3)
+        model.load_state_dict(state)
+        model.eval()
+        torch.jit.save(torch.jit.script(model), scripted / f"m_{step}.pt")
+        program = torch.export.export(model, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, exported / f"m_{step}.pt2")
+    variants["torchscript"] = ([str(scripted)], [])
+    variants["torch.export"] = ([str(exported)], [])
+    # explicit files, and paths on stdin
+    variants["explicit files"] = ([str(run / "ckpts" / "epoch_0.pt"), str(run / "ckpts" / "epoch_30.pt")], model_opt)
+    return variants
+
+
+def test_every_layout_gives_the_same_numbers(run: Path, tmp_path: Path) -> None:
+    expected = {s: brute_force(torch.load(run / "ckpts" / f"epoch_{s}.pt", weights_only=True), run / "probe.npz")
+                for s in (0, 30)}
+    for name, (sources, extra) in _save_variants(run, tmp_path).items():
+        result = fdl("analyze", *sources, *extra, "--probe", run / "probe.npz", "--out", tmp_path / f"{name}.h5",
+                     "--json")
+        assert result.code == 0, f"{name}: {result.stderr}"
+        records = result.records
+        assert len(records) == 2, name
+        for record, step in zip(records, (0, 30)):
+            assert_matches(record, expected[step])
+
+
+def test_paths_on_stdin(run: Path, tmp_path: Path) -> None:
+    paths = "\n".join(str(run / "ckpts" / f"epoch_{s}.pt") for s in (20, 0)) + "\n\n"
+    result = fdl("analyze", "-", "--model", f"{run}/model.py:build", "--probe", run / "probe.npz",
+                 "--out", tmp_path / "stdin.h5", "--json", stdin=paths)
+    assert result.code == 0, result.stderr
+    assert [r["step"] for r in result.records] == [0, 20]
+
+
+def test_manifest_makes_analyze_work_alone(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "with_manifest"
+    folder.mkdir()
+    for step in (0, 10):
+        (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / f"epoch_{step}.pt").read_bytes())
+    (folder / "net.py").write_text(MODEL_FILE)
+    np.savez(folder / "p.npz", **np.load(run / "probe.npz"))
+    (folder / "fdl.toml").write_text('model = "net.py:build"\nprobe = "p.npz"\nlayer = "2:input"\n')
+    result = fdl("analyze", folder, "--out", tmp_path / "m.h5", "--json")
+    assert result.code == 0, result.stderr
+    assert [r["step"] for r in result.records] == [0, 10]
+    assert_matches(result.records[1], brute_force(torch.load(folder / "epoch_10.pt", weights_only=True),
+                                                  run / "probe.npz"))
+
+
+def test_several_probes_and_layers_in_one_pass(run: Path, tmp_path: Path) -> None:
+    result = analyze(run, tmp_path / "multi.h5", "--probe", f"test={run / 'test.npz'}", "--layer", "0",
+                     "--layer", "2:input")
+    # --probe given twice: the first (unnamed) one is "probe"
+    assert result.code == 0, result.stderr
+    records = result.records
+    assert {(r["probe"], r["layer"]) for r in records} == {
+        ("probe", "0"), ("probe", "2:input"), ("test", "0"), ("test", "2:input")}
+    assert len(records) == 4 * 4
+    last = {(r["probe"], r["layer"]): r for r in records if r["step"] == 30}
+    state = torch.load(run / "ckpts" / "epoch_30.pt", weights_only=True)
+    assert_matches(last[("probe", "2:input")], brute_force(state, run / "probe.npz"))
+    assert_matches(last[("test", "2:input")], brute_force(state, run / "test.npz"))
+    # layer "0" is the pre-activation output of the first Linear: 8 features
+    assert last[("probe", "0")]["n_features"] == 8
+    with StoreReader(tmp_path / "multi.h5") as reader:
+        assert sorted(reader.series()) == sorted(last)
+
+
+def test_resume_recomputes_only_the_incomplete_checkpoint(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "r.h5"
+    first = analyze(run, store)
+    assert first.code == 0
+    with h5py.File(store, "r+") as handle:
+        del handle["checkpoints/step_20"].attrs["complete"]
+    again = analyze(run, store)
+    assert again.code == 0, again.stderr
+    assert [r["step"] for r in again.records] == [20]
+    assert "1 checkpoint(s) analysed, 3 already in the store" in again.stderr
+    assert again.records[0] == first.records[2]
+    with StoreReader(store) as reader:
+        assert reader.records() == first.records
+    nothing = analyze(run, store)
+    assert nothing.code == 0 and nothing.records == []
+
+
+def test_changed_options_are_refused_and_overwrite_restarts(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "c.h5"
+    assert analyze(run, store).code == 0
+    before = store.read_bytes()
+    changed = analyze(run, store, "--center")
+    assert changed.code == 1
+    assert "--overwrite" in changed.stderr and "Traceback" not in changed.stderr
+    assert store.read_bytes() == before
+    fresh = analyze(run, store, "--center", "--overwrite")
+    assert fresh.code == 0 and len(fresh.records) == 4
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no model", "no model was given"),
+        ("key mismatch", "do not fit the model"),
+        ("probe shape", "does not fit the model"),
+        ("unknown layer", "unknown layer"),
+        ("empty folder", "no checkpoints found"),
+        ("bad json kwargs", "not valid JSON"),
+    ],
+)
+def test_bad_input_is_a_clear_error(run: Path, tmp_path: Path, case: str, message: str) -> None:
+    model = ["--model", f"{run}/model.py:build"]
+    probe = ["--probe", str(run / "probe.npz")]
+    source = [str(run / "ckpts")]
+    if case == "no model":
+        model = []
+    elif case == "key mismatch":
+        model += ["--model-kwargs", '{"hidden": 5}']
+    elif case == "probe shape":
+        np.savez(tmp_path / "wide.npz", x=np.zeros((5, 7), np.float32), y=np.zeros(5, np.int64))
+        probe = ["--probe", str(tmp_path / "wide.npz")]
+    elif case == "unknown layer":
+        model += ["--layer", "fc9"]
+    elif case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        source = [str(tmp_path / "empty")]
+    elif case == "bad json kwargs":
+        model += ["--model-kwargs", "{hidden: 5"]
+    result = fdl("analyze", *source, *model, *probe, "--out", tmp_path / "e.h5")
+    assert result.code == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_key_mismatch_names_the_keys(run: Path, tmp_path: Path) -> None:
+    result = analyze(run, tmp_path / "k.h5", "--model-kwargs", '{"hidden": 5}')
+    assert result.code == 1
+    assert "0.weight" in result.stderr and "fix:" in result.stderr
+
+
+def test_sample_checkpoints_match_brute_force(tmp_path: Path) -> None:
+    """The bundled run (README's first command) gives the numbers of a brute-force recomputation."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(REPO / "sample_checkpoints"))
+    try:
+        import model as sample_model  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    result = fdl("analyze", REPO / "sample_checkpoints", "--steps", "0,100,1000", "--out", tmp_path / "sample.h5",
+                 "--json")
+    assert result.code == 0, result.stderr
+    data = np.load(REPO / "sample_checkpoints" / "probe.npz")
+    for record in result.records:
+        net = sample_model.build()
+        net.load_state_dict(load_file(REPO / "sample_checkpoints" / f"step_{record['step']}.safetensors"))
+        with torch.inference_mode():
+            x = torch.from_numpy(data["x"])
+            features = net[:4](x).double().numpy()
+            outputs = net(x).double().numpy()
+        assert_matches(record, reference_measures(features, outputs, labels=data["y"]).scalars)
+    final = result.records[-1]
+    assert final["accuracy"] > 0.9
+    assert final["d_lr"] < result.records[0]["d_lr"]
