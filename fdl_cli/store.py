@@ -60,6 +60,8 @@ from fdl_cli.fields import (
 )
 
 SCHEMA_VERSION = 1
+#: Provenance keys recorded for the reader's information but ignored when a store is resumed.
+UNCOMPARED_PROVENANCE = frozenset({"environment"})
 STORE_FORMAT = "fdl-store"
 PROBE_TASKS = ("classes", "regression", "none")
 
@@ -894,7 +896,11 @@ class StoreWriter:
                 fix=(exc.fix + "; or " if exc.fix else "") + "pass --overwrite to start a fresh store, or another --out",
             ) from None
         try:
-            differences = _dict_diff(reader.provenance, self._provenance)
+            # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.
+            differences = _dict_diff(
+                {k: v for k, v in reader.provenance.items() if k not in UNCOMPARED_PROVENANCE},
+                {k: v for k, v in self._provenance.items() if k not in UNCOMPARED_PROVENANCE},
+            )
             stored_probes = reader.probes()
             for name in sorted(set(stored_probes) | set(self._probes)):
                 old, new = stored_probes.get(name), self._probes.get(name)

@@ -355,3 +355,17 @@ def test_sample_checkpoints_match_brute_force(tmp_path: Path) -> None:
     final = result.records[-1]
     assert final["accuracy"] > 0.9
     assert final["d_lr"] < result.records[0]["d_lr"]
+
+
+def test_resume_on_another_host_is_allowed(run: Path, tmp_path: Path) -> None:
+    """The environment (host, torch version) is recorded in the provenance but not compared."""
+    store = tmp_path / "h.h5"
+    assert analyze(run, store, "--steps", "0,10").code == 0
+    with h5py.File(store, "r+") as handle:
+        provenance = json.loads(handle.attrs["provenance"])
+        assert provenance["environment"]["torch_version"] == torch.__version__
+        provenance["environment"] = {"host": "elsewhere", "torch_version": "0.0"}
+        handle.attrs["provenance"] = json.dumps(provenance)
+    again = analyze(run, store)
+    assert again.code == 0, again.stderr
+    assert [r["step"] for r in again.records] == [20, 30]
