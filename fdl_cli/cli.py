@@ -94,6 +94,8 @@ def analyze(**kwargs: Any) -> None:
             stdin=sys.stdin,
         )
     console.print(summary.message())
+    if summary.interrupted:
+        sys.exit(130)  # like any Ctrl-C'd command, so `fdl analyze ... && next` does not go on
     if summary.failed:
         sys.exit(1)
 

@@ -413,6 +413,9 @@ def _analyze_refs(
         try:
             _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
             while options.watch:
+                # Throttled commits would otherwise leave the last checkpoints unannounced (and not
+                # durable) until a new checkpoint appears.
+                announce(writer.flush())
                 time.sleep(options.poll_seconds)
                 refs = _rediscover(ctx, refs, stdin)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)

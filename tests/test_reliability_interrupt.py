@@ -1,0 +1,314 @@
+"""Interruption and concurrency, end to end through `fdl analyze` / `fdl report`.
+
+* kill -9 at random moments (many trials) leaves a store that opens and holds every checkpoint whose
+  JSON record was printed, exactly; re-running completes it with results identical to an
+  uninterrupted run;
+* Ctrl-C (SIGINT) exits with status 130, a message saying how to resume, and an intact store;
+* `fdl report` works while `fdl analyze --watch` writes the store; a second writer is refused with
+  a message naming the first one.
+
+Starting Python with torch costs ~2.5 s, too much for dozens of trials on a shared core, so the
+commands run in children forked from one pre-imported server process (`_FORK_SERVER`): each child
+runs the real console entry point `fdl_cli.cli.main(argv)` with its own stdout/stderr files, and is
+killed with real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fdl_cli.store import StoreReader
+
+TESTS = Path(__file__).resolve().parent
+MODEL = f"{TESTS / 'tiny_models.py'}:mlp"
+N_CHECKPOINTS = 30
+KILL_TRIALS = 25
+
+_FORK_SERVER = r"""
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import h5py, numpy, safetensors.torch, rich.console, rich.progress  # noqa: F401
+import fdl_cli.cli, fdl_cli.pipeline, fdl_cli.store, fdl_cli.checkpoints, fdl_cli.extract  # noqa: F401
+import fdl_cli.spectral, fdl_cli.probes, fdl_cli.progress, fdl_cli.report  # noqa: F401
+out = sys.stdout
+out.write("ready\n"); out.flush()
+for line in sys.stdin:
+    request = json.loads(line)
+    if "wait" in request:
+        _, status = os.waitpid(request["wait"], 0)
+        out.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n"); out.flush()
+        continue
+    out.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.chdir(request["cwd"])
+        for fd, name in ((1, request["stdout"]), (2, request["stderr"])):
+            target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        sys.argv = ["fdl", *request["argv"]]
+        code = 0
+        try:
+            fdl_cli.cli.main(request["argv"])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 99
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    out.write(json.dumps({"pid": pid}) + "\n"); out.flush()
+"""
+
+
+class ForkServer:
+    """Runs `fdl ARGV` in children of one pre-imported Python process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert self._read() == "ready"
+        self._count = 0
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def _send(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self._read())
+
+    def start(self, argv: list[str]) -> tuple[int, Path, Path]:
+        """Start `fdl argv`; returns (pid, stdout file, stderr file)."""
+        self._count += 1
+        stdout = self.workdir / f"out_{self._count}.txt"
+        stderr = self.workdir / f"err_{self._count}.txt"
+        stdout.write_bytes(b"")  # exists even if the child is killed before it opens it
+        stderr.write_bytes(b"")
+        reply = self._send({"cwd": str(self.workdir), "stdout": str(stdout), "stderr": str(stderr), "argv": argv})
+        return int(reply["pid"]), stdout, stderr
+
+    def wait(self, pid: int) -> int:
+        return int(self._send({"wait": pid})["status"])
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        pid, stdout, stderr = self.start(argv)
+        status = self.wait(pid)
+        return status, stdout.read_text(), stderr.read_text()
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def _write_run(folder: Path, steps: range) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        from tests.tiny_models import mlp
+    except ImportError:  # tests/ is not a package
+        from tiny_models import mlp  # type: ignore[no-redef]
+
+    folder.mkdir(exist_ok=True)
+    for step in steps:
+        # seed-distinct weights; a common drift keeps neighbouring checkpoints related, like training
+        weights = {name: tensor + 0.01 * step for name, tensor in mlp(seed=step % 7).state_dict().items()}
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / f"step_{step}.safetensors"))
+    del torch
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    workdir = tmp_path_factory.mktemp("interrupt")
+    _write_run(workdir / "ckpts", range(N_CHECKPOINTS))
+    rng = np.random.default_rng(0)
+    np.savez(workdir / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
+    forks = ForkServer(workdir)
+    yield forks
+    forks.close()
+
+
+def _analyze_argv(store: str, *extra: str) -> list[str]:
+    return [
+        "analyze", "ckpts", "--model", MODEL, "--probe", "probe.npz", "--out", store, "--json",
+        "--top-k", "4", "--anchor-size", "16", "--batch-size", "16", *extra,
+    ]
+
+
+def _printed(stdout: Path | str) -> list[dict[str, Any]]:
+    """The records printed by --json: complete lines only (a kill may cut the last one)."""
+    text = stdout.read_text() if isinstance(stdout, Path) else stdout
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def _stored(store: Path) -> tuple[list[dict[str, Any]], dict[int, Any], list[str]]:
+    with StoreReader(store) as reader:
+        records = reader.records()
+        arrays = {step: reader.arrays(step) for step in reader.steps()}
+        return records, arrays, list(reader.warnings)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(server: ForkServer) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+    status, stdout, stderr = server.run(_analyze_argv("reference.h5"))
+    assert status == 0, stderr
+    records, arrays, warnings = _stored(server.workdir / "reference.h5")
+    assert len(records) == N_CHECKPOINTS and not warnings
+    assert _printed(stdout) == records
+    return records, arrays
+
+
+def _assert_same_entries(arrays: dict[int, Any], reference: dict[int, Any], steps: list[int]) -> None:
+    for step in steps:
+        assert arrays[step] == reference[step], f"step {step} differs from the uninterrupted run"
+
+
+def test_kill9_at_random_moments_keeps_what_was_announced_and_resumes_identically(
+    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]]
+) -> None:
+    reference_records, reference_arrays = uninterrupted
+    by_step = {record["step"]: record for record in reference_records}
+    rng = random.Random(20240611)
+    store = server.workdir / "killed.h5"
+    killed_with_records = completed_runs = 0
+    t0 = time.monotonic()
+    pid, stdout, _ = server.start(_analyze_argv("reference.h5", "--overwrite"))
+    assert server.wait(pid) == 0
+    full_run = time.monotonic() - t0
+    for trial in range(KILL_TRIALS):
+        before = _stored(store)[0] if store.exists() else []
+        pid, stdout, stderr = server.start(_analyze_argv(store.name))
+        time.sleep(rng.uniform(0.0, 1.2 * full_run))
+        os.kill(pid, signal.SIGKILL)
+        status = server.wait(pid)
+        printed = _printed(stdout)
+        if status == 0:  # finished before the kill: the store is complete and must equal the reference
+            completed_runs += 1
+            records, arrays, warnings = _stored(store)
+            assert records == reference_records and not warnings, f"trial {trial}"
+            _assert_same_entries(arrays, reference_arrays, list(by_step))
+            store.unlink()
+            continue
+        assert status == -signal.SIGKILL, (trial, status, stderr.read_text())
+        killed_with_records += bool(printed)
+        if not store.exists():
+            assert printed == [] and before == [], f"trial {trial}: records were announced but no store exists"
+            continue
+        records, arrays, _ = _stored(store)  # opens: never a half-written file
+        stored_steps = {record["step"] for record in records}
+        for record in printed + before:
+            assert record["step"] in stored_steps, f"trial {trial}: announced step {record['step']} was lost"
+            assert record == by_step[record["step"]], f"trial {trial}: step {record['step']} differs"
+        for record in records:  # everything stored is exact, announced or not
+            assert record == by_step[record["step"]], f"trial {trial}: stored step {record['step']} differs"
+        _assert_same_entries(arrays, reference_arrays, sorted(stored_steps))
+    # the last kill's store: a plain re-run completes it, identical to the uninterrupted run
+    status, stdout_text, stderr_text = server.run(_analyze_argv(store.name))
+    assert status == 0, stderr_text
+    records, arrays, warnings = _stored(store)
+    assert records == reference_records and not warnings
+    _assert_same_entries(arrays, reference_arrays, list(by_step))
+    assert not list(server.workdir.glob("killed.h5.tmp-*")), "a re-run leaves no temporary copies behind"
+    assert killed_with_records >= 3, "the random delays should often kill a run half-way"
+    print(f"kill -9 trials: {KILL_TRIALS}, killed after >= 1 record: {killed_with_records}, finished: {completed_runs}")
+
+
+def test_ctrl_c_exits_130_with_resume_hint_and_intact_store(
+    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]]
+) -> None:
+    reference_records, _ = uninterrupted
+    by_step = {record["step"]: record for record in reference_records}
+    store = server.workdir / "ctrl_c.h5"
+    for delay_after_first_record in (0.0, 0.05, 0.15):
+        if store.exists():
+            store.unlink()
+        pid, stdout, stderr = server.start(_analyze_argv(store.name))
+        deadline = time.monotonic() + 20
+        while not stdout.read_text() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay_after_first_record)
+        os.kill(pid, signal.SIGINT)
+        status = server.wait(pid)
+        message = stderr.read_text()
+        printed = _printed(stdout)
+        if status == 0:
+            continue  # it finished before the signal arrived
+        assert status == 130, message
+        assert "Traceback" not in message
+        assert "interrupted" in message and "run the same command again to resume" in message
+        records, _, warnings = _stored(store)
+        assert not warnings
+        assert {r["step"] for r in printed} <= {r["step"] for r in records}
+        assert all(record == by_step[record["step"]] for record in records)
+        assert not list(server.workdir.glob("ctrl_c.h5.tmp-*"))
+        status, _, err = server.run(_analyze_argv(store.name))
+        assert status == 0, err
+        assert _stored(store)[0] == reference_records
+        return
+    pytest.fail("every run finished before Ctrl-C reached it; the run is too short to test")
+
+
+def test_report_reads_while_watch_writes_and_a_second_writer_is_refused(server: ForkServer) -> None:
+    workdir = server.workdir
+    (workdir / "watched").mkdir()
+    _write_run(workdir / "watched", range(3))
+    argv = _analyze_argv("watched.h5", "--watch", "--poll", "0.1")
+    argv[1] = "watched"
+    watcher, watch_out, watch_err = server.start(argv)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_printed(watch_out)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_printed(watch_out)) == 3, watch_err.read_text()
+        # a second writer is refused, naming the first
+        status, out, err = server.run([*argv[:-3], "--overwrite"])
+        assert status == 1 and "Traceback" not in err
+        assert "being written by another fdl process" in err and f"pid {watcher}" in err
+        seen: set[int] = set()
+        for step in range(3, 13):
+            _write_run(workdir / "watched", range(step, step + 1))
+            past = time.time() - 5  # settled: --watch skips files modified in the last poll interval
+            os.utime(workdir / "watched" / f"step_{step}.safetensors", (past, past))
+            for _ in range(2):
+                status, out, err = server.run(["report", "watched.h5", "--format", "json"])
+                assert status == 0 and "Traceback" not in err, err
+                steps = [record["step"] for record in json.loads(out)]
+                assert steps == sorted(steps) and set(steps) >= seen
+                seen = set(steps)
+                time.sleep(0.03)
+        deadline = time.monotonic() + 30
+        while len(_printed(watch_out)) < 13 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_printed(watch_out)) == 13, watch_err.read_text()
+    finally:
+        os.kill(watcher, signal.SIGINT)
+        status = server.wait(watcher)
+    assert status == 130, watch_err.read_text()
+    status, out, err = server.run(["report", "watched.h5", "--format", "json"])
+    assert status == 0 and [r["step"] for r in json.loads(out)] == list(range(13))
