@@ -36,13 +36,11 @@ class Thresholds:
     """
 
     #: CKA to the reference at or above this: the kernel did not move.
-    cka_static: float = 0.95
+    cka_static: float = 0.99
     #: Overlap of the top-C eigenspace with the reference's at or above this: the eigenfunctions did not move.
-    overlap_static: float = 0.90
-    #: CKA below this moved beyond doubt: if the overlap still says static, the evidence conflicts.
-    cka_moved: float = 0.80
+    overlap_static: float = 0.95
     #: Overlap below this moved beyond doubt: if CKA still says static, the evidence conflicts.
-    overlap_moved: float = 0.60
+    overlap_moved: float = 0.80
     #: MF when k95 of the utility is at most C + mf_extra (the extra one: the constant/bias direction).
     mf_extra: float = 1.0
     #: How many final checkpoints must agree on MF or EF (fewer when the run is shorter).
@@ -50,12 +48,10 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("cka_static", "overlap_static", "cka_moved", "overlap_moved"):
+        for name in ("cka_static", "overlap_static", "overlap_moved"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name}={value:g} is outside [0, 1]")
-        if self.cka_moved > self.cka_static:
-            problems.append(f"cka_moved={self.cka_moved:g} is above cka_static={self.cka_static:g}")
         if self.overlap_moved > self.overlap_static:
             problems.append(f"overlap_moved={self.overlap_moved:g} is above overlap_static={self.overlap_static:g}")
         if not (math.isfinite(self.mf_extra) and self.mf_extra >= 0):
@@ -66,7 +62,8 @@ class Thresholds:
             raise FdlError(
                 "inconsistent thresholds",
                 got="; ".join(problems),
-                fix="CKA and overlap thresholds lie in [0, 1] with *_moved ≤ *_static; mf_extra ≥ 0; final_window ≥ 1",
+                fix="CKA and overlap thresholds lie in [0, 1], overlap_moved ≤ overlap_static, mf_extra ≥ 0, "
+                "final_window ≥ 1",
             )
 
     @classmethod
@@ -120,9 +117,10 @@ def _fmt(value: Any) -> str:
 def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple[str, str]:
     """(movement, reason): did the features move relative to the reference?
 
-    `static` when every available measure is at or above its static threshold; `conflict` when one
-    says static and the other moved beyond doubt (below its *_moved threshold); `moved` otherwise;
-    `unknown` without either measure.
+    `static` when every available measure is at or above its static threshold; `conflict` when CKA
+    says static but the top-C eigenspace moved beyond doubt (overlap below overlap_moved); `moved`
+    otherwise; `unknown` without either measure. The reverse (overlap static, CKA moved) is `moved`:
+    the uncentered top-C eigenspace holds the near-constant direction, which rarely moves.
     """
     cka, overlap = record.get("cka_init"), record.get("overlap_init")
     if cka is None and overlap is None:
@@ -133,17 +131,11 @@ def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple
     shown = f"cka_init = {_fmt(cka)}, overlap_init = {_fmt(overlap)}"
     if cka_static and overlap_static:
         return STATIC, f"{shown} (≥ {th.cka_static:g}, ≥ {th.overlap_static:g}): features unchanged"
-    if cka is not None and overlap is not None:
-        if cka_static and overlap < th.overlap_moved:
-            return CONFLICT, (
-                f"CKA says static (cka_init = {_fmt(cka)} ≥ {th.cka_static:g}) but the top-C eigenspace moved "
-                f"(overlap_init = {_fmt(overlap)} < {th.overlap_moved:g})"
-            )
-        if overlap_static and cka < th.cka_moved:
-            return CONFLICT, (
-                f"the top-C eigenspace says static (overlap_init = {_fmt(overlap)} ≥ {th.overlap_static:g}) but "
-                f"the kernel moved (cka_init = {_fmt(cka)} < {th.cka_moved:g})"
-            )
+    if cka is not None and overlap is not None and cka_static and overlap < th.overlap_moved:
+        return CONFLICT, (
+            f"CKA says static (cka_init = {_fmt(cka)} ≥ {th.cka_static:g}) but the top-C eigenspace moved "
+            f"(overlap_init = {_fmt(overlap)} < {th.overlap_moved:g})"
+        )
     return MOVED, f"{shown}: features moved (below {th.cka_static:g} or {th.overlap_static:g})"
 
 
@@ -244,7 +236,9 @@ def classify_run(
         return RunVerdict(regime, rule, evidence, trajectory, thresholds)
 
     after = [
-        (r, v) for r, (step, v) in zip(ordered, trajectory, strict=True) if reference_step is not None and step > reference_step
+        (r, v)
+        for r, (step, v) in zip(ordered, trajectory, strict=True)
+        if reference_step is not None and step > reference_step
     ]
     if not after:
         return verdict("undetermined", "no checkpoint after the reference: nothing to measure movement against")
