@@ -134,10 +134,64 @@ class AnalyzeSummary:
 
 @dataclass
 class _Series:
-    """Per (probe, layer): what later checkpoints are compared with."""
+    """Per (probe, layer): what later checkpoints are compared with.
+
+    A checkpoint is compared with two others (reference, previous) and is itself compared twice, so
+    the parts of CKA and of the overlap that depend on one side only are computed once and cached.
+    """
 
     anchor: np.ndarray  # (m, p) float64 anchor features
     eigenfunctions: np.ndarray  # (m, K) float64 (float32-rounded, as stored)
+    _kernel: tuple[np.ndarray, float] | None = None
+    _bases: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def kernel(self) -> tuple[np.ndarray, float]:
+        """(K, ‖K‖_F): the centered anchors A_c (m, p) with ‖A_cᵀA_c‖_F, or for p > m the Gram A_cA_cᵀ (m, m)."""
+        if self._kernel is None:
+            from fdl_cli.spectral import _center_columns
+
+            centered = _center_columns(self.anchor)
+            if centered.shape[1] > centered.shape[0]:
+                gram = centered @ centered.T
+                self._kernel = (gram, float(np.linalg.norm(gram)))
+            else:
+                self._kernel = (centered, float(np.linalg.norm(centered.T @ centered)))
+        return self._kernel
+
+    def basis(self, k: int) -> np.ndarray:
+        """Orthonormal basis of the top-k eigenfunctions' values on the anchors (SPEC §5)."""
+        if k not in self._bases:
+            from fdl_cli.spectral import orthonormal_basis
+
+            self._bases[k] = orthonormal_basis(self.eigenfunctions[:, :k])
+        return self._bases[k]
+
+
+def _cka(a: _Series, b: _Series) -> float:
+    """spectral.cka(a.anchor, b.anchor) from the cached one-sided parts (one product per pair)."""
+    from fdl_cli.spectral import cka
+
+    wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
+    if a.anchor.shape[0] != b.anchor.shape[0] or wide_a != wide_b:
+        return cka(a.anchor, b.anchor)  # its error, or the rare mixed case
+    (kernel_a, norm_a), (kernel_b, norm_b) = a.kernel(), b.kernel()
+    if wide_a:
+        cross = float(np.sum(kernel_a * kernel_b))
+    else:
+        cross = float(np.linalg.norm(kernel_a.T @ kernel_b) ** 2)
+    if norm_a == 0.0 or norm_b == 0.0:
+        return 1.0 if norm_a == norm_b else 0.0
+    return float(min(max(cross / (norm_a * norm_b), 0.0), 1.0))
+
+
+def _overlap(a: _Series, b: _Series, k: int) -> float | None:
+    """spectral.eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k) from cached bases."""
+    from fdl_cli.spectral import eigenspace_overlap
+
+    k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1])
+    if k <= 0 or a.eigenfunctions.shape[0] != b.eigenfunctions.shape[0]:
+        return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
+    return float(min(np.linalg.norm(a.basis(k).T @ b.basis(k)) ** 2 / k, 1.0))
 
 
 @dataclass
@@ -578,7 +632,7 @@ def _analyze_one(
     out: Path,
 ) -> CheckpointEntry:
     from fdl_cli.extract import extract, parameter_vector_norms
-    from fdl_cli.spectral import cka, eigenfunctions, eigenspace_overlap, measure
+    from fdl_cli.spectral import eigenfunctions, measure
     from fdl_cli.store import CheckpointEntry, SeriesEntry
 
     options = ctx.options
@@ -619,12 +673,10 @@ def _analyze_one(
             before = previous.get(key) if previous else None
             n_outputs = measures.scalars["n_outputs"]
             scalars = dict(measures.scalars)
-            scalars["cka_init"] = cka(mine.anchor, base.anchor)
-            scalars["overlap_init"] = eigenspace_overlap(mine.eigenfunctions, base.eigenfunctions, k=n_outputs)
-            scalars["cka_prev"] = cka(mine.anchor, before.anchor) if before else None
-            scalars["overlap_prev"] = (
-                eigenspace_overlap(mine.eigenfunctions, before.eigenfunctions, k=n_outputs) if before else None
-            )
+            scalars["cka_init"] = _cka(mine, base)
+            scalars["overlap_init"] = _overlap(mine, base, n_outputs)
+            scalars["cka_prev"] = _cka(mine, before) if before else None
+            scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds).regime

@@ -1,0 +1,110 @@
+"""Benchmark (a): `fdl analyze` against the floor (benchmarks/floor.py), whole processes, side by side.
+
+For each model (an MLP and a small CNN by default), a synthetic run of C checkpoints and a probe of n
+inputs (p = 512 features) is written once under --workdir; then, --repeats times and alternating,
+the floor and `fdl analyze` (fresh store each time) run as separate processes. Reported: the best
+(minimum) wall time of each, their ratio (target: analyze / floor <= 1.15), the medians, peak RSS,
+and with --nproc 2 the same analysis under `torchrun --nproc-per-node 2` (checkpoints sharded).
+
+    python benchmarks/bench_analyze.py                         # the full size: n=10000, 50 checkpoints
+    python benchmarks/bench_analyze.py --n 1000 --checkpoints 5 --repeats 1   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODELS_FILE, machine, make_run, measured_command, run_process, write_json  # noqa: E402
+
+
+def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, *, nproc: int = 1) -> list[str]:
+    tail = [
+        "analyze", str(run), "--model", f"{MODELS_FILE}:{model}", "--probe", str(run / "probe.npz"),
+        "--out", str(out), "--overwrite", "--device", args.device, "--batch-size", str(args.batch_size),
+        "--product-dtype", args.product_dtype,
+    ] + (["--shard-probe"] if args.shard_probe and nproc > 1 else [])
+    if nproc == 1:
+        return [sys.executable, "-m", "fdl_cli", *tail]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "-m", "fdl_cli", *tail,
+    ]
+
+
+def floor_command(run: Path, model: str, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(run), "--model", model,
+        "--device", args.device, "--batch-size", str(args.batch_size), "--product-dtype", args.product_dtype,
+    ]
+
+
+def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    run = make_run(workdir, model, n=args.n, checkpoints=args.checkpoints)
+    store = workdir / f"{model}.h5"
+    times: dict[str, list[float]] = {"floor": [], "analyze": []}
+    peaks: dict[str, float] = {"floor": 0.0, "analyze": 0.0}
+    commands = {"floor": floor_command(run, model, args), "analyze": analyze_command(run, model, store, args)}
+    for nproc in args.nproc:
+        if nproc > 1:
+            name = f"analyze_x{nproc}"
+            times[name], peaks[name] = [], 0.0
+            commands[name] = analyze_command(run, model, workdir / f"{model}-x{nproc}.h5", args, nproc=nproc)
+    for repeat in range(args.repeats):
+        for name, command in commands.items():
+            result = run_process(measured_command(command))
+            if result.returncode != 0:
+                raise SystemExit(f"{name} failed ({result.returncode}):\n{' '.join(command)}\n{result.stderr[-3000:]}")
+            times[name].append(result.seconds)
+            peaks[name] = max(peaks[name], result.peak_mib)
+            print(f"  {model} {name} #{repeat + 1}: {result.seconds:.2f} s, peak {result.peak_mib:.0f} MiB", file=sys.stderr)
+    best = {name: min(values) for name, values in times.items()}
+    summary: dict[str, object] = {
+        "model": model,
+        "n": args.n,
+        "p": 512,
+        "checkpoints": args.checkpoints,
+        "best_seconds": best,
+        "median_seconds": {name: statistics.median(values) for name, values in times.items()},
+        "all_seconds": times,
+        "peak_mib": peaks,
+        "ratio_analyze_over_floor": best["analyze"] / best["floor"],
+        "commands": {name: " ".join(command) for name, command in commands.items()},
+    }
+    for nproc in args.nproc:
+        if nproc > 1:
+            summary[f"speedup_x{nproc}"] = best["analyze"] / best[f"analyze_x{nproc}"]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,cnn", help="comma-separated names from benchmarks/models.py")
+    parser.add_argument("--n", type=int, default=10_000, help="probe size")
+    parser.add_argument("--checkpoints", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--nproc", type=lambda s: [int(v) for v in s.split(",")], default=[1],
+                        help="also run under torchrun with these process counts, e.g. 1,2")
+    parser.add_argument("--shard-probe", action="store_true", help="with --nproc > 1: shard the probe too")
+    parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fdl-bench-a-"))
+    try:
+        results = [measure_model(model, args, workdir) for model in args.models.split(",")]
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    write_json(args.json, {"benchmark": "analyze_vs_floor", "machine": machine(), "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The floor of benchmark (a): what no exact analysis of a run can avoid, as one whole process.
+
+For every checkpoint of RUN_DIR (in step order; the next one is loaded in a thread meanwhile): load
+its weights into the model, run the probe through it once in batches with the feature layer (the
+input of the last Linear) hooked, add one p×p product FᵀF per batch to a sum in the product dtype's
+accumulator (float64 sums, as fdl keeps), and eigen-decompose the p×p sum once. Nothing is stored.
+
+    python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--model", required=True, choices=sorted(models.FACTORIES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    product = torch.float64 if args.product_dtype == "float64" else torch.float32
+    paths = sorted(args.run_dir.glob("step_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
+    probe = np.load(args.run_dir / "probe.npz")
+    x = torch.from_numpy(probe["x"])
+    model = models.FACTORIES[args.model]().to(device).eval()
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+    top = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load_file, str(paths[0]))
+        for index in range(len(paths)):
+            state = pending.result()
+            if index + 1 < len(paths):
+                pending = pool.submit(load_file, str(paths[index + 1]))
+            model.load_state_dict(state)
+            total = None
+            with torch.inference_mode():
+                for start in range(0, x.shape[0], args.batch_size):
+                    model(x[start : start + args.batch_size].to(device, non_blocking=True))
+                    features = captured.pop().reshape(-1, head.in_features).to(product)
+                    gram = (features.T @ features).to(torch.float64)
+                    total = gram if total is None else total.add_(gram)
+            assert total is not None
+            eigenvalues, _ = np.linalg.eigh(total.cpu().numpy() / x.shape[0])
+            top.append(float(eigenvalues[-1]))
+    print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}")
+
+
+if __name__ == "__main__":
+    main()
