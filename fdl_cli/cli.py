@@ -93,7 +93,7 @@ def analyze(**kwargs: Any) -> None:
             on_record=_emit_json if options.as_json else None,
             stdin=sys.stdin,
         )
-    console.print(summary.message())
+    console.print(summary.message(), markup=False)
     if summary.interrupted:
         sys.exit(130)  # like any Ctrl-C'd command, so `fdl analyze ... && next` does not go on
     if summary.failed:
@@ -183,16 +183,22 @@ cli.add_command(report, name="summarize")
 @click.option("--probe", default=None, help="Select a probe when the stores have several.")
 @click.option("--layer", default=None, help="Select a layer when the stores have several.")
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
+@click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
+              help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
 def compare(**kwargs: Any) -> None:
     """Compare two runs step by step: field differences, cross-run eigenspace overlap, who is richer."""
     from pathlib import Path
 
     from fdl_cli import report as rep
 
+    steps = kwargs["overlap_steps"]
+    if steps != "all" and not (steps.isdigit() and int(steps) > 0):
+        raise click.BadParameter(f"expected a positive integer or 'all', got {steps!r}", param_hint="--overlap-steps")
     selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
-    run_a = rep.load_run(kwargs["store_a"], **selection)
-    run_b = rep.load_run(kwargs["store_b"], **selection)
-    comparison = rep.compare_runs(run_a, run_b, overlap=not kwargs["no_overlap"])
+    with rep.opened_run(kwargs["store_a"], **selection) as run_a, rep.opened_run(kwargs["store_b"], **selection) as run_b:
+        comparison = rep.compare_runs(
+            run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
+        )
     if kwargs["fmt"] == "table":
         rep.print_comparison(_stderr_console(), comparison)
     else:

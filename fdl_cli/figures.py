@@ -228,7 +228,7 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
     if not records:
         return []
     steps = series.steps
-    arrays = load_arrays(run.path, series, steps)
+    arrays = load_arrays(run, series, steps)
     chosen = select_steps(steps)
     curves = [
         Curves(

@@ -8,6 +8,7 @@ records and the alignment of two runs by step; the cross-run eigenspace overlap 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from rich import box
-from rich.table import Table
+from rich.cells import cell_len
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
 
 from fdl_cli.errors import FdlError, StoreError
 from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS
@@ -116,6 +120,8 @@ class Run:
     series: list[Series]
     several: bool
     warnings: list[str] = field(default_factory=list)
+    #: The open StoreReader while inside `opened_run` (arrays are then read without reopening the file).
+    reader: Any = field(default=None, compare=False, repr=False)
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`."""
@@ -180,31 +186,44 @@ def select_series(
     return chosen
 
 
+def _read_run(reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool) -> Run:
+    available = [(str(name), str(module)) for name, module in reader.series()]
+    chosen = select_series(available, probe=probe, layer=layer, path=path)
+    series = []
+    for name, module in chosen:
+        raw = reader.records(probe=name, layer=module)
+        records = [{key: _clean(value) for key, value in record.items()} for record in raw]
+        records.sort(key=lambda record: int(record["step"]))
+        series.append(Series(probe=name, layer=module, records=records))
+    return Run(
+        path=path,
+        provenance=dict(reader.provenance),
+        probes=dict(reader.probes()),
+        series=series,
+        several=len(available) > 1,
+        warnings=list(getattr(reader, "warnings", [])),
+        reader=reader if keep else None,
+    )
+
+
 def load_run(path: str | Path, *, probe: str | None = None, layer: str | None = None) -> Run:
     """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`."""
-    path = Path(path)
     with open_store(path) as reader:
-        available = [(str(name), str(module)) for name, module in reader.series()]
-        chosen = select_series(available, probe=probe, layer=layer, path=path)
-        series = []
-        for name, module in chosen:
-            raw = reader.records(probe=name, layer=module)
-            records = [{key: _clean(value) for key, value in record.items()} for record in raw]
-            records.sort(key=lambda record: int(record["step"]))
-            series.append(Series(probe=name, layer=module, records=records))
-        return Run(
-            path=path,
-            provenance=dict(reader.provenance),
-            probes=dict(reader.probes()),
-            series=series,
-            several=len(available) > 1,
-            warnings=list(getattr(reader, "warnings", [])),
-        )
+        return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False)
 
 
-def load_arrays(path: str | Path, series: Series, steps: Sequence[int]) -> dict[int, Any]:
-    """The stored arrays (`SeriesEntry`) of `steps` of one series, read with one open of the store."""
+@contextmanager
+def opened_run(path: str | Path, *, probe: str | None = None, layer: str | None = None) -> Iterator[Run]:
+    """`load_run` keeping the store open for `load_arrays` until the block ends (one scan of the file)."""
     with open_store(path) as reader:
+        yield _read_run(reader, Path(path), probe=probe, layer=layer, keep=True)
+
+
+def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any]:
+    """The stored arrays (`SeriesEntry`) of `steps` of one series of a run, reading the file once."""
+    if run.reader is not None:
+        return {step: run.reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
+    with open_store(run.path) as reader:
         return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
 
 
@@ -232,16 +251,64 @@ def table_fields(*, wide: bool, several: bool = False) -> tuple[str, ...]:
     return fields + SERIES_FIELDS if several else fields
 
 
-def render_table(records: Sequence[Record], *, wide: bool = False, title: str | None = None) -> Table:
-    """A rich table, one row per checkpoint. The narrow form fits a 100-column terminal."""
+class PlainTable:
+    """A rich renderable table of short plain-text cells, laid out once (rich's `Table` is far too slow).
+
+    rich measures and renders every cell as its own renderable: ~4 s for 1000 checkpoints. Cells here
+    are known strings, so the column widths are their cell lengths and each row is one line. The look
+    follows rich's SIMPLE_HEAD box: bold header, a rule, columns three spaces apart; a line wider than
+    the terminal is cut with an ellipsis.
+    """
+
+    SEPARATOR = "   "
+
+    def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
+                 *, title: str | None = None) -> None:
+        self.title = title
+        self.widths = [
+            max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)
+        ]
+        self.lines = [self._line(headers, justify)] + [self._line(row, justify) for row in rows]
+        self.width = sum(self.widths) + len(self.SEPARATOR) * (len(self.widths) - 1)
+
+    def _line(self, cells: Sequence[str], justify: Sequence[str]) -> str:
+        parts = []
+        for cell, width, side in zip(cells, self.widths, justify, strict=True):
+            pad = " " * (width - cell_len(cell))
+            parts.append(pad + cell if side == "right" else cell + pad)
+        return self.SEPARATOR.join(parts).rstrip()
+
+    def __rich_measure__(self, console: Any, options: Any) -> Measurement:
+        return Measurement(self.width, self.width)
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Segment]:
+        max_width = options.max_width
+
+        def fit(line: str) -> str:
+            if cell_len(line) <= max_width:
+                return line
+            text = Text(line)
+            text.truncate(max_width, overflow="ellipsis")
+            return text.plain
+
+        if self.title:
+            yield Segment(fit(self.title), Style(italic=True))
+            yield Segment.line()
+        yield Segment(fit(self.lines[0]), Style(bold=True))
+        yield Segment.line()
+        yield Segment("─" * min(self.width, max_width), Style(dim=True))
+        yield Segment.line()
+        for line in self.lines[1:]:
+            yield Segment(fit(line))
+            yield Segment.line()
+
+
+def render_table(records: Sequence[Record], *, wide: bool = False, title: str | None = None) -> PlainTable:
+    """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal."""
     fields = table_fields(wide=wide)
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title_justify="left")
-    for name in fields:
-        numeric = name in INT_FIELDS or name in FLOAT_FIELDS
-        table.add_column(HEADERS.get(name, name), justify="right" if numeric else "left", no_wrap=True)
-    for record in records:
-        table.add_row(*(format_value(name, record.get(name)) for name in fields))
-    return table
+    justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
+    rows = [[format_value(name, record.get(name)) for name in fields] for record in records]
+    return PlainTable([HEADERS.get(name, name) for name in fields], justify, rows, title=title)
 
 
 def _json_default(value: Any) -> Any:
@@ -420,13 +487,6 @@ def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _natural_width(console: Any, table: Table) -> int:
-    from rich.measure import Measurement
-
-    options = console.options.update_width(10_000)
-    return int(Measurement.get(console, options, table).maximum)
-
-
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
     for line in provenance_lines(run.provenance):
@@ -436,7 +496,7 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         table = render_table(series.records, wide=wide, title=title)
         # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.
         if not console.is_terminal:
-            console.width = max(console.width, _natural_width(console, table))
+            console.width = max(console.width, table.width)
         console.print(table)
         for line in summary_lines(summarize(series.records)):
             console.print(line, markup=False, highlight=False)
@@ -467,7 +527,9 @@ def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
         return []
 
     def nearest(step: int, candidates: Sequence[int]) -> int:
-        return min(candidates, key=lambda other: (abs(other - step), other))
+        index = bisect.bisect_left(candidates, step)
+        around = candidates[max(index - 1, 0) : index + 1]
+        return min(around, key=lambda other: (abs(other - step), other))
 
     matches = []
     for step in sorted_a:
@@ -570,8 +632,8 @@ def cross_overlaps(
     """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5)."""
     from fdl_cli.spectral import eigenspace_overlap
 
-    arrays_a = load_arrays(run_a.path, series_a, [match.step_a for match in matches])
-    arrays_b = load_arrays(run_b.path, series_b, [match.step_b for match in matches])
+    arrays_a = load_arrays(run_a, series_a, [match.step_a for match in matches])
+    arrays_b = load_arrays(run_b, series_b, [match.step_b for match in matches])
     by_step_a = {int(record["step"]): record for record in series_a.records}
     overlaps: dict[Match, float | None] = {}
     for match in matches:
@@ -582,8 +644,28 @@ def cross_overlaps(
     return overlaps
 
 
-def compare_runs(run_a: Run, run_b: Run, *, overlap: bool = True) -> Comparison:
-    """Align two runs by step, difference every field, and (same probe) the cross-run overlap."""
+#: Matched steps at which `fdl compare` computes the cross-run overlap by default: each needs the stored
+#: eigenfunctions of both runs (a few ms per checkpoint), so a 1000-checkpoint comparison stays fast.
+OVERLAP_STEPS = 20
+
+
+def spread(items: Sequence[Any], count: int | None) -> list[Any]:
+    """Up to `count` items spread evenly by index, first and last kept (all when count is None)."""
+    if count is None or len(items) <= count:
+        return list(items)
+    if count <= 1:
+        return list(items[-1:]) if count == 1 else []
+    indices = sorted({round(i * (len(items) - 1) / (count - 1)) for i in range(count)})
+    return [items[i] for i in indices]
+
+
+def compare_runs(
+    run_a: Run, run_b: Run, *, overlap: bool = True, overlap_steps: int | None = OVERLAP_STEPS
+) -> Comparison:
+    """Align two runs by step, difference every field, and (same probe) the cross-run overlap.
+
+    The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one).
+    """
     for run in (run_a, run_b):
         if len(run.series) != 1:
             labels = ", ".join(series.label for series in run.series)
@@ -608,7 +690,15 @@ def compare_runs(run_a: Run, run_b: Run, *, overlap: bool = True) -> Comparison:
         notes.append(f"left unmatched: {unmatched_a} checkpoints of A, {unmatched_b} of B")
     if not matches:
         notes.append("no checkpoints to compare")
-    overlaps = cross_overlaps(run_a, series_a, run_b, series_b, matches) if overlap and matches else {}
+    overlaps: dict[Match, float | None] = {}
+    if overlap and matches:
+        chosen = spread(matches, overlap_steps)
+        overlaps = cross_overlaps(run_a, series_a, run_b, series_b, chosen)
+        if len(chosen) < len(matches):
+            notes.append(
+                f"eigenspace overlap A·B computed at {len(chosen)} of {len(matches)} matched steps "
+                "(--overlap-steps all for every one)"
+            )
     record_a = {int(record["step"]): record for record in series_a.records}
     record_b = {int(record["step"]): record for record in series_b.records}
     steps = [
@@ -695,7 +785,7 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
     console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", markup=False, highlight=False)
     table = render_comparison_table(comparison)
     if not console.is_terminal:
-        console.width = max(console.width, _natural_width(console, table))
+        console.width = max(console.width, table.width)
     console.print(table)
     for line in difference_lines(comparison):
         console.print(line, markup=False, highlight=False)
@@ -721,22 +811,19 @@ def _signed(name: str, value: Any) -> str:
     return ("+" if value > 0 else "−") + text
 
 
-def render_comparison_table(comparison: Comparison) -> Table:
+def render_comparison_table(comparison: Comparison) -> PlainTable:
     """Matched steps with the differences (B − A) of the key fields and the cross-run overlap."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, title="B − A at matched steps", title_justify="left")
-    table.add_column("step A", justify="right", no_wrap=True)
-    table.add_column("step B", justify="right", no_wrap=True)
-    for name in COMPARE_FIELDS:
-        table.add_column("Δ " + HEADERS.get(name, name), justify="right", no_wrap=True)
-    table.add_column("overlap A·B", justify="right", no_wrap=True)
-    for compared in comparison.steps:
-        table.add_row(
+    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in COMPARE_FIELDS), "overlap A·B"]
+    rows = [
+        [
             str(compared.match.step_a),
             str(compared.match.step_b),
             *(_signed(name, compared.differences.get(name)) for name in COMPARE_FIELDS),
             "—" if compared.overlap is None else f"{compared.overlap:.4f}",
-        )
-    return table
+        ]
+        for compared in comparison.steps
+    ]
+    return PlainTable(headers, ["right"] * len(headers), rows, title="B − A at matched steps")
 
 
 def difference_lines(comparison: Comparison) -> list[str]:
@@ -767,7 +854,7 @@ def _per_step_array(entry: Any, what: str) -> np.ndarray | None:
 def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
     """The stored array `what` (eigenvalues, quality, utility, eigenfunctions) of every checkpoint."""
     series = _single_series(run)
-    arrays = load_arrays(run.path, series, series.steps)
+    arrays = load_arrays(run, series, series.steps)
     return {step: _per_step_array(entry, what) for step, entry in arrays.items()}
 
 

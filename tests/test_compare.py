@@ -88,3 +88,13 @@ def test_csv_rows_carry_deltas(tmp_path: Path) -> None:
     header, *rows = text.splitlines()
     assert header.startswith("step_a,step_b,exact,overlap,delta_n_probe,")
     assert len(rows) == 3 and rows[0].startswith("0,0,True,")
+
+
+def test_overlap_at_a_spread_of_matched_steps(tmp_path: Path) -> None:
+    assert report.spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert report.spread([1, 2], 5) == [1, 2] and report.spread([1, 2, 3], None) == [1, 2, 3]
+    path = make_store(tmp_path / "a.h5")
+    with report.opened_run(path) as run:
+        comparison = report.compare_runs(run, run, overlap_steps=2)
+    assert [c.overlap is not None for c in comparison.steps] == [True, False, True]
+    assert "computed at 2 of 3 matched steps" in comparison.notes[-1]
