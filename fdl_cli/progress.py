@@ -19,6 +19,13 @@ class Reporter(Protocol):
     def end_checkpoint(self) -> None: ...
 
 
+def escape(text: str) -> str:
+    """`text` as rich prints it literally (square brackets are not markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 class NullReporter:
     """Collects messages; shows nothing."""
 
@@ -90,15 +97,16 @@ class RichReporter(NullReporter):
 
     def note(self, message: str) -> None:
         super().note(message)
-        self.console.print(f"[dim]note:[/dim] {message}", highlight=False, markup=True)
+        # Messages hold paths and user text: "[bold]" in a file name must print as is, not as markup.
+        self.console.print(f"[dim]note:[/dim] {escape(message)}", highlight=False, markup=True)
 
     def warn(self, message: str) -> None:
         super().warn(message)
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
     def error(self, message: str) -> None:
         super().error(message)
-        self.console.print(f"[red]error:[/red] {message}", highlight=False)
+        self.console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
     def start_run(self, total: int) -> None:
         if self._run is None:
