@@ -106,7 +106,7 @@ class Payload:
 
 
 def test_hostile_pickles_are_refused_by_analyze_in_every_loading_path(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "pwned"
     evil = Payload(marker)
@@ -135,7 +135,11 @@ def test_hostile_pickles_are_refused_by_analyze_in_every_loading_path(
         assert "could run code" in err and "--trust-pickle" in err and "system" in err, (label, err)
         assert out == "" and not store.exists(), label
         assert not marker.exists(), f"{label}: the payload ran"
-    # stdin (`-`) as a source: same refusal
+    # paths on stdin (`-`), and `fdl inspect`: same refusal
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{tmp_path / 'pytorch_4.bin'}\n"))
+    status, out, err = fdl(capsys, "analyze", "-", "--model", MODEL, "--probe", str(probe),
+                           "--out", str(tmp_path / "stdin.h5"), "--json", *SMALL)
+    assert status == 1 and "--trust-pickle" in err and out == "" and not marker.exists()
     status, _, err = fdl(capsys, "inspect", str(tmp_path / "loop_3.pt"), "--model", MODEL)
     assert status == 1 and "--trust-pickle" in err and not marker.exists()
 
