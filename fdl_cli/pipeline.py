@@ -212,6 +212,7 @@ class _Context:
     previous_step: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
+    world: Any = None  # fdl_cli.distributed.World under torchrun, else None
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -278,10 +279,12 @@ def run_analyze(
 ) -> AnalyzeSummary:
     """Analyse the checkpoints of `options` into the store; returns what was done."""
     from fdl_cli import checkpoints as ckpts
+    from fdl_cli import distributed
     from fdl_cli.extract import resolve_device
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     reporter = reporter or NullReporter()
+    world = distributed.detect_world()
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
@@ -335,17 +338,21 @@ def run_analyze(
         factory=factory,
         model_kwargs=model_kwargs,
         layer_names=layer_names,
-        device=resolve_device(options.device),
+        device=resolve_device(distributed.device_for(world, options.device)),
         reporter=reporter,
+        world=world,
     )
     out = options.out or default_store_path(options.sources)
     summary = AnalyzeSummary(store=out)
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
+    distributed.init_process_group(world, ctx.device)
     try:
         _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
     except KeyboardInterrupt:
         summary.interrupted = True
+    finally:
+        distributed.shutdown(world)
     return summary
 
 
@@ -449,6 +456,9 @@ def _analyze_refs(
     _validate(ctx, model)
     provenance = _provenance(options, ctx, model_spec)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
+    if ctx.world is not None and ctx.world.distributed:
+        _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
+        return
     with StoreWriter(
         out,
         provenance=provenance,
@@ -630,12 +640,16 @@ def _analyze_one(
     steps_in_order: list[int],
     reference: CheckpointRef,
     out: Path,
-) -> CheckpointEntry:
+) -> CheckpointEntry | None:
     from fdl_cli.extract import extract, parameter_vector_norms
     from fdl_cli.spectral import eigenfunctions, measure
     from fdl_cli.store import CheckpointEntry, SeriesEntry
 
     options = ctx.options
+    world = ctx.world
+    sharded = world is not None and world.distributed and options.shard_probe
+    if sharded and not world.writes:
+        return _contribute_slice(ctx, loaded)
     is_reference = ref.step == reference.step
     if not is_reference and not ctx.reference:
         _reference_series(ctx, reference, out)
@@ -648,11 +662,12 @@ def _analyze_one(
     current: dict[tuple[str, str], _Series] = {}
     series = []
     for probe in ctx.probes:
+        x, y = _probe_slice(ctx, probe) if sharded else (probe.x, probe.y)
         results = extract(
             model,
             ctx.layers,
-            probe.x,
-            probe.y,
+            x,
+            y,
             task=probe.task or "none",
             device=ctx.device,
             dtype=options.dtype,
@@ -662,6 +677,8 @@ def _analyze_one(
             product_dtype=options.product_dtype,
             on_batch=ctx.reporter.batch,
         )
+        if sharded:
+            results = _reduce_slices(ctx, model, probe, results)
         for spec in ctx.layers:
             result = results[spec.label]
             measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
@@ -800,3 +817,178 @@ def inspect_checkpoint(
         "default_layer": default_label,
         "default_features": default_features,
     }
+
+
+# ------------------------------------------------------------------------- torchrun (scale-out)
+
+
+class _LocalWriter:
+    """Stands in for the StoreWriter on every rank of a torchrun job: keeps this rank's entries.
+
+    `completed` marks the steps this rank must not analyse (done in the store, or another rank's).
+    """
+
+    def __init__(self, completed: dict[int, str]) -> None:
+        self._completed = completed
+        self.entries: list[CheckpointEntry] = []
+
+    def completed(self) -> dict[int, str]:
+        return dict(self._completed)
+
+    def add(self, entry: CheckpointEntry | None) -> list[CheckpointEntry]:
+        if entry is not None:
+            self.entries.append(entry)
+        return []
+
+
+def _analyze_distributed(
+    ctx: _Context,
+    refs: list[CheckpointRef],
+    out: Path,
+    summary: AnalyzeSummary,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    provenance: dict[str, Any],
+    reference: CheckpointRef,
+    preloaded: tuple[LoadedCheckpoint, str],
+) -> None:
+    """One rank of `torchrun ... -m fdl_cli analyze`: analyse this rank's share, rank 0 writes all.
+
+    Checkpoint sharding: the checkpoints still missing from the store are split into contiguous
+    blocks in step order; a rank also analyses (and discards) the reference and the checkpoint before
+    its block when they are not in the store, so cka/overlap to both are those of one process.
+    With --shard-probe every rank takes every checkpoint and one slice of the probe (all-reduced).
+    """
+    from fdl_cli import distributed
+    from fdl_cli.store import StoreWriter
+
+    world, options = ctx.world, ctx.options
+    if options.watch:
+        raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
+    writer = None
+    status: tuple[str, Any] = ("ok", None)
+    if world.writes:
+        try:
+            writer = StoreWriter(
+                out,
+                provenance=provenance,
+                probes=_probe_infos(ctx),
+                overwrite=not options.resume,
+                min_interval=options.min_commit_interval,
+            )
+            status = ("ok", sorted(writer.completed()))
+        except FdlError as exc:
+            status = ("error", exc.message)
+            raise
+        finally:
+            status = distributed.broadcast_from_writer(status, world)
+    else:
+        status = distributed.broadcast_from_writer(status, world)
+        if status[0] == "error":
+            raise FdlError(f"rank 0 could not open the store: {status[1]}")
+    stored = set(status[1])
+    assert writer is not None or not world.writes
+    try:
+        todo = [ref for ref in refs if ref.step not in stored]
+        mine = todo if options.shard_probe else distributed.block(todo, world)
+        owned = {ref.step for ref in mine}
+        needed = set(owned)
+        if mine and not options.shard_probe:
+            needed.add(reference.step)
+            position = [ref.step for ref in refs].index(mine[0].step)
+            if position > 0:
+                needed.add(refs[position - 1].step)
+        needed -= stored  # what the store holds is read back from it
+        local = _LocalWriter({ref.step: "" for ref in refs if ref.step not in needed})
+        local_summary = AnalyzeSummary(store=out)
+        failure = None
+        try:
+            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out)
+        except FdlError as exc:
+            failure = exc.message
+        mine_paths = {str(ref.path) for ref in mine}
+        payload = (
+            [entry for entry in local.entries if entry.step in owned],
+            [item for item in local_summary.failed if item[0] in mine_paths],
+            failure,
+        )
+        gathered = distributed.gather_to_writer(payload, world)
+        if writer is None or gathered is None:
+            if failure is not None:
+                raise FdlError(failure)
+            summary.analysed.extend(entry.step for entry in payload[0])
+            return
+        tagged = len(ctx.probes) * len(ctx.layers) > 1
+        entries = sorted((entry for part in gathered for entry in part[0]), key=lambda entry: entry.step)
+        durable = [done for entry in entries for done in writer.add(entry)]
+        for entry in durable + writer.flush():
+            summary.analysed.append(entry.step)
+            if on_record is not None:
+                for record in entry_records(entry, tagged=tagged):
+                    on_record(record)
+        summary.already.extend(ref.step for ref in refs if ref.step in stored)
+        seen = {path for path, _ in summary.failed}
+        for part in gathered:
+            for path, reason in part[1]:
+                if path not in seen:
+                    summary.failed.append((path, reason))
+                    seen.add(path)
+        failures = [part[2] for part in gathered if part[2] is not None]
+        if failures:
+            raise FdlError(failures[0])
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:
+    """This rank's contiguous slice of the probe (--shard-probe)."""
+    from fdl_cli.distributed import block_bounds
+
+    start, stop = block_bounds(int(probe.x.shape[0]), ctx.world)
+    return probe.x[start:stop], (probe.y[start:stop] if probe.y is not None else None)
+
+
+def _reduce_slices(ctx: _Context, model: Any, probe: Probe, results: dict[str, Any]) -> dict[str, Any]:
+    """Sum every layer's statistics over the ranks; on rank 0, the anchors of the whole probe's start."""
+    from dataclasses import replace
+
+    from fdl_cli.distributed import all_reduce_moments
+    from fdl_cli.extract import anchor_features
+
+    options = ctx.options
+    reduced = {label: replace(result, moments=all_reduce_moments(result.moments, ctx.world, ctx.device))
+               for label, result in results.items()}
+    count = min(options.anchor_size, int(probe.x.shape[0]))
+    if ctx.world.writes and any(result.anchor_features.shape[0] < count for result in reduced.values()):
+        anchors = anchor_features(
+            model, ctx.layers, probe.x, device=ctx.device, dtype=options.dtype,
+            batch_size=options.batch_size, anchor_size=options.anchor_size,
+        )
+        reduced = {label: replace(result, anchor_features=anchors[label]) for label, result in reduced.items()}
+    return reduced
+
+
+def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
+    """A rank other than 0 under --shard-probe: its probe slices' statistics into the all-reduce.
+
+    It also computes the measures of the summed statistics (discarded), so that a checkpoint whose
+    statistics are degenerate fails on every rank alike and no rank waits in a later all-reduce.
+    """
+    from fdl_cli.extract import extract
+    from fdl_cli.spectral import measure
+
+    options = ctx.options
+    model = _prepare(ctx, loaded)
+    for probe in ctx.probes:
+        x, y = _probe_slice(ctx, probe)
+        results = extract(
+            model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device, dtype=options.dtype,
+            batch_size=options.batch_size, anchor_size=1,
+            keep_features=lambda p, n=int(probe.x.shape[0]): p > n,
+            product_dtype=options.product_dtype,
+        )
+        results = _reduce_slices(ctx, model, probe, results)
+        for spec in ctx.layers:
+            moments = results[spec.label].moments
+            measure(moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
+    return None

@@ -1,0 +1,168 @@
+"""Scale-out under torchrun: rank/world from the environment, process group, sharding, reductions.
+
+`torchrun --nproc-per-node N -m fdl_cli analyze ...` starts N copies of the command with RANK,
+WORLD_SIZE and LOCAL_RANK set. The checkpoints are split into N contiguous blocks (one per rank);
+with `--shard-probe` every rank instead takes every checkpoint and a contiguous slice of the probe,
+and the statistics of the slices are summed across ranks (all-reduce: the sums are exact, so the
+result is the single-process one up to float64 addition order). Only rank 0 writes the store.
+Without those variables (or with WORLD_SIZE=1) everything here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fdl_cli.errors import FdlError
+from fdl_cli.spectral import Moments
+
+T = TypeVar("T")
+
+#: Moments fields that are float64 sums (all-reduced by addition); n and n_correct are added too.
+_SUM_FIELDS = tuple(
+    item.name for item in fields(Moments) if item.name not in ("n", "task", "n_correct", "features")
+)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def writes(self) -> bool:
+        """Whether this rank owns the store (rank 0)."""
+        return self.rank == 0
+
+
+def detect_world(environ: dict[str, str] | None = None) -> World:
+    """RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; a single process when they are absent."""
+    env = os.environ if environ is None else environ
+    try:
+        size = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise FdlError(
+            "RANK / WORLD_SIZE / LOCAL_RANK are not integers",
+            got=f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}",
+            fix="start fdl with torchrun, or unset those variables",
+        ) from None
+    if size < 1 or not 0 <= rank < size:
+        raise FdlError(
+            "RANK must lie in [0, WORLD_SIZE)", got=f"RANK={rank}, WORLD_SIZE={size}", fix="start fdl with torchrun"
+        )
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def device_for(world: World, requested: str) -> str:
+    """Under torchrun each rank takes its own GPU: `auto`/`cuda` become `cuda:LOCAL_RANK`."""
+    if not world.distributed:
+        return requested
+    import torch
+
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return f"cuda:{world.local_rank}"
+    return requested
+
+
+def init_process_group(world: World, device: Any) -> None:
+    """Join the job's process group: nccl for CUDA devices, gloo for the CPU (idempotent)."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if getattr(device, "type", str(device)).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+
+
+def shutdown(world: World) -> None:
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def block(items: Sequence[T], world: World) -> list[T]:
+    """This rank's contiguous block of `items` (sizes differ by at most one; earlier ranks get more)."""
+    start, stop = block_bounds(len(items), world)
+    return list(items[start:stop])
+
+
+def block_bounds(count: int, world: World) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of `count` items."""
+    base, extra = divmod(count, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return start, start + base + (1 if world.rank < extra else 0)
+
+
+def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
+    """Sum the statistics of the probe slices of every rank (one all-reduce of one float64 vector).
+
+    In the Gram route (features kept, p > n) the kept features are gathered in rank order instead, so
+    the result equals that of one process over the whole probe.
+    """
+    if not world.distributed:
+        return moments
+    import torch
+    import torch.distributed as dist
+
+    present = [name for name in _SUM_FIELDS if getattr(moments, name) is not None]
+    parts = [np.asarray(getattr(moments, name), dtype=np.float64).reshape(-1) for name in present]
+    flat = np.concatenate(parts + [np.array([moments.n, moments.n_correct], dtype=np.float64)])
+    tensor = torch.from_numpy(flat).to(device)
+    dist.all_reduce(tensor)
+    summed = tensor.cpu().numpy()
+    values: dict[str, Any] = {}
+    offset = 0
+    for name, part in zip(present, parts, strict=True):
+        shape = np.shape(getattr(moments, name))
+        values[name] = summed[offset : offset + part.size].reshape(shape)
+        offset += part.size
+    values["n"], values["n_correct"] = int(round(summed[offset])), int(round(summed[offset + 1]))
+    if moments.features is not None:
+        gathered: list[Any] = [None] * world.size
+        dist.all_gather_object(gathered, moments.features)
+        values["features"] = np.concatenate(gathered)
+    return replace(moments, **values)
+
+
+def gather_to_writer(payload: T, world: World) -> list[T] | None:
+    """Every rank's `payload` (picklable) on rank 0, in rank order; None on the other ranks."""
+    if not world.distributed:
+        return [payload]
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * world.size if world.writes else None
+    dist.gather_object(payload, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_writer(payload: T, world: World) -> T:
+    """Rank 0's `payload` on every rank."""
+    if not world.distributed:
+        return payload
+    import torch.distributed as dist
+
+    box = [payload if world.writes else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
