@@ -369,3 +369,37 @@ def test_resume_on_another_host_is_allowed(run: Path, tmp_path: Path) -> None:
     again = analyze(run, store)
     assert again.code == 0, again.stderr
     assert [r["step"] for r in again.records] == [20, 30]
+
+
+def test_watch_analyses_checkpoints_as_they_appear(run: Path, tmp_path: Path) -> None:
+    """--watch keeps polling; new checkpoints are analysed; SIGINT ends it cleanly with a resume hint."""
+    import signal
+    import subprocess
+    import time
+
+    folder = tmp_path / "live"
+    folder.mkdir()
+    (folder / "epoch_0.pt").write_bytes((run / "ckpts" / "epoch_0.pt").read_bytes())
+    store = tmp_path / "w.h5"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdl_cli", "analyze", str(folder), "--model", f"{run}/model.py:build",
+         "--probe", str(run / "probe.npz"), "--out", str(store), "--json", "--watch", "--poll", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        assert first["step"] == 0
+        for step in (10, 20):
+            (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / f"epoch_{step}.pt").read_bytes())
+        seen = [json.loads(process.stdout.readline())["step"] for _ in range(2)]
+        assert seen == [10, 20]
+    finally:
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    with StoreReader(store) as reader:
+        assert reader.steps() == [0, 10, 20]
