@@ -696,7 +696,7 @@ def _analyze_one(
             scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
-            scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds).regime
+            scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
             if measures.clipped_eigenvalue:
                 ctx.reporter.warn(
                     f"step {ref.step}, {probe.name}/{spec.label}: clipped a negative eigenvalue "
