@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import cnn, mlp
+from tests.tiny_models import cnn, mlp
 
 from fdl_cli.checkpoints import (
     CheckpointRef,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import mlp
+from tests.tiny_models import mlp
 
 from fdl_cli.checkpoints import CheckpointRef, discover_checkpoints, load_checkpoint
 from fdl_cli.errors import CheckpointError, ProbeError, UnsafeCheckpointError
