@@ -21,7 +21,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 def _stderr_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: messages are never broken at 80 columns when stderr is a pipe or a log, so a path in
+    # an error stays on one line (greppable, copy-pastable).
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _emit_json(obj: Any) -> None:
