@@ -1,0 +1,80 @@
+"""CUDA path (`pytest -m cuda`; skipped with the reason when no GPU): CUDA results == CPU results.
+
+With the model run in float64 on both devices the only differences are summation orders, so every
+measure agrees to rtol 1e-6; with the default float32 forward pass the model's own outputs differ
+between devices by float32 rounding, so that comparison gets rtol 1e-4. The statistics stay on the
+GPU during the pass (no per-batch host transfer): the accumulator's sums live there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli.moments import MomentAccumulator
+from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from fdl_cli.store import StoreReader
+from tests.test_distributed import _make_run
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)"),
+]
+
+
+def _analyze(run: Path, out: Path, device: str, dtype: str) -> dict[int, dict]:
+    run_analyze(AnalyzeOptions(
+        sources=(str(run),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+        probe_specs=(str(run / "probe.npz"),), out=out, device=device, dtype=dtype, batch_size=64, anchor_size=200,
+    ))
+    with StoreReader(out) as reader:
+        return {r["step"]: r for r in reader.records()}
+
+
+def _assert_close(cpu: dict[int, dict], gpu: dict[int, dict], rtol: float) -> None:
+    assert sorted(gpu) == sorted(cpu)
+    for step, record in cpu.items():
+        for name, value in record.items():
+            if isinstance(value, float) and gpu[step][name] is not None:
+                np.testing.assert_allclose(gpu[step][name], value, rtol=rtol, atol=1e-9, err_msg=f"step {step} {name}")
+            else:
+                assert gpu[step][name] == value, (step, name)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-6), ("float32", 1e-4)])
+def test_cuda_pipeline_matches_cpu(tmp_path: Path, dtype: str, rtol: float) -> None:
+    run = _make_run(tmp_path / "run")
+    cpu = _analyze(run, tmp_path / "cpu.h5", "cpu", dtype)
+    gpu = _analyze(run, tmp_path / "gpu.h5", "cuda", dtype)
+    _assert_close(cpu, gpu, rtol)
+
+
+def test_statistics_stay_on_the_gpu_and_match_the_cpu() -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1000, 16, generator=generator, dtype=torch.float64)
+    outputs = torch.randn(1000, 3, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1000,), generator=generator)
+    accumulators = {}
+    for device in ("cpu", "cuda"):
+        accumulator = MomentAccumulator(task="classes")
+        for start in range(0, 1000, 128):
+            accumulator.update(*(t[start : start + 128].to(device) for t in (features, outputs, labels)))
+        accumulators[device] = accumulator
+    assert all(value.device.type == "cuda" for value in accumulators["cuda"]._sums.values())
+    cpu, gpu = accumulators["cpu"].moments(), accumulators["cuda"].moments()
+    np.testing.assert_allclose(gpu.sum_ff, cpu.sum_ff, rtol=1e-10)
+    np.testing.assert_allclose(gpu.class_sum_f, cpu.class_sum_f, rtol=1e-10)
+    assert gpu.n_correct == cpu.n_correct
+
+
+def test_cli_analyze_on_cuda(tmp_path: Path) -> None:
+    from tests.test_analyze import fdl
+
+    run = _make_run(tmp_path / "run")
+    result = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+                 "--probe", run / "probe.npz", "--out", tmp_path / "s.h5", "--device", "cuda", "--json")
+    assert result.code == 0, result.stderr
+    assert len(result.records) == 7
