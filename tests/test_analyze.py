@@ -403,3 +403,16 @@ def test_watch_analyses_checkpoints_as_they_appear(run: Path, tmp_path: Path) ->
     assert "Traceback" not in stderr
     with StoreReader(store) as reader:
         assert reader.steps() == [0, 10, 20]
+
+
+def test_mixed_precision_keeps_float64_statistics(run: Path, tmp_path: Path) -> None:
+    """--dtype bfloat16 runs the model in bfloat16; the measures stay close to float32's, and defined."""
+    full = analyze(run, tmp_path / "f32.h5", "--steps", "0,30")
+    half = analyze(run, tmp_path / "bf16.h5", "--steps", "0,30", "--dtype", "bfloat16")
+    assert full.code == 0 and half.code == 0, half.stderr
+    for a, b in zip(full.records, half.records):
+        assert b["d_lr"] == pytest.approx(a["d_lr"], abs=0.02)
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.05)
+        assert b["rank"] >= 1 and 0.0 <= b["d_lr"] <= 1.0
+    with StoreReader(tmp_path / "bf16.h5") as reader:
+        assert reader.provenance["options"]["dtype"] == "bfloat16"
