@@ -3,7 +3,7 @@
 Everything here works on the per-checkpoint records of the store (`fdl_cli.fields.RECORD_FIELDS`) and,
 for figures, overlaps and exports, on the stored arrays. The only computation is differences between
 records and the alignment of two runs by step; the cross-run eigenspace overlap is delegated to
-`fdl_cli.spectral.eigenspace_overlap` (imported lazily: it pulls in scipy).
+`fdl_cli.spectral.eigenspace_overlap` (imported lazily: only compare needs it).
 """
 
 from __future__ import annotations

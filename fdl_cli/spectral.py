@@ -1,4 +1,4 @@
-"""Pure float64 maths of SPEC.md on sufficient statistics and feature matrices (numpy, scipy).
+"""Pure float64 maths of SPEC.md on sufficient statistics and feature matrices (numpy only).
 
 Notation (SPEC.md §1-§6): a probe of n inputs; F (n, p) the features Φ(x_i); Ŷ (n, C) the model's raw
 outputs; Y (n, C) the targets (one-hot class labels or regression targets). The probe inner product is
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from fdl_cli.errors import NumericalError
 
@@ -198,7 +197,8 @@ def fix_signs(vectors: np.ndarray) -> np.ndarray:
 
 
 def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    values, vectors = scipy.linalg.eigh(matrix, check_finite=False)
+    # LAPACK's symmetric solver (syevd) through numpy: importing scipy would cost `fdl compare` 0.3 s.
+    values, vectors = np.linalg.eigh(matrix)
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
