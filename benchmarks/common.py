@@ -32,9 +32,11 @@ def _models() -> Any:
     return models
 
 
-def make_probe(folder: Path, model: str, n: int, *, n_classes: int = 10, seed: int = 0) -> Path:
+def make_probe(
+    folder: Path, model: str, n: int, *, n_classes: int = 10, seed: int = 0, shape: tuple[int, ...] | None = None
+) -> Path:
     """probe.npz with x (n, *input shape) float32 and y (n,) int64 labels."""
-    shape = _models().INPUT_SHAPES[model]
+    shape = shape or _models().INPUT_SHAPES[model]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, *shape), dtype=np.float32)
     y = rng.integers(0, n_classes, size=n)
@@ -43,12 +45,14 @@ def make_probe(folder: Path, model: str, n: int, *, n_classes: int = 10, seed: i
     return path
 
 
-def make_checkpoints(folder: Path, model: str, count: int, *, seed: int = 0, drift: float = 0.3) -> list[Path]:
+def make_checkpoints(
+    folder: Path, model: str, count: int, *, seed: int = 0, drift: float = 0.3, kwargs: dict[str, Any] | None = None
+) -> list[Path]:
     """`count` safetensors checkpoints whose floating parameters drift linearly from the initialisation."""
     import torch
     from safetensors.torch import save_file
 
-    net = _models().FACTORIES[model](seed=seed)
+    net = _models().FACTORIES[model](seed=seed, **(kwargs or {}))
     start = {k: v.detach().clone() for k, v in net.state_dict().items()}
     generator = torch.Generator().manual_seed(seed + 1)
     direction = {
