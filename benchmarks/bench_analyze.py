@@ -44,6 +44,13 @@ def floor_command(run: Path, model: str, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def thread_env(threads: int | None) -> dict[str, str]:
+    """With --threads T: every process (torch, OpenMP, BLAS) uses T threads; torchrun ranks get T each."""
+    if threads is None:
+        return {}
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     run = make_run(workdir, model, n=args.n, checkpoints=args.checkpoints)
     store = workdir / f"{model}.h5"
@@ -57,7 +64,7 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
             commands[name] = analyze_command(run, model, workdir / f"{model}-x{nproc}.h5", args, nproc=nproc)
     for repeat in range(args.repeats):
         for name, command in commands.items():
-            result = run_process(measured_command(command))
+            result = run_process(measured_command(command), env=thread_env(args.threads))
             if result.returncode != 0:
                 raise SystemExit(f"{name} failed ({result.returncode}):\n{' '.join(command)}\n{result.stderr[-3000:]}")
             times[name].append(result.seconds)
@@ -69,6 +76,7 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "n": args.n,
         "p": 512,
         "checkpoints": args.checkpoints,
+        "threads_per_process": args.threads,
         "best_seconds": best,
         "median_seconds": {name: statistics.median(values) for name, values in times.items()},
         "all_seconds": times,
@@ -94,6 +102,8 @@ def main() -> None:
     parser.add_argument("--nproc", type=lambda s: [int(v) for v in s.split(",")], default=[1],
                         help="also run under torchrun with these process counts, e.g. 1,2")
     parser.add_argument("--shard-probe", action="store_true", help="with --nproc > 1: shard the probe too")
+    parser.add_argument("--threads", type=int, help="threads per process (default: the libraries' own choice; "
+                        "torchrun sets 1 per rank unless OMP_NUM_THREADS is set)")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
