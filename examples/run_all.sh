@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reproduce the paper's qualitative findings at CPU scale, one example after another (~6-8 min on
+# one core). Usage: examples/run_all.sh [OUT] [--tiny]   (OUT defaults to runs/examples)
+# Each example writes OUT/<name>/{*.fdl.h5, <name>.png, plots_*/, outcome.json} and prints its numbers;
+# docs/findings.md records them beside the paper's.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-runs/examples}"
+shift || true
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for name in rich_vs_lazy label_shuffle batchnorm grokking; do
+    echo "=== ${name} ==="
+    python "${here}/${name}.py" --out "${out}/${name}" "$@"
+done
+echo "outcomes:"
+for name in rich_vs_lazy label_shuffle batchnorm grokking; do
+    printf '%-14s reproduced: ' "${name}"
+    python -c "import json,sys; print(json.load(open(sys.argv[1]))['reproduced'])" "${out}/${name}/outcome.json"
+done
