@@ -55,12 +55,13 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
     run = make_run(workdir, model, n=args.n, checkpoints=args.checkpoints)
     store = workdir / f"{model}.h5"
     times: dict[str, list[float]] = {"floor": [], "analyze": []}
+    cpu: dict[str, list[float]] = {"floor": [], "analyze": []}
     peaks: dict[str, float] = {"floor": 0.0, "analyze": 0.0}
     commands = {"floor": floor_command(run, model, args), "analyze": analyze_command(run, model, store, args)}
     for nproc in args.nproc:
         if nproc > 1:
             name = f"analyze_x{nproc}"
-            times[name], peaks[name] = [], 0.0
+            times[name], cpu[name], peaks[name] = [], [], 0.0
             commands[name] = analyze_command(run, model, workdir / f"{model}-x{nproc}.h5", args, nproc=nproc)
     for repeat in range(args.repeats):
         for name, command in commands.items():
@@ -68,8 +69,10 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
             if result.returncode != 0:
                 raise SystemExit(f"{name} failed ({result.returncode}):\n{' '.join(command)}\n{result.stderr[-3000:]}")
             times[name].append(result.seconds)
+            cpu[name].append(result.cpu_seconds)
             peaks[name] = max(peaks[name], result.peak_mib)
-            print(f"  {model} {name} #{repeat + 1}: {result.seconds:.2f} s, peak {result.peak_mib:.0f} MiB", file=sys.stderr)
+            print(f"  {model} {name} #{repeat + 1}: {result.seconds:.2f} s (cpu {result.cpu_seconds:.1f} s), "
+                  f"peak {result.peak_mib:.0f} MiB", file=sys.stderr)
     best = {name: min(values) for name, values in times.items()}
     summary: dict[str, object] = {
         "model": model,
@@ -82,6 +85,8 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "all_seconds": times,
         "peak_mib": peaks,
         "ratio_analyze_over_floor": best["analyze"] / best["floor"],
+        "best_cpu_seconds": {name: min(values) for name, values in cpu.items()},
+        "cpu_ratio_analyze_over_floor": min(cpu["analyze"]) / min(cpu["floor"]),
         "commands": {name: " ".join(command) for name, command in commands.items()},
     }
     for nproc in args.nproc:

@@ -86,13 +86,14 @@ def make_run(root: Path, model: str, *, n: int, checkpoints: int, seed: int = 0)
 
 @dataclass(frozen=True)
 class Measured:
-    """One whole process: wall seconds, peak resident memory (MiB), exit status, stdout."""
+    """One whole process: wall seconds, peak resident memory (MiB), exit status, output, CPU seconds."""
 
     seconds: float
     peak_mib: float
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float
 
 
 def run_process(command: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
@@ -106,16 +107,18 @@ def run_process(command: list[str], *, env: dict[str, str] | None = None, cwd: P
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - started
     peak = peak_from_output(stderr)
-    return Measured(seconds, peak, process.returncode, stdout, stderr)
+    return Measured(seconds, peak, process.returncode, stdout, stderr, peak_from_output(stderr, CPU_TAG))
 
 
 PEAK_TAG = "FDL_BENCH_PEAK_MIB="
+CPU_TAG = "FDL_BENCH_CPU_S="
 
 
-def peak_from_output(text: str) -> float:
+def peak_from_output(text: str, tag: str = PEAK_TAG) -> float:
+    """The value peak.py reported on stderr under `tag` (NaN when absent)."""
     for line in reversed(text.splitlines()):
-        if line.startswith(PEAK_TAG):
-            return float(line[len(PEAK_TAG) :])
+        if line.startswith(tag):
+            return float(line[len(tag) :])
     return float("nan")
 
 

@@ -1,7 +1,9 @@
 """Run a command and report its peak resident memory: `python peak.py CMD ARGS...`.
 
-Prints `FDL_BENCH_PEAK_MIB=<MiB>` on stderr after the command ends (the maximum RSS of the command's
-process tree as the kernel's rusage of the waited-for child records it) and exits with its status.
+Prints `FDL_BENCH_PEAK_MIB=<MiB>` and `FDL_BENCH_CPU_S=<s>` on stderr after the command ends (the
+maximum RSS of the command's process tree, and its user + system CPU seconds, as the kernel's rusage
+of the waited-for child records them) and exits with its status. CPU seconds count work rather than
+waiting, so they are steadier than wall time on a shared machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ def main() -> None:
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     sys.stderr.write(f"\nFDL_BENCH_PEAK_MIB={usage.ru_maxrss / 1024:.1f}\n")
+    sys.stderr.write(f"FDL_BENCH_CPU_S={usage.ru_utime + usage.ru_stime:.2f}\n")
     sys.exit(process.returncode)
 
 
