@@ -213,7 +213,7 @@ def test_every_layout_gives_the_same_numbers(run: Path, tmp_path: Path) -> None:
         assert result.code == 0, f"{name}: {result.stderr}"
         records = result.records
         assert len(records) == 2, name
-        for record, step in zip(records, (0, 30)):
+        for record, step in zip(records, (0, 30), strict=True):
             assert_matches(record, expected[step])
 
 
@@ -410,7 +410,7 @@ def test_mixed_precision_keeps_float64_statistics(run: Path, tmp_path: Path) -> 
     full = analyze(run, tmp_path / "f32.h5", "--steps", "0,30")
     half = analyze(run, tmp_path / "bf16.h5", "--steps", "0,30", "--dtype", "bfloat16")
     assert full.code == 0 and half.code == 0, half.stderr
-    for a, b in zip(full.records, half.records):
+    for a, b in zip(full.records, half.records, strict=True):
         assert b["d_lr"] == pytest.approx(a["d_lr"], abs=0.02)
         assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.05)
         assert b["rank"] >= 1 and 0.0 <= b["d_lr"] <= 1.0

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.tiny_models import cnn, mlp
 
 from fdl_cli.checkpoints import (
     CheckpointRef,
@@ -23,6 +22,7 @@ from fdl_cli.checkpoints import (
     weights_digest,
 )
 from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
+from tests.tiny_models import cnn, mlp
 
 torch.set_num_threads(1)
 X = torch.linspace(-1, 1, 8).reshape(2, 4)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.tiny_models import mlp
 
 from fdl_cli.checkpoints import CheckpointRef, discover_checkpoints, load_checkpoint
 from fdl_cli.errors import CheckpointError, ProbeError, UnsafeCheckpointError
 from fdl_cli.probes import load_probe
+from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
 
