@@ -41,10 +41,15 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class LayerResult:
-    """What one probe pass gives for one layer: statistics and the anchor features (m, p) float64."""
+    """What one probe pass gives for one layer: statistics and the anchor features (m, p) float64.
+
+    anchor_moment: (Σφφᵀ (p, p), Σφ (p,)) float64 over the anchor subset alone, a by-product of the
+    pass (None in the Gram route): CKA needs the anchors' own second moment and need not recompute it.
+    """
 
     moments: Moments
     anchor_features: np.ndarray
+    anchor_moment: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def default_layer(model: nn.Module) -> LayerSpec:
@@ -251,6 +256,7 @@ def extract(
         raise ProbeError("the probe is empty", fix="use a probe with at least one sample")
     accumulators: dict[str, MomentAccumulator] = {}
     anchors: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
+    anchor_moments: dict[str, Any] = {}
     anchor_count = min(anchor_size, n)
     targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if y is not None else None
     n_batches = math.ceil(n / batch_size)
@@ -266,7 +272,16 @@ def extract(
                     keep = bool(keep_features(int(features.shape[1]))) if keep_features else False
                     accumulator = MomentAccumulator(task=task, keep_features=keep, product_dtype=product_dtype)
                     accumulators[spec.label] = accumulator
-                accumulator.update(features, outputs, targets)
+                if start < anchor_count < stop:
+                    # Split the batch at the anchor boundary so that the sums so far are the anchors' own.
+                    cut = anchor_count - start
+                    accumulator.update(features[:cut], outputs[:cut], targets[:cut] if targets is not None else None)
+                    anchor_moments[spec.label] = accumulator.second_moment_so_far()
+                    accumulator.update(features[cut:], outputs[cut:], targets[cut:] if targets is not None else None)
+                else:
+                    accumulator.update(features, outputs, targets)
+                    if stop == anchor_count:
+                        anchor_moments[spec.label] = accumulator.second_moment_so_far()
                 if start < anchor_count:
                     anchors[spec.label].append(features[: anchor_count - start].to(torch.float64))
             if on_batch is not None:
@@ -275,9 +290,16 @@ def extract(
         spec.label: LayerResult(
             moments=accumulators[spec.label].moments(),
             anchor_features=torch.cat(anchors[spec.label]).cpu().numpy(),
+            anchor_moment=_host_pair(anchor_moments.get(spec.label)),
         )
         for spec in layers
     }
+
+
+def _host_pair(pair: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    if pair is None:
+        return None
+    return tuple(np.asarray(part.cpu().numpy() if hasattr(part, "cpu") else part, dtype=np.float64) for part in pair)  # type: ignore[return-value]
 
 
 def anchor_features(
@@ -289,15 +311,27 @@ def anchor_features(
     dtype: str = "float32",
     batch_size: int = 512,
     anchor_size: int = 4096,
+    moments: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Only the anchor features (m, p) float64 of each layer (for a checkpoint already in the store)."""
+    """Only the anchor features (m, p) float64 of each layer (for a checkpoint already in the store).
+
+    With a `moments` dict, it also receives each layer's anchor (Σφφᵀ, Σφ) float64 (LayerResult's
+    anchor_moment), summed batch by batch as `extract` sums them, so that a resumed run's numbers
+    equal a fresh run's to the bit.
+    """
     count = min(anchor_size, int(x.shape[0]))
     chunks: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
+    accumulators: dict[str, MomentAccumulator] = {}
     with torch.inference_mode(), hooked(model, layers) as captured:
         for start in range(0, count, batch_size):
-            model(_inputs(x[start : min(start + batch_size, count)], device=device, dtype=dtype))
+            outputs = model_outputs(model(_inputs(x[start : min(start + batch_size, count)], device=device, dtype=dtype)))
             for spec in layers:
-                chunks[spec.label].append(captured.pop(spec.label).to(torch.float64))
+                features = captured.pop(spec.label)
+                chunks[spec.label].append(features.to(torch.float64))
+                if moments is not None:
+                    accumulators.setdefault(spec.label, MomentAccumulator()).update(features, outputs)
+    for label, accumulator in accumulators.items():
+        moments[label] = _host_pair(accumulator.second_moment_so_far())  # type: ignore[index]
     return {label: torch.cat(parts).cpu().numpy() for label, parts in chunks.items()}
 
 

@@ -148,6 +148,14 @@ class MomentAccumulator:
         onehot[np.arange(batch), labels.astype(np.int64)] = 1.0
         return onehot
 
+    def second_moment_so_far(self) -> tuple[Any, Any] | None:
+        """Copies of (Σφφᵀ (p, p), Σφ (p,)) over the samples added so far, on their device; None when
+        the features themselves are kept (Gram route) or nothing was added yet."""
+        if self.keep_features or "sum_ff" not in self._sums:
+            return None
+        sums = (self._sums["sum_ff"], self._sums["sum_f"])
+        return tuple(s.clone() if self._torch is not None else np.array(s, copy=True) for s in sums)  # type: ignore[return-value]
+
     def moments(self) -> Moments:
         """The float64 statistics as numpy arrays (one host transfer)."""
         if self.n == 0:

@@ -142,6 +142,7 @@ class _Series:
 
     anchor: np.ndarray  # (m, p) float64 anchor features
     eigenfunctions: np.ndarray  # (m, K) float64 (float32-rounded, as stored)
+    self_norm: float | None = None  # ‖A_cᵀA_c‖_F when the pass gave it (see _anchor_self_norm)
     _kernel: tuple[np.ndarray, float] | None = None
     _bases: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -154,6 +155,8 @@ class _Series:
             if centered.shape[1] > centered.shape[0]:
                 gram = centered @ centered.T
                 self._kernel = (gram, float(np.linalg.norm(gram)))
+            elif self.self_norm is not None:
+                self._kernel = (centered, self.self_norm)
             else:
                 self._kernel = (centered, float(np.linalg.norm(centered.T @ centered)))
         return self._kernel
@@ -165,6 +168,25 @@ class _Series:
 
             self._bases[k] = orthonormal_basis(self.eigenfunctions[:, :k])
         return self._bases[k]
+
+
+def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str) -> float | None:
+    """‖A_cᵀA_c‖_F = ‖Σ_anchor φφᵀ − m μμᵀ‖_F from the pass's own anchor sums (saves an m×p×p product).
+
+    Only with float64 products (float32 sums would move CKA beyond rtol 1e-6). Centering by
+    subtraction leaves rounding noise of order eps·‖Σφφᵀ‖, so below CANCELLATION_RTOL of it the
+    anchors count as constant (norm 0), as explicit centering would give.
+    """
+    from fdl_cli.spectral import CANCELLATION_RTOL
+
+    if anchor_moment is None or product_dtype != "float64":
+        return None
+    second, total = anchor_moment
+    count = anchor.shape[0]
+    if second.shape[0] > count:
+        return None  # p > m: CKA uses the m×m Gram instead
+    norm = float(np.linalg.norm(second - np.outer(total, total) / count))
+    return norm if norm > CANCELLATION_RTOL * float(np.linalg.norm(second)) else 0.0
 
 
 def _cka(a: _Series, b: _Series) -> float:
@@ -577,14 +599,16 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
     ctx.reference_state = _state_of(loaded, model)
     with StoreReader(out) as reader:
         for probe in ctx.probes:
+            sums: dict[str, Any] = {}
             feats = anchor_features(
                 model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
-                batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size,
+                batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
             )
             for spec in ctx.layers:
                 stored = reader.arrays(reference.step, probe=probe.name, layer=spec.label)
                 ctx.reference[_series_key(probe.name, spec.label)] = _Series(
-                    anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64)
+                    anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
+                    self_norm=_anchor_self_norm(sums.get(spec.label), feats[spec.label], ctx.options.product_dtype),
                 )
 
 
@@ -612,14 +636,17 @@ def _previous_series(ctx: _Context, step: int, steps_in_order: list[int], out: P
             model = _prepare(ctx, loaded)
             result = {}
             for probe in ctx.probes:
+                sums: dict[str, Any] = {}
                 feats = anchor_features(
                     model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
-                    batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size,
+                    batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
                 )
                 for spec in ctx.layers:
                     stored = reader.arrays(previous, probe=probe.name, layer=spec.label)
+                    anchor = feats[spec.label]
                     result[_series_key(probe.name, spec.label)] = _Series(
-                        anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64)
+                        anchor=anchor, eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
+                        self_norm=_anchor_self_norm(sums.get(spec.label), anchor, ctx.options.product_dtype),
                     )
     except (StoreError, FileNotFoundError):
         return None
@@ -683,7 +710,11 @@ def _analyze_one(
             result = results[spec.label]
             measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
             values = eigenfunctions(result.anchor_features, measures.spectrum, k=options.top_k).astype(np.float32)
-            mine = _Series(anchor=result.anchor_features, eigenfunctions=values.astype(np.float64))
+            mine = _Series(
+                anchor=result.anchor_features,
+                eigenfunctions=values.astype(np.float64),
+                self_norm=_anchor_self_norm(result.anchor_moment, result.anchor_features, options.product_dtype),
+            )
             key = _series_key(probe.name, spec.label)
             current[key] = mine
             base = mine if is_reference else ctx.reference[key]
