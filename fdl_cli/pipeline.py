@@ -991,11 +991,13 @@ def _reduce_slices(ctx: _Context, model: Any, probe: Probe, results: dict[str, A
                for label, result in results.items()}
     count = min(options.anchor_size, int(probe.x.shape[0]))
     if ctx.world.writes and any(result.anchor_features.shape[0] < count for result in reduced.values()):
+        sums: dict[str, Any] = {}
         anchors = anchor_features(
             model, ctx.layers, probe.x, device=ctx.device, dtype=options.dtype,
-            batch_size=options.batch_size, anchor_size=options.anchor_size,
+            batch_size=options.batch_size, anchor_size=options.anchor_size, moments=sums,
         )
-        reduced = {label: replace(result, anchor_features=anchors[label]) for label, result in reduced.items()}
+        reduced = {label: replace(result, anchor_features=anchors[label], anchor_moment=sums.get(label))
+                   for label, result in reduced.items()}
     return reduced
 
 
