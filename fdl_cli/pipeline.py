@@ -307,6 +307,8 @@ def run_analyze(
 
     reporter = reporter or NullReporter()
     world = distributed.detect_world()
+    if world.distributed and not world.writes:
+        reporter = NullReporter()  # rank 0 shows the progress and the messages
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
@@ -943,32 +945,49 @@ def _analyze_distributed(
             failure,
         )
         gathered = distributed.gather_to_writer(payload, world)
-        if writer is None or gathered is None:
-            if failure is not None:
-                raise FdlError(failure)
-            summary.analysed.extend(entry.step for entry in payload[0])
-            return
-        tagged = len(ctx.probes) * len(ctx.layers) > 1
-        entries = sorted((entry for part in gathered for entry in part[0]), key=lambda entry: entry.step)
-        durable = [done for entry in entries for done in writer.add(entry)]
-        for entry in durable + writer.flush():
-            summary.analysed.append(entry.step)
-            if on_record is not None:
-                for record in entry_records(entry, tagged=tagged):
-                    on_record(record)
-        summary.already.extend(ref.step for ref in refs if ref.step in stored)
-        seen = {path for path, _ in summary.failed}
-        for part in gathered:
-            for path, reason in part[1]:
-                if path not in seen:
-                    summary.failed.append((path, reason))
-                    seen.add(path)
-        failures = [part[2] for part in gathered if part[2] is not None]
-        if failures:
-            raise FdlError(failures[0])
+        first_failure: str | None = None
+        if writer is not None and gathered is not None:
+            try:
+                _write_gathered(ctx, writer, gathered, summary, on_record)
+                failures = [part[2] for part in gathered if part[2] is not None]
+                first_failure = failures[0] if failures else None
+            except FdlError as exc:
+                first_failure = exc.message
+            summary.already.extend(ref.step for ref in refs if ref.step in stored)
+        # Every rank ends with rank 0's account (the CLI prints it on each), and fails alike.
+        outcome = distributed.broadcast_from_writer(
+            (list(summary.analysed), list(summary.already), list(summary.failed), first_failure), world
+        )
+        summary.analysed[:], summary.already[:], summary.failed[:], first_failure = outcome
+        if first_failure is not None:
+            raise FdlError(first_failure)
     finally:
         if writer is not None:
             writer.close()
+
+
+def _write_gathered(
+    ctx: _Context,
+    writer: Any,
+    gathered: list[Any],
+    summary: AnalyzeSummary,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Rank 0: every rank's entries into the store in step order; their failures into the summary."""
+    tagged = len(ctx.probes) * len(ctx.layers) > 1
+    entries = sorted((entry for part in gathered for entry in part[0]), key=lambda entry: entry.step)
+    seen = {path for path, _ in summary.failed}
+    for part in gathered:
+        for path, reason in part[1]:
+            if path not in seen:
+                summary.failed.append((path, reason))
+                seen.add(path)
+    durable = [done for entry in entries for done in writer.add(entry)]
+    for entry in durable + writer.flush():
+        summary.analysed.append(entry.step)
+        if on_record is not None:
+            for record in entry_records(entry, tagged=tagged):
+                on_record(record)
 
 
 def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:

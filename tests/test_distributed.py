@@ -49,11 +49,15 @@ def _args(run: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
+def _torchrun_process(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "fdl_cli", *_args(run, out, *extra)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+
+
+def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
+    done = _torchrun_process(run, out, *extra)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
@@ -113,6 +117,18 @@ def test_two_ranks_resume_a_partial_store(run_and_single: tuple[Path, dict[int, 
     records = _torchrun(run, out)
     assert sorted(r["step"] for r in records) == [10, 20, 40, 50, 60]
     _assert_same(_stored(single), _stored(out))
+
+
+@pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
+def test_a_damaged_checkpoint_fails_alone_on_every_rank(tmp_path: Path, extra: tuple) -> None:
+    """Exit 1 with the damaged file named (no rank left waiting); every other checkpoint is stored."""
+    run = _make_run(tmp_path / "run")
+    damaged = run / "step_40.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    done = _torchrun_process(run, tmp_path / "s.h5", *extra)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "step_40.safetensors" in done.stderr
+    assert sorted(_stored(tmp_path / "s.h5")) == [0, 10, 20, 30, 50, 60]
 
 
 def test_blocks_cover_every_item_once() -> None:
