@@ -213,7 +213,7 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
     k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1])
     if k <= 0 or a.eigenfunctions.shape[0] != b.eigenfunctions.shape[0]:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
-    return float(min(np.linalg.norm(a.basis(k).T @ b.basis(k)) ** 2 / k, 1.0))
+    return min(float(np.linalg.norm(a.basis(k).T @ b.basis(k))) ** 2 / k, 1.0)
 
 
 @dataclass
@@ -678,7 +678,8 @@ def _analyze_one(
     world = ctx.world
     sharded = world is not None and world.distributed and options.shard_probe
     if sharded and not world.writes:
-        return _contribute_slice(ctx, loaded)
+        _contribute_slice(ctx, loaded)
+        return None
     is_reference = ref.step == reference.step
     if not is_reference and not ctx.reference:
         _reference_series(ctx, reference, out)
@@ -1035,12 +1036,15 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
         x, y = _probe_slice(ctx, probe)
         results = extract(
             model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device, dtype=options.dtype,
-            batch_size=options.batch_size, anchor_size=1,
-            keep_features=lambda p, n=int(probe.x.shape[0]): p > n,
+            batch_size=options.batch_size, anchor_size=1, keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,
         )
         results = _reduce_slices(ctx, model, probe, results)
         for spec in ctx.layers:
             moments = results[spec.label].moments
             measure(moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
-    return None
+
+
+def _gram_route(n_probe: int) -> Callable[[int], bool]:
+    """keep_features for `extract`: the n×n Gram route when the layer is wider than the whole probe."""
+    return lambda width: width > n_probe
