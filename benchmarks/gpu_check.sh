@@ -23,7 +23,7 @@ START=$(date +%s)
 if [ "${FDL_GPU_CHECK_TINY:-0}" = "1" ]; then
   N=512; CKPTS=2; BATCH=256; PYTEST_LIMIT=300; BENCH_LIMIT=300
 else
-  N=50000; CKPTS=6; BATCH=1024; PYTEST_LIMIT=120; BENCH_LIMIT=200
+  N=50000; CKPTS=6; BATCH=1024; PYTEST_LIMIT=90; BENCH_LIMIT=170
 fi
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 
