@@ -966,11 +966,14 @@ def build_model(
     *,
     factory: Callable[..., nn.Module] | None,
     kwargs: dict[str, Any] | None = None,
+    into: nn.Module | None = None,
 ) -> nn.Module:
     """The model in eval mode: the checkpoint's own module, or ``factory(**kwargs)`` with its weights.
 
     Loading is strict. When every checkpoint key carries one extra prefix (``model.`` from Lightning,
-    say) that makes the keys match exactly, that prefix is dropped.
+    say) that makes the keys match exactly, that prefix is dropped. ``into``: a model built earlier by
+    the same factory (already on its device and dtype) whose tensors are overwritten in place, so a
+    series of checkpoints pays for building and moving the model once.
     """
     path = loaded.ref.path
     if loaded.module is not None:
@@ -978,11 +981,19 @@ def build_model(
             return loaded.module.eval()
         except NotImplementedError:  # torch.export modules are already captured in their eval graph
             return loaded.module
-    if factory is None:
+    if into is not None:
+        model = into
+    elif factory is None:
         raise ModelError(
             f"{path} holds only weights; fdl needs the model's code to use them",
             fix="pass --model path/to/model.py:build (and --model-kwargs JSON), or set model in fdl.toml",
         )
+    else:
+        model = _call_factory(factory, kwargs, path)
+    return _load_strict(model, loaded.state_dict or {}, path)
+
+
+def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | None, path: Path) -> nn.Module:
     try:
         model = factory(**(kwargs or {}))
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
@@ -997,7 +1008,10 @@ def build_model(
             got=type(model).__name__,
             fix="the factory must return the network",
         )
-    state = loaded.state_dict or {}
+    return model
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     problem = _key_report(path, expected, state)
     if problem is not None:

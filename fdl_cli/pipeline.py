@@ -234,6 +234,7 @@ class _Context:
     previous_step: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
+    model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
 
 
@@ -408,8 +409,15 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint) -> Any:
             f"{loaded.ref.path} holds weights only, and no model was given to put them in",
             fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
         )
+    if loaded.module is not None:
+        return prepare_model(build_model(loaded, factory=None), device=ctx.device, dtype=ctx.options.dtype)
+    if ctx.model is not None:
+        # Same factory, same kwargs: overwrite the weights in place (no re-initialisation, no transfer
+        # of a fresh model to the device); strict loading still checks every key and shape.
+        return build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs, into=ctx.model)
     model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
-    return prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
+    ctx.model = prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
+    return ctx.model
 
 
 def _validate(ctx: _Context, model: Any) -> None:
@@ -683,12 +691,13 @@ def _analyze_one(
     is_reference = ref.step == reference.step
     if not is_reference and not ctx.reference:
         _reference_series(ctx, reference, out)
+    # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
+    previous = _previous_series(ctx, ref.step, steps_in_order, out)
     model = _prepare(ctx, loaded)
     state = _state_of(loaded, model)
     if is_reference:
         ctx.reference_state = state
     param_norm, param_dist = parameter_vector_norms(state, ctx.reference_state)
-    previous = _previous_series(ctx, ref.step, steps_in_order, out)
     current: dict[tuple[str, str], _Series] = {}
     series = []
     for probe in ctx.probes:
