@@ -80,7 +80,9 @@ def cli() -> None:
 @click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
 @click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
 @click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per checkpoint on stdout.")
+@click.option("--commit-interval", "min_commit_interval", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Seconds between crash-safe store commits at least (0: after every checkpoint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per checkpoint on stdout (once stored).")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze

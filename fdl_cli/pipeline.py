@@ -64,7 +64,8 @@ class AnalyzeOptions:
     watch: bool = False
     poll_seconds: float = 10.0
     as_json: bool = False
-    min_commit_interval: float = 0.0
+    #: Seconds between store commits at least (each commit copies the store: crash-safe, not free).
+    min_commit_interval: float = 1.0
 
     @classmethod
     def from_cli(cls, **kwargs: Any) -> AnalyzeOptions:

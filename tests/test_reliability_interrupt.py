@@ -155,9 +155,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
 
 
 def _analyze_argv(store: str, *extra: str) -> list[str]:
+    # --commit-interval 0: a commit after every checkpoint, so kills land between many commits (the
+    # default 1 s interval batches these tiny checkpoints into one or two commits).
     return [
         "analyze", "ckpts", "--model", MODEL, "--probe", "probe.npz", "--out", store, "--json",
-        "--top-k", "4", "--anchor-size", "16", "--batch-size", "16", *extra,
+        "--top-k", "4", "--anchor-size", "16", "--batch-size", "16", "--commit-interval", "0", *extra,
     ]
 
 
