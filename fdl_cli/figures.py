@@ -248,7 +248,7 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
         ("spectrum", "eigenvalue spectrum over steps",
          spectrum_heatmap_figure(steps, [np.asarray(arrays[s].eigenvalues) for s in steps])),
     ]
-    anchor = _one_d_anchor(run.probes.get(series.probe))
+    anchor = _one_d_anchor(run.probes.get(series.probe)) if series.probe is not None else None
     if anchor is not None:
         x, y = anchor
         entries = []

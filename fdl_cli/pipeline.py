@@ -87,7 +87,9 @@ class AnalyzeOptions:
             try:
                 steps = tuple(int(part) for part in steps_text.split(",") if part.strip())
             except ValueError:
-                raise FdlError("--steps must be integers separated by commas", got=steps_text, fix="e.g. --steps 0,100,500") from None
+                raise FdlError(
+                    "--steps must be integers separated by commas", got=steps_text, fix="e.g. --steps 0,100,500"
+                ) from None
         out = kwargs.pop("out", None)
         return cls(
             sources=tuple(kwargs.pop("sources")),
@@ -355,7 +357,11 @@ def run_analyze(
         name, path = parse_probe_spec(spec)
         probes.append(load_probe(path, name=name))
     if len({p.name for p in probes}) != len(probes):
-        raise ProbeError("two probes have the same name", got=", ".join(probe_specs), fix="name them: --probe train=a.npz --probe test=b.npz")
+        raise ProbeError(
+            "two probes have the same name",
+            got=", ".join(probe_specs),
+            fix="name them: --probe train=a.npz --probe test=b.npz",
+        )
     base_dir = folders[0] if folders else None
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     ctx = _Context(
@@ -481,7 +487,7 @@ def _analyze_refs(
 ) -> None:
     from fdl_cli.store import StoreWriter
 
-    options, reporter = ctx.options, ctx.reporter
+    options = ctx.options
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
     loaded, reference_sha = _load(reference, options.trust_pickle)
@@ -623,7 +629,9 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
                 )
 
 
-def _previous_series(ctx: _Context, step: int, steps_in_order: list[int], out: Path) -> dict[tuple[str, str], _Series] | None:
+def _previous_series(
+    ctx: _Context, step: int, steps_in_order: list[int], out: Path
+) -> dict[tuple[str, str], _Series] | None:
     """The series of the checkpoint before `step` in step order (recomputed from the store if needed)."""
     position = steps_in_order.index(step)
     if position == 0:
@@ -713,7 +721,7 @@ def _analyze_one(
             dtype=options.dtype,
             batch_size=options.batch_size,
             anchor_size=options.anchor_size,
-            keep_features=lambda p, n=int(probe.x.shape[0]): p > n,
+            keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,
             on_batch=ctx.reporter.batch,
         )
@@ -833,7 +841,8 @@ def inspect_checkpoint(
             with torch.inference_mode():
                 model_outputs(model(sample))
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
-        shapes = {"": f"forward failed on a sample of shape {tuple(sample.shape)}: {type(exc).__name__}"}
+        shape = tuple(sample.shape) if sample is not None else ()
+        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"}
     finally:
         for handle in handles:
             handle.remove()

@@ -911,11 +911,11 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
             )
         if fmt == "npy":
             assert out is not None
-            arrays = {"steps": np.asarray(list(per_step), dtype=np.int64)}
-            for step, values in per_step.items():
-                if values is not None:
-                    arrays[f"step_{step}"] = np.asarray(values, dtype=np.float64)
-            _save_npz(out, arrays)
+            step_arrays: dict[str, np.ndarray] = {"steps": np.asarray(list(per_step), dtype=np.int64)}
+            for step, stored in per_step.items():
+                if stored is not None:
+                    step_arrays[f"step_{step}"] = np.asarray(stored, dtype=np.float64)
+            _save_npz(out, step_arrays)
             return f"wrote {what} of {len(per_step)} checkpoints to {out}"
         text = _arrays_text(per_step, what, fmt)
     if out is not None:

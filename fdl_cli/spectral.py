@@ -561,7 +561,7 @@ def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) ->
         return None
     basis_a = orthonormal_basis(values_a[:, :k])
     basis_b = orthonormal_basis(values_b[:, :k])
-    return float(min(np.linalg.norm(basis_a.T @ basis_b) ** 2 / k, 1.0))
+    return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / k, 1.0)
 
 
 def with_scalars(measures: CheckpointMeasures, **scalars: Any) -> CheckpointMeasures:
