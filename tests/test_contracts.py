@@ -80,3 +80,26 @@ def test_every_module_says_what_it_owns() -> None:
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
         assert ast.get_docstring(tree), f"{path.name} has no module docstring"
+
+
+def _tool(name: str) -> str:
+    import shutil
+
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[dev]'")
+    return path
+
+
+def test_ruff_is_clean() -> None:
+    root = PACKAGE.parent
+    result = subprocess.run([_tool("ruff"), "check", "fdl_cli", "tests", "benchmarks", "examples"],
+                            cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean(tmp_path: Path) -> None:
+    root = PACKAGE.parent
+    result = subprocess.run([_tool("mypy"), "--cache-dir", str(tmp_path / "cache"), "fdl_cli"],
+                            cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
