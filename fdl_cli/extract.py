@@ -99,19 +99,34 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
 
 
 def model_outputs(raw: Any) -> torch.Tensor:
-    """The model's raw outputs (logits) as (b, C): the first tensor of a tuple, `.logits` of a dict."""
+    """The model's raw outputs (logits) flattened to (b, C).
+
+    Accepted: a tensor; an object or dict (e.g. a Hugging Face ModelOutput) carrying ``logits``; a
+    tuple or list, whose FIRST element is taken (the convention of models returning
+    ``(logits, extras...)``). A dict without ``logits`` is refused: which of its values are the
+    outputs cannot be told safely.
+    """
     if isinstance(raw, torch.Tensor):
         tensor = raw
+    elif isinstance(raw, dict):
+        if "logits" not in raw:
+            keys = ", ".join(repr(key) for key in list(raw)[:12]) or "(none)"
+            raise ModelError(
+                "the model's forward returned a dict without a 'logits' entry, so its outputs cannot be told",
+                got=f"dict keys: {keys}",
+                fix="make forward return the logits / predictions tensor, or a dict / ModelOutput with 'logits'",
+            )
+        tensor = raw["logits"]
     elif hasattr(raw, "logits"):
         tensor = raw.logits
-    elif isinstance(raw, dict) and raw:
-        tensor = raw.get("logits", next(iter(raw.values())))
     elif isinstance(raw, (tuple, list)) and raw:
         tensor = raw[0]
     else:
+        tensor = raw
+    if not isinstance(tensor, torch.Tensor):
         raise ModelError(
             "the model's forward did not return a tensor",
-            got=type(raw).__name__,
+            got=type(raw).__name__ if tensor is raw else f"{type(raw).__name__} whose outputs are a {type(tensor).__name__}",
             fix="wrap the model so that forward returns the logits / predictions tensor",
         )
     return tensor.reshape(tensor.shape[0], -1)
