@@ -198,9 +198,17 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
 
     def make_hook(spec: LayerSpec) -> Callable[..., None]:
         def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            value = inputs[0] if spec.use_input else output
-            if isinstance(value, (tuple, list)):
+            value = inputs[0] if spec.use_input and inputs else output
+            if isinstance(value, (tuple, list)) and value:
                 value = value[0]
+            if not isinstance(value, torch.Tensor):
+                what = "input" if spec.use_input else "output"
+                raise ModelError(
+                    f"layer {spec.label!r} has no tensor {what} to take features from",
+                    got=f"its {what} is a {type(value).__name__}",
+                    fix="pick a module that outputs a tensor (see `fdl inspect CHECKPOINT`), "
+                    "or NAME:input for the tensor it receives",
+                )
             captured[spec.label] = value.reshape(value.shape[0], -1)
 
         return hook

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fdl_cli.errors import ModelError
-from fdl_cli.extract import model_outputs
+from fdl_cli.extract import forward_one, model_outputs, resolve_layers
 
 torch.set_num_threads(1)
 
@@ -27,3 +29,37 @@ def test_dict_with_logits_and_tuple_first_element_are_the_outputs() -> None:
     torch.testing.assert_close(model_outputs((logits, torch.zeros(2, 8))), logits)
     with pytest.raises(ModelError, match="did not return a tensor"):
         model_outputs(("not a tensor",))
+
+
+# ------------------------------------------------------------- a --layer whose module returns a dict
+
+
+class _DictBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"hidden": self.linear(x)}
+
+
+class _DictInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _DictBlock()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x)["hidden"])
+
+
+def test_layer_returning_a_dict_is_a_model_error_naming_layer_and_type() -> None:
+    model = _DictInside().eval()
+    layers = resolve_layers(model, ["block"])
+    sample = np.zeros((2, 4), dtype=np.float32)
+    with pytest.raises(ModelError, match="'block'") as err:
+        forward_one(model, layers, sample, device=torch.device("cpu"), dtype="float32")
+    assert "dict" in str(err.value) and "fdl inspect" in str(err.value)
+    widths, n_outputs = forward_one(model, resolve_layers(model, ["head:input"]), sample,
+                                    device=torch.device("cpu"), dtype="float32")
+    assert (widths, n_outputs) == ({"head:input": 8}, 3)
