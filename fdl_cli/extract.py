@@ -71,7 +71,10 @@ def default_layer(model: nn.Module) -> LayerSpec:
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
-    """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given."""
+    """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given.
+
+    A layer named twice (`--layer conv --layer conv`) is hooked once: the list keeps first mentions, in order.
+    """
     if not names:
         return [default_layer(model)]
     modules = dict(model.named_modules())
@@ -94,7 +97,9 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
                 got=f"closest module names: {', '.join(close) or '(none)'}",
                 fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
             )
-        specs.append(LayerSpec(module=module, use_input=use_input))
+        spec = LayerSpec(module=module, use_input=use_input)
+        if spec not in specs:
+            specs.append(spec)
     return specs
 
 

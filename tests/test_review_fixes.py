@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fdl_cli.errors import ModelError
-from fdl_cli.extract import forward_one, model_outputs, resolve_layers
+from fdl_cli.extract import extract, forward_one, model_outputs, resolve_layers
 
 torch.set_num_threads(1)
 
@@ -63,3 +63,16 @@ def test_layer_returning_a_dict_is_a_model_error_naming_layer_and_type() -> None
     widths, n_outputs = forward_one(model, resolve_layers(model, ["head:input"]), sample,
                                     device=torch.device("cpu"), dtype="float32")
     assert (widths, n_outputs) == ({"head:input": 8}, 3)
+
+
+# ------------------------------------------------------------------------------ duplicate --layer
+
+
+def test_duplicate_layer_is_hooked_once_in_first_mention_order() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    layers = resolve_layers(model, ["1", "2:input", "1", "2:input", "0"])
+    assert [spec.label for spec in layers] == ["1", "2:input", "0"]
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    results = extract(model, layers, x, None, task="none", device=torch.device("cpu"), batch_size=2)
+    assert sorted(results) == ["0", "1", "2:input"]
+    np.testing.assert_allclose(results["1"].anchor_features, results["2:input"].anchor_features)
