@@ -172,7 +172,7 @@ def report(**kwargs: Any) -> None:
     if kwargs["html_path"]:
         from fdl_cli.html import run_page
 
-        Path(kwargs["html_path"]).write_text(run_page(run), encoding="utf-8")
+        rep.write_text_file(kwargs["html_path"], run_page(run))
         console.print(f"wrote {kwargs['html_path']}", markup=False)
 
 

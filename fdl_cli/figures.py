@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from fdl_cli.report import Comparison, Run, Series, load_arrays  # noqa: E402
+from fdl_cli.report import Comparison, Run, Series, load_arrays, make_folder, writing  # noqa: E402
 
 #: Checkpoints drawn in the triptych and the eigenfunction panels (evenly spread, first and last kept).
 N_SELECTED = 5
@@ -191,11 +191,13 @@ def _legend(ax: Any) -> None:
 
 
 def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
-    """Write `stem.png` and `stem.svg` into `directory` (created); returns both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `stem.png` and `stem.svg` into `directory` (created with its parents); returns both paths."""
+    make_folder(directory)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
-    figure.savefig(png, dpi=110)
-    figure.savefig(svg, metadata=SVG_METADATA)
+    with writing(png):
+        figure.savefig(png, dpi=110)
+    with writing(svg):
+        figure.savefig(svg, metadata=SVG_METADATA)
     return [png, svg]
 
 

@@ -227,6 +227,47 @@ def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any
         return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
 
 
+# ------------------------------------------------------------------------------------------ output
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[Path]:
+    """The one way fdl writes a file or makes a folder the user named (`--out`, `--html`, `--plots`).
+
+    An OSError inside the block (missing folder, no permission, a read-only or special file system)
+    becomes an `FdlError` naming the path, the operating system's reason and a fix, so the command
+    exits 1 with one paragraph instead of a traceback.
+    """
+    target = Path(path)
+    try:
+        yield target
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and str(exc.filename) != str(target):
+            reason = f"{reason}: {exc.filename}"
+        parent = target.parent
+        if not parent.exists():
+            fix = f"create the folder {parent} first, or choose another path"
+        elif not parent.is_dir():
+            fix = f"{parent} is a file, not a folder: choose another path"
+        else:
+            fix = f"choose a path you can write to ({parent} refused it)"
+        raise FdlError(f"could not write {target}", got=reason, fix=fix) from None
+
+
+def write_text_file(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through `writing`."""
+    with writing(path) as target:
+        target.write_text(text, encoding="utf-8")
+
+
+def make_folder(path: str | Path) -> Path:
+    """Create the folder `path` (and its parents) through `writing`; returns it."""
+    with writing(path) as target:
+        target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 # ------------------------------------------------------------------------------------------ format
 
 
@@ -919,14 +960,15 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
             return f"wrote {what} of {len(per_step)} checkpoints to {out}"
         text = _arrays_text(per_step, what, fmt)
     if out is not None:
-        out.write_text(text)
+        write_text_file(out, text)
         return f"wrote {what} to {out}"
     stdout.write(text)
     return None
 
 
 def _save_npz(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    with out.open("wb") as handle:  # a file handle keeps the name exactly as given (no '.npz' appended)
+    # a file handle keeps the name exactly as given (no '.npz' appended)
+    with writing(out) as target, target.open("wb") as handle:
         np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 

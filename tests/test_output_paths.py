@@ -1,0 +1,55 @@
+"""Every file or folder the reading commands write (--out, --html, --plots) fails as exit 1 with a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_report import make_store, run_fdl
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("store") / "run.h5")
+
+
+def _assert_explained(args: list[str], bad: Path) -> None:
+    result = run_fdl(*args)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"could not write {bad}" in result.stderr
+    assert "got: " in result.stderr and "fix: " in result.stderr
+
+
+@pytest.mark.parametrize("command", ["report-html", "export-npy", "export-csv"])
+def test_missing_folder_of_an_output_file(store: Path, tmp_path: Path, command: str) -> None:
+    bad = tmp_path / "missing" / "out.file"
+    args = {
+        "report-html": ["report", str(store), "--html", str(bad)],
+        "export-npy": ["export", str(store), "--what", "eigenvalues", "--format", "npy", "--out", str(bad)],
+        "export-csv": ["export", str(store), "--what", "eigenvalues", "--format", "csv", "--out", str(bad)],
+    }[command]
+    _assert_explained(args, bad)
+    assert f"create the folder {bad.parent} first" in run_fdl(*args).stderr
+    assert not bad.parent.exists()
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "export-csv"])
+def test_unwritable_output_path(store: Path, tmp_path: Path, command: str) -> None:
+    blocker = tmp_path / "a_file"  # a file where a folder is needed: refused even for root
+    blocker.write_text("not a folder")
+    bad = blocker / "out"
+    args = {
+        "report": ["report", str(store), "--plots", str(bad)],
+        "compare": ["compare", str(store), str(store), "--plots", str(bad)],
+        "export-csv": ["export", str(store), "--what", "quality", "--format", "csv", "--out", str(bad)],
+    }[command]
+    _assert_explained(args, bad)
+
+
+def test_plots_folder_is_created_with_its_parents(store: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "plots"
+    result = run_fdl("report", str(store), "--plots", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert (folder / "triptych.png").stat().st_size > 0
