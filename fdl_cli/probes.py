@@ -223,6 +223,12 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     are regression targets. Raises ProbeError naming the file for any problem found.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ProbeError(
+            f"probe {path} is a directory; expected a probe file",
+            got="a directory",
+            fix=f"pass the probe file itself, e.g. --probe {path / 'probe.npz'} ({', '.join(PROBE_SUFFIXES)})",
+        )
     if not path.is_file():
         raise ProbeError(
             f"probe file {path} not found", fix="check the --probe path (or the probe in fdl.toml)"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fdl_cli.errors import ModelError
+from fdl_cli.errors import ModelError, ProbeError
 from fdl_cli.extract import extract, forward_one, model_outputs, resolve_layers
+from fdl_cli.probes import load_probe
 
 torch.set_num_threads(1)
 
@@ -76,3 +79,12 @@ def test_duplicate_layer_is_hooked_once_in_first_mention_order() -> None:
     results = extract(model, layers, x, None, task="none", device=torch.device("cpu"), batch_size=2)
     assert sorted(results) == ["0", "1", "2:input"]
     np.testing.assert_allclose(results["1"].anchor_features, results["2:input"].anchor_features)
+
+
+# ------------------------------------------------------------------------------ --probe DIRECTORY
+
+
+def test_probe_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ProbeError, match="is a directory; expected a probe file") as err:
+        load_probe(tmp_path)
+    assert "not found" not in str(err.value) and str(tmp_path) in str(err.value)
