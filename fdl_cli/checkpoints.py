@@ -506,7 +506,7 @@ def _name_step(path: Path) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
+def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
     if step_regex is not None:
         match = step_regex.search(path.name)
         if match is None or not match.groups() or match.group(1) is None:
@@ -533,6 +533,22 @@ def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tup
             fix=_STEP_FIX,
         )
     return step, "name"
+
+
+#: The store writes steps as int64 (HDF5 attrs and datasets), so discovery accepts exactly that range.
+STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
+
+
+def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
+    step, source = _raw_step_of(path, peek, step_regex)
+    if not STEP_MIN <= step <= STEP_MAX:
+        raise CheckpointError(
+            f"the training step of {path} does not fit a 64-bit integer",
+            got=f"step {step} (from its {source})",
+            fix="steps must be integers in [-2^63, 2^63); rename the file, pass --step-regex, "
+            "or leave it out with --glob",
+        )
+    return step, source
 
 
 def _candidates(

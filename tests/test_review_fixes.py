@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fdl_cli.errors import ModelError, ProbeError
+from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.errors import CheckpointError, ModelError, ProbeError
 from fdl_cli.extract import extract, forward_one, model_outputs, resolve_layers
 from fdl_cli.probes import load_probe
 
@@ -88,3 +89,29 @@ def test_probe_that_is_a_directory_says_so(tmp_path: Path) -> None:
     with pytest.raises(ProbeError, match="is a directory; expected a probe file") as err:
         load_probe(tmp_path)
     assert "not found" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+# ---------------------------------------------------------------------- a step that overflows int64
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3).state_dict()
+
+
+def test_step_beyond_int64_is_refused_at_discovery_naming_the_file(tmp_path: Path) -> None:
+    torch.save(_state(0), tmp_path / "step_5.pt")
+    torch.save(_state(1), tmp_path / "step_99999999999999999999.pt")
+    with pytest.raises(CheckpointError, match="step_99999999999999999999.pt") as err:
+        discover_checkpoints([tmp_path])
+    assert "2^63" in str(err.value)
+    torch.save({"state_dict": _state(2), "step": -(2**63) - 1}, tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match="meta.pt"):
+        discover_checkpoints([tmp_path / "meta.pt"])
+
+
+def test_steps_at_the_int64_limits_and_negative_steps_are_kept(tmp_path: Path) -> None:
+    torch.save(_state(0), tmp_path / f"step_{2**63 - 1}.pt")
+    torch.save({"state_dict": _state(1), "step": -3}, tmp_path / "init.pt")
+    found = discover_checkpoints([tmp_path])
+    assert [(ref.path.name, ref.step) for ref in found.checkpoints] == [("init.pt", -3), (f"step_{2**63 - 1}.pt", 2**63 - 1)]
