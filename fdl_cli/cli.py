@@ -203,8 +203,11 @@ def compare(**kwargs: Any) -> None:
         comparison = rep.compare_runs(
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )
+    console = _stderr_console()
+    if (note := rep.option_difference_note(comparison)) is not None:
+        console.print(f"warning: {note}", markup=False, style="yellow")
     if kwargs["fmt"] == "table":
-        rep.print_comparison(_stderr_console(), comparison)
+        rep.print_comparison(console, comparison)
     else:
         sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
     if kwargs["plots_dir"]:

@@ -615,6 +615,60 @@ class Comparison:
     steps: list[ComparedStep]
     notes: list[str]
     verdict: str
+    option_differences: list[OptionDifference] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OptionDifference:
+    """An analysis choice (an `fdl analyze` option, the layers, the reference step) that differs between runs."""
+
+    option: str
+    a: Any
+    b: Any
+
+
+#: Analysis choices, beyond `provenance["options"]`, whose difference makes field differences mix
+#: analysis with training (the model and the probe are what a comparison is about, or checked elsewhere).
+COMPARED_PROVENANCE = ("layers", "reference_step")
+
+
+def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any]) -> list[OptionDifference]:
+    """The analysis choices recorded in both stores' provenance that differ (options first, by name)."""
+    options_a = provenance_a.get("options") or {}
+    options_b = provenance_b.get("options") or {}
+    pairs = [(name, options_a[name], options_b[name]) for name in sorted(set(options_a) & set(options_b))]
+    pairs += [
+        (name, provenance_a[name], provenance_b[name])
+        for name in COMPARED_PROVENANCE
+        if name in provenance_a and name in provenance_b
+    ]
+    differences = []
+    for name, value_a, value_b in pairs:
+        value_a, value_b = _plain(value_a), _plain(value_b)
+        if value_a != value_b:
+            differences.append(OptionDifference(option=name, a=value_a, b=value_b))
+    return differences
+
+
+def _plain(value: Any) -> Any:
+    """A provenance value as plain Python (lists, not arrays or tuples) so equal choices compare equal."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return _clean(value)
+
+
+def option_difference_note(comparison: Comparison) -> str | None:
+    """One warning naming every analysis choice that differs between the runs (A vs B), or None."""
+    if not comparison.option_differences:
+        return None
+    listing = "; ".join(f"{d.option}: A {d.a!r} vs B {d.b!r}" for d in comparison.option_differences)
+    return (
+        f"the two runs were analysed with different options ({listing}); their field differences "
+        "then mix these analysis choices with differences in training (re-analyse one run with the "
+        "other's options to compare training alone)"
+    )
 
 
 def richer_verdict(steps: Sequence[ComparedStep]) -> str:
@@ -753,7 +807,8 @@ def compare_runs(
         for match in matches
     ]
     return Comparison(
-        path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps)
+        path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps),
+        option_differences=option_differences(run_a.provenance, run_b.provenance),
     )
 
 
@@ -780,6 +835,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         ],
         "notes": list(comparison.notes),
         "verdict": comparison.verdict,
+        "option_differences": [
+            {"option": d.option, "a": d.a, "b": d.b} for d in comparison.option_differences
+        ],
     }
 
 
