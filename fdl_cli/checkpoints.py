@@ -506,12 +506,24 @@ def _name_step(path: Path) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
+class _NoStep(CheckpointError):
+    """No training step for a file; in a folder scan the file is skipped with ``note`` instead."""
+
+    def __init__(self, what: str, *, note: str, got: str | None = None, fix: str | None = None) -> None:
+        super().__init__(what, got=got, fix=fix)
+        self.note = note
+
+
+_SKIP_FIX = "rename it, or select files with --glob"
+
+
 def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
     if step_regex is not None:
         match = step_regex.search(path.name)
-        if match is None or not match.groups() or match.group(1) is None:
-            raise CheckpointError(
+        if match is None or match.group(1) is None:
+            raise _NoStep(
                 f"--step-regex {step_regex.pattern!r} does not match {path.name} with a group",
+                note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match its name ({_SKIP_FIX})",
                 fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
             )
         try:
@@ -527,8 +539,9 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             return int(peek.metadata[key]), f"{source}:{key}"
     step = _name_step(path)
     if step is None:
-        raise CheckpointError(
+        raise _NoStep(
             f"cannot tell the training step of {path}",
+            note=f"skipped {path.name}: no training step in its metadata or name ({_SKIP_FIX})",
             got="no step/global_step/epoch in the file and no integer in its name",
             fix=_STEP_FIX,
         )
@@ -553,7 +566,8 @@ def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tup
 
 def _candidates(
     sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str]
-) -> Iterator[Path]:
+) -> Iterator[tuple[Path, bool]]:
+    """(path, found_by_folder_scan): explicit paths (arguments, stdin) are (path, False)."""
     expanded: list[Path] = []
     for source in sources:
         if str(source) == "-":
@@ -568,9 +582,9 @@ def _candidates(
                 fix="check the path (relative paths are taken from the current folder)",
             )
         if source.is_file() or _hf_weight_files(source):
-            yield source
+            yield source, False
         if source.is_dir():
-            yield from _scan_folder(source, glob, notes)
+            yield from ((path, True) for path in _scan_folder(source, glob, notes))
 
 
 def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[Path]:
@@ -612,7 +626,9 @@ def discover_checkpoints(
     metadata), the keys ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``,
     a training-loop dict's top level, an HF folder's ``trainer_state.json``), else the LAST integer
     of the name without its suffix (``epoch_9`` < ``epoch_10``; ``ckpt-3-of-10`` is step 10, so
-    pass ``--step-regex`` for such names). Non-model files are skipped with a note. Two checkpoints
+    pass ``--step-regex`` for such names). Non-model files are skipped with a note, and so are files
+    found by a folder scan that have no step (no metadata, no integer in the name, or no match of
+    ``step_regex``: ``final.pt``); a file named explicitly without a step is an error. Two checkpoints
     with the same step are an error unless their weights are identical (then the later name is
     dropped with a note and the pair is reported in ``duplicates``); identical weights at different
     steps are kept and reported in ``duplicates``. ``steps`` keeps exactly those steps (all must
@@ -629,11 +645,16 @@ def discover_checkpoints(
                 got=str(exc),
                 fix="e.g. --step-regex 'step_(\\d+)'",
             ) from None
+        if pattern.groups == 0:
+            raise CheckpointError(
+                f"--step-regex {step_regex!r} has no capture group around the step",
+                fix="e.g. --step-regex 'step_(\\d+)' (its first group is the step)",
+            )
     seen: set[Path] = set()
     bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
-    for path in _candidates(sources, stdin, glob, notes):
+    for path, scanned in _candidates(sources, stdin, glob, notes):
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
@@ -649,7 +670,13 @@ def discover_checkpoints(
                 bad.append((path, CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty")))
             continue
         kind = peek.kind
-        step, source = _step_of(path, peek, pattern)
+        try:
+            step, source = _step_of(path, peek, pattern)
+        except _NoStep as exc:
+            if not scanned:
+                raise
+            notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
+            continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong

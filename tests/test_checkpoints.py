@@ -198,17 +198,37 @@ def test_last_integer_of_name_and_step_regex(tmp_path: Path) -> None:
     assert (ref.step, ref.step_source) == (3, "step_regex")
 
 
-def test_step_regex_without_match_names_the_file(tmp_path: Path) -> None:
+def test_step_regex_without_match_skips_in_a_folder_and_names_an_explicit_file(tmp_path: Path) -> None:
     torch.save(_sd(1), tmp_path / "model_1.pt")
-    with pytest.raises(CheckpointError, match="model_1.pt"):
-        discover_checkpoints([tmp_path], step_regex=r"step(\d+)")
+    torch.save(_sd(2), tmp_path / "step2.pt")
+    found = discover_checkpoints([tmp_path], step_regex=r"step(\d+)")
+    assert [(r.path.name, r.step) for r in found.checkpoints] == [("step2.pt", 2)]
+    assert found.notes == [
+        "skipped model_1.pt: --step-regex 'step(\\d+)' does not match its name (rename it, or select files with --glob)"
+    ]
+    with pytest.raises(CheckpointError, match="does not match model_1.pt"):
+        discover_checkpoints([tmp_path / "model_1.pt"], step_regex=r"step(\d+)")
+    with pytest.raises(CheckpointError, match="no capture group"):
+        discover_checkpoints([tmp_path], step_regex=r"step\d+")
 
 
-def test_no_step_anywhere_suggests_step_regex(tmp_path: Path) -> None:
+def test_no_step_anywhere_skips_in_a_folder_and_suggests_step_regex_for_an_explicit_file(tmp_path: Path) -> None:
+    for step in (0, 10):
+        torch.save(_sd(step), tmp_path / f"ckpt_{step}.pt")
     torch.save(_sd(1), tmp_path / "final.pt")
-    with pytest.raises(CheckpointError, match="final.pt") as err:
-        discover_checkpoints([tmp_path])
+    found = discover_checkpoints([tmp_path])
+    assert [r.path.name for r in found.checkpoints] == ["ckpt_0.pt", "ckpt_10.pt"]
+    assert found.notes == [
+        "skipped final.pt: no training step in its metadata or name (rename it, or select files with --glob)"
+    ]
+    with pytest.raises(CheckpointError, match="cannot tell the training step of .*final.pt") as err:
+        discover_checkpoints([tmp_path / "ckpt_0.pt", tmp_path / "final.pt"])
     assert "--step-regex" in str(err.value)
+    (tmp_path / "ckpt_0.pt").unlink()
+    (tmp_path / "ckpt_10.pt").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoints found") as err:
+        discover_checkpoints([tmp_path])
+    assert "skipped final.pt: no training step" in str(err.value)
 
 
 def test_same_step_different_weights_is_an_error_naming_both(tmp_path: Path) -> None:
