@@ -52,10 +52,37 @@ class LayerResult:
     anchor_moment: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def default_layer(model: nn.Module) -> LayerSpec:
-    """The input of the last nn.Linear in registration order (SPEC §1: the penultimate features)."""
+def default_layer(
+    model: nn.Module,
+    *,
+    sample: np.ndarray | None = None,
+    device: torch.device | None = None,
+    dtype: str = "float32",
+) -> LayerSpec:
+    """The input of the last nn.Linear that runs in the forward pass (SPEC §1: the penultimate features).
+
+    sample: (1, ...) or (b, ...) probe inputs; its first row is run once through the model with a
+    hook on every nn.Linear, so a model that registers `head` before `body` still gets the head's
+    input. Without a sample it falls back to the last nn.Linear in registration order, which is only
+    a guess (see `default_layer_by_registration`).
+    """
     if isinstance(model, ProgramModel):
         return LayerSpec(module=LAST_LINEAR_OP, use_input=True)
+    fallback = default_layer_by_registration(model)
+    if sample is None:
+        return fallback
+    executed = linear_execution_order(model, sample, device=device or _model_device(model), dtype=dtype)
+    if not executed:
+        raise ModelError(
+            "no nn.Linear runs in the model's forward pass, so there is no default feature layer",
+            got=f"nn.Linear modules registered but not run: {fallback.module} (the last of them)",
+            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT --probe FILE`)",
+        )
+    return LayerSpec(module=executed[-1], use_input=True)
+
+
+def default_layer_by_registration(model: nn.Module) -> LayerSpec:
+    """The input of the last nn.Linear in registration order: the default when no sample can be run."""
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -70,13 +97,51 @@ def default_layer(model: nn.Module) -> LayerSpec:
     return LayerSpec(module=last, use_input=True)
 
 
-def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[LayerSpec]:
+def linear_execution_order(model: nn.Module, sample: Any, *, device: torch.device, dtype: str) -> list[str]:
+    """Names of the nn.Linear modules in the order their forward calls finish, for one sample.
+
+    sample: a numpy array (its first row is used, converted like the probe) or a ready tensor batch.
+    A Linear called twice appears twice. The model's own errors propagate unchanged.
+    """
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            def hook(_module: nn.Module, _inputs: Any, _output: Any, name: str = name) -> None:
+                order.append(name)
+
+            handles.append(module.register_forward_hook(hook))
+    inputs = sample if isinstance(sample, torch.Tensor) else _inputs(sample[:1], device=device, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def resolve_layers(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    sample: np.ndarray | None = None,
+    device: torch.device | None = None,
+    dtype: str = "float32",
+) -> list[LayerSpec]:
     """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given.
 
+    sample, device, dtype: one probe input to find the default layer by execution order (see
+    `default_layer`); without it the default is the last nn.Linear in registration order.
     A layer named twice (`--layer conv --layer conv`) is hooked once: the list keeps first mentions, in order.
     """
     if not names:
-        return [default_layer(model)]
+        return [default_layer(model, sample=sample, device=device, dtype=dtype)]
     modules = dict(model.named_modules())
     specs = []
     for name in names:

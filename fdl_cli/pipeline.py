@@ -432,9 +432,14 @@ def _validate(ctx: _Context, model: Any) -> None:
     from fdl_cli.extract import forward_one, resolve_layers
     from fdl_cli.probes import validate_probe
 
-    ctx.layers = resolve_layers(model, ctx.layer_names)
+    ctx.layers = []
     for probe in ctx.probes:
         try:
+            if not ctx.layers:
+                # The default layer is found by running this first sample (execution order, not registration).
+                ctx.layers = resolve_layers(
+                    model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                )
             widths, n_outputs = forward_one(model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype)
         except FdlError:
             raise
@@ -447,6 +452,8 @@ def _validate(ctx: _Context, model: Any) -> None:
             ) from None
         validate_probe(probe, n_outputs=n_outputs)
         ctx.n_outputs = n_outputs
+    if not ctx.layers:
+        ctx.layers = resolve_layers(model, ctx.layer_names)
 
 
 def _probe_infos(ctx: _Context) -> list[Any]:
@@ -785,12 +792,14 @@ def inspect_checkpoint(
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
     The sample is the probe's first input; without a probe, the width of the first nn.Linear / Conv
-    decides a random input (inputs of other shapes need --probe).
+    decides a random input (inputs of other shapes need --probe). The default layer is the input of the
+    last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
+    registration order, a guess. `default_basis` says which, in words.
     """
     import torch
 
     from fdl_cli import checkpoints as ckpts
-    from fdl_cli.extract import default_layer, model_outputs
+    from fdl_cli.extract import default_layer_by_registration, model_outputs
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     path = Path(checkpoint)
@@ -829,11 +838,16 @@ def inspect_checkpoint(
                 sample = torch.randn(1, module.in_channels, 32, 32)
                 break
     shapes: dict[str, Any] = {}
+    linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
     for name, module in model.named_modules():
-        def hook(_m: Any, _i: Any, output: Any, name: str = name) -> None:
+        is_linear = isinstance(module, torch.nn.Linear)
+
+        def hook(_m: Any, _i: Any, output: Any, name: str = name, linear: bool = is_linear) -> None:
             value = output[0] if isinstance(output, (tuple, list)) else output
             shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
+            if linear:
+                linears_run.append(name)
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -843,16 +857,25 @@ def inspect_checkpoint(
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"}
+        linears_run.clear()
     finally:
         for handle in handles:
             handle.remove()
-    try:
-        default = default_layer(model)
-        default_module, default_label = default.module, default.label
-        linear = dict(model.named_modules())[default.module]
-        default_features = int(getattr(linear, "in_features", 0)) or None
-    except FdlError:
-        default_module, default_label, default_features = None, None, None
+    default_module: str | None = None
+    if linears_run:
+        default_module = linears_run[-1]
+        source = "the probe's first sample" if probe_spec is not None else "a random input (--probe FILE for a real one)"
+        default_basis = f"the last nn.Linear to run in a forward pass of {source}"
+    else:
+        try:
+            default_module = default_layer_by_registration(model).module
+            default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
+                             "pass --probe FILE to find the one that runs last")
+        except FdlError:
+            default_basis = "none: the model has no nn.Linear; pick --layer NAME"
+    default_label = f"{default_module}:input" if default_module is not None else None
+    linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
+    default_features = int(getattr(linear, "in_features", 0)) or None
     modules = [
         {
             "name": name,
@@ -869,6 +892,7 @@ def inspect_checkpoint(
         "default_module": default_module,
         "default_layer": default_label,
         "default_features": default_features,
+        "default_basis": default_basis,
     }
 
 

@@ -9,10 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.checkpoints import discover_checkpoints, resolve_model_factory
 from fdl_cli.errors import CheckpointError, ModelError, ProbeError
-from fdl_cli.extract import extract, forward_one, model_outputs, resolve_layers
+from fdl_cli.extract import LayerSpec, default_layer, extract, forward_one, model_outputs, resolve_layers
+from fdl_cli.pipeline import inspect_checkpoint
 from fdl_cli.probes import load_probe
+from fdl_cli.store import StoreReader
+from tests.test_analyze import fdl
 
 torch.set_num_threads(1)
 
@@ -115,3 +118,77 @@ def test_steps_at_the_int64_limits_and_negative_steps_are_kept(tmp_path: Path) -
     torch.save({"state_dict": _state(1), "step": -3}, tmp_path / "init.pt")
     found = discover_checkpoints([tmp_path])
     assert [(ref.path.name, ref.step) for ref in found.checkpoints] == [("init.pt", -3), (f"step_{2**63 - 1}.pt", 2**63 - 1)]
+
+
+# ------------------------------------------------------------- default layer by execution order
+
+HEAD_FIRST = '''
+import torch
+from torch import nn
+
+
+class HeadFirst(nn.Module):
+    """Registers `head` before `body`: the last nn.Linear registered is NOT the last one to run."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Linear(4, 16)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+def build():
+    return HeadFirst()
+'''
+
+
+@pytest.fixture()
+def head_first(tmp_path: Path) -> Path:
+    (tmp_path / "model.py").write_text(HEAD_FIRST)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    factory = resolve_model_factory(f"{tmp_path}/model.py:build")
+    for step in (0, 1):
+        model = factory()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1 * step)
+        torch.save(model.state_dict(), ckpts / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    return tmp_path
+
+
+def test_default_layer_is_the_last_linear_to_run_not_the_last_registered(head_first: Path) -> None:
+    model = resolve_model_factory(f"{head_first}/model.py:build")().eval()
+    sample = np.zeros((1, 4), dtype=np.float32)
+    assert default_layer(model, sample=sample).label == "head:input"
+    assert resolve_layers(model, [], sample=sample, device=torch.device("cpu")) == [LayerSpec("head", use_input=True)]
+    assert default_layer(model).label == "body:input"  # no sample: registration order, a guess
+
+
+def test_analyze_hooks_the_input_of_the_last_linear_to_run(head_first: Path) -> None:
+    out = head_first / "run.h5"
+    result = fdl("analyze", head_first / "ckpts", "--model", f"{head_first}/model.py:build",
+                 "--probe", head_first / "probe.npz", "--out", out, "--device", "cpu", "--json")
+    assert result.code == 0, result.stderr
+    assert [(record["step"], record["n_features"]) for record in result.records] == [(0, 16), (1, 16)]
+    with StoreReader(out) as reader:
+        assert reader.series() == [("probe", "head:input")]
+
+
+def test_inspect_says_how_it_chose_the_default_layer(head_first: Path) -> None:
+    checkpoint = str(head_first / "ckpts" / "step_0.pt")
+    spec = f"{head_first}/model.py:build"
+    with_probe = inspect_checkpoint(checkpoint=checkpoint, model_spec=spec, probe_spec=str(head_first / "probe.npz"))
+    assert (with_probe["default_layer"], with_probe["default_features"]) == ("head:input", 16)
+    assert "the last nn.Linear to run" in with_probe["default_basis"]
+    # Without a probe the random input is shaped for `head` (the first nn.Linear), the forward pass
+    # fails, and the default can only be guessed from the registration order.
+    guessed = inspect_checkpoint(checkpoint=checkpoint, model_spec=spec)
+    assert (guessed["default_layer"], guessed["default_features"]) == ("body:input", 4)
+    assert guessed["default_basis"].startswith("a guess") and "--probe" in guessed["default_basis"]
