@@ -42,8 +42,10 @@ MEASURE_FIELDS: Final = (
     "accuracy",
     "loss",
     "regime",
-    # Beyond DESIGN.md's list: R² of a regression probe (SPEC §6).
+    # Beyond DESIGN.md's list: R² of a regression probe (SPEC §6), and the step that cka_prev /
+    # overlap_prev compare with (the checkpoint before this one in step order).
     "r2",
+    "prev_step",
 )
 
 #: All fields of a record, in output order.
@@ -66,6 +68,7 @@ INT_FIELDS: Final = frozenset(
         "k90_utility",
         "k95_utility",
         "k99_utility",
+        "prev_step",
     }
 )
 STR_FIELDS: Final = frozenset({"path", "sha256", "regime", "probe", "layer"})

@@ -120,11 +120,15 @@ class AnalyzeSummary:
     already: list[int] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    #: stored checkpoints whose cka_prev / overlap_prev were recomputed (a new predecessor appeared)
+    refreshed: list[int] = field(default_factory=list)
 
     def message(self) -> str:
         parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
         if self.already:
             parts.append(f"{len(self.already)} already in the store")
+        if self.refreshed:
+            parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = ", ".join(parts) + f" → {self.store}"
@@ -501,6 +505,7 @@ def _analyze_refs(
     model = _prepare(ctx, loaded)
     _validate(ctx, model)
     provenance = _provenance(options, ctx, model_spec)
+    _check_reference_of_store(ctx, out)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
@@ -515,7 +520,10 @@ def _analyze_refs(
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
-                summary.analysed.append(entry.step)
+                if entry.step in summary.already:
+                    summary.refreshed.append(entry.step)
+                else:
+                    summary.analysed.append(entry.step)
                 if on_record is not None:
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
@@ -531,6 +539,25 @@ def _analyze_refs(
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
+
+
+def _check_reference_of_store(ctx: _Context, out: Path) -> None:
+    """Resuming a store made with another reference checkpoint: say which --reference to pass."""
+    if not ctx.options.resume or ctx.options.reference_step is not None or not out.is_file():
+        return
+    from fdl_cli.store import StoreReader
+
+    try:
+        with StoreReader(out) as reader:
+            stored = reader.provenance.get("reference_step")
+    except StoreError:
+        return  # the writer explains what is wrong with the file
+    if stored is not None and stored != ctx.reference_step:
+        raise StoreError(
+            f"{out} was analysed with step {stored} as the reference; this run's first checkpoint is step "
+            f"{ctx.reference_step}",
+            fix=f"pass --reference {stored} to add to it, or --overwrite (or another --out) to start afresh",
+        )
 
 
 def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None) -> list[CheckpointRef]:
@@ -569,6 +596,12 @@ def _run_refs(
 ) -> None:
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
+    if preloaded is not None and completed.get(reference.step) not in (None, "", preloaded[1]):
+        raise StoreError(
+            f"the reference checkpoint (step {reference.step}, {reference.path}) changed since it was analysed",
+            got=f"sha256 {preloaded[1][:16]}… now, {completed[reference.step][:16]}… in {out}",
+            fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+        )
     failed_paths = {path for path, _ in summary.failed}
     todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
     for ref in refs:
@@ -576,19 +609,32 @@ def _run_refs(
             summary.already.append(ref.step)
     if not todo:
         return
-    # The reference goes first: every other checkpoint is compared with it.
-    todo.sort(key=lambda r: (r.step != reference.step, r.step))
+    todo.sort(key=lambda r: r.step)
     reporter.start_run(len(todo))
     steps_in_order = [r.step for r in refs]
     ctx.refs_by_step = {r.step: r for r in refs}
+    # The reference is analysed first (every other checkpoint is compared with it) but stored in its
+    # place in step order, once its predecessor is known (its cka_prev / overlap_prev).
+    held: CheckpointEntry | None = None
+    reference_todo = any(r.step == reference.step for r in todo)
+    if reference_todo and todo[0].step != reference.step:
+        reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
+        try:
+            loaded_reference, reference_sha = preloaded or _load(reference, options.trust_pickle)
+            held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
+        except (CheckpointError, NumericalError) as exc:
+            summary.failed.append((str(reference.path), exc.message))
+            reporter.error(f"{reference.path}: {exc.message}")
+            raise
+        preloaded = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdl-load") as pool:
         pending: dict[int, Future[tuple[LoadedCheckpoint, str]]] = {}
 
         def fetch(index: int) -> None:
             if index < len(todo) and index not in pending:
-                if index == 0 and preloaded is not None and todo[0].step == reference.step:
+                if todo[index].step == reference.step and (held is not None or preloaded is not None):
                     done: Future[tuple[LoadedCheckpoint, str]] = Future()
-                    done.set_result(preloaded)
+                    done.set_result(preloaded if preloaded is not None else (None, ""))  # type: ignore[arg-type]
                     pending[index] = done
                 else:
                     pending[index] = pool.submit(_load, todo[index], options.trust_pickle)
@@ -599,7 +645,10 @@ def _run_refs(
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
                 loaded, sha = pending.pop(index).result()
-                entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+                if ref.step == reference.step and held is not None:
+                    entry: CheckpointEntry | None = _with_previous(ctx, held, steps_in_order, out)
+                else:
+                    entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
                 summary.failed.append((str(ref.path), exc.message))
                 reporter.error(f"{ref.path}: {exc.message}")
@@ -609,6 +658,113 @@ def _run_refs(
             finally:
                 reporter.end_checkpoint()
             announce(writer.add(entry))
+    from fdl_cli.store import StoreWriter
+
+    if isinstance(writer, StoreWriter):
+        _refresh_successors(ctx, writer, out, steps_in_order, completed, announce)
+
+
+def _step_before(step: int, steps_in_order: list[int]) -> int | None:
+    position = steps_in_order.index(step)
+    return steps_in_order[position - 1] if position > 0 else None
+
+
+def ctx_outputs(scalars: dict[str, Any]) -> int:
+    """C, the number of outputs, of a record's scalars (the k of the eigenspace overlap)."""
+    return int(scalars["n_outputs"])
+
+
+def _with_previous(
+    ctx: _Context, held: CheckpointEntry, steps_in_order: list[int], out: Path
+) -> CheckpointEntry:
+    """The reference's entry, analysed ahead of its turn, completed with cka_prev / overlap_prev."""
+    from dataclasses import replace as replace_entry
+
+    previous = _previous_series(ctx, held.step, steps_in_order, out)
+    series = []
+    for item in held.series:
+        key = _series_key(item.probe, item.layer)
+        mine, before = ctx.reference[key], (previous or {}).get(key)
+        scalars = dict(item.scalars)
+        scalars["cka_prev"] = _cka(mine, before) if before else None
+        scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(scalars)) if before else None
+        scalars["prev_step"] = _step_before(held.step, steps_in_order) if before else None
+        series.append(replace_entry(item, scalars=scalars))
+    ctx.previous, ctx.previous_step = ctx.reference, held.step
+    return replace_entry(held, series=tuple(series))
+
+
+def _refresh_successors(
+    ctx: _Context,
+    writer: Any,
+    out: Path,
+    steps_in_order: list[int],
+    stored_before: dict[int, str],
+    announce: Callable[[Sequence[CheckpointEntry]], None],
+) -> None:
+    """Checkpoints analysed between stored ones become their stored successors' "previous": recompute
+    those successors' cka_prev / overlap_prev (an anchor pass of each side) and store them again, so a
+    store filled in several runs holds the numbers of one run over all its checkpoints."""
+    from dataclasses import replace as replace_entry
+
+    from fdl_cli.extract import anchor_features
+    from fdl_cli.store import CheckpointEntry as Entry
+    from fdl_cli.store import StoreReader
+
+    announce(writer.flush())
+    pairs = []
+    with StoreReader(out) as reader:
+        present = set(reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label))
+        for before, successor in zip(steps_in_order, steps_in_order[1:], strict=False):
+            if successor not in stored_before or before in stored_before or before not in present:
+                continue
+            stored = reader.arrays(successor, probe=ctx.probes[0].name, layer=ctx.layers[0].label)
+            if stored.scalars.get("prev_step") != before:
+                pairs.append((before, successor))
+    if not pairs:
+        return
+    options = ctx.options
+
+    def anchors_of(step: int) -> tuple[dict[str, np.ndarray], str]:
+        ref = ctx.refs_by_step[step]
+        loaded, sha = _load(ref, options.trust_pickle)
+        model = _prepare(ctx, loaded)
+        feats = {}
+        for probe in ctx.probes:
+            found = anchor_features(
+                model, ctx.layers, probe.x, device=ctx.device, dtype=options.dtype,
+                batch_size=options.batch_size, anchor_size=options.anchor_size,
+            )
+            feats.update({f"{probe.name}\0{label}": value for label, value in found.items()})
+        return feats, sha
+
+    for before, successor in pairs:
+        ref = ctx.refs_by_step[successor]
+        before_feats, _ = anchors_of(before)
+        after_feats, sha = anchors_of(successor)
+        if sha != stored_before[successor]:
+            raise StoreError(
+                f"the checkpoint at step {successor} ({ref.path}) changed since it was analysed",
+                got=f"sha256 {sha[:16]}… now, {stored_before[successor][:16]}… in {out}",
+                fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+            )
+        series = []
+        with StoreReader(out) as reader:
+            for probe in ctx.probes:
+                for spec in ctx.layers:
+                    name = f"{probe.name}\0{spec.label}"
+                    old = reader.arrays(before, probe=probe.name, layer=spec.label)
+                    new = reader.arrays(successor, probe=probe.name, layer=spec.label)
+                    mine = _Series(anchor=after_feats[name], eigenfunctions=np.asarray(new.eigenfunctions, np.float64))
+                    earlier = _Series(anchor=before_feats[name], eigenfunctions=np.asarray(old.eigenfunctions, np.float64))
+                    scalars = dict(new.scalars)
+                    scalars["cka_prev"] = _cka(mine, earlier)
+                    scalars["overlap_prev"] = _overlap(mine, earlier, ctx_outputs(scalars))
+                    scalars["prev_step"] = before
+                    series.append(replace_entry(new, scalars=scalars))
+        ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, analysed in between")
+        announce(writer.add(Entry(step=successor, path=str(ref.path), sha256=sha, series=tuple(series))))
+    announce(writer.flush())
 
 
 def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> None:
@@ -753,6 +909,7 @@ def _analyze_one(
             scalars["overlap_init"] = _overlap(mine, base, n_outputs)
             scalars["cka_prev"] = _cka(mine, before) if before else None
             scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
+            scalars["prev_step"] = _step_before(ref.step, steps_in_order) if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
@@ -942,6 +1099,7 @@ def _analyze_distributed(
     if options.watch:
         raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
     writer = None
+    stored_shas: dict[int, str] = {}
     status: tuple[str, Any] = ("ok", None)
     if world.writes:
         try:
@@ -952,7 +1110,8 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
             )
-            status = ("ok", sorted(writer.completed()))
+            stored_shas = writer.completed()
+            status = ("ok", sorted(stored_shas))
         except FdlError as exc:
             status = ("error", exc.message)
             raise
@@ -993,6 +1152,17 @@ def _analyze_distributed(
         if writer is not None and gathered is not None:
             try:
                 _write_gathered(ctx, writer, gathered, summary, on_record)
+                tagged = len(ctx.probes) * len(ctx.layers) > 1
+
+                def announce(entries: Sequence[CheckpointEntry]) -> None:
+                    for entry in entries:
+                        (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
+                        if on_record is not None:
+                            for record in entry_records(entry, tagged=tagged):
+                                on_record(record)
+
+                ctx.refs_by_step = {r.step: r for r in refs}
+                _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
                 failures = [part[2] for part in gathered if part[2] is not None]
                 first_failure = failures[0] if failures else None
             except FdlError as exc:

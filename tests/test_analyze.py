@@ -416,3 +416,69 @@ def test_mixed_precision_keeps_float64_statistics(run: Path, tmp_path: Path) -> 
         assert b["rank"] >= 1 and 0.0 <= b["d_lr"] <= 1.0
     with StoreReader(tmp_path / "bf16.h5") as reader:
         assert reader.provenance["options"]["dtype"] == "bfloat16"
+
+
+def _stored_records(store: Path) -> list[dict]:
+    with StoreReader(store) as reader:
+        return reader.records()
+
+
+def test_reference_not_first_still_compares_with_its_predecessor(run: Path, tmp_path: Path) -> None:
+    plain = analyze(run, tmp_path / "plain.h5")
+    late = analyze(run, tmp_path / "late.h5", "--reference", "20")
+    assert plain.code == 0 and late.code == 0, late.stderr
+    assert [r["step"] for r in late.records] == [0, 10, 20, 30]
+    by_step = {r["step"]: r for r in late.records}
+    expected = {r["step"]: r for r in plain.records}
+    assert by_step[20]["cka_init"] == pytest.approx(1.0)
+    for step in (10, 20, 30):
+        for name in ("cka_prev", "overlap_prev", "prev_step"):
+            assert by_step[step][name] == pytest.approx(expected[step][name], rel=1e-12), (step, name)
+    assert by_step[0]["prev_step"] is None and by_step[20]["prev_step"] == 10
+
+
+def test_filling_gaps_in_several_runs_equals_one_run(run: Path, tmp_path: Path) -> None:
+    """cka_prev of a stored checkpoint is updated when its new predecessor is analysed later."""
+    whole = analyze(run, tmp_path / "whole.h5")
+    store = tmp_path / "gaps.h5"
+    assert analyze(run, store, "--steps", "0,20").code == 0
+    assert _stored_records(store)[1]["prev_step"] == 0
+    second = analyze(run, store)
+    assert second.code == 0, second.stderr
+    assert "1 updated (a new previous checkpoint)" in second.stderr
+    assert sorted(r["step"] for r in second.records) == [10, 20, 30]
+    got = _stored_records(store)
+    assert len(got) == len(whole.records)
+    for mine, expected in zip(got, whole.records, strict=True):
+        # the updated cka_prev takes its self-norm from the anchors, not the pass: last-digit rounding
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert mine[name] == pytest.approx(value, rel=1e-12), (mine["step"], name)
+            else:
+                assert mine[name] == value, (mine["step"], name)
+
+
+def test_a_changed_reference_checkpoint_is_refused(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "changing"
+    folder.mkdir()
+    for step in (0, 10):
+        (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / f"epoch_{step}.pt").read_bytes())
+    store = tmp_path / "ch.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    before = store.read_bytes()
+    (folder / "epoch_0.pt").write_bytes((run / "ckpts" / "epoch_30.pt").read_bytes())
+    again = analyze(run, store, sources=(str(folder),))
+    assert again.code == 1
+    assert "changed since it was analysed" in again.stderr and "--overwrite" in again.stderr
+    assert store.read_bytes() == before
+
+
+def test_resuming_with_another_first_step_names_the_reference_to_pass(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "ref.h5"
+    assert analyze(run, store, "--steps", "10,20").code == 0
+    refused = analyze(run, store)
+    assert refused.code == 1
+    assert "--reference 10" in refused.stderr
+    fine = analyze(run, store, "--reference", "10")
+    assert fine.code == 0, fine.stderr
+    assert sorted(r["step"] for r in _stored_records(store)) == [0, 10, 20, 30]

@@ -108,14 +108,16 @@ def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]
 
 
 def test_two_ranks_resume_a_partial_store(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
-    """The steps already stored are read back (cka_prev of step 30 stays the one to step 0, as in one process)."""
+    """The steps already stored are read back; step 30, stored with step 0 as its previous checkpoint,
+    is updated to compare with step 20 once that is analysed (as in one process)."""
     run, _ = run_and_single
     single, out = tmp_path / "single.h5", tmp_path / "partial.h5"
     for store in (single, out):
         _single(run, store, steps=(0, 30))
     _single(run, single)
     records = _torchrun(run, out)
-    assert sorted(r["step"] for r in records) == [10, 20, 40, 50, 60]
+    assert sorted(r["step"] for r in records) == [10, 20, 30, 40, 50, 60]
+    assert next(r for r in records if r["step"] == 30)["prev_step"] == 20
     _assert_same(_stored(single), _stored(out))
 
 

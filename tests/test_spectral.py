@@ -132,7 +132,7 @@ def test_every_measure_matches_brute_force(kind: str, center: bool) -> None:
     ref = reference_measures(case["features"], case["outputs"], center=center, **y)
     assert_matches_reference(got, ref, case["features"])
     assert set(got.scalars) | {"cka_init", "cka_prev", "overlap_init", "overlap_prev", "param_norm",
-                               "param_dist_init", "regime"} == set(MEASURE_FIELDS)
+                               "param_dist_init", "regime", "prev_step"} == set(MEASURE_FIELDS)
 
 
 @pytest.mark.parametrize("center", [False, True])
