@@ -134,8 +134,9 @@ def inspect(**kwargs: Any) -> None:
         table.add_row(row["name"] or "(model)", row["type"], str(row["output_shape"]), str(row["parameters"]) + marker)
     console = _stderr_console()
     console.print(table)
+    basis = result.get("default_basis", "the input of the last nn.Linear")
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] "
-                  f"(the input of the last nn.Linear, {result['default_features']} features)")
+                  f"({result['default_features']} features; {basis})")
 
 
 # ------------------------------------------------------------------------------- reading commands
