@@ -312,9 +312,34 @@ def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Ten
 def forward_one(
     model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
 ) -> tuple[dict[str, int], int]:
-    """One forward pass of one sample: the width of each layer's features and the number of outputs."""
-    with torch.inference_mode(), hooked(model, layers) as captured:
-        outputs = model_outputs(model(_inputs(sample[:1], device=device, dtype=dtype)))
+    """One forward pass of one sample: the width of each layer's features and the number of outputs.
+
+    A module that runs more than once per forward pass (a shared activation, a block applied twice)
+    is refused: its hook would see only the last call, silently.
+    """
+    calls: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    counters = [
+        modules[spec.module].register_forward_hook(
+            lambda *_args, label=spec.label: calls.__setitem__(label, calls.get(label, 0) + 1)
+        )
+        for spec in layers
+        if spec.module in modules and spec.module != LAST_LINEAR_OP
+    ]
+    try:
+        with torch.inference_mode(), hooked(model, layers) as captured:
+            outputs = model_outputs(model(_inputs(sample[:1], device=device, dtype=dtype)))
+    finally:
+        for handle in counters:
+            handle.remove()
+    repeated = {label: count for label, count in calls.items() if count > 1}
+    if repeated:
+        label, count = next(iter(repeated.items()))
+        raise ModelError(
+            f"layer {label!r} runs {count} times in one forward pass, so its features are ambiguous",
+            fix="hook a module that runs once (e.g. the block around it; see `fdl inspect`), or give the "
+            "shared module a separate instance per use in the model",
+        )
     missing = [spec.label for spec in layers if spec.label not in captured]
     if missing:
         raise ModelError(

@@ -456,6 +456,12 @@ def _validate(ctx: _Context, model: Any) -> None:
             ) from None
         validate_probe(probe, n_outputs=n_outputs)
         ctx.n_outputs = n_outputs
+        n = int(probe.x.shape[0])
+        if n < max(10, 2 * n_outputs):
+            ctx.reporter.warn(
+                f"probe {probe.name!r} has only {n} samples for {n_outputs} outputs: its spectrum, D_LR and CKA "
+                "are dominated by sampling noise; use a larger probe"
+            )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
 

@@ -482,3 +482,43 @@ def test_resuming_with_another_first_step_names_the_reference_to_pass(run: Path,
     fine = analyze(run, store, "--reference", "10")
     assert fine.code == 0, fine.stderr
     assert sorted(r["step"] for r in _stored_records(store)) == [0, 10, 20, 30]
+
+
+SHARED_ACTIVATION = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    return nn.Sequential(nn.Linear(4, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 3))
+'''
+
+
+def test_a_module_that_runs_twice_is_refused_as_a_layer(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "net.py").write_text(SHARED_ACTIVATION)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 3))
+    state = {k: v for k, v in net.state_dict().items()}
+    torch.save(state, folder / "step_0.pt")
+    result = fdl("analyze", folder, "--model", folder / "net.py:build", "--probe", run / "probe.npz",
+                 "--layer", "1", "--out", tmp_path / "s.h5")
+    assert result.code == 1
+    assert "runs 2 times in one forward pass" in result.stderr and "Traceback" not in result.stderr
+    # The default layer (input of the last Linear) runs once and is fine.
+    fine = fdl("analyze", folder, "--model", folder / "net.py:build", "--probe", run / "probe.npz",
+               "--out", tmp_path / "ok.h5")
+    assert fine.code == 0, fine.stderr
+
+
+def test_a_tiny_probe_is_warned_about(run: Path, tmp_path: Path) -> None:
+    data = np.load(run / "probe.npz")
+    np.savez(tmp_path / "tiny.npz", x=data["x"][:5], y=data["y"][:5])
+    result = fdl("analyze", run / "ckpts", "--model", f"{run}/model.py:build", "--probe", tmp_path / "tiny.npz",
+                 "--steps", "0,10", "--out", tmp_path / "t.h5")
+    assert result.code == 0, result.stderr
+    assert "has only 5 samples for 3 outputs" in result.stderr
