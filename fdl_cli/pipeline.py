@@ -713,7 +713,6 @@ def _refresh_successors(
     store filled in several runs holds the numbers of one run over all its checkpoints."""
     from dataclasses import replace as replace_entry
 
-    from fdl_cli.extract import anchor_features
     from fdl_cli.store import CheckpointEntry as Entry
     from fdl_cli.store import StoreReader
 
@@ -729,73 +728,67 @@ def _refresh_successors(
                 pairs.append((before, successor))
     if not pairs:
         return
-    options = ctx.options
-
-    def anchors_of(step: int) -> tuple[dict[str, np.ndarray], str]:
-        ref = ctx.refs_by_step[step]
-        loaded, sha = _load(ref, options.trust_pickle)
-        model = _prepare(ctx, loaded)
-        feats = {}
-        for probe in ctx.probes:
-            found = anchor_features(
-                model, ctx.layers, probe.x, device=ctx.device, dtype=options.dtype,
-                batch_size=options.batch_size, anchor_size=options.anchor_size,
-            )
-            feats.update({f"{probe.name}\0{label}": value for label, value in found.items()})
-        return feats, sha
-
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
-        before_feats, _ = anchors_of(before)
-        after_feats, sha = anchors_of(successor)
-        if sha != stored_before[successor]:
-            raise StoreError(
-                f"the checkpoint at step {successor} ({ref.path}) changed since it was analysed",
-                got=f"sha256 {sha[:16]}… now, {stored_before[successor][:16]}… in {out}",
-                fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
-            )
-        series = []
         with StoreReader(out) as reader:
+            before_loaded, _ = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
+            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded), reader)
+            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            if sha != stored_before[successor]:
+                raise StoreError(
+                    f"the checkpoint at step {successor} ({ref.path}) changed since it was analysed",
+                    got=f"sha256 {sha[:16]}… now, {stored_before[successor][:16]}… in {out}",
+                    fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+                )
+            later = _stored_series(ctx, successor, _prepare(ctx, loaded), reader)
+            series = []
             for probe in ctx.probes:
                 for spec in ctx.layers:
-                    name = f"{probe.name}\0{spec.label}"
-                    old = reader.arrays(before, probe=probe.name, layer=spec.label)
-                    new = reader.arrays(successor, probe=probe.name, layer=spec.label)
-                    mine = _Series(anchor=after_feats[name], eigenfunctions=np.asarray(new.eigenfunctions, np.float64))
-                    earlier = _Series(anchor=before_feats[name], eigenfunctions=np.asarray(old.eigenfunctions, np.float64))
-                    scalars = dict(new.scalars)
-                    scalars["cka_prev"] = _cka(mine, earlier)
-                    scalars["overlap_prev"] = _overlap(mine, earlier, ctx_outputs(scalars))
+                    key = _series_key(probe.name, spec.label)
+                    stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
+                    scalars = dict(stored.scalars)
+                    scalars["cka_prev"] = _cka(later[key], earlier[key])
+                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], ctx_outputs(scalars))
                     scalars["prev_step"] = before
-                    series.append(replace_entry(new, scalars=scalars))
+                    series.append(replace_entry(stored, scalars=scalars))
         ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, analysed in between")
         announce(writer.add(Entry(step=successor, path=str(ref.path), sha256=sha, series=tuple(series))))
     announce(writer.flush())
+
+
+def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tuple[str, str], _Series]:
+    """A stored checkpoint's series: its anchor features (one anchor pass of `model`, which holds its
+    weights) with the eigenfunction values the store holds for it."""
+    from fdl_cli.extract import anchor_features
+
+    result = {}
+    for probe in ctx.probes:
+        sums: dict[str, Any] = {}
+        feats = anchor_features(
+            model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
+            batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
+        )
+        for spec in ctx.layers:
+            stored = reader.arrays(step, probe=probe.name, layer=spec.label)
+            anchor = feats[spec.label]
+            result[_series_key(probe.name, spec.label)] = _Series(
+                anchor=anchor, eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
+                self_norm=_anchor_self_norm(sums.get(spec.label), anchor, ctx.options.product_dtype),
+            )
+    return result
 
 
 def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> None:
     """Rebuild the reference's anchor features and eigenfunctions when it is already in the store."""
     if ctx.reference:
         return
-    from fdl_cli.extract import anchor_features
     from fdl_cli.store import StoreReader
 
     loaded, _ = _load(reference, ctx.options.trust_pickle)
     model = _prepare(ctx, loaded)
     ctx.reference_state = _state_of(loaded, model)
     with StoreReader(out) as reader:
-        for probe in ctx.probes:
-            sums: dict[str, Any] = {}
-            feats = anchor_features(
-                model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
-                batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
-            )
-            for spec in ctx.layers:
-                stored = reader.arrays(reference.step, probe=probe.name, layer=spec.label)
-                ctx.reference[_series_key(probe.name, spec.label)] = _Series(
-                    anchor=feats[spec.label], eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
-                    self_norm=_anchor_self_norm(sums.get(spec.label), feats[spec.label], ctx.options.product_dtype),
-                )
+        ctx.reference = _stored_series(ctx, reference.step, model, reader)
 
 
 def _previous_series(
@@ -810,7 +803,6 @@ def _previous_series(
         return ctx.previous
     if previous == ctx.reference_step and ctx.reference:
         return ctx.reference
-    from fdl_cli.extract import anchor_features
     from fdl_cli.store import StoreReader
 
     ref = ctx.refs_by_step.get(previous)
@@ -821,24 +813,9 @@ def _previous_series(
             if previous not in reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label):
                 return None
             loaded, _ = _load(ref, ctx.options.trust_pickle)
-            model = _prepare(ctx, loaded)
-            result = {}
-            for probe in ctx.probes:
-                sums: dict[str, Any] = {}
-                feats = anchor_features(
-                    model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
-                    batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
-                )
-                for spec in ctx.layers:
-                    stored = reader.arrays(previous, probe=probe.name, layer=spec.label)
-                    anchor = feats[spec.label]
-                    result[_series_key(probe.name, spec.label)] = _Series(
-                        anchor=anchor, eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
-                        self_norm=_anchor_self_norm(sums.get(spec.label), anchor, ctx.options.product_dtype),
-                    )
+            return _stored_series(ctx, previous, _prepare(ctx, loaded), reader)
     except (StoreError, FileNotFoundError):
         return None
-    return result
 
 
 def _state_of(loaded: LoadedCheckpoint, model: Any) -> dict[str, Any]:
