@@ -57,17 +57,20 @@ def cli() -> None:
 )
 @click.option(
     "--layer", "layers", multiple=True, metavar="NAME",
-    help="Module whose output is the feature map (NAME:input for its input). Default: input of the last nn.Linear.",
+    help="Module whose output is the feature map (NAME:input for its input). Default: input of the last nn.Linear to run.",
 )
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Store file (default: ./<folder>.fdl.h5).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:i.")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--center", is_flag=True, help="Use the centered feature covariance (default: uncentered).")
-@click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Eigenvectors / eigenfunctions stored per checkpoint.")
+@click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="First m probe points on which CKA, overlaps and eigenfunction values are taken.")
 @click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
-@click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True))
+@click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Share η of the centered output energy spanned in D_LR (1: every direction).")
 @click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.")
 @click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
