@@ -761,15 +761,7 @@ def compare_runs(
 
     The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one).
     """
-    for run in (run_a, run_b):
-        if len(run.series) != 1:
-            labels = ", ".join(series.label for series in run.series)
-            raise StoreError(
-                f"{run.path} holds several series; compare needs one per run",
-                got=labels,
-                fix="pick one with --probe NAME and/or --layer NAME",
-            )
-    series_a, series_b = run_a.series[0], run_b.series[0]
+    series_a, series_b = (_single_series(run, "compare needs one per run") for run in (run_a, run_b))
     if overlap:
         check_same_probe(run_a, series_a, run_b, series_b)
     matches = align_steps(series_a.steps, series_b.steps)
@@ -957,11 +949,11 @@ def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
     return {step: _per_step_array(entry, what) for step, entry in arrays.items()}
 
 
-def _single_series(run: Run) -> Series:
+def _single_series(run: Run, why: str = "export writes one") -> Series:
     if len(run.series) != 1:
         labels = ", ".join(series.label for series in run.series)
         raise StoreError(
-            f"{run.path} holds several series; export writes one",
+            f"{run.path} holds several series; {why}",
             got=labels,
             fix="pick one with --probe NAME and/or --layer NAME",
         )
