@@ -44,6 +44,7 @@ class MomentAccumulator:
         self._sums: dict[str, Any] = {}
         self._kept: list[Any] = []
         self.n = 0
+        self._width = self._features = 0  # C and p of the batches so far
         self._torch: Any = None
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
@@ -90,34 +91,41 @@ class MomentAccumulator:
             )
         feats = self._as64(features).reshape(batch, -1)
         outs = self._as64(outputs).reshape(batch, -1)
+        if self.n and (int(outs.shape[1]) != self._width or int(feats.shape[1]) != self._features):
+            raise NumericalError(
+                "the batches of one pass differ in width",
+                got=f"{int(feats.shape[1])} features and {int(outs.shape[1])} outputs after "
+                f"{self._features} and {self._width}",
+                fix="give every batch the same features and outputs",
+            )
+        if self.task != "none" and targets is None:
+            raise ProbeError(
+                f"the probe was declared with {self.task} targets but a batch has none",
+                fix="pass the targets of every batch",
+            )
+        # The outputs and the (one-hot) targets side by side, S = [Ŷ | Y]: two products per batch,
+        # FᵀS and SᵀS, give Σφŷᵀ, Σφyᵀ (= the class sums of φ), Σŷŷᵀ, Σŷyᵀ and Σyyᵀ at once.
+        if self.task == "none":
+            side = outs
+        else:
+            onehot = self._targets(targets, batch, int(outs.shape[1]), device=feats.device if self._torch else None)
+            side = self._torch.cat([outs, onehot], 1) if self._torch is not None else np.hstack([outs, onehot])
         self._add("sum_f", feats.sum(0))
-        self._add("sum_o", outs.sum(0))
-        self._add("sum_oo", self._product(outs, outs))
-        self._add("sum_fo", self._product(feats, outs))
+        self._add("sum_s", side.sum(0))
+        self._add("sum_ss", self._product(side, side))
+        self._add("sum_fs", self._product(feats, side))
         if self.keep_features:
             self._kept.append(feats)
         else:
             self._add("sum_ff", self._product(feats, feats))
-        if self.task != "none":
-            if targets is None:
-                raise ProbeError(
-                    f"the probe was declared with {self.task} targets but a batch has none",
-                    fix="pass the targets of every batch",
-                )
-            onehot = self._targets(targets, batch, int(outs.shape[1]))
-            self._add("sum_y", onehot.sum(0))
-            self._add("sum_yy", self._product(onehot, onehot))
-            self._add("sum_fy", self._product(feats, onehot))
-            self._add("sum_oy", self._product(outs, onehot))
-            if self.task == "classes":
-                self._add("class_counts", onehot.sum(0))
-                self._add("class_sum_f", self._product(onehot, feats))
-                labels = targets.reshape(-1)
-                correct = (outs.argmax(1) == (labels.to(outs.device) if self._torch else labels)).sum()
-                self._add("n_correct", correct)
+        if self.task == "classes":
+            labels = targets.reshape(-1)
+            correct = (outs.argmax(1) == (labels.to(outs.device) if self._torch else labels)).sum()
+            self._add("n_correct", correct)
+        self._width, self._features = int(outs.shape[1]), int(feats.shape[1])
         self.n += batch
 
-    def _targets(self, targets: Any, batch: int, n_outputs: int) -> Any:
+    def _targets(self, targets: Any, batch: int, n_outputs: int, *, device: Any = None) -> Any:
         if self.task == "regression":
             values = self._as64(targets).reshape(batch, -1)
             if int(values.shape[1]) != n_outputs:
@@ -129,7 +137,7 @@ class MomentAccumulator:
             return values
         labels = targets.reshape(-1)
         if self._torch is not None:
-            labels = labels.to(device=self._sums["sum_f"].device)
+            labels = labels.to(device=device)
             # On an accelerator the range check would stall the stream every batch; the pipeline
             # validates the labels once, up front (probes.validate_probe).
             low, high = (int(labels.min()), int(labels.max())) if labels.device.type == "cpu" else (0, 0)
@@ -176,20 +184,25 @@ class MomentAccumulator:
             else:
                 features = np.concatenate(self._kept)
         correct = self._sums.get("n_correct", 0)
+        c = self._width
+        sum_s, sum_ss, sum_fs = host("sum_s"), host("sum_ss"), host("sum_fs")
+        assert sum_s is not None and sum_ss is not None and sum_fs is not None
+        targets = self.task != "none"
+        sum_fy = np.ascontiguousarray(sum_fs[:, c:]) if targets else None
         return Moments(
             n=self.n,
             sum_f=host("sum_f"),  # type: ignore[arg-type]
             sum_ff=host("sum_ff"),
-            sum_o=host("sum_o"),  # type: ignore[arg-type]
-            sum_oo=host("sum_oo"),  # type: ignore[arg-type]
-            sum_fo=host("sum_fo"),  # type: ignore[arg-type]
+            sum_o=sum_s[:c].copy(),
+            sum_oo=np.ascontiguousarray(sum_ss[:c, :c]),
+            sum_fo=np.ascontiguousarray(sum_fs[:, :c]),
             task=self.task,
-            sum_y=host("sum_y"),
-            sum_yy=host("sum_yy"),
-            sum_fy=host("sum_fy"),
-            sum_oy=host("sum_oy"),
-            class_counts=host("class_counts"),
-            class_sum_f=host("class_sum_f"),
+            sum_y=sum_s[c:].copy() if targets else None,
+            sum_yy=np.ascontiguousarray(sum_ss[c:, c:]) if targets else None,
+            sum_fy=sum_fy,
+            sum_oy=np.ascontiguousarray(sum_ss[:c, c:]) if targets else None,
+            class_counts=sum_s[c:].copy() if self.task == "classes" else None,
+            class_sum_f=np.ascontiguousarray(sum_fy.T) if self.task == "classes" and sum_fy is not None else None,
             n_correct=int(correct),
             features=features,
         )

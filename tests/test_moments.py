@@ -217,6 +217,13 @@ def test_errors_say_what_and_how_to_fix() -> None:
         MomentAccumulator(task="regression").update(probe["features"], probe["outputs"], np.zeros((N, 1)))
     with pytest.raises(NumericalError, match="no samples"):
         MomentAccumulator().moments()
+    widths = MomentAccumulator(task="classes")
+    widths.update(probe["features"][:10], probe["outputs"][:10], probe["targets"][:10])
+    with pytest.raises(NumericalError, match="differ in width") as info:
+        widths.update(probe["features"][10:20, :5], probe["outputs"][10:20], probe["targets"][10:20])
+    assert "5 features" in info.value.message and "fix:" in info.value.message
+    with pytest.raises(NumericalError, match="differ in width"):
+        widths.update(probe["features"][10:20], probe["outputs"][10:20, :2], probe["targets"][10:20])
     with pytest.raises(ValueError):
         MomentAccumulator(task="bogus")
     with pytest.raises(ValueError):
