@@ -11,14 +11,19 @@ accumulator (float64 sums, as fdl keeps), and eigen-decompose the p×p sum once.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file
+# As `fdl` does at its entry point (fdl_cli/cli.py, BLAS_ENVIRONMENT): OpenBLAS workers that spin
+# after numpy's eigh would otherwise slow the next torch operations; the floor is the best case.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402

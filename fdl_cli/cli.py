@@ -7,6 +7,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -82,6 +83,9 @@ def cli() -> None:
               help="dtype of the per-batch feature products (sums are always float64). float32: about 2x faster "
                    "per-batch products; measures may move by up to ~1e-4 relative (see docs/benchmarks.md); "
                    "float64 is exact.")
+@click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
+                   "float32: about 2x faster; CKA moves by at most ~1e-7 (see docs/measures.md).")
 @click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
 @click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
 @click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
@@ -299,8 +303,24 @@ def classify(**kwargs: Any) -> None:
 # -------------------------------------------------------------------------------------- entry point
 
 
+#: OpenBLAS (numpy's BLAS) keeps its worker threads spinning for ~2^28 cycles (~0.1 s) after each
+#: call. `fdl analyze` alternates numpy (eigh, SVDs, small products) with torch, whose OpenMP threads
+#: want the same cores, dozens of times per checkpoint: the spinning workers slowed every torch
+#: operation after a numpy call, `fdl analyze` by ~25 % on 2 cores (docs/benchmarks.md). 2^4 cycles
+#: make them sleep at once; the libraries' thread counts are unchanged, and a user's setting wins.
+#: It only takes effect before numpy is first imported, hence here, at the entry point.
+BLAS_ENVIRONMENT = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+def configure_blas_threads(environ: Any = os.environ) -> None:
+    """Set BLAS_ENVIRONMENT's variables that the user has not set."""
+    for name, value in BLAS_ENVIRONMENT.items():
+        environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
+    configure_blas_threads()
     try:
         cli.main(args=argv, prog_name="fdl", standalone_mode=False)
     except click.exceptions.Abort:

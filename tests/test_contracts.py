@@ -50,6 +50,28 @@ def test_help_does_not_load_torch() -> None:
         assert "torch" not in _loaded_after(statement), args
 
 
+def test_blas_threads_are_configured_before_numpy_loads() -> None:
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads: the entry point must set it first."""
+    assert "numpy" not in _loaded_after("import fdl_cli.cli")
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None)\n"
+        "from fdl_cli.cli import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "4"
+    from fdl_cli.cli import configure_blas_threads
+
+    mine = {"OPENBLAS_THREAD_TIMEOUT": "20"}
+    configure_blas_threads(mine)
+    assert mine == {"OPENBLAS_THREAD_TIMEOUT": "20"}  # the user's choice is kept
+
+
 def _top_level_imports(path: Path) -> set[str]:
     """Modules imported at module level (not inside functions)."""
     tree = ast.parse(path.read_text())
