@@ -406,7 +406,7 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
     if moments.features is not None and moments.sum_ff is None:
         total = np.sum((moments.features @ left) ** 2, axis=0)
     else:
-        total = np.einsum("pj,pq,qj->j", left, moments.second_moment_sum(), left)
+        total = np.sum(left * (moments.second_moment_sum() @ left), axis=0)  # diag(LᵀML), one BLAS product
     within_class = (total - np.sum(counts[present, None] * (means @ left) ** 2, axis=0)) / moments.n
     within_class = np.maximum(within_class, 0.0)
     return float(np.sum(within_class * n_present / singular**2) / n_present)

@@ -447,3 +447,23 @@ def test_bad_manifest(tmp_path: Path) -> None:
     (tmp_path / "fdl.toml").write_text("layer = 3\n")
     with pytest.raises(CheckpointError, match="layer"):
         read_manifest(tmp_path)
+
+
+def test_finite_check_by_sum_is_exact() -> None:
+    """The one-pass finite check: a NaN or an Inf anywhere is found; finite values whose sum
+    overflows are not mistaken for Inf (the entries are then checked one by one)."""
+    from fdl_cli.checkpoints import _all_finite
+
+    values = torch.linspace(-1.0, 1.0, 1001)
+    assert _all_finite(values) and _all_finite(torch.empty(0))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = values.clone()
+        broken[517] = bad
+        assert not _all_finite(broken), bad
+    both = values.clone()
+    both[3], both[9] = float("inf"), float("-inf")
+    assert not _all_finite(both)
+    huge = torch.full((8,), 60000.0, dtype=torch.float16)  # the float16 sum overflows; every entry is finite
+    assert not bool(torch.isfinite(huge.sum())) and _all_finite(huge)
+    assert _all_finite(torch.full((4,), 3e38)) and not _all_finite(torch.tensor([3e38, float("nan")]))
+    assert not _all_finite(torch.tensor([1 + 1j, complex(0, float("nan"))]))
