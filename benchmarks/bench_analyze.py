@@ -27,7 +27,7 @@ def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, 
     tail = [
         "analyze", str(run), "--model", f"{MODELS_FILE}:{model}", "--probe", str(run / "probe.npz"),
         "--out", str(out), "--overwrite", "--device", args.device, "--batch-size", str(args.batch_size),
-        "--product-dtype", args.product_dtype,
+        "--product-dtype", args.product_dtype, "--cka-dtype", args.cka_dtype,
     ] + (["--shard-probe"] if args.shard_probe and nproc > 1 else [])
     if nproc == 1:
         return [sys.executable, "-m", "fdl_cli", *tail]
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--cka-dtype", choices=["float64", "float32"], default="float64",
+                        help="fdl analyze's --cka-dtype (the floor computes no CKA)")
     parser.add_argument("--nproc", type=lambda s: [int(v) for v in s.split(",")], default=[1],
                         help="also run under torchrun with these process counts, e.g. 1,2")
     parser.add_argument("--shard-probe", action="store_true", help="with --nproc > 1: shard the probe too")

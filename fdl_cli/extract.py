@@ -41,7 +41,10 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class LayerResult:
-    """What one probe pass gives for one layer: statistics and the anchor features (m, p) float64.
+    """What one probe pass gives for one layer: statistics and the anchor features (m, p).
+
+    anchor_features keep the dtype the model computed them in (float32 by default; float16 and
+    bfloat16 are upcast to float32, exactly): a float64 copy would only cost time and memory.
 
     anchor_moment: (Σφφᵀ (p, p), Σφ (p,)) float64 over the anchor subset alone, a by-product of the
     pass (None in the Gram route): CKA needs the anchors' own second moment and need not recompute it.
@@ -401,7 +404,7 @@ def extract(
                     if stop == anchor_count:
                         anchor_moments[spec.label] = accumulator.second_moment_so_far()
                 if start < anchor_count:
-                    anchors[spec.label].append(features[: anchor_count - start].to(torch.float64))
+                    anchors[spec.label].append(_anchor_part(features[: anchor_count - start]))
             if on_batch is not None:
                 on_batch(index + 1, n_batches)
     return {
@@ -412,6 +415,12 @@ def extract(
         )
         for spec in layers
     }
+
+
+def _anchor_part(features: torch.Tensor) -> torch.Tensor:
+    """Anchor rows (b, ...) flattened to (b, p), in float32 or float64 (exact: only half types are upcast)."""
+    flat = features.detach().reshape(features.shape[0], -1)
+    return flat if flat.dtype in (torch.float32, torch.float64) else flat.to(torch.float32)
 
 
 def _host_pair(pair: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -431,7 +440,8 @@ def anchor_features(
     anchor_size: int = 4096,
     moments: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Only the anchor features (m, p) float64 of each layer (for a checkpoint already in the store).
+    """Only the anchor features (m, p) of each layer (for a checkpoint already in the store), in the
+    dtype `extract` gives them.
 
     With a `moments` dict, it also receives each layer's anchor (Σφφᵀ, Σφ) float64 (LayerResult's
     anchor_moment), summed batch by batch as `extract` sums them, so that a resumed run's numbers
@@ -445,7 +455,7 @@ def anchor_features(
             outputs = model_outputs(model(_inputs(x[start : min(start + batch_size, count)], device=device, dtype=dtype)))
             for spec in layers:
                 features = captured.pop(spec.label)
-                chunks[spec.label].append(features.to(torch.float64))
+                chunks[spec.label].append(_anchor_part(features))
                 if moments is not None:
                     accumulators.setdefault(spec.label, MomentAccumulator()).update(features, outputs)
     for label, accumulator in accumulators.items():
@@ -461,12 +471,13 @@ def parameter_vector_norms(
     for name, tensor in state.items():
         if not tensor.is_floating_point() or _is_running_stat(name):
             continue
-        values = tensor.detach().to(torch.float64)
-        squared += float((values * values).sum())
+        values = tensor.detach().reshape(-1).to(torch.float64)
+        squared += float(torch.dot(values, values))
         if reference is not None and name in reference and reference[name].shape == tensor.shape:
-            ref = reference[name].detach().to(device=values.device, dtype=torch.float64)
-            distance += float(((values - ref) ** 2).sum())
-            ref_squared += float((ref * ref).sum())
+            ref = reference[name].detach().reshape(-1).to(device=values.device, dtype=torch.float64)
+            ref_squared += float(torch.dot(ref, ref))
+            difference = values.sub_(ref) if values.data_ptr() != tensor.data_ptr() else values - ref
+            distance += float(torch.dot(difference, difference))
     if reference is None:
         return squared, None
     if ref_squared == 0.0:

@@ -60,6 +60,7 @@ class AnalyzeOptions:
     trust_pickle: bool = False
     strict: bool = False
     product_dtype: str = "float64"
+    cka_dtype: str = "float64"
     shard_probe: bool = False
     watch: bool = False
     poll_seconds: float = 10.0
@@ -110,6 +111,7 @@ class AnalyzeOptions:
             "dlr_energy": self.dlr_energy,
             "dtype": self.dtype,
             "product_dtype": self.product_dtype,
+            "cka_dtype": self.cka_dtype,
         }
 
 
@@ -147,25 +149,33 @@ class _Series:
     the parts of CKA and of the overlap that depend on one side only are computed once and cached.
     """
 
-    anchor: np.ndarray  # (m, p) float64 anchor features
+    anchor: np.ndarray  # (m, p) anchor features (float32 as the model gave them, or float64)
     eigenfunctions: np.ndarray  # (m, K) float64 (float32-rounded, as stored)
     self_norm: float | None = None  # ‖A_cᵀA_c‖_F when the pass gave it (see _anchor_self_norm)
-    _kernel: tuple[np.ndarray, float] | None = None
+    cka_dtype: str = "float64"  # dtype of the anchors' cross products (see _cka)
+    #: `anchor` is a float64 array of this series alone: kernel() centers it in place (no copy).
+    owned: bool = False
+    _kernel: tuple[Any, float] | None = None
     _bases: dict[int, np.ndarray] = field(default_factory=dict)
 
-    def kernel(self) -> tuple[np.ndarray, float]:
-        """(K, ‖K‖_F): the centered anchors A_c (m, p) with ‖A_cᵀA_c‖_F, or for p > m the Gram A_cA_cᵀ (m, m)."""
+    def kernel(self) -> tuple[Any, float]:
+        """(K, ‖K‖_F) as torch tensors on the CPU: the centered anchors A_c (m, p) in `cka_dtype` with
+        ‖A_cᵀA_c‖_F, or for p > m the float64 Gram A_cA_cᵀ (m, m) with its norm."""
         if self._kernel is None:
-            from fdl_cli.spectral import _center_columns
+            import torch
 
-            centered = _center_columns(self.anchor)
+            anchor = np.asarray(self.anchor).reshape(self.anchor.shape[0], -1)
+            own = self.owned and anchor.dtype == np.float64 and anchor.flags.c_contiguous
+            centered = torch.from_numpy(anchor if own else anchor.astype(np.float64))
+            centered -= centered.mean(0)  # in place: `anchor` is centered too when owned
             if centered.shape[1] > centered.shape[0]:
                 gram = centered @ centered.T
-                self._kernel = (gram, float(np.linalg.norm(gram)))
-            elif self.self_norm is not None:
-                self._kernel = (centered, self.self_norm)
+                self._kernel = (gram, float(torch.linalg.matrix_norm(gram)))
             else:
-                self._kernel = (centered, float(np.linalg.norm(centered.T @ centered)))
+                norm = self.self_norm
+                if norm is None:
+                    norm = float(torch.linalg.matrix_norm(centered.T @ centered))
+                self._kernel = (centered.to(torch.float32 if self.cka_dtype == "float32" else torch.float64), norm)
         return self._kernel
 
     def basis(self, k: int) -> np.ndarray:
@@ -197,20 +207,52 @@ def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str
 
 
 def _cka(a: _Series, b: _Series) -> float:
-    """spectral.cka(a.anchor, b.anchor) from the cached one-sided parts (one product per pair)."""
+    """spectral.cka(a.anchor, b.anchor) from the cached one-sided parts (one product per pair).
+
+    The cross product ‖A_cᵀB_c‖_F² is computed in the series' `cka_dtype` (float32 products are
+    summed in float64 per block of rows); the self-norms are float64. Identical anchors (a frozen
+    network) give exactly 1.
+    """
     from fdl_cli.spectral import cka
 
     wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
     if a.anchor.shape[0] != b.anchor.shape[0] or wide_a != wide_b:
         return cka(a.anchor, b.anchor)  # its error, or the rare mixed case
     (kernel_a, norm_a), (kernel_b, norm_b) = a.kernel(), b.kernel()
-    if wide_a:
-        cross = float(np.sum(kernel_a * kernel_b))
-    else:
-        cross = float(np.linalg.norm(kernel_a.T @ kernel_b) ** 2)
     if norm_a == 0.0 or norm_b == 0.0:
         return 1.0 if norm_a == norm_b else 0.0
+    if a.cka_dtype == "float32" and _same_kernels(kernel_a, kernel_b):
+        return 1.0  # what float64 gives to rounding; float32 products would leave ~1e-8 below it
+    if wide_a:
+        cross = float((kernel_a.to(kernel_b.dtype) * kernel_b).sum())
+    else:
+        cross = _cross_norm2(kernel_a, kernel_b.to(kernel_a.dtype))
     return float(min(max(cross / (norm_a * norm_b), 0.0), 1.0))
+
+
+def _same_kernels(a: Any, b: Any) -> bool:
+    """Equal centered anchors (CKA exactly 1); the first rows first: two checkpoints that moved differ at once."""
+    import torch
+
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a[:1], b[:1]) and torch.equal(a, b))
+
+
+#: Rows per float32 block of the CKA cross product; the blocks' products are added in float64.
+CKA_BLOCK_ROWS = 1024
+
+
+def _cross_norm2(left: Any, right: Any) -> float:
+    """‖leftᵀ right‖_F² of two (m, p) CPU tensors: one product in float64, float64 sums of float32 blocks."""
+    import torch
+
+    if left.dtype == torch.float64:
+        return float(torch.linalg.matrix_norm(left.T @ right)) ** 2
+    total = None
+    for start in range(0, left.shape[0], CKA_BLOCK_ROWS):
+        block = (left[start : start + CKA_BLOCK_ROWS].T @ right[start : start + CKA_BLOCK_ROWS]).to(torch.float64)
+        total = block if total is None else total.add_(block)
+    assert total is not None
+    return float(torch.linalg.matrix_norm(total)) ** 2
 
 
 def _overlap(a: _Series, b: _Series, k: int) -> float | None:
@@ -774,6 +816,7 @@ def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tu
             result[_series_key(probe.name, spec.label)] = _Series(
                 anchor=anchor, eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
                 self_norm=_anchor_self_norm(sums.get(spec.label), anchor, ctx.options.product_dtype),
+                cka_dtype=ctx.options.cka_dtype,
             )
     return result
 
@@ -876,11 +919,14 @@ def _analyze_one(
         for spec in ctx.layers:
             result = results[spec.label]
             measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
-            values = eigenfunctions(result.anchor_features, measures.spectrum, k=options.top_k).astype(np.float32)
+            anchor = np.asarray(result.anchor_features, dtype=np.float64)  # one copy, centered later in place
+            values = eigenfunctions(anchor, measures.spectrum, k=options.top_k).astype(np.float32)
             mine = _Series(
-                anchor=result.anchor_features,
+                anchor=anchor,
+                owned=anchor is not result.anchor_features,
                 eigenfunctions=values.astype(np.float64),
                 self_norm=_anchor_self_norm(result.anchor_moment, result.anchor_features, options.product_dtype),
+                cka_dtype=options.cka_dtype,
             )
             key = _series_key(probe.name, spec.label)
             current[key] = mine
