@@ -21,6 +21,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
 
 Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
 fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
+Commits run one at a time in a background thread of the writer, which reports an entry only once
+the commit holding it is durable.
 One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
 """
 
@@ -37,8 +39,9 @@ import shlex
 import shutil
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -816,14 +819,98 @@ class _WriterLock:
         self._fd = None
 
 
+@dataclass(frozen=True, eq=False)
+class _CommitPlan:
+    """What one commit writes, computed in the caller's thread from a snapshot of the writer's state.
+
+    Whoever executes the plan reads nothing else of the writer but its path, provenance and probes,
+    which never change, so the caller may go on adding entries while a background thread writes.
+    """
+
+    entries: tuple[CheckpointEntry, ...]  # the front of the buffer, in the order added
+    latest: dict[int, CheckpointEntry]  # step -> entry written; a step added twice: the last one wins
+    rows: dict[Series, dict[int, dict[str, Any]]]  # every series' rows once committed (may be empty)
+    changed: dict[Series, set[int]]  # steps added to or removed from each series
+    rewrite: tuple[Series, ...]  # the trajectories this commit writes, sorted
+    old_steps: dict[Series, list[int]]  # for those: the steps of their stored trajectories, sorted
+    appendable: frozenset[Series]  # for those: stored trajectories that hold exactly old_steps
+    drop: frozenset[str]  # damaged checkpoint groups to remove
+    stale: frozenset[Series]  # trajectories of series with no intact group, to remove
+    fresh: bool  # create the file instead of copying the store
+
+
+class _CommitJob:
+    """One commit handed to a background thread: pending, running, then ended; or cancelled.
+
+    The writer tracks the job before its thread starts, and cancels a job that has not started when it
+    has to wait for it (its entries are still buffered: the caller then commits them itself). So a
+    Ctrl-C that lands while the thread is being started can neither leave a commit running untracked
+    nor make the caller wait for one that never runs.
+    """
+
+    def __init__(self, plan: _CommitPlan) -> None:
+        self.plan = plan
+        self.error: BaseException | None = None  # raised in the caller's thread by StoreWriter._collect
+        self.cost = 0.0
+        self.finished = 0.0
+        self._state = "pending"
+        self._state_lock = threading.Lock()
+        self._ended = threading.Event()
+
+    def run(self, execute: Callable[[_CommitPlan], None]) -> None:
+        with self._state_lock:
+            if self._state != "pending":
+                return
+            self._state = "running"
+        started = time.monotonic()
+        try:
+            execute(self.plan)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished = time.monotonic()
+            self.cost = self.finished - started
+            self._ended.set()
+
+    def cancel(self) -> bool:
+        """Cancel the job unless it started; True if it never runs."""
+        with self._state_lock:
+            if self._state == "pending":
+                self._state = "cancelled"
+                self._ended.set()
+            return self._state == "cancelled"
+
+    @property
+    def cancelled(self) -> bool:
+        with self._state_lock:
+            return self._state == "cancelled"
+
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self) -> None:
+        self._ended.wait()
+
+
 class StoreWriter:
     """The single writer of a store: buffers checkpoints and commits them crash-safely.
 
     Opening takes the lock and, unless `overwrite`, checks that the existing store belongs to this
-    run (same provenance and probes). `add()` commits when at least
-    max(min_interval, 10 x the last commit's duration) seconds passed since the last commit, and
-    returns the entries that are now durable; `flush()`, `close()` and leaving the `with` block
-    (also on an exception or Ctrl-C) commit the rest. Adding a step already stored replaces it.
+    run (same provenance and probes). `add()` starts a commit of the buffer when at least
+    max(min_interval, 10 x the last commit's duration) seconds passed since the last commit ended
+    and no commit is running. With `background=True` (the default) the commit runs in a background
+    thread, one at a time, and `add()` returns at once, so the caller's work overlaps the copy,
+    fsync and rename; entries added meanwhile go into the next commit. `add()` and `flush()` return
+    the entries whose commit ended durably since the previous add/flush, never one that is not yet
+    on disk, so a caller may announce exactly what they return. `flush()` waits for the running
+    commit and commits the rest; `close()` and leaving the `with` block (also on an exception or
+    Ctrl-C) do the same and release the lock. An error of a background commit is raised by the next
+    add/flush/close, with the store on disk unchanged and its entries still buffered (a later flush
+    retries them). `background=False` commits in the caller's thread within `add()`. Adding a step
+    already stored replaces it.
+
+    Only the caller's thread reads or changes the writer's state: it computes each commit's
+    `_CommitPlan` from a snapshot and applies the result once the commit has ended.
     """
 
     def __init__(
@@ -834,6 +921,7 @@ class StoreWriter:
         probes: Sequence[ProbeInfo],
         overwrite: bool = False,
         min_interval: float = 0.0,
+        background: bool = True,
     ) -> None:
         self._path = Path(path)
         self._provenance = _normalized_provenance(provenance)
@@ -847,8 +935,11 @@ class StoreWriter:
         if not min_interval >= 0:
             raise ValueError(f"min_interval must be >= 0 seconds, got {min_interval!r}")
         self._min_interval = float(min_interval)
+        self._background = bool(background)
         self.warnings: list[str] = []
-        self._buffer: list[CheckpointEntry] = []
+        self._buffer: list[CheckpointEntry] = []  # not yet durable, in the order added; a running commit's first
+        self._durable: list[CheckpointEntry] = []  # durable, not yet returned by add/flush
+        self._job: _CommitJob | None = None  # the background commit, until the caller applies it
         self._sha256: dict[int, str] = {}  # committed steps
         self._rows: dict[Series, dict[int, dict[str, Any]]] = {}
         self._trajectories_match: set[Series] = set()  # series whose on-disk trajectories equal _rows
@@ -926,13 +1017,14 @@ class StoreWriter:
     # -- public API --------------------------------------------------------------------------------
 
     def completed(self) -> dict[int, str]:
-        """step -> sha256 of every complete checkpoint, committed or buffered."""
+        """step -> sha256 of every complete checkpoint: committed, being committed or buffered."""
         done = dict(self._sha256)
         done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
 
     def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
-        """Buffer one checkpoint; returns the entries committed by this call (often [] when throttled)."""
+        """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
+        since the previous add/flush (often [], as commits are throttled and run in the background)."""
         self._check_open()
         if not isinstance(entry, CheckpointEntry):
             raise ValueError(f"add() takes a CheckpointEntry, got {type(entry).__name__}")
@@ -941,26 +1033,43 @@ class StoreWriter:
             raise ValueError(
                 f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
             )
-        self._buffer.append(entry)
+        self._buffer.append(entry)  # first: kept for the next commit even if the last one failed
+        self._collect(wait=False)
         wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
-        if time.monotonic() - self._last_commit >= wait:
-            return self._commit()
-        return []
+        if self._job is None and time.monotonic() - self._last_commit >= wait:
+            if self._background:
+                self._start()
+            else:
+                self._commit()
+        return self._take_durable()
 
     def flush(self) -> list[CheckpointEntry]:
-        """Commit whatever is buffered; returns those entries."""
+        """Wait for the running commit and commit the rest; returns every entry made durable since the
+        previous add/flush, in the order added."""
         self._check_open()
-        return self._commit()
+        self._collect(wait=True)
+        self._commit()
+        return self._take_durable()
 
     def close(self) -> None:
-        """Commit the buffer (creating the store if it does not exist yet) and release the lock."""
+        """Wait for the running commit, commit the rest (creating the store if it does not exist yet)
+        and release the lock, also when this raises.
+
+        The lock is never released while a commit runs: a Ctrl-C while waiting for the running
+        commit is raised once it and the commit of the rest are done (a further Ctrl-C stops the
+        latter, as it would stop a commit in the caller's thread).
+        """
         if self._closed:
             return
+        interrupt: BaseException | None = None
         try:
+            interrupt = self._collect(wait=True, shield=True)
             self._commit()
         finally:
             self._closed = True
             self._lock.release()
+        if interrupt is not None:
+            raise interrupt
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -972,13 +1081,71 @@ class StoreWriter:
         if self._closed:
             raise ValueError(f"the StoreWriter of {self._path} is closed")
 
+    def _take_durable(self) -> list[CheckpointEntry]:
+        durable, self._durable = self._durable, []
+        return durable
+
     # -- committing --------------------------------------------------------------------------------
 
-    def _commit(self) -> list[CheckpointEntry]:
-        entries = list(self._buffer)
-        if not entries and not self._fresh:
-            return []
+    def _start(self) -> None:
+        """Hand the buffer to a new background thread (one commit at a time: none may be running)."""
+        plan = self._plan()
+        if plan is None:
+            return
+        job = _CommitJob(plan)
+        self._job = job  # tracked before its thread starts: see _CommitJob
+        try:
+            threading.Thread(target=job.run, args=(self._execute,), name="fdl-store-commit").start()
+        except RuntimeError:  # no thread to be had (e.g. at interpreter shutdown): commit here
+            if job.cancel():
+                self._job = None
+                self._commit()
+
+    def _collect(self, *, wait: bool, shield: bool = False) -> BaseException | None:
+        """Apply the background commit if it ended (with `wait`: once it ended) and raise its error.
+
+        A job whose thread has not started yet is cancelled rather than waited for; its entries stay
+        buffered. Ctrl-C interrupts the wait, the commit going on, unless `shield`: then the wait
+        continues and the KeyboardInterrupt is returned for the caller to raise.
+        """
+        job = self._job
+        if job is None:
+            return None
+        interrupt: BaseException | None = None
+        if wait and not job.cancel():
+            while True:
+                try:
+                    job.wait()
+                    break
+                except KeyboardInterrupt as exc:
+                    if not shield:
+                        raise
+                    interrupt = exc
+        if not job.done():
+            return None
+        self._job = None
+        if job.error is not None:
+            error, job.error = job.error, None
+            raise error  # the store is unchanged and the job's entries still buffered
+        if not job.cancelled:
+            self._apply(job.plan, job.cost, job.finished)
+        return interrupt
+
+    def _commit(self) -> None:
+        """Commit the buffer in the caller's thread (no background commit may be running)."""
+        plan = self._plan()
+        if plan is None:
+            return
         started = time.monotonic()
+        self._execute(plan)
+        finished = time.monotonic()
+        self._apply(plan, finished - started, finished)
+
+    def _plan(self) -> _CommitPlan | None:
+        """What committing the whole buffer writes; None when there is nothing to write."""
+        entries = tuple(self._buffer)
+        if not entries and not self._fresh:
+            return None
         latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
         rows = {key: dict(value) for key, value in self._rows.items()}
         changed: dict[Series, set[int]] = {}
@@ -996,23 +1163,50 @@ class StoreWriter:
                     **series.scalars,
                 }
                 changed.setdefault(key, set()).add(entry.step)
+        stale = self._stale_trajectories | (set(rows) - self._trajectories_match)
+        rewrite = tuple(sorted(set(changed) | stale))
+        return _CommitPlan(
+            entries=entries,
+            latest=latest,
+            rows=rows,
+            changed=changed,
+            rewrite=rewrite,
+            old_steps={key: sorted(self._rows.get(key, {})) for key in rewrite},
+            appendable=frozenset(self._trajectories_match.intersection(rewrite)),
+            drop=frozenset(self._drop),
+            stale=frozenset(self._stale_trajectories),
+            fresh=self._fresh,
+        )
+
+    def _execute(self, plan: _CommitPlan) -> None:
+        """Write a plan copy-on-write; runs in any thread and touches none of the writer's state.
+
+        On failure the store on disk is unchanged and the tmp copy removed; an OSError is raised as a
+        StoreError.
+        """
         tmp = self._tmp_path(os.getpid())
         try:
-            if self._fresh:
+            if plan.fresh:
                 self._create(tmp)
             else:
                 shutil.copyfile(self._path, tmp)
             with h5py.File(tmp, "r+", libver=_LIBVER) as store:
                 checkpoints = store.require_group("checkpoints")
-                for name in self._drop:
+                for name in plan.drop:
                     if name in checkpoints:
                         del checkpoints[name]
-                for entry in latest.values():
+                for entry in plan.latest.values():
                     _write_checkpoint(checkpoints, entry)
                 trajectories = store.require_group("trajectories")
-                stale = self._stale_trajectories | (set(rows) - self._trajectories_match)
-                for key in sorted(set(changed) | stale):
-                    self._write_trajectory(trajectories, key, rows.get(key, {}), changed.get(key, set()))
+                for key in plan.rewrite:
+                    _write_trajectory(
+                        trajectories,
+                        key,
+                        plan.rows.get(key, {}),
+                        plan.changed.get(key, set()),
+                        plan.old_steps[key],
+                        appendable=key in plan.appendable,
+                    )
                 store.flush()
             _fsync_path(tmp)
             os.replace(tmp, self._path)
@@ -1027,17 +1221,20 @@ class StoreWriter:
                     fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
                 ) from None
             raise
-        self._rows = {key: value for key, value in rows.items() if value}
+
+    def _apply(self, plan: _CommitPlan, cost: float, finished: float) -> None:
+        """The writer's state once a plan is durable on disk."""
+        self._rows = {key: value for key, value in plan.rows.items() if value}
         self._trajectories_match = set(self._rows)
-        for entry in entries:
+        for entry in plan.entries:
             self._sha256[entry.step] = entry.sha256
-        del self._buffer[: len(entries)]
-        self._drop = set()
-        self._stale_trajectories = set()
+        del self._buffer[: len(plan.entries)]  # entries added since the plan was made stay
+        self._drop -= plan.drop
+        self._stale_trajectories -= plan.stale
         self._fresh = False
-        self._last_cost = time.monotonic() - started
-        self._last_commit = time.monotonic()
-        return entries
+        self._last_cost = cost
+        self._last_commit = finished
+        self._durable.extend(plan.entries)
 
     def _create(self, tmp: Path) -> None:
         with h5py.File(tmp, "w", libver=_LIBVER) as store:
@@ -1060,44 +1257,53 @@ class StoreWriter:
             store.create_group("checkpoints")
             store.create_group("trajectories")
 
-    def _write_trajectory(
-        self, trajectories: h5py.Group, key: Series, by_step: Mapping[int, Mapping[str, Any]], changed: set[int]
-    ) -> None:
-        """Append in place when only later steps were added (the common case), else rewrite the series."""
-        probe, layer = key
-        rows = [by_step[step] for step in sorted(by_step)]
-        old_steps = sorted(set(self._rows.get(key, {})))
-        appendable = (
-            key in self._trajectories_match
-            and probe in trajectories
-            and layer in trajectories[probe]
-            and (not old_steps or all(step > old_steps[-1] for step in changed))
-            and all(step in by_step for step in changed)
-        )
-        if appendable:
-            group = trajectories[probe][layer]
-            start = len(old_steps)
-            for name in RECORD_FIELDS:
-                dataset = group[name]
-                dataset.resize((len(rows),))
-                dataset[start:] = _trajectory_column(name, rows[start:])
-            return
-        parent = trajectories.require_group(probe)
-        if layer in parent:
-            del parent[layer]
-        if not rows:
-            return
-        group = parent.create_group(layer)
+
+def _write_trajectory(
+    trajectories: h5py.Group,
+    key: Series,
+    by_step: Mapping[int, Mapping[str, Any]],
+    changed: set[int],
+    old_steps: Sequence[int],
+    *,
+    appendable: bool,
+) -> None:
+    """Append in place when only later steps were added (the common case), else rewrite the series.
+
+    `old_steps` are the steps the stored trajectory holds, sorted; `appendable` says that it holds
+    exactly those (it is intact and up to date).
+    """
+    probe, layer = key
+    rows = [by_step[step] for step in sorted(by_step)]
+    if (
+        appendable
+        and probe in trajectories
+        and layer in trajectories[probe]
+        and (not old_steps or all(step > old_steps[-1] for step in changed))
+        and all(step in by_step for step in changed)
+    ):
+        group = trajectories[probe][layer]
+        start = len(old_steps)
         for name in RECORD_FIELDS:
-            column = _trajectory_column(name, rows)
-            group.create_dataset(
-                name,
-                data=column,
-                dtype=_STR if name in STR_FIELDS else column.dtype,
-                maxshape=(None,),
-                chunks=(_TRAJECTORY_CHUNK,),
-                fletcher32=name not in STR_FIELDS,
-            )
+            dataset = group[name]
+            dataset.resize((len(rows),))
+            dataset[start:] = _trajectory_column(name, rows[start:])
+        return
+    parent = trajectories.require_group(probe)
+    if layer in parent:
+        del parent[layer]
+    if not rows:
+        return
+    group = parent.create_group(layer)
+    for name in RECORD_FIELDS:
+        column = _trajectory_column(name, rows)
+        group.create_dataset(
+            name,
+            data=column,
+            dtype=_STR if name in STR_FIELDS else column.dtype,
+            maxshape=(None,),
+            chunks=(_TRAJECTORY_CHUNK,),
+            fletcher32=name not in STR_FIELDS,
+        )
 
 
 def _describe_probe(probe: ProbeInfo | None) -> str:

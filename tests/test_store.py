@@ -192,11 +192,11 @@ def test_plain_h5py_sees_the_documented_layout(tmp_path: Path) -> None:
 def test_records_are_sorted_by_step_whatever_the_add_order(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     entries = {step: random_entry(step) for step in (30, 0, 20, 10)}
-    write(path, list(entries.values()))  # one commit per add: appends and rewrites
+    write(path, list(entries.values()), background=False)  # one commit per add: appends and rewrites
     assert StoreReader(path).steps() == [0, 10, 20, 30]
     replacement = random_entry(110)
     replacement = CheckpointEntry(10, "new/10.pt", "e" * 64, replacement.series)
-    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+    with StoreWriter(path, provenance=provenance(), probes=probes(), background=False) as writer:
         assert writer.add(replacement) == [replacement]
         assert writer.completed()[10] == "e" * 64
     with StoreReader(path) as reader:
@@ -435,9 +435,12 @@ def test_missing_or_broken_trajectories_are_rebuilt_from_the_groups(tmp_path: Pa
             assert reader.warnings == [] and reader.steps() == [2, 4, 9, 11]
 
 
-def test_throttled_adds_are_announced_by_flush(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [True, False])
+def test_throttled_adds_are_announced_by_flush(tmp_path: Path, background: bool) -> None:
     path = tmp_path / "run.h5"
-    with StoreWriter(path, provenance=provenance(), probes=probes(), min_interval=3600) as writer:
+    with StoreWriter(
+        path, provenance=provenance(), probes=probes(), min_interval=3600, background=background
+    ) as writer:
         entries = [random_entry(step) for step in range(3)]
         assert [writer.add(entry) for entry in entries] == [[], [], []]
         assert sorted(writer.completed()) == [0, 1, 2]
@@ -447,9 +450,14 @@ def test_throttled_adds_are_announced_by_flush(tmp_path: Path) -> None:
         assert writer.flush() == []
         assert writer.add(random_entry(3)) == []
     assert StoreReader(path).steps() == [0, 1, 2, 3]  # close committed the rest
-    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+    with StoreWriter(path, provenance=provenance(), probes=probes(), background=background) as writer:
         entry = random_entry(4)
-        assert writer.add(entry) == [entry]  # min_interval 0: every add commits
+        if background:  # min_interval 0: the add starts a commit, and the next call reports it
+            assert writer.add(entry) == []
+            assert writer.flush() == [entry]
+        else:  # min_interval 0: every add commits
+            assert writer.add(entry) == [entry]
+        assert StoreReader(path).steps() == [0, 1, 2, 3, 4]
 
 
 def test_an_interrupt_still_commits_what_was_added(tmp_path: Path) -> None:
