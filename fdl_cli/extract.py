@@ -355,7 +355,7 @@ def forward_one(
 def extract(
     model: nn.Module,
     layers: Sequence[LayerSpec],
-    x: np.ndarray,
+    x: Any,  # (n, ...) inputs: an array or a probes.RowReader (rows read per batch)
     y: np.ndarray | None,
     *,
     task: str,
@@ -432,7 +432,7 @@ def _host_pair(pair: Any) -> tuple[np.ndarray, np.ndarray] | None:
 def anchor_features(
     model: nn.Module,
     layers: Sequence[LayerSpec],
-    x: np.ndarray,
+    x: Any,  # (n, ...) inputs: an array or a probes.RowReader (rows read per batch)
     *,
     device: torch.device,
     dtype: str = "float32",

@@ -486,7 +486,7 @@ def _validate(ctx: _Context, model: Any) -> None:
                 ctx.layers = resolve_layers(
                     model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
                 )
-            widths, n_outputs = forward_one(model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype)
+            widths, n_outputs = forward_one(model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype)
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
@@ -1236,9 +1236,10 @@ def _write_gathered(
 def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:
     """This rank's contiguous slice of the probe (--shard-probe)."""
     from fdl_cli.distributed import block_bounds
+    from fdl_cli.probes import row_range
 
     start, stop = block_bounds(int(probe.x.shape[0]), ctx.world)
-    return probe.x[start:stop], (probe.y[start:stop] if probe.y is not None else None)
+    return row_range(probe.x, start, stop), (probe.y[start:stop] if probe.y is not None else None)
 
 
 def _reduce_slices(ctx: _Context, model: Any, probe: Probe, results: dict[str, Any]) -> dict[str, Any]:

@@ -3,12 +3,20 @@
 Formats: ``.npz``, ``.pt``/``.pth`` (``torch.load(weights_only=True)``), ``.safetensors``,
 ``.h5``/``.hdf5``. torch, safetensors and h5py are imported only when such a file is read, so
 importing this module stays light.
+
+The inputs ``x`` are not held in memory when the file stores them as one contiguous, uncompressed
+array (``np.savez``, ``.safetensors``, a contiguous HDF5 dataset): a `RowReader` reads the rows of
+each batch from the file when they are asked for, so memory does not grow with the probe (the targets,
+8 bytes a sample for labels, are held). Compressed or chunked arrays and ``.pt`` files are read whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +48,7 @@ class Probe:
 
     name: str
     path: Path
-    x: np.ndarray
+    x: np.ndarray | RowReader
     y: np.ndarray | None
     task: str | None
     n_classes: int | None
@@ -73,6 +81,163 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
     return name, path
 
 
+#: Bytes per read when a whole lazily read array is checked (validation, CRC): memory stays flat.
+CHUNK_BYTES = 4 << 20
+
+
+class RowReader:
+    """Rows of an (n, ...) array stored C-contiguously at `offset` in `path`, read when sliced.
+
+    Nothing is mapped or cached: ``reader[a:b]`` reads rows a..b-1 with one positioned read into a
+    new array (of dtype `dtype`: float inputs float32/float64, integer token ids int64), so only the
+    batch being used is in memory. A 1-D float array reads as (n, 1). ``np.asarray(reader)`` reads
+    everything. Only slices with step 1 are supported (what batching needs).
+    """
+
+    def __init__(self, path: Path, offset: int, stored: np.dtype, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.stored = np.dtype(stored)
+        self._stored_shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        column = len(shape) == 1 and self.dtype.kind == "f"
+        self.shape: tuple[int, ...] = (self._stored_shape[0], 1) if column else self._stored_shape
+        self._row_items = int(np.prod(self._stored_shape[1:], dtype=np.int64))
+        self._start, self._stop = 0, self._stored_shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self._row_items * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> RowReader:
+        """A reader of rows start..stop-1 of this one (nothing is read)."""
+        start, stop, _ = slice(start, stop).indices(len(self))
+        view = RowReader(self.path, self.offset, self.stored, self._stored_shape, self.dtype)
+        view._start, view._stop = self._start + start, self._start + max(start, stop)
+        view.shape = (view._stop - view._start, *self.shape[1:])
+        return view
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError(f"RowReader reads row ranges (reader[a:b]), not {key!r}")
+        start, stop, _ = key.indices(len(self))
+        return self._read(self._start + start, self._start + max(start, stop))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self._read(self._start, self._stop)
+        return values if dtype is None else values.astype(dtype)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        count = (stop - start) * self._row_items
+        with open(self.path, "rb") as handle:
+            values = np.fromfile(
+                handle, dtype=self.stored, count=count, offset=self.offset + start * self._row_items * self.stored.itemsize
+            )
+        if values.size != count:
+            raise ProbeError(
+                f"the probe {self.path} is shorter than its header says",
+                got=f"{values.size} of {count} values of rows {start}..{stop - 1}",
+                fix="the file was truncated or changed while fdl ran; save the probe again",
+            )
+        values = values.reshape((stop - start, *self.shape[1:]))
+        return values.astype(self.dtype, copy=False) if values.dtype == self.dtype else values.astype(self.dtype)
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) over the whole array, CHUNK_BYTES at a time."""
+        step = max(1, CHUNK_BYTES // max(1, self._row_items * self.stored.itemsize))
+        for start in range(0, len(self), step):
+            yield start, self[start : start + step]
+
+
+def row_range(x: np.ndarray | RowReader, start: int, stop: int) -> np.ndarray | RowReader:
+    """Rows start..stop-1 of probe inputs without reading them (a view or a narrower reader)."""
+    return x.rows(start, stop) if isinstance(x, RowReader) else x[start:stop]
+
+
+def _lazy_dtype(stored: np.dtype) -> np.dtype | None:
+    """The dtype `_inputs` gives such inputs, or None when they must be read whole."""
+    if stored.kind in "iu" and stored.itemsize <= 8:
+        return np.dtype(np.int64)
+    if stored.kind == "f" and stored.itemsize in (2, 4, 8):
+        return np.dtype(np.float64 if stored.itemsize == 8 else np.float32)
+    return None
+
+
+def _npz_member(path: Path, key: str) -> tuple[int, np.dtype, tuple[int, ...], int, int] | None:
+    """(offset of the array data, dtype, shape, start and size of the member's bytes, CRC-32) of an
+    uncompressed ``key.npy`` member of an npz file, or None when it cannot be read in place."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{key}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        handle.seek(start)
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            return None
+        offset = handle.tell()
+    if fortran or dtype.hasobject or len(shape) == 0:
+        return None
+    return offset, dtype, tuple(shape), start, info.CRC  # type: ignore[return-value]
+
+
+def _check_crc(path: Path, start: int, size: int, crc: int, key: str) -> None:
+    """The member's bytes against the CRC-32 the zip directory holds (what np.load would check)."""
+    value = 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        left = size
+        while left > 0:
+            block = handle.read(min(CHUNK_BYTES, left))
+            if not block:
+                break
+            value = zlib.crc32(block, value)
+            left -= len(block)
+    if left or value != crc:
+        raise ProbeError(
+            f"cannot read the probe {path}",
+            got=f"'{key}' fails its CRC-32 check" if not left else f"'{key}' is truncated",
+            fix="the file is corrupt or not of the format its suffix says",
+        )
+
+
+def _lazy_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Replace the inputs of an npz by a RowReader when they are stored uncompressed."""
+    key = next((k for k in (*X_KEYS, "arr_0") if k in arrays), None)
+    if key is None:
+        return
+    member = _npz_member(path, key)
+    if member is None:
+        return
+    offset, stored, shape, start, crc = member
+    dtype = _lazy_dtype(stored)
+    if dtype is None:
+        return
+    end = offset + int(np.prod(shape, dtype=np.int64)) * stored.itemsize
+    _check_crc(path, start, end - start, crc, key)
+    arrays[key] = RowReader(path, offset, stored, shape, dtype)
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -81,9 +246,23 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _Deferred:
+    """An npz member not read yet (the inputs, read in place by `_lazy_npz` when possible)."""
+
+
 def _read_npz(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as archive:
-        return {key: archive[key] for key in archive.files}
+        keys = archive.files
+        inputs = next((k for k in (*X_KEYS, "arr_0") if k in keys), None)
+        arrays: dict[str, Any] = {key: archive[key] for key in keys if key != inputs}
+        if inputs is not None:
+            arrays[inputs] = _Deferred()
+    if inputs is not None:
+        _lazy_npz(path, arrays)
+        if isinstance(arrays[inputs], _Deferred):
+            with np.load(path, allow_pickle=False) as archive:
+                arrays[inputs] = archive[inputs]
+    return arrays
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
@@ -118,17 +297,59 @@ def _read_pt(path: Path) -> dict[str, Any]:
     return out
 
 
+_SAFETENSORS_DTYPES = {
+    "F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
+    "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8",
+}
+
+
 def _read_safetensors(path: Path) -> dict[str, Any]:
+    import json
+
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    return dict(load_file(str(path)))
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length)) if length < (100 << 20) else {}
+    key = next((k for k in X_KEYS if k in header), None)
+    entry = header.get(key, {}) if key else {}
+    stored = _SAFETENSORS_DTYPES.get(entry.get("dtype", ""))
+    shape = tuple(int(d) for d in entry.get("shape", ()))
+    lazy = _lazy_dtype(np.dtype(stored)) if stored is not None and shape else None
+    if key is None or lazy is None:
+        return dict(load_file(str(path)))
+    begin, end = (int(v) for v in entry["data_offsets"])
+    if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(stored).itemsize or (
+        8 + length + end > path.stat().st_size
+    ):
+        return dict(load_file(str(path)))  # let the library report the damage
+    arrays: dict[str, Any] = {}
+    with safe_open(str(path), framework="numpy") as archive:
+        for name in archive.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if name != key:
+                arrays[name] = archive.get_tensor(name)
+    arrays[key] = RowReader(path, 8 + length + begin, np.dtype(stored), shape, lazy)
+    return arrays
 
 
 def _read_h5(path: Path) -> dict[str, Any]:
     import h5py  # read-only use of a user's file; the store module owns writing HDF5
 
     with h5py.File(path, "r") as handle:
-        return {key: handle[key][()] for key in handle if isinstance(handle[key], h5py.Dataset)}
+        arrays: dict[str, Any] = {}
+        inputs = next((k for k in X_KEYS if isinstance(handle.get(k), h5py.Dataset)), None)
+        for key in handle:
+            node = handle[key]
+            if not isinstance(node, h5py.Dataset):
+                continue
+            offset = node.id.get_offset() if key == inputs and node.chunks is None else None
+            dtype = _lazy_dtype(node.dtype) if node.dtype.kind in "iuf" else None
+            if offset is not None and dtype is not None and node.ndim > 0 and node.size > 0:
+                arrays[key] = RowReader(path, offset, node.dtype, node.shape, dtype)
+            else:
+                arrays[key] = node[()]
+        return arrays
 
 
 _READERS = {
@@ -157,7 +378,27 @@ def _check_finite(path: Path, key: str, values: np.ndarray) -> None:
         )
 
 
-def _inputs(path: Path, key: str, x: Any) -> np.ndarray:
+def _lazy_inputs(path: Path, key: str, x: RowReader) -> RowReader:
+    """The checks of `_inputs` on inputs read in place, a chunk at a time."""
+    if len(x) == 0:
+        raise ProbeError(
+            f"the probe {path} is empty: '{key}' has shape {x.shape}",
+            fix="save at least one sample, shape (n, ...)",
+        )
+    for first, rows in x.chunks():
+        if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+            bad = np.argwhere(~np.isfinite(rows))[0]
+            bad[0] += first
+            raise ProbeError(
+                f"the probe {path}: '{key}' holds NaN or Inf (first at index {tuple(int(i) for i in bad)})",
+                fix="clean or drop those samples before saving the probe",
+            )
+    return x
+
+
+def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
+    if isinstance(x, RowReader):
+        return _lazy_inputs(path, key, x)
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ProbeError(

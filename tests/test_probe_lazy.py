@@ -1,0 +1,132 @@
+"""Probe inputs read in place (probes.RowReader): the same values, checks and analysis as reading the
+whole array, with only the rows of a batch in memory (issue #6 (c): memory flat in n)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from fdl_cli import probes
+from fdl_cli.errors import ProbeError
+from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from fdl_cli.probes import RowReader, load_probe, row_range
+from fdl_cli.store import StoreReader
+from tests.tiny_models import mlp
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(300, 5)).astype(np.float32)
+Y = RNG.integers(0, 3, size=300)
+
+
+def _formats(tmp_path: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Path]:
+    paths = {name: tmp_path / name for name in ("plain.npz", "packed.npz", "flat.h5", "chunked.h5", "t.safetensors")}
+    np.savez(paths["plain.npz"], x=x, y=y)
+    np.savez_compressed(paths["packed.npz"], x=x, y=y)
+    with h5py.File(paths["flat.h5"], "w") as handle:
+        handle["x"], handle["y"] = x, y
+    with h5py.File(paths["chunked.h5"], "w") as handle:
+        handle.create_dataset("x", data=x, chunks=True, compression="gzip")
+        handle["y"] = y
+    save_file({"x": np.ascontiguousarray(x), "y": y.astype(np.int64)}, str(paths["t.safetensors"]))
+    return paths
+
+
+def test_in_place_where_the_format_allows_with_the_same_values(tmp_path: Path) -> None:
+    lazy = {"plain.npz", "flat.h5", "t.safetensors"}
+    for name, path in _formats(tmp_path, X, Y).items():
+        probe = load_probe(path)
+        assert isinstance(probe.x, RowReader) == (name in lazy), name
+        assert probe.x.shape == X.shape and probe.x.dtype == np.float32 and probe.x.ndim == 2 and probe.n == 300
+        np.testing.assert_array_equal(np.asarray(probe.x), X)
+        np.testing.assert_array_equal(probe.x[17:123], X[17:123])
+        np.testing.assert_array_equal(probe.x[290:400], X[290:])  # slices clip like numpy's
+        np.testing.assert_array_equal(probe.y, Y)
+        view = row_range(probe.x, 100, 250)
+        assert view.shape == (150, 5)
+        np.testing.assert_array_equal(view[10:20], X[110:120])
+
+
+def test_dtypes_and_shapes_as_when_read_whole(tmp_path: Path) -> None:
+    cases = {
+        "column": RNG.normal(size=50),  # 1-D float -> (n, 1) float32... float64 stays float64
+        "half": RNG.normal(size=(40, 3)).astype(np.float16),
+        "tokens": RNG.integers(0, 1000, size=(30, 7)).astype(np.int32),
+        "images": RNG.normal(size=(20, 3, 4, 4)).astype(np.float32),
+    }
+    for name, x in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=x)
+        np.savez_compressed(tmp_path / f"{name}-whole.npz", x=x)
+        lazy, whole = load_probe(tmp_path / f"{name}.npz"), load_probe(tmp_path / f"{name}-whole.npz")
+        assert isinstance(lazy.x, RowReader) and not isinstance(whole.x, RowReader), name
+        assert lazy.x.shape == whole.x.shape and lazy.x.dtype == whole.x.dtype, name
+        np.testing.assert_array_equal(np.asarray(lazy.x), whole.x)
+        np.testing.assert_array_equal(lazy.x[3:9], whole.x[3:9])
+
+
+def test_only_the_rows_asked_for_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.savez(tmp_path / "p.npz", x=X, y=Y)
+    probe = load_probe(tmp_path / "p.npz")
+    counts: list[int] = []
+    real = np.fromfile
+
+    def counting(*args: object, **kwargs: object) -> np.ndarray:
+        counts.append(int(kwargs["count"]))  # type: ignore[call-overload]
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(probes.np, "fromfile", counting)
+    probe.x[40:72]
+    assert counts == [32 * 5]
+    with pytest.raises(TypeError, match="row ranges"):
+        probe.x[::2]
+
+
+def test_damage_is_found_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.savez(tmp_path / "p.npz", x=X, y=Y)
+    data = bytearray((tmp_path / "p.npz").read_bytes())
+    at = bytes(data).index(X[150].tobytes())
+    flipped = bytearray(data)
+    flipped[at + 2] ^= 0x40  # a bit of x[150], no format field
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    with pytest.raises(ProbeError, match="cannot read the probe") as info:
+        load_probe(tmp_path / "flipped.npz")
+    assert "CRC-32" in info.value.message and "fix:" in info.value.message
+    bad = X.copy()
+    bad[250, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=Y)
+    monkeypatch.setattr(probes, "CHUNK_BYTES", 64 * 5 * 4)  # 64 rows a chunk: the index must be global
+    with pytest.raises(ProbeError, match=r"NaN or Inf \(first at index \(250, 3\)\)"):
+        load_probe(tmp_path / "nan.npz")
+    np.savez(tmp_path / "short.npz", x=X, y=Y)
+    probe = load_probe(tmp_path / "short.npz")
+    (tmp_path / "short.npz").write_bytes(bytes(data[: at - 400]))  # truncated after loading
+    with pytest.raises(ProbeError, match="shorter than its header says"):
+        probe.x[200:300]
+
+
+def test_analysis_is_identical_whether_read_in_place_or_whole(tmp_path: Path) -> None:
+    net = mlp(n_in=5, hidden=16, n_out=3, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    generator = torch.Generator().manual_seed(1)
+    for step in range(3):
+        state = {k: (v + 0.2 * step * torch.randn(v.shape, generator=generator)).contiguous()
+                 for k, v in net.state_dict().items()}
+        torch.save(state, run / f"step_{step}.pt")
+    paths = _formats(tmp_path, X, Y)
+    records = {}
+    for name in ("plain.npz", "packed.npz", "flat.h5"):
+        out = tmp_path / f"{name}.fdl.h5"
+        run_analyze(AnalyzeOptions(
+            sources=(str(run),), model_spec="tests.tiny_models:mlp",
+            model_kwargs={"n_in": 5, "hidden": 16, "n_out": 3}, probe_specs=(str(paths[name]),), out=out,
+            device="cpu", batch_size=64, anchor_size=100,
+        ))
+        with StoreReader(out) as reader:
+            records[name] = [{k: v for k, v in r.items() if k not in ("path",)} for r in reader.records()]
+    assert len(records["plain.npz"]) == 3
+    assert records["plain.npz"] == records["packed.npz"] == records["flat.h5"]
