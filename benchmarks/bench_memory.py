@@ -1,9 +1,10 @@
 """Benchmark (c): peak memory of `fdl analyze` as the probe grows from n = 10⁴ to 10⁶ at fixed p.
 
-An MLP with 8 inputs and p = 128 features (narrow inputs keep the probe file itself small, since
-fdl holds the probe's inputs in memory), 2 checkpoints, default options; one whole process per n.
-Reported: peak RSS, the probe's own bytes (x float32 + y int64), and the peak beyond the probe,
-which the streaming statistics keep flat (target: within 10 % from 10⁴ to 10⁶).
+An MLP with 8 inputs and p = 128 features (narrow inputs keep the probe files small on disk),
+2 checkpoints, default options; one whole process per n. The probe is an uncompressed npz, whose
+inputs fdl reads in place a batch at a time (probes.RowReader); the labels (8 bytes a sample) are
+held. Reported: peak RSS (target: within 10 % from 10⁴ to 10⁶), the probe's own bytes (x float32 +
+y int64), and the peak beyond them.
 
     python benchmarks/bench_memory.py [--sizes 10000,100000,1000000] [--json FILE]
 """
