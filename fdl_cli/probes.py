@@ -13,6 +13,7 @@ each batch from the file when they are asked for, so memory does not grow with t
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 import zipfile
@@ -136,18 +137,28 @@ class RowReader:
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         count = (stop - start) * self._row_items
-        with open(self.path, "rb") as handle:
-            values = np.fromfile(
-                handle, dtype=self.stored, count=count, offset=self.offset + start * self._row_items * self.stored.itemsize
-            )
-        if values.size != count:
+        values = np.empty(count, dtype=self.stored)
+        offset = self.offset + start * self._row_items * self.stored.itemsize
+        got = 0
+        with open(self.path, "rb", buffering=0) as handle:
+            view = memoryview(values).cast("B")
+            while got < view.nbytes:  # positioned reads straight into the array (no copy through bytes)
+                if hasattr(os, "preadv"):
+                    done = os.preadv(handle.fileno(), [view[got:]], offset + got)
+                else:  # pragma: no cover - platforms without preadv
+                    handle.seek(offset + got)
+                    done = handle.readinto(view[got:]) or 0
+                if done <= 0:
+                    break
+                got += done
+        if got != values.nbytes:
             raise ProbeError(
                 f"the probe {self.path} is shorter than its header says",
-                got=f"{values.size} of {count} values of rows {start}..{stop - 1}",
+                got=f"{got // self.stored.itemsize} of {count} values of rows {start}..{stop - 1}",
                 fix="the file was truncated or changed while fdl ran; save the probe again",
             )
-        values = values.reshape((stop - start, *self.shape[1:]))
-        return values.astype(self.dtype, copy=False) if values.dtype == self.dtype else values.astype(self.dtype)
+        values = values.reshape((stop - start, *self._stored_shape[1:])).reshape((stop - start, *self.shape[1:]))
+        return values if values.dtype == self.dtype else values.astype(self.dtype)
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, rows) over the whole array, CHUNK_BYTES at a time."""
