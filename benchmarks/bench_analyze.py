@@ -28,7 +28,9 @@ def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, 
         "analyze", str(run), "--model", f"{MODELS_FILE}:{model}", "--probe", str(run / "probe.npz"),
         "--out", str(out), "--overwrite", "--device", args.device, "--batch-size", str(args.batch_size),
         "--product-dtype", args.product_dtype, "--cka-dtype", args.cka_dtype,
-    ] + (["--shard-probe"] if args.shard_probe and nproc > 1 else [])
+    ]
+    tail += ["--anchor-size", str(args.anchor_size)] if args.anchor_size else []
+    tail += ["--shard-probe"] if args.shard_probe and nproc > 1 else []
     if nproc == 1:
         return [sys.executable, "-m", "fdl_cli", *tail]
     return [
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--cka-dtype", choices=["float64", "float32"], default="float64",
                         help="fdl analyze's --cka-dtype (the floor computes no CKA)")
+    parser.add_argument("--anchor-size", type=int, help="fdl analyze's --anchor-size (default: fdl's own, 4096)")
     parser.add_argument("--nproc", type=lambda s: [int(v) for v in s.split(",")], default=[1],
                         help="also run under torchrun with these process counts, e.g. 1,2")
     parser.add_argument("--shard-probe", action="store_true", help="with --nproc > 1: shard the probe too")
