@@ -27,7 +27,7 @@ def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, 
     tail = [
         "analyze", str(run), "--model", f"{MODELS_FILE}:{model}", "--probe", str(run / "probe.npz"),
         "--out", str(out), "--overwrite", "--device", args.device, "--batch-size", str(args.batch_size),
-        "--product-dtype", args.product_dtype, "--cka-dtype", args.cka_dtype,
+        "--cka-dtype", args.cka_dtype,
     ]
     tail += ["--anchor-size", str(args.anchor_size)] if args.anchor_size else []
     tail += ["--shard-probe"] if args.shard_probe and nproc > 1 else []
@@ -42,7 +42,7 @@ def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, 
 def floor_command(run: Path, model: str, args: argparse.Namespace) -> list[str]:
     return [
         sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(run), "--model", model,
-        "--device", args.device, "--batch-size", str(args.batch_size), "--product-dtype", args.product_dtype,
+        "--device", args.device, "--batch-size", str(args.batch_size),
     ]
 
 
@@ -105,7 +105,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--cka-dtype", choices=["float64", "float32"], default="float64",
                         help="fdl analyze's --cka-dtype (the floor computes no CKA)")
     parser.add_argument("--anchor-size", type=int, help="fdl analyze's --anchor-size (default: fdl's own, 4096)")

@@ -79,10 +79,6 @@ def cli() -> None:
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
 @click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that are pickled Python objects (runs their code).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
-@click.option("--product-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
-              help="dtype of the per-batch feature products (sums are always float64). float32: about 2x faster "
-                   "per-batch products; measures may move by up to ~1e-4 relative (see docs/benchmarks.md); "
-                   "float64 is exact.")
 @click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
                    "float32: about 2x faster; CKA moves by at most ~1e-7 (see docs/measures.md).")

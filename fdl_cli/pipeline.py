@@ -59,6 +59,8 @@ class AnalyzeOptions:
     resume: bool = True
     trust_pickle: bool = False
     strict: bool = False
+    #: Library use only, not a CLI option: float32 statistics products move measures by up to ~1e-4
+    #: (docs/benchmarks.md), beyond the rtol 1e-6 that float32 must keep to be offered (issue #6).
     product_dtype: str = "float64"
     cka_dtype: str = "float64"
     shard_probe: bool = False

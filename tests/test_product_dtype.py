@@ -1,5 +1,6 @@
-"""--product-dtype float32 (SPEC.md §8): where the float32 per-batch product keeps every measure
-within rtol 1e-6 of the all-float64 path, and where it does not (so float64 stays the default).
+"""float32 statistics products (the library's `product_dtype`, SPEC.md §8): where the float32 per-batch
+product keeps every measure within rtol 1e-6 of the all-float64 path, and where it does not (so the
+CLI does not offer it: tests/test_product_dtype_sample.py).
 
 The float32 product rounds each entry of FᵀF to ~1e-7 of its size, so an eigenvalue below ~1e-6·ρ_1
 moves by a large fraction of itself: its quality/utility terms (a²/ρ_k), and through them k_τ and
