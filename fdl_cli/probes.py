@@ -141,7 +141,7 @@ class RowReader:
         offset = self.offset + start * self._row_items * self.stored.itemsize
         got = 0
         with open(self.path, "rb", buffering=0) as handle:
-            view = memoryview(values).cast("B")
+            view = values.data.cast("B")
             while got < view.nbytes:  # positioned reads straight into the array (no copy through bytes)
                 if hasattr(os, "preadv"):
                     done = os.preadv(handle.fileno(), [view[got:]], offset + got)
