@@ -113,7 +113,9 @@ class AnalyzeOptions:
             "dlr_energy": self.dlr_energy,
             "dtype": self.dtype,
             "product_dtype": self.product_dtype,
-            "cka_dtype": self.cka_dtype,
+            # Recorded only when not float64: stores written before the option existed are float64
+            # and stay resumable.
+            **({"cka_dtype": self.cka_dtype} if self.cka_dtype != "float64" else {}),
         }
 
 

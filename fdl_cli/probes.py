@@ -86,16 +86,55 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
 CHUNK_BYTES = 4 << 20
 
 
+class _OpenFile:
+    """A probe file held open from load to exit, and what it looked like then.
+
+    Every read goes through this descriptor: a probe replaced by a new file (rename) is not read
+    by mistake, and one rewritten in place (its size or modification time changed) is refused,
+    since its sha256 was taken at load.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for the reader's life
+        info = os.fstat(self.handle.fileno())
+        self.signature = (info.st_size, info.st_mtime_ns)
+
+    def check(self) -> None:
+        info = os.fstat(self.handle.fileno())
+        if (info.st_size, info.st_mtime_ns) != self.signature:
+            raise ProbeError(
+                f"the probe {self.path} changed while fdl was reading it",
+                got=f"{info.st_size} bytes now, {self.signature[0]} at load",
+                fix="leave the probe file alone during a run (write a new probe under another name)",
+            )
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        if hasattr(os, "preadv"):
+            return int(os.preadv(self.handle.fileno(), [view], offset))
+        self.handle.seek(offset)  # pragma: no cover - platforms without preadv
+        return self.handle.readinto(view) or 0  # pragma: no cover
+
+    def __del__(self) -> None:
+        handle = getattr(self, "handle", None)
+        if handle is not None:
+            handle.close()
+
+
 class RowReader:
     """Rows of an (n, ...) array stored C-contiguously at `offset` in `path`, read when sliced.
 
     Nothing is mapped or cached: ``reader[a:b]`` reads rows a..b-1 with one positioned read into a
     new array (of dtype `dtype`: float inputs float32/float64, integer token ids int64), so only the
     batch being used is in memory. A 1-D float array reads as (n, 1). ``np.asarray(reader)`` reads
-    everything. Only slices with step 1 are supported (what batching needs).
+    everything. Only slices with step 1 are supported (what batching needs). The file is opened once
+    (`_OpenFile`) and shared by the readers of its row ranges.
     """
 
-    def __init__(self, path: Path, offset: int, stored: np.dtype, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def __init__(
+        self, path: Path, offset: int, stored: np.dtype, shape: tuple[int, ...], dtype: np.dtype,
+        *, file: _OpenFile | None = None,
+    ) -> None:
         self.path = Path(path)
         self.offset = int(offset)
         self.stored = np.dtype(stored)
@@ -105,6 +144,7 @@ class RowReader:
         self.shape: tuple[int, ...] = (self._stored_shape[0], 1) if column else self._stored_shape
         self._row_items = int(np.prod(self._stored_shape[1:], dtype=np.int64))
         self._start, self._stop = 0, self._stored_shape[0]
+        self._file = file or _OpenFile(self.path)
 
     @property
     def ndim(self) -> int:
@@ -120,7 +160,7 @@ class RowReader:
     def rows(self, start: int, stop: int) -> RowReader:
         """A reader of rows start..stop-1 of this one (nothing is read)."""
         start, stop, _ = slice(start, stop).indices(len(self))
-        view = RowReader(self.path, self.offset, self.stored, self._stored_shape, self.dtype)
+        view = RowReader(self.path, self.offset, self.stored, self._stored_shape, self.dtype, file=self._file)
         view._start, view._stop = self._start + start, self._start + max(start, stop)
         view.shape = (view._stop - view._start, *self.shape[1:])
         return view
@@ -140,17 +180,13 @@ class RowReader:
         values = np.empty(count, dtype=self.stored)
         offset = self.offset + start * self._row_items * self.stored.itemsize
         got = 0
-        with open(self.path, "rb", buffering=0) as handle:
-            view = values.data.cast("B")
-            while got < view.nbytes:  # positioned reads straight into the array (no copy through bytes)
-                if hasattr(os, "preadv"):
-                    done = os.preadv(handle.fileno(), [view[got:]], offset + got)
-                else:  # pragma: no cover - platforms without preadv
-                    handle.seek(offset + got)
-                    done = handle.readinto(view[got:]) or 0
-                if done <= 0:
-                    break
-                got += done
+        self._file.check()
+        view = values.data.cast("B")
+        while got < view.nbytes:  # positioned reads straight into the array (no copy through bytes)
+            done = self._file.read_into(view[got:], offset + got)
+            if done <= 0:
+                break
+            got += done
         if got != values.nbytes:
             raise ProbeError(
                 f"the probe {self.path} is shorter than its header says",
@@ -181,7 +217,7 @@ def _lazy_dtype(stored: np.dtype) -> np.dtype | None:
     return None
 
 
-def _npz_member(path: Path, key: str) -> tuple[int, np.dtype, tuple[int, ...], int, int] | None:
+def _npz_member(path: Path, key: str) -> tuple[int, np.dtype, tuple[int, ...], int, int, int] | None:
     """(offset of the array data, dtype, shape, start and size of the member's bytes, CRC-32) of an
     uncompressed ``key.npy`` member of an npz file, or None when it cannot be read in place."""
     with zipfile.ZipFile(path) as archive:
@@ -209,7 +245,9 @@ def _npz_member(path: Path, key: str) -> tuple[int, np.dtype, tuple[int, ...], i
         offset = handle.tell()
     if fortran or dtype.hasobject or len(shape) == 0:
         return None
-    return offset, dtype, tuple(shape), start, info.CRC  # type: ignore[return-value]
+    if offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > start + info.compress_size:
+        return None  # the member is shorter than its array: let np.load report it
+    return offset, dtype, tuple(shape), start, info.compress_size, info.CRC  # type: ignore[return-value]
 
 
 def _check_crc(path: Path, start: int, size: int, crc: int, key: str) -> None:
@@ -240,12 +278,11 @@ def _lazy_npz(path: Path, arrays: dict[str, Any]) -> None:
     member = _npz_member(path, key)
     if member is None:
         return
-    offset, stored, shape, start, crc = member
+    offset, stored, shape, start, size, crc = member
     dtype = _lazy_dtype(stored)
     if dtype is None:
         return
-    end = offset + int(np.prod(shape, dtype=np.int64)) * stored.itemsize
-    _check_crc(path, start, end - start, crc, key)
+    _check_crc(path, start, size, crc, key)
     arrays[key] = RowReader(path, offset, stored, shape, dtype)
 
 
@@ -356,8 +393,14 @@ def _read_h5(path: Path) -> dict[str, Any]:
                 continue
             offset = node.id.get_offset() if key == inputs and node.chunks is None else None
             dtype = _lazy_dtype(node.dtype) if node.dtype.kind in "iuf" else None
-            if offset is not None and dtype is not None and node.ndim > 0 and node.size > 0:
-                arrays[key] = RowReader(path, offset, node.dtype, node.shape, dtype)
+            in_file = (
+                offset is not None
+                and node.id.get_storage_size() == node.size * node.dtype.itemsize  # written (not a fill value)
+                and handle.userblock_size <= offset
+                and offset + node.size * node.dtype.itemsize <= path.stat().st_size
+            )
+            if in_file and offset is not None and dtype is not None and node.ndim > 0 and node.size > 0:
+                arrays[key] = RowReader(path, int(offset), node.dtype, node.shape, dtype)
             else:
                 arrays[key] = node[()]
         return arrays
@@ -424,7 +467,7 @@ def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
         )
     if x.dtype.kind in "iu":
         return x.astype(np.int64)
-    x = x.astype(np.float64 if x.dtype == np.float64 else np.float32)
+    x = x.astype(np.float64 if x.dtype.kind == "f" and x.dtype.itemsize == 8 else np.float32)
     _check_finite(path, key, x)
     return x.reshape(-1, 1) if x.ndim == 1 else x
 

@@ -1057,13 +1057,17 @@ class StoreWriter:
 
         The lock is never released while a commit runs: a Ctrl-C while waiting for the running
         commit is raised once it and the commit of the rest are done (a further Ctrl-C stops the
-        latter, as it would stop a commit in the caller's thread).
+        latter, as it would stop a commit in the caller's thread). A background commit that failed
+        is retried with the rest; only the retry's error is raised (nothing buffered is dropped).
         """
         if self._closed:
             return
         interrupt: BaseException | None = None
         try:
-            interrupt = self._collect(wait=True, shield=True)
+            try:
+                interrupt = self._collect(wait=True, shield=True)
+            except Exception:  # noqa: BLE001 - the background commit failed; its entries are still buffered
+                interrupt = None  # and are committed again below: its error is raised if that fails too
             self._commit()
         finally:
             self._closed = True

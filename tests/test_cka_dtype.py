@@ -93,6 +93,12 @@ def test_cli_flag_is_recorded_and_a_store_refuses_the_other(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     with StoreReader(out) as reader:
         assert reader.provenance["options"]["cka_dtype"] == "float32"
+    default = tmp_path / "default.h5"
+    assert run_fdl("analyze", sample, "--steps", "0,5", "--out", str(default)).returncode == 0
+    with StoreReader(default) as reader:  # float64 is not recorded: stores from before the option resume
+        assert "cka_dtype" not in reader.provenance["options"]
+    resumed = run_fdl("analyze", sample, "--steps", "0,5,10", "--out", str(default))
+    assert resumed.returncode == 0, resumed.stderr
     again = run_fdl("analyze", sample, "--steps", "0,5,10", "--out", str(out))  # default float64
     assert again.returncode == 1 and "different run" in again.stderr and "cka_dtype" in again.stderr
     assert "Traceback" not in again.stderr

@@ -3,6 +3,7 @@ whole array, with only the rows of a batch in memory (issue #6 (c): memory flat 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -104,9 +105,44 @@ def test_damage_is_found_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         load_probe(tmp_path / "nan.npz")
     np.savez(tmp_path / "short.npz", x=X, y=Y)
     probe = load_probe(tmp_path / "short.npz")
-    (tmp_path / "short.npz").write_bytes(bytes(data[: at - 400]))  # truncated after loading
-    with pytest.raises(ProbeError, match="shorter than its header says"):
+    (tmp_path / "short.npz").write_bytes(bytes(data[: at - 400]))  # truncated in place after loading
+    with pytest.raises(ProbeError, match="changed while fdl was reading it") as changed:
         probe.x[200:300]
+    assert "fix:" in changed.value.message
+
+
+def test_a_probe_replaced_during_a_run_is_not_read_by_mistake(tmp_path: Path) -> None:
+    """The file is held open from load: a new file renamed over it leaves the loaded inputs (whose
+    sha256 the store records) readable; a rewrite in place is refused."""
+    path = tmp_path / "p.npz"
+    np.savez(path, x=X, y=Y)
+    probe = load_probe(path)
+    np.savez(tmp_path / "new.npz", x=X + 1.0, y=Y)
+    (tmp_path / "new.npz").replace(path)
+    np.testing.assert_array_equal(probe.x[0:50], X[:50])  # still the inputs that were loaded and hashed
+    again = load_probe(path)
+    np.savez(tmp_path / "same-size.npz", x=X * 2.0, y=Y)
+    with open(path, "r+b") as handle:  # rewrite in place, same size
+        handle.write((tmp_path / "same-size.npz").read_bytes())
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(ProbeError, match="changed while fdl was reading it"):
+        again.x[0:10]
+
+
+def test_hdf5_inputs_that_are_not_plain_data_in_the_file_are_read_whole(tmp_path: Path) -> None:
+    """A userblock shifts HDF5's addresses and a dataset never written has only a fill value: such
+    inputs are read through h5py, never from a computed offset."""
+    path = tmp_path / "userblock.h5"
+    with h5py.File(path, "w", userblock_size=512) as handle:
+        handle.create_dataset("x", shape=(4, 3), dtype="f4", fillvalue=2.5)  # never written
+    probe = load_probe(path)
+    assert not isinstance(probe.x, RowReader)
+    np.testing.assert_array_equal(probe.x, np.full((4, 3), 2.5, dtype=np.float32))
+    with h5py.File(tmp_path / "written.h5", "w", userblock_size=512) as handle:
+        handle["x"] = X
+    written = load_probe(tmp_path / "written.h5")
+    assert isinstance(written.x, RowReader)
+    np.testing.assert_array_equal(np.asarray(written.x), X)
 
 
 def test_analysis_is_identical_whether_read_in_place_or_whole(tmp_path: Path) -> None:

@@ -282,6 +282,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
         writer.add(random_entry(0))
+        writer.flush()  # the commit runs in the background: durable only once flushed
         lock = json.loads((tmp_path / "run.h5.lock").read_text())
         assert lock["pid"] == os.getpid()
         with pytest.raises(StoreLockedError) as excinfo:  # same process, separate open of the lock file

@@ -331,3 +331,27 @@ def test_background_false_commits_in_the_callers_thread_within_add(tmp_path: Pat
         assert_durable(path, entries)
     assert len(gate.threads) == 2 and all(thread is threading.main_thread() for thread in gate.threads)
     assert stored_steps(path) == [0, 1, 2]
+
+
+def test_close_alone_retries_a_failed_background_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library user who only leaves the `with` block loses nothing to one transient failure."""
+    path = tmp_path / "run.h5"
+    with writer_for(path, background=False) as writer:
+        writer.add(random_entry(0))
+    calls: list[int] = []
+    real = store_module.shutil.copyfile
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("transient")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_module.shutil, "copyfile", flaky)
+    entries = [random_entry(1), random_entry(2)]
+    with writer_for(path) as writer:
+        writer.add(entries[0])  # its background commit fails
+        writer.add(entries[1])
+    assert len(calls) == 2 and stored_steps(path) == [0, 1, 2]
+    assert_durable(path, entries)
+    assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
