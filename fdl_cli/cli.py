@@ -68,7 +68,9 @@ def cli() -> None:
 @click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
               help="Eigenvectors / eigenfunctions stored per checkpoint.")
 @click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="First m probe points on which CKA, overlaps and eigenfunction values are taken.")
+              help="First m probe points on which CKA, overlaps and eigenfunction values are taken. CKA costs "
+                   "two m×p×p products per checkpoint; a smaller m is faster but biases CKA upwards "
+                   "(docs/benchmarks.md).")
 @click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
 @click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
