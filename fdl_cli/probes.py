@@ -423,9 +423,11 @@ def _pick(arrays: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str | None,
     return None, None
 
 
-def _check_finite(path: Path, key: str, values: np.ndarray) -> None:
+def _check_finite(path: Path, key: str, values: np.ndarray, *, first_row: int = 0) -> None:
+    """NaN/Inf in `values` (rows first_row.. of the probe's array) -> ProbeError with its index."""
     if values.dtype.kind in "fc" and not np.isfinite(values).all():
         bad = np.argwhere(~np.isfinite(values))[0]
+        bad[0] += first_row
         raise ProbeError(
             f"the probe {path}: '{key}' holds NaN or Inf (first at index {tuple(int(i) for i in bad)})",
             fix="clean or drop those samples before saving the probe",
@@ -440,13 +442,7 @@ def _lazy_inputs(path: Path, key: str, x: RowReader) -> RowReader:
             fix="save at least one sample, shape (n, ...)",
         )
     for first, rows in x.chunks():
-        if rows.dtype.kind == "f" and not np.isfinite(rows).all():
-            bad = np.argwhere(~np.isfinite(rows))[0]
-            bad[0] += first
-            raise ProbeError(
-                f"the probe {path}: '{key}' holds NaN or Inf (first at index {tuple(int(i) for i in bad)})",
-                fix="clean or drop those samples before saving the probe",
-            )
+        _check_finite(path, key, rows, first_row=first)
     return x
 
 
