@@ -270,20 +270,17 @@ def _check_crc(path: Path, start: int, size: int, crc: int, key: str) -> None:
         )
 
 
-def _lazy_npz(path: Path, arrays: dict[str, Any]) -> None:
-    """Replace the inputs of an npz by a RowReader when they are stored uncompressed."""
-    key = next((k for k in (*X_KEYS, "arr_0") if k in arrays), None)
-    if key is None:
-        return
+def _lazy_npz(path: Path, key: str) -> RowReader | None:
+    """A RowReader of the npz member `key` when it is stored uncompressed (CRC-32 checked), else None."""
     member = _npz_member(path, key)
     if member is None:
-        return
+        return None
     offset, stored, shape, start, size, crc = member
     dtype = _lazy_dtype(stored)
     if dtype is None:
-        return
+        return None
     _check_crc(path, start, size, crc, key)
-    arrays[key] = RowReader(path, offset, stored, shape, dtype)
+    return RowReader(path, offset, stored, shape, dtype)
 
 
 def _file_sha256(path: Path) -> str:
@@ -294,22 +291,13 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Deferred:
-    """An npz member not read yet (the inputs, read in place by `_lazy_npz` when possible)."""
-
-
 def _read_npz(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as archive:
-        keys = archive.files
-        inputs = next((k for k in (*X_KEYS, "arr_0") if k in keys), None)
-        arrays: dict[str, Any] = {key: archive[key] for key in keys if key != inputs}
-        if inputs is not None:
-            arrays[inputs] = _Deferred()
-    if inputs is not None:
-        _lazy_npz(path, arrays)
-        if isinstance(arrays[inputs], _Deferred):
-            with np.load(path, allow_pickle=False) as archive:
-                arrays[inputs] = archive[inputs]
+        inputs = next((k for k in (*X_KEYS, "arr_0") if k in archive.files), None)
+        arrays: dict[str, Any] = {key: archive[key] for key in archive.files if key != inputs}
+        if inputs is not None:  # read in place when stored uncompressed, else whole
+            lazy = _lazy_npz(path, inputs)
+            arrays[inputs] = lazy if lazy is not None else archive[inputs]
     return arrays
 
 
