@@ -10,12 +10,18 @@ when a torch batch arrives, so the pure core stays importable without it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from fdl_cli.errors import NumericalError, ProbeError
 from fdl_cli.spectral import TASKS, Moments
+
+
+def _width(array: Any) -> int:
+    """Columns of a (b, ...) array once flattened to (b, ·)."""
+    return math.prod(int(extent) for extent in array.shape[1:])
 
 
 def _is_torch(array: Any) -> bool:
@@ -46,6 +52,7 @@ class MomentAccumulator:
         self.n = 0
         self._width = self._features = 0  # C and p of the batches so far
         self._torch: Any = None
+        self._buffer: Any = None  # the torch path's reused (b, p + width of S) float64 batch
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
 
@@ -89,13 +96,11 @@ class MomentAccumulator:
                 + (f", {lengths[1]} targets" if len(lengths) > 1 else ""),
                 fix="hook a module whose output keeps the batch dimension first, and give one target per input",
             )
-        feats = self._as64(features).reshape(batch, -1)
-        outs = self._as64(outputs).reshape(batch, -1)
-        if self.n and (int(outs.shape[1]) != self._width or int(feats.shape[1]) != self._features):
+        width, n_features = _width(outputs), _width(features)
+        if self.n and (width != self._width or n_features != self._features):
             raise NumericalError(
                 "the batches of one pass differ in width",
-                got=f"{int(feats.shape[1])} features and {int(outs.shape[1])} outputs after "
-                f"{self._features} and {self._width}",
+                got=f"{n_features} features and {width} outputs after {self._features} and {self._width}",
                 fix="give every batch the same features and outputs",
             )
         if self.task != "none" and targets is None:
@@ -103,6 +108,13 @@ class MomentAccumulator:
                 f"the probe was declared with {self.task} targets but a batch has none",
                 fix="pass the targets of every batch",
             )
+        if self._torch is not None and self.product_dtype == "float64" and not self.keep_features:
+            self._update_joint(features.detach().reshape(batch, -1), outputs.detach().reshape(batch, -1), targets)
+            self._width, self._features = width, n_features
+            self.n += batch
+            return
+        feats = self._as64(features).reshape(batch, -1)
+        outs = self._as64(outputs).reshape(batch, -1)
         # The outputs and the (one-hot) targets side by side, S = [Ŷ | Y]: two products per batch,
         # FᵀS and SᵀS, give Σφŷᵀ, Σφyᵀ (= the class sums of φ), Σŷŷᵀ, Σŷyᵀ and Σyyᵀ at once.
         if self.task == "none":
@@ -135,6 +147,15 @@ class MomentAccumulator:
                     fix="give one target column per model output",
                 )
             return values
+        labels = self._labels(targets, n_outputs, device=device)
+        if self._torch is not None:
+            return self._torch.nn.functional.one_hot(labels.long(), n_outputs).to(self._torch.float64)
+        onehot = np.zeros((batch, n_outputs))
+        onehot[np.arange(batch), labels.astype(np.int64)] = 1.0
+        return onehot
+
+    def _labels(self, targets: Any, n_outputs: int, *, device: Any = None) -> Any:
+        """Class labels (b,) on the features' device, checked to lie in [0, C) (on the CPU)."""
         labels = targets.reshape(-1)
         if self._torch is not None:
             labels = labels.to(device=device)
@@ -150,18 +171,53 @@ class MomentAccumulator:
                 got=f"labels in [{low}, {high}] for {n_outputs} outputs",
                 fix="labels must be integers in [0, C) where C is the number of model outputs",
             )
-        if self._torch is not None:
-            return self._torch.nn.functional.one_hot(labels.long(), n_outputs).to(self._torch.float64)
-        onehot = np.zeros((batch, n_outputs))
-        onehot[np.arange(batch), labels.astype(np.int64)] = 1.0
-        return onehot
+        return labels
+
+    def _update_joint(self, feats: Any, outs: Any, targets: Any) -> None:
+        """The torch float64 path: X = [F | S], S = [Ŷ | Y], is written once per batch into a reused
+        float64 buffer (the only conversion), then added in place: Σx, ΣFᵀX = [Σφφᵀ | Σφŷᵀ | Σφyᵀ] and
+        ΣSᵀS. No per-batch temporaries: as cheap as the bare FᵀF product (docs/benchmarks.md)."""
+        torch = self._torch
+        batch, p, c = int(feats.shape[0]), int(feats.shape[1]), int(outs.shape[1])
+        width = p + c * (1 if self.task == "none" else 2)
+        buffer = self._buffer
+        if buffer is None or buffer.shape[0] < batch or buffer.device != feats.device:
+            buffer = self._buffer = torch.empty((batch, width), dtype=torch.float64, device=feats.device)
+        joint = buffer[:batch]
+        joint[:, :p].copy_(feats)
+        joint[:, p : p + c].copy_(outs)
+        if self.task == "regression":
+            joint[:, p + c :].copy_(self._targets(targets, batch, c))
+        elif self.task == "classes":
+            labels = self._labels(targets, c, device=feats.device)
+            onehot = joint[:, p + c :]
+            onehot.zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
+            self._add("n_correct", (outs.argmax(1) == labels).sum())
+        if "sum_x" not in self._sums:
+            self._sums["sum_x"] = torch.zeros(width, dtype=torch.float64, device=feats.device)
+            self._sums["sum_fx"] = torch.zeros((p, width), dtype=torch.float64, device=feats.device)
+            self._sums["sum_ss"] = torch.zeros((width - p, width - p), dtype=torch.float64, device=feats.device)
+        self._sums["sum_x"].add_(joint.sum(0))
+        self._sums["sum_fx"].addmm_(joint[:, :p].T, joint)
+        side = joint[:, p:]
+        self._sums["sum_ss"].addmm_(side.T, side)
+
+    def _named_sums(self) -> dict[str, Any]:
+        """The sums by their names (sum_f, sum_s, sum_ff, sum_fs, sum_ss, ...), views of the joint ones."""
+        sums = dict(self._sums)
+        if "sum_x" in sums:
+            p = self._features
+            joint, cross = sums.pop("sum_x"), sums.pop("sum_fx")
+            sums.update(sum_f=joint[:p], sum_s=joint[p:], sum_ff=cross[:, :p], sum_fs=cross[:, p:])
+        return sums
 
     def second_moment_so_far(self) -> tuple[Any, Any] | None:
         """Copies of (Σφφᵀ (p, p), Σφ (p,)) over the samples added so far, on their device; None when
         the features themselves are kept (Gram route) or nothing was added yet."""
-        if self.keep_features or "sum_ff" not in self._sums:
+        named = self._named_sums()
+        if self.keep_features or "sum_ff" not in named:
             return None
-        sums = (self._sums["sum_ff"], self._sums["sum_f"])
+        sums = (named["sum_ff"], named["sum_f"])
         return tuple(s.clone() if self._torch is not None else np.array(s, copy=True) for s in sums)  # type: ignore[return-value]
 
     def moments(self) -> Moments:
@@ -169,13 +225,15 @@ class MomentAccumulator:
         if self.n == 0:
             raise NumericalError("no samples were accumulated", fix="feed at least one probe batch")
 
+        named = self._named_sums()
+
         def host(name: str) -> np.ndarray | None:
-            value = self._sums.get(name)
+            value = named.get(name)
             if value is None:
                 return None
             if self._torch is not None:
-                return value.detach().cpu().numpy().astype(np.float64)
-            return np.asarray(value, dtype=np.float64)
+                value = value.detach().cpu().numpy()
+            return np.ascontiguousarray(value, dtype=np.float64)
 
         features = None
         if self.keep_features:
@@ -183,7 +241,7 @@ class MomentAccumulator:
                 features = self._torch.cat(self._kept).cpu().numpy()
             else:
                 features = np.concatenate(self._kept)
-        correct = self._sums.get("n_correct", 0)
+        correct = named.get("n_correct", 0)
         c = self._width
         sum_s, sum_ss, sum_fs = host("sum_s"), host("sum_ss"), host("sum_fs")
         assert sum_s is not None and sum_ss is not None and sum_fs is not None

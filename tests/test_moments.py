@@ -121,6 +121,44 @@ def test_numpy_and_torch_inputs_give_the_same_statistics(task: str, keep_feature
     assert isinstance(from_torch.sum_f, np.ndarray) and from_torch.sum_f.dtype == np.float64
 
 
+@pytest.mark.parametrize("task", ["none", "classes", "regression"])
+def test_torch_joint_buffer_equals_the_plain_sums(task: str) -> None:
+    """The torch float64 path writes [F | Ŷ | Y] into one reused buffer and adds in place: batches that
+    shrink and grow (the buffer is reallocated, then sliced), float32 inputs (converted exactly) and
+    the snapshot in mid-pass must give the plain float64 sums of the whole probe."""
+    torch = pytest.importorskip("torch")
+    probe = make_probe(9, regression=task == "regression")
+    f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in probe.items()}
+    acc = MomentAccumulator(task=task)
+    snapshot = None
+    for lo, hi in ((0, 5), (5, 25), (25, 26), (26, 60)):
+        targets = None if task == "none" else torch.from_numpy(f32["targets"][lo:hi])
+        acc.update(torch.from_numpy(f32["features"][lo:hi]), torch.from_numpy(f32["outputs"][lo:hi]), targets)
+        if hi == 25:
+            snapshot = acc.second_moment_so_far()
+    got = acc.moments()
+    f, o = f32["features"].astype(np.float64), f32["outputs"].astype(np.float64)
+    np.testing.assert_allclose(got.sum_ff, f.T @ f, rtol=1e-13)
+    np.testing.assert_allclose(got.sum_f, f.sum(0), rtol=1e-13)
+    np.testing.assert_allclose(got.sum_fo, f.T @ o, rtol=1e-13)
+    np.testing.assert_allclose(got.sum_oo, o.T @ o, rtol=1e-13)
+    np.testing.assert_allclose(got.sum_o, o.sum(0), rtol=1e-13)
+    assert snapshot is not None
+    np.testing.assert_allclose(snapshot[0].numpy(), f[:25].T @ f[:25], rtol=1e-13)
+    np.testing.assert_allclose(snapshot[1].numpy(), f[:25].sum(0), rtol=1e-13)
+    if task == "none":
+        assert got.sum_y is None and got.sum_fy is None
+        return
+    y = one_hot(f32["targets"], C) if task == "classes" else f32["targets"].astype(np.float64)
+    np.testing.assert_allclose(got.sum_fy, f.T @ y, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(got.sum_yy, y.T @ y, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(got.sum_oy, o.T @ y, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(got.sum_y, y.sum(0), rtol=1e-13)
+    if task == "classes":
+        np.testing.assert_array_equal(got.class_counts, np.bincount(f32["targets"], minlength=C))
+        assert got.n_correct == int(np.sum(o.argmax(1) == f32["targets"]))
+
+
 def test_one_pass_matches_brute_force_measures() -> None:
     probe = make_probe(6)
     got = measure(accumulate(probe, task="classes", sizes=[11, 49]), center=True)
