@@ -2,8 +2,8 @@
 
 For every checkpoint of RUN_DIR (in step order; the next one is loaded in a thread meanwhile): load
 its weights into the model, run the probe through it once in batches with the feature layer (the
-input of the last Linear) hooked, add one p×p product FᵀF per batch to a sum in the product dtype's
-accumulator (float64 sums, as fdl keeps), and eigen-decompose the p×p sum once. Nothing is stored.
+input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place, as fdl
+adds its sums), and eigen-decompose the p×p sum once. Nothing is stored.
 
     python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64]
 """
@@ -59,8 +59,13 @@ def main() -> None:
                 for start in range(0, x.shape[0], args.batch_size):
                     model(x[start : start + args.batch_size].to(device, non_blocking=True))
                     features = captured.pop().reshape(-1, head.in_features).to(product)
-                    gram = (features.T @ features).to(torch.float64)
-                    total = gram if total is None else total.add_(gram)
+                    if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
+                        if total is None:
+                            total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
+                        total.addmm_(features.T, features)
+                    else:
+                        gram = (features.T @ features).to(torch.float64)
+                        total = gram if total is None else total.add_(gram)
             assert total is not None
             eigenvalues, _ = np.linalg.eigh(total.cpu().numpy() / x.shape[0])
             top.append(float(eigenvalues[-1]))
