@@ -67,7 +67,8 @@ def main() -> None:
                         gram = (features.T @ features).to(torch.float64)
                         total = gram if total is None else total.add_(gram)
             assert total is not None
-            eigenvalues, _ = np.linalg.eigh(total.cpu().numpy() / x.shape[0])
+            # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze`.
+            eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
             top.append(float(eigenvalues[-1]))
     print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}")
 

@@ -14,8 +14,10 @@ from fdl_cli.errors import NumericalError
 from fdl_cli.fields import MEASURE_FIELDS
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import (
+    TORCH_EIGH_MIN_SIZE,
     CheckpointMeasures,
     Moments,
+    _descending_eigh,
     cka,
     dynamical_low_rank,
     eigenfunctions,
@@ -487,3 +489,20 @@ def test_last_layer_gradient_descent_decays_each_eigenfunction(n: int, p: int) -
     outside = residual - basis @ (basis.T @ residual / n)
     outside0 = -y - basis @ (basis.T @ -y / n)
     np.testing.assert_allclose(outside, outside0, atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE + 72])
+def test_descending_eigh_through_either_lapack_is_the_same_decomposition(size: int) -> None:
+    """With torch loaded, large matrices go through torch's LAPACK: the same eigenpairs as numpy's."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(size)
+    features = np.maximum(rng.normal(size=(3 * size, size)), 0.0) * np.linspace(3.0, 0.1, size)
+    matrix = features.T @ features / features.shape[0]
+    values, vectors = _descending_eigh(matrix)
+    expected = np.linalg.eigh(matrix)
+    np.testing.assert_allclose(values, expected[0][::-1], rtol=1e-12, atol=1e-14 * values[0])
+    assert np.all(np.diff(values) <= 0)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(size), atol=1e-12)
+    np.testing.assert_allclose(vectors.T @ matrix @ vectors, np.diag(values), atol=1e-11 * values[0])
+    cosines = np.abs(np.sum(vectors * expected[1][:, ::-1], axis=0))  # distinct eigenvalues: up to sign
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-8)
