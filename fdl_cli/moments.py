@@ -52,7 +52,7 @@ class MomentAccumulator:
         self.n = 0
         self._width = self._features = 0  # C and p of the batches so far
         self._torch: Any = None
-        self._buffer: Any = None  # the torch path's reused (b, p + width of S) float64 batch
+        self._buffers: Any = None  # the torch path's reused float64 batches F (b, p) and S (b, ·)
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
 
@@ -109,7 +109,7 @@ class MomentAccumulator:
                 fix="pass the targets of every batch",
             )
         if self._torch is not None and self.product_dtype == "float64" and not self.keep_features:
-            self._update_joint(features.detach().reshape(batch, -1), outputs.detach().reshape(batch, -1), targets)
+            self._update_in_place(features.detach().reshape(batch, -1), outputs.detach().reshape(batch, -1), targets)
             self._width, self._features = width, n_features
             self.n += batch
             return
@@ -173,51 +173,45 @@ class MomentAccumulator:
             )
         return labels
 
-    def _update_joint(self, feats: Any, outs: Any, targets: Any) -> None:
-        """The torch float64 path: X = [F | S], S = [Ŷ | Y], is written once per batch into a reused
-        float64 buffer (the only conversion), then added in place: Σx, ΣFᵀX = [Σφφᵀ | Σφŷᵀ | Σφyᵀ] and
-        ΣSᵀS. No per-batch temporaries: as cheap as the bare FᵀF product (docs/benchmarks.md)."""
+    def _update_in_place(self, feats: Any, outs: Any, targets: Any) -> None:
+        """The torch float64 path: F and S = [Ŷ | Y] are written once per batch into two reused
+        float64 buffers (the only conversion), then added in place: Σφ, Σs, ΣFᵀF, ΣFᵀS and ΣSᵀS, with
+        no per-batch temporaries (as cheap as the bare FᵀF product, docs/benchmarks.md). FᵀF is taken
+        from F alone, so that a pass of another task (the anchor pass of a resumed run) sums the
+        same products to the bit."""
         torch = self._torch
         batch, p, c = int(feats.shape[0]), int(feats.shape[1]), int(outs.shape[1])
-        width = p + c * (1 if self.task == "none" else 2)
-        buffer = self._buffer
-        if buffer is None or buffer.shape[0] < batch or buffer.device != feats.device:
-            buffer = self._buffer = torch.empty((batch, width), dtype=torch.float64, device=feats.device)
-        joint = buffer[:batch]
-        joint[:, :p].copy_(feats)
-        joint[:, p : p + c].copy_(outs)
+        buffers = self._buffers
+        if buffers is None or buffers[0].shape[0] < batch or buffers[0].device != feats.device:
+            width = c * (1 if self.task == "none" else 2)
+            buffers = self._buffers = tuple(
+                torch.empty((batch, w), dtype=torch.float64, device=feats.device) for w in (p, width)
+            )
+        f64, side = buffers[0][:batch], buffers[1][:batch]
+        f64.copy_(feats)
+        side[:, :c].copy_(outs)
         if self.task == "regression":
-            joint[:, p + c :].copy_(self._targets(targets, batch, c))
+            side[:, c:].copy_(self._targets(targets, batch, c))
         elif self.task == "classes":
             labels = self._labels(targets, c, device=feats.device)
-            onehot = joint[:, p + c :]
-            onehot.zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
+            side[:, c:].zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
             self._add("n_correct", (outs.argmax(1) == labels).sum())
-        if "sum_x" not in self._sums:
-            self._sums["sum_x"] = torch.zeros(width, dtype=torch.float64, device=feats.device)
-            self._sums["sum_fx"] = torch.zeros((p, width), dtype=torch.float64, device=feats.device)
-            self._sums["sum_ss"] = torch.zeros((width - p, width - p), dtype=torch.float64, device=feats.device)
-        self._sums["sum_x"].add_(joint.sum(0))
-        self._sums["sum_fx"].addmm_(joint[:, :p].T, joint)
-        side = joint[:, p:]
+        if "sum_ff" not in self._sums:
+            for name, shape in (("sum_f", (p,)), ("sum_s", (side.shape[1],)), ("sum_ff", (p, p)),
+                                ("sum_fs", (p, side.shape[1])), ("sum_ss", (side.shape[1],) * 2)):
+                self._sums[name] = torch.zeros(shape, dtype=torch.float64, device=feats.device)
+        self._sums["sum_f"].add_(f64.sum(0))
+        self._sums["sum_s"].add_(side.sum(0))
+        self._sums["sum_ff"].addmm_(f64.T, f64)
+        self._sums["sum_fs"].addmm_(f64.T, side)
         self._sums["sum_ss"].addmm_(side.T, side)
-
-    def _named_sums(self) -> dict[str, Any]:
-        """The sums by their names (sum_f, sum_s, sum_ff, sum_fs, sum_ss, ...), views of the joint ones."""
-        sums = dict(self._sums)
-        if "sum_x" in sums:
-            p = self._features
-            joint, cross = sums.pop("sum_x"), sums.pop("sum_fx")
-            sums.update(sum_f=joint[:p], sum_s=joint[p:], sum_ff=cross[:, :p], sum_fs=cross[:, p:])
-        return sums
 
     def second_moment_so_far(self) -> tuple[Any, Any] | None:
         """Copies of (Σφφᵀ (p, p), Σφ (p,)) over the samples added so far, on their device; None when
         the features themselves are kept (Gram route) or nothing was added yet."""
-        named = self._named_sums()
-        if self.keep_features or "sum_ff" not in named:
+        if self.keep_features or "sum_ff" not in self._sums:
             return None
-        sums = (named["sum_ff"], named["sum_f"])
+        sums = (self._sums["sum_ff"], self._sums["sum_f"])
         return tuple(s.clone() if self._torch is not None else np.array(s, copy=True) for s in sums)  # type: ignore[return-value]
 
     def moments(self) -> Moments:
@@ -225,10 +219,8 @@ class MomentAccumulator:
         if self.n == 0:
             raise NumericalError("no samples were accumulated", fix="feed at least one probe batch")
 
-        named = self._named_sums()
-
         def host(name: str) -> np.ndarray | None:
-            value = named.get(name)
+            value = self._sums.get(name)
             if value is None:
                 return None
             if self._torch is not None:
@@ -241,7 +233,7 @@ class MomentAccumulator:
                 features = self._torch.cat(self._kept).cpu().numpy()
             else:
                 features = np.concatenate(self._kept)
-        correct = named.get("n_correct", 0)
+        correct = self._sums.get("n_correct", 0)
         c = self._width
         sum_s, sum_ss, sum_fs = host("sum_s"), host("sum_ss"), host("sum_fs")
         assert sum_s is not None and sum_ss is not None and sum_fs is not None

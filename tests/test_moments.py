@@ -122,8 +122,8 @@ def test_numpy_and_torch_inputs_give_the_same_statistics(task: str, keep_feature
 
 
 @pytest.mark.parametrize("task", ["none", "classes", "regression"])
-def test_torch_joint_buffer_equals_the_plain_sums(task: str) -> None:
-    """The torch float64 path writes [F | Ŷ | Y] into one reused buffer and adds in place: batches that
+def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
+    """The torch float64 path writes F and [Ŷ | Y] into reused buffers and adds in place: batches that
     shrink and grow (the buffer is reallocated, then sliced), float32 inputs (converted exactly) and
     the snapshot in mid-pass must give the plain float64 sums of the whole probe."""
     torch = pytest.importorskip("torch")
@@ -157,6 +157,26 @@ def test_torch_joint_buffer_equals_the_plain_sums(task: str) -> None:
     if task == "classes":
         np.testing.assert_array_equal(got.class_counts, np.bincount(f32["targets"], minlength=C))
         assert got.n_correct == int(np.sum(o.argmax(1) == f32["targets"]))
+
+
+def test_second_moment_is_the_same_to_the_bit_whatever_the_task() -> None:
+    """A resumed run rebuilds the previous checkpoint's anchor moment in a pass without targets: its
+    Σφφᵀ must equal the one the labelled pass summed, bit for bit (CKA's self-norm comes from it)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    features = torch.from_numpy(np.maximum(rng.normal(size=(300, 96)), 0.0).astype(np.float32))
+    outputs = torch.from_numpy(rng.normal(size=(300, 7)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 7, size=300))
+    seconds = []
+    for task, targets in (("classes", labels), ("none", None)):
+        acc = MomentAccumulator(task=task)
+        for lo in range(0, 300, 128):
+            acc.update(features[lo : lo + 128], outputs[lo : lo + 128], None if targets is None else targets[lo : lo + 128])
+        snapshot = acc.second_moment_so_far()
+        assert snapshot is not None
+        seconds.append(tuple(part.numpy() for part in snapshot))
+    np.testing.assert_array_equal(seconds[0][0], seconds[1][0])
+    np.testing.assert_array_equal(seconds[0][1], seconds[1][1])
 
 
 def test_one_pass_matches_brute_force_measures() -> None:
