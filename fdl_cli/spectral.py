@@ -207,11 +207,20 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     torch when torch is loaded and the matrix is large, else through numpy. The pure core never
     imports torch (nor scipy, which would cost `fdl compare` 0.3 s)."""
     torch = sys.modules.get("torch")
-    if torch is not None and matrix.shape[0] >= TORCH_EIGH_MIN_SIZE and matrix.dtype == np.float64:
-        values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(matrix)))
-        values, vectors = values_t.numpy(), vectors_t.numpy()
-    else:
-        values, vectors = np.linalg.eigh(matrix)
+    failures: tuple[type[Exception], ...] = (np.linalg.LinAlgError,)
+    try:
+        if torch is not None and matrix.shape[0] >= TORCH_EIGH_MIN_SIZE and matrix.dtype == np.float64:
+            failures += (torch.linalg.LinAlgError,)
+            values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(matrix)))
+            values, vectors = values_t.numpy(), vectors_t.numpy()
+        else:
+            values, vectors = np.linalg.eigh(matrix)
+    except failures as exc:
+        raise NumericalError(
+            f"the eigen-decomposition of a {matrix.shape[0]}×{matrix.shape[1]} matrix did not converge",
+            got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            fix="check the features for extreme values (a diverged checkpoint), or use --dtype float32",
+        ) from None
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 

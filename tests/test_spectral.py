@@ -506,3 +506,18 @@ def test_descending_eigh_through_either_lapack_is_the_same_decomposition(size: i
     np.testing.assert_allclose(vectors.T @ matrix @ vectors, np.diag(values), atol=1e-11 * values[0])
     cosines = np.abs(np.sum(vectors * expected[1][:, ::-1], axis=0))  # distinct eigenvalues: up to sign
     np.testing.assert_allclose(cosines, 1.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("size", [TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE])
+def test_an_eigen_decomposition_that_fails_is_a_numerical_error(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAPACK's rare non-convergence (numpy's or torch's) becomes a clear NumericalError, not a traceback."""
+    torch = pytest.importorskip("torch")
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise (torch.linalg.LinAlgError if size >= TORCH_EIGH_MIN_SIZE else np.linalg.LinAlgError)("no convergence")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fail)
+    monkeypatch.setattr(np.linalg, "eigh", fail)
+    with pytest.raises(NumericalError, match="did not converge") as info:
+        _descending_eigh(np.eye(size))
+    assert "no convergence" in str(info.value)
