@@ -67,7 +67,7 @@ def main() -> None:
                         gram = (features.T @ features).to(torch.float64)
                         total = gram if total is None else total.add_(gram)
             assert total is not None
-            # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze`.
+            # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze` (p ≥ 128).
             eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
             top.append(float(eigenvalues[-1]))
     print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}")

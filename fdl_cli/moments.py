@@ -181,30 +181,43 @@ class MomentAccumulator:
         same products to the bit."""
         torch = self._torch
         batch, p, c = int(feats.shape[0]), int(feats.shape[1]), int(outs.shape[1])
+        width = c * (1 if self.task == "none" else 2)
+        # Targets are checked before anything is written: a refused batch leaves no trace.
+        values = self._targets(targets, batch, c) if self.task == "regression" else None
+        labels = self._labels(targets, c, device=feats.device) if self.task == "classes" else None
         buffers = self._buffers
-        if buffers is None or buffers[0].shape[0] < batch or buffers[0].device != feats.device:
-            width = c * (1 if self.task == "none" else 2)
+        if (
+            buffers is None
+            or buffers[0].shape[0] < batch
+            or (buffers[0].shape[1], buffers[1].shape[1]) != (p, width)
+            or buffers[0].device != feats.device
+        ):
             buffers = self._buffers = tuple(
                 torch.empty((batch, w), dtype=torch.float64, device=feats.device) for w in (p, width)
             )
         f64, side = buffers[0][:batch], buffers[1][:batch]
         f64.copy_(feats)
         side[:, :c].copy_(outs)
-        if self.task == "regression":
-            side[:, c:].copy_(self._targets(targets, batch, c))
-        elif self.task == "classes":
-            labels = self._labels(targets, c, device=feats.device)
+        if values is not None:
+            side[:, c:].copy_(values)
+        elif labels is not None:
             side[:, c:].zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
-            self._add("n_correct", (outs.argmax(1) == labels).sum())
         if "sum_ff" not in self._sums:
-            for name, shape in (("sum_f", (p,)), ("sum_s", (side.shape[1],)), ("sum_ff", (p, p)),
-                                ("sum_fs", (p, side.shape[1])), ("sum_ss", (side.shape[1],) * 2)):
+            for name, shape in (
+                ("sum_f", (p,)),
+                ("sum_s", (width,)),
+                ("sum_ff", (p, p)),
+                ("sum_fs", (p, width)),
+                ("sum_ss", (width, width)),
+            ):
                 self._sums[name] = torch.zeros(shape, dtype=torch.float64, device=feats.device)
         self._sums["sum_f"].add_(f64.sum(0))
         self._sums["sum_s"].add_(side.sum(0))
         self._sums["sum_ff"].addmm_(f64.T, f64)
         self._sums["sum_fs"].addmm_(f64.T, side)
         self._sums["sum_ss"].addmm_(side.T, side)
+        if labels is not None:
+            self._add("n_correct", (outs.argmax(1) == labels).sum())
 
     def second_moment_so_far(self) -> tuple[Any, Any] | None:
         """Copies of (Σφφᵀ (p, p), Σφ (p,)) over the samples added so far, on their device; None when
@@ -223,9 +236,10 @@ class MomentAccumulator:
             value = self._sums.get(name)
             if value is None:
                 return None
+            # Copies: the sums keep growing (in place) if the accumulator is fed again.
             if self._torch is not None:
-                value = value.detach().cpu().numpy()
-            return np.ascontiguousarray(value, dtype=np.float64)
+                return value.detach().to("cpu", dtype=self._torch.float64, copy=True).numpy()
+            return np.array(value, dtype=np.float64, copy=True)
 
         features = None
         if self.keep_features:

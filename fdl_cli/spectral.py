@@ -211,7 +211,7 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     try:
         if torch is not None and matrix.shape[0] >= TORCH_EIGH_MIN_SIZE and matrix.dtype == np.float64:
             failures += (torch.linalg.LinAlgError,)
-            values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(matrix)))
+            values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.array(matrix, order="C", copy=True)))
             values, vectors = values_t.numpy(), vectors_t.numpy()
         else:
             values, vectors = np.linalg.eigh(matrix)

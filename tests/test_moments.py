@@ -160,23 +160,85 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
 
 
 def test_second_moment_is_the_same_to_the_bit_whatever_the_task() -> None:
-    """A resumed run rebuilds the previous checkpoint's anchor moment in a pass without targets: its
-    Σφφᵀ must equal the one the labelled pass summed, bit for bit (CKA's self-norm comes from it)."""
+    """A resumed run rebuilds the previous checkpoint's anchor moment in a pass without targets
+    (`anchor_features`: a plain MomentAccumulator()); its Σφφᵀ must equal the one the labelled pass
+    summed, bit for bit (CKA's self-norm comes from it). Shapes large enough (batches of 512, p = 256)
+    for BLAS to block the products differently when their widths differ."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
-    features = torch.from_numpy(np.maximum(rng.normal(size=(300, 96)), 0.0).astype(np.float32))
-    outputs = torch.from_numpy(rng.normal(size=(300, 7)).astype(np.float32))
-    labels = torch.from_numpy(rng.integers(0, 7, size=300))
-    seconds = []
-    for task, targets in (("classes", labels), ("none", None)):
-        acc = MomentAccumulator(task=task)
-        for lo in range(0, 300, 128):
-            acc.update(features[lo : lo + 128], outputs[lo : lo + 128], None if targets is None else targets[lo : lo + 128])
-        snapshot = acc.second_moment_so_far()
-        assert snapshot is not None
-        seconds.append(tuple(part.numpy() for part in snapshot))
-    np.testing.assert_array_equal(seconds[0][0], seconds[1][0])
-    np.testing.assert_array_equal(seconds[0][1], seconds[1][1])
+    n, p, c = 1100, 256, 7
+    features = torch.from_numpy(np.maximum(rng.normal(size=(n, p)), 0.0).astype(np.float32))
+    outputs = torch.from_numpy(rng.normal(size=(n, c)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, c, size=n))
+    labelled, plain = MomentAccumulator(task="classes"), MomentAccumulator()
+    for lo in range(0, n, 512):
+        labelled.update(features[lo : lo + 512], outputs[lo : lo + 512], labels[lo : lo + 512])
+        plain.update(features[lo : lo + 512], outputs[lo : lo + 512])
+    first, second = labelled.second_moment_so_far(), plain.second_moment_so_far()
+    assert first is not None and second is not None
+    np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
+    np.testing.assert_array_equal(first[1].numpy(), second[1].numpy())
+
+
+def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
+    """On the torch path, bad labels and width changes are refused as on the numpy path, and a refused
+    batch (even the first) leaves nothing behind: the next valid batch, of other widths, is summed alone."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    acc = MomentAccumulator(task="classes")
+    with pytest.raises(ProbeError, match="do not fit"):
+        acc.update(torch.randn(8, 4), torch.randn(8, 3), torch.full((8,), 7))
+    features, outputs = rng.normal(size=(8, 5)), rng.normal(size=(8, 2))
+    labels = np.array([0, 1] * 4)
+    acc.update(torch.from_numpy(features), torch.from_numpy(outputs), torch.from_numpy(labels))
+    got = acc.moments()
+    assert got.n == 8 and got.sum_ff.shape == (5, 5) and got.sum_fy.shape == (5, 2)
+    np.testing.assert_allclose(got.sum_ff, features.T @ features, rtol=1e-13)
+    np.testing.assert_array_equal(got.class_counts, [4, 4])
+    assert got.n_correct == int(np.sum(outputs.argmax(1) == labels))
+    with pytest.raises(NumericalError, match="differ in width"):
+        acc.update(torch.randn(8, 6), torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ProbeError, match="do not fit"):
+        acc.update(torch.from_numpy(features), torch.from_numpy(outputs), torch.full((8,), 2))
+    again = acc.moments()
+    assert again.n == 8 and again.n_correct == got.n_correct
+    np.testing.assert_array_equal(again.sum_ff, got.sum_ff)
+    regression = MomentAccumulator(task="regression")
+    with pytest.raises(ProbeError, match="differ in width"):
+        regression.update(torch.randn(8, 4), torch.randn(8, 3), torch.randn(8, 2))
+    with pytest.raises(NumericalError, match="no samples"):
+        regression.moments()
+
+
+def test_torch_moments_are_copies_of_the_growing_sums() -> None:
+    torch = pytest.importorskip("torch")
+    acc = MomentAccumulator(task="regression")
+    acc.update(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))
+    first = acc.moments()
+    acc.update(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))
+    np.testing.assert_array_equal(first.sum_ff, np.full((3, 3), 4.0))
+    np.testing.assert_array_equal(first.sum_f, np.full(3, 4.0))
+    first.sum_ff[:] = -1.0
+    np.testing.assert_array_equal(acc.moments().sum_ff, np.full((3, 3), 8.0))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_torch_path_flattens_and_upcasts_like_numpy(dtype: str) -> None:
+    """Features (b, 2, 3, 2) in half, bfloat16 or float64, and 1-D outputs: the torch path's sums equal
+    the numpy path's on the same (exactly upcast) values."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    features = torch.from_numpy(rng.normal(size=(30, 2, 3, 2))).to(getattr(torch, dtype))
+    outputs = torch.from_numpy(rng.normal(size=30)).to(getattr(torch, dtype))
+    targets = rng.normal(size=(30, 1))
+    acc = MomentAccumulator(task="regression")
+    for lo, hi in ((0, 11), (11, 11), (11, 30)):
+        acc.update(features[lo:hi], outputs[lo:hi], torch.from_numpy(targets[lo:hi]))
+    got = acc.moments()
+    f64 = features.to(torch.float64).reshape(30, -1).numpy()
+    o64 = outputs.to(torch.float64).reshape(30, 1).numpy()
+    want = accumulate({"features": f64, "outputs": o64, "targets": targets}, task="regression")
+    assert_same_moments(got, want, rtol=1e-12)
 
 
 def test_one_pass_matches_brute_force_measures() -> None:
