@@ -5,16 +5,20 @@ its weights into the model, run the probe through it once in batches with the fe
 input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place, as fdl
 adds its sums), and eigen-decompose the p×p sum once. Nothing is stored.
 
-    python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64]
+    python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64] [--timings]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 # As `fdl` does at its entry point (fdl_cli/cli.py, BLAS_ENVIRONMENT): OpenBLAS workers that spin
@@ -29,6 +33,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
 
+class Clock:
+    """Seconds per named step (`with clock(name):`), reported as JSON on stderr; off: nothing is timed.
+    CPU only: on a GPU a step's time is not known without synchronising, which would change the run."""
+
+    def __init__(self, on: bool) -> None:
+        self.on, self.seconds, self.started = on, {}, time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.on:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self, checkpoints: int) -> None:
+        if self.on:
+            total = {"checkpoints": checkpoints, "run": time.perf_counter() - self.started, "steps": self.seconds}
+            print("FDL_STEPS=" + json.dumps(total), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -36,7 +64,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--timings", action="store_true", help="also print the seconds of each step (JSON, stderr)")
     args = parser.parse_args()
+    clock = Clock(args.timings and args.device == "cpu")
     device = torch.device(args.device)
     product = torch.float64 if args.product_dtype == "float64" else torch.float32
     paths = sorted(args.run_dir.glob("step_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
@@ -50,27 +80,34 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_file, str(paths[0]))
         for index in range(len(paths)):
-            state = pending.result()
+            with clock("load (waiting for the prefetch)"):
+                state = pending.result()
             if index + 1 < len(paths):
                 pending = pool.submit(load_file, str(paths[index + 1]))
-            model.load_state_dict(state)
+            with clock("load (weights into the model)"):
+                model.load_state_dict(state)
             total = None
             with torch.inference_mode():
                 for start in range(0, x.shape[0], args.batch_size):
-                    model(x[start : start + args.batch_size].to(device, non_blocking=True))
-                    features = captured.pop().reshape(-1, head.in_features).to(product)
+                    with clock("forward pass"):
+                        model(x[start : start + args.batch_size].to(device, non_blocking=True))
+                    with clock("statistics"):
+                        features = captured.pop().reshape(-1, head.in_features).to(product)
                     if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
                         if total is None:
                             total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
-                        total.addmm_(features.T, features)
+                        with clock("statistics"):
+                            total.addmm_(features.T, features)
                     else:
                         gram = (features.T @ features).to(torch.float64)
                         total = gram if total is None else total.add_(gram)
             assert total is not None
             # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze` (p ≥ 128).
-            eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
+            with clock("eigen-decomposition"):
+                eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
             top.append(float(eigenvalues[-1]))
     print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}")
+    clock.report(len(paths))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Where the time of benchmark (a) goes: the floor's steps and `fdl analyze`'s, timed inside each process.
+
+Whole-process timings on a shared machine swing by 10-20 %, too much to see which step of
+`fdl analyze` costs what. This script runs, --rounds times and alternating, `floor.py --timings` and
+`fdl analyze` under timers wrapped around its functions (this file, `--role fdl`), each as its own
+process on the same synthetic run as bench_analyze.py, and prints the milliseconds per checkpoint of
+every step (median over rounds, and the range). CPU only: the timers would have to synchronise a GPU.
+
+    python benchmarks/steps.py --model mlp --n 10000 --checkpoints 50 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# As `fdl` sets it at its entry point (fdl_cli/cli.py, BLAS_ENVIRONMENT), before numpy is first
+# imported (by `common` here): without it OpenBLAS workers spin and halve torch's speed in this process.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODELS_FILE, machine, make_run, run_process, write_json  # noqa: E402
+
+TAG = "FDL_STEPS="
+
+#: (module, attribute, step): the functions of `fdl analyze` whose time is reported. Nested ones
+#: (the statistics and the forward pass inside "extract") are reported on their own rows too.
+TIMED = [
+    ("fdl_cli.extract", "extract", "extract (forward passes and statistics, total)"),
+    ("fdl_cli.moments", "MomentAccumulator.update", "statistics"),
+    ("fdl_cli.probes", "RowReader.__getitem__", "probe batches read in place"),
+    ("fdl_cli.spectral", "measure", "measures (eigen-decomposition included)"),
+    ("fdl_cli.spectral", "_descending_eigh", "eigen-decomposition"),
+    ("fdl_cli.pipeline", "_cka", "CKA to the reference and the previous checkpoint"),
+    ("fdl_cli.pipeline", "_cross_norm2", "CKA: the two m×p×p cross products"),
+    ("fdl_cli.pipeline", "_Series.kernel", "CKA: centring the anchors"),
+    ("fdl_cli.spectral", "eigenfunctions", "eigenfunctions on the anchors"),
+    ("fdl_cli.pipeline", "_overlap", "eigenspace overlaps"),
+    ("fdl_cli.extract", "parameter_vector_norms", "parameter norms"),
+    ("fdl_cli.pipeline", "_prepare", "load (weights into the model)"),
+]
+
+
+def run_fdl_timed(argv: list[str]) -> None:
+    """`fdl analyze argv` in this process with the TIMED functions and the forward pass timed."""
+    import importlib
+
+    seconds: Counter[str] = Counter()
+
+    def timed(function: Any, step: str) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[step] += time.perf_counter() - start
+
+        return wrapper
+
+    for module_name, attribute, step in TIMED:
+        owner: Any = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, timed(getattr(owner, name), step))
+    # The forward pass: from the moment extract has its input batch to the moment it reads the outputs.
+    extract = importlib.import_module("fdl_cli.extract")
+    inputs, outputs, ready = extract._inputs, extract.model_outputs, [0.0]
+
+    def timed_inputs(*args: Any, **kwargs: Any) -> Any:
+        batch = inputs(*args, **kwargs)
+        ready[0] = time.perf_counter()
+        return batch
+
+    def timed_outputs(raw: Any) -> Any:
+        seconds["forward pass"] += time.perf_counter() - ready[0]
+        return outputs(raw)
+
+    extract._inputs, extract.model_outputs = timed_inputs, timed_outputs
+    from fdl_cli.cli import main as fdl_main
+
+    started = time.perf_counter()
+    try:
+        fdl_main(["analyze", *argv])
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    checkpoints = int(os.environ.get("FDL_STEPS_CHECKPOINTS", "0"))
+    report = {"checkpoints": checkpoints, "run": time.perf_counter() - started, "steps": dict(seconds)}
+    print(TAG + json.dumps(report), file=sys.stderr)
+
+
+def parse(stderr: str) -> dict[str, Any]:
+    for line in reversed(stderr.splitlines()):
+        if line.startswith(TAG):
+            return json.loads(line[len(TAG) :])
+    raise SystemExit(f"no timings in the output:\n{stderr[-3000:]}")
+
+
+def main() -> None:
+    if sys.argv[1:3] == ["--role", "fdl"]:  # a child process: the rest are `fdl analyze` arguments
+        run_fdl_timed(sys.argv[3:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--checkpoints", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fdl-bench-steps"))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    run = make_run(args.workdir, args.model, n=args.n, checkpoints=args.checkpoints)
+    here = Path(__file__).resolve()
+    commands = {
+        "floor": [sys.executable, str(here.parent / "floor.py"), str(run), "--model", args.model, "--timings"],
+        "fdl": [
+            sys.executable, str(here), "--role", "fdl", str(run), "--model", f"{MODELS_FILE}:{args.model}",
+            "--probe", str(run / "probe.npz"), "--out", str(args.workdir / "steps.h5"), "--overwrite",
+        ],
+    }  # fmt: skip
+    rounds: dict[str, list[dict[str, Any]]] = {"floor": [], "fdl": []}
+    for index in range(args.rounds):
+        for name, command in commands.items():
+            result = run_process(command, env={"FDL_STEPS_CHECKPOINTS": str(args.checkpoints)})
+            if result.returncode != 0:
+                raise SystemExit(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+            rounds[name].append(parse(result.stderr))
+            print(f"  round {index + 1} {name}: {rounds[name][-1]['run']:.2f} s", file=sys.stderr)
+    table: dict[str, dict[str, list[float]]] = {}
+    for name, reports in rounds.items():
+        steps = sorted({step for report in reports for step in report["steps"]})
+        table[name] = {
+            step: [1000 * report["steps"].get(step, 0.0) / args.checkpoints for report in reports] for step in steps
+        }
+        table[name]["whole run (after imports)"] = [1000 * report["run"] / args.checkpoints for report in reports]
+    for name, steps in table.items():
+        print(f"\n{name} (ms per checkpoint: median [min - max] over {args.rounds} rounds)")
+        for step, values in sorted(steps.items(), key=lambda item: -statistics.median(item[1])):
+            print(f"  {statistics.median(values):7.1f}  [{min(values):6.1f} - {max(values):6.1f}]  {step}")
+    write_json(args.json, {"benchmark": "steps", "machine": machine(), "model": args.model, "n": args.n,
+                           "checkpoints": args.checkpoints, "ms_per_checkpoint": table,
+                           "commands": {k: " ".join(v) for k, v in commands.items()}})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
