@@ -198,7 +198,7 @@ def fix_signs(vectors: np.ndarray) -> np.ndarray:
 
 
 #: From this size on, torch's LAPACK (when torch is already loaded, as in `fdl analyze`) decomposes
-#: faster than numpy's: 22 against 34 ms at p = 512 on 2 cores (docs/benchmarks.md).
+#: faster than numpy's: 21–28 against 34–36 ms at p = 512 on 2 cores (docs/benchmarks.md).
 TORCH_EIGH_MIN_SIZE = 128
 
 
