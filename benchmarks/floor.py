@@ -93,14 +93,13 @@ def main() -> None:
                         model(x[start : start + args.batch_size].to(device, non_blocking=True))
                     with clock("statistics"):
                         features = captured.pop().reshape(-1, head.in_features).to(product)
-                    if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
-                        if total is None:
-                            total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
-                        with clock("statistics"):
+                        if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
+                            if total is None:
+                                total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
                             total.addmm_(features.T, features)
-                    else:
-                        gram = (features.T @ features).to(torch.float64)
-                        total = gram if total is None else total.add_(gram)
+                        else:
+                            gram = (features.T @ features).to(torch.float64)
+                            total = gram if total is None else total.add_(gram)
             assert total is not None
             # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze` (p ≥ 128).
             with clock("eigen-decomposition"):
