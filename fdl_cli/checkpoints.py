@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -812,12 +813,37 @@ def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
+#: Non-finite bit patterns of the 16-bit floats: every exponent bit set (Inf or NaN).
+_HALF_EXPONENTS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
 def _all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or Inf in `tensor`. A finite sum proves it in one pass without a mask (a NaN or Inf
-    makes any sum non-finite); only when the sum is not finite (or overflows) are the entries checked."""
+    """No NaN or Inf in `tensor`, checked with numpy on the CPU, never with a torch operation.
+
+    Checkpoints are loaded in a background thread, and a torch operation there (a parallel sum) gives
+    that thread an OpenMP team of its own; libgomp then counts more threads than cores and, for the
+    rest of the process, makes the main thread's workers sleep between operations instead of waiting
+    briefly: every forward pass and product ran ~30 % slower on 2 cores (docs/benchmarks.md).
+
+    A finite sum proves finiteness in one pass without a mask (a NaN or Inf makes any sum non-finite);
+    only when the sum is not finite (or overflows) are the entries checked. 16-bit floats are checked
+    by their exponent bits (numpy has no bfloat16, and a float16 sum overflows easily).
+    """
     if tensor.numel() == 0:
         return True
-    return bool(torch.isfinite(tensor.sum()).all()) or bool(torch.isfinite(tensor).all())
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        return bool(torch.isfinite(tensor).all())  # on its device: no host thread computes
+    if tensor.dtype in _HALF_EXPONENTS:
+        exponent = _HALF_EXPONENTS[tensor.dtype]
+        bits = tensor.view(torch.int16).numpy()
+        return not bool(np.any(np.bitwise_and(bits, exponent) == exponent))
+    try:
+        values = tensor.numpy()
+    except (TypeError, RuntimeError):  # a dtype numpy lacks (e.g. float8): torch, in this thread
+        return bool(torch.isfinite(tensor.to(torch.float32)).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
 
 
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -467,3 +467,60 @@ def test_finite_check_by_sum_is_exact() -> None:
     assert not bool(torch.isfinite(huge.sum())) and _all_finite(huge)
     assert _all_finite(torch.full((4,), 3e38)) and not _all_finite(torch.tensor([3e38, float("nan")]))
     assert not _all_finite(torch.tensor([1 + 1j, complex(0, float("nan"))]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_finite_check_of_16_bit_and_strided_tensors(dtype: torch.dtype) -> None:
+    """The exponent-bit check of the 16-bit floats and numpy's check of strided views find every NaN
+    and Inf, and nothing else: the largest finite value and the smallest subnormals pass."""
+    from fdl_cli.checkpoints import _all_finite
+
+    info = torch.finfo(dtype)
+    edges = torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, 0.0, -0.0], dtype=dtype)
+    assert _all_finite(edges)
+    grid = torch.linspace(-2.0, 2.0, 40 * 30, dtype=dtype).reshape(40, 30)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = grid.clone()
+        broken[31, 7] = bad
+        assert not _all_finite(broken), bad
+        assert not _all_finite(broken.T), bad  # a transposed (non-contiguous) view
+        assert _all_finite(broken[:, ::8]) and not _all_finite(broken[:, 7::8]), bad  # strided columns
+
+
+LOAD_IN_A_THREAD = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import torch
+from fdl_cli.checkpoints import discover_checkpoints, load_checkpoint
+torch.set_num_threads(2)
+torch.randn(300, 300) @ torch.randn(300, 300)  # the main thread's team exists, as in `fdl analyze`
+ref = discover_checkpoints([sys.argv[1]]).checkpoints[0]
+count = lambda: len(list(Path("/proc/self/task").iterdir()))
+with ThreadPoolExecutor(max_workers=1) as pool:
+    pool.submit(lambda: None).result()  # the loader thread exists
+    before = count()
+    loaded = pool.submit(load_checkpoint, ref).result()
+    print(before, count(), sorted(loaded.state_dict))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_loading_in_a_thread_starts_no_openmp_team(tmp_path: Path) -> None:
+    """`fdl analyze` loads the next checkpoint in a background thread. A torch operation there (the
+    finite check used to sum each tensor in parallel) gives that thread an OpenMP team of its own, and
+    libgomp, counting more threads than cores, then makes the main thread's workers sleep between
+    operations: ~30 % slower forward passes on 2 cores. Loading must start no thread. (In a fresh
+    process: this one runs torch on one thread.)"""
+    import subprocess
+    import sys
+
+    path = tmp_path / "step_7.safetensors"
+    save_file({"weight": torch.randn(400, 400), "half": torch.randn(300, 300).to(torch.bfloat16)}, str(path))
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_THREAD, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, names = done.stdout.split(maxsplit=2)
+    assert names.strip() == "['half', 'weight']"
+    assert int(after) == int(before), f"loading started {int(after) - int(before)} thread(s)"
