@@ -525,7 +525,32 @@ def eigenfunctions(features: np.ndarray, spectrum: Spectrum, *, k: int | None = 
     feats = np.asarray(features, dtype=np.float64).reshape(features.shape[0], -1)
     if spectrum.mean is not None:
         feats = feats - spectrum.mean
-    return feats @ spectrum.eigenvectors[:, :count] / np.sqrt(spectrum.eigenvalues[:count])
+    return _product(feats, spectrum.eigenvectors[:, :count]) / np.sqrt(spectrum.eigenvalues[:count])
+
+
+#: From this many multiply-adds on, a float64 product goes through torch when torch is loaded.
+TORCH_PRODUCT_MIN_SIZE = 1 << 22
+
+
+def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left @ right (float64), through torch's BLAS when torch is already loaded and the product is
+    large. In `fdl analyze` torch's OpenMP workers keep spinning for a while after each operation;
+    numpy's OpenBLAS threads then compete with them for the same cores, and the anchors'
+    eigenfunctions (4 096×512 by 512×64) took 6–8 ms through numpy against ~2.5 ms through torch
+    (docs/benchmarks.md). The pure core never imports torch."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is None
+        or left.dtype != np.float64
+        or right.dtype != np.float64
+        or left.ndim != 2
+        or right.ndim != 2
+        or left.shape[0] * left.shape[1] * right.shape[1] < TORCH_PRODUCT_MIN_SIZE
+        or min(left.strides + right.strides) < 0
+        or not (left.flags.writeable and right.flags.writeable)  # torch.from_numpy would warn
+    ):
+        return left @ right
+    return (torch.from_numpy(left) @ torch.from_numpy(right)).numpy()
 
 
 def _center_columns(matrix: np.ndarray) -> np.ndarray:

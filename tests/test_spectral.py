@@ -15,6 +15,7 @@ from fdl_cli.fields import MEASURE_FIELDS
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import (
     TORCH_EIGH_MIN_SIZE,
+    TORCH_PRODUCT_MIN_SIZE,
     CheckpointMeasures,
     Moments,
     _descending_eigh,
@@ -521,3 +522,24 @@ def test_an_eigen_decomposition_that_fails_is_a_numerical_error(size: int, monke
     with pytest.raises(NumericalError, match="did not converge") as info:
         _descending_eigh(np.eye(size))
     assert "no convergence" in str(info.value)
+
+
+def test_large_products_through_torch_equal_numpy_products() -> None:
+    """With torch loaded, large float64 products (the anchors' eigenfunctions) go through torch's
+    BLAS: the same numbers as numpy's to rounding, for strided column slices too; read-only arrays,
+    reversed views and small products stay with numpy, and nothing is modified."""
+    pytest.importorskip("torch")
+    from fdl_cli.spectral import _product
+
+    rng = np.random.default_rng(11)
+    left = rng.normal(size=(1024, 96))
+    right = rng.normal(size=(96, 80))
+    assert left.shape[0] * left.shape[1] * 48 >= TORCH_PRODUCT_MIN_SIZE
+    before = left.copy(), right.copy()
+    for a, b in [(left, right[:, :48]), (left, right[:, ::2]), (left[::-1], right), (left[:8], right)]:
+        np.testing.assert_allclose(_product(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    frozen = left.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(_product(frozen, right), frozen @ right)  # numpy's own product
+    np.testing.assert_array_equal(left, before[0])
+    np.testing.assert_array_equal(right, before[1])
