@@ -4,7 +4,9 @@ For each model (an MLP and a small CNN by default), a synthetic run of C checkpo
 inputs (p = 512 features) is written once under --workdir; then, --repeats times and alternating,
 the floor and `fdl analyze` (fresh store each time) run as separate processes. Reported: the best
 (minimum) wall time of each, their ratio (target: analyze / floor <= 1.15), the medians, peak RSS,
-and with --nproc 2 the same analysis under `torchrun --nproc-per-node 2` (checkpoints sharded).
+and with --nproc 2 the same analysis under `torchrun --nproc-per-node 2` (checkpoints sharded). With
+--spec-floor also the floor plus CKA's two anchor cross products (floor.py --cka-anchors): what any
+implementation of SPEC §5 must add to the floor.
 
     python benchmarks/bench_analyze.py                         # the full size: n=10000, 50 checkpoints
     python benchmarks/bench_analyze.py --n 1000 --checkpoints 5 --repeats 1   # a quick check
@@ -39,11 +41,11 @@ def analyze_command(run: Path, model: str, out: Path, args: argparse.Namespace, 
     ]
 
 
-def floor_command(run: Path, model: str, args: argparse.Namespace) -> list[str]:
+def floor_command(run: Path, model: str, args: argparse.Namespace, *, cka_anchors: int = 0) -> list[str]:
     return [
         sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(run), "--model", model,
         "--device", args.device, "--batch-size", str(args.batch_size),
-    ]
+    ] + (["--cka-anchors", str(cka_anchors), "--cka-dtype", args.cka_dtype] if cka_anchors else [])
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
@@ -60,6 +62,10 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
     cpu: dict[str, list[float]] = {"floor": [], "analyze": []}
     peaks: dict[str, float] = {"floor": 0.0, "analyze": 0.0}
     commands = {"floor": floor_command(run, model, args), "analyze": analyze_command(run, model, store, args)}
+    if args.spec_floor:
+        name = "spec_floor"
+        times[name], cpu[name], peaks[name] = [], [], 0.0
+        commands[name] = floor_command(run, model, args, cka_anchors=min(args.anchor_size or 4096, args.n))
     for nproc in args.nproc:
         if nproc > 1:
             name = f"analyze_x{nproc}"
@@ -91,6 +97,9 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "cpu_ratio_analyze_over_floor": min(cpu["analyze"]) / min(cpu["floor"]),
         "commands": {name: " ".join(command) for name, command in commands.items()},
     }
+    if args.spec_floor:
+        summary["ratio_spec_floor_over_floor"] = best["spec_floor"] / best["floor"]
+        summary["ratio_analyze_over_spec_floor"] = best["analyze"] / best["spec_floor"]
     for nproc in args.nproc:
         if nproc > 1:
             summary[f"speedup_x{nproc}"] = best["analyze"] / best[f"analyze_x{nproc}"]
@@ -106,8 +115,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--cka-dtype", choices=["float64", "float32"], default="float64",
-                        help="fdl analyze's --cka-dtype (the floor computes no CKA)")
+                        help="fdl analyze's --cka-dtype (and the SPEC floor's; the floor computes no CKA)")
     parser.add_argument("--anchor-size", type=int, help="fdl analyze's --anchor-size (default: fdl's own, 4096)")
+    parser.add_argument("--spec-floor", action="store_true",
+                        help="also the floor with CKA's two anchor cross products (floor.py --cka-anchors)")
     parser.add_argument("--nproc", type=lambda s: [int(v) for v in s.split(",")], default=[1],
                         help="also run under torchrun with these process counts, e.g. 1,2")
     parser.add_argument("--shard-probe", action="store_true", help="with --nproc > 1: shard the probe too")

@@ -5,7 +5,15 @@ its weights into the model, run the probe through it once in batches with the fe
 input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place, as fdl
 adds its sums), and eigen-decompose the p×p sum once. Nothing is stored.
 
-    python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64] [--timings]
+With --cka-anchors M it also does the one part of SPEC §5 that no exact analysis can avoid either and
+that issue #6's floor leaves out: keep the features of the first M probe points, centre them in
+float64, and take the two M×p×p cross products of linear CKA, ‖A_tᵀA_ref‖² (the first checkpoint)
+and ‖A_tᵀA_prev‖² (the one before), as `fdl analyze` does at its default --anchor-size 4096 (the
+anchors' own norms come from their sums, as in fdl). This "SPEC floor" bounds what any
+implementation of SPEC can reach.
+
+    python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64]
+        [--cka-anchors 4096 [--cka-dtype float64]] [--timings]
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--product-dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--cka-anchors", type=int, default=0, help="also CKA's two cross products on the first M points")
+    parser.add_argument("--cka-dtype", choices=["float64", "float32"], default="float64",
+                        help="dtype of those products (float32: one product each, summed in float64)")
     parser.add_argument("--timings", action="store_true", help="also print the seconds of each step (JSON, stderr)")
     args = parser.parse_args()
     clock = Clock(args.timings and args.device == "cpu")
@@ -78,7 +89,8 @@ def main() -> None:
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     captured: list[torch.Tensor] = []
     head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
-    top = []
+    top, cka = [], []
+    reference = previous = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_file, str(paths[0]))
         for index in range(len(paths)):
@@ -89,10 +101,13 @@ def main() -> None:
             with clock("load (weights into the model)"):
                 model.load_state_dict(state)
             total = None
+            anchors: list[torch.Tensor] = []
             with torch.inference_mode():
                 for start in range(0, x.shape[0], args.batch_size):
                     with clock("forward pass"):
                         model(x[start : start + args.batch_size].to(device, non_blocking=True))
+                    if start < args.cka_anchors:
+                        anchors.append(captured[-1][: args.cka_anchors - start].reshape(-1, head.in_features))
                     with clock("statistics"):
                         features = captured.pop().reshape(-1, head.in_features).to(product)
                         if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
@@ -107,7 +122,20 @@ def main() -> None:
             with clock("eigen-decomposition"):
                 eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
             top.append(float(eigenvalues[-1]))
-    print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}")
+            if anchors:
+                with clock("CKA cross products"):
+                    current = torch.cat(anchors).to(torch.float64)
+                    current -= current.mean(0)
+                    if args.cka_dtype == "float32":
+                        current = current.to(torch.float32)
+                    if reference is None:
+                        reference = current
+                    else:
+                        for other in (reference, previous):
+                            cka.append(float(torch.linalg.matrix_norm((current.T @ other).to(torch.float64))) ** 2)
+                    previous = current
+    print(f"floor: {len(paths)} checkpoints, largest eigenvalue of the last {top[-1]:.6g}"
+          + (f", {len(cka)} CKA cross products" if args.cka_anchors else ""))
     clock.report(len(paths))
 
 

@@ -127,11 +127,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fdl-bench-steps"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--fdl-args", default="", help="more `fdl analyze` options, e.g. '--commit-interval 60'")
+    parser.add_argument("--floor-args", default="", help="more floor.py options, e.g. '--cka-anchors 4096'")
     args = parser.parse_args()
     run = make_run(args.workdir, args.model, n=args.n, checkpoints=args.checkpoints)
     here = Path(__file__).resolve()
     commands = {
-        "floor": [sys.executable, str(here.parent / "floor.py"), str(run), "--model", args.model, "--timings"],
+        "floor": [
+            sys.executable, str(here.parent / "floor.py"), str(run), "--model", args.model, "--timings",
+            *shlex.split(args.floor_args),
+        ],
         "fdl": [
             sys.executable, str(here), "--role", "fdl", str(run), "--model", f"{MODELS_FILE}:{args.model}",
             "--probe", str(run / "probe.npz"), "--out", str(args.workdir / "steps.h5"), "--overwrite",
