@@ -191,6 +191,18 @@ class _Series:
         return self._bases[k]
 
 
+def _float64_copy(array: np.ndarray) -> np.ndarray:
+    """`array` in float64: a new array converted by torch on every core (numpy converts on one: ~2
+    against ~1 ms for 4 096×512 anchors), or `array` itself when it is float64 already."""
+    if array.dtype == np.float64:
+        return array
+    if array.dtype == np.float32 and array.flags.writeable:
+        import torch
+
+        return torch.from_numpy(array).to(torch.float64).numpy()
+    return array.astype(np.float64)
+
+
 def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str) -> float | None:
     """‖A_cᵀA_c‖_F = ‖Σ_anchor φφᵀ − m μμᵀ‖_F from the pass's own anchor sums (saves an m×p×p product).
 
@@ -923,7 +935,7 @@ def _analyze_one(
         for spec in ctx.layers:
             result = results[spec.label]
             measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
-            anchor = np.asarray(result.anchor_features, dtype=np.float64)  # one copy, centered later in place
+            anchor = _float64_copy(result.anchor_features)  # one copy, centered later in place
             values = eigenfunctions(anchor, measures.spectrum, k=options.top_k).astype(np.float32)
             mine = _Series(
                 anchor=anchor,
