@@ -691,6 +691,10 @@ def _run_refs(
             reporter.error(f"{reference.path}: {exc.message}")
             raise
         preloaded = None
+    # The loader thread must run no torch operation (reading files, hashing and numpy only): a torch
+    # operation there gives it an OpenMP team of its own, and libgomp then puts the main thread's
+    # workers to sleep between operations for the rest of the run (~30 % slower on 2 cores; see
+    # checkpoints._all_finite and docs/benchmarks.md).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdl-load") as pool:
         pending: dict[int, Future[tuple[LoadedCheckpoint, str]]] = {}
 
