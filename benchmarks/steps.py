@@ -48,11 +48,12 @@ TIMED = [
     ("fdl_cli.extract", "parameter_vector_norms", "parameter norms"),
     ("fdl_cli.pipeline", "_prepare", "load (weights into the model)"),
 ]
-#: Functions that run in fdl's background threads, beside the steps above: their CPU seconds (thread
-#: time) are reported, since on 2 cores they are taken from the foreground's threads.
+#: Functions that run mostly in fdl's background threads, beside the steps above: their CPU seconds
+#: (thread time) are reported, since on 2 cores they are taken from the foreground's threads. The
+#: reference checkpoint is loaded, and the last commit written, in the main thread.
 BACKGROUND = [
-    ("fdl_cli.pipeline", "_load", "background: checkpoint load and sha256 (CPU)"),
-    ("fdl_cli.store", "StoreWriter._execute", "background: store commits (CPU)"),
+    ("fdl_cli.pipeline", "_load", "checkpoint load and sha256, CPU (loader thread; the reference's in the main)"),
+    ("fdl_cli.store", "StoreWriter._execute", "store commits, CPU (writer thread; the last in the main)"),
 ]
 
 

@@ -813,37 +813,79 @@ def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-#: Non-finite bit patterns of the 16-bit floats: every exponent bit set (Inf or NaN).
-_HALF_EXPONENTS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+def _non_finite_patterns() -> dict[torch.dtype, tuple[torch.dtype, int, int] | None]:
+    """dtype -> (integer view, mask, value): an entry is NaN or Inf iff (bits & mask) == value;
+    None for formats without such encodings. Only the dtypes this torch has."""
+    table: dict[str, tuple[torch.dtype, int, int] | None] = {
+        "float16": (torch.int16, 0x7C00, 0x7C00),  # every exponent bit set
+        "bfloat16": (torch.int16, 0x7F80, 0x7F80),
+        "float8_e5m2": (torch.uint8, 0x7C, 0x7C),
+        "float8_e4m3fn": (torch.uint8, 0x7F, 0x7F),  # no Inf; NaN is S.1111.111
+        "float8_e4m3fnuz": (torch.uint8, 0xFF, 0x80),  # the only NaN is the negative zero's pattern
+        "float8_e5m2fnuz": (torch.uint8, 0xFF, 0x80),
+        "float8_e8m0fnu": (torch.uint8, 0xFF, 0xFF),
+        "float4_e2m1fn_x2": None,  # no NaN, no Inf
+    }
+    return {getattr(torch, name): pattern for name, pattern in table.items() if hasattr(torch, name)}
+
+
+_NON_FINITE_PATTERNS = _non_finite_patterns()
+#: Entries checked at a time by bit pattern: bounded temporaries however large the tensor.
+_FINITE_BLOCK = 1 << 20
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN or Inf in `tensor`, checked with numpy on the CPU, never with a torch operation.
+    """No NaN or Inf in `tensor`, checked with numpy on the CPU, not with a torch operation.
 
     Checkpoints are loaded in a background thread, and a torch operation there (a parallel sum) gives
     that thread an OpenMP team of its own; libgomp then counts more threads than cores and, for the
     rest of the process, makes the main thread's workers sleep between operations instead of waiting
     briefly: every forward pass and product ran ~30 % slower on 2 cores (docs/benchmarks.md).
 
-    A finite sum proves finiteness in one pass without a mask (a NaN or Inf makes any sum non-finite);
-    only when the sum is not finite (or overflows) are the entries checked. 16-bit floats are checked
-    by their exponent bits (numpy has no bfloat16, and a float16 sum overflows easily).
+    float32/float64/complex: a finite sum proves finiteness in one pass without a mask (a NaN or Inf
+    makes any sum non-finite); only when the sum is not finite (or overflows) are the entries
+    checked. 16- and 8-bit floats (which numpy lacks, or whose sums overflow): by their bit patterns,
+    a block at a time. Conjugate and negative views have the finiteness of their data. Only what
+    numpy cannot view at all (sparse layouts, complex32) falls back to torch, in this thread.
     """
     if tensor.numel() == 0:
         return True
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         return bool(torch.isfinite(tensor).all())  # on its device: no host thread computes
-    if tensor.dtype in _HALF_EXPONENTS:
-        exponent = _HALF_EXPONENTS[tensor.dtype]
-        bits = tensor.view(torch.int16).numpy()
-        return not bool(np.any(np.bitwise_and(bits, exponent) == exponent))
+    if tensor.layout != torch.strided:
+        if tensor.layout == torch.sparse_coo:
+            return _all_finite(tensor.coalesce().values())
+        return bool(torch.isfinite(tensor.to_dense()).all())
+    if tensor.is_conj():
+        tensor = tensor.conj()  # a view of the same data without the bit: the same finiteness
+    if tensor.dtype in _NON_FINITE_PATTERNS:
+        pattern = _NON_FINITE_PATTERNS[tensor.dtype]
+        if pattern is None:
+            return True
+        view, mask, value = pattern
+        return not _any_pattern(tensor.view(view).numpy(), mask, value)
     try:
         values = tensor.numpy()
-    except (TypeError, RuntimeError):  # a dtype numpy lacks (e.g. float8): torch, in this thread
-        return bool(torch.isfinite(tensor.to(torch.float32)).all())
+    except (TypeError, RuntimeError):  # a negative view, or a dtype numpy lacks (complex32)
+        widest = torch.complex128 if tensor.is_complex() else torch.float64  # exact, cannot overflow
+        return bool(torch.isfinite(tensor.resolve_neg().to(widest)).all())
     with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
+
+
+def _any_pattern(bits: np.ndarray, mask: int, value: int) -> bool:
+    """Whether any entry of the integer array has (bits & mask) == value, _FINITE_BLOCK at a time."""
+    flat = bits.reshape(-1)  # a view when contiguous (loaded tensors are); else numpy copies once
+    masked = np.empty(min(flat.size, _FINITE_BLOCK), dtype=flat.dtype)
+    hits = np.empty(masked.size, dtype=bool)
+    for start in range(0, flat.size, _FINITE_BLOCK):
+        block = flat[start : start + _FINITE_BLOCK]
+        count = block.size
+        np.bitwise_and(block, mask, out=masked[:count])
+        if np.equal(masked[:count], value, out=hits[:count]).any():
+            return True
+    return False
 
 
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -196,7 +196,9 @@ def _float64_copy(array: np.ndarray) -> np.ndarray:
     against ~1 ms for 4 096×512 anchors), or `array` itself when it is float64 already."""
     if array.dtype == np.float64:
         return array
-    if array.dtype == np.float32 and array.flags.writeable:
+    from fdl_cli.spectral import _torch_viewable
+
+    if array.dtype == np.float32 and _torch_viewable(array):
         import torch
 
         return torch.from_numpy(array).to(torch.float64).numpy()

@@ -532,6 +532,16 @@ def eigenfunctions(features: np.ndarray, spectrum: Spectrum, *, k: int | None = 
 TORCH_PRODUCT_MIN_SIZE = 1 << 22
 
 
+def _torch_viewable(array: np.ndarray) -> bool:
+    """Whether torch.from_numpy takes `array` as it is, without a warning: writable, native byte
+    order, strides non-negative whole multiples of the item size."""
+    return (
+        array.flags.writeable
+        and array.dtype.isnative
+        and all(stride >= 0 and stride % array.itemsize == 0 for stride in array.strides)
+    )
+
+
 def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """left @ right (float64), through torch's BLAS when torch is already loaded and the product is
     large. In `fdl analyze` torch's OpenMP workers keep spinning for a while after each operation;
@@ -546,8 +556,7 @@ def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
         or left.ndim != 2
         or right.ndim != 2
         or left.shape[0] * left.shape[1] * right.shape[1] < TORCH_PRODUCT_MIN_SIZE
-        or min(left.strides + right.strides) < 0
-        or not (left.flags.writeable and right.flags.writeable)  # torch.from_numpy would warn
+        or not (_torch_viewable(left) and _torch_viewable(right))
     ):
         return left @ right
     return (torch.from_numpy(left) @ torch.from_numpy(right)).numpy()

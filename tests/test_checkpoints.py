@@ -471,7 +471,7 @@ def test_finite_check_by_sum_is_exact() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_finite_check_of_16_bit_and_strided_tensors(dtype: torch.dtype) -> None:
-    """The exponent-bit check of the 16-bit floats and numpy's check of strided views find every NaN
+    """The bit-pattern check of the 16-bit floats and numpy's check of strided views find every NaN
     and Inf, and nothing else: the largest finite value and the smallest subnormals pass."""
     from fdl_cli.checkpoints import _all_finite
 
@@ -485,6 +485,47 @@ def test_finite_check_of_16_bit_and_strided_tensors(dtype: torch.dtype) -> None:
         assert not _all_finite(broken), bad
         assert not _all_finite(broken.T), bad  # a transposed (non-contiguous) view
         assert _all_finite(broken[:, ::8]) and not _all_finite(broken[:, 7::8]), bad  # strided columns
+
+
+FLOAT8 = [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+                                             "float8_e8m0fnu") if hasattr(torch, name)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT8, ids=str)
+def test_finite_check_of_float8_agrees_with_torch(dtype: torch.dtype) -> None:
+    """Every one of the 256 float8 bit patterns is judged as torch.isfinite judges it, alone and in a
+    tensor larger than one block of the check."""
+    from fdl_cli import checkpoints
+
+    patterns = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype)
+    expected = torch.isfinite(patterns.to(torch.float32))
+    for value, finite in zip(patterns, expected, strict=True):
+        assert checkpoints._all_finite(value.reshape(1)) == bool(finite), int(value.view(torch.uint8))
+    bad = int(torch.nonzero(~expected)[0])
+    size = checkpoints._FINITE_BLOCK * 2 + 17
+    tensor = torch.ones(size).to(dtype)
+    assert checkpoints._all_finite(tensor)
+    tensor.view(torch.uint8)[size - 3] = bad  # in the last, partial block
+    assert not checkpoints._all_finite(tensor)
+
+
+def test_finite_check_of_conjugate_negative_sparse_and_large_16_bit_tensors() -> None:
+    """Views with a conjugate or negative bit have their data's finiteness (no complex-to-real cast, no
+    overflow of a float32 copy); sparse tensors are checked by their values; a NaN deep inside a
+    bfloat16 tensor of several blocks is found."""
+    from fdl_cli.checkpoints import _FINITE_BLOCK, _all_finite
+
+    complex_nan = torch.tensor([1 + 1j, complex(0.0, float("nan"))])
+    assert not _all_finite(complex_nan.conj()) and _all_finite(torch.tensor([1 + 1j, 2 - 1j]).conj())
+    huge = torch._neg_view(torch.tensor([1e300, 2.0], dtype=torch.float64))
+    assert huge.is_neg() and _all_finite(huge)
+    assert not _all_finite(torch._neg_view(torch.tensor([1.0, float("inf")], dtype=torch.float64)))
+    assert _all_finite(torch.eye(3).to_sparse())
+    assert not _all_finite(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]).to_sparse())
+    large = torch.ones(3 * _FINITE_BLOCK + 5, dtype=torch.bfloat16)
+    assert _all_finite(large)
+    large[2 * _FINITE_BLOCK + 1] = float("-inf")
+    assert not _all_finite(large)
 
 
 LOAD_IN_A_THREAD = """
@@ -516,11 +557,14 @@ def test_loading_in_a_thread_starts_no_openmp_team(tmp_path: Path) -> None:
     import sys
 
     path = tmp_path / "step_7.safetensors"
-    save_file({"weight": torch.randn(400, 400), "half": torch.randn(300, 300).to(torch.bfloat16)}, str(path))
+    tensors = {"weight": torch.randn(400, 400), "half": torch.randn(300, 300).to(torch.bfloat16)}
+    if FLOAT8:
+        tensors["eight"] = torch.randn(400, 400).to(FLOAT8[0])
+    save_file(tensors, str(path))
     done = subprocess.run(
         [sys.executable, "-c", LOAD_IN_A_THREAD, str(path)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
     before, after, names = done.stdout.split(maxsplit=2)
-    assert names.strip() == "['half', 'weight']"
+    assert names.strip() == str(sorted(tensors))
     assert int(after) == int(before), f"loading started {int(after) - int(before)} thread(s)"

@@ -4,6 +4,7 @@ degenerate inputs and a last-layer gradient-descent check of the operator (SPEC.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -524,22 +525,41 @@ def test_an_eigen_decomposition_that_fails_is_a_numerical_error(size: int, monke
     assert "no convergence" in str(info.value)
 
 
-def test_large_products_through_torch_equal_numpy_products() -> None:
+def test_large_products_through_torch_equal_numpy_products(monkeypatch: pytest.MonkeyPatch) -> None:
     """With torch loaded, large float64 products (the anchors' eigenfunctions) go through torch's
-    BLAS: the same numbers as numpy's to rounding, for strided column slices too; read-only arrays,
-    reversed views and small products stay with numpy, and nothing is modified."""
-    pytest.importorskip("torch")
+    BLAS, strided column slices included: the same numbers as numpy's to rounding. Read-only arrays,
+    reversed views, strides torch cannot take and small products stay with numpy (no warning), and
+    nothing is modified."""
+    torch = pytest.importorskip("torch")
     from fdl_cli.spectral import _product
 
+    calls: list[tuple[int, ...]] = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: calls.append(array.shape) or from_numpy(array))
     rng = np.random.default_rng(11)
     left = rng.normal(size=(1024, 96))
-    right = rng.normal(size=(96, 80))
-    assert left.shape[0] * left.shape[1] * 48 >= TORCH_PRODUCT_MIN_SIZE
+    right = rng.normal(size=(96, 100))
     before = left.copy(), right.copy()
-    for a, b in [(left, right[:, :48]), (left, right[:, ::2]), (left[::-1], right), (left[:8], right)]:
-        np.testing.assert_allclose(_product(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    record = np.zeros((96, 48), dtype=[("a", "f4"), ("b", "f8")])["b"]  # strides of 12 bytes
+    record[:] = right[:, :48]
+    cases = {
+        "slice": (left, right[:, :48], True),
+        "every other column": (left, right[:, ::2], True),
+        "reversed rows": (left[::-1], right, False),
+        "small": (left[:8], right, False),
+        "odd strides": (left, record, False),
+    }
+    for name, (a, b, through_torch) in cases.items():
+        assert (a.shape[0] * a.shape[1] * b.shape[1] >= TORCH_PRODUCT_MIN_SIZE) or not through_torch, name
+        calls.clear()
+        np.testing.assert_allclose(_product(a, b), a @ b, rtol=1e-13, atol=1e-13, err_msg=name)
+        assert bool(calls) == through_torch, name
     frozen = left.copy()
     frozen.flags.writeable = False
-    np.testing.assert_array_equal(_product(frozen, right), frozen @ right)  # numpy's own product
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(_product(frozen, right), frozen @ right)
+    assert not calls
     np.testing.assert_array_equal(left, before[0])
     np.testing.assert_array_equal(right, before[1])
