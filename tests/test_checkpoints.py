@@ -546,6 +546,65 @@ with ThreadPoolExecutor(max_workers=1) as pool:
 """
 
 
+ANALYZE_WATCHING_THE_LOADER = """
+import json, sys, threading
+from pathlib import Path
+import torch
+import fdl_cli.pipeline as pipeline
+from fdl_cli.cli import main
+torch.set_num_threads(2)
+
+def others():  # OS threads that are not Python threads: OpenMP / BLAS workers
+    python = {t.native_id for t in threading.enumerate()}
+    return {int(task.name) for task in Path("/proc/self/task").iterdir()} - python
+
+load, started = pipeline._load, []
+def watched(*args, **kwargs):
+    before = others()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        started.append((threading.current_thread() is threading.main_thread(), len(others() - before)))
+pipeline._load = watched
+try:
+    main(["analyze", *sys.argv[1:]])
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print(json.dumps(started))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_analyze_loads_in_its_thread_without_starting_threads(tmp_path: Path, suffix: str) -> None:
+    """Through `fdl analyze` (2 torch threads, weights above OpenMP's grain size): loading each
+    checkpoint in the loader thread starts no OpenMP or BLAS thread, for safetensors and .pt files."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    kwargs = {"n_in": 128, "hidden": 512}
+    for step in (0, 10, 20):
+        state = mlp(seed=step, **kwargs).state_dict()  # type: ignore[arg-type]
+        if suffix == ".safetensors":
+            save_file(state, str(run / f"step_{step}{suffix}"))
+        else:
+            torch.save(state, run / f"step_{step}{suffix}")
+    generator = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.randn(64, 128, generator=generator), "y": torch.randint(0, 3, (64,), generator=generator)},
+               tmp_path / "probe.pt")
+    argv = [str(run), "--model", "tests.tiny_models:mlp", "--model-kwargs", json.dumps(kwargs),
+            "--probe", str(tmp_path / "probe.pt"), "--out", str(tmp_path / "out.h5"), "--batch-size", "32"]
+    done = subprocess.run([sys.executable, "-c", ANALYZE_WATCHING_THE_LOADER, *argv], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    loads = json.loads(done.stdout.strip().splitlines()[-1])
+    in_thread = [count for on_main, count in loads if not on_main]
+    assert len(in_thread) >= 2, loads  # the checkpoints after the reference come through the loader
+    assert in_thread == [0] * len(in_thread), loads
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
 def test_loading_in_a_thread_starts_no_openmp_team(tmp_path: Path) -> None:
     """`fdl analyze` loads the next checkpoint in a background thread. A torch operation there (the
