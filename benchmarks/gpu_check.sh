@@ -48,7 +48,7 @@ fi
 
 echo "== 2. benchmark (a) on $DEVICE: resnet18, n=$N, $CKPTS checkpoints"
 timeout "$BENCH_LIMIT" $PY benchmarks/bench_analyze.py --models resnet18 --n "$N" --checkpoints "$CKPTS" \
-  --repeats 1 --device "$DEVICE" --batch-size "$BATCH" --workdir "${TMPDIR:-/tmp}/fdl-gpu-check" \
+  --repeats 1 --device "$DEVICE" --batch-size "$BATCH" --workdir "${TMPDIR:-/tmp}/fdl-gpu-check" --spec-floor \
   --json "$OUT_DIR/bench_analyze_gpu.json" > "$OUT_DIR/bench_analyze_gpu.stdout" 2> "$OUT_DIR/bench_analyze_gpu.stderr"
 BENCH_RC=$?
 tail -5 "$OUT_DIR/bench_analyze_gpu.stderr"
@@ -65,6 +65,10 @@ import json, sys
 for r in json.load(open(sys.argv[1]))["results"]:
     print(f"{r['model']}: analyze {r['best_seconds']['analyze']:.1f} s, floor {r['best_seconds']['floor']:.1f} s, "
           f"ratio {r['ratio_analyze_over_floor']:.3f}, peak RSS {r['peak_mib']}")
+    if "spec_floor" in r["best_seconds"]:
+        print(f"  SPEC floor (floor + CKA's two anchor cross products) {r['best_seconds']['spec_floor']:.1f} s: "
+              f"SPEC floor / floor {r['ratio_spec_floor_over_floor']:.3f}, "
+              f"analyze / SPEC floor {r['ratio_analyze_over_spec_floor']:.3f}")
 PYEOF
 fi
 rm -rf "${TMPDIR:-/tmp}/fdl-gpu-check"
