@@ -2,8 +2,9 @@
 
 For every checkpoint of RUN_DIR (in step order; the next one is loaded in a thread meanwhile): load
 its weights into the model, run the probe through it once in batches with the feature layer (the
-input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place, as fdl
-adds its sums), and eigen-decompose the p×p sum once. Nothing is stored.
+input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place and in
+block rows, the symmetric half only, as fdl adds its sums), and eigen-decompose the p×p sum once.
+Nothing is stored.
 
 With --cka-anchors M it also does the one part of SPEC §5 that no exact analysis can avoid either and
 that issue #6's floor leaves out: keep the features of the first M probe points, centre them in
@@ -39,6 +40,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
+
+from fdl_cli.moments import row_bounds  # noqa: E402
 
 
 class Clock:
@@ -113,14 +116,18 @@ def main() -> None:
                         if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
                             if total is None:
                                 total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
-                            total.addmm_(features.T, features)
+                                # Only the block rows on and above the diagonal, as fdl sums FᵀF (the
+                                # symmetric half and the diagonal blocks; `eigh` reads the upper triangle).
+                                rows = [(total[a:b, a:], a, b) for a, b in row_bounds(features.shape[1])]
+                            for part, a, b in rows:
+                                part.addmm_(features[:, a:b].T, features[:, a:])
                         else:
                             gram = (features.T @ features).to(torch.float64)
                             total = gram if total is None else total.add_(gram)
             assert total is not None
             # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze` (p ≥ 128).
             with clock("eigen-decomposition"):
-                eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0])
+                eigenvalues, _ = torch.linalg.eigh(total.cpu() / x.shape[0], UPLO="U")
             top.append(float(eigenvalues[-1]))
             if anchors:
                 with clock("CKA cross products"):

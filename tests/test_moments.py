@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fdl_cli.errors import NumericalError, ProbeError
-from fdl_cli.moments import MomentAccumulator
+from fdl_cli.moments import ROW_BLOCK, MomentAccumulator, row_bounds
 from fdl_cli.spectral import Moments, measure, merge_all
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
@@ -178,6 +178,54 @@ def test_second_moment_is_the_same_to_the_bit_whatever_the_task() -> None:
     assert first is not None and second is not None
     np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
     np.testing.assert_array_equal(first[1].numpy(), second[1].numpy())
+
+
+def test_row_bounds_cover_every_width_in_blocks() -> None:
+    """The block rows of the symmetric sum tile [0, width) in order: ROW_BLOCK wide each, the last
+    between half a block and one and a half (one row alone below one and a half blocks)."""
+    for width in range(1, 1200):
+        bounds = row_bounds(width)
+        assert bounds[0][0] == 0 and bounds[-1][1] == width
+        assert all(stop == start for (_, stop), (start, _) in zip(bounds[:-1], bounds[1:], strict=True))
+        assert all(stop - start == ROW_BLOCK for start, stop in bounds[:-1])
+        last = bounds[-1][1] - bounds[-1][0]
+        if len(bounds) == 1:
+            assert width < 1.5 * ROW_BLOCK
+        else:
+            assert ROW_BLOCK // 2 <= last < 1.5 * ROW_BLOCK
+    assert row_bounds(513) == [(0, 128), (128, 256), (256, 384), (384, 513)]
+
+
+@pytest.mark.parametrize("p", [100, 300, 700])
+def test_block_rows_sum_the_whole_symmetric_product(p: int) -> None:
+    """The torch path sums FᵀF in block rows, on and above the diagonal only: read back (moments, the
+    mid-pass snapshot) it is the whole float64 product, both triangles, for one block row (p = 100),
+    two with a wide last row (300) and six (700); Σφ, its ones column, is the plain sum."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(p)
+    n = 1300
+    features = np.maximum(rng.normal(size=(n, p)), 0.0).astype(np.float32)
+    outputs = rng.normal(size=(n, C)).astype(np.float32)
+    labels = rng.integers(0, C, size=n)
+    acc = MomentAccumulator(task="classes")
+    snapshot = None
+    for lo in range(0, n, 512):
+        hi = min(lo + 512, n)
+        acc.update(torch.from_numpy(features[lo:hi]), torch.from_numpy(outputs[lo:hi]), torch.from_numpy(labels[lo:hi]))
+        if hi == 1024:
+            snapshot = acc.second_moment_so_far()
+    f = features.astype(np.float64)
+    got = acc.moments()
+    scale = float(np.abs(f.T @ f).max())
+    np.testing.assert_allclose(got.sum_ff, f.T @ f, rtol=1e-13, atol=1e-15 * scale)
+    np.testing.assert_allclose(got.sum_ff, got.sum_ff.T, rtol=1e-13, atol=1e-15 * scale)
+    np.testing.assert_allclose(got.sum_f, f.sum(0), rtol=1e-13)
+    assert snapshot is not None
+    head = f[:1024]
+    np.testing.assert_allclose(snapshot[0].numpy(), head.T @ head, rtol=1e-13, atol=1e-15 * scale)
+    np.testing.assert_allclose(snapshot[1].numpy(), head.sum(0), rtol=1e-13)
+    assert got.n == n and got.class_counts is not None and got.class_counts.sum() == n
+    np.testing.assert_allclose(got.sum_o, outputs.astype(np.float64).sum(0), rtol=1e-12)
 
 
 def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
