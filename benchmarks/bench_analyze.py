@@ -3,7 +3,8 @@
 For each model (an MLP and a small CNN by default), a synthetic run of C checkpoints and a probe of n
 inputs (p = 512 features) is written once under --workdir; then, --repeats times and alternating,
 the floor and `fdl analyze` (fresh store each time) run as separate processes. Reported: the best
-(minimum) wall time of each, their ratio (target: analyze / floor <= 1.15), the medians, peak RSS,
+(minimum) wall time of each, their ratio (target: analyze / floor <= 1.15), the medians, the ratios
+of the runs of each repeat (paired: steadier on a machine whose speed drifts) and their median, peak RSS,
 and with --nproc 2 the same analysis under `torchrun --nproc-per-node 2` (checkpoints sharded). With
 --spec-floor also the floor plus CKA's two anchor cross products (floor.py --cka-anchors): what any
 implementation of SPEC §5 must add to the floor.
@@ -46,6 +47,12 @@ def floor_command(run: Path, model: str, args: argparse.Namespace, *, cka_anchor
         sys.executable, str(Path(__file__).resolve().parent / "floor.py"), str(run), "--model", model,
         "--device", args.device, "--batch-size", str(args.batch_size),
     ] + (["--cka-anchors", str(cka_anchors), "--cka-dtype", args.cka_dtype] if cka_anchors else [])
+
+
+def paired_ratios(top: list[float], bottom: list[float]) -> dict[str, object]:
+    """top[i] / bottom[i] per repeat (the two ran back to back): each, and their median, min and max."""
+    each = [a / b for a, b in zip(top, bottom, strict=True)]
+    return {"each": [round(r, 3) for r in each], "median": statistics.median(each), "min": min(each), "max": max(each)}
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
@@ -97,9 +104,19 @@ def measure_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "cpu_ratio_analyze_over_floor": min(cpu["analyze"]) / min(cpu["floor"]),
         "commands": {name: " ".join(command) for name, command in commands.items()},
     }
+    pairs = [("analyze", "floor")]
     if args.spec_floor:
         summary["ratio_spec_floor_over_floor"] = best["spec_floor"] / best["floor"]
         summary["ratio_analyze_over_spec_floor"] = best["analyze"] / best["spec_floor"]
+        pairs += [("spec_floor", "floor"), ("analyze", "spec_floor")]
+    # The machine's speed drifts between runs (docs/benchmarks.md): a ratio of the two runs of one
+    # repeat, which ran within seconds of each other, is steadier than the ratio of two bests.
+    summary["paired_ratios"] = {
+        f"{top}_over_{bottom}": paired_ratios(times[top], times[bottom]) for top, bottom in pairs
+    }
+    for key, ratios in summary["paired_ratios"].items():  # type: ignore[attr-defined]
+        print(f"  {model} {key}, run by run: {ratios['each']}, median {ratios['median']:.2f}",
+              file=sys.stderr)
     for nproc in args.nproc:
         if nproc > 1:
             summary[f"speedup_x{nproc}"] = best["analyze"] / best[f"analyze_x{nproc}"]
