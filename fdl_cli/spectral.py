@@ -212,7 +212,7 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if torch is not None and matrix.shape[0] >= TORCH_EIGH_MIN_SIZE and matrix.dtype == np.float64:
             failures += (torch.linalg.LinAlgError,)
             values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.array(matrix, order="C", copy=True)))
-            values, vectors = values_t.numpy(), vectors_t.numpy()
+            values, vectors = values_t.numpy(), vectors_t.numpy()  # vectors column-major, as LAPACK leaves them
         else:
             values, vectors = np.linalg.eigh(matrix)
     except failures as exc:
@@ -221,7 +221,20 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             fix="check the features for extreme values (a diverged checkpoint), or use --dtype float32",
         ) from None
-    return values[::-1].copy(), vectors[:, ::-1].copy()
+    # order="K": the eigenvectors stay column-major, each one contiguous (half a millisecond less to
+    # copy at p = 512 than turning them row-major, and fix_signs reads down the columns).
+    return values[::-1].copy(), vectors[:, ::-1].copy(order="K")
+
+
+def _symmetrized(matrix: np.ndarray) -> np.ndarray:
+    """(M + Mᵀ) / 2, through torch when it is loaded and M is large (numpy reads Mᵀ with a stride of a
+    row: 1.2–1.4 against ~0.6 ms at p = 512 on 2 cores). The same numbers either way: the sum is
+    rounded once and halving is exact."""
+    torch = sys.modules.get("torch")
+    if torch is None or matrix.shape[0] < TORCH_EIGH_MIN_SIZE or matrix.dtype != np.float64 or not _torch_viewable(matrix):
+        return (matrix + matrix.T) / 2.0
+    tensor = torch.from_numpy(matrix)
+    return (tensor + tensor.T).mul_(0.5).numpy()
 
 
 def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
@@ -261,7 +274,7 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         second = moments.second_moment_sum() / n
         if mean is not None:
             second = second - np.outer(mean, mean)
-        second = (second + second.T) / 2.0
+        second = _symmetrized(second)
         values, vectors = _descending_eigh(second)
         rank, clipped = _truncate(values, floor)
         values, vectors = values[:rank], vectors[:, :rank]

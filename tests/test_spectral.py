@@ -563,3 +563,48 @@ def test_large_products_through_torch_equal_numpy_products(monkeypatch: pytest.M
     assert not calls
     np.testing.assert_array_equal(left, before[0])
     np.testing.assert_array_equal(right, before[1])
+
+
+def test_symmetrized_through_torch_is_numpys_to_the_bit() -> None:
+    """(M + Mᵀ)/2 through torch (p ≥ TORCH_EIGH_MIN_SIZE, torch loaded) is bit for bit numpy's, on a
+    matrix whose mirrored entries differ in their last bits as summed products' do; small, read-only
+    and non-float64 matrices go through numpy. The input is left alone."""
+    pytest.importorskip("torch")
+    from fdl_cli.spectral import TORCH_EIGH_MIN_SIZE, _symmetrized
+
+    rng = np.random.default_rng(17)
+    for size in (TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE, 300):
+        features = rng.normal(size=(700, size))
+        matrix = features.T @ features
+        matrix += rng.normal(scale=1e-13, size=matrix.shape) * np.abs(matrix)  # not exactly symmetric
+        before = matrix.copy()
+        got = _symmetrized(matrix)
+        np.testing.assert_array_equal(got, (before + before.T) / 2.0)
+        np.testing.assert_array_equal(got, got.T)
+        np.testing.assert_array_equal(matrix, before)
+    frozen = before.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(_symmetrized(frozen), (before + before.T) / 2.0)
+
+
+def test_eigenvectors_are_the_same_in_either_memory_order() -> None:
+    """The torch route hands the eigenvectors out column-major (one contiguous column each); the
+    measures read them as numbers, so a row-major copy gives the same alignments (to BLAS's rounding,
+    which differs between the layouts)."""
+    pytest.importorskip("torch")
+    from fdl_cli.spectral import alignment, feature_spectrum
+
+    rng = np.random.default_rng(19)
+    features = np.maximum(rng.normal(size=(2000, 200)), 0.0)
+    outputs = features @ rng.normal(size=(200, 4))
+    acc = MomentAccumulator()
+    acc.update(features, outputs)
+    spectrum = feature_spectrum(acc.moments())
+    assert spectrum.eigenvectors.flags.f_contiguous
+    reference = np.linalg.eigh(features.T @ features / 2000)[1][:, ::-1]
+    np.testing.assert_allclose(np.abs(spectrum.eigenvectors[:, :20]), np.abs(reference[:, :20]), atol=1e-8)
+    cross = features.T @ outputs / 2000
+    row_major = type(spectrum)(**{**spectrum.__dict__, "eigenvectors": np.ascontiguousarray(spectrum.eigenvectors)})
+    np.testing.assert_allclose(alignment(spectrum, cross, 1.0), alignment(row_major, cross, 1.0), rtol=1e-12, atol=1e-15)
