@@ -210,7 +210,7 @@ class MomentAccumulator:
         - [F | 1]ᵀ[F | 1] in block rows (`_block_rows`): ΣFᵀF and Σφ (its last column). FᵀF is
           symmetric, so only the blocks on and above the diagonal are summed, ~30 % less time than
           the full product on a CPU (docs/benchmarks.md); `_symmetric` mirrors them when read.
-        - FᵀS (ΣFᵀS) and [S | 1]ᵀ[S | 1] (ΣSᵀS, Σs and n).
+        - FᵀS (ΣFᵀS) and [S | 1]ᵀ[S | 1] (ΣSᵀS and Σs).
         ΣFᵀF and Σφ are taken from F alone, so that a pass of another task (the anchor pass of a
         resumed run) sums the same products to the bit."""
         torch = self._torch

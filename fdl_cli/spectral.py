@@ -221,8 +221,9 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             got=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             fix="check the features for extreme values (a diverged checkpoint), or use --dtype float32",
         ) from None
-    # order="K": the eigenvectors stay column-major, each one contiguous (half a millisecond less to
-    # copy at p = 512 than turning them row-major, and fix_signs reads down the columns).
+    # order="K": the layout is kept, column-major from torch's LAPACK (each eigenvector contiguous:
+    # half a millisecond less to copy at p = 512 than turning it row-major, and fix_signs reads down
+    # the columns); numpy's route hands them out row-major.
     return values[::-1].copy(), vectors[:, ::-1].copy(order="K")
 
 

@@ -53,20 +53,31 @@ def test_cuda_pipeline_matches_cpu(tmp_path: Path, dtype: str, rtol: float) -> N
 
 
 def test_statistics_stay_on_the_gpu_and_match_the_cpu() -> None:
+    """p = 700: five block rows of the symmetric FᵀF (summed into strided views, mirrored when read),
+    on the GPU as on the CPU, at the end and in mid-pass."""
     generator = torch.Generator().manual_seed(0)
-    features = torch.randn(1000, 16, generator=generator, dtype=torch.float64)
+    features = torch.randn(1000, 700, generator=generator, dtype=torch.float64)
     outputs = torch.randn(1000, 3, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 3, (1000,), generator=generator)
-    accumulators = {}
+    accumulators, snapshots = {}, {}
     for device in ("cpu", "cuda"):
         accumulator = MomentAccumulator(task="classes")
         for start in range(0, 1000, 128):
             accumulator.update(*(t[start : start + 128].to(device) for t in (features, outputs, labels)))
+            if start == 384:
+                snapshots[device] = [part.cpu().numpy() for part in accumulator.second_moment_so_far()]
         accumulators[device] = accumulator
     assert all(value.device.type == "cuda" for value in accumulators["cuda"]._sums.values())
     cpu, gpu = accumulators["cpu"].moments(), accumulators["cuda"].moments()
-    np.testing.assert_allclose(gpu.sum_ff, cpu.sum_ff, rtol=1e-10)
-    np.testing.assert_allclose(gpu.class_sum_f, cpu.class_sum_f, rtol=1e-10)
+    plain = features.numpy()
+    np.testing.assert_allclose(gpu.sum_ff, plain.T @ plain, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gpu.sum_ff, cpu.sum_ff, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gpu.sum_f, cpu.sum_f, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gpu.sum_fo, cpu.sum_fo, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gpu.class_sum_f, cpu.class_sum_f, rtol=1e-10, atol=1e-9)
+    head = plain[:512]
+    np.testing.assert_allclose(snapshots["cuda"][0], head.T @ head, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(snapshots["cuda"][1], head.sum(0), rtol=1e-10, atol=1e-9)
     assert gpu.n_correct == cpu.n_correct
 
 

@@ -200,7 +200,7 @@ def test_row_bounds_cover_every_width_in_blocks() -> None:
 def test_block_rows_sum_the_whole_symmetric_product(p: int) -> None:
     """The torch path sums FᵀF in block rows, on and above the diagonal only: read back (moments, the
     mid-pass snapshot) it is the whole float64 product, both triangles, for one block row (p = 100),
-    two with a wide last row (300) and six (700); Σφ, its ones column, is the plain sum."""
+    two with a wide last row (300) and five (700); Σφ, its ones column, is the plain sum."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(p)
     n = 1300

@@ -565,28 +565,38 @@ def test_large_products_through_torch_equal_numpy_products(monkeypatch: pytest.M
     np.testing.assert_array_equal(right, before[1])
 
 
-def test_symmetrized_through_torch_is_numpys_to_the_bit() -> None:
+def test_symmetrized_through_torch_is_numpys_to_the_bit(monkeypatch: pytest.MonkeyPatch) -> None:
     """(M + Mᵀ)/2 through torch (p ≥ TORCH_EIGH_MIN_SIZE, torch loaded) is bit for bit numpy's, on a
     matrix whose mirrored entries differ in their last bits as summed products' do; small, read-only
-    and non-float64 matrices go through numpy. The input is left alone."""
-    pytest.importorskip("torch")
+    and float32 matrices go through numpy (a spy on torch.from_numpy tells the routes apart). The
+    input is left alone."""
+    torch = pytest.importorskip("torch")
     from fdl_cli.spectral import TORCH_EIGH_MIN_SIZE, _symmetrized
 
+    calls: list[tuple[int, ...]] = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: calls.append(array.shape) or from_numpy(array))
     rng = np.random.default_rng(17)
-    for size in (TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE, 300):
+    for size, through_torch in ((TORCH_EIGH_MIN_SIZE - 1, False), (TORCH_EIGH_MIN_SIZE, True), (300, True)):
         features = rng.normal(size=(700, size))
         matrix = features.T @ features
         matrix += rng.normal(scale=1e-13, size=matrix.shape) * np.abs(matrix)  # not exactly symmetric
         before = matrix.copy()
+        calls.clear()
         got = _symmetrized(matrix)
+        assert bool(calls) == through_torch, size
         np.testing.assert_array_equal(got, (before + before.T) / 2.0)
         np.testing.assert_array_equal(got, got.T)
         np.testing.assert_array_equal(matrix, before)
     frozen = before.copy()
     frozen.flags.writeable = False
+    single = before.astype(np.float32)
+    calls.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(_symmetrized(frozen), (before + before.T) / 2.0)
+        np.testing.assert_array_equal(_symmetrized(single), (single + single.T) / 2.0)
+    assert not calls
 
 
 def test_eigenvectors_are_the_same_in_either_memory_order() -> None:
