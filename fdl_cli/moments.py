@@ -43,9 +43,9 @@ def row_bounds(width: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [width], strict=True))
 
 
-def _block_rows(gram: Any) -> list[Any]:
-    """Views of `gram` (width, width) on each block row's diagonal block and right of it."""
-    return [gram[start:stop, start:] for start, stop in row_bounds(int(gram.shape[0]))]
+def _block_rows(gram: Any) -> list[tuple[Any, int, int]]:
+    """(view, start, stop) of each block row of `gram` (width, width): its diagonal block and right of it."""
+    return [(gram[start:stop, start:], start, stop) for start, stop in row_bounds(int(gram.shape[0]))]
 
 
 def _symmetric(gram: Any) -> Any:
@@ -82,7 +82,7 @@ class MomentAccumulator:
         self._width = self._features = 0  # C and p of the batches so far
         self._torch: Any = None
         self._buffers: Any = None  # the torch path's reused float64 batches [F | 1] (b, p+1) and [S | 1]
-        self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (views, `row_bounds`)
+        self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (`_block_rows`)
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
 
@@ -245,7 +245,7 @@ class MomentAccumulator:
             # same sums to the bit here; moments() hands out copies either way).
             self._sums["sum_fs"] = torch.zeros((width, p), dtype=torch.float64, device=feats.device).T
             self._rows = _block_rows(self._sums["gram_f"])
-        for rows, (start, stop) in zip(self._rows, row_bounds(p + 1), strict=True):
+        for rows, start, stop in self._rows:
             rows.addmm_(f_one[:, start:stop].T, f_one[:, start:])
         self._sums["sum_fs"].addmm_(f64.T, side)
         self._sums["gram_s"].addmm_(s_one.T, s_one)
