@@ -385,6 +385,9 @@ def test_watch_analyses_checkpoints_as_they_appear(run: Path, tmp_path: Path) ->
         [sys.executable, "-m", "fdl_cli", "analyze", str(folder), "--model", f"{run}/model.py:build",
          "--probe", str(run / "probe.npz"), "--out", str(store), "--json", "--watch", "--poll", "0.3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        # Ctrl-C as from a terminal, even when this test runs with SIGINT ignored (a background job of
+        # a non-interactive shell): Python leaves an inherited SIG_IGN alone.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
@@ -397,7 +400,12 @@ def test_watch_analyses_checkpoints_as_they_appear(run: Path, tmp_path: Path) ->
     finally:
         time.sleep(0.2)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a watcher behind
+            process.communicate()
+            raise
     assert process.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr

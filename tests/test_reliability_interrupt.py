@@ -37,7 +37,7 @@ N_CHECKPOINTS = 30
 KILL_TRIALS = 25
 
 _FORK_SERVER = r"""
-import json, os, sys
+import json, os, signal, sys, time
 import torch
 torch.set_num_threads(1)
 import h5py, numpy, safetensors.torch, rich.console, rich.progress  # noqa: F401
@@ -48,12 +48,23 @@ out.write("ready\n"); out.flush()
 for line in sys.stdin:
     request = json.loads(line)
     if "wait" in request:
-        _, status = os.waitpid(request["wait"], 0)
+        # Bounded: a child that never ends (a Ctrl-C that did not reach it) is killed, status -9.
+        deadline = time.monotonic() + request.get("timeout", 120)
+        done, status = os.waitpid(request["wait"], os.WNOHANG)
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.01)
+            done, status = os.waitpid(request["wait"], os.WNOHANG)
+        if not done:
+            os.kill(request["wait"], signal.SIGKILL)
+            _, status = os.waitpid(request["wait"], 0)
         out.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n"); out.flush()
         continue
     out.flush()
     pid = os.fork()
     if pid == 0:
+        # Ctrl-C raises KeyboardInterrupt as from a terminal, even when the tests run with SIGINT
+        # ignored (a background job of a non-interactive shell), which the server would pass on.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(request["cwd"])
         for fd, name in ((1, request["stdout"]), (2, request["stderr"])):
             target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -192,12 +192,18 @@ def test_ctrl_c_while_close_waits_still_commits_everything_then_is_raised(tmp_pa
         time.sleep(0.2)
         gate.open()
 
-    with pytest.raises(KeyboardInterrupt):
-        with writer_for(path) as writer:
-            writer.add(random_entry(0))
-            assert gate.entered.wait(_TIMEOUT)
-            writer.add(random_entry(1))
-            threading.Thread(target=interrupt_then_open).start()
+    # Python's own handler, even when the tests run with SIGINT ignored (a background job of a
+    # non-interactive shell): the signal must raise KeyboardInterrupt in the main thread.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with writer_for(path) as writer:
+                writer.add(random_entry(0))
+                assert gate.entered.wait(_TIMEOUT)
+                writer.add(random_entry(1))
+                threading.Thread(target=interrupt_then_open).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert gate.opened.is_set()  # close did not give up on the commit in flight
     assert stored_steps(path) == [0, 1]
     assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
