@@ -48,13 +48,13 @@ def _block_rows(gram: Any) -> list[tuple[Any, int, int]]:
     return [(gram[start:stop, start:], start, stop) for start, stop in row_bounds(int(gram.shape[0]))]
 
 
-def _symmetric(gram: Any) -> Any:
-    """A full copy of a sum of which only the block rows (`_block_rows`) were added: each block below
-    the diagonal is the transpose of its mirror above it."""
-    full = gram.clone()
+def _mirror_lower(gram: Any) -> Any:
+    """Complete, in place, a sum of which only the block rows (`_block_rows`) are added to: each block
+    below the diagonal becomes the transpose of its mirror above it. Those blocks are never added
+    to, so the sums go on growing correctly after this (it is redone at every read); no p×p copy."""
     for start, stop in row_bounds(int(gram.shape[0])):
-        full[stop:, start:stop] = full[start:stop, stop:].T
-    return full
+        gram[stop:, start:stop] = gram[start:stop, stop:].T
+    return gram
 
 
 class MomentAccumulator:
@@ -209,7 +209,7 @@ class MomentAccumulator:
         place with no per-batch temporaries:
         - [F | 1]ᵀ[F | 1] in block rows (`_block_rows`): ΣFᵀF and Σφ (its last column). FᵀF is
           symmetric, so only the blocks on and above the diagonal are summed, ~30 % less time than
-          the full product on a CPU (docs/benchmarks.md); `_symmetric` mirrors them when read.
+          the full product on a CPU (docs/benchmarks.md); `_mirror_lower` completes it when read.
         - FᵀS (ΣFᵀS) and [S | 1]ᵀ[S | 1] (ΣSᵀS and Σs).
         ΣFᵀF and Σφ are taken from F alone, so that a pass of another task (the anchor pass of a
         resumed run) sums the same products to the bit."""
@@ -253,10 +253,11 @@ class MomentAccumulator:
             self._add("n_correct", (outs.argmax(1) == labels).sum())
 
     def _in_place_sums(self) -> dict[str, Any]:
-        """The torch path's sums by their Moments names (sum_ff mirrored to full; views otherwise)."""
+        """The torch path's sums by their Moments names: views, sum_ff completed in place (callers copy)."""
         sums = dict(self._sums)
         if "gram_f" in sums:
-            gram_f, gram_s = _symmetric(sums.pop("gram_f")), sums.pop("gram_s")
+            with self._torch.inference_mode():  # the sums are inference tensors when extract made them
+                gram_f, gram_s = _mirror_lower(sums.pop("gram_f")), sums.pop("gram_s")
             sums.update(
                 sum_ff=gram_f[:-1, :-1], sum_f=gram_f[:-1, -1], sum_ss=gram_s[:-1, :-1], sum_s=gram_s[:-1, -1]
             )
