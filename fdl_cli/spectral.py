@@ -391,7 +391,7 @@ def dynamical_low_rank(moments: Moments, *, energy_share: float = DLR_ENERGY) ->
     n = moments.n
     out_mean = moments.sum_o / n
     out_cov = moments.sum_oo / n - np.outer(out_mean, out_mean)
-    energies, directions = _descending_eigh((out_cov + out_cov.T) / 2.0)
+    energies, directions = _descending_eigh(_symmetrized(out_cov))
     rank = output_span_rank(
         energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
     )
