@@ -1126,6 +1126,50 @@ class _LocalWriter:
         return []
 
 
+class _StoringWriter(_LocalWriter):
+    """Rank 0's stand-in: it also hands the checkpoints that rank 0 owns to the store as soon as they
+    are analysed, so they become durable during the run (by the StoreWriter's throttled commits),
+    not only when every rank is done; the other ranks' entries are written once gathered.
+
+    It never raises: a store error here would leave rank 0's loop while the other ranks wait in a
+    collective (with --shard-probe, every checkpoint is one). The first error is warned of and kept;
+    the entries stay buffered in the writer, and writing the gathered rest at the end retries them.
+    """
+
+    def __init__(
+        self,
+        completed: dict[int, str],
+        writer: Any,
+        owned: set[int],
+        announce: Callable[[Sequence[CheckpointEntry]], None],
+        reporter: Reporter,
+    ) -> None:
+        super().__init__(completed)
+        self._writer, self._owned, self._announce, self._reporter = writer, owned, announce, reporter
+        self.handed: set[int] = set()
+        self.error: FdlError | None = None
+
+    def add(self, entry: CheckpointEntry | None) -> list[CheckpointEntry]:
+        super().add(entry)
+        if entry is not None and entry.step in self._owned:
+            self.handed.add(entry.step)  # buffered by the writer even when add() raises
+            self._store(lambda: self._writer.add(entry))
+        return []
+
+    def flush(self) -> None:
+        """Commit what rank 0 handed over (before it waits for the other ranks, which may take long:
+        the writer's throttled commits would otherwise leave its last checkpoints buffered meanwhile)."""
+        self._store(self._writer.flush)
+
+    def _store(self, call: Callable[[], list[CheckpointEntry]]) -> None:
+        try:
+            self._announce(call())
+        except FdlError as exc:
+            if self.error is None:
+                self.error = exc
+                self._reporter.warn(f"{exc.message}; retried when the other ranks' checkpoints are written")
+
+
 def _analyze_distributed(
     ctx: _Context,
     refs: list[CheckpointRef],
@@ -1185,13 +1229,27 @@ def _analyze_distributed(
             if position > 0:
                 needed.add(refs[position - 1].step)
         needed -= stored  # what the store holds is read back from it
-        local = _LocalWriter({ref.step: "" for ref in refs if ref.step not in needed})
+        skip = {ref.step: "" for ref in refs if ref.step not in needed}
+        tagged = len(ctx.probes) * len(ctx.layers) > 1
+
+        def announce(entries: Sequence[CheckpointEntry]) -> None:
+            for entry in entries:
+                (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
+                if on_record is not None:
+                    for record in entry_records(entry, tagged=tagged):
+                        on_record(record)
+
+        local = (
+            _StoringWriter(skip, writer, owned, announce, ctx.reporter) if writer is not None else _LocalWriter(skip)
+        )
         local_summary = AnalyzeSummary(store=out)
         failure = None
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out)
         except FdlError as exc:
             failure = exc.message
+        if isinstance(local, _StoringWriter):
+            local.flush()
         mine_paths = {str(ref.path) for ref in mine}
         payload = (
             [entry for entry in local.entries if entry.step in owned],
@@ -1202,16 +1260,8 @@ def _analyze_distributed(
         first_failure: str | None = None
         if writer is not None and gathered is not None:
             try:
-                _write_gathered(ctx, writer, gathered, summary, on_record)
-                tagged = len(ctx.probes) * len(ctx.layers) > 1
-
-                def announce(entries: Sequence[CheckpointEntry]) -> None:
-                    for entry in entries:
-                        (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
-                        if on_record is not None:
-                            for record in entry_records(entry, tagged=tagged):
-                                on_record(record)
-
+                assert isinstance(local, _StoringWriter)
+                _write_gathered(writer, gathered, summary, announce, local.handed)
                 ctx.refs_by_step = {r.step: r for r in refs}
                 _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
                 failures = [part[2] for part in gathered if part[2] is not None]
@@ -1232,27 +1282,26 @@ def _analyze_distributed(
 
 
 def _write_gathered(
-    ctx: _Context,
     writer: Any,
     gathered: list[Any],
     summary: AnalyzeSummary,
-    on_record: Callable[[dict[str, Any]], None] | None,
+    announce: Callable[[Sequence[CheckpointEntry]], None],
+    handed: set[int],
 ) -> None:
-    """Rank 0: every rank's entries into the store in step order; their failures into the summary."""
-    tagged = len(ctx.probes) * len(ctx.layers) > 1
-    entries = sorted((entry for part in gathered for entry in part[0]), key=lambda entry: entry.step)
+    """Rank 0: the entries of every rank not yet `handed` to the writer (rank 0's own were, as they
+    were analysed) into the store in step order, then everything committed; failures into the summary."""
+    entries = sorted(
+        (entry for part in gathered for entry in part[0] if entry.step not in handed), key=lambda entry: entry.step
+    )
     seen = {path for path, _ in summary.failed}
     for part in gathered:
         for path, reason in part[1]:
             if path not in seen:
                 summary.failed.append((path, reason))
                 seen.add(path)
-    durable = [done for entry in entries for done in writer.add(entry)]
-    for entry in durable + writer.flush():
-        summary.analysed.append(entry.step)
-        if on_record is not None:
-            for record in entry_records(entry, tagged=tagged):
-                on_record(record)
+    for entry in entries:
+        announce(writer.add(entry))
+    announce(writer.flush())
 
 
 def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:

@@ -7,16 +7,20 @@ every record field. Sums are exact but added in another order, so floats agree t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fdl_cli.distributed import World, block, block_bounds, detect_world
 from fdl_cli.errors import FdlError
@@ -62,11 +66,11 @@ def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def _single(run: Path, out: Path, **options: object) -> list[dict]:
+def _single(run: Path, out: Path, model: str = "tests.tiny_models:mlp", **options: object) -> list[dict]:
     records: list[dict] = []
     run_analyze(
         AnalyzeOptions(
-            sources=(str(run),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            sources=(str(run),), model_spec=model, model_kwargs={"hidden": 8},
             probe_specs=(str(run / "probe.npz"),), out=out, device="cpu", batch_size=64, anchor_size=200,
             **options,  # type: ignore[arg-type]
         ),
@@ -121,6 +125,117 @@ def test_two_ranks_resume_a_partial_store(run_and_single: tuple[Path, dict[int, 
     _assert_same(_stored(single), _stored(out))
 
 
+#: A model whose forward pass stalls on the checkpoint whose first bias is STALL: the job then hangs
+#: there, mid-run, for as long as the test needs.
+STALLING_MODEL = """
+import time
+import torch
+from torch import nn
+
+STALL = 1234.5
+
+
+class Stalling(nn.Sequential):
+    def forward(self, x):
+        if float(self[0].bias[0]) == STALL:
+            time.sleep(600)
+        return super().forward(x)
+
+
+def factory(hidden=8):
+    torch.manual_seed(0)
+    return Stalling(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def _stored_steps(out: Path) -> list[int]:
+    if not out.exists():
+        return []
+    try:
+        with StoreReader(out) as reader:
+            return reader.steps()
+    except FdlError:  # not a store yet
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (torchrun starts its ranks in sessions of their own: killpg misses them)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+@pytest.mark.parametrize(
+    ("extra", "durable"),
+    [((), [0, 10, 20, 30]), (("--shard-probe",), None)],
+    ids=["checkpoints", "probe"],
+)
+def test_rank_0_stores_its_checkpoints_during_the_run(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path, extra: tuple, durable: list[int] | None
+) -> None:
+    """Rank 0's checkpoints become durable while the job runs, not only once every rank is done. The
+    job hangs at step 50: in rank 1's block, rank 0 then commits its whole block (steps 0 - 30) and
+    waits; with --shard-probe every rank hangs there, and what rank 0 analysed before is committed as
+    in one process (step 0 at once, the rest as the writer's throttle allows: a prefix of 0 - 40).
+    The stored records are those of one process, a kill -9 of every process keeps them, and resuming
+    completes the store."""
+    original, expected = run_and_single
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    stalled = run / "step_50.safetensors"
+    state = load_file(str(stalled))
+    state["0.bias"][0] = 1234.5
+    save_file(state, str(stalled))
+    model = tmp_path / "stalling.py"
+    model.write_text(STALLING_MODEL)
+    out = tmp_path / "s.h5"
+    args = _args(run, out, "--commit-interval", "0", *extra)
+    args[args.index("--model") + 1] = f"{model}:factory"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while job.poll() is None and time.monotonic() < deadline:
+            stored = _stored_steps(out)
+            if stored == durable or (durable is None and stored):
+                break
+            time.sleep(0.2)
+        if durable is None:  # give the throttled commits of steps 10 - 40 their chance to land
+            time.sleep(2)
+        assert job.poll() is None, job.communicate()[1][-4000:]  # still running: stalled at step 50
+        during = _stored_steps(out)
+    finally:
+        for pid in [*_descendants(job.pid), job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.communicate(timeout=60)
+    if durable is None:
+        assert during and during == [0, 10, 20, 30, 40][: len(during)], during
+    else:
+        assert during == durable
+    got = _stored(out)
+    assert sorted(got) == during  # the kill -9 kept them
+    expected = {step: {**record, "path": str(run / Path(record["path"]).name)} for step, record in expected.items()}
+    _assert_same({step: expected[step] for step in during}, got)
+    shutil.copyfile(original / "step_50.safetensors", stalled)
+    _single(run, out, f"{model}:factory")
+    _assert_same(expected, _stored(out))
+
+
 @pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
 def test_a_damaged_checkpoint_fails_alone_on_every_rank(tmp_path: Path, extra: tuple) -> None:
     """Exit 1 with the damaged file named (no rank left waiting); every other checkpoint is stored."""
@@ -149,3 +264,42 @@ def test_world_from_environment() -> None:
         detect_world({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(FdlError, match="not integers"):
         detect_world({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_rank_0_store_errors_wait_for_the_end() -> None:
+    """A store error while rank 0 stores its own checkpoints is kept and warned of once, never raised
+    there (the other ranks may be waiting in a collective); the entries count as handed over (the
+    writer keeps them buffered) and the other checkpoints are still kept for the gather."""
+    from fdl_cli.errors import StoreError
+    from fdl_cli.pipeline import _StoringWriter
+    from fdl_cli.progress import NullReporter
+    from fdl_cli.store import CheckpointEntry
+
+    class FullDisk:
+        calls = 0
+
+        def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
+            self.calls += 1
+            raise StoreError("could not write s.h5 (the store on disk is unchanged)")
+
+        def flush(self) -> list[CheckpointEntry]:
+            raise StoreError("could not write s.h5 (the store on disk is unchanged)")
+
+    class Warnings(NullReporter):
+        def __init__(self) -> None:
+            self.warned: list[str] = []
+
+        def warn(self, message: str) -> None:
+            self.warned.append(message)
+
+    announced: list[CheckpointEntry] = []
+    reporter, store = Warnings(), FullDisk()
+    local = _StoringWriter({}, store, {0, 10}, announced.extend, reporter)
+    entries = [CheckpointEntry(step=step, path=f"step_{step}.pt", sha256="0" * 64, series=()) for step in (0, 10, 20)]
+    for entry in entries:
+        assert local.add(entry) == []
+    local.flush()
+    assert store.calls == 2 and local.handed == {0, 10}
+    assert [entry.step for entry in local.entries] == [0, 10, 20] and announced == []
+    assert isinstance(local.error, StoreError) and len(reporter.warned) == 1
+    assert "retried when the other ranks' checkpoints are written" in reporter.warned[0]
