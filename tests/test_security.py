@@ -85,3 +85,70 @@ def test_hostile_probe_refused(tmp_path: Path) -> None:
         load_probe(tmp_path / "probe.pt")
     assert "refused" in str(err.value)
     assert not marker.exists()
+
+
+def _export_variants(tmp_path: Path, marker: Path) -> dict[str, Path]:
+    """A clean torch.export archive and three hostile copies, one per way torch.export.load unpickles
+    without weights_only: a weight marked use_pickle, an opaque constant (pickle.loads), and the
+    sample inputs (torch.load with weights_only=False after a weights_only failure)."""
+    import io
+    import json
+    import zipfile
+
+    program = torch.export.export(mlp(seed=3), (torch.randn(2, 4),))
+    clean = tmp_path / "clean_1.pt2"
+    torch.export.save(program, clean)
+    evil_save = io.BytesIO()
+    torch.save(Payload(marker), evil_save)
+    evil_pickle = pickle.dumps(Payload(marker))
+
+    def weight(name: str, data: bytes) -> bytes:
+        if name.endswith("weights/model_weights_config.json"):
+            config = json.loads(data)
+            config["config"]["0.weight"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        return evil_save.getvalue() if name.endswith("weights/weight_0") else data
+
+    def opaque(name: str, data: bytes) -> bytes:
+        if name.endswith("constants/model_constants_config.json"):
+            entry = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+            return json.dumps({"config": {"hook": entry}}).encode()
+        return data
+
+    def sample(name: str, data: bytes) -> bytes:
+        return evil_save.getvalue() if name.endswith("sample_inputs/model.pt") else data
+
+    variants = {"weight": weight, "opaque": opaque, "sample": sample}
+    paths = {"clean": clean}
+    with zipfile.ZipFile(clean) as source:
+        names = source.namelist()
+        for index, (label, change) in enumerate(variants.items(), start=2):
+            path = paths[label] = tmp_path / f"{label}_{index}.pt2"
+            with zipfile.ZipFile(path, "w") as target:
+                for name in names:
+                    target.writestr(name, change(name, source.read(name)))
+                if label == "opaque":
+                    folder = next(n for n in names if n.endswith("constants/model_constants_config.json")).rpartition("/")[0]
+                    target.writestr(f"{folder}/opaque_obj_0", evil_pickle)
+    return paths
+
+
+def test_hostile_export_archives_refused_and_never_run(tmp_path: Path) -> None:
+    """torch.export.load unpickles parts of a .pt2 without weights_only; fdl checks those parts first
+    (with weights_only=True, which runs nothing) and refuses the archive unless --trust-pickle."""
+    marker = tmp_path / "pwned"
+    paths = _export_variants(tmp_path, marker)
+    for label in ("weight", "sample"):  # the hostile archives are hostile: torch's own load runs them
+        with pytest.raises(Exception):  # noqa: B017, PT011 - it runs the payload, then fails on its result
+            torch.export.load(str(paths[label]))
+        assert marker.exists(), label
+        marker.unlink()
+    for label in ("weight", "opaque", "sample"):
+        found = discover_checkpoints([paths[label]])
+        assert [r.kind for r in found.checkpoints] == ["export"], label
+        with pytest.raises(UnsafeCheckpointError) as err:
+            load_checkpoint(found.checkpoints[0])
+        assert "--trust-pickle" in str(err.value) and "could run code" in str(err.value), label
+        assert not marker.exists(), label
+    clean = load_checkpoint(discover_checkpoints([paths["clean"]]).checkpoints[0])
+    assert clean.module is not None and not marker.exists()
