@@ -140,8 +140,9 @@ def inspect(**kwargs: Any) -> None:
     console = _stderr_console()
     console.print(table)
     basis = result.get("default_basis", "the input of the last nn.Linear")
-    console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] "
-                  f"({result['default_features']} features; {basis})")
+    width = result["default_features"]
+    features = f"{width} features" if width else "width unknown: no forward pass ran (pass --probe FILE)"
+    console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
 
 
 # ------------------------------------------------------------------------------- reading commands

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import ModelError, ProbeError
+from fdl_cli.errors import FdlError, ModelError, ProbeError
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import Moments
 
@@ -384,7 +384,7 @@ def extract(
     with torch.inference_mode(), hooked(model, layers) as captured:
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
-            outputs = model_outputs(model(_inputs(x[start:stop], device=device, dtype=dtype)))
+            outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
             targets = targets_all[start:stop] if targets_all is not None else None
             for spec in layers:
                 features = captured.pop(spec.label)
@@ -415,6 +415,25 @@ def extract(
         )
         for spec in layers
     }
+
+
+def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.device, dtype: str) -> Any:
+    """The model's outputs on probe rows start..stop-1; its own failure there becomes a ModelError
+    (one sample already ran in the pipeline's check, so what fails here is mostly the batch itself)."""
+    batch = _inputs(x[start:stop], device=device, dtype=dtype)
+    try:
+        return model(batch)
+    except FdlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model's own error, explained
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(
+            f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
+            got=f"{type(exc).__name__}: {first}",
+            fix="a program exported or scripted for a fixed batch size needs --batch-size equal to it and a "
+            "probe of whole batches (or re-export it with a dynamic batch dimension, torch.export.Dim); "
+            "out of memory: lower --batch-size",
+        ) from None
 
 
 def _anchor_part(features: torch.Tensor) -> torch.Tensor:
@@ -452,7 +471,7 @@ def anchor_features(
     accumulators: dict[str, MomentAccumulator] = {}
     with torch.inference_mode(), hooked(model, layers) as captured:
         for start in range(0, count, batch_size):
-            outputs = model_outputs(model(_inputs(x[start : min(start + batch_size, count)], device=device, dtype=dtype)))
+            outputs = model_outputs(_forward(model, x, start, min(start + batch_size, count), device=device, dtype=dtype))
             for spec in layers:
                 features = captured.pop(spec.label)
                 chunks[spec.label].append(_anchor_part(features))

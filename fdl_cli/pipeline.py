@@ -1007,7 +1007,7 @@ def inspect_checkpoint(
     import torch
 
     from fdl_cli import checkpoints as ckpts
-    from fdl_cli.extract import default_layer_by_registration, model_outputs
+    from fdl_cli.extract import LAST_LINEAR_OP, ProgramModel, default_layer_by_registration, model_outputs, prepare_model
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     path = Path(checkpoint)
@@ -1027,7 +1027,11 @@ def inspect_checkpoint(
             f"{ref.path} holds weights only, and no model was given to put them in",
             fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
         )
-    model = ckpts.build_model(loaded, factory=factory, kwargs=kwargs).eval()
+    # A TorchScript / torch.export program is wrapped as `analyze` wraps it (its own eval() and hooks
+    # are refused; its features are the input of its last linear operation, `last_linear_op`).
+    model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
+                          dtype="float32")
+    program = isinstance(model, ProgramModel)
     if probe_spec is None and manifest and manifest.probe:
         probe_spec = manifest.probe[0]
     sample = None
@@ -1057,6 +1061,8 @@ def inspect_checkpoint(
             if linear:
                 linears_run.append(name)
 
+        if isinstance(module, torch.jit.ScriptModule):
+            continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
     try:
         if sample is not None:
@@ -1070,7 +1076,11 @@ def inspect_checkpoint(
         for handle in handles:
             handle.remove()
     default_module: str | None = None
-    if linears_run:
+    if program:
+        default_module = LAST_LINEAR_OP
+        default_basis = ("the input of the last linear operation the program's forward pass runs "
+                         "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
+    elif linears_run:
         default_module = linears_run[-1]
         source = "the probe's first sample" if probe_spec is not None else "a random input (--probe FILE for a real one)"
         default_basis = f"the last nn.Linear to run in a forward pass of {source}"
@@ -1084,6 +1094,8 @@ def inspect_checkpoint(
     default_label = f"{default_module}:input" if default_module is not None else None
     linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
     default_features = int(getattr(linear, "in_features", 0)) or None
+    if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
+        default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
     modules = [
         {
             "name": name,

@@ -192,3 +192,47 @@ def test_inspect_says_how_it_chose_the_default_layer(head_first: Path) -> None:
     guessed = inspect_checkpoint(checkpoint=checkpoint, model_spec=spec)
     assert (guessed["default_layer"], guessed["default_features"]) == ("body:input", 4)
     assert guessed["default_basis"].startswith("a guess") and "--probe" in guessed["default_basis"]
+
+
+# ------------------------------------------------- programs: fixed batch sizes, and `fdl inspect`
+
+
+@pytest.fixture
+def programs(tmp_path: Path) -> Path:
+    """A TorchScript and a torch.export checkpoint of one MLP (4 -> 8 -> 8 -> 3), the export traced
+    with a batch of 1 (static: it refuses any other batch size), and a 10-sample probe."""
+    from tests.tiny_models import mlp
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    (tmp_path / "exported").mkdir()
+    torch.export.save(torch.export.export(model, (torch.randn(1, 4),)), tmp_path / "exported" / "step_0.pt2")
+    torch.jit.save(torch.jit.script(mlp(seed=2)), tmp_path / "scripted_3.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(10, 4)).astype(np.float32), y=rng.integers(0, 3, size=10))
+    return tmp_path
+
+
+def test_a_failing_forward_pass_is_a_clear_error(programs: Path) -> None:
+    """A program exported for batches of 1 fails on a batch of 10: exit 1, the rows and the model's own
+    error named, a fix given, no traceback (it was an AssertionError traceback)."""
+    done = fdl("analyze", programs / "exported", "--probe", programs / "probe.npz", "--out", programs / "s.h5")
+    assert done.code == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "forward pass failed on probe rows 0..9" in done.stderr and "Guard failed" in done.stderr
+    assert "--batch-size" in done.stderr and "torch.export.Dim" in done.stderr
+    again = fdl("analyze", programs / "exported", "--probe", programs / "probe.npz", "--out", programs / "b1.h5",
+                "--batch-size", "1")
+    assert again.code == 0, again.stderr
+
+
+def test_inspect_reads_program_checkpoints_as_analyze_does(programs: Path) -> None:
+    """`fdl inspect` on TorchScript and torch.export files: no traceback (it hooked the program's own
+    modules, refused there, and called eval() on an exported program), the default layer analyze
+    uses, and its width from one forward pass of the probe's first sample."""
+    for checkpoint, width in ((programs / "scripted_3.pt", 8), (programs / "exported" / "step_0.pt2", 8)):
+        result = inspect_checkpoint(checkpoint=str(checkpoint), probe_spec=str(programs / "probe.npz"))
+        assert (result["default_layer"], result["default_features"]) == ("last_linear_op:input", width), checkpoint
+        assert "last linear operation" in result["default_basis"]
+        shown = fdl("inspect", checkpoint)
+        assert shown.code == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "last_linear_op:input" in shown.stderr
