@@ -82,6 +82,9 @@ class RichReporter(NullReporter):
             console=console,
             transient=True,
             disable=quiet,
+            # stdout carries the machine output (--json records): never let the live display take it
+            # over (rich's default when stderr is a terminal), or `fdl analyze --json | jq` gets nothing.
+            redirect_stdout=False,
         )
         self._run: Any = None
         self._batches: Any = None

@@ -236,3 +236,28 @@ def test_inspect_reads_program_checkpoints_as_analyze_does(programs: Path) -> No
         shown = fdl("inspect", checkpoint)
         assert shown.code == 0 and "Traceback" not in shown.stderr, shown.stderr
         assert "last_linear_op:input" in shown.stderr
+
+
+# ------------------------------------------------------- --json records while a terminal shows progress
+
+
+def test_json_records_reach_stdout_while_the_progress_bar_runs_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fdl analyze --json | jq` typed in a terminal: stderr is a terminal, so the progress bar is live,
+    and rich's live display used to take sys.stdout over and paint the records on the terminal; the
+    pipe got nothing. Records written while the bar runs must reach the real stdout."""
+    import io
+
+    from rich.console import Console
+
+    from fdl_cli.cli import _emit_json
+    from fdl_cli.progress import RichReporter
+
+    terminal = io.StringIO()
+    console = Console(file=terminal, force_terminal=True, width=100)
+    with RichReporter(console) as reporter:
+        reporter.start_run(2)
+        reporter.start_checkpoint(0, 2, "step 0")
+        _emit_json({"step": 0, "d_lr": 0.5})
+        reporter.end_checkpoint()
+    assert capsys.readouterr().out == '{"step": 0, "d_lr": 0.5}\n'
+    assert "d_lr" not in terminal.getvalue()
