@@ -239,6 +239,11 @@ def writing(path: str | Path) -> Iterator[Path]:
     exits 1 with one paragraph instead of a traceback.
     """
     target = Path(path)
+    if _is_hdf5(target):
+        raise FdlError(
+            f"{target} is an HDF5 file (an fdl store?); fdl writes reports and exports only over other files",
+            fix="choose another path (a store read by this command would be destroyed by writing over it)",
+        )
     try:
         yield target
     except OSError as exc:
@@ -253,6 +258,19 @@ def writing(path: str | Path) -> Iterator[Path]:
         else:
             fix = f"choose a path you can write to ({parent} refused it)"
         raise FdlError(f"could not write {target}", got=reason, fix=fix) from None
+
+
+#: The first 8 bytes of every HDF5 file (at offset 0 in the files fdl writes).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether `path` is an existing file that starts as an HDF5 file does (an fdl store, typically)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    except OSError:  # absent, a folder, unreadable: not a store this could destroy
+        return False
 
 
 def write_text_file(path: str | Path, text: str) -> None:

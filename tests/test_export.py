@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fdl_cli.store import StoreReader
+from tests.test_analyze import fdl
 from tests.test_report import STEPS, make_store, run_fdl
 
 
@@ -74,3 +75,25 @@ def test_npy_needs_out(store: Path) -> None:
     result = run_fdl("export", str(store), "--what", "eigenvalues", "--format", "npy")
     assert result.returncode == 1 and "--out" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_reports_and_exports_never_write_over_a_store(tmp_path: Path) -> None:
+    """`fdl export S.h5 --out S.h5` and `fdl report S.h5 --html S.h5` exited 0 and destroyed the store
+    they read. Any HDF5 file is refused as an output now: exit 1, the store intact."""
+    import hashlib
+
+    store = make_store(tmp_path / "run.h5")
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    other = make_store(tmp_path / "other.h5")
+    for args in (
+        ("export", store, "--what", "eigenvalues", "--out", store),
+        ("export", store, "--what", "trajectories", "--format", "npy", "--out", store),
+        ("export", store, "--what", "trajectories", "--out", other),
+        ("report", store, "--html", store),
+    ):
+        done = fdl(*args)
+        assert done.code == 1, (args, done.stderr)
+        assert "is an HDF5 file" in done.stderr and "Traceback" not in done.stderr, args
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+    with StoreReader(other) as reader:
+        assert reader.records()
