@@ -442,6 +442,8 @@ def run_analyze(
     summary = AnalyzeSummary(store=out)
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
+    if options.resume and (options.steps or options.every) and "-" not in options.sources:
+        refs = _with_stored(options, refs, out)
     distributed.init_process_group(world, ctx.device)
     try:
         _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
@@ -450,6 +452,33 @@ def run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) -> list[CheckpointRef]:
+    """The checkpoints --steps / --every selected, plus the discovered ones the store already holds.
+
+    "Previous" (cka_prev, overlap_prev, prev_step) runs over every checkpoint of the store, not only
+    this run's selection: a checkpoint selected between two stored ones then gets the stored one
+    before it as its previous, and its stored successor is refreshed to compare with it
+    (`_refresh_successors`), as if one run had analysed them all. Stored checkpoints are not analysed
+    again. A store or folder that cannot be read this way leaves the selection as it is (the writer
+    reports a damaged store)."""
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.store import StoreReader
+
+    if not out.is_file():
+        return refs
+    try:
+        with StoreReader(out) as reader:
+            stored = {record["step"] for record in reader.records()}
+        selected = {ref.step for ref in refs}
+        if stored <= selected:
+            return refs
+        everything = ckpts.discover_checkpoints(options.sources, glob=options.glob_pattern, step_regex=options.step_regex)
+    except FdlError:
+        return refs
+    extra = [ref for ref in everything.checkpoints if ref.step in stored and ref.step not in selected]
+    return sorted(refs + extra, key=lambda ref: ref.step)
 
 
 def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRef:

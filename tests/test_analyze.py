@@ -466,6 +466,27 @@ def test_filling_gaps_in_several_runs_equals_one_run(run: Path, tmp_path: Path) 
                 assert mine[name] == value, (mine["step"], name)
 
 
+def test_filling_gaps_with_steps_equals_one_run(run: Path, tmp_path: Path) -> None:
+    """The same with --steps in every run: the selection of the later runs leaves out stored steps,
+    whose place in step order still counts (step 10 between stored 0 and 20 updates 20; step 30 after
+    stored 20 compares with it, not with 10). They were left with the previous runs' neighbours."""
+    whole = {r["step"]: r for r in analyze(run, tmp_path / "whole.h5").records}
+    store = tmp_path / "gaps.h5"
+    assert analyze(run, store, "--steps", "0,20").code == 0
+    second = analyze(run, store, "--steps", "10,30")
+    assert second.code == 0, second.stderr
+    assert "1 updated (a new previous checkpoint)" in second.stderr
+    got = {r["step"]: r for r in _stored_records(store)}
+    assert sorted(got) == [0, 10, 20, 30]
+    assert [got[step]["prev_step"] for step in (0, 10, 20, 30)] == [None, 0, 10, 20]
+    for step, expected in whole.items():
+        for name, value in expected.items():
+            if isinstance(value, float):
+                assert got[step][name] == pytest.approx(value, rel=1e-12), (step, name)
+            else:
+                assert got[step][name] == value, (step, name)
+
+
 def test_a_changed_reference_checkpoint_is_refused(run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "changing"
     folder.mkdir()
