@@ -880,7 +880,7 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
 
     loaded, _ = _load(reference, ctx.options.trust_pickle)
     model = _prepare(ctx, loaded)
-    ctx.reference_state = _state_of(loaded, model)
+    ctx.reference_state = _parameters_of(loaded, model, copy=True)
     with StoreReader(out) as reader:
         ctx.reference = _stored_series(ctx, reference.step, model, reader)
 
@@ -912,10 +912,23 @@ def _previous_series(
         return None
 
 
-def _state_of(loaded: LoadedCheckpoint, model: Any) -> dict[str, Any]:
-    if loaded.state_dict is not None:
-        return loaded.state_dict
-    return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) -> dict[str, Any]:
+    """θ of SPEC §6: the model's parameters, each shared tensor once (tied weights), no buffers.
+
+    The names are the model's (`named_parameters`, which lists a tied tensor once; not the file's
+    state_dict, which a .pt stores a tied weight in under each of its names, and which holds buffers
+    such as positional tables). The values are the checkpoint's own tensors, in the file's dtype
+    (the model may run in --dtype bfloat16), with the extra prefix `build_model` drops; a checkpoint
+    that is a module gives the module's. `copy` for the reference when its values come from the
+    model, whose tensors the next checkpoint's weights are written into."""
+    names = [name for name, _ in model.named_parameters()]
+    state = loaded.state_dict
+    if state is not None:
+        if not all(name in state for name in names):
+            state = {key.split(".", 1)[1]: value for key, value in state.items() if "." in key}
+        if all(name in state for name in names):
+            return {name: state[name] for name in names}
+    return {name: (value.detach().clone() if copy else value.detach()) for name, value in model.named_parameters()}
 
 
 def _analyze_one(
@@ -943,10 +956,10 @@ def _analyze_one(
     # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
     previous = _previous_series(ctx, ref.step, steps_in_order, out)
     model = _prepare(ctx, loaded)
-    state = _state_of(loaded, model)
+    parameters = _parameters_of(loaded, model)
     if is_reference:
-        ctx.reference_state = state
-    param_norm, param_dist = parameter_vector_norms(state, ctx.reference_state)
+        ctx.reference_state = _parameters_of(loaded, model, copy=True)
+    param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state)
     current: dict[tuple[str, str], _Series] = {}
     series = []
     for probe in ctx.probes:

@@ -261,3 +261,65 @@ def test_json_records_reach_stdout_while_the_progress_bar_runs_on_a_terminal(cap
         reporter.end_checkpoint()
     assert capsys.readouterr().out == '{"step": 0, "d_lr": 0.5}\n'
     assert "d_lr" not in terminal.getvalue()
+
+
+# ------------------------------------------------------------ parameter norms: parameters, once each
+
+
+TIED_MODEL = """
+import torch
+from torch import nn
+
+
+class Tied(nn.Module):
+    '''Token ids (b, 4) -> embedding -> mean -> ReLU(Linear) -> logits through the embedding itself
+    (GPT-2's tying), with a float buffer that is not a parameter.'''
+
+    def __init__(self, vocab=7, dim=6):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.body = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("scale", torch.full((vocab,), 3.0))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(self.embed(x).mean(1)))) * self.scale
+
+
+def build(seed=0):
+    torch.manual_seed(seed)
+    return Tied()
+"""
+
+
+def test_parameter_norms_count_each_parameter_once_and_no_buffer(tmp_path: Path) -> None:
+    """param_norm = ‖θ‖² and param_dist_init = ‖θ − θ_0‖ / ‖θ_0‖ over the model's parameters (SPEC §6).
+    They were taken over the .pt state_dict: the tied embedding counted twice and the buffer once
+    (113.9 instead of 35.55 here). Under --dtype bfloat16 they keep the file's float32 values."""
+    import importlib.util
+
+    (tmp_path / "model.py").write_text(TIED_MODEL)
+    spec = importlib.util.spec_from_file_location("tied_model", tmp_path / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "ckpts").mkdir()
+    models = [module.build(seed=seed) for seed in (0, 1)]
+    for step, model in enumerate(models):
+        torch.save(model.state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.integers(0, 7, (40, 4)), y=rng.integers(0, 7, 40))
+    theta = [torch.cat([p.detach().double().reshape(-1) for p in model.parameters()]) for model in models]
+    assert len(theta[0]) == 7 * 6 + 6 * 6 + 6  # the tied weight once, no buffer
+    for extra in ((), ("--dtype", "bfloat16")):
+        out = tmp_path / f"s{len(extra)}.h5"
+        done = fdl("analyze", tmp_path / "ckpts", "--model", f"{tmp_path}/model.py:build", "--probe",
+                   tmp_path / "probe.npz", "--out", out, *extra)
+        assert done.code == 0, done.stderr
+        with StoreReader(out) as reader:
+            records = reader.records()
+        for record, values in zip(records, theta, strict=True):
+            assert record["param_norm"] == pytest.approx(float(values @ values), rel=1e-12), extra
+        assert records[1]["param_dist_init"] == pytest.approx(
+            float((theta[1] - theta[0]).norm() / theta[0].norm()), rel=1e-12), extra
