@@ -150,6 +150,12 @@ def resolve_layers(
     for name in names:
         use_input = name.endswith(INPUT_SUFFIX)
         module = name[: -len(INPUT_SUFFIX)] if use_input else name
+        if not module:
+            raise ModelError(
+                f"--layer {name!r} names the whole model (its outputs or its inputs), not a feature layer",
+                fix="pass the name of a module inside the model (listed by `fdl inspect CHECKPOINT`), or omit "
+                "--layer for the input of the last nn.Linear",
+            )
         if isinstance(model, ProgramModel) and module != LAST_LINEAR_OP:
             raise ModelError(
                 f"--layer {name!r}: the layers of a TorchScript / torch.export checkpoint cannot be hooked by name",

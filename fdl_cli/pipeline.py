@@ -277,7 +277,7 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
     """spectral.eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k) from cached bases."""
     from fdl_cli.spectral import eigenspace_overlap
 
-    k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1])
+    k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1], a.eigenfunctions.shape[0])
     if k <= 0 or a.eigenfunctions.shape[0] != b.eigenfunctions.shape[0]:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
     return min(float(np.linalg.norm(a.basis(k).T @ b.basis(k))) ** 2 / k, 1.0)
@@ -546,6 +546,13 @@ def _validate(ctx: _Context, model: Any) -> None:
         validate_probe(probe, n_outputs=n_outputs)
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
+        anchors = min(ctx.options.anchor_size, n)
+        if anchors <= n_outputs:
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: the anchor subset has {anchors} points for {n_outputs} outputs, so the top-"
+                f"{n_outputs} eigenfunctions on it span all of it and the eigenspace overlaps are 1 whatever the "
+                "features do; raise --anchor-size"
+            )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
                 f"probe {probe.name!r} has only {n} samples for {n_outputs} outputs: its spectrum, D_LR and CKA "

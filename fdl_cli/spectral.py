@@ -618,7 +618,9 @@ def orthonormal_basis(columns: np.ndarray) -> np.ndarray:
 def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) -> float | None:
     """O_k = ‖Q_aᵀQ_b‖_F² / k of the top-k eigenfunctions' values on shared inputs (SPEC.md §5).
 
-    k is reduced to the columns available on both sides; None when that leaves k = 0.
+    k is reduced to the columns available on both sides and to the number of inputs m (k vectors on
+    m < k inputs span at most m dimensions: dividing by k would put O(s, s) at m/k); None when that
+    leaves k = 0.
     """
     if values_a.shape[0] != values_b.shape[0]:
         raise NumericalError(
@@ -626,7 +628,7 @@ def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) ->
             got=f"{values_a.shape[0]} and {values_b.shape[0]} anchor points",
             fix="compare runs analysed with the same probe and --anchor-size",
         )
-    k = min(k, values_a.shape[1], values_b.shape[1])
+    k = min(k, values_a.shape[1], values_b.shape[1], values_a.shape[0])
     if k <= 0:
         return None
     basis_a = orthonormal_basis(values_a[:, :k])

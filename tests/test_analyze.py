@@ -295,6 +295,7 @@ def test_changed_options_are_refused_and_overwrite_restarts(run: Path, tmp_path:
         ("key mismatch", "do not fit the model"),
         ("probe shape", "does not fit the model"),
         ("unknown layer", "unknown layer"),
+        ("empty layer name", "names the whole model"),
         ("empty folder", "no checkpoints found"),
         ("bad json kwargs", "not valid JSON"),
     ],
@@ -312,6 +313,8 @@ def test_bad_input_is_a_clear_error(run: Path, tmp_path: Path, case: str, messag
         probe = ["--probe", str(tmp_path / "wide.npz")]
     elif case == "unknown layer":
         model += ["--layer", "fc9"]
+    elif case == "empty layer name":  # the root module: was a traceback after the whole run, and an empty store
+        model += ["--layer", ""]
     elif case == "empty folder":
         (tmp_path / "empty").mkdir()
         source = [str(tmp_path / "empty")]
