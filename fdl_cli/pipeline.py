@@ -128,6 +128,8 @@ class AnalyzeSummary:
     interrupted: bool = False
     #: stored checkpoints whose cka_prev / overlap_prev were recomputed (a new predecessor appeared)
     refreshed: list[int] = field(default_factory=list)
+    #: False under --overwrite: running the same command again would start afresh, not resume
+    resume: bool = True
 
     def message(self) -> str:
         parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
@@ -141,7 +143,10 @@ class AnalyzeSummary:
         for path, reason in self.failed:
             text += f"\n  failed: {path}: {reason.splitlines()[0]}"
         if self.interrupted:
-            text += "\ninterrupted: what was completed is in the store; run the same command again to resume"
+            text += "\ninterrupted: what was completed is in the store; " + (
+                "run the same command again to resume" if self.resume
+                else "run it again without --overwrite to resume (with it, it starts afresh)"
+            )
         return text
 
 
@@ -439,7 +444,7 @@ def run_analyze(
         world=world,
     )
     out = options.out or default_store_path(options.sources)
-    summary = AnalyzeSummary(store=out)
+    summary = AnalyzeSummary(store=out, resume=options.resume)
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:

@@ -524,10 +524,15 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged file
+        reason = f"{type(exc).__name__}: {exc}"
+        if "allow_pickle" in reason or "pickled (object) data" in reason:
+            # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
+            reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
         raise ProbeError(
             f"cannot read the probe {path}",
-            got=f"{type(exc).__name__}: {exc}"[:300],
-            fix="the file is corrupt or not of the format its suffix says",
+            got=reason[:300],
+            fix="the file is corrupt or not of the format its suffix says; save plain numeric arrays "
+            "(np.savez(FILE, x=..., y=...))",
         ) from None
     if "x" not in arrays and set(arrays) <= {"arr_0", "arr_1"} and "arr_0" in arrays:
         arrays = {"x": arrays["arr_0"], **({"y": arrays["arr_1"]} if "arr_1" in arrays else {})}

@@ -323,3 +323,27 @@ def test_parameter_norms_count_each_parameter_once_and_no_buffer(tmp_path: Path)
             assert record["param_norm"] == pytest.approx(float(values @ values), rel=1e-12), extra
         assert records[1]["param_dist_init"] == pytest.approx(
             float((theta[1] - theta[0]).norm() / theta[0].norm()), rel=1e-12), extra
+
+
+# ------------------------------------------------------------------------------- messages that misled
+
+
+def test_interrupted_overwrite_does_not_say_run_it_again_to_resume(tmp_path: Path) -> None:
+    """After Ctrl-C under --overwrite the same command starts afresh; the summary said it resumes."""
+    from fdl_cli.pipeline import AnalyzeSummary
+
+    resumed = AnalyzeSummary(store=tmp_path / "s.h5", analysed=[0], interrupted=True).message()
+    assert "run the same command again to resume" in resumed
+    overwritten = AnalyzeSummary(store=tmp_path / "s.h5", analysed=[0], interrupted=True, resume=False).message()
+    assert "run the same command again" not in overwritten
+    assert "without --overwrite to resume" in overwritten
+
+
+def test_a_probe_of_pickled_objects_gets_no_advice_to_unpickle_it(tmp_path: Path) -> None:
+    """numpy's error said "load it unsafely using allow_pickle"; fdl passed that advice on."""
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}, None], dtype=object), y=np.zeros(2, np.int64))
+    with pytest.raises(ProbeError) as err:
+        load_probe(tmp_path / "objects.npz")
+    message = str(err.value)
+    assert "cannot read the probe" in message and "pickled Python objects" in message
+    assert "allow_pickle" not in message and "unsafely" not in message
