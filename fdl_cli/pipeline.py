@@ -409,9 +409,15 @@ def run_analyze(
         )
 
     manifest = None
-    folders = [Path(s) for s in options.sources if s != "-" and Path(s).is_dir()]
+    # The checkpoints' folder: a folder given, or the one folder that holds every file given.
+    folders = sorted({Path(s) if Path(s).is_dir() else Path(s).parent for s in options.sources if s != "-"})
     if len(folders) == 1:
         manifest = ckpts.read_manifest(folders[0])
+    if manifest is not None and manifest.options:
+        reporter.warn(
+            f"{manifest.path}: ignored {', '.join(sorted(manifest.options))} (fdl.toml sets model, model_kwargs, "
+            "probe and layer; give other options on the command line)"
+        )
     model_spec = options.model_spec or (manifest.model if manifest else None)
     model_kwargs = options.model_kwargs or (manifest.model_kwargs if manifest else {})
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
@@ -431,7 +437,9 @@ def run_analyze(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    base_dir = folders[0] if folders else None
+    base_dir = folders[0] if len(folders) == 1 else next(
+        (Path(s) for s in options.sources if s != "-" and Path(s).is_dir()), None
+    )
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     ctx = _Context(
         options=options,

@@ -554,3 +554,21 @@ def test_a_tiny_probe_is_warned_about(run: Path, tmp_path: Path) -> None:
                  "--steps", "0,10", "--out", tmp_path / "t.h5")
     assert result.code == 0, result.stderr
     assert "has only 5 samples for 3 outputs" in result.stderr
+
+
+def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(run: Path, tmp_path: Path) -> None:
+    """fdl.toml was read only when one folder was given: files of that folder given one by one (or
+    through --steps-like shell globs) failed with "no probe set was given". Keys it does not use
+    (a typo such as `layers`, an option such as `center`) were dropped without a word."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("epoch_0.pt", "epoch_10.pt"):
+        (folder / name).write_bytes((run / "ckpts" / name).read_bytes())
+    (folder / "model.py").write_text((run / "model.py").read_text())
+    (folder / "probe.npz").write_bytes((run / "probe.npz").read_bytes())
+    (folder / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\nlayers = "2"\ncenter = true\n')
+    done = fdl("analyze", folder / "epoch_0.pt", folder / "epoch_10.pt", "--out", tmp_path / "files.h5")
+    assert done.code == 0, done.stderr
+    assert "ignored center, layers" in done.stderr and "command line" in done.stderr
+    with StoreReader(tmp_path / "files.h5") as reader:
+        assert reader.steps() == [0, 10]
