@@ -289,7 +289,10 @@ def classify(**kwargs: Any) -> None:
         _emit_json(verdict.as_json())
     else:
         others = len(run.series) - 1
-        how = f" (the first probe, the default layer; {others} other series: choose with --probe/--layer)"
+        # The store keeps the probes by name (its provenance is sorted JSON) and the layers in the order
+        # analysed: say so, rather than "the default layer" (which is the one analyze picks without --layer).
+        how = (f" (the first probe by name, the first layer analysed; {others} other series: choose with "
+               "--probe/--layer)")
         console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
                       markup=False)
         for line in regimes.describe(verdict):

@@ -572,3 +572,19 @@ def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(ru
     assert "ignored center, layers" in done.stderr and "command line" in done.stderr
     with StoreReader(tmp_path / "files.h5") as reader:
         assert reader.steps() == [0, 10]
+
+
+def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: Path) -> None:
+    """With two probes and two layers, classify takes the first probe by name and the first layer
+    analysed, and says so; it said "the default layer" of a layer the user had picked."""
+    (tmp_path / "b.npz").write_bytes((run / "probe.npz").read_bytes())
+    store = tmp_path / "two.h5"
+    done = fdl("analyze", run / "ckpts", "--model", f"{run}/model.py:build", "--probe", f"train={run / 'probe.npz'}",
+               "--probe", f"test={tmp_path / 'b.npz'}", "--layer", "2:input", "--layer", "1", "--out", store)
+    assert done.code == 0, done.stderr
+    verdict = fdl("classify", store)
+    assert verdict.code == 0, verdict.stderr
+    first = verdict.stderr.splitlines()[0]
+    assert "probe test, layer 2:input" in first
+    assert "the first probe by name, the first layer analysed; 3 other series" in first
+    assert "default layer" not in first
