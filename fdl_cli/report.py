@@ -559,6 +559,17 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         console.print(table)
         for line in summary_lines(summarize(series.records)):
             console.print(line, markup=False, highlight=False)
+    if run.series:
+        console.print(column_key(table_fields(wide=wide)), markup=False, highlight=False)
+
+
+def column_key(fields: Sequence[str]) -> str:
+    """One line naming the record field behind each short column header of the table (the names of
+    `--format json/csv`, `fdl export` and docs/measures.md)."""
+    pairs = [f"{HEADERS[name]} = {name}" for name in fields if name in HEADERS]
+    if "loss" in fields:
+        pairs.append("loss = mean squared error per output of the raw outputs against the one-hot labels (or targets)")
+    return "columns: " + ", ".join(pairs)
 
 
 # ----------------------------------------------------------------------------------------- compare

@@ -256,3 +256,20 @@ def test_select_steps_keeps_first_and_last() -> None:
 
     assert select_steps(list(range(0, 1000, 10)), 5) == [0, 250, 500, 740, 990]
     assert select_steps([3, 7], 5) == [3, 7]
+
+
+def test_the_table_names_the_field_behind_each_short_header(tmp_path: Path) -> None:
+    """The table's headers (D_ρ, CKA₀, k95 Π̂, acc) had no key to the field names of --format json/csv,
+    `fdl export` and docs/measures.md, and loss did not say what it measures."""
+    from fdl_cli.report import HEADERS, TABLE_FIELDS, column_key, table_fields
+
+    key = column_key(TABLE_FIELDS)
+    for name in TABLE_FIELDS:
+        if name in HEADERS:
+            assert f"{HEADERS[name]} = {name}" in key
+    assert "loss = mean squared error" in key
+    assert "CKA₋₁ = cka_prev" in column_key(table_fields(wide=True))
+    store = make_store(tmp_path / "run.h5")
+    done = run_fdl("report", str(store))
+    assert done.returncode == 0, done.stderr
+    assert "columns: D_LR = d_lr, CKA₀ = cka_init" in done.stdout + done.stderr
