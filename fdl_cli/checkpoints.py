@@ -259,10 +259,7 @@ def _export_unsafe_payloads(path: Path) -> list[str]:
                         pickled.append(member)
         for member in pickled:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                        torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+                _load_weights_only(io.BytesIO(archive.read(member)))
             except pickle.UnpicklingError:
                 globals_ = []
                 with contextlib.suppress(Exception):
@@ -405,10 +402,7 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
     """
     is_zip = mmap and zipfile.is_zipfile(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True, mmap=is_zip)
+        return _load_weights_only(path, map_location=map_location, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         unsafe, _ = _unsafe_globals(path)
         if unsafe:
@@ -416,6 +410,14 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
         raise _corrupt_error(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse is reported as a damaged file
         raise _corrupt_error(path, exc) from None
+
+
+def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` (tensors, containers and numpy scalars; runs no code), quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
