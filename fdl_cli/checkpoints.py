@@ -7,7 +7,6 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -224,53 +223,6 @@ def _is_export(path: Path, names: Sequence[str]) -> bool:
     return path.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names)
 
 
-#: Prefix of the constants a torch.export archive stores as plain pickles of Python objects
-#: (torch.export.load runs `pickle.loads` on them).
-_EXPORT_OPAQUE_PREFIX = "opaque_obj_"
-
-
-def _export_unsafe_payloads(path: Path) -> list[str]:
-    """What torch.export.load would unpickle without ``weights_only`` in the .pt2 archive ``path``
-    beyond tensors: the weights and constants its configs mark ``use_pickle``, the opaque Python
-    objects among its constants, and its ``.pt`` members (sample inputs, legacy weight files) are
-    loaded by torch with ``weights_only=False`` (or after a weights_only failure), which runs any code
-    they reference. Each is tried here with ``weights_only=True``, which runs none; an empty list
-    means the archive holds tensors and its program only. Nothing runs."""
-    unsafe: list[str] = []
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        pickled: list[str] = []
-        for name in names:
-            folder, _, base = name.rpartition("/")
-            if base.endswith(".pt"):
-                pickled.append(name)
-            elif base.endswith("_config.json") and folder.endswith(("/weights", "/constants")):
-                try:
-                    config = json.loads(archive.read(name)).get("config", {})
-                except (ValueError, AttributeError):
-                    continue  # torch.export.load reports a damaged config itself
-                for fqn, meta in config.items() if isinstance(config, dict) else []:
-                    member = f"{folder}/{meta.get('path_name', '')}" if isinstance(meta, dict) else ""
-                    if not isinstance(meta, dict) or member not in names:
-                        continue
-                    if str(meta.get("path_name", "")).startswith(_EXPORT_OPAQUE_PREFIX):
-                        unsafe.append(f"{fqn}: a pickled Python object")
-                    elif meta.get("use_pickle"):
-                        pickled.append(member)
-        for member in pickled:
-            try:
-                _load_weights_only(io.BytesIO(archive.read(member)))
-            except pickle.UnpicklingError:
-                globals_ = []
-                with contextlib.suppress(Exception):
-                    globals_ = [g for g in _pickle_globals(archive.read(member))[0]
-                                if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
-                unsafe.append(f"{member.rpartition('/')[2]}: {', '.join(globals_[:3]) or 'a pickled Python object'}")
-            except Exception:  # noqa: BLE001 - damaged: torch.export.load reports it (without weights_only, it
-                unsafe.append(f"{member.rpartition('/')[2]}: unreadable pickle")  # might run it: refuse)
-    return unsafe
-
-
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
@@ -426,6 +378,18 @@ def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
         f"{path}: this file contains a pickled Python object ({shown}) that could run code when loaded; "
         "fdl refused to load it",
         fix=_TRUST_FIX + " (or re-save only the weights: torch.save(model.state_dict(), ...))",
+    )
+
+
+def _export_refused(path: Path) -> UnsafeCheckpointError:
+    """torch.export.load can run code from the archive, not only through pickles (weights marked
+    use_pickle, opaque constants, sample inputs retried without weights_only): it evaluates the shape
+    expressions of model.json with sympy and loads the AOTInductor libraries an archive holds. No
+    check of the archive can follow every torch version's loader, so a .pt2 is loaded only on trust."""
+    return UnsafeCheckpointError(
+        f"{path}: a torch.export archive can run code when loaded (torch.export.load evaluates its shape "
+        "expressions, and loads the pickles and compiled libraries it holds); fdl refused to load it",
+        fix=_TRUST_FIX + " (or save the weights, model.state_dict() as safetensors, and pass --model FACTORY)",
     )
 
 
@@ -1008,12 +972,7 @@ def load_checkpoint(
         unsafe = sorted({g for file in files if file.is_file() for g in _unsafe_globals(file)[0]})
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
-        try:
-            unsafe = _export_unsafe_payloads(path)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise _corrupt_error(path, exc) from None
-        if unsafe:
-            raise _unsafe_error(path, unsafe)
+        raise _export_refused(path)
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
     elif path.is_dir():

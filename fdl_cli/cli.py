@@ -79,7 +79,8 @@ def cli() -> None:
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
-@click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that are pickled Python objects (runs their code).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
 @click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
@@ -119,7 +120,8 @@ def analyze(**kwargs: Any) -> None:
 @click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
 @click.option("--probe", "probe_spec", metavar="FILE", help="A probe to take one sample from (for output shapes).")
-@click.option("--trust-pickle", is_flag=True, help="Allow a pickled Python object (runs its code).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a checkpoint whose loading runs its code (a pickled Python object, a .pt2 archive).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""

@@ -404,8 +404,8 @@ def run_analyze(
             )
     if options.trust_pickle:
         reporter.warn(
-            "--trust-pickle: pickled checkpoints are loaded with full unpickling, which runs any code they "
-            "contain; use it only on files you trust"
+            "--trust-pickle: pickled checkpoints are loaded with full unpickling, and .pt2 archives with "
+            "torch.export.load, which run any code they contain; use it only on files you trust"
         )
 
     manifest = None

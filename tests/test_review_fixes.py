@@ -215,13 +215,14 @@ def programs(tmp_path: Path) -> Path:
 def test_a_failing_forward_pass_is_a_clear_error(programs: Path) -> None:
     """A program exported for batches of 1 fails on a batch of 10: exit 1, the rows and the model's own
     error named, a fix given, no traceback (it was an AssertionError traceback)."""
-    done = fdl("analyze", programs / "exported", "--probe", programs / "probe.npz", "--out", programs / "s.h5")
+    done = fdl("analyze", programs / "exported", "--probe", programs / "probe.npz", "--out", programs / "s.h5",
+               "--trust-pickle")
     assert done.code == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert "forward pass failed on probe rows 0..9" in done.stderr and "Guard failed" in done.stderr
     assert "--batch-size" in done.stderr and "torch.export.Dim" in done.stderr
     again = fdl("analyze", programs / "exported", "--probe", programs / "probe.npz", "--out", programs / "b1.h5",
-                "--batch-size", "1")
+                "--batch-size", "1", "--trust-pickle")
     assert again.code == 0, again.stderr
 
 
@@ -230,10 +231,10 @@ def test_inspect_reads_program_checkpoints_as_analyze_does(programs: Path) -> No
     modules, refused there, and called eval() on an exported program), the default layer analyze
     uses, and its width from one forward pass of the probe's first sample."""
     for checkpoint, width in ((programs / "scripted_3.pt", 8), (programs / "exported" / "step_0.pt2", 8)):
-        result = inspect_checkpoint(checkpoint=str(checkpoint), probe_spec=str(programs / "probe.npz"))
+        result = inspect_checkpoint(checkpoint=str(checkpoint), probe_spec=str(programs / "probe.npz"), trust_pickle=True)
         assert (result["default_layer"], result["default_features"]) == ("last_linear_op:input", width), checkpoint
         assert "last linear operation" in result["default_basis"]
-        shown = fdl("inspect", checkpoint)
+        shown = fdl("inspect", checkpoint, "--trust-pickle")
         assert shown.code == 0 and "Traceback" not in shown.stderr, shown.stderr
         assert "last_linear_op:input" in shown.stderr
 

@@ -88,14 +88,16 @@ def test_hostile_probe_refused(tmp_path: Path) -> None:
 
 
 def _export_variants(tmp_path: Path, marker: Path) -> dict[str, Path]:
-    """A clean torch.export archive and three hostile copies, one per way torch.export.load unpickles
-    without weights_only: a weight marked use_pickle, an opaque constant (pickle.loads), and the
-    sample inputs (torch.load with weights_only=False after a weights_only failure)."""
+    """A clean torch.export archive (batch dimension dynamic) and four hostile copies, one per way
+    torch.export.load runs code from the file: a weight marked use_pickle, an opaque constant
+    (pickle.loads), the sample inputs (torch.load retried without weights_only), and a shape
+    expression of model.json (evaluated by sympy.sympify)."""
     import io
     import json
+    import re
     import zipfile
 
-    program = torch.export.export(mlp(seed=3), (torch.randn(2, 4),))
+    program = torch.export.export(mlp(seed=3), (torch.randn(2, 4),), dynamic_shapes=({0: torch.export.Dim("b")},))
     clean = tmp_path / "clean_1.pt2"
     torch.export.save(program, clean)
     evil_save = io.BytesIO()
@@ -118,7 +120,17 @@ def _export_variants(tmp_path: Path, marker: Path) -> dict[str, Path]:
     def sample(name: str, data: bytes) -> bytes:
         return evil_save.getvalue() if name.endswith("sample_inputs/model.pt") else data
 
-    variants = {"weight": weight, "opaque": opaque, "sample": sample}
+    def expression(name: str, data: bytes) -> bytes:
+        if not name.endswith("models/model.json"):
+            return data
+        text = data.decode()
+        symbol = sorted(set(re.findall(r'"expr_str": ?"([^"]+)"', text)))[0]
+        payload = f"__import__('os').system('touch {marker}') or {symbol}"
+        pattern = rf'"expr_str": ?"{re.escape(symbol)}"'
+        assert re.search(pattern, text)
+        return re.sub(pattern, lambda _: f'"expr_str": "{payload}"', text, count=1).encode()
+
+    variants = {"weight": weight, "opaque": opaque, "sample": sample, "expression": expression}
     paths = {"clean": clean}
     with zipfile.ZipFile(clean) as source:
         names = source.namelist()
@@ -133,22 +145,27 @@ def _export_variants(tmp_path: Path, marker: Path) -> dict[str, Path]:
     return paths
 
 
-def test_hostile_export_archives_refused_and_never_run(tmp_path: Path) -> None:
-    """torch.export.load unpickles parts of a .pt2 without weights_only; fdl checks those parts first
-    (with weights_only=True, which runs nothing) and refuses the archive unless --trust-pickle."""
+def test_export_archives_load_only_on_trust_and_never_run_otherwise(tmp_path: Path) -> None:
+    """torch.export.load runs code from a .pt2 in several ways (pickles without weights_only, shape
+    expressions through sympy, compiled libraries); each hostile archive here runs its payload under a
+    plain torch.export.load. fdl refuses every .pt2 without --trust-pickle, before torch reads it, and
+    loads a clean one with it. (A check of the pickled parts alone, tried first, missed the sympy and
+    the library routes: the review of the sixth session ran code through both.)"""
     marker = tmp_path / "pwned"
     paths = _export_variants(tmp_path, marker)
-    for label in ("weight", "sample"):  # the hostile archives are hostile: torch's own load runs them
-        with pytest.raises(Exception):  # noqa: B017, PT011 - it runs the payload, then fails on its result
+    for label in ("weight", "sample", "expression"):  # the hostile archives are hostile
+        try:
             torch.export.load(str(paths[label]))
+        except Exception:  # noqa: BLE001, S110 - it runs the payload first, then may fail on its result
+            pass
         assert marker.exists(), label
         marker.unlink()
-    for label in ("weight", "opaque", "sample"):
+    for label in ("clean", "weight", "opaque", "sample", "expression"):
         found = discover_checkpoints([paths[label]])
         assert [r.kind for r in found.checkpoints] == ["export"], label
         with pytest.raises(UnsafeCheckpointError) as err:
             load_checkpoint(found.checkpoints[0])
-        assert "--trust-pickle" in str(err.value) and "could run code" in str(err.value), label
+        assert "--trust-pickle" in str(err.value) and "can run code" in str(err.value), label
         assert not marker.exists(), label
-    clean = load_checkpoint(discover_checkpoints([paths["clean"]]).checkpoints[0])
-    assert clean.module is not None and not marker.exists()
+    trusted = load_checkpoint(discover_checkpoints([paths["clean"]]).checkpoints[0], trust_pickle=True)
+    assert trusted.module is not None and not marker.exists()
