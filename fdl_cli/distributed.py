@@ -146,6 +146,36 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
     return replace(moments, **values)
 
 
+def agree_on_failure(error: FdlError | None, world: World) -> None:
+    """Raise on every rank the first rank's error of a step that each rank did on its own slice.
+
+    A step done on one slice can fail on that rank alone (a forward pass that fails on its rows,
+    NaN features there); the others would go on into the next collective and wait for it forever.
+    Every rank therefore reports, and every rank raises the same error (of the same class, so a
+    per-checkpoint failure stays one and a fatal one stops every rank), or none does.
+    """
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as dist
+
+    reports: list[Any] = [None] * world.size
+    mine = None if error is None else (type(error).__name__, error.what, error.got, error.fix)
+    dist.all_gather_object(reports, mine)
+    failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+    if not failed:
+        return
+    if error is not None and failed[0][0] == world.rank:
+        raise error
+    rank, (kind, message, got, fix) = failed[0]
+    from fdl_cli import errors
+
+    cls = getattr(errors, kind, FdlError)
+    cls = cls if isinstance(cls, type) and issubclass(cls, FdlError) else FdlError
+    raise cls(f"{message} (on rank {rank}'s probe slice)", got=got, fix=fix)
+
+
 def gather_to_writer(payload: T, world: World) -> list[T] | None:
     """Every rank's `payload` (picklable) on rank 0, in rank order; None on the other ranks."""
     if not world.distributed:

@@ -436,9 +436,9 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
             got=f"{type(exc).__name__}: {first}",
-            fix="a program exported or scripted for a fixed batch size needs --batch-size equal to it and a "
-            "probe of whole batches (or re-export it with a dynamic batch dimension, torch.export.Dim); "
-            "out of memory: lower --batch-size",
+            fix="see the model's own error above; a program exported or scripted for a fixed batch size needs "
+            "--batch-size equal to it and a probe of whole batches (or re-export it with a dynamic batch "
+            "dimension, torch.export.Dim); out of memory: lower --batch-size",
         ) from None
 
 

@@ -130,11 +130,14 @@ class AnalyzeSummary:
     refreshed: list[int] = field(default_factory=list)
     #: False under --overwrite: running the same command again would start afresh, not resume
     resume: bool = True
+    #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
+    unselected: set[int] = field(default_factory=set)
 
     def message(self) -> str:
         parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
-        if self.already:
-            parts.append(f"{len(self.already)} already in the store")
+        already = [step for step in self.already if step not in self.unselected]
+        if already:
+            parts.append(f"{len(already)} already in the store")
         if self.refreshed:
             parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
         if self.failed:
@@ -408,11 +411,12 @@ def run_analyze(
             "torch.export.load, which run any code they contain; use it only on files you trust"
         )
 
-    manifest = None
-    # The checkpoints' folder: a folder given, or the one folder that holds every file given.
-    folders = sorted({Path(s) if Path(s).is_dir() else Path(s).parent for s in options.sources if s != "-"})
-    if len(folders) == 1:
-        manifest = ckpts.read_manifest(folders[0])
+    # The manifest's folder: the one folder that holds every source given, else the one folder given.
+    given = [Path(s) for s in options.sources if s != "-"]
+    dirs = [path for path in given if path.is_dir()]
+    folders = sorted({path if path.is_dir() else path.parent for path in given})
+    home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
+    manifest = ckpts.read_manifest(home) if home is not None else None
     if manifest is not None and manifest.options:
         reporter.warn(
             f"{manifest.path}: ignored {', '.join(sorted(manifest.options))} (fdl.toml sets model, model_kwargs, "
@@ -437,9 +441,7 @@ def run_analyze(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    base_dir = folders[0] if len(folders) == 1 else next(
-        (Path(s) for s in options.sources if s != "-" and Path(s).is_dir()), None
-    )
+    base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     ctx = _Context(
         options=options,
@@ -456,7 +458,9 @@ def run_analyze(
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:
+        selected = {ref.step for ref in refs}
         refs = _with_stored(options, refs, out)
+        summary.unselected = {ref.step for ref in refs} - selected
     distributed.init_process_group(world, ctx.device)
     try:
         _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
@@ -984,7 +988,10 @@ def _analyze_one(
     series = []
     for probe in ctx.probes:
         x, y = _probe_slice(ctx, probe) if sharded else (probe.x, probe.y)
-        results = extract(
+        results = _sliced(
+            ctx,
+            sharded,
+            extract,
             model,
             ctx.layers,
             x,
@@ -1333,15 +1340,18 @@ def _analyze_distributed(
         gathered = distributed.gather_to_writer(payload, world)
         first_failure: str | None = None
         if writer is not None and gathered is not None:
+            # A rank's own failure comes first: it stopped that rank's run (as it stops one process,
+            # before the successors are refreshed), and what follows from it must not hide it.
+            failures = [part[2] for part in gathered if part[2] is not None]
             try:
                 assert isinstance(local, _StoringWriter)
                 _write_gathered(writer, gathered, summary, announce, local.handed)
-                ctx.refs_by_step = {r.step: r for r in refs}
-                _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
-                failures = [part[2] for part in gathered if part[2] is not None]
-                first_failure = failures[0] if failures else None
+                if not failures:
+                    ctx.refs_by_step = {r.step: r for r in refs}
+                    _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
             except FdlError as exc:
-                first_failure = exc.message
+                failures.append(exc.message)
+            first_failure = failures[0] if failures else None
             summary.already.extend(ref.step for ref in refs if ref.step in stored)
         # Every rank ends with rank 0's account (the CLI prints it on each), and fails alike.
         outcome = distributed.broadcast_from_writer(
@@ -1422,8 +1432,8 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
     model = _prepare(ctx, loaded)
     for probe in ctx.probes:
         x, y = _probe_slice(ctx, probe)
-        results = extract(
-            model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device, dtype=options.dtype,
+        results = _sliced(
+            ctx, True, extract, model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device, dtype=options.dtype,
             batch_size=options.batch_size, anchor_size=1, keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,
         )
@@ -1431,6 +1441,23 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
         for spec in ctx.layers:
             moments = results[spec.label].moments
             measure(moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
+
+
+def _sliced(ctx: _Context, sharded: bool, work: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`work(*args, **kwargs)` (one probe slice's pass); under --shard-probe every rank learns whether
+    any rank's pass failed and raises the same error, before the statistics are all-reduced (a failure
+    on one slice alone left the other ranks waiting in the all-reduce)."""
+    if not sharded:
+        return work(*args, **kwargs)
+    from fdl_cli.distributed import agree_on_failure
+
+    try:
+        results = work(*args, **kwargs)
+    except FdlError as exc:
+        agree_on_failure(exc, ctx.world)
+        raise
+    agree_on_failure(None, ctx.world)
+    return results
 
 
 def _gram_route(n_probe: int) -> Callable[[int], bool]:

@@ -478,7 +478,8 @@ def test_filling_gaps_with_steps_equals_one_run(run: Path, tmp_path: Path) -> No
     assert analyze(run, store, "--steps", "0,20").code == 0
     second = analyze(run, store, "--steps", "10,30")
     assert second.code == 0, second.stderr
-    assert "1 updated (a new previous checkpoint)" in second.stderr
+    assert "2 checkpoint(s) analysed, 1 updated (a new previous checkpoint)" in second.stderr
+    assert "already in the store" not in second.stderr  # steps 0 and 20 were not selected
     got = {r["step"]: r for r in _stored_records(store)}
     assert sorted(got) == [0, 10, 20, 30]
     assert [got[step]["prev_step"] for step in (0, 10, 20, 30)] == [None, 0, 10, 20]
@@ -572,6 +573,13 @@ def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(ru
     assert "ignored center, layers" in done.stderr and "command line" in done.stderr
     with StoreReader(tmp_path / "files.h5") as reader:
         assert reader.steps() == [0, 10]
+    # The folder and a file of another folder: the folder's manifest, as before.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "epoch_20.pt").write_bytes((run / "ckpts" / "epoch_20.pt").read_bytes())
+    mixed = fdl("analyze", folder, tmp_path / "other" / "epoch_20.pt", "--out", tmp_path / "mixed.h5")
+    assert mixed.code == 0, mixed.stderr
+    with StoreReader(tmp_path / "mixed.h5") as reader:
+        assert reader.steps() == [0, 10, 20]
 
 
 def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: Path) -> None:

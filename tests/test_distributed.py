@@ -303,3 +303,40 @@ def test_rank_0_store_errors_wait_for_the_end() -> None:
     assert [entry.step for entry in local.entries] == [0, 10, 20] and announced == []
     assert isinstance(local.error, StoreError) and len(reporter.warned) == 1
     assert "retried when the other ranks' checkpoints are written" in reporter.warned[0]
+
+
+PICKY_MODEL = """
+import torch
+from torch import nn
+
+
+class Picky(nn.Sequential):
+    def forward(self, x):
+        if bool((x[:, 0] > 100).any()):
+            raise ValueError("input out of the range this model accepts")
+        return super().forward(x)
+
+
+def build(hidden=8):
+    torch.manual_seed(0)
+    return Picky(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def test_a_failure_on_one_ranks_probe_slice_stops_every_rank(tmp_path: Path) -> None:
+    """--shard-probe: the model fails on rows that only rank 1's slice holds. Every rank raises that
+    error before the all-reduce (rank 0 used to wait in it for ever), exit 1 with the model's error."""
+    run = _make_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    x[250:, 0] = 1000.0  # in the second half: rank 1's slice
+    np.savez(run / "probe.npz", x=x, y=rng.integers(0, 3, size=300))
+    (tmp_path / "picky.py").write_text(PICKY_MODEL)
+    args = _args(run, tmp_path / "s.h5", "--shard-probe")
+    args[args.index("--model") + 1] = f"{tmp_path / 'picky.py'}:build"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "forward pass failed" in done.stderr and "(on rank 1's probe slice)" in done.stderr
+    assert "ValueError: input out of the range this model accepts" in done.stderr
