@@ -943,7 +943,8 @@ def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) 
     state_dict, which a .pt stores a tied weight in under each of its names, and which holds buffers
     such as positional tables). The values are the checkpoint's own tensors, in the file's dtype
     (the model may run in --dtype bfloat16), with the extra prefix `build_model` drops; a checkpoint
-    that is a module gives the module's. `copy` for the reference when its values come from the
+    that is a module (TorchScript, torch.export, a pickled module) gives the module's, in the dtype it
+    runs in (--dtype converts it in place). `copy` for the reference when its values come from the
     model, whose tensors the next checkpoint's weights are written into."""
     names = [name for name, _ in model.named_parameters()]
     state = loaded.state_dict
