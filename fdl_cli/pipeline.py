@@ -407,8 +407,8 @@ def run_analyze(
             )
     if options.trust_pickle:
         reporter.warn(
-            "--trust-pickle: pickled checkpoints are loaded with full unpickling, and .pt2 archives with "
-            "torch.export.load, which run any code they contain; use it only on files you trust"
+            "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
+            "torch.export.load; each runs any code the file contains; use it only on files you trust"
         )
 
     # The manifest's folder: the one folder that holds every source given, else the one folder given.
