@@ -6,6 +6,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,7 +34,19 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _StdoutClosed(Exception):
+    """stdout's reader went away (a BrokenPipeError), raised past click, which would exit 1 on it."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="fdl")
 def cli() -> None:
     """fdl — measure feature learning from training checkpoints.
@@ -339,5 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
+    except (BrokenPipeError, _StdoutClosed):
+        # The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
+        # killed by SIGPIPE does (status 128 + 13). stdout is pointed at /dev/null first, or the
+        # interpreter's last flush of it would fail again on the way out.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -596,3 +597,23 @@ def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: P
     assert "probe test, layer 2:input" in first
     assert "the first probe by name, the first layer analysed; 3 other series" in first
     assert "default layer" not in first
+
+
+def test_a_reader_that_stops_early_ends_analyze_quietly(tmp_path: Path) -> None:
+    """`fdl analyze --json | head -1`: the pipe closes after one record. fdl stops as a Unix tool
+    killed by SIGPIPE does (status 141, nothing on stderr but its notes); it exited 1 without a word,
+    the status of an error it explains. What was committed stays in the store."""
+    store = tmp_path / "peek.h5"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdl_cli", "analyze", str(REPO / "sample_checkpoints"), "--out", str(store), "--json",
+         "--commit-interval", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "error" not in stderr
+    with StoreReader(store) as reader:
+        assert first["step"] in reader.steps()
