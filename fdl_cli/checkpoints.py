@@ -1149,15 +1149,22 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
     return model
 
 
+def without_common_prefix(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`state` with the one prefix every key carries (``model.`` from Lightning, say) dropped; None
+    when the keys do not all carry the same one. `build_model` loads such a state_dict this way."""
+    heads = {key.split(".", 1)[0] for key in state}
+    if len(heads) != 1 or not all("." in key for key in state):
+        return None
+    return {key.split(".", 1)[1]: value for key, value in state.items()}
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     problem = _key_report(path, expected, state)
     if problem is not None:
-        heads = {k.split(".", 1)[0] for k in state}
-        if len(heads) == 1 and all("." in k for k in state):
-            stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
-            if _key_report(path, expected, stripped) is None:
-                state, problem = stripped, None
+        stripped = without_common_prefix(state)
+        if stripped is not None and _key_report(path, expected, stripped) is None:
+            state, problem = stripped, None
     if problem is not None:
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",

@@ -946,12 +946,11 @@ def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) 
     that is a module (TorchScript, torch.export, a pickled module) gives the module's, in the dtype it
     runs in (--dtype converts it in place). `copy` for the reference when its values come from the
     model, whose tensors the next checkpoint's weights are written into."""
+    from fdl_cli.checkpoints import without_common_prefix
+
     names = [name for name, _ in model.named_parameters()]
-    state = loaded.state_dict
-    if state is not None:
-        if not all(name in state for name in names):
-            state = {key.split(".", 1)[1]: value for key, value in state.items() if "." in key}
-        if all(name in state for name in names):
+    for state in (loaded.state_dict, without_common_prefix(loaded.state_dict or {})):
+        if state is not None and all(name in state for name in names):
             return {name: state[name] for name in names}
     return {name: (value.detach().clone() if copy else value.detach()) for name, value in model.named_parameters()}
 
