@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from fdl_cli import __version__
+from fdl_cli import __version__, signals
 from fdl_cli.errors import FdlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
     configure_blas_threads()
     try:
-        cli.main(args=argv, prog_name="fdl", standalone_mode=False)
+        with signals.installed():
+            cli.main(args=argv, prog_name="fdl", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

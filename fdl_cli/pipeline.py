@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fdl_cli import __version__
+from fdl_cli import __version__, signals
 from fdl_cli.errors import CheckpointError, FdlError, NumericalError, ProbeError, StoreError
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.progress import NullReporter, Reporter
@@ -653,7 +653,7 @@ def _analyze_refs(
                 # Throttled commits would otherwise leave the last checkpoints unannounced (and not
                 # durable) until a new checkpoint appears.
                 announce(writer.flush())
-                time.sleep(options.poll_seconds)
+                signals.sleep(options.poll_seconds)
                 refs = _rediscover(ctx, refs, stdin)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
@@ -764,6 +764,7 @@ def _run_refs(
 
         fetch(0)
         for index, ref in enumerate(todo):
+            signals.check()
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
@@ -781,6 +782,7 @@ def _run_refs(
             finally:
                 reporter.end_checkpoint()
             announce(writer.add(entry))
+    signals.check()
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):

@@ -325,3 +325,57 @@ def test_report_reads_while_watch_writes_and_a_second_writer_is_refused(server: 
     assert status == 130, watch_err.read_text()
     status, out, err = server.run(["report", "watched.h5", "--format", "json"])
     assert status == 0 and [r["step"] for r in json.loads(out)] == list(range(13))
+
+
+_SWALLOWING_MODEL = '''
+import os, signal, time
+from torch import nn
+
+class _SwallowsCtrlC:
+    """A finaliser that is running when Ctrl-C arrives: Python prints "Exception ignored" and goes on."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the SIGINT interrupts this sleep; its KeyboardInterrupt dies with the finaliser
+
+
+class Model(nn.Sequential):
+    calls = 0
+
+    def forward(self, x):
+        Model.calls += 1
+        marker = os.path.join(os.path.dirname(__file__), "swallowed.once")
+        if Model.calls == 30 and not os.path.exists(marker):  # some checkpoints in (2 batches a pass)
+            open(marker, "w").close()  # the resumed run is not interrupted
+            _SwallowsCtrlC()
+        return super().forward(x)
+
+
+def make():
+    return Model(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+'''
+
+
+def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run(
+    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]]
+) -> None:
+    # CI once caught a --watch run that went on after its Ctrl-C: the KeyboardInterrupt was raised
+    # inside a garbage-collector callback, where Python only prints it. fdl records every SIGINT and
+    # stops at its next checkpoint all the same.
+    reference_records, _ = uninterrupted
+    by_step = {record["step"]: record for record in reference_records}
+    model = server.workdir / "swallowing_model.py"
+    model.write_text(_SWALLOWING_MODEL)
+    argv = _analyze_argv("swallowed.h5")
+    argv[argv.index("--model") + 1] = f"{model}:make"
+    status, out, err = server.run(argv)
+    assert "Exception ignored" in err  # the interrupt was indeed swallowed on its way up
+    assert status == 130, err
+    assert "Traceback" not in err.replace("Traceback (most recent call last):\n  File", "")
+    assert "interrupted" in err and "run the same command again to resume" in err
+    records = _stored(server.workdir / "swallowed.h5")[0]
+    assert 0 < len(records) < N_CHECKPOINTS
+    assert all(record == by_step[record["step"]] for record in records)
+    status, _, err = server.run(argv)
+    assert status == 0, err
+    assert _stored(server.workdir / "swallowed.h5")[0] == reference_records

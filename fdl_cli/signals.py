@@ -1,0 +1,62 @@
+"""Ctrl-C that is never lost.
+
+Python raises KeyboardInterrupt in whatever the main thread is running when SIGINT arrives. When that
+is a finaliser (a `__del__`, a weakref callback of the garbage collector, torch's or rich's), the
+interpreter prints "Exception ignored in ..." and carries on: the Ctrl-C is gone, and a `--watch` run
+polls on until a second one. `install` records every SIGINT before raising it, and the long loops call
+`check` (or `sleep`), which raises again for an interrupt that was swallowed on its way up.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+_pending = False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    _pending = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """Record SIGINTs for the duration (when Python's default Ctrl-C handler is the one in place)."""
+    global _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield  # ignored (a background job) or handled by the embedding program: leave it so
+        return
+    _pending = False
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _pending = False
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C arrived and was swallowed before it reached fdl."""
+    if _pending:
+        raise KeyboardInterrupt
+
+
+def sleep(seconds: float) -> None:
+    """time.sleep in short slices, each followed by `check`."""
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.2))

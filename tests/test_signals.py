@@ -1,0 +1,45 @@
+"""fdl_cli.signals: a Ctrl-C swallowed by a finaliser is raised again at the next check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from fdl_cli import signals
+
+
+class _Swallows:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted; the KeyboardInterrupt is "ignored" by the interpreter
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_swallowed_ctrl_c_is_raised_by_the_next_check_and_sleep() -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("the test runner replaced Python's Ctrl-C handler")
+    with signals.installed():
+        signals.check()  # nothing pending
+        started = time.monotonic()
+        _Swallows()  # the finaliser runs here and loses its KeyboardInterrupt
+        assert time.monotonic() - started < 4, "the SIGINT did not interrupt the finaliser's sleep"
+        with pytest.raises(KeyboardInterrupt):
+            signals.check()
+        with pytest.raises(KeyboardInterrupt):
+            signals.sleep(30)  # a --watch poll ends at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signals.check()  # the record ends with the command
+
+
+def test_an_ignored_ctrl_c_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            signals.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)
