@@ -346,10 +346,14 @@ def test_close_alone_retries_a_failed_background_commit(tmp_path: Path, monkeypa
         writer.add(random_entry(0))
     calls: list[int] = []
     real = store_module.shutil.copyfile
+    second_added = threading.Event()
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
+            # fails only once the second add() returned: an error that has ended by then is raised by
+            # that add (as documented), and this test is about close() alone
+            assert second_added.wait(_TIMEOUT)
             raise OSError("transient")
         return real(*args, **kwargs)
 
@@ -358,6 +362,7 @@ def test_close_alone_retries_a_failed_background_commit(tmp_path: Path, monkeypa
     with writer_for(path) as writer:
         writer.add(entries[0])  # its background commit fails
         writer.add(entries[1])
+        second_added.set()
     assert len(calls) == 2 and stored_steps(path) == [0, 1, 2]
     assert_durable(path, entries)
     assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
