@@ -768,7 +768,7 @@ def _run_refs(
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
-                loaded, sha = pending.pop(index).result()
+                loaded, sha = _loaded(pending.pop(index), writer, announce)
                 if ref.step == reference.step and held is not None:
                     entry: CheckpointEntry | None = _with_previous(ctx, held, steps_in_order, out)
                 else:
@@ -787,6 +787,28 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, completed, announce)
+
+
+#: How often a wait for a checkpoint read looks at the store writer's buffer (and for a lost Ctrl-C).
+_TICK_SECONDS = 0.5
+
+
+def _loaded(
+    future: Future[tuple[LoadedCheckpoint, str]],
+    writer: Any,
+    announce: Callable[[Sequence[CheckpointEntry]], None],
+) -> tuple[LoadedCheckpoint, str]:
+    """The loader's result. While a read takes long (a hung network file system, a cold archive),
+    the checkpoints already analysed are committed and announced as the throttle allows, instead of
+    waiting in the writer's buffer for the next add."""
+    while True:
+        try:
+            return future.result(timeout=_TICK_SECONDS)
+        except TimeoutError:
+            signals.check()
+            tick = getattr(writer, "tick", None)
+            if tick is not None:
+                announce(tick())
 
 
 def _step_before(step: int, steps_in_order: list[int]) -> int | None:
@@ -1243,6 +1265,11 @@ class _StoringWriter(_LocalWriter):
         """Commit what rank 0 handed over (before it waits for the other ranks, which may take long:
         the writer's throttled commits would otherwise leave its last checkpoints buffered meanwhile)."""
         self._store(self._writer.flush)
+
+    def tick(self) -> list[CheckpointEntry]:
+        """The writer's due commit while rank 0 waits for a checkpoint read (see `_loaded`)."""
+        self._store(self._writer.tick)
+        return []
 
     def _store(self, call: Callable[[], list[CheckpointEntry]]) -> None:
         try:

@@ -1034,9 +1034,16 @@ class StoreWriter:
                 f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
             )
         self._buffer.append(entry)  # first: kept for the next commit even if the last one failed
+        return self.tick()
+
+    def tick(self) -> list[CheckpointEntry]:
+        """Start the commit of what is buffered if one is due (the throttle above), and return the
+        entries made durable since the previous add/flush/tick. For a caller that waits on something
+        else (a slow checkpoint read): without it, its last entries would stay buffered meanwhile."""
+        self._check_open()
         self._collect(wait=False)
         wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
-        if self._job is None and time.monotonic() - self._last_commit >= wait:
+        if self._buffer and self._job is None and time.monotonic() - self._last_commit >= wait:
             if self._background:
                 self._start()
             else:

@@ -348,3 +348,45 @@ def test_a_probe_of_pickled_objects_gets_no_advice_to_unpickle_it(tmp_path: Path
     message = str(err.value)
     assert "cannot read the probe" in message and "pickled Python objects" in message
     assert "allow_pickle" not in message and "unsafely" not in message
+
+
+# ------------------------------------------------------------- a checkpoint read that hangs a while
+
+
+def test_a_hanging_checkpoint_read_does_not_hold_back_the_analysed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits are throttled (one a second by default), so the last checkpoints analysed wait in the
+    writer's buffer for the next add. When the next read hangs (a stalled network file system), they
+    stayed there, not durable and not announced, for as long as the hang lasted. Now the wait for the
+    read commits them when the throttle allows."""
+    import time
+
+    import fdl_cli.pipeline as pipeline
+    from tests.tiny_models import mlp
+
+    (tmp_path / "ckpts").mkdir()
+    for step in range(8):
+        torch.save(mlp(seed=step).state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
+    out = tmp_path / "run.h5"
+    seen_during_the_hang: list[int] = []
+    real_load = pipeline._load
+
+    def hanging_load(ref, trust_pickle):  # runs in the loader thread
+        if ref.step == 6:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(seen_during_the_hang) < 6:
+                time.sleep(0.1)
+                if out.exists():
+                    with StoreReader(out) as reader:
+                        seen_during_the_hang[:] = reader.steps()
+        return real_load(ref, trust_pickle)
+
+    monkeypatch.setattr(pipeline, "_load", hanging_load)
+    done = fdl("analyze", tmp_path / "ckpts", "--model", "tests/tiny_models.py:mlp", "--probe",
+               tmp_path / "probe.npz", "--out", out, "--json", "--top-k", "4", "--anchor-size", "16")
+    assert done.code == 0, done.stderr
+    assert seen_during_the_hang == list(range(6)), "steps 0-5 were analysed before the hang"
+    assert [record["step"] for record in done.records] == list(range(8))
