@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -801,14 +802,14 @@ def _loaded(
     """The loader's result. While a read takes long (a hung network file system, a cold archive),
     the checkpoints already analysed are committed and announced as the throttle allows, instead of
     waiting in the writer's buffer for the next add."""
-    while True:
-        try:
-            return future.result(timeout=_TICK_SECONDS)
-        except TimeoutError:
-            signals.check()
-            tick = getattr(writer, "tick", None)
-            if tick is not None:
-                announce(tick())
+    # wait(), not result(timeout=...): a read that fails with the file system's own TimeoutError
+    # (ETIMEDOUT) must be raised, not taken for the wait's timeout
+    while not wait_for_futures([future], timeout=_TICK_SECONDS).done:
+        signals.check()
+        tick = getattr(writer, "tick", None)
+        if tick is not None:
+            announce(tick())
+    return future.result()
 
 
 def _step_before(step: int, steps_in_order: list[int]) -> int | None:
