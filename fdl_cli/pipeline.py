@@ -9,6 +9,7 @@ the anchor subset, and appends the result to the store (durably, before announci
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -637,6 +638,7 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
+        _take_in_rank_parts(ctx, writer, out, provenance)
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
@@ -659,6 +661,48 @@ def _analyze_refs(
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
+
+
+def _rank_part(out: Path, rank: int) -> Path:
+    """Where rank `rank` (> 0) of a torchrun job keeps the checkpoints of its block until rank 0 has
+    written them into `out`: a store of its own, so that they survive the job being killed."""
+    return out.with_name(f"{out.name}.rank-{rank}")
+
+
+def _rank_parts(out: Path) -> list[Path]:
+    import glob as globbing
+
+    prefix = f"{out.name}.rank-"
+    found = out.parent.glob(globbing.escape(prefix) + "*")
+    return sorted(path for path in found if path.name[len(prefix):].isdigit() and path.is_file())
+
+
+def _take_in_rank_parts(ctx: _Context, writer: Any, out: Path, provenance: dict[str, Any]) -> None:
+    """The checkpoints that ranks of a torchrun job stored in their part files before the job was
+    stopped join the store (those it lacks), and the parts are removed; under --overwrite they are
+    removed. A part that cannot be read, or that belongs to another run, is left alone, with a warning."""
+    from fdl_cli.store import StoreReader, StoreWriter
+
+    for part in _rank_parts(out):
+        if ctx.options.resume:
+            try:
+                # its writer's lock: never a part that a rank still running writes
+                with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
+                    have = writer.completed()
+                    taken = [entry for entry in reader.entries() if entry.step not in have]
+                    for entry in taken:
+                        writer.add(entry)
+                    writer.flush()
+            except StoreError as exc:
+                ctx.reporter.warn(f"{part} was left as it is: {exc.message}")
+                continue
+            if taken:
+                ctx.reporter.note(
+                    f"{len(taken)} checkpoint(s) that a rank of an interrupted torchrun job stored in {part.name} "
+                    f"were added to {out.name}"
+                )
+        with contextlib.suppress(OSError):
+            part.unlink()
 
 
 def _check_reference_of_store(ctx: _Context, out: Path) -> None:
@@ -1316,6 +1360,7 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
             )
+            _take_in_rank_parts(ctx, writer, out, provenance)  # before any rank opens its part afresh
             stored_shas = writer.completed()
             status = ("ok", sorted(stored_shas))
         except FdlError as exc:
@@ -1329,6 +1374,7 @@ def _analyze_distributed(
             raise FdlError(f"rank 0 could not open the store: {status[1]}")
     stored = set(status[1])
     assert writer is not None or not world.writes
+    part = None
     try:
         todo = [ref for ref in refs if ref.step not in stored]
         mine = todo if options.shard_probe else distributed.block(todo, world)
@@ -1350,9 +1396,14 @@ def _analyze_distributed(
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
 
-        local = (
-            _StoringWriter(skip, writer, owned, announce, ctx.reporter) if writer is not None else _LocalWriter(skip)
-        )
+        part = None if writer is not None or options.shard_probe or not owned else _open_rank_part(ctx, out, provenance)
+        local: _LocalWriter
+        if writer is not None:
+            local = _StoringWriter(skip, writer, owned, announce, ctx.reporter)
+        elif part is not None:
+            local = _StoringWriter(skip, part, owned, lambda entries: None, ctx.reporter)
+        else:
+            local = _LocalWriter(skip)
         local_summary = AnalyzeSummary(store=out)
         failure = None
         try:
@@ -1361,6 +1412,9 @@ def _analyze_distributed(
             failure = exc.message
         if isinstance(local, _StoringWriter):
             local.flush()
+        if part is not None:
+            with contextlib.suppress(FdlError):
+                part.close()  # all of it durable before rank 0 is sent the entries
         mine_paths = {str(ref.path) for ref in mine}
         payload = (
             [entry for entry in local.entries if entry.step in owned],
@@ -1369,6 +1423,7 @@ def _analyze_distributed(
         )
         gathered = distributed.gather_to_writer(payload, world)
         first_failure: str | None = None
+        written = False
         if writer is not None and gathered is not None:
             # A rank's own failure comes first: it stopped that rank's run (as it stops one process,
             # before the successors are refreshed), and what follows from it must not hide it.
@@ -1376,6 +1431,7 @@ def _analyze_distributed(
             try:
                 assert isinstance(local, _StoringWriter)
                 _write_gathered(writer, gathered, summary, announce, local.handed)
+                written = True
                 if not failures:
                     ctx.refs_by_step = {r.step: r for r in refs}
                     _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
@@ -1385,14 +1441,39 @@ def _analyze_distributed(
             summary.already.extend(ref.step for ref in refs if ref.step in stored)
         # Every rank ends with rank 0's account (the CLI prints it on each), and fails alike.
         outcome = distributed.broadcast_from_writer(
-            (list(summary.analysed), list(summary.already), list(summary.failed), first_failure), world
+            (list(summary.analysed), list(summary.already), list(summary.failed), first_failure, written), world
         )
-        summary.analysed[:], summary.already[:], summary.failed[:], first_failure = outcome
+        summary.analysed[:], summary.already[:], summary.failed[:], first_failure, written = outcome
+        if part is not None and written:  # rank 0 has them in the store: the part has served
+            with contextlib.suppress(OSError):
+                _rank_part(out, world.rank).unlink()
         if first_failure is not None:
             raise FdlError(first_failure)
     finally:
+        if part is not None:
+            with contextlib.suppress(FdlError):
+                part.close()  # no-op if closed above
         if writer is not None:
             writer.close()
+
+
+def _open_rank_part(ctx: _Context, out: Path, provenance: dict[str, Any]) -> Any:
+    """A rank's part store (see `_rank_part`), fresh (rank 0 took in the last job's before this
+    job's ranks started theirs); None if it cannot be opened: the part only makes the rank's
+    checkpoints durable early, they reach rank 0 at the end all the same."""
+    from fdl_cli.store import StoreWriter
+
+    assert ctx.world is not None
+    try:
+        return StoreWriter(
+            _rank_part(out, ctx.world.rank),
+            provenance=provenance,
+            probes=_probe_infos(ctx),
+            overwrite=True,
+            min_interval=ctx.options.min_commit_interval,
+        )
+    except FdlError:
+        return None
 
 
 def _write_gathered(

@@ -729,6 +729,24 @@ class StoreReader:
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
 
+    def entries(self) -> list[CheckpointEntry]:
+        """Every complete checkpoint as the CheckpointEntry that was written (each of its series), by step."""
+        rows: dict[int, dict[str, Any]] = {}
+        series_of: dict[int, list[Series]] = {}
+        for key in self.series():
+            for row in self._rows[key]:
+                rows.setdefault(row["step"], row)
+                series_of.setdefault(row["step"], []).append(key)
+        return [
+            CheckpointEntry(
+                step=step,
+                path=row["path"],
+                sha256=row["sha256"],
+                series=tuple(self.arrays(step, probe=probe, layer=layer) for probe, layer in series_of[step]),
+            )
+            for step, row in sorted(rows.items())
+        ]
+
     def close(self) -> None:
         """Close the file; records, steps and probes stay available, arrays() does not."""
         if self._file is not None:

@@ -178,19 +178,24 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
 @pytest.mark.parametrize(
-    ("extra", "durable"),
-    [((), [0, 10, 20, 30]), (("--shard-probe",), None)],
+    ("extra", "durable", "in_part"),
+    [((), [0, 10, 20, 30], [40]), (("--shard-probe",), None, None)],
     ids=["checkpoints", "probe"],
 )
-def test_rank_0_stores_its_checkpoints_during_the_run(
-    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path, extra: tuple, durable: list[int] | None
+def test_checkpoints_are_durable_during_the_run(
+    run_and_single: tuple[Path, dict[int, dict]],
+    tmp_path: Path,
+    extra: tuple,
+    durable: list[int] | None,
+    in_part: list[int] | None,
 ) -> None:
-    """Rank 0's checkpoints become durable while the job runs, not only once every rank is done. The
-    job hangs at step 50: in rank 1's block, rank 0 then commits its whole block (steps 0 - 30) and
-    waits; with --shard-probe every rank hangs there, and what rank 0 analysed before is committed as
-    in one process (step 0 at once, the rest as the writer's throttle allows: a prefix of 0 - 40).
-    The stored records are those of one process, a kill -9 of every process keeps them, and resuming
-    completes the store."""
+    """Every rank's checkpoints become durable while the job runs, not only once every rank is done.
+    The job hangs at step 50: in rank 1's block, rank 0 then commits its whole block (steps 0 - 30) and
+    waits, and rank 1 has step 40 in its part store (s.h5.rank-1); with --shard-probe every rank hangs
+    there, and what rank 0 analysed before is committed as in one process (step 0 at once, the rest as
+    the writer's throttle allows: a prefix of 0 - 40), with no part. The stored records are those of
+    one process, a kill -9 of every process keeps them, and resuming takes in the part (step 40 is
+    not analysed again) and completes the store."""
     original, expected = run_and_single
     run = tmp_path / "run"
     shutil.copytree(original, run)
@@ -201,6 +206,7 @@ def test_rank_0_stores_its_checkpoints_during_the_run(
     model = tmp_path / "stalling.py"
     model.write_text(STALLING_MODEL)
     out = tmp_path / "s.h5"
+    part = tmp_path / "s.h5.rank-1"
     args = _args(run, out, "--commit-interval", "0", *extra)
     args[args.index("--model") + 1] = f"{model}:factory"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -211,13 +217,13 @@ def test_rank_0_stores_its_checkpoints_during_the_run(
         deadline = time.monotonic() + 180
         while job.poll() is None and time.monotonic() < deadline:
             stored = _stored_steps(out)
-            if stored == durable or (durable is None and stored):
+            if (stored == durable and _stored_steps(part) == in_part) or (durable is None and stored):
                 break
             time.sleep(0.2)
         if durable is None:  # give the throttled commits of steps 10 - 40 their chance to land
             time.sleep(2)
         assert job.poll() is None, job.communicate()[1][-4000:]  # still running: stalled at step 50
-        during = _stored_steps(out)
+        during, during_in_part = _stored_steps(out), _stored_steps(part)
     finally:
         for pid in [*_descendants(job.pid), job.pid]:
             with contextlib.suppress(ProcessLookupError):
@@ -225,14 +231,19 @@ def test_rank_0_stores_its_checkpoints_during_the_run(
         job.communicate(timeout=60)
     if durable is None:
         assert during and during == [0, 10, 20, 30, 40][: len(during)], during
+        assert not part.exists()
     else:
-        assert during == durable
+        assert during == durable and during_in_part == in_part
     got = _stored(out)
     assert sorted(got) == during  # the kill -9 kept them
     expected = {step: {**record, "path": str(run / Path(record["path"]).name)} for step, record in expected.items()}
     _assert_same({step: expected[step] for step in during}, got)
+    if in_part is not None:
+        _assert_same({step: expected[step] for step in in_part}, _stored(part))
     shutil.copyfile(original / "step_50.safetensors", stalled)
-    _single(run, out, f"{model}:factory")
+    analysed = _single(run, out, f"{model}:factory")
+    assert sorted(record["step"] for record in analysed) == sorted(set(expected) - set(during) - set(in_part or ()))
+    assert not part.exists()
     _assert_same(expected, _stored(out))
 
 
