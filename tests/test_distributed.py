@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from fdl_cli.distributed import World, block, block_bounds, detect_world
 from fdl_cli.errors import FdlError
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
 from tests.tiny_models import mlp
 
@@ -66,14 +67,18 @@ def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def _single(run: Path, out: Path, model: str = "tests.tiny_models:mlp", **options: object) -> list[dict]:
+def _single(
+    run: Path, out: Path, model: str = "tests.tiny_models:mlp", reporter: NullReporter | None = None, **options: object
+) -> list[dict]:
     records: list[dict] = []
+    settings: dict[str, object] = {"anchor_size": 200, **options}
     run_analyze(
         AnalyzeOptions(
             sources=(str(run),), model_spec=model, model_kwargs={"hidden": 8},
-            probe_specs=(str(run / "probe.npz"),), out=out, device="cpu", batch_size=64, anchor_size=200,
-            **options,  # type: ignore[arg-type]
+            probe_specs=(str(run / "probe.npz"),), out=out, device="cpu", batch_size=64,
+            **settings,  # type: ignore[arg-type]
         ),
+        reporter=reporter,
         on_record=records.append,
     )
     return records
@@ -245,6 +250,41 @@ def test_checkpoints_are_durable_during_the_run(
     assert sorted(record["step"] for record in analysed) == sorted(set(expected) - set(during) - set(in_part or ()))
     assert not part.exists()
     _assert_same(expected, _stored(out))
+
+
+def test_part_stores_are_taken_in_by_a_resume_removed_by_overwrite_and_kept_if_foreign(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path
+) -> None:
+    """What a killed job's rank left in RUN.h5.rank-K: a resume takes in the steps the store lacks (not
+    analysed again, the store then equal to one process's) and removes the part; --overwrite removes
+    it unread; a part of another run (other options) is left alone with a warning."""
+    run, expected = run_and_single
+    part_of = tmp_path / "part_source.h5"
+    _single(run, part_of, steps=(0, 10, 20))
+    out = tmp_path / "s.h5"
+    part = tmp_path / "s.h5.rank-1"
+    shutil.copyfile(part_of, part)
+    reporter = NullReporter()
+    analysed = _single(run, out, reporter=reporter)
+    assert sorted(record["step"] for record in analysed) == [30, 40, 50, 60]
+    assert any("3 checkpoint(s)" in note and "s.h5.rank-1" in note for note in reporter.notes), reporter.notes
+    assert not part.exists()
+    _assert_same({step: {**record, "path": str(run / Path(record["path"]).name)} for step, record in expected.items()},
+                 _stored(out))
+
+    shutil.copyfile(part_of, part)
+    assert sorted(record["step"] for record in _single(run, out, resume=False)) == sorted(expected)
+    assert not part.exists()
+
+    reporter = NullReporter()
+    foreign = tmp_path / "other.h5"
+    shutil.copyfile(part_of, tmp_path / "other.h5.rank-2")
+    assert sorted(record["step"] for record in _single(run, foreign, reporter=reporter, anchor_size=100)) == sorted(
+        expected
+    )
+    assert (tmp_path / "other.h5.rank-2").exists()
+    assert any("other.h5.rank-2 was left as it is" in warning and "different run" in warning
+               for warning in reporter.warnings), reporter.warnings
 
 
 @pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
