@@ -73,7 +73,10 @@ def cli() -> None:
     "--layer", "layers", multiple=True, metavar="NAME",
     help="Module whose output is the feature map (NAME:input for its input). Default: input of the last nn.Linear to run.",
 )
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Store file (default: ./<folder>.fdl.h5).")
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False),
+    help="Store file (default: ./<folder>.fdl.h5 for one folder, else ./fdl.h5).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:i.")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
@@ -257,7 +260,8 @@ def export(**kwargs: Any) -> None:
 
     \b
     csv/json go to stdout (or --out). npy writes a NumPy .npz archive to --out: `steps` and one array
-    `step_<N>` per checkpoint (ragged, never padded); for trajectories one array per field.
+    `step_<N>` per checkpoint (ragged, never padded); for trajectories `steps` and one float64 array per
+    numeric field (NaN = null; path, sha256 and regime are in the csv/json forms).
     """
     from pathlib import Path
 
