@@ -76,6 +76,9 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor] | None
     module: nn.Module | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the module's parameters as the file holds them (named_parameters order), kept by the pipeline
+    #: before --dtype converts the module in place
+    parameters: list[torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

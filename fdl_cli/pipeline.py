@@ -529,7 +529,12 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint) -> Any:
             fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
         )
     if loaded.module is not None:
-        return prepare_model(build_model(loaded, factory=None), device=ctx.device, dtype=ctx.options.dtype)
+        module = build_model(loaded, factory=None)
+        if ctx.options.dtype != "float32" and loaded.parameters is None:
+            # param_norm and param_dist_init take the file's values (kept once: a module prepared
+            # again, as the reference is, has been converted already)
+            loaded.parameters = [value.detach().clone() for _, value in module.named_parameters()]
+        return prepare_model(module, device=ctx.device, dtype=ctx.options.dtype)
     if ctx.model is not None:
         # Same factory, same kwargs: overwrite the weights in place (no re-initialisation, no transfer
         # of a fresh model to the device); strict loading still checks every key and shape.
@@ -1012,12 +1017,15 @@ def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) 
     state_dict, which a .pt stores a tied weight in under each of its names, and which holds buffers
     such as positional tables). The values are the checkpoint's own tensors, in the file's dtype
     (the model may run in --dtype bfloat16), with the extra prefix `build_model` drops; a checkpoint
-    that is a module (TorchScript, torch.export, a pickled module) gives the module's, in the dtype it
-    runs in (--dtype converts it in place). `copy` for the reference when its values come from the
-    model, whose tensors the next checkpoint's weights are written into."""
+    that is a module (TorchScript, torch.export, a pickled module) gives the module's, as `_prepare`
+    kept them before --dtype converted it (the same parameters in the same order: wrapping a program
+    module only prefixes the names). `copy` for the reference when its values come from the model,
+    whose tensors the next checkpoint's weights are written into."""
     from fdl_cli.checkpoints import without_common_prefix
 
     names = [name for name, _ in model.named_parameters()]
+    if loaded.parameters is not None and len(loaded.parameters) == len(names):
+        return dict(zip(names, loaded.parameters, strict=True))
     for state in (loaded.state_dict, without_common_prefix(loaded.state_dict or {})):
         if state is not None and all(name in state for name in names):
             return {name: state[name] for name in names}

@@ -326,6 +326,28 @@ def test_parameter_norms_count_each_parameter_once_and_no_buffer(tmp_path: Path)
             float((theta[1] - theta[0]).norm() / theta[0].norm()), rel=1e-12), extra
 
 
+def test_parameter_norms_of_program_checkpoints_use_the_files_values_under_bfloat16(tmp_path: Path) -> None:
+    """A TorchScript checkpoint is converted in place by --dtype bfloat16; its param_norm was that of
+    the rounded parameters (12.2875 instead of 12.2902 on one run). The file's values are kept now."""
+    from tests.tiny_models import mlp
+
+    (tmp_path / "ckpts").mkdir()
+    models = [mlp(seed=seed) for seed in (0, 1)]
+    for step, model in enumerate(models):
+        torch.jit.save(torch.jit.script(model), str(tmp_path / "ckpts" / f"step_{step}.pt"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, 40))
+    theta = [torch.cat([p.detach().double().reshape(-1) for p in model.parameters()]) for model in models]
+    out = tmp_path / "s.h5"
+    done = fdl("analyze", tmp_path / "ckpts", "--probe", tmp_path / "probe.npz", "--out", out, "--dtype", "bfloat16")
+    assert done.code == 0, done.stderr
+    with StoreReader(out) as reader:
+        records = reader.records()
+    for record, values in zip(records, theta, strict=True):
+        assert record["param_norm"] == pytest.approx(float(values @ values), rel=1e-12)
+    assert records[1]["param_dist_init"] == pytest.approx(float((theta[1] - theta[0]).norm() / theta[0].norm()), rel=1e-12)
+
+
 # ------------------------------------------------------------------------------- messages that misled
 
 
