@@ -313,6 +313,9 @@ class _Context:
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
+    #: called after every probe batch: starts the store's due commit and announces what became durable
+    #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
+    tick: Callable[[], None] | None = None
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -779,6 +782,7 @@ def _run_refs(
     if not todo:
         return
     todo.sort(key=lambda r: r.step)
+    ctx.tick = _ticking(writer, announce)
     reporter.start_run(len(todo))
     steps_in_order = [r.step for r in refs]
     ctx.refs_by_step = {r.step: r for r in refs}
@@ -818,7 +822,7 @@ def _run_refs(
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
-                loaded, sha = _loaded(pending.pop(index), writer, announce)
+                loaded, sha = _loaded(pending.pop(index), ctx.tick)
                 if ref.step == reference.step and held is not None:
                     entry: CheckpointEntry | None = _with_previous(ctx, held, steps_in_order, out)
                 else:
@@ -843,11 +847,13 @@ def _run_refs(
 _TICK_SECONDS = 0.5
 
 
-def _loaded(
-    future: Future[tuple[LoadedCheckpoint, str]],
-    writer: Any,
-    announce: Callable[[Sequence[CheckpointEntry]], None],
-) -> tuple[LoadedCheckpoint, str]:
+def _after_batch(ctx: _Context, done: int, total: int) -> None:
+    ctx.reporter.batch(done, total)
+    if ctx.tick is not None:
+        ctx.tick()
+
+
+def _loaded(future: Future[tuple[LoadedCheckpoint, str]], tick: Callable[[], None] | None) -> tuple[LoadedCheckpoint, str]:
     """The loader's result. While a read takes long (a hung network file system, a cold archive),
     the checkpoints already analysed are committed and announced as the throttle allows, instead of
     waiting in the writer's buffer for the next add."""
@@ -855,10 +861,14 @@ def _loaded(
     # (ETIMEDOUT) must be raised, not taken for the wait's timeout
     while not wait_for_futures([future], timeout=_TICK_SECONDS).done:
         signals.check()
-        tick = getattr(writer, "tick", None)
         if tick is not None:
-            announce(tick())
+            tick()
     return future.result()
+
+
+def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None]) -> Callable[[], None] | None:
+    tick = getattr(writer, "tick", None)
+    return None if tick is None else (lambda: announce(tick()))
 
 
 def _step_before(step: int, steps_in_order: list[int]) -> int | None:
@@ -1080,7 +1090,7 @@ def _analyze_one(
             anchor_size=options.anchor_size,
             keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,
-            on_batch=ctx.reporter.batch,
+            on_batch=lambda done, total: _after_batch(ctx, done, total),
         )
         if sharded:
             results = _reduce_slices(ctx, model, probe, results)

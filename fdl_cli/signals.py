@@ -2,19 +2,22 @@
 
 Python raises KeyboardInterrupt in whatever the main thread is running when SIGINT arrives. When that
 is a finaliser (a `__del__`, a weakref callback of the garbage collector, torch's or rich's), the
-interpreter prints "Exception ignored in ..." and carries on: the Ctrl-C is gone, and a `--watch` run
-polls on until a second one. `install` records every SIGINT before raising it, and the long loops call
-`check` (or `sleep`), which raises again for an interrupt that was swallowed on its way up.
+interpreter prints "Exception ignored in ..." with a traceback and carries on: the Ctrl-C is gone, and
+a `--watch` run polls on until a second one. `installed` records every SIGINT before raising it (and
+keeps such a swallowed KeyboardInterrupt off stderr), and the long loops call `check` (or `sleep`),
+which raises again for an interrupt that was swallowed on its way up.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 _pending = False
 
@@ -37,11 +40,22 @@ def installed() -> Iterator[None]:
         yield  # ignored (a background job) or handled by the embedding program: leave it so
         return
     _pending = False
+    unraisable = sys.unraisablehook
+
+    def quiet(info: Any) -> None:
+        global _pending
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            _pending = True  # raised again at the next check, not printed as a traceback
+            return
+        unraisable(info)
+
     signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = unraisable
         _pending = False
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -600,20 +602,55 @@ def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: P
 
 
 def test_a_reader_that_stops_early_ends_analyze_quietly(tmp_path: Path) -> None:
-    """`fdl analyze --json | head -1`: the pipe closes after one record. fdl stops as a Unix tool
+    """`fdl analyze --json | head -1`: the pipe closes while fdl still has records to print. fdl stops as a Unix tool
     killed by SIGPIPE does (status 141, nothing on stderr but its notes); it exited 1 without a word,
     the status of an error it explains. What was committed stays in the store."""
-    store = tmp_path / "peek.h5"
+    store, gate = tmp_path / "peek.h5", tmp_path / "gate"
+    # step 3's forward pass waits for the gate, so fdl still has records to write once the pipe closes
+    (tmp_path / "gated.py").write_text(
+        "import os, time\nfrom torch import nn\n\n"
+        "class Gated(nn.Sequential):\n"
+        "    def forward(self, x):\n"
+        "        deadline = time.monotonic() + 60\n"
+        "        while float(self[0].bias[0]) == 1234.5 and not os.path.exists(os.environ['GATE']):\n"
+        "            assert time.monotonic() < deadline, 'the gate never opened'\n"
+        "            time.sleep(0.01)\n"
+        "        return super().forward(x)\n\n"
+        "def build():\n"
+        "    return Gated(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))\n"
+    )
+    (tmp_path / "ckpts").mkdir()
+    for step in range(6):
+        state = mlp(seed=step).state_dict()
+        if step == 3:
+            state["0.bias"][0] = 1234.5
+        save_file(state, str(tmp_path / "ckpts" / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
     process = subprocess.Popen(
-        [sys.executable, "-m", "fdl_cli", "analyze", str(REPO / "sample_checkpoints"), "--out", str(store), "--json",
-         "--commit-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/gated.py:build",
+         "--probe", str(tmp_path / "probe.npz"), "--out", str(store), "--json", "--commit-interval", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "GATE": str(gate)},
     )
     assert process.stdout is not None and process.stderr is not None
-    first = json.loads(process.stdout.readline())
-    process.stdout.close()
+    deadline = time.monotonic() + 60
+    while not _durable_steps(store) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    committed = _durable_steps(store)
+    assert committed, "nothing was committed in 60 s"
+    process.stdout.close()  # the reader goes away: the records of steps 3 - 5 at least meet a closed pipe
+    gate.touch()
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "error" not in stderr
-    with StoreReader(store) as reader:
-        assert first["step"] in reader.steps()
+    assert set(committed) <= set(_durable_steps(store))
+
+
+def _durable_steps(store: Path) -> list[int]:
+    from fdl_cli.errors import FdlError
+
+    try:
+        with StoreReader(store) as reader:
+            return reader.steps()
+    except FdlError:  # not written yet
+        return []

@@ -412,3 +412,61 @@ def test_a_hanging_checkpoint_read_does_not_hold_back_the_analysed_ones(
     assert done.code == 0, done.stderr
     assert seen_during_the_hang == list(range(6)), "steps 0-5 were analysed before the hang"
     assert [record["step"] for record in done.records] == list(range(8))
+
+
+SLOW_MODEL = """
+import os, time
+import torch
+from torch import nn
+
+seen = []  # the store's steps, as read during the slow checkpoint's batches
+
+
+class Slow(nn.Sequential):
+    def forward(self, x):
+        if float(self[0].bias[0]) == 1234.5:  # the slow checkpoint: each batch takes a while
+            time.sleep(0.15)
+            from fdl_cli.errors import FdlError
+            from fdl_cli.store import StoreReader
+
+            try:
+                with StoreReader(os.environ["SLOW_STORE"]) as reader:
+                    seen.append(reader.steps())
+            except FdlError:
+                seen.append([])
+        return super().forward(x)
+
+
+def build():
+    torch.manual_seed(0)
+    return Slow(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+"""
+
+
+def test_a_long_computation_does_not_hold_back_the_analysed_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same while one checkpoint computes for long (a big model, a big probe): between its probe
+    batches the due commit starts, so the checkpoints analysed before it become durable meanwhile."""
+    import sys
+
+    from tests.tiny_models import mlp
+
+    (tmp_path / "slow.py").write_text(SLOW_MODEL)
+    (tmp_path / "ckpts").mkdir()
+    for step in range(7):
+        state = mlp(seed=step).state_dict()
+        if step == 5:
+            state["0.bias"][0] = 1234.5
+        torch.save(state, tmp_path / "ckpts" / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(64, 4)).astype(np.float32), y=rng.integers(0, 3, 64))
+    out = tmp_path / "run.h5"
+    monkeypatch.setenv("SLOW_STORE", str(out))
+    done = fdl("analyze", tmp_path / "ckpts", "--model", f"{tmp_path}/slow.py:build", "--probe",
+               tmp_path / "probe.npz", "--out", out, "--batch-size", "4", "--anchor-size", "16")
+    assert done.code == 0, done.stderr
+    module = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == str(tmp_path / "slow.py"))
+    seen = module.seen
+    assert len(seen) >= 16, seen  # 16 batches of the slow checkpoint (and its anchors)
+    assert seen[-1] == list(range(5)), "steps 0-4 were analysed before the slow checkpoint"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -17,20 +18,21 @@ class _Swallows:
         time.sleep(5)  # interrupted; the KeyboardInterrupt is "ignored" by the interpreter
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_swallowed_ctrl_c_is_raised_by_the_next_check_and_sleep() -> None:
+def test_a_swallowed_ctrl_c_is_raised_by_the_next_check_and_sleep(capfd: pytest.CaptureFixture[str]) -> None:
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("the test runner replaced Python's Ctrl-C handler")
+    hook = sys.unraisablehook
     with signals.installed():
         signals.check()  # nothing pending
         started = time.monotonic()
         _Swallows()  # the finaliser runs here and loses its KeyboardInterrupt
         assert time.monotonic() - started < 4, "the SIGINT did not interrupt the finaliser's sleep"
+        assert "Traceback" not in capfd.readouterr().err  # Python's "Exception ignored" report is kept off stderr
         with pytest.raises(KeyboardInterrupt):
             signals.check()
         with pytest.raises(KeyboardInterrupt):
             signals.sleep(30)  # a --watch poll ends at once
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
     signals.check()  # the record ends with the command
 
 
