@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -316,6 +316,9 @@ class _Context:
     #: called after every probe batch: starts the store's due commit and announces what became durable
     #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
     tick: Callable[[], None] | None = None
+    #: steps taken in from the part stores of an interrupted torchrun job by this run: new to the store,
+    #: so their stored successors' cka_prev / overlap_prev are refreshed as if this run analysed them
+    taken_in: set[int] = field(default_factory=set)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -646,7 +649,7 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
-        _take_in_rank_parts(ctx, writer, out, provenance)
+        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs)
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
@@ -657,6 +660,8 @@ def _analyze_refs(
                 if on_record is not None:
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
+
+        _print_taken_in(taken, on_record, tagged)
 
         try:
             _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
@@ -682,35 +687,85 @@ def _rank_parts(out: Path) -> list[Path]:
 
     prefix = f"{out.name}.rank-"
     found = out.parent.glob(globbing.escape(prefix) + "*")
-    return sorted(path for path in found if path.name[len(prefix):].isdigit() and path.is_file())
+    parts = [path for path in found if path.name[len(prefix):].isdigit() and path.is_file()]
+    return sorted(parts, key=lambda path: int(path.name[len(prefix):]))  # in step order: rank 2 after rank 1
 
 
-def _take_in_rank_parts(ctx: _Context, writer: Any, out: Path, provenance: dict[str, Any]) -> None:
+def _take_in_rank_parts(
+    ctx: _Context, writer: Any, out: Path, provenance: dict[str, Any], refs: Sequence[CheckpointRef]
+) -> tuple[list[CheckpointEntry], list[str]]:
     """The checkpoints that ranks of a torchrun job stored in their part files before the job was
-    stopped join the store (those it lacks), and the parts are removed; under --overwrite they are
-    removed. A part that cannot be read, or that belongs to another run, is left alone, with a warning."""
+    stopped join the store, and the parts are removed (under --overwrite, removed unread).
+
+    A part's checkpoint is taken in only if this run would have computed it alike: the store lacks
+    it, it is among this run's checkpoints, its file is unchanged (same sha256), and the checkpoint
+    before it in this run's step order is the one it was compared with (prev_step) and is in the
+    store or taken in itself (so not changed since); the others are analysed again. A damaged
+    checkpoint of a part is skipped. A part that is locked (a rank still
+    running), unreadable or of another run is left as it is, with a warning. Returns the entries
+    taken in (their steps also in `ctx.taken_in`) and the names of the parts left."""
+    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
 
+    by_step = {ref.step: ref for ref in refs}
+    order = sorted(by_step)
+    everything: list[CheckpointEntry] = []
+    kept: list[str] = []
     for part in _rank_parts(out):
         if ctx.options.resume:
+            taken: list[CheckpointEntry] = []
             try:
                 # its writer's lock: never a part that a rank still running writes
                 with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
-                    have = writer.completed()
-                    taken = [entry for entry in reader.entries() if entry.step not in have]
+                    have = set(writer.completed())
+                    for step in sorted({record["step"] for record in reader.records()} - have):
+                        ref = by_step.get(step)
+                        if ref is None:
+                            continue
+                        try:
+                            entry = reader.entry(step)
+                        except StoreError:
+                            continue  # damaged: analysed again
+                        before = _step_before(step, order)
+                        if before is not None and before not in have:
+                            continue  # compared with a checkpoint that this run analyses anew
+                        if any(item.scalars.get("prev_step") != before for item in entry.series):
+                            continue
+                        try:
+                            if sha256_file(ref.path) != entry.sha256:
+                                continue
+                        except (OSError, FdlError):
+                            continue
+                        taken.append(replace(entry, path=str(ref.path)))
+                        have.add(step)
+                    ctx.taken_in.update(entry.step for entry in taken)
                     for entry in taken:
                         writer.add(entry)
                     writer.flush()
             except StoreError as exc:
-                ctx.reporter.warn(f"{part} was left as it is: {exc.message}")
+                ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
+                kept.append(part.name)
                 continue
             if taken:
                 ctx.reporter.note(
                     f"{len(taken)} checkpoint(s) that a rank of an interrupted torchrun job stored in {part.name} "
                     f"were added to {out.name}"
                 )
+            everything.extend(taken)
         with contextlib.suppress(OSError):
             part.unlink()
+    return everything, kept
+
+
+def _print_taken_in(
+    taken: Sequence[CheckpointEntry], on_record: Callable[[dict[str, Any]], None] | None, tagged: bool
+) -> None:
+    """--json prints the checkpoints taken in from part stores: no run printed them once stored (they
+    count as already in the store)."""
+    if on_record is not None:
+        for entry in taken:
+            for record in entry_records(entry, tagged=tagged):
+                on_record(record)
 
 
 def _check_reference_of_store(ctx: _Context, out: Path) -> None:
@@ -779,13 +834,19 @@ def _run_refs(
     for ref in refs:
         if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed:
             summary.already.append(ref.step)
+    steps_in_order = [r.step for r in refs]
+    ctx.refs_by_step = {r.step: r for r in refs}
+    stored_before = {step: sha for step, sha in completed.items() if step not in ctx.taken_in}
+    ctx.taken_in = set()
     if not todo:
+        from fdl_cli.store import StoreWriter
+
+        if isinstance(writer, StoreWriter) and stored_before != completed:
+            _refresh_successors(ctx, writer, out, steps_in_order, stored_before, announce)
         return
     todo.sort(key=lambda r: r.step)
     ctx.tick = _ticking(writer, announce)
     reporter.start_run(len(todo))
-    steps_in_order = [r.step for r in refs]
-    ctx.refs_by_step = {r.step: r for r in refs}
     # The reference is analysed first (every other checkpoint is compared with it) but stored in its
     # place in step order, once its predecessor is known (its cka_prev / overlap_prev).
     held: CheckpointEntry | None = None
@@ -840,7 +901,7 @@ def _run_refs(
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):
-        _refresh_successors(ctx, writer, out, steps_in_order, completed, announce)
+        _refresh_successors(ctx, writer, out, steps_in_order, stored_before, announce)
 
 
 #: How often a wait for a checkpoint read looks at the store writer's buffer (and for a lost Ctrl-C).
@@ -1367,8 +1428,9 @@ def _analyze_distributed(
     if options.watch:
         raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
     writer = None
-    stored_shas: dict[int, str] = {}
-    status: tuple[str, Any] = ("ok", None)
+    stored_shas: dict[int, str] = {}  # stored before this run: the refresh's "stored" (see _run_refs)
+    taken: list[CheckpointEntry] = []
+    status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
     if world.writes:
         try:
             writer = StoreWriter(
@@ -1378,11 +1440,17 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
             )
-            _take_in_rank_parts(ctx, writer, out, provenance)  # before any rank opens its part afresh
-            stored_shas = writer.completed()
-            status = ("ok", sorted(stored_shas))
-        except FdlError as exc:
-            status = ("error", exc.message)
+            # before any other rank opens its part afresh
+            taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs)
+            completed = writer.completed()
+            stored_shas = {step: sha for step, sha in completed.items() if step not in ctx.taken_in}
+            status = ("ok", sorted(completed), left)
+        except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
+            if isinstance(exc, FdlError):
+                status = ("error", exc.message, [])
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
             raise
         finally:
             status = distributed.broadcast_from_writer(status, world)
@@ -1390,7 +1458,7 @@ def _analyze_distributed(
         status = distributed.broadcast_from_writer(status, world)
         if status[0] == "error":
             raise FdlError(f"rank 0 could not open the store: {status[1]}")
-    stored = set(status[1])
+    stored, kept = set(status[1]), set(status[2])
     assert writer is not None or not world.writes
     part = None
     try:
@@ -1414,7 +1482,9 @@ def _analyze_distributed(
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
 
-        part = None if writer is not None or options.shard_probe or not owned else _open_rank_part(ctx, out, provenance)
+        _print_taken_in(taken, on_record, tagged)
+        with_part = writer is None and not options.shard_probe and owned and _rank_part(out, world.rank).name not in kept
+        part = _open_rank_part(ctx, out, provenance) if with_part else None  # never over a part left as it is
         local: _LocalWriter
         if writer is not None:
             local = _StoringWriter(skip, writer, owned, announce, ctx.reporter)
@@ -1431,7 +1501,7 @@ def _analyze_distributed(
         if isinstance(local, _StoringWriter):
             local.flush()
         if part is not None:
-            with contextlib.suppress(FdlError):
+            with contextlib.suppress(Exception):
                 part.close()  # all of it durable before rank 0 is sent the entries
         mine_paths = {str(ref.path) for ref in mine}
         payload = (
@@ -1469,7 +1539,7 @@ def _analyze_distributed(
             raise FdlError(first_failure)
     finally:
         if part is not None:
-            with contextlib.suppress(FdlError):
+            with contextlib.suppress(Exception):
                 part.close()  # no-op if closed above
         if writer is not None:
             writer.close()
@@ -1490,7 +1560,7 @@ def _open_rank_part(ctx: _Context, out: Path, provenance: dict[str, Any]) -> Any
             overwrite=True,
             min_interval=ctx.options.min_commit_interval,
         )
-    except FdlError:
+    except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
         return None
 
 

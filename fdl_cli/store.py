@@ -729,23 +729,17 @@ class StoreReader:
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
 
+    def entry(self, step: int) -> CheckpointEntry:
+        """One complete checkpoint as the CheckpointEntry that was written (each of its series)."""
+        rows = [(key, row) for key in self.series() for row in self._rows[key] if row["step"] == step]
+        if not rows:
+            raise StoreError(f"step {step} is not in {self._path}", fix="pick one of the steps listed by `fdl report`")
+        series = tuple(self.arrays(step, probe=probe, layer=layer) for (probe, layer), _ in rows)
+        return CheckpointEntry(step=step, path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series)
+
     def entries(self) -> list[CheckpointEntry]:
-        """Every complete checkpoint as the CheckpointEntry that was written (each of its series), by step."""
-        rows: dict[int, dict[str, Any]] = {}
-        series_of: dict[int, list[Series]] = {}
-        for key in self.series():
-            for row in self._rows[key]:
-                rows.setdefault(row["step"], row)
-                series_of.setdefault(row["step"], []).append(key)
-        return [
-            CheckpointEntry(
-                step=step,
-                path=row["path"],
-                sha256=row["sha256"],
-                series=tuple(self.arrays(step, probe=probe, layer=layer) for probe, layer in series_of[step]),
-            )
-            for step, row in sorted(rows.items())
-        ]
+        """Every complete checkpoint as the CheckpointEntry that was written, by step."""
+        return [self.entry(step) for step in sorted({row["step"] for rows in self._rows.values() for row in rows})]
 
     def close(self) -> None:
         """Close the file; records, steps and probes stay available, arrays() does not."""

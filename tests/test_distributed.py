@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from fdl_cli.distributed import World, block, block_bounds, detect_world
 from fdl_cli.errors import FdlError
-from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
 from tests.tiny_models import mlp
@@ -67,21 +67,9 @@ def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def _single(
-    run: Path, out: Path, model: str = "tests.tiny_models:mlp", reporter: NullReporter | None = None, **options: object
-) -> list[dict]:
-    records: list[dict] = []
-    settings: dict[str, object] = {"anchor_size": 200, **options}
-    run_analyze(
-        AnalyzeOptions(
-            sources=(str(run),), model_spec=model, model_kwargs={"hidden": 8},
-            probe_specs=(str(run / "probe.npz"),), out=out, device="cpu", batch_size=64,
-            **settings,  # type: ignore[arg-type]
-        ),
-        reporter=reporter,
-        on_record=records.append,
-    )
-    return records
+def _single(run: Path, out: Path, model: str = "tests.tiny_models:mlp", **options: object) -> list[dict]:
+    """One process's analysis of `run` into `out`; the records it printed (--json)."""
+    return _resume(run, out, model, **options)[1]
 
 
 def _stored(out: Path) -> dict[int, dict]:
@@ -246,45 +234,112 @@ def test_checkpoints_are_durable_during_the_run(
     if in_part is not None:
         _assert_same({step: expected[step] for step in in_part}, _stored(part))
     shutil.copyfile(original / "step_50.safetensors", stalled)
-    analysed = _single(run, out, f"{model}:factory")
-    assert sorted(record["step"] for record in analysed) == sorted(set(expected) - set(during) - set(in_part or ()))
+    summary, _, _ = _resume(run, out, f"{model}:factory")
+    assert summary.analysed == sorted(set(expected) - set(during) - set(in_part or ()))
     assert not part.exists()
     _assert_same(expected, _stored(out))
 
 
-def test_part_stores_are_taken_in_by_a_resume_removed_by_overwrite_and_kept_if_foreign(
+def _resume(
+    run: Path, out: Path, model: str = "tests.tiny_models:mlp", **options: object
+) -> tuple[AnalyzeSummary, list[dict], NullReporter]:
+    reporter, records = NullReporter(), []
+    settings: dict[str, object] = {"anchor_size": 200, **options}
+    summary = run_analyze(
+        AnalyzeOptions(
+            sources=(str(run),), model_spec=model, model_kwargs={"hidden": 8},
+            probe_specs=(str(run / "probe.npz"),), out=out, device="cpu", batch_size=64,
+            **settings,  # type: ignore[arg-type]
+        ),
+        reporter=reporter,
+        on_record=records.append,
+    )
+    return summary, records, reporter
+
+
+def _here(expected: dict[int, dict], run: Path) -> dict[int, dict]:
+    return {step: {**record, "path": str(run / Path(record["path"]).name)} for step, record in expected.items()}
+
+
+def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path
 ) -> None:
-    """What a killed job's rank left in RUN.h5.rank-K: a resume takes in the steps the store lacks (not
-    analysed again, the store then equal to one process's) and removes the part; --overwrite removes
-    it unread; a part of another run (other options) is left alone with a warning."""
+    """What a killed job's rank left in RUN.h5.rank-K. A resume takes in the checkpoints the store
+    lacks (printed by --json, not analysed again) and removes the part; the stored checkpoint after
+    them is refreshed to compare with them. A checkpoint whose file changed is analysed again, and so
+    is every later one of the part (each was compared with the one before); so is one whose previous
+    checkpoint is another in this run's order (--steps). --overwrite removes parts unread. Each time
+    the store equals one process's."""
     run, expected = run_and_single
-    part_of = tmp_path / "part_source.h5"
+    full = tmp_path / "full.h5"
+    _single(run, full)
+    part_of = tmp_path / "first.h5"
     _single(run, part_of, steps=(0, 10, 20))
-    out = tmp_path / "s.h5"
-    part = tmp_path / "s.h5.rank-1"
-    shutil.copyfile(part_of, part)
-    reporter = NullReporter()
-    analysed = _single(run, out, reporter=reporter)
-    assert sorted(record["step"] for record in analysed) == [30, 40, 50, 60]
-    assert any("3 checkpoint(s)" in note and "s.h5.rank-1" in note for note in reporter.notes), reporter.notes
-    assert not part.exists()
-    _assert_same({step: {**record, "path": str(run / Path(record["path"]).name)} for step, record in expected.items()},
-                 _stored(out))
 
+    # the part's steps join an empty store
+    out, part = tmp_path / "a.h5", tmp_path / "a.h5.rank-1"
     shutil.copyfile(part_of, part)
-    assert sorted(record["step"] for record in _single(run, out, resume=False)) == sorted(expected)
+    summary, records, reporter = _resume(run, out)
+    assert summary.analysed == [30, 40, 50, 60] and sorted(summary.already) == [0, 10, 20]
+    assert sorted(record["step"] for record in records) == sorted(expected)  # --json printed them all
+    assert any("3 checkpoint(s)" in note and "a.h5.rank-1" in note for note in reporter.notes), reporter.notes
     assert not part.exists()
+    _assert_same(_here(expected, run), _stored(out))
 
-    reporter = NullReporter()
-    foreign = tmp_path / "other.h5"
-    shutil.copyfile(part_of, tmp_path / "other.h5.rank-2")
-    assert sorted(record["step"] for record in _single(run, foreign, reporter=reporter, anchor_size=100)) == sorted(
-        expected
-    )
-    assert (tmp_path / "other.h5.rank-2").exists()
-    assert any("other.h5.rank-2 was left as it is" in warning and "different run" in warning
+    # a stored checkpoint after the part's block compares with the part's last one
+    out, part = tmp_path / "b.h5", tmp_path / "b.h5.rank-1"
+    _single(run, out, steps=(0, 60))
+    shutil.copyfile(full, part)
+    summary, records, _ = _resume(run, out)
+    assert summary.analysed == [] and summary.refreshed == [60]
+    assert _stored(out)[60]["prev_step"] == 50
+    _assert_same(_here(expected, run), _stored(out))
+
+    # a file changed since: it and every later checkpoint of the part are analysed again
+    changed = tmp_path / "changed"
+    shutil.copytree(run, changed)
+    state = load_file(str(changed / "step_40.safetensors"))
+    state["0.bias"] += 0.5
+    save_file(state, str(changed / "step_40.safetensors"))
+    fresh = tmp_path / "fresh.h5"
+    _single(changed, fresh)
+    out = tmp_path / "c.h5"
+    shutil.copyfile(full, tmp_path / "c.h5.rank-1")
+    summary, _, _ = _resume(changed, out)
+    assert summary.analysed == [40, 50, 60]
+    _assert_same(_stored(fresh), _stored(out))
+
+    # --steps: the part's step 50 was compared with 40, this run's order puts 30 before it
+    out, selected = tmp_path / "d.h5", tmp_path / "selected.h5"
+    _single(run, selected, steps=(30, 50))
+    shutil.copyfile(full, tmp_path / "d.h5.rank-1")
+    summary, _, _ = _resume(run, out, steps=(30, 50))
+    assert summary.analysed == [30, 50]
+    _assert_same(_stored(selected), _stored(out))
+
+    # --overwrite removes the part unread
+    shutil.copyfile(part_of, part)
+    summary, _, _ = _resume(run, tmp_path / "b.h5", resume=False)
+    assert summary.analysed == sorted(expected) and not part.exists()
+
+
+def test_a_part_of_another_run_is_left_as_it_is(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
+    """By one process and by torchrun, whose rank 1 would otherwise have written its own part over it."""
+    run, expected = run_and_single
+    foreign = tmp_path / "o.h5.rank-1"
+    _single(run, foreign, steps=(0, 10), anchor_size=100)
+    before = foreign.read_bytes()
+    summary, _, reporter = _resume(run, tmp_path / "o.h5")
+    assert summary.analysed == sorted(expected) and foreign.read_bytes() == before
+    assert any("o.h5.rank-1 was left as it is" in warning and "different run" in warning
                for warning in reporter.warnings), reporter.warnings
+    store = tmp_path / "t.h5"
+    _single(run, store, steps=(0, 10))  # rank 1's block (steps 50, 60) is then still to do
+    shutil.copyfile(foreign, tmp_path / "t.h5.rank-1")
+    done = _torchrun_process(run, store)
+    assert done.returncode == 0 and "t.h5.rank-1 was left as it is" in done.stderr, done.stderr[-4000:]
+    assert (tmp_path / "t.h5.rank-1").read_bytes() == before
+    _assert_same(_here(expected, run), _stored(store))
 
 
 @pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
