@@ -16,7 +16,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -865,7 +865,7 @@ def _run_refs(
     # operation there gives it an OpenMP team of its own, and libgomp then puts the main thread's
     # workers to sleep between operations for the rest of the run (~30 % slower on 2 cores; see
     # checkpoints._all_finite and docs/benchmarks.md).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdl-load") as pool:
+    with _Loader() as pool:
         pending: dict[int, Future[tuple[LoadedCheckpoint, str]]] = {}
 
         def fetch(index: int) -> None:
@@ -906,6 +906,46 @@ def _run_refs(
 
 #: How often a wait for a checkpoint read looks at the store writer's buffer (and for a lost Ctrl-C).
 _TICK_SECONDS = 0.5
+
+
+class _Loader:
+    """Loads checkpoints one at a time, in the order asked, in one daemon thread: a one-worker
+    ThreadPoolExecutor, except that a read that hangs (a stalled network file system) does not keep
+    fdl from ending after Ctrl-C (an executor's workers are joined when the interpreter exits).
+    Leaving the `with` block cancels what has not started and does not wait for what has."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._queue = queue.SimpleQueue()
+        self._submitted: list[Future[Any]] = []
+        threading.Thread(target=self._work, name="fdl-load", daemon=True).start()
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._submitted.append(future)
+        self._queue.put((future, function, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, function, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def __enter__(self) -> _Loader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for future in self._submitted:
+            future.cancel()
+        self._queue.put(None)
 
 
 def _after_batch(ctx: _Context, done: int, total: int) -> None:

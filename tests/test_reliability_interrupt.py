@@ -126,8 +126,8 @@ class ForkServer:
         reply = self._send({"cwd": str(self.workdir), "stdout": str(stdout), "stderr": str(stderr), "argv": argv})
         return int(reply["pid"]), stdout, stderr
 
-    def wait(self, pid: int) -> int:
-        return int(self._send({"wait": pid})["status"])
+    def wait(self, pid: int, timeout: float = 120) -> int:
+        return int(self._send({"wait": pid, "timeout": timeout})["status"])
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
         pid, stdout, stderr = self.start(argv)
@@ -395,3 +395,41 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run(
     status, _, err = server.run(argv)
     assert status == 0, err
     assert _stored(server.workdir / "swallowed.h5")[0] == reference_records
+
+
+def _hanging_checkpoint(path: Path) -> None:
+    """A pickled checkpoint whose loading sleeps for ten minutes: a read that hangs (needs --trust-pickle)."""
+    import torch
+
+    try:
+        from tests.tiny_models import mlp
+    except ImportError:  # tests/ is not a package
+        from tiny_models import mlp  # type: ignore[no-redef]
+
+    class Hang:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (time.sleep, (600,))
+
+    torch.save({"model": mlp(seed=2).state_dict(), "hang": Hang()}, path)
+
+
+def test_one_ctrl_c_ends_a_run_whose_checkpoint_read_hangs(server: ForkServer) -> None:
+    """The loader thread was a ThreadPoolExecutor's worker, which Python joins at exit: after Ctrl-C
+    fdl printed "interrupted" and then waited for the hung read (a second Ctrl-C ended it). What was
+    analysed before the hang is in the store and announced, since the wait commits it."""
+    workdir = server.workdir
+    (workdir / "hangs").mkdir()
+    _write_run(workdir / "hangs", range(2))
+    _hanging_checkpoint(workdir / "hangs" / "step_2.pt")
+    argv = _analyze_argv("hangs.h5", "--trust-pickle")
+    argv[1] = "hangs"
+    pid, stdout, stderr = server.start(argv)
+    deadline = time.monotonic() + 30
+    while len(_printed(stdout)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [record["step"] for record in _printed(stdout)] == [0, 1], stderr.read_text()
+    os.kill(pid, signal.SIGINT)
+    status = server.wait(pid, timeout=20)
+    assert status == 130, stderr.read_text()
+    assert "interrupted" in stderr.read_text() and "Traceback" not in stderr.read_text()
+    assert [record["step"] for record in _stored(workdir / "hangs.h5")[0]] == [0, 1]
