@@ -183,11 +183,21 @@ def test_an_interrupt_during_a_commit_still_stores_everything_added(tmp_path: Pa
     assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
 
 
-def test_ctrl_c_while_close_waits_still_commits_everything_then_is_raised(tmp_path: Path, gate: Gate) -> None:
+def test_ctrl_c_while_close_waits_still_commits_everything_then_is_raised(
+    tmp_path: Path, gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "run.h5"
+    waiting = threading.Event()
+    real_wait = store_module._CommitJob.wait
+
+    def wait(job: Any) -> None:
+        waiting.set()  # close is in its wait for the commit in flight
+        real_wait(job)
+
+    monkeypatch.setattr(store_module._CommitJob, "wait", wait)
 
     def interrupt_then_open() -> None:
-        time.sleep(0.1)
+        assert waiting.wait(_TIMEOUT)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)  # lands in close's wait
         time.sleep(0.2)
         gate.open()
