@@ -1540,9 +1540,11 @@ def _analyze_distributed(
             failure = exc.message
         if isinstance(local, _StoringWriter):
             local.flush()
+        part_file: tuple[int, ...] | None = None  # this rank's part file, to remove it and no other
         if part is not None:
             with contextlib.suppress(Exception):
                 part.close()  # all of it durable before rank 0 is sent the entries
+                part_file = _file_identity(_rank_part(out, world.rank))
         mine_paths = {str(ref.path) for ref in mine}
         payload = (
             [entry for entry in local.entries if entry.step in owned],
@@ -1572,9 +1574,11 @@ def _analyze_distributed(
             (list(summary.analysed), list(summary.already), list(summary.failed), first_failure, written), world
         )
         summary.analysed[:], summary.already[:], summary.failed[:], first_failure, written = outcome
-        if part is not None and written:  # rank 0 has them in the store: the part has served
+        if part_file is not None and written:  # rank 0 has them in the store: the part has served
             with contextlib.suppress(OSError):
-                _rank_part(out, world.rank).unlink()
+                # not a later job's part (this one's rank 0 may have released the store already)
+                if _file_identity(_rank_part(out, world.rank)) == part_file:
+                    _rank_part(out, world.rank).unlink()
         if first_failure is not None:
             raise FdlError(first_failure)
     finally:
@@ -1583,6 +1587,11 @@ def _analyze_distributed(
                 part.close()  # no-op if closed above
         if writer is not None:
             writer.close()
+
+
+def _file_identity(path: Path) -> tuple[int, ...]:
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _open_rank_part(ctx: _Context, out: Path, provenance: dict[str, Any]) -> Any:

@@ -102,6 +102,7 @@ def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]
     records = _torchrun(run, tmp_path / "two.h5", *extra)
     assert sorted(r["step"] for r in records) == sorted(expected)  # rank 0 alone prints the records
     _assert_same(expected, _stored(tmp_path / "two.h5"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["two.h5"]  # rank 1's part served and went
 
 
 def test_two_ranks_resume_a_partial_store(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
