@@ -920,31 +920,40 @@ class _Loader:
 
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
         self._queue = queue.SimpleQueue()
-        self._submitted: list[Future[Any]] = []
         threading.Thread(target=self._work, name="fdl-load", daemon=True).start()
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._submitted.append(future)
+        future: Future[Any] = Future()  # held by the caller only: a checkpoint is freed once used
         self._queue.put((future, function, args))
         return future
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
             future, function, args = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(function(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                future.set_exception(exc)
+            del item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(function(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    future.set_exception(exc)
+            del future, function, args  # not even the last checkpoint is kept while the queue waits
 
     def __enter__(self) -> _Loader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for future in self._submitted:
-            future.cancel()
+        import queue
+
+        while True:  # what has not started is not loaded
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
         self._queue.put(None)
 
 
