@@ -701,9 +701,9 @@ def _take_in_rank_parts(
     it, it is among this run's checkpoints, its file is unchanged (same sha256), and the checkpoint
     before it in this run's step order is the one it was compared with (prev_step) and is in the
     store or taken in itself (so not changed since); the others are analysed again. A damaged
-    checkpoint of a part is skipped. A part that is locked (a rank still
-    running), unreadable or of another run is left as it is, with a warning. Returns the entries
-    taken in (their steps also in `ctx.taken_in`) and the names of the parts left."""
+    checkpoint of a part is skipped. A part that is locked (a rank still running), unreadable or of
+    another run is left as it is, with a warning. Returns the entries taken in (their steps also in
+    `ctx.taken_in`) and the names of the parts left."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
 
@@ -1440,7 +1440,7 @@ class _StoringWriter(_LocalWriter):
         self._store(self._writer.flush)
 
     def tick(self) -> list[CheckpointEntry]:
-        """The writer's due commit while rank 0 waits for a checkpoint read (see `_loaded`)."""
+        """The writer's due commit, between probe batches and while rank 0 waits for a read (`ctx.tick`)."""
         self._store(self._writer.tick)
         return []
 
