@@ -316,9 +316,6 @@ class _Context:
     #: called after every probe batch: starts the store's due commit and announces what became durable
     #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
     tick: Callable[[], None] | None = None
-    #: steps taken in from the part stores of an interrupted torchrun job by this run: new to the store,
-    #: so their stored successors' cka_prev / overlap_prev are refreshed as if this run analysed them
-    taken_in: set[int] = field(default_factory=set)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -649,7 +646,7 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
-        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs)
+        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
@@ -662,6 +659,7 @@ def _analyze_refs(
                         on_record(record)
 
         _print_taken_in(taken, on_record, tagged)
+        del taken  # stored: not kept for the rest of the run
 
         try:
             _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
@@ -691,19 +689,44 @@ def _rank_parts(out: Path) -> list[Path]:
     return sorted(parts, key=lambda path: int(path.name[len(prefix):]))  # in step order: rank 2 after rank 1
 
 
+def _rank_part_origin(part: Path) -> Path:
+    """Beside a part: the checkpoints its rank compared its block with, as files (step, sha256)."""
+    return part.with_name(part.name + ".json")
+
+
+def _write_rank_part_origin(part: Path, reference: tuple[int, str], predecessor: tuple[int, str] | None) -> None:
+    origin = {"reference": list(reference), "predecessor": list(predecessor) if predecessor else None}
+    tmp = part.with_name(part.name + ".json.tmp")
+    tmp.write_text(json.dumps(origin))
+    os.replace(tmp, _rank_part_origin(part))
+
+
+def _remove_rank_part(part: Path) -> None:
+    for path in (part, _rank_part_origin(part)):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def _take_in_rank_parts(
-    ctx: _Context, writer: Any, out: Path, provenance: dict[str, Any], refs: Sequence[CheckpointRef]
+    ctx: _Context,
+    writer: Any,
+    out: Path,
+    provenance: dict[str, Any],
+    refs: Sequence[CheckpointRef],
+    reference: tuple[int, str],
 ) -> tuple[list[CheckpointEntry], list[str]]:
     """The checkpoints that ranks of a torchrun job stored in their part files before the job was
-    stopped join the store, and the parts are removed (under --overwrite, removed unread).
+    stopped join the store (under --overwrite, the parts are removed unread).
 
     A part's checkpoint is taken in only if this run would have computed it alike: the store lacks
-    it, it is among this run's checkpoints, its file is unchanged (same sha256), and the checkpoint
-    before it in this run's step order is the one it was compared with (prev_step) and is in the
-    store or taken in itself (so not changed since); the others are analysed again. A damaged
-    checkpoint of a part is skipped. A part that is locked (a rank still running), unreadable or of
-    another run is left as it is, with a warning. Returns the entries taken in (their steps also in
-    `ctx.taken_in`) and the names of the parts left."""
+    it, it is among this run's checkpoints, its file is unchanged (same sha256), the reference's
+    file is the one its rank compared with, and the checkpoint before it in this run's step order is
+    the one it was compared with (prev_step), unchanged: stored, taken in, or the file the part's
+    rank read before its block (recorded beside the part). The others are analysed again. A part is
+    removed once each of its checkpoints is in the store, damaged or of a changed file; otherwise
+    (not selected by --steps / --every, or analysed again by this run) it is kept for a later run,
+    as is a part that is locked (a rank still running), unreadable or of another run, with a note.
+    Returns the entries taken in and the names of the parts kept."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
 
@@ -711,49 +734,72 @@ def _take_in_rank_parts(
     order = sorted(by_step)
     everything: list[CheckpointEntry] = []
     kept: list[str] = []
+
+    def unchanged(step: int, sha: str) -> bool:
+        try:
+            return step in by_step and sha256_file(by_step[step].path) == sha
+        except (OSError, FdlError):
+            return False
+
     for part in _rank_parts(out):
-        if ctx.options.resume:
-            taken: list[CheckpointEntry] = []
-            try:
-                # its writer's lock: never a part that a rank still running writes
-                with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
-                    have = set(writer.completed())
-                    for step in sorted({record["step"] for record in reader.records()} - have):
-                        ref = by_step.get(step)
-                        if ref is None:
-                            continue
-                        try:
-                            entry = reader.entry(step)
-                        except StoreError:
-                            continue  # damaged: analysed again
-                        before = _step_before(step, order)
-                        if before is not None and before not in have:
+        if not ctx.options.resume:
+            _remove_rank_part(part)
+            continue
+        taken: list[CheckpointEntry] = []
+        try:
+            origin = json.loads(_rank_part_origin(part).read_text())
+        except (OSError, ValueError):
+            origin = {}
+        same_reference = origin.get("reference") in (None, list(reference))
+        predecessor = origin.get("predecessor")
+        settled = 0  # the part's steps now in the store, damaged, or of a changed file
+        try:
+            # its writer's lock: never a part that a rank still running writes
+            with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
+                have = set(writer.completed())
+                steps = sorted({record["step"] for record in reader.records()})
+                for step in steps:
+                    ref = by_step.get(step)
+                    if step in have or ref is None:
+                        settled += step in have
+                        continue
+                    try:
+                        entry = reader.entry(step)
+                    except StoreError:
+                        settled += 1  # damaged: analysed again
+                        continue
+                    if not same_reference or not unchanged(step, entry.sha256):
+                        settled += 1  # computed from other files than this run's
+                        continue
+                    before = _step_before(step, order)
+                    if any(item.scalars.get("prev_step") != before for item in entry.series):
+                        continue  # another previous checkpoint in this run's order (--steps, --every)
+                    if before is not None and before not in have:
+                        if predecessor is None or predecessor[0] != before or not unchanged(*predecessor):
                             continue  # compared with a checkpoint that this run analyses anew
-                        if any(item.scalars.get("prev_step") != before for item in entry.series):
-                            continue
-                        try:
-                            if sha256_file(ref.path) != entry.sha256:
-                                continue
-                        except (OSError, FdlError):
-                            continue
-                        taken.append(replace(entry, path=str(ref.path)))
-                        have.add(step)
-                    ctx.taken_in.update(entry.step for entry in taken)
-                    for entry in taken:
-                        writer.add(entry)
-                    writer.flush()
-            except StoreError as exc:
-                ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
-                kept.append(part.name)
-                continue
-            if taken:
-                ctx.reporter.note(
-                    f"{len(taken)} checkpoint(s) that a rank of an interrupted torchrun job stored in {part.name} "
-                    f"were added to {out.name}"
-                )
-            everything.extend(taken)
-        with contextlib.suppress(OSError):
-            part.unlink()
+                    taken.append(replace(entry, path=str(ref.path)))
+                    have.add(step)
+                for entry in taken:
+                    writer.add(entry)
+                writer.flush()
+        except StoreError as exc:
+            ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
+            kept.append(part.name)
+            continue
+        if taken:
+            ctx.reporter.note(
+                f"{len(taken)} checkpoint(s) that a rank of an interrupted torchrun job stored in {part.name} "
+                f"were added to {out.name}"
+            )
+        everything.extend(taken)
+        if settled + len(taken) == len(steps):
+            _remove_rank_part(part)
+        else:
+            ctx.reporter.note(
+                f"{part.name} is kept: {len(steps) - settled - len(taken)} of its checkpoints are not in "
+                f"{out.name} (not selected by this run, or analysed again); a later run takes them in"
+            )
+            kept.append(part.name)
     return everything, kept
 
 
@@ -836,13 +882,11 @@ def _run_refs(
             summary.already.append(ref.step)
     steps_in_order = [r.step for r in refs]
     ctx.refs_by_step = {r.step: r for r in refs}
-    stored_before = {step: sha for step, sha in completed.items() if step not in ctx.taken_in}
-    ctx.taken_in = set()
     if not todo:
         from fdl_cli.store import StoreWriter
 
-        if isinstance(writer, StoreWriter) and stored_before != completed:
-            _refresh_successors(ctx, writer, out, steps_in_order, stored_before, announce)
+        if isinstance(writer, StoreWriter):  # checkpoints taken in, or a run that stopped mid-refresh
+            _refresh_successors(ctx, writer, out, steps_in_order, announce)
         return
     todo.sort(key=lambda r: r.step)
     ctx.tick = _ticking(writer, announce)
@@ -901,7 +945,7 @@ def _run_refs(
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):
-        _refresh_successors(ctx, writer, out, steps_in_order, stored_before, announce)
+        _refresh_successors(ctx, writer, out, steps_in_order, announce)
 
 
 #: How often a wait for a checkpoint read looks at the store writer's buffer (and for a lost Ctrl-C).
@@ -1016,12 +1060,15 @@ def _refresh_successors(
     writer: Any,
     out: Path,
     steps_in_order: list[int],
-    stored_before: dict[int, str],
     announce: Callable[[Sequence[CheckpointEntry]], None],
 ) -> None:
-    """Checkpoints analysed between stored ones become their stored successors' "previous": recompute
-    those successors' cka_prev / overlap_prev (an anchor pass of each side) and store them again, so a
-    store filled in several runs holds the numbers of one run over all its checkpoints."""
+    """A checkpoint stored after the one its cka_prev / overlap_prev compare with becomes its stored
+    successor's "previous": recompute those successors' cka_prev / overlap_prev (an anchor pass of
+    each side) and store them again, so a store filled in several runs (or by an interrupted one,
+    whose checkpoints were committed in another order) holds the numbers of one run over all its
+    checkpoints. A successor is refreshed when the checkpoint before it in step order is stored and
+    its prev_step is null or an earlier step; a prev_step between the two names a checkpoint whose
+    file is gone, and is kept."""
     from dataclasses import replace as replace_entry
 
     from fdl_cli.store import CheckpointEntry as Entry
@@ -1030,12 +1077,12 @@ def _refresh_successors(
     announce(writer.flush())
     pairs = []
     with StoreReader(out) as reader:
-        present = set(reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label))
-        for before, successor in zip(steps_in_order, steps_in_order[1:], strict=False):
-            if successor not in stored_before or before in stored_before or before not in present:
-                continue
-            stored = reader.arrays(successor, probe=ctx.probes[0].name, layer=ctx.layers[0].label)
-            if stored.scalars.get("prev_step") != before:
+        records = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
+    stored_sha = {step: record["sha256"] for step, record in records.items()}
+    for before, successor in zip(steps_in_order, steps_in_order[1:], strict=False):
+        if before in records and successor in records:
+            previous = records[successor]["prev_step"]
+            if previous is None or previous < before:
                 pairs.append((before, successor))
     if not pairs:
         return
@@ -1045,10 +1092,10 @@ def _refresh_successors(
             before_loaded, _ = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
             earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded), reader)
             loaded, sha = _load(ref, ctx.options.trust_pickle)
-            if sha != stored_before[successor]:
+            if sha != stored_sha[successor]:
                 raise StoreError(
                     f"the checkpoint at step {successor} ({ref.path}) changed since it was analysed",
-                    got=f"sha256 {sha[:16]}… now, {stored_before[successor][:16]}… in {out}",
+                    got=f"sha256 {sha[:16]}… now, {stored_sha[successor][:16]}… in {out}",
                     fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
                 )
             later = _stored_series(ctx, successor, _prepare(ctx, loaded), reader)
@@ -1062,7 +1109,7 @@ def _refresh_successors(
                     scalars["overlap_prev"] = _overlap(later[key], earlier[key], ctx_outputs(scalars))
                     scalars["prev_step"] = before
                     series.append(replace_entry(stored, scalars=scalars))
-        ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, analysed in between")
+        ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
         announce(writer.add(Entry(step=successor, path=str(ref.path), sha256=sha, series=tuple(series))))
     announce(writer.flush())
 
@@ -1477,7 +1524,6 @@ def _analyze_distributed(
     if options.watch:
         raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
     writer = None
-    stored_shas: dict[int, str] = {}  # stored before this run: the refresh's "stored" (see _run_refs)
     taken: list[CheckpointEntry] = []
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
     if world.writes:
@@ -1490,10 +1536,8 @@ def _analyze_distributed(
                 min_interval=options.min_commit_interval,
             )
             # before any other rank opens its part afresh
-            taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs)
-            completed = writer.completed()
-            stored_shas = {step: sha for step, sha in completed.items() if step not in ctx.taken_in}
-            status = ("ok", sorted(completed), left)
+            taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))
+            status = ("ok", sorted(writer.completed()), left)
         except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
             if isinstance(exc, FdlError):
                 status = ("error", exc.message, [])
@@ -1532,8 +1576,11 @@ def _analyze_distributed(
                         on_record(record)
 
         _print_taken_in(taken, on_record, tagged)
+        del taken  # stored: not kept for the rest of the run
         with_part = writer is None and not options.shard_probe and owned and _rank_part(out, world.rank).name not in kept
-        part = _open_rank_part(ctx, out, provenance) if with_part else None  # never over a part left as it is
+        if with_part:  # never over a part kept by rank 0
+            before = refs[[ref.step for ref in refs].index(mine[0].step) - 1] if refs[0].step != mine[0].step else None
+            part = _open_rank_part(ctx, out, provenance, (reference.step, preloaded[1]), before)
         local: _LocalWriter
         if writer is not None:
             local = _StoringWriter(skip, writer, owned, announce, ctx.reporter)
@@ -1573,7 +1620,7 @@ def _analyze_distributed(
                 written = True
                 if not failures:
                     ctx.refs_by_step = {r.step: r for r in refs}
-                    _refresh_successors(ctx, writer, out, [r.step for r in refs], stored_shas, announce)
+                    _refresh_successors(ctx, writer, out, [r.step for r in refs], announce)
             except FdlError as exc:
                 failures.append(exc.message)
             first_failure = failures[0] if failures else None
@@ -1587,7 +1634,7 @@ def _analyze_distributed(
             with contextlib.suppress(OSError):
                 # not a later job's part (this one's rank 0 may have released the store already)
                 if _file_identity(_rank_part(out, world.rank)) == part_file:
-                    _rank_part(out, world.rank).unlink()
+                    _remove_rank_part(_rank_part(out, world.rank))
         if first_failure is not None:
             raise FdlError(first_failure)
     finally:
@@ -1603,16 +1650,22 @@ def _file_identity(path: Path) -> tuple[int, ...]:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def _open_rank_part(ctx: _Context, out: Path, provenance: dict[str, Any]) -> Any:
+def _open_rank_part(
+    ctx: _Context, out: Path, provenance: dict[str, Any], reference: tuple[int, str], before: CheckpointRef | None
+) -> Any:
     """A rank's part store (see `_rank_part`), fresh (rank 0 took in the last job's before this
-    job's ranks started theirs); None if it cannot be opened: the part only makes the rank's
-    checkpoints durable early, they reach rank 0 at the end all the same."""
+    job's ranks started theirs), with the files its block is compared with recorded beside it (the
+    reference's, and `before`'s, the checkpoint before the block); None if it cannot be opened: the
+    part only makes the rank's checkpoints durable early, they reach rank 0 at the end all the same."""
+    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
     assert ctx.world is not None
+    part = _rank_part(out, ctx.world.rank)
     try:
+        _write_rank_part_origin(part, reference, (before.step, sha256_file(before.path)) if before else None)
         return StoreWriter(
-            _rank_part(out, ctx.world.rank),
+            part,
             provenance=provenance,
             probes=_probe_infos(ctx),
             overwrite=True,

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,90 @@ def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     shutil.copyfile(part_of, part)
     summary, _, _ = _resume(run, tmp_path / "b.h5", resume=False)
     assert summary.analysed == sorted(expected) and not part.exists()
+
+
+def _part_with(full: Path, part: Path, steps: Sequence[int]) -> None:
+    """A part store holding `steps` as one uninterrupted run computed them (prev_step and all)."""
+    from fdl_cli.store import StoreWriter
+
+    with StoreReader(full) as reader:
+        entries = [reader.entry(step) for step in steps]
+        provenance, probes = reader.provenance, list(reader.probes().values())
+    with StoreWriter(part, provenance=provenance, probes=probes) as writer:
+        for entry in entries:
+            writer.add(entry)
+
+
+def test_a_stored_checkpoint_is_refreshed_whatever_run_stored_the_one_before_it(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path
+) -> None:
+    """A torchrun job killed after rank 0 committed its block (steps 10, 20), with 30 stored before and
+    compared with 0: no later run refreshed 30, as 20 was not new to it. Now any stored checkpoint whose
+    prev_step is older than the stored one before it is refreshed."""
+    run, expected = run_and_single
+    full, out = tmp_path / "full.h5", tmp_path / "s.h5"
+    _single(run, full)
+    _single(run, out, steps=(0, 30, 60))
+    from fdl_cli.store import StoreWriter
+
+    with StoreReader(out) as reader:
+        provenance, probes = reader.provenance, list(reader.probes().values())
+    with StoreReader(full) as reader, StoreWriter(out, provenance=provenance, probes=probes) as writer:
+        for step in (10, 20):  # committed by the killed job's rank 0
+            writer.add(reader.entry(step))
+    assert _stored(out)[30]["prev_step"] == 0
+    summary, _, _ = _resume(run, out)
+    assert summary.analysed == [40, 50] and sorted(summary.refreshed) == [30, 60]
+    _assert_same(_here(expected, run), _stored(out))
+
+
+def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_before_it(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path
+) -> None:
+    """Rank 1 finished 40 - 60 while rank 0 stalled in its block: the store has only step 0. The part
+    records the files rank 1 compared its block with (step 30's and the reference's sha256), so its
+    checkpoints are taken in while 10 - 30 are analysed; a part without that record is kept (analysed
+    again, not lost); a reference whose file changed makes the part's checkpoints stale (removed); a
+    --steps run that does not select them keeps the part for a later run."""
+    from fdl_cli.checkpoints import sha256_file
+    from fdl_cli.pipeline import _write_rank_part_origin
+
+    run, expected = run_and_single
+    full = tmp_path / "full.h5"
+    _single(run, full)
+    sha = {step: sha256_file(run / f"step_{step}.safetensors") for step in expected}
+
+    def killed(name: str, origin: bool = True, reference_sha: str = sha[0]) -> tuple[Path, Path]:
+        out, part = tmp_path / f"{name}.h5", tmp_path / f"{name}.h5.rank-1"
+        _single(run, out, steps=(0,))
+        _part_with(full, part, [40, 50, 60])
+        if origin:
+            _write_rank_part_origin(part, (0, reference_sha), (30, sha[30]))
+        return out, part
+
+    out, part = killed("a")
+    summary, _, reporter = _resume(run, out)
+    assert summary.analysed == [10, 20, 30] and not part.exists() and not Path(f"{part}.json").exists()
+    _assert_same(_here(expected, run), _stored(out))
+
+    out, part = killed("b", origin=False)
+    summary, _, reporter = _resume(run, out)
+    assert summary.analysed == [10, 20, 30, 40, 50, 60] and part.exists()
+    assert any("b.h5.rank-1 is kept" in note for note in reporter.notes), reporter.notes
+    summary, _, _ = _resume(run, out)  # everything stored now: the part has nothing left to give
+    assert summary.analysed == [] and not part.exists()
+    _assert_same(_here(expected, run), _stored(out))
+
+    out, part = killed("c", reference_sha="0" * 64)
+    summary, _, _ = _resume(run, out)
+    assert summary.analysed == [10, 20, 30, 40, 50, 60] and not part.exists()
+
+    out, part = killed("d")
+    summary, _, _ = _resume(run, out, steps=(0, 10))
+    assert summary.analysed == [10] and part.exists()
+    summary, _, _ = _resume(run, out)
+    assert summary.analysed == [20, 30] and not part.exists()
+    _assert_same(_here(expected, run), _stored(out))
 
 
 def test_a_part_of_another_run_is_left_as_it_is(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
