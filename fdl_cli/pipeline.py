@@ -847,12 +847,14 @@ def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None)
         return known
     settled = []
     now = time.time()
+    known_paths = {str(ref.path) for ref in known}
     for ref in found:
-        try:
-            if now - os.stat(ref.path).st_mtime < max(1.0, options.poll_seconds / 2):
-                continue  # probably still being written: next poll
-        except OSError:
-            continue
+        if str(ref.path) not in known_paths:  # those analysed already keep their place in step order
+            try:
+                if now - os.stat(ref.path).st_mtime < max(1.0, options.poll_seconds / 2):
+                    continue  # probably still being written: next poll
+            except OSError:
+                continue
         settled.append(ref)
     return settled
 
@@ -1022,7 +1024,16 @@ def _loaded(future: Future[tuple[LoadedCheckpoint, str]], tick: Callable[[], Non
 
 def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None]) -> Callable[[], None] | None:
     tick = getattr(writer, "tick", None)
-    return None if tick is None else (lambda: announce(tick()))
+    if tick is None:
+        return None
+
+    def ticked() -> None:
+        try:
+            announce(tick())
+        except StoreError:
+            pass  # a failed background commit: its entries stay buffered, the next add or flush retries and says why
+
+    return ticked
 
 
 def _step_before(step: int, steps_in_order: list[int]) -> int | None:

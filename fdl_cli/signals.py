@@ -53,6 +53,7 @@ def installed() -> Iterator[None]:
     sys.unraisablehook = quiet
     try:
         yield
+        check()  # one swallowed after the last check (a finaliser during the final commit)
     finally:
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = unraisable
@@ -60,8 +61,10 @@ def installed() -> Iterator[None]:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if a Ctrl-C arrived and was swallowed before it reached fdl."""
+    """Raise KeyboardInterrupt (once) if a Ctrl-C arrived and was swallowed before it reached fdl."""
+    global _pending
     if _pending:
+        _pending = False
         raise KeyboardInterrupt
 
 

@@ -336,6 +336,10 @@ def test_report_reads_while_watch_writes_and_a_second_writer_is_refused(server: 
     assert status == 130, watch_err.read_text()
     status, out, err = server.run(["report", "watched.h5", "--format", "json"])
     assert status == 0 and [r["step"] for r in json.loads(out)] == list(range(13))
+    # each compared with the one before, as in one run: the checkpoints found at the start were still
+    # "being written" (under a second old) at the first poll, and dropped out of the step order there
+    assert [r["prev_step"] for r in json.loads(out)] == [None, *range(12)]
+    assert [r["step"] for r in _printed(watch_out)] == list(range(13))  # each announced once
 
 
 _SWALLOWING_MODEL = '''

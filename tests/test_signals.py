@@ -29,9 +29,11 @@ def test_a_swallowed_ctrl_c_is_raised_by_the_next_check_and_sleep(capfd: pytest.
         assert time.monotonic() - started < 4, "the SIGINT did not interrupt the finaliser's sleep"
         assert "Traceback" not in capfd.readouterr().err  # Python's "Exception ignored" report is kept off stderr
         with pytest.raises(KeyboardInterrupt):
-            signals.check()
-        with pytest.raises(KeyboardInterrupt):
             signals.sleep(30)  # a --watch poll ends at once
+        signals.check()  # raised once: nothing is pending any more
+        _Swallows()
+        with pytest.raises(KeyboardInterrupt):
+            signals.check()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and sys.unraisablehook is hook
     signals.check()  # the record ends with the command
 
@@ -45,3 +47,12 @@ def test_an_ignored_ctrl_c_stays_ignored() -> None:
             signals.sleep(0.05)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_swallowed_after_the_last_check_is_raised_on_the_way_out() -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("the test runner replaced Python's Ctrl-C handler")
+    with pytest.raises(KeyboardInterrupt):
+        with signals.installed():
+            _Swallows()  # e.g. during the final commit, after the pipeline's last check
+    signals.check()
