@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,9 +19,19 @@ class _Swallows:
         time.sleep(5)  # interrupted; the KeyboardInterrupt is "ignored" by the interpreter
 
 
+@pytest.fixture
+def python_ctrl_c() -> Iterator[None]:
+    """Python's own SIGINT handler, which `signals.installed` builds on, even where the tests run with
+    SIGINT ignored (a background job of a non-interactive shell) or a runner replaced it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_ctrl_c")
 def test_a_swallowed_ctrl_c_is_raised_by_the_next_check_and_sleep(capfd: pytest.CaptureFixture[str]) -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("the test runner replaced Python's Ctrl-C handler")
     hook = sys.unraisablehook
     with signals.installed():
         signals.check()  # nothing pending
@@ -49,9 +60,8 @@ def test_an_ignored_ctrl_c_stays_ignored() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.usefixtures("python_ctrl_c")
 def test_a_ctrl_c_swallowed_after_the_last_check_is_raised_on_the_way_out() -> None:
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("the test runner replaced Python's Ctrl-C handler")
     with pytest.raises(KeyboardInterrupt):
         with signals.installed():
             _Swallows()  # e.g. during the final commit, after the pipeline's last check
