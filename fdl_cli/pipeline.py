@@ -345,13 +345,17 @@ def entry_records(entry: CheckpointEntry, *, tagged: bool) -> list[dict[str, Any
     return records
 
 
-def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None) -> dict[str, Any]:
+def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, reference_sha: str) -> dict[str, Any]:
     return {
         "model": model_spec,
         "model_kwargs": ctx.model_kwargs,
         "layers": [spec.label for spec in ctx.layers],
         "probes": {probe.name: probe.sha256 for probe in ctx.probes},
         "reference_step": ctx.reference_step,
+        # The file every cka_init / overlap_init of the store is against, checked on resume by
+        # _check_reference_of_store (the reference itself may not be stored yet: a run killed before
+        # it reached the reference's place in step order).
+        "reference_sha256": reference_sha,
         "options": options.numeric_options(),
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
@@ -633,8 +637,8 @@ def _analyze_refs(
     loaded, reference_sha = _load(reference, options.trust_pickle)
     model = _prepare(ctx, loaded)
     _validate(ctx, model)
-    provenance = _provenance(options, ctx, model_spec)
-    _check_reference_of_store(ctx, out)
+    provenance = _provenance(options, ctx, model_spec, reference_sha)
+    _check_reference_of_store(ctx, out, reference, reference_sha)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
@@ -814,22 +818,33 @@ def _print_taken_in(
                 on_record(record)
 
 
-def _check_reference_of_store(ctx: _Context, out: Path) -> None:
-    """Resuming a store made with another reference checkpoint: say which --reference to pass."""
-    if not ctx.options.resume or ctx.options.reference_step is not None or not out.is_file():
+def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
+    """Resuming a store made with another reference checkpoint: say which --reference to pass; or with
+    the same step but another file (retrained, overwritten) than the one its checkpoints were compared
+    with. Stores written before `reference_sha256` was recorded are checked only once their reference
+    is stored (`_run_refs`)."""
+    if not ctx.options.resume or not out.is_file():
         return
     from fdl_cli.store import StoreReader
 
     try:
         with StoreReader(out) as reader:
             stored = reader.provenance.get("reference_step")
+            stored_sha = reader.provenance.get("reference_sha256")
     except StoreError:
         return  # the writer explains what is wrong with the file
-    if stored is not None and stored != ctx.reference_step:
+    if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         raise StoreError(
             f"{out} was analysed with step {stored} as the reference; this run's first checkpoint is step "
             f"{ctx.reference_step}",
             fix=f"pass --reference {stored} to add to it, or --overwrite (or another --out) to start afresh",
+        )
+    if stored == ctx.reference_step and isinstance(stored_sha, str) and stored_sha != reference_sha:
+        raise StoreError(
+            f"the reference checkpoint (step {reference.step}, {reference.path}) changed since it was analysed: "
+            f"the checkpoints in {out} were compared with another file",
+            got=f"sha256 {reference_sha[:16]}… now, {stored_sha[:16]}… recorded in {out}",
+            fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
         )
 
 

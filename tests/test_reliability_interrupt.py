@@ -438,3 +438,52 @@ def test_one_ctrl_c_ends_a_run_whose_checkpoint_read_hangs(server: ForkServer) -
     assert status == 130, stderr.read_text()
     assert "interrupted" in stderr.read_text() and "Traceback" not in stderr.read_text()
     assert [record["step"] for record in _stored(workdir / "hangs.h5")[0]] == [0, 1]
+
+
+def test_a_reference_retrained_after_a_kill_before_it_was_stored_is_refused(server: ForkServer) -> None:
+    """--reference 3 is analysed first but stored in its place in step order: a run stopped while it
+    read step 2 (a hung read) left steps 0 and 1 in the store, compared with step 3's file, and step 3
+    itself not stored. The old code checked the reference's sha256 only against a stored reference,
+    so a resume after step 3 was retrained added it and kept 0 and 1's cka_init against the old file."""
+    import shutil
+
+    workdir = server.workdir
+    folder = workdir / "retrained"
+    folder.mkdir()
+    _write_run(folder, range(4))
+    (folder / "step_2.safetensors").unlink()
+    _hanging_checkpoint(folder / "step_2.pt")
+    argv = _analyze_argv("retrained.h5", "--trust-pickle", "--reference", "3")
+    argv[1] = "retrained"
+    pid, stdout, stderr = server.start(argv)
+    deadline = time.monotonic() + 30
+    while len(_printed(stdout)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [record["step"] for record in _printed(stdout)] == [0, 1], stderr.read_text()
+    os.kill(pid, signal.SIGINT)
+    assert server.wait(pid, timeout=20) == 130, stderr.read_text()
+    store = workdir / "retrained.h5"
+    assert [record["step"] for record in _stored(store)[0]] == [0, 1]
+
+    (folder / "step_2.pt").unlink()
+    shutil.copy(workdir / "ckpts" / "step_2.safetensors", folder / "step_2.safetensors")
+    original = (folder / "step_3.safetensors").read_bytes()
+    shutil.copy(workdir / "ckpts" / "step_5.safetensors", folder / "step_3.safetensors")  # "retrained"
+    before = store.read_bytes()
+    status, out, err = server.run(argv)
+    assert status == 1, err
+    assert "reference checkpoint (step 3" in err and "changed since it was analysed" in err, err
+    assert "--overwrite" in err and "Traceback" not in err and out == ""
+    assert store.read_bytes() == before
+
+    # The file the stored checkpoints were compared with, restored: the run completes, and equals one
+    # that was never interrupted.
+    (folder / "step_3.safetensors").write_bytes(original)
+    status, _, err = server.run(argv)
+    assert status == 0, err
+    status, _, err = server.run([*argv[:7], "whole.h5", *argv[8:]])
+    assert status == 0, err
+    resumed, whole = _stored(store), _stored(workdir / "whole.h5")
+    assert [r["step"] for r in resumed[0]] == [0, 1, 2, 3]
+    for got, expected in zip(resumed[0], whole[0], strict=True):
+        assert {k: v for k, v in got.items() if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
