@@ -526,7 +526,9 @@ def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str
     return load_checkpoint(ref, trust_pickle=trust_pickle), sha256_file(ref.path)
 
 
-def _prepare(ctx: _Context, loaded: LoadedCheckpoint) -> Any:
+def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
+    """The model of `loaded`, on the device in --dtype. `parameters=False` for passes that only take
+    the anchor features (a stored checkpoint's series): they need no copy of the file's values."""
     from fdl_cli.checkpoints import build_model
     from fdl_cli.extract import prepare_model
 
@@ -537,7 +539,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint) -> Any:
         )
     if loaded.module is not None:
         module = build_model(loaded, factory=None)
-        if ctx.options.dtype != "float32" and loaded.parameters is None:
+        if parameters and ctx.options.dtype != "float32" and loaded.parameters is None:
             # param_norm and param_dist_init take the file's values (kept once: a module prepared
             # again, as the reference is, has been converted already)
             loaded.parameters = [value.detach().clone() for _, value in module.named_parameters()]
@@ -1116,7 +1118,7 @@ def _refresh_successors(
         ref = ctx.refs_by_step[successor]
         with StoreReader(out) as reader:
             before_loaded, _ = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
-            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded), reader)
+            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             loaded, sha = _load(ref, ctx.options.trust_pickle)
             if sha != stored_sha[successor]:
                 raise StoreError(
@@ -1124,7 +1126,7 @@ def _refresh_successors(
                     got=f"sha256 {sha[:16]}… now, {stored_sha[successor][:16]}… in {out}",
                     fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
                 )
-            later = _stored_series(ctx, successor, _prepare(ctx, loaded), reader)
+            later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
             series = []
             for probe in ctx.probes:
                 for spec in ctx.layers:
@@ -1198,7 +1200,7 @@ def _previous_series(
             if previous not in reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label):
                 return None
             loaded, _ = _load(ref, ctx.options.trust_pickle)
-            return _stored_series(ctx, previous, _prepare(ctx, loaded), reader)
+            return _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
     except (StoreError, FileNotFoundError):
         return None
 

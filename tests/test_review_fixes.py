@@ -348,6 +348,32 @@ def test_parameter_norms_of_program_checkpoints_use_the_files_values_under_bfloa
     assert records[1]["param_dist_init"] == pytest.approx(float((theta[1] - theta[0]).norm() / theta[0].norm()), rel=1e-12)
 
 
+def test_anchor_only_passes_keep_no_copy_of_a_program_checkpoints_parameters(tmp_path: Path) -> None:
+    """Under --dtype bfloat16 a program checkpoint's float32 parameters are copied before conversion,
+    for param_norm. Passes that only take a stored checkpoint's anchor features (the previous
+    checkpoint's series, a refreshed successor) made that copy too, for nothing."""
+    from fdl_cli.checkpoints import load_checkpoint
+    from fdl_cli.pipeline import AnalyzeOptions, _Context, _prepare
+    from fdl_cli.progress import NullReporter
+    from tests.tiny_models import mlp
+
+    torch.jit.save(torch.jit.script(mlp(seed=0)), str(tmp_path / "step_0.pt"))
+    ref = discover_checkpoints([str(tmp_path)]).checkpoints[0]
+    options = AnalyzeOptions(sources=(str(tmp_path),), dtype="bfloat16")
+    ctx = _Context(options=options, probes=[], factory=None, model_kwargs={}, layer_names=(),
+                   device=torch.device("cpu"), reporter=NullReporter())
+    anchors_only = load_checkpoint(ref, trust_pickle=False)
+    model = _prepare(ctx, anchors_only, parameters=False)
+    assert anchors_only.parameters is None
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    analysed = load_checkpoint(ref, trust_pickle=False)
+    _prepare(ctx, analysed)
+    assert analysed.parameters is not None
+    expected = [p.detach() for p in mlp(seed=0).parameters()]
+    assert all(torch.equal(kept, value) for kept, value in zip(analysed.parameters, expected, strict=True))
+    assert all(kept.dtype == torch.float32 for kept in analysed.parameters)
+
+
 # ------------------------------------------------------------------------------- messages that misled
 
 
