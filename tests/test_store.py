@@ -533,18 +533,22 @@ def test_kill_9_at_random_moments_loses_nothing_announced(tmp_path: Path) -> Non
         )
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
-        time.sleep(delays.uniform(0.05, 1.0))
+        # Killed at a random moment after its first announced commit, however slow the machine: every
+        # trial checks announced checkpoints (a fixed delay could end a trial on a busy machine before
+        # anything was announced).
+        first = child.stdout.readline()
+        time.sleep(delays.uniform(0.0, 0.9))
         os.kill(child.pid, signal.SIGKILL)
         out, _ = child.communicate(timeout=60)
         assert child.returncode == -signal.SIGKILL
-        announced += [int(line) for line in out.split()]
+        announced += [int(line) for line in (first + out).split()]
         with StoreReader(path) as reader:
             assert reader.warnings == []
             stored = reader.steps()
             assert set(announced) <= set(stored)
             for step in announced[-5:] + stored[:2]:
                 assert reader.arrays(step) == make_entry(step).series[0]
-    assert len(announced) > 3
+    assert len(announced) >= 3
     with StoreWriter(path, provenance={"run": "kill"}, probes=[ProbeInfo("train", "0" * 64, 32, "regression", 1)]):
         pass
     assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == []
