@@ -22,9 +22,13 @@ from fdl_cli.spectral import Moments
 
 T = TypeVar("T")
 
+#: Moments fields that are not sums: the shift points (made common before the all-reduce).
+_SHIFT_FIELDS = ("shift_f", "shift_o", "shift_y")
 #: Moments fields that are float64 sums (all-reduced by addition); n and n_correct are added too.
 _SUM_FIELDS = tuple(
-    item.name for item in fields(Moments) if item.name not in ("n", "task", "n_correct", "features")
+    item.name
+    for item in fields(Moments)
+    if item.name not in ("n", "task", "n_correct", "features", *_SHIFT_FIELDS)
 )
 
 
@@ -126,6 +130,18 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
     import torch
     import torch.distributed as dist
 
+    if moments.shifted:
+        # Each rank's sums are about its own slice's first batch: move them to rank 0's shift points,
+        # near every slice's means too, so that they add up (and keep their precision).
+        present_shifts = [name for name in _SHIFT_FIELDS if getattr(moments, name) is not None]
+        shifts = np.concatenate([np.asarray(getattr(moments, name), dtype=np.float64) for name in present_shifts])
+        common = torch.from_numpy(shifts).to(device)
+        dist.broadcast(common, src=0)
+        values_0 = common.cpu().numpy()
+        widths = [np.size(getattr(moments, name)) for name in present_shifts]
+        starts = np.cumsum([0, *widths])
+        by_name = {name: values_0[starts[i] : starts[i + 1]].copy() for i, name in enumerate(present_shifts)}
+        moments = moments.shifted_to(by_name.get("shift_f"), by_name.get("shift_o"), by_name.get("shift_y"))
     present = [name for name in _SUM_FIELDS if getattr(moments, name) is not None]
     parts = [np.asarray(getattr(moments, name), dtype=np.float64).reshape(-1) for name in present]
     flat = np.concatenate(parts + [np.array([moments.n, moments.n_correct], dtype=np.float64)])

@@ -46,8 +46,9 @@ class LayerResult:
     anchor_features keep the dtype the model computed them in (float32 by default; float16 and
     bfloat16 are upcast to float32, exactly): a float64 copy would only cost time and memory.
 
-    anchor_moment: (Σφφᵀ (p, p), Σφ (p,)) float64 over the anchor subset alone, a by-product of the
-    pass (None in the Gram route): CKA needs the anchors' own second moment and need not recompute it.
+    anchor_moment: (Σ(φ−a)(φ−a)ᵀ (p, p), Σ(φ−a) (p,)) float64 over the anchor subset alone, about
+    the pass's shift a (`spectral.Moments`), a by-product of the pass (None in the Gram route): CKA
+    needs the anchors' own centered second moment and need not recompute it.
     """
 
     moments: Moments

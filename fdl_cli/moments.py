@@ -3,9 +3,11 @@
 `MomentAccumulator.update` takes one batch of features (b, ...) and outputs (b, C), with optional
 targets (class labels (b,) or regression targets (b, C)); it keeps only the sums that SPEC.md needs
 (n, Σφ, Σφφᵀ, Σφŷᵀ, Σφyᵀ, Σŷ, Σŷŷᵀ, Σy, Σyyᵀ, Σŷyᵀ, class sums and counts, correct predictions), so
-memory is O(p² + pC) whatever n is. Torch batches stay on their device (the GPU when there is one):
-the sums are float64 tensors there and reach the host once, in `moments()`. torch is imported only
-when a torch batch arrives, so the pure core stays importable without it.
+memory is O(p² + pC) whatever n is. The sums are taken about the first batch's means (features,
+outputs, regression targets; `spectral.Moments` explains why). Torch batches stay on their device
+(the GPU when there is one): the sums are float64 tensors there and reach the host once, in
+`moments()`. torch is imported only when a torch batch arrives, so the pure core stays importable
+without it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class MomentAccumulator:
         self._torch: Any = None
         self._buffers: Any = None  # the torch path's reused float64 batches [F | 1] (b, p+1) and [S | 1]
         self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (`_block_rows`)
+        #: the shift points a, b, c (features, outputs, regression targets): the first batch's means,
+        #: float64 on the batches' device; None when not shifted (kept features, class targets)
+        self._shifts: tuple[Any, Any, Any] | None = None
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
 
@@ -145,12 +150,28 @@ class MomentAccumulator:
             return
         feats = self._as64(features).reshape(batch, -1)
         outs = self._as64(outputs).reshape(batch, -1)
+        labels = None
+        if self.task == "classes":
+            labels = targets.reshape(-1)
+            correct = (outs.argmax(1) == (labels.to(outs.device) if self._torch else labels)).sum()
         # The outputs and the (one-hot) targets side by side, S = [Ŷ | Y]: two products per batch,
         # FᵀS and SᵀS, give Σφŷᵀ, Σφyᵀ (= the class sums of φ), Σŷŷᵀ, Σŷyᵀ and Σyyᵀ at once.
-        if self.task == "none":
+        onehot = None
+        if self.task != "none":
+            onehot = self._targets(targets, batch, int(outs.shape[1]), device=feats.device if self._torch else None)
+        # The kept features of the Gram route stay as they are; float32 products are kept unshifted
+        # (rounding F − a to float32 would cost the exactness of float32 features).
+        if not self.keep_features and self.product_dtype == "float64":
+            if self._shifts is None:
+                regression = self.task == "regression"
+                self._shifts = (feats.mean(0), outs.mean(0), onehot.mean(0) if regression and onehot is not None else None)
+            shift_f, shift_o, shift_y = self._shifts
+            feats, outs = feats - shift_f, outs - shift_o
+            if shift_y is not None and onehot is not None:
+                onehot = onehot - shift_y
+        if onehot is None:
             side = outs
         else:
-            onehot = self._targets(targets, batch, int(outs.shape[1]), device=feats.device if self._torch else None)
             side = self._torch.cat([outs, onehot], 1) if self._torch is not None else np.hstack([outs, onehot])
         self._add("sum_f", feats.sum(0))
         self._add("sum_s", side.sum(0))
@@ -160,9 +181,7 @@ class MomentAccumulator:
             self._kept.append(feats)
         else:
             self._add("sum_ff", self._product(feats, feats))
-        if self.task == "classes":
-            labels = targets.reshape(-1)
-            correct = (outs.argmax(1) == (labels.to(outs.device) if self._torch else labels)).sum()
+        if labels is not None:
             self._add("n_correct", correct)
         self._width, self._features = int(outs.shape[1]), int(feats.shape[1])
         self.n += batch
@@ -204,9 +223,10 @@ class MomentAccumulator:
         return labels
 
     def _update_in_place(self, feats: Any, outs: Any, targets: Any) -> None:
-        """The torch float64 path: F and S = [Ŷ | Y] are written once per batch into two reused
-        float64 buffers (the only conversion), each with a trailing column of ones, then added in
-        place with no per-batch temporaries:
+        """The torch float64 path: F − a and S = [Ŷ − b | Y − c] (the shifts of `_shifts`; one-hot Y
+        is not shifted) are written once per batch into two reused float64 buffers (the only
+        conversion), each with a trailing column of ones, then added in place with no per-batch
+        temporaries:
         - [F | 1]ᵀ[F | 1] in block rows (`_block_rows`): ΣFᵀF and Σφ (its last column). FᵀF is
           symmetric, so only the blocks on and above the diagonal are summed, ~30 % less time than
           the full product on a CPU (docs/benchmarks.md); `_mirror_lower` completes it when read.
@@ -231,10 +251,19 @@ class MomentAccumulator:
             )
         f_one, s_one = buffers[0][:batch], buffers[1][:batch]
         f64, side = f_one[:, :p], s_one[:, :width]
-        f64.copy_(feats)
-        side[:, :c].copy_(outs)
+        if self._shifts is None:
+            self._shifts = (
+                feats.mean(0, dtype=torch.float64),
+                outs.mean(0, dtype=torch.float64),
+                values.mean(0) if values is not None else None,
+            )
+        shift_f, shift_o, shift_y = self._shifts
+        # Converted, then shifted in place (faster than one mixed-dtype torch.sub into the buffer,
+        # which casts through a temporary).
+        f64.copy_(feats).sub_(shift_f)
+        side[:, :c].copy_(outs).sub_(shift_o)
         if values is not None:
-            side[:, c:].copy_(values)
+            side[:, c:].copy_(values).sub_(shift_y)
         elif labels is not None:
             side[:, c:].zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
         if "gram_f" not in self._sums:
@@ -264,8 +293,9 @@ class MomentAccumulator:
         return sums
 
     def second_moment_so_far(self) -> tuple[Any, Any] | None:
-        """Copies of (Σφφᵀ (p, p), Σφ (p,)) over the samples added so far, on their device; None when
-        the features themselves are kept (Gram route) or nothing was added yet."""
+        """Copies of (Σ(φ−a)(φ−a)ᵀ (p, p), Σ(φ−a) (p,)) over the samples added so far, about the
+        shift a (what centering needs: ‖Σ(φ−a)(φ−a)ᵀ − (Σ(φ−a))(Σ(φ−a))ᵀ/m‖ is shift-invariant), on
+        their device; None when the features themselves are kept (Gram route) or nothing was added yet."""
         current = self._in_place_sums()
         if self.keep_features or "sum_ff" not in current:
             return None
@@ -300,6 +330,15 @@ class MomentAccumulator:
         assert sum_s is not None and sum_ss is not None and sum_fs is not None
         targets = self.task != "none"
         sum_fy = np.ascontiguousarray(sum_fs[:, c:]) if targets else None
+        shifts: list[np.ndarray | None] = [None, None, None]
+        if self._shifts is not None:
+            for index, shift in enumerate(self._shifts):
+                if shift is not None:
+                    shifts[index] = (
+                        shift.detach().to("cpu", dtype=self._torch.float64, copy=True).numpy()
+                        if self._torch is not None
+                        else np.array(shift, dtype=np.float64, copy=True)
+                    )
         return Moments(
             n=self.n,
             sum_f=host("sum_f"),  # type: ignore[arg-type]
@@ -316,4 +355,7 @@ class MomentAccumulator:
             class_sum_f=np.ascontiguousarray(sum_fy.T) if self.task == "classes" and sum_fy is not None else None,
             n_correct=int(correct),
             features=features,
+            shift_f=shifts[0],
+            shift_o=shifts[1],
+            shift_y=shifts[2],
         )

@@ -216,11 +216,12 @@ def _float64_copy(array: np.ndarray) -> np.ndarray:
 
 
 def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str) -> float | None:
-    """‖A_cᵀA_c‖_F = ‖Σ_anchor φφᵀ − m μμᵀ‖_F from the pass's own anchor sums (saves an m×p×p product).
+    """‖A_cᵀA_c‖_F = ‖Σ_anchor (φ−a)(φ−a)ᵀ − m (μ−a)(μ−a)ᵀ‖_F from the pass's own anchor sums about
+    its shift a (saves an m×p×p product).
 
     Only with float64 products (float32 sums would move CKA beyond rtol 1e-6). Centering by
-    subtraction leaves rounding noise of order eps·‖Σφφᵀ‖, so below CANCELLATION_RTOL of it the
-    anchors count as constant (norm 0), as explicit centering would give.
+    subtraction leaves rounding noise of order eps·‖Σ(φ−a)(φ−a)ᵀ‖, so below CANCELLATION_RTOL of it
+    the anchors count as constant (norm 0), as explicit centering would give.
     """
     from fdl_cli.spectral import CANCELLATION_RTOL
 

@@ -30,8 +30,9 @@ from fdl_cli.errors import NumericalError
 RANK_RTOL = 1e-10
 #: A negative eigenvalue larger than this (relative to ρ_1) is reported as a warning when clipped.
 NEGATIVE_WARN_RTOL = 1e-8
-#: A centered second moment computed as Σφφᵀ/n − μμᵀ carries rounding noise of order eps·tr(Σφφᵀ/n), so
-#: centered eigenvalues / energies at or below CANCELLATION_RTOL · (the uncentered trace) are zero.
+#: A centered second moment computed as Σ(φ−a)(φ−a)ᵀ/n − (μ−a)(μ−a)ᵀ (a: the statistics' shift, see
+#: `Moments`) carries rounding noise of order eps·tr(Σ(φ−a)(φ−a)ᵀ/n), so centered eigenvalues / energies
+#: at or below CANCELLATION_RTOL · (that trace about the shift) are zero.
 CANCELLATION_RTOL = 1e-12
 #: Thresholds τ of k_τ (SPEC.md §3).
 TAUS = (0.90, 0.95, 0.99)
@@ -50,6 +51,14 @@ class Moments:
     Shapes: p features, C outputs (C targets). Sums run over the n probe samples.
     `sum_ff` is None in the Gram route, where `features` (n, p) holds the features themselves.
     Target statistics are None when the probe has no targets (task "none").
+
+    Shifted sums: with `shift_f` = a, `shift_o` = b, `shift_y` = c (None: zero), every sum is of the
+    shifted values φ − a, ŷ − b, y − c (sum_f = Σ(φ−a), sum_ff = Σ(φ−a)(φ−a)ᵀ, sum_fo = Σ(φ−a)(ŷ−b)ᵀ,
+    class_sum_f = Σ_{i in c}(φ_i − a), ...). The accumulator shifts by the first batch's means, so
+    that centered quantities (Σ(φ−a)(φ−a)ᵀ/n − (μ−a)(μ−a)ᵀ) lose digits only to the spread of the
+    features about a point near their mean, not to the mean itself (one-pass centering about 0 loses
+    eps·(mean/std)² relative). Centered formulas are shift-invariant and take the shifted sums as
+    they are; uncentered ones take `unshifted()`. Class one-hot targets are never shifted.
     """
 
     n: int
@@ -66,11 +75,93 @@ class Moments:
     class_counts: np.ndarray | None = None  # (C,)
     class_sum_f: np.ndarray | None = None  # (C, p)
     n_correct: int = 0
-    features: np.ndarray | None = None  # (n, p), Gram route only
+    features: np.ndarray | None = None  # (n, p), Gram route only (never shifted)
+    shift_f: np.ndarray | None = None  # (p,) a
+    shift_o: np.ndarray | None = None  # (C,) b
+    shift_y: np.ndarray | None = None  # (C,) c: regression targets only
 
     @property
     def n_features(self) -> int:
         return int(self.sum_f.shape[0])
+
+    @property
+    def mean_f(self) -> np.ndarray:
+        """The probe mean μ of the features (p,)."""
+        mean = self.sum_f / self.n
+        return mean if self.shift_f is None else self.shift_f + mean
+
+    @property
+    def shifted(self) -> bool:
+        return any(shift is not None for shift in (self.shift_f, self.shift_o, self.shift_y))
+
+    def shifted_to(
+        self, shift_f: np.ndarray | None, shift_o: np.ndarray | None, shift_y: np.ndarray | None
+    ) -> Moments:
+        """The same statistics as sums about other shift points (None: zero). Exact in exact
+        arithmetic; in float64 it adds rounding of order eps·n·|old − new shift|², so moving to a
+        point near the mean keeps the precision, and moving to 0 (`unshifted`) gives the raw sums."""
+        if self.features is not None and shift_f is not None:
+            raise ValueError("the Gram route's kept features are never shifted")
+
+        def delta(old: np.ndarray | None, new: np.ndarray | None, width: int) -> np.ndarray | None:
+            if old is None and new is None:
+                return None
+            return (np.zeros(width) if old is None else old) - (np.zeros(width) if new is None else new)
+
+        n = self.n
+        d_f = delta(self.shift_f, shift_f, self.n_features)
+        d_o = delta(self.shift_o, shift_o, self.n_outputs)
+        d_y = delta(self.shift_y, shift_y, self.n_outputs) if self.sum_y is not None else None
+
+        def total(sum_x: np.ndarray | None, d_x: np.ndarray | None) -> np.ndarray | None:
+            return sum_x if sum_x is None or d_x is None else sum_x + n * d_x
+
+        def cross(
+            sum_xy: np.ndarray | None, sum_x: np.ndarray | None, d_x: np.ndarray | None,
+            sum_y: np.ndarray | None, d_y_: np.ndarray | None,
+        ) -> np.ndarray | None:
+            # Σ(x−a')(y−b')ᵀ = Σ(x−a)(y−b)ᵀ + Σ(x−a) δ_yᵀ + δ_x Σ(y−b)ᵀ + n δ_x δ_yᵀ, δ = old − new
+            if sum_xy is None or (d_x is None and d_y_ is None):
+                return sum_xy
+            result = sum_xy.copy()
+            if d_y_ is not None:
+                assert sum_x is not None
+                result += np.outer(sum_x, d_y_)
+            if d_x is not None:
+                assert sum_y is not None
+                result += np.outer(d_x, sum_y)
+                if d_y_ is not None:
+                    result += n * np.outer(d_x, d_y_)
+            return result
+
+        def must(array: np.ndarray | None) -> np.ndarray:
+            assert array is not None
+            return array
+
+        class_sum_f = self.class_sum_f
+        if class_sum_f is not None and d_f is not None:
+            assert self.class_counts is not None
+            class_sum_f = class_sum_f + np.outer(self.class_counts, d_f)
+        return replace(
+            self,
+            sum_f=must(total(self.sum_f, d_f)),
+            sum_ff=cross(self.sum_ff, self.sum_f, d_f, self.sum_f, d_f),
+            sum_o=must(total(self.sum_o, d_o)),
+            sum_oo=must(cross(self.sum_oo, self.sum_o, d_o, self.sum_o, d_o)),
+            sum_fo=must(cross(self.sum_fo, self.sum_f, d_f, self.sum_o, d_o)),
+            sum_y=total(self.sum_y, d_y),
+            sum_yy=cross(self.sum_yy, self.sum_y, d_y, self.sum_y, d_y),
+            sum_fy=cross(self.sum_fy, self.sum_f, d_f, self.sum_y, d_y),
+            sum_oy=cross(self.sum_oy, self.sum_o, d_o, self.sum_y, d_y),
+            class_sum_f=class_sum_f,
+            shift_f=shift_f,
+            shift_o=shift_o,
+            shift_y=shift_y,
+        )
+
+    def unshifted(self) -> Moments:
+        """The raw sums (Σφ, Σφφᵀ, ...) that the uncentered measures take."""
+        return self.shifted_to(None, None, None) if self.shifted else self
 
     @property
     def n_outputs(self) -> int:
@@ -100,6 +191,9 @@ class Moments:
         def add(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
             return None if a is None or b is None else a + b
 
+        if other.shifted or self.shifted:
+            other = other.shifted_to(self.shift_f, self.shift_o, self.shift_y)  # sums about one point
+
         if self.features is not None and other.features is not None:
             sum_ff, features = None, np.concatenate([self.features, other.features])
         else:
@@ -120,6 +214,9 @@ class Moments:
             class_sum_f=add(self.class_sum_f, other.class_sum_f),
             n_correct=self.n_correct + other.n_correct,
             features=features,
+            shift_f=self.shift_f,
+            shift_o=self.shift_o,
+            shift_y=self.shift_y,
         )
 
 
@@ -248,7 +345,8 @@ def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
 
 
 def _uncentered_trace(moments: Moments) -> float:
-    """tr(Σφφᵀ)/n, the scale of the rounding noise left by centering."""
+    """tr(Σ(φ−a)(φ−a)ᵀ)/n about the sums' shift a (0 for raw sums), the scale of the rounding noise
+    left by centering."""
     if moments.sum_ff is not None:
         return float(np.trace(moments.sum_ff)) / moments.n
     assert moments.features is not None
@@ -258,8 +356,10 @@ def _uncentered_trace(moments: Moments) -> float:
 def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
     """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
     _check_finite(moments)
+    if not center:
+        moments = moments.unshifted()
     n = moments.n
-    mean = moments.sum_f / n if center else None
+    mean = moments.mean_f if center else None
     p = moments.n_features
     floor = CANCELLATION_RTOL * _uncentered_trace(moments) if center else 0.0
     if moments.features is not None and p > n:
@@ -272,9 +372,10 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         vectors = feats.T @ left[:, :rank] / np.sqrt(n * values)
         route = "gram"
     else:
-        second = moments.second_moment_sum() / n
-        if mean is not None:
-            second = second - np.outer(mean, mean)
+        second = moments.second_moment_sum() / n  # about the shift a (0 when uncentered)
+        if center:
+            deviation = moments.sum_f / n  # μ − a
+            second = second - np.outer(deviation, deviation)
         second = _symmetrized(second)
         values, vectors = _descending_eigh(second)
         rank, clipped = _truncate(values, floor)
@@ -290,7 +391,8 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
 
 
 def _cross(moments: Moments, sum_fg: np.ndarray, sum_g: np.ndarray, center: bool) -> np.ndarray:
-    """(1/n) Σ_i φ_i g_iᵀ, centered on the probe when asked (p, C)."""
+    """(1/n) Σ_i φ_i g_iᵀ, centered on the probe when asked (p, C). Uncentered: raw sums only."""
+    assert center or not moments.shifted, "uncentered products need the raw sums (Moments.unshifted)"
     n = moments.n
     cross = sum_fg / n
     if center:
@@ -299,12 +401,13 @@ def _cross(moments: Moments, sum_fg: np.ndarray, sum_g: np.ndarray, center: bool
 
 
 def _energy(sum_gg: np.ndarray, sum_g: np.ndarray, n: int, center: bool) -> float:
-    """Σ_c ⟨g_c, g_c⟩ (of the centered g when asked; 0 when within rounding of the uncentered energy)."""
-    uncentered = float(np.trace(sum_gg)) / n
+    """Σ_c ⟨g_c, g_c⟩ (of the centered g when asked; 0 when within rounding of the energy about the
+    sums' shift point). Uncentered: raw sums only."""
+    about_shift = float(np.trace(sum_gg)) / n
     if not center:
-        return max(uncentered, 0.0)
-    energy = uncentered - float(sum_g @ sum_g) / n**2
-    return energy if energy > CANCELLATION_RTOL * uncentered else 0.0
+        return max(about_shift, 0.0)
+    energy = about_shift - float(sum_g @ sum_g) / n**2
+    return energy if energy > CANCELLATION_RTOL * about_shift else 0.0
 
 
 def alignment(spectrum: Spectrum, cross: np.ndarray, energy: float) -> np.ndarray:
@@ -455,7 +558,15 @@ def _performance(moments: Moments) -> dict[str, float | None]:
         return result
     assert moments.sum_yy is not None and moments.sum_oy is not None and moments.sum_y is not None
     n, outputs = moments.n, moments.n_outputs
+    # Σ‖ŷ − y‖² from the sums about b and c: ŷ − y = (ŷ − b) − (y − c) + (b − c); the last two terms
+    # vanish for raw sums, and with shifts near the means nothing large cancels.
     residual = float(np.trace(moments.sum_oo) - 2.0 * np.trace(moments.sum_oy) + np.trace(moments.sum_yy))
+    if moments.shift_o is not None or moments.shift_y is not None:
+        gap = (moments.shift_o if moments.shift_o is not None else 0.0) - (
+            moments.shift_y if moments.shift_y is not None else 0.0
+        )
+        gap = np.broadcast_to(np.asarray(gap, dtype=np.float64), (outputs,))
+        residual += float(2.0 * gap @ (moments.sum_o - moments.sum_y) + n * (gap @ gap))
     result["loss"] = max(residual, 0.0) / (n * outputs)
     if moments.task == "classes":
         result["accuracy"] = moments.n_correct / n
@@ -481,18 +592,20 @@ def measure(
         raise NumericalError("the probe is empty", got="n = 0 samples", fix="use a probe with samples")
     spectrum = feature_spectrum(moments, center=center)
     n = moments.n
+    # Centered measures take the shifted sums (shift-invariant, precise); uncentered ones the raw sums.
+    base = moments if center else moments.unshifted()
     utility = alignment(
         spectrum,
-        _cross(moments, moments.sum_fo, moments.sum_o, center),
-        _energy(moments.sum_oo, moments.sum_o, n, center),
+        _cross(base, base.sum_fo, base.sum_o, center),
+        _energy(base.sum_oo, base.sum_o, n, center),
     )
     quality = None
-    if moments.has_targets:
-        assert moments.sum_fy is not None and moments.sum_y is not None and moments.sum_yy is not None
+    if base.has_targets:
+        assert base.sum_fy is not None and base.sum_y is not None and base.sum_yy is not None
         quality = alignment(
             spectrum,
-            _cross(moments, moments.sum_fy, moments.sum_y, center),
-            _energy(moments.sum_yy, moments.sum_y, n, center),
+            _cross(base, base.sum_fy, base.sum_y, center),
+            _energy(base.sum_yy, base.sum_y, n, center),
         )
     pi_hat = np.cumsum(utility)
     pi_star = np.cumsum(quality) if quality is not None else None

@@ -70,12 +70,15 @@ def test_statistics_stay_on_the_gpu_and_match_the_cpu() -> None:
     assert all(value.device.type == "cuda" for value in accumulators["cuda"]._sums.values())
     cpu, gpu = accumulators["cpu"].moments(), accumulators["cuda"].moments()
     plain = features.numpy()
-    np.testing.assert_allclose(gpu.sum_ff, plain.T @ plain, rtol=1e-10, atol=1e-9)
+    # about the first batch's mean, on both devices
+    np.testing.assert_allclose(gpu.shift_f, plain[:128].mean(0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gpu.shift_f, cpu.shift_f, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gpu.unshifted().sum_ff, plain.T @ plain, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(gpu.sum_ff, cpu.sum_ff, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(gpu.sum_f, cpu.sum_f, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(gpu.sum_fo, cpu.sum_fo, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(gpu.class_sum_f, cpu.class_sum_f, rtol=1e-10, atol=1e-9)
-    head = plain[:512]
+    head = plain[:512] - plain[:128].mean(0)
     np.testing.assert_allclose(snapshots["cuda"][0], head.T @ head, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(snapshots["cuda"][1], head.sum(0), rtol=1e-10, atol=1e-9)
     assert gpu.n_correct == cpu.n_correct

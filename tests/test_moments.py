@@ -37,6 +37,8 @@ def accumulate(probe: dict, *, task: str, sizes: list[int] | None = None, **opti
 
 
 def assert_same_moments(a: Moments, b: Moments, *, rtol: float = 1e-10) -> None:
+    """The same raw sums (each pass sums about its own first batch's means: compared unshifted)."""
+    a, b = a.unshifted(), b.unshifted()
     for item in fields(Moments):
         x, y = getattr(a, item.name), getattr(b, item.name)
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
@@ -79,7 +81,13 @@ def test_statistics_are_the_plain_sums() -> None:
     probe = make_probe(2)
     f, o, labels = probe["features"], probe["outputs"], probe["targets"]
     y = one_hot(labels, C)
-    got = accumulate(probe, task="classes", sizes=[25, 35])
+    shifted = accumulate(probe, task="classes", sizes=[25, 35])
+    # about the first batch's means (class one-hot targets are not shifted)
+    np.testing.assert_allclose(shifted.shift_f, f[:25].mean(0), rtol=1e-14)
+    np.testing.assert_allclose(shifted.shift_o, o[:25].mean(0), rtol=1e-14)
+    assert shifted.shift_y is None
+    np.testing.assert_allclose(shifted.sum_ff, (f - f[:25].mean(0)).T @ (f - f[:25].mean(0)), rtol=1e-12)
+    got = shifted.unshifted()
     want = {
         "sum_f": f.sum(0), "sum_ff": f.T @ f, "sum_o": o.sum(0), "sum_oo": o.T @ o, "sum_fo": f.T @ o,
         "sum_y": y.sum(0), "sum_yy": y.T @ y, "sum_fy": f.T @ y, "sum_oy": o.T @ y,
@@ -136,16 +144,20 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
         acc.update(torch.from_numpy(f32["features"][lo:hi]), torch.from_numpy(f32["outputs"][lo:hi]), targets)
         if hi == 25:
             snapshot = acc.second_moment_so_far()
-    got = acc.moments()
+    shifted = acc.moments()
+    got = shifted.unshifted()
     f, o = f32["features"].astype(np.float64), f32["outputs"].astype(np.float64)
+    a = f[:5].mean(0)  # the shift: the first batch's mean
+    np.testing.assert_allclose(shifted.shift_f, a, rtol=1e-14)
+    np.testing.assert_allclose(shifted.sum_ff, (f - a).T @ (f - a), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got.sum_ff, f.T @ f, rtol=1e-13)
     np.testing.assert_allclose(got.sum_f, f.sum(0), rtol=1e-13)
     np.testing.assert_allclose(got.sum_fo, f.T @ o, rtol=1e-13)
     np.testing.assert_allclose(got.sum_oo, o.T @ o, rtol=1e-13)
     np.testing.assert_allclose(got.sum_o, o.sum(0), rtol=1e-13)
     assert snapshot is not None
-    np.testing.assert_allclose(snapshot[0].numpy(), f[:25].T @ f[:25], rtol=1e-13)
-    np.testing.assert_allclose(snapshot[1].numpy(), f[:25].sum(0), rtol=1e-13)
+    np.testing.assert_allclose(snapshot[0].numpy(), (f[:25] - a).T @ (f[:25] - a), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(snapshot[1].numpy(), (f[:25] - a).sum(0), rtol=1e-12, atol=1e-12)
     if task == "none":
         assert got.sum_y is None and got.sum_fy is None
         return
@@ -215,15 +227,18 @@ def test_block_rows_sum_the_whole_symmetric_product(p: int) -> None:
         if hi == 1024:
             snapshot = acc.second_moment_so_far()
     f = features.astype(np.float64)
-    got = acc.moments()
+    shifted = acc.moments()
+    got = shifted.unshifted()
     scale = float(np.abs(f.T @ f).max())
     np.testing.assert_allclose(got.sum_ff, f.T @ f, rtol=1e-13, atol=1e-15 * scale)
     np.testing.assert_allclose(got.sum_ff, got.sum_ff.T, rtol=1e-13, atol=1e-15 * scale)
     np.testing.assert_allclose(got.sum_f, f.sum(0), rtol=1e-13)
     assert snapshot is not None
-    head = f[:1024]
-    np.testing.assert_allclose(snapshot[0].numpy(), head.T @ head, rtol=1e-13, atol=1e-15 * scale)
-    np.testing.assert_allclose(snapshot[1].numpy(), head.sum(0), rtol=1e-13)
+    head = f[:1024] - f[:512].mean(0)  # about the shift, the first batch's mean
+    np.testing.assert_allclose(shifted.shift_f, f[:512].mean(0), rtol=1e-14)
+    np.testing.assert_allclose(snapshot[0].numpy(), head.T @ head, rtol=1e-12, atol=1e-14 * scale)
+    np.testing.assert_allclose(snapshot[0].numpy(), snapshot[0].numpy().T, rtol=1e-13, atol=1e-15 * scale)
+    np.testing.assert_allclose(snapshot[1].numpy(), head.sum(0), rtol=1e-10, atol=1e-12 * np.abs(f[:1024]).sum())
     assert got.n == n and got.class_counts is not None and got.class_counts.sum() == n
     np.testing.assert_allclose(got.sum_o, outputs.astype(np.float64).sum(0), rtol=1e-12)
 
@@ -239,7 +254,7 @@ def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
     features, outputs = rng.normal(size=(8, 5)), rng.normal(size=(8, 2))
     labels = np.array([0, 1] * 4)
     acc.update(torch.from_numpy(features), torch.from_numpy(outputs), torch.from_numpy(labels))
-    got = acc.moments()
+    got = acc.moments().unshifted()
     assert got.n == 8 and got.sum_ff.shape == (5, 5) and got.sum_fy.shape == (5, 2)
     np.testing.assert_allclose(got.sum_ff, features.T @ features, rtol=1e-13)
     np.testing.assert_array_equal(got.class_counts, [4, 4])
@@ -248,7 +263,7 @@ def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
         acc.update(torch.randn(8, 6), torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
     with pytest.raises(ProbeError, match="do not fit"):
         acc.update(torch.from_numpy(features), torch.from_numpy(outputs), torch.full((8,), 2))
-    again = acc.moments()
+    again = acc.moments().unshifted()
     assert again.n == 8 and again.n_correct == got.n_correct
     np.testing.assert_array_equal(again.sum_ff, got.sum_ff)
     regression = MomentAccumulator(task="regression")
@@ -263,11 +278,14 @@ def test_torch_moments_are_copies_of_the_growing_sums() -> None:
     acc = MomentAccumulator(task="regression")
     acc.update(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))
     first = acc.moments()
-    acc.update(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))
-    np.testing.assert_array_equal(first.sum_ff, np.full((3, 3), 4.0))
-    np.testing.assert_array_equal(first.sum_f, np.full(3, 4.0))
+    acc.update(2 * torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))  # about the shift 1: sums 4, 4
+    np.testing.assert_array_equal(first.sum_ff, np.zeros((3, 3)))
+    np.testing.assert_array_equal(first.sum_f, np.zeros(3))
+    np.testing.assert_array_equal(first.shift_f, np.ones(3))
     first.sum_ff[:] = -1.0
-    np.testing.assert_array_equal(acc.moments().sum_ff, np.full((3, 3), 8.0))
+    first.shift_f[:] = -1.0
+    np.testing.assert_array_equal(acc.moments().sum_ff, np.full((3, 3), 4.0))
+    np.testing.assert_array_equal(acc.moments().unshifted().sum_ff, np.full((3, 3), 20.0))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
@@ -405,4 +423,6 @@ def test_empty_batch_is_ignored_and_single_sample_works() -> None:
     acc.update(probe["features"][:1], probe["outputs"][:1], probe["targets"][:1])
     moments = acc.moments()
     assert moments.n == 1
-    np.testing.assert_allclose(moments.sum_ff, np.outer(probe["features"][0], probe["features"][0]))
+    np.testing.assert_allclose(moments.shift_f, probe["features"][0])  # the one sample is its own mean
+    np.testing.assert_array_equal(moments.sum_ff, np.zeros((P, P)))
+    np.testing.assert_allclose(moments.unshifted().sum_ff, np.outer(probe["features"][0], probe["features"][0]))
