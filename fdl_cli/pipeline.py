@@ -235,6 +235,22 @@ def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str
     return norm if norm > CANCELLATION_RTOL * float(np.linalg.norm(second)) else 0.0
 
 
+def _warn_flat_anchors(ctx: _Context, series: _Series, n_outputs: int, where: str) -> None:
+    """Warn when the reference's top eigenfunctions are linearly dependent on the anchor points
+    (repeated inputs among the first m of the probe): the overlaps then compare smaller subspaces."""
+    m, columns = series.eigenfunctions.shape
+    k = min(n_outputs, columns, m)
+    if k <= 0 or m <= n_outputs:
+        return  # nothing to compare, or _validate's warning (m ≤ C) says it already
+    dimension = series.basis(k).shape[1]
+    if dimension < k:
+        ctx.reporter.warn(
+            f"{where}: on the {m} anchor points the reference's top-{k} eigenfunctions span only {dimension} "
+            f"dimensions (the first {m} probe inputs repeat, or are too alike), so overlap_init / overlap_prev "
+            f"compare {dimension}-dimensional subspaces; put distinct inputs first in the probe, or raise --anchor-size"
+        )
+
+
 def _cka(a: _Series, b: _Series) -> float:
     """spectral.cka(a.anchor, b.anchor) from the cached one-sided parts (one product per pair).
 
@@ -244,6 +260,8 @@ def _cka(a: _Series, b: _Series) -> float:
     """
     from fdl_cli.spectral import cka
 
+    if a is b:
+        return 1.0  # CKA(F, F), exactly (for constant anchors too: both sides are)
     wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
     if a.anchor.shape[0] != b.anchor.shape[0] or wide_a != wide_b:
         return cka(a.anchor, b.anchor)  # its error, or the rare mixed case
@@ -291,7 +309,13 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
     k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1], a.eigenfunctions.shape[0])
     if k <= 0 or a.eigenfunctions.shape[0] != b.eigenfunctions.shape[0]:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
-    return min(float(np.linalg.norm(a.basis(k).T @ b.basis(k))) ** 2 / k, 1.0)
+    basis_a, basis_b = a.basis(k), b.basis(k)
+    dimension = max(basis_a.shape[1], basis_b.shape[1])
+    if dimension == 0:
+        return None
+    if a is b:
+        return 1.0  # O(s, s), exactly
+    return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
 
 
 @dataclass
@@ -1300,6 +1324,8 @@ def _analyze_one(
             scalars = dict(measures.scalars)
             scalars["cka_init"] = _cka(mine, base)
             scalars["overlap_init"] = _overlap(mine, base, n_outputs)
+            if is_reference:
+                _warn_flat_anchors(ctx, mine, n_outputs, f"{probe.name}/{spec.label}")
             scalars["cka_prev"] = _cka(mine, before) if before else None
             scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
             scalars["prev_step"] = _step_before(ref.step, steps_in_order) if before else None

@@ -729,11 +729,12 @@ def orthonormal_basis(columns: np.ndarray) -> np.ndarray:
 
 
 def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) -> float | None:
-    """O_k = ‖Q_aᵀQ_b‖_F² / k of the top-k eigenfunctions' values on shared inputs (SPEC.md §5).
+    """O_k = ‖Q_aᵀQ_b‖_F² / d of the top-k eigenfunctions' values on shared inputs (SPEC.md §5).
 
-    k is reduced to the columns available on both sides and to the number of inputs m (k vectors on
-    m < k inputs span at most m dimensions: dividing by k would put O(s, s) at m/k); None when that
-    leaves k = 0.
+    k is reduced to the columns available on both sides and to the number of inputs m; d is the larger
+    dimension of the two spans, k unless the k columns are linearly dependent on these inputs (k
+    vectors on m < k inputs, or on inputs that repeat, span fewer dimensions: dividing by k would put
+    O(s, s) at d/k). None when that leaves nothing to compare.
     """
     if values_a.shape[0] != values_b.shape[0]:
         raise NumericalError(
@@ -746,7 +747,10 @@ def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) ->
         return None
     basis_a = orthonormal_basis(values_a[:, :k])
     basis_b = orthonormal_basis(values_b[:, :k])
-    return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / k, 1.0)
+    dimension = max(basis_a.shape[1], basis_b.shape[1])
+    if dimension == 0:
+        return None
+    return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
 
 
 def with_scalars(measures: CheckpointMeasures, **scalars: Any) -> CheckpointMeasures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +373,38 @@ def test_anchor_only_passes_keep_no_copy_of_a_program_checkpoints_parameters(tmp
     expected = [p.detach() for p in mlp(seed=0).parameters()]
     assert all(torch.equal(kept, value) for kept, value in zip(analysed.parameters, expected, strict=True))
     assert all(kept.dtype == torch.float32 for kept in analysed.parameters)
+
+
+def test_overlaps_at_the_reference_are_one_when_the_first_inputs_repeat(tmp_path: Path) -> None:
+    """The first 20 probe inputs (the anchors) are 5 distinct ones: the reference's top-10
+    eigenfunctions span 5 dimensions there. The overlap divided by k = 10 gave overlap_init 0.5 at the
+    reference, and for every later checkpoint, with no warning (found by an independent check)."""
+    from safetensors.torch import save_file
+
+    from fdl_cli.spectral import eigenspace_overlap
+    from tests.tiny_models import mlp
+
+    kwargs = {"hidden": 24, "n_out": 10}
+    (tmp_path / "ckpts").mkdir()
+    for step in (0, 1, 2):
+        save_file(mlp(seed=step, **kwargs).state_dict(), str(tmp_path / "ckpts" / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    x[:20] = np.tile(x[:5], (4, 1))
+    np.savez(tmp_path / "probe.npz", x=x, y=rng.integers(0, 10, 200))
+    out = tmp_path / "s.h5"
+    done = fdl("analyze", tmp_path / "ckpts", "--model", "tests.tiny_models:mlp", "--model-kwargs", json.dumps(kwargs),
+               "--probe", tmp_path / "probe.npz", "--out", out, "--anchor-size", "20")
+    assert done.code == 0, done.stderr
+    assert "span only 5 dimensions" in done.stderr and "--anchor-size" in done.stderr
+    with StoreReader(out) as reader:
+        records = reader.records()
+        values = [reader.arrays(step).eigenfunctions for step in (0, 1, 2)]
+    assert records[0]["overlap_init"] == 1.0 and records[0]["cka_init"] == 1.0
+    for record, later in zip(records[1:], values[1:], strict=True):
+        assert 0.0 < record["overlap_init"] <= 1.0
+        assert record["overlap_init"] == pytest.approx(eigenspace_overlap(values[0], later, k=10), rel=1e-12)
+    assert eigenspace_overlap(values[0], values[0], k=10) == pytest.approx(1.0, rel=1e-12)
 
 
 # ------------------------------------------------------------------------------- messages that misled
