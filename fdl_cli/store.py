@@ -559,6 +559,34 @@ class StoreReader:
                 continue
             self._group_names[step] = name
             self._group_series[step] = frozenset(members)
+        self._drop_incomplete_series()
+
+    def _expected_series(self) -> frozenset[Series]:
+        """Every (probe, layer) a checkpoint of this store holds: the provenance's probes × layers when
+        it names them (an fdl analyze store), else those of any checkpoint."""
+        probes, layers = self.provenance.get("probes"), self.provenance.get("layers")
+        if isinstance(probes, dict) and probes and isinstance(layers, list) and layers:
+            if all(isinstance(name, str) for name in [*probes, *layers]):
+                return frozenset((probe, layer) for probe in probes for layer in layers)
+        return frozenset().union(*self._group_series.values()) if self._group_series else frozenset()
+
+    def _drop_incomplete_series(self) -> None:
+        """A complete group that lacks some of the store's series (deleted by hand, or a truncated
+        copy) is damaged: skipped here and redone by the next `fdl analyze`, not counted as analysed."""
+        expected = self._expected_series()
+        for step, series in list(self._group_series.items()):
+            missing = expected - series
+            if series and not missing:
+                continue
+            name = self._group_names.pop(step)
+            del self._group_series[step]
+            self._group_ids.pop(step, None)
+            lacks = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(missing)) or "every series"
+            self.warnings.append(
+                f"checkpoint step {step} (/checkpoints/{name}) is damaged: skipped; "
+                f"`fdl analyze` will redo it (it lacks {lacks})"
+            )
+            self._damaged.append(name)
 
     def _check_group(self, step: int, node: h5py.Group, members: Mapping[Series, set[str]]) -> None:
         if not bool(node.attrs["complete"]):
@@ -1073,8 +1101,10 @@ class StoreWriter:
         return self._take_durable()
 
     def close(self) -> None:
-        """Wait for the running commit, commit the rest (creating the store if it does not exist yet)
-        and release the lock, also when this raises.
+        """Wait for the running commit, commit the rest and release the lock, also when this raises.
+        A writer that was given no checkpoint writes nothing: with `overwrite`, the old store stays
+        as it is (a run whose reference failed does not replace it with an empty one), and no empty
+        store is created.
 
         The lock is never released while a commit runs: a Ctrl-C while waiting for the running
         commit is raised once it and the commit of the rest are done (a further Ctrl-C stops the
@@ -1169,8 +1199,8 @@ class StoreWriter:
     def _plan(self) -> _CommitPlan | None:
         """What committing the whole buffer writes; None when there is nothing to write."""
         entries = tuple(self._buffer)
-        if not entries and not self._fresh:
-            return None
+        if not entries:
+            return None  # a fresh store is created by its first checkpoint, not before
         latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
         rows = {key: dict(value) for key, value in self._rows.items()}
         changed: dict[Series, set[int]] = {}

@@ -654,3 +654,51 @@ def _durable_steps(store: Path) -> list[int]:
             return reader.steps()
     except FdlError:  # not written yet
         return []
+
+
+def _copy_run(run: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for step in (0, 10, 20):
+        (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / f"epoch_{step}.pt").read_bytes())
+    return folder
+
+
+def _diverged(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    torch.save({name: torch.full_like(value, 1e38) for name, value in state.items()}, path)
+
+
+def test_overwrite_whose_reference_fails_keeps_the_old_store(run: Path, tmp_path: Path) -> None:
+    """The writer committed an empty fresh store on the way out of a failed run: --overwrite with a
+    reference that fails replaced a full store by one with no checkpoint (575 kB -> 6 kB, found by a
+    review), and a new --out got an empty store that every reading command then puzzled over."""
+    folder = _copy_run(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    before = store.read_bytes()
+    _diverged(folder / "epoch_0.pt")
+    again = analyze(run, store, "--overwrite", sources=(str(folder),))
+    assert again.code == 1 and "Traceback" not in again.stderr
+    assert store.read_bytes() == before
+    fresh = tmp_path / "new.h5"
+    failed = analyze(run, fresh, sources=(str(folder),))
+    assert failed.code == 1 and not fresh.exists()
+
+
+def test_a_checkpoint_group_that_lost_its_series_is_redone(run: Path, tmp_path: Path) -> None:
+    """A complete group whose series were deleted counted as analysed forever ("0 analysed, 3 already
+    in the store" at every run) while the readers skipped it."""
+    import h5py
+
+    store = tmp_path / "s.h5"
+    whole = analyze(run, store)
+    assert whole.code == 0
+    with h5py.File(store, "r+") as handle:
+        del handle["checkpoints/step_10/probe"]
+    with StoreReader(store) as reader:
+        assert reader.steps() == [0, 20, 30]
+        assert any("step 10" in warning and "lacks probe/" in warning for warning in reader.warnings)
+    again = analyze(run, store)
+    assert again.code == 0, again.stderr
+    assert [r["step"] for r in again.records] == [10]
+    assert _stored_records(store) == whole.records
