@@ -946,8 +946,7 @@ def _run_refs(
             held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             summary.failed.append((str(reference.path), exc.message))
-            reporter.error(f"{reference.path}: {exc.message}")
-            raise
+            raise _fatal(exc, reference, is_reference=True) from None
         preloaded = None
     # The loader thread must run no torch operation (reading files, hashing and numpy only): a torch
     # operation there gives it an OpenMP team of its own, and libgomp then puts the main thread's
@@ -978,9 +977,9 @@ def _run_refs(
                     entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
                 summary.failed.append((str(ref.path), exc.message))
-                reporter.error(f"{ref.path}: {exc.message}")
                 if options.strict or ref.step == reference.step:
-                    raise
+                    raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
+                reporter.error(f"{ref.path}: {exc.message}")
                 continue
             finally:
                 reporter.end_checkpoint()
@@ -990,6 +989,20 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
+    """The error of a checkpoint that ends the run (the reference, or any under --strict), naming it:
+    printed once, by the command line (it was printed as a per-checkpoint error first, then again
+    without its path)."""
+    import copy
+
+    fatal = copy.copy(exc)
+    fatal.what = f"{ref.path}: {exc.what}" + (
+        " (the reference checkpoint, which every other one is compared with: the run cannot go on)"
+        if is_reference else " (--strict stops at the first bad checkpoint)"
+    )
+    return fatal
 
 
 #: How often a wait for a checkpoint read looks at the store writer's buffer (and for a lost Ctrl-C).

@@ -680,6 +680,10 @@ def test_overwrite_whose_reference_fails_keeps_the_old_store(run: Path, tmp_path
     again = analyze(run, store, "--overwrite", sources=(str(folder),))
     assert again.code == 1 and "Traceback" not in again.stderr
     assert store.read_bytes() == before
+    # said once, naming the file (it was printed twice, the second time without the path)
+    assert again.stderr.count("non-finite") == 1, again.stderr
+    assert f"{folder / 'epoch_0.pt'}: the features or outputs contain non-finite" in again.stderr
+    assert "reference checkpoint" in again.stderr
     fresh = tmp_path / "new.h5"
     failed = analyze(run, fresh, sources=(str(folder),))
     assert failed.code == 1 and not fresh.exists()
