@@ -7,6 +7,7 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -1042,7 +1043,11 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
                 raise ImportError(f"cannot import {file}")
             module = importlib.util.module_from_spec(spec_obj)
             sys.modules[module_name] = module
-            spec_obj.loader.exec_module(module)
+            with _user_code_stderr() as said:
+                spec_obj.loader.exec_module(module)
+        except SystemExit as exc:  # a training script's top-level code (argparse, sys.exit) ran
+            sys.modules.pop(module_name, None)
+            raise _exited(f"--model {spec!r}: importing {file}", exc, said.getvalue()) from None
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             raise ModelError(
@@ -1052,7 +1057,10 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             ) from None
     else:
         try:
-            module = importlib.import_module(target)
+            with _user_code_stderr() as said:
+                module = importlib.import_module(target)
+        except SystemExit as exc:
+            raise _exited(f"--model {spec!r}: importing {target}", exc, said.getvalue()) from None
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             raise ModelError(
                 f"--model {spec!r}: cannot import {target}",
@@ -1134,9 +1142,43 @@ def build_model(
     return _load_strict(model, loaded.state_dict or {}, path)
 
 
+@contextlib.contextmanager
+def _user_code_stderr() -> Iterator[io.StringIO]:
+    """Hold what user code writes to sys.stderr while it runs: passed on when it returns or raises an
+    ordinary error, but kept back when it calls sys.exit (argparse's usage of "__main__.py" for fdl's
+    own arguments would only mislead); `_exited` quotes its last line instead."""
+    held, real = io.StringIO(), sys.stderr
+    sys.stderr = held
+    try:
+        yield held
+    except SystemExit:
+        sys.stderr = real
+        raise
+    finally:
+        if sys.stderr is held:
+            sys.stderr = real
+            real.write(held.getvalue())
+
+
+def _exited(where: str, exc: SystemExit, said: str = "") -> ModelError:
+    """User code that called sys.exit (or argparse that parsed fdl's own command line and gave up):
+    it ended fdl with the script's status and no word (or argparse's usage of another program)."""
+    last = said.strip().splitlines()[-1] if said.strip() else ""
+    return ModelError(
+        f"{where} called sys.exit({exc.code!r})",
+        got="model code that runs a script when imported or called (argparse, training loop, sys.exit)"
+        + (f"; it said: {last[:200]}" if last else ""),
+        fix="put the script's top-level code under `if __name__ == \"__main__\":`, or move the model "
+        "into a file of its own",
+    )
+
+
 def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | None, path: Path) -> nn.Module:
     try:
-        model = factory(**(kwargs or {}))
+        with _user_code_stderr() as said:
+            model = factory(**(kwargs or {}))
+    except SystemExit as exc:
+        raise _exited(f"building the model for {path}", exc, said.getvalue()) from None
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
         raise ModelError(
             f"building the model for {path} failed",

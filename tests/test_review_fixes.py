@@ -407,6 +407,33 @@ def test_overlaps_at_the_reference_are_one_when_the_first_inputs_repeat(tmp_path
     assert eigenspace_overlap(values[0], values[0], k=10) == pytest.approx(1.0, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import sys\nsys.exit(0)\n",  # ended fdl with status 0, no store and no word
+        "import argparse\nargparse.ArgumentParser().parse_args()\n",  # exit 2 with a usage of another program
+        "import sys\ndef build():\n    sys.exit(7)\n",  # exit 7, no message
+    ],
+)
+def test_model_code_that_calls_sys_exit_is_explained(tmp_path: Path, source: str) -> None:
+    from safetensors.torch import save_file
+
+    from tests.tiny_models import mlp
+
+    (tmp_path / "ckpts").mkdir()
+    save_file(mlp(seed=0).state_dict(), str(tmp_path / "ckpts" / "step_0.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(20, 4)).astype(np.float32), y=rng.integers(0, 3, 20))
+    (tmp_path / "script.py").write_text(source)
+    out = tmp_path / "s.h5"
+    done = fdl("analyze", tmp_path / "ckpts", "--model", f"{tmp_path}/script.py:build", "--probe",
+               tmp_path / "probe.npz", "--out", out, "--json")
+    assert done.code == 1, (done.code, done.stderr)
+    assert "called sys.exit(" in done.stderr and '__name__ == "__main__"' in done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr and "usage:" not in done.stderr
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------- messages that misled
 
 
