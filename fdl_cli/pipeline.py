@@ -338,6 +338,7 @@ class _Context:
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
+    model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
     #: called after every probe batch: starts the store's due commit and announces what became durable
     #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
     tick: Callable[[], None] | None = None
@@ -381,6 +382,9 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # _check_reference_of_store (the reference itself may not be stored yet: a run killed before
         # it reached the reference's place in step order).
         "reference_sha256": reference_sha,
+        # The model code the checkpoints were run through (the factory's file; checked on resume):
+        # the --model spec names a file, not its content.
+        "model_sha256": ctx.model_source[1] if ctx.model_source else None,
         "options": options.numeric_options(),
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
@@ -477,6 +481,7 @@ def run_analyze(
         )
     base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
+    model_source = _model_source(factory)
     ctx = _Context(
         options=options,
         probes=probes,
@@ -486,6 +491,7 @@ def run_analyze(
         device=resolve_device(distributed.device_for(world, options.device)),
         reporter=reporter,
         world=world,
+        model_source=model_source,
     )
     out = options.out or default_store_path(options.sources)
     summary = AnalyzeSummary(store=out, resume=options.resume)
@@ -845,11 +851,33 @@ def _print_taken_in(
                 on_record(record)
 
 
+def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
+    """(file, sha256) of the file that defines the model factory: the user's model code, whose edits
+    would otherwise mix two models' numbers in one store on resume. None for a checkpoint that
+    carries its own program, or a factory of an installed package (site-packages: its version is not
+    the run's business, and an upgrade would refuse every resume)."""
+    import hashlib
+    import inspect
+
+    if factory is None:
+        return None
+    try:
+        source = inspect.getsourcefile(factory)
+    except TypeError:  # a builtin or a C extension
+        return None
+    if not source or any(part in ("site-packages", "dist-packages") for part in Path(source).parts):
+        return None
+    try:
+        return source, hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
     """Resuming a store made with another reference checkpoint: say which --reference to pass; or with
     the same step but another file (retrained, overwritten) than the one its checkpoints were compared
-    with. Stores written before `reference_sha256` was recorded are checked only once their reference
-    is stored (`_run_refs`)."""
+    with; or with edited model code. Stores written before `reference_sha256` / `model_sha256` were
+    recorded are checked only once their reference is stored (`_run_refs`), and not for the model."""
     if not ctx.options.resume or not out.is_file():
         return
     from fdl_cli.store import StoreReader
@@ -858,8 +886,17 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
         with StoreReader(out) as reader:
             stored = reader.provenance.get("reference_step")
             stored_sha = reader.provenance.get("reference_sha256")
+            stored_model = reader.provenance.get("model_sha256")
     except StoreError:
         return  # the writer explains what is wrong with the file
+    if isinstance(stored_model, str) and ctx.model_source is not None and stored_model != ctx.model_source[1]:
+        raise StoreError(
+            f"the model code {ctx.model_source[0]} changed since {out} was analysed: its checkpoints were run "
+            "through another version of it",
+            got=f"sha256 {ctx.model_source[1][:16]}… now, {stored_model[:16]}… recorded in {out}",
+            fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
+            "(or another --out)",
+        )
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         raise StoreError(
             f"{out} was analysed with step {stored} as the reference; this run's first checkpoint is step "

@@ -706,3 +706,29 @@ def test_a_checkpoint_group_that_lost_its_series_is_redone(run: Path, tmp_path: 
     assert again.code == 0, again.stderr
     assert [r["step"] for r in again.records] == [10]
     assert _stored_records(store) == whole.records
+
+
+def test_resuming_with_edited_model_code_is_refused(run: Path, tmp_path: Path) -> None:
+    """provenance held the --model spec, not the file's content: after model.py was edited (ReLU ->
+    Tanh, say), a resume analysed the new checkpoints with the new code and refreshed neighbours'
+    cka_prev with it, silently mixing two models in one store."""
+    folder = _copy_run(run, tmp_path / "ckpts")
+    model = tmp_path / "model.py"
+    original = (run / "model.py").read_text()
+    model.write_text(original)
+    store = tmp_path / "s.h5"
+
+    def resume() -> Result:
+        return fdl("analyze", folder, "--model", f"{model}:build", "--probe", run / "probe.npz", "--out", store)
+
+    assert resume().code == 0
+    before = store.read_bytes()
+    (folder / "epoch_30.pt").write_bytes((run / "ckpts" / "epoch_30.pt").read_bytes())
+    model.write_text(original.replace("nn.ReLU()", "nn.Tanh()"))
+    refused = resume()
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    assert f"the model code {model} changed since" in refused.stderr and "--overwrite" in refused.stderr
+    assert store.read_bytes() == before
+    model.write_text(original)
+    assert resume().code == 0
+    assert [r["step"] for r in _stored_records(store)] == [0, 10, 20, 30]
