@@ -1272,12 +1272,22 @@ def _previous_series(
         return None
     try:
         with StoreReader(out) as reader:
-            if previous not in reader.steps(probe=ctx.probes[0].name, layer=ctx.layers[0].label):
+            stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
+            if previous not in stored:
                 return None
-            loaded, _ = _load(ref, ctx.options.trust_pickle)
-            return _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
+            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            if sha == stored[previous]["sha256"]:
+                return _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
     except (StoreError, FileNotFoundError):
         return None
+    # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
+    # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
+    raise StoreError(
+        f"the checkpoint at step {previous} ({ref.path}) changed since it was analysed; step {step}, "
+        "analysed now, would be compared with a file whose numbers in the store are another's",
+        got=f"sha256 {sha[:16]}… now, {str(stored[previous]['sha256'])[:16]}… in {out}",
+        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+    )
 
 
 def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) -> dict[str, Any]:
