@@ -494,6 +494,13 @@ def run_analyze(
         model_source=model_source,
     )
     out = options.out or default_store_path(options.sources)
+    inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
+    inputs += [path for path, _ in discovery.bad]
+    if model_source is not None:
+        inputs.append(model_source[0])
+    if manifest is not None:
+        inputs.append(manifest.path)
+    _check_out_is_no_input(out, inputs)
     summary = AnalyzeSummary(store=out, resume=options.resume)
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     refs = list(discovery.checkpoints)
@@ -849,6 +856,36 @@ def _print_taken_in(
         for entry in taken:
             for record in entry_records(entry, tagged=tagged):
                 on_record(record)
+
+
+#: The first bytes of every HDF5 file (a store, even a damaged one, starts with them).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
+    """Refuse an --out that is one of the run's inputs, or an existing file that is no HDF5 file: with
+    --overwrite the first commit replaced it (`--out probe.npz` turned the probe into a store)."""
+    if not out.exists() or out.is_dir():
+        return  # a folder is the writer's error
+    target = out.resolve()
+    for path in inputs:
+        with contextlib.suppress(OSError):
+            if Path(path).resolve() == target:
+                raise StoreError(
+                    f"--out {out} is one of this run's inputs ({path})",
+                    fix="give the store a name of its own, such as run.h5 (the default is ./<folder>.fdl.h5)",
+                )
+    try:
+        with open(out, "rb") as handle:
+            head = handle.read(len(_HDF5_SIGNATURE))
+    except OSError:
+        return  # unreadable: the writer says why
+    if head and head != _HDF5_SIGNATURE:  # an empty file (from mktemp, say) may be replaced
+        raise StoreError(
+            f"--out {out} exists and is not an HDF5 file, so not an fdl store; fdl will not replace it",
+            got=f"its first bytes: {head[:8]!r}",
+            fix="give the store another name, or remove that file if it is not needed",
+        )
 
 
 def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:

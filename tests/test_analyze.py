@@ -751,3 +751,22 @@ def test_a_changed_previous_checkpoint_is_refused_not_compared_with(run: Path, t
     assert refused.code == 1 and "Traceback" not in refused.stderr
     assert "the checkpoint at step 10" in refused.stderr and "changed since it was analysed" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["probe", "checkpoint", "model", "text"])
+def test_out_that_is_an_input_or_no_hdf5_file_is_never_replaced(run: Path, tmp_path: Path, target: str) -> None:
+    """`--out probe.npz --overwrite` turned the probe into a store (exit 0); the same with a checkpoint
+    or the model file. Now refused, and the file is left as it was."""
+    folder = _copy_run(run, tmp_path / "ckpts")
+    probe = tmp_path / "probe.npz"
+    probe.write_bytes((run / "probe.npz").read_bytes())
+    model = tmp_path / "model.py"
+    model.write_text((run / "model.py").read_text())
+    out = {"probe": probe, "checkpoint": folder / "epoch_10.pt", "model": model, "text": tmp_path / "notes.txt"}[target]
+    if target == "text":
+        out.write_text("my notes\n")
+    before = out.read_bytes()
+    done = fdl("analyze", folder, "--model", f"{model}:build", "--probe", probe, "--out", out, "--overwrite")
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert ("is one of this run's inputs" if target != "text" else "is not an HDF5 file") in done.stderr
+    assert out.read_bytes() == before
