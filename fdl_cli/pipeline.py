@@ -1012,6 +1012,10 @@ def _run_refs(
     # The reference is analysed first (every other checkpoint is compared with it) but stored in its
     # place in step order, once its predecessor is known (its cka_prev / overlap_prev).
     held: CheckpointEntry | None = None
+    # Whether the reference was analysed ahead of its turn, on every rank (under --shard-probe a rank
+    # other than 0 holds no entry, but must not contribute its slice a second time at the reference's
+    # place, where rank 0 only completes its held entry: that left both ranks waiting for ever).
+    reference_ahead = False
     reference_todo = any(r.step == reference.step for r in todo)
     if reference_todo and todo[0].step != reference.step:
         reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
@@ -1022,6 +1026,7 @@ def _run_refs(
             summary.failed.append((str(reference.path), exc.message))
             raise _fatal(exc, reference, is_reference=True) from None
         preloaded = None
+        reference_ahead = True
     # The loader thread must run no torch operation (reading files, hashing and numpy only): a torch
     # operation there gives it an OpenMP team of its own, and libgomp then puts the main thread's
     # workers to sleep between operations for the rest of the run (~30 % slower on 2 cores; see
@@ -1031,7 +1036,7 @@ def _run_refs(
 
         def fetch(index: int) -> None:
             if index < len(todo) and index not in pending:
-                if todo[index].step == reference.step and (held is not None or preloaded is not None):
+                if todo[index].step == reference.step and (reference_ahead or preloaded is not None):
                     done: Future[tuple[LoadedCheckpoint, str]] = Future()
                     done.set_result(preloaded if preloaded is not None else (None, ""))  # type: ignore[arg-type]
                     pending[index] = done
@@ -1045,8 +1050,10 @@ def _run_refs(
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
                 loaded, sha = _loaded(pending.pop(index), ctx.tick)
-                if ref.step == reference.step and held is not None:
-                    entry: CheckpointEntry | None = _with_previous(ctx, held, steps_in_order, out)
+                if ref.step == reference.step and reference_ahead:
+                    entry: CheckpointEntry | None = (
+                        _with_previous(ctx, held, steps_in_order, out) if held is not None else None
+                    )
                 else:
                     entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:

@@ -106,6 +106,20 @@ def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["two.h5"]  # rank 1's part served and went
 
 
+def test_shard_probe_with_a_later_reference_equals_one_process(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path
+) -> None:
+    """--reference 30 is analysed ahead of its turn. Rank 1 held no entry for it, so at its place in
+    step order it contributed its probe slice a second time while rank 0 only completed its held
+    entry: both ranks waited for each other for ever (gloo's 30 min timeout; found by a review)."""
+    run, _ = run_and_single
+    _single(run, tmp_path / "single.h5", reference_step=30)
+    expected = _stored(tmp_path / "single.h5")
+    records = _torchrun(run, tmp_path / "two.h5", "--shard-probe", "--reference", "30")
+    assert sorted(r["step"] for r in records) == sorted(expected)
+    _assert_same(expected, _stored(tmp_path / "two.h5"))
+
+
 def test_two_ranks_resume_a_partial_store(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
     """The steps already stored are read back; step 30, stored with step 0 as its previous checkpoint,
     is updated to compare with step 20 once that is analysed (as in one process)."""
