@@ -510,6 +510,10 @@ def run_analyze(
         summary.unselected = {ref.step for ref in refs} - selected
     distributed.init_process_group(world, ctx.device)
     try:
+        # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
+        # still running, a rank that started late) would give the ranks different lists, and a rank
+        # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
+        refs = distributed.broadcast_from_writer(refs, world)
         _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
     except KeyboardInterrupt:
         summary.interrupted = True

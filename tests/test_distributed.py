@@ -546,3 +546,56 @@ def test_a_failure_on_one_ranks_probe_slice_stops_every_rank(tmp_path: Path) -> 
     assert done.returncode == 1, done.stderr[-4000:]
     assert "forward pass failed" in done.stderr and "(on rank 1's probe slice)" in done.stderr
     assert "ValueError: input out of the range this model accepts" in done.stderr
+
+
+_LATE_RANK = """
+import os, time
+from pathlib import Path
+if os.environ.get("RANK") == "1" and os.environ.get("FDL_TEST_GO"):
+    go = Path(os.environ["FDL_TEST_GO"])
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
+def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_run(
+    run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path, extra: tuple
+) -> None:
+    """Every rank discovered the checkpoints on its own: one written after rank 0's discovery and
+    before rank 1's (a training job still running, a slow node) gave rank 1 one more checkpoint, and
+    one more round of collectives, for ever (found by a review with --shard-probe). Rank 0's list is
+    now every rank's; the newcomer is for the next run. Rank 1 is held at start-up until the test has
+    seen rank 0's discovery (its note on the probe file) and added the checkpoint."""
+    run, expected = run_and_single
+    folder = tmp_path / "live"
+    folder.mkdir()
+    for path in run.iterdir():
+        if path.name != "step_60.safetensors":
+            (folder / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "sitecustomize.py").write_text(_LATE_RANK)
+    go, err = tmp_path / "go", tmp_path / "err.txt"
+    env = {**os.environ, "FDL_TEST_GO": str(go),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "late"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "fdl_cli", *_args(folder, tmp_path / "two.h5", *extra)]
+    with open(err, "w") as stderr:
+        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=str(REPO))
+        try:
+            deadline = time.monotonic() + 60
+            while "probe.npz" not in err.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (folder / "step_60.safetensors").write_bytes((run / "step_60.safetensors").read_bytes())
+            go.touch()
+            stdout, _ = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+    assert job.returncode == 0, err.read_text()[-3000:]
+    steps = sorted(json.loads(line)["step"] for line in stdout.splitlines() if line.strip())
+    assert steps == [0, 10, 20, 30, 40, 50]
+    _assert_same({step: record for step, record in _here(expected, folder).items() if step < 60},
+                 _stored(tmp_path / "two.h5"))
