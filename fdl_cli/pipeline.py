@@ -790,22 +790,32 @@ def _take_in_rank_parts(
             return False
 
     for part in _rank_parts(out):
+        try:
+            origin = json.loads(_rank_part_origin(part).read_text())
+        except (OSError, ValueError):
+            origin = None
+        if not isinstance(origin, dict):
+            # A rank writes the sidecar before its part: without one this is no part of a torchrun job
+            # (a user's own store named like one), never to be taken in or removed.
+            ctx.reporter.warn(
+                f"{part} is named like a part store of a torchrun job but has no readable "
+                f"{_rank_part_origin(part).name} beside it: left as it is"
+            )
+            kept.append(part.name)
+            continue
         if not ctx.options.resume:
             _remove_rank_part(part)
             continue
         taken: list[CheckpointEntry] = []
-        try:
-            origin = json.loads(_rank_part_origin(part).read_text())
-        except (OSError, ValueError):
-            origin = {}
-        same_reference = origin.get("reference") in (None, list(reference))
+        same_reference = origin.get("reference") == list(reference)
         predecessor = origin.get("predecessor")
         settled = 0  # the part's steps now in the store, damaged, or of a changed file
         try:
             # its writer's lock: never a part that a rank still running writes
             with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
-                have = set(writer.completed())
-                steps = sorted({record["step"] for record in reader.records()})
+                have = dict(writer.completed())  # step -> sha256 of the file stored (or taken in)
+                part_sha = {record["step"]: record["sha256"] for record in reader.records()}
+                steps = sorted(part_sha)
                 for step in steps:
                     ref = by_step.get(step)
                     if step in have or ref is None:
@@ -822,11 +832,20 @@ def _take_in_rank_parts(
                     before = _step_before(step, order)
                     if any(item.scalars.get("prev_step") != before for item in entry.series):
                         continue  # another previous checkpoint in this run's order (--steps, --every)
-                    if before is not None and before not in have:
-                        if predecessor is None or predecessor[0] != before or not unchanged(*predecessor):
-                            continue  # compared with a checkpoint that this run analyses anew
+                    if before is not None:
+                        # the file its rank compared it with: the part's own, or the one before the block
+                        compared = part_sha.get(before)
+                        if compared is None and predecessor is not None and predecessor[0] == before:
+                            compared = predecessor[1]
+                        if compared is None:
+                            continue
+                        if before in have:
+                            if have[before] != compared:
+                                continue  # the store holds another file's numbers for it
+                        elif not unchanged(before, compared):
+                            continue  # compared with a file that has changed since
                     taken.append(replace(entry, path=str(ref.path)))
-                    have.add(step)
+                    have[step] = entry.sha256
                 for entry in taken:
                     writer.add(entry)
                 writer.flush()
@@ -1240,15 +1259,16 @@ def _refresh_successors(
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
         with StoreReader(out) as reader:
-            before_loaded, _ = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
-            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
+            before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
             loaded, sha = _load(ref, ctx.options.trust_pickle)
-            if sha != stored_sha[successor]:
-                raise StoreError(
-                    f"the checkpoint at step {successor} ({ref.path}) changed since it was analysed",
-                    got=f"sha256 {sha[:16]}… now, {stored_sha[successor][:16]}… in {out}",
-                    fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
-                )
+            for step, now in ((before, before_sha), (successor, sha)):
+                if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
+                    raise StoreError(
+                        f"the checkpoint at step {step} ({ctx.refs_by_step[step].path}) changed since it was analysed",
+                        got=f"sha256 {now[:16]}… now, {stored_sha[step][:16]}… in {out}",
+                        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+                    )
+            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
             series = []
             for probe in ctx.probes:

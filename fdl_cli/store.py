@@ -879,6 +879,7 @@ class _CommitPlan:
     drop: frozenset[str]  # damaged checkpoint groups to remove
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
+    provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
 
 
 class _CommitJob:
@@ -988,6 +989,7 @@ class StoreWriter:
         self._drop: set[str] = set()  # damaged groups to remove at the next commit
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
+        self._provenance_update: str | None = None  # see _load_existing
         self._closed = False
         self._last_commit = time.monotonic()
         self._last_cost = 0.0
@@ -1053,6 +1055,12 @@ class StoreWriter:
             self._stale_trajectories = reader._rebuilt - set(reader._rows)
             self._drop = set(reader._damaged)
             self._fresh = False
+            # Keys this fdl records that the store, written by an older one, lacks (reference_sha256,
+            # model_sha256): added at the next commit, so later resumes check them. Stored keys are
+            # never changed.
+            missing = {key: value for key, value in self._provenance.items() if key not in reader.provenance}
+            if missing:
+                self._provenance_update = json.dumps({**reader.provenance, **missing}, sort_keys=True)
         finally:
             reader.close()
 
@@ -1231,6 +1239,7 @@ class StoreWriter:
             drop=frozenset(self._drop),
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
+            provenance=None if self._fresh else self._provenance_update,
         )
 
     def _execute(self, plan: _CommitPlan) -> None:
@@ -1246,6 +1255,8 @@ class StoreWriter:
             else:
                 shutil.copyfile(self._path, tmp)
             with h5py.File(tmp, "r+", libver=_LIBVER) as store:
+                if plan.provenance is not None:
+                    store.attrs["provenance"] = plan.provenance
                 checkpoints = store.require_group("checkpoints")
                 for name in plan.drop:
                     if name in checkpoints:
@@ -1286,6 +1297,8 @@ class StoreWriter:
         del self._buffer[: len(plan.entries)]  # entries added since the plan was made stay
         self._drop -= plan.drop
         self._stale_trajectories -= plan.stale
+        if plan.provenance is not None and plan.provenance == self._provenance_update:
+            self._provenance_update = None
         self._fresh = False
         self._last_cost = cost
         self._last_commit = finished

@@ -770,3 +770,25 @@ def test_out_that_is_an_input_or_no_hdf5_file_is_never_replaced(run: Path, tmp_p
     assert done.code == 1 and "Traceback" not in done.stderr
     assert ("is one of this run's inputs" if target != "text" else "is not an HDF5 file") in done.stderr
     assert out.read_bytes() == before
+
+
+def test_a_resume_records_the_provenance_keys_an_older_store_lacks(run: Path, tmp_path: Path) -> None:
+    """store.md said the next resume records reference_sha256 in a store written before fdl recorded
+    it; the provenance attribute was only ever written when the file was created."""
+    import hashlib
+    import json as json_module
+
+    import h5py
+
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--steps", "0,10").code == 0
+    with h5py.File(store, "r+") as handle:
+        provenance = json_module.loads(handle.attrs["provenance"])
+        old = {k: v for k, v in provenance.items() if k not in ("reference_sha256", "model_sha256")}
+        handle.attrs["provenance"] = json_module.dumps(old, sort_keys=True)
+    assert analyze(run, store).code == 0
+    with StoreReader(store) as reader:
+        got = reader.provenance
+    assert got["reference_sha256"] == hashlib.sha256((run / "ckpts" / "epoch_0.pt").read_bytes()).hexdigest()
+    assert got["model_sha256"] == hashlib.sha256((run / "model.py").read_bytes()).hexdigest()
+    assert {k: v for k, v in got.items() if k not in ("reference_sha256", "model_sha256")} == old

@@ -283,18 +283,26 @@ def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     """What a killed job's rank left in RUN.h5.rank-K. A resume takes in the checkpoints the store
     lacks (printed by --json, not analysed again) and removes the part; the stored checkpoint after
     them is refreshed to compare with them. A checkpoint whose file changed is analysed again, and so
-    is every later one of the part (each was compared with the one before); so is one whose previous
+    is the next one of the part (compared with the old file); so is one whose previous
     checkpoint is another in this run's order (--steps). --overwrite removes parts unread. Each time
-    the store equals one process's."""
+    the store equals one process's. (Each part gets the sidecar its rank writes: the block starts at
+    step 0, so it names the reference alone.)"""
+    from fdl_cli.checkpoints import sha256_file
+    from fdl_cli.pipeline import _write_rank_part_origin
+
     run, expected = run_and_single
     full = tmp_path / "full.h5"
     _single(run, full)
     part_of = tmp_path / "first.h5"
     _single(run, part_of, steps=(0, 10, 20))
 
+    def copy_part(source: Path, part: Path, folder: Path = run) -> None:
+        shutil.copyfile(source, part)
+        _write_rank_part_origin(part, (0, sha256_file(folder / "step_0.safetensors")), None)
+
     # the part's steps join an empty store
     out, part = tmp_path / "a.h5", tmp_path / "a.h5.rank-1"
-    shutil.copyfile(part_of, part)
+    copy_part(part_of, part)
     summary, records, reporter = _resume(run, out)
     assert summary.analysed == [30, 40, 50, 60] and sorted(summary.already) == [0, 10, 20]
     assert sorted(record["step"] for record in records) == sorted(expected)  # --json printed them all
@@ -305,7 +313,7 @@ def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     # a stored checkpoint after the part's block compares with the part's last one
     out, part = tmp_path / "b.h5", tmp_path / "b.h5.rank-1"
     _single(run, out, steps=(0, 60))
-    shutil.copyfile(full, part)
+    copy_part(full, part)
     summary, records, _ = _resume(run, out)
     assert summary.analysed == [] and summary.refreshed == [60]
     assert _stored(out)[60]["prev_step"] == 50
@@ -320,21 +328,21 @@ def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     fresh = tmp_path / "fresh.h5"
     _single(changed, fresh)
     out = tmp_path / "c.h5"
-    shutil.copyfile(full, tmp_path / "c.h5.rank-1")
+    copy_part(full, tmp_path / "c.h5.rank-1", changed)
     summary, _, _ = _resume(changed, out)
-    assert summary.analysed == [40, 50, 60]
+    assert summary.analysed == [40, 50]  # 60 was compared with 50, whose file is unchanged: taken in
     _assert_same(_stored(fresh), _stored(out))
 
     # --steps: the part's step 50 was compared with 40, this run's order puts 30 before it
     out, selected = tmp_path / "d.h5", tmp_path / "selected.h5"
     _single(run, selected, steps=(30, 50))
-    shutil.copyfile(full, tmp_path / "d.h5.rank-1")
+    copy_part(full, tmp_path / "d.h5.rank-1")
     summary, _, _ = _resume(run, out, steps=(30, 50))
     assert summary.analysed == [30, 50]
     _assert_same(_stored(selected), _stored(out))
 
     # --overwrite removes the part unread
-    shutil.copyfile(part_of, part)
+    copy_part(part_of, part)
     summary, _, _ = _resume(run, tmp_path / "b.h5", resume=False)
     assert summary.analysed == sorted(expected) and not part.exists()
 
@@ -379,9 +387,10 @@ def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_be
 ) -> None:
     """Rank 1 finished 40 - 60 while rank 0 stalled in its block: the store has only step 0. The part
     records the files rank 1 compared its block with (step 30's and the reference's sha256), so its
-    checkpoints are taken in while 10 - 30 are analysed; a part without that record is kept (analysed
-    again, not lost); a reference whose file changed makes the part's checkpoints stale (removed); a
-    --steps run that does not select them keeps the part for a later run."""
+    checkpoints are taken in while 10 - 30 are analysed; a file without that record is no part (a
+    rank writes it first): never read nor removed, its steps analysed; a reference whose file
+    changed makes the part's checkpoints stale (removed); a --steps run that does not select them
+    keeps the part for a later run."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.pipeline import _write_rank_part_origin
 
@@ -404,11 +413,12 @@ def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_be
     _assert_same(_here(expected, run), _stored(out))
 
     out, part = killed("b", origin=False)
+    before = part.read_bytes()
     summary, _, reporter = _resume(run, out)
-    assert summary.analysed == [10, 20, 30, 40, 50, 60] and part.exists()
-    assert any("b.h5.rank-1 is kept" in note for note in reporter.notes), reporter.notes
-    summary, _, _ = _resume(run, out)  # everything stored now: the part has nothing left to give
-    assert summary.analysed == [] and not part.exists()
+    assert summary.analysed == [10, 20, 30, 40, 50, 60] and part.read_bytes() == before
+    assert any("b.h5.rank-1 is named like a part" in warning for warning in reporter.warnings), reporter.warnings
+    summary, _, _ = _resume(run, out)
+    assert summary.analysed == [] and part.read_bytes() == before
     _assert_same(_here(expected, run), _stored(out))
 
     out, part = killed("c", reference_sha="0" * 64)
@@ -422,6 +432,26 @@ def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_be
     assert summary.analysed == [20, 30] and not part.exists()
     _assert_same(_here(expected, run), _stored(out))
 
+    # Step 30 was replaced, and a run stored the new one, after rank 1 compared 40 with the old one:
+    # 40 is analysed again (it was taken in, with the old file's cka_prev: the store's step 30 was
+    # not compared with the file the part recorded; found by a review).
+    changed = tmp_path / "changed"
+    shutil.copytree(run, changed)
+    state = load_file(str(changed / "step_30.safetensors"))
+    state["0.bias"] += 0.5
+    save_file(state, str(changed / "step_30.safetensors"))
+    fresh = tmp_path / "fresh.h5"
+    _single(changed, fresh)
+    out, part = tmp_path / "e.h5", tmp_path / "e.h5.rank-1"
+    _single(changed, out, steps=(0, 10, 20, 30))
+    _part_with(full, part, [40, 50, 60])
+    _write_rank_part_origin(part, (0, sha[0]), (30, sha[30]))
+    summary, _, _ = _resume(changed, out)
+    assert summary.analysed == [40] and part.exists()  # 40 was analysed again: removed by the next run
+    _assert_same(_stored(fresh), _stored(out))
+    summary, _, _ = _resume(changed, out)
+    assert summary.analysed == [] and not part.exists()
+
 
 def test_a_part_of_another_run_is_left_as_it_is(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
     """By one process and by torchrun, whose rank 1 would otherwise have written its own part over it."""
@@ -431,13 +461,13 @@ def test_a_part_of_another_run_is_left_as_it_is(run_and_single: tuple[Path, dict
     before = foreign.read_bytes()
     summary, _, reporter = _resume(run, tmp_path / "o.h5")
     assert summary.analysed == sorted(expected) and foreign.read_bytes() == before
-    assert any("o.h5.rank-1 was left as it is" in warning and "different run" in warning
+    assert any("o.h5.rank-1 is named like a part" in warning and "left as it is" in warning
                for warning in reporter.warnings), reporter.warnings
     store = tmp_path / "t.h5"
     _single(run, store, steps=(0, 10))  # rank 1's block (steps 50, 60) is then still to do
     shutil.copyfile(foreign, tmp_path / "t.h5.rank-1")
     done = _torchrun_process(run, store)
-    assert done.returncode == 0 and "t.h5.rank-1 was left as it is" in done.stderr, done.stderr[-4000:]
+    assert done.returncode == 0 and "left as it is" in done.stderr, done.stderr[-4000:]
     assert (tmp_path / "t.h5.rank-1").read_bytes() == before
     _assert_same(_here(expected, run), _stored(store))
 
