@@ -967,6 +967,10 @@ class StoreWriter:
         background: bool = True,
     ) -> None:
         self._path = Path(path)
+        if self._path.is_symlink():
+            # Commits replace the file by a new one: through a link, write where it points (its folder
+            # for the copy and the lock), or the link would become a file and the target go stale.
+            self._path = self._path.resolve()
         self._provenance = _normalized_provenance(provenance)
         self._probes: dict[str, ProbeInfo] = {}
         for probe in probes:
@@ -995,6 +999,13 @@ class StoreWriter:
         self._last_cost = 0.0
         if self._path.is_dir():
             raise StoreError(f"{self._path} is a folder", fix="pass a file name such as run.h5 as --out")
+        with contextlib.suppress(OSError):
+            mode = self._path.stat().st_mode
+            if not mode & 0o222:  # replaced by a commit all the same (copy-on-write needs the folder only)
+                raise StoreError(
+                    f"{self._path} is read-only (mode {mode & 0o777:o}): fdl will not replace it",
+                    fix=f"make it writable (chmod u+w {self._path}) to add to it, or pass another --out",
+                )
         with contextlib.suppress(OSError):
             self._path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _WriterLock(self._path)
@@ -1252,8 +1263,11 @@ class StoreWriter:
         try:
             if plan.fresh:
                 self._create(tmp)
+                with contextlib.suppress(OSError):  # --overwrite: the store it replaces keeps its mode
+                    shutil.copymode(self._path, tmp)
             else:
                 shutil.copyfile(self._path, tmp)
+                shutil.copymode(self._path, tmp)  # a store kept private (600) stays so
             with h5py.File(tmp, "r+", libver=_LIBVER) as store:
                 if plan.provenance is not None:
                     store.attrs["provenance"] = plan.provenance

@@ -7,6 +7,7 @@ import os
 import random
 import runpy
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -585,3 +586,35 @@ def test_entries_are_validated() -> None:
 def test_the_store_module_does_not_import_torch() -> None:
     code = "import sys, fdl_cli.store; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_commits_keep_the_stores_mode_and_write_through_a_link(tmp_path: Path) -> None:
+    """Copy-on-write replaced the store by a new file: a private store (600) became 644, a read-only
+    one was replaced without a word, and a store reached through a symbolic link became a plain file
+    while the link's target went stale (found by a review)."""
+    path = tmp_path / "run.h5"
+    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+        writer.add(random_entry(0))
+    os.chmod(path, 0o600)
+    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+        writer.add(random_entry(1))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with StoreWriter(path, provenance=provenance(), probes=probes(), overwrite=True) as writer:
+        writer.add(random_entry(2))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="read-only"):
+        StoreWriter(path, provenance=provenance(), probes=probes())
+    assert path.read_bytes() == before
+    os.chmod(path, 0o644)
+
+    real = tmp_path / "real"
+    real.mkdir()
+    path.rename(real / "run.h5")
+    path.symlink_to(real / "run.h5")
+    with StoreWriter(path, provenance=provenance(), probes=probes()) as writer:
+        writer.add(random_entry(3))
+    assert path.is_symlink()
+    assert StoreReader(real / "run.h5").steps() == [2, 3]
