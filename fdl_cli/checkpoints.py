@@ -7,12 +7,14 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
 import io
 import json
 import numbers
+import os
 import pickle
 import pickletools
 import re
@@ -412,6 +414,44 @@ def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
+def _os_reason(path: Path, exc: BaseException) -> tuple[str, str]:
+    """(got, fix) for an OSError met while reaching or reading ``path``, in words."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ELOOP or isinstance(exc, RuntimeError):  # pathlib's "Symlink loop" (Python < 3.13)
+        return (
+            "a symbolic link loop (the link leads, through links, back to itself)",
+            "point the link at the real checkpoint, or remove it",
+        )
+    if code == errno.ENOENT:
+        target = None
+        try:
+            if path.is_symlink():
+                target = os.readlink(path)
+        except OSError:
+            pass
+        if target is not None:
+            return (
+                f"a symbolic link to {target}, which does not exist",
+                "restore the file it points to, or remove the link",
+            )
+        return "it disappeared while fdl was reading it", "run the command again once the file is in place"
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return reason, "check the file and the folders above it"
+
+
+def _unreachable_error(path: Path, exc: BaseException) -> CheckpointError:
+    got, fix = _os_reason(path, exc)
+    return CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix)
+
+
+def _check_reachable(path: Path) -> None:
+    """CheckpointError when ``path`` cannot be reached: a dangling symbolic link or a link loop."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise _unreachable_error(path, exc) from None
+
+
 def _peek_file(path: Path) -> _Peek:
     """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model."""
     name = path.name
@@ -597,11 +637,16 @@ def _candidates(
         else:
             expanded.append(Path(source))
     for source in expanded:
-        if not source.exists():
-            raise CheckpointError(
-                f"no such checkpoint file or folder: {source}",
-                fix="check the path (relative paths are taken from the current folder)",
-            )
+        try:
+            os.stat(source)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and not source.is_symlink():
+                raise CheckpointError(
+                    f"no such checkpoint file or folder: {source}",
+                    fix="check the path (relative paths are taken from the current folder)",
+                ) from None
+            got, fix = _os_reason(source, exc)
+            raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file() or _hf_weight_files(source):
             yield source, False
         if source.is_dir():
@@ -676,11 +721,16 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     for path, scanned in _candidates(sources, stdin, glob, notes):
-        if path.resolve() in seen:
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+            key = path.absolute()
+        if key in seen:
             continue
-        seen.add(path.resolve())
+        seen.add(key)
         looked_at.append(path.name)
         try:
+            _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
         except CheckpointError as exc:
             bad.append((path, exc))
