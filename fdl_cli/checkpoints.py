@@ -244,7 +244,10 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             raise ValueError(
                 f"tensor data ends at byte {8 + length + end} but the file has {size} (truncated)"
             )
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except OSError as exc:  # the file cannot be read at all (permission, ...): not a damaged file
+        got, fix = _os_reason(path, exc)
+        raise CheckpointError(f"cannot read the safetensors file {path}", got=got, fix=fix) from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise CheckpointError(
             f"cannot read the safetensors file {path}",
             got=str(exc),
@@ -399,6 +402,8 @@ def _export_refused(path: Path) -> UnsafeCheckpointError:
 
 
 def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):
+        return _unreachable_error(path, exc)  # not damage: the file cannot be reached or read
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     if reason.startswith("Weights only load failed"):
         # torch's advice here is to load with weights_only=False, i.e. to run the file's code: never
@@ -435,6 +440,16 @@ def _os_reason(path: Path, exc: BaseException) -> tuple[str, str]:
                 "restore the file it points to, or remove the link",
             )
         return "it disappeared while fdl was reading it", "run the command again once the file is in place"
+    if isinstance(exc, PermissionError):
+        try:
+            folder = path.is_dir()
+        except OSError:
+            folder = False
+        how = f"chmod a+rx {path}" if folder else f"chmod a+r {path}"
+        return (
+            f"permission denied: this user may not read the {'folder' if folder else 'file'}",
+            f"make it readable ({how}; the folders above it need a+x), or run fdl as a user who may read it",
+        )
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return reason, "check the file and the folders above it"
 
@@ -510,13 +525,27 @@ def _looks_like_text(path: Path) -> bool:
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
-    """The weight files of an HF-style checkpoint folder (empty when it is not one)."""
+    """The weight files of an HF-style checkpoint folder (empty when it is not one).
+
+    Raises CheckpointError when the folder cannot be looked into (no permission) or its index is unreadable.
+    """
+    try:
+        return _hf_weight_files_of(folder)
+    except OSError as exc:
+        got, fix = _os_reason(folder, exc)
+        raise CheckpointError(f"cannot look into the folder {folder}", got=got, fix=fix) from None
+
+
+def _hf_weight_files_of(folder: Path) -> list[Path]:
     for index_name in _HF_INDEX:
         index = folder / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except OSError as exc:
+                got, fix = _os_reason(index, exc)
+                raise CheckpointError(f"cannot read the shard index {index}", got=got, fix=fix) from None
+            except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(
                     f"cannot read the shard index {index}",
                     got=str(exc),
@@ -655,13 +684,24 @@ def _candidates(
 
 def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[Path]:
     own = set(_hf_weight_files(folder))
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        got, fix = _os_reason(folder, exc)
+        raise CheckpointError(f"cannot list the folder {folder}", got=got, fix=fix) from None
+    for entry in entries:
         if glob is not None and not entry.match(glob):
             continue
         if entry in own:
             continue
         if entry.is_dir():
-            if _hf_weight_files(entry):
+            try:
+                is_checkpoint = bool(_hf_weight_files(entry))
+            except CheckpointError:
+                # It cannot be looked into (or its index read): it may be a checkpoint, so it is not
+                # passed over in silence; peeking at it reports it as a bad checkpoint with the reason.
+                is_checkpoint = True
+            if is_checkpoint:
                 yield entry
         elif entry.suffix in WEIGHT_SUFFIXES:
             yield entry
@@ -734,6 +774,9 @@ def discover_checkpoints(
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
         except CheckpointError as exc:
             bad.append((path, exc))
+            continue
+        except OSError as exc:  # e.g. no permission to read it: a bad checkpoint, the others go on
+            bad.append((path, _unreachable_error(path, exc)))
             continue
         if peek.kind is None:
             notes.append(peek.skip_reason or f"skipped {path.name}")
@@ -1095,10 +1138,11 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             spec_obj.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
+            unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             raise ModelError(
                 f"--model {spec!r}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}",
-                fix="fix the error in that file",
+                fix=_os_reason(file, exc)[1] if unreadable else "fix the error in that file",
             ) from None
     else:
         try:
@@ -1264,10 +1308,16 @@ def read_manifest(folder: Path) -> Manifest | None:
     else:  # pragma: no cover
         import tomli as tomllib
     path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        return None
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        got, fix = _os_reason(path, exc)
+        fix += "; or move it away and give the options on the command line"
+        raise CheckpointError(f"cannot read the manifest {path}", got=got, fix=fix) from None
+    try:
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{path} is not valid TOML",

@@ -528,12 +528,14 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         if "allow_pickle" in reason or "pickled (object) data" in reason:
             # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
             reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
-        raise ProbeError(
-            f"cannot read the probe {path}",
-            got=reason[:300],
-            fix="the file is corrupt or not of the format its suffix says; save plain numeric arrays "
-            "(np.savez(FILE, x=..., y=...))",
-        ) from None
+        fix = (
+            "the file is corrupt or not of the format its suffix says; save plain numeric arrays "
+            "(np.savez(FILE, x=..., y=...))"
+        )
+        if isinstance(exc, PermissionError):  # not damage: this user may not read it
+            reason = "permission denied: this user may not read the file"
+            fix = f"make it readable (chmod a+r {path}; the folders above it need a+x), or run fdl as a user who may"
+        raise ProbeError(f"cannot read the probe {path}", got=reason[:300], fix=fix) from None
     if "x" not in arrays and set(arrays) <= {"arr_0", "arr_1"} and "arr_0" in arrays:
         arrays = {"x": arrays["arr_0"], **({"y": arrays["arr_1"]} if "arr_1" in arrays else {})}
     x_key, x = _pick(arrays, X_KEYS)

@@ -8,7 +8,14 @@ Commands run in-process through the console entry point (`fdl_cli.cli.main`).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,3 +83,117 @@ def test_an_explicit_dangling_link_says_where_it_points(tmp_path: Path) -> None:
     (folder / "last.pt").symlink_to("gone.pt")
     with pytest.raises(CheckpointError, match="a symbolic link to gone.pt, which does not exist"):
         discover_checkpoints([folder / "last.pt"])
+
+
+# ------------------------------------------------------- D5: entries this user may not read
+
+
+_NO_DAC = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _unprivileged(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run `argv` where file modes apply: as is for a normal user; as root, without the capabilities
+    that let root read any file (setpriv), or skip when that cannot be done here."""
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file modes cannot be enforced")
+        probe = subprocess.run([*_NO_DAC, "true"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode()[:200]}")
+        prefix = _NO_DAC
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "1000"}
+    return subprocess.run([*prefix, sys.executable, *argv], capture_output=True, text=True, env=env, check=False,
+                          timeout=300)
+
+
+@pytest.fixture
+def unreadable_run(tmp_path: Path) -> Iterator[Path]:
+    """A run folder holding an unreadable checkpoint file (.pt and .safetensors) and sub-folder, beside
+    two good checkpoints; and a second folder whose fdl.toml, and a third that, cannot be read."""
+    folder = _run_folder(tmp_path / "run")
+    torch.save(mlp(seed=3).state_dict(), folder / "step_20.pt")
+    save_file({k: v.contiguous() for k, v in mlp(seed=4).state_dict().items()}, str(folder / "step_30.safetensors"))
+    (folder / "checkpoint-5").mkdir()
+    manifest = _run_folder(tmp_path / "manifest" / "run")
+    (manifest / "fdl.toml").write_text(f'model = "{MODEL}"\n')
+    closed = _run_folder(tmp_path / "closed" / "run")
+    _run_folder(tmp_path / "probe" / "run")
+    model = _run_folder(tmp_path / "model" / "run")
+    shutil.copy(MODEL.partition(":")[0], model / "model.py")
+    locked = [folder / "step_20.pt", folder / "step_30.safetensors", folder / "checkpoint-5",
+              manifest / "fdl.toml", closed, tmp_path / "probe" / "probe.npz", model / "model.py"]
+    for path in locked:
+        path.chmod(0)
+    try:
+        yield tmp_path
+    finally:
+        for path in locked:
+            path.chmod(0o755)
+
+
+def test_unreadable_entries_are_reported_and_the_others_analysed(unreadable_run: Path) -> None:
+    folder = unreadable_run / "run"
+    result = _unprivileged(["-m", "fdl_cli", "analyze", str(folder), "--model", MODEL, "--probe",
+                            str(unreadable_run / "probe.npz"), "--out", str(unreadable_run / "s.h5"), "--json", *SMALL])
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert [json.loads(line)["step"] for line in result.stdout.splitlines()] == [0, 10]
+    for name, what in (("step_20.pt", "file"), ("step_30.safetensors", "file"), ("checkpoint-5", "folder")):
+        assert f"error: {folder / name}: cannot " in result.stderr, result.stderr
+        assert f"permission denied: this user may not read the {what}" in result.stderr
+    assert f"chmod a+rx {folder / 'checkpoint-5'}" in result.stderr
+    assert f"chmod a+r {folder / 'step_30.safetensors'}" in result.stderr
+    assert "truncated" not in result.stderr  # an unreadable file is not a damaged one
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("manifest/run", "error: cannot read the manifest {path}/fdl.toml"),
+    ("closed/run", "error: cannot look into the folder {path}"),
+    ("probe/run", "error: cannot read the probe {path}/../probe.npz"),
+    ("model/run", "importing {path}/model.py failed"),
+])
+def test_an_unreadable_manifest_folder_probe_or_model_is_a_clear_error(
+    unreadable_run: Path, where: str, message: str
+) -> None:
+    folder = unreadable_run / where
+    store = unreadable_run / "m.h5"
+    model = f"{folder}/model.py:mlp" if where.startswith("model") else MODEL
+    result = _unprivileged(["-m", "fdl_cli", "analyze", str(folder), "--model", model, "--probe",
+                            f"{folder}/../probe.npz", "--out", str(store), *SMALL])
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    assert message.format(path=folder) in result.stderr
+    if not where.startswith("model"):
+        assert "got: permission denied: this user may not read the" in result.stderr
+    assert "fix: make it readable (chmod a+r" in result.stderr  # not "corrupt" or "fix the error in that file"
+    assert not store.exists()
+
+
+def test_an_unreadable_checkpoint_file_is_not_called_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same messages in-process as any user (root reads mode-000 files): opening raises PermissionError."""
+    import builtins
+
+    from fdl_cli import checkpoints
+
+    folder = _run_folder(tmp_path / "run", steps=(0, 10, 20))
+    # a legacy (not zip) torch file: discovery opens it to tell a text file from a pickle
+    torch.save(mlp(seed=3).state_dict(), folder / "step_30.pt", _use_new_zipfile_serialization=False)
+    locked = {folder / "step_10.safetensors", folder / "step_30.pt"}
+    real_open = builtins.open
+
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(str(file)) in locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "open", guarded_open, raising=False)
+    found = discover_checkpoints([folder])
+    assert [r.step for r in found.checkpoints] == [0, 20]
+    reasons = {path.name: reason for path, reason in found.bad}
+    assert set(reasons) == {"step_10.safetensors", "step_30.pt"}
+    for name, reason in reasons.items():
+        assert "permission denied: this user may not read the file" in reason
+        assert f"chmod a+r {folder / name}" in reason
+        assert "truncated" not in reason
