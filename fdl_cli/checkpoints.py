@@ -467,11 +467,47 @@ def _check_reachable(path: Path) -> None:
         raise _unreachable_error(path, exc) from None
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _lfs_pointer_error(path: Path, head: bytes) -> CheckpointError:
+    fields_ = dict(line.partition(" ")[::2] for line in head.decode("utf-8", "replace").splitlines())
+    size = fields_.get("size", "").strip()
+    real = f"the real {size}-byte file" if size.isdigit() else "the real file"
+    return CheckpointError(
+        f"{path} is a Git LFS pointer, not the checkpoint it stands for",
+        got=f"a {len(head)}-byte text file naming {real} by its hash ({fields_.get('oid', '?').strip()[:23]}...), "
+        "which was never downloaded",
+        fix="run `git lfs pull` in the repository that holds it (`git lfs install` first if Git LFS is not set "
+        "up), then run fdl again",
+    )
+
+
+def _text_file_error(path: Path, head: bytes) -> CheckpointError:
+    first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
+    return CheckpointError(
+        f"{path} is a text file, not a checkpoint",
+        got=f"a file with the checkpoint suffix {path.suffix} that begins {first!r}",
+        fix="replace it with the checkpoint it should be, or move it out of the folder (or leave it out with --glob)",
+    )
+
+
 def _peek_file(path: Path) -> _Peek:
-    """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model."""
+    """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model.
+
+    A Git LFS pointer, or a text file with a checkpoint suffix, is a bad checkpoint (CheckpointError):
+    a file named like a checkpoint that holds none is not passed over with a note.
+    """
     name = path.name
     if path.stat().st_size == 0:
         return _Peek(None, {}, f"skipped {name}: empty file")
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(_LFS_POINTER):
+        raise _lfs_pointer_error(path, head)
+    text = _is_text(head)
+    if text and path.suffix == ".safetensors":  # a safetensors file starts with a binary header length
+        raise _text_file_error(path, head)
     if path.suffix == ".safetensors":
         header = _read_safetensors_header(path)
         if not any(k != "__metadata__" for k in header):
@@ -488,7 +524,7 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek("torchscript", {})
         if _is_export(path, names):
             return _Peek("export", {})
-    elif _looks_like_text(path):
+    elif text and path.suffix not in WEIGHT_SUFFIXES:  # an explicit README.txt, say
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
         obj = _torch_load_safe(path, mmap=True)
@@ -502,6 +538,10 @@ def _peek_file(path: Path) -> _Peek:
                 "tensors; not loaded",
             )
         return _Peek("pickle", {})
+    except CheckpointError:
+        if text:  # not even an (ASCII) pickle: say what it is rather than how unpickling failed
+            raise _text_file_error(path, head) from None
+        raise
     if _is_optimizer_state(obj):
         return _Peek(None, {}, f"skipped {name}: optimizer state, no model weights")
     tensors = _find_tensor_dict(obj)
@@ -512,9 +552,8 @@ def _peek_file(path: Path) -> _Peek:
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
 
 
-def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(512)
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes look like text (UTF-8, no NUL, not a binary pickle)."""
     if not head or b"\x00" in head:
         return False
     try:

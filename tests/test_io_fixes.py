@@ -197,3 +197,34 @@ def test_an_unreadable_checkpoint_file_is_not_called_truncated(tmp_path: Path, m
         assert "permission denied: this user may not read the file" in reason
         assert f"chmod a+r {folder / name}" in reason
         assert "truncated" not in reason
+
+
+# ------------------------------------------- D13: Git LFS pointers and text files named like checkpoints
+
+_LFS = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 36328\n".format("4d7a2146" * 8)
+
+
+def test_lfs_pointers_and_text_files_with_a_checkpoint_suffix_are_bad_checkpoints(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path / "run")
+    (folder / "step_20.pt").write_text(_LFS)
+    (folder / "step_30.safetensors").write_text(_LFS)
+    (folder / "step_40.bin").write_text("not weights\n")
+    (folder / "README.txt").write_text(_LFS)  # not a checkpoint suffix: skipped with a note, as before
+    found = discover_checkpoints([folder])
+    assert [r.step for r in found.checkpoints] == [0, 10]
+    reasons = {path.name: reason for path, reason in found.bad}
+    assert set(reasons) == {"step_20.pt", "step_30.safetensors", "step_40.bin"}
+    for name in ("step_20.pt", "step_30.safetensors"):
+        assert reasons[name].startswith(f"{folder / name} is a Git LFS pointer, not the checkpoint it stands for")
+        assert "the real 36328-byte file" in reasons[name]
+        assert "fix: run `git lfs pull`" in reasons[name]
+    assert reasons["step_40.bin"].startswith(f"{folder / 'step_40.bin'} is a text file, not a checkpoint")
+    assert "begins 'not weights'" in reasons["step_40.bin"]
+    assert any(note.startswith("skipped README.txt: not a checkpoint suffix") for note in found.notes)
+
+    result = _analyze(folder, tmp_path / "s.h5", "--json")
+    assert result.code == 1  # the others analysed, the pointers reported: not exit 0 with a note
+    assert [r["step"] for r in result.records] == [0, 10]
+    assert f"failed: {folder / 'step_20.pt'}: {folder / 'step_20.pt'} is a Git LFS pointer" in result.stderr
+    strict = _analyze(folder, tmp_path / "t.h5", "--strict")
+    assert strict.code == 1 and "--strict: stopped at the unreadable checkpoint" in strict.stderr
