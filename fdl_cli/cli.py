@@ -7,10 +7,12 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import click
 
@@ -28,10 +30,27 @@ def _stderr_console() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _emit_json(obj: Any) -> None:
-    """One JSON document on stdout (flushed, so `| jq` sees records as they complete)."""
-    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
-    sys.stdout.flush()
+def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
+    """One JSON document on stdout (flushed, so `| jq` sees records as they complete).
+
+    ``stream``: the real stdout, while `_user_output_to_stderr` sends everything else to stderr."""
+    out = stream if stream is not None else sys.stdout
+    out.write(json.dumps(obj, allow_nan=False) + "\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _user_output_to_stderr() -> Iterator[TextIO]:
+    """While a command runs the user's model code, send Python-level writes to sys.stdout to stderr.
+
+    A model file's own print() (at import, in its factory, in forward) would otherwise land between the
+    JSON records of `--json` and break `| jq`. Yields the real stdout, for fdl's own machine output."""
+    real = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield real
+    finally:
+        sys.stdout = real
 
 
 class _StdoutClosed(Exception):
@@ -114,11 +133,11 @@ def analyze(**kwargs: Any) -> None:
 
     options = AnalyzeOptions.from_cli(**kwargs)
     console = _stderr_console()
-    with RichReporter(console, quiet=False) as reporter:
+    with _user_output_to_stderr() as stdout, RichReporter(console, quiet=False) as reporter:
         summary = run_analyze(
             options,
             reporter=reporter,
-            on_record=_emit_json if options.as_json else None,
+            on_record=functools.partial(_emit_json, stream=stdout) if options.as_json else None,
             stdin=sys.stdin,
         )
     console.print(summary.message(), markup=False)
@@ -143,7 +162,8 @@ def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""
     from fdl_cli.pipeline import inspect_checkpoint
 
-    result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
+        result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
     if kwargs["as_json"]:
         _emit_json(result)
         return

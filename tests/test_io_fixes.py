@@ -228,3 +228,62 @@ def test_lfs_pointers_and_text_files_with_a_checkpoint_suffix_are_bad_checkpoint
     assert f"failed: {folder / 'step_20.pt'}: {folder / 'step_20.pt'} is a Git LFS pointer" in result.stderr
     strict = _analyze(folder, tmp_path / "t.h5", "--strict")
     assert strict.code == 1 and "--strict: stopped at the unreadable checkpoint" in strict.stderr
+
+
+# ------------------------------------------------------- D10: the model's own print()s stay off stdout
+
+
+CHATTY_MODEL = '''
+import sys
+
+import torch
+from torch import nn
+
+print("chatty: imported")
+
+
+class Chatty(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        print("chatty: forward")
+        sys.stdout.write("chatty: raw write\\n")
+        return self.head(torch.relu(self.body(x)))
+
+
+def build():
+    print("chatty: factory")
+    return Chatty()
+'''
+
+
+@pytest.mark.parametrize("command", ["analyze", "inspect"])
+def test_the_models_prints_go_to_stderr_and_stdout_carries_only_json(tmp_path: Path, command: str) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for step in (0, 10):
+        torch.manual_seed(step)
+        weights = {"body.weight": torch.randn(8, 4), "body.bias": torch.randn(8),
+                   "head.weight": torch.randn(3, 8), "head.bias": torch.randn(3)}
+        save_file(weights, str(folder / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    (tmp_path / f"chatty_{command}.py").write_text(CHATTY_MODEL)  # one file per test: imported afresh
+    model = f"{tmp_path / f'chatty_{command}.py'}:build"
+    if command == "analyze":
+        result = fdl("analyze", str(folder), "--model", model, "--probe", str(tmp_path / "probe.npz"),
+                     "--out", str(tmp_path / "s.h5"), "--json", *SMALL)
+        assert result.code == 0, result.stderr
+        assert [r["step"] for r in result.records] == [0, 10]  # every stdout line is a JSON record
+    else:
+        result = fdl("inspect", str(folder / "step_10.safetensors"), "--model", model,
+                     "--probe", str(tmp_path / "probe.npz"), "--json")
+        assert result.code == 0, result.stderr
+        assert json.loads(result.stdout)["default_module"] == "head"  # one JSON document, nothing else
+    assert "chatty" not in result.stdout
+    for line in ("chatty: imported", "chatty: factory", "chatty: forward", "chatty: raw write"):
+        assert line in result.stderr
