@@ -359,9 +359,21 @@ def configure_blas_threads(environ: Any = os.environ) -> None:
         environ.setdefault(name, value)
 
 
+def tolerate_unencodable_output() -> None:
+    """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
+    a Latin-1 terminal) escaped as \\xfc instead of failing with UnicodeEncodeError. Only text the
+    encoding cannot hold changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
     configure_blas_threads()
+    tolerate_unencodable_output()
     try:
         with signals.installed():
             cli.main(args=argv, prog_name="fdl", standalone_mode=False)

@@ -287,3 +287,46 @@ def test_the_models_prints_go_to_stderr_and_stdout_carries_only_json(tmp_path: P
     assert "chatty" not in result.stdout
     for line in ("chatty: imported", "chatty: factory", "chatty: forward", "chatty: raw write"):
         assert line in result.stderr
+
+
+# ------------------------------------------- D11: output on streams that cannot encode a path
+
+
+def _run_on_ascii_streams(*argv: str) -> tuple[int, str, str]:
+    """`fdl ARGV` with stdout and stderr as PYTHONIOENCODING=ascii makes them (strict ASCII)."""
+    import io
+    import sys
+
+    from fdl_cli.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.stdout, sys.stderr = saved
+    out.flush()
+    err.flush()
+    # click.echo writes UTF-8 to a stream it finds misconfigured as ASCII: its messages are read as UTF-8
+    return code, out.buffer.getvalue().decode("ascii"), err.buffer.getvalue().decode("utf-8")  # type: ignore[attr-defined]
+
+
+def test_a_path_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path / "ü" / "run")
+    store = tmp_path / "s.h5"
+    assert _analyze(folder, store).code == 0
+    for fmt in ("csv", "markdown"):
+        code, out, _ = _run_on_ascii_streams("report", str(store), "--format", fmt)
+        assert code == 0
+        assert "\\xfc/run/step_10.safetensors" in out  # escaped, the rest of the row intact
+    code, _, err = _run_on_ascii_streams("report", str(store), "--wide")
+    assert code == 0 and "CKA\\u2080" in err and "final: D_LR" in err
+    code, out, _ = _run_on_ascii_streams("report", str(store), "--format", "json")
+    assert code == 0 and json.loads(out)[1]["path"] == str(folder / "step_10.safetensors")  # JSON stays valid
+    code, _, err = _run_on_ascii_streams("report", str(tmp_path / "ü" / "missing.h5"))
+    assert code == 1 and "error: " in err and "missing.h5" in err and "Traceback" not in err
