@@ -312,17 +312,19 @@ def classify(**kwargs: Any) -> None:
 
     thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
     run = load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
-    layer_order = [str(name) for name in run.provenance.get("layers") or []]
-    probe_order = [str(name) for name in run.provenance.get("probes") or []]
+    provenance_warnings: list[str] = []
+    layer_order = _provenance_names(run.provenance, "layers", provenance_warnings)
+    probe_order = _provenance_names(run.provenance, "probes", provenance_warnings)
+    reference_step = _provenance_step(run.provenance, "reference_step", provenance_warnings)
     chosen = min(run.series, key=lambda s: (
         probe_order.index(s.probe) if s.probe in probe_order else len(probe_order), s.probe,
         layer_order.index(s.layer) if s.layer in layer_order else len(layer_order), s.layer))
     if not chosen.records:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
-    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=run.provenance.get("reference_step"))
+    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
     console = _stderr_console()
-    for warning in run.warnings:
+    for warning in [*run.warnings, *provenance_warnings]:
         console.print(f"warning: {warning}", markup=False, style="yellow")
     if kwargs["as_json"]:
         _emit_json(verdict.as_json())
@@ -339,6 +341,33 @@ def classify(**kwargs: Any) -> None:
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
         console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")
         sys.exit(3)
+
+
+def _provenance_names(provenance: Any, key: str, warnings: list[str]) -> list[str]:
+    """The names the store's provenance lists under ``key`` (a list, or a table's keys); a value of
+    another type (a hand-edited or damaged store) is ignored with a warning."""
+    value = provenance.get(key)
+    if value is None:
+        return []
+    if isinstance(value, (list, dict)):
+        return [str(name) for name in value]
+    warnings.append(f"the store's provenance has {key} = {json.dumps(value)[:60]}, not a list of names; "
+                    "ignored (the series is chosen by name)")
+    return []
+
+
+def _provenance_step(provenance: Any, key: str, warnings: list[str]) -> int | None:
+    """An integer step recorded in the provenance; another type is ignored with a warning."""
+    value = provenance.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    warnings.append(f"the store's provenance has {key} = {json.dumps(value)[:60]}, not an integer step; "
+                    "ignored (the first stored step is taken as the reference)")
+    return None
 
 
 # -------------------------------------------------------------------------------------- entry point

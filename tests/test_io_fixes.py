@@ -330,3 +330,29 @@ def test_a_path_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(tmp_p
     assert code == 0 and json.loads(out)[1]["path"] == str(folder / "step_10.safetensors")  # JSON stays valid
     code, _, err = _run_on_ascii_streams("report", str(tmp_path / "ü" / "missing.h5"))
     assert code == 1 and "error: " in err and "missing.h5" in err and "Traceback" not in err
+
+
+# ------------------------------------------------ D14: classify with wrong-typed provenance values
+
+
+@pytest.mark.parametrize(("key", "value", "warning"), [
+    ("layers", 5, "the store's provenance has layers = 5, not a list of names; ignored"),
+    ("probes", "probe", "the store's provenance has probes = \"probe\", not a list of names; ignored"),
+    ("reference_step", "abc", "the store's provenance has reference_step = \"abc\", not an integer step; ignored"),
+])
+def test_classify_copes_with_wrong_typed_provenance(tmp_path: Path, key: str, value: Any, warning: str) -> None:
+    import h5py
+
+    store = tmp_path / "s.h5"
+    assert _analyze(_run_folder(tmp_path / "run"), store).code == 0
+    intact = fdl("classify", str(store), "--json")
+    assert intact.code == 0, intact.stderr
+    with h5py.File(store, "r+") as handle:
+        provenance = json.loads(handle.attrs["provenance"])
+        provenance[key] = value
+        handle.attrs["provenance"] = json.dumps(provenance)
+    result = fdl("classify", str(store), "--json")
+    assert "Traceback" not in result.stderr
+    assert result.code == 0, result.stderr
+    assert f"warning: {warning}" in result.stderr
+    assert json.loads(result.stdout) == json.loads(intact.stdout)  # the first step is the reference anyway
