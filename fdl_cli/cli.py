@@ -58,6 +58,15 @@ class _StdoutClosed(Exception):
 
 
 class _Group(click.Group):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # `fdl --help` and `fdl --version` print while their arguments are parsed, before invoke
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -356,3 +356,21 @@ def test_classify_copes_with_wrong_typed_provenance(tmp_path: Path, key: str, va
     assert result.code == 0, result.stderr
     assert f"warning: {warning}" in result.stderr
     assert json.loads(result.stdout) == json.loads(intact.stdout)  # the first step is the reference anyway
+
+
+# ------------------------------------------------------------- D15: `fdl --help | true` exits 141
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["report", "--help"]])
+def test_help_and_version_into_a_closed_pipe_exit_141_quietly(argv: list[str]) -> None:
+    """`fdl --help | true`: the reader is gone before fdl writes. Like any other command (and a tool
+    killed by SIGPIPE) fdl exits 141 without a word; click's own handler made it exit 1."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child starts: its first write meets EPIPE
+    try:
+        process = subprocess.run([sys.executable, "-m", "fdl_cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                                 text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert process.returncode == 141, process.stderr
+    assert process.stderr == ""
