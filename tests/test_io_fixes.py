@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,21 @@ def test_help_and_version_into_a_closed_pipe_exit_141_quietly(argv: list[str]) -
         os.close(write_end)
     assert process.returncode == 141, process.stderr
     assert process.stderr == ""
+
+
+# ------------------------------------------------------------------------ small message accuracy
+
+
+def test_an_unknown_layer_with_no_close_name_lists_the_models_modules() -> None:
+    from fdl_cli.errors import ModelError
+    from fdl_cli.extract import resolve_layers
+
+    with pytest.raises(ModelError) as err:
+        resolve_layers(mlp(), ["nope"])
+    assert "got: no module name is close to it; the model's modules include: 0, 1, 2" in str(err.value)
+    assert "(none)" not in str(err.value)
+    wide = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(12)])
+    with pytest.raises(ModelError, match=r"include: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\. \(12 in all\)"):
+        resolve_layers(wide, ["nope"])
+    with pytest.raises(ModelError, match="closest module names: head"):  # close names are still preferred
+        resolve_layers(torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(2, 2))), ["haed"])
