@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -495,6 +496,14 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int
     return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases ``inputs``, ``data``), optional ``y`` (``targets``, ``labels``).
 
@@ -509,6 +518,17 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             fix=f"pass the probe file itself, e.g. --probe {path / 'probe.npz'} ({', '.join(PROBE_SUFFIXES)})",
         )
     if not path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None:  # it exists, but is no file to read a probe from (/dev/null, a FIFO)
+            kind = next((what for test, what in _SPECIAL_FILES if test(mode)), "not a regular file")
+            raise ProbeError(
+                f"probe {path} is not a regular file",
+                got=kind,
+                fix=f"pass a probe file saved as one of {', '.join(PROBE_SUFFIXES)} (np.savez(FILE, x=..., y=...))",
+            )
         raise ProbeError(
             f"probe file {path} not found", fix="check the --probe path (or the probe in fdl.toml)"
         )

@@ -393,3 +393,21 @@ def test_an_unknown_layer_with_no_close_name_lists_the_models_modules() -> None:
         resolve_layers(wide, ["nope"])
     with pytest.raises(ModelError, match="closest module names: head"):  # close names are still preferred
         resolve_layers(torch.nn.Sequential(OrderedDict(head=torch.nn.Linear(2, 2))), ["haed"])
+
+
+def test_a_probe_that_is_not_a_regular_file_says_so_not_not_found(tmp_path: Path) -> None:
+    from fdl_cli.errors import ProbeError
+    from fdl_cli.probes import load_probe
+
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    cases = [(Path(os.devnull), "a character device"), (fifo, "a named pipe (FIFO)")]
+    for path, kind in cases:
+        with pytest.raises(ProbeError) as err:
+            load_probe(path)
+        assert str(err.value).startswith(f"probe {path} is not a regular file\n  got: {kind}\n  fix: pass a probe file")
+    with pytest.raises(ProbeError, match="not found"):  # a missing file still says so
+        load_probe(tmp_path / "missing.npz")
+    folder = _run_folder(tmp_path / "run")
+    result = fdl("analyze", str(folder), "--model", MODEL, "--probe", os.devnull, "--out", str(tmp_path / "s.h5"))
+    assert result.code == 1 and f"error: probe {os.devnull} is not a regular file" in result.stderr
