@@ -411,3 +411,18 @@ def test_a_probe_that_is_not_a_regular_file_says_so_not_not_found(tmp_path: Path
     folder = _run_folder(tmp_path / "run")
     result = fdl("analyze", str(folder), "--model", MODEL, "--probe", os.devnull, "--out", str(tmp_path / "s.h5"))
     assert result.code == 1 and f"error: probe {os.devnull} is not a regular file" in result.stderr
+
+
+@pytest.mark.parametrize(("value", "got"), [
+    ("cka_static=nan", "got: 'nan' (not finite)"),
+    ("cka_static=inf", "got: 'inf' (not finite)"),
+    ("cka_static=abc", "got: 'abc' (not a number)"),
+])
+def test_a_threshold_that_is_not_a_finite_number_says_so(tmp_path: Path, value: str, got: str) -> None:
+    result = fdl("classify", str(tmp_path / "never-read.h5"), "--threshold", value)
+    assert result.code == 1
+    assert f"error: bad threshold {value!r}: its value must be a finite number\n  {got}\n" in result.stderr
+    assert "fix: e.g. --threshold cka_static=0.98" in result.stderr
+    assert "NAME=VALUE" not in result.stderr  # it was written as NAME=VALUE
+    missing = fdl("classify", str(tmp_path / "never-read.h5"), "--threshold", "cka_static")
+    assert missing.code == 1 and "fix: write it as NAME=VALUE" in missing.stderr
