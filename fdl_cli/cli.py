@@ -173,6 +173,18 @@ def inspect(**kwargs: Any) -> None:
 
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
+    if kwargs["probe_spec"] is not None and isinstance(failure, str) and failure.startswith("forward failed"):
+        # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
+        # that is the probe's error (as `analyze` would say), not a listing to exit 0 with.
+        from fdl_cli.errors import ProbeError
+
+        raise ProbeError(
+            f"probe {kwargs['probe_spec']} does not fit the model of {result['checkpoint']}",
+            got=failure,
+            fix="give the probe inputs the shape and dtype the model's forward expects (run `fdl inspect` "
+            "without --probe to list the modules)",
+        )
     if kwargs["as_json"]:
         _emit_json(result)
         return

@@ -426,3 +426,17 @@ def test_a_threshold_that_is_not_a_finite_number_says_so(tmp_path: Path, value: 
     assert "NAME=VALUE" not in result.stderr  # it was written as NAME=VALUE
     missing = fdl("classify", str(tmp_path / "never-read.h5"), "--threshold", "cka_static")
     assert missing.code == 1 and "fix: write it as NAME=VALUE" in missing.stderr
+
+
+def test_inspect_with_a_probe_that_does_not_fit_the_model_exits_1(tmp_path: Path) -> None:
+    folder = _run_folder(tmp_path / "run")
+    np.savez(tmp_path / "wide.npz", x=np.zeros((4, 5), np.float32))  # the model takes 4 inputs
+    checkpoint = str(folder / "step_10.safetensors")
+    for json_flag in ((), ("--json",)):
+        result = fdl("inspect", checkpoint, "--model", MODEL, "--probe", str(tmp_path / "wide.npz"), *json_flag)
+        assert result.code == 1, result.stderr
+        assert result.stdout == ""
+        assert f"error: probe {tmp_path / 'wide.npz'} does not fit the model of {checkpoint}" in result.stderr
+        assert "got: forward failed on a sample of shape (1, 5): RuntimeError" in result.stderr
+    fits = fdl("inspect", checkpoint, "--model", MODEL, "--probe", str(tmp_path / "probe.npz"), "--json")
+    assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
