@@ -90,6 +90,14 @@ def cli() -> None:
 # ----------------------------------------------------------------------------------------- analyze
 
 
+def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--steps ''` (an unset shell variable, say) would select nothing and so analyse everything."""
+    if value is not None and not any(part.strip() for part in value.split(",")):
+        raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint="--steps")
+    return value
+
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
@@ -118,7 +126,8 @@ def cli() -> None:
 @click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
 @click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
-@click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.")
+@click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
+              callback=_nonempty_steps)
 @click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")

@@ -440,3 +440,13 @@ def test_inspect_with_a_probe_that_does_not_fit_the_model_exits_1(tmp_path: Path
         assert "got: forward failed on a sample of shape (1, 5): RuntimeError" in result.stderr
     fits = fdl("inspect", checkpoint, "--model", MODEL, "--probe", str(tmp_path / "probe.npz"), "--json")
     assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
+
+
+@pytest.mark.parametrize("steps", ["", " , "])
+def test_an_empty_steps_list_is_a_usage_error_not_every_step(tmp_path: Path, steps: str) -> None:
+    folder = _run_folder(tmp_path / "run")
+    store = tmp_path / "s.h5"
+    result = _analyze(folder, store, "--steps", steps)
+    assert result.code == 2, result.stderr
+    assert f"Invalid value for --steps: the list of steps is empty (got {steps!r})" in result.stderr
+    assert not store.exists()
