@@ -8,12 +8,14 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import importlib.util
 import io
 import json
 import numbers
+import os
 import pickle
 import pickletools
 import re
@@ -243,7 +245,10 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             raise ValueError(
                 f"tensor data ends at byte {8 + length + end} but the file has {size} (truncated)"
             )
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except OSError as exc:  # the file cannot be read at all (permission, ...): not a damaged file
+        got, fix = _os_reason(path, exc)
+        raise CheckpointError(f"cannot read the safetensors file {path}", got=got, fix=fix) from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise CheckpointError(
             f"cannot read the safetensors file {path}",
             got=str(exc),
@@ -398,6 +403,8 @@ def _export_refused(path: Path) -> UnsafeCheckpointError:
 
 
 def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):
+        return _unreachable_error(path, exc)  # not damage: the file cannot be reached or read
     reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     if reason.startswith("Weights only load failed"):
         # torch's advice here is to load with weights_only=False, i.e. to run the file's code: never
@@ -413,11 +420,95 @@ def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
     )
 
 
+def _os_reason(path: Path, exc: BaseException) -> tuple[str, str]:
+    """(got, fix) for an OSError met while reaching or reading ``path``, in words."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ELOOP or isinstance(exc, RuntimeError):  # pathlib's "Symlink loop" (Python < 3.13)
+        return (
+            "a symbolic link loop (the link leads, through links, back to itself)",
+            "point the link at the real checkpoint, or remove it",
+        )
+    if code == errno.ENOENT:
+        target = None
+        try:
+            if path.is_symlink():
+                target = os.readlink(path)
+        except OSError:
+            pass
+        if target is not None:
+            return (
+                f"a symbolic link to {target}, which does not exist",
+                "restore the file it points to, or remove the link",
+            )
+        return "it disappeared while fdl was reading it", "run the command again once the file is in place"
+    if isinstance(exc, PermissionError):
+        try:
+            folder = path.is_dir()
+        except OSError:
+            folder = False
+        how = f"chmod a+rx {path}" if folder else f"chmod a+r {path}"
+        return (
+            f"permission denied: this user may not read the {'folder' if folder else 'file'}",
+            f"make it readable ({how}; the folders above it need a+x), or run fdl as a user who may read it",
+        )
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return reason, "check the file and the folders above it"
+
+
+def _unreachable_error(path: Path, exc: BaseException) -> CheckpointError:
+    got, fix = _os_reason(path, exc)
+    return CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix)
+
+
+def _check_reachable(path: Path) -> None:
+    """CheckpointError when ``path`` cannot be reached: a dangling symbolic link or a link loop."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise _unreachable_error(path, exc) from None
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _lfs_pointer_error(path: Path, head: bytes) -> CheckpointError:
+    fields_ = dict(line.partition(" ")[::2] for line in head.decode("utf-8", "replace").splitlines())
+    size = fields_.get("size", "").strip()
+    real = f"the real {size}-byte file" if size.isdigit() else "the real file"
+    return CheckpointError(
+        f"{path} is a Git LFS pointer, not the checkpoint it stands for",
+        got=f"a {len(head)}-byte text file naming {real} by its hash ({fields_.get('oid', '?').strip()[:23]}...), "
+        "which was never downloaded",
+        fix="run `git lfs pull` in the repository that holds it (`git lfs install` first if Git LFS is not set "
+        "up), then run fdl again",
+    )
+
+
+def _text_file_error(path: Path, head: bytes) -> CheckpointError:
+    first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
+    return CheckpointError(
+        f"{path} is a text file, not a checkpoint",
+        got=f"a file with the checkpoint suffix {path.suffix} that begins {first!r}",
+        fix="replace it with the checkpoint it should be, or move it out of the folder (or leave it out with --glob)",
+    )
+
+
 def _peek_file(path: Path) -> _Peek:
-    """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model."""
+    """What kind of checkpoint ``path`` is, its step metadata, or why it is not a model.
+
+    A Git LFS pointer, or a text file with a checkpoint suffix, is a bad checkpoint (CheckpointError):
+    a file named like a checkpoint that holds none is not passed over with a note.
+    """
     name = path.name
     if path.stat().st_size == 0:
         return _Peek(None, {}, f"skipped {name}: empty file")
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(_LFS_POINTER):
+        raise _lfs_pointer_error(path, head)
+    text = _is_text(head)
+    if text and path.suffix == ".safetensors":  # a safetensors file starts with a binary header length
+        raise _text_file_error(path, head)
     if path.suffix == ".safetensors":
         header = _read_safetensors_header(path)
         if not any(k != "__metadata__" for k in header):
@@ -434,7 +525,7 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek("torchscript", {})
         if _is_export(path, names):
             return _Peek("export", {})
-    elif _looks_like_text(path):
+    elif text and path.suffix not in WEIGHT_SUFFIXES:  # an explicit README.txt, say
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
         obj = _torch_load_safe(path, mmap=True)
@@ -448,6 +539,10 @@ def _peek_file(path: Path) -> _Peek:
                 "tensors; not loaded",
             )
         return _Peek("pickle", {})
+    except CheckpointError:
+        if text:  # not even an (ASCII) pickle: say what it is rather than how unpickling failed
+            raise _text_file_error(path, head) from None
+        raise
     if _is_optimizer_state(obj):
         return _Peek(None, {}, f"skipped {name}: optimizer state, no model weights")
     tensors = _find_tensor_dict(obj)
@@ -458,9 +553,8 @@ def _peek_file(path: Path) -> _Peek:
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
 
 
-def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(512)
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes look like text (UTF-8, no NUL, not a binary pickle)."""
     if not head or b"\x00" in head:
         return False
     try:
@@ -471,13 +565,27 @@ def _looks_like_text(path: Path) -> bool:
 
 
 def _hf_weight_files(folder: Path) -> list[Path]:
-    """The weight files of an HF-style checkpoint folder (empty when it is not one)."""
+    """The weight files of an HF-style checkpoint folder (empty when it is not one).
+
+    Raises CheckpointError when the folder cannot be looked into (no permission) or its index is unreadable.
+    """
+    try:
+        return _hf_weight_files_of(folder)
+    except OSError as exc:
+        got, fix = _os_reason(folder, exc)
+        raise CheckpointError(f"cannot look into the folder {folder}", got=got, fix=fix) from None
+
+
+def _hf_weight_files_of(folder: Path) -> list[Path]:
     for index_name in _HF_INDEX:
         index = folder / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except OSError as exc:
+                got, fix = _os_reason(index, exc)
+                raise CheckpointError(f"cannot read the shard index {index}", got=got, fix=fix) from None
+            except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(
                     f"cannot read the shard index {index}",
                     got=str(exc),
@@ -598,11 +706,16 @@ def _candidates(
         else:
             expanded.append(Path(source))
     for source in expanded:
-        if not source.exists():
-            raise CheckpointError(
-                f"no such checkpoint file or folder: {source}",
-                fix="check the path (relative paths are taken from the current folder)",
-            )
+        try:
+            os.stat(source)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and not source.is_symlink():
+                raise CheckpointError(
+                    f"no such checkpoint file or folder: {source}",
+                    fix="check the path (relative paths are taken from the current folder)",
+                ) from None
+            got, fix = _os_reason(source, exc)
+            raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file() or _hf_weight_files(source):
             yield source, False
         if source.is_dir():
@@ -611,13 +724,24 @@ def _candidates(
 
 def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[Path]:
     own = set(_hf_weight_files(folder))
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        got, fix = _os_reason(folder, exc)
+        raise CheckpointError(f"cannot list the folder {folder}", got=got, fix=fix) from None
+    for entry in entries:
         if glob is not None and not entry.match(glob):
             continue
         if entry in own:
             continue
         if entry.is_dir():
-            if _hf_weight_files(entry):
+            try:
+                is_checkpoint = bool(_hf_weight_files(entry))
+            except CheckpointError:
+                # It cannot be looked into (or its index read): it may be a checkpoint, so it is not
+                # passed over in silence; peeking at it reports it as a bad checkpoint with the reason.
+                is_checkpoint = True
+            if is_checkpoint:
                 yield entry
         elif entry.suffix in WEIGHT_SUFFIXES:
             yield entry
@@ -677,14 +801,22 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     for path, scanned in _candidates(sources, stdin, glob, notes):
-        if path.resolve() in seen:
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+            key = path.absolute()
+        if key in seen:
             continue
-        seen.add(path.resolve())
+        seen.add(key)
         looked_at.append(path.name)
         try:
+            _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
         except CheckpointError as exc:
             bad.append((path, exc))
+            continue
+        except OSError as exc:  # e.g. no permission to read it: a bad checkpoint, the others go on
+            bad.append((path, _unreachable_error(path, exc)))
             continue
         if peek.kind is None:
             notes.append(peek.skip_reason or f"skipped {path.name}")
@@ -1050,10 +1182,11 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             raise _exited(f"--model {spec!r}: importing {file}", exc, said.getvalue()) from None
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
+            unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             raise ModelError(
                 f"--model {spec!r}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}",
-                fix="fix the error in that file",
+                fix=_os_reason(file, exc)[1] if unreadable else "fix the error in that file",
             ) from None
     else:
         try:
@@ -1256,10 +1389,16 @@ def read_manifest(folder: Path) -> Manifest | None:
     else:  # pragma: no cover
         import tomli as tomllib
     path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        return None
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        got, fix = _os_reason(path, exc)
+        fix += "; or move it away and give the options on the command line"
+        raise CheckpointError(f"cannot read the manifest {path}", got=got, fix=fix) from None
+    try:
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{path} is not valid TOML",

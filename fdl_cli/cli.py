@@ -7,10 +7,12 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import click
 
@@ -28,10 +30,27 @@ def _stderr_console() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _emit_json(obj: Any) -> None:
-    """One JSON document on stdout (flushed, so `| jq` sees records as they complete)."""
-    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
-    sys.stdout.flush()
+def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
+    """One JSON document on stdout (flushed, so `| jq` sees records as they complete).
+
+    ``stream``: the real stdout, while `_user_output_to_stderr` sends everything else to stderr."""
+    out = stream if stream is not None else sys.stdout
+    out.write(json.dumps(obj, allow_nan=False) + "\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _user_output_to_stderr() -> Iterator[TextIO]:
+    """While a command runs the user's model code, send Python-level writes to sys.stdout to stderr.
+
+    A model file's own print() (at import, in its factory, in forward) would otherwise land between the
+    JSON records of `--json` and break `| jq`. Yields the real stdout, for fdl's own machine output."""
+    real = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield real
+    finally:
+        sys.stdout = real
 
 
 class _StdoutClosed(Exception):
@@ -39,6 +58,15 @@ class _StdoutClosed(Exception):
 
 
 class _Group(click.Group):
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        # `fdl --help` and `fdl --version` print while their arguments are parsed, before invoke
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except BrokenPipeError:
+            raise _StdoutClosed from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -60,6 +88,14 @@ def cli() -> None:
 
 
 # ----------------------------------------------------------------------------------------- analyze
+
+
+def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--steps ''` (an unset shell variable, say) would select nothing and so analyse everything."""
+    if value is not None and not any(part.strip() for part in value.split(",")):
+        raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint="--steps")
+    return value
+
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -90,7 +126,8 @@ def cli() -> None:
 @click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
 @click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
-@click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.")
+@click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
+              callback=_nonempty_steps)
 @click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")
@@ -114,11 +151,11 @@ def analyze(**kwargs: Any) -> None:
 
     options = AnalyzeOptions.from_cli(**kwargs)
     console = _stderr_console()
-    with RichReporter(console, quiet=False) as reporter:
+    with _user_output_to_stderr() as stdout, RichReporter(console, quiet=False) as reporter:
         summary = run_analyze(
             options,
             reporter=reporter,
-            on_record=_emit_json if options.as_json else None,
+            on_record=functools.partial(_emit_json, stream=stdout) if options.as_json else None,
             stdin=sys.stdin,
         )
     console.print(summary.message(), markup=False)
@@ -143,7 +180,20 @@ def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""
     from fdl_cli.pipeline import inspect_checkpoint
 
-    result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
+        result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
+    if kwargs["probe_spec"] is not None and isinstance(failure, str) and failure.startswith("forward failed"):
+        # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
+        # that is the probe's error (as `analyze` would say), not a listing to exit 0 with.
+        from fdl_cli.errors import ProbeError
+
+        raise ProbeError(
+            f"probe {kwargs['probe_spec']} does not fit the model of {result['checkpoint']}",
+            got=failure,
+            fix="give the probe inputs the shape and dtype the model's forward expects (run `fdl inspect` "
+            "without --probe to list the modules)",
+        )
     if kwargs["as_json"]:
         _emit_json(result)
         return
@@ -292,17 +342,19 @@ def classify(**kwargs: Any) -> None:
 
     thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
     run = load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
-    layer_order = [str(name) for name in run.provenance.get("layers") or []]
-    probe_order = [str(name) for name in run.provenance.get("probes") or []]
+    provenance_warnings: list[str] = []
+    layer_order = _provenance_names(run.provenance, "layers", provenance_warnings)
+    probe_order = _provenance_names(run.provenance, "probes", provenance_warnings)
+    reference_step = _provenance_step(run.provenance, "reference_step", provenance_warnings)
     chosen = min(run.series, key=lambda s: (
         probe_order.index(s.probe) if s.probe in probe_order else len(probe_order), s.probe,
         layer_order.index(s.layer) if s.layer in layer_order else len(layer_order), s.layer))
     if not chosen.records:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
-    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=run.provenance.get("reference_step"))
+    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
     console = _stderr_console()
-    for warning in run.warnings:
+    for warning in [*run.warnings, *provenance_warnings]:
         console.print(f"warning: {warning}", markup=False, style="yellow")
     if kwargs["as_json"]:
         _emit_json(verdict.as_json())
@@ -319,6 +371,33 @@ def classify(**kwargs: Any) -> None:
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
         console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")
         sys.exit(3)
+
+
+def _provenance_names(provenance: Any, key: str, warnings: list[str]) -> list[str]:
+    """The names the store's provenance lists under ``key`` (a list, or a table's keys); a value of
+    another type (a hand-edited or damaged store) is ignored with a warning."""
+    value = provenance.get(key)
+    if value is None:
+        return []
+    if isinstance(value, (list, dict)):
+        return [str(name) for name in value]
+    warnings.append(f"the store's provenance has {key} = {json.dumps(value)[:60]}, not a list of names; "
+                    "ignored (the series is chosen by name)")
+    return []
+
+
+def _provenance_step(provenance: Any, key: str, warnings: list[str]) -> int | None:
+    """An integer step recorded in the provenance; another type is ignored with a warning."""
+    value = provenance.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    warnings.append(f"the store's provenance has {key} = {json.dumps(value)[:60]}, not an integer step; "
+                    "ignored (the first stored step is taken as the reference)")
+    return None
 
 
 # -------------------------------------------------------------------------------------- entry point
@@ -339,9 +418,21 @@ def configure_blas_threads(environ: Any = os.environ) -> None:
         environ.setdefault(name, value)
 
 
+def tolerate_unencodable_output() -> None:
+    """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
+    a Latin-1 terminal) escaped as \\xfc instead of failing with UnicodeEncodeError. Only text the
+    encoding cannot hold changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
     configure_blas_threads()
+    tolerate_unencodable_output()
     try:
         with signals.installed():
             cli.main(args=argv, prog_name="fdl", standalone_mode=False)

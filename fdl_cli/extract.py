@@ -166,10 +166,19 @@ def resolve_layers(
         if module not in modules:
             import difflib
 
-            close = difflib.get_close_matches(module, [m for m in modules if m], n=5)
+            named = [m for m in modules if m]
+            close = difflib.get_close_matches(module, named, n=5)
+            if close:
+                got = f"closest module names: {', '.join(close)}"
+            elif named:  # nothing is close: show what there is rather than "(none)"
+                got = f"no module name is close to it; the model's modules include: {', '.join(named[:10])}" + (
+                    f", ... ({len(named)} in all)" if len(named) > 10 else ""
+                )
+            else:
+                got = "the model has no named sub-modules"
             raise ModelError(
                 f"unknown layer {name!r}",
-                got=f"closest module names: {', '.join(close) or '(none)'}",
+                got=got,
                 fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
             )
         spec = LayerSpec(module=module, use_input=use_input)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -495,6 +496,14 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int
     return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases ``inputs``, ``data``), optional ``y`` (``targets``, ``labels``).
 
@@ -509,6 +518,17 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             fix=f"pass the probe file itself, e.g. --probe {path / 'probe.npz'} ({', '.join(PROBE_SUFFIXES)})",
         )
     if not path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None:  # it exists, but is no file to read a probe from (/dev/null, a FIFO)
+            kind = next((what for test, what in _SPECIAL_FILES if test(mode)), "not a regular file")
+            raise ProbeError(
+                f"probe {path} is not a regular file",
+                got=kind,
+                fix=f"pass a probe file saved as one of {', '.join(PROBE_SUFFIXES)} (np.savez(FILE, x=..., y=...))",
+            )
         raise ProbeError(
             f"probe file {path} not found", fix="check the --probe path (or the probe in fdl.toml)"
         )
@@ -528,12 +548,14 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         if "allow_pickle" in reason or "pickled (object) data" in reason:
             # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
             reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
-        raise ProbeError(
-            f"cannot read the probe {path}",
-            got=reason[:300],
-            fix="the file is corrupt or not of the format its suffix says; save plain numeric arrays "
-            "(np.savez(FILE, x=..., y=...))",
-        ) from None
+        fix = (
+            "the file is corrupt or not of the format its suffix says; save plain numeric arrays "
+            "(np.savez(FILE, x=..., y=...))"
+        )
+        if isinstance(exc, PermissionError):  # not damage: this user may not read it
+            reason = "permission denied: this user may not read the file"
+            fix = f"make it readable (chmod a+r {path}; the folders above it need a+x), or run fdl as a user who may"
+        raise ProbeError(f"cannot read the probe {path}", got=reason[:300], fix=fix) from None
     if "x" not in arrays and set(arrays) <= {"arr_0", "arr_1"} and "arr_0" in arrays:
         arrays = {"x": arrays["arr_0"], **({"y": arrays["arr_1"]} if "arr_1" in arrays else {})}
     x_key, x = _pick(arrays, X_KEYS)

@@ -88,17 +88,21 @@ class Thresholds:
 
 def _split(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
-    try:
-        if not sep:
-            raise ValueError
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError
-        return name.strip(), number
-    except ValueError:
+    if not sep:
         raise FdlError(
             f"bad threshold {text!r}", got=text, fix="write it as NAME=VALUE, e.g. --threshold cka_static=0.98"
-        ) from None
+        )
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number):
+        raise FdlError(
+            f"bad threshold {text!r}: its value must be a finite number",
+            got=f"{value.strip()!r}" + (" (not finite)" if number is not None else " (not a number)"),
+            fix=f"e.g. --threshold {name.strip() or 'cka_static'}=0.98",
+        )
+    return name.strip(), number
 
 
 @dataclass(frozen=True)
