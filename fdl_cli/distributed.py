@@ -130,18 +130,13 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
     import torch
     import torch.distributed as dist
 
-    if moments.shifted:
-        # Each rank's sums are about its own slice's first batch: move them to rank 0's shift points,
-        # near every slice's means too, so that they add up (and keep their precision).
-        present_shifts = [name for name in _SHIFT_FIELDS if getattr(moments, name) is not None]
-        shifts = np.concatenate([np.asarray(getattr(moments, name), dtype=np.float64) for name in present_shifts])
-        common = torch.from_numpy(shifts).to(device)
-        dist.broadcast(common, src=0)
-        values_0 = common.cpu().numpy()
-        widths = [np.size(getattr(moments, name)) for name in present_shifts]
-        starts = np.cumsum([0, *widths])
-        by_name = {name: values_0[starts[i] : starts[i + 1]].copy() for i, name in enumerate(present_shifts)}
-        moments = moments.shifted_to(by_name.get("shift_f"), by_name.get("shift_o"), by_name.get("shift_y"))
+    # Each rank's sums are about its own slice's first batch, if that was far from 0 (which one slice
+    # may be and another not): every rank moves them to rank 0's shift points, near every slice's
+    # means too when rank 0 shifted (precision kept), to 0 when it did not, so that they add up.
+    # Always, on every rank: a collective that one rank skips leaves the others waiting for ever.
+    common = broadcast_from_writer(tuple(getattr(moments, name) for name in _SHIFT_FIELDS), world)
+    if not world.writes:
+        moments = moments.shifted_to(*common)
     present = [name for name in _SUM_FIELDS if getattr(moments, name) is not None]
     parts = [np.asarray(getattr(moments, name), dtype=np.float64).reshape(-1) for name in present]
     flat = np.concatenate(parts + [np.array([moments.n, moments.n_correct], dtype=np.float64)])

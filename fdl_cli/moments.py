@@ -30,6 +30,21 @@ def _is_torch(array: Any) -> bool:
     return hasattr(array, "detach") and hasattr(array, "device")
 
 
+#: The sums are taken about the first batch's means when, in some column, the mean is more than
+#: SHIFT_RATIO standard deviations from 0: centering by subtraction then loses eps·(mean/std)² of
+#: relative precision about 0, ~16 eps at most below the ratio. Below it the sums stay about 0 and the
+#: batch is not shifted (one pass over it less: ~2 % of `fdl analyze` on a CPU).
+SHIFT_RATIO = 4.0
+
+
+def _shift_point(values: Any) -> Any:
+    """The column means of a float64 batch (b, w) (numpy or torch) if some column lies far from 0
+    (SHIFT_RATIO), else None."""
+    mean = values.mean(0)
+    spread = ((values - mean) ** 2).mean(0)
+    return mean if bool((mean * mean > SHIFT_RATIO**2 * spread).any()) else None
+
+
 #: Width of the block rows in which the torch path sums the symmetric FᵀF (see `row_bounds`).
 ROW_BLOCK = 128
 
@@ -164,9 +179,16 @@ class MomentAccumulator:
         if not self.keep_features and self.product_dtype == "float64":
             if self._shifts is None:
                 regression = self.task == "regression"
-                self._shifts = (feats.mean(0), outs.mean(0), onehot.mean(0) if regression and onehot is not None else None)
+                self._shifts = (
+                    _shift_point(feats),
+                    _shift_point(outs),
+                    _shift_point(onehot) if regression and onehot is not None else None,
+                )
             shift_f, shift_o, shift_y = self._shifts
-            feats, outs = feats - shift_f, outs - shift_o
+            if shift_f is not None:
+                feats = feats - shift_f
+            if shift_o is not None:
+                outs = outs - shift_o  # the correct predictions were counted above, on the outputs
             if shift_y is not None and onehot is not None:
                 onehot = onehot - shift_y
         if onehot is None:
@@ -251,20 +273,26 @@ class MomentAccumulator:
             )
         f_one, s_one = buffers[0][:batch], buffers[1][:batch]
         f64, side = f_one[:, :p], s_one[:, :width]
+        f64.copy_(feats)
+        side[:, :c].copy_(outs)
+        if values is not None:
+            side[:, c:].copy_(values)
         if self._shifts is None:
             self._shifts = (
-                feats.mean(0, dtype=torch.float64),
-                outs.mean(0, dtype=torch.float64),
-                values.mean(0) if values is not None else None,
+                _shift_point(f64),
+                _shift_point(side[:, :c]),
+                _shift_point(side[:, c:]) if values is not None else None,
             )
+        # Converted, then shifted in place where needed (faster than one mixed-dtype torch.sub into
+        # the buffer, which casts through a temporary).
         shift_f, shift_o, shift_y = self._shifts
-        # Converted, then shifted in place (faster than one mixed-dtype torch.sub into the buffer,
-        # which casts through a temporary).
-        f64.copy_(feats).sub_(shift_f)
-        side[:, :c].copy_(outs).sub_(shift_o)
-        if values is not None:
-            side[:, c:].copy_(values).sub_(shift_y)
-        elif labels is not None:
+        if shift_f is not None:
+            f64.sub_(shift_f)
+        if shift_o is not None:
+            side[:, :c].sub_(shift_o)
+        if shift_y is not None:
+            side[:, c:].sub_(shift_y)
+        if labels is not None:
             side[:, c:].zero_().scatter_(1, labels.long().reshape(-1, 1), 1.0)
         if "gram_f" not in self._sums:
             self._sums["gram_f"] = torch.zeros((p + 1, p + 1), dtype=torch.float64, device=feats.device)

@@ -56,7 +56,7 @@ def test_statistics_stay_on_the_gpu_and_match_the_cpu() -> None:
     """p = 700: five block rows of the symmetric FᵀF (summed into strided views, mirrored when read),
     on the GPU as on the CPU, at the end and in mid-pass."""
     generator = torch.Generator().manual_seed(0)
-    features = torch.randn(1000, 700, generator=generator, dtype=torch.float64)
+    features = torch.randn(1000, 700, generator=generator, dtype=torch.float64) + 10.0  # shifted sums
     outputs = torch.randn(1000, 3, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 3, (1000,), generator=generator)
     accumulators, snapshots = {}, {}

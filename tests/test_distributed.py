@@ -629,3 +629,19 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
     assert steps == [0, 10, 20, 30, 40, 50]
     _assert_same({step: record for step, record in _here(expected, folder).items() if step < 60},
                  _stored(tmp_path / "two.h5"))
+
+
+def test_shard_probe_with_one_slice_far_from_zero_equals_one_process(tmp_path: Path) -> None:
+    """Rank 0's probe slice gives features far from 0 (summed about its first batch's means), rank 1's
+    near 0 (plain sums): the sums are moved to one point before they are added. With a shift taken
+    only where needed, a rank-dependent collective would leave the other rank waiting for ever."""
+    run = _make_run(tmp_path / "run")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    x[:150] += 50.0
+    np.savez(run / "probe.npz", x=x, y=rng.integers(0, 3, size=300))
+    _single(run, tmp_path / "single.h5")
+    expected = _stored(tmp_path / "single.h5")
+    records = _torchrun(run, tmp_path / "two.h5", "--shard-probe")
+    assert sorted(r["step"] for r in records) == sorted(expected)
+    _assert_same(expected, _stored(tmp_path / "two.h5"))

@@ -77,16 +77,23 @@ def test_batched_equals_one_pass_equals_merged_shards(task: str, keep_features: 
         assert_same_measures(whole, merge_all(shards), center=center)
 
 
-def test_statistics_are_the_plain_sums() -> None:
+@pytest.mark.parametrize("offset", [0.0, 10.0])
+def test_statistics_are_the_plain_sums(offset: float) -> None:
+    """Features near 0 (means under SHIFT_RATIO standard deviations): plain sums. Features and outputs
+    10 away (~10 standard deviations): sums about the first batch's means, the plain ones recovered."""
     probe = make_probe(2)
+    probe["features"] = probe["features"] + offset
+    probe["outputs"] = probe["outputs"] + 2 * offset
     f, o, labels = probe["features"], probe["outputs"], probe["targets"]
     y = one_hot(labels, C)
     shifted = accumulate(probe, task="classes", sizes=[25, 35])
-    # about the first batch's means (class one-hot targets are not shifted)
-    np.testing.assert_allclose(shifted.shift_f, f[:25].mean(0), rtol=1e-14)
-    np.testing.assert_allclose(shifted.shift_o, o[:25].mean(0), rtol=1e-14)
-    assert shifted.shift_y is None
-    np.testing.assert_allclose(shifted.sum_ff, (f - f[:25].mean(0)).T @ (f - f[:25].mean(0)), rtol=1e-12)
+    assert shifted.shift_y is None  # class one-hot targets are never shifted
+    if offset:
+        np.testing.assert_allclose(shifted.shift_f, f[:25].mean(0), rtol=1e-14)
+        np.testing.assert_allclose(shifted.shift_o, o[:25].mean(0), rtol=1e-14)
+        np.testing.assert_allclose(shifted.sum_ff, (f - f[:25].mean(0)).T @ (f - f[:25].mean(0)), rtol=1e-12)
+    else:
+        assert shifted.shift_f is None and shifted.shift_o is None and shifted.unshifted() is shifted
     got = shifted.unshifted()
     want = {
         "sum_f": f.sum(0), "sum_ff": f.T @ f, "sum_o": o.sum(0), "sum_oo": o.T @ o, "sum_fo": f.T @ o,
@@ -136,6 +143,7 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
     the snapshot in mid-pass must give the plain float64 sums of the whole probe."""
     torch = pytest.importorskip("torch")
     probe = make_probe(9, regression=task == "regression")
+    probe["features"] = probe["features"] + 10.0  # far from 0: summed about the first batch's means
     f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in probe.items()}
     acc = MomentAccumulator(task=task)
     snapshot = None
@@ -208,15 +216,16 @@ def test_row_bounds_cover_every_width_in_blocks() -> None:
     assert row_bounds(513) == [(0, 128), (128, 256), (256, 384), (384, 513)]
 
 
+@pytest.mark.parametrize("offset", [0.0, 8.0])
 @pytest.mark.parametrize("p", [100, 300, 700])
-def test_block_rows_sum_the_whole_symmetric_product(p: int) -> None:
+def test_block_rows_sum_the_whole_symmetric_product(p: int, offset: float) -> None:
     """The torch path sums FᵀF in block rows, on and above the diagonal only: read back (moments, the
     mid-pass snapshot) it is the whole float64 product, both triangles, for one block row (p = 100),
     two with a wide last row (300) and five (700); Σφ, its ones column, is the plain sum."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(p)
     n = 1300
-    features = np.maximum(rng.normal(size=(n, p)), 0.0).astype(np.float32)
+    features = (np.maximum(rng.normal(size=(n, p)), 0.0) + offset).astype(np.float32)
     outputs = rng.normal(size=(n, C)).astype(np.float32)
     labels = rng.integers(0, C, size=n)
     acc = MomentAccumulator(task="classes")
@@ -234,8 +243,12 @@ def test_block_rows_sum_the_whole_symmetric_product(p: int) -> None:
     np.testing.assert_allclose(got.sum_ff, got.sum_ff.T, rtol=1e-13, atol=1e-15 * scale)
     np.testing.assert_allclose(got.sum_f, f.sum(0), rtol=1e-13)
     assert snapshot is not None
-    head = f[:1024] - f[:512].mean(0)  # about the shift, the first batch's mean
-    np.testing.assert_allclose(shifted.shift_f, f[:512].mean(0), rtol=1e-14)
+    if offset:  # about the shift, the first batch's mean
+        head = f[:1024] - f[:512].mean(0)
+        np.testing.assert_allclose(shifted.shift_f, f[:512].mean(0), rtol=1e-14)
+    else:  # ReLU features: means within SHIFT_RATIO standard deviations of 0, plain sums
+        head = f[:1024]
+        assert shifted.shift_f is None
     np.testing.assert_allclose(snapshot[0].numpy(), head.T @ head, rtol=1e-12, atol=1e-14 * scale)
     np.testing.assert_allclose(snapshot[0].numpy(), snapshot[0].numpy().T, rtol=1e-13, atol=1e-15 * scale)
     np.testing.assert_allclose(snapshot[1].numpy(), head.sum(0), rtol=1e-10, atol=1e-12 * np.abs(f[:1024]).sum())
