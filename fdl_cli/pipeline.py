@@ -814,12 +814,14 @@ def _take_in_rank_parts(
             # its writer's lock: never a part that a rank still running writes
             with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
                 have = dict(writer.completed())  # step -> sha256 of the file stored (or taken in)
-                part_sha = {record["step"]: record["sha256"] for record in reader.records()}
+                part_records = {record["step"]: record for record in reader.records()}
+                part_sha = {step: record["sha256"] for step, record in part_records.items()}
                 steps = sorted(part_sha)
                 for step in steps:
                     ref = by_step.get(step)
                     if step in have or ref is None:
-                        settled += step in have
+                        # settled: stored, or its file is gone (nothing will ever take it in)
+                        settled += step in have or not Path(str(part_records[step]["path"])).exists()
                         continue
                     try:
                         entry = reader.entry(step)

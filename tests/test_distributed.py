@@ -432,6 +432,21 @@ def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_be
     assert summary.analysed == [20, 30] and not part.exists()
     _assert_same(_here(expected, run), _stored(out))
 
+    # Step 60's file was deleted: nothing can take it in any more, so it no longer keeps the part
+    # (which was kept for ever, with a note that "a later run takes them in").
+    gone = tmp_path / "gone"
+    shutil.copytree(run, gone)
+    full_gone = tmp_path / "full_gone.h5"
+    _single(gone, full_gone)
+    out, part = tmp_path / "f.h5", tmp_path / "f.h5.rank-1"
+    _single(gone, out, steps=(0,))
+    _part_with(full_gone, part, [40, 50, 60])
+    _write_rank_part_origin(part, (0, sha[0]), (30, sha[30]))
+    (gone / "step_60.safetensors").unlink()
+    summary, _, _ = _resume(gone, out)
+    assert summary.analysed == [10, 20, 30] and not part.exists()
+    assert sorted(_stored(out)) == [0, 10, 20, 30, 40, 50]
+
     # Step 30 was replaced, and a run stored the new one, after rank 1 compared 40 with the old one:
     # 40 is analysed again (it was taken in, with the old file's cka_prev: the store's step 30 was
     # not compared with the file the part recorded; found by a review).
