@@ -1568,7 +1568,8 @@ def inspect_checkpoint(
                 model_outputs(model(sample))
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
-        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"}
+        said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}" + (f": {said}" if said else "")}
         linears_run.clear()
     finally:
         for handle in handles:

@@ -438,6 +438,7 @@ def test_inspect_with_a_probe_that_does_not_fit_the_model_exits_1(tmp_path: Path
         assert result.stdout == ""
         assert f"error: probe {tmp_path / 'wide.npz'} does not fit the model of {checkpoint}" in result.stderr
         assert "got: forward failed on a sample of shape (1, 5): RuntimeError" in result.stderr
+        assert "mat1 and mat2 shapes cannot be multiplied" in result.stderr  # the model's own words
     fits = fdl("inspect", checkpoint, "--model", MODEL, "--probe", str(tmp_path / "probe.npz"), "--json")
     assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
 
