@@ -418,6 +418,19 @@ def _hanging_checkpoint(path: Path) -> None:
     torch.save({"model": mlp(seed=2).state_dict(), "hang": Hang()}, path)
 
 
+def _ctrl_c_once_announced(server: ForkServer, argv: list[str], steps: list[int]) -> Path:
+    """Start `fdl argv`, send Ctrl-C once it has announced `steps` (--json), check it exited 130;
+    its stderr file."""
+    pid, stdout, stderr = server.start(argv)
+    deadline = time.monotonic() + 30
+    while len(_printed(stdout)) < len(steps) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [record["step"] for record in _printed(stdout)] == steps, stderr.read_text()
+    os.kill(pid, signal.SIGINT)
+    assert server.wait(pid, timeout=20) == 130, stderr.read_text()
+    return stderr
+
+
 def test_one_ctrl_c_ends_a_run_whose_checkpoint_read_hangs(server: ForkServer) -> None:
     """The loader thread was a ThreadPoolExecutor's worker, which Python joins at exit: after Ctrl-C
     fdl printed "interrupted" and then waited for the hung read (a second Ctrl-C ended it). What was
@@ -428,14 +441,7 @@ def test_one_ctrl_c_ends_a_run_whose_checkpoint_read_hangs(server: ForkServer) -
     _hanging_checkpoint(workdir / "hangs" / "step_2.pt")
     argv = _analyze_argv("hangs.h5", "--trust-pickle")
     argv[1] = "hangs"
-    pid, stdout, stderr = server.start(argv)
-    deadline = time.monotonic() + 30
-    while len(_printed(stdout)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert [record["step"] for record in _printed(stdout)] == [0, 1], stderr.read_text()
-    os.kill(pid, signal.SIGINT)
-    status = server.wait(pid, timeout=20)
-    assert status == 130, stderr.read_text()
+    stderr = _ctrl_c_once_announced(server, argv, [0, 1])
     assert "interrupted" in stderr.read_text() and "Traceback" not in stderr.read_text()
     assert [record["step"] for record in _stored(workdir / "hangs.h5")[0]] == [0, 1]
 
@@ -455,13 +461,7 @@ def test_a_reference_retrained_after_a_kill_before_it_was_stored_is_refused(serv
     _hanging_checkpoint(folder / "step_2.pt")
     argv = _analyze_argv("retrained.h5", "--trust-pickle", "--reference", "3")
     argv[1] = "retrained"
-    pid, stdout, stderr = server.start(argv)
-    deadline = time.monotonic() + 30
-    while len(_printed(stdout)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert [record["step"] for record in _printed(stdout)] == [0, 1], stderr.read_text()
-    os.kill(pid, signal.SIGINT)
-    assert server.wait(pid, timeout=20) == 130, stderr.read_text()
+    _ctrl_c_once_announced(server, argv, [0, 1])
     store = workdir / "retrained.h5"
     assert [record["step"] for record in _stored(store)[0]] == [0, 1]
 

@@ -415,7 +415,11 @@ def test_overlaps_at_the_reference_are_one_when_the_first_inputs_repeat(tmp_path
         "import sys\ndef build():\n    sys.exit(7)\n",  # exit 7, no message
     ],
 )
-def test_model_code_that_calls_sys_exit_is_explained(tmp_path: Path, source: str) -> None:
+def test_model_code_that_calls_sys_exit_is_explained(
+    tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
     from safetensors.torch import save_file
 
     from tests.tiny_models import mlp
@@ -426,8 +430,10 @@ def test_model_code_that_calls_sys_exit_is_explained(tmp_path: Path, source: str
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(20, 4)).astype(np.float32), y=rng.integers(0, 3, 20))
     (tmp_path / "script.py").write_text(source)
     out = tmp_path / "s.h5"
-    done = fdl("analyze", tmp_path / "ckpts", "--model", f"{tmp_path}/script.py:build", "--probe",
-               tmp_path / "probe.npz", "--out", out, "--json")
+    argv = ["analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/script.py:build", "--probe",
+            str(tmp_path / "probe.npz"), "--out", str(out), "--json"]
+    monkeypatch.setattr(sys, "argv", ["fdl", *argv])  # what argparse parses in the console script
+    done = fdl(*argv)
     assert done.code == 1, (done.code, done.stderr)
     assert "called sys.exit(" in done.stderr and '__name__ == "__main__"' in done.stderr
     assert done.stdout == "" and "Traceback" not in done.stderr and "usage:" not in done.stderr
