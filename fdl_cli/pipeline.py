@@ -913,6 +913,15 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
         )
 
 
+def _changed_file(what: str, now: str, stored: str, where: str, *, why: str = "") -> StoreError:
+    """A checkpoint file whose content is not the one the store's numbers were computed from."""
+    return StoreError(
+        f"{what} changed since it was analysed{why}",
+        got=f"sha256 {now[:16]}… now, {stored[:16]}… {where}",
+        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+    )
+
+
 def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
     """(file, sha256) of the file that defines the model factory: the user's model code, whose edits
     would otherwise mix two models' numbers in one store on resume. None for a checkpoint that
@@ -966,11 +975,9 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             fix=f"pass --reference {stored} to add to it, or --overwrite (or another --out) to start afresh",
         )
     if stored == ctx.reference_step and isinstance(stored_sha, str) and stored_sha != reference_sha:
-        raise StoreError(
-            f"the reference checkpoint (step {reference.step}, {reference.path}) changed since it was analysed: "
-            f"the checkpoints in {out} were compared with another file",
-            got=f"sha256 {reference_sha[:16]}… now, {stored_sha[:16]}… recorded in {out}",
-            fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+        raise _changed_file(
+            f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
+            f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
         )
 
 
@@ -1013,10 +1020,9 @@ def _run_refs(
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
     if preloaded is not None and completed.get(reference.step) not in (None, "", preloaded[1]):
-        raise StoreError(
-            f"the reference checkpoint (step {reference.step}, {reference.path}) changed since it was analysed",
-            got=f"sha256 {preloaded[1][:16]}… now, {completed[reference.step][:16]}… in {out}",
-            fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+        raise _changed_file(
+            f"the reference checkpoint (step {reference.step}, {reference.path})", preloaded[1],
+            completed[reference.step], f"in {out}",
         )
     failed_paths = {path for path, _ in summary.failed}
     todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
@@ -1265,10 +1271,9 @@ def _refresh_successors(
             loaded, sha = _load(ref, ctx.options.trust_pickle)
             for step, now in ((before, before_sha), (successor, sha)):
                 if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
-                    raise StoreError(
-                        f"the checkpoint at step {step} ({ctx.refs_by_step[step].path}) changed since it was analysed",
-                        got=f"sha256 {now[:16]}… now, {stored_sha[step][:16]}… in {out}",
-                        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+                    raise _changed_file(
+                        f"the checkpoint at step {step} ({ctx.refs_by_step[step].path})", now, stored_sha[step],
+                        f"in {out}",
                     )
             earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
@@ -1352,11 +1357,9 @@ def _previous_series(
         return None
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
     # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
-    raise StoreError(
-        f"the checkpoint at step {previous} ({ref.path}) changed since it was analysed; step {step}, "
-        "analysed now, would be compared with a file whose numbers in the store are another's",
-        got=f"sha256 {sha[:16]}… now, {str(stored[previous]['sha256'])[:16]}… in {out}",
-        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+    raise _changed_file(
+        f"the checkpoint at step {previous} ({ref.path})", sha, str(stored[previous]["sha256"]), f"in {out}",
+        why=f"; step {step}, analysed now, would be compared with a file whose numbers in the store are another's",
     )
 
 
