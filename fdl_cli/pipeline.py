@@ -88,13 +88,18 @@ class AnalyzeOptions:
                 raise FdlError("--model-kwargs must be a JSON object", got=raw_kwargs, fix='e.g. \'{"hidden": 64}\'')
         steps_text = kwargs.pop("steps", None)
         steps = None
-        if steps_text:
+        if steps_text is not None:
             try:
                 steps = tuple(int(part) for part in steps_text.split(",") if part.strip())
             except ValueError:
                 raise FdlError(
                     "--steps must be integers separated by commas", got=steps_text, fix="e.g. --steps 0,100,500"
                 ) from None
+            if not steps:  # '' or ',' (an unset shell variable, say) would select nothing, so analyse everything
+                raise FdlError(
+                    "--steps is an empty list of steps", got=repr(steps_text),
+                    fix="give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
+                )
         out = kwargs.pop("out", None)
         return cls(
             sources=tuple(kwargs.pop("sources")),

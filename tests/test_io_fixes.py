@@ -451,3 +451,17 @@ def test_an_empty_steps_list_is_a_usage_error_not_every_step(tmp_path: Path, ste
     assert result.code == 2, result.stderr
     assert f"Invalid value for --steps: the list of steps is empty (got {steps!r})" in result.stderr
     assert not store.exists()
+
+
+@pytest.mark.parametrize("steps", ["", " , "])
+def test_an_empty_steps_list_is_refused_by_the_library_too(steps: str) -> None:
+    """`AnalyzeOptions.from_cli`, which library callers use, refused no empty --steps: it selected
+    every step ('') or none (',')."""
+    from fdl_cli.errors import FdlError
+    from fdl_cli.pipeline import AnalyzeOptions
+
+    with pytest.raises(FdlError) as caught:
+        AnalyzeOptions.from_cli(sources=("run",), steps=steps)
+    assert caught.value.what == "--steps is an empty list of steps"
+    assert AnalyzeOptions.from_cli(sources=("run",), steps=" 5, 7,").steps == (5, 7)
+    assert AnalyzeOptions.from_cli(sources=("run",)).steps is None
