@@ -82,6 +82,8 @@ class LoadedCheckpoint:
     #: the module's parameters as the file holds them (named_parameters order), kept by the pipeline
     #: before --dtype converts the module in place
     parameters: list[torch.Tensor] | None = None
+    #: `file_signature` of the file, taken by the pipeline before it read and hashed it
+    file_signature: str = ""
 
 
 @dataclass(frozen=True)
@@ -939,6 +941,22 @@ def sha256_file(path: Path) -> str:
             while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def file_signature(path: Path) -> str:
+    """Size and modification time (ns) of a checkpoint's file, or of each weight file of a folder
+    (name, size, time): what a resume compares with the stored one before hashing a stored
+    checkpoint's file again (as make and rsync do). Taken before the file is read, so a file that
+    changes while it is read never keeps a signature that matches its stored, older, hash."""
+    path = Path(path)
+    if not path.is_dir():
+        stat = os.stat(path)
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
+    parts = []
+    for file in _folder_weight_files(path):
+        stat = os.stat(file)
+        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return ";".join(parts)
 
 
 def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:

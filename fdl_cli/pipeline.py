@@ -568,9 +568,15 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
 
 
 def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str]:
-    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+    from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
 
-    return load_checkpoint(ref, trust_pickle=trust_pickle), sha256_file(ref.path)
+    try:
+        signature = file_signature(ref.path)  # before reading: see file_signature
+    except OSError:
+        signature = ""  # gone or unreadable: load_checkpoint says so
+    loaded = load_checkpoint(ref, trust_pickle=trust_pickle)
+    loaded.file_signature = signature
+    return loaded, sha256_file(ref.path)
 
 
 def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
@@ -699,6 +705,7 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
+        _check_stored_files(ctx, out, refs, writer)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
@@ -947,6 +954,66 @@ def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
         return source, hashlib.sha256(Path(source).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef], writer: Any) -> None:
+    """On resume, refuse a store whose checkpoints' files changed since they were analysed.
+
+    A checkpoint in the store is not analysed again, so a file replaced since (training re-run into
+    the same folder with another setting: with the same seed its step-0 file, the reference, is
+    bit-identical and passes `_check_reference_of_store`) kept the old file's numbers without a word.
+    A stored checkpoint's file is hashed again when its size or modification time differ from those
+    recorded (`checkpoints.file_signature`; every file, once, for a store written before fdl recorded
+    them); a new hash is an error naming the files. Files found unchanged get their new signature
+    recorded (`StoreWriter.note_file_signatures`), so the next resume does not hash them again."""
+    if not ctx.options.resume or not out.is_file():
+        return
+    from fdl_cli.checkpoints import file_signature, sha256_file
+    from fdl_cli.store import StoreReader
+
+    try:
+        with StoreReader(out) as reader:
+            stored = reader.file_identities()
+    except StoreError:
+        return  # the writer has reported what is wrong with the file
+    suspects = []
+    for ref in refs:
+        if ref.step in stored:
+            try:
+                now = file_signature(ref.path)
+            except OSError:
+                continue  # unreadable now: reported if this run needs to read it
+            if now != stored[ref.step][2]:
+                suspects.append((ref, now))
+    if not suspects:
+        return
+    ctx.reporter.note(
+        f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
+        "recorded, to check they are the files that were analysed"
+    )
+    changed, touched = [], {}
+    for ref, now in suspects:
+        signals.check()
+        try:
+            digest = sha256_file(ref.path)
+        except OSError:
+            continue
+        if digest == stored[ref.step][1]:
+            touched[ref.step] = now
+        else:
+            changed.append((ref, digest))
+    if changed:
+        first, digest = changed[0]
+        shown = ", ".join(f"step {ref.step} ({ref.path})" for ref, _ in changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise StoreError(
+            f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
+            "store holds the numbers of the files they replaced",
+            got=f"step {first.step}: sha256 {digest[:16]}… now, {stored[first.step][1][:16]}… in {out}",
+            fix="restore the files, or re-analyse everything with --overwrite (or another --out)",
+        )
+    writer.note_file_signatures(touched)
 
 
 def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
@@ -1293,7 +1360,9 @@ def _refresh_successors(
                     scalars["prev_step"] = before
                     series.append(replace_entry(stored, scalars=scalars))
         ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
-        announce(writer.add(Entry(step=successor, path=str(ref.path), sha256=sha, series=tuple(series))))
+        announce(writer.add(Entry(
+            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
+        )))
     announce(writer.flush())
 
 
@@ -1491,7 +1560,9 @@ def _analyze_one(
     if is_reference:
         ctx.reference = current
     ctx.previous, ctx.previous_step = current, ref.step
-    return CheckpointEntry(step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series))
+    return CheckpointEntry(
+        step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
+    )
 
 
 
@@ -1729,6 +1800,7 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
             )
+            _check_stored_files(ctx, out, refs, writer)
             # before any other rank opens its part afresh
             taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))
             status = ("ok", sorted(writer.completed()), left)

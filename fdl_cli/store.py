@@ -255,6 +255,9 @@ class CheckpointEntry:
     path: str
     sha256: str
     series: tuple[SeriesEntry, ...] = field(default=())
+    #: the file's size and modification time when it was read (`checkpoints.file_signature`); "" when
+    #: unknown. A resume hashes a stored checkpoint's file again only when this differs.
+    file_signature: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, int | np.integer) or isinstance(self.step, bool):
@@ -263,6 +266,8 @@ class CheckpointEntry:
         for attr in ("path", "sha256"):
             if not isinstance(getattr(self, attr), str) or not getattr(self, attr):
                 raise ValueError(f"checkpoint {attr} must be a non-empty str, got {getattr(self, attr)!r}")
+        if not isinstance(self.file_signature, str):
+            raise ValueError(f"checkpoint file_signature must be a str, got {self.file_signature!r}")
         series = tuple(self.series)
         if not all(isinstance(s, SeriesEntry) for s in series):
             raise ValueError("checkpoint series must be SeriesEntry objects")
@@ -765,7 +770,29 @@ class StoreReader:
         if not rows:
             raise StoreError(f"step {step} is not in {self._path}", fix="pick one of the steps listed by `fdl report`")
         series = tuple(self.arrays(step, probe=probe, layer=layer) for (probe, layer), _ in rows)
-        return CheckpointEntry(step=step, path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series)
+        return CheckpointEntry(
+            step=step, path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series,
+            file_signature=self._identity(step)[2],
+        )
+
+    def _identity(self, step: int) -> tuple[str, str, str]:
+        assert self._file is not None
+        attrs = self._file["checkpoints"][self._group_names[step]].attrs
+        return _as_str(attrs["path"]), _as_str(attrs["sha256"]), _as_str(attrs.get("file_signature", ""))
+
+    def file_identities(self) -> dict[int, tuple[str, str, str]]:
+        """step -> (path, sha256, file signature) of every intact checkpoint, from its group's
+        attributes; the signature is "" for checkpoints stored before fdl recorded it (or taken in
+        from a part store that lacked it). A group whose attributes cannot be read is left out."""
+        if self._file is None:
+            raise ValueError("StoreReader.file_identities() called after close()")
+        identities = {}
+        for step in self._group_names:
+            try:
+                identities[step] = self._identity(step)
+            except Exception:  # noqa: BLE001 - a damaged group: its own checks report it
+                continue
+        return identities
 
     def entries(self) -> list[CheckpointEntry]:
         """Every complete checkpoint as the CheckpointEntry that was written, by step."""
@@ -880,6 +907,7 @@ class _CommitPlan:
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
+    signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
 
 
 class _CommitJob:
@@ -994,6 +1022,7 @@ class StoreWriter:
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._provenance_update: str | None = None  # see _load_existing
+        self._signatures: dict[int, str] = {}  # see note_file_signatures
         self._closed = False
         self._last_commit = time.monotonic()
         self._last_cost = 0.0
@@ -1082,6 +1111,15 @@ class StoreWriter:
         done = dict(self._sha256)
         done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
+
+    def note_file_signatures(self, signatures: Mapping[int, str]) -> None:
+        """Record new file signatures (`checkpoints.file_signature`) of stored checkpoints whose file
+        was hashed again and found unchanged (touched, or copied without its times), at the next
+        commit (at the latest when the writer is flushed or closed): the next resume then need not
+        hash them again. Steps not in the store, or stored again meanwhile, are left alone."""
+        self._check_open()
+        if not self._fresh:
+            self._signatures.update((int(step), str(sig)) for step, sig in signatures.items() if step in self._sha256)
 
     def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
@@ -1218,7 +1256,7 @@ class StoreWriter:
     def _plan(self) -> _CommitPlan | None:
         """What committing the whole buffer writes; None when there is nothing to write."""
         entries = tuple(self._buffer)
-        if not entries:
+        if not entries and not self._signatures:
             return None  # a fresh store is created by its first checkpoint, not before
         latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
         rows = {key: dict(value) for key, value in self._rows.items()}
@@ -1251,6 +1289,7 @@ class StoreWriter:
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
             provenance=None if self._fresh else self._provenance_update,
+            signatures=() if self._fresh else tuple(sorted(self._signatures.items())),
         )
 
     def _execute(self, plan: _CommitPlan) -> None:
@@ -1277,6 +1316,9 @@ class StoreWriter:
                         del checkpoints[name]
                 for entry in plan.latest.values():
                     _write_checkpoint(checkpoints, entry)
+                for step, signature in plan.signatures:
+                    if step not in plan.latest and f"step_{step}" in checkpoints:
+                        checkpoints[f"step_{step}"].attrs["file_signature"] = signature
                 trajectories = store.require_group("trajectories")
                 for key in plan.rewrite:
                     _write_trajectory(
@@ -1313,6 +1355,9 @@ class StoreWriter:
         self._stale_trajectories -= plan.stale
         if plan.provenance is not None and plan.provenance == self._provenance_update:
             self._provenance_update = None
+        for step, signature in plan.signatures:
+            if self._signatures.get(step) == signature:
+                del self._signatures[step]
         self._fresh = False
         self._last_cost = cost
         self._last_commit = finished
@@ -1425,4 +1470,6 @@ def _write_checkpoint(checkpoints: h5py.Group, entry: CheckpointEntry) -> None:
     group.attrs["step"] = np.int64(entry.step)
     group.attrs["path"] = entry.path
     group.attrs["sha256"] = entry.sha256
+    if entry.file_signature:
+        group.attrs["file_signature"] = entry.file_signature
     group.attrs["complete"] = True  # last: a group without it was never finished

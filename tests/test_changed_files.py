@@ -1,0 +1,165 @@
+"""A resume notices stored checkpoints whose files changed since they were analysed.
+
+A stored checkpoint is not analysed again. Before, a file replaced since (a training re-run into the
+same folder with another learning rate: with the same seed the step-0 file, the reference, is
+bit-identical, so the reference check passed) kept the old file's numbers: the resume said "already
+in the store" and exited 0. Now a resume compares each stored checkpoint's file size and
+modification time with those recorded, hashes the file again when they differ, and refuses a file
+whose hash changed; a file found unchanged gets its new size and time recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from fdl_cli.checkpoints import file_signature
+from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_distributed import _make_run, _torchrun_process
+
+HASHING = "hashing 1 stored checkpoint file(s) whose size or modification time is not the one recorded"
+
+
+def _copy(run: Path, folder: Path) -> Path:  # noqa: F811 - `run` is the fixture's value
+    shutil.copytree(run / "ckpts", folder)
+    return folder
+
+
+def _signatures(store: Path) -> dict[int, str]:
+    with h5py.File(store, "r") as handle:
+        return {
+            int(group.attrs["step"]): group.attrs.get("file_signature", "")
+            for group in handle["checkpoints"].values()
+        }
+
+
+def test_a_replaced_stored_checkpoint_is_refused_not_kept(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    before = store.read_bytes()
+    # the re-run's step-20 file: other weights (as a changed learning rate would give), same name
+    state = torch.load(folder / "epoch_20.pt", weights_only=True)
+    torch.save({name: value * 1.5 for name, value in state.items()}, folder / "epoch_20.pt")
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    assert (
+        f"error: 1 checkpoint file(s) changed since they were analysed into {store}: step 20 "
+        f"({folder / 'epoch_20.pt'}); the store holds the numbers of the files they replaced"
+    ) in refused.stderr
+    assert "fix: restore the files, or re-analyse everything with --overwrite" in refused.stderr
+    assert refused.records == [] and store.read_bytes() == before
+    redone = analyze(run, store, "--overwrite", sources=(str(folder),))
+    assert redone.code == 0 and [r["step"] for r in redone.records] == [0, 10, 20, 30]
+
+
+def test_several_replaced_files_are_named_together(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    for step in (10, 30):
+        (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / "epoch_20.pt").read_bytes())
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1
+    assert (
+        f"2 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}), "
+        f"step 30 ({folder / 'epoch_30.pt'})"
+    ) in refused.stderr
+
+
+def test_a_touched_file_is_hashed_once_then_its_new_time_is_recorded(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    recorded = _signatures(store)
+    assert recorded == {step: file_signature(folder / f"epoch_{step}.pt") for step in (0, 10, 20, 30)}
+    stat = (folder / "epoch_20.pt").stat()
+    os.utime(folder / "epoch_20.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    touched = analyze(run, store, sources=(str(folder),))
+    assert touched.code == 0, touched.stderr
+    assert HASHING in touched.stderr and touched.records == []
+    assert _signatures(store) == {**recorded, 20: file_signature(folder / "epoch_20.pt")} != recorded
+    again = analyze(run, store, sources=(str(folder),))
+    assert again.code == 0 and "hashing" not in again.stderr
+
+
+def test_a_store_without_recorded_times_is_checked_once(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Stores written before fdl recorded file signatures: the first resume hashes every stored file,
+    records their signatures, and catches a file replaced meanwhile."""
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    with h5py.File(store, "r+") as handle:
+        for group in handle["checkpoints"].values():
+            del group.attrs["file_signature"]
+    first = analyze(run, store, sources=(str(folder),))
+    assert first.code == 0, first.stderr
+    assert "hashing 4 stored checkpoint file(s)" in first.stderr
+    assert _signatures(store) == {step: file_signature(folder / f"epoch_{step}.pt") for step in (0, 10, 20, 30)}
+    assert "hashing" not in analyze(run, store, sources=(str(folder),)).stderr
+    with h5py.File(store, "r+") as handle:
+        del handle["checkpoints/step_30"].attrs["file_signature"]
+    (folder / "epoch_30.pt").write_bytes((run / "ckpts" / "epoch_10.pt").read_bytes())
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1 and "step 30" in refused.stderr and "changed since they were analysed" in refused.stderr
+
+
+def test_copied_checkpoints_with_new_times_resume(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The run and its store copied elsewhere without their times (plain cp): same content, so the
+    resume goes on, and a new checkpoint is analysed as before."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for step in (0, 10, 20):
+        shutil.copyfile(run / "ckpts" / f"epoch_{step}.pt", folder / f"epoch_{step}.pt")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for step in (0, 10, 20):
+        shutil.copyfile(folder / f"epoch_{step}.pt", elsewhere / f"epoch_{step}.pt")
+        stat = (elsewhere / f"epoch_{step}.pt").stat()
+        os.utime(elsewhere / f"epoch_{step}.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    shutil.copyfile(run / "ckpts" / "epoch_30.pt", elsewhere / "epoch_30.pt")
+    moved = analyze(run, store, sources=(str(elsewhere),))
+    assert moved.code == 0, moved.stderr
+    assert "hashing 3 stored checkpoint file(s)" in moved.stderr
+    assert [r["step"] for r in moved.records] == [30]
+
+
+def test_file_signature_of_a_folder_covers_each_weight_file(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(folder / "model.safetensors"))
+    (folder / "notes.txt").write_text("not a weight file")
+    signature = file_signature(folder)
+    stat = (folder / "model.safetensors").stat()
+    assert signature == f"model.safetensors:{stat.st_size}:{stat.st_mtime_ns}"
+    (folder / "notes.txt").write_text("edited")
+    assert file_signature(folder) == signature
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert file_signature(folder) != signature
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_a_replaced_file_on_every_rank(tmp_path: Path) -> None:
+    """Rank 0 checks the store when it opens it and tells the other ranks, which stop too (no hang)."""
+    run_dir = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    first = _torchrun_process(run_dir, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = out.read_bytes()
+    (run_dir / "step_20.safetensors").write_bytes((run_dir / "step_40.safetensors").read_bytes())
+    refused = _torchrun_process(run_dir, out)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "error: 1 checkpoint file(s) changed since they were analysed" in refused.stderr
+    assert "error: rank 0 could not open the store: 1 checkpoint file(s) changed" in refused.stderr  # rank 1
+    assert "step 20" in refused.stderr
+    assert "fdl_cli/" not in refused.stderr  # torchrun's own traceback of a failed child only
+    assert out.read_bytes() == before
