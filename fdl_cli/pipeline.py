@@ -336,6 +336,8 @@ class _Context:
     previous_step: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
+    #: paths of this run's checkpoints whose analysis failed: "previous" skips over them (`_previous_step`)
+    failed_paths: set[str] = field(default_factory=set)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -1025,6 +1027,7 @@ def _run_refs(
             completed[reference.step], f"in {out}",
         )
     failed_paths = {path for path, _ in summary.failed}
+    ctx.failed_paths = failed_paths  # grows as checkpoints fail: "previous" skips over them
     todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
     for ref in refs:
         if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed:
@@ -1054,7 +1057,7 @@ def _run_refs(
             loaded_reference, reference_sha = preloaded or _load(reference, options.trust_pickle)
             held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
-            summary.failed.append((str(reference.path), exc.message))
+            _failed(ctx, summary, reference, exc)
             raise _fatal(exc, reference, is_reference=True) from None
         preloaded = None
         reference_ahead = True
@@ -1088,7 +1091,7 @@ def _run_refs(
                 else:
                     entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
-                summary.failed.append((str(ref.path), exc.message))
+                _failed(ctx, summary, ref, exc)
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(f"{ref.path}: {exc.message}")
@@ -1101,6 +1104,12 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
+    """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
+    summary.failed.append((str(ref.path), exc.message))
+    ctx.failed_paths.add(str(ref.path))
 
 
 def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
@@ -1208,6 +1217,19 @@ def _step_before(step: int, steps_in_order: list[int]) -> int | None:
     return steps_in_order[position - 1] if position > 0 else None
 
 
+def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
+    """The checkpoint that `step` is compared with as "previous" (cka_prev, overlap_prev, prev_step):
+    the nearest one before it in step order whose file did not fail in this run. Within a process
+    checkpoints are analysed in step order, so every one before `step` has been tried when `step` is
+    analysed (stored ones are not tried: they were analysed successfully); a file that fails is
+    skipped over, as a deleted one is."""
+    for position in range(steps_in_order.index(step) - 1, -1, -1):
+        ref = ctx.refs_by_step.get(steps_in_order[position])
+        if ref is None or str(ref.path) not in ctx.failed_paths:
+            return steps_in_order[position]
+    return None
+
+
 def ctx_outputs(scalars: dict[str, Any]) -> int:
     """C, the number of outputs, of a record's scalars (the k of the eigenspace overlap)."""
     return int(scalars["n_outputs"])
@@ -1219,7 +1241,7 @@ def _with_previous(
     """The reference's entry, analysed ahead of its turn, completed with cka_prev / overlap_prev."""
     from dataclasses import replace as replace_entry
 
-    previous = _previous_series(ctx, held.step, steps_in_order, out)
+    previous_step, previous = _previous_series(ctx, held.step, steps_in_order, out)
     series = []
     for item in held.series:
         key = _series_key(item.probe, item.layer)
@@ -1227,7 +1249,7 @@ def _with_previous(
         scalars = dict(item.scalars)
         scalars["cka_prev"] = _cka(mine, before) if before else None
         scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(scalars)) if before else None
-        scalars["prev_step"] = _step_before(held.step, steps_in_order) if before else None
+        scalars["prev_step"] = previous_step if before else None
         series.append(replace_entry(item, scalars=scalars))
     ctx.previous, ctx.previous_step = ctx.reference, held.step
     return replace_entry(held, series=tuple(series))
@@ -1244,9 +1266,12 @@ def _refresh_successors(
     successor's "previous": recompute those successors' cka_prev / overlap_prev (an anchor pass of
     each side) and store them again, so a store filled in several runs (or by an interrupted one,
     whose checkpoints were committed in another order) holds the numbers of one run over all its
-    checkpoints. A successor is refreshed when the checkpoint before it in step order is stored and
-    its prev_step is null or an earlier step; a prev_step between the two names a checkpoint whose
-    file is gone, and is kept."""
+    checkpoints. A stored successor is refreshed when its previous checkpoint in this run's step
+    order (`_previous_step`: the nearest before it whose file did not fail in this run; by now every
+    checkpoint of the run was tried) is stored, and its prev_step is null, an earlier step, or a step
+    between the two whose file failed in this run (a file that was good when the successor was
+    analysed). A prev_step between the two that is not among this run's checkpoints names a
+    checkpoint whose file is gone, and is kept."""
     from dataclasses import replace as replace_entry
 
     from fdl_cli.store import CheckpointEntry as Entry
@@ -1254,14 +1279,18 @@ def _refresh_successors(
 
     announce(writer.flush())
     pairs = []
+    failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     with StoreReader(out) as reader:
         records = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
     stored_sha = {step: record["sha256"] for step, record in records.items()}
-    for before, successor in zip(steps_in_order, steps_in_order[1:], strict=False):
-        if before in records and successor in records:
+    before = None  # the nearest step so far whose file did not fail (`_previous_step`, in one pass)
+    for successor in steps_in_order:
+        if before is not None and before in records and successor in records:
             previous = records[successor]["prev_step"]
-            if previous is None or previous < before:
+            if previous is None or previous < before or (previous > before and previous in failed):
                 pairs.append((before, successor))
+        if successor not in failed:
+            before = successor
     if not pairs:
         return
     for before, successor in pairs:
@@ -1330,31 +1359,34 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
 
 def _previous_series(
     ctx: _Context, step: int, steps_in_order: list[int], out: Path
-) -> dict[tuple[str, str], _Series] | None:
-    """The series of the checkpoint before `step` in step order (recomputed from the store if needed)."""
-    position = steps_in_order.index(step)
-    if position == 0:
-        return None
-    previous = steps_in_order[position - 1]
+) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
+    """(step, series) of the checkpoint that `step` is compared with (`_previous_step`): analysed by
+    this process, or recomputed from the store. (None, None) when there is none, and (step, None)
+    when that checkpoint is neither stored nor analysed yet (the reference analysed ahead of its
+    turn, whose previous is found again at its turn; a checkpoint a torchrun rank analyses before
+    its block only for its series)."""
+    previous = _previous_step(ctx, step, steps_in_order)
+    if previous is None:
+        return None, None
     if ctx.previous_step == previous:
-        return ctx.previous
+        return previous, ctx.previous
     if previous == ctx.reference_step and ctx.reference:
-        return ctx.reference
+        return previous, ctx.reference
     from fdl_cli.store import StoreReader
 
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
-        return None
+        return previous, None
     try:
         with StoreReader(out) as reader:
             stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
             if previous not in stored:
-                return None
+                return previous, None
             loaded, sha = _load(ref, ctx.options.trust_pickle)
             if sha == stored[previous]["sha256"]:
-                return _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
+                return previous, _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
     except (StoreError, FileNotFoundError):
-        return None
+        return previous, None
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
     # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
     raise _changed_file(
@@ -1408,7 +1440,7 @@ def _analyze_one(
     if not is_reference and not ctx.reference:
         _reference_series(ctx, reference, out)
     # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
-    previous = _previous_series(ctx, ref.step, steps_in_order, out)
+    previous_step, previous = _previous_series(ctx, ref.step, steps_in_order, out)
     model = _prepare(ctx, loaded)
     parameters = _parameters_of(loaded, model)
     if is_reference:
@@ -1461,7 +1493,7 @@ def _analyze_one(
                 _warn_flat_anchors(ctx, mine, n_outputs, f"{probe.name}/{spec.label}")
             scalars["cka_prev"] = _cka(mine, before) if before else None
             scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
-            scalars["prev_step"] = _step_before(ref.step, steps_in_order) if before else None
+            scalars["prev_step"] = previous_step if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
@@ -1809,6 +1841,7 @@ def _analyze_distributed(
                 written = True
                 if not failures:
                     ctx.refs_by_step = {r.step: r for r in refs}
+                    ctx.failed_paths = {path for path, _ in summary.failed}  # every rank's
                     _refresh_successors(ctx, writer, out, [r.step for r in refs], announce)
             except FdlError as exc:
                 failures.append(exc.message)

@@ -1,0 +1,284 @@
+"""cka_prev / overlap_prev / prev_step across a checkpoint whose file fails.
+
+"Previous" is the nearest earlier checkpoint in the run's step order that is analysed successfully
+(stored, taken in from a part, or analysed by this run); a file that fails (corrupt, NaN weights:
+CheckpointError; features that overflow: NumericalError) is skipped over, as a deleted one is. Every
+path must agree with one uninterrupted single-process run over the same files: a fresh run, a resume
+(a corrupt file that appears between stored checkpoints, or a corrupt file fixed later), the
+reference analysed ahead of its turn, --watch, torchrun (a rank whose checkpoint before its block
+fails walks further back itself) and the part stores a killed torchrun job leaves behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fdl_cli import signals
+from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
+from fdl_cli.progress import NullReporter
+from fdl_cli.store import StoreReader
+from tests.tiny_models import mlp
+
+torch.set_num_threads(1)
+STEPS = [0, 10, 20, 30, 40, 50, 60]
+
+
+def _make_run(folder: Path, steps: list[int] = STEPS) -> Path:
+    """Drifting tiny-MLP checkpoints (the same weights for a step in every folder) and a probe."""
+    folder.mkdir()
+    net = mlp(n_in=4, hidden=8, n_out=3, seed=0)
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    for index, step in enumerate(STEPS):
+        state = {k: (v + 0.2 * index * torch.randn(v.shape, generator=generator)).contiguous() for k, v in start.items()}
+        if step in steps:
+            save_file(state, str(folder / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(folder / "probe.npz", x=rng.normal(size=(200, 4)).astype(np.float32), y=rng.integers(0, 3, size=200))
+    return folder
+
+
+def _spoil(folder: Path, step: int, kind: str) -> Path:
+    """Make step `step`'s checkpoint one that discovery accepts and analysis fails on; returns it."""
+    path = folder / f"step_{step}.safetensors"
+    state = load_file(str(path))
+    if kind == "nan":  # CheckpointError when loaded
+        state["0.weight"][1, 2] = float("nan")
+        save_file(state, str(path))
+    elif kind == "overflow":  # finite weights, infinite features: NumericalError in the measures
+        state["0.weight"].fill_(3e38)
+        save_file(state, str(path))
+    else:  # a .pt whose tensor data is cut short: CheckpointError when loaded
+        assert kind == "truncated"
+        path.unlink()
+        path = folder / f"step_{step}.pt"
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(path, "w") as dst:
+            for item in src.infolist():
+                payload = src.read(item)
+                dst.writestr(item, payload[: len(payload) // 2] if "/data/" in item.filename else payload)
+    return path
+
+
+def _good(folder: Path, step: int) -> None:
+    """Step `step`'s good checkpoint back in `folder` (from a fresh run's files)."""
+    for path in folder.glob(f"step_{step}.*"):
+        path.unlink()
+    scratch = folder.parent / f"scratch-{step}"
+    _make_run(scratch)
+    shutil.copyfile(scratch / f"step_{step}.safetensors", folder / f"step_{step}.safetensors")
+    shutil.rmtree(scratch)
+
+
+def _analyze(folder: Path, out: Path, **options: Any) -> tuple[AnalyzeSummary, list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {"anchor_size": 100, "batch_size": 64, "device": "cpu", **options}
+    summary = run_analyze(
+        AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder / "probe.npz"),), out=out, **settings,
+        ),
+        reporter=NullReporter(),
+        on_record=records.append,
+    )
+    return summary, records
+
+
+def _stored(out: Path) -> dict[int, dict[str, Any]]:
+    """The stored records, keyed by step, with the path reduced to the file's name."""
+    with StoreReader(out) as reader:
+        return {r["step"]: {**r, "path": Path(r["path"]).name} for r in reader.records()}
+
+
+def _assert_same(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, Any]], rtol: float = 1e-12) -> None:
+    assert sorted(got) == sorted(expected)
+    for step, record in expected.items():
+        for name, value in record.items():
+            other = got[step][name]
+            if isinstance(value, float) and other is not None:
+                np.testing.assert_allclose(other, value, rtol=rtol, atol=1e-15, err_msg=f"step {step} {name}")
+            else:
+                assert other == value, (step, name, other, value)
+
+
+def _failed_steps(summary: AnalyzeSummary) -> list[int]:
+    return sorted(int(Path(path).stem.split("_")[1]) for path, _ in summary.failed)
+
+
+@pytest.fixture(scope="module")
+def without_30(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """One run over the checkpoints without step 30."""
+    root = tmp_path_factory.mktemp("without")
+    folder = _make_run(root / "run", [s for s in STEPS if s != 30])
+    _analyze(folder, root / "store.h5")
+    return _stored(root / "store.h5")
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """One run over every checkpoint, all good."""
+    root = tmp_path_factory.mktemp("everything")
+    folder = _make_run(root / "run")
+    _analyze(folder, root / "store.h5")
+    return _stored(root / "store.h5")
+
+
+# ------------------------------------------------------------------------------------ one process
+
+
+@pytest.mark.parametrize("kind", ["nan", "overflow", "truncated"])
+def test_a_failing_checkpoint_is_skipped_over_as_a_deleted_one_is(
+    tmp_path: Path, kind: str, without_30: dict[int, dict[str, Any]]
+) -> None:
+    """Step 30 fails: step 40 compares with step 20 (prev_step 20), with the very numbers of a run over
+    the same files with step 30 deleted (it had no previous checkpoint at all)."""
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, kind)
+    summary, records = _analyze(folder, tmp_path / "s.h5")
+    assert _failed_steps(summary) == [30]
+    assert next(r for r in records if r["step"] == 40)["prev_step"] == 20
+    _assert_same(without_30, _stored(tmp_path / "s.h5"), rtol=0)
+
+
+def test_two_failing_checkpoints_in_a_row_are_skipped_over(tmp_path: Path) -> None:
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 20, "nan")
+    _spoil(folder, 30, "overflow")
+    summary, _ = _analyze(folder, tmp_path / "s.h5")
+    assert _failed_steps(summary) == [20, 30]
+    deleted = _make_run(tmp_path / "deleted", [0, 10, 40, 50, 60])
+    _analyze(deleted, tmp_path / "d.h5")
+    assert _stored(tmp_path / "s.h5")[40]["prev_step"] == 10
+    _assert_same(_stored(tmp_path / "d.h5"), _stored(tmp_path / "s.h5"), rtol=0)
+
+
+def test_the_reference_analysed_ahead_skips_over_a_failing_checkpoint(tmp_path: Path) -> None:
+    """--reference 40 is analysed first; at its place in step order it compares with step 20."""
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, "nan")
+    summary, _ = _analyze(folder, tmp_path / "s.h5", reference_step=40)
+    assert _failed_steps(summary) == [30]
+    deleted = _make_run(tmp_path / "deleted", [s for s in STEPS if s != 30])
+    _analyze(deleted, tmp_path / "d.h5", reference_step=40)
+    assert _stored(tmp_path / "s.h5")[40]["prev_step"] == 20
+    _assert_same(_stored(tmp_path / "d.h5"), _stored(tmp_path / "s.h5"), rtol=0)
+
+
+def test_a_failing_file_that_appears_between_stored_checkpoints_changes_nothing(tmp_path: Path) -> None:
+    """Steps 20 and 40 were stored (40 compared with 20, no step 30 yet); a corrupt step 30 then
+    appears. The resume reports it and leaves 40 as it is, which is what one run over the same files
+    gives (it gave 40 no previous checkpoint: a fresh run and a resume disagreed)."""
+    folder = _make_run(tmp_path / "run", [s for s in STEPS if s != 30])
+    out = tmp_path / "s.h5"
+    _analyze(folder, out)
+    _good(folder, 30)
+    _spoil(folder, 30, "nan")
+    summary, _ = _analyze(folder, out)
+    assert _failed_steps(summary) == [30] and summary.analysed == [] and summary.refreshed == []
+    _analyze(folder, tmp_path / "fresh.h5")
+    assert _stored(out)[40]["prev_step"] == 20
+    _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out), rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["nan", "overflow"])
+def test_a_fixed_file_is_analysed_and_its_successor_refreshed(
+    tmp_path: Path, kind: str, everything: dict[int, dict[str, Any]]
+) -> None:
+    """Step 30 failed, so 40 compared with 20; once 30's file is good a resume analyses it and 40 is
+    refreshed to compare with it: the store is one run's over the good files."""
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, kind)
+    out = tmp_path / "s.h5"
+    _analyze(folder, out)
+    _good(folder, 30)
+    summary, _ = _analyze(folder, out)
+    assert summary.analysed == [30] and summary.refreshed == [40] and not summary.failed
+    _assert_same(everything, _stored(out))
+
+
+def test_a_stored_successor_whose_previous_file_now_fails_is_refreshed(tmp_path: Path) -> None:
+    """Step 40 is stored compared with step 30, whose group in the store is damaged (so it is analysed
+    again) and whose file now fails: 40 is refreshed to compare with 20, as one run over these files
+    gives (the rule "a prev_step between the two is kept" held for files that are gone, not for a
+    file that fails in this run)."""
+    import h5py
+
+    folder = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    _analyze(folder, out)
+    with h5py.File(out, "r+") as handle:
+        del handle["checkpoints/step_30"].attrs["complete"]
+    _spoil(folder, 30, "nan")
+    summary, _ = _analyze(folder, out)
+    assert _failed_steps(summary) == [30] and summary.refreshed == [40]
+    _analyze(folder, tmp_path / "fresh.h5")
+    assert _stored(out)[40]["prev_step"] == 20
+    _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out))
+
+
+def test_steps_selected_later_skip_over_a_failing_checkpoint(tmp_path: Path) -> None:
+    """--steps 0,20: then --steps 30,40 with 30 corrupt: 40 compares with the stored 20."""
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, "nan")
+    out = tmp_path / "s.h5"
+    _analyze(folder, out, steps=(0, 20))
+    summary, _ = _analyze(folder, out, steps=(30, 40))
+    assert _failed_steps(summary) == [30] and summary.analysed == [40]
+    assert _stored(out)[40]["prev_step"] == 20
+    _analyze(folder, tmp_path / "fresh.h5", steps=(0, 20, 30, 40))
+    _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out))
+
+
+@contextlib.contextmanager
+def _polls(monkeypatch: pytest.MonkeyPatch, *between: Any) -> Iterator[None]:
+    """--watch in this process: each `between` runs in place of one poll's sleep (then Ctrl-C)."""
+    calls = iter(between)
+
+    def sleep(_seconds: float) -> None:
+        step = next(calls, None)
+        if step is None:
+            raise KeyboardInterrupt
+        step()
+
+    monkeypatch.setattr(signals, "sleep", sleep)
+    yield
+
+
+def _arrive(source: Path, folder: Path, *names: str) -> None:
+    for name in names:
+        shutil.copyfile(source / name, folder / name)
+        past = time.time() - 60  # settled: --watch skips files modified in the last poll interval
+        os.utime(folder / name, (past, past))
+
+
+def test_watch_skips_over_a_failing_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, without_30: dict[int, dict[str, Any]]
+) -> None:
+    """Steps 0 - 20 first; then a corrupt 30 and a good 40; then the rest."""
+    source = _make_run(tmp_path / "source")
+    spoiled = _spoil(source, 30, "nan")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "s.h5"
+    with _polls(
+        monkeypatch,
+        lambda: _arrive(source, folder, spoiled.name, "step_40.safetensors"),
+        lambda: _arrive(source, folder, "step_50.safetensors", "step_60.safetensors"),
+    ):
+        summary, _ = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted and _failed_steps(summary) == [30]
+    assert _stored(out)[40]["prev_step"] == 20
+    _assert_same(without_30, _stored(out))
