@@ -770,12 +770,16 @@ def _take_in_rank_parts(
 
     A part's checkpoint is taken in only if this run would have computed it alike: the store lacks
     it, it is among this run's checkpoints, its file is unchanged (same sha256), the reference's
-    file is the one its rank compared with, and the checkpoint before it in this run's step order is
-    the one it was compared with (prev_step), unchanged: stored, taken in, or the file the part's
-    rank read before its block (recorded beside the part). The others are analysed again. A part is
-    removed once each of its checkpoints is in the store, damaged or of a changed file; otherwise
-    (not selected by --steps / --every, or analysed again by this run) it is kept for a later run,
-    as is a part that is locked (a rank still running), unreadable or of another run, with a note.
+    file is the one its rank compared with, and the checkpoint it was compared with (prev_step) is
+    among this run's checkpoints, with none stored or taken in between the two, and unchanged:
+    stored, taken in, or the file the part's rank compared its block with (recorded beside the
+    part). A checkpoint between the two (its file failed for the part's rank, `_walk_back`, or its
+    job did not select it) is not stored, so this run tries it: if it fails, the comparison stands,
+    as in one run; if it is analysed, the part's checkpoint is refreshed to compare with it
+    (`_refresh_successors`). The others are analysed again. A part is removed once each of its
+    checkpoints is in the store, damaged or of a changed file; otherwise (not selected by --steps /
+    --every, or analysed again by this run) it is kept for a later run, as is a part that is locked
+    (a rank still running), unreadable or of another run, with a note.
     Returns the entries taken in and the names of the parts kept."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
@@ -833,9 +837,16 @@ def _take_in_rank_parts(
                     if not same_reference or not unchanged(step, entry.sha256):
                         settled += 1  # computed from other files than this run's
                         continue
-                    before = _step_before(step, order)
-                    if any(item.scalars.get("prev_step") != before for item in entry.series):
-                        continue  # another previous checkpoint in this run's order (--steps, --every)
+                    compared_steps = {item.scalars.get("prev_step") for item in entry.series}
+                    if len(compared_steps) != 1:
+                        continue
+                    compared_step = compared_steps.pop()
+                    before = None if compared_step is None else int(compared_step)
+                    if before is not None and (before not in by_step or before >= step):
+                        continue  # compared with a checkpoint that is not among this run's (--steps, --every)
+                    between = order[(order.index(before) + 1 if before is not None else 0) : order.index(step)]
+                    if any(other in have for other in between):
+                        continue  # this run compares it with one stored or taken in after that one
                     if before is not None:
                         # the file its rank compared it with: the part's own, or the one before the block
                         compared = part_sha.get(before)
@@ -1018,6 +1029,7 @@ def _run_refs(
     reference: CheckpointRef,
     preloaded: tuple[LoadedCheckpoint, str] | None,
     out: Path,
+    walk: _WalkBack | None = None,
 ) -> None:
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
@@ -1095,6 +1107,8 @@ def _run_refs(
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(f"{ref.path}: {exc.message}")
+                if walk is not None and walk.chain and ref.step == walk.chain[0].step:
+                    _walk_back(ctx, walk, summary, steps_in_order, reference, out)
                 continue
             finally:
                 reporter.end_checkpoint()
@@ -1110,6 +1124,44 @@ def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: Fdl
     """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
     summary.failed.append((str(ref.path), exc.message))
     ctx.failed_paths.add(str(ref.path))
+
+
+@dataclass
+class _WalkBack:
+    """A torchrun rank's way back from its block (checkpoint sharding): the checkpoints before the
+    block, nearest first, down to (not including) the first that is stored or the reference. The
+    rank analyses the first with its block, as the block's first checkpoint is compared with it;
+    when it fails, the rank analyses the next, and so on until one is analysed (`_walk_back`), so
+    that the block is compared with the checkpoint one process would compare it with."""
+
+    chain: list[CheckpointRef]
+    #: told the checkpoint the block is compared with once the first failed: (step, sha256 of its
+    #: file, None when this rank did not read it: stored, or the reference), or None for none
+    moved: Callable[[tuple[int, str | None] | None], None]
+
+
+def _walk_back(
+    ctx: _Context,
+    walk: _WalkBack,
+    summary: AnalyzeSummary,
+    steps_in_order: list[int],
+    reference: CheckpointRef,
+    out: Path,
+) -> None:
+    """The first of `walk.chain` failed: analyse the next ones in turn (their entries are another
+    rank's, and discarded) until one is analysed; its series become `ctx.previous`."""
+    for ref in walk.chain[1:]:
+        signals.check()
+        try:
+            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+        except (CheckpointError, NumericalError) as exc:
+            _failed(ctx, summary, ref, exc)  # the rank that owns it reports it
+            continue
+        walk.moved((ref.step, sha))
+        return
+    position = steps_in_order.index(walk.chain[-1].step)
+    walk.moved((steps_in_order[position - 1], None) if position > 0 else None)
 
 
 def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
@@ -1210,11 +1262,6 @@ def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None])
             pass  # a failed background commit: its entries stay buffered, the next add or flush retries and says why
 
     return ticked
-
-
-def _step_before(step: int, steps_in_order: list[int]) -> int | None:
-    position = steps_in_order.index(step)
-    return steps_in_order[position - 1] if position > 0 else None
 
 
 def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
@@ -1735,10 +1782,13 @@ def _analyze_distributed(
 
     Checkpoint sharding: the checkpoints still missing from the store are split into contiguous
     blocks in step order; a rank also analyses (and discards) the reference and the checkpoint before
-    its block when they are not in the store, so cka/overlap to both are those of one process.
+    its block when they are not in the store, so cka/overlap to both are those of one process; when
+    that checkpoint fails, the rank analyses the ones before it in turn until one is analysed (or
+    one is stored, or is the reference), as one process skips over a file that fails (`_WalkBack`).
     With --shard-probe every rank takes every checkpoint and one slice of the probe (all-reduced).
     """
     from fdl_cli import distributed
+    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
     world, options = ctx.world, ctx.options
@@ -1780,11 +1830,16 @@ def _analyze_distributed(
         mine = todo if options.shard_probe else distributed.block(todo, world)
         owned = {ref.step for ref in mine}
         needed = set(owned)
+        chain: list[CheckpointRef] = []  # the way back from the block (`_WalkBack`)
         if mine and not options.shard_probe:
             needed.add(reference.step)
             position = [ref.step for ref in refs].index(mine[0].step)
             if position > 0:
                 needed.add(refs[position - 1].step)
+            for earlier in reversed(refs[:position]):
+                if earlier.step in stored or earlier.step == reference.step:
+                    break
+                chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
         tagged = len(ctx.probes) * len(ctx.layers) > 1
@@ -1810,9 +1865,27 @@ def _analyze_distributed(
         else:
             local = _LocalWriter(skip)
         local_summary = AnalyzeSummary(store=out)
+
+        def moved(compared: tuple[int, str | None] | None) -> None:
+            """The block is compared with another checkpoint than the one before it (which failed): the
+            part's sidecar names that one's file, before the part holds any checkpoint."""
+            if part is None:
+                return
+            try:
+                predecessor = None
+                if compared is not None:
+                    step, sha = compared
+                    if sha is None:  # stored, or the reference: not read by this rank
+                        sha = preloaded[1] if step == reference.step else sha256_file(ctx.refs_by_step[step].path)
+                    predecessor = (step, sha)
+                _write_rank_part_origin(_rank_part(out, world.rank), (reference.step, preloaded[1]), predecessor)
+            except (OSError, FdlError):
+                pass  # it still names the file that failed: the part's checkpoints are analysed again, not taken in
+
+        walk = _WalkBack(chain, moved) if chain else None
         failure = None
         try:
-            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out)
+            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except FdlError as exc:
             failure = exc.message
         if isinstance(local, _StoringWriter):
@@ -1877,8 +1950,10 @@ def _open_rank_part(
 ) -> Any:
     """A rank's part store (see `_rank_part`), fresh (rank 0 took in the last job's before this
     job's ranks started theirs), with the files its block is compared with recorded beside it (the
-    reference's, and `before`'s, the checkpoint before the block); None if it cannot be opened: the
-    part only makes the rank's checkpoints durable early, they reach rank 0 at the end all the same."""
+    reference's, and `before`'s, the checkpoint before the block; the rank records another one
+    there, before its block is analysed, when `before` fails: `_WalkBack.moved`); None if it cannot
+    be opened: the part only makes the rank's checkpoints durable early, they reach rank 0 at the
+    end all the same."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 

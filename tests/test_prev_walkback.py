@@ -15,6 +15,9 @@ import contextlib
 import io
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from fdl_cli.store import StoreReader
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 STEPS = [0, 10, 20, 30, 40, 50, 60]
 
 
@@ -282,3 +286,206 @@ def test_watch_skips_over_a_failing_checkpoint(
     assert summary.interrupted and _failed_steps(summary) == [30]
     assert _stored(out)[40]["prev_step"] == 20
     _assert_same(without_30, _stored(out))
+
+
+# --------------------------------------------------------------------------------------- torchrun
+
+
+def _torchrun(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+        "analyze", str(folder), "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+        "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
+        "--anchor-size", "100", "--json", *extra,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("spoiled", "extra"),
+    [([30], ()), ([20, 30], ()), ([30], ("--shard-probe",))],
+    ids=["before-block", "two-before-block", "shard-probe"],
+)
+def test_two_ranks_skip_over_failing_checkpoints_as_one_process(
+    tmp_path: Path, spoiled: list[int], extra: tuple[str, ...]
+) -> None:
+    """Rank 1's block is 40 - 60; the checkpoint before it fails (and the one before that too): rank 1
+    walks back, loading and analysing earlier files itself, until one is analysed (step 10 or 20)."""
+    folder = _make_run(tmp_path / "run")
+    for step in spoiled:
+        _spoil(folder, step, "nan" if step == 30 else "overflow")
+    _analyze(folder, tmp_path / "single.h5")
+    done = _torchrun(folder, tmp_path / "two.h5", *extra)
+    assert done.returncode == 1, done.stderr[-4000:]
+    for step in spoiled:
+        assert f"step_{step}.safetensors" in done.stderr
+    single, two = _stored(tmp_path / "single.h5"), _stored(tmp_path / "two.h5")
+    assert two[40]["prev_step"] == min(spoiled) - 10
+    # The probe's slices are summed in another order: d_lr differs by ~2e-9 (relative) at step 0
+    _assert_same(single, two, rtol=1e-7 if extra else 1e-9)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "single.h5", "two.h5"]
+
+
+def test_two_ranks_walk_back_to_a_stored_checkpoint(tmp_path: Path) -> None:
+    """Steps 0 - 20 are stored; of 30 - 60, rank 1 has 50 and 60, and 40 and 30 before them fail:
+    rank 1 compares 50 with the stored 20, read back from the store, as one process does."""
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, "nan")
+    _spoil(folder, 40, "overflow")
+    out = tmp_path / "two.h5"
+    _analyze(folder, out, steps=(0, 10, 20))
+    done = _torchrun(folder, out)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "step_30.safetensors" in done.stderr and "step_40.safetensors" in done.stderr
+    _analyze(folder, tmp_path / "single.h5")
+    two = _stored(out)
+    assert two[50]["prev_step"] == 20
+    _assert_same(_stored(tmp_path / "single.h5"), two, rtol=1e-9)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "single.h5", "two.h5"]
+
+
+#: tests.tiny_models:mlp, except that its forward pass stalls on the checkpoint whose first bias is
+#: STALL (the job then hangs there for as long as the test needs).
+STALLING_MODEL = """
+import time
+import torch
+from torch import nn
+
+STALL = 1234.5
+
+
+class Stalling(nn.Sequential):
+    def forward(self, x):
+        if float(self[0].bias[0]) == STALL:
+            time.sleep(600)
+        return super().forward(x)
+
+
+def factory(hidden=8):
+    torch.manual_seed(0)
+    return Stalling(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def _stored_steps(out: Path) -> list[int]:
+    try:
+        with StoreReader(out) as reader:
+            return reader.steps()
+    except Exception:  # noqa: BLE001 - not there, or not a store yet
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+@pytest.mark.parametrize("fixed", [False, True], ids=["still-corrupt", "fixed"])
+def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path, fixed: bool) -> None:
+    """A torchrun job stalls at step 10 in rank 0's block; rank 1 walked back over the corrupt step 30,
+    compared its block's first checkpoint (40) with step 20 and stored its block (40 - 60) in its part,
+    whose sidecar names step 20's file. The job is killed. A resume takes the part in (40 with
+    prev_step 20: step 30 lies between, and this run tries it again) and analyses 10 - 30: with 30
+    still corrupt the store is one run's over these files; with 30 fixed, 40 is refreshed to compare
+    with it, and the store is one run's over the good files."""
+    import json
+
+    from fdl_cli.checkpoints import sha256_file
+
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, "nan")
+    stalled = folder / "step_10.safetensors"
+    kept = stalled.read_bytes()
+    state = load_file(str(stalled))
+    state["0.bias"][0] = 1234.5
+    save_file(state, str(stalled))
+    model = tmp_path / "stalling.py"
+    model.write_text(STALLING_MODEL)
+    out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+        "analyze", str(folder), "--model", f"{model}:factory", "--model-kwargs", '{"hidden": 8}',
+        "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
+        "--anchor-size", "100", "--commit-interval", "0",
+    ]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while job.poll() is None and time.monotonic() < deadline:
+            if _stored_steps(out) == [0] and _stored_steps(part) == [40, 50, 60]:
+                break
+            time.sleep(0.2)
+        assert job.poll() is None, job.communicate()[1][-4000:]  # still running: stalled at step 10
+    finally:
+        for pid in [*_descendants(job.pid), job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.communicate(timeout=60)
+    assert _stored_steps(out) == [0] and _stored_steps(part) == [40, 50, 60]
+    assert _stored(part)[40]["prev_step"] == 20
+    origin = json.loads(Path(f"{part}.json").read_text())
+    assert origin["predecessor"] == [20, sha256_file(folder / "step_20.safetensors")]
+
+    stalled.write_bytes(kept)
+    if fixed:
+        _good(folder, 30)
+    records: list[dict[str, Any]] = []
+    summary = run_analyze(
+        AnalyzeOptions(
+            sources=(str(folder),), model_spec=f"{model}:factory", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder / "probe.npz"),), out=out, device="cpu", batch_size=64, anchor_size=100,
+        ),
+        reporter=NullReporter(),
+        on_record=records.append,
+    )
+    assert not part.exists()
+    assert summary.analysed == ([10, 20, 30] if fixed else [10, 20])
+    assert _failed_steps(summary) == ([] if fixed else [30])
+    assert summary.refreshed == ([40] if fixed else [])
+    single = tmp_path / "single.h5"
+    _analyze(folder, single)
+    _assert_same(_stored(single), _stored(out), rtol=1e-9)
+
+
+def test_a_part_compared_across_a_checkpoint_now_stored_is_analysed_again(tmp_path: Path) -> None:
+    """The part's 40 was compared with 20 (its rank found 30 corrupt), but the store now holds step 30
+    (fixed and analysed since): 40 is analysed again, not taken in."""
+    from fdl_cli.checkpoints import sha256_file
+    from fdl_cli.pipeline import _write_rank_part_origin
+    from fdl_cli.store import StoreWriter
+
+    folder = _make_run(tmp_path / "run")
+    _spoil(folder, 30, "nan")
+    walked = tmp_path / "walked.h5"
+    _analyze(folder, walked)  # 40 compared with 20, as rank 1 computed it
+    _good(folder, 30)
+    out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
+    _analyze(folder, out, steps=(0, 10, 20, 30))
+    with StoreReader(walked) as reader:
+        entries = [reader.entry(step) for step in (40, 50, 60)]
+        provenance, probes = reader.provenance, list(reader.probes().values())
+    with StoreWriter(part, provenance=provenance, probes=probes) as writer:
+        for entry in entries:
+            writer.add(entry)
+    sha = sha256_file(folder / "step_0.safetensors")
+    _write_rank_part_origin(part, (0, sha), (20, sha256_file(folder / "step_20.safetensors")))
+    summary, _ = _analyze(folder, out)
+    assert summary.analysed == [40]  # 50 and 60 were compared with the part's own 40 and 50: taken in
+    _analyze(folder, tmp_path / "fresh.h5")
+    _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out))
