@@ -1424,14 +1424,28 @@ def _previous_series(
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
         return previous, None
+    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+
     try:
         with StoreReader(out) as reader:
             stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
             if previous not in stored:
                 return previous, None
-            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            # Hashed before it is loaded: a stored file replaced since, by a corrupt one too, is a changed
+            # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
+            # `step`, would then be compared with it in turn and fail alike.
+            sha = sha256_file(ref.path)
             if sha == stored[previous]["sha256"]:
-                return previous, _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
+                try:
+                    model = _prepare(ctx, load_checkpoint(ref, trust_pickle=ctx.options.trust_pickle), parameters=False)
+                except CheckpointError as exc:
+                    raise FdlError(
+                        f"the stored checkpoint at step {previous} ({ref.path}), which step {step} is compared "
+                        "with, cannot be read now",
+                        got=exc.what,
+                        fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
+                    ) from None
+                return previous, _stored_series(ctx, previous, model, reader)
     except (StoreError, FileNotFoundError):
         return previous, None
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the

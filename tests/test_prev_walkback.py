@@ -247,6 +247,48 @@ def test_steps_selected_later_skip_over_a_failing_checkpoint(tmp_path: Path) -> 
     _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out))
 
 
+def test_a_stored_checkpoint_whose_file_fails_now_is_a_changed_file(tmp_path: Path) -> None:
+    """Steps 0 - 20 are stored; then step 20's file is spoilt. Step 30 is compared with it: the run
+    stops with "changed since it was analysed", as for any stored file replaced since. (Its load
+    failure counted as step 30's, so step 40, skipping over 30, was compared with 20 in turn and
+    failed alike, and so on to the last checkpoint.)"""
+    from fdl_cli.errors import StoreError
+
+    folder = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    _analyze(folder, out, steps=(0, 10, 20))
+    _spoil(folder, 20, "nan")
+    with pytest.raises(StoreError, match="step 20 .* changed since it was analysed"):
+        _analyze(folder, out)
+    assert sorted(_stored(out)) == [0, 10, 20]
+
+
+def test_a_stored_checkpoint_that_cannot_be_loaded_now_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 20 is stored, its file unchanged, but loading it fails now (as a pickle stored with
+    --trust-pickle does without it): the run stops naming step 20, not with a failure of each later
+    checkpoint."""
+    from fdl_cli import checkpoints
+    from fdl_cli.errors import CheckpointError, FdlError
+
+    folder = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    _analyze(folder, out, steps=(0, 10, 20))
+    load = checkpoints.load_checkpoint
+
+    def refusing(ref: Any, **kwargs: Any) -> Any:
+        if Path(ref.path).name == "step_20.safetensors":
+            raise CheckpointError(f"{ref.path} is refused", fix="pass --trust-pickle")
+        return load(ref, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", refusing)
+    with pytest.raises(FdlError, match="stored checkpoint at step 20 .* cannot be read now") as raised:
+        _analyze(folder, out)
+    assert not isinstance(raised.value, CheckpointError) and raised.value.fix == "pass --trust-pickle"
+    assert sorted(_stored(out)) == [0, 10, 20]
+
+
 @contextlib.contextmanager
 def _polls(monkeypatch: pytest.MonkeyPatch, *between: Any) -> Iterator[None]:
     """--watch in this process: each `between` runs in place of one poll's sleep (then Ctrl-C)."""
