@@ -341,6 +341,8 @@ class _Context:
     previous_step: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
+    #: paths of this run's checkpoints whose analysis failed: "previous" skips over them (`_previous_step`)
+    failed_paths: set[str] = field(default_factory=set)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -780,12 +782,16 @@ def _take_in_rank_parts(
 
     A part's checkpoint is taken in only if this run would have computed it alike: the store lacks
     it, it is among this run's checkpoints, its file is unchanged (same sha256), the reference's
-    file is the one its rank compared with, and the checkpoint before it in this run's step order is
-    the one it was compared with (prev_step), unchanged: stored, taken in, or the file the part's
-    rank read before its block (recorded beside the part). The others are analysed again. A part is
-    removed once each of its checkpoints is in the store, damaged or of a changed file; otherwise
-    (not selected by --steps / --every, or analysed again by this run) it is kept for a later run,
-    as is a part that is locked (a rank still running), unreadable or of another run, with a note.
+    file is the one its rank compared with, and the checkpoint it was compared with (prev_step) is
+    among this run's checkpoints, with none stored or taken in between the two, and unchanged:
+    stored, taken in, or the file the part's rank compared its block with (recorded beside the
+    part). A checkpoint between the two (its file failed for the part's rank, `_walk_back`, or its
+    job did not select it) is not stored, so this run tries it: if it fails, the comparison stands,
+    as in one run; if it is analysed, the part's checkpoint is refreshed to compare with it
+    (`_refresh_successors`). The others are analysed again. A part is removed once each of its
+    checkpoints is in the store, damaged or of a changed file; otherwise (not selected by --steps /
+    --every, or analysed again by this run) it is kept for a later run, as is a part that is locked
+    (a rank still running), unreadable or of another run, with a note.
     Returns the entries taken in and the names of the parts kept."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
@@ -843,9 +849,16 @@ def _take_in_rank_parts(
                     if not same_reference or not unchanged(step, entry.sha256):
                         settled += 1  # computed from other files than this run's
                         continue
-                    before = _step_before(step, order)
-                    if any(item.scalars.get("prev_step") != before for item in entry.series):
-                        continue  # another previous checkpoint in this run's order (--steps, --every)
+                    compared_steps = {item.scalars.get("prev_step") for item in entry.series}
+                    if len(compared_steps) != 1:
+                        continue
+                    compared_step = compared_steps.pop()
+                    before = None if compared_step is None else int(compared_step)
+                    if before is not None and (before not in by_step or before >= step):
+                        continue  # compared with a checkpoint that is not among this run's (--steps, --every)
+                    between = order[(order.index(before) + 1 if before is not None else 0) : order.index(step)]
+                    if any(other in have for other in between):
+                        continue  # this run compares it with one stored or taken in after that one
                     if before is not None:
                         # the file its rank compared it with: the part's own, or the one before the block
                         compared = part_sha.get(before)
@@ -1088,6 +1101,7 @@ def _run_refs(
     reference: CheckpointRef,
     preloaded: tuple[LoadedCheckpoint, str] | None,
     out: Path,
+    walk: _WalkBack | None = None,
 ) -> None:
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
@@ -1097,6 +1111,7 @@ def _run_refs(
             completed[reference.step], f"in {out}",
         )
     failed_paths = {path for path, _ in summary.failed}
+    ctx.failed_paths = failed_paths  # grows as checkpoints fail: "previous" skips over them
     todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
     for ref in refs:
         if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed:
@@ -1126,7 +1141,7 @@ def _run_refs(
             loaded_reference, reference_sha = preloaded or _load(reference, options.trust_pickle)
             held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
-            summary.failed.append((str(reference.path), exc.message))
+            _failed(ctx, summary, reference, exc)
             raise _fatal(exc, reference, is_reference=True) from None
         preloaded = None
         reference_ahead = True
@@ -1160,10 +1175,12 @@ def _run_refs(
                 else:
                     entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
-                summary.failed.append((str(ref.path), exc.message))
+                _failed(ctx, summary, ref, exc)
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(f"{ref.path}: {exc.message}")
+                if walk is not None and walk.chain and ref.step == walk.chain[0].step:
+                    _walk_back(ctx, walk, summary, steps_in_order, reference, out)
                 continue
             finally:
                 reporter.end_checkpoint()
@@ -1173,6 +1190,50 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
+    """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
+    summary.failed.append((str(ref.path), exc.message))
+    ctx.failed_paths.add(str(ref.path))
+
+
+@dataclass
+class _WalkBack:
+    """A torchrun rank's way back from its block (checkpoint sharding): the checkpoints before the
+    block, nearest first, down to (not including) the first that is stored or the reference. The
+    rank analyses the first with its block, as the block's first checkpoint is compared with it;
+    when it fails, the rank analyses the next, and so on until one is analysed (`_walk_back`), so
+    that the block is compared with the checkpoint one process would compare it with."""
+
+    chain: list[CheckpointRef]
+    #: told the checkpoint the block is compared with once the first failed: (step, sha256 of its
+    #: file, None when this rank did not read it: stored, or the reference), or None for none
+    moved: Callable[[tuple[int, str | None] | None], None]
+
+
+def _walk_back(
+    ctx: _Context,
+    walk: _WalkBack,
+    summary: AnalyzeSummary,
+    steps_in_order: list[int],
+    reference: CheckpointRef,
+    out: Path,
+) -> None:
+    """The first of `walk.chain` failed: analyse the next ones in turn (their entries are another
+    rank's, and discarded) until one is analysed; its series become `ctx.previous`."""
+    for ref in walk.chain[1:]:
+        signals.check()
+        try:
+            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+        except (CheckpointError, NumericalError) as exc:
+            _failed(ctx, summary, ref, exc)  # the rank that owns it reports it
+            continue
+        walk.moved((ref.step, sha))
+        return
+    position = steps_in_order.index(walk.chain[-1].step)
+    walk.moved((steps_in_order[position - 1], None) if position > 0 else None)
 
 
 def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
@@ -1275,9 +1336,17 @@ def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None])
     return ticked
 
 
-def _step_before(step: int, steps_in_order: list[int]) -> int | None:
-    position = steps_in_order.index(step)
-    return steps_in_order[position - 1] if position > 0 else None
+def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
+    """The checkpoint that `step` is compared with as "previous" (cka_prev, overlap_prev, prev_step):
+    the nearest one before it in step order whose file did not fail in this run. Within a process
+    checkpoints are analysed in step order, so every one before `step` has been tried when `step` is
+    analysed (stored ones are not tried: they were analysed successfully); a file that fails is
+    skipped over, as a deleted one is."""
+    for position in range(steps_in_order.index(step) - 1, -1, -1):
+        ref = ctx.refs_by_step.get(steps_in_order[position])
+        if ref is None or str(ref.path) not in ctx.failed_paths:
+            return steps_in_order[position]
+    return None
 
 
 def ctx_outputs(scalars: dict[str, Any]) -> int:
@@ -1291,7 +1360,7 @@ def _with_previous(
     """The reference's entry, analysed ahead of its turn, completed with cka_prev / overlap_prev."""
     from dataclasses import replace as replace_entry
 
-    previous = _previous_series(ctx, held.step, steps_in_order, out)
+    previous_step, previous = _previous_series(ctx, held.step, steps_in_order, out)
     series = []
     for item in held.series:
         key = _series_key(item.probe, item.layer)
@@ -1299,7 +1368,7 @@ def _with_previous(
         scalars = dict(item.scalars)
         scalars["cka_prev"] = _cka(mine, before) if before else None
         scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(scalars)) if before else None
-        scalars["prev_step"] = _step_before(held.step, steps_in_order) if before else None
+        scalars["prev_step"] = previous_step if before else None
         series.append(replace_entry(item, scalars=scalars))
     ctx.previous, ctx.previous_step = ctx.reference, held.step
     return replace_entry(held, series=tuple(series))
@@ -1316,9 +1385,12 @@ def _refresh_successors(
     successor's "previous": recompute those successors' cka_prev / overlap_prev (an anchor pass of
     each side) and store them again, so a store filled in several runs (or by an interrupted one,
     whose checkpoints were committed in another order) holds the numbers of one run over all its
-    checkpoints. A successor is refreshed when the checkpoint before it in step order is stored and
-    its prev_step is null or an earlier step; a prev_step between the two names a checkpoint whose
-    file is gone, and is kept."""
+    checkpoints. A stored successor is refreshed when its previous checkpoint in this run's step
+    order (`_previous_step`: the nearest before it whose file did not fail in this run; by now every
+    checkpoint of the run was tried) is stored, and its prev_step is null, an earlier step, or a step
+    between the two whose file failed in this run (a file that was good when the successor was
+    analysed). A prev_step between the two that is not among this run's checkpoints names a
+    checkpoint whose file is gone, and is kept."""
     from dataclasses import replace as replace_entry
 
     from fdl_cli.store import CheckpointEntry as Entry
@@ -1326,14 +1398,18 @@ def _refresh_successors(
 
     announce(writer.flush())
     pairs = []
+    failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     with StoreReader(out) as reader:
         records = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
     stored_sha = {step: record["sha256"] for step, record in records.items()}
-    for before, successor in zip(steps_in_order, steps_in_order[1:], strict=False):
-        if before in records and successor in records:
+    before = None  # the nearest step so far whose file did not fail (`_previous_step`, in one pass)
+    for successor in steps_in_order:
+        if before is not None and before in records and successor in records:
             previous = records[successor]["prev_step"]
-            if previous is None or previous < before:
+            if previous is None or previous < before or (previous > before and previous in failed):
                 pairs.append((before, successor))
+        if successor not in failed:
+            before = successor
     if not pairs:
         return
     for before, successor in pairs:
@@ -1404,31 +1480,48 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
 
 def _previous_series(
     ctx: _Context, step: int, steps_in_order: list[int], out: Path
-) -> dict[tuple[str, str], _Series] | None:
-    """The series of the checkpoint before `step` in step order (recomputed from the store if needed)."""
-    position = steps_in_order.index(step)
-    if position == 0:
-        return None
-    previous = steps_in_order[position - 1]
+) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
+    """(step, series) of the checkpoint that `step` is compared with (`_previous_step`): analysed by
+    this process, or recomputed from the store. (None, None) when there is none, and (step, None)
+    when that checkpoint is neither stored nor analysed yet (the reference analysed ahead of its
+    turn, whose previous is found again at its turn; a checkpoint a torchrun rank analyses before
+    its block only for its series)."""
+    previous = _previous_step(ctx, step, steps_in_order)
+    if previous is None:
+        return None, None
     if ctx.previous_step == previous:
-        return ctx.previous
+        return previous, ctx.previous
     if previous == ctx.reference_step and ctx.reference:
-        return ctx.reference
+        return previous, ctx.reference
     from fdl_cli.store import StoreReader
 
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
-        return None
+        return previous, None
+    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+
     try:
         with StoreReader(out) as reader:
             stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
             if previous not in stored:
-                return None
-            loaded, sha = _load(ref, ctx.options.trust_pickle)
+                return previous, None
+            # Hashed before it is loaded: a stored file replaced since, by a corrupt one too, is a changed
+            # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
+            # `step`, would then be compared with it in turn and fail alike.
+            sha = sha256_file(ref.path)
             if sha == stored[previous]["sha256"]:
-                return _stored_series(ctx, previous, _prepare(ctx, loaded, parameters=False), reader)
+                try:
+                    model = _prepare(ctx, load_checkpoint(ref, trust_pickle=ctx.options.trust_pickle), parameters=False)
+                except CheckpointError as exc:
+                    raise FdlError(
+                        f"the stored checkpoint at step {previous} ({ref.path}), which step {step} is compared "
+                        "with, cannot be read now",
+                        got=exc.what,
+                        fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
+                    ) from None
+                return previous, _stored_series(ctx, previous, model, reader)
     except (StoreError, FileNotFoundError):
-        return None
+        return previous, None
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
     # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
     raise _changed_file(
@@ -1482,7 +1575,7 @@ def _analyze_one(
     if not is_reference and not ctx.reference:
         _reference_series(ctx, reference, out)
     # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
-    previous = _previous_series(ctx, ref.step, steps_in_order, out)
+    previous_step, previous = _previous_series(ctx, ref.step, steps_in_order, out)
     model = _prepare(ctx, loaded)
     parameters = _parameters_of(loaded, model)
     if is_reference:
@@ -1535,7 +1628,7 @@ def _analyze_one(
                 _warn_flat_anchors(ctx, mine, n_outputs, f"{probe.name}/{spec.label}")
             scalars["cka_prev"] = _cka(mine, before) if before else None
             scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
-            scalars["prev_step"] = _step_before(ref.step, steps_in_order) if before else None
+            scalars["prev_step"] = previous_step if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
@@ -1779,10 +1872,13 @@ def _analyze_distributed(
 
     Checkpoint sharding: the checkpoints still missing from the store are split into contiguous
     blocks in step order; a rank also analyses (and discards) the reference and the checkpoint before
-    its block when they are not in the store, so cka/overlap to both are those of one process.
+    its block when they are not in the store, so cka/overlap to both are those of one process; when
+    that checkpoint fails, the rank analyses the ones before it in turn until one is analysed (or
+    one is stored, or is the reference), as one process skips over a file that fails (`_WalkBack`).
     With --shard-probe every rank takes every checkpoint and one slice of the probe (all-reduced).
     """
     from fdl_cli import distributed
+    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
     world, options = ctx.world, ctx.options
@@ -1825,11 +1921,16 @@ def _analyze_distributed(
         mine = todo if options.shard_probe else distributed.block(todo, world)
         owned = {ref.step for ref in mine}
         needed = set(owned)
+        chain: list[CheckpointRef] = []  # the way back from the block (`_WalkBack`)
         if mine and not options.shard_probe:
             needed.add(reference.step)
             position = [ref.step for ref in refs].index(mine[0].step)
             if position > 0:
                 needed.add(refs[position - 1].step)
+            for earlier in reversed(refs[:position]):
+                if earlier.step in stored or earlier.step == reference.step:
+                    break
+                chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
         tagged = len(ctx.probes) * len(ctx.layers) > 1
@@ -1855,9 +1956,27 @@ def _analyze_distributed(
         else:
             local = _LocalWriter(skip)
         local_summary = AnalyzeSummary(store=out)
+
+        def moved(compared: tuple[int, str | None] | None) -> None:
+            """The block is compared with another checkpoint than the one before it (which failed): the
+            part's sidecar names that one's file, before the part holds any checkpoint."""
+            if part is None:
+                return
+            try:
+                predecessor = None
+                if compared is not None:
+                    step, sha = compared
+                    if sha is None:  # stored, or the reference: not read by this rank
+                        sha = preloaded[1] if step == reference.step else sha256_file(ctx.refs_by_step[step].path)
+                    predecessor = (step, sha)
+                _write_rank_part_origin(_rank_part(out, world.rank), (reference.step, preloaded[1]), predecessor)
+            except (OSError, FdlError):
+                pass  # it still names the file that failed: the part's checkpoints are analysed again, not taken in
+
+        walk = _WalkBack(chain, moved) if chain else None
         failure = None
         try:
-            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out)
+            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except FdlError as exc:
             failure = exc.message
         if isinstance(local, _StoringWriter):
@@ -1886,6 +2005,7 @@ def _analyze_distributed(
                 written = True
                 if not failures:
                     ctx.refs_by_step = {r.step: r for r in refs}
+                    ctx.failed_paths = {path for path, _ in summary.failed}  # every rank's
                     _refresh_successors(ctx, writer, out, [r.step for r in refs], announce)
             except FdlError as exc:
                 failures.append(exc.message)
@@ -1921,8 +2041,10 @@ def _open_rank_part(
 ) -> Any:
     """A rank's part store (see `_rank_part`), fresh (rank 0 took in the last job's before this
     job's ranks started theirs), with the files its block is compared with recorded beside it (the
-    reference's, and `before`'s, the checkpoint before the block); None if it cannot be opened: the
-    part only makes the rank's checkpoints durable early, they reach rank 0 at the end all the same."""
+    reference's, and `before`'s, the checkpoint before the block; the rank records another one
+    there, before its block is analysed, when `before` fails: `_WalkBack.moved`); None if it cannot
+    be opened: the part only makes the rank's checkpoints durable early, they reach rank 0 at the
+    end all the same."""
     from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
