@@ -43,6 +43,13 @@ _HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
 _HF_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _STEP_FIX = "pass --step-regex 'step_(\\d+)' (first group = step), or --glob to select fewer files"
 _TRUST_FIX = "if you trust its origin, re-run with --trust-pickle"
+#: Training state that Hugging Face's Trainer and Accelerate save beside the model (optimizer,
+#: scheduler, gradient scaler, sampler, one RNG state per process, the pickled TrainingArguments):
+#: never model weights. A folder scan skips them by name; peeking would load them (optimizer.pt is
+#: twice the model) and could take rng_state_0.pth, which holds tensors, for a checkpoint of step 0.
+_TRAINING_STATE = re.compile(
+    r"(optimizer|scheduler|scaler|sampler|rng_state|random_states|training_args)(_\d+)?\.(pt|pth|bin)"
+)
 
 
 @dataclass(frozen=True)
@@ -733,6 +740,9 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
         if glob is not None and not entry.match(glob):
             continue
         if entry in own:
+            continue
+        if _TRAINING_STATE.fullmatch(entry.name) and entry.is_file():
+            notes.append(f"skipped {entry.name}: training state (optimizer, scheduler, RNG, arguments), not model weights")
             continue
         if entry.is_dir():
             try:

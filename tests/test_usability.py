@@ -1,0 +1,97 @@
+"""The everyday path with the checkpoint layouts and probes of the common training stacks.
+
+Each test builds, with tiny models, the exact layout one stack writes (Hugging Face Trainer, PyTorch
+Lightning, timm, plain loops) or a probe as researchers keep it, and pins a defect found in the
+usability review: it failed before its fix. Commands run in-process through the console entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fdl_cli.checkpoints import discover_checkpoints
+from tests.test_analyze import Result, fdl
+from tests.tiny_models import mlp
+
+torch.set_num_threads(1)
+SMALL = ("--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
+MODEL = f"{Path(__file__).resolve().parent / 'tiny_models.py'}:mlp"
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths at 80 columns otherwise
+
+
+@dataclasses.dataclass
+class TrainingArguments:
+    """Stands in for transformers.TrainingArguments, which the Trainer pickles into training_args.bin."""
+
+    output_dir: str = "out"
+    learning_rate: float = 1e-3
+
+
+def _probe(path: Path, n: int = 24, n_in: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(n, n_in)).astype(np.float32), y=rng.integers(0, 3, n))
+    return path
+
+
+def _analyze(sources: list[Path], probe: Path, out: Path, *extra: str, model: str = MODEL) -> Result:
+    result = fdl("analyze", *map(str, sources), "--model", model, "--probe", str(probe), "--out", str(out),
+                 *SMALL, *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def _sd(seed: int) -> dict[str, torch.Tensor]:
+    return {k: v.clone().contiguous() for k, v in mlp(seed=seed).state_dict().items()}
+
+
+# --------------------------------------------------------------------- Hugging Face Trainer output
+
+
+def _hf_checkpoint(folder: Path, seed: int, step: int, *, ranks: int = 1) -> None:
+    """checkpoint-N/ as transformers.Trainer writes it (multi-GPU: one rng_state_K.pth per process)."""
+    folder.mkdir(parents=True)
+    model = mlp(seed=seed)
+    save_file(_sd(seed), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({"model_type": "mlp", "hidden": 8}))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save({"base_lrs": [1e-3], "last_epoch": step}, folder / "scheduler.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    for rank in range(ranks):
+        torch.save(rng, folder / ("rng_state.pth" if ranks == 1 else f"rng_state_{rank}.pth"))
+    torch.save(TrainingArguments(), folder / "training_args.bin")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "epoch": step / 500}))
+
+
+def test_hf_multi_gpu_rng_states_are_no_checkpoints(tmp_path: Path) -> None:
+    """rng_state_0.pth, rng_state_1.pth (a multi-GPU Trainer run) hold tensors and numpy objects: they
+    were taken for pickled checkpoints at step 0 and 1, which broke every run over checkpoint folders."""
+    out = tmp_path / "out"
+    for seed, step in ((0, 500), (1, 1000)):
+        _hf_checkpoint(out / f"checkpoint-{step}", seed, step, ranks=2)
+    probe = _probe(tmp_path / "probe.npz")
+    folders = sorted(out.glob("checkpoint-*"))
+    found = discover_checkpoints(folders)
+    assert [(r.path.name, r.step) for r in found.checkpoints] == [("checkpoint-500", 500), ("checkpoint-1000", 1000)]
+    assert not found.bad
+    assert any("rng_state_1.pth" in note and "training state" in note for note in found.notes), found.notes
+    result = _analyze(folders, probe, tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    single = _analyze([out / "checkpoint-500"], probe, tmp_path / "one.h5")
+    assert single.code == 0, single.stderr
+    assert "1 checkpoint(s) analysed" in single.stderr
+
