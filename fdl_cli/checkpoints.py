@@ -675,6 +675,16 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             source = "trainer_state.json" if (path / "trainer_state.json").is_file() else "metadata"
             return int(peek.metadata[key]), f"{source}:{key}"
     step = _name_step(path)
+    if step is None and path.is_dir():
+        weights = _hf_weight_files(path)
+        raise _NoStep(
+            f"cannot tell the training step of {path}",
+            note=f"skipped {path.name}/{weights[0].name if len(weights) == 1 else '(its shards)'}: no training "
+            "step (no trainer_state.json beside it, no integer in the folder's name); a Trainer's final "
+            "save_model() usually repeats its last checkpoint-N: rename the folder (e.g. step_1500) to include it",
+            got="no trainer_state.json with global_step and no integer in the folder's name",
+            fix="rename the folder to hold the step (e.g. step_1500), or pass its checkpoint-N folders",
+        )
     if step is None:
         raise _NoStep(
             f"cannot tell the training step of {path}",
@@ -723,8 +733,12 @@ def _candidates(
                 ) from None
             got, fix = _os_reason(source, exc)
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
-        if source.is_file() or _hf_weight_files(source):
+        if source.is_file():
             yield source, False
+        elif _hf_weight_files(source):
+            # The model a folder holds itself counts as found by a scan: a Trainer's output folder holds its
+            # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
+            yield source, True
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes))
 

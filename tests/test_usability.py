@@ -95,3 +95,17 @@ def test_hf_multi_gpu_rng_states_are_no_checkpoints(tmp_path: Path) -> None:
     assert single.code == 0, single.stderr
     assert "1 checkpoint(s) analysed" in single.stderr
 
+
+def test_hf_output_dir_with_final_model_and_no_step(tmp_path: Path) -> None:
+    """Trainer.save_model() leaves model.safetensors (no trainer_state.json) in the output folder above
+    its checkpoint-N folders; `fdl analyze out/` failed on it ("cannot tell the training step of out")."""
+    out = tmp_path / "out"
+    for seed, step in ((0, 500), (1, 1000)):
+        _hf_checkpoint(out / f"checkpoint-{step}", seed, step)
+    save_file(_sd(1), str(out / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(TrainingArguments(), out / "training_args.bin")
+    probe = _probe(tmp_path / "probe.npz")
+    result = _analyze([out], probe, tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    assert "2 checkpoint(s) analysed" in result.stderr
+    assert "skipped out/model.safetensors: no training step" in result.stderr
