@@ -35,6 +35,8 @@ from torch import nn
 from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
+#: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
+TAR_SUFFIXES = (".pth.tar", ".pt.tar")
 STEP_KEYS = ("step", "global_step", "epoch")
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -495,7 +497,7 @@ def _text_file_error(path: Path, head: bytes) -> CheckpointError:
     first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
     return CheckpointError(
         f"{path} is a text file, not a checkpoint",
-        got=f"a file with the checkpoint suffix {path.suffix} that begins {first!r}",
+        got=f"a file with the checkpoint suffix {checkpoint_suffix(path) or path.suffix} that begins {first!r}",
         fix="replace it with the checkpoint it should be, or move it out of the folder (or leave it out with --glob)",
     )
 
@@ -532,7 +534,7 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek("torchscript", {})
         if _is_export(path, names):
             return _Peek("export", {})
-    elif text and path.suffix not in WEIGHT_SUFFIXES:  # an explicit README.txt, say
+    elif text and checkpoint_suffix(path) is None:  # an explicit README.txt, say
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
         obj = _torch_load_safe(path, mmap=True)
@@ -558,6 +560,15 @@ def _peek_file(path: Path) -> _Peek:
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+
+
+def checkpoint_suffix(path: Path) -> str | None:
+    """The checkpoint suffix of ``path``'s name (``.pth.tar`` as one), or None when it has none."""
+    name = path.name.lower()
+    tar = next((suffix for suffix in TAR_SUFFIXES if name.endswith(suffix)), None)
+    if tar is not None:
+        return tar
+    return path.suffix if path.suffix in WEIGHT_SUFFIXES else None
 
 
 def _is_text(head: bytes) -> bool:
@@ -637,8 +648,9 @@ def _peek_hf_dir(folder: Path) -> _Peek:
 
 def _name_step(path: Path) -> int | None:
     name = path.name
-    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-        name = name[: -len(path.suffix)]
+    suffix = checkpoint_suffix(path) if path.is_file() else None
+    if suffix is not None:
+        name = name[: -len(suffix)]
     numbers = re.findall(r"\d+", name)
     return int(numbers[-1]) if numbers else None
 
@@ -767,14 +779,14 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
                 is_checkpoint = True
             if is_checkpoint:
                 yield entry
-        elif entry.suffix in WEIGHT_SUFFIXES:
+        elif checkpoint_suffix(entry) is not None:
             yield entry
         elif (
             not entry.name.startswith(".")
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
-            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES)})")
+            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
 
 
 def discover_checkpoints(
@@ -863,7 +875,7 @@ def discover_checkpoints(
         raise CheckpointError(
             f"no checkpoints found in {where}",
             got="; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at)),
-            fix="point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2 files (or pass the files), "
+            fix="point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2/.pth.tar files (or pass the files), "
             "or loosen --glob",
         )
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))

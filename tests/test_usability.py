@@ -109,3 +109,30 @@ def test_hf_output_dir_with_final_model_and_no_step(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     assert "2 checkpoint(s) analysed" in result.stderr
     assert "skipped out/model.safetensors: no training step" in result.stderr
+
+
+# ------------------------------------------------------------------------ timm / ImageNet example
+
+
+def _timm_checkpoint(path: Path, seed: int, epoch: int, **extra: object) -> None:
+    """What timm's CheckpointSaver (and the PyTorch ImageNet example) writes: checkpoint-N.pth.tar."""
+    model = mlp(seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"epoch": epoch, "arch": "mlp", "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "version": 2, "metric": 0.5, **extra}, path)
+
+
+def test_pth_tar_checkpoints_are_found(tmp_path: Path) -> None:
+    """timm and the ImageNet reference script name checkpoints checkpoint-N.pth.tar / model_best.pth.tar:
+    a folder scan skipped them all ("not a checkpoint suffix"), and --glob could not bring them back."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch in (0, 1):
+        _timm_checkpoint(run / f"checkpoint-{epoch}.pth.tar", epoch, epoch)
+    _timm_checkpoint(run / "last.pth.tar", 1, 1)
+    _timm_checkpoint(run / "model_best.pth.tar", 0, 0)
+    found = discover_checkpoints([run])
+    assert [(r.path.name, r.step) for r in found.checkpoints] == [("checkpoint-0.pth.tar", 0), ("checkpoint-1.pth.tar", 1)]
+    result = _analyze([run], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    assert "2 checkpoint(s) analysed" in result.stderr
