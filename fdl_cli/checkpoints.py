@@ -399,6 +399,20 @@ def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
     )
 
 
+def _unimportable_error(path: Path, exc: BaseException) -> CheckpointError:
+    """--trust-pickle, but the pickle names a class this process cannot import: a training script's own
+    config (``__main__.Config``, ``train.Args``), a module whose folder is not on the path, a package
+    (omegaconf, transformers) that is not installed."""
+    said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return CheckpointError(
+        f"cannot unpickle {path}: it holds an object whose class cannot be imported here",
+        got=f"{type(exc).__name__}: {said}",
+        fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
+        "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
+        "model.state_dict(), 'step': step}, ...)",
+    )
+
+
 def _export_refused(path: Path) -> UnsafeCheckpointError:
     """torch.export.load can run code from the archive, not only through pickles (weights marked
     use_pickle, opaque constants, sample inputs retried without weights_only): it evaluates the shape
@@ -1109,7 +1123,12 @@ def _load_tensor_file(
     except UnsafeCheckpointError:
         if not trust_pickle:
             raise
-        obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
+            raise _unimportable_error(path, exc) from None
+        except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
+            raise _corrupt_error(path, exc) from None
     if isinstance(obj, nn.Module):
         return None, obj, {}
     found = _find_tensor_dict(obj)

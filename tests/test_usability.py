@@ -136,3 +136,35 @@ def test_pth_tar_checkpoints_are_found(tmp_path: Path) -> None:
     result = _analyze([run], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
     assert result.code == 0, result.stderr
     assert "2 checkpoint(s) analysed" in result.stderr
+
+
+# ------------------------------------------------------------------------------ plain training loops
+
+
+def test_trust_pickle_with_a_class_that_cannot_be_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training script's own config object (pickled as __main__.Config or train.Config) cannot be
+    found when fdl unpickles it: --trust-pickle ended in an AttributeError / ModuleNotFoundError traceback."""
+    import sys
+    import types
+
+    script = types.ModuleType("train_script_gone")
+
+    @dataclasses.dataclass
+    class Config:
+        lr: float = 0.1
+
+    Config.__module__, Config.__qualname__ = "train_script_gone", "Config"
+    script.Config = Config  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "train_script_gone", script)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 100):
+        torch.save({"model": _sd(step), "step": step, "config": Config()}, run / f"ckpt_{step:06d}.pt")
+    monkeypatch.delitem(sys.modules, "train_script_gone")
+    probe = _probe(tmp_path / "probe.npz")
+    refused = _analyze([run], probe, tmp_path / "a.h5")
+    assert refused.code == 1 and "train_script_gone.Config" in refused.stderr and "--trust-pickle" in refused.stderr
+    trusted = _analyze([run], probe, tmp_path / "b.h5", "--trust-pickle")
+    assert trusted.code == 1, trusted.stderr
+    assert "error: cannot unpickle" in trusted.stderr and "train_script_gone" in trusted.stderr
+    assert "PYTHONPATH" in trusted.stderr and "state_dict()" in trusted.stderr
