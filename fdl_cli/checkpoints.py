@@ -1391,13 +1391,37 @@ def without_common_prefix(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return {key.split(".", 1)[1]: value for key, value in state.items()}
 
 
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """The model's state_dict names that share one tensor (tied weights: lm_head.weight = embed.weight)."""
+    groups: dict[int, list[str]] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(value), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _with_tied(state: dict[str, torch.Tensor], tied: list[list[str]]) -> dict[str, torch.Tensor]:
+    """`state` with each tied name it lacks filled from a tied name it has: safetensors' save_model()
+    and transformers' save_pretrained() store a shared tensor once (lm_head.weight is dropped)."""
+    filled = state
+    for names in tied:
+        present = next((name for name in names if name in state), None)
+        if present is not None and any(name not in state for name in names):
+            filled = dict(filled) if filled is state else filled
+            filled.update({name: state[present] for name in names if name not in state})
+    return filled
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = _tied_names(model)
+    raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
     if problem is not None:
-        stripped = without_common_prefix(state)
-        if stripped is not None and _key_report(path, expected, stripped) is None:
-            state, problem = stripped, None
+        stripped = without_common_prefix(raw)
+        if stripped is not None:
+            stripped = _with_tied(stripped, tied)
+            if _key_report(path, expected, stripped) is None:
+                state, problem = stripped, None
     if problem is not None:
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",
