@@ -1411,6 +1411,28 @@ def _with_tied(state: dict[str, torch.Tensor], tied: list[list[str]]) -> dict[st
     return filled
 
 
+def _fitting_prefixes(
+    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size], tied: list[list[str]], path: Path
+) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(prefix, its keys without it) for each key prefix (``model.``, ``net.backbone.``) under which the
+    keys fit the model exactly: a LightningModule holds the network under ``model.`` beside a weighted
+    loss, a metric or an EMA copy, so its keys share no one prefix. Only prefixes with enough keys are tried."""
+    counts: dict[str, int] = {}
+    for key in state:
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth]) + "."
+            counts[prefix] = counts.get(prefix, 0) + 1
+    least = len(expected) - sum(len(names) - 1 for names in tied)
+    fitting = []
+    for prefix in sorted(p for p, count in counts.items() if count >= least):
+        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        part = _with_tied(part, tied)
+        if _key_report(path, expected, part) is None:
+            fitting.append((prefix, part))
+    return fitting
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = _tied_names(model)
@@ -1422,6 +1444,21 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             stripped = _with_tied(stripped, tied)
             if _key_report(path, expected, stripped) is None:
                 state, problem = stripped, None
+    if problem is not None:
+        fitting = _fitting_prefixes(raw, expected, tied, path)
+        if len(fitting) == 1:
+            state, problem = fitting[0][1], None
+        elif fitting:
+            prefixes = [prefix for prefix, _ in fitting]
+            shown = "model." if "model." in prefixes else prefixes[0]
+            raise CheckpointError(
+                f"{path} holds the model's weights under several prefixes: "
+                + ", ".join(repr(p) for p in prefixes[:6]),
+                got="the keys under each fit the model built by --model exactly (an EMA or teacher copy beside "
+                "the network?); fdl does not guess which to analyse",
+                fix=f"re-save the copy you mean, e.g. {{k[len({shown!r}):]: v for k, v in state_dict.items() "
+                f"if k.startswith({shown!r})}}",
+            )
     if problem is not None:
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",

@@ -232,3 +232,60 @@ def test_tied_weights_saved_once(tmp_path: Path) -> None:
                     model=f"{tmp_path / 'tied.py'}:build")
     again = fdl("report", str(tmp_path / "save_pretrained.h5"), "--format", "json")
     assert [r["d_lr"] for r in full.records] == [r["d_lr"] for r in json.loads(again.stdout)]
+
+
+# ------------------------------------------------------------------------------- PyTorch Lightning
+
+
+class _LitWithLoss(torch.nn.Module):
+    """A LightningModule's state: the network under `model.`, and a weighted loss whose weight is a buffer."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.model = mlp(seed=seed)
+        self.criterion = torch.nn.CrossEntropyLoss(weight=torch.ones(3))
+
+
+class _LitWithEma(torch.nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.model = mlp(seed=seed)
+        self.ema = mlp(seed=seed + 100)
+
+
+def _lightning(path: Path, module: torch.nn.Module, epoch: int, step: int) -> None:
+    optimizer = torch.optim.Adam(module.parameters())
+    torch.save({"epoch": epoch, "global_step": step, "pytorch-lightning_version": "2.4.0",
+                "state_dict": module.state_dict(), "loops": {"fit_loop": {"state_dict": {}}},
+                "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "kth_value": torch.tensor(1.0)}},
+                "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [], "hparams_name": "kwargs",
+                "hyper_parameters": {"lr": 1e-3}}, path)
+
+
+def test_lightning_module_with_more_than_the_network(tmp_path: Path) -> None:
+    """A LightningModule that holds a weighted loss (or a metric with state) besides `self.model`: its keys
+    no longer share one prefix, and the checkpoint was refused with '7 unexpected key(s) ... wrong --model?'.
+    The one prefix under which the keys fit the model exactly is taken; two such prefixes (an EMA copy)
+    are an error that names them, not a guess."""
+    run = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    run.mkdir(parents=True)
+    for epoch, step in ((0, 300), (1, 600)):
+        _lightning(run / f"epoch={epoch}-step={step}.ckpt", _LitWithLoss(epoch), epoch, step)
+    _lightning(run / "last.ckpt", _LitWithLoss(1), 1, 600)
+    probe = _probe(tmp_path / "probe.npz")
+    result = _analyze([run], probe, tmp_path / "run.h5", "--json")
+    assert result.code == 0, result.stderr
+    assert [r["step"] for r in result.records] == [300, 600]
+    # the numbers are those of the network's own weights
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for epoch, step in ((0, 300), (1, 600)):
+        torch.save({"state_dict": _sd(epoch), "global_step": step}, plain / f"s_{step}.ckpt")
+    same = _analyze([plain], probe, tmp_path / "plain.h5", "--json")
+    assert [r["d_lr"] for r in same.records] == [r["d_lr"] for r in result.records]
+    ema = tmp_path / "ema"
+    ema.mkdir()
+    _lightning(ema / "epoch=0-step=300.ckpt", _LitWithEma(0), 0, 300)
+    refused = _analyze([ema], probe, tmp_path / "ema.h5")
+    assert refused.code == 1
+    assert "under several prefixes" in refused.stderr and "'model.'" in refused.stderr and "'ema.'" in refused.stderr
