@@ -1224,6 +1224,7 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
                 fix="give the path relative to the checkpoint folder or the current folder",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
+        _importable_from(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is None or spec_obj.loader is None:
@@ -1238,12 +1239,18 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
+            fix = _os_reason(file, exc)[1] if unreadable else "fix the error in that file"
+            if isinstance(exc, ModuleNotFoundError):
+                fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
+                       f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
                 f"--model {spec!r}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}",
-                fix=_os_reason(file, exc)[1] if unreadable else "fix the error in that file",
+                fix=fix,
             ) from None
     else:
+        with contextlib.suppress(OSError):  # the current folder may have been removed
+            _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
         try:
             with _user_code_stderr() as said:
                 module = importlib.import_module(target)
@@ -1264,6 +1271,21 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             fix="check the name after ':'",
         )
     return factory  # type: ignore[no-any-return]
+
+
+def _importable_from(folder: Path, *, first: bool) -> None:
+    """Put `folder` on sys.path for the rest of the run (the factory and forward may import lazily).
+
+    first: before everything, as Python puts a script's own folder (a model file's siblings win, as
+    in `python model.py`); else after everything (the current folder for `pkg.module:factory`, which
+    the `fdl` console script lacks while `python -m` has it: an installed package still wins)."""
+    entry = str(folder)
+    if entry in sys.path or (not first and ("" in sys.path or "." in sys.path)):
+        return
+    if first:
+        sys.path.insert(0, entry)
+    else:
+        sys.path.append(entry)
 
 
 def _key_report(

@@ -289,3 +289,49 @@ def test_lightning_module_with_more_than_the_network(tmp_path: Path) -> None:
     refused = _analyze([ema], probe, tmp_path / "ema.h5")
     assert refused.code == 1
     assert "under several prefixes" in refused.stderr and "'model.'" in refused.stderr and "'ema.'" in refused.stderr
+
+
+# --------------------------------------------------------------------------------- --model factories
+
+
+def test_model_file_imports_its_sibling_and_a_package_from_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python train.py` finds `from layers import Block` beside it, and `import mypkg` in the current
+    folder; fdl's --model did neither: 'No module named layers' (with the fix 'fix the error in that
+    file'), and, from the `fdl` console script (whose sys.path lacks the current folder), 'No module
+    named mypkg' for --model mypkg.models:build run in the project's root."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(Path.cwd()))])
+    project = tmp_path / "project"
+    (project / "usability_pkg").mkdir(parents=True)
+    (project / "usability_layers.py").write_text(
+        "from torch import nn\n\n\nclass Block(nn.Module):\n"
+        "    def __init__(self, d):\n        super().__init__()\n        self.lin = nn.Linear(d, d)\n\n"
+        "    def forward(self, x):\n        return self.lin(x).relu()\n"
+    )
+    body = ("from torch import nn\n{imp}\n\n\ndef build():\n"
+            "    return nn.Sequential(nn.Linear(4, 8), Block(8), nn.Linear(8, 3))\n")
+    (project / "net.py").write_text(body.format(imp="from usability_layers import Block"))
+    (project / "usability_pkg" / "__init__.py").write_text("")
+    (project / "usability_pkg" / "models.py").write_text(body.format(imp="from usability_layers import Block"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.manual_seed(step)
+        block = torch.nn.Module()
+        block.lin = torch.nn.Linear(8, 8)
+        state = torch.nn.Sequential(torch.nn.Linear(4, 8), block, torch.nn.Linear(8, 3)).state_dict()
+        torch.save({"model": state, "step": step}, run / f"ckpt_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    for name in ("usability_layers", "usability_pkg", "usability_pkg.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    result = _analyze([run], probe, tmp_path / "file.h5", model=f"{project / 'net.py'}:build")
+    assert result.code == 0, result.stderr
+    monkeypatch.chdir(project)
+    for name in ("usability_layers", "usability_pkg", "usability_pkg.models"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
+    result = _analyze([run], probe, tmp_path / "package.h5", model="usability_pkg.models:build")
+    assert result.code == 0, result.stderr
