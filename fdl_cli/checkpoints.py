@@ -1401,6 +1401,20 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             got=type(model).__name__,
             fix="the factory must return the network",
         )
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, tensor in tensors if tensor.is_meta]
+    if meta:
+        raise ModelError(
+            "the --model factory built the model on the meta device: its tensors have no storage to load "
+            "the checkpoint's weights into",
+            got=f"{len(meta)} tensor(s) on the meta device, e.g. {meta[0]}",
+            fix="build it on the CPU (drop `with torch.device('meta')` / init_empty_weights in the factory); fdl "
+            "loads the weights and moves the model to --device",
+        )
+    if any(tensor.is_floating_point() and tensor.dtype != torch.float32 for _, tensor in tensors):
+        # The checkpoint's values are loaded into float32 and the model runs in --dtype: a factory's own
+        # float16/float64 would round the weights on loading and refuse the float32 probe inputs.
+        model = model.float()
     return model
 
 

@@ -335,3 +335,47 @@ def test_model_file_imports_its_sibling_and_a_package_from_the_current_folder(
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
     result = _analyze([run], probe, tmp_path / "package.h5", model="usability_pkg.models:build")
     assert result.code == 0, result.stderr
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def build_half():
+    return build().half()
+
+
+def build_double():
+    return build().double()
+
+
+def build_meta():
+    with torch.device("meta"):
+        return build()
+'''
+
+
+def test_factory_dtype_and_meta_device(tmp_path: Path) -> None:
+    """A factory that returns its model in float16 / float64 (as some training code builds it) failed with
+    'probe does not fit the model: mat1 and mat2 must have the same dtype' (the probe was fine); one that
+    builds on the meta device (to skip initialisation) ended in a NotImplementedError traceback."""
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(_sd(step), run / f"step_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    records = {}
+    for name in ("build", "build_half", "build_double"):
+        result = _analyze([run], probe, tmp_path / f"{name}.h5", "--json", model=f"{tmp_path / 'factories.py'}:{name}")
+        assert result.code == 0, (name, result.stderr)
+        records[name] = [r["d_lr"] for r in result.records]
+    assert records["build_half"] == records["build"] == records["build_double"]  # the file's float32 values
+    meta = _analyze([run], probe, tmp_path / "meta.h5", model=f"{tmp_path / 'factories.py'}:build_meta")
+    assert meta.code == 1
+    assert "meta device" in meta.stderr and "build it on the CPU" in meta.stderr
