@@ -612,11 +612,13 @@ def _validate(ctx: _Context, model: Any) -> None:
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            from fdl_cli.probes import fit_fix
+
+            said = str(exc).splitlines()[0] if str(exc) else ""
             raise ProbeError(
                 f"probe {probe.name!r} ({probe.path}) does not fit the model",
-                got=f"one sample of shape {tuple(probe.x.shape[1:])}, dtype {probe.x.dtype}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                fix="give the probe inputs the shape and dtype the model's forward expects",
+                got=f"{probe.describe_sample()}: {type(exc).__name__}: {said}",
+                fix=fit_fix(probe, said),
             ) from None
         validate_probe(probe, n_outputs=n_outputs)
         ctx.n_outputs = n_outputs

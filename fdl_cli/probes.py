@@ -55,11 +55,50 @@ class Probe:
     task: str | None
     n_classes: int | None
     sha256: str
+    #: the dtype of x in the file (uint8 images are read as int64, like token ids)
+    stored_dtype: str = ""
 
     @property
     def n(self) -> int:
         """Number of probe points."""
         return int(self.x.shape[0])
+
+    def describe_sample(self) -> str:
+        """'one sample of shape (6, 6, 1), dtype int64 (uint8 in the file)' for messages."""
+        differs = self.stored_dtype and self.stored_dtype != str(self.x.dtype)
+        stored = f" ({self.stored_dtype} in the file)" if differs else ""
+        return f"one sample of shape {tuple(self.x.shape[1:])}, dtype {self.x.dtype}{stored}"
+
+
+FIT_FIX = "give the probe inputs the shape and dtype the model's forward expects"
+
+
+def fit_fix(probe: Probe, error: str) -> str:
+    """The fix for a probe whose first sample the model's forward refused with `error`: the general rule,
+    plus the conversion that the probe's shape and dtype and the error point to (images kept as uint8
+    and channels last, as torchvision's .data and Keras hold them; flat or unflattened inputs)."""
+    x_dtype, shape = np.dtype(probe.x.dtype), tuple(probe.x.shape)
+    text = error.lower()
+    hints = []
+    if x_dtype.kind in "iu" and any(w in text for w in ("dtype", " type", "long")):
+        stored = probe.stored_dtype or str(x_dtype)
+        hints.append(
+            f"x holds integers ({stored}), which fdl passes on as int64 token ids; a model of images or features "
+            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32) "
+            "(then normalised as your transforms do)"
+        )
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        hints.append(
+            f"x has shape {shape}, channels last (N, H, W, C); torch's convolutions take (N, C, H, W): "
+            "x = x.transpose(0, 3, 1, 2)"
+        )
+    elif len(shape) == 3 and ("conv" in text or "4d" in text):
+        hints.append(f"x has shape {shape}, images without a channel axis: x = x[:, None] for (N, 1, H, W)")
+    elif len(shape) == 2 and "conv" in text:
+        hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
+    elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
+        hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
+    return "; ".join([FIT_FIX, *hints])
 
 
 def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
@@ -565,13 +604,15 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             got="keys: " + (", ".join(sorted(arrays)) or "none"),
             fix=f"store the inputs under one of {', '.join(X_KEYS)}",
         )
+    stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))
     inputs = _inputs(path, x_key, x)
     y_key, y = _pick(arrays, Y_KEYS)
     targets, task, n_classes = (None, None, None)
     if y_key is not None:
         targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
     return Probe(
-        name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path)
+        name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
+        stored_dtype=stored_dtype,
     )
 
 

@@ -379,3 +379,36 @@ def test_factory_dtype_and_meta_device(tmp_path: Path) -> None:
     meta = _analyze([run], probe, tmp_path / "meta.h5", model=f"{tmp_path / 'factories.py'}:build_meta")
     assert meta.code == 1
     assert "meta device" in meta.stderr and "build it on the CPU" in meta.stderr
+
+
+# ------------------------------------------------------------------------------------------ probes
+
+
+def test_image_probe_that_does_not_fit_says_how_to_convert_it(tmp_path: Path) -> None:
+    """uint8 images (N, H, W, C), as torchvision's .data and Keras keep them: fdl reads integers as int64
+    token ids, and the conv's error was reported as 'one sample ... dtype int64' (the file holds uint8)
+    with the fix 'give the probe inputs the shape and dtype the model's forward expects'. Now the message
+    names the file's dtype and says what to do (floats after the model's preprocessing, channels first)."""
+    from tests.tiny_models import cnn
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(cnn(seed=step).state_dict(), run / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 6, 6, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 24)
+    np.savez(tmp_path / "u8.npz", x=images, y=labels)
+    np.savez(tmp_path / "nhwc.npz", x=(images / 255).astype(np.float32), y=labels)
+    np.savez(tmp_path / "nchw.npz", x=(images / 255).astype(np.float32).transpose(0, 3, 1, 2), y=labels)
+    model = f"{Path(__file__).resolve().parent / 'tiny_models.py'}:cnn"
+    u8 = _analyze([run], tmp_path / "u8.npz", tmp_path / "a.h5", model=model)
+    assert u8.code == 1
+    assert "dtype int64 (uint8 in the file)" in u8.stderr
+    assert "astype(np.float32)" in u8.stderr and "transpose(0, 3, 1, 2)" in u8.stderr
+    nhwc = _analyze([run], tmp_path / "nhwc.npz", tmp_path / "b.h5", model=model)
+    assert nhwc.code == 1 and "transpose(0, 3, 1, 2)" in nhwc.stderr and "astype" not in nhwc.stderr
+    inspected = fdl("inspect", str(run / "step_0.pt"), "--model", model, "--probe", str(tmp_path / "u8.npz"))
+    assert inspected.code == 1 and "astype(np.float32)" in inspected.stderr
+    fits = _analyze([run], tmp_path / "nchw.npz", tmp_path / "c.h5", model=model)
+    assert fits.code == 0, fits.stderr
