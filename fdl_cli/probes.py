@@ -345,15 +345,29 @@ def _read_pt(path: Path) -> dict[str, Any]:
     import pickle
 
     import torch
+    from torch.utils.data import TensorDataset
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # A TensorDataset only holds its tensors (rebuilt by the same restricted unpickler): allowed.
+        with torch.serialization.safe_globals([TensorDataset]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        try:
+            names = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                     if not name.endswith(".TensorDataset")]
+        except Exception:  # noqa: BLE001 - a legacy (non-zip) file: keep the unpickler's own words
+            names = []
+        said = [line for line in str(exc).strip().splitlines() if "WeightsUnpickler error" in line]
+        got = ("pickled " + ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")) if names else (
+            said[0].strip()[:200] if said else "objects the restricted unpickler does not allow")
         raise ProbeError(
             f"the probe {path} holds pickled Python objects beyond tensors; fdl refused to load it",
-            got=str(exc).strip().splitlines()[-1][:200],
-            fix="save only tensors: torch.save({'x': x, 'y': y}, path), or use .npz/.safetensors",
+            got=got,
+            fix="save only tensors: torch.save({'x': x, 'y': y}, path) (or a TensorDataset(x, y)), or use "
+            ".npz/.safetensors",
         ) from None
+    if isinstance(obj, TensorDataset):
+        obj = tuple(obj.tensors)
     if isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2:
         obj = dict(zip(("x", "y"), obj, strict=False))
     elif isinstance(obj, torch.Tensor):

@@ -412,3 +412,28 @@ def test_image_probe_that_does_not_fit_says_how_to_convert_it(tmp_path: Path) ->
     assert inspected.code == 1 and "astype(np.float32)" in inspected.stderr
     fits = _analyze([run], tmp_path / "nchw.npz", tmp_path / "c.h5", model=model)
     assert fits.code == 0, fits.stderr
+
+
+def test_pt_probe_holding_a_tensor_dataset(tmp_path: Path) -> None:
+    """torch.save(TensorDataset(x, y)) is how many keep a probe: it was refused as 'pickled Python objects
+    beyond tensors' with torch's link to its documentation as the 'got'. It is now read as (x, y); a .pt
+    that holds other objects names them."""
+    import argparse
+
+    from torch.utils.data import TensorDataset
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(_sd(step), run / f"step_{step}.pt")
+    npz = _probe(tmp_path / "probe.npz")
+    with np.load(npz) as arrays:
+        x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    torch.save(TensorDataset(x, y), tmp_path / "dataset.pt")
+    reference = _analyze([run], npz, tmp_path / "npz.h5", "--json")
+    dataset = _analyze([run], tmp_path / "dataset.pt", tmp_path / "pt.h5", "--json")
+    assert dataset.code == 0, dataset.stderr
+    assert [r["d_lr"] for r in dataset.records] == [r["d_lr"] for r in reference.records]
+    torch.save({"x": x, "y": y, "args": argparse.Namespace(seed=0), "split": [TensorDataset(x)]}, tmp_path / "other.pt")
+    other = _analyze([run], tmp_path / "other.pt", tmp_path / "other.h5")
+    assert other.code == 1 and "argparse.Namespace" in other.stderr and "pytorch.org" not in other.stderr
