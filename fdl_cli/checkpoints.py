@@ -352,9 +352,13 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
 
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
+    And argparse.Namespace: timm, fairseq and many research scripts save their ``args``.
 
-    They only rebuild numbers, so they are allowed beside the tensors ``weights_only`` accepts.
+    They only rebuild numbers, or (Namespace) an object holding attributes whose values are unpickled
+    under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts.
     """
+    import argparse
+
     import numpy as np
 
     try:
@@ -362,7 +366,7 @@ def _numpy_scalar_globals() -> list[Any]:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
-    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
+    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace]
 
 
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:

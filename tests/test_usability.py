@@ -437,3 +437,32 @@ def test_pt_probe_holding_a_tensor_dataset(tmp_path: Path) -> None:
     torch.save({"x": x, "y": y, "args": argparse.Namespace(seed=0), "split": [TensorDataset(x)]}, tmp_path / "other.pt")
     other = _analyze([run], tmp_path / "other.pt", tmp_path / "other.h5")
     assert other.code == 1 and "argparse.Namespace" in other.stderr and "pytorch.org" not in other.stderr
+
+
+def test_timm_checkpoint_with_argparse_namespace(tmp_path: Path) -> None:
+    """timm, fairseq and many research scripts save their argparse.Namespace (`args`) in the checkpoint:
+    weights_only loading refused it, so every such run needed --trust-pickle (full unpickling) for a
+    class that only holds attributes. It is allowed to the restricted unpickler now; what the Namespace
+    holds is still unpickled under the same restrictions (a hostile value inside is refused, never run)."""
+    import argparse
+
+    from tests.test_security import Payload
+
+    run = tmp_path / "run"
+    run.mkdir()
+    args = argparse.Namespace(model="mlp", lr=0.1, epochs=2, model_ema=True)
+    for epoch in (0, 1):
+        _timm_checkpoint(run / f"checkpoint-{epoch}.pth", epoch, epoch, args=args, state_dict_ema=_sd(epoch + 50))
+    probe = _probe(tmp_path / "probe.npz")
+    result = _analyze([run], probe, tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    assert "--trust-pickle" not in result.stderr
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    for epoch in (0, 1):
+        _timm_checkpoint(hostile / f"checkpoint-{epoch}.pth", epoch, epoch,
+                         args=argparse.Namespace(lr=0.1, hook=Payload(marker)))
+    refused = _analyze([hostile], probe, tmp_path / "hostile.h5")
+    assert refused.code == 1 and "--trust-pickle" in refused.stderr
+    assert not marker.exists()
