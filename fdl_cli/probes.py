@@ -513,10 +513,13 @@ def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int | None]:
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
+        named = y.dtype.kind in "US"  # class names ("cat", "dog"), as a DataFrame column holds them
         raise ProbeError(
-            f"the probe {path}: '{key}' has dtype {y.dtype}",
-            got=str(y.dtype),
-            fix="y must hold integer class labels or float regression targets",
+            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if named else ""),
+            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if named and y.size else ""),
+            fix="y must hold integer class labels or float regression targets"
+            + ("; number the classes 0..C-1 before saving: classes, y = np.unique(y, return_inverse=True)"
+               if named else ""),
         )
     if y.ndim == 0 or y.shape[0] != n:
         raise ProbeError(
@@ -642,12 +645,23 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             fix="use the probe that matches this model, or the right --model-kwargs for its output size",
         )
     if probe.task == "regression" and probe.y.shape[1] != n_outputs:
+        labels = probe.y.shape[1] == 1 and bool(np.all(probe.y >= 0) and np.all(probe.y == np.round(probe.y)))
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has {probe.y.shape[1]} regression target(s) per sample but "
             f"the model has {n_outputs} outputs",
-            got=f"y shape {probe.y.shape}",
-            fix="targets must be (n, C) with C the model's outputs",
+            got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
+            fix="targets must be (n, C) with C the model's outputs"
+            + ("; if they are class labels, save them as integers: y.astype(np.int64)" if labels else ""),
         )
+
+
+def float_one_hot(probe: Probe) -> bool:
+    """Whether the probe's regression targets are a float one-hot matrix (Keras' to_categorical)."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
+        and bool(np.isin(y, (0.0, 1.0)).all() and (y.sum(axis=1) == 1).all())
+    )
 
 
 def probe_batches(probe: Probe, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -466,3 +466,32 @@ def test_timm_checkpoint_with_argparse_namespace(tmp_path: Path) -> None:
     refused = _analyze([hostile], probe, tmp_path / "hostile.h5")
     assert refused.code == 1 and "--trust-pickle" in refused.stderr
     assert not marker.exists()
+
+
+def test_labels_as_researchers_keep_them(tmp_path: Path) -> None:
+    """Labels as strings, as floats (0.0, 1.0, 2.0 out of a float tensor) and as a float one-hot matrix
+    (Keras' to_categorical): the first two were refused with fixes that did not say how to convert them
+    ('y must hold integer class labels' / 'targets must be (n, C)'), the third was analysed silently as
+    regression targets (no accuracy, no nc1). int32 / uint8 labels and a compressed npz just work."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(_sd(step), run / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 24)
+    np.savez(tmp_path / "strings.npz", x=x, y=np.array(["cat", "dog", "fox"])[labels])
+    np.savez(tmp_path / "floats.npz", x=x, y=labels.astype(np.float32))
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(3, dtype=np.float32)[labels])
+    for name, dtype in (("int32", np.int32), ("uint8", np.uint8)):
+        np.savez_compressed(tmp_path / f"{name}.npz", x=x.astype(np.float64), y=labels.astype(dtype))
+    strings = _analyze([run], tmp_path / "strings.npz", tmp_path / "s.h5")
+    assert strings.code == 1 and "np.unique(y, return_inverse=True)" in strings.stderr
+    floats = _analyze([run], tmp_path / "floats.npz", tmp_path / "f.h5")
+    assert floats.code == 1 and "class labels" in floats.stderr and "astype(np.int64)" in floats.stderr
+    onehot = _analyze([run], tmp_path / "onehot.npz", tmp_path / "o.h5")
+    assert onehot.code == 0, onehot.stderr
+    assert "one-hot" in onehot.stderr and "argmax" in onehot.stderr
+    for name in ("int32", "uint8"):
+        result = _analyze([run], tmp_path / f"{name}.npz", tmp_path / f"{name}.h5")
+        assert result.code == 0, result.stderr
