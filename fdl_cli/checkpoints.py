@@ -928,7 +928,9 @@ def _dedupe(
             raise CheckpointError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
-                fix=_STEP_FIX,
+                got="their metadata holds the epoch only; the names hold finer numbers"
+                if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path) else None,
+                fix=_step_fix_for(ref.path),
             )
         if same_weights is not None:
             duplicates.append((same_weights.path, ref.path))
@@ -937,6 +939,20 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _step_fix_for(path: Path) -> str:
+    """_STEP_FIX with a --step-regex that matches names like this one (its last number the step, the
+    others any number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt'); the generic one
+    when the name holds no number."""
+    parts = re.split(r"(\d+)", path.name)
+    if len(parts) < 3:
+        return _STEP_FIX
+    last = len(parts) - 2  # re.split with a group: text, number, text, ..., number, text
+    pattern = "".join(
+        re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts)
+    )
+    return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
 def _same_weights(first: CheckpointRef, second: CheckpointRef) -> bool:

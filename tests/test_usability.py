@@ -495,3 +495,21 @@ def test_labels_as_researchers_keep_them(tmp_path: Path) -> None:
     for name in ("int32", "uint8"):
         result = _analyze([run], tmp_path / f"{name}.npz", tmp_path / f"{name}.h5")
         assert result.code == 0, result.stderr
+
+
+def test_same_epoch_in_metadata_suggests_a_step_regex_that_matches(tmp_path: Path) -> None:
+    """A loop that saves every N steps with only `epoch` in the dict (ckpt_{global_step}.pt): the
+    checkpoints of one epoch share a step, and the fix suggested --step-regex 'step_(\\d+)', which
+    matches none of these names. It now suggests one built from the names, which works as given."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (100, 200, 300):
+        torch.save({"model": _sd(step), "epoch": step // 250}, run / f"ckpt_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    result = _analyze([run], probe, tmp_path / "run.h5")
+    assert result.code == 1 and "two checkpoints have the same step 0" in result.stderr
+    suggested = result.stderr.split("--step-regex '")[1].split("'")[0]
+    assert suggested == r"ckpt_(\d+)\.pt", suggested
+    again = _analyze([run], probe, tmp_path / "run.h5", "--step-regex", suggested, "--json")
+    assert again.code == 0, again.stderr
+    assert [r["step"] for r in again.records] == [100, 200, 300]
