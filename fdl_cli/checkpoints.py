@@ -890,12 +890,20 @@ def discover_checkpoints(
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:
         where = ", ".join(str(s) for s in sources)
-        raise CheckpointError(
-            f"no checkpoints found in {where}",
-            got="; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at)),
-            fix="point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2/.pth.tar files (or pass the files), "
-            "or loosen --glob",
-        )
+        got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
+        fix = ("point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2/.pth.tar files (or pass the files), "
+               "or loosen --glob")
+        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+        if nested:
+            shown = ", ".join(f"{folder} ({count} checkpoint file{'s' if count > 1 else ''})" for folder, count in nested)
+            got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
+            fix = f"pass the folder that holds them: fdl analyze {nested[0][0]} ..."
+        elif adapters:
+            got = ("" if got == "nothing" else got + "; ") + (
+                "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
+            fix = ("fdl analyses whole models: merge each adapter into its base model "
+                   "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
+        raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
     checkpoints, duplicates = _dedupe(found, notes)
     return Discovery(
@@ -904,6 +912,41 @@ def discover_checkpoints(
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
     )
+
+
+def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
+    list[tuple[Path, int]], list[Path]
+]:
+    """For "no checkpoints found": the sub-folders (down to `depth`, `budget` entries looked at) that hold
+    checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints), at most 3, with their
+    counts; and the PEFT adapter folders met (adapter_model.safetensors, no model weights)."""
+    nested: list[tuple[Path, int]] = []
+    adapters: list[Path] = []
+    queue = [(folder, 0) for folder in folders if folder.is_dir()]
+    while queue and budget > 0 and len(nested) < 3:
+        folder, level = queue.pop(0)
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        budget -= len(entries)
+        count = 0
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    if _hf_weight_files_of(entry):
+                        count += 1
+                    elif any((entry / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+                        adapters.append(entry)
+                    elif level + 1 < depth and not entry.name.startswith("."):
+                        queue.append((entry, level + 1))
+                elif checkpoint_suffix(entry) is not None and not _TRAINING_STATE.fullmatch(entry.name):
+                    count += 1
+            except (OSError, CheckpointError):
+                continue
+        if level > 0 and count:
+            nested.append((folder, count))
+    return nested, adapters[:3]
 
 
 def _dedupe(

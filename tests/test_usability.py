@@ -513,3 +513,28 @@ def test_same_epoch_in_metadata_suggests_a_step_regex_that_matches(tmp_path: Pat
     again = _analyze([run], probe, tmp_path / "run.h5", "--step-regex", suggested, "--json")
     assert again.code == 0, again.stderr
     assert [r["step"] for r in again.records] == [100, 200, 300]
+
+
+def test_no_checkpoints_found_points_at_the_sub_folders_that_hold_them(tmp_path: Path) -> None:
+    """`fdl analyze lightning_logs/version_0` (the checkpoints are in its checkpoints/ sub-folder, and
+    folders are not searched) said 'got: skipped hparams.yaml ...', and `fdl analyze lightning_logs`
+    'got: nothing'; a Trainer output of PEFT adapters (checkpoint-N/adapter_model.safetensors) also
+    'got: nothing'. The error now names the sub-folders that hold checkpoints, and the adapters."""
+    version = tmp_path / "lightning_logs" / "version_0"
+    (version / "checkpoints").mkdir(parents=True)
+    (version / "hparams.yaml").write_text("lr: 0.001\n")
+    for epoch, step in ((0, 300), (1, 600)):
+        _lightning(version / "checkpoints" / f"epoch={epoch}-step={step}.ckpt", _LitWithLoss(epoch), epoch, step)
+    for source in (version, tmp_path / "lightning_logs"):
+        result = _analyze([source], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
+        assert result.code == 1
+        assert f"{version / 'checkpoints'} (2 checkpoint files)" in result.stderr, result.stderr
+        assert f"fdl analyze {version / 'checkpoints'}" in result.stderr
+    out = tmp_path / "out"
+    for step in (500, 1000):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        save_file({"base_model.model.0.lora_A.weight": torch.zeros(2, 4)},
+                  str(out / f"checkpoint-{step}" / "adapter_model.safetensors"))
+    adapters = _analyze([out], tmp_path / "probe.npz", tmp_path / "lora.h5")
+    assert adapters.code == 1 and "got: nothing" not in adapters.stderr
+    assert "adapter" in adapters.stderr and "merge_and_unload" in adapters.stderr
