@@ -35,6 +35,8 @@ from torch import nn
 from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
+#: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
+TAR_SUFFIXES = (".pth.tar", ".pt.tar")
 STEP_KEYS = ("step", "global_step", "epoch")
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -43,6 +45,13 @@ _HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
 _HF_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _STEP_FIX = "pass --step-regex 'step_(\\d+)' (first group = step), or --glob to select fewer files"
 _TRUST_FIX = "if you trust its origin, re-run with --trust-pickle"
+#: Training state that Hugging Face's Trainer and Accelerate save beside the model (optimizer,
+#: scheduler, gradient scaler, sampler, one RNG state per process, the pickled TrainingArguments):
+#: never model weights. A folder scan skips them by name; peeking would load them (optimizer.pt is
+#: twice the model) and could take rng_state_0.pth, which holds tensors, for a checkpoint of step 0.
+_TRAINING_STATE = re.compile(
+    r"(optimizer|scheduler|scaler|sampler|rng_state|random_states|training_args)(_\d+)?\.(pt|pth|bin)"
+)
 
 
 @dataclass(frozen=True)
@@ -345,9 +354,13 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
 
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
+    And argparse.Namespace: timm, fairseq and many research scripts save their ``args``.
 
-    They only rebuild numbers, so they are allowed beside the tensors ``weights_only`` accepts.
+    They only rebuild numbers, or (Namespace) an object holding attributes whose values are unpickled
+    under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts.
     """
+    import argparse
+
     import numpy as np
 
     try:
@@ -355,7 +368,7 @@ def _numpy_scalar_globals() -> list[Any]:
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
-    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
+    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace]
 
 
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
@@ -389,6 +402,20 @@ def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
         f"{path}: this file contains a pickled Python object ({shown}) that could run code when loaded; "
         "fdl refused to load it",
         fix=_TRUST_FIX + " (or re-save only the weights: torch.save(model.state_dict(), ...))",
+    )
+
+
+def _unimportable_error(path: Path, exc: BaseException) -> CheckpointError:
+    """--trust-pickle, but the pickle names a class this process cannot import: a training script's own
+    config (``__main__.Config``, ``train.Args``), a module whose folder is not on the path, a package
+    (omegaconf, transformers) that is not installed."""
+    said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return CheckpointError(
+        f"cannot unpickle {path}: it holds an object whose class cannot be imported here",
+        got=f"{type(exc).__name__}: {said}",
+        fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
+        "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
+        "model.state_dict(), 'step': step}, ...)",
     )
 
 
@@ -490,7 +517,7 @@ def _text_file_error(path: Path, head: bytes) -> CheckpointError:
     first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
     return CheckpointError(
         f"{path} is a text file, not a checkpoint",
-        got=f"a file with the checkpoint suffix {path.suffix} that begins {first!r}",
+        got=f"a file with the checkpoint suffix {checkpoint_suffix(path) or path.suffix} that begins {first!r}",
         fix="replace it with the checkpoint it should be, or move it out of the folder (or leave it out with --glob)",
     )
 
@@ -527,7 +554,7 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek("torchscript", {})
         if _is_export(path, names):
             return _Peek("export", {})
-    elif text and path.suffix not in WEIGHT_SUFFIXES:  # an explicit README.txt, say
+    elif text and checkpoint_suffix(path) is None:  # an explicit README.txt, say
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
         obj = _torch_load_safe(path, mmap=True)
@@ -553,6 +580,15 @@ def _peek_file(path: Path) -> _Peek:
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+
+
+def checkpoint_suffix(path: Path) -> str | None:
+    """The checkpoint suffix of ``path``'s name (``.pth.tar`` as one), or None when it has none."""
+    name = path.name.lower()
+    tar = next((suffix for suffix in TAR_SUFFIXES if name.endswith(suffix)), None)
+    if tar is not None:
+        return tar
+    return path.suffix if path.suffix in WEIGHT_SUFFIXES else None
 
 
 def _is_text(head: bytes) -> bool:
@@ -632,8 +668,9 @@ def _peek_hf_dir(folder: Path) -> _Peek:
 
 def _name_step(path: Path) -> int | None:
     name = path.name
-    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-        name = name[: -len(path.suffix)]
+    suffix = checkpoint_suffix(path) if path.is_file() else None
+    if suffix is not None:
+        name = name[: -len(suffix)]
     numbers = re.findall(r"\d+", name)
     return int(numbers[-1]) if numbers else None
 
@@ -670,6 +707,16 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             source = "trainer_state.json" if (path / "trainer_state.json").is_file() else "metadata"
             return int(peek.metadata[key]), f"{source}:{key}"
     step = _name_step(path)
+    if step is None and path.is_dir():
+        weights = _hf_weight_files(path)
+        raise _NoStep(
+            f"cannot tell the training step of {path}",
+            note=f"skipped {path.name}/{weights[0].name if len(weights) == 1 else '(its shards)'}: no training "
+            "step (no trainer_state.json beside it, no integer in the folder's name); a Trainer's final "
+            "save_model() usually repeats its last checkpoint-N: rename the folder (e.g. step_1500) to include it",
+            got="no trainer_state.json with global_step and no integer in the folder's name",
+            fix="rename the folder to hold the step (e.g. step_1500), or pass its checkpoint-N folders",
+        )
     if step is None:
         raise _NoStep(
             f"cannot tell the training step of {path}",
@@ -718,8 +765,12 @@ def _candidates(
                 ) from None
             got, fix = _os_reason(source, exc)
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
-        if source.is_file() or _hf_weight_files(source):
+        if source.is_file():
             yield source, False
+        elif _hf_weight_files(source):
+            # The model a folder holds itself counts as found by a scan: a Trainer's output folder holds its
+            # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
+            yield source, True
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes))
 
@@ -736,6 +787,9 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
             continue
         if entry in own:
             continue
+        if _TRAINING_STATE.fullmatch(entry.name) and entry.is_file():
+            notes.append(f"skipped {entry.name}: training state (optimizer, scheduler, RNG, arguments), not model weights")
+            continue
         if entry.is_dir():
             try:
                 is_checkpoint = bool(_hf_weight_files(entry))
@@ -745,14 +799,14 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
                 is_checkpoint = True
             if is_checkpoint:
                 yield entry
-        elif entry.suffix in WEIGHT_SUFFIXES:
+        elif checkpoint_suffix(entry) is not None:
             yield entry
         elif (
             not entry.name.startswith(".")
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
-            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES)})")
+            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
 
 
 def discover_checkpoints(
@@ -838,12 +892,20 @@ def discover_checkpoints(
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:
         where = ", ".join(str(s) for s in sources)
-        raise CheckpointError(
-            f"no checkpoints found in {where}",
-            got="; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at)),
-            fix="point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2 files (or pass the files), "
-            "or loosen --glob",
-        )
+        got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
+        fix = ("point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2/.pth.tar files (or pass the files), "
+               "or loosen --glob")
+        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+        if nested:
+            shown = ", ".join(f"{folder} ({count} checkpoint file{'s' if count > 1 else ''})" for folder, count in nested)
+            got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
+            fix = f"pass the folder that holds them: fdl analyze {nested[0][0]} ..."
+        elif adapters:
+            got = ("" if got == "nothing" else got + "; ") + (
+                "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
+            fix = ("fdl analyses whole models: merge each adapter into its base model "
+                   "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
+        raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
     checkpoints, duplicates = _dedupe(found, notes)
     return Discovery(
@@ -852,6 +914,41 @@ def discover_checkpoints(
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
     )
+
+
+def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
+    list[tuple[Path, int]], list[Path]
+]:
+    """For "no checkpoints found": the sub-folders (down to `depth`, `budget` entries looked at) that hold
+    checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints), at most 3, with their
+    counts; and the PEFT adapter folders met (adapter_model.safetensors, no model weights)."""
+    nested: list[tuple[Path, int]] = []
+    adapters: list[Path] = []
+    queue = [(folder, 0) for folder in folders if folder.is_dir()]
+    while queue and budget > 0 and len(nested) < 3:
+        folder, level = queue.pop(0)
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        budget -= len(entries)
+        count = 0
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    if _hf_weight_files_of(entry):
+                        count += 1
+                    elif any((entry / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+                        adapters.append(entry)
+                    elif level + 1 < depth and not entry.name.startswith("."):
+                        queue.append((entry, level + 1))
+                elif checkpoint_suffix(entry) is not None and not _TRAINING_STATE.fullmatch(entry.name):
+                    count += 1
+            except (OSError, CheckpointError):
+                continue
+        if level > 0 and count:
+            nested.append((folder, count))
+    return nested, adapters[:3]
 
 
 def _dedupe(
@@ -876,7 +973,9 @@ def _dedupe(
             raise CheckpointError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
-                fix=_STEP_FIX,
+                got="their metadata holds the epoch only; the names hold finer numbers"
+                if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path) else None,
+                fix=_step_fix_for(ref.path),
             )
         if same_weights is not None:
             duplicates.append((same_weights.path, ref.path))
@@ -885,6 +984,20 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _step_fix_for(path: Path) -> str:
+    """_STEP_FIX with a --step-regex that matches names like this one (its last number the step, the
+    others any number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt'); the generic one
+    when the name holds no number."""
+    parts = re.split(r"(\d+)", path.name)
+    if len(parts) < 3:
+        return _STEP_FIX
+    last = len(parts) - 2  # re.split with a group: text, number, text, ..., number, text
+    pattern = "".join(
+        re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts)
+    )
+    return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
 def _same_weights(first: CheckpointRef, second: CheckpointRef) -> bool:
@@ -1091,7 +1204,12 @@ def _load_tensor_file(
     except UnsafeCheckpointError:
         if not trust_pickle:
             raise
-        obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
+            raise _unimportable_error(path, exc) from None
+        except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
+            raise _corrupt_error(path, exc) from None
     if isinstance(obj, nn.Module):
         return None, obj, {}
     found = _find_tensor_dict(obj)
@@ -1187,6 +1305,7 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
                 fix="give the path relative to the checkpoint folder or the current folder",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
+        _importable_from(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is None or spec_obj.loader is None:
@@ -1201,12 +1320,18 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
+            fix = _os_reason(file, exc)[1] if unreadable else "fix the error in that file"
+            if isinstance(exc, ModuleNotFoundError):
+                fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
+                       f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
                 f"--model {spec!r}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}",
-                fix=_os_reason(file, exc)[1] if unreadable else "fix the error in that file",
+                fix=fix,
             ) from None
     else:
+        with contextlib.suppress(OSError):  # the current folder may have been removed
+            _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
         try:
             with _user_code_stderr() as said:
                 module = importlib.import_module(target)
@@ -1227,6 +1352,21 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             fix="check the name after ':'",
         )
     return factory  # type: ignore[no-any-return]
+
+
+def _importable_from(folder: Path, *, first: bool) -> None:
+    """Put `folder` on sys.path for the rest of the run (the factory and forward may import lazily).
+
+    first: before everything, as Python puts a script's own folder (a model file's siblings win, as
+    in `python model.py`); else after everything (the current folder for `pkg.module:factory`, which
+    the `fdl` console script lacks while `python -m` has it: an installed package still wins)."""
+    entry = str(folder)
+    if entry in sys.path or (not first and ("" in sys.path or "." in sys.path)):
+        return
+    if first:
+        sys.path.insert(0, entry)
+    else:
+        sys.path.append(entry)
 
 
 def _key_report(
@@ -1342,6 +1482,20 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             got=type(model).__name__,
             fix="the factory must return the network",
         )
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, tensor in tensors if tensor.is_meta]
+    if meta:
+        raise ModelError(
+            "the --model factory built the model on the meta device: its tensors have no storage to load "
+            "the checkpoint's weights into",
+            got=f"{len(meta)} tensor(s) on the meta device, e.g. {meta[0]}",
+            fix="build it on the CPU (drop `with torch.device('meta')` / init_empty_weights in the factory); fdl "
+            "loads the weights and moves the model to --device",
+        )
+    if any(tensor.is_floating_point() and tensor.dtype != torch.float32 for _, tensor in tensors):
+        # The checkpoint's values are loaded into float32 and the model runs in --dtype: a factory's own
+        # float16/float64 would round the weights on loading and refuse the float32 probe inputs.
+        model = model.float()
     return model
 
 
@@ -1354,13 +1508,74 @@ def without_common_prefix(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return {key.split(".", 1)[1]: value for key, value in state.items()}
 
 
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    """The model's state_dict names that share one tensor (tied weights: lm_head.weight = embed.weight)."""
+    groups: dict[int, list[str]] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(value), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _with_tied(state: dict[str, torch.Tensor], tied: list[list[str]]) -> dict[str, torch.Tensor]:
+    """`state` with each tied name it lacks filled from a tied name it has: safetensors' save_model()
+    and transformers' save_pretrained() store a shared tensor once (lm_head.weight is dropped)."""
+    filled = state
+    for names in tied:
+        present = next((name for name in names if name in state), None)
+        if present is not None and any(name not in state for name in names):
+            filled = dict(filled) if filled is state else filled
+            filled.update({name: state[present] for name in names if name not in state})
+    return filled
+
+
+def _fitting_prefixes(
+    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size], tied: list[list[str]], path: Path
+) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(prefix, its keys without it) for each key prefix (``model.``, ``net.backbone.``) under which the
+    keys fit the model exactly: a LightningModule holds the network under ``model.`` beside a weighted
+    loss, a metric or an EMA copy, so its keys share no one prefix. Only prefixes with enough keys are tried."""
+    counts: dict[str, int] = {}
+    for key in state:
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth]) + "."
+            counts[prefix] = counts.get(prefix, 0) + 1
+    least = len(expected) - sum(len(names) - 1 for names in tied)
+    fitting = []
+    for prefix in sorted(p for p, count in counts.items() if count >= least):
+        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        part = _with_tied(part, tied)
+        if _key_report(path, expected, part) is None:
+            fitting.append((prefix, part))
+    return fitting
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = _tied_names(model)
+    raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
     if problem is not None:
-        stripped = without_common_prefix(state)
-        if stripped is not None and _key_report(path, expected, stripped) is None:
-            state, problem = stripped, None
+        stripped = without_common_prefix(raw)
+        if stripped is not None:
+            stripped = _with_tied(stripped, tied)
+            if _key_report(path, expected, stripped) is None:
+                state, problem = stripped, None
+    if problem is not None:
+        fitting = _fitting_prefixes(raw, expected, tied, path)
+        if len(fitting) == 1:
+            state, problem = fitting[0][1], None
+        elif fitting:
+            prefixes = [prefix for prefix, _ in fitting]
+            shown = "model." if "model." in prefixes else prefixes[0]
+            raise CheckpointError(
+                f"{path} holds the model's weights under several prefixes: "
+                + ", ".join(repr(p) for p in prefixes[:6]),
+                got="the keys under each fit the model built by --model exactly (an EMA or teacher copy beside "
+                "the network?); fdl does not guess which to analyse",
+                fix=f"re-save the copy you mean, e.g. {{k[len({shown!r}):]: v for k, v in state_dict.items() "
+                f"if k.startswith({shown!r})}}",
+            )
     if problem is not None:
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",

@@ -187,12 +187,14 @@ def inspect(**kwargs: Any) -> None:
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
         # that is the probe's error (as `analyze` would say), not a listing to exit 0 with.
         from fdl_cli.errors import ProbeError
+        from fdl_cli.probes import fit_fix, load_probe, parse_probe_spec
 
+        name, probe_path = parse_probe_spec(kwargs["probe_spec"])
         raise ProbeError(
             f"probe {kwargs['probe_spec']} does not fit the model of {result['checkpoint']}",
             got=failure,
-            fix="give the probe inputs the shape and dtype the model's forward expects (run `fdl inspect` "
-            "without --probe to list the modules)",
+            fix=fit_fix(load_probe(probe_path, name=name), failure) + " (run `fdl inspect` without --probe to "
+            "list the modules)",
         )
     if kwargs["as_json"]:
         _emit_json(result)

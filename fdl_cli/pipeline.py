@@ -611,7 +611,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
 def _validate(ctx: _Context, model: Any) -> None:
     """Resolve the layers and check every probe against the model with one sample, before long work."""
     from fdl_cli.extract import forward_one, resolve_layers
-    from fdl_cli.probes import validate_probe
+    from fdl_cli.probes import float_one_hot, validate_probe
 
     ctx.layers = []
     for probe in ctx.probes:
@@ -625,13 +625,20 @@ def _validate(ctx: _Context, model: Any) -> None:
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            from fdl_cli.probes import fit_fix
+
+            said = str(exc).splitlines()[0] if str(exc) else ""
             raise ProbeError(
                 f"probe {probe.name!r} ({probe.path}) does not fit the model",
-                got=f"one sample of shape {tuple(probe.x.shape[1:])}, dtype {probe.x.dtype}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                fix="give the probe inputs the shape and dtype the model's forward expects",
+                got=f"{probe.describe_sample()}: {type(exc).__name__}: {said}",
+                fix=fit_fix(probe, said),
             ) from None
         validate_probe(probe, n_outputs=n_outputs)
+        if float_one_hot(probe):
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
+                "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
+            )
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)

@@ -55,11 +55,50 @@ class Probe:
     task: str | None
     n_classes: int | None
     sha256: str
+    #: the dtype of x in the file (uint8 images are read as int64, like token ids)
+    stored_dtype: str = ""
 
     @property
     def n(self) -> int:
         """Number of probe points."""
         return int(self.x.shape[0])
+
+    def describe_sample(self) -> str:
+        """'one sample of shape (6, 6, 1), dtype int64 (uint8 in the file)' for messages."""
+        differs = self.stored_dtype and self.stored_dtype != str(self.x.dtype)
+        stored = f" ({self.stored_dtype} in the file)" if differs else ""
+        return f"one sample of shape {tuple(self.x.shape[1:])}, dtype {self.x.dtype}{stored}"
+
+
+FIT_FIX = "give the probe inputs the shape and dtype the model's forward expects"
+
+
+def fit_fix(probe: Probe, error: str) -> str:
+    """The fix for a probe whose first sample the model's forward refused with `error`: the general rule,
+    plus the conversion that the probe's shape and dtype and the error point to (images kept as uint8
+    and channels last, as torchvision's .data and Keras hold them; flat or unflattened inputs)."""
+    x_dtype, shape = np.dtype(probe.x.dtype), tuple(probe.x.shape)
+    text = error.lower()
+    hints = []
+    if x_dtype.kind in "iu" and any(w in text for w in ("dtype", " type", "long")):
+        stored = probe.stored_dtype or str(x_dtype)
+        hints.append(
+            f"x holds integers ({stored}), which fdl passes on as int64 token ids; a model of images or features "
+            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32) "
+            "(then normalised as your transforms do)"
+        )
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        hints.append(
+            f"x has shape {shape}, channels last (N, H, W, C); torch's convolutions take (N, C, H, W): "
+            "x = x.transpose(0, 3, 1, 2)"
+        )
+    elif len(shape) == 3 and ("conv" in text or "4d" in text):
+        hints.append(f"x has shape {shape}, images without a channel axis: x = x[:, None] for (N, 1, H, W)")
+    elif len(shape) == 2 and "conv" in text:
+        hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
+    elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
+        hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
+    return "; ".join([FIT_FIX, *hints])
 
 
 def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
@@ -306,15 +345,29 @@ def _read_pt(path: Path) -> dict[str, Any]:
     import pickle
 
     import torch
+    from torch.utils.data import TensorDataset
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # A TensorDataset only holds its tensors (rebuilt by the same restricted unpickler): allowed.
+        with torch.serialization.safe_globals([TensorDataset]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        try:
+            names = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                     if not name.endswith(".TensorDataset")]
+        except Exception:  # noqa: BLE001 - a legacy (non-zip) file: keep the unpickler's own words
+            names = []
+        said = [line for line in str(exc).strip().splitlines() if "WeightsUnpickler error" in line]
+        got = ("pickled " + ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")) if names else (
+            said[0].strip()[:200] if said else "objects the restricted unpickler does not allow")
         raise ProbeError(
             f"the probe {path} holds pickled Python objects beyond tensors; fdl refused to load it",
-            got=str(exc).strip().splitlines()[-1][:200],
-            fix="save only tensors: torch.save({'x': x, 'y': y}, path), or use .npz/.safetensors",
+            got=got,
+            fix="save only tensors: torch.save({'x': x, 'y': y}, path) (or a TensorDataset(x, y)), or use "
+            ".npz/.safetensors",
         ) from None
+    if isinstance(obj, TensorDataset):
+        obj = tuple(obj.tensors)
     if isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2:
         obj = dict(zip(("x", "y"), obj, strict=False))
     elif isinstance(obj, torch.Tensor):
@@ -460,10 +513,13 @@ def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int | None]:
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
+        named = y.dtype.kind in "US"  # class names ("cat", "dog"), as a DataFrame column holds them
         raise ProbeError(
-            f"the probe {path}: '{key}' has dtype {y.dtype}",
-            got=str(y.dtype),
-            fix="y must hold integer class labels or float regression targets",
+            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if named else ""),
+            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if named and y.size else ""),
+            fix="y must hold integer class labels or float regression targets"
+            + ("; number the classes 0..C-1 before saving: classes, y = np.unique(y, return_inverse=True)"
+               if named else ""),
         )
     if y.ndim == 0 or y.shape[0] != n:
         raise ProbeError(
@@ -565,13 +621,15 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             got="keys: " + (", ".join(sorted(arrays)) or "none"),
             fix=f"store the inputs under one of {', '.join(X_KEYS)}",
         )
+    stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))
     inputs = _inputs(path, x_key, x)
     y_key, y = _pick(arrays, Y_KEYS)
     targets, task, n_classes = (None, None, None)
     if y_key is not None:
         targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
     return Probe(
-        name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path)
+        name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
+        stored_dtype=stored_dtype,
     )
 
 
@@ -587,12 +645,23 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             fix="use the probe that matches this model, or the right --model-kwargs for its output size",
         )
     if probe.task == "regression" and probe.y.shape[1] != n_outputs:
+        labels = probe.y.shape[1] == 1 and bool(np.all(probe.y >= 0) and np.all(probe.y == np.round(probe.y)))
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has {probe.y.shape[1]} regression target(s) per sample but "
             f"the model has {n_outputs} outputs",
-            got=f"y shape {probe.y.shape}",
-            fix="targets must be (n, C) with C the model's outputs",
+            got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
+            fix="targets must be (n, C) with C the model's outputs"
+            + ("; if they are class labels, save them as integers: y.astype(np.int64)" if labels else ""),
         )
+
+
+def float_one_hot(probe: Probe) -> bool:
+    """Whether the probe's regression targets are a float one-hot matrix (Keras' to_categorical)."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
+        and bool(np.isin(y, (0.0, 1.0)).all() and (y.sum(axis=1) == 1).all())
+    )
 
 
 def probe_batches(probe: Probe, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -278,14 +278,14 @@ def test_missing_source_is_an_error(tmp_path: Path) -> None:
 def test_non_model_files_skipped_with_notes(tmp_path: Path) -> None:
     torch.save(_sd(1), tmp_path / "model_1.pt")
     torch.save(torch.optim.Adam(mlp().parameters()).state_dict(), tmp_path / "weights_2.pt")  # content, not name
-    torch.save({"lr": [0.1], "epoch": 3}, tmp_path / "scheduler.pt")
+    torch.save({"lr": [0.1], "epoch": 3}, tmp_path / "lr_state.pt")  # content, not name (scheduler.pt: by name)
     (tmp_path / "notes_3.pt").write_text("this is a text file\n")
     (tmp_path / "README.md").write_text("hello")
     found = discover_checkpoints([tmp_path])
     assert [r.path.name for r in found.checkpoints] == ["model_1.pt"]
     joined = "\n".join(found.notes)
     assert "weights_2.pt: optimizer state" in joined
-    assert "scheduler.pt: no tensors" in joined
+    assert "lr_state.pt: no tensors" in joined
     assert "README.md" in joined
     # a text file named like a checkpoint is a bad checkpoint (tests/test_io_fixes.py), not a note
     assert "notes_3.pt" not in joined
