@@ -1005,13 +1005,32 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
                 continue  # unreadable now: reported if this run needs to read it
             if now != stored[ref.step][2]:
                 suspects.append((ref, now))
-    if not suspects:
+    # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
+    # into the same folder with another schedule: same names, other steps in the metadata) is checked
+    # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
+    by_file: dict[Path, CheckpointRef] = {}
+    for ref in refs:
+        with contextlib.suppress(OSError, RuntimeError):
+            by_file[Path(ref.path).resolve()] = ref
+    steps_now = {ref.step for ref in refs}
+    moved: list[tuple[int, CheckpointRef]] = []  # (stored step, this run's checkpoint of its file)
+    for step, (path, _, _) in sorted(stored.items()):
+        if step in steps_now:
+            continue
+        try:
+            other = by_file.get(Path(path).resolve())
+        except (OSError, RuntimeError):
+            continue
+        if other is not None and other.step != step:
+            moved.append((step, other))
+    if not suspects and not moved:
         return
     ctx.reporter.note(
-        f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
-        "recorded, to check they are the files that were analysed"
+        f"hashing {len(suspects) + len(moved)} stored checkpoint file(s) whose size or modification time is not "
+        "the one recorded, to check they are the files that were analysed"
     )
-    changed, touched = [], {}
+    changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
+    touched = {}
     for ref, now in suspects:
         signals.check()
         try:
@@ -1021,16 +1040,26 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
         if digest == stored[ref.step][1]:
             touched[ref.step] = now
         else:
-            changed.append((ref, digest))
+            changed.append((ref.step, ref, digest))
+    for step, ref in moved:
+        signals.check()
+        try:
+            digest = sha256_file(ref.path)
+        except OSError:
+            continue
+        if digest != stored[step][1]:
+            changed.append((step, ref, digest))
     if changed:
-        first, digest = changed[0]
-        shown = ", ".join(f"step {ref.step} ({ref.path})" for ref, _ in changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
+        changed.sort(key=lambda item: item[0])
+        first, _, digest = changed[0]
+        shown = ", ".join(
+            f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'})"
+            for step, ref, _ in changed[:5]
+        ) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise StoreError(
             f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
             "store holds the numbers of the files they replaced",
-            got=f"step {first.step}: sha256 {digest[:16]}… now, {stored[first.step][1][:16]}… in {out}",
+            got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
             fix="restore the files, or re-analyse everything with --overwrite (or another --out)",
         )
     writer.note_file_signatures(touched)
@@ -1515,7 +1544,20 @@ def _previous_series(
             # Hashed before it is loaded: a stored file replaced since, by a corrupt one too, is a changed
             # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
             # `step`, would then be compared with it in turn and fail alike.
-            sha = sha256_file(ref.path)
+            try:
+                sha = sha256_file(ref.path)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # EIO, EACCES, ESTALE: an error that names the file, not a traceback
+                from fdl_cli.checkpoints import _os_reason
+
+                got, fix = _os_reason(Path(ref.path), exc)
+                raise FdlError(
+                    f"the stored checkpoint at step {previous} ({ref.path}), which step {step} is compared "
+                    "with, cannot be read now",
+                    got=got,
+                    fix=fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
+                ) from None
             if sha == stored[previous]["sha256"]:
                 try:
                     model = _prepare(ctx, load_checkpoint(ref, trust_pickle=ctx.options.trust_pickle), parameters=False)

@@ -163,3 +163,31 @@ def test_torchrun_refuses_a_replaced_file_on_every_rank(tmp_path: Path) -> None:
     assert "step 20" in refused.stderr
     assert "fdl_cli/" not in refused.stderr  # torchrun's own traceback of a failed child only
     assert out.read_bytes() == before
+
+
+def test_a_stored_file_that_now_holds_another_step_is_refused(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Review: the check went by step only. Training re-run into the same folder with another batch
+    size: the files keep their names (epoch_N.pt) but their metadata's step changes (N * 120 instead
+    of N * 100). No stored step was among this run's, so nothing was hashed: the resume added the new
+    run's steps between the old run's (two trainings in one store, exit 0). A stored checkpoint's file
+    that is now one of this run's checkpoints at another step is hashed too, and refused if changed."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    states = {step: torch.load(run / "ckpts" / f"epoch_{step}.pt", weights_only=True) for step in (0, 10, 20, 30)}
+
+    def train(per_epoch: int, scale: float) -> None:
+        for epoch, step in enumerate((0, 10, 20, 30)):
+            state = {k: v * (1.0 if epoch == 0 else scale) for k, v in states[step].items()}
+            torch.save({"model_state_dict": state, "global_step": epoch * per_epoch}, folder / f"epoch_{epoch}.pt")
+
+    train(100, 1.0)
+    store = tmp_path / "s.h5"
+    first = analyze(run, store, sources=(str(folder),))
+    assert first.code == 0 and [r["step"] for r in first.records] == [0, 100, 200, 300]
+    before = store.read_bytes()
+    train(120, 1.5)
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"3 checkpoint file(s) changed since they were analysed into {store}: step 100 (" in refused.stderr
+    assert "now step 120" in refused.stderr
+    assert refused.records == [] and store.read_bytes() == before

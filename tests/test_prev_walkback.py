@@ -541,3 +541,29 @@ def test_a_part_compared_across_a_checkpoint_now_stored_is_analysed_again(tmp_pa
     assert summary.analysed == [40]  # 50 and 60 were compared with the part's own 40 and 50: taken in
     _analyze(folder, tmp_path / "fresh.h5")
     _assert_same(_stored(tmp_path / "fresh.h5"), _stored(out))
+
+
+def test_a_stored_previous_checkpoint_that_cannot_be_read_is_an_error_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: the stored previous checkpoint's file is hashed before it is loaded; an OSError there
+    other than a missing file (EIO, EACCES, NFS's ESTALE) escaped as a traceback (on a torchrun rank:
+    the job died with it)."""
+    from fdl_cli import checkpoints
+    from fdl_cli.errors import FdlError
+
+    folder = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    _analyze(folder, out, steps=(0, 10, 20))
+    sha256_file = checkpoints.sha256_file
+
+    def failing(path: Any) -> str:
+        if Path(path).name == "step_20.safetensors":
+            raise OSError(5, "Input/output error", str(path))
+        return sha256_file(path)
+
+    monkeypatch.setattr(checkpoints, "sha256_file", failing)
+    with pytest.raises(FdlError, match="stored checkpoint at step 20 .* cannot be read now") as raised:
+        _analyze(folder, out)
+    assert "Input/output error" in (raised.value.got or "")
+    assert sorted(_stored(out)) == [0, 10, 20]
