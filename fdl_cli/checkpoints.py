@@ -1059,8 +1059,9 @@ def sha256_file(path: Path) -> str:
 def file_signature(path: Path) -> str:
     """Size and modification time (ns) of a checkpoint's file, or of each weight file of a folder
     (name, size, time): what a resume compares with the stored one before hashing a stored
-    checkpoint's file again (as make and rsync do). Taken before the file is read, so a file that
-    changes while it is read never keeps a signature that matches its stored, older, hash."""
+    checkpoint's file again (as make and rsync do). The pipeline takes it before it reads the file
+    and again once it has hashed it: a file that changed meanwhile fails (its numbers and its hash
+    could be of two contents)."""
     path = Path(path)
     if not path.is_dir():
         stat = os.stat(path)

@@ -198,6 +198,17 @@ def gather_to_writer(payload: T, world: World) -> list[T] | None:
     return gathered
 
 
+def all_gather(payload: T, world: World) -> list[T]:
+    """Every rank's `payload` (picklable) on every rank, in rank order."""
+    if not world.distributed:
+        return [payload]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
 def broadcast_from_writer(payload: T, world: World) -> T:
     """Rank 0's `payload` on every rank."""
     if not world.distributed:

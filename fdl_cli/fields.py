@@ -43,7 +43,7 @@ MEASURE_FIELDS: Final = (
     "loss",
     "regime",
     # Beyond DESIGN.md's list: R² of a regression probe (SPEC §6), and the step that cka_prev /
-    # overlap_prev compare with (the checkpoint before this one in step order).
+    # overlap_prev compare with (the nearest checkpoint before this one analysed successfully).
     "r2",
     "prev_step",
 )

@@ -572,13 +572,23 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
 def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str]:
     from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
 
-    try:
-        signature = file_signature(ref.path)  # before reading: see file_signature
-    except OSError:
-        signature = ""  # gone or unreadable: load_checkpoint says so
+    def signature_now() -> str:
+        try:
+            return file_signature(ref.path)
+        except (OSError, FdlError):
+            return ""  # gone or unreadable: load_checkpoint or sha256_file says so
+
+    signature = signature_now()  # before reading: see file_signature
     loaded = load_checkpoint(ref, trust_pickle=trust_pickle)
+    sha = sha256_file(ref.path)
+    if signature and signature_now() != signature:
+        # The numbers would be those of the content loaded, stored under the hash of another.
+        raise CheckpointError(
+            f"{ref.path} changed while fdl was reading it (its size or modification time moved)",
+            fix="let the training job finish writing it, then run `fdl analyze` again (it analyses what is missing)",
+        )
     loaded.file_signature = signature
-    return loaded, sha256_file(ref.path)
+    return loaded, sha
 
 
 def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
@@ -714,7 +724,7 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
-        _check_stored_files(ctx, out, refs, writer)
+        _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
@@ -976,7 +986,9 @@ def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
         return None
 
 
-def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef], writer: Any) -> None:
+def _check_stored_files(
+    ctx: _Context, out: Path, refs: Sequence[CheckpointRef], note: Callable[[dict[int, str]], None] | None
+) -> dict[int, str]:
     """On resume, refuse a store whose checkpoints' files changed since they were analysed.
 
     A checkpoint in the store is not analysed again, so a file replaced since (training re-run into
@@ -985,9 +997,14 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
     A stored checkpoint's file is hashed again when its size or modification time differ from those
     recorded (`checkpoints.file_signature`; every file, once, for a store written before fdl recorded
     them); a new hash is an error naming the files. Files found unchanged get their new signature
-    recorded (`StoreWriter.note_file_signatures`), so the next resume does not hash them again."""
+    recorded, so the next resume does not hash them again: through `note`
+    (`StoreWriter.note_file_signatures`) unless a file changed (a refusal leaves the store as it
+    was), also those verified before a Ctrl-C (a resume stopped while hashing keeps what it
+    verified); and returned (step -> signature). Under torchrun every rank runs this, hashing its
+    share of the files (no rank waits in a collective meanwhile), and every rank gets every result."""
     if not ctx.options.resume or not out.is_file():
-        return
+        return {}
+    from fdl_cli import distributed
     from fdl_cli.checkpoints import file_signature, sha256_file
     from fdl_cli.store import StoreReader
 
@@ -995,16 +1012,17 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
         with StoreReader(out) as reader:
             stored = reader.file_identities()
     except StoreError:
-        return  # the writer has reported what is wrong with the file
-    suspects = []
+        return {}  # the writer reports what is wrong with the file
+    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
+    suspects: list[tuple[int, CheckpointRef, str]] = []
     for ref in refs:
         if ref.step in stored:
             try:
                 now = file_signature(ref.path)
-            except OSError:
+            except (OSError, FdlError):
                 continue  # unreadable now: reported if this run needs to read it
             if now != stored[ref.step][2]:
-                suspects.append((ref, now))
+                suspects.append((ref.step, ref, now))
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
@@ -1013,7 +1031,6 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
         with contextlib.suppress(OSError, RuntimeError):
             by_file[Path(ref.path).resolve()] = ref
     steps_now = {ref.step for ref in refs}
-    moved: list[tuple[int, CheckpointRef]] = []  # (stored step, this run's checkpoint of its file)
     for step, (path, _, _) in sorted(stored.items()):
         if step in steps_now:
             continue
@@ -1022,33 +1039,44 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
         except (OSError, RuntimeError):
             continue
         if other is not None and other.step != step:
-            moved.append((step, other))
-    if not suspects and not moved:
-        return
+            suspects.append((step, other, ""))
+    if not suspects:
+        return {}
     ctx.reporter.note(
-        f"hashing {len(suspects) + len(moved)} stored checkpoint file(s) whose size or modification time is not "
-        "the one recorded, to check they are the files that were analysed"
+        f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
+        "recorded, to check they are the files that were analysed"
     )
+    world = ctx.world if ctx.world is not None and ctx.world.distributed else None
+    indices = list(range(len(suspects)))
+    digests: dict[int, str | None] = {}
+    try:
+        for index in distributed.block(indices, world) if world is not None else indices:
+            signals.check()
+            step, ref, _ = suspects[index]
+            try:
+                digests[index] = sha256_file(ref.path)
+            except OSError:
+                digests[index] = None  # unreadable now: reported if this run needs to read it
+    except KeyboardInterrupt:
+        if note is not None:  # what was verified before the Ctrl-C is kept (the store is left otherwise as it was)
+            note({
+                suspects[index][0]: suspects[index][2] for index, digest in digests.items()
+                if suspects[index][2] and digest == stored[suspects[index][0]][1]
+            })
+        raise
+    if world is not None:
+        for share in distributed.all_gather(digests, world):
+            digests.update(share)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
-    for ref, now in suspects:
-        signals.check()
-        try:
-            digest = sha256_file(ref.path)
-        except OSError:
-            continue
-        if digest == stored[ref.step][1]:
-            touched[ref.step] = now
-        else:
-            changed.append((ref.step, ref, digest))
-    for step, ref in moved:
-        signals.check()
-        try:
-            digest = sha256_file(ref.path)
-        except OSError:
+    for index, (step, ref, now) in enumerate(suspects):
+        digest = digests.get(index)
+        if digest is None:
             continue
         if digest != stored[step][1]:
             changed.append((step, ref, digest))
+        elif now:
+            touched[step] = now
     if changed:
         changed.sort(key=lambda item: item[0])
         first, _, digest = changed[0]
@@ -1062,7 +1090,9 @@ def _check_stored_files(ctx: _Context, out: Path, refs: Sequence[CheckpointRef],
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
             fix="restore the files, or re-analyse everything with --overwrite (or another --out)",
         )
-    writer.note_file_signatures(touched)
+    if note is not None:
+        note(touched)
+    return touched
 
 
 def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
@@ -1933,6 +1963,9 @@ def _analyze_distributed(
     world, options = ctx.world, ctx.options
     if options.watch:
         raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
+    # Every rank, before rank 0 opens the store (and takes in parts): each hashes its share of the
+    # stored files to check, and each raises alike when one changed.
+    touched = _check_stored_files(ctx, out, refs, None)
     writer = None
     taken: list[CheckpointEntry] = []
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
@@ -1945,7 +1978,7 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
             )
-            _check_stored_files(ctx, out, refs, writer)
+            writer.note_file_signatures(touched)
             # before any other rank opens its part afresh
             taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))
             status = ("ok", sorted(writer.completed()), left)

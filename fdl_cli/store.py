@@ -1256,7 +1256,7 @@ class StoreWriter:
     def _plan(self) -> _CommitPlan | None:
         """What committing the whole buffer writes; None when there is nothing to write."""
         entries = tuple(self._buffer)
-        if not entries and not self._signatures:
+        if not entries and (self._fresh or not self._signatures):
             return None  # a fresh store is created by its first checkpoint, not before
         latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
         rows = {key: dict(value) for key, value in self._rows.items()}

@@ -159,7 +159,7 @@ def test_torchrun_refuses_a_replaced_file_on_every_rank(tmp_path: Path) -> None:
     refused = _torchrun_process(run_dir, out)
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert "error: 1 checkpoint file(s) changed since they were analysed" in refused.stderr
-    assert "error: rank 0 could not open the store: 1 checkpoint file(s) changed" in refused.stderr  # rank 1
+    assert "rank 0 could not open the store" not in refused.stderr  # each rank checks, and says so itself
     assert "step 20" in refused.stderr
     assert "fdl_cli/" not in refused.stderr  # torchrun's own traceback of a failed child only
     assert out.read_bytes() == before
@@ -191,3 +191,76 @@ def test_a_stored_file_that_now_holds_another_step_is_refused(run: Path, tmp_pat
     assert f"3 checkpoint file(s) changed since they were analysed into {store}: step 100 (" in refused.stderr
     assert "now step 120" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before
+
+
+def test_files_verified_before_a_ctrl_c_keep_their_new_times(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A resume that must hash many stored files (a store from before file signatures, a copied run)
+    and is stopped half-way keeps what it verified: the next one hashes only the rest."""
+    from fdl_cli import checkpoints
+
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    for step in (0, 10, 20, 30):
+        stat = (folder / f"epoch_{step}.pt").stat()
+        os.utime(folder / f"epoch_{step}.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 3_000_000_000))
+    real = checkpoints.sha256_file
+
+    def interrupted_at_step_20(path: Path) -> str:
+        if Path(path).name == "epoch_20.pt":
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(checkpoints, "sha256_file", interrupted_at_step_20)
+    stopped = analyze(run, store, sources=(str(folder),))
+    assert stopped.code == 130, stopped.stderr
+    monkeypatch.setattr(checkpoints, "sha256_file", real)
+    recorded = _signatures(store)
+    assert [recorded[step] == file_signature(folder / f"epoch_{step}.pt") for step in (0, 10, 20, 30)] == [
+        True, True, False, False,
+    ]
+    rest = analyze(run, store, sources=(str(folder),))
+    assert rest.code == 0 and "hashing 2 stored checkpoint file(s)" in rest.stderr
+
+
+def test_a_file_that_changes_while_it_is_read_fails(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Its numbers would be of the content loaded, its recorded hash of the content hashed after."""
+    from fdl_cli import checkpoints
+
+    folder = _copy(run, tmp_path / "ckpts")
+    real, seen = checkpoints.file_signature, []
+
+    def moving(path: Path) -> str:
+        if Path(path).name == "epoch_20.pt":
+            seen.append(path)
+            return f"{real(path)}-{len(seen)}"  # another size or time at each look
+        return real(path)
+
+    monkeypatch.setattr(checkpoints, "file_signature", moving)
+    result = analyze(run, tmp_path / "s.h5", sources=(str(folder),))
+    assert result.code == 1
+    assert f"{folder / 'epoch_20.pt'} changed while fdl was reading it" in result.stderr
+    assert [r["step"] for r in result.records] == [0, 10, 30]
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_the_hashing_and_record_every_file(tmp_path: Path) -> None:
+    """Every stored file touched: the ranks hash their shares, and rank 0 records every new signature
+    (those rank 1 verified too), so the next resume hashes nothing."""
+    run_dir = _make_run(tmp_path / "run")
+    out = tmp_path / "s.h5"
+    assert _torchrun_process(run_dir, out).returncode == 0
+    files = sorted(run_dir.glob("step_*.safetensors"))
+    for path in files:
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    resumed = _torchrun_process(run_dir, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"hashing {len(files)} stored checkpoint file(s)" in resumed.stderr
+    assert _signatures(out) == {int(path.stem.split("_")[1]): file_signature(path) for path in files}
+    again = _torchrun_process(run_dir, out)
+    assert again.returncode == 0 and "hashing" not in again.stderr
