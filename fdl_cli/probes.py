@@ -28,8 +28,8 @@ import numpy as np
 
 from fdl_cli.errors import ProbeError
 
-X_KEYS = ("x", "inputs", "data")
-Y_KEYS = ("y", "targets", "labels")
+X_KEYS = ("x", "inputs", "data", "images", "X")  # first found wins
+Y_KEYS = ("y", "targets", "labels", "Y")
 PROBE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".h5", ".hdf5")
 DEFAULT_NAME = "probe"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -38,7 +38,9 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".pt", ".safetensors", ".h5", ".hdf5"])
-@pytest.mark.parametrize(("x_key", "y_key"), [("x", "y"), ("inputs", "targets"), ("data", "labels")])
+@pytest.mark.parametrize(
+    ("x_key", "y_key"), [("x", "y"), ("inputs", "targets"), ("data", "labels"), ("images", "labels"), ("X", "Y")]
+)
 def test_each_format_and_alias(tmp_path: Path, suffix: str, x_key: str, y_key: str) -> None:
     x, y = _xy()
     path = _write(tmp_path / f"p{suffix}", {x_key: x, y_key: y.astype(np.int32)})
