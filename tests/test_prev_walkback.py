@@ -33,6 +33,7 @@ from fdl_cli import signals
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests.test_distributed import STALLING_MODEL, _descendants, _stored_steps
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
@@ -395,54 +396,6 @@ def test_two_ranks_walk_back_to_a_stored_checkpoint(tmp_path: Path) -> None:
     assert two[50]["prev_step"] == 20
     _assert_same(_stored(tmp_path / "single.h5"), two, rtol=1e-9)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "single.h5", "two.h5"]
-
-
-#: tests.tiny_models:mlp, except that its forward pass stalls on the checkpoint whose first bias is
-#: STALL (the job then hangs there for as long as the test needs).
-STALLING_MODEL = """
-import time
-import torch
-from torch import nn
-
-STALL = 1234.5
-
-
-class Stalling(nn.Sequential):
-    def forward(self, x):
-        if float(self[0].bias[0]) == STALL:
-            time.sleep(600)
-        return super().forward(x)
-
-
-def factory(hidden=8):
-    torch.manual_seed(0)
-    return Stalling(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
-"""
-
-
-def _stored_steps(out: Path) -> list[int]:
-    try:
-        with StoreReader(out) as reader:
-            return reader.steps()
-    except Exception:  # noqa: BLE001 - not there, or not a store yet
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")

@@ -19,11 +19,10 @@ from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import discover_checkpoints
 from tests.test_analyze import Result, fdl
+from tests.test_io_fixes import MODEL, SMALL
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
-SMALL = ("--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
-MODEL = f"{Path(__file__).resolve().parent / 'tiny_models.py'}:mlp"
 
 
 @pytest.fixture(autouse=True)
