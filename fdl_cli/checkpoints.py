@@ -1195,11 +1195,13 @@ def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Te
 
 
 def _load_tensor_file(
-    path: Path, *, trust_pickle: bool, map_location: str
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any]]:
+    path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool]:
+    """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
+    tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
-        return tensors, None, meta
+        return tensors, None, meta, False
     try:
         obj = _torch_load_safe(path, map_location=map_location)
     except UnsafeCheckpointError:
@@ -1212,7 +1214,19 @@ def _load_tensor_file(
         except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
             raise _corrupt_error(path, exc) from None
     if isinstance(obj, nn.Module):
-        return None, obj, {}
+        return None, obj, {}, False
+    if weights is not None and isinstance(obj, Mapping) and weights in obj:
+        chosen = obj[weights]
+        if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
+            chosen = chosen.state_dict()
+        found = _find_tensor_dict(chosen)
+        if found is None:
+            raise CheckpointError(
+                f"--weights {weights}: the entry {weights!r} of {path} holds no state_dict",
+                got=type(chosen).__name__,
+                fix="name the entry that holds the weights to analyse (its values tensors), or a key prefix",
+            )
+        return found, None, _metadata_steps(obj), True
     found = _find_tensor_dict(obj)
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -1222,13 +1236,37 @@ def _load_tensor_file(
             fix=f"save model.state_dict(), or a dict holding it under one of {', '.join(STATE_DICT_KEYS)}",
         )
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
-    return found, None, meta
+    return found, None, meta, False
+
+
+def _under_prefix(tensors: Mapping[str, torch.Tensor], weights: str, path: Path) -> dict[str, torch.Tensor]:
+    """--weights NAME as a key prefix: the tensors under ``NAME.``, the prefix dropped (a LightningModule's
+    ``ema.`` beside ``model.``, timm's ``model_ema.module.``)."""
+    prefix = weights if weights.endswith(".") else weights + "."
+    picked = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix) and key != prefix}
+    if not picked:
+        heads: dict[str, int] = {}
+        for key in tensors:
+            head = key.split(".", 1)[0]
+            heads[head] = heads.get(head, 0) + 1
+        shown = sorted(heads.items(), key=lambda item: (-item[1], item[0]))[:8]
+        raise CheckpointError(
+            f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
+            f"starts with {prefix!r}",
+            got="its keys start with " + ", ".join(f"{head}. ({count})" for head, count in shown),
+            fix="pass the entry or prefix of the weights to analyse (e.g. --weights state_dict_ema, --weights ema), "
+            "or leave --weights out for the checkpoint's own weights",
+        )
+    return picked
 
 
 def load_checkpoint(
-    ref: CheckpointRef, *, trust_pickle: bool = False, map_location: str = "cpu"
+    ref: CheckpointRef, *, trust_pickle: bool = False, map_location: str = "cpu", weights: str | None = None
 ) -> LoadedCheckpoint:
     """Load one checkpoint: tensors (prefixes ``module.``/``_orig_mod.`` stripped) or a whole module.
+
+    ``weights`` (--weights) picks other weights than the checkpoint's own: an entry of its dict that
+    holds a state_dict (``state_dict_ema``), else the keys under that prefix (``ema.``).
 
     Raises:
         UnsafeCheckpointError: the file pickles Python objects and ``trust_pickle`` is False.
@@ -1246,12 +1284,13 @@ def load_checkpoint(
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
+    by_entry = False
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
     elif path.is_dir():
         tensors = {}
         for weight_file in _hf_weight_files(path):
-            part, _, part_meta = _load_tensor_file(
+            part, _, part_meta, _ = _load_tensor_file(
                 weight_file, trust_pickle=trust_pickle, map_location=map_location
             )
             tensors.update(part or {})
@@ -1263,9 +1302,18 @@ def load_checkpoint(
             except (OSError, ValueError, AttributeError):
                 pass
     else:
-        tensors, module, meta = _load_tensor_file(path, trust_pickle=trust_pickle, map_location=map_location)
+        tensors, module, meta, by_entry = _load_tensor_file(
+            path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
+        )
+    if module is not None and weights is not None:
+        raise CheckpointError(
+            f"--weights {weights}: {path} holds a whole module, whose weights are its own",
+            fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
+        )
     if tensors is not None:
         tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+        if weights is not None and not by_entry:
+            tensors = _strip_prefixes(_under_prefix(tensors, weights, path))
         _check_finite(path, tensors)
     if module is not None:
         _check_finite(path, module.state_dict())
@@ -1574,8 +1622,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
                 + ", ".join(repr(p) for p in prefixes[:6]),
                 got="the keys under each fit the model built by --model exactly (an EMA or teacher copy beside "
                 "the network?); fdl does not guess which to analyse",
-                fix=f"re-save the copy you mean, e.g. {{k[len({shown!r}):]: v for k, v in state_dict.items() "
-                f"if k.startswith({shown!r})}}",
+                fix=f"pick one with --weights (e.g. --weights {shown.rstrip('.')}), or re-save the copy you mean",
             )
     if problem is not None:
         raise CheckpointError(

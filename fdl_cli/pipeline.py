@@ -60,6 +60,8 @@ class AnalyzeOptions:
     step_regex: str | None = None
     resume: bool = True
     trust_pickle: bool = False
+    #: --weights: an entry (state_dict_ema) or key prefix (ema.) of the checkpoints' weights to analyse
+    weights: str | None = None
     strict: bool = False
     #: Library use only, not a CLI option: float32 statistics products move measures by up to ~1e-4
     #: (docs/benchmarks.md), beyond the rtol 1e-6 that float32 must keep to be offered (issue #6).
@@ -123,6 +125,8 @@ class AnalyzeOptions:
             # Recorded only when not float64: stores written before the option existed are float64
             # and stay resumable.
             **({"cka_dtype": self.cka_dtype} if self.cka_dtype != "float64" else {}),
+            # Recorded only when given, likewise.
+            **({"weights": self.weights} if self.weights is not None else {}),
         }
 
 
@@ -569,7 +573,7 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
     )
 
 
-def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str]:
+def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint, str]:
     from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
 
     def signature_now() -> str:
@@ -579,7 +583,7 @@ def _load(ref: CheckpointRef, trust_pickle: bool) -> tuple[LoadedCheckpoint, str
             return ""  # gone or unreadable: load_checkpoint or sha256_file says so
 
     signature = signature_now()  # before reading: see file_signature
-    loaded = load_checkpoint(ref, trust_pickle=trust_pickle)
+    loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
     sha = sha256_file(ref.path)
     if signature and signature_now() != signature:
         # The numbers would be those of the content loaded, stored under the hash of another.
@@ -708,7 +712,7 @@ def _analyze_refs(
     options = ctx.options
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
-    loaded, reference_sha = _load(reference, options.trust_pickle)
+    loaded, reference_sha = _load(reference, options)
     model = _prepare(ctx, loaded)
     _validate(ctx, model)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
@@ -1204,7 +1208,7 @@ def _run_refs(
     if reference_todo and todo[0].step != reference.step:
         reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
         try:
-            loaded_reference, reference_sha = preloaded or _load(reference, options.trust_pickle)
+            loaded_reference, reference_sha = preloaded or _load(reference, options)
             held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, reference, exc)
@@ -1225,7 +1229,7 @@ def _run_refs(
                     done.set_result(preloaded if preloaded is not None else (None, ""))  # type: ignore[arg-type]
                     pending[index] = done
                 else:
-                    pending[index] = pool.submit(_load, todo[index], options.trust_pickle)
+                    pending[index] = pool.submit(_load, todo[index], options)
 
         fetch(0)
         for index, ref in enumerate(todo):
@@ -1291,7 +1295,7 @@ def _walk_back(
     for ref in walk.chain[1:]:
         signals.check()
         try:
-            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            loaded, sha = _load(ref, ctx.options)
             _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, ref, exc)  # the rank that owns it reports it
@@ -1481,8 +1485,8 @@ def _refresh_successors(
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
         with StoreReader(out) as reader:
-            before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options.trust_pickle)
-            loaded, sha = _load(ref, ctx.options.trust_pickle)
+            before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
+            loaded, sha = _load(ref, ctx.options)
             for step, now in ((before, before_sha), (successor, sha)):
                 if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
                     raise _changed_file(
@@ -1537,7 +1541,7 @@ def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> Non
         return
     from fdl_cli.store import StoreReader
 
-    loaded, _ = _load(reference, ctx.options.trust_pickle)
+    loaded, _ = _load(reference, ctx.options)
     model = _prepare(ctx, loaded)
     ctx.reference_state = _parameters_of(loaded, model, copy=True)
     with StoreReader(out) as reader:
@@ -1590,7 +1594,8 @@ def _previous_series(
                 ) from None
             if sha == stored[previous]["sha256"]:
                 try:
-                    model = _prepare(ctx, load_checkpoint(ref, trust_pickle=ctx.options.trust_pickle), parameters=False)
+                    loaded = load_checkpoint(ref, trust_pickle=ctx.options.trust_pickle, weights=ctx.options.weights)
+                    model = _prepare(ctx, loaded, parameters=False)
                 except CheckpointError as exc:
                     raise FdlError(
                         f"the stored checkpoint at step {previous} ({ref.path}), which step {step} is compared "
@@ -1745,6 +1750,7 @@ def inspect_checkpoint(
     model_kwargs: str | None = None,
     probe_spec: str | None = None,
     trust_pickle: bool = False,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
@@ -1770,7 +1776,7 @@ def inspect_checkpoint(
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
     kwargs = kwargs or (manifest.model_kwargs if manifest else {})
     factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
-    loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle)
+    loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
         raise CheckpointError(
             f"{ref.path} holds weights only, and no model was given to put them in",
