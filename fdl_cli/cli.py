@@ -270,6 +270,8 @@ cli.add_command(report, name="summarize")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
 @click.option("--probe", default=None, help="Select a probe when the stores have several.")
 @click.option("--layer", default=None, help="Select a layer when the stores have several.")
+@click.option("--probe-b", default=None, help="Store B's probe, when it is named otherwise (default: --probe).")
+@click.option("--layer-b", default=None, help="Store B's layer, when it is named otherwise (default: --layer).")
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
               help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
@@ -283,7 +285,11 @@ def compare(**kwargs: Any) -> None:
     if steps != "all" and not (steps.isdigit() and int(steps) > 0):
         raise click.BadParameter(f"expected a positive integer or 'all', got {steps!r}", param_hint="--overlap-steps")
     selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
-    with rep.opened_run(kwargs["store_a"], **selection) as run_a, rep.opened_run(kwargs["store_b"], **selection) as run_b:
+    selection_b = {
+        "probe": kwargs["probe_b"] if kwargs["probe_b"] is not None else kwargs["probe"],
+        "layer": kwargs["layer_b"] if kwargs["layer_b"] is not None else kwargs["layer"],
+    }
+    with rep.opened_run(kwargs["store_a"], **selection) as run_a, rep.opened_run(kwargs["store_b"], **selection_b) as run_b:
         comparison = rep.compare_runs(
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )

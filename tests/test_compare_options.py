@@ -51,3 +51,19 @@ def test_layers_and_reference_step_are_analysis_choices() -> None:
     differences = report.option_differences(a, b)
     assert [(d.option, d.a, d.b) for d in differences] == [("top_k", 64, 32), ("layers", ["fc1"], ["fc2"])]
     assert report.option_differences(a, {"layers": ["fc1"]}) == []  # not recorded in B: nothing to compare
+
+
+def test_probe_b_selects_store_b_s_series_named_otherwise(tmp_path: Path) -> None:
+    """Two runs analysed on the same probe file under other names (train / test): --probe train found
+    no 'train' in B; --probe-b names B's series, and the overlap (same file, same sha256) is computed."""
+    probe = SAMPLES / "probe.npz"
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for path, name in ((a, "train"), (b, "test")):
+        done = run_fdl("analyze", str(SAMPLES), "--steps", "0,100", "--probe", f"{name}={probe}", "--out", str(path))
+        assert done.returncode == 0, done.stderr
+    missing = run_fdl("compare", str(a), str(b), "--probe", "train", "--format", "json")
+    assert missing.returncode == 1 and f"{b} holds no series for probe='train'" in missing.stderr
+    named = run_fdl("compare", str(a), str(b), "--probe", "train", "--probe-b", "test", "--format", "json")
+    assert named.returncode == 0, named.stderr
+    document = json.loads(named.stdout)
+    assert [step["overlap"] for step in document["steps"]] == pytest.approx([1.0, 1.0], abs=1e-9)
