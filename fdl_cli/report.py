@@ -957,10 +957,14 @@ def difference_lines(comparison: Comparison) -> list[str]:
         text = [value for value in values if isinstance(value, str)]
         if numeric:
             largest = max(numeric, key=abs)
-            lines.append(f"{name}: differs at {len(numeric)} steps, largest B − A {_signed(name, largest)}")
+            lines.append(f"{name}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
         elif text:
-            lines.append(f"{name}: differs at {len(text)} steps (e.g. {text[0]})")
+            lines.append(f"{name}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
     return lines or ["no field differs at any matched step"]
+
+
+def _count_steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -98,3 +98,14 @@ def test_overlap_at_a_spread_of_matched_steps(tmp_path: Path) -> None:
         comparison = report.compare_runs(run, run, overlap_steps=2)
     assert [c.overlap is not None for c in comparison.steps] == [True, False, True]
     assert "computed at 2 of 3 matched steps" in comparison.notes[-1]
+
+
+def test_difference_lines_count_steps_in_words() -> None:
+    """'differs at 1 steps' read badly in the table's summary."""
+    from types import SimpleNamespace
+
+    steps = [SimpleNamespace(differences={"d_lr": 0.25, "regime": "MF → EF"}),
+             SimpleNamespace(differences={"d_lr": -0.5})]
+    lines = report.difference_lines(SimpleNamespace(steps=steps))  # type: ignore[arg-type]
+    assert "d_lr: differs at 2 steps, largest B − A −0.5000" in lines
+    assert "regime: differs at 1 step (e.g. MF → EF)" in lines
