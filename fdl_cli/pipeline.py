@@ -1030,11 +1030,13 @@ def _check_stored_files(
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
+    # Not a file that training goes on rewriting (latest.pt, last.ckpt): it now holds a step that is
+    # stored (and checked above as that step's file) or one after every stored step.
     by_file: dict[Path, CheckpointRef] = {}
     for ref in refs:
         with contextlib.suppress(OSError, RuntimeError):
             by_file[Path(ref.path).resolve()] = ref
-    steps_now = {ref.step for ref in refs}
+    steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
     for step, (path, _, _) in sorted(stored.items()):
         if step in steps_now:
             continue
@@ -1042,7 +1044,7 @@ def _check_stored_files(
             other = by_file.get(Path(path).resolve())
         except (OSError, RuntimeError):
             continue
-        if other is not None and other.step != step:
+        if other is not None and other.step != step and other.step not in stored and other.step < last_stored:
             suspects.append((step, other, ""))
     if not suspects:
         return {}

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import file_signature
+from fdl_cli.store import StoreReader
 from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_distributed import _make_run, _torchrun_process
 
@@ -170,7 +171,9 @@ def test_a_stored_file_that_now_holds_another_step_is_refused(run: Path, tmp_pat
     size: the files keep their names (epoch_N.pt) but their metadata's step changes (N * 120 instead
     of N * 100). No stored step was among this run's, so nothing was hashed: the resume added the new
     run's steps between the old run's (two trainings in one store, exit 0). A stored checkpoint's file
-    that is now one of this run's checkpoints at another step is hashed too, and refused if changed."""
+    that is now one of this run's checkpoints at another step is hashed too, and refused if changed,
+    unless that step comes after every stored one (epoch_3's 360 > 300: a file that training goes on
+    rewriting, see the next test)."""
     folder = tmp_path / "ckpts"
     folder.mkdir()
     states = {step: torch.load(run / "ckpts" / f"epoch_{step}.pt", weights_only=True) for step in (0, 10, 20, 30)}
@@ -188,9 +191,30 @@ def test_a_stored_file_that_now_holds_another_step_is_refused(run: Path, tmp_pat
     train(120, 1.5)
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1 and "Traceback" not in refused.stderr, refused.stderr
-    assert f"3 checkpoint file(s) changed since they were analysed into {store}: step 100 (" in refused.stderr
-    assert "now step 120" in refused.stderr
+    assert f"2 checkpoint file(s) changed since they were analysed into {store}: step 100 (" in refused.stderr
+    assert "now step 120" in refused.stderr and "now step 240" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before
+
+
+def test_a_file_that_training_rewrites_is_no_changed_file(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A loop that keeps its initial weights (the reference) and otherwise saves only latest.pt (its
+    step in the dict), analysed as it goes: each resume finds the stored steps' file holding a later
+    step. Their files are gone, not changed; the store keeps their numbers as analysed and the new
+    step is added."""
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    store = tmp_path / "s.h5"
+    shutil.copyfile(run / "ckpts" / "epoch_0.pt", folder / "init_0.pt")
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    for step in (10, 20, 30):
+        state = torch.load(run / "ckpts" / f"epoch_{step}.pt", weights_only=True)
+        torch.save({"model_state_dict": state, "step": step}, folder / "latest.pt")
+        result = analyze(run, store, sources=(str(folder),))
+        assert result.code == 0, result.stderr
+        assert [r["step"] for r in result.records] == [step]
+        assert "changed" not in result.stderr
+    with StoreReader(store) as reader:
+        assert reader.steps() == [0, 10, 20, 30]
 
 
 def test_files_verified_before_a_ctrl_c_keep_their_new_times(
