@@ -838,8 +838,9 @@ def discover_checkpoints(
     found by a folder scan that have no step (no metadata, no integer in the name, or no match of
     ``step_regex``: ``final.pt``); a file named explicitly without a step is an error. Two checkpoints
     with the same step are an error unless their weights are identical (then the later name is
-    dropped with a note and the pair is reported in ``duplicates``); identical weights at different
-    steps are kept and reported in ``duplicates``. ``steps`` keeps exactly those steps (all must
+    dropped with a note: Lightning's ``last.ckpt`` beside ``epoch=3-step=400.ckpt``); identical
+    weights at different steps are kept and reported in ``duplicates`` (a warning: a run that did
+    not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
     """
     notes: list[str] = []
@@ -971,7 +972,6 @@ def _dedupe(
         if ref.step in by_step:
             first, _ = by_step[ref.step]
             if same_weights is not None and same_weights.step == ref.step:
-                duplicates.append((same_weights.path, ref.path))
                 notes.append(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
