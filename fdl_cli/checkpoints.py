@@ -352,29 +352,23 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _allowed_globals() -> list[Any]:
-    """What the restricted unpickler accepts beside the tensors and containers ``weights_only`` does.
+def _numpy_scalar_globals() -> list[Any]:
+    """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
+    And argparse.Namespace: timm, fairseq and many research scripts save their ``args``.
 
-    Numpy scalars, dtypes and arrays: training loops save ``best_acc = np.float64(...)``, metric
-    arrays, ``np.random.get_state()``. An array is rebuilt from its raw bytes, or (object dtype) from a
-    list whose items are unpickled under the same restrictions. And argparse.Namespace: timm, fairseq
-    and many research scripts save their ``args``, an object holding attributes whose values are
-    unpickled under the same restrictions too. None of them runs code from the file.
+    They only rebuild numbers, or (Namespace) an object holding attributes whose values are unpickled
+    under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts.
     """
     import argparse
 
     import numpy as np
 
     try:
-        from numpy._core.multiarray import _reconstruct, scalar
+        from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
-    kinds = (
-        np.float16, np.float32, np.float64, np.complex64, np.complex128, np.int8, np.int16, np.int32, np.int64,
-        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_, np.object_, np.str_, np.bytes_,
-    )
-    dtypes = {type(np.dtype(kind)) for kind in kinds}
-    return [scalar, _reconstruct, np.ndarray, np.dtype, *dtypes, argparse.Namespace]
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace]
 
 
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
@@ -398,7 +392,7 @@ def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", 
     """``torch.load(weights_only=True)`` (tensors, containers and numpy scalars; runs no code), quietly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
 
 

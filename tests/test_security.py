@@ -78,29 +78,6 @@ def test_hostile_pickles_refused_everywhere_and_never_run(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
-def test_numpy_arrays_load_and_a_payload_inside_an_object_array_never_runs(tmp_path: Path) -> None:
-    """Training loops save np.random.get_state() and metric arrays beside the weights: they load
-    without --trust-pickle (which would unpickle everything). An object array is rebuilt from a list
-    unpickled under the same rules, so a payload inside one is refused and does not run."""
-    import numpy as np
-
-    marker = tmp_path / "pwned"
-    plain = tmp_path / "plain_1.pt"
-    torch.save({"model": _weights(), "step": 1, "rng": np.random.get_state(), "curve": np.linspace(0, 1, 5),
-                "names": np.array(["a", "bc"]), "mixed": np.array([1, "a", None], dtype=object)}, plain)
-    found = discover_checkpoints([plain])
-    assert [(r.kind, r.step) for r in found.checkpoints] == [("state_dict", 1)]
-    loaded = load_checkpoint(found.checkpoints[0])
-    assert sorted(loaded.state_dict or {}) == sorted(_weights())
-    hostile = tmp_path / "hostile_2.pt"
-    torch.save({"model": _weights(), "step": 2, "mixed": np.array([1, Payload(marker)], dtype=object)}, hostile)
-    assert [r.kind for r in discover_checkpoints([hostile]).checkpoints] == ["pickle"]
-    with pytest.raises(UnsafeCheckpointError) as err:
-        load_checkpoint(CheckpointRef(path=hostile, step=2, step_source="name", kind="state_dict"))
-    assert "system" in str(err.value) and "--trust-pickle" in str(err.value)
-    assert not marker.exists()
-
-
 def test_hostile_probe_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"x": torch.zeros(3, 2), "y": Payload(marker)}, tmp_path / "probe.pt")
