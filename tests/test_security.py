@@ -169,3 +169,62 @@ def test_export_archives_load_only_on_trust_and_never_run_otherwise(tmp_path: Pa
         assert not marker.exists(), label
     trusted = load_checkpoint(discover_checkpoints([paths["clean"]]).checkpoints[0], trust_pickle=True)
     assert trusted.module is not None and not marker.exists()
+
+
+_FORGED_NUMPY = r'''
+import sys
+import numpy as np
+import torch
+
+try:
+    from numpy._core.multiarray import scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar
+
+# An object dtype whose pickled state (BUILD) clears its flags: numpy then takes it for a dtype that
+# holds no Python objects, and rebuilds arrays and scalars of it from raw bytes read as PyObject pointers.
+forged = np.dtype("O8", False, True)
+forged.__setstate__((3, "|", None, None, None, -1, -1, 0))
+pointers = b"\x41" * 16
+
+
+class Call:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+payloads = {
+    "array": Call(set, np.ndarray((2,), dtype=forged, buffer=pointers)),  # set() reads each item
+    "scalar": Call(scalar, forged, pointers[:8]),
+    "field": Call(scalar, Call(np.dtype, [("x", forged)]), pointers[:8]),
+}
+torch.save({"model": {"w": torch.zeros(3)}, "step": 1, "x": payloads[sys.argv[2]]}, sys.argv[1])
+'''
+
+
+@pytest.mark.parametrize("kind", ["array", "scalar", "field"])
+def test_forged_numpy_dtype_neither_crashes_nor_loads_raw_pointers(tmp_path: Path, kind: str) -> None:
+    """A dtype's pickled state can clear an object dtype's flags (numpy accepts it): an array or scalar
+    of it is then rebuilt from raw bytes taken as PyObject pointers, and the first read of an item
+    dereferences them (a segfault, or worse, in the restricted unpickler). Found by a review while
+    numpy arrays were allowed to the restricted unpickler (withdrawn since): fdl admits neither
+    arrays nor the object dtype, so such a file is refused, without a crash."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "forged_1.pt"
+    subprocess.run([sys.executable, "-c", _FORGED_NUMPY, str(path), kind], check=True)
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom fdl_cli.checkpoints import discover_checkpoints, load_checkpoint\n"
+        "from fdl_cli.errors import FdlError\n"
+        "try:\n    found = discover_checkpoints([Path(sys.argv[1])])\n"
+        "    loaded = load_checkpoint(found.checkpoints[0])\n    print('loaded', sorted(loaded.state_dict))\n"
+        "except FdlError as exc:\n    print('refused', type(exc).__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.startswith("refused"), result.stdout
