@@ -43,7 +43,8 @@ MEASURE_FIELDS: Final = (
     "loss",
     "regime",
     # Beyond DESIGN.md's list: R² of a regression probe (SPEC §6), and the step that cka_prev /
-    # overlap_prev compare with (the nearest checkpoint before this one analysed successfully).
+    # overlap_prev compare with (the nearest checkpoint before this one, among the run's files, that
+    # was analysed successfully: docs/measures.md).
     "r2",
     "prev_step",
 )

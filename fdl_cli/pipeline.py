@@ -1005,54 +1005,23 @@ def _check_stored_files(
     (`StoreWriter.note_file_signatures`) unless a file changed (a refusal leaves the store as it
     was), also those verified before a Ctrl-C (a resume stopped while hashing keeps what it
     verified); and returned (step -> signature). Under torchrun every rank runs this, hashing its
-    share of the files (no rank waits in a collective meanwhile), and every rank gets every result."""
-    if not ctx.options.resume or not out.is_file():
-        return {}
+    share of the files (no rank waits in a collective meanwhile), and every rank gets every result;
+    the files to hash are rank 0's list (the ranks' own readings of sizes and times could differ,
+    a file being rewritten meanwhile, and leave one rank waiting in a collective the others skip)."""
     from fdl_cli import distributed
-    from fdl_cli.checkpoints import file_signature, sha256_file
-    from fdl_cli.store import StoreReader
+    from fdl_cli.checkpoints import sha256_file
 
-    try:
-        with StoreReader(out) as reader:
-            stored = reader.file_identities()
-    except StoreError:
-        return {}  # the writer reports what is wrong with the file
-    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
-    suspects: list[tuple[int, CheckpointRef, str]] = []
-    for ref in refs:
-        if ref.step in stored:
-            try:
-                now = file_signature(ref.path)
-            except (OSError, FdlError):
-                continue  # unreadable now: reported if this run needs to read it
-            if now != stored[ref.step][2]:
-                suspects.append((ref.step, ref, now))
-    # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
-    # into the same folder with another schedule: same names, other steps in the metadata) is checked
-    # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
-    # Not a file that training goes on rewriting (latest.pt, last.ckpt): it now holds a step that is
-    # stored (and checked above as that step's file) or one after every stored step.
-    by_file: dict[Path, CheckpointRef] = {}
-    for ref in refs:
-        with contextlib.suppress(OSError, RuntimeError):
-            by_file[Path(ref.path).resolve()] = ref
-    steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
-    for step, (path, _, _) in sorted(stored.items()):
-        if step in steps_now:
-            continue
-        try:
-            other = by_file.get(Path(path).resolve())
-        except (OSError, RuntimeError):
-            continue
-        if other is not None and other.step != step and other.step not in stored and other.step < last_stored:
-            suspects.append((step, other, ""))
-    if not suspects:
+    world = ctx.world if ctx.world is not None and ctx.world.distributed else None
+    plan = _stored_files_to_hash(ctx, out, refs) if world is None or world.writes else None
+    if world is not None:
+        plan = distributed.broadcast_from_writer(plan, world)
+    if plan is None:
         return {}
+    stored, suspects = plan
     ctx.reporter.note(
         f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
         "recorded, to check they are the files that were analysed"
     )
-    world = ctx.world if ctx.world is not None and ctx.world.distributed else None
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}
     try:
@@ -1099,6 +1068,54 @@ def _check_stored_files(
     if note is not None:
         note(touched)
     return touched
+
+
+def _stored_files_to_hash(
+    ctx: _Context, out: Path, refs: Sequence[CheckpointRef]
+) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str]]] | None:
+    """For `_check_stored_files`: the store's (path, sha256, signature) by step, and the files to hash
+    ((stored step, this run's checkpoint of that step's file, its signature now or "" if not
+    compared)); None when there is none."""
+    if not ctx.options.resume or not out.is_file():
+        return None
+    from fdl_cli.checkpoints import file_signature
+    from fdl_cli.store import StoreReader
+
+    try:
+        with StoreReader(out) as reader:
+            stored = reader.file_identities()
+    except StoreError:
+        return None  # the writer reports what is wrong with the file
+    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
+    suspects: list[tuple[int, CheckpointRef, str]] = []
+    for ref in refs:
+        if ref.step in stored:
+            try:
+                now = file_signature(ref.path)
+            except (OSError, FdlError):
+                continue  # unreadable now: reported if this run needs to read it
+            if now != stored[ref.step][2]:
+                suspects.append((ref.step, ref, now))
+    # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
+    # into the same folder with another schedule: same names, other steps in the metadata) is checked
+    # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
+    # Not a file that training goes on rewriting (latest.pt, last.ckpt): it now holds a step that is
+    # stored (and checked above as that step's file) or one after every stored step.
+    by_file: dict[Path, CheckpointRef] = {}
+    for ref in refs:
+        with contextlib.suppress(OSError, RuntimeError):
+            by_file[Path(ref.path).resolve()] = ref
+    steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
+    for step, (path, _, _) in sorted(stored.items()):
+        if step in steps_now:
+            continue
+        try:
+            other = by_file.get(Path(path).resolve())
+        except (OSError, RuntimeError):
+            continue
+        if other is not None and other.step != step and other.step not in stored and other.step < last_stored:
+            suspects.append((step, other, ""))
+    return (stored, suspects) if suspects else None
 
 
 def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
