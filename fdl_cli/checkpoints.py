@@ -105,6 +105,7 @@ class Manifest:
     probe: list[str]
     layer: list[str]
     options: dict[str, Any]
+    weights: str | None = None  # --weights for the run's checkpoints (an EMA copy, say)
 
 
 # ----------------------------------------------------------------------------------------- peeking
@@ -1709,6 +1710,13 @@ def read_manifest(folder: Path) -> Manifest | None:
     else:
         probes = [str((base / p).resolve()) for p in _as_str_list(raw_probe, "probe", path)]
     layers = _as_str_list(data.pop("layer", None), "layer", path)
+    weights = data.pop("weights", None)
+    if weights is not None and (not isinstance(weights, str) or not weights):
+        raise CheckpointError(
+            f"{path}: 'weights' must be a non-empty string", got=repr(weights)[:100],
+            fix='e.g. weights = "state_dict_ema" (an entry of the checkpoints) or weights = "ema" (a key prefix)',
+        )
     return Manifest(
-        path=path, model=model, model_kwargs=dict(kwargs), probe=probes, layer=layers, options=data
+        path=path, model=model, model_kwargs=dict(kwargs), probe=probes, layer=layers, options=data,
+        weights=weights,
     )

@@ -469,8 +469,10 @@ def run_analyze(
     if manifest is not None and manifest.options:
         reporter.warn(
             f"{manifest.path}: ignored {', '.join(sorted(manifest.options))} (fdl.toml sets model, model_kwargs, "
-            "probe and layer; give other options on the command line)"
+            "probe, layer and weights; give other options on the command line)"
         )
+    if options.weights is None and manifest is not None and manifest.weights is not None:
+        options = replace(options, weights=manifest.weights)
     model_spec = options.model_spec or (manifest.model if manifest else None)
     model_kwargs = options.model_kwargs or (manifest.model_kwargs if manifest else {})
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
@@ -1795,6 +1797,7 @@ def inspect_checkpoint(
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
     kwargs = kwargs or (manifest.model_kwargs if manifest else {})
     factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
+    weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
         raise CheckpointError(

@@ -145,3 +145,24 @@ def test_inspect_takes_weights_too(tmp_path: Path) -> None:
     listed = fdl("inspect", str(checkpoint), "--model", MODEL, "--weights", "ema", "--json")
     assert listed.code == 0, listed.stderr
     assert json.loads(listed.stdout)["default_layer"]
+
+
+def test_the_manifest_can_name_the_weights(tmp_path: Path) -> None:
+    """fdl.toml's weights = "..." is the run's --weights; --weights on the command line wins."""
+    folders = _runs(tmp_path)
+    expected = _analyze(folders["alone"], tmp_path / "alone.h5")
+    timm = folders["timm"]
+    (timm / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "../probe.npz"\nweights = "state_dict_ema"\n')
+    got = fdl("analyze", str(timm), "--out", str(tmp_path / "m.h5"), "--json", *SMALL)
+    assert got.code == 0, got.stderr
+    assert "ignored" not in got.stderr
+    assert _numbers(got.records) == _numbers(expected.records)
+    own = fdl("analyze", str(timm), "--out", str(tmp_path / "own.h5"), "--json", *SMALL, "--weights", "state_dict")
+    assert own.code == 0 and _numbers(own.records) != _numbers(expected.records)
+    lightning = folders["lightning"]
+    (lightning / "fdl.toml").write_text(f'model = "{MODEL}"\nweights = "ema"\n')
+    listed = fdl("inspect", str(lightning / "step=10.ckpt"), "--json")  # "several prefixes" without it
+    assert listed.code == 0, listed.stderr
+    (timm / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "../probe.npz"\nweights = 3\n')
+    bad = fdl("analyze", str(timm), "--out", str(tmp_path / "bad.h5"), *SMALL)
+    assert bad.code == 1 and f"{timm / 'fdl.toml'}: 'weights' must be a non-empty string" in bad.stderr
