@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
+from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError, first_line
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
 #: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
@@ -410,7 +410,7 @@ def _unimportable_error(path: Path, exc: BaseException) -> CheckpointError:
     """--trust-pickle, but the pickle names a class this process cannot import: a training script's own
     config (``__main__.Config``, ``train.Args``), a module whose folder is not on the path, a package
     (omegaconf, transformers) that is not installed."""
-    said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    said = first_line(exc)
     return CheckpointError(
         f"cannot unpickle {path}: it holds an object whose class cannot be imported here",
         got=f"{type(exc).__name__}: {said}",
@@ -435,7 +435,7 @@ def _export_refused(path: Path) -> UnsafeCheckpointError:
 def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):
         return _unreachable_error(path, exc)  # not damage: the file cannot be reached or read
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc) or type(exc).__name__
     if reason.startswith("Weights only load failed"):
         # torch's advice here is to load with weights_only=False, i.e. to run the file's code: never
         # repeat it for a file that is merely damaged; keep only the unpickler's own diagnosis.

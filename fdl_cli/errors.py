@@ -60,3 +60,10 @@ class StoreLockedError(StoreError):
 
 class NumericalError(FdlError):
     """The measures cannot be defined for these inputs (e.g. non-finite features)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), or "" when it has none:
+    what a message quotes of a library's or the user's own error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import FdlError, ModelError, ProbeError
+from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import Moments
 
@@ -442,7 +442,7 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     except FdlError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc)
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
             got=f"{type(exc).__name__}: {first}",

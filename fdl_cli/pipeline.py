@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from fdl_cli import __version__, signals
-from fdl_cli.errors import CheckpointError, FdlError, NumericalError, ProbeError, StoreError
+from fdl_cli.errors import CheckpointError, FdlError, NumericalError, ProbeError, StoreError, first_line
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.progress import NullReporter, Reporter
 from fdl_cli.regimes import Thresholds, checkpoint_regime
@@ -1847,7 +1847,7 @@ def inspect_checkpoint(
                 model_outputs(model(sample))
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
-        said = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        said = first_line(exc)
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}" + (f": {said}" if said else "")}
         linears_run.clear()
     finally:
