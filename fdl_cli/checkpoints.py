@@ -818,6 +818,7 @@ def discover_checkpoints(
     steps: Sequence[int] | None = None,
     every: int | None = None,
     stdin: TextIO | None = None,
+    weights: str | None = None,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -837,6 +838,7 @@ def discover_checkpoints(
     weights at different steps are kept and reported in ``duplicates`` (a warning: a run that did
     not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
+    ``weights`` (--weights) names the weights that are compared for "identical weights".
     """
     notes: list[str] = []
     pattern = None
@@ -909,7 +911,7 @@ def discover_checkpoints(
                    "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
         raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
-    checkpoints, duplicates = _dedupe(found, notes)
+    checkpoints, duplicates = _dedupe(found, notes, weights)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every),
         notes=notes,
@@ -954,19 +956,21 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
 
 
 def _dedupe(
-    found: list[tuple[CheckpointRef, str | None]], notes: list[str]
+    found: list[tuple[CheckpointRef, str | None]], notes: list[str], weights: str | None = None
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
+    """Same step and same weights: the later name dropped; same weights at two steps: a duplicate pair.
+    The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
+    is confirmed on those, so two files whose EMA weights differ are never taken for one."""
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
     by_print: dict[str, CheckpointRef] = {}
     by_step: dict[int, tuple[CheckpointRef, str | None]] = {}
     for ref, fingerprint in found:
-        same_weights = by_print.get(fingerprint) if fingerprint else None
-        if same_weights is not None and not _same_weights(same_weights, ref):
-            same_weights = None
         if ref.step in by_step:
-            first, _ = by_step[ref.step]
-            if same_weights is not None and same_weights.step == ref.step:
+            first, first_print = by_step[ref.step]
+            # Against the checkpoint of this step itself: by_print holds the first of equal fingerprints,
+            # which in a run that never moved is at another step.
+            if fingerprint and first_print == fingerprint and _same_weights(first, ref, weights):
                 notes.append(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
@@ -978,7 +982,8 @@ def _dedupe(
                 if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path) else None,
                 fix=_step_fix_for(ref.path),
             )
-        if same_weights is not None:
+        same_weights = by_print.get(fingerprint) if fingerprint else None
+        if same_weights is not None and _same_weights(same_weights, ref, weights):
             duplicates.append((same_weights.path, ref.path))
         by_step[ref.step] = (ref, fingerprint)
         if fingerprint:
@@ -1001,10 +1006,10 @@ def _step_fix_for(path: Path) -> str:
     return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
-def _same_weights(first: CheckpointRef, second: CheckpointRef) -> bool:
-    """Confirm a fingerprint match with a full content digest."""
+def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | None = None) -> bool:
+    """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
     try:
-        digests = [weights_digest(load_checkpoint(r).state_dict or {}) for r in (first, second)]
+        digests = [weights_digest(load_checkpoint(r, weights=weights).state_dict or {}) for r in (first, second)]
     except CheckpointError:
         return False
     return digests[0] == digests[1]
@@ -1664,8 +1669,8 @@ def read_manifest(folder: Path) -> Manifest | None:
 
     Keys: ``model`` (spec; a file path in it is made absolute), ``model_kwargs`` (table), ``probe``
     (path, list of paths or table name -> path; returned as ``--probe`` specs with absolute paths),
-    ``layer`` (name or list); every other key lands in ``options``.
-    """
+    ``layer`` (name or list), ``weights``; every other key lands in ``options`` (checked by the
+    pipeline, `pipeline.MANIFEST_OPTIONS`). A dash in a key is read as an underscore (``top-k``)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -1687,6 +1692,13 @@ def read_manifest(folder: Path) -> Manifest | None:
             got=str(exc),
             fix='fix the file; e.g. model = "model.py:build"  probe = "probe.npz"',
         ) from None
+    keys = [str(key).replace("-", "_") for key in data]  # anchor-size as anchor_size, as on the command line
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise CheckpointError(
+            f"{path} sets {twice[0]} twice (as {twice[0]} and {twice[0].replace('_', '-')})", fix="keep one of them"
+        )
+    data = {str(key).replace("-", "_"): value for key, value in data.items()}
     base = path.parent
     model = data.pop("model", None)
     if model is not None and not isinstance(model, str):

@@ -116,7 +116,8 @@ def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | N
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:i.")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--center", is_flag=True, help="Use the centered feature covariance (default: uncentered).")
+@click.option("--center/--no-center", default=False,
+              help="Use the centered feature covariance (default: uncentered; --no-center overrides fdl.toml).")
 @click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
               help="Eigenvectors / eigenfunctions stored per checkpoint.")
 @click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1),
@@ -152,7 +153,10 @@ def analyze(**kwargs: Any) -> None:
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.progress import RichReporter
 
-    options = AnalyzeOptions.from_cli(**kwargs)
+    ctx = click.get_current_context()
+    from_user = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    given = {name for name in kwargs if ctx.get_parameter_source(name) in from_user}  # fdl.toml fills the others
+    options = AnalyzeOptions.from_cli(**kwargs, given=given)
     console = _stderr_console()
     with _user_output_to_stderr() as stdout, RichReporter(console, quiet=False) as reporter:
         summary = run_analyze(

@@ -73,6 +73,9 @@ class AnalyzeOptions:
     as_json: bool = False
     #: Seconds between store commits at least (each commit copies the store: crash-safe, not free).
     min_commit_interval: float = 1.0
+    #: The fields given on the command line (even at their default value): fdl.toml fills only the
+    #: others. A field whose value differs from its default counts as given too (library callers).
+    given: frozenset[str] = frozenset()
 
     @classmethod
     def from_cli(cls, **kwargs: Any) -> AnalyzeOptions:
@@ -103,6 +106,7 @@ class AnalyzeOptions:
                     fix="give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
                 )
         out = kwargs.pop("out", None)
+        kwargs["given"] = frozenset(kwargs.pop("given", ()))
         return cls(
             sources=tuple(kwargs.pop("sources")),
             model_kwargs=model_kwargs,
@@ -414,6 +418,101 @@ def environment() -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------- fdl.toml
+
+#: The analysis options an fdl.toml may hold besides model, model_kwargs, probe, layer and weights:
+#: those that describe the run and how it is measured, so that `fdl analyze DIR` gives the same numbers
+#: whoever runs it. key -> (AnalyzeOptions field, what the value must be, allowed values or a range).
+#: Not in a manifest: where the results go and how this invocation runs (out, overwrite, device,
+#: steps, every, strict, watch, json, ...), and never trust_pickle (a folder cannot vouch for its own
+#: files). A command-line option wins over the manifest's value.
+MANIFEST_OPTIONS: dict[str, tuple[str, type, Any]] = {
+    "reference": ("reference_step", int, None),
+    "center": ("center", bool, None),
+    "top_k": ("top_k", int, (1, None)),
+    "anchor_size": ("anchor_size", int, (1, None)),
+    "dlr_energy": ("dlr_energy", float, (0.0, 1.0)),
+    "dtype": ("dtype", str, ("float32", "bfloat16", "float16")),
+    "cka_dtype": ("cka_dtype", str, ("float64", "float32")),
+    "batch_size": ("batch_size", int, (1, None)),
+    "glob": ("glob_pattern", str, None),
+    "step_regex": ("step_regex", str, None),
+}
+
+_MANIFEST_EXAMPLES = {
+    "reference": "reference = 0", "center": "center = true", "top_k": "top_k = 32",
+    "anchor_size": "anchor_size = 2048", "dlr_energy": "dlr_energy = 0.95", "dtype": 'dtype = "float32"',
+    "cka_dtype": 'cka_dtype = "float64"', "batch_size": "batch_size = 256", "glob": 'glob = "step_*.pt"',
+    "step_regex": "step_regex = 'step_(\\d+)'",
+}
+
+
+def _manifest_value(manifest_path: Path, key: str, value: Any) -> Any:
+    """The manifest's `key` checked as its command-line option would be; CheckpointError otherwise."""
+    _, kind, allowed = MANIFEST_OPTIONS[key]
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if ok and isinstance(allowed, tuple) and kind is str:
+        ok = value in allowed
+    elif ok and isinstance(allowed, tuple):
+        low, high = allowed
+        ok = value >= low and (high is None or value <= high) and not (kind is float and value <= low)
+    if kind is str and ok and not value:
+        ok = False
+    if not ok:
+        must = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[kind]
+        if isinstance(allowed, tuple) and kind is str:
+            must = "one of " + ", ".join(f'"{choice}"' for choice in allowed)
+        elif allowed == (0.0, 1.0):
+            must += " in (0, 1]"
+        elif isinstance(allowed, tuple):
+            must += f" >= {allowed[0]}"
+        raise CheckpointError(
+            f"{manifest_path}: '{key}' must be {must}", got=repr(value)[:100], fix=f"e.g. {_MANIFEST_EXAMPLES[key]}"
+        )
+    return value
+
+
+def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -> AnalyzeOptions:
+    """`options` with the analysis options of the manifest (`MANIFEST_OPTIONS`, and its weights) filled
+    in where the command line gave none; the manifest's other keys are named in a warning."""
+    import difflib
+
+    defaults = AnalyzeOptions(sources=())
+    changes: dict[str, Any] = {}
+    ignored: list[str] = []
+    items = dict(manifest.options)
+    if manifest.weights is not None:
+        items["weights"] = manifest.weights
+    for key, value in items.items():
+        if key == "weights":
+            field_name = "weights"
+        elif key in MANIFEST_OPTIONS:
+            field_name = MANIFEST_OPTIONS[key][0]
+            value = _manifest_value(manifest.path, key, value)
+        else:
+            ignored.append(key)
+            continue
+        if field_name in options.given or getattr(options, field_name) != getattr(defaults, field_name):
+            continue  # the command line's value wins
+        changes[field_name] = value
+    if ignored:
+        hints = []
+        for key in sorted(ignored):
+            if key == "trust_pickle":
+                hints.append("trust_pickle (a folder cannot vouch for its own files: pass --trust-pickle)")
+                continue
+            known = ["model", "model_kwargs", "probe", "layer", "weights", *MANIFEST_OPTIONS]
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        reporter.warn(
+            f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
+            f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
+        )
+    return replace(options, **changes) if changes else options
+
+
 # ---------------------------------------------------------------------------------- the main job
 
 
@@ -434,6 +533,15 @@ def run_analyze(
     world = distributed.detect_world()
     if world.distributed and not world.writes:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
+    # The manifest's folder: the one folder that holds every source given, else the one folder given.
+    # Read first: it may say how the folder's checkpoints are named (glob, step_regex).
+    given = [Path(s) for s in options.sources if s != "-"]
+    dirs = [path for path in given if path.is_dir()]
+    folders = sorted({path if path.is_dir() else path.parent for path in given})
+    home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
+    manifest = ckpts.read_manifest(home) if home is not None else None
+    if manifest is not None:
+        options = _with_manifest(options, manifest, reporter)
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
@@ -441,6 +549,7 @@ def run_analyze(
         steps=options.steps,
         every=options.every,
         stdin=stdin,
+        weights=options.weights,
     )
     for note in discovery.notes:
         reporter.note(note)
@@ -460,19 +569,6 @@ def run_analyze(
             "torch.export.load; each runs any code the file contains; use it only on files you trust"
         )
 
-    # The manifest's folder: the one folder that holds every source given, else the one folder given.
-    given = [Path(s) for s in options.sources if s != "-"]
-    dirs = [path for path in given if path.is_dir()]
-    folders = sorted({path if path.is_dir() else path.parent for path in given})
-    home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
-    manifest = ckpts.read_manifest(home) if home is not None else None
-    if manifest is not None and manifest.options:
-        reporter.warn(
-            f"{manifest.path}: ignored {', '.join(sorted(manifest.options))} (fdl.toml sets model, model_kwargs, "
-            "probe, layer and weights; give other options on the command line)"
-        )
-    if options.weights is None and manifest is not None and manifest.weights is not None:
-        options = replace(options, weights=manifest.weights)
     model_spec = options.model_spec or (manifest.model if manifest else None)
     model_kwargs = options.model_kwargs or (manifest.model_kwargs if manifest else {})
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
@@ -555,7 +651,9 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         selected = {ref.step for ref in refs}
         if stored <= selected:
             return refs
-        everything = ckpts.discover_checkpoints(options.sources, glob=options.glob_pattern, step_regex=options.step_regex)
+        everything = ckpts.discover_checkpoints(
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, weights=options.weights
+        )
     except FdlError:
         return refs
     extra = [ref for ref in everything.checkpoints if ref.step in stored and ref.step not in selected]
@@ -1164,7 +1262,8 @@ def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None)
     options = ctx.options
     try:
         found = discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
+            weights=options.weights,
         ).checkpoints
     except FdlError as exc:
         ctx.reporter.warn(f"watching: {exc.what}")

@@ -563,7 +563,7 @@ def test_a_tiny_probe_is_warned_about(run: Path, tmp_path: Path) -> None:
 def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(run: Path, tmp_path: Path) -> None:
     """fdl.toml was read only when one folder was given: files of that folder given one by one (or
     through --steps-like shell globs) failed with "no probe set was given". Keys it does not use
-    (a typo such as `layers`, an option such as `center`) were dropped without a word."""
+    (a typo such as `layers`) were dropped without a word; `center` is now one it uses (test_manifest)."""
     folder = tmp_path / "m"
     folder.mkdir()
     for name in ("epoch_0.pt", "epoch_10.pt"):
@@ -573,9 +573,10 @@ def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(ru
     (folder / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\nlayers = "2"\ncenter = true\n')
     done = fdl("analyze", folder / "epoch_0.pt", folder / "epoch_10.pt", "--out", tmp_path / "files.h5")
     assert done.code == 0, done.stderr
-    assert "ignored center, layers" in done.stderr and "command line" in done.stderr
+    assert "ignored layers (did you mean layer?)" in done.stderr and "command line" in done.stderr
     with StoreReader(tmp_path / "files.h5") as reader:
         assert reader.steps() == [0, 10]
+        assert reader.provenance["options"]["center"] is True
     # The folder and a file of another folder: the folder's manifest, as before.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "epoch_20.pt").write_bytes((run / "ckpts" / "epoch_20.pt").read_bytes())

@@ -166,3 +166,46 @@ def test_the_manifest_can_name_the_weights(tmp_path: Path) -> None:
     (timm / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "../probe.npz"\nweights = 3\n')
     bad = fdl("analyze", str(timm), "--out", str(tmp_path / "bad.h5"), *SMALL)
     assert bad.code == 1 and f"{timm / 'fdl.toml'}: 'weights' must be a non-empty string" in bad.stderr
+
+
+def test_identical_weights_are_those_analysed(tmp_path: Path) -> None:
+    """Discovery compared the model's own weights even under --weights: two checkpoints with the same
+    own weights and different EMA copies were "identical weights" (a warning), and at one step the
+    second was dropped as a copy of the first, its EMA weights never analysed."""
+    folder = tmp_path / "timm"
+    folder.mkdir()
+    own = _state(0)
+    for step in (0, 10):
+        torch.save({"state_dict": own, "state_dict_ema": _state(100 + step), "epoch": step}, folder / f"ckpt-{step}.pth.tar")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    plain = _analyze(folder, tmp_path / "own.h5")
+    assert plain.code == 0 and "hold identical weights" in plain.stderr
+    ema = _analyze(folder, tmp_path / "ema.h5", "--weights", "state_dict_ema")
+    assert ema.code == 0, ema.stderr
+    assert "hold identical weights" not in ema.stderr and [r["step"] for r in ema.records] == [0, 10]
+    # One step, two files: the same own weights, other EMA weights. Without --weights the second is the
+    # same checkpoint (dropped with a note); with it, two different checkpoints claim one step.
+    (folder / "ckpt-0.pth.tar").unlink()
+    torch.save({"state_dict": own, "state_dict_ema": _state(7), "epoch": 10}, folder / "last.pth.tar")
+    plain = _analyze(folder, tmp_path / "own2.h5")
+    assert plain.code == 0 and "skipped last.pth.tar: same weights and step (10)" in plain.stderr
+    clash = _analyze(folder, tmp_path / "ema2.h5", "--weights", "state_dict_ema")
+    assert clash.code == 1 and "two checkpoints have the same step 10" in clash.stderr
+
+
+def test_a_copy_of_the_last_checkpoint_in_a_run_that_never_moved_is_dropped(tmp_path: Path) -> None:
+    """Every checkpoint of a run with lr = 0 holds the same weights; Lightning's last.ckpt beside the
+    last one was compared with the first (at another step) and refused as "two checkpoints have the
+    same step" instead of being dropped as the copy it is."""
+    folder = tmp_path / "still"
+    folder.mkdir()
+    for step in (0, 10, 20):
+        torch.save({"state_dict": _state(0), "global_step": step}, folder / f"step={step}.ckpt")
+    torch.save({"state_dict": _state(0), "global_step": 20}, folder / "last.ckpt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    done = _analyze(folder, tmp_path / "still.h5")
+    assert done.code == 0, done.stderr
+    assert [r["step"] for r in done.records] == [0, 10, 20]
+    assert "skipped step=20.ckpt: same weights and step (20) as last.ckpt" in done.stderr  # the later name
