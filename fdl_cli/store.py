@@ -1082,11 +1082,13 @@ class StoreWriter:
                 if old != new:
                     differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
             if differences:
-                raise StoreError(
-                    f"{self._path} holds the results of a different run",
-                    got="; ".join(differences),
-                    fix="pass --overwrite to replace it, or another --out to keep both",
-                )
+                fix = "pass --overwrite to replace it, or another --out to keep both"
+                if any(d.startswith("options.weights: absent (store)") for d in differences):
+                    # --weights naming the entry fdl takes by itself (state_dict) gives the same numbers,
+                    # but the store cannot tell: it recorded no name.
+                    fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
+                           "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
+                raise StoreError(f"{self._path} holds the results of a different run", got="; ".join(differences), fix=fix)
             self.warnings = list(reader.warnings)
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}
             for series_key, rows in reader._rows.items():

@@ -209,3 +209,17 @@ def test_a_copy_of_the_last_checkpoint_in_a_run_that_never_moved_is_dropped(tmp_
     assert done.code == 0, done.stderr
     assert [r["step"] for r in done.records] == [0, 10, 20]
     assert "skipped step=20.ckpt: same weights and step (20) as last.ckpt" in done.stderr  # the later name
+
+
+def test_resuming_with_weights_a_store_made_without_says_how_to_resume(tmp_path: Path) -> None:
+    """--weights state_dict names what fdl took by itself, but the store recorded no name: refused as
+    another run, with a fix that said only --overwrite (losing the store) or another --out."""
+    folders = _runs(tmp_path)
+    first = _analyze(folders["timm"], tmp_path / "s.h5")
+    assert first.code == 0, first.stderr
+    again = _analyze(folders["timm"], tmp_path / "s.h5", "--weights", "state_dict")
+    assert again.code == 1
+    assert "options.weights: absent (store) vs 'state_dict' (this run)" in again.stderr
+    assert "the store was analysed without --weights" in again.stderr and "leave --weights out" in again.stderr
+    resumed = _analyze(folders["timm"], tmp_path / "s.h5")
+    assert resumed.code == 0 and "already in the store" in resumed.stderr
