@@ -222,15 +222,28 @@ def _unsafe_globals(path: Path) -> tuple[list[str], bool]:
         globals_, has_tensors = _pickle_globals(_main_pickle_bytes(path))
     except Exception:  # noqa: BLE001 - unreadable opcodes: the caller reports the file as corrupt
         return [], False
-    unsafe = [g for g in globals_ if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+    allowed = _allowed_global_names()
+    unsafe = [g for g in globals_ if not g.startswith(_SAFE_GLOBAL_PREFIXES) and g not in allowed]
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             has_tensors = has_tensors or any("/data/" in n for n in archive.namelist())
         try:
-            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):  # fdl's own allowlist, as it loads
+                unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # noqa: BLE001 - fall back to the static scan above
             pass
     return unsafe, has_tensors
+
+
+def _allowed_global_names() -> set[str]:
+    """The names of `_numpy_scalar_globals` as a pickle spells them."""
+    names = set()
+    for item in _numpy_scalar_globals():
+        if isinstance(item, tuple):
+            names.add(item[1])
+        else:
+            names.add(f"{item.__module__}.{item.__qualname__}")
+    return names
 
 
 def _is_torchscript(names: Sequence[str]) -> bool:
@@ -353,12 +366,47 @@ def _has_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+class NumpyArrayNotLoaded:
+    """What a checkpoint's numpy array is read as: its shape and dtype, never its contents.
+
+    Training loops save arrays beside the weights (``np.random.get_state()``, a history of losses).
+    fdl needs none of them, and rebuilding one from a file's bytes is where numpy can be made to read
+    forged pointers (tests/test_security.py), so the restricted unpickler builds this instead: the
+    names numpy pickles an array under (``numpy.ndarray``, ``numpy[._]core.multiarray._reconstruct``)
+    are bound to it, and its ``__setstate__`` keeps the shape and the dtype's name, dropping the data.
+    """
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] | None = None
+        self.dtype: str | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # ndarray.__reduce__'s state: (version, shape, dtype, is_fortran, data); anything else is kept as unknown
+        if isinstance(state, tuple) and len(state) == 5:
+            shape, dtype = state[1], state[2]
+            if isinstance(shape, tuple) and all(type(d) is int for d in shape):
+                self.shape = shape
+            self.dtype = str(getattr(dtype, "name", None)) if dtype is not None else None
+
+    def __repr__(self) -> str:
+        return f"<numpy array {self.dtype} {self.shape}, not loaded>"
+
+
+def _array_not_loaded(*_args: Any) -> NumpyArrayNotLoaded:
+    """Bound to numpy's ``_reconstruct(ndarray, shape, typecode)``: a placeholder, whatever it is given."""
+    return NumpyArrayNotLoaded()
+
+
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
     And argparse.Namespace: timm, fairseq and many research scripts save their ``args``.
 
     They only rebuild numbers, or (Namespace) an object holding attributes whose values are unpickled
-    under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts.
+    under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts. Numpy
+    arrays are read as `NumpyArrayNotLoaded`: numpy never sees their bytes. Dtypes are those of numbers
+    only (no object, string or structured dtype: an object dtype is how forged pointers get in).
     """
     import argparse
 
@@ -368,8 +416,16 @@ def _numpy_scalar_globals() -> list[Any]:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
-    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace]
+    kinds = (
+        np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_,
+    )
+    placeholders = [
+        (NumpyArrayNotLoaded, "numpy.ndarray"),
+        (_array_not_loaded, "numpy.core.multiarray._reconstruct"),
+        (_array_not_loaded, "numpy._core.multiarray._reconstruct"),
+    ]
+    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace, *placeholders]
 
 
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
@@ -382,6 +438,11 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
         return _load_weights_only(path, map_location=map_location, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         unsafe, _ = _unsafe_globals(path)
+        if not unsafe:
+            # Every global is allowed, but one of them was asked to build a type that is not: a numpy
+            # array of Python objects (dtype=object), a string or structured dtype.
+            built = re.search(r"but got <class '([\w.]+)'>", str(exc))
+            unsafe = [built.group(1)] if built else []
         if unsafe:
             raise _unsafe_error(path, unsafe) from None
         raise _corrupt_error(path, exc) from None
@@ -399,6 +460,13 @@ def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", 
 
 def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
     shown = ", ".join(unsafe[:5]) + (", ..." if len(unsafe) > 5 else "")
+    if unsafe and all(name.startswith("numpy.dtypes.") for name in unsafe):
+        return UnsafeCheckpointError(
+            f"{path}: this file holds a numpy array fdl does not read without unpickling it ({shown}: an array of "
+            "Python objects, strings or records; numeric arrays are fine); fdl refused to load it",
+            fix="save such values as lists or tensors, or leave them out of the checkpoint; "
+            + _TRUST_FIX.replace("if you", "or, if you"),
+        )
     return UnsafeCheckpointError(
         f"{path}: this file contains a pickled Python object ({shown}) that could run code when loaded; "
         "fdl refused to load it",
@@ -1287,6 +1355,14 @@ def load_checkpoint(
     if ref.kind == "pickle" and not trust_pickle:
         files = [path] if path.is_file() else _hf_weight_files(path)
         unsafe = sorted({g for file in files if file.is_file() for g in _unsafe_globals(file)[0]})
+        if not unsafe:  # allowed globals building a type that is not (a numpy object array): loading says which
+            for file in files:
+                try:
+                    _torch_load_safe(file)
+                except UnsafeCheckpointError:
+                    raise  # it names the type
+                except CheckpointError:
+                    pass
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
@@ -1681,6 +1757,10 @@ def read_manifest(folder: Path) -> Manifest | None:
             return None
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
+        try:
+            os.listdir(folder)
+        except OSError:
+            return None  # the folder itself cannot be looked into: the search for checkpoints says so
         got, fix = _os_reason(path, exc)
         fix += "; or move it away and give the options on the command line"
         raise CheckpointError(f"cannot read the manifest {path}", got=got, fix=fix) from None

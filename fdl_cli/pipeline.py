@@ -535,9 +535,11 @@ def run_analyze(
         reporter = NullReporter()  # rank 0 shows the progress and the messages
     # The manifest's folder: the one folder that holds every source given, else the one folder given.
     # Read first: it may say how the folder's checkpoints are named (glob, step_regex).
+    # A source that is neither a folder nor a file (missing, behind a closed folder) is left to discovery
+    # to report, in its words.
     given = [Path(s) for s in options.sources if s != "-"]
-    dirs = [path for path in given if path.is_dir()]
-    folders = sorted({path if path.is_dir() else path.parent for path in given})
+    dirs = [path for path in given if _is(path, "dir")]
+    folders = sorted({path if path in dirs else path.parent for path in given if path in dirs or _is(path, "file")})
     home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
     manifest = ckpts.read_manifest(home) if home is not None else None
     if manifest is not None:
@@ -629,6 +631,14 @@ def run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _is(path: Path, kind: str) -> bool:
+    """path.is_dir() / is_file(), False where it cannot be looked at (a closed folder above it)."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
 
 
 def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) -> list[CheckpointRef]:

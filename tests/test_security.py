@@ -200,18 +200,19 @@ payloads = {
     "array": Call(set, np.ndarray((2,), dtype=forged, buffer=pointers)),  # set() reads each item
     "scalar": Call(scalar, forged, pointers[:8]),
     "field": Call(scalar, Call(np.dtype, [("x", forged)]), pointers[:8]),
+    "bare": np.ndarray((2,), dtype=forged, buffer=pointers),  # the array alone, as numpy pickles it
 }
 torch.save({"model": {"w": torch.zeros(3)}, "step": 1, "x": payloads[sys.argv[2]]}, sys.argv[1])
 '''
 
 
-@pytest.mark.parametrize("kind", ["array", "scalar", "field"])
+@pytest.mark.parametrize("kind", ["array", "scalar", "field", "bare"])
 def test_forged_numpy_dtype_neither_crashes_nor_loads_raw_pointers(tmp_path: Path, kind: str) -> None:
     """A dtype's pickled state can clear an object dtype's flags (numpy accepts it): an array or scalar
     of it is then rebuilt from raw bytes taken as PyObject pointers, and the first read of an item
     dereferences them (a segfault, or worse, in the restricted unpickler). Found by a review while
-    numpy arrays were allowed to the restricted unpickler (withdrawn since): fdl admits neither
-    arrays nor the object dtype, so such a file is refused, without a crash."""
+    numpy arrays were allowed to the restricted unpickler (withdrawn since): fdl rebuilds no array
+    (`NumpyArrayNotLoaded`) and admits no object dtype, so such a file is refused, without a crash."""
     import subprocess
     import sys
 
@@ -228,3 +229,51 @@ def test_forged_numpy_dtype_neither_crashes_nor_loads_raw_pointers(tmp_path: Pat
     result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert result.stdout.startswith("refused"), result.stdout
+
+
+def test_numpy_arrays_in_a_checkpoint_are_read_as_placeholders_and_payloads_in_them_never_run(tmp_path: Path) -> None:
+    """Training loops save arrays beside the weights (np.random.get_state(), loss histories). They are
+    read as `NumpyArrayNotLoaded` (shape and dtype, no data): numpy never rebuilds an array from the
+    file's bytes. An object array's items are unpickled under the same rules: a payload is refused."""
+    import numpy as np
+
+    from fdl_cli.checkpoints import NumpyArrayNotLoaded, _load_weights_only
+
+    weights = _weights()
+    path = tmp_path / "loop_3.pt"
+    torch.save({"model_state_dict": weights, "epoch": 3, "numpy_rng": np.random.get_state(),
+                "losses": np.array([0.9, 0.5, 0.25]), "seen": np.arange(6, dtype=np.uint16).reshape(2, 3)}, path)
+    loaded = _load_weights_only(path)
+    assert isinstance(loaded["losses"], NumpyArrayNotLoaded)
+    assert (loaded["losses"].shape, loaded["losses"].dtype) == ((3,), "float64")
+    assert (loaded["seen"].shape, loaded["seen"].dtype) == ((2, 3), "uint16")
+    assert loaded["numpy_rng"][0] == "MT19937" and loaded["numpy_rng"][1].shape == (624,)
+    assert not hasattr(loaded["losses"], "__array__") and not hasattr(loaded["losses"], "data")
+    found = discover_checkpoints([tmp_path])
+    assert [(ref.step, ref.kind) for ref in found.checkpoints] == [(3, "state_dict")] and not found.bad
+    checkpoint = load_checkpoint(found.checkpoints[0])
+    assert checkpoint.state_dict is not None
+    assert all(torch.equal(checkpoint.state_dict[k], v) for k, v in weights.items())
+
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    torch.save({"model_state_dict": weights, "step": 1, "history": np.array([Payload(marker), 1], dtype=object)},
+               hostile / "objects_1.pt")
+    torch.save({"model_state_dict": weights, "step": 2, "names": np.array([1, "a"], dtype=object)},
+               hostile / "plain_objects_2.pt")
+    torch.save({"model_state_dict": weights, "step": 3, "classes": np.array(["cat", "dog"])}, hostile / "strings_3.pt")
+    said = {}
+    for name in ("objects_1.pt", "plain_objects_2.pt", "strings_3.pt"):
+        for kind in ("state_dict", "pickle"):  # as loaded directly, and as discovery classifies it
+            ref = CheckpointRef(path=hostile / name, step=1, step_source="name", kind=kind)
+            with pytest.raises(UnsafeCheckpointError) as refused:
+                load_checkpoint(ref)
+            said[name, kind] = refused.value.message
+    assert not marker.exists()
+    assert "posix.system" in said["objects_1.pt", "state_dict"] and "could run code" in said["objects_1.pt", "pickle"]
+    for name, dtype in (("plain_objects_2.pt", "ObjectDType"), ("strings_3.pt", "StrDType")):
+        for kind in ("state_dict", "pickle"):
+            assert f"holds a numpy array fdl does not read without unpickling it (numpy.dtypes.{dtype}" in said[name, kind]
+            assert "numeric arrays are fine" in said[name, kind]
+    assert [ref.kind for ref in discover_checkpoints([hostile]).checkpoints] == ["pickle"] * 3

@@ -537,3 +537,27 @@ def test_no_checkpoints_found_points_at_the_sub_folders_that_hold_them(tmp_path:
     adapters = _analyze([out], tmp_path / "probe.npz", tmp_path / "lora.h5")
     assert adapters.code == 1 and "got: nothing" not in adapters.stderr
     assert "adapter" in adapters.stderr and "merge_and_unload" in adapters.stderr
+
+
+def test_a_training_loop_that_saves_numpy_arrays_is_analysed_without_trust_pickle(tmp_path: Path) -> None:
+    """A checkpoint dict holding np.random.get_state() or a numpy loss history was refused ("could run
+    code", --trust-pickle), pushing the user to full unpickling. Its arrays are now read as placeholders
+    (never rebuilt), and the numbers are those of the same weights saved alone."""
+    loop, alone = tmp_path / "loop", tmp_path / "alone"
+    loop.mkdir()
+    alone.mkdir()
+    for seed, step in ((0, 0), (1, 10)):
+        torch.save({"model_state_dict": _sd(seed), "optimizer_state_dict": {}, "epoch": step,
+                    "rng": {"numpy": np.random.get_state(), "torch": torch.random.get_rng_state()},
+                    "val_losses": np.linspace(1.0, 0.1, 5)}, loop / f"epoch_{step}.pt")
+        torch.save(_sd(seed), alone / f"epoch_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    got = _analyze([loop], probe, tmp_path / "loop.h5", "--json")
+    assert got.code == 0, got.stderr
+    assert "trust-pickle" not in got.stderr
+    expected = _analyze([alone], probe, tmp_path / "alone.h5", "--json")
+    skip = {"path", "sha256"}
+    assert [{k: v for k, v in r.items() if k not in skip} for r in got.records] == [
+        {k: v for k, v in r.items() if k not in skip} for r in expected.records
+    ]
+    assert [r["step"] for r in got.records] == [0, 10]
