@@ -321,6 +321,20 @@ def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
+def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Two provenances whose --model specs name the same factory in code of the same sha256.
+
+    The spec is recorded as typed, so `model.py:build`, `./model.py:build` and `/abs/model.py:build` (a
+    job started from another folder) differ as text while naming the same code; the sha256 of the
+    factory's file (`model_sha256`) says they are the same model."""
+    spec_old, spec_new = old.get("model"), new.get("model")
+    sha_old, sha_new = old.get("model_sha256"), new.get("model_sha256")
+    return (
+        isinstance(spec_old, str) and isinstance(spec_new, str) and isinstance(sha_old, str) and sha_old == sha_new
+        and spec_old.rpartition(":")[2] == spec_new.rpartition(":")[2]
+    )
+
+
 def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two JSON-like values, as 'key: old (store) vs new (this run)'."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -1072,9 +1086,10 @@ class StoreWriter:
             ) from None
         try:
             # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.
+            ignored = UNCOMPARED_PROVENANCE | ({"model"} if _same_model_code(reader.provenance, self._provenance) else set())
             differences = _dict_diff(
-                {k: v for k, v in reader.provenance.items() if k not in UNCOMPARED_PROVENANCE},
-                {k: v for k, v in self._provenance.items() if k not in UNCOMPARED_PROVENANCE},
+                {k: v for k, v in reader.provenance.items() if k not in ignored},
+                {k: v for k, v in self._provenance.items() if k not in ignored},
             )
             stored_probes = reader.probes()
             for name in sorted(set(stored_probes) | set(self._probes)):

@@ -1,0 +1,67 @@
+"""Defects found by a researcher's walk through the reading commands on real small runs (digits MLPs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_analyze import fdl
+
+SMALL = ("--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+
+
+def _run_folder(root: Path) -> Path:
+    """root/model.py, root/probe.npz and root/run/ckpt_step{0,10,20}.pt (training-loop dicts)."""
+    (root / "model.py").write_text(MODEL_FILE)
+    rng = np.random.default_rng(0)
+    np.savez(root / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    (root / "run").mkdir()
+    for step in (0, 10, 20):
+        torch.manual_seed(step)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        torch.save({"model_state_dict": net.state_dict(), "step": step}, root / "run" / f"ckpt_step{step}.pt")
+    return root
+
+
+def test_resume_accepts_the_same_model_file_spelled_another_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _run_folder(tmp_path)
+    monkeypatch.chdir(root)
+    first = fdl("analyze", "run", "--model", "model.py:build", "--probe", "probe.npz", "--out", "run.h5",
+                "--steps", "0,10", *SMALL)
+    assert first.code == 0, first.stderr
+    # The same file and factory, as `./model.py` and by absolute path (a job started from another folder):
+    # the code is the same (model_sha256), so the store is the same run, not "a different run" to --overwrite.
+    for spec in ("./model.py:build", f"{root / 'model.py'}:build"):
+        again = fdl("analyze", "run", "--model", spec, "--probe", "probe.npz", "--out", "run.h5", *SMALL)
+        assert again.code == 0, again.stderr
+        assert "different run" not in again.stderr
+
+
+def test_resume_still_refuses_another_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _run_folder(tmp_path)
+    (root / "model.py").write_text(MODEL_FILE + "\n\ndef build2():\n    return build()\n")
+    monkeypatch.chdir(root)
+    assert fdl("analyze", "run", "--model", "model.py:build", "--probe", "probe.npz", "--out", "run.h5",
+               "--steps", "0,10", *SMALL).code == 0
+    other = fdl("analyze", "run", "--model", "./model.py:build2", "--probe", "probe.npz", "--out", "run.h5", *SMALL)
+    assert other.code == 1 and "different run" in other.stderr and "build2" in other.stderr
