@@ -321,6 +321,19 @@ def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
+#: The first 8 bytes of every HDF5 file fdl writes (its superblock is at offset 0).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _first_bytes(path: Path) -> bytes:
+    """The first len(HDF5_SIGNATURE) bytes of `path`; b"" when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return b""
+
+
 def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Two provenances whose --model specs name the same factory in code of the same sha256.
 
@@ -451,6 +464,16 @@ class StoreReader:
         try:
             self._file: h5py.File | None = h5py.File(path, "r", locking=False)
         except Exception as exc:  # h5py reports a bad file with several exception types
+            head = _first_bytes(path)
+            if head and head != HDF5_SIGNATURE:
+                # A checkpoint, probe or script given for the store (`fdl report run/step_0.pt`): no store
+                # was damaged, so "restore it from a backup / rebuild it with --overwrite" would mislead.
+                raise StoreError(
+                    f"{path} is not an fdl store: it is not an HDF5 file",
+                    got=f"its first bytes: {head!r}" + (" (a zip archive: a PyTorch checkpoint or .npz?)"
+                                                        if head.startswith(b"PK") else ""),
+                    fix="pass the .h5 file that `fdl analyze CKPT_DIR --out RUN.h5` wrote",
+                ) from None
             raise StoreError(
                 f"{path} cannot be read as an HDF5 file (truncated, corrupt or another format)",
                 got=_one_line(exc),

@@ -65,3 +65,16 @@ def test_resume_still_refuses_another_factory(tmp_path: Path, monkeypatch: pytes
                "--steps", "0,10", *SMALL).code == 0
     other = fdl("analyze", "run", "--model", "./model.py:build2", "--probe", "probe.npz", "--out", "run.h5", *SMALL)
     assert other.code == 1 and "different run" in other.stderr and "build2" in other.stderr
+
+
+@pytest.mark.parametrize("command", [["report"], ["classify"], ["export", "--what", "eigenvalues"]])
+def test_reading_a_checkpoint_or_probe_instead_of_a_store_says_so(tmp_path: Path, command: list[str]) -> None:
+    """`fdl report run/ckpt_step0.pt` (the checkpoint, not the store) said the file was 'truncated, corrupt'
+    and to 'restore it from a backup, or re-run fdl analyze --overwrite'; it is simply not a store."""
+    root = _run_folder(tmp_path)
+    for wrong in (root / "run" / "ckpt_step0.pt", root / "probe.npz", root / "model.py"):
+        done = fdl(*command, str(wrong))
+        assert done.code == 1 and "Traceback" not in done.stderr
+        assert f"{wrong} is not an fdl store" in done.stderr, done.stderr
+        assert "backup" not in done.stderr and "--overwrite" not in done.stderr
+        assert "fdl analyze" in done.stderr  # says where a store comes from
