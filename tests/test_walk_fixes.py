@@ -78,3 +78,26 @@ def test_reading_a_checkpoint_or_probe_instead_of_a_store_says_so(tmp_path: Path
         assert f"{wrong} is not an fdl store" in done.stderr, done.stderr
         assert "backup" not in done.stderr and "--overwrite" not in done.stderr
         assert "fdl analyze" in done.stderr  # says where a store comes from
+
+
+def test_export_trajectories_csv_json_hold_path_and_sha256_as_the_help_says(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fdl export --help`: "path, sha256 and regime are in the csv/json forms" (not in npy); they were not."""
+    root = _run_folder(tmp_path)
+    monkeypatch.chdir(root)
+    assert fdl("analyze", "run", "--model", "model.py:build", "--probe", "probe.npz", "--out", "run.h5", *SMALL).code == 0
+    records = fdl("report", "run.h5", "--format", "json").stdout
+    import json
+
+    expected = json.loads(records)
+    as_json = json.loads(fdl("export", "run.h5", "--what", "trajectories", "--format", "json").stdout)
+    assert as_json["path"] == [r["path"] for r in expected]
+    assert as_json["sha256"] == [r["sha256"] for r in expected]
+    header = fdl("export", "run.h5", "--what", "trajectories").stdout.splitlines()[0].split(",")
+    assert {"path", "sha256", "regime"} <= set(header)
+    assert fdl("export", "run.h5", "--what", "trajectories", "--format", "npy", "--out", "t.npz").code == 0
+    with np.load(root / "t.npz") as archive:  # numeric fields only
+        assert "path" not in archive and "sha256" not in archive and "regime" not in archive
+        assert archive["d_lr"].dtype == np.float64
+    help_text = " ".join(fdl("export", "--help").stdout.split())
+    assert "path, sha256 and regime are in the csv/json forms" in help_text
