@@ -101,3 +101,12 @@ def test_export_trajectories_csv_json_hold_path_and_sha256_as_the_help_says(tmp_
         assert archive["d_lr"].dtype == np.float64
     help_text = " ".join(fdl("export", "--help").stdout.split())
     assert "path, sha256 and regime are in the csv/json forms" in help_text
+
+
+def test_classify_help_names_the_thresholds_and_their_defaults() -> None:
+    """`--threshold NAME=VALUE  Override a threshold.` gave no name: a user had to open docs/regimes.md."""
+    from fdl_cli.regimes import Thresholds
+
+    help_text = " ".join(fdl("classify", "--help").stdout.split())
+    for name, value in Thresholds().as_dict().items():
+        assert f"{name} ({value:g})" in help_text, name
