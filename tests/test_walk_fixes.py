@@ -110,3 +110,23 @@ def test_classify_help_names_the_thresholds_and_their_defaults() -> None:
     help_text = " ".join(fdl("classify", "--help").stdout.split())
     for name, value in Thresholds().as_dict().items():
         assert f"{name} ({value:g})" in help_text, name
+
+
+def test_classify_with_the_last_checkpoint_as_reference_does_not_contradict_its_trajectory() -> None:
+    """`fdl analyze --reference <last step>` then `fdl classify`: the trajectory listed MF checkpoints
+    (moved relative to the reference, k95 small) while the next line said 'the run never became MF'."""
+    from fdl_cli.regimes import classify_run, describe
+
+    records = [
+        {"step": 0, "cka_init": 0.6, "overlap_init": 0.6, "k95_utility": 5, "n_outputs": 10},
+        {"step": 10, "cka_init": 0.7, "overlap_init": 0.7, "k95_utility": 5, "n_outputs": 10},
+        {"step": 20, "cka_init": 1.0, "overlap_init": 1.0, "k95_utility": 5, "n_outputs": 10},
+    ]
+    verdict = classify_run(records, reference_step=20)
+    assert verdict.regime == "undetermined"
+    lines = describe(verdict)
+    assert any(line.startswith("trajectory") and "0–10: MF" in line for line in lines), lines
+    assert "the run never became MF" not in lines
+    assert verdict.evidence["first_mf_step"] == 0
+    assert "nothing to measure movement against" not in verdict.rule  # 2 checkpoints were measured against it
+    assert "the 2 before it" in verdict.rule
