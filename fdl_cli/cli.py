@@ -7,6 +7,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ import click
 
 from fdl_cli import __version__, signals
 from fdl_cli.errors import FdlError
+from fdl_cli.regimes import Thresholds
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -345,7 +347,10 @@ def export(**kwargs: Any) -> None:
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"]), help="Exit 3 when the verdict differs.")
-@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a threshold.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override a threshold (repeatable): " + ", ".join(
+                  f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
+              ) + ". Rules and calibration: docs/regimes.md.")
 @click.option("--probe", default=None)
 @click.option("--layer", default=None)
 def classify(**kwargs: Any) -> None:

@@ -234,6 +234,9 @@ def classify_run(
         (int(r["step"]), checkpoint_regime(r, thresholds, reference=int(r["step"]) == reference_step)) for r in ordered
     )
     evidence: dict[str, Any] = {"reference_step": reference_step, "n_checkpoints": len(ordered)}
+    # From the whole trajectory, before any early verdict: checkpoints before a --reference that is not
+    # the first are classified too, and `describe` must not say "never became MF" beside MF ones.
+    first_mf, stayed_mf = entered_mf(trajectory)
 
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
@@ -245,7 +248,17 @@ def classify_run(
         if reference_step is not None and step > reference_step
     ]
     if not after:
-        return verdict("undetermined", "no checkpoint after the reference: nothing to measure movement against")
+        if first_mf is not None:
+            evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
+        before = len(ordered) - 1
+        if before <= 0:
+            return verdict("undetermined", "no checkpoint after the reference: nothing to measure movement against")
+        return verdict(
+            "undetermined",
+            f"no checkpoint after the reference (step {reference_step}): the run's regime is read from "
+            f"the checkpoints after it; the {before} before it are classified in the trajectory only (analyse "
+            "with the first checkpoint as the reference, the default, to classify the run)",
+        )
 
     moved_records = [r for r, _ in after]
     for name in ("cka_init", "overlap_init"):
@@ -255,7 +268,6 @@ def classify_run(
     evidence["final_step"] = int(final_record["step"])
     evidence.update({f"final_{name}": final_record.get(name) for name in _EVIDENCE_FIELDS})
     evidence["final_rule"] = final.rule
-    first_mf, stayed_mf = entered_mf(trajectory)
     evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
 
     movements = [v.movement for _, v in after]

@@ -27,7 +27,7 @@ from rich.style import Style
 from rich.text import Text
 
 from fdl_cli.errors import FdlError, StoreError
-from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS
+from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS, STR_FIELDS
 
 Record = dict[str, Any]
 
@@ -994,10 +994,10 @@ def _single_series(run: Run, why: str = "export writes one") -> Series:
 
 
 def trajectories(run: Run) -> dict[str, list[Any]]:
-    """Column-oriented records: {'step': [...], field: [...]} for every numeric field and the regime."""
+    """Column-oriented records: {'step': [...], field: [...]} for every field (RECORD_FIELDS order: the
+    store's /trajectories group, path, sha256 and regime included)."""
     series = _single_series(run)
-    names = [name for name in RECORD_FIELDS if name not in ("path", "sha256")]
-    return {name: [_clean(record.get(name)) for record in series.records] for name in names}
+    return {name: [_clean(record.get(name)) for record in series.records] for name in RECORD_FIELDS}
 
 
 def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | None) -> str | None:
@@ -1018,7 +1018,7 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
             assert out is not None
             arrays = {"steps": np.asarray(columns["step"], dtype=np.int64)}
             for name, values in columns.items():
-                if name in ("step", "regime"):
+                if name in ("step", *STR_FIELDS):  # npy: numeric fields only
                     continue
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             _save_npz(out, arrays)

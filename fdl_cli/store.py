@@ -321,6 +321,33 @@ def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
+#: The first 8 bytes of every HDF5 file fdl writes (its superblock is at offset 0).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _first_bytes(path: Path) -> bytes:
+    """The first len(HDF5_SIGNATURE) bytes of `path`; b"" when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return b""
+
+
+def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Two provenances whose --model specs name the same factory in code of the same sha256.
+
+    The spec is recorded as typed, so `model.py:build`, `./model.py:build` and `/abs/model.py:build` (a
+    job started from another folder) differ as text while naming the same code; the sha256 of the
+    factory's file (`model_sha256`) says they are the same model."""
+    spec_old, spec_new = old.get("model"), new.get("model")
+    sha_old, sha_new = old.get("model_sha256"), new.get("model_sha256")
+    return (
+        isinstance(spec_old, str) and isinstance(spec_new, str) and isinstance(sha_old, str) and sha_old == sha_new
+        and spec_old.rpartition(":")[2] == spec_new.rpartition(":")[2]
+    )
+
+
 def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two JSON-like values, as 'key: old (store) vs new (this run)'."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -437,6 +464,16 @@ class StoreReader:
         try:
             self._file: h5py.File | None = h5py.File(path, "r", locking=False)
         except Exception as exc:  # h5py reports a bad file with several exception types
+            head = _first_bytes(path)
+            if head and head != HDF5_SIGNATURE:
+                # A checkpoint, probe or script given for the store (`fdl report run/step_0.pt`): no store
+                # was damaged, so "restore it from a backup / rebuild it with --overwrite" would mislead.
+                raise StoreError(
+                    f"{path} is not an fdl store: it is not an HDF5 file",
+                    got=f"its first bytes: {head!r}" + (" (a zip archive: a PyTorch checkpoint or .npz?)"
+                                                        if head.startswith(b"PK") else ""),
+                    fix="pass the .h5 file that `fdl analyze CKPT_DIR --out RUN.h5` wrote",
+                ) from None
             raise StoreError(
                 f"{path} cannot be read as an HDF5 file (truncated, corrupt or another format)",
                 got=_one_line(exc),
@@ -1072,9 +1109,10 @@ class StoreWriter:
             ) from None
         try:
             # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.
+            ignored = UNCOMPARED_PROVENANCE | ({"model"} if _same_model_code(reader.provenance, self._provenance) else set())
             differences = _dict_diff(
-                {k: v for k, v in reader.provenance.items() if k not in UNCOMPARED_PROVENANCE},
-                {k: v for k, v in self._provenance.items() if k not in UNCOMPARED_PROVENANCE},
+                {k: v for k, v in reader.provenance.items() if k not in ignored},
+                {k: v for k, v in self._provenance.items() if k not in ignored},
             )
             stored_probes = reader.probes()
             for name in sorted(set(stored_probes) | set(self._probes)):
