@@ -336,12 +336,18 @@ def _symmetrized(matrix: np.ndarray) -> np.ndarray:
 
 
 def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
-    """Rank r (values > max(ρ_1·RANK_RTOL, floor)) and the most negative value relative to ρ_1 (0 if none)."""
+    """Rank r (values > ρ_1·RANK_RTOL, SPEC §2; r = 0 when ρ_1 ≤ floor, a spectrum that is rounding
+    noise of centering) and the most negative value relative to ρ_1 (0 if none).
+
+    The floor decides only that degenerate case: it can lie far above ρ_1·RANK_RTOL (the Gram route's
+    kept features are not shifted, so it is 1e-12 × their raw mean square; unshifted sums of features
+    with a mean of a few standard deviations), where it cut resolved eigenvalues
+    (tests/test_spectrum_floor.py)."""
     top = float(values[0]) if values.size else 0.0
     if top <= floor or top <= 0.0:
         return 0, 0.0
     most_negative = float(min(values.min(), 0.0)) / top
-    return int(np.count_nonzero(values > max(top * RANK_RTOL, floor))), most_negative
+    return int(np.count_nonzero(values > top * RANK_RTOL)), most_negative
 
 
 def _uncentered_trace(moments: Moments) -> float:
