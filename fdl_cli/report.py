@@ -723,10 +723,34 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     final = steps[-1]
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
     when = "at every matched step" if first_index == 0 else f"from step {signs[first_index][0]} on"
+    gap = ""
+    if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
+        gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
     return (
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
-        f" (last matched step: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)})."
+        f" (last matched step: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
+        + _movement_note(steps)
     )
+
+
+def _movement_note(steps: Sequence[ComparedStep]) -> str:
+    """A sentence for each run whose features never moved (CKA to its reference at or above the
+    classifier's `cka_static` at every matched step): its D_LR is that of features it did not learn, so
+    "richer" then compares a lazy run's fixed features with the other run's (SPEC §7: coefficient)."""
+    from fdl_cli.regimes import Thresholds
+
+    static = Thresholds().cka_static
+    notes = []
+    for name, side in (("A", "record_a"), ("B", "record_b")):
+        values = [getattr(compared, side).get("cka_init") for compared in steps]
+        values = [value for value in values if value is not None]
+        if len(values) > 1 and min(values) >= static:
+            notes.append(
+                f" Run {name}'s features did not move (CKA to its reference ≥ {static:g} at every matched step, "
+                f"lowest {format_value('cka_init', min(values))}): its D_LR is that of its initial features, a lazy "
+                "(coefficient) run; `fdl classify` says so with its evidence."
+            )
+    return "".join(notes)
 
 
 def _probe_sha(run: Run, series: Series) -> str | None:

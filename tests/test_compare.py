@@ -56,6 +56,22 @@ def test_richer_run_and_from_when(tmp_path: Path) -> None:
     assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 on")
 
 
+def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Path) -> None:
+    """`compare lazy.h5 rich.h5` said "Run B is richer" on a 6 % D_LR gap between a frozen backbone and
+    a trained net, without a word that run A's features never moved (a review's walkthrough)."""
+    rich = make_store(tmp_path / "rich.h5")
+    lazy_scalars = {step: {**values, "d_lr": [0.9, 0.6, 0.133][i], "cka_init": [1.0, 0.9995, 0.999][i],
+                           "regime": "coefficient"} for i, (step, values) in enumerate(SCALARS.items())}
+    lazy = make_store(tmp_path / "lazy.h5", seed=3, scalars=lazy_scalars)
+    verdict = report.compare_runs(report.load_run(lazy), report.load_run(rich), overlap=False).verdict
+    assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on")
+    assert "D_LR A 0.1330, B 0.1250, 6% lower)" in verdict
+    assert "Run A's features did not move (CKA to its reference ≥ 0.99 at every matched step, lowest 0.9990)" in verdict
+    assert "Run B's features" not in verdict
+    printed = run_fdl("compare", str(lazy), str(rich), "--no-overlap")
+    assert printed.returncode == 0 and "Run A's features did not move" in " ".join(printed.stderr.split())
+
+
 def test_mismatched_probes_are_refused(tmp_path: Path) -> None:
     a = make_store(tmp_path / "a.h5")
     b = make_store(tmp_path / "b.h5", probe_sha="b" * 64)
