@@ -245,6 +245,10 @@ def report(**kwargs: Any) -> None:
 
     from fdl_cli import report as rep
 
+    if kwargs["html_path"]:
+        rep.check_output(kwargs["html_path"])
+    if kwargs["plots_dir"]:
+        rep.check_output(kwargs["plots_dir"], folder=True)
     run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
     console = _stderr_console()
     for warning in run.warnings:
@@ -290,6 +294,8 @@ def compare(**kwargs: Any) -> None:
     steps = kwargs["overlap_steps"]
     if steps != "all" and not (steps.isdigit() and int(steps) > 0):
         raise click.BadParameter(f"expected a positive integer or 'all', got {steps!r}", param_hint="--overlap-steps")
+    if kwargs["plots_dir"]:
+        rep.check_output(kwargs["plots_dir"], folder=True)
     selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
     selection_b = {
         "probe": kwargs["probe_b"] if kwargs["probe_b"] is not None else kwargs["probe"],
@@ -346,7 +352,8 @@ def export(**kwargs: Any) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
-@click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"]), help="Exit 3 when the verdict differs.")
+@click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"], case_sensitive=False),
+              help="Exit 3 when the verdict differs (any case: mf = MF).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
               help="Override a threshold (repeatable): " + ", ".join(
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)

@@ -8,6 +8,7 @@ backend, safe in a headless process. Each `*_figure` function takes plain arrays
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,9 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     """Every figure of a run; with several series, the stems carry `probe-layer`."""
     out = []
     for series in run.series:
-        suffix = f"_{series.probe}-{series.layer}".replace("/", "_") if len(run.series) > 1 else ""
+        # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
+        # name that Windows refuses and macOS's Finder shows with '/'.
+        suffix = re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}") if len(run.series) > 1 else ""
         for stem, title, figure in series_figures(run, series):
             title = f"{title} ({series.label})" if suffix else title
             out.append((stem + suffix, title, figure))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import errno
 import io
 import json
 import math
@@ -258,6 +259,21 @@ def writing(path: str | Path) -> Iterator[Path]:
         else:
             fix = f"choose a path you can write to ({parent} refused it)"
         raise FdlError(f"could not write {target}", got=reason, fix=fix) from None
+
+
+def check_output(path: str | Path, *, folder: bool = False) -> None:
+    """Refuse, before any work is shown or done, an output path that `writing` would refuse at the end:
+    an HDF5 file (a store), a file whose folder is missing or is a file, a folder (--plots) below a file.
+    (`fdl report run.h5 --html run.h5` printed the whole table, or the JSON on stdout, then failed.)"""
+    target = Path(path)
+    with writing(target):
+        parent = target.parent
+        if folder:
+            above = next((p for p in (target, *target.parents) if p.exists()), None)
+            if above is not None and not above.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(target))
+        elif not parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(target))
 
 
 #: The first 8 bytes of every HDF5 file (at offset 0 in the files fdl writes).

@@ -62,6 +62,10 @@ def test_expect_match_is_0_and_mismatch_is_3(store: Path, capsys: pytest.Capture
     assert code == 3
     assert json.loads(out)["regime"] == "MF"  # the verdict is still printed, cleanly
     assert "expected EF, got MF" in err
+    # Regime names in any case (a CI script's `--expect mf` was a usage error)
+    assert classify(capsys, str(store), "--expect", "mf")[0] == 0
+    code, _, err = classify(capsys, str(store), "--expect", "ef")
+    assert code == 3 and "expected EF, got MF" in err
 
 
 def test_threshold_override_recomputes_every_checkpoint(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

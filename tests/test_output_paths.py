@@ -53,3 +53,21 @@ def test_plots_folder_is_created_with_its_parents(store: Path, tmp_path: Path) -
     result = run_fdl("report", str(store), "--plots", str(folder))
     assert result.returncode == 0, result.stderr
     assert (folder / "triptych.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_bad_output_path_is_refused_before_anything_is_printed(store: Path, tmp_path: Path, fmt: str) -> None:
+    """`fdl report run.h5 --html run.h5` printed the whole table (or the JSON on stdout) and then failed;
+    a script reading stdout took that JSON for a finished report."""
+    over_store = run_fdl("report", str(store), "--format", fmt, "--html", str(store))
+    assert over_store.returncode == 1 and "is an HDF5 file" in over_store.stderr
+    assert over_store.stdout == "" and "D_LR" not in over_store.stderr and "step" not in over_store.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for args in (["report", str(store), "--format", fmt, "--plots", str(blocker / "plots")],
+                 ["compare", str(store), str(store), "--format", "json" if fmt == "json" else "table",
+                  "--plots", str(blocker / "plots")],
+                 ["report", str(store), "--format", fmt, "--html", str(tmp_path / "missing" / "r.html")]):
+        result = run_fdl(*args)
+        assert result.returncode == 1 and "could not write" in result.stderr, args
+        assert result.stdout == "" and "D_LR" not in result.stderr, args

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -249,6 +250,21 @@ def test_plots_are_valid_png_and_svg(store: Path, tmp_path: Path) -> None:
         import xml.etree.ElementTree as ET
 
         ET.fromstring(svg)  # well-formed XML
+
+
+def test_figure_names_of_several_series_are_portable(tmp_path: Path) -> None:
+    """With several series the figures were named spectrum_train-head:input.png: ':' is refused by
+    Windows and shown as '/' by macOS's Finder."""
+    store = make_store(tmp_path / "two.h5", layers=("head:input", "blocks.0 out"))
+    plots = tmp_path / "plots"
+    result = run_fdl("report", str(store), "--plots", str(plots), "--layer", "head:input")
+    assert result.returncode == 0, result.stderr
+    from fdl_cli import report as rep
+    from fdl_cli.figures import write_run_figures
+
+    names = {path.name for path in write_run_figures(rep.load_run(store), tmp_path / "all")}
+    assert "spectrum_train-head_input.png" in names and "spectrum_train-blocks.0_out.svg" in names
+    assert all(re.fullmatch(r"[\w.-]+", name) for name in names), names
 
 
 def test_select_steps_keeps_first_and_last() -> None:
