@@ -318,10 +318,12 @@ def format_value(name: str, value: Any) -> str:
     return str(value)
 
 
-def table_fields(*, wide: bool, several: bool = False) -> tuple[str, ...]:
-    """The table's columns: the narrow set, or with `wide` every record field."""
+def table_fields(*, wide: bool, several: bool = False, records: Sequence[Record] = ()) -> tuple[str, ...]:
+    """The table's columns: the narrow set, or with `wide` every record field. The narrow set shows R²
+    in place of the accuracy for a regression probe (`records` with an r2 and no accuracy)."""
     if not wide:
-        return TABLE_FIELDS
+        regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
+        return tuple("r2" if regression and name == "accuracy" else name for name in TABLE_FIELDS)
     fields = tuple(name for name in RECORD_FIELDS)
     return fields + SERIES_FIELDS if several else fields
 
@@ -380,7 +382,7 @@ class PlainTable:
 
 def render_table(records: Sequence[Record], *, wide: bool = False, title: str | None = None) -> PlainTable:
     """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal."""
-    fields = table_fields(wide=wide)
+    fields = table_fields(wide=wide, records=records)
     justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
     rows = [[format_value(name, record.get(name)) for name in fields] for record in records]
     return PlainTable([HEADERS.get(name, name) for name in fields], justify, rows, title=title)
@@ -576,7 +578,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         for line in summary_lines(summarize(series.records)):
             console.print(line, markup=False, highlight=False)
     if run.series:
-        console.print(column_key(table_fields(wide=wide)), markup=False, highlight=False)
+        shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))
+        console.print(column_key(tuple(shown)), markup=False, highlight=False)
 
 
 def column_key(fields: Sequence[str]) -> str:

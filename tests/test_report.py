@@ -90,12 +90,13 @@ def render(renderable: Any, width: int = 200) -> str:
 # ------------------------------------------------------------------------------------------ tables
 
 GOLDEN_TABLE = """\
-step     D_LR     CKA₀   overlap₀   k95 Π̂     Π̂(C)   D_ρ   acc     loss   regime
-─────────────────────────────────────────────────────────────────────────────────────
-   0   0.9000   1.0000     1.0000       5   {p0}   2.5     —     1.25   coefficient
- 100   0.5000   0.8000     0.7000       4   {p1}   3.5     —      0.5   EF
- 200   0.1250   0.6250     0.5000       2   {p2}   4.5     —   0.0625   MF
+step     D_LR     CKA₀   overlap₀   k95 Π̂     Π̂(C)   D_ρ       r2     loss   regime
+────────────────────────────────────────────────────────────────────────────────────────
+   0   0.9000   1.0000     1.0000       5   {p0}   2.5   0.5000     1.25   coefficient
+ 100   0.5000   0.8000     0.7000       4   {p1}   3.5   0.5000      0.5   EF
+ 200   0.1250   0.6250     0.5000       2   {p2}   4.5   0.5000   0.0625   MF
 """
+# (a regression probe: r2 in the place of the accuracy, which a regression run does not have)
 
 
 def test_table_golden_and_fits_100_columns(store: Path) -> None:
@@ -107,6 +108,18 @@ def test_table_golden_and_fits_100_columns(store: Path) -> None:
         line.rstrip() for line in GOLDEN_TABLE.format(**pis).splitlines()
     ]
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 100
+
+
+def test_the_narrow_table_shows_accuracy_for_classes_and_r2_for_regression() -> None:
+    """A regression run's table had an 'acc' column of dashes and no R² (a review's walkthrough)."""
+    classes = [{"step": 0, "accuracy": 0.5, "r2": None}, {"step": 1, "accuracy": 0.75, "r2": None}]
+    regression = [{"step": 0, "accuracy": None, "r2": 0.25}, {"step": 1, "accuracy": None, "r2": None}]
+    assert "accuracy" in report.table_fields(wide=False, records=classes)
+    assert "r2" not in report.table_fields(wide=False, records=classes)
+    fields = report.table_fields(wide=False, records=regression)
+    assert "r2" in fields and "accuracy" not in fields
+    assert fields.index("r2") == report.TABLE_FIELDS.index("accuracy")
+    assert "accuracy" in report.table_fields(wide=False)  # no records: the classification columns
 
 
 def test_wide_table_shows_every_field(store: Path) -> None:
