@@ -367,17 +367,16 @@ def classify(**kwargs: Any) -> None:
     `--expect REGIME` exits 3 when it differs.
     """
     from fdl_cli import regimes
-    from fdl_cli.report import load_run
+    from fdl_cli import report as rep
 
     thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
-    run = load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
     provenance_warnings: list[str] = []
-    layer_order = _provenance_names(run.provenance, "layers", provenance_warnings)
-    probe_order = _provenance_names(run.provenance, "probes", provenance_warnings)
+    _provenance_names(run.provenance, "layers", provenance_warnings)  # warns of a damaged value
+    _provenance_names(run.provenance, "probes", provenance_warnings)
     reference_step = _provenance_step(run.provenance, "reference_step", provenance_warnings)
-    chosen = min(run.series, key=lambda s: (
-        probe_order.index(s.probe) if s.probe in probe_order else len(probe_order), s.probe,
-        layer_order.index(s.layer) if s.layer in layer_order else len(layer_order), s.layer))
+    chosen = run.series[0]  # load_run orders them: the first probe given to analyze, the first layer analysed
+    given = rep.series_order(run.provenance)[2]
     if not chosen.records:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
     verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
@@ -389,9 +388,10 @@ def classify(**kwargs: Any) -> None:
         _emit_json(verdict.as_json())
     else:
         others = len(run.series) - 1
-        # The store keeps the probes by name (its provenance is sorted JSON) and the layers in the order
-        # analysed: say so, rather than "the default layer" (which is the one analyze picks without --layer).
-        how = (f" (the first probe by name, the first layer analysed; {others} other series: choose with "
+        # Say how the series was chosen, rather than "the default layer" (the one analyze picks without
+        # --layer). Stores written before probe_order was recorded keep their probes by name only.
+        first_probe = "the first probe given to analyze" if given else "the first probe by name"
+        how = (f" ({first_probe}, the first layer analysed; {others} other series: choose with "
                "--probe/--layer)")
         console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
                       markup=False)

@@ -392,6 +392,9 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         "model_kwargs": ctx.model_kwargs,
         "layers": [spec.label for spec in ctx.layers],
         "probes": {probe.name: probe.sha256 for probe in ctx.probes},
+        # The order the probes were given in (the table above is stored as sorted JSON): the reading
+        # commands take the first one by default. Not compared on resume (uncompared in the store).
+        "probe_order": [probe.name for probe in ctx.probes],
         "reference_step": ctx.reference_step,
         # The file every cka_init / overlap_init of the store is against, checked on resume by
         # _check_reference_of_store (the reference itself may not be stored yet: a run killed before

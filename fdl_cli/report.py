@@ -187,9 +187,35 @@ def select_series(
     return chosen
 
 
+def series_order(provenance: Mapping[str, Any]) -> tuple[list[str], list[str], bool]:
+    """(probes, layers, given): the order of the run's series. Probes in the order `fdl analyze` was
+    given them (`probe_order`; given = True), else by name (stores written before it was recorded:
+    their probes table is sorted JSON); layers in the order analysed. Values of another type (a
+    hand-edited store) are ignored."""
+
+    def names(value: Any) -> list[str]:
+        return [str(name) for name in value] if isinstance(value, (list, dict)) else []
+
+    given = names(provenance.get("probe_order"))
+    probes = given or sorted(names(provenance.get("probes")))
+    return probes, names(provenance.get("layers")), bool(given)
+
+
+def _series_key(provenance: Mapping[str, Any]) -> Any:
+    probes, layers, _ = series_order(provenance)
+
+    def key(pair: tuple[str, str]) -> tuple[int, str, int, str]:
+        probe, layer = pair
+        return (probes.index(probe) if probe in probes else len(probes), probe,
+                layers.index(layer) if layer in layers else len(layers), layer)
+
+    return key
+
+
 def _read_run(reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool) -> Run:
     available = [(str(name), str(module)) for name, module in reader.series()]
     chosen = select_series(available, probe=probe, layer=layer, path=path)
+    chosen.sort(key=_series_key(reader.provenance))  # the first series: the first probe given, the first layer
     series = []
     for name, module in chosen:
         raw = reader.records(probe=name, layer=module)

@@ -66,7 +66,7 @@ SCHEMA_VERSION = 1
 #: Provenance keys recorded for the reader's information but ignored when a store is resumed.
 # environment: a store may be resumed on another host. reference_sha256, model_sha256: checked by the
 # pipeline itself, with its own message, and absent from stores written before they were recorded.
-UNCOMPARED_PROVENANCE = frozenset({"environment", "reference_sha256", "model_sha256"})
+UNCOMPARED_PROVENANCE = frozenset({"environment", "reference_sha256", "model_sha256", "probe_order"})
 STORE_FORMAT = "fdl-store"
 PROBE_TASKS = ("classes", "regression", "none")
 

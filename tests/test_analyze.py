@@ -587,8 +587,10 @@ def test_the_manifest_serves_files_given_one_by_one_and_names_what_it_ignores(ru
 
 
 def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: Path) -> None:
-    """With two probes and two layers, classify takes the first probe by name and the first layer
-    analysed, and says so; it said "the default layer" of a layer the user had picked."""
+    """With two probes and two layers, classify takes the first probe given and the first layer
+    analysed, and says so; it said "the default layer" of a layer the user had picked. It took the
+    first probe by name (test before train: a CI gate on `--expect` read the held-out probe); a store
+    written before the order was recorded still does, and says so."""
     (tmp_path / "b.npz").write_bytes((run / "probe.npz").read_bytes())
     store = tmp_path / "two.h5"
     done = fdl("analyze", run / "ckpts", "--model", f"{run}/model.py:build", "--probe", f"train={run / 'probe.npz'}",
@@ -597,9 +599,26 @@ def test_classify_names_how_it_chose_among_several_series(run: Path, tmp_path: P
     verdict = fdl("classify", store)
     assert verdict.code == 0, verdict.stderr
     first = verdict.stderr.splitlines()[0]
-    assert "probe test, layer 2:input" in first
-    assert "the first probe by name, the first layer analysed; 3 other series" in first
+    assert "probe train, layer 2:input" in first
+    assert "the first probe given to analyze, the first layer analysed; 3 other series" in first
     assert "default layer" not in first
+    table = fdl("report", store)
+    assert table.code == 0 and table.stderr.index("probe train, layer 2:input") < table.stderr.index("probe test")
+    # A store without probe_order (written before it was recorded): the first probe by name.
+    import h5py
+
+    with h5py.File(store, "r+") as handle:
+        provenance = json.loads(handle.attrs["provenance"])
+        del provenance["probe_order"]
+        handle.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    older = fdl("classify", store)
+    first = older.stderr.splitlines()[0]
+    assert "probe test, layer 2:input" in first and "the first probe by name" in first
+    # ... and a resume gives it the order of this run, not a difference
+    resumed = fdl("analyze", run / "ckpts", "--model", f"{run}/model.py:build", "--probe", f"test={tmp_path / 'b.npz'}",
+                  "--probe", f"train={run / 'probe.npz'}", "--layer", "2:input", "--layer", "1", "--out", store)
+    assert resumed.code == 0, resumed.stderr
+    assert "probe test, layer 2:input" in fdl("classify", store).stderr.splitlines()[0]
 
 
 def test_a_reader_that_stops_early_ends_analyze_quietly(tmp_path: Path) -> None:
