@@ -1991,7 +1991,9 @@ def inspect_checkpoint(
             "name": name,
             "type": type(module).__name__,
             "output_shape": shapes.get(name),
-            "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
+            # The module's with its children's (a tied tensor once), as torchinfo counts: the model's row
+            # is the model's size. (Its own alone gave "(model) MLP 0", "backbone 0".)
+            "parameters": sum(p.numel() for p in module.parameters()),
         }
         for name, module in model.named_modules()
     ]

@@ -188,6 +188,9 @@ def test_inspect_says_how_it_chose_the_default_layer(head_first: Path) -> None:
     with_probe = inspect_checkpoint(checkpoint=checkpoint, model_spec=spec, probe_spec=str(head_first / "probe.npz"))
     assert (with_probe["default_layer"], with_probe["default_features"]) == ("head:input", 16)
     assert "the last nn.Linear to run" in with_probe["default_basis"]
+    # Parameters of a module and its children: the model's row is its size (it said 0, its own only).
+    counts = {row["name"]: row["parameters"] for row in with_probe["modules"]}
+    assert counts == {"": 16 * 3 + 3 + 4 * 16 + 16, "head": 16 * 3 + 3, "body": 4 * 16 + 16}
     # Without a probe the random input is shaped for `head` (the first nn.Linear), the forward pass
     # fails, and the default can only be guessed from the registration order.
     guessed = inspect_checkpoint(checkpoint=checkpoint, model_spec=spec)
