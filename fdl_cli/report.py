@@ -373,6 +373,7 @@ class PlainTable:
         ]
         self.lines = [self._line(headers, justify)] + [self._line(row, justify) for row in rows]
         self.width = sum(self.widths) + len(self.SEPARATOR) * (len(self.widths) - 1)
+        self.hidden: list[str] = []  # columns left out for the terminal's width (`render_table`)
 
     def _line(self, cells: Sequence[str], justify: Sequence[str]) -> str:
         parts = []
@@ -406,9 +407,31 @@ class PlainTable:
             yield Segment.line()
 
 
-def render_table(records: Sequence[Record], *, wide: bool = False, title: str | None = None) -> PlainTable:
-    """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal."""
+#: Columns the narrow table leaves out, in this order, on a terminal too narrow for it (the regime,
+#: D_LR and the movement stay; a cut line would hide the regime first).
+NARROW_DROPS: tuple[str, ...] = ("loss", "eff_dim", "pi_hat_C", "overlap_init")
+
+
+def render_table(
+    records: Sequence[Record], *, wide: bool = False, title: str | None = None, max_width: int | None = None
+) -> PlainTable:
+    """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal, and within
+    `max_width` leaves out `NARROW_DROPS` as needed (`PlainTable.hidden` names them)."""
     fields = table_fields(wide=wide, records=records)
+    hidden: list[str] = []
+    if not wide and max_width is not None:
+        for drop in NARROW_DROPS:
+            if _plain_table(records, fields, title).width <= max_width:
+                break
+            if drop in fields:
+                fields = tuple(name for name in fields if name != drop)
+                hidden.append(drop)
+    table = _plain_table(records, fields, title)
+    table.hidden = hidden
+    return table
+
+
+def _plain_table(records: Sequence[Record], fields: Sequence[str], title: str | None) -> PlainTable:
     justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
     rows = [[format_value(name, record.get(name)) for name in fields] for record in records]
     return PlainTable([HEADERS.get(name, name) for name in fields], justify, rows, title=title)
@@ -596,11 +619,16 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
-        table = render_table(series.records, wide=wide, title=title)
         # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.
+        # A narrow terminal gets fewer columns, named below the table, rather than lines cut at its edge.
+        table = render_table(series.records, wide=wide, title=title,
+                             max_width=console.width if console.is_terminal else None)
         if not console.is_terminal:
             console.width = max(console.width, table.width)
         console.print(table)
+        if table.hidden:
+            console.print(f"(left out for this terminal's width: {', '.join(table.hidden)}; a wider terminal, "
+                          "--wide or --format csv shows them)", markup=False, highlight=False)
         for line in summary_lines(summarize(series.records)):
             console.print(line, markup=False, highlight=False)
     if run.series:

@@ -122,6 +122,25 @@ def test_the_narrow_table_shows_accuracy_for_classes_and_r2_for_regression() -> 
     assert "accuracy" in report.table_fields(wide=False)  # no records: the classification columns
 
 
+def test_a_narrow_terminal_gets_fewer_columns_not_a_cut_regime(store: Path) -> None:
+    """At 80 columns the 91-column table was cut at the edge, 'regime' first (a review's walkthrough):
+    it now leaves out the least needed columns and names them."""
+    run = report.load_run(store)
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    report.print_run(console, run)
+    text = out.getvalue()
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    assert "regime" in header and "loss" not in header and "…" not in text
+    assert all(len(line) <= 80 for line in lines if not line.startswith(("columns:", "provenance", "(left")))
+    assert "(left out for this terminal's width: loss" in " ".join(text.split())
+    assert any(line.rstrip().endswith("coefficient") for line in lines)
+    wide_out = io.StringIO()
+    report.print_run(Console(file=wide_out, width=120, force_terminal=True, color_system=None), run)
+    assert "left out" not in wide_out.getvalue() and "loss" in wide_out.getvalue()
+
+
 def test_wide_table_shows_every_field(store: Path) -> None:
     records = report.load_run(store).series[0].records
     header = render(report.render_table(records, wide=True), width=1000).splitlines()[0]
