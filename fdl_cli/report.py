@@ -684,10 +684,11 @@ def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
 
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
-    else 'a → b'. Identity fields (step, path, sha256) are left out."""
+    else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
+    is no difference between the runs."""
     diffs: dict[str, Any] = {}
     for name in RECORD_FIELDS:
-        if name in ("step", "path", "sha256"):
+        if name in ("step", "prev_step", "path", "sha256"):
             continue
         value_a, value_b = record_a.get(name), record_b.get(name)
         if name in INT_FIELDS or name in FLOAT_FIELDS:
@@ -964,7 +965,9 @@ def comparison_to_json(comparison: Comparison) -> str:
 
 
 def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """Flat rows for `--format csv|markdown`: the matched steps, the overlap and `delta_<field>` = B − A."""
+    """Flat rows for `--format csv|markdown`: the matched steps, the overlap, `delta_<field>` = B − A,
+    then each run's own values, `a_<field>` and `b_<field>` (a table of the two runs side by side
+    needs them, not only their differences)."""
     rows = []
     for compared in comparison.steps:
         row: dict[str, Any] = {
@@ -974,6 +977,8 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "overlap": compared.overlap,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
+        row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in compared.differences)
+        row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in compared.differences)
         rows.append(row)
     return rows
 

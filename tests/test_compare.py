@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -104,6 +106,15 @@ def test_csv_rows_carry_deltas(tmp_path: Path) -> None:
     header, *rows = text.splitlines()
     assert header.startswith("step_a,step_b,exact,overlap,delta_n_probe,")
     assert len(rows) == 3 and rows[0].startswith("0,0,True,")
+    # The runs' own values beside their differences (only deltas: no A/B table for a paper), and no
+    # difference of prev_step, which is no difference between the runs.
+    lazy_scalars = {step: {**values, "d_lr": [0.9, 0.6, 0.133][i]} for i, (step, values) in enumerate(SCALARS.items())}
+    other = make_store(tmp_path / "b.h5", seed=3, scalars=lazy_scalars)
+    text = report.comparison_to_text(report.compare_runs(report.load_run(path), report.load_run(other)), "csv")
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert [(float(r["a_d_lr"]), float(r["b_d_lr"])) for r in table] == [(0.9, 0.9), (0.5, 0.6), (0.125, 0.133)]
+    assert float(table[2]["delta_d_lr"]) == pytest.approx(0.133 - 0.125)
+    assert "delta_prev_step" not in table[0] and "a_prev_step" not in table[0]
 
 
 def test_overlap_at_a_spread_of_matched_steps(tmp_path: Path) -> None:
