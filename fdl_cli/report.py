@@ -302,17 +302,11 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(target))
 
 
-#: The first 8 bytes of every HDF5 file (at offset 0 in the files fdl writes).
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
 def _is_hdf5(path: Path) -> bool:
     """Whether `path` is an existing file that starts as an HDF5 file does (an fdl store, typically)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError:  # absent, a folder, unreadable: not a store this could destroy
-        return False
+    from fdl_cli.store import HDF5_SIGNATURE, first_bytes
+
+    return first_bytes(path) == HDF5_SIGNATURE  # b"" when absent, a folder, unreadable: nothing to destroy
 
 
 def write_text_file(path: str | Path, text: str) -> None:

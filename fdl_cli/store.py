@@ -325,7 +325,7 @@ def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _first_bytes(path: Path) -> bytes:
+def first_bytes(path: Path) -> bytes:
     """The first len(HDF5_SIGNATURE) bytes of `path`; b"" when it cannot be read."""
     try:
         with open(path, "rb") as handle:
@@ -464,7 +464,7 @@ class StoreReader:
         try:
             self._file: h5py.File | None = h5py.File(path, "r", locking=False)
         except Exception as exc:  # h5py reports a bad file with several exception types
-            head = _first_bytes(path)
+            head = first_bytes(path)
             if head and head != HDF5_SIGNATURE:
                 # A checkpoint, probe or script given for the store (`fdl report run/step_0.pt`): no store
                 # was damaged, so "restore it from a backup / rebuild it with --overwrite" would mislead.
