@@ -21,6 +21,7 @@ import pickletools
 import re
 import struct
 import sys
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -228,7 +229,7 @@ def _unsafe_globals(path: Path) -> tuple[list[str], bool]:
         with zipfile.ZipFile(path) as archive:
             has_tensors = has_tensors or any("/data/" in n for n in archive.namelist())
         try:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):  # fdl's own allowlist, as it loads
+            with _fdl_allowlist():  # fdl's own allowlist, as it loads
                 unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # noqa: BLE001 - fall back to the static scan above
             pass
@@ -378,9 +379,16 @@ class NumpyArrayNotLoaded:
 
     __slots__ = ("shape", "dtype")
 
-    def __init__(self) -> None:
-        self.shape: tuple[int, ...] | None = None
-        self.dtype: str | None = None
+    shape: tuple[int, ...] | None
+    dtype: str | None
+
+    def __new__(cls, *_args: Any) -> NumpyArrayNotLoaded:
+        # __new__, not __init__: a pickle's NEWOBJ calls only __new__, and a placeholder with its slots
+        # unset would fail (AttributeError, a traceback) wherever fdl prints it
+        self = super().__new__(cls)
+        self.shape = None
+        self.dtype = None
+        return self
 
     def __setstate__(self, state: Any) -> None:
         # ndarray.__reduce__'s state: (version, shape, dtype, is_fortran, data); anything else is kept as unknown
@@ -399,33 +407,82 @@ def _array_not_loaded(*_args: Any) -> NumpyArrayNotLoaded:
     return NumpyArrayNotLoaded()
 
 
+def _numeric_dtype_classes() -> frozenset[type]:
+    kinds = (
+        np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_,
+    )
+    return frozenset(type(np.dtype(kind)) for kind in kinds)
+
+
+def _shared_dtype(spec: Any, *_align_copy: Any) -> np.dtype[Any]:
+    """Bound to ``numpy.dtype``: numpy's shared dtype for a type string, never a copy.
+
+    A pickled dtype is ``numpy.dtype("f8", False, True)`` (a fresh copy), then BUILD with its state, and
+    numpy's ``__setstate__`` trusts that state: a forged one (names left NULL, a field's "dtype" that is
+    a str) segfaults or writes into the wrong object. A shared (builtin) dtype ignores any state, so the
+    copy is never made: a numeric type string gives numpy's native dtype of that kind (a big-endian
+    value's byte order, which the state carries, is lost); any other dtype is returned as numpy builds
+    it, for BUILD to refuse by its class (an object, string or record array: `_unsafe_error` says so).
+    """
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError(f"numpy.dtype of a {type(spec).__name__} is not read")
+    dtype = np.dtype(spec)
+    if type(dtype) in _numeric_dtype_classes():
+        dtype = np.dtype(dtype.char)
+        if dtype.isbuiltin != 1:  # pragma: no cover - numpy hands out its builtin dtype for a type char
+            raise pickle.UnpicklingError(f"numpy.dtype {spec!r} is not numpy's shared dtype")
+    return dtype
+
+
+def _numeric_scalar(dtype: Any, data: Any = None) -> Any:
+    """Bound to numpy's ``scalar(dtype, bytes)``: a number of a numeric dtype, from exactly its bytes.
+
+    numpy's own ``scalar`` also builds object, string and void scalars, and without data allocates the
+    dtype's size (up to 2 GiB for a void dtype, from a pickle of a few bytes, held by the scalar).
+    """
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"a numpy scalar of a {type(dtype).__name__}, not a dtype")
+    if type(dtype) not in _numeric_dtype_classes() or dtype.isbuiltin != 1:
+        kind = type(dtype)  # named as the unpickler names a type it refuses: `_torch_load_safe` reports it
+        named = f"{kind.__module__}.{kind.__qualname__}"
+        raise pickle.UnpicklingError(f"numpy scalars of numbers only, but got <class '{named}'>")
+    if isinstance(data, str):  # as numpy reads a Python 2 pickle's bytes
+        data = data.encode("latin1")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar {dtype.name}: not {dtype.itemsize} bytes of data")
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    return scalar(dtype, data)
+
+
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalar/dtype reconstructors: training loops often save ``best_acc = np.float64(...)``.
     And argparse.Namespace: timm, fairseq and many research scripts save their ``args``.
 
     They only rebuild numbers, or (Namespace) an object holding attributes whose values are unpickled
     under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts. Numpy
-    arrays are read as `NumpyArrayNotLoaded`: numpy never sees their bytes. Dtypes are those of numbers
-    only (no object, string or structured dtype: an object dtype is how forged pointers get in).
+    arrays are read as `NumpyArrayNotLoaded`: numpy never sees their bytes. Dtypes are numpy's shared
+    ones (`_shared_dtype`), and scalars those of numbers only (no object, string or structured dtype: an
+    object dtype is how forged pointers get in).
     """
     import argparse
 
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    kinds = (
-        np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
-        np.uint8, np.uint16, np.uint32, np.uint64, np.bool_,
-    )
+    # numpy's dtype and scalar are reached only through `_shared_dtype` and `_numeric_scalar`: numpy
+    # trusts a dtype's pickled state (a forged one segfaults), and builds scalars of any dtype
+    guarded = [
+        (_shared_dtype, "numpy.dtype"),
+        (_numeric_scalar, "numpy.core.multiarray.scalar"),  # as numpy < 2 pickles it
+        (_numeric_scalar, "numpy._core.multiarray.scalar"),
+    ]
     placeholders = [
         (NumpyArrayNotLoaded, "numpy.ndarray"),
         (_array_not_loaded, "numpy.core.multiarray._reconstruct"),
         (_array_not_loaded, "numpy._core.multiarray._reconstruct"),
     ]
-    return [scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}, argparse.Namespace, *placeholders]
+    return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders]
 
 
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
@@ -450,11 +507,39 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
         raise _corrupt_error(path, exc) from None
 
 
+_ALLOWLIST_LOCK = threading.Lock()
+_allowlist: list[Any] = []  # the entered safe_globals context, one per thread using it (all the same)
+
+
+@contextlib.contextmanager
+def _fdl_allowlist() -> Iterator[None]:
+    """torch's ``safe_globals(_numpy_scalar_globals())``, safe beside another thread's load.
+
+    torch's allowlist is process-global, and its context removes the entries on exit even while another
+    thread (fdl's loader thread beside the main thread) is still loading under them: that load was then
+    refused as unsafe. The first thread in adds them, the last one out removes them.
+    """
+    with _ALLOWLIST_LOCK:
+        if not _allowlist:
+            context = torch.serialization.safe_globals(_numpy_scalar_globals())
+            context.__enter__()
+        else:
+            context = _allowlist[0]
+        _allowlist.append(context)
+    try:
+        yield
+    finally:
+        with _ALLOWLIST_LOCK:
+            _allowlist.pop()
+            if not _allowlist:
+                context.__exit__(None, None, None)
+
+
 def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` (tensors, containers and numpy scalars; runs no code), quietly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        with _fdl_allowlist():
             return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
 
 

@@ -277,3 +277,120 @@ def test_numpy_arrays_in_a_checkpoint_are_read_as_placeholders_and_payloads_in_t
             assert f"holds a numpy array fdl does not read without unpickling it (numpy.dtypes.{dtype}" in said[name, kind]
             assert "numeric arrays are fine" in said[name, kind]
     assert [ref.kind for ref in discover_checkpoints([hostile]).checkpoints] == ["pickle"] * 3
+
+
+def _with_entry(path: Path, opcodes: bytes) -> None:
+    """A checkpoint of weights whose data.pkl also holds hand-written ``opcodes`` (one value) under 'x'."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"model_state_dict": _weights(), "step": 1}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("data.pkl"):
+                assert data.endswith(b"u.")  # ... SETITEMS STOP
+                data = data[:-1] + b"X\x01\x00\x00\x00x" + opcodes + b"s."  # SETITEM 'x', then STOP
+            dst.writestr(name, data)
+
+
+def _op_str(text: str) -> bytes:
+    return b"X" + len(text.encode()).to_bytes(4, "little") + text.encode()
+
+
+_DTYPE_COPY = b"cnumpy\ndtype\n(" + _op_str("f8") + b"\x89\x88tR"  # numpy.dtype('f8', False, True)
+_HOSTILE_NUMPY = {
+    # BUILD of a v2 state without names: numpy's __setstate__ dereferences the NULL names
+    "null_names": _DTYPE_COPY + b"(K\x02" + _op_str("<") + b"N}J\xff\xff\xff\xffJ\xff\xff\xff\xfftb",
+    # BUILD of a v2 state whose field "dtype" is a str: numpy reads it as a dtype and writes its flags
+    "field_confusion": _DTYPE_COPY + b"(K\x02" + _op_str("<") + b"N(" + _op_str("a") + b"t}" + _op_str("a")
+    + b"(" + _op_str("x" * 80) + b"K\x00tsJ\xff\xff\xff\xffJ\xff\xff\xff\xfftb",
+    # scalar() of a void dtype without data: numpy allocates the dtype's size (up to 2 GiB) per scalar
+    "void_scalar": b"cnumpy._core.multiarray\nscalar\n(cnumpy\ndtype\n(" + _op_str("V100000") + b"tRtR",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_HOSTILE_NUMPY))
+def test_hostile_numpy_dtype_states_and_scalars_neither_crash_nor_allocate(tmp_path: Path, kind: str) -> None:
+    """numpy's dtype.__setstate__ trusts the state a pickle BUILDs into a dtype copy (a v2 state without
+    names, a field whose dtype is a str: a segfault), and its scalar() builds a void scalar of any size
+    from nothing. The restricted unpickler reaches numpy's dtype only through `_shared_dtype` (numpy's
+    shared dtypes ignore any state) and scalar() only for numbers, from exactly their bytes."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{kind}_1.pt"
+    _with_entry(path, _HOSTILE_NUMPY[kind])
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom fdl_cli.checkpoints import discover_checkpoints, load_checkpoint\n"
+        "from fdl_cli.errors import FdlError\n"
+        "try:\n    found = discover_checkpoints([Path(sys.argv[1])])\n"
+        "    loaded = load_checkpoint(found.checkpoints[0])\n    print('loaded', sorted(loaded.state_dict))\n"
+        "except FdlError as exc:\n    print('refused', type(exc).__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    if kind == "void_scalar":
+        assert result.stdout.startswith("refused UnsafeCheckpointError"), result.stdout
+    else:  # the state is ignored: the weights load
+        assert result.stdout.startswith("loaded"), result.stdout
+
+
+def test_numpy_values_as_numpy_1_pickles_them_load_and_placeholders_made_by_newobj_print(tmp_path: Path) -> None:
+    """numpy < 2 pickles scalars and arrays under numpy.core (numpy 2: numpy._core): both are read. A
+    placeholder made by a pickle's NEWOBJ (no __init__ call) still has its (unknown) shape and dtype."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from fdl_cli.checkpoints import NumpyArrayNotLoaded, _load_weights_only
+
+    buf = io.BytesIO()
+    torch.save({"model_state_dict": _weights(), "step": np.int64(3), "best": np.float32(0.5),
+                "losses": np.array([1.0, 2.0])}, buf)
+    path = tmp_path / "old_3.pt"
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    found = discover_checkpoints([path])
+    assert [(ref.step, ref.kind) for ref in found.checkpoints] == [(3, "state_dict")]
+    loaded = _load_weights_only(path)
+    assert loaded["best"] == np.float32(0.5) and loaded["losses"].shape == (2,)
+
+    _with_entry(tmp_path / "newobj_1.pt", b"cnumpy\nndarray\n)\x81")  # NEWOBJ numpy.ndarray ()
+    placeholder = _load_weights_only(tmp_path / "newobj_1.pt")["x"]
+    assert isinstance(placeholder, NumpyArrayNotLoaded) and repr(placeholder) == "<numpy array None None, not loaded>"
+
+
+def test_a_load_in_another_thread_does_not_take_the_allowlist_from_under_a_load(tmp_path: Path, monkeypatch) -> None:
+    """torch's allowlist is process-global and its safe_globals context removes the entries on exit:
+    a load that ended in fdl's loader thread took them from a load still running in the main thread,
+    which was then refused as unsafe (numpy scalars). Played here in one thread: a whole load runs
+    inside another's torch.load. No entry of fdl's is left in torch's allowlist afterwards."""
+    import io
+
+    import numpy as np
+
+    from fdl_cli import checkpoints
+
+    buf = io.BytesIO()
+    torch.save({"model_state_dict": _weights(), "step": np.int64(3)}, buf)
+    raw = buf.getvalue()
+    real_load = torch.load
+    interleaved = []
+
+    def load_while_another_ends(*args, **kwargs):
+        if not interleaved:
+            interleaved.append("started")
+            interleaved.append(checkpoints._load_weights_only(io.BytesIO(raw)))  # the other thread's load
+        return real_load(*args, **kwargs)
+
+    before = set(map(repr, torch.serialization.get_safe_globals()))
+    monkeypatch.setattr(torch, "load", load_while_another_ends)
+    assert checkpoints._load_weights_only(io.BytesIO(raw))["step"] == 3
+    assert interleaved[1]["step"] == 3
+    assert set(map(repr, torch.serialization.get_safe_globals())) == before
