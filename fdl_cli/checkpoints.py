@@ -485,6 +485,26 @@ def _numpy_scalar_globals() -> list[Any]:
     return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders]
 
 
+def _plain(obj: Any, depth: int = 0) -> Any:
+    """A restricted load rebuilt of plain dicts, lists, tuples and tensors.
+
+    torch's restricted unpickler lets a pickle set instance attributes on an OrderedDict (BUILD) or a
+    tensor (`_rebuild_from_type_v2`): an ``od.get = 5`` shadows the method fdl calls (a TypeError, a
+    traceback in discovery). The copies hold no such attributes: dict.items and torch.Tensor.detach are
+    the types' own. Levels below 64 are left as they are: fdl never looks that deep."""
+    if depth > 64:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return torch.Tensor.detach(obj)
+    if isinstance(obj, dict):
+        return {key: _plain(value, depth + 1) for key, value in dict.items(obj)}
+    if type(obj) is list:
+        return [_plain(value, depth + 1) for value in list.__iter__(obj)]
+    if type(obj) is tuple:
+        return tuple(_plain(value, depth + 1) for value in tuple.__iter__(obj))
+    return obj
+
+
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError.
 
@@ -492,7 +512,7 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
     """
     is_zip = mmap and zipfile.is_zipfile(path)
     try:
-        return _load_weights_only(path, map_location=map_location, mmap=is_zip)
+        return _plain(_load_weights_only(path, map_location=map_location, mmap=is_zip))
     except pickle.UnpicklingError as exc:
         unsafe, _ = _unsafe_globals(path)
         if not unsafe:

@@ -394,3 +394,26 @@ def test_a_load_in_another_thread_does_not_take_the_allowlist_from_under_a_load(
     assert checkpoints._load_weights_only(io.BytesIO(raw))["step"] == 3
     assert interleaved[1]["step"] == 3
     assert set(map(repr, torch.serialization.get_safe_globals())) == before
+
+
+def test_shadowed_methods_in_a_loaded_dict_or_tensor_are_no_traceback(tmp_path: Path) -> None:
+    """torch's restricted unpickler lets a pickle set instance attributes on an OrderedDict or a tensor:
+    `od.get = 5` or a tensor's `numel = 5` shadowed the methods fdl calls, a TypeError traceback in
+    discovery and `fdl inspect`. The loaded object is rebuilt of plain containers first."""
+    from collections import OrderedDict
+
+    from tests.test_analyze import fdl
+
+    weights = OrderedDict(_weights())
+    weights.get = 5  # type: ignore[method-assign, assignment]
+    step = torch.tensor(3)
+    step.numel = 5  # type: ignore[method-assign, assignment]
+    outer = OrderedDict(model_state_dict=weights, step=step)
+    outer.get = "x"  # type: ignore[method-assign, assignment]
+    torch.save(outer, tmp_path / "shadow_3.pt")
+    found = discover_checkpoints([tmp_path])
+    assert [(ref.step, ref.kind) for ref in found.checkpoints] == [(3, "state_dict")], found
+    loaded = load_checkpoint(found.checkpoints[0])
+    assert loaded.state_dict is not None and set(loaded.state_dict) == set(_weights())
+    listed = fdl("inspect", str(tmp_path / "shadow_3.pt"), "--model", "tests.tiny_models:mlp", "--json")
+    assert listed.code == 0 and "Traceback" not in listed.stderr, listed.stderr
