@@ -518,7 +518,13 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
         if not unsafe:
             # Every global is allowed, but one of them was asked to build a type that is not: a numpy
             # array of Python objects (dtype=object), a string or structured dtype.
-            built = re.search(r"but got <class '([\w.]+)'>", str(exc))
+            # Only from the two messages that name a refused type, each on its own line after the
+            # unpickler's "error:" (not from text inside the pickle, which a REDUCE's error may quote).
+            built = re.search(
+                r"^(?:Can only build Tensor, Parameter, OrderedDict or types allowlisted via `add_safe_globals`|"
+                r"numpy scalars of numbers only), but got <class '(numpy\.[\w.]+)'>$",
+                str(exc), re.MULTILINE,
+            )
             unsafe = [built.group(1)] if built else []
         if unsafe:
             raise _unsafe_error(path, unsafe) from None
