@@ -294,6 +294,16 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
     target = Path(path)
     with writing(target):
         parent = target.parent
+        if target.is_symlink() and not target.exists():
+            # A dangling link: writing goes through it, so its target's folder is the one that counts
+            # (a --plots folder cannot be made at a link at all).
+            pointed = target.readlink()
+            where = (target.parent / pointed).parent
+            if folder or not where.is_dir():
+                raise FdlError(
+                    f"could not write {target}: it is a symbolic link to {pointed}, which does not exist",
+                    fix=f"create {target.resolve() if folder else where} first, remove the link, or choose another path",
+                )
         if folder:
             above = next((p for p in (target, *target.parents) if p.exists()), None)
             if above is not None and not above.is_dir():
