@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -463,6 +464,20 @@ def _manifest_value(manifest_path: Path, key: str, value: Any) -> Any:
         ok = value >= low and (high is None or value <= high) and not (kind is float and value <= low)
     if kind is str and ok and not value:
         ok = False
+    if key == "step_regex" and ok:
+        # Checked here, not by discovery, whose message would name a --step-regex nobody gave.
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise CheckpointError(
+                f"{manifest_path}: 'step_regex' is not a valid regular expression", got=f"{value!r} ({exc})",
+                fix=f"e.g. {_MANIFEST_EXAMPLES[key]}",
+            ) from None
+        if groups == 0:
+            raise CheckpointError(
+                f"{manifest_path}: 'step_regex' has no capture group around the step", got=repr(value)[:100],
+                fix=f"e.g. {_MANIFEST_EXAMPLES[key]} (its first group is the step)",
+            )
     if not ok:
         must = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}[kind]
         if isinstance(allowed, tuple) and kind is str:
@@ -485,6 +500,7 @@ def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -
     defaults = AnalyzeOptions(sources=())
     changes: dict[str, Any] = {}
     ignored: list[str] = []
+    applied: list[str] = []
     items = dict(manifest.options)
     if manifest.weights is not None:
         items["weights"] = manifest.weights
@@ -500,6 +516,7 @@ def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -
         if field_name in options.given or getattr(options, field_name) != getattr(defaults, field_name):
             continue  # the command line's value wins
         changes[field_name] = value
+        applied.append(f"{key} = {value!r}")
     if ignored:
         hints = []
         for key in sorted(ignored):
@@ -513,6 +530,9 @@ def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -
             f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
             f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
         )
+    if applied:
+        # Said once, up front: discovery's messages name --glob / --step-regex, which then came from here.
+        reporter.note(f"{manifest.path} sets {', '.join(applied)} (an option on the command line overrides it)")
     return replace(options, **changes) if changes else options
 
 

@@ -250,14 +250,15 @@ def classify_run(
     if not after:
         if first_mf is not None:
             evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
-        before = len(ordered) - 1
+        # Counted, not len - 1: the reference itself need not be stored (a run stopped before it).
+        before = sum(1 for step, _ in trajectory if step != reference_step)
         if before <= 0:
             return verdict("undetermined", "no checkpoint after the reference: nothing to measure movement against")
         return verdict(
             "undetermined",
             f"no checkpoint after the reference (step {reference_step}): the run's regime is read from "
-            f"the checkpoints after it; the {before} before it are classified in the trajectory only (analyse "
-            "with the first checkpoint as the reference, the default, to classify the run)",
+            f"the checkpoints after it; the {before} before it {'is' if before == 1 else 'are'} classified in the "
+            "trajectory only (analyse with the first checkpoint as the reference, the default, to classify the run)",
         )
 
     moved_records = [r for r, _ in after]

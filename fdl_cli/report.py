@@ -294,6 +294,16 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
     target = Path(path)
     with writing(target):
         parent = target.parent
+        if target.is_symlink() and not target.exists():
+            # A dangling link: writing goes through it, so its target's folder is the one that counts
+            # (a --plots folder cannot be made at a link at all).
+            pointed = target.readlink()
+            where = (target.parent / pointed).parent
+            if folder or not where.is_dir():
+                raise FdlError(
+                    f"could not write {target}: it is a symbolic link to {pointed}, which does not exist",
+                    fix=f"create {target.resolve() if folder else where} first, remove the link, or choose another path",
+                )
         if folder:
             above = next((p for p in (target, *target.parents) if p.exists()), None)
             if above is not None and not above.is_dir():
@@ -802,21 +812,29 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
 
 
 def _movement_note(steps: Sequence[ComparedStep]) -> str:
-    """A sentence for each run whose features never moved (CKA to its reference at or above the
-    classifier's `cka_static` at every matched step): its D_LR is that of features it did not learn, so
-    "richer" then compares a lazy run's fixed features with the other run's (SPEC §7: coefficient)."""
-    from fdl_cli.regimes import Thresholds
+    """A sentence for each run whose features never moved (the classifier's `static` at every matched
+    step: CKA to its reference at or above `cka_static` and the top-C overlap at or above
+    `overlap_static`): its D_LR is that of features it did not learn, so "richer" then compares a lazy
+    run's fixed features with the other run's (SPEC §7: coefficient). CKA alone is not enough: a run
+    whose top-C eigenspace rotated under a static CKA is a conflict that `fdl classify` calls
+    undetermined, not coefficient."""
+    from fdl_cli.regimes import STATIC, Thresholds, feature_movement
 
-    static = Thresholds().cka_static
+    thresholds = Thresholds()
     notes = []
     for name, side in (("A", "record_a"), ("B", "record_b")):
-        values = [getattr(compared, side).get("cka_init") for compared in steps]
-        values = [value for value in values if value is not None]
-        if len(values) > 1 and min(values) >= static:
+        records = [getattr(compared, side) for compared in steps]
+        records = [r for r in records if r.get("cka_init") is not None or r.get("overlap_init") is not None]
+        if len(records) > 1 and all(feature_movement(r, thresholds)[0] == STATIC for r in records):
+            shown = []
+            for field, label, bound in (("cka_init", "CKA to its reference", thresholds.cka_static),
+                                        ("overlap_init", "top-C overlap", thresholds.overlap_static)):
+                values = [r[field] for r in records if r.get(field) is not None]
+                if values:
+                    shown.append(f"{label} ≥ {bound:g} (lowest {format_value(field, min(values))})")
             notes.append(
-                f" Run {name}'s features did not move (CKA to its reference ≥ {static:g} at every matched step, "
-                f"lowest {format_value('cka_init', min(values))}): its D_LR is that of its initial features, a lazy "
-                "(coefficient) run; `fdl classify` says so with its evidence."
+                f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
+                "that of its initial features, a lazy (coefficient) run (`fdl classify` gives the evidence)."
             )
     return "".join(notes)
 

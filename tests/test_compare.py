@@ -63,15 +63,32 @@ def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Pat
     a trained net, without a word that run A's features never moved (a review's walkthrough)."""
     rich = make_store(tmp_path / "rich.h5")
     lazy_scalars = {step: {**values, "d_lr": [0.9, 0.6, 0.133][i], "cka_init": [1.0, 0.9995, 0.999][i],
-                           "regime": "coefficient"} for i, (step, values) in enumerate(SCALARS.items())}
+                           "overlap_init": [1.0, 0.999, 0.998][i], "regime": "coefficient"}
+                    for i, (step, values) in enumerate(SCALARS.items())}
     lazy = make_store(tmp_path / "lazy.h5", seed=3, scalars=lazy_scalars)
     verdict = report.compare_runs(report.load_run(lazy), report.load_run(rich), overlap=False).verdict
     assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on")
     assert "D_LR A 0.1330, B 0.1250, 6% lower)" in verdict
-    assert "Run A's features did not move (CKA to its reference ≥ 0.99 at every matched step, lowest 0.9990)" in verdict
+    assert ("Run A's features did not move (CKA to its reference ≥ 0.99 (lowest 0.9990) and top-C overlap ≥ 0.95 "
+            "(lowest 0.9980) at every matched step)") in verdict
+    assert run_fdl("classify", str(lazy), "--expect", "coefficient").returncode == 0  # as the note says
     assert "Run B's features" not in verdict
     printed = run_fdl("compare", str(lazy), str(rich), "--no-overlap")
     assert printed.returncode == 0 and "Run A's features did not move" in " ".join(printed.stderr.split())
+
+
+def test_a_run_whose_eigenspace_rotated_under_a_static_cka_is_not_called_lazy(tmp_path: Path) -> None:
+    """The note read CKA alone: a run with cka_init >= 0.99 whose top-C overlap fell to 0.5 was called
+    "a lazy (coefficient) run; `fdl classify` says so", while classify calls it undetermined (a conflict)."""
+    rich = make_store(tmp_path / "rich.h5")
+    rotated = {step: {**values, "d_lr": [0.9, 0.6, 0.133][i], "cka_init": [1.0, 0.9995, 0.999][i],
+                      "overlap_init": [1.0, 0.7, 0.5][i]} for i, (step, values) in enumerate(SCALARS.items())}
+    conflict = make_store(tmp_path / "conflict.h5", seed=3, scalars=rotated)
+    verdict = report.compare_runs(report.load_run(conflict), report.load_run(rich), overlap=False).verdict
+    assert verdict.startswith("Run B is richer than run A")
+    assert "did not move" not in verdict
+    classified = run_fdl("classify", str(conflict), "--json")
+    assert json.loads(classified.stdout)["regime"] == "undetermined"
 
 
 def test_mismatched_probes_are_refused(tmp_path: Path) -> None:

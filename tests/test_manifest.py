@@ -101,6 +101,8 @@ def test_the_manifest_says_how_the_checkpoints_are_named(tmp_path: Path) -> None
         ("dlr_energy = 0", "'dlr_energy' must be a number in (0, 1]"),
         ("dlr_energy = 1.5", "'dlr_energy' must be a number in (0, 1]"),
         ('step_regex = ""', "'step_regex' must be a non-empty string"),
+        ("step_regex = 'step_(\\d+'", "'step_regex' is not a valid regular expression"),
+        ("step_regex = 'step_\\d+'", "'step_regex' has no capture group around the step"),
         ("top_k = 3\ntop-k = 4", "sets top_k twice"),
     ],
 )
@@ -110,7 +112,18 @@ def test_a_bad_value_in_the_manifest_is_an_error_naming_the_file_and_key(tmp_pat
     bad = _run(folder, tmp_path / "bad.h5")
     assert bad.code == 1
     assert f"{folder / 'fdl.toml'}" in bad.stderr and message in bad.stderr
+    assert "--step-regex" not in bad.stderr  # the user gave none
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_a_glob_of_the_manifest_that_matches_nothing_is_named(tmp_path: Path) -> None:
+    """"no checkpoints found ... loosen --glob" with no --glob given and no word of fdl.toml: the user
+    could not tell where the filter came from."""
+    folder = _folder(tmp_path)
+    _manifest(folder, 'glob = "ckpt_*.pt"')
+    none = _run(folder, tmp_path / "none.h5")
+    assert none.code == 1 and "no checkpoints found" in none.stderr
+    assert f"{folder / 'fdl.toml'} sets glob = 'ckpt_*.pt'" in " ".join(none.stderr.split())
 
 
 def test_the_manifest_names_what_it_ignores_and_never_grants_trust(tmp_path: Path) -> None:

@@ -71,3 +71,24 @@ def test_a_bad_output_path_is_refused_before_anything_is_printed(store: Path, tm
         result = run_fdl(*args)
         assert result.returncode == 1 and "could not write" in result.stderr, args
         assert result.stdout == "" and "D_LR" not in result.stderr, args
+
+
+def test_a_dangling_link_as_output_is_refused_before_anything_is_printed(store: Path, tmp_path: Path) -> None:
+    """The early check looked at the link's own folder: `--html link` to a missing folder, and `--plots
+    link` (a folder cannot be made at a link), printed the JSON on stdout and then failed."""
+    html = tmp_path / "report.html"
+    html.symlink_to(tmp_path / "missing" / "r.html")
+    plots = tmp_path / "plots"
+    plots.symlink_to(tmp_path / "gone")
+    for args in (["report", str(store), "--format", "json", "--html", str(html)],
+                 ["report", str(store), "--format", "json", "--plots", str(plots)],
+                 ["compare", str(store), str(store), "--format", "json", "--plots", str(plots)]):
+        result = run_fdl(*args)
+        assert result.returncode == 1 and "could not write" in result.stderr, args
+        assert "symbolic link" in result.stderr, args
+        assert result.stdout == "", args
+    # A link to a file that does not exist yet, in a folder that does: written through the link.
+    fine = tmp_path / "fine.html"
+    fine.symlink_to(tmp_path / "target.html")
+    assert run_fdl("report", str(store), "--html", str(fine)).returncode == 0
+    assert (tmp_path / "target.html").stat().st_size > 0

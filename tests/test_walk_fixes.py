@@ -130,3 +130,16 @@ def test_classify_with_the_last_checkpoint_as_reference_does_not_contradict_its_
     assert verdict.evidence["first_mf_step"] == 0
     assert "nothing to measure movement against" not in verdict.rule  # 2 checkpoints were measured against it
     assert "the 2 before it" in verdict.rule
+
+
+def test_classify_counts_the_checkpoints_before_a_reference_that_is_not_stored() -> None:
+    """The count was len(records) - 1, as if the reference were stored: two checkpoints before an
+    unstored reference were 'the 1 before it', and one was 'nothing to measure movement against'."""
+    from fdl_cli.regimes import classify_run
+
+    records = [
+        {"step": 0, "cka_init": 0.6, "overlap_init": 0.6, "k95_utility": 5, "n_outputs": 10},
+        {"step": 10, "cka_init": 0.7, "overlap_init": 0.7, "k95_utility": 5, "n_outputs": 10},
+    ]
+    assert "the 2 before it are classified" in classify_run(records, reference_step=20).rule
+    assert "the 1 before it is classified" in classify_run(records[:1], reference_step=20).rule
