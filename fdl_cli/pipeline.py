@@ -355,6 +355,7 @@ class _Context:
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
+    spec_source: tuple[str, str] | None = None  # (file, sha256) of the file the --model spec names (`_spec_source`)
     #: called after every probe batch: starts the store's due commit and announces what became durable
     #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
     tick: Callable[[], None] | None = None
@@ -404,6 +405,12 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # The model code the checkpoints were run through (the factory's file; checked on resume):
         # the --model spec names a file, not its content.
         "model_sha256": ctx.model_source[1] if ctx.model_source else None,
+        # The file the --model spec names, as found (its absolute path), and its sha256: it differs from
+        # the factory's file when the spec's file only configures a factory defined elsewhere
+        # (`build = make_builder(nn.Tanh)`), whose edits model_sha256 would not see. The path lets a
+        # resume spell the spec another way (./model.py:build, /abs/model.py:build). Checked by the
+        # pipeline, not compared as text (a store may be resumed from another folder or host).
+        **({"model_file": ctx.spec_source[0], "model_file_sha256": ctx.spec_source[1]} if ctx.spec_source else {}),
         "options": options.numeric_options(),
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
@@ -616,6 +623,7 @@ def run_analyze(
     base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     model_source = _model_source(factory)
+    spec_source = _spec_source(model_spec, base_dir) if factory is not None else None
     ctx = _Context(
         options=options,
         probes=probes,
@@ -626,6 +634,7 @@ def run_analyze(
         reporter=reporter,
         world=world,
         model_source=model_source,
+        spec_source=spec_source,
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1123,6 +1132,33 @@ def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
         return None
 
 
+def _spec_source(spec: str | None, base_dir: Path | None) -> tuple[str, str] | None:
+    """(absolute path, sha256) of the file a --model spec names, found as `resolve_model_factory` finds
+    it: a path spec's file (relative to `base_dir` first, then the current folder), a module spec's
+    module file; None for an installed package's module (as `_model_source`) or when it has no file."""
+    import hashlib
+    import sys
+
+    if not spec:
+        return None
+    target, _, _ = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
+        file = next((c for c in candidates if _is(c, "file")), None)
+    else:
+        file = getattr(sys.modules.get(target), "__file__", None)
+        file = Path(file) if file else None
+    if file is None:
+        return None
+    try:
+        file = file.resolve()
+        if any(part in ("site-packages", "dist-packages") for part in file.parts):
+            return None
+        return str(file), hashlib.sha256(file.read_bytes()).hexdigest()
+    except (OSError, RuntimeError):
+        return None
+
+
 def _check_stored_files(
     ctx: _Context, out: Path, refs: Sequence[CheckpointRef], note: Callable[[dict[int, str]], None] | None
 ) -> dict[int, str]:
@@ -1265,6 +1301,9 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             stored = reader.provenance.get("reference_step")
             stored_sha = reader.provenance.get("reference_sha256")
             stored_model = reader.provenance.get("model_sha256")
+            stored_spec = reader.provenance.get("model_file_sha256")
+            stored_file = reader.provenance.get("model_file")
+            stored_spec_text = reader.provenance.get("model")
     except StoreError:
         return  # the writer explains what is wrong with the file
     if isinstance(stored_model, str) and ctx.model_source is not None and stored_model != ctx.model_source[1]:
@@ -1274,6 +1313,22 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             got=f"sha256 {ctx.model_source[1][:16]}… now, {stored_model[:16]}… recorded in {out}",
             fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
             "(or another --out)",
+        )
+    if isinstance(stored_spec, str) and ctx.spec_source is not None and stored_spec != ctx.spec_source[1]:
+        if stored_file == ctx.spec_source[0]:
+            raise StoreError(
+                f"the model file {ctx.spec_source[0]} changed since {out} was analysed: its checkpoints were "
+                "run through another version of it",
+                got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
+                fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
+                "(or another --out)",
+            )
+        raise StoreError(
+            f"{out} was analysed with the model file {stored_file}; this run's --model names "
+            f"{ctx.spec_source[0]}, which holds other code",
+            got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
+            fix=f"pass --model naming that file (the store's spec: {stored_spec_text}) to add to it, or --overwrite "
+            "(or another --out) to analyse with this model",
         )
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         raise StoreError(

@@ -66,7 +66,9 @@ SCHEMA_VERSION = 1
 #: Provenance keys recorded for the reader's information but ignored when a store is resumed.
 # environment: a store may be resumed on another host. reference_sha256, model_sha256: checked by the
 # pipeline itself, with its own message, and absent from stores written before they were recorded.
-UNCOMPARED_PROVENANCE = frozenset({"environment", "reference_sha256", "model_sha256", "probe_order"})
+UNCOMPARED_PROVENANCE = frozenset(
+    {"environment", "reference_sha256", "model_sha256", "probe_order", "model_file", "model_file_sha256"}
+)
 STORE_FORMAT = "fdl-store"
 PROBE_TASKS = ("classes", "regression", "none")
 
@@ -335,15 +337,20 @@ def first_bytes(path: Path) -> bytes:
 
 
 def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Two provenances whose --model specs name the same factory in code of the same sha256.
+    """Two provenances whose --model specs name the same factory of the same file, in code of the same
+    sha256.
 
     The spec is recorded as typed, so `model.py:build`, `./model.py:build` and `/abs/model.py:build` (a
-    job started from another folder) differ as text while naming the same code; the sha256 of the
-    factory's file (`model_sha256`) says they are the same model."""
+    job started from another folder) differ as text while naming the same code. The same file (its
+    absolute path, `model_file`, and content, `model_file_sha256`) and the same factory's code
+    (`model_sha256`) say they are the same model; the factory's code alone does not (two files that
+    each configure one shared factory, `build = make_builder(nn.ReLU)` against `nn.Tanh`). Stores
+    written before `model_file` was recorded keep the spec's text."""
     spec_old, spec_new = old.get("model"), new.get("model")
-    sha_old, sha_new = old.get("model_sha256"), new.get("model_sha256")
+    same = [old.get(key) == new.get(key) and isinstance(old.get(key), str)
+            for key in ("model_sha256", "model_file", "model_file_sha256")]
     return (
-        isinstance(spec_old, str) and isinstance(spec_new, str) and isinstance(sha_old, str) and sha_old == sha_new
+        isinstance(spec_old, str) and isinstance(spec_new, str) and all(same)
         and spec_old.rpartition(":")[2] == spec_new.rpartition(":")[2]
     )
 

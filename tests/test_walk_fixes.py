@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fdl_cli.store import StoreReader
 from tests.test_analyze import fdl
 
 SMALL = ("--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
@@ -65,6 +66,53 @@ def test_resume_still_refuses_another_factory(tmp_path: Path, monkeypatch: pytes
                "--steps", "0,10", *SMALL).code == 0
     other = fdl("analyze", "run", "--model", "./model.py:build2", "--probe", "probe.npz", "--out", "run.h5", *SMALL)
     assert other.code == 1 and "different run" in other.stderr and "build2" in other.stderr
+
+
+COMMON = """
+import torch
+from torch import nn
+
+
+def make_builder(activation):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), activation(), nn.Linear(8, 3))
+    return build
+"""
+
+
+def test_resume_refuses_another_file_that_configures_the_same_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two files that each configure one shared factory (`build = make_builder(nn.ReLU)` against
+    `nn.Tanh`, beside identical copies of common.py) have the same factory code (model_sha256) and name:
+    a resume with the other file's spec was taken for the same model spelled another way, mixing Tanh
+    numbers into a ReLU store (a review). Editing such a file under the same spec went unseen too."""
+    root = _run_folder(tmp_path)
+    for folder, activation in (("m", "ReLU"), ("m2", "Tanh")):
+        (root / folder).mkdir()
+        (root / folder / "common.py").write_text(COMMON)
+        (root / folder / "net.py").write_text(f"from torch import nn\nfrom common import make_builder\n\n"
+                                              f"build = make_builder(nn.{activation})\n")
+    monkeypatch.chdir(root)
+    first = fdl("analyze", "run", "--model", "m/net.py:build", "--probe", "probe.npz", "--out", "run.h5",
+                "--steps", "0,10", *SMALL)
+    assert first.code == 0, first.stderr
+    other = fdl("analyze", "run", "--model", "m2/net.py:build", "--probe", "probe.npz", "--out", "run.h5", *SMALL)
+    said = " ".join(other.stderr.split())
+    assert other.code == 1 and f"run.h5 was analysed with the model file {root / 'm' / 'net.py'}" in said
+    assert f"names {root / 'm2' / 'net.py'}, which holds other code" in said and "m/net.py:build" in said
+    # The same file spelled another way is still the same run ...
+    same = fdl("analyze", "run", "--model", f"{root / 'm' / 'net.py'}:build", "--probe", "probe.npz",
+               "--out", "run.h5", "--steps", "0,10", *SMALL)
+    assert same.code == 0 and "already in the store" in same.stderr, same.stderr
+    # ... and an edit of the file the spec names is a changed model, though the factory's file is not
+    (root / "m" / "net.py").write_text("from torch import nn\nfrom common import make_builder\n\n"
+                                      "build = make_builder(nn.Tanh)\n")
+    edited = fdl("analyze", "run", "--model", "m/net.py:build", "--probe", "probe.npz", "--out", "run.h5", *SMALL)
+    assert edited.code == 1 and f"the model file {root / 'm' / 'net.py'} changed since" in edited.stderr
+    with StoreReader(root / "run.h5") as reader:
+        assert reader.steps() == [0, 10]
 
 
 @pytest.mark.parametrize("command", [["report"], ["classify"], ["export", "--what", "eigenvalues"]])
