@@ -278,12 +278,15 @@ def writing(path: str | Path) -> Iterator[Path]:
         if exc.filename is not None and str(exc.filename) != str(target):
             reason = f"{reason}: {exc.filename}"
         parent = target.parent
-        if not parent.exists():
+        above = next((p for p in target.parents if p.exists()), None)  # the nearest existing folder above
+        if above is not None and not above.is_dir():
+            fix = f"{above} is a file, not a folder: choose another path"
+        elif not parent.exists():
             fix = f"create the folder {parent} first, or choose another path"
-        elif not parent.is_dir():
-            fix = f"{parent} is a file, not a folder: choose another path"
+        elif target.is_dir():
+            fix = f"{target} is a folder: name a file in it, or another path"
         else:
-            fix = f"choose a path you can write to ({parent} refused it)"
+            fix = f"choose another path ({parent.resolve()} did not let this user write {target.name} there)"
         raise FdlError(f"could not write {target}", got=reason, fix=fix) from None
 
 
@@ -798,15 +801,17 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
     winner, loser = ("B", "A") if last > 0 else ("A", "B")
-    final = steps[-1]
+    # The last matched step with both D_LR (the signs above skip the others)
+    final = next(c for c in reversed(steps) if c.record_a.get("d_lr") is not None and c.record_b.get("d_lr") is not None)
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
     when = "at every matched step" if first_index == 0 else f"from step {signs[first_index][0]} on"
+    where = "last matched step" if final is steps[-1] else f"step {final.match.step_a}, the last with both D_LR"
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
     return (
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
-        f" (last matched step: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
+        f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
         + _movement_note(steps)
     )
 

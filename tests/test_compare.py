@@ -91,6 +91,16 @@ def test_a_run_whose_eigenspace_rotated_under_a_static_cka_is_not_called_lazy(tm
     assert json.loads(classified.stdout)["regime"] == "undetermined"
 
 
+def test_the_verdict_quotes_the_last_step_that_has_both_d_lr(tmp_path: Path) -> None:
+    """The verdict quoted the last matched step even when its D_LR was null ("D_LR A —", no gap)."""
+    a = make_store(tmp_path / "a.h5")
+    lazier = {step: {**values, "d_lr": [0.9, 0.6, None][i]} for i, (step, values) in enumerate(SCALARS.items())}
+    b = make_store(tmp_path / "b.h5", seed=7, scalars=lazier)
+    verdict = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).verdict
+    assert verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 on")
+    assert "(step 100, the last with both D_LR: D_LR A 0.5000, B 0.6000, 17% lower)" in verdict
+
+
 def test_mismatched_probes_are_refused(tmp_path: Path) -> None:
     a = make_store(tmp_path / "a.h5")
     b = make_store(tmp_path / "b.h5", probe_sha="b" * 64)

@@ -92,3 +92,16 @@ def test_a_dangling_link_as_output_is_refused_before_anything_is_printed(store: 
     fine.symlink_to(tmp_path / "target.html")
     assert run_fdl("report", str(store), "--html", str(fine)).returncode == 0
     assert (tmp_path / "target.html").stat().st_size > 0
+
+
+def test_the_fix_names_what_is_in_the_way(store: Path, tmp_path: Path) -> None:
+    """A file two levels up was 'create the folder X first' (X cannot be made under a file)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    deep = run_fdl("report", str(store), "--html", str(blocker / "x" / "r.html"))
+    assert deep.returncode == 1 and f"fix: {blocker} is a file, not a folder" in deep.stderr
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    onto = run_fdl("export", str(store), "--what", "quality", "--format", "csv", "--out", str(folder / "."))
+    assert onto.returncode in (1, 2) and "Traceback" not in onto.stderr  # click or fdl says it is a folder
+    assert "directory" in onto.stderr or "is a folder" in onto.stderr
