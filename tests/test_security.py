@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -171,6 +172,27 @@ def test_export_archives_load_only_on_trust_and_never_run_otherwise(tmp_path: Pa
     assert trusted.module is not None and not marker.exists()
 
 
+_LOAD_PROBE = (
+    "import sys\nfrom pathlib import Path\nfrom fdl_cli.checkpoints import discover_checkpoints, load_checkpoint\n"
+    "from fdl_cli.errors import FdlError\n"
+    "try:\n    found = discover_checkpoints([Path(sys.argv[1])])\n"
+    "    loaded = load_checkpoint(found.checkpoints[0])\n    print('loaded', sorted(loaded.state_dict))\n"
+    "except FdlError as exc:\n    print('refused', type(exc).__name__)\n"
+)
+
+
+def _load_in_a_subprocess(path: Path) -> Any:
+    """Discover and load `path` in another process (a crash is its exit status, not this run's):
+    stdout 'loaded KEYS' or 'refused ERROR'; the process must exit 0."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    return result
+
+
 _FORGED_NUMPY = r'''
 import sys
 import numpy as np
@@ -218,16 +240,7 @@ def test_forged_numpy_dtype_neither_crashes_nor_loads_raw_pointers(tmp_path: Pat
 
     path = tmp_path / "forged_1.pt"
     subprocess.run([sys.executable, "-c", _FORGED_NUMPY, str(path), kind], check=True)
-    probe = (
-        "import sys\nfrom pathlib import Path\nfrom fdl_cli.checkpoints import discover_checkpoints, load_checkpoint\n"
-        "from fdl_cli.errors import FdlError\n"
-        "try:\n    found = discover_checkpoints([Path(sys.argv[1])])\n"
-        "    loaded = load_checkpoint(found.checkpoints[0])\n    print('loaded', sorted(loaded.state_dict))\n"
-        "except FdlError as exc:\n    print('refused', type(exc).__name__)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    result = _load_in_a_subprocess(path)
     assert result.stdout.startswith("refused"), result.stdout
 
 
@@ -317,21 +330,10 @@ def test_hostile_numpy_dtype_states_and_scalars_neither_crash_nor_allocate(tmp_p
     names, a field whose dtype is a str: a segfault), and its scalar() builds a void scalar of any size
     from nothing. The restricted unpickler reaches numpy's dtype only through `_shared_dtype` (numpy's
     shared dtypes ignore any state) and scalar() only for numbers, from exactly their bytes."""
-    import subprocess
-    import sys
 
     path = tmp_path / f"{kind}_1.pt"
     _with_entry(path, _HOSTILE_NUMPY[kind])
-    probe = (
-        "import sys\nfrom pathlib import Path\nfrom fdl_cli.checkpoints import discover_checkpoints, load_checkpoint\n"
-        "from fdl_cli.errors import FdlError\n"
-        "try:\n    found = discover_checkpoints([Path(sys.argv[1])])\n"
-        "    loaded = load_checkpoint(found.checkpoints[0])\n    print('loaded', sorted(loaded.state_dict))\n"
-        "except FdlError as exc:\n    print('refused', type(exc).__name__)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    result = _load_in_a_subprocess(path)
     if kind == "void_scalar":
         assert result.stdout.startswith("refused UnsafeCheckpointError"), result.stdout
     else:  # the state is ignored: the weights load
