@@ -583,8 +583,17 @@ def run_analyze(
         stdin=stdin,
         weights=options.weights,
     )
+    # The probe files the manifest names, beside the checkpoints in its folder, are known not to be
+    # checkpoints: no note for them (`fdl analyze sample_checkpoints` said "skipped probe.npz").
+    own = set()
+    for spec in manifest.probe if manifest is not None else ():
+        with contextlib.suppress(FdlError, OSError, RuntimeError):
+            probe_path = Path(parse_probe_spec(spec)[1])
+            if home is not None and probe_path.resolve().parent == home.resolve():
+                own.add(f"skipped {probe_path.name}:")
     for note in discovery.notes:
-        reporter.note(note)
+        if not any(note.startswith(prefix) for prefix in own):
+            reporter.note(note)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:

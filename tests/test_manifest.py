@@ -49,9 +49,12 @@ def _options(store: Path) -> dict:
 def test_the_manifest_sets_the_measures_options_and_the_command_line_wins(tmp_path: Path) -> None:
     folder = _folder(tmp_path)
     _manifest(folder, "center = true\ntop_k = 3\nanchor-size = 20\ndlr_energy = 0.9\nbatch_size = 7\nreference = 10")
+    np.savez(folder / "other.npz", x=np.zeros(3))
     done = _run(folder, tmp_path / "m.h5")
     assert done.code == 0, done.stderr
     assert "ignored" not in done.stderr
+    # The manifest's own probe beside the checkpoints is no file to note; another one still is.
+    assert "skipped probe.npz" not in done.stderr and "skipped other.npz" in done.stderr
     options = _options(tmp_path / "m.h5")
     assert (options["center"], options["top_k"], options["anchor_size"], options["dlr_energy"]) == (True, 3, 20, 0.9)
     with StoreReader(tmp_path / "m.h5") as reader:
