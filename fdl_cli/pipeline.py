@@ -583,17 +583,27 @@ def run_analyze(
         stdin=stdin,
         weights=options.weights,
     )
-    # The probe files the manifest names, beside the checkpoints in its folder, are known not to be
-    # checkpoints: no note for them (`fdl analyze sample_checkpoints` said "skipped probe.npz").
+    # Files without a checkpoint suffix get one note for all of them (a folder with a README, logs and
+    # configs said one line each); the probe and model files the folder's fdl.toml names none.
     own = set()
-    for spec in manifest.probe if manifest is not None else ():
-        with contextlib.suppress(FdlError, OSError, RuntimeError):
-            probe_path = Path(parse_probe_spec(spec)[1])
-            if home is not None and probe_path.resolve().parent == home.resolve():
-                own.add(f"skipped {probe_path.name}:")
+    named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
+    if manifest is not None and manifest.model is not None and ":" in manifest.model:
+        named.append(Path(manifest.model.rpartition(":")[0]))
+    for path in named:
+        with contextlib.suppress(OSError, RuntimeError):
+            if home is not None and path.resolve().parent == home.resolve():
+                own.add(path.name)
+    unsuffixed = []
     for note in discovery.notes:
-        if not any(note.startswith(prefix) for prefix in own):
+        plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
+        if plain is None:
             reporter.note(note)
+        elif plain.group(1) not in own:
+            unsuffixed.append(plain.group(1))
+    if unsuffixed:
+        shown = ", ".join(unsuffixed[:6]) + (f" and {len(unsuffixed) - 6} more" if len(unsuffixed) > 6 else "")
+        reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
+                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {shown}")
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:

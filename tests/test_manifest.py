@@ -53,8 +53,11 @@ def test_the_manifest_sets_the_measures_options_and_the_command_line_wins(tmp_pa
     done = _run(folder, tmp_path / "m.h5")
     assert done.code == 0, done.stderr
     assert "ignored" not in done.stderr
-    # The manifest's own probe beside the checkpoints is no file to note; another one still is.
-    assert "skipped probe.npz" not in done.stderr and "skipped other.npz" in done.stderr
+    # The manifest's own probe beside the checkpoints is no file to note; another one still is, and
+    # the files without a checkpoint suffix are named in one note.
+    said = " ".join(done.stderr.split())
+    assert "probe.npz" not in said and "skipped 1 file without a checkpoint suffix (.pt, .pth" in said
+    assert said.count("without a checkpoint suffix") == 1 and "): other.npz" in said
     options = _options(tmp_path / "m.h5")
     assert (options["center"], options["top_k"], options["anchor_size"], options["dlr_energy"]) == (True, 3, 20, 0.9)
     with StoreReader(tmp_path / "m.h5") as reader:
