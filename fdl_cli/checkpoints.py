@@ -1909,6 +1909,11 @@ def read_manifest(folder: Path) -> Manifest | None:
         )
     raw_probe = data.pop("probe", None)
     if isinstance(raw_probe, dict):
+        if not all(isinstance(p, str) and p for p in raw_probe.values()):
+            raise CheckpointError(
+                f"{path}: each probe of the 'probe' table must be a path (a string)", got=repr(raw_probe)[:100],
+                fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
+            )
         probes = [f"{name}={(base / str(p)).resolve()}" for name, p in raw_probe.items()]
     else:
         probes = [str((base / p).resolve()) for p in _as_str_list(raw_probe, "probe", path)]

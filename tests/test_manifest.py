@@ -143,3 +143,11 @@ def test_the_manifest_names_what_it_ignores_and_never_grants_trust(tmp_path: Pat
     assert "step_30.pt" in done.stderr and "--trust-pickle" in done.stderr
     with StoreReader(tmp_path / "m.h5") as reader:
         assert reader.steps() == [0, 10, 20]  # ... and the others analysed
+
+
+def test_a_probe_table_of_non_paths_is_an_error(tmp_path: Path) -> None:
+    """probe = { train = 3 } said "probe file .../3 not found"."""
+    folder = _folder(tmp_path)
+    (folder / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = {{ train = 3 }}\n')
+    bad = _run(folder, tmp_path / "bad.h5")
+    assert bad.code == 1 and "'probe' table must be a path (a string)" in bad.stderr and "not found" not in bad.stderr
