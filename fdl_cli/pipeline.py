@@ -583,27 +583,7 @@ def run_analyze(
         stdin=stdin,
         weights=options.weights,
     )
-    # Files without a checkpoint suffix get one note for all of them (a folder with a README, logs and
-    # configs said one line each); the probe and model files the folder's fdl.toml names none.
-    own = set()
-    named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
-    if manifest is not None and manifest.model is not None and ":" in manifest.model:
-        named.append(Path(manifest.model.rpartition(":")[0]))
-    for path in named:
-        with contextlib.suppress(OSError, RuntimeError):
-            if home is not None and path.resolve().parent == home.resolve():
-                own.add(path.name)
-    unsuffixed = []
-    for note in discovery.notes:
-        plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
-        if plain is None:
-            reporter.note(note)
-        elif plain.group(1) not in own:
-            unsuffixed.append(plain.group(1))
-    if unsuffixed:
-        shown = ", ".join(unsuffixed[:6]) + (f" and {len(unsuffixed) - 6} more" if len(unsuffixed) > 6 else "")
-        reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
-                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {shown}")
+    _note_skipped(discovery.notes, manifest, home, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:
@@ -682,6 +662,34 @@ def run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
+    """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
+    a README, logs and configs said one line each); the probe and model files the folder's fdl.toml
+    names, none (the README's first command noted probe.npz and model.py)."""
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.probes import parse_probe_spec
+
+    own = set()
+    named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
+    if manifest is not None and manifest.model is not None and ":" in manifest.model:
+        named.append(Path(manifest.model.rpartition(":")[0]))
+    for path in named:
+        with contextlib.suppress(OSError, RuntimeError):
+            if home is not None and path.resolve().parent == home.resolve():
+                own.add(path.name)
+    unsuffixed = []
+    for note in notes:
+        plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
+        if plain is None:
+            reporter.note(note)
+        elif plain.group(1) not in own:
+            unsuffixed.append(plain.group(1))
+    if unsuffixed:
+        shown = ", ".join(unsuffixed[:6]) + (f" and {len(unsuffixed) - 6} more" if len(unsuffixed) > 6 else "")
+        reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
+                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {shown}")
 
 
 def _is(path: Path, kind: str) -> bool:
