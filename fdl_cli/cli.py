@@ -143,7 +143,9 @@ def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | N
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
 @click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
-                   "float32: about 2x faster; CKA moves by at most ~1e-7 (see docs/measures.md).")
+                   "float32: about 2x faster; CKA moves by ~1e-7 on float32 models' features (up to a few "
+                   "1e-6 on features of few distinct values; not used with --dtype bfloat16/float16; "
+                   "see docs/measures.md).")
 @click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
 @click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
 @click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1))

@@ -4,8 +4,11 @@ the choice behind a flag). float64 stays the default; these tests are the eviden
 
 Why it can hold: CKA = ‖A_cᵀB_c‖_F² / (‖A_cᵀA_c‖_F ‖B_cᵀB_c‖_F) is one ratio of sums over p² entries.
 The anchors are centered in float64 and rounded once to float32 (~6e-8 relative per entry), blocks of
-1 024 rows are multiplied in float32 and summed in float64; the self-norms stay float64. The rounding
-errors of the p² entries are independent, so the ratio moves by ~1e-8, far inside 1e-6.
+1 024 rows are multiplied in float32 and summed in float64; the self-norms stay float64. When the
+features take many distinct values the rounding errors of the sums are independent, so the ratio
+moves by ~1e-8, far inside 1e-6. When each column takes a few values (a bfloat16 model's binary units
+on an offset) they are not: the float32 sums drift together, past 1e-6 (a review's finding, recorded
+below), and fdl does not use float32 CKA with --dtype bfloat16 / float16.
 """
 
 from __future__ import annotations
@@ -106,3 +109,38 @@ def test_cli_flag_is_recorded_and_a_store_refuses_the_other(tmp_path: Path) -> N
         assert sorted(r["step"] for r in reader.records()) == [0, 5]  # nothing lost
     help_text = " ".join(run_fdl("analyze", "--help").stdout.split())
     assert "--cka-dtype" in help_text and "cka_init and cka_prev" in help_text
+
+
+@pytest.mark.xfail(strict=True, reason="finding: float32 sums of few-valued anchors drift together (up to "
+                   "3.5e-6 relative): why --cka-dtype float32 is not used with --dtype bfloat16/float16")
+def test_float32_cka_on_few_valued_anchors() -> None:
+    """Anchors as a bfloat16 model with 8 binary units on a +100 offset gives them: each entry 100 or
+    100.5 (exact in bfloat16 and float32), B agreeing with A on half its entries (a review's repro)."""
+    worst = 0.0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        u = (rng.random((4096, 8)) < 2 / 3) * 0.5
+        v = np.where(rng.random((4096, 8)) < 0.5, u, (rng.random((4096, 8)) < 2 / 3) * 0.5)
+        a, b = (100 + u).astype(np.float32), (100 + v).astype(np.float32)
+        exact = reference_cka(a.astype(np.float64), b.astype(np.float64))
+        assert _cka(_series(a, "float64"), _series(b, "float64")) == pytest.approx(exact, rel=1e-12)
+        worst = max(worst, abs(_cka(_series(a, "float32"), _series(b, "float32")) - exact) / exact)
+    assert worst < RTOL
+
+
+def test_float32_cka_is_not_used_with_a_low_precision_model(tmp_path: Path) -> None:
+    sample = str(REPO / "sample_checkpoints")
+    plain = tmp_path / "bf16.h5"
+    assert run_fdl("analyze", sample, "--steps", "0,5", "--dtype", "bfloat16", "--out", str(plain)).returncode == 0
+    asked = tmp_path / "asked.h5"
+    result = run_fdl("analyze", sample, "--steps", "0,5", "--dtype", "bfloat16", "--cka-dtype", "float32",
+                     "--out", str(asked))
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "--cka-dtype float32 is not used with --dtype bfloat16" in said and "CKA is computed in float64" in said
+    with StoreReader(asked) as reader, StoreReader(plain) as expected:
+        assert "cka_dtype" not in reader.provenance["options"]  # float64, as recorded for the default
+        skip = {"path", "sha256"}
+        assert [{k: v for k, v in r.items() if k not in skip} for r in reader.records()] == [
+            {k: v for k, v in r.items() if k not in skip} for r in expected.records()
+        ]
