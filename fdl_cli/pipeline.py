@@ -1375,9 +1375,17 @@ def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None)
     except FdlError as exc:
         ctx.reporter.warn(f"watching: {exc.what}")
         return known
+    # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
+    # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
+    # every N-th in step order over all those found, the first included.
+    if options.steps is not None:
+        wanted = {int(step) for step in options.steps}
+        found = [ref for ref in found if ref.step in wanted]
+    known_paths = {str(ref.path) for ref in known}
+    if options.every is not None:
+        found = [ref for i, ref in enumerate(found) if i % options.every == 0 or str(ref.path) in known_paths]
     settled = []
     now = time.time()
-    known_paths = {str(ref.path) for ref in known}
     for ref in found:
         if str(ref.path) not in known_paths:  # those analysed already keep their place in step order
             try:

@@ -1,0 +1,39 @@
+"""`fdl analyze --watch` following a live training job (found by exercising it against real trainers).
+
+Each test runs --watch in this process: each poll's sleep is replaced by what the trainer does
+between two polls (`tests.test_prev_walkback._polls`), then Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_prev_walkback import _analyze, _arrive, _make_run, _polls, _stored
+
+torch.set_num_threads(1)
+
+
+def test_watch_keeps_to_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps selects the checkpoints that appear while watching too (all of them were analysed)."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors", "step_40.safetensors")):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20]
+    assert sorted(_stored(out)) == [0, 20]
+
+
+def test_watch_keeps_to_every(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--every N keeps every N-th checkpoint in step order among those that appear while watching."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors", "step_40.safetensors",
+                                             "step_50.safetensors", "step_60.safetensors")):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
+    assert sorted(_stored(out)) == [0, 20, 40, 60]
+    assert [r["step"] for r in records] == [0, 20, 40, 60]
