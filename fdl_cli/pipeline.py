@@ -16,7 +16,7 @@ import platform
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -912,7 +912,7 @@ def _analyze_refs(
                 # durable) until a new checkpoint appears.
                 announce(writer.flush())
                 signals.sleep(options.poll_seconds)
-                refs = _rediscover(ctx, refs, stdin)
+                refs = _rediscover(ctx, refs, stdin, writer.completed())
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
@@ -1362,8 +1362,11 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
         )
 
 
-def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None) -> list[CheckpointRef]:
-    """For --watch: the checkpoints now present, ignoring files still being written."""
+def _rediscover(
+    ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None, stored: Collection[int] = ()
+) -> list[CheckpointRef]:
+    """For --watch: the checkpoints now present, ignoring files still being written, and those of
+    `stored` (steps) among `known` whose file is gone."""
     from fdl_cli.checkpoints import discover_checkpoints
 
     options = ctx.options
@@ -1394,7 +1397,24 @@ def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None)
             except OSError:
                 continue
         settled.append(ref)
-    return settled
+    # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K) keeps its place
+    # in step order: the next checkpoint is compared with it (its series are still in memory), not with
+    # the one before it; without it a run keeping one checkpoint compared each with the reference.
+    present, taken = {str(ref.path) for ref in settled}, {ref.step for ref in settled}
+    for ref in known:
+        if ref.step in stored and str(ref.path) not in present and ref.step not in taken and _gone(ref.path):
+            settled.append(ref)
+    return sorted(settled, key=lambda ref: ref.step)
+
+
+def _gone(path: Path | str) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _run_refs(

@@ -37,3 +37,31 @@ def test_watch_keeps_to_every(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
     assert sorted(_stored(out)) == [0, 20, 40, 60]
     assert [r["step"] for r in records] == [0, 20, 40, 60]
+
+
+def test_watch_compares_with_a_rotated_away_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer that keeps the reference and its last checkpoint only (rotation) deletes the previous
+    checkpoint's file before the next one is analysed: the next is still compared with it, as in one
+    run over all the files, not with the reference."""
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20, 30]))
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def rotate(step: int) -> None:
+        _arrive(source, folder, f"step_{step}.safetensors")
+        (folder / f"step_{step - 10}.safetensors").unlink()
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: rotate(20), lambda: rotate(30)):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert [r["step"] for r in records] == [0, 10, 20, 30]
+    stored = _stored(out)
+    assert [stored[step]["prev_step"] for step in (10, 20, 30)] == [0, 10, 20]
+    for step in (10, 20, 30):
+        assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
+
+
+def _stored_of(tmp_path: Path, folder: Path) -> dict[int, dict[str, object]]:
+    out = tmp_path / f"{folder.name}.h5"
+    _analyze(folder, out)
+    return _stored(out)
