@@ -6,10 +6,14 @@ between two polls (`tests.test_prev_walkback._polls`), then Ctrl-C.
 
 from __future__ import annotations
 
+import io
+import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.test_prev_walkback import _analyze, _arrive, _make_run, _polls, _stored
 
@@ -65,3 +69,53 @@ def _stored_of(tmp_path: Path, folder: Path) -> dict[int, dict[str, object]]:
     out = tmp_path / f"{folder.name}.h5"
     _analyze(folder, out)
     return _stored(out)
+
+
+def _half_written(source: Path, staging: Path, step: int, suffix: str) -> str:
+    """In `staging`: step_<step><suffix> as a trainer leaves it while it writes, cut short, settled
+    (the trainer paused for longer than --watch's settling time), and full_<step><suffix>, what it
+    becomes."""
+    data = (source / f"step_{step}.safetensors").read_bytes()
+    if suffix == ".pt":
+        buffer = io.BytesIO()
+        torch.save(load_file(str(source / f"step_{step}.safetensors")), buffer)
+        data = buffer.getvalue()
+    name = f"step_{step}{suffix}"
+    (staging / name).write_bytes(data[: len(data) - 40])  # the header whole, the tensor data cut short
+    past = time.time() - 60
+    os.utime(staging / name, (past, past))
+    (staging / f"full_{step}{suffix}").write_bytes(data)
+    return name
+
+
+def _finish_into(staging: Path, folder: Path, step: int, suffix: str) -> None:
+    (staging / f"full_{step}{suffix}").replace(folder / f"step_{step}{suffix}")
+    past = time.time() - 30
+    os.utime(folder / f"step_{step}{suffix}", (past, past))
+
+
+def test_watch_reads_a_half_written_checkpoint_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint the trainer is still writing when --watch starts is a bad checkpoint; once the
+    trainer has finished it (it changed) --watch analyses it (it was missed for the rest of the watch
+    and the run ended with exit 1), and its stored successor is compared with it."""
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20, 30]))
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    out = tmp_path / "s.h5"
+    name = _half_written(source, staging, 20, ".pt")
+    (staging / name).replace(folder / name)
+    with _polls(
+        monkeypatch,
+        lambda: _arrive(source, folder, "step_30.safetensors"),
+        lambda: _finish_into(staging, folder, 20, ".pt"),
+    ):
+        summary, _ = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    stored = _stored(out)
+    assert sorted(stored) == [0, 10, 20, 30]
+    assert summary.failed == []
+    assert [stored[step]["prev_step"] for step in (10, 20, 30)] == [0, 10, 20]
+    for step in (20, 30):
+        assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
+
