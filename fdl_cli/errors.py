@@ -37,6 +37,10 @@ class FdlError(Exception):
 class CheckpointError(FdlError):
     """A checkpoint could not be found, trusted, loaded or matched to the model."""
 
+    #: size and modification time of the file before the read that failed (`checkpoints.file_signature`),
+    #: when known: --watch tries a file again once it has changed since (it was still being written)
+    file_signature: str = ""
+
 
 class UnsafeCheckpointError(CheckpointError):
     """Loading this checkpoint would execute code; refused without --trust-pickle."""

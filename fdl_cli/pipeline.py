@@ -16,7 +16,7 @@ import platform
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -356,6 +356,9 @@ class _Context:
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
     #: paths of this run's checkpoints whose analysis failed: "previous" skips over them (`_previous_step`)
     failed_paths: set[str] = field(default_factory=set)
+    #: path -> its file's signature when it failed (before the read, when known): --watch tries a file
+    #: again once it has changed, as one read while the trainer was still writing it fails
+    failed_signatures: dict[str, str] = field(default_factory=dict)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -596,6 +599,8 @@ def run_analyze(
         stdin=stdin,
         weights=options.weights,
     )
+    # As soon as they were found bad: --watch tries one again once it changed (a file being written)
+    bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
     _note_skipped(discovery.notes, manifest, home, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
@@ -658,6 +663,7 @@ def run_analyze(
     _check_out_is_no_input(out, inputs)
     summary = AnalyzeSummary(store=out, resume=options.resume)
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
+    ctx.failed_signatures.update(bad_signatures)
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:
         selected = {ref.step for ref in refs}
@@ -765,8 +771,12 @@ def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint
             return ""  # gone or unreadable: load_checkpoint or sha256_file says so
 
     signature = signature_now()  # before reading: see file_signature
-    loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
-    sha = sha256_file(ref.path)
+    try:
+        loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
+        sha = sha256_file(ref.path)
+    except CheckpointError as exc:
+        exc.file_signature = signature  # --watch tries it again once it changed (_rediscover)
+        raise
     if signature and signature_now() != signature:
         # The numbers would be those of the content loaded, stored under the hash of another.
         raise CheckpointError(
@@ -933,7 +943,7 @@ def _analyze_refs(
                 # durable) until a new checkpoint appears.
                 announce(writer.flush())
                 signals.sleep(options.poll_seconds)
-                refs = _rediscover(ctx, refs, stdin)
+                refs = _rediscover(ctx, refs, stdin, writer.completed(), summary)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
@@ -1383,8 +1393,15 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
         )
 
 
-def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None) -> list[CheckpointRef]:
-    """For --watch: the checkpoints now present, ignoring files still being written."""
+def _rediscover(
+    ctx: _Context,
+    known: list[CheckpointRef],
+    stdin: TextIO | None,
+    stored: Collection[int] = (),
+    summary: AnalyzeSummary | None = None,
+) -> list[CheckpointRef]:
+    """For --watch: the checkpoints now present, ignoring files still being written, and those of
+    `stored` (steps) among `known` whose file is gone."""
     from fdl_cli.checkpoints import discover_checkpoints
 
     options = ctx.options
@@ -1396,18 +1413,51 @@ def _rediscover(ctx: _Context, known: list[CheckpointRef], stdin: TextIO | None)
     except FdlError as exc:
         ctx.reporter.warn(f"watching: {exc.what}")
         return known
+    # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
+    # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
+    # every N-th in step order over all those found, the first included.
+    if options.steps is not None:
+        wanted = {int(step) for step in options.steps}
+        found = [ref for ref in found if ref.step in wanted]
+    known_paths = {str(ref.path) for ref in known}
+    if options.every is not None:
+        found = [ref for i, ref in enumerate(found) if i % options.every == 0 or str(ref.path) in known_paths]
     settled = []
     now = time.time()
-    known_paths = {str(ref.path) for ref in known}
     for ref in found:
-        if str(ref.path) not in known_paths:  # those analysed already keep their place in step order
+        path = str(ref.path)
+        changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
+        if path not in known_paths or changed:  # those analysed already keep their place in step order
             try:
                 if now - os.stat(ref.path).st_mtime < max(1.0, options.poll_seconds / 2):
                     continue  # probably still being written: next poll
             except OSError:
                 continue
+        if changed and summary is not None:
+            # It failed, and has changed since: it was read while the trainer was still writing it (a
+            # pause longer than the settling time, or a file being written when --watch started).
+            ctx.reporter.note(f"{ref.path} changed since it failed: analysing it again")
+            del ctx.failed_signatures[path]
+            summary.failed[:] = [item for item in summary.failed if item[0] != path]
         settled.append(ref)
-    return settled
+    # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K) keeps its place
+    # in step order: the next checkpoint is compared with it (its series are still in memory), not with
+    # the one before it; without it a run keeping one checkpoint compared each with the reference.
+    present, taken = {str(ref.path) for ref in settled}, {ref.step for ref in settled}
+    for ref in known:
+        if ref.step in stored and str(ref.path) not in present and ref.step not in taken and _gone(ref.path):
+            settled.append(ref)
+    return sorted(settled, key=lambda ref: ref.step)
+
+
+def _gone(path: Path | str) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _run_refs(
@@ -1514,6 +1564,17 @@ def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: Fdl
     """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
     summary.failed.append((str(ref.path), exc.message))
     ctx.failed_paths.add(str(ref.path))
+    ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
+
+
+def _signature_of(path: Path | str) -> str:
+    """`checkpoints.file_signature`, or "" for a file that cannot be looked at."""
+    from fdl_cli.checkpoints import file_signature
+
+    try:
+        return file_signature(Path(path))
+    except (OSError, FdlError):
+        return ""
 
 
 @dataclass

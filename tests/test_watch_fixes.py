@@ -1,0 +1,121 @@
+"""`fdl analyze --watch` following a live training job (found by exercising it against real trainers).
+
+Each test runs --watch in this process: each poll's sleep is replaced by what the trainer does
+between two polls (`tests.test_prev_walkback._polls`), then Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_prev_walkback import _analyze, _arrive, _make_run, _polls, _stored
+
+torch.set_num_threads(1)
+
+
+def test_watch_keeps_to_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps selects the checkpoints that appear while watching too (all of them were analysed)."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors", "step_40.safetensors")):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20]
+    assert sorted(_stored(out)) == [0, 20]
+
+
+def test_watch_keeps_to_every(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--every N keeps every N-th checkpoint in step order among those that appear while watching."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors", "step_40.safetensors",
+                                             "step_50.safetensors", "step_60.safetensors")):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
+    assert sorted(_stored(out)) == [0, 20, 40, 60]
+    assert [r["step"] for r in records] == [0, 20, 40, 60]
+
+
+def test_watch_compares_with_a_rotated_away_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer that keeps the reference and its last checkpoint only (rotation) deletes the previous
+    checkpoint's file before the next one is analysed: the next is still compared with it, as in one
+    run over all the files, not with the reference."""
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20, 30]))
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def rotate(step: int) -> None:
+        _arrive(source, folder, f"step_{step}.safetensors")
+        (folder / f"step_{step - 10}.safetensors").unlink()
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: rotate(20), lambda: rotate(30)):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert [r["step"] for r in records] == [0, 10, 20, 30]
+    stored = _stored(out)
+    assert [stored[step]["prev_step"] for step in (10, 20, 30)] == [0, 10, 20]
+    for step in (10, 20, 30):
+        assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
+
+
+def _stored_of(tmp_path: Path, folder: Path) -> dict[int, dict[str, object]]:
+    out = tmp_path / f"{folder.name}.h5"
+    _analyze(folder, out)
+    return _stored(out)
+
+
+def _half_written(source: Path, staging: Path, step: int, suffix: str) -> str:
+    """In `staging`: step_<step><suffix> as a trainer leaves it while it writes, cut short, settled
+    (the trainer paused for longer than --watch's settling time), and full_<step><suffix>, what it
+    becomes."""
+    data = (source / f"step_{step}.safetensors").read_bytes()
+    if suffix == ".pt":
+        buffer = io.BytesIO()
+        torch.save(load_file(str(source / f"step_{step}.safetensors")), buffer)
+        data = buffer.getvalue()
+    name = f"step_{step}{suffix}"
+    (staging / name).write_bytes(data[: len(data) - 40])  # the header whole, the tensor data cut short
+    past = time.time() - 60
+    os.utime(staging / name, (past, past))
+    (staging / f"full_{step}{suffix}").write_bytes(data)
+    return name
+
+
+def _finish_into(staging: Path, folder: Path, step: int, suffix: str) -> None:
+    (staging / f"full_{step}{suffix}").replace(folder / f"step_{step}{suffix}")
+    past = time.time() - 30
+    os.utime(folder / f"step_{step}{suffix}", (past, past))
+
+
+def test_watch_reads_a_half_written_checkpoint_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint the trainer is still writing when --watch starts is a bad checkpoint; once the
+    trainer has finished it (it changed) --watch analyses it (it was missed for the rest of the watch
+    and the run ended with exit 1), and its stored successor is compared with it."""
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20, 30]))
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    out = tmp_path / "s.h5"
+    name = _half_written(source, staging, 20, ".pt")
+    (staging / name).replace(folder / name)
+    with _polls(
+        monkeypatch,
+        lambda: _arrive(source, folder, "step_30.safetensors"),
+        lambda: _finish_into(staging, folder, 20, ".pt"),
+    ):
+        summary, _ = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    stored = _stored(out)
+    assert sorted(stored) == [0, 10, 20, 30]
+    assert summary.failed == []
+    assert [stored[step]["prev_step"] for step in (10, 20, 30)] == [0, 10, 20]
+    for step in (20, 30):
+        assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
+
