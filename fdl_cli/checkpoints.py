@@ -998,6 +998,7 @@ def discover_checkpoints(
     every: int | None = None,
     stdin: TextIO | None = None,
     weights: str | None = None,
+    empty_ok: bool = False,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1017,7 +1018,8 @@ def discover_checkpoints(
     weights at different steps are kept and reported in ``duplicates`` (a warning: a run that did
     not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
-    ``weights`` (--weights) names the weights that are compared for "identical weights".
+    ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
+    no checkpoint (or only unreadable ones) is an empty Discovery, not an error (--watch waits for one).
     """
     notes: list[str] = []
     pattern = None
@@ -1071,6 +1073,8 @@ def discover_checkpoints(
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+    if not found and empty_ok:  # --watch before the first checkpoint is written
+        return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:

@@ -598,7 +598,10 @@ def run_analyze(
         every=options.every,
         stdin=stdin,
         weights=options.weights,
+        empty_ok=options.watch and "-" not in options.sources,
     )
+    if options.watch and not discovery.checkpoints:
+        discovery = _wait_for_a_checkpoint(options, reporter)
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
     _note_skipped(discovery.notes, manifest, home, reporter)
@@ -681,6 +684,23 @@ def run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter) -> Any:
+    """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
+    until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch."""
+    from fdl_cli import checkpoints as ckpts
+
+    reporter.note(f"waiting for a checkpoint in {', '.join(options.sources)} (every {options.poll_seconds:g} s; "
+                  "Ctrl-C stops)")
+    while True:
+        signals.sleep(options.poll_seconds)
+        discovery = ckpts.discover_checkpoints(
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
+            every=options.every, weights=options.weights, empty_ok=True,
+        )
+        if discovery.checkpoints:
+            return discovery
 
 
 def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:

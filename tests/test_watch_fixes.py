@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fdl_cli.errors import CheckpointError
 from tests.test_prev_walkback import _analyze, _arrive, _make_run, _polls, _stored
 
 torch.set_num_threads(1)
@@ -119,3 +120,29 @@ def test_watch_reads_a_half_written_checkpoint_again(tmp_path: Path, monkeypatch
     for step in (20, 30):
         assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
 
+
+
+def test_watch_waits_for_the_first_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--watch started with the training job, before its first checkpoint (or while the first is
+    being written) failed: "no checkpoints found" / "cannot read", exit 1. It waits, as for later ones."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [])
+
+    def half_written() -> None:
+        data = (source / "step_0.safetensors").read_bytes()
+        (folder / "step_0.safetensors").write_bytes(data[: len(data) // 2])
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: None, half_written,
+                lambda: _arrive(source, folder, "step_0.safetensors", "step_10.safetensors")):
+        summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted and not summary.failed
+    assert [r["step"] for r in records] == [0, 10] and sorted(_stored(out)) == [0, 10]
+    # Without --watch an empty folder is still an error at once.
+    empty = _make_run(tmp_path / "empty", [])
+    with pytest.raises(CheckpointError, match="no checkpoints found"):
+        _analyze(empty, tmp_path / "e.h5")
+    # Ctrl-C while waiting: no store is made.
+    with _polls(monkeypatch), pytest.raises(KeyboardInterrupt):
+        _analyze(empty, tmp_path / "w.h5", watch=True, poll_seconds=0.01)
+    assert not (tmp_path / "w.h5").exists()
