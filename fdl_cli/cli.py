@@ -171,7 +171,8 @@ def analyze(**kwargs: Any) -> None:
         )
     console.print(summary.message(), markup=False)
     if summary.interrupted:
-        sys.exit(130)  # like any Ctrl-C'd command, so `fdl analyze ... && next` does not go on
+        # like any Ctrl-C'd (130) or SIGTERM'd (143) command, so `fdl analyze ... && next` does not go on
+        sys.exit(signals.exit_status())
     if summary.failed:
         sys.exit(1)
 
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
             cli.main(args=argv, prog_name="fdl", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(signals.exit_status())
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(signals.exit_status())
     except (BrokenPipeError, _StdoutClosed):
         # The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
         # killed by SIGPIPE does (status 128 + 13). stdout is pointed at /dev/null first, or the

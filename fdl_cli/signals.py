@@ -1,4 +1,4 @@
-"""Ctrl-C that is never lost.
+"""Ctrl-C (and SIGTERM) that is never lost.
 
 Python raises KeyboardInterrupt in whatever the main thread is running when SIGINT arrives. When that
 is a finaliser (a `__del__`, a weakref callback of the garbage collector, torch's or rich's), the
@@ -20,12 +20,21 @@ from types import FrameType
 from typing import Any
 
 _pending = False
+#: SIGTERM (what Slurm, Kubernetes and systemd send before killing a job) arrived: it stops fdl as a
+#: Ctrl-C does (what was computed is committed, the summary printed), and the exit status is 143
+terminated = False
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    global _pending
+    global _pending, terminated
     _pending = True
+    terminated = terminated or signum == signal.SIGTERM
     raise KeyboardInterrupt
+
+
+def exit_status() -> int:
+    """The status of a run a signal stopped: 128 + SIGTERM's 15 after one, else 128 + SIGINT's 2."""
+    return 143 if terminated else 130
 
 
 @contextmanager
@@ -35,11 +44,14 @@ def installed() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global terminated
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.default_int_handler:
         yield  # ignored (a background job) or handled by the embedding program: leave it so
         return
     _pending = False
+    terminated = False
+    previous_term = signal.getsignal(signal.SIGTERM)
     unraisable = sys.unraisablehook
 
     def quiet(info: Any) -> None:
@@ -50,12 +62,16 @@ def installed() -> Iterator[None]:
         unraisable(info)
 
     signal.signal(signal.SIGINT, _on_sigint)
+    if previous_term is signal.SIG_DFL:  # not when ignored or handled by an embedding program
+        signal.signal(signal.SIGTERM, _on_sigint)
     sys.unraisablehook = quiet
     try:
         yield
         check()  # one swallowed after the last check (a finaliser during the final commit)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = unraisable
         _pending = False
 
