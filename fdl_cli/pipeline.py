@@ -943,12 +943,18 @@ def _analyze_refs(
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
 
+        announced: set[int] = set()
+
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
-                if entry.step in summary.already:
+                # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
+                # later but lies before it in step order gave it a new previous checkpoint), is updated, not
+                # analysed again; its record is printed again, with the new values.
+                if entry.step in summary.already or entry.step in announced:
                     summary.refreshed.append(entry.step)
                 else:
                     summary.analysed.append(entry.step)
+                    announced.add(entry.step)
                 if on_record is not None:
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
