@@ -1432,13 +1432,16 @@ def _rediscover(
 
     options = ctx.options
     try:
-        found = discover_checkpoints(
+        discovery = discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
-            weights=options.weights,
-        ).checkpoints
+            weights=options.weights, empty_ok=True,
+        )
     except FdlError as exc:
         ctx.reporter.warn(f"watching: {exc.what}")
         return known
+    found = discovery.checkpoints
+    if summary is not None:
+        _report_bad_while_watching(ctx, summary, discovery.bad, options.poll_seconds)
     # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
     # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
     # every N-th in step order over all those found, the first included.
@@ -1474,6 +1477,28 @@ def _rediscover(
         if ref.step in stored and str(ref.path) not in present and ref.step not in taken and _gone(ref.path):
             settled.append(ref)
     return sorted(settled, key=lambda ref: ref.step)
+
+
+def _report_bad_while_watching(
+    ctx: _Context, summary: AnalyzeSummary, bad: Sequence[tuple[Path, str]], poll_seconds: float
+) -> None:
+    """A file that appears during --watch and cannot be read (corrupt, truncated, not a checkpoint) is
+    reported once it has settled, as at the start, and listed in the summary (exit 1); it was dropped
+    without a word. A file being written is left for the next poll; one reported is tried again once
+    its file changes (`ctx.failed_signatures`)."""
+    reported = {path for path, _ in summary.failed}
+    now = time.time()
+    for path, reason in bad:
+        if str(path) in reported:
+            continue
+        try:
+            if now - os.stat(path).st_mtime < max(1.0, poll_seconds / 2):
+                continue  # probably still being written: next poll
+        except OSError:
+            continue
+        ctx.reporter.error(f"{path}: {reason}")
+        summary.failed.append((str(path), reason))
+        ctx.failed_signatures[str(path)] = _signature_of(path)
 
 
 def _gone(path: Path | str) -> bool:

@@ -164,3 +164,28 @@ def test_a_checkpoint_that_arrives_late_updates_its_successor_once(tmp_path: Pat
     stored = _stored(out)
     assert stored[30]["prev_step"] == 20 and records[-1]["cka_prev"] == stored[30]["cka_prev"]
     assert stored[30]["cka_prev"] == pytest.approx(expected[30]["cka_prev"], rel=1e-12)
+
+
+def test_a_corrupt_checkpoint_that_appears_while_watching_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated file that appeared during --watch was dropped without a word (not listed, exit 0). It
+    is reported once settled, and analysed when the trainer writes it again."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def corrupt() -> None:
+        data = (source / "step_20.safetensors").read_bytes()
+        (folder / "step_20.safetensors").write_bytes(data[: len(data) // 2])
+        past = time.time() - 60
+        os.utime(folder / "step_20.safetensors", (past, past))
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, corrupt, lambda: None):
+        summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert [Path(path).name for path, _ in summary.failed] == ["step_20.safetensors"]
+    assert "truncated" in summary.failed[0][1] and [r["step"] for r in records] == [0, 10]
+    # Written again, whole: analysed, and no longer listed as failed.
+    with _polls(monkeypatch, corrupt, lambda: _arrive(source, folder, "step_20.safetensors")):
+        summary, records = _analyze(folder, tmp_path / "t.h5", watch=True, poll_seconds=0.01)
+    assert not summary.failed and [r["step"] for r in records] == [0, 10, 20]
