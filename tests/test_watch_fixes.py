@@ -189,3 +189,17 @@ def test_a_corrupt_checkpoint_that_appears_while_watching_is_reported(
     with _polls(monkeypatch, corrupt, lambda: _arrive(source, folder, "step_20.safetensors")):
         summary, records = _analyze(folder, tmp_path / "t.h5", watch=True, poll_seconds=0.01)
     assert not summary.failed and [r["step"] for r in records] == [0, 10, 20]
+
+
+def test_watch_waits_for_a_step_that_steps_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--watch --steps 0,20` before step 20 was written failed at the start ("--steps asks for step(s)
+    20 which no checkpoint has"); it is waited for, as any checkpoint is while watching."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    with pytest.raises(CheckpointError, match="--steps asks for step"):
+        _analyze(folder, tmp_path / "now.h5", steps=(0, 20))
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_20.safetensors", "step_30.safetensors")):
+        summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert summary.interrupted and [r["step"] for r in records] == [0, 20] and sorted(_stored(out)) == [0, 20]
+    assert _stored(out)[20]["prev_step"] == 0  # "previous" among the checkpoints analysed (--steps), as at the start
