@@ -189,3 +189,51 @@ def test_a_corrupt_checkpoint_that_appears_while_watching_is_reported(
     with _polls(monkeypatch, corrupt, lambda: _arrive(source, folder, "step_20.safetensors")):
         summary, records = _analyze(folder, tmp_path / "t.h5", watch=True, poll_seconds=0.01)
     assert not summary.failed and [r["step"] for r in records] == [0, 10, 20]
+
+
+def _lfs_pointer(folder: Path, name: str) -> Path:
+    path = folder / name
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 123456\n")
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return path
+
+
+def test_watch_reports_an_unreadable_file_while_waiting_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose only checkpoint cannot be read (a Git LFS pointer): without --watch an error at
+    once; --watch waited for ever without a word (and --strict did not stop). It is reported while
+    waiting, once, and listed in the summary when a readable checkpoint arrives."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [])
+    _lfs_pointer(folder, "step_0.pt")
+    (folder / "notes.txt").write_text("x")
+
+    def analyze(out: Path, **options: object) -> tuple[object, NullReporter]:
+        reporter = NullReporter()
+        summary = run_analyze(
+            AnalyzeOptions(
+                sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+                probe_specs=(str(folder / "probe.npz"),), out=out, anchor_size=100, batch_size=64, device="cpu",
+                watch=True, poll_seconds=0.01, **options,  # type: ignore[arg-type]
+            ),
+            reporter=reporter,
+        )
+        return summary, reporter
+
+    with _polls(monkeypatch, lambda: None), pytest.raises(KeyboardInterrupt):
+        analyze(tmp_path / "a.h5")
+    # --strict stops at it, as without --watch
+    with _polls(monkeypatch, lambda: None), pytest.raises((CheckpointError, KeyboardInterrupt)) as stopped:
+        analyze(tmp_path / "b.h5", strict=True)
+    assert isinstance(stopped.value, CheckpointError) and "--strict" in stopped.value.message
+    with _polls(monkeypatch, lambda: None, lambda: None, lambda: _arrive(source, folder, "step_10.safetensors")):
+        summary, reporter = analyze(tmp_path / "c.h5")
+    errors = [e for e in reporter.errors if "step_0.pt" in e]
+    assert len(errors) == 1 and "LFS" in errors[0]
+    assert [Path(p).name for p, _ in summary.failed] == ["step_0.pt"]  # type: ignore[attr-defined]
+    assert sum("notes.txt" in n for n in reporter.notes) == 1  # said before the wait, not again after
