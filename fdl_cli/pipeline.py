@@ -359,6 +359,8 @@ class _Context:
     #: path -> its file's signature when it failed (before the read, when known): --watch tries a file
     #: again once it has changed, as one read while the trainer was still writing it fails
     failed_signatures: dict[str, str] = field(default_factory=dict)
+    #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
+    seen_steps: set[int] = field(default_factory=set)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -1477,7 +1479,12 @@ def _rediscover(
         found = [ref for ref in found if ref.step in wanted]
     known_paths = {str(ref.path) for ref in known}
     if options.every is not None:
-        found = [ref for i, ref in enumerate(found) if i % options.every == 0 or str(ref.path) in known_paths]
+        # Positions among every step seen so far, not among the files present now: a trainer's rotation
+        # (keep the last K) deleting old files shifted them, and picked checkpoints --every had passed
+        # over (the files were step 10, 20, 30 with 0 deleted: 10 and 30 were analysed under --every 2).
+        ctx.seen_steps.update(ref.step for ref in (*known, *found))
+        position = {step: i for i, step in enumerate(sorted(ctx.seen_steps))}
+        found = [ref for ref in found if position[ref.step] % options.every == 0 or str(ref.path) in known_paths]
     settled = []
     now = time.time()
     for ref in found:

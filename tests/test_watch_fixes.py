@@ -237,3 +237,24 @@ def test_watch_reports_an_unreadable_file_while_waiting_for_the_first(
     assert len(errors) == 1 and "LFS" in errors[0]
     assert [Path(p).name for p, _ in summary.failed] == ["step_0.pt"]  # type: ignore[attr-defined]
     assert sum("notes.txt" in n for n in reporter.notes) == 1  # said before the wait, not again after
+
+
+def test_watch_keeps_to_every_when_old_files_are_rotated_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--every 2 counts positions among the steps seen, not among the files left: a trainer deleting
+    its oldest checkpoint (keep the last K) shifted them, and 10 and 30 were analysed (0, 20, 40 are
+    every 2nd)."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    past = time.time() - 60
+    for path in folder.glob("*.safetensors"):
+        os.utime(path, (past, past))
+
+    def rotate(step: int) -> None:
+        _arrive(source, folder, f"step_{step}.safetensors")
+        (folder / f"step_{step - 30}.safetensors").unlink()
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: rotate(30), lambda: rotate(40), lambda: rotate(50)):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
+    assert sorted(_stored(out)) == [0, 20, 40]
+    assert [r["step"] for r in records] == [0, 20, 40]
