@@ -1019,7 +1019,8 @@ def discover_checkpoints(
     not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
     ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
-    no checkpoint (or only unreadable ones) is an empty Discovery, not an error (--watch waits for one).
+    no checkpoint (or only unreadable ones) is an empty Discovery, not an error, and so is a step of
+    ``steps`` that no checkpoint has yet (--watch waits for them).
     """
     notes: list[str] = []
     pattern = None
@@ -1096,7 +1097,7 @@ def discover_checkpoints(
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
     checkpoints, duplicates = _dedupe(found, notes, weights)
     return Discovery(
-        checkpoints=_select(checkpoints, steps=steps, every=every),
+        checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
@@ -1199,13 +1200,13 @@ def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | No
 
 
 def _select(
-    checkpoints: list[CheckpointRef], *, steps: Sequence[int] | None, every: int | None
+    checkpoints: list[CheckpointRef], *, steps: Sequence[int] | None, every: int | None, missing_ok: bool = False
 ) -> list[CheckpointRef]:
     if steps is not None:
         wanted = list(dict.fromkeys(int(s) for s in steps))
         have = {ref.step for ref in checkpoints}
         missing = [s for s in wanted if s not in have]
-        if missing:
+        if missing and not missing_ok:  # --watch waits for a step not written yet
             raise CheckpointError(
                 f"--steps asks for step(s) {', '.join(map(str, missing))} which no checkpoint has",
                 got="available steps: "

@@ -258,3 +258,21 @@ def test_watch_keeps_to_every_when_old_files_are_rotated_away(tmp_path: Path, mo
         _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
     assert sorted(_stored(out)) == [0, 20, 40]
     assert [r["step"] for r in records] == [0, 20, 40]
+
+
+def test_watch_waits_for_a_step_of_steps_not_written_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--watch --steps 0,20 while the trainer is at step 10 failed ("--steps asks for step(s) 20 which
+    no checkpoint has"), at the start or, started before training, when step 0 arrived: it waits."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_20.safetensors", "step_30.safetensors")):
+        _, records = _analyze(folder, tmp_path / "a.h5", watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20] and sorted(_stored(tmp_path / "a.h5")) == [0, 20]
+    empty = _make_run(tmp_path / "empty", [])
+    with _polls(monkeypatch, lambda: _arrive(source, empty, "step_0.safetensors"),
+                lambda: _arrive(source, empty, "step_10.safetensors", "step_20.safetensors")):
+        _, records = _analyze(empty, tmp_path / "b.h5", watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20]
+    # Without --watch a step that no checkpoint has is still an error at once.
+    with pytest.raises(CheckpointError, match="--steps asks for step"):
+        _analyze(folder.parent / "run", tmp_path / "c.h5", steps=(0, 70))
