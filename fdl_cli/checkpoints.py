@@ -1019,8 +1019,8 @@ def discover_checkpoints(
     not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
     ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
-    no checkpoint (or only unreadable ones), or none yet of a step ``steps`` names, is no error (--watch
-    waits for them).
+    no checkpoint (or only unreadable ones) is an empty Discovery, not an error, and so is a step of
+    ``steps`` that no checkpoint has yet (--watch waits for them).
     """
     notes: list[str] = []
     pattern = None
@@ -1206,7 +1206,7 @@ def _select(
         wanted = list(dict.fromkeys(int(s) for s in steps))
         have = {ref.step for ref in checkpoints}
         missing = [s for s in wanted if s not in have]
-        if missing and not missing_ok:  # (--watch: a step not written yet is waited for)
+        if missing and not missing_ok:  # --watch waits for a step not written yet
             raise CheckpointError(
                 f"--steps asks for step(s) {', '.join(map(str, missing))} which no checkpoint has",
                 got="available steps: "

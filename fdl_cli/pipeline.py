@@ -359,6 +359,8 @@ class _Context:
     #: path -> its file's signature when it failed (before the read, when known): --watch tries a file
     #: again once it has changed, as one read while the trainer was still writing it fails
     failed_signatures: dict[str, str] = field(default_factory=dict)
+    #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
+    seen_steps: set[int] = field(default_factory=set)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -600,21 +602,24 @@ def run_analyze(
         weights=options.weights,
         empty_ok=options.watch and "-" not in options.sources,
     )
+    notes, reported_bad = list(discovery.notes), set[str]()
     if options.watch and not discovery.checkpoints:
-        discovery = _wait_for_a_checkpoint(options, reporter)
+        # What the folder holds is said before the wait (a --glob or manifest glob that matches nothing,
+        # a file without a step), and a settled unreadable file as it is found: waiting without a word
+        # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
+        _note_skipped(notes, manifest, home, reporter)
+        shown = set(notes)
+        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
+        notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    _note_skipped(discovery.notes, manifest, home, reporter)
+    _note_skipped(notes, manifest, home, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:
-        reporter.error(f"{bad_path}: {reason}")
-        if options.strict:
-            raise CheckpointError(
-                f"--strict: stopped at the unreadable checkpoint {bad_path}",
-                got=reason.splitlines()[0],
-                fix="repair or remove that file, or run without --strict to analyse the readable ones",
-            )
+        if str(bad_path) in reported_bad:
+            continue  # reported while waiting for the first checkpoint
+        _report_bad_found(options, reporter, bad_path, reason)
     if options.trust_pickle:
         reporter.warn(
             "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
@@ -686,14 +691,27 @@ def run_analyze(
     return summary
 
 
-def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter) -> Any:
+def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str]) -> Any:
     """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
-    until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch."""
+    until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch.
+    An unreadable file is reported once it has settled (added to `reported`), as during the watch;
+    --strict stops there."""
     from fdl_cli import checkpoints as ckpts
 
     reporter.note(f"waiting for a checkpoint in {', '.join(options.sources)} (every {options.poll_seconds:g} s; "
                   "Ctrl-C stops)")
     while True:
+        now = time.time()
+        for bad_path, reason in discovery.bad:
+            if str(bad_path) in reported:
+                continue
+            try:
+                if now - os.stat(bad_path).st_mtime < max(1.0, options.poll_seconds / 2):
+                    continue  # probably still being written: next poll
+            except OSError:
+                continue
+            reported.add(str(bad_path))
+            _report_bad_found(options, reporter, bad_path, reason)
         signals.sleep(options.poll_seconds)
         discovery = ckpts.discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
@@ -701,6 +719,17 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter) -> Any:
         )
         if discovery.checkpoints:
             return discovery
+
+
+def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
+    """A file discovery found unreadable: reported; --strict stops there."""
+    reporter.error(f"{bad_path}: {reason}")
+    if options.strict:
+        raise CheckpointError(
+            f"--strict: stopped at the unreadable checkpoint {bad_path}",
+            got=reason.splitlines()[0],
+            fix="repair or remove that file, or run without --strict to analyse the readable ones",
+        )
 
 
 def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
@@ -1450,7 +1479,12 @@ def _rediscover(
         found = [ref for ref in found if ref.step in wanted]
     known_paths = {str(ref.path) for ref in known}
     if options.every is not None:
-        found = [ref for i, ref in enumerate(found) if i % options.every == 0 or str(ref.path) in known_paths]
+        # Positions among every step seen so far, not among the files present now: a trainer's rotation
+        # (keep the last K) deleting old files shifted them, and picked checkpoints --every had passed
+        # over (the files were step 10, 20, 30 with 0 deleted: 10 and 30 were analysed under --every 2).
+        ctx.seen_steps.update(ref.step for ref in (*known, *found))
+        position = {step: i for i, step in enumerate(sorted(ctx.seen_steps))}
+        found = [ref for ref in found if position[ref.step] % options.every == 0 or str(ref.path) in known_paths]
     settled = []
     now = time.time()
     for ref in found:

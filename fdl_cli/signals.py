@@ -46,12 +46,17 @@ def installed() -> Iterator[None]:
         return
     global terminated
     previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:
-        yield  # ignored (a background job) or handled by the embedding program: leave it so
+    previous_term = signal.getsignal(signal.SIGTERM)
+    # SIGINT ignored (a background job: `fdl analyze ... &` in a batch script, where a shell without
+    # job control ignores it) or handled by the embedding program is left so; SIGTERM is still taken
+    # where it has its default (Slurm's time limit reaches such a job too).
+    take_int = previous is signal.default_int_handler
+    take_term = previous_term is signal.SIG_DFL  # not when ignored or handled by an embedding program
+    if not take_int and not take_term:
+        yield
         return
     _pending = False
     terminated = False
-    previous_term = signal.getsignal(signal.SIGTERM)
     unraisable = sys.unraisablehook
 
     def quiet(info: Any) -> None:
@@ -61,16 +66,18 @@ def installed() -> Iterator[None]:
             return
         unraisable(info)
 
-    signal.signal(signal.SIGINT, _on_sigint)
-    if previous_term is signal.SIG_DFL:  # not when ignored or handled by an embedding program
+    if take_int:
+        signal.signal(signal.SIGINT, _on_sigint)
+    if take_term:
         signal.signal(signal.SIGTERM, _on_sigint)
     sys.unraisablehook = quiet
     try:
         yield
         check()  # one swallowed after the last check (a finaliser during the final commit)
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if previous_term is signal.SIG_DFL:
+        if take_int:
+            signal.signal(signal.SIGINT, previous)
+        if take_term:
             signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = unraisable
         _pending = False

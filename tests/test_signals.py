@@ -66,3 +66,25 @@ def test_a_ctrl_c_swallowed_after_the_last_check_is_raised_on_the_way_out() -> N
         with signals.installed():
             _Swallows()  # e.g. during the final commit, after the pipeline's last check
     signals.check()
+
+
+def test_sigterm_is_taken_in_a_background_job_whose_ctrl_c_is_ignored() -> None:
+    """`fdl analyze ... &` in a batch script (`wait` after it) runs with SIGINT ignored: SIGTERM was
+    then left at its default, and Slurm's time limit ended the run at once, without the summary and
+    what was computed since the last commit. SIGTERM is taken; the ignored SIGINT stays ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(KeyboardInterrupt), signals.installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            signals.sleep(0.05)
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # else the kill ends pytest
+            os.kill(os.getpid(), signal.SIGTERM)
+            signals.sleep(5)
+        assert signals.exit_status() == 143
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -203,3 +203,90 @@ def test_watch_waits_for_a_step_that_steps_names(tmp_path: Path, monkeypatch: py
         summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01, steps=(0, 20))
     assert summary.interrupted and [r["step"] for r in records] == [0, 20] and sorted(_stored(out)) == [0, 20]
     assert _stored(out)[20]["prev_step"] == 0  # "previous" among the checkpoints analysed (--steps), as at the start
+
+
+def _lfs_pointer(folder: Path, name: str) -> Path:
+    path = folder / name
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 123456\n")
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return path
+
+
+def test_watch_reports_an_unreadable_file_while_waiting_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose only checkpoint cannot be read (a Git LFS pointer): without --watch an error at
+    once; --watch waited for ever without a word (and --strict did not stop). It is reported while
+    waiting, once, and listed in the summary when a readable checkpoint arrives."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [])
+    _lfs_pointer(folder, "step_0.pt")
+    (folder / "notes.txt").write_text("x")
+
+    def analyze(out: Path, **options: object) -> tuple[object, NullReporter]:
+        reporter = NullReporter()
+        summary = run_analyze(
+            AnalyzeOptions(
+                sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+                probe_specs=(str(folder / "probe.npz"),), out=out, anchor_size=100, batch_size=64, device="cpu",
+                watch=True, poll_seconds=0.01, **options,  # type: ignore[arg-type]
+            ),
+            reporter=reporter,
+        )
+        return summary, reporter
+
+    with _polls(monkeypatch, lambda: None), pytest.raises(KeyboardInterrupt):
+        analyze(tmp_path / "a.h5")
+    # --strict stops at it, as without --watch
+    with _polls(monkeypatch, lambda: None), pytest.raises((CheckpointError, KeyboardInterrupt)) as stopped:
+        analyze(tmp_path / "b.h5", strict=True)
+    assert isinstance(stopped.value, CheckpointError) and "--strict" in stopped.value.message
+    with _polls(monkeypatch, lambda: None, lambda: None, lambda: _arrive(source, folder, "step_10.safetensors")):
+        summary, reporter = analyze(tmp_path / "c.h5")
+    errors = [e for e in reporter.errors if "step_0.pt" in e]
+    assert len(errors) == 1 and "LFS" in errors[0]
+    assert [Path(p).name for p, _ in summary.failed] == ["step_0.pt"]  # type: ignore[attr-defined]
+    assert sum("notes.txt" in n for n in reporter.notes) == 1  # said before the wait, not again after
+
+
+def test_watch_keeps_to_every_when_old_files_are_rotated_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--every 2 counts positions among the steps seen, not among the files left: a trainer deleting
+    its oldest checkpoint (keep the last K) shifted them, and 10 and 30 were analysed (0, 20, 40 are
+    every 2nd)."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    past = time.time() - 60
+    for path in folder.glob("*.safetensors"):
+        os.utime(path, (past, past))
+
+    def rotate(step: int) -> None:
+        _arrive(source, folder, f"step_{step}.safetensors")
+        (folder / f"step_{step - 30}.safetensors").unlink()
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: rotate(30), lambda: rotate(40), lambda: rotate(50)):
+        _, records = _analyze(folder, out, watch=True, poll_seconds=0.01, every=2)
+    assert sorted(_stored(out)) == [0, 20, 40]
+    assert [r["step"] for r in records] == [0, 20, 40]
+
+
+def test_watch_waits_for_a_step_of_steps_not_written_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--watch --steps 0,20 while the trainer is at step 10 failed ("--steps asks for step(s) 20 which
+    no checkpoint has"), at the start or, started before training, when step 0 arrived: it waits."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_20.safetensors", "step_30.safetensors")):
+        _, records = _analyze(folder, tmp_path / "a.h5", watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20] and sorted(_stored(tmp_path / "a.h5")) == [0, 20]
+    empty = _make_run(tmp_path / "empty", [])
+    with _polls(monkeypatch, lambda: _arrive(source, empty, "step_0.safetensors"),
+                lambda: _arrive(source, empty, "step_10.safetensors", "step_20.safetensors")):
+        _, records = _analyze(empty, tmp_path / "b.h5", watch=True, poll_seconds=0.01, steps=(0, 20))
+    assert [r["step"] for r in records] == [0, 20]
+    # Without --watch a step that no checkpoint has is still an error at once.
+    with pytest.raises(CheckpointError, match="--steps asks for step"):
+        _analyze(folder.parent / "run", tmp_path / "c.h5", steps=(0, 70))
