@@ -169,7 +169,10 @@ def analyze(**kwargs: Any) -> None:
             on_record=functools.partial(_emit_json, stream=stdout) if options.as_json else None,
             stdin=sys.stdin,
         )
-    console.print(summary.message(), markup=False)
+    from fdl_cli.distributed import detect_world
+
+    if detect_world().writes:  # under torchrun rank 0 says it, once (every rank printed it)
+        console.print(summary.message(), markup=False)
     if summary.interrupted:
         # like any Ctrl-C'd (130) or SIGTERM'd (143) command, so `fdl analyze ... && next` does not go on
         sys.exit(signals.exit_status())

@@ -10,6 +10,7 @@ which raises again for an interrupt that was swallowed on its way up.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -51,7 +52,10 @@ def installed() -> Iterator[None]:
     # job control ignores it) or handled by the embedding program is left so; SIGTERM is still taken
     # where it has its default (Slurm's time limit reaches such a job too).
     take_int = previous is signal.default_int_handler
-    take_term = previous_term is signal.SIG_DFL  # not when ignored or handled by an embedding program
+    # Not when ignored or handled by an embedding program, nor under torchrun: a rank waiting in a
+    # collective runs a Python handler only once the collective returns (up to the backend's timeout,
+    # while the others finish their blocks), where the default ends it at once and torchrun ends the job.
+    take_term = previous_term is signal.SIG_DFL and os.environ.get("WORLD_SIZE", "1") in ("", "1")
     if not take_int and not take_term:
         yield
         return

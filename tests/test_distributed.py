@@ -100,8 +100,11 @@ def run_and_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 @pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
 def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path, extra: tuple) -> None:
     run, expected = run_and_single
-    records = _torchrun(run, tmp_path / "two.h5", *extra)
+    done = _torchrun_process(run, tmp_path / "two.h5", *extra)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert sorted(r["step"] for r in records) == sorted(expected)  # rank 0 alone prints the records
+    assert done.stderr.count("checkpoint(s) analysed") == 1  # and the summary (every rank printed it)
     _assert_same(expected, _stored(tmp_path / "two.h5"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["two.h5"]  # rank 1's part served and went
 
