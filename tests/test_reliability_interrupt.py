@@ -264,14 +264,19 @@ def test_kill9_at_random_moments_keeps_what_was_announced_and_resumes_identicall
     print(f"kill -9 trials: {KILL_TRIALS}, killed after >= 1 record: {killed_with_records}, finished: {completed_runs}")
 
 
-def test_sigterm_stops_as_ctrl_c_does_with_status_143(
-    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]]
+@pytest.mark.parametrize(("signum", "expected", "name"), [
+    (signal.SIGINT, 130, "ctrl_c"),
+    # SIGTERM (Slurm's time limit, Kubernetes, systemd) ended fdl at once, without the summary and what it
+    # had computed since the last commit; it now stops as Ctrl-C does, with status 143.
+    (signal.SIGTERM, 143, "sigterm"),
+], ids=["ctrl_c", "sigterm"])
+def test_a_signal_exits_with_resume_hint_and_intact_store(
+    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]], signum: int, expected: int,
+    name: str,
 ) -> None:
-    """SIGTERM (Slurm's time limit, Kubernetes, systemd) ended fdl at once, exit 143 without the summary
-    and what it had computed since the last commit; it now stops as Ctrl-C does, with status 143."""
     reference_records, _ = uninterrupted
     by_step = {record["step"]: record for record in reference_records}
-    store = server.workdir / "sigterm.h5"
+    store = server.workdir / f"{name}.h5"
     for delay_after_first_record in (0.0, 0.05, 0.15):
         if store.exists():
             store.unlink()
@@ -280,58 +285,25 @@ def test_sigterm_stops_as_ctrl_c_does_with_status_143(
         while not stdout.read_text() and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(delay_after_first_record)
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signum)
         status = server.wait(pid)
         message = stderr.read_text()
-        if status == 0 or (status == 143 and len(_stored(store)[0]) == N_CHECKPOINTS):
-            continue  # it finished before the signal arrived
-        assert status == 143, message
+        printed = _printed(stdout)
+        if status == 0 or (status == expected and len(_stored(store)[0]) == N_CHECKPOINTS):
+            continue  # it finished before the signal arrived (or as it was printing its summary)
+        assert status == expected, message
         assert "Traceback" not in message
         assert "interrupted" in message and "run the same command again to resume" in message
         records, _, warnings = _stored(store)
         assert not warnings and records
-        assert {r["step"] for r in _printed(stdout)} <= {r["step"] for r in records}
-        assert all(record == by_step[record["step"]] for record in records)
-        status, _, err = server.run(_analyze_argv(store.name))
-        assert status == 0, err
-        assert _stored(store)[0] == reference_records
-        return
-    pytest.fail("every run finished before SIGTERM reached it; the run is too short to test")
-
-
-def test_ctrl_c_exits_130_with_resume_hint_and_intact_store(
-    server: ForkServer, uninterrupted: tuple[list[dict[str, Any]], dict[int, Any]]
-) -> None:
-    reference_records, _ = uninterrupted
-    by_step = {record["step"]: record for record in reference_records}
-    store = server.workdir / "ctrl_c.h5"
-    for delay_after_first_record in (0.0, 0.05, 0.15):
-        if store.exists():
-            store.unlink()
-        pid, stdout, stderr = server.start(_analyze_argv(store.name))
-        deadline = time.monotonic() + 20
-        while not stdout.read_text() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay_after_first_record)
-        os.kill(pid, signal.SIGINT)
-        status = server.wait(pid)
-        message = stderr.read_text()
-        printed = _printed(stdout)
-        if status == 0 or (status == 130 and len(_stored(store)[0]) == N_CHECKPOINTS):
-            continue  # it finished before the signal arrived (or as it was printing its summary)
-        assert status == 130, message
-        assert "Traceback" not in message
-        assert "interrupted" in message and "run the same command again to resume" in message
-        records, _, warnings = _stored(store)
-        assert not warnings
         assert {r["step"] for r in printed} <= {r["step"] for r in records}
         assert all(record == by_step[record["step"]] for record in records)
-        assert not list(server.workdir.glob("ctrl_c.h5.tmp-*"))
+        assert not list(server.workdir.glob(f"{name}.h5.tmp-*"))
         status, _, err = server.run(_analyze_argv(store.name))
         assert status == 0, err
         assert _stored(store)[0] == reference_records
         return
-    pytest.fail("every run finished before Ctrl-C reached it; the run is too short to test")
+    pytest.fail(f"every run finished before the signal ({name}) reached it; the run is too short to test")
 
 
 def test_report_reads_while_watch_writes_and_a_second_writer_is_refused(server: ForkServer) -> None:
