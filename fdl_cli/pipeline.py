@@ -705,11 +705,8 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
         for bad_path, reason in discovery.bad:
             if str(bad_path) in reported:
                 continue
-            try:
-                if now - os.stat(bad_path).st_mtime < max(1.0, options.poll_seconds / 2):
-                    continue  # probably still being written: next poll
-            except OSError:
-                continue
+            if not _settled(bad_path, options.poll_seconds, now):
+                continue  # probably still being written (or gone): next poll
             reported.add(str(bad_path))
             _report_bad_found(options, reporter, bad_path, reason)
         signals.sleep(options.poll_seconds)
@@ -1491,11 +1488,8 @@ def _rediscover(
         path = str(ref.path)
         changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
         if path not in known_paths or changed:  # those analysed already keep their place in step order
-            try:
-                if now - os.stat(ref.path).st_mtime < max(1.0, options.poll_seconds / 2):
-                    continue  # probably still being written: next poll
-            except OSError:
-                continue
+            if not _settled(ref.path, options.poll_seconds, now):
+                continue  # probably still being written (or gone): next poll
         if changed and summary is not None:
             # It failed, and has changed since: it was read while the trainer was still writing it (a
             # pause longer than the settling time, or a file being written when --watch started).
@@ -1525,14 +1519,21 @@ def _report_bad_while_watching(
     for path, reason in bad:
         if str(path) in reported:
             continue
-        try:
-            if now - os.stat(path).st_mtime < max(1.0, poll_seconds / 2):
-                continue  # probably still being written: next poll
-        except OSError:
-            continue
+        if not _settled(path, poll_seconds, now):
+            continue  # probably still being written (or gone): next poll
         ctx.reporter.error(f"{path}: {reason}")
         summary.failed.append((str(path), reason))
         ctx.failed_signatures[str(path)] = _signature_of(path)
+
+
+def _settled(path: Path | str, poll_seconds: float, now: float) -> bool:
+    """--watch: whether `path` was last modified longer ago than the settling time (half a poll, at
+    least 1 s), so that a trainer still writing it has probably finished; False when it cannot be
+    looked at."""
+    try:
+        return now - os.stat(path).st_mtime >= max(1.0, poll_seconds / 2)
+    except OSError:
+        return False
 
 
 def _gone(path: Path | str) -> bool:
