@@ -401,7 +401,7 @@ def classify(**kwargs: Any) -> None:
                "--probe/--layer)")
         console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
                       markup=False)
-        for line in regimes.describe(verdict):
+        for line in regimes.describe(verdict, chosen.records):
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
         console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")

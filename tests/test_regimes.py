@@ -192,6 +192,24 @@ def test_json_shape_is_strict_json() -> None:
     json.dumps(payload, allow_nan=False)
 
 
+def test_describe_says_when_mf_came_at_chance_accuracy() -> None:
+    """The sample run is "MF from step 5" at 9.6 % accuracy on ten classes, k95 of Π̂ = 1: a nearly
+    constant function lies on one eigenfunction. A walkthrough read it as a function learned early; the
+    text now says so (printed only: no rule depends on it)."""
+    early = [record(0, 1.0, 1.0, 1, accuracy=0.1), record(10, 0.6, 0.5, 1, accuracy=0.11),
+             record(20, 0.6, 0.5, 5, accuracy=0.8), record(30, 0.6, 0.5, 5, accuracy=0.9)]
+    verdict = classify_run(early)
+    assert verdict.regime == "MF" and verdict.evidence["first_mf_step"] == 10
+    text = "\n".join(describe(verdict, early))
+    assert ("at step 10, the first MF checkpoint, the accuracy is 0.110 (chance 0.100) and k95 of Π̂ is 1: the "
+            "network's function is still nearly constant") in text
+    assert "nearly constant" not in "\n".join(describe(verdict))  # without the records: nothing to say
+    learned = [dict(r, accuracy=0.9) if r["step"] == 10 else r for r in early]
+    assert "nearly constant" not in "\n".join(describe(classify_run(learned), learned))
+    regression = [dict(r, accuracy=None) for r in early]
+    assert "nearly constant" not in "\n".join(describe(classify_run(regression), regression))
+
+
 def test_describe_names_trajectory_thresholds_and_note_and_never_judges() -> None:
     text = "\n".join(describe(classify_run(run((0.999, 0.999, 1), (0.6, 0.5, 5), (0.6, 0.5, 5)))))
     assert "regime: MF" in text and "0–10: coefficient | 20–30: MF" in text
