@@ -1531,6 +1531,29 @@ def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:
 # ------------------------------------------------------------------------------------------ models
 
 
+def _is_path_spec(target: str) -> bool:
+    """Whether the part of a --model spec before ':' names a file (path/file.py), not a module."""
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
+    """The file a --model spec names, as `resolve_model_factory` finds it: a path spec's file relative
+    to ``base_dir`` first, then to the current folder; an imported module spec's module file. None when
+    there is none (not found, not imported yet, no file)."""
+    target = spec.rpartition(":")[0]
+    if _is_path_spec(target):
+        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
+        for candidate in candidates:
+            try:
+                if candidate.is_file():
+                    return candidate
+            except OSError:  # a closed folder above it
+                continue
+        return None
+    file = getattr(sys.modules.get(target), "__file__", None)
+    return Path(file) if file else None
+
+
 def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callable[..., nn.Module]:
     """The callable named by ``pkg.module:factory`` or ``path/file.py:factory``.
 
@@ -1542,10 +1565,10 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
             f"--model {spec!r} is not of the form module:factory",
             fix="e.g. --model mypkg.models:build or --model path/to/model.py:build",
         )
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
-        file = next((c for c in candidates if c.is_file()), None)
+    if _is_path_spec(target):
+        file = model_spec_file(spec, base_dir=base_dir)
         if file is None:
+            candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
             raise ModelError(
                 f"--model {spec!r}: file {target} not found",
                 got="looked in " + ", ".join(str(c.resolve().parent) for c in candidates),

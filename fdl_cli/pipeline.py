@@ -1215,9 +1215,7 @@ def _changed_file(what: str, now: str, stored: str, where: str, *, why: str = ""
 def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
     """(file, sha256) of the file that defines the model factory: the user's model code, whose edits
     would otherwise mix two models' numbers in one store on resume. None for a checkpoint that
-    carries its own program, or a factory of an installed package (site-packages: its version is not
-    the run's business, and an upgrade would refuse every resume)."""
-    import hashlib
+    carries its own program, or a factory of an installed package (`_file_source`)."""
     import inspect
 
     if factory is None:
@@ -1226,32 +1224,24 @@ def _model_source(factory: Callable[..., Any] | None) -> tuple[str, str] | None:
         source = inspect.getsourcefile(factory)
     except TypeError:  # a builtin or a C extension
         return None
-    if not source or any(part in ("site-packages", "dist-packages") for part in Path(source).parts):
-        return None
-    try:
-        return source, hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    except OSError:
-        return None
+    return _file_source(Path(source)) if source else None
 
 
 def _spec_source(spec: str | None, base_dir: Path | None) -> tuple[str, str] | None:
-    """(absolute path, sha256) of the file a --model spec names, found as `resolve_model_factory` finds
-    it: a path spec's file (relative to `base_dir` first, then the current folder), a module spec's
-    module file; None for an installed package's module (as `_model_source`) or when it has no file."""
-    import hashlib
-    import sys
+    """(absolute path, sha256) of the file a --model spec names (`checkpoints.model_spec_file`); None
+    for an installed package's module (as `_model_source`) or when it has no file."""
+    from fdl_cli.checkpoints import model_spec_file
 
-    if not spec:
-        return None
-    target, _, _ = spec.rpartition(":")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
-        file = next((c for c in candidates if _is(c, "file")), None)
-    else:
-        file = getattr(sys.modules.get(target), "__file__", None)
-        file = Path(file) if file else None
-    if file is None:
-        return None
+    file = model_spec_file(spec, base_dir=base_dir) if spec else None
+    return _file_source(file) if file is not None else None
+
+
+def _file_source(file: Path) -> tuple[str, str] | None:
+    """(absolute path, sha256) of a file of the user's model code; None for one of an installed package
+    (site-packages: its version is not the run's business, and an upgrade would refuse every resume) or
+    one that cannot be read."""
+    import hashlib
+
     try:
         file = file.resolve()
         if any(part in ("site-packages", "dist-packages") for part in file.parts):
