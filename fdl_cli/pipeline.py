@@ -701,12 +701,7 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
     reporter.note(f"waiting for a checkpoint in {', '.join(options.sources)} (every {options.poll_seconds:g} s; "
                   "Ctrl-C stops)")
     while True:
-        now = time.time()
-        for bad_path, reason in discovery.bad:
-            if str(bad_path) in reported:
-                continue
-            if not _settled(bad_path, options.poll_seconds, now):
-                continue  # probably still being written (or gone): next poll
+        for bad_path, reason in _newly_settled(discovery.bad, reported, options.poll_seconds):
             reported.add(str(bad_path))
             _report_bad_found(options, reporter, bad_path, reason)
         signals.sleep(options.poll_seconds)
@@ -1504,16 +1499,19 @@ def _report_bad_while_watching(
     reported once it has settled, as at the start, and listed in the summary (exit 1); it was dropped
     without a word. A file being written is left for the next poll; one reported is tried again once
     its file changes (`ctx.failed_signatures`)."""
-    reported = {path for path, _ in summary.failed}
-    now = time.time()
-    for path, reason in bad:
-        if str(path) in reported:
-            continue
-        if not _settled(path, poll_seconds, now):
-            continue  # probably still being written (or gone): next poll
+    for path, reason in _newly_settled(bad, {path for path, _ in summary.failed}, poll_seconds):
         ctx.reporter.error(f"{path}: {reason}")
         summary.failed.append((str(path), reason))
         ctx.failed_signatures[str(path)] = _signature_of(path)
+
+
+def _newly_settled(
+    bad: Sequence[tuple[Path, str]], reported: Collection[str], poll_seconds: float
+) -> list[tuple[Path, str]]:
+    """The unreadable files of a --watch poll not reported yet whose writing has settled (`_settled`);
+    one still being written (or gone) is left for the next poll."""
+    now = time.time()
+    return [(path, reason) for path, reason in bad if str(path) not in reported and _settled(path, poll_seconds, now)]
 
 
 def _settled(path: Path | str, poll_seconds: float, now: float) -> bool:
