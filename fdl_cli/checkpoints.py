@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError, first_line
+from fdl_cli.errors import CheckpointError, ModelError, SameStepError, UnsafeCheckpointError, first_line
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
 #: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
@@ -1159,9 +1159,10 @@ def _dedupe(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
                 continue
-            raise CheckpointError(
+            raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
+                paths=(first.path, ref.path),
                 got="their metadata holds the epoch only; the names hold finer numbers"
                 if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path) else None,
                 fix=_step_fix_for(ref.path),

@@ -5,6 +5,8 @@ The command line turns any `FdlError` into exit status 1 and prints its message 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class FdlError(Exception):
     """An error the tool explains to its user.
@@ -40,6 +42,14 @@ class CheckpointError(FdlError):
     #: size and modification time of the file before the read that failed (`checkpoints.file_signature`),
     #: when known: --watch tries a file again once it has changed since (it was still being written)
     file_signature: str = ""
+
+
+class SameStepError(CheckpointError):
+    """Two checkpoints have the same step and not the same weights (`paths`: the two files)."""
+
+    def __init__(self, what: str, *, paths: tuple[Path, Path], got: str | None = None, fix: str | None = None) -> None:
+        self.paths = paths
+        super().__init__(what, got=got, fix=fix)
 
 
 class UnsafeCheckpointError(CheckpointError):

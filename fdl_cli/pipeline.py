@@ -26,7 +26,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from fdl_cli import __version__, signals
-from fdl_cli.errors import CheckpointError, FdlError, NumericalError, ProbeError, StoreError, first_line
+from fdl_cli.errors import (
+    CheckpointError,
+    FdlError,
+    NumericalError,
+    ProbeError,
+    SameStepError,
+    StoreError,
+    first_line,
+)
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.progress import NullReporter, Reporter
 from fdl_cli.regimes import Thresholds, checkpoint_regime
@@ -361,6 +369,8 @@ class _Context:
     failed_signatures: dict[str, str] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
+    #: --watch: the message of the last poll that failed as a whole, warned once (`_warn_while_watching`)
+    watch_problem: str | None = None
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -1447,9 +1457,16 @@ def _rediscover(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
             weights=options.weights, empty_ok=True,
         )
-    except FdlError as exc:
-        ctx.reporter.warn(f"watching: {exc.what}")
+    except SameStepError as exc:
+        now = time.time()
+        if not all(_settled(path, options.poll_seconds, now) for path in exc.paths):
+            return known  # a trainer rewriting Lightning's last.ckpt: the next poll sees it whole
+        _warn_while_watching(ctx, exc)
         return known
+    except FdlError as exc:
+        _warn_while_watching(ctx, exc)
+        return known
+    ctx.watch_problem = None
     found = discovery.checkpoints
     if summary is not None:
         _report_bad_while_watching(ctx, summary, discovery.bad, options.poll_seconds)
@@ -1490,6 +1507,18 @@ def _rediscover(
         if ref.step in stored and str(ref.path) not in present and ref.step not in taken and _gone(ref.path):
             settled.append(ref)
     return sorted(settled, key=lambda ref: ref.step)
+
+
+def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:
+    """A poll of --watch that found no usable list (the folder deleted, two files with one step): said
+    once, with its fix, not at every poll while it lasts; said again when it comes back after a poll
+    that went through."""
+    if exc.message == ctx.watch_problem:
+        return
+    ctx.watch_problem = exc.message
+    lines = exc.message.splitlines()
+    ctx.reporter.warn("\n".join([f"watching: {lines[0]}; no new checkpoint is analysed until it is resolved",
+                                 *lines[1:]]))
 
 
 def _report_bad_while_watching(

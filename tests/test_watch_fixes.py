@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -290,3 +291,75 @@ def test_watch_waits_for_a_step_of_steps_not_written_yet(tmp_path: Path, monkeyp
     # Without --watch a step that no checkpoint has is still an error at once.
     with pytest.raises(CheckpointError, match="--steps asks for step"):
         _analyze(folder.parent / "run", tmp_path / "c.h5", steps=(0, 70))
+
+
+def _watch_warnings(folder: Path, out: Path) -> tuple[list[int], list[str]]:
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    reporter, records = NullReporter(), []
+    run_analyze(
+        AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder.parent / "source" / "probe.npz"),), out=out, anchor_size=100, batch_size=64,
+            device="cpu", watch=True, poll_seconds=0.01,
+        ),
+        reporter=reporter,
+        on_record=records.append,
+    )
+    return [r["step"] for r in records], reporter.warnings
+
+
+def test_watch_is_quiet_while_a_file_of_the_same_step_is_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning rewrites last.ckpt beside epoch=N-step=M.ckpt: a poll that reads it while it is being
+    written finds two files of one step whose weights differ, and warned "two checkpoints have the same
+    step" (and skipped the poll). A file modified within the settling time is waited for, silently."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def rewriting() -> None:
+        _arrive(source, folder, "step_20.safetensors")
+        (folder / "last-20.safetensors").write_bytes((source / "step_10.safetensors").read_bytes())  # mtime: now
+
+    def rewritten() -> None:
+        _arrive(source, folder, "step_20.safetensors")
+        shutil.copyfile(source / "step_20.safetensors", folder / "last-20.safetensors")
+        past = time.time() - 60
+        os.utime(folder / "last-20.safetensors", (past, past))
+
+    with _polls(monkeypatch, rewriting, rewritten):
+        steps, warnings = _watch_warnings(folder, tmp_path / "s.h5")
+    assert steps == [0, 10, 20]
+    assert warnings == []
+
+
+def test_watch_warns_once_while_a_poll_cannot_go_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lasting problem (two settled files of one step with other weights; the folder moved away) was
+    warned at every poll, every 10 s for as long as it lasted. It is warned once, with its fix and what
+    it stops, and again only when it comes back after a poll that went through."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    moved = tmp_path / "moved"
+
+    def conflict() -> None:
+        _arrive(source, folder, "step_20.safetensors")
+        shutil.copyfile(source / "step_10.safetensors", folder / "copy-20.safetensors")
+        past = time.time() - 60
+        os.utime(folder / "copy-20.safetensors", (past, past))
+
+    with _polls(
+        monkeypatch, conflict, lambda: None, lambda: None,
+        lambda: (folder / "copy-20.safetensors").unlink(),
+        lambda: folder.rename(moved), lambda: None, lambda: None,
+        lambda: (moved.rename(folder), _arrive(source, folder, "step_30.safetensors")),
+        conflict,
+    ):
+        steps, warnings = _watch_warnings(folder, tmp_path / "s.h5")
+    assert steps == [0, 10, 20, 30]
+    same_step = [w for w in warnings if "same step 20" in w]
+    assert len(same_step) == 2  # once, and once more when it came back
+    assert "no new checkpoint is analysed until it is resolved" in same_step[0] and "fix:" in same_step[0]
+    gone = [w for w in warnings if "same step" not in w]
+    assert len(gone) == 1 and gone[0].startswith("watching: ") and str(folder) in gone[0]
