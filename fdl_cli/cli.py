@@ -82,7 +82,7 @@ def cli() -> None:
     """fdl — measure feature learning from training checkpoints.
 
     \b
-    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> store.h5
+    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> CKPT_DIR.fdl.h5
     fdl report STORE.h5                                           # table, summary, figures
     fdl classify STORE.h5                                         # coefficient / MF / EF
     fdl compare A.h5 B.h5                                         # two runs side by side
@@ -105,11 +105,13 @@ def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | N
 @click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
 @click.option(
-    "--probe", "probe_specs", multiple=True, metavar="[NAME=]FILE", help="Probe set (.npz/.pt/.safetensors/.h5)."
+    "--probe", "probe_specs", multiple=True, metavar="[NAME=]FILE",
+    help="Probe set (.npz/.pt/.pth/.safetensors/.h5/.hdf5); repeatable, as NAME=FILE (NAME: letters, digits, _).",
 )
 @click.option(
     "--layer", "layers", multiple=True, metavar="NAME",
-    help="Module whose output is the feature map (NAME:input for its input). Default: input of the last nn.Linear to run.",
+    help="Module whose output is the feature map (NAME:input for its input); repeatable. Default: input of the last "
+    "nn.Linear to run.",
 )
 @click.option(
     "--out", "out", type=click.Path(dir_okay=False),
@@ -148,10 +150,14 @@ def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | N
                    "see docs/measures.md).")
 @click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
 @click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
-@click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between polls for new checkpoints under --watch.")
 @click.option("--commit-interval", "min_commit_interval", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="Seconds between crash-safe store commits at least (0: after every checkpoint).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per checkpoint on stdout (once stored).")
+              help="Seconds between crash-safe store commits at least; a commit also waits 10x the last one's "
+                   "duration (0: that wait only).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON record per checkpoint (and probe/layer series) on stdout once stored; a stored "
+                   "checkpoint updated with a new previous one is printed again.")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
@@ -187,7 +193,9 @@ def analyze(**kwargs: Any) -> None:
 @click.argument("checkpoint")
 @click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
-@click.option("--probe", "probe_spec", metavar="FILE", help="A probe to take one sample from (for output shapes).")
+@click.option("--probe", "probe_spec", metavar="FILE",
+              help="A probe to take one sample from, for output shapes (default: fdl.toml's probe, else a random input "
+              "of the first nn.Linear or Conv2d).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a checkpoint whose loading runs its code (a pickled Python object, a .pt2 archive).")
 @click.option("--weights", metavar="NAME",
@@ -334,8 +342,8 @@ cli.add_command(compare, name="diff")
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
-@click.option("--probe", default=None)
-@click.option("--layer", default=None)
+@click.option("--probe", default=None, help="Select a probe (needed when the store has several series).")
+@click.option("--layer", default=None, help="Select a layer (needed when the store has several series).")
 def export(**kwargs: Any) -> None:
     """Export stored arrays or trajectories as CSV, JSON or NumPy.
 
@@ -364,8 +372,8 @@ def export(**kwargs: Any) -> None:
               help="Override a threshold (repeatable): " + ", ".join(
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
               ) + ". Rules and calibration: docs/regimes.md.")
-@click.option("--probe", default=None)
-@click.option("--layer", default=None)
+@click.option("--probe", default=None, help="Select a probe (default: the first given to analyze).")
+@click.option("--layer", default=None, help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:
     """The run's regime (coefficient, MF or EF) with its evidence and thresholds.
 
