@@ -1081,7 +1081,7 @@ def discover_checkpoints(
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
-        fix = ("point at a folder of .pt/.pth/.bin/.ckpt/.safetensors/.pt2/.pth.tar files (or pass the files), "
+        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files), "
                "or loosen --glob")
         nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         if nested:

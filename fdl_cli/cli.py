@@ -92,10 +92,20 @@ def cli() -> None:
 # ----------------------------------------------------------------------------------------- analyze
 
 
-def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """`--steps ''` (an unset shell variable, say) would select nothing and so analyse everything."""
-    if value is not None and not any(part.strip() for part in value.split(",")):
+def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A usage error (status 2), as any malformed value click checks: `--steps ''` (an unset shell
+    variable, say) would select nothing and so analyse everything; `--steps 10,a` was status 1."""
+    if value is None:
+        return value
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
         raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint="--steps")
+    wrong = [part for part in parts if not part.lstrip("+-").isdigit()]
+    if wrong:
+        raise click.BadParameter(
+            f"steps are integers separated by commas, e.g. --steps 0,100,500 (got {', '.join(map(repr, wrong))})",
+            param_hint="--steps",
+        )
     return value
 
 
@@ -132,7 +142,7 @@ def _nonempty_steps(_ctx: click.Context, _param: click.Parameter, value: str | N
 @click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
 @click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
-              callback=_nonempty_steps)
+              callback=_steps_list)
 @click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")

@@ -637,7 +637,9 @@ def run_analyze(
         )
 
     model_spec = options.model_spec or (manifest.model if manifest else None)
-    model_kwargs = options.model_kwargs or (manifest.model_kwargs if manifest else {})
+    # --model-kwargs '{}' given on the command line wins over fdl.toml's, as every option given does
+    given_kwargs = "model_kwargs" in options.given or bool(options.model_kwargs)
+    model_kwargs = options.model_kwargs if given_kwargs or manifest is None else manifest.model_kwargs
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
@@ -2186,7 +2188,8 @@ def inspect_checkpoint(
     manifest = ckpts.read_manifest(folder)
     spec = model_spec or (manifest.model if manifest else None)
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
-    kwargs = kwargs or (manifest.model_kwargs if manifest else {})
+    if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
+        kwargs = manifest.model_kwargs
     factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)

@@ -111,6 +111,11 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
     if sep and _NAME.match(name) and not rest.strip():
         raise ProbeError(f"--probe {spec!r} has no path after '='", fix="e.g. --probe train=a.npz")
     if sep and _NAME.match(name) and rest and not Path(spec).exists():
+        if not name.isidentifier():  # the store names each probe's group and columns after it
+            raise ProbeError(
+                f"--probe {spec!r}: the probe name {name!r} may hold letters, digits and '_' only",
+                fix=f"e.g. --probe {re.sub(r'[^A-Za-z0-9_]', '_', name)}={rest}",
+            )
         path_text = rest
     else:
         name, path_text = DEFAULT_NAME, spec

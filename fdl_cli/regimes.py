@@ -282,7 +282,13 @@ def classify_run(
     if final.regime == "undetermined":
         return verdict("undetermined", f"final checkpoint (step {evidence['final_step']}): {final.rule}")
     if final.movement == STATIC:
-        moved_step = next(int(r["step"]) for r, v in after if v.movement != STATIC)
+        moved_step = next((int(r["step"]) for r, v in after if v.movement == MOVED), None)
+        if moved_step is None:  # not static somewhere, yet never measured as moved: unmeasured or conflicting
+            odd_record, odd = next((r, v) for r, v in after if v.movement != STATIC)
+            return verdict(
+                "undetermined",
+                f"the final checkpoint is static, but step {int(odd_record['step'])} is not: {odd.rule}",
+            )
         return verdict(
             "undetermined",
             f"features moved (from step {moved_step}) but the final checkpoint is back at the reference: {final.rule}",

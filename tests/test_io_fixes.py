@@ -453,6 +453,15 @@ def test_an_empty_steps_list_is_a_usage_error_not_every_step(tmp_path: Path, ste
     assert not store.exists()
 
 
+def test_steps_that_are_not_integers_are_a_usage_error_too(tmp_path: Path) -> None:
+    """`--steps ''` was status 2 and `--steps 10,a` status 1 (from the library's check)."""
+    folder = _run_folder(tmp_path / "run")
+    result = _analyze(folder, tmp_path / "s.h5", "--steps", "0, 10,a,2.5")
+    assert result.code == 2, result.stderr
+    assert "steps are integers separated by commas, e.g. --steps 0,100,500 (got 'a', '2.5')" in result.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
 @pytest.mark.parametrize("steps", ["", " , "])
 def test_an_empty_steps_list_is_refused_by_the_library_too(steps: str) -> None:
     """`AnalyzeOptions.from_cli`, which library callers use, refused no empty --steps: it selected

@@ -151,3 +151,19 @@ def test_a_probe_table_of_non_paths_is_an_error(tmp_path: Path) -> None:
     (folder / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = {{ train = 3 }}\n')
     bad = _run(folder, tmp_path / "bad.h5")
     assert bad.code == 1 and "'probe' table must be a path (a string)" in bad.stderr and "not found" not in bad.stderr
+
+
+def test_model_kwargs_given_empty_on_the_command_line_wins(tmp_path: Path) -> None:
+    """`--model-kwargs '{}'` is given: the factory's defaults, not fdl.toml's kwargs (an empty dict was
+    taken for "not given", so the manifest's hidden = 16 built a model the hidden-8 checkpoints do not fit)."""
+    folder = _folder(tmp_path)
+    _manifest(folder, "model_kwargs = { hidden = 16 }")
+    from_manifest = _run(folder, tmp_path / "m.h5")
+    assert from_manifest.code == 1 and "16" in from_manifest.stderr
+    given = _run(folder, tmp_path / "g.h5", "--model-kwargs", "{}")
+    assert given.code == 0, given.stderr
+    with StoreReader(tmp_path / "g.h5") as reader:
+        assert reader.steps() == [0, 10, 20]
+    shown = fdl("inspect", str(folder / "step_0.pt"), "--model-kwargs", "{}")
+    assert shown.code == 0, shown.stderr
+    assert fdl("inspect", str(folder / "step_0.pt")).code == 1

@@ -153,3 +153,14 @@ def test_import_is_light() -> None:
     code = "import sys, fdl_cli.probes; print('torch' in sys.modules, 'h5py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_probe_name_that_is_no_identifier_is_a_clear_error(tmp_path: Path) -> None:
+    """`--probe my-probe=p.npz` ended in a traceback from the store (probe names name its groups and
+    columns: letters, digits and '_'); a file whose name holds '=' is still a path."""
+    with pytest.raises(ProbeError, match="may hold letters, digits and '_' only") as raised:
+        parse_probe_spec("my-probe=p.npz")
+    assert "--probe my_probe=p.npz" in raised.value.message
+    odd = tmp_path / "a.b=c.npz"
+    odd.write_bytes(b"")
+    assert parse_probe_spec(str(odd)) == ("probe", odd)

@@ -227,3 +227,17 @@ def test_regimes_imports_no_torch_h5py_click_or_rich() -> None:
     code = "import sys, fdl_cli.regimes; print([m for m in ('torch','h5py','click','rich') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("middle", "words"), [
+    ((None, None, 5), "step 10 is not: no cka_init or overlap_init"),
+    ((0.999, 0.5, 5), "step 10 is not: "),
+])
+def test_static_at_the_end_with_an_unmeasured_or_conflicting_checkpoint_does_not_say_moved(
+    middle: tuple[Any, Any, int], words: str
+) -> None:
+    """A checkpoint that is not static but not measured as moved (no cka_init/overlap_init, or the two
+    disagree) before a static final one: the rule said "features moved (from step 10)"."""
+    verdict = classify_run(run(middle, (0.999, 0.999, 5)))
+    assert verdict.regime == "undetermined"
+    assert words in verdict.rule and "moved" not in verdict.rule.split(":")[0]
