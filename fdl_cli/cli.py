@@ -143,7 +143,8 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
 @click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
               callback=_steps_list)
-@click.option("--every", type=click.IntRange(min=1), help="Analyse every N-th checkpoint (first and last kept).")
+@click.option("--every", type=click.IntRange(min=1),
+              help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
