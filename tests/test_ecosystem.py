@@ -212,3 +212,54 @@ def test_hf_model_saved_under_its_older_weight_names(tmp_path: Path) -> None:
               str(wrong / "model.safetensors"))
     refused = _analyze([wrong.parent], probe, tmp_path / "wrong.h5", model=spec)
     assert refused.code == 1 and "do not fit" in refused.stderr, refused.stderr
+
+
+LONG_NAMES = """
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.intermediate_dense_projection = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.intermediate_dense_projection(x).relu()
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bert_encoder_layers = nn.ModuleList([Block()])
+        self.classifier = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.classifier(self.bert_encoder_layers[0](x))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_inspect_never_cuts_a_module_name_in_a_narrow_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fdl inspect ... | less` (stderr not a terminal: 80 columns) printed 'bert.encoder.lay…' for every
+    module of a transformer: the names `--layer` takes were cut. They now fold onto a second line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    (tmp_path / "net.py").write_text(LONG_NAMES)
+    namespace: dict[str, object] = {}
+    exec(compile(LONG_NAMES, "net.py", "exec"), namespace)  # noqa: S102 - the test's own model code
+    torch.save(namespace["build"]().state_dict(), tmp_path / "step_0.pt")  # type: ignore[operator]
+    result = fdl("inspect", str(tmp_path / "step_0.pt"), "--model", f"{tmp_path / 'net.py'}:build",
+                 "--probe", str(_probe(tmp_path / "probe.npz")))
+    assert result.code == 0, result.stderr
+    assert "…" not in result.stderr, result.stderr
+    rows = [line.split("│")[1].strip() for line in result.stderr.splitlines() if line.startswith("│")]
+    names = []
+    for cell in rows:  # a folded name continues on the next row, whose other cells are empty
+        if names and names[-1] == "bert_encoder_layers.0.intermediate_dense" and cell == "_projection":
+            names[-1] += cell
+        else:
+            names.append(cell)
+    assert "bert_encoder_layers.0.intermediate_dense_projection" in names, result.stderr
+    assert "bert_encoder_layers.0" in names and "classifier" in names
