@@ -2234,6 +2234,10 @@ def inspect_checkpoint(
     default_label = f"{default_module}:input" if default_module is not None else None
     linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
     default_features = int(getattr(linear, "in_features", 0)) or None
+    ran = shapes.get(default_module) if default_module is not None else None
+    if default_features and isinstance(ran, list) and len(ran) > 2:
+        # a Linear applied at each position (an LM head on (1, L, d)): analyze flattens its input per sample
+        default_features *= int(np.prod(ran[1:-1]))
     if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
         default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
     modules = [

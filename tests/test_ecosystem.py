@@ -263,3 +263,44 @@ def test_inspect_never_cuts_a_module_name_in_a_narrow_terminal(tmp_path: Path, m
             names.append(cell)
     assert "bert_encoder_layers.0.intermediate_dense_projection" in names, result.stderr
     assert "bert_encoder_layers.0" in names and "classifier" in names
+
+
+PER_POSITION_HEAD = """
+import torch
+from torch import nn
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.wte = nn.Embedding(11, 8)
+        self.lm_head = nn.Linear(8, 11, bias=False)
+
+    def forward(self, input_ids):
+        return {"logits": self.lm_head(self.wte(input_ids).tanh())}
+
+
+def build():
+    return TinyLM()
+"""
+
+
+def test_inspect_counts_the_features_analyze_takes_from_a_per_position_head(tmp_path: Path) -> None:
+    """A GPT2LMHeadModel's default layer is lm_head:input, of shape (1, L, d) per sample: analyze flattens it
+    to L*d features (n_features 512 for L=16, d=32), but inspect said '32 features' (lm_head.in_features)."""
+    (tmp_path / "lm.py").write_text(PER_POSITION_HEAD)
+    namespace: dict[str, object] = {}
+    exec(compile(PER_POSITION_HEAD, "lm.py", "exec"), namespace)  # noqa: S102 - the test's own model code
+    torch.save(namespace["build"]().state_dict(), tmp_path / "step_0.pt")  # type: ignore[operator]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.integers(0, 11, size=(24, 5)).astype(np.int64))
+    spec = f"{tmp_path / 'lm.py'}:build"
+    inspected = fdl("inspect", str(tmp_path / "step_0.pt"), "--model", spec, "--probe", str(tmp_path / "probe.npz"),
+                    "--json")
+    assert inspected.code == 0, inspected.stderr
+    analysed = fdl("analyze", str(tmp_path / "step_0.pt"), "--model", spec, "--probe", str(tmp_path / "probe.npz"),
+                   "--out", str(tmp_path / "lm.h5"), "--top-k", "4", "--anchor-size", "16", "--json")
+    assert analysed.code == 0, analysed.stderr
+    assert analysed.records[0]["n_features"] == 40
+    assert json.loads(inspected.stdout)["default_features"] == 40
