@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError, first_line
+from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError, WeightsNotFoundError, first_line
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
 #: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
@@ -1222,6 +1222,8 @@ def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | No
     """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
     try:
         digests = [weights_digest(load_checkpoint(r, weights=weights).state_dict or {}) for r in (first, second)]
+    except WeightsNotFoundError:
+        raise  # --weights names no copy these files hold: that, not a step clash, is what to say
     except CheckpointError:
         return False
     return digests[0] == digests[1]
@@ -1439,7 +1441,7 @@ def _load_tensor_file(
             chosen = chosen.state_dict()
         found = _find_tensor_dict(chosen)
         if found is None:
-            raise CheckpointError(
+            raise WeightsNotFoundError(
                 f"--weights {weights}: the entry {weights!r} of {path} holds no state_dict",
                 got=type(chosen).__name__,
                 fix="name the entry that holds the weights to analyse (its values tensors), or a key prefix",
@@ -1468,7 +1470,7 @@ def _under_prefix(tensors: Mapping[str, torch.Tensor], weights: str, path: Path)
             head = key.split(".", 1)[0]
             heads[head] = heads.get(head, 0) + 1
         shown = sorted(heads.items(), key=lambda item: (-item[1], item[0]))[:8]
-        raise CheckpointError(
+        raise WeightsNotFoundError(
             f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
             f"starts with {prefix!r}",
             got="its keys start with " + ", ".join(f"{head}. ({count})" for head, count in shown),
@@ -1532,7 +1534,7 @@ def load_checkpoint(
             path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
         )
     if module is not None and weights is not None:
-        raise CheckpointError(
+        raise WeightsNotFoundError(
             f"--weights {weights}: {path} holds a whole module, whose weights are its own",
             fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
         )

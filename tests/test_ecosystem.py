@@ -121,6 +121,7 @@ import logging
 import sys
 
 import torch
+from torch import nn
 
 
 class TinyViTConfig:
@@ -304,3 +305,19 @@ def test_inspect_counts_the_features_analyze_takes_from_a_per_position_head(tmp_
     assert analysed.code == 0, analysed.stderr
     assert analysed.records[0]["n_features"] == 40
     assert json.loads(inspected.stdout)["default_features"] == 40
+
+
+def test_a_wrong_weights_name_is_said_even_where_a_last_copy_shares_a_step(tmp_path: Path) -> None:
+    """`--weights state_dict_ema` (timm's name) on a Lightning folder (epoch=N-step=M.ckpt and last.ckpt, the
+    same weights at the same step) said 'two checkpoints have the same step ...' with a --step-regex/--glob
+    fix: the duplicate check loads both files' --weights copy, failed, and took them for two runs. The
+    error is now the --weights one, which says what the files hold."""
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    for epoch, step in ((0, 20), (1, 40)):
+        _lightning(run / f"epoch={epoch}-step={step}.ckpt", _LitWithLoss(epoch), epoch, step)
+    _lightning(run / "last.ckpt", _LitWithLoss(1), 1, 40)
+    result = _analyze([run], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5", "--weights", "state_dict_ema")
+    assert result.code == 1
+    assert "same step" not in result.stderr, result.stderr
+    assert "--weights state_dict_ema" in result.stderr and "model." in result.stderr, result.stderr
