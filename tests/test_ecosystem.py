@@ -321,3 +321,20 @@ def test_a_wrong_weights_name_is_said_even_where_a_last_copy_shares_a_step(tmp_p
     assert result.code == 1
     assert "same step" not in result.stderr, result.stderr
     assert "--weights state_dict_ema" in result.stderr and "model." in result.stderr, result.stderr
+
+
+def test_trainer_checkpoint_folders_given_one_by_one_say_their_skipped_files_once(tmp_path: Path) -> None:
+    """`fdl analyze out/checkpoint-*` (the shell's way to pick a Trainer's checkpoints) printed four notes
+    per folder (optimizer.pt, rng_state.pth, scheduler.pt, training_args.bin: 24 lines for 6 checkpoints)
+    and 'config.json, config.json, config.json, ...'. Each kind of skipped file is now said once, counted."""
+    from tests.test_usability import _hf_checkpoint
+
+    out = tmp_path / "out"
+    for seed, step in ((0, 20), (1, 40), (2, 60)):
+        _hf_checkpoint(out / f"checkpoint-{step}", seed, step)
+    result = _analyze(sorted(out.glob("checkpoint-*")), _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: skipped")]
+    assert len(notes) == 2, result.stderr
+    assert "optimizer.pt ×3" in result.stderr and "training_args.bin ×3" in result.stderr, result.stderr
+    assert "config.json ×3" in result.stderr, result.stderr
