@@ -338,3 +338,21 @@ def test_trainer_checkpoint_folders_given_one_by_one_say_their_skipped_files_onc
     assert len(notes) == 2, result.stderr
     assert "optimizer.pt ×3" in result.stderr and "training_args.bin ×3" in result.stderr, result.stderr
     assert "config.json ×3" in result.stderr, result.stderr
+
+
+def test_classify_says_when_the_reference_is_not_the_initialisation(tmp_path: Path) -> None:
+    """A Trainer, timm's CheckpointSaver and Lightning save no step 0, so the default reference is the first
+    save (step 20 of a Trainer run): classify printed '20: coefficient' and cka_init values with nothing
+    to say they miss the features learned before step 20. A line now says so (printed only)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for seed, step in ((0, 20), (1, 40)):
+        torch.save({"model_state_dict": _sd(seed), "step": step}, run / f"ckpt_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    assert _analyze([run], probe, tmp_path / "run.h5").code == 0
+    said = fdl("classify", str(tmp_path / "run.h5"))
+    assert said.code == 0, said.stderr
+    assert "the reference is step 20, the first checkpoint, not the initialisation" in said.stderr, said.stderr
+    torch.save({"model_state_dict": _sd(9), "step": 0}, run / "ckpt_0.pt")
+    assert _analyze([run], probe, tmp_path / "from0.h5").code == 0
+    assert "not the initialisation" not in fdl("classify", str(tmp_path / "from0.h5")).stderr
