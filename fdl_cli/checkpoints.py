@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import io
 import json
+import logging
 import numbers
 import os
 import pickle
@@ -26,6 +27,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,7 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli.errors import CheckpointError, ModelError, SameStepError, UnsafeCheckpointError, first_line
+from fdl_cli.errors import (
+    CheckpointError,
+    ModelError,
+    SameStepError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    first_line,
+)
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
 #: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
@@ -1107,9 +1116,10 @@ def discover_checkpoints(
 def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
     list[tuple[Path, int]], list[Path]
 ]:
-    """For "no checkpoints found": the sub-folders (down to `depth`, `budget` entries looked at) that hold
-    checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints), at most 3, with their
-    counts; and the PEFT adapter folders met (adapter_model.safetensors, no model weights)."""
+    """For "no checkpoints found": the sub-folders (`depth` levels down, `budget` entries looked at) that hold
+    checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints below a Lightning
+    default_root_dir is 3 levels down), at most 3, with their counts; and the PEFT adapter folders met
+    (adapter_model.safetensors, no model weights)."""
     nested: list[tuple[Path, int]] = []
     adapters: list[Path] = []
     queue = [(folder, 0) for folder in folders if folder.is_dir()]
@@ -1128,7 +1138,7 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
                         count += 1
                     elif any((entry / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
                         adapters.append(entry)
-                    elif level + 1 < depth and not entry.name.startswith("."):
+                    elif level < depth and not entry.name.startswith("."):
                         queue.append((entry, level + 1))
                 elif checkpoint_suffix(entry) is not None and not _TRAINING_STATE.fullmatch(entry.name):
                     count += 1
@@ -1159,13 +1169,28 @@ def _dedupe(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
                 continue
+            got = ("their metadata holds the epoch only; the names hold finer numbers"
+                   if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path)
+                   else None)
+            fix = _step_fix_for(ref.path)
+            shapes = [_name_shape(r.path.name) for r, _ in found]
+            if _name_shape(first.path.name) != _name_shape(ref.path.name):
+                # checkpoint-1.pth.tar and recovery-1-10.pth.tar (timm): a --step-regex built from one name
+                # leaves out every file named like the other; keep the names most files follow instead.
+                keep = max((first.path.name, ref.path.name), key=lambda name: shapes.count(_name_shape(name)))
+                counts = {shape: shapes.count(shape) for shape in dict.fromkeys(shapes)}
+                got = ("names of different patterns: "
+                       + ", ".join(f"{shape} ({n} file{'s' if n > 1 else ''})" for shape, n in counts.items())
+                       + ("; the metadata holds the epoch only" if first.step_source.endswith(":epoch") else ""))
+                fix = (f"pass --glob '{_name_glob(keep)}' to analyse only the files named like {keep} (a recovery, "
+                       "best or last copy saved beside them is no step of its own), or --step-regex for names "
+                       "whose numbers are the steps")
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
                 paths=(first.path, ref.path),
-                got="their metadata holds the epoch only; the names hold finer numbers"
-                if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path) else None,
-                fix=_step_fix_for(ref.path),
+                got=got,
+                fix=fix,
             )
         same_weights = by_print.get(fingerprint) if fingerprint else None
         if same_weights is not None and _same_weights(same_weights, ref, weights):
@@ -1175,6 +1200,16 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _name_shape(name: str) -> str:
+    """A file name with each number written N: checkpoint-N.pth.tar, recovery-N-N.pth.tar."""
+    return re.sub(r"\d+", "N", name)
+
+
+def _name_glob(name: str) -> str:
+    """A --glob that matches the names shaped like this one: checkpoint-3.pth.tar -> checkpoint-*.pth.tar."""
+    return "*".join(glob_escape(part) for part in re.split(r"\d+", name))
 
 
 def _step_fix_for(path: Path) -> str:
@@ -1195,6 +1230,8 @@ def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | No
     """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
     try:
         digests = [weights_digest(load_checkpoint(r, weights=weights).state_dict or {}) for r in (first, second)]
+    except WeightsNotFoundError:
+        raise  # --weights names no copy these files hold: that, not a step clash, is what to say
     except CheckpointError:
         return False
     return digests[0] == digests[1]
@@ -1412,7 +1449,7 @@ def _load_tensor_file(
             chosen = chosen.state_dict()
         found = _find_tensor_dict(chosen)
         if found is None:
-            raise CheckpointError(
+            raise WeightsNotFoundError(
                 f"--weights {weights}: the entry {weights!r} of {path} holds no state_dict",
                 got=type(chosen).__name__,
                 fix="name the entry that holds the weights to analyse (its values tensors), or a key prefix",
@@ -1441,7 +1478,7 @@ def _under_prefix(tensors: Mapping[str, torch.Tensor], weights: str, path: Path)
             head = key.split(".", 1)[0]
             heads[head] = heads.get(head, 0) + 1
         shown = sorted(heads.items(), key=lambda item: (-item[1], item[0]))[:8]
-        raise CheckpointError(
+        raise WeightsNotFoundError(
             f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
             f"starts with {prefix!r}",
             got="its keys start with " + ", ".join(f"{head}. ({count})" for head, count in shown),
@@ -1505,7 +1542,7 @@ def load_checkpoint(
             path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
         )
     if module is not None and weights is not None:
-        raise CheckpointError(
+        raise WeightsNotFoundError(
             f"--weights {weights}: {path} holds a whole module, whose weights are its own",
             fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
         )
@@ -1753,6 +1790,7 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             got=type(model).__name__,
             fix="the factory must return the network",
         )
+    model = _unwrapped(model)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     meta = [name for name, tensor in tensors if tensor.is_meta]
     if meta:
@@ -1768,6 +1806,19 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
         # float16/float64 would round the weights on loading and refuse the float32 probe inputs.
         model = model.float()
     return model
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside a training script's wrappers: torch.compile's OptimizedModule (`_orig_mod`) and
+    DDP (`module`). Their keys carry the prefixes fdl strips from a checkpoint's, and the measures need
+    neither compilation nor a process group; `--layer` names are the network's own."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def without_common_prefix(state: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -1821,6 +1872,42 @@ def _fitting_prefixes(
     return fitting
 
 
+def _library_renamed(
+    model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path
+) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's weights under the model's own names, as a Hugging Face-style model's
+    ``from_pretrained(None, config=..., state_dict=...)`` converts them; None when the model has no such
+    loader or it leaves any key missing, unused or of another shape.
+
+    transformers 5 renamed the modules of some models (ViT: ``layers.N.attention.q_proj``) while
+    ``save_pretrained()``, and so the Trainer's ``checkpoint-N/``, keep writing the older names
+    (``encoder.layer.N.attention.attention.query``), which only its loader maps back (it may also split
+    or fuse tensors). The model's library is the code ``--model`` runs already; no checkpoint code runs.
+    What the loader prints (a load report, a progress bar) is dropped: stdout may carry --json records."""
+    loader = getattr(type(model), "from_pretrained", None)
+    config = getattr(model, "config", None)
+    if not callable(loader) or config is None:
+        return None
+    held = io.StringIO()
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+            loaded = loader(None, config=config, state_dict=state, output_loading_info=True, dtype=torch.float32)
+    except Exception:  # noqa: BLE001 - a library's loader can raise anything; fdl's own error follows
+        return None
+    finally:
+        logging.disable(disabled)
+    if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], nn.Module)
+            and isinstance(loaded[1], Mapping)):
+        return None
+    converted, info = loaded
+    if any(info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")):
+        return None
+    renamed = dict(converted.state_dict())
+    return renamed if _key_report(path, expected, renamed) is None else None
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = _tied_names(model)
@@ -1846,6 +1933,10 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
                 "the network?); fdl does not guess which to analyse",
                 fix=f"pick one with --weights (e.g. --weights {shown.rstrip('.')}), or re-save the copy you mean",
             )
+    if problem is not None:
+        converted = _library_renamed(model, raw, expected, path)
+        if converted is not None:
+            state, problem = converted, None
     if problem is not None:
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",

@@ -238,8 +238,12 @@ def inspect(**kwargs: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"modules of {result['checkpoint']}")
-    for column in ("module", "type", "output shape", "parameters"):
-        table.add_column(column)
+    # The names are what --layer takes: folded onto a second line when the terminal (or a pipe's 80
+    # columns) is too narrow, never cut to "bert.encoder.lay…"; the other columns give way first.
+    longest = max((len(row["name"]) for row in result["modules"]), default=7)
+    table.add_column("module", overflow="fold", min_width=min(longest, 40))
+    for column in ("type", "output shape", "parameters"):
+        table.add_column(column, overflow="fold")
     for row in result["modules"]:
         marker = " ← default (input)" if row["name"] == result["default_module"] else ""
         table.add_row(row["name"] or "(model)", row["type"], str(row["output_shape"]), str(row["parameters"]) + marker)

@@ -56,6 +56,10 @@ class UnsafeCheckpointError(CheckpointError):
     """Loading this checkpoint would execute code; refused without --trust-pickle."""
 
 
+class WeightsNotFoundError(CheckpointError):
+    """--weights NAME names no copy of the weights this checkpoint holds."""
+
+
 class ModelError(FdlError):
     """The model specification could not be resolved or built, or a layer is unknown."""
 

@@ -16,6 +16,7 @@ import platform
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
@@ -751,17 +752,30 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         with contextlib.suppress(OSError, RuntimeError):
             if home is not None and path.resolve().parent == home.resolve():
                 own.add(path.name)
-    unsuffixed = []
+    unsuffixed: list[str] = []
+    state: list[str] = []  # a Trainer's optimizer.pt, scheduler.pt, ... in each checkpoint-N folder given
     for note in notes:
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
-        if plain is None:
+        training = re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+        if training is not None:
+            state.append(training.group(1))
+        elif plain is None:
             reporter.note(note)
         elif plain.group(1) not in own:
             unsuffixed.append(plain.group(1))
+
+    def counted(names: list[str]) -> str:
+        """config.json ×6: a name met in several folders once, with its count."""
+        counts = Counter(names)
+        shown = [f"{name} ×{n}" if n > 1 else name for name, n in counts.items()]
+        return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
+
+    if state:
+        reporter.note(f"skipped {len(state)} file{'s' if len(state) > 1 else ''} of training state (optimizer, "
+                      f"scheduler, RNG, arguments), not model weights: {counted(state)}")
     if unsuffixed:
-        shown = ", ".join(unsuffixed[:6]) + (f" and {len(unsuffixed) - 6} more" if len(unsuffixed) > 6 else "")
         reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
-                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {shown}")
+                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {counted(unsuffixed)}")
 
 
 def _is(path: Path, kind: str) -> bool:
@@ -2266,6 +2280,10 @@ def inspect_checkpoint(
     default_label = f"{default_module}:input" if default_module is not None else None
     linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
     default_features = int(getattr(linear, "in_features", 0)) or None
+    ran = shapes.get(default_module) if default_module is not None else None
+    if default_features and isinstance(ran, list) and len(ran) > 2:
+        # a Linear applied at each position (an LM head on (1, L, d)): analyze flattens its input per sample
+        default_features *= int(np.prod(ran[1:-1]))
     if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
         default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
     modules = [

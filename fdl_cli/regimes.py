@@ -345,6 +345,15 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             f"{1 / classes:.3f}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )
+    reference = ev.get("reference_step")
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
+    if isinstance(reference, int) and steps and reference > 0 and reference == min(steps):
+        lines.append(
+            f"the reference is step {reference}, the first checkpoint, not the initialisation: cka_init and "
+            f"overlap_init measure the change since step {reference} (its 'coefficient' says only that it is the "
+            "reference). A Trainer, timm's CheckpointSaver and Lightning save no step 0: save the model before "
+            "training (e.g. as checkpoint-0) to measure from the start"
+        )
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in verdict.thresholds.as_dict().items()))
