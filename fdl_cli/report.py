@@ -596,10 +596,18 @@ def summary_lines(summary: RunSummary) -> list[str]:
     for change in summary.changes:
         before, after = format_value(change.name, change.before), format_value(change.name, change.after)
         label = HEADERS.get(change.name, change.name)
-        lines.append(
-            f"{label} changed most between steps {change.step_before} and {change.step_after}: "
-            f"{before} → {after}"
-        )
+        if change.delta == 0:
+            lines.append(f"{label} stayed {before} at every checkpoint")
+        elif before == after:  # a frozen network's CKA₀: "1.0000 → 1.0000" read as a change
+            lines.append(
+                f"{label} stayed {before} to the digits shown (its largest change, {abs(change.delta):.1e}, "
+                f"between steps {change.step_before} and {change.step_after})"
+            )
+        else:
+            lines.append(
+                f"{label} changed most between steps {change.step_before} and {change.step_after}: "
+                f"{before} → {after}"
+            )
     final = ", ".join(
         f"{HEADERS.get(name, name)} {format_value(name, value)}" for name, value in summary.final.items()
     )

@@ -171,6 +171,16 @@ def test_summary_regimes_and_largest_changes(store: Path) -> None:
     assert lines[5].startswith("final: D_LR 0.1250, CKA₀ 0.6250, k95 Π̂ 2, regime MF")
 
 
+def test_summary_of_a_field_that_did_not_change_does_not_say_changed() -> None:
+    """A frozen network's CKA₀ read "changed most between steps 0 and 25: 1.0000 → 1.0000"."""
+    records = [{"step": s, "cka_init": c, "k95_utility": 9, "d_lr": d}
+               for s, c, d in [(0, 1.0, 0.6), (25, 1.0 - 3e-7, 0.5), (50, 1.0 - 1e-7, 0.4)]]
+    lines = report.summary_lines(report.summarize(records))
+    assert "CKA₀ stayed 1.0000 to the digits shown (its largest change, 3.0e-07, between steps 0 and 25)" in lines
+    assert "k95 Π̂ stayed 9 at every checkpoint" in lines
+    assert "D_LR changed most between steps 0 and 25: 0.6000 → 0.5000" in lines
+
+
 def test_regime_spans_merge_equal_neighbours() -> None:
     records = [{"step": s, "regime": r} for s, r in [(0, "EF"), (1, "EF"), (2, None), (3, "MF"), (4, "MF")]]
     assert report.regime_spans(records) == [report.RegimeSpan("EF", 0, 1), report.RegimeSpan("MF", 3, 4)]
