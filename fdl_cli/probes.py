@@ -539,9 +539,13 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int
     if y.dtype.kind in "biu":
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+                labels_per_position = y.size and (y.min() < 0 or y.max() > 1)  # token ids, -100 (ignored)
                 raise ProbeError(
                     f"the probe {path}: integer '{key}' of shape {y.shape} is not one-hot",
-                    fix="give (n,) class labels, or float (n, C) regression targets",
+                    got=f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
+                    "next tokens)? fdl measures one target per sample" if labels_per_position else None,
+                    fix="give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
+                    "or float (n, C) regression targets",
                 )
             y = y.argmax(axis=1)
         labels = y.astype(np.int64)

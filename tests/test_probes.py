@@ -164,3 +164,17 @@ def test_a_probe_name_that_is_no_identifier_is_a_clear_error(tmp_path: Path) -> 
     odd = tmp_path / "a.b=c.npz"
     odd.write_bytes(b"")
     assert parse_probe_spec(str(odd)) == ("probe", odd)
+
+
+def test_labels_per_position_are_named_as_such(tmp_path: Path) -> None:
+    """A language model's probe keeps a label per token ((n, L), -100 where ignored): it was refused as
+    "not one-hot" with no word of what fdl takes for a sequence."""
+    tokens = np.random.default_rng(0).integers(0, 50, size=(6, 5))
+    labels = np.concatenate([tokens[:, 1:], np.full((6, 1), -100)], axis=1)
+    path = tmp_path / "lm.npz"
+    np.savez(path, x=tokens, y=labels)
+    with pytest.raises(ProbeError) as raised:
+        load_probe(path)
+    message = raised.value.message
+    assert "is not one-hot" in message and f"values -100 .. {labels.max()}: a label per position" in message
+    assert "one per sequence, e.g. its class or y[:, -1]" in message
