@@ -1094,7 +1094,7 @@ def discover_checkpoints(
                "or loosen --glob")
         nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         if nested:
-            shown = ", ".join(f"{folder} ({count} checkpoint file{'s' if count > 1 else ''})" for folder, count in nested)
+            shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
             fix = f"pass the folder that holds them: fdl analyze {nested[0][0]} ..."
         elif adapters:

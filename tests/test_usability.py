@@ -527,7 +527,7 @@ def test_no_checkpoints_found_points_at_the_sub_folders_that_hold_them(tmp_path:
     for source in (version, tmp_path / "lightning_logs"):
         result = _analyze([source], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
         assert result.code == 1
-        assert f"{version / 'checkpoints'} (2 checkpoint files)" in result.stderr, result.stderr
+        assert f"{version / 'checkpoints'} (2 checkpoints)" in result.stderr, result.stderr
         assert f"fdl analyze {version / 'checkpoints'}" in result.stderr
     out = tmp_path / "out"
     for step in (500, 1000):
