@@ -933,9 +933,10 @@ def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tup
 
 
 def _candidates(
-    sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str]
+    sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str], missing_ok: bool = False
 ) -> Iterator[tuple[Path, bool]]:
-    """(path, found_by_folder_scan): explicit paths (arguments, stdin) are (path, False)."""
+    """(path, found_by_folder_scan): explicit paths (arguments, stdin) are (path, False). With
+    `missing_ok` a source that does not exist is a note (--watch started before the trainer made it)."""
     expanded: list[Path] = []
     for source in sources:
         if str(source) == "-":
@@ -948,6 +949,9 @@ def _candidates(
             os.stat(source)
         except OSError as exc:
             if exc.errno == errno.ENOENT and not source.is_symlink():
+                if missing_ok:
+                    notes.append(f"{source} does not exist yet")
+                    continue
                 raise CheckpointError(
                     f"no such checkpoint file or folder: {source}",
                     fix="check the path (relative paths are taken from the current folder)",
@@ -1008,6 +1012,7 @@ def discover_checkpoints(
     stdin: TextIO | None = None,
     weights: str | None = None,
     empty_ok: bool = False,
+    missing_ok: bool = False,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1029,7 +1034,8 @@ def discover_checkpoints(
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
     ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
     no checkpoint (or only unreadable ones) is an empty Discovery, not an error, and so is a step of
-    ``steps`` that no checkpoint has yet (--watch waits for them).
+    ``steps`` that no checkpoint has yet (--watch waits for them). ``missing_ok``: a source that does not
+    exist is a note (--watch waits for the folder a trainer makes at its first save).
     """
     notes: list[str] = []
     pattern = None
@@ -1051,7 +1057,7 @@ def discover_checkpoints(
     bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
-    for path, scanned in _candidates(sources, stdin, glob, notes):
+    for path, scanned in _candidates(sources, stdin, glob, notes, missing_ok):
         try:
             key = path.resolve()
         except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
@@ -1083,7 +1089,9 @@ def discover_checkpoints(
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
-    if not found and empty_ok:  # --watch before the first checkpoint is written
+    # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
+    # Lightning default_root_dir's lightning_logs/version_N/checkpoints): that waited for ever
+    if not found and empty_ok and not _checkpoints_below([Path(s) for s in sources if str(s) != "-"])[0]:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong

@@ -612,6 +612,7 @@ def run_analyze(
         stdin=stdin,
         weights=options.weights,
         empty_ok=options.watch and "-" not in options.sources,
+        missing_ok=options.watch and "-" not in options.sources,
     )
     notes, reported_bad = list(discovery.notes), set[str]()
     if options.watch and not discovery.checkpoints:
@@ -720,7 +721,7 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
         signals.sleep(options.poll_seconds)
         discovery = ckpts.discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
-            every=options.every, weights=options.weights, empty_ok=True,
+            every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
         )
         if discovery.checkpoints:
             return discovery

@@ -363,3 +363,65 @@ def test_watch_warns_once_while_a_poll_cannot_go_through(tmp_path: Path, monkeyp
     assert "no new checkpoint is analysed until it is resolved" in same_step[0] and "fix:" in same_step[0]
     gone = [w for w in warnings if "same step" not in w]
     assert len(gone) == 1 and gone[0].startswith("watching: ") and str(folder) in gone[0]
+
+
+def test_watch_waits_for_the_folder_a_trainer_makes_at_its_first_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning makes lightning_logs/version_N/checkpoints at its first save: --watch started before
+    it stopped at once ("no such checkpoint file or folder"). It says the folder does not exist yet and
+    waits for it; without --watch a missing folder is still an error."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "logs" / "version_0" / "checkpoints"
+
+    def first_save() -> None:
+        folder.mkdir(parents=True)
+        _arrive(source, folder, "step_0.safetensors", "step_10.safetensors")
+
+    reporter, records = NullReporter(), []
+    options = dict(sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+                   probe_specs=(str(source / "probe.npz"),), anchor_size=100, batch_size=64, device="cpu")
+    with _polls(monkeypatch, lambda: None, first_save):
+        run_analyze(AnalyzeOptions(out=tmp_path / "a.h5", watch=True, poll_seconds=0.01, **options),  # type: ignore[arg-type]
+                    reporter=reporter, on_record=records.append)
+    assert [r["step"] for r in records] == [0, 10]
+    assert f"{folder} does not exist yet" in reporter.notes
+    assert any(note.startswith(f"waiting for a checkpoint in {folder}") for note in reporter.notes)
+    with pytest.raises(CheckpointError, match="no such checkpoint file or folder"):
+        run_analyze(AnalyzeOptions(out=tmp_path / "b.h5", sources=(str(tmp_path / "nowhere"),),
+                                   **{k: v for k, v in options.items() if k != "sources"}),  # type: ignore[arg-type]
+                    reporter=NullReporter())
+
+
+def test_watch_of_a_folder_whose_checkpoints_go_to_a_sub_folder_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--watch on a Lightning default_root_dir: the checkpoints land three levels down, which is not
+    searched; it waited for ever without a word. It stops as analyze without --watch does, naming the
+    sub-folder to pass."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    root = tmp_path / "root"
+    root.mkdir()
+    nested = root / "lightning_logs" / "version_0" / "checkpoints"
+
+    def first_save() -> None:
+        nested.mkdir(parents=True)
+        _arrive(source, nested, "step_0.safetensors")
+
+    with _polls(monkeypatch, lambda: None, first_save, lambda: None), \
+            pytest.raises((CheckpointError, KeyboardInterrupt)) as stopped:
+        run_analyze(AnalyzeOptions(
+            sources=(str(root),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(source / "probe.npz"),), out=tmp_path / "a.h5", anchor_size=100, batch_size=64,
+            device="cpu", watch=True, poll_seconds=0.01,
+        ), reporter=NullReporter())
+    assert isinstance(stopped.value, CheckpointError)  # not Ctrl-C after the last poll: it waited on
+    message = stopped.value.message
+    assert "checkpoints in sub-folders, which are not searched" in message
+    assert f"fdl analyze {nested} ..." in message
