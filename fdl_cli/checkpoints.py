@@ -1112,6 +1112,7 @@ def discover_checkpoints(
                    "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
         raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
+    _note_save_counts([ref for ref, _ in found], notes)
     checkpoints, duplicates = _dedupe(found, notes, weights)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
@@ -1119,6 +1120,28 @@ def discover_checkpoints(
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
     )
+
+
+def _note_save_counts(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
+    """accelerate's automatic naming (`ProjectConfiguration(automatic_checkpoint_naming=True)`) names its
+    `save_state()` folders checkpoint_0, checkpoint_1, ...: the number counts saves, not training steps,
+    and the folder holds no step. Such steps are used, in the right order, with a note saying what they
+    count."""
+    counted = [ref for ref in refs if ref.step_source == "name" and re.fullmatch(r"checkpoint_\d+", ref.path.name)
+               and _is_dir_with(ref.path, "random_states_*.pkl")]
+    if counted:
+        notes.append(
+            f"the steps of {len(counted)} accelerate save_state() folder{'s' if len(counted) > 1 else ''} "
+            f"({counted[0].path.name}, ...) are their numbers, which count saves, not training steps; to "
+            "measure against steps, save with accelerator.save_state(f\"ckpts/step_{step}\")"
+        )
+
+
+def _is_dir_with(path: Path, pattern: str) -> bool:
+    try:
+        return path.is_dir() and next(path.glob(pattern), None) is not None
+    except OSError:
+        return False
 
 
 def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[

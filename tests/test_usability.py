@@ -561,3 +561,25 @@ def test_a_training_loop_that_saves_numpy_arrays_is_analysed_without_trust_pickl
         {k: v for k, v in r.items() if k not in skip} for r in expected.records
     ]
     assert [r["step"] for r in got.records] == [0, 10]
+
+
+def test_accelerate_save_counts_are_said_to_be_no_steps(tmp_path: Path) -> None:
+    """accelerate's automatic checkpoint naming numbers save_state() folders by save (checkpoint_0, _1,
+    ...), with no step inside: fdl used the counts as steps without a word."""
+    run = tmp_path / "checkpoints"
+    for index in range(3):
+        folder = run / f"checkpoint_{index}"
+        folder.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in mlp(seed=index).state_dict().items()}, str(folder / "model.safetensors"))
+        (folder / "random_states_0.pkl").write_bytes(b"not read")
+        (folder / "optimizer.bin").write_bytes(b"not read")
+    discovery = discover_checkpoints([run])
+    assert [ref.step for ref in discovery.checkpoints] == [0, 1, 2]
+    said = [note for note in discovery.notes if "accelerate" in note]
+    assert said == ["the steps of 3 accelerate save_state() folders (checkpoint_0, ...) are their numbers, which "
+                    "count saves, not training steps; to measure against steps, save with "
+                    "accelerator.save_state(f\"ckpts/step_{step}\")"]
+    (run / "checkpoint_1" / "random_states_0.pkl").unlink()
+    (run / "checkpoint_0" / "random_states_0.pkl").unlink()
+    (run / "checkpoint_2" / "random_states_0.pkl").unlink()
+    assert not [note for note in discover_checkpoints([run]).notes if "accelerate" in note]
