@@ -1493,20 +1493,24 @@ def _rediscover(
     if options.steps is not None:
         wanted = {int(step) for step in options.steps}
         found = [ref for ref in found if ref.step in wanted]
-    known_paths = {str(ref.path) for ref in known}
+    # (path, step): a file analysed already. A known path at another step is a new checkpoint: a trainer
+    # that rewrites one file (last.pt) at every save, which --watch analysed once and then compared each
+    # later save with the reference only (its previous, of the same path, was taken for gone)
+    known_paths = {(str(ref.path), ref.step) for ref in known}
     if options.every is not None:
         # Positions among every step seen so far, not among the files present now: a trainer's rotation
         # (keep the last K) deleting old files shifted them, and picked checkpoints --every had passed
         # over (the files were step 10, 20, 30 with 0 deleted: 10 and 30 were analysed under --every 2).
         ctx.seen_steps.update(ref.step for ref in (*known, *found))
         position = {step: i for i, step in enumerate(sorted(ctx.seen_steps))}
-        found = [ref for ref in found if position[ref.step] % options.every == 0 or str(ref.path) in known_paths]
+        found = [ref for ref in found
+                 if position[ref.step] % options.every == 0 or (str(ref.path), ref.step) in known_paths]
     settled = []
     now = time.time()
     for ref in found:
         path = str(ref.path)
         changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
-        if path not in known_paths or changed:  # those analysed already keep their place in step order
+        if (path, ref.step) not in known_paths or changed:  # those analysed already keep their place in step order
             if not _settled(ref.path, options.poll_seconds, now):
                 continue  # probably still being written (or gone): next poll
         if changed and summary is not None:
@@ -1516,13 +1520,12 @@ def _rediscover(
             del ctx.failed_signatures[path]
             summary.failed[:] = [item for item in summary.failed if item[0] != path]
         settled.append(ref)
-    # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K) keeps its place
-    # in step order: the next checkpoint is compared with it (its series are still in memory), not with
-    # the one before it; without it a run keeping one checkpoint compared each with the reference.
-    present, taken = {str(ref.path) for ref in settled}, {ref.step for ref in settled}
-    for ref in known:
-        if ref.step in stored and str(ref.path) not in present and ref.step not in taken and _gone(ref.path):
-            settled.append(ref)
+    # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K), rewrote with a
+    # later step (one rolling file) or is rewriting now keeps its place in step order: the next checkpoint
+    # is compared with it (its series are still in memory), not with the one before it; without it a run
+    # keeping one checkpoint compared each with the reference.
+    taken = {ref.step for ref in settled}
+    settled += [ref for ref in known if ref.step in stored and ref.step not in taken]
     return sorted(settled, key=lambda ref: ref.step)
 
 
@@ -1568,16 +1571,6 @@ def _settled(path: Path | str, poll_seconds: float, now: float) -> bool:
         return now - os.stat(path).st_mtime >= max(1.0, poll_seconds / 2)
     except OSError:
         return False
-
-
-def _gone(path: Path | str) -> bool:
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def _run_refs(

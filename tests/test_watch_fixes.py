@@ -425,3 +425,33 @@ def test_watch_of_a_folder_whose_checkpoints_go_to_a_sub_folder_says_so(
     message = stopped.value.message
     assert "checkpoints in sub-folders, which are not searched" in message
     assert f"fdl analyze {nested} ..." in message
+
+
+def test_watch_of_one_file_rewritten_at_every_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer that keeps one file (last.pt, its step inside) and rewrites it at every save: --watch
+    analysed each save but compared it with nothing (prev_step null, cka_prev null), the previous save's
+    file being the same path; and a rewrite in progress was read at once. Each save is compared with the
+    one before, as in one run over separate files, and a file being rewritten is waited for."""
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20]))
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+
+    def save(step: int, *, settled: bool = True) -> None:
+        state = load_file(str(source / f"step_{step}.safetensors"))
+        torch.save({"step": step, "state_dict": state}, folder / "last.pt")
+        if settled:
+            past = time.time() - 60
+            os.utime(folder / "last.pt", (past, past))
+
+    save(0)
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: save(10, settled=False), lambda: save(10), lambda: save(20)):
+        summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert [r["step"] for r in records] == [0, 10, 20] and not summary.failed
+    stored = _stored(out)
+    assert [stored[step]["prev_step"] for step in (0, 10, 20)] == [None, 0, 10]
+    for step in (10, 20):
+        for name in ("cka_prev", "overlap_prev", "cka_init", "d_lr"):
+            assert stored[step][name] == pytest.approx(expected[step][name], rel=1e-9), (step, name)
