@@ -370,6 +370,9 @@ class _Context:
     failed_signatures: dict[str, str] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
+    #: --watch: stored steps kept in step order whose file no longer holds them (deleted, rewritten with a
+    #: later step, being rewritten): never read again; "previous" only while their series are at hand
+    fileless: set[int] = field(default_factory=set)
     #: --watch: the message of the last poll that failed as a whole, warned once (`_warn_while_watching`)
     watch_problem: str | None = None
     model: Any = None  # the factory-built model, reused for every checkpoint
@@ -1525,8 +1528,9 @@ def _rediscover(
     # is compared with it (its series are still in memory), not with the one before it; without it a run
     # keeping one checkpoint compared each with the reference.
     taken = {ref.step for ref in settled}
-    settled += [ref for ref in known if ref.step in stored and ref.step not in taken]
-    return sorted(settled, key=lambda ref: ref.step)
+    kept = [ref for ref in known if ref.step in stored and ref.step not in taken]
+    ctx.fileless = {ref.step for ref in kept}  # their files are another's now: never read again
+    return sorted(settled + kept, key=lambda ref: ref.step)
 
 
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:
@@ -1833,11 +1837,18 @@ def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int |
     the nearest one before it in step order whose file did not fail in this run. Within a process
     checkpoints are analysed in step order, so every one before `step` has been tried when `step` is
     analysed (stored ones are not tried: they were analysed successfully); a file that fails is
-    skipped over, as a deleted one is."""
+    skipped over, as a deleted one is. So is a stored checkpoint --watch keeps in step order whose file
+    no longer holds it (`ctx.fileless`), unless its series are at hand (the last analysed, the reference):
+    its file cannot be read again."""
     for position in range(steps_in_order.index(step) - 1, -1, -1):
-        ref = ctx.refs_by_step.get(steps_in_order[position])
+        before = steps_in_order[position]
+        if before in ctx.fileless:
+            if before == ctx.previous_step or (before == ctx.reference_step and ctx.reference):
+                return before
+            continue
+        ref = ctx.refs_by_step.get(before)
         if ref is None or str(ref.path) not in ctx.failed_paths:
-            return steps_in_order[position]
+            return before
     return None
 
 
@@ -1896,6 +1907,8 @@ def _refresh_successors(
     stored_sha = {step: record["sha256"] for step, record in records.items()}
     before = None  # the nearest step so far whose file did not fail (`_previous_step`, in one pass)
     for successor in steps_in_order:
+        if successor in ctx.fileless:
+            continue  # --watch: its file no longer holds it; its numbers are kept, and it is no one's previous
         if before is not None and before in records and successor in records:
             previous = records[successor]["prev_step"]
             if previous is None or previous < before or (previous > before and previous in failed):

@@ -455,3 +455,54 @@ def test_watch_of_one_file_rewritten_at_every_save(tmp_path: Path, monkeypatch: 
     for step in (10, 20):
         for name in ("cka_prev", "overlap_prev", "cka_init", "d_lr"):
             assert stored[step][name] == pytest.approx(expected[step][name], rel=1e-9), (step, name)
+
+
+def test_watch_of_a_rolling_file_then_a_late_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored checkpoint kept in step order whose file now holds a later save (one rolling last.pt)
+    cannot be read again: a checkpoint arriving late, before it, was compared with it by reading the
+    file, found another file's hash and ended the watch ("changed since it was analysed"). It compares
+    with the nearest checkpoint whose series are at hand, and the stored one after it is updated."""
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+
+    def save(step: int) -> None:
+        torch.save({"step": step, "state_dict": load_file(str(source / f"step_{step}.safetensors"))}, folder / "last.pt")
+        past = time.time() - 60
+        os.utime(folder / "last.pt", (past, past))
+
+    save(0)
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: save(10), lambda: save(30),
+                lambda: _arrive(source, folder, "step_20.safetensors"), lambda: save(40)):
+        summary, _ = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted and not summary.failed
+    stored = _stored(out)
+    assert sorted(stored) == [0, 10, 20, 30, 40]
+    assert {step: stored[step]["prev_step"] for step in (10, 20, 30)} == {10: 0, 20: 0, 30: 20}
+    expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 20, 30]))
+    for step in (20, 30):
+        assert stored[step]["cka_prev"] == pytest.approx(expected[step]["cka_prev"], rel=1e-9)
+
+
+def test_watch_of_a_rotated_run_then_a_late_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation deleted two stored checkpoints' files, then one before them arrived: updating the
+    stored checkpoints after it read their deleted files and ended the watch ("no longer exists")."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def rotate_then_late() -> None:
+        (folder / "step_10.safetensors").unlink()
+        (folder / "step_30.safetensors").unlink()
+        _arrive(source, folder, "step_20.safetensors")
+
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors", "step_40.safetensors"),
+                rotate_then_late, lambda: _arrive(source, folder, "step_50.safetensors")):
+        summary, _ = _analyze(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted and not summary.failed
+    stored = _stored(out)
+    assert sorted(stored) == [0, 10, 20, 30, 40, 50]
+    # 30 and 40 keep the numbers they were stored with (30's file is gone: it cannot be compared again)
+    assert {step: stored[step]["prev_step"] for step in (10, 20, 30, 40, 50)} == {10: 0, 20: 0, 30: 10, 40: 30, 50: 40}
