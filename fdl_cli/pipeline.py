@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any, TextIO
 
 import numpy as np
@@ -1570,9 +1571,17 @@ def _newly_settled(
 def _settled(path: Path | str, poll_seconds: float, now: float) -> bool:
     """--watch: whether `path` was last modified longer ago than the settling time (half a poll, at
     least 1 s), so that a trainer still writing it has probably finished; False when it cannot be
-    looked at."""
+    looked at. A folder (a Trainer's checkpoint-N) by its newest entry too: its own time moves when a
+    file is added, not while its model.safetensors is being written."""
     try:
-        return now - os.stat(path).st_mtime >= max(1.0, poll_seconds / 2)
+        stat = os.stat(path)
+        latest = stat.st_mtime
+        if S_ISDIR(stat.st_mode):
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):  # removed meanwhile: the folder's own time moved
+                        latest = max(latest, entry.stat().st_mtime)
+        return now - latest >= max(1.0, poll_seconds / 2)
     except OSError:
         return False
 

@@ -506,3 +506,42 @@ def test_watch_of_a_rotated_run_then_a_late_checkpoint(tmp_path: Path, monkeypat
     assert sorted(stored) == [0, 10, 20, 30, 40, 50]
     # 30 and 40 keep the numbers they were stored with (30's file is gone: it cannot be compared again)
     assert {step: stored[step]["prev_step"] for step in (10, 20, 30, 40, 50)} == {10: 0, 20: 0, 30: 10, 40: 30, 50: 40}
+
+
+def test_watch_waits_for_the_weights_of_a_checkpoint_folder_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Trainer's checkpoint-N folder is made, then its model.safetensors written: a folder's own time
+    moves when a file is added, not while one is written, so a weights file that takes longer than the
+    settling time to write was read half-written and reported as an error ("truncated"; under --strict
+    before the first checkpoint, the end of the watch). The newest file in the folder says when it settled."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    past = time.time() - 60
+
+    def checkpoint(step: int, *, written: bool = True) -> None:
+        inside = folder / f"checkpoint-{step}"
+        inside.mkdir(exist_ok=True)
+        data = (source / f"step_{step}.safetensors").read_bytes()
+        (inside / "model.safetensors").write_bytes(data if written else data[: len(data) // 2])
+        if written:
+            os.utime(inside / "model.safetensors", (past, past))
+        os.utime(inside, (past, past))  # made a while ago; its weights file is written now
+
+    checkpoint(0)
+    checkpoint(10)
+    reporter, records = NullReporter(), []
+    with _polls(monkeypatch, lambda: checkpoint(20, written=False), lambda: checkpoint(20)):
+        summary = run_analyze(AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder / "probe.npz"),), out=tmp_path / "s.h5", anchor_size=100, batch_size=64,
+            device="cpu", watch=True, poll_seconds=0.01,
+        ), reporter=reporter, on_record=records.append)
+    assert [r["step"] for r in records] == [0, 10, 20] and not summary.failed
+    assert reporter.errors == []
+    assert not any("changed since it failed" in note for note in reporter.notes)
