@@ -723,10 +723,16 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
             reported.add(str(bad_path))
             _report_bad_found(options, reporter, bad_path, reason)
         signals.sleep(options.poll_seconds)
-        discovery = ckpts.discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
-            every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
-        )
+        try:
+            discovery = ckpts.discover_checkpoints(
+                options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
+                every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
+            )
+        except SameStepError as exc:
+            now = time.time()
+            if all(_settled(path, options.poll_seconds, now) for path in exc.paths):
+                raise  # two settled files of one step: the error a start after them gives
+            continue  # Lightning's last.ckpt being written beside the first checkpoint: as `_rediscover`
         if discovery.checkpoints:
             return discovery
 

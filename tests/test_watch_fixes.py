@@ -545,3 +545,41 @@ def test_watch_waits_for_the_weights_of_a_checkpoint_folder_being_written(
     assert [r["step"] for r in records] == [0, 10, 20] and not summary.failed
     assert reporter.errors == []
     assert not any("changed since it failed" in note for note in reporter.notes)
+
+
+def test_watch_waiting_for_its_first_checkpoint_waits_for_a_file_of_the_same_step_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for the first checkpoint read Lightning's last.ckpt while it was being written beside
+    the first epoch=N-step=M.ckpt: "two checkpoints have the same step" ended the run (status 1), where
+    a poll during the watch waits for it. The wait waits for it too."""
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+
+    def rewriting() -> None:
+        _arrive(source, folder, "step_0.safetensors")
+        (folder / "last-0.safetensors").write_bytes((source / "step_10.safetensors").read_bytes())  # mtime: now
+
+    def rewritten() -> None:
+        shutil.copyfile(source / "step_0.safetensors", folder / "last-0.safetensors")
+        past = time.time() - 60
+        os.utime(folder / "last-0.safetensors", (past, past))
+        _arrive(source, folder, "step_10.safetensors")
+
+    with _polls(monkeypatch, lambda: None, rewriting, rewritten):
+        steps, warnings = _watch_warnings(folder, tmp_path / "s.h5")
+    assert steps == [0, 10]
+    assert warnings == []
+    # Two settled files of one step while waiting: the error a start after them gives, not a wait for ever.
+    shutil.rmtree(folder)
+    folder.mkdir()
+
+    def conflict() -> None:
+        _arrive(source, folder, "step_0.safetensors")
+        shutil.copyfile(source / "step_10.safetensors", folder / "last-0.safetensors")
+        os.utime(folder / "last-0.safetensors", (time.time() - 60,) * 2)
+
+    with _polls(monkeypatch, conflict), pytest.raises(CheckpointError, match="same step 0"):
+        _watch_warnings(folder, tmp_path / "t.h5")
