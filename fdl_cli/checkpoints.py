@@ -1224,8 +1224,11 @@ def _dedupe(
                 fix=fix,
             )
         same_weights = by_print.get(fingerprint) if fingerprint else None
-        if same_weights is not None and _same_weights(same_weights, ref, weights):
-            duplicates.append((same_weights.path, ref.path))
+        if same_weights is not None:
+            # A file without the --weights copy is no duplicate: it fails on its own, the others go on
+            with contextlib.suppress(WeightsNotFoundError):
+                if _same_weights(same_weights, ref, weights):
+                    duplicates.append((same_weights.path, ref.path))
         by_step[ref.step] = (ref, fingerprint)
         if fingerprint:
             by_print.setdefault(fingerprint, ref)

@@ -356,3 +356,19 @@ def test_classify_says_when_the_reference_is_not_the_initialisation(tmp_path: Pa
     torch.save({"model_state_dict": _sd(9), "step": 0}, run / "ckpt_0.pt")
     assert _analyze([run], probe, tmp_path / "from0.h5").code == 0
     assert "not the initialisation" not in fdl("classify", str(tmp_path / "from0.h5")).stderr
+
+
+def test_a_file_without_the_weights_named_is_its_own_failure_where_another_has_its_weights(tmp_path: Path) -> None:
+    """--weights state_dict_ema on a run whose step 20 file has no EMA copy (saved by another callback)
+    and the same network weights as step 10 (a frozen stretch): the check for duplicates at two steps
+    loaded both EMA copies, and the WeightsNotFoundError it now lets through ended discovery ('--weights
+    state_dict_ema: ...'), where that file failed on its own and the others were analysed."""
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 0, "state_dict": _sd(0), "state_dict_ema": _sd(100)}, run / "step_0.pt")
+    torch.save({"step": 10, "state_dict": _sd(1), "state_dict_ema": _sd(101)}, run / "step_10.pt")
+    torch.save({"step": 20, "state_dict": _sd(1)}, run / "step_20.pt")
+    found = discover_checkpoints([run], weights="state_dict_ema")
+    assert [ref.step for ref in found.checkpoints] == [0, 10, 20] and found.duplicates == []
