@@ -1213,9 +1213,18 @@ def _dedupe(
                 got = ("names of different patterns: "
                        + ", ".join(f"{shape} ({n} file{'s' if n > 1 else ''})" for shape, n in counts.items())
                        + ("; the metadata holds the epoch only" if first.step_source.endswith(":epoch") else ""))
-                fix = (f"pass --glob '{_name_glob(keep)}' to analyse only the files named like {keep} (a recovery, "
-                       "best or last copy saved beside them is no step of its own), or --step-regex for names "
-                       "whose numbers are the steps")
+                why = "(a recovery, best or last copy saved beside them is no step of its own)"
+                others = [r.path.name for r, _ in found if _name_shape(r.path.name) != _name_shape(keep)]
+                # step_*.pt matches step_0_ema.pt too (a glob's * is any text, not digits only); step_*[0-9].pt
+                # does not, and epoch=*[0-9]-step=*[0-9].ckpt still matches epoch=1-step=9-v1.ckpt
+                globs = [glob for glob in (_name_glob(keep), _name_glob(keep, "*[0-9]"))
+                         if not any(Path(name).match(glob) for name in others)]
+                if globs:
+                    fix = (f"pass --glob '{globs[0]}' to analyse only the files named like {keep} {why}, or "
+                           "--step-regex for names whose numbers are the steps")
+                else:
+                    fix = (f"pass --step-regex '{_name_regex(keep)}' to analyse only the files named like {keep} "
+                           f"{why}; the steps are then the last numbers of the names")
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
@@ -1241,9 +1250,20 @@ def _name_shape(name: str) -> str:
     return re.sub(r"\d+", "N", name)
 
 
-def _name_glob(name: str) -> str:
-    """A --glob that matches the names shaped like this one: checkpoint-3.pth.tar -> checkpoint-*.pth.tar."""
-    return "*".join(glob_escape(part) for part in re.split(r"\d+", name))
+def _name_glob(name: str, number: str = "*") -> str:
+    """A --glob that matches the names shaped like this one, each number written `number`:
+    checkpoint-3.pth.tar -> checkpoint-*.pth.tar."""
+    return number.join(glob_escape(part) for part in re.split(r"\d+", name))
+
+
+def _name_regex(name: str) -> str:
+    """A --step-regex that matches the names shaped like this one only, its last number the step:
+    step_3.pt -> '^step_(\\d+)\\.pt$' (step_3_ema.pt does not match)."""
+    parts = re.split(r"(\d+)", name)
+    last = len(parts) - 2
+    return "^" + "".join(
+        re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts)
+    ) + "$"
 
 
 def _step_fix_for(path: Path) -> str:

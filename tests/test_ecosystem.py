@@ -372,3 +372,32 @@ def test_a_file_without_the_weights_named_is_its_own_failure_where_another_has_i
     torch.save({"step": 20, "state_dict": _sd(1)}, run / "step_20.pt")
     found = discover_checkpoints([run], weights="state_dict_ema")
     assert [ref.step for ref in found.checkpoints] == [0, 10, 20] and found.duplicates == []
+
+
+@pytest.mark.parametrize(("name", "copy"), [
+    ("step_{}.pt", "step_{}_ema.pt"), ("step_{}.pt", "step_{}.pt.bak.pt"),
+    ("epoch=0-step={}.ckpt", "epoch=0-step={}-v1.ckpt"),
+])
+def test_a_step_clash_between_name_patterns_suggests_a_fix_that_separates_them(
+    tmp_path: Path, name: str, copy: str
+) -> None:
+    """The --glob that the clash between two name patterns suggests ('step_*.pt', from step_0.pt) matched
+    the other pattern too (step_0_ema.pt, an EMA copy saved beside each checkpoint): following the fix gave
+    the same error. The glob keeps to numbers ('step_*[0-9].pt'), and names no glob can separate
+    (Lightning's -v1 copies) get an anchored --step-regex."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for index, step in enumerate((0, 10, 20)):
+        torch.save({"global_step": step, "state_dict": _sd(index)}, run / name.format(step))
+        if step < 20:
+            torch.save({"global_step": step, "state_dict": _sd(index + 50)}, run / copy.format(step))
+    probe = _probe(tmp_path / "probe.npz")
+    clash = _analyze([run], probe, tmp_path / "clash.h5")
+    assert clash.code == 1 and "same step 0" in clash.stderr, clash.stderr
+    fix = re.search(r"fix: pass (--\S+) '([^']+)'", clash.stderr)
+    assert fix is not None, clash.stderr
+    followed = _analyze([run], probe, tmp_path / "run.h5", fix.group(1), fix.group(2), "--json")
+    assert followed.code == 0, followed.stderr
+    assert [(r["step"], Path(r["path"]).name) for r in followed.records] == [
+        (step, name.format(step)) for step in (0, 10, 20)
+    ], followed.stderr
