@@ -92,6 +92,15 @@ def cli() -> None:
 # ----------------------------------------------------------------------------------------- analyze
 
 
+def _is_int(text: str) -> bool:
+    """What AnalyzeOptions.from_cli's int() takes ('+-5' and '²' are digits after a sign strip, not integers)."""
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """A usage error (status 2), as any malformed value click checks: `--steps ''` (an unset shell
     variable, say) would select nothing and so analyse everything; `--steps 10,a` was status 1."""
@@ -100,7 +109,7 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
         raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint="--steps")
-    wrong = [part for part in parts if not part.lstrip("+-").isdigit()]
+    wrong = [part for part in parts if not _is_int(part)]
     if wrong:
         raise click.BadParameter(
             f"steps are integers separated by commas, e.g. --steps 0,100,500 (got {', '.join(map(repr, wrong))})",

@@ -462,6 +462,15 @@ def test_steps_that_are_not_integers_are_a_usage_error_too(tmp_path: Path) -> No
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_steps_the_usage_check_passes_are_integers(tmp_path: Path) -> None:
+    """The usage check took a part for an integer when its characters, signs stripped, were digits:
+    '+-5' and '²' passed it and int() refused them after (status 1, the library's message)."""
+    folder = _run_folder(tmp_path / "run")
+    result = _analyze(folder, tmp_path / "s.h5", "--steps", "0,+-5,\u00b2")
+    assert result.code == 2, result.stderr
+    assert "(got '+-5', '\u00b2')" in result.stderr
+
+
 @pytest.mark.parametrize("steps", ["", " , "])
 def test_an_empty_steps_list_is_refused_by_the_library_too(steps: str) -> None:
     """`AnalyzeOptions.from_cli`, which library callers use, refused no empty --steps: it selected
