@@ -521,6 +521,10 @@ class Change:
     step_after: int
     before: float
     after: float
+    #: the smallest and largest value of the field (among checkpoints with one): a field whose every
+    #: step is below the digits shown may still have drifted
+    low: float = 0.0
+    high: float = 0.0
 
     @property
     def delta(self) -> float:
@@ -557,9 +561,10 @@ def largest_change(records: Sequence[Record], name: str) -> Change | None:
     """The consecutive pair (among checkpoints where `name` is defined) with the largest |Δ|."""
     points = [(int(r["step"]), float(r[name])) for r in records if r.get(name) is not None]
     best: Change | None = None
+    values = [value for _, value in points]
     for (step_a, value_a), (step_b, value_b) in zip(points, points[1:], strict=False):
         if best is None or abs(value_b - value_a) > abs(best.delta):
-            best = Change(name, step_a, step_b, value_a, value_b)
+            best = Change(name, step_a, step_b, value_a, value_b, min(values), max(values))
     return best
 
 
@@ -599,10 +604,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
         if change.delta == 0:
             lines.append(f"{label} stayed {before} at every checkpoint")
         elif before == after:  # a frozen network's CKA₀: "1.0000 → 1.0000" read as a change
-            lines.append(
-                f"{label} stayed {before} to the digits shown (its largest change, {abs(change.delta):.1e}, "
-                f"between steps {change.step_before} and {change.step_after})"
-            )
+            low, high = format_value(change.name, change.low), format_value(change.name, change.high)
+            largest = f"{abs(change.delta):.1e}, between steps {change.step_before} and {change.step_after}"
+            if low == high:
+                lines.append(f"{label} stayed {before} to the digits shown (its largest change, {largest})")
+            else:  # each step below the digits, not the drift: 1.0000 down to 0.9990 by 1e-5 steps
+                lines.append(f"{label} ranged {low} – {high} in steps below the digits shown (the largest, {largest})")
         else:
             lines.append(
                 f"{label} changed most between steps {change.step_before} and {change.step_after}: "

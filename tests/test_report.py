@@ -181,6 +181,18 @@ def test_summary_of_a_field_that_did_not_change_does_not_say_changed() -> None:
     assert "D_LR changed most between steps 0 and 25: 0.6000 → 0.5000" in lines
 
 
+def test_summary_of_a_field_that_drifted_in_small_steps_does_not_say_stayed() -> None:
+    """A CKA₀ that fell from 1.0000 to 0.9990 by steps of 1e-5 (many checkpoints of a slow run) "stayed
+    1.0000 to the digits shown": its largest step between two checkpoints is below the digits, its
+    range is not."""
+    records = [{"step": 10 * i, "cka_init": 1.0 - 1e-5 * i} for i in range(101)]
+    records[3]["cka_init"] = 1.0 - 1e-5 * 3 - 1e-6  # the largest step, 1.1e-5, within 1.0000
+    lines = report.summary_lines(report.summarize(records))
+    assert not any("stayed" in line for line in lines), lines
+    assert "CKA₀ ranged 0.9990 – 1.0000 in steps below the digits shown (the largest, 1.1e-05, between steps 20 " \
+           "and 30)" in lines
+
+
 def test_regime_spans_merge_equal_neighbours() -> None:
     records = [{"step": s, "regime": r} for s, r in [(0, "EF"), (1, "EF"), (2, None), (3, "MF"), (4, "MF")]]
     assert report.regime_spans(records) == [report.RegimeSpan("EF", 0, 1), report.RegimeSpan("MF", 3, 4)]
