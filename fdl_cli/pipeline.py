@@ -369,6 +369,9 @@ class _Context:
     #: path -> its file's signature when it failed (before the read, when known): --watch tries a file
     #: again once it has changed, as one read while the trainer was still writing it fails
     failed_signatures: dict[str, str] = field(default_factory=dict)
+    #: path -> the step its checkpoint had when it failed (unknown for a file discovery could not read):
+    #: a rolling file's next save is another checkpoint, not the failed one written again
+    failed_steps: dict[str, int] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
     #: --watch: stored steps kept in step order whose file no longer holds them (deleted, rewritten with a
@@ -1523,11 +1526,19 @@ def _rediscover(
         if (path, ref.step) not in known_paths or changed:  # those analysed already keep their place in step order
             if not _settled(ref.path, options.poll_seconds, now):
                 continue  # probably still being written (or gone): next poll
-        if changed and summary is not None:
+        failed_step = ctx.failed_steps.get(path)
+        if changed and summary is not None and failed_step is not None and failed_step != ref.step:
+            # A rolling last.pt's next save: the failure of the save before is its own, and stays one
+            # (named by its step: the path is this checkpoint's now, which is tried)
+            del ctx.failed_signatures[path], ctx.failed_steps[path]
+            summary.failed[:] = [(f"{item[0]} (step {failed_step})" if item[0] == path else item[0], item[1])
+                                 for item in summary.failed]
+        elif changed and summary is not None:
             # It failed, and has changed since: it was read while the trainer was still writing it (a
             # pause longer than the settling time, or a file being written when --watch started).
             ctx.reporter.note(f"{ref.path} changed since it failed: analysing it again")
             del ctx.failed_signatures[path]
+            ctx.failed_steps.pop(path, None)
             summary.failed[:] = [item for item in summary.failed if item[0] != path]
         settled.append(ref)
     # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K), rewrote with a
@@ -1696,6 +1707,7 @@ def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: Fdl
     """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
     summary.failed.append((str(ref.path), exc.message))
     ctx.failed_paths.add(str(ref.path))
+    ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
 
 

@@ -583,3 +583,37 @@ def test_watch_waiting_for_its_first_checkpoint_waits_for_a_file_of_the_same_ste
 
     with _polls(monkeypatch, conflict), pytest.raises(CheckpointError, match="same step 0"):
         _watch_warnings(folder, tmp_path / "t.h5")
+
+
+def test_watch_of_a_rolling_file_keeps_a_failed_save_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rolling last.pt whose step 20 save failed (NaN weights) and whose next save was good: the
+    failure was taken for a file read half-written ("changed since it failed: analysing it again") and
+    dropped from the summary, so the watch ended with status 0 and step 20 neither stored nor said."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+
+    def save(step: int, *, nan: bool = False) -> None:
+        state = load_file(str(source / f"step_{step}.safetensors"))
+        if nan:
+            state["0.weight"][0, 0] = float("nan")
+        torch.save({"step": step, "state_dict": state}, folder / "last.pt")
+        past = time.time() - 60 + step / 100  # a new modification time at each save
+        os.utime(folder / "last.pt", (past, past))
+
+    save(0)
+    reporter, records = NullReporter(), []
+    with _polls(monkeypatch, lambda: save(10), lambda: save(20, nan=True), lambda: save(30)):
+        summary = run_analyze(AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder / "probe.npz"),), out=tmp_path / "s.h5", anchor_size=100, batch_size=64,
+            device="cpu", watch=True, poll_seconds=0.01,
+        ), reporter=reporter, on_record=records.append)
+    assert [r["step"] for r in records] == [0, 10, 30]
+    assert {s: r["prev_step"] for s, r in _stored(tmp_path / "s.h5").items()} == {0: None, 10: 0, 30: 10}
+    assert len(summary.failed) == 1 and "step 20" in summary.failed[0][0], summary.failed
+    assert not any("changed since it failed" in note for note in reporter.notes), reporter.notes
