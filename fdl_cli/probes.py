@@ -540,10 +540,16 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
                 labels_per_position = y.size and (y.min() < 0 or y.max() > 1)  # token ids, -100 (ignored)
+                if y.shape[1] == 1:  # y.reshape(-1, 1): a label per sample, in a column
+                    got: str | None = "one label per sample in a column: give y[:, 0]"
+                elif labels_per_position:
+                    got = (f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
+                           "next tokens)? fdl measures one target per sample")
+                else:
+                    got = None
                 raise ProbeError(
                     f"the probe {path}: integer '{key}' of shape {y.shape} is not one-hot",
-                    got=f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
-                    "next tokens)? fdl measures one target per sample" if labels_per_position else None,
+                    got=got,
                     fix="give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
                     "or float (n, C) regression targets",
                 )

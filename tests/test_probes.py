@@ -178,3 +178,15 @@ def test_labels_per_position_are_named_as_such(tmp_path: Path) -> None:
     message = raised.value.message
     assert "is not one-hot" in message and f"values -100 .. {labels.max()}: a label per position" in message
     assert "one per sequence, e.g. its class or y[:, -1]" in message
+
+
+def test_a_column_of_class_labels_is_not_named_labels_per_position(tmp_path: Path) -> None:
+    """Integer labels saved as a column ((n, 1), y.reshape(-1, 1)) were said to be "a label per position
+    (a language model's next tokens)"; they are one label per sample, in a column."""
+    path = tmp_path / "column.npz"
+    np.savez(path, x=np.zeros((6, 3), np.float32), y=np.array([0, 2, 1, 2, 0, 1]).reshape(-1, 1))
+    with pytest.raises(ProbeError) as raised:
+        load_probe(path)
+    message = raised.value.message
+    assert "is not one-hot" in message and "per position" not in message
+    assert "one label per sample in a column: give y[:, 0]" in message
