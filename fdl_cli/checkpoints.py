@@ -1959,7 +1959,23 @@ def _library_renamed(
     if any(info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")):
         return None
     renamed = dict(converted.state_dict())
-    return renamed if _key_report(path, expected, renamed) is None else None
+    if _key_report(path, expected, renamed) is not None or not _all_from(renamed, state):
+        return None
+    return renamed
+
+
+def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every tensor of `converted` is, value for value, one of `state`'s (as float32): a loader
+    that renames keys passes; one whose report left out a key it initialised afresh (transformers'
+    `_keys_to_ignore_on_load_missing`), or that fused or split tensors, does not, and fdl refuses the
+    checkpoint rather than measure weights it cannot trace to the file."""
+
+    def digest(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
+        data = tensor.detach().to("cpu", torch.float32).contiguous()
+        return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)}
+    return all(digest(tensor) in held for tensor in converted.values())
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:

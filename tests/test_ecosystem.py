@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.test_analyze import fdl
 from tests.test_usability import _analyze, _lightning, _LitWithLoss, _probe, _sd
@@ -213,6 +213,19 @@ def test_hf_model_saved_under_its_older_weight_names(tmp_path: Path) -> None:
               str(wrong / "model.safetensors"))
     refused = _analyze([wrong.parent], probe, tmp_path / "wrong.h5", model=spec)
     assert refused.code == 1 and "do not fit" in refused.stderr, refused.stderr
+    # A loader whose report leaves out a key it initialised afresh (transformers' _keys_to_ignore_on_load_missing)
+    # is not taken at its word: every weight must be one of the file's.
+    (tmp_path / "hf_quiet.py").write_text(HF_FACTORY.replace(
+        '{"missing_keys": set(result.missing_keys)', '{"missing_keys": set(result.missing_keys) - {"classifier.bias"}'))
+    partial = tmp_path / "partial" / "checkpoint-0"
+    partial.mkdir(parents=True)
+    whole = load_file(str(renamed / "checkpoint-0" / "model.safetensors"))
+    kept = {k: v for k, v in whole.items() if k != "classifier.bias"}
+    save_file(kept, str(partial / "model.safetensors"))
+    quiet = f"{tmp_path / 'hf_quiet.py'}:build"
+    assert _analyze([renamed], probe, tmp_path / "quiet.h5", model=quiet).code == 0
+    refused = _analyze([partial.parent], probe, tmp_path / "partial.h5", model=quiet)
+    assert refused.code == 1 and "do not fit" in refused.stderr and "classifier.bias" in refused.stderr, refused.stderr
 
 
 LONG_NAMES = """
