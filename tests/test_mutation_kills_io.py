@@ -268,3 +268,54 @@ def test_cross_run_overlap_is_of_the_top_c_eigenfunctions(tmp_path: Path) -> Non
     [step] = json.loads(done.stdout)["steps"]
     assert step["overlap"] == pytest.approx(2 / 3, abs=1e-12)
     assert (step["a"]["d_lr"], step["b"]["d_lr"], step["differences"]["d_lr"]) == (0.5, 0.125, -0.375)
+
+
+# --------------------------------------------------------- a model whose own child is named `module`
+
+WRAPPED_MODEL = '''
+from torch import nn
+from tests.tiny_models import mlp
+
+
+class Wrapped(nn.Module):
+    """A model whose only child is an attribute named `module` (its state_dict keys start with module.)."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = mlp()
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def build():
+    return Wrapped()
+'''
+
+
+@pytest.mark.parametrize("saved_as", ["", "module."])
+def test_a_model_whose_child_is_named_module_loads_its_own_state_dict(tmp_path: Path, saved_as: str) -> None:
+    """Loading strips `module.` (DDP's) from a checkpoint's keys; a model whose own names begin with it
+    (its child is the attribute `module`) was then refused: "4 missing key(s): module.0.weight, ...;
+    4 unexpected key(s): 0.weight, ...", though the file is exactly its state_dict (or DDP's, with
+    module.module.). Its records equal those of the same weights in the plain MLP (param_norm too,
+    taken from the file's float32 values under --dtype bfloat16)."""
+    (tmp_path / "wrapped.py").write_text(WRAPPED_MODEL)
+    wrapped, plain = tmp_path / "wrapped", tmp_path / "plain"
+    wrapped.mkdir()
+    plain.mkdir()
+    for seed, step in enumerate((0, 10)):
+        state = mlp(seed=seed).state_dict()
+        torch.save({saved_as + "module." + key: value for key, value in state.items()}, wrapped / f"step_{step}.pt")
+        torch.save(state, plain / f"step_{step}.pt")
+    probe = _probe(tmp_path / "probe.npz")
+    common = ("--probe", probe, "--json", "--dtype", "bfloat16")
+    mine = fdl("analyze", wrapped, "--model", f"{tmp_path / 'wrapped.py'}:build", "--layer", "module.2:input",
+               "--out", tmp_path / "w.h5", *common)
+    assert mine.code == 0, mine.stderr
+    theirs = fdl("analyze", plain, "--model", MODEL, "--layer", "2:input", "--out", tmp_path / "p.h5", *common)
+    assert theirs.code == 0, theirs.stderr
+    assert len(mine.records) == 2
+    for got, want in zip(mine.records, theirs.records, strict=True):
+        assert {k: v for k, v in got.items() if k not in ("path", "sha256")} == {
+            k: v for k, v in want.items() if k not in ("path", "sha256")}
