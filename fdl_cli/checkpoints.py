@@ -25,7 +25,7 @@ import sys
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
@@ -1884,6 +1884,21 @@ def without_common_prefix(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return {key.split(".", 1)[1]: value for key, value in state.items()}
 
 
+def model_prefix(names: Iterable[str]) -> str:
+    """The run of `STRIPPED_PREFIXES` that every one of a model's own state_dict names starts with
+    (``module.`` for a model whose only child is an attribute named ``module``): loading strips those
+    prefixes from a checkpoint's keys as DDP's and torch.compile's, so they are put back for such a
+    model. "" for most models."""
+    keys = list(names)
+    prefix = ""
+    while keys:
+        more = next((p for p in STRIPPED_PREFIXES if all(k.startswith(prefix + p) for k in keys)), None)
+        if more is None:
+            break
+        prefix += more
+    return prefix
+
+
 def _tied_names(model: nn.Module) -> list[list[str]]:
     """The model's state_dict names that share one tensor (tied weights: lm_head.weight = embed.weight)."""
     groups: dict[int, list[str]] = {}
@@ -1983,6 +1998,12 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     tied = _tied_names(model)
     raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
+    prefix = model_prefix(expected)
+    if problem is not None and prefix:
+        # The model's own names begin with `module.`: loading took the checkpoint's for DDP's and dropped it.
+        restored = _with_tied({prefix + key: value for key, value in raw.items()}, tied)
+        if _key_report(path, expected, restored) is None:
+            state, problem = restored, None
     if problem is not None:
         stripped = without_common_prefix(raw)
         if stripped is not None:

@@ -2087,12 +2087,14 @@ def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) 
     kept them before --dtype converted it (the same parameters in the same order: wrapping a program
     module only prefixes the names). `copy` for the reference when its values come from the model,
     whose tensors the next checkpoint's weights are written into."""
-    from fdl_cli.checkpoints import without_common_prefix
+    from fdl_cli.checkpoints import model_prefix, without_common_prefix
 
     names = [name for name, _ in model.named_parameters()]
     if loaded.parameters is not None and len(loaded.parameters) == len(names):
         return dict(zip(names, loaded.parameters, strict=True))
-    for state in (loaded.state_dict, without_common_prefix(loaded.state_dict or {})):
+    prefix = model_prefix(model.state_dict())
+    restored = {prefix + key: value for key, value in (loaded.state_dict or {}).items()} if prefix else None
+    for state in (loaded.state_dict, without_common_prefix(loaded.state_dict or {}), restored):
         if state is not None and all(name in state for name in names):
             return {name: state[name] for name in names}
     return {name: (value.detach().clone() if copy else value.detach()) for name, value in model.named_parameters()}
