@@ -1057,7 +1057,10 @@ def discover_checkpoints(
     bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
-    for path, scanned in _candidates(sources, stdin, glob, notes, missing_ok):
+    # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
+    # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
+    candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
+    for path, scanned in candidates:
         try:
             key = path.resolve()
         except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
@@ -1196,6 +1199,16 @@ def _dedupe(
             # Against the checkpoint of this step itself: by_print holds the first of equal fingerprints,
             # which in a run that never moved is at another step.
             if fingerprint and first_print == fingerprint and _same_weights(first, ref, weights):
+                if _copy_rank(ref) < _copy_rank(first):
+                    # Kept: the file named by its step, not Lightning's last.ckpt (rewritten at the next
+                    # save, or a link to it), which name order put first under filename="{step}"; a
+                    # store recording last.ckpt for the step found it changed at the next resume.
+                    kept[kept.index(first)] = ref
+                    by_step[ref.step] = (ref, fingerprint)
+                    by_print = {key: ref if value is first else value for key, value in by_print.items()}
+                    duplicates = [(ref.path if a == first.path else a, ref.path if b == first.path else b)
+                                  for a, b in duplicates]
+                    first, ref = ref, first
                 notes.append(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
@@ -1243,6 +1256,19 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _copy_rank(ref: CheckpointRef) -> tuple[bool, bool]:
+    """Of two files of one step with the same weights, the lower is kept: a file before a symbolic link
+    to it, and a name that holds the step before one that does not (last.ckpt, latest.pt)."""
+    return _is_link(ref.path), _name_step(ref.path) != ref.step
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except OSError:
+        return False
 
 
 def _name_shape(name: str) -> str:

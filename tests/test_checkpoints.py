@@ -314,10 +314,30 @@ def test_identical_copy_at_same_step_is_dropped_not_an_error(tmp_path: Path) -> 
     torch.save({"state_dict": _sd(1), "step": 9}, tmp_path / "step_9.pt")
     torch.save({"state_dict": _sd(1), "step": 9}, tmp_path / "last.pt")
     found = discover_checkpoints([tmp_path])
-    assert [r.path.name for r in found.checkpoints] == ["last.pt"]
+    # the file named by its step is kept, not last.pt, which the trainer rewrites at its next save
+    assert [r.path.name for r in found.checkpoints] == ["step_9.pt"]
     # the note says it; no second "hold identical weights" warning for the same pair
     assert found.duplicates == []
-    assert "skipped step_9.pt: same weights and step (9) as last.pt" in found.notes
+    assert "skipped last.pt: same weights and step (9) as step_9.pt" in found.notes
+
+
+def test_a_lightning_last_copy_or_link_is_never_the_one_kept(tmp_path: Path) -> None:
+    """Lightning's last.ckpt beside filename="{step}" names (step=9.ckpt sorts after last.ckpt), as a copy
+    or as save_last="link"'s symbolic link: the store recorded last.ckpt for step 9, and a resume after
+    the next save found the stored file changed ("refused")."""
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    for step, seed in ((0, 0), (9, 1)):
+        torch.save({"state_dict": _sd(seed), "global_step": step}, run / f"step={step}.ckpt")
+    torch.save({"state_dict": _sd(1), "global_step": 9}, run / "last.ckpt")
+    assert [r.path.name for r in discover_checkpoints([run]).checkpoints] == ["step=0.ckpt", "step=9.ckpt"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("step=0.ckpt", "step=9.ckpt"):
+        (linked / name).write_bytes((run / name).read_bytes())
+    (linked / "last.ckpt").symlink_to("step=9.ckpt")
+    found = discover_checkpoints([linked])
+    assert [r.path.name for r in found.checkpoints] == ["step=0.ckpt", "step=9.ckpt"] and found.duplicates == []
 
 
 def test_weights_digest_and_sha256(tmp_path: Path) -> None:

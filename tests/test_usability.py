@@ -583,3 +583,27 @@ def test_accelerate_save_counts_are_said_to_be_no_steps(tmp_path: Path) -> None:
     (run / "checkpoint_0" / "random_states_0.pkl").unlink()
     (run / "checkpoint_2" / "random_states_0.pkl").unlink()
     assert not [note for note in discover_checkpoints([run]).notes if "accelerate" in note]
+
+
+def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) -> None:
+    """ModelCheckpoint(filename="{step}", save_last=True): last.ckpt sorts before step=9.ckpt, so the
+    store recorded last.ckpt for step 9, and the resume after the next save (last.ckpt rewritten at
+    step 19) refused: "1 checkpoint file(s) changed since they were analysed ... step 9". The file named
+    by its step is the one recorded."""
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    for step, seed in ((0, 0), (9, 1)):
+        torch.save({"state_dict": mlp(seed=seed).state_dict(), "global_step": step}, run / f"step={step}.ckpt")
+    torch.save({"state_dict": mlp(seed=1).state_dict(), "global_step": 9}, run / "last.ckpt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "p.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 3)
+    store = tmp_path / "s.h5"
+    command = ("analyze", str(run), "--model", MODEL, "--probe", str(tmp_path / "p.npz"), "--out", str(store), "--json")
+    first = fdl(*command)
+    assert first.code == 0, first.stderr
+    assert [Path(r["path"]).name for r in first.records] == ["step=0.ckpt", "step=9.ckpt"]
+    for name in ("step=19.ckpt", "last.ckpt"):
+        torch.save({"state_dict": mlp(seed=2).state_dict(), "global_step": 19}, run / name)
+    resumed = fdl(*command)
+    assert resumed.code == 0, resumed.stderr
+    assert [(r["step"], Path(r["path"]).name) for r in resumed.records] == [(19, "step=19.ckpt")]
