@@ -208,7 +208,10 @@ def test_a_copy_of_the_last_checkpoint_in_a_run_that_never_moved_is_dropped(tmp_
     done = _analyze(folder, tmp_path / "still.h5")
     assert done.code == 0, done.stderr
     assert [r["step"] for r in done.records] == [0, 10, 20]
-    assert "skipped step=20.ckpt: same weights and step (20) as last.ckpt" in done.stderr  # the later name
+    # the copy is dropped, not the file named by its step (the trainer rewrites last.ckpt at its next save)
+    assert "skipped last.ckpt: same weights and step (20) as step=20.ckpt" in done.stderr
+    assert [Path(r["path"]).name for r in done.records] == ["step=0.ckpt", "step=10.ckpt", "step=20.ckpt"]
+    assert "last.ckpt hold identical weights" not in done.stderr and "step=20.ckpt hold identical weights" in done.stderr
 
 
 def test_resuming_with_weights_a_store_made_without_says_how_to_resume(tmp_path: Path) -> None:
