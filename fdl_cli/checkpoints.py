@@ -1027,8 +1027,8 @@ def discover_checkpoints(
     pass ``--step-regex`` for such names). Non-model files are skipped with a note, and so are files
     found by a folder scan that have no step (no metadata, no integer in the name, or no match of
     ``step_regex``: ``final.pt``); a file named explicitly without a step is an error. Two checkpoints
-    with the same step are an error unless their weights are identical (then the later name is
-    dropped with a note: Lightning's ``last.ckpt`` beside ``epoch=3-step=400.ckpt``); identical
+    with the same step are an error unless their weights are identical (then one is dropped with a
+    note, Lightning's ``last.ckpt`` rather than ``epoch=3-step=400.ckpt`` beside it); identical
     weights at different steps are kept and reported in ``duplicates`` (a warning: a run that did
     not move, or files copied under the wrong names). ``steps`` keeps exactly those steps (all must
     exist); ``every`` keeps every N-th checkpoint in step order, always the first and the last.
@@ -1186,7 +1186,8 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
 def _dedupe(
     found: list[tuple[CheckpointRef, str | None]], notes: list[str], weights: str | None = None
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
-    """Same step and same weights: the later name dropped; same weights at two steps: a duplicate pair.
+    """Same step and same weights: one kept (`_copy_rank`: a file named by its step before last.ckpt or a
+    link, else the first name); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one."""
     kept: list[CheckpointRef] = []
