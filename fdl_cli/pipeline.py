@@ -17,7 +17,7 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -379,6 +379,8 @@ class _Context:
     fileless: set[int] = field(default_factory=set)
     #: --watch: the message of the last poll that failed as a whole, warned once (`_warn_while_watching`)
     watch_problem: str | None = None
+    #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
+    read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -1011,6 +1013,8 @@ def _analyze_refs(
                 # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
                 # later but lies before it in step order gave it a new previous checkpoint), is updated, not
                 # analysed again; its record is printed again, with the new values.
+                if entry.file_signature:
+                    ctx.read_signatures[(entry.path, entry.step)] = entry.file_signature
                 if entry.step in summary.already or entry.step in announced:
                     summary.refreshed.append(entry.step)
                 else:
@@ -1474,11 +1478,11 @@ def _rediscover(
     ctx: _Context,
     known: list[CheckpointRef],
     stdin: TextIO | None,
-    stored: Collection[int] = (),
+    stored: Mapping[int, str] | None = None,
     summary: AnalyzeSummary | None = None,
 ) -> list[CheckpointRef]:
     """For --watch: the checkpoints now present, ignoring files still being written, and those of
-    `stored` (steps) among `known` whose file is gone."""
+    `stored` (step -> sha256) among `known` whose file is gone."""
     from fdl_cli.checkpoints import discover_checkpoints
 
     options = ctx.options
@@ -1545,10 +1549,46 @@ def _rediscover(
     # later step (one rolling file) or is rewriting now keeps its place in step order: the next checkpoint
     # is compared with it (its series are still in memory), not with the one before it; without it a run
     # keeping one checkpoint compared each with the reference.
+    stored = stored or {}
+    if summary is not None:
+        _report_rewritten(ctx, summary, [ref for ref in settled if (str(ref.path), ref.step) in known_paths], stored)
     taken = {ref.step for ref in settled}
     kept = [ref for ref in known if ref.step in stored and ref.step not in taken]
     ctx.fileless = {ref.step for ref in kept}  # their files are another's now: never read again
     return sorted(settled + kept, key=lambda ref: ref.step)
+
+
+def _report_rewritten(
+    ctx: _Context, summary: AnalyzeSummary, analysed: Sequence[CheckpointRef], stored: Mapping[int, str]
+) -> None:
+    """A file --watch analysed that now holds other weights at the same step (a training job restarted
+    into the folder, rewriting step_0, step_10, ...): its stored numbers are the old file's, and a resume
+    refuses such a file; the watch ignored it without a word and went on comparing the new run's later
+    checkpoints with the old one's. Reported once for each new content, and listed in the summary
+    (exit 1); a file only touched (same sha256) is not."""
+    from fdl_cli.checkpoints import sha256_file
+
+    now = time.time()
+    for ref in analysed:
+        key = (str(ref.path), ref.step)
+        recorded = ctx.read_signatures.get(key)
+        signature = _signature_of(ref.path)
+        if not recorded or signature in ("", recorded) or ref.step not in stored:
+            continue
+        if not _settled(ref.path, ctx.options.poll_seconds, now):
+            continue  # being written: looked at again at the next poll
+        try:
+            sha = sha256_file(ref.path)
+        except (OSError, FdlError):
+            continue
+        ctx.read_signatures[key] = signature
+        if sha == stored[ref.step]:
+            continue
+        reason = (f"changed since it was analysed at step {ref.step}: the store keeps the numbers of the file it "
+                  "replaced (a training job restarted into this folder?); stop and run again with --overwrite, "
+                  "or another --out, to analyse the new files")
+        ctx.reporter.error(f"{ref.path}: {reason}")
+        summary.failed.append((f"{ref.path} (step {ref.step})", reason))
 
 
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:

@@ -617,3 +617,41 @@ def test_watch_of_a_rolling_file_keeps_a_failed_save_failed(tmp_path: Path, monk
     assert {s: r["prev_step"] for s, r in _stored(tmp_path / "s.h5").items()} == {0: None, 10: 0, 30: 10}
     assert len(summary.failed) == 1 and "step 20" in summary.failed[0][0], summary.failed
     assert not any("changed since it failed" in note for note in reporter.notes), reporter.notes
+
+
+def test_watch_reports_an_analysed_file_rewritten_with_other_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training job restarted into the watched folder rewrites step_0, step_10, ...: --watch ignored
+    them (known files) and kept the old run's numbers without a word, where a resume refuses them. Each
+    is reported once and listed in the summary; a file only touched (same content) is not."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+
+    def restarted() -> None:
+        shutil.copyfile(source / "step_20.safetensors", folder / "step_10.safetensors")
+        past = time.time() - 60
+        os.utime(folder / "step_10.safetensors", (past, past))
+
+    def touched() -> None:
+        past = time.time() - 90
+        os.utime(folder / "step_0.safetensors", (past, past))
+
+    reporter, records = NullReporter(), []
+    with _polls(monkeypatch, restarted, lambda: None, touched, lambda: None):
+        summary = run_analyze(
+            AnalyzeOptions(
+                sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+                probe_specs=(str(folder / "probe.npz"),), out=tmp_path / "s.h5", anchor_size=100, batch_size=64,
+                device="cpu", watch=True, poll_seconds=0.01,
+            ),
+            reporter=reporter,
+            on_record=records.append,
+        )
+    assert [r["step"] for r in records] == [0, 10]
+    errors = [e for e in reporter.errors if "changed since it was analysed" in e]
+    assert len(errors) == 1 and "step_10.safetensors" in errors[0] and "--overwrite" in errors[0]
+    assert [path for path, _ in summary.failed] == [f"{folder / 'step_10.safetensors'} (step 10)"]
