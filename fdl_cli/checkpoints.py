@@ -2013,11 +2013,15 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
     `_keys_to_ignore_on_load_missing`), or that fused or split tensors, does not, and fdl refuses the
     checkpoint rather than measure weights it cannot trace to the file."""
 
-    def digest(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
-        data = tensor.detach().to("cpu", torch.float32).contiguous()
-        return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
+    def digest(tensor: Any) -> tuple[tuple[int, ...], str] | None:
+        """None for a value without dense float data (a meta, sparse or quantized tensor): matches nothing."""
+        try:
+            data = tensor.detach().to("cpu", torch.float32).contiguous()
+            return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
+        except Exception:  # noqa: BLE001 - a library's tensor can fail in any way; refused, not a traceback
+            return None
 
-    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)}
+    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)} - {None}
     return all(digest(tensor) in held for tensor in converted.values())
 
 
