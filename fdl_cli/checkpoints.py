@@ -1186,8 +1186,8 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
 def _dedupe(
     found: list[tuple[CheckpointRef, str | None]], notes: list[str], weights: str | None = None
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
-    """Same step and same weights: one kept (`_copy_rank`: a file named by its step before last.ckpt or a
-    link, else the first name); same weights at two steps: a duplicate pair.
+    """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, a file
+    before a link, else the first name); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one."""
     kept: list[CheckpointRef] = []
@@ -1260,9 +1260,10 @@ def _dedupe(
 
 
 def _copy_rank(ref: CheckpointRef) -> tuple[bool, bool]:
-    """Of two files of one step with the same weights, the lower is kept: a file before a symbolic link
-    to it, and a name that holds the step before one that does not (last.ckpt, latest.pt)."""
-    return _is_link(ref.path), _name_step(ref.path) != ref.step
+    """Of two files of one step with the same weights, the lower is kept: a name that holds the step
+    before one that does not (last.ckpt, latest.pt: rewritten at the next save, a link or not; a step
+    file left as a link to other storage is kept over a real last.ckpt), then a file before a link."""
+    return _name_step(ref.path) != ref.step, _is_link(ref.path)
 
 
 def _is_link(path: Path) -> bool:
@@ -2012,11 +2013,15 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
     `_keys_to_ignore_on_load_missing`), or that fused or split tensors, does not, and fdl refuses the
     checkpoint rather than measure weights it cannot trace to the file."""
 
-    def digest(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
-        data = tensor.detach().to("cpu", torch.float32).contiguous()
-        return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
+    def digest(tensor: Any) -> tuple[tuple[int, ...], str] | None:
+        """None for a value without dense float data (a meta, sparse or quantized tensor): matches nothing."""
+        try:
+            data = tensor.detach().to("cpu", torch.float32).contiguous()
+            return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
+        except Exception:  # noqa: BLE001 - a library's tensor can fail in any way; refused, not a traceback
+            return None
 
-    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)}
+    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)} - {None}
     return all(digest(tensor) in held for tensor in converted.values())
 
 

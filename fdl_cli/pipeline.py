@@ -1003,6 +1003,13 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
     ) as writer:
+        if options.watch:
+            # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
+            # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
+            stored_before = writer.completed()
+            ctx.read_signatures.update(
+                ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
+            )
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
 

@@ -414,3 +414,13 @@ def test_a_step_clash_between_name_patterns_suggests_a_fix_that_separates_them(
     assert [(r["step"], Path(r["path"]).name) for r in followed.records] == [
         (step, name.format(step)) for step in (0, 10, 20)
     ], followed.stderr
+
+
+def test_a_library_loader_whose_tensors_cannot_be_read_back_is_refused_not_a_traceback() -> None:
+    """`_all_from` compares values: a converted tensor left on the meta device (no data) is not one of the
+    file's, and a tensor of the file that has no dense float value (sparse) matches none; neither raises
+    (the checkpoint is refused with fdl's own message, or taken, instead of a traceback)."""
+    from fdl_cli.checkpoints import _all_from
+
+    assert not _all_from({"a": torch.empty(2, device="meta")}, {"a": torch.zeros(2)})
+    assert _all_from({"a": torch.ones(2)}, {"a": torch.ones(2), "s": torch.zeros(2).to_sparse()})

@@ -607,3 +607,31 @@ def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) 
     resumed = fdl(*command)
     assert resumed.code == 0, resumed.stderr
     assert [(r["step"], Path(r["path"]).name) for r in resumed.records] == [(19, "step=19.ckpt")]
+
+
+def test_resume_of_a_run_whose_step_files_are_links_beside_a_real_last_ckpt(tmp_path: Path) -> None:
+    """Step files moved to other storage and left as symbolic links (step=9.ckpt -> /bulk/step=9.ckpt),
+    Lightning's last.ckpt a real file beside them: the link named by its step is the file recorded for
+    step 9, not last.ckpt, which the next save rewrites (the resume then refused: 'changed since they
+    were analysed')."""
+    run, bulk = tmp_path / "checkpoints", tmp_path / "bulk"
+    run.mkdir()
+    bulk.mkdir()
+    for step, seed in ((0, 0), (9, 1)):
+        torch.save({"state_dict": mlp(seed=seed).state_dict(), "global_step": step}, bulk / f"step={step}.ckpt")
+        (run / f"step={step}.ckpt").symlink_to(bulk / f"step={step}.ckpt")
+    # the callbacks' state saved with last.ckpt differs from the step file's: other bytes, same weights
+    torch.save({"state_dict": mlp(seed=1).state_dict(), "global_step": 9, "callbacks": {"last": 1}}, run / "last.ckpt")
+    assert [r.path.name for r in discover_checkpoints([run]).checkpoints] == ["step=0.ckpt", "step=9.ckpt"]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "p.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 3)
+    store = tmp_path / "s.h5"
+    command = ("analyze", str(run), "--model", MODEL, "--probe", str(tmp_path / "p.npz"), "--out", str(store), "--json")
+    first = fdl(*command)
+    assert first.code == 0, first.stderr
+    torch.save({"state_dict": mlp(seed=2).state_dict(), "global_step": 19}, bulk / "step=19.ckpt")
+    (run / "step=19.ckpt").symlink_to(bulk / "step=19.ckpt")
+    torch.save({"state_dict": mlp(seed=2).state_dict(), "global_step": 19, "callbacks": {"last": 2}}, run / "last.ckpt")
+    resumed = fdl(*command)
+    assert resumed.code == 0, resumed.stderr
+    assert [(r["step"], Path(r["path"]).name) for r in resumed.records] == [(19, "step=19.ckpt")]

@@ -10,6 +10,7 @@ import io
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -654,4 +655,35 @@ def test_watch_reports_an_analysed_file_rewritten_with_other_weights(
     assert [r["step"] for r in records] == [0, 10]
     errors = [e for e in reporter.errors if "changed since it was analysed" in e]
     assert len(errors) == 1 and "step_10.safetensors" in errors[0] and "--overwrite" in errors[0]
+    assert [path for path, _ in summary.failed] == [f"{folder / 'step_10.safetensors'} (step 10)"]
+
+
+def test_watch_on_resume_reports_a_file_stored_before_this_run_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume --watch: a checkpoint stored by an earlier run (not announced by this one) whose file a
+    restarted training job rewrites with other weights at the same step is reported as one analysed in
+    this run is; its stored numbers are the old file's."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    options = AnalyzeOptions(
+        sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+        probe_specs=(str(folder / "probe.npz"),), out=tmp_path / "s.h5", anchor_size=100, batch_size=64,
+        device="cpu", poll_seconds=0.01,
+    )
+    assert not run_analyze(options, reporter=NullReporter()).failed
+
+    def restarted() -> None:
+        shutil.copyfile(source / "step_20.safetensors", folder / "step_10.safetensors")
+        past = time.time() - 60
+        os.utime(folder / "step_10.safetensors", (past, past))
+
+    reporter = NullReporter()
+    with _polls(monkeypatch, restarted, lambda: None):
+        summary = run_analyze(replace(options, watch=True, resume=True), reporter=reporter)
+    errors = [e for e in reporter.errors if "changed since it was analysed" in e]
+    assert len(errors) == 1 and "step_10.safetensors" in errors[0], reporter.errors
     assert [path for path, _ in summary.failed] == [f"{folder / 'step_10.safetensors'} (step 10)"]
