@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_analyze import fdl
+from tests.test_analyze import Result, fdl
 from tests.test_usability import _analyze, _lightning, _LitWithLoss, _probe, _sd
 from tests.tiny_models import mlp
 
@@ -58,6 +58,18 @@ def _timm_save(path: Path, seed: int, epoch: int, metric: float | None = None) -
     torch.save(state, path)
 
 
+def _follow_the_clash_fix(run: Path, tmp_path: Path, *, step: int) -> Result:
+    """`fdl analyze RUN` fails on a step clash at `step`; the run again with the option its fix names."""
+    probe = _probe(tmp_path / "probe.npz")
+    clash = _analyze([run], probe, tmp_path / "clash.h5")
+    assert clash.code == 1 and f"same step {step}" in clash.stderr, clash.stderr
+    fix = re.search(r"fix: pass (--\S+) '([^']+)'", clash.stderr)
+    assert fix is not None, clash.stderr
+    followed = _analyze([run], probe, tmp_path / "run.h5", fix.group(1), fix.group(2), "--json")
+    assert followed.code == 0, followed.stderr
+    return followed
+
+
 def test_timm_recovery_checkpoint_step_clash_suggests_a_fix_that_keeps_the_epoch_checkpoints(tmp_path: Path) -> None:
     """timm's CheckpointSaver writes checkpoint-E.pth.tar per epoch and, mid-epoch, recovery-E-B.pth.tar (B the
     batch index): both hold only the epoch, so epoch E clashes. The error's fix was a --step-regex built from
@@ -68,13 +80,7 @@ def test_timm_recovery_checkpoint_step_clash_suggests_a_fix_that_keeps_the_epoch
     for epoch in range(3):
         _timm_save(run / f"checkpoint-{epoch}.pth.tar", epoch, epoch, metric=0.5 + epoch / 10)
     _timm_save(run / "recovery-1-10.pth.tar", 7, 1)
-    probe = _probe(tmp_path / "probe.npz")
-    clash = _analyze([run], probe, tmp_path / "clash.h5")
-    assert clash.code == 1 and "same step 1" in clash.stderr, clash.stderr
-    fix = re.search(r"fix: pass (--\S+) '([^']+)'", clash.stderr)
-    assert fix is not None, clash.stderr
-    followed = _analyze([run], probe, tmp_path / "run.h5", fix.group(1), fix.group(2), "--json")
-    assert followed.code == 0, followed.stderr
+    followed = _follow_the_clash_fix(run, tmp_path, step=1)
     assert [r["step"] for r in followed.records] == [0, 1, 2], followed.stderr
 
 
@@ -404,13 +410,7 @@ def test_a_step_clash_between_name_patterns_suggests_a_fix_that_separates_them(
         torch.save({"global_step": step, "state_dict": _sd(index)}, run / name.format(step))
         if step < 20:
             torch.save({"global_step": step, "state_dict": _sd(index + 50)}, run / copy.format(step))
-    probe = _probe(tmp_path / "probe.npz")
-    clash = _analyze([run], probe, tmp_path / "clash.h5")
-    assert clash.code == 1 and "same step 0" in clash.stderr, clash.stderr
-    fix = re.search(r"fix: pass (--\S+) '([^']+)'", clash.stderr)
-    assert fix is not None, clash.stderr
-    followed = _analyze([run], probe, tmp_path / "run.h5", fix.group(1), fix.group(2), "--json")
-    assert followed.code == 0, followed.stderr
+    followed = _follow_the_clash_fix(run, tmp_path, step=0)
     assert [(r["step"], Path(r["path"]).name) for r in followed.records] == [
         (step, name.format(step)) for step in (0, 10, 20)
     ], followed.stderr

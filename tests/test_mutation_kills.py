@@ -7,21 +7,18 @@ constructed cases, or identities of SPEC.md.
 
 from __future__ import annotations
 
-import io
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fdl_cli.cli import main
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.regimes import Thresholds, checkpoint_regime, feature_movement
 from fdl_cli.spectral import Moments, dynamical_low_rank, eigenfunctions, eigenspace_overlap, k_tau, measure
 from fdl_cli.store import StoreReader
 from tests.reference import reference_measures
+from tests.test_analyze import fdl
 from tests.tiny_models import mlp
 
 
@@ -121,18 +118,8 @@ def test_movement_thresholds_are_inclusive_where_docs_say_at_or_above() -> None:
 
 
 def _fdl(*args: object) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    old_stdin, sys.stdin = sys.stdin, io.StringIO("")
-    code = 0
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                main([str(a) for a in args])
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-    finally:
-        sys.stdin = old_stdin
-    return code, err.getvalue()
+    result = fdl(*(str(a) for a in args))
+    return result.code, result.stderr
 
 
 def _top_eigenfunctions(features: np.ndarray, outputs: np.ndarray, k: int) -> np.ndarray:

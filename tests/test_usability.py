@@ -585,6 +585,14 @@ def test_accelerate_save_counts_are_said_to_be_no_steps(tmp_path: Path) -> None:
     assert not [note for note in discover_checkpoints([run]).notes if "accelerate" in note]
 
 
+def _analyze_command(run: Path, tmp_path: Path) -> tuple[str, ...]:
+    """`fdl analyze RUN ... --json` of the tiny MLP with a 40-sample probe, into tmp_path/s.h5."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "p.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 3)
+    return ("analyze", str(run), "--model", MODEL, "--probe", str(tmp_path / "p.npz"), "--out", str(tmp_path / "s.h5"),
+            "--json")
+
+
 def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) -> None:
     """ModelCheckpoint(filename="{step}", save_last=True): last.ckpt sorts before step=9.ckpt, so the
     store recorded last.ckpt for step 9, and the resume after the next save (last.ckpt rewritten at
@@ -595,10 +603,7 @@ def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) 
     for step, seed in ((0, 0), (9, 1)):
         torch.save({"state_dict": mlp(seed=seed).state_dict(), "global_step": step}, run / f"step={step}.ckpt")
     torch.save({"state_dict": mlp(seed=1).state_dict(), "global_step": 9}, run / "last.ckpt")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "p.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 3)
-    store = tmp_path / "s.h5"
-    command = ("analyze", str(run), "--model", MODEL, "--probe", str(tmp_path / "p.npz"), "--out", str(store), "--json")
+    command = _analyze_command(run, tmp_path)
     first = fdl(*command)
     assert first.code == 0, first.stderr
     assert [Path(r["path"]).name for r in first.records] == ["step=0.ckpt", "step=9.ckpt"]
@@ -623,10 +628,7 @@ def test_resume_of_a_run_whose_step_files_are_links_beside_a_real_last_ckpt(tmp_
     # the callbacks' state saved with last.ckpt differs from the step file's: other bytes, same weights
     torch.save({"state_dict": mlp(seed=1).state_dict(), "global_step": 9, "callbacks": {"last": 1}}, run / "last.ckpt")
     assert [r.path.name for r in discover_checkpoints([run]).checkpoints] == ["step=0.ckpt", "step=9.ckpt"]
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "p.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=np.arange(40) % 3)
-    store = tmp_path / "s.h5"
-    command = ("analyze", str(run), "--model", MODEL, "--probe", str(tmp_path / "p.npz"), "--out", str(store), "--json")
+    command = _analyze_command(run, tmp_path)
     first = fdl(*command)
     assert first.code == 0, first.stderr
     torch.save({"state_dict": mlp(seed=2).state_dict(), "global_step": 19}, bulk / "step=19.ckpt")

@@ -23,6 +23,15 @@ from tests.test_prev_walkback import _analyze, _arrive, _make_run, _polls, _stor
 torch.set_num_threads(1)
 
 
+def _source_and_empty_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run's checkpoints to save from (`source`), and the folder a trainer saves them into, its probe only."""
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    return source, folder
+
+
 def test_watch_keeps_to_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--steps selects the checkpoints that appear while watching too (all of them were analysed)."""
     source = _make_run(tmp_path / "source")
@@ -434,10 +443,7 @@ def test_watch_of_one_file_rewritten_at_every_save(tmp_path: Path, monkeypatch: 
     file being the same path; and a rewrite in progress was read at once. Each save is compared with the
     one before, as in one run over separate files, and a file being rewritten is waited for."""
     expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20]))
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    source, folder = _source_and_empty_run(tmp_path)
 
     def save(step: int, *, settled: bool = True) -> None:
         state = load_file(str(source / f"step_{step}.safetensors"))
@@ -463,10 +469,7 @@ def test_watch_of_a_rolling_file_then_a_late_checkpoint(tmp_path: Path, monkeypa
     cannot be read again: a checkpoint arriving late, before it, was compared with it by reading the
     file, found another file's hash and ended the watch ("changed since it was analysed"). It compares
     with the nearest checkpoint whose series are at hand, and the stored one after it is updated."""
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    source, folder = _source_and_empty_run(tmp_path)
 
     def save(step: int) -> None:
         torch.save({"step": step, "state_dict": load_file(str(source / f"step_{step}.safetensors"))}, folder / "last.pt")
@@ -519,10 +522,7 @@ def test_watch_waits_for_the_weights_of_a_checkpoint_folder_being_written(
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.progress import NullReporter
 
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    source, folder = _source_and_empty_run(tmp_path)
     past = time.time() - 60
 
     def checkpoint(step: int, *, written: bool = True) -> None:
@@ -554,10 +554,7 @@ def test_watch_waiting_for_its_first_checkpoint_waits_for_a_file_of_the_same_ste
     """The wait for the first checkpoint read Lightning's last.ckpt while it was being written beside
     the first epoch=N-step=M.ckpt: "two checkpoints have the same step" ended the run (status 1), where
     a poll during the watch waits for it. The wait waits for it too."""
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    source, folder = _source_and_empty_run(tmp_path)
 
     def rewriting() -> None:
         _arrive(source, folder, "step_0.safetensors")
@@ -593,10 +590,7 @@ def test_watch_of_a_rolling_file_keeps_a_failed_save_failed(tmp_path: Path, monk
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.progress import NullReporter
 
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    source, folder = _source_and_empty_run(tmp_path)
 
     def save(step: int, *, nan: bool = False) -> None:
         state = load_file(str(source / f"step_{step}.safetensors"))
