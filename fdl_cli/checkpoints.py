@@ -7,6 +7,7 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -2008,10 +2009,12 @@ def _library_renamed(
 
 
 def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether every tensor of `converted` is, value for value, one of `state`'s (as float32): a loader
-    that renames keys passes; one whose report left out a key it initialised afresh (transformers'
+    """Whether every tensor of `converted` is, value for value, one of `state`'s (as float32), each of
+    the file's used at most once (a tied weight, one tensor under two names, counts once): a loader that
+    renames keys passes; one whose report left out a key it initialised afresh (transformers'
     `_keys_to_ignore_on_load_missing`), or that fused or split tensors, does not, and fdl refuses the
-    checkpoint rather than measure weights it cannot trace to the file."""
+    checkpoint rather than measure weights it cannot trace to the file. A fresh LayerNorm's ones equal
+    another LayerNorm's ones in a file at initialisation: counting is what tells them apart."""
 
     def digest(tensor: Any) -> tuple[tuple[int, ...], str] | None:
         """None for a value without dense float data (a meta, sparse or quantized tensor): matches nothing."""
@@ -2021,8 +2024,19 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
         except Exception:  # noqa: BLE001 - a library's tensor can fail in any way; refused, not a traceback
             return None
 
-    held = {digest(tensor) for tensor in state.values() if isinstance(tensor, torch.Tensor)} - {None}
-    return all(digest(tensor) in held for tensor in converted.values())
+    def counted(tensors: Iterable[Any]) -> collections.Counter[tuple[tuple[int, ...], str] | None]:
+        unique = {}
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                try:
+                    identity: Any = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+                except Exception:  # noqa: BLE001 - no storage (meta, sparse): each one its own
+                    identity = id(tensor)
+                unique[identity] = tensor
+        return collections.Counter(digest(tensor) for tensor in unique.values())
+
+    held, needed = counted(state.values()), counted(converted.values())
+    return None not in needed and all(count <= held[key] for key, count in needed.items())
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:

@@ -424,3 +424,20 @@ def test_a_library_loader_whose_tensors_cannot_be_read_back_is_refused_not_a_tra
 
     assert not _all_from({"a": torch.empty(2, device="meta")}, {"a": torch.zeros(2)})
     assert _all_from({"a": torch.ones(2)}, {"a": torch.ones(2), "s": torch.zeros(2).to_sparse()})
+
+
+def test_a_weight_initialised_afresh_is_not_taken_for_an_equal_one_of_the_file() -> None:
+    """A library loader that fills a key the file lacks with a fresh LayerNorm's ones (and reports nothing
+    missing) passed the value check when another LayerNorm of the file held ones too, as every one does
+    at initialisation: each of the file's tensors now stands for one of the model's at most, a tied
+    weight (one tensor under two names) counting once."""
+    from fdl_cli.checkpoints import _all_from
+
+    ones = torch.ones(4)
+    assert not _all_from({"norm1.weight": torch.ones(4), "norm2.weight": torch.ones(4)}, {"norm1.weight": ones})
+    assert _all_from({"norm1.weight": torch.ones(4), "norm2.weight": torch.ones(4)},
+                     {"norm1.weight": ones, "norm2.weight": torch.ones(4)})
+    embedding = torch.randn(5, 3)
+    tied = {"embed.weight": embedding, "head.weight": embedding}  # one tensor, as a tied model's state_dict holds it
+    assert _all_from(tied, {"embed.weight": embedding.clone()})
+    assert not _all_from({"embed.weight": embedding, "head.weight": embedding.clone()}, {"embed.weight": embedding})
