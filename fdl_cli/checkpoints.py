@@ -1238,7 +1238,7 @@ def _dedupe(
                     fix = (f"pass --glob '{globs[0]}' to analyse only the files named like {keep} {why}, or "
                            "--step-regex for names whose numbers are the steps")
                 else:
-                    fix = (f"pass --step-regex '{_name_regex(keep)}' to analyse only the files named like {keep} "
+                    fix = (f"pass --step-regex '^{_name_regex(keep)}$' to analyse only the files named like {keep} "
                            f"{why}; the steps are then the last numbers of the names")
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
@@ -1286,26 +1286,21 @@ def _name_glob(name: str, number: str = "*") -> str:
 
 
 def _name_regex(name: str) -> str:
-    """A --step-regex that matches the names shaped like this one only, its last number the step:
-    step_3.pt -> '^step_(\\d+)\\.pt$' (step_3_ema.pt does not match)."""
+    """A --step-regex that matches names like this one, its last number the step and the others any
+    number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt'; "" when the name holds no number."""
     parts = re.split(r"(\d+)", name)
-    last = len(parts) - 2
-    return "^" + "".join(
-        re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts)
-    ) + "$"
+    if len(parts) < 3:
+        return ""
+    last = len(parts) - 2  # re.split with a group: text, number, text, ..., number, text
+    return "".join(re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts))
 
 
 def _step_fix_for(path: Path) -> str:
-    """_STEP_FIX with a --step-regex that matches names like this one (its last number the step, the
-    others any number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt'); the generic one
+    """_STEP_FIX with a --step-regex that matches names like this one (`_name_regex`); the generic one
     when the name holds no number."""
-    parts = re.split(r"(\d+)", path.name)
-    if len(parts) < 3:
+    pattern = _name_regex(path.name)
+    if not pattern:
         return _STEP_FIX
-    last = len(parts) - 2  # re.split with a group: text, number, text, ..., number, text
-    pattern = "".join(
-        re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts)
-    )
     return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
