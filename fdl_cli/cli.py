@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import click
 
-from fdl_cli import __version__, signals
+from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import FdlError
 from fdl_cli.regimes import Thresholds
 
@@ -120,11 +120,12 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("sources", nargs=-1, required=True)
-@click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
+@click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
+@click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
+              help="pkg.module:factory or path/file.py:factory.")
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
 @click.option(
-    "--probe", "probe_specs", multiple=True, metavar="[NAME=]FILE",
+    "--probe", "probe_specs", multiple=True, metavar="[NAME=]FILE", shell_complete=completion.paths,
     help="Probe set (.npz/.pt/.pth/.safetensors/.h5/.hdf5); repeatable, as NAME=FILE (NAME: letters, digits, _).",
 )
 @click.option(
@@ -136,7 +137,8 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     "--out", "out", type=click.Path(dir_okay=False),
     help="Store file (default: ./<folder>.fdl.h5 for one folder, else ./fdl.h5).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:i.")
+@click.option("--device", default="auto", show_default=True, shell_complete=completion.device,
+              help="auto, cpu, cuda or cuda:i.")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--center/--no-center", default=False,
@@ -210,10 +212,11 @@ def analyze(**kwargs: Any) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("checkpoint")
-@click.option("--model", "model_spec", metavar="SPEC", help="pkg.module:factory or path/file.py:factory.")
+@click.argument("checkpoint", shell_complete=completion.paths)
+@click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
+              help="pkg.module:factory or path/file.py:factory.")
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
-@click.option("--probe", "probe_spec", metavar="FILE",
+@click.option("--probe", "probe_spec", metavar="FILE", shell_complete=completion.paths,
               help="A probe to take one sample from, for output shapes (default: fdl.toml's probe, else a random input "
               "of the first nn.Linear or Conv2d).")
 @click.option("--trust-pickle", is_flag=True,
@@ -275,8 +278,10 @@ FORMATS = click.Choice(["table", "json", "csv", "markdown"])
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write figures (PNG and SVG) here.")
-@click.option("--probe", default=None, help="Select a probe when the store has several.")
-@click.option("--layer", default=None, help="Select a layer when the store has several.")
+@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+              help="Select a probe when the store has several.")
+@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+              help="Select a layer when the store has several.")
 def report(**kwargs: Any) -> None:
     """One row per checkpoint and a run summary; figures and HTML on request."""
     from pathlib import Path
@@ -316,10 +321,14 @@ cli.add_command(report, name="summarize")
 @click.argument("store_b", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
-@click.option("--probe", default=None, help="Select a probe when the stores have several.")
-@click.option("--layer", default=None, help="Select a layer when the stores have several.")
-@click.option("--probe-b", default=None, help="Store B's probe, when it is named otherwise (default: --probe).")
-@click.option("--layer-b", default=None, help="Store B's layer, when it is named otherwise (default: --layer).")
+@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store_a"),
+              help="Select a probe when the stores have several.")
+@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store_a"),
+              help="Select a layer when the stores have several.")
+@click.option("--probe-b", default=None, shell_complete=completion.store_names("probe", "store_b"),
+              help="Store B's probe, when it is named otherwise (default: --probe).")
+@click.option("--layer-b", default=None, shell_complete=completion.store_names("layer", "store_b"),
+              help="Store B's layer, when it is named otherwise (default: --layer).")
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
               help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
@@ -366,8 +375,10 @@ cli.add_command(compare, name="diff")
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
-@click.option("--probe", default=None, help="Select a probe (needed when the store has several series).")
-@click.option("--layer", default=None, help="Select a layer (needed when the store has several series).")
+@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+              help="Select a probe (needed when the store has several series).")
+@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+              help="Select a layer (needed when the store has several series).")
 def export(**kwargs: Any) -> None:
     """Export stored arrays or trajectories as CSV, JSON or NumPy.
 
@@ -392,12 +403,14 @@ def export(**kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"], case_sensitive=False),
               help="Exit 3 when the verdict differs (any case: mf = MF).")
-@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
               help="Override a threshold (repeatable): " + ", ".join(
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
               ) + ". Rules and calibration: docs/regimes.md.")
-@click.option("--probe", default=None, help="Select a probe (default: the first given to analyze).")
-@click.option("--layer", default=None, help="Select a layer (default: the first analysed).")
+@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+              help="Select a probe (default: the first given to analyze).")
+@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+              help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:
     """The run's regime (coefficient, MF or EF) with its evidence and thresholds.
 

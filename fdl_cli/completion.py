@@ -1,0 +1,98 @@
+"""Shell completion of arguments click cannot complete alone (README, "Shell completion").
+
+click completes the options and choices; these complete what only fdl knows: the paths of
+`analyze`'s checkpoints, probes and model files, a model file's factories after `file.py:`, the
+devices, classify's threshold names, and the probes and layers a store holds. They run on every
+Tab, so each is quick, imports no torch, runs no user code (a model file is parsed, never executed)
+and never fails: anything unreadable completes to nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")
+_MODEL_FILE_BYTES = 2_000_000  # a larger "model file" is not parsed on a Tab
+
+
+def paths(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Files and folders, left to the shell (as click does for a `click.Path`)."""
+    return [CompletionItem(incomplete, type="file")]
+
+
+def model_spec(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """`path/file.py:factory`: the file's top-level functions, classes and names after the colon (zsh
+    and fish pass the word whole; bash splits it at the colon, so there it completes the path only),
+    the path before it. A `pkg.module:factory` spec is not completed: that would import the package."""
+    file, colon, prefix = incomplete.rpartition(":")
+    if not colon or not file.endswith(".py"):
+        return paths(ctx, param, incomplete)
+    return [CompletionItem(f"{file}:{name}") for name in _top_level_names(Path(file)) if name.startswith(prefix)]
+
+
+def _top_level_names(path: Path) -> list[str]:
+    import ast  # on a Tab only: 2 ms of every fdl command's start otherwise
+
+    try:
+        if not path.is_file() or path.stat().st_size > _MODEL_FILE_BYTES:
+            return []
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names.extend(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    public = [name for name in dict.fromkeys(names) if not name.startswith("_")]
+    return public
+
+
+def device(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return [CompletionItem(name) for name in DEVICES if name.startswith(incomplete)]
+
+
+def threshold(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """classify's `--threshold NAME=VALUE`: the names, each with its default as the value to edit."""
+    from fdl_cli.regimes import Thresholds
+
+    items = [f"{field.name}={field.default:g}" for field in dataclasses.fields(Thresholds)]
+    return [CompletionItem(item) for item in items if item.startswith(incomplete)]
+
+
+def store_names(kind: str, store_param: str) -> Any:
+    """Completion of `--probe`/`--layer` of a reading command: the names in the store given as
+    `store_param` before the option (nothing when the store is not given yet or cannot be read)."""
+
+    def complete(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        store = ctx.params.get(store_param) or _unparsed_argument(ctx, store_param)
+        if not store:
+            return []
+        try:
+            from fdl_cli.report import open_store
+
+            with open_store(store) as reader:
+                pairs = [(str(probe), str(layer)) for probe, layer in reader.series()]
+        except Exception:  # noqa: BLE001 - a Tab must never print a traceback into the command line
+            return []
+        names = [probe if kind == "probe" else layer for probe, layer in pairs]
+        return [CompletionItem(name) for name in dict.fromkeys(names) if name.startswith(incomplete)]
+
+    return complete
+
+
+def _unparsed_argument(ctx: click.Context, name: str) -> str | None:
+    """The command-line value of the positional argument `name` when click left it unassigned: while
+    an option's value is being completed (`fdl report run.h5 --layer <Tab>`) click's resilient parse
+    stops at the option and keeps the positionals, in order, in `ctx.args` only."""
+    positionals = [param.name for param in ctx.command.params if isinstance(param, click.Argument)]
+    index = positionals.index(name) if name in positionals else len(ctx.args)
+    return ctx.args[index] if index < len(ctx.args) else None
