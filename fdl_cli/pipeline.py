@@ -1926,6 +1926,12 @@ def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int |
     return None
 
 
+def stored_columns(top_k: int, n_outputs: int) -> int:
+    """Eigenvectors / eigenfunctions stored per series: --top-k, but never fewer than C, the k of the
+    eigenspace overlaps (SPEC §5), which are taken from the stored eigenfunctions (bounded by the rank)."""
+    return max(top_k, n_outputs)
+
+
 def ctx_outputs(scalars: dict[str, Any]) -> int:
     """C, the number of outputs, of a record's scalars (the k of the eigenspace overlap)."""
     return int(scalars["n_outputs"])
@@ -2204,9 +2210,11 @@ def _analyze_one(
             results = _reduce_slices(ctx, model, probe, results)
         for spec in ctx.layers:
             result = results[spec.label]
-            measures = measure(result.moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
+            # At least the top C are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
+            stored = stored_columns(options.top_k, result.moments.n_outputs)
+            measures = measure(result.moments, center=options.center, top_k=stored, dlr_energy=options.dlr_energy)
             anchor = _float64_copy(result.anchor_features)  # one copy, centered later in place
-            values = eigenfunctions(anchor, measures.spectrum, k=options.top_k).astype(np.float32)
+            values = eigenfunctions(anchor, measures.spectrum, k=stored).astype(np.float32)
             mine = _Series(
                 anchor=anchor,
                 owned=anchor is not result.anchor_features,
