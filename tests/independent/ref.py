@@ -7,7 +7,7 @@ qualities/utilities as explicit projections, D_LR from an explicit SVD of the ce
 feature_pr from the singular values of the centered features, CKA from m×m centered Grams, NC1
 from explicit class means and a pseudo-inverse of B.
 
-    python indep/ref.py                 # every constructed run of indep/make_runs.py + the sample run
+    python tests/independent/ref.py   # every run of tests/independent/make_runs.py + the sample run
 """
 
 from __future__ import annotations
