@@ -179,12 +179,16 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
         assert got.n_correct == int(np.sum(o.argmax(1) == f32["targets"]))
 
 
-@pytest.mark.parametrize("task", ["none", "classes", "regression"])
-def test_torch_sums_of_many_outputs_equal_the_plain_sums(task: str) -> None:
+@pytest.mark.parametrize(("task", "by_index"), [("none", True), ("classes", True), ("classes", False), ("regression", True)])
+def test_torch_sums_of_many_outputs_equal_the_plain_sums(task: str, by_index: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """With C in the hundreds the outputs' products are summed in block rows, and class labels are
-    added by class (index_add on the CPU) instead of as products with a one-hot matrix: every sum must
-    still be the plain float64 one, outputs far from 0 (shifted) and a class without samples included."""
+    added by class (index_add on the CPU; by_index False: the one-hot products of an accelerator)
+    instead of as products with a one-hot matrix: every sum must still be the plain float64 one,
+    outputs far from 0 (shifted) and a class without samples included."""
     torch = pytest.importorskip("torch")
+    import fdl_cli.moments
+
+    monkeypatch.setattr(fdl_cli.moments, "_adds_by_index", lambda device: by_index)
     rng = np.random.default_rng(12)
     n, p, c = 700, 16, 300
     assert len(row_bounds(c + 1)) > 1  # the outputs' block rows are taken
