@@ -611,13 +611,20 @@ def summary_lines(summary: RunSummary) -> list[str]:
         return ["no checkpoints in this series yet"]
     lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
     if summary.regimes:
-        trajectory = " → ".join(
-            f"{span.regime} ({span.first_step}–{span.last_step})"
-            if span.first_step != span.last_step
-            else f"{span.regime} ({span.first_step})"
-            for span in summary.regimes
+        from fdl_cli.regimes import SHOWN_SPANS, elide_spans
+
+        trajectory = elide_spans(
+            [
+                f"{span.regime} ({span.first_step}–{span.last_step})"
+                if span.first_step != span.last_step
+                else f"{span.regime} ({span.first_step})"
+                for span in summary.regimes
+            ],
+            " → ",
+            where="the regime column has every checkpoint",
         )
-        lines.append(f"regime: {trajectory}")
+        count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
+        lines.append(f"regime{count}: {trajectory}")
     else:
         lines.append("regime: not classified")
     for change in summary.changes:

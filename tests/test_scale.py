@@ -148,3 +148,36 @@ def test_npz_export_is_the_archive_numpy_writes(store: Path, tmp_path: Path) -> 
     reference = tmp_path / "r.npz"
     np.savez(reference, steps=np.asarray(STEPS, dtype=np.int64), **arrays)  # type: ignore[arg-type]
     assert out.read_bytes() == reference.read_bytes()
+
+
+def _flickering(count: int) -> list[dict[str, Any]]:
+    """A run whose k95 of Π̂ hovers at C + 1 = 11: MF and EF by turns, checkpoint after checkpoint."""
+    records = [{"step": 0, "cka_init": 1.0, "overlap_init": 1.0, "k95_utility": 3, "n_outputs": 10, "regime": "coefficient"}]
+    for index in range(1, count):
+        k95 = 11 if index % 2 else 12
+        records.append({"step": 100 * index, "cka_init": 0.5, "overlap_init": 0.5, "k95_utility": k95, "n_outputs": 10,
+                        "regime": "MF" if k95 == 11 else "EF"})
+    return records
+
+
+def test_long_regime_trajectories_stay_one_readable_line() -> None:
+    """1 000 checkpoints flipping between MF and EF made `fdl report`'s regime line ~12 000 characters
+    and `fdl classify`'s trajectory line ~6 600: now the first and last spans around a count of the
+    others; short trajectories are printed whole, as before."""
+    from fdl_cli import regimes
+
+    records = _flickering(1000)
+    [line] = [line for line in rep.summary_lines(rep.summarize(records)) if line.startswith("regime")]
+    assert line.startswith("regime (1000 spans): coefficient (0) → MF (100) → EF (200) → ")
+    assert "… 988 more spans (the regime column has every checkpoint) …" in line
+    assert line.endswith("→ MF (99700) → EF (99800) → MF (99900)") and len(line) < 400
+    verdict = regimes.classify_run(records)
+    [line] = [line for line in regimes.describe(verdict, records) if line.startswith("trajectory")]
+    assert line.startswith("trajectory (step: regime; 1000 spans): 0: coefficient | 100: MF | 200: EF")
+    assert "… 988 more spans (--json lists every checkpoint) …" in line and line.endswith("99800: EF | 99900: MF")
+    assert len(verdict.as_json()["trajectory"]) == 1000  # the JSON keeps every checkpoint
+    short = _flickering(regimes.SHOWN_SPANS)
+    [line] = [line for line in rep.summary_lines(rep.summarize(short)) if line.startswith("regime")]
+    assert line == "regime: " + " → ".join(
+        f"{r['regime']} ({r['step']})" for r in short
+    )
