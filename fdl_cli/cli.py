@@ -142,7 +142,8 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--center/--no-center", default=False,
               help="Use the centered feature covariance (default: uncentered; --no-center overrides fdl.toml).")
 @click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Eigenvectors / eigenfunctions stored per checkpoint.")
+              help="Eigenvectors / eigenfunctions stored per checkpoint; the eigenspace overlaps compare the top "
+                   "min(C, K) (a warning when C outputs exceed it).")
 @click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="First m probe points on which CKA, overlaps and eigenfunction values are taken. CKA costs "
                    "two m×p×p products per checkpoint; a smaller m is faster but biases CKA upwards "

@@ -942,6 +942,13 @@ def _validate(ctx: _Context, model: Any) -> None:
                 f"probe {probe.name!r} has only {n} samples for {n_outputs} outputs: its spectrum, D_LR and CKA "
                 "are dominated by sampling noise; use a larger probe"
             )
+    if ctx.probes and ctx.n_outputs > ctx.options.top_k:
+        c, k = ctx.n_outputs, ctx.options.top_k
+        ctx.reporter.warn(
+            f"the model has C = {c} outputs but --top-k is {k}: overlap_init and overlap_prev (and the regime's "
+            f"static/moved test, and fdl compare's overlap A·B) compare the top-{k} eigenfunctions, not the top-{c} "
+            f"of SPEC §5; pass --top-k {c} for O_C (it stores {c} eigenvectors and eigenfunctions a checkpoint)"
+        )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
 

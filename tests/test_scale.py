@@ -16,6 +16,7 @@ import pytest
 from fdl_cli import report as rep
 from fdl_cli.errors import StoreError
 from fdl_cli.store import StoreReader
+from tests.test_analyze import run  # noqa: F401 - a fixture: a tiny training run (4-8-3 MLP, C = 3)
 from tests.test_report import make_store
 
 STEPS = tuple(range(0, 1200, 100))  # 12 checkpoints: more than the figures draw
@@ -70,8 +71,8 @@ def test_figures_read_only_what_they_draw(store: Path, monkeypatch: pytest.Monke
     from fdl_cli.figures import HEATMAP_TOP, N_EIGENFUNCTION_STEPS, N_SELECTED, select_steps, series_figures
 
     spy = _Spy(monkeypatch)
-    run = rep.load_run(store)
-    stems = [stem for stem, _title, _figure in series_figures(run, run.series[0])]
+    loaded = rep.load_run(store)
+    stems = [stem for stem, _title, _figure in series_figures(loaded, loaded.series[0])]
     assert stems == ["triptych", "trajectories", "spectrum", "eigenfunctions"]
     whole = sorted(step for kind, step, _, _ in spy.calls if kind == "arrays")
     assert whole == select_steps(list(STEPS), N_SELECTED) and len(whole) < len(STEPS)
@@ -127,8 +128,8 @@ def test_export_is_written_one_checkpoint_at_a_time(store: Path, monkeypatch: py
     expected = _expected_text(store, what, fmt)
     spy = _Spy(monkeypatch)
     stream = _Writes(spy)
-    with rep.opened_run(store) as run:
-        assert rep.write_export(run, what, fmt, stdout=stream, out=None) is None
+    with rep.opened_run(store) as opened:
+        assert rep.write_export(opened, what, fmt, stdout=stream, out=None) is None
     assert stream.getvalue() == expected
     reads = [step for kind, step, name, rows in spy.calls if kind == "array" and name == what and rows is None]
     assert reads == list(STEPS) and not [call for call in spy.calls if call[0] == "arrays"]
@@ -141,8 +142,8 @@ def test_export_is_written_one_checkpoint_at_a_time(store: Path, monkeypatch: py
 def test_npz_export_is_the_archive_numpy_writes(store: Path, tmp_path: Path) -> None:
     """The .npz is written member by member (the arrays one checkpoint at a time), as np.savez lays it out."""
     out = tmp_path / "e.npz"
-    with rep.opened_run(store) as run:
-        rep.write_export(run, "eigenfunctions", "npy", stdout=io.StringIO(), out=out)
+    with rep.opened_run(store) as opened:
+        rep.write_export(opened, "eigenfunctions", "npy", stdout=io.StringIO(), out=out)
     with StoreReader(store) as reader:
         arrays = {f"step_{step}": reader.arrays(step).eigenfunctions.astype(np.float64) for step in reader.steps()}
     reference = tmp_path / "r.npz"
@@ -181,3 +182,17 @@ def test_long_regime_trajectories_stay_one_readable_line() -> None:
     assert line == "regime: " + " → ".join(
         f"{r['regime']} ({r['step']})" for r in short
     )
+
+
+@pytest.mark.parametrize(("top_k", "warned"), [("2", True), ("3", False)])
+def test_top_k_below_the_outputs_warns(run: Path, tmp_path: Path, top_k: str, warned: bool) -> None:  # noqa: F811
+    """With C = 1 000 classes (ImageNet) and the default --top-k 64, overlap_init / overlap_prev are O_64,
+    not SPEC's O_C, and the regime's static/moved test with them: analyze says so (here C = 3, K = 2)."""
+    from tests.test_analyze import analyze
+
+    result = analyze(run, tmp_path / "s.h5", "--top-k", top_k, "--steps", "0,10")
+    assert result.code == 0, result.stderr
+    said = "the model has C = 3 outputs but --top-k is 2: overlap_init and overlap_prev" in result.stderr
+    assert said is warned, result.stderr
+    if warned:
+        assert "pass --top-k 3 for O_C" in result.stderr
