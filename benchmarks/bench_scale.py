@@ -132,7 +132,10 @@ def readers(store: Path, workdir: Path, skip: Sequence[str] = ()) -> dict[str, A
         "compare --plots": (["compare", str(store), str(store), "--plots", str(out / "cplots")], out / "cplots"),
     }
     for what in ("eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"):
-        commands[f"export {what} csv"] = (["export", str(store), "--what", what], None)
+        # to a file: the eigenfunctions of 1 000 checkpoints are gigabytes of text, not for a pipe read here
+        commands[f"export {what} csv"] = (
+            ["export", str(store), "--what", what, "--out", str(out / f"{what}.csv")], out / f"{what}.csv"
+        )
         commands[f"export {what} npy"] = (
             ["export", str(store), "--what", what, "--format", "npy", "--out", str(out / f"{what}.npz")],
             out / f"{what}.npz",
@@ -150,6 +153,8 @@ def readers(store: Path, workdir: Path, skip: Sequence[str] = ()) -> dict[str, A
         size = len(result.stdout.encode()) + len(stderr.strip().encode())
         if written is not None and written.exists():
             size = sum(f.stat().st_size for f in written.rglob("*")) if written.is_dir() else written.stat().st_size
+            if written.is_file() and written.suffix in (".csv", ".npz"):
+                written.unlink()  # gigabytes at 1 000 checkpoints
         results[label] = {
             "wall_s": round(seconds, 2),
             "cpu_s": result.cpu_seconds,

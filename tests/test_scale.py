@@ -196,3 +196,15 @@ def test_top_k_below_the_outputs_warns(run: Path, tmp_path: Path, top_k: str, wa
     assert said is warned, result.stderr
     if warned:
         assert "pass --top-k 3 for O_C" in result.stderr
+
+
+def test_compare_reads_only_the_eigenfunctions_it_overlaps(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-run overlap read every array of each matched step of both runs, all held at once
+    (`--overlap-steps all` on two 1 000-checkpoint stores: every array of both); now the eigenfunctions
+    alone, one step of each run at a time."""
+    spy = _Spy(monkeypatch)
+    with rep.opened_run(store) as run_a, rep.opened_run(store) as run_b:
+        comparison = rep.compare_runs(run_a, run_b, overlap_steps=None)
+    assert [step.overlap for step in comparison.steps] == pytest.approx([1.0] * len(STEPS))
+    assert {(kind, name) for kind, _, name, _ in spy.calls} == {("array", "eigenfunctions")}
+    assert [step for _, step, _, _ in spy.calls] == [step for step in STEPS for _ in "ab"]
