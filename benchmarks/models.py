@@ -4,6 +4,8 @@
 - `cnn`: a small MNIST-sized CNN (1x28x28): two strided conv layers -> Linear(784, 512) -> Linear(512, 10).
 - `resnet18`: a ResNet-18-sized CNN for 3x32x32 inputs (BasicBlocks [2, 2, 2, 2], widths 64..512,
   BatchNorm, ~11.2 M parameters), written here because torchvision is not a dependency; p = 512.
+- `proj`: n_in -> p (a random projection and tanh) -> Linear(p, C): a network whose forward pass is
+  cheap at any width p and any number of outputs C, for the scale benchmark (bench_scale.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 #: Input shape (without the batch dimension) of each benchmark model.
-INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (784,), "cnn": (1, 28, 28), "resnet18": (3, 32, 32)}
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (784,), "cnn": (1, 28, 28), "resnet18": (3, 32, 32), "proj": (64,)}
 
 
 def mlp(width: int = 512, n_in: int = 784, n_out: int = 10, *, seed: int = 0) -> nn.Sequential:
@@ -71,4 +73,10 @@ def resnet18(n_out: int = 10, *, seed: int = 0) -> ResNet18:
     return ResNet18(n_out)
 
 
-FACTORIES = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+def proj(width: int = 512, n_out: int = 10, n_in: int = 64, *, seed: int = 0) -> nn.Sequential:
+    """Features p = `width`: tanh of a random projection of the n_in inputs, then Linear(width, n_out)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, n_out))
+
+
+FACTORIES = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "proj": proj}

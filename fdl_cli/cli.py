@@ -392,9 +392,10 @@ def export(**kwargs: Any) -> None:
 
     from fdl_cli import report as rep
 
-    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
     out = Path(kwargs["out"]) if kwargs["out"] else None
-    note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
+    # The store stays open while the arrays are streamed out, one checkpoint at a time.
+    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+        note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
     if note:
         click.echo(note, err=True)
 

@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from fdl_cli.report import Comparison, Run, Series, load_arrays, make_folder, writing  # noqa: E402
+from fdl_cli.report import Comparison, Run, Series, iter_array, load_arrays, make_folder, writing  # noqa: E402
 
 #: Checkpoints drawn in the triptych and the eigenfunction panels (evenly spread, first and last kept).
 N_SELECTED = 5
@@ -231,8 +231,10 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
     if not records:
         return []
     steps = series.steps
-    arrays = load_arrays(run, series, steps)
     chosen = select_steps(steps)
+    # Only what is drawn is read: the top eigenvalues of every step, the spectra of the chosen steps,
+    # the eigenfunctions of a few (not every array of every step: ~3 MB a checkpoint at p = m = 4 096).
+    arrays = load_arrays(run, series, chosen)
     curves = [
         Curves(
             step=step,
@@ -242,6 +244,8 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
         )
         for step in chosen
     ]
+    del arrays
+    top = [np.asarray(values) for _, values in iter_array(run, series, steps, "eigenvalues", rows=HEATMAP_TOP)]
     n_outputs = records[-1].get("n_outputs")
     figures = [
         ("triptych", "Π*(k), Π̂(k) and ρ_k/ρ_1 at selected checkpoints",
@@ -249,14 +253,14 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
         ("trajectories", "D_LR, CKA and eigenspace overlap to the reference over steps",
          trajectory_figure([(run.path.name, records)])),
         ("spectrum", "eigenvalue spectrum over steps",
-         spectrum_heatmap_figure(steps, [np.asarray(arrays[s].eigenvalues) for s in steps])),
+         spectrum_heatmap_figure(steps, top)),
     ]
     anchor = _one_d_anchor(run.probes.get(series.probe)) if series.probe is not None else None
     if anchor is not None:
         x, y = anchor
         entries = []
-        for step in select_steps(steps, N_EIGENFUNCTION_STEPS):
-            values = np.asarray(arrays[step].eigenfunctions)
+        for step, stored in iter_array(run, series, select_steps(steps, N_EIGENFUNCTION_STEPS), "eigenfunctions"):
+            values = np.asarray(stored)
             if values.ndim == 2 and values.shape[0] == x.shape[0] and values.shape[1]:
                 entries.append((step, values))
         if entries:

@@ -302,6 +302,22 @@ def classify_run(
     return verdict(final.regime, f"final checkpoint (step {evidence['final_step']}): {final.rule}")
 
 
+#: A regime trajectory of more spans than this is shown as its first and last SHOWN_SPANS // 2 spans
+#: around a count of those left out: a run whose k95 hovers at C + 1 flips between MF and EF at
+#: checkpoint after checkpoint, and 1 000 checkpoints made one line of ~12 000 characters.
+SHOWN_SPANS = 12
+
+
+def elide_spans(parts: Sequence[str], separator: str, *, where: str) -> str:
+    """`parts` joined by `separator`, or, beyond SHOWN_SPANS of them, the first and last SHOWN_SPANS // 2
+    around "… N more (where) …"."""
+    if len(parts) <= SHOWN_SPANS:
+        return separator.join(parts)
+    half = SHOWN_SPANS // 2
+    left_out = len(parts) - 2 * half
+    return separator.join([*parts[:half], f"… {left_out} more spans ({where}) …", *parts[-half:]])
+
+
 def trajectory_segments(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> list[tuple[int, int, str]]:
     """Runs of equal regime: [(first step, last step, regime), ...] in step order."""
     segments: list[tuple[int, int, str]] = []
@@ -330,7 +346,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         f"{first}" + (f"–{last}" if last != first else "") + f": {regime}"
         for first, last, regime in trajectory_segments(verdict.trajectory)
     ]
-    lines.append("trajectory (step: regime): " + " | ".join(shown))
+    segments = f"{len(shown)} spans" if len(shown) > SHOWN_SPANS else ""
+    lines.append(f"trajectory (step: regime{'; ' + segments if segments else ''}): "
+                 + elide_spans(shown, " | ", where="--json lists every checkpoint"))
     if ev.get("mf_since_step") is not None:
         lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
     elif ev.get("first_mf_step") is not None:

@@ -12,9 +12,11 @@ import bisect
 import csv
 import errno
 import io
+import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,11 +249,31 @@ def opened_run(path: str | Path, *, probe: str | None = None, layer: str | None 
 
 
 def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any]:
-    """The stored arrays (`SeriesEntry`) of `steps` of one series of a run, reading the file once."""
+    """The stored arrays (`SeriesEntry`) of `steps` of one series of a run, reading the file once.
+
+    Every array of each step: for one array of many steps, `iter_array` reads only that one."""
     if run.reader is not None:
         return {step: run.reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
     with open_store(run.path) as reader:
         return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
+
+
+def iter_array(
+    run: Run, series: Series, steps: Sequence[int], name: str, *, rows: int | None = None
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(step, the stored array `name` of that step, or None) for each of `steps`, read one at a time
+    as the caller asks for them: memory stays that of one array whatever the number of checkpoints
+    (`StoreReader.array`; `rows`: only the first rows, e.g. the top eigenvalues)."""
+
+    def read(reader: Any) -> Iterator[tuple[int, np.ndarray | None]]:
+        for step in steps:
+            yield step, reader.array(step, name, probe=series.probe, layer=series.layer, rows=rows)
+
+    if run.reader is not None:
+        yield from read(run.reader)
+        return
+    with open_store(run.path) as reader:
+        yield from read(reader)
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -589,13 +611,20 @@ def summary_lines(summary: RunSummary) -> list[str]:
         return ["no checkpoints in this series yet"]
     lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
     if summary.regimes:
-        trajectory = " → ".join(
-            f"{span.regime} ({span.first_step}–{span.last_step})"
-            if span.first_step != span.last_step
-            else f"{span.regime} ({span.first_step})"
-            for span in summary.regimes
+        from fdl_cli.regimes import SHOWN_SPANS, elide_spans
+
+        trajectory = elide_spans(
+            [
+                f"{span.regime} ({span.first_step}–{span.last_step})"
+                if span.first_step != span.last_step
+                else f"{span.regime} ({span.first_step})"
+                for span in summary.regimes
+            ],
+            " → ",
+            where="the regime column has every checkpoint",
         )
-        lines.append(f"regime: {trajectory}")
+        count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
+        lines.append(f"regime{count}: {trajectory}")
     else:
         lines.append("regime: not classified")
     for change in summary.changes:
@@ -886,15 +915,15 @@ def cross_overlaps(
     """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5)."""
     from fdl_cli.spectral import eigenspace_overlap
 
-    arrays_a = load_arrays(run_a, series_a, [match.step_a for match in matches])
-    arrays_b = load_arrays(run_b, series_b, [match.step_b for match in matches])
     by_step_a = {int(record["step"]): record for record in series_a.records}
     overlaps: dict[Match, float | None] = {}
-    for match in matches:
+    values_a = iter_array(run_a, series_a, [match.step_a for match in matches], "eigenfunctions")
+    values_b = iter_array(run_b, series_b, [match.step_b for match in matches], "eigenfunctions")
+    for match, (_, stored_a), (_, stored_b) in zip(matches, values_a, values_b, strict=True):
         n_outputs = by_step_a[match.step_a].get("n_outputs") or 1
-        values_a = np.asarray(arrays_a[match.step_a].eigenfunctions, dtype=np.float64)
-        values_b = np.asarray(arrays_b[match.step_b].eigenfunctions, dtype=np.float64)
-        overlaps[match] = eigenspace_overlap(values_a, values_b, k=int(n_outputs))
+        overlaps[match] = eigenspace_overlap(
+            np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64), k=int(n_outputs)
+        )
     return overlaps
 
 
@@ -1104,16 +1133,11 @@ def _count_steps(count: int) -> str:
 # ------------------------------------------------------------------------------------------ export
 
 
-def _per_step_array(entry: Any, what: str) -> np.ndarray | None:
-    value = getattr(entry, what)
-    return None if value is None else np.asarray(value)
-
-
 def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
-    """The stored array `what` (eigenvalues, quality, utility, eigenfunctions) of every checkpoint."""
+    """The stored array `what` (eigenvalues, quality, utility, eigenfunctions) of every checkpoint, in
+    memory (`write_export` streams them one checkpoint at a time instead)."""
     series = _single_series(run)
-    arrays = load_arrays(run, series, series.steps)
-    return {step: _per_step_array(entry, what) for step, entry in arrays.items()}
+    return dict(iter_array(run, series, series.steps, what))
 
 
 def _single_series(run: Run, why: str = "export writes one") -> Series:
@@ -1141,6 +1165,11 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
     float64 array `step_<N>` (lengths differ between checkpoints, so nothing is padded); for
     `trajectories`, `steps` and one float64 array per numeric field (null → NaN). Returns a note for
     the terminal, or None.
+
+    Stored arrays are read and written one checkpoint at a time: the eigenfunctions of 1 000
+    checkpoints at m = 4 096 anchors and K = 64 are 1 GB stored and ~8 GB as CSV text, which must not
+    be held in memory. A store that turns out damaged part-way leaves the output written so far (and
+    fdl exits 1 naming the step).
     """
     if what not in EXPORT_WHATS:
         raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
@@ -1155,38 +1184,53 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
                 if name in ("step", *STR_FIELDS):  # npy: numeric fields only
                     continue
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-            _save_npz(out, arrays)
+            _save_npz(out, arrays.items())
             return f"wrote {len(arrays) - 1} trajectories of {len(columns['step'])} checkpoints to {out}"
         text = _trajectories_text(columns, fmt)
-    else:
-        per_step = export_arrays(run, what)
-        missing = [step for step, values in per_step.items() if values is None]
-        if per_step and len(missing) == len(per_step):
-            raise FdlError(
-                f"{run.path} stores no {what}",
-                got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
-                fix="analyse with a probe holding targets y" if what == "quality" else None,
-            )
-        if fmt == "npy":
-            assert out is not None
-            step_arrays: dict[str, np.ndarray] = {"steps": np.asarray(list(per_step), dtype=np.int64)}
-            for step, stored in per_step.items():
-                if stored is not None:
-                    step_arrays[f"step_{step}"] = np.asarray(stored, dtype=np.float64)
-            _save_npz(out, step_arrays)
-            return f"wrote {what} of {len(per_step)} checkpoints to {out}"
-        text = _arrays_text(per_step, what, fmt)
+        if out is not None:
+            write_text_file(out, text)
+            return f"wrote {what} to {out}"
+        stdout.write(text)
+        return None
+    series = _single_series(run)
+    steps = series.steps
+    if steps and not _stores_any(run, series, what):
+        raise FdlError(
+            f"{run.path} stores no {what}",
+            got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
+            fix="analyse with a probe holding targets y" if what == "quality" else None,
+        )
+    per_step = iter_array(run, series, steps, what)
+    if fmt == "npy":
+        assert out is not None
+        stored = (
+            (f"step_{step}", np.asarray(values, dtype=np.float64)) for step, values in per_step if values is not None
+        )
+        _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
+        return f"wrote {what} of {len(steps)} checkpoints to {out}"
     if out is not None:
-        write_text_file(out, text)
+        with writing(out) as target, target.open("w", encoding="utf-8") as handle:
+            _write_arrays_text(handle, per_step, what, fmt)
         return f"wrote {what} to {out}"
-    stdout.write(text)
+    _write_arrays_text(stdout, per_step, what, fmt)
     return None
 
 
-def _save_npz(out: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def _stores_any(run: Run, series: Series, what: str) -> bool:
+    """Whether some checkpoint of the series stores the array `what` (its datasets' names only: no data is read)."""
+    if what != "quality":  # every complete checkpoint has the others (quality is absent without targets)
+        return True
+    return any(values is not None for _, values in iter_array(run, series, series.steps, what, rows=0))
+
+
+def _save_npz(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    """An `.npz` archive as `np.savez` writes it (uncompressed zip, one `NAME.npy` member each), one
+    array at a time, so the arrays may come from a generator."""
     # a file handle keeps the name exactly as given (no '.npz' appended)
-    with writing(out) as target, target.open("wb") as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    with writing(out) as target, target.open("wb") as handle, zipfile.ZipFile(handle, mode="w", allowZip64=True) as archive:
+        for name, array in arrays:
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
@@ -1201,28 +1245,33 @@ def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
     return buffer.getvalue()
 
 
-def _arrays_text(per_step: Mapping[int, np.ndarray | None], what: str, fmt: str) -> str:
+def _write_arrays_text(
+    stream: IO[str], per_step: Iterable[tuple[int, np.ndarray | None]], what: str, fmt: str
+) -> None:
+    """The per-checkpoint arrays as CSV or JSON, written to `stream` one checkpoint at a time (the
+    text is what `csv.writer` and `json.dumps(rows, indent=2)` of all the rows would give)."""
     if fmt == "json":
-        rows = [
-            {"step": step, what: None if values is None else values.astype(np.float64).tolist()}
-            for step, values in per_step.items()
-        ]
-        return json.dumps(rows, indent=2, allow_nan=False) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+        first = True
+        for step, values in per_step:
+            row = {"step": step, what: None if values is None else values.astype(np.float64).tolist()}
+            text = json.dumps(row, indent=2, allow_nan=False).replace("\n", "\n  ")
+            stream.write(("[\n  " if first else ",\n  ") + text)
+            first = False
+        stream.write("[]\n" if first else "\n]\n")
+        return
+    # Every value is a number: no field needs csv's quoting, so lines are joined directly (the csv
+    # module costs ~1 µs a row, minutes for the eigenfunctions of a large run).
     if what == "eigenfunctions":
-        writer.writerow(["step", "point", "k", "value"])
-        for step, values in per_step.items():
+        stream.write("step,point,k,value\n")
+        for step, values in per_step:
             if values is None:
                 continue
-            for point, row in enumerate(values.astype(np.float64)):
-                for k, value in enumerate(row, start=1):
-                    writer.writerow([step, point, k, repr(float(value))])
+            for point, row in enumerate(values.astype(np.float64).tolist()):
+                stream.write("".join(f"{step},{point},{k},{value!r}\n" for k, value in enumerate(row, start=1)))
     else:
-        writer.writerow(["step", "k", what])
-        for step, values in per_step.items():
+        stream.write(f"step,k,{what}\n")
+        for step, values in per_step:
             if values is None:
                 continue
-            for k, value in enumerate(values.astype(np.float64), start=1):
-                writer.writerow([step, k, repr(float(value))])
-    return buffer.getvalue()
+            listed = values.astype(np.float64).tolist()
+            stream.write("".join(f"{step},{k},{value!r}\n" for k, value in enumerate(listed, start=1)))

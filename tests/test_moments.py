@@ -179,6 +179,51 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
         assert got.n_correct == int(np.sum(o.argmax(1) == f32["targets"]))
 
 
+@pytest.mark.parametrize(("task", "by_index"), [("none", True), ("classes", True), ("classes", False), ("regression", True)])
+def test_torch_sums_of_many_outputs_equal_the_plain_sums(task: str, by_index: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With C in the hundreds the outputs' products are summed in block rows, and class labels are
+    added by class (index_add on the CPU; by_index False: the one-hot products of an accelerator)
+    instead of as products with a one-hot matrix: every sum must still be the plain float64 one,
+    outputs far from 0 (shifted) and a class without samples included."""
+    torch = pytest.importorskip("torch")
+    import fdl_cli.moments
+
+    monkeypatch.setattr(fdl_cli.moments, "_adds_by_index", lambda device: by_index)
+    rng = np.random.default_rng(12)
+    n, p, c = 700, 16, 300
+    assert len(row_bounds(c + 1)) > 1  # the outputs' block rows are taken
+    f = rng.normal(size=(n, p)).astype(np.float32).astype(np.float64) + 3.0
+    o = (rng.normal(size=(n, c)) + 50.0).astype(np.float32).astype(np.float64)
+    labels = rng.integers(0, c - 1, size=n)  # class c - 1 has no sample
+    targets = rng.normal(size=(n, c)) + 5.0 if task == "regression" else labels
+    acc = MomentAccumulator(task=task)
+    for lo in range(0, n, 256):
+        batch_targets = None if task == "none" else torch.from_numpy(targets[lo : lo + 256])
+        acc.update(torch.from_numpy(f[lo : lo + 256]), torch.from_numpy(o[lo : lo + 256]), batch_targets)
+    shifted = acc.moments()
+    assert shifted.shift_o is not None  # outputs ~50 ± 1: summed about the first batch's means
+    got = shifted.unshifted()
+    np.testing.assert_allclose(got.sum_ff, f.T @ f, rtol=1e-12)
+    np.testing.assert_allclose(got.sum_fo, f.T @ o, rtol=1e-12)
+    np.testing.assert_allclose(got.sum_oo, o.T @ o, rtol=1e-12)
+    np.testing.assert_allclose(got.sum_o, o.sum(0), rtol=1e-12)
+    if task == "none":
+        assert got.sum_y is None and got.sum_fy is None and got.class_counts is None
+        return
+    y = one_hot(targets, c) if task == "classes" else targets
+    np.testing.assert_allclose(got.sum_fy, f.T @ y, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got.sum_oy, o.T @ y, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got.sum_yy, y.T @ y, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got.sum_y, y.sum(0), rtol=1e-12, atol=1e-9)
+    if task == "classes":
+        np.testing.assert_array_equal(got.class_counts, np.bincount(labels, minlength=c))
+        assert got.class_counts[-1] == 0
+        np.testing.assert_allclose(got.class_sum_f, y.T @ f, rtol=1e-12, atol=1e-9)
+        assert got.n_correct == int(np.sum(o.argmax(1) == labels))
+    # and the same measures as the numpy path's statistics
+    assert_same_measures(shifted, accumulate({"features": f, "outputs": o, "targets": targets}, task=task), rtol=1e-8)
+
+
 def test_second_moment_is_the_same_to_the_bit_whatever_the_task() -> None:
     """A resumed run rebuilds the previous checkpoint's anchor moment in a pass without targets
     (`anchor_features`: a plain MomentAccumulator()); its Σφφᵀ must equal the one the labelled pass
