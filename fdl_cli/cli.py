@@ -144,8 +144,12 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--center/--no-center", default=False,
               help="Use the centered feature covariance (default: uncentered; --no-center overrides fdl.toml).")
 @click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Eigenvectors / eigenfunctions stored per checkpoint (at least C, the number of outputs: "
-                   "the eigenspace overlaps compare the top C).")
+              help="Eigenvectors / eigenfunctions stored per checkpoint (never fewer than the overlaps' k: C, or "
+                   "--overlap-k; the overlaps are taken from them).")
+@click.option("--overlap-k", type=click.IntRange(min=1), metavar="K",
+              help="k of the eigenspace overlaps overlap_init / overlap_prev (default: C, the number of outputs, as "
+                   "SPEC §5). max(--top-k, k) eigenvectors (p×k float64) and eigenfunctions (m×k float32) are stored "
+                   "a checkpoint: ~48 MB at p = 4096, C = 1000; a smaller k keeps the store small.")
 @click.option("--anchor-size", default=4096, show_default=True, type=click.IntRange(min=1),
               help="First m probe points on which CKA, overlaps and eigenfunction values are taken. CKA costs "
                    "two m×p×p products per checkpoint; a smaller m is faster but biases CKA upwards "

@@ -66,6 +66,8 @@ class AnalyzeOptions:
     dtype: str = "float32"
     center: bool = False
     top_k: int = 64
+    #: k of the eigenspace overlaps (SPEC §5); None: C, the number of outputs
+    overlap_k: int | None = None
     anchor_size: int = 4096
     reference_step: int | None = None
     dlr_energy: float = 0.99
@@ -263,12 +265,13 @@ def _anchor_self_norm(anchor_moment: Any, anchor: np.ndarray, product_dtype: str
     return norm if norm > CANCELLATION_RTOL * float(np.linalg.norm(second)) else 0.0
 
 
-def _warn_flat_anchors(ctx: _Context, series: _Series, n_outputs: int, where: str) -> None:
-    """Warn when the reference's top eigenfunctions are linearly dependent on the anchor points
-    (repeated inputs among the first m of the probe): the overlaps then compare smaller subspaces."""
+def _warn_flat_anchors(ctx: _Context, series: _Series, wanted: int, where: str) -> None:
+    """Warn when the reference's top `wanted` (the overlaps' k) eigenfunctions are linearly dependent on
+    the anchor points (repeated inputs among the first m of the probe): the overlaps then compare
+    smaller subspaces."""
     m, columns = series.eigenfunctions.shape
-    k = min(n_outputs, columns, m)
-    if k <= 0 or m <= n_outputs:
+    k = min(wanted, columns, m)
+    if k <= 0 or m <= wanted:
         return  # nothing to compare, or _validate's warning (m ≤ C) says it already
     dimension = series.basis(k).shape[1]
     if dimension < k:
@@ -440,10 +443,18 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # resume spell the spec another way (./model.py:build, /abs/model.py:build). Checked by the
         # pipeline, not compared as text (a store may be resumed from another folder or host).
         **({"model_file": ctx.spec_source[0], "model_file_sha256": ctx.spec_source[1]} if ctx.spec_source else {}),
-        "options": options.numeric_options(),
+        "options": {**options.numeric_options(), **_overlap_k_option(options, ctx.n_outputs)},
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
     }
+
+
+def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]:
+    """`overlap_k` for the store's options, recorded only where it differs from the k of stores written
+    before it existed, min(top_k, C) (their overlaps were taken over the stored columns): those stay
+    resumable unless the overlaps would now mean something else, which the resume check then refuses."""
+    k = overlap_k(options, n_outputs)
+    return {} if k == min(options.top_k, n_outputs) else {"overlap_k": k}
 
 
 def environment() -> dict[str, Any]:
@@ -470,6 +481,7 @@ MANIFEST_OPTIONS: dict[str, tuple[str, type, Any]] = {
     "reference": ("reference_step", int, None),
     "center": ("center", bool, None),
     "top_k": ("top_k", int, (1, None)),
+    "overlap_k": ("overlap_k", int, (1, None)),
     "anchor_size": ("anchor_size", int, (1, None)),
     "dlr_energy": ("dlr_energy", float, (0.0, 1.0)),
     "dtype": ("dtype", str, ("float32", "bfloat16", "float16")),
@@ -480,7 +492,7 @@ MANIFEST_OPTIONS: dict[str, tuple[str, type, Any]] = {
 }
 
 _MANIFEST_EXAMPLES = {
-    "reference": "reference = 0", "center": "center = true", "top_k": "top_k = 32",
+    "reference": "reference = 0", "center": "center = true", "top_k": "top_k = 32", "overlap_k": "overlap_k = 100",
     "anchor_size": "anchor_size = 2048", "dlr_energy": "dlr_energy = 0.95", "dtype": 'dtype = "float32"',
     "cka_dtype": 'cka_dtype = "float64"', "batch_size": "batch_size = 256", "glob": 'glob = "step_*.pt"',
     "step_regex": "step_regex = 'step_(\\d+)'",
@@ -931,11 +943,13 @@ def _validate(ctx: _Context, model: Any) -> None:
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)
-        if anchors <= n_outputs:
+        k = overlap_k(ctx.options, n_outputs)
+        if anchors <= k:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {anchors} points for {n_outputs} outputs, so the top-"
-                f"{n_outputs} eigenfunctions on it span all of it and the eigenspace overlaps are 1 whatever the "
-                "features do; raise --anchor-size"
+                f"probe {probe.name!r}: the anchor subset has {anchors} points for the overlaps' k = {k} ("
+                + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
+                "eigenfunctions on it span all of it and the eigenspace overlaps are 1 whatever the features do; "
+                "raise --anchor-size"
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
@@ -1926,15 +1940,20 @@ def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int |
     return None
 
 
-def stored_columns(top_k: int, n_outputs: int) -> int:
-    """Eigenvectors / eigenfunctions stored per series: --top-k, but never fewer than C, the k of the
-    eigenspace overlaps (SPEC §5), which are taken from the stored eigenfunctions (bounded by the rank)."""
-    return max(top_k, n_outputs)
+def overlap_k(options: AnalyzeOptions, n_outputs: int) -> int:
+    """The k of the eigenspace overlaps: --overlap-k, by default C, the number of outputs (SPEC §5)."""
+    return options.overlap_k if options.overlap_k is not None else int(n_outputs)
 
 
-def ctx_outputs(scalars: dict[str, Any]) -> int:
-    """C, the number of outputs, of a record's scalars (the k of the eigenspace overlap)."""
-    return int(scalars["n_outputs"])
+def stored_columns(options: AnalyzeOptions, n_outputs: int) -> int:
+    """Eigenvectors / eigenfunctions stored per series: --top-k, but never fewer than the overlaps' k
+    (C by default), since the overlaps are taken from the stored eigenfunctions (bounded by the rank)."""
+    return max(options.top_k, overlap_k(options, n_outputs))
+
+
+def ctx_outputs(ctx: _Context, scalars: dict[str, Any]) -> int:
+    """The overlaps' k for a record's scalars (C, its number of outputs, unless --overlap-k)."""
+    return overlap_k(ctx.options, int(scalars["n_outputs"]))
 
 
 def _with_previous(
@@ -1950,7 +1969,7 @@ def _with_previous(
         mine, before = ctx.reference[key], (previous or {}).get(key)
         scalars = dict(item.scalars)
         scalars["cka_prev"] = _cka(mine, before) if before else None
-        scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(scalars)) if before else None
+        scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(ctx, scalars)) if before else None
         scalars["prev_step"] = previous_step if before else None
         series.append(replace_entry(item, scalars=scalars))
     ctx.previous, ctx.previous_step = ctx.reference, held.step
@@ -2017,7 +2036,7 @@ def _refresh_successors(
                     stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
                     scalars = dict(stored.scalars)
                     scalars["cka_prev"] = _cka(later[key], earlier[key])
-                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], ctx_outputs(scalars))
+                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], ctx_outputs(ctx, scalars))
                     scalars["prev_step"] = before
                     series.append(replace_entry(stored, scalars=scalars))
         ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
@@ -2210,8 +2229,8 @@ def _analyze_one(
             results = _reduce_slices(ctx, model, probe, results)
         for spec in ctx.layers:
             result = results[spec.label]
-            # At least the top C are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
-            stored = stored_columns(options.top_k, result.moments.n_outputs)
+            # At least the overlaps' top k (C) are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
+            stored = stored_columns(options, result.moments.n_outputs)
             measures = measure(result.moments, center=options.center, top_k=stored, dlr_energy=options.dlr_energy)
             anchor = _float64_copy(result.anchor_features)  # one copy, centered later in place
             values = eigenfunctions(anchor, measures.spectrum, k=stored).astype(np.float32)
@@ -2227,13 +2246,14 @@ def _analyze_one(
             base = mine if is_reference else ctx.reference[key]
             before = previous.get(key) if previous else None
             n_outputs = measures.scalars["n_outputs"]
+            k = overlap_k(options, n_outputs)
             scalars = dict(measures.scalars)
             scalars["cka_init"] = _cka(mine, base)
-            scalars["overlap_init"] = _overlap(mine, base, n_outputs)
+            scalars["overlap_init"] = _overlap(mine, base, k)
             if is_reference:
-                _warn_flat_anchors(ctx, mine, n_outputs, f"{probe.name}/{spec.label}")
+                _warn_flat_anchors(ctx, mine, k, f"{probe.name}/{spec.label}")
             scalars["cka_prev"] = _cka(mine, before) if before else None
-            scalars["overlap_prev"] = _overlap(mine, before, n_outputs) if before else None
+            scalars["overlap_prev"] = _overlap(mine, before, k) if before else None
             scalars["prev_step"] = previous_step if before else None
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist

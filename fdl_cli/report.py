@@ -912,17 +912,21 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
 def cross_overlaps(
     run_a: Run, series_a: Series, run_b: Run, series_b: Series, matches: Sequence[Match]
 ) -> dict[Match, float | None]:
-    """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5)."""
+    """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5); O_k with
+    the k run A was analysed with (`--overlap-k`)."""
     from fdl_cli.spectral import eigenspace_overlap
 
     by_step_a = {int(record["step"]): record for record in series_a.records}
     overlaps: dict[Match, float | None] = {}
     values_a = iter_array(run_a, series_a, [match.step_a for match in matches], "eigenfunctions")
     values_b = iter_array(run_b, series_b, [match.step_b for match in matches], "eigenfunctions")
+    options = run_a.provenance.get("options")
+    recorded = options.get("overlap_k") if isinstance(options, Mapping) else None
     for match, (_, stored_a), (_, stored_b) in zip(matches, values_a, values_b, strict=True):
-        n_outputs = by_step_a[match.step_a].get("n_outputs") or 1
+        # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
+        k = recorded if type(recorded) is int and recorded > 0 else by_step_a[match.step_a].get("n_outputs") or 1
         overlaps[match] = eigenspace_overlap(
-            np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64), k=int(n_outputs)
+            np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64), k=int(k)
         )
     return overlaps
 

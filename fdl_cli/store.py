@@ -1042,6 +1042,20 @@ class _CommitJob:
         self._ended.wait()
 
 
+def _stored_overlap_k(
+    provenance: Mapping[str, Any], probes: Mapping[str, ProbeInfo], differences: Sequence[str]
+) -> int | None:
+    """The overlaps' k of a store that recorded none, when that is what a resume differs in: such a
+    store's k is min(top_k, C) (written before `overlap_k` existed, fdl stored no more than --top-k
+    columns and took the overlaps over them; since, C unless recorded otherwise)."""
+    options = provenance.get("options")
+    if not isinstance(options, Mapping) or "overlap_k" in options or not isinstance(options.get("top_k"), int):
+        return None
+    if not any(d.startswith("options.overlap_k: absent (store)") for d in differences) or not probes:
+        return None
+    return min(int(options["top_k"]), max(int(info.n_outputs) for info in probes.values()))
+
+
 class StoreWriter:
     """The single writer of a store: buffers checkpoints and commits them crash-safely.
 
@@ -1168,6 +1182,12 @@ class StoreWriter:
                     # but the store cannot tell: it recorded no name.
                     fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
                            "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
+                stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences)
+                if stored_k is not None:
+                    # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
+                    fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
+                           "them over --top-k when the model had more outputs; now over C unless --overlap-k): pass "
+                           f"--overlap-k {stored_k} to go on as it was analysed, or " + fix)
                 raise StoreError(f"{self._path} holds the results of a different run", got="; ".join(differences), fix=fix)
             self.warnings = list(reader.warnings)
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}

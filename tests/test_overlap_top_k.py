@@ -7,13 +7,17 @@ records held O_K, not SPEC's O_C, and the regime classifier read it as the top-C
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from scipy.linalg import subspace_angles
 
+from fdl_cli import report
 from tests.test_analyze import fdl
 
 C = 4
@@ -71,3 +75,66 @@ def test_overlaps_are_top_C_whatever_top_k(tmp_path: Path) -> None:
         group = small["checkpoints/step_1/probe/2:input"]
         assert group["eigenfunctions"].shape == (40, C)
         assert group["eigenvectors"].shape == (16, C)
+
+
+def _top(features: np.ndarray, k: int) -> np.ndarray:
+    left, _, _ = np.linalg.svd(features, full_matrices=False)
+    return left[:, :k]
+
+
+def _analyze(tmp_path: Path, folder: Path, model: Path, out: Path, *args: str) -> Any:
+    return fdl("analyze", folder, "--model", f"{model}:build", "--probe", tmp_path / "probe.npz", "--out", out, *args)
+
+
+def test_overlap_k_sets_the_overlaps_k_and_what_is_stored(tmp_path: Path) -> None:
+    folder, model, features = _run(tmp_path)
+    out = tmp_path / "k2.h5"
+    assert _analyze(tmp_path, folder, model, out, "--top-k", "1", "--overlap-k", "2").code == 0
+    with h5py.File(out, "r") as store:
+        table = store["trajectories/probe/2:input"]
+        for step, overlap in zip(table["step"][()], table["overlap_init"][()], strict=True):
+            angles = subspace_angles(_top(features[int(step)], 2), _top(features[0], 2))
+            assert abs(overlap - float(np.mean(np.cos(angles) ** 2))) < 1e-6, (step, overlap)
+        assert table["overlap_init"][2] < 0.99
+        group = store["checkpoints/step_1/probe/2:input"]
+        assert group["eigenfunctions"].shape == (40, 2)  # max(--top-k 1, --overlap-k 2)
+        options = json.loads(store.attrs["provenance"])["options"]
+    assert options["overlap_k"] == 2 and options["top_k"] == 1
+    # the same k as C by default: nothing recorded, so stores without the key stay resumable
+    default = tmp_path / "default.h5"
+    assert _analyze(tmp_path, folder, model, default, "--overlap-k", str(C)).code == 0
+    with h5py.File(default, "r") as store:
+        assert "overlap_k" not in json.loads(store.attrs["provenance"])["options"]
+    # compare takes run A's k
+    with report.opened_run(out) as run_a, report.opened_run(out) as run_b:
+        step = report.compare_runs(run_a, run_b, overlap_steps=None).steps[-1]
+    assert step.overlap == pytest.approx(1.0)
+
+
+def test_a_store_of_top_k_below_C_written_before_overlap_k_is_not_mixed(tmp_path: Path) -> None:
+    """A store analysed when the overlaps were taken over --top-k's columns (here 2 < C = 4) records no
+    overlap_k; resuming it now would store O_C beside its O_2. The resume refuses and names the fix."""
+    folder, model, _ = _run(tmp_path)
+    out = tmp_path / "old.h5"
+    assert _analyze(tmp_path, folder, model, out, "--top-k", "2", "--overlap-k", "2", "--steps", "0,1").code == 0
+    with h5py.File(out, "r") as store:  # k = min(top_k, C): recorded as the earlier fdl did, not at all
+        assert "overlap_k" not in json.loads(store.attrs["provenance"])["options"]
+    before = out.read_bytes()
+    refused = _analyze(tmp_path, folder, model, out, "--top-k", "2")
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    assert "options.overlap_k: absent (store) vs 4 (this run)" in refused.stderr
+    assert "pass --overlap-k 2 to go on as it was analysed" in refused.stderr
+    assert out.read_bytes() == before
+    resumed = _analyze(tmp_path, folder, model, out, "--top-k", "2", "--overlap-k", "2")
+    assert resumed.code == 0, resumed.stderr
+    with h5py.File(out, "r") as store:
+        assert list(store["trajectories/probe/2:input"]["step"][()]) == [0, 1, 2]
+
+
+def test_overlap_k_in_the_manifest(tmp_path: Path) -> None:
+    folder, model, _ = _run(tmp_path)
+    (folder / "fdl.toml").write_text(f'model = "{model}:build"\nprobe = "{tmp_path / "probe.npz"}"\noverlap_k = 3\n')
+    out = tmp_path / "m.h5"
+    assert fdl("analyze", folder, "--out", out).code == 0
+    with h5py.File(out, "r") as store:
+        assert json.loads(store.attrs["provenance"])["options"]["overlap_k"] == 3
