@@ -81,6 +81,8 @@ _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "quality": np.float64,
     "feature_mean": np.float64,
 }
+#: The number of dimensions of each stored array (`SeriesEntry` checks them, and so does `StoreReader.array`).
+_ARRAY_NDIMS = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
 _REQUIRED_ARRAYS = ("eigenvalues", "eigenvectors", "eigenfunctions", "utility")
 _STEP_GROUP = re.compile(r"^step_(-?\d+)$")
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
@@ -216,8 +218,7 @@ class SeriesEntry:
             if value is not None:
                 object.__setattr__(self, name, np.ascontiguousarray(value, dtype=dtype))
         where = f"series {self.probe}/{self.layer}"
-        ndims = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
-        for name, ndim in ndims.items():
+        for name, ndim in _ARRAY_NDIMS.items():
             value = getattr(self, name)
             if value is not None and value.ndim != ndim:
                 raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {value.shape}")
@@ -838,7 +839,11 @@ class StoreReader:
             if name not in leaf:
                 return None
             dataset = leaf[name]
-            value = dataset[()] if rows is None or dataset.ndim == 0 else dataset[: max(rows, 0)]
+            if dataset.ndim != _ARRAY_NDIMS[name]:
+                # as `arrays()` (SeriesEntry) refuses it: the readers index it as an array of this rank
+                raise ValueError(f"series {chosen[0]}/{chosen[1]}: {name} must be {_ARRAY_NDIMS[name]}-D, "
+                                 f"got shape {dataset.shape}")
+            value = dataset[()] if rows is None else dataset[: max(rows, 0)]
             return np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[name])
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
