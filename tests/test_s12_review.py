@@ -45,3 +45,52 @@ def test_an_array_of_the_wrong_rank_is_a_damaged_checkpoint_for_every_reader(
         compared = fdl("compare", intact, store, "--overlap-steps", "all")
         assert compared.code == 1 and "is damaged at checkpoint step 200" in compared.stderr, compared.stderr
         assert "anchor points" not in compared.stderr
+
+
+def _flip_a_byte_of(store: Path, step: int, name: str) -> None:
+    """Damage one byte of one checkpoint's array data: its Fletcher-32 checksum then fails on reading."""
+    with h5py.File(store, "r") as file:
+        offset = file[f"checkpoints/step_{step}/train/fc1/{name}"].id.get_chunk_info(0).byte_offset
+    data = bytearray(store.read_bytes())
+    data[offset + 2] ^= 0xFF
+    store.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("what", "fmt"), [("eigenvalues", "csv"), ("eigenfunctions", "json"), ("utility", "npy")])
+def test_an_export_that_fails_part_way_leaves_its_out_file_as_it_was(tmp_path: Path, what: str, fmt: str) -> None:
+    """Exports are written one checkpoint at a time. A checkpoint whose data fails its checksum, met
+    after the first ones were written, left `--out` truncated: a CSV of the first steps that reads as
+    a whole one, an .npz that loads with `steps` naming checkpoints it lacks, and a previous export at
+    that path destroyed. Now the file is replaced only once complete."""
+    store = make_store(tmp_path / "run.h5", steps=STEPS)
+    _flip_a_byte_of(store, 200, what)
+    out = tmp_path / "exports" / f"e.{fmt}"
+    out.parent.mkdir()
+    out.write_text("the previous export\n")
+    result = fdl("export", store, "--what", what, "--format", fmt, "--out", out)
+    assert result.code == 1
+    assert f"error: {store} is damaged at checkpoint step 200 (train/fc1)" in result.stderr
+    assert out.read_text() == "the previous export\n"
+    assert sorted(path.name for path in out.parent.iterdir()) == [out.name]  # nothing half-written beside it
+    fresh = tmp_path / "exports" / f"new.{fmt}"
+    assert fdl("export", store, "--what", what, "--format", fmt, "--out", fresh).code == 1
+    assert not fresh.exists()
+
+
+def test_a_complete_export_replaces_the_file_keeping_its_mode_and_links(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "run.h5", steps=STEPS)
+    expected = fdl("export", store, "--what", "eigenvalues", "--format", "csv").stdout
+    assert expected.startswith("step,k,eigenvalues\n0,1,")
+    out = tmp_path / "e.csv"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    assert fdl("export", store, "--what", "eigenvalues", "--format", "csv", "--out", out).code == 0
+    assert out.read_text() == expected and (out.stat().st_mode & 0o777) == 0o640
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "target.csv")  # dangling until written through
+    assert fdl("export", store, "--what", "eigenvalues", "--format", "csv", "--out", link).code == 0
+    assert link.is_symlink() and (tmp_path / "target.csv").read_text() == expected
+    # a device is written as it is, never replaced by a file
+    assert fdl("export", store, "--what", "eigenvalues", "--format", "csv", "--out", "/dev/null").code == 0
+    assert Path("/dev/null").is_char_device()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["e.csv", "link.csv", "run.h5", "target.csv"]
