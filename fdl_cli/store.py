@@ -1048,17 +1048,22 @@ class _CommitJob:
 
 
 def _stored_overlap_k(
-    provenance: Mapping[str, Any], probes: Mapping[str, ProbeInfo], differences: Sequence[str]
+    provenance: Mapping[str, Any], probes: Mapping[str, ProbeInfo], differences: Sequence[str],
+    this_run: Mapping[str, Any],
 ) -> int | None:
     """The overlaps' k of a store that recorded none, when that is what a resume differs in: such a
     store's k is min(top_k, C) (written before `overlap_k` existed, fdl stored no more than --top-k
-    columns and took the overlaps over them; since, C unless recorded otherwise)."""
+    columns and took the overlaps over them; since, C unless recorded otherwise). None when this run's
+    k (`this_run`'s provenance) is that k already: `overlap_k` is then recorded only because --top-k
+    differs too (a store of --top-k 64 >= C resumed with --top-k below C), which --overlap-k cannot fix."""
     options = provenance.get("options")
     if not isinstance(options, Mapping) or "overlap_k" in options or not isinstance(options.get("top_k"), int):
         return None
     if not any(d.startswith("options.overlap_k: absent (store)") for d in differences) or not probes:
         return None
-    return min(int(options["top_k"]), max(int(info.n_outputs) for info in probes.values()))
+    stored = min(int(options["top_k"]), max(int(info.n_outputs) for info in probes.values()))
+    ours = this_run.get("options")
+    return None if isinstance(ours, Mapping) and ours.get("overlap_k") == stored else stored
 
 
 class StoreWriter:
@@ -1187,7 +1192,7 @@ class StoreWriter:
                     # but the store cannot tell: it recorded no name.
                     fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
                            "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
-                stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences)
+                stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "

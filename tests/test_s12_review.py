@@ -94,3 +94,21 @@ def test_a_complete_export_replaces_the_file_keeping_its_mode_and_links(tmp_path
     assert fdl("export", store, "--what", "eigenvalues", "--format", "csv", "--out", "/dev/null").code == 0
     assert Path("/dev/null").is_char_device()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["e.csv", "link.csv", "run.h5", "target.csv"]
+
+
+def test_a_resume_that_changes_top_k_alone_is_not_told_to_pass_overlap_k(tmp_path: Path) -> None:
+    """A store of --top-k 64 (>= C = 4: its overlaps are O_4, no overlap_k recorded) resumed with
+    --top-k 2 records overlap_k 4 (k = C differs from min(top_k, C) = 2). The refusal said 'the store's
+    overlaps compare the top 4 eigenfunctions (an earlier fdl took them over --top-k ...): pass
+    --overlap-k 4', which this run's k already is: passing it was refused again with the same advice."""
+    from tests.test_overlap_top_k import _analyze, _run
+
+    folder, model, _ = _run(tmp_path)
+    out = tmp_path / "k64.h5"
+    assert _analyze(tmp_path, folder, model, out, "--steps", "0,1").code == 0
+    for extra in ((), ("--overlap-k", "4")):
+        refused = _analyze(tmp_path, folder, model, out, "--top-k", "2", *extra)
+        assert refused.code == 1 and "Traceback" not in refused.stderr
+        assert "options.top_k: 64 (store) vs 2 (this run)" in refused.stderr
+        assert "--overlap-k" not in refused.stderr and "an earlier fdl" not in refused.stderr
+        assert "fix: pass --overwrite to replace it, or another --out to keep both" in refused.stderr
