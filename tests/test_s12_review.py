@@ -112,3 +112,35 @@ def test_a_resume_that_changes_top_k_alone_is_not_told_to_pass_overlap_k(tmp_pat
         assert "options.top_k: 64 (store) vs 2 (this run)" in refused.stderr
         assert "--overlap-k" not in refused.stderr and "an earlier fdl" not in refused.stderr
         assert "fix: pass --overwrite to replace it, or another --out to keep both" in refused.stderr
+
+
+def _bash_tab(words: list[str], cword: int) -> list[str]:
+    """What fdl answers bash's completion function: COMP_WORDS as bash splits the line (at '=' and
+    ':' too, COMP_WORDBREAKS), joined with spaces as click's bash script passes them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_FDL_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(words), "COMP_CWORD": str(cword)}
+    code = "from fdl_cli.cli import main; main()"
+    tab = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert tab.returncode == 0 and tab.stderr == "", tab.stderr
+    return tab.stdout.split()
+
+
+def test_bash_completes_store_names_after_an_option_written_with_equals_or_a_colon(tmp_path: Path) -> None:
+    """bash hands `--format=json` over as '--format', '=', 'json' and `--layer fc2:input` as 'fc2', ':',
+    'input' (checked in an interactive bash): click took 'json', or ':', for the store, so
+    `fdl report --format=json run.h5 --layer <Tab>` completed to nothing (zsh and fish pass the words whole)."""
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2:input"))
+    other = make_store(tmp_path / "other.h5", layers=("head",))
+    layers = ["plain,fc1", "plain,fc2:input"]
+    assert _bash_tab(["fdl", "report", "--format", "=", "json", str(store), "--layer", ""], 7) == layers
+    assert _bash_tab(["fdl", "export", "--what", "=", "eigenvalues", str(store), "--probe", ""], 7) == ["plain,train"]
+    compare = ["fdl", "compare", str(store), "--layer", "fc2", ":", "input", str(other), "--layer-b", ""]
+    assert _bash_tab(compare, 9) == ["plain,head"]
+    # the option's own value after '=': as before, the names, and click's choices
+    assert _bash_tab(["fdl", "report", str(store), "--layer", "=", "fc"], 5) == layers
+    assert _bash_tab(["fdl", "report", str(store), "--layer", "="], 4) == layers
+    assert _bash_tab(["fdl", "report", str(store), "--format", "=", "j"], 5) == ["plain,json"]
+
