@@ -42,8 +42,8 @@ def _top_level_names(path: Path) -> list[str]:
         if not path.is_file() or path.stat().st_size > _MODEL_FILE_BYTES:
             return []
         tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
-        return []
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return []  # RecursionError, MemoryError: an expression nested too deep (`x = 1 + 1 + ...`, 3 000 terms)
     names: list[str] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -144,3 +144,12 @@ def test_bash_completes_store_names_after_an_option_written_with_equals_or_a_col
     assert _bash_tab(["fdl", "report", str(store), "--layer", "="], 4) == layers
     assert _bash_tab(["fdl", "report", str(store), "--format", "=", "j"], 5) == ["plain,json"]
 
+
+def test_a_model_file_nested_too_deep_to_parse_completes_to_nothing(tmp_path: Path) -> None:
+    """`x = 1 + 1 + ...` of 3 000 terms (15 kB) makes ast.parse raise RecursionError, which the Tab
+    printed as a traceback into the command line."""
+    from tests.test_completion import complete
+
+    model = tmp_path / "model.py"
+    model.write_text("def build():\n    pass\n\nx = 1" + " + 1" * 5000 + "\n")
+    assert complete(["analyze", "x", "--model"], f"{model}:") == []
