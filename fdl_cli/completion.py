@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.shell_completion import CompletionItem
+from click.shell_completion import BashComplete, CompletionItem, add_completion_class
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1")
 _MODEL_FILE_BYTES = 2_000_000  # a larger "model file" is not parsed on a Tab
@@ -42,8 +42,8 @@ def _top_level_names(path: Path) -> list[str]:
         if not path.is_file() or path.stat().st_size > _MODEL_FILE_BYTES:
             return []
         tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
-        return []
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return []  # RecursionError, MemoryError: an expression nested too deep (`x = 1 + 1 + ...`, 3 000 terms)
     names: list[str] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -96,3 +96,28 @@ def _unparsed_argument(ctx: click.Context, name: str) -> str | None:
     positionals = [param.name for param in ctx.command.params if isinstance(param, click.Argument)]
     index = positionals.index(name) if name in positionals else len(ctx.args)
     return ctx.args[index] if index < len(ctx.args) else None
+
+
+@add_completion_class
+class _Bash(BashComplete):
+    """bash's completion, with the words bash splits put back together. bash breaks the command line
+    at '=' and ':' too (COMP_WORDBREAKS), so `--format=json` reaches fdl as '--format', '=', 'json' and
+    a layer `fc2:input` as 'fc2', ':', 'input': click then took '=' for the format, 'json' for the
+    store, and ':' for store B after `--layer fc2:input`, and `--probe`/`--layer` completed to nothing.
+    The complete words before the one being completed are joined again ("a = b" with spaces is no
+    word fdl takes); that word itself is left as bash gives it (after a ':', the part after it)."""
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        args, incomplete = super().get_completion_args()
+        joined: list[str] = []
+        glue = False  # the last word joined ended at an '=' or ':' that bash split off
+        for word in args:
+            if joined and (word in ("=", ":") or glue):
+                joined[-1] += word
+            else:
+                joined.append(word)
+            glue = word in ("=", ":")
+        if glue and len(joined) > 0 and joined[-1].endswith("=") and joined[-1].startswith("-"):
+            # `--layer=fc<Tab>`: the value being completed is the option's, as click reads `--layer=fc`
+            incomplete = joined.pop() + incomplete
+        return joined, incomplete

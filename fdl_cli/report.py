@@ -15,6 +15,9 @@ import io
 import itertools
 import json
 import math
+import os
+import shutil
+import stat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -342,6 +345,44 @@ def _is_hdf5(path: Path) -> bool:
     from fdl_cli.store import HDF5_SIGNATURE, first_bytes
 
     return first_bytes(path) == HDF5_SIGNATURE  # b"" when absent, a folder, unreadable: nothing to destroy
+
+
+@contextmanager
+def whole_or_untouched(target: Path) -> Iterator[Path]:
+    """The path to write `target` through when it is written piece by piece: a new file beside it,
+    renamed over it once the block ends without an error and removed otherwise, so that an export
+    that fails part-way (a damaged checkpoint met after the first rows went out) leaves `target` as
+    it was instead of a truncated CSV, or an `.npz` archive that loads but lacks the later steps.
+    A link is followed (its target is replaced); `target` itself is written where it is not a regular
+    file (/dev/stdout, a FIFO) or where no file can be made beside it (a folder closed to the user
+    holding a file open to them). Inside `writing`, whose messages then name `target`."""
+    try:
+        replaced = stat.S_ISREG(os.stat(target).st_mode)  # through links: /dev/stdout is a pipe, a tty or a file
+    except OSError:
+        replaced = True  # not there yet (or a dangling link): made
+    real = Path(os.path.realpath(target))
+    temporary = real.with_name(f".{real.name}.tmp-{os.getpid()}")
+    if replaced:
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            pass  # left by a killed run of this pid: overwritten
+        except OSError as exc:
+            if not (real.is_file() and os.access(real, os.W_OK)):
+                exc.filename = str(target)
+                raise
+            replaced = False
+    if not replaced:
+        yield target
+        return
+    try:
+        yield temporary
+        if real.exists():
+            shutil.copymode(real, temporary)
+        os.replace(temporary, real)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_text_file(path: str | Path, text: str) -> None:
@@ -1172,8 +1213,8 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
 
     Stored arrays are read and written one checkpoint at a time: the eigenfunctions of 1 000
     checkpoints at m = 4 096 anchors and K = 64 are 1 GB stored and ~8 GB as CSV text, which must not
-    be held in memory. A store that turns out damaged part-way leaves the output written so far (and
-    fdl exits 1 naming the step).
+    be held in memory. A store that turns out damaged part-way leaves what was written on stdout so far
+    (and fdl exits 1 naming the step); an `out` file is replaced only once complete (`whole_or_untouched`).
     """
     if what not in EXPORT_WHATS:
         raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
@@ -1213,7 +1254,7 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
         _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
         return f"wrote {what} of {len(steps)} checkpoints to {out}"
     if out is not None:
-        with writing(out) as target, target.open("w", encoding="utf-8") as handle:
+        with writing(out) as target, whole_or_untouched(target) as path, path.open("w", encoding="utf-8") as handle:
             _write_arrays_text(handle, per_step, what, fmt)
         return f"wrote {what} to {out}"
     _write_arrays_text(stdout, per_step, what, fmt)
@@ -1231,7 +1272,12 @@ def _save_npz(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     """An `.npz` archive as `np.savez` writes it (uncompressed zip, one `NAME.npy` member each), one
     array at a time, so the arrays may come from a generator."""
     # a file handle keeps the name exactly as given (no '.npz' appended)
-    with writing(out) as target, target.open("wb") as handle, zipfile.ZipFile(handle, mode="w", allowZip64=True) as archive:
+    with (
+        writing(out) as target,
+        whole_or_untouched(target) as path,
+        path.open("wb") as handle,
+        zipfile.ZipFile(handle, mode="w", allowZip64=True) as archive,
+    ):
         for name, array in arrays:
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

@@ -81,6 +81,8 @@ _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "quality": np.float64,
     "feature_mean": np.float64,
 }
+#: The number of dimensions of each stored array (`SeriesEntry` checks them, and so does `StoreReader.array`).
+_ARRAY_NDIMS = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
 _REQUIRED_ARRAYS = ("eigenvalues", "eigenvectors", "eigenfunctions", "utility")
 _STEP_GROUP = re.compile(r"^step_(-?\d+)$")
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
@@ -216,8 +218,7 @@ class SeriesEntry:
             if value is not None:
                 object.__setattr__(self, name, np.ascontiguousarray(value, dtype=dtype))
         where = f"series {self.probe}/{self.layer}"
-        ndims = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
-        for name, ndim in ndims.items():
+        for name, ndim in _ARRAY_NDIMS.items():
             value = getattr(self, name)
             if value is not None and value.ndim != ndim:
                 raise ValueError(f"{where}: {name} must be {ndim}-D, got shape {value.shape}")
@@ -838,7 +839,11 @@ class StoreReader:
             if name not in leaf:
                 return None
             dataset = leaf[name]
-            value = dataset[()] if rows is None or dataset.ndim == 0 else dataset[: max(rows, 0)]
+            if dataset.ndim != _ARRAY_NDIMS[name]:
+                # as `arrays()` (SeriesEntry) refuses it: the readers index it as an array of this rank
+                raise ValueError(f"series {chosen[0]}/{chosen[1]}: {name} must be {_ARRAY_NDIMS[name]}-D, "
+                                 f"got shape {dataset.shape}")
+            value = dataset[()] if rows is None else dataset[: max(rows, 0)]
             return np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[name])
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
@@ -1043,17 +1048,22 @@ class _CommitJob:
 
 
 def _stored_overlap_k(
-    provenance: Mapping[str, Any], probes: Mapping[str, ProbeInfo], differences: Sequence[str]
+    provenance: Mapping[str, Any], probes: Mapping[str, ProbeInfo], differences: Sequence[str],
+    this_run: Mapping[str, Any],
 ) -> int | None:
     """The overlaps' k of a store that recorded none, when that is what a resume differs in: such a
     store's k is min(top_k, C) (written before `overlap_k` existed, fdl stored no more than --top-k
-    columns and took the overlaps over them; since, C unless recorded otherwise)."""
+    columns and took the overlaps over them; since, C unless recorded otherwise). None when this run's
+    k (`this_run`'s provenance) is that k already: `overlap_k` is then recorded only because --top-k
+    differs too (a store of --top-k 64 >= C resumed with --top-k below C), which --overlap-k cannot fix."""
     options = provenance.get("options")
     if not isinstance(options, Mapping) or "overlap_k" in options or not isinstance(options.get("top_k"), int):
         return None
     if not any(d.startswith("options.overlap_k: absent (store)") for d in differences) or not probes:
         return None
-    return min(int(options["top_k"]), max(int(info.n_outputs) for info in probes.values()))
+    stored = min(int(options["top_k"]), max(int(info.n_outputs) for info in probes.values()))
+    ours = this_run.get("options")
+    return None if isinstance(ours, Mapping) and ours.get("overlap_k") == stored else stored
 
 
 class StoreWriter:
@@ -1182,7 +1192,7 @@ class StoreWriter:
                     # but the store cannot tell: it recorded no name.
                     fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
                            "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
-                stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences)
+                stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
