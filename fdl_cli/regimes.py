@@ -310,8 +310,8 @@ SHOWN_SPANS = 12
 
 def elide_spans(parts: Sequence[str], separator: str, *, where: str) -> str:
     """`parts` joined by `separator`, or, beyond SHOWN_SPANS of them, the first and last SHOWN_SPANS // 2
-    around "… N more (where) …"."""
-    if len(parts) <= SHOWN_SPANS:
+    around "… N more (where) …", N ≥ 3 (the marker is longer than one or two spans)."""
+    if len(parts) <= SHOWN_SPANS + 2:
         return separator.join(parts)
     half = SHOWN_SPANS // 2
     left_out = len(parts) - 2 * half

@@ -811,6 +811,8 @@ class Comparison:
     notes: list[str]
     verdict: str
     option_differences: list[OptionDifference] = field(default_factory=list)
+    #: the k of the cross-run overlap in words: "top C", or the k used and why
+    overlap_label: str = "top C"
 
 
 @dataclass(frozen=True)
@@ -950,26 +952,71 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
         )
 
 
+def recorded_overlap_k(provenance: Mapping[str, Any]) -> int | None:
+    """The overlaps' k a store was analysed with (`--overlap-k`), None when it is C (none recorded)."""
+    options = provenance.get("options")
+    recorded = options.get("overlap_k") if isinstance(options, Mapping) else None
+    return recorded if type(recorded) is int and recorded > 0 else None
+
+
+@dataclass
+class CrossOverlaps:
+    """`cross_overlaps`: the overlap at each matched step, and the k it was taken with."""
+
+    values: dict[Match, float | None] = field(default_factory=dict)
+    #: the k asked for (run A's --overlap-k, else C) and the k used (bounded by the columns both runs store)
+    wanted: set[int] = field(default_factory=set)
+    used: set[int] = field(default_factory=set)
+    #: whether the k asked for is C (run A recorded no --overlap-k)
+    wanted_is_c: bool = True
+    #: the fewest columns each run stored at the steps compared
+    columns: dict[str, int] = field(default_factory=dict)
+
+    def label(self) -> str:
+        """How the overlap line names its k: "top C", or the k used and why."""
+        if not self.used:
+            return "top C"
+        low, high = min(self.used), max(self.used)
+        shown = f"top {low}" if low == high else f"top {low}–{high}"
+        if self.used == self.wanted and self.wanted_is_c:
+            return "top C"
+        return shown + (", run A's --overlap-k" if not self.wanted_is_c else "")
+
+    def note(self) -> str | None:
+        """Why fewer than the k asked for were compared, when so."""
+        if not self.used or min(self.used) >= min(self.wanted):
+            return None
+        fewest = min(self.columns, key=lambda run: self.columns[run])
+        return (
+            f"the cross-run overlap compares the top {min(self.used)} eigenfunctions, not the top {min(self.wanted)}: "
+            f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
+        )
+
+
 def cross_overlaps(
     run_a: Run, series_a: Series, run_b: Run, series_b: Series, matches: Sequence[Match]
-) -> dict[Match, float | None]:
+) -> CrossOverlaps:
     """O_C between the top-C eigenfunctions of the two runs at each matched step (SPEC.md §5); O_k with
-    the k run A was analysed with (`--overlap-k`)."""
+    the k run A was analysed with (`--overlap-k`); k bounded by the columns both runs store."""
     from fdl_cli.spectral import eigenspace_overlap
 
     by_step_a = {int(record["step"]): record for record in series_a.records}
-    overlaps: dict[Match, float | None] = {}
+    result = CrossOverlaps()
     values_a = iter_array(run_a, series_a, [match.step_a for match in matches], "eigenfunctions")
     values_b = iter_array(run_b, series_b, [match.step_b for match in matches], "eigenfunctions")
-    options = run_a.provenance.get("options")
-    recorded = options.get("overlap_k") if isinstance(options, Mapping) else None
+    recorded = recorded_overlap_k(run_a.provenance)
+    result.wanted_is_c = recorded is None
     for match, (_, stored_a), (_, stored_b) in zip(matches, values_a, values_b, strict=True):
         # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
-        k = recorded if type(recorded) is int and recorded > 0 else by_step_a[match.step_a].get("n_outputs") or 1
-        overlaps[match] = eigenspace_overlap(
-            np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64), k=int(k)
-        )
-    return overlaps
+        k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or 1)
+        a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
+        result.values[match] = eigenspace_overlap(a, b, k=k)
+        if a.ndim == 2 and b.ndim == 2:
+            result.wanted.add(k)
+            result.used.add(min(k, a.shape[1], b.shape[1], a.shape[0]))
+            for run, columns in (("A", a.shape[1]), ("B", b.shape[1])):
+                result.columns[run] = min(result.columns.get(run, columns), columns)
+    return result
 
 
 #: Matched steps at which `fdl compare` computes the cross-run overlap by default: each needs the stored
@@ -1010,10 +1057,12 @@ def compare_runs(
         notes.append(f"left unmatched: {unmatched_a} checkpoints of A, {unmatched_b} of B")
     if not matches:
         notes.append("no checkpoints to compare")
-    overlaps: dict[Match, float | None] = {}
+    overlaps = CrossOverlaps()
     if overlap and matches:
         chosen = spread(matches, overlap_steps)
         overlaps = cross_overlaps(run_a, series_a, run_b, series_b, chosen)
+        if (fewer := overlaps.note()) is not None:
+            notes.append(fewer)
         if len(chosen) < len(matches):
             notes.append(
                 f"eigenspace overlap A·B computed at {len(chosen)} of {len(matches)} matched steps "
@@ -1027,13 +1076,14 @@ def compare_runs(
             record_a=record_a[match.step_a],
             record_b=record_b[match.step_b],
             differences=field_differences(record_a[match.step_a], record_b[match.step_b]),
-            overlap=overlaps.get(match),
+            overlap=overlaps.values.get(match),
         )
         for match in matches
     ]
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps),
         option_differences=option_differences(run_a.provenance, run_b.provenance),
+        overlap_label=overlaps.label(),
     )
 
 
@@ -1120,7 +1170,8 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
     overlaps = [c.overlap for c in comparison.steps if c.overlap is not None]
     if overlaps:
         console.print(
-            f"eigenspace overlap A·B (top C): min {min(overlaps):.4f}, last {overlaps[-1]:.4f}",
+            f"eigenspace overlap A·B ({comparison.overlap_label}): min {min(overlaps):.4f}, "
+            f"last {overlaps[-1]:.4f}",
             markup=False, highlight=False,
         )
     for note in comparison.notes:

@@ -23,8 +23,9 @@ from tests.test_analyze import fdl
 C = 4
 
 
-def _run(tmp_path: Path) -> tuple[Path, Path, dict[int, np.ndarray]]:
-    """Three checkpoints of a 6-16-C MLP (moved at random) and a probe of 40; their float64 features."""
+def _run(tmp_path: Path, seed: int = 0) -> tuple[Path, Path, dict[int, np.ndarray]]:
+    """Three checkpoints of a 6-16-C MLP (moved at random) and a probe of 40; their float64 features.
+    Another `seed` is another training (its own folder) on the same probe."""
     (tmp_path / "model.py").write_text(
         "from torch import nn\n\ndef build():\n"
         f"    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, {C}))\n"
@@ -32,9 +33,9 @@ def _run(tmp_path: Path) -> tuple[Path, Path, dict[int, np.ndarray]]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)).astype(np.float32)
     np.savez(tmp_path / "probe.npz", x=x, y=rng.integers(0, C, 40))
-    folder = tmp_path / "ckpts"
+    folder = tmp_path / ("ckpts" if seed == 0 else f"ckpts{seed}")
     folder.mkdir()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, C))
     features = {}
     for step in (0, 1, 2):
@@ -105,10 +106,29 @@ def test_overlap_k_sets_the_overlaps_k_and_what_is_stored(tmp_path: Path) -> Non
     assert _analyze(tmp_path, folder, model, default, "--overlap-k", str(C)).code == 0
     with h5py.File(default, "r") as store:
         assert "overlap_k" not in json.loads(store.attrs["provenance"])["options"]
-    # compare takes run A's k
-    with report.opened_run(out) as run_a, report.opened_run(out) as run_b:
-        step = report.compare_runs(run_a, run_b, overlap_steps=None).steps[-1]
-    assert step.overlap == pytest.approx(1.0)
+    # compare takes run A's k: against another training on the same probe, O_2 one way and O_C the other
+    _, _, other_features = _run(tmp_path, seed=1)
+    other = tmp_path / "other.h5"
+    assert _analyze(tmp_path, tmp_path / "ckpts1", model, other).code == 0
+    # (the other way, C is asked for but A·B is bounded by the 2 columns `out` stores, and says so)
+    full = tmp_path / "full.h5"  # the first training with every column: O_C against the other
+    assert _analyze(tmp_path, folder, model, full).code == 0
+    for first, second, k, label in ((out, other, 2, "top 2, run A's --overlap-k"), (other, out, 2, "top 2"),
+                                    (full, other, C, "top C")):
+        with report.opened_run(first) as run_a, report.opened_run(second) as run_b:
+            comparison = report.compare_runs(run_a, run_b, overlap_steps=None)
+        assert comparison.overlap_label == label
+        fewer = [note for note in comparison.notes if note.startswith("the cross-run overlap compares the top")]
+        assert fewer == ([f"the cross-run overlap compares the top 2 eigenfunctions, not the top {C}: run B stores 2 "
+                          "a checkpoint (its --top-k / --overlap-k, or its rank)"] if first == other else [])
+        a_features, b_features = (other_features, features) if first == other else (features, other_features)
+        for step in comparison.steps:
+            angles = subspace_angles(_top(a_features[step.match.step_a], k), _top(b_features[step.match.step_b], k))
+            assert step.overlap == pytest.approx(float(np.mean(np.cos(angles) ** 2)), abs=1e-6)
+        assert min(step.overlap for step in comparison.steps) < 0.99  # two trainings: not vacuous
+    shown = fdl("compare", out, other)
+    assert shown.code == 0 and "eigenspace overlap A·B (top 2, run A's --overlap-k): min" in shown.stderr
+    assert "eigenspace overlap A·B (top C): min" in fdl("compare", full, other).stderr
 
 
 def test_a_store_of_top_k_below_C_written_before_overlap_k_is_not_mixed(tmp_path: Path) -> None:

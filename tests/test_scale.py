@@ -177,11 +177,15 @@ def test_long_regime_trajectories_stay_one_readable_line() -> None:
     assert line.startswith("trajectory (step: regime; 1000 spans): 0: coefficient | 100: MF | 200: EF")
     assert "… 988 more spans (--json lists every checkpoint) …" in line and line.endswith("99800: EF | 99900: MF")
     assert len(verdict.as_json()["trajectory"]) == 1000  # the JSON keeps every checkpoint
-    short = _flickering(regimes.SHOWN_SPANS)
-    [line] = [line for line in rep.summary_lines(rep.summarize(short)) if line.startswith("regime")]
-    assert line == "regime: " + " → ".join(
-        f"{r['regime']} ({r['step']})" for r in short
-    )
+    for count in (regimes.SHOWN_SPANS, regimes.SHOWN_SPANS + 2):  # whole: eliding 1 or 2 spans saves nothing
+        short = _flickering(count)
+        [line] = [line for line in rep.summary_lines(rep.summarize(short)) if line.startswith("regime")]
+        assert line == ("regime: " if count <= regimes.SHOWN_SPANS else f"regime ({count} spans): ") + " → ".join(
+            f"{r['regime']} ({r['step']})" for r in short
+        )
+    [line] = [line for line in rep.summary_lines(rep.summarize(_flickering(regimes.SHOWN_SPANS + 3)))
+              if line.startswith("regime")]
+    assert "… 3 more spans (" in line
 
 
 
