@@ -347,6 +347,18 @@ def _is_hdf5(path: Path) -> bool:
     return first_bytes(path) == HDF5_SIGNATURE  # b"" when absent, a folder, unreadable: nothing to destroy
 
 
+def is_stream(path: str | Path) -> bool:
+    """/dev/stdout, /dev/fd/N, /proc/self/fd/N: a stream the shell opened (`--out /dev/stdout >> log.csv`),
+    written as it is and appended to: opening it for writing would truncate, and replacing it
+    would swap, the file the shell opened (the log's first lines were lost)."""
+    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
+def text_mode(path: str | Path) -> str:
+    """The mode a text output is opened in: "a" for a stream (see `is_stream`), else "w"."""
+    return "a" if is_stream(path) else "w"
+
+
 @contextmanager
 def whole_or_untouched(target: Path) -> Iterator[Path]:
     """The path to write `target` through when it is written piece by piece: a new file beside it,
@@ -354,12 +366,15 @@ def whole_or_untouched(target: Path) -> Iterator[Path]:
     that fails part-way (a damaged checkpoint met after the first rows went out) leaves `target` as
     it was instead of a truncated CSV, or an `.npz` archive that loads but lacks the later steps.
     A link is followed (its target is replaced); `target` itself is written where it is not a regular
-    file (/dev/stdout, a FIFO) or where no file can be made beside it (a folder closed to the user
-    holding a file open to them). Inside `writing`, whose messages then name `target`."""
+    file (a FIFO), is a stream (`is_stream`: /dev/stdout redirected to a file) or where no file can be
+    made beside it (a folder closed to the user holding a file open to them). Inside `writing`, whose
+    messages then name `target`."""
     try:
         replaced = stat.S_ISREG(os.stat(target).st_mode)  # through links: /dev/stdout is a pipe, a tty or a file
     except OSError:
         replaced = True  # not there yet (or a dangling link): made
+    if is_stream(target):
+        replaced = False
     real = Path(os.path.realpath(target))
     temporary = real.with_name(f".{real.name}.tmp-{os.getpid()}")
     if replaced:
@@ -387,8 +402,8 @@ def whole_or_untouched(target: Path) -> Iterator[Path]:
 
 def write_text_file(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` through `writing`."""
-    with writing(path) as target:
-        target.write_text(text, encoding="utf-8")
+    with writing(path) as target, target.open(text_mode(target), encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def make_folder(path: str | Path) -> Path:
@@ -1305,7 +1320,11 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
         _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
         return f"wrote {what} of {len(steps)} checkpoints to {out}"
     if out is not None:
-        with writing(out) as target, whole_or_untouched(target) as path, path.open("w", encoding="utf-8") as handle:
+        with (
+            writing(out) as target,
+            whole_or_untouched(target) as path,
+            path.open(text_mode(path), encoding="utf-8") as handle,
+        ):
             _write_arrays_text(handle, per_step, what, fmt)
         return f"wrote {what} to {out}"
     _write_arrays_text(stdout, per_step, what, fmt)

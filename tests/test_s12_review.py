@@ -153,3 +153,24 @@ def test_a_model_file_nested_too_deep_to_parse_completes_to_nothing(tmp_path: Pa
     model = tmp_path / "model.py"
     model.write_text("def build():\n    pass\n\nx = 1" + " + 1" * 5000 + "\n")
     assert complete(["analyze", "x", "--model"], f"{model}:") == []
+
+
+@pytest.mark.parametrize("what", ["eigenvalues", "trajectories"])
+def test_out_dev_stdout_appended_to_a_file_is_appended_not_replaced(tmp_path: Path, what: str) -> None:
+    """`--out /dev/stdout >> log.csv`: /dev/stdout resolves to log.csv, which was then replaced by the
+    export alone (the first line lost); a stream under /dev or /proc is written as it is."""
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path / "run.h5", steps=STEPS)
+    log = tmp_path / "log.csv"
+    log.write_text("first line\n")
+    code = "from fdl_cli.cli import main; main()"
+    with log.open("a") as stream:
+        result = subprocess.run(
+            [sys.executable, "-c", code, "export", str(store), "--what", what, "--format", "csv",
+             "--out", "/dev/stdout"], stdout=stream, stderr=subprocess.PIPE, text=True, timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    expected = fdl("export", store, "--what", what, "--format", "csv").stdout
+    assert expected.count("\n") > 2 and log.read_text() == "first line\n" + expected
