@@ -1002,10 +1002,12 @@ class CrossOverlaps:
         if not self.used or min(self.used) >= min(self.wanted):
             return None
         fewest = min(self.columns, key=lambda run: self.columns[run])
-        return (
-            f"the cross-run overlap compares the top {min(self.used)} eigenfunctions, not the top {min(self.wanted)}: "
-            f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
-        )
+        if self.columns[fewest] > min(self.used):  # the anchors bound k
+            why = f"the stores hold them on {min(self.used)} anchor points (--anchor-size)"
+        else:
+            why = f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
+        used, wanted = min(self.used), min(self.wanted)
+        return f"the cross-run overlap compares the top {used} eigenfunctions, not the top {wanted}: {why}"
 
 
 def cross_overlaps(

@@ -158,3 +158,16 @@ def test_overlap_k_in_the_manifest(tmp_path: Path) -> None:
     assert fdl("analyze", folder, "--out", out).code == 0
     with h5py.File(out, "r") as store:
         assert json.loads(store.attrs["provenance"])["options"]["overlap_k"] == 3
+
+
+def test_compare_says_when_the_anchors_bound_the_overlaps_k(tmp_path: Path) -> None:
+    folder, model, _ = _run(tmp_path)
+    _run(tmp_path, seed=1)
+    stores = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    for source, out in zip((folder, tmp_path / "ckpts1"), stores, strict=True):
+        assert _analyze(tmp_path, source, model, out, "--anchor-size", "3").code == 0
+    with report.opened_run(stores[0]) as run_a, report.opened_run(stores[1]) as run_b:
+        comparison = report.compare_runs(run_a, run_b, overlap_steps=None)
+    assert comparison.overlap_label == "top 3"
+    assert (f"the cross-run overlap compares the top 3 eigenfunctions, not the top {C}: the stores hold them on 3 "
+            "anchor points (--anchor-size)") in comparison.notes
