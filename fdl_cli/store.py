@@ -88,6 +88,11 @@ _STEP_GROUP = re.compile(r"^step_(-?\d+)$")
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
 # Commits wait at least this many times the last commit's duration, so copying costs <= ~10 %.
 _THROTTLE_FACTOR = 10.0
+#: A commit starts, throttle or not, once the checkpoints waiting for one hold this many bytes of
+#: arrays: the throttle's wait grows with the store (a commit copies it), and a run of quick checkpoints
+#: into a large store held ~0.5 GB of them (docs/benchmarks.md (e)), which with k = C = 1 000 columns
+#: (~32 MB a checkpoint at p = 2 048) would be many GB. Copying then costs more than 10 % of the run.
+BUFFER_BYTES = 1 << 30
 _TRAJECTORY_CHUNK = 256
 # HDF5 >= 1.10 object formats: chunked datasets with one chunk need no B-tree (files ~7x smaller).
 _LIBVER = ("v110", "v110")
@@ -1066,6 +1071,16 @@ def _stored_overlap_k(
     return None if isinstance(ours, Mapping) and ours.get("overlap_k") == stored else stored
 
 
+def _entry_bytes(entry: CheckpointEntry) -> int:
+    """The bytes of a checkpoint's arrays (what a buffered entry holds in memory, near enough)."""
+    return sum(
+        int(array.nbytes)
+        for series in entry.series
+        for array in (getattr(series, name) for name in _ARRAY_NDIMS)
+        if array is not None
+    )
+
+
 class StoreWriter:
     """The single writer of a store: buffers checkpoints and commits them crash-safely.
 
@@ -1115,6 +1130,7 @@ class StoreWriter:
         self._min_interval = float(min_interval)
         self._background = bool(background)
         self.warnings: list[str] = []
+        self._buffered_bytes = 0  # the arrays' bytes of `_buffer` (BUFFER_BYTES)
         self._buffer: list[CheckpointEntry] = []  # not yet durable, in the order added; a running commit's first
         self._durable: list[CheckpointEntry] = []  # durable, not yet returned by add/flush
         self._job: _CommitJob | None = None  # the background commit, until the caller applies it
@@ -1245,6 +1261,7 @@ class StoreWriter:
                 f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
             )
         self._buffer.append(entry)  # first: kept for the next commit even if the last one failed
+        self._buffered_bytes += _entry_bytes(entry)
         return self.tick()
 
     def tick(self) -> list[CheckpointEntry]:
@@ -1254,7 +1271,8 @@ class StoreWriter:
         self._check_open()
         self._collect(wait=False)
         wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
-        if self._buffer and self._job is None and time.monotonic() - self._last_commit >= wait:
+        due = time.monotonic() - self._last_commit >= wait or self._buffered_bytes >= BUFFER_BYTES
+        if self._buffer and self._job is None and due:
             if self._background:
                 self._start()
             else:
@@ -1463,6 +1481,7 @@ class StoreWriter:
         for entry in plan.entries:
             self._sha256[entry.step] = entry.sha256
         del self._buffer[: len(plan.entries)]  # entries added since the plan was made stay
+        self._buffered_bytes -= sum(_entry_bytes(entry) for entry in plan.entries)
         self._drop -= plan.drop
         self._stale_trajectories -= plan.stale
         if plan.provenance is not None and plan.provenance == self._provenance_update:

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +377,31 @@ def test_close_alone_retries_a_failed_background_commit(tmp_path: Path, monkeypa
     assert len(calls) == 2 and stored_steps(path) == [0, 1, 2]
     assert_durable(path, entries)
     assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
+
+
+def test_a_buffer_holding_buffer_bytes_is_committed_whatever_the_throttle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The throttle's wait grows with the store (10 x the last commit's duration), and a run of quick
+    checkpoints into a large store held them all in memory meanwhile: once the buffered arrays reach
+    BUFFER_BYTES a commit starts anyway."""
+    entries = [random_entry(0)] + [replace(random_entry(0), step=step, sha256=f"{step:064x}") for step in range(1, 7)]
+    size = store_module._entry_bytes(entries[0])  # each the same size
+    assert size == sum(
+        array.nbytes for series in entries[0].series
+        for array in (series.eigenvalues, series.eigenvectors, series.eigenfunctions, series.utility, series.quality,
+                      series.feature_mean) if array is not None
+    ) > 0
+    monkeypatch.setattr(store_module, "BUFFER_BYTES", 3 * size)
+    path = tmp_path / "run.h5"
+    with writer_for(path, min_interval=3600.0, background=False) as writer:
+        returned = [[entry.step for entry in writer.add(entry)] for entry in entries]
+        # the throttle's clock starts at open: each third add commits, when 3 are buffered
+        assert returned == [[], [], [0, 1, 2], [], [], [3, 4, 5], []]
+        assert writer._buffered_bytes == size
+    assert stored_steps(path) == list(range(7))
+    monkeypatch.setattr(store_module, "BUFFER_BYTES", 1 << 30)
+    path = tmp_path / "throttled.h5"
+    with writer_for(path, min_interval=3600.0, background=False) as writer:
+        assert [[entry.step for entry in writer.add(entry)] for entry in entries] == [[]] * 7
+        assert writer._buffered_bytes == 7 * size
