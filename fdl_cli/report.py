@@ -995,7 +995,8 @@ class CrossOverlaps:
         shown = f"top {low}" if low == high else f"top {low}–{high}"
         if self.used == self.wanted and self.wanted_is_c:
             return "top C"
-        return shown + (", run A's --overlap-k" if not self.wanted_is_c else "")
+        # fewer than run A's --overlap-k: the k used alone, as for C (the note says why)
+        return shown + (", run A's --overlap-k" if not self.wanted_is_c and self.used == self.wanted else "")
 
     def note(self) -> str | None:
         """Why fewer than the k asked for were compared, when so."""
@@ -1023,12 +1024,15 @@ def cross_overlaps(
     values_b = iter_array(run_b, series_b, [match.step_b for match in matches], "eigenfunctions")
     recorded = recorded_overlap_k(run_a.provenance)
     result.wanted_is_c = recorded is None
+    # C where a record's n_outputs is null: the probe's, which the store records for every probe
+    probe_outputs = getattr(run_a.probes.get(series_a.probe or ""), "n_outputs", None)
     for match, (_, stored_a), (_, stored_b) in zip(matches, values_a, values_b, strict=True):
         # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
-        k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or 1)
+        k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or probe_outputs or 1)
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
         result.values[match] = eigenspace_overlap(a, b, k=k)
-        if a.ndim == 2 and b.ndim == 2:
+        # a step with nothing to compare (rank 0 on a side: no eigenfunction stored) names no k
+        if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)
             result.used.add(min(k, a.shape[1], b.shape[1], a.shape[0]))
             for run, columns in (("A", a.shape[1]), ("B", b.shape[1])):
