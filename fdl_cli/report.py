@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import zipfile
@@ -347,11 +348,28 @@ def _is_hdf5(path: Path) -> bool:
     return first_bytes(path) == HDF5_SIGNATURE  # b"" when absent, a folder, unreadable: nothing to destroy
 
 
+#: The names of a process's open files: /dev/stdout, /dev/fd/N, /proc/self/fd/N (/dev/fd resolves to /proc/PID/fd).
+_OPEN_FILE = re.compile(r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/\d+")
+
+
 def is_stream(path: str | Path) -> bool:
     """/dev/stdout, /dev/fd/N, /proc/self/fd/N: a stream the shell opened (`--out /dev/stdout >> log.csv`),
     written as it is and appended to: opening it for writing would truncate, and replacing it
-    would swap, the file the shell opened (the log's first lines were lost)."""
-    return os.path.abspath(path).startswith(("/dev/", "/proc/"))
+    would swap, the file the shell opened (the log's first lines were lost). Also through a link
+    (`out.csv -> /dev/stdout`); not a file that merely lies under /dev (/dev/shm/report.csv), which is
+    replaced as any other."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # as many links as the system follows
+        # its folder resolved: `cd /dev/fd && ... --out 1`, a link to /dev/fd
+        resolved = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+        if _OPEN_FILE.fullmatch(current) or _OPEN_FILE.fullmatch(resolved):
+            return True
+        try:
+            pointed = os.readlink(resolved)
+        except OSError:
+            return False  # not a link: a file, a device, a FIFO, or nothing yet
+        current = os.path.abspath(os.path.join(os.path.dirname(resolved), pointed))
+    return False
 
 
 def text_mode(path: str | Path) -> str:
@@ -1344,6 +1362,27 @@ def _stores_any(run: Run, series: Series, what: str) -> bool:
     return any(values is not None for _, values in iter_array(run, series, series.steps, what, rows=0))
 
 
+class _Unseekable:
+    """A stream opened for appending (`is_stream`), as zipfile sees it: it may tell but not seek, so
+    it writes each member's sizes after its data instead of going back to its header, a write that
+    an appended file would put at its end (and opening it "wb" would truncate what the shell opened)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+
+    def write(self, data: bytes) -> int:
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        """Nothing: the handle is closed by whoever opened it."""
+
+
 def _save_npz(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     """An `.npz` archive as `np.savez` writes it (uncompressed zip, one `NAME.npy` member each), one
     array at a time, so the arrays may come from a generator."""
@@ -1351,8 +1390,8 @@ def _save_npz(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
     with (
         writing(out) as target,
         whole_or_untouched(target) as path,
-        path.open("wb") as handle,
-        zipfile.ZipFile(handle, mode="w", allowZip64=True) as archive,
+        path.open("ab" if is_stream(path) else "wb") as handle,
+        zipfile.ZipFile(_Unseekable(handle) if is_stream(path) else handle, mode="w", allowZip64=True) as archive,
     ):
         for name, array in arrays:
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:

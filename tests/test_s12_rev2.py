@@ -3,6 +3,11 @@ outputs to /dev/stdout and other streams), each as the behaviour that was wrong.
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +102,94 @@ def test_a_null_n_outputs_record_takes_c_from_the_probe(tmp_path: Path) -> None:
     assert comparison.overlap_label == "top C"
     assert [step.overlap for step in comparison.steps] == pytest.approx(expected, abs=1e-12)
     assert expected != pytest.approx(top_1, abs=1e-3)  # (O_1 would not pass)
+
+
+# ------------------------------------------------------------------------------- outputs to streams
+
+
+CODE = "from fdl_cli.cli import main; main()"
+
+
+def _fdl_process(*args: Any, stdout: Any, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """fdl in a process of its own whose stdout is `stdout` (a file the test opened, or PIPE)."""
+    return subprocess.run(
+        [sys.executable, "-c", CODE, *(str(a) for a in args)], stdout=stdout, stderr=subprocess.PIPE,
+        timeout=timeout, cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def test_a_link_to_dev_stdout_is_appended_to(tmp_path: Path) -> None:
+    """`--out out.csv` where out.csv is a link to /dev/stdout, run with `>> log.csv`: the log was
+    replaced (eigenvalues, written through a file beside it) or truncated (trajectories, --html)."""
+    store = make_store(tmp_path / "run.h5")
+    link = tmp_path / "out.csv"
+    link.symlink_to("/dev/stdout")
+    log = tmp_path / "log.txt"
+    for args in (["export", store, "--what", "eigenvalues", "--format", "csv", "--out", link],
+                 ["export", store, "--what", "trajectories", "--format", "csv", "--out", link],
+                 ["report", store, "--html", link]):
+        log.write_text("first line\n")
+        with log.open("a") as stream:
+            result = _fdl_process(*args, stdout=stream)
+        assert result.returncode == 0, result.stderr
+        text = log.read_text()
+        assert text.startswith("first line\n") and len(text) > 100, text[:200]
+        if args[0] == "export":
+            assert text == "first line\n" + fdl(*args[:-2]).stdout
+
+
+def test_a_file_under_dev_that_is_no_stream_is_replaced(tmp_path: Path) -> None:
+    """A regular file that lies under /dev (a RAM disk, /dev/shm) was appended to like /dev/stdout:
+    an export written there twice held two CSV tables."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        pytest.skip("no writable /dev/shm")
+    store = make_store(tmp_path / "run.h5")
+    folder = shm / f"fdl-test-{os.getpid()}"
+    folder.mkdir()
+    try:
+        out = folder / "eigenvalues.csv"
+        trajectories = folder / "trajectories.csv"
+        for _ in range(2):
+            assert fdl("export", store, "--what", "eigenvalues", "--format", "csv", "--out", out).code == 0
+            assert fdl("export", store, "--what", "trajectories", "--format", "csv", "--out", trajectories).code == 0
+        assert out.read_text() == fdl("export", store, "--what", "eigenvalues", "--format", "csv").stdout
+        assert trajectories.read_text() == fdl("export", store, "--what", "trajectories", "--format", "csv").stdout
+    finally:
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+
+
+def _npz_members(data: bytes) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {
+            name.removesuffix(".npy"): np.lib.format.read_array(archive.open(name)) for name in archive.namelist()
+        }
+
+
+def test_npz_to_dev_stdout_appended_to_a_file_keeps_its_first_lines(tmp_path: Path) -> None:
+    """`--format npy --out /dev/stdout >> file` opened /dev/stdout "wb", truncating the file the shell
+    opened for appending (its first bytes lost); appended, the archive is readable after them, and
+    one written alone (`> file`) loads with np.load."""
+    store = make_store(tmp_path / "run.h5")
+    reference = tmp_path / "reference.npz"
+    assert fdl("export", store, "--what", "eigenvalues", "--format", "npy", "--out", reference).code == 0
+    expected = dict(np.load(reference))
+    log = tmp_path / "log.bin"
+    log.write_bytes(b"first line\n")
+    with log.open("ab") as stream:
+        result = _fdl_process("export", store, "--what", "eigenvalues", "--format", "npy", "--out", "/dev/stdout",
+                              stdout=stream)
+    assert result.returncode == 0, result.stderr
+    data = log.read_bytes()
+    assert data.startswith(b"first line\nPK")
+    members = _npz_members(data)
+    assert sorted(members) == sorted(expected)
+    assert all(np.array_equal(members[name], expected[name]) for name in expected)
+    alone = tmp_path / "alone.npz"
+    with alone.open("wb") as stream:
+        assert _fdl_process("export", store, "--what", "eigenvalues", "--format", "npy", "--out", "/dev/stdout",
+                            stdout=stream).returncode == 0
+    loaded = np.load(alone)
+    assert all(np.array_equal(loaded[name], expected[name]) for name in expected)
