@@ -38,6 +38,7 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import threading
 import time
@@ -334,8 +335,12 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def first_bytes(path: Path) -> bytes:
-    """The first len(HDF5_SIGNATURE) bytes of `path`; b"" when it cannot be read."""
+    """The first len(HDF5_SIGNATURE) bytes of `path`; b"" when it cannot be read, or is no regular file:
+    reading a pipe or a FIFO (`--out /dev/stdout | gzip`) would wait for bytes that never come, or
+    take those meant for its reader."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return b""
         with open(path, "rb") as handle:
             return handle.read(len(HDF5_SIGNATURE))
     except OSError:

@@ -193,3 +193,36 @@ def test_npz_to_dev_stdout_appended_to_a_file_keeps_its_first_lines(tmp_path: Pa
                             stdout=stream).returncode == 0
     loaded = np.load(alone)
     assert all(np.array_equal(loaded[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npy"])
+def test_out_dev_stdout_into_a_pipe_does_not_hang(tmp_path: Path, fmt: str) -> None:
+    """`fdl export ... --out /dev/stdout | gzip` never ended: the check that the output is no HDF5
+    store read its first bytes, from the pipe fdl was to write to."""
+    store = make_store(tmp_path / "run.h5")
+    result = _fdl_process("export", store, "--what", "eigenvalues", "--format", fmt, "--out", "/dev/stdout",
+                          stdout=subprocess.PIPE, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if fmt == "csv":
+        assert result.stdout.decode() == fdl("export", store, "--what", "eigenvalues", "--format", "csv").stdout
+    else:
+        assert sorted(_npz_members(result.stdout)) == ["step_0", "step_100", "step_200", "steps"]
+
+
+def test_out_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    """`--out` a FIFO that another process reads: fdl opened it for reading first (the HDF5 check),
+    waiting for a writer that never came while its reader waited for fdl."""
+    store = make_store(tmp_path / "run.h5")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        result = _fdl_process("export", store, "--what", "eigenvalues", "--format", "csv", "--out", fifo,
+                              stdout=subprocess.DEVNULL, timeout=60)
+        received, _ = reader.communicate(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert result.returncode == 0, result.stderr
+    assert received.decode() == fdl("export", store, "--what", "eigenvalues", "--format", "csv").stdout
