@@ -832,6 +832,8 @@ class ComparedStep:
     record_b: Record
     differences: Mapping[str, Any]
     overlap: float | None
+    #: the k of `overlap` (C, run A's --overlap-k, or fewer where a run stores fewer); None without one
+    overlap_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1000,6 +1002,8 @@ class CrossOverlaps:
     #: the k asked for (run A's --overlap-k, else C) and the k used (bounded by the columns both runs store)
     wanted: set[int] = field(default_factory=set)
     used: set[int] = field(default_factory=set)
+    #: the k used at each step with an overlap
+    ks: dict[Match, int] = field(default_factory=dict)
     #: whether the k asked for is C (run A recorded no --overlap-k)
     wanted_is_c: bool = True
     #: the fewest columns each run stored at the steps compared
@@ -1052,7 +1056,8 @@ def cross_overlaps(
         # a step with nothing to compare (rank 0 on a side: no eigenfunction stored) names no k
         if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)
-            result.used.add(min(k, a.shape[1], b.shape[1], a.shape[0]))
+            result.ks[match] = min(k, a.shape[1], b.shape[1], a.shape[0])
+            result.used.add(result.ks[match])
             for run, columns in (("A", a.shape[1]), ("B", b.shape[1])):
                 result.columns[run] = min(result.columns.get(run, columns), columns)
     return result
@@ -1116,6 +1121,7 @@ def compare_runs(
             record_b=record_b[match.step_b],
             differences=field_differences(record_a[match.step_a], record_b[match.step_b]),
             overlap=overlaps.values.get(match),
+            overlap_k=overlaps.ks.get(match),
         )
         for match in matches
     ]
@@ -1141,6 +1147,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "step_b": compared.match.step_b,
                 "exact": compared.match.exact,
                 "overlap": compared.overlap,
+                "overlap_k": compared.overlap_k,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
                 "a": {name: _clean(compared.record_a.get(name)) for name in RECORD_FIELDS},
                 "b": {name: _clean(compared.record_b.get(name)) for name in RECORD_FIELDS},
@@ -1170,6 +1177,7 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "step_b": compared.match.step_b,
             "exact": compared.match.exact,
             "overlap": compared.overlap,
+            "overlap_k": compared.overlap_k,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
         row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in compared.differences)
@@ -1183,7 +1191,7 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
     if fmt == "json":
         return comparison_to_json(comparison) + "\n"
     rows = comparison_rows(comparison)
-    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap"]
+    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k"]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -122,6 +122,8 @@ def test_overlap_k_sets_the_overlaps_k_and_what_is_stored(tmp_path: Path) -> Non
         assert fewer == ([f"the cross-run overlap compares the top 2 eigenfunctions, not the top {C}: run B stores 2 "
                           "a checkpoint (its --top-k / --overlap-k, or its rank)"] if first == other else [])
         a_features, b_features = (other_features, features) if first == other else (features, other_features)
+        assert [step.overlap_k for step in comparison.steps] == [k] * 3
+        assert {row["overlap_k"] for row in json.loads(report.comparison_to_json(comparison))["steps"]} == {k}
         for step in comparison.steps:
             angles = subspace_angles(_top(a_features[step.match.step_a], k), _top(b_features[step.match.step_b], k))
             assert step.overlap == pytest.approx(float(np.mean(np.cos(angles) ** 2)), abs=1e-6)
