@@ -1951,7 +1951,7 @@ def stored_columns(options: AnalyzeOptions, n_outputs: int) -> int:
     return max(options.top_k, overlap_k(options, n_outputs))
 
 
-def ctx_outputs(ctx: _Context, scalars: dict[str, Any]) -> int:
+def _record_overlap_k(ctx: _Context, scalars: dict[str, Any]) -> int:
     """The overlaps' k for a record's scalars (C, its number of outputs, unless --overlap-k)."""
     return overlap_k(ctx.options, int(scalars["n_outputs"]))
 
@@ -1969,7 +1969,7 @@ def _with_previous(
         mine, before = ctx.reference[key], (previous or {}).get(key)
         scalars = dict(item.scalars)
         scalars["cka_prev"] = _cka(mine, before) if before else None
-        scalars["overlap_prev"] = _overlap(mine, before, ctx_outputs(ctx, scalars)) if before else None
+        scalars["overlap_prev"] = _overlap(mine, before, _record_overlap_k(ctx, scalars)) if before else None
         scalars["prev_step"] = previous_step if before else None
         series.append(replace_entry(item, scalars=scalars))
     ctx.previous, ctx.previous_step = ctx.reference, held.step
@@ -2036,7 +2036,7 @@ def _refresh_successors(
                     stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
                     scalars = dict(stored.scalars)
                     scalars["cka_prev"] = _cka(later[key], earlier[key])
-                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], ctx_outputs(ctx, scalars))
+                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], _record_overlap_k(ctx, scalars))
                     scalars["prev_step"] = before
                     series.append(replace_entry(stored, scalars=scalars))
         ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")

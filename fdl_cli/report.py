@@ -999,26 +999,27 @@ class CrossOverlaps:
     """`cross_overlaps`: the overlap at each matched step, and the k it was taken with."""
 
     values: dict[Match, float | None] = field(default_factory=dict)
-    #: the k asked for (run A's --overlap-k, else C) and the k used (bounded by the columns both runs store)
+    #: the k asked for (run A's --overlap-k, else C)
     wanted: set[int] = field(default_factory=set)
-    used: set[int] = field(default_factory=set)
-    #: the k used at each step with an overlap
+    #: the k used at each step with an overlap (bounded by the columns both runs store and the anchors)
     ks: dict[Match, int] = field(default_factory=dict)
     #: whether the k asked for is C (run A recorded no --overlap-k)
     wanted_is_c: bool = True
     #: the fewest columns each run stored at the steps compared
     columns: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def used(self) -> set[int]:
+        return set(self.ks.values())
+
     def label(self) -> str:
         """How the overlap line names its k: "top C", or the k used and why."""
-        if not self.used:
+        used = self.used
+        if not used or (used == self.wanted and self.wanted_is_c):
             return "top C"
-        low, high = min(self.used), max(self.used)
-        shown = f"top {low}" if low == high else f"top {low}–{high}"
-        if self.used == self.wanted and self.wanted_is_c:
-            return "top C"
+        shown = f"top {min(used)}" if len(used) == 1 else f"top {min(used)}–{max(used)}"
         # fewer than run A's --overlap-k: the k used alone, as for C (the note says why)
-        return shown + (", run A's --overlap-k" if not self.wanted_is_c and self.used == self.wanted else "")
+        return shown + (", run A's --overlap-k" if not self.wanted_is_c and used == self.wanted else "")
 
     def note(self) -> str | None:
         """Why fewer than the k asked for were compared, when so."""
@@ -1057,7 +1058,6 @@ def cross_overlaps(
         if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)
             result.ks[match] = min(k, a.shape[1], b.shape[1], a.shape[0])
-            result.used.add(result.ks[match])
             for run, columns in (("A", a.shape[1]), ("B", b.shape[1])):
                 result.columns[run] = min(result.columns.get(run, columns), columns)
     return result
