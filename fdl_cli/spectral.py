@@ -234,6 +234,9 @@ class Spectrum:
     mean: np.ndarray | None
     clipped: float = 0.0
     route: str = "moments"
+    #: (tr Σ_c, ‖Σ_c‖_F) of the centered covariance, when the route computed them on its way (the
+    #: Gram route: its centered n×n Gram); `dynamical_low_rank` then need not form that Gram again.
+    covariance_norms: tuple[float, float] | None = None
 
     @property
     def rank(self) -> int:
@@ -368,9 +371,24 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
     mean = moments.mean_f if center else None
     p = moments.n_features
     floor = CANCELLATION_RTOL * _uncentered_trace(moments) if center else 0.0
+    norms = None
     if moments.features is not None and p > n:
-        feats = moments.features - mean if mean is not None else moments.features
-        gram = feats @ feats.T / n
+        # One n×n product whichever is asked: the centered Gram G_c = F_cF_cᵀ/n, whose trace and
+        # norm D_LR's participation ratio takes too, and for the uncentered spectrum G = FFᵀ/n =
+        # G_c + (u1ᵀ + 1uᵀ) + ‖μ‖²/n·11ᵀ with u = F_cμ/n (O(np + n²)). Built this way round, G carries
+        # the rounding a direct FFᵀ would (eps × the entries' size, which the mean dominates), while
+        # centering a direct G by subtraction would lose the spread's digits to the mean.
+        probe_mean = moments.sum_f / n  # the kept features are never shifted
+        centered = moments.features - probe_mean
+        gram = centered @ centered.T / n
+        norms = (float(np.trace(gram)), float(np.linalg.norm(gram)))
+        if mean is not None:
+            feats = centered
+        else:
+            feats = moments.features
+            offsets = centered @ probe_mean / n
+            gram += offsets[:, None] + offsets[None, :]  # (u_i + u_j) first: G stays exactly symmetric
+            gram += float(probe_mean @ probe_mean) / n
         values, left = _descending_eigh(gram)
         rank, clipped = _truncate(values, floor)
         values = values[:rank]
@@ -393,6 +411,7 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         mean=mean,
         clipped=clipped if clipped < -NEGATIVE_WARN_RTOL else 0.0,
         route=route,
+        covariance_norms=norms,
     )
 
 
@@ -487,9 +506,12 @@ def output_span_rank(energies: np.ndarray, energy_share: float, *, floor: float 
     return int(np.argmax(cumulative >= energy_share * cumulative[-1])) + 1
 
 
-def dynamical_low_rank(moments: Moments, *, energy_share: float = DLR_ENERGY) -> DLR:
+def dynamical_low_rank(
+    moments: Moments, *, energy_share: float = DLR_ENERGY, covariance_norms: tuple[float, float] | None = None
+) -> DLR:
     """D_LR = 1 − ‖QᵀF_c‖_F² / (‖F_cᵀF_c‖_F √r_Ŷ) from the statistics (SPEC.md §4).
 
+    `covariance_norms`: (tr Σ_c, ‖Σ_c‖_F) when already known (`Spectrum.covariance_norms`).
     Degenerate cases: no centered output energy (r_Ŷ = 0) or no centered feature energy → d_lr = 1
     (nothing rich can be seen), alignment = 0; participation ratio 0 for zero features.
     """
@@ -504,7 +526,7 @@ def dynamical_low_rank(moments: Moments, *, energy_share: float = DLR_ENERGY) ->
     rank = output_span_rank(
         energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
     )
-    trace, frob = _centered_covariance_norms(moments)
+    trace, frob = covariance_norms if covariance_norms is not None else _centered_covariance_norms(moments)
     if trace <= CANCELLATION_RTOL * _uncentered_trace(moments):
         trace = frob = 0.0
     pr = trace**2 / frob**2 if frob > 0.0 else 0.0
@@ -615,7 +637,7 @@ def measure(
         )
     pi_hat = np.cumsum(utility)
     pi_star = np.cumsum(quality) if quality is not None else None
-    dlr = dynamical_low_rank(moments, energy_share=dlr_energy)
+    dlr = dynamical_low_rank(moments, energy_share=dlr_energy, covariance_norms=spectrum.covariance_norms)
     n_outputs = moments.n_outputs
     scalars: dict[str, Any] = {
         "n_probe": n,

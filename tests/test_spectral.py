@@ -188,6 +188,52 @@ def test_gram_route_when_p_exceeds_n(kind: str, center: bool) -> None:
     assert_matches_reference(moments, ref, case["features"], vectors=False)
 
 
+@pytest.mark.parametrize("center", [False, True])
+def test_gram_route_forms_one_n_by_n_gram(center: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Gram route's spectrum hands D_LR its centered Gram's trace and norm: the participation
+    ratio and D_LR are those `dynamical_low_rank` computes on its own, bit for bit, and its own
+    n×n product is not formed again."""
+    import fdl_cli.spectral as spectral
+
+    case = make_case("random", seed=9, n=24, p=50)
+    moments = stats(case["features"], case["outputs"], labels=case["labels"], keep_features=True)
+    alone = dynamical_low_rank(moments)
+    spectrum = feature_spectrum(moments, center=center)
+    assert spectrum.route == "gram" and spectrum.covariance_norms is not None
+    assert dynamical_low_rank(moments, covariance_norms=spectrum.covariance_norms) == alone
+
+    def formed_again(_moments: Moments) -> tuple[float, float]:
+        raise AssertionError("the centered n×n Gram was formed a second time")
+
+    monkeypatch.setattr(spectral, "_centered_covariance_norms", formed_again)
+    got = measure(moments, center=center)
+    assert got.scalars["feature_pr"] == alone.participation_ratio and got.scalars["d_lr"] == alone.d_lr
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0, 1000.0])
+def test_gram_route_uncentered_spectrum_of_offset_features(offset: float) -> None:
+    """The uncentered Gram FFᵀ/n is built from the centered one (G_c + u1ᵀ + 1uᵀ + ‖μ‖²/n): its
+    spectrum matches float64 singular values of F/√n to eps × ρ_1, whatever the mean, and the
+    eigenvectors those of the SVD."""
+    rng = np.random.default_rng(11)
+    n, p = 30, 70
+    spread = rng.standard_normal((n, 8)) @ rng.standard_normal((8, p)) + 1e-3 * rng.standard_normal((n, p))
+    features = (offset + spread).astype(np.float32)
+    outputs = rng.standard_normal((n, 3)).astype(np.float32)
+    got = feature_spectrum(stats(features, outputs, keep_features=True), center=False)
+    assert got.route == "gram"
+    exact = features.astype(np.float64)
+    _, singular, right = np.linalg.svd(exact / np.sqrt(n), full_matrices=False)
+    values = singular**2
+    rank = int(np.sum(values > values[0] * 1e-10))
+    assert got.rank == rank
+    np.testing.assert_allclose(got.eigenvalues, values[:rank], rtol=1e-9, atol=1e-14 * values[0])
+    # the well-separated leading directions agree with the SVD's (up to sign)
+    lead = 5
+    cosines = np.abs(np.sum(got.eigenvectors[:, :lead] * right[:lead].T, axis=0))
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-9)
+
+
 # ------------------------------------------------------------------------------------- identities
 
 
