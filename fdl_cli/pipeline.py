@@ -213,7 +213,9 @@ class _Series:
             centered = torch.from_numpy(anchor if own else anchor.astype(np.float64))
             centered -= centered.mean(0)  # in place: `anchor` is centered too when owned
             if centered.shape[1] > centered.shape[0]:
-                gram = centered @ centered.T
+                from fdl_cli.moments import symmetric_gram
+
+                gram = symmetric_gram(centered)
                 self._kernel = (gram, float(torch.linalg.matrix_norm(gram)))
             else:
                 norm = self.self_norm

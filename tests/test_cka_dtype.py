@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fdl_cli.pipeline import AnalyzeOptions, _cka, _Series, run_analyze
 from fdl_cli.spectral import cka as reference_cka
@@ -64,6 +65,31 @@ def test_identical_anchors_give_exactly_one() -> None:
     moved = a.copy()
     moved[-1, -1] += np.float32(0.5)
     assert _cka(_series(a, "float32"), _series(moved, "float32")) < 1.0  # the last entry counts too
+
+
+@pytest.mark.parametrize("m", [1, 5, 128, 191, 192, 300, 513])
+def test_symmetric_gram_of_the_wide_anchors(m: int) -> None:
+    """For p > m, CKA's m×m Gram is summed in block rows and mirrored (`symmetric_gram`): the product
+    A Aᵀ to rounding, exactly symmetric off the diagonal blocks, whatever m's split into blocks."""
+    from fdl_cli.moments import row_bounds, symmetric_gram
+
+    rng = np.random.default_rng(m)
+    a = rng.normal(size=(m, 700)) + 2.0
+    got = symmetric_gram(torch.from_numpy(a)).numpy()
+    exact = a @ a.T
+    np.testing.assert_allclose(got, exact, rtol=1e-13, atol=1e-13 * np.abs(exact).max())
+    for start, stop in row_bounds(m):
+        assert np.array_equal(got[stop:, start:stop], got[start:stop, stop:].T)
+
+
+def test_identical_wide_anchors_give_exactly_one() -> None:
+    """p > m (the m×m Gram route of CKA): a frozen network's anchors still give exactly 1."""
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(300, 700)).astype(np.float32) + np.float32(1.0)
+    assert _cka(_series(a, "float64"), _series(a.copy(), "float64")) == 1.0
+    moved = a.copy()
+    moved[-1, -1] += np.float32(0.5)
+    assert _cka(_series(a, "float64"), _series(moved, "float64")) < 1.0
 
 
 def _analyze(sources: str, out: Path, dtype: str, **options: object) -> dict[int, dict]:
