@@ -290,3 +290,21 @@ def test_shard_probe_slices_the_targets_without_reading_them(tmp_path: Path) -> 
         start, stop = (0, 501) if rank == 0 else (501, N)
         assert y.shape == (stop - start, 3) and len(x) == stop - start
         np.testing.assert_array_equal(y[0:stop - start], Y3[start:stop].astype(np.float64))
+
+
+def test_damaged_or_changed_targets_are_refused(tmp_path: Path) -> None:
+    """A flipped bit in y's npz member fails its CRC-32 at load (as np.load's whole read did); targets
+    rewritten in place after loading fail the next read, as inputs do."""
+    path = _save(tmp_path / "p.npz", X4, Y3)
+    data = bytearray(path.read_bytes())
+    data[bytes(data).index(Y3[600].tobytes()) + 1] ^= 0x08
+    (tmp_path / "flipped.npz").write_bytes(bytes(data))
+    with pytest.raises(ProbeError, match="cannot read the probe") as info:
+        load_probe(tmp_path / "flipped.npz")
+    assert "'y' fails its CRC-32 check" in info.value.message
+    probe = load_probe(path)
+    assert probe.y is not None
+    np.testing.assert_array_equal(probe.y[600:601], Y3[600:601].astype(np.float64))
+    _save(path, X4, Y3 * 2.0)  # the same size, in place
+    with pytest.raises(ProbeError, match="changed while fdl was reading it"):
+        probe.y[0:64]
