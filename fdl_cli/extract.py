@@ -18,6 +18,7 @@ from torch import nn
 
 from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
 from fdl_cli.moments import MomentAccumulator
+from fdl_cli.probes import RowReader
 from fdl_cli.spectral import Moments
 
 #: In a checkpoint that carries its own program (TorchScript, torch.export), the feature map is the
@@ -372,7 +373,7 @@ def extract(
     model: nn.Module,
     layers: Sequence[LayerSpec],
     x: Any,  # (n, ...) inputs: an array or a probes.RowReader (rows read per batch)
-    y: np.ndarray | None,
+    y: np.ndarray | RowReader | None,  # a RowReader: float64 regression targets read per batch
     *,
     task: str,
     device: torch.device,
@@ -386,7 +387,8 @@ def extract(
     """One pass of the probe (x, y) through the model; statistics and anchor features per layer.
 
     x: (n, ...) probe inputs; y: (n,) labels or (n, C) targets or None. keep_features(p) says whether
-    a layer of width p keeps its features (the Gram route, for p > n).
+    a layer of width p keeps its features (the Gram route, for p > n). Targets in an array are put on
+    the device once; targets read in place (a RowReader) are read and sent a batch at a time.
     """
     n = int(x.shape[0])
     if n == 0:
@@ -395,13 +397,17 @@ def extract(
     anchors: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
     anchor_moments: dict[str, Any] = {}
     anchor_count = min(anchor_size, n)
-    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if y is not None else None
+    whole = y is not None and not isinstance(y, RowReader)
+    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if whole else None
     n_batches = math.ceil(n / batch_size)
     with torch.inference_mode(), hooked(model, layers) as captured:
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
-            targets = targets_all[start:stop] if targets_all is not None else None
+            targets = (
+                torch.from_numpy(y[start:stop]).to(device) if isinstance(y, RowReader)
+                else targets_all[start:stop] if targets_all is not None else None
+            )
             for spec in layers:
                 features = captured.pop(spec.label)
                 accumulator = accumulators.get(spec.label)

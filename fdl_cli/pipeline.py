@@ -2732,7 +2732,8 @@ def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:
     from fdl_cli.probes import row_range
 
     start, stop = block_bounds(int(probe.x.shape[0]), ctx.world)
-    return row_range(probe.x, start, stop), (probe.y[start:stop] if probe.y is not None else None)
+    # Narrower readers where the probe is read in place: nothing of the slice is read here.
+    return row_range(probe.x, start, stop), (row_range(probe.y, start, stop) if probe.y is not None else None)
 
 
 def _reduce_slices(ctx: _Context, model: Any, probe: Probe, results: dict[str, Any]) -> dict[str, Any]:

@@ -4,10 +4,13 @@ Formats: ``.npz``, ``.pt``/``.pth`` (``torch.load(weights_only=True)``), ``.safe
 ``.h5``/``.hdf5``. torch, safetensors and h5py are imported only when such a file is read, so
 importing this module stays light.
 
-The inputs ``x`` are not held in memory when the file stores them as one contiguous, uncompressed
-array (``np.savez``, ``.safetensors``, a contiguous HDF5 dataset): a `RowReader` reads the rows of
-each batch from the file when they are asked for, so memory does not grow with the probe (the targets,
-8 bytes a sample for labels, are held). Compressed or chunked arrays and ``.pt`` files are read whole.
+The inputs ``x`` and float regression targets ``y`` are not held in memory when the file stores them
+as one contiguous, uncompressed array (``np.savez``, ``.safetensors``, a contiguous HDF5 dataset): a
+`RowReader` reads the rows of each batch from the file when they are asked for (targets converted to
+float64 batch by batch), so memory does not grow with the probe. Their checks (finite values, shapes,
+a float one-hot matrix) are passes over the file a chunk at a time. Class labels (integer ``y``, 8
+bytes a sample as int64) are read whole and held. Compressed or chunked arrays and ``.pt`` files are
+read whole.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class Probe:
     Attributes:
         name: ``"probe"``, or NAME of ``--probe NAME=path``.
         x: (n, ...) float32/float64 inputs, or int64 token ids. 1-D float inputs become (n, 1).
-        y: (n,) int64 class labels, or (n, C) float64 regression targets; ``None`` without targets.
+        y: (n,) int64 class labels (held), or (n, C) float64 regression targets (a `RowReader` when read
+            in place: slice it, ``y[a:b]``, or use `row_range`); ``None`` without targets.
         task: ``"classes"``, ``"regression"`` or ``None`` (no targets).
         n_classes: max label + 1 for classes, else ``None``.
         sha256: hex digest of the file's bytes.
@@ -51,7 +55,7 @@ class Probe:
     name: str
     path: Path
     x: np.ndarray | RowReader
-    y: np.ndarray | None
+    y: np.ndarray | RowReader | None
     task: str | None
     n_classes: int | None
     sha256: str
@@ -196,6 +200,11 @@ class RowReader:
         return len(self.shape)
 
     @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of the whole array in the file ((n,) for a 1-D array that reads as (n, 1))."""
+        return self._stored_shape
+
+    @property
     def nbytes(self) -> int:
         return self.shape[0] * self._row_items * self.dtype.itemsize
 
@@ -262,6 +271,14 @@ def _lazy_dtype(stored: np.dtype) -> np.dtype | None:
     return None
 
 
+def _target_dtype(stored: np.dtype) -> np.dtype | None:
+    """float64 for float regression targets read in place (what `_targets` gives them), or None: integer
+    targets are class labels (or a one-hot matrix turned into labels), read whole and held."""
+    if stored.kind == "f" and stored.itemsize in (2, 4, 8):
+        return np.dtype(np.float64)
+    return None
+
+
 def _npz_member(path: Path, key: str) -> tuple[int, np.dtype, tuple[int, ...], int, int, int] | None:
     """(offset of the array data, dtype, shape, start and size of the member's bytes, CRC-32) of an
     uncompressed ``key.npy`` member of an npz file, or None when it cannot be read in place."""
@@ -315,17 +332,18 @@ def _check_crc(path: Path, start: int, size: int, crc: int, key: str) -> None:
         )
 
 
-def _lazy_npz(path: Path, key: str) -> RowReader | None:
-    """A RowReader of the npz member `key` when it is stored uncompressed (CRC-32 checked), else None."""
+def _lazy_npz(path: Path, key: str, *, targets: bool = False, file: _OpenFile | None = None) -> RowReader | None:
+    """A RowReader of the npz member `key` when it is stored uncompressed (CRC-32 checked), else None.
+    `targets`: the member is ``y``, read in place only as float regression targets."""
     member = _npz_member(path, key)
     if member is None:
         return None
     offset, stored, shape, start, size, crc = member
-    dtype = _lazy_dtype(stored)
+    dtype = (_target_dtype if targets else _lazy_dtype)(stored)
     if dtype is None:
         return None
     _check_crc(path, start, size, crc, key)
-    return RowReader(path, offset, stored, shape, dtype)
+    return RowReader(path, offset, stored, shape, dtype, file=file)
 
 
 def _file_sha256(path: Path) -> str:
@@ -336,13 +354,27 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _targets_key(keys: Any, *, positional: bool) -> str | None:
+    """The key `load_probe` takes the targets from (``arr_1`` of a positional npz of x and y)."""
+    key = next((k for k in Y_KEYS if k in keys), None)
+    if key is None and positional and "arr_1" in keys and set(keys) <= {"arr_0", "arr_1"}:
+        return "arr_1"
+    return key
+
+
 def _read_npz(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as archive:
         inputs = next((k for k in (*X_KEYS, "arr_0") if k in archive.files), None)
-        arrays: dict[str, Any] = {key: archive[key] for key in archive.files if key != inputs}
-        if inputs is not None:  # read in place when stored uncompressed, else whole
-            lazy = _lazy_npz(path, inputs)
-            arrays[inputs] = lazy if lazy is not None else archive[inputs]
+        targets = _targets_key(archive.files, positional=True)
+        file = _OpenFile(path)  # shared by the readers of x and y
+        lazy = {  # read in place when stored uncompressed, else whole
+            key: _lazy_npz(path, key, targets=key == targets, file=file)
+            for key in (inputs, targets) if key is not None
+        }
+        arrays: dict[str, Any] = {}
+        for key in archive.files:
+            reader = lazy.get(key)
+            arrays[key] = reader if reader is not None else archive[key]
     return arrays
 
 
@@ -408,23 +440,31 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length)) if length < (100 << 20) else {}
     key = next((k for k in X_KEYS if k in header), None)
-    entry = header.get(key, {}) if key else {}
-    stored = _SAFETENSORS_DTYPES.get(entry.get("dtype", ""))
-    shape = tuple(int(d) for d in entry.get("shape", ()))
-    lazy = _lazy_dtype(np.dtype(stored)) if stored is not None and shape else None
-    if key is None or lazy is None:
+    if key is None:
         return dict(load_file(str(path)))
-    begin, end = (int(v) for v in entry["data_offsets"])
-    if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(stored).itemsize or (
-        8 + length + end > path.stat().st_size
-    ):
-        return dict(load_file(str(path)))  # let the library report the damage
+    size = path.stat().st_size
+    places: dict[str, tuple[int, np.dtype, tuple[int, ...], np.dtype]] = {}  # read in place: offset, stored, ...
+    for name, dtype_of in ((key, _lazy_dtype), (_targets_key(header, positional=False), _target_dtype)):
+        entry = header.get(name, {}) if name is not None else {}
+        stored = _SAFETENSORS_DTYPES.get(entry.get("dtype", ""))
+        shape = tuple(int(d) for d in entry.get("shape", ()))
+        lazy = dtype_of(np.dtype(stored)) if stored is not None and shape else None
+        if name is None or stored is None or lazy is None:
+            continue
+        begin, end = (int(v) for v in entry["data_offsets"])
+        if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(stored).itemsize or 8 + length + end > size:
+            return dict(load_file(str(path)))  # let the library report the damage
+        places[name] = (8 + length + begin, np.dtype(stored), shape, lazy)
+    if not places:
+        return dict(load_file(str(path)))
     arrays: dict[str, Any] = {}
     with safe_open(str(path), framework="numpy") as archive:
         for name in archive.keys():  # noqa: SIM118 - safe_open is not a mapping
-            if name != key:
+            if name not in places:
                 arrays[name] = archive.get_tensor(name)
-    arrays[key] = RowReader(path, 8 + length + begin, np.dtype(stored), shape, lazy)
+    file = _OpenFile(path)
+    for name, (offset, stored_dtype, shape, lazy) in places.items():
+        arrays[name] = RowReader(path, offset, stored_dtype, shape, lazy, file=file)
     return arrays
 
 
@@ -434,12 +474,17 @@ def _read_h5(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as handle:
         arrays: dict[str, Any] = {}
         inputs = next((k for k in X_KEYS if isinstance(handle.get(k), h5py.Dataset)), None)
+        targets = next((k for k in Y_KEYS if isinstance(handle.get(k), h5py.Dataset)), None)
+        file: _OpenFile | None = None
         for key in handle:
             node = handle[key]
             if not isinstance(node, h5py.Dataset):
                 continue
-            offset = node.id.get_offset() if key == inputs and node.chunks is None else None
-            dtype = _lazy_dtype(node.dtype) if node.dtype.kind in "iuf" else None
+            offset = node.id.get_offset() if key in (inputs, targets) and node.chunks is None else None
+            if key == inputs:
+                dtype = _lazy_dtype(node.dtype) if node.dtype.kind in "iuf" else None
+            else:  # the targets: float regression targets only (labels are read whole)
+                dtype = _target_dtype(node.dtype)
             in_file = (
                 offset is not None
                 and node.id.get_storage_size() == node.size * node.dtype.itemsize  # written (not a fill value)
@@ -447,7 +492,8 @@ def _read_h5(path: Path) -> dict[str, Any]:
                 and offset + node.size * node.dtype.itemsize <= path.stat().st_size
             )
             if in_file and offset is not None and dtype is not None and node.ndim > 0 and node.size > 0:
-                arrays[key] = RowReader(path, int(offset), node.dtype, node.shape, dtype)
+                file = file or _OpenFile(path)
+                arrays[key] = RowReader(path, int(offset), node.dtype, node.shape, dtype, file=file)
             else:
                 arrays[key] = node[()]
         return arrays
@@ -515,9 +561,17 @@ def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
     return x.reshape(-1, 1) if x.ndim == 1 else x
 
 
-def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int | None]:
-    y = np.asarray(y)
-    if y.dtype.kind not in "biuf":
+def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
+    """(targets, task, n_classes) of the probe's `y`, checked against the n samples of x.
+
+    Float targets read in place (a `RowReader`, float64) stay in the file: their values are checked
+    a chunk at a time, with the messages (and the indices into the array as stored) of a whole read.
+    """
+    lazy = isinstance(y, RowReader)
+    if not lazy:
+        y = np.asarray(y)
+    shape = y.stored_shape if lazy else y.shape
+    if (y.stored if lazy else y.dtype).kind not in "biuf":
         named = y.dtype.kind in "US"  # class names ("cat", "dog"), as a DataFrame column holds them
         raise ProbeError(
             f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if named else ""),
@@ -526,16 +580,20 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray, str, int
             + ("; number the classes 0..C-1 before saving: classes, y = np.unique(y, return_inverse=True)"
                if named else ""),
         )
-    if y.ndim == 0 or y.shape[0] != n:
+    if len(shape) == 0 or shape[0] != n:
         raise ProbeError(
-            f"the probe {path}: x has {n} samples but '{key}' has shape {y.shape}",
+            f"the probe {path}: x has {n} samples but '{key}' has shape {shape}",
             fix="x and y need the same first dimension",
         )
-    if y.ndim > 2:
+    if len(shape) > 2:
         raise ProbeError(
-            f"the probe {path}: '{key}' has shape {y.shape}",
+            f"the probe {path}: '{key}' has shape {shape}",
             fix="y must be (n,) class labels or (n,) / (n, C) regression targets",
         )
+    if lazy:  # float targets (`_target_dtype`): already (n, C) float64 when read; their values, a chunk at a time
+        for first, rows in y.chunks():
+            _check_finite(path, key, rows.reshape((len(rows), *shape[1:])), first_row=first)
+        return y, "regression", None
     if y.dtype.kind in "biu":
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
@@ -660,7 +718,9 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             fix="use the probe that matches this model, or the right --model-kwargs for its output size",
         )
     if probe.task == "regression" and probe.y.shape[1] != n_outputs:
-        labels = probe.y.shape[1] == 1 and bool(np.all(probe.y >= 0) and np.all(probe.y == np.round(probe.y)))
+        labels = probe.y.shape[1] == 1 and all(
+            bool(np.all(rows >= 0) and np.all(rows == np.round(rows))) for rows in _target_blocks(probe.y)
+        )
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has {probe.y.shape[1]} regression target(s) per sample but "
             f"the model has {n_outputs} outputs",
@@ -670,12 +730,24 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         )
 
 
+def _target_blocks(y: np.ndarray | RowReader) -> Iterator[np.ndarray]:
+    """Targets in row blocks for a whole-array check: from the file a chunk at a time (CHUNK_BYTES) when
+    read in place, else the array itself. A check that holds on every block holds on the whole."""
+    if isinstance(y, RowReader):
+        for _, rows in y.chunks():
+            yield rows
+    else:
+        yield y
+
+
 def float_one_hot(probe: Probe) -> bool:
-    """Whether the probe's regression targets are a float one-hot matrix (Keras' to_categorical)."""
+    """Whether the probe's regression targets are a float one-hot matrix (Keras' to_categorical).
+
+    Targets read in place are checked a chunk at a time, stopping at the first chunk that is not."""
     y = probe.y
     return (
         probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
-        and bool(np.isin(y, (0.0, 1.0)).all() and (y.sum(axis=1) == 1).all())
+        and all(bool(np.isin(rows, (0.0, 1.0)).all() and (rows.sum(axis=1) == 1).all()) for rows in _target_blocks(y))
     )
 
 
