@@ -861,7 +861,10 @@ def _name_step(path: Path) -> int | None:
     suffix = checkpoint_suffix(path) if path.is_file() else None
     if suffix is not None:
         name = name[: -len(suffix)]
-    numbers = re.findall(r"\d+", name)
+    # A decimal number is a metric, not the step: `model_step600_loss0.154.pt` is step 600, not 154, and
+    # Lightning's `epoch=3-step=120-val_loss=0.25` is step 120 (the last integer of the name counted the
+    # digits after the point and ordered such a run by its loss).
+    numbers = re.findall(r"\d+", re.sub(r"\d*\.\d+", " ", name)) or re.findall(r"\d+", name)
     return int(numbers[-1]) if numbers else None
 
 
@@ -1541,8 +1544,43 @@ def _load_tensor_file(
             got=f"top-level keys: {keys}" if isinstance(obj, Mapping) else keys,
             fix=f"save model.state_dict(), or a dict holding it under one of {', '.join(STATE_DICT_KEYS)}",
         )
+    if weights is not None and isinstance(obj, Mapping):
+        _check_weights_found(obj, found, weights, path)
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
     return found, None, meta, False
+
+
+def _check_weights_found(
+    obj: Mapping[Any, Any], found: Mapping[str, Any], weights: str, path: Path
+) -> None:
+    """--weights NAME that is neither an entry of the checkpoint's dict nor a key prefix of its state_dict:
+    the error names the entries that do hold weights (`{"model": ..., "model_ema": ...}` -> model_ema),
+    which is what the user can pass; `_under_prefix` alone listed only the prefixes inside the model's own
+    state_dict."""
+    prefix = weights if weights.endswith(".") else weights + "."
+    tensors = _strip_prefixes({k: v for k, v in found.items() if isinstance(v, torch.Tensor)})
+    if any(key.startswith(prefix) and key != prefix for key in tensors):
+        return
+    own = next((key for key in STATE_DICT_KEYS if _find_tensor_dict(obj.get(key), 1) is not None), None)
+    entries = [
+        str(key) for key, value in obj.items()
+        if key != own and isinstance(value, Mapping) and _find_tensor_dict(value) is not None
+    ]
+    if not entries:
+        return  # no other copy: `_under_prefix` says what the keys start with
+    heads: dict[str, int] = {}
+    for key in tensors:
+        heads[key.split(".", 1)[0]] = heads.get(key.split(".", 1)[0], 0) + 1
+    shown = sorted(heads.items(), key=lambda item: (-item[1], item[0]))[:8]
+    raise WeightsNotFoundError(
+        f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
+        f"starts with {prefix!r}",
+        got="other entries holding weights: " + ", ".join(entries[:8]) + "; the model's own"
+        + (f" (under {own!r})" if own is not None else "") + " keys start with "
+        + ", ".join(f"{head}. ({count})" for head, count in shown),
+        fix=f"pass one of those entries (e.g. --weights {entries[0]}) or a key prefix, or leave --weights "
+        "out for the checkpoint's own weights",
+    )
 
 
 def _under_prefix(tensors: Mapping[str, torch.Tensor], weights: str, path: Path) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import FdlError
+from fdl_cli.errors import FdlError, StoreError
 from fdl_cli.regimes import Thresholds
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -353,7 +353,20 @@ def compare(**kwargs: Any) -> None:
         "probe": kwargs["probe_b"] if kwargs["probe_b"] is not None else kwargs["probe"],
         "layer": kwargs["layer_b"] if kwargs["layer_b"] is not None else kwargs["layer"],
     }
-    with rep.opened_run(kwargs["store_a"], **selection) as run_a, rep.opened_run(kwargs["store_b"], **selection_b) as run_b:
+    with contextlib.ExitStack() as stack:
+        run_a = stack.enter_context(rep.opened_run(kwargs["store_a"], **selection))
+        try:
+            run_b = stack.enter_context(rep.opened_run(kwargs["store_b"], **selection_b))
+        except StoreError as exc:
+            # --probe/--layer chose store A's series and, without --probe-b/--layer-b, store B's too: the
+            # listing named options that would then fail on store A ("--probe probe" for a store A of
+            # "test" and "train"); name store B's own options instead.
+            if exc.what.startswith(f"{kwargs['store_b']} holds no series") and kwargs["probe_b"] is None \
+                    and kwargs["layer_b"] is None and exc.got:
+                exc.got = exc.got.replace("--probe ", "--probe-b ").replace("--layer ", "--layer-b ")
+                exc.fix = ("store B names its series otherwise: pick one of those listed (--probe-b / --layer-b "
+                           "select store B's; --probe / --layer select store A's, and store B's when not given)")
+            raise
         comparison = rep.compare_runs(
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )

@@ -176,7 +176,7 @@ class AnalyzeSummary:
             parts.append(f"{len(self.failed)} failed")
         text = ", ".join(parts) + f" → {self.store}"
         for path, reason in self.failed:
-            text += f"\n  failed: {path}: {reason.splitlines()[0]}"
+            text += f"\n  failed: {_named(path, reason.splitlines()[0])}"
         if self.interrupted:
             text += "\ninterrupted: what was completed is in the store; " + (
                 "run the same command again to resume" if self.resume
@@ -756,6 +756,14 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
             return discovery
 
 
+def _named(path: Path | str, message: str) -> str:
+    """``message`` prefixed with the checkpoint's path, unless its first line names the path already (the
+    loader's own errors do: "the weights in X do not fit ...", "X: tensor ... holds NaN"), which printed it
+    twice ("X: X: tensor ...")."""
+    first = message.split("\n", 1)[0]
+    return message if str(path) in first else f"{path}: {message}"
+
+
 def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
     """A file discovery found unreadable: reported; --strict stops there."""
     reporter.error(f"{bad_path}: {reason}")
@@ -951,7 +959,7 @@ def _validate(ctx: _Context, model: Any) -> None:
                 f"probe {probe.name!r}: the anchor subset has {anchors} points for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
                 "eigenfunctions on it span all of it and the eigenspace overlaps are 1 whatever the features do; "
-                "raise --anchor-size"
+                + ("raise --anchor-size" if anchors < n else f"use a probe of more than {k} samples")
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
@@ -1752,7 +1760,7 @@ def _run_refs(
                 _failed(ctx, summary, ref, exc)
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
-                reporter.error(f"{ref.path}: {exc.message}")
+                reporter.error(_named(ref.path, exc.message))
                 if walk is not None and walk.chain and ref.step == walk.chain[0].step:
                     _walk_back(ctx, walk, summary, steps_in_order, reference, out)
                 continue
@@ -1829,7 +1837,7 @@ def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError
     import copy
 
     fatal = copy.copy(exc)
-    fatal.what = f"{ref.path}: {exc.what}" + (
+    fatal.what = _named(ref.path, exc.what) + (
         " (the reference checkpoint, which every other one is compared with: the run cannot go on)"
         if is_reference else " (--strict stops at the first bad checkpoint)"
     )

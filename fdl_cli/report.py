@@ -1085,7 +1085,9 @@ def compare_runs(
 
     The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one).
     """
-    series_a, series_b = (_single_series(run, "compare needs one per run") for run in (run_a, run_b))
+    series_a = _single_series(run_a, "compare needs one per run")
+    series_b = _single_series(run_b, "compare needs one per run", fix="pick store B's with --probe-b NAME and/or "
+                              "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
     if overlap:
         check_same_probe(run_a, series_a, run_b, series_b)
     matches = align_steps(series_a.steps, series_b.steps)
@@ -1283,13 +1285,13 @@ def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
     return dict(iter_array(run, series, series.steps, what))
 
 
-def _single_series(run: Run, why: str = "export writes one") -> Series:
+def _single_series(run: Run, why: str = "export writes one", *, fix: str | None = None) -> Series:
     if len(run.series) != 1:
         labels = ", ".join(series.label for series in run.series)
         raise StoreError(
             f"{run.path} holds several series; {why}",
             got=labels,
-            fix="pick one with --probe NAME and/or --layer NAME",
+            fix=fix or "pick one with --probe NAME and/or --layer NAME",
         )
     return run.series[0]
 
