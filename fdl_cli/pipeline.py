@@ -284,15 +284,22 @@ def _warn_flat_anchors(ctx: _Context, series: _Series, wanted: int, where: str) 
         )
 
 
-def _cka(a: _Series, b: _Series) -> float:
+#: CKA on fewer anchor points than this is 1 whatever the features do (the centered anchors of two
+#: points span one direction, of one point none), so it is not measured there (null).
+CKA_MIN_ANCHORS = 3
+
+
+def _cka(a: _Series, b: _Series) -> float | None:
     """spectral.cka(a.anchor, b.anchor) from the cached one-sided parts (one product per pair).
 
     The cross product ‖A_cᵀB_c‖_F² is computed in the series' `cka_dtype` (float32 products are
     summed in float64 per block of rows); the self-norms are float64. Identical anchors (a frozen
-    network) give exactly 1.
+    network) give exactly 1. None on fewer than CKA_MIN_ANCHORS anchor points.
     """
     from fdl_cli.spectral import cka
 
+    if min(a.anchor.shape[0], b.anchor.shape[0]) < CKA_MIN_ANCHORS:
+        return None
     if a is b:
         return 1.0  # CKA(F, F), exactly (for constant anchors too: both sides are)
     wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
@@ -344,8 +351,8 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
     basis_a, basis_b = a.basis(k), b.basis(k)
     dimension = max(basis_a.shape[1], basis_b.shape[1])
-    if dimension == 0:
-        return None
+    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) == a.eigenfunctions.shape[0]:
+        return None  # nothing to compare, or both span every anchor point: 1 whatever the features do
     if a is b:
         return 1.0  # O(s, s), exactly
     return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
@@ -958,8 +965,16 @@ def _validate(ctx: _Context, model: Any) -> None:
             ctx.reporter.warn(
                 f"probe {probe.name!r}: the anchor subset has {anchors} points for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
-                "eigenfunctions on it span all of it and the eigenspace overlaps are 1 whatever the features do; "
+                "eigenfunctions on it can span all of it, where the eigenspace overlaps would be 1 whatever the "
+                "features do: they are not measured there (null), and movement rests on CKA alone; "
                 + ("raise --anchor-size" if anchors < n else f"use a probe of more than {k} samples")
+            )
+        if anchors < CKA_MIN_ANCHORS:
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: the anchor subset has {anchors} point(s): CKA on fewer than "
+                f"{CKA_MIN_ANCHORS} is 1 whatever the features do, so cka_init and cka_prev are not measured "
+                "(null) and the regime cannot tell whether the features moved; "
+                + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(

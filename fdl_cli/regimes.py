@@ -128,7 +128,11 @@ def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple
     """
     cka, overlap = record.get("cka_init"), record.get("overlap_init")
     if cka is None and overlap is None:
-        return UNKNOWN, "no cka_init or overlap_init: no reference to measure movement against"
+        return UNKNOWN, (
+            "cka_init and overlap_init are null: no reference to measure movement against, or an anchor "
+            "subset too small to measure it (CKA needs 3 anchor points, the overlaps more than k; analyze "
+            "warned: raise --anchor-size, or use a larger probe)"
+        )
     th = thresholds
     cka_static = cka is None or cka >= th.cka_static
     overlap_static = overlap is None or overlap >= th.overlap_static

@@ -1007,6 +1007,8 @@ class CrossOverlaps:
     wanted_is_c: bool = True
     #: the fewest columns each run stored at the steps compared
     columns: dict[str, int] = field(default_factory=dict)
+    #: (anchor points, k) of the steps left unmeasured because both top-k bases span every anchor point
+    spanned: set[tuple[int, int]] = field(default_factory=set)
 
     @property
     def used(self) -> set[int]:
@@ -1022,7 +1024,12 @@ class CrossOverlaps:
         return shown + (", run A's --overlap-k" if not self.wanted_is_c and used == self.wanted else "")
 
     def note(self) -> str | None:
-        """Why fewer than the k asked for were compared, when so."""
+        """Why fewer than the k asked for were compared, or why no overlap was measured, when so."""
+        if self.spanned and not self.used:
+            points, k = min(self.spanned)
+            return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on {points} anchor "
+                    f"point(s), which the top {k} span whole (the overlap would be 1 whatever the "
+                    "features do); analyse with a larger --anchor-size")
         if not self.used or min(self.used) >= min(self.wanted):
             return None
         fewest = min(self.columns, key=lambda run: self.columns[run])
@@ -1054,6 +1061,8 @@ def cross_overlaps(
         k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or probe_outputs or 1)
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
         result.values[match] = eigenspace_overlap(a, b, k=k)
+        if a.ndim == 2 and b.ndim == 2 and result.values[match] is None and 0 < a.shape[0] <= min(k, a.shape[1], b.shape[1]):
+            result.spanned.add((int(a.shape[0]), k))
         # a step with nothing to compare (rank 0 on a side: no eigenfunction stored) names no k
         if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)

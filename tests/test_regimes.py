@@ -230,7 +230,7 @@ def test_regimes_imports_no_torch_h5py_click_or_rich() -> None:
 
 
 @pytest.mark.parametrize(("middle", "words"), [
-    ((None, None, 5), "step 10 is not: no cka_init or overlap_init"),
+    ((None, None, 5), "step 10 is not: cka_init and overlap_init are null"),
     ((0.999, 0.5, 5), "step 10 is not: "),
 ])
 def test_static_at_the_end_with_an_unmeasured_or_conflicting_checkpoint_does_not_say_moved(

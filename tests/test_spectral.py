@@ -335,11 +335,15 @@ def test_overlap_identities() -> None:
     cosines = np.linalg.svd(qa.T @ qb, compute_uv=False)
     assert eigenspace_overlap(values, other, k=3) == pytest.approx(np.mean(cosines**2), rel=1e-10)
     assert eigenspace_overlap(values[:, :0], other, k=3) is None
-    # Fewer inputs than k: k vectors on 5 inputs span at most 5 dimensions. O(s, s) is still 1 (it
-    # was 5/10), and two such subspaces that fill the 5 inputs coincide.
+    # Fewer inputs than k: k vectors on 5 inputs span at most 5 dimensions. Two such subspaces that
+    # fill the 5 inputs coincide whatever the features, so the overlap measures nothing there: None
+    # (it was 1, which called any run static: tests/test_anchor_degenerate.py). Spanning fewer than the
+    # inputs, it is measured, and O(s, s) is 1 (it was d/k before d divided it).
     few = values[:5, :10]
-    assert eigenspace_overlap(few, few, k=10) == pytest.approx(1.0, abs=1e-12)
-    assert eigenspace_overlap(few, other[:5, :10], k=10) == pytest.approx(1.0, abs=1e-12)
+    assert eigenspace_overlap(few, few, k=10) is None
+    assert eigenspace_overlap(few, other[:5, :10], k=10) is None
+    flat = few[:, :2] @ np.ones((2, 10))  # 10 columns spanning 2 of the 5 dimensions
+    assert eigenspace_overlap(flat, flat, k=10) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("center", [False, True])
