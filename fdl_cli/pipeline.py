@@ -1288,6 +1288,31 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
         )
 
 
+def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
+    """Whether the path a store recorded for a checkpoint names this file (the same file on disk, or the
+    same path where one is missing)."""
+    try:
+        return os.path.samefile(recorded, now)
+    except OSError:
+        return os.path.normpath(os.path.abspath(recorded)) == os.path.normpath(os.path.abspath(now))
+
+
+def _other_files(
+    out: Path, pairs: Sequence[tuple[int, str, str | os.PathLike[str]]], sha_now: str, sha_stored: str
+) -> StoreError:
+    """The store's checkpoints were analysed from other files than this run's (step, recorded path, path
+    now): most likely another run's store given as --out, which "changed since analysed" misnamed."""
+    step, recorded, now = pairs[0]
+    more = f" (and {len(pairs) - 1} more step(s) so)" if len(pairs) > 1 else ""
+    return StoreError(
+        f"{out} holds other files' numbers: its step {step} was analysed from {recorded}, and this run's step "
+        f"{step} is {now}, another file{more}",
+        got=f"step {step}: sha256 {sha_now[:16]}… now, {sha_stored[:16]}… in {out}",
+        fix="give this run its own --out (the default is ./<folder>.fdl.h5), or --overwrite to replace that store; "
+        "if these are the same checkpoints moved or copied, restore the files as they were",
+    )
+
+
 def _changed_file(what: str, now: str, stored: str, where: str, *, why: str = "") -> StoreError:
     """A checkpoint file whose content is not the one the store's numbers were computed from."""
     return StoreError(
@@ -1400,6 +1425,12 @@ def _check_stored_files(
             touched[step] = now
     if changed:
         changed.sort(key=lambda item: item[0])
+        elsewhere = [
+            (step, stored[step][0], ref.path) for step, ref, _ in changed if not _same_path(stored[step][0], ref.path)
+        ]
+        if elsewhere:
+            digest = next(sha for step, _, sha in changed if step == elsewhere[0][0])
+            raise _other_files(out, elsewhere, digest, stored[elsewhere[0][0]][1])
         first, _, digest = changed[0]
         shown = ", ".join(
             f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'})"
@@ -1464,6 +1495,18 @@ def _stored_files_to_hash(
     return (stored, suspects) if suspects else None
 
 
+def _recorded_path(out: Path, step: int) -> str | None:
+    """The checkpoint path `out` recorded for `step`, None when it holds none (or cannot be read)."""
+    from fdl_cli.store import StoreReader
+
+    try:
+        with StoreReader(out) as reader:
+            identity = reader.file_identities().get(step)
+    except StoreError:
+        return None
+    return identity[0] if identity is not None else None
+
+
 def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
     """Resuming a store made with another reference checkpoint: say which --reference to pass; or with
     the same step but another file (retrained, overwritten) than the one its checkpoints were compared
@@ -1514,6 +1557,9 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             fix=f"pass --reference {stored} to add to it, or --overwrite (or another --out) to start afresh",
         )
     if stored == ctx.reference_step and isinstance(stored_sha, str) and stored_sha != reference_sha:
+        recorded = _recorded_path(out, stored)
+        if recorded is not None and not _same_path(recorded, reference.path):
+            raise _other_files(out, [(stored, recorded, reference.path)], reference_sha, stored_sha)
         raise _changed_file(
             f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
             f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
