@@ -56,8 +56,14 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     join_commits()
 
 
-def join_commits() -> None:
-    """Wait until no background commit thread runs (they are named fdl-store-commit)."""
+def join_commits(writer: StoreWriter | None = None) -> None:
+    """Wait until no background commit thread runs (they are named fdl-store-commit), and first, given
+    the writer, for the commit it tracks: one that its scheduler thread started may not have a thread yet."""
+    if writer is not None:
+        deadline = time.monotonic() + _TIMEOUT
+        while (job := writer._job) is not None and not job.done():
+            assert time.monotonic() < deadline, "a background commit did not end"
+            time.sleep(0.001)
     for thread in threading.enumerate():
         if thread.name == "fdl-store-commit":
             thread.join(_TIMEOUT)
@@ -100,6 +106,7 @@ def test_add_returns_before_the_commit_and_reports_it_once_durable(tmp_path: Pat
         started = time.monotonic()
         assert writer.add(first) == []  # the commit of step 0 starts, in another thread
         assert gate.entered.wait(_TIMEOUT)
+        writer._min_interval = 3600.0  # the next commit is not due: the scheduler commits step 1 only later
         assert time.monotonic() - started < _TIMEOUT / 2
         assert gate.threads[0] is not threading.main_thread()
         assert not path.exists()  # the first commit creates the file: not yet
@@ -107,7 +114,7 @@ def test_add_returns_before_the_commit_and_reports_it_once_durable(tmp_path: Pat
         assert writer.add(second) == []  # in flight: buffered for the next commit
         assert writer.completed() == {0: first.sha256, 1: second.sha256}
         gate.open()
-        join_commits()
+        join_commits(writer)
         assert stored_steps(path) == [0]  # step 1 came too late for that commit
         assert writer.add(third) == [first]
         assert_durable(path, [first])
@@ -131,7 +138,7 @@ def test_every_returned_entry_is_already_in_the_store(tmp_path: Path) -> None:
             reported_by_add += len(durable)
             returned += durable
             if index % 4 == 3:
-                join_commits()  # the next add reports the commit that ended
+                join_commits(writer)  # the next add reports the commit that ended
         durable = writer.flush()
         assert_durable(path, durable)
         returned += durable
@@ -280,7 +287,7 @@ def test_a_failed_background_commit_is_raised_by_the_next_add_and_retried_by_flu
     failed, added = random_entry(1), random_entry(2)
     with writer_for(path) as writer:
         assert writer.add(failed) == []
-        join_commits()
+        join_commits(writer)
         assert calls == ["fdl-store-commit"]
         with pytest.raises(StoreError, match=r"could not write .*run\.h5 \(the store on disk is unchanged\)") as excinfo:
             writer.add(added)
