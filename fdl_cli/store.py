@@ -22,7 +22,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
 Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
 fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
 Commits run one at a time in a background thread of the writer, which reports an entry only once
-the commit holding it is durable.
+the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
+caller's thread makes no call (it may be stuck in one long forward pass).
 One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
 """
 
@@ -1309,10 +1310,11 @@ class StoreWriter:
         it, as the caller's (the old order: raise what ended, then start)."""
         size = 0 if entry is None else _entry_bytes(entry)
         error: BaseException | None = None
-        try:
-            self._collect(wait=False)
-        except BaseException as exc:  # noqa: BLE001 - raised below, once the entry is buffered
-            error = exc
+        if self._job is not None:  # read without the lock: a job that appears meanwhile waits for the next call
+            try:
+                self._collect(wait=False)
+            except BaseException as exc:  # noqa: BLE001 - raised below, once the entry is buffered
+                error = exc
         job: _CommitJob | None = None
         commit_here = False
         with self._guard:
@@ -1387,6 +1389,8 @@ class StoreWriter:
             raise ValueError(f"the StoreWriter of {self._path} is closed")
 
     def _take_durable(self) -> list[CheckpointEntry]:
+        if not self._durable:  # read without the lock (tick's common case): what lands meanwhile is taken next time
+            return []
         with self._guard:
             durable, self._durable = self._durable, []
         return durable
