@@ -1466,6 +1466,9 @@ class StoreWriter:
                 job = self._new_job()
             if job is not None:
                 self._launch(job)
+            # not kept while this thread sleeps: the plan holds the entries (a run of quick checkpoints
+            # into a large store commits hundreds of MB at once), which are dropped once it is applied
+            del job
 
     @contextlib.contextmanager
     def _held(self) -> Iterator[None]:

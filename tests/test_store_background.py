@@ -565,3 +565,23 @@ def test_after_a_failed_commit_the_scheduler_leaves_the_retry_to_the_caller(
         assert launches[-1] == "fdl-store-scheduler"
         assert writer.flush() == [later]
     assert stored_steps(path) == [0, 1, 2]
+
+
+def test_the_scheduler_keeps_no_committed_entry_alive(tmp_path: Path) -> None:
+    """The scheduler thread kept its last job, and with it every entry of that commit (hundreds of MB
+    for a run of quick checkpoints into a large store), while it slept until the next one."""
+    import gc
+    import weakref
+
+    path = tmp_path / "run.h5"
+    with writer_for(path, min_interval=0.5) as writer:
+        writer._last_commit = time.monotonic()  # not due at the add: the scheduler starts the commit
+        entry = random_entry(0)
+        alive = weakref.ref(entry)
+        assert writer.add(entry) == []
+        wait_until(lambda: steps_on_disk(path) == [0], "step 0 committed with no call")
+        join_commits(writer)
+        assert writer.tick() == [entry]
+        del entry
+        gc.collect()
+        assert alive() is None, [type(r).__name__ for r in gc.get_referrers(alive())]
