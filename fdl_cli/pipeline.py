@@ -397,8 +397,9 @@ class _Context:
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
     spec_source: tuple[str, str] | None = None  # (file, sha256) of the file the --model spec names (`_spec_source`)
-    #: called after every probe batch: starts the store's due commit and announces what became durable
-    #: (a checkpoint's computation may take long; finished ones must not wait in the buffer meanwhile)
+    #: called after every probe batch: announces what became durable (a checkpoint's computation may take
+    #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
+    #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
     tick: Callable[[], None] | None = None
 
 
@@ -1966,8 +1967,8 @@ def _after_batch(ctx: _Context, done: int, total: int) -> None:
 
 def _loaded(future: Future[tuple[LoadedCheckpoint, str]], tick: Callable[[], None] | None) -> tuple[LoadedCheckpoint, str]:
     """The loader's result. While a read takes long (a hung network file system, a cold archive),
-    the checkpoints already analysed are committed and announced as the throttle allows, instead of
-    waiting in the writer's buffer for the next add."""
+    the checkpoints already analysed are announced once committed (the writer's scheduler commits them
+    as the throttle allows), instead of waiting for the next add."""
     # wait(), not result(timeout=...): a read that fails with the file system's own TimeoutError
     # (ETIMEDOUT) must be raised, not taken for the wait's timeout
     while not wait_for_futures([future], timeout=_TICK_SECONDS).done:

@@ -22,7 +22,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
 Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
 fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
 Commits run one at a time in a background thread of the writer, which reports an entry only once
-the commit holding it is durable.
+the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
+caller's thread makes no call (it may be stuck in one long forward pass).
 One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
 """
 
@@ -42,7 +43,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1010,7 +1011,9 @@ class _CommitJob:
     The writer tracks the job before its thread starts, and cancels a job that has not started when it
     has to wait for it (its entries are still buffered: the caller then commits them itself). So a
     Ctrl-C that lands while the thread is being started can neither leave a commit running untracked
-    nor make the caller wait for one that never runs.
+    nor make the caller wait for one that never runs. `finish` (the writer's `_finish`) runs in the
+    job's thread once the commit has ended, before `done()` turns true: whoever sees the job done sees
+    its result applied.
     """
 
     def __init__(self, plan: _CommitPlan) -> None:
@@ -1022,7 +1025,7 @@ class _CommitJob:
         self._state_lock = threading.Lock()
         self._ended = threading.Event()
 
-    def run(self, execute: Callable[[_CommitPlan], None]) -> None:
+    def run(self, execute: Callable[[_CommitPlan], None], finish: Callable[[_CommitJob], None]) -> None:
         with self._state_lock:
             if self._state != "pending":
                 return
@@ -1035,7 +1038,10 @@ class _CommitJob:
         finally:
             self.finished = time.monotonic()
             self.cost = self.finished - started
-            self._ended.set()
+            try:
+                finish(self)
+            finally:
+                self._ended.set()
 
     def cancel(self) -> bool:
         """Cancel the job unless it started; True if it never runs."""
@@ -1090,21 +1096,30 @@ class StoreWriter:
     """The single writer of a store: buffers checkpoints and commits them crash-safely.
 
     Opening takes the lock and, unless `overwrite`, checks that the existing store belongs to this
-    run (same provenance and probes). `add()` starts a commit of the buffer when at least
-    max(min_interval, 10 x the last commit's duration) seconds passed since the last commit ended
-    and no commit is running. With `background=True` (the default) the commit runs in a background
-    thread, one at a time, and `add()` returns at once, so the caller's work overlaps the copy,
-    fsync and rename; entries added meanwhile go into the next commit. `add()` and `flush()` return
-    the entries whose commit ended durably since the previous add/flush, never one that is not yet
-    on disk, so a caller may announce exactly what they return. `flush()` waits for the running
-    commit and commits the rest; `close()` and leaving the `with` block (also on an exception or
-    Ctrl-C) do the same and release the lock. An error of a background commit is raised by the next
-    add/flush/close, with the store on disk unchanged and its entries still buffered (a later flush
-    retries them). `background=False` commits in the caller's thread within `add()`. Adding a step
+    run (same provenance and probes). A commit of the buffer is due once at least
+    max(min_interval, 10 x the last commit's duration) seconds passed since the last commit ended (or
+    the buffered arrays hold BUFFER_BYTES) and no commit is running. With `background=True` (the
+    default) the commit runs in a background thread, one at a time, and `add()` returns at once, so
+    the caller's work overlaps the copy, fsync and rename; entries added meanwhile go into the next
+    commit. A due commit is started by `add()` or `tick()`, or, when the caller makes neither call
+    (its thread stuck in one long forward pass, a hung collective or read), by the writer's own
+    scheduler thread, so a buffered entry is durable at most about that wait plus two commits'
+    durations after it was added. `add()`, `tick()` and `flush()` return the entries whose commit
+    ended durably since the previous call, never one that is not yet on disk, so a caller may
+    announce exactly what they return. `flush()` waits for the running commit and commits the rest;
+    `close()` and leaving the `with` block (also on an exception or Ctrl-C) do the same and release
+    the lock. An error of a background commit is raised by the next add/tick/flush/close, with the
+    store on disk unchanged and its entries still buffered; the scheduler then starts no commit until
+    one started by the caller (add/tick once due, flush, close) has succeeded. `background=False`
+    commits in the caller's thread within `add()` and `tick()`, and starts no thread. Adding a step
     already stored replaces it.
 
-    Only the caller's thread reads or changes the writer's state: it computes each commit's
-    `_CommitPlan` from a snapshot and applies the result once the commit has ended.
+    Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
+    the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
+    of it happens under `_guard` (a lock held only for those few steps, never while a commit copies,
+    writes or fsyncs), so no entry is planned into two commits or dropped: a plan takes the front of
+    the buffer, and only the applying of that plan removes exactly those entries. Commits touch
+    files and h5py only, never torch.
     """
 
     def __init__(
@@ -1150,6 +1165,13 @@ class StoreWriter:
         self._closed = False
         self._last_commit = time.monotonic()
         self._last_cost = 0.0
+        # Guards every attribute above that a commit reads or changes (and `_job`), for the scheduler
+        # and commit threads; notified when a commit may have become due or startable.
+        self._guard = threading.Condition(threading.Lock())
+        self._holds = 0  # flush/close at work in the caller's thread: the scheduler starts nothing
+        self._stopping = False  # close() began: the scheduler ends
+        self._failed = False  # the last commit failed: the caller's thread retries (add/tick/flush/close)
+        self._scheduler: threading.Thread | None = None  # started by the first add (background only)
         if self._path.is_dir():
             raise StoreError(f"{self._path} is a folder", fix="pass a file name such as run.h5 as --out")
         with contextlib.suppress(OSError):
@@ -1241,8 +1263,9 @@ class StoreWriter:
 
     def completed(self) -> dict[int, str]:
         """step -> sha256 of every complete checkpoint: committed, being committed or buffered."""
-        done = dict(self._sha256)
-        done.update((entry.step, entry.sha256) for entry in self._buffer)
+        with self._guard:
+            done = dict(self._sha256)
+            done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
 
     def note_file_signatures(self, signatures: Mapping[int, str]) -> None:
@@ -1251,12 +1274,14 @@ class StoreWriter:
         commit (at the latest when the writer is flushed or closed): the next resume then need not
         hash them again. Steps not in the store, or stored again meanwhile, are left alone."""
         self._check_open()
-        if not self._fresh:
-            self._signatures.update((int(step), str(sig)) for step, sig in signatures.items() if step in self._sha256)
+        noted = [(int(step), str(sig)) for step, sig in signatures.items()]
+        with self._guard:
+            if not self._fresh:
+                self._signatures.update((step, sig) for step, sig in noted if step in self._sha256)
 
     def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
-        since the previous add/flush (often [], as commits are throttled and run in the background)."""
+        since the previous add/tick/flush (often [], as commits are throttled and run in the background)."""
         self._check_open()
         if not isinstance(entry, CheckpointEntry):
             raise ValueError(f"add() takes a CheckpointEntry, got {type(entry).__name__}")
@@ -1265,31 +1290,63 @@ class StoreWriter:
             raise ValueError(
                 f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
             )
-        self._buffer.append(entry)  # first: kept for the next commit even if the last one failed
-        self._buffered_bytes += _entry_bytes(entry)
-        return self.tick()
+        return self._tick(entry)
 
     def tick(self) -> list[CheckpointEntry]:
         """Start the commit of what is buffered if one is due (the throttle above), and return the
-        entries made durable since the previous add/flush/tick. For a caller that waits on something
-        else (a slow checkpoint read): without it, its last entries would stay buffered meanwhile."""
+        entries made durable since the previous add/flush/tick. With `background=True` the writer's
+        scheduler thread starts a due commit by itself, so a caller that waits on something else (a
+        slow checkpoint read) needs this only to learn, and announce, what became durable (and to see
+        a failed commit's error, after which the scheduler leaves the retry to the caller)."""
         self._check_open()
-        self._collect(wait=False)
-        wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
-        due = time.monotonic() - self._last_commit >= wait or self._buffered_bytes >= BUFFER_BYTES
-        if self._buffer and self._job is None and due:
-            if self._background:
-                self._start()
-            else:
-                self._commit()
+        return self._tick(None)
+
+    def _tick(self, entry: CheckpointEntry | None) -> list[CheckpointEntry]:
+        """add() (with `entry`) and tick(): the error of a commit that ended is raised, but only after
+        `entry` is buffered (it is kept for the next commit); else a due commit is started.
+
+        The entry is buffered and the commit started in one hold of `_guard`, so the scheduler cannot
+        start it in between, and a commit's error is raised by a later call than the one that started
+        it, as the caller's (the old order: raise what ended, then start)."""
+        size = 0 if entry is None else _entry_bytes(entry)
+        error: BaseException | None = None
+        if self._job is not None:  # read without the lock: a job that appears meanwhile waits for the next call
+            try:
+                self._collect(wait=False)
+            except BaseException as exc:  # noqa: BLE001 - raised below, once the entry is buffered
+                error = exc
+        job: _CommitJob | None = None
+        commit_here = False
+        with self._guard:
+            if entry is not None:
+                self._buffer.append(entry)
+                self._buffered_bytes += size
+            if error is None and self._buffer and self._job is None and self._due_in() <= 0:
+                if self._background:
+                    job = self._new_job()
+                else:
+                    commit_here = True
+            elif entry is not None and (len(self._buffer) == 1 or self._buffered_bytes >= BUFFER_BYTES):
+                # the scheduler waits without a deadline while nothing is buffered; the byte cap makes
+                # a commit due at once (see _run_scheduler for what else wakes it)
+                self._guard.notify_all()
+        if entry is not None and self._background and self._scheduler is None:
+            self._start_scheduler()
+        if error is not None:
+            raise error
+        if job is not None:
+            self._launch(job)
+        elif commit_here:
+            self._commit()
         return self._take_durable()
 
     def flush(self) -> list[CheckpointEntry]:
         """Wait for the running commit and commit the rest; returns every entry made durable since the
         previous add/flush, in the order added."""
         self._check_open()
-        self._collect(wait=True)
-        self._commit()
+        with self._held():
+            self._collect(wait=True)
+            self._commit()
         return self._take_durable()
 
     def close(self) -> None:
@@ -1307,6 +1364,9 @@ class StoreWriter:
             return
         interrupt: BaseException | None = None
         try:
+            with self._guard:
+                self._stopping = True  # the scheduler starts nothing more, and ends
+                self._guard.notify_all()
             try:
                 interrupt = self._collect(wait=True, shield=True)
             except Exception:  # noqa: BLE001 - the background commit failed; its entries are still buffered
@@ -1329,33 +1389,110 @@ class StoreWriter:
             raise ValueError(f"the StoreWriter of {self._path} is closed")
 
     def _take_durable(self) -> list[CheckpointEntry]:
-        durable, self._durable = self._durable, []
+        if not self._durable:  # read without the lock (tick's common case): what lands meanwhile is taken next time
+            return []
+        with self._guard:
+            durable, self._durable = self._durable, []
         return durable
 
     # -- committing --------------------------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Hand the buffer to a new background thread (one commit at a time: none may be running)."""
+    def _due_in(self) -> float:
+        """Seconds until a commit of the buffer is due, <= 0 when it is (the throttle); under `_guard`."""
+        if self._buffered_bytes >= BUFFER_BYTES:
+            return 0.0
+        wait = max(self._min_interval, _THROTTLE_FACTOR * self._last_cost)
+        return self._last_commit + wait - time.monotonic()
+
+    def _new_job(self) -> _CommitJob | None:
+        """The job of committing the whole buffer, tracked as the running one; under `_guard`, with no
+        job tracked. The caller then `_launch`es it, outside the lock."""
         plan = self._plan()
         if plan is None:
-            return
-        job = _CommitJob(plan)
-        self._job = job  # tracked before its thread starts: see _CommitJob
+            return None
+        self._job = _CommitJob(plan)  # tracked before its thread starts: see _CommitJob
+        return self._job
+
+    def _launch(self, job: _CommitJob) -> None:
+        """Run a job made by `_new_job` in a new background thread (named fdl-store-commit)."""
         try:
-            threading.Thread(target=job.run, args=(self._execute,), name="fdl-store-commit").start()
-        except RuntimeError:  # no thread to be had (e.g. at interpreter shutdown): commit here
-            if job.cancel():
+            # not a daemon (the scheduler's threads are): interpreter exit waits for a commit in flight
+            threading.Thread(
+                target=job.run, args=(self._execute, self._finish), name="fdl-store-commit", daemon=False
+            ).start()
+        except RuntimeError:  # no thread to be had (e.g. at interpreter shutdown): commit in this one
+            job.run(self._execute, self._finish)  # an error is raised by the next add/tick/flush/close
+
+    def _finish(self, job: _CommitJob) -> None:
+        """In the job's thread once its commit ended: apply it (it is durable), or keep it tracked with
+        its error until the caller's thread raises that (`_collect`); no commit starts meanwhile."""
+        with self._guard:
+            if job.error is None:
+                self._apply(job.plan, job.cost, job.finished)
                 self._job = None
-                self._commit()
+            else:
+                self._failed = True
+            self._guard.notify_all()  # the scheduler: the next commit's due time moved
+
+    def _start_scheduler(self) -> None:
+        thread = threading.Thread(target=self._run_scheduler, name="fdl-store-scheduler", daemon=True)
+        self._scheduler = thread  # first: a Ctrl-C while it starts must not make the next add start another
+        with contextlib.suppress(RuntimeError):  # no thread to be had: add() and tick() still start commits
+            thread.start()
+
+    def _run_scheduler(self) -> None:
+        """The scheduler thread: starts each commit as it falls due, so that none waits for a call of
+        the caller's thread, which may be stuck for hours in one call (a forward pass of a huge model on
+        the CPU, a hung GPU collective, a stalled read), while a kill -9 would lose what is buffered.
+
+        It sleeps on `_guard` until the throttle's wait has passed, and is woken by what can change
+        that: an add to an empty buffer or past BUFFER_BYTES, the end of a commit, a failed commit's
+        error raised (`_collect`), the end of a flush, and close. It runs no commit itself (a thread of
+        its own does, as for add/tick) and ends when the writer closes. After a commit failed it starts
+        none until one started by the caller's thread succeeds: the caller sees the error first (the
+        next add/tick/flush/close raises it) and decides on the retry, as without the scheduler.
+        """
+        while True:
+            with self._guard:
+                while True:
+                    if self._stopping:
+                        return
+                    delay: float | None = None  # no deadline: nothing to start until woken
+                    if self._buffer and self._job is None and not self._holds and not self._failed:
+                        delay = self._due_in()
+                        if delay <= 0:
+                            break
+                    self._guard.wait(delay)
+                job = self._new_job()
+            if job is not None:
+                self._launch(job)
+            # not kept while this thread sleeps: the plan holds the entries (a run of quick checkpoints
+            # into a large store commits hundreds of MB at once), which are dropped once it is applied
+            del job
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """While flush() waits and commits in the caller's thread, the scheduler starts no commit."""
+        with self._guard:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._holds -= 1
+                self._guard.notify_all()
 
     def _collect(self, *, wait: bool, shield: bool = False) -> BaseException | None:
-        """Apply the background commit if it ended (with `wait`: once it ended) and raise its error.
+        """Raise the error of a background commit that failed (with `wait`: once the running commit
+        ended). A commit that succeeded was applied by its own thread (`_finish`).
 
         A job whose thread has not started yet is cancelled rather than waited for; its entries stay
         buffered. Ctrl-C interrupts the wait, the commit going on, unless `shield`: then the wait
-        continues and the KeyboardInterrupt is returned for the caller to raise.
+        continues and the KeyboardInterrupt is returned for the caller to raise. Without `wait`, or
+        unless flush/close hold the scheduler, a new commit may be running when this returns.
         """
-        job = self._job
+        with self._guard:
+            job = self._job
         if job is None:
             return None
         interrupt: BaseException | None = None
@@ -1370,26 +1507,32 @@ class StoreWriter:
                     interrupt = exc
         if not job.done():
             return None
-        self._job = None
+        with self._guard:
+            if self._job is not job:  # it succeeded and was applied
+                return interrupt
+            self._job = None  # failed, or cancelled: its entries are still buffered
+            self._guard.notify_all()
         if job.error is not None:
-            error, job.error = job.error, None
-            raise error  # the store is unchanged and the job's entries still buffered
-        if not job.cancelled:
-            self._apply(job.plan, job.cost, job.finished)
+            raise job.error  # the store is unchanged and the job's entries still buffered
         return interrupt
 
     def _commit(self) -> None:
-        """Commit the buffer in the caller's thread (no background commit may be running)."""
-        plan = self._plan()
+        """Commit the buffer in the caller's thread (no background commit may be running or start:
+        background=False, or flush/close hold the scheduler)."""
+        with self._guard:
+            plan = self._plan()
         if plan is None:
             return
         started = time.monotonic()
         self._execute(plan)
         finished = time.monotonic()
-        self._apply(plan, finished - started, finished)
+        with self._guard:
+            self._apply(plan, finished - started, finished)
+            self._guard.notify_all()
 
     def _plan(self) -> _CommitPlan | None:
-        """What committing the whole buffer writes; None when there is nothing to write."""
+        """What committing the whole buffer writes; None when there is nothing to write. Under `_guard`:
+        it copies what it needs (the entries are immutable), so the commit reads no shared state."""
         entries = tuple(self._buffer)
         if not entries and (self._fresh or not self._signatures):
             return None  # a fresh store is created by its first checkpoint, not before
@@ -1480,7 +1623,7 @@ class StoreWriter:
             raise
 
     def _apply(self, plan: _CommitPlan, cost: float, finished: float) -> None:
-        """The writer's state once a plan is durable on disk."""
+        """The writer's state once a plan is durable on disk; under `_guard`."""
         self._rows = {key: value for key, value in plan.rows.items() if value}
         self._trajectories_match = set(self._rows)
         for entry in plan.entries:
@@ -1495,6 +1638,7 @@ class StoreWriter:
             if self._signatures.get(step) == signature:
                 del self._signatures[step]
         self._fresh = False
+        self._failed = False
         self._last_cost = cost
         self._last_commit = finished
         self._durable.extend(plan.entries)

@@ -494,3 +494,88 @@ def test_a_reference_retrained_after_a_kill_before_it_was_stored_is_refused(serv
     assert [r["step"] for r in resumed[0]] == [0, 1, 2, 3]
     for got, expected in zip(resumed[0], whole[0], strict=True):
         assert {k: v for k, v in got.items() if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
+
+
+_STUCK_MODEL = '''
+import os, time
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Model(nn.Sequential):
+    def forward(self, x):
+        # The checkpoint the test marked (its first bias 7.0) hangs in its forward pass, as a huge model
+        # on the CPU or a hung GPU call would: no add or tick for as long as it lasts. A run started
+        # after the test wrote `release` goes through.
+        if float(self[0].bias[0]) == 7.0 and not os.path.exists(os.path.join(HERE, "release")):
+            open(os.path.join(HERE, "stuck"), "w").close()
+            deadline = time.monotonic() + 600
+            while not os.path.exists(os.path.join(HERE, "release")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().forward(x)
+
+
+def make():
+    return Model(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+'''
+
+
+def test_checkpoints_analysed_before_a_forward_pass_that_hangs_are_committed_and_survive_kill9(tmp_path: Path) -> None:
+    """`fdl analyze` whose model hangs in the forward pass of step 3: steps 0-2, analysed before, were
+    held in the writer's buffer for as long as it hung (commits were started only by add/tick, which the
+    stuck main thread never reached), and a kill -9 lost them. The writer's scheduler now commits them
+    once the throttle's wait (--commit-interval) has passed. A real `python -m fdl_cli` process, killed
+    with SIGKILL; the same command then resumes and finishes."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpts"
+    _write_run(folder, range(5))
+    marked = folder / "step_3.safetensors"
+    weights = load_file(str(marked))
+    weights["0.bias"][0] = 7.0
+    save_file(weights, str(marked))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
+    (tmp_path / "stuck_model.py").write_text(_STUCK_MODEL)
+    store = tmp_path / "run.h5"
+    # --commit-interval 4: steps 0-2 take well under that, so no add reaches a due commit before the
+    # hang (the old code then never committed them); the scheduler commits them 4 s after the store opened
+    argv = [sys.executable, "-m", "fdl_cli", "analyze", "ckpts", "--model", "stuck_model.py:make",
+            "--probe", "probe.npz", "--out", store.name, "--json", "--top-k", "4", "--anchor-size", "16",
+            "--batch-size", "16", "--commit-interval", "4"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    stdout, stderr = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        process = subprocess.Popen(argv, cwd=tmp_path, stdout=out, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 180  # generous: the whole suite may share the machine's cores
+        steps: list[int] = []
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"fdl ended ({process.returncode}): {stderr.read_text()}"
+            if (tmp_path / "stuck").exists() and store.exists():
+                with StoreReader(store) as reader:
+                    steps = reader.steps()
+                if steps == [0, 1, 2]:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"steps 0-2 were never committed while step 3's forward pass hung (store: {steps})")
+        assert process.poll() is None  # still stuck in step 3's forward pass
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, stderr.read_text()
+    records, _, warnings = _stored(store)  # opens, intact, with the three checkpoints
+    assert [record["step"] for record in records] == [0, 1, 2] and warnings == []
+    assert [record["prev_step"] for record in records] == [None, 0, 1]
+
+    (tmp_path / "release").touch()
+    resumed = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [record["step"] for record in _printed(resumed.stdout)] == [3, 4]  # 0-2 were not analysed again
+    final, _, warnings = _stored(store)
+    assert [record["step"] for record in final] == [0, 1, 2, 3, 4] and warnings == []
+    assert final[:3] == records and final[3]["prev_step"] == 2
+    assert not list(tmp_path.glob("run.h5.tmp-*"))

@@ -7,6 +7,7 @@ fsyncs and renames its copy: the tests then act while that commit is known to be
 from __future__ import annotations
 
 import errno
+import random
 import signal
 import threading
 import time
@@ -56,8 +57,14 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     join_commits()
 
 
-def join_commits() -> None:
-    """Wait until no background commit thread runs (they are named fdl-store-commit)."""
+def join_commits(writer: StoreWriter | None = None) -> None:
+    """Wait until no background commit thread runs (they are named fdl-store-commit), and first, given
+    the writer, for the commit it tracks: one that its scheduler thread started may not have a thread yet."""
+    if writer is not None:
+        deadline = time.monotonic() + _TIMEOUT
+        while (job := writer._job) is not None and not job.done():
+            assert time.monotonic() < deadline, "a background commit did not end"
+            time.sleep(0.001)
     for thread in threading.enumerate():
         if thread.name == "fdl-store-commit":
             thread.join(_TIMEOUT)
@@ -100,6 +107,7 @@ def test_add_returns_before_the_commit_and_reports_it_once_durable(tmp_path: Pat
         started = time.monotonic()
         assert writer.add(first) == []  # the commit of step 0 starts, in another thread
         assert gate.entered.wait(_TIMEOUT)
+        writer._min_interval = 3600.0  # the next commit is not due: the scheduler commits step 1 only later
         assert time.monotonic() - started < _TIMEOUT / 2
         assert gate.threads[0] is not threading.main_thread()
         assert not path.exists()  # the first commit creates the file: not yet
@@ -107,7 +115,7 @@ def test_add_returns_before_the_commit_and_reports_it_once_durable(tmp_path: Pat
         assert writer.add(second) == []  # in flight: buffered for the next commit
         assert writer.completed() == {0: first.sha256, 1: second.sha256}
         gate.open()
-        join_commits()
+        join_commits(writer)
         assert stored_steps(path) == [0]  # step 1 came too late for that commit
         assert writer.add(third) == [first]
         assert_durable(path, [first])
@@ -131,7 +139,7 @@ def test_every_returned_entry_is_already_in_the_store(tmp_path: Path) -> None:
             reported_by_add += len(durable)
             returned += durable
             if index % 4 == 3:
-                join_commits()  # the next add reports the commit that ended
+                join_commits(writer)  # the next add reports the commit that ended
         durable = writer.flush()
         assert_durable(path, durable)
         returned += durable
@@ -280,7 +288,7 @@ def test_a_failed_background_commit_is_raised_by_the_next_add_and_retried_by_flu
     failed, added = random_entry(1), random_entry(2)
     with writer_for(path) as writer:
         assert writer.add(failed) == []
-        join_commits()
+        join_commits(writer)
         assert calls == ["fdl-store-commit"]
         with pytest.raises(StoreError, match=r"could not write .*run\.h5 \(the store on disk is unchanged\)") as excinfo:
             writer.add(added)
@@ -405,3 +413,175 @@ def test_a_buffer_holding_buffer_bytes_is_committed_whatever_the_throttle(
     with writer_for(path, min_interval=3600.0, background=False) as writer:
         assert [[entry.step for entry in writer.add(entry)] for entry in entries] == [[]] * 7
         assert writer._buffered_bytes == 7 * size
+
+
+# ------------------------------------------------------------------------------------------------
+# The scheduler thread: a due commit starts without a call from the caller's thread
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition()` until true; fail naming `what` after a generous `timeout` (not a speed check)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def steps_on_disk(path: Path) -> list[int]:
+    return stored_steps(path) if path.exists() else []
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that started each background commit (`StoreWriter._launch`)."""
+    started: list[str] = []
+    real = StoreWriter._launch
+
+    def launch(self: StoreWriter, job: Any) -> None:
+        started.append(threading.current_thread().name)
+        real(self, job)
+
+    monkeypatch.setattr(StoreWriter, "_launch", launch)
+    return started
+
+
+def test_a_due_commit_starts_with_no_call_from_the_caller(tmp_path: Path, launches: list[str]) -> None:
+    """The caller's thread stuck in one long call (a forward pass, a hung collective) made no add or
+    tick, and what it had added stayed in memory, lost to a kill -9, for as long as the call lasted."""
+    path = tmp_path / "run.h5"
+    first, second = random_entry(0), random_entry(1)
+    with writer_for(path, min_interval=1.0) as writer:
+        writer._last_commit = time.monotonic()  # not due for 1 s, however slow the machine was to open
+        assert writer.add(first) == []
+        # from here on, no call: the writer's scheduler starts the commit once the throttle's wait passed
+        wait_until(lambda: steps_on_disk(path) == [0], "step 0 committed with no add or tick")
+        join_commits(writer)  # renamed into place: now its thread marks it durable
+        assert_durable(path, [first])
+        assert launches == ["fdl-store-scheduler"]
+        # reported by the caller's next call, once durable (as before); a commit in flight
+        assert writer.add(second) == [first]
+        wait_until(lambda: steps_on_disk(path) == [0, 1], "step 1 committed with no add or tick")
+        join_commits(writer)
+        assert launches == ["fdl-store-scheduler"] * 2  # the next one too, after the throttle's wait
+        assert writer.tick() == [second]
+        assert writer.flush() == []
+    assert stored_steps(path) == [0, 1]
+    assert tmp_files(tmp_path) == [] and not (tmp_path / "run.h5.lock").exists()
+
+
+def test_many_adds_while_the_scheduler_commits_lose_and_repeat_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launches: list[str]
+) -> None:
+    """The caller appends to the buffer while the scheduler and the commit threads take snapshots of it
+    and apply them: every entry is written once, reported once in the order added, one commit at a time."""
+    written: dict[int, int] = {}
+    running, most = [0], [0]
+    count_lock = threading.Lock()
+    real_write, real_execute = store_module._write_checkpoint, StoreWriter._execute
+
+    def write(checkpoints: Any, entry: CheckpointEntry) -> None:
+        with count_lock:
+            written[entry.step] = written.get(entry.step, 0) + 1
+        real_write(checkpoints, entry)
+
+    def execute(self: StoreWriter, plan: Any) -> None:
+        with count_lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            real_execute(self, plan)
+        finally:
+            with count_lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(store_module, "_write_checkpoint", write)
+    monkeypatch.setattr(StoreWriter, "_execute", execute)
+    # commits back to back (the throttle's 10x would space them out and make the test slow): the
+    # buffer is snapshotted and trimmed many times while the caller appends
+    monkeypatch.setattr(store_module, "_THROTTLE_FACTOR", 0.0)
+    path = tmp_path / "run.h5"
+    entries = [random_entry(step) for step in range(300)]
+    returned: list[CheckpointEntry] = []
+    pause = random.Random(7)
+    with writer_for(path) as writer:
+        for entry in entries:
+            returned += writer.add(entry)
+            if pause.random() < 0.7:
+                time.sleep(pause.uniform(0.0, 0.006))  # the caller busy elsewhere: the scheduler's turn
+        # no call: the scheduler commits what is left
+        wait_until(lambda: len(steps_on_disk(path)) == len(entries), "the rest committed with no call")
+        returned += writer.tick()
+        returned += writer.flush()
+    assert [entry.step for entry in returned] == list(range(300))  # each once, in the order added
+    assert all(a is b for a, b in zip(returned, entries, strict=True))
+    assert written == dict.fromkeys(range(300), 1)  # no entry was in two commits
+    assert most[0] == 1  # one commit at a time
+    print(f"commits started by: {sorted((name, launches.count(name)) for name in set(launches))}")
+    assert "fdl-store-scheduler" in launches and len(launches) >= 5
+    with StoreReader(path) as reader:
+        assert reader.warnings == [] and reader.steps() == list(range(300))
+        assert [record["sha256"] for record in reader.records()] == [entry.sha256 for entry in entries]
+        for step in (0, 151, 299):
+            assert reader.arrays(step) == entries[step].series[0]
+
+
+def test_after_a_failed_commit_the_scheduler_leaves_the_retry_to_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launches: list[str]
+) -> None:
+    """A commit the scheduler started fails: the store is unchanged, the entry stays buffered, the error
+    is raised by the caller's next call, and no commit starts before it (nor loops on a full disk)."""
+    path = tmp_path / "run.h5"
+    with writer_for(path, background=False) as writer:
+        writer.add(random_entry(0))
+    before = path.read_bytes()
+    calls: list[str] = []
+    real_copyfile = store_module.shutil.copyfile
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        calls.append(threading.current_thread().name)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.shutil, "copyfile", fail)
+    failed, later = random_entry(1), random_entry(2)
+    with writer_for(path, min_interval=0.2) as writer:
+        writer._last_commit = time.monotonic()  # not due at once: the scheduler starts it
+        assert writer.add(failed) == []
+        wait_until(lambda: calls == ["fdl-store-commit"], "the scheduler's commit ran")
+        join_commits(writer)
+        time.sleep(0.5)  # 2.5 x the throttle's wait: a scheduler that retried on its own would have
+        assert calls == ["fdl-store-commit"] and launches == ["fdl-store-scheduler"]
+        assert path.read_bytes() == before and tmp_files(tmp_path) == []
+        assert writer.completed() == {0: f"{0:064x}", 1: failed.sha256}
+        with pytest.raises(StoreError, match="No space left on device"):
+            writer.tick()
+        monkeypatch.setattr(store_module.shutil, "copyfile", real_copyfile)
+        retried = writer.tick()  # the caller's retry (due: the throttle counts from the last success)
+        assert launches == ["fdl-store-scheduler", "MainThread"]
+        wait_until(lambda: steps_on_disk(path) == [0, 1], "the caller's retry")
+        join_commits(writer)
+        assert retried + writer.add(later) == [failed]
+        # it succeeded: the scheduler starts due commits again
+        wait_until(lambda: steps_on_disk(path) == [0, 1, 2], "step 2 committed with no call")
+        assert launches[-1] == "fdl-store-scheduler"
+        assert writer.flush() == [later]
+    assert stored_steps(path) == [0, 1, 2]
+
+
+def test_the_scheduler_keeps_no_committed_entry_alive(tmp_path: Path) -> None:
+    """The scheduler thread kept its last job, and with it every entry of that commit (hundreds of MB
+    for a run of quick checkpoints into a large store), while it slept until the next one."""
+    import gc
+    import weakref
+
+    path = tmp_path / "run.h5"
+    with writer_for(path, min_interval=0.5) as writer:
+        writer._last_commit = time.monotonic()  # not due at the add: the scheduler starts the commit
+        entry = random_entry(0)
+        alive = weakref.ref(entry)
+        assert writer.add(entry) == []
+        wait_until(lambda: steps_on_disk(path) == [0], "step 0 committed with no call")
+        join_commits(writer)
+        assert writer.tick() == [entry]
+        del entry
+        gc.collect()
+        assert alive() is None, [type(r).__name__ for r in gc.get_referrers(alive())]
