@@ -275,11 +275,24 @@ def inspect(**kwargs: Any) -> None:
 # ------------------------------------------------------------------------------- reading commands
 
 FORMATS = click.Choice(["table", "json", "csv", "markdown"])
+FORMAT_HELP = ("table: for people, on stderr like every message; json, csv, markdown: on stdout "
+               "(`> file`, `| jq`).")
+
+
+def _json_format(kwargs: dict[str, Any]) -> str:
+    """The output format: --json is --format json, as analyze, inspect and classify spell it."""
+    fmt = str(kwargs["fmt"])
+    if kwargs.pop("as_json", False):
+        if fmt not in ("table", "json"):
+            raise click.UsageError(f"--json and --format {fmt} ask for two formats; pass one")
+        return "json"
+    return fmt
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write figures (PNG and SVG) here.")
@@ -292,6 +305,8 @@ def report(**kwargs: Any) -> None:
     from pathlib import Path
 
     from fdl_cli import report as rep
+
+    kwargs["fmt"] = _json_format(kwargs)
 
     if kwargs["html_path"]:
         rep.check_output(kwargs["html_path"])
@@ -324,7 +339,8 @@ cli.add_command(report, name="summarize")
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store_a", type=click.Path(dir_okay=False))
 @click.argument("store_b", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
 @click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store_a"),
               help="Select a probe when the stores have several.")
@@ -342,6 +358,8 @@ def compare(**kwargs: Any) -> None:
     from pathlib import Path
 
     from fdl_cli import report as rep
+
+    kwargs["fmt"] = _json_format(kwargs)
 
     steps = kwargs["overlap_steps"]
     if steps != "all" and not (steps.isdigit() and int(steps) > 0):

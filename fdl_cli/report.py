@@ -1125,6 +1125,16 @@ def compare_runs(
             )
     record_a = {int(record["step"]): record for record in series_a.records}
     record_b = {int(record["step"]): record for record in series_b.records}
+    outputs = sorted({
+        (record_a[match.step_a].get("n_outputs"), record_b[match.step_b].get("n_outputs")) for match in matches
+    } - {(None, None)}, key=str)
+    if any(a != b for a, b in outputs):
+        shown = "; ".join(f"A {a}, B {b}" for a, b in outputs if a != b)
+        notes.append(
+            f"the runs have different numbers of outputs C ({shown}): D_LR (through the output rank r_Ŷ), Π̂(C), "
+            "k95 against C and the regimes are each relative to its own task, so the differences and the verdict "
+            "below compare different tasks, not only different training"
+        )
     steps = [
         ComparedStep(
             match=match,

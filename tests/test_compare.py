@@ -11,7 +11,7 @@ import pytest
 
 from fdl_cli import report
 from fdl_cli.errors import StoreError
-from tests.test_report import SCALARS, make_store, run_fdl
+from tests.test_report import N_OUTPUTS, SCALARS, make_store, run_fdl
 
 
 def test_align_steps_exact_then_mutual_nearest() -> None:
@@ -164,3 +164,29 @@ def test_difference_lines_count_steps_in_words() -> None:
     lines = report.difference_lines(SimpleNamespace(steps=steps))  # type: ignore[arg-type]
     assert "d_lr: differs at 2 steps, largest B − A −0.5000" in lines
     assert "regime: differs at 1 step (e.g. MF → EF)" in lines
+
+
+def test_runs_of_different_numbers_of_outputs_are_compared_with_a_note(tmp_path: Path) -> None:
+    """A 10-class classifier against a 1-output regression: D_LR's √r_Ŷ, Π̂(C) and k95 against C are each
+    relative to the run's own task. compare said "Run A is richer … 78% lower" with no word of it."""
+    a = make_store(tmp_path / "a.h5")
+    one = {step: {**values, "n_outputs": 1} for step, values in SCALARS.items()}
+    b = make_store(tmp_path / "b.h5", seed=7, scalars=one)
+    comparison = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False)
+    c_a = N_OUTPUTS
+    assert (f"the runs have different numbers of outputs C (A {c_a}, B 1): D_LR (through the output rank r_Ŷ), "
+            "Π̂(C), k95 against C and the regimes are each relative to its own task") in " ".join(comparison.notes)
+    same = report.compare_runs(report.load_run(a), report.load_run(a), overlap=False)
+    assert not any("numbers of outputs" in note for note in same.notes)
+
+
+def test_json_flag_is_format_json_for_report_and_compare(tmp_path: Path) -> None:
+    """analyze, inspect and classify take --json; report and compare took only --format json ("No such
+    option: --json")."""
+    path = make_store(tmp_path / "a.h5")
+    for command in (("report", str(path)), ("compare", str(path), str(path))):
+        flag, spelled = run_fdl(*command, "--json"), run_fdl(*command, "--format", "json")
+        assert flag.returncode == 0 and spelled.returncode == 0, flag.stderr
+        assert json.loads(flag.stdout) == json.loads(spelled.stdout)
+        both = run_fdl(*command, "--json", "--format", "csv")
+        assert both.returncode == 2 and "--json and --format csv ask for two formats" in both.stderr
