@@ -33,6 +33,7 @@ from fdl_cli.store import StoreReader
 
 TESTS = Path(__file__).resolve().parent
 MODEL = f"{TESTS / 'tiny_models.py'}:mlp"
+SLOW_MODEL = f"{TESTS / 'tiny_models.py'}:slow_mlp"
 N_CHECKPOINTS = 30
 KILL_TRIALS = 25
 
@@ -168,11 +169,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
     forks.close()
 
 
-def _analyze_argv(store: str, *extra: str) -> list[str]:
+def _analyze_argv(store: str, *extra: str, model: str = MODEL) -> list[str]:
     # --commit-interval 0: a commit after every checkpoint, so kills land between many commits (the
     # default 1 s interval batches these tiny checkpoints into one or two commits).
     return [
-        "analyze", "ckpts", "--model", MODEL, "--probe", "probe.npz", "--out", store, "--json",
+        "analyze", "ckpts", "--model", model, "--probe", "probe.npz", "--out", store, "--json",
         "--top-k", "4", "--anchor-size", "16", "--batch-size", "16", "--commit-interval", "0", *extra,
     ]
 
@@ -277,10 +278,14 @@ def test_a_signal_exits_with_resume_hint_and_intact_store(
     reference_records, _ = uninterrupted
     by_step = {record["step"]: record for record in reference_records}
     store = server.workdir / f"{name}.h5"
+    # The slow model (0.05 s a forward pass, ~3 s a run): the tiny run alone could end before its first
+    # record was printed when a loaded machine held the first commit's fsync back, and every try
+    # then finished before the signal (seen once under three other agents' load).
+    argv = _analyze_argv(store.name, model=SLOW_MODEL)
     for delay_after_first_record in (0.0, 0.05, 0.15):
         if store.exists():
             store.unlink()
-        pid, stdout, stderr = server.start(_analyze_argv(store.name))
+        pid, stdout, stderr = server.start(argv)
         deadline = time.monotonic() + 20
         while not stdout.read_text() and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -299,7 +304,7 @@ def test_a_signal_exits_with_resume_hint_and_intact_store(
         assert {r["step"] for r in printed} <= {r["step"] for r in records}
         assert all(record == by_step[record["step"]] for record in records)
         assert not list(server.workdir.glob(f"{name}.h5.tmp-*"))
-        status, _, err = server.run(_analyze_argv(store.name))
+        status, _, err = server.run(argv)
         assert status == 0, err
         assert _stored(store)[0] == reference_records
         return

@@ -15,6 +15,17 @@ def mlp(n_in: int = 4, hidden: int = 8, n_out: int = 3, *, seed: int = 0) -> nn.
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
 
 
+def slow_mlp(n_in: int = 4, hidden: int = 8, n_out: int = 3, *, seed: int = 0, delay: float = 0.05) -> nn.Sequential:
+    """`mlp` (the same weights and numbers) whose every forward pass first sleeps `delay` seconds: a run
+    that lasts long enough for a signal sent after its first record to land in the middle of it, even
+    when a loaded machine's fsync holds the first commit back."""
+    import time
+
+    model = mlp(n_in, hidden, n_out, seed=seed)
+    model.register_forward_pre_hook(lambda module, args: time.sleep(delay))
+    return model
+
+
 def cnn(channels: int = 1, width: int = 4, n_out: int = 3, *, seed: int = 0) -> nn.Sequential:
     """Conv(3x3) -> BatchNorm -> ReLU -> global average pool -> Linear; input (batch, channels, H, W).
 
