@@ -1291,11 +1291,26 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
 
 def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
     """Whether the path a store recorded for a checkpoint names this file (the same file on disk, or the
-    same path where one is missing)."""
+    same path where one is missing).
+
+    A relative recorded path was relative to the folder fdl ran in then, which the store does not
+    record: resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
+    names this file when this file's absolute path ends with it (the components after any leading
+    `..`); else a rewritten file of this run was called another run's."""
     try:
-        return os.path.samefile(recorded, now)
+        if os.path.samefile(recorded, now):
+            return True
     except OSError:
-        return os.path.normpath(os.path.abspath(recorded)) == os.path.normpath(os.path.abspath(now))
+        pass
+    here = os.path.normpath(os.path.abspath(now))
+    if os.path.normpath(os.path.abspath(recorded)) == here:
+        return True
+    if os.path.isabs(recorded):
+        return False
+    parts = Path(os.path.normpath(recorded)).parts
+    while parts and parts[0] in ("..", "."):
+        parts = parts[1:]
+    return bool(parts) and Path(here).parts[-len(parts):] == parts
 
 
 def _other_files(
