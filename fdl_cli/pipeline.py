@@ -197,6 +197,8 @@ class _Series:
     eigenfunctions: np.ndarray  # (m, K) float64 (float32-rounded, as stored)
     self_norm: float | None = None  # ‖A_cᵀA_c‖_F when the pass gave it (see _anchor_self_norm)
     cka_dtype: str = "float64"  # dtype of the anchors' cross products (see _cka)
+    #: distinct inputs among the anchor points (`_anchor_points`); None: as many as anchor rows
+    points: int | None = None
     #: `anchor` is a float64 array of this series alone: kernel() centers it in place (no copy).
     owned: bool = False
     _kernel: tuple[Any, float] | None = None
@@ -276,7 +278,7 @@ def _warn_flat_anchors(ctx: _Context, series: _Series, wanted: int, where: str) 
     if k <= 0 or m <= wanted:
         return  # nothing to compare, or _validate's warning (m ≤ C) says it already
     dimension = series.basis(k).shape[1]
-    if dimension < k:
+    if dimension < k and (series.points is None or dimension < series.points):  # else null (`_overlap`), warned
         ctx.reporter.warn(
             f"{where}: on the {m} anchor points the reference's top-{k} eigenfunctions span only {dimension} "
             f"dimensions (the first {m} probe inputs repeat, or are too alike), so overlap_init / overlap_prev "
@@ -298,8 +300,8 @@ def _cka(a: _Series, b: _Series) -> float | None:
     """
     from fdl_cli.spectral import cka
 
-    if min(a.anchor.shape[0], b.anchor.shape[0]) < CKA_MIN_ANCHORS:
-        return None
+    if min(a.points or a.anchor.shape[0], b.points or b.anchor.shape[0]) < CKA_MIN_ANCHORS:
+        return None  # also m anchor rows of fewer than 3 distinct inputs (repeated ones)
     if a is b:
         return 1.0  # CKA(F, F), exactly (for constant anchors too: both sides are)
     wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
@@ -351,8 +353,11 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
     basis_a, basis_b = a.basis(k), b.basis(k)
     dimension = max(basis_a.shape[1], basis_b.shape[1])
-    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) == a.eigenfunctions.shape[0]:
-        return None  # nothing to compare, or both span every anchor point: 1 whatever the features do
+    points = min(a.points or a.eigenfunctions.shape[0], b.points or b.eigenfunctions.shape[0])
+    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) >= points:
+        # nothing to compare, or both span every anchor point (every distinct anchor input, the rows of
+        # repeated inputs being equal): 1 whatever the features do
+        return None
     if a is b:
         return 1.0  # O(s, s), exactly
     return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
@@ -401,6 +406,28 @@ class _Context:
     #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
     #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
     tick: Callable[[], None] | None = None
+    #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
+    anchor_points: dict[str, int] = field(default_factory=dict)
+
+
+def _anchor_points(ctx: _Context, probe: Probe) -> int:
+    """How many distinct inputs the probe's anchor subset (its first min(--anchor-size, n) inputs) holds,
+    computed once per probe. Repeated inputs have the same features at every checkpoint, so CKA and the
+    overlaps see only these points: CKA on two distinct inputs repeated is 1, and top-k bases spanning
+    the functions on the distinct inputs overlap 1, whatever the features do (`_cka`, `_overlap`)."""
+    points = ctx.anchor_points.get(probe.name)
+    if points is None:
+        import hashlib
+
+        from fdl_cli.probes import row_range
+
+        m = min(ctx.options.anchor_size, int(probe.x.shape[0]))
+        seen: set[bytes] = set()
+        for start in range(0, m, 256):
+            rows = np.ascontiguousarray(np.asarray(row_range(probe.x, start, min(start + 256, m))))
+            seen.update(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows.reshape(len(rows), -1))
+        points = ctx.anchor_points[probe.name] = len(seen)
+    return points
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -977,6 +1004,17 @@ def _validate(ctx: _Context, model: Any) -> None:
                 "(null) and the regime cannot tell whether the features moved; "
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
             )
+        points = _anchor_points(ctx, probe)
+        if points < anchors and (points < CKA_MIN_ANCHORS or points <= k):
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: its first {anchors} inputs (the anchor subset) hold only {points} distinct "
+                "one(s): " + "; ".join(
+                    ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
+                      "cka_init and cka_prev are not measured (null)"] if points < CKA_MIN_ANCHORS else [])
+                    + ([f"the top-{k} eigenfunctions span all of them, so the eigenspace overlaps are not measured "
+                        "(null)"] if points <= k else [])
+                ) + "; put distinct inputs first in the probe"
+            )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
                 f"probe {probe.name!r} has only {n} samples for {n_outputs} outputs: its spectrum, D_LR and CKA "
@@ -1291,11 +1329,26 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
 
 def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
     """Whether the path a store recorded for a checkpoint names this file (the same file on disk, or the
-    same path where one is missing)."""
+    same path where one is missing).
+
+    A relative recorded path was relative to the folder fdl ran in then, which the store does not
+    record: resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
+    names this file when this file's absolute path ends with it (the components after any leading
+    `..`); else a rewritten file of this run was called another run's."""
     try:
-        return os.path.samefile(recorded, now)
+        if os.path.samefile(recorded, now):
+            return True
     except OSError:
-        return os.path.normpath(os.path.abspath(recorded)) == os.path.normpath(os.path.abspath(now))
+        pass
+    here = os.path.normpath(os.path.abspath(now))
+    if os.path.normpath(os.path.abspath(recorded)) == here:
+        return True
+    if os.path.isabs(recorded):
+        return False
+    parts = Path(os.path.normpath(recorded)).parts
+    while parts and parts[0] in ("..", "."):
+        parts = parts[1:]
+    return bool(parts) and Path(here).parts[-len(parts):] == parts
 
 
 def _other_files(
@@ -2136,7 +2189,7 @@ def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tu
             result[_series_key(probe.name, spec.label)] = _Series(
                 anchor=anchor, eigenfunctions=np.asarray(stored.eigenfunctions, dtype=np.float64),
                 self_norm=_anchor_self_norm(sums.get(spec.label), anchor, ctx.options.product_dtype),
-                cka_dtype=ctx.options.cka_dtype,
+                cka_dtype=ctx.options.cka_dtype, points=_anchor_points(ctx, probe),
             )
     return result
 
@@ -2311,7 +2364,7 @@ def _analyze_one(
                 owned=anchor is not result.anchor_features,
                 eigenfunctions=values.astype(np.float64),
                 self_norm=_anchor_self_norm(result.anchor_moment, result.anchor_features, options.product_dtype),
-                cka_dtype=options.cka_dtype,
+                cka_dtype=options.cka_dtype, points=_anchor_points(ctx, probe),
             )
             key = _series_key(probe.name, spec.label)
             current[key] = mine

@@ -1373,10 +1373,31 @@ class StoreWriter:
                 interrupt = None  # and are committed again below: its error is raised if that fails too
             self._commit()
         finally:
-            self._closed = True
-            self._lock.release()
+            try:
+                self._halt()
+            finally:
+                self._closed = True
+                self._lock.release()
         if interrupt is not None:
             raise interrupt
+
+    def _halt(self) -> None:
+        """Before close() releases the lock, also when a Ctrl-C landed before it stopped the scheduler
+        or waited for the commit: the scheduler ends, and no commit of this writer runs (a pending one
+        is cancelled, its entries left as they are; a running one is waited for). Without it the
+        scheduler outlived close() and could start a commit after the lock was released."""
+        with self._guard:
+            self._stopping = True
+            self._guard.notify_all()
+            job = self._job
+        if job is None or job.cancel():
+            return
+        while True:
+            try:
+                job.wait()
+                return
+            except KeyboardInterrupt:  # noqa: PERF203 - close() is on its way out with a Ctrl-C already
+                continue
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -1422,6 +1443,17 @@ class StoreWriter:
             ).start()
         except RuntimeError:  # no thread to be had (e.g. at interpreter shutdown): commit in this one
             job.run(self._execute, self._finish)  # an error is raised by the next add/tick/flush/close
+            if isinstance(job.error, Exception) or job.error is None or threading.current_thread() is self._scheduler:
+                return
+            # A Ctrl-C (or SystemExit) that stopped the commit in the caller's thread is the caller's, now:
+            # kept as the job's error it was raised a forward pass later, and close() (which retries only
+            # an Exception) raised it without committing what was buffered. Untracked, the entries stay
+            # buffered for flush/close, as after a Ctrl-C in a commit of `_commit`.
+            with self._guard:
+                if self._job is job:
+                    self._job = None
+                    self._guard.notify_all()
+            raise job.error
 
     def _finish(self, job: _CommitJob) -> None:
         """In the job's thread once its commit ended: apply it (it is durable), or keep it tracked with

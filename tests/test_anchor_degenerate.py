@@ -85,3 +85,28 @@ def test_null_movement_names_the_anchor_subset() -> None:
     movement, reason = feature_movement({"cka_init": None, "overlap_init": None}, Thresholds())
     assert movement == "unknown"
     assert "--anchor-size" in reason and "anchor subset too small" in reason
+
+
+def test_anchor_inputs_that_repeat_measure_no_movement(tmp_path: Path) -> None:
+    """64 anchor rows of only 2 distinct inputs (a probe whose first inputs repeat): CKA is 1 and the top-k
+    bases span every distinct point, whatever the features do; they were stored as 1, and classify called a
+    run whose features moved coefficient (found by the session 13 review)."""
+    import shutil
+
+    with np.load(SAMPLE / "probe.npz") as probe:
+        x, y = probe["x"].copy(), probe["y"].copy()
+    x[:64] = np.where((np.arange(64) % 2 == 0)[:, None], x[0], x[1])
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 1000):
+        shutil.copy(SAMPLE / f"step_{step}.safetensors", run)
+    np.savez(tmp_path / "probe.npz", x=x, y=y)
+    out = tmp_path / "rep.h5"
+    done = run_fdl("analyze", str(run), "--model", f"{SAMPLE / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
+                   "--anchor-size", "64", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "hold only 2 distinct one(s)" in done.stderr, done.stderr
+    with StoreReader(out) as reader:
+        records = {record["step"]: record for record in reader.records()}
+    assert all(records[1000][name] is None for name in MOVEMENT), records[1000]
+    assert json.loads(run_fdl("classify", str(out), "--json").stdout)["regime"] == "undetermined"
