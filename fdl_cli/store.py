@@ -1441,19 +1441,21 @@ class StoreWriter:
             threading.Thread(
                 target=job.run, args=(self._execute, self._finish), name="fdl-store-commit", daemon=False
             ).start()
+            return
         except RuntimeError:  # no thread to be had (e.g. at interpreter shutdown): commit in this one
-            job.run(self._execute, self._finish)  # an error is raised by the next add/tick/flush/close
-            if isinstance(job.error, Exception) or job.error is None or threading.current_thread() is self._scheduler:
-                return
-            # A Ctrl-C (or SystemExit) that stopped the commit in the caller's thread is the caller's, now:
-            # kept as the job's error it was raised a forward pass later, and close() (which retries only
-            # an Exception) raised it without committing what was buffered. Untracked, the entries stay
-            # buffered for flush/close, as after a Ctrl-C in a commit of `_commit`.
-            with self._guard:
-                if self._job is job:
-                    self._job = None
-                    self._guard.notify_all()
-            raise job.error
+            pass
+        job.run(self._execute, self._finish)  # an error is raised by the next add/tick/flush/close
+        if isinstance(job.error, Exception) or job.error is None or threading.current_thread() is self._scheduler:
+            return
+        # A Ctrl-C (or SystemExit) that stopped the commit in the caller's thread is the caller's, now:
+        # kept as the job's error it was raised a forward pass later, and close() (which retries only
+        # an Exception) raised it without committing what was buffered. Untracked, the entries stay
+        # buffered for flush/close, as after a Ctrl-C in a commit of `_commit`.
+        with self._guard:
+            if self._job is job:
+                self._job = None
+                self._guard.notify_all()
+        raise job.error
 
     def _finish(self, job: _CommitJob) -> None:
         """In the job's thread once its commit ended: apply it (it is durable), or keep it tracked with
