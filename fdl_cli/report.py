@@ -1027,8 +1027,8 @@ class CrossOverlaps:
         """Why fewer than the k asked for were compared, or why no overlap was measured, when so."""
         if self.spanned and not self.used:
             points, k = min(self.spanned)
-            return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on {points} anchor "
-                    f"point(s), which the top {k} span whole (the overlap would be 1 whatever the "
+            return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on {points} distinct "
+                    f"anchor point(s), which the top {k} span whole (the overlap would be 1 whatever the "
                     "features do); analyse with a larger --anchor-size")
         if not self.used or min(self.used) >= min(self.wanted):
             return None
@@ -1039,6 +1039,12 @@ class CrossOverlaps:
             why = f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
         used, wanted = min(self.used), min(self.wanted)
         return f"the cross-run overlap compares the top {used} eigenfunctions, not the top {wanted}: {why}"
+
+
+def _distinct_rows(values: np.ndarray) -> int:
+    """How many distinct rows `values` (m, k) holds: the distinct anchor inputs, as repeated inputs give
+    equal rows (the values of one deterministic forward pass, stored as float32)."""
+    return int(np.unique(np.ascontiguousarray(values), axis=0).shape[0])
 
 
 def cross_overlaps(
@@ -1060,9 +1066,13 @@ def cross_overlaps(
         # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
         k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or probe_outputs or 1)
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
-        result.values[match] = eigenspace_overlap(a, b, k=k)
-        if a.ndim == 2 and b.ndim == 2 and result.values[match] is None and 0 < a.shape[0] <= min(k, a.shape[1], b.shape[1]):
-            result.spanned.add((int(a.shape[0]), k))
+        # the anchor points' distinct inputs: a repeated input has the same row of values in both runs
+        # (the same probe), and bases spanning the functions on the distinct ones overlap 1 whatever
+        points = _distinct_rows(a[:, :k]) if a.ndim == 2 and a.size else None
+        result.values[match] = eigenspace_overlap(a, b, k=k, points=points)
+        spans = b.ndim == 2 and points is not None and 0 < points <= min(k, a.shape[1], b.shape[1])
+        if spans and result.values[match] is None:
+            result.spanned.add((int(points or 0), k))
         # a step with nothing to compare (rank 0 on a side: no eigenfunction stored) names no k
         if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)

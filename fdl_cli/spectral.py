@@ -756,14 +756,18 @@ def orthonormal_basis(columns: np.ndarray) -> np.ndarray:
     return left[:, singular > singular[0] * RANK_RTOL]
 
 
-def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) -> float | None:
+def eigenspace_overlap(
+    values_a: np.ndarray, values_b: np.ndarray, *, k: int, points: int | None = None
+) -> float | None:
     """O_k = ‖Q_aᵀQ_b‖_F² / d of the top-k eigenfunctions' values on shared inputs (SPEC.md §5).
 
     k is reduced to the columns available on both sides and to the number of inputs m; d is the larger
     dimension of the two spans, k unless the k columns are linearly dependent on these inputs (k
     vectors on m < k inputs, or on inputs that repeat, span fewer dimensions: dividing by k would put
     O(s, s) at d/k). None when that leaves nothing to compare, or when both spans are all of R^m (k ≥ m
-    columns of full rank): the overlap is then 1 whatever the features do.
+    columns of full rank) or, with `points` (the number of distinct inputs among the m, whose rows repeat
+    where the inputs do), as many dimensions as there are distinct inputs: the overlap is then 1
+    whatever the features do.
     """
     if values_a.shape[0] != values_b.shape[0]:
         raise NumericalError(
@@ -777,7 +781,8 @@ def eigenspace_overlap(values_a: np.ndarray, values_b: np.ndarray, *, k: int) ->
     basis_a = orthonormal_basis(values_a[:, :k])
     basis_b = orthonormal_basis(values_b[:, :k])
     dimension = max(basis_a.shape[1], basis_b.shape[1])
-    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) == values_a.shape[0]:
+    spanned = values_a.shape[0] if points is None else min(points, values_a.shape[0])
+    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) >= spanned:
         return None
     return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
 

@@ -110,3 +110,10 @@ def test_anchor_inputs_that_repeat_measure_no_movement(tmp_path: Path) -> None:
         records = {record["step"]: record for record in reader.records()}
     assert all(records[1000][name] is None for name in MOVEMENT), records[1000]
     assert json.loads(run_fdl("classify", str(out), "--json").stdout)["regime"] == "undetermined"
+    # fdl compare of the run with itself: the cross-run overlap on 2 distinct points is not measured either
+    # (it printed "eigenspace overlap A·B: min 1.0000, last 1.0000")
+    compared = run_fdl("compare", str(out), str(out), "--json")
+    assert compared.returncode == 0, compared.stderr
+    data = json.loads(compared.stdout)
+    assert all(step["overlap"] is None for step in data["steps"])
+    assert any("on 2 distinct anchor point(s)" in note for note in data["notes"]), data["notes"]
