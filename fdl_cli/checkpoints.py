@@ -856,16 +856,30 @@ def _peek_hf_dir(folder: Path) -> _Peek:
 # --------------------------------------------------------------------------------------- discovery
 
 
+#: A number in a checkpoint's name: an integer, a decimal (a metric: `loss0.154`) or one in scientific
+#: notation (a hyper-parameter: `lr1e-4`).
+_NAME_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+#: Lightning's `-v1`, `-v2` ... appended to a checkpoint name already taken.
+_NAME_VERSION = re.compile(r"-v\d+$")
+
+
 def _name_step(path: Path) -> int | None:
+    """The step a checkpoint's name gives: its last integer, decimals and scientific notation left out
+    (`model_step600_loss0.154.pt` is step 600, not 154; `step200_lr1e-4.pt` is 200, not 4), as is
+    Lightning's version suffix (`epoch=3-step=120-val_loss=0.25-v1.ckpt` is 120, not 1). A name with no
+    integer then: the whole part of its last decimal (`step100.0.pt` is 100); else its last digits."""
     name = path.name
     suffix = checkpoint_suffix(path) if path.is_file() else None
     if suffix is not None:
         name = name[: -len(suffix)]
-    # A decimal number is a metric, not the step: `model_step600_loss0.154.pt` is step 600, not 154, and
-    # Lightning's `epoch=3-step=120-val_loss=0.25` is step 120 (the last integer of the name counted the
-    # digits after the point and ordered such a run by its loss).
-    numbers = re.findall(r"\d+", re.sub(r"\d*\.\d+", " ", name)) or re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
+    numbers = _NAME_NUMBER.findall(_NAME_VERSION.sub("", name))
+    integers = [number for number in numbers if number.isdigit()]
+    if integers:
+        return int(integers[-1])
+    if numbers:
+        return int(re.match(r"\d+", numbers[-1]).group())  # type: ignore[union-attr]
+    digits = re.findall(r"\d+", name)
+    return int(digits[-1]) if digits else None
 
 
 class _NoStep(CheckpointError):

@@ -130,3 +130,20 @@ def test_a_metric_in_the_name_is_not_the_step(tmp_path: Path) -> None:
         "model_step0_loss2.000.pt": 0, "model_step150_loss0.500.pt": 150, "model_step300_loss0.286.pt": 300,
         "model_step600_loss0.154.pt": 600, "epoch=3-step=120-val_loss=0.25.pt": 120,
     }
+
+
+@pytest.mark.parametrize(("name", "step"), [
+    ("model_step600_loss0.154.pt", 600), ("step200_lr1e-4.pt", 200), ("1e-3_lr_step50.pt", 50),
+    ("epoch=3-step=120-val_loss=0.25.ckpt", 120), ("epoch=3-step=120-val_loss=0.25-v1.ckpt", 120),
+    ("step100.0.pt", 100), ("model_100.1.pt", 100), ("v1.5_step100.pt", 100), ("model.100.pt", 100),
+    ("run.2.step_300.pt", 300), ("mobilenet-v2_step100.pt", 100), ("ckpt_000100.pt", 100), ("epoch_9.pt", 9),
+    ("model-v2.pt", 2), ("final.pt", None),
+])
+def test_the_step_a_name_gives(tmp_path: Path, name: str, step: int | None) -> None:
+    """Scientific notation (`lr1e-4`: every file of such a run was step 4) and Lightning's `-v1` suffix (step 1)
+    are not the step; nor is a decimal's fraction (`step100.0` was step 0). Found by the session 13 review."""
+    from fdl_cli.checkpoints import _name_step
+
+    path = tmp_path / name
+    path.write_bytes(b"")
+    assert _name_step(path) == step
