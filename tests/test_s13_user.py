@@ -20,16 +20,8 @@ import pytest
 import torch
 
 from tests.test_analyze import fdl
+from tests.test_io_fixes import MODEL, SMALL, _wide_terminal  # noqa: F401 - the autouse fixture applies here too
 from tests.tiny_models import mlp
-
-torch.set_num_threads(1)
-SMALL = ("--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
-MODEL = f"{Path(__file__).resolve().parent / 'tiny_models.py'}:mlp"
-
-
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths at 80 columns otherwise
 
 
 def _probe(root: Path, n: int = 24) -> Path:
