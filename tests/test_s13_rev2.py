@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from fdl_cli import report
 
 
 @pytest.mark.parametrize(("name", "step"), [
@@ -52,3 +55,35 @@ def test_a_step_written_in_scientific_notation_is_its_value(tmp_path: Path, name
     path = tmp_path / name
     path.write_bytes(b"")
     assert _name_step(path) == step
+
+
+def _cross(a: np.ndarray, b: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> report.CrossOverlaps:
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(report, "iter_array", lambda run, series, steps, name, **_: ((s, run.arrays[s]) for s in steps))
+    run_a = SimpleNamespace(provenance={}, probes={}, arrays={0: a})
+    run_b = SimpleNamespace(provenance={}, probes={}, arrays={0: b})
+    series = SimpleNamespace(records=[{"step": 0, "n_outputs": a.shape[1]}], probe=None, layer=None)
+    return report.cross_overlaps(run_a, series, run_b, series, [report.Match(0, 0)])  # type: ignore[arg-type]
+
+
+def test_cross_overlap_of_a_run_that_merges_distinct_inputs_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run A's features equal on 4 of 6 distinct inputs (collapsed, dead units), run B's not: the rows of A
+    alone counted 3 "distinct anchor points", so `compare A B` said "not measured" where `compare B A`
+    gave 0.25. Repeated inputs give equal rows in both runs; rows equal in one only are distinct inputs."""
+    from fdl_cli.spectral import eigenspace_overlap
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 3))
+    a[1:4] = a[0]
+    b = rng.standard_normal((6, 3))
+    expected = eigenspace_overlap(a, b, k=3)
+    assert expected is not None and expected < 0.5
+    for first, second in ((a, b), (b, a)):
+        result = _cross(first, second, monkeypatch)
+        assert list(result.values.values()) == [pytest.approx(expected)]
+        assert not result.spanned
+    # inputs repeated in the probe: equal rows in both runs, still not measured
+    b[1:4] = b[0]
+    result = _cross(a, b, monkeypatch)
+    assert list(result.values.values()) == [None] and result.spanned == {(3, 3)}
