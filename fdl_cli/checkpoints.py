@@ -867,19 +867,38 @@ def _name_step(path: Path) -> int | None:
     """The step a checkpoint's name gives: its last integer, decimals and scientific notation left out
     (`model_step600_loss0.154.pt` is step 600, not 154; `step200_lr1e-4.pt` is 200, not 4), as is
     Lightning's version suffix (`epoch=3-step=120-val_loss=0.25-v1.ckpt` is 120, not 1). A name with no
-    integer then: the whole part of its last decimal (`step100.0.pt` is 100); else its last digits."""
+    integer then: its last number when that is a whole number in scientific notation (`iter_1e5.pt` is
+    100000), else the whole part of its last decimal (`step100.0.pt` is 100); else its last digits."""
     name = path.name
     suffix = checkpoint_suffix(path) if path.is_file() else None
     if suffix is not None:
         name = name[: -len(suffix)]
-    numbers = _NAME_NUMBER.findall(_NAME_VERSION.sub("", name))
-    integers = [number for number in numbers if number.isdigit()]
+    found = _name_step_span(name)
+    if found is None:
+        return None
+    start, end, value = found
+    return value if value is not None else int(name[start:end])
+
+
+def _name_step_span(name: str) -> tuple[int, int, int | None] | None:
+    """(start, end, value) of the number of `name` (without its suffix) that `_name_step` takes: the
+    digits name[start:end] are the step, unless `value` (a step written in scientific notation, whose
+    digits are its mantissa) says otherwise. `_name_regex` captures the same digits."""
+    numbers = list(_NAME_NUMBER.finditer(_NAME_VERSION.sub("", name)))
+    integers = [number for number in numbers if number.group().isdigit()]
     if integers:
-        return int(integers[-1])
+        return integers[-1].start(), integers[-1].end(), None
     if numbers:
-        return int(re.match(r"\d+", numbers[-1]).group())  # type: ignore[union-attr]
-    digits = re.findall(r"\d+", name)
-    return int(digits[-1]) if digits else None
+        last = numbers[-1]
+        whole = re.match(r"\d+", last.group())
+        assert whole is not None
+        if re.search(r"[eE]", last.group()):
+            value = float(last.group())
+            if value >= 1 and value.is_integer() and value < 2**63:
+                return last.start(), last.end(), int(value)
+        return last.start(), last.start() + whole.end(), None
+    digits = list(re.finditer(r"\d+", name))
+    return (digits[-1].start(), digits[-1].end(), None) if digits else None
 
 
 class _NoStep(CheckpointError):
@@ -1254,9 +1273,9 @@ def _dedupe(
                 if globs:
                     fix = (f"pass --glob '{globs[0]}' to analyse only the files named like {keep} {why}, or "
                            "--step-regex for names whose numbers are the steps")
-                else:
+                elif _name_regex(keep):  # none for a step in scientific notation (iter_1e5.pt)
                     fix = (f"pass --step-regex '^{_name_regex(keep)}$' to analyse only the files named like {keep} "
-                           f"{why}; the steps are then the last numbers of the names")
+                           f"{why}; the steps are then the numbers its group captures")
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
@@ -1303,13 +1322,20 @@ def _name_glob(name: str, number: str = "*") -> str:
 
 
 def _name_regex(name: str) -> str:
-    """A --step-regex that matches names like this one, its last number the step and the others any
-    number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt'; "" when the name holds no number."""
-    parts = re.split(r"(\d+)", name)
-    if len(parts) < 3:
+    """A --step-regex that matches names like this one, its group the number `_name_step` takes as the
+    step and the others any number: epoch=3-step=1200.ckpt -> 'epoch=\\d+\\-step=(\\d+)\\.ckpt', and
+    step600_loss0.154.pt -> 'step(\\d+)_loss\\d+\\.\\d+\\.pt' (not the loss's digits); "" when the name
+    holds no number, or its step is written in scientific notation (no group of digits is its value)."""
+    suffix = checkpoint_suffix(Path(name))
+    found = _name_step_span(name[: -len(suffix)] if suffix else name)
+    if found is None or found[2] is not None:
         return ""
-    last = len(parts) - 2  # re.split with a group: text, number, text, ..., number, text
-    return "".join(re.escape(part) if i % 2 == 0 else ("(\\d+)" if i == last else "\\d+") for i, part in enumerate(parts))
+    pieces, at = [], 0
+    for number in re.finditer(r"\d+", name):
+        pieces.append(re.escape(name[at:number.start()]))
+        pieces.append("(\\d+)" if number.start() == found[0] else "\\d+")
+        at = number.end()
+    return "".join([*pieces, re.escape(name[at:])])
 
 
 def _step_fix_for(path: Path) -> str:

@@ -1041,10 +1041,13 @@ class CrossOverlaps:
         return f"the cross-run overlap compares the top {used} eigenfunctions, not the top {wanted}: {why}"
 
 
-def _distinct_rows(values: np.ndarray) -> int:
-    """How many distinct rows `values` (m, k) holds: the distinct anchor inputs, as repeated inputs give
-    equal rows (the values of one deterministic forward pass, stored as float32)."""
-    return int(np.unique(np.ascontiguousarray(values), axis=0).shape[0])
+def _distinct_rows(values_a: np.ndarray, values_b: np.ndarray) -> int:
+    """How many distinct rows the two runs' values (m, k_a) and (m, k_b) hold side by side: the distinct
+    anchor inputs, as a repeated input gives equal rows in both runs (the values of one deterministic
+    forward pass, stored as float32). Rows equal in one run alone are distinct inputs whose features that
+    run does not tell apart (collapsed, dead units): counted by that run's rows alone they made the
+    overlap "not measured" for `compare A B` where `compare B A` measured it."""
+    return int(np.unique(np.ascontiguousarray(np.hstack([values_a, values_b])), axis=0).shape[0])
 
 
 def cross_overlaps(
@@ -1068,7 +1071,8 @@ def cross_overlaps(
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
         # the anchor points' distinct inputs: a repeated input has the same row of values in both runs
         # (the same probe), and bases spanning the functions on the distinct ones overlap 1 whatever
-        points = _distinct_rows(a[:, :k]) if a.ndim == 2 and a.size else None
+        points = (_distinct_rows(a, b) if a.ndim == 2 and b.ndim == 2 and a.size and a.shape[0] == b.shape[0]
+                  else None)
         result.values[match] = eigenspace_overlap(a, b, k=k, points=points)
         spans = b.ndim == 2 and points is not None and 0 < points <= min(k, a.shape[1], b.shape[1])
         if spans and result.values[match] is None:
