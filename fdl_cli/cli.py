@@ -395,6 +395,9 @@ def compare(**kwargs: Any) -> None:
         rep.print_comparison(console, comparison)
     else:
         sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
+        if kwargs["fmt"] != "json":  # JSON carries them; a CSV or markdown table has no place for them
+            for note in comparison.notes:
+                console.print(f"note: {note}", markup=False, highlight=False)
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_compare_figures
 

@@ -190,3 +190,17 @@ def test_json_flag_is_format_json_for_report_and_compare(tmp_path: Path) -> None
         assert json.loads(flag.stdout) == json.loads(spelled.stdout)
         both = run_fdl(*command, "--json", "--format", "csv")
         assert both.returncode == 2 and "--json and --format csv ask for two formats" in both.stderr
+
+
+def test_csv_and_markdown_comparisons_print_their_notes_on_stderr(tmp_path: Path) -> None:
+    """`--format csv|markdown` printed the notes nowhere (JSON holds them): an empty overlap column, or runs of
+    different numbers of outputs, came without a word."""
+    a = make_store(tmp_path / "a.h5")
+    one = {step: {**values, "n_outputs": 1} for step, values in SCALARS.items()}
+    b = make_store(tmp_path / "b.h5", seed=7, scalars=one)
+    for fmt in ("csv", "markdown"):
+        done = run_fdl("compare", str(a), str(b), "--format", fmt, "--no-overlap")
+        assert done.returncode == 0, done.stderr
+        assert "note: the runs have different numbers of outputs C" in done.stderr
+        assert "note:" not in done.stdout
+    assert "note:" not in run_fdl("compare", str(a), str(b), "--json", "--no-overlap").stderr
