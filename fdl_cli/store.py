@@ -1167,7 +1167,12 @@ class StoreWriter:
         self._last_cost = 0.0
         # Guards every attribute above that a commit reads or changes (and `_job`), for the scheduler
         # and commit threads; notified when a commit may have become due or startable.
-        self._guard = threading.Condition(threading.Lock())
+        # `with self._mutex`, never `with self._guard`: Condition.__enter__/__exit__ are Python functions,
+        # and a Ctrl-C handled inside one (between the lock's acquire and the with-block's start, or
+        # before its release) left the lock held for good: close() then hung. The C lock's own
+        # __enter__/__exit__ leave no such window; `_guard` (on the same lock) only waits and notifies.
+        self._mutex = threading.Lock()
+        self._guard = threading.Condition(self._mutex)
         self._holds = 0  # flush/close at work in the caller's thread: the scheduler starts nothing
         self._stopping = False  # close() began: the scheduler ends
         self._failed = False  # the last commit failed: the caller's thread retries (add/tick/flush/close)
@@ -1263,7 +1268,7 @@ class StoreWriter:
 
     def completed(self) -> dict[int, str]:
         """step -> sha256 of every complete checkpoint: committed, being committed or buffered."""
-        with self._guard:
+        with self._mutex:
             done = dict(self._sha256)
             done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
@@ -1275,7 +1280,7 @@ class StoreWriter:
         hash them again. Steps not in the store, or stored again meanwhile, are left alone."""
         self._check_open()
         noted = [(int(step), str(sig)) for step, sig in signatures.items()]
-        with self._guard:
+        with self._mutex:
             if not self._fresh:
                 self._signatures.update((step, sig) for step, sig in noted if step in self._sha256)
 
@@ -1317,7 +1322,7 @@ class StoreWriter:
                 error = exc
         job: _CommitJob | None = None
         commit_here = False
-        with self._guard:
+        with self._mutex:
             if entry is not None:
                 self._buffer.append(entry)
                 self._buffered_bytes += size
@@ -1364,7 +1369,7 @@ class StoreWriter:
             return
         interrupt: BaseException | None = None
         try:
-            with self._guard:
+            with self._mutex:
                 self._stopping = True  # the scheduler starts nothing more, and ends
                 self._guard.notify_all()
             try:
@@ -1386,7 +1391,7 @@ class StoreWriter:
         or waited for the commit: the scheduler ends, and no commit of this writer runs (a pending one
         is cancelled, its entries left as they are; a running one is waited for). Without it the
         scheduler outlived close() and could start a commit after the lock was released."""
-        with self._guard:
+        with self._mutex:
             self._stopping = True
             self._guard.notify_all()
             job = self._job
@@ -1412,7 +1417,7 @@ class StoreWriter:
     def _take_durable(self) -> list[CheckpointEntry]:
         if not self._durable:  # read without the lock (tick's common case): what lands meanwhile is taken next time
             return []
-        with self._guard:
+        with self._mutex:
             durable, self._durable = self._durable, []
         return durable
 
@@ -1451,7 +1456,7 @@ class StoreWriter:
         # kept as the job's error it was raised a forward pass later, and close() (which retries only
         # an Exception) raised it without committing what was buffered. Untracked, the entries stay
         # buffered for flush/close, as after a Ctrl-C in a commit of `_commit`.
-        with self._guard:
+        with self._mutex:
             if self._job is job:
                 self._job = None
                 self._guard.notify_all()
@@ -1460,7 +1465,7 @@ class StoreWriter:
     def _finish(self, job: _CommitJob) -> None:
         """In the job's thread once its commit ended: apply it (it is durable), or keep it tracked with
         its error until the caller's thread raises that (`_collect`); no commit starts meanwhile."""
-        with self._guard:
+        with self._mutex:
             if job.error is None:
                 self._apply(job.plan, job.cost, job.finished)
                 self._job = None
@@ -1487,7 +1492,7 @@ class StoreWriter:
         next add/tick/flush/close raises it) and decides on the retry, as without the scheduler.
         """
         while True:
-            with self._guard:
+            with self._mutex:
                 while True:
                     if self._stopping:
                         return
@@ -1507,12 +1512,12 @@ class StoreWriter:
     @contextlib.contextmanager
     def _held(self) -> Iterator[None]:
         """While flush() waits and commits in the caller's thread, the scheduler starts no commit."""
-        with self._guard:
+        with self._mutex:
             self._holds += 1
         try:
             yield
         finally:
-            with self._guard:
+            with self._mutex:
                 self._holds -= 1
                 self._guard.notify_all()
 
@@ -1525,7 +1530,7 @@ class StoreWriter:
         continues and the KeyboardInterrupt is returned for the caller to raise. Without `wait`, or
         unless flush/close hold the scheduler, a new commit may be running when this returns.
         """
-        with self._guard:
+        with self._mutex:
             job = self._job
         if job is None:
             return None
@@ -1541,7 +1546,7 @@ class StoreWriter:
                     interrupt = exc
         if not job.done():
             return None
-        with self._guard:
+        with self._mutex:
             if self._job is not job:  # it succeeded and was applied
                 return interrupt
             self._job = None  # failed, or cancelled: its entries are still buffered
@@ -1553,14 +1558,14 @@ class StoreWriter:
     def _commit(self) -> None:
         """Commit the buffer in the caller's thread (no background commit may be running or start:
         background=False, or flush/close hold the scheduler)."""
-        with self._guard:
+        with self._mutex:
             plan = self._plan()
         if plan is None:
             return
         started = time.monotonic()
         self._execute(plan)
         finished = time.monotonic()
-        with self._guard:
+        with self._mutex:
             self._apply(plan, finished - started, finished)
             self._guard.notify_all()
 

@@ -278,11 +278,13 @@ def test_a_signal_exits_with_resume_hint_and_intact_store(
     reference_records, _ = uninterrupted
     by_step = {record["step"]: record for record in reference_records}
     store = server.workdir / f"{name}.h5"
-    # The slow model (0.05 s a forward pass, ~3 s a run): the tiny run alone could end before its first
-    # record was printed when a loaded machine held the first commit's fsync back, and every try
-    # then finished before the signal (seen once under three other agents' load).
-    argv = _analyze_argv(store.name, model=SLOW_MODEL)
-    for delay_after_first_record in (0.0, 0.05, 0.15):
+    # The tiny model first (the signal lands anywhere: a forward pass, the statistics, an add); then, if
+    # every try finished before the signal, the slow one (0.05 s a forward pass, ~3 s a run, where it
+    # lands mostly in the pass's sleep): the tiny run could end before its first record was printed
+    # when a loaded machine held the first commit's fsync back (seen once under three other agents' load).
+    tries = [(MODEL, delay) for delay in (0.0, 0.05, 0.15)] + [(SLOW_MODEL, delay) for delay in (0.0, 0.15)]
+    for model, delay_after_first_record in tries:
+        argv = _analyze_argv(store.name, model=model)
         if store.exists():
             store.unlink()
         pid, stdout, stderr = server.start(argv)

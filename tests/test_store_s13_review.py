@@ -90,7 +90,7 @@ def test_ctrl_c_in_close_before_it_stops_the_scheduler_leaves_no_thread_committi
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-    writer._guard = Interrupted(writer._guard)  # type: ignore[assignment]
+    writer._mutex = Interrupted(writer._mutex)  # type: ignore[assignment]
     with pytest.raises(KeyboardInterrupt):
         writer.close()
     scheduler.join(2.0)
@@ -141,3 +141,56 @@ def test_random_failures_while_the_scheduler_commits_lose_and_repeat_nothing(
     with StoreReader(path) as reader:
         assert reader.steps() == list(range(150))
     assert tmp_files(tmp_path) == []
+
+
+@pytest.mark.timeout(60)  # held, the next add of the caller's thread waits for the lock for ever
+def test_a_ctrl_c_at_a_lock_boundary_of_the_callers_thread_does_not_leave_the_lock_held(tmp_path: Path) -> None:
+    """A Ctrl-C is handled between bytecodes, also inside `threading.Condition.__enter__` (a Python function)
+    after its lock was acquired, or inside its `__exit__` before the release: the `with` block then never
+    releases it, and close() hung for good (a signal test ran into its 120 s limit once). The caller's
+    thread takes the C lock itself (`_mutex`), whose __enter__/__exit__ leave no such window.
+
+    Simulated with a trace function that raises KeyboardInterrupt at the return of every `__enter__`, and
+    the call of every `__exit__`, of a threading object entered straight from a StoreWriter method of the
+    caller's thread; the writer must then still close, with every added entry stored."""
+    import sys
+
+    main = threading.main_thread()
+    fired: list[str] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if threading.current_thread() is not main:
+            return None
+        code = frame.f_code
+        caller = frame.f_back.f_code.co_filename if frame.f_back is not None else ""
+        if code.co_filename == threading.__file__ and caller == store_module.__file__ and (
+            (code.co_name == "__enter__" and event == "return") or (code.co_name == "__exit__" and event == "call")
+        ):
+            fired.append(f"{code.co_qualname} {event}")
+            raise KeyboardInterrupt
+        return tracer
+
+    path = tmp_path / "s.h5"
+    writer = writer_for(path, min_interval=0.0)
+    added = []
+    try:
+        for step in range(4):
+            entry = random_entry(step)
+            sys.settrace(tracer)
+            try:
+                writer.add(entry)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            added.append(step)
+        done = threading.Event()
+        closer = threading.Thread(target=lambda: (writer.flush(), done.set()), daemon=True)
+        # flush in another thread only to see whether it can take the lock at all (close follows here)
+        closer.start()
+        closer.join(30)
+        assert done.is_set(), f"the writer's lock stayed held after a Ctrl-C at {fired[:1]}"
+    finally:
+        sys.settrace(None)
+    writer.close()
+    assert stored_steps(path) == added
