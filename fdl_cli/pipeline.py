@@ -346,21 +346,15 @@ def _cross_norm2(left: Any, right: Any) -> float:
 
 def _overlap(a: _Series, b: _Series, k: int) -> float | None:
     """spectral.eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k) from cached bases."""
-    from fdl_cli.spectral import eigenspace_overlap
+    from fdl_cli.spectral import basis_overlap, eigenspace_overlap
 
     k = min(k, a.eigenfunctions.shape[1], b.eigenfunctions.shape[1], a.eigenfunctions.shape[0])
     if k <= 0 or a.eigenfunctions.shape[0] != b.eigenfunctions.shape[0]:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
-    basis_a, basis_b = a.basis(k), b.basis(k)
-    dimension = max(basis_a.shape[1], basis_b.shape[1])
+    # None where nothing is compared, or both span every distinct anchor input (repeated inputs' rows are equal)
     points = min(a.points or a.eigenfunctions.shape[0], b.points or b.eigenfunctions.shape[0])
-    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) >= points:
-        # nothing to compare, or both span every anchor point (every distinct anchor input, the rows of
-        # repeated inputs being equal): 1 whatever the features do
-        return None
-    if a is b:
-        return 1.0  # O(s, s), exactly
-    return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
+    value = basis_overlap(a.basis(k), b.basis(k), points=points)
+    return 1.0 if value is not None and a is b else value  # O(s, s), exactly
 
 
 @dataclass

@@ -780,9 +780,15 @@ def eigenspace_overlap(
         return None
     basis_a = orthonormal_basis(values_a[:, :k])
     basis_b = orthonormal_basis(values_b[:, :k])
+    return basis_overlap(basis_a, basis_b, points=values_a.shape[0] if points is None else min(points, values_a.shape[0]))
+
+
+def basis_overlap(basis_a: np.ndarray, basis_b: np.ndarray, *, points: int) -> float | None:
+    """‖Q_aᵀQ_b‖_F² / d of two orthonormal bases on the same inputs, d the larger dimension; None when one is
+    empty or both span all `points` distinct inputs (1 whatever the features do). `eigenspace_overlap`'s
+    rule, shared with the pipeline's overlaps from cached bases."""
     dimension = max(basis_a.shape[1], basis_b.shape[1])
-    spanned = values_a.shape[0] if points is None else min(points, values_a.shape[0])
-    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) >= spanned:
+    if dimension == 0 or min(basis_a.shape[1], basis_b.shape[1]) >= points:
         return None
     return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
 
