@@ -504,26 +504,50 @@ def anchor_features(
     return {label: torch.cat(parts).cpu().numpy() for label, parts in chunks.items()}
 
 
+#: Elements of a parameter summed at a time by `_squared_norm` (8 MiB of float64 each).
+_NORM_CHUNK = 1 << 20
+
+
+def _squared_norm(flat: torch.Tensor, minus: torch.Tensor | None = None) -> float:
+    """Σ (flat − minus)² in float64, the same digits whatever the thread count or the device.
+
+    BLAS's dot (torch.dot, numpy.dot) splits its sum by thread, and torch's own sum by thread too, so
+    a checkpoint's ‖θ‖² differed in the last digits between `--threads 1` and 2, a torchrun rank and
+    one process, or a resumed run. Here each chunk of _NORM_CHUNK elements is widened to float64 on
+    the host and summed by numpy's pairwise summation (one thread, a fixed order), and the chunk sums
+    are added exactly rounded (math.fsum), in 8 MiB of memory at a time."""
+    parts = []
+    for start in range(0, int(flat.numel()), _NORM_CHUNK):
+        # copy=True: a float64 host tensor would otherwise come back as itself, to be squared in place
+        chunk = flat[start : start + _NORM_CHUNK].to(device="cpu", dtype=torch.float64, copy=True)
+        if minus is not None:
+            chunk.sub_(minus[start : start + _NORM_CHUNK].to(device="cpu", dtype=torch.float64))
+        values = chunk.numpy()
+        parts.append(float(np.add.reduce(np.square(values, out=values))))
+    return math.fsum(parts)
+
+
 def parameter_vector_norms(
     state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None
 ) -> tuple[float, float | None]:
-    """‖θ‖² and ‖θ − θ_ref‖ / ‖θ_ref‖ over the floating tensors (BatchNorm running statistics excluded)."""
-    squared, distance, ref_squared = 0.0, 0.0, 0.0
+    """‖θ‖² and ‖θ − θ_ref‖ / ‖θ_ref‖ over the floating tensors (BatchNorm running statistics excluded),
+    summed by `_squared_norm` (thread- and device-invariant digits)."""
+    squared, distance, ref_squared = [], [], []
     for name, tensor in state.items():
         if not tensor.is_floating_point() or _is_running_stat(name):
             continue
-        values = tensor.detach().reshape(-1).to(torch.float64)
-        squared += float(torch.dot(values, values))
+        values = tensor.detach().reshape(-1)
+        squared.append(_squared_norm(values))
         if reference is not None and name in reference and reference[name].shape == tensor.shape:
-            ref = reference[name].detach().reshape(-1).to(device=values.device, dtype=torch.float64)
-            ref_squared += float(torch.dot(ref, ref))
-            difference = values.sub_(ref) if values.data_ptr() != tensor.data_ptr() else values - ref
-            distance += float(torch.dot(difference, difference))
+            ref = reference[name].detach().reshape(-1)
+            ref_squared.append(_squared_norm(ref))
+            distance.append(_squared_norm(values, ref))
+    total = math.fsum(squared)
     if reference is None:
-        return squared, None
-    if ref_squared == 0.0:
-        return squared, None if distance > 0 else 0.0
-    return squared, math.sqrt(distance / ref_squared)
+        return total, None
+    if math.fsum(ref_squared) == 0.0:
+        return total, None if math.fsum(distance) > 0 else 0.0
+    return total, math.sqrt(math.fsum(distance) / math.fsum(ref_squared))
 
 
 def _is_running_stat(name: str) -> bool:
