@@ -1153,6 +1153,7 @@ def discover_checkpoints(
         raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
     found.sort(key=lambda item: (item[0].step, str(item[0].path)))
     _note_save_counts([ref for ref, _ in found], notes)
+    _note_epoch_steps([ref for ref, _ in found], notes)
     checkpoints, duplicates = _dedupe(found, notes, weights)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
@@ -1174,6 +1175,24 @@ def _note_save_counts(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
             f"the steps of {len(counted)} accelerate save_state() folder{'s' if len(counted) > 1 else ''} "
             f"({counted[0].path.name}, ...) are their numbers, which count saves, not training steps; to "
             "measure against steps, save with accelerator.save_state(f\"ckpts/step_{step}\")"
+        )
+
+
+def _note_epoch_steps(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
+    """Files whose only step metadata is an epoch are stored at their epochs (metadata beats names),
+    which a run compared with another saved by steps, or a reader of `ckpt_500.pt` stored as step 1,
+    does not expect. A note, when a name holds another number, says so and how to take the names'
+    numbers instead (its text names the first such file only, so --watch shows it once)."""
+    differ = [ref for ref in refs if ref.step_source.endswith(":epoch") and _name_step(ref.path) is not None
+              and _name_step(ref.path) != ref.step]
+    if differ:
+        first = differ[0]
+        pattern = _name_regex(first.path.name)
+        notes.append(
+            f"steps are epochs where a file holds only an epoch ({first.path.name} is epoch {first.step}, "
+            f"its name says {_name_step(first.path)}); "
+            + (f"to use the numbers in the names instead, pass --step-regex '{pattern}'" if pattern
+               else "pass --step-regex to take the steps from the names instead")
         )
 
 

@@ -652,3 +652,27 @@ def test_loading_in_a_thread_starts_no_openmp_team(tmp_path: Path) -> None:
     before, after, names = done.stdout.split(maxsplit=2)
     assert names.strip() == str(sorted(tensors))
     assert int(after) == int(before), f"loading started {int(after) - int(before)} thread(s)"
+
+
+def test_epoch_only_metadata_with_other_numbers_in_names_gets_a_note(tmp_path: Path) -> None:
+    """Files holding only an epoch are stored at their epochs; when their names hold other numbers
+    (`ckpt_500.pt` is epoch 1) a note says so and gives the --step-regex that takes the names' numbers,
+    which then gives those steps."""
+    for epoch, step in ((1, 500), (2, 1000), (3, 1500)):
+        torch.save({"model": _sd(epoch), "epoch": epoch}, tmp_path / f"ckpt_{step}.pt")
+    found = discover_checkpoints([tmp_path])
+    assert [(r.step, r.step_source) for r in found.checkpoints] == [(1, "metadata:epoch"), (2, "metadata:epoch"),
+                                                                     (3, "metadata:epoch")]
+    [note] = [n for n in found.notes if "epoch" in n]
+    assert "ckpt_500.pt is epoch 1, its name says 500" in note
+    regex = note.split("--step-regex '")[1].rstrip("'")
+    assert [r.step for r in discover_checkpoints([tmp_path], step_regex=regex).checkpoints] == [500, 1000, 1500]
+    assert not [n for n in discover_checkpoints([tmp_path], step_regex=regex).notes if "epoch" in n]
+
+
+def test_epoch_only_metadata_matching_the_names_needs_no_note(tmp_path: Path) -> None:
+    for epoch in (1, 2, 3):
+        torch.save({"model": _sd(epoch), "epoch": epoch}, tmp_path / f"epoch_{epoch}.pt")
+    found = discover_checkpoints([tmp_path])
+    assert [r.step for r in found.checkpoints] == [1, 2, 3]
+    assert not [n for n in found.notes if "epoch" in n]
