@@ -475,8 +475,8 @@ class StoreReader:
         self._rows: dict[Series, list[dict[str, Any]]] = {}
         self._step_sets: dict[Series, frozenset[int]] = {}  # the steps of each series (`_chosen_step`)
         self._rebuilt: set[Series] = set()
-        #: series whose trajectories, written by an earlier fdl, lack an ADDED_FIELDS dataset (read as
-        #: null): the writer rewrites them at its next commit
+        #: series whose trajectories, written by an earlier fdl, lack an ADDED_FIELDS dataset (read from
+        #: the checkpoint groups): the writer rewrites them at its next commit
         self._outdated: set[Series] = set()
         if not path.exists():
             raise StoreError(
@@ -687,9 +687,11 @@ class StoreReader:
                     if [row["step"] for row in rows] != steps:
                         problem = "inconsistent with the complete checkpoint groups"
                     else:
-                        self._rows[series] = rows
-                        if any(name not in group for name in ADDED_FIELDS):
+                        added = sorted(name for name in ADDED_FIELDS if name not in group)
+                        if added:
+                            self._added_from_groups(series, rows, added)
                             self._outdated.add(series)
+                        self._rows[series] = rows
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
             if problem is not None:
@@ -702,10 +704,21 @@ class StoreReader:
                 if rows:
                     self._rows[series] = rows
 
+    def _added_from_groups(self, series: Series, rows: list[dict[str, Any]], names: Sequence[str]) -> None:
+        """Fields added after the trajectories were written (`names`, from ADDED_FIELDS), read from the
+        checkpoint groups' attributes: absent (null) where an earlier fdl analysed the checkpoint, set
+        where this one did and an earlier one rewrote the trajectories without the field since."""
+        assert self._file is not None
+        checkpoints = self._file["checkpoints"]
+        for row in rows:
+            attrs = checkpoints[self._group_names[row["step"]]][series[0]][series[1]].attrs
+            for name in names:
+                row[name] = _to_python(name, attrs.get(name))
+
     @staticmethod
     def _rows_from_trajectories(group: h5py.Group) -> list[dict[str, Any]]:
-        """The rows of one series' trajectories; a field added after the store was written (an
-        ADDED_FIELDS dataset it lacks) is null in every row."""
+        """The rows of one series' trajectories; a field added after they were written (an
+        ADDED_FIELDS dataset they lack) is null in every row (`_added_from_groups` reads it)."""
         columns: dict[str, list[Scalar]] = {}
         for name in RECORD_FIELDS:
             if name in ADDED_FIELDS and name not in group:

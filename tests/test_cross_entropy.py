@@ -331,6 +331,24 @@ def test_a_store_written_before_the_field_reads_and_resumes(run: Path, tmp_path:
     assert all(r["cross_entropy"] is not None for r in _stored(store).values())
 
 
+def test_trajectories_rewritten_without_the_field_read_it_from_the_checkpoint_groups(run: Path, tmp_path: Path) -> None:
+    """An earlier fdl resuming this fdl's store rewrites the trajectories with the fields it knows
+    (and leaves the groups it does not touch as they were): the values are still in the groups."""
+    store = tmp_path / "mixed.h5"
+    _analyze_cli(run, store, "--steps", "0,10")
+    before = _stored(store)
+    with h5py.File(store, "r+") as handle:
+        del handle["trajectories"]["probe"]["2:input"]["cross_entropy"]
+    with StoreReader(store) as reader:
+        assert reader.warnings == []
+        assert {r["step"]: r["cross_entropy"] for r in reader.records()} == {
+            step: record["cross_entropy"] for step, record in before.items()}
+    _analyze_cli(run, store, "--steps", "0,10,20")
+    with h5py.File(store, "r") as handle:
+        column = handle["trajectories"]["probe"]["2:input"]["cross_entropy"][()]
+    assert column.tolist() == [before[0]["cross_entropy"], before[10]["cross_entropy"], _stored(store)[20]["cross_entropy"]]
+
+
 def test_compare_an_old_store_with_a_new_one(run: Path, tmp_path: Path) -> None:
     old, new = tmp_path / "old.h5", tmp_path / "new.h5"
     _analyze_cli(run, old, "--steps", "0,10")
