@@ -108,7 +108,7 @@ def cross_entropy_sum(outputs: Any, labels: Any) -> Any:
         import torch
 
         top, index = outputs.max(1, keepdim=True)
-        others = torch.exp(outputs - top).scatter_(1, index, 0.0)
+        others = outputs.sub(top).exp_().scatter_(1, index, 0.0)
         picked = outputs.gather(1, labels.reshape(-1, 1).long())
         return torch.log1p(others.sum(1)).sum() + (top - picked).sum()
     index = outputs.argmax(1)[:, None]
