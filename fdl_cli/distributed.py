@@ -24,11 +24,12 @@ T = TypeVar("T")
 
 #: Moments fields that are not sums: the shift points (made common before the all-reduce).
 _SHIFT_FIELDS = ("shift_f", "shift_o", "shift_y")
-#: Moments fields that are float64 sums (all-reduced by addition); n and n_correct are added too.
+#: Moments fields that are float64 sums (all-reduced by addition); the scalars n, n_correct and
+#: sum_xent (present on every rank or on none: the ranks share the probe's task) are added too.
 _SUM_FIELDS = tuple(
     item.name
     for item in fields(Moments)
-    if item.name not in ("n", "task", "n_correct", "features", *_SHIFT_FIELDS)
+    if item.name not in ("n", "task", "n_correct", "sum_xent", "features", *_SHIFT_FIELDS)
 )
 
 
@@ -139,7 +140,8 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
         moments = moments.shifted_to(*common)
     present = [name for name in _SUM_FIELDS if getattr(moments, name) is not None]
     parts = [np.asarray(getattr(moments, name), dtype=np.float64).reshape(-1) for name in present]
-    flat = np.concatenate(parts + [np.array([moments.n, moments.n_correct], dtype=np.float64)])
+    scalars = [moments.n, moments.n_correct, 0.0 if moments.sum_xent is None else moments.sum_xent]
+    flat = np.concatenate(parts + [np.array(scalars, dtype=np.float64)])
     tensor = torch.from_numpy(flat).to(device)
     dist.all_reduce(tensor)
     summed = tensor.cpu().numpy()
@@ -150,6 +152,7 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
         values[name] = summed[offset : offset + part.size].reshape(shape)
         offset += part.size
     values["n"], values["n_correct"] = int(round(summed[offset])), int(round(summed[offset + 1]))
+    values["sum_xent"] = None if moments.sum_xent is None else float(summed[offset + 2])
     if moments.features is not None:
         gathered: list[Any] = [None] * world.size
         dist.all_gather_object(gathered, moments.features)

@@ -47,7 +47,15 @@ MEASURE_FIELDS: Final = (
     # was analysed successfully: docs/measures.md).
     "r2",
     "prev_step",
+    # The mean natural-log cross-entropy of the outputs as logits, for probes with class labels (`loss`
+    # stays the MSE against one-hot labels: docs/measures.md). Stores written before it lack it: null
+    # there (ADDED_FIELDS).
+    "cross_entropy",
 )
+
+#: Measure fields added after stores were first written: a store written by an earlier fdl lacks their
+#: attributes and trajectory datasets, and reads them as null (the next `fdl analyze` of it adds them).
+ADDED_FIELDS: Final = frozenset({"cross_entropy"})
 
 #: All fields of a record, in output order.
 RECORD_FIELDS: Final = CHECKPOINT_FIELDS + MEASURE_FIELDS

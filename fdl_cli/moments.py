@@ -2,7 +2,8 @@
 
 `MomentAccumulator.update` takes one batch of features (b, ...) and outputs (b, C), with optional
 targets (class labels (b,) or regression targets (b, C)); it keeps only the sums that SPEC.md needs
-(n, Σφ, Σφφᵀ, Σφŷᵀ, Σφyᵀ, Σŷ, Σŷŷᵀ, Σy, Σyyᵀ, Σŷyᵀ, class sums and counts, correct predictions), so
+(n, Σφ, Σφφᵀ, Σφŷᵀ, Σφyᵀ, Σŷ, Σŷŷᵀ, Σy, Σyyᵀ, Σŷyᵀ, class sums and counts, correct predictions, the
+summed cross-entropy of the outputs as logits), so
 memory is O(p² + pC) whatever n is. The sums are taken about the first batch's means (features,
 outputs, regression targets; `spectral.Moments` explains why). Torch batches stay on their device
 (the GPU when there is one): the sums are float64 tensors there and reach the host once, in
@@ -92,6 +93,30 @@ def _adds_by_index(device: Any) -> bool:
     """Whether class sums are added with `index_add_` on this device (the CPU: deterministic there),
     else as products with the one-hot labels (accelerators, where `index_add_` uses atomic adds)."""
     return bool(device.type == "cpu")
+
+
+def cross_entropy_sum(outputs: Any, labels: Any) -> Any:
+    """Σ_i [logsumexp(ŷ_i) − ŷ_i[y_i]] (natural log) of float64 outputs (b, C) and class labels (b,)
+    already checked to lie in [0, C); numpy (a float) or torch (a 0-d float64 tensor on the outputs'
+    device: no host transfer).
+
+    Each term is log1p(Σ_{j≠k} exp(ŷ_ij − m_i)) + (m_i − ŷ_i[y_i]), with k = argmax_j ŷ_ij and m_i = ŷ_ik:
+    no exp overflows, both parts are non-negative (nothing cancels), and log1p keeps the relative
+    precision of a small loss (a confident prediction's log(1 + 1e-13), formed as log of the rounded
+    1 + 1e-13, would be off by 1e-3), so the sum is exact to float64 rounding."""
+    if _is_torch(outputs):
+        import torch
+
+        top, index = outputs.max(1, keepdim=True)
+        others = outputs.sub(top).exp_().scatter_(1, index, 0.0)
+        picked = outputs.gather(1, labels.reshape(-1, 1).long())
+        return torch.log1p(others.sum(1)).sum() + (top - picked).sum()
+    index = outputs.argmax(1)[:, None]
+    top = np.take_along_axis(outputs, index, 1)
+    others = np.exp(outputs - top)
+    np.put_along_axis(others, index, 0.0, 1)
+    picked = np.take_along_axis(outputs, np.asarray(labels, dtype=np.int64).reshape(-1, 1), 1)
+    return float(np.log1p(others.sum(1)).sum() + (top - picked).sum())
 
 
 class MomentAccumulator:
@@ -195,6 +220,8 @@ class MomentAccumulator:
         onehot = None
         if self.task != "none":
             onehot = self._targets(targets, batch, int(outs.shape[1]), device=feats.device if self._torch else None)
+        if labels is not None:  # checked by _targets just above; the outputs are not shifted yet
+            xent = cross_entropy_sum(outs, labels.to(outs.device) if self._torch else labels)
         # The kept features of the Gram route stay as they are; float32 products are kept unshifted
         # (rounding F − a to float32 would cost the exactness of float32 features).
         if not self.keep_features and self.product_dtype == "float64":
@@ -226,6 +253,7 @@ class MomentAccumulator:
             self._add("sum_ff", self._product(feats, feats))
         if labels is not None:
             self._add("n_correct", correct)
+            self._add("sum_xent", xent)
         self._width, self._features = int(outs.shape[1]), int(feats.shape[1])
         self.n += batch
 
@@ -303,6 +331,8 @@ class MomentAccumulator:
         side[:, :c].copy_(outs)
         if values is not None:
             side[:, c:].copy_(values)
+        if labels is not None:  # from the float64 outputs, before they are shifted
+            self._add("sum_xent", cross_entropy_sum(side[:, :c], labels))
         if self._shifts is None:
             self._shifts = (
                 _shift_point(f64),
@@ -414,6 +444,7 @@ class MomentAccumulator:
             else:
                 features = np.concatenate(self._kept)
         correct = self._sums.get("n_correct", 0)
+        xent = self._sums.get("sum_xent")
         c = self._width
         sum_s, sum_ss, sum_fs = host("sum_s"), host("sum_ss"), host("sum_fs")
         assert sum_s is not None and sum_ss is not None and sum_fs is not None
@@ -443,6 +474,7 @@ class MomentAccumulator:
             class_counts=sum_s[c:].copy() if self.task == "classes" else None,
             class_sum_f=np.ascontiguousarray(sum_fy.T) if self.task == "classes" and sum_fy is not None else None,
             n_correct=int(correct),
+            sum_xent=None if xent is None else float(xent),
             features=features,
             shift_f=shifts[0],
             shift_o=shifts[1],

@@ -64,6 +64,7 @@ HEADERS: Mapping[str, str] = {
     "pi_star_C": "Π*(C)",
     "eff_dim": "D_ρ",
     "accuracy": "acc",
+    "cross_entropy": "CE",
 }
 
 #: Fields bounded in [0, 1] (or close to it): shown with four decimals; other floats with 4 significant digits.
@@ -449,10 +450,14 @@ def format_value(name: str, value: Any) -> str:
 
 def table_fields(*, wide: bool, several: bool = False, records: Sequence[Record] = ()) -> tuple[str, ...]:
     """The table's columns: the narrow set, or with `wide` every record field. The narrow set shows R²
-    in place of the accuracy for a regression probe (`records` with an r2 and no accuracy)."""
+    in place of the accuracy for a regression probe (`records` with an r2 and no accuracy), and the
+    cross-entropy in place of the loss (the MSE against one-hot labels, which a classifier's training
+    need not lower) for a classification probe (`records` with a cross_entropy)."""
     if not wide:
         regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
-        return tuple("r2" if regression and name == "accuracy" else name for name in TABLE_FIELDS)
+        classes = any(r.get("cross_entropy") is not None for r in records)
+        swaps = {"accuracy": "r2"} if regression else {"loss": "cross_entropy"} if classes else {}
+        return tuple(swaps.get(name, name) for name in TABLE_FIELDS)
     fields = tuple(name for name in RECORD_FIELDS)
     return fields + SERIES_FIELDS if several else fields
 
@@ -512,7 +517,7 @@ class PlainTable:
 
 #: Columns the narrow table leaves out, in this order, on a terminal too narrow for it (the regime,
 #: D_LR and the movement stay; a cut line would hide the regime first).
-NARROW_DROPS: tuple[str, ...] = ("loss", "eff_dim", "pi_hat_C", "overlap_init")
+NARROW_DROPS: tuple[str, ...] = ("loss", "cross_entropy", "eff_dim", "pi_hat_C", "overlap_init")
 
 
 def render_table(
@@ -761,10 +766,15 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         console.print(column_key(tuple(shown)), markup=False, highlight=False)
 
 
+#: What a column of the key means where its field name does not say it.
+COLUMN_NOTES: Mapping[str, str] = {"cross_entropy": "mean cross-entropy, natural log, of the raw outputs as logits"}
+
+
 def column_key(fields: Sequence[str]) -> str:
     """One line naming the record field behind each short column header of the table (the names of
     `--format json/csv`, `fdl export` and docs/measures.md)."""
-    pairs = [f"{HEADERS[name]} = {name}" for name in fields if name in HEADERS]
+    pairs = [f"{HEADERS[name]} = {name}" + (" (" + COLUMN_NOTES[name] + ")" if name in COLUMN_NOTES else "")
+             for name in fields if name in HEADERS]
     if "loss" in fields:
         pairs.append("loss = mean squared error per output of the raw outputs against the one-hot labels (or targets)")
     return "columns: " + ", ".join(pairs)

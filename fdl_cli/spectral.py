@@ -58,7 +58,8 @@ class Moments:
     that centered quantities (Σ(φ−a)(φ−a)ᵀ/n − (μ−a)(μ−a)ᵀ) lose digits only to the spread of the
     features about a point near their mean, not to the mean itself (one-pass centering about 0 loses
     eps·(mean/std)² relative). Centered formulas are shift-invariant and take the shifted sums as
-    they are; uncentered ones take `unshifted()`. Class one-hot targets are never shifted.
+    they are; uncentered ones take `unshifted()`. Class one-hot targets are never shifted, nor is
+    `sum_xent`, which the accumulator sums from the outputs themselves.
     """
 
     n: int
@@ -79,6 +80,8 @@ class Moments:
     shift_f: np.ndarray | None = None  # (p,) a
     shift_o: np.ndarray | None = None  # (C,) b
     shift_y: np.ndarray | None = None  # (C,) c: regression targets only
+    #: Σ_i [logsumexp(ŷ_i) − ŷ_i[y_i]] of the raw (never shifted) outputs as logits; class labels only
+    sum_xent: float | None = None
 
     @property
     def n_features(self) -> int:
@@ -213,6 +216,7 @@ class Moments:
             class_counts=add(self.class_counts, other.class_counts),
             class_sum_f=add(self.class_sum_f, other.class_sum_f),
             n_correct=self.n_correct + other.n_correct,
+            sum_xent=None if self.sum_xent is None or other.sum_xent is None else self.sum_xent + other.sum_xent,
             features=features,
             shift_f=self.shift_f,
             shift_o=self.shift_o,
@@ -580,8 +584,9 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
 
 
 def _performance(moments: Moments) -> dict[str, float | None]:
-    """accuracy, loss (MSE per output entry) and r2 (regression) of SPEC.md §6."""
-    result: dict[str, float | None] = {"accuracy": None, "loss": None, "r2": None}
+    """accuracy, loss (MSE per output entry) and r2 (regression) of SPEC.md §6, and cross_entropy
+    (classes: the mean natural-log cross-entropy of the outputs as logits)."""
+    result: dict[str, float | None] = {"accuracy": None, "loss": None, "r2": None, "cross_entropy": None}
     if not moments.has_targets:
         return result
     assert moments.sum_yy is not None and moments.sum_oy is not None and moments.sum_y is not None
@@ -598,6 +603,7 @@ def _performance(moments: Moments) -> dict[str, float | None]:
     result["loss"] = max(residual, 0.0) / (n * outputs)
     if moments.task == "classes":
         result["accuracy"] = moments.n_correct / n
+        result["cross_entropy"] = None if moments.sum_xent is None else moments.sum_xent / n
     else:
         total = float(np.trace(moments.sum_yy)) - float(moments.sum_y @ moments.sum_y) / n
         result["r2"] = 1.0 - max(residual, 0.0) / total if total > 0.0 else None

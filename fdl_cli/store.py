@@ -56,6 +56,7 @@ import numpy as np
 from fdl_cli import __version__
 from fdl_cli.errors import StoreError, StoreLockedError
 from fdl_cli.fields import (
+    ADDED_FIELDS,
     CHECKPOINT_FIELDS,
     INT_FIELDS,
     MEASURE_FIELDS,
@@ -474,6 +475,9 @@ class StoreReader:
         self._rows: dict[Series, list[dict[str, Any]]] = {}
         self._step_sets: dict[Series, frozenset[int]] = {}  # the steps of each series (`_chosen_step`)
         self._rebuilt: set[Series] = set()
+        #: series whose trajectories, written by an earlier fdl, lack an ADDED_FIELDS dataset (read from
+        #: the checkpoint groups): the writer rewrites them at its next commit
+        self._outdated: set[Series] = set()
         if not path.exists():
             raise StoreError(
                 f"no fdl store at {path}",
@@ -678,10 +682,15 @@ class StoreReader:
                 problem = "missing"
             else:
                 try:
-                    rows = self._rows_from_trajectories(trajectories[series[0]][series[1]])
+                    group = trajectories[series[0]][series[1]]
+                    rows = self._rows_from_trajectories(group)
                     if [row["step"] for row in rows] != steps:
                         problem = "inconsistent with the complete checkpoint groups"
                     else:
+                        added = sorted(name for name in ADDED_FIELDS if name not in group)
+                        if added:
+                            self._added_from_groups(series, rows, added)
+                            self._outdated.add(series)
                         self._rows[series] = rows
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
@@ -695,10 +704,26 @@ class StoreReader:
                 if rows:
                     self._rows[series] = rows
 
+    def _added_from_groups(self, series: Series, rows: list[dict[str, Any]], names: Sequence[str]) -> None:
+        """Fields added after the trajectories were written (`names`, from ADDED_FIELDS), read from the
+        checkpoint groups' attributes: absent (null) where an earlier fdl analysed the checkpoint, set
+        where this one did and an earlier one rewrote the trajectories without the field since."""
+        assert self._file is not None
+        checkpoints = self._file["checkpoints"]
+        for row in rows:
+            attrs = checkpoints[self._group_names[row["step"]]][series[0]][series[1]].attrs
+            for name in names:
+                row[name] = _to_python(name, attrs.get(name))
+
     @staticmethod
     def _rows_from_trajectories(group: h5py.Group) -> list[dict[str, Any]]:
+        """The rows of one series' trajectories; a field added after they were written (an
+        ADDED_FIELDS dataset they lack) is null in every row (`_added_from_groups` reads it)."""
         columns: dict[str, list[Scalar]] = {}
         for name in RECORD_FIELDS:
+            if name in ADDED_FIELDS and name not in group:
+                columns[name] = [None] * int(group["step"].shape[0])
+                continue
             dataset = group[name]
             column = dataset.asstr()[()] if name in STR_FIELDS else dataset[()]
             if column.ndim != 1:
@@ -1251,7 +1276,9 @@ class StoreWriter:
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}
             for series_key, rows in reader._rows.items():
                 self._rows[series_key] = {row["step"]: row for row in rows}
-            self._trajectories_match = set(reader._rows) - reader._rebuilt
+            # Trajectories an earlier fdl wrote without a field added since are rewritten (with the
+            # field null where the checkpoint groups lack it) at the next commit, not appended to.
+            self._trajectories_match = set(reader._rows) - reader._rebuilt - reader._outdated
             self._stale_trajectories = reader._rebuilt - set(reader._rows)
             self._drop = set(reader._damaged)
             self._fresh = False
@@ -1724,6 +1751,7 @@ def _write_trajectory(
         appendable
         and probe in trajectories
         and layer in trajectories[probe]
+        and all(name in trajectories[probe][layer] for name in RECORD_FIELDS)
         and (not old_steps or all(step > old_steps[-1] for step in changed))
         and all(step in by_step for step in changed)
     ):

@@ -169,6 +169,11 @@ def reference_measures(
     s["nc1"] = nc1(features, labels, n_out) if labels is not None else None
     s["accuracy"] = float(np.mean(np.argmax(outputs, axis=1) == labels)) if labels is not None else None
     s["loss"] = float(np.mean((outputs - y) ** 2)) if y is not None else None
+    s["cross_entropy"] = None
+    if labels is not None:  # −log softmax of the label's logit, the log of the sum over its max
+        top = outputs.max(axis=1, keepdims=True)
+        log_softmax = outputs - top - np.log(np.sum(np.exp(outputs - top), axis=1, keepdims=True))
+        s["cross_entropy"] = float(-np.mean(log_softmax[np.arange(n), labels]))
     s["r2"] = None
     if targets is not None:
         total = float(np.sum((targets - targets.mean(axis=0)) ** 2))

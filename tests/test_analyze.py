@@ -30,7 +30,7 @@ from tests.tiny_models import mlp
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("rank", "d_lr", "output_rank", "dlr_alignment", "feature_pr", "eff_dim", "eff_dim_quality",
             "eff_dim_utility", "k90_quality", "k95_quality", "k99_quality", "k90_utility", "k95_utility",
-            "k99_utility", "pi_star_C", "pi_hat_C", "nc1", "accuracy", "loss")
+            "k99_utility", "pi_star_C", "pi_hat_C", "nc1", "accuracy", "loss", "cross_entropy")
 
 
 @dataclass

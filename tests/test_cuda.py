@@ -82,6 +82,8 @@ def test_statistics_stay_on_the_gpu_and_match_the_cpu() -> None:
     np.testing.assert_allclose(snapshots["cuda"][0], head.T @ head, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(snapshots["cuda"][1], head.sum(0), rtol=1e-10, atol=1e-9)
     assert gpu.n_correct == cpu.n_correct
+    assert gpu.sum_xent is not None and cpu.sum_xent is not None  # a 0-d tensor on the GPU until moments()
+    np.testing.assert_allclose(gpu.sum_xent, cpu.sum_xent, rtol=1e-12)
 
 
 def test_cli_analyze_on_cuda(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from scipy.linalg import subspace_angles, svdvals
+from scipy.special import logsumexp
 from scipy.stats import entropy
 
 from tests.test_analyze import fdl
@@ -212,6 +213,7 @@ def _one(F: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str, center: bo
     f["loss"] = float(np.mean((out - Y) ** 2))
     if task == "classes":
         f["accuracy"] = float(np.mean(out.argmax(1) == y))
+        f["cross_entropy"] = float(np.mean(logsumexp(out, axis=1) - out[np.arange(n), y]))
         present = np.unique(y)
         means = np.stack([F[y == c].mean(0) for c in present], 1)
         B = means - F.mean(0)[:, None]

@@ -41,7 +41,7 @@ def assert_same_moments(a: Moments, b: Moments, *, rtol: float = 1e-10) -> None:
     a, b = a.unshifted(), b.unshifted()
     for item in fields(Moments):
         x, y = getattr(a, item.name), getattr(b, item.name)
-        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        if isinstance(x, np.ndarray | float) or isinstance(y, np.ndarray | float):  # float: sum_xent
             assert x is not None and y is not None, item.name
             np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-12, err_msg=item.name)
         else:
