@@ -508,22 +508,33 @@ def anchor_features(
 _NORM_CHUNK = 1 << 20
 
 
+def _host_values(piece: torch.Tensor) -> np.ndarray:
+    """A chunk's values as a numpy array on the host: a view of a CPU tensor numpy can read (no copy),
+    else widened to float64 (bfloat16, a GPU tensor)."""
+    if piece.device.type == "cpu" and piece.dtype in (torch.float64, torch.float32, torch.float16):
+        return piece.numpy()
+    return piece.to(device="cpu", dtype=torch.float64).numpy()
+
+
 def _squared_norm(flat: torch.Tensor, minus: torch.Tensor | None = None) -> float:
     """Σ (flat − minus)² in float64, the same digits whatever the thread count or the device.
 
     BLAS's dot (torch.dot, numpy.dot) splits its sum by thread, and torch's own sum by thread too, so
     a checkpoint's ‖θ‖² differed in the last digits between `--threads 1` and 2, a torchrun rank and
-    one process, or a resumed run. Here each chunk of _NORM_CHUNK elements is widened to float64 on
-    the host and summed by numpy's pairwise summation (one thread, a fixed order), and the chunk sums
-    are added exactly rounded (math.fsum), in 8 MiB of memory at a time."""
+    one process, or a resumed run. Here each chunk of _NORM_CHUNK elements is widened to float64 (its
+    squares and differences are computed in float64, exactly for float32 values' squares), summed by
+    numpy's pairwise summation (one thread, a fixed order), and the chunk sums are added exactly
+    rounded (math.fsum), in 8 MiB of memory at a time."""
+    total = int(flat.numel())
+    buffer = np.empty(min(total, _NORM_CHUNK), dtype=np.float64)
     parts = []
-    for start in range(0, int(flat.numel()), _NORM_CHUNK):
-        # copy=True: a float64 host tensor would otherwise come back as itself, to be squared in place
-        chunk = flat[start : start + _NORM_CHUNK].to(device="cpu", dtype=torch.float64, copy=True)
+    for start in range(0, total, _NORM_CHUNK):
+        values = _host_values(flat[start : start + _NORM_CHUNK])
+        out = buffer[: values.shape[0]]
         if minus is not None:
-            chunk.sub_(minus[start : start + _NORM_CHUNK].to(device="cpu", dtype=torch.float64))
-        values = chunk.numpy()
-        parts.append(float(np.add.reduce(np.square(values, out=values))))
+            np.subtract(values, _host_values(minus[start : start + _NORM_CHUNK]), out=out, dtype=np.float64)
+            values = out
+        parts.append(float(np.add.reduce(np.square(values, out=out, dtype=np.float64))))
     return math.fsum(parts)
 
 
