@@ -1,0 +1,54 @@
+"""Review of the fourteenth session's changes: cross_entropy in stores an earlier fdl resumed, and the
+epoch note's noisy cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fdl_cli.store import StoreReader
+from tests.test_cross_entropy import _analyze_cli
+from tests.test_distributed import _make_run, _stored
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("s14rev") / "run")
+
+
+def _as_appended_by_an_earlier_fdl(store: Path, step: int) -> None:
+    """What an fdl before cross_entropy leaves when it resumes this fdl's store with a later checkpoint:
+    it appends the fields it knows to the trajectories (the cross_entropy dataset stays shorter) and
+    writes the new checkpoint group without the attribute (checked with the fdl of 04a6257)."""
+    with h5py.File(store, "r+") as handle:
+        for probe in handle["checkpoints"][f"step_{step}"].values():
+            for leaf in probe.values():
+                del leaf.attrs["cross_entropy"]
+        for probe in handle["trajectories"].values():
+            for layer in probe.values():
+                layer["cross_entropy"].resize((layer["step"].shape[0] - 1,))
+
+
+def test_trajectories_appended_by_an_earlier_fdl_are_not_damage(run: Path, tmp_path: Path) -> None:
+    store = tmp_path / "appended.h5"
+    _analyze_cli(run, store, "--steps", "0,10,20")
+    before = _stored(store)
+    _as_appended_by_an_earlier_fdl(store, 20)
+    with StoreReader(store) as reader:
+        # was: "trajectories of probe/2:input are unreadable (ValueError: fields have different
+        # lengths [2, 3]): records rebuilt from the checkpoint groups"
+        assert reader.warnings == []
+        got = {r["step"]: r["cross_entropy"] for r in reader.records()}
+    assert got == {0: before[0]["cross_entropy"], 10: before[10]["cross_entropy"], 20: None}
+    _analyze_cli(run, store, "--steps", "0,10,20,30")  # the resume rewrites the trajectories whole
+    with h5py.File(store, "r") as handle:
+        layer = handle["trajectories"]["probe"]["2:input"]
+        assert layer["cross_entropy"].shape == layer["step"].shape == (4,)
+        column = layer["cross_entropy"][()]
+    assert column[:2].tolist() == [before[0]["cross_entropy"], before[10]["cross_entropy"]]
+    assert np.isnan(column[2]) and np.isfinite(column[3])
+    with StoreReader(store) as reader:
+        assert reader.warnings == []
