@@ -8,7 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.store import StoreReader
 from tests.test_cross_entropy import _analyze_cli
 from tests.test_distributed import _make_run, _stored
@@ -52,3 +54,38 @@ def test_trajectories_appended_by_an_earlier_fdl_are_not_damage(run: Path, tmp_p
     assert np.isnan(column[2]) and np.isfinite(column[3])
     with StoreReader(store) as reader:
         assert reader.warnings == []
+
+
+def _epoch_notes(folder: Path, files: list[tuple[str, dict]]) -> list[str]:
+    folder.mkdir()
+    for seed, (name, metadata) in enumerate(files):
+        weights = {"w": torch.randn(3, generator=torch.Generator().manual_seed(seed))}
+        torch.save({"model": weights, **metadata}, folder / name)
+    return [note for note in discover_checkpoints([folder]).notes if "epoch" in note]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        # a number every name shares is no step: --step-regex 'resnet(\d+)_best\.pt' was suggested,
+        # which gives resnet18_best.pt step 18 and skips resnet18_last.pt
+        [("resnet18_best.pt", {"epoch": 40}), ("resnet18_last.pt", {"epoch": 50})],
+        # names counting the epochs from 1, the files from 0: the names number epochs too
+        [(f"model_epoch_{epoch + 1}.pt", {"epoch": epoch}) for epoch in (0, 1, 2)],
+        # one file: its number may be anything (resnet50.pt was "epoch 90, its name says 50")
+        [("resnet50.pt", {"epoch": 90})],
+    ],
+    ids=["shared-number", "epochs-from-one", "one-file"],
+)
+def test_no_epoch_note_where_the_names_numbers_are_not_steps(tmp_path: Path, files: list) -> None:
+    assert _epoch_notes(tmp_path / "run", files) == []
+
+
+def test_the_epoch_note_still_comes_where_the_names_hold_the_steps(tmp_path: Path) -> None:
+    files = [("ckpt_500.pt", {"epoch": 1}), ("ckpt_1000.pt", {"step": 1000}), ("ckpt_1500.pt", {"epoch": 3})]
+    [note] = _epoch_notes(tmp_path / "mixed", files)
+    assert "ckpt_500.pt is epoch 1, its name says 500" in note and "--step-regex 'ckpt_(\\d+)\\.pt'" in note
+    # names of two shapes: the regex of the first would skip the others; the note names none
+    files = [("ckpt_500.pt", {"epoch": 1}), ("model_1000.pt", {"epoch": 2})]
+    [note] = _epoch_notes(tmp_path / "shapes", files)
+    assert note.endswith("pass --step-regex to take the steps from the names instead")
