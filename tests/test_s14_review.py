@@ -89,3 +89,17 @@ def test_the_epoch_note_still_comes_where_the_names_hold_the_steps(tmp_path: Pat
     files = [("ckpt_500.pt", {"epoch": 1}), ("model_1000.pt", {"epoch": 2})]
     [note] = _epoch_notes(tmp_path / "shapes", files)
     assert note.endswith("pass --step-regex to take the steps from the names instead")
+
+
+def test_the_table_keeps_the_loss_of_checkpoints_without_a_cross_entropy() -> None:
+    """A store analysed before cross_entropy, then resumed: the table showed a blank CE in place of
+    the loss for the earlier checkpoints; both columns now (CE alone once every row has one)."""
+    from fdl_cli.report import table_fields
+
+    old = {"accuracy": 0.5, "loss": 0.3, "cross_entropy": None}
+    new = {"accuracy": 0.6, "loss": 0.2, "cross_entropy": 1.1}
+    fields = table_fields(wide=False, records=[old, new])
+    assert fields.index("loss") + 1 == fields.index("cross_entropy")
+    assert "loss" not in table_fields(wide=False, records=[new, new]) and "cross_entropy" in table_fields(
+        wide=False, records=[new])
+    assert "cross_entropy" not in table_fields(wide=False, records=[old])
