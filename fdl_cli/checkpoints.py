@@ -1182,18 +1182,29 @@ def _note_epoch_steps(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
     """Files whose only step metadata is an epoch are stored at their epochs (metadata beats names),
     which a run compared with another saved by steps, or a reader of `ckpt_500.pt` stored as step 1,
     does not expect. A note, when a name holds another number, says so and how to take the names'
-    numbers instead (its text names the first such file only, so --watch shows it once)."""
-    differ = [ref for ref in refs if ref.step_source.endswith(":epoch") and _name_step(ref.path) is not None
-              and _name_step(ref.path) != ref.step]
-    if differ:
-        first = differ[0]
-        pattern = _name_regex(first.path.name)
-        notes.append(
-            f"steps are epochs where a file holds only an epoch ({first.path.name} is epoch {first.step}, "
-            f"its name says {_name_step(first.path)}); "
-            + (f"to use the numbers in the names instead, pass --step-regex '{pattern}'" if pattern
-               else "pass --step-regex to take the steps from the names instead")
-        )
+    numbers instead (its text names the first such file only, so --watch shows it once).
+
+    Only where the names' numbers could be the steps: two files or more whose numbers rise with
+    their epochs, not by one constant offset. A number every name shares (`resnet18_best.pt`,
+    `resnet18_last.pt`) is no step, and --step-regex would give every file that one step; names that
+    count epochs from 1 where the files count from 0 (`model_epoch_1.pt` holding epoch 0) number the
+    epochs too; one file alone (`resnet50.pt`) cannot tell (--watch notes it when the second comes)."""
+    named = [(ref, number) for ref in refs if ref.step_source.endswith(":epoch")
+             for number in [_name_step(ref.path)] if number is not None]
+    numbers = [number for _, number in named]
+    offsets = {number - ref.step for ref, number in named}
+    if len(named) < 2 or len(offsets) < 2 or any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
+        return
+    first, number = next((ref, number) for ref, number in named if number != ref.step)
+    pattern = _name_regex(first.path.name)
+    if pattern and not all(re.search(pattern, ref.path.name) for ref, _ in named):
+        pattern = ""  # names of other shapes (ckpt_500.pt, model_1500.pt): that regex would skip them
+    notes.append(
+        f"steps are epochs where a file holds only an epoch ({first.path.name} is epoch {first.step}, "
+        f"its name says {number}); "
+        + (f"to use the numbers in the names instead, pass --step-regex '{pattern}'" if pattern
+           else "pass --step-regex to take the steps from the names instead")
+    )
 
 
 def _is_dir_with(path: Path, pattern: str) -> bool:

@@ -54,7 +54,8 @@ MEASURE_FIELDS: Final = (
 )
 
 #: Measure fields added after stores were first written: a store written by an earlier fdl lacks their
-#: attributes and trajectory datasets, and reads them as null (the next `fdl analyze` of it adds them).
+#: attributes and trajectory datasets, and reads them as null. The next `fdl analyze` of it adds the
+#: datasets, with values at the checkpoints it analyses only (`--overwrite` recomputes the others).
 ADDED_FIELDS: Final = frozenset({"cross_entropy"})
 
 #: All fields of a record, in output order.

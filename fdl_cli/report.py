@@ -452,12 +452,16 @@ def table_fields(*, wide: bool, several: bool = False, records: Sequence[Record]
     """The table's columns: the narrow set, or with `wide` every record field. The narrow set shows R²
     in place of the accuracy for a regression probe (`records` with an r2 and no accuracy), and the
     cross-entropy in place of the loss (the MSE against one-hot labels, which a classifier's training
-    need not lower) for a classification probe (`records` with a cross_entropy)."""
+    need not lower) for a classification probe (`records` with a cross_entropy). Where only some
+    checkpoints have one (a store analysed by an fdl before the field, then resumed), both: the
+    earlier rows keep their loss rather than show only a blank CE."""
     if not wide:
         regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
         classes = any(r.get("cross_entropy") is not None for r in records)
-        swaps = {"accuracy": "r2"} if regression else {"loss": "cross_entropy"} if classes else {}
-        return tuple(swaps.get(name, name) for name in TABLE_FIELDS)
+        partly = classes and any(r.get("cross_entropy") is None and r.get("accuracy") is not None for r in records)
+        swaps = ({"accuracy": ("r2",)} if regression else
+                 {"loss": ("loss", "cross_entropy") if partly else ("cross_entropy",)} if classes else {})
+        return tuple(shown for name in TABLE_FIELDS for shown in swaps.get(name, (name,)))
     fields = tuple(name for name in RECORD_FIELDS)
     return fields + SERIES_FIELDS if several else fields
 

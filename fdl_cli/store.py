@@ -687,7 +687,7 @@ class StoreReader:
                     if [row["step"] for row in rows] != steps:
                         problem = "inconsistent with the complete checkpoint groups"
                     else:
-                        added = sorted(name for name in ADDED_FIELDS if name not in group)
+                        added = _outdated_fields(group)
                         if added:
                             self._added_from_groups(series, rows, added)
                             self._outdated.add(series)
@@ -718,10 +718,12 @@ class StoreReader:
     @staticmethod
     def _rows_from_trajectories(group: h5py.Group) -> list[dict[str, Any]]:
         """The rows of one series' trajectories; a field added after they were written (an
-        ADDED_FIELDS dataset they lack) is null in every row (`_added_from_groups` reads it)."""
+        ADDED_FIELDS dataset they lack, or one an earlier fdl left shorter: `_outdated_fields`) is
+        null in every row (`_added_from_groups` reads it)."""
         columns: dict[str, list[Scalar]] = {}
+        outdated = _outdated_fields(group)
         for name in RECORD_FIELDS:
-            if name in ADDED_FIELDS and name not in group:
+            if name in outdated:
                 columns[name] = [None] * int(group["step"].shape[0])
                 continue
             dataset = group[name]
@@ -1729,6 +1731,15 @@ class StoreWriter:
                         _write_array(node, name, value)
             store.create_group("checkpoints")
             store.create_group("trajectories")
+
+
+def _outdated_fields(group: h5py.Group) -> list[str]:
+    """The ADDED_FIELDS a series' trajectories lack (written by an fdl before the field) or hold with
+    another length than `step`: an earlier fdl resuming this one's store appends the fields it knows to
+    the trajectories and leaves the newer datasets as they were, shorter (their rows are read from the
+    checkpoint groups instead, not taken for damage)."""
+    steps = group["step"].shape
+    return sorted(name for name in ADDED_FIELDS if name not in group or group[name].shape != steps)
 
 
 def _write_trajectory(
