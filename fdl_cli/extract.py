@@ -510,10 +510,13 @@ _NORM_CHUNK = 1 << 20
 
 def _host_values(piece: torch.Tensor) -> np.ndarray:
     """A chunk's values as a numpy array on the host: a view of a CPU tensor numpy can read (no copy),
-    else widened to float64 (bfloat16, a GPU tensor)."""
-    if piece.device.type == "cpu" and piece.dtype in (torch.float64, torch.float32, torch.float16):
+    else widened to float64 on the host (bfloat16). An accelerator's chunk is copied to the host in its
+    own dtype first: MPS has no float64 to convert it to there."""
+    if piece.device.type != "cpu":
+        piece = piece.cpu()
+    if piece.dtype in (torch.float64, torch.float32, torch.float16):
         return piece.numpy()
-    return piece.to(device="cpu", dtype=torch.float64).numpy()
+    return piece.to(torch.float64).numpy()
 
 
 def _squared_norm(flat: torch.Tensor, minus: torch.Tensor | None = None) -> float:

@@ -94,3 +94,16 @@ def test_cli_analyze_on_cuda(tmp_path: Path) -> None:
                  "--probe", run / "probe.npz", "--out", tmp_path / "s.h5", "--device", "cuda", "--json")
     assert result.code == 0, result.stderr
     assert len(result.records) == 7
+
+
+def test_parameter_norms_on_the_gpu_equal_the_cpu_ones_bit_for_bit() -> None:
+    """A module checkpoint's parameters may live on the GPU (`_parameters_of`'s fallback): their norms are
+    summed on the host in the same order as the CPU's, so the digits are the same."""
+    from fdl_cli.extract import _NORM_CHUNK, parameter_vector_norms
+
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(2 * _NORM_CHUNK + 5, generator=g), "b": torch.randn(7, generator=g).to(torch.bfloat16)}
+    reference = {name: value * 1.01 for name, value in state.items()}
+    on_gpu = {name: value.cuda() for name, value in state.items()}
+    ref_gpu = {name: value.cuda() for name, value in reference.items()}
+    assert parameter_vector_norms(on_gpu, ref_gpu) == parameter_vector_norms(state, reference)
