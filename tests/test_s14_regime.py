@@ -43,3 +43,20 @@ def test_identical_checkpoints_have_cka_and_overlap_exactly_one(tmp_path: Path) 
     assert [r["step"] for r in records] == [0, 1]
     assert records[1]["cka_init"] == 1.0 and records[1]["cka_prev"] == 1.0
     assert records[1]["overlap_init"] == 1.0 and records[1]["overlap_prev"] == 1.0
+
+
+def test_the_richer_verdict_names_both_steps_of_a_nearest_step_pair(tmp_path: Path) -> None:
+    """`fdl compare mf.h5 bn.h5` said "Run B is richer than run A (lower D_LR) from step 55 on" where step
+    55 of A was paired with step 60 of B (B has no step 55): the step is now named for both runs."""
+    from fdl_cli import report
+    from tests.test_compare import SCALARS, make_store
+
+    a = make_store(tmp_path / "a.h5")
+    lazier = {step: {**values, "d_lr": [0.9, 0.01, 0.01][i]} for i, (step, values) in enumerate(SCALARS.items())}
+    b = make_store(tmp_path / "b.h5", steps=(0, 105, 200), seed=7,
+                   scalars={0: lazier[0], 105: lazier[100], 200: lazier[200]})
+    verdict = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).verdict
+    assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 of A (105 of B) on (")
+    same = make_store(tmp_path / "c.h5", seed=7, scalars=lazier)  # exact pairs: one step, as before
+    verdict = report.compare_runs(report.load_run(a), report.load_run(same), overlap=False).verdict
+    assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on (")
