@@ -337,6 +337,22 @@ def trajectory_segments(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> 
 #: there is still nearly constant (printed only, no rule depends on it).
 NEAR_CHANCE = 1.5
 
+#: A reference checkpoint at least this far from chance to a perfect fit ((accuracy − 1/C) / (1 − 1/C),
+#: or R² for regression) already fits the probe: a coefficient verdict then says that the features did
+#: not move after it, not that the network never learned them (printed only, no rule depends on it).
+TRAINED_REFERENCE = 0.5
+
+
+def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(share of the way from chance to a perfect fit, its words) of a checkpoint, None without a measure."""
+    accuracy, classes, r2 = record.get("accuracy"), record.get("n_outputs"), record.get("r2")
+    if accuracy is not None and classes and classes >= 2:
+        chance = 1 / classes
+        return (accuracy - chance) / (1 - chance), f"accuracy {accuracy:.3f}, chance {chance:.3f}"
+    if r2 is not None:
+        return float(r2), f"R² {r2:.3f}"
+    return None
+
 
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
@@ -368,6 +384,14 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )
     reference = ev.get("reference_step")
+    reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
+    fit = reference_fit(reference_record) if reference_record is not None else None
+    if verdict.regime == "coefficient" and fit is not None and fit[0] >= TRAINED_REFERENCE:
+        lines.append(
+            f"the reference checkpoint (step {reference}) already fits the probe ({fit[1]}): 'coefficient' says "
+            "its features did not move after it, not that the network never learned features (they may have "
+            "been learned before it; a fine-tuning or resumed run, or a trained model saved as the first checkpoint)"
+        )
     steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     if isinstance(reference, int) and steps and reference > 0 and reference == min(steps):
         lines.append(

@@ -60,3 +60,28 @@ def test_the_richer_verdict_names_both_steps_of_a_nearest_step_pair(tmp_path: Pa
     same = make_store(tmp_path / "c.h5", seed=7, scalars=lazier)  # exact pairs: one step, as before
     verdict = report.compare_runs(report.load_run(a), report.load_run(same), overlap=False).verdict
     assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on (")
+
+
+def test_a_coefficient_verdict_says_when_the_reference_already_fits_the_probe() -> None:
+    """A trained network (100 % probe accuracy) saved as step 0 and trained on for 1 000 steps: CKA to it
+    stays ≥ 0.9957, so the run is coefficient, and the text said only "no checkpoint after the reference
+    moved": a researcher reads "lazy, features never learned". It now says the reference already fits."""
+    from fdl_cli.regimes import classify_run, describe
+    from tests.test_regimes import record
+
+    trained = [record(0, 1.0, 1.0, 6, accuracy=1.0), record(100, 0.998, 0.997, 6, accuracy=1.0),
+               record(1000, 0.9957, 0.9951, 6, accuracy=1.0)]
+    verdict = classify_run(trained)
+    assert verdict.regime == "coefficient"
+    text = "\n".join(describe(verdict, trained))
+    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 1.000, chance 0.100): "
+            "'coefficient' says its features did not move after it") in text
+    # an initialised (or head-reinitialised) reference near chance: no such line
+    fresh = [{**r, "accuracy": a} for r, a in zip(trained, (0.131, 0.9, 1.0), strict=True)]
+    assert "already fits" not in "\n".join(describe(classify_run(fresh), fresh))
+    # regression: R² of the reference
+    fitted = [{**r, "accuracy": None, "n_outputs": 1, "r2": 0.97} for r in trained]
+    assert "already fits the probe (R² 0.970)" in "\n".join(describe(classify_run(fitted), fitted))
+    # a run whose features moved is not coefficient: no such line either
+    moved = [*trained[:2], record(1000, 0.6, 0.5, 6, accuracy=1.0)]
+    assert "already fits" not in "\n".join(describe(classify_run(moved), moved))
