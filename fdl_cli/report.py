@@ -683,7 +683,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
     """The run summary as plain sentences (for the terminal, the HTML page and the tests)."""
     if summary.n_checkpoints == 0:
         return ["no checkpoints in this series yet"]
-    lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
+    if summary.n_checkpoints == 1:
+        lines = [f"1 checkpoint, step {summary.first_step}"]
+    else:
+        lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
     if summary.regimes:
         from fdl_cli.regimes import SHOWN_SPANS, elide_spans
 
@@ -699,6 +702,14 @@ def summary_lines(summary: RunSummary) -> list[str]:
         )
         count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
         lines.append(f"regime{count}: {trajectory}")
+        alone = summary.n_checkpoints == 1 and summary.final.get("cka_init") == 1.0
+        if alone and summary.regimes[0].regime == "coefficient":  # not a run stopped before its --reference
+            # A trained model analysed alone read "regime: coefficient" and "final: ... regime coefficient"
+            # (session 14), while `fdl classify` calls the run undetermined.
+            lines.append(
+                "a single checkpoint is its own reference, so its regime is 'coefficient' by definition (nothing "
+                "moved since itself): the run's regime needs a later checkpoint (`fdl classify` says undetermined)"
+            )
     else:
         lines.append("regime: not classified")
     for change in summary.changes:

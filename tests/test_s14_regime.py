@@ -85,3 +85,20 @@ def test_a_coefficient_verdict_says_when_the_reference_already_fits_the_probe() 
     # a run whose features moved is not coefficient: no such line either
     moved = [*trained[:2], record(1000, 0.6, 0.5, 6, accuracy=1.0)]
     assert "already fits" not in "\n".join(describe(classify_run(moved), moved))
+
+
+def test_the_report_of_a_single_checkpoint_does_not_read_as_a_coefficient_run(tmp_path: Path) -> None:
+    """A trained MLP (100 % accuracy) analysed alone: `fdl report` said "1 checkpoints", "regime:
+    coefficient (3000)" and "final: ... regime coefficient", while `fdl classify` says undetermined."""
+    from fdl_cli import report
+
+    records = [{"step": 3000, "d_lr": 0.06, "cka_init": 1.0, "k95_utility": 10, "regime": "coefficient",
+                "accuracy": 1.0, "n_outputs": 10}]
+    lines = report.summary_lines(report.summarize(records))
+    assert lines[0] == "1 checkpoint, step 3000"
+    assert lines[1] == "regime: coefficient (3000)"
+    assert "its regime is 'coefficient' by definition" in lines[2] and "undetermined" in lines[2]
+    moved = report.summary_lines(report.summarize([{**records[0], "cka_init": 0.6, "regime": "MF"}]))
+    assert not any("by definition" in line for line in moved)  # alone, but not the reference (a stopped run)
+    two = report.summary_lines(report.summarize([{**records[0], "step": 0}, records[0]]))
+    assert two[0] == "2 checkpoints, steps 0–3000" and not any("by definition" in line for line in two)
