@@ -115,7 +115,16 @@ class CheckpointVerdict:
 
 
 def _fmt(value: Any) -> str:
-    return "null" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    """4 significant digits; a value that rounds to 1 without being 1 is shown as 1 − its gap: a lazy run's
+    CKA of 0.9999987 read "min cka_init = 1", as a frozen network's exactly-1 does (session 14)."""
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        shown = f"{value:.4g}"
+        if shown == "1" and value < 1.0:
+            return f"1 − {1.0 - value:.2g}"
+        return shown
+    return str(value)
 
 
 def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple[str, str]:

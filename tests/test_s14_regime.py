@@ -102,3 +102,19 @@ def test_the_report_of_a_single_checkpoint_does_not_read_as_a_coefficient_run(tm
     assert not any("by definition" in line for line in moved)  # alone, but not the reference (a stopped run)
     two = report.summary_lines(report.summarize([{**records[0], "step": 0}, records[0]]))
     assert two[0] == "2 checkpoints, steps 0–3000" and not any("by definition" in line for line in two)
+
+
+def test_a_lazy_run_s_cka_is_not_printed_as_exactly_one() -> None:
+    """A 4096-wide net trained 300 steps at a small learning rate ends at cka_init = 0.9999987: the verdict
+    read "min cka_init = 1 ≥ 0.99", as a frozen backbone's bit-identical features (exactly 1) do."""
+    from fdl_cli.regimes import classify_run, describe
+    from tests.test_regimes import record
+
+    lazy = [record(0, 1.0, 1.0, 13), record(100, 0.99999957, 0.9999985, 13), record(300, 0.9999987, 0.9999956, 13)]
+    verdict = classify_run(lazy)
+    assert verdict.regime == "coefficient"
+    assert "min cka_init = 1 − 1.3e-06 ≥ 0.99 and min overlap_init = 1 − 4.4e-06 ≥ 0.95" in verdict.rule
+    assert "final_cka_init = 1 − 1.3e-06" in "\n".join(describe(verdict, lazy))
+    frozen = [record(0, 1.0, 1.0, 10), record(100, 1.0, 1.0, 10)]
+    assert "min cka_init = 1 ≥ 0.99 and min overlap_init = 1 ≥ 0.95" in classify_run(frozen).rule
+    assert "cka_init = 0.9957" in classify_run([*frozen, record(200, 0.9957, 0.99, 10)]).rule
