@@ -381,7 +381,13 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if ev.get("mf_since_step") is not None:
         lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
     elif ev.get("first_mf_step") is not None:
-        lines.append(f"MF first at step {ev['first_mf_step']}, but the run did not stay MF")
+        reference, first = ev.get("reference_step"), ev["first_mf_step"]
+        # With --reference in mid-run, the checkpoints before it "moved" from a later checkpoint: an
+        # initialisation read "MF first at step 0" beside a coefficient verdict (session 14).
+        before = (f" (before the reference, step {reference}: its movement is measured against a later "
+                  "checkpoint, so its MF says only that it differs from the reference)"
+                  if isinstance(reference, int) and first < reference else "")
+        lines.append(f"MF first at step {first}{before}, but the run did not stay MF")
     else:
         lines.append("the run never became MF")
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)

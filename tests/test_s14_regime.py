@@ -118,3 +118,21 @@ def test_a_lazy_run_s_cka_is_not_printed_as_exactly_one() -> None:
     frozen = [record(0, 1.0, 1.0, 10), record(100, 1.0, 1.0, 10)]
     assert "min cka_init = 1 ≥ 0.99 and min overlap_init = 1 ≥ 0.95" in classify_run(frozen).rule
     assert "cka_init = 0.9957" in classify_run([*frozen, record(200, 0.9957, 0.99, 10)]).rule
+
+
+def test_mf_before_a_mid_run_reference_is_said_to_be_before_it() -> None:
+    """`analyze --reference 1232` of an MLP trained to collapse: every checkpoint after 1232 is static
+    (coefficient), those before it differ from it, so the initialisation (6 % accuracy) is "MF", and the
+    text read "MF first at step 0, but the run did not stay MF", as if the network had been MF at init."""
+    from fdl_cli.regimes import classify_run, describe
+    from tests.test_regimes import record
+
+    rows = [record(0, 0.55, 0.50, 8, accuracy=0.061), record(85, 0.8, 0.7, 10, accuracy=0.99),
+            record(1232, 1.0, 1.0, 10, accuracy=1.0), record(3000, 0.9966, 0.9989, 10, accuracy=1.0)]
+    verdict = classify_run(rows, reference_step=1232)
+    assert verdict.regime == "coefficient"
+    text = "\n".join(describe(verdict, rows))
+    assert ("MF first at step 0 (before the reference, step 1232: its movement is measured against a later "
+            "checkpoint") in text
+    plain = [record(0, 1.0, 1.0, 8), record(10, 0.6, 0.5, 5), record(20, 0.6, 0.5, 30), record(30, 0.6, 0.5, 30)]
+    assert "MF first at step 10, but the run did not stay MF" in "\n".join(describe(classify_run(plain), plain))
