@@ -310,8 +310,11 @@ def _cka(a: _Series, b: _Series) -> float | None:
     (kernel_a, norm_a), (kernel_b, norm_b) = a.kernel(), b.kernel()
     if norm_a == 0.0 or norm_b == 0.0:
         return 1.0 if norm_a == norm_b else 0.0
-    if a.cka_dtype == "float32" and _same_kernels(kernel_a, kernel_b):
-        return 1.0  # what float64 gives to rounding; float32 products would leave ~1e-8 below it
+    if _same_kernels(kernel_a, kernel_b):
+        # What exact arithmetic gives. float32 products would leave ~1e-8 below it; in float64 the
+        # self-norms come from the pass's sums about its shift and the cross product from the anchors,
+        # so a twin checkpoint whose features are far from 0 got 1 − 3e-16 (session 14).
+        return 1.0
     if wide_a:
         cross = float((kernel_a.to(kernel_b.dtype) * kernel_b).sum())
     else:
@@ -353,8 +356,11 @@ def _overlap(a: _Series, b: _Series, k: int) -> float | None:
         return eigenspace_overlap(a.eigenfunctions, b.eigenfunctions, k=k)  # its None / its error
     # None where nothing is compared, or both span every distinct anchor input (repeated inputs' rows are equal)
     points = min(a.points or a.eigenfunctions.shape[0], b.points or b.eigenfunctions.shape[0])
-    value = basis_overlap(a.basis(k), b.basis(k), points=points)
-    return 1.0 if value is not None and a is b else value  # O(s, s), exactly
+    basis_a, basis_b = a.basis(k), b.basis(k)
+    value = basis_overlap(basis_a, basis_b, points=points)
+    # O(s, s), exactly; and for equal bases (a frozen network, a checkpoint saved twice), not 1 − 4e-16
+    same = a is b or (basis_a.shape == basis_b.shape and np.array_equal(basis_a, basis_b))
+    return 1.0 if value is not None and same else value
 
 
 @dataclass

@@ -115,7 +115,16 @@ class CheckpointVerdict:
 
 
 def _fmt(value: Any) -> str:
-    return "null" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    """4 significant digits; a value that rounds to 1 without being 1 is shown as 1 − its gap: a lazy run's
+    CKA of 0.9999987 read "min cka_init = 1", as a frozen network's exactly-1 does (session 14)."""
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        shown = f"{value:.4g}"
+        if shown == "1" and value < 1.0:
+            return f"1 − {1.0 - value:.2g}"
+        return shown
+    return str(value)
 
 
 def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple[str, str]:
@@ -337,6 +346,22 @@ def trajectory_segments(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> 
 #: there is still nearly constant (printed only, no rule depends on it).
 NEAR_CHANCE = 1.5
 
+#: A reference checkpoint at least this far from chance to a perfect fit ((accuracy − 1/C) / (1 − 1/C),
+#: or R² for regression) already fits the probe: a coefficient verdict then says that the features did
+#: not move after it, not that the network never learned them (printed only, no rule depends on it).
+TRAINED_REFERENCE = 0.5
+
+
+def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(share of the way from chance to a perfect fit, its words) of a checkpoint, None without a measure."""
+    accuracy, classes, r2 = record.get("accuracy"), record.get("n_outputs"), record.get("r2")
+    if accuracy is not None and classes and classes >= 2:
+        chance = 1 / classes
+        return (accuracy - chance) / (1 - chance), f"accuracy {accuracy:.3f}, chance {chance:.3f}"
+    if r2 is not None:
+        return float(r2), f"R² {r2:.3f}"
+    return None
+
 
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
@@ -356,7 +381,13 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if ev.get("mf_since_step") is not None:
         lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
     elif ev.get("first_mf_step") is not None:
-        lines.append(f"MF first at step {ev['first_mf_step']}, but the run did not stay MF")
+        reference, first = ev.get("reference_step"), ev["first_mf_step"]
+        # With --reference in mid-run, the checkpoints before it "moved" from a later checkpoint: an
+        # initialisation read "MF first at step 0" beside a coefficient verdict (session 14).
+        before = (f" (before the reference, step {reference}: its movement is measured against a later "
+                  "checkpoint, so its MF says only that it differs from the reference)"
+                  if isinstance(reference, int) and first < reference else "")
+        lines.append(f"MF first at step {first}{before}, but the run did not stay MF")
     else:
         lines.append("the run never became MF")
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)
@@ -368,6 +399,14 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )
     reference = ev.get("reference_step")
+    reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
+    fit = reference_fit(reference_record) if reference_record is not None else None
+    if verdict.regime == "coefficient" and fit is not None and fit[0] >= TRAINED_REFERENCE:
+        lines.append(
+            f"the reference checkpoint (step {reference}) already fits the probe ({fit[1]}): 'coefficient' says "
+            "its features did not move after it, not that the network never learned features (they may have "
+            "been learned before it; a fine-tuning or resumed run, or a trained model saved as the first checkpoint)"
+        )
     steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     if isinstance(reference, int) and steps and reference > 0 and reference == min(steps):
         lines.append(

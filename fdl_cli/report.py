@@ -692,7 +692,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
     """The run summary as plain sentences (for the terminal, the HTML page and the tests)."""
     if summary.n_checkpoints == 0:
         return ["no checkpoints in this series yet"]
-    lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
+    if summary.n_checkpoints == 1:
+        lines = [f"1 checkpoint, step {summary.first_step}"]
+    else:
+        lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
     if summary.regimes:
         from fdl_cli.regimes import SHOWN_SPANS, elide_spans
 
@@ -708,6 +711,14 @@ def summary_lines(summary: RunSummary) -> list[str]:
         )
         count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
         lines.append(f"regime{count}: {trajectory}")
+        alone = summary.n_checkpoints == 1 and summary.final.get("cka_init") == 1.0
+        if alone and summary.regimes[0].regime == "coefficient":  # not a run stopped before its --reference
+            # A trained model analysed alone read "regime: coefficient" and "final: ... regime coefficient"
+            # (session 14), while `fdl classify` calls the run undetermined.
+            lines.append(
+                "a single checkpoint is its own reference, so its regime is 'coefficient' by definition (nothing "
+                "moved since itself): the run's regime needs a later checkpoint (`fdl classify` says undetermined)"
+            )
     else:
         lines.append("regime: not classified")
     for change in summary.changes:
@@ -919,13 +930,13 @@ def option_difference_note(comparison: Comparison) -> str | None:
 
 def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     """Which run is richer (lower D_LR) and from which matched step on, in plain words."""
-    signs: list[tuple[int, int]] = []  # (step of A, +1 when B is richer, -1 when A is, 0 tie)
+    signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     for compared in steps:
         d_a, d_b = compared.record_a.get("d_lr"), compared.record_b.get("d_lr")
         if d_a is None or d_b is None:
             continue
         sign = 0 if abs(d_b - d_a) <= RICHER_TOLERANCE else (1 if d_b < d_a else -1)
-        signs.append((compared.match.step_a, sign))
+        signs.append((compared.match, sign))
     if not signs:
         return "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
@@ -940,8 +951,8 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     # The last matched step with both D_LR (the signs above skip the others)
     final = next(c for c in reversed(steps) if c.record_a.get("d_lr") is not None and c.record_b.get("d_lr") is not None)
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
-    when = "at every matched step" if first_index == 0 else f"from step {signs[first_index][0]} on"
-    where = "last matched step" if final is steps[-1] else f"step {final.match.step_a}, the last with both D_LR"
+    when = "at every matched step" if first_index == 0 else f"from {_matched_step(signs[first_index][0])} on"
+    where = "last matched step" if final is steps[-1] else f"{_matched_step(final.match)}, the last with both D_LR"
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
@@ -950,6 +961,12 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
         f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
         + _movement_note(steps)
     )
+
+
+def _matched_step(match: Match) -> str:
+    """"step 100", or for a nearest-step pair "step 100 of A (105 of B)": the verdict named A's step alone,
+    "run B is richer from step 55 on" for a run B without a step 55 (session 14)."""
+    return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A ({match.step_b} of B)"
 
 
 def _movement_note(steps: Sequence[ComparedStep]) -> str:

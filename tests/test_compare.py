@@ -48,14 +48,15 @@ def test_richer_run_and_from_when(tmp_path: Path) -> None:
     comparison = report.compare_runs(report.load_run(a), report.load_run(b))
     assert [(c.match.step_a, c.match.step_b) for c in comparison.steps] == [(0, 0), (100, 105), (200, 200)]
     assert comparison.notes[0] == "1 steps matched to the nearest step of the other run: 100↔105"
-    assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 on")
+    assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 of A (105 of B) on")
     assert comparison.steps[2].differences["d_lr"] == pytest.approx(0.7 - 0.125)
     assert comparison.steps[1].differences["regime"] is None
     overlaps = [c.overlap for c in comparison.steps]
     assert all(o is not None and 0.0 <= o < 0.999 for o in overlaps)  # different random eigenfunctions
 
     swapped = report.compare_runs(report.load_run(b), report.load_run(a))
-    assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 on")
+    # the step of each run: "from step 105 on" named A's step for the richer run B, which has none
+    assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 of A (100 of B) on")
 
 
 def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Path) -> None:
