@@ -378,7 +378,17 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     segments = f"{len(shown)} spans" if len(shown) > SHOWN_SPANS else ""
     lines.append(f"trajectory (step: regime{'; ' + segments if segments else ''}): "
                  + elide_spans(shown, " | ", where="--json lists every checkpoint"))
-    if ev.get("mf_since_step") is not None:
+    reference_step = ev.get("reference_step")
+    before_reference = ev.get("final_step") is None and isinstance(reference_step, int)  # no checkpoint after it
+    if ev.get("mf_since_step") is not None and before_reference and ev["mf_since_step"] < reference_step:
+        # A run stopped before its --reference (the reference is analysed first, stored in its place): every
+        # stored checkpoint precedes it, and "MF from step S to the end" read as the run's MF (session 14).
+        lines.append(
+            f"MF from step {ev['mf_since_step']} to the last checkpoint, all before the reference (step "
+            f"{reference_step}): their movement is measured against a later checkpoint, so their MF says only "
+            "that they differ from the reference"
+        )
+    elif ev.get("mf_since_step") is not None:
         lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
     elif ev.get("first_mf_step") is not None:
         reference, first = ev.get("reference_step"), ev["first_mf_step"]
