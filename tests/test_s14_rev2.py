@@ -23,3 +23,21 @@ def test_mf_to_the_end_before_an_unstored_reference_is_said_to_be_before_it() ->
     after = [record(0, 1.0, 1.0, 30), record(10, 0.6, 0.5, 10), record(20, 0.6, 0.5, 10)]
     assert "MF from step 10 to the end (first MF checkpoint: step 10)" in "\n".join(describe(classify_run(after), after))
 
+
+def test_an_untrained_majority_class_predictor_is_not_said_to_fit_the_probe() -> None:
+    """An initialised MLP whose output bias makes it predict the majority class everywhere, on a binary probe
+    of 84 % class 0, trained lazily (CKA ≥ 0.9967): accuracy 0.8375 at step 0 is 68 % of the way from 1/C to
+    1, and the text said the reference "already fits the probe ... they may have been learned before it; a
+    fine-tuning or resumed run", of an untrained network. Its cross-entropy, 0.4845, is 70 % of log 2: a
+    function that fits the probe has a cross-entropy well below that of an uninformed guess too."""
+    rows = [record(0, 1.0, 1.0, 4, c=2, accuracy=0.8375, cross_entropy=0.4845),
+            record(100, 0.9998, 0.9997, 4, c=2, accuracy=0.8375, cross_entropy=0.3951),
+            record(300, 0.9967, 0.9989, 3, c=2, accuracy=0.8475, cross_entropy=0.2876)]
+    verdict = classify_run(rows)
+    assert verdict.regime == "coefficient"
+    assert "already fits" not in "\n".join(describe(verdict, rows))
+    # a trained reference (a cross-entropy far below log C) still gets the line, its cross-entropy shown
+    trained = [{**r, "accuracy": 0.97, "cross_entropy": 0.09} for r in rows]
+    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 0.970, chance 0.500, "
+            "cross-entropy 0.090 against log C = 0.693)") in "\n".join(describe(classify_run(trained), trained))
+
