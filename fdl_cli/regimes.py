@@ -422,13 +422,22 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     reference = ev.get("reference_step")
     reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
     fit = reference_fit(reference_record) if reference_record is not None else None
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     if verdict.regime == "coefficient" and fit is not None and fit[0] >= TRAINED_REFERENCE:
+        # A --reference in mid-run: the learning is in the store, before it, not in an earlier run (session 14)
+        earlier = sum(1 for step in steps if isinstance(reference, int) and step < reference)
+        where = (
+            f"they were learned before it: the {earlier} checkpoint{'s' if earlier != 1 else ''} before step "
+            f"{reference} {'are' if earlier != 1 else 'is'} in the store; analyse with the first checkpoint as the "
+            "reference, the default, to classify that learning"
+            if earlier
+            else "they may have been learned before it; a fine-tuning or resumed run, or a trained model saved as "
+            "the first checkpoint"
+        )
         lines.append(
             f"the reference checkpoint (step {reference}) already fits the probe ({fit[1]}): 'coefficient' says "
-            "its features did not move after it, not that the network never learned features (they may have "
-            "been learned before it; a fine-tuning or resumed run, or a trained model saved as the first checkpoint)"
+            f"its features did not move after it, not that the network never learned features ({where})"
         )
-    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     if isinstance(reference, int) and steps and reference > 0 and reference == min(steps):
         lines.append(
             f"the reference is step {reference}, the first checkpoint, not the initialisation: cka_init and "

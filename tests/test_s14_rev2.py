@@ -41,3 +41,15 @@ def test_an_untrained_majority_class_predictor_is_not_said_to_fit_the_probe() ->
     assert ("the reference checkpoint (step 0) already fits the probe (accuracy 0.970, chance 0.500, "
             "cross-entropy 0.090 against log C = 0.693)") in "\n".join(describe(classify_run(trained), trained))
 
+
+def test_a_mid_run_reference_that_fits_is_not_explained_as_a_fine_tuning_run() -> None:
+    """`analyze --reference 150` of a run trained from its initialisation: the checkpoints before step 150 are
+    in the store and moved (EF, MF), yet the line under the coefficient verdict said the features "may have
+    been learned before it; a fine-tuning or resumed run, or a trained model saved as the first checkpoint"."""
+    rows = [record(0, 0.4, 0.3, 30, accuracy=0.35), record(50, 0.8, 0.7, 3, accuracy=0.9),
+            record(150, 1.0, 1.0, 3, accuracy=0.943), record(300, 0.9926, 0.99, 3, accuracy=0.98)]
+    text = "\n".join(describe(classify_run(rows, reference_step=150), rows))
+    assert "already fits the probe" in text
+    assert "fine-tuning" not in text
+    assert ("they were learned before it: the 2 checkpoints before step 150 are in the store; analyse with the "
+            "first checkpoint as the reference, the default, to classify that learning)") in text
