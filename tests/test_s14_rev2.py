@@ -53,3 +53,35 @@ def test_a_mid_run_reference_that_fits_is_not_explained_as_a_fine_tuning_run() -
     assert "fine-tuning" not in text
     assert ("they were learned before it: the 2 checkpoints before step 150 are in the store; analyse with the "
             "first checkpoint as the reference, the default, to classify that learning)") in text
+
+
+def test_the_exact_one_shortcut_needs_every_entry_equal() -> None:
+    """613f23c gives CKA and the overlap exactly 1 for equal centered anchors / bases, the first rows
+    compared first. Anchors that differ in their last two rows only (their mean, so their centered first
+    row, unchanged), or eigenfunctions in one entry, are measured: a check of the first rows or the shapes
+    alone would call them the same."""
+    import numpy as np
+
+    from fdl_cli.pipeline import _cka, _overlap, _Series
+
+    rng = np.random.default_rng(5)
+    anchor = rng.normal(size=(64, 8)) + 20.0  # far from 0, as the twin run's
+    eig = rng.normal(size=(64, 6))
+    for dtype in ("float64", "float32"):
+        a = _Series(anchor=anchor.copy(), eigenfunctions=eig.copy(), cka_dtype=dtype)
+        twin = _Series(anchor=anchor.copy(), eigenfunctions=eig.copy(), cka_dtype=dtype)
+        assert _cka(a, twin) == 1.0 and _overlap(a, twin, 3) == 1.0
+        moved = anchor.copy()
+        moved[-1, -1] += 1.0
+        moved[-2, -1] -= 1.0
+        other = eig.copy()
+        other[-1, 0] += 1.0
+        b = _Series(anchor=moved, eigenfunctions=other, cka_dtype=dtype)
+        assert _cka(a, b) < 1.0 and _overlap(a, b, 3) < 1.0
+    # p > m: the m×m Grams are compared, with the same rule
+    wide = rng.normal(size=(8, 40))
+    moved = wide.copy()
+    moved[-1, -1] += 1.0
+    moved[-2, -1] -= 1.0
+    a, b = _Series(anchor=wide, eigenfunctions=eig[:8]), _Series(anchor=moved, eigenfunctions=eig[:8])
+    assert _cka(a, _Series(anchor=wide.copy(), eigenfunctions=eig[:8])) == 1.0 and _cka(a, b) < 1.0
