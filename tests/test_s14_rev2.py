@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fdl_cli.regimes import classify_run, describe
 from tests.test_regimes import record
 
@@ -85,3 +87,33 @@ def test_the_exact_one_shortcut_needs_every_entry_equal() -> None:
     moved[-2, -1] -= 1.0
     a, b = _Series(anchor=wide, eigenfunctions=eig[:8]), _Series(anchor=moved, eigenfunctions=eig[:8])
     assert _cka(a, _Series(anchor=wide.copy(), eigenfunctions=eig[:8])) == 1.0 and _cka(a, b) < 1.0
+
+
+def test_compare_s_lazy_run_note_does_not_print_a_lazy_cka_as_one() -> None:
+    """`fdl compare` of a trained-then-lazy run: "Run A's features did not move (CKA to its reference ≥ 0.99
+    (lowest 1.0000) ...)" for a lowest CKA of 0.9999996, as a frozen network's exactly-1 reads (f7ad993 fixed
+    this in `fdl classify` only); and "left unmatched: 1 checkpoints of A"."""
+    from fdl_cli import report
+
+    def compared(step: int, cka: float) -> report.ComparedStep:
+        row = {"step": step, "cka_init": cka, "overlap_init": 1.0, "d_lr": 0.1}
+        return report.ComparedStep(report.Match(step, step), row, {**row, "cka_init": 0.5, "overlap_init": 0.5}, {}, None)
+
+    note = report._movement_note([compared(0, 1.0), compared(100, 0.9999996090688441)])
+    assert "CKA to its reference ≥ 0.99 (lowest 1 − 3.9e-07)" in note
+    assert "(lowest 1.0000)" in report._movement_note([compared(0, 1.0), compared(100, 1.0)])
+    assert "(lowest 0.9957)" in report._movement_note([compared(0, 1.0), compared(100, 0.9957)])
+
+
+def test_compare_counts_one_unmatched_checkpoint_in_the_singular(tmp_path: Path) -> None:
+    """`fdl compare` noted "left unmatched: 1 checkpoints of A" (d5bbc7b fixed "1 checkpoints" in the report only)."""
+    from fdl_cli import report
+    from tests.test_report import SCALARS, make_store
+
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", steps=(*SCALARS, 900), scalars={**SCALARS, 900: SCALARS[max(SCALARS)]})
+    notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
+    assert "left unmatched: 0 checkpoints of A, 1 of B" in notes
+    c = make_store(tmp_path / "c.h5", steps=tuple(SCALARS)[:-1])
+    notes = report.compare_runs(report.load_run(a), report.load_run(c), overlap=False).notes
+    assert "left unmatched: 1 checkpoint of A, 0 of B" in notes
