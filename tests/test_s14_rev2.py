@@ -1,4 +1,5 @@
-"""Second review of session 14's regime messages: each test is a defect the review found, failing before its fix."""
+"""Second review of session 14's regime messages: each test but the exact-1 guard is a defect the review found,
+failing before its fix."""
 
 from __future__ import annotations
 
