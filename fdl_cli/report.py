@@ -989,7 +989,12 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
                                         ("overlap_init", "top-C overlap", thresholds.overlap_static)):
                 values = [r[field] for r in records if r.get(field) is not None]
                 if values:
-                    shown.append(f"{label} ≥ {bound:g} (lowest {format_value(field, min(values))})")
+                    lowest = min(values)
+                    text = format_value(field, lowest)
+                    if text == format_value(field, 1.0) and lowest < 1.0:
+                        # a lazy run's 0.9999996 read "lowest 1.0000", as a frozen network's exactly 1 does
+                        text = f"1 − {1.0 - lowest:.2g}"
+                    shown.append(f"{label} ≥ {bound:g} (lowest {text})")
             notes.append(
                 f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
                 "that of its initial features, a lazy (coefficient) run (`fdl classify` gives the evidence)."
@@ -1154,7 +1159,7 @@ def compare_runs(
     unmatched_a = len(series_a.steps) - len(matches)
     unmatched_b = len(series_b.steps) - len(matches)
     if unmatched_a or unmatched_b:
-        notes.append(f"left unmatched: {unmatched_a} checkpoints of A, {unmatched_b} of B")
+        notes.append(f"left unmatched: {unmatched_a} checkpoint{'s' if unmatched_a != 1 else ''} of A, {unmatched_b} of B")
     if not matches:
         notes.append("no checkpoints to compare")
     overlaps = CrossOverlaps()
