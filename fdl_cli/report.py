@@ -646,6 +646,17 @@ class RunSummary:
     regimes: list[RegimeSpan]
     changes: list[Change]
     final: Mapping[str, Any]
+    #: the last checkpoint is the reference itself (`is_reference`)
+    final_is_reference: bool = False
+
+
+def is_reference(record: Record) -> bool:
+    """Whether a record is the reference checkpoint's own: its parameters are the reference's
+    (param_dist_init exactly 0), which holds where CKA is not measured (fewer than 3 anchor points) too,
+    and not for a frozen network's checkpoint stored before an unstored --reference (whose CKA is exactly
+    1 as well, its head's parameters not the reference's). By CKA only in records without the distance."""
+    distance = record.get("param_dist_init")
+    return distance == 0.0 if distance is not None else record.get("cka_init") == 1.0
 
 
 def regime_spans(records: Sequence[Record]) -> list[RegimeSpan]:
@@ -685,6 +696,7 @@ def summarize(records: Sequence[Record]) -> RunSummary:
         regimes=regime_spans(records),
         changes=changes,
         final=final,
+        final_is_reference=bool(records) and is_reference(records[-1]),
     )
 
 
@@ -711,7 +723,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
         )
         count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
         lines.append(f"regime{count}: {trajectory}")
-        alone = summary.n_checkpoints == 1 and summary.final.get("cka_init") == 1.0
+        alone = summary.n_checkpoints == 1 and summary.final_is_reference
         if alone and summary.regimes[0].regime == "coefficient":  # not a run stopped before its --reference
             # A trained model analysed alone read "regime: coefficient" and "final: ... regime coefficient"
             # (session 14), while `fdl classify` calls the run undetermined.

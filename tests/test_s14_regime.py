@@ -100,6 +100,13 @@ def test_the_report_of_a_single_checkpoint_does_not_read_as_a_coefficient_run(tm
     assert "its regime is 'coefficient' by definition" in lines[2] and "undetermined" in lines[2]
     moved = report.summary_lines(report.summarize([{**records[0], "cka_init": 0.6, "regime": "MF"}]))
     assert not any("by definition" in line for line in moved)  # alone, but not the reference (a stopped run)
+    # by the parameters where the record has them: the reference is 0 from itself, also without a CKA
+    # (fewer than 3 anchor points); a frozen network's checkpoint before an unstored --reference has
+    # CKA exactly 1 but other parameters (its head)
+    unmeasured = report.summary_lines(report.summarize([{**records[0], "cka_init": None, "param_dist_init": 0.0}]))
+    assert any("by definition" in line for line in unmeasured)
+    frozen = report.summary_lines(report.summarize([{**records[0], "param_dist_init": 0.31}]))
+    assert not any("by definition" in line for line in frozen)
     two = report.summary_lines(report.summarize([{**records[0], "step": 0}, records[0]]))
     assert two[0] == "2 checkpoints, steps 0–3000" and not any("by definition" in line for line in two)
 
