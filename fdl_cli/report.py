@@ -1009,7 +1009,8 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
                     shown.append(f"{label} ≥ {bound:g} (lowest {text})")
             notes.append(
                 f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
-                "that of its initial features, a lazy (coefficient) run (`fdl classify` gives the evidence)."
+                "that of its reference checkpoint's features, not of features learned in these steps, a lazy "
+                "(coefficient) run (`fdl classify` gives the evidence)."
             )
     return "".join(notes)
 

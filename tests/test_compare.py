@@ -71,7 +71,7 @@ def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Pat
     assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on")
     assert "D_LR A 0.1330, B 0.1250, 6% lower)" in verdict
     assert ("Run A's features did not move (CKA to its reference ≥ 0.99 (lowest 0.9990) and top-C overlap ≥ 0.95 "
-            "(lowest 0.9980) at every matched step)") in verdict
+            "(lowest 0.9980) at every matched step): its D_LR is that of its reference checkpoint's features") in verdict
     assert run_fdl("classify", str(lazy), "--expect", "coefficient").returncode == 0  # as the note says
     assert "Run B's features" not in verdict
     printed = run_fdl("compare", str(lazy), str(rich), "--no-overlap")
