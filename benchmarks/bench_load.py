@@ -10,21 +10,8 @@ nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-
-def best_ms(call: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main() -> None:
@@ -36,6 +23,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from benchmarks.common import best_ms, print_results
     from benchmarks.models import resnet18
     from fdl_cli import checkpoints
 
@@ -54,10 +42,7 @@ def main() -> None:
             "safe_load_ms": best_ms(lambda: checkpoints._torch_load_safe(path), args.repeats),
             "peek_ms": best_ms(lambda: checkpoints._peek_file(path), args.repeats),
         }
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -12,21 +12,10 @@ busy machine's other work does not count). Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-
-def best_cpu_ms(call: Callable[[], Any], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        call()
-        best = min(best, time.process_time() - start)
-    return best * 1e3
 
 
 def blas_dot_norms(state: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
@@ -52,6 +41,7 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.common import best_ms, print_results
     from benchmarks.models import resnet18
     from fdl_cli.extract import parameter_vector_norms
 
@@ -64,17 +54,15 @@ def main() -> None:
     # for a while and time.process_time counts their CPU too.
     torch.set_num_threads(1)
     for label, function in functions:
-        results[label] = {"cpu_ms_1_thread": round(best_cpu_ms(lambda f=function: f(state, reference), args.repeats), 2)}
+        cpu_ms = best_ms(lambda f=function: f(state, reference), args.repeats, time.process_time)
+        results[label] = {"cpu_ms_1_thread": round(cpu_ms, 2)}
     for label, function in functions:
         digits = set()
         for threads in (1, 2):
             torch.set_num_threads(threads)
             digits.add(function(state, reference))
         results[label].update(same_digits_at_1_and_2_threads=len(digits) == 1, values=[list(v) for v in sorted(digits)])
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

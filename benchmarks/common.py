@@ -162,3 +162,22 @@ def write_json(path: Path | None, payload: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
     print(text)
+
+
+def best_ms(call: Any, repeats: int, clock: Any = time.perf_counter) -> float:
+    """The fastest of `repeats` calls of `call()`, in milliseconds of `clock` (wall time by default;
+    time.process_time for CPU seconds, which a busy machine's other work does not count)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        call()
+        best = min(best, clock() - start)
+    return best * 1e3
+
+
+def print_results(results: dict[str, Any], path: Path | None) -> None:
+    """The results as indented JSON on stdout, and in `path` too when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
