@@ -9,21 +9,18 @@ nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    from benchmarks.common import best_ms, in_process_arguments, print_results
+
+    args = in_process_arguments(__doc__, 30)
 
     import numpy as np
     import torch
 
-    from benchmarks.common import best_ms, print_results
     from benchmarks.models import resnet18
     from fdl_cli import checkpoints
 

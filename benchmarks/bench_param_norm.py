@@ -11,10 +11,8 @@ busy machine's other work does not count). Not a test: nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -34,14 +32,12 @@ def blas_dot_norms(state: dict[str, Any], reference: dict[str, Any]) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    from benchmarks.common import best_ms, in_process_arguments, print_results
+
+    args = in_process_arguments(__doc__, 20)
 
     import torch
 
-    from benchmarks.common import best_ms, print_results
     from benchmarks.models import resnet18
     from fdl_cli.extract import parameter_vector_norms
 

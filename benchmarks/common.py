@@ -181,3 +181,13 @@ def print_results(results: dict[str, Any], path: Path | None) -> None:
     print(text)
     if path:
         path.write_text(text + "\n")
+
+
+def in_process_arguments(doc: str, repeats: int) -> Any:
+    """The command line of an in-process timing script: --repeats (default `repeats`) and --json PATH."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args()
