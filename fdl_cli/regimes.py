@@ -114,16 +114,19 @@ class CheckpointVerdict:
     movement: str = UNKNOWN
 
 
+def one_minus_gap(value: float) -> str:
+    """A value just below 1 written as 1 − its gap (`1 − 1.3e-06`), where rounding would show 1: a lazy
+    run's CKA of 0.9999987 read "min cka_init = 1", as a frozen network's exactly-1 does (session 14)."""
+    return f"1 − {1.0 - value:.2g}"
+
+
 def _fmt(value: Any) -> str:
-    """4 significant digits; a value that rounds to 1 without being 1 is shown as 1 − its gap: a lazy run's
-    CKA of 0.9999987 read "min cka_init = 1", as a frozen network's exactly-1 does (session 14)."""
+    """4 significant digits; a value that rounds to 1 without being 1 is shown as `one_minus_gap`."""
     if value is None:
         return "null"
     if isinstance(value, float):
         shown = f"{value:.4g}"
-        if shown == "1" and value < 1.0:
-            return f"1 − {1.0 - value:.2g}"
-        return shown
+        return one_minus_gap(value) if shown == "1" and value < 1.0 else shown
     return str(value)
 
 

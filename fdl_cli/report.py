@@ -988,7 +988,7 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
     run's fixed features with the other run's (SPEC §7: coefficient). CKA alone is not enough: a run
     whose top-C eigenspace rotated under a static CKA is a conflict that `fdl classify` calls
     undetermined, not coefficient."""
-    from fdl_cli.regimes import STATIC, Thresholds, feature_movement
+    from fdl_cli.regimes import STATIC, Thresholds, feature_movement, one_minus_gap
 
     thresholds = Thresholds()
     notes = []
@@ -1004,8 +1004,7 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
                     lowest = min(values)
                     text = format_value(field, lowest)
                     if text == format_value(field, 1.0) and lowest < 1.0:
-                        # a lazy run's 0.9999996 read "lowest 1.0000", as a frozen network's exactly 1 does
-                        text = f"1 − {1.0 - lowest:.2g}"
+                        text = one_minus_gap(lowest)  # a lazy run's 0.9999996 read "lowest 1.0000"
                     shown.append(f"{label} ≥ {bound:g} (lowest {text})")
             notes.append(
                 f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
