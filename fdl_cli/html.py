@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fdl_cli.fields import INT_FIELDS, RECORD_FIELDS
-from fdl_cli.report import FLOAT_FIELDS, HEADERS, Record, format_value
+from fdl_cli.report import FLOAT_FIELDS, HEADERS, Record, column_key, format_value
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto;
@@ -61,7 +61,10 @@ def _table(records: Sequence[Record]) -> str:
             full = "" if value is None else f' title="{html.escape(str(value))}"'
             cells.append(f'<td class="{css}"{full}>{html.escape(format_value(name, value))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    # The key the terminal table prints: what each short header stands for, and that `loss` is the MSE
+    # against the one-hot labels, not the cross-entropy (`CE`) shown beside it.
+    key = f'<p class="meta">{html.escape(column_key(fields))}</p>'
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{key}'
 
 
 def _figure(title: str, png: bytes) -> str:
