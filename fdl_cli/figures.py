@@ -83,10 +83,14 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
             k = np.arange(1, curve.eigenvalues.size + 1)
             axes[2].plot(k, curve.eigenvalues / curve.eigenvalues[0], color=colour, label=label)
     titles = ("Π*(k): target alignment", "Π̂(k): use by the learned function", "ρ_k / ρ_1: spectrum")
+    # A log axis labels only its decades: below k = 10 that is k = 1 alone, so a short spectrum (few
+    # features, or a rank-deficient layer) labels its minor ticks (2 … 9) too.
+    largest = max((c.eigenvalues.size for c in curves), default=0)
+    k_label = FuncFormatter(lambda value, _pos: f"{value:g}")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(k_label)
+        ax.xaxis.set_minor_formatter(k_label if largest < 10 else NullFormatter())
         ax.set_xlabel("k (eigenfunction index)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
+
+from fdl_cli.figures import Curves, triptych_figure
 from fdl_cli.html import run_page
 from fdl_cli.report import load_run
 from tests.test_report import SCALARS, make_store
@@ -23,3 +28,28 @@ def test_html_page_keys_its_short_headers_and_says_loss_is_the_mse(tmp_path: Pat
     assert "D_LR = d_lr" in page and "CKA₀ = cka_init" in page
     key = page.index("columns: ")
     assert page.rindex("</table>", 0, key) > page.index("<table>")  # below its table
+
+
+def _x_labels(ax: Any) -> list[str]:
+    low, high = ax.get_xlim()
+    ticks = [*ax.get_xticklabels(), *ax.get_xticklabels(minor=True)]
+    return [t.get_text() for t in ticks if t.get_text() and low <= t.get_position()[0] <= high]
+
+
+@pytest.mark.parametrize("rank", [4, 8])
+def test_triptych_of_a_short_spectrum_labels_its_k_axis(rank: int) -> None:
+    """The triptych's log k axes labelled their decades only: with fewer than 10 eigenvalues (a
+    4-feature layer, `--layer 0:input` of a small MLP) the only label was '1'."""
+    curves = [Curves(step=0, eigenvalues=np.arange(rank, 0, -1.0), quality=np.full(rank, 0.1),
+                     utility=np.full(rank, 1.0 / rank))]
+    figure = triptych_figure(curves, n_outputs=3)
+    figure.canvas.draw()
+    for ax in figure.axes:
+        assert _x_labels(ax) == [str(k) for k in range(1, rank + 1)]
+
+
+def test_triptych_of_a_long_spectrum_labels_decades_only() -> None:
+    curves = [Curves(step=0, eigenvalues=np.arange(60, 0, -1.0), quality=None, utility=np.full(60, 1 / 60))]
+    figure = triptych_figure(curves, n_outputs=10)
+    figure.canvas.draw()
+    assert _x_labels(figure.axes[2]) == ["1", "10"]
