@@ -53,3 +53,17 @@ def test_triptych_of_a_long_spectrum_labels_decades_only() -> None:
     figure = triptych_figure(curves, n_outputs=10)
     figure.canvas.draw()
     assert _x_labels(figure.axes[2]) == ["1", "10"]
+
+
+@pytest.mark.parametrize("name", ["rich_vs_lazy", "label_shuffle", "batchnorm", "grokking"])
+def test_finding_examples_run_as_modules(name: str) -> None:
+    """`python -m examples.calibration` is the documented form of the calibration suite, but the
+    four finding scripts died on `python -m examples.NAME` with ModuleNotFoundError: _common."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", f"examples.{name}", "--help"], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert "--out" in done.stdout and "Traceback" not in done.stderr
