@@ -683,11 +683,11 @@ class StoreReader:
             else:
                 try:
                     group = trajectories[series[0]][series[1]]
-                    rows = self._rows_from_trajectories(group)
+                    added = _outdated_fields(group)
+                    rows = self._rows_from_trajectories(group, added)
                     if [row["step"] for row in rows] != steps:
                         problem = "inconsistent with the complete checkpoint groups"
                     else:
-                        added = _outdated_fields(group)
                         if added:
                             self._added_from_groups(series, rows, added)
                             self._outdated.add(series)
@@ -716,12 +716,11 @@ class StoreReader:
                 row[name] = _to_python(name, attrs.get(name))
 
     @staticmethod
-    def _rows_from_trajectories(group: h5py.Group) -> list[dict[str, Any]]:
-        """The rows of one series' trajectories; a field added after they were written (an
-        ADDED_FIELDS dataset they lack, or one an earlier fdl left shorter: `_outdated_fields`) is
+    def _rows_from_trajectories(group: h5py.Group, outdated: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of one series' trajectories; a field added after they were written (`outdated`:
+        an ADDED_FIELDS dataset they lack, or one an earlier fdl left shorter, `_outdated_fields`) is
         null in every row (`_added_from_groups` reads it)."""
         columns: dict[str, list[Scalar]] = {}
-        outdated = _outdated_fields(group)
         for name in RECORD_FIELDS:
             if name in outdated:
                 columns[name] = [None] * int(group["step"].shape[0])
