@@ -472,6 +472,10 @@ def classify(**kwargs: Any) -> None:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
     verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
+    if verdict.regime != "coefficient":
+        tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
+        if tie is not None:
+            verdict.evidence["overlap_tie"] = tie
     console = _stderr_console()
     for warning in [*run.warnings, *provenance_warnings]:
         console.print(f"warning: {warning}", markup=False, style="yellow")

@@ -356,6 +356,56 @@ NEAR_CHANCE = 1.5
 TRAINED_REFERENCE = 0.5
 
 
+#: A relative eigengap (λ_k − λ_{k+1}) / λ_k below this at the overlaps' cut k is a near-tie: the top-k
+#: eigenspace is then ill-defined, and a small change of the kernel can rotate it far (Davis–Kahan: the
+#: rotation is bounded by the change over the gap). Used by classify's note only; no verdict depends on it.
+NEAR_TIE_GAP = 0.2
+
+
+def relative_gap(eigenvalues: Sequence[float], k: int) -> float | None:
+    """(λ_k − λ_{k+1}) / λ_k of a descending spectrum (λ beyond the stored ones are 0); None when λ_k is
+    not stored or not positive (the top-k eigenspace holds null directions)."""
+    if k < 1 or len(eigenvalues) < k or not eigenvalues[k - 1] > 0:
+        return None
+    after = float(eigenvalues[k]) if len(eigenvalues) > k else 0.0
+    return (float(eigenvalues[k - 1]) - max(after, 0.0)) / float(eigenvalues[k - 1])
+
+
+def overlap_alone(record: Mapping[str, Any], thresholds: Thresholds) -> bool:
+    """Whether a checkpoint's movement rests on the overlap alone: CKA says static, the overlap does not
+    (`moved` when the overlap is at or above overlap_moved, `conflict` below it)."""
+    cka, overlap = record.get("cka_init"), record.get("overlap_init")
+    return cka is not None and overlap is not None and cka >= thresholds.cka_static and overlap < thresholds.overlap_static
+
+
+def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
+    """classify's note on a final checkpoint whose movement rests on the overlap alone (`overlap_alone`):
+    the eigengaps at the cut k of the reference and of that checkpoint, and what they say (session 15: a
+    lazy run whose top two eigenvalues were within 7 % read EF on overlap_init = 0.89 at CKA 0.998; the
+    top-2 eigenspace, past the tie, overlapped 0.9994)."""
+    k, step, reference = tie["k"], tie["step"], tie["reference_step"]
+    head = (f"the move at step {step} rests on the overlap alone (cka_init = {_fmt(tie['cka_init'])} ≥ "
+            f"{thresholds.cka_static:g}, overlap_init = {_fmt(tie['overlap_init'])} < {thresholds.overlap_static:g}); "
+            f"the eigengap (λ_{k} − λ_{k + 1}) / λ_{k} is {_percent(tie['gap_reference'])} at the reference (step "
+            f"{reference}) and {_percent(tie['gap_final'])} at step {step}")
+    if not tie["near_tie"]:
+        return (f"{head}: no near-tie (below {NEAR_TIE_GAP:g}), so the top-{k} eigenspace itself turned while the "
+                "centered kernel stayed close (the overlap is uncentered, and weighs weak directions as much as "
+                "strong ones)")
+    text = (f"{head}: a near-tie (below {NEAR_TIE_GAP:g}) at the cut k = {k} lets a small change of the kernel "
+            f"rotate the top-{k} eigenspace, so the overlap may measure the tie rather than moved features")
+    wider = tie.get("wider_k")
+    if wider is None:
+        return text + f" (no k up to the {tie['columns']} stored eigenfunctions clears the tie)"
+    return (f"{text}. Past the tie, the top-{wider} eigenspaces of step {reference} and step {step} overlap "
+            f"{_fmt(tie['wider_overlap'])} (from the stored eigenfunctions): `fdl analyze --overlap-k {wider}` "
+            "classifies on that overlap")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.3g} %"
+
+
 def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
     """(share of the way from chance to a perfect fit, its words) of a checkpoint, None without a measure.
 
@@ -448,7 +498,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "reference). A Trainer, timm's CheckpointSaver and Lightning save no step 0: save the model before "
             "training (e.g. as checkpoint-0) to measure from the start"
         )
-    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer"}
+    if ev.get("overlap_tie"):
+        lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
+    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")

@@ -1134,6 +1134,55 @@ def cross_overlaps(
     return result
 
 
+def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], thresholds: Any) -> dict[str, Any] | None:
+    """For `fdl classify`: when the final checkpoint's movement rests on the overlap alone
+    (`regimes.overlap_alone`), the relative eigengaps at the overlaps' cut k of the reference and of that
+    checkpoint (from the stored eigenvalues), whether either is a near-tie (`regimes.NEAR_TIE_GAP`), and
+    then the overlap of the top-k' eigenspaces past the tie (the smallest k' > k where both gaps clear
+    it, within the stored eigenfunctions). None where that does not apply or is not stored."""
+    from fdl_cli.regimes import NEAR_TIE_GAP, overlap_alone, relative_gap
+    from fdl_cli.spectral import eigenspace_overlap
+
+    final_step, reference_step = evidence.get("final_step"), evidence.get("reference_step")
+    by_step = {int(record["step"]): record for record in series.records}
+    if not isinstance(final_step, int) or not isinstance(reference_step, int) or reference_step not in by_step:
+        return None
+    final = by_step.get(final_step)
+    if final is None or not overlap_alone(final, thresholds):
+        return None
+    recorded = recorded_overlap_k(run.provenance)
+    k = int(recorded if recorded is not None else final.get("n_outputs") or 0)
+    steps = [reference_step, final_step]
+    spectra: dict[int, list[float]] = {}
+    for step, stored in iter_array(run, series, steps, "eigenvalues"):
+        if stored is None:
+            return None
+        spectra[step] = [float(value) for value in stored]
+    gap_reference, gap_final = (relative_gap(spectra[step], k) for step in steps)
+    if gap_reference is None or gap_final is None:
+        return None
+    tie: dict[str, Any] = {
+        "k": k, "step": final_step, "reference_step": reference_step, "cka_init": final["cka_init"],
+        "overlap_init": final["overlap_init"], "gap_reference": gap_reference, "gap_final": gap_final,
+        "near_tie": min(gap_reference, gap_final) < NEAR_TIE_GAP, "wider_k": None, "wider_overlap": None,
+    }
+    if not tie["near_tie"]:
+        return tie
+    values = dict(iter_array(run, series, steps, "eigenfunctions"))
+    a, b = (np.asarray(values.get(step), dtype=np.float64) for step in steps)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        return None
+    tie["columns"] = columns = min(a.shape[1], b.shape[1])
+    for wider in range(k + 1, columns + 1):
+        wider_gaps = [relative_gap(spectra[step], wider) for step in steps]
+        if all(gap is not None and gap >= NEAR_TIE_GAP for gap in wider_gaps):
+            overlap = eigenspace_overlap(a, b, k=wider, points=_distinct_rows(a, b))
+            if overlap is not None:
+                tie["wider_k"], tie["wider_overlap"] = wider, overlap
+            break
+    return tie
+
+
 #: Matched steps at which `fdl compare` computes the cross-run overlap by default: each needs the stored
 #: eigenfunctions of both runs (a few ms per checkpoint), so a 1000-checkpoint comparison stays fast.
 OVERLAP_STEPS = 20
