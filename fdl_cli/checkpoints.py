@@ -1050,6 +1050,7 @@ def discover_checkpoints(
     weights: str | None = None,
     empty_ok: bool = False,
     missing_ok: bool = False,
+    for_inspect: bool = False,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1072,7 +1073,10 @@ def discover_checkpoints(
     ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
     no checkpoint (or only unreadable ones) is an empty Discovery, not an error, and so is a step of
     ``steps`` that no checkpoint has yet (--watch waits for them). ``missing_ok``: a source that does not
-    exist is a note (--watch waits for the folder a trainer makes at its first save).
+    exist is a note (--watch waits for the folder a trainer makes at its first save). ``for_inspect``:
+    `fdl inspect` lists one checkpoint's modules and needs no step: a file without one (`final.pt`, a
+    Trainer's final save_model() folder) is kept, after those with steps, and two files of one step do
+    not clash; messages name `fdl inspect`.
     """
     notes: list[str] = []
     pattern = None
@@ -1124,6 +1128,9 @@ def discover_checkpoints(
         try:
             step, source = _step_of(path, peek, pattern)
         except _NoStep as exc:
+            if for_inspect:  # a model's modules do not depend on its step
+                found.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind), peek.fingerprint))
+                continue
             if not scanned:
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
@@ -1138,20 +1145,23 @@ def discover_checkpoints(
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
-        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files), "
-               "or loosen --glob")
+        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
+               + (", or loosen --glob" if glob is not None else ""))
         nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         if nested:
             shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
-            fix = f"pass the folder that holds them: fdl analyze {nested[0][0]} ..."
+            fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
         elif adapters:
             got = ("" if got == "nothing" else got + "; ") + (
                 "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
             fix = ("fdl analyses whole models: merge each adapter into its base model "
                    "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
         raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
-    found.sort(key=lambda item: (item[0].step, str(item[0].path)))
+    found.sort(key=lambda item: (item[0].step_source == "none", item[0].step, str(item[0].path)))
+    if for_inspect:
+        return Discovery(checkpoints=[ref for ref, _ in found], notes=notes, duplicates=[],
+                         bad=[(path, exc.message) for path, exc in bad])
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
     checkpoints, duplicates = _dedupe(found, notes, weights)
