@@ -912,13 +912,31 @@ class _NoStep(CheckpointError):
 _SKIP_FIX = "rename it, or select files with --glob"
 
 
+def _step_regex_subject(path: Path, step_regex: re.Pattern[str]) -> str:
+    """What --step-regex is searched in: the checkpoint's name; for a regex holding `/`, which no name
+    matches, its folder's name and its own joined by `/` (one folder per step: `step_(\\d+)/` reads
+    step_100/model.pt, global_step100/mp_rank_00_model_states.pt as step 100)."""
+    if "/" not in step_regex.pattern:
+        return path.name
+    return f"{path.absolute().parent.name}/{path.name}"
+
+
+def _folder_regex(path: Path) -> str:
+    """A --step-regex that takes the step from the name of `path`'s folder (`step_(\\d+)/` for
+    step_100/model.pt), "" when that name holds no number."""
+    pattern = _name_regex(path.absolute().parent.name)
+    return f"{pattern}/" if pattern else ""
+
+
 def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
     if step_regex is not None:
-        match = step_regex.search(path.name)
+        subject = _step_regex_subject(path, step_regex)
+        match = step_regex.search(subject)
         if match is None or match.group(1) is None:
+            where = "its folder and name" if "/" in step_regex.pattern else "its name"
             raise _NoStep(
-                f"--step-regex {step_regex.pattern!r} does not match {path.name} with a group",
-                note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match its name ({_SKIP_FIX})",
+                f"--step-regex {step_regex.pattern!r} does not match {subject} with a group",
+                note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
                 fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
             )
         try:
@@ -944,11 +962,13 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             fix="rename the folder to hold the step (e.g. step_1500), or pass its checkpoint-N folders",
         )
     if step is None:
+        folder = _folder_regex(path)
         raise _NoStep(
             f"cannot tell the training step of {path}",
             note=f"skipped {path.name}: no training step in its metadata or name ({_SKIP_FIX})",
             got="no step/global_step/epoch in the file and no integer in its name",
-            fix=_STEP_FIX,
+            # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
+            fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
         )
     return step, "name"
 
@@ -1058,9 +1078,10 @@ def discover_checkpoints(
     sub-folders, each ONE checkpoint), or ``-`` (paths read from ``stdin``, one a line). ``glob``
     filters the names found in folders (explicit files are always kept).
 
-    Step, first match wins: ``step_regex`` when given (its first group; an explicit choice beats
-    metadata), the keys ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``,
-    a training-loop dict's top level, an HF folder's ``trainer_state.json``), else the LAST integer
+    Step, first match wins: ``step_regex`` when given (its first group, searched in the name, or in
+    FOLDER/NAME for a regex holding `/`; an explicit choice beats metadata), the keys
+    ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``, a training-loop dict's
+    top level, an HF folder's ``trainer_state.json``), else the LAST integer
     of the name without its suffix (``epoch_9`` < ``epoch_10``; ``ckpt-3-of-10`` is step 10, so
     pass ``--step-regex`` for such names). Non-model files are skipped with a note, and so are files
     found by a folder scan that have no step (no metadata, no integer in the name, or no match of
@@ -1098,6 +1119,7 @@ def discover_checkpoints(
     bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
+    stepless: list[Path] = []  # files a folder scan skipped for want of a step
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
     candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
@@ -1134,6 +1156,7 @@ def discover_checkpoints(
             if not scanned:
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
+            stepless.append(path)
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
@@ -1148,7 +1171,20 @@ def discover_checkpoints(
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
         nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
-        if nested:
+        one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
+        per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
+        if per_step and not for_inspect:
+            # One folder per step (step_100/model.pt): "pass the folder that holds them" analysed one
+            # checkpoint, and a --step-regex matching names could not match model.pt
+            folders, regex = per_step
+            where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
+            if nested:
+                got = ("" if got == "nothing" else got + "; ") + (
+                    "one checkpoint in each of the sub-folders " + ", ".join(str(folder) for folder in folders[:3])
+                    + (", ..." if len(folders) > 3 else ""))
+            fix = (f"one folder per step: pass the folders and take the steps from their names: "
+                   f"fdl analyze {where_folders} --step-regex '{regex}' ...")
+        elif nested:
             shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
             fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
@@ -1171,6 +1207,20 @@ def discover_checkpoints(
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
     )
+
+
+def _folder_per_step(candidates: Sequence[Path]) -> tuple[list[Path], str] | None:
+    """(folders, --step-regex) when checkpoints are kept one a folder, the folders named by their steps
+    (step_100/model.pt, global_step100/...): `candidates` are the folders of the files a folder scan
+    skipped for want of a step, or the sub-folders that hold one checkpoint each; two folders or more
+    of one parent, whose names differ only in their numbers. None otherwise."""
+    folders = list(dict.fromkeys(candidates))
+    if len(folders) < 2 or len({folder.absolute().parent for folder in folders}) != 1:
+        return None
+    pattern = _name_regex(folders[0].name)
+    if not pattern or not all(re.fullmatch(pattern, folder.name) for folder in folders):
+        return None
+    return sorted(folders, key=lambda folder: _name_step(folder) or 0), f"{pattern}/"
 
 
 def _note_save_counts(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
@@ -1295,6 +1345,12 @@ def _dedupe(
                    if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path)
                    else None)
             fix = _step_fix_for(ref.path)
+            folder = _folder_regex(ref.path)
+            if first.path.name == ref.path.name and folder and all(
+                    re.search(folder, _step_regex_subject(r.path, re.compile(folder))) for r in (first, ref)):
+                # mp_rank_00_model_states.pt in global_step100/ and global_step200/: a regex built from
+                # the name reads 00 again; the folders' names hold the steps
+                fix = f"pass --step-regex '{folder}' to take the steps from their folders' names"
             shapes = [_name_shape(r.path.name) for r, _ in found]
             if _name_shape(first.path.name) != _name_shape(ref.path.name):
                 # checkpoint-1.pth.tar and recovery-1-10.pth.tar (timm): a --step-regex built from one name

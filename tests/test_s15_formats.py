@@ -16,11 +16,11 @@ MODEL = ("--model", "tests.tiny_models:cnn")
 
 
 def _weights(index: int) -> dict[str, torch.Tensor]:
-    """The tiny CNN's weights moved a little further at each index (BatchNorm's int64 buffer kept)."""
-    state = cnn(seed=0).state_dict()
+    """The tiny CNN's parameters moved a little further at each index (BatchNorm's buffers kept)."""
+    model = cnn(seed=0)
     generator = torch.Generator().manual_seed(index)
-    return {k: (v + 0.3 * index * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v)
-            for k, v in state.items()}
+    moved = {k: v + 0.3 * index * torch.randn(v.shape, generator=generator) for k, v in model.named_parameters()}
+    return {k: moved.get(k, v).detach().clone() for k, v in model.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------ fdl inspect
@@ -64,3 +64,72 @@ def test_inspect_names_itself_in_the_sub_folder_hint(tmp_path: Path) -> None:
     assert f"fix: pass the folder that holds them: fdl inspect {nested}" in done.stderr
     assert "loosen --glob" not in done.stderr  # no --glob was given
     assert fdl("inspect", nested, *MODEL).code == 0
+
+
+# ------------------------------------------------------------------ one folder per step (--step-regex /)
+
+
+def _probe(path: Path) -> Path:
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 1, 6, 6, generator=generator)
+    y = torch.randint(0, 3, (40,), generator=generator)
+    torch.save({"x": x, "y": y}, path)
+    return path
+
+
+def _analyze(*sources: object, probe: Path, out: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, dict]:
+    done = fdl("analyze", *sources, *MODEL, "--probe", probe, "--out", out, "--device", "cpu", "--json", *extra)
+    records = {r["step"]: r for r in done.records} if done.code == 0 else {}
+    return done.code, done.stderr, records
+
+
+def _measures(records: dict) -> dict:
+    return {step: {k: v for k, v in r.items() if k not in ("path", "sha256")} for step, r in records.items()}
+
+
+def test_one_folder_per_step_is_analysed_with_a_folder_regex(tmp_path: Path) -> None:
+    """ckpts/step_100/model.pt: the error said "pass the folder that holds them: fdl analyze ckpts/step_0"
+    (one checkpoint), the files passed by name said "pass --step-regex 'step_(\\d+)'", and that regex
+    then "does not match model.pt": no advice led anywhere. A --step-regex holding / is searched in
+    FOLDER/NAME, and each message names the one that works."""
+    probe = _probe(tmp_path / "probe.pt")
+    flat, ckpts = tmp_path / "flat", tmp_path / "ckpts"
+    flat.mkdir()
+    for step in (0, 10, 20):
+        (ckpts / f"step_{step}").mkdir(parents=True)
+        torch.save(_weights(step), ckpts / f"step_{step}" / "model.pt")
+        torch.save(_weights(step), flat / f"step_{step}.pt")
+    code, err, _ = _analyze(ckpts, probe=probe, out=tmp_path / "a.h5")
+    assert code == 1 and "Traceback" not in err
+    assert f"fdl analyze {ckpts}/step_* --step-regex 'step_(\\d+)/'" in " ".join(err.split())
+    folders = [ckpts / f"step_{step}" for step in (0, 10, 20)]
+    code, err, _ = _analyze(*folders, probe=probe, out=tmp_path / "b.h5")  # the folders, without the regex
+    assert code == 1 and "--step-regex 'step_(\\d+)/'" in err
+    files = [folder / "model.pt" for folder in folders]
+    code, err, _ = _analyze(*files, probe=probe, out=tmp_path / "c.h5")
+    assert code == 1 and "fix: pass --step-regex 'step_(\\d+)/' to take the step from its folder's name" in err
+    _, _, expected = _analyze(flat, probe=probe, out=tmp_path / "flat.h5")
+    assert sorted(expected) == [0, 10, 20]
+    for sources in (folders, files):
+        code, err, got = _analyze(*sources, probe=probe, out=tmp_path / f"{len(err)}.h5",
+                                  extra=("--step-regex", "step_(\\d+)/"))
+        assert code == 0, err
+        assert _measures(got) == _measures(expected)  # the same weights, the same numbers, bit for bit
+
+
+def test_same_file_name_in_step_folders_names_the_folder_regex(tmp_path: Path) -> None:
+    """DeepSpeed's global_step100/mp_rank_00_model_states.pt: every name's number is 00, and the clash's
+    advice was --step-regex 'mp_rank_(\\d+)_model_states\\.pt', which reads 00 again."""
+    probe = _probe(tmp_path / "probe.pt")
+    files = []
+    for step in (0, 10):
+        (tmp_path / f"global_step{step}").mkdir()
+        files.append(tmp_path / f"global_step{step}" / "mp_rank_00_model_states.pt")
+        torch.save({"module": _weights(step), "global_steps": step, "dp_world_size": 1}, files[-1])
+    code, err, _ = _analyze(*files, probe=probe, out=tmp_path / "a.h5")
+    assert code == 1 and "Traceback" not in err
+    assert "fix: pass --step-regex 'global_step(\\d+)/' to take the steps from their folders' names" in err
+    code, err, got = _analyze(*files, probe=probe, out=tmp_path / "b.h5", extra=("--step-regex", "global_step(\\d+)/"))
+    assert code == 0, err
+    assert sorted(got) == [0, 10]
+    assert got[10]["path"] == str(files[1])
