@@ -935,7 +935,7 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         if match is None or match.group(1) is None:
             where = "its folder and name" if "/" in step_regex.pattern else "its name"
             raise _NoStep(
-                f"--step-regex {step_regex.pattern!r} does not match {subject} with a group",
+                f"--step-regex '{step_regex.pattern}' does not match {subject} with a group",
                 note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
                 fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
             )
@@ -1106,13 +1106,13 @@ def discover_checkpoints(
             pattern = re.compile(step_regex)
         except re.error as exc:
             raise CheckpointError(
-                f"--step-regex {step_regex!r} is not a valid regular expression",
+                f"--step-regex '{step_regex}' is not a valid regular expression",
                 got=str(exc),
                 fix="e.g. --step-regex 'step_(\\d+)'",
             ) from None
         if pattern.groups == 0:
             raise CheckpointError(
-                f"--step-regex {step_regex!r} has no capture group around the step",
+                f"--step-regex '{step_regex}' has no capture group around the step",
                 fix="e.g. --step-regex 'step_(\\d+)' (its first group is the step)",
             )
     seen: set[Path] = set()

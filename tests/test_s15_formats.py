@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -133,3 +134,18 @@ def test_same_file_name_in_step_folders_names_the_folder_regex(tmp_path: Path) -
     assert code == 0, err
     assert sorted(got) == [0, 10]
     assert got[10]["path"] == str(files[1])
+
+
+@pytest.mark.parametrize("regex, message", [
+    ("step_(\\d+", "--step-regex 'step_(\\d+' is not a valid regular expression"),
+    ("step_\\d+", "--step-regex 'step_\\d+' has no capture group around the step"),
+    ("epoch_(\\d+)", "--step-regex 'epoch_(\\d+)' does not match model.pt with a group"),
+])
+def test_a_step_regex_is_quoted_as_typed(tmp_path: Path, regex: str, message: str) -> None:
+    """The messages quoted the user's --step-regex with Python's repr: 'step_(\\\\d+)', each backslash
+    doubled, a regex that copied back into the shell matches a backslash and a d."""
+    torch.save(_weights(0), tmp_path / "model.pt")
+    done = fdl("analyze", tmp_path / "model.pt", *MODEL, "--probe", _probe(tmp_path / "probe.pt"),
+               "--out", tmp_path / "a.h5", "--step-regex", regex)
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert message in done.stderr
