@@ -149,3 +149,58 @@ def test_a_step_regex_is_quoted_as_typed(tmp_path: Path, regex: str, message: st
                "--out", tmp_path / "a.h5", "--step-regex", regex)
     assert done.code == 1 and "Traceback" not in done.stderr
     assert message in done.stderr
+
+
+# ------------------------------------------------------------------- the same weights, any container
+
+
+def test_the_same_weights_give_the_same_numbers_in_every_container(tmp_path: Path) -> None:
+    """A raw state_dict, a training-loop bundle, DDP's and torch.compile's prefixes, a Lightning .ckpt,
+    Trainer checkpoint-N folders and zero-padded safetensors names: one set of numbers, bit for bit."""
+    probe = _probe(tmp_path / "probe.pt")
+    steps = (0, 10, 20)
+    layouts: dict[str, Path] = {}
+
+    def folder(name: str) -> Path:
+        layouts[name] = tmp_path / name
+        layouts[name].mkdir(parents=True, exist_ok=True)
+        return layouts[name]
+
+    for step in steps:
+        sd = _weights(step)
+        torch.save(sd, folder("plain") / f"step_{step}.pt")
+        torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "step": step, "epoch": step // 10},
+                   folder("bundle") / f"ckpt_{step // 10}.pt")  # the names hold no step: the metadata does
+        torch.save({f"module.{k}": v for k, v in sd.items()}, folder("ddp") / f"step_{step}.pt")
+        torch.save({f"_orig_mod.{k}": v for k, v in sd.items()}, folder("compiled") / f"step_{step}.pt")
+        torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "global_step": step, "epoch": 0,
+                    "hyper_parameters": {"width": 4}}, folder("lightning") / f"epoch=0-step={step}.ckpt")
+        save_file(sd, str(folder(f"trainer/checkpoint-{step}") / "model.safetensors"), metadata={"format": "pt"})
+        (tmp_path / f"trainer/checkpoint-{step}/trainer_state.json").write_text(json.dumps({"global_step": step}))
+        save_file(sd, str(folder("safetensors") / f"step_{step:06d}.safetensors"))
+    layouts["trainer"] = tmp_path / "trainer"
+    results = {}
+    for name in ("plain", "bundle", "ddp", "compiled", "lightning", "trainer", "safetensors"):
+        code, err, records = _analyze(layouts[name], probe=probe, out=tmp_path / f"{name}.h5")
+        assert code == 0, (name, err)
+        results[name] = _measures(records)
+    assert sorted(results["plain"]) == list(steps)
+    for name, measures in results.items():
+        assert measures == results["plain"], name
+
+
+def test_half_precision_weights_are_widened_exactly(tmp_path: Path) -> None:
+    """float16 / bfloat16 checkpoints run in a float32 model (--dtype): their numbers are those of the
+    float32 values the rounded weights widen to, bit for bit (README, "Model")."""
+    probe = _probe(tmp_path / "probe.pt")
+    for dtype in (torch.float16, torch.bfloat16):
+        half, wide = tmp_path / f"{dtype}-half", tmp_path / f"{dtype}-wide"
+        half.mkdir()
+        wide.mkdir()
+        for step in (0, 10):
+            rounded = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _weights(step).items()}
+            torch.save(rounded, half / f"step_{step}.pt")
+            torch.save({k: v.float() if v.is_floating_point() else v for k, v in rounded.items()}, wide / f"step_{step}.pt")
+        results = [_analyze(folder, probe=probe, out=tmp_path / f"{folder.name}.h5") for folder in (half, wide)]
+        assert all(code == 0 for code, _, _ in results)
+        assert _measures(results[0][2]) == _measures(results[1][2]), dtype
