@@ -719,6 +719,8 @@ def _peek_file(path: Path) -> _Peek:
     a file named like a checkpoint that holds none is not passed over with a note.
     """
     name = path.name
+    if (path.suffix == ".distcp" or name == ".metadata") and _is_dcp_folder(path.parent):
+        raise _dcp_error([path.parent])  # not "truncated or corrupt": one shard of a DCP folder
     if path.stat().st_size == 0:
         return _Peek(None, {}, f"skipped {name}: empty file")
     with open(path, "rb") as handle:
@@ -1160,8 +1162,9 @@ def discover_checkpoints(
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
-    # Lightning default_root_dir's lightning_logs/version_N/checkpoints): that waited for ever
-    if not found and empty_ok and not _checkpoints_below([Path(s) for s in sources if str(s) != "-"])[0]:
+    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
+    below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
+    if below is not None and not below[0] and not below[2]:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
@@ -1170,7 +1173,9 @@ def discover_checkpoints(
         got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
-        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+        nested, adapters, sharded = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+        if sharded and not nested:  # an FSDP run's step folders: no file with a checkpoint suffix
+            raise _dcp_error(sharded)
         one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
         per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
         if per_step and not for_inspect:
@@ -1275,17 +1280,22 @@ def _is_dir_with(path: Path, pattern: str) -> bool:
 
 
 def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
-    list[tuple[Path, int]], list[Path]
+    list[tuple[Path, int]], list[Path], list[Path]
 ]:
     """For "no checkpoints found": the sub-folders (`depth` levels down, `budget` entries looked at) that hold
     checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints below a Lightning
-    default_root_dir is 3 levels down), at most 3, with their counts; and the PEFT adapter folders met
-    (adapter_model.safetensors, no model weights)."""
+    default_root_dir is 3 levels down), at most 3, with their counts; the PEFT adapter folders met
+    (adapter_model.safetensors, no model weights); and the torch.distributed.checkpoint folders met,
+    `folders` themselves included (`_is_dcp_folder`)."""
     nested: list[tuple[Path, int]] = []
     adapters: list[Path] = []
+    sharded: list[Path] = []
     queue = [(folder, 0) for folder in folders if folder.is_dir()]
     while queue and budget > 0 and len(nested) < 3:
         folder, level = queue.pop(0)
+        if _is_dcp_folder(folder):
+            sharded.append(folder)
+            continue
         try:
             entries = sorted(folder.iterdir())
         except OSError:
@@ -1307,7 +1317,29 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
                 continue
         if level > 0 and count:
             nested.append((folder, count))
-    return nested, adapters[:3]
+    return nested, adapters[:3], sharded
+
+
+def _is_dcp_folder(folder: Path) -> bool:
+    """A torch.distributed.checkpoint folder (FSDP, torchtitan, Lightning's FSDP strategy): a `.metadata`
+    file (a pickle) beside `*.distcp` shards, one model in pieces that no file holds whole."""
+    try:
+        return (folder / ".metadata").is_file() and any(folder.glob("*.distcp"))
+    except OSError:
+        return False
+
+
+def _dcp_error(folders: Sequence[Path]) -> CheckpointError:
+    shown = ", ".join(map(str, folders[:3])) + (", ..." if len(folders) > 3 else "")
+    first = str(folders[0]).rstrip("/")
+    return CheckpointError(
+        f"{shown}: torch.distributed.checkpoint (DCP) folder{'s' if len(folders) > 1 else ''}, as FSDP and "
+        "torchtitan save them: the model in shards (*.distcp) with a pickled .metadata, which fdl does not read",
+        got="no file holding the whole model",
+        fix=("convert each folder you trust to one file and analyse those: python -m "
+             f"torch.distributed.checkpoint.format_utils dcp_to_torch {first} {first}.pt (its .metadata is "
+             "unpickled: it can run code)"),
+    )
 
 
 def _dedupe(

@@ -204,3 +204,42 @@ def test_half_precision_weights_are_widened_exactly(tmp_path: Path) -> None:
         results = [_analyze(folder, probe=probe, out=tmp_path / f"{folder.name}.h5") for folder in (half, wide)]
         assert all(code == 0 for code, _, _ in results)
         assert _measures(results[0][2]) == _measures(results[1][2]), dtype
+
+
+# ------------------------------------------------------------------- an unsupported layout, explained
+
+
+def test_torch_distributed_checkpoint_folders_are_named_with_their_conversion(tmp_path: Path) -> None:
+    """An FSDP run's DCP folders (step_N/__0_0.distcp + .metadata): the run's folder said "no checkpoints
+    found, got: nothing", a step folder "not a checkpoint suffix", and a shard given by name "the file
+    is truncated or corrupt ... re-copy it". Each now says what the folder is and how to convert it;
+    the converted files give the numbers of the same weights saved plainly."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    probe = _probe(tmp_path / "probe.pt")
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    plain.mkdir()
+    for step in (0, 10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group": one process saves it all
+            dcp.save({"model": _weights(step), "step": step}, checkpoint_id=str(run / f"step_{step}"))
+        torch.save(_weights(step), plain / f"step_{step}.pt")
+    for source in (run, run / "step_0", run / "step_0" / "__0_0.distcp"):
+        code, err, _ = _analyze(source, probe=probe, out=tmp_path / "a.h5")
+        assert code == 1 and "Traceback" not in err, err
+        assert "torch.distributed.checkpoint (DCP) folder" in err and "corrupt" not in err
+        assert f"format_utils dcp_to_torch {run / 'step_0'} {run / 'step_0'}.pt" in " ".join(err.split())
+    assert not (tmp_path / "a.h5").exists()
+    inspected = fdl("inspect", run / "step_0", *MODEL)
+    assert inspected.code == 1 and "dcp_to_torch" in inspected.stderr
+    for step in (0, 10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp_to_torch_save(run / f"step_{step}", run / f"step_{step}.pt")
+    code, err, got = _analyze(run, probe=probe, out=tmp_path / "converted.h5")
+    assert code == 0, err
+    _, _, expected = _analyze(plain, probe=probe, out=tmp_path / "plain.h5")
+    assert _measures(got) == _measures(expected)
