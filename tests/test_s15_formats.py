@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.errors import CheckpointError
 from tests.test_analyze import fdl
 from tests.tiny_models import cnn
 
@@ -233,6 +235,8 @@ def test_torch_distributed_checkpoint_folders_are_named_with_their_conversion(tm
         assert "torch.distributed.checkpoint (DCP) folder" in err and "corrupt" not in err
         assert f"format_utils dcp_to_torch {run / 'step_0'} {run / 'step_0'}.pt" in " ".join(err.split())
     assert not (tmp_path / "a.h5").exists()
+    with pytest.raises(CheckpointError, match="dcp_to_torch"):  # --watch waited for ever for a file
+        discover_checkpoints([run], empty_ok=True, missing_ok=True)
     inspected = fdl("inspect", run / "step_0", *MODEL)
     assert inspected.code == 1 and "dcp_to_torch" in inspected.stderr
     for step in (0, 10):
