@@ -719,6 +719,8 @@ def _peek_file(path: Path) -> _Peek:
     a file named like a checkpoint that holds none is not passed over with a note.
     """
     name = path.name
+    if (path.suffix == ".distcp" or name == ".metadata") and _is_dcp_folder(path.parent):
+        raise _dcp_error([path.parent])  # not "truncated or corrupt": one shard of a DCP folder
     if path.stat().st_size == 0:
         return _Peek(None, {}, f"skipped {name}: empty file")
     with open(path, "rb") as handle:
@@ -912,13 +914,31 @@ class _NoStep(CheckpointError):
 _SKIP_FIX = "rename it, or select files with --glob"
 
 
+def _step_regex_subject(path: Path, step_regex: re.Pattern[str]) -> str:
+    """What --step-regex is searched in: the checkpoint's name; for a regex holding `/`, which no name
+    matches, its folder's name and its own joined by `/` (one folder per step: `step_(\\d+)/` reads
+    step_100/model.pt, global_step100/mp_rank_00_model_states.pt as step 100)."""
+    if "/" not in step_regex.pattern:
+        return path.name
+    return f"{path.absolute().parent.name}/{path.name}"
+
+
+def _folder_regex(path: Path) -> str:
+    """A --step-regex that takes the step from the name of `path`'s folder (`step_(\\d+)/` for
+    step_100/model.pt), "" when that name holds no number."""
+    pattern = _name_regex(path.absolute().parent.name)
+    return f"{pattern}/" if pattern else ""
+
+
 def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tuple[int, str]:
     if step_regex is not None:
-        match = step_regex.search(path.name)
+        subject = _step_regex_subject(path, step_regex)
+        match = step_regex.search(subject)
         if match is None or match.group(1) is None:
+            where = "its folder and name" if "/" in step_regex.pattern else "its name"
             raise _NoStep(
-                f"--step-regex {step_regex.pattern!r} does not match {path.name} with a group",
-                note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match its name ({_SKIP_FIX})",
+                f"--step-regex '{step_regex.pattern}' does not match {subject} with a group",
+                note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
                 fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
             )
         try:
@@ -944,11 +964,13 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             fix="rename the folder to hold the step (e.g. step_1500), or pass its checkpoint-N folders",
         )
     if step is None:
+        folder = _folder_regex(path)
         raise _NoStep(
             f"cannot tell the training step of {path}",
             note=f"skipped {path.name}: no training step in its metadata or name ({_SKIP_FIX})",
             got="no step/global_step/epoch in the file and no integer in its name",
-            fix=_STEP_FIX,
+            # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
+            fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
         )
     return step, "name"
 
@@ -1050,6 +1072,7 @@ def discover_checkpoints(
     weights: str | None = None,
     empty_ok: bool = False,
     missing_ok: bool = False,
+    for_inspect: bool = False,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1057,9 +1080,10 @@ def discover_checkpoints(
     sub-folders, each ONE checkpoint), or ``-`` (paths read from ``stdin``, one a line). ``glob``
     filters the names found in folders (explicit files are always kept).
 
-    Step, first match wins: ``step_regex`` when given (its first group; an explicit choice beats
-    metadata), the keys ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``,
-    a training-loop dict's top level, an HF folder's ``trainer_state.json``), else the LAST integer
+    Step, first match wins: ``step_regex`` when given (its first group, searched in the name, or in
+    FOLDER/NAME for a regex holding `/`; an explicit choice beats metadata), the keys
+    ``step``/``global_step``/``epoch`` in the file (safetensors ``__metadata__``, a training-loop dict's
+    top level, an HF folder's ``trainer_state.json``), else the LAST integer
     of the name without its suffix (``epoch_9`` < ``epoch_10``; ``ckpt-3-of-10`` is step 10, so
     pass ``--step-regex`` for such names). Non-model files are skipped with a note, and so are files
     found by a folder scan that have no step (no metadata, no integer in the name, or no match of
@@ -1072,7 +1096,10 @@ def discover_checkpoints(
     ``weights`` (--weights) names the weights that are compared for "identical weights". ``empty_ok``:
     no checkpoint (or only unreadable ones) is an empty Discovery, not an error, and so is a step of
     ``steps`` that no checkpoint has yet (--watch waits for them). ``missing_ok``: a source that does not
-    exist is a note (--watch waits for the folder a trainer makes at its first save).
+    exist is a note (--watch waits for the folder a trainer makes at its first save). ``for_inspect``:
+    `fdl inspect` lists one checkpoint's modules and needs no step: a file without one (`final.pt`, a
+    Trainer's final save_model() folder) is kept, after those with steps, and two files of one step do
+    not clash; messages name `fdl inspect`.
     """
     notes: list[str] = []
     pattern = None
@@ -1081,19 +1108,20 @@ def discover_checkpoints(
             pattern = re.compile(step_regex)
         except re.error as exc:
             raise CheckpointError(
-                f"--step-regex {step_regex!r} is not a valid regular expression",
+                f"--step-regex '{step_regex}' is not a valid regular expression",
                 got=str(exc),
                 fix="e.g. --step-regex 'step_(\\d+)'",
             ) from None
         if pattern.groups == 0:
             raise CheckpointError(
-                f"--step-regex {step_regex!r} has no capture group around the step",
+                f"--step-regex '{step_regex}' has no capture group around the step",
                 fix="e.g. --step-regex 'step_(\\d+)' (its first group is the step)",
             )
     seen: set[Path] = set()
     bad: list[tuple[Path, CheckpointError]] = []
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
+    stepless: list[Path] = []  # files a folder scan skipped for want of a step
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
     candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
@@ -1124,34 +1152,57 @@ def discover_checkpoints(
         try:
             step, source = _step_of(path, peek, pattern)
         except _NoStep as exc:
+            if for_inspect:  # a model's modules do not depend on its step
+                found.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind), peek.fingerprint))
+                continue
             if not scanned:
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
+            stepless.append(path)
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
-    # Lightning default_root_dir's lightning_logs/version_N/checkpoints): that waited for ever
-    if not found and empty_ok and not _checkpoints_below([Path(s) for s in sources if str(s) != "-"])[0]:
+    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
+    below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
+    if below is not None and not below[0] and not below[2]:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
-        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files), "
-               "or loosen --glob")
-        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
-        if nested:
+        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
+               + (", or loosen --glob" if glob is not None else ""))
+        nested, adapters, sharded = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+        if sharded and not nested:  # an FSDP run's step folders: no file with a checkpoint suffix
+            raise _dcp_error(sharded)
+        one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
+        per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
+        if per_step and not for_inspect:
+            # One folder per step (step_100/model.pt): "pass the folder that holds them" analysed one
+            # checkpoint, and a --step-regex matching names could not match model.pt
+            folders, regex = per_step
+            where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
+            if nested:
+                got = ("" if got == "nothing" else got + "; ") + (
+                    "one checkpoint in each of the sub-folders " + ", ".join(str(folder) for folder in folders[:3])
+                    + (", ..." if len(folders) > 3 else ""))
+            fix = (f"one folder per step: pass the folders and take the steps from their names: "
+                   f"fdl analyze {where_folders} --step-regex '{regex}' ...")
+        elif nested:
             shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
-            fix = f"pass the folder that holds them: fdl analyze {nested[0][0]} ..."
+            fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
         elif adapters:
             got = ("" if got == "nothing" else got + "; ") + (
                 "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
             fix = ("fdl analyses whole models: merge each adapter into its base model "
                    "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
         raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
-    found.sort(key=lambda item: (item[0].step, str(item[0].path)))
+    found.sort(key=lambda item: (item[0].step_source == "none", item[0].step, str(item[0].path)))
+    if for_inspect:
+        return Discovery(checkpoints=[ref for ref, _ in found], notes=notes, duplicates=[],
+                         bad=[(path, exc.message) for path, exc in bad])
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
     checkpoints, duplicates = _dedupe(found, notes, weights)
@@ -1161,6 +1212,20 @@ def discover_checkpoints(
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
     )
+
+
+def _folder_per_step(candidates: Sequence[Path]) -> tuple[list[Path], str] | None:
+    """(folders, --step-regex) when checkpoints are kept one a folder, the folders named by their steps
+    (step_100/model.pt, global_step100/...): `candidates` are the folders of the files a folder scan
+    skipped for want of a step, or the sub-folders that hold one checkpoint each; two folders or more
+    of one parent, whose names differ only in their numbers. None otherwise."""
+    folders = list(dict.fromkeys(candidates))
+    if len(folders) < 2 or len({folder.absolute().parent for folder in folders}) != 1:
+        return None
+    pattern = _name_regex(folders[0].name)
+    if not pattern or not all(re.fullmatch(pattern, folder.name) for folder in folders):
+        return None
+    return sorted(folders, key=lambda folder: _name_step(folder) or 0), f"{pattern}/"
 
 
 def _note_save_counts(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
@@ -1215,17 +1280,22 @@ def _is_dir_with(path: Path, pattern: str) -> bool:
 
 
 def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
-    list[tuple[Path, int]], list[Path]
+    list[tuple[Path, int]], list[Path], list[Path]
 ]:
     """For "no checkpoints found": the sub-folders (`depth` levels down, `budget` entries looked at) that hold
     checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints below a Lightning
-    default_root_dir is 3 levels down), at most 3, with their counts; and the PEFT adapter folders met
-    (adapter_model.safetensors, no model weights)."""
+    default_root_dir is 3 levels down), at most 3, with their counts; the PEFT adapter folders met
+    (adapter_model.safetensors, no model weights); and the torch.distributed.checkpoint folders met,
+    `folders` themselves included (`_is_dcp_folder`)."""
     nested: list[tuple[Path, int]] = []
     adapters: list[Path] = []
+    sharded: list[Path] = []
     queue = [(folder, 0) for folder in folders if folder.is_dir()]
     while queue and budget > 0 and len(nested) < 3:
         folder, level = queue.pop(0)
+        if _is_dcp_folder(folder):
+            sharded.append(folder)
+            continue
         try:
             entries = sorted(folder.iterdir())
         except OSError:
@@ -1247,7 +1317,29 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
                 continue
         if level > 0 and count:
             nested.append((folder, count))
-    return nested, adapters[:3]
+    return nested, adapters[:3], sharded
+
+
+def _is_dcp_folder(folder: Path) -> bool:
+    """A torch.distributed.checkpoint folder (FSDP, torchtitan, Lightning's FSDP strategy): a `.metadata`
+    file (a pickle) beside `*.distcp` shards, one model in pieces that no file holds whole."""
+    try:
+        return (folder / ".metadata").is_file() and any(folder.glob("*.distcp"))
+    except OSError:
+        return False
+
+
+def _dcp_error(folders: Sequence[Path]) -> CheckpointError:
+    shown = ", ".join(map(str, folders[:3])) + (", ..." if len(folders) > 3 else "")
+    first = str(folders[0]).rstrip("/")
+    return CheckpointError(
+        f"{shown}: torch.distributed.checkpoint (DCP) folder{'s' if len(folders) > 1 else ''}, as FSDP and "
+        "torchtitan save them: the model in shards (*.distcp) with a pickled .metadata, which fdl does not read",
+        got="no file holding the whole model",
+        fix=("convert each folder you trust to one file and analyse those: python -m "
+             f"torch.distributed.checkpoint.format_utils dcp_to_torch {first} {first}.pt (its .metadata is "
+             "unpickled: it can run code)"),
+    )
 
 
 def _dedupe(
@@ -1285,6 +1377,12 @@ def _dedupe(
                    if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path)
                    else None)
             fix = _step_fix_for(ref.path)
+            folder = _folder_regex(ref.path)
+            if first.path.name == ref.path.name and folder and all(
+                    re.search(folder, _step_regex_subject(r.path, re.compile(folder))) for r in (first, ref)):
+                # mp_rank_00_model_states.pt in global_step100/ and global_step200/: a regex built from
+                # the name reads 00 again; the folders' names hold the steps
+                fix = f"pass --step-regex '{folder}' to take the steps from their folders' names"
             shapes = [_name_shape(r.path.name) for r, _ in found]
             if _name_shape(first.path.name) != _name_shape(ref.path.name):
                 # checkpoint-1.pth.tar and recovery-1-10.pth.tar (timm): a --step-regex built from one name

@@ -162,7 +162,8 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--every", type=click.IntRange(min=1),
               help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
-@click.option("--step-regex", metavar="RE", help="Regex whose first group is the step, for odd names.")
+@click.option("--step-regex", metavar="RE",
+              help="Regex whose first group is the step, for odd names (with a /: searched in FOLDER/NAME).")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")

@@ -2433,7 +2433,7 @@ def inspect_checkpoint(
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     path = Path(checkpoint)
-    discovery = ckpts.discover_checkpoints([checkpoint])
+    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True)
     if not discovery.checkpoints:
         raise CheckpointError(f"{checkpoint} is not a checkpoint", got="; ".join(discovery.notes) or None)
     ref = discovery.checkpoints[0]
