@@ -104,6 +104,9 @@ class LoadedCheckpoint:
     parameters: list[torch.Tensor] | None = None
     #: `file_signature` of the file, taken by the pipeline before it read and hashed it
     file_signature: str = ""
+    #: other entries of the file's dict holding a copy of the same weights (an EMA, a teacher), which
+    #: --weights would pick; empty when --weights is given (`_weight_copies`)
+    other_weights: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1671,14 +1674,30 @@ def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Te
     return tensors, _metadata_steps(header.get("__metadata__") or {})
 
 
+def _weight_copies(obj: Mapping[Any, Any], found: Mapping[str, Any]) -> tuple[str, ...]:
+    """The entries of a checkpoint's dict, beside the one `_find_tensor_dict` took, that hold a state_dict
+    sharing at least half of its keys (prefixes stripped): a copy of the model (`{"model": ..., "ema": ...}`)
+    that fdl does not analyse unless --weights names it; not an optimizer's or a scaler's state."""
+    own = set(_strip_prefixes(dict(found)))
+    copies = []
+    for key, value in obj.items():
+        tensors = _find_tensor_dict(value) if isinstance(value, Mapping) else None
+        if tensors is None or (len(tensors) == len(found) and all(tensors.get(k) is v for k, v in found.items())):
+            continue  # none, or the entry analysed
+        if len(own & set(_strip_prefixes(tensors))) * 2 >= len(own):
+            copies.append(str(key))
+    return tuple(copies)
+
+
 def _load_tensor_file(
     path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool]:
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...]]:
     """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
-    tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix)."""
+    tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix;
+    and without `weights`, the entries holding other copies of the weights, `_weight_copies`)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
-        return tensors, None, meta, False
+        return tensors, None, meta, False, ()
     try:
         obj = _torch_load_safe(path, map_location=map_location)
     except UnsafeCheckpointError:
@@ -1691,7 +1710,7 @@ def _load_tensor_file(
         except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
             raise _corrupt_error(path, exc) from None
     if isinstance(obj, nn.Module):
-        return None, obj, {}, False
+        return None, obj, {}, False, ()
     if weights is not None and isinstance(obj, Mapping) and weights in obj:
         chosen = obj[weights]
         if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
@@ -1703,7 +1722,7 @@ def _load_tensor_file(
                 got=type(chosen).__name__,
                 fix="name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
-        return found, None, _metadata_steps(obj), True
+        return found, None, _metadata_steps(obj), True, ()
     found = _find_tensor_dict(obj)
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -1715,7 +1734,8 @@ def _load_tensor_file(
     if weights is not None and isinstance(obj, Mapping):
         _check_weights_found(obj, found, weights, path)
     meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
-    return found, None, meta, False
+    copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
+    return found, None, meta, False, copies
 
 
 def _check_weights_found(
@@ -1805,12 +1825,13 @@ def load_checkpoint(
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
     by_entry = False
+    copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
     elif path.is_dir():
         tensors = {}
         for weight_file in _hf_weight_files(path):
-            part, _, part_meta, _ = _load_tensor_file(
+            part, _, part_meta, _, _ = _load_tensor_file(
                 weight_file, trust_pickle=trust_pickle, map_location=map_location
             )
             tensors.update(part or {})
@@ -1822,7 +1843,7 @@ def load_checkpoint(
             except (OSError, ValueError, AttributeError):
                 pass
     else:
-        tensors, module, meta, by_entry = _load_tensor_file(
+        tensors, module, meta, by_entry, copies = _load_tensor_file(
             path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
         )
     if module is not None and weights is not None:
@@ -1837,7 +1858,7 @@ def load_checkpoint(
         _check_finite(path, tensors)
     if module is not None:
         _check_finite(path, module.state_dict())
-    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta)
+    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies)
 
 
 def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:

@@ -398,6 +398,8 @@ class _Context:
     watch_problem: str | None = None
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: a checkpoint holding another copy of its weights (an EMA) was noted: once a run (`_prepare`)
+    weight_copies_noted: bool = False
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -933,6 +935,14 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     from fdl_cli.checkpoints import build_model
     from fdl_cli.extract import prepare_model
 
+    if loaded.other_weights and not ctx.weight_copies_noted:
+        # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
+        ctx.weight_copies_noted = True
+        copies = loaded.other_weights
+        ctx.reporter.note(
+            f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
+            f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
+        )
     if loaded.module is None and ctx.factory is None:
         raise CheckpointError(
             f"{loaded.ref.path} holds weights only, and no model was given to put them in",
