@@ -1,0 +1,88 @@
+"""Session 15, a user in a shell: defects found running every command on small runs.
+
+- an output folder that exists but cannot be written to (`--html /proc/r.html`, a read-only folder)
+  passed the early check, so `report --format json --html ...` printed the whole report on stdout and
+  only then failed with status 1;
+- `export` and `compare` read a damaged store (a checkpoint never completed, trajectories missing)
+  without the warnings `report` and `classify` print, so an export silently lacked a checkpoint;
+- a bad checkpoint found by a folder scan was reported as "error: X: X is a text file ...";
+- "no checkpoints found" told the user to "loosen --glob" when no --glob was given (and `inspect` has
+  none).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_analyze import fdl
+from tests.test_distributed import _make_run
+
+PROC = Path("/proc")
+needs_proc = pytest.mark.skipif(not (PROC / "self").is_dir(), reason="a folder no one can write to: Linux's /proc")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("s15shell") / "run")
+
+
+@pytest.fixture(scope="module")
+def store(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("s15store") / "run.h5"
+    done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+               "--probe", run / "probe.npz", "--out", out, "--steps", "0,10,20")
+    assert done.code == 0, done.stderr
+    return out
+
+
+# ------------------------------------------------------------- an unwritable output folder, up front
+
+
+@needs_proc
+@pytest.mark.parametrize("option", ["--html", "--plots"])
+def test_report_refuses_an_unwritable_output_before_printing_anything(store: Path, option: str) -> None:
+    target = PROC / ("fdl-s15.html" if option == "--html" else "fdl-s15-plots")
+    done = fdl("report", store, "--format", "json", option, target)
+    assert done.code == 1
+    assert done.stdout == ""  # was: the whole JSON report, then "error: could not write /proc/..."
+    assert f"error: could not write {target}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert ".fdl-check" not in done.stderr  # the probe file's name is not the user's concern
+
+
+@needs_proc
+def test_compare_refuses_an_unwritable_plots_folder_before_comparing(store: Path) -> None:
+    done = fdl("compare", store, store, "--format", "csv", "--plots", PROC / "fdl-s15-plots")
+    assert done.code == 1 and done.stdout == ""
+    assert f"error: could not write {PROC / 'fdl-s15-plots'}" in done.stderr
+
+
+def test_the_writability_check_leaves_no_file_behind(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    html = out / "r.html"
+    done = fdl("report", store, "--format", "json", "--html", html, "--plots", out / "figs")
+    assert done.code == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["figs", "r.html"]
+    assert json.loads(done.stdout)[0]["step"] == 0
+
+
+def test_an_existing_read_only_html_file_is_refused_up_front(store: Path, tmp_path: Path) -> None:
+    html = tmp_path / "r.html"
+    html.write_text("kept")
+    html.chmod(0o444)
+    try:
+        with open(html, "a"):
+            pytest.skip("this user writes to read-only files (root)")
+    except PermissionError:
+        pass
+    try:
+        done = fdl("report", store, "--format", "json", "--html", html)
+    finally:
+        html.chmod(0o644)
+    assert done.code == 1 and done.stdout == ""
+    assert f"could not write {html}" in done.stderr
+    assert html.read_text() == "kept"
