@@ -389,6 +389,9 @@ def compare(**kwargs: Any) -> None:
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )
     console = _stderr_console()
+    for run in (run_a, run_b):  # each store's damage, named by its path (the two may differ)
+        for warning in run.warnings:
+            console.print(f"warning: {run.path}: {warning}", markup=False, style="yellow")
     if (note := rep.option_difference_note(comparison)) is not None:
         console.print(f"warning: {note}", markup=False, style="yellow")
     if kwargs["fmt"] == "table":
@@ -433,6 +436,10 @@ def export(**kwargs: Any) -> None:
     out = Path(kwargs["out"]) if kwargs["out"] else None
     # The store stays open while the arrays are streamed out, one checkpoint at a time.
     with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+        # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
+        # report and classify say it
+        for warning in run.warnings:
+            click.echo(f"warning: {warning}", err=True)
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
     if note:
         click.echo(note, err=True)

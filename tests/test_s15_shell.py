@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 
 from tests.test_analyze import fdl
@@ -86,3 +88,56 @@ def test_an_existing_read_only_html_file_is_refused_up_front(store: Path, tmp_pa
     assert done.code == 1 and done.stdout == ""
     assert f"could not write {html}" in done.stderr
     assert html.read_text() == "kept"
+
+
+# ------------------------------------------------------------- a damaged store: every reader warns
+
+
+def _damaged(store: Path, tmp_path: Path) -> Path:
+    """A copy of `store` whose step_10 was never completed (as a killed writer of an old fdl leaves it)."""
+    copy = tmp_path / "damaged.h5"
+    shutil.copy(store, copy)
+    with h5py.File(copy, "r+") as handle:
+        del handle["checkpoints/step_10"].attrs["complete"]
+    return copy
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.parametrize("what", ["eigenvalues", "trajectories"])
+def test_export_of_a_damaged_store_warns_on_stderr_and_keeps_stdout_clean(
+    store: Path, tmp_path: Path, what: str, fmt: str
+) -> None:
+    damaged = _damaged(store, tmp_path)
+    done = fdl("export", damaged, "--what", what, "--format", fmt)
+    assert done.code == 0, done.stderr
+    # was: no word on stderr, and the export simply lacked step 10
+    assert "warning: " in done.stderr and "step 10" in done.stderr and "never completed" in done.stderr
+    if fmt == "json":
+        data = json.loads(done.stdout)
+        steps = data["step"] if what == "trajectories" else [row["step"] for row in data]
+    else:
+        lines = done.stdout.splitlines()
+        steps = sorted({int(line.split(",")[0]) for line in lines[1:]})
+    assert steps == [0, 20]
+
+
+def test_export_to_a_file_warns_too(store: Path, tmp_path: Path) -> None:
+    damaged = _damaged(store, tmp_path)
+    done = fdl("export", damaged, "--what", "trajectories", "--format", "npy", "--out", tmp_path / "t.npz")
+    assert done.code == 0, done.stderr
+    assert "never completed" in done.stderr and done.stdout == ""
+
+
+def test_compare_warns_about_a_damaged_store_naming_it(store: Path, tmp_path: Path) -> None:
+    damaged = _damaged(store, tmp_path)
+    done = fdl("compare", store, damaged, "--json")
+    assert done.code == 0, done.stderr
+    assert json.loads(done.stdout)["b"] == str(damaged)
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert any(f"{damaged}:" in line and "never completed" in line for line in warnings), done.stderr
+    assert not any(f"{store}:" in line for line in warnings)  # the intact store has nothing to say
+
+
+def test_a_healthy_store_exports_without_warnings(store: Path) -> None:
+    done = fdl("export", store, "--what", "eigenvalues")
+    assert done.code == 0 and "warning" not in done.stderr
