@@ -801,7 +801,7 @@ def _named(path: Path | str, message: str) -> str:
 
 def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
     """A file discovery found unreadable: reported; --strict stops there."""
-    reporter.error(f"{bad_path}: {reason}")
+    reporter.error(_named(bad_path, reason))  # the reason may name the file already
     if options.strict:
         raise CheckpointError(
             f"--strict: stopped at the unreadable checkpoint {bad_path}",

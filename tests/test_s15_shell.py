@@ -141,3 +141,18 @@ def test_compare_warns_about_a_damaged_store_naming_it(store: Path, tmp_path: Pa
 def test_a_healthy_store_exports_without_warnings(store: Path) -> None:
     done = fdl("export", store, "--what", "eigenvalues")
     assert done.code == 0 and "warning" not in done.stderr
+
+
+# ------------------------------------------------------------- messages
+
+
+def test_a_bad_checkpoint_of_a_folder_scan_is_named_once(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    shutil.copytree(run, folder)
+    (folder / "step_35.safetensors").write_text("junk\n")
+    done = fdl("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+               "--probe", run / "probe.npz", "--out", tmp_path / "m.h5", "--steps", "0,10")
+    assert done.code == 1
+    bad = folder / "step_35.safetensors"
+    assert f"error: {bad} is a text file, not a checkpoint" in done.stderr  # was: "error: X: X is a text file"
+    assert f"{bad}: {bad}" not in done.stderr
