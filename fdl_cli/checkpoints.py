@@ -1138,8 +1138,8 @@ def discover_checkpoints(
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
-        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files), "
-               "or loosen --glob")
+        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
+               + (", or loosen --glob" if glob is not None else ""))  # none given, or a command without it
         nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         if nested:
             shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)

@@ -156,3 +156,21 @@ def test_a_bad_checkpoint_of_a_folder_scan_is_named_once(run: Path, tmp_path: Pa
     bad = folder / "step_35.safetensors"
     assert f"error: {bad} is a text file, not a checkpoint" in done.stderr  # was: "error: X: X is a text file"
     assert f"{bad}: {bad}" not in done.stderr
+
+
+def test_no_checkpoints_found_names_glob_only_when_one_was_given(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    plain = fdl("analyze", empty, "--model", "tests.tiny_models:mlp", "--out", tmp_path / "x.h5")
+    assert plain.code == 1 and "no checkpoints found" in plain.stderr
+    assert "--glob" not in plain.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    inspected = fdl("inspect", text)
+    assert inspected.code == 1 and "no checkpoints found" in inspected.stderr
+    assert "--glob" not in inspected.stderr  # inspect has no --glob option
+
+
+def test_no_checkpoints_found_with_a_glob_says_to_loosen_it(run: Path, tmp_path: Path) -> None:
+    done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--out", tmp_path / "x.h5", "--glob", "*.nothing")
+    assert done.code == 1 and "no checkpoints found" in done.stderr and "loosen --glob" in done.stderr
