@@ -23,13 +23,26 @@ from fdl_cli.regimes import Thresholds
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+#: The exit status of a command killed by SIGPIPE (128 + 13): its output's reader went away.
+SIGPIPE_STATUS = 141
+
 
 def _stderr_console() -> Any:
     from rich.console import Console
 
+    class StderrConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """The reader of stderr went away (`fdl report run.h5 2>&1 | head -1`): end quietly with
+            SIGPIPE's status, as for stdout. rich's own handler exits 1, an error with nothing said,
+            after pointing stdout, where machine output may still be due, at /dev/null."""
+            self.quiet = True
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # the exit's flush fails quietly
+            raise SystemExit(SIGPIPE_STATUS)
+
     # soft_wrap: messages are never broken at 80 columns when stderr is a pipe or a log, so a path in
     # an error stays on one line (greppable, copy-pastable).
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
@@ -581,4 +594,4 @@ def main(argv: list[str] | None = None) -> None:
         # interpreter's last flush of it would fail again on the way out.
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        sys.exit(SIGPIPE_STATUS)

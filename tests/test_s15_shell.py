@@ -7,13 +7,18 @@
   without the warnings `report` and `classify` print, so an export silently lacked a checkpoint;
 - a bad checkpoint found by a folder scan was reported as "error: X: X is a text file ...";
 - "no checkpoints found" told the user to "loosen --glob" when no --glob was given (and `inspect` has
-  none).
+  none);
+- the reader of stderr (the human output) going away (`fdl report run.h5 2>&1 | head -1`) exited 1,
+  rich's status for it, where a closed stdout gives 141 quietly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -21,6 +26,8 @@ import pytest
 
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROC = Path("/proc")
 needs_proc = pytest.mark.skipif(not (PROC / "self").is_dir(), reason="a folder no one can write to: Linux's /proc")
@@ -174,3 +181,33 @@ def test_no_checkpoints_found_names_glob_only_when_one_was_given(tmp_path: Path)
 def test_no_checkpoints_found_with_a_glob_says_to_loosen_it(run: Path, tmp_path: Path) -> None:
     done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--out", tmp_path / "x.h5", "--glob", "*.nothing")
     assert done.code == 1 and "no checkpoints found" in done.stderr and "loosen --glob" in done.stderr
+
+
+# ------------------------------------------------------------- the reader of stderr goes away
+
+
+def _with_stderr_closed(*args: object) -> subprocess.CompletedProcess[bytes]:
+    """Run fdl with stderr a pipe whose reader has gone (`fdl report run.h5 2>&1 | head -1` once head
+    has exited): every write to it fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    try:
+        return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], stderr=write_end,
+                              stdout=subprocess.PIPE, env=env, cwd=str(REPO), timeout=120)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", ["report", "classify"])
+def test_a_closed_stderr_ends_quietly_with_the_sigpipe_status(store: Path, command: str) -> None:
+    done = _with_stderr_closed(command, store)
+    # was 1, "an error fdl explains", with nothing explained: rich's handler exits 1
+    assert done.returncode == 141
+    assert done.stdout == b""
+
+
+def test_a_closed_stderr_leaves_machine_output_already_written(store: Path) -> None:
+    done = _with_stderr_closed("report", store, "--format", "csv")  # nothing for stderr: all on stdout
+    assert done.returncode == 0
+    assert done.stdout.decode().splitlines()[0].startswith("step,path,sha256")
