@@ -9,7 +9,8 @@
 - "no checkpoints found" told the user to "loosen --glob" when no --glob was given (and `inspect` has
   none);
 - the reader of stderr (the human output) going away (`fdl report run.h5 2>&1 | head -1`) exited 1,
-  rich's status for it, where a closed stdout gives 141 quietly.
+  rich's status for it, where a closed stdout gives 141 quietly;
+- `--steps 10,30 --reference 20` said "no checkpoint has that step" of a step whose file is there.
 """
 
 from __future__ import annotations
@@ -211,3 +212,23 @@ def test_a_closed_stderr_leaves_machine_output_already_written(store: Path) -> N
     done = _with_stderr_closed("report", store, "--format", "csv")  # nothing for stderr: all on stdout
     assert done.returncode == 0
     assert done.stdout.decode().splitlines()[0].startswith("step,path,sha256")
+
+
+# ------------------------------------------------------------- --reference outside the selection
+
+
+def test_a_reference_left_out_by_steps_is_not_said_to_have_no_checkpoint(run: Path, tmp_path: Path) -> None:
+    args = ("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+            "--probe", run / "probe.npz", "--out", tmp_path / "r.h5")
+    done = fdl(*args, "--steps", "10,30", "--reference", "20")
+    assert done.code == 1
+    # was: "--reference 20: no checkpoint has that step", while step_20.safetensors is there
+    assert "no checkpoint has that step" not in done.stderr
+    assert "error: --reference 20: no checkpoint selected by --steps / --every has that step" in done.stderr
+    assert "select the reference too (--steps 10,20,30)" in done.stderr
+    assert not (tmp_path / "r.h5").exists()
+    fixed = fdl(*args, "--steps", "10,20,30", "--reference", "20", "--json")
+    assert fixed.code == 0, fixed.stderr
+    assert {r["step"]: r["cka_init"] for r in fixed.records}[20] == 1.0
+    absent = fdl(*args, "--reference", "7")  # no selection: the step has no checkpoint at all
+    assert absent.code == 1 and "error: --reference 7: no checkpoint has that step" in absent.stderr
