@@ -10,7 +10,9 @@
   none);
 - the reader of stderr (the human output) going away (`fdl report run.h5 2>&1 | head -1`) exited 1,
   rich's status for it, where a closed stdout gives 141 quietly;
-- `--steps 10,30 --reference 20` said "no checkpoint has that step" of a step whose file is there.
+- `--steps 10,30 --reference 20` said "no checkpoint has that step" of a step whose file is there;
+- `--out` another program's HDF5 file advised "pass --overwrite to start a fresh store", which
+  replaces that file.
 """
 
 from __future__ import annotations
@@ -232,3 +234,21 @@ def test_a_reference_left_out_by_steps_is_not_said_to_have_no_checkpoint(run: Pa
     assert {r["step"]: r["cka_init"] for r in fixed.records}[20] == 1.0
     absent = fdl(*args, "--reference", "7")  # no selection: the step has no checkpoint at all
     assert absent.code == 1 and "error: --reference 7: no checkpoint has that step" in absent.stderr
+
+
+# ------------------------------------------------------------- --out another program's HDF5 file
+
+
+def test_analyze_into_another_programs_hdf5_does_not_advise_overwrite_as_the_cure(run: Path, tmp_path: Path) -> None:
+    other = tmp_path / "weights.h5"
+    with h5py.File(other, "w") as handle:  # a Keras model, a dataset: HDF5 without fdl's format attribute
+        handle["layer0/kernel"] = [[1.0, 2.0]]
+    before = other.read_bytes()
+    done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+               "--probe", run / "probe.npz", "--out", other, "--steps", "0,10")
+    assert done.code == 1
+    assert f"error: {other} is not an fdl store" in done.stderr
+    # was: "fix: pass the .h5 file written by `fdl analyze --out`; or pass --overwrite to start a fresh store"
+    assert "start a fresh store" not in done.stderr
+    assert "give the store another --out; --overwrite would replace this file" in done.stderr
+    assert other.read_bytes() == before
