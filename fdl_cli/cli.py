@@ -23,13 +23,26 @@ from fdl_cli.regimes import Thresholds
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+#: The exit status of a command killed by SIGPIPE (128 + 13): its output's reader went away.
+SIGPIPE_STATUS = 141
+
 
 def _stderr_console() -> Any:
     from rich.console import Console
 
+    class StderrConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """The reader of stderr went away (`fdl report run.h5 2>&1 | head -1`): end quietly with
+            SIGPIPE's status, as for stdout. rich's own handler exits 1, an error with nothing said,
+            after pointing stdout, where machine output may still be due, at /dev/null."""
+            self.quiet = True
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # the exit's flush fails quietly
+            raise SystemExit(SIGPIPE_STATUS)
+
     # soft_wrap: messages are never broken at 80 columns when stderr is a pipe or a log, so a path in
     # an error stays on one line (greppable, copy-pastable).
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
@@ -390,6 +403,9 @@ def compare(**kwargs: Any) -> None:
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )
     console = _stderr_console()
+    for run in (run_a, run_b):  # each store's damage, named by its path (the two may differ)
+        for warning in run.warnings:
+            console.print(f"warning: {run.path}: {warning}", markup=False, style="yellow")
     if (note := rep.option_difference_note(comparison)) is not None:
         console.print(f"warning: {note}", markup=False, style="yellow")
     if kwargs["fmt"] == "table":
@@ -434,6 +450,10 @@ def export(**kwargs: Any) -> None:
     out = Path(kwargs["out"]) if kwargs["out"] else None
     # The store stays open while the arrays are streamed out, one checkpoint at a time.
     with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+        # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
+        # report and classify say it
+        for warning in run.warnings:
+            click.echo(f"warning: {warning}", err=True)
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
     if note:
         click.echo(note, err=True)
@@ -579,4 +599,4 @@ def main(argv: list[str] | None = None) -> None:
         # interpreter's last flush of it would fail again on the way out.
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+        sys.exit(SIGPIPE_STATUS)

@@ -803,7 +803,7 @@ def _named(path: Path | str, message: str) -> str:
 
 def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
     """A file discovery found unreadable: reported; --strict stops there."""
-    reporter.error(f"{bad_path}: {reason}")
+    reporter.error(_named(bad_path, reason))  # the reason may name the file already
     if options.strict:
         raise CheckpointError(
             f"--strict: stopped at the unreadable checkpoint {bad_path}",
@@ -896,9 +896,20 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
     for ref in refs:
         if ref.step == ctx.options.reference_step:
             return ref
+    got = f"steps {', '.join(str(r.step) for r in refs[:12])}{' ...' if len(refs) > 12 else ''}"
+    if ctx.options.steps is not None or ctx.options.every is not None:
+        # the step may well have a checkpoint, which the selection left out: "no checkpoint has that
+        # step" sent the user looking for a file that is there
+        with_it = sorted({*(r.step for r in refs), ctx.options.reference_step})
+        example = f" (--steps {','.join(map(str, with_it))})" if len(with_it) <= 12 else ""
+        raise CheckpointError(
+            f"--reference {ctx.options.reference_step}: no checkpoint selected by --steps / --every has that step",
+            got=f"selected: {got}",
+            fix=f"select the reference too{example}, or omit --reference to use the first selected",
+        )
     raise CheckpointError(
         f"--reference {ctx.options.reference_step}: no checkpoint has that step",
-        got=f"steps {', '.join(str(r.step) for r in refs[:12])}{' ...' if len(refs) > 12 else ''}",
+        got=got,
         fix="pass one of the steps found, or omit --reference to use the first",
     )
 

@@ -338,8 +338,29 @@ def check_output(path: str | Path, *, folder: bool = False) -> None:
             above = next((p for p in (target, *target.parents) if p.exists()), None)
             if above is not None and not above.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(target))
+            if above is not None:
+                _check_writable_folder(above, target)
         elif not parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(target))
+        elif not is_stream(target):
+            if target.is_file():
+                with target.open("a"):  # opened as the final write opens it, nothing written (mtime kept)
+                    pass
+            elif not target.exists():
+                _check_writable_folder(parent, target)
+
+
+def _check_writable_folder(folder: Path, target: Path) -> None:
+    """Raise the OSError (naming `target`) that creating `target` in `folder` would meet: a folder that
+    exists but is read-only, on a read-only file system or in /proc passed the existence checks, and the
+    command printed its whole report before failing. Tried by creating, then removing, a hidden file."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fdl-check-"):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
 
 
 def _is_hdf5(path: Path) -> bool:

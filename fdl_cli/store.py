@@ -1242,6 +1242,15 @@ class StoreWriter:
         try:
             reader = StoreReader._open_deep(self._path)
         except StoreError as exc:
+            if exc.what == f"{self._path} is not an fdl store":
+                # an HDF5 file of another program (a dataset, a Keras model): "pass --overwrite to start a
+                # fresh store" read as the cure, and --overwrite replaces the file and all it holds
+                raise StoreError(
+                    exc.what,
+                    got=exc.got,
+                    fix="give the store another --out; --overwrite would replace this file, which another program "
+                        "wrote, and lose all it holds",
+                ) from None
             raise StoreError(
                 exc.what,
                 got=exc.got,
