@@ -147,7 +147,7 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     "nn.Linear to run.",
 )
 @click.option(
-    "--out", "out", type=click.Path(dir_okay=False),
+    "--out", "-o", "out", type=click.Path(dir_okay=False),
     help="Store file (default: ./<folder>.fdl.h5 for one folder, else ./fdl.h5).",
 )
 @click.option("--device", default="auto", show_default=True, shell_complete=completion.device,
@@ -207,6 +207,9 @@ def analyze(**kwargs: Any) -> None:
     ctx = click.get_current_context()
     from_user = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     given = {name for name in kwargs if ctx.get_parameter_source(name) in from_user}  # fdl.toml fills the others
+    if kwargs["out"] == "-":  # a file named "-" was written in the current folder (session 15)
+        raise FdlError("--out -: the store is an HDF5 file, which cannot go to stdout",
+                       fix="give it a path (--out run.h5); --json prints the records on stdout as they are stored")
     options = AnalyzeOptions.from_cli(**kwargs, given=given)
     console = _stderr_console()
     with _user_output_to_stderr() as stdout, RichReporter(console, quiet=False) as reporter:
@@ -430,7 +433,7 @@ cli.add_command(compare, name="diff")
 @click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
 @click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
               help="Select a probe (needed when the store has several series).")
 @click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),

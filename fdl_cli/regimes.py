@@ -100,9 +100,19 @@ def _split(text: str) -> tuple[str, float]:
         raise FdlError(
             f"bad threshold {text!r}: its value must be a finite number",
             got=f"{value.strip()!r}" + (" (not finite)" if number is not None else " (not a number)"),
-            fix=f"e.g. --threshold {name.strip() or 'cka_static'}=0.98",
+            fix=f"e.g. --threshold {_example(name.strip())}",
         )
     return name.strip(), number
+
+
+#: A value to show in the example of each threshold's error: its default would change nothing.
+_EXAMPLES = {"cka_static": "0.98", "overlap_static": "0.9", "overlap_moved": "0.7", "mf_extra": "2", "final_window": "5"}
+
+
+def _example(name: str) -> str:
+    """NAME=VALUE for an error's example: the threshold named, with a value of its kind (`mf_extra=0.98`
+    was offered for a count of eigenfunctions, session 15); cka_static's for a name it does not know."""
+    return f"{name}={_EXAMPLES[name]}" if name in _EXAMPLES else "cka_static=0.98"
 
 
 @dataclass(frozen=True)
