@@ -399,9 +399,11 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
             f"the eigengap (λ_{k} − λ_{k + 1}) / λ_{k} is {_percent(tie['gap_reference'])} at the reference (step "
             f"{reference}) and {_percent(tie['gap_final'])} at step {step}")
     if not tie["near_tie"]:
+        # a --center store's overlap is centered too: only the weighting differs from CKA's
+        why = ("the overlap weighs weak directions as much as strong ones" if tie.get("centered")
+               else "the overlap is uncentered, and weighs weak directions as much as strong ones")
         return (f"{head}: no near-tie (below {NEAR_TIE_GAP:g}), so the top-{k} eigenspace itself turned while the "
-                "centered kernel stayed close (the overlap is uncentered, and weighs weak directions as much as "
-                "strong ones)")
+                f"centered kernel stayed close ({why})")
     text = (f"{head}: a near-tie (below {NEAR_TIE_GAP:g}) at the cut k = {k} lets a small change of the kernel "
             f"rotate the top-{k} eigenspace, so the overlap may measure the tie rather than moved features")
     wider = tie.get("wider_k")

@@ -1160,7 +1160,12 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     (`regimes.overlap_alone`), the relative eigengaps at the overlaps' cut k of the reference and of that
     checkpoint (from the stored eigenvalues), whether either is a near-tie (`regimes.NEAR_TIE_GAP`), and
     then the overlap of the top-k' eigenspaces past the tie (the smallest k' > k where both gaps clear
-    it, within the stored eigenfunctions). None where that does not apply or is not stored."""
+    it, within the stored eigenfunctions). None where that does not apply or is not stored.
+
+    k is the k the stored overlap_init was taken with: --overlap-k, else C, bounded as analyze bounds it
+    by the columns both checkpoints store and the anchor points. A store that recorded no overlap_k and
+    stores fewer than C columns (--top-k below C, with --overlap-k equal to it, or an fdl older than
+    overlap_k) compared its top --top-k: the gap at C was not the cut's (session 15 review)."""
     from fdl_cli.regimes import NEAR_TIE_GAP, overlap_alone, relative_gap
     from fdl_cli.spectral import eigenspace_overlap
 
@@ -1172,8 +1177,12 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     if final is None or not overlap_alone(final, thresholds):
         return None
     recorded = recorded_overlap_k(run.provenance)
-    k = int(recorded if recorded is not None else final.get("n_outputs") or 0)
     steps = [reference_step, final_step]
+    values = dict(iter_array(run, series, steps, "eigenfunctions"))
+    a, b = (np.asarray(values.get(step), dtype=np.float64) for step in steps)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        return None
+    k = min(int(recorded if recorded is not None else final.get("n_outputs") or 0), a.shape[1], b.shape[1], a.shape[0])
     spectra: dict[int, list[float]] = {}
     for step, stored in iter_array(run, series, steps, "eigenvalues"):
         if stored is None:
@@ -1182,17 +1191,16 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     gap_reference, gap_final = (relative_gap(spectra[step], k) for step in steps)
     if gap_reference is None or gap_final is None:
         return None
+    options = run.provenance.get("options")
     tie: dict[str, Any] = {
         "k": k, "step": final_step, "reference_step": reference_step, "cka_init": final["cka_init"],
         "overlap_init": final["overlap_init"], "gap_reference": gap_reference, "gap_final": gap_final,
         "near_tie": min(gap_reference, gap_final) < NEAR_TIE_GAP, "wider_k": None, "wider_overlap": None,
+        # --center: the eigenfunctions, hence the overlap, are centered as CKA is
+        "centered": bool(options.get("center")) if isinstance(options, Mapping) else False,
     }
     if not tie["near_tie"]:
         return tie
-    values = dict(iter_array(run, series, steps, "eigenfunctions"))
-    a, b = (np.asarray(values.get(step), dtype=np.float64) for step in steps)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        return None
     tie["columns"] = columns = min(a.shape[1], b.shape[1])
     for wider in range(k + 1, columns + 1):
         wider_gaps = [relative_gap(spectra[step], wider) for step in steps]
