@@ -60,8 +60,12 @@ _TRUST_FIX = "if you trust its origin, re-run with --trust-pickle"
 #: scheduler, gradient scaler, sampler, one RNG state per process, the pickled TrainingArguments):
 #: never model weights. A folder scan skips them by name; peeking would load them (optimizer.pt is
 #: twice the model) and could take rng_state_0.pth, which holds tensors, for a checkpoint of step 0.
+#: DeepSpeed's ZeRO optimizer shards too (global_step100/zero_pp_rank_0_mp_rank_00_optim_states.pt,
+#: bf16_... one per data-parallel rank beside mp_rank_00_model_states.pt): counted as checkpoints, they
+#: made its one-folder-per-step layout read as folders of several, and the hint named one folder.
 _TRAINING_STATE = re.compile(
     r"(optimizer|scheduler|scaler|sampler|rng_state|random_states|training_args)(_\d+)?\.(pt|pth|bin)"
+    r"|(bf16_)?zero_pp_rank_\d+_mp_rank_\d+_optim_states\.pt"
 )
 
 
