@@ -2559,7 +2559,8 @@ def inspect_checkpoint(
     ]
     return {
         "checkpoint": str(ref.path),
-        "step": ref.step,
+        # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
+        "step": None if ref.step_source == "none" else ref.step,
         "modules": modules,
         "default_module": default_module,
         "default_layer": default_label,
