@@ -93,6 +93,8 @@ class Discovery:
     #: (path, reason) of files with a checkpoint suffix that cannot be read (corrupt, truncated, empty);
     #: `analyze` reports them and goes on with the others.
     bad: list[tuple[Path, str]] = field(default_factory=list)
+    #: the steps of every checkpoint found, before --steps / --every selected among them (None: not known)
+    steps_found: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -1218,6 +1220,7 @@ def discover_checkpoints(
         notes=notes,
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
+        steps_found=tuple(ref.step for ref in checkpoints),
     )
 
 

@@ -400,6 +400,8 @@ class _Context:
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
     #: a checkpoint holding another copy of its weights (an EMA) was noted: once a run (`_prepare`)
     weight_copies_noted: bool = False
+    #: the steps discovery found before --steps / --every selected (`_reference_ref`); None: not known
+    steps_found: frozenset[int] | None = None
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -734,6 +736,7 @@ def run_analyze(
         world=world,
         model_source=model_source,
         spec_source=spec_source,
+        steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -891,24 +894,33 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
 
 
 def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRef:
-    if ctx.options.reference_step is None:
+    wanted = ctx.options.reference_step
+    if wanted is None:
         return refs[0]
     for ref in refs:
-        if ref.step == ctx.options.reference_step:
+        if ref.step == wanted:
             return ref
     got = f"steps {', '.join(str(r.step) for r in refs[:12])}{' ...' if len(refs) > 12 else ''}"
-    if ctx.options.steps is not None or ctx.options.every is not None:
-        # the step may well have a checkpoint, which the selection left out: "no checkpoint has that
-        # step" sent the user looking for a file that is there
-        with_it = sorted({*(r.step for r in refs), ctx.options.reference_step})
-        example = f" (--steps {','.join(map(str, with_it))})" if len(with_it) <= 12 else ""
+    selection = ctx.options.steps is not None or ctx.options.every is not None
+    if selection and (ctx.steps_found is None or wanted in ctx.steps_found):
+        # the step has a checkpoint, which the selection left out: "no checkpoint has that step" sent
+        # the user looking for a file that is there
+        with_it = sorted({*(r.step for r in refs), wanted})
+        # with --every, --steps selects every N-th of its steps, which may leave the reference out again
+        example = (f" (--steps {','.join(map(str, with_it))}{' without --every' if ctx.options.every else ''})"
+                   if len(with_it) <= 12 else "")
         raise CheckpointError(
-            f"--reference {ctx.options.reference_step}: no checkpoint selected by --steps / --every has that step",
+            f"--reference {wanted}: no checkpoint selected by --steps / --every has that step",
             got=f"selected: {got}",
             fix=f"select the reference too{example}, or omit --reference to use the first selected",
         )
+    if selection and ctx.steps_found:
+        # no checkpoint has it at all: suggesting to select it led to "--steps asks for step(s) ... which
+        # no checkpoint has"; the steps found, not only those selected, are the choice
+        found = sorted(ctx.steps_found)
+        got = f"steps {', '.join(map(str, found[:12]))}{' ...' if len(found) > 12 else ''}"
     raise CheckpointError(
-        f"--reference {ctx.options.reference_step}: no checkpoint has that step",
+        f"--reference {wanted}: no checkpoint has that step",
         got=got,
         fix="pass one of the steps found, or omit --reference to use the first",
     )
