@@ -325,6 +325,9 @@ def report(**kwargs: Any) -> None:
 
     kwargs["fmt"] = _json_format(kwargs)
 
+    if kwargs["html_path"] == "-":  # a file named "-" was written in the current folder
+        raise FdlError("--html -: the HTML report is written to a file, not to stdout",
+                       fix="give it a path (--html report.html)")
     if kwargs["html_path"]:
         rep.check_output(kwargs["html_path"])
     if kwargs["plots_dir"]:
@@ -450,6 +453,9 @@ def export(**kwargs: Any) -> None:
 
     from fdl_cli import report as rep
 
+    if kwargs["out"] == "-":  # as analyze's: a file named "-" was written in the current folder
+        raise FdlError("--out -: fdl export writes to stdout without --out, and takes --out as a file's path",
+                       fix="omit --out to print CSV or JSON on stdout (npy needs a file: --out arrays.npz)")
     out = Path(kwargs["out"]) if kwargs["out"] else None
     # The store stays open while the arrays are streamed out, one checkpoint at a time.
     with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
