@@ -218,3 +218,12 @@ def test_dash_as_an_output_file_is_refused(store: Path, tmp_path: Path, monkeypa
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
     assert not (tmp_path / "-").exists()
+
+
+def test_an_existing_file_that_cannot_be_written_is_refused_up_front_even_as_root(store: Path) -> None:
+    """tests/test_s15_shell.py checks a read-only --html file only as a user without root (skipped where
+    the suite runs as root); /proc/version refuses writing to root too."""
+    done = fdl("report", store, "--format", "json", "--html", "/proc/version")
+    assert done.code == 1
+    assert done.stdout == ""  # nothing printed before the refusal
+    assert "error: could not write /proc/version" in done.stderr and "Traceback" not in done.stderr
