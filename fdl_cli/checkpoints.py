@@ -48,7 +48,9 @@ from fdl_cli.errors import (
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
 #: Two-part suffixes of torch.save files: timm and the PyTorch ImageNet example write checkpoint-N.pth.tar.
 TAR_SUFFIXES = (".pth.tar", ".pt.tar")
-STEP_KEYS = ("step", "global_step", "epoch")
+#: Keys of a checkpoint's metadata or top-level dict holding its step, first found wins: the common two,
+#: then DeepSpeed's (`global_steps`), nanoGPT's (`iter_num`) and Megatron's (`iteration`), the epoch last.
+STEP_KEYS = ("step", "global_step", "global_steps", "iter_num", "iteration", "epoch")
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 MANIFEST_NAME = "fdl.toml"
@@ -977,7 +979,7 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         raise _NoStep(
             f"cannot tell the training step of {path}",
             note=f"skipped {path.name}: no training step in its metadata or name ({_SKIP_FIX})",
-            got="no step/global_step/epoch in the file and no integer in its name",
+            got=f"no {'/'.join(STEP_KEYS)} in the file and no integer in its name",
             # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
             fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
         )
