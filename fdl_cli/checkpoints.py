@@ -928,10 +928,11 @@ _SKIP_FIX = "rename it, or select files with --glob"
 def _step_regex_subject(path: Path, step_regex: re.Pattern[str]) -> str:
     """What --step-regex is searched in: the checkpoint's name; for a regex holding `/`, which no name
     matches, its folder's name and its own joined by `/` (one folder per step: `step_(\\d+)/` reads
-    step_100/model.pt, global_step100/mp_rank_00_model_states.pt as step 100)."""
+    step_100/model.pt, global_step100/mp_rank_00_model_states.pt as step 100). A checkpoint that is a
+    folder (step_100/ holding model.safetensors) ends with its own `/`, so the same regex reads it too."""
     if "/" not in step_regex.pattern:
         return path.name
-    return f"{path.absolute().parent.name}/{path.name}"
+    return f"{path.absolute().parent.name}/{path.name}" + ("/" if path.is_dir() else "")
 
 
 def _folder_regex(path: Path) -> str:

@@ -42,3 +42,17 @@ def test_step_wins_over_the_other_keys_and_epoch_comes_last(tmp_path: Path) -> N
     found = discover_checkpoints([tmp_path])
     assert [(ref.step, ref.step_source) for ref in found.checkpoints] == [(701, "metadata:step"),
                                                                          (900, "metadata:iteration")]
+
+
+def test_a_folder_regex_reads_folder_checkpoints_too(tmp_path: Path) -> None:
+    """`--step-regex 'step_(\\d+)/'` read step_100/model.pt but skipped every checkpoint that is itself a
+    folder (step_100/ holding model.safetensors): its subject, run/step_100, had no trailing `/`."""
+    from safetensors.torch import save_file
+
+    for step in (100, 20):
+        folder = tmp_path / f"step_{step}"
+        folder.mkdir()
+        save_file(mlp(4, 8, 3, seed=step).state_dict(), str(folder / "model.safetensors"))
+    found = discover_checkpoints([tmp_path], step_regex=r"step_(\d+)/")
+    assert [(ref.path.name, ref.step, ref.step_source) for ref in found.checkpoints] == [
+        ("step_20", 20, "step_regex"), ("step_100", 100, "step_regex")]
