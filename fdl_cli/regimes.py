@@ -392,26 +392,39 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
     """classify's note on a final checkpoint whose movement rests on the overlap alone (`overlap_alone`):
     the eigengaps at the cut k of the reference and of that checkpoint, and what they say (session 15: a
     lazy run whose top two eigenvalues were within 7 % read EF on overlap_init = 0.89 at CKA 0.998; the
-    top-2 eigenspace, past the tie, overlapped 0.9994)."""
+    top-2 eigenspace, past the tie, overlapped 0.9994).
+
+    A near-tie on both sides (`near_tie`) leaves both top-k eigenspaces ill-defined; on one side only
+    (`crossing`), eigenvalues crossed the cut: the other side's top-k space is well defined and differs,
+    which is a change of the kernel (a direction trained past another reads so: the session's study of
+    51 constructed runs), and no `--overlap-k` is suggested then."""
     k, step, reference = tie["k"], tie["step"], tie["reference_step"]
     head = (f"the move at step {step} rests on the overlap alone (cka_init = {_fmt(tie['cka_init'])} ≥ "
             f"{thresholds.cka_static:g}, overlap_init = {_fmt(tie['overlap_init'])} < {thresholds.overlap_static:g}); "
             f"the eigengap (λ_{k} − λ_{k + 1}) / λ_{k} is {_percent(tie['gap_reference'])} at the reference (step "
             f"{reference}) and {_percent(tie['gap_final'])} at step {step}")
+    wider, limit = tie.get("wider_k"), tie.get("wider_limit")
+    past = (f"the top-{wider} eigenspaces of step {reference} and step {step} overlap {_fmt(tie['wider_overlap'])} "
+            "(from the stored eigenfunctions)" if wider is not None else None)
+    if tie.get("crossing"):
+        tied, clear = ((f"the reference (step {reference})", f"step {step}") if tie["gap_reference"] < NEAR_TIE_GAP
+                       else (f"step {step}", f"the reference (step {reference})"))
+        text = (f"{head}: near-tied (below {NEAR_TIE_GAP:g}) at {tied} only, so eigenvalues crossed the cut k = {k}: "
+                f"the top-{k} eigenspace of {clear} is well defined and differs, a change of the kernel (a direction "
+                "trained past another reads so)")
+        return text + (f"; past the tie, {past}: the same directions, in another order" if past else "")
     if not tie["near_tie"]:
         # a --center store's overlap is centered too: only the weighting differs from CKA's
         why = ("the overlap weighs weak directions as much as strong ones" if tie.get("centered")
                else "the overlap is uncentered, and weighs weak directions as much as strong ones")
         return (f"{head}: no near-tie (below {NEAR_TIE_GAP:g}), so the top-{k} eigenspace itself turned while the "
                 f"centered kernel stayed close ({why})")
-    text = (f"{head}: a near-tie (below {NEAR_TIE_GAP:g}) at the cut k = {k} lets a small change of the kernel "
-            f"rotate the top-{k} eigenspace, so the overlap may measure the tie rather than moved features")
-    wider = tie.get("wider_k")
-    if wider is None:
-        return text + f" (no k up to the {tie['columns']} stored eigenfunctions clears the tie)"
-    return (f"{text}. Past the tie, the top-{wider} eigenspaces of step {reference} and step {step} overlap "
-            f"{_fmt(tie['wider_overlap'])} (from the stored eigenfunctions): `fdl analyze --overlap-k {wider}` "
-            "classifies on that overlap")
+    text = (f"{head}: a near-tie (below {NEAR_TIE_GAP:g}) on both sides of the cut k = {k} lets a small change of "
+            f"the kernel rotate the top-{k} eigenspace, so the overlap may measure the tie rather than moved "
+            "features (a run stopped while a learned direction overtakes another reads the same)")
+    if past is None:
+        return text + f" (no k up to {limit} clears the tie)"
+    return f"{text}. Past the tie, {past}: `fdl analyze --overlap-k {wider}` classifies on that overlap"
 
 
 def _percent(value: float) -> str:

@@ -1195,14 +1195,18 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     tie: dict[str, Any] = {
         "k": k, "step": final_step, "reference_step": reference_step, "cka_init": final["cka_init"],
         "overlap_init": final["overlap_init"], "gap_reference": gap_reference, "gap_final": gap_final,
-        "near_tie": min(gap_reference, gap_final) < NEAR_TIE_GAP, "wider_k": None, "wider_overlap": None,
+        # both top-k spaces ill-defined; on one side only, eigenvalues crossed the cut (`overlap_tie_line`)
+        "near_tie": max(gap_reference, gap_final) < NEAR_TIE_GAP,
+        "crossing": min(gap_reference, gap_final) < NEAR_TIE_GAP <= max(gap_reference, gap_final),
+        "wider_k": None, "wider_overlap": None,
         # --center: the eigenfunctions, hence the overlap, are centered as CKA is
         "centered": bool(options.get("center")) if isinstance(options, Mapping) else False,
     }
-    if not tie["near_tie"]:
+    if not (tie["near_tie"] or tie["crossing"]):
         return tie
-    tie["columns"] = columns = min(a.shape[1], b.shape[1])
-    for wider in range(k + 1, columns + 1):
+    # k' within 2k: far past C (51 of 64 for a digits MLP at C = 10) the overlap says little of the top C
+    tie["wider_limit"] = limit = min(2 * k, a.shape[1], b.shape[1])
+    for wider in range(k + 1, limit + 1):
         wider_gaps = [relative_gap(spectra[step], wider) for step in steps]
         if all(gap is not None and gap >= NEAR_TIE_GAP for gap in wider_gaps):
             overlap = eigenspace_overlap(a, b, k=wider, points=_distinct_rows(a, b))

@@ -81,9 +81,9 @@ def test_the_tie_is_read_at_the_k_the_overlaps_were_taken_with(tied2: Path) -> N
         assert reader.arrays(5).eigenfunctions.shape[1] == 1
     tie, line = _tie(store, "--threshold", "overlap_static=0.97")
     assert tie is not None and tie["k"] == 1 and tie["near_tie"] is True
-    assert tie["gap_reference"] < 0.2 and tie["wider_k"] is None and tie["columns"] == 1
-    assert "(λ_1 − λ_2) / λ_1 is" in line and "a near-tie (below 0.2) at the cut k = 1" in line
-    assert "no k up to the 1 stored eigenfunctions clears the tie" in line
+    assert tie["gap_reference"] < 0.2 and tie["wider_k"] is None and tie["wider_limit"] == 1
+    assert "(λ_1 − λ_2) / λ_1 is" in line and "a near-tie (below 0.2) on both sides of the cut k = 1" in line
+    assert "no k up to 1 clears the tie" in line
     # the same run stored with --overlap-k 1 and the default --top-k: the same cut, the same gaps
     wide = _analyze2(tied2, "k1.h5", "--overlap-k", "1")
     tie_wide, _ = _tie(wide, "--threshold", "overlap_static=0.97")
