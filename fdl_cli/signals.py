@@ -26,11 +26,22 @@ _pending = False
 terminated = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """The KeyboardInterrupt fdl raises for a SIGINT or SIGTERM (every `except KeyboardInterrupt` takes it).
+
+    A subclass, not KeyboardInterrupt itself: CPython (3.11 at least) remembers an exact
+    KeyboardInterrupt that leaves code run by `exec()` of a string, as the methods `dataclasses` and
+    `namedtuple` generate are while a module is imported, and at exit kills the process with SIGINT
+    whatever `sys.exit()` said. A SIGTERM arriving during such an import then ended `fdl analyze` by
+    SIGINT (status -2, 130 in a shell) instead of 143.
+    """
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     global _pending, terminated
     _pending = True
     terminated = terminated or signum == signal.SIGTERM
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 def exit_status() -> int:
@@ -92,7 +103,7 @@ def check() -> None:
     global _pending
     if _pending:
         _pending = False
-        raise KeyboardInterrupt
+        raise Interrupted
 
 
 def sleep(seconds: float) -> None:
