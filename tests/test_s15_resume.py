@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -73,3 +74,47 @@ def test_a_signal_inside_exec_d_code_still_exits_with_the_documented_status(
     assert "interrupted" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("run.h5*"))  # nothing was stored, no lock or copy left behind
+    # it said "what was completed is in the store", of a store that does not exist
+    assert "interrupted: no checkpoint was stored (no store was written); run the same command again" in result.stderr
+    assert "is in the store" not in result.stderr
+
+
+def test_an_overwrite_interrupted_before_its_first_commit_says_the_store_is_as_it_was(tmp_path: Path) -> None:
+    """--overwrite replaces the store at its first commit. Stopped before it, the run said "what was
+    completed is in the store; run it again without --overwrite to resume": that resumed the old store,
+    or was refused as another run's when the options had changed (the usual reason for --overwrite)."""
+    folder = _make_run(tmp_path)
+    (tmp_path / "model.py").write_text(SIGNALLING_MODEL.replace("{signal}", "SIGTERM"))
+    with h5py.File(tmp_path / "run.h5", "w") as handle:  # an HDF5 file: --overwrite replaces it unread
+        handle.attrs["format"] = "fdl-store"
+    old = (tmp_path / "run.h5").read_bytes()
+    result = _fdl("analyze", str(folder), "--model", "model.py:build", "--probe", "probe.npz",
+                  "--out", "run.h5", "--overwrite", "--anchor-size", "8", cwd=tmp_path)
+    assert result.returncode == 143, result.stderr
+    assert (tmp_path / "run.h5").read_bytes() == old
+    assert sorted(path.name for path in tmp_path.glob("run.h5*")) == ["run.h5"]
+    assert ("interrupted: no checkpoint was stored: the store is as it was (--overwrite replaces it at the first "
+            "commit); run the same command again to start afresh") in result.stderr
+    assert "without --overwrite" not in result.stderr
+
+
+def test_the_summary_of_an_interrupted_run_says_what_is_on_disk(tmp_path: Path) -> None:
+    """The message of each case, from the summary itself."""
+    from fdl_cli.pipeline import AnalyzeSummary, _store_identity
+
+    store = tmp_path / "s.h5"
+    assert "no store was written" in AnalyzeSummary(store=store, interrupted=True).message()
+    store.write_bytes(b"x")
+    before = _store_identity(store)
+    resumed = AnalyzeSummary(store=store, interrupted=True, store_before=before).message()
+    assert resumed.endswith("interrupted: what was completed is in the store; run the same command again to resume")
+    untouched = AnalyzeSummary(store=store, interrupted=True, resume=False, store_before=before).message()
+    assert "the store is as it was" in untouched
+    # replaced by a commit whose checkpoints were not announced before the interrupt: the old advice
+    replacement = tmp_path / "new.h5"
+    replacement.write_bytes(b"y")
+    replacement.replace(store)
+    replaced = AnalyzeSummary(store=store, interrupted=True, resume=False, store_before=before).message()
+    assert "run it again without --overwrite to resume" in replaced
+    stored = AnalyzeSummary(store=store, analysed=[0], interrupted=True, resume=False, store_before=_store_identity(store))
+    assert "run it again without --overwrite to resume" in stored.message()
