@@ -98,6 +98,30 @@ def installed() -> Iterator[None]:
         _pending = False
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (blocked, not lost: delivered on the way out).
+
+    For `import torch`: a Ctrl-C handled while torch's C++ start-up (`torch._C._c10d_init`) runs Python
+    code aborted the process (C++ `terminate`, status 134, no summary) instead of stopping it. Threads
+    started meanwhile inherit the mask and leave the signals to the main thread, as Python does anyway.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def import_torch() -> None:
+    """`import torch` with SIGINT and SIGTERM `held` back, so one sent meanwhile stops fdl as anywhere else."""
+    with held():
+        import torch  # noqa: F401
+
+
 def check() -> None:
     """Raise KeyboardInterrupt (once) if a Ctrl-C arrived and was swallowed before it reached fdl."""
     global _pending

@@ -17,19 +17,24 @@ from tests.tiny_models import mlp
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: A --model factory that signals its own process while Python runs code that `exec()` compiled from a
-#: string, as it does for the methods of every dataclass and namedtuple defined while a module is
-#: imported (torch defines hundreds): the signal lands in the exec'd code, at a fixed point.
-SIGNALLING_MODEL = '''
+PLAIN_MODEL = """
 import torch
 from torch import nn
 
 
 def build():
-    exec("import os, signal\\nos.kill(os.getpid(), signal.{signal})\\nfor _ in range(10 ** 6): pass")
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-'''
+"""
+
+#: A --model factory that signals its own process while Python runs code that `exec()` compiled from a
+#: string, as it does for the methods of every dataclass and namedtuple defined while a module is
+#: imported (torch defines hundreds): the signal lands in the exec'd code, at a fixed point.
+SIGNALLING_MODEL = PLAIN_MODEL.replace(
+    "    torch.manual_seed(0)",
+    '    exec("import os, signal\\nos.kill(os.getpid(), signal.{signal})\\nfor _ in range(10 ** 6): pass")\n'
+    "    torch.manual_seed(0)",
+)
 
 
 def _make_run(root: Path, steps: tuple[int, ...] = (0, 10, 20)) -> Path:
@@ -118,3 +123,50 @@ def test_the_summary_of_an_interrupted_run_says_what_is_on_disk(tmp_path: Path) 
     assert "run it again without --overwrite to resume" in replaced
     stored = AnalyzeSummary(store=store, analysed=[0], interrupted=True, resume=False, store_before=_store_identity(store))
     assert "run it again without --overwrite to resume" in stored.message()
+
+
+#: Runs `fdl ARGV` in a fresh interpreter (torch not imported yet) and sends the signal SIG to itself
+#: once torch's C++ start-up, `torch._C._c10d_init()` at `import torch.distributed`, calls back into
+#: Python: the moment where a Ctrl-C aborted the process.
+SIGNAL_IN_TORCH_IMPORT = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as from a terminal
+state = {"inside": False, "sent": False}
+
+def profile(frame, event, arg):
+    name = getattr(arg, "__name__", "")
+    if event in ("c_call", "c_return") and name == "_c10d_init":
+        state["inside"] = event == "c_call"
+    elif event == "call" and state["inside"] and not state["sent"]:
+        state["sent"] = True
+        sys.stderr.write("signal sent inside torch._C._c10d_init\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), getattr(signal, os.environ["SIG"]))
+
+assert "torch" not in sys.modules
+sys.setprofile(profile)
+from fdl_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without torch.distributed: no _c10d_init")
+@pytest.mark.parametrize(("name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_import_torch_stops_fdl_instead_of_aborting_it(tmp_path: Path, name: str, status: int) -> None:
+    """A Ctrl-C or SIGTERM in the first second of `fdl analyze`, while torch's C++ start-up ran Python code,
+    aborted the process: "terminate called after throwing an instance of 'python_error'", status 134 (-6),
+    no summary (1 of 80 Ctrl-Cs sent in the first 1.6 s). torch is now imported with both signals held
+    back, and the signal stops fdl right after the import."""
+    folder = _make_run(tmp_path)
+    (tmp_path / "model.py").write_text(PLAIN_MODEL)
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_TORCH_IMPORT, "analyze", str(folder), "--model", "model.py:build",
+         "--probe", "probe.npz", "--out", "run.h5"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "SIG": name},
+    )
+    assert "signal sent inside torch._C._c10d_init" in result.stderr  # else the test tests nothing
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "terminate called" not in result.stderr
+    assert result.stderr.rstrip().endswith("interrupted")
+    assert not list(tmp_path.glob("run.h5*"))
