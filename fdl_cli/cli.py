@@ -201,6 +201,7 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
                    "checkpoint updated with a new previous one is printed again.")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
+    signals.import_torch()
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.progress import RichReporter
 
@@ -248,6 +249,7 @@ def analyze(**kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""
+    signals.import_torch()
     from fdl_cli.pipeline import inspect_checkpoint
 
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON

@@ -164,6 +164,9 @@ class AnalyzeSummary:
     resume: bool = True
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
     unselected: set[int] = field(default_factory=set)
+    #: the store's file before the run (`_store_identity`; None: there was none), for an interrupted run
+    #: that stored nothing: its message says what is on disk
+    store_before: tuple[int, ...] | None = None
 
     def message(self) -> str:
         parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
@@ -178,11 +181,34 @@ class AnalyzeSummary:
         for path, reason in self.failed:
             text += f"\n  failed: {_named(path, reason.splitlines()[0])}"
         if self.interrupted:
-            text += "\ninterrupted: what was completed is in the store; " + (
-                "run the same command again to resume" if self.resume
-                else "run it again without --overwrite to resume (with it, it starts afresh)"
-            )
+            text += "\ninterrupted: " + self._kept()
         return text
+
+    def _kept(self) -> str:
+        """What an interrupted run leaves, and how to go on."""
+        if not (self.analysed or self.refreshed):
+            now = _store_identity(self.store)
+            if now is None:
+                # "what was completed is in the store" named a file that does not exist
+                return "no checkpoint was stored (no store was written); run the same command again to start"
+            if not self.resume and now == self.store_before:
+                # "run it again without --overwrite to resume" resumed the old store, or was refused as
+                # another run's: --overwrite replaces the file at its first commit, which never came
+                return ("no checkpoint was stored: the store is as it was (--overwrite replaces it at the first "
+                        "commit); run the same command again to start afresh")
+        return "what was completed is in the store; " + (
+            "run the same command again to resume" if self.resume
+            else "run it again without --overwrite to resume (with it, it starts afresh)"
+        )
+
+
+def _store_identity(path: Path) -> tuple[int, ...] | None:
+    """`_file_identity`, None when there is no file: a commit replaces the store by a new file, so an
+    equal identity is the same, untouched store."""
+    try:
+        return _file_identity(path)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -746,7 +772,7 @@ def run_analyze(
     if manifest is not None:
         inputs.append(manifest.path)
     _check_out_is_no_input(out, inputs)
-    summary = AnalyzeSummary(store=out, resume=options.resume)
+    summary = AnalyzeSummary(store=out, resume=options.resume, store_before=_store_identity(out))
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     ctx.failed_signatures.update(bad_signatures)
     refs = list(discovery.checkpoints)

@@ -26,11 +26,22 @@ _pending = False
 terminated = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """The KeyboardInterrupt fdl raises for a SIGINT or SIGTERM (every `except KeyboardInterrupt` takes it).
+
+    A subclass, not KeyboardInterrupt itself: CPython (3.11 at least) remembers an exact
+    KeyboardInterrupt that leaves code run by `exec()` of a string, as the methods `dataclasses` and
+    `namedtuple` generate are while a module is imported, and at exit kills the process with SIGINT
+    whatever `sys.exit()` said. A SIGTERM arriving during such an import then ended `fdl analyze` by
+    SIGINT (status -2, 130 in a shell) instead of 143.
+    """
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     global _pending, terminated
     _pending = True
     terminated = terminated or signum == signal.SIGTERM
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 def exit_status() -> int:
@@ -87,12 +98,36 @@ def installed() -> Iterator[None]:
         _pending = False
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (blocked, not lost: delivered on the way out).
+
+    For `import torch`: a Ctrl-C handled while torch's C++ start-up (`torch._C._c10d_init`) runs Python
+    code aborted the process (C++ `terminate`, status 134, no summary) instead of stopping it. Threads
+    started meanwhile inherit the mask and leave the signals to the main thread, as Python does anyway.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def import_torch() -> None:
+    """`import torch` with SIGINT and SIGTERM `held` back, so one sent meanwhile stops fdl as anywhere else."""
+    with held():
+        import torch  # noqa: F401
+
+
 def check() -> None:
     """Raise KeyboardInterrupt (once) if a Ctrl-C arrived and was swallowed before it reached fdl."""
     global _pending
     if _pending:
         _pending = False
-        raise KeyboardInterrupt
+        raise Interrupted
 
 
 def sleep(seconds: float) -> None:
