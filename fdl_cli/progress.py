@@ -88,15 +88,23 @@ class RichReporter(NullReporter):
         )
         self._run: Any = None
         self._batches: Any = None
+        self._started = False
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
         return self
+
+    def _start(self) -> None:
+        """The live display starts with its first bar: started on entry, an error before any work (a
+        bad --probe) was printed after a blank line, the empty display rich renders on a non-terminal."""
+        if not self._started:
+            self._started = True
+            self.progress.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.progress.stop()
+        if self._started:
+            self.progress.stop()
 
     def note(self, message: str) -> None:
         super().note(message)
@@ -112,6 +120,7 @@ class RichReporter(NullReporter):
         self.console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
     def start_run(self, total: int) -> None:
+        self._start()
         if self._run is None:
             self._run = self.progress.add_task("checkpoints", total=total)
         else:

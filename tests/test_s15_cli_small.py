@@ -54,3 +54,17 @@ def test_a_bad_threshold_value_gets_an_example_of_its_own(name: str) -> None:
     # the example is valid and changes the threshold
     changed = Thresholds.with_overrides([example])
     assert getattr(changed, name) != getattr(Thresholds(), name)
+
+
+def test_an_early_error_is_the_first_line_of_stderr(two_checkpoints: Path, tmp_path: Path) -> None:
+    """The progress display started before any work and, stopped on a non-terminal, printed a blank line
+    ahead of the error (the resume review)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(two_checkpoints), "--probe",
+                           str(tmp_path / "missing.npz"), "--out", str(tmp_path / "s.h5")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: probe file "), repr(done.stderr[:80])
+    assert done.stdout == ""
