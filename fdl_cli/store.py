@@ -1251,10 +1251,14 @@ class StoreWriter:
                     fix="give the store another --out; --overwrite would replace this file, which another program "
                         "wrote, and lose all it holds",
                 ) from None
+            # the reader's fix may name --overwrite already ("re-run `fdl analyze ... --overwrite` to rebuild
+            # it"): only another --out is added then, not "--overwrite" a second time (the resume review)
+            extra = "or give another --out" if exc.fix and "--overwrite" in exc.fix else (
+                "pass --overwrite to start a fresh store, or another --out")
             raise StoreError(
                 exc.what,
                 got=exc.got,
-                fix=(exc.fix + "; or " if exc.fix else "") + "pass --overwrite to start a fresh store, or another --out",
+                fix=(exc.fix + "; " + extra) if exc.fix else extra,
             ) from None
         try:
             # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.

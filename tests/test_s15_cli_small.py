@@ -68,3 +68,19 @@ def test_an_early_error_is_the_first_line_of_stderr(two_checkpoints: Path, tmp_p
     assert done.returncode == 1
     assert done.stderr.startswith("error: probe file "), repr(done.stderr[:80])
     assert done.stdout == ""
+
+
+def test_a_damaged_store_names_overwrite_once(two_checkpoints: Path, tmp_path: Path) -> None:
+    """The fix of a store analyze could not read said "re-run `fdl analyze ... --overwrite` to rebuild it;
+    or pass --overwrite to start a fresh store, or another --out" (the resume review)."""
+    store = tmp_path / "s.h5"
+    done = fdl("analyze", two_checkpoints, "--model", str(SAMPLES / "model.py") + ":build",
+               "--probe", SAMPLES / "probe.npz", "--out", store)
+    assert done.code == 0, done.stderr
+    data = store.read_bytes()
+    store.write_bytes(data[:2048])
+    done = fdl("analyze", two_checkpoints, "--model", str(SAMPLES / "model.py") + ":build",
+               "--probe", SAMPLES / "probe.npz", "--out", store)
+    assert done.code == 1 and store.read_bytes() == data[:2048]
+    fix = next(line for line in done.stderr.splitlines() if line.startswith("  fix: "))
+    assert fix.count("--overwrite") == 1 and fix.endswith("; or give another --out"), fix
