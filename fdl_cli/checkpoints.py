@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TextIO
 
 import numpy as np
@@ -503,7 +503,30 @@ def _numpy_scalar_globals() -> list[Any]:
         (_array_not_loaded, "numpy.core.multiarray._reconstruct"),
         (_array_not_loaded, "numpy._core.multiarray._reconstruct"),
     ]
-    return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders]
+    # Paths: a LightningModule's save_hyperparameters() keeps `data_dir: Path` in the checkpoint (session 15)
+    paths = [(_pure_posix_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
+             for name in ("PosixPath", "PurePosixPath")]
+    paths += [(_pure_windows_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
+              for name in ("WindowsPath", "PureWindowsPath")]
+    return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders, *paths]
+
+
+def _path_parts(parts: tuple[Any, ...]) -> tuple[str, ...]:
+    if not all(type(part) is str for part in parts):
+        raise TypeError("a pickled path holds parts that are not strings")
+    return parts
+
+
+def _pure_posix_path(*parts: Any) -> PurePosixPath:
+    """A pickled `pathlib.PosixPath` (or pure one), rebuilt as the pure path of its string parts: a path
+    object runs no code and touches no file; fdl never reads it (hyper-parameters beside the weights)."""
+    return PurePosixPath(*_path_parts(parts))
+
+
+def _pure_windows_path(*parts: Any) -> PureWindowsPath:
+    """A pickled `pathlib.WindowsPath` (or pure one), as a PureWindowsPath: WindowsPath itself cannot be
+    made on another system, and a checkpoint saved on Windows is read anywhere."""
+    return PureWindowsPath(*_path_parts(parts))
 
 
 def _plain(obj: Any, depth: int = 0) -> Any:
