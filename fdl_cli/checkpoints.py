@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, TextIO
 
 import numpy as np
@@ -504,8 +504,9 @@ def _numpy_scalar_globals() -> list[Any]:
         (_array_not_loaded, "numpy._core.multiarray._reconstruct"),
     ]
     # Paths: a LightningModule's save_hyperparameters() keeps `data_dir: Path` in the checkpoint (session 15)
-    paths = [(_pure_posix_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
-             for name in ("PosixPath", "PurePosixPath")]
+    paths: list[tuple[Callable[..., PurePath], str]] = [
+        (_pure_posix_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
+        for name in ("PosixPath", "PurePosixPath")]
     paths += [(_pure_windows_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
               for name in ("WindowsPath", "PureWindowsPath")]
     return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders, *paths]
