@@ -3,8 +3,9 @@
 The examples (`rich_vs_lazy.py`, `label_shuffle.py`, `batchnorm.py`, `grokking.py`) train a small
 network on the CPU, save its checkpoints the way a user would (`torch.save(model.state_dict(),
 DIR/step_<N>.pt)`), write probe files, and then run the real command line, `fdl analyze`, on them.
-The model factories below are what `fdl analyze --model examples/_common.py:build_...` imports, so
-this module imports nothing beyond numpy and torch at its top.
+The model factories below are what `fdl analyze --model examples/_common.py:build_...` imports (the
+near-tie study `overlap_ties.py` uses `build_scaled_net`), so this module imports nothing beyond numpy
+and torch at its top.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -126,6 +127,38 @@ def build_transformer(modulus: int = 23, d_model: int = 64, n_heads: int = 4, d_
     return ModAddTransformer(modulus=modulus, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp)
 
 
+class ScaledNet(nn.Module):
+    """x -> body -> head Linear -> × alpha, the body one bias-free Linear (`kind="linear"`: the features
+    are x Wᵀ, so a run can set W directly) or depth × (Linear -> ReLU) (`kind="mlp"`). `alpha` is the
+    output scale of lazy training (Chizat et al.). fdl's feature map: the head's input."""
+
+    def __init__(self, *, kind: str, n_in: int, hidden: int, depth: int, n_out: int, alpha: float):
+        super().__init__()
+        if kind == "linear":
+            self.body: nn.Module = nn.Linear(n_in, hidden, bias=False)
+        else:
+            layers: list[nn.Module] = []
+            width = n_in
+            for _ in range(depth):
+                layers += [nn.Linear(width, hidden), nn.ReLU()]
+                width = hidden
+            self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, n_out)
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * self.head(self.body(x))
+
+
+def build_scaled_net(
+    kind: str = "mlp", n_in: int = 64, hidden: int = 64, depth: int = 2, n_out: int = 10, alpha: float = 1.0,
+    seed: int = 0,
+) -> ScaledNet:
+    """Factory for `fdl analyze --model examples/_common.py:build_scaled_net` (overlap_ties.py); seeded."""
+    torch.manual_seed(seed)
+    return ScaledNet(kind=kind, n_in=n_in, hidden=hidden, depth=depth, n_out=n_out, alpha=alpha)
+
+
 # ------------------------------------------------------------------------------- checkpoints, fdl
 
 
@@ -206,10 +239,11 @@ def run_fdl_analyze(
     model_kwargs: Mapping[str, Any],
     probes: Mapping[str, Path],
     store: Path,
+    echo: TextIO | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`fdl analyze` on the command line, as a user would run it; returns the store's records by probe.
 
-    The command is printed so that it can be re-run by hand.
+    The command is printed (to `echo`, default stdout) so that it can be re-run by hand.
     """
     from fdl_cli.store import StoreReader
 
@@ -219,7 +253,8 @@ def run_fdl_analyze(
         *(arg for name, path in probes.items() for arg in ("--probe", f"{name}={path}")),
         "--out", str(store), "--device", "cpu", "--overwrite",
     ]  # fmt: skip
-    print("$ " + " ".join(_shell_quote(part) for part in command[2:]).replace("fdl_cli", "fdl", 1), flush=True)
+    print("$ " + " ".join(_shell_quote(part) for part in command[2:]).replace("fdl_cli", "fdl", 1),
+          file=echo or sys.stdout, flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
