@@ -119,14 +119,15 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     variable, say) would select nothing and so analyse everything; `--steps 10,a` was status 1."""
     if value is None:
         return value
+    option = f"--{_param.name}"  # --steps, --redo
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
-        raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint="--steps")
+        raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint=option)
     wrong = [part for part in parts if not _is_int(part)]
     if wrong:
         raise click.BadParameter(
-            f"steps are integers separated by commas, e.g. --steps 0,100,500 (got {', '.join(map(repr, wrong))})",
-            param_hint="--steps",
+            f"steps are integers separated by commas, e.g. {option} 0,100,500 (got {', '.join(map(repr, wrong))})",
+            param_hint=option,
         )
     return value
 
@@ -172,6 +173,10 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
 @click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
               callback=_steps_list)
+@click.option("--redo", "redo", metavar="S1,S2,...", callback=_steps_list,
+              help="Analyse these stored checkpoints again from their files (changed, or their arrays damaged), "
+                   "keeping the rest of the store; the checkpoints compared with them get cka_prev / overlap_prev "
+                   "recomputed. Not the reference (--overwrite), not under torchrun.")
 @click.option("--every", type=click.IntRange(min=1),
               help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")

@@ -72,6 +72,9 @@ class AnalyzeOptions:
     reference_step: int | None = None
     dlr_energy: float = 0.99
     steps: tuple[int, ...] | None = None
+    #: --redo: stored checkpoints to analyse again from their files (and their stored successors' cka_prev /
+    #: overlap_prev recomputed), the rest of the store kept
+    redo: tuple[int, ...] | None = None
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None
@@ -108,26 +111,15 @@ class AnalyzeOptions:
                 ) from None
             if not isinstance(model_kwargs, dict):
                 raise FdlError("--model-kwargs must be a JSON object", got=raw_kwargs, fix='e.g. \'{"hidden": 64}\'')
-        steps_text = kwargs.pop("steps", None)
-        steps = None
-        if steps_text is not None:
-            try:
-                steps = tuple(int(part) for part in steps_text.split(",") if part.strip())
-            except ValueError:
-                raise FdlError(
-                    "--steps must be integers separated by commas", got=steps_text, fix="e.g. --steps 0,100,500"
-                ) from None
-            if not steps:  # '' or ',' (an unset shell variable, say) would select nothing, so analyse everything
-                raise FdlError(
-                    "--steps is an empty list of steps", got=repr(steps_text),
-                    fix="give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
-                )
+        steps = _step_list(kwargs.pop("steps", None), "--steps")
+        redo = _step_list(kwargs.pop("redo", None), "--redo")
         out = kwargs.pop("out", None)
         kwargs["given"] = frozenset(kwargs.pop("given", ()))
         return cls(
             sources=tuple(kwargs.pop("sources")),
             model_kwargs=model_kwargs,
             steps=steps,
+            redo=redo,
             out=Path(out) if out else None,
             probe_specs=tuple(kwargs.pop("probe_specs", ())),
             layers=tuple(kwargs.pop("layers", ())),
@@ -151,6 +143,23 @@ class AnalyzeOptions:
         }
 
 
+def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """A comma-separated list of steps (--steps, --redo); None when the option was not given."""
+    if text is None:
+        return None
+    try:
+        steps = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FdlError(
+            f"{option} must be integers separated by commas", got=text, fix=f"e.g. {option} 0,100,500"
+        ) from None
+    if not steps:  # '' or ',' (an unset shell variable, say): --steps would select nothing, so analyse everything
+        fix = ("give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them"
+               if option == "--steps" else f"give the stored steps to analyse again (e.g. {option} 100,500)")
+        raise FdlError(f"{option} is an empty list of steps", got=repr(text), fix=fix)
+    return steps
+
+
 @dataclass
 class AnalyzeSummary:
     store: Path
@@ -162,6 +171,8 @@ class AnalyzeSummary:
     refreshed: list[int] = field(default_factory=list)
     #: False under --overwrite: running the same command again would start afresh, not resume
     resume: bool = True
+    #: --redo: stored steps analysed again (also in `analysed`)
+    redone: list[int] = field(default_factory=list)
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
     unselected: set[int] = field(default_factory=set)
     #: the store's file before the run (`_store_identity`; None: there was none), for an interrupted run
@@ -169,7 +180,8 @@ class AnalyzeSummary:
     store_before: tuple[int, ...] | None = None
 
     def message(self) -> str:
-        parts = [f"{len(self.analysed)} checkpoint(s) analysed"]
+        parts = [f"{len(self.analysed)} checkpoint(s) analysed" + (
+            f" ({len(self.redone)} of them again: --redo)" if self.redone else "")]
         already = [step for step in self.already if step not in self.unselected]
         if already:
             parts.append(f"{len(already)} already in the store")
@@ -438,6 +450,11 @@ class _Context:
     tick: Callable[[], None] | None = None
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
+    #: --redo: the stored steps analysed again (`_check_redo`)
+    redo: frozenset[int] = frozenset()
+    #: --redo: step -> the stored steps compared with it (prev_step), not redone themselves: their cka_prev /
+    #: overlap_prev are recomputed with its new series and committed with it (`_redo_successors`)
+    redo_successors: dict[int, list[int]] = field(default_factory=dict)
 
 
 def _anchor_points(ctx: _Context, probe: Probe) -> int:
@@ -669,6 +686,7 @@ def run_analyze(
 
     reporter = reporter or NullReporter()
     world = distributed.detect_world()
+    _check_redo_options(options, world)
     if world.distributed and not world.writes:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
     # The manifest's folder: the one folder that holds every source given, else the one folder given.
@@ -792,6 +810,29 @@ def run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _check_redo_options(options: AnalyzeOptions, world: Any) -> None:
+    """--redo goes with neither --overwrite (which analyses everything again anyway) nor --watch, and
+    runs as one process (under torchrun every rank refuses alike, before any work)."""
+    if options.redo is None:
+        return
+    redo = ",".join(map(str, options.redo))
+    if not options.resume:
+        raise FdlError(
+            f"--redo {redo} and --overwrite together: --overwrite analyses every checkpoint again anyway",
+            fix=f"pass --redo {redo} without --overwrite to analyse only those again, or --overwrite alone",
+        )
+    if options.watch:
+        raise FdlError(
+            f"--redo {redo} and --watch together: --redo mends a finished store, --watch follows a training job",
+            fix=f"run `fdl analyze ... --redo {redo}` first, then the --watch command",
+        )
+    if world.distributed:
+        raise FdlError(
+            f"--redo {redo} runs as one process, not under torchrun",
+            fix=f"run `python -m fdl_cli analyze ... --redo {redo}` (or `fdl analyze`) without torchrun",
+        )
 
 
 def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str]) -> Any:
@@ -1124,6 +1165,7 @@ def _analyze_refs(
     options = ctx.options
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
+    _check_redo(ctx, refs, out)
     loaded, reference_sha = _load(reference, options)
     model = _prepare(ctx, loaded)
     _validate(ctx, model)
@@ -1164,6 +1206,8 @@ def _analyze_refs(
                 else:
                     summary.analysed.append(entry.step)
                     announced.add(entry.step)
+                    if entry.step in ctx.redo:
+                        summary.redone.append(entry.step)
                 if on_record is not None:
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
@@ -1182,6 +1226,115 @@ def _analyze_refs(
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
+
+
+def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None:
+    """--redo: every step named must be stored in `out` and be one of this run's checkpoints, and not
+    the reference (every stored checkpoint's cka_init, overlap_init and param_dist_init compare with
+    it); a stored checkpoint compared with a redone one (its prev_step) must have its file, as its
+    cka_prev / overlap_prev are recomputed. Checked before anything is read or written: a refusal
+    leaves the store as it was. Sets `ctx.redo` and `ctx.redo_successors`."""
+    if ctx.options.redo is None:
+        return
+    from fdl_cli.store import StoreReader
+
+    wanted = sorted(set(ctx.options.redo))
+    listed = ",".join(map(str, wanted))
+
+    def steps_text(steps: Collection[int]) -> str:
+        shown = sorted(steps)
+        return ", ".join(map(str, shown[:12])) + (f" ... ({len(shown)} in all)" if len(shown) > 12 else "")
+
+    if not out.is_file():
+        raise StoreError(
+            f"--redo {listed}: there is no store at {out} to analyse checkpoints again in",
+            fix="run without --redo to analyse the checkpoints, or pass the store's path as --out",
+        )
+    with StoreReader(out) as reader:
+        stored = reader.file_identities()
+        damaged = {int(name.removeprefix("step_")) for name in reader._damaged if name.removeprefix("step_").isdigit()}
+        series = reader.series()
+        records = reader.records(probe=series[0][0], layer=series[0][1]) if series else []
+    missing = [step for step in wanted if step not in stored]
+    if missing:
+        skipped = [step for step in missing if step in damaged]
+        raise StoreError(
+            f"--redo {listed}: {out} holds no checkpoint at step {', '.join(map(str, missing))}"
+            + (f" (step {', '.join(map(str, skipped))} is damaged and skipped: the same command without --redo "
+               "analyses it again)" if skipped else ""),
+            got=f"stored steps: {steps_text(stored) or 'none'}",
+            fix="--redo analyses again checkpoints the store holds (`fdl report` lists them); one it lacks is "
+            "analysed by the same command without --redo",
+        )
+    steps_now = {ref.step for ref in refs}
+    absent = [step for step in wanted if step not in steps_now]
+    if absent:
+        step = absent[0]
+        raise StoreError(
+            f"--redo {listed}: no checkpoint of this run has step {', '.join(map(str, absent))}, which "
+            "--redo would analyse again from its file",
+            got=f"{out} analysed step {step} from {stored[step][0]}; this run's checkpoints: steps {steps_text(steps_now)}",
+            fix="restore that file, or give the sources (and --glob / --step-regex) that find it",
+        )
+    if ctx.reference_step in wanted:
+        raise StoreError(
+            f"--redo {listed}: step {ctx.reference_step} is the reference checkpoint; every stored checkpoint's "
+            "cka_init, overlap_init and param_dist_init compare with it, so none would stay",
+            fix="re-analyse everything with --overwrite (or another --out)",
+        )
+    successors: dict[int, list[int]] = {}
+    for record in records:
+        previous = record.get("prev_step")
+        if previous in wanted and record["step"] not in wanted:
+            successors.setdefault(int(previous), []).append(int(record["step"]))
+    for step, later in sorted(successors.items()):
+        gone = [successor for successor in later if successor not in steps_now]
+        if gone:
+            raise StoreError(
+                f"--redo {listed}: the stored step {gone[0]} is compared with step {step} (cka_prev, overlap_prev) "
+                "and its file is not among this run's checkpoints, so that comparison cannot be recomputed",
+                got=f"{out} analysed step {gone[0]} from {stored[gone[0]][0]}" if gone[0] in stored else None,
+                fix=f"restore the file of step {gone[0]}, or re-analyse everything with --overwrite (or another --out)",
+            )
+    ctx.redo = frozenset(wanted)
+    ctx.redo_successors = successors
+
+
+def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntry]:
+    """The stored checkpoints compared with `step` (prev_step), which --redo analysed again just now
+    (its series are `ctx.previous`): their entries with cka_prev / overlap_prev recomputed against it
+    (an anchor pass of each), to be committed together with its own (`StoreWriter.add`)."""
+    from dataclasses import replace as replace_entry
+
+    from fdl_cli.store import CheckpointEntry as Entry
+    from fdl_cli.store import StoreReader
+
+    entries = []
+    for successor in ctx.redo_successors.get(step, ()):
+        ref = ctx.refs_by_step[successor]
+        loaded, sha = _load(ref, ctx.options)
+        with StoreReader(out) as reader:
+            stored_sha = reader.file_identities()[successor][1]
+            if sha != stored_sha:  # its stored numbers (eigenfunctions) are another file's
+                raise _changed_file(
+                    f"the checkpoint at step {successor} ({ref.path}), compared with step {step}", sha, stored_sha,
+                    f"in {out}", step=successor,
+                )
+            later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
+            series = []
+            for probe in ctx.probes:
+                for spec in ctx.layers:
+                    key = _series_key(probe.name, spec.label)
+                    stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
+                    scalars = dict(stored.scalars)
+                    scalars["cka_prev"] = _cka(later[key], ctx.previous[key])
+                    scalars["overlap_prev"] = _overlap(later[key], ctx.previous[key], _record_overlap_k(ctx, scalars))
+                    scalars["prev_step"] = step
+                    series.append(replace_entry(stored, scalars=scalars))
+        entries.append(Entry(
+            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
+        ))
+    return entries
 
 
 def _rank_part(out: Path, rank: int) -> Path:
@@ -1426,12 +1579,23 @@ def _other_files(
     )
 
 
-def _changed_file(what: str, now: str, stored: str, where: str, *, why: str = "") -> StoreError:
-    """A checkpoint file whose content is not the one the store's numbers were computed from."""
+#: How a store is mended once its checkpoints' files changed (or its arrays were damaged), whole.
+_OVERWRITE_FIX = "re-analyse everything with --overwrite (or another --out)"
+
+
+def _redo_fix(steps: Collection[int]) -> str:
+    """The fix that analyses only these stored checkpoints again (not the reference: `_check_redo`)."""
+    return (f"; or analyse only {'that checkpoint' if len(steps) == 1 else 'those checkpoints'} again: the same "
+            f"command with --redo {','.join(map(str, sorted(steps)))}")
+
+
+def _changed_file(what: str, now: str, stored: str, where: str, *, why: str = "", step: int | None = None) -> StoreError:
+    """A checkpoint file whose content is not the one the store's numbers were computed from; `step`:
+    the stored checkpoint's step, which --redo can analyse again (None for the reference)."""
     return StoreError(
         f"{what} changed since it was analysed{why}",
         got=f"sha256 {now[:16]}… now, {stored[:16]}… {where}",
-        fix="restore the file, or re-analyse everything with --overwrite (or another --out)",
+        fix=f"restore the file, or {_OVERWRITE_FIX}" + (_redo_fix([step]) if step is not None else ""),
     )
 
 
@@ -1549,11 +1713,15 @@ def _check_stored_files(
             f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'})"
             for step, ref, _ in changed[:5]
         ) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        # --redo takes the stored steps whose file is this run's checkpoint of that step (not one found
+        # at another step: training re-run with another schedule), and never the reference
+        redoable = [step for step, ref, _ in changed if ref.step == step and step != ctx.reference_step]
         raise StoreError(
             f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
             "store holds the numbers of the files they replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
-            fix="restore the files, or re-analyse everything with --overwrite (or another --out)",
+            fix=f"restore the files, or {_OVERWRITE_FIX}"
+            + (_redo_fix(redoable) if len(redoable) == len(changed) else ""),
         )
     if note is not None:
         note(touched)
@@ -1579,7 +1747,7 @@ def _stored_files_to_hash(
     # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
     suspects: list[tuple[int, CheckpointRef, str]] = []
     for ref in refs:
-        if ref.step in stored:
+        if ref.step in stored and ref.step not in ctx.redo:  # --redo: analysed again from its file as it is now
             try:
                 now = file_signature(ref.path)
             except (OSError, FdlError):
@@ -1597,7 +1765,7 @@ def _stored_files_to_hash(
             by_file[Path(ref.path).resolve()] = ref
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
     for step, (path, _, _) in sorted(stored.items()):
-        if step in steps_now:
+        if step in steps_now or step in ctx.redo:
             continue
         try:
             other = by_file.get(Path(path).resolve())
@@ -1868,9 +2036,13 @@ def _run_refs(
         )
     failed_paths = {path for path, _ in summary.failed}
     ctx.failed_paths = failed_paths  # grows as checkpoints fail: "previous" skips over them
-    todo = [ref for ref in refs if ref.step not in completed and str(ref.path) not in failed_paths]
+    # --redo: stored checkpoints analysed again (`_check_redo`: stored, of this run, not the reference)
+    todo = [
+        ref for ref in refs if (ref.step not in completed or ref.step in ctx.redo) and str(ref.path) not in failed_paths
+    ]
     for ref in refs:
-        if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed:
+        if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed \
+                and ref.step not in ctx.redo:
             summary.already.append(ref.step)
     steps_in_order = [r.step for r in refs]
     ctx.refs_by_step = {r.step: r for r in refs}
@@ -1932,6 +2104,8 @@ def _run_refs(
                     entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
                 _failed(ctx, summary, ref, exc)
+                if ref.step in ctx.redo:
+                    raise _redo_failed(exc, ref) from None
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
@@ -1940,7 +2114,12 @@ def _run_refs(
                 continue
             finally:
                 reporter.end_checkpoint()
-            announce(writer.add(entry))
+            if ref.step in ctx.redo and entry is not None:
+                # one commit holds the redone checkpoint and its successors compared with it, or none of
+                # them: never the new numbers beside comparisons with the old ones
+                announce(writer.add(entry, *_redo_successors(ctx, ref.step, out)))
+            else:
+                announce(writer.add(entry))
     signals.check()
     from fdl_cli.store import StoreWriter
 
@@ -2002,6 +2181,18 @@ def _walk_back(
         return
     position = steps_in_order.index(walk.chain[-1].step)
     walk.moved((steps_in_order[position - 1], None) if position > 0 else None)
+
+
+def _redo_failed(exc: FdlError, ref: CheckpointRef) -> FdlError:
+    """The error of a checkpoint --redo could not analyse again: the run stops there, its stored entry
+    kept (the checkpoints redone before it are stored with their successors)."""
+    import copy
+
+    fatal = copy.copy(exc)
+    fatal.what = _named(ref.path, exc.what) + (
+        f" (--redo {ref.step}: the store keeps its earlier numbers for step {ref.step}; the run stops here)"
+    )
+    return fatal
 
 
 def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
@@ -2209,7 +2400,7 @@ def _refresh_successors(
                 if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
                     raise _changed_file(
                         f"the checkpoint at step {step} ({ctx.refs_by_step[step].path})", now, stored_sha[step],
-                        f"in {out}",
+                        f"in {out}", step=step if step != ctx.reference_step else None,
                     )
             earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
@@ -2329,6 +2520,7 @@ def _previous_series(
     raise _changed_file(
         f"the checkpoint at step {previous} ({ref.path})", sha, str(stored[previous]["sha256"]), f"in {out}",
         why=f"; step {step}, analysed now, would be compared with a file whose numbers in the store are another's",
+        step=previous if previous != ctx.reference_step else None,
     )
 
 

@@ -515,11 +515,16 @@ class StoreReader:
             self.close()
             raise self._damage_error(exc) from None
 
-    def _damage_error(self, exc: BaseException, what: str = "") -> StoreError:
+    def _damage_error(self, exc: BaseException, what: str = "", *, step: int | None = None) -> StoreError:
+        """`step`: the damage is in that checkpoint's arrays, which `fdl analyze --redo STEP` rewrites
+        (unless it is the reference, whose own redo is refused: --overwrite then)."""
+        redo = ""
+        if step is not None and step != self.provenance.get("reference_step"):
+            redo = f", or analyse that checkpoint again: `fdl analyze ... --out {self._path} --redo {step}`"
         return StoreError(
             f"{self._path} is damaged{what}",
             got=_one_line(exc),
-            fix="restore it from a backup, or re-run `fdl analyze ... --overwrite` to rebuild it",
+            fix=f"restore it from a backup{redo}, or re-run `fdl analyze ... --overwrite` to rebuild it",
         )
 
     def _read_header(self) -> None:
@@ -855,7 +860,7 @@ class StoreReader:
             scalars = {name: _to_python(name, leaf.attrs.get(name)) for name in MEASURE_FIELDS}
             return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays)
         except Exception as exc:
-            raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
+            raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
     def array(
         self, step: int, name: str, *, probe: str | None = None, layer: str | None = None, rows: int | None = None
@@ -883,7 +888,7 @@ class StoreReader:
             value = dataset[()] if rows is None else dataset[: max(rows, 0)]
             return np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[name])
         except Exception as exc:
-            raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})") from None
+            raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
     def entry(self, step: int) -> CheckpointEntry:
         """One complete checkpoint as the CheckpointEntry that was written (each of its series)."""
@@ -1325,18 +1330,24 @@ class StoreWriter:
             if not self._fresh:
                 self._signatures.update((step, sig) for step, sig in noted if step in self._sha256)
 
-    def add(self, entry: CheckpointEntry) -> list[CheckpointEntry]:
+    def add(self, entry: CheckpointEntry, *together: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
-        since the previous add/tick/flush (often [], as commits are throttled and run in the background)."""
+        since the previous add/tick/flush (often [], as commits are throttled and run in the background).
+
+        Entries given in one call (`together`) are buffered in one hold of the lock, so one commit
+        holds all of them or none (`fdl analyze --redo`: a checkpoint analysed again and its
+        successor's comparison with it)."""
         self._check_open()
-        if not isinstance(entry, CheckpointEntry):
-            raise ValueError(f"add() takes a CheckpointEntry, got {type(entry).__name__}")
-        unknown = sorted({s.probe for s in entry.series} - set(self._probes))
-        if unknown:
-            raise ValueError(
-                f"step {entry.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
-            )
-        return self._tick(entry)
+        entries = (entry, *together)
+        for one in entries:
+            if not isinstance(one, CheckpointEntry):
+                raise ValueError(f"add() takes a CheckpointEntry, got {type(one).__name__}")
+            unknown = sorted({s.probe for s in one.series} - set(self._probes))
+            if unknown:
+                raise ValueError(
+                    f"step {one.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
+                )
+        return self._tick(entries)
 
     def tick(self) -> list[CheckpointEntry]:
         """Start the commit of what is buffered if one is due (the throttle above), and return the
@@ -1345,16 +1356,17 @@ class StoreWriter:
         slow checkpoint read) needs this only to learn, and announce, what became durable (and to see
         a failed commit's error, after which the scheduler leaves the retry to the caller)."""
         self._check_open()
-        return self._tick(None)
+        return self._tick(())
 
-    def _tick(self, entry: CheckpointEntry | None) -> list[CheckpointEntry]:
-        """add() (with `entry`) and tick(): the error of a commit that ended is raised, but only after
-        `entry` is buffered (it is kept for the next commit); else a due commit is started.
+    def _tick(self, entries: Sequence[CheckpointEntry]) -> list[CheckpointEntry]:
+        """add() (with `entries`) and tick(): the error of a commit that ended is raised, but only after
+        `entries` are buffered (they are kept for the next commit); else a due commit is started.
 
-        The entry is buffered and the commit started in one hold of `_guard`, so the scheduler cannot
-        start it in between, and a commit's error is raised by a later call than the one that started
-        it, as the caller's (the old order: raise what ended, then start)."""
-        size = 0 if entry is None else _entry_bytes(entry)
+        The entries are buffered and the commit started in one hold of `_guard`, so the scheduler cannot
+        start it in between (nor plan a commit that holds some of them only), and a commit's error is
+        raised by a later call than the one that started it, as the caller's (the old order: raise what
+        ended, then start)."""
+        size = sum(_entry_bytes(entry) for entry in entries)
         error: BaseException | None = None
         if self._job is not None:  # read without the lock: a job that appears meanwhile waits for the next call
             try:
@@ -1364,19 +1376,19 @@ class StoreWriter:
         job: _CommitJob | None = None
         commit_here = False
         with self._mutex:
-            if entry is not None:
-                self._buffer.append(entry)
+            if entries:
+                self._buffer.extend(entries)
                 self._buffered_bytes += size
             if error is None and self._buffer and self._job is None and self._due_in() <= 0:
                 if self._background:
                     job = self._new_job()
                 else:
                     commit_here = True
-            elif entry is not None and (len(self._buffer) == 1 or self._buffered_bytes >= BUFFER_BYTES):
+            elif entries and (len(self._buffer) == len(entries) or self._buffered_bytes >= BUFFER_BYTES):
                 # the scheduler waits without a deadline while nothing is buffered; the byte cap makes
                 # a commit due at once (see _run_scheduler for what else wakes it)
                 self._guard.notify_all()
-        if entry is not None and self._background and self._scheduler is None:
+        if entries and self._background and self._scheduler is None:
             self._start_scheduler()
         if error is not None:
             raise error
