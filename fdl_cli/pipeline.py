@@ -1721,7 +1721,8 @@ def _check_stored_files(
             "store holds the numbers of the files they replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
             fix=f"restore the files, or {_OVERWRITE_FIX}"
-            + (_redo_fix(redoable) if len(redoable) == len(changed) else ""),
+            + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
+               if len(redoable) == len(changed) else ""),
         )
     if note is not None:
         note(touched)

@@ -330,3 +330,18 @@ def test_a_redo_killed_at_any_pass_leaves_old_or_new_entries_and_a_second_redo_c
     # killed while step 10 was analysed: nothing of the redo stored; while step 30's comparison with the new
     # step 20 was computed: step 10 stored anew, 20 and 30 as they were
     assert states == {(False, False, False), (True, False, False)}
+
+
+def test_a_redone_checkpoint_whose_file_fails_stops_the_run_and_keeps_its_entry(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = _copy(run, tmp_path / "ckpts")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    kept = {step: _group(store, step) for step in (0, 10, 20, 30)}
+    state = torch.load(folder / "epoch_20.pt", weights_only=True)
+    torch.save({name: torch.full_like(value, float("nan")) for name, value in state.items()}, folder / "epoch_20.pt")
+    failed = analyze(run, store, "--redo", "10,20", sources=(str(folder),))
+    assert failed.code == 1 and "Traceback" not in failed.stderr
+    assert "(--redo 20: the store keeps its earlier numbers for step 20; the run stops here)" in failed.stderr
+    # step 10 (the same file) was redone to the same numbers; 20 and 30 are as they were
+    for step, group in kept.items():
+        assert _same(_group(store, step), group), step
