@@ -1,17 +1,22 @@
-"""Session 15, second review: classify's overlap-tie note."""
+"""Session 15, second review: classify's overlap-tie note, and resuming a store whose reference step no
+checkpoint of the run has."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fdl_cli.cli import cli
+from fdl_cli.errors import StoreError
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.regimes import Thresholds, overlap_tie_line
 from tests.test_s15_tie import _lazy_tied_run
+from tests.tiny_models import mlp
 
 
 def _classify(store: Path, *extra: str) -> tuple[int, str, str]:
@@ -88,3 +93,70 @@ def test_a_crossing_calls_the_wider_eigenspaces_the_same_directions_only_when_th
             "eigenfunctions), below overlap_static = 0.95: the wider eigenspace moved too") in moved
     same = overlap_tie_line({**CROSSING, "wider_overlap": 0.99997}, Thresholds())
     assert same.endswith("(from the stored eigenfunctions): the same directions, in another order")
+
+
+# ----------------------------------------------------------- a store whose reference this run lacks
+
+
+def _epoch_run(root: Path) -> tuple[Path, Path]:
+    """Checkpoints epoch_1..3.pt holding {"model", "epoch", "iteration": 390 · epoch}, and a probe."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    np.savez(root / "probe.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    folder = root / "ck"
+    folder.mkdir()
+    model = mlp()
+    for epoch in (1, 2, 3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        torch.save({"model": model.state_dict(), "epoch": epoch, "iteration": 390 * epoch}, folder / f"epoch_{epoch}.pt")
+    return folder, root / "probe.npz"
+
+
+def _fdl_analyze(folder: Path, probe: Path, out: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["analyze", str(folder), "--model", "tests.tiny_models:mlp", "--probe",
+                                      str(probe), "--out", str(out), *extra])
+    if isinstance(result.exception, StoreError):
+        return 1, result.exception.message
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stderr
+
+
+def test_a_store_whose_reference_is_read_at_another_step_is_not_sent_to_that_reference(tmp_path: Path) -> None:
+    """A store made when fdl read these files at their epochs (fdl before `iteration` was a step key; here
+    with --step-regex) was resumed with "pass --reference 1 to add to it", and --reference 1 then failed:
+    no checkpoint has step 1 now. The error names the file and the step it is read at now."""
+    folder, probe = _epoch_run(tmp_path)
+    out = tmp_path / "run.h5"
+    code, _ = _fdl_analyze(folder, probe, out, "--step-regex", r"epoch_(\d+)")
+    assert code == 0
+    before = out.read_bytes()
+    code, message = _fdl_analyze(folder, probe, out)
+    assert code == 1
+    assert f"{out} was analysed with step 1 as the reference, which none of this run's checkpoints has" in message
+    assert f"this run reads {folder / 'epoch_1.pt'} as step 390 (from its metadata:iteration)" in message
+    assert "--reference 1" not in message
+    assert out.read_bytes() == before  # nothing stored is lost
+    # the advice holds: the --step-regex that read the steps adds to the store
+    code, text = _fdl_analyze(folder, probe, out, "--step-regex", r"epoch_(\d+)")
+    assert code == 0 and "3 already in the store" in text
+
+
+def test_a_store_whose_reference_file_is_left_out_or_gone_says_so(tmp_path: Path) -> None:
+    """Its reference checkpoint left out by --glob, or deleted, a resume advised --reference 390, which
+    no checkpoint of the run has."""
+    folder, probe = _epoch_run(tmp_path)
+    out = tmp_path / "run.h5"
+    assert _fdl_analyze(folder, probe, out)[0] == 0
+    code, message = _fdl_analyze(folder, probe, out, "--glob", "epoch_[23].pt")
+    assert code == 1
+    assert f"{out} was analysed with step 390 as the reference, which none of this run's checkpoints has" in message
+    assert f"the store's step 390 is {folder / 'epoch_1.pt'}, which this run leaves out or reads at another step" in message
+    assert "select it at step 390 (--glob, --step-regex)" in message and "--reference 390" not in message
+    (folder / "epoch_1.pt").unlink()
+    code, message = _fdl_analyze(folder, probe, out)
+    assert code == 1
+    assert f"{out} was analysed with step 390 as the reference, which none of this run's checkpoints has" in message
+    assert f"the store's step 390 is {folder / 'epoch_1.pt'}, which is gone" in message
+    assert "restore that checkpoint" in message and "--reference 390" not in message
