@@ -1170,7 +1170,7 @@ def _analyze_refs(
     model = _prepare(ctx, loaded)
     _validate(ctx, model)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
-    _check_reference_of_store(ctx, out, reference, reference_sha)
+    _check_reference_of_store(ctx, out, reference, reference_sha, refs)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
@@ -1789,7 +1789,9 @@ def _recorded_path(out: Path, step: int) -> str | None:
     return identity[0] if identity is not None else None
 
 
-def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str) -> None:
+def _check_reference_of_store(
+    ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str, refs: Sequence[CheckpointRef] = ()
+) -> None:
     """Resuming a store made with another reference checkpoint: say which --reference to pass; or with
     the same step but another file (retrained, overwritten) than the one its checkpoints were compared
     with; or with edited model code. Stores written before `reference_sha256` / `model_sha256` were
@@ -1833,6 +1835,8 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             "(or another --out) to analyse with this model",
         )
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
+        if ctx.steps_found is not None and stored not in ctx.steps_found:
+            raise _reference_not_found(out, stored, refs)
         raise StoreError(
             f"{out} was analysed with step {stored} as the reference; this run's first checkpoint is step "
             f"{ctx.reference_step}",
@@ -1846,6 +1850,31 @@ def _check_reference_of_store(ctx: _Context, out: Path, reference: CheckpointRef
             f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
             f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
         )
+
+
+def _reference_not_found(out: Path, stored: int, refs: Sequence[CheckpointRef]) -> StoreError:
+    """The store's reference step is none of this run's checkpoints': "pass --reference N" led to a second
+    error ("no checkpoint has that step"). Its file read at another step (a newer fdl reads a step key it
+    did not, such as Megatron's `iteration` beside an `epoch`; another --step-regex) is named."""
+    recorded = _recorded_path(out, stored)
+    now = next((ref for ref in refs if recorded is not None and _same_path(recorded, ref.path)), None)
+    got: str | None = None
+    if now is not None:
+        got = f"this run reads {now.path} as step {now.step} (from its {now.step_source})"
+        fix = (f"pass the --step-regex that reads step {stored} from its name, if it holds it, or --overwrite (or "
+               "another --out) to start afresh")
+    elif recorded is not None and (_is(Path(recorded), "file") or _is(Path(recorded), "dir")):
+        got = f"the store's step {stored} is {recorded}, which this run leaves out or reads at another step"
+        fix = (f"select it at step {stored} (--glob, --step-regex), or --overwrite (or another --out) to start "
+               "afresh")
+    else:
+        got = f"the store's step {stored} is {recorded}, which is gone" if recorded is not None else None
+        fix = "restore that checkpoint to add to the store, or --overwrite (or another --out) to start afresh"
+    return StoreError(
+        f"{out} was analysed with step {stored} as the reference, which none of this run's checkpoints has",
+        got=got,
+        fix=fix,
+    )
 
 
 def _rediscover(

@@ -403,7 +403,7 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
             f"{thresholds.cka_static:g}, overlap_init = {_fmt(tie['overlap_init'])} < {thresholds.overlap_static:g}); "
             f"the eigengap (λ_{k} − λ_{k + 1}) / λ_{k} is {_percent(tie['gap_reference'])} at the reference (step "
             f"{reference}) and {_percent(tie['gap_final'])} at step {step}")
-    wider, limit = tie.get("wider_k"), tie.get("wider_limit")
+    wider = tie.get("wider_k")
     past = (f"the top-{wider} eigenspaces of step {reference} and step {step} overlap {_fmt(tie['wider_overlap'])} "
             "(from the stored eigenfunctions)" if wider is not None else None)
     if tie.get("crossing"):
@@ -412,7 +412,13 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
         text = (f"{head}: near-tied (below {NEAR_TIE_GAP:g}) at {tied} only, so eigenvalues crossed the cut k = {k}: "
                 f"the top-{k} eigenspace of {clear} is well defined and differs, a change of the kernel (a direction "
                 "trained past another reads so)")
-        return text + (f"; past the tie, {past}: the same directions, in another order" if past else "")
+        if past is None:
+            return text
+        if tie["wider_overlap"] >= thresholds.overlap_static:
+            return f"{text}; past the tie, {past}: the same directions, in another order"
+        # the wider eigenspaces differ too: the crossing is not all that moved
+        return (f"{text}; past the tie, {past}, below overlap_static = {thresholds.overlap_static:g}: the wider "
+                "eigenspace moved too")
     if not tie["near_tie"]:
         # a --center store's overlap is centered too: only the weighting differs from CKA's
         why = ("the overlap weighs weak directions as much as strong ones" if tie.get("centered")
@@ -423,8 +429,25 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
             f"the kernel rotate the top-{k} eigenspace, so the overlap may measure the tie rather than moved "
             "features (a run stopped while a learned direction overtakes another reads the same)")
     if past is None:
-        return text + f" (no k up to {limit} clears the tie)"
+        return text + f" ({_no_wider(tie)})"
     return f"{text}. Past the tie, {past}: `fdl analyze --overlap-k {wider}` classifies on that overlap"
+
+
+def _no_wider(tie: Mapping[str, Any]) -> str:
+    """Why a near-tie's note gives no overlap past the tie: no k' up to 2k clears it, or the store holds too
+    few eigenfunctions to look that far ("no k up to 1" of a --top-k 1 store tried no k' at all)."""
+    k, limit = tie["k"], tie.get("wider_limit")
+    columns, asked = tie.get("columns"), tie.get("top_k")
+    if limit is None or columns is None or limit >= 2 * k:
+        return f"no k up to {2 * k if limit is None else limit} clears the tie"
+    if asked is not None and columns < asked:
+        # fewer than --top-k asked for: the features span no more directions on the anchor points
+        return (f"no k from {k + 1} to {limit} clears the tie, and the features span no more directions on the "
+                "anchor points" if limit > k else f"the features span no direction past k = {k} on the anchor points")
+    more = f"`fdl analyze --top-k {2 * k}` stores enough to look up to 2k = {2 * k}"
+    if limit <= k:
+        return f"the store holds no eigenfunction past k = {k} (--top-k {columns}): {more}"
+    return f"no k from {k + 1} to {limit}, the eigenfunctions stored (--top-k {columns}), clears the tie: {more}"
 
 
 def _percent(value: float) -> str:

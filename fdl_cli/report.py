@@ -1160,7 +1160,7 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     (`regimes.overlap_alone`), the relative eigengaps at the overlaps' cut k of the reference and of that
     checkpoint (from the stored eigenvalues), whether either is a near-tie (`regimes.NEAR_TIE_GAP`), and
     then the overlap of the top-k' eigenspaces past the tie (the smallest k' > k where both gaps clear
-    it, within the stored eigenfunctions). None where that does not apply or is not stored.
+    it, up to 2k and within the stored eigenfunctions). None where that does not apply or is not stored.
 
     k is the k the stored overlap_init was taken with: --overlap-k, else C, bounded as analyze bounds it
     by the columns both checkpoints store and the anchor points. A store that recorded no overlap_k and
@@ -1205,7 +1205,12 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
     if not (tie["near_tie"] or tie["crossing"]):
         return tie
     # k' within 2k: far past C (51 of 64 for a digits MLP at C = 10) the overlap says little of the top C
-    tie["wider_limit"] = limit = min(2 * k, a.shape[1], b.shape[1])
+    tie["columns"] = columns = min(a.shape[1], b.shape[1])
+    tie["wider_limit"] = limit = min(2 * k, columns)
+    # the eigenfunctions asked for (K = max(--top-k, k)): a store holding fewer spans no more directions on
+    # the anchors, so a larger --top-k would not look further (`overlap_tie_line`)
+    top_k = options.get("top_k") if isinstance(options, Mapping) else None
+    tie["top_k"] = max(top_k, k) if type(top_k) is int else None
     for wider in range(k + 1, limit + 1):
         wider_gaps = [relative_gap(spectra[step], wider) for step in steps]
         if all(gap is not None and gap >= NEAR_TIE_GAP for gap in wider_gaps):

@@ -83,7 +83,9 @@ def test_the_tie_is_read_at_the_k_the_overlaps_were_taken_with(tied2: Path) -> N
     assert tie is not None and tie["k"] == 1 and tie["near_tie"] is True
     assert tie["gap_reference"] < 0.2 and tie["wider_k"] is None and tie["wider_limit"] == 1
     assert "(λ_1 − λ_2) / λ_1 is" in line and "a near-tie (below 0.2) on both sides of the cut k = 1" in line
-    assert "no k up to 1 clears the tie" in line
+    # no k' was looked at: the store holds one eigenfunction (session 15's second review)
+    assert ("(the store holds no eigenfunction past k = 1 (--top-k 1): `fdl analyze --top-k 2` stores enough to "
+            "look up to 2k = 2)") in line
     # the same run stored with --overlap-k 1 and the default --top-k: the same cut, the same gaps
     wide = _analyze2(tied2, "k1.h5", "--overlap-k", "1")
     tie_wide, _ = _tie(wide, "--threshold", "overlap_static=0.97")
