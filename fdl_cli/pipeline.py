@@ -1304,7 +1304,6 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     """The stored checkpoints compared with `step` (prev_step), which --redo analysed again just now
     (its series are `ctx.previous`): their entries with cka_prev / overlap_prev recomputed against it
     (an anchor pass of each), to be committed together with its own (`StoreWriter.add`)."""
-    from dataclasses import replace as replace_entry
 
     from fdl_cli.store import CheckpointEntry as Entry
     from fdl_cli.store import StoreReader
@@ -1321,16 +1320,7 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
                     f"in {out}", step=successor,
                 )
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
-            series = []
-            for probe in ctx.probes:
-                for spec in ctx.layers:
-                    key = _series_key(probe.name, spec.label)
-                    stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
-                    scalars = dict(stored.scalars)
-                    scalars["cka_prev"] = _cka(later[key], ctx.previous[key])
-                    scalars["overlap_prev"] = _overlap(later[key], ctx.previous[key], _record_overlap_k(ctx, scalars))
-                    scalars["prev_step"] = step
-                    series.append(replace_entry(stored, scalars=scalars))
+            series = _compared_again(ctx, reader, successor, later, ctx.previous, step)
         entries.append(Entry(
             step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
         ))
@@ -2398,7 +2388,6 @@ def _refresh_successors(
     between the two whose file failed in this run (a file that was good when the successor was
     analysed). A prev_step between the two that is not among this run's checkpoints names a
     checkpoint whose file is gone, and is kept."""
-    from dataclasses import replace as replace_entry
 
     from fdl_cli.store import CheckpointEntry as Entry
     from fdl_cli.store import StoreReader
@@ -2434,21 +2423,38 @@ def _refresh_successors(
                     )
             earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
-            series = []
-            for probe in ctx.probes:
-                for spec in ctx.layers:
-                    key = _series_key(probe.name, spec.label)
-                    stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
-                    scalars = dict(stored.scalars)
-                    scalars["cka_prev"] = _cka(later[key], earlier[key])
-                    scalars["overlap_prev"] = _overlap(later[key], earlier[key], _record_overlap_k(ctx, scalars))
-                    scalars["prev_step"] = before
-                    series.append(replace_entry(stored, scalars=scalars))
+            series = _compared_again(ctx, reader, successor, later, earlier, before)
         ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
         announce(writer.add(Entry(
             step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
         )))
     announce(writer.flush())
+
+
+def _compared_again(
+    ctx: _Context,
+    reader: Any,
+    successor: int,
+    later: dict[tuple[str, str], _Series],
+    earlier: dict[tuple[str, str], _Series],
+    before: int,
+) -> tuple[Any, ...]:
+    """The stored series of `successor` with cka_prev / overlap_prev / prev_step taken again against the
+    checkpoint `before` (`later`, `earlier`: their series of an anchor pass); the other numbers as stored.
+    Shared by the successor refresh and --redo's."""
+    from dataclasses import replace as replace_entry
+
+    series = []
+    for probe in ctx.probes:
+        for spec in ctx.layers:
+            key = _series_key(probe.name, spec.label)
+            stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
+            scalars = dict(stored.scalars)
+            scalars["cka_prev"] = _cka(later[key], earlier[key])
+            scalars["overlap_prev"] = _overlap(later[key], earlier[key], _record_overlap_k(ctx, scalars))
+            scalars["prev_step"] = before
+            series.append(replace_entry(stored, scalars=scalars))
+    return tuple(series)
 
 
 def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tuple[str, str], _Series]:
