@@ -26,7 +26,7 @@ from torch import nn
 from fdl_cli.store import StoreReader
 from tests.test_analyze import fdl
 from tests.test_s15_tie import _analyze as analyze_tied
-from tests.test_s15_tie import _lazy_tied_run
+from tests.test_s15_tie import _lazy_tied_run, save_lazy_steps
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 SAMPLE_MODEL = ("--model", f"{SAMPLES / 'model.py'}:build", "--probe", str(SAMPLES / "probe.npz"))
@@ -47,15 +47,7 @@ def tied2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x = (rng.standard_normal((600, 8)) * SCALES).astype(np.float32)
     np.savez(folder / "probe.npz", x=x, y=(x[:, 0] - x[:, 1] > 0).astype(np.int64))
     torch.manual_seed(0)
-    model = build2()
-    (folder / "ck").mkdir()
-    with torch.no_grad():
-        model[0].weight.copy_(torch.eye(16, 8))
-        for step in range(6):
-            if step:
-                model[0].weight.add_(0.01 * torch.randn(16, 8))
-                model[1].weight.add_(0.3 * torch.randn(2, 16))
-            torch.save(model.state_dict(), folder / "ck" / f"step_{step}.pt")
+    save_lazy_steps(folder / "ck", build2())
     return folder
 
 

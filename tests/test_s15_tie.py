@@ -39,18 +39,23 @@ def _lazy_tied_run(folder: Path) -> tuple[Path, np.ndarray, list[np.ndarray]]:
     probe = folder / "probe.npz"
     np.savez(probe, x=x, y=y)
     torch.manual_seed(0)
-    model = build()
+    return probe, x, save_lazy_steps(folder / "ck", build())
+
+
+def save_lazy_steps(folder: Path, model: nn.Module) -> list[np.ndarray]:
+    """Steps 0–5 of `model` (Linear(8, 16) features, any head) into `folder`: the feature weights start at
+    the identity and take steps of 0.01 · N(0, 1), the head's 0.3 · N(0, 1). Returns each step's W."""
     weights = []
-    (folder / "ck").mkdir()
+    folder.mkdir()
     with torch.no_grad():
         model[0].weight.copy_(torch.eye(16, 8))
         for step in range(6):
             if step:
                 model[0].weight.add_(0.01 * torch.randn(16, 8))
-                model[1].weight.add_(0.3 * torch.randn(1, 16))
+                model[1].weight.add_(0.3 * torch.randn(*model[1].weight.shape))
             weights.append(model[0].weight.detach().numpy().copy())
-            torch.save(model.state_dict(), folder / "ck" / f"step_{step}.pt")
-    return probe, x, weights
+            torch.save(model.state_dict(), folder / f"step_{step}.pt")
+    return weights
 
 
 def _analyze(folder: Path, probe: Path, out: str, **options: object) -> Path:
