@@ -444,6 +444,8 @@ cli.add_command(compare, name="diff")
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
+@click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
+              help="Export only these stored steps (default: every checkpoint).")
 @click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
               help="Select a probe (needed when the store has several series).")
 @click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
@@ -470,7 +472,8 @@ def export(**kwargs: Any) -> None:
         # report and classify say it
         for warning in run.warnings:
             click.echo(f"warning: {warning}", err=True)
-        note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out)
+        steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
+        note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:
         click.echo(note, err=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import errno
 import io
 import itertools
@@ -1464,20 +1465,41 @@ def _single_series(run: Run, why: str = "export writes one", *, fix: str | None 
     return run.series[0]
 
 
-def trajectories(run: Run) -> dict[str, list[Any]]:
+def trajectories(run: Run, series: Series | None = None) -> dict[str, list[Any]]:
     """Column-oriented records: {'step': [...], field: [...]} for every field (RECORD_FIELDS order: the
-    store's /trajectories group, path, sha256 and regime included)."""
-    series = _single_series(run)
-    return {name: [_clean(record.get(name)) for record in series.records] for name in RECORD_FIELDS}
+    store's /trajectories group, path, sha256 and regime included), of `series` or the run's one series."""
+    chosen = _single_series(run) if series is None else series
+    return {name: [_clean(record.get(name)) for record in chosen.records] for name in RECORD_FIELDS}
 
 
-def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | None) -> str | None:
+def select_steps(run: Run, series: Series, steps: Sequence[int] | None) -> Series:
+    """`series` with only the records of `steps` (`fdl export --steps`), in step order; every step asked
+    for must be stored, or FdlError names those that are not and the stored ones."""
+    if steps is None:
+        return series
+    stored = series.steps
+    missing = [step for step in dict.fromkeys(steps) if step not in set(stored)]
+    if missing:
+        shown = ", ".join(map(str, stored[:12])) + (f", ... ({len(stored)} in all)" if len(stored) > 12 else "")
+        raise FdlError(
+            f"--steps: {'step' if len(missing) == 1 else 'steps'} {', '.join(map(str, missing))} "
+            f"{'is' if len(missing) == 1 else 'are'} not in {run.path} ({series.label})",
+            got=f"stored steps: {shown or '(none)'}",
+            fix="pick stored steps (`fdl report` lists them)",
+        )
+    wanted = set(steps)
+    return dataclasses.replace(series, records=[record for record in series.records if int(record["step"]) in wanted])
+
+
+def write_export(
+    run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | None, steps: Sequence[int] | None = None
+) -> str | None:
     """Write `fdl export`: csv/json to `stdout` (or `out`), npy as a `.npz` archive to `out`.
 
     npy: a NumPy `.npz` archive (`np.load(FILE)`) holding `steps` (int64) and, per checkpoint, the
     float64 array `step_<N>` (lengths differ between checkpoints, so nothing is padded); for
-    `trajectories`, `steps` and one float64 array per numeric field (null → NaN). Returns a note for
-    the terminal, or None.
+    `trajectories`, `steps` and one float64 array per numeric field (null → NaN). `steps`: only those
+    checkpoints (each must be stored), in step order. Returns a note for the terminal, or None.
 
     Stored arrays are read and written one checkpoint at a time: the eigenfunctions of 1 000
     checkpoints at m = 4 096 anchors and K = 64 are 1 GB stored and ~8 GB as CSV text, which must not
@@ -1488,8 +1510,9 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
         raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
     if fmt == "npy" and out is None:
         raise FdlError("--format npy writes a binary .npz archive and needs --out FILE", fix="add --out FILE.npz")
+    series = select_steps(run, _single_series(run), steps)
     if what == "trajectories":
-        columns = trajectories(run)
+        columns = trajectories(run, series)
         if fmt == "npy":
             assert out is not None
             arrays = {"steps": np.asarray(columns["step"], dtype=np.int64)}
@@ -1505,7 +1528,6 @@ def write_export(run: Run, what: str, fmt: str, *, stdout: IO[str], out: Path | 
             return f"wrote {what} to {out}"
         stdout.write(text)
         return None
-    series = _single_series(run)
     steps = series.steps
     if steps and not _stores_any(run, series, what):
         raise FdlError(
