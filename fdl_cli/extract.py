@@ -189,7 +189,13 @@ def resolve_layers(
 
 
 def model_outputs(raw: Any) -> torch.Tensor:
-    """The model's raw outputs (logits) flattened to (b, C).
+    """The model's raw outputs (logits) flattened to (b, C) (`_output_tensor`, flattened)."""
+    tensor = _output_tensor(raw)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def _output_tensor(raw: Any) -> torch.Tensor:
+    """The model's raw outputs (logits) as it returned them, (b, ...).
 
     Accepted: a tensor; an object or dict (e.g. a Hugging Face ModelOutput) carrying ``logits``; a
     tuple or list, whose FIRST element is taken (the convention of models returning
@@ -219,7 +225,7 @@ def model_outputs(raw: Any) -> torch.Tensor:
             got=type(raw).__name__ if tensor is raw else f"{type(raw).__name__} whose outputs are a {type(tensor).__name__}",
             fix="wrap the model so that forward returns the logits / predictions tensor",
         )
-    return tensor.reshape(tensor.shape[0], -1)
+    return tensor
 
 
 def resolve_device(name: str) -> torch.device:
@@ -337,6 +343,15 @@ def forward_one(
     A module that runs more than once per forward pass (a shared activation, a block applied twice)
     is refused: its hook would see only the last call, silently.
     """
+    widths, n_outputs, _shape = forward_one_shapes(model, layers, sample, device=device, dtype=dtype)
+    return widths, n_outputs
+
+
+def forward_one_shapes(
+    model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
+) -> tuple[dict[str, int], int, tuple[int, ...]]:
+    """`forward_one`, and the shape of one sample's outputs before they are flattened ((C,) for a
+    classifier's logits, (T, C) for a head applied at every position of a sequence)."""
     calls: dict[str, int] = {}
     modules = dict(model.named_modules())
     counters = [
@@ -348,7 +363,9 @@ def forward_one(
     ]
     try:
         with torch.inference_mode(), hooked(model, layers) as captured:
-            outputs = model_outputs(model(_inputs(sample[:1], device=device, dtype=dtype)))
+            raw = _output_tensor(model(_inputs(sample[:1], device=device, dtype=dtype)))
+            shape = tuple(int(size) for size in raw.shape[1:])
+            outputs = raw.reshape(raw.shape[0], -1)
     finally:
         for handle in counters:
             handle.remove()
@@ -366,7 +383,7 @@ def forward_one(
             f"layer(s) {', '.join(missing)} did not run in the model's forward pass",
             fix="choose a module that the forward pass uses (see `fdl inspect`)",
         )
-    return {label: int(value.shape[1]) for label, value in captured.items()}, int(outputs.shape[1])
+    return {label: int(value.shape[1]) for label, value in captured.items()}, int(outputs.shape[1]), shape
 
 
 def extract(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import math
 import platform
 import re
 import socket
@@ -1056,7 +1057,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
 
 def _validate(ctx: _Context, model: Any) -> None:
     """Resolve the layers and check every probe against the model with one sample, before long work."""
-    from fdl_cli.extract import forward_one, resolve_layers
+    from fdl_cli.extract import forward_one_shapes, resolve_layers
     from fdl_cli.probes import float_one_hot, validate_probe
 
     ctx.layers = []
@@ -1067,7 +1068,9 @@ def _validate(ctx: _Context, model: Any) -> None:
                 ctx.layers = resolve_layers(
                     model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
                 )
-            widths, n_outputs = forward_one(model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype)
+            widths, n_outputs, shape = forward_one_shapes(
+                model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+            )
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
@@ -1079,6 +1082,7 @@ def _validate(ctx: _Context, model: Any) -> None:
                 got=f"{probe.describe_sample()}: {type(exc).__name__}: {said}",
                 fix=fit_fix(probe, said),
             ) from None
+        _check_output_shape(ctx, probe, shape)
         validate_probe(probe, n_outputs=n_outputs)
         if float_one_hot(probe):
             ctx.reporter.warn(
@@ -1122,6 +1126,33 @@ def _validate(ctx: _Context, model: Any) -> None:
             )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
+
+
+def _check_output_shape(ctx: _Context, probe: Any, shape: tuple[int, ...]) -> None:
+    """Outputs of more than one axis per sample ((T, C): a head at every position of a sequence; (C, H, W):
+    one at every pixel) are flattened into one vector of prod(shape) outputs. Class labels cannot index
+    that vector (label 3 would be position 0's class 3 only), so they are refused; regression targets of
+    the flattened width, or none, are analysed with a warning that says what the outputs became."""
+    axes = [size for size in shape if size != 1]
+    if len(axes) <= 1:
+        return
+    n_outputs = math.prod(shape)
+    wrap = ("wrap the model so that forward returns one row of logits per sample, e.g. the last position's "
+            "`out[:, -1]` (or the pooled `out.mean(1)`), through --model FILE.py:factory")
+    if probe.task == "classes":
+        raise ProbeError(
+            f"the model's outputs have shape {shape} per sample (a head at every position?), which fdl would "
+            f"flatten into {n_outputs} outputs, but the probe {probe.path} ({probe.name}) holds one class label "
+            "per sample: accuracy, the one-hot targets and every target measure would compare a label with "
+            "the flattened outputs",
+            got=f"outputs {shape} per sample, labels of shape {tuple(probe.y.shape)}",
+            fix=wrap,
+        )
+    ctx.reporter.warn(
+        f"probe {probe.name!r}: the model's outputs have shape {shape} per sample, analysed as one vector of "
+        f"{n_outputs} outputs (C = {n_outputs}: the output span of D_LR, the overlaps' k and MF's C + 1 all "
+        f"count them); to measure one output vector per sample, {wrap}"
+    )
 
 
 def _probe_infos(ctx: _Context) -> list[Any]:
