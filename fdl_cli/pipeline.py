@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import math
+import os
 import platform
 import re
 import socket
