@@ -440,6 +440,9 @@ class _Context:
     weight_copies_noted: bool = False
     #: the steps discovery found before --steps / --every selected (`_reference_ref`); None: not known
     steps_found: frozenset[int] | None = None
+    #: (dropped, kept): files discovery left out as copies of another file of their step (`Discovery.copies`):
+    #: a stored checkpoint's file among them holds another step now (`_stored_files_to_hash`, `_check_redo`)
+    copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -781,6 +784,7 @@ def run_analyze(
         model_source=model_source,
         spec_source=spec_source,
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
+        copies=list(discovery.copies),
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1270,6 +1274,21 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     absent = [step for step in wanted if step not in steps_now]
     if absent:
         step = absent[0]
+        # its file may be there, holding another step now (a copy of another step's checkpoint: --redo
+        # would find nothing to analyse as this step, and "restore that file" named a file that is there)
+        now = next((ref for ref in [*refs, *(dropped for dropped, _ in ctx.copies)]
+                    if _same_path(stored[step][0], ref.path)), None)
+        if now is not None:
+            kept = next((kept for dropped, kept in ctx.copies if dropped is now), None)
+            raise StoreError(
+                f"--redo {listed}: no checkpoint of this run has step {', '.join(map(str, absent))}: {now.path}, "
+                f"which {out} analysed as step {step}, now holds step {now.step} (from its {now.step_source})"
+                + (f", with the same weights as {kept.path}, and is left out as a copy of it" if kept else ""),
+                got=f"this run's checkpoints: steps {steps_text(steps_now)}",
+                fix=f"--redo analyses a checkpoint again at the step its file holds: restore the checkpoint saved at "
+                f"step {step} as {now.path} to analyse it again, or remove {'the copy' if kept else 'that file'} "
+                f"(the store keeps what it analysed for step {step}); or {_OVERWRITE_FIX}",
+            )
         raise StoreError(
             f"--redo {listed}: no checkpoint of this run has step {', '.join(map(str, absent))}, which "
             "--redo would analyse again from its file",
@@ -1699,24 +1718,49 @@ def _check_stored_files(
             digest = next(sha for step, _, sha in changed if step == elsewhere[0][0])
             raise _other_files(out, elsewhere, digest, stored[elsewhere[0][0]][1])
         first, _, digest = changed[0]
+        copied = {step: _copy_of(ctx, stored, step, ref, sha) for step, ref, sha in changed}
         shown = ", ".join(
-            f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'})"
+            f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'}"
+            f"{(': ' if ref.step != step else ', now ') + copied[step] if copied[step] else ''})"
             for step, ref, _ in changed[:5]
         ) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         # --redo takes the stored steps whose file is this run's checkpoint of that step (not one found
-        # at another step: training re-run with another schedule), and never the reference
-        redoable = [step for step, ref, _ in changed if ref.step == step and step != ctx.reference_step]
+        # at another step: training re-run with another schedule), and never the reference; nor a copy of
+        # another step's file: --redo would store that step's numbers under this one
+        redoable = [step for step, ref, _ in changed
+                    if ref.step == step and step != ctx.reference_step and not copied[step]]
+        copies = [step for step in copied if copied[step]]
         raise StoreError(
             f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
             "store holds the numbers of the files they replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
-            fix=f"restore the files, or {_OVERWRITE_FIX}"
+            fix="restore the files"
+            + (f" (each the checkpoint saved at its step), or remove the cop{'y' if len(copies) == 1 else 'ies'} "
+               f"of step{'' if len(copies) == 1 else 's'} {', '.join(map(str, copies))} (the store keeps the numbers of the "
+               f"{'file it' if len(copies) == 1 else 'files they'} replaced, as for a deleted file)"
+               if copies else "")
+            + f", or {_OVERWRITE_FIX}"
             + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
                if len(redoable) == len(changed) else ""),
         )
     if note is not None:
         note(touched)
     return touched
+
+
+def _copy_of(
+    ctx: _Context, stored: Mapping[int, tuple[str, str, str]], step: int, ref: CheckpointRef, sha: str
+) -> str:
+    """How the file now at a stored step's place (`ref`, its sha256 now `sha`) is a copy of another
+    step's checkpoint: byte for byte the file stored as another step, or a file discovery left out as
+    holding the same weights and step as another; "" when it is neither."""
+    same = sorted(other for other, (_, digest, _) in stored.items() if other != step and digest == sha)
+    if same:
+        return f"a copy of {stored[same[0]][0]}, the file stored as step {same[0]}"
+    kept = next((kept for dropped, kept in ctx.copies if dropped.path == ref.path), None)
+    if kept is not None:
+        return f"the same weights and step as {kept.path}, so this run leaves it out"
+    return ""
 
 
 def _stored_files_to_hash(
@@ -1750,10 +1794,15 @@ def _stored_files_to_hash(
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
     # Not a file that training goes on rewriting (latest.pt, last.ckpt): it now holds a step that is
     # stored (and checked above as that step's file) or one after every stored step.
+    # A file whose name holds the stored step (step_10.pt) is no such file: one found at another step now
+    # (a copy of another step's file, which discovery leaves out as a copy when that step's own file is
+    # there too) replaced the one analysed, whatever step it holds.
+    from fdl_cli.checkpoints import _name_step
+
     by_file: dict[Path, CheckpointRef] = {}
-    for ref in refs:
+    for ref in [*refs, *(dropped for dropped, _ in ctx.copies)]:
         with contextlib.suppress(OSError, RuntimeError):
-            by_file[Path(ref.path).resolve()] = ref
+            by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
     for step, (path, _, _) in sorted(stored.items()):
         if step in steps_now or step in ctx.redo:
@@ -1762,7 +1811,9 @@ def _stored_files_to_hash(
             other = by_file.get(Path(path).resolve())
         except (OSError, RuntimeError):
             continue
-        if other is not None and other.step != step and other.step not in stored and other.step < last_stored:
+        if other is None or other.step == step:
+            continue
+        if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
             suspects.append((step, other, ""))
     return (stored, suspects) if suspects else None
 

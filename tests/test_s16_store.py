@@ -12,12 +12,103 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from fdl_cli.store import StoreReader
 from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _folder(run: Path, folder: Path, steps: tuple[int, ...], *, step_key: bool = False) -> Path:  # noqa: F811
+    """The run's checkpoints of `steps`; with `step_key`, each a training-loop dict holding its step."""
+    folder.mkdir()
+    for step in steps:
+        source = run / "ckpts" / f"epoch_{step}.pt"
+        if step_key:
+            torch.save({"step": step, "model": torch.load(source, weights_only=True)}, folder / f"epoch_{step}.pt")
+        else:
+            shutil.copyfile(source, folder / f"epoch_{step}.pt")
+    return folder
+
+
+def _stored(store: Path) -> dict[int, str]:
+    with StoreReader(store) as reader:
+        return {record["step"]: record["sha256"] for record in reader.records()}
+
+
+# ------------------------------------------------------------------ 1. a stored file replaced by a copy
+
+
+@pytest.mark.parametrize("step_key", [False, True], ids=["step-from-name", "step-key"])
+def test_a_stored_file_overwritten_by_a_copy_of_another_steps_file_is_refused(
+    run: Path, tmp_path: Path, step_key: bool,  # noqa: F811
+) -> None:
+    folder = _folder(run, tmp_path / "ckpts", (0, 10, 20, 30), step_key=step_key)
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    original, stored = (folder / "epoch_10.pt").read_bytes(), _stored(store)
+    before = _sha(store)
+    shutil.copyfile(folder / "epoch_20.pt", folder / "epoch_10.pt")  # same weights, and same step key
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1 and "Traceback" not in refused.stderr and refused.records == []
+    now = ", now step 20: " if step_key else ", now "
+    assert (
+        f"error: 1 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}"
+        f"{now}a copy of {folder / 'epoch_20.pt'}, the file stored as step 20); the store holds the numbers of "
+        "the files they replaced"
+    ) in refused.stderr
+    assert (
+        "fix: restore the files (each the checkpoint saved at its step), or remove the copy of step 10 (the store "
+        "keeps the numbers of the file it replaced, as for a deleted file), or re-analyse everything with "
+        "--overwrite (or another --out)\n"
+    ) in refused.stderr  # no --redo 10: it would store step 20's numbers as step 10's
+    assert _sha(store) == before
+    if step_key:
+        # --redo 10 finds no checkpoint of step 10, and says why: its file is there, holding step 20
+        redo = analyze(run, store, "--redo", "10", sources=(str(folder),))
+        assert redo.code == 1 and "Traceback" not in redo.stderr and redo.records == []
+        assert (
+            f"error: --redo 10: no checkpoint of this run has step 10: {folder / 'epoch_10.pt'}, which {store} "
+            f"analysed as step 10, now holds step 20 (from its metadata:step), with the same weights as "
+            f"{folder / 'epoch_20.pt'}, and is left out as a copy of it"
+        ) in redo.stderr
+        assert (f"fix: --redo analyses a checkpoint again at the step its file holds: restore the checkpoint saved "
+                f"at step 10 as {folder / 'epoch_10.pt'} to analyse it again, or remove the copy") in redo.stderr
+        assert _sha(store) == before
+    # either fix the message names: the copy removed (the store keeps step 10), or the file restored
+    (folder / "epoch_10.pt").unlink()
+    removed = analyze(run, store, sources=(str(folder),))
+    assert removed.code == 0, removed.stderr
+    assert _stored(store) == stored
+    (folder / "epoch_10.pt").write_bytes(original)
+    restored = analyze(run, store, sources=(str(folder),))
+    assert restored.code == 0 and restored.records == [] and _stored(store) == stored
+
+
+def test_a_rolling_file_now_a_copy_of_a_stored_step_is_still_no_changed_file(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The rule of item 1 is for files named by their step: a rolling `last.pt` stored as step 10 (no
+    step-10 file of its own) that training rewrote with step 20, beside step 20's own file, is a file whose
+    earlier step is gone (docs/store.md), as before."""
+    folder = _folder(run, tmp_path / "ckpts", (0, 10, 20), step_key=True)
+    (folder / "epoch_10.pt").rename(folder / "last.pt")
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    with StoreReader(store) as reader:
+        assert reader.file_identities()[10][0] == str(folder / "last.pt")
+    shutil.copyfile(folder / "epoch_20.pt", folder / "last.pt")
+    resumed = analyze(run, store, sources=(str(folder),))
+    assert resumed.code == 0, resumed.stderr
+    assert "skipped last.pt: same weights and step (20) as epoch_20.pt" in resumed.stderr
+
 
 # ------------------------------------------------------------------------ 3. classify's thresholds
 
