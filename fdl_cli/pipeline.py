@@ -2123,6 +2123,10 @@ def _run_refs(
         if isinstance(writer, StoreWriter):  # checkpoints taken in, or a run that stopped mid-refresh
             _refresh_successors(ctx, writer, out, steps_in_order, announce)
         return
+    from fdl_cli.store import StoreWriter
+
+    if isinstance(writer, StoreWriter):  # one process (torchrun: rank 0 checks for every rank beforehand)
+        _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
     todo.sort(key=lambda r: r.step)
     ctx.tick = _ticking(writer, announce)
     reporter.start_run(len(todo))
@@ -2366,6 +2370,95 @@ def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None])
     return ticked
 
 
+def _check_stored_to_read(
+    ctx: _Context, out: Path, refs: Sequence[CheckpointRef], todo: Collection[int], reference: CheckpointRef
+) -> None:
+    """Before any checkpoint is analysed: the stored checkpoints whose arrays this run reads back must
+    read intact (their Fletcher-32 checksums pass). Those are the reference (every checkpoint is compared
+    with it), the nearest stored checkpoint before each one analysed now (its "previous": cka_prev,
+    overlap_prev) and the nearest stored one after it (its successor, whose cka_prev / overlap_prev are
+    then taken again against it: `_refresh_successors`, `_redo_successors`). A damaged one gave a null
+    cka_prev first, stored, and then the successor refresh stopped the run naming `--redo`: refused now,
+    before anything is computed, naming the steps to pass to --redo (which analyses them again first).
+    Checkpoints whose series this process holds (the reference, the last analysed) are not read back."""
+    from fdl_cli.store import StoreReader
+
+    if not out.is_file():
+        return
+    steps_in_order = [ref.step for ref in refs]
+    skipped = {ref.step for ref in refs if str(ref.path) in ctx.failed_paths} | set(ctx.fileless)
+    try:
+        with StoreReader(out) as reader:
+            series = reader.series()
+            if not series:
+                return
+            records = {r["step"]: r for r in reader.records(probe=series[0][0], layer=series[0][1])}
+            stored = set(records) - set(todo)
+            reads: dict[int, tuple[str, int]] = {}  # stored step -> (its part, the step analysed now)
+            analysed = [step for step in steps_in_order if step in todo]
+            if analysed and reference.step in stored and not ctx.reference and analysed != [reference.step]:
+                reads[reference.step] = ("reference", analysed[0])
+            for index, step in enumerate(steps_in_order):
+                if step not in todo:
+                    continue
+                for before in reversed(steps_in_order[:index]):
+                    if before in todo or before in skipped:
+                        continue
+                    in_memory = (before == ctx.previous_step and ctx.previous) or (
+                        before == ctx.reference_step and ctx.reference)
+                    if before in stored and not in_memory:
+                        reads.setdefault(before, ("previous", step))
+                    break
+                for after in steps_in_order[index + 1:]:
+                    if after in todo or after in skipped:
+                        continue
+                    previous = records[after]["prev_step"] if after in stored else None
+                    if after in stored and (previous is None or previous <= step):
+                        reads.setdefault(after, ("successor", step))
+                    break
+            damaged: dict[int, StoreError] = {}
+            for stored_step in sorted(reads):
+                for probe, layer in series:
+                    try:
+                        reader.arrays(stored_step, probe=probe, layer=layer)
+                    except StoreError as exc:
+                        damaged[stored_step] = exc
+                        break
+    except StoreError:
+        return  # the writer opened it: a store it cannot read now is reported where it is read
+    if not damaged:
+        return
+    first, error = next(iter(damaged.items()))
+    part, step = reads[first]
+    why = {
+        "reference": f"the reference, which step {step} and every checkpoint analysed now are compared with "
+                     "(cka_init, overlap_init)",
+        "previous": f"step {step}, analysed now, is compared with it (cka_prev, overlap_prev)",
+        "successor": f"it is compared with step {step}, analysed now, once that is stored (its cka_prev, "
+                     "overlap_prev are taken again)",
+    }[part]
+    others = [other for other in damaged if other != first]
+    more = f" (and step{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}, read back as well)" if others else ""
+    steps_now = {ref.step for ref in refs}
+    redoable = [damaged_step for damaged_step in damaged
+                if damaged_step != ctx.reference_step and damaged_step in steps_now]
+    one = len(redoable) == 1
+    if len(redoable) == len(damaged):
+        listed = ",".join(map(str, sorted({*ctx.redo, *redoable})))
+        fix = (f"run the same command with --redo {listed}: it analyses {'that checkpoint' if one else 'those checkpoints'} "
+               f"again from {'its file' if one else 'their files'} first, then the others; or restore {out} from a "
+               f"backup, or {_OVERWRITE_FIX}")
+    else:
+        fix = f"restore {out} from a backup, or {_OVERWRITE_FIX}"
+        if redoable:
+            fix += f" (--redo {','.join(map(str, sorted(redoable)))} mends {'that one' if one else 'those'} only)"
+    raise StoreError(
+        f"{error.what}, which this run reads back: {why}{more}; nothing was analysed",
+        got=error.got,
+        fix=fix,
+    )
+
+
 def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
     """The checkpoint that `step` is compared with as "previous" (cka_prev, overlap_prev, prev_step):
     the nearest one before it in step order whose file did not fail in this run. Within a process
@@ -2566,6 +2659,7 @@ def _previous_series(
         return previous, None
     from fdl_cli.checkpoints import load_checkpoint, sha256_file
 
+    damage: StoreError | None = None  # its stored arrays fail their checksums
     try:
         with StoreReader(out) as reader:
             stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
@@ -2599,9 +2693,22 @@ def _previous_series(
                         got=exc.what,
                         fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
                     ) from None
-                return previous, _stored_series(ctx, previous, model, reader)
+                try:
+                    return previous, _stored_series(ctx, previous, model, reader)
+                except StoreError as exc:
+                    damage = exc
     except (StoreError, FileNotFoundError):
         return previous, None
+    if damage is not None:
+        # Not "no previous checkpoint" (a null cka_prev stored, which the successor refresh then stopped at):
+        # `_check_stored_to_read` refuses this before the run; a store damaged since stops here.
+        raise StoreError(
+            f"{damage.what}, which step {step}, analysed now, is compared with (cka_prev, overlap_prev)",
+            got=damage.got,
+            fix=(f"run the same command with --redo {','.join(map(str, sorted({*ctx.redo, previous})))} (the "
+                 "checkpoints analysed before this one are stored)" if previous != ctx.reference_step
+                 else "restore the store from a backup") + f"; or {_OVERWRITE_FIX}",
+        )
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
     # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
     raise _changed_file(
@@ -3020,6 +3127,17 @@ def _analyze_distributed(
     part = None
     try:
         todo = [ref for ref in refs if ref.step not in stored]
+        # Stored checkpoints read back (a block's previous, the reference) checked by rank 0 for every rank,
+        # before any work: one rank stopping on its own would leave the others waiting in a collective.
+        problem: tuple[str, str | None, str | None] | None = None
+        if world.writes and todo:
+            try:
+                _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
+            except StoreError as exc:
+                problem = (exc.what, exc.got, exc.fix)
+        problem = distributed.broadcast_from_writer(problem, world)
+        if problem is not None:
+            raise StoreError(problem[0], got=problem[1], fix=problem[2])
         mine = todo if options.shard_probe else distributed.block(todo, world)
         owned = {ref.step for ref in mine}
         needed = set(owned)

@@ -17,11 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
 from fdl_cli.store import StoreReader
 from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_s15_redo import _assert_same_store, _flip_chunk
 
 
 def _sha(path: Path) -> str:
@@ -108,6 +110,108 @@ def test_a_rolling_file_now_a_copy_of_a_stored_step_is_still_no_changed_file(run
     resumed = analyze(run, store, sources=(str(folder),))
     assert resumed.code == 0, resumed.stderr
     assert "skipped last.pt: same weights and step (20) as epoch_20.pt" in resumed.stderr
+
+
+# ---------------------------------------------------- 2. damaged arrays of a stored checkpoint read back
+
+
+def _damage(store: Path, step: int) -> None:
+    with h5py.File(store, "r") as handle:
+        (series,) = [f"{probe}/{layer}" for probe in handle[f"checkpoints/step_{step}"]
+                     for layer in handle[f"checkpoints/step_{step}/{probe}"]]
+    _flip_chunk(store, f"checkpoints/step_{step}/{series}/eigenfunctions")
+
+
+@pytest.mark.parametrize(
+    ("stored", "damaged", "added", "why", "fix"),
+    [
+        # appended after the damaged one: its previous
+        ((0, 10, 20), 20, 30, "step 30, analysed now, is compared with it (cka_prev, overlap_prev)",
+         "run the same command with --redo 20: it analyses that checkpoint again from its file first, then the others"),
+        # inserted before the damaged one: its successor, whose cka_prev is taken again
+        ((0, 10, 30), 30, 20, "it is compared with step 20, analysed now, once that is stored (its cka_prev, "
+         "overlap_prev are taken again)",
+         "run the same command with --redo 30: it analyses that checkpoint again from its file first, then the others"),
+        # the reference: every checkpoint is compared with it, and --redo cannot take it
+        ((0, 10, 20), 0, 30, "the reference, which step 30 and every checkpoint analysed now are compared with "
+         "(cka_init, overlap_init)", "restore {store} from a backup, or re-analyse everything with --overwrite"),
+    ],
+    ids=["previous", "successor", "reference"],
+)
+def test_damaged_arrays_read_back_refuse_the_run_before_any_work(
+    run: Path, tmp_path: Path, stored: tuple[int, ...], damaged: int, added: int, why: str, fix: str,  # noqa: F811
+) -> None:
+    folder = _folder(run, tmp_path / "ckpts", stored)
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    _damage(store, damaged)
+    before = _sha(store)
+    shutil.copyfile(run / "ckpts" / f"epoch_{added}.pt", folder / f"epoch_{added}.pt")
+    refused = analyze(run, store, sources=(str(folder),))
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    assert refused.records == []  # nothing analysed: step 30 with a null cka_prev was stored before
+    assert (f"error: {store} is damaged at checkpoint step {damaged} (probe/2:input), which this run reads back: "
+            f"{why}; nothing was analysed") in refused.stderr
+    assert "fix: " + fix.format(store=store) in refused.stderr
+    assert _sha(store) == before
+    if damaged == 0:
+        return
+    redone = analyze(run, store, "--redo", str(damaged), sources=(str(folder),))
+    assert redone.code == 0, redone.stderr
+    assert sorted(record["step"] for record in redone.records) == sorted({damaged, added, 30})
+    scratch = tmp_path / "scratch.h5"
+    assert analyze(run, scratch, sources=(str(folder),)).code == 0
+    _assert_same_store(store, scratch)
+
+
+def test_damage_met_while_reading_a_previous_checkpoint_stops_instead_of_storing_a_null_cka_prev(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """Damage the up-front check does not see (the store damaged after it) stops the run where the
+    previous checkpoint is read back, and nothing compared with nothing is stored."""
+    from fdl_cli import pipeline
+
+    folder = _folder(run, tmp_path / "ckpts", (0, 10, 20))
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    _damage(store, 20)
+    shutil.copyfile(run / "ckpts" / "epoch_30.pt", folder / "epoch_30.pt")
+    monkeypatch.setattr(pipeline, "_check_stored_to_read", lambda *args: None, raising=False)
+    stopped = analyze(run, store, sources=(str(folder),))
+    assert stopped.code == 1 and "Traceback" not in stopped.stderr and stopped.records == []
+    assert (f"error: {store} is damaged at checkpoint step 20 (probe/2:input), which step 30, analysed now, is "
+            "compared with (cka_prev, overlap_prev)") in stopped.stderr
+    assert "fix: run the same command with --redo 20 (the checkpoints analysed before this one are stored)" in (
+        stopped.stderr)
+    assert sorted(_stored(store)) == [0, 10, 20]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoint-sharding", "shard-probe"])
+def test_torchrun_refuses_damaged_arrays_read_back_on_every_rank(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    """Rank 0 checks the stored checkpoints the ranks will read back and tells every rank, before any
+    work: a rank stopping alone would leave the others waiting in a collective (--shard-probe)."""
+    from tests.test_distributed import _make_run, _torchrun_process
+
+    run_dir = _make_run(tmp_path / "run")
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for step in (50, 60):
+        (run_dir / f"step_{step}.safetensors").rename(aside / f"step_{step}.safetensors")
+    out = tmp_path / "s.h5"
+    first = _torchrun_process(run_dir, out, *extra)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _damage(out, 40)
+    before = _sha(out)
+    for step in (50, 60):
+        (aside / f"step_{step}.safetensors").rename(run_dir / f"step_{step}.safetensors")
+    refused = _torchrun_process(run_dir, out, *extra)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert (f"{out} is damaged at checkpoint step 40 (probe/2:input), which this run reads back: step 50, analysed "
+            "now, is compared with it (cka_prev, overlap_prev); nothing was analysed") in refused.stderr
+    assert "fix: run the same command with --redo 40" in refused.stderr
+    assert "fdl_cli/" not in refused.stderr and refused.stdout == ""
+    assert _sha(out) == before
 
 
 # ------------------------------------------------------------------------ 3. classify's thresholds
