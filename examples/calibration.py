@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from fdl_cli.regimes import Thresholds
+    from fdl_cli.regimes import Thresholds, threshold_text
 
     thresholds = Thresholds.with_overrides(args.threshold)
     cases = [c for c in CASES if (not args.fast or c.fast) and (not args.only or c.name in args.only)]
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case.name}: {verdict.regime} ({time.perf_counter() - start:.1f} s) — {verdict.rule}",
                   file=sys.stderr)
         print(confusion_table(results))
-        print("thresholds: " + ", ".join(f"{k}={v:g}" for k, v in thresholds.as_dict().items()))
+        print("thresholds: " + ", ".join(f"{k}={threshold_text(v)}" for k, v in thresholds.as_dict().items()))
     return 0 if all(case.expected == verdict.regime for case, verdict in results) else 1
 
 

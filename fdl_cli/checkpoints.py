@@ -97,6 +97,9 @@ class Discovery:
     bad: list[tuple[Path, str]] = field(default_factory=list)
     #: the steps of every checkpoint found, before --steps / --every selected among them (None: not known)
     steps_found: tuple[int, ...] | None = None
+    #: (dropped, kept): files left out as copies of another file of the same step, identical weights (a
+    #: note says so); a resume checks that none is a stored checkpoint's file now holding another step
+    copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
 
 
 @dataclass
@@ -1241,13 +1244,15 @@ def discover_checkpoints(
                          bad=[(path, exc.message) for path, exc in bad])
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
-    checkpoints, duplicates = _dedupe(found, notes, weights)
+    copies: list[tuple[CheckpointRef, CheckpointRef]] = []
+    checkpoints, duplicates = _dedupe(found, notes, weights, copies)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
         duplicates=duplicates,
         bad=[(path, exc.message) for path, exc in bad],
         steps_found=tuple(ref.step for ref in checkpoints),
+        copies=copies,
     )
 
 
@@ -1380,10 +1385,14 @@ def _dcp_error(folders: Sequence[Path]) -> CheckpointError:
 
 
 def _dedupe(
-    found: list[tuple[CheckpointRef, str | None]], notes: list[str], weights: str | None = None
+    found: list[tuple[CheckpointRef, str | None]],
+    notes: list[str],
+    weights: str | None = None,
+    copies: list[tuple[CheckpointRef, CheckpointRef]] | None = None,
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
     """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, a file
-    before a link, else the first name); same weights at two steps: a duplicate pair.
+    before a link, else the first name), the other added to `copies` as (dropped, kept); same weights at
+    two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one."""
     kept: list[CheckpointRef] = []
@@ -1409,6 +1418,9 @@ def _dedupe(
                 notes.append(
                     f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
                 )
+                if copies is not None:  # `first` kept, `ref` dropped (kept before, if swapped just now)
+                    copies[:] = [(dropped, first if kept is ref else kept) for dropped, kept in copies]
+                    copies.append((ref, first))
                 continue
             got = ("their metadata holds the epoch only; the names hold finer numbers"
                    if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path)

@@ -441,6 +441,9 @@ class _Context:
     weight_copies_noted: bool = False
     #: the steps discovery found before --steps / --every selected (`_reference_ref`); None: not known
     steps_found: frozenset[int] | None = None
+    #: (dropped, kept): files discovery left out as copies of another file of their step (`Discovery.copies`):
+    #: a stored checkpoint's file among them holds another step now (`_stored_files_to_hash`, `_check_redo`)
+    copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
     model: Any = None  # the factory-built model, reused for every checkpoint
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
@@ -782,6 +785,7 @@ def run_analyze(
         model_source=model_source,
         spec_source=spec_source,
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
+        copies=list(discovery.copies),
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1301,6 +1305,21 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     absent = [step for step in wanted if step not in steps_now]
     if absent:
         step = absent[0]
+        # its file may be there, holding another step now (a copy of another step's checkpoint: --redo
+        # would find nothing to analyse as this step, and "restore that file" named a file that is there)
+        now = next((ref for ref in [*refs, *(dropped for dropped, _ in ctx.copies)]
+                    if _same_path(stored[step][0], ref.path)), None)
+        if now is not None:
+            kept = next((kept for dropped, kept in ctx.copies if dropped is now), None)
+            raise StoreError(
+                f"--redo {listed}: no checkpoint of this run has step {', '.join(map(str, absent))}: {now.path}, "
+                f"which {out} analysed as step {step}, now holds step {now.step} (from its {now.step_source})"
+                + (f", with the same weights as {kept.path}, and is left out as a copy of it" if kept else ""),
+                got=f"this run's checkpoints: steps {steps_text(steps_now)}",
+                fix=f"--redo analyses a checkpoint again at the step its file holds: restore the checkpoint saved at "
+                f"step {step} as {now.path} to analyse it again, or remove {'the copy' if kept else 'that file'} "
+                f"(the store keeps what it analysed for step {step}); or {_OVERWRITE_FIX}",
+            )
         raise StoreError(
             f"--redo {listed}: no checkpoint of this run has step {', '.join(map(str, absent))}, which "
             "--redo would analyse again from its file",
@@ -1730,24 +1749,49 @@ def _check_stored_files(
             digest = next(sha for step, _, sha in changed if step == elsewhere[0][0])
             raise _other_files(out, elsewhere, digest, stored[elsewhere[0][0]][1])
         first, _, digest = changed[0]
+        copied = {step: _copy_of(ctx, stored, step, ref, sha) for step, ref, sha in changed}
         shown = ", ".join(
-            f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'})"
+            f"step {step} ({ref.path}{'' if ref.step == step else f', now step {ref.step}'}"
+            f"{(': ' if ref.step != step else ', now ') + copied[step] if copied[step] else ''})"
             for step, ref, _ in changed[:5]
         ) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         # --redo takes the stored steps whose file is this run's checkpoint of that step (not one found
-        # at another step: training re-run with another schedule), and never the reference
-        redoable = [step for step, ref, _ in changed if ref.step == step and step != ctx.reference_step]
+        # at another step: training re-run with another schedule), and never the reference; nor a copy of
+        # another step's file: --redo would store that step's numbers under this one
+        redoable = [step for step, ref, _ in changed
+                    if ref.step == step and step != ctx.reference_step and not copied[step]]
+        copies = [step for step in copied if copied[step]]
         raise StoreError(
             f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
             "store holds the numbers of the files they replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
-            fix=f"restore the files, or {_OVERWRITE_FIX}"
+            fix="restore the files"
+            + (f" (each the checkpoint saved at its step), or remove the cop{'y' if len(copies) == 1 else 'ies'} "
+               f"of step{'' if len(copies) == 1 else 's'} {', '.join(map(str, copies))} (the store keeps the numbers of the "
+               f"{'file it' if len(copies) == 1 else 'files they'} replaced, as for a deleted file)"
+               if copies else "")
+            + f", or {_OVERWRITE_FIX}"
             + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
                if len(redoable) == len(changed) else ""),
         )
     if note is not None:
         note(touched)
     return touched
+
+
+def _copy_of(
+    ctx: _Context, stored: Mapping[int, tuple[str, str, str]], step: int, ref: CheckpointRef, sha: str
+) -> str:
+    """How the file now at a stored step's place (`ref`, its sha256 now `sha`) is a copy of another
+    step's checkpoint: byte for byte the file stored as another step, or a file discovery left out as
+    holding the same weights and step as another; "" when it is neither."""
+    same = sorted(other for other, (_, digest, _) in stored.items() if other != step and digest == sha)
+    if same:
+        return f"a copy of {stored[same[0]][0]}, the file stored as step {same[0]}"
+    kept = next((kept for dropped, kept in ctx.copies if dropped.path == ref.path), None)
+    if kept is not None:
+        return f"the same weights and step as {kept.path}, so this run leaves it out"
+    return ""
 
 
 def _stored_files_to_hash(
@@ -1781,10 +1825,15 @@ def _stored_files_to_hash(
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
     # Not a file that training goes on rewriting (latest.pt, last.ckpt): it now holds a step that is
     # stored (and checked above as that step's file) or one after every stored step.
+    # A file whose name holds the stored step (step_10.pt) is no such file: one found at another step now
+    # (a copy of another step's file, which discovery leaves out as a copy when that step's own file is
+    # there too) replaced the one analysed, whatever step it holds.
+    from fdl_cli.checkpoints import _name_step
+
     by_file: dict[Path, CheckpointRef] = {}
-    for ref in refs:
+    for ref in [*refs, *(dropped for dropped, _ in ctx.copies)]:
         with contextlib.suppress(OSError, RuntimeError):
-            by_file[Path(ref.path).resolve()] = ref
+            by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
     for step, (path, _, _) in sorted(stored.items()):
         if step in steps_now or step in ctx.redo:
@@ -1793,7 +1842,9 @@ def _stored_files_to_hash(
             other = by_file.get(Path(path).resolve())
         except (OSError, RuntimeError):
             continue
-        if other is not None and other.step != step and other.step not in stored and other.step < last_stored:
+        if other is None or other.step == step:
+            continue
+        if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
             suspects.append((step, other, ""))
     return (stored, suspects) if suspects else None
 
@@ -2103,6 +2154,10 @@ def _run_refs(
         if isinstance(writer, StoreWriter):  # checkpoints taken in, or a run that stopped mid-refresh
             _refresh_successors(ctx, writer, out, steps_in_order, announce)
         return
+    from fdl_cli.store import StoreWriter
+
+    if isinstance(writer, StoreWriter):  # one process (torchrun: rank 0 checks for every rank beforehand)
+        _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
     todo.sort(key=lambda r: r.step)
     ctx.tick = _ticking(writer, announce)
     reporter.start_run(len(todo))
@@ -2346,6 +2401,95 @@ def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None])
     return ticked
 
 
+def _check_stored_to_read(
+    ctx: _Context, out: Path, refs: Sequence[CheckpointRef], todo: Collection[int], reference: CheckpointRef
+) -> None:
+    """Before any checkpoint is analysed: the stored checkpoints whose arrays this run reads back must
+    read intact (their Fletcher-32 checksums pass). Those are the reference (every checkpoint is compared
+    with it), the nearest stored checkpoint before each one analysed now (its "previous": cka_prev,
+    overlap_prev) and the nearest stored one after it (its successor, whose cka_prev / overlap_prev are
+    then taken again against it: `_refresh_successors`, `_redo_successors`). A damaged one gave a null
+    cka_prev first, stored, and then the successor refresh stopped the run naming `--redo`: refused now,
+    before anything is computed, naming the steps to pass to --redo (which analyses them again first).
+    Checkpoints whose series this process holds (the reference, the last analysed) are not read back."""
+    from fdl_cli.store import StoreReader
+
+    if not out.is_file():
+        return
+    steps_in_order = [ref.step for ref in refs]
+    skipped = {ref.step for ref in refs if str(ref.path) in ctx.failed_paths} | set(ctx.fileless)
+    try:
+        with StoreReader(out) as reader:
+            series = reader.series()
+            if not series:
+                return
+            records = {r["step"]: r for r in reader.records(probe=series[0][0], layer=series[0][1])}
+            stored = set(records) - set(todo)
+            reads: dict[int, tuple[str, int]] = {}  # stored step -> (its part, the step analysed now)
+            analysed = [step for step in steps_in_order if step in todo]
+            if analysed and reference.step in stored and not ctx.reference and analysed != [reference.step]:
+                reads[reference.step] = ("reference", analysed[0])
+            for index, step in enumerate(steps_in_order):
+                if step not in todo:
+                    continue
+                for before in reversed(steps_in_order[:index]):
+                    if before in todo or before in skipped:
+                        continue
+                    in_memory = (before == ctx.previous_step and ctx.previous) or (
+                        before == ctx.reference_step and ctx.reference)
+                    if before in stored and not in_memory:
+                        reads.setdefault(before, ("previous", step))
+                    break
+                for after in steps_in_order[index + 1:]:
+                    if after in todo or after in skipped:
+                        continue
+                    previous = records[after]["prev_step"] if after in stored else None
+                    if after in stored and (previous is None or previous <= step):
+                        reads.setdefault(after, ("successor", step))
+                    break
+            damaged: dict[int, StoreError] = {}
+            for stored_step in sorted(reads):
+                for probe, layer in series:
+                    try:
+                        reader.arrays(stored_step, probe=probe, layer=layer)
+                    except StoreError as exc:
+                        damaged[stored_step] = exc
+                        break
+    except StoreError:
+        return  # the writer opened it: a store it cannot read now is reported where it is read
+    if not damaged:
+        return
+    first, error = next(iter(damaged.items()))
+    part, step = reads[first]
+    why = {
+        "reference": f"the reference, which step {step} and every checkpoint analysed now are compared with "
+                     "(cka_init, overlap_init)",
+        "previous": f"step {step}, analysed now, is compared with it (cka_prev, overlap_prev)",
+        "successor": f"it is compared with step {step}, analysed now, once that is stored (its cka_prev, "
+                     "overlap_prev are taken again)",
+    }[part]
+    others = [other for other in damaged if other != first]
+    more = f" (and step{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}, read back as well)" if others else ""
+    steps_now = {ref.step for ref in refs}
+    redoable = [damaged_step for damaged_step in damaged
+                if damaged_step != ctx.reference_step and damaged_step in steps_now]
+    one = len(redoable) == 1
+    if len(redoable) == len(damaged):
+        listed = ",".join(map(str, sorted({*ctx.redo, *redoable})))
+        fix = (f"run the same command with --redo {listed}: it analyses {'that checkpoint' if one else 'those checkpoints'} "
+               f"again from {'its file' if one else 'their files'} first, then the others; or restore {out} from a "
+               f"backup, or {_OVERWRITE_FIX}")
+    else:
+        fix = f"restore {out} from a backup, or {_OVERWRITE_FIX}"
+        if redoable:
+            fix += f" (--redo {','.join(map(str, sorted(redoable)))} mends {'that one' if one else 'those'} only)"
+    raise StoreError(
+        f"{error.what}, which this run reads back: {why}{more}; nothing was analysed",
+        got=error.got,
+        fix=fix,
+    )
+
+
 def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
     """The checkpoint that `step` is compared with as "previous" (cka_prev, overlap_prev, prev_step):
     the nearest one before it in step order whose file did not fail in this run. Within a process
@@ -2546,6 +2690,7 @@ def _previous_series(
         return previous, None
     from fdl_cli.checkpoints import load_checkpoint, sha256_file
 
+    damage: StoreError | None = None  # its stored arrays fail their checksums
     try:
         with StoreReader(out) as reader:
             stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
@@ -2579,9 +2724,22 @@ def _previous_series(
                         got=exc.what,
                         fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
                     ) from None
-                return previous, _stored_series(ctx, previous, model, reader)
+                try:
+                    return previous, _stored_series(ctx, previous, model, reader)
+                except StoreError as exc:
+                    damage = exc
     except (StoreError, FileNotFoundError):
         return previous, None
+    if damage is not None:
+        # Not "no previous checkpoint" (a null cka_prev stored, which the successor refresh then stopped at):
+        # `_check_stored_to_read` refuses this before the run; a store damaged since stops here.
+        raise StoreError(
+            f"{damage.what}, which step {step}, analysed now, is compared with (cka_prev, overlap_prev)",
+            got=damage.got,
+            fix=(f"run the same command with --redo {','.join(map(str, sorted({*ctx.redo, previous})))} (the "
+                 "checkpoints analysed before this one are stored)" if previous != ctx.reference_step
+                 else "restore the store from a backup") + f"; or {_OVERWRITE_FIX}",
+        )
     # Its file changed: its stored numbers are the old file's, and comparing this checkpoint with the
     # new one would mix the two (as a refresh of a changed file, `_refresh_successors`, refuses to).
     raise _changed_file(
@@ -3000,6 +3158,17 @@ def _analyze_distributed(
     part = None
     try:
         todo = [ref for ref in refs if ref.step not in stored]
+        # Stored checkpoints read back (a block's previous, the reference) checked by rank 0 for every rank,
+        # before any work: one rank stopping on its own would leave the others waiting in a collective.
+        problem: tuple[str, str | None, str | None] | None = None
+        if world.writes and todo:
+            try:
+                _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
+            except StoreError as exc:
+                problem = (exc.what, exc.got, exc.fix)
+        problem = distributed.broadcast_from_writer(problem, world)
+        if problem is not None:
+            raise StoreError(problem[0], got=problem[1], fix=problem[2])
         mine = todo if options.shard_probe else distributed.block(todo, world)
         owned = {ref.step for ref in mine}
         needed = set(owned)

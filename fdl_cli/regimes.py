@@ -51,13 +51,14 @@ class Thresholds:
         for name in ("cka_static", "overlap_static", "overlap_moved"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                problems.append(f"{name}={value:g} is outside [0, 1]")
+                problems.append(f"{name}={threshold_text(value)} is outside [0, 1]")
         if self.overlap_moved > self.overlap_static:
-            problems.append(f"overlap_moved={self.overlap_moved:g} is above overlap_static={self.overlap_static:g}")
+            problems.append(f"overlap_moved={threshold_text(self.overlap_moved)} is above "
+                            f"overlap_static={threshold_text(self.overlap_static)}")
         if not (math.isfinite(self.mf_extra) and self.mf_extra >= 0):
-            problems.append(f"mf_extra={self.mf_extra:g} must be a finite number ≥ 0")
+            problems.append(f"mf_extra={threshold_text(self.mf_extra)} must be a finite number ≥ 0")
         if not (self.final_window >= 1 and float(self.final_window).is_integer()):
-            problems.append(f"final_window={self.final_window:g} must be a whole number ≥ 1")
+            problems.append(f"final_window={threshold_text(self.final_window)} must be a whole number ≥ 1")
         if problems:
             raise FdlError(
                 "inconsistent thresholds",
@@ -82,8 +83,27 @@ class Thresholds:
             pairs[name] = float(value)
         return replace(cls(), **pairs)
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int]:
+        """name -> value; the counts (`COUNTS`) as integers when whole (`fdl classify --json` printed
+        `"final_window": 3.0`), a fractional mf_extra as given."""
+        values: dict[str, float | int] = asdict(self)
+        for name in COUNTS:
+            value = float(values[name])
+            if value.is_integer():
+                values[name] = int(value)
+        return values
+
+
+#: The thresholds that count (eigenfunctions beyond C, checkpoints): integers in `Thresholds.as_dict`.
+COUNTS = ("mf_extra", "final_window")
+
+
+def threshold_text(value: float) -> str:
+    """A threshold as text: its shortest form (`0.99`, `3`), every digit it was given (`0.9999999`, which
+    `:g` rounded to "1" in classify's rule and thresholds lines), never `-0`."""
+    value = float(value) + 0.0
+    shown = f"{value:g}"
+    return shown if float(shown) == value else repr(value)
 
 
 def _split(text: str) -> tuple[str, float]:
@@ -160,13 +180,14 @@ def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple
     overlap_static = overlap is None or overlap >= th.overlap_static
     shown = f"cka_init = {_fmt(cka)}, overlap_init = {_fmt(overlap)}"
     if cka_static and overlap_static:
-        return STATIC, f"{shown} (≥ {th.cka_static:g}, ≥ {th.overlap_static:g}): features unchanged"
+        return STATIC, (f"{shown} (≥ {threshold_text(th.cka_static)}, ≥ {threshold_text(th.overlap_static)}): "
+                        "features unchanged")
     if cka is not None and overlap is not None and cka_static and overlap < th.overlap_moved:
         return CONFLICT, (
-            f"CKA says static (cka_init = {_fmt(cka)} ≥ {th.cka_static:g}) but the top-C eigenspace moved "
-            f"(overlap_init = {_fmt(overlap)} < {th.overlap_moved:g})"
+            f"CKA says static (cka_init = {_fmt(cka)} ≥ {threshold_text(th.cka_static)}) but the top-C eigenspace moved "
+            f"(overlap_init = {_fmt(overlap)} < {threshold_text(th.overlap_moved)})"
         )
-    return MOVED, f"{shown}: features moved (below {th.cka_static:g} or {th.overlap_static:g})"
+    return MOVED, f"{shown}: features moved (below {threshold_text(th.cka_static)} or {threshold_text(th.overlap_static)})"
 
 
 def checkpoint_regime(
@@ -190,8 +211,8 @@ def checkpoint_regime(
         )
     limit = outputs + thresholds.mf_extra
     if k95 <= limit:
-        return CheckpointVerdict("MF", f"{reason}; k95_utility = {k95} ≤ C + mf_extra = {limit:g}", movement)
-    return CheckpointVerdict("EF", f"{reason}; k95_utility = {k95} > C + mf_extra = {limit:g}", movement)
+        return CheckpointVerdict("MF", f"{reason}; k95_utility = {k95} ≤ C + mf_extra = {threshold_text(limit)}", movement)
+    return CheckpointVerdict("EF", f"{reason}; k95_utility = {k95} > C + mf_extra = {threshold_text(limit)}", movement)
 
 
 @dataclass(frozen=True)
@@ -302,8 +323,8 @@ def classify_run(
         return verdict(
             "coefficient",
             f"no checkpoint after the reference moved: min cka_init = {_fmt(evidence['min_cka_init'])} "
-            f"≥ {thresholds.cka_static:g} and min overlap_init = {_fmt(evidence['min_overlap_init'])} "
-            f"≥ {thresholds.overlap_static:g}",
+            f"≥ {threshold_text(thresholds.cka_static)} and min overlap_init = {_fmt(evidence['min_overlap_init'])} "
+            f"≥ {threshold_text(thresholds.overlap_static)}",
         )
     if final.regime == "undetermined":
         return verdict("undetermined", f"final checkpoint (step {evidence['final_step']}): {final.rule}")
@@ -400,7 +421,8 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
     51 constructed runs), and no `--overlap-k` is suggested then."""
     k, step, reference = tie["k"], tie["step"], tie["reference_step"]
     head = (f"the move at step {step} rests on the overlap alone (cka_init = {_fmt(tie['cka_init'])} ≥ "
-            f"{thresholds.cka_static:g}, overlap_init = {_fmt(tie['overlap_init'])} < {thresholds.overlap_static:g}); "
+            f"{threshold_text(thresholds.cka_static)}, overlap_init = {_fmt(tie['overlap_init'])} < "
+            f"{threshold_text(thresholds.overlap_static)}); "
             f"the eigengap (λ_{k} − λ_{k + 1}) / λ_{k} is {_percent(tie['gap_reference'])} at the reference (step "
             f"{reference}) and {_percent(tie['gap_final'])} at step {step}")
     wider = tie.get("wider_k")
@@ -417,8 +439,8 @@ def overlap_tie_line(tie: Mapping[str, Any], thresholds: Thresholds) -> str:
         if tie["wider_overlap"] >= thresholds.overlap_static:
             return f"{text}; past the tie, {past}: the same directions, in another order"
         # the wider eigenspaces differ too: the crossing is not all that moved
-        return (f"{text}; past the tie, {past}, below overlap_static = {thresholds.overlap_static:g}: the wider "
-                "eigenspace moved too")
+        return (f"{text}; past the tie, {past}, below overlap_static = "
+                f"{threshold_text(thresholds.overlap_static)}: the wider eigenspace moved too")
     if not tie["near_tie"]:
         # a --center store's overlap is centered too: only the weighting differs from CKA's
         why = ("the overlap weighs weak directions as much as strong ones" if tie.get("centered")
@@ -550,6 +572,6 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
-    lines.append("thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in verdict.thresholds.as_dict().items()))
+    lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")
     return lines

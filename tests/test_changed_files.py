@@ -67,10 +67,14 @@ def test_several_replaced_files_are_named_together(run: Path, tmp_path: Path) ->
         (folder / f"epoch_{step}.pt").write_bytes((run / "ckpts" / "epoch_20.pt").read_bytes())
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1
+    # both are copies of step 20's file, which the message says (session 16)
+    copy = f"now a copy of {folder / 'epoch_20.pt'}, the file stored as step 20"
     assert (
-        f"2 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}), "
-        f"step 30 ({folder / 'epoch_30.pt'})"
+        f"2 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}, "
+        f"{copy}), step 30 ({folder / 'epoch_30.pt'}, {copy})"
     ) in refused.stderr
+    assert "or remove the copies of steps 10, 30 (the store keeps the numbers of the files they replaced" in (
+        refused.stderr)
 
 
 def test_a_touched_file_is_hashed_once_then_its_new_time_is_recorded(run: Path, tmp_path: Path) -> None:  # noqa: F811
