@@ -7,6 +7,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -95,7 +96,7 @@ def cli() -> None:
     """fdl — measure feature learning from training checkpoints.
 
     \b
-    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> CKPT_DIR.fdl.h5
+    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> ./<folder>.fdl.h5
     fdl report STORE.h5                                           # table, summary, figures
     fdl classify STORE.h5                                         # coefficient / MF / EF
     fdl compare A.h5 B.h5                                         # two runs side by side
@@ -153,8 +154,11 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 )
 @click.option("--device", default="auto", show_default=True, shell_complete=completion.device,
               help="auto, cpu, cuda or cuda:i.")
-@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1))
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Probe samples per forward pass (lower it when a batch does not fit in memory).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="dtype the model runs in (its weights are loaded as float32, then cast; the statistics are "
+                   "float64 whatever it is).")
 @click.option("--center/--no-center", default=False,
               help="Use the centered feature covariance (default: uncentered; --no-center overrides fdl.toml).")
 @click.option("--top-k", default=64, show_default=True, type=click.IntRange(min=1),
@@ -298,6 +302,15 @@ def inspect(**kwargs: Any) -> None:
 
 # ------------------------------------------------------------------------------- reading commands
 
+
+def _alias(command: click.Command, name: str) -> click.Command:
+    """`command` under another name (DESIGN.md's `fdl summarize` and `fdl diff`), listed by `fdl --help`
+    as that command's other name rather than as a second command with the same description."""
+    alias = copy.copy(command)
+    alias.name = name
+    alias.short_help = f"Same as `fdl {command.name}`."
+    return alias
+
 FORMATS = click.Choice(["table", "json", "csv", "markdown"])
 FORMAT_HELP = ("table: for people, on stderr like every message; json, csv, markdown: on stdout "
                "(`> file`, `| jq`).")
@@ -320,9 +333,9 @@ def _json_format(kwargs: dict[str, Any]) -> str:
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write figures (PNG and SVG) here.")
-@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
               help="Select a probe when the store has several.")
-@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
               help="Select a layer when the store has several.")
 def report(**kwargs: Any) -> None:
     """One row per checkpoint and a run summary; figures and HTML on request."""
@@ -360,7 +373,7 @@ def report(**kwargs: Any) -> None:
         console.print(f"wrote {kwargs['html_path']}", markup=False)
 
 
-cli.add_command(report, name="summarize")
+cli.add_command(_alias(report, "summarize"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -369,13 +382,13 @@ cli.add_command(report, name="summarize")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
-@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store_a"),
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store_a"),
               help="Select a probe when the stores have several.")
-@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store_a"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store_a"),
               help="Select a layer when the stores have several.")
-@click.option("--probe-b", default=None, shell_complete=completion.store_names("probe", "store_b"),
+@click.option("--probe-b", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store_b"),
               help="Store B's probe, when it is named otherwise (default: --probe).")
-@click.option("--layer-b", default=None, shell_complete=completion.store_names("layer", "store_b"),
+@click.option("--layer-b", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store_b"),
               help="Store B's layer, when it is named otherwise (default: --layer).")
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
@@ -435,7 +448,7 @@ def compare(**kwargs: Any) -> None:
         click.echo(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", err=True)
 
 
-cli.add_command(compare, name="diff")
+cli.add_command(_alias(compare, "diff"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -446,9 +459,9 @@ cli.add_command(compare, name="diff")
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
 @click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
               help="Export only these stored steps (default: every checkpoint).")
-@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
               help="Select a probe (needed when the store has several series).")
-@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
               help="Select a layer (needed when the store has several series).")
 def export(**kwargs: Any) -> None:
     """Export stored arrays or trajectories as CSV, JSON or NumPy.
@@ -487,9 +500,9 @@ def export(**kwargs: Any) -> None:
               help="Override a threshold (repeatable): " + ", ".join(
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
               ) + ". Rules and calibration: docs/regimes.md.")
-@click.option("--probe", default=None, shell_complete=completion.store_names("probe", "store"),
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
               help="Select a probe (default: the first given to analyze).")
-@click.option("--layer", default=None, shell_complete=completion.store_names("layer", "store"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
               help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:
     """The run's regime (coefficient, MF or EF) with its evidence and thresholds.
