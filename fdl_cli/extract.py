@@ -7,6 +7,7 @@ stay on the device) and keeps the features of the first m probe points (the anch
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,6 +239,13 @@ def resolve_device(name: str) -> torch.device:
         raise ModelError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:i") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is available", fix="use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise ModelError(
+            f"--device {name}: this machine has no GPU {device.index}",
+            got=f"{count} CUDA GPU(s) visible: cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else "")
+            + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})" if "CUDA_VISIBLE_DEVICES" in os.environ else ""),
+            fix="pick a GPU that is listed (nvidia-smi lists them), or --device cuda for the current one",
+        )
     return device
 
 

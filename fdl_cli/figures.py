@@ -82,7 +82,7 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
         if curve.eigenvalues.size and curve.eigenvalues[0] > 0:
             k = np.arange(1, curve.eigenvalues.size + 1)
             axes[2].plot(k, curve.eigenvalues / curve.eigenvalues[0], color=colour, label=label)
-    titles = ("Π*(k): target alignment", "Π̂(k): use by the learned function", "ρ_k / ρ_1: spectrum")
+    titles = (r"$\Pi^*(k)$: target alignment", r"$\hat{\Pi}(k)$: use by the learned function", r"$\rho_k / \rho_1$: spectrum")
     # A log axis labels only its decades: below k = 10 that is k = 1 alone, so a short spectrum (few
     # features, or a rank-deficient layer) labels its minor ticks (2 … 9) too.
     largest = max((c.eigenvalues.size for c in curves), default=0)
@@ -306,12 +306,12 @@ def write_compare_figures(run_a: Run, run_b: Run, comparison: Comparison, direct
     for (label, records), style in zip(points.items(), ("-", "--"), strict=True):
         pts = [(r["step"], r["k95_utility"]) for r in records if r.get("k95_utility") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), style, marker=".", label=f"{label}: k95 of Π̂")
+            ax.plot(*zip(*pts, strict=True), style, marker=".", label=f"{label}: k95 of " + r"$\hat{\Pi}$")
     if records_a and records_a[-1].get("n_outputs"):
         ax.axhline(records_a[-1]["n_outputs"], color="crimson", linestyle=":", label="C")
     ax.set_xlabel("step")
     ax.set_ylabel("eigenfunctions")
-    ax.set_title("eigenfunctions used by the learned function (k95 of Π̂)")
+    ax.set_title(r"eigenfunctions used by the learned function (k95 of $\hat{\Pi}$)")
     ax.grid(True, alpha=0.3)
     _legend(ax)
     paths.extend(save_figure(figure, directory, "compare_k95_utility"))
