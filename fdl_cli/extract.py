@@ -243,7 +243,7 @@ def resolve_device(name: str) -> torch.device:
         raise ModelError(
             f"--device {name}: this machine has no GPU {device.index}",
             got=f"{count} CUDA GPU(s) visible: cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else "")
-            + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})" if "CUDA_VISIBLE_DEVICES" in os.environ else ""),
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) else ""),
             fix="pick a GPU that is listed (nvidia-smi lists them), or --device cuda for the current one",
         )
     return device

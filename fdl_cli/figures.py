@@ -82,7 +82,8 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
         if curve.eigenvalues.size and curve.eigenvalues[0] > 0:
             k = np.arange(1, curve.eigenvalues.size + 1)
             axes[2].plot(k, curve.eigenvalues / curve.eigenvalues[0], color=colour, label=label)
-    titles = (r"$\Pi^*(k)$: target alignment", r"$\hat{\Pi}(k)$: use by the learned function", r"$\rho_k / \rho_1$: spectrum")
+    titles = (r"$\Pi^*(k)$: target alignment", r"$\hat{\Pi}(k)$: use by the learned function",
+              r"$\rho_k / \rho_1$: spectrum")
     # A log axis labels only its decades: below k = 10 that is k = 1 alone, so a short spectrum (few
     # features, or a rank-deficient layer) labels its minor ticks (2 … 9) too.
     largest = max((c.eigenvalues.size for c in curves), default=0)
