@@ -76,6 +76,10 @@ class StoreLockedError(StoreError):
     """Another process is writing the store."""
 
 
+class ResourceError(FdlError):
+    """The analysis needs more memory than the machine (or its GPU) has."""
+
+
 class NumericalError(FdlError):
     """The measures cannot be defined for these inputs (e.g. non-finite features)."""
 

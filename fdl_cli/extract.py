@@ -20,6 +20,7 @@ from torch import nn
 from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.probes import RowReader
+from fdl_cli.resources import out_of_memory
 from fdl_cli.spectral import Moments
 
 #: In a checkpoint that carries its own program (TorchScript, torch.export), the feature map is the
@@ -473,6 +474,8 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     except FdlError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained
+        if out_of_memory(exc):
+            raise  # not the model's error: the pipeline says so, with what to do (`_memory_explained`)
         first = first_line(exc)
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",

@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -34,6 +34,7 @@ from fdl_cli.errors import (
     FdlError,
     NumericalError,
     ProbeError,
+    ResourceError,
     SameStepError,
     StoreError,
     first_line,
@@ -1065,6 +1066,7 @@ def _validate(ctx: _Context, model: Any) -> None:
     from fdl_cli.probes import float_one_hot, validate_probe
 
     ctx.layers = []
+    passes: list[tuple[str, dict[str, int], int, int]] = []
     for probe in ctx.probes:
         try:
             if not ctx.layers:
@@ -1088,6 +1090,7 @@ def _validate(ctx: _Context, model: Any) -> None:
             ) from None
         _check_output_shape(ctx, probe, shape)
         validate_probe(probe, n_outputs=n_outputs)
+        passes.append((probe.name, widths, int(probe.x.shape[0]), min(ctx.options.anchor_size, int(probe.x.shape[0]))))
         if float_one_hot(probe):
             ctx.reporter.warn(
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
@@ -1130,6 +1133,52 @@ def _validate(ctx: _Context, model: Any) -> None:
             )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
+    _check_memory(ctx, passes)
+
+
+def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int, int]]) -> None:
+    """Refuse, before any checkpoint is read, a run whose float64 statistics and anchors alone
+    (`resources.run_needs`, a lower bound) do not fit in the memory available; warn when they take most
+    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback."""
+    import torch
+
+    from fdl_cli import resources
+
+    needs = resources.run_needs(passes)
+    host = resources.available_host_bytes()
+    device = None
+    if ctx.device is not None and ctx.device.type == "cuda":
+        with contextlib.suppress(Exception):  # a driver that cannot say: the run finds out
+            device = int(torch.cuda.mem_get_info(ctx.device)[0])
+    short = resources.shortfall(needs, host, device)
+    size = resources.size_text
+    widest = max(((label, p) for _, widths, _, _ in passes for label, p in widths.items()), key=lambda item: item[1],
+                 default=("", 0))
+    fix = (f"hook a narrower layer with --layer (the widest is {widest[0]!r}, p = {widest[1]:,}; `fdl inspect CKPT "
+           "--model ...` lists each module's output shape): after a pooling layer, say")
+    if any(p > n for _, widths, n, _ in passes for p in widths.values()):
+        fix += "; a layer wider than the probe keeps its n×p features: a smaller probe needs less"
+    if any(m > 256 for *_, m in passes):
+        fix += "; --anchor-size lowers the anchors' share"
+    listed = "; ".join(f"{need.what}: {size(need.bytes)}" for need in needs if need.bytes >= 1e6)
+    if short is not None:
+        on_device, needed, available = short
+        where = f"the GPU ({ctx.device}) has {size(available or 0)} free" if on_device else \
+            f"this machine has {size(available or 0)} of memory available"
+        raise ResourceError(
+            f"this analysis needs at least {size(needed)} of {'GPU ' if on_device else ''}memory for its float64 "
+            f"statistics and anchors alone, and {where}",
+            got=listed or None,
+            fix=fix + ("; or --device cpu" if on_device else ""),
+        )
+    if host is not None:
+        total = sum(need.bytes for need in needs if device is None or not need.on_device)
+        if total > resources.WARN_SHARE * host:
+            ctx.reporter.warn(
+                f"this analysis needs at least {size(total)} of memory for its float64 statistics and anchors "
+                f"alone, {100 * total / host:.0f} % of the {size(host)} available: the model and other programs "
+                f"need some too{f' ({listed})' if listed else ''}; if it runs out, {fix}"
+            )
 
 
 def _check_output_shape(ctx: _Context, probe: Any, shape: tuple[int, ...]) -> None:
@@ -2172,8 +2221,9 @@ def _run_refs(
     if reference_todo and todo[0].step != reference.step:
         reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
         try:
-            loaded_reference, reference_sha = preloaded or _load(reference, options)
-            held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
+            with _memory_explained(reference):
+                loaded_reference, reference_sha = preloaded or _load(reference, options)
+                held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, reference, exc)
             raise _fatal(exc, reference, is_reference=True) from None
@@ -2201,13 +2251,14 @@ def _run_refs(
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
-                loaded, sha = _loaded(pending.pop(index), ctx.tick)
-                if ref.step == reference.step and reference_ahead:
-                    entry: CheckpointEntry | None = (
-                        _with_previous(ctx, held, steps_in_order, out) if held is not None else None
-                    )
-                else:
-                    entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+                with _memory_explained(ref):
+                    loaded, sha = _loaded(pending.pop(index), ctx.tick)
+                    if ref.step == reference.step and reference_ahead:
+                        entry: CheckpointEntry | None = (
+                            _with_previous(ctx, held, steps_in_order, out) if held is not None else None
+                        )
+                    else:
+                        entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
@@ -2231,6 +2282,29 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+@contextlib.contextmanager
+def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
+    """An allocation that fails while `ref` is read or analysed (a larger checkpoint than the others,
+    another program taking memory, the GPU shared) stops the run with what happened and what to do,
+    not the allocator's traceback. What was stored before stays (the store is flushed on the way out)."""
+    try:
+        yield
+    except FdlError:
+        raise
+    except Exception as exc:
+        from fdl_cli import resources
+
+        if not resources.out_of_memory(exc):
+            raise
+        raise ResourceError(
+            f"ran out of memory at step {ref.step} ({ref.path})",
+            got=f"{type(exc).__name__}: {first_line(exc)}",
+            fix="free memory (other programs, or a GPU shared with training) and run the same command again: "
+            "it resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, "
+            "a smaller --anchor-size",
+        ) from None
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:

@@ -1,0 +1,174 @@
+"""Memory: a layer too wide for the machine is refused before any work, with what it needs and how to
+need less; an allocation that fails mid-run is explained, and the checkpoints stored before it stay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli import resources
+from fdl_cli.store import StoreReader
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL = '''
+import torch
+from torch import nn
+
+
+class Expand(nn.Module):
+    """No parameters: its output repeats the input `copies` times (a layer as wide as one likes, for free)."""
+
+    def __init__(self, copies):
+        super().__init__()
+        self.copies = copies
+
+    def forward(self, x):
+        return x.repeat(1, self.copies)
+
+
+class Wide(nn.Module):
+    def __init__(self, copies=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.expand = Expand(copies)
+        self.hidden = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+        self.register_buffer("boom", torch.zeros(()))
+
+    def forward(self, x):
+        wide = self.expand(x)
+        if self.boom.item() > 0:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 28800960008 bytes. Error code 12 (Cannot allocate memory)")
+        return self.head(torch.relu(self.hidden(x))) + 0 * wide[:, :1]
+
+
+def build(copies=1):
+    return Wide(copies)
+'''
+
+
+def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+
+
+def _run(tmp_path: Path, n: int, boom_at: int | None = None) -> tuple[Path, Path]:
+    (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import model as module  # type: ignore[import-not-found]
+
+        ckpts = tmp_path / "ckpts"
+        ckpts.mkdir()
+        net = module.build()
+        for step in (0, 10, 20, 30):
+            if step == boom_at:
+                net.boom.fill_(1.0)
+            torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
+            net.boom.fill_(0.0)
+            with torch.no_grad():
+                net.hidden.weight.mul_(1.2)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(n, 16)).astype(np.float32), y=rng.integers(0, 3, n))
+    return ckpts, tmp_path / "probe.npz"
+
+
+@pytest.mark.parametrize(("copies", "n", "route"), [
+    (12_500, 200_000, "the p×p second moment and its eigenvectors (p = 200,000)"),  # 640 GB
+    (2_500_000, 1_000, "the n×p features of the Gram route (n = 1,000, p = 40,000,000)"),  # 0.3 TB + anchors
+])
+def test_a_layer_too_wide_for_the_machine_is_refused_before_any_work(
+    tmp_path: Path, copies: int, n: int, route: str
+) -> None:
+    ckpts, probe = _run(tmp_path, n)
+    out = tmp_path / "run.h5"
+    done = _fdl("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--model-kwargs", f'{{"copies": {copies}}}',
+                "--layer", "expand", "--probe", probe, "-o", out)
+    assert done.returncode == 1, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("error: this analysis needs at least ") and "of memory for its float64" in first
+    assert route in done.stderr
+    assert "hook a narrower layer with --layer (the widest is 'expand'" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not out.exists()
+
+
+def test_an_allocation_that_fails_mid_run_is_explained_and_what_was_stored_stays(tmp_path: Path) -> None:
+    ckpts, probe = _run(tmp_path, 300, boom_at=20)
+    out = tmp_path / "run.h5"
+    done = _fdl("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", probe, "-o", out)
+    assert done.returncode == 1
+    assert f"error: ran out of memory at step 20 ({ckpts / 'step_20.pt'})" in done.stderr
+    assert "got: RuntimeError: [enforce fail at alloc_cpu.cpp:127]" in done.stderr
+    assert "run the same command again: it resumes" in done.stderr
+    assert "Traceback" not in done.stderr and "forward pass failed" not in done.stderr
+    with StoreReader(out) as reader:
+        assert reader.steps() == [0, 10]
+
+
+def test_what_is_available_is_read_from_meminfo_and_the_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 32000000 kB\nMemAvailable: 20000000 kB\nSwapFree: 1000 kB\n")
+    assert resources.available_host_bytes(tmp_path) == 20_001_000 * 1024  # no cgroup files: meminfo alone
+    # cgroup v2, the process's own group: a 4 GiB limit, 1 GiB of it anonymous memory (page cache not counted)
+    (tmp_path / "proc" / "self" / "cgroup").write_text("0::/jobs/fdl\n")
+    group = tmp_path / "sys" / "fs" / "cgroup" / "jobs" / "fdl"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text(f"{4 << 30}\n")
+    (group / "memory.stat").write_text(f"anon {1 << 30}\nfile {2 << 30}\n")
+    assert resources.available_host_bytes(tmp_path) == 3 << 30
+    (group / "memory.max").write_text("max\n")  # no limit: meminfo again
+    assert resources.available_host_bytes(tmp_path) == 20_001_000 * 1024
+    # cgroup v1
+    (group / "memory.max").unlink()
+    v1 = tmp_path / "sys" / "fs" / "cgroup" / "memory"
+    v1.mkdir()
+    (v1 / "memory.stat").write_text(f"rss 5\nhierarchical_memory_limit {8 << 30}\ntotal_rss {6 << 30}\n")
+    assert resources.available_host_bytes(tmp_path) == 2 << 30
+    (v1 / "memory.stat").write_text("hierarchical_memory_limit 9223372036854771712\ntotal_rss 6\n")
+    assert resources.available_host_bytes(tmp_path) == 20_001_000 * 1024
+    assert resources.available_host_bytes(tmp_path / "nothing") is None
+
+
+def test_needs_count_the_largest_pass_and_every_series_anchors() -> None:
+    needs = resources.run_needs([("train", {"a": 100, "b": 2000}, 1000, 512), ("test", {"a": 100, "b": 2000}, 500, 500)])
+    on_device = sum(need.bytes for need in needs if need.on_device)
+    # train: a (moments) 8·(101² + 100²), b (Gram route, p > n) 8·(1000·2000 + 2·1000²); test: smaller
+    assert on_device == 8 * (101**2 + 100**2) + 8 * (1000 * 2000 + 2 * 1000**2)
+    anchors = sum(need.bytes for need in needs if not need.on_device)
+    assert anchors == 16 * (512 * 100 + 512 * 2000 + 500 * 100 + 500 * 2000)
+    assert resources.shortfall(needs, host=on_device + anchors, device=None) is None
+    assert resources.shortfall(needs, host=on_device + anchors - 1, device=None) == (False, on_device + anchors,
+                                                                                      on_device + anchors - 1)
+    # on a GPU the statistics must fit in its free memory, the anchors in the host's
+    assert resources.shortfall(needs, host=anchors, device=on_device) is None
+    assert resources.shortfall(needs, host=anchors, device=on_device - 1) == (True, on_device, on_device - 1)
+    assert resources.shortfall(needs, host=None, device=None) is None
+    assert resources.size_text(28_800_960_008) == "28.8 GB" and resources.size_text(999) == "999 B"
+
+
+def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from fdl_cli.cli import main
+
+    ckpts, probe = _run(tmp_path, 300)
+    # the needs of this run: the head's input, p = 8, n = 300, m = 300
+    need = sum(n.bytes for n in resources.run_needs([("probe", {"head:input": 8}, 300, 300)]))
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: int(need / 0.8))
+    main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(probe),
+          "-o", str(tmp_path / "run.h5"), "--steps", "0,10"])
+    err = capsys.readouterr().err
+    assert "warning: this analysis needs at least 39.6 kB of memory" in err and "80 % of the 49.5 kB available" in err
+    assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0, 10]
