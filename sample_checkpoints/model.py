@@ -4,7 +4,7 @@ from torch import nn
 
 
 def build(hidden: int = 64, n_classes: int = 10) -> nn.Module:
-    """64 → hidden → hidden → n_classes, ReLU; the feature map is the input of `head`."""
+    """64 → hidden → hidden → n_classes, ReLU; the feature map is the input of the last Linear (module `4`)."""
     return nn.Sequential(
         nn.Linear(64, hidden),
         nn.ReLU(),
