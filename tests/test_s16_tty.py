@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -294,3 +295,187 @@ def test_inspect_piped_prints_the_table_whole(long_names: tuple[Path, Path]) -> 
     assert any("│ ModuleDict │" in line for line in lines), text
     assert any("│ 27 ← default (input) │" in line for line in lines), text
     assert len([line for line in lines if line.startswith("│")]) == 10  # one line a module, none folded
+
+
+# ------------------------------------------------------------------ signals during `import torch`
+
+#: A `torch` package found before the real one: its import says so, then waits (signals held back
+#: as for the real one) until the test creates the file $FAKE_TORCH_RELEASE - a hung import.
+FAKE_TORCH = '''
+import os, sys, time
+sys.stderr.write("fake torch: importing\\n")
+sys.stderr.flush()
+while not os.path.exists(os.environ["FAKE_TORCH_RELEASE"]):
+    time.sleep(0.05)
+sys.stderr.write("fake torch: loaded\\n")
+sys.stderr.flush()
+'''
+
+#: The entry point with Ctrl-C as from a terminal (a test runner started in the background would
+#: otherwise hand down SIGINT ignored).
+LAUNCH = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from fdl_cli.cli import main; main(sys.argv[1:])")
+
+AGAIN = "fdl stops once torch has loaded; press Ctrl-C again to stop now"
+
+
+class Stderr:
+    """The stderr of a running process, read as it comes (no sleeps: each step waits for a line)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self.fd = process.stderr.fileno()
+        self.text = ""
+        self.closed = False
+
+    def _read(self, until: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, until - time.monotonic()))
+        if not ready:
+            return False
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.closed = True
+            return False
+        self.text += chunk.decode("utf-8", "replace")
+        return True
+
+    def wait_for(self, needle: str, timeout: float = 120.0) -> None:
+        until = time.monotonic() + timeout
+        while needle not in self.text and not self.closed and time.monotonic() < until:
+            self._read(until)
+        assert needle in self.text, self.text
+
+    def to_end(self, timeout: float = 120.0) -> str:
+        until = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < until:
+            self._read(until)
+        return self.text
+
+
+@pytest.fixture
+def slow_torch(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "fake" / "torch").mkdir(parents=True)
+    (tmp_path / "fake" / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (tmp_path / "ckpts").mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "WORLD_SIZE"}
+    env.update(PYTHONPATH=f"{tmp_path / 'fake'}{os.pathsep}{REPO}", FAKE_TORCH_RELEASE=str(tmp_path / "release"),
+               COLUMNS="200")
+    return env
+
+
+def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], Stderr]:
+    process = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return process, Stderr(process)
+
+
+COMMANDS = {"analyze": ("analyze", "{tmp}/ckpts", "--model", "m.py:build", "--probe", "p.npz", "--out", "{tmp}/run.h5"),
+            "inspect": ("inspect", "{tmp}/ckpts/step_1.pt", "--model", "m.py:build")}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_second_ctrl_c_during_a_hung_import_torch_stops_fdl_at_once(
+        tmp_path: Path, slow_torch: dict[str, str], command: str) -> None:
+    """Ctrl-C was held back for as long as `import torch` ran (a fake 6 s import: status 130 only at
+    7.6 s; a hung one, for ever). The first now says fdl stops once torch has loaded, and a second
+    ends it there and then: 130, "interrupted", no traceback, no abort (134), what was on disk kept."""
+    (tmp_path / "run.h5").write_bytes(b"an older store, kept")
+    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS[command]))
+    try:
+        stderr.wait_for("fake torch: importing")
+        process.send_signal(signal.SIGINT)
+        stderr.wait_for(AGAIN)
+        assert process.poll() is None  # the first one waits for the import
+        process.send_signal(signal.SIGINT)
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert not (tmp_path / "release").exists()  # the import never ended: the second Ctrl-C did it
+    assert status == 130, (status, text)
+    assert "fake torch: loaded" not in text and "Traceback" not in text and "terminate called" not in text
+    assert text.rstrip().endswith("interrupted"), text
+    assert text.count(AGAIN) == 1
+    assert (tmp_path / "run.h5").read_bytes() == b"an older store, kept"
+    assert process.stdout is not None and process.stdout.read() == b""
+
+
+def test_one_ctrl_c_during_import_torch_stops_fdl_once_it_has_loaded(
+        tmp_path: Path, slow_torch: dict[str, str]) -> None:
+    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
+    try:
+        stderr.wait_for("fake torch: importing")
+        process.send_signal(signal.SIGINT)
+        stderr.wait_for(AGAIN)
+        (tmp_path / "release").touch()
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert status == 130, (status, text)
+    assert "Traceback" not in text
+    assert text.index(AGAIN) < text.index("fake torch: loaded") < text.rindex("interrupted")
+    assert text.rstrip().endswith("interrupted")
+
+
+@pytest.mark.parametrize("first_ctrl_c", [False, True])
+def test_sigterm_during_a_hung_import_torch_stops_fdl_at_once_with_143(
+        tmp_path: Path, slow_torch: dict[str, str], first_ctrl_c: bool) -> None:
+    """SIGTERM (Slurm's, Kubernetes') waited for the import too, and a hung one ran into SIGKILL."""
+    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
+    try:
+        stderr.wait_for("fake torch: importing")
+        if first_ctrl_c:
+            process.send_signal(signal.SIGINT)
+            stderr.wait_for(AGAIN)
+        process.send_signal(signal.SIGTERM)
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert status == 143, (status, text)
+    assert "fake torch: loaded" not in text and "Traceback" not in text
+    assert text.rstrip().endswith("interrupted")
+    assert (AGAIN in text) == first_ctrl_c
+
+
+def test_under_torchrun_sigterm_during_import_torch_ends_fdl_by_the_signal(
+        tmp_path: Path, slow_torch: dict[str, str]) -> None:
+    """Under torchrun fdl leaves SIGTERM its default action (a rank ends at once, torchrun ends the job):
+    during the import it now does so at once too, by the signal, rather than after the import."""
+    process, stderr = start({**slow_torch, "WORLD_SIZE": "2"}, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
+    try:
+        stderr.wait_for("fake torch: importing")
+        process.send_signal(signal.SIGTERM)
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert status == -signal.SIGTERM, (status, text)
+    assert "fake torch: loaded" not in text
+
+
+def test_an_ignored_ctrl_c_stays_ignored_during_import_torch(tmp_path: Path, slow_torch: dict[str, str]) -> None:
+    """A background job (`fdl analyze ... &` in a script) has SIGINT ignored: it is not taken meanwhile."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdl_cli", *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"])],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=slow_torch,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # noqa: PLW1509
+    stderr = Stderr(process)
+    try:
+        stderr.wait_for("fake torch: importing")
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        (tmp_path / "release").touch()
+        stderr.wait_for("fake torch: loaded")
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert AGAIN not in text and "interrupted" not in text
+    assert status not in (130, 143)  # it went on (and failed on the fake torch: what comes after is not tested)
