@@ -280,24 +280,55 @@ def inspect(**kwargs: Any) -> None:
     if kwargs["as_json"]:
         _emit_json(result)
         return
-    from rich.table import Table
-
-    table = Table(title=f"modules of {result['checkpoint']}")
-    # The names are what --layer takes: folded onto a second line when the terminal (or a pipe's 80
-    # columns) is too narrow, never cut to "bert.encoder.lay…"; the other columns give way first.
-    longest = max((len(row["name"]) for row in result["modules"]), default=7)
-    table.add_column("module", overflow="fold", min_width=min(longest, 40))
-    for column in ("type", "output shape", "parameters"):
-        table.add_column(column, overflow="fold")
-    for row in result["modules"]:
-        marker = " ← default (input)" if row["name"] == result["default_module"] else ""
-        table.add_row(row["name"] or "(model)", row["type"], str(row["output_shape"]), str(row["parameters"]) + marker)
     console = _stderr_console()
+    table, hidden = _modules_table(result, console.width if console.is_terminal else None)
+    if not console.is_terminal:
+        # As `fdl report`: a pipe or a log has no width, so the table is printed whole rather than
+        # folded at rich's 80 columns ("ModuleD" / "ict", "paramet" / "ers" beside a long name).
+        from rich.measure import Measurement
+
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
     console.print(table)
+    if hidden:
+        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
+                      "as does --json)", markup=False, highlight=False)
     basis = result.get("default_basis", "the input of the last nn.Linear")
     width = result["default_features"]
     features = f"{width} features" if width else "width unknown: no forward pass ran (pass --probe FILE)"
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
+
+
+def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
+    """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide.
+
+    The names are what --layer takes: folded onto a second line when the terminal (or a pipe's 80
+    columns) is too narrow, never cut to "bert.encoder.lay…". On a narrow terminal the parameters,
+    then the output shapes, are left out whole (and named): rich squeezed them to nothing beside a
+    40-column name, or drew the table wider than the terminal, whose lines then wrapped.
+    """
+    from rich.table import Table
+
+    rows = [(row["name"] or "(model)", str(row["type"]), str(row["output_shape"]), str(row["parameters"]),
+             " ← default (input)" if row["name"] == result["default_module"] else "")
+            for row in result["modules"]]
+    headers = ("module", "type", "output shape", "parameters")
+    longest = max((len(row["name"]) for row in result["modules"]), default=7)
+    # The width each column takes unfolded (the marker may wrap), the name's up to 40 columns.
+    widths = [min(max(longest, len(headers[0])), 40),
+              *(max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers) if i)]
+    keep = 4
+    if max_width is not None:
+        while keep > 2 and sum(widths[:keep]) + 3 * keep + 1 > max_width:
+            keep -= 1
+    room = widths[0] if max_width is None else max(8, min(widths[0], max_width - sum(widths[1:keep]) - 3 * keep - 1))
+    table = Table(title=f"modules of {result['checkpoint']}")
+    table.add_column("module", overflow="fold", min_width=room)
+    for column in headers[1:keep]:
+        table.add_column(column, overflow="fold")
+    for name, kind, shape, parameters, marker in rows:
+        cells = (name, kind, shape, parameters + marker)
+        table.add_row(*cells[:keep])
+    return table, list(headers[keep:])
 
 
 # ------------------------------------------------------------------------------- reading commands

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import stat
 import zipfile
@@ -493,8 +494,9 @@ class PlainTable:
 
     rich measures and renders every cell as its own renderable: ~4 s for 1000 checkpoints. Cells here
     are known strings, so the column widths are their cell lengths and each row is one line. The look
-    follows rich's SIMPLE_HEAD box: bold header, a rule, columns three spaces apart; a line wider than
-    the terminal is cut with an ellipsis.
+    follows rich's SIMPLE_HEAD box: bold header, a rule, columns three spaces apart. `fitted` leaves
+    out whole columns for a narrow terminal; a line still wider than the terminal (one narrower than
+    the columns always kept) is cut with an ellipsis (`cut`).
     """
 
     SEPARATOR = "   "
@@ -502,12 +504,48 @@ class PlainTable:
     def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
                  *, title: str | None = None) -> None:
         self.title = title
+        self.headers = list(headers)
         self.widths = [
             max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)
         ]
         self.lines = [self._line(headers, justify)] + [self._line(row, justify) for row in rows]
         self.width = sum(self.widths) + len(self.SEPARATOR) * (len(self.widths) - 1)
-        self.hidden: list[str] = []  # columns left out for the terminal's width (`render_table`)
+        self.hidden: list[str] = []  # the headers of the columns `fitted` left out
+        self.full_width = self.width  # the width of the table with every column
+        self.max_width: int | None = None  # the terminal's width it was fitted to
+
+    @property
+    def cut(self) -> bool:
+        """Whether its lines are wider than the terminal it was fitted to (and so cut at its edge)."""
+        return self.max_width is not None and self.width > self.max_width
+
+    @classmethod
+    def fitted(cls, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]], *,
+               title: str | None = None, max_width: int | None = None, priority: Sequence[int] = (),
+               always: int = 1) -> PlainTable:
+        """The table of every column, or within `max_width` (a terminal's) the columns taken in the
+        order of `priority` (indices; the others follow in their own order) while they fit, shown in
+        their own order. The first `always` of that order are kept even when they do not fit (their
+        lines are then cut). `hidden` names the columns left out, each whole: a column cut at the
+        terminal's edge hid the regime and the accuracy under a "…"."""
+        table = cls(headers, justify, rows, title=title)
+        if max_width is None or table.width <= max_width:
+            return table
+        order = [*priority, *(i for i in range(len(headers)) if i not in priority)]
+        keep: list[int] = []
+        used = -len(cls.SEPARATOR)
+        for rank, index in enumerate(order):
+            used += len(cls.SEPARATOR) + table.widths[index]
+            if used > max_width and rank >= always:
+                break
+            keep.append(index)
+        keep.sort()
+        narrow = cls([headers[i] for i in keep], [justify[i] for i in keep], [[row[i] for i in keep] for row in rows],
+                     title=title)
+        narrow.hidden = [header for i, header in enumerate(headers) if i not in keep]
+        narrow.full_width = table.width
+        narrow.max_width = max_width
+        return narrow
 
     def _line(self, cells: Sequence[str], justify: Sequence[str]) -> str:
         parts = []
@@ -540,35 +578,38 @@ class PlainTable:
             yield Segment(fit(line))
             yield Segment.line()
 
+    def left_out_note(self, *ways: str) -> str | None:
+        """The line below a table `fitted` to a terminal: the columns left out, by their headers, and
+        `ways` to see every column; None when nothing was left out or cut."""
+        if not self.hidden and not self.cut:
+            return None
+        names = ", ".join(self.hidden) if self.hidden else "none"
+        cut = "; lines cut at the terminal's edge" if self.cut else ""
+        return (f"(left out for this terminal's width: {names}{cut}; a terminal {self.full_width} columns wide "
+                f"shows them, as do {', '.join(ways[:-1])} and {ways[-1]})")
 
-#: Columns the narrow table leaves out, in this order, on a terminal too narrow for it (the regime,
-#: D_LR and the movement stay; a cut line would hide the regime first).
-NARROW_DROPS: tuple[str, ...] = ("loss", "cross_entropy", "eff_dim", "pi_hat_C", "overlap_init")
+
+#: The columns of the narrow table in the order a narrow terminal keeps them: the step and the regime
+#: always, then D_LR and the accuracy (or R²), then the movement; the loss goes first.
+NARROW_PRIORITY: tuple[str, ...] = (
+    "step", "regime", "d_lr", "accuracy", "r2", "cka_init", "k95_utility", "overlap_init", "pi_hat_C", "eff_dim",
+    "cross_entropy", "loss",
+)
 
 
 def render_table(
     records: Sequence[Record], *, wide: bool = False, title: str | None = None, max_width: int | None = None
 ) -> PlainTable:
-    """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal, and within
-    `max_width` leaves out `NARROW_DROPS` as needed (`PlainTable.hidden` names them)."""
+    """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal. Within
+    `max_width` whole columns are left out, in reverse `NARROW_PRIORITY` (with `wide`, every field
+    after the step and the regime from the right), and `PlainTable.hidden` names them."""
     fields = table_fields(wide=wide, records=records)
-    hidden: list[str] = []
-    if not wide and max_width is not None:
-        for drop in NARROW_DROPS:
-            if _plain_table(records, fields, title).width <= max_width:
-                break
-            if drop in fields:
-                fields = tuple(name for name in fields if name != drop)
-                hidden.append(drop)
-    table = _plain_table(records, fields, title)
-    table.hidden = hidden
-    return table
-
-
-def _plain_table(records: Sequence[Record], fields: Sequence[str], title: str | None) -> PlainTable:
+    first = ("step", "regime") if wide else NARROW_PRIORITY
+    priority = [fields.index(name) for name in first if name in fields]
     justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
     rows = [[format_value(name, record.get(name)) for name in fields] for record in records]
-    return PlainTable([HEADERS.get(name, name) for name in fields], justify, rows, title=title)
+    return PlainTable.fitted([HEADERS.get(name, name) for name in fields], justify, rows, title=title,
+                             max_width=max_width, priority=priority, always=2)
 
 
 def _json_default(value: Any) -> Any:
@@ -805,9 +846,11 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         if not console.is_terminal:
             console.width = max(console.width, table.width)
         console.print(table)
-        if table.hidden:
-            console.print(f"(left out for this terminal's width: {', '.join(table.hidden)}; a wider terminal, "
-                          "--wide or --format csv shows them)", markup=False, highlight=False)
+        store = shlex.quote(str(run.path))
+        note = table.left_out_note(f"`fdl report {store} --wide 2>&1 | less -S` (every field)", "--format csv",
+                                   "--json", f"`fdl export {store} --what trajectories`")
+        if note:
+            console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records)):
             console.print(line, markup=False, highlight=False)
     if run.series:
@@ -1379,10 +1422,15 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
 def print_comparison(console: Any, comparison: Comparison) -> None:
     """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
     console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", markup=False, highlight=False)
-    table = render_comparison_table(comparison)
+    # As `print_run`: a pipe gets the whole table, a narrow terminal fewer columns, named below it.
+    table = render_comparison_table(comparison, max_width=console.width if console.is_terminal else None)
     if not console.is_terminal:
         console.width = max(console.width, table.width)
     console.print(table)
+    paths = f"{shlex.quote(str(comparison.path_a))} {shlex.quote(str(comparison.path_b))}"
+    note = table.left_out_note(f"`fdl compare {paths} 2>&1 | less -S`", "--format csv", "--json")
+    if note:
+        console.print(note, markup=False, highlight=False)
     for line in difference_lines(comparison):
         console.print(line, markup=False, highlight=False)
     overlaps = [c.overlap for c in comparison.steps if c.overlap is not None]
@@ -1408,8 +1456,13 @@ def _signed(name: str, value: Any) -> str:
     return ("+" if value > 0 else "−") + text
 
 
-def render_comparison_table(comparison: Comparison) -> PlainTable:
-    """Matched steps with the differences (B − A) of the key fields and the cross-run overlap."""
+#: The columns of the comparison a narrow terminal keeps, in this order (the others follow).
+COMPARE_PRIORITY: tuple[str, ...] = ("step A", "step B", "Δ D_LR", "overlap A·B", "Δ acc", "Δ CKA₀")
+
+
+def render_comparison_table(comparison: Comparison, *, max_width: int | None = None) -> PlainTable:
+    """Matched steps with the differences (B − A) of the key fields and the cross-run overlap; within
+    `max_width` (a terminal's) whole columns are left out, the last of `COMPARE_PRIORITY` last."""
     headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in COMPARE_FIELDS), "overlap A·B"]
     rows = [
         [
@@ -1420,7 +1473,9 @@ def render_comparison_table(comparison: Comparison) -> PlainTable:
         ]
         for compared in comparison.steps
     ]
-    return PlainTable(headers, ["right"] * len(headers), rows, title="B − A at matched steps")
+    priority = [headers.index(name) for name in COMPARE_PRIORITY]
+    return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
+                             max_width=max_width, priority=priority, always=3)
 
 
 def difference_lines(comparison: Comparison) -> list[str]:

@@ -116,10 +116,84 @@ def held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+#: Said at the first Ctrl-C during `import torch`, which cannot stop it there and then (see `_ImportWatch`).
+IMPORT_NOTE = "Ctrl-C: fdl stops once torch has loaded; press Ctrl-C again to stop now"
+
+
+class _ImportWatch:
+    """Takes the SIGINTs and SIGTERMs that `held` blocks while torch is imported, in a thread of its own.
+
+    Blocked, a signal waited for the end of the import: a slow one (a cold network file system) or a
+    hung one could not be stopped at all, short of SIGKILL. Here the first Ctrl-C is recorded, and
+    said so; it is raised again once the import has ended, and stops fdl as anywhere else. A second
+    Ctrl-C, or a SIGTERM (the grace period of Slurm or Kubernetes is short), ends the process there
+    and then: `os._exit` with 130 or 143 ("interrupted", as after any interrupt), or by the signal
+    itself where its action is the default (under torchrun). Nothing is lost: `analyze` and
+    `inspect` import torch first of all, before any file is opened or written. The thread runs no
+    Python of fdl's beyond this loop, touches no torch, and writes with `os.write` (no lock of the
+    main thread's streams).
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self, signals: set[signal.Signals]) -> None:
+        self.signals = signals
+        self.first: int | None = None
+        self.done = False
+        self.actions: dict[int, Any] = {int(signum): signal.getsignal(signum) for signum in signals}
+        self.thread = threading.Thread(target=self._run, name="fdl-import-signals", daemon=True)
+
+    def _run(self) -> None:
+        while not self.done:
+            info = signal.sigtimedwait(self.signals, self.POLL_S)
+            if info is not None:
+                self._take(info.si_signo)
+
+    def _take(self, signum: int) -> None:
+        if signum == signal.SIGINT and self.first is None:
+            self.first = signum
+            _say(IMPORT_NOTE)
+            return
+        if self.actions.get(signum) is signal.SIG_DFL:  # the process ends by the signal, as it would have
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+            signal.pthread_kill(threading.get_ident(), signum)
+        _say("interrupted")
+        os._exit(128 + signum)
+
+
+def _say(line: str) -> None:
+    """`line` on stderr, on a line of its own after a terminal's "^C"."""
+    try:
+        os.write(2, (("\n" if os.isatty(2) else "") + line + "\n").encode(errors="replace"))
+    except OSError:
+        pass  # stderr closed: the status says it
+
+
 def import_torch() -> None:
-    """`import torch` with SIGINT and SIGTERM `held` back, so one sent meanwhile stops fdl as anywhere else."""
-    with held():
-        import torch  # noqa: F401
+    """`import torch` with SIGINT and SIGTERM `held` back, so none is handled inside torch's C++ start-up;
+    meanwhile `_ImportWatch` takes them: a first Ctrl-C stops fdl once the import has ended, a second
+    one, or a SIGTERM, at once. Where `signal.sigtimedwait` does not exist (macOS), they wait for the
+    end of the import."""
+    watch = None
+    try:
+        with held():
+            if threading.current_thread() is threading.main_thread() and hasattr(signal, "sigtimedwait"):
+                taken = {signum for signum in (signal.SIGINT, signal.SIGTERM)
+                         if signal.getsignal(signum) is not signal.SIG_IGN}
+                if taken:
+                    watch = _ImportWatch(taken)
+                    watch.thread.start()
+            try:
+                import torch  # noqa: F401
+            finally:
+                if watch is not None:
+                    watch.done = True
+                    watch.thread.join()
+    finally:
+        # Handled here (its handler runs before raise_signal returns), as one sent now; also when the
+        # import failed, as a signal held back was: the user asked to stop.
+        if watch is not None and watch.first is not None:
+            signal.raise_signal(watch.first)
 
 
 def check() -> None:

@@ -134,7 +134,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as from a ter
 state = {"inside": False, "sent": False}
 
 def profile(frame, event, arg):
-    name = getattr(arg, "__name__", "")
+    # only a C function's name: getattr on a "return" event's value (a half-built unittest.mock._Call)
+    # recursed, and the RecursionError made torch's import fail, hidden by the "interrupted" after it
+    name = getattr(arg, "__name__", "") if event.startswith("c_") else ""
     if event in ("c_call", "c_return") and name == "_c10d_init":
         state["inside"] = event == "c_call"
     elif event == "call" and state["inside"] and not state["sent"]:
