@@ -107,3 +107,20 @@ def test_parameter_norms_on_the_gpu_equal_the_cpu_ones_bit_for_bit() -> None:
     on_gpu = {name: value.cuda() for name, value in state.items()}
     ref_gpu = {name: value.cuda() for name, value in reference.items()}
     assert parameter_vector_norms(on_gpu, ref_gpu) == parameter_vector_norms(state, reference)
+
+
+def test_a_layer_too_wide_for_the_gpu_is_refused_naming_the_gpu(tmp_path: Path) -> None:
+    """resources.shortfall on the device: the statistics against torch.cuda.mem_get_info's free bytes
+    (p = 200 000: 640 GB of float64 sums and eigenvectors, more than any GPU has)."""
+    from fdl_cli.errors import ResourceError
+    from tests.test_s16_memory import _run
+
+    ckpts, probe = _run(tmp_path, 200_000)
+    with pytest.raises(ResourceError) as caught:
+        run_analyze(AnalyzeOptions(
+            sources=(str(ckpts),), model_spec=f"{tmp_path}/model.py:build", model_kwargs={"copies": 12_500},
+            layers=("expand",), probe_specs=(str(probe),), out=tmp_path / "run.h5", device="cuda",
+        ))
+    assert "of GPU memory" in caught.value.what and "free" in caught.value.what
+    assert caught.value.fix is not None and caught.value.fix.endswith("; or --device cpu")
+    assert not (tmp_path / "run.h5").exists()
