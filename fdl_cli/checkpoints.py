@@ -51,6 +51,13 @@ TAR_SUFFIXES = (".pth.tar", ".pt.tar")
 #: Keys of a checkpoint's metadata or top-level dict holding its step, first found wins: the common two,
 #: then DeepSpeed's (`global_steps`), nanoGPT's (`iter_num`) and Megatron's (`iteration`), the epoch last.
 STEP_KEYS = ("step", "global_step", "global_steps", "iter_num", "iteration", "epoch")
+#: Every step key read, in the order they are tried: STEP_KEYS, with the steps training libraries keep
+#: below the top level of their dict among them, each after the top level's counts of steps and before
+#: any epoch: fairseq's number of updates (`optimizer_history[-1]["num_updates"]`, the count its trainer
+#: resumes from), then mmengine's and mmcv's `meta` (`{"meta": {"epoch": E, "iter": I, ...}}`), its
+#: iteration before its epoch.
+_FAIRSEQ_UPDATES = "optimizer_history[-1].num_updates"
+STEP_ORDER = (*STEP_KEYS[:-1], _FAIRSEQ_UPDATES, "meta.iter", "epoch", "meta.epoch")
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 MANIFEST_NAME = "fdl.toml"
@@ -118,6 +125,9 @@ class LoadedCheckpoint:
     #: other entries of the file's dict holding a copy of the same weights (an EMA, a teacher), which
     #: --weights would pick; empty when --weights is given (`_weight_copies`)
     other_weights: tuple[str, ...] = ()
+    #: the weights taken are an EMA's that mmengine's EMAHook swapped into `state_dict`, the trained
+    #: model's being under `ema_state_dict` (`_mmengine_ema_swapped`)
+    ema_swapped_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,7 @@ class _Peek:
     metadata: dict[str, Any]
     skip_reason: str | None = None
     fingerprint: str | None = None  # cheap sample hash; equal for identical weights
+    steps_read: bool = True  # False: a pickle whose step keys were not read (only unpickling reads them)
 
 
 def _pickle_globals(data: bytes) -> tuple[list[str], bool]:
@@ -309,9 +320,24 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _metadata_steps(meta: Mapping[str, Any]) -> dict[str, Any]:
+def _file_steps(obj: Mapping[Any, Any]) -> dict[str, Any]:
+    """The steps a checkpoint's dict holds (`STEP_ORDER`'s keys): at its top level (`_metadata_steps`),
+    fairseq's `optimizer_history[-1]["num_updates"]`, and the `epoch` and `iter` of mmengine's `meta`."""
+    out = _metadata_steps(obj)
+    history = obj.get("optimizer_history")
+    if isinstance(history, list) and history and isinstance(history[-1], Mapping):
+        updates = _metadata_steps(history[-1], ("num_updates",))
+        if updates:
+            out[_FAIRSEQ_UPDATES] = updates["num_updates"]
+    meta = obj.get("meta")
+    if isinstance(meta, Mapping):
+        out.update({f"meta.{key}": value for key, value in _metadata_steps(meta, ("iter", "epoch")).items()})
+    return out
+
+
+def _metadata_steps(meta: Mapping[str, Any], keys: Sequence[str] = STEP_KEYS) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in STEP_KEYS:
+    for key in keys:
         value = meta.get(key)
         if isinstance(value, bool):
             continue
@@ -426,6 +452,44 @@ class NumpyArrayNotLoaded:
         return f"<numpy array {self.dtype} {self.shape}, not loaded>"
 
 
+class LoggedValuesNotLoaded:
+    """What a training library's record of logged values is read as: its class's name, nothing it holds.
+
+    mmengine's runner saves its MessageHub beside the weights (`{"message_hub": {"log_scalars": {"train/loss":
+    HistoryBuffer(...)}}}`): a plain class of that library holding numpy arrays of the values logged.
+    Unpickling it would import mmengine and run its code; fdl needs none of it, so the restricted
+    unpickler binds the class's name (`_LOGGED_VALUE_CLASSES`) to this placeholder, which takes any
+    arguments and any state and keeps none of them: no code of the file or of the library runs.
+    """
+
+    __slots__ = ()
+    library_class = ""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> LoggedValuesNotLoaded:
+        return super().__new__(cls)
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:  # REDUCE calls the class, NEWOBJ only __new__
+        pass
+
+    def __setstate__(self, _state: Any) -> None:  # BUILD: the state is dropped
+        pass
+
+    def __repr__(self) -> str:
+        return f"<{self.library_class}, not loaded>"
+
+
+#: Classes of training libraries that only hold logged values, read as `LoggedValuesNotLoaded`.
+_LOGGED_VALUE_CLASSES = ("mmengine.logging.history_buffer.HistoryBuffer",)
+
+
+def _logged_value_placeholders() -> list[tuple[type[LoggedValuesNotLoaded], str]]:
+    return [(type(name.rsplit(".", 1)[1], (LoggedValuesNotLoaded,), {"__slots__": (), "library_class": name}), name)
+            for name in _LOGGED_VALUE_CLASSES]
+
+
+_LOGGED_VALUE_PLACEHOLDERS = _logged_value_placeholders()
+
+
 def _array_not_loaded(*_args: Any) -> NumpyArrayNotLoaded:
     """Bound to numpy's ``_reconstruct(ndarray, shape, typecode)``: a placeholder, whatever it is given."""
     return NumpyArrayNotLoaded()
@@ -490,7 +554,8 @@ def _numpy_scalar_globals() -> list[Any]:
     under the same restrictions, so they are allowed beside the tensors ``weights_only`` accepts. Numpy
     arrays are read as `NumpyArrayNotLoaded`: numpy never sees their bytes. Dtypes are numpy's shared
     ones (`_shared_dtype`), and scalars those of numbers only (no object, string or structured dtype: an
-    object dtype is how forged pointers get in).
+    object dtype is how forged pointers get in). mmengine's HistoryBuffer of logged values is read as a
+    `LoggedValuesNotLoaded` (its name only).
     """
     import argparse
 
@@ -512,7 +577,8 @@ def _numpy_scalar_globals() -> list[Any]:
         for name in ("PosixPath", "PurePosixPath")]
     paths += [(_pure_windows_path, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
               for name in ("WindowsPath", "PureWindowsPath")]
-    return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders, *paths]
+    return [*guarded, *sorted(_numeric_dtype_classes(), key=str), argparse.Namespace, *placeholders, *paths,
+            *_LOGGED_VALUE_PLACEHOLDERS]
 
 
 def _path_parts(parts: tuple[Any, ...]) -> tuple[str, ...]:
@@ -797,7 +863,7 @@ def _peek_file(path: Path) -> _Peek:
                 f"skipped {name}: pickled Python object ({', '.join(unsafe[:3])}) with no "
                 "tensors; not loaded",
             )
-        return _Peek("pickle", {})
+        return _Peek("pickle", {}, steps_read=False)
     except CheckpointError:
         if text:  # not even an (ASCII) pickle: say what it is rather than how unpickling failed
             raise _text_file_error(path, head) from None
@@ -808,7 +874,7 @@ def _peek_file(path: Path) -> _Peek:
     if tensors is None:
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
+    meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
 
 
@@ -987,7 +1053,7 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
                 f"--step-regex matched {match.group(1)!r} in {path.name}, which is not an integer",
                 fix="capture only the digits of the step",
             ) from None
-    for key in STEP_KEYS:
+    for key in STEP_ORDER:
         if key in peek.metadata:
             source = "trainer_state.json" if (path / "trainer_state.json").is_file() else "metadata"
             return int(peek.metadata[key]), f"{source}:{key}"
@@ -1004,10 +1070,14 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         )
     if step is None:
         folder = _folder_regex(path)
+        unread = not peek.steps_read  # a pickle's step keys are read only with --trust-pickle
         raise _NoStep(
             f"cannot tell the training step of {path}",
-            note=f"skipped {path.name}: no training step in its metadata or name ({_SKIP_FIX})",
-            got=f"no {'/'.join(STEP_KEYS)} in the file and no integer in its name",
+            note=f"skipped {path.name}: no training step in its "
+            + ("name, and its metadata is not read (it pickles Python objects: --trust-pickle reads it)"
+               if unread else "metadata or name") + f" ({_SKIP_FIX})",
+            got=("its step keys are not read, since it pickles Python objects (read with --trust-pickle), and "
+                 "no integer in its name") if unread else f"no {'/'.join(STEP_KEYS)} in the file and no integer in its name",
             # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
             fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
         )
@@ -1112,6 +1182,7 @@ def discover_checkpoints(
     empty_ok: bool = False,
     missing_ok: bool = False,
     for_inspect: bool = False,
+    trust_pickle: bool = False,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1176,6 +1247,10 @@ def discover_checkpoints(
         try:
             _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
+            if peek.kind == "pickle" and trust_pickle and pattern is None and path.is_file() and _name_step(path) is None:
+                # Its step keys are read by unpickling it, only when its name holds no step: discovery
+                # unpickles no file whose step it can tell otherwise (each file is unpickled again to load)
+                peek = _Peek("pickle", _trusted_steps(path))
         except CheckpointError as exc:
             bad.append((path, exc))
             continue
@@ -1226,8 +1301,13 @@ def discover_checkpoints(
                 got = ("" if got == "nothing" else got + "; ") + (
                     "one checkpoint in each of the sub-folders " + ", ".join(str(folder) for folder in folders[:3])
                     + (", ..." if len(folders) > 3 else ""))
-            fix = (f"one folder per step: pass the folders and take the steps from their names: "
-                   f"fdl analyze {where_folders} --step-regex '{regex}' ...")
+            held = _held_step(folders[0]) if not stepless else None
+            if held is not None and held[1] != _name_step(folders[0]):
+                # nanoGPT's out1/ckpt.pt: the file holds its step (iter_num), which --step-regex would override
+                fix = f"pass the folders, whose checkpoints hold their steps ({held[0]}): fdl analyze {where_folders} ..."
+            else:
+                fix = (f"one folder per step: pass the folders and take the steps from their names: "
+                       f"fdl analyze {where_folders} --step-regex '{regex}' ...")
         elif nested:
             shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
@@ -1254,6 +1334,24 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _held_step(folder: Path) -> tuple[str, int] | None:
+    """The step key (`STEP_ORDER`) the checkpoint in `folder` holds and its value, None when it holds none
+    or cannot be read: for the advice on one checkpoint a sub-folder (`_folder_per_step`)."""
+    try:
+        entries = sorted(folder.iterdir())
+        for entry in entries:
+            if entry.is_dir() and _hf_weight_files(entry):
+                peek = _peek_hf_dir(entry)
+            elif entry.is_file() and checkpoint_suffix(entry) is not None and not _TRAINING_STATE.fullmatch(entry.name):
+                peek = _peek_file(entry)
+            else:
+                continue
+            return next(((key, int(peek.metadata[key])) for key in STEP_ORDER if key in peek.metadata), None)
+    except (OSError, CheckpointError):
+        return None
+    return None
 
 
 def _folder_per_step(candidates: Sequence[Path]) -> tuple[list[Path], str] | None:
@@ -1285,6 +1383,11 @@ def _note_save_counts(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
         )
 
 
+def _is_epoch(ref: CheckpointRef) -> bool:
+    """Whether `ref`'s step is the epoch its file holds (`epoch`, mmengine's `meta.epoch`)."""
+    return ref.step_source.endswith((":epoch", ".epoch"))
+
+
 def _note_epoch_steps(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
     """Files whose only step metadata is an epoch are stored at their epochs (metadata beats names),
     which a run compared with another saved by steps, or a reader of `ckpt_500.pt` stored as step 1,
@@ -1296,7 +1399,7 @@ def _note_epoch_steps(refs: Sequence[CheckpointRef], notes: list[str]) -> None:
     `resnet18_last.pt`) is no step, and --step-regex would give every file that one step; names that
     count epochs from 1 where the files count from 0 (`model_epoch_1.pt` holding epoch 0) number the
     epochs too; one file alone (`resnet50.pt`) cannot tell (--watch notes it when the second comes)."""
-    named = [(ref, number) for ref in refs if ref.step_source.endswith(":epoch")
+    named = [(ref, number) for ref in refs if _is_epoch(ref)
              for number in [_name_step(ref.path)] if number is not None]
     numbers = [number for _, number in named]
     offsets = {number - ref.step for ref, number in named}
@@ -1390,22 +1493,23 @@ def _dedupe(
     weights: str | None = None,
     copies: list[tuple[CheckpointRef, CheckpointRef]] | None = None,
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
-    """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, a file
-    before a link, else the first name), the other added to `copies` as (dropped, kept); same weights at
-    two steps: a duplicate pair.
+    """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, one
+    named like more of the run's files, a file before a link, else the first name), the other added to
+    `copies` as (dropped, kept); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one."""
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
     by_print: dict[str, CheckpointRef] = {}
     by_step: dict[int, tuple[CheckpointRef, str | None]] = {}
+    name_shapes = collections.Counter(_name_shape(ref.path.name) for ref, _ in found)
     for ref, fingerprint in found:
         if ref.step in by_step:
             first, first_print = by_step[ref.step]
             # Against the checkpoint of this step itself: by_print holds the first of equal fingerprints,
             # which in a run that never moved is at another step.
             if fingerprint and first_print == fingerprint and _same_weights(first, ref, weights):
-                if _copy_rank(ref) < _copy_rank(first):
+                if _copy_rank(ref, name_shapes) < _copy_rank(first, name_shapes):
                     # Kept: the file named by its step, not Lightning's last.ckpt (rewritten at the next
                     # save, or a link to it), which name order put first under filename="{step}"; a
                     # store recording last.ckpt for the step found it changed at the next resume.
@@ -1423,7 +1527,7 @@ def _dedupe(
                     copies.append((ref, first))
                 continue
             got = ("their metadata holds the epoch only; the names hold finer numbers"
-                   if first.step_source.endswith(":epoch") and _name_step(first.path) != _name_step(ref.path)
+                   if _is_epoch(first) and _name_step(first.path) != _name_step(ref.path)
                    else None)
             fix = _step_fix_for(ref.path)
             folder = _folder_regex(ref.path)
@@ -1440,7 +1544,7 @@ def _dedupe(
                 counts = {shape: shapes.count(shape) for shape in dict.fromkeys(shapes)}
                 got = ("names of different patterns: "
                        + ", ".join(f"{shape} ({n} file{'s' if n > 1 else ''})" for shape, n in counts.items())
-                       + ("; the metadata holds the epoch only" if first.step_source.endswith(":epoch") else ""))
+                       + ("; the metadata holds the epoch only" if _is_epoch(first) else ""))
                 why = "(a recovery, best or last copy saved beside them is no step of its own)"
                 others = [r.path.name for r, _ in found if _name_shape(r.path.name) != _name_shape(keep)]
                 # step_*.pt matches step_0_ema.pt too (a glob's * is any text, not digits only); step_*[0-9].pt
@@ -1473,11 +1577,14 @@ def _dedupe(
     return kept, duplicates
 
 
-def _copy_rank(ref: CheckpointRef) -> tuple[bool, bool]:
+def _copy_rank(ref: CheckpointRef, shapes: Mapping[str, int]) -> tuple[bool, int, bool]:
     """Of two files of one step with the same weights, the lower is kept: a name that holds the step
     before one that does not (last.ckpt, latest.pt: rewritten at the next save, a link or not; a step
-    file left as a link to other storage is kept over a real last.ckpt), then a file before a link."""
-    return _name_step(ref.path) != ref.step, _is_link(ref.path)
+    file left as a link to other storage is kept over a real last.ckpt), then a name shaped like more of
+    the run's (`shapes`: `_name_shape` counts; mmengine's epoch_2.pth, whose number is the epoch where the
+    step is its `meta.iter`, over best_accuracy_top1_epoch_2.pth, which the next better epoch deletes;
+    fairseq's checkpoint2.pt over checkpoint_best.pt and checkpoint_last.pt), then a file before a link."""
+    return _name_step(ref.path) != ref.step, -shapes.get(_name_shape(ref.path.name), 0), _is_link(ref.path)
 
 
 def _is_link(path: Path) -> bool:
@@ -1720,55 +1827,132 @@ def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Te
     return tensors, _metadata_steps(header.get("__metadata__") or {})
 
 
+def _key_names(tensors: Iterable[str]) -> set[str]:
+    """State_dict keys as copies of one model are compared: each without its leading `module.` and
+    `_orig_mod.` (an AveragedModel's or mmengine's EMA holds `module.`-keys beside its own `n_averaged`
+    or `steps`, so the prefixes are not stripped from every key, as `_strip_prefixes` does)."""
+    names = set()
+    for key in tensors:
+        while key.startswith(STRIPPED_PREFIXES):
+            key = key.split(".", 1)[1]
+        names.add(key)
+    return names
+
+
+def _is_state(tensors: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """Whether `tensors` (a dict `_find_tensor_dict` made) holds exactly the tensors of `found`."""
+    return len(tensors) == len(found) and all(tensors.get(key) is value for key, value in found.items())
+
+
 def _weight_copies(obj: Mapping[Any, Any], found: Mapping[str, Any]) -> tuple[str, ...]:
     """The entries of a checkpoint's dict, beside the one `_find_tensor_dict` took, that hold a state_dict
-    sharing at least half of its keys (prefixes stripped): a copy of the model (`{"model": ..., "ema": ...}`)
-    that fdl does not analyse unless --weights names it; not an optimizer's or a scaler's state."""
-    own = set(_strip_prefixes(dict(found)))
-    copies = []
-    for key, value in obj.items():
-        tensors = _find_tensor_dict(value) if isinstance(value, Mapping) else None
-        if tensors is None or (len(tensors) == len(found) and all(tensors.get(k) is v for k, v in found.items())):
-            continue  # none, or the entry analysed
-        if len(own & set(_strip_prefixes(tensors))) * 2 >= len(own):
-            copies.append(str(key))
+    sharing at least half of its keys (`_key_names`): a copy of the model that fdl does not analyse unless
+    --weights names it; not an optimizer's or a scaler's state. Entries below the top level are named by
+    their path, as --weights takes them: fairseq's `extra_state.ema`, an EMA kept inside the entry that
+    holds the model (`state_dict.model_ema` of `{"state_dict": {"model": ..., "model_ema": ...}}`). A
+    torch.optim.swa_utils.AveragedModel's state_dict (torchvision's `model_ema`, mmengine's
+    `ema_state_dict`) counts, and so does a module pickled whole (loaded with --trust-pickle)."""
+    own = _key_names(found)
+    copies: list[str] = []
+
+    def visit(node: Mapping[Any, Any], path: str, depth: int) -> None:
+        for key, value in node.items():
+            if not isinstance(key, str):
+                continue
+            tensors: Mapping[str, Any] | None = None
+            if isinstance(value, nn.Module):
+                with contextlib.suppress(Exception):  # a pickled module's own state_dict() may fail
+                    tensors = value.state_dict()
+            elif isinstance(value, Mapping):
+                tensors = _find_tensor_dict(value)
+            if tensors is not None and not _is_state(tensors, found):
+                if own and len(own & _key_names(tensors)) * 2 >= len(own):
+                    copies.append(path + key)
+            elif isinstance(value, Mapping) and depth < 3:
+                visit(value, f"{path}{key}.", depth + 1)  # holds the weights analysed, or no state_dict
+
+    visit(obj, "", 0)
     return tuple(copies)
+
+
+def _entry_at(obj: Mapping[Any, Any], weights: str) -> tuple[bool, Any]:
+    """(found, value) of --weights NAME as an entry of the checkpoint's dict: the entry named so, else
+    the path its dots spell (`extra_state.ema`: fairseq's EMA); (False, None) when neither is there
+    (NAME is then a key prefix)."""
+    if weights in obj:
+        return True, obj[weights]
+    node: Any = obj
+    for part in weights.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _mmengine_ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> bool:
+    """Whether the checkpoint is mmengine's with its EMAHook's weights: the hook swaps them before saving,
+    so `state_dict` holds the EMA's weights and `ema_state_dict` the trained model's (`module.` keys
+    beside the EMA's `steps`)."""
+    ema = obj.get("ema_state_dict")
+    return ("ema_state_dict" in copies and "state_dict" in obj and isinstance(obj.get("meta"), Mapping)
+            and isinstance(ema, Mapping) and "steps" in ema
+            and any(isinstance(key, str) and key.startswith("module.") for key in ema))
+
+
+def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
+    """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
+    cannot be imported here, or any other failure, is a CheckpointError that says so."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+    except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
+        raise _unimportable_error(path, exc) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
+        raise _corrupt_error(path, exc) from None
+
+
+def _trusted_steps(path: Path) -> dict[str, Any]:
+    """The step keys of a checkpoint that pickles Python objects (`{"model": ..., "ema": a module, "step":
+    N}`), read by unpickling it: only with --trust-pickle."""
+    obj = _load_trusted(path)
+    return _file_steps(obj) if isinstance(obj, Mapping) else {}
 
 
 def _load_tensor_file(
     path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...]]:
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], bool]:
     """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
     tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix;
-    and without `weights`, the entries holding other copies of the weights, `_weight_copies`)."""
+    and without `weights`, the entries holding other copies of the weights, `_weight_copies`, and
+    whether the tensors are the EMA's that mmengine's EMAHook swapped in, `_mmengine_ema_swapped`)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
-        return tensors, None, meta, False, ()
+        return tensors, None, meta, False, (), False
     try:
         obj = _torch_load_safe(path, map_location=map_location)
     except UnsafeCheckpointError:
         if not trust_pickle:
             raise
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
-        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
-            raise _unimportable_error(path, exc) from None
-        except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
-            raise _corrupt_error(path, exc) from None
+        obj = _load_trusted(path, map_location)
     if isinstance(obj, nn.Module):
-        return None, obj, {}, False, ()
-    if weights is not None and isinstance(obj, Mapping) and weights in obj:
-        chosen = obj[weights]
+        return None, obj, {}, False, (), False
+    is_entry, chosen = _entry_at(obj, weights) if weights is not None and isinstance(obj, Mapping) else (False, None)
+    if is_entry:
         if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
             chosen = chosen.state_dict()
         found = _find_tensor_dict(chosen)
         if found is None:
+            own = _find_tensor_dict(obj)
+            inside = [name for name in (_weight_copies(obj, own) if own is not None else ())
+                      if name.startswith(f"{weights}.")]
+            held = (f" whose entr{'ies' if len(inside) > 1 else 'y'} {', '.join(inside[:4])} "
+                    f"hold{'' if len(inside) > 1 else 's'} weights") if inside else ""
             raise WeightsNotFoundError(
                 f"--weights {weights}: the entry {weights!r} of {path} holds no state_dict",
-                got=type(chosen).__name__,
-                fix="name the entry that holds the weights to analyse (its values tensors), or a key prefix",
+                got=type(chosen).__name__ + held,
+                fix=f"pass --weights {inside[0]}" if inside else
+                "name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
-        return found, None, _metadata_steps(obj), True, ()
+        return found, None, _file_steps(obj), True, (), False
     found = _find_tensor_dict(obj)
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -1779,9 +1963,9 @@ def _load_tensor_file(
         )
     if weights is not None and isinstance(obj, Mapping):
         _check_weights_found(obj, found, weights, path)
-    meta = _metadata_steps(obj) if isinstance(obj, Mapping) else {}
+    meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
-    return found, None, meta, False, copies
+    return found, None, meta, False, copies, isinstance(obj, Mapping) and _mmengine_ema_swapped(obj, copies)
 
 
 def _check_weights_found(
@@ -1800,6 +1984,7 @@ def _check_weights_found(
         str(key) for key, value in obj.items()
         if key != own and isinstance(value, Mapping) and _find_tensor_dict(value) is not None
     ]
+    entries += [name for name in _weight_copies(obj, found) if name not in entries]  # extra_state.ema
     if not entries:
         return  # no other copy: `_under_prefix` says what the keys start with
     heads: dict[str, int] = {}
@@ -1870,14 +2055,14 @@ def load_checkpoint(
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
-    by_entry = False
+    by_entry = swapped = False
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
     elif path.is_dir():
         tensors = {}
         for weight_file in _hf_weight_files(path):
-            part, _, part_meta, _, _ = _load_tensor_file(
+            part, _, part_meta, _, _, _ = _load_tensor_file(
                 weight_file, trust_pickle=trust_pickle, map_location=map_location
             )
             tensors.update(part or {})
@@ -1889,7 +2074,7 @@ def load_checkpoint(
             except (OSError, ValueError, AttributeError):
                 pass
     else:
-        tensors, module, meta, by_entry, copies = _load_tensor_file(
+        tensors, module, meta, by_entry, copies, swapped = _load_tensor_file(
             path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
         )
     if module is not None and weights is not None:
@@ -1904,7 +2089,8 @@ def load_checkpoint(
         _check_finite(path, tensors)
     if module is not None:
         _check_finite(path, module.state_dict())
-    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies)
+    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies,
+                            ema_swapped_in=swapped)
 
 
 def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:

@@ -190,8 +190,8 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")
 @click.option("--weights", metavar="NAME",
-              help="Analyse other weights the checkpoints hold: an entry of their dict (state_dict_ema) or a key "
-              "prefix (ema) - an EMA or teacher copy.")
+              help="Analyse other weights the checkpoints hold: an entry of their dict (state_dict_ema, "
+              "extra_state.ema) or a key prefix (ema) - an EMA or teacher copy.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
 @click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
@@ -254,7 +254,7 @@ def analyze(**kwargs: Any) -> None:
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a checkpoint whose loading runs its code (a pickled Python object, a .pt2 archive).")
 @click.option("--weights", metavar="NAME",
-              help="Other weights the checkpoint holds: an entry (state_dict_ema) or key prefix (ema).")
+              help="Other weights the checkpoint holds: an entry (state_dict_ema, extra_state.ema) or key prefix (ema).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""

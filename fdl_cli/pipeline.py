@@ -714,6 +714,11 @@ def run_analyze(
             "features drift past rtol 1e-6; CKA is computed in float64"
         )
         options = replace(options, cka_dtype="float64")
+    if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
+        reporter.warn(
+            "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
+            "torch.export.load; each runs any code the file contains; use it only on files you trust"
+        )
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
@@ -724,6 +729,7 @@ def run_analyze(
         weights=options.weights,
         empty_ok=options.watch and "-" not in options.sources,
         missing_ok=options.watch and "-" not in options.sources,
+        trust_pickle=options.trust_pickle,
     )
     notes, reported_bad = list(discovery.notes), set[str]()
     if options.watch and not discovery.checkpoints:
@@ -743,11 +749,6 @@ def run_analyze(
         if str(bad_path) in reported_bad:
             continue  # reported while waiting for the first checkpoint
         _report_bad_found(options, reporter, bad_path, reason)
-    if options.trust_pickle:
-        reporter.warn(
-            "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
-            "torch.export.load; each runs any code the file contains; use it only on files you trust"
-        )
 
     model_spec = options.model_spec or (manifest.model if manifest else None)
     # --model-kwargs '{}' given on the command line wins over fdl.toml's, as every option given does
@@ -859,6 +860,7 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
             discovery = ckpts.discover_checkpoints(
                 options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
+                trust_pickle=options.trust_pickle,
             )
         except SameStepError as exc:
             now = time.time()
@@ -958,7 +960,8 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         if stored <= selected:
             return refs
         everything = ckpts.discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, weights=options.weights
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, weights=options.weights,
+            trust_pickle=options.trust_pickle,
         )
     except FdlError:
         return refs
@@ -1035,10 +1038,17 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
         ctx.weight_copies_noted = True
         copies = loaded.other_weights
-        ctx.reporter.note(
-            f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
-            f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
-        )
+        if loaded.ema_swapped_in:  # mmengine's EMAHook: the trained model's weights are the copy
+            ctx.reporter.note(
+                f"{Path(loaded.ref.path).name} is mmengine's with its EMAHook, which saves the EMA's weights under "
+                f"'state_dict' and the trained model's under {copies[0]!r}: fdl analyses the EMA's; --weights "
+                f"{copies[0]} analyses the trained model's"
+            )
+        else:
+            ctx.reporter.note(
+                f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
+                f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
+            )
     if loaded.module is None and ctx.factory is None:
         raise CheckpointError(
             f"{loaded.ref.path} holds weights only, and no model was given to put them in",
@@ -2013,7 +2023,7 @@ def _rediscover(
     try:
         discovery = discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
-            weights=options.weights, empty_ok=True,
+            weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
         )
     except SameStepError as exc:
         now = time.time()
