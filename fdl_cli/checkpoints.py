@@ -1954,6 +1954,15 @@ def _load_tensor_file(
             )
         return found, None, _file_steps(obj), True, (), False
     found = _find_tensor_dict(obj)
+    entry = _module_entry(obj) if found is None else None
+    if entry is not None:
+        # `torch.save({"model": model, "epoch": e, ...})` (YOLOv5's layout too): the whole module pickled in
+        # the dict, which only --trust-pickle loads; analysed as a module checkpoint, as `torch.save(model)`
+        assert isinstance(obj, Mapping)
+        key, module = entry
+        copies = tuple(name for name in _weight_copies(obj, module.state_dict())
+                       if name != key and not name.startswith(f"{key}.")) if weights is None else ()
+        return None, module, _file_steps(obj), False, copies, False
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
@@ -1966,6 +1975,14 @@ def _load_tensor_file(
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
     return found, None, meta, False, copies, isinstance(obj, Mapping) and _mmengine_ema_swapped(obj, copies)
+
+
+def _module_entry(obj: Any) -> tuple[str, nn.Module] | None:
+    """(key, module): the whole module a checkpoint's dict holds under one of STATE_DICT_KEYS (first in
+    that order), or None (a dict holding no module there, or not a dict)."""
+    if not isinstance(obj, Mapping):
+        return None
+    return next(((key, value) for key in STATE_DICT_KEYS if isinstance(value := obj.get(key), nn.Module)), None)
 
 
 def _check_weights_found(
