@@ -5,20 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_run import fdl as _fdl
+
 STORED = [0, 50, 100, 250, 500, 1000]
-
-
-def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ need less; an allocation that fails mid-run is explained, and the checkpoints st
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +11,8 @@ import torch
 
 from fdl_cli import resources
 from fdl_cli.store import StoreReader
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_run import fdl as _fdl
+from tests.cli_run import model_file
 
 MODEL = '''
 import torch
@@ -54,30 +52,17 @@ def build(copies=1):
 '''
 
 
-def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
-
-
 def _run(tmp_path: Path, n: int, boom_at: int | None = None) -> tuple[Path, Path]:
-    (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import model as module  # type: ignore[import-not-found]
-
-        ckpts = tmp_path / "ckpts"
-        ckpts.mkdir()
-        net = module.build()
-        for step in (0, 10, 20, 30):
-            if step == boom_at:
-                net.boom.fill_(1.0)
-            torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
-            net.boom.fill_(0.0)
-            with torch.no_grad():
-                net.hidden.weight.mul_(1.2)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    net = model_file(tmp_path, MODEL).build()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 10, 20, 30):
+        if step == boom_at:
+            net.boom.fill_(1.0)
+        torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
+        net.boom.fill_(0.0)
+        with torch.no_grad():
+            net.hidden.weight.mul_(1.2)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(n, 16)).astype(np.float32), y=rng.integers(0, 3, n))
     return ckpts, tmp_path / "probe.npz"

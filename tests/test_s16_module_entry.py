@@ -5,8 +5,6 @@ and many a training script's) are analysed with --trust-pickle as a `torch.save(
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,10 @@ import pytest
 import torch
 
 from fdl_cli.store import StoreReader
+from tests.cli_run import fdl as _fdl
 from tests.tiny_models import mlp
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES_FILES = ("path", "sha256")
-
-
-def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
 
 
 @pytest.fixture()

@@ -4,15 +4,14 @@ analysed with a warning otherwise; a (b, 1, C) or (b, C, 1, 1) head is an ordina
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_run import fdl as _fdl
+from tests.cli_run import model_file
 
 MODEL = '''
 import torch
@@ -39,28 +38,15 @@ def build(positions=7, keep=None):
 '''
 
 
-def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
-
-
 @pytest.fixture()
 def run(tmp_path: Path) -> Path:
-    (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import model as module  # type: ignore[import-not-found]
-
-        ckpts = tmp_path / "ckpts"
-        ckpts.mkdir()
-        net = module.build()
-        for step in (0, 10):
-            torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
-            with torch.no_grad():
-                net.head.weight.mul_(1.5)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    net = model_file(tmp_path, MODEL).build()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 10):
+        torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
+        with torch.no_grad():
+            net.head.weight.mul_(1.5)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 10, (200, 7))
     np.savez(tmp_path / "labels.npz", x=x, y=rng.integers(0, 5, 200))

@@ -6,14 +6,13 @@ import contextlib
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli_run import REPO
+from tests.cli_run import fdl as _fdl
 
 
 def _snippet() -> str:
@@ -22,11 +21,6 @@ def _snippet() -> str:
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "docs/store.md: no python block under 'Reading from Python'"
     return match.group(1)
-
-
-def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, check=False)
 
 
 @pytest.fixture(scope="module")
