@@ -140,18 +140,24 @@ def test_torchvision_reference_checkpoints_note_their_model_ema(tmp_path: Path) 
     --weights: its keys were compared with the model's only once every key lost `module.`."""
     run = tmp_path / "tv"
     _torchvision_run(run)
-    done = _analyze(tmp_path, [run], "tv.h5")
-    assert done.code == 0, done.stderr
-    assert _notes(done) == [
+    _own_and_ema(tmp_path, run, "tv", "model_ema", [
         "skipped checkpoint.pth: same weights and step (300) as model_300.pth",
         "model_100.pth also holds weights under 'model_ema' (an EMA or teacher copy?): fdl analyses the model's "
         "own; --weights model_ema analyses that copy",
-    ]
-    _assert_same_numbers(tmp_path / "tv.h5", _plain(tmp_path, "own", _sd))
-    ema = _analyze(tmp_path, [run], "tv_ema.h5", "--weights", "model_ema")
-    assert ema.code == 0, ema.stderr
-    _assert_same_numbers(tmp_path / "tv_ema.h5", _plain(tmp_path, "ema", _ema))
+    ])
 
+
+
+def _own_and_ema(tmp_path: Path, run: Path, name: str, weights: str, notes: list[str]) -> None:
+    """The run analysed as it is gives `notes` and the numbers of plain state_dicts of the model's own
+    weights; with `--weights WEIGHTS`, those of the EMA's."""
+    done = _analyze(tmp_path, [run], f"{name}.h5")
+    assert done.code == 0, done.stderr
+    assert _notes(done) == notes
+    _assert_same_numbers(tmp_path / f"{name}.h5", _plain(tmp_path, "own", _sd))
+    ema = _analyze(tmp_path, [run], f"{name}_ema.h5", "--weights", weights)
+    assert ema.code == 0, ema.stderr
+    _assert_same_numbers(tmp_path / f"{name}_ema.h5", _plain(tmp_path, "ema", _ema))
 
 # ------------------------------------------------------------------------------------------------ fairseq
 
@@ -200,18 +206,12 @@ def test_fairseq_steps_are_its_updates_and_its_ema_is_reached(tmp_path: Path, le
     assert [(ref.path.name, ref.step, ref.step_source) for ref in found.checkpoints] == [
         (f"checkpoint{epoch}.pt", step, "metadata:optimizer_history[-1].num_updates")
         for epoch, step in zip((1, 2, 3), STEPS, strict=True)]
-    done = _analyze(tmp_path, [run], "fairseq.h5")
-    assert done.code == 0, done.stderr
-    assert _notes(done) == [
+    _own_and_ema(tmp_path, run, "fairseq", "extra_state.ema", [
         "skipped checkpoint_best.pt: same weights and step (200) as checkpoint2.pt",
         "skipped checkpoint_last.pt: same weights and step (300) as checkpoint3.pt",
         "checkpoint1.pt also holds weights under 'extra_state.ema' (an EMA or teacher copy?): fdl analyses the "
         "model's own; --weights extra_state.ema analyses that copy",
-    ]
-    _assert_same_numbers(tmp_path / "fairseq.h5", _plain(tmp_path, "own", _sd))
-    ema = _analyze(tmp_path, [run], "fairseq_ema.h5", "--weights", "extra_state.ema")
-    assert ema.code == 0, ema.stderr
-    _assert_same_numbers(tmp_path / "fairseq_ema.h5", _plain(tmp_path, "ema", _ema))
+    ])
     wrong = _analyze(tmp_path, [run / "checkpoint1.pt"], "wrong.h5", "--weights", "extra_state")
     assert wrong.code == 1
     assert "got: dict whose entry extra_state.ema holds weights" in wrong.stderr

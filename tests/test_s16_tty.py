@@ -17,6 +17,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,22 @@ COMMANDS = {"analyze": ("analyze", "{tmp}/ckpts", "--model", "m.py:build", "--pr
             "inspect": ("inspect", "{tmp}/ckpts/step_1.pt", "--model", "m.py:build")}
 
 
+def during_import(env: dict[str, str], tmp_path: Path, command: str,
+                  act: Callable[[subprocess.Popen[bytes], Stderr], None]) -> tuple[int, str, subprocess.Popen[bytes]]:
+    """Start `fdl COMMAND` under the fake torch, wait until it imports torch, `act` (send signals, release
+    the import), then read stderr to its end: (exit status, stderr, the process)."""
+    process, stderr = start(env, *(arg.format(tmp=tmp_path) for arg in COMMANDS[command]))
+    try:
+        stderr.wait_for("fake torch: importing")
+        act(process, stderr)
+        text = stderr.to_end()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    return status, text, process
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_second_ctrl_c_during_a_hung_import_torch_stops_fdl_at_once(
         tmp_path: Path, slow_torch: dict[str, str], command: str) -> None:
@@ -380,18 +397,13 @@ def test_a_second_ctrl_c_during_a_hung_import_torch_stops_fdl_at_once(
     7.6 s; a hung one, for ever). The first now says fdl stops once torch has loaded, and a second
     ends it there and then: 130, "interrupted", no traceback, no abort (134), what was on disk kept."""
     (tmp_path / "run.h5").write_bytes(b"an older store, kept")
-    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS[command]))
-    try:
-        stderr.wait_for("fake torch: importing")
+    def twice(process: subprocess.Popen[bytes], stderr: Stderr) -> None:
         process.send_signal(signal.SIGINT)
         stderr.wait_for(AGAIN)
         assert process.poll() is None  # the first one waits for the import
         process.send_signal(signal.SIGINT)
-        text = stderr.to_end()
-        status = process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
+
+    status, text, process = during_import(slow_torch, tmp_path, command, twice)
     assert not (tmp_path / "release").exists()  # the import never ended: the second Ctrl-C did it
     assert status == 130, (status, text)
     assert "fake torch: loaded" not in text and "Traceback" not in text and "terminate called" not in text
@@ -403,17 +415,12 @@ def test_a_second_ctrl_c_during_a_hung_import_torch_stops_fdl_at_once(
 
 def test_one_ctrl_c_during_import_torch_stops_fdl_once_it_has_loaded(
         tmp_path: Path, slow_torch: dict[str, str]) -> None:
-    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
-    try:
-        stderr.wait_for("fake torch: importing")
+    def once(process: subprocess.Popen[bytes], stderr: Stderr) -> None:
         process.send_signal(signal.SIGINT)
         stderr.wait_for(AGAIN)
         (tmp_path / "release").touch()
-        text = stderr.to_end()
-        status = process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
+
+    status, text, _ = during_import(slow_torch, tmp_path, "analyze", once)
     assert status == 130, (status, text)
     assert "Traceback" not in text
     assert text.index(AGAIN) < text.index("fake torch: loaded") < text.rindex("interrupted")
@@ -424,18 +431,13 @@ def test_one_ctrl_c_during_import_torch_stops_fdl_once_it_has_loaded(
 def test_sigterm_during_a_hung_import_torch_stops_fdl_at_once_with_143(
         tmp_path: Path, slow_torch: dict[str, str], first_ctrl_c: bool) -> None:
     """SIGTERM (Slurm's, Kubernetes') waited for the import too, and a hung one ran into SIGKILL."""
-    process, stderr = start(slow_torch, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
-    try:
-        stderr.wait_for("fake torch: importing")
+    def term(process: subprocess.Popen[bytes], stderr: Stderr) -> None:
         if first_ctrl_c:
             process.send_signal(signal.SIGINT)
             stderr.wait_for(AGAIN)
         process.send_signal(signal.SIGTERM)
-        text = stderr.to_end()
-        status = process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
+
+    status, text, _ = during_import(slow_torch, tmp_path, "analyze", term)
     assert status == 143, (status, text)
     assert "fake torch: loaded" not in text and "Traceback" not in text
     assert text.rstrip().endswith("interrupted")
@@ -446,15 +448,8 @@ def test_under_torchrun_sigterm_during_import_torch_ends_fdl_by_the_signal(
         tmp_path: Path, slow_torch: dict[str, str]) -> None:
     """Under torchrun fdl leaves SIGTERM its default action (a rank ends at once, torchrun ends the job):
     during the import it now does so at once too, by the signal, rather than after the import."""
-    process, stderr = start({**slow_torch, "WORLD_SIZE": "2"}, *(arg.format(tmp=tmp_path) for arg in COMMANDS["analyze"]))
-    try:
-        stderr.wait_for("fake torch: importing")
-        process.send_signal(signal.SIGTERM)
-        text = stderr.to_end()
-        status = process.wait(timeout=120)
-    finally:
-        process.kill()
-        process.wait()
+    status, text, _ = during_import({**slow_torch, "WORLD_SIZE": "2"}, tmp_path, "analyze",
+                                    lambda process, _stderr: process.send_signal(signal.SIGTERM))
     assert status == -signal.SIGTERM, (status, text)
     assert "fake torch: loaded" not in text
 
