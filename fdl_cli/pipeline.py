@@ -2308,13 +2308,18 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
 
         if not resources.out_of_memory(exc):
             raise
-        raise ResourceError(
-            f"ran out of memory at step {ref.step} ({ref.path})",
-            got=f"{type(exc).__name__}: {first_line(exc)}",
-            fix="free memory (other programs, or a GPU shared with training) and run the same command again: "
-            "it resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, "
-            "a smaller --anchor-size",
-        ) from None
+        raise _out_of_memory_error(ref, exc) from None
+
+
+def _out_of_memory_error(ref: CheckpointRef, exc: BaseException) -> ResourceError:
+    """What fdl says of an allocation that failed while checkpoint `ref` was read or analysed."""
+    return ResourceError(
+        f"ran out of memory at step {ref.step} ({ref.path})",
+        got=f"{type(exc).__name__}: {first_line(exc)}",
+        fix="free memory (other programs, or a GPU shared with training) and run the same command again: "
+        "it resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, "
+        "a smaller --anchor-size",
+    )
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
@@ -2896,6 +2901,7 @@ def _analyze_one(
         results = _sliced(
             ctx,
             sharded,
+            ref,
             extract,
             model,
             ctx.layers,
@@ -3467,7 +3473,8 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
     for probe in ctx.probes:
         x, y = _probe_slice(ctx, probe)
         results = _sliced(
-            ctx, True, extract, model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device, dtype=options.dtype,
+            ctx, True, loaded.ref, extract, model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device,
+            dtype=options.dtype,
             batch_size=options.batch_size, anchor_size=1, keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,
         )
@@ -3477,12 +3484,16 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
             measure(moments, center=options.center, top_k=options.top_k, dlr_energy=options.dlr_energy)
 
 
-def _sliced(ctx: _Context, sharded: bool, work: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`work(*args, **kwargs)` (one probe slice's pass); under --shard-probe every rank learns whether
-    any rank's pass failed and raises the same error, before the statistics are all-reduced (a failure
-    on one slice alone left the other ranks waiting in the all-reduce)."""
+def _sliced(
+    ctx: _Context, sharded: bool, ref: CheckpointRef, work: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """`work(*args, **kwargs)` (one probe slice's pass of checkpoint `ref`); under --shard-probe every rank
+    learns whether any rank's pass failed and raises the same error, before the statistics are
+    all-reduced (a failure on one slice alone left the other ranks waiting in the all-reduce). An
+    allocation that failed there counts (`_out_of_memory_error`), or the others waited for ever."""
     if not sharded:
         return work(*args, **kwargs)
+    from fdl_cli import resources
     from fdl_cli.distributed import agree_on_failure
 
     try:
@@ -3490,6 +3501,11 @@ def _sliced(ctx: _Context, sharded: bool, work: Callable[..., dict[str, Any]], *
     except FdlError as exc:
         agree_on_failure(exc, ctx.world)
         raise
+    except Exception as exc:
+        if not resources.out_of_memory(exc):
+            raise
+        agree_on_failure(_out_of_memory_error(ref, exc), ctx.world)
+        raise  # not reached: agree_on_failure raised on every rank
     agree_on_failure(None, ctx.world)
     return results
 

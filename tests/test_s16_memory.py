@@ -3,6 +3,9 @@ need less; an allocation that fails mid-run is explained, and the checkpoints st
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,8 @@ import torch
 
 from fdl_cli import resources
 from fdl_cli.store import StoreReader
+from tests.cli_run import REPO, model_file
 from tests.cli_run import fdl as _fdl
-from tests.cli_run import model_file
 
 MODEL = '''
 import torch
@@ -157,3 +160,27 @@ def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pyte
     assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0, 10]
+
+
+def test_an_allocation_failing_on_one_ranks_probe_slice_stops_every_rank(tmp_path: Path) -> None:
+    """--shard-probe: an out-of-memory error on rank 1's slice alone left rank 0 waiting in the all-reduce
+    for ever (it was no FdlError, which every rank is told of); now every rank stops with it."""
+    from tests.test_distributed import PICKY_MODEL, _args, _make_run
+
+    run = _make_run(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    x[250:, 0] = 1000.0  # in the second half: rank 1's slice
+    np.savez(run / "probe.npz", x=x, y=rng.integers(0, 3, size=300))
+    (tmp_path / "greedy.py").write_text(PICKY_MODEL.replace(
+        'raise ValueError("input out of the range this model accepts")',
+        'raise RuntimeError("DefaultCPUAllocator: can\'t allocate memory: you tried to allocate 9 bytes.")'))
+    args = _args(run, tmp_path / "s.h5", "--shard-probe")
+    args[args.index("--model") + 1] = f"{tmp_path / 'greedy.py'}:build"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+               *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "ran out of memory at step 0" in done.stderr and "(on rank 1's probe slice)" in done.stderr
+    assert "can't allocate memory" in done.stderr
