@@ -1060,8 +1060,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     return ctx.model
 
 
-def _validate(ctx: _Context, model: Any) -> None:
-    """Resolve the layers and check every probe against the model with one sample, before long work."""
+def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int, int]]:
+    """Resolve the layers and check every probe against the model with one sample, before long work.
+    Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
     from fdl_cli.probes import float_one_hot, validate_probe
 
@@ -1080,6 +1081,10 @@ def _validate(ctx: _Context, model: Any) -> None:
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            from fdl_cli.resources import out_of_memory
+
+            if out_of_memory(exc):
+                raise  # not the probe's fault: said as such by `_memory_explained`
             from fdl_cli.probes import fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
@@ -1133,23 +1138,82 @@ def _validate(ctx: _Context, model: Any) -> None:
             )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
-    _check_memory(ctx, passes)
+    return passes
 
 
-def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int, int]]) -> None:
-    """Refuse, before any checkpoint is read, a run whose float64 statistics and anchors alone
+def _check_memory(
+    ctx: _Context,
+    passes: Sequence[tuple[str, dict[str, int], int, int]],
+    *,
+    refs: Sequence[CheckpointRef],
+    out: Path,
+    reference: CheckpointRef,
+) -> None:
+    """Refuse, before any checkpoint is analysed, a run whose float64 statistics and anchors alone
     (`resources.run_needs`, a lower bound) do not fit in the memory available; warn when they take most
-    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback."""
+    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback.
+
+    Counted for what this process analyses: nothing when every checkpoint is stored already (a run with
+    nothing to do needs nothing), one copy of the anchors when the reference is all it analyses, its
+    slice of the probe and no anchors on a rank that only contributes one (--shard-probe). Under torchrun
+    every rank stops when one is refused (alone, it left the others in a collective)."""
+    from fdl_cli import distributed
+
+    options, world = ctx.options, ctx.world
+    spread = world is not None and world.distributed
+    sharded = spread and options.shard_probe
+    stored = _stored_steps(out) if options.resume else set()
+    todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
+    mine = distributed.block(todo, world) if spread and not sharded else todo
+    error: ResourceError | None = None
+    if mine or options.watch:
+        error = _memory_shortfall(ctx, passes, sharded=sharded, copies=(
+            0 if sharded and not world.writes
+            else 1 if not options.watch and mine == [reference.step] and not stored & {ref.step for ref in refs}
+            else 2
+        ))
+    if spread:
+        reports = distributed.all_gather(None if error is None else (error.what, error.got, error.fix), world)
+        failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+        if failed:
+            rank, (what, got, fix) = failed[0]
+            raise ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix)
+    if error is not None:
+        raise error
+
+
+def _stored_steps(out: Path) -> set[int]:
+    """The steps `out` holds already (none when it cannot be read: the writer says why, later)."""
+    from fdl_cli.store import StoreReader
+
+    with contextlib.suppress(FdlError, OSError):
+        if out.is_file():
+            with StoreReader(out) as reader:
+                return set(reader.steps())
+    return set()
+
+
+def _memory_shortfall(
+    ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int, int]], *, sharded: bool, copies: int
+) -> ResourceError | None:
+    """`_check_memory`'s error for this process (None when its needs fit); a warning when they take most
+    of the memory available."""
     import torch
 
     from fdl_cli import resources
+    from fdl_cli.distributed import block_bounds
 
-    needs = resources.run_needs(passes)
+    gpu = ctx.device is not None and ctx.device.type == "cuda"
+    series = [resources.Pass(probe, widths, n, m, (lambda span: span[1] - span[0])(block_bounds(n, ctx.world))
+                             if sharded else None) for probe, widths, n, m in passes]
+    needs = resources.run_needs(series, gpu=gpu, anchor_copies=copies)
     host = resources.available_host_bytes()
     device = None
-    if ctx.device is not None and ctx.device.type == "cuda":
+    if gpu:
         with contextlib.suppress(Exception):  # a driver that cannot say: the run finds out
             device = int(torch.cuda.mem_get_info(ctx.device)[0])
+        if device is None:  # the statistics on the GPU are not in host memory: only the host's needs checked
+            needs = [need for need in needs if not need.on_device]
     short = resources.shortfall(needs, host, device)
     size = resources.size_text
     widest = max(((label, p) for _, widths, _, _ in passes for label, p in widths.items()), key=lambda item: item[1],
@@ -1158,14 +1222,14 @@ def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int
            "--model ...` lists each module's output shape): after a pooling layer, say")
     if any(p > n for _, widths, n, _ in passes for p in widths.values()):
         fix += "; a layer wider than the probe keeps its n×p features: a smaller probe needs less"
-    if any(m > 256 for *_, m in passes):
+    if copies and any(m > 256 for *_, m in passes):
         fix += "; --anchor-size lowers the anchors' share"
     listed = "; ".join(f"{need.what}: {size(need.bytes)}" for need in needs if need.bytes >= 1e6)
     if short is not None:
         on_device, needed, available = short
         where = f"the GPU ({ctx.device}) has {size(available or 0)} free" if on_device else \
             f"this machine has {size(available or 0)} of memory available"
-        raise ResourceError(
+        return ResourceError(
             f"this analysis needs at least {size(needed)} of {'GPU ' if on_device else ''}memory for its float64 "
             f"statistics and anchors alone, and {where}",
             got=listed or None,
@@ -1179,6 +1243,7 @@ def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int
                 f"alone, {100 * total / host:.0f} % of the {size(host)} available: the model and other programs "
                 f"need some too{f' ({listed})' if listed else ''}; if it runs out, {fix}"
             )
+    return None
 
 
 def _check_output_shape(ctx: _Context, probe: Any, shape: tuple[int, ...]) -> None:
@@ -1250,9 +1315,11 @@ def _analyze_refs(
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
     _check_redo(ctx, refs, out)
-    loaded, reference_sha = _load(reference, options)
-    model = _prepare(ctx, loaded)
-    _validate(ctx, model)
+    with _memory_explained(reference):
+        loaded, reference_sha = _load(reference, options)
+        model = _prepare(ctx, loaded)
+        passes = _validate(ctx, model)
+    _check_memory(ctx, passes, refs=refs, out=out, reference=reference)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
     _check_reference_of_store(ctx, out, reference, reference_sha, refs)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
@@ -2298,13 +2365,7 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
 
         if not resources.out_of_memory(exc):
             raise
-        raise ResourceError(
-            f"ran out of memory at step {ref.step} ({ref.path})",
-            got=f"{type(exc).__name__}: {first_line(exc)}",
-            fix="free memory (other programs, or a GPU shared with training) and run the same command again: "
-            "it resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, "
-            "a smaller --anchor-size",
-        ) from None
+        raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:

@@ -15,6 +15,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from fdl_cli.errors import ResourceError, first_line
 
 #: float64, the dtype of every accumulator, decomposition and anchor copy (SPEC §8)
 FLOAT64 = 8
@@ -31,42 +34,78 @@ class Need:
 
     what: str
     bytes: int
-    on_device: bool  # on the GPU when the analysis runs there (the statistics); else in host memory
+    on_device: bool  # where the statistics are taken: the GPU when they are taken there; else host memory
+    #: one probe pass's statistics (passes run one after another: only the largest counts); False: anchors,
+    #: which stay for the whole run
+    statistics: bool = True
 
 
-def layer_needs(label: str, p: int, n: int, m: int, *, probe: str) -> list[Need]:
-    """The arrays one layer of width p needs on a probe of n inputs with m anchors (all float64).
+class Pass(NamedTuple):
+    """One probe pass: the probe, {layer: p}, its n inputs and m anchors; `n_here` the inputs this process
+    passes over (its slice under --shard-probe; None: all n)."""
 
-    p ≤ n: the (p+1)×(p+1) sums of φφᵀ (φ with a ones column) and the p×p eigenvectors of their
-    decomposition. p > n (the n×n Gram route, docs/measures.md): the n×p features kept, the n×n Gram
-    and its eigenvectors. And the anchors: this checkpoint's m×p features and the reference's, which
-    stay for the whole run (the previous checkpoint's, a third copy, are not counted: a run of one
-    checkpoint has none)."""
+    probe: str
+    widths: Mapping[str, int]
+    n: int
+    m: int
+    n_here: int | None = None
+
+
+def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = False, n_here: int | None = None,
+                anchor_copies: int = 2) -> list[Need]:
+    """The float64 arrays one layer of width p needs on a probe of n inputs with m anchors, each counted
+    where and when it exists (extract.py, moments.py, spectral.py):
+
+    p ≤ n: the (p+1)×(p+1) sums of [φ 1][φ 1]ᵀ and their p×p copy taken at the last anchor (CKA's
+    anchor moment), side by side where the statistics are taken (the GPU with `gpu`).
+    p > n (the n×n Gram route, docs/measures.md): on a GPU, the n×p features kept there and their
+    concatenation (n_here×p each: this process's slice of the probe under --shard-probe), then on the
+    host a copy of all n×p, the n×n Gram and its eigenvectors; on the CPU, the n×p features and the
+    n×n Gram and its eigenvectors, side by side while it is decomposed.
+    And the anchors' m×p features in float64, `anchor_copies` of them: this checkpoint's and the
+    reference's (2), one in a run whose only checkpoint is the reference, none on a rank that only
+    contributes a probe slice. A third copy (the previous checkpoint's) is not counted."""
     where = f"{probe}/{label}"
-    if p > n:
+    here = n if n_here is None else n_here
+    if p > n and gpu:
+        needs = [
+            Need(f"{where}: the n×p features of the Gram route kept on the GPU and their concatenation "
+                 f"(n = {here:,}, p = {p:,})", 2 * FLOAT64 * here * p, True),
+            Need(f"{where}: the n×p features on the host, the n×n Gram and its eigenvectors (n = {n:,})",
+                 FLOAT64 * (n * p + 2 * n * n), False),
+        ]
+    elif p > n:
         needs = [
             Need(f"{where}: the n×p features of the Gram route (n = {n:,}, p = {p:,})", FLOAT64 * n * p, True),
             Need(f"{where}: the n×n Gram and its eigenvectors", 2 * FLOAT64 * n * n, True),
         ]
     else:
         needs = [
-            Need(f"{where}: the p×p second moment and its eigenvectors (p = {p:,})",
+            Need(f"{where}: the p×p second moment and its copy over the anchors (p = {p:,})",
                  FLOAT64 * ((p + 1) ** 2 + p * p), True),
         ]
-    needs.append(Need(f"{where}: the anchors' features, this checkpoint's and the reference's (m = {m:,})",
-                      2 * FLOAT64 * m * p, False))
+    if anchor_copies:
+        whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")
+        needs.append(Need(f"{where}: the anchors' features, {whose} (m = {m:,})",
+                          anchor_copies * FLOAT64 * m * p, False, statistics=False))
     return needs
 
 
-def run_needs(series: Sequence[tuple[str, Mapping[str, int], int, int]]) -> list[Need]:
-    """The needs of a run: `series` holds (probe, {layer: p}, n, m) for each probe. The probes are passed
-    over one after another, so only the largest pass's statistics count; every series' anchors stay."""
-    passes = [[need for label, p in widths.items() for need in layer_needs(label, p, n, m, probe=probe)]
-              for probe, widths, n, m in series]
-    anchors = [need for needs in passes for need in needs if not need.on_device]
-    biggest = max(([need for need in needs if need.on_device] for needs in passes),
-                  key=lambda needs: sum(need.bytes for need in needs), default=[])
-    return [*biggest, *anchors]
+def run_needs(series: Sequence[Pass | tuple[Any, ...]], *, gpu: bool = False, anchor_copies: int = 2) -> list[Need]:
+    """The needs of a run: `series` holds a `Pass` (probe, {layer: p}, n, m[, n_here]) for each probe. The
+    probes are passed over one after another, so only the largest pass's statistics count (on the GPU
+    and on the host each); every series' anchors stay."""
+    passes = [[need for label, p in entry.widths.items()
+               for need in layer_needs(label, p, entry.n, entry.m, probe=entry.probe, gpu=gpu, n_here=entry.n_here,
+                                       anchor_copies=anchor_copies)]
+              for entry in (Pass(*item) for item in series)]
+    anchors = [need for needs in passes for need in needs if not need.statistics]
+
+    def largest(on_device: bool) -> list[Need]:
+        chosen = [[need for need in needs if need.statistics and need.on_device == on_device] for needs in passes]
+        return max(chosen, key=lambda needs: sum(need.bytes for need in needs), default=[])
+
+    return [*largest(True), *largest(False), *anchors]
 
 
 def size_text(count: float) -> str:
@@ -157,8 +196,25 @@ def shortfall(needs: Sequence[Need], host: int | None, device: int | None) -> tu
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is an allocation that failed: MemoryError, torch's OutOfMemoryError (CUDA), or the
-    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory", "not enough memory" on
+    Windows)."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text
+        or "out of memory" in text.lower()
+    )
+
+
+#: What to do after an allocation failed during the run (`memory_error`)
+MEMORY_FIX = ("free memory (other programs, or a GPU shared with training) and run the same command again: it "
+              "resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, a "
+              "smaller --anchor-size")
+
+
+def memory_error(exc: BaseException, where: str) -> ResourceError:
+    """The error for an allocation `exc` that failed `where` ("at step 10 (FILE)"), in place of its traceback
+    or of an error that blames the file, the probe or the model."""
+    return ResourceError(f"ran out of memory {where}", got=f"{type(exc).__name__}: {first_line(exc)}",
+                         fix=MEMORY_FIX)

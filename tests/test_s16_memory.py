@@ -84,7 +84,7 @@ def _run(tmp_path: Path, n: int, boom_at: int | None = None) -> tuple[Path, Path
 
 
 @pytest.mark.parametrize(("copies", "n", "route"), [
-    (12_500, 200_000, "the p×p second moment and its eigenvectors (p = 200,000)"),  # 640 GB
+    (12_500, 200_000, "the p×p second moment and its copy over the anchors (p = 200,000)"),  # 640 GB
     (2_500_000, 1_000, "the n×p features of the Gram route (n = 1,000, p = 40,000,000)"),  # 0.3 TB + anchors
 ])
 def test_a_layer_too_wide_for_the_machine_is_refused_before_any_work(

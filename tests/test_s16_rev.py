@@ -1,0 +1,208 @@
+"""Review of the sixteenth session: the up-front memory check refuses only runs that cannot fit, and an
+allocation that fails is said to be one, wherever it fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from fdl_cli import resources
+from fdl_cli.cli import main
+from fdl_cli.store import StoreReader
+from tests.test_s16_memory import _run
+
+REPO = Path(__file__).resolve().parents[1]
+ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+             "to allocate 28800960008 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _analyze(tmp_path: Path, ckpts: Path, probe: Path, *extra: str) -> int:
+    try:
+        main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--model-kwargs", '{"copies": 4}',
+              "--layer", "expand", "--probe", str(probe), "-o", str(tmp_path / "run.h5"), *extra])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+# The Expand layer of tests/test_s16_memory.py's model with copies = 4: p = 64 features on n = 300 inputs,
+# m = 300 anchors. Its float64 statistics (the sums and their copy over the anchors) and one anchor copy:
+STATISTICS = 8 * (65**2 + 64**2)
+ANCHORS = 8 * 300 * 64
+
+
+def test_a_run_of_one_checkpoint_counts_one_copy_of_the_anchors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run of one checkpoint holds its anchors once (the reference is that checkpoint): counted twice, a
+    p = 1 024, m = 60 000 run asked for 1.0 GB and peaked at 0.82 GB above what it held at the check."""
+    ckpts, probe = _run(tmp_path, 300)
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: STATISTICS + ANCHORS + 4_000)
+    assert _analyze(tmp_path, ckpts, probe, "--steps", "0") == 0, capsys.readouterr().err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0]
+    capsys.readouterr()
+    # a second checkpoint compared with the reference holds both copies: still refused, the store as it was
+    assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10", "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: this analysis needs at least 374 kB of memory"), err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0]
+
+
+def test_a_run_with_nothing_left_to_analyse_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpts, probe = _run(tmp_path, 300)
+    assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 1_000)
+    assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10") == 0  # everything stored: it needs nothing
+    assert "needs at least" not in capsys.readouterr().err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0, 10]
+    assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10,20") == 1  # one to analyse: checked
+    assert "error: this analysis needs at least" in capsys.readouterr().err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0, 10]
+
+
+def _context(device: str, **options: Any) -> Any:
+    warnings: list[str] = []
+    settings = {"resume": True, "watch": False, "shard_probe": False, "anchor_size": 4096, **options}
+    return SimpleNamespace(
+        options=SimpleNamespace(**settings), device=torch.device(device), world=None, redo=set(),
+        reporter=SimpleNamespace(warn=warnings.append), warnings=warnings,
+    )
+
+
+def _refs(folder: Path) -> list[Any]:
+    from fdl_cli.checkpoints import CheckpointRef
+
+    return [CheckpointRef(path=folder / f"step_{step}.pt", step=step, step_source="name", kind="state_dict")
+            for step in (0, 10)]
+
+
+def test_on_a_gpu_the_gram_route_counts_on_the_gpu_only_what_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer wider than the probe keeps its n×p features on the GPU (and concatenates them there once);
+    the n×n Gram and its eigenvectors are computed on the host, from a host copy of the features. Counted
+    on the GPU, n = 10 000, p = 12 000 asked the GPU for 2.6 GB where 1.9 GB (+ the anchors' 0.4) sit there."""
+    from fdl_cli.pipeline import _check_memory
+
+    n, p = 10_000, 12_000
+    on_gpu = 2 * 8 * n * p + 2 * 4 * 4096 * p  # the kept features and their concatenation; the float32 anchors
+    on_host = 8 * n * p + 16 * n * n + 2 * 8 * 4096 * p  # host copy, Gram, eigenvectors; two anchor copies
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (on_gpu, 10 * on_gpu))
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: on_host)
+    refs = _refs(tmp_path)
+    ctx = _context("cuda")
+    _check_memory(ctx, [("probe", {"wide": p}, n, 4096)], refs=refs, out=tmp_path / "run.h5", reference=refs[0])
+    # the GPU holds 2·n·p float64 at least: one byte less is refused, naming the GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 8 * n * p - 1, 10 * on_gpu))
+    with pytest.raises(Exception, match="of GPU memory") as caught:
+        _check_memory(ctx, [("probe", {"wide": p}, n, 4096)], refs=refs, out=tmp_path / "run.h5", reference=refs[0])
+    assert "the GPU (cuda) has 1.9 GB free" in str(caught.value)
+    # and the host the Gram: n·p + 2n² float64 and the anchors, at least
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (on_gpu, 10 * on_gpu))
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 8 * n * p + 16 * n * n - 1)
+    with pytest.raises(Exception, match="this machine has"):
+        _check_memory(ctx, [("probe", {"wide": p}, n, 4096)], refs=refs, out=tmp_path / "run.h5", reference=refs[0])
+
+
+def test_a_gpu_whose_free_memory_cannot_be_read_does_not_put_its_statistics_in_host_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fdl_cli.pipeline import _check_memory
+
+    def unknown(device: Any = None) -> tuple[int, int]:
+        raise RuntimeError("CUDA driver initialization failed")
+
+    p = 20_000  # 6.4 GB of sums on the GPU; the host has 1 GB, enough for the 0.3 GB of anchors
+    monkeypatch.setattr(torch.cuda, "mem_get_info", unknown)
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 10**9)
+    refs = _refs(tmp_path)
+    ctx = _context("cuda", anchor_size=1000)
+    _check_memory(ctx, [("probe", {"wide": p}, 100_000, 1000)], refs=refs, out=tmp_path / "run.h5",
+                  reference=refs[0])
+    assert ctx.warnings == []
+
+
+def test_under_torchrun_a_rank_refused_for_memory_stops_every_rank_with_its_error(tmp_path: Path) -> None:
+    """One rank short of memory (its GPU busier, say) stopped alone: rank 0 went on into a collective and
+    died with gloo's 'Connection reset by peer' traceback (or waited for NCCL's timeout)."""
+    wrapper = tmp_path / "rank_tight.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "from fdl_cli import resources\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    resources.available_host_bytes = lambda root=None: 1000\n"
+        "from fdl_cli.cli import main\n"
+        "main(sys.argv[1:])\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run.h5"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(wrapper),
+         "analyze", "sample_checkpoints", "--steps", "0,5,10,15", "-o", str(out), "--device", "cpu"],
+        capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 2, done.stderr
+    assert any(line.endswith("this machine has 1.0 kB of memory available") for line in lines), lines
+    assert any(line.endswith("this machine has 1.0 kB of memory available (on rank 1)") for line in lines), lines
+    assert "Connection reset by peer" not in done.stderr and "[rank0]:" not in done.stderr
+    assert not out.exists()
+
+
+def test_an_allocation_that_fails_while_a_checkpoint_is_read_is_not_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was reported as 'cannot read the checkpoint ... the file is truncated or corrupt; re-save or re-copy
+    it', the checkpoint skipped as a bad file and the run went on."""
+    import safetensors.torch
+
+    real = safetensors.torch.load_file
+
+    def load_file(path: str, device: str = "cpu") -> Any:
+        if path.endswith("step_10.safetensors"):
+            raise RuntimeError(ALLOCATOR)
+        return real(path, device=device)
+
+    monkeypatch.setattr(safetensors.torch, "load_file", load_file)
+    out = tmp_path / "run.h5"
+    with pytest.raises(SystemExit) as stopped:
+        main(["analyze", str(REPO / "sample_checkpoints"), "--steps", "0,5,10,15", "-o", str(out)])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: ran out of memory reading the checkpoint {REPO / 'sample_checkpoints' / 'step_10.safetensors'}" \
+        in err, err
+    assert f"got: RuntimeError: {ALLOCATOR}" in err
+    assert "corrupt" not in err and "failed" not in err
+    with StoreReader(out) as reader:
+        assert reader.steps() == [0, 5]
+
+
+def test_an_allocation_that_fails_on_the_first_sample_is_not_a_probe_that_does_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said 'probe ... does not fit the model', fix: 'give the probe inputs the shape and dtype the model's
+    forward expects' (a GPU that another program fills gives CUDA's OutOfMemoryError there)."""
+    ckpts, probe = _run(tmp_path, 300, boom_at=0)
+    with pytest.raises(SystemExit) as stopped:
+        main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(probe),
+              "-o", str(tmp_path / "run.h5")])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: ran out of memory at step 0 ({ckpts / 'step_0.pt'})" in err, err
+    assert "does not fit the model" not in err and "shape and dtype" not in err
+    assert not (tmp_path / "run.h5").exists()
