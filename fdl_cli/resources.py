@@ -117,8 +117,9 @@ def size_text(count: float) -> str:
     return f"{int(count)} B"
 
 
-def _meminfo(root: Path) -> int | None:
-    """MemAvailable + SwapFree of /proc/meminfo, in bytes; None when there is no such file (not Linux)."""
+def _meminfo(root: Path) -> tuple[int, int] | None:
+    """(MemAvailable, SwapFree) of /proc/meminfo, in bytes; None when there is no such file (not Linux)
+    or it has no MemAvailable (kernels before 3.14)."""
     try:
         text = (root / "proc" / "meminfo").read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
@@ -131,7 +132,7 @@ def _meminfo(root: Path) -> int | None:
             values[name.strip()] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
     if "MemAvailable" not in values:
         return None
-    return values["MemAvailable"] + values.get("SwapFree", 0)
+    return values["MemAvailable"], values.get("SwapFree", 0)
 
 
 def _stat(path: Path) -> dict[str, int]:
@@ -144,37 +145,73 @@ def _stat(path: Path) -> dict[str, int]:
     return values
 
 
-def _cgroup_room(root: Path) -> int | None:
-    """What a memory cgroup (a container's limit) leaves this process: the limit less the anonymous
-    memory in use (page cache is given back under pressure, so it is not counted); None without a
-    limit. cgroup v2 (memory.max of the process's group, else of the mount's root), then v1."""
-    groups: list[Path] = []
+def _number(path: Path) -> int | None:
+    """A cgroup file's byte count; None for "max", a number too large to be a limit, or no such file."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) < NO_LIMIT else None
+
+
+def _ancestors(top: Path, path: str) -> list[Path]:
+    """`top`/`path` and each folder above it up to `top` itself, those that exist (a container may see
+    its own group at `top` while /proc/self/cgroup names it by its path on the host)."""
+    parts = [part for part in path.split("/") if part and part != ".."]
+    folders = [top.joinpath(*parts[:count]) for count in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _cgroup_room(root: Path, swap_free: int) -> int | None:
+    """What memory cgroups (a container's, a batch job's limit) leave this process: for each group with
+    a limit, from the process's own up to the hierarchy's top, the limit less the anonymous memory in
+    use (page cache is given back under pressure, so it is not counted), plus the swap it may still use;
+    the least of them. None without a limit. cgroup v2 first (memory.max: Slurm sets it on the job's
+    group, above the step's and the task's, which have none), then v1 (hierarchical_memory_limit, which
+    already takes the groups above into account). `swap_free`: the host's free swap, which caps a
+    group's own swap allowance (memory.swap.max; memsw in v1) and is all of it where swap is not
+    accounted per group."""
+    lines: list[tuple[str, str, str]] = []
     with contextlib.suppress(OSError, UnicodeDecodeError):
         for line in (root / "proc" / "self" / "cgroup").read_text(encoding="ascii").splitlines():
             hierarchy, _, rest = line.partition(":")
             controllers, _, path = rest.partition(":")
-            if hierarchy == "0" and controllers == "":
-                groups.append(root / "sys" / "fs" / "cgroup" / path.lstrip("/"))
-    groups.append(root / "sys" / "fs" / "cgroup")
-    for group in groups:
-        try:
-            limit_text = (group / "memory.max").read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
+            lines.append((hierarchy, controllers, path))
+    top = root / "sys" / "fs" / "cgroup"
+    unified = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and controllers == ""), "")
+    rooms = []
+    for group in _ancestors(top, unified):
+        limit = _number(group / "memory.max")
+        if limit is None:
             continue
-        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= NO_LIMIT:
+        swap = swap_free
+        if (group / "memory.swap.max").is_file():
+            allowed = _number(group / "memory.swap.max")
+            if allowed is not None:
+                swap = min(max(allowed - (_number(group / "memory.swap.current") or 0), 0), swap_free)
+        rooms.append(max(limit - _stat(group / "memory.stat").get("anon", 0), 0) + swap)
+    if rooms:
+        return min(rooms)
+    v1 = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "")
+    for group in _ancestors(top / "memory", v1)[:1] or [top / "memory"]:
+        stat = _stat(group / "memory.stat")
+        limit = stat.get("hierarchical_memory_limit")
+        if limit is None or limit >= NO_LIMIT:
             return None
-        return max(int(limit_text) - _stat(group / "memory.stat").get("anon", 0), 0)
-    stat = _stat(root / "sys" / "fs" / "cgroup" / "memory" / "memory.stat")
-    limit = stat.get("hierarchical_memory_limit")
-    if limit is None or limit >= NO_LIMIT:
-        return None
-    return max(limit - stat.get("total_rss", 0), 0)
+        swap = swap_free
+        both = stat.get("hierarchical_memsw_limit")
+        if both is not None and both < NO_LIMIT:
+            swap = min(max(both - limit - stat.get("total_swap", 0), 0), swap_free)
+        return max(limit - stat.get("total_rss", 0), 0) + swap
+    return None
 
 
 def available_host_bytes(root: Path = Path("/")) -> int | None:
     """Bytes of host memory the analysis can still take: the kernel's MemAvailable (+ free swap), or less
     when a cgroup limits this process to less; None where neither can be read (macOS, Windows)."""
-    known = [value for value in (_meminfo(root), _cgroup_room(root)) if value is not None]
+    memory = _meminfo(root)
+    swap_free = memory[1] if memory is not None else 0
+    known = [value for value in (sum(memory) if memory else None, _cgroup_room(root, swap_free)) if value is not None]
     return min(known) if known else None
 
 

@@ -206,3 +206,58 @@ def test_an_allocation_that_fails_on_the_first_sample_is_not_a_probe_that_does_n
     assert f"error: ran out of memory at step 0 ({ckpts / 'step_0.pt'})" in err, err
     assert "does not fit the model" not in err and "shape and dtype" not in err
     assert not (tmp_path / "run.h5").exists()
+
+
+def _fake_machine(root: Path, *, cgroup: str, swap_free_kb: int = 0) -> Path:
+    (root / "proc" / "self").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text(
+        f"MemTotal: 64000000 kB\nMemAvailable: 50000000 kB\nSwapFree: {swap_free_kb} kB\n"
+    )
+    (root / "proc" / "self" / "cgroup").write_text(cgroup)
+    return root / "sys" / "fs" / "cgroup"
+
+
+def test_a_batch_jobs_limit_on_a_group_above_the_process_is_read(tmp_path: Path) -> None:
+    """Slurm (cgroup v2) limits the job's group; the process runs in job/step/task groups below it whose
+    memory.max is 'max': the check read only the process's own group, saw no limit, and let a run the
+    job could not hold go on to be killed by the kernel's OOM killer (no message, no summary)."""
+    top = _fake_machine(tmp_path, cgroup="0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n")
+    job = top / "system.slice" / "slurmstepd.scope" / "job_7"
+    task = job / "step_0" / "user" / "task_0"
+    task.mkdir(parents=True)
+    for group in (task, task.parent, task.parent.parent):
+        (group / "memory.max").write_text("max\n")
+    (job / "memory.max").write_text(f"{8 << 30}\n")
+    (job / "memory.swap.max").write_text("0\n")
+    (job / "memory.stat").write_text(f"anon {5 << 30}\nfile {1 << 30}\n")
+    assert resources.available_host_bytes(tmp_path) == 3 << 30
+
+
+def test_swap_that_a_cgroup_may_use_counts_as_it_does_without_one(tmp_path: Path) -> None:
+    """Outside a cgroup the free swap counts (MemAvailable + SwapFree); inside one it did not, so `docker run
+    --memory 8g` on a host with swap refused a run that fitted in its 8 GB and the swap Docker allows it."""
+    top = _fake_machine(tmp_path, cgroup="0::/\n", swap_free_kb=16 << 20)  # 16 GiB of free swap
+    (top / "memory.max").parent.mkdir(parents=True, exist_ok=True)
+    (top / "memory.max").write_text(f"{8 << 30}\n")
+    (top / "memory.stat").write_text(f"anon {2 << 30}\n")
+    (top / "memory.swap.max").write_text(f"{8 << 30}\n")
+    (top / "memory.swap.current").write_text(f"{1 << 30}\n")
+    assert resources.available_host_bytes(tmp_path) == (6 << 30) + (7 << 30)
+    (top / "memory.swap.max").write_text("max\n")  # as much as the host has free
+    assert resources.available_host_bytes(tmp_path) == (6 << 30) + (16 << 30)
+    (top / "memory.swap.max").write_text("0\n")
+    assert resources.available_host_bytes(tmp_path) == 6 << 30
+
+
+def test_a_cgroup_v1_limit_is_read_from_the_process_group(tmp_path: Path) -> None:
+    """cgroup v1 without a namespace (Slurm's task/cgroup, a host's systemd slices): the mount's top is the
+    host's root group, without a limit; the process's own group, named in /proc/self/cgroup, has it."""
+    top = _fake_machine(tmp_path, cgroup="4:memory:/slurm/uid_1000/job_7/step_0\n0::/\n", swap_free_kb=4 << 20)
+    (top / "memory").mkdir(parents=True)
+    (top / "memory" / "memory.stat").write_text("hierarchical_memory_limit 9223372036854771712\ntotal_rss 6\n")
+    step = top / "memory" / "slurm" / "uid_1000" / "job_7" / "step_0"
+    step.mkdir(parents=True)
+    (step / "memory.stat").write_text(
+        f"hierarchical_memory_limit {8 << 30}\nhierarchical_memsw_limit {9 << 30}\ntotal_rss {6 << 30}\ntotal_swap 0\n"
+    )
+    assert resources.available_host_bytes(tmp_path) == (2 << 30) + (1 << 30)
