@@ -261,3 +261,27 @@ def test_a_cgroup_v1_limit_is_read_from_the_process_group(tmp_path: Path) -> Non
         f"hierarchical_memory_limit {8 << 30}\nhierarchical_memsw_limit {9 << 30}\ntotal_rss {6 << 30}\ntotal_swap 0\n"
     )
     assert resources.available_host_bytes(tmp_path) == (2 << 30) + (1 << 30)
+
+
+def test_the_python_snippet_of_store_md_passes_the_reference_as_classify_does(tmp_path: Path) -> None:
+    """tests/test_s16_python.py runs the snippet on a run whose reference is its first step, where leaving
+    the reference out gives the same verdict: this one is analysed with --reference 50, a step before it."""
+    import contextlib
+    import io
+    import json
+
+    from tests.test_s16_python import _fdl, _snippet
+
+    store = tmp_path / "sample.fdl.h5"
+    done = _fdl("analyze", "sample_checkpoints", "--steps", "0,10,50,100,250,1000", "--reference", "50", "-o", store)
+    assert done.returncode == 0, done.stderr
+    scope: dict[str, Any] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(_snippet().replace('"sample.fdl.h5"', repr(str(store))), "docs/store.md", "exec"), scope)
+    classify = _fdl("classify", store, "--threshold", "cka_static=0.98", "--json")
+    assert classify.returncode == 0, classify.stderr
+    expected = json.loads(classify.stdout)
+    for key in ("probe", "layer", "note", "overlap_tie"):
+        expected["evidence"].pop(key, None)
+    assert expected["evidence"]["reference_step"] == 50
+    assert scope["verdict"].as_json() == expected
