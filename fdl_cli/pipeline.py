@@ -1477,8 +1477,8 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     entries = []
     for successor in ctx.redo_successors.get(step, ()):
         ref = ctx.refs_by_step[successor]
-        loaded, sha = _load(ref, ctx.options)
-        with StoreReader(out) as reader:
+        with _memory_explained(ref), StoreReader(out) as reader:
+            loaded, sha = _load(ref, ctx.options)
             stored_sha = reader.file_identities()[successor][1]
             if sha != stored_sha:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -2722,7 +2722,7 @@ def _refresh_successors(
         return
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
-        with StoreReader(out) as reader:
+        with _memory_explained(ref), StoreReader(out) as reader:
             before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
             loaded, sha = _load(ref, ctx.options)
             for step, now in ((before, before_sha), (successor, sha)):

@@ -285,3 +285,100 @@ def test_the_python_snippet_of_store_md_passes_the_reference_as_classify_does(tm
         expected["evidence"].pop(key, None)
     assert expected["evidence"]["reference_step"] == 50
     assert scope["verdict"].as_json() == expected
+
+
+TAGGED = '''
+import os
+
+import torch
+from torch import nn
+
+
+class Tagged(nn.Module):
+    """Its forward pass fails as the CPU allocator does when $BOOM names the step it was saved at."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+        self.register_buffer("tag", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x):
+        if os.environ.get("BOOM") == str(int(self.tag)):
+            raise RuntimeError(ALLOCATOR)
+        return self.head(torch.relu(self.hidden(x)))
+
+
+def build():
+    return Tagged()
+'''
+
+
+def _tagged_run(tmp_path: Path) -> list[str]:
+    """Checkpoints 0, 10, 20 of `TAGGED`; the analyze command line for them (without --steps)."""
+    import numpy as np
+
+    (tmp_path / "model.py").write_text(TAGGED.replace("ALLOCATOR", repr(ALLOCATOR)), encoding="utf-8")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import model as module  # type: ignore[import-not-found]
+
+        ckpts = tmp_path / "ckpts"
+        ckpts.mkdir()
+        net = module.build()
+        for step in (0, 10, 20):
+            net.tag.fill_(step)
+            torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
+            with torch.no_grad():
+                net.hidden.weight.mul_(1.2)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(200, 16)).astype(np.float32), y=rng.integers(0, 3, 200))
+    return ["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(tmp_path / "probe.npz"),
+            "-o", str(tmp_path / "run.h5")]
+
+
+def test_an_allocation_that_fails_while_a_stored_successor_is_compared_again_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step 10 analysed into a store of 0 and 20 makes step 20's cka_prev compare with it again, after the
+    loop over the checkpoints (`_refresh_successors`): an allocation failing there was a traceback."""
+    command = _tagged_run(tmp_path)
+    main([*command, "--steps", "0,20"])
+    capsys.readouterr()
+    monkeypatch.setenv("BOOM", "20")
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--steps", "0,10,20"])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: ran out of memory at step 20 ({tmp_path / 'ckpts' / 'step_20.pt'})" in err, err
+    assert "run the same command again: it resumes" in err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.steps() == [0, 10, 20]
+    monkeypatch.delenv("BOOM")
+    main([*command, "--steps", "0,10,20"])  # the same command: step 20 now compares with step 10
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert [record["prev_step"] for record in reader.records()] == [None, 0, 10]
+
+
+def test_an_allocation_that_fails_while_redo_compares_a_successor_again_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--redo 10 takes step 20's cka_prev again against the new step 10 (`_redo_successors`): an allocation
+    failing there was a traceback; now the error, and the store as it was (one commit holds both or none)."""
+    command = _tagged_run(tmp_path)
+    main(command)
+    with StoreReader(tmp_path / "run.h5") as reader:
+        before = reader.records()
+    capsys.readouterr()
+    monkeypatch.setenv("BOOM", "20")
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--redo", "10"])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: ran out of memory at step 20 ({tmp_path / 'ckpts' / 'step_20.pt'})" in err, err
+    with StoreReader(tmp_path / "run.h5") as reader:
+        assert reader.records() == before
