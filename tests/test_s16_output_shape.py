@@ -48,6 +48,7 @@ def _fdl(*args: object) -> subprocess.CompletedProcess[str]:
 def run(tmp_path: Path) -> Path:
     (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
     sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("model", None)  # another test's model.py, imported under the same name
     try:
         import model as module  # type: ignore[import-not-found]
 

@@ -321,6 +321,7 @@ def _tagged_run(tmp_path: Path) -> list[str]:
 
     (tmp_path / "model.py").write_text(TAGGED.replace("ALLOCATOR", repr(ALLOCATOR)), encoding="utf-8")
     sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("model", None)  # another test's model.py, imported under the same name
     try:
         import model as module  # type: ignore[import-not-found]
 
