@@ -1148,6 +1148,7 @@ def _check_memory(
     refs: Sequence[CheckpointRef],
     out: Path,
     reference: CheckpointRef,
+    failure: ResourceError | None = None,
 ) -> None:
     """Refuse, before any checkpoint is analysed, a run whose float64 statistics and anchors alone
     (`resources.run_needs`, a lower bound) do not fit in the memory available; warn when they take most
@@ -1156,7 +1157,8 @@ def _check_memory(
     Counted for what this process analyses: nothing when every checkpoint is stored already (a run with
     nothing to do needs nothing), one copy of the anchors when the reference is all it analyses, its
     slice of the probe and no anchors on a rank that only contributes one (--shard-probe). Under torchrun
-    every rank stops when one is refused (alone, it left the others in a collective)."""
+    every rank stops when one is refused (alone, it left the others in a collective), or ran out of
+    memory before (`failure`: reading the reference, its first sample)."""
     from fdl_cli import distributed
 
     options, world = ctx.options, ctx.world
@@ -1165,8 +1167,8 @@ def _check_memory(
     stored = _stored_steps(out) if options.resume else set()
     todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
     mine = distributed.block(todo, world) if spread and not sharded else todo
-    error: ResourceError | None = None
-    if mine or options.watch:
+    error: ResourceError | None = failure
+    if failure is None and (mine or options.watch):
         error = _memory_shortfall(ctx, passes, sharded=sharded, copies=(
             0 if sharded and not world.writes
             else 1 if not options.watch and mine == [reference.step] and not stored & {ref.step for ref in refs}
@@ -1315,11 +1317,18 @@ def _analyze_refs(
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
     _check_redo(ctx, refs, out)
-    with _memory_explained(reference):
-        loaded, reference_sha = _load(reference, options)
-        model = _prepare(ctx, loaded)
-        passes = _validate(ctx, model)
-    _check_memory(ctx, passes, refs=refs, out=out, reference=reference)
+    passes: list[tuple[str, dict[str, int], int, int]] = []
+    try:
+        with _memory_explained(reference):
+            loaded, reference_sha = _load(reference, options)
+            model = _prepare(ctx, loaded)
+            passes = _validate(ctx, model)
+        failure = None
+    except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
+        if ctx.world is None or not ctx.world.distributed:
+            raise
+        failure = exc
+    _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
     _check_reference_of_store(ctx, out, reference, reference_sha, refs)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
@@ -3541,6 +3550,16 @@ def _sliced(ctx: _Context, sharded: bool, work: Callable[..., dict[str, Any]], *
     except FdlError as exc:
         agree_on_failure(exc, ctx.world)
         raise
+    except Exception as exc:
+        from fdl_cli import resources
+
+        if not resources.out_of_memory(exc):
+            raise
+        # the forward pass lets an allocation failure through (it is no error of the model's): said alike
+        # on every rank, or the others waited in the all-reduce for ever
+        error = resources.memory_error(exc, "in a pass over the probe")
+        agree_on_failure(error, ctx.world)
+        raise error from None
     agree_on_failure(None, ctx.world)
     return results
 

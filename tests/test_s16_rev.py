@@ -383,3 +383,113 @@ def test_an_allocation_that_fails_while_redo_compares_a_successor_again_is_expla
     assert f"error: ran out of memory at step 20 ({tmp_path / 'ckpts' / 'step_20.pt'})" in err, err
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.records() == before
+
+
+RANKED = '''
+import os
+
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """Rank 1's forward passes fail as the CPU allocator does: of one sample with $BOOM=first, of a batch
+    with $BOOM=batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        boom = os.environ.get("BOOM")
+        if os.environ.get("RANK") == "1" and (boom == "first") == (x.shape[0] == 1):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 28800960008 bytes.")
+        return self.head(torch.relu(self.hidden(x)))
+
+
+def build():
+    return Net()
+'''
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == parent:
+            found.append(int(path.parent.name))
+    return found
+
+
+def _torchrun_ranked(tmp_path: Path, boom: str, *extra: str) -> tuple[int, str]:
+    """`fdl analyze` of RANKED's three checkpoints under torchrun (2 CPU ranks): (status, stderr). A run that
+    hangs is killed (its whole process group) and fails the test."""
+    import contextlib
+    import os
+    import signal
+
+    import numpy as np
+
+    (tmp_path / "model.py").write_text(RANKED, encoding="utf-8")
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("model", None)
+    try:
+        import model as module  # type: ignore[import-not-found]
+
+        (tmp_path / "ckpts").mkdir()
+        net = module.build()
+        for step in (0, 10, 20):
+            torch.save(net.state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
+            with torch.no_grad():
+                net.hidden.weight.mul_(1.2)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(300, 16)).astype(np.float32), y=rng.integers(0, 3, 300))
+    log = tmp_path / "stderr.txt"
+    with log.open("w", encoding="utf-8") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+             "analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/model.py:build", "--probe",
+             str(tmp_path / "probe.npz"), "-o", str(tmp_path / "run.h5"), "--device", "cpu", *extra],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "BOOM": boom},
+        )
+        try:
+            process.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            # torchrun starts each rank in a session of its own: its children by their parent's id, then it
+            for pid in _children(process.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.wait()
+            pytest.fail("the ranks hung")
+    return process.returncode, log.read_text(encoding="utf-8")
+
+
+def test_under_shard_probe_an_allocation_failing_on_one_ranks_slice_stops_every_rank(tmp_path: Path) -> None:
+    """The forward pass lets an allocation failure through since this session (it is no error of the model's):
+    under --shard-probe it then skipped the ranks' agreement on a failed slice, and rank 0 waited in it for
+    ever (a ModelError before, which the ranks agreed on)."""
+    status, err = _torchrun_ranked(tmp_path, "batch", "--shard-probe")
+    assert status != 0
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert said and set(said) == {"error: ran out of memory in a pass over the probe (on rank 1's probe slice)"}, err
+    assert "got: RuntimeError: DefaultCPUAllocator: can't allocate memory" in err
+
+
+def test_under_torchrun_an_allocation_failing_on_one_ranks_first_sample_stops_every_rank(tmp_path: Path) -> None:
+    status, err = _torchrun_ranked(tmp_path, "first")
+    assert status != 0
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    at = f"error: ran out of memory at step 0 ({tmp_path / 'ckpts' / 'step_0.pt'})"
+    assert sorted(said) == [at, f"{at} (on rank 1)"], err
+    assert "Connection reset by peer" not in err and "[rank0]:" not in err
+    assert not (tmp_path / "run.h5").exists()
