@@ -1213,7 +1213,10 @@ def _memory_shortfall(
     device = None
     if gpu:
         with contextlib.suppress(Exception):  # a driver that cannot say: the run finds out
-            device = int(torch.cuda.mem_get_info(ctx.device)[0])
+            # what the driver has free, and what torch's allocator holds in its cache unused (the model's
+            # check pass left some there): fdl's tensors take both
+            cached = int(torch.cuda.memory_reserved(ctx.device)) - int(torch.cuda.memory_allocated(ctx.device))
+            device = int(torch.cuda.mem_get_info(ctx.device)[0]) + max(cached, 0)
         if device is None:  # the statistics on the GPU are not in host memory: only the host's needs checked
             needs = [need for need in needs if not need.on_device]
     short = resources.shortfall(needs, host, device)

@@ -82,6 +82,12 @@ def _context(device: str, **options: Any) -> Any:
     )
 
 
+def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing in torch's CUDA cache (on a machine with a GPU, whatever this process holds there)."""
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+
+
 def _refs(folder: Path) -> list[Any]:
     from fdl_cli.checkpoints import CheckpointRef
 
@@ -100,6 +106,7 @@ def test_on_a_gpu_the_gram_route_counts_on_the_gpu_only_what_is_there(
     n, p = 10_000, 12_000
     on_gpu = 2 * 8 * n * p + 2 * 4 * 4096 * p  # the kept features and their concatenation; the float32 anchors
     on_host = 8 * n * p + 16 * n * n + 2 * 8 * 4096 * p  # host copy, Gram, eigenvectors; two anchor copies
+    _no_cache(monkeypatch)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (on_gpu, 10 * on_gpu))
     monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: on_host)
     refs = _refs(tmp_path)
@@ -126,6 +133,7 @@ def test_a_gpu_whose_free_memory_cannot_be_read_does_not_put_its_statistics_in_h
         raise RuntimeError("CUDA driver initialization failed")
 
     p = 20_000  # 6.4 GB of sums on the GPU; the host has 1 GB, enough for the 0.3 GB of anchors
+    _no_cache(monkeypatch)
     monkeypatch.setattr(torch.cuda, "mem_get_info", unknown)
     monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 10**9)
     refs = _refs(tmp_path)
@@ -493,3 +501,25 @@ def test_under_torchrun_an_allocation_failing_on_one_ranks_first_sample_stops_ev
     assert sorted(said) == [at, f"{at} (on rank 1)"], err
     assert "Connection reset by peer" not in err and "[rank0]:" not in err
     assert not (tmp_path / "run.h5").exists()
+
+
+def test_the_gpu_memory_torch_holds_unused_in_its_cache_counts_as_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.cuda.mem_get_info's free bytes leave out what torch's caching allocator reserved and does not use
+    (the first sample's pass left it there), which fdl's tensors get first."""
+    from fdl_cli.pipeline import _check_memory
+
+    p = 20_000
+    need = 8 * ((p + 1) ** 2 + p * p)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need - 500_000_000, 10 * need))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 800_000_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 300_000_000)
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 10**12)
+    refs = _refs(tmp_path)
+    _check_memory(_context("cuda", anchor_size=100), [("probe", {"wide": p}, 100_000, 100)], refs=refs,
+                  out=tmp_path / "run.h5", reference=refs[0])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 300_000_001)
+    with pytest.raises(Exception, match="of GPU memory"):
+        _check_memory(_context("cuda", anchor_size=100), [("probe", {"wide": p}, 100_000, 100)], refs=refs,
+                      out=tmp_path / "run.h5", reference=refs[0])
