@@ -38,6 +38,7 @@ from torch import nn
 
 from fdl_cli.errors import (
     CheckpointError,
+    FdlError,
     ModelError,
     SameStepError,
     UnsafeCheckpointError,
@@ -725,7 +726,11 @@ def _export_refused(path: Path) -> UnsafeCheckpointError:
     )
 
 
-def _corrupt_error(path: Path, exc: BaseException) -> CheckpointError:
+def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
+    from fdl_cli.resources import memory_error, out_of_memory
+
+    if out_of_memory(exc):  # not damage: reported as a bad file, it was skipped and the run went on
+        return memory_error(exc, f"reading the checkpoint {path}")
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):
         return _unreachable_error(path, exc)  # not damage: the file cannot be reached or read
     reason = first_line(exc) or type(exc).__name__

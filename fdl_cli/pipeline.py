@@ -1070,8 +1070,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     return ctx.model
 
 
-def _validate(ctx: _Context, model: Any) -> None:
-    """Resolve the layers and check every probe against the model with one sample, before long work."""
+def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int, int]]:
+    """Resolve the layers and check every probe against the model with one sample, before long work.
+    Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
     from fdl_cli.probes import float_one_hot, validate_probe
 
@@ -1090,6 +1091,10 @@ def _validate(ctx: _Context, model: Any) -> None:
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            from fdl_cli.resources import out_of_memory
+
+            if out_of_memory(exc):
+                raise  # not the probe's fault: said as such by `_memory_explained`
             from fdl_cli.probes import fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
@@ -1143,23 +1148,87 @@ def _validate(ctx: _Context, model: Any) -> None:
             )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
-    _check_memory(ctx, passes)
+    return passes
 
 
-def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int, int]]) -> None:
-    """Refuse, before any checkpoint is read, a run whose float64 statistics and anchors alone
+def _check_memory(
+    ctx: _Context,
+    passes: Sequence[tuple[str, dict[str, int], int, int]],
+    *,
+    refs: Sequence[CheckpointRef],
+    out: Path,
+    reference: CheckpointRef,
+    failure: ResourceError | None = None,
+) -> None:
+    """Refuse, before any checkpoint is analysed, a run whose float64 statistics and anchors alone
     (`resources.run_needs`, a lower bound) do not fit in the memory available; warn when they take most
-    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback."""
+    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback.
+
+    Counted for what this process analyses: nothing when every checkpoint is stored already (a run with
+    nothing to do needs nothing), one copy of the anchors when the reference is all it analyses, its
+    slice of the probe and no anchors on a rank that only contributes one (--shard-probe). Under torchrun
+    every rank stops when one is refused (alone, it left the others in a collective), or ran out of
+    memory before (`failure`: reading the reference, its first sample)."""
+    from fdl_cli import distributed
+
+    options, world = ctx.options, ctx.world
+    spread = world is not None and world.distributed
+    sharded = spread and options.shard_probe
+    stored = _stored_steps(out) if options.resume else set()
+    todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
+    mine = distributed.block(todo, world) if spread and not sharded else todo
+    error: ResourceError | None = failure
+    if failure is None and (mine or options.watch):
+        error = _memory_shortfall(ctx, passes, sharded=sharded, copies=(
+            0 if sharded and not world.writes
+            else 1 if not options.watch and mine == [reference.step] and not stored & {ref.step for ref in refs}
+            else 2
+        ))
+    if spread:
+        reports = distributed.all_gather(None if error is None else (error.what, error.got, error.fix), world)
+        failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+        if failed:
+            rank, (what, got, fix) = failed[0]
+            raise ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix)
+    if error is not None:
+        raise error
+
+
+def _stored_steps(out: Path) -> set[int]:
+    """The steps `out` holds already (none when it cannot be read: the writer says why, later)."""
+    from fdl_cli.store import StoreReader
+
+    with contextlib.suppress(FdlError, OSError):
+        if out.is_file():
+            with StoreReader(out) as reader:
+                return set(reader.steps())
+    return set()
+
+
+def _memory_shortfall(
+    ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int, int]], *, sharded: bool, copies: int
+) -> ResourceError | None:
+    """`_check_memory`'s error for this process (None when its needs fit); a warning when they take most
+    of the memory available."""
     import torch
 
     from fdl_cli import resources
+    from fdl_cli.distributed import block_bounds
 
-    needs = resources.run_needs(passes)
+    gpu = ctx.device is not None and ctx.device.type == "cuda"
+    series = [resources.Pass(probe, widths, n, m, (lambda span: span[1] - span[0])(block_bounds(n, ctx.world))
+                             if sharded else None) for probe, widths, n, m in passes]
+    needs = resources.run_needs(series, gpu=gpu, anchor_copies=copies)
     host = resources.available_host_bytes()
     device = None
-    if ctx.device is not None and ctx.device.type == "cuda":
+    if gpu:
         with contextlib.suppress(Exception):  # a driver that cannot say: the run finds out
-            device = int(torch.cuda.mem_get_info(ctx.device)[0])
+            # what the driver has free, and what torch's allocator holds in its cache unused (the model's
+            # check pass left some there): fdl's tensors take both
+            cached = int(torch.cuda.memory_reserved(ctx.device)) - int(torch.cuda.memory_allocated(ctx.device))
+            device = int(torch.cuda.mem_get_info(ctx.device)[0]) + max(cached, 0)
+        if device is None:  # the statistics on the GPU are not in host memory: only the host's needs checked
+            needs = [need for need in needs if not need.on_device]
     short = resources.shortfall(needs, host, device)
     size = resources.size_text
     widest = max(((label, p) for _, widths, _, _ in passes for label, p in widths.items()), key=lambda item: item[1],
@@ -1168,14 +1237,14 @@ def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int
            "--model ...` lists each module's output shape): after a pooling layer, say")
     if any(p > n for _, widths, n, _ in passes for p in widths.values()):
         fix += "; a layer wider than the probe keeps its n×p features: a smaller probe needs less"
-    if any(m > 256 for *_, m in passes):
+    if copies and any(m > 256 for *_, m in passes):
         fix += "; --anchor-size lowers the anchors' share"
     listed = "; ".join(f"{need.what}: {size(need.bytes)}" for need in needs if need.bytes >= 1e6)
     if short is not None:
         on_device, needed, available = short
         where = f"the GPU ({ctx.device}) has {size(available or 0)} free" if on_device else \
             f"this machine has {size(available or 0)} of memory available"
-        raise ResourceError(
+        return ResourceError(
             f"this analysis needs at least {size(needed)} of {'GPU ' if on_device else ''}memory for its float64 "
             f"statistics and anchors alone, and {where}",
             got=listed or None,
@@ -1189,6 +1258,7 @@ def _check_memory(ctx: _Context, passes: Sequence[tuple[str, dict[str, int], int
                 f"alone, {100 * total / host:.0f} % of the {size(host)} available: the model and other programs "
                 f"need some too{f' ({listed})' if listed else ''}; if it runs out, {fix}"
             )
+    return None
 
 
 def _check_output_shape(ctx: _Context, probe: Any, shape: tuple[int, ...]) -> None:
@@ -1260,9 +1330,18 @@ def _analyze_refs(
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
     _check_redo(ctx, refs, out)
-    loaded, reference_sha = _load(reference, options)
-    model = _prepare(ctx, loaded)
-    _validate(ctx, model)
+    passes: list[tuple[str, dict[str, int], int, int]] = []
+    try:
+        with _memory_explained(reference):
+            loaded, reference_sha = _load(reference, options)
+            model = _prepare(ctx, loaded)
+            passes = _validate(ctx, model)
+        failure = None
+    except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
+        if ctx.world is None or not ctx.world.distributed:
+            raise
+        failure = exc
+    _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
     _check_reference_of_store(ctx, out, reference, reference_sha, refs)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
@@ -1420,8 +1499,8 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     entries = []
     for successor in ctx.redo_successors.get(step, ()):
         ref = ctx.refs_by_step[successor]
-        loaded, sha = _load(ref, ctx.options)
-        with StoreReader(out) as reader:
+        with _memory_explained(ref), StoreReader(out) as reader:
+            loaded, sha = _load(ref, ctx.options)
             stored_sha = reader.file_identities()[successor][1]
             if sha != stored_sha:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -2308,18 +2387,7 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
 
         if not resources.out_of_memory(exc):
             raise
-        raise _out_of_memory_error(ref, exc) from None
-
-
-def _out_of_memory_error(ref: CheckpointRef, exc: BaseException) -> ResourceError:
-    """What fdl says of an allocation that failed while checkpoint `ref` was read or analysed."""
-    return ResourceError(
-        f"ran out of memory at step {ref.step} ({ref.path})",
-        got=f"{type(exc).__name__}: {first_line(exc)}",
-        fix="free memory (other programs, or a GPU shared with training) and run the same command again: "
-        "it resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, "
-        "a smaller --anchor-size",
-    )
+        raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
@@ -2676,7 +2744,7 @@ def _refresh_successors(
         return
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
-        with StoreReader(out) as reader:
+        with _memory_explained(ref), StoreReader(out) as reader:
             before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
             loaded, sha = _load(ref, ctx.options)
             for step, now in ((before, before_sha), (successor, sha)):
@@ -3490,7 +3558,7 @@ def _sliced(
     """`work(*args, **kwargs)` (one probe slice's pass of checkpoint `ref`); under --shard-probe every rank
     learns whether any rank's pass failed and raises the same error, before the statistics are
     all-reduced (a failure on one slice alone left the other ranks waiting in the all-reduce). An
-    allocation that failed there counts (`_out_of_memory_error`), or the others waited for ever."""
+    allocation that failed there counts (`resources.memory_error`), or the others waited for ever."""
     if not sharded:
         return work(*args, **kwargs)
     from fdl_cli import resources
@@ -3504,8 +3572,11 @@ def _sliced(
     except Exception as exc:
         if not resources.out_of_memory(exc):
             raise
-        agree_on_failure(_out_of_memory_error(ref, exc), ctx.world)
-        raise  # not reached: agree_on_failure raised on every rank
+        # the forward pass lets an allocation failure through (it is no error of the model's): said alike
+        # on every rank, or the others waited in the all-reduce for ever
+        error = resources.memory_error(exc, f"at step {ref.step} ({ref.path})")
+        agree_on_failure(error, ctx.world)
+        raise error from None
     agree_on_failure(None, ctx.world)
     return results
 

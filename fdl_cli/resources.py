@@ -15,6 +15,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from fdl_cli.errors import ResourceError, first_line
 
 #: float64, the dtype of every accumulator, decomposition and anchor copy (SPEC §8)
 FLOAT64 = 8
@@ -31,42 +34,78 @@ class Need:
 
     what: str
     bytes: int
-    on_device: bool  # on the GPU when the analysis runs there (the statistics); else in host memory
+    on_device: bool  # where the statistics are taken: the GPU when they are taken there; else host memory
+    #: one probe pass's statistics (passes run one after another: only the largest counts); False: anchors,
+    #: which stay for the whole run
+    statistics: bool = True
 
 
-def layer_needs(label: str, p: int, n: int, m: int, *, probe: str) -> list[Need]:
-    """The arrays one layer of width p needs on a probe of n inputs with m anchors (all float64).
+class Pass(NamedTuple):
+    """One probe pass: the probe, {layer: p}, its n inputs and m anchors; `n_here` the inputs this process
+    passes over (its slice under --shard-probe; None: all n)."""
 
-    p ≤ n: the (p+1)×(p+1) sums of φφᵀ (φ with a ones column) and the p×p eigenvectors of their
-    decomposition. p > n (the n×n Gram route, docs/measures.md): the n×p features kept, the n×n Gram
-    and its eigenvectors. And the anchors: this checkpoint's m×p features and the reference's, which
-    stay for the whole run (the previous checkpoint's, a third copy, are not counted: a run of one
-    checkpoint has none)."""
+    probe: str
+    widths: Mapping[str, int]
+    n: int
+    m: int
+    n_here: int | None = None
+
+
+def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = False, n_here: int | None = None,
+                anchor_copies: int = 2) -> list[Need]:
+    """The float64 arrays one layer of width p needs on a probe of n inputs with m anchors, each counted
+    where and when it exists (extract.py, moments.py, spectral.py):
+
+    p ≤ n: the (p+1)×(p+1) sums of [φ 1][φ 1]ᵀ and their p×p copy taken at the last anchor (CKA's
+    anchor moment), side by side where the statistics are taken (the GPU with `gpu`).
+    p > n (the n×n Gram route, docs/measures.md): on a GPU, the n×p features kept there and their
+    concatenation (n_here×p each: this process's slice of the probe under --shard-probe), then on the
+    host a copy of all n×p, the n×n Gram and its eigenvectors; on the CPU, the n×p features and the
+    n×n Gram and its eigenvectors, side by side while it is decomposed.
+    And the anchors' m×p features in float64, `anchor_copies` of them: this checkpoint's and the
+    reference's (2), one in a run whose only checkpoint is the reference, none on a rank that only
+    contributes a probe slice. A third copy (the previous checkpoint's) is not counted."""
     where = f"{probe}/{label}"
-    if p > n:
+    here = n if n_here is None else n_here
+    if p > n and gpu:
+        needs = [
+            Need(f"{where}: the n×p features of the Gram route kept on the GPU and their concatenation "
+                 f"(n = {here:,}, p = {p:,})", 2 * FLOAT64 * here * p, True),
+            Need(f"{where}: the n×p features on the host, the n×n Gram and its eigenvectors (n = {n:,})",
+                 FLOAT64 * (n * p + 2 * n * n), False),
+        ]
+    elif p > n:
         needs = [
             Need(f"{where}: the n×p features of the Gram route (n = {n:,}, p = {p:,})", FLOAT64 * n * p, True),
             Need(f"{where}: the n×n Gram and its eigenvectors", 2 * FLOAT64 * n * n, True),
         ]
     else:
         needs = [
-            Need(f"{where}: the p×p second moment and its eigenvectors (p = {p:,})",
+            Need(f"{where}: the p×p second moment and its copy over the anchors (p = {p:,})",
                  FLOAT64 * ((p + 1) ** 2 + p * p), True),
         ]
-    needs.append(Need(f"{where}: the anchors' features, this checkpoint's and the reference's (m = {m:,})",
-                      2 * FLOAT64 * m * p, False))
+    if anchor_copies:
+        whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")
+        needs.append(Need(f"{where}: the anchors' features, {whose} (m = {m:,})",
+                          anchor_copies * FLOAT64 * m * p, False, statistics=False))
     return needs
 
 
-def run_needs(series: Sequence[tuple[str, Mapping[str, int], int, int]]) -> list[Need]:
-    """The needs of a run: `series` holds (probe, {layer: p}, n, m) for each probe. The probes are passed
-    over one after another, so only the largest pass's statistics count; every series' anchors stay."""
-    passes = [[need for label, p in widths.items() for need in layer_needs(label, p, n, m, probe=probe)]
-              for probe, widths, n, m in series]
-    anchors = [need for needs in passes for need in needs if not need.on_device]
-    biggest = max(([need for need in needs if need.on_device] for needs in passes),
-                  key=lambda needs: sum(need.bytes for need in needs), default=[])
-    return [*biggest, *anchors]
+def run_needs(series: Sequence[Pass | tuple[Any, ...]], *, gpu: bool = False, anchor_copies: int = 2) -> list[Need]:
+    """The needs of a run: `series` holds a `Pass` (probe, {layer: p}, n, m[, n_here]) for each probe. The
+    probes are passed over one after another, so only the largest pass's statistics count (on the GPU
+    and on the host each); every series' anchors stay."""
+    passes = [[need for label, p in entry.widths.items()
+               for need in layer_needs(label, p, entry.n, entry.m, probe=entry.probe, gpu=gpu, n_here=entry.n_here,
+                                       anchor_copies=anchor_copies)]
+              for entry in (Pass(*item) for item in series)]
+    anchors = [need for needs in passes for need in needs if not need.statistics]
+
+    def largest(on_device: bool) -> list[Need]:
+        chosen = [[need for need in needs if need.statistics and need.on_device == on_device] for needs in passes]
+        return max(chosen, key=lambda needs: sum(need.bytes for need in needs), default=[])
+
+    return [*largest(True), *largest(False), *anchors]
 
 
 def size_text(count: float) -> str:
@@ -78,8 +117,9 @@ def size_text(count: float) -> str:
     return f"{int(count)} B"
 
 
-def _meminfo(root: Path) -> int | None:
-    """MemAvailable + SwapFree of /proc/meminfo, in bytes; None when there is no such file (not Linux)."""
+def _meminfo(root: Path) -> tuple[int, int] | None:
+    """(MemAvailable, SwapFree) of /proc/meminfo, in bytes; None when there is no such file (not Linux)
+    or it has no MemAvailable (kernels before 3.14)."""
     try:
         text = (root / "proc" / "meminfo").read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
@@ -92,7 +132,7 @@ def _meminfo(root: Path) -> int | None:
             values[name.strip()] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
     if "MemAvailable" not in values:
         return None
-    return values["MemAvailable"] + values.get("SwapFree", 0)
+    return values["MemAvailable"], values.get("SwapFree", 0)
 
 
 def _stat(path: Path) -> dict[str, int]:
@@ -105,37 +145,73 @@ def _stat(path: Path) -> dict[str, int]:
     return values
 
 
-def _cgroup_room(root: Path) -> int | None:
-    """What a memory cgroup (a container's limit) leaves this process: the limit less the anonymous
-    memory in use (page cache is given back under pressure, so it is not counted); None without a
-    limit. cgroup v2 (memory.max of the process's group, else of the mount's root), then v1."""
-    groups: list[Path] = []
+def _number(path: Path) -> int | None:
+    """A cgroup file's byte count; None for "max", a number too large to be a limit, or no such file."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) < NO_LIMIT else None
+
+
+def _ancestors(top: Path, path: str) -> list[Path]:
+    """`top`/`path` and each folder above it up to `top` itself, those that exist (a container may see
+    its own group at `top` while /proc/self/cgroup names it by its path on the host)."""
+    parts = [part for part in path.split("/") if part and part != ".."]
+    folders = [top.joinpath(*parts[:count]) for count in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _cgroup_room(root: Path, swap_free: int) -> int | None:
+    """What memory cgroups (a container's, a batch job's limit) leave this process: for each group with
+    a limit, from the process's own up to the hierarchy's top, the limit less the anonymous memory in
+    use (page cache is given back under pressure, so it is not counted), plus the swap it may still use;
+    the least of them. None without a limit. cgroup v2 first (memory.max: Slurm sets it on the job's
+    group, above the step's and the task's, which have none), then v1 (hierarchical_memory_limit, which
+    already takes the groups above into account). `swap_free`: the host's free swap, which caps a
+    group's own swap allowance (memory.swap.max; memsw in v1) and is all of it where swap is not
+    accounted per group."""
+    lines: list[tuple[str, str, str]] = []
     with contextlib.suppress(OSError, UnicodeDecodeError):
         for line in (root / "proc" / "self" / "cgroup").read_text(encoding="ascii").splitlines():
             hierarchy, _, rest = line.partition(":")
             controllers, _, path = rest.partition(":")
-            if hierarchy == "0" and controllers == "":
-                groups.append(root / "sys" / "fs" / "cgroup" / path.lstrip("/"))
-    groups.append(root / "sys" / "fs" / "cgroup")
-    for group in groups:
-        try:
-            limit_text = (group / "memory.max").read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
+            lines.append((hierarchy, controllers, path))
+    top = root / "sys" / "fs" / "cgroup"
+    unified = next((path for hierarchy, controllers, path in lines if hierarchy == "0" and controllers == ""), "")
+    rooms = []
+    for group in _ancestors(top, unified):
+        limit = _number(group / "memory.max")
+        if limit is None:
             continue
-        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= NO_LIMIT:
+        swap = swap_free
+        if (group / "memory.swap.max").is_file():
+            allowed = _number(group / "memory.swap.max")
+            if allowed is not None:
+                swap = min(max(allowed - (_number(group / "memory.swap.current") or 0), 0), swap_free)
+        rooms.append(max(limit - _stat(group / "memory.stat").get("anon", 0), 0) + swap)
+    if rooms:
+        return min(rooms)
+    v1 = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "")
+    for group in _ancestors(top / "memory", v1)[:1] or [top / "memory"]:
+        stat = _stat(group / "memory.stat")
+        limit = stat.get("hierarchical_memory_limit")
+        if limit is None or limit >= NO_LIMIT:
             return None
-        return max(int(limit_text) - _stat(group / "memory.stat").get("anon", 0), 0)
-    stat = _stat(root / "sys" / "fs" / "cgroup" / "memory" / "memory.stat")
-    limit = stat.get("hierarchical_memory_limit")
-    if limit is None or limit >= NO_LIMIT:
-        return None
-    return max(limit - stat.get("total_rss", 0), 0)
+        swap = swap_free
+        both = stat.get("hierarchical_memsw_limit")
+        if both is not None and both < NO_LIMIT:
+            swap = min(max(both - limit - stat.get("total_swap", 0), 0), swap_free)
+        return max(limit - stat.get("total_rss", 0), 0) + swap
+    return None
 
 
 def available_host_bytes(root: Path = Path("/")) -> int | None:
     """Bytes of host memory the analysis can still take: the kernel's MemAvailable (+ free swap), or less
     when a cgroup limits this process to less; None where neither can be read (macOS, Windows)."""
-    known = [value for value in (_meminfo(root), _cgroup_room(root)) if value is not None]
+    memory = _meminfo(root)
+    swap_free = memory[1] if memory is not None else 0
+    known = [value for value in (sum(memory) if memory else None, _cgroup_room(root, swap_free)) if value is not None]
     return min(known) if known else None
 
 
@@ -157,8 +233,25 @@ def shortfall(needs: Sequence[Need], host: int | None, device: int | None) -> tu
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is an allocation that failed: MemoryError, torch's OutOfMemoryError (CUDA), or the
-    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory", "not enough memory" on
+    Windows)."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text
+        or "out of memory" in text.lower()
+    )
+
+
+#: What to do after an allocation failed during the run (`memory_error`)
+MEMORY_FIX = ("free memory (other programs, or a GPU shared with training) and run the same command again: it "
+              "resumes after the checkpoints stored; or need less: a smaller --batch-size, a narrower --layer, a "
+              "smaller --anchor-size")
+
+
+def memory_error(exc: BaseException, where: str) -> ResourceError:
+    """The error for an allocation `exc` that failed `where` ("at step 10 (FILE)"), in place of its traceback
+    or of an error that blames the file, the probe or the model."""
+    return ResourceError(f"ran out of memory {where}", got=f"{type(exc).__name__}: {first_line(exc)}",
+                         fix=MEMORY_FIX)

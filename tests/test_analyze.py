@@ -346,6 +346,7 @@ def test_sample_checkpoints_match_brute_force(tmp_path: Path) -> None:
         import model as sample_model  # type: ignore[import-not-found]
     finally:
         sys.path.pop(0)
+        sys.modules.pop("model", None)  # the next test's own model.py would be this one
     result = fdl("analyze", REPO / "sample_checkpoints", "--steps", "0,100,1000", "--out", tmp_path / "sample.h5",
                  "--json")
     assert result.code == 0, result.stderr
