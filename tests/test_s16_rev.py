@@ -489,7 +489,8 @@ def test_under_shard_probe_an_allocation_failing_on_one_ranks_slice_stops_every_
     status, err = _torchrun_ranked(tmp_path, "batch", "--shard-probe")
     assert status != 0
     said = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert said and set(said) == {"error: ran out of memory in a pass over the probe (on rank 1's probe slice)"}, err
+    step_0 = tmp_path / "ckpts" / "step_0.pt"
+    assert said and set(said) == {f"error: ran out of memory at step 0 ({step_0}) (on rank 1's probe slice)"}, err
     assert "got: RuntimeError: DefaultCPUAllocator: can't allocate memory" in err
 
 
