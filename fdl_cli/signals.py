@@ -173,7 +173,10 @@ def import_torch() -> None:
     """`import torch` with SIGINT and SIGTERM `held` back, so none is handled inside torch's C++ start-up;
     meanwhile `_ImportWatch` takes them: a first Ctrl-C stops fdl once the import has ended, a second
     one, or a SIGTERM, at once. Where `signal.sigtimedwait` does not exist (macOS), they wait for the
-    end of the import."""
+    end of the import. Torch imported already (a test, or a program calling fdl's main twice): nothing to
+    hold, and no watcher thread whose join costs up to its poll interval."""
+    if "torch" in sys.modules:
+        return
     watch = None
     try:
         with held():
