@@ -15,6 +15,7 @@ import torch
 from fdl_cli import resources
 from fdl_cli.cli import main
 from fdl_cli.store import StoreReader
+from tests.cli_run import model_file
 from tests.test_s16_memory import _run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,23 +328,14 @@ def _tagged_run(tmp_path: Path) -> list[str]:
     """Checkpoints 0, 10, 20 of `TAGGED`; the analyze command line for them (without --steps)."""
     import numpy as np
 
-    (tmp_path / "model.py").write_text(TAGGED.replace("ALLOCATOR", repr(ALLOCATOR)), encoding="utf-8")
-    sys.path.insert(0, str(tmp_path))
-    sys.modules.pop("model", None)  # another test's model.py, imported under the same name
-    try:
-        import model as module  # type: ignore[import-not-found]
-
-        ckpts = tmp_path / "ckpts"
-        ckpts.mkdir()
-        net = module.build()
-        for step in (0, 10, 20):
-            net.tag.fill_(step)
-            torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
-            with torch.no_grad():
-                net.hidden.weight.mul_(1.2)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    net = model_file(tmp_path, TAGGED.replace("ALLOCATOR", repr(ALLOCATOR))).build()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step in (0, 10, 20):
+        net.tag.fill_(step)
+        torch.save(net.state_dict(), ckpts / f"step_{step}.pt")
+        with torch.no_grad():
+            net.hidden.weight.mul_(1.2)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(200, 16)).astype(np.float32), y=rng.integers(0, 3, 200))
     return ["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(tmp_path / "probe.npz"),
@@ -444,21 +436,12 @@ def _torchrun_ranked(tmp_path: Path, boom: str, *extra: str) -> tuple[int, str]:
 
     import numpy as np
 
-    (tmp_path / "model.py").write_text(RANKED, encoding="utf-8")
-    sys.path.insert(0, str(tmp_path))
-    sys.modules.pop("model", None)
-    try:
-        import model as module  # type: ignore[import-not-found]
-
-        (tmp_path / "ckpts").mkdir()
-        net = module.build()
-        for step in (0, 10, 20):
-            torch.save(net.state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
-            with torch.no_grad():
-                net.hidden.weight.mul_(1.2)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    net = model_file(tmp_path, RANKED).build()
+    (tmp_path / "ckpts").mkdir()
+    for step in (0, 10, 20):
+        torch.save(net.state_dict(), tmp_path / "ckpts" / f"step_{step}.pt")
+        with torch.no_grad():
+            net.hidden.weight.mul_(1.2)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(300, 16)).astype(np.float32), y=rng.integers(0, 3, 300))
     log = tmp_path / "stderr.txt"
