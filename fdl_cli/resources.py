@@ -232,15 +232,16 @@ def shortfall(needs: Sequence[Need], host: int | None, device: int | None) -> tu
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` is an allocation that failed: MemoryError, torch's OutOfMemoryError (CUDA), or the
-    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory", "not enough memory" on
-    Windows)."""
+    """Whether `exc` is an allocation that failed: MemoryError, torch's OutOfMemoryError (CUDA), the CPU
+    allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory", "not enough memory" on
+    Windows), or a CUDA library's own ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+    cuSOLVER's and cuSPARSE's alike: workspace they could not get on a full GPU)."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text
-        or "out of memory" in text.lower()
+        or "out of memory" in text.lower() or "_STATUS_ALLOC_FAILED" in text
     )
 
 

@@ -20,3 +20,21 @@ def test_a_gpu_index_past_the_visible_ones_is_refused(monkeypatch: pytest.Monkey
     assert caught.value.got == "1 CUDA GPU(s) visible: cuda:0 (CUDA_VISIBLE_DEVICES=2)"
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("cusolver error: CUSOLVER_STATUS_ALLOC_FAILED, when calling `cusolverDnCreate(handle)`"), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (MemoryError(), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm`"), False),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x4 and 8x3)"), False),
+    (ValueError("out of memory"), False),
+])
+def test_the_cuda_libraries_allocation_failures_are_out_of_memory(error: BaseException, expected: bool) -> None:
+    """cuBLAS/cuDNN failing to get their workspace on a full GPU said "forward pass failed" (the model's
+    fault, fixed by --batch-size, it said) instead of running out of memory."""
+    from fdl_cli.resources import out_of_memory
+
+    assert out_of_memory(error) is expected
