@@ -1195,13 +1195,15 @@ def _check_memory(
 
 
 def _stored_steps(out: Path) -> set[int]:
-    """The steps `out` holds already (none when it cannot be read: the writer says why, later)."""
+    """The steps `out` holds already, of every series (none when it cannot be read: the writer says why,
+    later). Not `reader.steps()`, which asks for one series and raised, read as "none", on a store of
+    several probes or layers."""
     from fdl_cli.store import StoreReader
 
     with contextlib.suppress(FdlError, OSError):
         if out.is_file():
             with StoreReader(out) as reader:
-                return set(reader.steps())
+                return {int(record["step"]) for record in reader.records()}
     return set()
 
 
