@@ -47,6 +47,21 @@ def _shift_point(values: Any) -> Any:
     return mean if bool((mean * mean > SHIFT_RATIO**2 * spread).any()) else None
 
 
+#: The float64 values the statistics hold: the largest |·| of the features, of the outputs and of the
+#: regression targets must lie in [RANGE_MIN, RANGE_MAX] (or be 0). The measures take sums of squares
+#: (Σφφᵀ) and of products of those (‖Σ_c‖_F, ‖F_aᵀF_b‖_F², (tr Σ_c)²): fourth powers of the values,
+#: times n², which overflow float64 from |φ| ≈ 1e75 (about 1e154 squared once) and underflow below
+#: ≈ 1e-77 (features of 1e-155 had all their squares flushed to 0: rank 0, Q* ≡ 0, silently). float32,
+#: float16 and bfloat16 values (at most 3.4e38, at least 1.4e-45 when not 0) always lie inside, so only
+#: a layer computed in float64, or float64 regression targets, can fall outside: a clear error then.
+RANGE_MAX = 2.0**200
+RANGE_MIN = 2.0**-200
+_RANGE_WHAT = {
+    "features": ("the features", "hook a layer of ordinary scale (--layer), or rescale the layer's float64 output"),
+    "outputs": ("the model's outputs", "rescale the model's float64 outputs"),
+    "targets": ("the probe's regression targets", "rescale the targets (their scale changes no measure but loss)"),
+}
+
 #: Width of the block rows in which the torch path sums the symmetric FᵀF (see `row_bounds`).
 ROW_BLOCK = 128
 
@@ -149,6 +164,9 @@ class MomentAccumulator:
         #: the shift points a, b, c (features, outputs, regression targets): the first batch's means,
         #: float64 on the batches' device; None when not shifted (kept features, class targets)
         self._shifts: tuple[Any, Any, Any] | None = None
+        #: the largest |·| so far of float64 features / outputs and of the regression targets (a 0-d
+        #: tensor on the batches' device, or a float), checked against RANGE_MIN/RANGE_MAX in `moments()`
+        self._peaks: dict[str, Any] = {}
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
 
@@ -164,6 +182,43 @@ class MomentAccumulator:
                 return (left.to(self._torch.float32).T @ right.to(self._torch.float32)).to(self._torch.float64)
             return (left.astype(np.float32).T @ right.astype(np.float32)).astype(np.float64)
         return left.T @ right
+
+    def _track_peak(self, kind: str, values: Any) -> None:
+        """Keep the largest |·| of a float64 batch of `kind` (features, outputs, targets): values of another
+        dtype cannot leave the range the statistics hold (`RANGE_MAX`), so nothing is spent on them. On a
+        device the running maximum stays there (no transfer per batch)."""
+        if _is_torch(values):
+            if values.dtype != self._torch.float64 or values.numel() == 0:
+                return
+            peak = values.detach().abs().amax()
+            previous = self._peaks.get(kind)
+            self._peaks[kind] = peak if previous is None else self._torch.maximum(previous, peak)
+            return
+        values = np.asarray(values)
+        if values.dtype != np.float64 or values.size == 0:
+            return
+        peak = float(np.max(np.abs(values)))
+        previous = self._peaks.get(kind)
+        self._peaks[kind] = peak if previous is None or math.isnan(peak) else max(previous, peak)
+        if peak > RANGE_MAX:
+            self._check_range()  # at once, before numpy's sums of this batch overflow (and warn)
+
+    def _check_range(self) -> None:
+        """NumericalError when the float64 values summed lie outside [RANGE_MIN, RANGE_MAX] (0 allowed)."""
+        for kind, peak in self._peaks.items():
+            value = float(peak)
+            if not math.isfinite(value):
+                continue  # NaN / Inf: the statistics are not finite, `spectral` says so
+            if value > RANGE_MAX or 0.0 < value < RANGE_MIN:
+                what, fix = _RANGE_WHAT[kind]
+                side = "too large" if value > RANGE_MAX else "too small"
+                raise NumericalError(
+                    f"{what} are {side} for fdl's float64 statistics: their largest magnitude is {value:.3g}, "
+                    f"outside [{RANGE_MIN:.3g}, {RANGE_MAX:.3g}] (sums of their squares and of products of "
+                    "those would overflow or flush to 0)",
+                    got=f"float64 {what.removeprefix('the ')} of magnitude up to {value:.3g}",
+                    fix=fix,
+                )
 
     def _add(self, name: str, value: Any) -> None:
         if name in self._sums:
@@ -204,6 +259,10 @@ class MomentAccumulator:
                 f"the probe was declared with {self.task} targets but a batch has none",
                 fix="pass the targets of every batch",
             )
+        self._track_peak("features", features)
+        self._track_peak("outputs", outputs)
+        if self.task == "regression":
+            self._track_peak("targets", targets)
         if self._torch is not None and self.product_dtype == "float64" and not self.keep_features:
             self._update_in_place(features.detach().reshape(batch, -1), outputs.detach().reshape(batch, -1), targets)
             self._width, self._features = width, n_features
@@ -425,6 +484,7 @@ class MomentAccumulator:
         """The float64 statistics as numpy arrays (one host transfer)."""
         if self.n == 0:
             raise NumericalError("no samples were accumulated", fix="feed at least one probe batch")
+        self._check_range()
 
         current = self._in_place_sums(classes=True)
 

@@ -527,6 +527,20 @@ def _check_finite(path: Path, key: str, values: np.ndarray, *, first_row: int = 
         )
 
 
+def _check_target_range(path: Path, key: str, peak: float) -> None:
+    """Regression targets whose largest |·| lies outside what the float64 statistics hold
+    (`moments.RANGE_MIN` .. `RANGE_MAX`, 0 allowed) -> ProbeError, before any checkpoint is read."""
+    from fdl_cli.moments import RANGE_MAX, RANGE_MIN
+
+    if peak > RANGE_MAX or 0.0 < peak < RANGE_MIN:
+        raise ProbeError(
+            f"the probe {path}: the regression targets '{key}' are too {'large' if peak > RANGE_MAX else 'small'} "
+            f"for fdl's float64 statistics (largest magnitude {peak:.3g}, outside [{RANGE_MIN:.3g}, {RANGE_MAX:.3g}]: "
+            "sums of their squares, and products of those, would overflow or flush to 0)",
+            fix="rescale the targets before saving the probe (no measure but loss depends on their scale)",
+        )
+
+
 def _lazy_inputs(path: Path, key: str, x: RowReader) -> RowReader:
     """The checks of `_inputs` on inputs read in place, a chunk at a time."""
     if len(x) == 0:
@@ -591,8 +605,11 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
             fix="y must be (n,) class labels or (n,) / (n, C) regression targets",
         )
     if lazy:  # float targets (`_target_dtype`): already (n, C) float64 when read; their values, a chunk at a time
+        peak = 0.0
         for first, rows in y.chunks():
             _check_finite(path, key, rows.reshape((len(rows), *shape[1:])), first_row=first)
+            peak = max(peak, float(np.max(np.abs(rows))) if rows.size else 0.0)
+        _check_target_range(path, key, peak)
         return y, "regression", None
     if y.dtype.kind in "biu":
         if y.ndim == 2:
@@ -622,6 +639,7 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
         return labels, "classes", int(labels.max()) + 1
     targets = y.astype(np.float64)
     _check_finite(path, key, targets)
+    _check_target_range(path, key, float(np.max(np.abs(targets))) if targets.size else 0.0)
     return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
 
 

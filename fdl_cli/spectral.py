@@ -291,11 +291,19 @@ def _check_finite(moments: Moments) -> None:
             )
 
 
+#: Entries of an eigenvector within this share of its largest |·| tie for the sign convention: an
+#: exact tie (the features symmetric under swapping two columns) comes out of LAPACK a few ulps apart,
+#: and the rounding, not the rule, then picked the entry made positive.
+SIGN_TIE_RTOL = 1e-12
+
+
 def fix_signs(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so that its largest-|·| entry is positive (deterministic, like svd_flip)."""
+    """Flip each column so that its largest-|·| entry is positive (deterministic, like svd_flip); entries
+    within SIGN_TIE_RTOL of the largest tie with it, and the first of them is made positive."""
     if vectors.size == 0:
         return vectors
-    rows = np.argmax(np.abs(vectors), axis=0)
+    magnitudes = np.abs(vectors)
+    rows = np.argmax(magnitudes >= magnitudes.max(axis=0) * (1.0 - SIGN_TIE_RTOL), axis=0)
     signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
     signs[signs == 0] = 1.0
     return vectors * signs
