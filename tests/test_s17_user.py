@@ -1,0 +1,72 @@
+"""What a researcher new to fdl met on real training runs of the seventeenth session (digits MLPs: a
+plain loop, a frozen backbone, mean-field and NTK-like nets, BatchNorm/Dropout, torch.compile and
+DataParallel checkpoints, safetensors, regression, resumed runs): the messages that misled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.cli_run import fdl, model_file
+
+MODEL = """
+from torch import nn
+
+
+def build(n_out=3):
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, n_out))
+"""
+
+
+def _run(tmp_path: Path, n_out: int, labels: np.ndarray) -> tuple[Path, list[str], Path]:
+    """A one-checkpoint run of MODEL with `n_out` outputs, its `--model` with `--model-kwargs`, and a
+    probe of inputs with `labels`."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    module = model_file(tmp_path, MODEL)
+    torch.manual_seed(0)
+    torch.save(module.build(n_out).state_dict(), runs / "step_0.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).normal(size=(len(labels), 4)).astype(np.float32), y=labels)
+    return runs, ["--model", f"{tmp_path / 'model.py'}:build", "--model-kwargs", json.dumps({"n_out": n_out})], probe
+
+
+def test_labels_numbered_from_one_are_shown_with_their_range_and_the_fix(tmp_path: Path) -> None:
+    """Labels 1..3 for a 3-class model said "got: labels 0..3", hiding that they start at 1."""
+    runs, model, probe = _run(tmp_path, 3, np.arange(12) % 3 + 1)
+    out = tmp_path / "run.h5"
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", out)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"error: the probe {probe} (probe) has class label 3 but the model has 3 outputs" in result.stderr
+    assert "  got: labels 1..3\n" in result.stderr
+    assert "fix: the labels run from 1 to 3, the model's classes from 0 to 2: if they are numbered from 1, save y - 1" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_a_single_logit_binary_classifier_is_told_how_to_analyse_it(tmp_path: Path) -> None:
+    """0/1 labels for a model of one output (BCEWithLogitsLoss) were told to use another probe."""
+    runs, model, probe = _run(tmp_path, 1, np.arange(12) % 2)
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
+    assert result.returncode == 1
+    assert "  got: labels 0..1\n" in result.stderr
+    assert "one logit, BCEWithLogitsLoss" in result.stderr
+    assert "y.astype(np.float32)" in result.stderr
+    # the advice holds: the same labels as float targets are analysed
+    np.savez(probe, x=np.load(probe)["x"], y=(np.arange(12) % 2).astype(np.float32))
+    again = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
+    assert again.returncode == 0, again.stderr
+
+
+def test_labels_beyond_the_outputs_from_zero_keep_the_plain_advice(tmp_path: Path) -> None:
+    runs, model, probe = _run(tmp_path, 3, np.arange(12) % 5)
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
+    assert result.returncode == 1
+    assert "  got: labels 0..4\n" in result.stderr
+    assert "fix: use the probe that matches this model, or the right --model-kwargs for its output size" \
+        in result.stderr
