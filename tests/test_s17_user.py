@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from fdl_cli.errors import ModelError
 from tests.cli_run import fdl, model_file
 
 MODEL = """
@@ -70,3 +72,45 @@ def test_labels_beyond_the_outputs_from_zero_keep_the_plain_advice(tmp_path: Pat
     assert "  got: labels 0..4\n" in result.stderr
     assert "fix: use the probe that matches this model, or the right --model-kwargs for its output size" \
         in result.stderr
+
+
+def _mlp() -> torch.nn.Module:
+    from collections import OrderedDict
+
+    return torch.nn.Sequential(OrderedDict(body=torch.nn.Linear(4, 8), act=torch.nn.ReLU(),
+                                           head=torch.nn.Linear(8, 3)))
+
+
+@pytest.mark.parametrize(("name", "fix"), [
+    ("head:output", "--layer head for its output, --layer head:input for its input"),
+    ("body:inputs", "--layer body for its output, --layer body:input for its input"),
+])
+def test_a_layer_with_a_suffix_fdl_does_not_know_names_the_module(name: str, fix: str) -> None:
+    """`--layer head:output` said "no module name is close to it" of a module the model has."""
+    from fdl_cli.extract import resolve_layers
+
+    with pytest.raises(ModelError) as caught:
+        resolve_layers(_mlp(), [name])
+    owner, _, suffix = name.partition(":")
+    assert caught.value.what == (f"--layer {name!r}: {owner!r} is a module of the model, but ':{suffix}' is no suffix "
+                                 "fdl knows")
+    assert caught.value.fix == fix
+
+
+@pytest.mark.parametrize(("name", "prefix", "fix"), [
+    ("_orig_mod.head:input", "_orig_mod.", "--layer head:input"),
+    ("module.body", "module.", "--layer body"),
+    ("module._orig_mod.act", "module._orig_mod.", "--layer act"),
+])
+def test_a_layer_named_with_a_wrappers_prefix_gets_the_name_inside(name: str, prefix: str, fix: str) -> None:
+    """A name copied from a torch.compile'd model's named_modules() (`_orig_mod.head`) said "no module
+    name is close to it", while fdl hooks the network inside, where it is `head`."""
+    from fdl_cli.extract import resolve_layers
+
+    with pytest.raises(ModelError) as caught:
+        resolve_layers(_mlp(), [name])
+    assert caught.value.what == f"unknown layer {name!r}"
+    assert caught.value.got is not None and caught.value.got.startswith(f"{prefix!r} is the prefix of a torch.compile")
+    assert caught.value.fix == fix
+    with pytest.raises(ModelError, match="closest module names: head"):  # other unknown names as before
+        resolve_layers(_mlp(), ["haed"])
