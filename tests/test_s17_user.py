@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdl_cli.errors import ModelError
+from fdl_cli.errors import CheckpointError, ModelError
 from tests.cli_run import fdl, model_file
 
 MODEL = """
@@ -114,3 +114,30 @@ def test_a_layer_named_with_a_wrappers_prefix_gets_the_name_inside(name: str, pr
     assert caught.value.fix == fix
     with pytest.raises(ModelError, match="closest module names: head"):  # other unknown names as before
         resolve_layers(_mlp(), ["haed"])
+
+
+def test_no_checkpoint_among_many_other_files_says_so_in_one_entry(tmp_path: Path) -> None:
+    """`fdl analyze .` in a working folder of 30 other files: the error listed each of them with the
+    whole list of suffixes (~100 characters a file), before the line naming the folder to pass."""
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    for index in range(30):
+        (tmp_path / f"notes_{index:02d}.txt").write_text("x")
+    (tmp_path / "runs").mkdir()
+    torch.save(_mlp().state_dict(), tmp_path / "runs" / "step_5.pt")
+    with pytest.raises(CheckpointError) as caught:
+        discover_checkpoints([tmp_path])
+    got = caught.value.got
+    assert got is not None
+    assert got.startswith("skipped 30 files without a checkpoint suffix (.pt, .pth, .bin, .ckpt, .safetensors, "
+                          ".pt2, .pth.tar, .pt.tar): notes_00.txt, notes_01.txt, notes_02.txt, notes_03.txt, "
+                          "notes_04.txt, notes_05.txt and 24 more; ")
+    assert "not a checkpoint suffix" not in got
+    assert f"checkpoints in sub-folders, which are not searched: {tmp_path / 'runs'} (1 checkpoint)" in got
+    assert len(got) < 400
+    # one such file is named as before
+    for index in range(1, 30):
+        (tmp_path / f"notes_{index:02d}.txt").unlink()
+    with pytest.raises(CheckpointError) as one:
+        discover_checkpoints([tmp_path])
+    assert one.value.got is not None and one.value.got.startswith("skipped notes_00.txt: not a checkpoint suffix (")
