@@ -141,3 +141,13 @@ def test_no_checkpoint_among_many_other_files_says_so_in_one_entry(tmp_path: Pat
     with pytest.raises(CheckpointError) as one:
         discover_checkpoints([tmp_path])
     assert one.value.got is not None and one.value.got.startswith("skipped notes_00.txt: not a checkpoint suffix (")
+
+
+def test_a_run_logged_to_a_file_starts_with_its_summary_not_a_blank_line(tmp_path: Path) -> None:
+    """stderr a pipe or a log (a batch job): rich's progress display, which shows nothing there, wrote a
+    blank line on stopping, before the summary."""
+    runs, model, probe = _run(tmp_path, 3, np.arange(12) % 3)
+    out = tmp_path / "run.h5"
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"1 checkpoint(s) analysed → {out}\n"
