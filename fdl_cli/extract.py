@@ -172,7 +172,7 @@ def resolve_layers(
             named = [m for m in modules if m]
             close = difflib.get_close_matches(module, named, n=5)
             owner, colon, suffix = module.rpartition(":")
-            wrapped = _unwrapped_name(module)
+            wrapped = unwrapped_name(module)
             if colon and owner in modules:
                 # 'head:output' said "no module name is close to it" of a module the model has
                 raise ModelError(
@@ -211,7 +211,7 @@ def resolve_layers(
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
-def _unwrapped_name(module: str) -> str:
+def unwrapped_name(module: str) -> str:
     """`module` without the wrapper prefixes it starts with (`module._orig_mod.head` -> `head`)."""
     while True:
         prefix = next((prefix for prefix in _WRAPPER_PREFIXES if module.startswith(prefix)), None)

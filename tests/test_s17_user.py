@@ -151,3 +151,38 @@ def test_a_run_logged_to_a_file_starts_with_its_summary_not_a_blank_line(tmp_pat
     result = fdl("analyze", runs, *model, "--probe", probe, "-o", out)
     assert result.returncode == 0, result.stderr
     assert result.stderr == f"1 checkpoint(s) analysed → {out}\n"
+
+
+def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_traceback(tmp_path: Path) -> None:
+    """Whole modules pickled by a training script (--trust-pickle): a DataParallel-wrapped network at
+    one step and the same network unwrapped at the next hook different names, and the second raised
+    KeyError: 'module.2' with a traceback."""
+    from collections import OrderedDict
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save({"model": torch.nn.DataParallel(network), "step": 0}, runs / "ckpt_0.pt")
+    torch.save({"model": network, "step": 10}, runs / "ckpt_10.pt")
+    torch.save({"model": torch.nn.DataParallel(network), "step": 20}, runs / "ckpt_20.pt")
+    other = torch.nn.Sequential(OrderedDict(body=torch.nn.Linear(4, 8), act=torch.nn.ReLU(), head=torch.nn.Linear(8, 3)))
+    torch.save({"model": other, "step": 30}, runs / "ckpt_30.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32), y=np.arange(12) % 3)
+    out = tmp_path / "run.h5"
+    result = fdl("analyze", runs, "--probe", probe, "-o", out, "--trust-pickle")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (f"error: the model in {runs / 'ckpt_10.pt'} has no module 'module.2', whose input (module.2:input) is "
+            "analysed at the run's other checkpoints\n  got: the same name under another wrapper: '2' (DataParallel's "
+            "or DDP's 'module.', torch.compile's '_orig_mod.')\n") in result.stderr
+    assert (f"error: the model in {runs / 'ckpt_30.pt'} has no module 'module.2', whose input (module.2:input) is "
+            "analysed at the run's other checkpoints\n  got: a model of another architecture (Sequential)\n") \
+        in result.stderr
+    assert f"2 checkpoint(s) analysed, 2 failed → {out}" in result.stderr
+    from fdl_cli.store import StoreReader
+
+    with StoreReader(out) as run:
+        assert [record["step"] for record in run.records()] == [0, 20]
+        assert run.records()[1]["prev_step"] == 0
