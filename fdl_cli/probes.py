@@ -421,7 +421,29 @@ def _read_pt(path: Path) -> dict[str, Any]:
             out[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
         elif isinstance(value, np.ndarray):
             out[str(key)] = value
+    if not out and obj:
+        # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
+        # said "has no inputs, got: keys: none"
+        shown = [f"{key} ({type(value).__name__})" for key, value in list(obj.items())[:6]]
+        raise ProbeError(
+            f"the probe {path} holds no tensor at its top level",
+            got="keys: " + ", ".join(shown) + (f", ... ({len(obj)} in all)" if len(obj) > 6 else "")
+            + ("; a training checkpoint?" if _looks_like_checkpoint(obj) else ""),
+            fix="pass the probe set as --probe: inputs under x (and targets under y), e.g. "
+            "torch.save({'x': x, 'y': y}, path) or np.savez(path, x=x, y=y); the checkpoints come first: "
+            "fdl analyze CKPT_DIR --probe PROBE",
+        )
     return out
+
+
+def _looks_like_checkpoint(entries: Mapping[str, Any]) -> bool:
+    """Keys of a training loop's checkpoint, or of a state_dict (`layer.weight`)."""
+    names = [str(key) for key in entries]
+    loop = {"model", "state_dict", "model_state_dict", "optimizer", "optimizer_state_dict", "step", "epoch",
+            "global_step"}
+    return bool(loop.intersection(names)) or (
+        bool(names) and all(name.rpartition(".")[2] in ("weight", "bias", "running_mean", "running_var",
+                                                        "num_batches_tracked") for name in names))
 
 
 _SAFETENSORS_DTYPES = {
@@ -691,7 +713,10 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     if x_key is None:
         raise ProbeError(
             f"the probe {path} has no inputs",
-            got="keys: " + (", ".join(sorted(arrays)) or "none"),
+            got="keys: " + (", ".join(sorted(arrays)[:8]) + (f", ... ({len(arrays)} in all)" if len(arrays) > 8 else "")
+                            or "none")
+            + ("; the weights of a model: a checkpoint given as the probe?" if arrays and _looks_like_checkpoint(arrays)
+               else ""),
             fix=f"store the inputs under one of {', '.join(X_KEYS)}",
         )
     stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))

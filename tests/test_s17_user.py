@@ -186,3 +186,24 @@ def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_tr
     with StoreReader(out) as run:
         assert [record["step"] for record in run.records()] == [0, 20]
         assert run.records()[1]["prev_step"] == 0
+
+
+def test_a_training_checkpoint_given_as_the_probe_is_named_as_one(tmp_path: Path) -> None:
+    """`--probe runs/ckpt_0.pt` (a checkpoint of the plain loop) said "has no inputs, got: keys: none"."""
+    from fdl_cli.errors import ProbeError
+    from fdl_cli.probes import load_probe
+
+    model = _mlp()
+    loop = tmp_path / "ckpt_0.pt"
+    torch.save({"model": model.state_dict(), "optimizer": {"state": {}}, "step": 0}, loop)
+    with pytest.raises(ProbeError) as caught:
+        load_probe(loop)
+    assert caught.value.what == f"the probe {loop} holds no tensor at its top level"
+    assert caught.value.got == "keys: model (OrderedDict), optimizer (dict), step (int); a training checkpoint?"
+    assert caught.value.fix is not None and "fdl analyze CKPT_DIR --probe PROBE" in caught.value.fix
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    with pytest.raises(ProbeError) as plain:
+        load_probe(weights)
+    assert plain.value.got == ("keys: body.bias, body.weight, head.bias, head.weight; the weights of a model: a "
+                               "checkpoint given as the probe?")
