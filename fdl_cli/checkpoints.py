@@ -1175,6 +1175,24 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
             notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
 
 
+_NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")
+
+
+def _condensed(notes: list[str]) -> str:
+    """The notes of a folder scan that found no checkpoint, for the error's "got": the files skipped for
+    their suffix as one entry, the first 6 of them named. In a folder of 50 other files (`fdl analyze .`
+    in a working folder) each had its own entry, with the whole list of suffixes every time, and the
+    line that said where the checkpoints are came after 6 KB of them."""
+    plain = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
+    if len(plain) < 2:
+        return "; ".join(notes)
+    shown = ", ".join(plain[:6]) + (f" and {len(plain) - 6} more" if len(plain) > 6 else "")
+    summary = (f"skipped {len(plain)} files without a checkpoint suffix "
+               f"({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)}): {shown}")
+    others = [note for note in notes if _NOT_A_CHECKPOINT.fullmatch(note) is None]
+    return "; ".join([summary, *others])
+
+
 def discover_checkpoints(
     sources: Sequence[str | Path],
     *,
@@ -1289,7 +1307,7 @@ def discover_checkpoints(
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:
         where = ", ".join(str(s) for s in sources)
-        got = "; ".join(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
+        got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
         nested, adapters, sharded = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])

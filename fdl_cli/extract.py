@@ -171,6 +171,23 @@ def resolve_layers(
 
             named = [m for m in modules if m]
             close = difflib.get_close_matches(module, named, n=5)
+            owner, colon, suffix = module.rpartition(":")
+            wrapped = unwrapped_name(module)
+            if colon and owner in modules:
+                # 'head:output' said "no module name is close to it" of a module the model has
+                raise ModelError(
+                    f"--layer {name!r}: {owner!r} is a module of the model, but ':{suffix}' is no suffix fdl "
+                    "knows",
+                    fix=f"--layer {owner} for its output, --layer {owner}{INPUT_SUFFIX} for its input",
+                )
+            if wrapped != module and wrapped in modules:
+                # a name copied from a torch.compile'd or DDP-wrapped model's named_modules()
+                raise ModelError(
+                    f"unknown layer {name!r}",
+                    got=f"{module[: len(module) - len(wrapped)]!r} is the prefix of a torch.compile or DDP wrapper; "
+                    "fdl hooks the network inside it, whose module names have no such prefix",
+                    fix=f"--layer {wrapped}{INPUT_SUFFIX if use_input else ''}",
+                )
             if close:
                 got = f"closest module names: {', '.join(close)}"
             elif named:  # nothing is close: show what there is rather than "(none)"
@@ -188,6 +205,19 @@ def resolve_layers(
         if spec not in specs:
             specs.append(spec)
     return specs
+
+
+#: prefixes that a wrapper puts before the module names of the network inside: torch.compile's, DDP's
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrapped_name(module: str) -> str:
+    """`module` without the wrapper prefixes it starts with (`module._orig_mod.head` -> `head`)."""
+    while True:
+        prefix = next((prefix for prefix in _WRAPPER_PREFIXES if module.startswith(prefix)), None)
+        if prefix is None:
+            return module
+        module = module[len(prefix):]
 
 
 def model_outputs(raw: Any) -> torch.Tensor:

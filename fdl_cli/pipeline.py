@@ -1060,7 +1060,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
             # param_norm and param_dist_init take the file's values (kept once: a module prepared
             # again, as the reference is, has been converted already)
             loaded.parameters = [value.detach().clone() for _, value in module.named_parameters()]
-        return prepare_model(module, device=ctx.device, dtype=ctx.options.dtype)
+        prepared = prepare_model(module, device=ctx.device, dtype=ctx.options.dtype)
+        _check_layers(ctx, prepared, loaded)
+        return prepared
     if ctx.model is not None:
         # Same factory, same kwargs: overwrite the weights in place (no re-initialisation, no transfer
         # of a fresh model to the device); strict loading still checks every key and shape.
@@ -1068,6 +1070,43 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
     ctx.model = prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
     return ctx.model
+
+
+def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
+    """A checkpoint that carries its own model (a pickled module, TorchScript) must have the layers the
+    run analyses: files of one folder can hold different architectures, or one network under different
+    wrappers (a DataParallel module at one step, a torch.compile'd one at the next). Hooking a missing
+    module raised a KeyError traceback; it is a bad checkpoint, with its reason."""
+    if not ctx.layers:  # the first model: the layers are resolved on it
+        return
+    modules = dict(model.named_modules())
+    missing = next((spec for spec in ctx.layers if spec.module not in modules), None)
+    if missing is None:
+        return
+    import difflib
+
+    from fdl_cli.extract import unwrapped_name
+
+    what = (f"the model in {loaded.ref.path} has no module {missing.module!r}, whose "
+            f"{'input' if missing.use_input else 'output'} ({missing.label}) is analysed at the run's other checkpoints")
+    wrapped = next((name for name in modules if name and unwrapped_name(name) == unwrapped_name(missing.module)), None)
+    if wrapped is not None:
+        raise CheckpointError(
+            what,
+            got=f"the same name under another wrapper: {wrapped!r} (DataParallel's or DDP's 'module.', torch.compile's "
+            "'_orig_mod.')",
+            fix="save the weights alone (torch.save({'model': model.state_dict(), 'step': step}, ...)) and analyse "
+            "them with --model (the wrappers' prefixes are stripped from the weights' names); or analyse this "
+            "file into a store of its own (--out)",
+        )
+    close = difflib.get_close_matches(missing.module, [name for name in modules if name], n=3)
+    raise CheckpointError(
+        what,
+        got=(f"its closest module names: {', '.join(close)}" if close
+             else f"a model of another architecture ({type(model).__name__})"),
+        fix="the checkpoints of one run must hold one network: analyse this file into a store of its own "
+        "(--out), or leave it out (--glob, --steps)",
+    )
 
 
 def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int, int]]:

@@ -421,7 +421,29 @@ def _read_pt(path: Path) -> dict[str, Any]:
             out[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
         elif isinstance(value, np.ndarray):
             out[str(key)] = value
+    if not out and obj:
+        # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
+        # said "has no inputs, got: keys: none"
+        shown = [f"{key} ({type(value).__name__})" for key, value in list(obj.items())[:6]]
+        raise ProbeError(
+            f"the probe {path} holds no tensor at its top level",
+            got="keys: " + ", ".join(shown) + (f", ... ({len(obj)} in all)" if len(obj) > 6 else "")
+            + ("; a training checkpoint?" if _looks_like_checkpoint(obj) else ""),
+            fix="pass the probe set as --probe: inputs under x (and targets under y), e.g. "
+            "torch.save({'x': x, 'y': y}, path) or np.savez(path, x=x, y=y); the checkpoints come first: "
+            "fdl analyze CKPT_DIR --probe PROBE",
+        )
     return out
+
+
+def _looks_like_checkpoint(entries: Mapping[str, Any]) -> bool:
+    """Keys of a training loop's checkpoint, or of a state_dict (`layer.weight`)."""
+    names = [str(key) for key in entries]
+    loop = {"model", "state_dict", "model_state_dict", "optimizer", "optimizer_state_dict", "step", "epoch",
+            "global_step"}
+    return bool(loop.intersection(names)) or (
+        bool(names) and all(name.rpartition(".")[2] in ("weight", "bias", "running_mean", "running_var",
+                                                        "num_batches_tracked") for name in names))
 
 
 _SAFETENSORS_DTYPES = {
@@ -709,7 +731,10 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     if x_key is None:
         raise ProbeError(
             f"the probe {path} has no inputs",
-            got="keys: " + (", ".join(sorted(arrays)) or "none"),
+            got="keys: " + (", ".join(sorted(arrays)[:8]) + (f", ... ({len(arrays)} in all)" if len(arrays) > 8 else "")
+                            or "none")
+            + ("; the weights of a model: a checkpoint given as the probe?" if arrays and _looks_like_checkpoint(arrays)
+               else ""),
             fix=f"store the inputs under one of {', '.join(X_KEYS)}",
         )
     stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))
@@ -729,11 +754,21 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
     if probe.y is None:
         return
     if probe.task == "classes" and probe.n_classes is not None and probe.n_classes > n_outputs:
+        # the labels' own range: "labels 0..10" was printed for labels 1..10, hiding labels numbered from 1
+        lowest, highest = min(int(np.min(rows)) for rows in _target_blocks(probe.y)), probe.n_classes - 1
+        fix = "use the probe that matches this model, or the right --model-kwargs for its output size"
+        if n_outputs == 1 and lowest >= 0 and highest == 1:
+            fix = ("a model of one output trained on 0/1 labels (one logit, BCEWithLogitsLoss) has no class "
+                   "per output: save the labels as float targets, y.astype(np.float32), to analyse it as a "
+                   "regression on them (no accuracy; its r2 and loss then measure the logit against 0 and 1); or " + fix)
+        elif lowest >= 1 and highest == n_outputs:
+            fix = (f"the labels run from 1 to {highest}, the model's classes from 0 to {n_outputs - 1}: "
+                   f"if they are numbered from 1, save y - 1; else {fix}")
         raise ProbeError(
-            f"the probe {probe.path} ({probe.name}) has class label {probe.n_classes - 1} but the model has "
+            f"the probe {probe.path} ({probe.name}) has class label {highest} but the model has "
             f"{n_outputs} outputs",
-            got=f"labels 0..{probe.n_classes - 1}",
-            fix="use the probe that matches this model, or the right --model-kwargs for its output size",
+            got=f"labels {lowest}..{highest}",
+            fix=fix,
         )
     if probe.task == "regression" and probe.y.shape[1] != n_outputs:
         labels = probe.y.shape[1] == 1 and all(

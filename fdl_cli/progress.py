@@ -81,7 +81,9 @@ class RichReporter(NullReporter):
             TimeRemainingColumn(),
             console=console,
             transient=True,
-            disable=quiet,
+            # Only a terminal shows a live display: on a pipe or a log file (a batch job's stderr) rich
+            # renders nothing while it runs, and its stop() then wrote a blank line before the summary.
+            disable=quiet or not console.is_terminal,
             # stdout carries the machine output (--json records): never let the live display take it
             # over (rich's default when stderr is a terminal), or `fdl analyze --json | jq` gets nothing.
             redirect_stdout=False,
