@@ -5,6 +5,9 @@ The pipeline talks to a `Reporter`; it never imports rich itself.
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -56,8 +59,32 @@ class NullReporter:
         pass
 
 
+#: Environment variable: seconds between two progress lines when stderr is not a terminal (default
+#: `LOG_INTERVAL`; 0 writes one after every checkpoint).
+LOG_INTERVAL_ENV = "FDL_PROGRESS_INTERVAL"
+LOG_INTERVAL = 30.0
+
+
+def log_interval() -> float:
+    """`FDL_PROGRESS_INTERVAL` when it holds a number ≥ 0, else `LOG_INTERVAL` (progress never stops a run)."""
+    try:
+        value = float(os.environ.get(LOG_INTERVAL_ENV, LOG_INTERVAL))
+    except ValueError:
+        return LOG_INTERVAL
+    return value if math.isfinite(value) and value >= 0 else LOG_INTERVAL
+
+
+def clock(seconds: float) -> str:
+    """H:MM:SS, as rich's progress columns show elapsed and remaining time."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
 class RichReporter(NullReporter):
-    """Checkpoint i of N with ETA, and the probe batches of the current checkpoint, on stderr."""
+    """Checkpoint i of N with ETA, and the probe batches of the current checkpoint, on stderr: a live
+    display on a terminal; on a pipe or a log file (a batch job's stderr), where none shows, a plain
+    line at a checkpoint's end once `log_interval()` seconds passed since the run began or since the
+    last line, so a long run's log says how far it is (a short one prints none)."""
 
     def __init__(self, console: Any, *, quiet: bool = False) -> None:
         super().__init__()
@@ -91,6 +118,13 @@ class RichReporter(NullReporter):
         self._run: Any = None
         self._batches: Any = None
         self._started = False
+        #: plain progress lines instead of the live display (stderr not a terminal)
+        self._lines = not quiet and not console.is_terminal
+        self._interval = log_interval()
+        self._began: float | None = None  # when the first checkpoint started (time.monotonic)
+        self._last_line = 0.0
+        self._done = 0  # checkpoints ended since the run began, over every start_run (--watch)
+        self._current: tuple[int, int, str] = (0, 0, "")  # index, total, label of the checkpoint in work
 
     def __enter__(self) -> RichReporter:
         return self
@@ -129,6 +163,9 @@ class RichReporter(NullReporter):
             self.progress.update(self._run, total=total)
 
     def start_checkpoint(self, index: int, total: int, label: str) -> None:
+        if self._began is None:
+            self._began = self._last_line = time.monotonic()
+        self._current = (index, total, label)
         if self._run is None:
             self.start_run(total)
         self.progress.update(self._run, description=f"checkpoint {label}", total=total, completed=index)
@@ -143,3 +180,18 @@ class RichReporter(NullReporter):
     def end_checkpoint(self) -> None:
         if self._run is not None:
             self.progress.advance(self._run)
+        self._done += 1
+        now = time.monotonic()
+        if not self._lines or self._began is None or now - self._last_line < self._interval:
+            return
+        self._last_line = now
+        index, total, label = self._current
+        elapsed = now - self._began
+        # this run's own counts (index of total); the time left assumes the checkpoints to come take
+        # what those done so far took on average
+        left = elapsed / self._done * (total - index - 1) if total > index + 1 else 0.0
+        self.console.print(
+            f"progress: {index + 1}/{total} checkpoints, last {label}; {clock(elapsed)} elapsed"
+            + (f", about {clock(left)} left" if left >= 1 else ""),
+            highlight=False, markup=False, soft_wrap=True,
+        )
