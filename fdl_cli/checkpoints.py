@@ -2303,7 +2303,7 @@ def build_model(
     path = loaded.ref.path
     if loaded.module is not None:
         try:
-            return loaded.module.eval()
+            return _unwrapped(loaded.module).eval()
         except NotImplementedError:  # torch.export modules are already captured in their eval graph
             return loaded.module
     if into is not None:
@@ -2386,12 +2386,14 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
-    """The network inside a training script's wrappers: torch.compile's OptimizedModule (`_orig_mod`) and
-    DDP (`module`). Their keys carry the prefixes fdl strips from a checkpoint's, and the measures need
-    neither compilation nor a process group; `--layer` names are the network's own."""
+    """The network inside a training script's wrappers: torch.compile's OptimizedModule (`_orig_mod`),
+    DDP's and DataParallel's (`module`). Their keys carry the prefixes fdl strips from a checkpoint's, and
+    the measures need neither compilation nor a process group nor a scatter over GPUs; `--layer` names are
+    the network's own, whether a factory returned it wrapped or a module was pickled wrapped (a store of
+    one run kept `module.head:input` at one step and `head:input` at another)."""
     while True:
         inner = getattr(model, "_orig_mod", None) if type(model).__name__ == "OptimizedModule" else None
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+        if inner is None and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             inner = model.module
         if not isinstance(inner, nn.Module):
             return model

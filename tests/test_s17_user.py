@@ -154,9 +154,10 @@ def test_a_run_logged_to_a_file_starts_with_its_summary_not_a_blank_line(tmp_pat
 
 
 def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_traceback(tmp_path: Path) -> None:
-    """Whole modules pickled by a training script (--trust-pickle): a DataParallel-wrapped network at
-    one step and the same network unwrapped at the next hook different names, and the second raised
-    KeyError: 'module.2' with a traceback."""
+    """Whole modules pickled by a training script (--trust-pickle). DataParallel's wrapper is taken off,
+    as DDP's and torch.compile's are (its network hooked a layer `module.2` at one step, `2` at the next,
+    a KeyError traceback); a network under a wrapper fdl does not know, or of another architecture, at
+    one step is a bad checkpoint with its reason, and the others are analysed."""
     from collections import OrderedDict
 
     runs = tmp_path / "runs"
@@ -166,26 +167,32 @@ def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_tr
     torch.save({"model": torch.nn.DataParallel(network), "step": 0}, runs / "ckpt_0.pt")
     torch.save({"model": network, "step": 10}, runs / "ckpt_10.pt")
     torch.save({"model": torch.nn.DataParallel(network), "step": 20}, runs / "ckpt_20.pt")
+    held = torch.nn.Sequential(OrderedDict(module=network))  # a wrapper of its own, holding it as `module`
+    torch.save({"model": held, "step": 30}, runs / "ckpt_30.pt")
     other = torch.nn.Sequential(OrderedDict(body=torch.nn.Linear(4, 8), act=torch.nn.ReLU(), head=torch.nn.Linear(8, 3)))
-    torch.save({"model": other, "step": 30}, runs / "ckpt_30.pt")
+    torch.save({"model": other, "step": 40}, runs / "ckpt_40.pt")
     probe = tmp_path / "probe.npz"
     np.savez(probe, x=np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32), y=np.arange(12) % 3)
     out = tmp_path / "run.h5"
     result = fdl("analyze", runs, "--probe", probe, "-o", out, "--trust-pickle")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert (f"error: the model in {runs / 'ckpt_10.pt'} has no module 'module.2', whose input (module.2:input) is "
-            "analysed at the run's other checkpoints\n  got: the same name under another wrapper: '2' (DataParallel's "
-            "or DDP's 'module.', torch.compile's '_orig_mod.')\n") in result.stderr
-    assert (f"error: the model in {runs / 'ckpt_30.pt'} has no module 'module.2', whose input (module.2:input) is "
+    assert (f"error: the model in {runs / 'ckpt_30.pt'} has no module '2', whose input (2:input) is "
+            "analysed at the run's other checkpoints\n  got: the same name under another wrapper: 'module.2' "
+            "(DataParallel's or DDP's 'module.', torch.compile's '_orig_mod.')\n") in result.stderr
+    assert (f"error: the model in {runs / 'ckpt_40.pt'} has no module '2', whose input (2:input) is "
             "analysed at the run's other checkpoints\n  got: a model of another architecture (Sequential)\n") \
         in result.stderr
-    assert f"2 checkpoint(s) analysed, 2 failed → {out}" in result.stderr
+    assert f"3 checkpoint(s) analysed, 2 failed → {out}" in result.stderr
     from fdl_cli.store import StoreReader
 
     with StoreReader(out) as run:
-        assert [record["step"] for record in run.records()] == [0, 20]
-        assert run.records()[1]["prev_step"] == 0
+        assert run.series() == [("probe", "2:input")]
+        records = run.records()
+        assert [record["step"] for record in records] == [0, 10, 20]
+        assert [record["prev_step"] for record in records] == [None, 0, 10]
+        assert [record["cka_init"] for record in records[1:]] == [pytest.approx(1.0, abs=1e-12)] * 2
+        assert np.array_equal(run.array(0, "eigenvalues"), run.array(20, "eigenvalues"))
 
 
 def test_a_training_checkpoint_given_as_the_probe_is_named_as_one(tmp_path: Path) -> None:
@@ -207,3 +214,35 @@ def test_a_training_checkpoint_given_as_the_probe_is_named_as_one(tmp_path: Path
         load_probe(weights)
     assert plain.value.got == ("keys: body.bias, body.weight, head.bias, head.weight; the weights of a model: a "
                                "checkpoint given as the probe?")
+
+
+def test_a_factory_returning_dataparallel_hooks_the_networks_own_names(tmp_path: Path) -> None:
+    """A --model factory that returns its network in nn.DataParallel (as a training script builds it)
+    is unwrapped like DDP's and torch.compile's: the store names the layer `2:input`, as for the plain
+    network, with the same numbers (it stored `module.2:input`)."""
+    source = ("import torch\n\ndef net():\n    torch.manual_seed(0)\n"
+              "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))\n\n"
+              "def plain():\n    return net()\n\ndef wrapped():\n    return torch.nn.DataParallel(net())\n")
+    module = model_file(tmp_path, source)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    network = module.plain()
+    for step in (0, 5):
+        torch.save({"model": network.state_dict(), "step": step}, runs / f"ckpt_{step}.pt")
+        with torch.no_grad():
+            network[0].weight.mul_(1.5)
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32), y=np.arange(16) % 3)
+    from fdl_cli.store import StoreReader
+
+    stored = []
+    for factory in ("plain", "wrapped"):
+        out = tmp_path / f"{factory}.h5"
+        result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:{factory}", "--probe", probe, "-o", out)
+        assert result.returncode == 0, result.stderr
+        with StoreReader(out) as run:
+            stored.append((run.series(), [(r["step"], r["cka_init"], r["d_lr"]) for r in run.records()],
+                           run.array(5, "eigenvalues")))
+    assert stored[0][0] == stored[1][0] == [("probe", "2:input")]
+    assert stored[0][1] == stored[1][1]
+    assert np.array_equal(stored[0][2], stored[1][2])
