@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fdl_cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +80,48 @@ def test_untracked_imports_leave_a_process_with_torch_as_it_is() -> None:
         assert gc.isenabled()
     assert gc.get_freeze_count() == before
     assert gc.isenabled()
+
+
+def _anchors(rows: int, columns: int, seed: int) -> np.ndarray:
+    """float32 features far from 0 (ReLU-like, a mean of ~3), as a model gives them."""
+    rng = np.random.default_rng(seed)
+    return (np.maximum(rng.standard_normal((rows, columns)), 0.0) * 2.0 + 3.0).astype(np.float32)
+
+
+def test_anchor_copies_are_exact_and_padded_only_where_cka_multiplies_them() -> None:
+    from fdl_cli.pipeline import ANCHOR_ROW_PAD, _float64_copy
+
+    tall = _anchors(300, 64, 0)
+    copy = _float64_copy(tall)
+    assert copy.dtype == np.float64 and copy.shape == tall.shape
+    assert np.array_equal(copy, tall.astype(np.float64))
+    assert copy.strides == ((64 + ANCHOR_ROW_PAD) * 8, 8)  # 512 B rows become 576 B apart
+    wide = _anchors(20, 64, 1)  # p > m: CKA takes the m×m Gram of these, left as they were
+    assert _float64_copy(wide).flags.c_contiguous
+    assert np.array_equal(_float64_copy(wide), wide.astype(np.float64))
+
+
+def test_cka_of_padded_anchors_is_that_of_contiguous_ones_to_the_bit() -> None:
+    """The anchors in padded rows (owned: centered in place) give the digits of the same anchors held
+    C-contiguous (not owned: copied), for float64 and float32 cross products, and spectral.cka's value."""
+    from fdl_cli.pipeline import _cka, _float64_copy, _Series
+    from fdl_cli.spectral import cka
+
+    first = _anchors(600, 512, 2)
+    second = first + _anchors(600, 512, 3) * np.float32(0.1)
+    for dtype in ("float64", "float32"):
+        padded = [_float64_copy(a) for a in (first, second)]
+        assert not padded[0].flags.c_contiguous
+        owned = [_Series(anchor=a, eigenfunctions=np.zeros((600, 1)), owned=True, cka_dtype=dtype) for a in padded]
+        plain = [_Series(anchor=np.ascontiguousarray(a, dtype=np.float64), eigenfunctions=np.zeros((600, 1)),
+                         cka_dtype=dtype) for a in (first, second)]
+        value = _cka(owned[0], owned[1])
+        assert value == _cka(plain[0], plain[1])
+        assert value is not None and 0.0 < value < 1.0
+        rtol = 1e-12 if dtype == "float64" else 1e-6
+        assert abs(value - cka(first.astype(np.float64), second.astype(np.float64))) <= rtol * value
+        # owned anchors are centered in place (the kernel is a view of them), without a copy
+        kernel, _ = owned[0].kernel()
+        assert np.allclose(padded[0].mean(0), 0.0, atol=1e-12)
+        if dtype == "float64":
+            assert kernel.data_ptr() == padded[0].__array_interface__["data"][0]
