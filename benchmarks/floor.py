@@ -59,10 +59,12 @@ ANCHOR_ROW_PAD = 8
 
 class Clock:
     """Seconds per named step (`with clock(name):`), reported as JSON on stderr; off: nothing is timed.
-    CPU only: on a GPU a step's time is not known without synchronising, which would change the run."""
+    CPU only: on a GPU a step's time is not known without synchronising, which would change the run.
+    Wall time, or the main thread's CPU time under FDL_STEPS_CLOCK=thread (`steps.py --cpu`)."""
 
     def __init__(self, on: bool) -> None:
-        self.on, self.started = on, time.perf_counter()
+        self.now = time.thread_time if os.environ.get("FDL_STEPS_CLOCK") == "thread" else time.perf_counter
+        self.on, self.started = on, self.now()
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -70,16 +72,16 @@ class Clock:
         if not self.on:
             yield
             return
-        start = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.now() - start
 
     def report(self, checkpoints: int) -> None:
         if self.on:
             steps = {**self.seconds, "process CPU (all threads; not a step)": time.process_time()}
-            total = {"checkpoints": checkpoints, "run": time.perf_counter() - self.started, "steps": steps}
+            total = {"checkpoints": checkpoints, "run": self.now() - self.started, "steps": steps}
             print("FDL_STEPS=" + json.dumps(total), file=sys.stderr)
 
 
