@@ -3,15 +3,16 @@
 For every checkpoint of RUN_DIR (in step order; the next one is loaded in a thread meanwhile): load
 its weights into the model, run the probe through it once in batches with the feature layer (the
 input of the last Linear) hooked, add one p×p product FᵀF per batch to a float64 sum (in place and in
-block rows, the symmetric half only, as fdl adds its sums), and eigen-decompose the p×p sum once.
-Nothing is stored.
+block rows, the symmetric half only, as fdl adds its sums; each batch converted into one reused float64
+buffer whose rows are padded, seventeenth session), and eigen-decompose the p×p sum once. Nothing is
+stored.
 
 With --cka-anchors M it also does the one part of SPEC §5 that no exact analysis can avoid either and
 that issue #6's floor leaves out: keep the features of the first M probe points, centre them in
-float64, and take the two M×p×p cross products of linear CKA, ‖A_tᵀA_ref‖² (the first checkpoint)
-and ‖A_tᵀA_prev‖² (the one before), as `fdl analyze` does at its default --anchor-size 4096 (the
-anchors' own norms come from their sums, as in fdl). This "SPEC floor" bounds what any
-implementation of SPEC can reach.
+float64 (in padded rows, as fdl holds them), and take the two M×p×p cross products of linear CKA,
+‖A_tᵀA_ref‖² (the first checkpoint) and ‖A_tᵀA_prev‖² (the one before), as `fdl analyze` does at its
+default --anchor-size 4096 (the anchors' own norms come from their sums, as in fdl). This "SPEC floor"
+bounds what any implementation of SPEC can reach.
 
     python benchmarks/floor.py RUN_DIR --model mlp [--device cpu] [--batch-size 512] [--product-dtype float64]
         [--cka-anchors 4096 [--cka-dtype float64]] [--timings]
@@ -20,6 +21,7 @@ implementation of SPEC can reach.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -33,6 +35,10 @@ from pathlib import Path
 # As `fdl` does at its entry point (fdl_cli/cli.py, BLAS_ENVIRONMENT): OpenBLAS workers that spin
 # after numpy's eigh would otherwise slow the next torch operations; the floor is the best case.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# As `fdl analyze` does (fdl_cli/cli.py, `_untracked_imports`): the imports run with the cyclic garbage
+# collector off and their objects are frozen after, so that no full collection traverses torch's
+# modules again (while importing, and as the interpreter shuts down: ~0.35 s of CPU a process).
+gc.disable()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -43,13 +49,22 @@ import models  # noqa: E402
 
 from fdl_cli.moments import row_bounds  # noqa: E402
 
+gc.freeze()
+gc.enable()
+
+#: Values of padding after each float64 row, as fdl pads its anchors (fdl_cli.pipeline.ANCHOR_ROW_PAD; not
+#: imported from there: fdl_cli.pipeline's imports would slow the floor's start).
+ANCHOR_ROW_PAD = 8
+
 
 class Clock:
     """Seconds per named step (`with clock(name):`), reported as JSON on stderr; off: nothing is timed.
-    CPU only: on a GPU a step's time is not known without synchronising, which would change the run."""
+    CPU only: on a GPU a step's time is not known without synchronising, which would change the run.
+    Wall time, or the main thread's CPU time under FDL_STEPS_CLOCK=thread (`steps.py --cpu`)."""
 
     def __init__(self, on: bool) -> None:
-        self.on, self.started = on, time.perf_counter()
+        self.now = time.thread_time if os.environ.get("FDL_STEPS_CLOCK") == "thread" else time.perf_counter
+        self.on, self.started = on, self.now()
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -57,16 +72,16 @@ class Clock:
         if not self.on:
             yield
             return
-        start = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.now() - start
 
     def report(self, checkpoints: int) -> None:
         if self.on:
             steps = {**self.seconds, "process CPU (all threads; not a step)": time.process_time()}
-            total = {"checkpoints": checkpoints, "run": time.perf_counter() - self.started, "steps": steps}
+            total = {"checkpoints": checkpoints, "run": self.now() - self.started, "steps": steps}
             print("FDL_STEPS=" + json.dumps(total), file=sys.stderr)
 
 
@@ -94,6 +109,13 @@ def main() -> None:
     head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
     top, cka = [], []
     reference = previous = None
+    wide = None  # the statistics' float64 buffer
+
+    def padded(shape: tuple[int, int]) -> torch.Tensor:
+        """An uninitialised float64 (rows, columns) tensor whose rows lie 8 values (a cache line) further
+        apart than `columns`, as fdl pads its anchors (`fdl_cli.pipeline.ANCHOR_ROW_PAD`)."""
+        return torch.empty((shape[0], shape[1] + ANCHOR_ROW_PAD), dtype=torch.float64, device=device)[:, : shape[1]]
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_file, str(paths[0]))
         for index in range(len(paths)):
@@ -112,16 +134,23 @@ def main() -> None:
                     if start < args.cka_anchors:
                         anchors.append(captured[-1][: args.cka_anchors - start].reshape(-1, head.in_features))
                     with clock("statistics"):
-                        features = captured.pop().reshape(-1, head.in_features).to(product)
+                        features = captured.pop().reshape(-1, head.in_features)
                         if product == torch.float64:  # added in place: no per-batch temporary (fdl does the same)
                             if total is None:
                                 total = torch.zeros((features.shape[1],) * 2, dtype=torch.float64, device=device)
                                 # Only the block rows on and above the diagonal, as fdl sums FᵀF (the
                                 # symmetric half and the diagonal blocks; `eigh` reads the upper triangle).
                                 rows = [(total[a:b, a:], a, b) for a, b in row_bounds(features.shape[1])]
+                            # Converted into one reused float64 buffer (as fdl converts each batch), whose
+                            # rows are padded: p = 512 rows 4 KiB apart slow the products by ~15 % on a CPU.
+                            if wide is None or wide.shape[1] != features.shape[1]:
+                                wide = padded((args.batch_size, features.shape[1]))
+                            batch = wide[: features.shape[0]]
+                            batch.copy_(features)
                             for part, a, b in rows:
-                                part.addmm_(features[:, a:b].T, features[:, a:])
+                                part.addmm_(batch[:, a:b].T, batch[:, a:])
                         else:
+                            features = features.to(product)
                             gram = (features.T @ features).to(torch.float64)
                             total = gram if total is None else total.add_(gram)
             assert total is not None
@@ -131,7 +160,9 @@ def main() -> None:
             top.append(float(eigenvalues[-1]))
             if anchors:
                 with clock("CKA cross products"):
-                    current = torch.cat(anchors).to(torch.float64)
+                    # float64 in padded rows, as `fdl analyze` holds its anchors (pipeline.ANCHOR_ROW_PAD)
+                    current = padded((sum(len(a) for a in anchors), head.in_features))
+                    current.copy_(torch.cat(anchors))
                     current -= current.mean(0)
                     if args.cka_dtype == "float32":
                         current = current.to(torch.float32)

@@ -5,8 +5,10 @@ Whole-process timings on a shared machine swing by 10-20 %, too much to see whic
 `fdl analyze` under timers wrapped around its functions (this file, `--role fdl`), each as its own
 process on the same synthetic run as bench_analyze.py, and prints the milliseconds per checkpoint of
 every step (median over rounds, and the range). CPU only: the timers would have to synchronise a GPU.
+With --cpu the timers count the CPU seconds of the thread that runs each step (time.thread_time), the
+steadiest figure on a machine shared with other work.
 
-    python benchmarks/steps.py --model mlp --n 10000 --checkpoints 50 --rounds 3
+    python benchmarks/steps.py --model mlp --n 10000 --checkpoints 50 --rounds 3 [--cpu]
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODELS_FILE, machine, make_run, run_process, write_json  # noqa: E402
 
 TAG = "FDL_STEPS="
+#: The clock of the timers in both processes (floor.py reads it too): "wall" (time.perf_counter) or, with
+#: --cpu, "thread" (time.thread_time: the CPU of the thread that runs the step, which other work on a
+#: shared machine does not count; seventeenth session).
+CLOCK_VARIABLE = "FDL_STEPS_CLOCK"
+
+
+def step_clock() -> Any:
+    return time.thread_time if os.environ.get(CLOCK_VARIABLE) == "thread" else time.perf_counter
 
 #: (module, attribute, step): the functions of `fdl analyze` whose time is reported. Nested ones
 #: (the statistics and the forward pass inside "extract") are reported on their own rows too.
@@ -62,8 +72,9 @@ def run_fdl_timed(argv: list[str]) -> None:
     import importlib
 
     seconds: Counter[str] = Counter()
+    now = step_clock()
 
-    def timed(function: Any, step: str, clock: Any = time.perf_counter) -> Any:
+    def timed(function: Any, step: str, clock: Any = now) -> Any:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = clock()
@@ -75,7 +86,7 @@ def run_fdl_timed(argv: list[str]) -> None:
         return wrapper
 
     for module_name, attribute, step in TIMED + BACKGROUND:
-        clock = time.thread_time if (module_name, attribute, step) in BACKGROUND else time.perf_counter
+        clock = time.thread_time if (module_name, attribute, step) in BACKGROUND else now
         owner: Any = importlib.import_module(module_name)
         *path, name = attribute.split(".")
         for part in path:
@@ -87,17 +98,17 @@ def run_fdl_timed(argv: list[str]) -> None:
 
     def timed_inputs(*args: Any, **kwargs: Any) -> Any:
         batch = inputs(*args, **kwargs)
-        ready[0] = time.perf_counter()
+        ready[0] = now()
         return batch
 
     def timed_outputs(raw: Any) -> Any:
-        seconds["forward pass"] += time.perf_counter() - ready[0]
+        seconds["forward pass"] += now() - ready[0]
         return outputs(raw)
 
     extract._inputs, extract.model_outputs = timed_inputs, timed_outputs
     from fdl_cli.cli import main as fdl_main
 
-    started = time.perf_counter()
+    started = now()
     try:
         fdl_main(["analyze", *argv])
     except SystemExit as exc:
@@ -105,7 +116,7 @@ def run_fdl_timed(argv: list[str]) -> None:
             raise
     checkpoints = int(os.environ.get("FDL_STEPS_CHECKPOINTS", "0"))
     seconds["process CPU (all threads; not a step)"] = time.process_time()
-    report = {"checkpoints": checkpoints, "run": time.perf_counter() - started, "steps": dict(seconds)}
+    report = {"checkpoints": checkpoints, "run": now() - started, "steps": dict(seconds)}
     print(TAG + json.dumps(report), file=sys.stderr)
 
 
@@ -129,6 +140,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--fdl-args", default="", help="more `fdl analyze` options, e.g. '--commit-interval 60'")
     parser.add_argument("--floor-args", default="", help="more floor.py options, e.g. '--cka-anchors 4096'")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time each step by the CPU of its thread (time.thread_time), not by wall time")
     args = parser.parse_args()
     run = make_run(args.workdir, args.model, n=args.n, checkpoints=args.checkpoints)
     here = Path(__file__).resolve()
@@ -146,7 +159,8 @@ def main() -> None:
     rounds: dict[str, list[dict[str, Any]]] = {"floor": [], "fdl": []}
     for index in range(args.rounds):
         for name, command in commands.items():
-            result = run_process(command, env={"FDL_STEPS_CHECKPOINTS": str(args.checkpoints)})
+            env = {"FDL_STEPS_CHECKPOINTS": str(args.checkpoints), CLOCK_VARIABLE: "thread" if args.cpu else "wall"}
+            result = run_process(command, env=env)
             if result.returncode != 0:
                 raise SystemExit(f"{name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
             rounds[name].append(parse(result.stderr))

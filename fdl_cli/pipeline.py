@@ -251,8 +251,15 @@ class _Series:
             import torch
 
             anchor = np.asarray(self.anchor).reshape(self.anchor.shape[0], -1)
-            own = self.owned and anchor.dtype == np.float64 and anchor.flags.c_contiguous
-            centered = torch.from_numpy(anchor if own else anchor.astype(np.float64))
+            # rows of contiguous values: C order, or the padded rows of `_float64_copy`
+            own = self.owned and anchor.dtype == np.float64 and anchor.strides[1] == anchor.itemsize
+            if own:
+                centered = torch.from_numpy(anchor)
+            elif anchor.shape[1] <= anchor.shape[0]:  # a copy in padded rows, as `_float64_copy` makes them
+                centered = _padded_float64(anchor.shape)
+                centered.copy_(torch.from_numpy(np.ascontiguousarray(anchor, dtype=np.float64)))
+            else:
+                centered = torch.from_numpy(anchor.astype(np.float64))
             centered -= centered.mean(0)  # in place: `anchor` is centered too when owned
             if centered.shape[1] > centered.shape[0]:
                 from fdl_cli.moments import symmetric_gram
@@ -275,9 +282,27 @@ class _Series:
         return self._bases[k]
 
 
+#: Values of padding after each row of the float64 anchors that CKA multiplies: one 64-byte cache line.
+#: Rows of p = 512 float64 values lie 4 KiB apart, a stride at which the BLAS's loads of successive rows
+#: fall into the same cache sets and evict each other: each of a checkpoint's two m×p×p cross products
+#: took 40.5 ms at m = 4 096, p = 512, against 35.7 ms with the rows 8 values further apart, and gave
+#: the same digits (docs/benchmarks.md, seventeenth session; p = 256 and 1 024 gain 7 – 8 % too).
+ANCHOR_ROW_PAD = 8
+
+
+def _padded_float64(shape: tuple[int, ...]) -> Any:
+    """An uninitialised float64 CPU tensor (m, p) whose rows lie p + ANCHOR_ROW_PAD values apart."""
+    import torch
+
+    rows, columns = shape
+    return torch.empty((rows, columns + ANCHOR_ROW_PAD), dtype=torch.float64)[:, :columns]
+
+
 def _float64_copy(array: np.ndarray) -> np.ndarray:
     """`array` in float64: a new array converted by torch on every core (numpy converts on one: ~2
-    against ~1 ms for 4 096×512 anchors), or `array` itself when it is float64 already."""
+    against ~1 ms for 4 096×512 anchors), or `array` itself when it is float64 already. Anchors (m, p)
+    of p ≤ m (multiplied as they are by CKA, not through their m×m Gram) are put in padded rows
+    (`ANCHOR_ROW_PAD`): a view, not C-contiguous."""
     if array.dtype == np.float64:
         return array
     from fdl_cli.spectral import _torch_viewable
@@ -285,6 +310,10 @@ def _float64_copy(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.float32 and _torch_viewable(array):
         import torch
 
+        if array.ndim == 2 and array.shape[1] <= array.shape[0]:
+            copy = _padded_float64(array.shape)
+            copy.copy_(torch.from_numpy(array))
+            return copy.numpy()
         return torch.from_numpy(array).to(torch.float64).numpy()
     return array.astype(np.float64)
 
