@@ -238,6 +238,14 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ModelError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:i") from None
+    if device.type not in ("cpu", "cuda"):
+        # torch knows the name, but fdl's float64 statistics only run on the CPU or a CUDA GPU: another
+        # device failed later with torch's traceback (mps, xpu: not built here; meta: no values to read)
+        why = " (MPS has no float64, the dtype of fdl's statistics)" if device.type == "mps" else ""
+        raise ModelError(
+            f"--device {name}: fdl runs on the CPU or a CUDA GPU only{why}",
+            fix="use --device auto, cpu, cuda or cuda:i",
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is available", fix="use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
