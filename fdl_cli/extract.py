@@ -338,11 +338,35 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
     """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype."""
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-        model = ProgramModel(model)
+        model = ProgramModel(_program_on(model, device))
     model = model.to(device)
     if dtype != "float32":
         model = model.to(DTYPES[dtype])
     return model.eval()
+
+
+def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
+    """A torch.export checkpoint's module for `device`, from its ExportedProgram moved there.
+
+    torch.export writes into the program the device of every tensor its forward creates (an eager
+    `torch.arange(n, device=x.device)` became device=cpu when exported on the CPU) and holds constant
+    tensors that are neither parameters nor buffers: `.to(device)` moved neither, and on a GPU the
+    forward pass failed with torch's "Expected all tensors to be on the same device". torch's
+    `move_to_device_pass` rewrites both. A program whose tensors are all on the CPU is left as it is for
+    the CPU (its devices can only be the CPU's); a TorchScript module's devices are not written in."""
+    from fdl_cli.checkpoints import EXPORTED_PROGRAM
+
+    program = getattr(module, EXPORTED_PROGRAM, None)
+    if program is None:
+        return module
+    tensors = [*program.state_dict.values(), *(v for v in program.constants.values() if isinstance(v, torch.Tensor))]
+    if device.type == "cpu" and all(tensor.device.type == "cpu" for tensor in tensors):
+        return module
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # torch before 2.5: .to(device) is all there is
+        return module
+    return move_to_device_pass(program, device).module()
 
 
 def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Tensor:
