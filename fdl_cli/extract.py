@@ -508,6 +508,9 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained
         if out_of_memory(exc):
             raise  # not the model's error: the pipeline says so, with what to do (`_memory_explained`)
+        mixed = mixed_devices_error(exc, device)
+        if mixed is not None:
+            raise mixed from None
         first = first_line(exc)
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
@@ -516,6 +519,28 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
             "--batch-size equal to it and a probe of whole batches (or re-export it with a dynamic batch "
             "dimension, torch.export.Dim); out of memory: lower --batch-size",
         ) from None
+
+
+#: torch's words for an operation given tensors on two devices: on CUDA "Expected all tensors to be on the
+#: same device, but found at least two devices, cuda:0 and cpu!" (or "..., but got mat1 is on cpu, ..."),
+#: elsewhere "Tensor on device cpu is not on the expected device meta!"
+_MIXED_DEVICES = ("to be on the same device", "found at least two devices", "is not on the expected device")
+
+
+def mixed_devices_error(exc: BaseException, device: torch.device) -> ModelError | None:
+    """The error for a forward pass that failed because the model made or held a tensor on another device
+    than the one fdl moved it and the probe to (`torch.zeros(b, h)` in forward: the CPU), or None. It was
+    reported as the probe not fitting the model, or as a batch that failed."""
+    if not isinstance(exc, RuntimeError) or not any(words in str(exc) for words in _MIXED_DEVICES):
+        return None
+    return ModelError(
+        f"the model's forward pass makes or meets a tensor on another device than {device}, where fdl put the "
+        "model and the probe",
+        got=f"{type(exc).__name__}: {first_line(exc)}",
+        fix="make the model's new tensors on its input's device (torch.zeros(..., device=x.device)) and keep its "
+        "constant tensors as buffers (self.register_buffer), which .to(device) moves"
+        + ("; or run it on the CPU with --device cpu" if device.type != "cpu" else ""),
+    )
 
 
 def _anchor_part(features: torch.Tensor) -> torch.Tensor:
