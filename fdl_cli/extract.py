@@ -456,14 +456,17 @@ def extract(
     anchor_moments: dict[str, Any] = {}
     anchor_count = min(anchor_size, n)
     whole = y is not None and not isinstance(y, RowReader)
-    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if whole else None
+    # Both copies non-blocking, as the inputs' (`_inputs`): a blocking copy to a GPU waits for all the work
+    # queued there first, so the targets read a batch at a time stalled the pass at every batch. From
+    # pageable memory the copy has taken its source once it returns, so the arrays may go at once.
+    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True) if whole else None
     n_batches = math.ceil(n / batch_size)
     with torch.inference_mode(), hooked(model, layers) as captured:
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
             targets = (
-                torch.from_numpy(y[start:stop]).to(device) if isinstance(y, RowReader)
+                torch.from_numpy(y[start:stop]).to(device, non_blocking=True) if isinstance(y, RowReader)
                 else targets_all[start:stop] if targets_all is not None else None
             )
             for spec in layers:
