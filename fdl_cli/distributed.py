@@ -86,7 +86,8 @@ def device_for(world: World, requested: str) -> str:
             raise FdlError(
                 f"under torchrun each rank takes the GPU of its LOCAL_RANK, and rank {world.rank} has "
                 f"LOCAL_RANK={world.local_rank}, but this machine shows {count} CUDA GPU(s)",
-                got=f"{world.size} ranks, {count} GPU(s) visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
+                got=f"{world.size} ranks, {count} GPU(s) visible"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
                 fix=f"start torchrun with --nproc-per-node {count} at most (one rank per GPU), or run the ranks on "
                 "the CPU with --device cpu",
             )

@@ -8,7 +8,6 @@ tests marked `cuda` run on a GPU only (`pytest -m cuda`, benchmarks/gpu_check.sh
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from fdl_cli.checkpoints import CheckpointRef, load_checkpoint
 from fdl_cli.distributed import World, device_for
 from fdl_cli.errors import FdlError, ModelError
 from fdl_cli.extract import extract, forward_one_shapes, prepare_model, resolve_device, resolve_layers
-from fdl_cli.moments import MomentAccumulator
 
 META = torch.device("meta")
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)")
@@ -173,4 +171,132 @@ def test_a_model_that_makes_cpu_tensors_is_blamed_not_the_probe(tmp_path: Path, 
     assert "does not fit" not in result.stderr
     assert "device=x.device" in result.stderr and "register_buffer" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+# -- no value read back from the device batch by batch (issue #6) ------------------------------------------
+
+
+@pytest.mark.parametrize(("task", "keep", "product_dtype", "dtype"), [
+    ("classes", False, "float64", "float32"),   # the in-place sums; class sums as one-hot products (not index_add_)
+    ("regression", False, "float64", "float64"),  # float64 features and targets: their running peaks
+    ("none", False, "float32", "float32"),
+    ("classes", True, "float64", "float32"),    # the Gram route: features kept on the device
+])
+def test_the_probe_pass_reads_no_value_back_from_the_device_batch_by_batch(
+    monkeypatch: pytest.MonkeyPatch, task: str, keep: bool, product_dtype: str, dtype: str
+) -> None:
+    """The statistics stay on the device and no batch's values are read back (issue #6): on `meta`, where
+    any such read fails, every batch of the pass runs (anchor boundary inside a batch included) and the
+    pass fails only in `moments()`, the one transfer at its end. The first batch's shift points are one
+    read a pass by design (`_shift_point`): taken as none here."""
+    real = moments._shift_point
+    monkeypatch.setattr(moments, "_shift_point", lambda values: None if values.device.type == "meta" else real(values))
+    torch.manual_seed(0)
+    model = prepare_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), device=META, dtype=dtype)
+    layers = resolve_layers(model, [], sample=np.zeros((1, 4), np.float32), device=META, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = {"classes": rng.integers(0, 3, size=100), "regression": rng.normal(size=(100, 3)), "none": None}[task]
+    done: list[tuple[int, int]] = []
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta") as caught:
+        extract(model, layers, x, y, task=task, device=META, dtype=dtype, batch_size=16, anchor_size=40,
+                keep_features=lambda width: keep, product_dtype=product_dtype,
+                on_batch=lambda index, total: done.append((index, total)))
+    assert done == [(index, 7) for index in range(1, 8)]
+    frames = [frame.name for frame in caught.traceback]
+    assert "moments" in frames and "update" not in frames
+
+
+
+# -- on a GPU (pytest -m cuda) ----------------------------------------------------------------------------
+
+
+def _targets_in_place(folder: Path, values: np.ndarray) -> Any:
+    """`values` (n, C) float64 saved as .npy and read a batch at a time (a probes.RowReader)."""
+    from fdl_cli.probes import RowReader
+
+    path = folder / "targets.npy"
+    np.save(path, values)
+    with path.open("rb") as handle:
+        np.lib.format.read_magic(handle)
+        np.lib.format.read_array_header_1_0(handle)
+        offset = handle.tell()
+    return RowReader(path, offset, np.dtype(np.float64), values.shape, np.dtype(np.float64))
+
+
+@pytest.mark.cuda
+@GPU
+@pytest.mark.parametrize(("task", "keep", "product_dtype"), [
+    ("classes", False, "float64"), ("regression", False, "float64"), ("classes", True, "float64"),
+    ("classes", False, "float32"),
+])
+def test_cuda_the_probe_pass_synchronises_with_the_gpu_only_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: str, keep: bool, product_dtype: str
+) -> None:
+    """torch.cuda's sync debug mode raises at the first operation that makes the host wait for the GPU:
+    every batch runs (the regression targets read in place from a file included: they were copied with a
+    blocking copy, a wait at every batch) and the pass stops only in `moments()`, at its end. The first
+    batch's shift points (one read a pass, by design) are taken as none here."""
+    real = moments._shift_point
+    monkeypatch.setattr(moments, "_shift_point", lambda values: None if values.is_cuda else real(values))
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = prepare_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), device=device, dtype="float32")
+    layers = resolve_layers(model, [], sample=np.zeros((1, 4), np.float32), device=device)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=100) if task == "classes" else _targets_in_place(tmp_path, rng.normal(size=(100, 3)))
+    done: list[tuple[int, int]] = []
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchronizing CUDA operation") as caught:
+            extract(model, layers, x, y, task=task, device=device, batch_size=16, anchor_size=40,
+                    keep_features=lambda width: keep, product_dtype=product_dtype,
+                    on_batch=lambda index, total: done.append((index, total)))
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    assert done == [(index, 7) for index in range(1, 8)]
+    frames = [frame.name for frame in caught.traceback]
+    assert "moments" in frames and "update" not in frames
+
+
+def _records(run: Path, out: Path, device: str, **options: Any) -> dict[int, dict]:
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.store import StoreReader
+
+    run_analyze(AnalyzeOptions(sources=(str(run),), probe_specs=(str(run / "probe.npz"),), out=out, device=device,
+                               batch_size=64, anchor_size=200, **options))
+    with StoreReader(out) as reader:
+        return {record["step"]: record for record in reader.records()}
+
+
+@pytest.mark.cuda
+@GPU
+def test_cuda_a_torch_export_run_gives_the_cpu_numbers(tmp_path: Path) -> None:
+    """The programs (an arange made on the input's device, a constant tensor) moved to the GPU whole:
+    every measure within rtol 1e-6 of the CPU's, the model run in float64 on both devices."""
+    from tests.test_cuda import _assert_close
+
+    run = _exported_run(tmp_path / "run")
+    cpu = _records(run, tmp_path / "cpu.h5", "cpu", dtype="float64", trust_pickle=True)
+    gpu = _records(run, tmp_path / "gpu.h5", "cuda", dtype="float64", trust_pickle=True)
+    assert sorted(cpu) == [0, 10]
+    _assert_close(cpu, gpu, 1e-6)
+
+
+@pytest.mark.cuda
+@GPU
+def test_cuda_a_model_that_makes_cpu_tensors_is_blamed_not_the_probe(tmp_path: Path) -> None:
+    """torch's own CUDA message ("Expected all tensors to be on the same device ...") is recognised."""
+    from tests.test_distributed import _make_run
+
+    run = _make_run(tmp_path / "run")
+    (tmp_path / "net.py").write_text(CPU_STATE_MODEL)
+    with pytest.raises(ModelError) as caught:
+        _records(run, tmp_path / "s.h5", "cuda", model_spec=f"{tmp_path}/net.py:build")
+    assert caught.value.what.startswith("the model's forward pass makes or meets a tensor on another device than cuda")
+    assert caught.value.fix is not None and caught.value.fix.endswith("; or run it on the CPU with --device cpu")
     assert not (tmp_path / "s.h5").exists()
