@@ -4,7 +4,8 @@
 #     PYTHONPATH=. bash benchmarks/gpu_check.sh
 #
 # 1. `python -m pytest -m cuda -q` (CUDA results == CPU results); when other test modules cannot be
-#    collected on that machine (e.g. hypothesis/sklearn absent), tests/test_cuda.py is rerun alone.
+#    collected on that machine (e.g. hypothesis/sklearn absent), the files that hold cuda tests
+#    (tests/test_cuda.py, tests/test_s17_gpu.py: every tests/test_*.py with a cuda mark) are rerun alone.
 # 2. Benchmark (a) on the GPU: a ResNet-18-sized CNN (benchmarks/models.py:resnet18, 3x32x32 inputs,
 #    p = 512), n = 50 000 probe inputs, 6 checkpoints, `fdl analyze --device cuda` vs the floor.
 # Needs only torch, numpy, scipy, h5py, click, rich, safetensors (and pytest for step 1); installs
@@ -40,8 +41,10 @@ PYTEST_RC=$?
 tail -5 "$OUT_DIR/pytest.txt"
 PYTEST_ALONE_RC=null
 if [ "$PYTEST_RC" != "0" ]; then
-  echo "== 1b. pytest -m cuda tests/test_cuda.py alone (the run above exited $PYTEST_RC)"
-  timeout "$PYTEST_LIMIT" $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py > "$OUT_DIR/pytest_test_cuda.txt" 2>&1
+  CUDA_FILES=$(grep -l "mark.cuda" tests/test_*.py | tr '\n' ' ')
+  echo "== 1b. pytest -m cuda $CUDA_FILES alone (the run above exited $PYTEST_RC)"
+  # shellcheck disable=SC2086  # one word per file
+  timeout "$PYTEST_LIMIT" $PY -m pytest -m cuda -q -p no:cacheprovider $CUDA_FILES > "$OUT_DIR/pytest_test_cuda.txt" 2>&1
   PYTEST_ALONE_RC=$?
   tail -5 "$OUT_DIR/pytest_test_cuda.txt"
 fi

@@ -2133,12 +2133,19 @@ def load_checkpoint(
                             ema_swapped_in=swapped)
 
 
+#: The attribute of a torch.export checkpoint's module that holds its ExportedProgram
+EXPORTED_PROGRAM = "_fdl_exported_program"
+
+
 def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:
     try:
         if kind == "torchscript":
             return torch.jit.load(str(path), map_location=map_location)
         program = torch.export.load(str(path))
-        return program.module()
+        module = program.module()
+        # kept for `extract.prepare_model`, which moves the program itself to the device (see there)
+        setattr(module, EXPORTED_PROGRAM, program)
+        return module
     except Exception as exc:  # noqa: BLE001 - any failure to parse is reported as a damaged file
         raise _corrupt_error(path, exc) from None
 

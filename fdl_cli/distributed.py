@@ -78,6 +78,19 @@ def device_for(world: World, requested: str) -> str:
     import torch
 
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and world.local_rank >= count:
+            # said here, not by resolve_device: the user asked for `cuda` (or auto), not for cuda:LOCAL_RANK,
+            # and "--device cuda for the current one" is what they did
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise FdlError(
+                f"under torchrun each rank takes the GPU of its LOCAL_RANK, and rank {world.rank} has "
+                f"LOCAL_RANK={world.local_rank}, but this machine shows {count} CUDA GPU(s)",
+                got=f"{world.size} ranks, {count} GPU(s) visible"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
+                fix=f"start torchrun with --nproc-per-node {count} at most (one rank per GPU), or run the ranks on "
+                "the CPU with --device cpu",
+            )
         return f"cuda:{world.local_rank}"
     return requested
 

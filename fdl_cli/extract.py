@@ -268,6 +268,14 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ModelError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:i") from None
+    if device.type not in ("cpu", "cuda"):
+        # torch knows the name, but fdl's float64 statistics only run on the CPU or a CUDA GPU: another
+        # device failed later with torch's traceback (mps, xpu: not built here; meta: no values to read)
+        why = " (MPS has no float64, the dtype of fdl's statistics)" if device.type == "mps" else ""
+        raise ModelError(
+            f"--device {name}: fdl runs on the CPU or a CUDA GPU only{why}",
+            fix="use --device auto, cpu, cuda or cuda:i",
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA GPU is available", fix="use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
@@ -360,11 +368,35 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
     """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype."""
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
-        model = ProgramModel(model)
+        model = ProgramModel(_program_on(model, device))
     model = model.to(device)
     if dtype != "float32":
         model = model.to(DTYPES[dtype])
     return model.eval()
+
+
+def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
+    """A torch.export checkpoint's module for `device`, from its ExportedProgram moved there.
+
+    torch.export writes into the program the device of every tensor its forward creates (an eager
+    `torch.arange(n, device=x.device)` became device=cpu when exported on the CPU) and holds constant
+    tensors that are neither parameters nor buffers: `.to(device)` moved neither, and on a GPU the
+    forward pass failed with torch's "Expected all tensors to be on the same device". torch's
+    `move_to_device_pass` rewrites both. A program whose tensors are all on the CPU is left as it is for
+    the CPU (its devices can only be the CPU's); a TorchScript module's devices are not written in."""
+    from fdl_cli.checkpoints import EXPORTED_PROGRAM
+
+    program = getattr(module, EXPORTED_PROGRAM, None)
+    if program is None:
+        return module
+    tensors = [*program.state_dict.values(), *(v for v in program.constants.values() if isinstance(v, torch.Tensor))]
+    if device.type == "cpu" and all(tensor.device.type == "cpu" for tensor in tensors):
+        return module
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # torch before 2.5: .to(device) is all there is
+        return module
+    return move_to_device_pass(program, device).module()
 
 
 def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Tensor:
@@ -454,14 +486,17 @@ def extract(
     anchor_moments: dict[str, Any] = {}
     anchor_count = min(anchor_size, n)
     whole = y is not None and not isinstance(y, RowReader)
-    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device) if whole else None
+    # Both copies non-blocking, as the inputs' (`_inputs`): a blocking copy to a GPU waits for all the work
+    # queued there first, so the targets read a batch at a time stalled the pass at every batch. From
+    # pageable memory the copy has taken its source once it returns, so the arrays may go at once.
+    targets_all = torch.from_numpy(np.ascontiguousarray(y)).to(device, non_blocking=True) if whole else None
     n_batches = math.ceil(n / batch_size)
     with torch.inference_mode(), hooked(model, layers) as captured:
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
             targets = (
-                torch.from_numpy(y[start:stop]).to(device) if isinstance(y, RowReader)
+                torch.from_numpy(y[start:stop]).to(device, non_blocking=True) if isinstance(y, RowReader)
                 else targets_all[start:stop] if targets_all is not None else None
             )
             for spec in layers:
@@ -506,6 +541,9 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained
         if out_of_memory(exc):
             raise  # not the model's error: the pipeline says so, with what to do (`_memory_explained`)
+        mixed = mixed_devices_error(exc, device)
+        if mixed is not None:
+            raise mixed from None
         first = first_line(exc)
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
@@ -514,6 +552,28 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
             "--batch-size equal to it and a probe of whole batches (or re-export it with a dynamic batch "
             "dimension, torch.export.Dim); out of memory: lower --batch-size",
         ) from None
+
+
+#: torch's words for an operation given tensors on two devices: on CUDA "Expected all tensors to be on the
+#: same device, but found at least two devices, cuda:0 and cpu!" (or "..., but got mat1 is on cpu, ..."),
+#: elsewhere "Tensor on device cpu is not on the expected device meta!"
+_MIXED_DEVICES = ("to be on the same device", "found at least two devices", "is not on the expected device")
+
+
+def mixed_devices_error(exc: BaseException, device: torch.device) -> ModelError | None:
+    """The error for a forward pass that failed because the model made or held a tensor on another device
+    than the one fdl moved it and the probe to (`torch.zeros(b, h)` in forward: the CPU), or None. It was
+    reported as the probe not fitting the model, or as a batch that failed."""
+    if not isinstance(exc, RuntimeError) or not any(words in str(exc) for words in _MIXED_DEVICES):
+        return None
+    return ModelError(
+        f"the model's forward pass makes or meets a tensor on another device than {device}, where fdl put the "
+        "model and the probe",
+        got=f"{type(exc).__name__}: {first_line(exc)}",
+        fix="make the model's new tensors on its input's device (torch.zeros(..., device=x.device)) and keep its "
+        "constant tensors as buffers (self.register_buffer), which .to(device) moves"
+        + ("; or run it on the CPU with --device cpu" if device.type != "cpu" else ""),
+    )
 
 
 def _anchor_part(features: torch.Tensor) -> torch.Tensor:

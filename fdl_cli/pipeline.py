@@ -1163,6 +1163,11 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
 
             if out_of_memory(exc):
                 raise  # not the probe's fault: said as such by `_memory_explained`
+            from fdl_cli.extract import mixed_devices_error
+
+            mixed = mixed_devices_error(exc, ctx.device)
+            if mixed is not None:  # the model's fault, not the probe's (on a GPU: a tensor made on the CPU)
+                raise mixed from None
             from fdl_cli.probes import fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
