@@ -365,8 +365,30 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
             handle.remove()
 
 
+def ieee_float32() -> None:
+    """float32 convolutions and matrix products on a CUDA GPU in full float32, not TF32.
+
+    torch runs cuDNN's float32 convolutions in TF32 by default (a 10-bit mantissa): a CNN's float32
+    features on an Ampere-or-later GPU then differed from the CPU's by ~1e-3 relative, far beyond the
+    float32 rounding of the same network, and a training script's model file may turn TF32 on for matrix
+    products too (`torch.backends.cuda.matmul.allow_tf32 = True` at its top, run when fdl imports it).
+    fdl measures the network's function, so both are turned off for its forward passes (`--dtype
+    bfloat16` / `float16` are there for speed). The flags are the legacy ones, which every torch fdl
+    supports sets without a warning; where a model file set the newer per-backend `fp32_precision`
+    first and the legacy setter refuses the mix, the newer ones are set."""
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    except RuntimeError:  # pragma: no cover - torch >= 2.9 with the new API used first
+        for backend in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
+            backend.fp32_precision = "ieee"  # type: ignore[attr-defined]
+
+
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
-    """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype."""
+    """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype; on a
+    CUDA GPU float32 computed in full float32 (`ieee_float32`)."""
+    if device.type == "cuda":
+        ieee_float32()
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         model = ProgramModel(_program_on(model, device))
     model = model.to(device)
