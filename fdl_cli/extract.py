@@ -380,8 +380,11 @@ def ieee_float32() -> None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     except RuntimeError:  # pragma: no cover - torch >= 2.9 with the new API used first
-        for backend in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
-            backend.fp32_precision = "ieee"  # type: ignore[attr-defined]
+        backends: tuple[Any, ...] = (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cudnn, "rnn", None),
+                                     torch.backends.cuda.matmul)
+        for backend in backends:
+            if backend is not None:
+                backend.fp32_precision = "ieee"
 
 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
