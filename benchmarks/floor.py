@@ -99,6 +99,9 @@ def main() -> None:
     args = parser.parse_args()
     clock = Clock(args.timings and args.device == "cpu")
     device = torch.device(args.device)
+    if device.type == "cuda":  # full-float32 forward passes, as fdl analyze runs them (extract.ieee_float32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     product = torch.float64 if args.product_dtype == "float64" else torch.float32
     paths = sorted(args.run_dir.glob("step_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
     probe = np.load(args.run_dir / "probe.npz")
