@@ -1284,6 +1284,13 @@ class StoreWriter:
                     # but the store cannot tell: it recorded no name.
                     fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
                            "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
+                renamed = _renamed_probes(stored_probes, self._probes)
+                if renamed:
+                    # the same probe file under another name (`--probe test=probe.npz` on a store that calls
+                    # it `probe`): a different run only by its name, which the fix can give back
+                    fix = ("; ".join(f"this run's probe {new!r} is the store's probe {old!r} (the same file, sha256 "
+                                     f"{sha[:12]}): name it so, --probe {old}=PATH, to resume" for new, old, sha in renamed)
+                           + "; else " + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
@@ -1813,6 +1820,14 @@ def _write_trajectory(
             chunks=(_TRAJECTORY_CHUNK,),
             fletcher32=name not in STR_FIELDS,
         )
+
+
+def _renamed_probes(stored: Mapping[str, ProbeInfo], run: Mapping[str, ProbeInfo]) -> list[tuple[str, str, str]]:
+    """(this run's name, the store's name, sha256) of each probe of this run that the store holds, the
+    same file, under another name only (neither name on the other side)."""
+    gone = {info.sha256: name for name, info in stored.items() if name not in run}
+    return [(name, gone[info.sha256], info.sha256) for name, info in run.items()
+            if name not in stored and info.sha256 in gone]
 
 
 def _describe_probe(probe: ProbeInfo | None) -> str:

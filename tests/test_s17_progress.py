@@ -96,3 +96,4 @@ def test_a_terminal_or_quiet_gets_no_lines(monkeypatch: pytest.MonkeyPatch) -> N
             reporter.start_checkpoint(0, 1, "step 0")
             reporter.end_checkpoint()
         assert "progress:" not in console.file.getvalue()
+
