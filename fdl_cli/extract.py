@@ -489,6 +489,7 @@ def extract(
     y: np.ndarray | RowReader | None,  # a RowReader: float64 regression targets read per batch
     *,
     task: str,
+    binary_logit: bool = False,
     device: torch.device,
     dtype: str = "float32",
     batch_size: int = 512,
@@ -502,6 +503,8 @@ def extract(
     x: (n, ...) probe inputs; y: (n,) labels or (n, C) targets or None. keep_features(p) says whether
     a layer of width p keeps its features (the Gram route, for p > n). Targets in an array are put on
     the device once; targets read in place (a RowReader) are read and sent a batch at a time.
+    binary_logit: the model's one output z is a binary classifier's logit, analysed as the two-class
+    logits (0, z) (pipeline._binary_logit).
     """
     n = int(x.shape[0])
     if n == 0:
@@ -520,6 +523,8 @@ def extract(
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
+            if binary_logit:
+                outputs = torch.cat([torch.zeros_like(outputs), outputs], 1)
             targets = (
                 torch.from_numpy(y[start:stop]).to(device, non_blocking=True) if isinstance(y, RowReader)
                 else targets_all[start:stop] if targets_all is not None else None

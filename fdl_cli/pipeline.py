@@ -443,6 +443,9 @@ class _Context:
     reporter: Reporter
     layers: list[Any] = field(default_factory=list)
     n_outputs: int = 0
+    #: a model of one output z whose probe holds class labels 0/1 (a binary classifier trained with
+    #: BCEWithLogitsLoss): analysed as the two-class classifier of logits (0, z) (`_validate`)
+    binary_logit: bool = False
     reference_step: int = 0
     reference_state: dict[str, Any] | None = None
     reference: dict[tuple[str, str], _Series] = field(default_factory=dict)
@@ -561,7 +564,9 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # resume spell the spec another way (./model.py:build, /abs/model.py:build). Checked by the
         # pipeline, not compared as text (a store may be resumed from another folder or host).
         **({"model_file": ctx.spec_source[0], "model_file_sha256": ctx.spec_source[1]} if ctx.spec_source else {}),
-        "options": {**options.numeric_options(), **_overlap_k_option(options, ctx.n_outputs)},
+        "options": {**options.numeric_options(), **_overlap_k_option(options, ctx.n_outputs),
+                    # recorded only when it applies, so stores of other models keep their options
+                    **({"binary_logit": True} if ctx.binary_logit else {})},
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
     }
@@ -1177,6 +1182,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 fix=fit_fix(probe, said),
             ) from None
         _check_output_shape(ctx, probe, shape)
+        if n_outputs == 1 and _binary_labels(ctx.probes):
+            n_outputs = _binary_logit(ctx, probe)
         validate_probe(probe, n_outputs=n_outputs)
         passes.append((probe.name, widths, int(probe.x.shape[0]), min(ctx.options.anchor_size, int(probe.x.shape[0]))))
         if float_one_hot(probe):
@@ -1222,6 +1229,35 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
     return passes
+
+
+def _binary_labels(probes: Sequence[Any]) -> bool:
+    """Whether a probe holds class labels that a model of one output can only mean as a binary
+    classifier's: 0 and 1 (or one of them)."""
+    return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2 for probe in probes)
+
+
+def _binary_logit(ctx: _Context, probe: Any) -> int:
+    """A model of one output z with probes of labels 0/1: a binary classifier (BCEWithLogitsLoss), whose
+    class probabilities are (1 − σ(z), σ(z)) = softmax((0, z)). It is analysed as the two-class
+    classifier of logits (0, z): accuracy thresholds z at 0, the cross-entropy is BCE-with-logits, the
+    one-hot targets have C = 2 columns (the constant and the class contrast, as for any C), and the
+    output span of D_LR is z's. Returns C = 2. A probe of regression targets cannot share that run."""
+    if probe.task == "regression":
+        labelled = next(other.name for other in ctx.probes if other.task == "classes")
+        raise ProbeError(
+            f"probe {probe.name!r} holds regression targets, but the model's one output is analysed as a binary "
+            f"classifier's logit for the 0/1 labels of probe {labelled!r} (as the two-class logits (0, z))",
+            fix=f"analyse probe {probe.name!r} into a store of its own (--out), or save its targets as 0/1 labels",
+        )
+    if not ctx.binary_logit:
+        ctx.binary_logit = True
+        ctx.reporter.note(
+            "the model has one output and the probe's labels are 0/1: analysed as a binary classifier whose logit z "
+            "gives the class probabilities softmax((0, z)) = (1 − σ(z), σ(z)): accuracy thresholds z at 0, "
+            "cross_entropy is BCE-with-logits, and C = 2 classes (MF: k95 of the utility ≤ C + 1 = 3)"
+        )
+    return 2
 
 
 def _check_memory(
@@ -3051,6 +3087,7 @@ def _analyze_one(
             x,
             y,
             task=probe.task or "none",
+            binary_logit=ctx.binary_logit,
             device=ctx.device,
             dtype=options.dtype,
             batch_size=options.batch_size,
@@ -3616,7 +3653,8 @@ def _contribute_slice(ctx: _Context, loaded: LoadedCheckpoint) -> None:
     for probe in ctx.probes:
         x, y = _probe_slice(ctx, probe)
         results = _sliced(
-            ctx, True, loaded.ref, extract, model, ctx.layers, x, y, task=probe.task or "none", device=ctx.device,
+            ctx, True, loaded.ref, extract, model, ctx.layers, x, y, task=probe.task or "none",
+            binary_logit=ctx.binary_logit, device=ctx.device,
             dtype=options.dtype,
             batch_size=options.batch_size, anchor_size=1, keep_features=_gram_route(int(probe.x.shape[0])),
             product_dtype=options.product_dtype,

@@ -757,11 +757,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         # the labels' own range: "labels 0..10" was printed for labels 1..10, hiding labels numbered from 1
         lowest, highest = min(int(np.min(rows)) for rows in _target_blocks(probe.y)), probe.n_classes - 1
         fix = "use the probe that matches this model, or the right --model-kwargs for its output size"
-        if n_outputs == 1 and lowest >= 0 and highest == 1:
-            fix = ("a model of one output trained on 0/1 labels (one logit, BCEWithLogitsLoss) has no class "
-                   "per output: save the labels as float targets, y.astype(np.float32), to analyse it as a "
-                   "regression on them (no accuracy; its r2 and loss then measure the logit against 0 and 1); or " + fix)
-        elif lowest >= 1 and highest == n_outputs:
+        if lowest >= 1 and highest == n_outputs:
             fix = (f"the labels run from 1 to {highest}, the model's classes from 0 to {n_outputs - 1}: "
                    f"if they are numbered from 1, save y - 1; else {fix}")
         raise ProbeError(

@@ -51,20 +51,6 @@ def test_labels_numbered_from_one_are_shown_with_their_range_and_the_fix(tmp_pat
     assert not out.exists()
 
 
-def test_a_single_logit_binary_classifier_is_told_how_to_analyse_it(tmp_path: Path) -> None:
-    """0/1 labels for a model of one output (BCEWithLogitsLoss) were told to use another probe."""
-    runs, model, probe = _run(tmp_path, 1, np.arange(12) % 2)
-    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
-    assert result.returncode == 1
-    assert "  got: labels 0..1\n" in result.stderr
-    assert "one logit, BCEWithLogitsLoss" in result.stderr
-    assert "y.astype(np.float32)" in result.stderr
-    # the advice holds: the same labels as float targets are analysed
-    np.savez(probe, x=np.load(probe)["x"], y=(np.arange(12) % 2).astype(np.float32))
-    again = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
-    assert again.returncode == 0, again.stderr
-
-
 def test_labels_beyond_the_outputs_from_zero_keep_the_plain_advice(tmp_path: Path) -> None:
     runs, model, probe = _run(tmp_path, 3, np.arange(12) % 5)
     result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
