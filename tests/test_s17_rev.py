@@ -1,0 +1,124 @@
+"""Session 17 review of the session's changes: defects found in them, each reproduced first.
+
+- The float64 range check ran on each probe slice under `torchrun --shard-probe`: a slice whose values
+  all lay below RANGE_MIN (the far inputs of an RBF-like layer, the probe in input order) refused a
+  checkpoint that one process analyses, whose probe's largest |·| is of ordinary size.
+- Progress lines in a log under --watch counted the time spent waiting for checkpoints as the run's:
+  "elapsed" grew with the idle hours and "about ... left" with them.
+- A store analysed before DataParallel's wrapper was taken off (layers `module.2:input`) is refused on
+  resume as "a different run" with nothing said of why the same command now names `2:input`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli.errors import NumericalError
+from fdl_cli.moments import RANGE_MIN, MomentAccumulator
+from fdl_cli.spectral import measure, merge_all
+from tests.cli_run import REPO, fdl, model_file
+
+RNG = np.random.default_rng(1717)
+
+
+def _slices(torch_path: bool):
+    """Features (12, 4) in float64 whose last 6 rows are 2**-300 times smaller: below RANGE_MIN on their
+    own, while the whole probe's largest |·| is ~1."""
+    features = RNG.standard_normal((12, 4))
+    features[6:] *= 2.0**-300
+    outputs, labels = RNG.standard_normal((12, 3)), np.arange(12) % 3
+    parts = []
+    for rows in (slice(0, 6), slice(6, 12)):
+        acc = MomentAccumulator(task="classes")
+        batch = (features[rows], outputs[rows], labels[rows])
+        acc.update(*((torch.from_numpy(np.ascontiguousarray(a)) for a in batch) if torch_path else batch))
+        parts.append(acc.moments())
+    whole = MomentAccumulator(task="classes")
+    whole.update(features, outputs, labels)
+    return parts, whole.moments()
+
+
+@pytest.mark.parametrize("torch_path", [False, True])
+def test_a_slice_of_tiny_values_is_judged_by_the_whole_probe(torch_path: bool) -> None:
+    parts, whole = _slices(torch_path)
+    assert parts[1].peaks is not None and 0.0 < parts[1].peaks[0] < RANGE_MIN
+    merged = measure(merge_all(parts))  # the slice's moments() raised "the features are too small"
+    expected = measure(whole)
+    np.testing.assert_allclose(merged.eigenvalues, expected.eigenvalues, rtol=1e-12)
+    assert merged.scalars["d_lr"] == pytest.approx(expected.scalars["d_lr"], rel=1e-12)
+    # the slice alone is refused where it is measured on its own, as the whole probe of such values is
+    with pytest.raises(NumericalError, match="the features are too small"):
+        measure(parts[1])
+
+
+SCALED = """
+import torch
+from torch import nn
+
+
+class Scaled(nn.Module):
+    # float64 features of an input-indexed table, times 2**exponent[input] (a parameter: per checkpoint)
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(12, 4))
+        self.outs = nn.Parameter(torch.randn(12, 3))
+        self.exponent = nn.Parameter(torch.zeros(12))
+        self.feat = nn.Identity()
+
+    def forward(self, x):
+        index = x.long().reshape(-1)
+        self.feat(self.table[index].double() * torch.exp2(self.exponent[index].double())[:, None])
+        return self.outs[index]
+
+
+def build():
+    torch.manual_seed(0)
+    return Scaled()
+"""
+
+
+def _scaled_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Checkpoints 0 and 2: inputs 6..11 scaled by 2**-300 (in range over the probe); checkpoint 1: every
+    input (too small over the probe too)."""
+    module = model_file(tmp_path, SCALED)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for step, tiny in ((0, slice(6, 12)), (1, slice(0, 12)), (2, slice(6, 12))):
+        torch.manual_seed(step)
+        model = module.Scaled()
+        with torch.no_grad():
+            model.exponent[tiny] = -300.0
+        torch.save(model.state_dict(), runs / f"step_{step}.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.arange(12), y=np.arange(12) % 3)
+    return runs, probe
+
+
+def test_shard_probe_checks_the_range_on_the_whole_probe_as_one_process(tmp_path: Path) -> None:
+    runs, probe = _scaled_run(tmp_path)
+    args = ["analyze", runs, "--model", f"{tmp_path / 'model.py'}:build", "--layer", "feat", "--probe", probe,
+            "--device", "cpu", "--json"]
+    one = fdl(*args, "-o", tmp_path / "one.h5")
+    assert one.returncode == 1, one.stderr
+    assert "step_1.pt: the features are too small for fdl's float64 statistics" in one.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+               *map(str, args), "-o", str(tmp_path / "two.h5"), "--shard-probe"]
+    two = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300, check=False)
+    # rank 1's slice (inputs 6..11) refused the reference: "largest magnitude is 1.1e-90 ... the run cannot go on"
+    assert two.returncode == 1, two.stderr[-3000:]
+    assert "the run cannot go on" not in two.stderr
+    assert "step_1.pt: the features are too small for fdl's float64 statistics" in two.stderr
+    records = [[json.loads(line) for line in done.stdout.splitlines()] for done in (one, two)]
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]] == [0, 2]
+    for mine, theirs in zip(*records, strict=True):
+        assert theirs["d_lr"] == pytest.approx(mine["d_lr"], rel=1e-9)
+        assert theirs["rank"] == mine["rank"]
