@@ -172,3 +172,52 @@ def test_a_poll_after_a_long_wait_gets_its_line_at_its_first_checkpoint(monkeypa
     assert out.getvalue().splitlines() == [
         "progress: 1/2 checkpoints, last step 0; 0:00:05 elapsed, about 0:00:05 left",
     ]
+
+
+def test_a_store_with_a_wrappers_layer_names_is_told_why_it_is_not_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before session 17 a --model factory returning nn.DataParallel (or a pickled DataParallel module) was
+    hooked through its wrapper: the store names the layer `module.2:input`. The same command now names it
+    `2:input` and the store is refused as "a different run", with nothing said of why. (The store is made
+    here by the factory's network held as `module` by a Sequential, which fdl hooks through, as the old fdl
+    hooked DataParallel.)"""
+    source = ("import collections, os\nimport torch\n\ndef build():\n    torch.manual_seed(0)\n"
+              "    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))\n"
+              "    return torch.nn.Sequential(collections.OrderedDict(module=net)) if os.environ.get('HELD') else net\n")
+    module = model_file(tmp_path, source)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    network = module.build()
+    torch.save({"model": network.state_dict(), "step": 0}, runs / "ckpt_0.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(2).normal(size=(16, 4)).astype(np.float32), y=np.arange(16) % 3)
+    out = tmp_path / "run.h5"
+    args = ("analyze", runs, "--model", f"{tmp_path / 'model.py'}:build", "--probe", probe, "-o", out)
+    monkeypatch.setenv("HELD", "1")
+    first = fdl(*args)
+    assert first.returncode == 0, first.stderr
+    stored = out.read_bytes()
+    monkeypatch.delenv("HELD")
+    with torch.no_grad():
+        network[0].weight.mul_(1.5)
+    torch.save({"model": network.state_dict(), "step": 5}, runs / "ckpt_5.pt")
+    again = fdl(*args)
+    assert again.returncode == 1
+    assert "Traceback" not in again.stderr
+    assert again.stderr.startswith(f"error: {out} holds the results of a different run\n"
+                                   "  got: layers: ['module.2:input'] (store) vs ['2:input'] (this run)\n"
+                                   "  fix: the store's 'module.2:input' is this run's '2:input', the same layer: fdl now "
+                                   "takes DataParallel's, DDP's and torch.compile's wrappers off"), again.stderr
+    assert again.stderr.rstrip().endswith("pass --overwrite to replace it, or another --out to keep both")
+    assert out.read_bytes() == stored  # nothing stored is lost
+
+
+def test_other_layer_changes_keep_the_plain_advice() -> None:
+    from fdl_cli.store import _renamed_by_unwrapping
+
+    assert _renamed_by_unwrapping(["module._orig_mod.body:input", "head"], ["body:input", "head"]) == (
+        "module._orig_mod.body:input", "body:input")
+    assert _renamed_by_unwrapping(["module.2:input"], ["1:input"]) is None
+    assert _renamed_by_unwrapping(["2:input"], ["2:input", "0"]) is None
+    assert _renamed_by_unwrapping(["2:input"], ["module.2:input"]) is None  # the other way: not fdl's doing
