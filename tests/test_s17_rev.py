@@ -221,3 +221,22 @@ def test_other_layer_changes_keep_the_plain_advice() -> None:
     assert _renamed_by_unwrapping(["module.2:input"], ["1:input"]) is None
     assert _renamed_by_unwrapping(["2:input"], ["2:input", "0"]) is None
     assert _renamed_by_unwrapping(["2:input"], ["module.2:input"]) is None  # the other way: not fdl's doing
+
+
+def test_the_steps_benchmark_runs_fdl_with_its_imports_frozen(tmp_path: Path) -> None:
+    """benchmarks/steps.py's `fdl analyze` process imported torch and fdl's modules to wrap them in its
+    timers before fdl's `main`, which then froze nothing (torch already loaded): its "process CPU"
+    against the SPEC floor's (frozen) was not that of `fdl analyze` (0 frozen objects against ~260 000)."""
+    code = f"""
+import atexit, gc, runpy, sys
+atexit.register(lambda: print("FROZEN", gc.get_freeze_count(), gc.isenabled()))
+sys.path.insert(0, {str(REPO / 'benchmarks')!r})
+sys.argv = ["steps.py", "--role", "fdl", "sample_checkpoints", "--steps", "0,10", "--out", {str(tmp_path / 's.h5')!r}]
+runpy.run_path({str(REPO / 'benchmarks' / 'steps.py')!r}, run_name="__main__")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FDL_STEPS=" in done.stderr  # the timings were reported
+    _, frozen, enabled = done.stdout.strip().splitlines()[-1].split()
+    assert int(frozen) > 50_000 and enabled == "True"
