@@ -386,26 +386,19 @@ def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"{prefix or '(root)'}: {_short(old)} (store) vs {_short(new)} (this run)"]
 
 
-#: The prefixes of a wrapper's module names: DataParallel's and DDP's, torch.compile's (checkpoints.STRIPPED_PREFIXES,
-#: not imported: the store reads without torch)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
 def _renamed_by_unwrapping(old: Any, new: Any) -> tuple[str, str] | None:
     """(a stored layer label, this run's) when the run's labels are the store's without wrapper prefixes
-    (`module.2:input` and `2:input`), else None."""
+    (`module.2:input` and `2:input`), else None. Only on the way to an error of `fdl analyze`, which has
+    torch loaded already (`extract` imports it)."""
     if not (isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old != new):
         return None
-    first = None
-    for stored, label in zip(old, new, strict=True):
-        bare = stored
-        while isinstance(bare, str) and bare.startswith(_WRAPPER_PREFIXES):
-            bare = bare.split(".", 1)[1]
-        if bare != label:
-            return None
-        if stored != label and first is None:
-            first = (stored, label)
-    return first
+    if not all(isinstance(label, str) for label in [*old, *new]):
+        return None
+    from fdl_cli.extract import unwrapped_name
+
+    if any(unwrapped_name(stored) != label for stored, label in zip(old, new, strict=True)):
+        return None
+    return next((stored, label) for stored, label in zip(old, new, strict=True) if stored != label)
 
 
 def _utc_now() -> str:
