@@ -7,6 +7,8 @@
   "elapsed" grew with the idle hours and "about ... left" with them.
 - A store analysed before DataParallel's wrapper was taken off (layers `module.2:input`) is refused on
   resume as "a different run" with nothing said of why the same command now names `2:input`.
+- benchmarks/steps.py imported fdl's modules before fdl's `main`, which then froze none of them: its
+  `fdl analyze` process lacked the frozen imports it was measured against.
 """
 
 from __future__ import annotations
