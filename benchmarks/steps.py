@@ -85,6 +85,17 @@ def run_fdl_timed(argv: list[str]) -> None:
 
         return wrapper
 
+    from fdl_cli import cli, signals
+
+    # The modules `fdl analyze` imports with the collector off and then freezes (cli._untracked_imports),
+    # imported here the same way: imported plainly before its `main`, where freezing is skipped once torch
+    # is loaded, they stayed tracked, and the process CPU reported was not that of `fdl analyze`.
+    with cli._untracked_imports():
+        signals.import_torch()
+        import rich.console
+        import rich.progress  # noqa: F401
+
+        from fdl_cli import checkpoints, extract, pipeline, probes, progress, store  # noqa: F401
     for module_name, attribute, step in TIMED + BACKGROUND:
         clock = time.thread_time if (module_name, attribute, step) in BACKGROUND else now
         owner: Any = importlib.import_module(module_name)
@@ -93,7 +104,6 @@ def run_fdl_timed(argv: list[str]) -> None:
             owner = getattr(owner, part)
         setattr(owner, name, timed(getattr(owner, name), step, clock))
     # The forward pass: from the moment extract has its input batch to the moment it reads the outputs.
-    extract = importlib.import_module("fdl_cli.extract")
     inputs, outputs, ready = extract._inputs, extract.model_outputs, [0.0]
 
     def timed_inputs(*args: Any, **kwargs: Any) -> Any:

@@ -166,6 +166,13 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
         offset += part.size
     values["n"], values["n_correct"] = int(round(summed[offset])), int(round(summed[offset + 1]))
     values["sum_xent"] = None if moments.sum_xent is None else float(summed[offset + 2])
+    # The largest |·| over every slice (one more all-reduce, of three values; on every rank, always): the
+    # range is checked on the whole probe's, as one process checks it (`spectral.feature_spectrum`).
+    peaks = torch.tensor(moments.peaks or (0.0, 0.0, 0.0), dtype=torch.float64).to(device)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    if moments.peaks is not None:
+        largest = [float(value) for value in peaks.cpu()]
+        values["peaks"] = (largest[0], largest[1], largest[2])
     if moments.features is not None:
         gathered: list[Any] = [None] * world.size
         dist.all_gather_object(gathered, moments.features)

@@ -62,6 +62,28 @@ _RANGE_WHAT = {
     "targets": ("the probe's regression targets", "rescale the targets (their scale changes no measure but loss)"),
 }
 
+#: The kinds of values whose largest |·| `Moments.peaks` holds, in its order.
+RANGE_KINDS = ("features", "outputs", "targets")
+
+
+def check_range(peaks: tuple[float, float, float], *, small: bool = True) -> None:
+    """NumericalError when a float64 kind's largest |·| (`Moments.peaks`) lies above RANGE_MAX or, with
+    `small`, above 0 and below RANGE_MIN. NaN and Inf are left to the finiteness checks."""
+    for kind, value in zip(RANGE_KINDS, peaks, strict=True):
+        if not math.isfinite(value):
+            continue  # NaN / Inf: the statistics are not finite, `spectral` says so
+        if value > RANGE_MAX or (small and 0.0 < value < RANGE_MIN):
+            what, fix = _RANGE_WHAT[kind]
+            side = "too large" if value > RANGE_MAX else "too small"
+            raise NumericalError(
+                f"{what} are {side} for fdl's float64 statistics: their largest magnitude is {value:.3g}, "
+                f"outside [{RANGE_MIN:.3g}, {RANGE_MAX:.3g}] (sums of their squares and of products of "
+                "those would overflow or flush to 0)",
+                got=f"float64 {what.removeprefix('the ')} of magnitude up to {value:.3g}",
+                fix=fix,
+            )
+
+
 #: Width of the block rows in which the torch path sums the symmetric FᵀF (see `row_bounds`).
 ROW_BLOCK = 128
 
@@ -165,7 +187,7 @@ class MomentAccumulator:
         #: float64 on the batches' device; None when not shifted (kept features, class targets)
         self._shifts: tuple[Any, Any, Any] | None = None
         #: the largest |·| so far of float64 features / outputs and of the regression targets (a 0-d
-        #: tensor on the batches' device, or a float), checked against RANGE_MIN/RANGE_MAX in `moments()`
+        #: tensor on the batches' device, or a float), returned as `Moments.peaks` (`check_range`)
         self._peaks: dict[str, Any] = {}
 
     # -- array namespace: the same few operations on numpy and torch --------------------------------
@@ -201,24 +223,12 @@ class MomentAccumulator:
         previous = self._peaks.get(kind)
         self._peaks[kind] = peak if previous is None or math.isnan(peak) else max(previous, peak)
         if peak > RANGE_MAX:
-            self._check_range()  # at once, before numpy's sums of this batch overflow (and warn)
+            check_range(self._host_peaks(), small=False)  # at once, before numpy's sums of this batch overflow
 
-    def _check_range(self) -> None:
-        """NumericalError when the float64 values summed lie outside [RANGE_MIN, RANGE_MAX] (0 allowed)."""
-        for kind, peak in self._peaks.items():
-            value = float(peak)
-            if not math.isfinite(value):
-                continue  # NaN / Inf: the statistics are not finite, `spectral` says so
-            if value > RANGE_MAX or 0.0 < value < RANGE_MIN:
-                what, fix = _RANGE_WHAT[kind]
-                side = "too large" if value > RANGE_MAX else "too small"
-                raise NumericalError(
-                    f"{what} are {side} for fdl's float64 statistics: their largest magnitude is {value:.3g}, "
-                    f"outside [{RANGE_MIN:.3g}, {RANGE_MAX:.3g}] (sums of their squares and of products of "
-                    "those would overflow or flush to 0)",
-                    got=f"float64 {what.removeprefix('the ')} of magnitude up to {value:.3g}",
-                    fix=fix,
-                )
+    def _host_peaks(self) -> tuple[float, float, float]:
+        """The largest |·| so far of each of `RANGE_KINDS` as floats (0.0: none of that kind in float64)."""
+        features, outputs, targets = (float(self._peaks[kind]) if kind in self._peaks else 0.0 for kind in RANGE_KINDS)
+        return features, outputs, targets
 
     def _add(self, name: str, value: Any) -> None:
         if name in self._sums:
@@ -484,7 +494,11 @@ class MomentAccumulator:
         """The float64 statistics as numpy arrays (one host transfer)."""
         if self.n == 0:
             raise NumericalError("no samples were accumulated", fix="feed at least one probe batch")
-        self._check_range()
+        # Too large here, as the sums overflowed; too small in `spectral.measure`, on the peaks of the whole
+        # probe: under --shard-probe a slice of tiny values (the far inputs of an RBF layer) lies below
+        # RANGE_MIN where the probe does not, and one process analysed what torchrun refused.
+        peaks = self._host_peaks()
+        check_range(peaks, small=False)
 
         current = self._in_place_sums(classes=True)
 
@@ -539,4 +553,5 @@ class MomentAccumulator:
             shift_f=shifts[0],
             shift_o=shifts[1],
             shift_y=shifts[2],
+            peaks=peaks,
         )

@@ -84,7 +84,9 @@ class RichReporter(NullReporter):
     """Checkpoint i of N with ETA, and the probe batches of the current checkpoint, on stderr: a live
     display on a terminal; on a pipe or a log file (a batch job's stderr), where none shows, a plain
     line at a checkpoint's end once `log_interval()` seconds passed since the run began or since the
-    last line, so a long run's log says how far it is (a short one prints none)."""
+    last line, so a long run's log says how far it is (a short one prints none). Under --watch each poll
+    that finds checkpoints is a run of its own (`start_run`): its counts, elapsed time and time left,
+    never the hours spent waiting for the training job between them."""
 
     def __init__(self, console: Any, *, quiet: bool = False) -> None:
         super().__init__()
@@ -121,9 +123,9 @@ class RichReporter(NullReporter):
         #: plain progress lines instead of the live display (stderr not a terminal)
         self._lines = not quiet and not console.is_terminal
         self._interval = log_interval()
-        self._began: float | None = None  # when the first checkpoint started (time.monotonic)
-        self._last_line = 0.0
-        self._done = 0  # checkpoints ended since the run began, over every start_run (--watch)
+        self._began: float | None = None  # when this run's first checkpoint started (time.monotonic)
+        self._last_line: float | None = None  # when the last line was written (or the first run began)
+        self._done = 0  # checkpoints of this run ended
         self._current: tuple[int, int, str] = (0, 0, "")  # index, total, label of the checkpoint in work
 
     def __enter__(self) -> RichReporter:
@@ -157,17 +159,22 @@ class RichReporter(NullReporter):
 
     def start_run(self, total: int) -> None:
         self._start()
+        # a run of its own (--watch: the checkpoints one poll found): "elapsed" and the time left counted
+        # the wait for them too (an hour idle, then "1/4 checkpoints; 1:00:25 elapsed, about 3:01:15 left")
+        self._began, self._done = None, 0
         if self._run is None:
             self._run = self.progress.add_task("checkpoints", total=total)
         else:
             self.progress.update(self._run, total=total)
 
     def start_checkpoint(self, index: int, total: int, label: str) -> None:
-        if self._began is None:
-            self._began = self._last_line = time.monotonic()
-        self._current = (index, total, label)
         if self._run is None:
             self.start_run(total)
+        if self._began is None:
+            self._began = time.monotonic()
+            if self._last_line is None:
+                self._last_line = self._began
+        self._current = (index, total, label)
         self.progress.update(self._run, description=f"checkpoint {label}", total=total, completed=index)
         if self._batches is None:
             self._batches = self.progress.add_task("probe batches", total=1)
@@ -182,7 +189,7 @@ class RichReporter(NullReporter):
             self.progress.advance(self._run)
         self._done += 1
         now = time.monotonic()
-        if not self._lines or self._began is None or now - self._last_line < self._interval:
+        if not self._lines or self._began is None or self._last_line is None or now - self._last_line < self._interval:
             return
         self._last_line = now
         index, total, label = self._current

@@ -82,6 +82,10 @@ class Moments:
     shift_y: np.ndarray | None = None  # (C,) c: regression targets only
     #: Σ_i [logsumexp(ŷ_i) − ŷ_i[y_i]] of the raw (never shifted) outputs as logits; class labels only
     sum_xent: float | None = None
+    #: the largest |·| of the float64 features, outputs and regression targets summed (`moments.RANGE_KINDS`;
+    #: 0.0 where none was float64), checked by `feature_spectrum` against `moments.RANGE_MIN` / `RANGE_MAX`
+    #: on the whole probe (merged shards: the largest); None: not known
+    peaks: tuple[float, float, float] | None = None
 
     @property
     def n_features(self) -> int:
@@ -221,7 +225,18 @@ class Moments:
             shift_f=self.shift_f,
             shift_o=self.shift_o,
             shift_y=self.shift_y,
+            peaks=_larger_peaks(self.peaks, other.peaks),
         )
+
+
+def _larger_peaks(
+    a: tuple[float, float, float] | None, b: tuple[float, float, float] | None
+) -> tuple[float, float, float] | None:
+    """The peaks of two merged shards: the larger of each (NaN kept), or the one known."""
+    if a is None or b is None:
+        return a if b is None else b
+    first, second, third = (x if math.isnan(x) or x >= y else y for x, y in zip(a, b, strict=True))
+    return first, second, third
 
 
 @dataclass(frozen=True)
@@ -377,6 +392,10 @@ def _uncentered_trace(moments: Moments) -> float:
 def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
     """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
     _check_finite(moments)
+    if moments.peaks is not None:
+        from fdl_cli.moments import check_range
+
+        check_range(moments.peaks)  # float64 values too small (or too large) over the whole probe
     if not center:
         moments = moments.unshifted()
     n = moments.n

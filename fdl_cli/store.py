@@ -386,6 +386,21 @@ def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"{prefix or '(root)'}: {_short(old)} (store) vs {_short(new)} (this run)"]
 
 
+def _renamed_by_unwrapping(old: Any, new: Any) -> tuple[str, str] | None:
+    """(a stored layer label, this run's) when the run's labels are the store's without wrapper prefixes
+    (`module.2:input` and `2:input`), else None. Only on the way to an error of `fdl analyze`, which has
+    torch loaded already (`extract` imports it)."""
+    if not (isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old != new):
+        return None
+    if not all(isinstance(label, str) for label in [*old, *new]):
+        return None
+    from fdl_cli.extract import unwrapped_name
+
+    if any(unwrapped_name(stored) != label for stored, label in zip(old, new, strict=True)):
+        return None
+    return next((stored, label) for stored, label in zip(old, new, strict=True) if stored != label)
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -1297,6 +1312,13 @@ class StoreWriter:
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
                            "them over --top-k when the model had more outputs; now over C unless --overlap-k): pass "
                            f"--overlap-k {stored_k} to go on as it was analysed, or " + fix)
+                renamed = _renamed_by_unwrapping(reader.provenance.get("layers"), self._provenance.get("layers"))
+                if renamed is not None:
+                    # an fdl before session 17 hooked DataParallel's (or a pickled DDP module's) wrapper
+                    fix = (f"the store's {renamed[0]!r} is this run's {renamed[1]!r}, the same layer: fdl now takes "
+                           "DataParallel's, DDP's and torch.compile's wrappers off a pickled module or a --model "
+                           "factory's network, whose own module names the layers then have, and a store is not "
+                           "resumed under other names; " + fix)
                 raise StoreError(f"{self._path} holds the results of a different run", got="; ".join(differences), fix=fix)
             self.warnings = list(reader.warnings)
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}

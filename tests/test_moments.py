@@ -40,6 +40,8 @@ def assert_same_moments(a: Moments, b: Moments, *, rtol: float = 1e-10) -> None:
     """The same raw sums (each pass sums about its own first batch's means: compared unshifted)."""
     a, b = a.unshifted(), b.unshifted()
     for item in fields(Moments):
+        if item.name == "peaks":  # the largest |·| of the values that arrived in float64: no sum
+            continue
         x, y = getattr(a, item.name), getattr(b, item.name)
         if isinstance(x, np.ndarray | float) or isinstance(y, np.ndarray | float):  # float: sum_xent
             assert x is not None and y is not None, item.name
