@@ -1850,16 +1850,19 @@ def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Te
     return tensors, _metadata_steps(header.get("__metadata__") or {})
 
 
+def unwrapped_name(name: str) -> str:
+    """A module or state_dict name without the wrapper prefixes it starts with (`STRIPPED_PREFIXES`:
+    `module._orig_mod.head` -> `head`)."""
+    while name.startswith(STRIPPED_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
 def _key_names(tensors: Iterable[str]) -> set[str]:
     """State_dict keys as copies of one model are compared: each without its leading `module.` and
     `_orig_mod.` (an AveragedModel's or mmengine's EMA holds `module.`-keys beside its own `n_averaged`
     or `steps`, so the prefixes are not stripped from every key, as `_strip_prefixes` does)."""
-    names = set()
-    for key in tensors:
-        while key.startswith(STRIPPED_PREFIXES):
-            key = key.split(".", 1)[1]
-        names.add(key)
-    return names
+    return {unwrapped_name(key) for key in tensors}
 
 
 def _is_state(tensors: Mapping[str, Any], found: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdl_cli.checkpoints import unwrapped_name
 from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.probes import RowReader
@@ -208,18 +209,6 @@ def resolve_layers(
 
 
 #: prefixes that a wrapper puts before the module names of the network inside: torch.compile's, DDP's
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
-def unwrapped_name(module: str) -> str:
-    """`module` without the wrapper prefixes it starts with (`module._orig_mod.head` -> `head`)."""
-    while True:
-        prefix = next((prefix for prefix in _WRAPPER_PREFIXES if module.startswith(prefix)), None)
-        if prefix is None:
-            return module
-        module = module[len(prefix):]
-
-
 def model_outputs(raw: Any) -> torch.Tensor:
     """The model's raw outputs (logits) flattened to (b, C) (`_output_tensor`, flattened)."""
     tensor = _output_tensor(raw)

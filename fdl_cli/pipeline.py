@@ -1119,7 +1119,7 @@ def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
         return
     import difflib
 
-    from fdl_cli.extract import unwrapped_name
+    from fdl_cli.checkpoints import unwrapped_name
 
     what = (f"the model in {loaded.ref.path} has no module {missing.module!r}, whose "
             f"{'input' if missing.use_input else 'output'} ({missing.label}) is analysed at the run's other checkpoints")
@@ -1127,8 +1127,10 @@ def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
     if wrapped is not None:
         raise CheckpointError(
             what,
-            got=f"the same name under another wrapper: {wrapped!r} (DataParallel's or DDP's 'module.', torch.compile's "
-            "'_orig_mod.')",
+            # DataParallel's, DDP's and torch.compile's wrappers are taken off (checkpoints._unwrapped): what
+            # is left is a wrapper of the script's own holding the network as its `module` or `_orig_mod`
+            got=f"the same name under another wrapper: {wrapped!r} (a module of the training script's own that holds "
+            "the network as its 'module' or '_orig_mod')",
             fix="save the weights alone (torch.save({'model': model.state_dict(), 'step': step}, ...)) and analyse "
             "them with --model (the wrappers' prefixes are stripped from the weights' names); or analyse this "
             "file into a store of its own (--out)",

@@ -394,7 +394,7 @@ def _renamed_by_unwrapping(old: Any, new: Any) -> tuple[str, str] | None:
         return None
     if not all(isinstance(label, str) for label in [*old, *new]):
         return None
-    from fdl_cli.extract import unwrapped_name
+    from fdl_cli.checkpoints import unwrapped_name
 
     if any(unwrapped_name(stored) != label for stored, label in zip(old, new, strict=True)):
         return None
@@ -1312,10 +1312,10 @@ class StoreWriter:
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
                            "them over --top-k when the model had more outputs; now over C unless --overlap-k): pass "
                            f"--overlap-k {stored_k} to go on as it was analysed, or " + fix)
-                renamed = _renamed_by_unwrapping(reader.provenance.get("layers"), self._provenance.get("layers"))
-                if renamed is not None:
+                unwrapped = _renamed_by_unwrapping(reader.provenance.get("layers"), self._provenance.get("layers"))
+                if unwrapped is not None:
                     # an fdl before session 17 hooked DataParallel's (or a pickled DDP module's) wrapper
-                    fix = (f"the store's {renamed[0]!r} is this run's {renamed[1]!r}, the same layer: fdl now takes "
+                    fix = (f"the store's {unwrapped[0]!r} is this run's {unwrapped[1]!r}, the same layer: fdl now takes "
                            "DataParallel's, DDP's and torch.compile's wrappers off a pickled module or a --model "
                            "factory's network, whose own module names the layers then have, and a store is not "
                            "resumed under other names; " + fix)

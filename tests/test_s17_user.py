@@ -165,7 +165,8 @@ def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_tr
     assert "Traceback" not in result.stderr
     assert (f"error: the model in {runs / 'ckpt_30.pt'} has no module '2', whose input (2:input) is "
             "analysed at the run's other checkpoints\n  got: the same name under another wrapper: 'module.2' "
-            "(DataParallel's or DDP's 'module.', torch.compile's '_orig_mod.')\n") in result.stderr
+            "(a module of the training script's own that holds the network as its 'module' or "
+            "'_orig_mod')\n") in result.stderr
     assert (f"error: the model in {runs / 'ckpt_40.pt'} has no module '2', whose input (2:input) is "
             "analysed at the run's other checkpoints\n  got: a model of another architecture (Sequential)\n") \
         in result.stderr
