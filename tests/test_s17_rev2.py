@@ -1,0 +1,54 @@
+"""Defects found reviewing the seventeenth session's GPU, TF32, store and binary-classifier changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fdl_cli.extract import prepare_model
+from tests.cli_run import fdl
+
+# -- TF32 set through torch's newer fp32_precision flags ------------------------------------------------------
+
+NEWER_FLAGS = hasattr(torch.backends, "fp32_precision")
+
+
+@pytest.fixture
+def tf32_by_newer_flags() -> Iterator[None]:
+    """The process's TF32 flags as they were, after the test changed them through either API."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.backends.fp32_precision = "none"
+        torch.backends.cudnn.fp32_precision = "none"
+        # the legacy setters reset each operation's own flag (conv, rnn: tf32 / none; matmul: tf32 / ieee)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not NEWER_FLAGS, reason="torch before 2.9 has no fp32_precision flags")
+@pytest.mark.parametrize("level", ["global", "cudnn"])
+def test_tf32_turned_on_through_the_newer_flags_is_turned_off_for_the_forward_passes(
+    tf32_by_newer_flags: None, monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """A model file's `torch.backends.fp32_precision = "tf32"` (the newer API torch documents): the legacy
+    `torch.backends.cudnn.allow_tf32 = False` only cleared the convolutions' own flag, which then inherited
+    the global "tf32": cuDNN's float32 convolutions stayed in TF32 on a GPU. The flags read back are the
+    ones torch resolves for each operation; the legacy ones read without torch's mixed-API error."""
+    monkeypatch.setattr(nn.Module, "to", lambda self, *args, **kwargs: self)  # no GPU: the flags are checked
+    if level == "global":
+        torch.backends.fp32_precision = "tf32"
+    else:
+        torch.backends.cudnn.fp32_precision = "tf32"
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    prepare_model(nn.Linear(2, 2), device=torch.device("cuda"), dtype="float32")
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.rnn.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
