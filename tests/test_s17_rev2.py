@@ -52,3 +52,44 @@ def test_tf32_turned_on_through_the_newer_flags_is_turned_off_for_the_forward_pa
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
     assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+# -- the binary-classifier mode ---------------------------------------------------------------------------------
+
+BINARY_MODEL = """
+from torch import nn
+
+
+def one():
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+"""
+
+
+def _binary_run(folder: Path) -> tuple[Path, Path, Path]:
+    """Two checkpoints of a model of one output, a probe of 0/1 labels and the model file."""
+    runs = folder / "runs"
+    runs.mkdir(parents=True)
+    (folder / "model.py").write_text(BINARY_MODEL)
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    for step in (0, 10):
+        torch.save({"model": network.state_dict(), "step": step}, runs / f"ckpt_{step}.pt")
+        with torch.no_grad():
+            network[2].weight.add_(0.3)
+    x = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    np.savez(folder / "labels.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    return runs, folder / "labels.npz", folder / "model.py"
+
+
+def test_a_probe_of_three_classes_beside_0_1_labels_is_refused_with_the_models_own_width(tmp_path: Path) -> None:
+    """Beside a probe of 0/1 labels (which makes the one output a binary logit, C = 2), a probe of labels
+    0..2 was refused with "the model has 2 outputs": the model has one."""
+    runs, labels, model = _binary_run(tmp_path)
+    three = tmp_path / "three.npz"
+    np.savez(three, x=np.load(labels)["x"], y=np.arange(60) % 3)
+    result = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"l={labels}", "--probe", f"t={three}",
+                 "-o", tmp_path / "run.h5")
+    assert result.returncode == 1
+    assert f"error: the probe {three} (t) has class label 2 but the model has 1 outputs\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run.h5").exists()
