@@ -93,3 +93,27 @@ def test_a_probe_of_three_classes_beside_0_1_labels_is_refused_with_the_models_o
     assert f"error: the probe {three} (t) has class label 2 but the model has 1 outputs\n" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run.h5").exists()
+
+
+# -- a probe renamed on resume ----------------------------------------------------------------------------------
+
+
+def test_a_renamed_probe_is_not_said_to_resume_when_the_store_differs_in_more(tmp_path: Path) -> None:
+    """`--probe test=PROBE --top-k 8` on a store analysed as `probe` with --top-k 64: the fix said "name it
+    so, --probe probe=PATH, to resume", and the run so named still differed (in top_k)."""
+    runs, labels, model = _binary_run(tmp_path)
+    out = tmp_path / "run.h5"
+    first = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"probe={labels}", "-o", out)
+    assert first.returncode == 0, first.stderr
+    both = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"test={labels}", "--top-k", "8", "-o", out)
+    assert both.returncode == 1
+    fix = next(line for line in both.stderr.splitlines() if line.startswith("  fix: "))
+    assert fix.startswith("  fix: this run's probe 'test' is the store's probe 'probe' (the same file, sha256 ")
+    assert "to resume" not in fix
+    assert ": name it so, --probe probe=PATH (the other differences above remain: options.top_k); else pass " \
+        "--overwrite" in fix
+    renamed = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"probe={labels}", "--top-k", "8", "-o", out)
+    assert renamed.returncode == 1 and "options.top_k: 64 (store) vs 8 (this run)" in renamed.stderr
+    # the rename alone still resumes, as the fix says
+    alone = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"test={labels}", "-o", out)
+    assert alone.returncode == 1 and ": name it so, --probe probe=PATH, to resume; else" in alone.stderr
