@@ -362,16 +362,20 @@ def ieee_float32() -> None:
     float32 rounding of the same network, and a training script's model file may turn TF32 on for matrix
     products too (`torch.backends.cuda.matmul.allow_tf32 = True` at its top, run when fdl imports it).
     fdl measures the network's function, so both are turned off for its forward passes (`--dtype
-    bfloat16` / `float16` are there for speed). The flags are the legacy ones, which every torch fdl
-    supports sets without a warning; where a model file set the newer per-backend `fp32_precision`
-    first and the legacy setter refuses the mix, the newer ones are set."""
+    bfloat16` / `float16` are there for speed). The legacy flags are set first (older torch has no
+    other); on a torch with the newer `fp32_precision` flags, the legacy cuDNN setter only clears the
+    convolutions' and RNNs' own flags, which then inherit cuDNN's and the global `fp32_precision`: a
+    model file's `torch.backends.fp32_precision = "tf32"` (or `torch.backends.cudnn.fp32_precision`)
+    kept TF32 on for them. Each operation's own flag is set to "ieee" there, which overrides both."""
     try:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    except RuntimeError:  # pragma: no cover - torch >= 2.9 with the new API used first
-        backends: tuple[Any, ...] = (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cudnn, "rnn", None),
-                                     torch.backends.cuda.matmul)
-        for backend in backends:
+    except RuntimeError:  # pragma: no cover - a torch whose legacy setters refuse a mix with the newer flags
+        pass
+    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9
+        per_operation: tuple[Any, ...] = (getattr(torch.backends.cudnn, "conv", None),
+                                          getattr(torch.backends.cudnn, "rnn", None), torch.backends.cuda.matmul)
+        for backend in per_operation:
             if backend is not None:
                 backend.fp32_precision = "ieee"
 

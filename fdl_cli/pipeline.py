@@ -1252,6 +1252,8 @@ def _binary_logit(ctx: _Context, probe: Any) -> int:
             f"classifier's logit for the 0/1 labels of probe {labelled!r} (as the two-class logits (0, z))",
             fix=f"analyse probe {probe.name!r} into a store of its own (--out), or save its targets as 0/1 labels",
         )
+    if probe.task == "classes" and probe.n_classes is not None and probe.n_classes > 2:
+        return 1  # refused by `validate_probe` with the model's own width (it said "the model has 2 outputs")
     if not ctx.binary_logit:
         ctx.binary_logit = True
         ctx.reporter.note(

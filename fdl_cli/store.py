@@ -1302,9 +1302,15 @@ class StoreWriter:
                 renamed = _renamed_probes(stored_probes, self._probes)
                 if renamed:
                     # the same probe file under another name (`--probe test=probe.npz` on a store that calls
-                    # it `probe`): a different run only by its name, which the fix can give back
+                    # it `probe`): a different run only by its name, which the fix can give back; "to resume"
+                    # only when nothing else differs (it was said beside another --top-k, say, which still differs)
+                    names = {name for pair in renamed for name in pair[:2]}
+                    others = [d for d in differences
+                              if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)]
+                    then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
+                            if others else ", to resume")
                     fix = ("; ".join(f"this run's probe {new!r} is the store's probe {old!r} (the same file, sha256 "
-                                     f"{sha[:12]}): name it so, --probe {old}=PATH, to resume" for new, old, sha in renamed)
+                                     f"{sha[:12]}): name it so, --probe {old}=PATH" + then for new, old, sha in renamed)
                            + "; else " + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
