@@ -128,24 +128,30 @@ def test_shard_probe_checks_the_range_on_the_whole_probe_as_one_process(tmp_path
         assert theirs["rank"] == mine["rank"]
 
 
-def test_watch_progress_lines_leave_out_the_wait_for_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--watch: a poll found 2 checkpoints (5 s each), then nothing for an hour, then 3. The lines of the
-    second poll said "1/3 checkpoints, ...; 1:00:15 elapsed, about 0:40:10 left" (the idle hour in both)."""
+def _watch_log(monkeypatch: pytest.MonkeyPatch, interval: str, polls: tuple[tuple[int, float], ...]) -> list[str]:
+    """The progress lines of --watch polls, each (checkpoints found, seconds idle before it), every
+    checkpoint taking 5 s, written to a log (not a terminal) with FDL_PROGRESS_INTERVAL=`interval`."""
     from rich.console import Console
 
     now = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
-    monkeypatch.setenv(progress.LOG_INTERVAL_ENV, "0")
+    monkeypatch.setenv(progress.LOG_INTERVAL_ENV, interval)
     out = io.StringIO()
     with progress.RichReporter(Console(file=out, force_terminal=False, width=200)) as reporter:
-        for total, idle in ((2, 0.0), (3, 3600.0)):
+        for total, idle in polls:
             now[0] += idle
             reporter.start_run(total)
             for index in range(total):
                 reporter.start_checkpoint(index, total, f"step {index}")
                 now[0] += 5.0
                 reporter.end_checkpoint()
-    assert out.getvalue().splitlines() == [
+    return out.getvalue().splitlines()
+
+
+def test_watch_progress_lines_leave_out_the_wait_for_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--watch: a poll found 2 checkpoints (5 s each), then nothing for an hour, then 3. The lines of the
+    second poll said "1/3 checkpoints, ...; 1:00:15 elapsed, about 0:40:10 left" (the idle hour in both)."""
+    assert _watch_log(monkeypatch, "0", ((2, 0.0), (3, 3600.0))) == [
         "progress: 1/2 checkpoints, last step 0; 0:00:05 elapsed, about 0:00:05 left",
         "progress: 2/2 checkpoints, last step 1; 0:00:10 elapsed",
         "progress: 1/3 checkpoints, last step 0; 0:00:05 elapsed, about 0:00:10 left",
@@ -157,21 +163,7 @@ def test_watch_progress_lines_leave_out_the_wait_for_checkpoints(monkeypatch: py
 def test_a_poll_after_a_long_wait_gets_its_line_at_its_first_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """The interval still counts from the last line written: the first checkpoint a poll finds after more
     than the interval shows in the log (a watch's sign of life), with the poll's own times."""
-    from rich.console import Console
-
-    now = [0.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
-    monkeypatch.setenv(progress.LOG_INTERVAL_ENV, "30")
-    out = io.StringIO()
-    with progress.RichReporter(Console(file=out, force_terminal=False, width=200)) as reporter:
-        for total, idle in ((2, 0.0), (2, 600.0)):
-            now[0] += idle
-            reporter.start_run(total)
-            for index in range(total):
-                reporter.start_checkpoint(index, total, f"step {index}")
-                now[0] += 5.0
-                reporter.end_checkpoint()
-    assert out.getvalue().splitlines() == [
+    assert _watch_log(monkeypatch, "30", ((2, 0.0), (2, 600.0))) == [
         "progress: 1/2 checkpoints, last step 0; 0:00:05 elapsed, about 0:00:05 left",
     ]
 
