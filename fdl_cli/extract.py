@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +275,21 @@ def resolve_device(name: str) -> torch.device:
             fix="pick a GPU that is listed (nvidia-smi lists them), or --device cuda for the current one",
         )
     return device
+
+
+def current_cuda_device(device: torch.device) -> AbstractContextManager[Any]:
+    """`device` (`cuda:i`) as the current CUDA device within the block, the caller's restored after it.
+
+    fdl moves the model and the probe to `cuda:i`, but a model file may place things on the *current*
+    device: `.cuda()` in its factory, `torch.zeros(..., device="cuda")` or `torch.cuda.current_device()`
+    in its forward. Those landed on GPU 0, and the forward pass failed with "tensors on different
+    devices" under `--device cuda:1`. A context (torch.cuda.device), not torch.cuda.set_device: fdl runs
+    as a library too (`pipeline.run_analyze` in a notebook), whose caller keeps its own current device.
+    It holds for the calling thread only; fdl's other threads run no torch operation. A no-op on the CPU
+    and for `cuda` without an index, which is the current device already."""
+    if device.type != "cuda" or device.index is None:
+        return nullcontext()
+    return torch.cuda.device(device)
 
 
 class ProgramModel(nn.Module):

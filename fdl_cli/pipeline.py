@@ -718,14 +718,36 @@ def run_analyze(
     stdin: TextIO | None = None,
 ) -> AnalyzeSummary:
     """Analyse the checkpoints of `options` into the store; returns what was done."""
+    from fdl_cli import distributed
+    from fdl_cli.extract import current_cuda_device, resolve_device
+
+    world = distributed.detect_world()
+    _check_redo_options(options, world)
+    # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
+    # on a two-GPU machine) was said only once the checkpoints had been found (a --trust-pickle folder's
+    # unpickled to read their steps), the probe read and checked and the model file imported. --device
+    # is a command-line option only: no fdl.toml changes it.
+    device = resolve_device(distributed.device_for(world, options.device))
+    # The model is built and run with `cuda:i` current, so that what it puts on "the" GPU goes there too
+    # (extract.current_cuda_device); the caller's current device is back when this returns.
+    with current_cuda_device(device):
+        return _run_analyze(options, world, device, reporter=reporter, on_record=on_record, stdin=stdin)
+
+
+def _run_analyze(
+    options: AnalyzeOptions,
+    world: Any,
+    device: Any,
+    *,
+    reporter: Reporter | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    stdin: TextIO | None,
+) -> AnalyzeSummary:
     from fdl_cli import checkpoints as ckpts
     from fdl_cli import distributed
-    from fdl_cli.extract import resolve_device
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     reporter = reporter or NullReporter()
-    world = distributed.detect_world()
-    _check_redo_options(options, world)
     if world.distributed and not world.writes:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
     # The manifest's folder: the one folder that holds every source given, else the one folder given.
@@ -815,7 +837,7 @@ def run_analyze(
         factory=factory,
         model_kwargs=model_kwargs,
         layer_names=layer_names,
-        device=resolve_device(distributed.device_for(world, options.device)),
+        device=device,
         reporter=reporter,
         world=world,
         model_source=model_source,
