@@ -40,6 +40,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    #: the ranks on this machine (torchrun's LOCAL_WORLD_SIZE); None when not said: maybe all of them
+    local_size: int | None = None
 
     @property
     def distributed(self) -> bool:
@@ -58,25 +60,29 @@ def detect_world(environ: dict[str, str] | None = None) -> World:
         size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
         local_rank = int(env.get("LOCAL_RANK", str(rank)))
+        local_size = int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE") else None
     except ValueError:
         raise FdlError(
-            "RANK / WORLD_SIZE / LOCAL_RANK are not integers",
-            got=f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}",
+            "RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE are not integers",
+            got=f"RANK={env.get('RANK')!r}, WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}, "
+            f"LOCAL_WORLD_SIZE={env.get('LOCAL_WORLD_SIZE')!r}",
             fix="start fdl with torchrun, or unset those variables",
         ) from None
     if size < 1 or not 0 <= rank < size:
         raise FdlError(
             "RANK must lie in [0, WORLD_SIZE)", got=f"RANK={rank}, WORLD_SIZE={size}", fix="start fdl with torchrun"
         )
-    return World(rank=rank, size=size, local_rank=local_rank)
+    return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
 
 
 def device_for(world: World, requested: str) -> str:
-    """Under torchrun each rank takes its own GPU: `auto`/`cuda` become `cuda:LOCAL_RANK`."""
+    """Under torchrun each rank takes its own GPU: `auto`/`cuda` become `cuda:LOCAL_RANK`; an explicit
+    `cuda:i` is refused where it would put several ranks on one GPU of several."""
     if not world.distributed:
         return requested
     import torch
 
+    _refuse_one_gpu_for_all(world, requested)
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count and world.local_rank >= count:
@@ -93,6 +99,33 @@ def device_for(world: World, requested: str) -> str:
             )
         return f"cuda:{world.local_rank}"
     return requested
+
+
+def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
+    """`--device cuda:0` under `torchrun --nproc-per-node 4` on a 4-GPU machine put every rank on GPU 0 (with
+    the other GPUs idle), where NCCL refuses a second rank ("Duplicate GPU detected": a DistBackendError
+    traceback at the first collective). Refused when this machine runs several ranks and shows several
+    GPUs. With one GPU visible it is let through: a launcher that gives each rank a GPU of its own
+    through CUDA_VISIBLE_DEVICES shows each rank that GPU alone, as cuda:0."""
+    import torch
+
+    try:
+        index = torch.device(requested).index if requested.startswith("cuda:") else None
+    except RuntimeError:
+        return  # not a device: resolve_device says so
+    local = world.size if world.local_size is None else world.local_size
+    if index is None or local < 2 or not torch.cuda.is_available() or (count := torch.cuda.device_count()) < 2:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise FdlError(
+        f"--device {requested} under torchrun puts every rank of this machine on GPU {index}, and NCCL refuses "
+        "two ranks on one GPU",
+        got=f"{local} ranks on this machine" + ("" if world.local_size is not None else " (at most)")
+        + f", {count} CUDA GPUs visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
+        fix=f"pass --device cuda: each rank then takes the GPU of its LOCAL_RANK (cuda:0 .. cuda:{local - 1}); "
+        "choose which GPUs those are with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun "
+        "--nproc-per-node 2 ...)",
+    )
 
 
 def init_process_group(world: World, device: Any) -> None:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 import fdl_cli.extract
+from fdl_cli.distributed import World, detect_world, device_for
+from fdl_cli.errors import FdlError
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run
 from tests.tiny_models import mlp
@@ -125,6 +127,62 @@ def test_a_gpu_the_machine_lacks_is_refused_before_any_file_is_read(tmp_path: Pa
     assert "2 CUDA GPU(s) visible: cuda:0 .. cuda:1 (CUDA_VISIBLE_DEVICES=3,5)" in result.stderr
     assert "Traceback" not in result.stderr
     assert work == []
+    assert not (tmp_path / "s.h5").exists()
+
+
+# -- torchrun and an explicit index ------------------------------------------------------------------------
+
+
+def test_an_explicit_gpu_for_every_rank_of_a_machine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun `--device cuda` gives rank r `cuda:LOCAL_RANK`, but `--device cuda:0` gave every rank
+    GPU 0 while the others idled, and NCCL refuses a second rank on one GPU (a DistBackendError traceback
+    at the first collective)."""
+    _gpus(monkeypatch, 4)
+    two_here = World(rank=1, size=2, local_rank=1, local_size=2)
+    with pytest.raises(FdlError) as caught:
+        device_for(two_here, "cuda:0")
+    assert caught.value.what == ("--device cuda:0 under torchrun puts every rank of this machine on GPU 0, and NCCL "
+                                 "refuses two ranks on one GPU")
+    assert caught.value.got == "2 ranks on this machine, 4 CUDA GPUs visible"
+    assert caught.value.fix is not None
+    assert caught.value.fix.startswith("pass --device cuda: each rank then takes the GPU of its LOCAL_RANK "
+                                       "(cuda:0 .. cuda:1); choose which GPUs those are with CUDA_VISIBLE_DEVICES")
+    # without LOCAL_WORLD_SIZE every rank may be on this machine
+    with pytest.raises(FdlError) as caught:
+        device_for(World(rank=0, size=3, local_rank=0), "cuda:2")
+    assert caught.value.got == "3 ranks on this machine (at most), 4 CUDA GPUs visible"
+    # what stays as it was
+    assert device_for(two_here, "cuda") == "cuda:1"
+    assert device_for(two_here, "auto") == "cuda:1"
+    assert device_for(two_here, "cpu") == "cpu"
+    assert device_for(World(rank=1, size=2, local_rank=0, local_size=1), "cuda:2") == "cuda:2"  # one rank a machine
+    assert device_for(World(), "cuda:2") == "cuda:2"  # one process
+    _gpus(monkeypatch, 1)  # a launcher that shows each rank its own GPU, as cuda:0
+    assert device_for(two_here, "cuda:0") == "cuda:0"
+
+
+def test_local_world_size_is_read_from_torchrun() -> None:
+    assert detect_world({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}) == World(
+        rank=3, size=4, local_rank=1, local_size=2)
+    assert detect_world({"RANK": "1", "WORLD_SIZE": "2"}).local_size is None
+    with pytest.raises(FdlError) as caught:
+        detect_world({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "two"})
+    assert "LOCAL_WORLD_SIZE='two'" in (caught.value.got or "")
+
+
+def test_an_explicit_gpu_under_torchrun_is_a_clear_error_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a rank prints (every rank alike, before any process group is joined or file read)."""
+    run = _make_run(tmp_path / "run")
+    _gpus(monkeypatch, 2)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    result = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--probe", run / "probe.npz",
+                 "--out", tmp_path / "s.h5", "--device", "cuda:1")
+    assert result.code == 1
+    assert "error: --device cuda:1 under torchrun puts every rank of this machine on GPU 1" in result.stderr
+    assert "pass --device cuda" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "s.h5").exists()
 
 
