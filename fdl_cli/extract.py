@@ -266,7 +266,17 @@ def resolve_device(name: str) -> torch.device:
             fix="use --device auto, cpu, cuda or cuda:i",
         )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but no CUDA GPU is available", fix="use --device cpu or auto")
+        # Said with the device asked for (it read "--device cuda" for cuda:1 too) and, where fdl can tell,
+        # why: a CPU build of torch (the wheel pip picks on some machines), or CUDA_VISIBLE_DEVICES
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        cpu_build = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+        raise ModelError(
+            f"--device {name}: no CUDA GPU is available",
+            got=(f"torch {torch.__version__}, a build without CUDA" if cpu_build
+                 else f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else None),
+            fix="use --device cpu, or auto (a GPU when there is one)"
+            + ("; for the GPU, install a CUDA build of torch" if cpu_build else ""),
+        )
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
         raise ModelError(
             f"--device {name}: this machine has no GPU {device.index}",

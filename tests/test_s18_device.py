@@ -130,6 +130,34 @@ def test_a_gpu_the_machine_lacks_is_refused_before_any_file_is_read(tmp_path: Pa
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_no_gpu_at_all_is_said_with_the_device_asked_for_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It read "--device cuda was asked for but no CUDA GPU is available" for `--device cuda:1` too, and left
+    the user to find out that their torch is a CPU build, or that CUDA_VISIBLE_DEVICES hides the GPUs."""
+    from fdl_cli.errors import ModelError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None)
+    with pytest.raises(ModelError) as caught:
+        fdl_cli.extract.resolve_device("cuda:1")
+    assert caught.value.what == "--device cuda:1: no CUDA GPU is available"
+    assert caught.value.got == f"torch {torch.__version__}, a build without CUDA"
+    assert caught.value.fix == ("use --device cpu, or auto (a GPU when there is one); for the GPU, install a CUDA "
+                                "build of torch")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ModelError) as caught:
+        fdl_cli.extract.resolve_device("cuda")
+    assert caught.value.what == "--device cuda: no CUDA GPU is available"
+    assert caught.value.got == "CUDA_VISIBLE_DEVICES=''"
+    assert caught.value.fix == "use --device cpu, or auto (a GPU when there is one)"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(ModelError) as caught:
+        fdl_cli.extract.resolve_device("cuda:0")
+    assert caught.value.got is None
+    assert fdl_cli.extract.resolve_device("auto") == torch.device("cpu")
+
+
 # -- torchrun and an explicit index ------------------------------------------------------------------------
 
 
