@@ -291,12 +291,17 @@ def _is_export(path: Path, names: Sequence[str]) -> bool:
     return path.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names)
 
 
+class _CutShort(ValueError):
+    """A file shorter than its own header says: a save or copy not finished."""
+
+
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             raw_len = handle.read(8)
             if len(raw_len) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
+                raise _CutShort("the file is empty (0 bytes)" if not raw_len
+                                else "file shorter than the 8-byte header length")
             (length,) = struct.unpack("<Q", raw_len)
             size = path.stat().st_size
             if length > size - 8:
@@ -304,7 +309,7 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(handle.read(length))
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + length + end > size:
-            raise ValueError(
+            raise _CutShort(
                 f"tensor data ends at byte {8 + length + end} but the file has {size} (truncated)"
             )
     except OSError as exc:  # the file cannot be read at all (permission, ...): not a damaged file
@@ -314,7 +319,9 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read the safetensors file {path}",
             got=str(exc),
-            fix="the file is truncated or not safetensors; re-save or re-download it",
+            # safetensors writes its header first: a file cut short is most often one still being written
+            fix=(_CUT_SHORT_FIX if isinstance(exc, _CutShort)
+                 else "the file is truncated or not safetensors; re-save or re-download it"),
         ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"cannot read the safetensors file {path}", got="a header that is not a table")
@@ -740,12 +747,41 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
         detail = str(exc).partition("WeightsUnpickler error:")[2].strip().splitlines()
         reason = f"not a valid zip archive or pickle ({detail[0][:160] if detail else 'unreadable data'})"
     if path.is_file() and path.stat().st_size == 0:
-        reason = "the file is empty"
+        return _empty_error(path)
+    cut = _zip_cut_short(path)
+    if cut is not None:
+        # torch said "[Errno 22] Invalid argument" (cut in half) or "failed finding central directory"
+        return CheckpointError(
+            f"cannot read the checkpoint {path}",
+            got=f"a zip archive cut short ({cut} bytes, without the central directory that ends a whole one)",
+            fix=_CUT_SHORT_FIX,
+        )
     return CheckpointError(
         f"cannot read the checkpoint {path}",
         got=reason,
         fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
     )
+
+
+#: The fix of a checkpoint file cut short or empty: a save not finished (a training job still writing
+#: it, or one killed while saving), or a copy cut short.
+_CUT_SHORT_FIX = ("re-save or re-copy it; a file a training job is still writing is analysed by the same command "
+                  "run again once it is written (it analyses only what the store lacks), or follow the job with --watch")
+
+
+def _empty_error(path: Path) -> CheckpointError:
+    return CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty (0 bytes)", fix=_CUT_SHORT_FIX)
+
+
+def _zip_cut_short(path: Path) -> int | None:
+    """The size of `path` when it begins as a zip archive (torch.save's format) but lacks the end a whole
+    one has: a torch.save not finished, or a copy cut short; None otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        return path.stat().st_size if head == b"PK\x03\x04" and not zipfile.is_zipfile(path) else None
+    except OSError:
+        return None
 
 
 def _os_reason(path: Path, exc: BaseException) -> tuple[str, str]:
@@ -1283,7 +1319,7 @@ def discover_checkpoints(
         if peek.kind is None:
             notes.append(peek.skip_reason or f"skipped {path.name}")
             if path.is_file() and path.stat().st_size == 0:
-                bad.append((path, CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty")))
+                bad.append((path, _empty_error(path)))
             continue
         kind = peek.kind
         try:

@@ -942,6 +942,8 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     unsuffixed: list[str] = []
     state: list[str] = []  # a Trainer's optimizer.pt, scheduler.pt, ... in each checkpoint-N folder given
     for note in notes:
+        if re.fullmatch(r"skipped .+: empty file", note):
+            continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
         training = re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
         if training is not None:
