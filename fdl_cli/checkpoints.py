@@ -42,6 +42,7 @@ from fdl_cli.errors import (
     ModelError,
     SameStepError,
     UnsafeCheckpointError,
+    WeightsMismatchError,
     WeightsNotFoundError,
     first_line,
 )
@@ -2617,7 +2618,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         if converted is not None:
             state, problem = converted, None
     if problem is not None:
-        raise CheckpointError(
+        raise WeightsMismatchError(
             f"the weights in {path} do not fit the model built by --model",
             got=problem,
             fix="wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)",
@@ -2625,7 +2626,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(
+        raise WeightsMismatchError(
             f"the weights in {path} do not fit the model",
             got=str(exc).splitlines()[0],
             fix="wrong --model or --model-kwargs?",

@@ -37,6 +37,7 @@ from fdl_cli.errors import (
     ResourceError,
     SameStepError,
     StoreError,
+    WeightsMismatchError,
     first_line,
 )
 from fdl_cli.fields import RECORD_FIELDS
@@ -2466,6 +2467,8 @@ def _run_refs(
                     else:
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
+                if isinstance(exc, WeightsMismatchError) and ref.step != reference.step:
+                    exc = _another_model(exc, reference)
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
@@ -2505,6 +2508,17 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
         if not resources.out_of_memory(exc):
             raise
         raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
+
+
+def _another_model(exc: WeightsMismatchError, reference: CheckpointRef) -> WeightsMismatchError:
+    """The weights of one checkpoint of the run do not fit the model that the reference's fit: a file of
+    another model among the run's ("wrong --model?" sent the user to change the model that fits the others)."""
+    return WeightsMismatchError(
+        exc.what, got=exc.got,
+        fix=f"the reference checkpoint {reference.path} (step {reference.step}) fits this model: this file holds "
+        "another model's weights (its sizes say which); leave it out (move it out of the folder, or select the run's "
+        "files with --glob or --steps), or, if it is the run's, check --model / --model-kwargs",
+    )
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
