@@ -1962,9 +1962,13 @@ def _check_stored_files(
     if plan is None:
         return {}
     stored, suspects = plan
+    elsewhere_now = sum(1 for step, ref, _ in suspects if ref.step != step)
     ctx.reporter.note(
-        f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
-        "recorded, to check they are the files that were analysed"
+        f"hashing {len(suspects)} stored checkpoint file(s) whose "
+        + ("size or modification time is not the one recorded" if not elsewhere_now else
+           "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
+           "size or modification time is not the one recorded, or whose step in this run is another")
+        + ", to check they are the files that were analysed"
     )
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}
@@ -2030,9 +2034,29 @@ def _check_stored_files(
             + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
                if len(redoable) == len(changed) else ""),
         )
+    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
+             if ref.step != step and digests.get(index) == stored[step][1]]
+    if moved:
+        raise _read_at_other_steps(out, moved)
     if note is not None:
         note(touched)
     return touched
+
+
+def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) -> StoreError:
+    """Files the store analysed, unchanged, that this run reads at other steps (another --step-offset or
+    --step-regex than the store's run, an fdl that reads another step key): analysed again at their new
+    steps, each was stored twice, and the run's steps mixed two readings, with exit 0."""
+    step, ref = moved[0]
+    more = f" (and {len(moved) - 1} more file(s) so)" if len(moved) > 1 else ""
+    return StoreError(
+        f"{ref.path}, which {out} analysed as step {step}, is step {ref.step} in this run (from its "
+        f"{ref.step_source}){more}: the store would hold the same checkpoint at two steps",
+        got="the same file, unchanged, read at another step: other --step-offset / --step-regex options than the "
+        "run that made the store?",
+        fix="give the options that read the steps as the store has them, or " + _OVERWRITE_FIX
+        + " to store the checkpoints at the steps this run reads",
+    )
 
 
 def _copy_of(
@@ -2102,6 +2126,13 @@ def _stored_files_to_hash(
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
             suspects.append((step, other, ""))
+            continue
+        # Past every stored step: a file training rewrites (changed since: its size or time differ), or the
+        # same file read at another step now (another --step-offset or --step-regex), which would be
+        # stored a second time, and which hashing then tells.
+        with contextlib.suppress(OSError, FdlError):
+            if file_signature(Path(other.path)) == stored[step][2]:
+                suspects.append((step, other, ""))
     return (stored, suspects) if suspects else None
 
 
