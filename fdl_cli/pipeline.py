@@ -81,6 +81,8 @@ class AnalyzeOptions:
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None
+    #: --step-offset: (PAT, N) pairs, N added to the steps of the checkpoints PAT takes in (a folder, a glob)
+    step_offsets: tuple[tuple[str, int], ...] = ()
     resume: bool = True
     trust_pickle: bool = False
     #: --weights: an entry (state_dict_ema) or key prefix (ema.) of the checkpoints' weights to analyse
@@ -757,7 +759,7 @@ def run_analyze(
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
-        step_regex=options.step_regex,
+        step_regex=options.step_regex, step_offsets=options.step_offsets,
         steps=options.steps,
         every=options.every,
         stdin=stdin,
@@ -893,7 +895,8 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
         signals.sleep(options.poll_seconds)
         try:
             discovery = ckpts.discover_checkpoints(
-                options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
+                options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+                step_offsets=options.step_offsets, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
                 trust_pickle=options.trust_pickle,
             )
@@ -997,7 +1000,8 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         if stored <= selected:
             return refs
         everything = ckpts.discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, weights=options.weights,
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+            step_offsets=options.step_offsets, weights=options.weights,
             trust_pickle=options.trust_pickle,
         )
     except FdlError:
@@ -2250,7 +2254,8 @@ def _rediscover(
     options = ctx.options
     try:
         discovery = discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+            step_offsets=options.step_offsets, stdin=None,
             weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
         )
     except SameStepError as exc:
