@@ -949,7 +949,10 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         if re.fullmatch(r"skipped .+: empty file", note):
             continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
-        training = re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+        # by name (optimizer.pt), or for what it holds (optim_500.pt: an optimizer's state_dict), one line for all:
+        # a run saving optim_N.pt beside each checkpoint had a line per file
+        training = (re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+                    or re.fullmatch(r"skipped (.+): optimizer state, no model weights", note))
         if training is not None:
             state.append(training.group(1))
         elif plain is None:

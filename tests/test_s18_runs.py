@@ -275,3 +275,23 @@ def test_a_checkpoint_of_another_model_among_the_run_names_the_reference(
     assert (f"fix: the reference checkpoint {run1 / 'step_0.safetensors'} (step 0) fits this model: this file holds "
             "another model's weights (its sizes say which); leave it out (move it out of the folder, or select the "
             "run's files with --glob or --steps), or, if it is the run's, check --model / --model-kwargs") in flat
+
+
+def test_optimizer_states_saved_beside_each_checkpoint_are_one_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loop saving optim_N.pt beside each step_N (and a rolling optimizer.pt) had a note a file: 300 lines
+    for a run of 300 checkpoints. Now one line, as for the training state a Trainer saves."""
+    run1, _, probe = _restarted(tmp_path)
+    net = mlp()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.zeros(2, 4)).sum().backward()
+    optimizer.step()
+    for step in (0, 10, 20):
+        torch.save(optimizer.state_dict(), run1 / f"optim_{step}.pt")
+    torch.save(optimizer.state_dict(), run1 / "optimizer.pt")
+    status, _, err = fdl(capsys, "analyze", run1, "--model", MODEL, "--probe", probe, "-o", tmp_path / "r.h5", *SMALL)
+    assert status == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: skipped 4 files of training state (optimizer, scheduler, RNG, arguments), not model "
+                     "weights: optimizer.pt, optim_0.pt, optim_10.pt, optim_20.pt"], err
