@@ -2060,7 +2060,7 @@ def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) 
         f"{ref.path}, which {out} analysed as step {step}, is step {ref.step} in this run (from its "
         f"{ref.step_source}){more}: the store would hold the same checkpoint at two steps",
         got="the same file, unchanged, read at another step: other --step-offset / --step-regex options than the "
-        "run that made the store?",
+        "run that made the store (or an fdl that reads another step key of the file)",
         fix="give the options that read the steps as the store has them, or " + _OVERWRITE_FIX
         + " to store the checkpoints at the steps this run reads",
     )
