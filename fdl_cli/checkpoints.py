@@ -42,6 +42,7 @@ from fdl_cli.errors import (
     ModelError,
     SameStepError,
     UnsafeCheckpointError,
+    WeightsMismatchError,
     WeightsNotFoundError,
     first_line,
 )
@@ -291,12 +292,17 @@ def _is_export(path: Path, names: Sequence[str]) -> bool:
     return path.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names)
 
 
+class _CutShort(ValueError):
+    """A file shorter than its own header says: a save or copy not finished."""
+
+
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             raw_len = handle.read(8)
             if len(raw_len) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
+                raise _CutShort("the file is empty (0 bytes)" if not raw_len
+                                else "file shorter than the 8-byte header length")
             (length,) = struct.unpack("<Q", raw_len)
             size = path.stat().st_size
             if length > size - 8:
@@ -304,7 +310,7 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(handle.read(length))
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + length + end > size:
-            raise ValueError(
+            raise _CutShort(
                 f"tensor data ends at byte {8 + length + end} but the file has {size} (truncated)"
             )
     except OSError as exc:  # the file cannot be read at all (permission, ...): not a damaged file
@@ -314,7 +320,9 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read the safetensors file {path}",
             got=str(exc),
-            fix="the file is truncated or not safetensors; re-save or re-download it",
+            # safetensors writes its header first: a file cut short is most often one still being written
+            fix=(_CUT_SHORT_FIX if isinstance(exc, _CutShort)
+                 else "the file is truncated or not safetensors; re-save or re-download it"),
         ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"cannot read the safetensors file {path}", got="a header that is not a table")
@@ -740,12 +748,41 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
         detail = str(exc).partition("WeightsUnpickler error:")[2].strip().splitlines()
         reason = f"not a valid zip archive or pickle ({detail[0][:160] if detail else 'unreadable data'})"
     if path.is_file() and path.stat().st_size == 0:
-        reason = "the file is empty"
+        return _empty_error(path)
+    cut = _zip_cut_short(path)
+    if cut is not None:
+        # torch said "[Errno 22] Invalid argument" (cut in half) or "failed finding central directory"
+        return CheckpointError(
+            f"cannot read the checkpoint {path}",
+            got=f"a zip archive cut short ({cut} bytes, without the central directory that ends a whole one)",
+            fix=_CUT_SHORT_FIX,
+        )
     return CheckpointError(
         f"cannot read the checkpoint {path}",
         got=reason,
         fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
     )
+
+
+#: The fix of a checkpoint file cut short or empty: a save not finished (a training job still writing
+#: it, or one killed while saving), or a copy cut short.
+_CUT_SHORT_FIX = ("re-save or re-copy it; a file a training job is still writing is analysed by the same command "
+                  "run again once it is written (it analyses only what the store lacks), or follow the job with --watch")
+
+
+def _empty_error(path: Path) -> CheckpointError:
+    return CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty (0 bytes)", fix=_CUT_SHORT_FIX)
+
+
+def _zip_cut_short(path: Path) -> int | None:
+    """The size of `path` when it begins as a zip archive (torch.save's format) but lacks the end a whole
+    one has: a torch.save not finished, or a copy cut short; None otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        return path.stat().st_size if head == b"PK\x03\x04" and not zipfile.is_zipfile(path) else None
+    except OSError:
+        return None
 
 
 def _os_reason(path: Path, exc: BaseException) -> tuple[str, str]:
@@ -1206,6 +1243,7 @@ def discover_checkpoints(
     missing_ok: bool = False,
     for_inspect: bool = False,
     trust_pickle: bool = False,
+    step_offsets: Sequence[tuple[str, int]] = (),
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1232,7 +1270,9 @@ def discover_checkpoints(
     exist is a note (--watch waits for the folder a trainer makes at its first save). ``for_inspect``:
     `fdl inspect` lists one checkpoint's modules and needs no step: a file without one (`final.pt`, a
     Trainer's final save_model() folder) is kept, after those with steps, and two files of one step do
-    not clash; messages name `fdl inspect`.
+    not clash; messages name `fdl inspect`. ``step_offsets`` (--step-offset PAT=N): N is added to the
+    step of each checkpoint that PAT takes in (`_offset_matches`), however its step was read: a job
+    restarted with its step count reset, into another folder or under other names.
     """
     notes: list[str] = []
     pattern = None
@@ -1255,6 +1295,7 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
+    offsets_used: set[tuple[str, int]] = set()
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
     candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
@@ -1283,7 +1324,7 @@ def discover_checkpoints(
         if peek.kind is None:
             notes.append(peek.skip_reason or f"skipped {path.name}")
             if path.is_file() and path.stat().st_size == 0:
-                bad.append((path, CheckpointError(f"cannot read the checkpoint {path}", got="the file is empty")))
+                bad.append((path, _empty_error(path)))
             continue
         kind = peek.kind
         try:
@@ -1297,7 +1338,14 @@ def discover_checkpoints(
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
             continue
+        offset = _offset_for(path, step_offsets)
+        if offset is not None:
+            step, source = _offset_step(path, step, source, offset)
+            offsets_used.add(offset)
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+    for unused in [offset for offset in step_offsets if offset not in offsets_used]:
+        notes.append(f"--step-offset '{unused[0]}={unused[1]}' matches none of the checkpoints found (a glob matched "
+                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
@@ -1357,6 +1405,42 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _offset_matches(path: Path, pattern: str) -> bool:
+    """Whether --step-offset's PAT takes in `path` (a checkpoint file or HF-style folder, as found): a glob
+    matched from the right, as --glob is (`resume_step_*.pt`, `run2/*`), or the folder it lies in, as
+    given (`run2`, `../restart/`)."""
+    with contextlib.suppress(ValueError):  # Path.match refuses an empty pattern
+        if path.match(pattern):
+            return True
+    try:
+        folder = Path(pattern)
+        return folder.is_dir() and path.absolute().parent.resolve() == folder.resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _offset_for(path: Path, step_offsets: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+    """The one (PAT, N) of --step-offset that takes in `path`, None when none does; two are an error (the
+    order of options would otherwise decide silently)."""
+    hits = [offset for offset in step_offsets if _offset_matches(path, offset[0])]
+    if len(hits) > 1:
+        raise CheckpointError(
+            f"{path} matches two --step-offset patterns: " + " and ".join(f"'{pat}={n}'" for pat, n in hits[:2]),
+            fix="give patterns that take in separate files (a folder each, or names of different shapes)",
+        )
+    return hits[0] if hits else None
+
+
+def _offset_step(path: Path, step: int, source: str, offset: tuple[str, int]) -> tuple[int, str]:
+    moved = step + offset[1]
+    if not STEP_MIN <= moved <= STEP_MAX:
+        raise CheckpointError(
+            f"the training step of {path} does not fit a 64-bit integer with --step-offset '{offset[0]}={offset[1]}'",
+            got=f"step {step} (from its {source}) + {offset[1]}", fix="give a smaller offset",
+        )
+    return moved, f"{source} + {offset[1]}, --step-offset"
 
 
 def _held_step(folder: Path) -> tuple[str, int] | None:
@@ -1554,11 +1638,25 @@ def _dedupe(
                    else None)
             fix = _step_fix_for(ref.path)
             folder = _folder_regex(ref.path)
-            if first.path.name == ref.path.name and folder and all(
+            per_folder = collections.Counter(r.path.absolute().parent for r, _ in found)
+            several = [r.path.parent for r in (first, ref) if per_folder[r.path.absolute().parent] > 1]
+            if first.path.name == ref.path.name and folder and not several and all(
                     re.search(folder, _step_regex_subject(r.path, re.compile(folder))) for r in (first, ref)):
                 # mp_rank_00_model_states.pt in global_step100/ and global_step200/: a regex built from
                 # the name reads 00 again; the folders' names hold the steps
                 fix = f"pass --step-regex '{folder}' to take the steps from their folders' names"
+            elif len(several) == 2 and first.path.absolute().parent != ref.path.absolute().parent:
+                # run1/step_0..500 and run2/step_0..300: two runs, or one restarted into a second folder with
+                # its step count reset. The folders' names are no steps ('run(\d+)/' gave every file of run1
+                # step 1, whose error then advised the name's regex, which led back here).
+                got = (f"the folders {first.path.parent} ({per_folder[first.path.absolute().parent]} checkpoints) and "
+                       f"{ref.path.parent} ({per_folder[ref.path.absolute().parent]}) hold checkpoints of the same steps")
+                restart = _restart_offset(found, lambda r: str(r.path.absolute().parent), weights)
+                later, offset = (restart[0].path.parent, restart[1]) if restart else (ref.path.parent, None)
+                fix = ("two runs: analyse each folder into its own store (--out) and `fdl compare` them; one job "
+                       f"restarted into {later} with its step count reset: --step-offset '{later}="
+                       + (f"{offset}' ({restart[0].path.name} holds the weights of {restart[2].path})" if restart
+                          else "N' (N: the step it restarted from)") + " places its checkpoints after the others'")
             shapes = [_name_shape(r.path.name) for r, _ in found]
             if _name_shape(first.path.name) != _name_shape(ref.path.name):
                 # checkpoint-1.pth.tar and recovery-1-10.pth.tar (timm): a --step-regex built from one name
@@ -1580,6 +1678,7 @@ def _dedupe(
                 elif _name_regex(keep):  # none for a step in scientific notation (iter_1e5.pt)
                     fix = (f"pass --step-regex '^{_name_regex(keep)}$' to analyse only the files named like {keep} "
                            f"{why}; the steps are then the numbers its group captures")
+                fix += _restart_fix(found, keep, weights)
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
@@ -1598,6 +1697,46 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _restart_offset(
+    found: Sequence[tuple[CheckpointRef, str | None]], group: Callable[[CheckpointRef], str], weights: str | None
+) -> tuple[CheckpointRef, int, CheckpointRef] | None:
+    """(restarted, offset, resumed from) when a checkpoint of one group (a folder, a shape of name) holds
+    the same weights as one of another group at a later step: a job restarted from that checkpoint with
+    its step count reset, whose first save repeats it (run2/step_0.pt = run1/step_500.pt: offset 500).
+    None when no such pair is found (the job saved nothing at its restart)."""
+    by_print: dict[str, list[CheckpointRef]] = {}
+    for ref, fingerprint in found:
+        if fingerprint:
+            by_print.setdefault(fingerprint, []).append(ref)
+    for refs in by_print.values():
+        for early in refs:
+            for late in refs:
+                if group(early) != group(late) and late.step > early.step:
+                    with contextlib.suppress(CheckpointError):
+                        if _same_weights(early, late, weights):
+                            return early, late.step - early.step, late
+    return None
+
+
+def _restart_fix(found: Sequence[tuple[CheckpointRef, str | None]], keep: str, weights: str | None) -> str:
+    """For two patterns of names at the same steps (step_N.pt, resume_step_N.pt): the --step-offset that
+    places the files of a job restarted with its step count reset after the others; "" when no glob of
+    the other names leaves out the kept ones."""
+    restart = _restart_offset(found, lambda r: _name_shape(r.path.name), weights)
+    other = restart[0].path.name if restart else next(
+        (r.path.name for r, _ in found if _name_shape(r.path.name) != _name_shape(keep)), None)
+    if other is None:
+        return ""
+    kept = [r.path for r, _ in found if _name_shape(r.path.name) != _name_shape(other)]
+    glob = next((glob for glob in (_name_glob(other), _name_glob(other, "*[0-9]"))
+                 if not any(path.match(glob) for path in kept)), None)
+    if glob is None:
+        return ""
+    return (f"; or, for a job restarted with its step count reset into names like {other}, --step-offset '{glob}="
+            + (f"{restart[1]}' ({restart[0].path.name} holds the weights of {restart[2].path.name})" if restart
+               else "N' (N: the step it restarted from)") + " to place them after the others")
 
 
 def _copy_rank(ref: CheckpointRef, shapes: Mapping[str, int]) -> tuple[bool, int, bool]:
@@ -2581,7 +2720,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         if converted is not None:
             state, problem = converted, None
     if problem is not None:
-        raise CheckpointError(
+        raise WeightsMismatchError(
             f"the weights in {path} do not fit the model built by --model",
             got=problem,
             fix="wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)",
@@ -2589,7 +2728,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(
+        raise WeightsMismatchError(
             f"the weights in {path} do not fit the model",
             got=str(exc).splitlines()[0],
             fix="wrong --model or --model-kwargs?",

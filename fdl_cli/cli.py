@@ -155,6 +155,22 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 
+def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """--step-offset PAT=N, repeatable: (PAT, N) pairs; PAT may hold '=' (Lightning's 'epoch=*'), N is
+    after the last one. A malformed value is a usage error (status 2), as `--steps a,b` is."""
+    pairs = []
+    for value in values:
+        pattern, equals, number = value.rpartition("=")
+        if not equals or not pattern.strip() or not _is_int(number.strip()):
+            raise click.BadParameter(
+                f"give PAT=N, a glob or folder and the integer added to its checkpoints' steps, e.g. "
+                f"--step-offset 'run2=500' or --step-offset 'resume_step_*=500' (got {value!r})",
+                param_hint="--step-offset",
+            )
+        pairs.append((pattern.strip(), int(number.strip())))
+    return tuple(dict.fromkeys(pairs))
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
@@ -207,6 +223,9 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
 @click.option("--step-regex", metavar="RE",
               help="Regex whose first group is the step, for odd names (with a /: searched in FOLDER/NAME).")
+@click.option("--step-offset", "step_offsets", multiple=True, metavar="PAT=N", callback=_step_offsets,
+              help="Add N to the steps of the checkpoints in folder PAT, or whose names match the glob PAT (from the "
+              "right, as --glob): a job restarted with its step count reset, e.g. 'run2=500'. Repeatable.")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")

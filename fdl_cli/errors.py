@@ -52,6 +52,10 @@ class SameStepError(CheckpointError):
         super().__init__(what, got=got, fix=fix)
 
 
+class WeightsMismatchError(CheckpointError):
+    """The weights a checkpoint holds do not fit the model built (missing or unexpected keys, shapes)."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """Loading this checkpoint would execute code; refused without --trust-pickle."""
 

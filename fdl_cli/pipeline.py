@@ -37,6 +37,7 @@ from fdl_cli.errors import (
     ResourceError,
     SameStepError,
     StoreError,
+    WeightsMismatchError,
     first_line,
 )
 from fdl_cli.fields import RECORD_FIELDS
@@ -80,6 +81,8 @@ class AnalyzeOptions:
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None
+    #: --step-offset: (PAT, N) pairs, N added to the steps of the checkpoints PAT takes in (a folder, a glob)
+    step_offsets: tuple[tuple[str, int], ...] = ()
     resume: bool = True
     trust_pickle: bool = False
     #: --weights: an entry (state_dict_ema) or key prefix (ema.) of the checkpoints' weights to analyse
@@ -778,7 +781,7 @@ def _run_analyze(
     discovery = ckpts.discover_checkpoints(
         options.sources,
         glob=options.glob_pattern,
-        step_regex=options.step_regex,
+        step_regex=options.step_regex, step_offsets=options.step_offsets,
         steps=options.steps,
         every=options.every,
         stdin=stdin,
@@ -914,7 +917,8 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
         signals.sleep(options.poll_seconds)
         try:
             discovery = ckpts.discover_checkpoints(
-                options.sources, glob=options.glob_pattern, step_regex=options.step_regex, steps=options.steps,
+                options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+                step_offsets=options.step_offsets, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
                 trust_pickle=options.trust_pickle,
             )
@@ -964,8 +968,13 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     unsuffixed: list[str] = []
     state: list[str] = []  # a Trainer's optimizer.pt, scheduler.pt, ... in each checkpoint-N folder given
     for note in notes:
+        if re.fullmatch(r"skipped .+: empty file", note):
+            continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
-        training = re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+        # by name (optimizer.pt), or for what it holds (optim_500.pt: an optimizer's state_dict), one line for all:
+        # a run saving optim_N.pt beside each checkpoint had a line per file
+        training = (re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+                    or re.fullmatch(r"skipped (.+): optimizer state, no model weights", note))
         if training is not None:
             state.append(training.group(1))
         elif plain is None:
@@ -1016,7 +1025,8 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         if stored <= selected:
             return refs
         everything = ckpts.discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, weights=options.weights,
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+            step_offsets=options.step_offsets, weights=options.weights,
             trust_pickle=options.trust_pickle,
         )
     except FdlError:
@@ -1981,9 +1991,13 @@ def _check_stored_files(
     if plan is None:
         return {}
     stored, suspects = plan
+    elsewhere_now = sum(1 for step, ref, _ in suspects if ref.step != step)
     ctx.reporter.note(
-        f"hashing {len(suspects)} stored checkpoint file(s) whose size or modification time is not the one "
-        "recorded, to check they are the files that were analysed"
+        f"hashing {len(suspects)} stored checkpoint file(s) whose "
+        + ("size or modification time is not the one recorded" if not elsewhere_now else
+           "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
+           "size or modification time is not the one recorded, or whose step in this run is another")
+        + ", to check they are the files that were analysed"
     )
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}
@@ -2049,9 +2063,29 @@ def _check_stored_files(
             + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
                if len(redoable) == len(changed) else ""),
         )
+    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
+             if ref.step != step and digests.get(index) == stored[step][1]]
+    if moved:
+        raise _read_at_other_steps(out, moved)
     if note is not None:
         note(touched)
     return touched
+
+
+def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) -> StoreError:
+    """Files the store analysed, unchanged, that this run reads at other steps (another --step-offset or
+    --step-regex than the store's run, an fdl that reads another step key): analysed again at their new
+    steps, each was stored twice, and the run's steps mixed two readings, with exit 0."""
+    step, ref = moved[0]
+    more = f" (and {len(moved) - 1} more file(s) so)" if len(moved) > 1 else ""
+    return StoreError(
+        f"{ref.path}, which {out} analysed as step {step}, is step {ref.step} in this run (from its "
+        f"{ref.step_source}){more}: the store would hold the same checkpoint at two steps",
+        got="the same file, unchanged, read at another step: other --step-offset / --step-regex options than the "
+        "run that made the store (or an fdl that reads another step key of the file)",
+        fix="give the options that read the steps as the store has them, or " + _OVERWRITE_FIX
+        + " to store the checkpoints at the steps this run reads",
+    )
 
 
 def _copy_of(
@@ -2121,6 +2155,13 @@ def _stored_files_to_hash(
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
             suspects.append((step, other, ""))
+            continue
+        # Past every stored step: a file training rewrites (changed since: its size or time differ), or the
+        # same file read at another step now (another --step-offset or --step-regex), which would be
+        # stored a second time, and which hashing then tells.
+        with contextlib.suppress(OSError, FdlError):
+            if file_signature(Path(other.path)) == stored[step][2]:
+                suspects.append((step, other, ""))
     return (stored, suspects) if suspects else None
 
 
@@ -2238,7 +2279,8 @@ def _rediscover(
     options = ctx.options
     try:
         discovery = discover_checkpoints(
-            options.sources, glob=options.glob_pattern, step_regex=options.step_regex, stdin=None,
+            options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
+            step_offsets=options.step_offsets, stdin=None,
             weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
         )
     except SameStepError as exc:
@@ -2486,6 +2528,8 @@ def _run_refs(
                     else:
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
+                if isinstance(exc, WeightsMismatchError) and ref.step != reference.step:
+                    exc = _another_model(exc, reference)
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
@@ -2525,6 +2569,17 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
         if not resources.out_of_memory(exc):
             raise
         raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
+
+
+def _another_model(exc: WeightsMismatchError, reference: CheckpointRef) -> WeightsMismatchError:
+    """The weights of one checkpoint of the run do not fit the model that the reference's fit: a file of
+    another model among the run's ("wrong --model?" sent the user to change the model that fits the others)."""
+    return WeightsMismatchError(
+        exc.what, got=exc.got,
+        fix=f"the reference checkpoint {reference.path} (step {reference.step}) fits this model: this file holds "
+        "another model's weights (its sizes say which); leave it out (move it out of the folder, or select the run's "
+        "files with --glob or --steps), or, if it is the run's, check --model / --model-kwargs",
+    )
 
 
 def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
