@@ -1149,7 +1149,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     """Resolve the layers and check every probe against the model with one sample, before long work.
     Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import float_one_hot, validate_probe
+    from fdl_cli.probes import float_one_hot, validate_probe, zero_one_targets
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1193,6 +1193,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
             )
+        elif zero_one_targets(probe):
+            ctx.reporter.warn(_zero_one_warning(probe))
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)
@@ -1231,6 +1233,25 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
     return passes
+
+
+def _zero_one_warning(probe: Any) -> str:
+    """What loss and r2 measure on float 0/1 targets (`probes.zero_one_targets`): the raw outputs, as they are,
+    against 0/1; a sigmoid model's logits (multi-label, or a binary classifier's one) do not fit those."""
+    if probe.y.shape[1] == 1:
+        return (
+            f"probe {probe.name!r}: y holds float 0/1 targets, analysed as regression targets of the raw output: "
+            "loss and r2 compare it as it is with 0/1; for a binary classifier trained with a sigmoid "
+            "(BCEWithLogitsLoss) that is its logit, so they do not measure its fit: save the targets as integer "
+            "labels (y.astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
+        )
+    return (
+        f"probe {probe.name!r}: y holds float 0/1 targets with several 1s, or none, in a row (multi-label "
+        "targets?), analysed as regression targets of the raw outputs: the quality (Q*, Π*) is measured against them "
+        "as against any targets, but loss and r2 compare the outputs as they are with 0/1; for a model "
+        "trained with a sigmoid per output (BCEWithLogitsLoss) those are its logits, so loss and r2 do not measure "
+        "its fit (fdl has no multi-label accuracy or BCE)"
+    )
 
 
 def _binary_labels(probes: Sequence[Any]) -> bool:

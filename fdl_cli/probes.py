@@ -637,18 +637,24 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
                 labels_per_position = y.size and (y.min() < 0 or y.max() > 1)  # token ids, -100 (ignored)
+                fix = ("give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
+                       "or float (n, C) regression targets")
                 if y.shape[1] == 1:  # y.reshape(-1, 1): a label per sample, in a column
                     got: str | None = "one label per sample in a column: give y[:, 0]"
                 elif labels_per_position:
                     got = (f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
                            "next tokens)? fdl measures one target per sample")
-                else:
-                    got = None
+                else:  # 0/1 with rows of several 1s or none: a multi-label probe (a sigmoid per output)
+                    several = int(np.count_nonzero(y.sum(axis=1) != 1))
+                    got = (f"0/1 values, {several} of {y.shape[0]} rows with several 1s or none: several labels "
+                           "per sample (multi-label)?")
+                    fix = ("fdl has no multi-label task (it measures one class per sample, or regression targets); "
+                           "to measure the features against these targets, save them as floats, "
+                           f"{key} = {key}.astype(np.float32): they are analysed as regression targets, and loss and "
+                           "r2 then compare the raw outputs (logits) with 0/1, not a sigmoid model's fit")
+                kind = "boolean" if y.dtype.kind == "b" else "integer"
                 raise ProbeError(
-                    f"the probe {path}: integer '{key}' of shape {y.shape} is not one-hot",
-                    got=got,
-                    fix="give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
-                    "or float (n, C) regression targets",
+                    f"the probe {path}: {kind} '{key}' of shape {y.shape} is not one-hot", got=got, fix=fix,
                 )
             y = y.argmax(axis=1)
         labels = y.astype(np.int64)
@@ -797,6 +803,17 @@ def float_one_hot(probe: Probe) -> bool:
     return (
         probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
         and all(bool(np.isin(rows, (0.0, 1.0)).all() and (rows.sum(axis=1) == 1).all()) for rows in _target_blocks(y))
+    )
+
+
+def zero_one_targets(probe: Probe) -> bool:
+    """Whether the probe's regression targets hold 0 and 1 alone and are not a float one-hot matrix
+    (`float_one_hot`): multi-label targets, or a binary classifier's as floats. A model trained on them with a
+    sigmoid (BCEWithLogitsLoss) outputs logits, which loss and r2 compare with 0/1 as they are."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and not float_one_hot(probe)
+        and all(bool(np.isin(rows, (0.0, 1.0)).all()) for rows in _target_blocks(y))
     )
 
 
