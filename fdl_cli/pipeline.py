@@ -32,6 +32,7 @@ from fdl_cli import __version__, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
+    ModelError,
     NumericalError,
     ProbeError,
     ResourceError,
@@ -721,7 +722,7 @@ def run_analyze(
     from fdl_cli import checkpoints as ckpts
     from fdl_cli import distributed
     from fdl_cli.extract import resolve_device
-    from fdl_cli.probes import load_probe, parse_probe_spec
+    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
 
     reporter = reporter or NullReporter()
     world = distributed.detect_world()
@@ -799,6 +800,9 @@ def run_analyze(
     for spec in probe_specs:
         name, path = parse_probe_spec(spec)
         probes.append(load_probe(path, name=name))
+        note = unused_note(probes[-1])
+        if note is not None:
+            reporter.note(note)
     if len({p.name for p in probes}) != len(probes):
         raise ProbeError(
             "two probes have the same name",
@@ -3259,10 +3263,17 @@ def inspect_checkpoint(
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
+    outputs_error: ModelError | None = None
     try:
         if sample is not None:
             with torch.inference_mode():
-                model_outputs(model(sample))
+                raw = model(sample)
+            try:
+                model_outputs(raw)
+            except ModelError as exc:
+                # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
+                # returned: said as the model's error, not as a probe that does not fit the model.
+                outputs_error = exc
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
@@ -3316,6 +3327,8 @@ def inspect_checkpoint(
         "default_layer": default_label,
         "default_features": default_features,
         "default_basis": default_basis,
+        # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
+        "outputs_error": outputs_error,
     }
 
 

@@ -61,6 +61,10 @@ class Probe:
     sha256: str
     #: the dtype of x in the file (uint8 images are read as int64, like token ids)
     stored_dtype: str = ""
+    #: the names of the file's other arrays, which fdl does not read (an attention mask beside the token ids)
+    unused: tuple[str, ...] = ()
+    #: the names x and y were read under (``inputs``, ``labels``, ...; ``""`` without targets)
+    keys: tuple[str, str] = ("x", "")
 
     @property
     def n(self) -> int:
@@ -102,7 +106,22 @@ def fit_fix(probe: Probe, error: str) -> str:
         hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
     elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
         hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
+    if "missing" in text and ("required positional argument" in text or "required keyword-only argument" in text):
+        hints.append(f"the model's forward takes more inputs than x, but fdl calls it with the probe's x alone, "
+                     f"forward(x): {SEVERAL_INPUTS}")
+    elif "invalid data type 'str'" in text:  # torch's words for tensor["name"]: a forward that takes a dict
+        hints.append(f"the model's forward reads its input by name (a dict of inputs?), but fdl calls it with the "
+                     f"probe's x alone, one tensor: {SEVERAL_INPUTS}")
     return "; ".join([FIT_FIX, *hints])
+
+
+#: how to analyse a model of several inputs (forward(x, mask), a dict): fdl gives forward the probe's x alone
+SEVERAL_INPUTS = (
+    "in the --model factory, return the network inside a wrapper whose forward(x) makes its inputs from x (a "
+    "padding mask from the token ids, x != PAD; or inputs saved stacked as the probe's x, "
+    "x = np.stack([ids, mask], 1), and forward(x) returning self.module(x[:, 0], x[:, 1])); a wrapper that holds "
+    "the network as `module` loads the checkpoints' keys as they are (README, Probe)"
+)
 
 
 def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
@@ -751,7 +770,22 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
     return Probe(
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
-        stored_dtype=stored_dtype,
+        stored_dtype=stored_dtype, unused=tuple(str(key) for key in arrays if key not in (x_key, y_key)),
+        keys=(x_key, y_key or ""),
+    )
+
+
+def unused_note(probe: Probe) -> str | None:
+    """The note that names the probe's arrays fdl does not read, or None: a model whose forward has an optional
+    second input (``forward(x, mask=None)``) runs without the mask saved beside x, and no error says so."""
+    if not probe.unused:
+        return None
+    shown = ", ".join(probe.unused[:8]) + (f", ... ({len(probe.unused)} in all)" if len(probe.unused) > 8 else "")
+    x_key, y_key = probe.keys
+    return (
+        f"probe {probe.name!r} ({probe.path}): not read: {shown}; fdl gives the model {x_key!r} alone, forward(x)"
+        + (f", and takes {y_key!r} as the targets" if y_key else "")
+        + " (a model of several inputs: README, Probe)"
     )
 
 

@@ -107,3 +107,229 @@ def test_other_float_targets_get_no_multi_label_warning(tmp_path: Path, y: np.nd
     result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
     assert result.returncode == 0, result.stderr
     assert "0/1 targets" not in result.stderr
+
+
+# ------------------------------------------------------------------------------- models of several inputs
+
+SEVERAL = MLP + '''
+
+class TwoInputs(nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, n_out)
+
+    def forward(self, x, mask):
+        return self.head(torch.relu(self.body(x * mask)))
+
+
+class DictInput(TwoInputs):
+    def forward(self, batch):
+        return self.head(torch.relu(self.body(batch["x"] * batch["mask"])))
+
+
+class OptionalMask(TwoInputs):
+    def forward(self, x, mask=None):
+        return self.head(torch.relu(self.body(x if mask is None else x * mask)))
+
+
+class Inputs(nn.Module):
+    """README, Probe: the wrapper a --model factory returns for a model of several inputs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.module = net
+
+    def forward(self, x):
+        return self.module(x[:, 0], x[:, 1])
+
+
+def two_inputs(n_out=3):
+    return TwoInputs(n_out)
+
+
+def dict_input(n_out=3):
+    return DictInput(n_out)
+
+
+def optional_mask(n_out=3):
+    return OptionalMask(n_out)
+
+
+def wrapped(n_out=3):
+    return Inputs(TwoInputs(n_out))
+'''
+
+
+def _mask(n: int = 12) -> np.ndarray:
+    return (np.random.default_rng(3).random((n, 4)) > 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize(("factory", "said"), [
+    ("two_inputs", "the model's forward takes more inputs than x, but fdl calls it with the probe's x alone"),
+    ("dict_input", "the model's forward reads its input by name (a dict of inputs?)"),
+])
+def test_a_model_of_several_inputs_is_explained_with_the_wrapper_to_write(
+    tmp_path: Path, factory: str, said: str
+) -> None:
+    """forward(x, mask) was "probe does not fit the model: missing 1 required positional argument: 'mask'; fix: give
+    the probe inputs the shape and dtype the model's forward expects", which no probe can follow; a forward taking a
+    dict said "new(): invalid data type 'str'". Nothing said that fdl calls forward(x) with x alone."""
+    runs, model = _run(tmp_path, SEVERAL, factory=factory)
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=_x(), mask=_mask(), y=np.arange(12) % 3)
+    for command in (("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5"),
+                    ("inspect", runs / "step_0.pt", *model, "--probe", probe)):
+        result = fdl(*command)
+        assert result.returncode == 1, command
+        text = " ".join(result.stderr.split())
+        assert said in text, command
+        assert "self.module(x[:, 0], x[:, 1])" in text and "holds the network as `module`" in text, command
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run.h5").exists()
+
+
+def test_the_readme_wrapper_analyses_a_model_of_two_inputs_with_its_own_numbers(tmp_path: Path) -> None:
+    """The wrapper README gives (inputs stacked as x, the network held as `module`) loads the network's own
+    checkpoint and measures it: the accuracy is the two-input model's, by hand."""
+    runs, model = _run(tmp_path, SEVERAL, factory="two_inputs")
+    module = model_file(tmp_path, SEVERAL)
+    x, mask, y = _x(), _mask(), np.arange(12) % 3
+    probe = tmp_path / "stacked.npz"
+    np.savez(probe, x=np.stack([x, mask], 1), y=y)
+    model[1] = model[1].replace(":two_inputs", ":wrapped")
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[0])
+    net = module.TwoInputs(3)
+    net.load_state_dict(torch.load(runs / "step_0.pt"))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
+    assert record["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == y)), abs=0)
+    assert record["n_features"] == 8 and record["n_outputs"] == 3
+
+
+def test_arrays_of_the_probe_that_fdl_does_not_read_are_named(tmp_path: Path) -> None:
+    """forward(x, mask=None) ran without the mask saved beside x in the probe, and nothing said so."""
+    runs, model = _run(tmp_path, SEVERAL, factory="optional_mask")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, inputs=_x(), mask=_mask(), labels=np.arange(12) % 3)
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
+    assert result.returncode == 0, result.stderr
+    assert (f"note: probe 'probe' ({probe}): not read: mask; fdl gives the model 'inputs' alone, forward(x), and "
+            "takes 'labels' as the targets (a model of several inputs: README, Probe)") in " ".join(result.stderr.split())
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x=_x(), y=np.arange(12) % 3)
+    quiet = fdl("analyze", runs, *model, "--probe", plain, "-o", tmp_path / "plain.h5")
+    assert quiet.returncode == 0 and "not read" not in quiet.stderr
+
+
+# --------------------------------------------------------------------------- where the logits are found
+
+OUTPUTS = MLP + '''
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    prediction: torch.Tensor
+    hidden: torch.Tensor
+
+
+class Net(nn.Module):
+    def __init__(self, n_out=3, kind="tensor"):
+        super().__init__()
+        self.kind = kind
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, n_out)
+
+    def forward(self, x):
+        hidden = torch.relu(self.body(x))
+        logits = self.head(hidden)
+        return {
+            "tensor": lambda: logits,
+            "dict": lambda: {"logits": logits, "aux": hidden.mean(1)},
+            "tuple": lambda: (logits, hidden),
+            "dataclass": lambda: Output(logits=logits, hidden=hidden),
+            "dict_out": lambda: {"out": logits, "aux": hidden},
+            "prediction": lambda: Prediction(prediction=logits, hidden=hidden),
+        }[self.kind]()
+
+
+class Wrapper(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def build_kind(n_out=3, kind="tensor"):
+    return Net(n_out, kind)
+
+
+def wrapped(n_out=3):
+    return Wrapper(Net(n_out))
+'''
+
+
+def test_dict_tuple_and_dataclass_outputs_give_the_numbers_of_the_tensor(tmp_path: Path) -> None:
+    runs, _ = _run(tmp_path, OUTPUTS, factory="build_kind")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=_x(), y=np.arange(12) % 3)
+    records = {}
+    for kind in ("tensor", "dict", "tuple", "dataclass"):
+        result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:build_kind", "--model-kwargs",
+                     json.dumps({"kind": kind}), "--probe", probe, "-o", tmp_path / f"{kind}.h5", "--json")
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout.splitlines()[0])
+        records[kind] = {k: record[k] for k in ("d_lr", "accuracy", "cross_entropy", "k95_utility", "n_outputs")}
+    assert records["dict"] == records["tensor"] == records["tuple"] == records["dataclass"]
+
+
+@pytest.mark.parametrize(("kind", "what", "got", "pick"), [
+    ("dict_out", "returned a dict without a 'logits' entry", "dict keys: 'out', 'aux'", "self.module(x)['out']"),
+    ("prediction", "returned an object of type Prediction without 'logits'", "its tensors: prediction, hidden",
+     "self.module(x).prediction"),
+])
+def test_outputs_without_logits_name_what_was_returned_and_the_wrapper(
+    tmp_path: Path, kind: str, what: str, got: str, pick: str
+) -> None:
+    """A dataclass without `logits` said "did not return a tensor; got: Prediction" (its fields unnamed), and
+    `fdl inspect --probe` blamed the probe ("give the probe inputs the shape and dtype the model's forward
+    expects") of a forward pass that had run, its module shapes all None without --probe."""
+    runs, _ = _run(tmp_path, OUTPUTS, factory="build_kind")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=_x(), y=np.arange(12) % 3)
+    model = ["--model", f"{tmp_path / 'model.py'}:build_kind", "--model-kwargs", json.dumps({"kind": kind})]
+    analyzed = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
+    inspected = fdl("inspect", runs / "step_0.pt", *model, "--probe", probe, "--json")
+    for result in (analyzed, inspected):
+        assert result.returncode == 1
+        text = " ".join(result.stderr.split())
+        assert f"error: the model's forward {what}, so its outputs cannot be told" in text
+        assert f"got: {got}" in text
+        assert f"holds it as `module` (so the checkpoints' keys load as they are) and whose forward(x) returns {pick}" \
+            in text
+        assert "probe" not in text.split("error:", 1)[1]
+    listing = json.loads(inspected.stdout)  # the pass ran: its shapes are listed, and the default layer
+    shapes = {row["name"]: row["output_shape"] for row in listing["modules"]}
+    assert shapes["body"] == [1, 8] and shapes["head"] == [1, 3]
+    assert listing["default_layer"] == "head:input" and listing["default_features"] == 8
+
+
+def test_a_wrapper_that_names_the_network_otherwise_is_told_to_call_it_module(tmp_path: Path) -> None:
+    runs, _ = _run(tmp_path, OUTPUTS, factory="build_kind")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=_x(), y=np.arange(12) % 3)
+    result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:wrapped", "--probe", probe,
+                 "-o", tmp_path / "run.h5")
+    assert result.returncode == 1
+    assert "the model's keys are the checkpoint's under 'net.'" in result.stderr
+    assert "fix: the --model factory wraps the network as 'net': name that attribute `module` (self.module = net)" \
+        in result.stderr
