@@ -31,8 +31,8 @@ import numpy as np
 
 from fdl_cli.errors import ProbeError
 
-X_KEYS = ("x", "inputs", "data", "images", "X")  # first found wins
-Y_KEYS = ("y", "targets", "labels", "Y")
+X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
+Y_KEYS = ("y", "targets", "labels", "Y", "label")
 PROBE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".h5", ".hdf5")
 DEFAULT_NAME = "probe"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")

@@ -333,3 +333,75 @@ def test_a_wrapper_that_names_the_network_otherwise_is_told_to_call_it_module(tm
     assert "the model's keys are the checkpoint's under 'net.'" in result.stderr
     assert "fix: the --model factory wraps the network as 'net': name that attribute `module` (self.module = net)" \
         in result.stderr
+
+
+# ------------------------------------------------------------------------------- a transformer on token ids
+
+TRANSFORMER = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Token ids (b, 3) -> logits (b, 5): embedding, one encoder layer, the last position's head."""
+
+    def __init__(self, n_out=5):
+        super().__init__()
+        self.embed = nn.Embedding(6, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(8, n_out)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens))[:, -1])
+
+
+def build(n_out=5):
+    return Tiny(n_out)
+'''
+
+
+def test_a_transformer_on_int32_token_ids_in_uneven_batches_matches_a_float64_computation(tmp_path: Path) -> None:
+    """Token ids saved as int32 (as tokenizers give them), a probe of 7 in batches of 3: the eigenvalues of the
+    uncentered second moment, D_LR's output rank and the accuracy equal numpy's on features hooked by hand."""
+    runs, model = _run(tmp_path, TRANSFORMER, n_out=5)
+    module = model_file(tmp_path, TRANSFORMER)
+    tokens = np.random.default_rng(4).integers(0, 6, size=(7, 3)).astype(np.int32)
+    labels = np.array([0, 1, 2, 3, 4, 0, 1], dtype=np.uint8)
+    probe = tmp_path / "tokens.npz"
+    np.savez(probe, x=tokens, y=labels)
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5", "--batch-size", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[0])
+    exported = fdl("export", tmp_path / "run.h5", "--what", "eigenvalues", "--format", "json")
+    eigenvalues = np.array(json.loads(exported.stdout)[0]["eigenvalues"])
+
+    net = module.build(5)
+    net.load_state_dict(torch.load(runs / "step_0.pt"))
+    net.eval()
+    taken: list[torch.Tensor] = []
+    net.head.register_forward_hook(lambda _m, inputs, _o: taken.append(inputs[0]))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(tokens.astype(np.int64))).double().numpy()
+    features = taken[0].double().numpy()
+    expected = np.linalg.eigvalsh(features.T @ features / len(features))[::-1]
+    expected = expected[expected > expected[0] * 1e-10]
+    assert record["rank"] == len(expected) == len(eigenvalues)
+    np.testing.assert_allclose(eigenvalues, expected, rtol=1e-6, atol=1e-9 * expected[0])
+    assert record["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == labels)), abs=0)
+    assert record["n_probe"] == 7 and record["n_features"] == 8 and record["n_outputs"] == 5
+
+
+def test_a_probe_of_hugging_face_columns_is_read_as_it_is(tmp_path: Path) -> None:
+    """A tokenized dataset's columns, input_ids / attention_mask / label, said "the probe has no inputs"; now
+    input_ids are the inputs, label the targets, and the mask is named as not read."""
+    runs, model = _run(tmp_path, TRANSFORMER, n_out=5)
+    tokens = np.random.default_rng(4).integers(0, 6, size=(7, 3))
+    probe = tmp_path / "hf.npz"
+    np.savez(probe, input_ids=tokens, attention_mask=np.ones_like(tokens), label=np.arange(7) % 5)
+    result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5", "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["accuracy"] is not None and record["n_probe"] == 7
+    assert "not read: attention_mask; fdl gives the model 'input_ids' alone, forward(x), and takes 'label' as the " \
+        "targets" in " ".join(result.stderr.split())
