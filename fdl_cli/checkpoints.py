@@ -2593,12 +2593,18 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         if converted is not None:
             state, problem = converted, None
     if problem is not None:
+        from fdl_cli.probes import X_KEYS, Y_KEYS
+
         wrapper = _wrapper_prefix(expected, raw)
+        probe = bool(raw) and set(raw) <= {*X_KEYS, *Y_KEYS}  # a probe saved as .pt beside the checkpoints
         raise CheckpointError(
             f"the weights in {path} do not fit the model built by --model",
-            got=problem + (f"; the model's keys are the checkpoint's under {wrapper!r}" if wrapper else ""),
+            got=problem + (f"; the model's keys are the checkpoint's under {wrapper!r}" if wrapper else "")
+            + ("; the file holds a probe's arrays, not weights" if probe else ""),
             fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
                  "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
+                 "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
+                 if probe else
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     try:

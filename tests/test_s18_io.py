@@ -405,3 +405,15 @@ def test_a_probe_of_hugging_face_columns_is_read_as_it_is(tmp_path: Path) -> Non
     assert record["accuracy"] is not None and record["n_probe"] == 7
     assert "not read: attention_mask; fdl gives the model 'input_ids' alone, forward(x), and takes 'label' as the " \
         "targets" in " ".join(result.stderr.split())
+
+
+def test_a_probe_saved_as_pt_among_the_checkpoints_is_named_as_a_probe(tmp_path: Path) -> None:
+    """probe_v2.pt beside step_0.pt is found as the checkpoint of step 2; it was "6 missing key(s) ...; 2
+    unexpected key(s): x, y; fix: wrong --model or --model-kwargs?"."""
+    runs, model = _run(tmp_path)
+    torch.save({"x": torch.from_numpy(_x()), "y": torch.arange(12) % 3}, runs / "probe_v2.pt")
+    result = fdl("analyze", runs, *model, "--probe", runs / "probe_v2.pt", "-o", tmp_path / "run.h5")
+    assert result.returncode == 1  # the bad file; step 0 is analysed
+    assert "unexpected key(s): x, y; the file holds a probe's arrays, not weights" in result.stderr
+    assert "fix: keep the probe out of the checkpoints' folder (or leave it out with --glob)" in result.stderr
+    assert "1 checkpoint(s) analysed, 1 failed" in result.stderr
