@@ -422,6 +422,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
             fix="save only tensors: torch.save({'x': x, 'y': y}, path) (or a TensorDataset(x, y)), or use "
             ".npz/.safetensors",
         ) from None
+    kind = type(obj).__name__
     if isinstance(obj, TensorDataset):
         obj = tuple(obj.tensors)
     if isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2:
@@ -429,10 +430,13 @@ def _read_pt(path: Path) -> dict[str, Any]:
     elif isinstance(obj, torch.Tensor):
         obj = {"x": obj}
     if not isinstance(obj, Mapping):
+        several = isinstance(obj, (tuple, list)) and len(obj) > 2  # (x, mask, y): inputs of a model of several
         raise ProbeError(
-            f"the probe {path} holds a {type(obj).__name__}",
-            got=type(obj).__name__,
-            fix="save a dict {'x': ..., 'y': ...} or a tuple (x, y) of tensors",
+            f"the probe {path} holds a {kind}" + (f" of {len(obj)} items" if several else ""),
+            got=kind + (f" of {len(obj)} items; fdl reads (x, y) or (x,)" if several else ""),
+            fix="save a dict {'x': ..., 'y': ...} or a tuple (x, y) of tensors"
+            + ("; a model of several inputs takes them stacked as one x, through a wrapper in its --model factory "
+               "(README, Probe)" if several else ""),
         )
     out: dict[str, Any] = {}
     for key, value in obj.items():

@@ -417,3 +417,17 @@ def test_a_probe_saved_as_pt_among_the_checkpoints_is_named_as_a_probe(tmp_path:
     assert "unexpected key(s): x, y; the file holds a probe's arrays, not weights" in result.stderr
     assert "fix: keep the probe out of the checkpoints' folder (or leave it out with --glob)" in result.stderr
     assert "1 checkpoint(s) analysed, 1 failed" in result.stderr
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_a_pt_probe_of_three_tensors_says_what_it_holds(tmp_path: Path, dataset: bool) -> None:
+    """A TensorDataset(x, mask, y) was "holds a tuple; got: tuple"."""
+    x, mask, y = torch.zeros(4, 3), torch.ones(4, 3), torch.arange(4)
+    path = tmp_path / "three.pt"
+    torch.save(torch.utils.data.TensorDataset(x, mask, y) if dataset else (x, mask, y), path)
+    with pytest.raises(ProbeError) as raised:
+        load_probe(path)
+    text = str(raised.value)
+    kind = "TensorDataset" if dataset else "tuple"
+    assert f"the probe {path} holds a {kind} of 3 items" in text
+    assert "a model of several inputs takes them stacked as one x" in text
