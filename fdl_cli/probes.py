@@ -106,7 +106,7 @@ def fit_fix(probe: Probe, error: str) -> str:
         hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
     elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
         hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
-    if "missing" in text and ("required positional argument" in text or "required keyword-only argument" in text):
+    if "forward() missing" in text and ("required positional argument" in text or "required keyword-only" in text):
         hints.append(f"the model's forward takes more inputs than x, but fdl calls it with the probe's x alone, "
                      f"forward(x): {SEVERAL_INPUTS}")
     elif "invalid data type 'str'" in text:  # torch's words for tensor["name"]: a forward that takes a dict
