@@ -2403,6 +2403,18 @@ def _importable_from(folder: Path, *, first: bool) -> None:
         sys.path.append(entry)
 
 
+def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
+    """The one prefix (``net.``) that the model's keys carry beyond the checkpoint's, all of them and no other,
+    as a wrapper in the --model factory adds them (`self.net = network`), or None."""
+    first = next(iter(model_keys), "")
+    parts = first.split(".")
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth]) + "."
+        if len(model_keys) == len(ckpt) and all(prefix + key in model_keys for key in ckpt):
+            return prefix
+    return None
+
+
 def _key_report(
     path: Path, model_keys: dict[str, torch.Size], ckpt: Mapping[str, torch.Tensor]
 ) -> str | None:
@@ -2720,10 +2732,19 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         if converted is not None:
             state, problem = converted, None
     if problem is not None:
+        from fdl_cli.probes import X_KEYS, Y_KEYS
+
+        wrapper = _wrapper_prefix(expected, raw)
+        probe = bool(raw) and set(raw) <= {*X_KEYS, *Y_KEYS}  # a probe saved as .pt beside the checkpoints
         raise WeightsMismatchError(
             f"the weights in {path} do not fit the model built by --model",
-            got=problem,
-            fix="wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)",
+            got=problem + (f"; the model's keys are the checkpoint's under {wrapper!r}" if wrapper else "")
+            + ("; the file holds a probe's arrays, not weights" if probe else ""),
+            fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
+                 "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
+                 "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
+                 if probe else
+                 "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     try:
         model.load_state_dict(state, strict=True)

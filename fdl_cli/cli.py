@@ -310,6 +310,7 @@ def inspect(**kwargs: Any) -> None:
 
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
+    outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     if kwargs["probe_spec"] is not None and isinstance(failure, str) and failure.startswith("forward failed"):
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
@@ -326,6 +327,8 @@ def inspect(**kwargs: Any) -> None:
         )
     if kwargs["as_json"]:
         _emit_json(result)
+        if outputs_error is not None:
+            raise outputs_error
         return
     console = _stderr_console()
     table, hidden = _modules_table(result, console.width if console.is_terminal else None)
@@ -343,6 +346,8 @@ def inspect(**kwargs: Any) -> None:
     width = result["default_features"]
     features = f"{width} features" if width else "width unknown: no forward pass ran (pass --probe FILE)"
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
+    if outputs_error is not None:
+        raise outputs_error  # the forward pass ran, but `analyze` cannot tell its outputs: exit 1, said why
 
 
 def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:

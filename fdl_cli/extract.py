@@ -228,10 +228,12 @@ def _output_tensor(raw: Any) -> torch.Tensor:
     elif isinstance(raw, dict):
         if "logits" not in raw:
             keys = ", ".join(repr(key) for key in list(raw)[:12]) or "(none)"
+            first = next((key for key, value in raw.items() if isinstance(value, torch.Tensor)), "out")
             raise ModelError(
                 "the model's forward returned a dict without a 'logits' entry, so its outputs cannot be told",
                 got=f"dict keys: {keys}",
-                fix="make forward return the logits / predictions tensor, or a dict / ModelOutput with 'logits'",
+                fix="make forward return the logits / predictions tensor, or a dict / ModelOutput with 'logits'; "
+                + _wrapper_fix(f"[{first!r}]"),
             )
         tensor = raw["logits"]
     elif hasattr(raw, "logits"):
@@ -241,12 +243,40 @@ def _output_tensor(raw: Any) -> torch.Tensor:
     else:
         tensor = raw
     if not isinstance(tensor, torch.Tensor):
+        fields = _tensor_fields(raw) if tensor is raw else []
+        if fields:  # a dataclass or other object of outputs without `logits` (a ModelOutput-like one)
+            raise ModelError(
+                f"the model's forward returned an object of type {type(raw).__name__} without 'logits', so its "
+                "outputs cannot be told",
+                got=f"its tensors: {', '.join(fields[:12])}",
+                fix="make forward return the logits / predictions tensor, or an object with 'logits'; "
+                + _wrapper_fix(f".{fields[0]}"),
+            )
         raise ModelError(
             "the model's forward did not return a tensor",
             got=type(raw).__name__ if tensor is raw else f"{type(raw).__name__} whose outputs are a {type(tensor).__name__}",
-            fix="wrap the model so that forward returns the logits / predictions tensor",
+            fix="make forward return the logits / predictions tensor; " + _wrapper_fix(""),
         )
     return tensor
+
+
+def _tensor_fields(raw: Any) -> list[str]:
+    """The names of an object's tensor attributes (a dataclass's fields, else its instance attributes)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+        names = [field.name for field in dataclasses.fields(raw)]
+    else:
+        names = list(getattr(raw, "__dict__", {}))
+    return [name for name in names if isinstance(getattr(raw, name, None), torch.Tensor)]
+
+
+def _wrapper_fix(pick: str) -> str:
+    """How to analyse a model whose forward returns its logits inside something else (`pick` reads them)."""
+    return (
+        "or return the network from the --model factory inside a wrapper that holds it as `module` (so the "
+        f"checkpoints' keys load as they are) and whose forward(x) returns self.module(x){pick or '...'}, the logits"
+    )
 
 
 def resolve_device(name: str) -> torch.device:

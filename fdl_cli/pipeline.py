@@ -32,6 +32,7 @@ from fdl_cli import __version__, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
+    ModelError,
     NumericalError,
     ProbeError,
     ResourceError,
@@ -748,7 +749,7 @@ def _run_analyze(
 ) -> AnalyzeSummary:
     from fdl_cli import checkpoints as ckpts
     from fdl_cli import distributed
-    from fdl_cli.probes import load_probe, parse_probe_spec
+    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
 
     reporter = reporter or NullReporter()
     if world.distributed and not world.writes:
@@ -824,6 +825,9 @@ def _run_analyze(
     for spec in probe_specs:
         name, path = parse_probe_spec(spec)
         probes.append(load_probe(path, name=name))
+        note = unused_note(probes[-1])
+        if note is not None:
+            reporter.note(note)
     if len({p.name for p in probes}) != len(probes):
         raise ProbeError(
             "two probes have the same name",
@@ -1181,7 +1185,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     """Resolve the layers and check every probe against the model with one sample, before long work.
     Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import float_one_hot, validate_probe
+    from fdl_cli.probes import float_one_hot, validate_probe, zero_one_targets
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1225,6 +1229,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
             )
+        elif zero_one_targets(probe):
+            ctx.reporter.warn(_zero_one_warning(probe))
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)
@@ -1263,6 +1269,25 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)
     return passes
+
+
+def _zero_one_warning(probe: Any) -> str:
+    """What loss and r2 measure on float 0/1 targets (`probes.zero_one_targets`): the raw outputs, as they are,
+    against 0/1; a sigmoid model's logits (multi-label, or a binary classifier's one) do not fit those."""
+    if probe.y.shape[1] == 1:
+        return (
+            f"probe {probe.name!r}: y holds float 0/1 targets, analysed as regression targets of the raw output: "
+            "loss and r2 compare it as it is with 0/1; for a binary classifier trained with a sigmoid "
+            "(BCEWithLogitsLoss) that is its logit, so they do not measure its fit: save the targets as integer "
+            "labels (y.astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
+        )
+    return (
+        f"probe {probe.name!r}: y holds float 0/1 targets with several 1s, or none, in a row (multi-label "
+        "targets?), analysed as regression targets of the raw outputs: the quality (Q*, Π*) is measured against them "
+        "as against any targets, but loss and r2 compare the outputs as they are with 0/1; for a model "
+        "trained with a sigmoid per output (BCEWithLogitsLoss) those are its logits, so loss and r2 do not measure "
+        "its fit (fdl has no multi-label accuracy or BCE)"
+    )
 
 
 def _binary_labels(probes: Sequence[Any]) -> bool:
@@ -2528,7 +2553,8 @@ def _run_refs(
                     else:
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
             except (CheckpointError, NumericalError) as exc:
-                if isinstance(exc, WeightsMismatchError) and ref.step != reference.step:
+                if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
+                        and (exc.fix or "").startswith("wrong --model"):  # not a probe's file or a wrapper's keys
                     exc = _another_model(exc, reference)
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
@@ -3315,10 +3341,17 @@ def inspect_checkpoint(
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
+    outputs_error: ModelError | None = None
     try:
         if sample is not None:
             with torch.inference_mode():
-                model_outputs(model(sample))
+                raw = model(sample)
+            try:
+                model_outputs(raw)
+            except ModelError as exc:
+                # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
+                # returned: said as the model's error, not as a probe that does not fit the model.
+                outputs_error = exc
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
@@ -3372,6 +3405,8 @@ def inspect_checkpoint(
         "default_layer": default_label,
         "default_features": default_features,
         "default_basis": default_basis,
+        # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
+        "outputs_error": outputs_error,
     }
 
 

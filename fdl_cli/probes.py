@@ -31,8 +31,8 @@ import numpy as np
 
 from fdl_cli.errors import ProbeError
 
-X_KEYS = ("x", "inputs", "data", "images", "X")  # first found wins
-Y_KEYS = ("y", "targets", "labels", "Y")
+X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
+Y_KEYS = ("y", "targets", "labels", "Y", "label")
 PROBE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".h5", ".hdf5")
 DEFAULT_NAME = "probe"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -61,6 +61,10 @@ class Probe:
     sha256: str
     #: the dtype of x in the file (uint8 images are read as int64, like token ids)
     stored_dtype: str = ""
+    #: the names of the file's other arrays, which fdl does not read (an attention mask beside the token ids)
+    unused: tuple[str, ...] = ()
+    #: the names x and y were read under (``inputs``, ``labels``, ...; ``""`` without targets)
+    keys: tuple[str, str] = ("x", "")
 
     @property
     def n(self) -> int:
@@ -102,7 +106,22 @@ def fit_fix(probe: Probe, error: str) -> str:
         hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
     elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
         hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
+    if "forward() missing" in text and ("required positional argument" in text or "required keyword-only" in text):
+        hints.append(f"the model's forward takes more inputs than x, but fdl calls it with the probe's x alone, "
+                     f"forward(x): {SEVERAL_INPUTS}")
+    elif "invalid data type 'str'" in text:  # torch's words for tensor["name"]: a forward that takes a dict
+        hints.append(f"the model's forward reads its input by name (a dict of inputs?), but fdl calls it with the "
+                     f"probe's x alone, one tensor: {SEVERAL_INPUTS}")
     return "; ".join([FIT_FIX, *hints])
+
+
+#: how to analyse a model of several inputs (forward(x, mask), a dict): fdl gives forward the probe's x alone
+SEVERAL_INPUTS = (
+    "in the --model factory, return the network inside a wrapper whose forward(x) makes its inputs from x (a "
+    "padding mask from the token ids, x != PAD; or inputs saved stacked as the probe's x, "
+    "x = np.stack([ids, mask], 1), and forward(x) returning self.module(x[:, 0], x[:, 1])); a wrapper that holds "
+    "the network as `module` loads the checkpoints' keys as they are (README, Probe)"
+)
 
 
 def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
@@ -403,6 +422,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
             fix="save only tensors: torch.save({'x': x, 'y': y}, path) (or a TensorDataset(x, y)), or use "
             ".npz/.safetensors",
         ) from None
+    kind = type(obj).__name__
     if isinstance(obj, TensorDataset):
         obj = tuple(obj.tensors)
     if isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2:
@@ -410,10 +430,13 @@ def _read_pt(path: Path) -> dict[str, Any]:
     elif isinstance(obj, torch.Tensor):
         obj = {"x": obj}
     if not isinstance(obj, Mapping):
+        several = isinstance(obj, (tuple, list)) and len(obj) > 2  # (x, mask, y): inputs of a model of several
         raise ProbeError(
-            f"the probe {path} holds a {type(obj).__name__}",
-            got=type(obj).__name__,
-            fix="save a dict {'x': ..., 'y': ...} or a tuple (x, y) of tensors",
+            f"the probe {path} holds a {kind}" + (f" of {len(obj)} items" if several else ""),
+            got=kind + (f" of {len(obj)} items; fdl reads (x, y) or (x,)" if several else ""),
+            fix="save a dict {'x': ..., 'y': ...} or a tuple (x, y) of tensors"
+            + ("; a model of several inputs takes them stacked as one x, through a wrapper in its --model factory "
+               "(README, Probe)" if several else ""),
         )
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -637,18 +660,24 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
                 labels_per_position = y.size and (y.min() < 0 or y.max() > 1)  # token ids, -100 (ignored)
+                fix = ("give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
+                       "or float (n, C) regression targets")
                 if y.shape[1] == 1:  # y.reshape(-1, 1): a label per sample, in a column
                     got: str | None = "one label per sample in a column: give y[:, 0]"
                 elif labels_per_position:
                     got = (f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
                            "next tokens)? fdl measures one target per sample")
-                else:
-                    got = None
+                else:  # 0/1 with rows of several 1s or none: a multi-label probe (a sigmoid per output)
+                    several = int(np.count_nonzero(y.sum(axis=1) != 1))
+                    got = (f"0/1 values, {several} of {y.shape[0]} rows with several 1s or none: several labels "
+                           "per sample (multi-label)?")
+                    fix = ("fdl has no multi-label task (it measures one class per sample, or regression targets); "
+                           "to measure the features against these targets, save them as floats, "
+                           f"{key} = {key}.astype(np.float32): they are analysed as regression targets, and loss and "
+                           "r2 then compare the raw outputs (logits) with 0/1, not a sigmoid model's fit")
+                kind = "boolean" if y.dtype.kind == "b" else "integer"
                 raise ProbeError(
-                    f"the probe {path}: integer '{key}' of shape {y.shape} is not one-hot",
-                    got=got,
-                    fix="give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
-                    "or float (n, C) regression targets",
+                    f"the probe {path}: {kind} '{key}' of shape {y.shape} is not one-hot", got=got, fix=fix,
                 )
             y = y.argmax(axis=1)
         labels = y.astype(np.int64)
@@ -745,7 +774,22 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
     return Probe(
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
-        stored_dtype=stored_dtype,
+        stored_dtype=stored_dtype, unused=tuple(str(key) for key in arrays if key not in (x_key, y_key)),
+        keys=(x_key, y_key or ""),
+    )
+
+
+def unused_note(probe: Probe) -> str | None:
+    """The note that names the probe's arrays fdl does not read, or None: a model whose forward has an optional
+    second input (``forward(x, mask=None)``) runs without the mask saved beside x, and no error says so."""
+    if not probe.unused:
+        return None
+    shown = ", ".join(probe.unused[:8]) + (f", ... ({len(probe.unused)} in all)" if len(probe.unused) > 8 else "")
+    x_key, y_key = probe.keys
+    return (
+        f"probe {probe.name!r} ({probe.path}): not read: {shown}; fdl gives the model {x_key!r} alone, forward(x)"
+        + (f", and takes {y_key!r} as the targets" if y_key else "")
+        + " (a model of several inputs: README, Probe)"
     )
 
 
@@ -797,6 +841,17 @@ def float_one_hot(probe: Probe) -> bool:
     return (
         probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
         and all(bool(np.isin(rows, (0.0, 1.0)).all() and (rows.sum(axis=1) == 1).all()) for rows in _target_blocks(y))
+    )
+
+
+def zero_one_targets(probe: Probe) -> bool:
+    """Whether the probe's regression targets hold 0 and 1 alone and are not a float one-hot matrix
+    (`float_one_hot`): multi-label targets, or a binary classifier's as floats. A model trained on them with a
+    sigmoid (BCEWithLogitsLoss) outputs logits, which loss and r2 compare with 0/1 as they are."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and not float_one_hot(probe)
+        and all(bool(np.isin(rows, (0.0, 1.0)).all()) for rows in _target_blocks(y))
     )
 
 
