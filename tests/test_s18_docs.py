@@ -126,3 +126,18 @@ def test_reliability_md_says_a_missing_plots_folder_is_created(tmp_path: Path) -
     assert sorted(path.name for path in plots.glob("*.png")) == ["compare_k95_utility.png", "compare_trajectories.png"]
     missing = fdl("report", store, "--format", "json", "--html", tmp_path / "none" / "r.html")
     assert missing.code == 1 and "create the folder" in missing.stderr and missing.stdout == ""
+
+
+def test_the_damaged_store_count_of_reliability_md_is_test_fuzz_s() -> None:
+    """reliability.md's table counted 14 damaged stores x 6 reading commands = 84; test_fuzz.py builds the 13
+    its text lists (truncated to half, cut by 100 bytes, empty, flipped, ...) and runs 6 commands on each."""
+    source = (REPO / "tests" / "test_fuzz.py").read_text(encoding="utf-8")
+    builder = source.split("def _damage_cases", 1)[1].split("\ndef ", 1)[0]
+    cases = set(re.findall(r'cases\["(\w+)"\] =', builder)) | set(re.findall(r'copy\("(\w+)"\)', builder))
+    runner = source.split("def test_reading_commands_on_damaged_stores_never_trace_back", 1)[1].split("\ndef ", 1)[0]
+    commands = re.findall(r'^\s+\["(?:report|classify|compare|export)"', runner, flags=re.MULTILINE)
+    row = re.search(r"\| damaged-store cases x reading commands \| (\d+) x (\d+) = (\d+) \|", RELIABILITY)
+    assert row, "the row is gone from reliability.md"
+    assert (int(row[1]), int(row[2]), int(row[3])) == (len(cases), len(commands), len(cases) * len(commands))
+    listed = RELIABILITY.split("### Damaged stores", 1)[1].split("Each through", 1)[0]
+    assert listed.split("Inputs:", 1)[1].count(",") + 1 == len(cases)  # the inputs, listed with commas
