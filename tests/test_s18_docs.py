@@ -141,3 +141,15 @@ def test_the_damaged_store_count_of_reliability_md_is_test_fuzz_s() -> None:
     assert (int(row[1]), int(row[2]), int(row[3])) == (len(cases), len(commands), len(cases) * len(commands))
     listed = RELIABILITY.split("### Damaged stores", 1)[1].split("Each through", 1)[0]
     assert listed.split("Inputs:", 1)[1].count(",") + 1 == len(cases)  # the inputs, listed with commas
+
+
+def test_store_md_names_every_option_the_provenance_records() -> None:
+    """store.md listed the provenance's `options` without `binary_logit`, which a model of one output on
+    0/1 labels records there (tests/test_s17_binary.py) and a resume compares."""
+    from fdl_cli.pipeline import AnalyzeOptions
+
+    store_md = _one_line((REPO / "docs" / "store.md").read_text(encoding="utf-8"))
+    paragraph = store_md.split("`options` (the analysis choices:", 1)[1].split("and `environment`", 1)[0]
+    recorded = set(AnalyzeOptions(sources=("x",), cka_dtype="float32", weights="ema").numeric_options())
+    for key in sorted(recorded | {"overlap_k", "binary_logit"}):
+        assert f"`{key}" in paragraph, key
