@@ -153,3 +153,14 @@ def test_store_md_names_every_option_the_provenance_records() -> None:
     recorded = set(AnalyzeOptions(sources=("x",), cka_dtype="float32", weights="ema").numeric_options())
     for key in sorted(recorded | {"overlap_k", "binary_logit"}):
         assert f"`{key}" in paragraph, key
+
+
+def test_gpu_check_imports_nothing_beyond_what_benchmarks_md_says_it_needs() -> None:
+    """docs/benchmarks.md: gpu_check.sh runs "with nothing installed beyond torch, numpy, h5py, click, rich,
+    safetensors (and pytest)"; the script imported scipy too (no dependency of fdl), so on such a machine
+    its environment line failed and environment.txt lost the torch and CUDA versions."""
+    needs = _one_line(BENCHMARKS).split("with nothing installed beyond ", 1)[1].split(":", 1)[0]
+    allowed = set(re.findall(r"[a-z0-9_]+", needs)) - {"and"}
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text(encoding="utf-8")
+    imported = {name.strip() for line in re.findall(r"import ([a-z0-9_, ]+);", script) for name in line.split(",")}
+    assert imported and imported <= allowed, imported - allowed
