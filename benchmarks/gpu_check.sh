@@ -8,7 +8,7 @@
 #    (tests/test_cuda.py, tests/test_s17_gpu.py: every tests/test_*.py with a cuda mark) are rerun alone.
 # 2. Benchmark (a) on the GPU: a ResNet-18-sized CNN (benchmarks/models.py:resnet18, 3x32x32 inputs,
 #    p = 512), n = 50 000 probe inputs, 6 checkpoints, `fdl analyze --device cuda` vs the floor.
-# Needs only torch, numpy, scipy, h5py, click, rich, safetensors (and pytest for step 1); installs
+# Needs only torch, numpy, h5py, click, rich, safetensors (and pytest for step 1); installs
 # nothing. Results go to $OUT/ when set (else ./gpu_check_out/): gpu_check.json, pytest*.txt,
 # bench_analyze_gpu.json, environment.txt. Every step has its own time limit and a failing step does
 # not stop the next one. FDL_GPU_CHECK_TINY=1 shrinks everything (n = 512, 2 checkpoints; on the CPU
@@ -30,7 +30,7 @@ DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'c
 
 {
   echo "date: $(date -u +%FT%TZ)"; echo "host: $(hostname)"; echo "device: $DEVICE"; nproc
-  $PY -c "import torch, numpy, scipy, h5py, click, rich, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no gpu')" 2>&1
+  $PY -c "import torch, numpy, h5py, click, rich, safetensors; print('torch', torch.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no gpu')" 2>&1
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
 } > "$OUT_DIR/environment.txt" 2>&1
 cat "$OUT_DIR/environment.txt"

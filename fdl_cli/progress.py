@@ -1,4 +1,5 @@
-"""Progress and messages of long work: a rich progress bar on stderr, or nothing (tests, libraries).
+"""Progress and messages of long work: a rich progress bar on a terminal's stderr, a progress line every
+`FDL_PROGRESS_INTERVAL` seconds (30) in a log that is no terminal, or nothing (tests, libraries).
 
 The pipeline talks to a `Reporter`; it never imports rich itself.
 """

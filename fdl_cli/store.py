@@ -1,13 +1,15 @@
-"""The HDF5 store of one run: its schema, its crash-safe single writer and its readers (the only h5py importer).
+"""The HDF5 store of one run: its schema, its crash-safe single writer and its readers (the only module that
+imports h5py at its top; probes.py imports it lazily to read a user's .h5 probe, never a store).
 
 Layout (schema_version 1; docs/store.md has the full account)::
 
     /                                   attrs: format="fdl-store", schema_version=1 (int), fdl_version,
                                                created (ISO 8601 UTC), provenance (JSON object as a string)
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs
-        anchor_x (m, ...) f64           optional: only for 1-D inputs (for e_k(x) plots)
-        anchor_y (m, ...) f64|i64       optional
-    /checkpoints/step_<step>/           attrs: step, path, sha256, then complete=True written last
+        anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
+        anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
+                                        passes integers)
+    /checkpoints/step_<step>/           attrs: step, path, sha256, file_signature, then complete=True written last
         <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null)
             eigenvalues    (r,)  f64    all r eigenvalues, descending
             eigenvectors   (p,K) f64    top-K
