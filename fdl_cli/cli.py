@@ -286,6 +286,19 @@ def analyze(**kwargs: Any) -> None:
         sys.exit(1)
 
 
+def _check_plots_dir(plots_dir: str | None) -> None:
+    """--plots of report and compare, refused before any work where writing it would fail at the end; "-"
+    made a folder named "-" in the current one, where --out - and --html - are refused as not files."""
+    if not plots_dir:
+        return
+    if plots_dir == "-":
+        raise FdlError("--plots -: the figures are PNG and SVG files written into a folder, not to stdout",
+                       fix="give it a folder (--plots figures/), created if missing")
+    from fdl_cli import report as rep
+
+    rep.check_output(plots_dir, folder=True)
+
+
 # ----------------------------------------------------------------------------------------- inspect
 
 
@@ -303,7 +316,10 @@ def analyze(**kwargs: Any) -> None:
               help="Other weights the checkpoint holds: an entry (state_dict_ema, extra_state.ema) or key prefix (ema).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def inspect(**kwargs: Any) -> None:
-    """List the model's named modules with output shapes, and the layer `analyze` hooks by default."""
+    """List the model's named modules with output shapes, and the layer `analyze` hooks by default.
+
+    CHECKPOINT is a checkpoint file, or a run's folder, whose first checkpoint is read; an fdl.toml in
+    that folder gives --model and --probe when they are not given."""
     with _untracked_imports():
         signals.import_torch()
         from fdl_cli.pipeline import inspect_checkpoint
@@ -433,8 +449,7 @@ def report(**kwargs: Any) -> None:
                        fix="give it a path (--html report.html)")
     if kwargs["html_path"]:
         rep.check_output(kwargs["html_path"])
-    if kwargs["plots_dir"]:
-        rep.check_output(kwargs["plots_dir"], folder=True)
+    _check_plots_dir(kwargs["plots_dir"])
     run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
     console = _stderr_console()
     for warning in run.warnings:
@@ -487,8 +502,7 @@ def compare(**kwargs: Any) -> None:
     steps = kwargs["overlap_steps"]
     if steps != "all" and not (steps.isdigit() and int(steps) > 0):
         raise click.BadParameter(f"expected a positive integer or 'all', got {steps!r}", param_hint="--overlap-steps")
-    if kwargs["plots_dir"]:
-        rep.check_output(kwargs["plots_dir"], folder=True)
+    _check_plots_dir(kwargs["plots_dir"])
     selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
     selection_b = {
         "probe": kwargs["probe_b"] if kwargs["probe_b"] is not None else kwargs["probe"],

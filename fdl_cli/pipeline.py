@@ -103,6 +103,12 @@ class AnalyzeOptions:
     #: others. A field whose value differs from its default counts as given too (library callers).
     given: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        # A library caller's out="run.h5" (a str, as docs/benchmarks.md's snippet first passed it) failed
+        # deep in the run with "'str' object has no attribute 'exists'"; a path is a path either way.
+        if isinstance(self.out, str):
+            object.__setattr__(self, "out", Path(self.out))
+
     @classmethod
     def from_cli(cls, **kwargs: Any) -> AnalyzeOptions:
         """Build from the click parameters of `fdl analyze` (parses JSON kwargs and step lists)."""

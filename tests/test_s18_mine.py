@@ -1,0 +1,73 @@
+"""Session 18, small things the docs review found: `--plots -`, the inspect help, a str `out`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import pytest
+
+from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from tests.test_analyze import fdl
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Steps 0 and 1000 of the sample run, as symbolic links (with its fdl.toml, model and probe)."""
+    folder = tmp_path_factory.mktemp("run")
+    for name in ("fdl.toml", "model.py", "probe.npz", "step_0.safetensors", "step_1000.safetensors"):
+        (folder / name).symlink_to(SAMPLES / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(two_step_run: Path) -> Path:
+    out = two_step_run / "run.fdl.h5"
+    result = fdl("analyze", two_step_run, "--out", out)
+    assert result.code == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_plots_dash_is_refused_and_makes_no_folder(store: Path, tmp_path: Path, command: str) -> None:
+    """`--plots -` made a folder named "-" in the current one (where `--out -` and `--html -` are refused):
+    refused before any work, exit 1, no traceback, nothing made."""
+    stores = [store] if command == "report" else [store, store]
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        result = fdl(command, *stores, "--plots", "-")
+    finally:
+        os.chdir(cwd)
+    assert result.code == 1
+    assert "--plots -: the figures are PNG and SVG files written into a folder" in result.stderr
+    assert "fix: give it a folder" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "-").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plots_folder_still_written(store: Path, tmp_path: Path) -> None:
+    """The refusal is of "-" alone: a folder, missing with its parent, is made and filled."""
+    result = fdl("report", store, "--plots", tmp_path / "a" / "figs")
+    assert result.code == 0, result.stderr
+    assert sorted(p.suffix for p in (tmp_path / "a" / "figs").iterdir())[:1] == [".png"]
+
+
+def test_inspect_help_says_a_folder_is_taken() -> None:
+    text = " ".join(fdl("inspect", "--help").stdout.split())
+    assert "CHECKPOINT is a checkpoint file, or a run's folder, whose first checkpoint is read" in text
+
+
+def test_analyze_options_take_a_str_out(two_step_run: Path, tmp_path: Path) -> None:
+    """A library caller's `out="run.h5"` ended in "'str' object has no attribute 'exists'"; it is a Path now,
+    and the store is written there."""
+    out = tmp_path / "lib.h5"
+    options = AnalyzeOptions(sources=(str(two_step_run),), out=str(out))  # type: ignore[arg-type]
+    assert options.out == out and isinstance(options.out, Path)
+    summary = run_analyze(options)
+    assert summary.store == out
+    with h5py.File(out, "r") as handle:
+        assert "trajectories" in handle
