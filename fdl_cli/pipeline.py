@@ -927,7 +927,7 @@ def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Pat
 def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
     """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
     a README, logs and configs said one line each); the probe and model files the folder's fdl.toml
-    names, none (the README's first command noted probe.npz and model.py)."""
+    names, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names)."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
@@ -944,6 +944,9 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     for note in notes:
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
         training = re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
+        probe = re.fullmatch(r"skipped (.+): a probe set \(.+\), not model weights", note)
+        if probe is not None and probe.group(1) in own:
+            continue  # fdl.toml's own probe.pt, as its probe.npz
         if training is not None:
             state.append(training.group(1))
         elif plain is None:
