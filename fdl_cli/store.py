@@ -1309,9 +1309,7 @@ class StoreWriter:
                               if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)]
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
                             if others else ", to resume")
-                    fix = ("; ".join(f"this run's probe {new!r} is the store's probe {old!r} (the same file, sha256 "
-                                     f"{sha[:12]}): name it so, --probe {old}=PATH" + then for new, old, sha in renamed)
-                           + "; else " + fix)
+                    fix = _rename_fix(renamed) + then + "; else " + fix
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
@@ -1852,10 +1850,34 @@ def _write_trajectory(
 
 def _renamed_probes(stored: Mapping[str, ProbeInfo], run: Mapping[str, ProbeInfo]) -> list[tuple[str, str, str]]:
     """(this run's name, the store's name, sha256) of each probe of this run that the store holds, the
-    same file, under another name only (neither name on the other side)."""
-    gone = {info.sha256: name for name, info in stored.items() if name not in run}
-    return [(name, gone[info.sha256], info.sha256) for name, info in run.items()
-            if name not in stored and info.sha256 in gone]
+    same file, under another name only (neither name on the other side). One store name for one run
+    name: two probes of one file (`--probe a=P --probe b=P`) are paired with two of the store's names
+    of that file, in their orders, or the second is left unpaired (both were told "name it so, --probe
+    probe=PATH, to resume", one name for two probes)."""
+    gone: dict[str, list[str]] = {}
+    for name, info in stored.items():
+        if name not in run:
+            gone.setdefault(info.sha256, []).append(name)
+    pairs = []
+    for name, info in run.items():
+        if name not in stored and gone.get(info.sha256):
+            pairs.append((name, gone[info.sha256].pop(0), info.sha256))
+    return pairs
+
+
+def _rename_fix(renamed: Sequence[tuple[str, str, str]]) -> str:
+    """What to pass so that this run names its probes as the store does (`_renamed_probes`), in one
+    sentence for all of them."""
+    digests = list(dict.fromkeys(sha[:12] for *_, sha in renamed))
+    files = f"the same file, sha256 {digests[0]}" if len(digests) == 1 else f"the same files, sha256 {', '.join(digests)}"
+    if len(renamed) == 1:
+        new, old, _ = renamed[0]
+        return f"this run's probe {new!r} is the store's probe {old!r} ({files}): name it so, --probe {old}=PATH"
+    news = " and ".join(repr(new) for new, _, _ in renamed)
+    olds = " and ".join(repr(old) for _, old, _ in renamed)
+    flags = " ".join(f"--probe {old}=PATH" for _, old, _ in renamed)
+    each = " (each PATH the file of the probe named so now)" if len(digests) > 1 else ""
+    return f"this run's probes {news} are the store's probes {olds}, in that order ({files}): name them so, {flags}{each}"
 
 
 def _describe_probe(probe: ProbeInfo | None) -> str:

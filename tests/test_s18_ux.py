@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from fdl_cli.store import StoreReader
+from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
 from tests.cli_run import REPO, fdl
 from tests.tiny_models import mlp
 
@@ -81,3 +81,56 @@ def test_a_safetensors_probe_is_no_checkpoint_and_weights_still_are(tmp_path: Pa
     assert [ref.path.name for ref in found.checkpoints] == ["step_5.safetensors", "step_7.pt"]
     assert "skipped probe.safetensors: a probe set (x, y), not model weights" in found.notes
     assert "skipped inputs_only.safetensors: a probe set (inputs), not model weights" in found.notes
+
+
+# -- 2. the renamed-probe hint for several probes ----------------------------------------------------------------
+
+
+def _info(name: str, sha: str) -> ProbeInfo:
+    return ProbeInfo(name=name, sha256=sha * 64, n=10, task="classes", n_outputs=3)
+
+
+def test_two_probes_of_one_file_are_not_both_told_to_take_the_same_name() -> None:
+    stored = {"probe": _info("probe", "a")}
+    run = {"x": _info("x", "a"), "z": _info("z", "a")}
+    assert _renamed_probes(stored, run) == [("x", "probe", "a" * 64)]  # one name for one probe
+    stored = {"test": _info("test", "a"), "train": _info("train", "a")}
+    pairs = _renamed_probes(stored, run)
+    assert pairs == [("x", "test", "a" * 64), ("z", "train", "a" * 64)]
+    assert _rename_fix(pairs) == ("this run's probes 'x' and 'z' are the store's probes 'test' and 'train', in that "
+                                  "order (the same file, sha256 aaaaaaaaaaaa): name them so, --probe test=PATH "
+                                  "--probe train=PATH")
+    # of two files: each run probe goes with the store's probe of its own file
+    stored = {"test": _info("test", "b"), "train": _info("train", "a")}
+    assert _renamed_probes(stored, {"p": _info("p", "a"), "q": _info("q", "b")}) == [
+        ("p", "train", "a" * 64), ("q", "test", "b" * 64)]
+    assert "(the same files, sha256 aaaaaaaaaaaa, bbbbbbbbbbbb)" in _rename_fix(
+        _renamed_probes(stored, {"p": _info("p", "a"), "q": _info("q", "b")}))
+
+
+def test_a_resume_with_two_renamed_probes_gets_one_fix_that_resumes(tmp_path: Path) -> None:
+    """A store of `train` and `test` (one file) resumed as `a` and `b`: both hints said "name it so,
+    --probe train=PATH", and claimed `test` still differed."""
+    out = tmp_path / "run.h5"
+    first = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"train={SAMPLE_PROBE}", "--probe",
+                f"test={SAMPLE_PROBE}", "-o", out)
+    assert first.returncode == 0, first.stderr
+    renamed = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe", f"b={SAMPLE_PROBE}",
+                  "-o", out)
+    assert renamed.returncode == 1
+    fix = next(line for line in renamed.stderr.splitlines() if line.startswith("  fix: "))
+    assert fix.startswith("  fix: this run's probes 'a' and 'b' are the store's probes 'test' and 'train', in that order")
+    assert ": name them so, --probe test=PATH --probe train=PATH, to resume; else pass --overwrite" in fix
+    assert fix.count("this run's probe") == 1 and "remain" not in fix
+    resumed = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"test={SAMPLE_PROBE}", "--probe",
+                  f"train={SAMPLE_PROBE}", "-o", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
+    # a store of one probe resumed with two of its file: one of them is named, the other still differs
+    one = tmp_path / "one.h5"
+    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", one).returncode == 0
+    both = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe", f"b={SAMPLE_PROBE}",
+               "-o", one)
+    fix = next(line for line in both.stderr.splitlines() if line.startswith("  fix: "))
+    assert fix.count("is the store's probe 'probe'") == 1 and "to resume" not in fix
+    assert "(the other differences above remain: probes.b, probe b)" in fix
