@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fdl_cli import __version__, signals
+from fdl_cli import __version__, resources, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -282,12 +282,9 @@ class _Series:
         return self._bases[k]
 
 
-#: Values of padding after each row of the float64 anchors that CKA multiplies: one 64-byte cache line.
-#: Rows of p = 512 float64 values lie 4 KiB apart, a stride at which the BLAS's loads of successive rows
-#: fall into the same cache sets and evict each other: each of a checkpoint's two m×p×p cross products
-#: took 40.5 ms at m = 4 096, p = 512, against 35.7 ms with the rows 8 values further apart, and gave
-#: the same digits (docs/benchmarks.md, seventeenth session; p = 256 and 1 024 gain 7 – 8 % too).
-ANCHOR_ROW_PAD = 8
+#: Values of padding after each row of the float64 anchors that CKA multiplies (the why: resources.py,
+#: whose memory estimate counts them).
+ANCHOR_ROW_PAD = resources.ANCHOR_ROW_PAD
 
 
 def _padded_float64(shape: tuple[int, ...]) -> Any:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from fdl_cli import resources
 from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
 from tests.cli_run import REPO, fdl
 from tests.tiny_models import mlp
@@ -134,3 +136,23 @@ def test_a_resume_with_two_renamed_probes_gets_one_fix_that_resumes(tmp_path: Pa
     fix = next(line for line in both.stderr.splitlines() if line.startswith("  fix: "))
     assert fix.count("is the store's probe 'probe'") == 1 and "to resume" not in fix
     assert "(the other differences above remain: probes.b, probe b)" in fix
+
+
+# -- 3. the memory estimate counts the anchors as they are allocated ----------------------------------------------
+
+
+def test_the_anchor_estimate_is_the_padded_allocation() -> None:
+    from fdl_cli.pipeline import ANCHOR_ROW_PAD, _float64_copy, _padded_float64
+
+    m = 50
+    for p in (8, 50):  # p ≤ m: float64 rows padded by ANCHOR_ROW_PAD values
+        [need] = [need for need in resources.layer_needs("head", p, 200, m, probe="probe") if not need.statistics]
+        allocated = _padded_float64((m, p)).untyped_storage().nbytes()
+        assert allocated == 8 * m * (p + ANCHOR_ROW_PAD)
+        assert need.bytes == 2 * allocated  # this checkpoint's and the reference's
+        copy = _float64_copy(np.ones((m, p), dtype=np.float32))
+        assert copy.strides == ((p + ANCHOR_ROW_PAD) * 8, 8)  # what the pipeline allocates
+    p = 60  # p > m: multiplied through the m×m Gram, not padded
+    [need] = [need for need in resources.layer_needs("head", p, 200, m, probe="probe", anchor_copies=1)
+              if not need.statistics]
+    assert need.bytes == _float64_copy(np.ones((m, p), dtype=np.float32)).nbytes == 8 * m * p
