@@ -523,6 +523,7 @@ class StoreReader:
             self._read_probes()
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
+            self._note_unknown_previous()
         except StoreError:
             self.close()
             raise
@@ -723,6 +724,25 @@ class StoreReader:
                 rows = [row for row in (self._row_from_group(step, series) for step in steps) if row is not None]
                 if rows:
                     self._rows[series] = rows
+
+    def _note_unknown_previous(self) -> None:
+        """One warning, for the whole store, where an fdl before `prev_step` stored cka_prev / overlap_prev:
+        they may compare with another checkpoint than the one before in step order (a checkpoint analysed
+        later between stored ones was not taken as its successor's previous). A trajectory without the
+        field read as unreadable, one warning a series and command, which said neither what was missing
+        nor that it changes no other measure."""
+        unknown = sorted({int(row["step"]) for rows in self._rows.values() for row in rows if row.get("prev_step") is None
+                          and (row.get("cka_prev") is not None or row.get("overlap_prev") is not None)})
+        if not unknown:
+            return
+        steps = ", ".join(map(str, unknown[:6])) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        self.warnings.append(
+            f"cka_prev and overlap_prev of step{'s' if len(unknown) > 1 else ''} {steps} were stored by an fdl "
+            "before the field prev_step (null there), which may have compared them with another checkpoint than "
+            "the one before in step order; no other measure, and no regime, depends on them. To recompute them, "
+            f"run `fdl analyze` on the same checkpoints with --out {self._path}: a resume, which recomputes these "
+            "two fields and nothing else that is stored"
+        )
 
     def _added_from_groups(self, series: Series, rows: list[dict[str, Any]], names: Sequence[str]) -> None:
         """Fields added after the trajectories were written (`names`, from ADDED_FIELDS), read from the

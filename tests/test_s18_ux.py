@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -156,3 +157,56 @@ def test_the_anchor_estimate_is_the_padded_allocation() -> None:
     [need] = [need for need in resources.layer_needs("head", p, 200, m, probe="probe", anchor_copies=1)
               if not need.statistics]
     assert need.bytes == _float64_copy(np.ones((m, p), dtype=np.float32)).nbytes == 8 * m * p
+
+
+# -- 4. a store written before prev_step ---------------------------------------------------------------------------
+
+
+def _as_written_before_prev_step(store: Path) -> None:
+    """What an fdl before prev_step wrote (it came before cross_entropy too, whose own test covers that):
+    no attribute in the checkpoint groups, no trajectory dataset."""
+    with h5py.File(store, "r+") as handle:
+        for group in handle["checkpoints"].values():
+            for probe in group.values():
+                for leaf in probe.values():
+                    if "prev_step" in leaf.attrs:  # null (the first step): not written
+                        del leaf.attrs["prev_step"]
+        for probe in handle["trajectories"].values():
+            for layer in probe.values():
+                del layer["prev_step"]
+
+
+def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_path: Path) -> None:
+    """Two series: "trajectories of test/4:input are unreadable (KeyError: ... 'prev_step' doesn't exist)"
+    and the same for train, at every report, classify and compare, as if the store were damaged."""
+    store = tmp_path / "old.h5"
+    probes = ("--probe", f"train={SAMPLE_PROBE}", "--probe", f"test={SAMPLE_PROBE}")
+    assert fdl("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store).returncode == 0
+    with StoreReader(store) as reader:
+        cka_prev = {(r["probe"], r["step"]): r["cka_prev"] for r in reader.records()}
+    _as_written_before_prev_step(store)
+
+    with StoreReader(store) as reader:
+        [warning] = reader.warnings
+        records = reader.records()
+    assert [r["prev_step"] for r in records] == [None] * 6
+    assert {(r["probe"], r["step"]): r["cka_prev"] for r in records} == cka_prev  # nothing else lost
+    assert warning.startswith("cka_prev and overlap_prev of steps 5, 10 were stored by an fdl before the field "
+                              "prev_step")
+    assert f"run `fdl analyze` on the same checkpoints with --out {store}" in warning
+    for command in (("report", store), ("report", store, "--json"), ("classify", store), ("compare", store, store,
+                                                                                        "--probe", "train")):
+        done = fdl(*command)
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+        assert len(said) == 1, (command, said)
+        assert "before the field prev_step" in said[0] and "unreadable" not in said[0]
+
+    resumed = fdl("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store)  # as the warning says
+    assert resumed.returncode == 0, resumed.stderr
+    assert "0 checkpoint(s) analysed" in resumed.stderr
+    with StoreReader(store) as reader:
+        assert reader.warnings == []
+        assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records()} == {
+            (probe, step): previous for probe in ("train", "test") for step, previous in ((0, None), (5, 0), (10, 5))}
+    assert "warning" not in fdl("report", store).stderr
