@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from fdl_cli import resources
+from fdl_cli import regimes, report, resources
 from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
 from tests.cli_run import REPO, fdl
 from tests.tiny_models import mlp
@@ -210,3 +210,63 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
         assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records()} == {
             (probe, step): previous for probe in ("train", "test") for step, previous in ((0, None), (5, 0), (10, 5))}
     assert "warning" not in fdl("report", store).stderr
+
+
+# -- 5. checkpoints before a mid-run --reference -------------------------------------------------------------------
+
+
+def _record(step: int, cka: float, overlap: float, k95: int, regime: str) -> dict[str, object]:
+    return {"step": step, "cka_init": cka, "overlap_init": overlap, "k95_utility": k95, "n_outputs": 10,
+            "regime": regime, "accuracy": 0.9}
+
+
+RECORDS = [_record(0, 0.6, 0.5, 1, "MF"), _record(5, 0.62, 0.5, 1, "MF"), _record(100, 1.0, 1.0, 5, "coefficient"),
+           _record(500, 0.95, 0.88, 6, "MF"), _record(1000, 0.95, 0.87, 6, "MF")]
+
+
+def test_classify_text_marks_the_checkpoints_before_the_reference() -> None:
+    verdict = regimes.classify_run(RECORDS, reference_step=100)
+    assert verdict.regime == "MF"  # the rules are unchanged
+    assert [(step, v.regime) for step, v in verdict.trajectory] == [
+        (0, "MF"), (5, "MF"), (100, "coefficient"), (500, "MF"), (1000, "MF")]
+    lines = regimes.describe(verdict, RECORDS)
+    assert lines[2] == "trajectory (step: regime): 0–5: MF* | 100: coefficient | 500–1000: MF"
+    assert lines[3].startswith("* before the reference (step 100): their movement (cka_init, overlap_init) is "
+                               "measured against a later checkpoint")
+    assert "MF from step 500 to the end (first MF checkpoint: step 0, before the reference)" in lines
+    # coefficient before and after the reference: two spans, not one
+    flat = [{**record, "cka_init": 1.0, "overlap_init": 1.0, "regime": "coefficient"} for record in RECORDS]
+    flat_lines = regimes.describe(regimes.classify_run(flat, reference_step=100), flat)
+    assert flat_lines[2] == "trajectory (step: regime): 0–5: coefficient* | 100–1000: coefficient"
+    # the first checkpoint as the reference (the default): no mark, no line
+    plain = regimes.describe(regimes.classify_run(RECORDS[2:], reference_step=100), RECORDS[2:])
+    assert plain[2] == "trajectory (step: regime): 100: coefficient | 500–1000: MF"
+    assert not any(line.startswith("* before") for line in plain)
+
+
+def test_report_marks_the_checkpoints_before_the_reference() -> None:
+    lines = report.summary_lines(report.summarize(RECORDS, reference_step=100))
+    assert lines[1] == "regime: MF* (0–5) → coefficient (100) → MF (500–1000)"
+    assert lines[2].startswith("* before the reference (step 100)")
+    assert report.summary_lines(report.summarize(RECORDS))[1] == "regime: MF (0–5) → coefficient (100) → MF (500–1000)"
+    table = report.render_table(RECORDS, reference_step=100)
+    assert table.lines[0].split()[-1] == "regime"
+    assert [line.split()[-1] for line in table.lines[1:]] == ["MF*", "MF*", "coefficient", "MF", "MF"]
+
+
+def test_report_and_classify_of_a_store_analysed_with_a_mid_run_reference(tmp_path: Path) -> None:
+    store = tmp_path / "run.h5"
+    done = fdl("analyze", SAMPLE, "--steps", "0,5,100,500", "--reference", "100", "-o", store)
+    assert done.returncode == 0, done.stderr
+    shown = fdl("report", store)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[-1] for line in shown.stderr.splitlines() if line.split()[:1] in
+            (["0"], ["5"], ["100"], ["500"])}
+    assert rows == {"0": "MF*", "5": "MF*", "100": "coefficient", "500": "MF"}
+    assert "* before the reference (step 100)" in shown.stderr
+    as_json = json.loads(fdl("report", store, "--json").stdout)  # the data are unchanged
+    assert [r["regime"] for r in as_json] == ["MF", "MF", "coefficient", "MF"]
+    text = fdl("classify", store)
+    assert "trajectory (step: regime): 0–5: MF* | 100: coefficient | 500: MF" in text.stderr
+    verdict = json.loads(fdl("classify", store, "--json").stdout)
+    assert [entry["regime"] for entry in verdict["trajectory"]] == ["MF", "MF", "coefficient", "MF"]
