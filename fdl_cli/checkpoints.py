@@ -843,7 +843,7 @@ def _peek_file(path: Path) -> _Peek:
         header = _read_safetensors_header(path)
         if not any(k != "__metadata__" for k in header):
             return _Peek(None, {}, f"skipped {name}: no tensors")
-        if _probe_keys(k for k in header if k != "__metadata__"):
+        if _is_probe_set(k for k in header if k != "__metadata__"):
             return _Peek(None, {}, _probe_note(name, header))
         meta = _metadata_steps(header.get("__metadata__") or {})
         return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header))
@@ -881,13 +881,13 @@ def _peek_file(path: Path) -> _Peek:
     if tensors is None:
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    if _probe_keys(tensors):
+    if _is_probe_set(tensors):
         return _Peek(None, {}, _probe_note(name, tensors))
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
 
 
-def _probe_keys(keys: Iterable[str]) -> bool:
+def _is_probe_set(keys: Iterable[str]) -> bool:
     """Whether tensors of these names are a probe set rather than weights: only fdl's probe keys (an input,
     `probes.X_KEYS`, and optionally targets, `Y_KEYS`). A probe.pt beside the checkpoints (or fdl.toml's
     `probe`) is no checkpoint: `fdl inspect FOLDER` listed it, as the folder's first file, and failed on

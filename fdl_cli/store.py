@@ -493,6 +493,8 @@ class StoreReader:
         #: series whose trajectories, written by an earlier fdl, lack an ADDED_FIELDS dataset (read from
         #: the checkpoint groups): the writer rewrites them at its next commit
         self._outdated: set[Series] = set()
+        #: of those, the series whose trajectories lack prev_step (`_note_unknown_previous`)
+        self._without_prev: set[Series] = set()
         if not path.exists():
             raise StoreError(
                 f"no fdl store at {path}",
@@ -712,6 +714,8 @@ class StoreReader:
                         if added:
                             self._added_from_groups(series, rows, added)
                             self._outdated.add(series)
+                            if "prev_step" in added:
+                                self._without_prev.add(series)
                         self._rows[series] = rows
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
@@ -730,8 +734,10 @@ class StoreReader:
         they may compare with another checkpoint than the one before in step order (a checkpoint analysed
         later between stored ones was not taken as its successor's previous). A trajectory without the
         field read as unreadable, one warning a series and command, which said neither what was missing
-        nor that it changes no other measure."""
-        unknown = sorted({int(row["step"]) for rows in self._rows.values() for row in rows if row.get("prev_step") is None
+        nor that it changes no other measure. Only where the trajectories lack the field: this fdl stores a
+        null prev_step with null cka_prev and overlap_prev (no previous checkpoint)."""
+        unknown = sorted({int(row["step"]) for series in self._without_prev for row in self._rows.get(series, ())
+                          if row.get("prev_step") is None
                           and (row.get("cka_prev") is not None or row.get("overlap_prev") is not None)})
         if not unknown:
             return
