@@ -880,6 +880,8 @@ def _peek_file(path: Path) -> _Peek:
         header = _read_safetensors_header(path)
         if not any(k != "__metadata__" for k in header):
             return _Peek(None, {}, f"skipped {name}: no tensors")
+        if _is_probe_set(k for k in header if k != "__metadata__"):
+            return _Peek(None, {}, _probe_note(name, header))
         meta = _metadata_steps(header.get("__metadata__") or {})
         return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header))
     if zipfile.is_zipfile(path):
@@ -916,8 +918,26 @@ def _peek_file(path: Path) -> _Peek:
     if tensors is None:
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
+    if _is_probe_set(tensors):
+        return _Peek(None, {}, _probe_note(name, tensors))
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+
+
+def _is_probe_set(keys: Iterable[str]) -> bool:
+    """Whether tensors of these names are a probe set rather than weights: only fdl's probe keys (an input,
+    `probes.X_KEYS`, and optionally targets, `Y_KEYS`). A probe.pt beside the checkpoints (or fdl.toml's
+    `probe`) is no checkpoint: `fdl inspect FOLDER` listed it, as the folder's first file, and failed on
+    its "unexpected keys x, y"; a probe named like a step (probe_0.pt) clashed with step 0 in `analyze`."""
+    from fdl_cli.probes import X_KEYS, Y_KEYS
+
+    names = set(keys)
+    return bool(names & set(X_KEYS)) and names <= set(X_KEYS) | set(Y_KEYS)
+
+
+def _probe_note(name: str, keys: Iterable[str]) -> str:
+    shown = ", ".join(sorted(key for key in keys if key != "__metadata__"))
+    return f"skipped {name}: a probe set ({shown}), not model weights"
 
 
 def checkpoint_suffix(path: Path) -> str | None:
@@ -1353,6 +1373,17 @@ def discover_checkpoints(
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
+    probe_sets = [note for note in notes if re.fullmatch(r"skipped .+: a probe set \(.+\), not model weights", note)]
+    if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
+        # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
+        named = ", ".join(str(s) for s in sources)
+        raise CheckpointError(
+            f"{named} {'is a probe' if len(sources) == 1 else 'are probes'} (tensors named only as a probe's x and y), "
+            "not model weights",
+            got=probe_sets[0].removeprefix("skipped "),
+            fix=f"give {'it' if len(sources) == 1 else 'them'} as --probe, and a checkpoint or a run's folder as the "
+            "argument",
+        )
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))

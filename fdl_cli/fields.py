@@ -55,8 +55,9 @@ MEASURE_FIELDS: Final = (
 
 #: Measure fields added after stores were first written: a store written by an earlier fdl lacks their
 #: attributes and trajectory datasets, and reads them as null. The next `fdl analyze` of it adds the
-#: datasets, with values at the checkpoints it analyses only (`--overwrite` recomputes the others).
-ADDED_FIELDS: Final = frozenset({"cross_entropy"})
+#: datasets, with values at the checkpoints it analyses only (`--overwrite` recomputes the others; a
+#: resume recomputes a stored checkpoint's cka_prev / overlap_prev whose prev_step is null, and fills it).
+ADDED_FIELDS: Final = frozenset({"cross_entropy", "prev_step"})
 
 #: All fields of a record, in output order.
 RECORD_FIELDS: Final = CHECKPOINT_FIELDS + MEASURE_FIELDS

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fdl_cli import __version__, signals
+from fdl_cli import __version__, resources, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -292,12 +292,9 @@ class _Series:
         return self._bases[k]
 
 
-#: Values of padding after each row of the float64 anchors that CKA multiplies: one 64-byte cache line.
-#: Rows of p = 512 float64 values lie 4 KiB apart, a stride at which the BLAS's loads of successive rows
-#: fall into the same cache sets and evict each other: each of a checkpoint's two m×p×p cross products
-#: took 40.5 ms at m = 4 096, p = 512, against 35.7 ms with the rows 8 values further apart, and gave
-#: the same digits (docs/benchmarks.md, seventeenth session; p = 256 and 1 024 gain 7 – 8 % too).
-ANCHOR_ROW_PAD = 8
+#: Values of padding after each row of the float64 anchors that CKA multiplies (the why: resources.py,
+#: whose memory estimate counts them).
+ANCHOR_ROW_PAD = resources.ANCHOR_ROW_PAD
 
 
 def _padded_float64(shape: tuple[int, ...]) -> Any:
@@ -963,7 +960,7 @@ def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Pat
 def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
     """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
     a README, logs and configs said one line each); the probe and model files the folder's fdl.toml
-    names, none (the README's first command noted probe.npz and model.py)."""
+    names, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names)."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
@@ -985,6 +982,9 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         # a run saving optim_N.pt beside each checkpoint had a line per file
         training = (re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
                     or re.fullmatch(r"skipped (.+): optimizer state, no model weights", note))
+        probe = re.fullmatch(r"skipped (.+): a probe set \(.+\), not model weights", note)
+        if probe is not None and probe.group(1) in own:
+            continue  # fdl.toml's own probe.pt, as its probe.npz
         if training is not None:
             state.append(training.group(1))
         elif plain is None:

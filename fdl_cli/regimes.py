@@ -365,15 +365,36 @@ def elide_spans(parts: Sequence[str], separator: str, *, where: str) -> str:
     return separator.join([*parts[:half], f"… {left_out} more spans ({where}) …", *parts[-half:]])
 
 
-def trajectory_segments(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> list[tuple[int, int, str]]:
-    """Runs of equal regime: [(first step, last step, regime), ...] in step order."""
+def trajectory_segments(
+    trajectory: Sequence[tuple[int, CheckpointVerdict]], *, reference_step: int | None = None
+) -> list[tuple[int, int, str]]:
+    """Runs of equal regime: [(first step, last step, regime), ...] in step order; with `reference_step`,
+    the regimes of checkpoints before it carry BEFORE_REFERENCE (a run of them ends at the reference)."""
     segments: list[tuple[int, int, str]] = []
     for step, checkpoint in trajectory:
-        if segments and segments[-1][2] == checkpoint.regime:
-            segments[-1] = (segments[-1][0], step, checkpoint.regime)
+        regime = checkpoint.regime + (BEFORE_REFERENCE if reference_step is not None and step < reference_step else "")
+        if segments and segments[-1][2] == regime:
+            segments[-1] = (segments[-1][0], step, regime)
         else:
-            segments.append((step, step, checkpoint.regime))
+            segments.append((step, step, regime))
     return segments
+
+
+#: Marks the regime of a checkpoint before the reference (an `analyze --reference` after the first step),
+#: in the text of `fdl classify` and `fdl report`; the JSON and the stored `regime` are unchanged.
+BEFORE_REFERENCE = "*"
+
+
+def before_reference_line(reference_step: int) -> str:
+    """What BEFORE_REFERENCE means, below a trajectory that has it. The per-checkpoint rules measure the
+    movement of a checkpoint before the reference against the reference, a later checkpoint: "MF" at the
+    initialisation said only that it differs from the trained reference (docs/regimes.md)."""
+    return (
+        f"{BEFORE_REFERENCE} before the reference (step {reference_step}): their movement (cka_init, overlap_init) is "
+        "measured against a later checkpoint, so their regime says only how they differ from the reference, not how "
+        "features were learned up to them; the run's regime is read from the checkpoints after it (analyse with the "
+        "first checkpoint as the reference, the default, to classify those)"
+    )
 
 
 #: The first MF checkpoint's accuracy within this factor of chance (1/C): the text says the function
@@ -505,14 +526,17 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     saw "MF from step 5" at 9.6 % accuracy on ten classes and took it for a learned function)."""
     ev = verdict.evidence
     lines = [f"regime: {verdict.regime}", f"rule: {verdict.rule}"]
+    reference_step = ev.get("reference_step")
+    reference = reference_step if isinstance(reference_step, int) else None
     shown = [
         f"{first}" + (f"–{last}" if last != first else "") + f": {regime}"
-        for first, last, regime in trajectory_segments(verdict.trajectory)
+        for first, last, regime in trajectory_segments(verdict.trajectory, reference_step=reference)
     ]
     segments = f"{len(shown)} spans" if len(shown) > SHOWN_SPANS else ""
     lines.append(f"trajectory (step: regime{'; ' + segments if segments else ''}): "
                  + elide_spans(shown, " | ", where="--json lists every checkpoint"))
-    reference_step = ev.get("reference_step")
+    if reference is not None and any(step < reference for step, _ in verdict.trajectory):
+        lines.append(before_reference_line(reference))
     before_reference = ev.get("final_step") is None and isinstance(reference_step, int)  # no checkpoint after it
     if ev.get("mf_since_step") is not None and before_reference and ev["mf_since_step"] < reference_step:
         # A run stopped before its --reference (the reference is analysed first, stored in its place): every
@@ -523,7 +547,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "that they differ from the reference"
         )
     elif ev.get("mf_since_step") is not None:
-        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {ev['first_mf_step']})")
+        first_mf = ev["first_mf_step"]
+        before = ", before the reference" if isinstance(reference_step, int) and first_mf < reference_step else ""
+        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {first_mf}{before})")
     elif ev.get("first_mf_step") is not None:
         reference, first = ev.get("reference_step"), ev["first_mf_step"]
         # With --reference in mid-run, the checkpoints before it "moved" from a later checkpoint: an

@@ -598,16 +598,26 @@ NARROW_PRIORITY: tuple[str, ...] = (
 
 
 def render_table(
-    records: Sequence[Record], *, wide: bool = False, title: str | None = None, max_width: int | None = None
+    records: Sequence[Record], *, wide: bool = False, title: str | None = None, max_width: int | None = None,
+    reference_step: int | None = None,
 ) -> PlainTable:
     """One row per checkpoint, the key fields; the narrow form fits a 100-column terminal. Within
     `max_width` whole columns are left out, in reverse `NARROW_PRIORITY` (with `wide`, every field
-    after the step and the regime from the right), and `PlainTable.hidden` names them."""
+    after the step and the regime from the right), and `PlainTable.hidden` names them. The regime of a
+    checkpoint before `reference_step` is marked (`regimes.BEFORE_REFERENCE`)."""
+    from fdl_cli.regimes import BEFORE_REFERENCE
+
     fields = table_fields(wide=wide, records=records)
     first = ("step", "regime") if wide else NARROW_PRIORITY
     priority = [fields.index(name) for name in first if name in fields]
     justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
-    rows = [[format_value(name, record.get(name)) for name in fields] for record in records]
+
+    def cell(name: str, record: Record) -> str:
+        text = format_value(name, record.get(name))
+        early = reference_step is not None and int(record["step"]) < reference_step
+        return text + BEFORE_REFERENCE if name == "regime" and early and record.get(name) is not None else text
+
+    rows = [[cell(name, record) for name in fields] for record in records]
     return PlainTable.fitted([HEADERS.get(name, name) for name in fields], justify, rows, title=title,
                              max_width=max_width, priority=priority, always=2)
 
@@ -678,6 +688,8 @@ class RegimeSpan:
     regime: str
     first_step: int
     last_step: int
+    #: checkpoints before the reference (`regimes.before_reference_line`)
+    before_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -711,6 +723,8 @@ class RunSummary:
     final: Mapping[str, Any]
     #: the last checkpoint is the reference itself (`is_reference`)
     final_is_reference: bool = False
+    #: the store's reference step, when checkpoints before it are among the records
+    reference_step: int | None = None
 
 
 def is_reference(record: Record) -> bool:
@@ -722,18 +736,28 @@ def is_reference(record: Record) -> bool:
     return distance == 0.0 if distance is not None else record.get("cka_init") == 1.0
 
 
-def regime_spans(records: Sequence[Record]) -> list[RegimeSpan]:
-    """The regime trajectory compressed into spans of equal regime (null regimes are skipped)."""
+def regime_spans(records: Sequence[Record], *, reference_step: int | None = None) -> list[RegimeSpan]:
+    """The regime trajectory compressed into spans of equal regime (null regimes are skipped); a span ends
+    at `reference_step`, the checkpoints before it being marked `before_reference`."""
     spans: list[RegimeSpan] = []
     for record in records:
         regime, step = record.get("regime"), int(record["step"])
         if regime is None:
             continue
-        if spans and spans[-1].regime == regime:
-            spans[-1] = RegimeSpan(regime, spans[-1].first_step, step)
+        early = reference_step is not None and step < reference_step
+        if spans and spans[-1].regime == regime and spans[-1].before_reference == early:
+            spans[-1] = RegimeSpan(regime, spans[-1].first_step, step, early)
         else:
-            spans.append(RegimeSpan(str(regime), step, step))
+            spans.append(RegimeSpan(str(regime), step, step, early))
     return spans
+
+
+def reference_step_of(provenance: Mapping[str, Any]) -> int | None:
+    """The store's `reference_step` (None when it has none, or another type: `fdl classify` warns of that)."""
+    value = provenance.get("reference_step")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def largest_change(records: Sequence[Record], name: str) -> Change | None:
@@ -747,8 +771,9 @@ def largest_change(records: Sequence[Record], name: str) -> Change | None:
     return best
 
 
-def summarize(records: Sequence[Record]) -> RunSummary:
-    """The run summary of one series' records (in step order)."""
+def summarize(records: Sequence[Record], *, reference_step: int | None = None) -> RunSummary:
+    """The run summary of one series' records (in step order); `reference_step`, the store's, marks the
+    regimes of the checkpoints before it."""
     steps = [int(record["step"]) for record in records]
     changes = [change for name in SUMMARY_FIELDS if (change := largest_change(records, name)) is not None]
     final = {name: records[-1].get(name) for name in ("d_lr", "cka_init", "k95_utility", "regime")} if records else {}
@@ -756,10 +781,11 @@ def summarize(records: Sequence[Record]) -> RunSummary:
         n_checkpoints=len(records),
         first_step=steps[0] if steps else None,
         last_step=steps[-1] if steps else None,
-        regimes=regime_spans(records),
+        regimes=regime_spans(records, reference_step=reference_step),
         changes=changes,
         final=final,
         final_is_reference=bool(records) and is_reference(records[-1]),
+        reference_step=reference_step if reference_step is not None and steps and steps[0] < reference_step else None,
     )
 
 
@@ -772,13 +798,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
     else:
         lines = [f"{summary.n_checkpoints} checkpoints, steps {summary.first_step}–{summary.last_step}"]
     if summary.regimes:
-        from fdl_cli.regimes import SHOWN_SPANS, elide_spans
+        from fdl_cli.regimes import BEFORE_REFERENCE, SHOWN_SPANS, before_reference_line, elide_spans
 
         trajectory = elide_spans(
             [
-                f"{span.regime} ({span.first_step}–{span.last_step})"
-                if span.first_step != span.last_step
-                else f"{span.regime} ({span.first_step})"
+                f"{span.regime}{BEFORE_REFERENCE if span.before_reference else ''} ({span.first_step}"
+                + (f"–{span.last_step})" if span.first_step != span.last_step else ")")
                 for span in summary.regimes
             ],
             " → ",
@@ -786,6 +811,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         )
         count = f" ({len(summary.regimes)} spans)" if len(summary.regimes) > SHOWN_SPANS else ""
         lines.append(f"regime{count}: {trajectory}")
+        if summary.reference_step is not None and any(span.before_reference for span in summary.regimes):
+            lines.append(before_reference_line(summary.reference_step))
         alone = summary.n_checkpoints == 1 and summary.final_is_reference
         if alone and summary.regimes[0].regime == "coefficient":  # not a run stopped before its --reference
             # A trained model analysed alone read "regime: coefficient" and "final: ... regime coefficient"
@@ -841,8 +868,9 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
         # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.
         # A narrow terminal gets fewer columns, named below the table, rather than lines cut at its edge.
+        reference = reference_step_of(run.provenance)
         table = render_table(series.records, wide=wide, title=title,
-                             max_width=console.width if console.is_terminal else None)
+                             max_width=console.width if console.is_terminal else None, reference_step=reference)
         if not console.is_terminal:
             console.width = max(console.width, table.width)
         console.print(table)
@@ -851,7 +879,7 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
                                    "--json", f"`fdl export {store} --what trajectories`")
         if note:
             console.print(note, markup=False, highlight=False)
-        for line in summary_lines(summarize(series.records)):
+        for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
     if run.series:
         shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))

@@ -21,6 +21,13 @@ from fdl_cli.errors import ResourceError, first_line
 
 #: float64, the dtype of every accumulator, decomposition and anchor copy (SPEC §8)
 FLOAT64 = 8
+#: Values of padding after each row of the float64 anchors that CKA multiplies (m, p ≤ m): one 64-byte
+#: cache line. Rows of p = 512 float64 values lie 4 KiB apart, a stride at which the BLAS's loads of
+#: successive rows fall into the same cache sets and evict each other: each of a checkpoint's two m×p×p
+#: cross products took 40.5 ms at m = 4 096, p = 512, against 35.7 ms with the rows 8 values further
+#: apart, and gave the same digits (docs/benchmarks.md, seventeenth session; p = 256 and 1 024 gain 7 – 8 %
+#: too). Here because the memory estimate counts it (`layer_needs`); pipeline.py allocates them.
+ANCHOR_ROW_PAD = 8
 #: a need above this share of what is available gets a warning (other programs, the model and the
 #: batches need memory too)
 WARN_SHARE = 0.7
@@ -64,7 +71,8 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     n×n Gram and its eigenvectors, side by side while it is decomposed.
     And the anchors' m×p features in float64, `anchor_copies` of them: this checkpoint's and the
     reference's (2), one in a run whose only checkpoint is the reference, none on a rank that only
-    contributes a probe slice. A third copy (the previous checkpoint's) is not counted."""
+    contributes a probe slice; for p ≤ m each row padded by ANCHOR_ROW_PAD values, as they are
+    allocated (m×(p + 8)). A third copy (the previous checkpoint's) is not counted."""
     where = f"{probe}/{label}"
     here = n if n_here is None else n_here
     if p > n and gpu:
@@ -86,8 +94,9 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
         ]
     if anchor_copies:
         whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")
+        row = p + ANCHOR_ROW_PAD if p <= m else p  # as `pipeline._float64_copy` allocates them
         needs.append(Need(f"{where}: the anchors' features, {whose} (m = {m:,})",
-                          anchor_copies * FLOAT64 * m * p, False, statistics=False))
+                          anchor_copies * FLOAT64 * m * row, False, statistics=False))
     return needs
 
 

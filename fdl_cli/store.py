@@ -495,6 +495,8 @@ class StoreReader:
         #: series whose trajectories, written by an earlier fdl, lack an ADDED_FIELDS dataset (read from
         #: the checkpoint groups): the writer rewrites them at its next commit
         self._outdated: set[Series] = set()
+        #: of those, the series whose trajectories lack prev_step (`_note_unknown_previous`)
+        self._without_prev: set[Series] = set()
         if not path.exists():
             raise StoreError(
                 f"no fdl store at {path}",
@@ -525,6 +527,7 @@ class StoreReader:
             self._read_probes()
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
+            self._note_unknown_previous()
         except StoreError:
             self.close()
             raise
@@ -713,6 +716,8 @@ class StoreReader:
                         if added:
                             self._added_from_groups(series, rows, added)
                             self._outdated.add(series)
+                            if "prev_step" in added:
+                                self._without_prev.add(series)
                         self._rows[series] = rows
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
@@ -725,6 +730,27 @@ class StoreReader:
                 rows = [row for row in (self._row_from_group(step, series) for step in steps) if row is not None]
                 if rows:
                     self._rows[series] = rows
+
+    def _note_unknown_previous(self) -> None:
+        """One warning, for the whole store, where an fdl before `prev_step` stored cka_prev / overlap_prev:
+        they may compare with another checkpoint than the one before in step order (a checkpoint analysed
+        later between stored ones was not taken as its successor's previous). A trajectory without the
+        field read as unreadable, one warning a series and command, which said neither what was missing
+        nor that it changes no other measure. Only where the trajectories lack the field: this fdl stores a
+        null prev_step with null cka_prev and overlap_prev (no previous checkpoint)."""
+        unknown = sorted({int(row["step"]) for series in self._without_prev for row in self._rows.get(series, ())
+                          if row.get("prev_step") is None
+                          and (row.get("cka_prev") is not None or row.get("overlap_prev") is not None)})
+        if not unknown:
+            return
+        steps = ", ".join(map(str, unknown[:6])) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        self.warnings.append(
+            f"cka_prev and overlap_prev of step{'s' if len(unknown) > 1 else ''} {steps} were stored by an fdl "
+            "before the field prev_step (null there), which may have compared them with another checkpoint than "
+            "the one before in step order; no other measure, and no regime, depends on them. To recompute them, "
+            f"run `fdl analyze` on the same checkpoints with --out {self._path}: a resume, which recomputes these "
+            "two fields and nothing else that is stored"
+        )
 
     def _added_from_groups(self, series: Series, rows: list[dict[str, Any]], names: Sequence[str]) -> None:
         """Fields added after the trajectories were written (`names`, from ADDED_FIELDS), read from the
@@ -1311,9 +1337,7 @@ class StoreWriter:
                               if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)]
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
                             if others else ", to resume")
-                    fix = ("; ".join(f"this run's probe {new!r} is the store's probe {old!r} (the same file, sha256 "
-                                     f"{sha[:12]}): name it so, --probe {old}=PATH" + then for new, old, sha in renamed)
-                           + "; else " + fix)
+                    fix = _rename_fix(renamed) + then + "; else " + fix
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
@@ -1854,10 +1878,34 @@ def _write_trajectory(
 
 def _renamed_probes(stored: Mapping[str, ProbeInfo], run: Mapping[str, ProbeInfo]) -> list[tuple[str, str, str]]:
     """(this run's name, the store's name, sha256) of each probe of this run that the store holds, the
-    same file, under another name only (neither name on the other side)."""
-    gone = {info.sha256: name for name, info in stored.items() if name not in run}
-    return [(name, gone[info.sha256], info.sha256) for name, info in run.items()
-            if name not in stored and info.sha256 in gone]
+    same file, under another name only (neither name on the other side). One store name for one run
+    name: two probes of one file (`--probe a=P --probe b=P`) are paired with two of the store's names
+    of that file, in their orders, or the second is left unpaired (both were told "name it so, --probe
+    probe=PATH, to resume", one name for two probes)."""
+    gone: dict[str, list[str]] = {}
+    for name, info in stored.items():
+        if name not in run:
+            gone.setdefault(info.sha256, []).append(name)
+    pairs = []
+    for name, info in run.items():
+        if name not in stored and gone.get(info.sha256):
+            pairs.append((name, gone[info.sha256].pop(0), info.sha256))
+    return pairs
+
+
+def _rename_fix(renamed: Sequence[tuple[str, str, str]]) -> str:
+    """What to pass so that this run names its probes as the store does (`_renamed_probes`), in one
+    sentence for all of them."""
+    digests = list(dict.fromkeys(sha[:12] for *_, sha in renamed))
+    files = f"the same file, sha256 {digests[0]}" if len(digests) == 1 else f"the same files, sha256 {', '.join(digests)}"
+    if len(renamed) == 1:
+        new, old, _ = renamed[0]
+        return f"this run's probe {new!r} is the store's probe {old!r} ({files}): name it so, --probe {old}=PATH"
+    news = " and ".join(repr(new) for new, _, _ in renamed)
+    olds = " and ".join(repr(old) for _, old, _ in renamed)
+    flags = " ".join(f"--probe {old}=PATH" for _, old, _ in renamed)
+    each = " (each PATH the file of the probe named so now)" if len(digests) > 1 else ""
+    return f"this run's probes {news} are the store's probes {olds}, in that order ({files}): name them so, {flags}{each}"
 
 
 def _describe_probe(probe: ProbeInfo | None) -> str:

@@ -135,7 +135,8 @@ def test_needs_count_the_largest_pass_and_every_series_anchors() -> None:
     # train: a (moments) 8·(101² + 100²), b (Gram route, p > n) 8·(1000·2000 + 2·1000²); test: smaller
     assert on_device == 8 * (101**2 + 100**2) + 8 * (1000 * 2000 + 2 * 1000**2)
     anchors = sum(need.bytes for need in needs if not need.on_device)
-    assert anchors == 16 * (512 * 100 + 512 * 2000 + 500 * 100 + 500 * 2000)
+    # rows of p ≤ m padded by ANCHOR_ROW_PAD = 8 values, as the anchors are allocated; p > m not padded
+    assert anchors == 16 * (512 * (100 + 8) + 512 * 2000 + 500 * (100 + 8) + 500 * 2000)
     assert resources.shortfall(needs, host=on_device + anchors, device=None) is None
     assert resources.shortfall(needs, host=on_device + anchors - 1, device=None) == (False, on_device + anchors,
                                                                                       on_device + anchors - 1)
@@ -157,7 +158,8 @@ def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pyte
     main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(probe),
           "-o", str(tmp_path / "run.h5"), "--steps", "0,10"])
     err = capsys.readouterr().err
-    assert "warning: this analysis needs at least 39.6 kB of memory" in err and "80 % of the 49.5 kB available" in err
+    # 8·(9² + 8²) of sums and two 300×(8 + 8) float64 anchor copies (rows padded: ANCHOR_ROW_PAD)
+    assert "warning: this analysis needs at least 78.0 kB of memory" in err and "80 % of the 97.5 kB available" in err
     assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0, 10]

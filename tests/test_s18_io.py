@@ -413,10 +413,34 @@ def test_a_probe_saved_as_pt_among_the_checkpoints_is_named_as_a_probe(tmp_path:
     runs, model = _run(tmp_path)
     torch.save({"x": torch.from_numpy(_x()), "y": torch.arange(12) % 3}, runs / "probe_v2.pt")
     result = fdl("analyze", runs, *model, "--probe", runs / "probe_v2.pt", "-o", tmp_path / "run.h5")
-    assert result.returncode == 1  # the bad file; step 0 is analysed
-    assert "unexpected key(s): x, y; the file holds a probe's arrays, not weights" in result.stderr
-    assert "fix: keep the probe out of the checkpoints' folder (or leave it out with --glob)" in result.stderr
-    assert "1 checkpoint(s) analysed, 1 failed" in result.stderr
+    # discovery knows it by its contents (test_s18_ux): skipped with a note, step 0 analysed, nothing failed
+    assert result.returncode == 0, result.stderr
+    assert "note: skipped probe_v2.pt: a probe set (x, y), not model weights" in result.stderr
+    assert "1 checkpoint(s) analysed →" in result.stderr
+    # given as the checkpoint itself, it is named as a probe (it was "no checkpoints found in probe_v2.pt ...
+    # fix: point at a folder")
+    for command in ("inspect", "analyze"):
+        result = fdl(command, runs / "probe_v2.pt", *model, *(["-o", tmp_path / "p.h5"] if command == "analyze" else []))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"error: {runs / 'probe_v2.pt'} is a probe (tensors named only as a probe's x and y), not model " \
+            "weights" in result.stderr
+        assert "fix: give it as --probe, and a checkpoint or a run's folder as the argument" in result.stderr
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_a_probe_read_as_weights_says_what_it_holds(tmp_path: Path) -> None:
+    """Discovery no longer hands a probe's file to the weights' loading; should one reach it all the same
+    (called directly here), the missing/unexpected keys' error says that it holds a probe's arrays, not
+    "wrong --model?"."""
+    from fdl_cli.checkpoints import _load_strict
+    from fdl_cli.errors import CheckpointError
+
+    model = torch.nn.Linear(2, 3)
+    with pytest.raises(CheckpointError) as raised:
+        _load_strict(model, {"x": torch.zeros(4, 2), "y": torch.zeros(4)}, tmp_path / "probe.pt")
+    text = str(raised.value)
+    assert "unexpected key(s): x, y; the file holds a probe's arrays, not weights" in text
+    assert "fix: keep the probe out of the checkpoints' folder (or leave it out with --glob)" in text
 
 
 @pytest.mark.parametrize("dataset", [False, True])
