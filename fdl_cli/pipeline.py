@@ -579,6 +579,11 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
     }
 
 
+def _count(number: int, noun: str) -> str:
+    """"1 point", "2 points": the probe warnings said "1 points" and "1 inputs" of a one-sample probe."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]:
     """`overlap_k` for the store's options, recorded only where it differs from the k of stores written
     before it existed, min(top_k, C) (their overlaps were taken over the stored columns): those stay
@@ -1243,7 +1248,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         k = overlap_k(ctx.options, n_outputs)
         if anchors <= k:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {anchors} points for the overlaps' k = {k} ("
+                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')} for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
                 "eigenfunctions on it can span all of it, where the eigenspace overlaps would be 1 whatever the "
                 "features do: they are not measured there (null), and movement rests on CKA alone; "
@@ -1251,7 +1256,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         if anchors < CKA_MIN_ANCHORS:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {anchors} point(s): CKA on fewer than "
+                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')}: CKA on fewer than "
                 f"{CKA_MIN_ANCHORS} is 1 whatever the features do, so cka_init and cka_prev are not measured "
                 "(null) and the regime cannot tell whether the features moved; "
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
@@ -1259,8 +1264,9 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         points = _anchor_points(ctx, probe)
         if points < anchors and (points < CKA_MIN_ANCHORS or points <= k):
             ctx.reporter.warn(
-                f"probe {probe.name!r}: its first {anchors} inputs (the anchor subset) hold only {points} distinct "
-                "one(s): " + "; ".join(
+                f"probe {probe.name!r}: its first {_count(anchors, 'input')} (the anchor subset) hold"
+                + ("s" if anchors == 1 else "") + f" only {points} distinct {'one' if points == 1 else 'ones'}: "
+                + "; ".join(
                     ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
                       "cka_init and cka_prev are not measured (null)"] if points < CKA_MIN_ANCHORS else [])
                     + ([f"the top-{k} eigenfunctions span all of them, so the eigenspace overlaps are not measured "
@@ -1269,8 +1275,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
-                f"probe {probe.name!r} has only {n} samples for {n_outputs} outputs: its spectrum, D_LR and CKA "
-                "are dominated by sampling noise; use a larger probe"
+                f"probe {probe.name!r} has only {_count(n, 'sample')} for {_count(n_outputs, 'output')}: its spectrum, D_LR "
+                "and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
         ctx.layers = resolve_layers(model, ctx.layer_names)

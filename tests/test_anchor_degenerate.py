@@ -105,7 +105,7 @@ def test_anchor_inputs_that_repeat_measure_no_movement(tmp_path: Path) -> None:
     done = run_fdl("analyze", str(run), "--model", f"{SAMPLE / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
                    "--anchor-size", "64", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert "hold only 2 distinct one(s)" in done.stderr, done.stderr
+    assert "hold only 2 distinct ones" in done.stderr, done.stderr
     with StoreReader(out) as reader:
         records = {record["step"]: record for record in reader.records()}
     assert all(records[1000][name] is None for name in MOVEMENT), records[1000]

@@ -401,7 +401,7 @@ def test_overlaps_at_the_reference_are_one_when_the_first_inputs_repeat(tmp_path
     assert done.code == 0, done.stderr
     # Session 13 review: the top-10 bases span all 5 distinct anchor inputs at every checkpoint, so the
     # overlap is 1 whatever the features do (below): not measured (null), as for 5 distinct anchor points.
-    assert "hold only 5 distinct one(s)" in done.stderr and "overlaps are not measured (null)" in done.stderr
+    assert "hold only 5 distinct ones" in done.stderr and "overlaps are not measured (null)" in done.stderr
     assert "span only 5 dimensions" not in done.stderr
     with StoreReader(out) as reader:
         records = reader.records()

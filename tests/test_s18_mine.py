@@ -71,3 +71,23 @@ def test_analyze_options_take_a_str_out(two_step_run: Path, tmp_path: Path) -> N
     assert summary.store == out
     with h5py.File(out, "r") as handle:
         assert "trajectories" in handle
+
+
+def test_a_one_sample_probe_warns_in_the_singular(tmp_path: Path) -> None:
+    """A probe of one sample was warned of as "the anchor subset has 1 points" and "has only 1 samples"."""
+    import numpy as np
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("model.py", "step_0.safetensors", "step_1000.safetensors"):
+        (folder / name).symlink_to(SAMPLES / name)
+    with np.load(SAMPLES / "probe.npz") as probe:
+        np.savez(tmp_path / "one.npz", x=probe["x"][:1], y=probe["y"][:1])
+    result = fdl("analyze", folder, "--model", folder / "model.py:build", "--probe", tmp_path / "one.npz",
+                 "--out", tmp_path / "one.h5")
+    assert result.code == 0, result.stderr
+    text = " ".join(result.stderr.split())
+    assert "the anchor subset has 1 point for the overlaps' k" in text
+    assert "the anchor subset has 1 point: CKA on fewer than" in text
+    assert "has only 1 sample for 10 outputs" in text
+    assert "1 points" not in text and "1 samples" not in text
