@@ -1338,6 +1338,21 @@ class StoreWriter:
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
                             if others else ", to resume")
                     fix = _rename_fix(renamed) + then + "; else " + fix
+                paired = {pair[1] for pair in renamed}
+                left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
+                if left_out:
+                    # a store of train and test resumed with --probe train alone: "--overwrite / another --out"
+                    # would drop or split what the store holds; the probes of a store are analysed together
+                    others = [d for d in differences
+                              if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in left_out)]
+                    flags = " ".join(f"--probe {name}=PATH" for name in left_out)
+                    digests = ", ".join(stored_probes[name].sha256[:12] for name in left_out)
+                    then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
+                            if others else ", to resume")
+                    fix = (f"the store also holds the probe{'s' if len(left_out) > 1 else ''} "
+                           f"{' and '.join(repr(name) for name in left_out)}, analysed with this run's at each checkpoint: "
+                           f"give {'them' if len(left_out) > 1 else 'it'} too, {flags} (sha256 {digests}){then}; else "
+                           + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.

@@ -91,3 +91,35 @@ def test_a_one_sample_probe_warns_in_the_singular(tmp_path: Path) -> None:
     assert "the anchor subset has 1 point: CKA on fewer than" in text
     assert "has only 1 sample for 10 outputs" in text
     assert "1 points" not in text and "1 samples" not in text
+
+
+def test_a_resume_leaving_a_probe_out_says_to_give_it(two_step_run: Path, tmp_path: Path) -> None:
+    """A store of `train` and `test`, resumed with `--probe train=...` alone, was told only "pass --overwrite
+    to replace it, or another --out to keep both", which drops or splits what the store holds."""
+    import numpy as np
+
+    with np.load(SAMPLES / "probe.npz") as probe:
+        np.savez(tmp_path / "test.npz", x=probe["x"][:50], y=probe["y"][:50])
+    out = tmp_path / "two.h5"
+    model = ("--model", f"{two_step_run / 'model.py'}:build")
+    both = ("--probe", f"train={SAMPLES / 'probe.npz'}", "--probe", f"test={tmp_path / 'test.npz'}")
+    assert fdl("analyze", two_step_run, *model, *both, "--out", out, "--steps", "0").code == 0
+    before = out.read_bytes()
+    alone = fdl("analyze", two_step_run, *model, "--probe", f"train={SAMPLES / 'probe.npz'}", "--out", out)
+    assert alone.code == 1 and "Traceback" not in alone.stderr
+    text = " ".join(alone.stderr.split())
+    assert "holds the results of a different run" in text
+    assert ("fix: the store also holds the probe 'test', analysed with this run's at each checkpoint: give it too, "
+            "--probe test=PATH (sha256 ") in text
+    assert ", to resume; else pass --overwrite to replace it, or another --out to keep both" in text
+    assert out.read_bytes() == before
+    # given, it resumes: step 1000 is added for both probes
+    again = fdl("analyze", two_step_run, *model, *both, "--out", out)
+    assert again.code == 0, again.stderr
+    assert "1 checkpoint(s) analysed, 1 already in the store" in again.stderr
+    # with another option differing as well, "to resume" is not promised
+    other = fdl("analyze", two_step_run, *model, "--probe", f"train={SAMPLES / 'probe.npz'}", "--out", out,
+                "--top-k", "5")
+    text = " ".join(other.stderr.split())
+    assert other.code == 1 and "give it too, --probe test=PATH" in text
+    assert "(the other differences above remain: options.overlap_k, options.top_k); else" in text
