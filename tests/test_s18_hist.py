@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import __version__
 from fdl_cli import pipeline as pipeline_module
+from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.cli import main
 from fdl_cli.errors import StoreError
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
@@ -350,3 +351,15 @@ def test_a_resume_that_refreshes_many_successors_says_so_once(tmp_path: Path) ->
     one = NullReporter()
     _note_refreshed(one, [(10, 20)])
     assert one.notes == ["step 20: cka_prev / overlap_prev now compare with step 10, stored in between"]
+
+
+def test_a_copy_left_out_of_two_folders_is_named_with_its_folder(tmp_path: Path) -> None:
+    """`fdl analyze run1 run2 --step-offset run2=20`: run2/step_0 repeats run1/step_20; the note said
+    "skipped step_0.safetensors ... as step_20.safetensors", and both folders hold a step_0."""
+    for step in (0, 10, 20):
+        for folder, seed in (("run1", step // 10), ("run2", step // 10 + 2)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            save_file({k: v.contiguous() for k, v in mlp(seed=seed).state_dict().items()},
+                      str(tmp_path / folder / f"step_{step}.safetensors"))
+    found = discover_checkpoints([tmp_path / "run1", tmp_path / "run2"], step_offsets=[(str(tmp_path / "run2"), 20)])
+    assert "skipped run2/step_0.safetensors: same weights and step (20) as run1/step_20.safetensors" in found.notes
