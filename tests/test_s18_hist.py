@@ -146,6 +146,13 @@ def test_a_resume_on_another_device_is_a_second_row_with_its_own_checkpoints(
         "float32)",
         f"computed: steps 10, 30, 50 on {FAKE_GPU}, host {host} (torch {torch.__version__}, fdl 9.9.9, float32)",
     ]
+    # --redo 30 elsewhere: step 30 names the run that redid it; step 40, whose cka_prev / overlap_prev it
+    # took again, keeps the run that computed its other numbers
+    monkeypatch.setattr(pipeline_module, "describe_device", lambda device: "cuda:1 (Other GPU)")
+    _analyze(run, out, redo=(30,))
+    redone_rows, redone_steps = _history(out)
+    assert redone_rows[:2] == rows and redone_rows[2]["device"] == "cuda:1 (Other GPU)"
+    assert redone_steps == {0: [0, 20, 40, 60], 1: [10, 50], 2: [30]}
 
 
 def test_fdl_report_says_where_the_checkpoints_were_computed(
@@ -363,3 +370,21 @@ def test_a_copy_left_out_of_two_folders_is_named_with_its_folder(tmp_path: Path)
                       str(tmp_path / folder / f"step_{step}.safetensors"))
     found = discover_checkpoints([tmp_path / "run1", tmp_path / "run2"], step_offsets=[(str(tmp_path / "run2"), 20)])
     assert "skipped run2/step_0.safetensors: same weights and step (20) as run1/step_20.safetensors" in found.notes
+
+
+def test_a_gpu_is_named_with_its_index_and_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cuda` (the current GPU) and `cuda:i`, named as torch.cuda.get_device_name names them (faked here: the
+    tests run on a CPU build of torch); a name torch cannot read leaves the index."""
+    from fdl_cli.pipeline import describe_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H200 #{index}")
+    assert describe_device(torch.device("cuda")) == "cuda:3 (NVIDIA H200 #3)"
+    assert describe_device("cuda:1") == "cuda:1 (NVIDIA H200 #1)"
+    assert describe_device(torch.device("cpu")) == "cpu"
+
+    def unreadable(index: int) -> str:
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", unreadable)
+    assert describe_device("cuda:1") == "cuda:1"
