@@ -1657,9 +1657,8 @@ def _dedupe(
                     duplicates = [(ref.path if a == first.path else a, ref.path if b == first.path else b)
                                   for a, b in duplicates]
                     first, ref = ref, first
-                notes.append(
-                    f"skipped {ref.path.name}: same weights and step ({ref.step}) as {first.path.name}"
-                )
+                dropped_name, kept_name = _copy_names(found, ref, first)
+                notes.append(f"skipped {dropped_name}: same weights and step ({ref.step}) as {kept_name}")
                 if copies is not None:  # `first` kept, `ref` dropped (kept before, if swapped just now)
                     copies[:] = [(dropped, first if kept is ref else kept) for dropped, kept in copies]
                     copies.append((ref, first))
@@ -1728,6 +1727,20 @@ def _dedupe(
             by_print.setdefault(fingerprint, ref)
         kept.append(ref)
     return kept, duplicates
+
+
+def _copy_names(found: Sequence[tuple[CheckpointRef, str | None]], *refs: CheckpointRef) -> list[str]:
+    """The names of `refs` for a note: their file names, or, when another file found has one of those
+    names (run1/step_0.pt and run2/step_0.pt of `fdl analyze run1 run2 --step-offset run2=500`), their
+    paths below the folder that holds every file found (its sources')."""
+    names = collections.Counter(other.path.name for other, _ in found)
+    if all(names[ref.path.name] <= 1 for ref in refs):
+        return [ref.path.name for ref in refs]
+    try:
+        base = os.path.commonpath([os.path.abspath(other.path.parent) for other, _ in found])
+        return [os.path.relpath(os.path.abspath(ref.path), base) for ref in refs]
+    except ValueError:  # no common folder (another drive)
+        return [str(ref.path) for ref in refs]
 
 
 def _restart_offset(

@@ -450,11 +450,13 @@ def report(**kwargs: Any) -> None:
     if kwargs["html_path"]:
         rep.check_output(kwargs["html_path"])
     _check_plots_dir(kwargs["plots_dir"])
-    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    fmt = kwargs["fmt"]
+    # where the checkpoints were computed: for the table and the HTML page (an attribute read per checkpoint)
+    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
+                       history=fmt == "table" or bool(kwargs["html_path"]))
     console = _stderr_console()
     for warning in run.warnings:
         console.print(f"warning: {warning}", markup=False, style="yellow")
-    fmt = kwargs["fmt"]
     if fmt != "table":
         sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
     else:

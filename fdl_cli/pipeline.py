@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISDIR
 from typing import Any, TextIO
@@ -499,6 +500,8 @@ class _Context:
     #: --redo: step -> the stored steps compared with it (prev_step), not redone themselves: their cka_prev /
     #: overlap_prev are recomputed with its new series and committed with it (`_redo_successors`)
     redo_successors: dict[int, list[int]] = field(default_factory=dict)
+    #: when this `fdl analyze` started (UTC, ISO 8601): its row of the store's history (`invocation`)
+    started: str = ""
 
 
 def _anchor_points(ctx: _Context, probe: Probe) -> int:
@@ -590,6 +593,35 @@ def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]
     resumable unless the overlaps would now mean something else, which the resume check then refuses."""
     k = overlap_k(options, n_outputs)
     return {} if k == min(options.top_k, n_outputs) else {"overlap_k": k}
+
+
+def invocation(ctx: _Context) -> dict[str, Any]:
+    """This `fdl analyze` as a row of the store's history (docs/store.md): where and how the checkpoints it
+    stores were computed. Under torchrun, that of this rank (rank 0 for the store, rank K for its part)."""
+    world = ctx.world
+    return {
+        "started": ctx.started,
+        **environment(),
+        "device": describe_device(ctx.device),
+        "dtype": ctx.options.dtype,
+        "world_size": world.size if world is not None else 1,
+        "rank": world.rank if world is not None else 0,
+    }
+
+
+def describe_device(device: Any) -> str:
+    """`cpu`, or `cuda:0 (NVIDIA H200)`: the device and, for a GPU, its name (float32 features differ
+    between the CPU and a GPU, and between GPUs, by ~1e-4)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    except Exception:  # noqa: BLE001 - a name torch cannot read is no reason to stop a run
+        return f"cuda:{index}"
 
 
 def environment() -> dict[str, Any]:
@@ -733,6 +765,8 @@ def run_analyze(
     from fdl_cli import distributed
     from fdl_cli.extract import current_cuda_device, resolve_device
 
+    # for the store's history: to the microsecond, so two invocations are two rows (rows are matched by text)
+    started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     world = distributed.detect_world()
     _check_redo_options(options, world)
     # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
@@ -743,7 +777,8 @@ def run_analyze(
     # The model is built and run with `cuda:i` current, so that what it puts on "the" GPU goes there too
     # (extract.current_cuda_device); the caller's current device is back when this returns.
     with current_cuda_device(device):
-        return _run_analyze(options, world, device, reporter=reporter, on_record=on_record, stdin=stdin)
+        return _run_analyze(options, world, device, reporter=reporter, on_record=on_record, stdin=stdin,
+                            started=started)
 
 
 def _run_analyze(
@@ -754,6 +789,7 @@ def _run_analyze(
     reporter: Reporter | None,
     on_record: Callable[[dict[str, Any]], None] | None,
     stdin: TextIO | None,
+    started: str = "",
 ) -> AnalyzeSummary:
     from fdl_cli import checkpoints as ckpts
     from fdl_cli import distributed
@@ -859,6 +895,7 @@ def _run_analyze(
         spec_source=spec_source,
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
         copies=list(discovery.copies),
+        started=started,
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1538,6 +1575,7 @@ def _analyze_refs(
         probes=_probe_infos(ctx),
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
+        invocation=invocation(ctx),
     ) as writer:
         if options.watch:
             # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
@@ -1693,8 +1731,10 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
                 )
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
             series = _compared_again(ctx, reader, successor, later, ctx.previous, step)
+            computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
         entries.append(Entry(
-            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
+            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+            computed_by=computed_by,
         ))
     return entries
 
@@ -2951,7 +2991,6 @@ def _refresh_successors(
     analysed). A prev_step between the two that is not among this run's checkpoints names a
     checkpoint whose file is gone, and is kept."""
 
-    from fdl_cli.store import CheckpointEntry as Entry
     from fdl_cli.store import StoreReader
 
     announce(writer.flush())
@@ -2972,6 +3011,40 @@ def _refresh_successors(
             before = successor
     if not pairs:
         return
+    done: list[tuple[int, int]] = []
+    try:
+        _refresh_pairs(ctx, writer, out, pairs, stored_sha, announce, done)
+    finally:  # also for a run stopped half-way: those added are committed as the writer closes
+        _note_refreshed(ctx.reporter, done)
+    announce(writer.flush())
+
+
+def _note_refreshed(reporter: Reporter, pairs: Sequence[tuple[int, int]]) -> None:
+    """One note for the successors refreshed: a resume after `--every 10` refreshes nearly every stored
+    checkpoint, and said one a line that was 30 lines for a run of 300 checkpoints."""
+    if len(pairs) == 1:
+        before, successor = pairs[0]
+        reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
+    elif pairs:
+        said = [f"step {successor} with step {before}" for before, successor in pairs]
+        shown = ", ".join(said) if len(said) <= 4 else ", ".join(said[:3]) + ", …, " + said[-1]
+        reporter.note(f"{len(pairs)} stored checkpoints: cka_prev / overlap_prev now compare with the checkpoint "
+                      f"stored in between ({shown})")
+
+
+def _refresh_pairs(
+    ctx: _Context,
+    writer: Any,
+    out: Path,
+    pairs: Sequence[tuple[int, int]],
+    stored_sha: Mapping[int, str],
+    announce: Callable[[Sequence[CheckpointEntry]], None],
+    done: list[tuple[int, int]],
+) -> None:
+    """`_refresh_successors`' work: each (before, successor) compared again and added; `done` the pairs added."""
+    from fdl_cli.store import CheckpointEntry as Entry
+    from fdl_cli.store import StoreReader
+
     for before, successor in pairs:
         ref = ctx.refs_by_step[successor]
         with _memory_explained(ref), StoreReader(out) as reader:
@@ -2986,11 +3059,15 @@ def _refresh_successors(
             earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
             later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
             series = _compared_again(ctx, reader, successor, later, earlier, before)
-        ctx.reporter.note(f"step {successor}: cka_prev / overlap_prev now compare with step {before}, stored in between")
-        announce(writer.add(Entry(
-            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
-        )))
-    announce(writer.flush())
+            computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
+        entry = Entry(
+            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+            computed_by=computed_by,
+        )
+        try:
+            announce(writer.add(entry))
+        finally:  # buffered even when add() raises (an earlier commit's error): committed, or retried
+            done.append((before, successor))
 
 
 def _compared_again(
@@ -3533,6 +3610,7 @@ def _analyze_distributed(
                 probes=_probe_infos(ctx),
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
+                invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
             )
             writer.note_file_signatures(touched)
             # before any other rank opens its part afresh
@@ -3707,6 +3785,7 @@ def _open_rank_part(
             probes=_probe_infos(ctx),
             overwrite=True,
             min_interval=ctx.options.min_commit_interval,
+            invocation=invocation(ctx),  # this rank's: taken in with its checkpoints (`_take_in_rank_parts`)
         )
     except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
         return None

@@ -132,6 +132,9 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     #: The open StoreReader while inside `opened_run` (arrays are then read without reopening the file).
     reader: Any = field(default=None, compare=False, repr=False)
+    #: Where the checkpoints were computed (read with `history=True`): (a row of the store's history, or
+    #: None for checkpoints it does not record, the steps of the stored checkpoints it computed).
+    history: tuple[tuple[Mapping[str, Any] | None, tuple[int, ...]], ...] = ()
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`."""
@@ -221,7 +224,9 @@ def _series_key(provenance: Mapping[str, Any]) -> Any:
     return key
 
 
-def _read_run(reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool) -> Run:
+def _read_run(
+    reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool, history: bool = False
+) -> Run:
     available = [(str(name), str(module)) for name, module in reader.series()]
     chosen = select_series(available, probe=probe, layer=layer, path=path)
     chosen.sort(key=_series_key(reader.provenance))  # the first series: the first probe given, the first layer
@@ -239,13 +244,18 @@ def _read_run(reader: Any, path: Path, *, probe: str | None, layer: str | None, 
         several=len(available) > 1,
         warnings=list(getattr(reader, "warnings", [])),
         reader=reader if keep else None,
+        history=tuple((None if index is None else reader.history[index], tuple(steps))
+                      for index, steps in reader.history_steps().items()) if history else (),
     )
 
 
-def load_run(path: str | Path, *, probe: str | None = None, layer: str | None = None) -> Run:
-    """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`."""
+def load_run(
+    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False
+) -> Run:
+    """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`; with
+    `history`, also where each checkpoint was computed (`Run.history`: an attribute read per checkpoint)."""
     with open_store(path) as reader:
-        return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False)
+        return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False, history=history)
 
 
 @contextmanager
@@ -847,22 +857,83 @@ def summary_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
-    """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped)."""
+def provenance_lines(
+    provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = ()
+) -> list[str]:
+    """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped), then where the
+    checkpoints were computed (`history_lines`; `Run.history`)."""
     lines = []
-    for key in ("model", "layers", "probes", "options", "host", "torch_version", "fdl_version"):
+    for key in ("model", "layers", "probes", "options"):
         value = provenance.get(key)
         if value in (None, "", [], {}):
             continue
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=_json_default, sort_keys=True)
         lines.append(f"{key}: {value}")
+    return lines + history_lines(history, provenance.get("environment"))
+
+
+#: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
+HISTORY_LINES = 3
+
+
+def history_lines(
+    history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]], environment: Any = None
+) -> list[str]:
+    """Where a store's checkpoints were computed, one line per device, host and software (rows of the
+    store's history that agree on them are one line), in step order; at most HISTORY_LINES lines.
+    `history`: `Run.history`; `environment`: the provenance's, said for a store without a history."""
+    places: dict[Any, list[int]] = {}
+    rows: dict[Any, Mapping[str, Any] | None] = {}
+    for row, steps in history:
+        key = None if row is None else tuple(
+            json.dumps(row.get(name), sort_keys=True)
+            for name in ("device", "host", "world_size", "rank", "torch_version", "fdl_version", "dtype"))
+        places.setdefault(key, []).extend(steps)
+        rows.setdefault(key, row)
+    known = [key for key in places if key is not None and places[key]]
+    if not known:
+        if not isinstance(environment, Mapping) or not environment.get("host"):
+            return []
+        return [f"created on: host {environment.get('host')} (torch {environment.get('torch_version', '?')}, "
+                f"fdl {environment.get('fdl_version', '?')}); where each checkpoint was computed is not recorded "
+                "(stored before fdl kept a history)"]
+    total = sum(len(steps) for steps in places.values())
+    order = sorted((key for key in places if places[key]), key=lambda key: min(places[key]))
+    lines = []
+    for key in order[: HISTORY_LINES if len(order) <= HISTORY_LINES else HISTORY_LINES - 1]:
+        steps = sorted(places[key])
+        which = f"all {total} checkpoints" if len(steps) == total else _steps_said(steps)
+        row = rows[key]
+        lines.append(f"computed: {which} " + ("(stored before fdl kept a history: where is not recorded)"
+                                              if row is None else _where(row)))
+    if len(order) > len(lines):
+        rest = order[len(lines):]
+        lines.append(f"computed: {sum(len(places[key]) for key in rest)} more checkpoints in {len(rest)} other "
+                     "places (the store's history: `h5dump -a /history STORE`)")
     return lines
+
+
+def _steps_said(steps: Sequence[int]) -> str:
+    if len(steps) <= 3:
+        return ("step " if len(steps) == 1 else "steps ") + ", ".join(map(str, steps))
+    return f"{len(steps)} checkpoints from step {steps[0]} to {steps[-1]}"
+
+
+def _where(row: Mapping[str, Any]) -> str:
+    """'on cpu, host a (torch 2.13.0, fdl 0.1.0, float32)' of a history row."""
+    device = str(row.get("device", "an unknown device"))
+    size, rank = row.get("world_size", 1), row.get("rank", 0)
+    if isinstance(size, int) and size > 1:
+        device += (f" and {size - 1} more torchrun rank{'s' if size > 2 else ''}" if rank == 0
+                   else f" (torchrun rank {rank} of {size})")
+    return (f"on {device}, host {row.get('host', '?')} (torch {row.get('torch_version', '?')}, "
+            f"fdl {row.get('fdl_version', '?')}, {row.get('dtype', '?')})")
 
 
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
-    for line in provenance_lines(run.provenance):
+    for line in provenance_lines(run.provenance, run.history):
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"

@@ -201,12 +201,15 @@ def _analyze(run: Path, probe: Path, out: Path, n_in: int, n_out: int, **options
 
 
 def _contents(path: Path) -> dict[str, Any]:
-    """Every attribute (field) and every dataset (dtype, shape and bytes) of a store, but its creation time."""
+    """Every attribute (field) and every dataset (dtype, shape and bytes) of a store, but its creation time and
+    where and when its checkpoints were computed (the root's `history`, each checkpoint group's index into it:
+    a resumed store was computed by two invocations)."""
     found: dict[str, Any] = {}
     with h5py.File(path, "r") as handle:
         def visit(name: str, node: Any) -> None:
             for key, value in node.attrs.items():
-                if not (name == "" and key == "created"):
+                if not (name == "" and key in ("created", "history")
+                        or key == "history" and name.startswith("checkpoints/step_") and name.count("/") == 1):
                     found[f"{name}@{key}"] = (
                         (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else value
                     )

@@ -45,16 +45,18 @@ def _retrain(folder: Path, step: int, factor: float = 1.5) -> None:
 
 
 def _dump(store: Path) -> dict[str, Any]:
-    """Every attribute and dataset of the store by its HDF5 path; not the root's `created` time."""
+    """Every attribute and dataset of the store by its HDF5 path; not the root's `created` time, nor where and
+    when its checkpoints were computed (the root's `history` and each checkpoint group's index into it)."""
     items: dict[str, Any] = {}
     with h5py.File(store, "r") as handle:
         for name, value in handle.attrs.items():
-            if name != "created":
+            if name not in ("created", "history"):
                 items[f"/@{name}"] = value
 
         def visit(name: str, node: Any) -> None:
             for key, value in node.attrs.items():
-                items[f"{name}@{key}"] = value
+                if not (key == "history" and name.startswith("checkpoints/step_") and name.count("/") == 1):
+                    items[f"{name}@{key}"] = value
             if isinstance(node, h5py.Dataset):
                 items[name] = node[()]
 

@@ -121,7 +121,7 @@ def test_step_offset_analyses_a_restarted_folder_as_one_run(
     assert status == 0, err
     assert [json.loads(line)["step"] for line in stdout.splitlines()] == [0, 10, 20, 30, 40]
     # run2/step_0 repeats run1/step_20: one of them is kept, the one whose name holds its step
-    assert "skipped step_0.safetensors: same weights and step (20) as step_20.safetensors" in err
+    assert "skipped run2/step_0.safetensors: same weights and step (20) as run1/step_20.safetensors" in err
     with StoreReader(out) as reader:
         assert [Path(r["path"]).relative_to(tmp_path).as_posix() for r in reader.records()] == [
             "run1/step_0.safetensors", "run1/step_10.safetensors", "run1/step_20.safetensors",

@@ -479,10 +479,10 @@ def test_many_adds_while_the_scheduler_commits_lose_and_repeat_nothing(
     count_lock = threading.Lock()
     real_write, real_execute = store_module._write_checkpoint, StoreWriter._execute
 
-    def write(checkpoints: Any, entry: CheckpointEntry) -> None:
+    def write(checkpoints: Any, entry: CheckpointEntry, *rest: Any) -> None:
         with count_lock:
             written[entry.step] = written.get(entry.step, 0) + 1
-        real_write(checkpoints, entry)
+        real_write(checkpoints, entry, *rest)  # rest: the checkpoint's row of the history
 
     def execute(self: StoreWriter, plan: Any) -> None:
         with count_lock:
