@@ -880,16 +880,26 @@ def _peek_file(path: Path) -> _Peek:
         header = _read_safetensors_header(path)
         if not any(k != "__metadata__" for k in header):
             return _Peek(None, {}, f"skipped {name}: no tensors")
-        if _is_probe_set(k for k in header if k != "__metadata__"):
-            return _Peek(None, {}, _probe_note(name, header))
         meta = _metadata_steps(header.get("__metadata__") or {})
+        shapes = {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, Mapping)}
+        if not meta and _is_probe_set(shapes):
+            return _Peek(None, {}, _probe_note(name, header))
         return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header))
+    if head.startswith(_HDF5_SIGNATURE) and checkpoint_suffix(path) is None:
+        # given among the files (`fdl analyze run/*`, whose folder holds the store or an .h5 probe): it read
+        # as "cannot read the checkpoint ...: the file is truncated or corrupt"
+        return _Peek(None, {}, f"skipped {name}: an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
+                arrays = _npz_shapes(archive, names) if checkpoint_suffix(path) is None else None
         except (zipfile.BadZipFile, OSError) as exc:
             raise _corrupt_error(path, exc) from None
+        if arrays is not None:  # np.savez's archive (probe.npz given among the files), as the HDF5 file above
+            if _is_probe_set(arrays):
+                return _Peek(None, {}, _probe_note(name, arrays))
+            return _Peek(None, {}, f"skipped {name}: a NumPy archive (.npz), not a checkpoint")
         if _is_torchscript(names):
             return _Peek("torchscript", {})
         if _is_export(path, names):
@@ -918,21 +928,54 @@ def _peek_file(path: Path) -> _Peek:
     if tensors is None:
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    if _is_probe_set(tensors):
-        return _Peek(None, {}, _probe_note(name, tensors))
+    flat = isinstance(obj, Mapping) and all(isinstance(value, torch.Tensor) for value in obj.values())
+    if flat and _is_probe_set({key: tuple(value.shape) for key, value in tensors.items()}):
+        return _Peek(None, {}, _probe_note(name, tensors))  # the file's own dict: under `model` it is weights
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
 
 
-def _is_probe_set(keys: Iterable[str]) -> bool:
-    """Whether tensors of these names are a probe set rather than weights: only fdl's probe keys (an input,
-    `probes.X_KEYS`, and optionally targets, `Y_KEYS`). A probe.pt beside the checkpoints (or fdl.toml's
-    `probe`) is no checkpoint: `fdl inspect FOLDER` listed it, as the folder's first file, and failed on
-    its "unexpected keys x, y"; a probe named like a step (probe_0.pt) clashed with step 0 in `analyze`."""
+def _is_probe_set(shapes: Mapping[str, Any]) -> bool:
+    """Whether tensors of these names and shapes (`name -> shape`) are a probe set rather than weights: only
+    fdl's probe keys (an input, `probes.X_KEYS`, and optionally targets, `Y_KEYS`), the inputs at least 1-D
+    and the targets, if any, as many as the inputs (both of n samples). A probe.pt beside the checkpoints (or
+    fdl.toml's `probe`) is no checkpoint: `fdl inspect FOLDER` listed it, as the folder's first file, and
+    failed on its "unexpected keys x, y"; a probe named like a step (probe_0.pt) clashed with step 0 in
+    `analyze`. The shapes keep out a model whose parameters bear such names (a factorisation's `X` (d, h)
+    and `Y` (h, C)); the callers also keep out tensors under a state_dict key or beside a step: a probe is
+    never saved so, and such files read as probes left every checkpoint of a run skipped."""
     from fdl_cli.probes import X_KEYS, Y_KEYS
 
-    names = set(keys)
-    return bool(names & set(X_KEYS)) and names <= set(X_KEYS) | set(Y_KEYS)
+    if not shapes or not set(shapes) <= {*X_KEYS, *Y_KEYS}:
+        return False
+    x_key = next((key for key in X_KEYS if key in shapes), None)
+    if x_key is None:
+        return False
+    x_shape = tuple(shapes[x_key] or ())
+    y_key = next((key for key in Y_KEYS if key in shapes), None)
+    if len(x_shape) < 1:
+        return False
+    return y_key is None or (1 <= len(tuple(shapes[y_key] or ())) <= 2 and tuple(shapes[y_key])[0] == x_shape[0])
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _npz_shapes(archive: zipfile.ZipFile, names: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
+    """The arrays of an archive `np.savez` wrote (name -> shape, from each member's .npy header), or None
+    when the archive holds other members (a torch.save zip holds `archive/data.pkl`, never top-level .npy)."""
+    if not names or not all(member.endswith(".npy") and "/" not in member for member in names):
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for member in names:
+        try:
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shapes[member.removesuffix(".npy")] = tuple(read(handle)[0])
+        except (ValueError, OSError, zipfile.BadZipFile):
+            shapes[member.removesuffix(".npy")] = ()  # not an .npy after all: still no checkpoint
+    return shapes
 
 
 def _probe_note(name: str, keys: Iterable[str]) -> str:
@@ -1383,6 +1426,16 @@ def discover_checkpoints(
             got=probe_sets[0].removeprefix("skipped "),
             fix=f"give {'it' if len(sources) == 1 else 'them'} as --probe, and a checkpoint or a run's folder as the "
             "argument",
+        )
+    hdf5 = [note for note in notes if note.endswith(": an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint")]
+    if not found and hdf5 and len(hdf5) == len(notes) and all(Path(s).is_file() for s in sources):
+        # `fdl analyze run.fdl.h5` (for `fdl report`), or an .h5 probe given where a checkpoint goes
+        raise CheckpointError(
+            f"{', '.join(str(s) for s in sources)} {'is an HDF5 file' if len(sources) == 1 else 'are HDF5 files'}, "
+            "not a checkpoint",
+            got=hdf5[0].removeprefix("skipped "),
+            fix="read an fdl store with `fdl report STORE` (or classify, compare, export), give an .h5 probe as "
+            "--probe, and a checkpoint or a run's folder as the argument of `fdl analyze`",
         )
     if not found:
         where = ", ".join(str(s) for s in sources)
