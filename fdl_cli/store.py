@@ -1420,31 +1420,31 @@ class StoreWriter:
                     fix = ("the store was analysed without --weights: if the checkpoints' own weights are the "
                            "ones you name, leave --weights out (and weights out of fdl.toml) to resume; else " + fix)
                 renamed = _renamed_probes(stored_probes, self._probes)
-                if renamed:
-                    # the same probe file under another name (`--probe test=probe.npz` on a store that calls
-                    # it `probe`): a different run only by its name, which the fix can give back; "to resume"
-                    # only when nothing else differs (it was said beside another --top-k, say, which still differs)
-                    names = {name for pair in renamed for name in pair[:2]}
+                paired = {pair[1] for pair in renamed}
+                left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
+                if renamed or left_out:
+                    # The same probe file under another name (`--probe test=probe.npz` on a store that calls it
+                    # `probe`): a different run only by its name, which the fix can give back. A store's probe
+                    # left out (train and test resumed with --probe train alone): "--overwrite / another --out"
+                    # would drop or split what the store holds; the probes of a store are analysed together.
+                    # Both at once (`--probe a=P` on a store of train and test) are one fix: given as two
+                    # alternatives, each said the other's differences "remain", and neither resumed.
+                    # "To resume" only when nothing else differs (it was said beside another --top-k, say).
+                    names = {name for pair in renamed for name in pair[:2]} | set(left_out)
                     others = [d for d in differences
                               if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)]
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
                             if others else ", to resume")
-                    fix = _rename_fix(renamed) + then + "; else " + fix
-                paired = {pair[1] for pair in renamed}
-                left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
-                if left_out:
-                    # a store of train and test resumed with --probe train alone: "--overwrite / another --out"
-                    # would drop or split what the store holds; the probes of a store are analysed together
-                    others = [d for d in differences
-                              if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in left_out)]
-                    flags = " ".join(f"--probe {name}=PATH" for name in left_out)
-                    digests = ", ".join(stored_probes[name].sha256[:12] for name in left_out)
-                    then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
-                            if others else ", to resume")
-                    fix = (f"the store also holds the probe{'s' if len(left_out) > 1 else ''} "
-                           f"{' and '.join(repr(name) for name in left_out)}, analysed with this run's at each checkpoint: "
-                           f"give {'them' if len(left_out) > 1 else 'it'} too, {flags} (sha256 {digests}){then}; else "
-                           + fix)
+                    parts = [_rename_fix(renamed)] if renamed else []
+                    if left_out:
+                        flags = " ".join(f"--probe {name}=PATH" for name in left_out)
+                        digests = ", ".join(stored_probes[name].sha256[:12] for name in left_out)
+                        parts.append(
+                            f"the store also holds the probe{'s' if len(left_out) > 1 else ''} "
+                            f"{' and '.join(repr(name) for name in left_out)}, analysed with this run's at each "
+                            f"checkpoint: give {'them' if len(left_out) > 1 else 'it'} too, {flags} (sha256 {digests})"
+                        )
+                    fix = "; and ".join(parts) + then + "; else " + fix
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
