@@ -109,6 +109,12 @@ class AnalyzeOptions:
         # deep in the run with "'str' object has no attribute 'exists'"; a path is a path either way.
         if isinstance(self.out, str):
             object.__setattr__(self, "out", Path(self.out))
+        # sources="run/" (one folder, as a str) was taken letter by letter: "no such checkpoint file or
+        # folder: r"; so were probe_specs="probe.npz" and layers="fc2". One path or name is a tuple of one.
+        for name in ("sources", "probe_specs", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                object.__setattr__(self, name, (os.fspath(value),))
 
     @classmethod
     def from_cli(cls, **kwargs: Any) -> AnalyzeOptions:
