@@ -858,10 +858,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
 
 
 def provenance_lines(
-    provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = ()
+    provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = (),
+    *, store: str | Path | None = None,
 ) -> list[str]:
     """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped), then where the
-    checkpoints were computed (`history_lines`; `Run.history`)."""
+    checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command)."""
     lines = []
     for key in ("model", "layers", "probes", "options"):
         value = provenance.get(key)
@@ -870,7 +871,7 @@ def provenance_lines(
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=_json_default, sort_keys=True)
         lines.append(f"{key}: {value}")
-    return lines + history_lines(history, provenance.get("environment"))
+    return lines + history_lines(history, provenance.get("environment"), store=store)
 
 
 #: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
@@ -878,11 +879,13 @@ HISTORY_LINES = 3
 
 
 def history_lines(
-    history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]], environment: Any = None
+    history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]], environment: Any = None,
+    *, store: str | Path | None = None,
 ) -> list[str]:
     """Where a store's checkpoints were computed, one line per device, host and software (rows of the
     store's history that agree on them are one line), in step order; at most HISTORY_LINES lines.
-    `history`: `Run.history`; `environment`: the provenance's, said for a store without a history."""
+    `history`: `Run.history`; `environment`: the provenance's, said for a store without a history; `store`:
+    its path, in the command the last line gives for the rest (else STORE)."""
     places: dict[Any, list[int]] = {}
     rows: dict[Any, Mapping[str, Any] | None] = {}
     for row, steps in history:
@@ -909,8 +912,10 @@ def history_lines(
                                               if row is None else _where(row)))
     if len(order) > len(lines):
         rest = order[len(lines):]
+        # the store's own path, to paste (it said STORE, though the report knows which store it reads)
+        shown = "STORE" if store is None else shlex.quote(str(store))
         lines.append(f"computed: {sum(len(places[key]) for key in rest)} more checkpoints in {len(rest)} other "
-                     "places (the store's history: `h5dump -a /history STORE`)")
+                     f"places (the store's history: `h5dump -a /history {shown}`)")
     return lines
 
 
@@ -933,7 +938,7 @@ def _where(row: Mapping[str, Any]) -> str:
 
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
-    for line in provenance_lines(run.provenance, run.history):
+    for line in provenance_lines(run.provenance, run.history, store=run.path):
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
