@@ -528,8 +528,10 @@ def compare(**kwargs: Any) -> None:
             run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
         )
     console = _stderr_console()
-    # each store's damage, named by its path (the two may differ); once for a store given twice
-    for said in dict.fromkeys(f"{run.path}: {warning}" for run in (run_a, run_b) for warning in run.warnings):
+    # each store's damage, named by its path (the two may differ) unless the warning begins with it ("a.h5:
+    # a.h5: its history attribute is damaged"); once for a store given twice
+    for said in dict.fromkeys(warning if warning.startswith(str(run.path)) else f"{run.path}: {warning}"
+                              for run in (run_a, run_b) for warning in run.warnings):
         console.print(f"warning: {said}", markup=False, style="yellow")
     if (note := rep.option_difference_note(comparison)) is not None:
         console.print(f"warning: {note}", markup=False, style="yellow")
