@@ -186,3 +186,63 @@ def test_analyze_options_take_one_source_probe_and_layer_as_a_str(tmp_path: Path
     assert AnalyzeOptions(sources=SAMPLE).sources == (str(SAMPLE),)
     summary = run_analyze(options, reporter=NullReporter())
     assert summary.analysed == [0, 5]
+
+
+# -- 5. the history in report and compare -------------------------------------------------------------------------
+
+
+def _store_of_five_places(tmp_path: Path) -> Path:
+    """The sample's steps 0..40 in a store whose history says each was computed on another GPU."""
+    import h5py
+
+    out = tmp_path / "my run.h5"
+    assert fdl("analyze", SAMPLE, "--steps", "0,5,10,15,20", "-o", out).returncode == 0
+    with h5py.File(out, "r+") as store:
+        row = json.loads(store.attrs["history"])[0]
+        store.attrs["history"] = json.dumps([dict(row, device=f"cuda:{i} (GPU {i})", started=str(i)) for i in range(5)])
+        for index, step in enumerate((0, 5, 10, 15, 20)):
+            store[f"checkpoints/step_{step}"].attrs["history"] = np.int64(index)
+    return out
+
+
+def test_the_rest_of_many_places_is_read_with_the_stores_own_path(tmp_path: Path) -> None:
+    """It said `h5dump -a /history STORE`, though the report knows the store it reads (a path to paste)."""
+    out = _store_of_five_places(tmp_path)
+    done = fdl("report", out)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("computed: ")]
+    assert lines[:2] == [f"computed: step {step} on cuda:{i} (GPU {i}), host {json.loads(_row(out))['host']} "
+                         f"(torch {torch.__version__}, fdl {_version()}, float32)" for i, step in enumerate((0, 5))]
+    assert lines[2] == f"computed: 3 more checkpoints in 3 other places (the store's history: `h5dump -a /history '{out}'`)"
+    page = tmp_path / "report.html"
+    assert fdl("report", out, "--html", page).returncode == 0
+    assert f"h5dump -a /history &#x27;{out}&#x27;" in page.read_text(encoding="utf-8")
+
+
+def _row(out: Path) -> str:
+    import h5py
+
+    with h5py.File(out, "r") as store:
+        return json.dumps(json.loads(store.attrs["history"])[0])
+
+
+def _version() -> str:
+    from fdl_cli import __version__
+
+    return __version__
+
+
+def test_compare_names_a_store_once_in_a_warning_that_names_it(tmp_path: Path) -> None:
+    """A damaged history's warning begins with the store's path; compare put the path before it again."""
+    import h5py
+
+    out = tmp_path / "a.h5"
+    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    with h5py.File(out, "r+") as store:
+        store.attrs["history"] = "[{broken"
+    done = fdl("compare", out, out)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {out}: its history attribute is damaged and was ignored (Expecting property name "
+                        "enclosed in double quotes: line 1 column 3 (char 2)); where its checkpoints were computed is "
+                        "unknown"]
