@@ -1583,6 +1583,8 @@ def _analyze_refs(
         min_interval=options.min_commit_interval,
         invocation=invocation(ctx),
     ) as writer:
+        if writer.history_warning is not None:
+            ctx.reporter.warn(writer.history_warning)
         if options.watch:
             # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
             # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
@@ -3618,6 +3620,8 @@ def _analyze_distributed(
                 min_interval=options.min_commit_interval,
                 invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
             )
+            if writer.history_warning is not None:
+                ctx.reporter.warn(writer.history_warning)
             writer.note_file_signatures(touched)
             # before any other rank opens its part afresh
             taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))

@@ -135,6 +135,8 @@ class Run:
     #: Where the checkpoints were computed (read with `history=True`): (a row of the store's history, or
     #: None for checkpoints it does not record, the steps of the stored checkpoints it computed).
     history: tuple[tuple[Mapping[str, Any] | None, tuple[int, ...]], ...] = ()
+    #: the store's history attribute is damaged (a reader warning): none of `history` is recorded
+    history_damaged: bool = False
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`."""
@@ -246,6 +248,7 @@ def _read_run(
         reader=reader if keep else None,
         history=tuple((None if index is None else reader.history[index], tuple(steps))
                       for index, steps in reader.history_steps().items()) if history else (),
+        history_damaged=bool(getattr(reader, "_history_damaged", False)),
     )
 
 
@@ -859,7 +862,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
 
 def provenance_lines(
     provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = (),
-    *, store: str | Path | None = None,
+    *, store: str | Path | None = None, damaged: bool = False,
 ) -> list[str]:
     """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped), then where the
     checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command)."""
@@ -871,7 +874,7 @@ def provenance_lines(
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=_json_default, sort_keys=True)
         lines.append(f"{key}: {value}")
-    return lines + history_lines(history, provenance.get("environment"), store=store)
+    return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged)
 
 
 #: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
@@ -880,12 +883,13 @@ HISTORY_LINES = 3
 
 def history_lines(
     history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]], environment: Any = None,
-    *, store: str | Path | None = None,
+    *, store: str | Path | None = None, damaged: bool = False,
 ) -> list[str]:
     """Where a store's checkpoints were computed, one line per device, host and software (rows of the
     store's history that agree on them are one line), in step order; at most HISTORY_LINES lines.
     `history`: `Run.history`; `environment`: the provenance's, said for a store without a history; `store`:
-    its path, in the command the last line gives for the rest (else STORE)."""
+    its path, in the command the last line gives for the rest (else STORE); `damaged`: its history attribute
+    is (`Run.history_damaged`), which is why nothing is recorded (it said "stored before fdl kept a history")."""
     places: dict[Any, list[int]] = {}
     rows: dict[Any, Mapping[str, Any] | None] = {}
     for row, steps in history:
@@ -900,7 +904,7 @@ def history_lines(
             return []
         return [f"created on: host {environment.get('host')} (torch {environment.get('torch_version', '?')}, "
                 f"fdl {environment.get('fdl_version', '?')}); where each checkpoint was computed is not recorded "
-                "(stored before fdl kept a history)"]
+                + ("(its history attribute is damaged)" if damaged else "(stored before fdl kept a history)")]
     total = sum(len(steps) for steps in places.values())
     order = sorted((key for key in places if places[key]), key=lambda key: min(places[key]))
     lines = []
@@ -938,7 +942,7 @@ def _where(row: Mapping[str, Any]) -> str:
 
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
-    for line in provenance_lines(run.provenance, run.history, store=run.path):
+    for line in provenance_lines(run.provenance, run.history, store=run.path, damaged=run.history_damaged):
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"

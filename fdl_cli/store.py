@@ -1311,6 +1311,8 @@ class StoreWriter:
         self._min_interval = float(min_interval)
         self._background = bool(background)
         self.warnings: list[str] = []
+        #: why this writer records no history (the store's is damaged), for the caller to say; None when it does
+        self.history_warning: str | None = None
         self._buffered_bytes = 0  # the arrays' bytes of `_buffer` (BUFFER_BYTES)
         self._buffer: list[CheckpointEntry] = []  # not yet durable, in the order added; a running commit's first
         self._durable: list[CheckpointEntry] = []  # durable, not yet returned by add/flush
@@ -1470,6 +1472,13 @@ class StoreWriter:
             self._drop = set(reader._damaged)
             self._fresh = False
             self._history = None if reader._history_damaged else [history_row(row) for row in reader.history]
+            if reader._history_damaged:
+                # `fdl analyze` resumed such a store in silence, and recorded nothing, run after run
+                self.history_warning = (
+                    f"{self._path}: its history attribute is damaged, so where this run computes its checkpoints is "
+                    "not recorded either (new rows would be read with the old indices); their numbers are stored as "
+                    "ever, and `fdl report` names the damage"
+                )
             # Keys this fdl records that the store, written by an older one, lacks (reference_sha256,
             # model_sha256): added at the next commit, so later resumes check them. Stored keys are
             # never changed.
