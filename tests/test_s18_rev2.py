@@ -246,3 +246,22 @@ def test_compare_names_a_store_once_in_a_warning_that_names_it(tmp_path: Path) -
     assert warnings == [f"warning: {out}: its history attribute is damaged and was ignored (Expecting property name "
                         "enclosed in double quotes: line 1 column 3 (char 2)); where its checkpoints were computed is "
                         "unknown"]
+
+
+def test_a_resume_of_a_store_whose_history_is_damaged_says_it_records_none(tmp_path: Path) -> None:
+    """It resumed in silence, recording nothing, run after run; and report blamed an fdl before the history."""
+    import h5py
+
+    out = tmp_path / "a.h5"
+    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    with h5py.File(out, "r+") as store:
+        store.attrs["history"] = "[{broken"
+    done = fdl("analyze", SAMPLE, "--steps", "0,5,10", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert (f"warning: {out}: its history attribute is damaged, so where this run computes its checkpoints is not "
+            "recorded either") in " ".join(done.stderr.split())
+    with h5py.File(out, "r") as store:
+        assert store.attrs["history"] == "[{broken" and "history" not in store["checkpoints/step_10"].attrs
+    report = fdl("report", out)
+    line = next(line for line in report.stderr.splitlines() if line.startswith("created on: "))
+    assert line.endswith("where each checkpoint was computed is not recorded (its history attribute is damaged)")
