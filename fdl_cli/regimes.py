@@ -561,6 +561,10 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     else:
         lines.append("the run never became MF")
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)
+    if first is not None and isinstance(reference_step, int) and ev["first_mf_step"] < reference_step:
+        # Its MF says only that it differs from the reference (the line above): "still nearly constant ... MF
+        # means more from where the accuracy has risen" explained an initialisation's MF* as an early MF.
+        first = None
     accuracy, classes = (first.get("accuracy"), first.get("n_outputs")) if first is not None else (None, None)
     if first is not None and accuracy is not None and classes and classes >= 2 and accuracy <= NEAR_CHANCE / classes:
         lines.append(
