@@ -265,3 +265,23 @@ def test_a_resume_of_a_store_whose_history_is_damaged_says_it_records_none(tmp_p
     report = fdl("report", out)
     line = next(line for line in report.stderr.splitlines() if line.startswith("created on: "))
     assert line.endswith("where each checkpoint was computed is not recorded (its history attribute is damaged)")
+
+
+# -- 6. before a mid-run reference ---------------------------------------------------------------------------------
+
+
+def test_a_first_mf_before_the_reference_is_not_explained_as_an_early_mf(tmp_path: Path) -> None:
+    """Steps 0–50 before `--reference 100` read MF* (they differ from the trained reference); the text also
+    said "at step 0, the first MF checkpoint, the accuracy is 0.124 ...: the network's function is still nearly
+    constant ...; MF means more from where the accuracy has risen", as if step 0 were an early MF."""
+    out = tmp_path / "r.h5"
+    done = fdl("analyze", SAMPLE, "--steps", "0,5,50,100,200,300", "--reference", "100", "-o", out)
+    assert done.returncode == 0, done.stderr
+    text = fdl("classify", out).stderr
+    assert "trajectory (step: regime): 0–50: MF* | 100: coefficient | 200–300: MF" in text
+    assert "MF from step 200 to the end (first MF checkpoint: step 0, before the reference)" in text
+    assert "nearly constant" not in text
+    # from the first checkpoint, the default reference, the line is still said of step 5 (9.6 % on ten classes)
+    default = tmp_path / "d.h5"
+    assert fdl("analyze", SAMPLE, "--steps", "0,5,50,100", "-o", default).returncode == 0
+    assert "at step 5, the first MF checkpoint, the accuracy is 0.096" in fdl("classify", default).stderr
