@@ -1435,7 +1435,7 @@ def discover_checkpoints(
             "not a checkpoint",
             got=hdf5[0].removeprefix("skipped "),
             fix="read an fdl store with `fdl report STORE` (or classify, compare, export), give an .h5 probe as "
-            "--probe, and a checkpoint or a run's folder as the argument of `fdl analyze`",
+            "--probe, and a checkpoint or a run's folder as the argument",
         )
     if not found:
         where = ", ".join(str(s) for s in sources)
