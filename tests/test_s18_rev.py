@@ -1,0 +1,113 @@
+"""Session 18's review: the defects an adversarial user found in the session's own changes (--step-offset
+on restarted jobs saved one folder per step or with an offset already given, ...). Tiny digits-sized MLPs
+on the CPU, as tests/test_s18_runs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.errors import SameStepError
+from tests.tiny_models import mlp
+
+torch.set_num_threads(1)
+
+
+def _save(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in mlp(seed=seed).state_dict().items()}, str(path))
+
+
+def _restarted(tmp_path: Path, layout: str = "step_{step}.safetensors") -> tuple[Path, Path]:
+    """run1: steps 0, 10, 20 (weights of seeds 0, 1, 2); run2: the job restarted from step 20 with its step
+    count reset (its step 0 repeats step 20's weights), each checkpoint saved at `layout`."""
+    for step in (0, 10, 20):
+        _save(tmp_path / "run1" / layout.format(step=step), step // 10)
+        _save(tmp_path / "run2" / layout.format(step=step), step // 10 + 2)
+    np.savez(tmp_path / "probe.npz", x=np.zeros((4, 4), np.float32), y=np.zeros(4, np.int64))
+    return tmp_path / "run1", tmp_path / "run2"
+
+
+def _steps(root: Path, sources: list[Path], **options: object) -> list[tuple[str, int]]:
+    """(path under `root`, step) of each checkpoint discovery keeps."""
+    discovery = discover_checkpoints(sources, **options)  # type: ignore[arg-type]
+    return [(ref.path.relative_to(root).as_posix(), ref.step) for ref in discovery.checkpoints]
+
+
+# ------------------------------------------------------------------------ --step-offset, one folder per step
+
+
+def test_step_offset_takes_in_a_restarted_job_saved_one_folder_per_step(tmp_path: Path) -> None:
+    """DeepSpeed's run2/global_step0/mp_rank_00.safetensors: `--step-offset run2=20` took in only the files
+    directly in run2, none here; the run then failed at the same steps, the offset only named in a note that
+    the error hid, and the error advised the --step-regex that was given already."""
+    run1, run2 = _restarted(tmp_path, "global_step{step}/mp_rank_00.safetensors")
+    sources = sorted([*run1.glob("global_step*"), *run2.glob("global_step*")])
+    regex = r"global_step(\d+)/"
+    with pytest.raises(SameStepError) as caught:
+        discover_checkpoints(sources, step_regex=regex)
+    message = " ".join(caught.value.message.split())
+    assert f"pass --step-regex '{regex}'" not in message  # given already
+    assert f"the folders {run1} (3 checkpoints) and {run2} (3) hold checkpoints of the same steps" in message
+    assert f"--step-offset '{run2}=20' (mp_rank_00.safetensors holds the weights of " \
+        f"{run1 / 'global_step20' / 'mp_rank_00.safetensors'})" in message
+    assert _steps(tmp_path, sources, step_regex=regex, step_offsets=[(str(run2), 20)]) == [
+        ("run1/global_step0/mp_rank_00.safetensors", 0), ("run1/global_step10/mp_rank_00.safetensors", 10),
+        ("run1/global_step20/mp_rank_00.safetensors", 20), ("run2/global_step10/mp_rank_00.safetensors", 30),
+        ("run2/global_step20/mp_rank_00.safetensors", 40)]
+
+
+def test_a_first_save_in_the_restarted_folder_is_named_as_a_restart(tmp_path: Path) -> None:
+    """--watch over run1 and run2 as the restarted job saves its first checkpoint in run2: one file there, at
+    a step of run1's, was sent to a --step-regex of the names, which read the same steps."""
+    run1, run2 = _restarted(tmp_path)
+    for step in (10, 20):
+        (run2 / f"step_{step}.safetensors").unlink()
+    with pytest.raises(SameStepError) as caught:
+        discover_checkpoints([run1, run2])
+    message = " ".join(caught.value.message.split())
+    assert "--step-regex" not in message
+    assert f"the folders {run1} (3 checkpoints) and {run2} (1) hold checkpoints of the same steps" in message
+    assert f"--step-offset '{run2}=20' (step_0.safetensors holds the weights of {run1 / 'step_20.safetensors'})" \
+        in message
+
+
+# -------------------------------------------------------------------- --step-offset given, but the wrong N
+
+
+def test_the_offset_advised_counts_from_the_steps_read_not_from_a_wrong_offset_given(tmp_path: Path) -> None:
+    """`--step-offset run2=10` of a job restarted from step 20 puts run2's files on run1's steps; the error
+    advised `--step-offset 'run2=10'`, the offset given (the gap counted from the offset steps), again."""
+    run1, run2 = _restarted(tmp_path)
+    with pytest.raises(SameStepError) as caught:
+        discover_checkpoints([run1, run2], step_offsets=[(str(run2), 10)])
+    message = " ".join(caught.value.message.split())
+    assert f"--step-offset '{run2}=20' (step_0.safetensors holds the weights of {run1 / 'step_20.safetensors'})" \
+        in message
+    # the same under other names in one folder (resume_step_N beside step_N)
+    for step in (0, 10, 20):
+        (run2 / f"step_{step}.safetensors").rename(run1 / f"resume_step_{step}.safetensors")
+    with pytest.raises(SameStepError) as caught:
+        discover_checkpoints([run1], step_offsets=[("resume_step_*.safetensors", 10)])
+    message = " ".join(caught.value.message.split())
+    assert "--step-offset 'resume_step_*.safetensors=20' (resume_step_0.safetensors holds the weights of " \
+        "step_20.safetensors)" in message
+
+
+def test_step_offset_globs_match_the_path_as_a_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A glob matched from the right against the path as given missed `run2/*` for the folder given as `.`
+    (fdl analyze ../run1 . run from inside run2) and an absolute glob for folders given relative."""
+    run1, run2 = _restarted(tmp_path)
+    expected = [("run1/step_0.safetensors", 0), ("run1/step_10.safetensors", 10), ("run1/step_20.safetensors", 20),
+                ("run2/step_10.safetensors", 30), ("run2/step_20.safetensors", 40)]
+    monkeypatch.chdir(run2)
+    found = discover_checkpoints([Path("../run1"), Path(".")], step_offsets=[("run2/*", 20)])
+    assert [(ref.path.resolve().relative_to(tmp_path).as_posix(), ref.step) for ref in found.checkpoints] == expected
+    monkeypatch.chdir(tmp_path)
+    found = discover_checkpoints([Path("run1"), Path("run2")], step_offsets=[(f"{run2}/*.safetensors", 20)])
+    assert [(ref.path.as_posix(), ref.step) for ref in found.checkpoints] == expected
