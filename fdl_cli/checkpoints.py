@@ -1347,7 +1347,7 @@ def discover_checkpoints(
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
     for unused in [offset for offset in step_offsets if offset not in offsets_used]:
         notes.append(f"--step-offset '{unused[0]}={unused[1]}' matches none of the checkpoints found (a glob matched "
-                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given)")
+                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
