@@ -13,9 +13,15 @@ from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.errors import SameStepError
+from tests.test_s18_runs import MODEL, SMALL, fdl
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths at 80 columns otherwise
 
 
 def _save(path: Path, seed: int) -> None:
@@ -29,7 +35,8 @@ def _restarted(tmp_path: Path, layout: str = "step_{step}.safetensors") -> tuple
     for step in (0, 10, 20):
         _save(tmp_path / "run1" / layout.format(step=step), step // 10)
         _save(tmp_path / "run2" / layout.format(step=step), step // 10 + 2)
-    np.savez(tmp_path / "probe.npz", x=np.zeros((4, 4), np.float32), y=np.zeros(4, np.int64))
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
     return tmp_path / "run1", tmp_path / "run2"
 
 
@@ -111,3 +118,29 @@ def test_step_offset_globs_match_the_path_as_a_whole(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     found = discover_checkpoints([Path("run1"), Path("run2")], step_offsets=[(f"{run2}/*.safetensors", 20)])
     assert [(ref.path.as_posix(), ref.step) for ref in found.checkpoints] == expected
+
+
+# ---------------------------------------------------------------- a resume reading stored files at other steps
+
+
+def test_a_resume_whose_offset_puts_a_stored_file_on_another_stored_step_names_the_offset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stored with --step-offset run2=20 (run2's step_10 as 30), resumed with run2=30: run2/step_10 unchanged
+    is read as step 40, and run2/step_0 lands on the stored step 30. Refused as "holds other files' numbers
+    ... if these are the same checkpoints moved or copied, restore the files", which sent the user to their
+    files; store.md says a stored file found unchanged at another step is refused naming both steps."""
+    run1, run2 = _restarted(tmp_path)
+    out = tmp_path / "run.h5"
+    common = [run1, run2, "--model", MODEL, "--probe", tmp_path / "probe.npz", "-o", out, *SMALL]
+    status, _, err = fdl(capsys, "analyze", *common, "--step-offset", f"{run2}=20")
+    assert status == 0, err
+    before = out.read_bytes()
+    status, _, err = fdl(capsys, "analyze", *common, "--step-offset", f"{run2}=30")
+    assert status == 1
+    flat = " ".join(err.split())
+    assert (f"error: {run2 / 'step_10.safetensors'}, which {out} analysed as step 30, is step 40 in this run (from "
+            "its name + 30, --step-offset)") in flat, flat
+    assert "other --step-offset / --step-regex options than the run that made the store" in flat
+    assert "holds other files' numbers" not in flat
+    assert out.read_bytes() == before
