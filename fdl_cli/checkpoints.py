@@ -1345,8 +1345,19 @@ def discover_checkpoints(
             offsets_used.add(offset)
             applied[path] = offset[1]
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
-    for unused in [offset for offset in step_offsets if offset not in offsets_used]:
-        notes.append(f"--step-offset '{unused[0]}={unused[1]}' matches none of the checkpoints found (a glob matched "
+    unused = [offset for offset in step_offsets if offset not in offsets_used]
+    if unused and found and not empty_ok:
+        # A typo (run_2 for run2) analysed the run at the steps it was meant to move, as --steps of a step no
+        # checkpoint has is refused; --watch notes it (the folder may not exist yet).
+        holding = list(dict.fromkeys(str(ref.path.parent) for ref, _ in found))
+        raise CheckpointError(
+            f"--step-offset '{unused[0][0]}={unused[0][1]}' matches none of the checkpoints found",
+            got="checkpoints in " + ", ".join(holding[:4]) + (f", ... ({len(holding)} holding)" if len(holding) > 4 else ""),
+            fix=f"give the folder that holds the files to move, as given (--step-offset '{holding[-1]}={unused[0][1]}'), "
+            "or one above it, or a glob of their paths matched from the right, as --glob ('run2/*', 'resume_step_*.pt')",
+        )
+    for offset in unused:
+        notes.append(f"--step-offset '{offset[0]}={offset[1]}' matches none of the checkpoints found (a glob matched "
                      "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever

@@ -144,3 +144,24 @@ def test_a_resume_whose_offset_puts_a_stored_file_on_another_stored_step_names_t
     assert "other --step-offset / --step-regex options than the run that made the store" in flat
     assert "holds other files' numbers" not in flat
     assert out.read_bytes() == before
+
+
+def test_a_step_offset_that_takes_in_no_checkpoint_is_an_error_but_under_watch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--step-offset run_2=20` (a typo) took in nothing: a note, and the run analysed run2's files at their
+    reset steps, interleaved with run1's where those did not collide (`--steps 999` is an error too).
+    --watch keeps the note: the folder may not exist yet."""
+    run1, run2 = _restarted(tmp_path)
+    for step in (0, 10, 20):  # run2 saved at steps 5, 15, 25 after its reset: no step of run1's
+        (run2 / f"step_{step}.safetensors").rename(run2 / f"step_{step + 5}.safetensors")
+    out = tmp_path / "run.h5"
+    status, _, err = fdl(capsys, "analyze", run1, run2, "--model", MODEL, "--probe", tmp_path / "probe.npz",
+                         "-o", out, *SMALL, "--step-offset", f"{tmp_path / 'run_2'}=20")
+    assert status == 1
+    flat = " ".join(err.split())
+    assert f"error: --step-offset '{tmp_path / 'run_2'}=20' matches none of the checkpoints found" in flat, flat
+    assert f"got: checkpoints in {run1}, {run2}" in flat
+    assert not out.exists()
+    found = discover_checkpoints([run1, run2], step_offsets=[("run_2", 20)], empty_ok=True)
+    assert any("--step-offset 'run_2=20' matches none of the checkpoints found" in note for note in found.notes)
