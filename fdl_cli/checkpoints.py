@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import importlib
@@ -1339,12 +1340,17 @@ def discover_checkpoints(
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
             continue
-        offset = _offset_for(path, step_offsets)
-        if offset is not None:
-            step, source = _offset_step(path, step, source, offset)
-            offsets_used.add(offset)
-            applied[path] = offset[1]
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+    # After the scan: whether a checkpoint is its folder's only one (one folder per step) tells which folders
+    # take it in
+    alone = collections.Counter(ref.path.absolute().parent for ref, _ in found)
+    for index, (ref, fingerprint) in enumerate(found):
+        offset = _offset_for(ref.path, step_offsets, alone=alone[ref.path.absolute().parent] == 1)
+        if offset is not None:
+            step, source = _offset_step(ref.path, ref.step, ref.step_source, offset)
+            found[index] = (dataclasses.replace(ref, step=step, step_source=source), fingerprint)
+            offsets_used.add(offset)
+            applied[ref.path] = offset[1]
     unused = [offset for offset in step_offsets if offset not in offsets_used]
     if unused and found and not empty_ok:
         # A typo (run_2 for run2) analysed the run at the steps it was meant to move, as --steps of a step no
@@ -1352,13 +1358,15 @@ def discover_checkpoints(
         holding = list(dict.fromkeys(str(ref.path.parent) for ref, _ in found))
         raise CheckpointError(
             f"--step-offset '{unused[0][0]}={unused[0][1]}' matches none of the checkpoints found",
-            got="checkpoints in " + ", ".join(holding[:4]) + (f", ... ({len(holding)} holding)" if len(holding) > 4 else ""),
+            got="checkpoints in " + ", ".join(holding[:4]) + (f", ... ({len(holding)} folders)" if len(holding) > 4 else ""),
             fix=f"give the folder that holds the files to move, as given (--step-offset '{holding[-1]}={unused[0][1]}'), "
-            "or one above it, or a glob of their paths matched from the right, as --glob ('run2/*', 'resume_step_*.pt')",
+            "or the one above its folders of one checkpoint each, or a glob of their paths matched from the right, as "
+            "--glob ('run2/*', 'resume_step_*.pt')",
         )
     for offset in unused:
         notes.append(f"--step-offset '{offset[0]}={offset[1]}' matches none of the checkpoints found (a glob matched "
-                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them)")
+                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them or their "
+                     "folders of one checkpoint each)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
@@ -1420,12 +1428,13 @@ def discover_checkpoints(
     )
 
 
-def _offset_matches(path: Path, pattern: str) -> bool:
+def _offset_matches(path: Path, pattern: str, *, alone: bool = False) -> bool:
     """Whether --step-offset's PAT takes in `path` (a checkpoint file or HF-style folder, as found): a glob
     matched from the right, as --glob is (`resume_step_*.pt`, `run2/*`), against the path as found or as
     an absolute one (`run2/*` of the folder given as `.` from inside run2; an absolute glob of folders given
-    relative); or a folder, as given (`run2`, `../restart/`), that holds it, in a sub-folder too: a job
-    saving one folder per step (DeepSpeed's run2/global_step100/mp_rank_00_model_states.pt)."""
+    relative); or a folder, as given (`run2`, `../restart/`), that holds it, or that holds its folder when
+    it is `alone` there: a job saving one folder per step (DeepSpeed's run2/global_step100/
+    mp_rank_00_model_states.pt). Not further up: run2/old/ of several checkpoints is another run's."""
     with contextlib.suppress(ValueError):  # Path.match refuses an empty pattern
         if path.match(pattern) or Path(os.path.abspath(path)).match(pattern):
             return True
@@ -1434,15 +1443,15 @@ def _offset_matches(path: Path, pattern: str) -> bool:
         if not folder.is_dir():
             return False
         parent = path.absolute().parent.resolve()
-        return folder.resolve() in (parent, *parent.parents)
+        return folder.resolve() in ((parent, parent.parent) if alone else (parent,))
     except (OSError, RuntimeError):
         return False
 
 
-def _offset_for(path: Path, step_offsets: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+def _offset_for(path: Path, step_offsets: Sequence[tuple[str, int]], *, alone: bool) -> tuple[str, int] | None:
     """The one (PAT, N) of --step-offset that takes in `path`, None when none does; two are an error (the
     order of options would otherwise decide silently)."""
-    hits = [offset for offset in step_offsets if _offset_matches(path, offset[0])]
+    hits = [offset for offset in step_offsets if _offset_matches(path, offset[0], alone=alone)]
     if len(hits) > 1:
         raise CheckpointError(
             f"{path} matches two --step-offset patterns: " + " and ".join(f"'{pat}={n}'" for pat, n in hits[:2]),

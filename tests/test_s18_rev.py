@@ -165,3 +165,13 @@ def test_a_step_offset_that_takes_in_no_checkpoint_is_an_error_but_under_watch(
     assert not out.exists()
     found = discover_checkpoints([run1, run2], step_offsets=[("run_2", 20)], empty_ok=True)
     assert any("--step-offset 'run_2=20' matches none of the checkpoints found" in note for note in found.notes)
+
+
+def test_a_folder_offset_leaves_out_a_run_kept_in_a_sub_folder_of_it(tmp_path: Path) -> None:
+    """The first run moved into out/old and the job restarted into out itself: `--step-offset out=20` moves
+    out's own files, not old's (a folder of several checkpoints is no folder of one step)."""
+    run1, run2 = _restarted(tmp_path)
+    run1.rename(run2 / "old")
+    assert _steps(tmp_path, [run2 / "old", run2], step_offsets=[(str(run2), 20)]) == [
+        ("run2/old/step_0.safetensors", 0), ("run2/old/step_10.safetensors", 10),
+        ("run2/old/step_20.safetensors", 20), ("run2/step_10.safetensors", 30), ("run2/step_20.safetensors", 40)]
