@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import importlib
@@ -1359,6 +1360,7 @@ def discover_checkpoints(
     looked_at: list[str] = []
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
     offsets_used: set[tuple[str, int]] = set()
+    applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
     candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
@@ -1401,14 +1403,33 @@ def discover_checkpoints(
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
             continue
-        offset = _offset_for(path, step_offsets)
-        if offset is not None:
-            step, source = _offset_step(path, step, source, offset)
-            offsets_used.add(offset)
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
-    for unused in [offset for offset in step_offsets if offset not in offsets_used]:
-        notes.append(f"--step-offset '{unused[0]}={unused[1]}' matches none of the checkpoints found (a glob matched "
-                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given)")
+    # After the scan: whether a checkpoint is its folder's only one (one folder per step) tells which folders
+    # take it in
+    alone = collections.Counter(ref.path.absolute().parent for ref, _ in found)
+    for index, (ref, fingerprint) in enumerate(found):
+        offset = _offset_for(ref.path, step_offsets, alone=alone[ref.path.absolute().parent] == 1)
+        if offset is not None:
+            step, source = _offset_step(ref.path, ref.step, ref.step_source, offset)
+            found[index] = (dataclasses.replace(ref, step=step, step_source=source), fingerprint)
+            offsets_used.add(offset)
+            applied[ref.path] = offset[1]
+    unused = [offset for offset in step_offsets if offset not in offsets_used]
+    if unused and found and not empty_ok:
+        # A typo (run_2 for run2) analysed the run at the steps it was meant to move, as --steps of a step no
+        # checkpoint has is refused; --watch notes it (the folder may not exist yet).
+        holding = list(dict.fromkeys(str(ref.path.parent) for ref, _ in found))
+        raise CheckpointError(
+            f"--step-offset '{unused[0][0]}={unused[0][1]}' matches none of the checkpoints found",
+            got="checkpoints in " + ", ".join(holding[:4]) + (f", ... ({len(holding)} folders)" if len(holding) > 4 else ""),
+            fix=f"give the folder that holds the files to move, as given (--step-offset '{holding[-1]}={unused[0][1]}'), "
+            "or the one above its folders of one checkpoint each, or a glob of their paths matched from the right, as "
+            "--glob ('run2/*', 'resume_step_*.pt')",
+        )
+    for offset in unused:
+        notes.append(f"--step-offset '{offset[0]}={offset[1]}' matches none of the checkpoints found (a glob matched "
+                     "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them or their "
+                     "folders of one checkpoint each)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
@@ -1480,7 +1501,7 @@ def discover_checkpoints(
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
-    checkpoints, duplicates = _dedupe(found, notes, weights, copies)
+    checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1491,24 +1512,30 @@ def discover_checkpoints(
     )
 
 
-def _offset_matches(path: Path, pattern: str) -> bool:
+def _offset_matches(path: Path, pattern: str, *, alone: bool = False) -> bool:
     """Whether --step-offset's PAT takes in `path` (a checkpoint file or HF-style folder, as found): a glob
-    matched from the right, as --glob is (`resume_step_*.pt`, `run2/*`), or the folder it lies in, as
-    given (`run2`, `../restart/`)."""
+    matched from the right, as --glob is (`resume_step_*.pt`, `run2/*`), against the path as found or as
+    an absolute one (`run2/*` of the folder given as `.` from inside run2; an absolute glob of folders given
+    relative); or a folder, as given (`run2`, `../restart/`), that holds it, or that holds its folder when
+    it is `alone` there: a job saving one folder per step (DeepSpeed's run2/global_step100/
+    mp_rank_00_model_states.pt). Not further up: run2/old/ of several checkpoints is another run's."""
     with contextlib.suppress(ValueError):  # Path.match refuses an empty pattern
-        if path.match(pattern):
+        if path.match(pattern) or Path(os.path.abspath(path)).match(pattern):
             return True
     try:
         folder = Path(pattern)
-        return folder.is_dir() and path.absolute().parent.resolve() == folder.resolve()
+        if not folder.is_dir():
+            return False
+        parent = path.absolute().parent.resolve()
+        return folder.resolve() in ((parent, parent.parent) if alone else (parent,))
     except (OSError, RuntimeError):
         return False
 
 
-def _offset_for(path: Path, step_offsets: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+def _offset_for(path: Path, step_offsets: Sequence[tuple[str, int]], *, alone: bool) -> tuple[str, int] | None:
     """The one (PAT, N) of --step-offset that takes in `path`, None when none does; two are an error (the
     order of options would otherwise decide silently)."""
-    hits = [offset for offset in step_offsets if _offset_matches(path, offset[0])]
+    hits = [offset for offset in step_offsets if _offset_matches(path, offset[0], alone=alone)]
     if len(hits) > 1:
         raise CheckpointError(
             f"{path} matches two --step-offset patterns: " + " and ".join(f"'{pat}={n}'" for pat, n in hits[:2]),
@@ -1683,12 +1710,15 @@ def _dedupe(
     notes: list[str],
     weights: str | None = None,
     copies: list[tuple[CheckpointRef, CheckpointRef]] | None = None,
+    applied: Mapping[Path, int] | None = None,
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
     """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, one
     named like more of the run's files, a file before a link, else the first name), the other added to
     `copies` as (dropped, kept); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
-    is confirmed on those, so two files whose EMA weights differ are never taken for one."""
+    is confirmed on those, so two files whose EMA weights differ are never taken for one. ``applied``: the
+    --step-offset added to a checkpoint's step (by path), taken off again where an error advises one."""
+    applied = applied or {}
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
     by_print: dict[str, CheckpointRef] = {}
@@ -1723,19 +1753,32 @@ def _dedupe(
             folder = _folder_regex(ref.path)
             per_folder = collections.Counter(r.path.absolute().parent for r, _ in found)
             several = [r.path.parent for r in (first, ref) if per_folder[r.path.absolute().parent] > 1]
-            if first.path.name == ref.path.name and folder and not several and all(
-                    re.search(folder, _step_regex_subject(r.path, re.compile(folder))) for r in (first, ref)):
+            folder_steps = [re.search(folder, _step_regex_subject(r.path, re.compile(folder))) if folder else None
+                            for r in (first, ref)]
+            per_step = first.path.name == ref.path.name and not several and all(folder_steps)
+            # one folder per step whose names' steps this run read already (--step-regex 'global_step(\d+)/'
+            # given): two runs' folders of steps, whose regex would read the same steps again
+            read_so = per_step and all(match.group(1).isdigit() and int(match.group(1)) == r.step - applied.get(r.path, 0)
+                                       for match, r in zip(folder_steps, (first, ref), strict=True) if match)
+
+            def run_of(r: CheckpointRef, above: bool = read_so) -> Path:
+                """The folder of the run `r` is of, as given: its own, or the one above its folder of one step."""
+                return r.path.parent.parent if above else r.path.parent
+
+            per_run = collections.Counter(Path(os.path.abspath(run_of(r))) for r, _ in found)
+            if per_step and not read_so:
                 # mp_rank_00_model_states.pt in global_step100/ and global_step200/: a regex built from
                 # the name reads 00 again; the folders' names hold the steps
                 fix = f"pass --step-regex '{folder}' to take the steps from their folders' names"
-            elif len(several) == 2 and first.path.absolute().parent != ref.path.absolute().parent:
-                # run1/step_0..500 and run2/step_0..300: two runs, or one restarted into a second folder with
-                # its step count reset. The folders' names are no steps ('run(\d+)/' gave every file of run1
-                # step 1, whose error then advised the name's regex, which led back here).
-                got = (f"the folders {first.path.parent} ({per_folder[first.path.absolute().parent]} checkpoints) and "
-                       f"{ref.path.parent} ({per_folder[ref.path.absolute().parent]}) hold checkpoints of the same steps")
-                restart = _restart_offset(found, lambda r: str(r.path.absolute().parent), weights)
-                later, offset = (restart[0].path.parent, restart[1]) if restart else (ref.path.parent, None)
+            elif (several or read_so) and Path(os.path.abspath(run_of(first))) != Path(os.path.abspath(run_of(ref))):
+                # run1/step_0..500 and run2/step_0..300 (or only run2/step_0 yet, the restarted job's first
+                # save): two runs, or one restarted into a second folder with its step count reset. The
+                # folders' names are no steps ('run(\d+)/' gave every file of run1 step 1, whose error then
+                # advised the name's regex, which led back here).
+                got = (f"the folders {run_of(first)} ({per_run[Path(os.path.abspath(run_of(first)))]} checkpoints) and "
+                       f"{run_of(ref)} ({per_run[Path(os.path.abspath(run_of(ref)))]}) hold checkpoints of the same steps")
+                restart = _restart_offset(found, lambda r: os.path.abspath(run_of(r)), weights, applied)
+                later, offset = (run_of(restart[0]), restart[1]) if restart else (run_of(ref), None)
                 fix = ("two runs: analyse each folder into its own store (--out) and `fdl compare` them; one job "
                        f"restarted into {later} with its step count reset: --step-offset '{later}="
                        + (f"{offset}' ({restart[0].path.name} holds the weights of {restart[2].path})" if restart
@@ -1761,7 +1804,7 @@ def _dedupe(
                 elif _name_regex(keep):  # none for a step in scientific notation (iter_1e5.pt)
                     fix = (f"pass --step-regex '^{_name_regex(keep)}$' to analyse only the files named like {keep} "
                            f"{why}; the steps are then the numbers its group captures")
-                fix += _restart_fix(found, keep, weights)
+                fix += _restart_fix(found, keep, weights, applied)
             raise SameStepError(
                 f"two checkpoints have the same step {ref.step}: {first.path} ({first.step_source}) "
                 f"and {ref.path} ({ref.step_source})",
@@ -1797,11 +1840,13 @@ def _copy_names(found: Sequence[tuple[CheckpointRef, str | None]], *refs: Checkp
 
 
 def _restart_offset(
-    found: Sequence[tuple[CheckpointRef, str | None]], group: Callable[[CheckpointRef], str], weights: str | None
+    found: Sequence[tuple[CheckpointRef, str | None]], group: Callable[[CheckpointRef], str], weights: str | None,
+    applied: Mapping[Path, int],
 ) -> tuple[CheckpointRef, int, CheckpointRef] | None:
     """(restarted, offset, resumed from) when a checkpoint of one group (a folder, a shape of name) holds
     the same weights as one of another group at a later step: a job restarted from that checkpoint with
     its step count reset, whose first save repeats it (run2/step_0.pt = run1/step_500.pt: offset 500).
+    The offset counts from the step read, before the --step-offset `applied` to it (a wrong one given).
     None when no such pair is found (the job saved nothing at its restart)."""
     by_print: dict[str, list[CheckpointRef]] = {}
     for ref, fingerprint in found:
@@ -1810,18 +1855,21 @@ def _restart_offset(
     for refs in by_print.values():
         for early in refs:
             for late in refs:
-                if group(early) != group(late) and late.step > early.step:
+                read = early.step - applied.get(early.path, 0)
+                if group(early) != group(late) and late.step > read:
                     with contextlib.suppress(CheckpointError):
                         if _same_weights(early, late, weights):
-                            return early, late.step - early.step, late
+                            return early, late.step - read, late
     return None
 
 
-def _restart_fix(found: Sequence[tuple[CheckpointRef, str | None]], keep: str, weights: str | None) -> str:
+def _restart_fix(
+    found: Sequence[tuple[CheckpointRef, str | None]], keep: str, weights: str | None, applied: Mapping[Path, int]
+) -> str:
     """For two patterns of names at the same steps (step_N.pt, resume_step_N.pt): the --step-offset that
     places the files of a job restarted with its step count reset after the others; "" when no glob of
     the other names leaves out the kept ones."""
-    restart = _restart_offset(found, lambda r: _name_shape(r.path.name), weights)
+    restart = _restart_offset(found, lambda r: _name_shape(r.path.name), weights, applied)
     other = restart[0].path.name if restart else next(
         (r.path.name for r, _ in found if _name_shape(r.path.name) != _name_shape(keep)), None)
     if other is None:

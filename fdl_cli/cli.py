@@ -224,8 +224,9 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 @click.option("--step-regex", metavar="RE",
               help="Regex whose first group is the step, for odd names (with a /: searched in FOLDER/NAME).")
 @click.option("--step-offset", "step_offsets", multiple=True, metavar="PAT=N", callback=_step_offsets,
-              help="Add N to the steps of the checkpoints in folder PAT, or whose names match the glob PAT (from the "
-              "right, as --glob): a job restarted with its step count reset, e.g. 'run2=500'. Repeatable.")
+              help="Add N to the steps of the checkpoints in folder PAT (or in its folders of one checkpoint each), or "
+              "whose paths match the glob PAT (from the right, as --glob): a job restarted with its step count reset, "
+              "e.g. 'run2=500'. Repeatable.")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")

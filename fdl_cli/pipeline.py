@@ -2104,6 +2104,12 @@ def _check_stored_files(
     if world is not None:
         for share in distributed.all_gather(digests, world):
             digests.update(share)
+    # First: a stored file, unchanged, read at another step says the step options differ from the store's
+    # run; the files this moves onto stored steps would otherwise be said to be other or changed files.
+    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
+             if ref.step != step and digests.get(index) == stored[step][1]]
+    if moved:
+        raise _read_at_other_steps(out, moved)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
     for index, (step, ref, now) in enumerate(suspects):
@@ -2148,10 +2154,6 @@ def _check_stored_files(
             + (_redo_fix(redoable) + (" (as one process: --redo does not run under torchrun)" if world else "")
                if len(redoable) == len(changed) else ""),
         )
-    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
-             if ref.step != step and digests.get(index) == stored[step][1]]
-    if moved:
-        raise _read_at_other_steps(out, moved)
     if note is not None:
         note(touched)
     return touched
@@ -2229,14 +2231,22 @@ def _stored_files_to_hash(
         with contextlib.suppress(OSError, RuntimeError):
             by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
-    for step, (path, _, _) in sorted(stored.items()):
-        if step in steps_now or step in ctx.redo:
+    for step, (path, _, signature) in sorted(stored.items()):
+        if step in ctx.redo:
             continue
         try:
             other = by_file.get(Path(path).resolve())
         except (OSError, RuntimeError):
             continue
         if other is None or other.step == step:
+            continue
+        if step in steps_now:
+            # Another file is this run's checkpoint of that step (checked above, as that step's file); the
+            # stored one, unchanged, read at another step is the step options' doing (--step-offset run2=30
+            # of a store made with run2=20), which "holds other files' numbers" would not say.
+            with contextlib.suppress(OSError, FdlError):
+                if file_signature(Path(other.path)) == signature:
+                    suspects.append((step, other, ""))
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
             suspects.append((step, other, ""))
@@ -2245,7 +2255,7 @@ def _stored_files_to_hash(
         # same file read at another step now (another --step-offset or --step-regex), which would be
         # stored a second time, and which hashing then tells.
         with contextlib.suppress(OSError, FdlError):
-            if file_signature(Path(other.path)) == stored[step][2]:
+            if file_signature(Path(other.path)) == signature:
                 suspects.append((step, other, ""))
     return (stored, suspects) if suspects else None
 
