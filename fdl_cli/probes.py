@@ -703,7 +703,8 @@ _SPECIAL_FILES = (
 
 
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
-    """Read and check a probe file: ``x`` (aliases ``inputs``, ``data``), optional ``y`` (``targets``, ``labels``).
+    """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
+    ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``); the first found wins.
 
     Integer ``y`` are class labels (a one-hot integer matrix is turned into labels); float ``y``
     are regression targets. Raises ProbeError naming the file for any problem found.
