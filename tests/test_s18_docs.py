@@ -12,13 +12,8 @@ import sys
 from pathlib import Path
 
 from tests.test_analyze import fdl
+from tests.test_s16_docs import MEASURES, README, REGIMES, RELIABILITY, REPO, SAMPLES
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "sample_checkpoints"
-README = (REPO / "README.md").read_text(encoding="utf-8")
-REGIMES = (REPO / "docs" / "regimes.md").read_text(encoding="utf-8")
-MEASURES = (REPO / "docs" / "measures.md").read_text(encoding="utf-8")
-RELIABILITY = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
 BENCHMARKS = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
 RUN_FILES = ("fdl.toml", "model.py", "probe.npz")
 

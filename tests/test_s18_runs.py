@@ -19,40 +19,21 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import discover_checkpoints
-from fdl_cli.cli import main
 from fdl_cli.errors import SameStepError
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
 from tests.test_prev_walkback import _arrive, _polls
+from tests.test_reliability_inputs import MODEL, SMALL, _weights, _wide_terminal  # noqa: F401 (an autouse fixture)
+from tests.test_reliability_inputs import fdl as _fdl
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
-MODEL = f"{Path(__file__).resolve().parent / 'tiny_models.py'}:mlp"
-SMALL = ["--top-k", "4", "--anchor-size", "16", "--batch-size", "16"]
-
-
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths at 80 columns otherwise
 
 
 def fdl(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
     """`fdl ARGV` in this process, as the console script runs it: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(arg) for arg in argv])
-        status = 0
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return status, out, err
-
-
-def _weights(seed: int) -> dict[str, torch.Tensor]:
-    """The weights of training step 10 × seed (seed 0: the initialisation)."""
-    return {k: v.contiguous() for k, v in mlp(seed=seed).state_dict().items()}
+    return _fdl(capsys, *(str(arg) for arg in argv))
 
 
 def _save(folder: Path, name: str, seed: int) -> None:
