@@ -28,7 +28,12 @@ def build_store(path: Path, checkpoints: int) -> None:
     rng = np.random.default_rng(0)
     probe = ProbeInfo(name="train", sha256="0" * 64, n=N_PROBE, task="classes", n_outputs=N_OUTPUTS)
     provenance = {"model": "bench:build", "layers": ["fc"], "host": "bench", "fdl_version": "bench"}
-    with StoreWriter(path, provenance=provenance, probes=[probe], overwrite=True, min_interval=5.0) as writer:
+    # a history row as `fdl analyze` records one (session 18): report reads every checkpoint's index into it
+    invocation = {"started": "2026-11-30T00:00:00.000000Z", "host": "bench", "platform": "bench", "python": "3.11",
+                  "torch_version": "bench", "fdl_version": "bench", "device": "cpu", "dtype": "float32",
+                  "world_size": 1, "rank": 0}
+    with StoreWriter(path, provenance=provenance, probes=[probe], overwrite=True, min_interval=5.0,
+                     invocation=invocation) as writer:
         for index in range(checkpoints):
             progress = index / max(checkpoints - 1, 1)
             scalars = {
