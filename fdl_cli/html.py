@@ -43,9 +43,13 @@ class Section:
     summary: Sequence[str]
     records: Sequence[Record]
     figures: Sequence[tuple[str, bytes]]
+    #: the store's reference step: the regimes of the checkpoints before it are marked, as in the text table
+    reference_step: int | None = None
 
 
-def _table(records: Sequence[Record]) -> str:
+def _table(records: Sequence[Record], reference_step: int | None = None) -> str:
+    from fdl_cli.regimes import BEFORE_REFERENCE
+
     fields = [name for name in RECORD_FIELDS]
     head = "".join(
         f'<th class="{"num" if name in INT_FIELDS or name in FLOAT_FIELDS else "text"}" title="{name}">'
@@ -59,7 +63,11 @@ def _table(records: Sequence[Record]) -> str:
             css = "num" if name in INT_FIELDS or name in FLOAT_FIELDS else "text"
             value = record.get(name)
             full = "" if value is None else f' title="{html.escape(str(value))}"'
-            cells.append(f'<td class="{css}"{full}>{html.escape(format_value(name, value))}</td>')
+            text = format_value(name, value)
+            if name == "regime" and value is not None and reference_step is not None \
+                    and int(record["step"]) < reference_step:
+                text += BEFORE_REFERENCE  # the summary above says what it means (regimes.before_reference_line)
+            cells.append(f'<td class="{css}"{full}>{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     # The key the terminal table prints: what each short header stands for, and that `loss` is the MSE
     # against the one-hot labels, not the cross-entropy (`CE`) shown beside it.
@@ -99,7 +107,7 @@ def render_html(
         for fig_title, png in section.figures:
             parts.append(_figure(fig_title, png))
         parts.append("<h3>checkpoints</h3>")
-        parts.append(_table(section.records))
+        parts.append(_table(section.records, section.reference_step))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -125,6 +133,7 @@ def run_page(run: Any, *, with_figures: bool = True) -> str:
                 summary=summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
+                reference_step=reference_step_of(run.provenance),
             )
         )
     return render_html(

@@ -392,8 +392,9 @@ def before_reference_line(reference_step: int) -> str:
     return (
         f"{BEFORE_REFERENCE} before the reference (step {reference_step}): their movement (cka_init, overlap_init) is "
         "measured against a later checkpoint, so their regime says only how they differ from the reference, not how "
-        "features were learned up to them; the run's regime is read from the checkpoints after it (analyse with the "
-        "first checkpoint as the reference, the default, to classify those)"
+        "features were learned up to them; the run's regime is read from the checkpoints after it (to classify those "
+        "too, analyse again with the first checkpoint as the reference, the default, into a new store: another --out, "
+        "or --overwrite, since a store keeps the reference it was analysed with)"
     )
 
 

@@ -123,3 +123,33 @@ def test_a_resume_leaving_a_probe_out_says_to_give_it(two_step_run: Path, tmp_pa
     text = " ".join(other.stderr.split())
     assert other.code == 1 and "give it too, --probe test=PATH" in text
     assert "(the other differences above remain: options.overlap_k, options.top_k); else" in text
+
+
+def test_the_html_table_marks_the_checkpoints_before_the_reference() -> None:
+    """The HTML page's summary marked the regimes before a mid-run --reference (`MF*`), but its table of
+    checkpoints showed them plain, as the terminal table no longer does."""
+    import re
+
+    from fdl_cli.html import Section, render_html
+    from tests.test_s18_ux import RECORDS
+
+    def regimes_of(page: str) -> list[str]:
+        rows = re.findall(r"<tr>(.*?)</tr>", page.split("<tbody>", 1)[1])
+        return [re.findall(r'<td class="text"[^>]*>([^<]*)</td>', row)[-1] for row in rows]
+
+    marked = render_html(title="t", provenance=[], warnings=[], sections=[
+        Section(heading="h", summary=[], records=RECORDS, figures=[], reference_step=100)])
+    assert regimes_of(marked) == ["MF*", "MF*", "coefficient", "MF", "MF"]
+    plain = render_html(title="t", provenance=[], warnings=[], sections=[
+        Section(heading="h", summary=[], records=RECORDS, figures=[])])
+    assert regimes_of(plain) == ["MF", "MF", "coefficient", "MF", "MF"]
+
+
+def test_the_before_reference_line_says_a_new_store_is_needed() -> None:
+    """"analyse with the first checkpoint as the reference" did not say that the store keeps its reference
+    (a resume with another one is refused): another --out or --overwrite."""
+    from fdl_cli.regimes import before_reference_line
+
+    assert before_reference_line(100).endswith(
+        "(to classify those too, analyse again with the first checkpoint as the reference, the default, into a new "
+        "store: another --out, or --overwrite, since a store keeps the reference it was analysed with)")
