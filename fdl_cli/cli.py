@@ -512,9 +512,10 @@ def compare(**kwargs: Any) -> None:
         "layer": kwargs["layer_b"] if kwargs["layer_b"] is not None else kwargs["layer"],
     }
     with contextlib.ExitStack() as stack:
-        run_a = stack.enter_context(rep.opened_run(kwargs["store_a"], **selection))
+        # with where each checkpoint was computed: a note when the runs' devices differ
+        run_a = stack.enter_context(rep.opened_run(kwargs["store_a"], **selection, history=True))
         try:
-            run_b = stack.enter_context(rep.opened_run(kwargs["store_b"], **selection_b))
+            run_b = stack.enter_context(rep.opened_run(kwargs["store_b"], **selection_b, history=True))
         except StoreError as exc:
             # --probe/--layer chose store A's series and, without --probe-b/--layer-b, store B's too: the
             # listing named options that would then fail on store A ("--probe probe" for a store A of

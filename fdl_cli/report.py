@@ -262,10 +262,12 @@ def load_run(
 
 
 @contextmanager
-def opened_run(path: str | Path, *, probe: str | None = None, layer: str | None = None) -> Iterator[Run]:
+def opened_run(
+    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False
+) -> Iterator[Run]:
     """`load_run` keeping the store open for `load_arrays` until the block ends (one scan of the file)."""
     with open_store(path) as reader:
-        yield _read_run(reader, Path(path), probe=probe, layer=layer, keep=True)
+        yield _read_run(reader, Path(path), probe=probe, layer=layer, keep=True, history=history)
 
 
 def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any]:
@@ -1436,6 +1438,8 @@ def compare_runs(
             "k95 against C and the regimes are each relative to its own task, so the differences and the verdict "
             "below compare different tasks, not only different training"
         )
+    if (devices := device_difference_note(run_a, run_b)) is not None:
+        notes.append(devices)
     steps = [
         ComparedStep(
             match=match,
@@ -1452,6 +1456,23 @@ def compare_runs(
         option_differences=option_differences(run_a.provenance, run_b.provenance),
         overlap_label=overlaps.label(),
     )
+
+
+def device_difference_note(run_a: Run, run_b: Run) -> str | None:
+    """A note when the two runs' checkpoints were computed on different devices (their stores' history,
+    read with `history=True`), or None (the same, or not recorded on either side). The model's float32
+    forward pass rounds differently on a CPU and a GPU, and on two GPUs (fdl keeps TF32 off, which bounds
+    it but does not remove it): the smallest differences between the runs may be the devices'."""
+    def devices(run: Run) -> list[str]:
+        return list(dict.fromkeys(str(row.get("device")) for row, _ in run.history
+                                  if row is not None and row.get("device") is not None))
+
+    on_a, on_b = devices(run_a), devices(run_b)
+    if not on_a or not on_b or set(on_a) == set(on_b):
+        return None
+    return (f"the runs were computed on different devices (A: {', '.join(on_a)}; B: {', '.join(on_b)}): the model's "
+            "forward pass rounds differently on each, so the smallest differences between the runs may be the "
+            "devices', not training's (analyse both on one device to compare training alone)")
 
 
 #: Fields of the compare table (differences B − A), chosen to fit 100 columns.

@@ -153,3 +153,38 @@ def test_the_before_reference_line_says_a_new_store_is_needed() -> None:
     assert before_reference_line(100).endswith(
         "(to classify those too, analyse again with the first checkpoint as the reference, the default, into a new "
         "store: another --out, or --overwrite, since a store keeps the reference it was analysed with)")
+
+
+def test_compare_notes_runs_computed_on_different_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs, one analysed on the CPU and one on a (faked) GPU: compare says so, in its notes (text and
+    JSON), since the devices round the forward pass differently; two CPU runs get no such note."""
+    import json
+
+    from fdl_cli import pipeline as pipeline_module
+    from fdl_cli.cli import main
+    from tests.test_s18_hist import FAKE_GPU, _analyze, _run
+
+    run = _run(tmp_path / "run", steps=(0, 10, 20))
+    cpu, gpu, cpu2 = tmp_path / "cpu.h5", tmp_path / "gpu.h5", tmp_path / "cpu2.h5"
+    _analyze(run, cpu)
+    _analyze(run, cpu2)
+    monkeypatch.setattr(pipeline_module, "describe_device", lambda device: FAKE_GPU)
+    _analyze(run, gpu)
+
+    def compare(*argv: object) -> tuple[str, str]:
+        capsys.readouterr()
+        try:
+            main(["compare", *map(str, argv)])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        return capsys.readouterr()
+
+    out, err = compare(cpu, gpu, "--json")
+    note = (f"the runs were computed on different devices (A: cpu; B: {FAKE_GPU}): the model's forward pass rounds "
+            "differently on each")
+    assert any(n.startswith(note) for n in json.loads(out)["notes"])
+    _, err = compare(cpu, gpu)
+    assert note in " ".join(err.split())
+    out, _ = compare(cpu, cpu2, "--json")
+    assert not any("different devices" in n for n in json.loads(out)["notes"])
