@@ -1013,6 +1013,7 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     from fdl_cli.probes import parse_probe_spec
 
     own = set()
+    targets: set[Path] = set()
     named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
     if manifest is not None and manifest.model is not None and ":" in manifest.model:
         named.append(Path(manifest.model.rpartition(":")[0]))
@@ -1020,6 +1021,18 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         with contextlib.suppress(OSError, RuntimeError):
             if home is not None and path.resolve().parent == home.resolve():
                 own.add(path.name)
+            targets.add(path.resolve())
+
+    def owned(name: str) -> bool:
+        """read_manifest resolves the paths: a symbolic link in the folder to a shared probe.npz (a name
+        that resolves elsewhere) is the folder's own file all the same (it was noted as a skipped file)."""
+        if name in own:
+            return True
+        try:
+            return home is not None and (home / name).resolve() in targets
+        except (OSError, RuntimeError):
+            return False
+
     unsuffixed: list[str] = []
     state: list[str] = []  # a Trainer's optimizer.pt, scheduler.pt, ... in each checkpoint-N folder given
     for note in notes:
@@ -1031,13 +1044,13 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         training = (re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
                     or re.fullmatch(r"skipped (.+): optimizer state, no model weights", note))
         probe = re.fullmatch(r"skipped (.+): a probe set \(.+\), not model weights", note)
-        if probe is not None and probe.group(1) in own:
+        if probe is not None and owned(probe.group(1)):
             continue  # fdl.toml's own probe.pt, as its probe.npz
         if training is not None:
             state.append(training.group(1))
         elif plain is None:
             reporter.note(note)
-        elif plain.group(1) not in own:
+        elif not owned(plain.group(1)):
             unsuffixed.append(plain.group(1))
 
     def counted(names: list[str]) -> str:

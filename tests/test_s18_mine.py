@@ -188,3 +188,21 @@ def test_compare_notes_runs_computed_on_different_devices(tmp_path: Path, monkey
     assert note in " ".join(err.split())
     out, _ = compare(cpu, cpu2, "--json")
     assert not any("different devices" in n for n in json.loads(out)["notes"])
+
+
+def test_the_manifest_files_linked_into_a_folder_are_not_noted(tmp_path: Path) -> None:
+    """A run folder whose model.py and probe (under another name) are symbolic links to shared files, named
+    by its fdl.toml: "note: skipped 2 files without a checkpoint suffix: model.py, probe.npz", where the
+    folder's own files get none (read_manifest resolves the paths, which then lay elsewhere)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("model.py", "step_0.safetensors", "step_5.safetensors"):
+        (folder / name).symlink_to(SAMPLES / name)
+    (folder / "p.npz").symlink_to(SAMPLES / "probe.npz")
+    (folder / "notes.txt").write_text("lr 0.1\n", encoding="utf-8")
+    (folder / "fdl.toml").write_text('model = "model.py:build"\nprobe = "p.npz"\n', encoding="utf-8")
+    result = fdl("analyze", folder, "--out", tmp_path / "run.h5")
+    assert result.code == 0, result.stderr
+    text = " ".join(result.stderr.split())
+    assert "(.pt, .pth, .bin, .ckpt, .safetensors, .pt2, .pth.tar, .pt.tar): notes.txt" in text  # others still are
+    assert "model.py" not in text and "p.npz" not in text
