@@ -984,6 +984,10 @@ def _probe_note(name: str, keys: Iterable[str]) -> str:
     return f"skipped {name}: a probe set ({shown}), not model weights"
 
 
+#: `_probe_note`'s text, read back (group 1: the file's name) by discovery and by analyze's notes
+PROBE_NOTE = re.compile(r"skipped (.+): a probe set \(.+\), not model weights")
+
+
 def checkpoint_suffix(path: Path) -> str | None:
     """The checkpoint suffix of ``path``'s name (``.pth.tar`` as one), or None when it has none."""
     name = path.name.lower()
@@ -1437,7 +1441,7 @@ def discover_checkpoints(
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
-    probe_sets = [note for note in notes if re.fullmatch(r"skipped .+: a probe set \(.+\), not model weights", note)]
+    probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
     if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
         # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
         named = ", ".join(str(s) for s in sources)

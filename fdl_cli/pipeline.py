@@ -1043,7 +1043,7 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         # a run saving optim_N.pt beside each checkpoint had a line per file
         training = (re.fullmatch(r"skipped (.+): training state \(.+\), not model weights", note)
                     or re.fullmatch(r"skipped (.+): optimizer state, no model weights", note))
-        probe = re.fullmatch(r"skipped (.+): a probe set \(.+\), not model weights", note)
+        probe = ckpts.PROBE_NOTE.fullmatch(note)
         if probe is not None and owned(probe.group(1)):
             continue  # fdl.toml's own probe.pt, as its probe.npz
         if training is not None:
