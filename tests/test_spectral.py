@@ -607,8 +607,12 @@ def test_large_products_through_torch_equal_numpy_products(monkeypatch: pytest.M
     for name, (a, b, through_torch) in cases.items():
         assert (a.shape[0] * a.shape[1] * b.shape[1] >= TORCH_PRODUCT_MIN_SIZE) or not through_torch, name
         calls.clear()
-        np.testing.assert_allclose(_product(a, b), a @ b, rtol=1e-13, atol=1e-13, err_msg=name)
+        product = _product(a, b)
+        np.testing.assert_allclose(product, a @ b, rtol=1e-13, atol=1e-13, err_msg=name)
         assert bool(calls) == through_torch, name
+        # Torch computes it as (bᵀaᵀ)ᵀ (twice as fast at the anchors' shape): handed back C-ordered and
+        # owning its values, as numpy's product is, so that it is stored and divided in place as one.
+        assert product.flags.c_contiguous and product.flags.owndata and product.flags.writeable, name
     frozen = left.copy()
     frozen.flags.writeable = False
     calls.clear()
