@@ -606,7 +606,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         )
     if ev.get("overlap_tie"):
         lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
-    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie"}
+    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")
