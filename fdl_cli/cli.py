@@ -21,6 +21,7 @@ import click
 
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -628,6 +629,9 @@ def classify(**kwargs: Any) -> None:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
     verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
+    caveat = rep.zero_one_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
+    if caveat is not None:
+        verdict.evidence[ZERO_ONE_FIELD] = True
     if verdict.regime != "coefficient":
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
         if tie is not None:
@@ -646,7 +650,10 @@ def classify(**kwargs: Any) -> None:
                "--probe/--layer)")
         console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
                       markup=False)
-        for line in regimes.describe(verdict, chosen.records):
+        lines = regimes.describe(verdict, chosen.records)
+        if caveat is not None:  # above the evidence, whose final_r2 it is about
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), caveat)
+        for line in lines:
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
         console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")

@@ -65,6 +65,11 @@ RECORD_FIELDS: Final = CHECKPOINT_FIELDS + MEASURE_FIELDS
 #: Extra keys present in every record when a store holds several probes or layers.
 SERIES_FIELDS: Final = ("probe", "layer")
 
+#: Extra key of every record of `fdl report --format json|csv|markdown` when a selected series' probe holds
+#: float 0/1 targets (the store's `zero_one_targets`; docs/store.md): loss and r2 then compare the raw
+#: outputs with 0/1. true for such a series, false (null: not recorded) for the others; absent otherwise.
+ZERO_ONE_FIELD: Final = "zero_one_targets"
+
 INT_FIELDS: Final = frozenset(
     {
         "step",

@@ -499,6 +499,9 @@ class _Context:
     #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
     #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
     tick: Callable[[], None] | None = None
+    #: probe name -> whether its targets are float 0/1 (`probes.zero_one_targets`, found by `_validate`), which
+    #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
+    zero_one: dict[str, bool] = field(default_factory=dict)
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
@@ -1291,12 +1294,15 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             n_outputs = _binary_logit(ctx, probe)
         validate_probe(probe, n_outputs=n_outputs)
         passes.append((probe.name, widths, int(probe.x.shape[0]), min(ctx.options.anchor_size, int(probe.x.shape[0]))))
-        if float_one_hot(probe):
+        one_hot = float_one_hot(probe)
+        if one_hot:
             ctx.reporter.warn(
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
             )
-        elif zero_one_targets(probe):
+        # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
+        ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
+        if ctx.zero_one[probe.name]:
             ctx.reporter.warn(_zero_one_warning(probe))
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
@@ -1548,6 +1554,7 @@ def _probe_infos(ctx: _Context) -> list[Any]:
                 n_outputs=ctx.n_outputs,
                 anchor_x=anchor_x,
                 anchor_y=anchor_y,
+                zero_one_targets=ctx.zero_one.get(probe.name),  # None where not validated: not recorded
             )
         )
     return infos

@@ -281,9 +281,13 @@ def classify_run(
         (int(r["step"]), checkpoint_regime(r, thresholds, reference=int(r["step"]) == reference_step)) for r in ordered
     )
     evidence: dict[str, Any] = {"reference_step": reference_step, "n_checkpoints": len(ordered)}
-    # From the whole trajectory, before any early verdict: checkpoints before a --reference that is not
-    # the first are classified too, and `describe` must not say "never became MF" beside MF ones.
-    first_mf, stayed_mf = entered_mf(trajectory)
+    # From the checkpoints after the reference only, as the run's rules: one before a mid-run --reference is
+    # measured against a later checkpoint, and its MF says only that it differs from the reference (an
+    # initialisation was "first_mf_step": 0 beside "MF from step 500" before the nineteenth session).
+    # `describe` reads the MF ones before it from the trajectory.
+    first_mf, stayed_mf = entered_mf(
+        [(step, v) for step, v in trajectory if reference_step is not None and step > reference_step]
+    )
 
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
@@ -295,8 +299,6 @@ def classify_run(
         if reference_step is not None and step > reference_step
     ]
     if not after:
-        if first_mf is not None:
-            evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
         # Counted, not len - 1: the reference itself need not be stored (a run stopped before it).
         before = sum(1 for step, _ in trajectory if step != reference_step)
         if before <= 0:
@@ -536,36 +538,39 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     segments = f"{len(shown)} spans" if len(shown) > SHOWN_SPANS else ""
     lines.append(f"trajectory (step: regime{'; ' + segments if segments else ''}): "
                  + elide_spans(shown, " | ", where="--json lists every checkpoint"))
-    if reference is not None and any(step < reference for step, _ in verdict.trajectory):
+    mid_run = reference is not None and any(step < reference for step, _ in verdict.trajectory)
+    if reference is not None and mid_run:
         lines.append(before_reference_line(reference))
-    before_reference = ev.get("final_step") is None and isinstance(reference_step, int)  # no checkpoint after it
-    if ev.get("mf_since_step") is not None and before_reference and ev["mf_since_step"] < reference_step:
-        # A run stopped before its --reference (the reference is analysed first, stored in its place): every
-        # stored checkpoint precedes it, and "MF from step S to the end" read as the run's MF (session 14).
-        lines.append(
-            f"MF from step {ev['mf_since_step']} to the last checkpoint, all before the reference (step "
-            f"{reference_step}): their movement is measured against a later checkpoint, so their MF says only "
-            "that they differ from the reference"
-        )
-    elif ev.get("mf_since_step") is not None:
-        first_mf = ev["first_mf_step"]
-        before = ", before the reference" if isinstance(reference_step, int) and first_mf < reference_step else ""
-        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint: step {first_mf}{before})")
+    # first_mf_step and mf_since_step count the checkpoints after the reference only (`classify_run`)
+    after = " after the reference" if mid_run else ""
+    if ev.get("mf_since_step") is not None:
+        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint{after}: step "
+                     f"{ev['first_mf_step']})")
     elif ev.get("first_mf_step") is not None:
-        reference, first = ev.get("reference_step"), ev["first_mf_step"]
-        # With --reference in mid-run, the checkpoints before it "moved" from a later checkpoint: an
-        # initialisation read "MF first at step 0" beside a coefficient verdict (session 14).
-        before = (f" (before the reference, step {reference}: its movement is measured against a later "
-                  "checkpoint, so its MF says only that it differs from the reference)"
-                  if isinstance(reference, int) and first < reference else "")
-        lines.append(f"MF first at step {first}{before}, but the run did not stay MF")
+        lines.append(f"MF first at step {ev['first_mf_step']}{after}, but the run did not stay MF")
     else:
-        lines.append("the run never became MF")
+        early = [(step, v) for step, v in verdict.trajectory if reference is not None and step < reference]
+        early_first, early_stayed = entered_mf(early)
+        if early_stayed is not None and len(early) == len(verdict.trajectory):
+            # A run stopped before its --reference (the reference is analysed first, stored in its place): every
+            # stored checkpoint precedes it, and "MF from step S to the end" read as the run's MF (session 14).
+            lines.append(
+                f"MF from step {early_stayed} to the last checkpoint, all before the reference (step "
+                f"{reference}): their movement is measured against a later checkpoint, so their MF says only "
+                "that they differ from the reference"
+            )
+        elif early_first is not None:
+            # An initialisation read "MF first at step 0, but the run did not stay MF" beside a coefficient
+            # verdict (session 14), and "the run never became MF" beside MF* checkpoints would read as a
+            # contradiction of the trajectory.
+            lines.append(
+                f"MF first at step {early_first} (before the reference, step {reference}: its movement is measured "
+                "against a later checkpoint, so its MF says only that it differs from the reference), and no MF "
+                "checkpoint after it"
+            )
+        else:
+            lines.append("the run never became MF")
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)
-    if first is not None and isinstance(reference_step, int) and ev["first_mf_step"] < reference_step:
-        # Its MF says only that it differs from the reference (the line above): "still nearly constant ... MF
-        # means more from where the accuracy has risen" explained an initialisation's MF* as an early MF.
-        first = None
     accuracy, classes = (first.get("accuracy"), first.get("n_outputs")) if first is not None else (None, None)
     if first is not None and accuracy is not None and classes and classes >= 2 and accuracy <= NEAR_CHANCE / classes:
         lines.append(
@@ -601,7 +606,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         )
     if ev.get("overlap_tie"):
         lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
-    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie"}
+    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")

@@ -36,7 +36,7 @@ from rich.style import Style
 from rich.text import Text
 
 from fdl_cli.errors import FdlError, StoreError
-from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS, STR_FIELDS
+from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS, STR_FIELDS, ZERO_ONE_FIELD
 
 Record = dict[str, Any]
 
@@ -139,15 +139,43 @@ class Run:
     history_damaged: bool = False
 
     def records(self) -> list[Record]:
-        """Every selected record; with several series in the store, each with `probe` and `layer`."""
+        """Every selected record; with several series in the store, each with `probe` and `layer`; when a
+        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD)."""
+        flags = {series.label: zero_one_targets(self, series) for series in self.series}
+        flagged = any(flags.values())
         out: list[Record] = []
         for series in self.series:
             for record in series.records:
                 row = {name: record.get(name) for name in RECORD_FIELDS}
                 if self.several:
                     row["probe"], row["layer"] = series.probe, series.layer
+                if flagged:
+                    row[ZERO_ONE_FIELD] = flags[series.label]
                 out.append(row)
         return out
+
+
+def zero_one_targets(run: Run, series: Series) -> bool | None:
+    """Whether the series' probe holds float 0/1 targets, as the store records it (`ProbeInfo.zero_one_targets`;
+    None: not recorded, a store written before the nineteenth session, or no such probe)."""
+    info = run.probes.get(series.probe) if series.probe is not None else None
+    value = getattr(info, "zero_one_targets", None)
+    return None if value is None else bool(value)
+
+
+def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
+    """One line on what loss and r2 measure for a series whose probe holds float 0/1 targets (analyze warned
+    it: `pipeline._zero_one_warning`), or None. `of`: whose probe, such as " of run A"."""
+    if not zero_one_targets(run, series):
+        return None
+    outputs = getattr(run.probes.get(series.probe or ""), "n_outputs", None)
+    line = (f"probe {series.probe!r}{of} holds float 0/1 targets (multi-label, or a binary classifier's as "
+            "floats): loss and r2 compare the raw outputs with 0/1 as they are, and for a model trained with a "
+            "sigmoid (BCEWithLogitsLoss) those are logits, so loss and r2 do not measure its fit")
+    if outputs == 1:
+        line += ("; save the targets as integer labels (y.astype(np.int64)) and analyse again to measure it as a "
+                 "binary classifier (accuracy, cross_entropy = BCE)")
+    return line
 
 
 def _clean(value: Any) -> Any:
@@ -647,7 +675,8 @@ def _json_default(value: Any) -> Any:
 
 def _output_fields(records: Sequence[Record]) -> list[str]:
     several = any("probe" in record for record in records)
-    return list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else [])
+    flagged = any(ZERO_ONE_FIELD in record for record in records)
+    return list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + ([ZERO_ONE_FIELD] if flagged else [])
 
 
 def records_to_json(records: Sequence[Record]) -> str:
@@ -963,6 +992,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
+        if (caveat := zero_one_caveat(run, series)) is not None:
+            console.print(caveat, markup=False, highlight=False)
     if run.series:
         shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))
         console.print(column_key(tuple(shown)), markup=False, highlight=False)
@@ -1060,6 +1091,8 @@ class Comparison:
     option_differences: list[OptionDifference] = field(default_factory=list)
     #: the k of the cross-run overlap in words: "top C", or the k used and why
     overlap_label: str = "top C"
+    #: whether run A's and run B's probes hold float 0/1 targets (`zero_one_targets`; None: not recorded)
+    zero_one_targets: tuple[bool | None, bool | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -1440,6 +1473,7 @@ def compare_runs(
         )
     if (devices := device_difference_note(run_a, run_b)) is not None:
         notes.append(devices)
+    notes += zero_one_notes(run_a, series_a, run_b, series_b)
     steps = [
         ComparedStep(
             match=match,
@@ -1455,7 +1489,17 @@ def compare_runs(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps),
         option_differences=option_differences(run_a.provenance, run_b.provenance),
         overlap_label=overlaps.label(),
+        zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> list[str]:
+    """compare's notes on runs whose probes hold float 0/1 targets (`zero_one_caveat`): one for both runs when
+    their probes have one name, else one for each run that has them."""
+    if series_a.probe == series_b.probe and zero_one_targets(run_a, series_a) and zero_one_targets(run_b, series_b):
+        return [str(zero_one_caveat(run_a, series_a, of=" of runs A and B"))]
+    return [caveat for run, series, of in ((run_a, series_a, " of run A"), (run_b, series_b, " of run B"))
+            if (caveat := zero_one_caveat(run, series, of=of)) is not None]
 
 
 def device_difference_note(run_a: Run, run_b: Run) -> str | None:
@@ -1502,6 +1546,10 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "option_differences": [
             {"option": d.option, "a": d.a, "b": d.b} for d in comparison.option_differences
         ],
+        # only when a run's probe holds float 0/1 targets (its note says what loss and r2 measure), as in
+        # `fdl report --format json`: the comparisons of other runs print as before
+        **({ZERO_ONE_FIELD: dict(zip("ab", comparison.zero_one_targets, strict=True))}
+           if any(comparison.zero_one_targets) else {}),
     }
 
 

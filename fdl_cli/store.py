@@ -6,7 +6,10 @@ Layout (schema_version 1; docs/store.md has the full account)::
     /                                   attrs: format="fdl-store", schema_version=1 (int), fdl_version,
                                                created (ISO 8601 UTC), provenance (JSON object as a string),
                                                history (JSON list: the invocations that stored checkpoints)
-    /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs
+    /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
+                                               zero_one_targets (bool: float targets of 0 and 1 alone, whose
+                                               loss and r2 compare the raw outputs with 0/1; absent in older
+                                               stores: not recorded)
         anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
         anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
                                         passes integers)
@@ -170,6 +173,11 @@ class ProbeInfo:
     n_outputs: int
     anchor_x: np.ndarray | None = None
     anchor_y: np.ndarray | None = None
+    #: float regression targets of 0 and 1 alone (multi-label, or a binary classifier's as floats;
+    #: `probes.zero_one_targets`): loss and r2 then compare the raw outputs, logits for a sigmoid model, with
+    #: 0/1. None: not recorded (a store written before the nineteenth session). Derived from the probe file
+    #: (its sha256 is compared), so not part of equality: an older store resumes, and gets it recorded.
+    zero_one_targets: bool | None = None
 
     def __post_init__(self) -> None:
         _check_name("probe", self.name, identifier=True)
@@ -180,6 +188,8 @@ class ProbeInfo:
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"probe {self.name!r}: {attr} must be an int >= 0, got {value!r}")
             object.__setattr__(self, attr, int(value))
+        if self.zero_one_targets is not None:
+            object.__setattr__(self, "zero_one_targets", bool(self.zero_one_targets))
         if self.anchor_x is not None:
             object.__setattr__(self, "anchor_x", np.ascontiguousarray(self.anchor_x, dtype=np.float64))
         if self.anchor_y is not None:
@@ -640,9 +650,21 @@ class StoreReader:
                     n_outputs=int(attrs["n_outputs"]),
                     anchor_x=node["anchor_x"][()] if "anchor_x" in node else None,
                     anchor_y=node["anchor_y"][()] if "anchor_y" in node else None,
+                    zero_one_targets=self._zero_one_targets(name, attrs.get("zero_one_targets")),
                 )
             except Exception as exc:
                 self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
+
+    def _zero_one_targets(self, probe: str, value: object) -> bool | None:
+        """A probe's `zero_one_targets` attribute: None where absent (written before it was recorded), or, with a
+        warning, of another type than bool (the probe's other attributes are read all the same)."""
+        if value is None:
+            return None
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        self.warnings.append(f"probe /probes/{probe} has zero_one_targets = {_short(value)}, not true or false: "
+                             "ignored (whether its targets are 0/1 is taken as not recorded)")
+        return None
 
     def _scan_checkpoints(self, *, deep: bool) -> None:
         """Find the complete, intact checkpoint groups and the series each holds.
@@ -1160,6 +1182,7 @@ class _CommitPlan:
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
+    probes: tuple[tuple[str, bool], ...] = ()  # (probe, zero_one_targets) to record in a resumed store lacking it
     signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
@@ -1324,6 +1347,8 @@ class StoreWriter:
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._provenance_update: str | None = None  # see _load_existing
+        #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
+        self._probe_updates: dict[str, bool] = {}
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
         self._own_row = None if invocation is None else history_row(invocation)
@@ -1485,6 +1510,12 @@ class StoreWriter:
             missing = {key: value for key, value in self._provenance.items() if key not in reader.provenance}
             if missing:
                 self._provenance_update = json.dumps({**reader.provenance, **missing}, sort_keys=True)
+            # Likewise a probe's zero_one_targets (the nineteenth session's), where the store does not record it
+            self._probe_updates = {
+                name: bool(probe.zero_one_targets) for name, probe in self._probes.items()
+                if probe.zero_one_targets is not None and name in stored_probes
+                and stored_probes[name].zero_one_targets is None
+            }
         finally:
             reader.close()
 
@@ -1838,6 +1869,7 @@ class StoreWriter:
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
             provenance=None if self._fresh else self._provenance_update,
+            probes=() if self._fresh else tuple(sorted(self._probe_updates.items())),
             signatures=() if self._fresh else tuple(sorted(self._signatures.items())),
             history=history,
             computed_by=computed_by,
@@ -1879,6 +1911,9 @@ class StoreWriter:
             with h5py.File(tmp, "r+", libver=_LIBVER) as store:
                 if plan.provenance is not None:
                     store.attrs["provenance"] = plan.provenance
+                for name, zero_one in plan.probes:
+                    if f"probes/{name}" in store:
+                        store[f"probes/{name}"].attrs["zero_one_targets"] = zero_one
                 checkpoints = store.require_group("checkpoints")
                 for name in plan.drop:
                     if name in checkpoints:
@@ -1929,6 +1964,8 @@ class StoreWriter:
             self._history = list(plan.history)
         if plan.provenance is not None and plan.provenance == self._provenance_update:
             self._provenance_update = None
+        for name, _ in plan.probes:
+            self._probe_updates.pop(name, None)
         for step, signature in plan.signatures:
             if self._signatures.get(step) == signature:
                 del self._signatures[step]
@@ -1952,6 +1989,8 @@ class StoreWriter:
                 node.attrs["n"] = np.int64(probe.n)
                 node.attrs["task"] = probe.task
                 node.attrs["n_outputs"] = np.int64(probe.n_outputs)
+                if probe.zero_one_targets is not None:
+                    node.attrs["zero_one_targets"] = probe.zero_one_targets
                 for name in ("anchor_x", "anchor_y"):
                     value = getattr(probe, name)
                     if value is not None:

@@ -279,7 +279,8 @@ def test_a_first_mf_before_the_reference_is_not_explained_as_an_early_mf(tmp_pat
     assert done.returncode == 0, done.stderr
     text = fdl("classify", out).stderr
     assert "trajectory (step: regime): 0–50: MF* | 100: coefficient | 200–300: MF" in text
-    assert "MF from step 200 to the end (first MF checkpoint: step 0, before the reference)" in text
+    # first_mf_step counts the checkpoints after the reference only (session 19: it named step 0 here)
+    assert "MF from step 200 to the end (first MF checkpoint after the reference: step 200)" in text
     assert "nearly constant" not in text
     # from the first checkpoint, the default reference, the line is still said of step 5 (9.6 % on ten classes)
     default = tmp_path / "d.h5"

@@ -235,7 +235,9 @@ def test_classify_text_marks_the_checkpoints_before_the_reference() -> None:
     assert lines[2] == "trajectory (step: regime): 0–5: MF* | 100: coefficient | 500–1000: MF"
     assert lines[3].startswith("* before the reference (step 100): their movement (cka_init, overlap_init) is "
                                "measured against a later checkpoint")
-    assert "MF from step 500 to the end (first MF checkpoint: step 0, before the reference)" in lines
+    # first_mf_step counts the checkpoints after the reference only (session 19: it named step 0 here)
+    assert "MF from step 500 to the end (first MF checkpoint after the reference: step 500)" in lines
+    assert (verdict.evidence["first_mf_step"], verdict.evidence["mf_since_step"]) == (500, 500)
     # coefficient before and after the reference: two spans, not one
     flat = [{**record, "cka_init": 1.0, "overlap_init": 1.0, "regime": "coefficient"} for record in RECORDS]
     flat_lines = regimes.describe(regimes.classify_run(flat, reference_step=100), flat)

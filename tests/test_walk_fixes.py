@@ -175,7 +175,9 @@ def test_classify_with_the_last_checkpoint_as_reference_does_not_contradict_its_
     lines = describe(verdict)
     assert any(line.startswith("trajectory") and "0–10: MF" in line for line in lines), lines
     assert "the run never became MF" not in lines
-    assert verdict.evidence["first_mf_step"] == 0
+    # the evidence counts the checkpoints after the reference only (session 19); the text names the MF* before it
+    assert "first_mf_step" not in verdict.evidence and "mf_since_step" not in verdict.evidence
+    assert any(line.startswith("MF first at step 0 (before the reference, step 20: ") for line in lines), lines
     assert "nothing to measure movement against" not in verdict.rule  # 2 checkpoints were measured against it
     assert "the 2 before it" in verdict.rule
 
