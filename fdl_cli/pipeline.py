@@ -2089,7 +2089,7 @@ def _check_stored_files(
     if plan is None:
         return {}
     stored, suspects = plan
-    elsewhere_now = sum(1 for step, ref, _ in suspects if ref.step != step)
+    elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
     ctx.reporter.note(
         f"hashing {len(suspects)} stored checkpoint file(s) whose "
         + ("size or modification time is not the one recorded" if not elsewhere_now else
@@ -2102,7 +2102,7 @@ def _check_stored_files(
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
-            step, ref, _ = suspects[index]
+            step, ref, _, _ = suspects[index]
             try:
                 digests[index] = sha256_file(ref.path)
             except OSError:
@@ -2119,15 +2119,15 @@ def _check_stored_files(
             digests.update(share)
     # First: a stored file, unchanged, read at another step says the step options differ from the store's
     # run; the files this moves onto stored steps would otherwise be said to be other or changed files.
-    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
+    moved = [(step, ref) for index, (step, ref, _, _) in enumerate(suspects)
              if ref.step != step and digests.get(index) == stored[step][1]]
     if moved:
         raise _read_at_other_steps(out, moved)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
-    for index, (step, ref, now) in enumerate(suspects):
+    for index, (step, ref, now, moved_only) in enumerate(suspects):
         digest = digests.get(index)
-        if digest is None:
+        if digest is None or (moved_only and digest != stored[step][1]):
             continue
         if digest != stored[step][1]:
             changed.append((step, ref, digest))
@@ -2205,10 +2205,11 @@ def _copy_of(
 
 def _stored_files_to_hash(
     ctx: _Context, out: Path, refs: Sequence[CheckpointRef]
-) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str]]] | None:
+) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str, bool]]] | None:
     """For `_check_stored_files`: the store's (path, sha256, signature) by step, and the files to hash
     ((stored step, this run's checkpoint of that step's file, its signature now or "" if not
-    compared)); None when there is none."""
+    compared, whether only the same sha256 matters: a file found at another step whose new content
+    makes it another checkpoint, as training rewrites latest.pt)); None when there is none."""
     if not ctx.options.resume or not out.is_file():
         return None
     from fdl_cli.checkpoints import file_signature
@@ -2219,8 +2220,9 @@ def _stored_files_to_hash(
             stored = reader.file_identities()
     except StoreError:
         return None  # the writer reports what is wrong with the file
-    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
-    suspects: list[tuple[int, CheckpointRef, str]] = []
+    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared,
+    # whether it is hashed only to tell the same file read at another step)
+    suspects: list[tuple[int, CheckpointRef, str, bool]] = []
     for ref in refs:
         if ref.step in stored and ref.step not in ctx.redo:  # --redo: analysed again from its file as it is now
             try:
@@ -2228,7 +2230,7 @@ def _stored_files_to_hash(
             except (OSError, FdlError):
                 continue  # unreadable now: reported if this run needs to read it
             if now != stored[ref.step][2]:
-                suspects.append((ref.step, ref, now))
+                suspects.append((ref.step, ref, now, False))
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
@@ -2257,19 +2259,22 @@ def _stored_files_to_hash(
             # Another file is this run's checkpoint of that step (checked above, as that step's file); the
             # stored one, unchanged, read at another step is the step options' doing (--step-offset run2=30
             # of a store made with run2=20), which "holds other files' numbers" would not say.
+            # A store written before signatures were recorded cannot tell by size and time: hashed.
             with contextlib.suppress(OSError, FdlError):
-                if file_signature(Path(other.path)) == signature:
-                    suspects.append((step, other, ""))
+                if not signature or file_signature(Path(other.path)) == signature:
+                    suspects.append((step, other, "", not signature))
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
-            suspects.append((step, other, ""))
+            suspects.append((step, other, "", False))
             continue
         # Past every stored step: a file training rewrites (changed since: its size or time differ), or the
         # same file read at another step now (another --step-offset or --step-regex), which would be
-        # stored a second time, and which hashing then tells.
+        # stored a second time, and which hashing then tells. Without a recorded signature (a store
+        # written before them) it is hashed all the same: only the same sha256 is refused, another is
+        # the rewritten file's new checkpoint.
         with contextlib.suppress(OSError, FdlError):
-            if file_signature(Path(other.path)) == signature:
-                suspects.append((step, other, ""))
+            if not signature or file_signature(Path(other.path)) == signature:
+                suspects.append((step, other, "", True))
     return (stored, suspects) if suspects else None
 
 
