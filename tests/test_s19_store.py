@@ -140,3 +140,209 @@ def test_a_stored_file_read_at_another_stored_step_without_signatures_names_both
     assert "other --step-offset / --step-regex options than the run that made the store" in flat
     assert "holds other files' numbers" not in flat
     assert out.read_bytes() == before
+
+
+# ------------------------------------------------------------------ a store holding one file at two steps
+
+
+def _records(store: Path) -> list[dict[str, Any]]:
+    with StoreReader(store) as reader:
+        return reader.records()
+
+
+def _arrays(store: Path) -> dict[int, Any]:
+    with StoreReader(store) as reader:
+        return {step: reader.arrays(step) for step in reader.steps()}
+
+
+def _stored_again(store: Path, source: Path, steps: tuple[int, ...], **replaced: Any) -> None:
+    """Write `source`'s checkpoints of `steps` into `store`, as a resume by an fdl before session 18 did when
+    its step options read stored files at other steps (the entries that fdl computed: those of a run with
+    those options, whose earlier steps are the same files)."""
+    from dataclasses import replace
+
+    from fdl_cli.store import StoreWriter
+
+    with StoreReader(store) as reader:
+        provenance, probes = reader.provenance, list(reader.probes().values())
+    with StoreReader(source) as reader:
+        entries = [reader.entry(step) for step in steps]
+    with StoreWriter(store, provenance=provenance, probes=probes, background=False) as writer:
+        for entry in entries:
+            writer.add(replace(entry, **replaced.get(str(entry.step), {})))
+
+
+def _damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[Any], Path, Path, Path, Path]:
+    """The store of --step-offset run2=20 (steps 0 .. 40), into which an fdl before session 18 resumed with
+    run2=100 stored run2's files again at 110 and 120; and the stores of each offset alone."""
+    run1, run2, probe = _restarted(tmp_path)
+    common: list[Any] = [run1, run2, "--model", MODEL, "--probe", probe, *SMALL]
+    twenty, hundred, out = tmp_path / "twenty.h5", tmp_path / "hundred.h5", tmp_path / "run.h5"
+    for store, offset in ((twenty, 20), (hundred, 100), (out, 20)):
+        status, _, err = fdl(capsys, "analyze", *common, "-o", store, "--step-offset", f"{run2}={offset}")
+        assert status == 0, err
+    _stored_again(out, hundred, (110, 120))
+    assert _steps(out) == [0, 10, 20, 30, 40, 110, 120]
+    return common, run2, out, twenty, hundred
+
+
+def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every resume of such a store was refused ("the store would hold the same checkpoint at two steps ...
+    give the options that read the steps as the store has them"), whichever the options: only --overwrite
+    went on. The error names both steps of each file and `--drop` of those this run does not read, which
+    leaves the store of the options given, every other checkpoint as it was."""
+    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    before = out.read_bytes()
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
+    flat = " ".join(err.split())
+    assert status == 1, flat
+    assert (f"error: {out} holds the same checkpoint file at two steps: {run2 / 'step_10.safetensors'} at steps 30 "
+            f"and 110; {run2 / 'step_20.safetensors'} at steps 40 and 120") in flat, flat
+    assert "run the same command with --drop 110,120: it removes those steps" in flat
+    assert "would hold the same checkpoint at two steps" not in flat
+    assert out.read_bytes() == before
+
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110,120")
+    flat = " ".join(err.split())
+    assert status == 0, flat
+    assert "dropped steps 110, 120" in flat and "2 dropped (--drop)" in flat and "5 already in the store" in flat
+    assert _records(out) == _records(twenty)
+    assert _arrays(out) == _arrays(twenty)
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
+    assert status == 0 and "5 already in the store" in err, err
+
+
+def test_drop_keeps_the_steps_the_run_reads_whichever_options_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same damaged store resumed with run2=100: the error names --drop 30,40, which leaves the store of
+    run2=100 (the steps 110 and 120 were compared with step 20, as that run compares them)."""
+    common, run2, out, _, hundred = _damaged(tmp_path, capsys)
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=100")
+    flat = " ".join(err.split())
+    assert status == 1 and "run the same command with --drop 30,40" in flat, flat
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=100", "--drop", "30,40")
+    assert status == 0, err
+    assert _records(out) == _records(hundred)
+
+
+def test_drop_refuses_what_would_lose_a_checkpoint_and_leaves_the_store_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--drop of a step whose file the store holds nowhere else (or of every copy), of a step not stored, of a
+    step this run reads (analysed again at once), with --overwrite, or a malformed list: refused, the store
+    byte for byte as it was."""
+    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    before = out.read_bytes()
+    base = [*common, "-o", out, "--step-offset", f"{run2}=20"]
+    for drop, message in (
+        ("10", f"--drop 10: {out} would hold {common[0] / 'step_10.safetensors'} (step 10) at no step any more"),
+        ("30,110", f"--drop 30,110: {out} would hold {run2 / 'step_10.safetensors'} (step 30) at no step any more"),
+        ("99,110", f"--drop 99,110: {out} holds no checkpoint at step 99"),
+        ("30", f"--drop 30: this run reads {run2 / 'step_10.safetensors'} as step 30"),
+    ):
+        status, _, err = fdl(capsys, "analyze", *base, "--drop", drop)
+        flat = " ".join(err.split())
+        assert status == 1 and f"error: {message}" in flat, flat
+        assert out.read_bytes() == before
+    status, _, err = fdl(capsys, "analyze", *base, "--drop", "110", "--overwrite")
+    assert status == 1 and "--drop 110 and --overwrite together" in err, err
+    status, _, err = fdl(capsys, "analyze", *base, "--drop", "1a")
+    assert status == 2, err
+    assert out.read_bytes() == before
+
+
+def test_drop_compares_the_checkpoint_after_a_dropped_step_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store of step_0 .. step_30, resumed by an fdl before session 18 with a --step-regex that read step_10
+    as step 1 (and so on): it stored steps 1, 2, 3, and step 10, after them, was compared with step 3 (the file
+    of step 30: the successor refresh). --drop 1,2,3 compares step 10 with step 0 again: the store of the
+    files read by their names."""
+    folder, probe = _run(tmp_path, steps=(0, 10, 20, 30))
+    common: list[Any] = [folder, "--model", MODEL, "--probe", probe, *SMALL]
+    regex = ["--step-regex", r"step_(\d+?)0?\.safetensors"]
+    names, read, out = tmp_path / "names.h5", tmp_path / "regex.h5", tmp_path / "run.h5"
+    for store, options in ((names, []), (read, regex), (out, [])):
+        status, _, err = fdl(capsys, "analyze", *common, "-o", store, *options)
+        assert status == 0, err
+    assert _steps(read) == [0, 1, 2, 3]
+    # step 10 compared with step 3 (step_30's file), as the old resume refreshed it: a run of 0, 3, 10
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name, source in (("step_0", "step_0"), ("step_3", "step_30"), ("step_10", "step_10")):
+        (mixed / f"{name}.safetensors").write_bytes((folder / f"{source}.safetensors").read_bytes())
+    status, _, err = fdl(capsys, "analyze", mixed, "--model", MODEL, "--probe", probe, *SMALL, "-o", tmp_path / "m.h5")
+    assert status == 0, err
+    _stored_again(out, read, (1, 2, 3))
+    _stored_again(out, tmp_path / "m.h5", (10,), **{"10": {"path": str(folder / "step_10.safetensors")}})
+    with StoreReader(out) as reader:
+        assert [r["prev_step"] for r in reader.records()] == [None, 0, 1, 2, 3, 10, 20]
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out)
+    flat = " ".join(err.split())
+    assert status == 1 and "run the same command with --drop 1,2,3" in flat, flat
+    before = out.read_bytes()
+    (folder / "step_10.safetensors").rename(tmp_path / "away.safetensors")  # its comparison cannot be taken again
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--drop", "1,2,3")
+    flat = " ".join(err.split())
+    assert status == 1 and ("error: --drop 1,2,3: the stored step 10 is compared with a dropped step (cka_prev, "
+                            "overlap_prev), and is to be compared with step 0 instead, but the file of step 10 is "
+                            "not among this run's checkpoints") in flat, flat
+    assert out.read_bytes() == before
+    (tmp_path / "away.safetensors").rename(folder / "step_10.safetensors")
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--drop", "1,2,3")
+    flat = " ".join(err.split())
+    assert status == 0, flat
+    assert "1 stored checkpoint compared again with the one kept before (step 10 with 0)" in flat, flat
+    assert _records(out) == _records(names)
+
+
+def test_drop_given_in_part_names_every_step_to_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    before = out.read_bytes()
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110")
+    flat = " ".join(err.split())
+    assert status == 1 and f"{run2 / 'step_20.safetensors'} at steps 40 and 120" in flat, flat
+    assert "run the same command with --drop 110,120" in flat
+    assert out.read_bytes() == before
+
+
+def test_store_writer_drop_removes_steps_in_one_commit_with_the_entries_given(tmp_path: Path) -> None:
+    """`StoreWriter.drop`: the groups and trajectory rows go, in the commit that stores the entries given; a
+    step not stored is a ValueError, and nothing is written."""
+    from dataclasses import replace
+
+    from fdl_cli.store import StoreWriter
+
+    folder, probe = _run(tmp_path)
+    out = tmp_path / "run.h5"
+    assert fdl_quiet(folder, probe, out) == 0
+    with StoreReader(out) as reader:
+        provenance, probes, entry = reader.provenance, list(reader.probes().values()), reader.entry(20)
+    changed = replace(entry, series=tuple(replace(item, scalars={**item.scalars, "prev_step": None, "cka_prev": None,
+                                                                  "overlap_prev": None}) for item in entry.series))
+    before = out.read_bytes()
+    with StoreWriter(out, provenance=provenance, probes=probes, background=False) as writer:
+        with pytest.raises(ValueError, match=r"steps \[5\] are not stored"):
+            writer.drop([5])
+        with pytest.raises(ValueError, match="given as entries too"):
+            writer.drop([20], changed)
+    assert out.read_bytes() == before
+    with StoreWriter(out, provenance=provenance, probes=probes, background=False) as writer:
+        assert writer.drop([10], changed) == [changed]
+        assert sorted(writer.completed()) == [0, 20]
+    with StoreReader(out) as reader:
+        assert not reader.warnings
+        assert [(r["step"], r["prev_step"]) for r in reader.records()] == [(0, None), (20, None)]
+    with h5py.File(out, "r") as handle:
+        assert sorted(handle["checkpoints"]) == ["step_0", "step_20"]
+
+
+def fdl_quiet(folder: Path, probe: Path, out: Path) -> int:
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+
+    summary = run_analyze(AnalyzeOptions(sources=(str(folder),), model_spec=MODEL, probe_specs=(str(probe),), out=out,
+                                         top_k=4, anchor_size=16, batch_size=16))
+    return 1 if summary.failed else 0
