@@ -2281,7 +2281,7 @@ def _check_stored_files(
         twice = [(step, ref) for step, ref in moved if ref.step in stored
                  and stored[ref.step][1] == stored[step][1] and _same_path(stored[ref.step][0], ref.path)]
         if len(twice) == len(moved):
-            raise _stored_twice(out, twice, ctx.drop)
+            raise _stored_twice(out, twice, ctx.drop, distributed=world is not None)
         raise _read_at_other_steps(out, moved)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
@@ -2348,7 +2348,9 @@ def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) 
     )
 
 
-def _stored_twice(out: Path, twice: Sequence[tuple[int, CheckpointRef]], dropping: Collection[int]) -> StoreError:
+def _stored_twice(
+    out: Path, twice: Sequence[tuple[int, CheckpointRef]], dropping: Collection[int], *, distributed: bool = False
+) -> StoreError:
     """Files the store holds at two steps (an fdl before session 18 resumed it with other step options and
     stored each again at the step those read), found by this run at one of them: --drop the others (with
     those `dropping` already named)."""
@@ -2359,9 +2361,12 @@ def _stored_twice(out: Path, twice: Sequence[tuple[int, CheckpointRef]], droppin
     return StoreError(
         f"{out} holds the same checkpoint file at two steps: {shown} (stored a second time by an earlier fdl, resumed "
         "with other --step-offset / --step-regex options)",
-        got=f"this run reads {'it' if len(twice) == 1 else 'each'} at the first step named, and the store's "
-        f"step{'s' if len(twice) > 1 else ''} {', '.join(str(step) for step, _ in twice)} too",
-        fix=f"run the same command with --drop {steps}: it removes {'that step' if len(twice) == 1 else 'those steps'} "
+        got=f"this run reads {'it' if len(twice) == 1 else 'them'} at step{'s' if len(twice) > 1 else ''} "
+        f"{', '.join(str(ref.step) for _, ref in twice)}; the store holds {'it' if len(twice) == 1 else 'them'} at "
+        f"step{'s' if len(twice) > 1 else ''} {', '.join(str(step) for step, _ in twice)} as well",
+        fix=f"run the same command with --drop {steps}"
+        + (" (as one process: --drop does not run under torchrun)" if distributed else "")
+        + f": it removes {'that step' if len(twice) == 1 else 'those steps'} "
         "(the file stays stored at the step this run reads) and keeps every other checkpoint; to keep those steps "
         "instead, run with the step options that read them (the error then names the others), or "
         + _OVERWRITE_FIX,

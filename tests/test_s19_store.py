@@ -201,6 +201,7 @@ def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
     assert (f"error: {out} holds the same checkpoint file at two steps: {run2 / 'step_10.safetensors'} at steps 30 "
             f"and 110; {run2 / 'step_20.safetensors'} at steps 40 and 120") in flat, flat
     assert "run the same command with --drop 110,120: it removes those steps" in flat
+    assert "got: this run reads them at steps 30, 40; the store holds them at steps 110, 120 as well" in flat
     assert "would hold the same checkpoint at two steps" not in flat
     assert out.read_bytes() == before
 
