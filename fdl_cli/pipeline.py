@@ -1863,10 +1863,9 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
                     fix=f"restore the file of step {needed}, or {_OVERWRITE_FIX}",
                 )
     entries = []
+    stored_sha = {step: identity[1] for step, identity in stored.items()}
     for before, successor in ctx.drop_successors:
         if before is not None:
-            with StoreReader(out) as reader:
-                stored_sha = {step: identity[1] for step, identity in reader.file_identities().items()}
             entries.append(_refreshed_entry(ctx, out, before, successor, stored_sha))
             continue
         with StoreReader(out) as reader:  # nothing kept before it: no previous checkpoint
@@ -1875,10 +1874,11 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
             replace_entry(item, scalars={**item.scalars, "cka_prev": None, "overlap_prev": None, "prev_step": None})
             for item in entry.series)))
     shown = ", ".join(map(str, sorted(ctx.drop)))
+    pairs = ", ".join(f"step {successor} with {'none' if before is None else before}"
+                      for before, successor in ctx.drop_successors)
     ctx.reporter.note(
         f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} (each a second copy of a file stored at another step)"
-        + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before "
-           f"({', '.join(f'step {successor} with {before}' for before, successor in ctx.drop_successors)})"
+        + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
            if entries else "")
     )
     writer.drop(sorted(ctx.drop), *entries)
