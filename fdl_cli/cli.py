@@ -219,6 +219,10 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
               help="Analyse these stored checkpoints again from their files (changed, or their arrays damaged), "
                    "keeping the rest of the store; the checkpoints compared with them get cka_prev / overlap_prev "
                    "recomputed. Not the reference (--overwrite), not under torchrun.")
+@click.option("--drop", "drop", metavar="S1,S2,...", callback=_steps_list,
+              help="Remove these stored steps, each a second copy of a file the store holds at another step (as an "
+                   "earlier fdl resumed with other step options stored it); the checkpoints compared with them are "
+                   "compared again. Not a step this run reads, not the reference, not under torchrun.")
 @click.option("--every", type=click.IntRange(min=1),
               help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")

@@ -80,6 +80,9 @@ class AnalyzeOptions:
     #: --redo: stored checkpoints to analyse again from their files (and their stored successors' cka_prev /
     #: overlap_prev recomputed), the rest of the store kept
     redo: tuple[int, ...] | None = None
+    #: --drop: stored checkpoints to remove, each a second copy of a file the store holds at another step (a
+    #: store damaged by an fdl before session 18), the checkpoints compared with them compared again
+    drop: tuple[int, ...] | None = None
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None
@@ -132,6 +135,7 @@ class AnalyzeOptions:
                 raise FdlError("--model-kwargs must be a JSON object", got=raw_kwargs, fix='e.g. \'{"hidden": 64}\'')
         steps = _step_list(kwargs.pop("steps", None), "--steps")
         redo = _step_list(kwargs.pop("redo", None), "--redo")
+        drop = _step_list(kwargs.pop("drop", None), "--drop")
         out = kwargs.pop("out", None)
         kwargs["given"] = frozenset(kwargs.pop("given", ()))
         return cls(
@@ -139,6 +143,7 @@ class AnalyzeOptions:
             model_kwargs=model_kwargs,
             steps=steps,
             redo=redo,
+            drop=drop,
             out=Path(out) if out else None,
             probe_specs=tuple(kwargs.pop("probe_specs", ())),
             layers=tuple(kwargs.pop("layers", ())),
@@ -192,6 +197,8 @@ class AnalyzeSummary:
     resume: bool = True
     #: --redo: stored steps analysed again (also in `analysed`)
     redone: list[int] = field(default_factory=list)
+    #: --drop: stored steps removed
+    dropped: list[int] = field(default_factory=list)
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
     unselected: set[int] = field(default_factory=set)
     #: the store's file before the run (`_store_identity`; None: there was none), for an interrupted run
@@ -206,6 +213,8 @@ class AnalyzeSummary:
             parts.append(f"{len(already)} already in the store")
         if self.refreshed:
             parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} dropped (--drop)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = ", ".join(parts) + f" → {self.store}"
@@ -509,6 +518,11 @@ class _Context:
     #: --redo: step -> the stored steps compared with it (prev_step), not redone themselves: their cka_prev /
     #: overlap_prev are recomputed with its new series and committed with it (`_redo_successors`)
     redo_successors: dict[int, list[int]] = field(default_factory=dict)
+    #: --drop: the stored steps to remove (`_check_drop`)
+    drop: frozenset[int] = frozenset()
+    #: --drop: (the step it is compared with now, or None, the stored step) of each stored checkpoint that
+    #: was compared with a dropped one (prev_step): its cka_prev / overlap_prev are taken again (`_drop_steps`)
+    drop_successors: list[tuple[int | None, int]] = field(default_factory=list)
     #: when this `fdl analyze` started (UTC, ISO 8601): its row of the store's history (`invocation`)
     started: str = ""
 
@@ -778,6 +792,7 @@ def run_analyze(
     started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     world = distributed.detect_world()
     _check_redo_options(options, world)
+    _check_drop_options(options, world)
     # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
     # on a two-GPU machine) was said only once the checkpoints had been found (a --trust-pickle folder's
     # unpickled to read their steps), the probe read and checked and the model file imported. --device
@@ -956,6 +971,27 @@ def _check_redo_options(options: AnalyzeOptions, world: Any) -> None:
         raise FdlError(
             f"--redo {redo} runs as one process, not under torchrun",
             fix=f"run `python -m fdl_cli analyze ... --redo {redo}` (or `fdl analyze`) without torchrun",
+        )
+
+
+def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
+    """--drop mends a resumed store as one process: not with --overwrite (nothing is kept to drop from),
+    --watch or --redo (one repair at a time), nor under torchrun; refused alike on every rank."""
+    if options.drop is None:
+        return
+    drop = ",".join(map(str, options.drop))
+    clash = ("--overwrite" if not options.resume else "--watch" if options.watch
+             else "--redo" if options.redo is not None else None)
+    if clash is not None:
+        raise FdlError(
+            f"--drop {drop} and {clash} together: --drop removes steps from the store it resumes, alone",
+            fix=f"run `fdl analyze ... --drop {drop}` first, then the {clash} command"
+            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to drop)",
+        )
+    if world.distributed:
+        raise FdlError(
+            f"--drop {drop} runs as one process, not under torchrun",
+            fix=f"run `python -m fdl_cli analyze ... --drop {drop}` (or `fdl analyze`) without torchrun",
         )
 
 
@@ -1577,6 +1613,7 @@ def _analyze_refs(
     reference = _reference_ref(ctx, refs)
     ctx.reference_step = reference.step
     _check_redo(ctx, refs, out)
+    _check_drop(ctx, refs, out)
     passes: list[tuple[str, dict[str, int], int, int]] = []
     try:
         with _memory_explained(reference):
@@ -1612,19 +1649,16 @@ def _analyze_refs(
             ctx.read_signatures.update(
                 ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
             )
-        _check_stored_files(ctx, out, refs, writer.note_file_signatures)
-        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
-
         announced: set[int] = set()
 
-        def announce(entries: Sequence[CheckpointEntry]) -> None:
+        def announce(entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
             for entry in entries:
                 # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
                 # later but lies before it in step order gave it a new previous checkpoint), is updated, not
                 # analysed again; its record is printed again, with the new values.
                 if entry.file_signature:
                     ctx.read_signatures[(entry.path, entry.step)] = entry.file_signature
-                if entry.step in summary.already or entry.step in announced:
+                if entry.step in summary.already or entry.step in announced or refreshed:
                     summary.refreshed.append(entry.step)
                 else:
                     summary.analysed.append(entry.step)
@@ -1635,6 +1669,12 @@ def _analyze_refs(
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
 
+        _check_stored_files(ctx, out, refs, writer.note_file_signatures)
+        if ctx.drop:
+            ctx.refs_by_step = {ref.step: ref for ref in refs}
+            announce(_drop_steps(ctx, writer, out), refreshed=True)  # stored checkpoints compared again
+            summary.dropped.extend(sorted(ctx.drop))
+        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
         _print_taken_in(taken, on_record, tagged)
         del taken  # stored: not kept for the rest of the run
 
@@ -1736,6 +1776,120 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             )
     ctx.redo = frozenset(wanted)
     ctx.redo_successors = successors
+
+
+def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None:
+    """--drop: each step named must be stored, a second copy of a file (same path, same sha256) that the
+    store holds at a step it keeps (so nothing it analysed is lost: a store damaged by an fdl before session
+    18, which stored a file again at the step other step options read), not one of this run's steps (it would
+    be analysed again there) nor the reference. A kept checkpoint compared with a dropped one (prev_step) is
+    compared again with the nearest kept one before it, whose file and its own must be among this run's.
+    Checked before anything is read or written (the files, by `_drop_steps`, after `_check_stored_files`): a
+    refusal leaves the store as it was. Sets `ctx.drop` and `ctx.drop_successors`."""
+    if ctx.options.drop is None:
+        return
+    from fdl_cli.store import StoreReader
+
+    wanted = sorted(set(ctx.options.drop))
+    listed = ",".join(map(str, wanted))
+    if not out.is_file():
+        raise StoreError(f"--drop {listed}: there is no store at {out} to remove steps from",
+                         fix="run without --drop, or pass the store's path as --out")
+    with StoreReader(out) as reader:
+        stored = reader.file_identities()
+        series = reader.series()
+        records = reader.records(probe=series[0][0], layer=series[0][1]) if series else []
+    missing = [step for step in wanted if step not in stored]
+    if missing:
+        shown = sorted(stored)
+        raise StoreError(
+            f"--drop {listed}: {out} holds no checkpoint at step {', '.join(map(str, missing))}",
+            got="stored steps: " + (", ".join(map(str, shown[:12])) + (f" ... ({len(shown)} in all)"
+                                                                      if len(shown) > 12 else "") or "none"),
+            fix="name stored steps (`fdl report` lists them)",
+        )
+    kept = {step: identity for step, identity in stored.items() if step not in wanted}
+    alone = [step for step in wanted if not any(
+        sha == stored[step][1] and _same_path(path, stored[step][0]) for path, sha, _ in kept.values())]
+    if alone:
+        step = alone[0]
+        raise StoreError(
+            f"--drop {listed}: {out} would hold {stored[step][0]} (step {step}) at no step any more; --drop removes "
+            "only a second copy of a file the store keeps at another step, so that nothing analysed is lost",
+            got="steps whose file is stored at another step too: "
+            + (", ".join(str(other) for other, (path, sha, _) in sorted(stored.items()) if any(
+                o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())) or "none"),
+            fix=f"leave step {step} out of --drop; to analyse it again use --redo {step}, to start afresh "
+            + _OVERWRITE_FIX,
+        )
+    steps_now = {ref.step: ref for ref in refs}
+    read = [step for step in wanted if step in steps_now]
+    if read:
+        raise StoreError(
+            f"--drop {listed}: this run reads {steps_now[read[0]].path} as step {read[0]}, so it would analyse "
+            "that step again right after dropping it",
+            fix="drop the steps this run does not read (the error that named --drop lists them), or give the step "
+            "options (--step-offset, --step-regex) that read the steps you keep",
+        )
+    if ctx.reference_step in wanted:
+        raise StoreError(
+            f"--drop {listed}: step {ctx.reference_step} is the reference checkpoint; every stored checkpoint's "
+            "cka_init, overlap_init and param_dist_init compare with it",
+            fix="re-analyse everything with --overwrite (or another --out)",
+        )
+    successors: list[tuple[int | None, int]] = []
+    for record in records:
+        step = int(record["step"])
+        if record.get("prev_step") in wanted and step not in wanted:
+            before = max((other for other in kept if other < step), default=None)
+            successors.append((before, step))
+    ctx.drop = frozenset(wanted)
+    ctx.drop_successors = successors
+
+
+def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
+    """--drop: remove the steps, and store again the checkpoints compared with them, compared now with the
+    nearest kept checkpoint before them (or with none), in one commit; returns what became durable."""
+    from dataclasses import replace as replace_entry
+
+    from fdl_cli.store import StoreReader
+
+    if not ctx.drop:
+        return []
+    listed = ",".join(map(str, sorted(ctx.drop)))
+    with StoreReader(out) as reader:
+        stored = reader.file_identities()
+    for before, successor in ctx.drop_successors:  # checked after `_check_stored_files`, which names a file
+        for needed in (successor, before):        # stored at two steps as such, before anything is written
+            if needed is not None and needed not in ctx.refs_by_step:
+                raise StoreError(
+                    f"--drop {listed}: the stored step {successor} is compared with a dropped step (cka_prev, "
+                    f"overlap_prev), and is to be compared with step {before} instead, but the file of step "
+                    f"{needed} is not among this run's checkpoints",
+                    got=f"{out} analysed step {needed} from {stored[needed][0]}",
+                    fix=f"restore the file of step {needed}, or {_OVERWRITE_FIX}",
+                )
+    entries = []
+    stored_sha = {step: identity[1] for step, identity in stored.items()}
+    for before, successor in ctx.drop_successors:
+        if before is not None:
+            entries.append(_refreshed_entry(ctx, out, before, successor, stored_sha))
+            continue
+        with StoreReader(out) as reader:  # nothing kept before it: no previous checkpoint
+            entry = reader.entry(successor)
+        entries.append(replace_entry(entry, series=tuple(
+            replace_entry(item, scalars={**item.scalars, "cka_prev": None, "overlap_prev": None, "prev_step": None})
+            for item in entry.series)))
+    shown = ", ".join(map(str, sorted(ctx.drop)))
+    pairs = ", ".join(f"step {successor} with {'none' if before is None else before}"
+                      for before, successor in ctx.drop_successors)
+    ctx.reporter.note(
+        f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} (each a second copy of a file stored at another step)"
+        + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
+           if entries else "")
+    )
+    writer.drop(sorted(ctx.drop), *entries)
+    return writer.flush()
 
 
 def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntry]:
@@ -2096,7 +2250,7 @@ def _check_stored_files(
     if plan is None:
         return {}
     stored, suspects = plan
-    elsewhere_now = sum(1 for step, ref, _ in suspects if ref.step != step)
+    elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
     ctx.reporter.note(
         f"hashing {len(suspects)} stored checkpoint file(s) whose "
         + ("size or modification time is not the one recorded" if not elsewhere_now else
@@ -2109,7 +2263,7 @@ def _check_stored_files(
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
-            step, ref, _ = suspects[index]
+            step, ref, _, _ = suspects[index]
             try:
                 digests[index] = sha256_file(ref.path)
             except OSError:
@@ -2126,15 +2280,21 @@ def _check_stored_files(
             digests.update(share)
     # First: a stored file, unchanged, read at another step says the step options differ from the store's
     # run; the files this moves onto stored steps would otherwise be said to be other or changed files.
-    moved = [(step, ref) for index, (step, ref, _) in enumerate(suspects)
+    moved = [(step, ref) for index, (step, ref, _, _) in enumerate(suspects)
              if ref.step != step and digests.get(index) == stored[step][1]]
     if moved:
+        # Stored at the step this run reads it too (an fdl before session 18 stored it again there): no step
+        # options read the store's steps, so the fix is to remove the steps this run does not read.
+        twice = [(step, ref) for step, ref in moved if ref.step in stored
+                 and stored[ref.step][1] == stored[step][1] and _same_path(stored[ref.step][0], ref.path)]
+        if len(twice) == len(moved):
+            raise _stored_twice(out, twice, ctx.drop, distributed=world is not None)
         raise _read_at_other_steps(out, moved)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
-    for index, (step, ref, now) in enumerate(suspects):
+    for index, (step, ref, now, moved_only) in enumerate(suspects):
         digest = digests.get(index)
-        if digest is None:
+        if digest is None or (moved_only and digest != stored[step][1]):
             continue
         if digest != stored[step][1]:
             changed.append((step, ref, digest))
@@ -2195,6 +2355,31 @@ def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) 
     )
 
 
+def _stored_twice(
+    out: Path, twice: Sequence[tuple[int, CheckpointRef]], dropping: Collection[int], *, distributed: bool = False
+) -> StoreError:
+    """Files the store holds at two steps (an fdl before session 18 resumed it with other step options and
+    stored each again at the step those read), found by this run at one of them: --drop the others (with
+    those `dropping` already named)."""
+    twice = sorted(twice, key=lambda pair: pair[0])
+    shown = "; ".join(f"{ref.path} at steps {ref.step} and {step}" for step, ref in twice[:3]) + (
+        f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
+    steps = ",".join(map(str, sorted({*dropping, *(step for step, _ in twice)})))
+    return StoreError(
+        f"{out} holds the same checkpoint file at two steps: {shown} (stored a second time by an earlier fdl, resumed "
+        "with other --step-offset / --step-regex options)",
+        got=f"this run reads {'it' if len(twice) == 1 else 'them'} at step{'s' if len(twice) > 1 else ''} "
+        f"{', '.join(str(ref.step) for _, ref in twice)}; the store holds {'it' if len(twice) == 1 else 'them'} at "
+        f"step{'s' if len(twice) > 1 else ''} {', '.join(str(step) for step, _ in twice)} as well",
+        fix=f"run the same command with --drop {steps}"
+        + (" (as one process: --drop does not run under torchrun)" if distributed else "")
+        + f": it removes {'that step' if len(twice) == 1 else 'those steps'} "
+        "(the file stays stored at the step this run reads) and keeps every other checkpoint; to keep those steps "
+        "instead, run with the step options that read them (the error then names the others), or "
+        + _OVERWRITE_FIX,
+    )
+
+
 def _copy_of(
     ctx: _Context, stored: Mapping[int, tuple[str, str, str]], step: int, ref: CheckpointRef, sha: str
 ) -> str:
@@ -2212,10 +2397,11 @@ def _copy_of(
 
 def _stored_files_to_hash(
     ctx: _Context, out: Path, refs: Sequence[CheckpointRef]
-) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str]]] | None:
+) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str, bool]]] | None:
     """For `_check_stored_files`: the store's (path, sha256, signature) by step, and the files to hash
     ((stored step, this run's checkpoint of that step's file, its signature now or "" if not
-    compared)); None when there is none."""
+    compared, whether only the same sha256 matters: a file found at another step whose new content
+    makes it another checkpoint, as training rewrites latest.pt)); None when there is none."""
     if not ctx.options.resume or not out.is_file():
         return None
     from fdl_cli.checkpoints import file_signature
@@ -2226,8 +2412,9 @@ def _stored_files_to_hash(
             stored = reader.file_identities()
     except StoreError:
         return None  # the writer reports what is wrong with the file
-    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared)
-    suspects: list[tuple[int, CheckpointRef, str]] = []
+    # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared,
+    # whether it is hashed only to tell the same file read at another step)
+    suspects: list[tuple[int, CheckpointRef, str, bool]] = []
     for ref in refs:
         if ref.step in stored and ref.step not in ctx.redo:  # --redo: analysed again from its file as it is now
             try:
@@ -2235,7 +2422,7 @@ def _stored_files_to_hash(
             except (OSError, FdlError):
                 continue  # unreadable now: reported if this run needs to read it
             if now != stored[ref.step][2]:
-                suspects.append((ref.step, ref, now))
+                suspects.append((ref.step, ref, now, False))
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
     # too: by step alone, nothing would be hashed and the two runs' checkpoints would mix in the store.
@@ -2252,7 +2439,7 @@ def _stored_files_to_hash(
             by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
     for step, (path, _, signature) in sorted(stored.items()):
-        if step in ctx.redo:
+        if step in ctx.redo or step in ctx.drop:  # --drop: removed before anything is analysed
             continue
         try:
             other = by_file.get(Path(path).resolve())
@@ -2264,19 +2451,22 @@ def _stored_files_to_hash(
             # Another file is this run's checkpoint of that step (checked above, as that step's file); the
             # stored one, unchanged, read at another step is the step options' doing (--step-offset run2=30
             # of a store made with run2=20), which "holds other files' numbers" would not say.
+            # A store written before signatures were recorded cannot tell by size and time: hashed.
             with contextlib.suppress(OSError, FdlError):
-                if file_signature(Path(other.path)) == signature:
-                    suspects.append((step, other, ""))
+                if not signature or file_signature(Path(other.path)) == signature:
+                    suspects.append((step, other, "", not signature))
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
-            suspects.append((step, other, ""))
+            suspects.append((step, other, "", False))
             continue
         # Past every stored step: a file training rewrites (changed since: its size or time differ), or the
         # same file read at another step now (another --step-offset or --step-regex), which would be
-        # stored a second time, and which hashing then tells.
+        # stored a second time, and which hashing then tells. Without a recorded signature (a store
+        # written before them) it is hashed all the same: only the same sha256 is refused, another is
+        # the rewritten file's new checkpoint.
         with contextlib.suppress(OSError, FdlError):
-            if file_signature(Path(other.path)) == signature:
-                suspects.append((step, other, ""))
+            if not signature or file_signature(Path(other.path)) == signature:
+                suspects.append((step, other, "", True))
     return (stored, suspects) if suspects else None
 
 
@@ -3080,32 +3270,40 @@ def _refresh_pairs(
     done: list[tuple[int, int]],
 ) -> None:
     """`_refresh_successors`' work: each (before, successor) compared again and added; `done` the pairs added."""
-    from fdl_cli.store import CheckpointEntry as Entry
-    from fdl_cli.store import StoreReader
-
     for before, successor in pairs:
-        ref = ctx.refs_by_step[successor]
-        with _memory_explained(ref), StoreReader(out) as reader:
-            before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
-            loaded, sha = _load(ref, ctx.options)
-            for step, now in ((before, before_sha), (successor, sha)):
-                if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
-                    raise _changed_file(
-                        f"the checkpoint at step {step} ({ctx.refs_by_step[step].path})", now, stored_sha[step],
-                        f"in {out}", step=step if step != ctx.reference_step else None,
-                    )
-            earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
-            later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
-            series = _compared_again(ctx, reader, successor, later, earlier, before)
-            computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
-        entry = Entry(
-            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
-            computed_by=computed_by,
-        )
+        entry = _refreshed_entry(ctx, out, before, successor, stored_sha)
         try:
             announce(writer.add(entry))
         finally:  # buffered even when add() raises (an earlier commit's error): committed, or retried
             done.append((before, successor))
+
+
+def _refreshed_entry(
+    ctx: _Context, out: Path, before: int, successor: int, stored_sha: Mapping[int, str]
+) -> CheckpointEntry:
+    """The stored checkpoint `successor` with its cka_prev / overlap_prev taken again against the stored
+    checkpoint `before` (an anchor pass of each, from their files, which must be the ones stored)."""
+    from fdl_cli.store import CheckpointEntry as Entry
+    from fdl_cli.store import StoreReader
+
+    ref = ctx.refs_by_step[successor]
+    with _memory_explained(ref), StoreReader(out) as reader:
+        before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
+        loaded, sha = _load(ref, ctx.options)
+        for step, now in ((before, before_sha), (successor, sha)):
+            if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
+                raise _changed_file(
+                    f"the checkpoint at step {step} ({ctx.refs_by_step[step].path})", now, stored_sha[step],
+                    f"in {out}", step=step if step != ctx.reference_step else None,
+                )
+        earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
+        later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
+        series = _compared_again(ctx, reader, successor, later, earlier, before)
+        computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
+    return Entry(
+        step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        computed_by=computed_by,
+    )
 
 
 def _compared_again(

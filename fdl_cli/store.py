@@ -1178,7 +1178,7 @@ class _CommitPlan:
     rewrite: tuple[Series, ...]  # the trajectories this commit writes, sorted
     old_steps: dict[Series, list[int]]  # for those: the steps of their stored trajectories, sorted
     appendable: frozenset[Series]  # for those: stored trajectories that hold exactly old_steps
-    drop: frozenset[str]  # damaged checkpoint groups to remove
+    drop: frozenset[str]  # damaged checkpoint groups, and those of `dropped`, to remove
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
@@ -1186,6 +1186,7 @@ class _CommitPlan:
     signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
+    dropped: frozenset[int] = frozenset()  # stored steps removed (`StoreWriter.drop`)
 
 
 class _CommitJob:
@@ -1344,6 +1345,7 @@ class StoreWriter:
         self._rows: dict[Series, dict[int, dict[str, Any]]] = {}
         self._trajectories_match: set[Series] = set()  # series whose on-disk trajectories equal _rows
         self._drop: set[str] = set()  # damaged groups to remove at the next commit
+        self._drop_steps: set[int] = set()  # stored checkpoints to remove at the next commit (`drop`)
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._provenance_update: str | None = None  # see _load_existing
@@ -1524,7 +1526,7 @@ class StoreWriter:
     def completed(self) -> dict[int, str]:
         """step -> sha256 of every complete checkpoint: committed, being committed or buffered."""
         with self._mutex:
-            done = dict(self._sha256)
+            done = {step: sha for step, sha in self._sha256.items() if step not in self._drop_steps}
             done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
 
@@ -1539,6 +1541,21 @@ class StoreWriter:
             if not self._fresh:
                 self._signatures.update((step, sig) for step, sig in noted if step in self._sha256)
 
+    def drop(self, steps: Iterable[int], *together: CheckpointEntry) -> list[CheckpointEntry]:
+        """Remove stored checkpoints (their groups and trajectory rows) at the next commit, which holds the
+        entries given (`together`: the stored checkpoints compared with them, their cka_prev / overlap_prev
+        taken again, `fdl analyze --drop`) too: a kill leaves the store before or after both. Returns as
+        add() does. A step not stored, or one of the entries given, is a ValueError."""
+        self._check_open()
+        wanted = sorted({int(step) for step in steps})
+        with self._mutex:
+            absent = [step for step in wanted if step not in self._sha256 or step in self._drop_steps]
+        clash = sorted(set(wanted) & {entry.step for entry in together})
+        if absent or clash:
+            raise ValueError(f"drop(): steps {absent or clash} are {'not stored' if absent else 'given as entries too'}")
+        self._check_entries(together)
+        return self._tick(together, drop=wanted)
+
     def add(self, entry: CheckpointEntry, *together: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
         since the previous add/tick/flush (often [], as commits are throttled and run in the background).
@@ -1548,6 +1565,10 @@ class StoreWriter:
         successor's comparison with it)."""
         self._check_open()
         entries = (entry, *together)
+        self._check_entries(entries)
+        return self._tick(entries)
+
+    def _check_entries(self, entries: Sequence[CheckpointEntry]) -> None:
         for one in entries:
             if not isinstance(one, CheckpointEntry):
                 raise ValueError(f"add() takes a CheckpointEntry, got {type(one).__name__}")
@@ -1556,7 +1577,6 @@ class StoreWriter:
                 raise ValueError(
                     f"step {one.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
                 )
-        return self._tick(entries)
 
     def tick(self) -> list[CheckpointEntry]:
         """Start the commit of what is buffered if one is due (the throttle above), and return the
@@ -1567,9 +1587,10 @@ class StoreWriter:
         self._check_open()
         return self._tick(())
 
-    def _tick(self, entries: Sequence[CheckpointEntry]) -> list[CheckpointEntry]:
-        """add() (with `entries`) and tick(): the error of a commit that ended is raised, but only after
-        `entries` are buffered (they are kept for the next commit); else a due commit is started.
+    def _tick(self, entries: Sequence[CheckpointEntry], *, drop: Sequence[int] = ()) -> list[CheckpointEntry]:
+        """add() (with `entries`), drop() (with the steps to `drop` too) and tick(): the error of a commit
+        that ended is raised, but only after `entries` are buffered (they are kept for the next commit);
+        else a due commit is started.
 
         The entries are buffered and the commit started in one hold of `_guard`, so the scheduler cannot
         start it in between (nor plan a commit that holds some of them only), and a commit's error is
@@ -1585,6 +1606,7 @@ class StoreWriter:
         job: _CommitJob | None = None
         commit_here = False
         with self._mutex:
+            self._drop_steps.update(drop)
             if entries:
                 self._buffer.extend(entries)
                 self._buffered_bytes += size
@@ -1835,13 +1857,13 @@ class StoreWriter:
         """What committing the whole buffer writes; None when there is nothing to write. Under `_guard`:
         it copies what it needs (the entries are immutable), so the commit reads no shared state."""
         entries = tuple(self._buffer)
-        if not entries and (self._fresh or not self._signatures):
+        if not entries and not self._drop_steps and (self._fresh or not self._signatures):
             return None  # a fresh store is created by its first checkpoint, not before
         latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
         rows = {key: dict(value) for key, value in self._rows.items()}
         changed: dict[Series, set[int]] = {}
         for key, by_step in rows.items():
-            for step in latest:
+            for step in [*latest, *self._drop_steps]:
                 if by_step.pop(step, None) is not None:
                     changed.setdefault(key, set()).add(step)
         for entry in latest.values():
@@ -1865,12 +1887,15 @@ class StoreWriter:
             rewrite=rewrite,
             old_steps={key: sorted(self._rows.get(key, {})) for key in rewrite},
             appendable=frozenset(self._trajectories_match.intersection(rewrite)),
-            drop=frozenset(self._drop),
+            drop=frozenset(self._drop | {f"step_{step}" for step in self._drop_steps}),
+            dropped=frozenset(self._drop_steps),
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
             provenance=None if self._fresh else self._provenance_update,
             probes=() if self._fresh else tuple(sorted(self._probe_updates.items())),
-            signatures=() if self._fresh else tuple(sorted(self._signatures.items())),
+            signatures=() if self._fresh else tuple(
+                sorted((step, sig) for step, sig in self._signatures.items() if step not in self._drop_steps)
+            ),
             history=history,
             computed_by=computed_by,
         )
@@ -1954,6 +1979,10 @@ class StoreWriter:
         """The writer's state once a plan is durable on disk; under `_guard`."""
         self._rows = {key: value for key, value in plan.rows.items() if value}
         self._trajectories_match = set(self._rows)
+        for step in plan.dropped:
+            self._sha256.pop(step, None)
+            self._signatures.pop(step, None)
+        self._drop_steps -= plan.dropped
         for entry in plan.entries:
             self._sha256[entry.step] = entry.sha256
         del self._buffer[: len(plan.entries)]  # entries added since the plan was made stay
