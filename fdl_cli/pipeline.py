@@ -840,6 +840,7 @@ def _run_analyze(
         empty_ok=options.watch and "-" not in options.sources,
         missing_ok=options.watch and "-" not in options.sources,
         trust_pickle=options.trust_pickle,
+        probes=_probe_files(options, manifest),
     )
     notes, reported_bad = list(discovery.notes), set[str]()
     if options.watch and not discovery.checkpoints:
@@ -848,7 +849,7 @@ def _run_analyze(
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
         _note_skipped(notes, manifest, home, reporter)
         shown = set(notes)
-        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
+        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad, _probe_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
@@ -956,7 +957,9 @@ def _check_redo_options(options: AnalyzeOptions, world: Any) -> None:
         )
 
 
-def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str]) -> Any:
+def _wait_for_a_checkpoint(
+    options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str], probes: Sequence[Path]
+) -> Any:
     """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
     until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch.
     An unreadable file is reported once it has settled (added to `reported`), as during the watch;
@@ -975,7 +978,7 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
                 options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
                 step_offsets=options.step_offsets, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
-                trust_pickle=options.trust_pickle,
+                trust_pickle=options.trust_pickle, probes=probes,
             )
         except SameStepError as exc:
             now = time.time()
@@ -984,6 +987,19 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
             continue  # Lightning's last.ckpt being written beside the first checkpoint: as `_rediscover`
         if discovery.checkpoints:
             return discovery
+
+
+def _probe_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
+    """The files of the probes the run reads (--probe, else fdl.toml's): a folder or a glob of the run's
+    files that takes one in skips it without a note (`discover_checkpoints`' ``probes``)."""
+    from fdl_cli.probes import parse_probe_spec
+
+    specs = options.probe_specs or tuple(manifest.probe if manifest is not None else ())
+    files = []
+    for spec in specs:
+        with contextlib.suppress(FdlError):  # a malformed --probe is refused, in its own words, once it is loaded
+            files.append(parse_probe_spec(spec)[1])
+    return files
 
 
 def _named(path: Path | str, message: str) -> str:
