@@ -179,6 +179,10 @@ def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
     return steps
 
 
+#: files named in the summary's line of those that failed for the same reason as another (then a count)
+FAILED_SHOWN = 10
+
+
 @dataclass
 class AnalyzeSummary:
     store: Path
@@ -208,12 +212,35 @@ class AnalyzeSummary:
             parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
-        text = ", ".join(parts) + f" → {self.store}"
-        for path, reason in self.failed:
-            text += f"\n  failed: {_named(path, reason.splitlines()[0])}"
+        text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
         if self.interrupted:
             text += "\ninterrupted: " + self._kept()
         return text
+
+    def _failed_lines(self) -> list[str]:
+        """A `failed:` line per failed checkpoint with its whole reason (its got and fix) indented under it,
+        as the fix is what the user needs at the end of a long run whose errors scrolled away (the summary
+        showed the first line alone). Files failing for the same reason, their own path aside (another
+        model's weights, text files with the same first bytes), share one: the first with the reason, the
+        others listed on one line after it (`FAILED_SHOWN` of them named, then a count)."""
+        groups: dict[str, list[str]] = {}
+        reasons: dict[str, str] = {}
+        for path, reason in self.failed:
+            file = re.sub(r" \(step -?\d+\)$", "", path)  # "X (step N)": the reason names X
+            key = reason.replace(file, "\0") if file else reason
+            groups.setdefault(key, []).append(path)
+            reasons.setdefault(key, reason)
+        lines = []
+        for key, paths in groups.items():
+            first, *rest = _named(paths[0], reasons[key]).splitlines() or [""]
+            lines.append(f"  failed: {first}")
+            lines.extend(f"    {line}" for line in rest)
+            others = paths[1:]
+            if others:
+                shown = ", ".join(others[:FAILED_SHOWN]) + (
+                    f" and {len(others) - FAILED_SHOWN} more" if len(others) > FAILED_SHOWN else "")
+                lines.append(f"  failed: {shown} (the same reason as {paths[0]})")
+        return lines
 
     def _kept(self) -> str:
         """What an interrupted run leaves, and how to go on."""
