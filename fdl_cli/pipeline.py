@@ -3437,8 +3437,11 @@ def inspect_checkpoint(
 ) -> dict[str, Any]:
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
-    The sample is the probe's first input; without a probe, the width of the first nn.Linear / Conv
-    decides a random input (inputs of other shapes need --probe). The default layer is the input of the
+    The sample is the probe's first input; without a probe, a random one made for the model's first
+    layer (`_random_sample`): token ids for an nn.Embedding, else floats of the width of the first
+    nn.Linear / Conv2d (inputs of other shapes need --probe). A forward pass that fails on floats as
+    an embedding does on them (a model whose first registered module is not its embedding) is run
+    again on token ids. `sample` says which input ran, in words. The default layer is the input of the
     last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
     registration order, a guess. `default_basis` says which, in words.
     """
@@ -3481,14 +3484,9 @@ def inspect_checkpoint(
         sample = torch.from_numpy(np.ascontiguousarray(x))
         if sample.is_floating_point():
             sample = sample.float()
+        sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
     else:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                sample = torch.randn(1, module.in_features)
-                break
-            if isinstance(module, torch.nn.Conv2d):
-                sample = torch.randn(1, module.in_channels, 32, 32)
-                break
+        sample, sample_said = _random_sample(model)
     shapes: dict[str, Any] = {}
     linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
@@ -3505,20 +3503,44 @@ def inspect_checkpoint(
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
     outputs_error: ModelError | None = None
+
+    def forward(sample: Any) -> None:
+        nonlocal outputs_error
+        with torch.inference_mode():
+            raw = model(sample)
+        try:
+            model_outputs(raw)
+        except ModelError as exc:
+            # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
+            # returned: said as the model's error, not as a probe that does not fit the model.
+            outputs_error = exc
+
     try:
         if sample is not None:
-            with torch.inference_mode():
-                raw = model(sample)
             try:
-                model_outputs(raw)
-            except ModelError as exc:
-                # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
-                # returned: said as the model's error, not as a probe that does not fit the model.
-                outputs_error = exc
+                forward(sample)
+            except Exception as exc:
+                ids = _token_ids(model) if probe_spec is None and sample.is_floating_point() else None
+                if ids is None or not _wants_token_ids(exc):
+                    raise
+                # A first registered module that is not the first to run (a head declared before the
+                # embedding): the float input shaped for it met the embedding. Token ids, then.
+                shapes.clear()
+                linears_run.clear()
+                sample, sample_said = ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}"
+                forward(sample)
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
-        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}" + (f": {said}" if said else "")}
+        why = ""
+        if probe_spec is None and sample is not None and sample.is_floating_point() and _wants_token_ids(exc):
+            why = ("; the model takes token ids, and has no nn.Embedding that says their range: pass --probe FILE "
+                   "(its first input is run)")
+        elif probe_spec is None and sample is not None and not sample.is_floating_point():
+            why = ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
+                   "own?): pass --probe FILE (its first input is run)")
+        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
+                  + (f": {said}" if said else "") + why}
         linears_run.clear()
     finally:
         for handle in handles:
@@ -3530,7 +3552,9 @@ def inspect_checkpoint(
                          "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
     elif linears_run:
         default_module = linears_run[-1]
-        source = "the probe's first sample" if probe_spec is not None else "a random input (--probe FILE for a real one)"
+        source = "the probe's first sample" if probe_spec is not None else (
+            "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
+        ) + " (--probe FILE for a real one)"
         default_basis = f"the last nn.Linear to run in a forward pass of {source}"
     else:
         try:
@@ -3568,9 +3592,63 @@ def inspect_checkpoint(
         "default_layer": default_label,
         "default_features": default_features,
         "default_basis": default_basis,
+        "sample": sample_said,
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
     }
+
+
+#: the sequence length of `fdl inspect`'s random token ids (fewer where an embedding table is smaller: a
+#: table of positions must hold every position)
+INSPECT_TOKENS = 8
+
+
+def _random_sample(model: Any) -> tuple[Any, str]:
+    """`fdl inspect`'s input without a probe, and what it is in words: for the model's first layer in
+    registration order, token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
+    nn.Linear, (1, C, 32, 32) for a Conv2d; None when there is none of them (--probe needed). A random
+    float input given to an embedding failed, and `inspect` said only "pass --probe"."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding):
+            ids = _token_ids(model)
+            assert ids is not None  # the model holds this nn.Embedding
+            return ids[0], ids[1] + _REAL_TOKENS
+        if isinstance(module, torch.nn.Linear):
+            return torch.randn(1, module.in_features), (
+                f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name}); "
+                "--probe FILE runs a real one")
+        if isinstance(module, torch.nn.Conv2d):
+            return torch.randn(1, module.in_channels, 32, 32), (
+                f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name}); "
+                "--probe FILE runs a real one")
+    return None, ("none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
+                  "--probe FILE (its first input is run)")
+
+
+def _token_ids(model: Any) -> tuple[Any, str] | None:
+    """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
+    `INSPECT_TOKENS`, or the fewest rows of its embeddings), and what they are in words; None when the
+    model has no nn.Embedding."""
+    import torch
+
+    tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    if not tables:
+        return None
+    name, first = tables[0]
+    length = max(1, min(INSPECT_TOKENS, *(module.num_embeddings for _, module in tables)))
+    ids = torch.randint(0, first.num_embeddings, (1, length), generator=torch.Generator().manual_seed(0))
+    return ids, (f"random token ids in [0, {first.num_embeddings}) of shape (1, {length}), int64, for the first "
+                 f"nn.Embedding ({name})")
+
+
+_REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
+
+
+def _wants_token_ids(exc: BaseException) -> bool:
+    """Whether a forward pass failed as an embedding (or an indexing) fails on a float input."""
+    return re.search(r"'indices'|used as indices|arguments for embedding", str(exc)) is not None
 
 
 # ------------------------------------------------------------------------- torchrun (scale-out)
