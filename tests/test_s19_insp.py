@@ -98,13 +98,15 @@ def test_inspect_without_a_probe_runs_token_ids_through_an_embedding_model(token
                                        "(--probe FILE for a real one)")
     shown = fdl("inspect", checkpoint, "--model", "tests.tiny_models:token_mlp")
     assert shown.returncode == 0, shown.stderr
-    assert "\nsample: random token ids in [0, 11) of shape (1, 8), int64, for the first nn.Embedding (embed);" in shown.stderr
+    said = "\nsample: random token ids in [0, 11) of shape (1, 8), int64, for the first nn.Embedding (embed);"
+    assert said in shown.stderr
     assert "forward failed" not in shown.stderr
 
 
 def test_inspect_tries_token_ids_when_random_floats_fail_as_an_embedding_fails(token_models: Path) -> None:
     """The first nn.Linear registered (the head) shaped a float input, which the embedding refused."""
-    result = inspect_checkpoint(checkpoint=str(token_models / "head_first.pt"), model_spec=f"{token_models}/model.py:head_first")
+    result = inspect_checkpoint(checkpoint=str(token_models / "head_first.pt"),
+                                model_spec=f"{token_models}/model.py:head_first")
     shapes = {row["name"]: row["output_shape"] for row in result["modules"]}
     assert shapes == {"": [1, 3], "head": [1, 3], "embed": [1, 8, 8]}
     assert result["sample"] == ("random token ids in [0, 11) of shape (1, 8), int64, for the first nn.Embedding "
