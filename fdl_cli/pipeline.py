@@ -3438,10 +3438,10 @@ def inspect_checkpoint(
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
     The sample is the probe's first input; without a probe, a random one made for the model's first
-    layer (`_random_sample`): token ids for an nn.Embedding, else floats of the width of the first
-    nn.Linear / Conv2d (inputs of other shapes need --probe). A forward pass that fails on floats as
-    an embedding does on them (a model whose first registered module is not its embedding) is run
-    again on token ids. `sample` says which input ran, in words. The default layer is the input of the
+    layer (`_random_samples`): token ids for an nn.Embedding, else floats of the width of the first
+    nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
+    (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
+    could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
     last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
     registration order, a guess. `default_basis` says which, in words.
     """
@@ -3485,8 +3485,9 @@ def inspect_checkpoint(
         if sample.is_floating_point():
             sample = sample.float()
         sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
+        retry = None
     else:
-        sample, sample_said = _random_sample(model)
+        (sample, sample_said), retry = _random_samples(model)
     shapes: dict[str, Any] = {}
     linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
@@ -3520,25 +3521,21 @@ def inspect_checkpoint(
             try:
                 forward(sample)
             except Exception as exc:
-                ids = _token_ids(model) if probe_spec is None and sample.is_floating_point() else None
-                if ids is None or not _wants_token_ids(exc):
+                # The first module registered need not be the first to run (a head declared before the
+                # embedding, a class embedding beside an image's convolutions): the other kind of input.
+                if retry is None or (sample.is_floating_point() and not _wants_token_ids(exc)):
                     raise
-                # A first registered module that is not the first to run (a head declared before the
-                # embedding): the float input shaped for it met the embedding. Token ids, then.
                 shapes.clear()
                 linears_run.clear()
-                sample, sample_said = ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}"
-                forward(sample)
+                try:
+                    forward(retry[0])
+                except Exception:
+                    raise exc from None  # the first layer's input, the one to say why it failed
+                sample, sample_said = retry
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
-        why = ""
-        if probe_spec is None and sample is not None and sample.is_floating_point() and _wants_token_ids(exc):
-            why = ("; the model takes token ids, and has no nn.Embedding that says their range: pass --probe FILE "
-                   "(its first input is run)")
-        elif probe_spec is None and sample is not None and not sample.is_floating_point():
-            why = ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
-                   "own?): pass --probe FILE (its first input is run)")
+        why = _needs_probe(sample, exc) if probe_spec is None else ""
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
                   + (f": {said}" if said else "") + why}
         linears_run.clear()
@@ -3603,34 +3600,42 @@ def inspect_checkpoint(
 INSPECT_TOKENS = 8
 
 
-def _random_sample(model: Any) -> tuple[Any, str]:
-    """`fdl inspect`'s input without a probe, and what it is in words: for the model's first layer in
-    registration order, token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
-    nn.Linear, (1, C, 32, 32) for a Conv2d; None when there is none of them (--probe needed). A random
+def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None]:
+    """`fdl inspect`'s input without a probe, and what it is in words, made for the model's first layer
+    in registration order: token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
+    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the input to
+    try when that one fails, for the first layer of the other kind (None when there is none). A random
     float input given to an embedding failed, and `inspect` said only "pass --probe"."""
     import torch
 
+    layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
+    first = next((module for module in model.modules() if isinstance(module, layers)), None)
+    floats: tuple[Any, str] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Embedding):
-            ids = _token_ids(model)
-            assert ids is not None  # the model holds this nn.Embedding
-            return ids[0], ids[1] + _REAL_TOKENS
         if isinstance(module, torch.nn.Linear):
-            return torch.randn(1, module.in_features), (
-                f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name}); "
-                "--probe FILE runs a real one")
+            floats = (torch.randn(1, module.in_features),
+                      f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name})")
+            break
         if isinstance(module, torch.nn.Conv2d):
-            return torch.randn(1, module.in_channels, 32, 32), (
-                f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name}); "
-                "--probe FILE runs a real one")
-    return None, ("none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
-                  "--probe FILE (its first input is run)")
+            floats = (torch.randn(1, module.in_channels, 32, 32),
+                      f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
+            break
+    ids = _token_ids(model)
+    if ids is not None and isinstance(first, torch.nn.Embedding):
+        second = None if floats is None else (
+            floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one")
+        return (ids[0], ids[1] + _REAL_TOKENS), second
+    if floats is not None:
+        second = None if ids is None else (ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")
+        return (floats[0], floats[1] + "; --probe FILE runs a real one"), second
+    return (None, "none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
+                  "--probe FILE (its first input is run)"), None
 
 
 def _token_ids(model: Any) -> tuple[Any, str] | None:
     """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
-    `INSPECT_TOKENS`, or the fewest rows of its embeddings), and what they are in words; None when the
-    model has no nn.Embedding."""
+    `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
+    and what they are in words; None when the model has no nn.Embedding."""
     import torch
 
     tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
@@ -3649,6 +3654,20 @@ _REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
 def _wants_token_ids(exc: BaseException) -> bool:
     """Whether a forward pass failed as an embedding (or an indexing) fails on a float input."""
     return re.search(r"'indices'|used as indices|arguments for embedding", str(exc)) is not None
+
+
+def _needs_probe(sample: Any, exc: BaseException) -> str:
+    """Why `fdl inspect`'s random input `sample` failed with `exc`, when it can tell, and that --probe is
+    needed ("" otherwise: the model's error alone)."""
+    if sample is None:
+        return ""
+    if not sample.is_floating_point():
+        return ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
+                "own?): pass --probe FILE (its first input is run)")
+    if _wants_token_ids(exc):
+        return ("; the model takes token ids, and has no nn.Embedding that says their range: pass --probe FILE "
+                "(its first input is run)")
+    return ""
 
 
 # ------------------------------------------------------------------------- torchrun (scale-out)

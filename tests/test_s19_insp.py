@@ -61,8 +61,25 @@ class Flat(nn.Module):
         return self.head(self.embed(tokens).flatten(1))
 
 
+class Conditioned(nn.Module):
+    """An nn.Embedding registered first (a class embedding) that the float input never meets."""
+
+    def __init__(self):
+        super().__init__()
+        self.label = nn.Embedding(4, 8)
+        self.body = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)) + self.label.weight[0])
+
+
 def head_first():
     return HeadFirst()
+
+
+def conditioned():
+    return Conditioned()
 
 
 def functional():
@@ -78,7 +95,7 @@ def flat():
 def token_models(tmp_path: Path) -> Path:
     module = model_file(tmp_path, TOKEN_MODELS)
     torch.manual_seed(0)
-    for factory in ("head_first", "functional", "flat"):
+    for factory in ("head_first", "functional", "flat", "conditioned"):
         torch.save(getattr(module, factory)().state_dict(), tmp_path / f"{factory}.pt")
     torch.save(token_mlp().state_dict(), tmp_path / "step_0.pt")
     return tmp_path
@@ -113,6 +130,17 @@ def test_inspect_tries_token_ids_when_random_floats_fail_as_an_embedding_fails(t
                                 "(embed), as a random float input failed on it; --probe FILE runs real ones (and "
                                 "their sequence length)")
     assert result["default_basis"].startswith("the last nn.Linear to run in a forward pass of random token ids")
+
+
+def test_inspect_goes_back_to_floats_when_token_ids_fail_on_a_model_of_float_inputs(token_models: Path) -> None:
+    """An embedding registered first need not be where the input goes (before, floats for `body` ran)."""
+    result = inspect_checkpoint(checkpoint=str(token_models / "conditioned.pt"),
+                                model_spec=f"{token_models}/model.py:conditioned")
+    shapes = {row["name"]: row["output_shape"] for row in result["modules"]}
+    assert shapes == {"": [1, 3], "label": None, "body": [1, 8], "head": [1, 3]}
+    assert result["sample"] == ("a random float input of shape (1, 6), for the first nn.Linear (body), as token ids "
+                                "failed on the model; --probe FILE runs a real one")
+    assert result["default_layer"] == "head:input"
 
 
 def test_inspect_says_why_it_needs_a_probe_when_no_random_input_fits(token_models: Path) -> None:
