@@ -1258,7 +1258,7 @@ class _Quiet:
 
     def note(self, path: Path, note: str, notes: list[str]) -> None:
         """`note` into `notes`, or into `unnoted` when `path` is one of the probe files."""
-        (self.unnoted if _resolved(path) in self.paths else notes).append(note)
+        (self.unnoted if self.paths and _resolved(path) in self.paths else notes).append(note)
 
 
 def _resolved(path: Path) -> Path:
