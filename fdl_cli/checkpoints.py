@@ -1211,10 +1211,12 @@ def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tup
 
 
 def _candidates(
-    sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str], missing_ok: bool = False
+    sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str], missing_ok: bool = False,
+    quiet: _Quiet | None = None,
 ) -> Iterator[tuple[Path, bool]]:
     """(path, found_by_folder_scan): explicit paths (arguments, stdin) are (path, False). With
-    `missing_ok` a source that does not exist is a note (--watch started before the trainer made it)."""
+    `missing_ok` a source that does not exist is a note (--watch started before the trainer made it).
+    `quiet`: the probe files, whose skip notes are kept out of `notes` (`discover_checkpoints`' ``probes``)."""
     expanded: list[Path] = []
     for source in sources:
         if str(source) == "-":
@@ -1243,10 +1245,31 @@ def _candidates(
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
             yield source, True
         if source.is_dir():
-            yield from ((path, True) for path in _scan_folder(source, glob, notes))
+            yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
 
 
-def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[Path]:
+@dataclass
+class _Quiet:
+    """The files given as the run's probe (resolved paths), skipped without a note: their notes go to
+    `unnoted`, which only the errors of a discovery that found no checkpoint read."""
+
+    paths: frozenset[Path]
+    unnoted: list[str] = field(default_factory=list)
+
+    def note(self, path: Path, note: str, notes: list[str]) -> None:
+        """`note` into `notes`, or into `unnoted` when `path` is one of the probe files."""
+        (self.unnoted if self.paths and _resolved(path) in self.paths else notes).append(note)
+
+
+def _resolved(path: Path) -> Path:
+    """`path` absolute, its symbolic links and `..` resolved; only made absolute where it cannot be (a loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return path.absolute()
+
+
+def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet | None = None) -> Iterator[Path]:
     own = set(_hf_weight_files(folder))
     try:
         entries = sorted(folder.iterdir())
@@ -1277,7 +1300,11 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str]) -> Iterator[P
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
-            notes.append(f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
+            note = f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})"
+            if quiet is not None:
+                quiet.note(entry, note, notes)
+            else:
+                notes.append(note)
 
 
 _NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")
@@ -1312,6 +1339,7 @@ def discover_checkpoints(
     for_inspect: bool = False,
     trust_pickle: bool = False,
     step_offsets: Sequence[tuple[str, int]] = (),
+    probes: Sequence[str | Path] = (),
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1340,9 +1368,13 @@ def discover_checkpoints(
     Trainer's final save_model() folder) is kept, after those with steps, and two files of one step do
     not clash; messages name `fdl inspect`. ``step_offsets`` (--step-offset PAT=N): N is added to the
     step of each checkpoint that PAT takes in (`_offset_matches`), however its step was read: a job
-    restarted with its step count reset, into another folder or under other names.
+    restarted with its step count reset, into another folder or under other names. ``probes``: the run's
+    probe files (--probe), which a folder or a glob of the run's files takes in (`fdl analyze 'run/*.pt'
+    --probe run/probe.pt`): skipped as any probe is, but without a note, as the user named them (a path
+    that resolves to the same file, through a symbolic link or `..`, is the same file).
     """
     notes: list[str] = []
+    quiet = _Quiet(frozenset(_resolved(Path(path)) for path in probes))
     pattern = None
     if step_regex is not None:
         try:
@@ -1367,12 +1399,9 @@ def discover_checkpoints(
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
-    candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok), key=lambda item: _is_link(item[0]))
+    candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok, quiet), key=lambda item: _is_link(item[0]))
     for path, scanned in candidates:
-        try:
-            key = path.resolve()
-        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
-            key = path.absolute()
+        key = _resolved(path)
         if key in seen:
             continue
         seen.add(key)
@@ -1391,7 +1420,7 @@ def discover_checkpoints(
             bad.append((path, _unreachable_error(path, exc)))
             continue
         if peek.kind is None:
-            notes.append(peek.skip_reason or f"skipped {path.name}")
+            quiet.note(path, peek.skip_reason or f"skipped {path.name}", notes)
             if path.is_file() and path.stat().st_size == 0:
                 bad.append((path, _empty_error(path)))
             continue
@@ -1441,6 +1470,8 @@ def discover_checkpoints(
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
+    if not found:  # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
+        notes = [*notes, *quiet.unnoted]
     probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
     if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
         # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"

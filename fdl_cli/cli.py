@@ -315,7 +315,7 @@ def _check_plots_dir(plots_dir: str | None) -> None:
 @click.option("--model-kwargs", metavar="JSON", help="Keyword arguments of the factory, as JSON.")
 @click.option("--probe", "probe_spec", metavar="FILE", shell_complete=completion.paths,
               help="A probe to take one sample from, for output shapes (default: fdl.toml's probe, else a random input "
-              "of the first nn.Linear or Conv2d).")
+              "for the first nn.Embedding (token ids), nn.Linear or Conv2d).")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a checkpoint whose loading runs its code (a pickled Python object, a .pt2 archive).")
 @click.option("--weights", metavar="NAME",
@@ -364,6 +364,10 @@ def inspect(**kwargs: Any) -> None:
     if hidden:
         console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
                       "as does --json)", markup=False, highlight=False)
+    console.print(f"sample: {result['sample']}", markup=False, highlight=False)
+    if isinstance(failure, str) and failure.startswith("forward failed"):
+        # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
+        console.print(failure, markup=False, highlight=False)
     basis = result.get("default_basis", "the input of the last nn.Linear")
     width = result["default_features"]
     features = f"{width} features" if width else "width unknown: no forward pass ran (pass --probe FILE)"

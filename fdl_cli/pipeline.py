@@ -184,6 +184,10 @@ def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
     return steps
 
 
+#: files named in the summary's line of those that failed for the same reason as another (then a count)
+FAILED_SHOWN = 10
+
+
 @dataclass
 class AnalyzeSummary:
     store: Path
@@ -217,12 +221,35 @@ class AnalyzeSummary:
             parts.append(f"{len(self.dropped)} dropped (--drop)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
-        text = ", ".join(parts) + f" → {self.store}"
-        for path, reason in self.failed:
-            text += f"\n  failed: {_named(path, reason.splitlines()[0])}"
+        text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
         if self.interrupted:
             text += "\ninterrupted: " + self._kept()
         return text
+
+    def _failed_lines(self) -> list[str]:
+        """A `failed:` line per failed checkpoint with its whole reason (its got and fix) indented under it,
+        as the fix is what the user needs at the end of a long run whose errors scrolled away (the summary
+        showed the first line alone). Files failing for the same reason, their own path aside (another
+        model's weights, text files with the same first bytes), share one: the first with the reason, the
+        others listed on one line after it (`FAILED_SHOWN` of them named, then a count)."""
+        groups: dict[str, list[str]] = {}
+        reasons: dict[str, str] = {}
+        for path, reason in self.failed:
+            file = re.sub(r" \(step -?\d+\)$", "", path)  # "X (step N)": the reason names X
+            key = reason.replace(file, "\0") if file else reason
+            groups.setdefault(key, []).append(path)
+            reasons.setdefault(key, reason)
+        lines = []
+        for key, paths in groups.items():
+            first, *rest = _named(paths[0], reasons[key]).splitlines() or [""]
+            lines.append(f"  failed: {first}")
+            lines.extend(f"    {line}" for line in rest)
+            others = paths[1:]
+            if others:
+                shown = ", ".join(others[:FAILED_SHOWN]) + (
+                    f" and {len(others) - FAILED_SHOWN} more" if len(others) > FAILED_SHOWN else "")
+                lines.append(f"  failed: {shown} (the same reason as {paths[0]})")
+        return lines
 
     def _kept(self) -> str:
         """What an interrupted run leaves, and how to go on."""
@@ -858,6 +885,7 @@ def _run_analyze(
         empty_ok=options.watch and "-" not in options.sources,
         missing_ok=options.watch and "-" not in options.sources,
         trust_pickle=options.trust_pickle,
+        probes=_probe_files(options, manifest),
     )
     notes, reported_bad = list(discovery.notes), set[str]()
     if options.watch and not discovery.checkpoints:
@@ -866,7 +894,7 @@ def _run_analyze(
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
         _note_skipped(notes, manifest, home, reporter)
         shown = set(notes)
-        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
+        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad, _probe_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
@@ -995,7 +1023,9 @@ def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
         )
 
 
-def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str]) -> Any:
+def _wait_for_a_checkpoint(
+    options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str], probes: Sequence[Path]
+) -> Any:
     """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
     until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch.
     An unreadable file is reported once it has settled (added to `reported`), as during the watch;
@@ -1014,7 +1044,7 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
                 options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
                 step_offsets=options.step_offsets, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
-                trust_pickle=options.trust_pickle,
+                trust_pickle=options.trust_pickle, probes=probes,
             )
         except SameStepError as exc:
             now = time.time()
@@ -1023,6 +1053,19 @@ def _wait_for_a_checkpoint(options: AnalyzeOptions, reporter: Reporter, discover
             continue  # Lightning's last.ckpt being written beside the first checkpoint: as `_rediscover`
         if discovery.checkpoints:
             return discovery
+
+
+def _probe_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
+    """The files of the probes the run reads (--probe, else fdl.toml's): a folder or a glob of the run's
+    files that takes one in skips it without a note (`discover_checkpoints`' ``probes``)."""
+    from fdl_cli.probes import parse_probe_spec
+
+    specs = options.probe_specs or tuple(manifest.probe if manifest is not None else ())
+    files = []
+    for spec in specs:
+        with contextlib.suppress(FdlError):  # a malformed --probe is refused, in its own words, once it is loaded
+            files.append(parse_probe_spec(spec)[1])
+    return files
 
 
 def _named(path: Path | str, message: str) -> str:
@@ -3599,8 +3642,11 @@ def inspect_checkpoint(
 ) -> dict[str, Any]:
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
-    The sample is the probe's first input; without a probe, the width of the first nn.Linear / Conv
-    decides a random input (inputs of other shapes need --probe). The default layer is the input of the
+    The sample is the probe's first input; without a probe, a random one made for the model's first
+    layer (`_random_samples`): token ids for an nn.Embedding, else floats of the width of the first
+    nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
+    (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
+    could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
     last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
     registration order, a guess. `default_basis` says which, in words.
     """
@@ -3643,14 +3689,10 @@ def inspect_checkpoint(
         sample = torch.from_numpy(np.ascontiguousarray(x))
         if sample.is_floating_point():
             sample = sample.float()
+        sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
+        retry = None
     else:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                sample = torch.randn(1, module.in_features)
-                break
-            if isinstance(module, torch.nn.Conv2d):
-                sample = torch.randn(1, module.in_channels, 32, 32)
-                break
+        (sample, sample_said), retry = _random_samples(model)
     shapes: dict[str, Any] = {}
     linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
@@ -3667,20 +3709,40 @@ def inspect_checkpoint(
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
     outputs_error: ModelError | None = None
+
+    def forward(sample: Any) -> None:
+        nonlocal outputs_error
+        with torch.inference_mode():
+            raw = model(sample)
+        try:
+            model_outputs(raw)
+        except ModelError as exc:
+            # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
+            # returned: said as the model's error, not as a probe that does not fit the model.
+            outputs_error = exc
+
     try:
         if sample is not None:
-            with torch.inference_mode():
-                raw = model(sample)
             try:
-                model_outputs(raw)
-            except ModelError as exc:
-                # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
-                # returned: said as the model's error, not as a probe that does not fit the model.
-                outputs_error = exc
+                forward(sample)
+            except Exception as exc:
+                # The first module registered need not be the first to run (a head declared before the
+                # embedding, a class embedding beside an image's convolutions): the other kind of input.
+                if retry is None or (sample.is_floating_point() and not _wants_token_ids(exc)):
+                    raise
+                shapes.clear()
+                linears_run.clear()
+                try:
+                    forward(retry[0])
+                except Exception:
+                    raise exc from None  # the first layer's input, the one to say why it failed
+                sample, sample_said = retry
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
-        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}" + (f": {said}" if said else "")}
+        why = _needs_probe(sample, exc) if probe_spec is None else ""
+        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
+                  + (f": {said}" if said else "") + why}
         linears_run.clear()
     finally:
         for handle in handles:
@@ -3692,7 +3754,9 @@ def inspect_checkpoint(
                          "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
     elif linears_run:
         default_module = linears_run[-1]
-        source = "the probe's first sample" if probe_spec is not None else "a random input (--probe FILE for a real one)"
+        source = "the probe's first sample" if probe_spec is not None else (
+            "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
+        ) + " (--probe FILE for a real one)"
         default_basis = f"the last nn.Linear to run in a forward pass of {source}"
     else:
         try:
@@ -3730,9 +3794,85 @@ def inspect_checkpoint(
         "default_layer": default_label,
         "default_features": default_features,
         "default_basis": default_basis,
+        "sample": sample_said,
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
     }
+
+
+#: the sequence length of `fdl inspect`'s random token ids (fewer where an embedding table is smaller: a
+#: table of positions must hold every position)
+INSPECT_TOKENS = 8
+
+
+def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None]:
+    """`fdl inspect`'s input without a probe, and what it is in words, made for the model's first layer
+    in registration order: token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
+    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the input to
+    try when that one fails, for the first layer of the other kind (None when there is none). A random
+    float input given to an embedding failed, and `inspect` said only "pass --probe"."""
+    import torch
+
+    layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
+    first = next((module for module in model.modules() if isinstance(module, layers)), None)
+    floats: tuple[Any, str] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            floats = (torch.randn(1, module.in_features),
+                      f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name})")
+            break
+        if isinstance(module, torch.nn.Conv2d):
+            floats = (torch.randn(1, module.in_channels, 32, 32),
+                      f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
+            break
+    ids = _token_ids(model)
+    if ids is not None and isinstance(first, torch.nn.Embedding):
+        second = None if floats is None else (
+            floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one")
+        return (ids[0], ids[1] + _REAL_TOKENS), second
+    if floats is not None:
+        second = None if ids is None else (ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")
+        return (floats[0], floats[1] + "; --probe FILE runs a real one"), second
+    return (None, "none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
+                  "--probe FILE (its first input is run)"), None
+
+
+def _token_ids(model: Any) -> tuple[Any, str] | None:
+    """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
+    `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
+    and what they are in words; None when the model has no nn.Embedding."""
+    import torch
+
+    tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    if not tables:
+        return None
+    name, first = tables[0]
+    length = max(1, min(INSPECT_TOKENS, *(module.num_embeddings for _, module in tables)))
+    ids = torch.randint(0, first.num_embeddings, (1, length), generator=torch.Generator().manual_seed(0))
+    return ids, (f"random token ids in [0, {first.num_embeddings}) of shape (1, {length}), int64, for the first "
+                 f"nn.Embedding ({name})")
+
+
+_REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
+
+
+def _wants_token_ids(exc: BaseException) -> bool:
+    """Whether a forward pass failed as an embedding (or an indexing) fails on a float input."""
+    return re.search(r"'indices'|used as indices|arguments for embedding", str(exc)) is not None
+
+
+def _needs_probe(sample: Any, exc: BaseException) -> str:
+    """Why `fdl inspect`'s random input `sample` failed with `exc`, when it can tell, and that --probe is
+    needed ("" otherwise: the model's error alone)."""
+    if sample is None:
+        return ""
+    if not sample.is_floating_point():
+        return ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
+                "own?): pass --probe FILE (its first input is run)")
+    if _wants_token_ids(exc):
+        return ("; the model takes token ids, and has no nn.Embedding that says their range: pass --probe FILE "
+                "(its first input is run)")
+    return ""
 
 
 # ------------------------------------------------------------------------- torchrun (scale-out)

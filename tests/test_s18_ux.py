@@ -62,7 +62,10 @@ def test_a_probe_named_like_a_step_is_left_out_of_analyze_and_inspect(tmp_path: 
     out = tmp_path / "run.h5"
     done = fdl("analyze", folder, "--model", "tests.tiny_models:mlp", "--probe", folder / "probe_0.pt", "-o", out)
     assert done.returncode == 0, done.stderr
-    assert "note: skipped probe_0.pt: a probe set (x, y), not model weights" in done.stderr
+    assert "probe_0.pt" not in done.stderr  # the file given as --probe: skipped without a note (session 19)
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    assert "skipped probe_0.pt: a probe set (x, y), not model weights" in discover_checkpoints([folder]).notes
     with StoreReader(out) as reader:
         assert reader.steps() == [0, 10]
     listed = fdl("inspect", folder, "--model", "tests.tiny_models:mlp", "--json")
