@@ -713,7 +713,7 @@ def tolerate_unencodable_output() -> None:
                 reconfigure(errors="backslashreplace")
 
 
-def _voice_or_exit(*, alike: bool, status: int) -> str:
+def _voice_or_exit(*, alike: str, status: int) -> str:
     """How this process says the message it ends with: "" plainly, "rank N" naming its rank; or, on a
     rank that leaves a message every rank has `alike` to rank 0, no word: it exits with `status` here
     (`distributed.voice`, under torchrun: WORLD_SIZE set; distributed, and numpy, are not imported for
@@ -739,7 +739,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(signals.exit_status())
     except click.ClickException as exc:
-        _voice_or_exit(alike=True, status=exc.exit_code)  # a usage error: the command line's, alike on every rank
+        _voice_or_exit(alike="job", status=exc.exit_code)  # a usage error: the command line's, alike on every rank
         exc.show()
         sys.exit(exc.exit_code)
     except FdlError as exc:

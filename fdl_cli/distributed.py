@@ -83,17 +83,19 @@ def detect_world(environ: dict[str, str] | None = None) -> World:
     return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
 
 
-def alike(error: E) -> E:
-    """`error`, marked as raised alike by every rank of the job (`FdlError.alike`): rank 0 says it, once."""
-    error.alike = True
+def alike(error: E, among: str = "job") -> E:
+    """`error`, marked as raised alike by every rank of the job (`among="job"`: rank 0 says it, once) or
+    of this machine ("machine": its local rank 0 says it); `FdlError.alike`, `voice`."""
+    error.alike = among
     return error
 
 
-def voice(alike: bool, world: World | None = None) -> str | None:
+def voice(alike: str, world: World | None = None) -> str | None:
     """How this process says a message that ends it (an error, a usage error): "" as one process says it;
-    "rank N", naming this rank, for a message that may be this rank's alone; None, to keep quiet: the
-    message is `alike` on every rank and rank 0 says it. The one place that decides which rank speaks
-    for a torchrun job (every rank printed every refusal, 8 times under --nproc-per-node 8)."""
+    "rank N", naming this rank, for a message that may be this rank's alone (`alike` ""); None, to keep
+    quiet: every rank of the job (`alike` "job") or of this machine ("machine") has the same message, and
+    rank 0 (local rank 0) says it. The one place that decides which rank speaks for a torchrun job
+    (every rank printed every refusal, 8 times under --nproc-per-node 8)."""
     if world is None:
         try:
             world = detect_world()
@@ -101,8 +103,10 @@ def voice(alike: bool, world: World | None = None) -> str | None:
             return ""  # RANK / WORLD_SIZE unreadable: the error says so, on every process
     if not world.distributed:
         return ""
-    if alike:
+    if alike == "job":
         return "" if world.speaks else None
+    if alike == "machine":
+        return "" if world.local_rank == 0 else None
     return f"rank {world.rank}"
 
 
@@ -110,13 +114,14 @@ def voice(alike: bool, world: World | None = None) -> str | None:
 QUIET_EXIT_GRACE = 2.0
 
 
-def exit_quietly(status: int, grace: float = QUIET_EXIT_GRACE) -> NoReturn:
-    """End a rank that keeps quiet (`voice` None) with `status`, after rank 0 has had time to say why.
+def exit_quietly(status: int, grace: float | None = None) -> NoReturn:
+    """End a rank that keeps quiet (`voice` None) with `status`, once rank 0 has had time to say why.
 
     torchrun ends every rank (SIGTERM) as soon as one has exited with an error: a quiet rank out first
     could end rank 0 before it had printed the message it says for all, leaving none at all. A quiet
-    rank therefore waits up to `grace` seconds and exits with `status` then, or at once when the
-    launcher ends it meanwhile (SIGTERM, SIGINT): every rank still exits with the refusal's status.
+    rank therefore waits up to `grace` seconds (`QUIET_EXIT_GRACE`) and exits with `status` then, or
+    at once when the launcher ends it meanwhile (SIGTERM, SIGINT): every rank still exits with the
+    refusal's status, and torchrun names rank 0, which said it, as the first to fail.
     """
     import contextlib
     import signal
@@ -129,10 +134,15 @@ def exit_quietly(status: int, grace: float = QUIET_EXIT_GRACE) -> NoReturn:
     def leave(_signum: int, _frame: Any) -> None:
         os._exit(status)
 
-    with contextlib.suppress(ValueError):  # not the main thread: no handler, the wait alone
-        signal.signal(signal.SIGTERM, leave)
-        signal.signal(signal.SIGINT, leave)
-    time.sleep(grace)
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, the wait alone
+            for number in (signal.SIGTERM, signal.SIGINT):
+                previous[number] = signal.signal(number, leave)
+        time.sleep(QUIET_EXIT_GRACE if grace is None else grace)
+    finally:
+        for number, handler in previous.items():  # a program that called `main` goes on as it was
+            signal.signal(number, handler)
     sys.exit(status)
 
 
@@ -178,7 +188,10 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
     if index is None or local < 2 or not torch.cuda.is_available() or (count := torch.cuda.device_count()) < 2:
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    raise FdlError(
+    # From the command line and this machine's GPUs: the same on each of its ranks, said by one, where
+    # the launcher says which ranks share this machine (torchrun's LOCAL_WORLD_SIZE, with LOCAL_RANK);
+    # otherwise each rank says it, naming itself (`voice`).
+    error = FdlError(
         f"--device {requested} under torchrun puts every rank of this machine on GPU {index}, and NCCL refuses "
         "two ranks on one GPU",
         got=f"{local} ranks on this machine" + ("" if world.local_size is not None else " (at most)")
@@ -187,6 +200,7 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
         "choose which GPUs those are with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun "
         "--nproc-per-node 2 ...)",
     )
+    raise alike(error, among="machine") if world.local_size is not None else error
 
 
 def init_process_group(world: World, device: Any) -> None:

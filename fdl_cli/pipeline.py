@@ -3785,6 +3785,8 @@ def _analyze_distributed(
 
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
+        # what this rank warns of or reports from here is its own
+        said = (len(getattr(ctx.reporter, "warnings", ())), len(getattr(ctx.reporter, "errors", ())))
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except FdlError as exc:
@@ -3801,8 +3803,14 @@ def _analyze_distributed(
             [entry for entry in local.entries if entry.step in owned],
             [item for item in local_summary.failed if item[0] in mine_paths],
             failure,
+            # what it warned of and reported on its checkpoints (a clipped eigenvalue, a file that failed):
+            # the other ranks show nothing, rank 0 says it
+            ([], []) if world.speaks else (list(getattr(ctx.reporter, "warnings", ())[said[0]:]),
+                                           list(getattr(ctx.reporter, "errors", ())[said[1]:])),
         )
         gathered = distributed.gather_to_writer(payload, world)
+        if gathered is not None:
+            _say_other_ranks_messages(ctx.reporter, gathered)
         first_failure: str | None = None
         written = False
         if writer is not None and gathered is not None:
@@ -3872,6 +3880,18 @@ def _open_rank_part(
         )
     except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
         return None
+
+
+def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[Any]) -> None:
+    """The warnings and errors each other rank met on its own checkpoints, said by rank 0 naming that rank
+    (once: what rank 0 said too, or a lower rank, is not said again)."""
+    for index, say in ((0, reporter.warn), (1, reporter.error)):
+        said = set(getattr(reporter, ("warnings", "errors")[index], ()))
+        for rank, part in enumerate(gathered):
+            for message in part[3][index]:
+                if message not in said:
+                    said.add(message)
+                    say(f"rank {rank}: {message}")
 
 
 def _write_gathered(
