@@ -261,3 +261,13 @@ def test_what_one_rank_meets_on_its_own_checkpoints_is_said_naming_it(tmp_path: 
     assert len(failed) == 1 and "step_40.safetensors" in failed[0], done.stderr[-4000:]
     assert done.stderr.count("4 checkpoint(s) analysed, 1 failed") == 1
     _no_traceback_of_fdl(done.stderr)
+
+
+def test_watch_under_torchrun_is_refused_before_waiting_for_a_checkpoint(tmp_path: Path) -> None:
+    """It was refused once a checkpoint had been found: on an empty folder every rank waited for one first."""
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "empty"), "--watch", "--poll",
+                           "0.1", "--probe", str(tmp_path / "p.npz"), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("error: --watch cannot run under torchrun"), done.stderr
