@@ -262,7 +262,7 @@ def analyze(**kwargs: Any) -> None:
         import rich.console
         import rich.progress  # noqa: F401
 
-        from fdl_cli import checkpoints, extract, probes, store  # noqa: F401
+        from fdl_cli import checkpoints, distributed, extract, probes, store  # noqa: F401
         from fdl_cli.pipeline import AnalyzeOptions, run_analyze
         from fdl_cli.progress import RichReporter
 
@@ -270,9 +270,13 @@ def analyze(**kwargs: Any) -> None:
     from_user = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     given = {name for name in kwargs if ctx.get_parameter_source(name) in from_user}  # fdl.toml fills the others
     if kwargs["out"] == "-":  # a file named "-" was written in the current folder (session 15)
-        raise FdlError("--out -: the store is an HDF5 file, which cannot go to stdout",
-                       fix="give it a path (--out run.h5); --json prints the records on stdout as they are stored")
-    options = AnalyzeOptions.from_cli(**kwargs, given=given)
+        raise distributed.alike(FdlError(
+            "--out -: the store is an HDF5 file, which cannot go to stdout",
+            fix="give it a path (--out run.h5); --json prints the records on stdout as they are stored"))
+    try:
+        options = AnalyzeOptions.from_cli(**kwargs, given=given)
+    except FdlError as exc:
+        raise distributed.alike(exc) from None  # the command line's alone: the same on every rank
     console = _stderr_console()
     with _user_output_to_stderr() as stdout, RichReporter(console, quiet=False) as reporter:
         summary = run_analyze(
@@ -283,7 +287,7 @@ def analyze(**kwargs: Any) -> None:
         )
     from fdl_cli.distributed import detect_world
 
-    if detect_world().writes:  # under torchrun rank 0 says it, once (every rank printed it)
+    if detect_world().speaks:  # under torchrun rank 0 says it, once (every rank ends with rank 0's account)
         console.print(summary.message(), markup=False)
     if summary.interrupted:
         # like any Ctrl-C'd (130) or SIGTERM'd (143) command, so `fdl analyze ... && next` does not go on
@@ -724,6 +728,21 @@ def tolerate_unencodable_output() -> None:
                 reconfigure(errors="backslashreplace")
 
 
+def _voice_or_exit(*, alike: str, status: int) -> str:
+    """How this process says the message it ends with: "" plainly, "rank N" naming its rank; or, on a
+    rank that leaves a message every rank has `alike` to rank 0, no word: it exits with `status` here
+    (`distributed.voice`, under torchrun: WORLD_SIZE set; distributed, and numpy, are not imported for
+    a usage error of one process)."""
+    if "WORLD_SIZE" not in os.environ:
+        return ""
+    from fdl_cli import distributed
+
+    voice = distributed.voice(alike)
+    if voice is None:
+        distributed.exit_quietly(status)
+    return voice
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
     configure_blas_threads()
@@ -735,10 +754,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(signals.exit_status())
     except click.ClickException as exc:
+        _voice_or_exit(alike="job", status=exc.exit_code)  # a usage error: the command line's, alike on every rank
         exc.show()
         sys.exit(exc.exit_code)
     except FdlError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+        voice = _voice_or_exit(alike=exc.alike, status=1)
+        click.echo(f"error{f' on {voice}' if voice else ''}: {exc.message}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

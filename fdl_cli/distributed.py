@@ -11,9 +11,10 @@ Without those variables (or with WORLD_SIZE=1) everything here is a no-op for a 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.spectral import Moments
 
 T = TypeVar("T")
+E = TypeVar("E", bound=FdlError)
 
 #: Moments fields that are not sums: the shift points (made common before the all-reduce).
 _SHIFT_FIELDS = ("shift_f", "shift_o", "shift_y")
@@ -52,6 +54,12 @@ class World:
         """Whether this rank owns the store (rank 0)."""
         return self.rank == 0
 
+    @property
+    def speaks(self) -> bool:
+        """Whether this rank says what every rank would say alike: the progress, the notes and warnings,
+        the summary, a refusal that every rank meets (rank 0; `voice`)."""
+        return self.rank == 0
+
 
 def detect_world(environ: dict[str, str] | None = None) -> World:
     """RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; a single process when they are absent."""
@@ -73,6 +81,69 @@ def detect_world(environ: dict[str, str] | None = None) -> World:
             "RANK must lie in [0, WORLD_SIZE)", got=f"RANK={rank}, WORLD_SIZE={size}", fix="start fdl with torchrun"
         )
     return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
+
+
+def alike(error: E, among: str = "job") -> E:
+    """`error`, marked as raised alike by every rank of the job (`among="job"`: rank 0 says it, once) or
+    of this machine ("machine": its local rank 0 says it); `FdlError.alike`, `voice`."""
+    error.alike = among
+    return error
+
+
+def voice(alike: str, world: World | None = None) -> str | None:
+    """How this process says a message that ends it (an error, a usage error): "" as one process says it;
+    "rank N", naming this rank, for a message that may be this rank's alone (`alike` ""); None, to keep
+    quiet: every rank of the job (`alike` "job") or of this machine ("machine") has the same message, and
+    rank 0 (local rank 0) says it. The one place that decides which rank speaks for a torchrun job
+    (every rank printed every refusal, 8 times under --nproc-per-node 8)."""
+    if world is None:
+        try:
+            world = detect_world()
+        except FdlError:
+            return ""  # RANK / WORLD_SIZE unreadable: the error says so, on every process
+    if not world.distributed:
+        return ""
+    if alike == "job":
+        return "" if world.speaks else None
+    if alike == "machine":
+        return "" if world.local_rank == 0 else None
+    return f"rank {world.rank}"
+
+
+#: Seconds a rank that keeps quiet waits before it exits (`exit_quietly`).
+QUIET_EXIT_GRACE = 2.0
+
+
+def exit_quietly(status: int, grace: float | None = None) -> NoReturn:
+    """End a rank that keeps quiet (`voice` None) with `status`, once rank 0 has had time to say why.
+
+    torchrun ends every rank (SIGTERM) as soon as one has exited with an error: a quiet rank out first
+    could end rank 0 before it had printed the message it says for all, leaving none at all. A quiet
+    rank therefore waits up to `grace` seconds (`QUIET_EXIT_GRACE`) and exits with `status` then, or
+    at once when the launcher ends it meanwhile (SIGTERM, SIGINT): every rank still exits with the
+    refusal's status, and torchrun names rank 0, which said it, as the first to fail.
+    """
+    import contextlib
+    import signal
+    import time
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+    def leave(_signum: int, _frame: Any) -> None:
+        os._exit(status)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, the wait alone
+            for number in (signal.SIGTERM, signal.SIGINT):
+                previous[number] = signal.signal(number, leave)
+        time.sleep(QUIET_EXIT_GRACE if grace is None else grace)
+    finally:
+        for number, handler in previous.items():  # a program that called `main` goes on as it was
+            signal.signal(number, handler)
+    sys.exit(status)
 
 
 def device_for(world: World, requested: str) -> str:
@@ -117,7 +188,10 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
     if index is None or local < 2 or not torch.cuda.is_available() or (count := torch.cuda.device_count()) < 2:
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    raise FdlError(
+    # From the command line and this machine's GPUs: the same on each of its ranks, said by one, where
+    # the launcher says which ranks share this machine (torchrun's LOCAL_WORLD_SIZE, with LOCAL_RANK);
+    # otherwise each rank says it, naming itself (`voice`).
+    error = FdlError(
         f"--device {requested} under torchrun puts every rank of this machine on GPU {index}, and NCCL refuses "
         "two ranks on one GPU",
         got=f"{local} ranks on this machine" + ("" if world.local_size is not None else " (at most)")
@@ -126,6 +200,7 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
         "choose which GPUs those are with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun "
         "--nproc-per-node 2 ...)",
     )
+    raise alike(error, among="machine") if world.local_size is not None else error
 
 
 def init_process_group(world: World, device: Any) -> None:
@@ -234,13 +309,46 @@ def agree_on_failure(error: FdlError | None, world: World) -> None:
     if not failed:
         return
     if error is not None and failed[0][0] == world.rank:
-        raise error
+        raise alike(error)
     rank, (kind, message, got, fix) = failed[0]
     from fdl_cli import errors
 
     cls = getattr(errors, kind, FdlError)
     cls = cls if isinstance(cls, type) and issubclass(cls, FdlError) else FdlError
-    raise cls(f"{message} (on rank {rank}'s probe slice)", got=got, fix=fix)
+    raise alike(cls(f"{message} (on rank {rank}'s probe slice)", got=got, fix=fix))
+
+
+def agree_on_refusal(error: FdlError | None, world: World) -> None:
+    """Before any work every rank checks the inputs on its own (the checkpoints found, the probe, the
+    model file, the store's path): raise on every rank when any refused, said once by rank 0.
+
+    The same refusal on every rank (the usual case: one command line over the same files) is said as it
+    is; one that only some ranks met (a file missing on one machine of several) names them, and the
+    others exit 1 with it rather than wait in the next collective for ranks that stopped; a rank whose
+    own refusal differs from the one said says its own, naming itself (`voice`).
+    """
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    mine = None if error is None else (error.what, error.got, error.fix)
+    reports = all_gather(mine, world)
+    failed = [rank for rank, report in enumerate(reports) if report is not None]
+    if not failed:
+        return
+    first = reports[failed[0]]
+    assert first is not None
+    if error is not None and mine != first:
+        raise error  # this rank's own, not the one rank 0 says
+    met = [rank for rank in failed if reports[rank] == first]
+    if error is not None and len(met) == world.size:
+        raise alike(error)
+    where = f" (on rank {met[0]})" if len(met) == 1 else f" (on ranks {', '.join(map(str, met))})"
+    if error is not None:
+        error.what += where
+        raise alike(error)
+    what, got, fix = first
+    raise alike(FdlError(what + where, got=got, fix=fix))
 
 
 def gather_to_writer(payload: T, world: World) -> list[T] | None:

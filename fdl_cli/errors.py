@@ -17,6 +17,12 @@ class FdlError(Exception):
         fix: how the user can fix it (optional but strongly preferred).
     """
 
+    #: Raised alike by every rank of a torchrun job ("job": agreed through a collective, or following from
+    #: the command line alone; rank 0 says it, once) or by every rank of one machine ("machine": from its
+    #: GPUs and the command line; its local rank 0 says it); see `distributed.voice`. An error not so
+    #: marked ("") is said by each rank that raises it, naming the rank: it may be that rank's alone.
+    alike: str = ""
+
     def __init__(self, what: str, *, got: str | None = None, fix: str | None = None) -> None:
         self.what = what
         self.got = got

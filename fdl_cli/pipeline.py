@@ -818,8 +818,13 @@ def run_analyze(
     # for the store's history: to the microsecond, so two invocations are two rows (rows are matched by text)
     started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     world = distributed.detect_world()
-    _check_redo_options(options, world)
-    _check_drop_options(options, world)
+    try:
+        _check_redo_options(options, world)
+        _check_drop_options(options, world)
+        if options.watch and world.distributed:  # before the wait for a first checkpoint
+            raise _watch_under_torchrun()
+    except FdlError as exc:
+        raise distributed.alike(exc) from None  # the command line's alone: the same on every rank
     # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
     # on a two-GPU machine) was said only once the checkpoints had been found (a --trust-pickle folder's
     # unpickled to read their steps), the probe read and checked and the model file imported. --device
@@ -842,13 +847,47 @@ def _run_analyze(
     stdin: TextIO | None,
     started: str = "",
 ) -> AnalyzeSummary:
-    from fdl_cli import checkpoints as ckpts
     from fdl_cli import distributed
-    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
 
     reporter = reporter or NullReporter()
-    if world.distributed and not world.writes:
+    if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
+    try:
+        prepared = _prepare_run(options, world, device, reporter, stdin, started)
+        error = None
+    except FdlError as exc:
+        prepared, error = None, exc
+    distributed.init_process_group(world, device)
+    try:
+        # Each rank checked the inputs on its own: a refusal is said once, by rank 0, and every rank
+        # stops (one that stopped alone left the others waiting in the next collective).
+        distributed.agree_on_refusal(error, world)
+    except BaseException:
+        distributed.shutdown(world)
+        raise
+    assert prepared is not None
+    ctx, refs, out, summary, model_spec, base_dir = prepared
+    try:
+        # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
+        # still running, a rank that started late) would give the ranks different lists, and a rank
+        # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
+        refs = distributed.broadcast_from_writer(refs, world)
+        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        distributed.shutdown(world)
+    return summary
+
+
+def _prepare_run(
+    options: AnalyzeOptions, world: Any, device: Any, reporter: Reporter, stdin: TextIO | None, started: str
+) -> tuple[_Context, list[CheckpointRef], Path, AnalyzeSummary, str | None, Path | None]:
+    """What a run starts from, before any work: the manifest applied, the checkpoints found, the probes
+    read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun)."""
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
+
     # The manifest's folder: the one folder that holds every source given, else the one folder given.
     # Read first: it may say how the folder's checkpoints are named (glob, step_regex).
     # A source that is neither a folder nor a file (missing, behind a closed folder) is left to discovery
@@ -965,18 +1004,11 @@ def _run_analyze(
         selected = {ref.step for ref in refs}
         refs = _with_stored(options, refs, out)
         summary.unselected = {ref.step for ref in refs} - selected
-    distributed.init_process_group(world, ctx.device)
-    try:
-        # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
-        # still running, a rank that started late) would give the ranks different lists, and a rank
-        # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
-        refs = distributed.broadcast_from_writer(refs, world)
-        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        distributed.shutdown(world)
-    return summary
+    return ctx, refs, out, summary, model_spec, base_dir
+
+
+def _watch_under_torchrun() -> FdlError:
+    return FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
 
 
 def _check_redo_options(options: AnalyzeOptions, world: Any) -> None:
@@ -1512,7 +1544,8 @@ def _check_memory(
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         if failed:
             rank, (what, got, fix) = failed[0]
-            raise ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix)
+            raise distributed.alike(
+                ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix))
     if error is not None:
         raise error
 
@@ -1658,6 +1691,8 @@ def _analyze_refs(
     _check_redo(ctx, refs, out)
     _check_drop(ctx, refs, out)
     passes: list[tuple[str, dict[str, int], int, int]] = []
+    spread = ctx.world is not None and ctx.world.distributed
+    refusal: FdlError | None = None
     try:
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
@@ -1665,9 +1700,20 @@ def _analyze_refs(
             passes = _validate(ctx, model)
         failure = None
     except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
-        if ctx.world is None or not ctx.world.distributed:
+        if not spread:
             raise
         failure = exc
+    except FdlError as exc:
+        if not spread:
+            raise
+        failure, refusal = None, exc
+    if spread:
+        # Every rank read the reference and built the model on its own: a refusal there (the same on
+        # every rank, or one rank's: its copy of the file damaged) is said once, and every rank stops
+        # (one that stopped alone left the others waiting in `_check_memory`'s collective).
+        from fdl_cli.distributed import agree_on_refusal
+
+        agree_on_refusal(refusal, ctx.world)
     _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
     _check_reference_of_store(ctx, out, reference, reference_sha, refs)
@@ -3971,10 +4017,13 @@ def _analyze_distributed(
 
     world, options = ctx.world, ctx.options
     if options.watch:
-        raise FdlError("--watch cannot run under torchrun", fix="run `fdl analyze --watch` as a single process")
+        raise distributed.alike(_watch_under_torchrun())
     # Every rank, before rank 0 opens the store (and takes in parts): each hashes its share of the
-    # stored files to check, and each raises alike when one changed.
-    touched = _check_stored_files(ctx, out, refs, None)
+    # stored files to check, and each raises alike when one changed (from the hashes every rank gathered).
+    try:
+        touched = _check_stored_files(ctx, out, refs, None)
+    except FdlError as exc:
+        raise distributed.alike(exc) from None
     writer = None
     taken: list[CheckpointEntry] = []
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
@@ -3997,6 +4046,7 @@ def _analyze_distributed(
         except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
             if isinstance(exc, FdlError):
                 status = ("error", exc.message, [])
+                distributed.alike(exc)  # rank 0 says it; the others stop with it
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.close()
@@ -4006,7 +4056,7 @@ def _analyze_distributed(
     else:
         status = distributed.broadcast_from_writer(status, world)
         if status[0] == "error":
-            raise FdlError(f"rank 0 could not open the store: {status[1]}")
+            raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
     stored, kept = set(status[1]), set(status[2])
     assert writer is not None or not world.writes
     part = None
@@ -4022,7 +4072,7 @@ def _analyze_distributed(
                 problem = (exc.what, exc.got, exc.fix)
         problem = distributed.broadcast_from_writer(problem, world)
         if problem is not None:
-            raise StoreError(problem[0], got=problem[1], fix=problem[2])
+            raise distributed.alike(StoreError(problem[0], got=problem[1], fix=problem[2]))
         mine = todo if options.shard_probe else distributed.block(todo, world)
         owned = {ref.step for ref in mine}
         needed = set(owned)
@@ -4080,6 +4130,8 @@ def _analyze_distributed(
 
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
+        # what this rank warns of or reports from here is its own
+        said = (len(getattr(ctx.reporter, "warnings", ())), len(getattr(ctx.reporter, "errors", ())))
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except FdlError as exc:
@@ -4096,8 +4148,14 @@ def _analyze_distributed(
             [entry for entry in local.entries if entry.step in owned],
             [item for item in local_summary.failed if item[0] in mine_paths],
             failure,
+            # what it warned of and reported on its checkpoints (a clipped eigenvalue, a file that failed):
+            # the other ranks show nothing, rank 0 says it
+            ([], []) if world.speaks else (list(getattr(ctx.reporter, "warnings", ())[said[0]:]),
+                                           list(getattr(ctx.reporter, "errors", ())[said[1]:])),
         )
         gathered = distributed.gather_to_writer(payload, world)
+        if gathered is not None:
+            _say_other_ranks_messages(ctx.reporter, gathered)
         first_failure: str | None = None
         written = False
         if writer is not None and gathered is not None:
@@ -4127,7 +4185,7 @@ def _analyze_distributed(
                 if _file_identity(_rank_part(out, world.rank)) == part_file:
                     _remove_rank_part(_rank_part(out, world.rank))
         if first_failure is not None:
-            raise FdlError(first_failure)
+            raise distributed.alike(FdlError(first_failure))  # rank 0's account, on every rank
     finally:
         if part is not None:
             with contextlib.suppress(Exception):
@@ -4167,6 +4225,18 @@ def _open_rank_part(
         )
     except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
         return None
+
+
+def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[Any]) -> None:
+    """The warnings and errors each other rank met on its own checkpoints, said by rank 0 naming that rank
+    (once: what rank 0 said too, or a lower rank, is not said again)."""
+    for index, say in ((0, reporter.warn), (1, reporter.error)):
+        said = set(getattr(reporter, ("warnings", "errors")[index], ()))
+        for rank, part in enumerate(gathered):
+            for message in part[3][index]:
+                if message not in said:
+                    said.add(message)
+                    say(f"rank {rank}: {message}")
 
 
 def _write_gathered(

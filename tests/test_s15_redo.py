@@ -261,6 +261,12 @@ def test_redo_under_torchrun_is_refused(monkeypatch: pytest.MonkeyPatch, run: Pa
     for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "29999"}.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr("fdl_cli.distributed.QUIET_EXIT_GRACE", 0.01)
+    refused = analyze(run, tmp_path / "s.h5", "--redo", "10")
+    # every rank refuses alike: rank 1 exits 1 and leaves the message to rank 0 (session 19)
+    assert refused.code == 1 and refused.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     refused = analyze(run, tmp_path / "s.h5", "--redo", "10")
     assert refused.code == 1 and "--redo 10 runs as one process, not under torchrun" in refused.stderr
 

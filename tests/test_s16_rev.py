@@ -170,9 +170,9 @@ def test_under_torchrun_a_rank_refused_for_memory_stops_every_rank_with_its_erro
     )
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 2, done.stderr
-    assert any(line.endswith("this machine has 1.0 kB of memory available") for line in lines), lines
-    assert any(line.endswith("this machine has 1.0 kB of memory available (on rank 1)") for line in lines), lines
+    # said once, by rank 0, naming the rank refused (every rank printed it before session 19)
+    assert len(lines) == 1, done.stderr
+    assert lines[0].endswith("this machine has 1.0 kB of memory available (on rank 1)"), lines
     assert "Connection reset by peer" not in done.stderr and "[rank0]:" not in done.stderr
     assert not out.exists()
 
@@ -486,7 +486,7 @@ def test_under_torchrun_an_allocation_failing_on_one_ranks_first_sample_stops_ev
     assert status != 0
     said = [line for line in err.splitlines() if line.startswith("error: ")]
     at = f"error: ran out of memory at step 0 ({tmp_path / 'ckpts' / 'step_0.pt'})"
-    assert sorted(said) == [at, f"{at} (on rank 1)"], err
+    assert said == [f"{at} (on rank 1)"], err  # once, by rank 0 (every rank printed it before session 19)
     assert "Connection reset by peer" not in err and "[rank0]:" not in err
     assert not (tmp_path / "run.h5").exists()
 
