@@ -713,48 +713,203 @@ def _manifest_value(manifest_path: Path, key: str, value: Any) -> Any:
     return value
 
 
+def _manifest_items(manifest: Any) -> tuple[dict[str, tuple[str, Any]], list[str]]:
+    """The manifest's analysis options (`MANIFEST_OPTIONS`, and its weights), checked: key -> (the
+    AnalyzeOptions field, the value); and the keys it holds that fdl.toml does not take."""
+    items: dict[str, tuple[str, Any]] = {}
+    ignored: list[str] = []
+    for key, value in manifest.options.items():
+        if key in MANIFEST_OPTIONS:
+            items[key] = (MANIFEST_OPTIONS[key][0], _manifest_value(manifest.path, key, value))
+        else:
+            ignored.append(key)
+    if manifest.weights is not None:
+        items["weights"] = ("weights", manifest.weights)
+    return items, ignored
+
+
+def _given(options: AnalyzeOptions, field_name: str) -> bool:
+    """Whether the command line (or a library caller) gave this field, which then wins over fdl.toml."""
+    return field_name in options.given or getattr(options, field_name) != getattr(AnalyzeOptions(sources=()), field_name)
+
+
+def _warn_ignored(manifest: Any, ignored: list[str], reporter: Reporter) -> None:
+    import difflib
+
+    if not ignored:
+        return
+    hints = []
+    for key in sorted(ignored):
+        if key == "trust_pickle":
+            hints.append("trust_pickle (a folder cannot vouch for its own files: pass --trust-pickle)")
+            continue
+        known = ["model", "model_kwargs", "probe", "layer", "weights", *MANIFEST_OPTIONS]
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    reporter.warn(
+        f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
+        f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
+    )
+
+
 def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -> AnalyzeOptions:
     """`options` with the analysis options of the manifest (`MANIFEST_OPTIONS`, and its weights) filled
     in where the command line gave none; the manifest's other keys are named in a warning."""
-    import difflib
-
-    defaults = AnalyzeOptions(sources=())
     changes: dict[str, Any] = {}
-    ignored: list[str] = []
     applied: list[str] = []
-    items = dict(manifest.options)
-    if manifest.weights is not None:
-        items["weights"] = manifest.weights
-    for key, value in items.items():
-        if key == "weights":
-            field_name = "weights"
-        elif key in MANIFEST_OPTIONS:
-            field_name = MANIFEST_OPTIONS[key][0]
-            value = _manifest_value(manifest.path, key, value)
-        else:
-            ignored.append(key)
-            continue
-        if field_name in options.given or getattr(options, field_name) != getattr(defaults, field_name):
+    items, ignored = _manifest_items(manifest)
+    for key, (field_name, value) in items.items():
+        if _given(options, field_name):
             continue  # the command line's value wins
         changes[field_name] = value
         applied.append(f"{key} = {value!r}")
-    if ignored:
-        hints = []
-        for key in sorted(ignored):
-            if key == "trust_pickle":
-                hints.append("trust_pickle (a folder cannot vouch for its own files: pass --trust-pickle)")
-                continue
-            known = ["model", "model_kwargs", "probe", "layer", "weights", *MANIFEST_OPTIONS]
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
-        reporter.warn(
-            f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
-            f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
-        )
+    _warn_ignored(manifest, ignored, reporter)
     if applied:
         # Said once, up front: discovery's messages name --glob / --step-regex, which then came from here.
         reporter.note(f"{manifest.path} sets {', '.join(applied)} (an option on the command line overrides it)")
     return replace(options, **changes) if changes else options
+
+
+#: The field of AnalyzeOptions that overrides each key of fdl.toml other than MANIFEST_OPTIONS'.
+_MANIFEST_FIELDS = {"model": "model_spec", "model_kwargs": "model_kwargs", "probe": "probe_specs", "layer": "layers",
+                    "weights": "weights"}
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Two paths of fdl.toml files (resolved against each one's folder) name the same file, or files of the
+    same bytes (a run restarted into a second folder with a copy of the first's probe.npz and model.py)."""
+    import filecmp
+
+    if first == second:
+        return True
+    try:
+        return Path(first).is_file() and Path(second).is_file() and filecmp.cmp(first, second, shallow=False)
+    except OSError:
+        return False
+
+
+def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
+    """The keys two fdl.toml files set differently, with the two values; paths count as the same when they
+    name files of the same bytes. Keys neither file uses (ignored with a warning) are left out."""
+    from fdl_cli.probes import parse_probe_spec
+
+    differences: dict[str, str] = {}
+
+    def model_of(manifest: Any) -> tuple[str, str] | None:
+        if manifest.model is None:
+            return None
+        target, sep, attr = manifest.model.rpartition(":")
+        return (target, attr) if sep and Path(target).is_absolute() else (manifest.model, "")
+
+    models = model_of(first), model_of(second)
+    if models[0] != models[1] and not (
+        models[0] is not None and models[1] is not None and models[0][1] == models[1][1] and models[0][1]
+        and _same_file(models[0][0], models[1][0])
+    ):
+        differences["model"] = f"{first.model!r} and {second.model!r}"
+    if first.model_kwargs != second.model_kwargs:
+        differences["model_kwargs"] = f"{first.model_kwargs!r} and {second.model_kwargs!r}"
+    probes = [[parse_probe_spec(spec) for spec in manifest.probe] for manifest in (first, second)]
+    if len(probes[0]) != len(probes[1]) or any(
+        one[0] != other[0] or not _same_file(str(one[1]), str(other[1])) for one, other in zip(*probes, strict=True)
+    ):
+        differences["probe"] = (f"{', '.join(first.probe) or 'none'} and {', '.join(second.probe) or 'none'}"
+                                + (" (files of different bytes)" if len(probes[0]) == len(probes[1]) else ""))
+    if first.layer != second.layer:
+        differences["layer"] = f"{first.layer!r} and {second.layer!r}"
+    items = [_manifest_items(manifest)[0] for manifest in (first, second)]
+    for key in [*items[0], *(key for key in items[1] if key not in items[0])]:
+        values = [item[key][1] if key in item else None for item in items]
+        if values[0] != values[1] or type(values[0]) is not type(values[1]):
+            differences[key] = " and ".join("not set" if value is None else repr(value) for value in values)
+    return differences
+
+
+def _read_manifests(options: AnalyzeOptions, reporter: Reporter) -> tuple[Any, list[Any]]:
+    """The fdl.toml to read for the checkpoints given, and every one found (their own files are no
+    checkpoints to note).
+
+    The candidates are the fdl.toml of each folder given and of each given file's folder (a run restarted
+    into a second folder, `fdl analyze run1 run2`; a shell glob `run/*` that takes in the HF sub-folders
+    `run/checkpoint-N/`). One found is read for them all, with a note naming the folders that hold none;
+    several are read when they say the same (paths naming files of the same bytes) apart from what the
+    command line gives, and are otherwise an error naming the files and the keys: one run is measured one
+    way. A source that is neither a folder nor a file (missing, behind a closed folder) is left to
+    discovery to report, in its words."""
+    from fdl_cli import checkpoints as ckpts
+
+    given = [Path(s) for s in options.sources if s != "-"]
+    folders = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
+                                 if _is(path, "dir") or _is(path, "file")))
+    found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
+    if not found:
+        _note_unread_manifest(folders, reporter)
+        return None, []
+    first = found[0]
+    items, ignored = _manifest_items(first)
+    _warn_ignored(first, ignored, reporter)
+    for other in found[1:]:
+        _warn_ignored(other, _manifest_items(other)[1], reporter)
+        differences = {
+            key: values for key, values in _manifest_differences(first, other).items()
+            if not _given(options, MANIFEST_OPTIONS[key][0] if key in MANIFEST_OPTIONS else _MANIFEST_FIELDS[key])
+        }
+        if differences:
+            flags = ", ".join("--center or --no-center" if key == "center" else f"--{key.replace('_', '-')}"
+                              for key in differences)
+            raise CheckpointError(
+                f"{first.path} and {other.path} set {', '.join(differences)} differently, and fdl analyze "
+                "measures the checkpoints of every folder given as one run, one way",
+                got="; ".join(f"{key}: {values}" for key, values in differences.items()),
+                fix=f"give {flags} on the command line, which overrides both files; or make the two files agree "
+                    "(or keep one); or analyse each folder into its own store (--out) and `fdl compare` them",
+            )
+    without = [folder for folder in folders
+               if not any(_within(folder, manifest.path.parent) for manifest in found)]
+    if without:
+        reporter.note(f"{first.path} is read for the checkpoints of every folder given ("
+                      f"{', '.join(map(str, without[:3]))}{' and others' if len(without) > 3 else ''} "
+                      f"hold{'s' if len(without) == 1 else ''} no fdl.toml)")
+    return first, found
+
+
+def _within(folder: Path, home: Path) -> bool:
+    """`folder` is `home` or one of its sub-folders (a run's `checkpoint-N/`)."""
+    try:
+        folder, home = folder.resolve(), home.resolve()
+    except (OSError, RuntimeError):
+        return folder == home
+    return folder == home or home in folder.parents
+
+
+def _note_stdin_manifests(discovery: Any, reporter: Reporter) -> None:
+    """Paths read from stdin (`-`) are found after the options are settled: an fdl.toml in their folders
+    is not read, and the user is told so rather than left to wonder where its options went."""
+    from fdl_cli import checkpoints as ckpts
+
+    folders = {ref.path.parent for ref in discovery.checkpoints}
+    folders |= {ref.path for ref in discovery.checkpoints if ref.kind == "hf_dir"}  # as a folder given
+    unread = sorted(folder / ckpts.MANIFEST_NAME for folder in folders if _is(folder / ckpts.MANIFEST_NAME, "file"))
+    if unread:
+        reporter.note(f"{', '.join(map(str, unread[:3]))}{' and others' if len(unread) > 3 else ''} not read: the "
+                      "checkpoints' paths came from stdin (-), after the options were settled; give its settings "
+                      "on the command line, or the folder instead of -")
+
+
+def _note_unread_manifest(folders: list[Path], reporter: Reporter) -> None:
+    """No folder given holds an fdl.toml, but the one above them all does (one folder per step,
+    `fdl analyze ckpts/step_*`): it is not read, and the user is told so rather than left to wonder."""
+    from fdl_cli import checkpoints as ckpts
+
+    parents = {folder.parent for folder in folders}
+    if len(parents) != 1:
+        return
+    parent = parents.pop()
+    if parent in folders or not _is(parent / ckpts.MANIFEST_NAME, "file"):
+        return
+    reporter.note(f"{parent / ckpts.MANIFEST_NAME} is not read: fdl reads the fdl.toml of a folder given, or of "
+                  "the folder of the files given, not of the folder above them; give its settings on the command "
+                  "line, or a copy of it in the folder given")
 
 
 # ---------------------------------------------------------------------------------- the main job
@@ -810,9 +965,7 @@ def _run_analyze(
     # to report, in its words.
     given = [Path(s) for s in options.sources if s != "-"]
     dirs = [path for path in given if _is(path, "dir")]
-    folders = sorted({path if path in dirs else path.parent for path in given if path in dirs or _is(path, "file")})
-    home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
-    manifest = ckpts.read_manifest(home) if home is not None else None
+    manifest, manifests = _read_manifests(options, reporter)
     if manifest is not None:
         options = _with_manifest(options, manifest, reporter)
     if options.cka_dtype == "float32" and options.dtype in LOW_PRECISION:
@@ -842,17 +995,19 @@ def _run_analyze(
         trust_pickle=options.trust_pickle,
     )
     notes, reported_bad = list(discovery.notes), set[str]()
+    if "-" in options.sources and not manifests:
+        _note_stdin_manifests(discovery, reporter)
     if options.watch and not discovery.checkpoints:
         # What the folder holds is said before the wait (a --glob or manifest glob that matches nothing,
         # a file without a step), and a settled unreadable file as it is found: waiting without a word
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
-        _note_skipped(notes, manifest, home, reporter)
+        _note_skipped(notes, manifests, reporter)
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
         notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    _note_skipped(notes, manifest, home, reporter)
+    _note_skipped(notes, manifests, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:
@@ -908,8 +1063,7 @@ def _run_analyze(
     inputs += [path for path, _ in discovery.bad]
     if model_source is not None:
         inputs.append(model_source[0])
-    if manifest is not None:
-        inputs.append(manifest.path)
+    inputs += [found.path for found in manifests]
     _check_out_is_no_input(out, inputs)
     summary = AnalyzeSummary(store=out, resume=options.resume, store_before=_store_identity(out))
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
@@ -1005,23 +1159,26 @@ def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Pat
         )
 
 
-def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
+def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Reporter) -> None:
     """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
-    a README, logs and configs said one line each); the probe and model files the folder's fdl.toml
-    names, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names)."""
+    a README, logs and configs said one line each); the probe and model files the folders' fdl.toml
+    name, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names), nor
+    the fdl.toml read (`fdl analyze run/*` gives it)."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     own = set()
     targets: set[Path] = set()
-    named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
-    if manifest is not None and manifest.model is not None and ":" in manifest.model:
-        named.append(Path(manifest.model.rpartition(":")[0]))
-    for path in named:
-        with contextlib.suppress(OSError, RuntimeError):
-            if home is not None and path.resolve().parent == home.resolve():
-                own.add(path.name)
-            targets.add(path.resolve())
+    homes = [manifest.path.parent for manifest in manifests]
+    for manifest in manifests:
+        named = [Path(parse_probe_spec(spec)[1]) for spec in manifest.probe]
+        if manifest.model is not None and ":" in manifest.model:
+            named.append(Path(manifest.model.rpartition(":")[0]))
+        for path in named:
+            with contextlib.suppress(OSError, RuntimeError):
+                if path.resolve().parent == manifest.path.parent.resolve():
+                    own.add(path.name)
+                targets.add(path.resolve())
 
     def owned(name: str) -> bool:
         """read_manifest resolves the paths: a symbolic link in the folder to a shared probe.npz (a name
@@ -1029,7 +1186,7 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         if name in own:
             return True
         try:
-            return home is not None and (home / name).resolve() in targets
+            return any((home / name).resolve() in targets for home in homes)
         except (OSError, RuntimeError):
             return False
 
@@ -1038,6 +1195,8 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     for note in notes:
         if re.fullmatch(r"skipped .+: empty file", note):
             continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
+        if manifests and note.startswith(f"skipped {ckpts.MANIFEST_NAME}: "):
+            continue  # the fdl.toml read, given among the folder's files (`fdl analyze run/*`)
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
         # by name (optimizer.pt), or for what it holds (optim_500.pt: an optimizer's state_dict), one line for all:
         # a run saving optim_N.pt beside each checkpoint had a line per file

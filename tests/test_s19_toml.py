@@ -1,0 +1,175 @@
+"""fdl.toml with several folders, globs and explicit files (session 19).
+
+`fdl analyze run1 run2` (a job restarted into a second folder) read neither folder's fdl.toml, without a
+word: its options (top_k, center, ...) were dropped even when the command line gave the model and probe.
+Now the fdl.toml of every folder given, and of every given file's folder, is a candidate: one found is
+read for all, several are read when they say the same, and otherwise they are an error naming both
+files and the keys.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli.store import StoreReader
+from tests.test_analyze import Result, fdl
+from tests.test_io_fixes import MODEL
+from tests.tiny_models import mlp
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths at 80 columns otherwise
+
+
+def _probe(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, 40))
+
+
+def _runs(root: Path) -> tuple[Path, Path]:
+    """run1 (steps 0, 10, 20) and run2 (its restart: steps 0, 10, placed at 30, 40 by --step-offset run2=30),
+    each with the same probe.npz (a copy) beside its checkpoints."""
+    run1, run2 = root / "run1", root / "run2"
+    for folder, steps in ((run1, (0, 10, 20)), (run2, (0, 10))):
+        folder.mkdir()
+        for step in steps:
+            torch.save(mlp(seed=step + (100 if folder == run2 else 0)).state_dict(), folder / f"step_{step}.pt")
+        _probe(folder / "probe.npz")
+    return run1, run2
+
+
+def _toml(folder: Path, extra: str = "") -> Path:
+    path = folder / "fdl.toml"
+    path.write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n{extra}\n')
+    return path
+
+
+def _analyze(*args: str | Path) -> Result:
+    result = fdl("analyze", *map(str, args), "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def _said(result: Result) -> str:
+    return " ".join(result.stderr.split())
+
+
+def _options(store: Path) -> dict:
+    with StoreReader(store) as reader:
+        return dict(reader.provenance["options"])
+
+
+def test_two_folders_with_the_same_fdl_toml_read_it(tmp_path: Path) -> None:
+    """A restarted run whose second folder holds a copy of the first's fdl.toml, probe and all: the files
+    say the same (the two probe.npz hold the same bytes), so it is read; before, 'no probe set was given'."""
+    run1, run2 = _runs(tmp_path)
+    _toml(run1, "top_k = 3")
+    _toml(run2, "top-k = 3")
+    done = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "a.h5")
+    assert done.code == 0, done.stderr
+    assert [record["step"] for record in done.records] == [0, 10, 20, 30, 40]
+    assert _options(tmp_path / "a.h5")["top_k"] == 3
+    said = _said(done)
+    assert f"{run1 / 'fdl.toml'} sets top_k = 3" in said
+    assert "probe.npz" not in said  # each folder's own probe is no file to note
+    assert "holds no fdl.toml" not in said
+
+
+def test_one_folder_of_two_with_an_fdl_toml_is_read_for_both_and_said(tmp_path: Path) -> None:
+    """Only run1 holds one: read for run2's checkpoints too, with a note. Before, the command line's
+    --model and --probe ran with top_k 64, silently dropping the file's top_k = 3."""
+    run1, run2 = _runs(tmp_path)
+    _toml(run1, "top_k = 3")
+    done = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "a.h5",
+                    "--model", MODEL, "--probe", run1 / "probe.npz")
+    assert done.code == 0, done.stderr
+    assert _options(tmp_path / "a.h5")["top_k"] == 3
+    assert f"{run1 / 'fdl.toml'} is read for the checkpoints of every folder given ({run2} holds no fdl.toml)" in _said(done)
+    # Files of the two folders, as a shell's run1/*.pt run2/*.pt give them, the same.
+    files = _analyze(*sorted(run1.glob("*.pt")), *sorted(run2.glob("*.pt")), "--step-offset", f"{run2}=30",
+                     "--out", tmp_path / "files.h5")
+    assert files.code == 0, files.stderr
+    assert _options(tmp_path / "files.h5")["top_k"] == 3
+
+
+def test_two_fdl_tomls_that_disagree_are_an_error_naming_both_and_the_keys(tmp_path: Path) -> None:
+    run1, run2 = _runs(tmp_path)
+    _toml(run1, "top_k = 3\ncenter = true")
+    _toml(run2, "top_k = 5\ncenter = true")
+    _probe(run2 / "probe.npz", seed=1)  # another probe under the same name
+    bad = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "bad.h5")
+    assert bad.code == 1
+    said = _said(bad)
+    assert f"{run1 / 'fdl.toml'} and {run2 / 'fdl.toml'} set probe, top_k differently" in said
+    assert "top_k: 3 and 5" in said and "center" not in said.split("got:")[1]
+    assert "give --probe, --top-k on the command line, which overrides both files" in said
+    assert not (tmp_path / "bad.h5").exists()
+    # The fix it gives: the command line settles both keys, and the files' common center = true holds.
+    fixed = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "ok.h5",
+                     "--probe", run1 / "probe.npz", "--top-k", "5")
+    assert fixed.code == 0, fixed.stderr
+    options = _options(tmp_path / "ok.h5")
+    assert (options["top_k"], options["center"]) == (5, True)
+    # A model file of other bytes under the same name is another model.
+    (run2 / "model.py").write_text("from tests.tiny_models import mlp\n")
+    (run1 / "model.py").write_text("from tests.tiny_models import mlp as mlp\n")
+    for folder in (run1, run2):
+        (folder / "fdl.toml").write_text('model = "model.py:mlp"\nprobe = "probe.npz"\n')
+    shutil.copy(run1 / "probe.npz", run2 / "probe.npz")
+    models = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "m.h5")
+    assert models.code == 1 and "set model differently" in _said(models)
+    shutil.copy(run1 / "model.py", run2 / "model.py")
+    same = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "m.h5")
+    assert same.code == 0, same.stderr
+
+
+def test_a_glob_of_one_folder_with_hf_sub_folders_reads_its_fdl_toml(tmp_path: Path) -> None:
+    """`fdl analyze run/*` gives run/fdl.toml, run/probe.npz and the sub-folders run/checkpoint-N/: the
+    folders were several, so no fdl.toml was read (the command line's top_k 64 ran instead of the file's 3)
+    and fdl.toml itself was noted as a skipped text file."""
+    run = tmp_path / "run"
+    for step in (10, 20):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        torch.save(mlp(seed=step).state_dict(), run / f"checkpoint-{step}" / "pytorch_model.bin")
+    _probe(run / "probe.npz")
+    _toml(run, "top_k = 3")
+    done = _analyze(*sorted(run.iterdir()), "--out", tmp_path / "g.h5", "--probe", run / "probe.npz")
+    assert done.code == 0, done.stderr
+    assert [record["step"] for record in done.records] == [10, 20]
+    assert _options(tmp_path / "g.h5")["top_k"] == 3
+    said = _said(done)
+    assert "skipped fdl.toml" not in said and "holds no fdl.toml" not in said and "hold no fdl.toml" not in said
+
+
+def test_the_fdl_toml_above_one_folder_per_step_is_said_to_be_unread(tmp_path: Path) -> None:
+    """`fdl analyze ckpts/step_*` (one folder per step): ckpts/fdl.toml is not read, and says so."""
+    ckpts = tmp_path / "ckpts"
+    for step in (10, 20):
+        (ckpts / f"step_{step}").mkdir(parents=True)
+        torch.save(mlp(seed=step).state_dict(), ckpts / f"step_{step}" / "model.pt")
+    _probe(ckpts / "probe.npz")
+    _toml(ckpts, "top_k = 3")
+    done = _analyze(*sorted(ckpts.glob("step_*")), "--step-regex", r"step_(\d+)/", "--out", tmp_path / "s.h5",
+                    "--model", MODEL, "--probe", ckpts / "probe.npz")
+    assert done.code == 0, done.stderr
+    assert _options(tmp_path / "s.h5")["top_k"] == 64
+    assert f"{ckpts / 'fdl.toml'} is not read: fdl reads the fdl.toml of a folder given" in _said(done)
+
+
+def test_an_fdl_toml_beside_paths_read_from_stdin_is_said_to_be_unread(tmp_path: Path) -> None:
+    """`find run -name '*.pt' | fdl analyze -`: the folder's fdl.toml is not read (the paths come after the
+    options are settled), and says so; before, its top_k = 3 was dropped without a word."""
+    run1, _ = _runs(tmp_path)
+    _toml(run1, "top_k = 3")
+    paths = "\n".join(str(path) for path in sorted(run1.glob("*.pt"))) + "\n"
+    result = fdl("analyze", "-", "--out", str(tmp_path / "in.h5"), "--model", MODEL, "--probe", str(run1 / "probe.npz"),
+                 stdin=paths)
+    assert result.code == 0, result.stderr
+    assert _options(tmp_path / "in.h5")["top_k"] == 64
+    assert f"{run1 / 'fdl.toml'} not read: the checkpoints' paths came from stdin (-)" in _said(result)
