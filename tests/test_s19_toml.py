@@ -173,3 +173,15 @@ def test_an_fdl_toml_beside_paths_read_from_stdin_is_said_to_be_unread(tmp_path:
     assert result.code == 0, result.stderr
     assert _options(tmp_path / "in.h5")["top_k"] == 64
     assert f"{run1 / 'fdl.toml'} not read: the checkpoints' paths came from stdin (-)" in _said(result)
+
+
+def test_named_probes_in_a_list_of_fdl_toml_are_named_as_on_the_command_line(tmp_path: Path) -> None:
+    """probe = ["train=probe.npz", "test=held.npz"], the --probe form, said 'probe file .../train=probe.npz
+    not found'; the table form worked."""
+    run1, _ = _runs(tmp_path)
+    _probe(run1 / "held.npz", seed=1)
+    (run1 / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = ["train=probe.npz", "test=held.npz"]\n')
+    done = _analyze(run1, "--out", tmp_path / "n.h5")
+    assert done.code == 0, done.stderr
+    assert sorted({record["probe"] for record in done.records}) == ["test", "train"]
+    assert "held.npz" not in _said(done)  # fdl.toml's own probes are no files to note
