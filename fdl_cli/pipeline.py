@@ -456,6 +456,8 @@ class _Context:
     device: Any
     reporter: Reporter
     layers: list[Any] = field(default_factory=list)
+    #: the fdl.toml whose `layer` layer_names are (none given on the command line), for its errors to name
+    layer_source: Path | None = None
     n_outputs: int = 0
     #: a model of one output z whose probe holds class labels 0/1 (a binary classifier trained with
     #: BCEWithLogitsLoss): analysed as the two-class classifier of logits (0, z) (`_validate`)
@@ -882,6 +884,29 @@ def _within(folder: Path, home: Path) -> bool:
     return folder == home or home in folder.parents
 
 
+def _manifest_kwargs(model_spec: str | None, manifest: Any, base_dir: Path | None, reporter: Reporter) -> dict[str, Any]:
+    """fdl.toml's model_kwargs, which go with its model: not passed to another factory that --model names
+    (`other() got an unexpected keyword argument 'hidden'`, with a fix naming a --model-kwargs nobody gave,
+    or a network of another width built without a word), and the user is told so."""
+    from fdl_cli import checkpoints as ckpts
+
+    if model_spec is None or manifest.model is None or not manifest.model_kwargs:
+        return dict(manifest.model_kwargs)
+    if model_spec != manifest.model:
+        target, _, attr = manifest.model.rpartition(":")
+        file = ckpts.model_spec_file(model_spec, base_dir=base_dir)
+        try:
+            same = (attr == model_spec.rpartition(":")[2] and file is not None and Path(target).is_absolute()
+                    and file.resolve() == Path(target).resolve())
+        except (OSError, RuntimeError):
+            same = False
+        if not same:
+            reporter.note(f"{manifest.path}'s model_kwargs {manifest.model_kwargs} are not used: they go with its model "
+                          f"{manifest.model}, and --model gives {model_spec}; pass --model-kwargs JSON for its factory")
+            return {}
+    return dict(manifest.model_kwargs)
+
+
 def _note_stdin_manifests(discovery: Any, reporter: Reporter) -> None:
     """Paths read from stdin (`-`) are found after the options are settled: an fdl.toml in their folders
     is not read, and the user is told so rather than left to wonder where its options went."""
@@ -1018,7 +1043,9 @@ def _run_analyze(
     model_spec = options.model_spec or (manifest.model if manifest else None)
     # --model-kwargs '{}' given on the command line wins over fdl.toml's, as every option given does
     given_kwargs = "model_kwargs" in options.given or bool(options.model_kwargs)
-    model_kwargs = options.model_kwargs if given_kwargs or manifest is None else manifest.model_kwargs
+    base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
+    model_kwargs = (options.model_kwargs if given_kwargs or manifest is None
+                    else _manifest_kwargs(options.model_spec, manifest, base_dir, reporter))
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
@@ -1039,7 +1066,6 @@ def _run_analyze(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     model_source = _model_source(factory)
     spec_source = _spec_source(model_spec, base_dir) if factory is not None else None
@@ -1049,6 +1075,7 @@ def _run_analyze(
         factory=factory,
         model_kwargs=model_kwargs,
         layer_names=layer_names,
+        layer_source=manifest.path if manifest is not None and not options.layers and layer_names else None,
         device=device,
         reporter=reporter,
         world=world,
@@ -1419,9 +1446,10 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         try:
             if not ctx.layers:
                 # The default layer is found by running this first sample (execution order, not registration).
-                ctx.layers = resolve_layers(
-                    model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
-                )
+                with _layer_source_named(ctx):
+                    ctx.layers = resolve_layers(
+                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                    )
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
             )
@@ -1494,8 +1522,24 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 "and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
-        ctx.layers = resolve_layers(model, ctx.layer_names)
+        with _layer_source_named(ctx):
+            ctx.layers = resolve_layers(model, ctx.layer_names)
     return passes
+
+
+@contextlib.contextmanager
+def _layer_source_named(ctx: _Context) -> Iterator[None]:
+    """An unknown layer that fdl.toml named: its error said 'pass one to --layer' of a --layer nobody gave."""
+    try:
+        yield
+    except ModelError as exc:
+        if ctx.layer_source is None or not ctx.layer_names:
+            raise
+        raise ModelError(
+            exc.what, got=exc.got,
+            fix=f"{exc.fix or 'check the layer'}; the layer is {ctx.layer_source}'s (layer = "
+                f"{list(ctx.layer_names)!r}): fix it there, or give --layer, which overrides it",
+        ) from None
 
 
 def _zero_one_warning(probe: Any) -> str:

@@ -185,3 +185,44 @@ def test_named_probes_in_a_list_of_fdl_toml_are_named_as_on_the_command_line(tmp
     assert done.code == 0, done.stderr
     assert sorted({record["probe"] for record in done.records}) == ["test", "train"]
     assert "held.npz" not in _said(done)  # fdl.toml's own probes are no files to note
+
+
+OTHER_MODEL = """
+import torch
+from torch import nn
+
+
+def other(width=8, *, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))
+"""
+
+
+def test_the_model_kwargs_of_fdl_toml_go_with_its_model_not_another_given(tmp_path: Path) -> None:
+    """--model another factory: fdl.toml's model_kwargs (for its own model) were passed to it, failing with
+    'unexpected keyword argument hidden' and a fix naming a --model-kwargs nobody gave."""
+    run1, _ = _runs(tmp_path)
+    _toml(run1, "model_kwargs = { hidden = 8 }")
+    (tmp_path / "other.py").write_text(OTHER_MODEL)
+    done = _analyze(run1, "--out", tmp_path / "o.h5", "--model", f"{tmp_path / 'other.py'}:other")
+    assert done.code == 0, done.stderr
+    assert len(done.records) == 3
+    assert f"{run1 / 'fdl.toml'}'s model_kwargs {{'hidden': 8}} are not used: they go with its model" in _said(done)
+    # The file's own factory named on the command line (by its path relative to the folder) keeps them.
+    (run1 / "model.py").write_text("from tests.tiny_models import mlp\n")
+    (run1 / "fdl.toml").write_text('model = "model.py:mlp"\nprobe = "probe.npz"\nmodel_kwargs = { hidden = 16 }\n')
+    same = _analyze(run1, "--out", tmp_path / "s.h5", "--model", "model.py:mlp")
+    assert same.code == 1 and "not used" not in same.stderr
+    assert "size mismatch" in same.stderr or "shape" in same.stderr  # hidden = 16 was passed: checkpoints of 8
+
+
+def test_an_unknown_layer_of_fdl_toml_names_the_file(tmp_path: Path) -> None:
+    """layer = "fc9" in fdl.toml said 'pass one to --layer', of a --layer nobody gave."""
+    run1, _ = _runs(tmp_path)
+    _toml(run1, 'layer = "fc9"')
+    bad = _analyze(run1, "--out", tmp_path / "l.h5")
+    assert bad.code == 1 and "unknown layer 'fc9'" in bad.stderr
+    assert f"the layer is {run1 / 'fdl.toml'}'s (layer = ['fc9']): fix it there, or give --layer" in _said(bad)
+    # Given on the command line, the same error says nothing of the file.
+    given = _analyze(run1, "--out", tmp_path / "l.h5", "--layer", "fc8")
+    assert given.code == 1 and "unknown layer 'fc8'" in given.stderr and "fdl.toml" not in given.stderr
