@@ -827,7 +827,7 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
     return differences
 
 
-def _read_manifests(options: AnalyzeOptions, reporter: Reporter) -> tuple[Any, list[Any]]:
+def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread: bool = True) -> tuple[Any, list[Any]]:
     """The fdl.toml to read for the checkpoints given, and every one found (their own files are no
     checkpoints to note).
 
@@ -845,7 +845,8 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter) -> tuple[Any, l
                                  if _is(path, "dir") or _is(path, "file")))
     found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
     if not found:
-        _note_unread_manifest(folders, reporter)
+        if note_unread:
+            _note_unread_manifest(folders, reporter)
         return None, []
     first = found[0]
     items, ignored = _manifest_items(first)
@@ -967,6 +968,22 @@ def run_analyze(
                             started=started)
 
 
+def _settled_options(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -> AnalyzeOptions:
+    """`options` with fdl.toml's filled in, and a --cka-dtype that the --dtype allows."""
+    if manifest is not None:
+        options = _with_manifest(options, manifest, reporter)
+    if options.cka_dtype == "float32" and options.dtype in LOW_PRECISION:
+        # A bfloat16/float16 model's features take few distinct values per column; float32 sums of their
+        # products drift together instead of cancelling, past SPEC §8's rtol 1e-6 (3.5e-6 measured:
+        # tests/test_cka_dtype.py). The store records the float64 it holds.
+        reporter.warn(
+            f"--cka-dtype float32 is not used with --dtype {options.dtype}: float32 sums of low-precision "
+            "features drift past rtol 1e-6; CKA is computed in float64"
+        )
+        options = replace(options, cka_dtype="float64")
+    return options
+
+
 def _run_analyze(
     options: AnalyzeOptions,
     world: Any,
@@ -984,41 +1001,32 @@ def _run_analyze(
     reporter = reporter or NullReporter()
     if world.distributed and not world.writes:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
-    # The manifest's folder: the one folder that holds every source given, else the one folder given.
-    # Read first: it may say how the folder's checkpoints are named (glob, step_regex).
-    # A source that is neither a folder nor a file (missing, behind a closed folder) is left to discovery
-    # to report, in its words.
+    # fdl.toml (`_read_manifests`), read first: it may say how the folder's checkpoints are named (glob,
+    # step_regex).
     given = [Path(s) for s in options.sources if s != "-"]
     dirs = [path for path in given if _is(path, "dir")]
     manifest, manifests = _read_manifests(options, reporter)
-    if manifest is not None:
-        options = _with_manifest(options, manifest, reporter)
-    if options.cka_dtype == "float32" and options.dtype in LOW_PRECISION:
-        # A bfloat16/float16 model's features take few distinct values per column; float32 sums of their
-        # products drift together instead of cancelling, past SPEC §8's rtol 1e-6 (3.5e-6 measured:
-        # tests/test_cka_dtype.py). The store records the float64 it holds.
-        reporter.warn(
-            f"--cka-dtype float32 is not used with --dtype {options.dtype}: float32 sums of low-precision "
-            "features drift past rtol 1e-6; CKA is computed in float64"
-        )
-        options = replace(options, cka_dtype="float64")
+    options = _settled_options(options, manifest, reporter)
     if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
         reporter.warn(
             "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
             "torch.export.load; each runs any code the file contains; use it only on files you trust"
         )
-    discovery = ckpts.discover_checkpoints(
-        options.sources,
-        glob=options.glob_pattern,
-        step_regex=options.step_regex, step_offsets=options.step_offsets,
-        steps=options.steps,
-        every=options.every,
-        stdin=stdin,
-        weights=options.weights,
-        empty_ok=options.watch and "-" not in options.sources,
-        missing_ok=options.watch and "-" not in options.sources,
-        trust_pickle=options.trust_pickle,
-    )
+    def discover(options: AnalyzeOptions) -> Any:
+        return ckpts.discover_checkpoints(
+            options.sources,
+            glob=options.glob_pattern,
+            step_regex=options.step_regex, step_offsets=options.step_offsets,
+            steps=options.steps,
+            every=options.every,
+            stdin=stdin,
+            weights=options.weights,
+            empty_ok=options.watch and "-" not in options.sources,
+            missing_ok=options.watch and "-" not in options.sources,
+            trust_pickle=options.trust_pickle,
+        )
+
+    discovery = discover(options)
     notes, reported_bad = list(discovery.notes), set[str]()
     if "-" in options.sources and not manifests:
         _note_stdin_manifests(discovery, reporter)
@@ -1029,6 +1037,19 @@ def _run_analyze(
         _note_skipped(notes, manifests, reporter)
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
+        if manifest is None:
+            # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
+            # now (it was left out without a word: its options dropped, or "no probe set was given").
+            dirs = [path for path in given if _is(path, "dir")]
+            manifest, manifests = _read_manifests(options, reporter, note_unread=False)
+            if manifest is not None:
+                before = options
+                options = _settled_options(options, manifest, reporter)
+                if (options.glob_pattern, options.step_regex, options.weights) != (
+                        before.glob_pattern, before.step_regex, before.weights):
+                    discovery = discover(options)  # how its checkpoints are named, or which weights
+                    if not discovery.checkpoints:
+                        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad)
         notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}

@@ -226,3 +226,32 @@ def test_an_unknown_layer_of_fdl_toml_names_the_file(tmp_path: Path) -> None:
     # Given on the command line, the same error says nothing of the file.
     given = _analyze(run1, "--out", tmp_path / "l.h5", "--layer", "fc8")
     assert given.code == 1 and "unknown layer 'fc8'" in given.stderr and "fdl.toml" not in given.stderr
+
+
+def test_watch_reads_the_fdl_toml_a_trainer_writes_with_its_first_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--watch started before the trainer made its folder (or wrote its fdl.toml): the file, written with
+    the first checkpoint, was never read, so its top_k = 3 was dropped without a word."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+    from tests.test_prev_walkback import _arrive, _make_run, _polls
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "logs" / "run"
+
+    def first_save() -> None:
+        folder.mkdir(parents=True)
+        shutil.copy(source / "probe.npz", folder / "probe.npz")
+        (folder / "fdl.toml").write_text('top_k = 3\nglob = "step_*.safetensors"\n')
+        _arrive(source, folder, "step_0.safetensors", "step_10.safetensors")
+
+    reporter, records = NullReporter(), []
+    options = AnalyzeOptions(sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+                             probe_specs=(str(source / "probe.npz"),), anchor_size=100, device="cpu",
+                             out=tmp_path / "w.h5", watch=True, poll_seconds=0.01)
+    with _polls(monkeypatch, lambda: None, first_save):
+        run_analyze(options, reporter=reporter, on_record=records.append)
+    assert [record["step"] for record in records] == [0, 10]
+    assert _options(tmp_path / "w.h5")["top_k"] == 3
+    assert any(note.startswith(f"{folder / 'fdl.toml'} sets top_k = 3") for note in reporter.notes)
