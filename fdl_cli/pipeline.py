@@ -908,6 +908,28 @@ def _manifest_kwargs(model_spec: str | None, manifest: Any, base_dir: Path | Non
     return dict(manifest.model_kwargs)
 
 
+def _note_empty_folders(options: AnalyzeOptions, discovery: Any, manifest: Any, reporter: Reporter) -> None:
+    """A folder given beside others that gave no checkpoint: said, not left out without a word. One
+    run's fdl.toml read for a second folder (`fdl analyze run1 run2`) brings its glob, which may match
+    none of the second folder's files (`resume_*.pt`); an empty folder given was as quiet."""
+    sources = [Path(s) for s in options.sources if s != "-"]
+    if len(options.sources) < 2 or options.steps is not None or options.every is not None:
+        return  # --steps / --every may leave a folder out on purpose
+    found = [ref.path for ref in discovery.checkpoints] + [path for path, _ in discovery.bad]
+    found += [ref.path for pair in discovery.copies for ref in pair]
+    if not found:
+        return  # "no checkpoints found" says it
+    for folder in (path for path in sources if _is(path, "dir")):
+        if any(_within(path, folder) for path in found):
+            continue
+        glob = ""
+        if options.glob_pattern is not None:
+            came = (f", set by {manifest.path}" if manifest is not None and "glob_pattern" not in options.given
+                    and options.glob_pattern == manifest.options.get("glob") else "")
+            glob = f" that the glob {options.glob_pattern!r} matches{came}"
+        reporter.note(f"no checkpoint found in {folder}{glob}: none of its files is analysed")
+
+
 def _note_stdin_manifests(discovery: Any, reporter: Reporter) -> None:
     """Paths read from stdin (`-`) are found after the options are settled: an fdl.toml in their folders
     is not read, and the user is told so rather than left to wonder where its options went."""
@@ -1054,6 +1076,8 @@ def _run_analyze(
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
     _note_skipped(notes, manifests, reporter)
+    if not options.watch:
+        _note_empty_folders(options, discovery, manifest, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:

@@ -255,3 +255,25 @@ def test_watch_reads_the_fdl_toml_a_trainer_writes_with_its_first_checkpoint(
     assert [record["step"] for record in records] == [0, 10]
     assert _options(tmp_path / "w.h5")["top_k"] == 3
     assert any(note.startswith(f"{folder / 'fdl.toml'} sets top_k = 3") for note in reporter.notes)
+
+
+def test_a_folder_given_whose_files_the_glob_of_fdl_toml_leaves_out_is_said(tmp_path: Path) -> None:
+    """run1's fdl.toml read for run2 too brings its glob = "step_*.pt", which none of run2's resume_*.pt
+    match: run2 gave nothing, exit 0, without a word (so did an empty folder given beside another)."""
+    run1, run2 = _runs(tmp_path)
+    for step in (0, 10):
+        (run2 / f"step_{step}.pt").rename(run2 / f"resume_{step}.pt")
+    _toml(run1, 'glob = "step_*.pt"')
+    done = _analyze(run1, run2, "--out", tmp_path / "g.h5")
+    assert done.code == 0, done.stderr
+    assert [record["step"] for record in done.records] == [0, 10, 20]
+    assert f"no checkpoint found in {run2} that the glob 'step_*.pt' matches, set by {run1 / 'fdl.toml'}" in _said(done)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    quiet = _analyze(run1, empty, "--out", tmp_path / "e.h5")
+    assert quiet.code == 0 and f"no checkpoint found in {empty} that the glob" in _said(quiet)
+    # --glob of the command line: said, without a file to blame; --steps leaves folders out on purpose.
+    given = _analyze(run1, run2, "--out", tmp_path / "c.h5", "--glob", "step_*.pt")
+    assert f"no checkpoint found in {run2} that the glob 'step_*.pt' matches: none" in _said(given)
+    chosen = _analyze(run1, run2, "--out", tmp_path / "s.h5", "--steps", "0,10")
+    assert chosen.code == 0 and "no checkpoint found" not in chosen.stderr
