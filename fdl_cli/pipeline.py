@@ -815,8 +815,9 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
     if len(probes[0]) != len(probes[1]) or any(
         one[0] != other[0] or not _same_file(str(one[1]), str(other[1])) for one, other in zip(*probes, strict=True)
     ):
+        same_names = [name for name, _ in probes[0]] == [name for name, _ in probes[1]]
         differences["probe"] = (f"{', '.join(first.probe) or 'none'} and {', '.join(second.probe) or 'none'}"
-                                + (" (files of different bytes)" if len(probes[0]) == len(probes[1]) else ""))
+                                + (" (files of other bytes)" if same_names else ""))
     if first.layer != second.layer:
         differences["layer"] = f"{first.layer!r} and {second.layer!r}"
     items = [_manifest_items(manifest)[0] for manifest in (first, second)]
@@ -848,9 +849,7 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread:
         if note_unread:
             _note_unread_manifest(folders, reporter)
         return None, []
-    first = found[0]
-    items, ignored = _manifest_items(first)
-    _warn_ignored(first, ignored, reporter)
+    first = found[0]  # its ignored keys are named as it is applied (`_with_manifest`)
     for other in found[1:]:
         _warn_ignored(other, _manifest_items(other)[1], reporter)
         differences = {
@@ -1034,6 +1033,7 @@ def _run_analyze(
             "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
             "torch.export.load; each runs any code the file contains; use it only on files you trust"
         )
+
     def discover(options: AnalyzeOptions) -> Any:
         return ckpts.discover_checkpoints(
             options.sources,

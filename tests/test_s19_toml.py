@@ -277,3 +277,14 @@ def test_a_folder_given_whose_files_the_glob_of_fdl_toml_leaves_out_is_said(tmp_
     assert f"no checkpoint found in {run2} that the glob 'step_*.pt' matches: none" in _said(given)
     chosen = _analyze(run1, run2, "--out", tmp_path / "s.h5", "--steps", "0,10")
     assert chosen.code == 0 and "no checkpoint found" not in chosen.stderr
+
+
+def test_each_fdl_toml_read_names_its_ignored_keys_once(tmp_path: Path) -> None:
+    run1, run2 = _runs(tmp_path)
+    _toml(run1, 'layers = "2"')
+    _toml(run2, 'device = "cpu"')
+    done = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "i.h5")
+    assert done.code == 0, done.stderr
+    said = _said(done)
+    assert said.count(f"{run1 / 'fdl.toml'}: ignored layers (did you mean layer?)") == 1
+    assert said.count(f"{run2 / 'fdl.toml'}: ignored device") == 1
