@@ -790,6 +790,14 @@ def _same_file(first: str, second: str) -> bool:
         return False
 
 
+def _why_files_differ(pairs: list[tuple[str, str]]) -> str:
+    """Why paths that two fdl.toml files give are not the same file: one is missing, or their bytes differ."""
+    missing = [path for pair in pairs if not _same_file(*pair) for path in pair if not _is(Path(path), "file")]
+    if missing:
+        return f" ({', '.join(dict.fromkeys(missing))}: no such file)"
+    return " (files of other bytes)"
+
+
 def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
     """The keys two fdl.toml files set differently, with the two values; paths count as the same when they
     name files of the same bytes. Keys neither file uses (ignored with a warning) are left out."""
@@ -803,12 +811,13 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         target, sep, attr = manifest.model.rpartition(":")
         return (target, attr) if sep and Path(target).is_absolute() else (manifest.model, "")
 
-    models = model_of(first), model_of(second)
-    if models[0] != models[1] and not (
-        models[0] is not None and models[1] is not None and models[0][1] == models[1][1] and models[0][1]
-        and _same_file(models[0][0], models[1][0])
-    ):
-        differences["model"] = f"{first.model!r} and {second.model!r}"
+    model_a, model_b = model_of(first), model_of(second)
+    if model_a != model_b:
+        # two model files under one factory name: the same model when the files hold the same bytes
+        files = model_a is not None and model_b is not None and model_a[1] == model_b[1] != ""
+        pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
+        if not (files and _same_file(*pair)):
+            differences["model"] = f"{first.model!r} and {second.model!r}" + (_why_files_differ([pair]) if files else "")
     if first.model_kwargs != second.model_kwargs:
         differences["model_kwargs"] = f"{first.model_kwargs!r} and {second.model_kwargs!r}"
     probes = [[parse_probe_spec(spec) for spec in manifest.probe] for manifest in (first, second)]
@@ -817,7 +826,8 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
     ):
         same_names = [name for name, _ in probes[0]] == [name for name, _ in probes[1]]
         differences["probe"] = (f"{', '.join(first.probe) or 'none'} and {', '.join(second.probe) or 'none'}"
-                                + (" (files of other bytes)" if same_names else ""))
+                                + (_why_files_differ([(str(one[1]), str(other[1])) for one, other in
+                                                      zip(*probes, strict=True)]) if same_names else ""))
     if first.layer != second.layer:
         differences["layer"] = f"{first.layer!r} and {second.layer!r}"
     items = [_manifest_items(manifest)[0] for manifest in (first, second)]

@@ -288,3 +288,18 @@ def test_each_fdl_toml_read_names_its_ignored_keys_once(tmp_path: Path) -> None:
     said = _said(done)
     assert said.count(f"{run1 / 'fdl.toml'}: ignored layers (did you mean layer?)") == 1
     assert said.count(f"{run2 / 'fdl.toml'}: ignored device") == 1
+
+
+def test_a_copied_fdl_toml_whose_files_were_not_copied_says_which_is_missing(tmp_path: Path) -> None:
+    """run2 holds a copy of run1's fdl.toml but not the model.py it names beside it: the two files say the
+    same text and mean other files, and the error says which one is missing."""
+    run1, run2 = _runs(tmp_path)
+    (run1 / "model.py").write_text("from tests.tiny_models import mlp\n")
+    for folder in (run1, run2):
+        (folder / "fdl.toml").write_text('model = "model.py:mlp"\nprobe = "probe.npz"\n')
+    bad = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "x.h5")
+    assert bad.code == 1
+    assert f"model: '{run1 / 'model.py'}:mlp' and '{run2 / 'model.py'}:mlp' ({run2 / 'model.py'}: no such file)" in _said(bad)
+    # --model settles it (the probes, copies of one file, agree).
+    fixed = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "x.h5", "--model", MODEL)
+    assert fixed.code == 0, fixed.stderr
