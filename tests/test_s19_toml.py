@@ -299,7 +299,8 @@ def test_a_copied_fdl_toml_whose_files_were_not_copied_says_which_is_missing(tmp
         (folder / "fdl.toml").write_text('model = "model.py:mlp"\nprobe = "probe.npz"\n')
     bad = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "x.h5")
     assert bad.code == 1
-    assert f"model: '{run1 / 'model.py'}:mlp' and '{run2 / 'model.py'}:mlp' ({run2 / 'model.py'}: no such file)" in _said(bad)
+    model1, model2 = run1 / "model.py", run2 / "model.py"
+    assert f"model: '{model1}:mlp' and '{model2}:mlp' ({model2}: no such file)" in _said(bad)
     # --model settles it (the probes, copies of one file, agree).
     fixed = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "x.h5", "--model", MODEL)
     assert fixed.code == 0, fixed.stderr
