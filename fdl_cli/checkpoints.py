@@ -2954,6 +2954,16 @@ def _as_str_list(value: Any, key: str, path: Path) -> list[str]:
     )
 
 
+def _manifest_probe(base: Path, text: str) -> str:
+    """A probe of fdl.toml's `probe` string or list as a --probe spec, its path resolved against the file's
+    folder: `"train=a.npz"` is named as on the command line (it was taken for a file named `train=a.npz`),
+    unless the folder holds a file of that name."""
+    name, sep, rest = text.partition("=")
+    if sep and name.isidentifier() and rest and not (base / text).exists():
+        return f"{name}={(base / rest).resolve()}"
+    return str((base / text).resolve())
+
+
 def read_manifest(folder: Path) -> Manifest | None:
     """Read ``folder/fdl.toml`` if present; ``None`` when there is none.
 
@@ -3019,7 +3029,7 @@ def read_manifest(folder: Path) -> Manifest | None:
             )
         probes = [f"{name}={(base / str(p)).resolve()}" for name, p in raw_probe.items()]
     else:
-        probes = [str((base / p).resolve()) for p in _as_str_list(raw_probe, "probe", path)]
+        probes = [_manifest_probe(base, p) for p in _as_str_list(raw_probe, "probe", path)]
     layers = _as_str_list(data.pop("layer", None), "layer", path)
     weights = data.pop("weights", None)
     if weights is not None and (not isinstance(weights, str) or not weights):

@@ -492,6 +492,8 @@ class _Context:
     device: Any
     reporter: Reporter
     layers: list[Any] = field(default_factory=list)
+    #: the fdl.toml whose `layer` layer_names are (none given on the command line), for its errors to name
+    layer_source: Path | None = None
     n_outputs: int = 0
     #: a model of one output z whose probe holds class labels 0/1 (a binary classifier trained with
     #: BCEWithLogitsLoss): analysed as the two-class classifier of logits (0, z) (`_validate`)
@@ -757,48 +759,258 @@ def _manifest_value(manifest_path: Path, key: str, value: Any) -> Any:
     return value
 
 
+def _manifest_items(manifest: Any) -> tuple[dict[str, tuple[str, Any]], list[str]]:
+    """The manifest's analysis options (`MANIFEST_OPTIONS`, and its weights), checked: key -> (the
+    AnalyzeOptions field, the value); and the keys it holds that fdl.toml does not take."""
+    items: dict[str, tuple[str, Any]] = {}
+    ignored: list[str] = []
+    for key, value in manifest.options.items():
+        if key in MANIFEST_OPTIONS:
+            items[key] = (MANIFEST_OPTIONS[key][0], _manifest_value(manifest.path, key, value))
+        else:
+            ignored.append(key)
+    if manifest.weights is not None:
+        items["weights"] = ("weights", manifest.weights)
+    return items, ignored
+
+
+def _given(options: AnalyzeOptions, field_name: str) -> bool:
+    """Whether the command line (or a library caller) gave this field, which then wins over fdl.toml."""
+    return field_name in options.given or getattr(options, field_name) != getattr(AnalyzeOptions(sources=()), field_name)
+
+
+def _warn_ignored(manifest: Any, ignored: list[str], reporter: Reporter) -> None:
+    import difflib
+
+    if not ignored:
+        return
+    hints = []
+    for key in sorted(ignored):
+        if key == "trust_pickle":
+            hints.append("trust_pickle (a folder cannot vouch for its own files: pass --trust-pickle)")
+            continue
+        known = ["model", "model_kwargs", "probe", "layer", "weights", *MANIFEST_OPTIONS]
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    reporter.warn(
+        f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
+        f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
+    )
+
+
 def _with_manifest(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -> AnalyzeOptions:
     """`options` with the analysis options of the manifest (`MANIFEST_OPTIONS`, and its weights) filled
     in where the command line gave none; the manifest's other keys are named in a warning."""
-    import difflib
-
-    defaults = AnalyzeOptions(sources=())
     changes: dict[str, Any] = {}
-    ignored: list[str] = []
     applied: list[str] = []
-    items = dict(manifest.options)
-    if manifest.weights is not None:
-        items["weights"] = manifest.weights
-    for key, value in items.items():
-        if key == "weights":
-            field_name = "weights"
-        elif key in MANIFEST_OPTIONS:
-            field_name = MANIFEST_OPTIONS[key][0]
-            value = _manifest_value(manifest.path, key, value)
-        else:
-            ignored.append(key)
-            continue
-        if field_name in options.given or getattr(options, field_name) != getattr(defaults, field_name):
+    items, ignored = _manifest_items(manifest)
+    for key, (field_name, value) in items.items():
+        if _given(options, field_name):
             continue  # the command line's value wins
         changes[field_name] = value
         applied.append(f"{key} = {value!r}")
-    if ignored:
-        hints = []
-        for key in sorted(ignored):
-            if key == "trust_pickle":
-                hints.append("trust_pickle (a folder cannot vouch for its own files: pass --trust-pickle)")
-                continue
-            known = ["model", "model_kwargs", "probe", "layer", "weights", *MANIFEST_OPTIONS]
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
-        reporter.warn(
-            f"{manifest.path}: ignored {', '.join(hints)}. fdl.toml holds model, model_kwargs, probe, layer, "
-            f"weights and {', '.join(MANIFEST_OPTIONS)}; give other options on the command line"
-        )
+    _warn_ignored(manifest, ignored, reporter)
     if applied:
         # Said once, up front: discovery's messages name --glob / --step-regex, which then came from here.
         reporter.note(f"{manifest.path} sets {', '.join(applied)} (an option on the command line overrides it)")
     return replace(options, **changes) if changes else options
+
+
+#: The field of AnalyzeOptions that overrides each key of fdl.toml other than MANIFEST_OPTIONS'.
+_MANIFEST_FIELDS = {"model": "model_spec", "model_kwargs": "model_kwargs", "probe": "probe_specs", "layer": "layers",
+                    "weights": "weights"}
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Two paths of fdl.toml files (resolved against each one's folder) name the same file, or files of the
+    same bytes (a run restarted into a second folder with a copy of the first's probe.npz and model.py)."""
+    import filecmp
+
+    if first == second:
+        return True
+    try:
+        return Path(first).is_file() and Path(second).is_file() and filecmp.cmp(first, second, shallow=False)
+    except OSError:
+        return False
+
+
+def _why_files_differ(pairs: list[tuple[str, str]]) -> str:
+    """Why paths that two fdl.toml files give are not the same file: one is missing, or their bytes differ."""
+    missing = [path for pair in pairs if not _same_file(*pair) for path in pair if not _is(Path(path), "file")]
+    if missing:
+        return f" ({', '.join(dict.fromkeys(missing))}: no such file)"
+    return " (files of other bytes)"
+
+
+def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
+    """The keys two fdl.toml files set differently, with the two values; paths count as the same when they
+    name files of the same bytes. Keys neither file uses (ignored with a warning) are left out."""
+    from fdl_cli.probes import parse_probe_spec
+
+    differences: dict[str, str] = {}
+
+    def model_of(manifest: Any) -> tuple[str, str] | None:
+        if manifest.model is None:
+            return None
+        target, sep, attr = manifest.model.rpartition(":")
+        return (target, attr) if sep and Path(target).is_absolute() else (manifest.model, "")
+
+    model_a, model_b = model_of(first), model_of(second)
+    if model_a != model_b:
+        # two model files under one factory name: the same model when the files hold the same bytes
+        files = model_a is not None and model_b is not None and model_a[1] == model_b[1] != ""
+        pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
+        if not (files and _same_file(*pair)):
+            differences["model"] = f"{first.model!r} and {second.model!r}" + (_why_files_differ([pair]) if files else "")
+    if first.model_kwargs != second.model_kwargs:
+        differences["model_kwargs"] = f"{first.model_kwargs!r} and {second.model_kwargs!r}"
+    probes = [[parse_probe_spec(spec) for spec in manifest.probe] for manifest in (first, second)]
+    if len(probes[0]) != len(probes[1]) or any(
+        one[0] != other[0] or not _same_file(str(one[1]), str(other[1])) for one, other in zip(*probes, strict=True)
+    ):
+        same_names = [name for name, _ in probes[0]] == [name for name, _ in probes[1]]
+        differences["probe"] = (f"{', '.join(first.probe) or 'none'} and {', '.join(second.probe) or 'none'}"
+                                + (_why_files_differ([(str(one[1]), str(other[1])) for one, other in
+                                                      zip(*probes, strict=True)]) if same_names else ""))
+    if first.layer != second.layer:
+        differences["layer"] = f"{first.layer!r} and {second.layer!r}"
+    items = [_manifest_items(manifest)[0] for manifest in (first, second)]
+    for key in [*items[0], *(key for key in items[1] if key not in items[0])]:
+        values = [item[key][1] if key in item else None for item in items]
+        if values[0] != values[1] or type(values[0]) is not type(values[1]):
+            differences[key] = " and ".join("not set" if value is None else repr(value) for value in values)
+    return differences
+
+
+def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread: bool = True) -> tuple[Any, list[Any]]:
+    """The fdl.toml to read for the checkpoints given, and every one found (their own files are no
+    checkpoints to note).
+
+    The candidates are the fdl.toml of each folder given and of each given file's folder (a run restarted
+    into a second folder, `fdl analyze run1 run2`; a shell glob `run/*` that takes in the HF sub-folders
+    `run/checkpoint-N/`). One found is read for them all, with a note naming the folders that hold none;
+    several are read when they say the same (paths naming files of the same bytes) apart from what the
+    command line gives, and are otherwise an error naming the files and the keys: one run is measured one
+    way. A source that is neither a folder nor a file (missing, behind a closed folder) is left to
+    discovery to report, in its words."""
+    from fdl_cli import checkpoints as ckpts
+
+    given = [Path(s) for s in options.sources if s != "-"]
+    folders = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
+                                 if _is(path, "dir") or _is(path, "file")))
+    found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
+    if not found:
+        if note_unread:
+            _note_unread_manifest(folders, reporter)
+        return None, []
+    first = found[0]  # its ignored keys are named as it is applied (`_with_manifest`)
+    for other in found[1:]:
+        _warn_ignored(other, _manifest_items(other)[1], reporter)
+        differences = {
+            key: values for key, values in _manifest_differences(first, other).items()
+            if not _given(options, MANIFEST_OPTIONS[key][0] if key in MANIFEST_OPTIONS else _MANIFEST_FIELDS[key])
+        }
+        if differences:
+            flags = ", ".join("--center or --no-center" if key == "center" else f"--{key.replace('_', '-')}"
+                              for key in differences)
+            raise CheckpointError(
+                f"{first.path} and {other.path} set {', '.join(differences)} differently, and fdl analyze "
+                "measures the checkpoints of every folder given as one run, one way",
+                got="; ".join(f"{key}: {values}" for key, values in differences.items()),
+                fix=f"give {flags} on the command line, which overrides both files; or make the two files agree "
+                    "(or keep one); or analyse each folder into its own store (--out) and `fdl compare` them",
+            )
+    without = [folder for folder in folders
+               if not any(_within(folder, manifest.path.parent) for manifest in found)]
+    if without:
+        reporter.note(f"{first.path} is read for the checkpoints of every folder given ("
+                      f"{', '.join(map(str, without[:3]))}{' and others' if len(without) > 3 else ''} "
+                      f"hold{'s' if len(without) == 1 else ''} no fdl.toml)")
+    return first, found
+
+
+def _within(folder: Path, home: Path) -> bool:
+    """`folder` is `home` or one of its sub-folders (a run's `checkpoint-N/`)."""
+    try:
+        folder, home = folder.resolve(), home.resolve()
+    except (OSError, RuntimeError):
+        return folder == home
+    return folder == home or home in folder.parents
+
+
+def _manifest_kwargs(model_spec: str | None, manifest: Any, base_dir: Path | None, reporter: Reporter) -> dict[str, Any]:
+    """fdl.toml's model_kwargs, which go with its model: not passed to another factory that --model names
+    (`other() got an unexpected keyword argument 'hidden'`, with a fix naming a --model-kwargs nobody gave,
+    or a network of another width built without a word), and the user is told so."""
+    from fdl_cli import checkpoints as ckpts
+
+    if model_spec is None or manifest.model is None or not manifest.model_kwargs:
+        return dict(manifest.model_kwargs)
+    if model_spec != manifest.model:
+        target, _, attr = manifest.model.rpartition(":")
+        file = ckpts.model_spec_file(model_spec, base_dir=base_dir)
+        try:
+            same = (attr == model_spec.rpartition(":")[2] and file is not None and Path(target).is_absolute()
+                    and file.resolve() == Path(target).resolve())
+        except (OSError, RuntimeError):
+            same = False
+        if not same:
+            reporter.note(f"{manifest.path}'s model_kwargs {manifest.model_kwargs} are not used: they go with its model "
+                          f"{manifest.model}, and --model gives {model_spec}; pass --model-kwargs JSON for its factory")
+            return {}
+    return dict(manifest.model_kwargs)
+
+
+def _note_empty_folders(options: AnalyzeOptions, discovery: Any, manifest: Any, reporter: Reporter) -> None:
+    """A folder given beside others that gave no checkpoint: said, not left out without a word. One
+    run's fdl.toml read for a second folder (`fdl analyze run1 run2`) brings its glob, which may match
+    none of the second folder's files (`resume_*.pt`); an empty folder given was as quiet."""
+    sources = [Path(s) for s in options.sources if s != "-"]
+    if len(options.sources) < 2 or options.steps is not None or options.every is not None:
+        return  # --steps / --every may leave a folder out on purpose
+    found = [ref.path for ref in discovery.checkpoints] + [path for path, _ in discovery.bad]
+    found += [ref.path for pair in discovery.copies for ref in pair]
+    if not found:
+        return  # "no checkpoints found" says it
+    for folder in (path for path in sources if _is(path, "dir")):
+        if any(_within(path, folder) for path in found):
+            continue
+        glob = ""
+        if options.glob_pattern is not None:
+            came = (f", set by {manifest.path}" if manifest is not None and "glob_pattern" not in options.given
+                    and options.glob_pattern == manifest.options.get("glob") else "")
+            glob = f" that the glob {options.glob_pattern!r} matches{came}"
+        reporter.note(f"no checkpoint found in {folder}{glob}: none of its files is analysed")
+
+
+def _note_stdin_manifests(discovery: Any, reporter: Reporter) -> None:
+    """Paths read from stdin (`-`) are found after the options are settled: an fdl.toml in their folders
+    is not read, and the user is told so rather than left to wonder where its options went."""
+    from fdl_cli import checkpoints as ckpts
+
+    folders = {ref.path.parent for ref in discovery.checkpoints}
+    folders |= {ref.path for ref in discovery.checkpoints if ref.kind == "hf_dir"}  # as a folder given
+    unread = sorted(folder / ckpts.MANIFEST_NAME for folder in folders if _is(folder / ckpts.MANIFEST_NAME, "file"))
+    if unread:
+        reporter.note(f"{', '.join(map(str, unread[:3]))}{' and others' if len(unread) > 3 else ''} not read: the "
+                      "checkpoints' paths came from stdin (-), after the options were settled; give its settings "
+                      "on the command line, or the folder instead of -")
+
+
+def _note_unread_manifest(folders: list[Path], reporter: Reporter) -> None:
+    """No folder given holds an fdl.toml, but the one above them all does (one folder per step,
+    `fdl analyze ckpts/step_*`): it is not read, and the user is told so rather than left to wonder."""
+    from fdl_cli import checkpoints as ckpts
+
+    parents = {folder.parent for folder in folders}
+    if len(parents) != 1:
+        return
+    parent = parents.pop()
+    if parent in folders or not _is(parent / ckpts.MANIFEST_NAME, "file"):
+        return
+    reporter.note(f"{parent / ckpts.MANIFEST_NAME} is not read: fdl reads the fdl.toml of a folder given, or of "
+                  "the folder of the files given, not of the folder above them; give its settings on the command "
+                  "line, or a copy of it in the folder given")
 
 
 # ---------------------------------------------------------------------------------- the main job
@@ -835,6 +1047,22 @@ def run_analyze(
     with current_cuda_device(device):
         return _run_analyze(options, world, device, reporter=reporter, on_record=on_record, stdin=stdin,
                             started=started)
+
+
+def _settled_options(options: AnalyzeOptions, manifest: Any, reporter: Reporter) -> AnalyzeOptions:
+    """`options` with fdl.toml's filled in, and a --cka-dtype that the --dtype allows."""
+    if manifest is not None:
+        options = _with_manifest(options, manifest, reporter)
+    if options.cka_dtype == "float32" and options.dtype in LOW_PRECISION:
+        # A bfloat16/float16 model's features take few distinct values per column; float32 sums of their
+        # products drift together instead of cancelling, past SPEC §8's rtol 1e-6 (3.5e-6 measured:
+        # tests/test_cka_dtype.py). The store records the float64 it holds.
+        reporter.warn(
+            f"--cka-dtype float32 is not used with --dtype {options.dtype}: float32 sums of low-precision "
+            "features drift past rtol 1e-6; CKA is computed in float64"
+        )
+        options = replace(options, cka_dtype="float64")
+    return options
 
 
 def _run_analyze(
@@ -888,56 +1116,65 @@ def _prepare_run(
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
 
-    # The manifest's folder: the one folder that holds every source given, else the one folder given.
-    # Read first: it may say how the folder's checkpoints are named (glob, step_regex).
-    # A source that is neither a folder nor a file (missing, behind a closed folder) is left to discovery
-    # to report, in its words.
+    # fdl.toml (`_read_manifests`), read first: it may say how the folder's checkpoints are named (glob,
+    # step_regex).
     given = [Path(s) for s in options.sources if s != "-"]
     dirs = [path for path in given if _is(path, "dir")]
-    folders = sorted({path if path in dirs else path.parent for path in given if path in dirs or _is(path, "file")})
-    home = folders[0] if len(folders) == 1 else (dirs[0] if len(dirs) == 1 else None)
-    manifest = ckpts.read_manifest(home) if home is not None else None
-    if manifest is not None:
-        options = _with_manifest(options, manifest, reporter)
-    if options.cka_dtype == "float32" and options.dtype in LOW_PRECISION:
-        # A bfloat16/float16 model's features take few distinct values per column; float32 sums of their
-        # products drift together instead of cancelling, past SPEC §8's rtol 1e-6 (3.5e-6 measured:
-        # tests/test_cka_dtype.py). The store records the float64 it holds.
-        reporter.warn(
-            f"--cka-dtype float32 is not used with --dtype {options.dtype}: float32 sums of low-precision "
-            "features drift past rtol 1e-6; CKA is computed in float64"
-        )
-        options = replace(options, cka_dtype="float64")
+    manifest, manifests = _read_manifests(options, reporter)
+    options = _settled_options(options, manifest, reporter)
     if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
         reporter.warn(
             "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
             "torch.export.load; each runs any code the file contains; use it only on files you trust"
         )
-    discovery = ckpts.discover_checkpoints(
-        options.sources,
-        glob=options.glob_pattern,
-        step_regex=options.step_regex, step_offsets=options.step_offsets,
-        steps=options.steps,
-        every=options.every,
-        stdin=stdin,
-        weights=options.weights,
-        empty_ok=options.watch and "-" not in options.sources,
-        missing_ok=options.watch and "-" not in options.sources,
-        trust_pickle=options.trust_pickle,
-        probes=_probe_files(options, manifest),
-    )
+
+    def discover(options: AnalyzeOptions, manifest: Any) -> Any:
+        return ckpts.discover_checkpoints(
+            options.sources,
+            glob=options.glob_pattern,
+            step_regex=options.step_regex, step_offsets=options.step_offsets,
+            steps=options.steps,
+            every=options.every,
+            stdin=stdin,
+            weights=options.weights,
+            empty_ok=options.watch and "-" not in options.sources,
+            missing_ok=options.watch and "-" not in options.sources,
+            trust_pickle=options.trust_pickle,
+            probes=_probe_files(options, manifest),
+        )
+
+    discovery = discover(options, manifest)
     notes, reported_bad = list(discovery.notes), set[str]()
+    if "-" in options.sources and not manifests:
+        _note_stdin_manifests(discovery, reporter)
     if options.watch and not discovery.checkpoints:
         # What the folder holds is said before the wait (a --glob or manifest glob that matches nothing,
         # a file without a step), and a settled unreadable file as it is found: waiting without a word
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
-        _note_skipped(notes, manifest, home, reporter)
+        _note_skipped(notes, manifests, reporter)
         shown = set(notes)
-        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad, _probe_files(options, manifest))
+        discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
+                                           _probe_files(options, manifest))
+        if manifest is None:
+            # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
+            # now (it was left out without a word: its options dropped, or "no probe set was given").
+            dirs = [path for path in given if _is(path, "dir")]
+            manifest, manifests = _read_manifests(options, reporter, note_unread=False)
+            if manifest is not None:
+                before = options
+                options = _settled_options(options, manifest, reporter)
+                if (options.glob_pattern, options.step_regex, options.weights) != (
+                        before.glob_pattern, before.step_regex, before.weights):
+                    discovery = discover(options, manifest)  # how its checkpoints are named, or which weights
+                    if not discovery.checkpoints:
+                        discovery = _wait_for_a_checkpoint(
+                            options, reporter, discovery, reported_bad, _probe_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    _note_skipped(notes, manifest, home, reporter)
+    _note_skipped(notes, manifests, reporter)
+    if not options.watch:
+        _note_empty_folders(options, discovery, manifest, reporter)
     for first, second in discovery.duplicates:
         reporter.warn(f"{first} and {second} hold identical weights")
     for bad_path, reason in discovery.bad:
@@ -948,7 +1185,9 @@ def _prepare_run(
     model_spec = options.model_spec or (manifest.model if manifest else None)
     # --model-kwargs '{}' given on the command line wins over fdl.toml's, as every option given does
     given_kwargs = "model_kwargs" in options.given or bool(options.model_kwargs)
-    model_kwargs = options.model_kwargs if given_kwargs or manifest is None else manifest.model_kwargs
+    base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
+    model_kwargs = (options.model_kwargs if given_kwargs or manifest is None
+                    else _manifest_kwargs(options.model_spec, manifest, base_dir, reporter))
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
@@ -969,7 +1208,6 @@ def _prepare_run(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
     factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
     model_source = _model_source(factory)
     spec_source = _spec_source(model_spec, base_dir) if factory is not None else None
@@ -979,6 +1217,7 @@ def _prepare_run(
         factory=factory,
         model_kwargs=model_kwargs,
         layer_names=layer_names,
+        layer_source=manifest.path if manifest is not None and not options.layers and layer_names else None,
         device=device,
         reporter=reporter,
         world=world,
@@ -993,8 +1232,7 @@ def _prepare_run(
     inputs += [path for path, _ in discovery.bad]
     if model_source is not None:
         inputs.append(model_source[0])
-    if manifest is not None:
-        inputs.append(manifest.path)
+    inputs += [found.path for found in manifests]
     _check_out_is_no_input(out, inputs)
     summary = AnalyzeSummary(store=out, resume=options.resume, store_before=_store_identity(out))
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
@@ -1119,23 +1357,26 @@ def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Pat
         )
 
 
-def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, reporter: Reporter) -> None:
+def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Reporter) -> None:
     """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
-    a README, logs and configs said one line each); the probe and model files the folder's fdl.toml
-    names, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names)."""
+    a README, logs and configs said one line each); the probe and model files the folders' fdl.toml
+    name, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names), nor
+    the fdl.toml read (`fdl analyze run/*` gives it)."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     own = set()
     targets: set[Path] = set()
-    named = [Path(parse_probe_spec(spec)[1]) for spec in (manifest.probe if manifest is not None else ())]
-    if manifest is not None and manifest.model is not None and ":" in manifest.model:
-        named.append(Path(manifest.model.rpartition(":")[0]))
-    for path in named:
-        with contextlib.suppress(OSError, RuntimeError):
-            if home is not None and path.resolve().parent == home.resolve():
-                own.add(path.name)
-            targets.add(path.resolve())
+    homes = [manifest.path.parent for manifest in manifests]
+    for manifest in manifests:
+        named = [Path(parse_probe_spec(spec)[1]) for spec in manifest.probe]
+        if manifest.model is not None and ":" in manifest.model:
+            named.append(Path(manifest.model.rpartition(":")[0]))
+        for path in named:
+            with contextlib.suppress(OSError, RuntimeError):
+                if path.resolve().parent == manifest.path.parent.resolve():
+                    own.add(path.name)
+                targets.add(path.resolve())
 
     def owned(name: str) -> bool:
         """read_manifest resolves the paths: a symbolic link in the folder to a shared probe.npz (a name
@@ -1143,7 +1384,7 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
         if name in own:
             return True
         try:
-            return home is not None and (home / name).resolve() in targets
+            return any((home / name).resolve() in targets for home in homes)
         except (OSError, RuntimeError):
             return False
 
@@ -1152,6 +1393,8 @@ def _note_skipped(notes: Sequence[str], manifest: Any, home: Path | None, report
     for note in notes:
         if re.fullmatch(r"skipped .+: empty file", note):
             continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
+        if manifests and note.startswith(f"skipped {ckpts.MANIFEST_NAME}: "):
+            continue  # the fdl.toml read, given among the folder's files (`fdl analyze run/*`)
         plain = re.fullmatch(r"skipped (.+): not a checkpoint suffix \((.+)\)", note)
         # by name (optimizer.pt), or for what it holds (optim_500.pt: an optimizer's state_dict), one line for all:
         # a run saving optim_N.pt beside each checkpoint had a line per file
@@ -1374,9 +1617,10 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         try:
             if not ctx.layers:
                 # The default layer is found by running this first sample (execution order, not registration).
-                ctx.layers = resolve_layers(
-                    model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
-                )
+                with _layer_source_named(ctx):
+                    ctx.layers = resolve_layers(
+                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                    )
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
             )
@@ -1452,8 +1696,24 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 "and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
-        ctx.layers = resolve_layers(model, ctx.layer_names)
+        with _layer_source_named(ctx):
+            ctx.layers = resolve_layers(model, ctx.layer_names)
     return passes
+
+
+@contextlib.contextmanager
+def _layer_source_named(ctx: _Context) -> Iterator[None]:
+    """An unknown layer that fdl.toml named: its error said 'pass one to --layer' of a --layer nobody gave."""
+    try:
+        yield
+    except ModelError as exc:
+        if ctx.layer_source is None or not ctx.layer_names:
+            raise
+        raise ModelError(
+            exc.what, got=exc.got,
+            fix=f"{exc.fix or 'check the layer'}; the layer is {ctx.layer_source}'s (layer = "
+                f"{list(ctx.layer_names)!r}): fix it there, or give --layer, which overrides it",
+        ) from None
 
 
 def _zero_one_warning(probe: Any) -> str:
