@@ -129,16 +129,23 @@ def test_two_fdl_tomls_that_disagree_are_an_error_naming_both_and_the_keys(tmp_p
     assert same.code == 0, same.stderr
 
 
+def _folder_per_step(root: Path, layout: str) -> Path:
+    """root with a sub-folder per step (10, 20) holding `layout` (its step as {}), probe.npz and an fdl.toml
+    setting top_k = 3."""
+    for step in (10, 20):
+        path = root / layout.format(step)
+        path.parent.mkdir(parents=True)
+        torch.save(mlp(seed=step).state_dict(), path)
+    _probe(root / "probe.npz")
+    _toml(root, "top_k = 3")
+    return root
+
+
 def test_a_glob_of_one_folder_with_hf_sub_folders_reads_its_fdl_toml(tmp_path: Path) -> None:
     """`fdl analyze run/*` gives run/fdl.toml, run/probe.npz and the sub-folders run/checkpoint-N/: the
     folders were several, so no fdl.toml was read (the command line's top_k 64 ran instead of the file's 3)
     and fdl.toml itself was noted as a skipped text file."""
-    run = tmp_path / "run"
-    for step in (10, 20):
-        (run / f"checkpoint-{step}").mkdir(parents=True)
-        torch.save(mlp(seed=step).state_dict(), run / f"checkpoint-{step}" / "pytorch_model.bin")
-    _probe(run / "probe.npz")
-    _toml(run, "top_k = 3")
+    run = _folder_per_step(tmp_path / "run", "checkpoint-{}/pytorch_model.bin")
     done = _analyze(*sorted(run.iterdir()), "--out", tmp_path / "g.h5", "--probe", run / "probe.npz")
     assert done.code == 0, done.stderr
     assert [record["step"] for record in done.records] == [10, 20]
@@ -149,12 +156,7 @@ def test_a_glob_of_one_folder_with_hf_sub_folders_reads_its_fdl_toml(tmp_path: P
 
 def test_the_fdl_toml_above_one_folder_per_step_is_said_to_be_unread(tmp_path: Path) -> None:
     """`fdl analyze ckpts/step_*` (one folder per step): ckpts/fdl.toml is not read, and says so."""
-    ckpts = tmp_path / "ckpts"
-    for step in (10, 20):
-        (ckpts / f"step_{step}").mkdir(parents=True)
-        torch.save(mlp(seed=step).state_dict(), ckpts / f"step_{step}" / "model.pt")
-    _probe(ckpts / "probe.npz")
-    _toml(ckpts, "top_k = 3")
+    ckpts = _folder_per_step(tmp_path / "ckpts", "step_{}/model.pt")
     done = _analyze(*sorted(ckpts.glob("step_*")), "--step-regex", r"step_(\d+)/", "--out", tmp_path / "s.h5",
                     "--model", MODEL, "--probe", ckpts / "probe.npz")
     assert done.code == 0, done.stderr
