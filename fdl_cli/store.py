@@ -569,6 +569,7 @@ class StoreReader:
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
             self._note_unknown_previous()
+            self._note_same_file_twice()
         except StoreError:
             self.close()
             raise
@@ -816,6 +817,29 @@ class StoreReader:
             "the one before in step order; no other measure, and no regime, depends on them. To recompute them, "
             f"run `fdl analyze` on the same checkpoints with --out {self._path}: a resume, which recomputes these "
             "two fields and nothing else that is stored"
+        )
+
+    def _note_same_file_twice(self) -> None:
+        """One warning, for the whole store, where it holds one checkpoint file (the same path and sha256)
+        at two steps: an fdl before the eighteenth session, resumed with other --step-offset / --step-regex
+        options, stored the unchanged file a second time at the step those read. One of its steps carries
+        another step's numbers; only `fdl analyze` refused such a store, so `report`, `compare` and
+        `classify` showed the copy as a checkpoint of its own."""
+        steps_of: dict[tuple[str, str], set[int]] = {}
+        for rows in self._rows.values():
+            for row in rows:
+                if row.get("path") and row.get("sha256"):
+                    steps_of.setdefault((str(row["path"]), str(row["sha256"])), set()).add(int(row["step"]))
+        twice = sorted((sorted(steps), path) for (path, _), steps in steps_of.items() if len(steps) > 1)
+        if not twice:
+            return
+        shown = "; ".join(f"{path} at steps {', '.join(map(str, steps))}" for steps, path in twice[:3]) + (
+            f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
+        self.warnings.append(
+            f"the store holds the same checkpoint file at two steps: {shown} (stored a second time by an fdl "
+            "before the eighteenth session, resumed with other --step-offset / --step-regex options): one of its "
+            "steps carries another step's numbers. Run `fdl analyze` on the run's checkpoints with the options "
+            f"that read their steps rightly and --out {self._path}: it names the steps to remove with --drop"
         )
 
     def _added_from_groups(self, series: Series, rows: list[dict[str, Any]], names: Sequence[str]) -> None:

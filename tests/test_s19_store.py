@@ -215,6 +215,30 @@ def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
     assert status == 0 and "5 already in the store" in err, err
 
 
+def test_readers_warn_of_a_file_stored_at_two_steps_until_it_is_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only `fdl analyze` told: `fdl report`, `classify`, `compare` and `export` showed steps 110 and 120 (copies of 30
+    and 40) as checkpoints of their own, in silence. Each now warns once, naming the files and their steps and
+    the command that names the steps to --drop; the mended store reads without it."""
+    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    said = (f"the store holds the same checkpoint file at two steps: {run2 / 'step_10.safetensors'} at steps 30, 110; "
+            f"{run2 / 'step_20.safetensors'} at steps 40, 120 (stored a second time by an fdl before the eighteenth "
+            "session")
+    for argv in (("report", out), ("classify", out), ("compare", out, twenty), ("report", out, "--format", "json"),
+                 ("export", out, "--what", "eigenvalues", "--format", "csv")):
+        status, stdout, err = fdl(capsys, *argv)
+        flat = " ".join(err.split())
+        assert status == 0, flat
+        assert flat.count(said) == 1, (argv, flat)
+        assert f"and --out {out}: it names the steps to remove with --drop" in flat
+        assert "two steps" not in stdout  # machine output stays clean
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110,120")
+    assert status == 0, err
+    status, _, err = fdl(capsys, "report", out)
+    assert status == 0 and "two steps" not in err, err
+
+
 def test_drop_keeps_the_steps_the_run_reads_whichever_options_it_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
