@@ -849,6 +849,9 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
 
     differences: dict[str, str] = {}
 
+    def both(values: tuple[Any, Any]) -> str:  # one word for a key a file leaves out, whichever the key
+        return " and ".join("not set" if value in (None, "", (), [], {}) else repr(value) for value in values)
+
     def model_of(manifest: Any) -> tuple[str, str] | None:
         if manifest.model is None:
             return None
@@ -861,24 +864,24 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         files = model_a is not None and model_b is not None and model_a[1] == model_b[1] != ""
         pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
         if not (files and _same_file(*pair)):
-            differences["model"] = f"{first.model!r} and {second.model!r}" + (_why_files_differ([pair]) if files else "")
+            differences["model"] = both((first.model, second.model)) + (_why_files_differ([pair]) if files else "")
     if first.model_kwargs != second.model_kwargs:
-        differences["model_kwargs"] = f"{first.model_kwargs!r} and {second.model_kwargs!r}"
+        differences["model_kwargs"] = both((first.model_kwargs, second.model_kwargs))
     probes = [[parse_probe_spec(spec) for spec in manifest.probe] for manifest in (first, second)]
     if len(probes[0]) != len(probes[1]) or any(
         one[0] != other[0] or not _same_file(str(one[1]), str(other[1])) for one, other in zip(*probes, strict=True)
     ):
         same_names = [name for name, _ in probes[0]] == [name for name, _ in probes[1]]
-        differences["probe"] = (f"{', '.join(first.probe) or 'none'} and {', '.join(second.probe) or 'none'}"
+        differences["probe"] = (" and ".join(", ".join(manifest.probe) or "not set" for manifest in (first, second))
                                 + (_why_files_differ([(str(one[1]), str(other[1])) for one, other in
                                                       zip(*probes, strict=True)]) if same_names else ""))
     if first.layer != second.layer:
-        differences["layer"] = f"{first.layer!r} and {second.layer!r}"
+        differences["layer"] = both((first.layer, second.layer))
     items = [_manifest_items(manifest)[0] for manifest in (first, second)]
     for key in [*items[0], *(key for key in items[1] if key not in items[0])]:
         values = [item[key][1] if key in item else None for item in items]
         if values[0] != values[1] or type(values[0]) is not type(values[1]):
-            differences[key] = " and ".join("not set" if value is None else repr(value) for value in values)
+            differences[key] = both((values[0], values[1]))
     return differences
 
 

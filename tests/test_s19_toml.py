@@ -127,6 +127,11 @@ def test_two_fdl_tomls_that_disagree_are_an_error_naming_both_and_the_keys(tmp_p
     shutil.copy(run1 / "model.py", run2 / "model.py")
     same = _analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "m.h5")
     assert same.code == 0, same.stderr
+    # A key one file leaves out reads "not set", whichever the key (the model read "None", the probe "none")
+    (run2 / "fdl.toml").write_text("top_k = 5\n")
+    unset = _said(_analyze(run1, run2, "--step-offset", f"{run2}=30", "--out", tmp_path / "u.h5"))
+    assert (f"model: '{run1.resolve() / 'model.py'}:mlp' and not set; probe: {run1.resolve() / 'probe.npz'} and not "
+            "set; top_k: not set and 5") in unset, unset
 
 
 def _folder_per_step(root: Path, layout: str) -> Path:
