@@ -1724,7 +1724,7 @@ def _zero_one_warning(probe: Any) -> str:
             f"probe {probe.name!r}: y holds float 0/1 targets, analysed as regression targets of the raw output: "
             "loss and r2 compare it as it is with 0/1; for a binary classifier trained with a sigmoid "
             "(BCEWithLogitsLoss) that is its logit, so they do not measure its fit: save the targets as integer "
-            "labels (y.astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
+            "labels (y.reshape(-1).astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
         )
     return (
         f"probe {probe.name!r}: y holds float 0/1 targets with several 1s, or none, in a row (multi-label "
