@@ -1727,7 +1727,7 @@ def _zero_one_warning(probe: Any) -> str:
             f"probe {probe.name!r}: y holds float 0/1 targets, analysed as regression targets of the raw output: "
             "loss and r2 compare it as it is with 0/1; for a binary classifier trained with a sigmoid "
             "(BCEWithLogitsLoss) that is its logit, so they do not measure its fit: save the targets as integer "
-            "labels (y.astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
+            "labels (y.reshape(-1).astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
         )
     return (
         f"probe {probe.name!r}: y holds float 0/1 targets with several 1s, or none, in a row (multi-label "
@@ -2640,7 +2640,8 @@ def _check_stored_files(
         twice = [(step, ref) for step, ref in moved if ref.step in stored
                  and stored[ref.step][1] == stored[step][1] and _same_path(stored[ref.step][0], ref.path)]
         if len(twice) == len(moved):
-            raise _stored_twice(out, twice, ctx.drop, distributed=world is not None)
+            alone = "--redo" if ctx.options.redo is not None else "--watch" if ctx.options.watch else None
+            raise _stored_twice(out, twice, ctx.drop, distributed=world is not None, alone=alone)
         raise _read_at_other_steps(out, moved)
     changed: list[tuple[int, CheckpointRef, str]] = []  # (stored step, this run's checkpoint, sha256 now)
     touched = {}
@@ -2708,11 +2709,18 @@ def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) 
 
 
 def _stored_twice(
-    out: Path, twice: Sequence[tuple[int, CheckpointRef]], dropping: Collection[int], *, distributed: bool = False
+    out: Path,
+    twice: Sequence[tuple[int, CheckpointRef]],
+    dropping: Collection[int],
+    *,
+    distributed: bool = False,
+    alone: str | None = None,
 ) -> StoreError:
     """Files the store holds at two steps (an fdl before session 18 resumed it with other step options and
     stored each again at the step those read), found by this run at one of them: --drop the others (with
-    those `dropping` already named)."""
+    those `dropping` already named). `alone`: this command's option that --drop does not go with (--redo,
+    --watch; `_check_drop_options`), which the fix leaves out, then runs again: "the same command with
+    --drop" was refused for it."""
     twice = sorted(twice, key=lambda pair: pair[0])
     shown = "; ".join(f"{ref.path} at steps {ref.step} and {step}" for step, ref in twice[:3]) + (
         f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
@@ -2723,10 +2731,12 @@ def _stored_twice(
         got=f"this run reads {'it' if len(twice) == 1 else 'them'} at step{'s' if len(twice) > 1 else ''} "
         f"{', '.join(str(ref.step) for _, ref in twice)}; the store holds {'it' if len(twice) == 1 else 'them'} at "
         f"step{'s' if len(twice) > 1 else ''} {', '.join(str(step) for step, _ in twice)} as well",
-        fix=f"run the same command with --drop {steps}"
+        fix=f"run the same command {f'without {alone}, ' if alone else ''}with --drop {steps}"
         + (" (as one process: --drop does not run under torchrun)" if distributed else "")
         + f": it removes {'that step' if len(twice) == 1 else 'those steps'} "
-        "(the file stays stored at the step this run reads) and keeps every other checkpoint; to keep those steps "
+        "(the file stays stored at the step this run reads) and keeps every other checkpoint"
+        + (f"; then run the {alone} command (--drop does not go with {alone})" if alone else "")
+        + "; to keep those steps "
         "instead, run with the step options that read them (the error then names the others), or "
         + _OVERWRITE_FIX,
     )

@@ -820,7 +820,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             f"the model has {n_outputs} outputs",
             got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
             fix="targets must be (n, C) with C the model's outputs"
-            + ("; if they are class labels, save them as integers: y.astype(np.int64)" if labels else ""),
+            + ("; if they are class labels, save them as integers: y.reshape(-1).astype(np.int64)" if labels else ""),
         )
 
 

@@ -173,8 +173,10 @@ def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
             "floats): loss and r2 compare the raw outputs with 0/1 as they are, and for a model trained with a "
             "sigmoid (BCEWithLogitsLoss) those are logits, so loss and r2 do not measure its fit")
     if outputs == 1:
-        line += ("; save the targets as integer labels (y.astype(np.int64)) and analyse again to measure it as a "
-                 "binary classifier (accuracy, cross_entropy = BCE)")
+        # reshape(-1): the targets of one output are a column (n, 1), and integer labels of that shape are refused
+        line += ("; save the targets as integer labels (y.reshape(-1).astype(np.int64)) and analyse again, into "
+                 "another --out (or with --overwrite: the probe differs), to measure it as a binary classifier "
+                 "(accuracy, cross_entropy = BCE)")
     return line
 
 

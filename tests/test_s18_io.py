@@ -93,7 +93,7 @@ def test_a_float_0_1_column_for_one_output_warns_and_names_the_binary_classifier
     text = " ".join(result.stderr.split())
     assert "warning: probe 'probe': y holds float 0/1 targets, analysed as regression targets of the raw output" \
         in text
-    assert "save the targets as integer labels (y.astype(np.int64))" in text
+    assert "save the targets as integer labels (y.reshape(-1).astype(np.int64))" in text
 
 
 @pytest.mark.parametrize("y", [

@@ -196,8 +196,9 @@ def test_a_float_0_1_column_for_one_output_names_the_binary_classifier_route(tmp
     probe = _probe(tmp_path / "b.npz", (np.arange(40) % 2).astype(np.float32))
     assert fdl("analyze", runs, *model, "--probe", probe, "-o", out).returncode == 0
     text = fdl("report", out).stderr
-    assert (CAVEAT + "; save the targets as integer labels (y.astype(np.int64)) and analyse again to measure it as "
-            "a binary classifier (accuracy, cross_entropy = BCE)") in _lines(text)
+    assert (CAVEAT + "; save the targets as integer labels (y.reshape(-1).astype(np.int64)) and analyse again, into "
+            "another --out (or with --overwrite: the probe differs), to measure it as a binary classifier (accuracy, "
+            "cross_entropy = BCE)") in _lines(text)
 
 
 def test_other_targets_are_recorded_as_such_and_print_as_before(tmp_path: Path) -> None:
