@@ -2236,7 +2236,9 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
     pairs = ", ".join(f"step {successor} with {'none' if before is None else before}"
                       for before, successor in ctx.drop_successors)
     ctx.reporter.note(
-        f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} (each a second copy of a file stored at another step)"
+        f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} ("
+        + ("each a second copy of a file" if len(ctx.drop) > 1 else "a second copy of the file")
+        + " stored at another step)"
         + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
            if entries else "")
     )

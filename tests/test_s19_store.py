@@ -239,6 +239,22 @@ def test_readers_warn_of_a_file_stored_at_two_steps_until_it_is_dropped(
     assert status == 0 and "two steps" not in err, err
 
 
+def test_drop_of_one_step_is_said_in_the_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One file stored again (at 110): the note read "dropped step 110 (each a second copy ...)"."""
+    run1, run2, probe = _restarted(tmp_path)
+    common: list[Any] = [run1, run2, "--model", MODEL, "--probe", probe, *SMALL]
+    hundred, out = tmp_path / "hundred.h5", tmp_path / "run.h5"
+    for store, offset in ((hundred, 100), (out, 20)):
+        status, _, err = fdl(capsys, "analyze", *common, "-o", store, "--step-offset", f"{run2}={offset}")
+        assert status == 0, err
+    _stored_again(out, hundred, (110,))
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110")
+    flat = " ".join(err.split())
+    assert status == 0, flat
+    assert "dropped step 110 (a second copy of the file stored at another step)" in flat, flat
+    assert _steps(out) == [0, 10, 20, 30, 40]
+
+
 def test_drop_keeps_the_steps_the_run_reads_whichever_options_it_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
