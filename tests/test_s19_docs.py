@@ -170,3 +170,23 @@ def test_store_md_quotes_the_stored_twice_error_as_fdl_says_it() -> None:
                                  "and 110 (")
     assert error.fix is not None and error.fix.startswith("run the same command with --drop 110:")
 
+
+
+def test_an_older_store_resumed_with_nothing_to_analyse_is_left_as_it_was(zero_one_run: Path, tmp_path: Path) -> None:
+    """docs/store.md: a store written before `zero_one_targets` is given it by the first commit of a resume
+    that stores a checkpoint; "one that finds nothing to analyse writes nothing"."""
+    import shutil
+
+    import h5py
+
+    assert "(one that finds nothing to analyse writes nothing)" in _one_line(STORE)
+    old = tmp_path / "old.h5"
+    shutil.copyfile(zero_one_run, old)
+    with h5py.File(old, "r+") as store:
+        del store["probes/probe"].attrs["zero_one_targets"]
+    before = old.read_bytes()
+    folder = zero_one_run.parent
+    done = fdl("analyze", *(folder / f"step_{step}.pt" for step in (0, 10)), "--model", f"{folder / 'model.py'}:build",
+               "--probe", folder / "probe.npz", "--out", old)
+    assert done.code == 0 and "0 checkpoint(s) analysed, 2 already in the store" in done.stderr, done.stderr
+    assert old.read_bytes() == before
