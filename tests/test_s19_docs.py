@@ -190,3 +190,28 @@ def test_an_older_store_resumed_with_nothing_to_analyse_is_left_as_it_was(zero_o
                "--probe", folder / "probe.npz", "--out", old)
     assert done.code == 0 and "0 checkpoint(s) analysed, 2 already in the store" in done.stderr, done.stderr
     assert old.read_bytes() == before
+
+
+def test_a_drop_records_no_invocation_in_the_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/store.md: "The history records no invocation for a drop, which analyses no checkpoint"; the
+    checkpoints kept keep their invocation."""
+    import h5py
+
+    from tests.test_s19_store import _damaged
+    from tests.test_s19_store import fdl as fdl_captured
+
+    assert "history records no invocation for a drop, which analyses no checkpoint" in _one_line(STORE)
+    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+
+    def history() -> tuple[list, dict[str, int]]:
+        with h5py.File(out, "r") as store:
+            rows = json.loads(store.attrs["history"])
+            return rows, {name: int(group.attrs["history"]) for name, group in store["checkpoints"].items()}
+
+    rows, indices = history()
+    status, _, err = fdl_captured(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20",
+                                  "--drop", "110,120")
+    assert status == 0 and "2 dropped (--drop)" in err, err
+    after, kept = history()
+    assert after == rows
+    assert kept == {name: index for name, index in indices.items() if name not in ("step_110", "step_120")}
