@@ -705,7 +705,8 @@ def _markdown_value(name: str, value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value).replace("|", "\\|")
+    # a line break would end the table's row (a path may hold one): GFM cells take <br>
+    return re.sub(r"\r\n|\r|\n", "<br>", str(value).replace("|", "\\|"))
 
 
 def records_to_markdown(records: Sequence[Record]) -> str:

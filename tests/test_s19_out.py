@@ -153,3 +153,18 @@ def test_csv_and_markdown_read_back_to_the_stored_values_with_odd_paths(tmp_path
     markdown = run_fdl("report", str(store), "--format", "markdown").stdout.splitlines()
     assert all(line.replace("\\|", "").count("|") == len(RECORD_FIELDS) + 2 for line in markdown)
     assert '| runs/lr 0.1, "wd" \\|x/step_0.pt |' in markdown[2] and markdown[2].endswith("| True |")
+
+
+# -- 4. a line break in a path -----------------------------------------------------------------------------------
+
+
+def test_markdown_keeps_a_row_a_checkpoint_when_a_path_holds_a_line_break() -> None:
+    """`--format markdown` (report and compare) wrote the line break as it is, ending the table's row inside the
+    path: the rest of the record became a line outside the table."""
+    from fdl_cli.report import records_to_markdown
+
+    records = [{"step": step, "path": f"runs/a\nb\r\nc|d/step_{step}.pt", "d_lr": 0.5} for step in (0, 10)]
+    lines = records_to_markdown(records).splitlines()
+    assert len(lines) == 2 + len(records)
+    assert lines[2].startswith("| 0 | runs/a<br>b<br>c\\|d/step_0.pt | ")
+    assert all(line.startswith("| ") and line.endswith(" |") for line in [lines[0], *lines[2:]])
