@@ -601,6 +601,10 @@ def export(**kwargs: Any) -> None:
         # report and classify say it
         for warning in run.warnings:
             click.echo(f"warning: {warning}", err=True)
+        # what the exported loss and r2 measure, as report's table and classify say it (the store records it)
+        if kwargs["what"] == "trajectories" and len(run.series) == 1 \
+                and (caveat := rep.zero_one_caveat(run, run.series[0])) is not None:
+            click.echo(f"note: {caveat}", err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:

@@ -120,7 +120,9 @@ def trajectory_figure(
     ax = figure.subplots()
     styles = ("-", "--", ":")
     colours = {"d_lr": "tab:red", "cka_init": "tab:blue", "overlap_init": "tab:green"}
-    names = {"d_lr": "D_LR", "cka_init": "CKA to reference", "overlap_init": "overlap to reference"}
+    # the legend names each curve's record field too, as `fdl report --format csv` and the docs name it
+    names = {"d_lr": "D_LR (d_lr)", "cka_init": "CKA to reference (cka_init)",
+             "overlap_init": "overlap to reference (overlap_init)"}
     for (label, records), style in zip(runs, styles, strict=False):
         for name, colour in colours.items():
             points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
@@ -135,6 +137,7 @@ def trajectory_figure(
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, "-", color="black", marker="o", markersize=3, label="overlap A·B")
     ax.set_xlabel("step")
+    ax.set_ylabel("value (each in [0, 1], no unit)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("feature change over training")
     ax.grid(True, alpha=0.3)

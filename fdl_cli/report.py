@@ -705,7 +705,8 @@ def _markdown_value(name: str, value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value).replace("|", "\\|")
+    # a line break would end the table's row (a path may hold one): GFM cells take <br>
+    return re.sub(r"\r\n|\r|\n", "<br>", str(value).replace("|", "\\|"))
 
 
 def records_to_markdown(records: Sequence[Record]) -> str:
@@ -1769,7 +1770,7 @@ def write_export(
             got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
             fix="analyse with a probe holding targets y" if what == "quality" else None,
         )
-    per_step = iter_array(run, series, steps, what)
+    per_step = _finite(run, series, what, iter_array(run, series, steps, what))
     if fmt == "npy":
         assert out is not None
         stored = (
@@ -1787,6 +1788,25 @@ def write_export(
         return f"wrote {what} to {out}"
     _write_arrays_text(stdout, per_step, what, fmt)
     return None
+
+
+def _finite(
+    run: Run, series: Series, what: str, per_step: Iterable[tuple[int, np.ndarray | None]]
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """`per_step`, refusing a stored array that holds NaN or infinity: fdl stores none (SPEC §8), so such a
+    value is damage (another writer, a bit flip under a recomputed checksum), and JSON has no token for it (the
+    export ended in a ValueError traceback) while CSV wrote `nan`, read back by every reader as a number."""
+    reference = reference_step_of(run.provenance)
+    for step, values in per_step:
+        if values is not None and not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            redo = "" if step == reference else f", or analyse it again: `fdl analyze ... --out {run.path} --redo {step}`"
+            raise StoreError(
+                f"{run.path} is damaged at checkpoint step {step} ({series.label}): its stored {what} are not all finite",
+                got=f"{bad} of {values.size} values NaN or infinite",
+                fix=f"restore the store from a backup{redo}, or re-run `fdl analyze ... --overwrite` to rebuild it",
+            )
+        yield step, values
 
 
 def _stores_any(run: Run, series: Series, what: str) -> bool:
