@@ -280,10 +280,15 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
 def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     """Every figure of a run; with several series, the stems carry `probe-layer`."""
     out = []
-    for series in run.series:
-        # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
-        # name that Windows refuses and macOS's Finder shows with '/'.
-        suffix = re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}") if len(run.series) > 1 else ""
+    # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
+    # name that Windows refuses and macOS's Finder shows with '/'.
+    suffixes = [re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}") if len(run.series) > 1 else ""
+                for series in run.series]
+    # Two series cleaned to one name (layers fc:input and fc_input; probe a-b of layer c and probe a of
+    # layer b-c): each then takes its place among the series, or one's figures overwrote the other's.
+    suffixes = [f"{suffix}_{index}" if suffixes.count(suffix) > 1 else suffix
+                for index, suffix in enumerate(suffixes, start=1)]
+    for series, suffix in zip(run.series, suffixes, strict=True):
         for stem, title, figure in series_figures(run, series):
             title = f"{title} ({series.label})" if suffix else title
             out.append((stem + suffix, title, figure))

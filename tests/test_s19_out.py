@@ -168,3 +168,18 @@ def test_markdown_keeps_a_row_a_checkpoint_when_a_path_holds_a_line_break() -> N
     assert len(lines) == 2 + len(records)
     assert lines[2].startswith("| 0 | runs/a<br>b<br>c\\|d/step_0.pt | ")
     assert all(line.startswith("| ") and line.endswith(" |") for line in [lines[0], *lines[2:]])
+
+
+def test_figures_of_two_series_whose_names_clean_alike_are_not_overwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers `fc:input` and `fc_input` both cleaned to `_p-fc_input`: the second series' figures were written
+    over the first's, in silence. Each now takes its place among the series; names that differ stay as they were."""
+    from types import SimpleNamespace
+
+    from fdl_cli import figures
+
+    monkeypatch.setattr(figures, "series_figures", lambda run, series: [("triptych", "t", series.layer)])
+    series = [SimpleNamespace(probe="p", layer=layer, label=f"p/{layer}") for layer in ("fc:input", "fc_input", "out")]
+    stems = [(stem, figure) for stem, _, figure in figures.run_figures(SimpleNamespace(series=series))]
+    assert stems == [("triptych_p-fc_input_1", "fc:input"), ("triptych_p-fc_input_2", "fc_input"),
+                     ("triptych_p-out", "out")]
+    assert len({stem for stem, _ in stems}) == 3
