@@ -23,7 +23,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from fdl_cli.report import Comparison, Run, Series, iter_array, load_arrays, make_folder, writing  # noqa: E402
+from fdl_cli.report import (  # noqa: E402
+    Comparison,
+    Run,
+    Series,
+    iter_array,
+    load_arrays,
+    make_folder,
+    whole_or_untouched,
+    writing,
+)
 
 #: Checkpoints drawn in the triptych and the eigenfunction panels (evenly spread, first and last kept).
 N_SELECTED = 5
@@ -200,13 +209,15 @@ def _legend(ax: Any) -> None:
 
 
 def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
-    """Write `stem.png` and `stem.svg` into `directory` (created with its parents); returns both paths."""
+    """Write `stem.png` and `stem.svg` into `directory` (created with its parents); returns both paths.
+    Each is written beside its place and renamed over it once whole (`whole_or_untouched`): a run stopped
+    while it was written left a cut-off image there, or an earlier run's cut short."""
     make_folder(directory)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
-    with writing(png):
-        figure.savefig(png, dpi=110)
-    with writing(svg):
-        figure.savefig(svg, metadata=SVG_METADATA)
+    with writing(png) as target, whole_or_untouched(target) as path:
+        figure.savefig(path, format="png", dpi=110)
+    with writing(svg) as target, whole_or_untouched(target) as path:
+        figure.savefig(path, format="svg", metadata=SVG_METADATA)
     return [png, svg]
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -183,3 +184,28 @@ def test_figures_of_two_series_whose_names_clean_alike_are_not_overwritten(monke
     assert stems == [("triptych_p-fc_input_1", "fc:input"), ("triptych_p-fc_input_2", "fc_input"),
                      ("triptych_p-out", "out")]
     assert len({stem for stem, _ in stems}) == 3
+
+
+def test_a_figure_cut_short_while_written_leaves_the_one_before(tmp_path: Path) -> None:
+    """`save_figure` wrote the PNG in place: a run stopped while matplotlib wrote it left a cut-off image over
+    the last good one. It is now written beside and renamed once whole; a failure leaves the old file and
+    no temporary one."""
+    from matplotlib.figure import Figure
+
+    from fdl_cli.figures import save_figure
+
+    figure = Figure()
+    figure.subplots().plot([0, 1], [1, 0])
+    png, svg = save_figure(figure, tmp_path, "trajectories")
+    before = png.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def cut_short(path: Any, **_: Any) -> None:
+        Path(path).write_bytes(b"\x89PNG cut")
+        raise KeyboardInterrupt
+
+    figure.savefig = cut_short  # type: ignore[method-assign,assignment]
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(figure, tmp_path, "trajectories")
+    assert png.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectories.png", "trajectories.svg"]
