@@ -1943,17 +1943,20 @@ def _analyze_refs(
     manifest_dir: Path | None,
     stdin: TextIO | None,
 ) -> None:
+    from fdl_cli.distributed import agree_on_refusal
     from fdl_cli.store import StoreWriter
 
     options = ctx.options
-    reference = _reference_ref(ctx, refs)
-    ctx.reference_step = reference.step
-    _check_redo(ctx, refs, out)
-    _check_drop(ctx, refs, out)
     passes: list[tuple[str, dict[str, int], int, int]] = []
     spread = ctx.world is not None and ctx.world.distributed
     refusal: FdlError | None = None
     try:
+        # the reference step is chosen alike on every rank: its refusal too is agreed below, said once
+        # (every rank said it, each naming itself)
+        reference = _reference_ref(ctx, refs)
+        ctx.reference_step = reference.step
+        _check_redo(ctx, refs, out)
+        _check_drop(ctx, refs, out)
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
             model = _prepare(ctx, loaded)
@@ -1971,12 +1974,18 @@ def _analyze_refs(
         # Every rank read the reference and built the model on its own: a refusal there (the same on
         # every rank, or one rank's: its copy of the file damaged) is said once, and every rank stops
         # (one that stopped alone left the others waiting in `_check_memory`'s collective).
-        from fdl_cli.distributed import agree_on_refusal
-
         agree_on_refusal(refusal, ctx.world)
     _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
-    _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+    try:
+        _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+        refusal = None
+    except FdlError as exc:
+        if not spread:
+            raise
+        refusal = exc
+    if spread:  # every rank read the store: its refusal (another reference, other model code) said once
+        agree_on_refusal(refusal, ctx.world)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))

@@ -1,0 +1,63 @@
+"""Session 19 review (rev2): under torchrun, the refusals met after the ranks' first agreement are said once
+too; fdl.toml of several folders; inspect's token ids and the summary's grouped failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_analyze import fdl
+from tests.test_distributed import REPO, _args, _make_run
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "fdl_cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error")]
+
+
+# -- (a) torchrun: a refusal every rank meets after the checks before any work ------------------------
+
+
+def test_a_missing_reference_step_is_said_once_under_torchrun(tmp_path: Path) -> None:
+    """--reference of a step no checkpoint has: every rank refused it after the agreement on the input
+    checks, each naming itself ("error on rank 0: ...", "error on rank 1: ...")."""
+    run = _make_run(tmp_path / "run")
+    done = _torchrun(*_args(run, tmp_path / "s.h5", "--reference", "999"))
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert _errors(done.stderr) == ["error: --reference 999: no checkpoint has that step"], done.stderr[-4000:]
+    assert not (tmp_path / "s.h5").exists()
+
+
+MODEL = """
+import torch
+from torch import nn
+
+
+def build(hidden=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def test_a_store_of_other_model_code_is_refused_once_under_torchrun(tmp_path: Path) -> None:
+    run = _make_run(tmp_path / "run")
+    model = tmp_path / "model.py"
+    model.write_text(MODEL)
+    args = _args(run, tmp_path / "s.h5")
+    args[args.index("--model") + 1] = f"{model}:build"
+    first = fdl(*args, "--steps", "0,10")
+    assert first.code == 0, first.stderr
+    model.write_text(MODEL + "\n# edited\n")
+    done = _torchrun(*args)
+    assert done.returncode == 1, done.stderr[-4000:]
+    errors = _errors(done.stderr)
+    assert len(errors) == 1 and errors[0].startswith(f"error: the model code {model} changed since"), \
+        done.stderr[-4000:]
