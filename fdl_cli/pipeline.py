@@ -896,8 +896,16 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread:
     from fdl_cli import checkpoints as ckpts
 
     given = [Path(s) for s in options.sources if s != "-"]
-    folders = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
+    spelled = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
                                  if _is(path, "dir") or _is(path, "file")))
+    # one folder however it is spelled (run1/step_0.pt beside /abs/run1/step_10.pt): its fdl.toml once, as it
+    # was compared with itself and its ignored keys warned of twice
+    places: set[Path] = set()
+    folders = []
+    for folder in spelled:
+        if (place := ckpts._resolved(folder)) not in places:
+            places.add(place)
+            folders.append(folder)
     found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
     if not found:
         if note_unread:

@@ -61,3 +61,26 @@ def test_a_store_of_other_model_code_is_refused_once_under_torchrun(tmp_path: Pa
     errors = _errors(done.stderr)
     assert len(errors) == 1 and errors[0].startswith(f"error: the model code {model} changed since"), \
         done.stderr[-4000:]
+
+
+# -- (b) fdl.toml of several folders -------------------------------------------------------------------
+
+
+def _toml_run(folder: Path, extra: str = "") -> Path:
+    from tests.test_s19_toml import _runs, _toml
+
+    run1, _ = _runs(folder)
+    _toml(run1, extra)
+    return run1
+
+
+def test_one_folder_given_by_two_spellings_reads_its_fdl_toml_once(tmp_path: Path, monkeypatch) -> None:
+    """`fdl analyze run1/step_0.pt /abs/run1/step_10.pt`: one folder, one fdl.toml, compared with itself and
+    its ignored keys warned of twice."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    run1 = _toml_run(tmp_path, "bogus = 1")
+    monkeypatch.chdir(tmp_path)
+    done = fdl("analyze", "run1/step_0.pt", str(run1 / "step_10.pt"), "--out", str(tmp_path / "s.h5"))
+    assert done.code == 0, done.stderr
+    assert done.stderr.count("ignored bogus") == 1, done.stderr
+    assert "is read for the checkpoints of every folder" not in done.stderr
