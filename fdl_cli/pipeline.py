@@ -4013,9 +4013,9 @@ def inspect_checkpoint(
         if sample.is_floating_point():
             sample = sample.float()
         sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
-        retry = None
+        retries: list[tuple[Any, str]] = []
     else:
-        (sample, sample_said), retry = _random_samples(model)
+        (sample, sample_said), retries = _random_samples(model)
     shapes: dict[str, Any] = {}
     linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
@@ -4050,16 +4050,21 @@ def inspect_checkpoint(
                 forward(sample)
             except Exception as exc:
                 # The first module registered need not be the first to run (a head declared before the
-                # embedding, a class embedding beside an image's convolutions): the other kind of input.
-                if retry is None or (sample.is_floating_point() and not _wants_token_ids(exc)):
+                # embedding, a class embedding beside an image's convolutions): the other kind of input; nor
+                # the table the ids go to (positions before tokens): ids that every table holds.
+                if not retries or (sample.is_floating_point() and not _wants_token_ids(exc)):
                     raise
-                shapes.clear()
-                linears_run.clear()
-                try:
-                    forward(retry[0])
-                except Exception:
+                for retry in retries:
+                    shapes.clear()
+                    linears_run.clear()
+                    try:
+                        forward(retry[0])
+                    except Exception:  # noqa: BLE001 - the next input, else the first one's error
+                        continue
+                    sample, sample_said = retry
+                    break
+                else:
                     raise exc from None  # the first layer's input, the one to say why it failed
-                sample, sample_said = retry
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
@@ -4128,12 +4133,14 @@ def inspect_checkpoint(
 INSPECT_TOKENS = 8
 
 
-def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None]:
+def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]:
     """`fdl inspect`'s input without a probe, and what it is in words, made for the model's first layer
     in registration order: token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
-    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the input to
-    try when that one fails, for the first layer of the other kind (None when there is none). A random
-    float input given to an embedding failed, and `inspect` said only "pass --probe"."""
+    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the inputs to
+    try in turn when that one fails: token ids that every nn.Embedding holds, where the first one has
+    more rows than another (a table of positions registered before the tokens), and the first layer of
+    the other kind. A random float input given to an embedding failed, and `inspect` said only "pass
+    --probe"."""
     import torch
 
     layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
@@ -4149,21 +4156,29 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None
                       f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
             break
     ids = _token_ids(model)
+    held = _token_ids(model, held_by_all=True)
     if ids is not None and isinstance(first, torch.nn.Embedding):
-        second = None if floats is None else (
-            floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one")
-        return (ids[0], ids[1] + _REAL_TOKENS), second
+        retries = [] if held is None else [(held[0], f"{held[1]}, as ids of the first nn.Embedding "
+                                                     f"({ids[2]}) failed on the model{_REAL_TOKENS}")]
+        if floats is not None:
+            retries.append((floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one"))
+        return (ids[0], ids[1] + _REAL_TOKENS), retries
     if floats is not None:
-        second = None if ids is None else (ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")
-        return (floats[0], floats[1] + "; --probe FILE runs a real one"), second
+        retries = [] if ids is None else [(ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")]
+        if held is not None:
+            retries.append((held[0], f"{held[1]}, as a random float input and ids of the first nn.Embedding "
+                                     f"({held[2]}) failed on it{_REAL_TOKENS}"))
+        return (floats[0], floats[1] + "; --probe FILE runs a real one"), retries
     return (None, "none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
-                  "--probe FILE (its first input is run)"), None
+                  "--probe FILE (its first input is run)"), []
 
 
-def _token_ids(model: Any) -> tuple[Any, str] | None:
+def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str] | None:
     """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
     `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
-    and what they are in words; None when the model has no nn.Embedding."""
+    what they are in words, and the first nn.Embedding's name; None when the model has no nn.Embedding.
+    `held_by_all`: in [0, V) of its smallest nn.Embedding instead (ids every table holds, for a model
+    whose first table is its positions'); None where that is the first one."""
     import torch
 
     tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
@@ -4171,9 +4186,17 @@ def _token_ids(model: Any) -> tuple[Any, str] | None:
         return None
     name, first = tables[0]
     length = max(1, min(INSPECT_TOKENS, *(module.num_embeddings for _, module in tables)))
-    ids = torch.randint(0, first.num_embeddings, (1, length), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    if held_by_all:
+        smallest, table = min(tables, key=lambda item: item[1].num_embeddings)
+        if table.num_embeddings >= first.num_embeddings:
+            return None
+        ids = torch.randint(0, table.num_embeddings, (1, length), generator=generator)
+        return ids, (f"random token ids in [0, {table.num_embeddings}) of shape (1, {length}), int64, the rows of "
+                     f"the smallest nn.Embedding ({smallest})"), name
+    ids = torch.randint(0, first.num_embeddings, (1, length), generator=generator)
     return ids, (f"random token ids in [0, {first.num_embeddings}) of shape (1, {length}), int64, for the first "
-                 f"nn.Embedding ({name})")
+                 f"nn.Embedding ({name})"), name
 
 
 _REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"

@@ -84,3 +84,47 @@ def test_one_folder_given_by_two_spellings_reads_its_fdl_toml_once(tmp_path: Pat
     assert done.code == 0, done.stderr
     assert done.stderr.count("ignored bogus") == 1, done.stderr
     assert "is read for the checkpoints of every folder" not in done.stderr
+
+
+# -- (c) inspect's token ids ------------------------------------------------------------------------------
+
+POSITIONS_FIRST = '''
+import torch
+from torch import nn
+
+
+class Toy(nn.Module):
+    """A digit task's transformer stub: its table of 32 positions registered before its 12 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Embedding(32, 16)
+        self.tok = nn.Embedding(12, 16)
+        self.head = nn.Linear(16, 12)
+
+    def forward(self, ids):
+        return self.head((self.tok(ids) + self.pos(torch.arange(ids.shape[1]))).mean(1))
+
+
+def build():
+    torch.manual_seed(0)
+    return Toy()
+'''
+
+
+def test_inspect_runs_token_ids_every_embedding_holds_when_the_first_tables_fail(tmp_path: Path) -> None:
+    """Ids in [0, 32) of the first table (positions) ran past the 12 rows of the token table: the pass
+    failed and the listing blamed "a sequence length of its own?"."""
+    import torch
+
+    from fdl_cli.pipeline import inspect_checkpoint
+    from tests.cli_run import model_file
+
+    torch.save(model_file(tmp_path, POSITIONS_FIRST).build().state_dict(), tmp_path / "step_0.pt")
+    result = inspect_checkpoint(checkpoint=str(tmp_path / "step_0.pt"), model_spec=f"{tmp_path}/model.py:build")
+    shapes = {row["name"]: row["output_shape"] for row in result["modules"]}
+    assert shapes == {"": [1, 12], "pos": [8, 16], "tok": [1, 8, 16], "head": [1, 12]}, shapes
+    assert result["sample"] == ("random token ids in [0, 12) of shape (1, 8), int64, the rows of the smallest "
+                                "nn.Embedding (tok), as ids of the first nn.Embedding (pos) failed on the model; "
+                                "--probe FILE runs real ones (and their sequence length)")
+    assert (result["default_layer"], result["default_features"]) == ("head:input", 16)
