@@ -1811,9 +1811,10 @@ def _check_memory(
         reports = distributed.all_gather(None if error is None else (error.what, error.got, error.fix), world)
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         if failed:
+            # said by rank 0 alone: the rank it is about is named, unless every rank met it
             rank, (what, got, fix) = failed[0]
-            raise distributed.alike(
-                ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix))
+            where = "" if len(failed) == world.size else f" (on rank {rank})"
+            raise distributed.alike(ResourceError(what + where, got=got, fix=fix))
     if error is not None:
         raise error
 

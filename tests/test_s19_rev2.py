@@ -128,3 +128,66 @@ def test_inspect_runs_token_ids_every_embedding_holds_when_the_first_tables_fail
                                 "nn.Embedding (tok), as ids of the first nn.Embedding (pos) failed on the model; "
                                 "--probe FILE runs real ones (and their sequence length)")
     assert (result["default_layer"], result["default_features"]) == ("head:input", 16)
+
+
+# -- (a) a check one rank fails alone still says which rank, now that the others keep quiet --------------
+
+RANK_0_SHORT = """
+import os
+
+import torch
+from torch import nn
+
+if os.environ.get("RANK") == "0":  # rank 0's machine has next to no memory left
+    import fdl_cli.resources
+
+    fdl_cli.resources.available_host_bytes = lambda *args, **kwargs: 1000
+
+
+def build(hidden=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+"""
+
+
+def test_a_memory_refusal_of_rank_0_alone_names_it(tmp_path: Path) -> None:
+    """Rank 1 printed "... (on rank 0)" and rank 0 the message alone; with rank 1 quiet, nothing said whose
+    machine was short."""
+    run = _make_run(tmp_path / "run")
+    (tmp_path / "model.py").write_text(RANK_0_SHORT)
+    args = _args(run, tmp_path / "s.h5")
+    args[args.index("--model") + 1] = f"{tmp_path / 'model.py'}:build"
+    done = _torchrun(*args)
+    assert done.returncode == 1, done.stderr[-4000:]
+    errors = _errors(done.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: ") and errors[0].endswith("(on rank 0)"), \
+        done.stderr[-4000:]
+
+
+def test_a_failure_on_rank_0s_probe_slice_alone_names_it(monkeypatch) -> None:
+    """--shard-probe: rank 0 raised its own error as it was, and rank 1, which said "(on rank 0's probe
+    slice)", now keeps quiet."""
+    import torch.distributed as dist
+
+    from fdl_cli.distributed import World, agree_on_failure
+    from fdl_cli.errors import NumericalError
+
+    def gather(reports, mine, reported=(("NumericalError", "NaN features", None, None), None)):
+        reports[:] = list(reported)
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    for rank, error in ((0, NumericalError("NaN features")), (1, None)):
+        try:
+            agree_on_failure(error, World(rank=rank, size=2, local_rank=rank))
+        except NumericalError as exc:
+            assert exc.what == "NaN features (on rank 0's probe slice)" and exc.alike == "job", (rank, exc.what)
+        else:
+            raise AssertionError(f"rank {rank} did not raise")
+    # every rank failed: no rank named
+    monkeypatch.setattr(dist, "all_gather_object", lambda reports, mine: gather(reports, mine, (
+        ("NumericalError", "NaN features", None, None),) * 2))
+    own = NumericalError("NaN features")
+    try:
+        agree_on_failure(own, World(rank=0, size=2, local_rank=0))
+    except NumericalError as exc:
+        assert exc is own and exc.what == "NaN features"
