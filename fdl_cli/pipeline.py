@@ -3989,8 +3989,9 @@ def inspect_checkpoint(
     manifest = ckpts.read_manifest(folder)
     spec = model_spec or (manifest.model if manifest else None)
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
+    kwargs_notes = NullReporter()
     if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
-        kwargs = manifest.model_kwargs
+        kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
     factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
@@ -4126,6 +4127,8 @@ def inspect_checkpoint(
         "sample": sample_said,
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
+        # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
+        "notes": kwargs_notes.notes,
     }
 
 

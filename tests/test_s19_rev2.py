@@ -191,3 +191,39 @@ def test_a_failure_on_rank_0s_probe_slice_alone_names_it(monkeypatch) -> None:
         agree_on_failure(own, World(rank=0, size=2, local_rank=0))
     except NumericalError as exc:
         assert exc is own and exc.what == "NaN features"
+
+
+# -- (b) the model_kwargs of fdl.toml go with its model, in inspect too ------------------------------------
+
+OTHER_MODEL = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+"""
+
+
+def test_inspect_does_not_pass_fdl_tomls_model_kwargs_to_another_factory(tmp_path: Path, monkeypatch) -> None:
+    """analyze leaves them out with a note since session 19; inspect passed them on: `build() got an unexpected
+    keyword argument 'hidden'`, with a fix naming a --model-kwargs nobody gave."""
+    import json
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    run = _make_run(tmp_path / "run")
+    (run / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nmodel_kwargs = { hidden = 8 }\n'
+                                  'probe = "probe.npz"\n')
+    (tmp_path / "other.py").write_text(OTHER_MODEL)
+    note = (f"note: {run / 'fdl.toml'}'s model_kwargs {{'hidden': 8}} are not used: they go with its model "
+            f"tests.tiny_models:mlp, and --model gives {tmp_path / 'other.py'}:build; pass --model-kwargs JSON for "
+            "its factory")
+    for extra in ((), ("--json",)):
+        done = fdl("inspect", str(run / "step_0.safetensors"), "--model", f"{tmp_path / 'other.py'}:build", *extra)
+        assert done.code == 0, done.stderr
+        assert done.stderr.count(note) == 1, done.stderr
+    assert json.loads(done.stdout)["default_layer"] == "2:input"
+    # its own model still gets them
+    own = fdl("inspect", str(run / "step_0.safetensors"), "--json")
+    assert own.code == 0 and "note:" not in own.stderr, own.stderr
