@@ -337,6 +337,8 @@ def inspect(**kwargs: Any) -> None:
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
     outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
+    for note in result.pop("notes", ()):
+        click.echo(f"note: {note}", err=True)
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     if kwargs["probe_spec"] is not None and isinstance(failure, str) and failure.startswith("forward failed"):
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe

@@ -308,8 +308,8 @@ def agree_on_failure(error: FdlError | None, world: World) -> None:
     failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if not failed:
         return
-    if error is not None and failed[0][0] == world.rank:
-        raise alike(error)
+    if error is not None and failed[0][0] == world.rank and len(failed) == world.size:
+        raise alike(error)  # every rank's: no rank to name (rank 0 says it; the others keep quiet)
     rank, (kind, message, got, fix) = failed[0]
     from fdl_cli import errors
 

@@ -899,8 +899,16 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread:
     from fdl_cli import checkpoints as ckpts
 
     given = [Path(s) for s in options.sources if s != "-"]
-    folders = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
+    spelled = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
                                  if _is(path, "dir") or _is(path, "file")))
+    # one folder however it is spelled (run1/step_0.pt beside /abs/run1/step_10.pt): its fdl.toml once, as it
+    # was compared with itself and its ignored keys warned of twice
+    places: set[Path] = set()
+    folders = []
+    for folder in spelled:
+        if (place := ckpts._resolved(folder)) not in places:
+            places.add(place)
+            folders.append(folder)
     found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
     if not found:
         if note_unread:
@@ -1806,9 +1814,10 @@ def _check_memory(
         reports = distributed.all_gather(None if error is None else (error.what, error.got, error.fix), world)
         failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
         if failed:
+            # said by rank 0 alone: the rank it is about is named, unless every rank met it
             rank, (what, got, fix) = failed[0]
-            raise distributed.alike(
-                ResourceError(what if rank == world.rank else f"{what} (on rank {rank})", got=got, fix=fix))
+            where = "" if len(failed) == world.size else f" (on rank {rank})"
+            raise distributed.alike(ResourceError(what + where, got=got, fix=fix))
     if error is not None:
         raise error
 
@@ -1946,17 +1955,20 @@ def _analyze_refs(
     manifest_dir: Path | None,
     stdin: TextIO | None,
 ) -> None:
+    from fdl_cli.distributed import agree_on_refusal
     from fdl_cli.store import StoreWriter
 
     options = ctx.options
-    reference = _reference_ref(ctx, refs)
-    ctx.reference_step = reference.step
-    _check_redo(ctx, refs, out)
-    _check_drop(ctx, refs, out)
     passes: list[tuple[str, dict[str, int], int, int]] = []
     spread = ctx.world is not None and ctx.world.distributed
     refusal: FdlError | None = None
     try:
+        # the reference step is chosen alike on every rank: its refusal too is agreed below, said once
+        # (every rank said it, each naming itself)
+        reference = _reference_ref(ctx, refs)
+        ctx.reference_step = reference.step
+        _check_redo(ctx, refs, out)
+        _check_drop(ctx, refs, out)
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
             model = _prepare(ctx, loaded)
@@ -1974,12 +1986,18 @@ def _analyze_refs(
         # Every rank read the reference and built the model on its own: a refusal there (the same on
         # every rank, or one rank's: its copy of the file damaged) is said once, and every rank stops
         # (one that stopped alone left the others waiting in `_check_memory`'s collective).
-        from fdl_cli.distributed import agree_on_refusal
-
         agree_on_refusal(refusal, ctx.world)
     _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
-    _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+    try:
+        _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+        refusal = None
+    except FdlError as exc:
+        if not spread:
+            raise
+        refusal = exc
+    if spread:  # every rank read the store: its refusal (another reference, other model code) said once
+        agree_on_refusal(refusal, ctx.world)
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
@@ -3986,8 +4004,9 @@ def inspect_checkpoint(
     manifest = ckpts.read_manifest(folder)
     spec = model_spec or (manifest.model if manifest else None)
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
+    kwargs_notes = NullReporter()
     if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
-        kwargs = manifest.model_kwargs
+        kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
     factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
@@ -4011,9 +4030,9 @@ def inspect_checkpoint(
         if sample.is_floating_point():
             sample = sample.float()
         sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
-        retry = None
+        retries: list[tuple[Any, str]] = []
     else:
-        (sample, sample_said), retry = _random_samples(model)
+        (sample, sample_said), retries = _random_samples(model)
     shapes: dict[str, Any] = {}
     linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
     handles = []
@@ -4048,16 +4067,21 @@ def inspect_checkpoint(
                 forward(sample)
             except Exception as exc:
                 # The first module registered need not be the first to run (a head declared before the
-                # embedding, a class embedding beside an image's convolutions): the other kind of input.
-                if retry is None or (sample.is_floating_point() and not _wants_token_ids(exc)):
+                # embedding, a class embedding beside an image's convolutions): the other kind of input; nor
+                # the table the ids go to (positions before tokens): ids that every table holds.
+                if not retries or (sample.is_floating_point() and not _wants_token_ids(exc)):
                     raise
-                shapes.clear()
-                linears_run.clear()
-                try:
-                    forward(retry[0])
-                except Exception:
+                for retry in retries:
+                    shapes.clear()
+                    linears_run.clear()
+                    try:
+                        forward(retry[0])
+                    except Exception:  # noqa: BLE001 - the next input, else the first one's error
+                        continue
+                    sample, sample_said = retry
+                    break
+                else:
                     raise exc from None  # the first layer's input, the one to say why it failed
-                sample, sample_said = retry
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
@@ -4118,6 +4142,8 @@ def inspect_checkpoint(
         "sample": sample_said,
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
+        # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
+        "notes": kwargs_notes.notes,
     }
 
 
@@ -4126,12 +4152,14 @@ def inspect_checkpoint(
 INSPECT_TOKENS = 8
 
 
-def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None]:
+def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]:
     """`fdl inspect`'s input without a probe, and what it is in words, made for the model's first layer
     in registration order: token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
-    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the input to
-    try when that one fails, for the first layer of the other kind (None when there is none). A random
-    float input given to an embedding failed, and `inspect` said only "pass --probe"."""
+    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the inputs to
+    try in turn when that one fails: token ids that every nn.Embedding holds, where the first one has
+    more rows than another (a table of positions registered before the tokens), and the first layer of
+    the other kind. A random float input given to an embedding failed, and `inspect` said only "pass
+    --probe"."""
     import torch
 
     layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
@@ -4147,21 +4175,29 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], tuple[Any, str] | None
                       f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
             break
     ids = _token_ids(model)
+    held = _token_ids(model, held_by_all=True)
     if ids is not None and isinstance(first, torch.nn.Embedding):
-        second = None if floats is None else (
-            floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one")
-        return (ids[0], ids[1] + _REAL_TOKENS), second
+        retries = [] if held is None else [(held[0], f"{held[1]}, as ids of the first nn.Embedding "
+                                                     f"({ids[2]}) failed on the model{_REAL_TOKENS}")]
+        if floats is not None:
+            retries.append((floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one"))
+        return (ids[0], ids[1] + _REAL_TOKENS), retries
     if floats is not None:
-        second = None if ids is None else (ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")
-        return (floats[0], floats[1] + "; --probe FILE runs a real one"), second
+        retries = [] if ids is None else [(ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")]
+        if held is not None:
+            retries.append((held[0], f"{held[1]}, as a random float input and ids of the first nn.Embedding "
+                                     f"({held[2]}) failed on it{_REAL_TOKENS}"))
+        return (floats[0], floats[1] + "; --probe FILE runs a real one"), retries
     return (None, "none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
-                  "--probe FILE (its first input is run)"), None
+                  "--probe FILE (its first input is run)"), []
 
 
-def _token_ids(model: Any) -> tuple[Any, str] | None:
+def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str] | None:
     """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
     `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
-    and what they are in words; None when the model has no nn.Embedding."""
+    what they are in words, and the first nn.Embedding's name; None when the model has no nn.Embedding.
+    `held_by_all`: in [0, V) of its smallest nn.Embedding instead (ids every table holds, for a model
+    whose first table is its positions'); None where that is the first one."""
     import torch
 
     tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
@@ -4169,9 +4205,17 @@ def _token_ids(model: Any) -> tuple[Any, str] | None:
         return None
     name, first = tables[0]
     length = max(1, min(INSPECT_TOKENS, *(module.num_embeddings for _, module in tables)))
-    ids = torch.randint(0, first.num_embeddings, (1, length), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    if held_by_all:
+        smallest, table = min(tables, key=lambda item: item[1].num_embeddings)
+        if table.num_embeddings >= first.num_embeddings:
+            return None
+        ids = torch.randint(0, table.num_embeddings, (1, length), generator=generator)
+        return ids, (f"random token ids in [0, {table.num_embeddings}) of shape (1, {length}), int64, the rows of "
+                     f"the smallest nn.Embedding ({smallest})"), name
+    ids = torch.randint(0, first.num_embeddings, (1, length), generator=generator)
     return ids, (f"random token ids in [0, {first.num_embeddings}) of shape (1, {length}), int64, for the first "
-                 f"nn.Embedding ({name})")
+                 f"nn.Embedding ({name})"), name
 
 
 _REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
