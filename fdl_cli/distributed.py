@@ -110,8 +110,12 @@ def voice(alike: str, world: World | None = None) -> str | None:
     return f"rank {world.rank}"
 
 
-#: Seconds a rank that keeps quiet waits before it exits (`exit_quietly`).
-QUIET_EXIT_GRACE = 2.0
+#: Seconds a rank that keeps quiet waits at most before it exits (`exit_quietly`). Under torchrun the wait
+#: ends as soon as rank 0 has said the message and exited (torchrun then ends the others), so a long
+#: bound costs nothing there; a short one (2 s before the nineteenth session's review) let a quiet rank
+#: exit first when rank 0 was slow to speak (closing its store), and torchrun ended rank 0 unheard.
+#: Only a launcher that does not end the other ranks waits it out.
+QUIET_EXIT_GRACE = 10.0
 
 
 def exit_quietly(status: int, grace: float | None = None) -> NoReturn:

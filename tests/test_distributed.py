@@ -615,13 +615,15 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
     before rank 1's (a training job still running, a slow node) gave rank 1 one more checkpoint, and
     one more round of collectives, for ever (found by a review with --shard-probe). Rank 0's list is
     now every rank's; the newcomer is for the next run. Rank 1 is held at start-up until the test has
-    seen rank 0's discovery (its note on the probe file) and added the checkpoint."""
+    seen rank 0's discovery (its note on a text file of the folder: since session 19 the --probe file
+    has none, and the test waited out its 60 s deadline instead) and added the checkpoint."""
     run, expected = run_and_single
     folder = tmp_path / "live"
     folder.mkdir()
     for path in run.iterdir():
         if path.name != "step_60.safetensors":
             (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("not a checkpoint: discovery notes it\n")
     (tmp_path / "late").mkdir()
     (tmp_path / "late" / "sitecustomize.py").write_text(_LATE_RANK)
     go, err = tmp_path / "go", tmp_path / "err.txt"
@@ -633,8 +635,9 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
         job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=str(REPO))
         try:
             deadline = time.monotonic() + 60
-            while "probe.npz" not in err.read_text() and time.monotonic() < deadline:
+            while "notes.txt" not in err.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert "notes.txt" in err.read_text(), "rank 0 never said what its discovery skipped"
             (folder / "step_60.safetensors").write_bytes((run / "step_60.safetensors").read_bytes())
             go.touch()
             stdout, _ = job.communicate(timeout=120)
