@@ -36,6 +36,15 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
 
 
+def _torchrun_model(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """`fdl analyze` of a small run under torchrun (2 ranks) with the model file `source` (its `build`)."""
+    run = _make_run(tmp_path / "run")
+    (tmp_path / "model.py").write_text(source)
+    args = _args(run, tmp_path / "s.h5")
+    args[args.index("--model") + 1] = f"{tmp_path / 'model.py'}:build"
+    return _torchrun(*args)
+
+
 def _no_traceback_of_fdl(stderr: str) -> None:
     """torchrun prints its own ChildFailedError traceback when a rank fails; none of fdl's frames may."""
     assert f'File "{REPO / "fdl_cli"}' not in stderr, stderr[-4000:]
@@ -204,11 +213,7 @@ def build(hidden=8):
 def test_a_refusal_one_rank_meets_alone_is_printed_once_naming_it(tmp_path: Path) -> None:
     """Rank 1 cannot import the model file (its machine lacks a module): rank 0 went on and waited for
     it in the process group, and rank 1's message did not say it was rank 1's alone."""
-    run = _make_run(tmp_path / "run")
-    (tmp_path / "model.py").write_text(RANK_1_MODEL)
-    args = _args(run, tmp_path / "s.h5")
-    args[args.index("--model") + 1] = f"{tmp_path / 'model.py'}:build"
-    done = _torchrun(*args)
+    done = _torchrun_model(tmp_path, RANK_1_MODEL)
     assert done.returncode == 1, done.stderr[-4000:]
     assert done.stderr.count("RuntimeError: this machine lacks a module the model needs") == 1, done.stderr[-4000:]
     assert done.stderr.count(f"importing {tmp_path / 'model.py'} failed (on rank 1)") == 1

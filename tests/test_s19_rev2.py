@@ -3,20 +3,11 @@ too; fdl.toml of several folders; inspect's token ids and the summary's grouped 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.test_analyze import fdl
-from tests.test_distributed import REPO, _args, _make_run
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "fdl_cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+from tests.test_distributed import _args, _make_run
+from tests.test_s19_rank import _torchrun, _torchrun_model
 
 
 def _errors(stderr: str) -> list[str]:
@@ -153,11 +144,7 @@ def build(hidden=8):
 def test_a_memory_refusal_of_rank_0_alone_names_it(tmp_path: Path) -> None:
     """Rank 1 printed "... (on rank 0)" and rank 0 the message alone; with rank 1 quiet, nothing said whose
     machine was short."""
-    run = _make_run(tmp_path / "run")
-    (tmp_path / "model.py").write_text(RANK_0_SHORT)
-    args = _args(run, tmp_path / "s.h5")
-    args[args.index("--model") + 1] = f"{tmp_path / 'model.py'}:build"
-    done = _torchrun(*args)
+    done = _torchrun_model(tmp_path, RANK_0_SHORT)
     assert done.returncode == 1, done.stderr[-4000:]
     errors = _errors(done.stderr)
     assert len(errors) == 1 and errors[0].startswith("error: ") and errors[0].endswith("(on rank 0)"), \
