@@ -200,9 +200,15 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
         "two ranks on one GPU",
         got=f"{local} ranks on this machine" + ("" if world.local_size is not None else " (at most)")
         + f", {count} CUDA GPUs visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
-        fix=f"pass --device cuda: each rank then takes the GPU of its LOCAL_RANK (cuda:0 .. cuda:{local - 1}); "
-        "choose which GPUs those are with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun "
-        "--nproc-per-node 2 ...)",
+        # A range only where the ranks of this machine are known: WORLD_SIZE counts every machine's ranks
+        # (cuda:0 .. cuda:7 for two machines of 4 GPUs), and a launcher of one rank a machine that does not
+        # set LOCAL_WORLD_SIZE is refused for the ranks of the other machines.
+        fix="pass --device cuda: each rank then takes the GPU of its LOCAL_RANK"
+        + (f" (cuda:0 .. cuda:{local - 1})" if world.local_size is not None else "")
+        + "; choose which GPUs those are with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun "
+        "--nproc-per-node 2 ...)"
+        + ("" if world.local_size is not None else
+           "; with one rank on each machine, set LOCAL_WORLD_SIZE=1 (as torchrun does) and --device cuda:i is kept"),
     )
     raise alike(error, among="machine") if world.local_size is not None else error
 

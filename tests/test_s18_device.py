@@ -179,6 +179,11 @@ def test_an_explicit_gpu_for_every_rank_of_a_machine_is_refused(monkeypatch: pyt
     with pytest.raises(FdlError) as caught:
         device_for(World(rank=0, size=3, local_rank=0), "cuda:2")
     assert caught.value.got == "3 ranks on this machine (at most), 4 CUDA GPUs visible"
+    # ... and no range of GPUs (WORLD_SIZE counts every machine's ranks), but how a launcher of one rank a
+    # machine keeps its cuda:i (the fix read "cuda:0 .. cuda:2" and said nothing of it; session 19)
+    assert caught.value.fix is not None and ".. cuda:" not in caught.value.fix
+    assert caught.value.fix.endswith("with one rank on each machine, set LOCAL_WORLD_SIZE=1 (as torchrun does) and "
+                                     "--device cuda:i is kept")
     # what stays as it was
     assert device_for(two_here, "cuda") == "cuda:1"
     assert device_for(two_here, "auto") == "cuda:1"
