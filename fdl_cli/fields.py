@@ -70,6 +70,11 @@ SERIES_FIELDS: Final = ("probe", "layer")
 #: outputs with 0/1. true for such a series, false (null: not recorded) for the others; absent otherwise.
 ZERO_ONE_FIELD: Final = "zero_one_targets"
 
+#: How a probe's whole-number float targets of one output become the integer class labels fdl reads: a
+#: column (n, 1) flattened first, since integer labels of that shape are refused (`probes`). Said by the
+#: probe-width error, analyze's 0/1 warning and the readers' 0/1 caveat alike.
+INTEGER_LABELS_RECIPE: Final = "y.reshape(-1).astype(np.int64)"
+
 INT_FIELDS: Final = frozenset(
     {
         "step",

@@ -42,7 +42,7 @@ from fdl_cli.errors import (
     WeightsMismatchError,
     first_line,
 )
-from fdl_cli.fields import RECORD_FIELDS
+from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
 from fdl_cli.progress import NullReporter, Reporter
 from fdl_cli.regimes import Thresholds, checkpoint_regime
 
@@ -1735,7 +1735,7 @@ def _zero_one_warning(probe: Any) -> str:
             f"probe {probe.name!r}: y holds float 0/1 targets, analysed as regression targets of the raw output: "
             "loss and r2 compare it as it is with 0/1; for a binary classifier trained with a sigmoid "
             "(BCEWithLogitsLoss) that is its logit, so they do not measure its fit: save the targets as integer "
-            "labels (y.reshape(-1).astype(np.int64)) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
+            f"labels ({INTEGER_LABELS_RECIPE}) to analyse it as a binary classifier (accuracy, cross_entropy = BCE)"
         )
     return (
         f"probe {probe.name!r}: y holds float 0/1 targets with several 1s, or none, in a row (multi-label "

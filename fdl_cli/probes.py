@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fdl_cli.errors import ProbeError
+from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
 Y_KEYS = ("y", "targets", "labels", "Y", "label")
@@ -820,7 +821,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             f"the model has {n_outputs} outputs",
             got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
             fix="targets must be (n, C) with C the model's outputs"
-            + ("; if they are class labels, save them as integers: y.reshape(-1).astype(np.int64)" if labels else ""),
+            + (f"; if they are class labels, save them as integers: {INTEGER_LABELS_RECIPE}" if labels else ""),
         )
 
 

@@ -36,7 +36,15 @@ from rich.style import Style
 from rich.text import Text
 
 from fdl_cli.errors import FdlError, StoreError
-from fdl_cli.fields import FLOAT_FIELDS, INT_FIELDS, RECORD_FIELDS, SERIES_FIELDS, STR_FIELDS, ZERO_ONE_FIELD
+from fdl_cli.fields import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    INTEGER_LABELS_RECIPE,
+    RECORD_FIELDS,
+    SERIES_FIELDS,
+    STR_FIELDS,
+    ZERO_ONE_FIELD,
+)
 
 Record = dict[str, Any]
 
@@ -173,8 +181,7 @@ def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
             "floats): loss and r2 compare the raw outputs with 0/1 as they are, and for a model trained with a "
             "sigmoid (BCEWithLogitsLoss) those are logits, so loss and r2 do not measure its fit")
     if outputs == 1:
-        # reshape(-1): the targets of one output are a column (n, 1), and integer labels of that shape are refused
-        line += ("; save the targets as integer labels (y.reshape(-1).astype(np.int64)) and analyse again, into "
+        line += (f"; save the targets as integer labels ({INTEGER_LABELS_RECIPE}) and analyse again, into "
                  "another --out (or with --overwrite: the probe differs), to measure it as a binary classifier "
                  "(accuracy, cross_entropy = BCE)")
     return line
