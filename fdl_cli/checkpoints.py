@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -2480,14 +2481,19 @@ def _is_path_spec(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
+def _spec_candidates(target: str, base_dir: Path | None) -> list[Path]:
+    """Where a path spec's file is looked for: relative to the current folder, as the shell user who typed
+    it means (and completes it); then relative to ``base_dir``, the first checkpoint folder given."""
+    return [Path(target)] + ([Path(base_dir) / target] if base_dir is not None else [])
+
+
 def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
     """The file a --model spec names, as `resolve_model_factory` finds it: a path spec's file relative
-    to ``base_dir`` first, then to the current folder; an imported module spec's module file. None when
+    to the current folder first, then to ``base_dir``; an imported module spec's module file. None when
     there is none (not found, not imported yet, no file)."""
     target = spec.rpartition(":")[0]
     if _is_path_spec(target):
-        candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
-        for candidate in candidates:
+        for candidate in _spec_candidates(target, base_dir):
             try:
                 if candidate.is_file():
                     return candidate
@@ -2498,10 +2504,52 @@ def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
     return Path(file) if file else None
 
 
-def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callable[..., nn.Module]:
+def module_beside(target: str, folder: Path | None) -> Path | None:
+    """The file of the top-level module or package of the module spec `target` (``pkg`` of
+    ``pkg.models``) in `folder` (``folder/pkg.py``, ``folder/pkg/__init__.py``, a namespace package's
+    folder), as an import with `folder` first on sys.path finds it; None when `folder` holds none (or is
+    None)."""
+    if folder is None or _is_path_spec(target) or not target:
+        return None
+    try:
+        found = importlib.machinery.PathFinder.find_spec(target.partition(".")[0], [str(folder)])
+    except (ImportError, OSError, ValueError):
+        return None
+    if found is None:
+        return None
+    if found.origin not in (None, "namespace"):
+        return Path(found.origin)
+    return Path(next(iter(found.submodule_search_locations or [str(folder)])))
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: Path | None) -> Iterator[None]:
+    """`folder` first on sys.path while a module of it is imported (its neighbours imported at its top
+    come from there too, ahead of an installed module of the same name), then last: the factory and the
+    forward pass may import them lazily, and nothing else of the run is looked for there first."""
+    if folder is None:
+        yield
+        return
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
+def resolve_model_factory(
+    spec: str, *, base_dir: Path | None = None, module_dir: Path | None = None
+) -> Callable[..., nn.Module]:
     """The callable named by ``pkg.module:factory`` or ``path/file.py:factory``.
 
-    A file path is tried relative to ``base_dir`` first, then to the current folder.
+    A file path is tried relative to the current folder first, then to ``base_dir``. ``module_dir``:
+    the folder of the fdl.toml that names this module spec, where the module is looked for first
+    (`module_beside`); a module spec given on the command line is an installed one, on PYTHONPATH or in
+    the current folder.
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
@@ -2512,11 +2560,10 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
     if _is_path_spec(target):
         file = model_spec_file(spec, base_dir=base_dir)
         if file is None:
-            candidates = ([Path(base_dir) / target] if base_dir is not None else []) + [Path(target)]
             raise ModelError(
                 f"--model {spec!r}: file {target} not found",
-                got="looked in " + ", ".join(str(c.resolve().parent) for c in candidates),
-                fix="give the path relative to the checkpoint folder or the current folder",
+                got="looked in " + ", ".join(str(c.resolve().parent) for c in _spec_candidates(target, base_dir)),
+                fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
         _importable_from(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
@@ -2544,10 +2591,12 @@ def resolve_model_factory(spec: str, *, base_dir: Path | None = None) -> Callabl
                 fix=fix,
             ) from None
     else:
-        with contextlib.suppress(OSError):  # the current folder may have been removed
-            _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
+        beside = module_dir if module_beside(target, module_dir) is not None else None
+        if beside is None:
+            with contextlib.suppress(OSError):  # the current folder may have been removed
+                _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
         try:
-            with _user_code_stderr() as said:
+            with _user_code_stderr() as said, _first_on_path(beside):
                 module = importlib.import_module(target)
         except SystemExit as exc:
             raise _exited(f"--model {spec!r}: importing {target}", exc, said.getvalue()) from None
@@ -2954,21 +3003,29 @@ def _as_str_list(value: Any, key: str, path: Path) -> list[str]:
     )
 
 
+def _manifest_path(base: Path, text: str) -> Path:
+    """A path fdl.toml gives, absolute: `~` (`~user`) is the home folder, as the shell makes `--probe ~/x`;
+    any other relative path is relative to the file's folder (a symbolic link's own folder, as a copy's).
+    Environment variables are not expanded (`$DATA/x` is that path in the folder), as nowhere in fdl."""
+    return (base / os.path.expanduser(text)).resolve()
+
+
 def _manifest_probe(base: Path, text: str) -> str:
     """A probe of fdl.toml's `probe` string or list as a --probe spec, its path resolved against the file's
     folder: `"train=a.npz"` is named as on the command line (it was taken for a file named `train=a.npz`),
     unless the folder holds a file of that name."""
     name, sep, rest = text.partition("=")
     if sep and name.isidentifier() and rest and not (base / text).exists():
-        return f"{name}={(base / rest).resolve()}"
-    return str((base / text).resolve())
+        return f"{name}={_manifest_path(base, rest)}"
+    return str(_manifest_path(base, text))
 
 
 def read_manifest(folder: Path) -> Manifest | None:
     """Read ``folder/fdl.toml`` if present; ``None`` when there is none.
 
     Keys: ``model`` (spec; a file path in it is made absolute), ``model_kwargs`` (table), ``probe``
-    (path, list of paths or table name -> path; returned as ``--probe`` specs with absolute paths),
+    (path, list of paths or table name -> path; returned as ``--probe`` specs with absolute paths:
+    `_manifest_path`),
     ``layer`` (name or list), ``weights``; every other key lands in ``options`` (checked by the
     pipeline, `pipeline.MANIFEST_OPTIONS`). A dash in a key is read as an underscore (``top-k``)."""
     if sys.version_info >= (3, 11):
@@ -3012,7 +3069,7 @@ def read_manifest(folder: Path) -> Manifest | None:
     if model is not None:
         target, sep, attr = model.rpartition(":")
         if sep and (target.endswith(".py") or "/" in target) and not Path(target).is_absolute():
-            model = f"{(base / target).resolve()}:{attr}"
+            model = f"{_manifest_path(base, target)}:{attr}"
     kwargs = data.pop("model_kwargs", {})
     if not isinstance(kwargs, dict):
         raise CheckpointError(
@@ -3027,7 +3084,7 @@ def read_manifest(folder: Path) -> Manifest | None:
                 f"{path}: each probe of the 'probe' table must be a path (a string)", got=repr(raw_probe)[:100],
                 fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
             )
-        probes = [f"{name}={(base / str(p)).resolve()}" for name, p in raw_probe.items()]
+        probes = [f"{name}={_manifest_path(base, str(p))}" for name, p in raw_probe.items()]
     else:
         probes = [_manifest_probe(base, p) for p in _as_str_list(raw_probe, "probe", path)]
     layers = _as_str_list(data.pop("layer", None), "layer", path)

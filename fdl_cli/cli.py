@@ -340,19 +340,16 @@ def inspect(**kwargs: Any) -> None:
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
-    if kwargs["probe_spec"] is not None and isinstance(failure, str) and failure.startswith("forward failed"):
+    failed = isinstance(failure, str) and failure.startswith("forward failed")
+    of_manifest = result.pop("probe_of_manifest", None)
+    if kwargs["probe_spec"] is not None and failed:
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
         # that is the probe's error (as `analyze` would say), not a listing to exit 0 with.
-        from fdl_cli.errors import ProbeError
-        from fdl_cli.probes import fit_fix, load_probe, parse_probe_spec
-
-        name, probe_path = parse_probe_spec(kwargs["probe_spec"])
-        raise ProbeError(
-            f"probe {kwargs['probe_spec']} does not fit the model of {result['checkpoint']}",
-            got=failure,
-            fix=fit_fix(load_probe(probe_path, name=name), failure) + " (run `fdl inspect` without --probe to "
-            "list the modules)",
-        )
+        raise _probe_misfit(kwargs["probe_spec"], result["checkpoint"], str(failure))
+    if failed and of_manifest is not None:
+        # fdl.toml's probe, which `analyze` would refuse alike: an error too, said below the listing, since
+        # without --probe the file's probe is the one run (and --probe a probe of its own)
+        outputs_error = _probe_misfit(of_manifest[0], result["checkpoint"], str(failure), manifest=of_manifest[1])
     if kwargs["as_json"]:
         _emit_json(result)
         if outputs_error is not None:
@@ -380,6 +377,21 @@ def inspect(**kwargs: Any) -> None:
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
     if outputs_error is not None:
         raise outputs_error  # the forward pass ran, but `analyze` cannot tell its outputs: exit 1, said why
+
+
+def _probe_misfit(spec: str, checkpoint: str, failure: str, *, manifest: Any = None) -> Exception:
+    """The error of a probe (--probe's, or the fdl.toml `manifest`'s) whose first sample the model's
+    forward pass refused: `failure`, with the conversion the probe's shape and dtype point to."""
+    from fdl_cli.errors import ProbeError
+    from fdl_cli.probes import fit_fix, load_probe, parse_probe_spec
+
+    name, probe_path = parse_probe_spec(spec)
+    fix = fit_fix(load_probe(probe_path, name=name), failure)
+    if manifest is None:
+        return ProbeError(f"probe {spec} does not fit the model of {checkpoint}", got=failure,
+                          fix=fix + " (run `fdl inspect` without --probe to list the modules)")
+    return ProbeError(f"the probe {probe_path} that {manifest} names does not fit the model of {checkpoint}",
+                      got=failure, fix=f"{fix} (fix the probe in {manifest}, or pass --probe FILE of inputs that fit)")
 
 
 def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:

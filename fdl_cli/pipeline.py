@@ -842,9 +842,15 @@ def _why_files_differ(pairs: list[tuple[str, str]]) -> str:
     return " (files of other bytes)"
 
 
+def _beside_said(model: tuple[str, str] | None) -> str:
+    """What `_manifest_differences`' model_of found beside an fdl.toml, in words."""
+    return model[0] if model is not None and model[1] else "no such module"
+
+
 def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
     """The keys two fdl.toml files set differently, with the two values; paths count as the same when they
     name files of the same bytes. Keys neither file uses (ignored with a warning) are left out."""
+    from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     differences: dict[str, str] = {}
@@ -853,10 +859,17 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         return " and ".join("not set" if value in (None, "", (), [], {}) else repr(value) for value in values)
 
     def model_of(manifest: Any) -> tuple[str, str] | None:
+        """(file, factory) of a model file, or of a module beside the fdl.toml (its module's file, a
+        package's folder: two packages are two); (spec, "") of another module."""
         if manifest.model is None:
             return None
         target, sep, attr = manifest.model.rpartition(":")
-        return (target, attr) if sep and Path(target).is_absolute() else (manifest.model, "")
+        if sep and Path(target).is_absolute():
+            return (target, attr)
+        beside = ckpts.module_beside(target, manifest.path.parent)
+        if beside is not None:
+            return (str(beside.parent if beside.name == "__init__.py" else beside), f"{target}:{attr}")
+        return (manifest.model, "")
 
     model_a, model_b = model_of(first), model_of(second)
     if model_a != model_b:
@@ -864,7 +877,10 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         files = model_a is not None and model_b is not None and model_a[1] == model_b[1] != ""
         pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
         if not (files and _same_file(*pair)):
-            differences["model"] = both((first.model, second.model)) + (_why_files_differ([pair]) if files else "")
+            why = _why_files_differ([pair]) if files else ""
+            if first.model == second.model and not files:  # a module beside one of them alone
+                why = f" (beside {first.path}: {_beside_said(model_a)}; beside {second.path}: {_beside_said(model_b)})"
+            differences["model"] = both((first.model, second.model)) + why
     if first.model_kwargs != second.model_kwargs:
         differences["model_kwargs"] = both((first.model_kwargs, second.model_kwargs))
     probes = [[parse_probe_spec(spec) for spec in manifest.probe] for manifest in (first, second)]
@@ -898,17 +914,7 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread:
     discovery to report, in its words."""
     from fdl_cli import checkpoints as ckpts
 
-    given = [Path(s) for s in options.sources if s != "-"]
-    spelled = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
-                                 if _is(path, "dir") or _is(path, "file")))
-    # one folder however it is spelled (run1/step_0.pt beside /abs/run1/step_10.pt): its fdl.toml once, as it
-    # was compared with itself and its ignored keys warned of twice
-    places: set[Path] = set()
-    folders = []
-    for folder in spelled:
-        if (place := ckpts._resolved(folder)) not in places:
-            places.add(place)
-            folders.append(folder)
+    folders = _manifest_folders(options)
     found = [manifest for manifest in (ckpts.read_manifest(folder) for folder in folders) if manifest is not None]
     if not found:
         if note_unread:
@@ -938,6 +944,24 @@ def _read_manifests(options: AnalyzeOptions, reporter: Reporter, *, note_unread:
                       f"{', '.join(map(str, without[:3]))}{' and others' if len(without) > 3 else ''} "
                       f"hold{'s' if len(without) == 1 else ''} no fdl.toml)")
     return first, found
+
+
+def _manifest_folders(options: AnalyzeOptions) -> list[Path]:
+    """The folders whose fdl.toml `_read_manifests` reads: each folder given and each given file's folder,
+    once however it is spelled (run1/step_0.pt beside /abs/run1/step_10.pt: its fdl.toml was compared with
+    itself and its ignored keys warned of twice)."""
+    from fdl_cli import checkpoints as ckpts
+
+    given = [Path(s) for s in options.sources if s != "-"]
+    spelled = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
+                                 if _is(path, "dir") or _is(path, "file")))
+    places: set[Path] = set()
+    folders = []
+    for folder in spelled:
+        if (place := ckpts._resolved(folder)) not in places:
+            places.add(place)
+            folders.append(folder)
+    return folders
 
 
 def _within(folder: Path, home: Path) -> bool:
@@ -1206,6 +1230,8 @@ def _prepare_run(
             "no probe set was given",
             fix="pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
         )
+    if not options.probe_specs:
+        _check_manifest_probes(manifest, probe_specs)
     probes = []
     for spec in probe_specs:
         name, path = parse_probe_spec(spec)
@@ -1219,7 +1245,11 @@ def _prepare_run(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir) if model_spec else None
+    # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
+    module_dir = manifest.path.parent if manifest is not None and not options.model_spec else None
+    factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir, module_dir=module_dir) if model_spec else None
+    if options.model_spec is not None and (other := _other_model_file(options.model_spec, base_dir)) is not None:
+        reporter.note(other)
     model_source = _model_source(factory)
     spec_source = _spec_source(model_spec, base_dir) if factory is not None else None
     ctx = _Context(
@@ -1254,6 +1284,50 @@ def _prepare_run(
         refs = _with_stored(options, refs, out)
         summary.unselected = {ref.step for ref in refs} - selected
     return ctx, refs, out, summary, model_spec, base_dir
+
+
+def _check_manifest_probes(manifest: Any, specs: Sequence[str]) -> None:
+    """fdl.toml's probe files that are not there: said naming the fdl.toml and the folder its paths are
+    relative to (a link's own folder), rather than as a --probe path nobody gave."""
+    from fdl_cli.probes import parse_probe_spec
+
+    for spec in specs:
+        path = Path(parse_probe_spec(spec)[1])
+        try:
+            os.stat(path)
+            continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # there, but not to be read: load_probe says why
+        folder = manifest.path.parent
+        if manifest.path.is_symlink():
+            where = (f"{manifest.path} is a link to {manifest.path.resolve()}: its relative paths are relative to "
+                     f"the link's folder, {folder}, as a copy's would be")
+        else:
+            where = f"a relative path in {manifest.path} is relative to its folder, {folder}"
+        if "$" in str(path):
+            where += "; environment variables are not expanded (`~/` is the home folder)"
+        raise ProbeError(
+            f"the probe {path} that {manifest.path} names is not there",
+            fix=f"{where}; put the file there, fix the path in {manifest.path}, or pass --probe FILE",
+        )
+
+
+def _other_model_file(spec: str, base_dir: Path | None) -> str | None:
+    """A note when a relative --model path names a file here and another one of other bytes in the
+    checkpoint folder given (a copy of the code the run was trained with, say): the current folder's is
+    taken, as the shell user means it, and the other is named."""
+    from fdl_cli import checkpoints as ckpts
+
+    target = spec.rpartition(":")[0]
+    if base_dir is None or not ckpts._is_path_spec(target) or Path(target).is_absolute():
+        return None
+    here, there = Path(target), base_dir / target
+    if not (_is(here, "file") and _is(there, "file")) or _same_file(str(here), str(there)):
+        return None
+    return (f"--model {spec} is {here.resolve()} (a path on the command line is relative to the current folder); "
+            f"{there} differs: give its path to use it")
 
 
 def _watch_under_torchrun() -> FdlError:
@@ -1382,7 +1456,10 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
     for manifest in manifests:
         named = [Path(parse_probe_spec(spec)[1]) for spec in manifest.probe]
         if manifest.model is not None and ":" in manifest.model:
-            named.append(Path(manifest.model.rpartition(":")[0]))
+            target = manifest.model.rpartition(":")[0]
+            named.append(Path(target))
+            if (module := ckpts.module_beside(target, manifest.path.parent)) is not None:
+                named.append(module)  # model = "mymodel:build", mymodel.py beside it
         for path in named:
             with contextlib.suppress(OSError, RuntimeError):
                 if path.resolve().parent == manifest.path.parent.resolve():
@@ -4007,7 +4084,10 @@ def inspect_checkpoint(
     kwargs_notes = NullReporter()
     if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
         kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
-    factory = ckpts.resolve_model_factory(spec, base_dir=folder) if spec else None
+    module_dir = folder if manifest is not None and not model_spec else None  # fdl.toml's module, beside it
+    factory = ckpts.resolve_model_factory(spec, base_dir=folder, module_dir=module_dir) if spec else None
+    if model_spec is not None and (other := _other_model_file(model_spec, folder)) is not None:
+        kwargs_notes.note(other)
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
@@ -4020,8 +4100,10 @@ def inspect_checkpoint(
     model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
                           dtype="float32")
     program = isinstance(model, ProgramModel)
+    probe_of = None  # the fdl.toml whose probe runs (none given)
     if probe_spec is None and manifest and manifest.probe:
-        probe_spec = manifest.probe[0]
+        probe_spec, probe_of = manifest.probe[0], manifest.path
+        _check_manifest_probes(manifest, [probe_spec])
     sample = None
     if probe_spec is not None:
         name, probe_path = parse_probe_spec(probe_spec)
@@ -4144,6 +4226,9 @@ def inspect_checkpoint(
         "outputs_error": outputs_error,
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
         "notes": kwargs_notes.notes,
+        # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
+        # one that does not fit, as of --probe's
+        "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
     }
 
 
