@@ -520,6 +520,9 @@ class _Context:
     fileless: set[int] = field(default_factory=set)
     #: --watch: the message of the last poll that failed as a whole, warned once (`_warn_while_watching`)
     watch_problem: str | None = None
+    #: --watch started without an fdl.toml: one written later is looked for at each poll, and said once
+    #: (`_check_late_manifest`)
+    late_manifest: bool = False
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
     #: a checkpoint holding another copy of its weights (an EMA) was noted: once a run (`_prepare`)
@@ -1180,6 +1183,7 @@ def _prepare_run(
 
     discovery = discover(options, manifest)
     notes, reported_bad = list(discovery.notes), set[str]()
+    shown: set[str] = set()
     if "-" in options.sources and not manifests:
         _note_stdin_manifests(discovery, reporter)
     if options.watch and not discovery.checkpoints:
@@ -1190,21 +1194,27 @@ def _prepare_run(
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
                                            _probe_files(options, manifest))
-        if manifest is None:
-            # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
-            # now (it was left out without a word: its options dropped, or "no probe set was given").
-            dirs = [path for path in given if _is(path, "dir")]
-            manifest, manifests = _read_manifests(options, reporter, note_unread=False)
-            if manifest is not None:
-                before = options
-                options = _settled_options(options, manifest, reporter)
-                if (options.glob_pattern, options.step_regex, options.weights) != (
-                        before.glob_pattern, before.step_regex, before.weights):
-                    discovery = discover(options, manifest)  # how its checkpoints are named, or which weights
-                    if not discovery.checkpoints:
-                        discovery = _wait_for_a_checkpoint(
-                            options, reporter, discovery, reported_bad, _probe_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
+    late_manifest = options.watch and manifest is None and "-" not in options.sources
+    if late_manifest:
+        # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
+        # now (it was left out without a word: its options dropped, or "no probe set was given"); one
+        # written after it is waited for while the run cannot start without it (no probe, no model).
+        manifest, manifests = _read_manifests(options, reporter, note_unread=False)
+        missing = _missing_without_manifest(options, discovery) if manifest is None else None
+        if missing is not None:
+            manifest, manifests = _wait_for_a_manifest(options, reporter, missing)
+        if manifest is not None:
+            dirs = [path for path in given if _is(path, "dir")]
+            before = options
+            options = _settled_options(options, manifest, reporter)
+            if (options.glob_pattern, options.step_regex, options.weights) != (
+                    before.glob_pattern, before.step_regex, before.weights):
+                discovery = discover(options, manifest)  # how its checkpoints are named, or which weights
+                if not discovery.checkpoints:
+                    discovery = _wait_for_a_checkpoint(
+                        options, reporter, discovery, reported_bad, _probe_files(options, manifest))
+                notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
     _note_skipped(notes, manifests, reporter)
@@ -1267,6 +1277,7 @@ def _prepare_run(
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
         copies=list(discovery.copies),
         started=started,
+        late_manifest=late_manifest and manifest is None,
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1284,6 +1295,39 @@ def _prepare_run(
         refs = _with_stored(options, refs, out)
         summary.unselected = {ref.step for ref in refs} - selected
     return ctx, refs, out, summary, model_spec, base_dir
+
+
+#: the kinds of checkpoint that hold weights alone: a model's code (--model, fdl.toml's model) must build it
+_WEIGHTS_ONLY = frozenset({"state_dict", "safetensors", "hf_dir"})
+
+
+def _missing_without_manifest(options: AnalyzeOptions, discovery: Any) -> str | None:
+    """What the run cannot start without, when no fdl.toml gives it (--watch waits for one): no probe, or
+    checkpoints of weights alone and no model; None when the command line gives what the run needs."""
+    if not options.probe_specs:
+        return "no probe set was given"
+    weights_only = [ref for ref in discovery.checkpoints if ref.kind in _WEIGHTS_ONLY]
+    if options.model_spec is None and weights_only:
+        return f"{weights_only[0].path} holds weights only, and no model was given"
+    return None
+
+
+def _wait_for_a_manifest(options: AnalyzeOptions, reporter: Reporter, missing: str) -> tuple[Any, list[Any]]:
+    """--watch: the run's checkpoints are there, but not what it needs (`missing`), which a trainer's
+    fdl.toml written after its first checkpoint gives: poll until one has settled (a file being written
+    is neither half read nor taken for invalid TOML), as a checkpoint is waited for; Ctrl-C stops."""
+    from fdl_cli import checkpoints as ckpts
+
+    folders = ", ".join(map(str, _manifest_folders(options))) or ", ".join(options.sources)
+    reporter.note(f"{missing}: waiting for an fdl.toml in {folders} (every {options.poll_seconds:g} s; Ctrl-C "
+                  "stops; or stop and give it on the command line)")
+    while True:
+        signals.sleep(options.poll_seconds)
+        now = time.time()
+        written = [folder / ckpts.MANIFEST_NAME for folder in _manifest_folders(options)]
+        written = [path for path in written if _is(path, "file")]
+        if written and all(_settled(path, options.poll_seconds, now) for path in written):
+            return _read_manifests(options, reporter, note_unread=False)
 
 
 def _check_manifest_probes(manifest: Any, specs: Sequence[str]) -> None:
@@ -2133,6 +2177,7 @@ def _analyze_refs(
                 announce(writer.flush())
                 signals.sleep(options.poll_seconds)
                 refs = _rediscover(ctx, refs, stdin, writer.completed(), summary)
+                _check_late_manifest(ctx, manifest_dir)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
@@ -3112,6 +3157,55 @@ def _rediscover(
     kept = [ref for ref in known if ref.step in stored and ref.step not in taken]
     ctx.fileless = {ref.step for ref in kept}  # their files are another's now: never read again
     return sorted(settled + kept, key=lambda ref: ref.step)
+
+
+def _check_late_manifest(ctx: _Context, base_dir: Path | None) -> None:
+    """--watch started without an fdl.toml, and one has been written since (once it has settled): its
+    options would change how the run is measured midway, so it is not read; what it would change is
+    warned of, once (said in a note when it changes nothing)."""
+    from fdl_cli import checkpoints as ckpts
+
+    if not ctx.late_manifest:
+        return
+    options = ctx.options
+    written = [folder / ckpts.MANIFEST_NAME for folder in _manifest_folders(options)]
+    written = [path for path in written if _is(path, "file")]
+    now = time.time()
+    if not written or not all(_settled(path, options.poll_seconds, now) for path in written):
+        return
+    ctx.late_manifest = False
+    said = f"{written[0]} was written after this run started"
+    try:
+        manifest, _ = _read_manifests(options, NullReporter(), note_unread=False)
+        changes = _late_manifest_changes(ctx, manifest, base_dir) if manifest is not None else []
+    except FdlError as exc:
+        ctx.reporter.warn(f"{said}, and is not read ({exc.message.splitlines()[0]})")
+        return
+    if not changes:
+        ctx.reporter.note(f"{said}: it sets what the run uses already")
+        return
+    ctx.reporter.warn(f"{said}, and is not read: it sets {', '.join(changes)}, and the checkpoints of one store are "
+                      "measured one way; to apply it, stop, and run fdl analyze again with --overwrite (or another "
+                      "--out)")
+
+
+def _late_manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) -> list[str]:
+    """What an fdl.toml would change in a run under way (the command line's options win, as ever): each
+    key it sets otherwise than the run, with the run's value."""
+    options = ctx.options
+    changes = []
+    if manifest.model is not None and not options.model_spec:
+        changes.append(f"model = {manifest.model!r} (this run: the checkpoints' own)")
+    kwargs = {} if _given(options, "model_kwargs") else _manifest_kwargs(options.model_spec, manifest, base_dir,
+                                                                          NullReporter())
+    if kwargs and kwargs != ctx.model_kwargs:
+        changes.append(f"model_kwargs = {kwargs} (this run: {ctx.model_kwargs})")
+    if manifest.layer and not options.layers:
+        changes.append(f"layer = {manifest.layer} (this run: the default layer)")
+    for key, (field_name, value) in _manifest_items(manifest)[0].items():
+        if not _given(options, field_name) and getattr(options, field_name) != value:
+            changes.append(f"{key} = {value!r} (this run: {getattr(options, field_name)!r})")
+    return changes
 
 
 def _report_rewritten(

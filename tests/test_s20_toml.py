@@ -3,15 +3,19 @@
 A run's fdl.toml is written once and read from anywhere: `~` in its paths is the home folder (as the
 shell makes `--probe ~/x`; environment variables are expanded nowhere), a module it names is looked
 for beside it, and its relative paths are relative to its folder (a symbolic link's own folder), while a
-relative path on the command line is relative to the current folder. `fdl inspect` refuses the
+relative path on the command line is relative to the current folder. Under --watch, an fdl.toml the
+trainer writes after its first checkpoint is waited for when the run cannot start without it, and
+warned of, not mixed in, once checkpoints were measured without it. `fdl inspect` refuses the
 fdl.toml's probe that does not fit the model as it refuses --probe's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import read_manifest, resolve_model_factory
+from fdl_cli.store import StoreReader
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL
 from tests.tiny_models import mlp
@@ -258,6 +263,102 @@ def test_a_linked_fdl_toml_reads_its_relative_paths_from_the_links_folder(tmp_pa
     assert f"error: the probe {run / 'probe.npz'} that {run / 'fdl.toml'} names is not there" in said
     assert (f"{run / 'fdl.toml'} is a link to {shared / 'fdl.toml'}: its relative paths are relative to the link's "
             f"folder, {run}") in said
+
+
+# --------------------------------------------------------------------- 5. --watch and a late fdl.toml
+
+
+def _watch(monkeypatch: pytest.MonkeyPatch, folder: Path, out: Path, steps: list, **given: object) -> tuple:
+    """--watch over `folder` in this process, each of `steps` run in place of one poll's sleep."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+    from tests.test_prev_walkback import _polls
+
+    reporter, records = NullReporter(), []
+    options = AnalyzeOptions(sources=(str(folder),), anchor_size=100, device="cpu", out=out, watch=True,
+                             poll_seconds=0.01, **given)  # type: ignore[arg-type]
+    with _polls(monkeypatch, *steps):
+        run_analyze(options, reporter=reporter, on_record=records.append)
+    return reporter, records
+
+
+def _settled_write(path: Path, text: str) -> None:
+    """Write `path` as a trainer did a while ago: --watch reads a file once it has settled."""
+    path.write_text(text)
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+def _top_k(store: Path) -> int:
+    with StoreReader(store) as reader:
+        return int(reader.provenance["options"]["top_k"])
+
+
+@pytest.mark.parametrize("given", ["nothing", "probe"])
+def test_watch_waits_for_the_fdl_toml_it_needs_written_after_the_first_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """A trainer that writes fdl.toml after its first checkpoint: --watch without --probe stopped at that
+    checkpoint with "no probe set was given" (without --model, "holds weights only"); it now waits for the
+    file, then reads it."""
+    from tests.test_prev_walkback import _arrive, _make_run
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+
+    def write_toml() -> None:
+        shutil.copy(source / "probe.npz", folder / "probe.npz")
+        _settled_write(folder / "fdl.toml", f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n')
+
+    options = {"probe_specs": (str(source / "probe.npz"),)} if given == "probe" else {}
+    reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
+        lambda: _arrive(source, folder, "step_0.safetensors"),
+        write_toml,
+        lambda: _arrive(source, folder, "step_10.safetensors"),
+    ], **options)
+    assert [record["step"] for record in records] == [0, 10]
+    assert _top_k(tmp_path / "w.h5") == 3
+    missing = ("no probe set was given" if given == "nothing"
+               else f"{folder / 'step_0.safetensors'} holds weights only, and no model was given")
+    assert any(note.startswith(f"{missing}: waiting for an fdl.toml in {folder}") for note in reporter.notes)
+    assert any(note.startswith(f"{folder / 'fdl.toml'} sets top_k = 3") for note in reporter.notes)
+
+
+def test_watch_warns_of_an_fdl_toml_written_once_checkpoints_were_measured_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--model and --probe given, fdl.toml (top_k = 3) written after step 0 was analysed: it was never read,
+    without a word. Applying it would mix two ways of measuring in one store: the run keeps its options
+    and says so, once."""
+    from tests.test_prev_walkback import _arrive, _make_run
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _arrive(source, folder, "step_0.safetensors")
+    toml = folder / "fdl.toml"
+    reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
+        lambda: _settled_write(toml, 'top_k = 3\nlayer = "0"\n'),
+        lambda: _arrive(source, folder, "step_10.safetensors"),
+        lambda: None,
+    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    assert [record["step"] for record in records] == [0, 10]
+    assert _top_k(tmp_path / "w.h5") == 64  # as for step 0: one store, one way
+    late = [warning for warning in reporter.warnings if warning.startswith(f"{toml} was written after")]
+    assert late == [f"{toml} was written after this run started, and is not read: it sets layer = ['0'] (this run: the "
+                    "default layer), top_k = 3 (this run: 64), and the checkpoints of one store are measured "
+                    "one way; to apply it, stop, and run fdl analyze again with --overwrite (or another --out)"]
+    # An fdl.toml that says what the run uses already: a note, no warning.
+    again = tmp_path / "again"
+    again.mkdir()
+    _arrive(source, again, "step_0.safetensors")
+    reporter, _ = _watch(monkeypatch, again, tmp_path / "a.h5", [
+        lambda: _settled_write(again / "fdl.toml", "top_k = 64\n"),
+        lambda: None,
+    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    assert not reporter.warnings
+    assert f"{again / 'fdl.toml'} was written after this run started: it sets what the run uses already" in reporter.notes
 
 
 # ------------------------------------------------------------------- 6. inspect with fdl.toml's probe
