@@ -2632,14 +2632,17 @@ def _check_stored_files(
     )
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}
+    by_path: dict[str, str | None] = {}  # a file checked for two stored steps (its own, another's) is read once
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
             step, ref, _, _ = suspects[index]
-            try:
-                digests[index] = sha256_file(ref.path)
-            except OSError:
-                digests[index] = None  # unreadable now: reported if this run needs to read it
+            if str(ref.path) not in by_path:
+                try:
+                    by_path[str(ref.path)] = sha256_file(ref.path)
+                except OSError:
+                    by_path[str(ref.path)] = None  # unreadable now: reported if this run needs to read it
+            digests[index] = by_path[str(ref.path)]
     except KeyboardInterrupt:
         if note is not None:  # what was verified before the Ctrl-C is kept (the store is left otherwise as it was)
             note({
@@ -2820,6 +2823,18 @@ def _stored_files_to_hash(
         with contextlib.suppress(OSError, RuntimeError):
             by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
+
+    def hash_without_signature(step: int, other: CheckpointRef) -> bool:
+        """Whether `other`, this run's checkpoint at another step than `step` and found where `step`'s file
+        was, is to be hashed although `step` recorded no signature to tell (a store written before them):
+        not when it is the file stored as its own step, unchanged (that step's recorded signature, which a
+        resume records once it has hashed the file there), and that step's sha256 is not `step`'s. It was
+        hashed at every resume: nothing recorded for `step` ever told it (session 20)."""
+        if other.step not in stored:
+            return True
+        _, sha, recorded = stored[other.step]
+        return not recorded or sha == stored[step][1] or file_signature(Path(other.path)) != recorded
+
     for step, (path, _, signature) in sorted(stored.items()):
         if step in ctx.redo or step in ctx.drop:  # --drop: removed before anything is analysed
             continue
@@ -2835,7 +2850,8 @@ def _stored_files_to_hash(
             # of a store made with run2=20), which "holds other files' numbers" would not say.
             # A store written before signatures were recorded cannot tell by size and time: hashed.
             with contextlib.suppress(OSError, FdlError):
-                if not signature or file_signature(Path(other.path)) == signature:
+                if (hash_without_signature(step, other) if not signature
+                        else file_signature(Path(other.path)) == signature):
                     suspects.append((step, other, "", not signature))
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
@@ -2847,7 +2863,8 @@ def _stored_files_to_hash(
         # written before them) it is hashed all the same: only the same sha256 is refused, another is
         # the rewritten file's new checkpoint.
         with contextlib.suppress(OSError, FdlError):
-            if not signature or file_signature(Path(other.path)) == signature:
+            if (hash_without_signature(step, other) if not signature
+                    else file_signature(Path(other.path)) == signature):
                 suspects.append((step, other, "", True))
     return (stored, suspects) if suspects else None
 
