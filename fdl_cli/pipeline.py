@@ -218,7 +218,9 @@ class AnalyzeSummary:
         if self.refreshed:
             parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
         if self.dropped:
-            parts.append(f"{len(self.dropped)} dropped (--drop)")
+            shown = ",".join(map(str, self.dropped[:12])) + (f",... ({len(self.dropped)} in all)"
+                                                            if len(self.dropped) > 12 else "")
+            parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
@@ -2042,8 +2044,11 @@ def _analyze_refs(
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         if ctx.drop:
             ctx.refs_by_step = {ref.step: ref for ref in refs}
-            announce(_drop_steps(ctx, writer, out), refreshed=True)  # stored checkpoints compared again
+            compared_again = _drop_steps(ctx, writer, out)  # durable: the steps are gone
             summary.dropped.extend(sorted(ctx.drop))
+            if on_record is not None:  # a line of its own, before the records of the checkpoints compared again
+                on_record({"dropped": list(summary.dropped)})
+            announce(compared_again, refreshed=True)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
         _print_taken_in(taken, on_record, tagged)
         del taken  # stored: not kept for the rest of the run
