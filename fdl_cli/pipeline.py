@@ -2188,14 +2188,27 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         sha == stored[step][1] and _same_path(path, stored[step][0]) for path, sha, _ in kept.values())]
     if alone:
         step = alone[0]
+        copies = [other for other, (path, sha, _) in sorted(stored.items()) if any(
+            o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())]
+        # the reference is analysed again with everything else (--redo refuses it)
+        again = (f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
+                 else f"to analyse step {step} again use --redo {step}")
+        if not copies:
+            # a healthy store: what the user may have meant is to remove a checkpoint, which --drop never does
+            raise StoreError(
+                f"--drop {listed}: {out} holds no checkpoint file at two steps, so there is nothing to drop: --drop "
+                "removes only a second copy of a file the store keeps at another step (stored so by an fdl before the "
+                "eighteenth session), never the only one",
+                got=f"step {step} is the only copy of {stored[step][0]} in {out}",
+                fix="leave out --drop (`fdl analyze` names the steps to drop when a store holds a file at two steps); "
+                f"{again}; for a store without some checkpoints, analyse the others into another --out (--steps)",
+            )
         raise StoreError(
             f"--drop {listed}: {out} would hold {stored[step][0]} (step {step}) at no step any more; --drop removes "
             "only a second copy of a file the store keeps at another step, so that nothing analysed is lost",
-            got="steps whose file is stored at another step too: "
-            + (", ".join(str(other) for other, (path, sha, _) in sorted(stored.items()) if any(
-                o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())) or "none"),
-            fix=f"leave step {step} out of --drop; to analyse it again use --redo {step}, to start afresh "
-            + _OVERWRITE_FIX,
+            got="steps whose file is stored at another step too: " + ", ".join(map(str, copies)),
+            fix=f"leave step {step} out of --drop; {again}"
+            + ("" if step == ctx.reference_step else f", to start afresh {_OVERWRITE_FIX}"),
         )
     steps_now = {ref.step: ref for ref in refs}
     read = [step for step in wanted if step in steps_now]
