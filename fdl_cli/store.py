@@ -624,32 +624,25 @@ class StoreReader:
             raise StoreError(f"{self._path}: the provenance attribute is not a JSON object", got=_short(provenance))
         self.provenance = provenance
         self.created = _as_str(attrs.get("created", ""))
-        self.history = []
-        self._history_damaged = False
-        if "history" in attrs:
-            try:
-                rows = json.loads(_as_str(attrs["history"]))
-                if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-                    raise ValueError(f"not a JSON list of objects: {_short(rows)}")
-            except ValueError as exc:
-                self._history_damaged = True
-                self.warnings.append(f"{self._path}: its history attribute is damaged and was ignored ({exc}); "
-                                     "where its checkpoints were computed is unknown")
-            else:
-                self.history = rows
-        self.dropped = []
-        self._dropped_damaged = False
-        if "dropped" in attrs:
-            try:
-                items = json.loads(_as_str(attrs["dropped"]))
-                if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-                    raise ValueError(f"not a JSON list of objects: {_short(items)}")
-            except ValueError as exc:
-                self._dropped_damaged = True
-                self.warnings.append(f"{self._path}: its dropped attribute is damaged and was ignored ({exc}); "
-                                     "which checkpoints `fdl analyze --drop` removed is unknown")
-            else:
-                self.dropped = items
+        history = self._objects_attribute("history", "where its checkpoints were computed is unknown")
+        self.history, self._history_damaged = history or [], history is None
+        dropped = self._objects_attribute("dropped", "which checkpoints `fdl analyze --drop` removed is unknown")
+        self.dropped, self._dropped_damaged = dropped or [], dropped is None
+
+    def _objects_attribute(self, name: str, lost: str) -> list[dict[str, Any]] | None:
+        """A root attribute holding a JSON list of objects (`history`, `dropped`): [] when absent; None, and a
+        warning saying what is `lost`, when it is damaged."""
+        assert self._file is not None
+        if name not in self._file.attrs:
+            return []
+        try:
+            items = json.loads(_as_str(self._file.attrs[name]))
+            if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                raise ValueError(f"not a JSON list of objects: {_short(items)}")
+        except ValueError as exc:
+            self.warnings.append(f"{self._path}: its {name} attribute is damaged and was ignored ({exc}); {lost}")
+            return None
+        return items
 
     def _read_probes(self) -> None:
         assert self._file is not None
