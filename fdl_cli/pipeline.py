@@ -218,7 +218,9 @@ class AnalyzeSummary:
         if self.refreshed:
             parts.append(f"{len(self.refreshed)} updated (a new previous checkpoint)")
         if self.dropped:
-            parts.append(f"{len(self.dropped)} dropped (--drop)")
+            shown = ",".join(map(str, self.dropped[:12])) + (f",... ({len(self.dropped)} in all)"
+                                                            if len(self.dropped) > 12 else "")
+            parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
@@ -2163,8 +2165,11 @@ def _analyze_refs(
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         if ctx.drop:
             ctx.refs_by_step = {ref.step: ref for ref in refs}
-            announce(_drop_steps(ctx, writer, out), refreshed=True)  # stored checkpoints compared again
+            compared_again = _drop_steps(ctx, writer, out)  # durable: the steps are gone
             summary.dropped.extend(sorted(ctx.drop))
+            if on_record is not None:  # a line of its own, before the records of the checkpoints compared again
+                on_record({"dropped": list(summary.dropped)})
+            announce(compared_again, refreshed=True)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
         _print_taken_in(taken, on_record, tagged)
         del taken  # stored: not kept for the rest of the run
@@ -2305,14 +2310,27 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         sha == stored[step][1] and _same_path(path, stored[step][0]) for path, sha, _ in kept.values())]
     if alone:
         step = alone[0]
+        copies = [other for other, (path, sha, _) in sorted(stored.items()) if any(
+            o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())]
+        # the reference is analysed again with everything else (--redo refuses it)
+        again = (f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
+                 else f"to analyse step {step} again use --redo {step}")
+        if not copies:
+            # a healthy store: what the user may have meant is to remove a checkpoint, which --drop never does
+            raise StoreError(
+                f"--drop {listed}: {out} holds no checkpoint file at two steps, so there is nothing to drop: --drop "
+                "removes only a second copy of a file the store keeps at another step (stored so by an fdl before the "
+                "eighteenth session), never the only one",
+                got=f"step {step} is the only copy of {stored[step][0]} in {out}",
+                fix="leave out --drop (`fdl analyze` names the steps to drop when a store holds a file at two steps); "
+                f"{again}; for a store without some checkpoints, analyse the others into another --out (--steps)",
+            )
         raise StoreError(
             f"--drop {listed}: {out} would hold {stored[step][0]} (step {step}) at no step any more; --drop removes "
             "only a second copy of a file the store keeps at another step, so that nothing analysed is lost",
-            got="steps whose file is stored at another step too: "
-            + (", ".join(str(other) for other, (path, sha, _) in sorted(stored.items()) if any(
-                o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())) or "none"),
-            fix=f"leave step {step} out of --drop; to analyse it again use --redo {step}, to start afresh "
-            + _OVERWRITE_FIX,
+            got="steps whose file is stored at another step too: " + ", ".join(map(str, copies)),
+            fix=f"leave step {step} out of --drop; {again}"
+            + ("" if step == ctx.reference_step else f", to start afresh {_OVERWRITE_FIX}"),
         )
     steps_now = {ref.step: ref for ref in refs}
     read = [step for step in wanted if step in steps_now]
@@ -2754,14 +2772,17 @@ def _check_stored_files(
     )
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}
+    by_path: dict[str, str | None] = {}  # a file checked for two stored steps (its own, another's) is read once
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
             step, ref, _, _ = suspects[index]
-            try:
-                digests[index] = sha256_file(ref.path)
-            except OSError:
-                digests[index] = None  # unreadable now: reported if this run needs to read it
+            if str(ref.path) not in by_path:
+                try:
+                    by_path[str(ref.path)] = sha256_file(ref.path)
+                except OSError:
+                    by_path[str(ref.path)] = None  # unreadable now: reported if this run needs to read it
+            digests[index] = by_path[str(ref.path)]
     except KeyboardInterrupt:
         if note is not None:  # what was verified before the Ctrl-C is kept (the store is left otherwise as it was)
             note({
@@ -2942,6 +2963,18 @@ def _stored_files_to_hash(
         with contextlib.suppress(OSError, RuntimeError):
             by_file.setdefault(Path(ref.path).resolve(), ref)
     steps_now, last_stored = {ref.step for ref in refs}, max(stored, default=0)
+
+    def hash_without_signature(step: int, other: CheckpointRef) -> bool:
+        """Whether `other`, this run's checkpoint at another step than `step` and found where `step`'s file
+        was, is to be hashed although `step` recorded no signature to tell (a store written before them):
+        not when it is the file stored as its own step, unchanged (that step's recorded signature, which a
+        resume records once it has hashed the file there), and that step's sha256 is not `step`'s. It was
+        hashed at every resume: nothing recorded for `step` ever told it (session 20)."""
+        if other.step not in stored:
+            return True
+        _, sha, recorded = stored[other.step]
+        return not recorded or sha == stored[step][1] or file_signature(Path(other.path)) != recorded
+
     for step, (path, _, signature) in sorted(stored.items()):
         if step in ctx.redo or step in ctx.drop:  # --drop: removed before anything is analysed
             continue
@@ -2957,7 +2990,8 @@ def _stored_files_to_hash(
             # of a store made with run2=20), which "holds other files' numbers" would not say.
             # A store written before signatures were recorded cannot tell by size and time: hashed.
             with contextlib.suppress(OSError, FdlError):
-                if not signature or file_signature(Path(other.path)) == signature:
+                if (hash_without_signature(step, other) if not signature
+                        else file_signature(Path(other.path)) == signature):
                     suspects.append((step, other, "", not signature))
             continue
         if _name_step(Path(other.path)) == step or (other.step not in stored and other.step < last_stored):
@@ -2969,7 +3003,8 @@ def _stored_files_to_hash(
         # written before them) it is hashed all the same: only the same sha256 is refused, another is
         # the rewritten file's new checkpoint.
         with contextlib.suppress(OSError, FdlError):
-            if not signature or file_signature(Path(other.path)) == signature:
+            if (hash_without_signature(step, other) if not signature
+                    else file_signature(Path(other.path)) == signature):
                 suspects.append((step, other, "", True))
     return (stored, suspects) if suspects else None
 

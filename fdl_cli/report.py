@@ -145,6 +145,8 @@ class Run:
     history: tuple[tuple[Mapping[str, Any] | None, tuple[int, ...]], ...] = ()
     #: the store's history attribute is damaged (a reader warning): none of `history` is recorded
     history_damaged: bool = False
+    #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
+    dropped: tuple[Mapping[str, Any], ...] = ()
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
@@ -286,6 +288,7 @@ def _read_run(
         history=tuple((None if index is None else reader.history[index], tuple(steps))
                       for index, steps in reader.history_steps().items()) if history else (),
         history_damaged=bool(getattr(reader, "_history_damaged", False)),
+        dropped=tuple(reader.dropped) if history else (),
     )
 
 
@@ -903,10 +906,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
 
 def provenance_lines(
     provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = (),
-    *, store: str | Path | None = None, damaged: bool = False,
+    *, store: str | Path | None = None, damaged: bool = False, dropped: Sequence[Mapping[str, Any]] = (),
 ) -> list[str]:
     """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped), then where the
-    checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command)."""
+    checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command)
+    and which `fdl analyze --drop` removed (`dropped_lines`; `Run.dropped`)."""
     lines = []
     for key in ("model", "layers", "probes", "options"):
         value = provenance.get(key)
@@ -915,7 +919,8 @@ def provenance_lines(
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=_json_default, sort_keys=True)
         lines.append(f"{key}: {value}")
-    return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged)
+    return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged) + dropped_lines(
+        dropped)
 
 
 #: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
@@ -964,6 +969,26 @@ def history_lines(
     return lines
 
 
+def dropped_lines(dropped: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The checkpoints `fdl analyze --drop` removed from a store (its `dropped` list: second copies of files it
+    keeps at other steps), in one line; none when it removed none. The history row of the run that computed
+    them stays in the store (`h5dump -a /history`), which `computed:` lines leave out: it names no checkpoint."""
+    items = [item for item in dropped if isinstance(item.get("step"), int) and not isinstance(item["step"], bool)]
+    if not items:
+        return []
+    steps = sorted({int(item["step"]) for item in items})
+    kept = sorted({int(item["kept"]) for item in items if isinstance(item.get("kept"), int)})
+    at = f"at {_steps_said(kept)}" if 0 < len(kept) <= 3 else "at other steps"
+    what = (f"a second copy of the file the store keeps {at}" if len(steps) == 1
+            else f"second copies of the files the store keeps {at}")
+    times = sorted({str(item["dropped"]) for item in items if isinstance(item.get("dropped"), str)})
+    when = ""
+    if times and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d.*\+00:00", times[-1]):
+        last = f"{times[-1][:10]} {times[-1][11:16]} UTC"
+        when = f" on {last}" if len(times) == 1 else f" ({len(times)} runs, the last on {last})"
+    return [f"dropped: {_steps_said(steps)} ({what}) by `fdl analyze --drop`{when}"]
+
+
 def _steps_said(steps: Sequence[int]) -> str:
     if len(steps) <= 3:
         return ("step " if len(steps) == 1 else "steps ") + ", ".join(map(str, steps))
@@ -983,7 +1008,8 @@ def _where(row: Mapping[str, Any]) -> str:
 
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
-    for line in provenance_lines(run.provenance, run.history, store=run.path, damaged=run.history_damaged):
+    for line in provenance_lines(run.provenance, run.history, store=run.path, damaged=run.history_damaged,
+                                 dropped=run.dropped):
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"

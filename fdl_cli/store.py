@@ -5,7 +5,9 @@ Layout (schema_version 1; docs/store.md has the full account)::
 
     /                                   attrs: format="fdl-store", schema_version=1 (int), fdl_version,
                                                created (ISO 8601 UTC), provenance (JSON object as a string),
-                                               history (JSON list: the invocations that stored checkpoints)
+                                               history (JSON list: the invocations that stored checkpoints),
+                                               dropped (JSON list: the checkpoints `fdl analyze --drop` removed;
+                                               absent until one did)
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
@@ -509,6 +511,9 @@ class StoreReader:
     #: the `fdl analyze` invocations that stored checkpoints, in order (docs/store.md, "History"): one
     #: dict each; [] for a store written before fdl kept one (or whose history is damaged: a warning)
     history: list[dict[str, Any]]
+    #: the checkpoints `fdl analyze --drop` removed, in order (docs/store.md, "History"): one dict each (step,
+    #: path, sha256, kept, history, dropped, ...); [] for a store never mended so (or whose list is damaged)
+    dropped: list[dict[str, Any]]
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._open(Path(path), deep=False)
@@ -619,19 +624,25 @@ class StoreReader:
             raise StoreError(f"{self._path}: the provenance attribute is not a JSON object", got=_short(provenance))
         self.provenance = provenance
         self.created = _as_str(attrs.get("created", ""))
-        self.history = []
-        self._history_damaged = False
-        if "history" in attrs:
-            try:
-                rows = json.loads(_as_str(attrs["history"]))
-                if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-                    raise ValueError(f"not a JSON list of objects: {_short(rows)}")
-            except ValueError as exc:
-                self._history_damaged = True
-                self.warnings.append(f"{self._path}: its history attribute is damaged and was ignored ({exc}); "
-                                     "where its checkpoints were computed is unknown")
-            else:
-                self.history = rows
+        history = self._objects_attribute("history", "where its checkpoints were computed is unknown")
+        self.history, self._history_damaged = history or [], history is None
+        dropped = self._objects_attribute("dropped", "which checkpoints `fdl analyze --drop` removed is unknown")
+        self.dropped, self._dropped_damaged = dropped or [], dropped is None
+
+    def _objects_attribute(self, name: str, lost: str) -> list[dict[str, Any]] | None:
+        """A root attribute holding a JSON list of objects (`history`, `dropped`): [] when absent; None, and a
+        warning saying what is `lost`, when it is damaged."""
+        assert self._file is not None
+        if name not in self._file.attrs:
+            return []
+        try:
+            items = json.loads(_as_str(self._file.attrs[name]))
+            if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+                raise ValueError(f"not a JSON list of objects: {_short(items)}")
+        except ValueError as exc:
+            self.warnings.append(f"{self._path}: its {name} attribute is damaged and was ignored ({exc}); {lost}")
+            return None
+        return items
 
     def _read_probes(self) -> None:
         assert self._file is not None
@@ -1211,6 +1222,7 @@ class _CommitPlan:
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
     dropped: frozenset[int] = frozenset()  # stored steps removed (`StoreWriter.drop`)
+    dropped_log: tuple[str, ...] | None = None  # the store's `dropped` list once committed, when it grows
 
 
 class _CommitJob:
@@ -1381,6 +1393,12 @@ class StoreWriter:
         #: the rows of the store's history (on disk, or this writer's plan's); None: the store's history is
         #: damaged, and this writer records none (what it pointed at is lost; rows put anew would be misread)
         self._history: list[str] | None = []
+        #: the invocation (`drop` records where and when the checkpoints it removes were removed)
+        self._invocation = dict(invocation) if invocation is not None else None
+        #: the items of the store's `dropped` list (JSON texts); None: the list is damaged, and this writer
+        #: adds none (it would write over what it holds)
+        self._dropped_log: list[str] | None = []
+        self._dropping: dict[int, str] = {}  # step -> its item of `dropped`, to add with its removal (`drop`)
         self._closed = False
         self._last_commit = time.monotonic()
         self._last_cost = 0.0
@@ -1523,6 +1541,8 @@ class StoreWriter:
             self._drop = set(reader._damaged)
             self._fresh = False
             self._history = None if reader._history_damaged else [history_row(row) for row in reader.history]
+            self._dropped_log = (None if reader._dropped_damaged
+                                 else [json.dumps(item, sort_keys=True) for item in reader.dropped])
             if reader._history_damaged:
                 # `fdl analyze` resumed such a store in silence, and recorded nothing, run after run
                 self.history_warning = (
@@ -1578,7 +1598,34 @@ class StoreWriter:
         if absent or clash:
             raise ValueError(f"drop(): steps {absent or clash} are {'not stored' if absent else 'given as entries too'}")
         self._check_entries(together)
+        items = self._dropped_items(wanted)
+        with self._mutex:
+            self._dropping.update(items)
         return self._tick(together, drop=wanted)
+
+    def _dropped_items(self, steps: Sequence[int]) -> dict[int, str]:
+        """The items of the store's `dropped` list that record the removal of these stored steps: each one's
+        step, path and sha256, the first step the store keeps the same bytes at (`kept`; None: none), the row of
+        the history that computed it (`history`; None: not recorded), when it was removed (`dropped`, UTC)
+        and by which fdl and host. The history itself is append-only and records no invocation for a drop:
+        a row whose checkpoints were all removed so is named by these, not left pointing at nothing."""
+        if self._dropped_log is None or not steps:
+            return {}
+        with StoreReader(self._path) as reader:  # committed steps: in the store on disk, whichever commit runs
+            identities = reader.file_identities()
+            computed = {step: reader.computed_by(step) for step in steps if step in identities}
+        when = _utc_now()
+        host = None if self._invocation is None else self._invocation.get("host")
+        items = {}
+        for step in steps:
+            path, sha, _ = identities.get(step, (None, None, None))  # None: its attributes are unreadable
+            kept = min((other for other, (_, digest, _) in identities.items()
+                        if sha is not None and other not in steps and digest == sha), default=None)
+            items[step] = json.dumps({
+                "step": step, "path": path, "sha256": sha, "kept": kept, "history": computed.get(step),
+                "dropped": when, "fdl_version": __version__, **({"host": host} if host is not None else {}),
+            }, sort_keys=True)
+        return items
 
     def add(self, entry: CheckpointEntry, *together: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
@@ -1922,7 +1969,16 @@ class StoreWriter:
             ),
             history=history,
             computed_by=computed_by,
+            dropped_log=self._dropped_plan(),
         )
+
+    def _dropped_plan(self) -> tuple[str, ...] | None:
+        """The store's `dropped` list once the steps this commit removes are gone, when it grows; under
+        `_guard`."""
+        if self._dropped_log is None:
+            return None
+        new = [self._dropping[step] for step in sorted(self._drop_steps) if step in self._dropping]
+        return tuple([*self._dropped_log, *new]) if new else None
 
     def _history_plan(self, entries: Iterable[CheckpointEntry]) -> tuple[tuple[str, ...] | None, dict[int, int]]:
         """(the history's rows once these entries are committed, when it grows; step -> row of each entry
@@ -1969,6 +2025,8 @@ class StoreWriter:
                         del checkpoints[name]
                 if plan.history is not None:
                     store.attrs["history"] = "[" + ", ".join(plan.history) + "]"
+                if plan.dropped_log is not None:
+                    store.attrs["dropped"] = "[" + ", ".join(plan.dropped_log) + "]"
                 for entry in plan.latest.values():
                     _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step))
                 for step, signature in plan.signatures:
@@ -2006,6 +2064,9 @@ class StoreWriter:
         for step in plan.dropped:
             self._sha256.pop(step, None)
             self._signatures.pop(step, None)
+            self._dropping.pop(step, None)
+        if plan.dropped_log is not None:
+            self._dropped_log = list(plan.dropped_log)
         self._drop_steps -= plan.dropped
         for entry in plan.entries:
             self._sha256[entry.step] = entry.sha256

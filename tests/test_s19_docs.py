@@ -211,7 +211,7 @@ def test_a_drop_records_no_invocation_in_the_history(tmp_path: Path, capsys: pyt
     rows, indices = history()
     status, _, err = fdl_captured(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20",
                                   "--drop", "110,120")
-    assert status == 0 and "2 dropped (--drop)" in err, err
+    assert status == 0 and "2 dropped (--drop 110,120)" in err, err
     after, kept = history()
     assert after == rows
     assert kept == {name: index for name, index in indices.items() if name not in ("step_110", "step_120")}

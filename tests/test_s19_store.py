@@ -208,7 +208,7 @@ def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110,120")
     flat = " ".join(err.split())
     assert status == 0, flat
-    assert "dropped steps 110, 120" in flat and "2 dropped (--drop)" in flat and "5 already in the store" in flat
+    assert "dropped steps 110, 120" in flat and "2 dropped (--drop 110,120)" in flat and "5 already in the store" in flat
     assert _records(out) == _records(twenty)
     assert _arrays(out) == _arrays(twenty)
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
