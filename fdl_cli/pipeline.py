@@ -1037,7 +1037,7 @@ def run_analyze(
 ) -> AnalyzeSummary:
     """Analyse the checkpoints of `options` into the store; returns what was done."""
     from fdl_cli import distributed
-    from fdl_cli.extract import current_cuda_device, resolve_device
+    from fdl_cli.extract import current_cuda_device, named_device, resolve_device
 
     # for the store's history: to the microsecond, so two invocations are two rows (rows are matched by text)
     started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -1047,13 +1047,21 @@ def run_analyze(
         _check_drop_options(options, world)
         if options.watch and world.distributed:  # before the wait for a first checkpoint
             raise _watch_under_torchrun()
+        if options.device != "auto":
+            named_device(options.device)  # no device fdl runs on (--device xpu)
     except FdlError as exc:
         raise distributed.alike(exc) from None  # the command line's alone: the same on every rank
     # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
     # on a two-GPU machine) was said only once the checkpoints had been found (a --trust-pickle folder's
     # unpickled to read their steps), the probe read and checked and the model file imported. --device
     # is a command-line option only: no fdl.toml changes it.
-    device = resolve_device(distributed.device_for(world, options.device))
+    requested = distributed.device_for(world, options.device)  # a rank that cannot take its GPU says so itself
+    try:
+        device = resolve_device(requested)
+    except FdlError as exc:
+        # no CUDA GPU, or none of that index: the same on every rank of this machine, said by one of them
+        # where the ranks know their place on it (each rank names itself otherwise)
+        raise (distributed.alike(exc, among="machine") if world.local_rank_known else exc) from None
     # The model is built and run with `cuda:i` current, so that what it puts on "the" GPU goes there too
     # (extract.current_cuda_device); the caller's current device is back when this returns.
     with current_cuda_device(device):
@@ -4486,7 +4494,7 @@ def _analyze_distributed(
             # what it noted, warned of and reported on its checkpoints (a file holding an EMA copy, a clipped
             # eigenvalue, a file that failed): the other ranks show nothing, rank 0 says it
             _RankMessages() if world.speaks else _RankMessages(
-                *(list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED),
+                **{kind: list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED},
                 once={kind: message for kind, message in ctx.noted_once.items() if kind not in noted_once}),
         )
         gathered = distributed.gather_to_writer(payload, world)

@@ -18,9 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fdl_cli.distributed import World, detect_world, device_for, voice
+from fdl_cli.errors import FdlError
 from tests.cli_run import fdl as fdl_process
+from tests.test_analyze import Result, fdl
 from tests.test_distributed import _args, _make_run
-from tests.test_s19_rank import _torchrun
+from tests.test_s18_device import _gpus
+from tests.test_s19_rank import _as_rank, _torchrun
 
 # -- the messages of a torchrun job are those of one process --------------------------------------------
 
@@ -75,3 +79,76 @@ def test_a_torchrun_job_says_the_notes_and_warnings_of_one_process(
     assert ("note: rank 1: step_50.pt also holds weights under 'ema'" in two.stderr) == relayed, two.stderr[-4000:]
     assert len([line for line in two.stderr.splitlines() if line.startswith(("note: ", "warning: ", "error: "))]) \
         == len(expected)
+
+
+# -- the device, said as the ranks meet it --------------------------------------------------------------
+
+
+def test_a_device_named_wrong_is_said_once_and_one_missing_once_a_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--device xpu` follows from the command line alone, and no CUDA GPU from the machine: each rank said
+    it, naming itself ("error on rank 1: --device cuda:1: no CUDA GPU is available" for --device cuda)."""
+    run = _make_run(tmp_path / "run")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def analyze(device: str) -> Result:
+        return fdl("analyze", str(run), "--model", "tests.tiny_models:mlp", "--probe", str(run / "probe.npz"), "--out",
+                   str(tmp_path / "s.h5"), "--device", device)
+
+    for device, said in (("xpu", "error: --device xpu: fdl runs on the CPU or a CUDA GPU only\n"),
+                         ("cuda", "error: --device cuda: no CUDA GPU is available\n")):
+        _as_rank(monkeypatch, 1)
+        quiet = analyze(device)
+        assert (quiet.code, quiet.stdout, quiet.stderr) == (1, "", ""), (device, quiet)
+        _as_rank(monkeypatch, 0)
+        done = analyze(device)
+        assert done.code == 1 and done.stderr.startswith(said), done
+    # without LOCAL_RANK or LOCAL_WORLD_SIZE the machines are not known: each rank names itself
+    _as_rank(monkeypatch, 1, {"WORLD_SIZE": "2"})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_RANK")
+    done = analyze("cuda")
+    assert done.code == 1 and done.stderr.startswith("error on rank 1: --device cuda: no CUDA GPU is available"), done
+    assert not (tmp_path / "s.h5").exists()
+
+
+# -- the GPU of a rank whose launcher sets no LOCAL_RANK ------------------------------------------------
+
+
+def test_a_rank_without_local_rank_takes_a_gpu_of_its_machine_or_asks_for_local_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two machines of 4 GPUs, ranks 0..7 from a launcher that sets RANK and WORLD_SIZE only (mpirun, srun):
+    rank 5 took cuda:5 and was told "rank 5 has LOCAL_RANK=5", a variable nobody had set."""
+    _gpus(monkeypatch, 4)
+    second = detect_world({"RANK": "5", "WORLD_SIZE": "8"})
+    assert (second.local_rank, second.local_rank_known) == (5, False)
+    with pytest.raises(FdlError) as caught:
+        device_for(second, "cuda")
+    assert caught.value.what.startswith("rank 5 cannot tell which GPU of this machine is its own: the launcher set "
+                                        "RANK and WORLD_SIZE but no LOCAL_RANK")
+    assert caught.value.got == "RANK=5, WORLD_SIZE=8, 4 CUDA GPU(s) visible"
+    assert caught.value.fix is not None and "LOCAL_RANK=$SLURM_LOCALID" in caught.value.fix
+    assert "LOCAL_WORLD_SIZE" in caught.value.fix and "--device cpu" in caught.value.fix
+    with pytest.raises(FdlError):
+        device_for(second, "auto")
+    assert device_for(second, "cpu") == "cpu"
+    # a rank whose RANK is a GPU of its machine takes it: distinct ranks, distinct GPUs (one machine: as before)
+    assert device_for(detect_world({"RANK": "2", "WORLD_SIZE": "8"}), "cuda") == "cuda:2"
+    assert device_for(detect_world({"RANK": "3", "WORLD_SIZE": "4"}), "auto") == "cuda:3"
+    # LOCAL_WORLD_SIZE alone: the ranks numbered machine by machine, as torchrun numbers them
+    by_size = detect_world({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})
+    assert (by_size.local_rank, by_size.local_rank_known) == (1, True)
+    assert device_for(by_size, "cuda") == "cuda:1"
+    # ... and the machine's first rank says what every rank of it meets (no rank of the second machine did)
+    assert voice("machine", detect_world({"RANK": "4", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})) == ""
+    assert voice("machine", by_size) is None
+    # torchrun's LOCAL_RANK, as it was
+    torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    assert detect_world(torchrun) == World(rank=5, size=8, local_rank=1, local_size=4)
+    assert device_for(detect_world(torchrun), "cuda") == "cuda:1"
+    assert device_for(detect_world({**torchrun, "RANK": "1", "WORLD_SIZE": "4"}), "cuda") == "cuda:1"
+    # no GPU: said by resolve_device as asked ("--device cuda", not the cuda:LOCAL_RANK it became)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_for(detect_world(torchrun), "cuda") == "cuda"
