@@ -10,21 +10,28 @@ quiet on every rank but 0.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from fdl_cli import distributed
 from fdl_cli.distributed import World, detect_world, device_for, voice
 from fdl_cli.errors import FdlError
 from tests.cli_run import fdl as fdl_process
 from tests.test_analyze import Result, fdl
-from tests.test_distributed import _args, _make_run
+from tests.test_distributed import REPO, _args, _make_run
+from tests.test_s16_tty import AGAIN, Stderr, during_import, slow_torch  # noqa: F401 - a fixture
 from tests.test_s18_device import _gpus
-from tests.test_s19_rank import _as_rank, _torchrun
+from tests.test_s19_rank import _as_rank, _no_traceback_of_fdl, _torchrun
 
 # -- the messages of a torchrun job are those of one process --------------------------------------------
 
@@ -79,6 +86,96 @@ def test_a_torchrun_job_says_the_notes_and_warnings_of_one_process(
     assert ("note: rank 1: step_50.pt also holds weights under 'ema'" in two.stderr) == relayed, two.stderr[-4000:]
     assert len([line for line in two.stderr.splitlines() if line.startswith(("note: ", "warning: ", "error: "))]) \
         == len(expected)
+
+
+# -- an interrupt is said once --------------------------------------------------------------------------
+
+#: A model file whose import waits, after it has marked the rank in $FDL_TEST_MARKS: every rank is then
+#: before any work (the model is imported as the inputs are checked), for as long as the test needs.
+IMPORT_WAITS = """
+import os
+import time
+from pathlib import Path
+
+from tests.tiny_models import mlp
+
+Path(os.environ["FDL_TEST_MARKS"], "rank" + os.environ["RANK"]).touch()
+time.sleep(120)
+"""
+
+
+def test_a_ctrl_c_of_a_torchrun_job_is_said_once(tmp_path: Path) -> None:
+    """torchrun hands the Ctrl-C it gets to every rank: each printed "interrupted" (and click's blank line)."""
+    run = _make_run(tmp_path / "run")
+    (tmp_path / "model.py").write_text(IMPORT_WAITS)
+    (tmp_path / "marks").mkdir()
+    args = _args(run, tmp_path / "s.h5")
+    args[args.index("--model") + 1] = f"{tmp_path / 'model.py'}:mlp"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "FDL_TEST_MARKS": str(tmp_path / "marks")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+               *args]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - as from a terminal
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "marks").iterdir())) < 2 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.1)
+        assert len(list((tmp_path / "marks").iterdir())) == 2
+        began = time.monotonic()
+        job.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C reaches: torchrun (its ranks have sessions of their own)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        job.kill()
+        job.wait()
+    assert time.monotonic() - began < distributed.QUIET_EXIT_GRACE  # a quiet rank does not wait for rank 0
+    lines = stderr.splitlines()
+    assert lines.count("interrupted") == 1, stderr[-4000:]
+    _no_traceback_of_fdl(stderr)
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize(("rank", "command", "says"), [("0", "analyze", True), ("1", "analyze", False),
+                                                         ("1", "inspect", True)])
+def test_a_ctrl_c_during_import_torch_is_said_by_rank_0_of_a_torchrun_job(
+    tmp_path: Path, request: pytest.FixtureRequest, rank: str, command: str, says: bool
+) -> None:
+    """The Ctrl-C torchrun hands every rank while it imports torch: each said fdl would stop once torch had
+    loaded, then "interrupted". `fdl inspect` is no rank of a job: a process of its own, it says all."""
+    def once(process: subprocess.Popen[bytes], stderr: Stderr) -> None:
+        process.send_signal(signal.SIGINT)
+        if says:
+            stderr.wait_for(AGAIN)
+        else:
+            time.sleep(0.5)  # the watcher takes it at once (it polls every 0.05 s), saying nothing
+        (tmp_path / "release").touch()
+
+    environ = {**request.getfixturevalue("slow_torch"), "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank,
+               "LOCAL_WORLD_SIZE": "2"}
+    began = time.monotonic()
+    status, text, _ = during_import(environ, tmp_path, command, once)
+    assert status == 130, (status, text)
+    assert (AGAIN in text) == says and ("interrupted" in text) == says, text
+    assert ("\n\n" in text) == says  # click's blank line, closing a terminal's "^C", came from every rank too
+    assert "Traceback" not in text
+    assert time.monotonic() - began < distributed.QUIET_EXIT_GRACE + 2  # rank 1 does not wait for rank 0
+
+
+# -- a command other than analyze is no rank of a job ---------------------------------------------------
+
+
+def test_a_command_run_in_a_torchrun_jobs_script_says_what_it_meets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torchrun --no-python job.sh` runs `fdl classify run.h5 --expect MF` on every rank, each inheriting
+    WORLD_SIZE: ranks other than 0 kept a usage error quiet (after a wait for a rank 0 that says nothing of
+    theirs) and named themselves in an error ("error on rank 1: ..."), though each is a process of its own."""
+    _as_rank(monkeypatch, 1)
+    usage = fdl("classify", str(tmp_path / "run.h5"), "--bogus")
+    assert usage.code == 2 and "No such option '--bogus'" in usage.stderr, usage
+    missing = fdl("classify", str(tmp_path / "run.h5"))
+    assert missing.code == 1 and missing.stderr.startswith(f"error: no fdl store at {tmp_path / 'run.h5'}"), missing
+    # analyze is a rank of the job: rank 0 says its usage error
+    quiet = fdl("analyze", str(tmp_path), "--bogus")
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (2, "", "")
 
 
 # -- the device, said as the ranks meet it --------------------------------------------------------------
