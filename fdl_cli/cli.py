@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import click
 
@@ -95,7 +95,25 @@ class _StdoutClosed(Exception):
     """stdout's reader went away (a BrokenPipeError), raised past click, which would exit 1 on it."""
 
 
+class _Interrupted(BaseException):
+    """A Ctrl-C in a command, raised past click to `main`, which says it: click's own blank line (it closes a
+    terminal's "^C") came from every rank of a torchrun job, where rank 0 alone says "interrupted"."""
+
+
+#: The command this process runs (`_Group.resolve_command`; None before one is known): only `analyze` runs as
+#: a rank of a torchrun job, whose messages rank 0 says (`_voice_or_exit`).
+_command: str | None = None
+
+
 class _Group(click.Group):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        global _command
+        name, command, rest = super().resolve_command(ctx, args)
+        _command = command.name if command is not None else None
+        return name, command, rest
+
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
     ) -> click.Context:
@@ -110,6 +128,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             raise _StdoutClosed from None
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
@@ -258,7 +278,7 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     with _untracked_imports():
-        signals.import_torch()
+        signals.import_torch(quiet=_a_quiet_rank())
         # and the modules a run imports on its way (the store's h5py, the loaders, rich's progress)
         import rich.console
         import rich.progress  # noqa: F401
@@ -747,31 +767,59 @@ def tolerate_unencodable_output() -> None:
                 reconfigure(errors="backslashreplace")
 
 
-def _voice_or_exit(*, alike: str, status: int) -> str:
+def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:
     """How this process says the message it ends with: "" plainly, "rank N" naming its rank; or, on a
-    rank that leaves a message every rank has `alike` to rank 0, no word: it exits with `status` here
-    (`distributed.voice`, under torchrun: WORLD_SIZE set; distributed, and numpy, are not imported for
-    a usage error of one process)."""
-    if "WORLD_SIZE" not in os.environ:
+    rank that leaves a message every rank has `alike` to rank 0, no word: it exits with `status` here,
+    after `grace` seconds at most (`distributed.voice`, `exit_quietly`). Only `fdl analyze` runs as a
+    rank of a torchrun job (WORLD_SIZE set): another command run in a job's script, where every process
+    inherits WORLD_SIZE (`fdl classify run.h5 --expect MF` after training), is a process of its own and
+    says all it meets. distributed, and numpy, are not imported for a usage error of one process."""
+    if _command != "analyze" or "WORLD_SIZE" not in os.environ:
         return ""
     from fdl_cli import distributed
 
     voice = distributed.voice(alike)
     if voice is None:
-        distributed.exit_quietly(status)
+        distributed.exit_quietly(status, grace)
     return voice
+
+
+def _a_quiet_rank() -> bool:
+    """Whether this `fdl analyze` is a rank of a torchrun job other than rank 0, which says for every rank
+    what each meets alike (read from RANK and WORLD_SIZE as `distributed.detect_world` reads them, before
+    torch and numpy are imported: a value that is no integer is said by every rank once it is read)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
+def _say_interrupted(*, closing_line: bool) -> NoReturn:
+    """"interrupted" (after a blank line that closes a terminal's "^C", as click writes it, with
+    `closing_line`) and the status of the signal. Under torchrun every rank is interrupted alike (torchrun
+    passes the Ctrl-C on to each rank): rank 0 says it, the others exit at once, with no wait for it
+    (torchrun, stopping the job, waits for rank 0 to exit; a wait only made the job end later)."""
+    status = signals.exit_status()
+    _voice_or_exit(alike="job", status=status, grace=0.0)
+    if closing_line:
+        click.echo(err=True)
+    click.echo("interrupted", err=True)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: FdlError -> message on stderr and exit 1, never a traceback."""
+    global _command
+    _command = None
     configure_blas_threads()
     tolerate_unencodable_output()
     try:
         with signals.installed():
             cli.main(args=argv, prog_name="fdl", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(signals.exit_status())
+    except click.exceptions.Abort:  # a Ctrl-C while click parses the command line: click wrote a blank line
+        _say_interrupted(closing_line=False)
+    except _Interrupted:
+        _say_interrupted(closing_line=True)
     except click.ClickException as exc:
         _voice_or_exit(alike="job", status=exc.exit_code)  # a usage error: the command line's, alike on every rank
         exc.show()
@@ -781,8 +829,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error{f' on {voice}' if voice else ''}: {exc.message}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(signals.exit_status())
+        _say_interrupted(closing_line=False)
     except (BrokenPipeError, _StdoutClosed):
         # The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
         # killed by SIGPIPE does (status 128 + 13). stdout is pointed at /dev/null first, or the

@@ -44,6 +44,9 @@ class World:
     local_rank: int = 0
     #: the ranks on this machine (torchrun's LOCAL_WORLD_SIZE); None when not said: maybe all of them
     local_size: int | None = None
+    #: whether the launcher said which rank of its machine this is: LOCAL_RANK (torchrun sets it), or
+    #: LOCAL_WORLD_SIZE, the ranks numbered machine by machine; else `local_rank` is RANK, right on one machine
+    local_rank_known: bool = True
 
     @property
     def distributed(self) -> bool:
@@ -62,13 +65,20 @@ class World:
 
 
 def detect_world(environ: dict[str, str] | None = None) -> World:
-    """RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; a single process when they are absent."""
+    """RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; a single process when they are absent.
+
+    A launcher other than torchrun (mpirun, srun) may set no LOCAL_RANK: it is then RANK modulo
+    LOCAL_WORLD_SIZE where that is set (the ranks numbered machine by machine, as torchrun numbers them),
+    else RANK itself, which is right on one machine only (`World.local_rank_known`, `device_for`)."""
     env = os.environ if environ is None else environ
     try:
         size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
-        local_rank = int(env.get("LOCAL_RANK", str(rank)))
         local_size = int(env["LOCAL_WORLD_SIZE"]) if env.get("LOCAL_WORLD_SIZE") else None
+        if "LOCAL_RANK" in env:
+            local_rank = int(env["LOCAL_RANK"])
+        else:
+            local_rank = rank % local_size if local_size else rank
     except ValueError:
         raise FdlError(
             "RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE are not integers",
@@ -80,7 +90,8 @@ def detect_world(environ: dict[str, str] | None = None) -> World:
         raise FdlError(
             "RANK must lie in [0, WORLD_SIZE)", got=f"RANK={rank}, WORLD_SIZE={size}", fix="start fdl with torchrun"
         )
-    return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
+    return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size,
+                 local_rank_known="LOCAL_RANK" in env or bool(local_size) or size == 1)
 
 
 def alike(error: E, among: str = "job") -> E:
@@ -152,7 +163,10 @@ def exit_quietly(status: int, grace: float | None = None) -> NoReturn:
 
 def device_for(world: World, requested: str) -> str:
     """Under torchrun each rank takes its own GPU: `auto`/`cuda` become `cuda:LOCAL_RANK`; an explicit
-    `cuda:i` is refused where it would put several ranks on one GPU of several."""
+    `cuda:i` is refused where it would put several ranks on one GPU of several. Without LOCAL_RANK (nor
+    LOCAL_WORLD_SIZE) a rank takes cuda:RANK where this machine has that GPU (distinct ranks take distinct
+    GPUs, on one machine or several); where it has not, the rank cannot tell which GPU is its own, and the
+    error asks for LOCAL_RANK (it named a LOCAL_RANK=RANK that the launcher never set)."""
     if not world.distributed:
         return requested
     import torch
@@ -160,10 +174,23 @@ def device_for(world: World, requested: str) -> str:
     _refuse_one_gpu_for_all(world, requested)
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count and world.local_rank >= count:
+        if not count:
+            return requested  # resolve_device refuses it as asked: "--device cuda", not cuda:LOCAL_RANK
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if not world.local_rank_known and world.local_rank >= count:
+            raise FdlError(
+                f"rank {world.rank} cannot tell which GPU of this machine is its own: the launcher set RANK and "
+                "WORLD_SIZE but no LOCAL_RANK (nor LOCAL_WORLD_SIZE), and RANK is past this machine's GPUs",
+                got=f"RANK={world.rank}, WORLD_SIZE={world.size}, {count} CUDA GPU(s) visible"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
+                fix="set LOCAL_RANK to the rank's place among the ranks of its machine, as torchrun does (under srun: "
+                "LOCAL_RANK=$SLURM_LOCALID; under mpirun: LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK), or LOCAL_WORLD_SIZE "
+                f"to the number of ranks on each machine (ranks numbered machine by machine), at most {count} a "
+                "machine (one rank per GPU); or run the ranks on the CPU with --device cpu",
+            )
+        if world.local_rank >= count:
             # said here, not by resolve_device: the user asked for `cuda` (or auto), not for cuda:LOCAL_RANK,
             # and "--device cuda for the current one" is what they did
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             raise FdlError(
                 f"under torchrun each rank takes the GPU of its LOCAL_RANK, and rank {world.rank} has "
                 f"LOCAL_RANK={world.local_rank}, but this machine shows {count} CUDA GPU(s)",

@@ -279,10 +279,9 @@ def _wrapper_fix(pick: str) -> str:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` → cuda when available, else cpu; `cuda[:i]` checked to exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def named_device(name: str) -> torch.device:
+    """The device `name` (not `auto`) names, or the error of a name that is no device fdl runs on: said from
+    the name alone, whatever GPUs the machine has (`resolve_device` then checks those)."""
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -295,6 +294,14 @@ def resolve_device(name: str) -> torch.device:
             f"--device {name}: fdl runs on the CPU or a CUDA GPU only{why}",
             fix="use --device auto, cpu, cuda or cuda:i",
         )
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda when available, else cpu; `cuda[:i]` checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = named_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         # Said with the device asked for (it read "--device cuda" for cuda:1 too) and, where fdl can tell,
         # why: a CPU build of torch (the wheel pip picks on some machines), or CUDA_VISIBLE_DEVICES

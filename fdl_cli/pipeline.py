@@ -527,8 +527,9 @@ class _Context:
     late_manifest: bool = False
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
-    #: a checkpoint holding another copy of its weights (an EMA) was noted: once a run (`_prepare`)
-    weight_copies_noted: bool = False
+    #: the notes said once a run (`_note_once`), by kind: a checkpoint holding another copy of its weights
+    #: (an EMA, `_prepare`)
+    noted_once: dict[str, str] = field(default_factory=dict)
     #: the steps discovery found before --steps / --every selected (`_reference_ref`); None: not known
     steps_found: frozenset[int] | None = None
     #: (dropped, kept): files discovery left out as copies of another file of their step (`Discovery.copies`):
@@ -1065,7 +1066,7 @@ def run_analyze(
 ) -> AnalyzeSummary:
     """Analyse the checkpoints of `options` into the store; returns what was done."""
     from fdl_cli import distributed
-    from fdl_cli.extract import current_cuda_device, resolve_device
+    from fdl_cli.extract import current_cuda_device, named_device, resolve_device
 
     # for the store's history: to the microsecond, so two invocations are two rows (rows are matched by text)
     started = datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -1075,13 +1076,21 @@ def run_analyze(
         _check_drop_options(options, world)
         if options.watch and world.distributed:  # before the wait for a first checkpoint
             raise _watch_under_torchrun()
+        if options.device != "auto":
+            named_device(options.device)  # no device fdl runs on (--device xpu)
     except FdlError as exc:
         raise distributed.alike(exc) from None  # the command line's alone: the same on every rank
     # Before any file is read or any code of the model's runs: a GPU that is not there (`--device cuda:7`
     # on a two-GPU machine) was said only once the checkpoints had been found (a --trust-pickle folder's
     # unpickled to read their steps), the probe read and checked and the model file imported. --device
     # is a command-line option only: no fdl.toml changes it.
-    device = resolve_device(distributed.device_for(world, options.device))
+    requested = distributed.device_for(world, options.device)  # a rank that cannot take its GPU says so itself
+    try:
+        device = resolve_device(requested)
+    except FdlError as exc:
+        # no CUDA GPU, or none of that index: the same on every rank of this machine, said by one of them
+        # where the ranks know their place on it (each rank names itself otherwise)
+        raise (distributed.alike(exc, among="machine") if world.local_rank_known else exc) from None
     # The model is built and run with `cuda:i` current, so that what it puts on "the" GPU goes there too
     # (extract.current_cuda_device); the caller's current device is back when this returns.
     with current_cuda_device(device):
@@ -1656,24 +1665,38 @@ def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint
     return loaded, sha
 
 
+#: `_note_once`'s kind of the note that a checkpoint holds another copy of its weights (an EMA)
+WEIGHT_COPIES = "weight copies"
+
+
+def _note_once(ctx: _Context, kind: str, message: str) -> None:
+    """Note `message` unless a note of its `kind` was said in this run: of the first file that warrants it, as
+    one process meets them in step order (under torchrun rank 0 says that of the lowest rank that noted one:
+    `_say_other_ranks_messages`)."""
+    if kind not in ctx.noted_once:
+        ctx.noted_once[kind] = message
+        ctx.reporter.note(message)
+
+
 def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
     """The model of `loaded`, on the device in --dtype. `parameters=False` for passes that only take
     the anchor features (a stored checkpoint's series): they need no copy of the file's values."""
     from fdl_cli.checkpoints import build_model
     from fdl_cli.extract import prepare_model
 
-    if loaded.other_weights and not ctx.weight_copies_noted:
+    if loaded.other_weights and WEIGHT_COPIES not in ctx.noted_once:
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
-        ctx.weight_copies_noted = True
         copies = loaded.other_weights
         if loaded.ema_swapped_in:  # mmengine's EMAHook: the trained model's weights are the copy
-            ctx.reporter.note(
+            _note_once(
+                ctx, WEIGHT_COPIES,
                 f"{Path(loaded.ref.path).name} is mmengine's with its EMAHook, which saves the EMA's weights under "
                 f"'state_dict' and the trained model's under {copies[0]!r}: fdl analyses the EMA's; --weights "
                 f"{copies[0]} analyses the trained model's"
             )
         else:
-            ctx.reporter.note(
+            _note_once(
+                ctx, WEIGHT_COPIES,
                 f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
                 f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
             )
@@ -4663,8 +4686,9 @@ def _analyze_distributed(
 
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
-        # what this rank warns of or reports from here is its own
-        said = (len(getattr(ctx.reporter, "warnings", ())), len(getattr(ctx.reporter, "errors", ())))
+        # what this rank notes, warns of or reports from here is its own
+        said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
+        noted_once = dict(ctx.noted_once)
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except FdlError as exc:
@@ -4681,14 +4705,15 @@ def _analyze_distributed(
             [entry for entry in local.entries if entry.step in owned],
             [item for item in local_summary.failed if item[0] in mine_paths],
             failure,
-            # what it warned of and reported on its checkpoints (a clipped eigenvalue, a file that failed):
-            # the other ranks show nothing, rank 0 says it
-            ([], []) if world.speaks else (list(getattr(ctx.reporter, "warnings", ())[said[0]:]),
-                                           list(getattr(ctx.reporter, "errors", ())[said[1]:])),
+            # what it noted, warned of and reported on its checkpoints (a file holding an EMA copy, a clipped
+            # eigenvalue, a file that failed): the other ranks show nothing, rank 0 says it
+            _RankMessages() if world.speaks else _RankMessages(
+                **{kind: list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED},
+                once={kind: message for kind, message in ctx.noted_once.items() if kind not in noted_once}),
         )
         gathered = distributed.gather_to_writer(payload, world)
         if gathered is not None:
-            _say_other_ranks_messages(ctx.reporter, gathered)
+            _say_other_ranks_messages(ctx.reporter, [part[3] for part in gathered], ctx.noted_once)
         first_failure: str | None = None
         written = False
         if writer is not None and gathered is not None:
@@ -4760,14 +4785,36 @@ def _open_rank_part(
         return None
 
 
-def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[Any]) -> None:
-    """The warnings and errors each other rank met on its own checkpoints, said by rank 0 naming that rank
-    (once: what rank 0 said too, or a lower rank, is not said again)."""
-    for index, say in ((0, reporter.warn), (1, reporter.error)):
-        said = set(getattr(reporter, ("warnings", "errors")[index], ()))
+#: what a rank says that rank 0 relays (`_RankMessages`), by the name of its list on a reporter
+_RELAYED = ("notes", "warnings", "errors")
+
+
+@dataclass(frozen=True)
+class _RankMessages:
+    """What a rank other than 0 said on its own checkpoints (its reporter shows nothing), for rank 0 to say."""
+
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: of `notes`, those said once a run (`_note_once`), by kind
+    once: dict[str, str] = field(default_factory=dict)
+
+
+def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[_RankMessages], noted_once: dict[str, str]) -> None:
+    """The notes, warnings and errors each other rank met on its own checkpoints, said by rank 0 naming that
+    rank, so that a torchrun job says what one process says of the run. Each once: what rank 0 said too, or
+    a lower rank, is not said again; nor a note said once a run (`_note_once`) whose kind rank 0
+    (`noted_once`) or a lower rank noted already: one process says it of the first file only."""
+    kinds = set(noted_once)
+    unsaid: list[set[str]] = []  # each rank's once-a-run notes of a kind said before
+    for part in gathered:
+        unsaid.append({message for kind, message in part.once.items() if kind in kinds})
+        kinds |= part.once.keys()
+    for kind, say in zip(_RELAYED, (reporter.note, reporter.warn, reporter.error), strict=True):
+        said = set(getattr(reporter, kind, ()))
         for rank, part in enumerate(gathered):
-            for message in part[3][index]:
-                if message not in said:
+            for message in getattr(part, kind):
+                if message not in said and message not in unsaid[rank]:
                     said.add(message)
                     say(f"rank {rank}: {message}")
 

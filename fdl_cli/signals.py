@@ -136,8 +136,9 @@ class _ImportWatch:
 
     POLL_S = 0.05
 
-    def __init__(self, signals: set[signal.Signals]) -> None:
+    def __init__(self, signals: set[signal.Signals], *, quiet: bool = False) -> None:
         self.signals = signals
+        self.quiet = quiet  # a rank of a torchrun job whose rank 0 says it
         self.first: int | None = None
         self.done = False
         self.actions: dict[int, Any] = {int(signum): signal.getsignal(signum) for signum in signals}
@@ -152,12 +153,14 @@ class _ImportWatch:
     def _take(self, signum: int) -> None:
         if signum == signal.SIGINT and self.first is None:
             self.first = signum
-            _say(IMPORT_NOTE)
+            if not self.quiet:
+                _say(IMPORT_NOTE)
             return
         if self.actions.get(signum) is signal.SIG_DFL:  # the process ends by the signal, as it would have
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
             signal.pthread_kill(threading.get_ident(), signum)
-        _say("interrupted")
+        if not self.quiet:
+            _say("interrupted")
         os._exit(128 + signum)
 
 
@@ -169,12 +172,13 @@ def _say(line: str) -> None:
         pass  # stderr closed: the status says it
 
 
-def import_torch() -> None:
+def import_torch(*, quiet: bool = False) -> None:
     """`import torch` with SIGINT and SIGTERM `held` back, so none is handled inside torch's C++ start-up;
     meanwhile `_ImportWatch` takes them: a first Ctrl-C stops fdl once the import has ended, a second
     one, or a SIGTERM, at once. Where `signal.sigtimedwait` does not exist (macOS), they wait for the
     end of the import. Torch imported already (a test, or a program calling fdl's main twice): nothing to
-    hold, and no watcher thread whose join costs up to its poll interval."""
+    hold, and no watcher thread whose join costs up to its poll interval. `quiet`: say nothing of them
+    (a rank of a torchrun job other than rank 0, which says it for all: torchrun hands each rank the Ctrl-C)."""
     if "torch" in sys.modules:
         return
     watch = None
@@ -184,7 +188,7 @@ def import_torch() -> None:
                 taken = {signum for signum in (signal.SIGINT, signal.SIGTERM)
                          if signal.getsignal(signum) is not signal.SIG_IGN}
                 if taken:
-                    watch = _ImportWatch(taken)
+                    watch = _ImportWatch(taken, quiet=quiet)
                     watch.thread.start()
             try:
                 import torch  # noqa: F401
