@@ -1,0 +1,44 @@
+"""Session 20, what `fdl report --plots/--html` and `fdl export` leave behind: stale figure files, the spectrum
+heat map's step axis, matplotlib's messages with an unwritable HOME, output options given twice, and a partial
+quality export. Each numbered test failed before its fix; those marked "guard" pin what the fix must not break."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fdl_cli import report as rep
+from tests.cli_run import fdl
+from tests.test_report import make_store
+
+# -- 5. a partial quality export ------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_without_quality_is_null_in_json_and_a_row_of_empty_cells_in_csv(tmp_path: Path) -> None:
+    """5. Step 100 stores no quality (an older store, a probe without labels): JSON said null, CSV had no row."""
+    store = make_store(tmp_path / "run.h5")
+    with h5py.File(store, "a") as handle:
+        del handle["checkpoints/step_100/train/fc1/quality"]
+    as_json = fdl("export", store, "--what", "quality", "--format", "json")
+    as_csv = fdl("export", store, "--what", "quality")
+    assert as_json.returncode == 0 and as_csv.returncode == 0, as_json.stderr + as_csv.stderr
+    from_json = {item["step"]: item["quality"] for item in json.loads(as_json.stdout)}
+    assert from_json[100] is None and len(from_json[0]) == len(from_json[200]) == 6
+
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [row for row in rows if row["step"] == "100"] == [{"step": "100", "k": "", "quality": ""}]
+    from_csv: dict[int, list[float] | None] = {}
+    for row in rows:
+        values = from_csv.setdefault(int(row["step"]), None if row["quality"] == "" else [])
+        if values is not None:
+            assert int(row["k"]) == len(values) + 1
+            values.append(float(row["quality"]))
+    assert from_csv == from_json
