@@ -19,6 +19,39 @@ from fdl_cli import report as rep
 from tests.cli_run import fdl
 from tests.test_report import make_store
 
+# -- 4. an output option given twice -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "option", "named"), [
+    (["report", "{store}"], ["--html", "{a}.html", "--html", "{b}.html"], "--html"),
+    (["report", "{store}"], ["--plots", "{a}", "--plots", "{b}"], "--plots"),
+    (["compare", "{store}", "{store}"], ["--plots", "{a}", "--plots", "{b}"], "--plots"),
+    (["export", "{store}", "--what", "eigenvalues"], ["-o", "{a}.csv", "--out", "{b}.csv"], "--out/-o"),
+    (["analyze", "{ckpts}"], ["--out", "{a}.h5", "-o", "{b}.h5"], "--out/-o"),
+])
+def test_an_output_option_given_twice_is_a_usage_error_naming_it(
+    tmp_path: Path, command: list[str], option: list[str], named: str,
+) -> None:
+    """4. `--html A.html --html B.html` wrote B alone, in silence (click keeps the last value)."""
+    values = {"store": str(make_store(tmp_path / "run.h5")), "ckpts": str(tmp_path / "ckpts"),
+              "a": str(tmp_path / "a"), "b": str(tmp_path / "b")}
+    done = fdl(*(part.format(**values) for part in [*command, *option]))
+    assert done.returncode == 2, done.stderr
+    assert f"Error: {named} given twice ('{tmp_path / 'a'}" in done.stderr
+    assert "Usage: fdl " in done.stderr and done.stdout == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.h5"]
+
+
+def test_the_same_output_given_twice_is_that_output_and_other_options_keep_the_last(tmp_path: Path) -> None:
+    """4 (guard). The same path twice is no ambiguity; options that write nothing keep click's last-wins."""
+    store = make_store(tmp_path / "run.h5")
+    page = tmp_path / "r.html"
+    done = fdl("report", store, "--html", page, "--html", page, "--format", "csv", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    assert isinstance(json.loads(done.stdout), list)
+
+
 # -- 5. a partial quality export ------------------------------------------------------------------------------------
 
 
