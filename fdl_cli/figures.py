@@ -7,14 +7,66 @@ backend, safe in a headless process. Each `*_figure` function takes plain arrays
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
 import re
+import shutil
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+
+def _folder_usable(folder: Path | None, home: Path | None) -> bool:
+    """Whether matplotlib can keep its files in `folder`, made as matplotlib makes it (`mkdir -p`), but never
+    making a home folder that does not exist (HOME=/nonexistent as root made /nonexistent/.cache)."""
+    if folder is None:
+        return False
+    if home is not None and folder.is_relative_to(home) and not home.is_dir():
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def quiet_matplotlib_folders() -> None:
+    """Before matplotlib is imported: when the folders it keeps its configuration and font cache in
+    (~/.config/matplotlib and ~/.cache/matplotlib, XDG_CONFIG_HOME and XDG_CACHE_HOME where set; ~/.matplotlib
+    on macOS) cannot be made or written (HOME unwritable or missing, as in a container run as another
+    user), point MPLCONFIGDIR at a private temporary folder, removed when fdl exits. matplotlib does the
+    same on its own, but says so on stderr in two warnings ("mkdir -p failed ...", "Matplotlib created a
+    temporary cache directory ...") after the report's own lines. A MPLCONFIGDIR the user set is left to
+    matplotlib, warnings included: that is the user's own setting failing. Windows is left to matplotlib."""
+    if "matplotlib" in sys.modules or os.environ.get("MPLCONFIGDIR") or sys.platform == "win32":
+        return
+    try:
+        home: Path | None = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        home = None
+    if sys.platform.startswith(("linux", "freebsd")):
+        bases = [os.environ.get("XDG_CONFIG_HOME") or (home and home / ".config"),
+                 os.environ.get("XDG_CACHE_HOME") or (home and home / ".cache")]
+        folders = [Path(base, "matplotlib") if base else None for base in bases]
+    else:
+        folders = [home / ".matplotlib" if home else None]
+    if all(_folder_usable(folder, home) for folder in folders):
+        return
+    try:
+        private = tempfile.mkdtemp(prefix="fdl-matplotlib-")  # mode 0700, a fresh name: no other user's files
+    except OSError:
+        return  # no temporary folder either: matplotlib's own error says so
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = private
+
+
+quiet_matplotlib_folders()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 

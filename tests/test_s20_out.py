@@ -19,6 +19,53 @@ from fdl_cli import report as rep
 from tests.cli_run import fdl
 from tests.test_report import make_store
 
+# -- 3. matplotlib's folders with HOME unwritable ------------------------------------------------------------------
+
+
+def _without_matplotlib_settings(**extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME")}
+    return {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+
+
+def _report(store: Path, *args: object, env: dict[str, str]) -> tuple[int, str, str]:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "report", str(store), *map(str, args)],
+                          capture_output=True, text=True, env=env, check=False, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("home", ["under_a_file", "missing"])
+def test_with_home_unwritable_the_report_says_nothing_of_matplotlib(tmp_path: Path, home: str) -> None:
+    """3. HOME unwritable (a container run as another user): matplotlib warned twice on stderr ("mkdir -p failed
+    ...", "Matplotlib created a temporary cache directory ..."); with HOME missing and writable above (as
+    root), it made the home folder. fdl now gives matplotlib a private temporary folder, removed at exit."""
+    store = make_store(tmp_path / "run.h5")
+    (tmp_path / "file").write_text("")
+    home_path = tmp_path / "file" / "home" if home == "under_a_file" else tmp_path / "nohome"
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = _without_matplotlib_settings(HOME=str(home_path), TMPDIR=str(temporary))
+    status, stdout, stderr = _report(store, "--format", "csv", "--plots", tmp_path / "plots", env=env)
+    assert status == 0, stderr
+    assert stderr == f"wrote 8 figure files to {tmp_path / 'plots'}\n"
+    assert stdout == fdl("report", store, "--format", "csv").stdout
+    assert not home_path.exists()
+    assert list(temporary.iterdir()) == []  # the private folder went with the process
+    status, _, stderr = _report(store, "--html", tmp_path / "r.html", "--format", "json", env=env)
+    assert status == 0 and stderr == f"wrote {tmp_path / 'r.html'}\n"
+
+
+def test_a_matplotlib_folder_the_user_set_is_left_to_matplotlib_warnings_and_all(tmp_path: Path) -> None:
+    """3 (guard). MPLCONFIGDIR set and unusable is the user's own setting failing: its warning is not hidden."""
+    (tmp_path / "file").write_text("")
+    env = _without_matplotlib_settings(HOME=str(tmp_path), MPLCONFIGDIR=str(tmp_path / "file" / "mpl"))
+    status, _, stderr = _report(make_store(tmp_path / "run.h5"), "--format", "csv", "--plots", tmp_path / "p", env=env)
+    assert status == 0
+    assert "Matplotlib created a temporary" in stderr
+
+
 # -- 4. an output option given twice -------------------------------------------------------------------------------
 
 
