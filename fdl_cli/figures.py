@@ -73,7 +73,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from fdl_cli.report import (  # noqa: E402
     Comparison,
@@ -206,8 +207,30 @@ def trajectory_figure(
     return figure
 
 
+def step_edges(steps: Sequence[int]) -> np.ndarray:
+    """The x edges (len(steps) + 1,) of the heat map's columns on a step axis: each checkpoint's column
+    reaches halfway to its neighbours, the first starts at the first step and the last ends at the last
+    (one checkpoint: a column one step wide)."""
+    at = np.asarray(steps, dtype=np.float64)
+    if at.size == 1:
+        return np.array([at[0] - 0.5, at[0] + 0.5])
+    return np.concatenate([at[:1], (at[:-1] + at[1:]) / 2, at[-1:]])
+
+
+#: Checkpoints up to this many are marked by small ticks on the heat map's step axis (more make a solid bar).
+MARKED_CHECKPOINTS = 100
+#: The colour of k above a checkpoint's rank (no eigenvalue kept there): grey, outside magma's black-to-pale-
+#: yellow, where white read as the top of the scale (ρ_k close to ρ_1).
+BEYOND_RANK = "0.75"
+
+
 def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, top: int = HEATMAP_TOP) -> Figure:
-    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over checkpoints (columns, labelled by step)."""
+    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over training: x is the step, on a linear axis as in
+    the trajectories figure, so that uneven steps (0, 10, 100, 1000) are not drawn as evenly spaced columns.
+    Each checkpoint's column spans halfway to its neighbours (`step_edges`); up to MARKED_CHECKPOINTS
+    checkpoints are marked by small ticks; k above a checkpoint's rank is grey (BEYOND_RANK) and said so
+    in a legend. The cells are rasterized: a thousand checkpoints make 64 000 of them, an SVG of
+    megabytes as vector paths."""
     width = max(min(top, max((s.size for s in spectra), default=1)), 1)
     grid = np.full((width, len(steps)), np.nan)
     for column, values in enumerate(spectra):
@@ -217,14 +240,21 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
                 grid[: values.size, column] = np.log10(np.clip(values / values[0], 1e-16, None))
     figure = _new_figure(8.0, 4.5)
     ax = figure.subplots()
-    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
-                      extent=(-0.5, len(steps) - 0.5, 0.5, width + 0.5))
-    ticks = np.unique(np.round(np.linspace(0, len(steps) - 1, min(len(steps), 8))).astype(int))
-    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set_xlabel("step")
-    ax.set_ylabel("k")
+    colours = matplotlib.colormaps["magma"].with_extremes(bad=BEYOND_RANK)
+    mesh = ax.pcolormesh(step_edges(steps), np.arange(width + 1) + 0.5, np.ma.masked_invalid(grid), cmap=colours,
+                         shading="flat", rasterized=True)
+    for axis in (ax.xaxis, ax.yaxis):  # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only
+        axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+    marked = len(steps) <= MARKED_CHECKPOINTS
+    if marked:
+        ax.set_xticks(list(steps), minor=True)
+    ax.set_xlabel("step" + (" (small ticks: the checkpoints)" if marked else ""))
+    ax.set_ylabel("k (eigenvalue index" + (f", the top {top})" if width == top else ")"))
     ax.set_title("eigenvalue spectrum over training")
-    figure.colorbar(image, ax=ax, label="log10(ρ_k / ρ_1)")
+    figure.colorbar(mesh, ax=ax, label=r"$\log_{10}(\rho_k / \rho_1)$")
+    if np.isnan(grid).any():
+        ax.legend(handles=[Patch(facecolor=BEYOND_RANK, label="k above the rank (no eigenvalue kept)")],
+                  loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, fontsize="small")
     return figure
 
 

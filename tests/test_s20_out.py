@@ -19,6 +19,55 @@ from fdl_cli import report as rep
 from tests.cli_run import fdl
 from tests.test_report import make_store
 
+# -- 2. the spectrum heat map's step axis ---------------------------------------------------------------------------
+
+
+def test_the_spectrum_heat_map_places_each_checkpoint_at_its_step() -> None:
+    """2. Columns were one per checkpoint, so steps 0, 10, 100 and 1000 were drawn evenly spaced. The x axis is
+    now the step (linear, as in the trajectories figure); each column reaches halfway to its neighbours; a k
+    above a checkpoint's rank is grey and said so, where white read as the top of the colour scale."""
+    from matplotlib.collections import QuadMesh
+    from matplotlib.colors import to_rgba
+    from matplotlib.text import Text
+
+    from fdl_cli.figures import BEYOND_RANK, spectrum_heatmap_figure
+
+    steps = [0, 10, 100, 1000]
+    spectra = [10.0 ** -np.arange(8.0), 10.0 ** -np.arange(8.0), 10.0 ** -np.arange(8.0), 10.0 ** -np.arange(5.0)]
+    figure = spectrum_heatmap_figure(steps, spectra)
+    ax = figure.axes[0]
+    assert ax.get_xlim() == (0.0, 1000.0)
+    mesh = next(artist for artist in ax.get_children() if isinstance(artist, QuadMesh))
+    np.testing.assert_array_equal(mesh.get_coordinates()[0, :, 0], [0, 5, 55, 550, 1000])
+    np.testing.assert_array_equal(mesh.get_coordinates()[:, 0, 1], np.arange(9) + 0.5)
+    figure.canvas.draw()
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["0", "200", "400", "600", "800", "1000"]
+    # the checkpoints, marked (matplotlib draws no minor tick where a major one is: 0 and 1000 here)
+    np.testing.assert_array_equal(ax.xaxis.get_minor_locator().locs, steps)
+    colours = mesh.get_facecolors().reshape(8, 4, 4)
+    np.testing.assert_allclose(colours[6, 3], to_rgba(BEYOND_RANK))  # k = 7 at step 1000: rank 5
+    np.testing.assert_allclose(colours[0, 3], to_rgba(mesh.cmap(1.0)))  # k = 1: log10 1 = 0, the top
+    texts = [artist.get_text() for artist in figure.findobj(Text)]
+    assert "k above the rank (no eigenvalue kept)" in texts
+    assert ax.get_xlabel() == "step (small ticks: the checkpoints)"
+
+
+def test_the_spectrum_heat_map_of_a_thousand_checkpoints_stays_readable_and_small(tmp_path: Path) -> None:
+    """2 (guard). 1 000 checkpoints: a few round step labels, no checkpoint marks (a solid bar), and cells
+    rasterized in the SVG (64 000 vector cells would be megabytes)."""
+    from fdl_cli.figures import save_figure, spectrum_heatmap_figure
+
+    steps = list(range(0, 100_000, 100))
+    figure = spectrum_heatmap_figure(steps, [10.0 ** -np.linspace(0, 6, 64)] * len(steps))
+    ax = figure.axes[0]
+    figure.canvas.draw()
+    labels = [tick.get_text() for tick in ax.get_xticklabels() if 0 <= tick.get_position()[0] <= steps[-1]]
+    assert 4 <= len(labels) <= 11 and labels[0] == "0"
+    assert len(ax.get_xticks(minor=True)) == 0 and ax.get_xlabel() == "step"
+    _png, svg = save_figure(figure, tmp_path, "spectrum")
+    assert svg.stat().st_size < 400_000
+
+
 # -- 3. matplotlib's folders with HOME unwritable ------------------------------------------------------------------
 
 
