@@ -502,8 +502,11 @@ def report(**kwargs: Any) -> None:
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_run_figures
 
-        paths = write_run_figures(run, Path(kwargs["plots_dir"]))
+        notes: list[str] = []
+        paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes)
         console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
+        for note in notes:
+            console.print(f"note: {note}", markup=False)
     if kwargs["html_path"]:
         from fdl_cli.html import run_page
 

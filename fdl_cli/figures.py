@@ -8,7 +8,9 @@ backend, safe in a headless process. Each `*_figure` function takes plain arrays
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -388,11 +390,109 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     return out
 
 
-def write_run_figures(run: Run, directory: Path) -> list[Path]:
-    """Write every figure of a run as PNG and SVG into `directory`."""
+#: The list of the figure files `fdl report --plots DIR` wrote into DIR, kept there beside them with the
+#: sha256 of each: the next report into DIR removes the listed files it no longer writes (the figures of a
+#: series no longer in the store, or no longer selected), and only those that still hold what fdl wrote.
+FIGURE_LIST = ".fdl-figures.json"
+FIGURE_LIST_FORMAT = "fdl-figures"
+FIGURE_LIST_VERSION = 1
+#: The names of the report's figure files (with a series' suffix after the stem): only names of this form are
+#: taken from the list (never `notes.txt`, nor `../x.png`), and those in DIR that the report did not write are
+#: named in a note.
+REPORT_FIGURE = re.compile(r"(?:triptych|trajectories|spectrum|eigenfunctions)(?:_[\w.-]+)?\.(?:png|svg)")
+#: File names a note names before it counts the others.
+NAMES_SHOWN = 6
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def read_figure_list(directory: Path) -> tuple[dict[str, str] | None, str | None]:
+    """The figure files an earlier report listed in `directory` (name -> sha256; {} without a list), or None
+    and a note saying why the file FIGURE_LIST there is not read as fdl's list (then it is left as it is:
+    nothing is removed, and the list is not written over)."""
+    path = directory / FIGURE_LIST
+    if not path.is_symlink() and not path.exists():
+        return {}, None
+    why = "not the figure list fdl writes"
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        why = f"unreadable ({exc.strerror or exc})"
+        content = None
+    except ValueError:  # JSON's errors and UnicodeDecodeError
+        content = None
+    files = content.get("files") if isinstance(content, dict) and content.get("format") == FIGURE_LIST_FORMAT \
+        and content.get("version") == FIGURE_LIST_VERSION else None
+    if not isinstance(files, dict):
+        return None, (f"{path} is {why}: it is left as it is, and no figure of an earlier report is removed "
+                      f"(remove it, and the figures in {directory} that are stale, to have the next report keep its list)")
+    return {name: digest for name, digest in files.items()
+            if isinstance(name, str) and isinstance(digest, str) and REPORT_FIGURE.fullmatch(name)}, None
+
+
+def _write_figure_list(directory: Path, files: Mapping[str, str]) -> None:
+    text = json.dumps({"format": FIGURE_LIST_FORMAT, "version": FIGURE_LIST_VERSION,
+                       "about": "the figure files `fdl report --plots` wrote into this folder, with their sha256; "
+                                "the next report removes those it does not write again, if they are unchanged",
+                       "files": dict(sorted(files.items()))}, indent=1)
+    with writing(directory / FIGURE_LIST) as target, whole_or_untouched(target) as path:
+        path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
+    """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
+
+    The folder then holds this report's figures: those an earlier report wrote there (FIGURE_LIST) and
+    this one does not write are removed when they still hold the bytes fdl wrote (a file changed since, or
+    not listed, is never removed). `notes` gets a sentence naming what was removed, and one naming the
+    figure files (REPORT_FIGURE) left there that this report did not write: an older fdl's, or changed."""
+    said = notes if notes is not None else []
+    make_folder(directory)
+    earlier, problem = read_figure_list(directory)
+    if problem is not None:
+        said.append(problem)
     paths: list[Path] = []
+    written: dict[str, str] = {}
     for stem, _title, figure in run_figures(run):
-        paths.extend(save_figure(figure, directory, stem))
+        for path in save_figure(figure, directory, stem):
+            paths.append(path)
+            written[path.name] = _sha256(path) or ""
+        if earlier is not None:  # after each figure: a report stopped part-way still lists what it wrote
+            _write_figure_list(directory, {**earlier, **written})
+    if earlier is not None:
+        removed = []
+        for name, digest in earlier.items():
+            path = directory / name
+            if name in written or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                said.append(f"could not remove {path}, a figure an earlier report wrote: {exc.strerror or exc}")
+                continue
+            removed.append(name)
+        _write_figure_list(directory, written)
+        if removed:
+            said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report wrote "
+                        f"into {directory} that this one does not write (of series not in this report): "
+                        f"{_names(sorted(removed))}")
+    others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
+                    and path.name not in written)
+    if others:
+        said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} this report did "
+                    f"not write (an older fdl's, or changed since fdl wrote them): {_names(others)}; remove them if "
+                    "they are stale")
     return paths
 
 

@@ -19,6 +19,80 @@ from fdl_cli import report as rep
 from tests.cli_run import fdl
 from tests.test_report import make_store
 
+# -- 1. stale figure files ----------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {path.name for path in folder.iterdir()}
+
+
+def _report_names(*suffixes: str, eigenfunctions: bool = True) -> set[str]:
+    stems = ["triptych", "trajectories", "spectrum", *(["eigenfunctions"] if eigenfunctions else [])]
+    return {f"{stem}{suffix}.{ext}" for stem in stems for suffix in suffixes for ext in ("png", "svg")}
+
+
+def test_a_report_removes_the_figures_an_earlier_report_wrote_of_series_no_longer_in_the_store(tmp_path: Path) -> None:
+    """1. The store analysed again with one layer instead of two: the figures of the two layers stayed beside
+    the new ones, and a reader of the folder saw figures of a layer the store no longer holds."""
+    plots = tmp_path / "plots"
+    two = make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))
+    first = fdl("report", two, "--format", "csv", "--plots", plots)
+    assert first.returncode == 0, first.stderr
+    assert _files(plots) == _report_names("_train-fc1", "_train-fc2") | {".fdl-figures.json"}
+
+    one = make_store(tmp_path / "one.h5", layers=("fc1",))
+    second = fdl("report", one, "--format", "csv", "--plots", plots)
+    assert second.returncode == 0, second.stderr
+    assert _files(plots) == _report_names("") | {".fdl-figures.json"}
+    assert f"note: removed 16 figure files an earlier report wrote into {plots}" in second.stderr
+    assert "eigenfunctions_train-fc1.png, " in second.stderr and " and 10 more\n" in second.stderr
+    assert second.stdout == fdl("report", one, "--format", "csv").stdout  # notes on stderr alone
+
+
+def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_path: Path) -> None:
+    """1. The rule's safety: only a file the list names, of a figure's name, in the folder itself, holding the
+    bytes fdl wrote, is removed; the figure-named files left are named in a note."""
+    from fdl_cli.figures import FIGURE_LIST, write_run_figures
+
+    plots = tmp_path / "plots"
+    write_run_figures(rep.load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))), plots)
+    (plots / "notes.txt").write_text("mine")
+    (plots / "spectrum_mine.png").write_bytes(b"mine")  # named as a figure, never listed
+    edited = plots / "triptych_train-fc2.svg"
+    edited.write_text(edited.read_text() + "<!-- edited -->")  # listed, changed since
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"outside")
+    listed = json.loads((plots / FIGURE_LIST).read_text())
+    digest = __import__("hashlib").sha256
+    listed["files"]["../outside.png"] = digest(b"outside").hexdigest()
+    listed["files"]["notes.txt"] = digest(b"mine").hexdigest()
+    (plots / FIGURE_LIST).write_text(json.dumps(listed))
+
+    notes: list[str] = []
+    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
+    assert outside.read_bytes() == b"outside"
+    assert _files(plots) == _report_names("") | {".fdl-figures.json", "notes.txt", "spectrum_mine.png",
+                                                  "triptych_train-fc2.svg"}
+    assert notes[-1] == (f"{plots} also holds 2 figure files this report did not write (an older fdl's, or changed "
+                         "since fdl wrote them): spectrum_mine.png, triptych_train-fc2.svg; remove them if they are stale")
+    assert set(json.loads((plots / FIGURE_LIST).read_text())["files"]) == _report_names("")
+
+
+def test_a_figure_list_fdl_cannot_read_as_its_own_is_left_and_nothing_is_removed(tmp_path: Path) -> None:
+    """1 (guard). A file of the list's name that is not fdl's list is neither trusted nor written over."""
+    from fdl_cli.figures import FIGURE_LIST, write_run_figures
+
+    plots = tmp_path / "plots"
+    write_run_figures(rep.load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))), plots)
+    (plots / FIGURE_LIST).write_text("not json")
+    notes: list[str] = []
+    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
+    assert (plots / FIGURE_LIST).read_text() == "not json"
+    assert _files(plots) == _report_names("", "_train-fc1", "_train-fc2") | {FIGURE_LIST}
+    assert notes[0].startswith(f"{plots / FIGURE_LIST} is not the figure list fdl writes: it is left as it is")
+    assert "also holds 16 figure files" in notes[-1]
+
+
 # -- 2. the spectrum heat map's step axis ---------------------------------------------------------------------------
 
 
