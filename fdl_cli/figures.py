@@ -247,6 +247,8 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
                          shading="flat", rasterized=True)
     for axis in (ax.xaxis, ax.yaxis):  # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only
         axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+    if len(steps) == 1:  # a column one step wide holds one whole number: MaxNLocator then labels 499.8, 500.0, ...
+        ax.set_xticks(list(steps))
     marked = len(steps) <= MARKED_CHECKPOINTS
     if marked:
         ax.set_xticks(list(steps), minor=True)

@@ -126,6 +126,15 @@ def test_the_spectrum_heat_map_places_each_checkpoint_at_its_step() -> None:
     assert ax.get_xlabel() == "step (small ticks: the checkpoints)"
 
 
+def test_the_spectrum_heat_map_of_one_checkpoint_labels_its_step_alone() -> None:
+    """2. One checkpoint's column is one step wide, and the axis was labelled 499.4, 499.6, ..., 500.6."""
+    from fdl_cli.figures import spectrum_heatmap_figure
+
+    figure = spectrum_heatmap_figure([500], [10.0 ** -np.arange(10.0)])
+    figure.canvas.draw()
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["500"]
+
+
 def test_the_spectrum_heat_map_of_a_thousand_checkpoints_stays_readable_and_small(tmp_path: Path) -> None:
     """2 (guard). 1 000 checkpoints: a few round step labels, no checkpoint marks (a solid bar), and cells
     rasterized in the SVG (64 000 vector cells would be megabytes)."""
