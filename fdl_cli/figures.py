@@ -243,6 +243,7 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
     figure = _new_figure(8.0, 4.5)
     ax = figure.subplots()
     colours = matplotlib.colormaps["magma"].with_extremes(bad=BEYOND_RANK)
+    ax.set_facecolor(BEYOND_RANK)  # behind the mesh too: matplotlib versions that leave masked cells undrawn
     mesh = ax.pcolormesh(step_edges(steps), np.arange(width + 1) + 0.5, np.ma.masked_invalid(grid), cmap=colours,
                          shading="flat", rasterized=True)
     for axis in (ax.xaxis, ax.yaxis):  # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only
