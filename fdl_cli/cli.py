@@ -192,6 +192,26 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
     return tuple(dict.fromkeys(pairs))
 
 
+class OutputOption(click.Option):
+    """An option naming where fdl writes (`--out`, `--html`, `--plots`): given twice with different values
+    it is a usage error naming it, where click keeps the last in silence (`--html A.html --html B.html`
+    wrote B alone, and A, which the user may have meant, was never written). The same value twice is
+    that value. Other single-valued options keep click's rule, the last one given wins."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["multiple"] = True  # every value given is kept, to be checked here
+        super().__init__(*args, **kwargs)
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        values = list(dict.fromkeys(super().process_value(ctx, value) or ()))
+        if len(values) > 1:
+            names = "/".join(self.opts + self.secondary_opts)
+            raise click.UsageError(
+                f"{names} given {'twice' if len(values) == 2 else f'{len(values)} times'} "
+                f"({', '.join(map(repr, values))}): it names the one place this command writes; give one", ctx=ctx)
+        return values[0] if values else None
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
@@ -207,7 +227,7 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
     "nn.Linear to run.",
 )
 @click.option(
-    "--out", "-o", "out", type=click.Path(dir_okay=False),
+    "--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
     help="Store file (default: ./<folder>.fdl.h5 for one folder, else ./fdl.h5).",
 )
 @click.option("--device", default="auto", show_default=True, shell_complete=completion.device,
@@ -479,8 +499,10 @@ def _json_format(kwargs: dict[str, Any]) -> str:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write figures (PNG and SVG) here.")
+@click.option("--html", "html_path", cls=OutputOption, type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report.")
+@click.option("--plots", "plots_dir", cls=OutputOption, type=click.Path(file_okay=False),
+              help="Write figures (PNG and SVG) here.")
 @click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
               help="Select a probe when the store has several.")
 @click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
@@ -513,8 +535,11 @@ def report(**kwargs: Any) -> None:
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_run_figures
 
-        paths = write_run_figures(run, Path(kwargs["plots_dir"]))
+        notes: list[str] = []
+        paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes)
         console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
+        for note in notes:
+            console.print(f"note: {note}", markup=False)
     if kwargs["html_path"]:
         from fdl_cli.html import run_page
 
@@ -530,7 +555,8 @@ cli.add_command(_alias(report, "summarize"))
 @click.argument("store_b", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), help="Write overlay figures here.")
+@click.option("--plots", "plots_dir", cls=OutputOption, type=click.Path(file_okay=False),
+              help="Write overlay figures here.")
 @click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store_a"),
               help="Select a probe when the stores have several.")
 @click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store_a"),
@@ -607,7 +633,8 @@ cli.add_command(_alias(compare, "diff"))
 @click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
-@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), help="Output file (required for npy).")
+@click.option("--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
+              help="Output file (required for npy).")
 @click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
               help="Export only these stored steps (default: every checkpoint).")
 @click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),

@@ -7,21 +7,76 @@ backend, safe in a headless process. Each `*_figure` function takes plain arrays
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import io
+import json
+import os
 import re
+import shutil
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+
+def _folder_usable(folder: Path | None, home: Path | None) -> bool:
+    """Whether matplotlib can keep its files in `folder`, made as matplotlib makes it (`mkdir -p`), but never
+    making a home folder that does not exist (HOME=/nonexistent as root made /nonexistent/.cache)."""
+    if folder is None:
+        return False
+    if home is not None and folder.is_relative_to(home) and not home.is_dir():
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def quiet_matplotlib_folders() -> None:
+    """Before matplotlib is imported: when the folders it keeps its configuration and font cache in
+    (~/.config/matplotlib and ~/.cache/matplotlib, XDG_CONFIG_HOME and XDG_CACHE_HOME where set; ~/.matplotlib
+    on macOS) cannot be made or written (HOME unwritable or missing, as in a container run as another
+    user), point MPLCONFIGDIR at a private temporary folder, removed when fdl exits. matplotlib does the
+    same on its own, but says so on stderr in two warnings ("mkdir -p failed ...", "Matplotlib created a
+    temporary cache directory ...") after the report's own lines. A MPLCONFIGDIR the user set is left to
+    matplotlib, warnings included: that is the user's own setting failing. Windows is left to matplotlib."""
+    if "matplotlib" in sys.modules or os.environ.get("MPLCONFIGDIR") or sys.platform == "win32":
+        return
+    try:
+        home: Path | None = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        home = None
+    if sys.platform.startswith(("linux", "freebsd")):
+        bases = [os.environ.get("XDG_CONFIG_HOME") or (home and home / ".config"),
+                 os.environ.get("XDG_CACHE_HOME") or (home and home / ".cache")]
+        folders = [Path(base, "matplotlib") if base else None for base in bases]
+    else:
+        folders = [home / ".matplotlib" if home else None]
+    if all(_folder_usable(folder, home) for folder in folders):
+        return
+    try:
+        private = tempfile.mkdtemp(prefix="fdl-matplotlib-")  # mode 0700, a fresh name: no other user's files
+    except OSError:
+        return  # no temporary folder either: matplotlib's own error says so
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = private
+
+
+quiet_matplotlib_folders()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from fdl_cli.report import (  # noqa: E402
     Comparison,
@@ -154,8 +209,30 @@ def trajectory_figure(
     return figure
 
 
+def step_edges(steps: Sequence[int]) -> np.ndarray:
+    """The x edges (len(steps) + 1,) of the heat map's columns on a step axis: each checkpoint's column
+    reaches halfway to its neighbours, the first starts at the first step and the last ends at the last
+    (one checkpoint: a column one step wide)."""
+    at = np.asarray(steps, dtype=np.float64)
+    if at.size == 1:
+        return np.array([at[0] - 0.5, at[0] + 0.5])
+    return np.concatenate([at[:1], (at[:-1] + at[1:]) / 2, at[-1:]])
+
+
+#: Checkpoints up to this many are marked by small ticks on the heat map's step axis (more make a solid bar).
+MARKED_CHECKPOINTS = 100
+#: The colour of k above a checkpoint's rank (no eigenvalue kept there): grey, outside magma's black-to-pale-
+#: yellow, where white read as the top of the scale (ρ_k close to ρ_1).
+BEYOND_RANK = "0.75"
+
+
 def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, top: int = HEATMAP_TOP) -> Figure:
-    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over checkpoints (columns, labelled by step)."""
+    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over training: x is the step, on a linear axis as in
+    the trajectories figure, so that uneven steps (0, 10, 100, 1000) are not drawn as evenly spaced columns.
+    Each checkpoint's column spans halfway to its neighbours (`step_edges`); up to MARKED_CHECKPOINTS
+    checkpoints are marked by small ticks; k above a checkpoint's rank is grey (BEYOND_RANK) and said so
+    in a legend. The cells are rasterized: a thousand checkpoints make 64 000 of them, an SVG of
+    megabytes as vector paths."""
     width = max(min(top, max((s.size for s in spectra), default=1)), 1)
     grid = np.full((width, len(steps)), np.nan)
     for column, values in enumerate(spectra):
@@ -165,14 +242,24 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
                 grid[: values.size, column] = np.log10(np.clip(values / values[0], 1e-16, None))
     figure = _new_figure(8.0, 4.5)
     ax = figure.subplots()
-    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
-                      extent=(-0.5, len(steps) - 0.5, 0.5, width + 0.5))
-    ticks = np.unique(np.round(np.linspace(0, len(steps) - 1, min(len(steps), 8))).astype(int))
-    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set_xlabel("step")
-    ax.set_ylabel("k")
+    colours = matplotlib.colormaps["magma"].with_extremes(bad=BEYOND_RANK)
+    ax.set_facecolor(BEYOND_RANK)  # behind the mesh too: matplotlib versions that leave masked cells undrawn
+    mesh = ax.pcolormesh(step_edges(steps), np.arange(width + 1) + 0.5, np.ma.masked_invalid(grid), cmap=colours,
+                         shading="flat", rasterized=True)
+    for axis in (ax.xaxis, ax.yaxis):  # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only
+        axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+    if len(steps) == 1:  # a column one step wide holds one whole number: MaxNLocator then labels 499.8, 500.0, ...
+        ax.set_xticks(list(steps))
+    marked = len(steps) <= MARKED_CHECKPOINTS
+    if marked:
+        ax.set_xticks(list(steps), minor=True)
+    ax.set_xlabel("step" + (" (small ticks: the checkpoints)" if marked else ""))
+    ax.set_ylabel("k (eigenvalue index" + (f", the top {top})" if width == top else ")"))
     ax.set_title("eigenvalue spectrum over training")
-    figure.colorbar(image, ax=ax, label="log10(ρ_k / ρ_1)")
+    figure.colorbar(mesh, ax=ax, label=r"$\log_{10}(\rho_k / \rho_1)$")
+    if np.isnan(grid).any():
+        ax.legend(handles=[Patch(facecolor=BEYOND_RANK, label="k above the rank (no eigenvalue kept)")],
+                  loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, fontsize="small")
     return figure
 
 
@@ -306,11 +393,109 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     return out
 
 
-def write_run_figures(run: Run, directory: Path) -> list[Path]:
-    """Write every figure of a run as PNG and SVG into `directory`."""
+#: The list of the figure files `fdl report --plots DIR` wrote into DIR, kept there beside them with the
+#: sha256 of each: the next report into DIR removes the listed files it no longer writes (the figures of a
+#: series no longer in the store, or no longer selected), and only those that still hold what fdl wrote.
+FIGURE_LIST = ".fdl-figures.json"
+FIGURE_LIST_FORMAT = "fdl-figures"
+FIGURE_LIST_VERSION = 1
+#: The names of the report's figure files (with a series' suffix after the stem): only names of this form are
+#: taken from the list (never `notes.txt`, nor `../x.png`), and those in DIR that the report did not write are
+#: named in a note.
+REPORT_FIGURE = re.compile(r"(?:triptych|trajectories|spectrum|eigenfunctions)(?:_[\w.-]+)?\.(?:png|svg)")
+#: File names a note names before it counts the others.
+NAMES_SHOWN = 6
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def read_figure_list(directory: Path) -> tuple[dict[str, str] | None, str | None]:
+    """The figure files an earlier report listed in `directory` (name -> sha256; {} without a list), or None
+    and a note saying why the file FIGURE_LIST there is not read as fdl's list (then it is left as it is:
+    nothing is removed, and the list is not written over)."""
+    path = directory / FIGURE_LIST
+    if not path.is_symlink() and not path.exists():
+        return {}, None
+    why = "not the figure list fdl writes"
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ValueError
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        why = f"unreadable ({exc.strerror or exc})"
+        content = None
+    except ValueError:  # JSON's errors and UnicodeDecodeError
+        content = None
+    files = content.get("files") if isinstance(content, dict) and content.get("format") == FIGURE_LIST_FORMAT \
+        and content.get("version") == FIGURE_LIST_VERSION else None
+    if not isinstance(files, dict):
+        return None, (f"{path} is {why}: it is left as it is, and no figure of an earlier report is removed "
+                      f"(remove it, and the figures in {directory} that are stale, to have the next report keep its list)")
+    return {name: digest for name, digest in files.items()
+            if isinstance(name, str) and isinstance(digest, str) and REPORT_FIGURE.fullmatch(name)}, None
+
+
+def _write_figure_list(directory: Path, files: Mapping[str, str]) -> None:
+    text = json.dumps({"format": FIGURE_LIST_FORMAT, "version": FIGURE_LIST_VERSION,
+                       "about": "the figure files `fdl report --plots` wrote into this folder, with their sha256; "
+                                "the next report removes those it does not write again, if they are unchanged",
+                       "files": dict(sorted(files.items()))}, indent=1)
+    with writing(directory / FIGURE_LIST) as target, whole_or_untouched(target) as path:
+        path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
+    """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
+
+    The folder then holds this report's figures: those an earlier report wrote there (FIGURE_LIST) and
+    this one does not write are removed when they still hold the bytes fdl wrote (a file changed since, or
+    not listed, is never removed). `notes` gets a sentence naming what was removed, and one naming the
+    figure files (REPORT_FIGURE) left there that this report did not write: an older fdl's, or changed."""
+    said = notes if notes is not None else []
+    make_folder(directory)
+    earlier, problem = read_figure_list(directory)
+    if problem is not None:
+        said.append(problem)
     paths: list[Path] = []
+    written: dict[str, str] = {}
     for stem, _title, figure in run_figures(run):
-        paths.extend(save_figure(figure, directory, stem))
+        for path in save_figure(figure, directory, stem):
+            paths.append(path)
+            written[path.name] = _sha256(path) or ""
+        if earlier is not None:  # after each figure: a report stopped part-way still lists what it wrote
+            _write_figure_list(directory, {**earlier, **written})
+    if earlier is not None:
+        removed = []
+        for name, digest in earlier.items():
+            path = directory / name
+            if name in written or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                said.append(f"could not remove {path}, a figure an earlier report wrote: {exc.strerror or exc}")
+                continue
+            removed.append(name)
+        _write_figure_list(directory, written)
+        if removed:
+            said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report wrote "
+                        f"into {directory} that this one does not write (of series not in this report): "
+                        f"{_names(sorted(removed))}")
+    others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
+                    and path.name not in written)
+    if others:
+        said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} this report did "
+                    f"not write (an older fdl's, or changed since fdl wrote them): {_names(others)}; remove them if "
+                    "they are stale")
     return paths
 
 

@@ -1912,11 +1912,14 @@ def _write_arrays_text(
         stream.write("[]\n" if first else "\n]\n")
         return
     # Every value is a number: no field needs csv's quoting, so lines are joined directly (the csv
-    # module costs ~1 µs a row, minutes for the eigenfunctions of a large run).
+    # module costs ~1 µs a row, minutes for the eigenfunctions of a large run). A checkpoint that stores
+    # no such array (quality without targets) is one row of empty cells, as JSON's null: without it the
+    # CSV said nothing of that checkpoint, and read as though it were not in the store.
     if what == "eigenfunctions":
         stream.write("step,point,k,value\n")
         for step, values in per_step:
             if values is None:
+                stream.write(f"{step},,,\n")
                 continue
             for point, row in enumerate(values.astype(np.float64).tolist()):
                 stream.write("".join(f"{step},{point},{k},{value!r}\n" for k, value in enumerate(row, start=1)))
@@ -1924,6 +1927,7 @@ def _write_arrays_text(
         stream.write(f"step,k,{what}\n")
         for step, values in per_step:
             if values is None:
+                stream.write(f"{step},,\n")
                 continue
             listed = values.astype(np.float64).tolist()
             stream.write("".join(f"{step},{k},{value!r}\n" for k, value in enumerate(listed, start=1)))

@@ -295,7 +295,9 @@ def test_plots_are_valid_png_and_svg(store: Path, tmp_path: Path) -> None:
     result = run_fdl("report", str(store), "--plots", str(plots))
     assert result.returncode == 0, result.stderr
     stems = {"triptych", "trajectories", "spectrum", "eigenfunctions"}
-    assert {p.name for p in plots.iterdir()} == {f"{s}.{ext}" for s in stems for ext in ("png", "svg")}
+    # and the list of them that the next report into the folder reads (FIGURE_LIST: its stale figures removed)
+    assert {p.name for p in plots.iterdir()} == {f"{s}.{ext}" for s in stems for ext in ("png", "svg")} | {
+        ".fdl-figures.json"}
     for stem in stems:
         png = (plots / f"{stem}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
