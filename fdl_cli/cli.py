@@ -253,7 +253,8 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
                    "duration (0: that wait only).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON record per checkpoint (and probe/layer series) on stdout once stored; a stored "
-                   "checkpoint updated with a new previous one is printed again.")
+                   "checkpoint updated with a new previous one is printed again, one given a probe or layer added "
+                   "to the store with those series.")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     with _untracked_imports():

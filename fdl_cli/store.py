@@ -5,7 +5,9 @@ Layout (schema_version 1; docs/store.md has the full account)::
 
     /                                   attrs: format="fdl-store", schema_version=1 (int), fdl_version,
                                                created (ISO 8601 UTC), provenance (JSON object as a string),
-                                               history (JSON list: the invocations that stored checkpoints)
+                                               history (JSON list: the invocations that stored checkpoints),
+                                               pending_series (JSON list of [probe, layer]: series added to
+                                               the store that some checkpoints lack yet; absent: none)
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
@@ -15,7 +17,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                         passes integers)
     /checkpoints/step_<step>/           attrs: step, path, sha256, file_signature, history (index into the root's
                                                history; absent: not recorded), then complete=True written last
-        <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null)
+        <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null);
+                                               history (only on a series added to the checkpoint later)
             eigenvalues    (r,)  f64    all r eigenvalues, descending
             eigenvectors   (p,K) f64    top-K
             eigenfunctions (m,K) f32    top-K on the anchor subset

@@ -317,14 +317,56 @@ def test_torchrun_refuses_to_add_a_probe_once_and_leaves_the_store(tmp_path: Pat
     from tests.test_distributed import _single, _torchrun_process
     from tests.test_s19_rank import _no_traceback_of_fdl
 
-    run = _make_distributed_run(tmp_path / "run")
+    folder = _make_distributed_run(tmp_path / "run")
     store = tmp_path / "s.h5"
-    _single(run, store)
+    _single(folder, store)
     on_disk = store.read_bytes()
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "test.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, size=40))
-    done = _torchrun_process(run, store, "--probe", f"test={tmp_path / 'test.npz'}")
+    done = _torchrun_process(folder, store, "--probe", f"test={tmp_path / 'test.npz'}")
     assert done.returncode == 1, done.stderr[-4000:]
     assert done.stderr.count(f"error: adding probe 'test' to {store} runs as one process, not under torchrun") == 1
     _no_traceback_of_fdl(done.stderr)  # torchrun's own ChildFailedError traceback aside
     assert store.read_bytes() == on_disk
+
+
+def test_the_writer_adds_series_into_stored_groups_and_records_which_are_pending(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fdl_cli.store import StoreWriter
+    from tests.test_mutation_kills_io import PROBE, _entry, _series, _store
+
+    store = _store(tmp_path / "s.h5", [_entry(step, _series("a", seed=step)) for step in (0, 10, 20)])
+    grown = {"probes": {"probe": "c" * 64}, "layers": ["a", "b"]}
+    with StoreWriter(store, provenance=grown, probes=[PROBE]) as writer:
+        assert writer.growth is not None and writer.growth.layers == ("b",)
+        writer.note_file_signatures({0: "1:2"})  # written alone: the store is not grown by a run that stores nothing
+    with StoreReader(store) as reader:
+        assert reader.provenance["layers"] == ["a"] and reader.pending_series == frozenset()
+    stored = {step: _series("a", seed=step) for step in (0, 10, 20)}
+    with StoreWriter(store, provenance=grown, probes=[PROBE], invocation={"run": 2}) as writer:
+        lacks = frozenset({("probe", "b")})
+        assert writer.lacking() == {0: lacks, 10: lacks, 20: lacks}
+        with pytest.raises(ValueError, match="step 30: series are added to a stored checkpoint"):
+            writer.add(replace(_entry(30, _series("b")), series_only=True))
+        writer.add(replace(_entry(10, _series("b", seed=7)), series_only=True))
+        writer.flush()
+        assert writer.lacking() == {0: lacks, 20: lacks}
+    with StoreReader(store) as reader:
+        assert reader.provenance["layers"] == ["a", "b"] and reader.pending_series == {("probe", "b")}
+        assert reader.steps(layer="a") == [0, 10, 20] and reader.steps(layer="b") == [10]
+        assert all(reader.arrays(step, layer="a") == stored[step] for step in (0, 10, 20))
+        assert reader.arrays(10, layer="b") == _series("b", seed=7)
+        assert reader.arrays(10, layer="b").computed_by == '{"run": 2}'
+        assert any("probe/b was added to this store" in warning for warning in reader.warnings)
+    with h5py.File(store, "r+") as handle:
+        handle.attrs["pending_series"] = "[oops"
+    with StoreReader(store) as reader:  # no checkpoint is dropped as damaged for lacking a series
+        assert reader.steps(layer="a") == [0, 10, 20] and reader.steps(layer="b") == [10]
+        assert any("its pending_series attribute is damaged" in warning for warning in reader.warnings)
+    with StoreWriter(store, provenance=grown, probes=[PROBE]) as writer:
+        assert sorted(writer.lacking()) == [0, 20]
+        for step in (0, 20):
+            writer.add(replace(_entry(step, _series("b", seed=step)), series_only=True))
+    with h5py.File(store, "r") as handle:
+        assert "pending_series" not in handle.attrs  # every checkpoint holds every series
