@@ -94,8 +94,8 @@ def check_addition(
         raise StoreError(
             f"cannot add {added} to {out}: the file{'s' if len(gone) > 1 else ''} of its stored step"
             f"{'s' if len(gone) > 1 else ''} {shown} {'are' if len(gone) > 1 else 'is'} not among this run's "
-            "checkpoints (deleted, or left out by --glob / --step-regex), and every stored checkpoint holds each "
-            "series of its store",
+            "checkpoints (deleted, or not found by its sources, --glob or --step-regex), and every stored checkpoint "
+            "holds each series of its store",
             fix="restore the files (or select them), or analyse this run's probes and layers into a store of their "
                 "own (another --out), or re-analyse the checkpoints present with --overwrite",
         )

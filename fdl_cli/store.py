@@ -2146,7 +2146,8 @@ class StoreWriter:
                     _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step),
                                       plan.series_computed_by.get(entry.step, {}))
                 for step, signature in plan.signatures:
-                    if step not in plan.latest and f"step_{step}" in checkpoints:
+                    # a checkpoint written whole records its own; series added to one leave its attributes
+                    if (step not in plan.latest or plan.latest[step].series_only) and f"step_{step}" in checkpoints:
                         checkpoints[f"step_{step}"].attrs["file_signature"] = signature
                 trajectories = store.require_group("trajectories")
                 for key in plan.rewrite:

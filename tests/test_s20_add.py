@@ -11,6 +11,7 @@ probe and layer at once (but for where and when each part was computed: `created
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -243,6 +244,7 @@ def test_a_redo_beside_an_added_probe_analyses_that_checkpoint_whole(run: Path, 
     store = tmp_path / "s.h5"
     assert analyze(run, store, sources=(str(folder),)).code == 0
     _retrain(folder, 20)
+    os.utime(folder / "epoch_0.pt", (1e9, 1e9))  # touched: hashed, found unchanged, its new signature recorded
     test = ("--probe", f"test={run / 'test.npz'}")
     assert analyze(run, store, *test, sources=(str(folder),)).code == 1  # a changed file, as without adding
     done = analyze(run, store, *test, "--redo", "20", sources=(str(folder),))
