@@ -1812,7 +1812,9 @@ def _check_memory(
     options, world = ctx.options, ctx.world
     spread = world is not None and world.distributed
     sharded = spread and options.shard_probe
-    stored = _stored_steps(out, _all_series(ctx)) if options.resume else set()
+    # a stored checkpoint lacking one of this run's series (a probe or layer added to the store) is analysed too
+    series = {(probe, label) for probe, widths, _, _ in passes for label in widths}
+    stored = _stored_steps(out, series) if options.resume else set()
     todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
     mine = distributed.block(todo, world) if spread and not sharded else todo
     error: ResourceError | None = failure
