@@ -53,10 +53,18 @@ def _same(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
             assert a == b, key
 
 
-def _series_items(store: Path, probe: str) -> dict[str, Any]:
-    """Every dataset and attribute of one probe's series (its checkpoints' groups and trajectories)."""
+def _series_items(store: Path, series: str) -> dict[str, Any]:
+    """Every dataset and attribute of one series, "probe/layer" (in its checkpoints' groups and trajectories)."""
     return {key: value for key, value in _dump(store).items()
-            if f"/{probe}/" in key and (key.startswith("checkpoints/") or key.startswith("trajectories/"))}
+            if f"/{series}/" in key or key.endswith(f"/{series}") or f"/{series}@" in key}
+
+
+def _assert_as_analysed_at_once(run: Path, store: Path,  # noqa: F811 - the fixture's value
+                                 *args: str, sources: tuple[str, ...] | None = None) -> None:
+    """`store` equals (`_comparable`) a fresh one analysed by one `fdl analyze` with `args` (every probe and layer)."""
+    fresh = store.with_name("fresh.h5")
+    assert analyze(run, fresh, *args, sources=sources).code == 0
+    _same(_comparable(store), _comparable(fresh))
 
 
 @contextmanager
@@ -75,55 +83,42 @@ def _passes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int, tu
     yield calls
 
 
-def test_a_probe_added_to_a_store_is_all_that_is_analysed_and_the_store_is_that_of_both_at_once(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+@pytest.mark.parametrize(("extra", "added", "passes_made"), [
+    (("--probe", "test=TEST"), ("test", "2:input"), [("extract", 30, ("2:input",))] * 4),  # the test probe (30) alone
+    (("--layer", "2:input", "--layer", "0"), ("probe", "0"), [("extract", 60, ("0",))] * 4),  # layer 0 alone hooked
+], ids=["probe", "layer"])
+def test_a_probe_or_layer_added_to_a_store_is_all_that_is_analysed_and_the_store_is_that_of_all_at_once(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    extra: tuple[str, ...], added: tuple[str, str], passes_made: list[Any],
 ) -> None:
+    extra = tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
     store = tmp_path / "s.h5"
     assert analyze(run, store).code == 0
-    before = _series_items(store, "probe")
-    test = f"test={run / 'test.npz'}"
+    before = _series_items(store, "probe/2:input")
+    assert len(before) > 4 * 5 and "trajectories/probe/2:input/d_lr" in before
     with _passes(monkeypatch) as passes:
-        added = analyze(run, store, "--probe", test)
-    assert added.code == 0, added.stderr
-    # one pass of the test probe (30 samples) a checkpoint, nothing else: no pass of the stored probe (60)
-    assert passes == [("extract", 30, ("2:input",))] * 4
-    assert f"note: adding probe 'test' to the 4 stored checkpoints of {store}" in added.stderr
+        grown = analyze(run, store, *extra)
+    assert grown.code == 0, grown.stderr
+    assert passes == passes_made  # no pass of the stored probe, no anchor pass of a stored checkpoint
+    what = f"probe '{added[0]}'" if added[0] == "test" else f"layer '{added[1]}'"
+    assert f"note: adding {what} to the 4 stored checkpoints of {store}" in grown.stderr
     assert ("0 checkpoint(s) analysed, 4 stored checkpoint(s) given the added probe/layer series (those alone "
-            "analysed)") in added.stderr
-    assert [(r["step"], r["probe"]) for r in added.records] == [(step, "test") for step in STEPS]  # what was computed
-    _same(_series_items(store, "probe"), before)  # the stored series, byte for byte as they were
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, "--probe", test).code == 0
-    _same(_comparable(store), _comparable(fresh))
+            "analysed)") in grown.stderr
+    assert [(r["step"], r["probe"], r["layer"]) for r in grown.records] == [(step, *added) for step in STEPS]
+    _same(_series_items(store, "probe/2:input"), before)  # the stored series, byte for byte as they were
+    _assert_as_analysed_at_once(run, store, *extra)
+    leaf = "/".join(added)
     with h5py.File(store, "r") as handle:
         assert "pending_series" not in handle.attrs
         assert [handle[f"checkpoints/step_{step}"].attrs["history"] for step in STEPS] == [0] * 4
-        assert [handle[f"checkpoints/step_{step}/test/2:input"].attrs["history"] for step in STEPS] == [1] * 4
+        assert [handle[f"checkpoints/step_{step}/{leaf}"].attrs["history"] for step in STEPS] == [1] * 4
         assert "history" not in handle["checkpoints/step_0/probe/2:input"].attrs
     with StoreReader(store) as reader:
         assert len(reader.history) == 2 and not reader.warnings
-        assert reader.arrays(10, probe="test").computed_by is not None
-        assert reader.arrays(10, probe="probe").computed_by is None
-    again = analyze(run, store, "--probe", test)
+        assert reader.arrays(10, probe=added[0], layer=added[1]).computed_by is not None
+        assert reader.arrays(10, probe="probe", layer="2:input").computed_by is None
+    again = analyze(run, store, *extra)
     assert again.code == 0 and again.records == [] and "0 checkpoint(s) analysed, 4 already in the store" in again.stderr
-
-
-def test_a_layer_added_to_a_store_is_hooked_alone(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
-) -> None:
-    store = tmp_path / "s.h5"
-    assert analyze(run, store).code == 0
-    before = _series_items(store, "probe")
-    with _passes(monkeypatch) as passes:
-        added = analyze(run, store, "--layer", "2:input", "--layer", "0")
-    assert added.code == 0, added.stderr
-    assert passes == [("extract", 60, ("0",))] * 4
-    assert f"note: adding layer '0' to the 4 stored checkpoints of {store}" in added.stderr
-    assert [(r["step"], r["layer"]) for r in added.records] == [(step, "0") for step in STEPS]
-    _same({key: value for key, value in _series_items(store, "probe").items() if "/2:input" in key}, before)
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, "--layer", "2:input", "--layer", "0").code == 0
-    _same(_comparable(store), _comparable(fresh))
 
 
 def test_added_series_at_stored_checkpoints_beside_new_ones_and_a_reference_in_the_middle(
@@ -140,9 +135,7 @@ def test_added_series_at_stored_checkpoints_beside_new_ones_and_a_reference_in_t
     assert "adding probe 'test' and layer '0' to the 2 stored checkpoints" in added.stderr
     assert ("2 checkpoint(s) analysed, 2 stored checkpoint(s) given the added probe/layer series (those alone "
             "analysed), 1 updated (a new previous checkpoint)") in added.stderr
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, *more).code == 0
-    _same(_comparable(store), _comparable(fresh))
+    _assert_as_analysed_at_once(run, store, *more)
 
 
 def test_steps_and_every_select_new_checkpoints_while_every_stored_one_is_given_the_added_series(
@@ -155,9 +148,7 @@ def test_steps_and_every_select_new_checkpoints_while_every_stored_one_is_given_
     assert added.code == 0, added.stderr
     assert "adding probe 'test' to the 3 stored checkpoints" in added.stderr
     assert "1 checkpoint(s) analysed, 3 stored checkpoint(s) given the added probe/layer series" in added.stderr
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, *test).code == 0
-    _same(_comparable(store), _comparable(fresh))
+    _assert_as_analysed_at_once(run, store, *test)
 
 
 def test_an_addition_stopped_midway_leaves_a_store_that_reads_and_that_the_same_command_completes(
@@ -194,9 +185,7 @@ def test_an_addition_stopped_midway_leaves_a_store_that_reads_and_that_the_same_
     assert resumed.code == 0, resumed.stderr
     assert "adding test/2:input to 2 of the 4 stored checkpoints" in resumed.stderr
     assert [(r["step"], r["probe"]) for r in resumed.records] == [(20, "test"), (30, "test")]
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, *test).code == 0
-    _same(_comparable(store), _comparable(fresh))
+    _assert_as_analysed_at_once(run, store, *test)
 
 
 def test_what_cannot_be_added_is_refused_naming_what_differs_and_the_store_is_left_as_it_was(
@@ -252,9 +241,7 @@ def test_a_redo_beside_an_added_probe_analyses_that_checkpoint_whole(run: Path, 
     assert "adding probe 'test' to 3 of the 4 stored checkpoints" in done.stderr
     assert ("1 checkpoint(s) analysed (1 of them again: --redo), 3 stored checkpoint(s) given the added probe/layer "
             "series (those alone analysed), 1 updated") in done.stderr
-    fresh = tmp_path / "fresh.h5"
-    assert analyze(run, fresh, *test, sources=(str(folder),)).code == 0
-    _same(_comparable(store), _comparable(fresh))
+    _assert_as_analysed_at_once(run, store, *test, sources=(str(folder),))
 
 
 def test_watch_adds_the_probe_to_the_stored_checkpoints_then_follows_the_run(
