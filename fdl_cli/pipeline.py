@@ -3269,6 +3269,9 @@ def _run_refs(
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
+                if ref.step in lacking:
+                    # not skipped over as "previous": the successors' stored series compare with it
+                    raise _adding_failed(exc, ref, lacking[ref.step]) from None
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
@@ -3405,6 +3408,21 @@ def _redo_failed(exc: FdlError, ref: CheckpointRef) -> FdlError:
     fatal = copy.copy(exc)
     fatal.what = _named(ref.path, exc.what) + (
         f" (--redo {ref.step}: the store keeps its earlier numbers for step {ref.step}; the run stops here)"
+    )
+    return fatal
+
+
+def _adding_failed(exc: FdlError, ref: CheckpointRef, series: Collection[tuple[str, str]]) -> FdlError:
+    """The error of a stored checkpoint that the series added to the store could not be analysed at: the run
+    stops there (skipping it as "previous" would compare its stored successor's other series anew), the store
+    consistent, its other checkpoints' added series kept, and the same command goes on once the cause is mended."""
+    import copy
+
+    fatal = copy.copy(exc)
+    shown = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(series))
+    fatal.what = _named(ref.path, exc.what) + (
+        f" (adding {shown} to the stored step {ref.step}: the store keeps its other series, and the added ones of "
+        "the checkpoints before it; the run stops here, and the same command goes on from here)"
     )
     return fatal
 
