@@ -1411,7 +1411,9 @@ class StoreWriter:
     store on disk unchanged and its entries still buffered; the scheduler then starts no commit until
     one started by the caller (add/tick once due, flush, close) has succeeded. `background=False`
     commits in the caller's thread within `add()` and `tick()`, and starts no thread. Adding a step
-    already stored replaces it.
+    already stored replaces it, but for an entry of series alone (`CheckpointEntry.series_only`), which adds
+    them to the stored checkpoint of its step: a run with probes or layers beside the store's (`growth`,
+    `lacking`; docs/store.md, "Adding a probe or a layer").
 
     Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
     the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
