@@ -293,8 +293,8 @@ class OutputOption(click.Option):
                    "duration (0: that wait only).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON record per checkpoint (and probe/layer series) on stdout once stored; a stored "
-                   "checkpoint updated with a new previous one is printed again. --drop first prints "
-                   "{\"dropped\": [steps]}.")
+                   "checkpoint updated with a new previous one is printed again, one given a probe or layer added "
+                   "to the store with those series. --drop first prints {\"dropped\": [steps]}.")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     with _untracked_imports():

@@ -203,6 +203,10 @@ class AnalyzeSummary:
     redone: list[int] = field(default_factory=list)
     #: --drop: stored steps removed
     dropped: list[int] = field(default_factory=list)
+    #: stored steps given the series this run adds to the store (a probe or layer more): partly analysed
+    added: list[int] = field(default_factory=list)
+    #: stored steps that lacked series added to the store (not counted as "already": `added` once given them)
+    lacking: set[int] = field(default_factory=set)
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
     unselected: set[int] = field(default_factory=set)
     #: the store's file before the run (`_store_identity`; None: there was none), for an interrupted run
@@ -212,6 +216,9 @@ class AnalyzeSummary:
     def message(self) -> str:
         parts = [f"{len(self.analysed)} checkpoint(s) analysed" + (
             f" ({len(self.redone)} of them again: --redo)" if self.redone else "")]
+        if self.added:
+            parts.append(f"{len(self.added)} stored checkpoint(s) given the added probe/layer series (those alone "
+                         "analysed)")
         already = [step for step in self.already if step not in self.unselected]
         if already:
             parts.append(f"{len(already)} already in the store")
@@ -255,7 +262,7 @@ class AnalyzeSummary:
 
     def _kept(self) -> str:
         """What an interrupted run leaves, and how to go on."""
-        if not (self.analysed or self.refreshed):
+        if not (self.analysed or self.refreshed or self.added):
             now = _store_identity(self.store)
             if now is None:
                 # "what was completed is in the store" named a file that does not exist
@@ -594,6 +601,11 @@ def default_store_path(sources: Sequence[str]) -> Path:
 
 def _series_key(probe: str, layer: str) -> tuple[str, str]:
     return (probe, layer)
+
+
+def _all_series(ctx: _Context) -> frozenset[tuple[str, str]]:
+    """Every (probe, layer) this run analyses at a new checkpoint."""
+    return frozenset(_series_key(probe.name, spec.label) for probe in ctx.probes for spec in ctx.layers)
 
 
 def entry_records(entry: CheckpointEntry, *, tagged: bool) -> list[dict[str, Any]]:
@@ -1946,7 +1958,9 @@ def _check_memory(
     options, world = ctx.options, ctx.world
     spread = world is not None and world.distributed
     sharded = spread and options.shard_probe
-    stored = _stored_steps(out) if options.resume else set()
+    # a stored checkpoint lacking one of this run's series (a probe or layer added to the store) is analysed too
+    series = {(probe, label) for probe, widths, _, _ in passes for label in widths}
+    stored = _stored_steps(out, series) if options.resume else set()
     todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
     mine = distributed.block(todo, world) if spread and not sharded else todo
     error: ResourceError | None = failure
@@ -1968,16 +1982,17 @@ def _check_memory(
         raise error
 
 
-def _stored_steps(out: Path) -> set[int]:
+def _stored_steps(out: Path, series: Collection[tuple[str, str]] = ()) -> set[int]:
     """The steps `out` holds already, of every series (none when it cannot be read: the writer says why,
-    later). Not `reader.steps()`, which asks for one series and raised, read as "none", on a store of
+    later); with `series`, those holding each of them (a store that this run adds probes or layers to
+    lacks them). Not `reader.steps()`, which asks for one series and raised, read as "none", on a store of
     several probes or layers."""
     from fdl_cli.store import StoreReader
 
     with contextlib.suppress(FdlError, OSError):
         if out.is_file():
             with StoreReader(out) as reader:
-                return {int(record["step"]) for record in reader.records()}
+                return set(reader.checkpoint_steps()) - set(reader.lacking(series))
     return set()
 
 
@@ -2135,15 +2150,19 @@ def _analyze_refs(
         agree_on_refusal(refusal, ctx.world)
     _check_memory(ctx, passes, refs=refs, out=out, reference=reference, failure=failure)
     provenance = _provenance(options, ctx, model_spec, reference_sha)
+    addition = None
     try:
         _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+        addition = _addition(ctx, refs, out, provenance)
         refusal = None
     except FdlError as exc:
         if not spread:
             raise
         refusal = exc
-    if spread:  # every rank read the store: its refusal (another reference, other model code) said once
+    if spread:  # every rank read the store: its refusal (another reference, other model code, adding) said once
         agree_on_refusal(refusal, ctx.world)
+    if addition is not None:
+        ctx.reporter.note(addition.note(out))
     tagged = len(ctx.probes) * len(ctx.layers) > 1
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
@@ -2174,7 +2193,11 @@ def _analyze_refs(
                 # analysed again; its record is printed again, with the new values.
                 if entry.file_signature:
                     ctx.read_signatures[(entry.path, entry.step)] = entry.file_signature
-                if entry.step in summary.already or entry.step in announced or refreshed:
+                if entry.series_only:  # a stored checkpoint given the series added to the store: partly analysed
+                    summary.added.append(entry.step)
+                    announced.add(entry.step)
+                elif entry.step in summary.already or entry.step in summary.lacking or entry.step in announced \
+                        or refreshed:
                     summary.refreshed.append(entry.step)
                 else:
                     summary.analysed.append(entry.step)
@@ -2236,7 +2259,7 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     with StoreReader(out) as reader:
         stored = reader.file_identities()
         damaged = {int(name.removeprefix("step_")) for name in reader._damaged if name.removeprefix("step_").isdigit()}
-        series = reader.series()
+        series = reader.whole_series()
         records = reader.records(probe=series[0][0], layer=series[0][1]) if series else []
     missing = [step for step in wanted if step not in stored]
     if missing:
@@ -2446,7 +2469,7 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
                     f"the checkpoint at step {successor} ({ref.path}), compared with step {step}", sha, stored_sha,
                     f"in {out}", step=successor,
                 )
-            later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
+            later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader, reader.held(successor))
             series = _compared_again(ctx, reader, successor, later, ctx.previous, step)
             computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
         entries.append(Entry(
@@ -3107,6 +3130,25 @@ def _check_reference_of_store(
         )
 
 
+def _addition(ctx: _Context, refs: Sequence[CheckpointRef], out: Path, provenance: Mapping[str, Any]) -> Any:
+    """What this resume adds to the store (probes or layers beside its own, `adding.Addition`), refused where it
+    cannot be done (`adding.check_addition`); None when it adds nothing."""
+    if not ctx.options.resume or not out.is_file():
+        return None
+    from fdl_cli.adding import check_addition, stored_addition
+
+    addition = stored_addition(out, provenance, _probe_infos(ctx))
+    if addition is not None and ctx.options.redo:  # analysed whole again
+        addition = replace(addition, lacking={step: keys for step, keys in addition.lacking.items()
+                                              if step not in ctx.options.redo})
+    if addition is not None:
+        check_addition(
+            addition, out, steps_now={ref.step: str(ref.path) for ref in refs}, drop=ctx.options.drop is not None,
+            distributed=ctx.world is not None and ctx.world.distributed,
+        )
+    return addition
+
+
 def _reference_not_found(out: Path, stored: int, refs: Sequence[CheckpointRef]) -> StoreError:
     """The store's reference step is none of this run's checkpoints': "pass --reference N" led to a second
     error ("no checkpoint has that step"). Its file read at another step (a newer fdl reads a step key it
@@ -3371,13 +3413,17 @@ def _run_refs(
         )
     failed_paths = {path for path, _ in summary.failed}
     ctx.failed_paths = failed_paths  # grows as checkpoints fail: "previous" skips over them
+    # stored checkpoints lacking series this run adds to the store (adding.py): only those are analysed there
+    lacking = {step: keys for step, keys in _lacking(writer).items() if step not in ctx.redo}
+    summary.lacking.update(lacking)
     # --redo: stored checkpoints analysed again (`_check_redo`: stored, of this run, not the reference)
     todo = [
-        ref for ref in refs if (ref.step not in completed or ref.step in ctx.redo) and str(ref.path) not in failed_paths
+        ref for ref in refs
+        if (ref.step not in completed or ref.step in ctx.redo or ref.step in lacking) and str(ref.path) not in failed_paths
     ]
     for ref in refs:
         if ref.step in completed and ref.step not in summary.already and ref.step not in summary.analysed \
-                and ref.step not in ctx.redo:
+                and ref.step not in ctx.redo and ref.step not in lacking and ref.step not in summary.added:
             summary.already.append(ref.step)
     steps_in_order = [r.step for r in refs]
     ctx.refs_by_step = {r.step: r for r in refs}
@@ -3407,7 +3453,8 @@ def _run_refs(
         try:
             with _memory_explained(reference):
                 loaded_reference, reference_sha = preloaded or _load(reference, options)
-                held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out)
+                held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out,
+                                    wanted=_wanted(lacking, completed, reference, reference_sha, out))
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, reference, exc)
             raise _fatal(exc, reference, is_reference=True) from None
@@ -3442,7 +3489,8 @@ def _run_refs(
                             _with_previous(ctx, held, steps_in_order, out) if held is not None else None
                         )
                     else:
-                        entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
+                        entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
+                                             wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
                         and (exc.fix or "").startswith("wrong --model"):  # not a probe's file or a wrapper's keys
@@ -3450,6 +3498,9 @@ def _run_refs(
                 _failed(ctx, summary, ref, exc)
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
+                if ref.step in lacking:
+                    # not skipped over as "previous": the successors' stored series compare with it
+                    raise _adding_failed(exc, ref, lacking[ref.step]) from None
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
@@ -3469,6 +3520,29 @@ def _run_refs(
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _lacking(writer: Any) -> dict[int, frozenset[tuple[str, str]]]:
+    """`StoreWriter.lacking`: the stored checkpoints that lack series this run adds to the store; none for a
+    torchrun rank's writer (adding runs as one process: `adding.check_addition`)."""
+    from fdl_cli.store import StoreWriter
+
+    return writer.lacking() if isinstance(writer, StoreWriter) else {}
+
+
+def _wanted(
+    lacking: Mapping[int, frozenset[tuple[str, str]]], completed: Mapping[int, str], ref: CheckpointRef, sha: str,
+    out: Path,
+) -> frozenset[tuple[str, str]] | None:
+    """The series to analyse at `ref`: those its stored checkpoint lacks, when the store holds it (its file
+    unchanged: the other series stay as stored), else None (all of them)."""
+    wanted = lacking.get(ref.step)
+    if wanted is None:
+        return None
+    if sha and sha != completed.get(ref.step):  # replaced since `_check_stored_files` verified it
+        raise _changed_file(f"the checkpoint at step {ref.step} ({ref.path})", sha, str(completed.get(ref.step)),
+                            f"in {out}", step=ref.step)
+    return wanted
 
 
 @contextlib.contextmanager
@@ -3563,6 +3637,21 @@ def _redo_failed(exc: FdlError, ref: CheckpointRef) -> FdlError:
     fatal = copy.copy(exc)
     fatal.what = _named(ref.path, exc.what) + (
         f" (--redo {ref.step}: the store keeps its earlier numbers for step {ref.step}; the run stops here)"
+    )
+    return fatal
+
+
+def _adding_failed(exc: FdlError, ref: CheckpointRef, series: Collection[tuple[str, str]]) -> FdlError:
+    """The error of a stored checkpoint that the series added to the store could not be analysed at: the run
+    stops there (skipping it as "previous" would compare its stored successor's other series anew), the store
+    consistent, its other checkpoints' added series kept, and the same command goes on once the cause is mended."""
+    import copy
+
+    fatal = copy.copy(exc)
+    shown = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(series))
+    fatal.what = _named(ref.path, exc.what) + (
+        f" (adding {shown} to the stored step {ref.step}: the store keeps its other series, and the added ones of "
+        "the checkpoints before it; the run stops here, and the same command goes on from here)"
     )
     return fatal
 
@@ -3686,7 +3775,7 @@ def _check_stored_to_read(
     skipped = {ref.step for ref in refs if str(ref.path) in ctx.failed_paths} | set(ctx.fileless)
     try:
         with StoreReader(out) as reader:
-            series = reader.series()
+            series = reader.whole_series()
             if not series:
                 return
             records = {r["step"]: r for r in reader.records(probe=series[0][0], layer=series[0][1])}
@@ -3715,7 +3804,7 @@ def _check_stored_to_read(
                     break
             damaged: dict[int, StoreError] = {}
             for stored_step in sorted(reads):
-                for probe, layer in series:
+                for probe, layer in sorted(reader.held(stored_step)):
                     try:
                         reader.arrays(stored_step, probe=probe, layer=layer)
                     except StoreError as exc:
@@ -3798,7 +3887,8 @@ def _with_previous(
     """The reference's entry, analysed ahead of its turn, completed with cka_prev / overlap_prev."""
     from dataclasses import replace as replace_entry
 
-    previous_step, previous = _previous_series(ctx, held.step, steps_in_order, out)
+    previous_step, previous = _previous_series(
+        ctx, held.step, steps_in_order, out, [_series_key(item.probe, item.layer) for item in held.series])
     series = []
     for item in held.series:
         key = _series_key(item.probe, item.layer)
@@ -3836,15 +3926,23 @@ def _refresh_successors(
     pairs = []
     failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     with StoreReader(out) as reader:
-        records = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
-    stored_sha = {step: record["sha256"] for step, record in records.items()}
+        # each series' prev_step: a series added to the store was compared with the checkpoint before in this
+        # run's order while the others of its checkpoint may still compare with an earlier one
+        compared: dict[int, dict[tuple[str, str], Any]] = {}
+        stored_sha: dict[int, str] = {}
+        for probe, layer in reader.series():
+            for record in reader.records(probe=probe, layer=layer):
+                compared.setdefault(record["step"], {})[(probe, layer)] = record["prev_step"]
+                stored_sha[record["step"]] = record["sha256"]
+        held = {step: reader.held(step) for step in compared}
     before = None  # the nearest step so far whose file did not fail (`_previous_step`, in one pass)
     for successor in steps_in_order:
         if successor in ctx.fileless:
             continue  # --watch: its file no longer holds it; its numbers are kept, and it is no one's previous
-        if before is not None and before in records and successor in records:
-            previous = records[successor]["prev_step"]
-            if previous is None or previous < before or (previous > before and previous in failed):
+        if before is not None and before in compared and successor in compared:
+            shared = held[before] & held[successor]  # a series one of them lacks yet is compared once both hold it
+            if any(previous is None or previous < before or (previous > before and previous in failed)
+                   for key, previous in compared[successor].items() if key in shared):
                 pairs.append((before, successor))
         if successor not in failed:
             before = successor
@@ -3907,8 +4005,10 @@ def _refreshed_entry(
                     f"the checkpoint at step {step} ({ctx.refs_by_step[step].path})", now, stored_sha[step],
                     f"in {out}", step=step if step != ctx.reference_step else None,
                 )
-        earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader)
-        later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader)
+        # the series both hold (a series added to the store that one of them lacks yet keeps its numbers)
+        keys = reader.held(before) & reader.held(successor)
+        earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader, keys)
+        later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader, keys)
         series = _compared_again(ctx, reader, successor, later, earlier, before)
         computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
     return Entry(
@@ -3926,7 +4026,8 @@ def _compared_again(
     before: int,
 ) -> tuple[Any, ...]:
     """The stored series of `successor` with cka_prev / overlap_prev / prev_step taken again against the
-    checkpoint `before` (`later`, `earlier`: their series of an anchor pass); the other numbers as stored.
+    checkpoint `before` (`later`, `earlier`: their series of an anchor pass); the other numbers as stored,
+    and those of a series that `later` or `earlier` lacks (added to the store, not yet to both) all as stored.
     Shared by the successor refresh and --redo's."""
     from dataclasses import replace as replace_entry
 
@@ -3934,7 +4035,12 @@ def _compared_again(
     for probe in ctx.probes:
         for spec in ctx.layers:
             key = _series_key(probe.name, spec.label)
+            if key not in reader.held(successor):
+                continue
             stored = reader.arrays(successor, probe=probe.name, layer=spec.label)
+            if key not in later or key not in earlier:
+                series.append(stored)
+                continue
             scalars = dict(stored.scalars)
             scalars["cka_prev"] = _cka(later[key], earlier[key])
             scalars["overlap_prev"] = _overlap(later[key], earlier[key], _record_overlap_k(ctx, scalars))
@@ -3943,19 +4049,25 @@ def _compared_again(
     return tuple(series)
 
 
-def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tuple[str, str], _Series]:
-    """A stored checkpoint's series: its anchor features (one anchor pass of `model`, which holds its
-    weights) with the eigenfunction values the store holds for it."""
+def _stored_series(
+    ctx: _Context, step: int, model: Any, reader: Any, keys: Collection[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], _Series]:
+    """A stored checkpoint's series (those of `keys`, by default every one of the run): its anchor features
+    (one anchor pass of `model`, which holds its weights, per probe) with the eigenfunction values the
+    store holds for it."""
     from fdl_cli.extract import anchor_features
 
     result = {}
     for probe in ctx.probes:
+        layers = [spec for spec in ctx.layers if keys is None or _series_key(probe.name, spec.label) in keys]
+        if not layers:
+            continue
         sums: dict[str, Any] = {}
         feats = anchor_features(
-            model, ctx.layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
+            model, layers, probe.x, device=ctx.device, dtype=ctx.options.dtype,
             batch_size=ctx.options.batch_size, anchor_size=ctx.options.anchor_size, moments=sums,
         )
-        for spec in ctx.layers:
+        for spec in layers:
             stored = reader.arrays(step, probe=probe.name, layer=spec.label)
             anchor = feats[spec.label]
             result[_series_key(probe.name, spec.label)] = _Series(
@@ -3966,34 +4078,59 @@ def _stored_series(ctx: _Context, step: int, model: Any, reader: Any) -> dict[tu
     return result
 
 
-def _reference_series(ctx: _Context, reference: CheckpointRef, out: Path) -> None:
-    """Rebuild the reference's anchor features and eigenfunctions when it is already in the store."""
-    if ctx.reference:
+def _reference_series(
+    ctx: _Context, reference: CheckpointRef, out: Path, needed: Collection[tuple[str, str]]
+) -> None:
+    """Rebuild the reference's anchor features and eigenfunctions of the `needed` series when it is already
+    in the store (those the store holds there: a series added to the store is analysed at the reference
+    first, `_run_refs`)."""
+    if ctx.reference_state is not None and all(key in ctx.reference for key in needed):
         return
     from fdl_cli.store import StoreReader
 
     loaded, _ = _load(reference, ctx.options)
     model = _prepare(ctx, loaded)
-    ctx.reference_state = _parameters_of(loaded, model, copy=True)
+    if ctx.reference_state is None:
+        ctx.reference_state = _parameters_of(loaded, model, copy=True)
     with StoreReader(out) as reader:
-        ctx.reference = _stored_series(ctx, reference.step, model, reader)
+        keys = [key for key in needed if key not in ctx.reference and key in reader.held(reference.step)]
+        if keys:
+            ctx.reference.update(_stored_series(ctx, reference.step, model, reader, keys))
 
 
 def _previous_series(
-    ctx: _Context, step: int, steps_in_order: list[int], out: Path
+    ctx: _Context, step: int, steps_in_order: list[int], out: Path,
+    needed: Collection[tuple[str, str]] | None = None,
 ) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
     """(step, series) of the checkpoint that `step` is compared with (`_previous_step`): analysed by
     this process, or recomputed from the store. (None, None) when there is none, and (step, None)
     when that checkpoint is neither stored nor analysed yet (the reference analysed ahead of its
     turn, whose previous is found again at its turn; a checkpoint a torchrun rank analyses before
-    its block only for its series)."""
+    its block only for its series). `needed`: the series wanted (default: every one of the run); those
+    this process does not hold (a checkpoint given only the series added to the store: adding.py) are
+    recomputed from the store, where it holds them."""
     previous = _previous_step(ctx, step, steps_in_order)
     if previous is None:
         return None, None
+    at_hand: dict[tuple[str, str], _Series] | None = None
     if ctx.previous_step == previous:
-        return previous, ctx.previous
-    if previous == ctx.reference_step and ctx.reference:
-        return previous, ctx.reference
+        at_hand = ctx.previous
+    elif previous == ctx.reference_step and ctx.reference:
+        at_hand = ctx.reference
+    if at_hand is not None:
+        missing = [key for key in (_all_series(ctx) if needed is None else needed) if key not in at_hand]
+        if not missing:
+            return previous, at_hand
+        _, stored = _stored_previous(ctx, step, previous, out, missing)
+        return previous, {**at_hand, **(stored or {})}
+    return _stored_previous(ctx, step, previous, out, needed)
+
+
+def _stored_previous(
+    ctx: _Context, step: int, previous: int, out: Path, needed: Collection[tuple[str, str]] | None
+) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
+    """`_previous_series` of a checkpoint this process does not hold: its `needed` series (those the store
+    holds of them; default: every one) recomputed from the store, or (previous, None) when it is not stored."""
     from fdl_cli.store import StoreReader
 
     ref = ctx.refs_by_step.get(previous)
@@ -4004,9 +4141,10 @@ def _previous_series(
     damage: StoreError | None = None  # its stored arrays fail their checksums
     try:
         with StoreReader(out) as reader:
-            stored = {r["step"]: r for r in reader.records(probe=ctx.probes[0].name, layer=ctx.layers[0].label)}
-            if previous not in stored:
+            keys = [key for key in (_all_series(ctx) if needed is None else needed) if key in reader.held(previous)]
+            if not keys:
                 return previous, None
+            stored = {r["step"]: r for r in reader.records(probe=keys[0][0], layer=keys[0][1])}
             # Hashed before it is loaded: a stored file replaced since, by a corrupt one too, is a changed
             # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
             # `step`, would then be compared with it in turn and fail alike.
@@ -4036,7 +4174,7 @@ def _previous_series(
                         fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
                     ) from None
                 try:
-                    return previous, _stored_series(ctx, previous, model, reader)
+                    return previous, _stored_series(ctx, previous, model, reader, keys)
                 except StoreError as exc:
                     damage = exc
     except (StoreError, FileNotFoundError):
@@ -4095,7 +4233,12 @@ def _analyze_one(
     steps_in_order: list[int],
     reference: CheckpointRef,
     out: Path,
+    *,
+    wanted: frozenset[tuple[str, str]] | None = None,
 ) -> CheckpointEntry | None:
+    """Analyse one checkpoint: every (probe, layer) series of the run, or, with `wanted`, those alone, added
+    to its stored checkpoint (`CheckpointEntry.series_only`: a probe or layer added to the store, adding.py),
+    with passes of the probes that have a layer among them, hooking those layers only."""
     from fdl_cli.extract import extract, parameter_vector_norms
     from fdl_cli.spectral import eigenfunctions, measure
     from fdl_cli.store import CheckpointEntry, SeriesEntry
@@ -4107,10 +4250,11 @@ def _analyze_one(
         _contribute_slice(ctx, loaded)
         return None
     is_reference = ref.step == reference.step
-    if not is_reference and not ctx.reference:
-        _reference_series(ctx, reference, out)
+    needed = _all_series(ctx) if wanted is None else wanted
+    if not is_reference:
+        _reference_series(ctx, reference, out, needed)
     # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
-    previous_step, previous = _previous_series(ctx, ref.step, steps_in_order, out)
+    previous_step, previous = _previous_series(ctx, ref.step, steps_in_order, out, needed)
     model = _prepare(ctx, loaded)
     parameters = _parameters_of(loaded, model)
     if is_reference:
@@ -4119,6 +4263,9 @@ def _analyze_one(
     current: dict[tuple[str, str], _Series] = {}
     series = []
     for probe in ctx.probes:
+        layers = [spec for spec in ctx.layers if _series_key(probe.name, spec.label) in needed]
+        if not layers:
+            continue
         x, y = _probe_slice(ctx, probe) if sharded else (probe.x, probe.y)
         results = _sliced(
             ctx,
@@ -4126,7 +4273,7 @@ def _analyze_one(
             ref,
             extract,
             model,
-            ctx.layers,
+            layers,
             x,
             y,
             task=probe.task or "none",
@@ -4141,7 +4288,7 @@ def _analyze_one(
         )
         if sharded:
             results = _reduce_slices(ctx, model, probe, results)
-        for spec in ctx.layers:
+        for spec in layers:
             result = results[spec.label]
             # At least the overlaps' top k (C) are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
             stored = stored_columns(options, result.moments.n_outputs)
@@ -4191,10 +4338,11 @@ def _analyze_one(
                 )
             )
     if is_reference:
-        ctx.reference = current
+        ctx.reference = {**ctx.reference, **current}  # with a series added, the stored ones read back (if needed)
     ctx.previous, ctx.previous_step = current, ref.step
     return CheckpointEntry(
-        step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature
+        step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        series_only=wanted is not None,
     )
 
 

@@ -8,6 +8,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                                history (JSON list: the invocations that stored checkpoints),
                                                dropped (JSON list: the checkpoints `fdl analyze --drop` removed;
                                                absent until one did)
+                                               pending_series (JSON list of [probe, layer]: series added to
+                                               the store that some checkpoints lack yet; absent: none)
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
@@ -17,7 +19,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                         passes integers)
     /checkpoints/step_<step>/           attrs: step, path, sha256, file_signature, history (index into the root's
                                                history; absent: not recorded), then complete=True written last
-        <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null)
+        <probe>/<layer>/                attrs: each MEASURE field that applies (absent attribute = null);
+                                               history (only on a series added to the checkpoint later)
             eigenvalues    (r,)  f64    all r eigenvalues, descending
             eigenvectors   (p,K) f64    top-K
             eigenfunctions (m,K) f32    top-K on the anchor subset
@@ -53,7 +56,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -232,10 +235,17 @@ class SeriesEntry:
     utility: np.ndarray
     quality: np.ndarray | None = None
     feature_mean: np.ndarray | None = None
+    #: which `fdl analyze` computed this series, as its row of the store's `history`, where that is not the
+    #: invocation of its checkpoint (`CheckpointEntry.computed_by`): a series added to a stored checkpoint
+    #: later (a resume with another probe or layer). None: its checkpoint's. Read back from the series'
+    #: `history` attribute (`StoreReader.arrays`), so a checkpoint stored again keeps it. Not compared.
+    computed_by: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("probe", self.probe, identifier=True)
         _check_name("layer", self.layer, identifier=False)
+        if self.computed_by is not None and not isinstance(self.computed_by, str):
+            raise ValueError(f"series computed_by must be a str or None, got {self.computed_by!r}")
         object.__setattr__(self, "scalars", _normalize_scalars(self.scalars))
         for name, dtype in _ARRAY_DTYPES.items():
             value = getattr(self, name)
@@ -291,6 +301,10 @@ class CheckpointEntry:
     #: one stored again unchanged or with its comparisons taken again (a successor refresh, a checkpoint
     #: taken in from a torchrun part store) keeps it. Not compared.
     computed_by: str | None = field(default=None, compare=False)
+    #: the entry holds series to add to the stored checkpoint of its step, which keeps its other series and
+    #: its own attributes (path, sha256, file signature, history): a resume that adds a probe or a layer to
+    #: a store (`StoreWriter.lacking`). False: the entry is the whole checkpoint, replacing a stored one.
+    series_only: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, int | np.integer) or isinstance(self.step, bool):
@@ -543,6 +557,9 @@ class StoreReader:
         self._outdated: set[Series] = set()
         #: of those, the series whose trajectories lack prev_step (`_note_unknown_previous`)
         self._without_prev: set[Series] = set()
+        #: series added to the store that some checkpoints lack (`_read_pending`)
+        self.pending_series: frozenset[Series] = frozenset()
+        self._pending_text: str | None = None
         if not path.exists():
             raise StoreError(
                 f"no fdl store at {path}",
@@ -573,6 +590,7 @@ class StoreReader:
             self._read_probes()
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
+            self._note_pending()
             self._note_unknown_previous()
             self._note_same_file_twice()
         except StoreError:
@@ -628,6 +646,7 @@ class StoreReader:
         self.history, self._history_damaged = history or [], history is None
         dropped = self._objects_attribute("dropped", "which checkpoints `fdl analyze --drop` removed is unknown")
         self.dropped, self._dropped_damaged = dropped or [], dropped is None
+        self._pending_text = _as_str(attrs["pending_series"]) if "pending_series" in attrs else None
 
     def _objects_attribute(self, name: str, lost: str) -> list[dict[str, Any]] | None:
         """A root attribute holding a JSON list of objects (`history`, `dropped`): [] when absent; None, and a
@@ -643,6 +662,26 @@ class StoreReader:
             self.warnings.append(f"{self._path}: its {name} attribute is damaged and was ignored ({exc}); {lost}")
             return None
         return items
+
+    def _read_pending(self) -> None:
+        """`pending_series`: the series added to the store (a resume with another probe or layer) that some of
+        its checkpoints do not hold yet; such a checkpoint is no damage. Unreadable, every series counts as
+        pending (a warning): a checkpoint lacking one is then added to by the next `fdl analyze`, never
+        dropped as damaged and analysed whole again."""
+        if self._pending_text is None:
+            return
+        try:
+            pairs = json.loads(self._pending_text)
+            if not isinstance(pairs, list) or not all(
+                    isinstance(pair, list) and len(pair) == 2 and all(isinstance(name, str) for name in pair)
+                    for pair in pairs):
+                raise ValueError(f"not a JSON list of [probe, layer] pairs: {_short(pairs)}")
+        except ValueError as exc:
+            self.warnings.append(f"{self._path}: its pending_series attribute is damaged ({exc}): every series "
+                                 "is taken as possibly missing at some checkpoints")
+            self.pending_series = self._expected_series()
+        else:
+            self.pending_series = frozenset((probe, layer) for probe, layer in pairs)
 
     def _read_probes(self) -> None:
         assert self._file is not None
@@ -742,9 +781,10 @@ class StoreReader:
     def _drop_incomplete_series(self) -> None:
         """A complete group that lacks some of the store's series (deleted by hand, or a truncated
         copy) is damaged: skipped here and redone by the next `fdl analyze`, not counted as analysed."""
+        self._read_pending()
         expected = self._expected_series()
         for step, series in list(self._group_series.items()):
-            missing = expected - series
+            missing = expected - series - self.pending_series
             if series and not missing:
                 continue
             name = self._group_names.pop(step)
@@ -808,6 +848,22 @@ class StoreReader:
                 rows = [row for row in (self._row_from_group(step, series) for step in steps) if row is not None]
                 if rows:
                     self._rows[series] = rows
+
+    def _note_pending(self) -> None:
+        """One warning a series added to the store (`pending_series`) that some checkpoints lack: its
+        records, figures and verdict cover the others only, until `fdl analyze` adds it to them."""
+        steps = set(self._group_series)
+        for probe, layer in sorted(self.pending_series):
+            held = [row["step"] for row in self._rows.get((probe, layer), ())]
+            lacking = sorted(steps - set(held))
+            if not lacking:
+                continue
+            shown = ", ".join(map(str, lacking[:6])) + (f" and {len(lacking) - 6} more" if len(lacking) > 6 else "")
+            self.warnings.append(
+                f"{probe}/{layer} was added to this store by an `fdl analyze` that did not finish: {len(held)} of its "
+                f"{len(steps)} checkpoints hold it (not step{'s' if len(lacking) > 1 else ''} {shown}); `fdl analyze` "
+                f"with the store's probes and layers and --out {self._path} adds it to the others"
+            )
 
     def _note_unknown_previous(self) -> None:
         """One warning, for the whole store, where an fdl before `prev_step` stored cka_prev / overlap_prev:
@@ -915,6 +971,25 @@ class StoreReader:
         """The (probe, layer) pairs with at least one complete checkpoint, sorted."""
         return sorted(self._rows)
 
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, whichever series they hold, ascending."""
+        return sorted(self._group_series)
+
+    def held(self, step: int) -> frozenset[Series]:
+        """The (probe, layer) series a complete checkpoint holds: the store's, but those added to it that the
+        checkpoint lacks yet (`pending_series`); empty for a step the store does not hold."""
+        return self._group_series.get(step, frozenset())
+
+    def lacking(self, series: Iterable[Series]) -> dict[int, frozenset[Series]]:
+        """step -> which of `series` a complete checkpoint lacks, for each one that lacks some, by step."""
+        wanted = frozenset(series)
+        return {step: wanted - held for step, held in sorted(self._group_series.items()) if wanted - held}
+
+    def whole_series(self) -> list[Series]:
+        """The series that every complete checkpoint holds (those not added to the store lately), sorted: the
+        steps and prev_step of one of them are every series' (`series()` when all are pending, as no store is)."""
+        return [key for key in self.series() if key not in self.pending_series] or self.series()
+
     def _select(self, probe: str | None, layer: str | None) -> list[Series]:
         available = self.series()
         probes = sorted({p for p, _ in available} | set(self._probes))
@@ -1002,7 +1077,8 @@ class StoreReader:
             leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
             arrays = {name: leaf[name][()] for name in _ARRAY_DTYPES if name in leaf}
             scalars = {name: _to_python(name, leaf.attrs.get(name)) for name in MEASURE_FIELDS}
-            return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays)
+            return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays,
+                               computed_by=self._series_row(leaf))
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
@@ -1074,6 +1150,16 @@ class StoreReader:
         except Exception:  # noqa: BLE001 - a damaged or hand-written attribute: not recorded
             return None
         return index if 0 <= index < len(self.history) else None
+
+    def _series_row(self, leaf: h5py.Group) -> str | None:
+        """`SeriesEntry.computed_by` of a stored series: the row of the invocation that added it to its
+        checkpoint (its `history` attribute), None where it is its checkpoint's."""
+        value = leaf.attrs.get("history")
+        try:
+            index = int(np.asarray(value).reshape(-1)[0]) if value is not None else -1
+        except (TypeError, ValueError, IndexError):
+            return None
+        return history_row(self.history[index]) if 0 <= index < len(self.history) else None
 
     def history_steps(self) -> dict[int | None, list[int]]:
         """Index in `history` -> the steps of the stored checkpoints that invocation computed, sorted;
@@ -1223,6 +1309,11 @@ class _CommitPlan:
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
     dropped: frozenset[int] = frozenset()  # stored steps removed (`StoreWriter.drop`)
     dropped_log: tuple[str, ...] | None = None  # the store's `dropped` list once committed, when it grows
+    #: step -> {series: its row in history} of series computed by another invocation than their checkpoint
+    series_computed_by: Mapping[int, Mapping[Series, int]] = field(default_factory=dict)
+    new_probes: tuple[ProbeInfo, ...] = ()  # probes added to the store (`Growth`), whose /probes groups to write
+    #: the store's `pending_series` once committed (() removes it); None: as it is
+    pending: tuple[Series, ...] | None = None
 
 
 class _CommitJob:
@@ -1332,7 +1423,9 @@ class StoreWriter:
     store on disk unchanged and its entries still buffered; the scheduler then starts no commit until
     one started by the caller (add/tick once due, flush, close) has succeeded. `background=False`
     commits in the caller's thread within `add()` and `tick()`, and starts no thread. Adding a step
-    already stored replaces it.
+    already stored replaces it, but for an entry of series alone (`CheckpointEntry.series_only`), which adds
+    them to the stored checkpoint of its step: a run with probes or layers beside the store's (`growth`,
+    `lacking`; docs/store.md, "Adding a probe or a layer").
 
     Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
     the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
@@ -1385,6 +1478,12 @@ class StoreWriter:
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._provenance_update: str | None = None  # see _load_existing
+        #: the probes and layers this run adds to the store (None: none; `growth`)
+        self.growth: Growth | None = None
+        #: (the grown provenance, the added probes) to write with the first checkpoint stored (`_load_existing`)
+        self._growth_update: tuple[str, tuple[ProbeInfo, ...]] | None = None
+        #: series that stored checkpoints may lack (added by this run or an earlier one): `lacking`, `pending_series`
+        self._pending: set[Series] = set()
         #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
         self._probe_updates: dict[str, bool] = {}
         self._signatures: dict[int, str] = {}  # see note_file_signatures
@@ -1472,19 +1571,15 @@ class StoreWriter:
                 fix=(exc.fix + "; " + extra) if exc.fix else extra,
             ) from None
         try:
-            # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.
-            ignored = UNCOMPARED_PROVENANCE | ({"model"} if _same_model_code(reader.provenance, self._provenance) else set())
-            differences = _dict_diff(
-                {k: v for k, v in reader.provenance.items() if k not in ignored},
-                {k: v for k, v in self._provenance.items() if k not in ignored},
-            )
             stored_probes = reader.probes()
-            for name in sorted(set(stored_probes) | set(self._probes)):
-                old, new = stored_probes.get(name), self._probes.get(name)
-                if old != new:
-                    differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
+            differences, grown = resume_differences(reader.provenance, stored_probes, self._provenance, self._probes)
             if differences:
                 fix = "pass --overwrite to replace it, or another --out to keep both"
+                if grown is not None:
+                    keys = [d.split(": ")[0] for d in differences]
+                    fix = (f"this run adds {grown.describe()} to the store, which needs every other option as the "
+                           f"store was analysed with, and {', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'}"
+                           ": give those as the store has them to add, or " + fix)
                 if any(d.startswith("options.weights: absent (store)") for d in differences):
                     # --weights naming the entry fdl takes by itself (state_dict) gives the same numbers,
                     # but the store cannot tell: it recorded no name.
@@ -1556,6 +1651,16 @@ class StoreWriter:
             missing = {key: value for key, value in self._provenance.items() if key not in reader.provenance}
             if missing:
                 self._provenance_update = json.dumps({**reader.provenance, **missing}, sort_keys=True)
+            # Series that the stored checkpoints may lack: added by this run, or by an earlier one that did not
+            # finish (the store's `pending_series`)
+            self._pending = set(reader.pending_series)
+            if grown is not None:
+                self.growth = grown
+                self._pending |= grown.series
+                self._growth_update = (
+                    json.dumps({**grown.provenance, **missing}, sort_keys=True),
+                    tuple(self._probes[name] for name in grown.probes),
+                )
             # Likewise a probe's zero_one_targets (the nineteenth session's), where the store does not record it
             self._probe_updates = {
                 name: bool(probe.zero_one_targets) for name, probe in self._probes.items()
@@ -1573,6 +1678,31 @@ class StoreWriter:
             done = {step: sha for step, sha in self._sha256.items() if step not in self._drop_steps}
             done.update((entry.step, entry.sha256) for entry in self._buffer)
         return done
+
+    def lacking(self) -> dict[int, frozenset[Series]]:
+        """step -> the series that a stored checkpoint (committed, being committed or buffered) lacks, of
+        those added to the store (`growth`, or by an earlier run that stopped: the store's `pending_series`),
+        for each one that lacks some. An entry of those series alone (`CheckpointEntry(series_only=True)`)
+        adds them."""
+        with self._mutex:
+            if not self._pending:
+                return {}
+            steps = {step for step in self._sha256 if step not in self._drop_steps}
+            held = {key: set(self._rows.get(key, {})) for key in self._pending}
+            for entry in self._buffer:
+                steps.add(entry.step)
+                if not entry.series_only:
+                    for holding in held.values():
+                        holding.discard(entry.step)  # a whole checkpoint replaces the stored one
+                for series in entry.series:
+                    key = (series.probe, series.layer)
+                    if key in held:
+                        held[key].add(entry.step)
+        missing: dict[int, set[Series]] = {}
+        for key, holding in held.items():
+            for step in steps - holding:
+                missing.setdefault(step, set()).add(key)
+        return {step: frozenset(keys) for step, keys in sorted(missing.items())}
 
     def note_file_signatures(self, signatures: Mapping[int, str]) -> None:
         """Record new file signatures (`checkpoints.file_signature`) of stored checkpoints whose file
@@ -1648,6 +1778,11 @@ class StoreWriter:
                 raise ValueError(
                     f"step {one.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
                 )
+            if one.series_only:
+                stored = self.completed().get(one.step)
+                if stored != one.sha256:
+                    raise ValueError(f"step {one.step}: series are added to a stored checkpoint of the same file only "
+                                     f"(sha256 {one.sha256[:12]}, stored: {stored and stored[:12]})")
 
     def tick(self) -> list[CheckpointEntry]:
         """Start the commit of what is buffered if one is due (the throttle above), and return the
@@ -1930,26 +2065,32 @@ class StoreWriter:
         entries = tuple(self._buffer)
         if not entries and not self._drop_steps and (self._fresh or not self._signatures):
             return None  # a fresh store is created by its first checkpoint, not before
-        latest = {entry.step: entry for entry in entries}  # a step added twice: the last one wins
+        latest: dict[int, CheckpointEntry] = {}  # a step added twice: the last one wins (series added: joined)
+        for entry in entries:
+            latest[entry.step] = _joined(latest[entry.step], entry, self._own_row) if entry.step in latest else entry
         rows = {key: dict(value) for key, value in self._rows.items()}
         changed: dict[Series, set[int]] = {}
         for key, by_step in rows.items():
             for step in [*latest, *self._drop_steps]:
+                if step in latest and latest[step].series_only and key not in _keys(latest[step]):
+                    continue  # a series added to a stored checkpoint leaves its other series as they are
                 if by_step.pop(step, None) is not None:
                     changed.setdefault(key, set()).add(step)
         for entry in latest.values():
+            # a series added to a stored checkpoint has its path and sha256 (the run may spell the path otherwise)
+            path, sha = self._identity_of(entry, rows) if entry.series_only else (entry.path, entry.sha256)
             for series in entry.series:
                 key = (series.probe, series.layer)
-                rows.setdefault(key, {})[entry.step] = {
-                    "step": entry.step,
-                    "path": entry.path,
-                    "sha256": entry.sha256,
-                    **series.scalars,
-                }
+                rows.setdefault(key, {})[entry.step] = {"step": entry.step, "path": path, "sha256": sha, **series.scalars}
                 changed.setdefault(key, set()).add(entry.step)
         stale = self._stale_trajectories | (set(rows) - self._trajectories_match)
         rewrite = tuple(sorted(set(changed) | stale))
-        history, computed_by = self._history_plan(latest.values())
+        history, computed_by, series_computed_by = self._history_plan(latest.values())
+        growth_update = self._growth_update if entries else None  # written with a checkpoint, never alone
+        pending: tuple[Series, ...] | None = None  # the store's pending_series after this commit (None: as it is)
+        if self._pending and (growth_update is not None or self._growth_update is None):
+            steps = {step for step in self._sha256 if step not in self._drop_steps} | set(latest)
+            pending = tuple(sorted(key for key in self._pending if set(rows.get(key, {})) != steps))
         return _CommitPlan(
             entries=entries,
             latest=latest,
@@ -1962,13 +2103,16 @@ class StoreWriter:
             dropped=frozenset(self._drop_steps),
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
-            provenance=None if self._fresh else self._provenance_update,
+            provenance=None if self._fresh else growth_update[0] if growth_update else self._provenance_update,
+            new_probes=growth_update[1] if growth_update else (),
+            pending=None if self._fresh else pending,
             probes=() if self._fresh else tuple(sorted(self._probe_updates.items())),
             signatures=() if self._fresh else tuple(
                 sorted((step, sig) for step, sig in self._signatures.items() if step not in self._drop_steps)
             ),
             history=history,
             computed_by=computed_by,
+            series_computed_by=series_computed_by,
             dropped_log=self._dropped_plan(),
         )
 
@@ -1980,23 +2124,48 @@ class StoreWriter:
         new = [self._dropping[step] for step in sorted(self._drop_steps) if step in self._dropping]
         return tuple([*self._dropped_log, *new]) if new else None
 
-    def _history_plan(self, entries: Iterable[CheckpointEntry]) -> tuple[tuple[str, ...] | None, dict[int, int]]:
+    @staticmethod
+    def _identity_of(entry: CheckpointEntry, rows: Mapping[Series, Mapping[int, Mapping[str, Any]]]) -> tuple[str, str]:
+        """(path, sha256) of the stored checkpoint that a `series_only` entry adds series to, as its other
+        series' rows hold them."""
+        for by_step in rows.values():
+            row = by_step.get(entry.step)
+            if row is not None and row.get("path") and row.get("sha256"):
+                return str(row["path"]), str(row["sha256"])
+        return entry.path, entry.sha256
+
+    def _history_plan(self, entries: Iterable[CheckpointEntry]) -> tuple[
+            tuple[str, ...] | None, dict[int, int], dict[int, dict[Series, int]]]:
         """(the history's rows once these entries are committed, when it grows; step -> row of each entry
-        whose computing invocation is known). A row is appended with the first checkpoint it computed, in
-        the same commit, so the history on disk never names a checkpoint the store lacks nor lacks one it
-        holds, whenever the run is stopped. Under `_guard`."""
+        whose computing invocation is known; step -> {series: row} of the series another invocation than
+        their checkpoint's computed: added to it later). A row is appended with the first checkpoint (or
+        series) it computed, in the same commit, so the history on disk never names a checkpoint the store
+        lacks nor lacks one it holds, whenever the run is stopped. Under `_guard`."""
         if self._history is None:
-            return None, {}
+            return None, {}, {}
         rows = list(self._history)
         computed_by: dict[int, int] = {}
-        for entry in entries:
-            row = self._own_row if entry.computed_by is None else _canonical_row(entry.computed_by)
+        by_series: dict[int, dict[Series, int]] = {}
+
+        def index(text: str | None) -> int | None:
+            row = self._own_row if text is None else _canonical_row(text)
             if row is None:
-                continue  # unknown: stored before fdl kept a history, or by a writer given no invocation
+                return None  # unknown: stored before fdl kept a history, or by a writer given no invocation
             if row not in rows:
                 rows.append(row)
-            computed_by[entry.step] = rows.index(row)
-        return (tuple(rows) if len(rows) > len(self._history) else None), computed_by
+            return rows.index(row)
+
+        for entry in entries:
+            group = None if entry.series_only else index(entry.computed_by)
+            if group is not None:
+                computed_by[entry.step] = group
+            for series in entry.series:
+                if series.computed_by is None and not entry.series_only:
+                    continue  # its checkpoint's
+                own = index(series.computed_by if series.computed_by is not None else entry.computed_by)
+                if own is not None and (entry.series_only or own != group):
+                    by_series.setdefault(entry.step, {})[(series.probe, series.layer)] = own
+        return (tuple(rows) if len(rows) > len(self._history) else None), computed_by, by_series
 
     def _execute(self, plan: _CommitPlan) -> None:
         """Write a plan copy-on-write; runs in any thread and touches none of the writer's state.
@@ -2016,9 +2185,15 @@ class StoreWriter:
             with h5py.File(tmp, "r+", libver=_LIBVER) as store:
                 if plan.provenance is not None:
                     store.attrs["provenance"] = plan.provenance
+                for probe in plan.new_probes:
+                    _write_probe(store.require_group("probes"), probe)
                 for name, zero_one in plan.probes:
                     if f"probes/{name}" in store:
                         store[f"probes/{name}"].attrs["zero_one_targets"] = zero_one
+                if plan.pending:
+                    store.attrs["pending_series"] = json.dumps([list(key) for key in plan.pending])
+                elif plan.pending is not None and "pending_series" in store.attrs:
+                    del store.attrs["pending_series"]
                 checkpoints = store.require_group("checkpoints")
                 for name in plan.drop:
                     if name in checkpoints:
@@ -2028,9 +2203,11 @@ class StoreWriter:
                 if plan.dropped_log is not None:
                     store.attrs["dropped"] = "[" + ", ".join(plan.dropped_log) + "]"
                 for entry in plan.latest.values():
-                    _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step))
+                    _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step),
+                                      plan.series_computed_by.get(entry.step, {}))
                 for step, signature in plan.signatures:
-                    if step not in plan.latest and f"step_{step}" in checkpoints:
+                    # a checkpoint written whole records its own; series added to one leave its attributes
+                    if (step not in plan.latest or plan.latest[step].series_only) and f"step_{step}" in checkpoints:
                         checkpoints[f"step_{step}"].attrs["file_signature"] = signature
                 trajectories = store.require_group("trajectories")
                 for key in plan.rewrite:
@@ -2078,6 +2255,8 @@ class StoreWriter:
             self._history = list(plan.history)
         if plan.provenance is not None and plan.provenance == self._provenance_update:
             self._provenance_update = None
+        if self._growth_update is not None and plan.provenance == self._growth_update[0]:
+            self._growth_update = self._provenance_update = None  # the grown provenance holds the keys it lacked
         for name, _ in plan.probes:
             self._probe_updates.pop(name, None)
         for step, signature in plan.signatures:
@@ -2098,19 +2277,41 @@ class StoreWriter:
             store.attrs["provenance"] = json.dumps(self._provenance, sort_keys=True)
             probes = store.create_group("probes")
             for probe in self._probes.values():
-                node = probes.create_group(probe.name)
-                node.attrs["sha256"] = probe.sha256
-                node.attrs["n"] = np.int64(probe.n)
-                node.attrs["task"] = probe.task
-                node.attrs["n_outputs"] = np.int64(probe.n_outputs)
-                if probe.zero_one_targets is not None:
-                    node.attrs["zero_one_targets"] = probe.zero_one_targets
-                for name in ("anchor_x", "anchor_y"):
-                    value = getattr(probe, name)
-                    if value is not None:
-                        _write_array(node, name, value)
+                _write_probe(probes, probe)
             store.create_group("checkpoints")
             store.create_group("trajectories")
+
+
+def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
+    """/probes/<name>: its attributes and, for 1-D inputs, its anchors (a fresh store's, or one added to a store)."""
+    node = probes.create_group(probe.name)
+    node.attrs["sha256"] = probe.sha256
+    node.attrs["n"] = np.int64(probe.n)
+    node.attrs["task"] = probe.task
+    node.attrs["n_outputs"] = np.int64(probe.n_outputs)
+    if probe.zero_one_targets is not None:
+        node.attrs["zero_one_targets"] = probe.zero_one_targets
+    for name in ("anchor_x", "anchor_y"):
+        value = getattr(probe, name)
+        if value is not None:
+            _write_array(node, name, value)
+
+
+def _keys(entry: CheckpointEntry) -> set[Series]:
+    return {(series.probe, series.layer) for series in entry.series}
+
+
+def _joined(first: CheckpointEntry, then: CheckpointEntry, own_row: str | None) -> CheckpointEntry:
+    """Two entries of one step in one commit as the one it writes: a whole checkpoint replaces what came
+    before; series added (`series_only`) join the entry before them, replacing its series of theirs, and keep
+    the invocation that computed them (`then`'s: `own_row`, the writer's, when it names none)."""
+    if not then.series_only:
+        return then
+    kept = tuple(series for series in first.series if (series.probe, series.layer) not in _keys(then))
+    row = then.computed_by if then.computed_by is not None else own_row
+    added = then.series if first.series_only or row is None else tuple(
+        series if series.computed_by is not None else replace(series, computed_by=row) for series in then.series)
+    return replace(first, series=kept + added)
 
 
 def _outdated_fields(group: h5py.Group) -> list[str]:
@@ -2188,6 +2389,93 @@ def _renamed_probes(stored: Mapping[str, ProbeInfo], run: Mapping[str, ProbeInfo
     return pairs
 
 
+@dataclass(frozen=True)
+class Growth:
+    """What a resume adds to a store (`StoreWriter`, `growth`): probes and layers beside every stored one.
+
+    `provenance` is the store's provenance once they are added: its probes with the new ones, its layers
+    in its order followed by the new ones (in this run's order), `probe_order` likewise; every other key
+    as stored. `series` are the (probe, layer) pairs that the stored checkpoints lack."""
+
+    probes: tuple[str, ...]
+    layers: tuple[str, ...]
+    series: frozenset[Series]
+    provenance: Mapping[str, Any]
+
+    def describe(self) -> str:
+        """'probe 'test'', 'layers 'fc1' and 'fc2'', 'probe 'test' and layer 'fc1''."""
+        def named(kind: str, names: Sequence[str]) -> str:
+            return f"{kind}{'s' if len(names) > 1 else ''} " + " and ".join(repr(name) for name in names)
+
+        return " and ".join(named(kind, names) for kind, names in (("probe", self.probes), ("layer", self.layers))
+                            if names)
+
+
+def resume_differences(
+    stored: Mapping[str, Any], stored_probes: Mapping[str, ProbeInfo], run: Mapping[str, Any],
+    run_probes: Mapping[str, ProbeInfo],
+) -> tuple[list[str], Growth | None]:
+    """(what differs between a store and a run that resumes it, as 'key: old (store) vs new (this run)';
+    the probes and layers the run adds, `growth`). Every key of the provenance but UNCOMPARED_PROVENANCE
+    is compared, and each probe's ProbeInfo; a run that adds probes or layers beside every stored one has
+    the rest compared (docs/store.md, "Adding a probe or a layer")."""
+    # Where the run was computed is recorded but not compared: a store may be resumed elsewhere.
+    ignored = UNCOMPARED_PROVENANCE | ({"model"} if _same_model_code(stored, run) else set())
+    grown = growth(stored, stored_probes, run, run_probes)
+    compared = run if grown is None else {**run, "probes": stored.get("probes"), "layers": stored.get("layers")}
+    differences = _dict_diff(
+        {k: v for k, v in stored.items() if k not in ignored},
+        {k: v for k, v in compared.items() if k not in ignored},
+    )
+    for name in sorted(set(stored_probes) | (set(run_probes) if grown is None else set())):
+        old, new = stored_probes.get(name), run_probes.get(name)
+        if old != new:
+            differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
+    return differences, grown
+
+
+def growth(
+    stored: Mapping[str, Any], stored_probes: Mapping[str, ProbeInfo], run: Mapping[str, Any],
+    run_probes: Mapping[str, ProbeInfo],
+) -> Growth | None:
+    """The probes and layers a run adds to a store, or None when it adds none or is no extension of it.
+
+    An extension keeps every stored probe under its name with the same file (ProbeInfo equal) and every
+    stored layer, in the store's order among the run's (`--layer b --layer a` on a store of a, b is another
+    run, as it was before adding existed); it may add probes and layers anywhere. Whether the rest of the
+    provenance is the store's is the caller's check (`StoreWriter._load_existing`)."""
+    old_layers, new_layers = stored.get("layers"), run.get("layers")
+    old_names = stored.get("probes")
+    if not (isinstance(old_layers, list) and isinstance(new_layers, list) and isinstance(old_names, dict)):
+        return None
+    if not all(isinstance(name, str) for name in [*old_layers, *new_layers, *old_names]):
+        return None
+    if set(old_names) != set(stored_probes) or any(
+            name not in run_probes or run_probes[name] != info for name, info in stored_probes.items()):
+        return None
+    if [label for label in new_layers if label in old_layers] != old_layers:
+        return None
+    probes = tuple(name for name in run_probes if name not in stored_probes)
+    layers = tuple(dict.fromkeys(label for label in new_layers if label not in old_layers))
+    if not probes and not layers:
+        return None
+    all_layers = [*old_layers, *layers]
+    series = frozenset((probe, layer) for probe in [*stored_probes, *probes] for layer in all_layers) - frozenset(
+        (probe, layer) for probe in stored_probes for layer in old_layers)
+    order = stored.get("probe_order")
+    if not (isinstance(order, list) and all(isinstance(name, str) for name in order)):
+        order = list(run.get("probe_order") or [])
+    order = [*order, *(name for name in probes if name not in order)]
+    run_shas = run["probes"] if isinstance(run.get("probes"), dict) else {}
+    provenance = {
+        **stored,
+        "probes": {**old_names, **{name: run_shas.get(name, run_probes[name].sha256) for name in probes}},
+        "layers": all_layers,
+        "probe_order": order,
+    }
+    return Growth(probes=probes, layers=layers, series=series, provenance=provenance)
+
+
 def _rename_fix(renamed: Sequence[tuple[str, str, str]]) -> str:
     """What to pass so that this run names its probes as the store does (`_renamed_probes`), in one
     sentence for all of them."""
@@ -2217,12 +2505,38 @@ def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
         group.create_dataset(name, data=value)
 
 
-def _write_checkpoint(checkpoints: h5py.Group, entry: CheckpointEntry, computed_by: int | None = None) -> None:
+def _write_checkpoint(
+    checkpoints: h5py.Group, entry: CheckpointEntry, computed_by: int | None = None,
+    series_computed_by: Mapping[Series, int] | None = None,
+) -> None:
+    """The group of `entry`'s checkpoint, replacing a stored one; or, for series added to a stored checkpoint
+    (`series_only`), those series' groups within it, its other series and its attributes as they are.
+    `series_computed_by`: the `history` attribute of the series another invocation than the checkpoint's
+    computed."""
     name = f"step_{entry.step}"
+    if entry.series_only:
+        group = checkpoints[name]
+        for series in entry.series:
+            if series.probe in group and series.layer in group[series.probe]:
+                del group[series.probe][series.layer]
+        _write_series(group, entry.series, series_computed_by or {})
+        return
     if name in checkpoints:
         del checkpoints[name]
     group = checkpoints.create_group(name)
-    for series in entry.series:
+    _write_series(group, entry.series, series_computed_by or {})
+    group.attrs["step"] = np.int64(entry.step)
+    group.attrs["path"] = entry.path
+    group.attrs["sha256"] = entry.sha256
+    if entry.file_signature:
+        group.attrs["file_signature"] = entry.file_signature
+    if computed_by is not None:
+        group.attrs["history"] = np.int64(computed_by)
+    group.attrs["complete"] = True  # last: a group without it was never finished
+
+
+def _write_series(group: h5py.Group, series_entries: Sequence[SeriesEntry], computed_by: Mapping[Series, int]) -> None:
+    for series in series_entries:
         leaf = group.require_group(series.probe).create_group(series.layer)
         for field_name, value in series.scalars.items():
             if value is None:
@@ -2237,11 +2551,6 @@ def _write_checkpoint(checkpoints: h5py.Group, entry: CheckpointEntry, computed_
             value = getattr(series, array_name)
             if value is not None:
                 _write_array(leaf, array_name, value)
-    group.attrs["step"] = np.int64(entry.step)
-    group.attrs["path"] = entry.path
-    group.attrs["sha256"] = entry.sha256
-    if entry.file_signature:
-        group.attrs["file_signature"] = entry.file_signature
-    if computed_by is not None:
-        group.attrs["history"] = np.int64(computed_by)
-    group.attrs["complete"] = True  # last: a group without it was never finished
+        index = computed_by.get((series.probe, series.layer))
+        if index is not None:
+            leaf.attrs["history"] = np.int64(index)
