@@ -3258,12 +3258,23 @@ def _late_manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) 
                                                                           NullReporter())
     if kwargs and kwargs != ctx.model_kwargs:
         changes.append(f"model_kwargs = {kwargs} (this run: {ctx.model_kwargs})")
-    if manifest.layer and not options.layers:
+    if manifest.layer and not options.layers and list(manifest.layer) != [spec.label for spec in ctx.layers]:
         changes.append(f"layer = {manifest.layer} (this run: the default layer)")
     for key, (field_name, value) in _manifest_items(manifest)[0].items():
-        if not _given(options, field_name) and getattr(options, field_name) != value:
-            changes.append(f"{key} = {value!r} (this run: {getattr(options, field_name)!r})")
+        if not _given(options, field_name) and (used := _used_value(ctx, field_name)) != value:
+            changes.append(f"{key} = {value!r} (this run: {used!r})")
     return changes
+
+
+def _used_value(ctx: _Context, field_name: str) -> Any:
+    """The value of an option the run measures with: the reference step and overlap_k it settled on where the
+    command line left them unset (None: the first checkpoint; the number of outputs), which an fdl.toml
+    naming the same does not change."""
+    if field_name == "reference_step":
+        return ctx.reference_step
+    if field_name == "overlap_k" and ctx.n_outputs:
+        return overlap_k(ctx.options, ctx.n_outputs)
+    return getattr(ctx.options, field_name)
 
 
 def _report_rewritten(

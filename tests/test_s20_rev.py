@@ -1,0 +1,43 @@
+"""Session 20's review (rev): what the merged branches said or did wrong, each test failing before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_io_fixes import MODEL
+from tests.test_s20_toml import _settled_write, _watch
+
+# --------------------------------------------------------------- a late fdl.toml under --watch
+
+
+def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--reference and --overlap-k unset are the first checkpoint and the number of outputs, and no --layer the
+    default layer: a late fdl.toml naming those was warned of as a change ("reference = 0 (this run: None)"),
+    telling the user to start the store again with --overwrite for nothing."""
+    from tests.test_prev_walkback import _arrive, _make_run
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _arrive(source, folder, "step_0.safetensors")
+    toml = folder / "fdl.toml"
+    reporter, _ = _watch(monkeypatch, folder, tmp_path / "a.h5", [
+        lambda: _settled_write(toml, 'reference = 0\noverlap_k = 3\nlayer = "2:input"\n'),
+        lambda: None,
+    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    assert reporter.warnings == []
+    assert f"{toml} was written after this run started: it sets what the run uses already" in reporter.notes
+    # another reference: the run's own named, not the None of an option left unset
+    again = tmp_path / "again"
+    again.mkdir()
+    _arrive(source, again, "step_0.safetensors")
+    reporter, _ = _watch(monkeypatch, again, tmp_path / "b.h5", [
+        lambda: _settled_write(again / "fdl.toml", "reference = 10\noverlap_k = 2\n"),
+        lambda: None,
+    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    assert len(reporter.warnings) == 1, reporter.warnings
+    assert ": it sets reference = 10 (this run: 0), overlap_k = 2 (this run: 3), and" in reporter.warnings[0]
