@@ -488,8 +488,7 @@ def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = No
         _write_figure_list(directory, written)
         if removed:
             said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report wrote "
-                        f"into {directory} that this one does not write (of series not in this report): "
-                        f"{_names(sorted(removed))}")
+                        f"into {directory} that this one does not write: {_names(sorted(removed))}")
     others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
                     and path.name not in written)
     if others:

@@ -41,3 +41,22 @@ def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
     ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
     assert len(reporter.warnings) == 1, reporter.warnings
     assert ": it sets reference = 10 (this run: 0), overlap_k = 2 (this run: 3), and" in reporter.warnings[0]
+
+
+# ------------------------------------------------------------------------- report --plots: stale figures
+
+
+def test_the_note_of_removed_figures_does_not_say_their_series_left_the_report(tmp_path: Path) -> None:
+    """A store of two layers analysed again with one: its figures are this report's, named without the
+    series' suffix now, and the note of the old names removed said "(of series not in this report)"."""
+    from fdl_cli import report as rep
+    from fdl_cli.figures import write_run_figures
+    from tests.test_report import make_store
+
+    plots = tmp_path / "plots"
+    write_run_figures(rep.load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))), plots)
+    notes: list[str] = []
+    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
+    assert notes == [f"removed 16 figure files an earlier report wrote into {plots} that this one does not write: "
+                     "eigenfunctions_train-fc1.png, eigenfunctions_train-fc1.svg, eigenfunctions_train-fc2.png, "
+                     "eigenfunctions_train-fc2.svg, spectrum_train-fc1.png, spectrum_train-fc1.svg and 10 more"]
