@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from fdl_cli.checkpoints import resolve_model_factory
 from tests.test_io_fixes import MODEL
-from tests.test_s20_toml import _settled_write, _watch
+from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _settled_write, _watch
+
+__all__ = ["_own_sys_path"]  # a fixture
 
 # --------------------------------------------------------------- a late fdl.toml under --watch
 
@@ -60,3 +65,36 @@ def test_the_note_of_removed_figures_does_not_say_their_series_left_the_report(t
     assert notes == [f"removed 16 figure files an earlier report wrote into {plots} that this one does not write: "
                      "eigenfunctions_train-fc1.png, eigenfunctions_train-fc1.svg, eigenfunctions_train-fc2.png, "
                      "eigenfunctions_train-fc2.svg, spectrum_train-fc1.png, spectrum_train-fc1.svg and 10 more"]
+
+
+# ------------------------------------------------------------------------------- a module beside fdl.toml
+
+
+def test_a_folder_beside_fdl_toml_named_as_its_module_does_not_hide_the_current_folders_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _own_sys_path: list[str]
+) -> None:
+    """model = "s20_rev_ns:build" with s20_rev_ns.py in the current folder, and the run folder holding a
+    sub-folder of that name (no package: a namespace portion): the current folder was no longer searched
+    once something of that name was beside fdl.toml, and the sub-folder was imported ("s20_rev_ns has no
+    callable 'build'"), where fdl before this session ran. A package beside fdl.toml still wins."""
+    run = _run(tmp_path / "run")
+    (run / "s20_rev_ns").mkdir()
+    (run / "s20_rev_ns" / "notes.txt").write_text("a folder of the run's")
+    (run / "fdl.toml").write_text('model = "s20_rev_ns:build"\nprobe = "probe.npz"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "s20_rev_ns.py").write_text(MLP_FILE)
+    monkeypatch.chdir(elsewhere)
+    try:
+        done = _analyze(run, "--out", tmp_path / "m.h5")
+        assert done.code == 0, done.stderr
+        assert [record["step"] for record in done.records] == [0, 10]
+        sys.modules.pop("s20_rev_ns", None)
+        # a namespace package beside fdl.toml, and no module of that name elsewhere: still found there
+        (run / "s20_rev_ns" / "nets.py").write_text(MLP_FILE)
+        (elsewhere / "s20_rev_ns.py").unlink()
+        factory = resolve_model_factory("s20_rev_ns.nets:build", module_dir=run)
+        assert isinstance(factory(), torch.nn.Sequential)
+    finally:
+        for name in ("s20_rev_ns", "s20_rev_ns.nets"):
+            sys.modules.pop(name, None)
