@@ -866,14 +866,15 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
 
     def model_of(manifest: Any) -> tuple[str, str] | None:
         """(file, factory) of a model file, or of a module beside the fdl.toml (its module's file, a
-        package's folder: two packages are two); (spec, "") of another module."""
+        package's folder: two packages are two); (spec, "") of another module, and of a folder of no package
+        beside it (a run's `model/`), which a module of the current folder wins over (`resolve_model_factory`)."""
         if manifest.model is None:
             return None
         target, sep, attr = manifest.model.rpartition(":")
         if sep and Path(target).is_absolute():
             return (target, attr)
         beside = ckpts.module_beside(target, manifest.path.parent)
-        if beside is not None:
+        if beside is not None and not beside.is_dir():
             return (str(beside.parent if beside.name == "__init__.py" else beside), f"{target}:{attr}")
         return (manifest.model, "")
 
@@ -884,6 +885,8 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
         if not (files and _same_file(*pair)):
             why = _why_files_differ([pair]) if files else ""
+            if packages := [path for path in pair if files and _is(Path(path), "dir")]:  # not "no such file"
+                why = f" ({', '.join(packages)}: a package beside the fdl.toml, whose files fdl does not compare)"
             if first.model == second.model and not files:  # a module beside one of them alone
                 why = f" (beside {first.path}: {_beside_said(model_a)}; beside {second.path}: {_beside_said(model_b)})"
             differences["model"] = both((first.model, second.model)) + why

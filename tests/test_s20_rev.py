@@ -10,7 +10,7 @@ import torch
 
 from fdl_cli.checkpoints import resolve_model_factory
 from tests.test_io_fixes import MODEL
-from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _settled_write, _watch
+from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _said, _settled_write, _watch
 
 __all__ = ["_own_sys_path"]  # a fixture
 
@@ -98,3 +98,30 @@ def test_a_folder_beside_fdl_toml_named_as_its_module_does_not_hide_the_current_
     finally:
         for name in ("s20_rev_ns", "s20_rev_ns.nets"):
             sys.modules.pop(name, None)
+
+
+def test_two_fdl_tomls_beside_folders_of_their_modules_name_are_read_as_one_or_refused_truly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _own_sys_path: list[str]
+) -> None:
+    """Two runs, each fdl.toml saying model = "s20_rev_pk:build", each folder holding a sub-folder of that name:
+    refused as models "(run1/s20_rev_pk, run2/s20_rev_pk: no such file)". A folder of no package is not the
+    module (the current folder's s20_rev_pk.py is run, as before this session); a package is, and is said so."""
+    run1, run2 = _run(tmp_path / "run1"), _run(tmp_path / "run2", steps=(20, 30))
+    for folder in (run1, run2):
+        (folder / "fdl.toml").write_text('model = "s20_rev_pk:build"\nprobe = "probe.npz"\n')
+        (folder / "s20_rev_pk").mkdir()
+    (tmp_path / "s20_rev_pk.py").write_text(MLP_FILE)
+    monkeypatch.chdir(tmp_path)
+    try:
+        done = _analyze(run1, run2, "--out", tmp_path / "a.h5")
+        assert done.code == 0, done.stderr
+        assert [record["step"] for record in done.records] == [0, 10, 20, 30]
+        sys.modules.pop("s20_rev_pk", None)
+        for folder in (run1, run2):
+            (folder / "s20_rev_pk" / "__init__.py").write_text(MLP_FILE)
+        packages = _analyze(run1, run2, "--out", tmp_path / "b.h5")
+        assert packages.code == 1
+        assert (f"model: 's20_rev_pk:build' and 's20_rev_pk:build' ({run1 / 's20_rev_pk'}, {run2 / 's20_rev_pk'}: "
+                "a package beside the fdl.toml, whose files fdl does not compare)") in _said(packages)
+    finally:
+        sys.modules.pop("s20_rev_pk", None)
