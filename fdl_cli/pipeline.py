@@ -3265,7 +3265,7 @@ def _late_manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) 
         changes.append(f"layer = {manifest.layer} (this run: the default layer)")
     for key, (field_name, value) in _manifest_items(manifest)[0].items():
         if not _given(options, field_name) and (used := _used_value(ctx, field_name)) != value:
-            changes.append(f"{key} = {value!r} (this run: {used!r})")
+            changes.append(f"{key} = {value!r} (this run: {'not set' if used is None else repr(used)})")
     return changes
 
 

@@ -22,7 +22,8 @@ def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
 ) -> None:
     """--reference and --overlap-k unset are the first checkpoint and the number of outputs, and no --layer the
     default layer: a late fdl.toml naming those was warned of as a change ("reference = 0 (this run: None)"),
-    telling the user to start the store again with --overwrite for nothing."""
+    telling the user to start the store again with --overwrite for nothing; an option the run leaves unset is
+    "not set", not Python's None."""
     from tests.test_prev_walkback import _arrive, _make_run
 
     source = _make_run(tmp_path / "source")
@@ -41,11 +42,12 @@ def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
     again.mkdir()
     _arrive(source, again, "step_0.safetensors")
     reporter, _ = _watch(monkeypatch, again, tmp_path / "b.h5", [
-        lambda: _settled_write(again / "fdl.toml", "reference = 10\noverlap_k = 2\n"),
+        lambda: _settled_write(again / "fdl.toml", 'reference = 10\noverlap_k = 2\nglob = "*.safetensors"\n'),
         lambda: None,
     ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
     assert len(reporter.warnings) == 1, reporter.warnings
-    assert ": it sets reference = 10 (this run: 0), overlap_k = 2 (this run: 3), and" in reporter.warnings[0]
+    assert (": it sets reference = 10 (this run: 0), overlap_k = 2 (this run: 3), glob = '*.safetensors' (this run: "
+            "not set), and") in reporter.warnings[0]
 
 
 # ------------------------------------------------------------------------- report --plots: stale figures
