@@ -127,3 +127,31 @@ def test_two_fdl_tomls_beside_folders_of_their_modules_name_are_read_as_one_or_r
                 "a package beside the fdl.toml, whose files fdl does not compare)") in _said(packages)
     finally:
         sys.modules.pop("s20_rev_pk", None)
+
+
+def test_a_plots_folder_that_cannot_be_listed_is_written_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder this user may write into but not list (a drop box, mode 1733, as for a user other than root):
+    the figures and their list were written, then listing the folder for the figure files left there raised
+    PermissionError, a traceback and exit 1 after the report's work was done."""
+    import errno
+
+    from tests.test_analyze import fdl
+    from tests.test_report import make_store
+
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    listing = Path.iterdir
+
+    def unlistable(self: Path) -> object:
+        if self == plots:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    done = fdl("report", str(make_store(tmp_path / "run.h5")), "--format", "csv", "--plots", str(plots))
+    assert "Traceback" not in done.stderr
+    assert done.code == 0, done.stderr
+    assert done.stderr == f"wrote 8 figure files to {plots}\n"
+    assert len(list(listing(plots))) == 9  # and the list
