@@ -9,12 +9,30 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import resolve_model_factory
+from fdl_cli.progress import NullReporter
 from tests.test_io_fixes import MODEL
 from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _said, _settled_write, _watch
 
 __all__ = ["_own_sys_path"]  # a fixture
 
 # --------------------------------------------------------------- a late fdl.toml under --watch
+
+
+def _late_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, text: str) -> tuple[Path, NullReporter]:
+    """--watch of a run folder NAME with --model and --probe, an fdl.toml `text` written after step 0 was measured:
+    (the fdl.toml, the reporter)."""
+    from tests.test_prev_walkback import _arrive, _make_run
+
+    source = tmp_path / "source"
+    if not source.exists():
+        _make_run(source)
+    folder = tmp_path / name
+    folder.mkdir()
+    _arrive(source, folder, "step_0.safetensors")
+    toml = folder / "fdl.toml"
+    reporter, _ = _watch(monkeypatch, folder, tmp_path / f"{name}.h5", [lambda: _settled_write(toml, text), lambda: None],
+                         model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    return toml, reporter
 
 
 def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
@@ -24,30 +42,15 @@ def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
     default layer: a late fdl.toml naming those was warned of as a change ("reference = 0 (this run: None)"),
     telling the user to start the store again with --overwrite for nothing; an option the run leaves unset is
     "not set", not Python's None."""
-    from tests.test_prev_walkback import _arrive, _make_run
-
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    _arrive(source, folder, "step_0.safetensors")
-    toml = folder / "fdl.toml"
-    reporter, _ = _watch(monkeypatch, folder, tmp_path / "a.h5", [
-        lambda: _settled_write(toml, 'reference = 0\noverlap_k = 3\nlayer = "2:input"\n'),
-        lambda: None,
-    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
+    toml, reporter = _late_toml(monkeypatch, tmp_path, "run", 'reference = 0\noverlap_k = 3\nlayer = "2:input"\n')
     assert reporter.warnings == []
     assert f"{toml} was written after this run started: it sets what the run uses already" in reporter.notes
     # another reference: the run's own named, not the None of an option left unset
-    again = tmp_path / "again"
-    again.mkdir()
-    _arrive(source, again, "step_0.safetensors")
-    reporter, _ = _watch(monkeypatch, again, tmp_path / "b.h5", [
-        lambda: _settled_write(again / "fdl.toml", 'reference = 10\noverlap_k = 2\nglob = "*.safetensors"\n'),
-        lambda: None,
-    ], model_spec=MODEL, probe_specs=(str(source / "probe.npz"),))
-    assert len(reporter.warnings) == 1, reporter.warnings
+    _, reporter = _late_toml(monkeypatch, tmp_path, "again", 'reference = 10\noverlap_k = 2\nglob = "*.safetensors"\n')
+    warnings = reporter.warnings
+    assert len(warnings) == 1, warnings
     assert (": it sets reference = 10 (this run: 0), overlap_k = 2 (this run: 3), glob = '*.safetensors' (this run: "
-            "not set), and") in reporter.warnings[0]
+            "not set), and") in warnings[0]
 
 
 # ------------------------------------------------------------------------- report --plots: stale figures
