@@ -2591,8 +2591,11 @@ def resolve_model_factory(
                 fix=fix,
             ) from None
     else:
-        beside = module_dir if module_beside(target, module_dir) is not None else None
-        if beside is None:
+        found = module_beside(target, module_dir)
+        beside = module_dir if found is not None else None
+        # Nothing beside, or only a folder of no package there (a namespace portion, as a run's sub-folder of that
+        # name is): a module of the current folder wins over it, as an installed one does
+        if found is None or found.is_dir():
             with contextlib.suppress(OSError):  # the current folder may have been removed
                 _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
         try:

@@ -488,10 +488,12 @@ def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = No
         _write_figure_list(directory, written)
         if removed:
             said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report wrote "
-                        f"into {directory} that this one does not write (of series not in this report): "
-                        f"{_names(sorted(removed))}")
-    others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
-                    and path.name not in written)
+                        f"into {directory} that this one does not write: {_names(sorted(removed))}")
+    try:
+        others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
+                        and path.name not in written)
+    except OSError:  # a folder this user may write into but not list (a drop box): none to name
+        others = []
     if others:
         said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} this report did "
                     f"not write (an older fdl's, or changed since fdl wrote them): {_names(others)}; remove them if "

@@ -878,14 +878,15 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
 
     def model_of(manifest: Any) -> tuple[str, str] | None:
         """(file, factory) of a model file, or of a module beside the fdl.toml (its module's file, a
-        package's folder: two packages are two); (spec, "") of another module."""
+        package's folder: two packages are two); (spec, "") of another module, and of a folder of no package
+        beside it (a run's `model/`), which a module of the current folder wins over (`resolve_model_factory`)."""
         if manifest.model is None:
             return None
         target, sep, attr = manifest.model.rpartition(":")
         if sep and Path(target).is_absolute():
             return (target, attr)
         beside = ckpts.module_beside(target, manifest.path.parent)
-        if beside is not None:
+        if beside is not None and not beside.is_dir():
             return (str(beside.parent if beside.name == "__init__.py" else beside), f"{target}:{attr}")
         return (manifest.model, "")
 
@@ -896,6 +897,8 @@ def _manifest_differences(first: Any, second: Any) -> dict[str, str]:
         pair = (model_a[0], model_b[0]) if model_a is not None and model_b is not None else ("", "")
         if not (files and _same_file(*pair)):
             why = _why_files_differ([pair]) if files else ""
+            if packages := [path for path in pair if files and _is(Path(path), "dir")]:  # not "no such file"
+                why = f" ({', '.join(packages)}: a package beside the fdl.toml, whose files fdl does not compare)"
             if first.model == second.model and not files:  # a module beside one of them alone
                 why = f" (beside {first.path}: {_beside_said(model_a)}; beside {second.path}: {_beside_said(model_b)})"
             differences["model"] = both((first.model, second.model)) + why
@@ -3300,12 +3303,23 @@ def _late_manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) 
                                                                           NullReporter())
     if kwargs and kwargs != ctx.model_kwargs:
         changes.append(f"model_kwargs = {kwargs} (this run: {ctx.model_kwargs})")
-    if manifest.layer and not options.layers:
+    if manifest.layer and not options.layers and list(manifest.layer) != [spec.label for spec in ctx.layers]:
         changes.append(f"layer = {manifest.layer} (this run: the default layer)")
     for key, (field_name, value) in _manifest_items(manifest)[0].items():
-        if not _given(options, field_name) and getattr(options, field_name) != value:
-            changes.append(f"{key} = {value!r} (this run: {getattr(options, field_name)!r})")
+        if not _given(options, field_name) and (used := _used_value(ctx, field_name)) != value:
+            changes.append(f"{key} = {value!r} (this run: {'not set' if used is None else repr(used)})")
     return changes
+
+
+def _used_value(ctx: _Context, field_name: str) -> Any:
+    """The value of an option the run measures with: the reference step and overlap_k it settled on where the
+    command line left them unset (None: the first checkpoint; the number of outputs), which an fdl.toml
+    naming the same does not change."""
+    if field_name == "reference_step":
+        return ctx.reference_step
+    if field_name == "overlap_k" and ctx.n_outputs:
+        return overlap_k(ctx.options, ctx.n_outputs)
+    return getattr(ctx.options, field_name)
 
 
 def _report_rewritten(
