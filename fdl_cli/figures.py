@@ -394,8 +394,9 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
 
 
 #: The list of the figure files `fdl report --plots DIR` wrote into DIR, kept there beside them with the
-#: sha256 of each: the next report into DIR removes the listed files it no longer writes (the figures of a
-#: series no longer in the store, or no longer selected), and only those that still hold what fdl wrote.
+#: sha256 of each and the store it drew: the next report of that store into DIR removes the listed files of
+#: it that it no longer writes (the figures of a series no longer in the store, or no longer selected), and
+#: only those that still hold what fdl wrote; another store's figures are left to its own reports.
 FIGURE_LIST = ".fdl-figures.json"
 FIGURE_LIST_FORMAT = "fdl-figures"
 FIGURE_LIST_VERSION = 1
@@ -418,10 +419,10 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
-def read_figure_list(directory: Path) -> tuple[dict[str, str] | None, str | None]:
-    """The figure files an earlier report listed in `directory` (name -> sha256; {} without a list), or None
-    and a note saying why the file FIGURE_LIST there is not read as fdl's list (then it is left as it is:
-    nothing is removed, and the list is not written over)."""
+def read_figure_list(directory: Path) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
+    """The figure files earlier reports listed in `directory` (name -> (sha256, the store it drew); {}
+    without a list), or None and a note saying why the file FIGURE_LIST there is not read as fdl's list
+    (then it is left as it is: nothing is removed, and the list is not written over)."""
     path = directory / FIGURE_LIST
     if not path.is_symlink() and not path.exists():
         return {}, None
@@ -440,44 +441,57 @@ def read_figure_list(directory: Path) -> tuple[dict[str, str] | None, str | None
     if not isinstance(files, dict):
         return None, (f"{path} is {why}: it is left as it is, and no figure of an earlier report is removed "
                       f"(remove it, and the figures in {directory} that are stale, to have the next report keep its list)")
-    return {name: digest for name, digest in files.items()
-            if isinstance(name, str) and isinstance(digest, str) and REPORT_FIGURE.fullmatch(name)}, None
+    return {name: (entry["sha256"], entry["store"]) for name, entry in files.items()
+            if isinstance(name, str) and REPORT_FIGURE.fullmatch(name) and isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str) and isinstance(entry.get("store"), str)}, None
 
 
-def _write_figure_list(directory: Path, files: Mapping[str, str]) -> None:
+def _write_figure_list(directory: Path, files: Mapping[str, tuple[str, str]]) -> None:
     text = json.dumps({"format": FIGURE_LIST_FORMAT, "version": FIGURE_LIST_VERSION,
-                       "about": "the figure files `fdl report --plots` wrote into this folder, with their sha256; "
-                                "the next report removes those it does not write again, if they are unchanged",
-                       "files": dict(sorted(files.items()))}, indent=1)
+                       "about": "the figure files `fdl report --plots` wrote into this folder, with their sha256 and "
+                                "the store they drew; the next report of that store removes those it does not write "
+                                "again, if they are unchanged",
+                       "files": {name: {"sha256": digest, "store": store}
+                                 for name, (digest, store) in sorted(files.items())}}, indent=1)
     with writing(directory / FIGURE_LIST) as target, whole_or_untouched(target) as path:
         path.write_text(text + "\n", encoding="utf-8")
+
+
+def _unchanged(path: Path, digest: str) -> bool:
+    return not path.is_symlink() and path.is_file() and _sha256(path) == digest
 
 
 def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
     """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
 
-    The folder then holds this report's figures: those an earlier report wrote there (FIGURE_LIST) and
-    this one does not write are removed when they still hold the bytes fdl wrote (a file changed since, or
-    not listed, is never removed). `notes` gets a sentence naming what was removed, and one naming the
-    figure files (REPORT_FIGURE) left there that this report did not write: an older fdl's, or changed."""
+    The folder then holds this report's figures: those an earlier report of the same store (by its resolved
+    path) wrote there (FIGURE_LIST) and this one does not write are removed when they still hold the bytes
+    fdl wrote (a file changed since, or not listed, or another store's, is never removed). `notes` gets a
+    sentence naming what was removed, one naming the figures of other stores' reports left there, and one
+    naming the figure files (REPORT_FIGURE) left there that no report listed: an older fdl's, or changed."""
     said = notes if notes is not None else []
     make_folder(directory)
+    store = str(Path(run.path).resolve())
     earlier, problem = read_figure_list(directory)
     if problem is not None:
         said.append(problem)
     paths: list[Path] = []
-    written: dict[str, str] = {}
+    written: dict[str, tuple[str, str]] = {}
     for stem, _title, figure in run_figures(run):
         for path in save_figure(figure, directory, stem):
             paths.append(path)
-            written[path.name] = _sha256(path) or ""
+            written[path.name] = (_sha256(path) or "", store)
         if earlier is not None:  # after each figure: a report stopped part-way still lists what it wrote
             _write_figure_list(directory, {**earlier, **written})
+    others: dict[str, tuple[str, str]] = {}
     if earlier is not None:
         removed = []
-        for name, digest in earlier.items():
+        for name, (digest, drawn) in earlier.items():
             path = directory / name
-            if name in written or path.is_symlink() or not path.is_file() or _sha256(path) != digest:
+            if name in written or not _unchanged(path, digest):
+                continue
+            if drawn != store:
+                others[name] = (digest, drawn)  # left to a report of its own store
                 continue
             try:
                 path.unlink()
@@ -485,19 +499,24 @@ def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = No
                 said.append(f"could not remove {path}, a figure an earlier report wrote: {exc.strerror or exc}")
                 continue
             removed.append(name)
-        _write_figure_list(directory, written)
+        _write_figure_list(directory, {**others, **written})
         if removed:
-            said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report wrote "
-                        f"into {directory} that this one does not write: {_names(sorted(removed))}")
-    try:
-        others = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
-                        and path.name not in written)
-    except OSError:  # a folder this user may write into but not list (a drop box): none to name
-        others = []
+            said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report of "
+                        f"this store wrote into {directory} that this one does not write: {_names(sorted(removed))}")
     if others:
-        said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} this report did "
-                    f"not write (an older fdl's, or changed since fdl wrote them): {_names(others)}; remove them if "
-                    "they are stale")
+        stores = sorted({drawn for _, drawn in others.values()})
+        said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} of the report"
+                    f"{'s' if len(stores) > 1 else ''} of {', '.join(stores)}, left as they are (one folder per store "
+                    f"keeps each store's figures apart): {_names(sorted(others))}")
+    try:
+        unlisted = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
+                          and path.name not in written and path.name not in others)
+    except OSError:  # a folder this user may write into but not list (a drop box): none to name
+        unlisted = []
+    if unlisted:
+        said.append(f"{directory} also holds {len(unlisted)} figure file{'s' if len(unlisted) > 1 else ''} this "
+                    f"report did not write (an older fdl's, or changed since fdl wrote them): {_names(unlisted)}; "
+                    "remove them if they are stale")
     return paths
 
 

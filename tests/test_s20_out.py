@@ -35,16 +35,17 @@ def test_a_report_removes_the_figures_an_earlier_report_wrote_of_series_no_longe
     """1. The store analysed again with one layer instead of two: the figures of the two layers stayed beside
     the new ones, and a reader of the folder saw figures of a layer the store no longer holds."""
     plots = tmp_path / "plots"
-    two = make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))
-    first = fdl("report", two, "--format", "csv", "--plots", plots)
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
+    first = fdl("report", store, "--format", "csv", "--plots", plots)
     assert first.returncode == 0, first.stderr
     assert _files(plots) == _report_names("_train-fc1", "_train-fc2") | {".fdl-figures.json"}
 
-    one = make_store(tmp_path / "one.h5", layers=("fc1",))
+    store.unlink()
+    one = make_store(store, layers=("fc1",))  # analysed again, with one layer
     second = fdl("report", one, "--format", "csv", "--plots", plots)
     assert second.returncode == 0, second.stderr
     assert _files(plots) == _report_names("") | {".fdl-figures.json"}
-    assert f"note: removed 16 figure files an earlier report wrote into {plots}" in second.stderr
+    assert f"note: removed 16 figure files an earlier report of this store wrote into {plots}" in second.stderr
     assert "eigenfunctions_train-fc1.png, " in second.stderr and " and 10 more\n" in second.stderr
     assert second.stdout == fdl("report", one, "--format", "csv").stdout  # notes on stderr alone
 
@@ -55,7 +56,8 @@ def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_pat
     from fdl_cli.figures import FIGURE_LIST, write_run_figures
 
     plots = tmp_path / "plots"
-    write_run_figures(rep.load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))), plots)
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
+    write_run_figures(rep.load_run(store), plots)
     (plots / "notes.txt").write_text("mine")
     (plots / "spectrum_mine.png").write_bytes(b"mine")  # named as a figure, never listed
     edited = plots / "triptych_train-fc2.svg"
@@ -64,12 +66,14 @@ def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_pat
     outside.write_bytes(b"outside")
     listed = json.loads((plots / FIGURE_LIST).read_text())
     digest = __import__("hashlib").sha256
-    listed["files"]["../outside.png"] = digest(b"outside").hexdigest()
-    listed["files"]["notes.txt"] = digest(b"mine").hexdigest()
+    mine = str(store.resolve())
+    listed["files"]["../outside.png"] = {"sha256": digest(b"outside").hexdigest(), "store": mine}
+    listed["files"]["notes.txt"] = {"sha256": digest(b"mine").hexdigest(), "store": mine}
     (plots / FIGURE_LIST).write_text(json.dumps(listed))
 
     notes: list[str] = []
-    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
+    store.unlink()
+    write_run_figures(rep.load_run(make_store(store, layers=("fc1",))), plots, notes=notes)
     assert outside.read_bytes() == b"outside"
     assert _files(plots) == _report_names("") | {".fdl-figures.json", "notes.txt", "spectrum_mine.png",
                                                   "triptych_train-fc2.svg"}
@@ -91,6 +95,37 @@ def test_a_figure_list_fdl_cannot_read_as_its_own_is_left_and_nothing_is_removed
     assert _files(plots) == _report_names("", "_train-fc1", "_train-fc2") | {FIGURE_LIST}
     assert notes[0].startswith(f"{plots / FIGURE_LIST} is not the figure list fdl writes: it is left as it is")
     assert "also holds 16 figure files" in notes[-1]
+
+
+def test_a_second_stores_report_into_the_folder_leaves_the_first_stores_figures(tmp_path: Path) -> None:
+    """1 (review). Two stores reported into one folder: the second's report removed the first's figures of
+    other series, figures the user still wanted, which no report of the second store would write back."""
+    from fdl_cli.figures import FIGURE_LIST, write_run_figures
+
+    plots = tmp_path / "plots"
+    two = make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))
+    write_run_figures(rep.load_run(two), plots)
+    before = {name: (plots / name).read_bytes() for name in _report_names("_train-fc1", "_train-fc2")}
+    notes: list[str] = []
+    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
+    assert _files(plots) == _report_names("", "_train-fc1", "_train-fc2") | {FIGURE_LIST}
+    assert all((plots / name).read_bytes() == data for name, data in before.items())
+    assert not any(note.startswith("removed ") for note in notes)
+    assert notes == [f"{plots} also holds 16 figure files of the report of {two.resolve()}, left as they are (one "
+                     "folder per store keeps each store's figures apart): eigenfunctions_train-fc1.png, "
+                     "eigenfunctions_train-fc1.svg, eigenfunctions_train-fc2.png, eigenfunctions_train-fc2.svg, "
+                     "spectrum_train-fc1.png, spectrum_train-fc1.svg and 10 more"]
+    listed = json.loads((plots / FIGURE_LIST).read_text())["files"]
+    assert {name for name, entry in listed.items() if entry["store"] == str(two.resolve())} == set(before)
+    # the first store's own next report, now of fc1 alone, removes its figures of fc2 (and of fc1: renamed)
+    notes = []
+    two.unlink()
+    write_run_figures(rep.load_run(make_store(two, layers=("fc1",))), plots, notes=notes)
+    assert _files(plots) == _report_names("") | {FIGURE_LIST}
+    assert notes == [f"removed 16 figure files an earlier report of this store wrote into {plots} that this one does "
+                     "not write: eigenfunctions_train-fc1.png, eigenfunctions_train-fc1.svg, "
+                     "eigenfunctions_train-fc2.png, eigenfunctions_train-fc2.svg, spectrum_train-fc1.png, "
+                     "spectrum_train-fc1.svg and 10 more"]
 
 
 # -- 2. the spectrum heat map's step axis ---------------------------------------------------------------------------

@@ -64,12 +64,15 @@ def test_the_note_of_removed_figures_does_not_say_their_series_left_the_report(t
     from tests.test_report import make_store
 
     plots = tmp_path / "plots"
-    write_run_figures(rep.load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))), plots)
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
+    write_run_figures(rep.load_run(store), plots)
     notes: list[str] = []
-    write_run_figures(rep.load_run(make_store(tmp_path / "one.h5", layers=("fc1",))), plots, notes=notes)
-    assert notes == [f"removed 16 figure files an earlier report wrote into {plots} that this one does not write: "
-                     "eigenfunctions_train-fc1.png, eigenfunctions_train-fc1.svg, eigenfunctions_train-fc2.png, "
-                     "eigenfunctions_train-fc2.svg, spectrum_train-fc1.png, spectrum_train-fc1.svg and 10 more"]
+    store.unlink()
+    write_run_figures(rep.load_run(make_store(store, layers=("fc1",))), plots, notes=notes)
+    assert notes == [f"removed 16 figure files an earlier report of this store wrote into {plots} that this one "
+                     "does not write: eigenfunctions_train-fc1.png, eigenfunctions_train-fc1.svg, "
+                     "eigenfunctions_train-fc2.png, eigenfunctions_train-fc2.svg, spectrum_train-fc1.png, "
+                     "spectrum_train-fc1.svg and 10 more"]
 
 
 # ------------------------------------------------------------------------------- a module beside fdl.toml
