@@ -85,3 +85,18 @@ def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_g
     assert analyze(run, store, *extra).code == 0
     _assert_as_analysed_at_once(run, store, *extra)
 
+
+def test_adding_a_layer_to_a_store_midway_through_adding_a_probe_says_it_adds_both(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    store = tmp_path / "s.h5"
+    test = ("--probe", f"test={run / 'test.npz'}")
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    _stopped_at_20(monkeypatch, run, store, *test, "--commit-interval", "0")
+    both = (*test, "--layer", "2:input", "--layer", "0")
+    done = analyze(run, store, *both)
+    assert done.code == 0, done.stderr
+    assert (f"note: adding layer '0' to the 4 stored checkpoints of {store} (analysing only the series they lack), "
+            "and test/2:input to 2 of them, which lack it (an earlier `fdl analyze` that added it stopped before it "
+            "was done)") in " ".join(done.stderr.split())
+    _assert_as_analysed_at_once(run, store, *both)
