@@ -1610,7 +1610,8 @@ class StoreWriter:
                     if left_out:
                         flags = " ".join(f"--probe {name}=PATH" for name in left_out)
                         digests = ", ".join(stored_probes[name].sha256[:12] for name in left_out)
-                        unfinished = _unfinished(reader, {(name, layer) for name in left_out for layer in stored_layers})
+                        unfinished = _unfinished(reader, {(name, layer) for name in left_out for layer in stored_layers},
+                                                 "them" if len(left_out) > 1 else "it")
                         parts.append(
                             f"the store also holds the probe{'s' if len(left_out) > 1 else ''} "
                             f"{' and '.join(repr(name) for name in left_out)}, "
@@ -1619,7 +1620,8 @@ class StoreWriter:
                         )
                     if left_out_layers:
                         unfinished = _unfinished(reader, {(probe, label) for probe in stored_probes
-                                                          for label in left_out_layers})
+                                                          for label in left_out_layers},
+                                                 "them" if len(left_out_layers) > 1 else "it")
                         parts.append(
                             f"the store also holds the layer{'s' if len(left_out_layers) > 1 else ''} "
                             f"{' and '.join(repr(name) for name in left_out_layers)}, {unfinished}: give "
@@ -2507,10 +2509,10 @@ def growth(
     return Growth(probes=probes, layers=layers, series=series, provenance=provenance)
 
 
-def _unfinished(reader: StoreReader, series: Iterable[Series]) -> str:
-    """How far an `fdl analyze` that stopped before it was done added `series` to the store ("added to 2 of
-    its 4 checkpoints by ..."), where each is one of its `pending_series` and some checkpoint lacks one;
-    else "" (every checkpoint holds them)."""
+def _unfinished(reader: StoreReader, series: Iterable[Series], it: str = "it") -> str:
+    """How far an `fdl analyze` that stopped before it was done added `series` (of the probes or layers that
+    `it` names) to the store ("added to 2 of its 4 checkpoints by ..."), where each is one of its
+    `pending_series` and some checkpoint lacks one; else "" (every checkpoint holds them)."""
     keys = set(series)
     if not keys or not keys <= reader.pending_series:
         return ""
@@ -2518,8 +2520,7 @@ def _unfinished(reader: StoreReader, series: Iterable[Series]) -> str:
     if not lacking:
         return ""
     return (f"added to {total - lacking} of its {total} checkpoints by an `fdl analyze` that stopped before it was "
-            f"done (the same command with {'it' if len(keys) == 1 else 'them'} adds "
-            f"{'it' if len(keys) == 1 else 'them'} to the other {lacking})")
+            f"done (the same command with {it} adds {it} to the other {lacking})")
 
 
 def _unfinished_layers(reader: StoreReader, run: Any) -> list[str]:

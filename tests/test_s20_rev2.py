@@ -60,16 +60,21 @@ def _stopped_at_20(monkeypatch: pytest.MonkeyPatch, run: Path, store: Path, *ext
         assert analyze(run, store, *extra).code == 130
 
 
+PROBE_SAID = ("the store also holds the probe 'test', added to 2 of its 4 checkpoints by an `fdl analyze` that "
+              "stopped before it was done (the same command with it adds it to the other 2): give it too, --probe "
+              "test=PATH (sha256 ")
+LAYER_SAID = ("the store also holds the layer '0', added to 2 of its 4 checkpoints by an `fdl analyze` that stopped "
+              "before it was done (the same command with it adds it to the other 2): give it too, with the store's "
+              "layers in its order, --layer 2:input --layer 0, to resume")
+
+
 @pytest.mark.parametrize(("extra", "said"), [
-    (("--probe", "test=TEST"), "the store also holds the probe 'test', added to 2 of its 4 checkpoints by an `fdl "
-     "analyze` that stopped before it was done (the same command with it adds it to the other 2): give it too, "
-     "--probe test=PATH (sha256 "),
-    (("--layer", "2:input", "--layer", "0"), "the store also holds the layer '0', added to 2 of its 4 checkpoints by "
-     "an `fdl analyze` that stopped before it was done (the same command with it adds it to the other 2): give it "
-     "too, with the store's layers in its order, --layer 2:input --layer 0, to resume"),
-], ids=["probe", "layer"])
+    (("--probe", "test=TEST"), (PROBE_SAID,)),
+    (("--layer", "2:input", "--layer", "0"), (LAYER_SAID,)),
+    (("--probe", "test=TEST", "--layer", "2:input", "--layer", "0"), (PROBE_SAID, LAYER_SAID)),
+], ids=["probe", "layer", "both"])
 def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_got_and_how_to_finish(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...], said: str  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...], said: tuple[str, ...],  # noqa: F811
 ) -> None:
     extra = tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
     store = tmp_path / "s.h5"
@@ -80,7 +85,7 @@ def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_g
     assert gave_up.code == 1 and "Traceback" not in gave_up.stderr
     assert store.read_bytes() == on_disk
     text = " ".join(gave_up.stderr.split())
-    assert said in text and "analysed with this run's at each checkpoint" not in text
+    assert all(part in text for part in said) and "analysed with this run's at each checkpoint" not in text
     assert "else pass --overwrite to replace it, or another --out to keep both" in text
     assert analyze(run, store, *extra).code == 0
     _assert_as_analysed_at_once(run, store, *extra)
