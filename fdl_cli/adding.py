@@ -11,7 +11,7 @@ somewhere (`pending_series`), and the next resume with the store's probes and la
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ class Addition:
     #: what the run adds ("probe 'test'"), or None when the store recorded them already (a resumed adding)
     added: str | None
     stored: int  # the checkpoints the store holds
+    #: with `added`: step -> the series an earlier `fdl analyze` that stopped was adding (`pending_series`) that
+    #: the stored checkpoint lacks yet, which this run adds too
+    unfinished: Mapping[int, frozenset[Series]] = field(default_factory=dict)
 
     def note(self, out: Path) -> str:
         """'adding probe 'test' to the 300 stored checkpoints of run.h5'."""
@@ -37,12 +40,20 @@ class Addition:
                 where = f"the {count} stored checkpoints" if count > 1 else "the stored checkpoint"
             else:
                 where = f"{count} of the {self.stored} stored checkpoints"
-            return f"adding {self.added} to {where} of {out} (analysing only the series they lack)"
-        series = sorted({key for keys in self.lacking.values() for key in keys})
+            text = f"adding {self.added} to {where} of {out} (analysing only the series they lack)"
+            if self.unfinished:  # said too: the summary counts those checkpoints with the others
+                text += f", and {self._earlier(self.unfinished, of='them')}"
+            return text
+        return f"adding {self._earlier(self.lacking, of=f'the {self.stored} stored checkpoints of {out}')}"
+
+    @staticmethod
+    def _earlier(lacking: Mapping[int, frozenset[Series]], *, of: str) -> str:
+        """'test/fc to 120 of OF, which lack it (an earlier `fdl analyze` that added it stopped ...)'."""
+        series = sorted({key for keys in lacking.values() for key in keys})
         shown = ", ".join(f"{probe}/{layer}" for probe, layer in series)
-        return (f"adding {shown} to {count} of the {self.stored} stored checkpoints of {out}, which lack "
-                f"{'it' if len(series) == 1 else 'them'} (an earlier `fdl analyze` that added "
-                f"{'it' if len(series) == 1 else 'them'} stopped before it was done)")
+        it = "it" if len(series) == 1 else "them"
+        return (f"{shown} to {len(lacking)} of {of}, which lack {it} (an earlier `fdl analyze` that added {it} "
+                "stopped before it was done)")
 
 
 def stored_addition(out: Path, provenance: Mapping[str, Any], probes: Sequence[Any]) -> Addition | None:
@@ -58,12 +69,15 @@ def stored_addition(out: Path, provenance: Mapping[str, Any], probes: Sequence[A
                 return None
             series = set(reader.pending_series) | (set(grown.series) if grown is not None else set())
             lacking = reader.lacking(series)
+            unfinished = reader.lacking(reader.pending_series)
             stored = len(reader.checkpoint_steps())
     except FdlError:
         return None
     if not lacking and grown is None:
         return None
-    return Addition(lacking=lacking, added=grown.describe() if grown is not None else None, stored=stored)
+    if grown is None:
+        return Addition(lacking=lacking, added=None, stored=stored)
+    return Addition(lacking=lacking, added=grown.describe(), stored=stored, unfinished=unfinished)
 
 
 def check_addition(

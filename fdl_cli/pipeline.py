@@ -3142,8 +3142,9 @@ def _addition(ctx: _Context, refs: Sequence[CheckpointRef], out: Path, provenanc
 
     addition = stored_addition(out, provenance, _probe_infos(ctx))
     if addition is not None and ctx.options.redo:  # analysed whole again
-        addition = replace(addition, lacking={step: keys for step, keys in addition.lacking.items()
-                                              if step not in ctx.options.redo})
+        redo = ctx.options.redo
+        addition = replace(addition, lacking={step: keys for step, keys in addition.lacking.items() if step not in redo},
+                           unfinished={step: keys for step, keys in addition.unfinished.items() if step not in redo})
     if addition is not None:
         check_addition(
             addition, out, steps_now={ref.step: str(ref.path) for ref in refs}, drop=ctx.options.drop is not None,

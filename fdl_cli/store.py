@@ -1588,7 +1588,8 @@ class StoreWriter:
                 renamed = _renamed_probes(stored_probes, self._probes)
                 paired = {pair[1] for pair in renamed}
                 left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
-                if renamed or left_out:
+                left_out_layers = _unfinished_layers(reader, self._provenance.get("layers"))
+                if renamed or left_out or left_out_layers:
                     # The same probe file under another name (`--probe test=probe.npz` on a store that calls it
                     # `probe`): a different run only by its name, which the fix can give back. A store's probe
                     # left out (train and test resumed with --probe train alone): "--overwrite / another --out"
@@ -1596,19 +1597,36 @@ class StoreWriter:
                     # Both at once (`--probe a=P` on a store of train and test) are one fix: given as two
                     # alternatives, each said the other's differences "remain", and neither resumed.
                     # "To resume" only when nothing else differs (it was said beside another --top-k, say).
+                    # A probe or layer that an `fdl analyze` which stopped was adding (pending_series) is at some
+                    # checkpoints only: the fix says so, and that the same command adds it to the others.
                     names = {name for pair in renamed for name in pair[:2]} | set(left_out)
                     others = [d for d in differences
-                              if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)]
+                              if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)
+                              and not (left_out_layers and d.startswith("layers: "))]
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
                             if others else ", to resume")
                     parts = [_rename_fix(renamed)] if renamed else []
+                    stored_layers = reader.provenance.get("layers") or []
                     if left_out:
                         flags = " ".join(f"--probe {name}=PATH" for name in left_out)
                         digests = ", ".join(stored_probes[name].sha256[:12] for name in left_out)
+                        unfinished = _unfinished(reader, {(name, layer) for name in left_out for layer in stored_layers},
+                                                 "them" if len(left_out) > 1 else "it")
                         parts.append(
                             f"the store also holds the probe{'s' if len(left_out) > 1 else ''} "
-                            f"{' and '.join(repr(name) for name in left_out)}, analysed with this run's at each "
-                            f"checkpoint: give {'them' if len(left_out) > 1 else 'it'} too, {flags} (sha256 {digests})"
+                            f"{' and '.join(repr(name) for name in left_out)}, "
+                            + (unfinished if unfinished else "analysed with this run's at each checkpoint")
+                            + f": give {'them' if len(left_out) > 1 else 'it'} too, {flags} (sha256 {digests})"
+                        )
+                    if left_out_layers:
+                        unfinished = _unfinished(reader, {(probe, label) for probe in stored_probes
+                                                          for label in left_out_layers},
+                                                 "them" if len(left_out_layers) > 1 else "it")
+                        parts.append(
+                            f"the store also holds the layer{'s' if len(left_out_layers) > 1 else ''} "
+                            f"{' and '.join(repr(name) for name in left_out_layers)}, {unfinished}: give "
+                            f"{'them' if len(left_out_layers) > 1 else 'it'} too, with the store's layers in its order, "
+                            + " ".join(f"--layer {label}" for label in stored_layers)
                         )
                     fix = "; and ".join(parts) + then + "; else " + fix
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
@@ -1617,6 +1635,19 @@ class StoreWriter:
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
                            "them over --top-k when the model had more outputs; now over C unless --overlap-k): pass "
                            f"--overlap-k {stored_k} to go on as it was analysed, or " + fix)
+                ordered = _layers_after_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
+                if ordered is not None:
+                    added = [label for label in ordered if label not in reader.provenance["layers"]]
+                    new_probes = [name for name in self._probes if name not in stored_probes]  # added, as it may
+                    explained = ("layers: ", *(f"probes.{name}: " for name in new_probes),
+                                 *(f"probe {name}: " for name in new_probes))
+                    others = [d.split(": ")[0] for d in differences if not d.startswith(explained)]
+                    fix = (f"to add the layer{'s' if len(added) > 1 else ''} {' and '.join(map(repr, added))} to the "
+                           "store, give the store's layers first, in its order, then the new ones: "
+                           f"{' '.join('--layer ' + label for label in ordered)} (a store keeps its layers in that "
+                           "order, and a resume gives them so)"
+                           + (f", and {', '.join(others)} as the store has {'it' if len(others) == 1 else 'them'}"
+                              if others else "") + "; else " + fix)
                 unwrapped = _renamed_by_unwrapping(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if unwrapped is not None:
                     # an fdl before session 17 hooked DataParallel's (or a pickled DDP module's) wrapper
@@ -2442,8 +2473,10 @@ def growth(
 
     An extension keeps every stored probe under its name with the same file (ProbeInfo equal) and every
     stored layer, in the store's order among the run's (`--layer b --layer a` on a store of a, b is another
-    run, as it was before adding existed); it may add probes and layers anywhere. Whether the rest of the
-    provenance is the store's is the caller's check (`StoreWriter._load_existing`)."""
+    run, as it was before adding existed); it may add probes anywhere, and layers after the stored ones (the
+    grown store lists its layers so: `--layer new --layer a` on a store of a, added, left a store that the
+    same command then resumed as another run, `_layers_after_stored`). Whether the rest of the provenance is
+    the store's is the caller's check (`StoreWriter._load_existing`)."""
     old_layers, new_layers = stored.get("layers"), run.get("layers")
     old_names = stored.get("probes")
     if not (isinstance(old_layers, list) and isinstance(new_layers, list) and isinstance(old_names, dict)):
@@ -2453,7 +2486,7 @@ def growth(
     if set(old_names) != set(stored_probes) or any(
             name not in run_probes or run_probes[name] != info for name, info in stored_probes.items()):
         return None
-    if [label for label in new_layers if label in old_layers] != old_layers:
+    if new_layers[:len(old_layers)] != old_layers:  # the stored layers first, in their order (`_layers_after_stored`)
         return None
     probes = tuple(name for name in run_probes if name not in stored_probes)
     layers = tuple(dict.fromkeys(label for label in new_layers if label not in old_layers))
@@ -2474,6 +2507,44 @@ def growth(
         "probe_order": order,
     }
     return Growth(probes=probes, layers=layers, series=series, provenance=provenance)
+
+
+def _unfinished(reader: StoreReader, series: Iterable[Series], it: str = "it") -> str:
+    """How far an `fdl analyze` that stopped before it was done added `series` (of the probes or layers that
+    `it` names) to the store ("added to 2 of its 4 checkpoints by ..."), where each is one of its
+    `pending_series` and some checkpoint lacks one; else "" (every checkpoint holds them)."""
+    keys = set(series)
+    if not keys or not keys <= reader.pending_series:
+        return ""
+    lacking, total = len(reader.lacking(keys)), len(reader.checkpoint_steps())
+    if not lacking:
+        return ""
+    return (f"added to {total - lacking} of its {total} checkpoints by an `fdl analyze` that stopped before it was "
+            f"done (the same command with {it} adds {it} to the other {lacking})")
+
+
+def _unfinished_layers(reader: StoreReader, run: Any) -> list[str]:
+    """The stored layers that a run leaves out, where its layers are the store's without them (in its order)
+    and each was being added by an `fdl analyze` that stopped before it was done (`_unfinished`); else []."""
+    stored = reader.provenance.get("layers")
+    if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
+        return []
+    left = [label for label in stored if label not in run]
+    if not left or [label for label in stored if label in run] != run:
+        return []
+    return left if _unfinished(reader, {(probe, label) for probe in reader.probes() for label in left}) else []
+
+
+def _layers_after_stored(stored: Any, run: Any) -> list[str] | None:
+    """The run's layers with the store's first, in its order, then the others in the run's: what adds the
+    others to the store (`growth`), where the run gives every stored layer in the store's order but another
+    layer before one of them; else None."""
+    if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
+        return None
+    added = [label for label in run if label not in stored]
+    if not added or [label for label in run if label in stored] != stored or run[:len(stored)] == stored:
+        return None
+    return [*stored, *dict.fromkeys(added)]
 
 
 def _rename_fix(renamed: Sequence[tuple[str, str, str]]) -> str:
