@@ -3030,7 +3030,7 @@ def read_manifest(folder: Path) -> Manifest | None:
     (path, list of paths or table name -> path; returned as ``--probe`` specs with absolute paths:
     `_manifest_path`),
     ``layer`` (name or list), ``weights``; every other key lands in ``options`` (checked by the
-    pipeline, `pipeline.MANIFEST_OPTIONS`). A dash in a key is read as an underscore (``top-k``)."""
+    pipeline, `manifests.MANIFEST_OPTIONS`). A dash in a key is read as an underscore (``top-k``)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover

@@ -1,4 +1,4 @@
-"""fdl.toml: the analysis options a checkpoint folder may carry (`pipeline.MANIFEST_OPTIONS`).
+"""fdl.toml: the analysis options a checkpoint folder may carry (`manifests.MANIFEST_OPTIONS`).
 
 A manifest holds what describes the run and how it is measured (model, probe, layer, weights, the
 measures' options, how its checkpoints are named), so `fdl analyze DIR` alone gives the numbers its
