@@ -373,7 +373,7 @@ def inspect(**kwargs: Any) -> None:
     that folder gives --model and --probe when they are not given."""
     with _untracked_imports():
         signals.import_torch()
-        from fdl_cli.pipeline import inspect_checkpoint
+        from fdl_cli.inspection import inspect_checkpoint
 
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})

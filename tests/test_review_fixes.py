@@ -13,7 +13,7 @@ from torch import nn
 from fdl_cli.checkpoints import discover_checkpoints, resolve_model_factory
 from fdl_cli.errors import CheckpointError, ModelError, ProbeError
 from fdl_cli.extract import LayerSpec, default_layer, extract, forward_one, model_outputs, resolve_layers
-from fdl_cli.pipeline import inspect_checkpoint
+from fdl_cli.inspection import inspect_checkpoint
 from fdl_cli.probes import load_probe
 from fdl_cli.store import StoreReader
 from tests.test_analyze import fdl

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdl_cli import distributed, pipeline
+from fdl_cli import distributed, inspection, pipeline
 from tests.test_analyze import fdl
 from tests.test_s16_docs import README, REGIMES, STORE
 from tests.tiny_models import mlp, token_mlp
@@ -131,7 +131,7 @@ def test_inspect_s_random_token_ids_are_the_readme_s(tmp_path: Path) -> None:
     text = _one_line(README)
     assert "token ids `(1, 8)`, int64, in `[0, V)` for an `nn.Embedding` of V rows (fewer than 8" in text
     assert 'A line `sample:` (`"sample"` in `--json`) says which input ran' in text
-    assert pipeline.INSPECT_TOKENS == 8
+    assert inspection.INSPECT_TOKENS == 8
     for vocab, length in ((11, 8), (5, 5)):
         checkpoint = tmp_path / f"tokens_{vocab}.pt"
         torch.save(token_mlp(vocab=vocab).state_dict(), checkpoint)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fdl_cli import checkpoints as ckpts
-from fdl_cli.pipeline import FAILED_SHOWN, AnalyzeSummary, inspect_checkpoint
+from fdl_cli.inspection import inspect_checkpoint
+from fdl_cli.pipeline import FAILED_SHOWN, AnalyzeSummary
 from tests.cli_run import fdl, model_file
 from tests.tiny_models import mlp, token_mlp
 

@@ -108,7 +108,7 @@ def test_inspect_runs_token_ids_every_embedding_holds_when_the_first_tables_fail
     failed and the listing blamed "a sequence length of its own?"."""
     import torch
 
-    from fdl_cli.pipeline import inspect_checkpoint
+    from fdl_cli.inspection import inspect_checkpoint
     from tests.cli_run import model_file
 
     torch.save(model_file(tmp_path, POSITIONS_FIRST).build().state_dict(), tmp_path / "step_0.pt")

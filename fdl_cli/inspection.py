@@ -1,0 +1,295 @@
+"""`fdl inspect`: a checkpoint's named modules with their output shapes, from one forward pass of one
+sample (the probe's first input, or a random one made for the model's first layer), and the layer that
+`fdl analyze` would take by default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fdl_cli.errors import CheckpointError, FdlError, ModelError, first_line
+from fdl_cli.manifests import _manifest_kwargs
+from fdl_cli.options import AnalyzeOptions
+from fdl_cli.pipeline import _check_manifest_probes, _other_model_file
+from fdl_cli.progress import NullReporter
+
+
+def inspect_checkpoint(
+    *,
+    checkpoint: str,
+    model_spec: str | None = None,
+    model_kwargs: str | None = None,
+    probe_spec: str | None = None,
+    trust_pickle: bool = False,
+    weights: str | None = None,
+) -> dict[str, Any]:
+    """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
+
+    The sample is the probe's first input; without a probe, a random one made for the model's first
+    layer (`_random_samples`): token ids for an nn.Embedding, else floats of the width of the first
+    nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
+    (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
+    could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
+    last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
+    registration order, a guess. `default_basis` says which, in words.
+    """
+    import torch
+
+    from fdl_cli import checkpoints as ckpts
+    from fdl_cli.extract import LAST_LINEAR_OP, ProgramModel, default_layer_by_registration, model_outputs, prepare_model
+    from fdl_cli.probes import load_probe, parse_probe_spec
+
+    path = Path(checkpoint)
+    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True)
+    if not discovery.checkpoints:
+        raise CheckpointError(f"{checkpoint} is not a checkpoint", got="; ".join(discovery.notes) or None)
+    ref = discovery.checkpoints[0]
+    folder = path if path.is_dir() else path.parent
+    manifest = ckpts.read_manifest(folder)
+    spec = model_spec or (manifest.model if manifest else None)
+    kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
+    kwargs_notes = NullReporter()
+    if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
+        kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
+    module_dir = folder if manifest is not None and not model_spec else None  # fdl.toml's module, beside it
+    factory = ckpts.resolve_model_factory(spec, base_dir=folder, module_dir=module_dir) if spec else None
+    if model_spec is not None and (other := _other_model_file(model_spec, folder)) is not None:
+        kwargs_notes.note(other)
+    weights = weights if weights is not None else (manifest.weights if manifest else None)
+    loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
+    if loaded.module is None and factory is None:
+        raise CheckpointError(
+            f"{ref.path} holds weights only, and no model was given to put them in",
+            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        )
+    # A TorchScript / torch.export program is wrapped as `analyze` wraps it (its own eval() and hooks
+    # are refused; its features are the input of its last linear operation, `last_linear_op`).
+    model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
+                          dtype="float32")
+    program = isinstance(model, ProgramModel)
+    probe_of = None  # the fdl.toml whose probe runs (none given)
+    if probe_spec is None and manifest and manifest.probe:
+        probe_spec, probe_of = manifest.probe[0], manifest.path
+        _check_manifest_probes(manifest, [probe_spec])
+    sample = None
+    if probe_spec is not None:
+        name, probe_path = parse_probe_spec(probe_spec)
+        x = load_probe(probe_path, name=name).x[:1]
+        sample = torch.from_numpy(np.ascontiguousarray(x))
+        if sample.is_floating_point():
+            sample = sample.float()
+        sample_said = f"the first input of the probe {probe_path}, shape {tuple(sample.shape)}, {sample.dtype}"
+        retries: list[tuple[Any, str]] = []
+    else:
+        (sample, sample_said), retries = _random_samples(model)
+    shapes: dict[str, Any] = {}
+    linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
+    handles = []
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear)
+
+        def hook(_m: Any, _i: Any, output: Any, name: str = name, linear: bool = is_linear) -> None:
+            value = output[0] if isinstance(output, (tuple, list)) else output
+            shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
+            if linear:
+                linears_run.append(name)
+
+        if isinstance(module, torch.jit.ScriptModule):
+            continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
+        handles.append(module.register_forward_hook(hook))
+    outputs_error: ModelError | None = None
+
+    def forward(sample: Any) -> None:
+        nonlocal outputs_error
+        with torch.inference_mode():
+            raw = model(sample)
+        try:
+            model_outputs(raw)
+        except ModelError as exc:
+            # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
+            # returned: said as the model's error, not as a probe that does not fit the model.
+            outputs_error = exc
+
+    try:
+        if sample is not None:
+            try:
+                forward(sample)
+            except Exception as exc:
+                # The first module registered need not be the first to run (a head declared before the
+                # embedding, a class embedding beside an image's convolutions): the other kind of input; nor
+                # the table the ids go to (positions before tokens): ids that every table holds.
+                if not retries or (sample.is_floating_point() and not _wants_token_ids(exc)):
+                    raise
+                for retry in retries:
+                    shapes.clear()
+                    linears_run.clear()
+                    try:
+                        forward(retry[0])
+                    except Exception:  # noqa: BLE001 - the next input, else the first one's error
+                        continue
+                    sample, sample_said = retry
+                    break
+                else:
+                    raise exc from None  # the first layer's input, the one to say why it failed
+    except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
+        shape = tuple(sample.shape) if sample is not None else ()
+        said = first_line(exc)
+        why = _needs_probe(sample, exc) if probe_spec is None else ""
+        shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
+                  + (f": {said}" if said else "") + why}
+        linears_run.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    default_module: str | None = None
+    if program:
+        default_module = LAST_LINEAR_OP
+        default_basis = ("the input of the last linear operation the program's forward pass runs "
+                         "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
+    elif linears_run:
+        default_module = linears_run[-1]
+        source = "the probe's first sample" if probe_spec is not None else (
+            "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
+        ) + " (--probe FILE for a real one)"
+        default_basis = f"the last nn.Linear to run in a forward pass of {source}"
+    else:
+        try:
+            default_module = default_layer_by_registration(model).module
+            default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
+                             "pass --probe FILE to find the one that runs last")
+        except FdlError:
+            default_basis = "none: the model has no nn.Linear; pick --layer NAME"
+    default_label = f"{default_module}:input" if default_module is not None else None
+    linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
+    default_features = int(getattr(linear, "in_features", 0)) or None
+    ran = shapes.get(default_module) if default_module is not None else None
+    if default_features and isinstance(ran, list) and len(ran) > 2:
+        # a Linear applied at each position (an LM head on (1, L, d)): analyze flattens its input per sample
+        default_features *= int(np.prod(ran[1:-1]))
+    if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
+        default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
+    modules = [
+        {
+            "name": name,
+            "type": type(module).__name__,
+            "output_shape": shapes.get(name),
+            # The module's with its children's (a tied tensor once), as torchinfo counts: the model's row
+            # is the model's size. (Its own alone gave "(model) MLP 0", "backbone 0".)
+            "parameters": sum(p.numel() for p in module.parameters()),
+        }
+        for name, module in model.named_modules()
+    ]
+    return {
+        "checkpoint": str(ref.path),
+        # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
+        "step": None if ref.step_source == "none" else ref.step,
+        "modules": modules,
+        "default_module": default_module,
+        "default_layer": default_label,
+        "default_features": default_features,
+        "default_basis": default_basis,
+        "sample": sample_said,
+        # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
+        "outputs_error": outputs_error,
+        # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
+        "notes": kwargs_notes.notes,
+        # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
+        # one that does not fit, as of --probe's
+        "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
+    }
+
+
+#: the sequence length of `fdl inspect`'s random token ids (fewer where an embedding table is smaller: a
+#: table of positions must hold every position)
+INSPECT_TOKENS = 8
+
+
+def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]:
+    """`fdl inspect`'s input without a probe, and what it is in words, made for the model's first layer
+    in registration order: token ids for an nn.Embedding (`_token_ids`), floats (1, in_features) for an
+    nn.Linear, (1, C, 32, 32) for a Conv2d (None when there is none: --probe needed); then the inputs to
+    try in turn when that one fails: token ids that every nn.Embedding holds, where the first one has
+    more rows than another (a table of positions registered before the tokens), and the first layer of
+    the other kind. A random float input given to an embedding failed, and `inspect` said only "pass
+    --probe"."""
+    import torch
+
+    layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
+    first = next((module for module in model.modules() if isinstance(module, layers)), None)
+    floats: tuple[Any, str] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            floats = (torch.randn(1, module.in_features),
+                      f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name})")
+            break
+        if isinstance(module, torch.nn.Conv2d):
+            floats = (torch.randn(1, module.in_channels, 32, 32),
+                      f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
+            break
+    ids = _token_ids(model)
+    held = _token_ids(model, held_by_all=True)
+    if ids is not None and isinstance(first, torch.nn.Embedding):
+        retries = [] if held is None else [(held[0], f"{held[1]}, as ids of the first nn.Embedding "
+                                                     f"({ids[2]}) failed on the model{_REAL_TOKENS}")]
+        if floats is not None:
+            retries.append((floats[0], f"{floats[1]}, as token ids failed on the model; --probe FILE runs a real one"))
+        return (ids[0], ids[1] + _REAL_TOKENS), retries
+    if floats is not None:
+        retries = [] if ids is None else [(ids[0], f"{ids[1]}, as a random float input failed on it{_REAL_TOKENS}")]
+        if held is not None:
+            retries.append((held[0], f"{held[1]}, as a random float input and ids of the first nn.Embedding "
+                                     f"({held[2]}) failed on it{_REAL_TOKENS}"))
+        return (floats[0], floats[1] + "; --probe FILE runs a real one"), retries
+    return (None, "none: the model has no nn.Linear, Conv2d or nn.Embedding to shape a random input by; pass "
+                  "--probe FILE (its first input is run)"), []
+
+
+def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str] | None:
+    """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
+    `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
+    what they are in words, and the first nn.Embedding's name; None when the model has no nn.Embedding.
+    `held_by_all`: in [0, V) of its smallest nn.Embedding instead (ids every table holds, for a model
+    whose first table is its positions'); None where that is the first one."""
+    import torch
+
+    tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    if not tables:
+        return None
+    name, first = tables[0]
+    length = max(1, min(INSPECT_TOKENS, *(module.num_embeddings for _, module in tables)))
+    generator = torch.Generator().manual_seed(0)
+    if held_by_all:
+        smallest, table = min(tables, key=lambda item: item[1].num_embeddings)
+        if table.num_embeddings >= first.num_embeddings:
+            return None
+        ids = torch.randint(0, table.num_embeddings, (1, length), generator=generator)
+        return ids, (f"random token ids in [0, {table.num_embeddings}) of shape (1, {length}), int64, the rows of "
+                     f"the smallest nn.Embedding ({smallest})"), name
+    ids = torch.randint(0, first.num_embeddings, (1, length), generator=generator)
+    return ids, (f"random token ids in [0, {first.num_embeddings}) of shape (1, {length}), int64, for the first "
+                 f"nn.Embedding ({name})"), name
+
+
+_REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
+
+
+def _wants_token_ids(exc: BaseException) -> bool:
+    """Whether a forward pass failed as an embedding (or an indexing) fails on a float input."""
+    return re.search(r"'indices'|used as indices|arguments for embedding", str(exc)) is not None
+
+
+def _needs_probe(sample: Any, exc: BaseException) -> str:
+    """Why `fdl inspect`'s random input `sample` failed with `exc`, when it can tell, and that --probe is
+    needed ("" otherwise: the model's error alone)."""
+    if sample is None:
+        return ""
+    if not sample.is_floating_point():
+        return ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
+                "own?): pass --probe FILE (its first input is run)")
+    if _wants_token_ids(exc):
+        return ("; the model takes token ids, and has no nn.Embedding that says their range: pass --probe FILE "
+                "(its first input is run)")
+    return ""
