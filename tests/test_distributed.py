@@ -291,7 +291,7 @@ def test_part_stores_are_taken_in_only_where_this_run_would_compute_the_same(
     the store equals one process's. (Each part gets the sidecar its rank writes: the block starts at
     step 0, so it names the reference alone.)"""
     from fdl_cli.checkpoints import sha256_file
-    from fdl_cli.pipeline import _write_rank_part_origin
+    from fdl_cli.sharding import _write_rank_part_origin
 
     run, expected = run_and_single
     full = tmp_path / "full.h5"
@@ -395,7 +395,7 @@ def test_a_part_whose_block_follows_an_unfinished_one_is_taken_in_by_the_file_be
     changed makes the part's checkpoints stale (removed); a --steps run that does not select them
     keeps the part for a later run."""
     from fdl_cli.checkpoints import sha256_file
-    from fdl_cli.pipeline import _write_rank_part_origin
+    from fdl_cli.sharding import _write_rank_part_origin
 
     run, expected = run_and_single
     full = tmp_path / "full.h5"
@@ -525,8 +525,8 @@ def test_rank_0_store_errors_wait_for_the_end() -> None:
     there (the other ranks may be waiting in a collective); the entries count as handed over (the
     writer keeps them buffered) and the other checkpoints are still kept for the gather."""
     from fdl_cli.errors import StoreError
-    from fdl_cli.pipeline import _StoringWriter
     from fdl_cli.progress import NullReporter
+    from fdl_cli.sharding import _StoringWriter
     from fdl_cli.store import CheckpointEntry
 
     class FullDisk:

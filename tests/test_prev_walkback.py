@@ -472,7 +472,7 @@ def test_a_part_compared_across_a_checkpoint_now_stored_is_analysed_again(tmp_pa
     """The part's 40 was compared with 20 (its rank found 30 corrupt), but the store now holds step 30
     (fixed and analysed since): 40 is analysed again, not taken in."""
     from fdl_cli.checkpoints import sha256_file
-    from fdl_cli.pipeline import _write_rank_part_origin
+    from fdl_cli.sharding import _write_rank_part_origin
     from fdl_cli.store import StoreWriter
 
     folder = _make_run(tmp_path / "run")

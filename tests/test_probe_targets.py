@@ -21,8 +21,9 @@ from fdl_cli import probes
 from fdl_cli.distributed import World
 from fdl_cli.errors import ProbeError
 from fdl_cli.extract import LayerSpec, extract
-from fdl_cli.pipeline import AnalyzeOptions, _probe_slice, run_analyze
+from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.probes import RowReader, float_one_hot, load_probe, validate_probe
+from fdl_cli.sharding import _probe_slice
 from tests.tiny_models import mlp
 
 RNG = np.random.default_rng(3)

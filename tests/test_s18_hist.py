@@ -295,7 +295,7 @@ def test_a_part_store_taken_in_keeps_the_rank_that_computed_it(tmp_path: Path) -
     """Checkpoints that rank 1 of a killed torchrun job stored in its part (its own row, cuda:1) keep that
     row when a later run on the CPU takes them in; what this run computes gets its own."""
     from fdl_cli.checkpoints import sha256_file
-    from fdl_cli.pipeline import _write_rank_part_origin
+    from fdl_cli.sharding import _write_rank_part_origin
 
     run = _run(tmp_path / "run", steps=(0, 10, 20, 30))
     full = tmp_path / "full.h5"
