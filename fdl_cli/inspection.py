@@ -159,7 +159,9 @@ def inspect_checkpoint(
         try:
             default_module = default_layer_by_registration(model).module
             default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
-                             "pass --probe FILE to find the one that runs last")
+                             + ("give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
+                                "FILE) to find the one that runs last" if probe_of is not None else
+                                "pass --probe FILE to find the one that runs last"))
         except FdlError:
             default_basis = "none: the model has no nn.Linear; pick --layer NAME"
     default_label = f"{default_module}:input" if default_module is not None else None

@@ -380,7 +380,12 @@ def test_inspect_refuses_the_probe_of_fdl_toml_that_does_not_fit_as_it_refuses_p
         assert "got: forward failed on a sample of shape (1, 5): RuntimeError" in said
         assert f"fix the probe in {run / 'fdl.toml'}, or pass --probe FILE" in said
         assert "Traceback" not in result.stderr
-    assert json.loads(result.stdout)["modules"][1]["name"] == "0"  # the listing, then the error
+    listed = json.loads(result.stdout)
+    assert listed["modules"][1]["name"] == "0"  # the listing, then the error
+    # its guess of the default layer points at fdl.toml's probe ("pass --probe FILE" read as if none were given)
+    assert listed["default_basis"] == ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
+                                       "give a probe that fits the model (fix the one fdl.toml names, or pass "
+                                       "--probe FILE) to find the one that runs last")
     (run / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n')
     fits = fdl("inspect", run, "--json")
     assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
