@@ -681,7 +681,15 @@ class StoreReader:
                                  "is taken as possibly missing at some checkpoints")
             self.pending_series = self._expected_series()
         else:
-            self.pending_series = frozenset((probe, layer) for probe, layer in pairs)
+            named = frozenset((probe, layer) for probe, layer in pairs)
+            expected = self._expected_series()
+            if named - expected:
+                # a series of no probe or layer of the store (an edited attribute): nothing adds it, and every
+                # resume would say it adds it while writing nothing
+                unknown = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(named - expected))
+                self.warnings.append(f"{self._path}: its pending_series attribute names {unknown}, not a series of "
+                                     "the store's probes and layers: ignored")
+            self.pending_series = named & expected
 
     def _read_probes(self) -> None:
         assert self._file is not None

@@ -379,6 +379,12 @@ def test_the_writer_adds_series_into_stored_groups_and_records_which_are_pending
         assert reader.arrays(10, layer="b") == _series("b", seed=7)
         assert reader.arrays(10, layer="b").computed_by == '{"run": 2}'
         assert any("probe/b was added to this store" in warning for warning in reader.warnings)
+    with h5py.File(store, "r+") as handle:  # a series of no probe or layer of the store: ignored, with a warning
+        handle.attrs["pending_series"] = '[["probe", "b"], ["ghost", "x"]]'
+    with StoreReader(store) as reader:
+        assert reader.pending_series == {("probe", "b")} and reader.steps(layer="b") == [10]
+        assert (f"{store}: its pending_series attribute names ghost/x, not a series of the store's probes and "
+                "layers: ignored") in reader.warnings
     with h5py.File(store, "r+") as handle:
         handle.attrs["pending_series"] = "[oops"
     with StoreReader(store) as reader:  # no checkpoint is dropped as damaged for lacking a series
