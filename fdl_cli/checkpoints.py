@@ -2542,26 +2542,28 @@ def _first_on_path(folder: Path | None) -> Iterator[None]:
 
 
 def resolve_model_factory(
-    spec: str, *, base_dir: Path | None = None, module_dir: Path | None = None
+    spec: str, *, base_dir: Path | None = None, module_dir: Path | None = None, named_by: Path | None = None
 ) -> Callable[..., nn.Module]:
     """The callable named by ``pkg.module:factory`` or ``path/file.py:factory``.
 
     A file path is tried relative to the current folder first, then to ``base_dir``. ``module_dir``:
     the folder of the fdl.toml that names this module spec, where the module is looked for first
     (`module_beside`); a module spec given on the command line is an installed one, on PYTHONPATH or in
-    the current folder.
+    the current folder. ``named_by``: the fdl.toml whose `model` the spec is, for the errors to name
+    (they said "--model ...", which the user never typed).
     """
+    label = f"--model {spec!r}" if named_by is None else f"model = {spec!r} of {named_by}"
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ModelError(
-            f"--model {spec!r} is not of the form module:factory",
+            f"{label} is not of the form module:factory",
             fix="e.g. --model mypkg.models:build or --model path/to/model.py:build",
         )
     if _is_path_spec(target):
         file = model_spec_file(spec, base_dir=base_dir)
         if file is None:
             raise ModelError(
-                f"--model {spec!r}: file {target} not found",
+                f"{label}: file {target} not found",
                 got="looked in " + ", ".join(str(c.resolve().parent) for c in _spec_candidates(target, base_dir)),
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
@@ -2577,7 +2579,7 @@ def resolve_model_factory(
                 spec_obj.loader.exec_module(module)
         except SystemExit as exc:  # a training script's top-level code (argparse, sys.exit) ran
             sys.modules.pop(module_name, None)
-            raise _exited(f"--model {spec!r}: importing {file}", exc, said.getvalue()) from None
+            raise _exited(f"{label}: importing {file}", exc, said.getvalue()) from None
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
@@ -2586,7 +2588,7 @@ def resolve_model_factory(
                 fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
                        f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
-                f"--model {spec!r}: importing {file} failed",
+                f"{label}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}",
                 fix=fix,
             ) from None
@@ -2602,10 +2604,10 @@ def resolve_model_factory(
             with _user_code_stderr() as said, _first_on_path(beside):
                 module = importlib.import_module(target)
         except SystemExit as exc:
-            raise _exited(f"--model {spec!r}: importing {target}", exc, said.getvalue()) from None
+            raise _exited(f"{label}: importing {target}", exc, said.getvalue()) from None
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             raise ModelError(
-                f"--model {spec!r}: cannot import {target}",
+                f"{label}: cannot import {target}",
                 got=f"{type(exc).__name__}: {exc}",
                 fix="install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
@@ -2613,7 +2615,7 @@ def resolve_model_factory(
     if factory is None or not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ModelError(
-            f"--model {spec!r}: {target} has no callable {attr!r}",
+            f"{label}: {target} has no callable {attr!r}",
             got="callables there: " + ", ".join(public[:10]),
             fix="check the name after ':'",
         )

@@ -55,7 +55,10 @@ def inspect_checkpoint(
     if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
         kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
     module_dir = folder if manifest is not None and not model_spec else None  # fdl.toml's module, beside it
-    factory = ckpts.resolve_model_factory(spec, base_dir=folder, module_dir=module_dir) if spec else None
+    factory = ckpts.resolve_model_factory(
+        spec, base_dir=folder, module_dir=module_dir,
+        named_by=manifest.path if manifest is not None and not model_spec else None,
+    ) if spec else None
     if model_spec is not None and (other := _other_model_file(model_spec, folder)) is not None:
         kwargs_notes.note(other)
     weights = weights if weights is not None else (manifest.weights if manifest else None)

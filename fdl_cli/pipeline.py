@@ -806,7 +806,10 @@ def _prepare_run(
         )
     # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
     module_dir = manifest.path.parent if manifest is not None and not options.model_spec else None
-    factory = ckpts.resolve_model_factory(model_spec, base_dir=base_dir, module_dir=module_dir) if model_spec else None
+    factory = ckpts.resolve_model_factory(
+        model_spec, base_dir=base_dir, module_dir=module_dir,
+        named_by=manifest.path if manifest is not None and not options.model_spec else None,
+    ) if model_spec else None
     if options.model_spec is not None and (other := _other_model_file(options.model_spec, base_dir)) is not None:
         reporter.note(other)
     model_source = _model_source(factory)

@@ -389,3 +389,21 @@ def test_inspect_refuses_the_probe_of_fdl_toml_that_does_not_fit_as_it_refuses_p
     (run / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n')
     fits = fdl("inspect", run, "--json")
     assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
+
+
+def test_errors_of_fdl_tomls_model_name_the_file_not_a_model_option_never_given(tmp_path: Path) -> None:
+    """A model of fdl.toml that cannot be built was said as "--model '...'", an option the user never typed;
+    the error names fdl.toml's `model` and the file, in analyze and in inspect. --model keeps its wording."""
+    run = _run(tmp_path / "run")
+    (run / "fdl.toml").write_text(f'model = "{MODEL[:-len("mlp")]}nope"\nprobe = "probe.npz"\n')
+    spec = MODEL[:-len("mlp")] + "nope"
+    for command in (("analyze", run, "-o", tmp_path / "s.h5"), ("inspect", run)):
+        result = fdl(*map(str, command))
+        assert result.code == 1, result.stderr
+        said = _said(result)
+        assert f"error: model = {spec!r} of {run / 'fdl.toml'}: " in said and "has no callable 'nope'" in said
+        assert "--model" not in said.split("fix:")[0]
+        assert "Traceback" not in result.stderr
+    given = fdl("inspect", str(run), "--model", spec)
+    assert given.code == 1 and f"error: --model {spec!r}: " in _said(given)
+    assert not (tmp_path / "s.h5").exists()
