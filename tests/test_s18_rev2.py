@@ -197,7 +197,7 @@ def _store_of_five_places(tmp_path: Path) -> Path:
     import h5py
 
     out = tmp_path / "my run.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5,10,15,20", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10,15,20", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         row = json.loads(store.attrs["history"])[0]
         store.attrs["history"] = json.dumps([dict(row, device=f"cuda:{i} (GPU {i})", started=str(i)) for i in range(5)])
@@ -238,10 +238,10 @@ def test_compare_names_a_store_once_in_a_warning_that_names_it(tmp_path: Path) -
     import h5py
 
     out = tmp_path / "a.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         store.attrs["history"] = "[{broken"
-    done = fdl("compare", out, out)
+    done = fdl_in_process("compare", out, out)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert warnings == [f"warning: {out}: its history attribute is damaged and was ignored (Expecting property name "
@@ -254,16 +254,16 @@ def test_a_resume_of_a_store_whose_history_is_damaged_says_it_records_none(tmp_p
     import h5py
 
     out = tmp_path / "a.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         store.attrs["history"] = "[{broken"
-    done = fdl("analyze", SAMPLE, "--steps", "0,5,10", "-o", out)
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "-o", out)
     assert done.returncode == 0, done.stderr
     assert (f"warning: {out}: its history attribute is damaged, so where this run computes its checkpoints is not "
             "recorded either") in " ".join(done.stderr.split())
     with h5py.File(out, "r") as store:
         assert store.attrs["history"] == "[{broken" and "history" not in store["checkpoints/step_10"].attrs
-    report = fdl("report", out)
+    report = fdl_in_process("report", out)
     line = next(line for line in report.stderr.splitlines() if line.startswith("created on: "))
     assert line.endswith("where each checkpoint was computed is not recorded (its history attribute is damaged)")
 

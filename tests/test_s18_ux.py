@@ -263,17 +263,17 @@ def test_report_marks_the_checkpoints_before_the_reference() -> None:
 
 def test_report_and_classify_of_a_store_analysed_with_a_mid_run_reference(tmp_path: Path) -> None:
     store = tmp_path / "run.h5"
-    done = fdl("analyze", SAMPLE, "--steps", "0,5,100,500", "--reference", "100", "-o", store)
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,100,500", "--reference", "100", "-o", store)
     assert done.returncode == 0, done.stderr
-    shown = fdl("report", store)
+    shown = fdl_in_process("report", store)
     assert shown.returncode == 0, shown.stderr
     rows = {line.split()[0]: line.split()[-1] for line in shown.stderr.splitlines() if line.split()[:1] in
             (["0"], ["5"], ["100"], ["500"])}
     assert rows == {"0": "MF*", "5": "MF*", "100": "coefficient", "500": "MF"}
     assert "* before the reference (step 100)" in shown.stderr
-    as_json = json.loads(fdl("report", store, "--json").stdout)  # the data are unchanged
+    as_json = json.loads(fdl_in_process("report", store, "--json").stdout)  # the data are unchanged
     assert [r["regime"] for r in as_json] == ["MF", "MF", "coefficient", "MF"]
-    text = fdl("classify", store)
+    text = fdl_in_process("classify", store)
     assert "trajectory (step: regime): 0–5: MF* | 100: coefficient | 500: MF" in text.stderr
-    verdict = json.loads(fdl("classify", store, "--json").stdout)
+    verdict = json.loads(fdl_in_process("classify", store, "--json").stdout)
     assert [entry["regime"] for entry in verdict["trajectory"]] == ["MF", "MF", "coefficient", "MF"]
