@@ -17,6 +17,17 @@ def fdl(*args: object) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, check=False)
 
 
+def fdl_in_process(*args: object) -> subprocess.CompletedProcess[str]:
+    """`fdl ARGS` as `fdl` does, but in this process (tests/test_analyze.py's runner), answered as `fdl` is:
+    for a test of exit status, stdout and stderr only, which needs no fresh interpreter (no signals, no
+    environment read at start-up, no import-time behaviour), and so saves the ~2 s of `import torch`."""
+    from tests.test_analyze import fdl as run
+
+    text = [str(arg) for arg in args]
+    done = run(*text)
+    return subprocess.CompletedProcess(["fdl", *text], done.code, done.stdout, done.stderr)
+
+
 def model_file(folder: Path, source: str) -> ModuleType:
     """Write `source` as FOLDER/model.py (for `--model FOLDER/model.py:build`) and import it under a name
     of its own, so that the test can build the networks whose checkpoints it saves."""

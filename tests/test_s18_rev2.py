@@ -24,7 +24,7 @@ from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
-from tests.cli_run import REPO, fdl, model_file
+from tests.cli_run import REPO, fdl, fdl_in_process, model_file
 
 torch.set_num_threads(1)
 SAMPLE = REPO / "sample_checkpoints"
@@ -134,14 +134,14 @@ def test_a_glob_that_takes_in_the_probe_and_the_store_analyses_the_checkpoints(t
 
 
 def test_a_probe_npz_or_a_store_given_as_the_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
-    probe = fdl("analyze", SAMPLE_PROBE)
+    probe = fdl_in_process("analyze", SAMPLE_PROBE)
     assert probe.returncode == 1 and "Traceback" not in probe.stderr
     assert f"error: {SAMPLE_PROBE} is a probe (tensors named only as a probe's x and y), not model weights" in probe.stderr
     assert "fix: give it as --probe" in probe.stderr and "corrupt" not in probe.stderr
     store = tmp_path / "run.h5"
-    assert fdl("analyze", SAMPLE / "step_0.safetensors", "-o", store).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE / "step_0.safetensors", "-o", store).returncode == 0
     for command in ("analyze", "inspect"):
-        given = fdl(command, store)
+        given = fdl_in_process(command, store)
         assert given.returncode == 1 and "Traceback" not in given.stderr
         assert f"error: {store} is an HDF5 file, not a checkpoint" in given.stderr
         assert "fix: read an fdl store with `fdl report STORE`" in given.stderr
@@ -154,9 +154,9 @@ def test_a_probe_npz_or_a_store_given_as_the_checkpoint_is_named_for_what_it_is(
 def test_a_resume_with_one_probe_renamed_and_one_left_out_gets_one_fix_that_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run.h5"
     both = ("--probe", f"train={SAMPLE_PROBE}", "--probe", f"test={SAMPLE_PROBE}")
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", *both, "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", *both, "-o", out).returncode == 0
     before = out.read_bytes()
-    renamed = fdl("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"a={SAMPLE_PROBE}", "-o", out)
+    renamed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"a={SAMPLE_PROBE}", "-o", out)
     assert renamed.returncode == 1 and "Traceback" not in renamed.stderr
     fix = next(line for line in renamed.stderr.splitlines() if line.startswith("  fix: "))
     assert fix == (
@@ -166,12 +166,12 @@ def test_a_resume_with_one_probe_renamed_and_one_left_out_gets_one_fix_that_resu
         "another --out to keep both")
     assert out.read_bytes() == before
     # with another option differing as well, "to resume" is not promised
-    other = fdl("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"a={SAMPLE_PROBE}", "--top-k", "5", "-o", out)
+    other = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"a={SAMPLE_PROBE}", "--top-k", "5", "-o", out)
     assert "(sha256 217099c89f5a) (the other differences above remain: options.overlap_k, options.top_k); else" in (
         other.stderr)
     # as told, it resumes
-    resumed = fdl("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"test={SAMPLE_PROBE}", "--probe",
-                  f"train={SAMPLE_PROBE}", "-o", out)
+    resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"test={SAMPLE_PROBE}", "--probe",
+                             f"train={SAMPLE_PROBE}", "-o", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
 
@@ -197,7 +197,7 @@ def _store_of_five_places(tmp_path: Path) -> Path:
     import h5py
 
     out = tmp_path / "my run.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5,10,15,20", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10,15,20", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         row = json.loads(store.attrs["history"])[0]
         store.attrs["history"] = json.dumps([dict(row, device=f"cuda:{i} (GPU {i})", started=str(i)) for i in range(5)])
@@ -209,14 +209,14 @@ def _store_of_five_places(tmp_path: Path) -> Path:
 def test_the_rest_of_many_places_is_read_with_the_stores_own_path(tmp_path: Path) -> None:
     """It said `h5dump -a /history STORE`, though the report knows the store it reads (a path to paste)."""
     out = _store_of_five_places(tmp_path)
-    done = fdl("report", out)
+    done = fdl_in_process("report", out)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("computed: ")]
     assert lines[:2] == [f"computed: step {step} on cuda:{i} (GPU {i}), host {json.loads(_row(out))['host']} "
                          f"(torch {torch.__version__}, fdl {_version()}, float32)" for i, step in enumerate((0, 5))]
     assert lines[2] == f"computed: 3 more checkpoints in 3 other places (the store's history: `h5dump -a /history '{out}'`)"
     page = tmp_path / "report.html"
-    assert fdl("report", out, "--html", page).returncode == 0
+    assert fdl_in_process("report", out, "--html", page).returncode == 0
     assert f"h5dump -a /history &#x27;{out}&#x27;" in page.read_text(encoding="utf-8")
 
 
@@ -238,10 +238,10 @@ def test_compare_names_a_store_once_in_a_warning_that_names_it(tmp_path: Path) -
     import h5py
 
     out = tmp_path / "a.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         store.attrs["history"] = "[{broken"
-    done = fdl("compare", out, out)
+    done = fdl_in_process("compare", out, out)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert warnings == [f"warning: {out}: its history attribute is damaged and was ignored (Expecting property name "
@@ -254,16 +254,16 @@ def test_a_resume_of_a_store_whose_history_is_damaged_says_it_records_none(tmp_p
     import h5py
 
     out = tmp_path / "a.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", out).returncode == 0
     with h5py.File(out, "r+") as store:
         store.attrs["history"] = "[{broken"
-    done = fdl("analyze", SAMPLE, "--steps", "0,5,10", "-o", out)
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "-o", out)
     assert done.returncode == 0, done.stderr
     assert (f"warning: {out}: its history attribute is damaged, so where this run computes its checkpoints is not "
             "recorded either") in " ".join(done.stderr.split())
     with h5py.File(out, "r") as store:
         assert store.attrs["history"] == "[{broken" and "history" not in store["checkpoints/step_10"].attrs
-    report = fdl("report", out)
+    report = fdl_in_process("report", out)
     line = next(line for line in report.stderr.splitlines() if line.startswith("created on: "))
     assert line.endswith("where each checkpoint was computed is not recorded (its history attribute is damaged)")
 
@@ -276,14 +276,14 @@ def test_a_first_mf_before_the_reference_is_not_explained_as_an_early_mf(tmp_pat
     said "at step 0, the first MF checkpoint, the accuracy is 0.124 ...: the network's function is still nearly
     constant ...; MF means more from where the accuracy has risen", as if step 0 were an early MF."""
     out = tmp_path / "r.h5"
-    done = fdl("analyze", SAMPLE, "--steps", "0,5,50,100,200,300", "--reference", "100", "-o", out)
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,50,100,200,300", "--reference", "100", "-o", out)
     assert done.returncode == 0, done.stderr
-    text = fdl("classify", out).stderr
+    text = fdl_in_process("classify", out).stderr
     assert "trajectory (step: regime): 0–50: MF* | 100: coefficient | 200–300: MF" in text
     # first_mf_step counts the checkpoints after the reference only (session 19: it named step 0 here)
     assert "MF from step 200 to the end (first MF checkpoint after the reference: step 200)" in text
     assert "nearly constant" not in text
     # from the first checkpoint, the default reference, the line is still said of step 5 (9.6 % on ten classes)
     default = tmp_path / "d.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5,50,100", "-o", default).returncode == 0
-    assert "at step 5, the first MF checkpoint, the accuracy is 0.096" in fdl("classify", default).stderr
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5,50,100", "-o", default).returncode == 0
+    assert "at step 5, the first MF checkpoint, the accuracy is 0.096" in fdl_in_process("classify", default).stderr

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import regimes, report, resources
 from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
-from tests.cli_run import REPO, fdl
+from tests.cli_run import REPO, fdl, fdl_in_process
 from tests.tiny_models import mlp
 
 SAMPLE = REPO / "sample_checkpoints"
@@ -120,25 +120,25 @@ def test_a_resume_with_two_renamed_probes_gets_one_fix_that_resumes(tmp_path: Pa
     """A store of `train` and `test` (one file) resumed as `a` and `b`: both hints said "name it so,
     --probe train=PATH", and claimed `test` still differed."""
     out = tmp_path / "run.h5"
-    first = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"train={SAMPLE_PROBE}", "--probe",
-                f"test={SAMPLE_PROBE}", "-o", out)
+    first = fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "--probe", f"train={SAMPLE_PROBE}", "--probe",
+                           f"test={SAMPLE_PROBE}", "-o", out)
     assert first.returncode == 0, first.stderr
-    renamed = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe", f"b={SAMPLE_PROBE}",
-                  "-o", out)
+    renamed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe",
+                             f"b={SAMPLE_PROBE}", "-o", out)
     assert renamed.returncode == 1
     fix = next(line for line in renamed.stderr.splitlines() if line.startswith("  fix: "))
     assert fix.startswith("  fix: this run's probes 'a' and 'b' are the store's probes 'test' and 'train', in that order")
     assert ": name them so, --probe test=PATH --probe train=PATH, to resume; else pass --overwrite" in fix
     assert fix.count("this run's probe") == 1 and "remain" not in fix
-    resumed = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"test={SAMPLE_PROBE}", "--probe",
-                  f"train={SAMPLE_PROBE}", "-o", out)
+    resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "--probe", f"test={SAMPLE_PROBE}", "--probe",
+                             f"train={SAMPLE_PROBE}", "-o", out)
     assert resumed.returncode == 0, resumed.stderr
     assert "0 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
     # a store of one probe resumed with two of its file: one of them is named, the other still differs
     one = tmp_path / "one.h5"
-    assert fdl("analyze", SAMPLE, "--steps", "0,5", "-o", one).returncode == 0
-    both = fdl("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe", f"b={SAMPLE_PROBE}",
-               "-o", one)
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", one).returncode == 0
+    both = fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "--probe", f"a={SAMPLE_PROBE}", "--probe",
+                          f"b={SAMPLE_PROBE}", "-o", one)
     fix = next(line for line in both.stderr.splitlines() if line.startswith("  fix: "))
     assert fix.count("is the store's probe 'probe'") == 1 and "to resume" not in fix
     assert "(the other differences above remain: probes.b, probe b)" in fix
@@ -186,7 +186,7 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
     and the same for train, at every report, classify and compare, as if the store were damaged."""
     store = tmp_path / "old.h5"
     probes = ("--probe", f"train={SAMPLE_PROBE}", "--probe", f"test={SAMPLE_PROBE}")
-    assert fdl("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store).returncode == 0
+    assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store).returncode == 0
     with StoreReader(store) as reader:
         cka_prev = {(r["probe"], r["step"]): r["cka_prev"] for r in reader.records()}
     _as_written_before_prev_step(store)
@@ -201,20 +201,20 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
     assert f"run `fdl analyze` on the same checkpoints with --out {store}" in warning
     for command in (("report", store), ("report", store, "--json"), ("classify", store), ("compare", store, store,
                                                                                         "--probe", "train")):
-        done = fdl(*command)
+        done = fdl_in_process(*command)
         assert done.returncode == 0, done.stderr
         said = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
         assert len(said) == 1, (command, said)
         assert "before the field prev_step" in said[0] and "unreadable" not in said[0]
 
-    resumed = fdl("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store)  # as the warning says
+    resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store)  # as the warning says
     assert resumed.returncode == 0, resumed.stderr
     assert "0 checkpoint(s) analysed" in resumed.stderr
     with StoreReader(store) as reader:
         assert reader.warnings == []
         assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records()} == {
             (probe, step): previous for probe in ("train", "test") for step, previous in ((0, None), (5, 0), (10, 5))}
-    assert "warning" not in fdl("report", store).stderr
+    assert "warning" not in fdl_in_process("report", store).stderr
 
 
 # -- 5. checkpoints before a mid-run --reference -------------------------------------------------------------------
@@ -263,17 +263,17 @@ def test_report_marks_the_checkpoints_before_the_reference() -> None:
 
 def test_report_and_classify_of_a_store_analysed_with_a_mid_run_reference(tmp_path: Path) -> None:
     store = tmp_path / "run.h5"
-    done = fdl("analyze", SAMPLE, "--steps", "0,5,100,500", "--reference", "100", "-o", store)
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,100,500", "--reference", "100", "-o", store)
     assert done.returncode == 0, done.stderr
-    shown = fdl("report", store)
+    shown = fdl_in_process("report", store)
     assert shown.returncode == 0, shown.stderr
     rows = {line.split()[0]: line.split()[-1] for line in shown.stderr.splitlines() if line.split()[:1] in
             (["0"], ["5"], ["100"], ["500"])}
     assert rows == {"0": "MF*", "5": "MF*", "100": "coefficient", "500": "MF"}
     assert "* before the reference (step 100)" in shown.stderr
-    as_json = json.loads(fdl("report", store, "--json").stdout)  # the data are unchanged
+    as_json = json.loads(fdl_in_process("report", store, "--json").stdout)  # the data are unchanged
     assert [r["regime"] for r in as_json] == ["MF", "MF", "coefficient", "MF"]
-    text = fdl("classify", store)
+    text = fdl_in_process("classify", store)
     assert "trajectory (step: regime): 0–5: MF* | 100: coefficient | 500: MF" in text.stderr
-    verdict = json.loads(fdl("classify", store, "--json").stdout)
+    verdict = json.loads(fdl_in_process("classify", store, "--json").stdout)
     assert [entry["regime"] for entry in verdict["trajectory"]] == ["MF", "MF", "coefficient", "MF"]
