@@ -646,8 +646,9 @@ def export(**kwargs: Any) -> None:
 
     \b
     csv/json go to stdout (or --out). npy writes a NumPy .npz archive to --out: `steps` and one array
-    `step_<N>` per checkpoint (ragged, never padded); for trajectories `steps` and one float64 array per
-    numeric field (NaN = null; path, sha256 and regime are in the csv/json forms).
+    `step_<N>` per checkpoint (ragged, never padded; NaN where a checkpoint stores no quality); for
+    trajectories `steps` and one float64 array per numeric field (NaN = null; path, sha256 and regime are
+    in the csv/json forms).
     """
     from pathlib import Path
 

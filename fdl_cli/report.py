@@ -1765,7 +1765,8 @@ def write_export(
     """Write `fdl export`: csv/json to `stdout` (or `out`), npy as a `.npz` archive to `out`.
 
     npy: a NumPy `.npz` archive (`np.load(FILE)`) holding `steps` (int64) and, per checkpoint, the
-    float64 array `step_<N>` (lengths differ between checkpoints, so nothing is padded); for
+    float64 array `step_<N>` (lengths differ between checkpoints, so nothing is padded; a checkpoint that
+    stores no quality: NaN, one a k of its rank); for
     `trajectories`, `steps` and one float64 array per numeric field (null → NaN). `steps`: only those
     checkpoints (each must be stored), in step order. Returns a note for the terminal, or None.
 
@@ -1806,8 +1807,11 @@ def write_export(
     per_step = _finite(run, series, what, iter_array(run, series, steps, what))
     if fmt == "npy":
         assert out is not None
+        # a checkpoint that stores no such array (quality without targets) is NaN at each k of its rank, as
+        # null is NaN in the trajectories' archive: without an entry it read as though it were not stored
         stored = (
-            (f"step_{step}", np.asarray(values, dtype=np.float64)) for step, values in per_step if values is not None
+            (f"step_{step}", np.asarray(_missing(run, series, step) if values is None else values, dtype=np.float64))
+            for step, values in per_step
         )
         _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
         return f"wrote {what} of {len(steps)} checkpoints to {out}"
@@ -1840,6 +1844,12 @@ def _finite(
                 fix=f"restore the store from a backup{redo}, or re-run `fdl analyze ... --overwrite` to rebuild it",
             )
         yield step, values
+
+
+def _missing(run: Run, series: Series, step: int) -> np.ndarray:
+    """NaN of the length a checkpoint's quality would have, r (its utilities', always stored): its npy entry."""
+    (_, utility), = iter_array(run, series, [step], "utility")
+    return np.full(0 if utility is None else utility.shape[0], np.nan)
 
 
 def _stores_any(run: Run, series: Series, what: str) -> bool:
