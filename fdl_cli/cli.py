@@ -621,8 +621,11 @@ def compare(**kwargs: Any) -> None:
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_compare_figures
 
-        paths = write_compare_figures(run_a, run_b, comparison, Path(kwargs["plots_dir"]))
+        figure_notes: list[str] = []
+        paths = write_compare_figures(run_a, run_b, comparison, Path(kwargs["plots_dir"]), notes=figure_notes)
         click.echo(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", err=True)
+        for note in figure_notes:
+            click.echo(f"note: {note}", err=True)
 
 
 cli.add_command(_alias(compare, "diff"))

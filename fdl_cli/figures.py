@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,17 +393,23 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     return out
 
 
-#: The list of the figure files `fdl report --plots DIR` wrote into DIR, kept there beside them with the
-#: sha256 of each and the store it drew: the next report of that store into DIR removes the listed files of
-#: it that it no longer writes (the figures of a series no longer in the store, or no longer selected), and
-#: only those that still hold what fdl wrote; another store's figures are left to its own reports.
+#: The list of the figure files `fdl report --plots DIR` and `fdl compare --plots DIR` wrote into DIR, kept there
+#: beside them with the sha256 of each and who drew it (a report: its store; a compare: the two stores and the series
+#: compared): the next report of that store (compare of that pair) into DIR removes the listed files of it that it no
+#: longer writes (the figures of a series no longer in the store, or no longer selected), and only those that still
+#: hold what fdl wrote; the others' figures are left to their own reports and compares.
 FIGURE_LIST = ".fdl-figures.json"
 FIGURE_LIST_FORMAT = "fdl-figures"
 FIGURE_LIST_VERSION = 1
-#: The names of the report's figure files (with a series' suffix after the stem): only names of this form are
-#: taken from the list (never `notes.txt`, nor `../x.png`), and those in DIR that the report did not write are
-#: named in a note.
+#: The names of the figure files of a report and of a compare (with a series' suffix after the stem): only names of
+#: these forms are taken from the list (never `notes.txt`, nor `../x.png`), and those in DIR that a report (a
+#: compare) did not write are named in a note.
 REPORT_FIGURE = re.compile(r"(?:triptych|trajectories|spectrum|eigenfunctions)(?:_[\w.-]+)?\.(?:png|svg)")
+COMPARE_FIGURE = re.compile(r"compare_(?:trajectories|k95_utility)(?:_[\w.-]+)?\.(?:png|svg)")
+#: A compare's entry in the list: the stores (resolved paths) and the series (probe/layer) it compared.
+COMPARE_KEYS = ("a", "series_a", "b", "series_b")
+#: Who drew a listed figure: ("report", STORE) or ("compare", STORE_A, SERIES_A, STORE_B, SERIES_B).
+Drawer = tuple[str, ...]
 #: File names a note names before it counts the others.
 NAMES_SHOWN = 6
 
@@ -419,10 +425,29 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
-def read_figure_list(directory: Path) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
-    """The figure files earlier reports listed in `directory` (name -> (sha256, the store it drew); {}
+def _drawer(name: str, entry: Any) -> Drawer | None:
+    """Who drew the listed figure `name`, from its entry in the list; None for an entry not taken from it."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return None
+    if REPORT_FIGURE.fullmatch(name) and isinstance(entry.get("store"), str):
+        return ("report", entry["store"])
+    pair = entry.get("compare")
+    if COMPARE_FIGURE.fullmatch(name) and isinstance(pair, dict) \
+            and all(isinstance(pair.get(key), str) for key in COMPARE_KEYS):
+        return ("compare", *(pair[key] for key in COMPARE_KEYS))
+    return None
+
+
+def _described(drawer: Drawer) -> str:
+    """A report's store, or a compare's `A (SERIES) vs B (SERIES)`, as notes name them."""
+    return drawer[1] if drawer[0] == "report" else f"{drawer[1]} ({drawer[2]}) vs {drawer[3]} ({drawer[4]})"
+
+
+def read_figure_list(directory: Path, kind: str = "report") -> tuple[dict[str, tuple[str, Drawer]] | None, str | None]:
+    """The figure files earlier reports and compares listed in `directory` (name -> (sha256, who drew it); {}
     without a list), or None and a note saying why the file FIGURE_LIST there is not read as fdl's list
-    (then it is left as it is: nothing is removed, and the list is not written over)."""
+    (then it is left as it is: nothing is removed, and the list is not written over). `kind`: who reads it,
+    "report" or "compare" (for the note)."""
     path = directory / FIGURE_LIST
     if not path.is_symlink() and not path.exists():
         return {}, None
@@ -439,20 +464,24 @@ def read_figure_list(directory: Path) -> tuple[dict[str, tuple[str, str]] | None
     files = content.get("files") if isinstance(content, dict) and content.get("format") == FIGURE_LIST_FORMAT \
         and content.get("version") == FIGURE_LIST_VERSION else None
     if not isinstance(files, dict):
-        return None, (f"{path} is {why}: it is left as it is, and no figure of an earlier report is removed "
-                      f"(remove it, and the figures in {directory} that are stale, to have the next report keep its list)")
-    return {name: (entry["sha256"], entry["store"]) for name, entry in files.items()
-            if isinstance(name, str) and REPORT_FIGURE.fullmatch(name) and isinstance(entry, dict)
-            and isinstance(entry.get("sha256"), str) and isinstance(entry.get("store"), str)}, None
+        return None, (f"{path} is {why}: it is left as it is, and no figure of an earlier {kind} is removed "
+                      f"(remove it, and the figures in {directory} that are stale, to have the next {kind} keep its list)")
+    drawers = {name: _drawer(name, entry) for name, entry in files.items() if isinstance(name, str)}
+    return {name: (files[name]["sha256"], drawer) for name, drawer in drawers.items() if drawer is not None}, None
 
 
-def _write_figure_list(directory: Path, files: Mapping[str, tuple[str, str]]) -> None:
+def _write_figure_list(directory: Path, files: Mapping[str, tuple[str, Drawer]]) -> None:
+    def entry(digest: str, drawer: Drawer) -> dict[str, Any]:
+        if drawer[0] == "report":
+            return {"sha256": digest, "store": drawer[1]}
+        return {"sha256": digest, "compare": dict(zip(COMPARE_KEYS, drawer[1:], strict=True))}
+
     text = json.dumps({"format": FIGURE_LIST_FORMAT, "version": FIGURE_LIST_VERSION,
-                       "about": "the figure files `fdl report --plots` wrote into this folder, with their sha256 and "
-                                "the store they drew; the next report of that store removes those it does not write "
-                                "again, if they are unchanged",
-                       "files": {name: {"sha256": digest, "store": store}
-                                 for name, (digest, store) in sorted(files.items())}}, indent=1)
+                       "about": "the figure files `fdl report --plots` and `fdl compare --plots` wrote into this "
+                                "folder, with their sha256 and the store (a compare: the stores and series) they "
+                                "drew; the next report of that store (compare of those) removes those it does not "
+                                "write again, if they are unchanged",
+                       "files": {name: entry(*listed) for name, listed in sorted(files.items())}}, indent=1)
     with writing(directory / FIGURE_LIST) as target, whole_or_untouched(target) as path:
         path.write_text(text + "\n", encoding="utf-8")
 
@@ -461,71 +490,86 @@ def _unchanged(path: Path, digest: str) -> bool:
     return not path.is_symlink() and path.is_file() and _sha256(path) == digest
 
 
-def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
-    """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
+def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, Figure]], notes: list[str]) -> list[Path]:
+    """Write `figures` (stem, figure) as PNG and SVG into `directory` for `drawer`, a report or a compare, and
+    keep the folder's list of figures (FIGURE_LIST); returns the paths written.
 
-    The folder then holds this report's figures: those an earlier report of the same store (by its resolved
-    path) wrote there (FIGURE_LIST) and this one does not write are removed when they still hold the bytes
-    fdl wrote (a file changed since, or not listed, or another store's, is never removed). `notes` gets a
-    sentence naming what was removed, one naming the figures of other stores' reports left there, and one
-    naming the figure files (REPORT_FIGURE) left there that no report listed: an older fdl's, or changed."""
-    said = notes if notes is not None else []
+    Those that an earlier report or compare of the same drawer wrote there and this one does not write are removed
+    when they still hold the bytes fdl wrote (a file changed since, or not listed, or another drawer's, is never
+    removed; the others stay listed). `notes` gets a sentence naming what was removed, one naming the figures of
+    other drawers of its kind left there (a report's are no concern of a compare's: their names differ), and one
+    naming the figure files of its kind (REPORT_FIGURE, COMPARE_FIGURE) left there that none listed: an older
+    fdl's, or changed."""
+    kind = drawer[0]
     make_folder(directory)
-    store = str(Path(run.path).resolve())
-    earlier, problem = read_figure_list(directory)
+    earlier, problem = read_figure_list(directory, kind)
     if problem is not None:
-        said.append(problem)
+        notes.append(problem)
     paths: list[Path] = []
-    written: dict[str, tuple[str, str]] = {}
-    for stem, _title, figure in run_figures(run):
+    written: dict[str, tuple[str, Drawer]] = {}
+    for stem, figure in figures:
         for path in save_figure(figure, directory, stem):
             paths.append(path)
-            written[path.name] = (_sha256(path) or "", store)
+            written[path.name] = (_sha256(path) or "", drawer)
         if earlier is not None:  # after each figure: a report stopped part-way still lists what it wrote
             _write_figure_list(directory, {**earlier, **written})
-    others: dict[str, tuple[str, str]] = {}
+    others: dict[str, tuple[str, Drawer]] = {}
     if earlier is not None:
         removed = []
         for name, (digest, drawn) in earlier.items():
             path = directory / name
             if name in written or not _unchanged(path, digest):
                 continue
-            if drawn != store:
-                others[name] = (digest, drawn)  # left to a report of its own store
+            if drawn != drawer:
+                others[name] = (digest, drawn)  # left to a report (compare) of its own
                 continue
             try:
                 path.unlink()
             except OSError as exc:
-                said.append(f"could not remove {path}, a figure an earlier report wrote: {exc.strerror or exc}")
+                notes.append(f"could not remove {path}, a figure an earlier {kind} wrote: {exc.strerror or exc}")
                 continue
             removed.append(name)
         _write_figure_list(directory, {**others, **written})
         if removed:
-            said.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier report of "
-                        f"this store wrote into {directory} that this one does not write: {_names(sorted(removed))}")
-    if others:
-        stores = sorted({drawn for _, drawn in others.values()})
-        said.append(f"{directory} also holds {len(others)} figure file{'s' if len(others) > 1 else ''} of the report"
-                    f"{'s' if len(stores) > 1 else ''} of {', '.join(stores)}, left as they are (one folder per store "
-                    f"keeps each store's figures apart): {_names(sorted(others))}")
+            whose = "this store" if kind == "report" else "these stores and series"
+            notes.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier {kind} of "
+                         f"{whose} wrote into {directory} that this one does not write: {_names(sorted(removed))}")
+    alike = {name: drawn for name, (_, drawn) in others.items() if drawn[0] == kind}
+    if alike:
+        drawers = sorted({_described(drawn) for drawn in alike.values()})
+        apart = "store keeps each store's" if kind == "report" else "compare keeps each compare's"
+        notes.append(f"{directory} also holds {len(alike)} figure file{'s' if len(alike) > 1 else ''} of the {kind}"
+                     f"{'s' if len(drawers) > 1 else ''} of {', '.join(drawers)}, left as they are (one folder per "
+                     f"{apart} figures apart): {_names(sorted(alike))}")
+    own_names = REPORT_FIGURE if kind == "report" else COMPARE_FIGURE
     try:
-        unlisted = sorted(path.name for path in directory.iterdir() if REPORT_FIGURE.fullmatch(path.name)
+        unlisted = sorted(path.name for path in directory.iterdir() if own_names.fullmatch(path.name)
                           and path.name not in written and path.name not in others)
     except OSError:  # a folder this user may write into but not list (a drop box): none to name
         unlisted = []
     if unlisted:
-        said.append(f"{directory} also holds {len(unlisted)} figure file{'s' if len(unlisted) > 1 else ''} this "
-                    f"report did not write (an older fdl's, or changed since fdl wrote them): {_names(unlisted)}; "
-                    "remove them if they are stale")
+        notes.append(f"{directory} also holds {len(unlisted)} figure file{'s' if len(unlisted) > 1 else ''} this "
+                     f"{kind} did not write (an older fdl's, or changed since fdl wrote them): {_names(unlisted)}; "
+                     "remove them if they are stale")
     return paths
 
 
-def write_compare_figures(run_a: Run, run_b: Run, comparison: Comparison, directory: Path) -> list[Path]:
-    """Overlay figures of two runs: trajectories of both (A solid, B dashed) with the overlap A·B."""
+def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
+    """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
+
+    The folder then holds this report's figures: those an earlier report of the same store (by its resolved
+    path) wrote there (FIGURE_LIST) and this one does not write are removed when they still hold the bytes
+    fdl wrote (`_write_listed`, which says in `notes` what it removed and what it left)."""
+    figures = ((stem, figure) for stem, _title, figure in run_figures(run))
+    return _write_listed(directory, ("report", str(Path(run.path).resolve())), figures, [] if notes is None else notes)
+
+
+def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tuple[str, Figure]]:
+    """(stem, figure) of the overlay figures of two runs: trajectories of both (A solid, B dashed) with the
+    overlap A·B, and the k95 of Π̂ of both."""
     records_a, records_b = run_a.series[0].records, run_b.series[0].records
     cross = [(c.match.step_a, c.overlap) for c in comparison.steps]
-    figure = trajectory_figure([("A", records_a), ("B", records_b)], cross_overlap=cross)
-    paths = save_figure(figure, directory, "compare_trajectories")
+    trajectories = trajectory_figure([("A", records_a), ("B", records_b)], cross_overlap=cross)
     points = {"A": records_a, "B": records_b}
     figure = _new_figure(8.0, 4.0)
     ax = figure.subplots()
@@ -540,5 +584,15 @@ def write_compare_figures(run_a: Run, run_b: Run, comparison: Comparison, direct
     ax.set_title(r"eigenfunctions used by the learned function (k95 of $\hat{\Pi}$)")
     ax.grid(True, alpha=0.3)
     _legend(ax)
-    paths.extend(save_figure(figure, directory, "compare_k95_utility"))
-    return paths
+    return [("compare_trajectories", trajectories), ("compare_k95_utility", figure)]
+
+
+def write_compare_figures(
+    run_a: Run, run_b: Run, comparison: Comparison, directory: Path, *, notes: list[str] | None = None
+) -> list[Path]:
+    """Write the overlay figures of two runs (`compare_figures`) into `directory`; returns their paths. They are
+    listed in the folder's FIGURE_LIST under the two stores and the series compared, as a report's under its
+    store (`_write_listed`): a report and a compare into one folder never remove each other's figures."""
+    drawer = ("compare", str(Path(run_a.path).resolve()), run_a.series[0].label,
+              str(Path(run_b.path).resolve()), run_b.series[0].label)
+    return _write_listed(directory, drawer, compare_figures(run_a, run_b, comparison), [] if notes is None else notes)
