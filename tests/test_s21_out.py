@@ -144,3 +144,21 @@ def test_a_report_never_removes_a_compares_figures_listed_under_its_store(tmp_pa
     assert "note: removed 16 figure files an earlier report of this store" in done.stderr
     assert _files(plots) == COMPARE_NAMES | _report_names("") | {".fdl-figures.json"}
     assert set(_listed(plots)) == COMPARE_NAMES | _report_names("")
+
+
+# -- 3. booleans in CSV ---------------------------------------------------------------------------------------------
+
+
+def test_csv_booleans_read_back_as_the_readme_says(tmp_path: Path) -> None:
+    """3 (guard). CSV keeps Python's `True`/`False` (JSON: true/false), a documented format left as it is: the csv
+    module reads the strings, NumPy's genfromtxt (dtype=None) booleans, as README says."""
+    import csv
+    import io
+
+    store = make_store(tmp_path / "a.h5")
+    text = fdl("compare", store, store, "--no-overlap", "--format", "csv").stdout
+    assert [row["exact"] for row in csv.DictReader(io.StringIO(text))] == ["True"] * 3
+    table = np.genfromtxt(io.StringIO(text), delimiter=",", names=True, dtype=None, encoding="utf-8", usecols=(0, 1, 2))
+    assert table.dtype["exact"] == np.bool_ and table["exact"].tolist() == [True] * 3
+    steps = json.loads(fdl("compare", store, store, "--no-overlap", "--json").stdout)["steps"]
+    assert [step["exact"] for step in steps] == [True] * 3
