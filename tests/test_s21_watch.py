@@ -1,0 +1,83 @@
+"""Session 21: an fdl.toml edited during --watch, SIGTERM in a torchrun job's script, --drop's fix under a
+--glob, and the reference file of an old store hashed once (tiny MLPs on the CPU). Each test failed before
+its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import REPO
+from tests.test_s19_store import _run, fdl_quiet
+
+# ------------------------------------------------------- 2. SIGTERM of a command run in a torchrun job's script
+
+#: `fdl ARGV` in a fresh interpreter whose store reading says "reading" on stderr and then waits, so that a
+#: signal is sent while the command runs (after its name is parsed, before it has read anything)
+_WAITING_FDL = """
+import sys, time
+from fdl_cli import cli, report
+real = report.load_run
+def waiting(*args, **kwargs):
+    sys.stderr.write("reading\\n")
+    sys.stderr.flush()
+    time.sleep(60)
+    return real(*args, **kwargs)
+report.load_run = waiting
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("command", ["report", "classify"])
+def test_a_command_in_a_torchrun_jobs_script_takes_sigterm_as_a_plain_process(tmp_path: Path, command: str) -> None:
+    """`fdl classify run.h5 --expect MF` after training, in a script torchrun runs (WORLD_SIZE=2 inherited):
+    SIGTERM kept its default there, as for a rank of `fdl analyze` waiting in a collective, and ended the
+    process by the signal (status -15) without a word. It stops as a plain process does: "interrupted",
+    status 143, the store as it was."""
+    folder, probe = _run(tmp_path, steps=(0, 10))
+    store = tmp_path / "run.h5"
+    assert fdl_quiet(folder, probe, store) == 0
+    before = store.read_bytes()
+    environment = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", _WAITING_FDL, command, str(store)], cwd=tmp_path,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline() == "reading\n"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert store.read_bytes() == before
+
+
+def test_fdl_analyze_as_a_torchrun_rank_keeps_sigterms_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason SIGTERM keeps its default under torchrun stays where it applies: `fdl analyze` as a rank (one
+    waiting in a collective would run a Python handler only once the collective returns); any other command
+    takes SIGTERM once its name is parsed."""
+    import click
+
+    from fdl_cli import cli, signals
+
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        for command, taken in (("analyze", False), ("report", True), ("compare", True), ("inspect", True)):
+            with signals.installed():
+                cli.cli.resolve_command(click.Context(cli.cli), [command])
+                assert (signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL) == taken, command
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        cli._command = None
