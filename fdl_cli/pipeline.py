@@ -420,6 +420,9 @@ class _Context:
     late_manifest: bool = False
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: path -> (its file's signature, its sha256) where this run hashed a file: one read again with the same
+    #: signature is not hashed again (`_sha256_once`; an old store's reference was hashed three times a run)
+    hashed: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: the notes said once a run (`_note_once`), by kind: a checkpoint holding another copy of its weights
     #: (an EMA, `_prepare`)
     noted_once: dict[str, str] = field(default_factory=dict)
@@ -1172,7 +1175,11 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
     )
 
 
-def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint, str]:
+def _load(
+    ref: CheckpointRef, options: AnalyzeOptions, known: tuple[str, str] | None = None
+) -> tuple[LoadedCheckpoint, str]:
+    """The checkpoint loaded, and its file's sha256: `known`'s (signature, sha256) where the file's signature
+    before reading is that one (hashed earlier in this run), else hashed."""
     from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
 
     def signature_now() -> str:
@@ -1184,7 +1191,7 @@ def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint
     signature = signature_now()  # before reading: see file_signature
     try:
         loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
-        sha = sha256_file(ref.path)
+        sha = known[1] if known is not None and signature and signature == known[0] else sha256_file(ref.path)
     except CheckpointError as exc:
         exc.file_signature = signature  # --watch tries it again once it changed (_rediscover)
         raise
@@ -1654,6 +1661,8 @@ def _analyze_refs(
         _check_drop(ctx, refs, out)
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
+            if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
+                ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)
             passes = _validate(ctx, model)
         failure = None
@@ -2149,7 +2158,6 @@ def _check_stored_files(
     the files to hash are rank 0's list (the ranks' own readings of sizes and times could differ,
     a file being rewritten meanwhile, and leave one rank waiting in a collective the others skip)."""
     from fdl_cli import distributed
-    from fdl_cli.checkpoints import sha256_file
 
     world = ctx.world if ctx.world is not None and ctx.world.distributed else None
     plan = _stored_files_to_hash(ctx, out, refs) if world is None or world.writes else None
@@ -2172,10 +2180,10 @@ def _check_stored_files(
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
-            step, ref, _, _ = suspects[index]
+            step, ref, now, _ = suspects[index]
             if str(ref.path) not in by_path:
                 try:
-                    by_path[str(ref.path)] = sha256_file(ref.path)
+                    by_path[str(ref.path)] = _sha256_once(ctx, ref.path, now)
                 except OSError:
                     by_path[str(ref.path)] = None  # unreadable now: reported if this run needs to read it
             digests[index] = by_path[str(ref.path)]
@@ -2943,6 +2951,21 @@ def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: Fdl
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
 
 
+def _sha256_once(ctx: _Context, path: Path | str, signature: str = "") -> str:
+    """`checkpoints.sha256_file` of `path`, or the sha256 this run found for it at the same signature (size
+    and time, taken now where `signature` is ""), which is recorded for the next call."""
+    from fdl_cli.checkpoints import sha256_file
+
+    signature = signature or _signature_of(path)
+    known = ctx.hashed.get(str(path))
+    if known is not None and signature and known[0] == signature:
+        return known[1]
+    sha = sha256_file(Path(path))
+    if signature:
+        ctx.hashed[str(path)] = (signature, sha)
+    return sha
+
+
 def _signature_of(path: Path | str) -> str:
     """`checkpoints.file_signature`, or "" for a file that cannot be looked at."""
     from fdl_cli.checkpoints import file_signature
@@ -3450,7 +3473,7 @@ def _reference_series(
         return
     from fdl_cli.store import StoreReader
 
-    loaded, _ = _load(reference, ctx.options)
+    loaded, _ = _load(reference, ctx.options, ctx.hashed.get(str(reference.path)))
     model = _prepare(ctx, loaded)
     if ctx.reference_state is None:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
@@ -3498,7 +3521,7 @@ def _stored_previous(
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
         return previous, None
-    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+    from fdl_cli.checkpoints import load_checkpoint
 
     damage: StoreError | None = None  # its stored arrays fail their checksums
     try:
@@ -3511,7 +3534,7 @@ def _stored_previous(
             # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
             # `step`, would then be compared with it in turn and fail alike.
             try:
-                sha = sha256_file(ref.path)
+                sha = _sha256_once(ctx, ref.path)
             except FileNotFoundError:
                 raise
             except OSError as exc:  # EIO, EACCES, ESTALE: an error that names the file, not a traceback

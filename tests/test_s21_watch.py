@@ -81,3 +81,35 @@ def test_fdl_analyze_as_a_torchrun_rank_keeps_sigterms_default(monkeypatch: pyte
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         cli._command = None
+
+
+# ------------------------------------------------------------- 4. an old store's reference file, hashed once
+
+
+def test_the_reference_file_of_a_store_without_signatures_is_hashed_once_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written before file signatures, resumed with a new checkpoint: its reference file was hashed
+    three times (read as the reference, checked as a stored file, read again for its stored series), and the
+    stored checkpoint the new one is compared with twice. Each is hashed once; the store is the one a fresh
+    run gives."""
+    from safetensors.torch import save_file
+
+    from tests.test_reliability_inputs import MODEL, SMALL, _weights
+    from tests.test_s19_store import _drop_signatures, _records, fdl
+    from tests.test_s20_drop import _hashed
+
+    folder, probe = _run(tmp_path, steps=(0, 10))
+    out = tmp_path / "run.h5"
+    common = [folder, "--model", MODEL, "--probe", probe, *SMALL]
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out)
+    assert status == 0, err
+    _drop_signatures(out)
+    save_file(_weights(7), str(folder / "step_20.safetensors"))
+    hashed = _hashed(monkeypatch)
+    status, _, err = fdl(capsys, "analyze", *common, "-o", out)
+    assert status == 0, err
+    assert sorted(hashed) == ["step_0.safetensors", "step_10.safetensors", "step_20.safetensors"]
+    status, _, err = fdl(capsys, "analyze", *common, "-o", tmp_path / "fresh.h5")
+    assert status == 0, err
+    assert _records(out) == _records(tmp_path / "fresh.h5")
