@@ -418,6 +418,8 @@ class _Context:
     #: --watch started without an fdl.toml: one written later is looked for at each poll, and said once
     #: (`_check_late_manifest`)
     late_manifest: bool = False
+    #: the fdl.toml the run read (checkpoints.Manifest), None for none
+    manifest: Any = None
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
     #: path -> (its file's signature, its sha256) where this run hashed a file: one read again with the same
@@ -833,6 +835,7 @@ def _prepare_run(
         copies=list(discovery.copies),
         started=started,
         late_manifest=late_manifest and manifest is None,
+        manifest=manifest,
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1842,11 +1845,12 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     for step, later in sorted(successors.items()):
         gone = [successor for successor in later if successor not in steps_now]
         if gone:
+            got, fix = _file_not_read(ctx, out, gone[0], stored.get(gone[0], ("",))[0])
             raise StoreError(
                 f"--redo {listed}: the stored step {gone[0]} is compared with step {step} (cka_prev, overlap_prev) "
                 "and its file is not among this run's checkpoints, so that comparison cannot be recomputed",
-                got=f"{out} analysed step {gone[0]} from {stored[gone[0]][0]}" if gone[0] in stored else None,
-                fix=f"restore the file of step {gone[0]}, or re-analyse everything with --overwrite (or another --out)",
+                got=got,
+                fix=fix,
             )
     ctx.redo = frozenset(wanted)
     ctx.redo_successors = successors
@@ -1949,12 +1953,13 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
     for before, successor in ctx.drop_successors:  # checked after `_check_stored_files`, which names a file
         for needed in (successor, before):        # stored at two steps as such, before anything is written
             if needed is not None and needed not in ctx.refs_by_step:
+                got, fix = _file_not_read(ctx, out, needed, stored[needed][0])
                 raise StoreError(
                     f"--drop {listed}: the stored step {successor} is compared with a dropped step (cka_prev, "
                     f"overlap_prev), and is to be compared with step {before} instead, but the file of step "
                     f"{needed} is not among this run's checkpoints",
-                    got=f"{out} analysed step {needed} from {stored[needed][0]}",
-                    fix=f"restore the file of step {needed}, or {_OVERWRITE_FIX}",
+                    got=got,
+                    fix=fix,
                 )
     entries = []
     stored_sha = {step: identity[1] for step, identity in stored.items()}
@@ -2082,6 +2087,24 @@ def _other_files(
 
 #: How a store is mended once its checkpoints' files changed (or its arrays were damaged), whole.
 _OVERWRITE_FIX = "re-analyse everything with --overwrite (or another --out)"
+
+
+def _file_not_read(ctx: _Context, out: Path, step: int, recorded: str) -> tuple[str | None, str]:
+    """(got, fix) of a refusal over a stored step whose file this run needs and does not read: gone, or there
+    but left out by the glob ("restore the file" named a file that is there), or read otherwise."""
+    got = f"{out} analysed step {step} from {recorded}" if recorded else None
+    if not recorded or not (_is(Path(recorded), "file") or _is(Path(recorded), "dir")):
+        return got, f"restore the file of step {step}, or {_OVERWRITE_FIX}"
+    glob, manifest = ctx.options.glob_pattern, ctx.manifest
+    if glob is not None and not Path(recorded).match(glob):
+        if "glob_pattern" not in ctx.options.given and manifest is not None and manifest.options.get("glob") == glob:
+            return (f"{got}, which is there, but the glob {glob!r} that {manifest.path} sets leaves it out",
+                    f"give a --glob that matches {Path(recorded).name} too (it overrides fdl.toml's), or {_OVERWRITE_FIX}")
+        return (f"{got}, which is there, but --glob {glob!r} leaves it out",
+                f"widen --glob to match {Path(recorded).name} too (or leave --glob out), or {_OVERWRITE_FIX}")
+    return (f"{got}, which is there, but this run does not read it as step {step}",
+            f"give the sources and options (--glob, --step-regex, --step-offset) that read it as step {step}, or "
+            f"{_OVERWRITE_FIX}")
 
 
 def _redo_fix(steps: Collection[int]) -> str:
