@@ -9,12 +9,82 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.cli_run import REPO
 from tests.test_s19_store import _run, fdl_quiet
+
+# --------------------------------------------------------------- 1. an fdl.toml edited during --watch
+
+
+def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's fdl.toml (top_k = 3), read as --watch started, edited meanwhile (top_k = 8, a layer): it was
+    ignored without a word, as was its removal. Each change is said once, once settled, naming what differs
+    from what the run uses, which it keeps until it is restarted (one store, one way); an edit that sets what
+    the run uses is a note. Between changes the file is not read again (its size and time are looked at)."""
+    from fdl_cli import checkpoints
+    from tests.test_io_fixes import MODEL
+    from tests.test_prev_walkback import _arrive, _make_run
+    from tests.test_s20_toml import _settled_write, _top_k, _watch
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    toml = folder / "fdl.toml"
+    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
+    _settled_write(toml, first)
+    _arrive(source, folder, "step_0.safetensors")
+    reads: list[str] = []
+    real = checkpoints.read_manifest
+
+    def counting(where: Path) -> object:
+        reads.append(str(where))
+        return real(where)
+
+    monkeypatch.setattr(checkpoints, "read_manifest", counting)
+    polls: list[int] = []  # fdl.toml files read so far, as each poll's sleep begins
+
+    def poll(action: Callable[[], object] | None = None) -> Callable[[], None]:
+        def step() -> None:
+            polls.append(len(reads))
+            if action is not None:
+                action()
+        return step
+
+    edited = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 8\nlayer = "0"\n'
+    reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
+        poll(lambda: _arrive(source, folder, "step_10.safetensors")),
+        poll(lambda: toml.write_text(edited)),  # being written: not read yet
+        poll(lambda: os.utime(toml, (time.time() - 60, time.time() - 60))),  # settled
+        poll(),
+        poll(lambda: _settled_write(toml, "# the same settings\n" + first)),
+        poll(lambda: _arrive(source, folder, "step_20.safetensors")),
+        poll(toml.unlink),
+        poll(),
+        poll(),
+    ])
+    assert [record["step"] for record in records] == [0, 10, 20]
+    assert _top_k(tmp_path / "w.h5") == 3  # as for step 0: one store, one way
+    assert reporter.warnings == [
+        f"{toml} changed after this run started, and is not read again: it sets layer = ['0'] (this run: the default "
+        "layer), top_k = 8 (this run: 3), and the running watch keeps its settings until it is restarted, as the "
+        "checkpoints of one store are measured one way; to apply it, stop, and run fdl analyze again with "
+        "--overwrite (or another --out)",
+        f"{toml} was removed after this run started: the running watch keeps the settings it read from it (model = "
+        f"{MODEL!r}, probe = {[str(folder / 'probe.npz')]}, top_k = 3) until it is restarted; started again without it, "
+        "fdl analyze would not use them (put the file back, or give them on the command line)",
+    ]
+    assert f"{toml} changed after this run started: it sets what the run uses already" in reporter.notes
+    # read at the start, then only at the polls after the file settled, was edited again, was removed
+    assert [later - earlier for earlier, later in zip(polls[:-1], polls[1:], strict=True)] == [0, 0, 1, 0, 1, 0, 1, 0], polls
+
 
 # ------------------------------------------------------- 2. SIGTERM of a command run in a torchrun job's script
 
