@@ -194,25 +194,9 @@ def test_drop_and_redo_say_that_the_glob_leaves_out_a_file_that_is_there(
     """A stored checkpoint compared again by --drop (or by --redo) whose file --glob leaves out: the fix said
     "restore the file of step 10", a file that is there. It says the glob leaves it out, and to widen it; a
     file that is gone is still to be restored."""
-    from tests.test_reliability_inputs import MODEL, SMALL
-    from tests.test_s19_store import _records, _stored_again, fdl
+    from tests.test_s19_store import _read_by_regex_too, _records, fdl
 
-    folder, probe = _run(tmp_path, steps=(0, 10, 20, 30))
-    common: list[object] = [folder, "--model", MODEL, "--probe", probe, *SMALL]
-    names, read, out = tmp_path / "names.h5", tmp_path / "regex.h5", tmp_path / "run.h5"
-    # as test_s19_store's --drop test: steps 1, 2, 3 stored again by an old fdl from step_10, _20, _30, and
-    # step 10 compared with step 3 (step_30's file); --drop 1,2,3 compares step 10 with step 0 again
-    for store, options in ((names, []), (read, ["--step-regex", r"step_(\d+?)0?\.safetensors"]), (out, [])):
-        status, _, err = fdl(capsys, "analyze", *common, "-o", store, *options)
-        assert status == 0, err
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    for name, source in (("step_0", "step_0"), ("step_3", "step_30"), ("step_10", "step_10")):
-        (mixed / f"{name}.safetensors").write_bytes((folder / f"{source}.safetensors").read_bytes())
-    status, _, err = fdl(capsys, "analyze", mixed, "--model", MODEL, "--probe", probe, *SMALL, "-o", tmp_path / "m.h5")
-    assert status == 0, err
-    _stored_again(out, read, (1, 2, 3))
-    _stored_again(out, tmp_path / "m.h5", (10,), **{"10": {"path": str(folder / "step_10.safetensors")}})
+    common, folder, out, names = _read_by_regex_too(tmp_path, capsys)
     before = out.read_bytes()
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--drop", "1,2,3", "--glob", "step_[023]*.safetensors")
     flat = " ".join(err.split())
