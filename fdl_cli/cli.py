@@ -112,6 +112,8 @@ class _Group(click.Group):
         global _command
         name, command, rest = super().resolve_command(ctx, args)
         _command = command.name if command is not None else None
+        if _command is not None and _command != "analyze":  # no torchrun rank, whatever WORLD_SIZE says
+            signals.take_term()
         return name, command, rest
 
     def make_context(

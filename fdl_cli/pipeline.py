@@ -45,10 +45,10 @@ from fdl_cli.errors import (
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
 from fdl_cli.manifests import (
+    MANIFEST_OPTIONS,
     _given,
     _is,
     _manifest_folders,
-    _manifest_items,
     _manifest_kwargs,
     _note_empty_folders,
     _note_stdin_manifests,
@@ -415,11 +415,17 @@ class _Context:
     fileless: set[int] = field(default_factory=set)
     #: --watch: the message of the last poll that failed as a whole, warned once (`_warn_while_watching`)
     watch_problem: str | None = None
-    #: --watch started without an fdl.toml: one written later is looked for at each poll, and said once
-    #: (`_check_late_manifest`)
-    late_manifest: bool = False
+    #: --watch: path -> the signature (size, time; "" for none) of each fdl.toml the run looks at, when it read
+    #: its options: one written, changed or removed since is said once a change (`_check_manifest_changes`)
+    manifest_signatures: dict[str, str] | None = None
+    #: the fdl.toml the run read (checkpoints.Manifest), None for none; and the options as given, before it
+    manifest: Any = None
+    given_options: AnalyzeOptions | None = None
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: path -> (its file's signature, its sha256) where this run hashed a file: one read again with the same
+    #: signature is not hashed again (`_sha256_once`; an old store's reference was hashed three times a run)
+    hashed: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: the notes said once a run (`_note_once`), by kind: a checkpoint holding another copy of its weights
     #: (an EMA, `_prepare`)
     noted_once: dict[str, str] = field(default_factory=dict)
@@ -707,6 +713,9 @@ def _prepare_run(
     # step_regex).
     given = [Path(s) for s in options.sources if s != "-"]
     dirs = [path for path in given if _is(path, "dir")]
+    given_options = options
+    watched = options.watch and "-" not in options.sources  # an fdl.toml changed meanwhile is looked for
+    signatures = _manifest_signatures(options) if watched else None  # before reading: a change after is seen
     manifest, manifests = _read_manifests(options, reporter)
     options = _settled_options(options, manifest, reporter)
     if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
@@ -744,15 +753,16 @@ def _prepare_run(
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
                                            _probe_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
-    late_manifest = options.watch and manifest is None and "-" not in options.sources
-    if late_manifest:
+    if watched and manifest is None:
         # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
         # now (it was left out without a word: its options dropped, or "no probe set was given"); one
         # written after it is waited for while the run cannot start without it (no probe, no model).
+        signatures = _manifest_signatures(options)
         manifest, manifests = _read_manifests(options, reporter, note_unread=False)
         missing = _missing_without_manifest(options, discovery) if manifest is None else None
         if missing is not None:
             manifest, manifests = _wait_for_a_manifest(options, reporter, missing)
+            signatures = _manifest_signatures(options)  # read once settled: not moved since
         if manifest is not None:
             dirs = [path for path in given if _is(path, "dir")]
             before = options
@@ -829,7 +839,9 @@ def _prepare_run(
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
         copies=list(discovery.copies),
         started=started,
-        late_manifest=late_manifest and manifest is None,
+        manifest_signatures=signatures,
+        manifest=manifest,
+        given_options=given_options,
     )
     out = options.out or default_store_path(options.sources)
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
@@ -1172,7 +1184,11 @@ def _reference_ref(ctx: _Context, refs: Sequence[CheckpointRef]) -> CheckpointRe
     )
 
 
-def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint, str]:
+def _load(
+    ref: CheckpointRef, options: AnalyzeOptions, known: tuple[str, str] | None = None
+) -> tuple[LoadedCheckpoint, str]:
+    """The checkpoint loaded, and its file's sha256: `known`'s (signature, sha256) where the file's signature
+    before reading is that one (hashed earlier in this run), else hashed."""
     from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
 
     def signature_now() -> str:
@@ -1184,7 +1200,7 @@ def _load(ref: CheckpointRef, options: AnalyzeOptions) -> tuple[LoadedCheckpoint
     signature = signature_now()  # before reading: see file_signature
     try:
         loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
-        sha = sha256_file(ref.path)
+        sha = known[1] if known is not None and signature and signature == known[0] else sha256_file(ref.path)
     except CheckpointError as exc:
         exc.file_signature = signature  # --watch tries it again once it changed (_rediscover)
         raise
@@ -1654,6 +1670,8 @@ def _analyze_refs(
         _check_drop(ctx, refs, out)
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
+            if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
+                ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)
             passes = _validate(ctx, model)
         failure = None
@@ -1750,7 +1768,7 @@ def _analyze_refs(
                 announce(writer.flush())
                 signals.sleep(options.poll_seconds)
                 refs = _rediscover(ctx, refs, stdin, writer.completed(), summary)
-                _check_late_manifest(ctx, manifest_dir)
+                _check_manifest_changes(ctx, manifest_dir)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
@@ -1833,11 +1851,12 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     for step, later in sorted(successors.items()):
         gone = [successor for successor in later if successor not in steps_now]
         if gone:
+            got, fix = _file_not_read(ctx, out, gone[0], stored.get(gone[0], ("",))[0])
             raise StoreError(
                 f"--redo {listed}: the stored step {gone[0]} is compared with step {step} (cka_prev, overlap_prev) "
                 "and its file is not among this run's checkpoints, so that comparison cannot be recomputed",
-                got=f"{out} analysed step {gone[0]} from {stored[gone[0]][0]}" if gone[0] in stored else None,
-                fix=f"restore the file of step {gone[0]}, or re-analyse everything with --overwrite (or another --out)",
+                got=got,
+                fix=fix,
             )
     ctx.redo = frozenset(wanted)
     ctx.redo_successors = successors
@@ -1940,12 +1959,13 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
     for before, successor in ctx.drop_successors:  # checked after `_check_stored_files`, which names a file
         for needed in (successor, before):        # stored at two steps as such, before anything is written
             if needed is not None and needed not in ctx.refs_by_step:
+                got, fix = _file_not_read(ctx, out, needed, stored[needed][0])
                 raise StoreError(
                     f"--drop {listed}: the stored step {successor} is compared with a dropped step (cka_prev, "
                     f"overlap_prev), and is to be compared with step {before} instead, but the file of step "
                     f"{needed} is not among this run's checkpoints",
-                    got=f"{out} analysed step {needed} from {stored[needed][0]}",
-                    fix=f"restore the file of step {needed}, or {_OVERWRITE_FIX}",
+                    got=got,
+                    fix=fix,
                 )
     entries = []
     stored_sha = {step: identity[1] for step, identity in stored.items()}
@@ -2075,6 +2095,24 @@ def _other_files(
 _OVERWRITE_FIX = "re-analyse everything with --overwrite (or another --out)"
 
 
+def _file_not_read(ctx: _Context, out: Path, step: int, recorded: str) -> tuple[str | None, str]:
+    """(got, fix) of a refusal over a stored step whose file this run needs and does not read: gone, or there
+    but left out by the glob ("restore the file" named a file that is there), or read otherwise."""
+    got = f"{out} analysed step {step} from {recorded}" if recorded else None
+    if not recorded or not (_is(Path(recorded), "file") or _is(Path(recorded), "dir")):
+        return got, f"restore the file of step {step}, or {_OVERWRITE_FIX}"
+    glob, manifest = ctx.options.glob_pattern, ctx.manifest
+    if glob is not None and not Path(recorded).match(glob):
+        if "glob_pattern" not in ctx.options.given and manifest is not None and manifest.options.get("glob") == glob:
+            return (f"{got}, which is there, but the glob {glob!r} that {manifest.path} sets leaves it out",
+                    f"give a --glob that matches {Path(recorded).name} too (it overrides fdl.toml's), or {_OVERWRITE_FIX}")
+        return (f"{got}, which is there, but --glob {glob!r} leaves it out",
+                f"widen --glob to match {Path(recorded).name} too (or leave --glob out), or {_OVERWRITE_FIX}")
+    return (f"{got}, which is there, but this run does not read it as step {step}",
+            f"give the sources and options (--glob, --step-regex, --step-offset) that read it as step {step}, or "
+            f"{_OVERWRITE_FIX}")
+
+
 def _redo_fix(steps: Collection[int]) -> str:
     """The fix that analyses only these stored checkpoints again (not the reference: `_check_redo`)."""
     return (f"; or analyse only {'that checkpoint' if len(steps) == 1 else 'those checkpoints'} again: the same "
@@ -2149,7 +2187,6 @@ def _check_stored_files(
     the files to hash are rank 0's list (the ranks' own readings of sizes and times could differ,
     a file being rewritten meanwhile, and leave one rank waiting in a collective the others skip)."""
     from fdl_cli import distributed
-    from fdl_cli.checkpoints import sha256_file
 
     world = ctx.world if ctx.world is not None and ctx.world.distributed else None
     plan = _stored_files_to_hash(ctx, out, refs) if world is None or world.writes else None
@@ -2172,10 +2209,10 @@ def _check_stored_files(
     try:
         for index in distributed.block(indices, world) if world is not None else indices:
             signals.check()
-            step, ref, _, _ = suspects[index]
+            step, ref, now, _ = suspects[index]
             if str(ref.path) not in by_path:
                 try:
-                    by_path[str(ref.path)] = sha256_file(ref.path)
+                    by_path[str(ref.path)] = _sha256_once(ctx, ref.path, now)
                 except OSError:
                     by_path[str(ref.path)] = None  # unreadable now: reported if this run needs to read it
             digests[index] = by_path[str(ref.path)]
@@ -2610,52 +2647,91 @@ def _rediscover(
     return sorted(settled + kept, key=lambda ref: ref.step)
 
 
-def _check_late_manifest(ctx: _Context, base_dir: Path | None) -> None:
-    """--watch started without an fdl.toml, and one has been written since (once it has settled): its
-    options would change how the run is measured midway, so it is not read; what it would change is
-    warned of, once (said in a note when it changes nothing)."""
+def _manifest_signatures(options: AnalyzeOptions) -> dict[str, str]:
+    """The signature (size and time, "" for none) of the fdl.toml of each folder whose fdl.toml is read."""
     from fdl_cli import checkpoints as ckpts
 
-    if not ctx.late_manifest:
+    paths = [folder / ckpts.MANIFEST_NAME for folder in _manifest_folders(options)]
+    return {str(path): _signature_of(path) if _is(path, "file") else "" for path in paths}
+
+
+#: why an fdl.toml is not read into a run under way, and how to apply it
+_ONE_WAY = ("the checkpoints of one store are measured one way; to apply it, stop, and run fdl analyze again with "
+            "--overwrite (or another --out)")
+
+
+def _check_manifest_changes(ctx: _Context, base_dir: Path | None) -> None:
+    """--watch: an fdl.toml written, changed or removed since the run read its options (once a written one has
+    settled). Its options would change how the run is measured midway, so the run keeps its own; what the file
+    would change is warned of, once a change (said in a note when it changes nothing). Looked at by size and
+    time at each poll, read only once they moved."""
+    if ctx.manifest_signatures is None:
         return
-    options = ctx.options
-    written = [folder / ckpts.MANIFEST_NAME for folder in _manifest_folders(options)]
-    written = [path for path in written if _is(path, "file")]
+    options, before = ctx.options, ctx.manifest_signatures
+    now_signatures = _manifest_signatures(options)
+    moved = [path for path in dict.fromkeys([*before, *now_signatures])
+             if now_signatures.get(path, "") != before.get(path, "")]
     now = time.time()
-    if not written or not all(_settled(path, options.poll_seconds, now) for path in written):
-        return
-    ctx.late_manifest = False
-    said = f"{written[0]} was written after this run started"
+    if not moved or not all(_settled(path, options.poll_seconds, now) for path in moved if now_signatures.get(path)):
+        return  # unchanged, or being written: looked at again at the next poll
+    ctx.manifest_signatures = now_signatures
+    path = moved[0]
+    kind = "written" if not before.get(path) else "removed" if not now_signatures.get(path) else "changed"
+    said = {"written": f"{path} was written after this run started",
+            "changed": f"{path} changed after this run started",
+            "removed": f"{path} was removed after this run started"}[kind]
+    kept = "the running watch keeps its settings until it is restarted"
     try:
-        manifest, _ = _read_manifests(options, NullReporter(), note_unread=False)
-        changes = _late_manifest_changes(ctx, manifest, base_dir) if manifest is not None else []
+        manifest, _ = _read_manifests(ctx.given_options or options, NullReporter(), note_unread=False)
+        changes = _manifest_changes(ctx, manifest, base_dir)
     except FdlError as exc:
-        ctx.reporter.warn(f"{said}, and is not read ({exc.message.splitlines()[0]})")
+        ctx.reporter.warn(f"{said}, and is not read ({exc.message.splitlines()[0]})"
+                          + (f"; {kept}" if kind != "written" else ""))
         return
     if not changes:
-        ctx.reporter.note(f"{said}: it sets what the run uses already")
-        return
-    ctx.reporter.warn(f"{said}, and is not read: it sets {', '.join(changes)}, and the checkpoints of one store are "
-                      "measured one way; to apply it, stop, and run fdl analyze again with --overwrite (or another "
-                      "--out)")
+        ctx.reporter.note(f"{said}: " + ("the run uses none of its settings" if kind == "removed"
+                                         else "it sets what the run uses already"))
+    elif kind == "removed":
+        ctx.reporter.warn(f"{said}: the running watch keeps the settings it read from it ("
+                          + ", ".join(f"{key} = {used}" for key, _, used in changes)
+                          + ") until it is restarted; started again without it, fdl analyze would not use them (put "
+                          "the file back, or give them on the command line)")
+    else:
+        shown = ", ".join(f"{key} = {value} (this run: {used})" if value is not None else f"{key} unset (this run: "
+                          f"{used})" for key, value, used in changes)
+        ctx.reporter.warn(f"{said}, and is not read{' again' if kind == 'changed' else ''}: it sets {shown}, and "
+                          + (f"{kept}, as " if kind == "changed" else "") + _ONE_WAY)
 
 
-def _late_manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) -> list[str]:
-    """What an fdl.toml would change in a run under way (the command line's options win, as ever): each
-    key it sets otherwise than the run, with the run's value."""
-    options = ctx.options
-    changes = []
-    if manifest.model is not None and not options.model_spec:
-        changes.append(f"model = {manifest.model!r} (this run: the checkpoints' own)")
-    kwargs = {} if _given(options, "model_kwargs") else _manifest_kwargs(options.model_spec, manifest, base_dir,
-                                                                          NullReporter())
-    if kwargs and kwargs != ctx.model_kwargs:
-        changes.append(f"model_kwargs = {kwargs} (this run: {ctx.model_kwargs})")
-    if manifest.layer and not options.layers and list(manifest.layer) != [spec.label for spec in ctx.layers]:
-        changes.append(f"layer = {manifest.layer} (this run: the default layer)")
-    for key, (field_name, value) in _manifest_items(manifest)[0].items():
-        if not _given(options, field_name) and (used := _used_value(ctx, field_name)) != value:
-            changes.append(f"{key} = {value!r} (this run: {'not set' if used is None else repr(used)})")
+def _manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) -> list[tuple[str, str | None, str]]:
+    """What the run would use otherwise, had it started with `manifest` (None: no fdl.toml) in place of the one
+    it read (the command line's options win, as ever): (key, the value in words, or None where the file would
+    leave it unset, the run's value in words) of each."""
+    given = ctx.given_options or ctx.options
+    used_manifest = ctx.manifest
+    changes: list[tuple[str, str | None, str]] = []
+
+    def words(value: Any) -> str | None:
+        return None if value in (None, [], {}) else repr(value)
+
+    model, used_model = getattr(manifest, "model", None), getattr(used_manifest, "model", None)
+    if not given.model_spec and model != used_model:
+        changes.append(("model", words(model), words(used_model) or "the checkpoints' own"))
+    if not _given(given, "model_kwargs"):
+        kwargs = {} if manifest is None else _manifest_kwargs(given.model_spec, manifest, base_dir, NullReporter())
+        if kwargs != ctx.model_kwargs:
+            changes.append(("model_kwargs", words(kwargs), str(ctx.model_kwargs)))
+    probe, used_probe = list(getattr(manifest, "probe", ())), list(getattr(used_manifest, "probe", ()))
+    if not given.probe_specs and probe != used_probe:
+        changes.append(("probe", words(probe), str(used_probe)))
+    layer, used_layer = list(getattr(manifest, "layer", ())), list(getattr(used_manifest, "layer", ()))
+    if not given.layers and layer != used_layer and layer != [spec.label for spec in ctx.layers]:
+        changes.append(("layer", words(layer), words(used_layer) or "the default layer"))
+    would = _settled_options(given, manifest, NullReporter())
+    for key, field_name in [*((key, item[0]) for key, item in MANIFEST_OPTIONS.items()), ("weights", "weights")]:
+        value, used = getattr(would, field_name), _used_value(ctx, field_name)
+        if value != getattr(ctx.options, field_name) and (value is None or value != used):
+            changes.append((key, words(value), "not set" if used is None else repr(used)))
     return changes
 
 
@@ -2941,6 +3017,21 @@ def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: Fdl
     ctx.failed_paths.add(str(ref.path))
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
+
+
+def _sha256_once(ctx: _Context, path: Path | str, signature: str = "") -> str:
+    """`checkpoints.sha256_file` of `path`, or the sha256 this run found for it at the same signature (size
+    and time, taken now where `signature` is ""), which is recorded for the next call."""
+    from fdl_cli.checkpoints import sha256_file
+
+    signature = signature or _signature_of(path)
+    known = ctx.hashed.get(str(path))
+    if known is not None and signature and known[0] == signature:
+        return known[1]
+    sha = sha256_file(Path(path))
+    if signature:
+        ctx.hashed[str(path)] = (signature, sha)
+    return sha
 
 
 def _signature_of(path: Path | str) -> str:
@@ -3450,7 +3541,7 @@ def _reference_series(
         return
     from fdl_cli.store import StoreReader
 
-    loaded, _ = _load(reference, ctx.options)
+    loaded, _ = _load(reference, ctx.options, ctx.hashed.get(str(reference.path)))
     model = _prepare(ctx, loaded)
     if ctx.reference_state is None:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
@@ -3498,7 +3589,7 @@ def _stored_previous(
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
         return previous, None
-    from fdl_cli.checkpoints import load_checkpoint, sha256_file
+    from fdl_cli.checkpoints import load_checkpoint
 
     damage: StoreError | None = None  # its stored arrays fail their checksums
     try:
@@ -3511,7 +3602,7 @@ def _stored_previous(
             # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
             # `step`, would then be compared with it in turn and fail alike.
             try:
-                sha = sha256_file(ref.path)
+                sha = _sha256_once(ctx, ref.path)
             except FileNotFoundError:
                 raise
             except OSError as exc:  # EIO, EACCES, ESTALE: an error that names the file, not a traceback

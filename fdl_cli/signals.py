@@ -21,6 +21,8 @@ from types import FrameType
 from typing import Any
 
 _pending = False
+#: `installed` left SIGTERM at its default only because WORLD_SIZE is set (`take_term` takes it after all)
+_term_left = False
 #: SIGTERM (what Slurm, Kubernetes and systemd send before killing a job) arrived: it stops fdl as a
 #: Ctrl-C does (what was computed is committed, the summary printed), and the exit status is 143
 terminated = False
@@ -56,20 +58,24 @@ def installed() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global terminated
+    global terminated, _term_left
     previous = signal.getsignal(signal.SIGINT)
     previous_term = signal.getsignal(signal.SIGTERM)
     # SIGINT ignored (a background job: `fdl analyze ... &` in a batch script, where a shell without
     # job control ignores it) or handled by the embedding program is left so; SIGTERM is still taken
     # where it has its default (Slurm's time limit reaches such a job too).
     take_int = previous is signal.default_int_handler
-    # Not when ignored or handled by an embedding program, nor under torchrun: a rank waiting in a
-    # collective runs a Python handler only once the collective returns (up to the backend's timeout,
-    # while the others finish their blocks), where the default ends it at once and torchrun ends the job.
-    take_term = previous_term is signal.SIG_DFL and os.environ.get("WORLD_SIZE", "1") in ("", "1")
-    if not take_int and not take_term:
+    # Not when ignored or handled by an embedding program, nor in a torchrun rank of `fdl analyze`: a rank
+    # waiting in a collective runs a Python handler only once the collective returns (up to the backend's
+    # timeout, while the others finish their blocks), where the default ends it at once and torchrun ends
+    # the job. The command is not known yet: another one, which a torchrun job's script runs with WORLD_SIZE
+    # inherited, takes it once it is (`take_term`).
+    term_default = previous_term is signal.SIG_DFL
+    take_term = term_default and os.environ.get("WORLD_SIZE", "1") in ("", "1")
+    if not take_int and not term_default:
         yield
         return
+    _term_left = term_default and not take_term
     _pending = False
     terminated = False
     unraisable = sys.unraisablehook
@@ -92,10 +98,19 @@ def installed() -> Iterator[None]:
     finally:
         if take_int:
             signal.signal(signal.SIGINT, previous)
-        if take_term:
+        if term_default:  # taken here or by `take_term`
             signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = unraisable
         _pending = False
+        _term_left = False
+
+
+def take_term() -> None:
+    """Take SIGTERM where `installed` left its default only for WORLD_SIZE: for a command that is no torchrun
+    rank (only `fdl analyze` runs as one), such as `fdl classify` in a torchrun job's script, which inherits
+    WORLD_SIZE and stops on SIGTERM as a plain process does (status 143, what it writes left whole)."""
+    if _term_left and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigint)
 
 
 @contextmanager

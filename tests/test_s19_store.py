@@ -295,13 +295,11 @@ def test_drop_refuses_what_would_lose_a_checkpoint_and_leaves_the_store_as_it_wa
     assert out.read_bytes() == before
 
 
-def test_drop_compares_the_checkpoint_after_a_dropped_step_again(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A store of step_0 .. step_30, resumed by an fdl before session 18 with a --step-regex that read step_10
-    as step 1 (and so on): it stored steps 1, 2, 3, and step 10, after them, was compared with step 3 (the file
-    of step 30: the successor refresh). --drop 1,2,3 compares step 10 with step 0 again: the store of the
-    files read by their names."""
+def _read_by_regex_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[Any], Path, Path, Path]:
+    """A store of step_0 .. step_30 (run.h5), resumed by an fdl before session 18 with a --step-regex that read
+    step_10 as step 1 (and so on): it stored steps 1, 2, 3, and step 10, after them, was compared with step 3
+    (the file of step 30: the successor refresh); the analyse options, the folder, the store and the store of
+    the files read by their names (names.h5)."""
     folder, probe = _run(tmp_path, steps=(0, 10, 20, 30))
     common: list[Any] = [folder, "--model", MODEL, "--probe", probe, *SMALL]
     regex = ["--step-regex", r"step_(\d+?)0?\.safetensors"]
@@ -321,6 +319,15 @@ def test_drop_compares_the_checkpoint_after_a_dropped_step_again(
     _stored_again(out, tmp_path / "m.h5", (10,), **{"10": {"path": str(folder / "step_10.safetensors")}})
     with StoreReader(out) as reader:
         assert [r["prev_step"] for r in reader.records()] == [None, 0, 1, 2, 3, 10, 20]
+    return common, folder, out, names
+
+
+def test_drop_compares_the_checkpoint_after_a_dropped_step_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store of `_read_by_regex_too`: --drop 1,2,3 compares step 10 with step 0 again: the store of the
+    files read by their names."""
+    common, folder, out, names = _read_by_regex_too(tmp_path, capsys)
     status, _, err = fdl(capsys, "analyze", *common, "-o", out)
     flat = " ".join(err.split())
     assert status == 1 and "run the same command with --drop 1,2,3" in flat, flat
