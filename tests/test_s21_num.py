@@ -386,3 +386,55 @@ def test_analyze_centered_on_one_class_says_the_targets_carry_no_energy(tiny_run
     assert "analyse without --center, or with targets that vary" in done.stderr
     plain = _analyze(tiny_run, "one_class")  # uncentered, the one-hot column is the constant function: measured
     assert plain.returncode == 0 and "carry no energy" not in plain.stderr
+
+
+# ------------------------------------------------------------------ a layer of rank ≤ C + mf_extra
+
+
+def _narrow_records(rank_ref: int, rank_final: int, width: int, k95: int = 2) -> list[dict]:
+    base = {"n_outputs": 5, "n_features": width}
+    return [{**base, "step": 0, "cka_init": 1.0, "overlap_init": 1.0, "k95_utility": 1, "rank": rank_ref},
+            {**base, "step": 10, "cka_init": 0.5, "overlap_init": 0.4, "k95_utility": k95, "rank": rank_final}]
+
+
+def _narrow_line(records: list[dict]) -> str | None:
+    from fdl_cli.regimes import classify_run, describe, narrow_layer_line
+
+    verdict = classify_run(records)
+    line = narrow_layer_line(verdict, records)
+    assert (line in describe(verdict, records)) if line is not None else True
+    return line
+
+
+def test_mf_of_a_layer_narrower_than_the_mf_limit_is_said_to_follow_from_the_layer() -> None:
+    """k95_utility ≤ rank: a width-2 layer before a 5-class head reads MF whatever it learned (EF is out of
+    reach), and `fdl classify` said nothing of it."""
+    line = _narrow_line(_narrow_records(2, 2, width=2))
+    assert line is not None and "rank 2 ≤ C + mf_extra = 6; the layer has 2 units" in line
+    assert "MF here follows from the layer" in line and "EF could not be read" in line
+    line = _narrow_line(_narrow_records(3, 3, width=64))  # a bottleneck before a wide layer: rank 3 from the start
+    assert line is not None and "its rank was 3 at the reference (step 0) already" in line
+
+
+def test_no_narrow_layer_line_for_a_rank_that_fell_in_training_or_a_wide_one() -> None:
+    assert _narrow_line(_narrow_records(64, 5, width=64)) is None  # collapse to C directions: learned, not built in
+    assert _narrow_line(_narrow_records(64, 64, width=64)) is None
+    assert _narrow_line(_narrow_records(7, 7, width=7, k95=7)) is None  # EF, and rank above C + 1 anyway
+
+
+def test_classify_names_a_layer_narrower_than_the_mf_limit(tmp_path: Path) -> None:
+    from tests.tiny_models import mlp
+
+    (tmp_path / "ck").mkdir()
+    for step in range(3):
+        torch.save(mlp(4, 2, 5, seed=step).state_dict(), tmp_path / "ck" / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=np.arange(60) % 5)
+    done = fdl_in_process("analyze", tmp_path / "ck", "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          '{"hidden": 2, "n_out": 5}', "--probe", tmp_path / "probe.npz", "-o", tmp_path / "run.h5")
+    assert done.returncode == 0, done.stderr
+    result = fdl_in_process("classify", tmp_path / "run.h5")
+    assert result.returncode == 0, result.stderr
+    assert "regime: MF" in result.stdout + result.stderr
+    assert "≤ C + mf_extra = 6; the layer has 2 units), so k95_utility cannot exceed the MF limit" in (
+        result.stdout + result.stderr)
