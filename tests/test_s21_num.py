@@ -438,3 +438,14 @@ def test_classify_names_a_layer_narrower_than_the_mf_limit(tmp_path: Path) -> No
     assert "regime: MF" in result.stdout + result.stderr
     assert "≤ C + mf_extra = 6; the layer has 2 units), so k95_utility cannot exceed the MF limit" in (
         result.stdout + result.stderr)
+
+
+def test_report_summary_does_not_say_stayed_at_every_checkpoint_over_a_null() -> None:
+    """A zero head at initialisation: k95 Π̂ is null there, 3 after; the summary said "stayed 3 at every
+    checkpoint"."""
+    from fdl_cli.report import summarize, summary_lines
+
+    records = [{"step": step, "k95_utility": k95, "regime": "MF"} for step, k95 in ((0, None), (10, 3), (20, 3))]
+    assert "k95 Π̂ stayed 3 at every checkpoint with a value (null at 1)" in summary_lines(summarize(records))
+    records[0]["k95_utility"] = 3
+    assert "k95 Π̂ stayed 3 at every checkpoint" in summary_lines(summarize(records))
