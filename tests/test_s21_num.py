@@ -114,6 +114,22 @@ def test_targets_without_energy_give_no_quality_and_leave_every_other_measure(ta
 
 
 @pytest.mark.parametrize("center", [False, True])
+def test_zero_one_targets_are_measured_as_any_regression_targets(center: bool) -> None:
+    """Float 0/1 (multi-label) targets, the store's `zero_one_targets`: Q*, Π*, k_τ, loss and r2 (of the raw
+    outputs against 0/1, the documented caveat) are the brute force's; rows of no 1 and of several 1s."""
+    n = 50
+    features = RNG.normal(size=(n, 6))
+    outputs = features @ RNG.normal(size=(6, 3)) + 0.2
+    targets = (RNG.random((n, 3)) < 0.4).astype(float)
+    assert (targets.sum(1) == 0).any() and (targets.sum(1) > 1).any()
+    got = measure(stats(features, outputs, targets=targets, batch=16), center=center)
+    ref = reference_measures(features, outputs, targets=targets, center=center)
+    assert got.quality is not None and ref.quality is not None
+    np.testing.assert_allclose(got.quality, ref.quality, rtol=1e-8, atol=1e-12)
+    assert_scalars_match(got.scalars, {k: v for k, v in ref.scalars.items() if k != "cross_entropy"}, atol=1e-10)
+
+
+@pytest.mark.parametrize("center", [False, True])
 def test_outputs_without_energy_give_no_pi_hat(center: bool) -> None:
     """A zero head (or, centered, a constant one): Π̂(C) is 0/0, None as its k_τ; Π*(C) is measured."""
     features = RNG.normal(size=(40, 5))
@@ -255,18 +271,17 @@ ROTATION = torch.from_numpy(np.linalg.qr(np.random.default_rng(5).standard_norma
 class Net(nn.Module):
     # the hooked layer `feat` sees tanh features transformed (scaled, rotated, duplicated or with a constant
     # column, in float64); the head reads the plain ones, so the outputs never change
-    def __init__(self, scale=1.0, rotate=False, duplicate=False, constant=False):
+    def __init__(self, scale=1.0, rotate=False, copies=1, constant=False):
         super().__init__()
         self.body, self.feat, self.head = nn.Linear(4, 6), nn.Identity(), nn.Linear(6, 3)
-        self.scale, self.rotate, self.duplicate, self.constant = scale, rotate, duplicate, constant
+        self.scale, self.rotate, self.copies, self.constant = scale, rotate, copies, constant
 
     def forward(self, x):
         hidden = torch.tanh(self.body(x))
         features = hidden.double() * self.scale
         if self.rotate:
             features = features @ ROTATION
-        if self.duplicate:
-            features = torch.cat([features, features], dim=1)
+        features = torch.cat([features] * self.copies, dim=1)
         if self.constant:
             features = torch.cat([features, torch.full_like(features[:, :1], 3.0)], dim=1)
         self.feat(features)
@@ -309,13 +324,13 @@ def _records(folder: Path, name: str, options: dict, *extra: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("name", "options", "center"),
     [("scaled_up", {"scale": 1e6}, False), ("scaled_down", {"scale": 1e-6}, False),
-     ("rotated", {"rotate": True}, False), ("duplicated", {"duplicate": True}, False),
-     ("constant", {"constant": True}, True)],
+     ("rotated", {"rotate": True}, False), ("duplicated", {"copies": 2}, False),
+     ("wide", {"copies": 20}, False), ("wide_centered", {"copies": 20}, True), ("constant", {"constant": True}, True)],
 )
 def test_every_field_is_invariant_through_analyze(invariance_run: Path, name: str, options: dict, center: bool) -> None:
-    """Features × 1e±6, rotated by an orthogonal 6×6, duplicated ([F, F]), or (centered) with a constant column:
-    every record field of every checkpoint (CKA and the overlaps included) is the plain features' to 1e-9
-    (measured: ≤ 3.5e-15), but n_features."""
+    """Features × 1e±6, rotated by an orthogonal 6×6, duplicated ([F, F]), 20 copies (p = 120 > n = 80: the Gram
+    route, against the p×p route of the plain 6), or (centered) with a constant column: every record field of
+    every checkpoint (CKA and the overlaps included) is the plain features' to 1e-9, but n_features."""
     extra = ("--center",) if center else ()
     plain = _records(invariance_run, "plain_c" if center else "plain", {}, *extra)
     other = _records(invariance_run, name, options, *extra)
@@ -331,7 +346,7 @@ def test_every_field_is_invariant_through_analyze(invariance_run: Path, name: st
             else:
                 assert b[field] == value, (name, a["step"], field)
     assert compared > 40
-    assert other[-1]["n_features"] == {"duplicated": 12, "constant": 7}.get(name, 6)
+    assert other[-1]["n_features"] == {"duplicated": 12, "wide": 120, "wide_centered": 120, "constant": 7}.get(name, 6)
     assert plain[-1]["cka_init"] < 0.99  # the features move, so CKA and the overlaps are not all 1
 
 
