@@ -1315,7 +1315,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     """Resolve the layers and check every probe against the model with one sample, before long work.
     Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import float_one_hot, validate_probe, zero_one_targets
+    from fdl_cli.probes import float_one_hot, targets_without_energy, validate_probe, zero_one_targets
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1363,7 +1363,10 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
-        if ctx.zero_one[probe.name]:
+        no_energy = targets_without_energy(probe, center=ctx.options.center)
+        if no_energy is not None:  # in place of the 0/1 warning for all-0 targets: no quality to measure
+            ctx.reporter.warn(_no_energy_warning(probe.name, no_energy))
+        elif ctx.zero_one[probe.name]:
             ctx.reporter.warn(_zero_one_warning(probe))
         ctx.n_outputs = n_outputs
         n = int(probe.x.shape[0])
@@ -1420,6 +1423,18 @@ def _layer_source_named(ctx: _Context) -> Iterator[None]:
             fix=f"{exc.fix or 'check the layer'}; the layer is {ctx.layer_source}'s (layer = "
                 f"{list(ctx.layer_names)!r}): fix it there, or give --layer, which overrides it",
         ) from None
+
+
+def _no_energy_warning(name: str, why: str) -> str:
+    """What the quality measures say of targets without energy (`probes.targets_without_energy`): nothing."""
+    centered = why != "are all 0"
+    return (
+        f"probe {name!r}: its targets {why}" + (", which --center removes" if centered else "") + ": they carry no "
+        "energy, so the quality Q*, Π* is 0/0, not a measurement: pi_star_C and k90/k95/k99_quality are null, "
+        "eff_dim_quality is 0 and the stored quality is 0 (docs/measures.md); the spectrum, the utility, D_LR, CKA, "
+        "the overlaps and the regime do not read the targets; "
+        + ("analyse without --center, or with targets that vary" if centered else "give the probe its real targets")
+    )
 
 
 def _zero_one_warning(probe: Any) -> str:

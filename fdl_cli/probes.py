@@ -857,6 +857,34 @@ def zero_one_targets(probe: Probe) -> bool:
     )
 
 
+def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
+    """Why the probe's targets carry no energy, Σ_c ⟨y_c, y_c⟩ = 0, so that Q*, Π* and k_τ of the quality are
+    0/0 (docs/measures.md): "are all 0", or with `center`, "are constant" (regression targets equal in every
+    row) / "hold one class" (class labels); None when they carry some, or there are none. Targets read in
+    place are checked a chunk at a time."""
+    y = probe.y
+    if y is None or probe.task is None:
+        return None
+    if probe.task == "classes":
+        labels = np.asarray(y)
+        return "hold one class" if center and labels.size and bool((labels == labels.flat[0]).all()) else None
+    first: np.ndarray | None = None
+    zero = constant = True
+    for rows in _target_blocks(y):
+        rows = np.asarray(rows)
+        if rows.shape[0] == 0:
+            continue
+        if first is None:
+            first = rows[:1]
+        zero = zero and not bool(np.any(rows))
+        constant = constant and bool((rows == first).all())
+        if not zero and not (center and constant):
+            return None
+    if first is None:
+        return None
+    return "are all 0" if zero else "are constant" if center and constant else None
+
+
 def probe_batches(probe: Probe, batch_size: int) -> Iterator[tuple[int, int]]:
     """Index ranges ``(start, stop)`` covering the probe in order, ``batch_size`` samples each."""
     if batch_size < 1:

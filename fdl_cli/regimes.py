@@ -521,6 +521,34 @@ def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
     return None
 
 
+def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
+    """For an MF verdict whose layer spans at most C + mf_extra directions on the probe (its rank) at the final
+    checkpoint and already at the reference (or has no more units): k95_utility ≤ rank, so EF could not be read
+    and MF follows from the layer, not from what was learned (session 21: a width-2 layer before a 5-class head
+    read "MF" with nothing to say so). A rank that fell to C during training (collapse) is not named. Printed only."""
+    ev = verdict.evidence
+    by_step = {r.get("step"): r for r in records}
+    final, reference = by_step.get(ev.get("final_step")), by_step.get(ev.get("reference_step"))
+    if verdict.regime != "MF" or final is None or not final.get("n_outputs"):
+        return None
+    limit = final["n_outputs"] + verdict.thresholds.mf_extra
+    rank, width = final.get("rank"), final.get("n_features")
+    if not isinstance(rank, int) or rank > limit:
+        return None
+    units = isinstance(width, int) and width <= limit
+    start = reference.get("rank") if reference is not None else None
+    if not units and not (isinstance(start, int) and start <= limit):
+        return None
+    why = (f"the layer has {width} unit{'s' if width != 1 else ''}" if units
+           else f"its rank was {start} at the reference (step {ev.get('reference_step')}) already")
+    return (
+        f"the layer spans {rank} direction{'s' if rank != 1 else ''} on the probe at step {ev['final_step']} (rank "
+        f"{rank} ≤ C + mf_extra = {threshold_text(limit)}; {why}), so k95_utility cannot exceed the MF limit: MF "
+        "here follows from the layer (its width, or a bottleneck before it), not from what was learned, and EF "
+        "could not be read; what was measured is that the features moved (cka_init, overlap_init)"
+    )
+
+
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
 
@@ -604,6 +632,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "reference). A Trainer, timm's CheckpointSaver and Lightning save no step 0: save the model before "
             "training (e.g. as checkpoint-0) to measure from the start"
         )
+    narrow = narrow_layer_line(verdict, records)
+    if narrow is not None:
+        lines.append(narrow)
     if ev.get("overlap_tie"):
         lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets"}

@@ -762,6 +762,9 @@ class Change:
     #: step is below the digits shown may still have drifted
     low: float = 0.0
     high: float = 0.0
+    #: checkpoints where the field is null (a zero head's k95 and Π̂(C) at initialisation): "stayed at every
+    #: checkpoint" said of the others read as if it held at those too
+    undefined: int = 0
 
     @property
     def delta(self) -> float:
@@ -824,7 +827,7 @@ def largest_change(records: Sequence[Record], name: str) -> Change | None:
     values = [value for _, value in points]
     for (step_a, value_a), (step_b, value_b) in zip(points, points[1:], strict=False):
         if best is None or abs(value_b - value_a) > abs(best.delta):
-            best = Change(name, step_a, step_b, value_a, value_b, min(values), max(values))
+            best = Change(name, step_a, step_b, value_a, value_b, min(values), max(values), len(records) - len(points))
     return best
 
 
@@ -884,7 +887,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         before, after = format_value(change.name, change.before), format_value(change.name, change.after)
         label = HEADERS.get(change.name, change.name)
         if change.delta == 0:
-            lines.append(f"{label} stayed {before} at every checkpoint")
+            where = f" with a value (null at {change.undefined})" if change.undefined else ""
+            lines.append(f"{label} stayed {before} at every checkpoint{where}")
         elif before == after:  # a frozen network's CKA₀: "1.0000 → 1.0000" read as a change
             low, high = format_value(change.name, change.low), format_value(change.name, change.high)
             largest = f"{abs(change.delta):.1e}, between steps {change.step_before} and {change.step_after}"

@@ -466,14 +466,24 @@ def _energy(sum_gg: np.ndarray, sum_g: np.ndarray, n: int, center: bool) -> floa
     return energy if energy > CANCELLATION_RTOL * about_shift else 0.0
 
 
+#: Shares Q_k summing to at most this (Π(r) ≤ SHARE_FLOOR) are rounding noise: the function lies outside
+#: the span of the features (Π(r) = 0 in exact arithmetic, where float64 leaves Π(r) of 1e-30 – 1e-20).
+SHARE_FLOOR = CANCELLATION_RTOL
+
+
 def alignment(spectrum: Spectrum, cross: np.ndarray, energy: float) -> np.ndarray:
-    """Q_k = Σ_c a_kc² / energy with a_kc = v_kᵀ cross_c / √ρ_k (SPEC.md §3); zeros when energy is 0."""
+    """Q_k = Σ_c a_kc² / energy with a_kc = v_kᵀ cross_c / √ρ_k (SPEC.md §3); zeros when energy is 0, and
+    when the shares sum to at most SHARE_FLOOR (a function orthogonal to every eigenfunction: its shares
+    are rounding noise, from which k_τ and the effective dimension would be drawn)."""
     if spectrum.rank == 0:
         return np.zeros(0)
     coefficients = spectrum.eigenvectors.T @ cross / np.sqrt(spectrum.eigenvalues)[:, None]
     if energy <= 0.0:
         return np.zeros(spectrum.rank)
-    return np.sum(coefficients**2, axis=1) / energy
+    shares = np.sum(coefficients**2, axis=1) / energy
+    if float(np.sum(shares)) <= SHARE_FLOOR:
+        return np.zeros(spectrum.rank)
+    return shares
 
 
 def k_tau(cumulative: np.ndarray, tau: float) -> int | None:
@@ -578,7 +588,8 @@ def dynamical_low_rank(
 
 
 def neural_collapse_nc1(moments: Moments) -> float | None:
-    """NC1 = (1/C') tr(Σ_W Σ_B⁺) over the C' classes present (SPEC.md §6); None with < 2 classes.
+    """NC1 = (1/C') tr(Σ_W Σ_B⁺) over the C' classes present (SPEC.md §6); None with < 2 classes, or
+    with Σ_B = 0 (tr Σ_B at or below CANCELLATION_RTOL of the features' mean square about the shift).
 
     Σ_W = (1/n) Σ_i (φ_i − μ_{c(i)})(φ_i − μ_{c(i)})ᵀ, Σ_B = (1/C') Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ;
     singular values of the class-mean matrix below RANK_RTOL·s_max count as zero in the pseudo-inverse.
@@ -596,7 +607,10 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
     global_mean = moments.class_sum_f[present].sum(axis=0) / counts[present].sum()
     between = (means - global_mean).T  # (p, C')
     left, singular, _ = np.linalg.svd(between, full_matrices=False)
-    if singular.size == 0 or singular[0] <= 0.0:
+    # tr Σ_B = Σ_j s_j² / C' is a centered energy: at or below CANCELLATION_RTOL of the features' mean square
+    # about the sums' shift it is rounding noise (class means equal in exact arithmetic differ by ~1e-16 of the
+    # features' size), and the pseudo-inverse of that noise made NC1 ~1e33: Σ_B = 0, None.
+    if singular.size == 0 or float(np.sum(singular**2)) / n_present <= CANCELLATION_RTOL * _uncentered_trace(moments):
         return None
     keep = singular > singular[0] * RANK_RTOL
     left, singular = left[:, keep], singular[keep]
@@ -655,19 +669,13 @@ def measure(
     n = moments.n
     # Centered measures take the shifted sums (shift-invariant, precise); uncentered ones the raw sums.
     base = moments if center else moments.unshifted()
-    utility = alignment(
-        spectrum,
-        _cross(base, base.sum_fo, base.sum_o, center),
-        _energy(base.sum_oo, base.sum_o, n, center),
-    )
-    quality = None
+    output_energy = _energy(base.sum_oo, base.sum_o, n, center)
+    utility = alignment(spectrum, _cross(base, base.sum_fo, base.sum_o, center), output_energy)
+    quality, target_energy = None, 0.0
     if base.has_targets:
         assert base.sum_fy is not None and base.sum_y is not None and base.sum_yy is not None
-        quality = alignment(
-            spectrum,
-            _cross(base, base.sum_fy, base.sum_y, center),
-            _energy(base.sum_yy, base.sum_y, n, center),
-        )
+        target_energy = _energy(base.sum_yy, base.sum_y, n, center)
+        quality = alignment(spectrum, _cross(base, base.sum_fy, base.sum_y, center), target_energy)
     pi_hat = np.cumsum(utility)
     pi_star = np.cumsum(quality) if quality is not None else None
     dlr = dynamical_low_rank(moments, energy_share=dlr_energy, covariance_norms=spectrum.covariance_norms)
@@ -689,8 +697,10 @@ def measure(
         name = f"k{round(tau * 100)}"
         scalars[f"{name}_quality"] = k_tau(pi_star, tau) if pi_star is not None else None
         scalars[f"{name}_utility"] = k_tau(pi_hat, tau)
-    scalars["pi_star_C"] = _cumulative_at(pi_star, n_outputs)
-    scalars["pi_hat_C"] = _cumulative_at(pi_hat, n_outputs)
+    # Π(C) of a function without energy (all-zero targets or outputs; constant ones when centered) is 0/0:
+    # None, where 0.0 would read as features that carry none of it (k_τ is None there too).
+    scalars["pi_star_C"] = _cumulative_at(pi_star, n_outputs) if target_energy > 0.0 else None
+    scalars["pi_hat_C"] = _cumulative_at(pi_hat, n_outputs) if output_energy > 0.0 else None
     scalars["nc1"] = neural_collapse_nc1(moments)
     scalars.update(_performance(moments))
     return CheckpointMeasures(

@@ -45,6 +45,11 @@ def shares(eigenfunctions: np.ndarray, functions: np.ndarray) -> np.ndarray:
     return out / energy
 
 
+def has_energy(functions: np.ndarray, center: bool) -> bool:
+    """Σ_c ⟨g_c, g_c⟩ > 0 (of the centered g under `center`: constant columns have none)."""
+    return bool(np.any(functions != functions[:1])) if center else bool(np.any(functions != 0.0))
+
+
 def k_tau(cumulative: np.ndarray, tau: float) -> int | None:
     if len(cumulative) == 0 or cumulative[-1] <= 0.0:
         return None
@@ -164,8 +169,8 @@ def reference_measures(
         s[f"{name}_utility"] = k_tau(pi_hat, tau)
         s[f"{name}_quality"] = k_tau(pi_star, tau) if pi_star is not None else None
     at = min(n_out, rank)
-    s["pi_hat_C"] = float(pi_hat[at - 1]) if rank else 0.0
-    s["pi_star_C"] = None if pi_star is None else (float(pi_star[at - 1]) if rank else 0.0)
+    s["pi_hat_C"] = (float(pi_hat[at - 1]) if rank else 0.0) if has_energy(outputs, center) else None  # 0/0
+    s["pi_star_C"] = None if pi_star is None or not has_energy(y, center) else (float(pi_star[at - 1]) if rank else 0.0)
     s["nc1"] = nc1(features, labels, n_out) if labels is not None else None
     s["accuracy"] = float(np.mean(np.argmax(outputs, axis=1) == labels)) if labels is not None else None
     s["loss"] = float(np.mean((outputs - y) ** 2)) if y is not None else None

@@ -134,7 +134,7 @@ def test_the_threshold_table_of_regimes_md_is_the_code_s() -> None:
 
 def test_the_tolerance_table_of_measures_md_is_the_code_s() -> None:
     table = dict(re.findall(r"^\| `([A-Z_]+)` \| ([0-9.e-]+) \|", MEASURES, flags=re.MULTILINE))
-    assert set(table) == {"RANK_RTOL", "CANCELLATION_RTOL", "NEGATIVE_WARN_RTOL", "DLR_ENERGY", "TOP_K"}
+    assert set(table) == {"RANK_RTOL", "CANCELLATION_RTOL", "SHARE_FLOOR", "NEGATIVE_WARN_RTOL", "DLR_ENERGY", "TOP_K"}
     for name, value in table.items():
         assert float(value) == getattr(spectral, name), name
 

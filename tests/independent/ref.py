@@ -148,6 +148,12 @@ def spectrum_moment(F: np.ndarray, center: bool):
     return w[:r]
 
 
+def energy(G: np.ndarray, center: bool) -> float:
+    """Σ_c ⟨g_c, g_c⟩ (of the centered g under --center; constant columns count as 0, not as rounding)."""
+    Gt = G - G.mean(0) if center else G
+    return 0.0 if center and np.all(G == G[:1]) else float((Gt**2).sum() / len(G))
+
+
 def alignment(E: np.ndarray, G: np.ndarray, center: bool) -> np.ndarray:
     """Q_k = Σ_c ⟨e_k, g_c⟩² / Σ_c ⟨g_c, g_c⟩ (g centered too under --center)."""
     n = len(G)
@@ -235,12 +241,12 @@ def per_checkpoint(ck: Checkpoint, targets: np.ndarray | None, task: str, center
     qual = alignment(E, Y, center) if Y is not None else None
     kc = min(C, r)
     f["eff_dim_utility"] = eff_dim(util)
-    f["pi_hat_C"] = float(util[:kc].sum()) if r else 0.0
+    f["pi_hat_C"] = (float(util[:kc].sum()) if r else 0.0) if energy(Yhat, center) > 0 else None  # 0/0: None
     for tau in TAUS:
         f[f"k{round(tau * 100)}_utility"] = k_tau(util, tau)
     if qual is not None:
         f["eff_dim_quality"] = eff_dim(qual)
-        f["pi_star_C"] = float(qual[:kc].sum()) if r else 0.0
+        f["pi_star_C"] = (float(qual[:kc].sum()) if r else 0.0) if energy(Y, center) > 0 else None
         for tau in TAUS:
             f[f"k{round(tau * 100)}_quality"] = k_tau(qual, tau)
     d, r_out, a, pr = d_lr_parts(F, Yhat, eta)
