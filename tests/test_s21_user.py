@@ -1,0 +1,101 @@
+"""A researcher's first afternoon with fdl (session 21): papercuts met on a digits CNN trained and saved the
+ways people save, each failing before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli import report
+from tests.test_analyze import fdl
+from tests.test_report import make_store
+from tests.tiny_models import mlp
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long messages at 80 columns otherwise
+
+
+def _scalars(steps: tuple[int, ...], d_lr: float) -> dict[int, dict[str, object]]:
+    return {step: {"d_lr": d_lr, "cka_init": 1.0 if step == 0 else 0.6, "overlap_init": 1.0 if step == 0 else 0.6}
+            for step in steps}
+
+
+def test_compare_says_when_the_runs_steps_barely_line_up(tmp_path: Path) -> None:
+    """A frozen-backbone run saved as `epoch_N.pt` (steps 0–6) against a full run whose files hold the
+    optimizer step (0, 43, ..., 258): only step 0 pairs up, and `fdl compare` said "The runs are equally
+    rich (same D_LR) at every matched step." of the two initialisations, with no word but "left unmatched:
+    6 checkpoints of A, 6 of B" that the comparison covered nothing trained."""
+    epochs, optimizer_steps = tuple(range(7)), tuple(range(0, 259, 43))
+    a = make_store(tmp_path / "frozen.h5", steps=epochs, scalars=_scalars(epochs, 0.3))
+    b = make_store(tmp_path / "full.h5", steps=optimizer_steps, scalars=_scalars(optimizer_steps, 0.3))
+    comparison = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False)
+    assert [c.match.step_a for c in comparison.steps] == [0]
+    assert ("only 1 of A's 7 and B's 7 checkpoints are matched by step (0; A's steps 0–6, B's 0–258), and the "
+            "comparison covers those alone. If the runs count steps differently (epochs in one, optimizer steps "
+            "in the other)") in "\n".join(comparison.notes)
+    assert comparison.verdict == "The runs are equally rich (same D_LR) at the only matched step (step 0)."
+    # the CLI prints it, and --json carries it
+    done = fdl("compare", a, b, "--no-overlap")
+    assert done.code == 0 and "note: only 1 of A's 7 and B's 7 checkpoints are matched by step" in done.stderr
+
+
+def test_compare_of_a_short_run_against_a_long_or_denser_one_gets_no_such_note(tmp_path: Path) -> None:
+    """Every checkpoint of the shorter run matched (a run of 0–200 against one of 0–1000, or one saved every
+    50 steps against one saved every 100): nothing to warn of, and the verdicts read as before."""
+    short, long_run, dense = (0, 100, 200), tuple(range(0, 1001, 100)), tuple(range(0, 201, 50))
+    a = make_store(tmp_path / "a.h5", steps=short, scalars=_scalars(short, 0.3))
+    for steps, name in ((long_run, "long.h5"), (dense, "dense.h5")):
+        b = make_store(tmp_path / name, steps=steps, scalars=_scalars(steps, 0.2))
+        comparison = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False)
+        assert not any(note.startswith("only ") for note in comparison.notes)
+        assert comparison.verdict.startswith("Run B is richer than run A (lower D_LR) at every matched step (")
+    assert report.few_matches_note((0, 1), (0, 50), [report.Match(0, 0)]) is None  # 1 of 2: half matched
+
+
+def _weights(folder: Path, source: str) -> Path:
+    folder.mkdir()
+    (folder / "model.py").write_text(source, encoding="utf-8")
+    torch.save(mlp(seed=0).state_dict(), folder / "step_0.pt")
+    torch.save(mlp(seed=1).state_dict(), folder / "step_10.pt")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "probe.npz", x=rng.normal(size=(20, 4)).astype(np.float32), y=rng.integers(0, 3, 20))
+    return folder
+
+
+NEEDS_WIDTH = '''
+from torch import nn
+class Net(nn.Sequential):
+    def __init__(self, hidden, *, n_out=3):
+        super().__init__(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+def broken(hidden=8):
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3, bogus=True))
+'''
+
+
+def test_a_factory_that_needs_an_argument_says_which_and_how_to_pass_it(tmp_path: Path) -> None:
+    """`--model model.py:Net` of a class whose __init__ needs `hidden`: the error showed Python's "missing 1
+    required positional argument: 'hidden'" and the fix "check --model and --model-kwargs", leaving the
+    user to guess the JSON. It now gives it; a misspelt argument is named with the ones the factory takes."""
+    run = _weights(tmp_path / "run", NEEDS_WIDTH)
+    common = ("--probe", run / "probe.npz", "-o", tmp_path / "run.h5")
+    done = fdl("analyze", run, "--model", f"{run / 'model.py'}:Net", *common)
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert ("fix: the factory needs 'hidden': pass it as --model-kwargs '{\"hidden\": VALUE}' "
+            "(model_kwargs in fdl.toml)") in done.stderr
+    done = fdl("analyze", run, "--model", f"{run / 'model.py'}:Net", "--model-kwargs", '{"hiden": 8, "n_out": 3}',
+               *common)
+    assert done.code == 1
+    assert ("fix: the factory needs 'hidden': pass it as --model-kwargs '{\"n_out\": 3, \"hidden\": VALUE}' "
+            "(model_kwargs in fdl.toml); it takes no 'hiden': its arguments are hidden, n_out") in done.stderr
+    # given right, it runs
+    ok = fdl("analyze", run, "--model", f"{run / 'model.py'}:Net", "--model-kwargs", '{"hidden": 8}', *common)
+    assert ok.code == 0, ok.stderr
+    # a TypeError from inside a factory whose arguments fit keeps the general fix
+    inside = fdl("analyze", run, "--model", f"{run / 'model.py'}:broken", *common[:2], "-o", tmp_path / "b.h5")
+    assert inside.code == 1 and "fix: check --model and --model-kwargs" in inside.stderr
+    assert "bogus" in inside.stderr
