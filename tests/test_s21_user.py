@@ -3,6 +3,7 @@ ways people save, each failing before its fix."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,50 @@ def test_a_factory_that_needs_an_argument_says_which_and_how_to_pass_it(tmp_path
     inside = fdl("analyze", run, "--model", f"{run / 'model.py'}:broken", *common[:2], "-o", tmp_path / "b.h5")
     assert inside.code == 1 and "fix: check --model and --model-kwargs" in inside.stderr
     assert "bogus" in inside.stderr
+
+
+def test_a_layer_given_instead_of_the_stored_ones_is_told_how_to_add_it(tmp_path: Path) -> None:
+    """`fdl analyze run --layer 0 -o run.h5` on a store of the default layer, meant as one layer more (the
+    README's "or one `--layer` more"): refused, rightly, but the fix named only --overwrite (which loses the
+    stored series) and another --out; it now gives the --layer list that adds it, and that list works."""
+    run = _weights(tmp_path / "run", "from tests.tiny_models import mlp as build\n")
+    common = ("--model", f"{run / 'model.py'}:build", "--probe", run / "probe.npz", "-o", tmp_path / "run.h5")
+    assert fdl("analyze", run, *common).code == 0
+    done = fdl("analyze", run, *common, "--layer", "0")
+    assert done.code == 1
+    assert ("fix: to add the layer '0' to the store beside its own, give the store's layers too, first, in its "
+            "order: --layer 2:input --layer 0; else pass --overwrite to replace it, or another --out to keep "
+            "both") in done.stderr
+    other = fdl("analyze", run, *common, "--layer", "0", "--top-k", "5")
+    assert ("--layer 2:input --layer 0, and options.top_k as the store has it; else pass --overwrite"
+            in other.stderr)
+    added = fdl("analyze", run, *common, "--layer", "2:input", "--layer", "0")
+    assert added.code == 0, added.stderr
+    assert "note: adding layer '0' to the 2 stored checkpoints" in added.stderr
+
+
+def test_the_model_file_named_by_model_gets_no_skipped_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder holding its model.py beside the checkpoints, named by --model (as a path, or as a module
+    from inside the folder): `fdl analyze` noted "skipped 1 file without a checkpoint suffix (...): model.py"
+    of the file just named, while the same model named by fdl.toml, and the --probe file, got none. Another
+    model file in the folder, not the one --model names, is still noted."""
+    run = _weights(tmp_path / "run", "from tests.tiny_models import mlp as build\n")
+    (run / "notes.txt").write_text("lr 0.1\n", encoding="utf-8")
+    done = fdl("analyze", run, "--model", f"{run / 'model.py'}:build", "--probe", run / "probe.npz",
+               "-o", tmp_path / "a.h5")
+    assert done.code == 0, done.stderr
+    assert "without a checkpoint suffix (.pt, .pth, .bin, .ckpt, .safetensors, .pt2, .pth.tar, .pt.tar): notes.txt\n" \
+        in done.stderr
+    (run / "model.py").rename(run / "s21_user_net.py")  # a module name no other test imports
+    monkeypatch.chdir(run)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # fdl puts the current folder on it for the import
+    done = fdl("analyze", ".", "--model", "s21_user_net:build", "--probe", "probe.npz", "-o", tmp_path / "b.h5")
+    assert done.code == 0, done.stderr
+    assert "s21_user_net.py" not in done.stderr and ": notes.txt\n" in done.stderr
+    # a model file elsewhere: the folder's own model.py is not the one run, and is noted
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.py").write_text("from tests.tiny_models import mlp as build\n", encoding="utf-8")
+    done = fdl("analyze", ".", "--model", f"{tmp_path / 'elsewhere' / 'model.py'}:build", "--probe", "probe.npz",
+               "-o", tmp_path / "c.h5")
+    assert done.code == 0, done.stderr
+    assert ": notes.txt, s21_user_net.py\n" in done.stderr
