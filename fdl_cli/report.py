@@ -232,8 +232,10 @@ def select_series(
     ]
     if not chosen:
         listing = ", ".join(f"--probe {name} --layer {module}" for name, module in available) or "none"
+        # only what was asked for: "probe=None layer='nope'" showed Python's None for the --probe not given
+        asked = " ".join(f"{name}={value!r}" for name, value in (("probe", probe), ("layer", layer)) if value is not None)
         raise StoreError(
-            f"{path} holds no series for probe={probe!r} layer={layer!r}",
+            f"{path} holds no series for {asked}",
             got=f"series in the store: {listing}",
             fix="pick one of the series listed above",
         )

@@ -147,3 +147,15 @@ def test_the_model_file_named_by_model_gets_no_skipped_note(tmp_path: Path, monk
                "-o", tmp_path / "c.h5")
     assert done.code == 0, done.stderr
     assert ": notes.txt, s21_user_net.py\n" in done.stderr
+
+
+def test_an_unknown_layer_of_a_store_is_named_without_python_s_none(tmp_path: Path) -> None:
+    """`fdl report run.h5 --layer nope` said "run.h5 holds no series for probe=None layer='nope'": the
+    --probe not given, as Python prints it."""
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
+    done = fdl("report", store, "--layer", "nope")
+    assert done.code == 1
+    assert f"error: {store} holds no series for layer='nope'\n" in done.stderr
+    assert "None" not in done.stderr
+    both = fdl("report", store, "--layer", "nope", "--probe", "train")
+    assert "holds no series for probe='train' layer='nope'\n" in both.stderr
