@@ -2554,13 +2554,18 @@ def resolve_model_factory(
     """
     label = f"--model {spec!r}" if named_by is None else f"model = {spec!r} of {named_by}"
     target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
+    # `--model model.py`, the factory left out: the file is imported, as with one, to list its callables
+    # (the error gave only "e.g. --model mypkg.models:build", not the names the file holds)
+    factoryless = not sep and spec.endswith(".py")
+    if factoryless:
+        target = spec
+    elif not sep or not target or not attr:
         raise ModelError(
             f"{label} is not of the form module:factory",
             fix="e.g. --model mypkg.models:build or --model path/to/model.py:build",
         )
     if _is_path_spec(target):
-        file = model_spec_file(spec, base_dir=base_dir)
+        file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
         if file is None:
             raise ModelError(
                 f"{label}: file {target} not found",
@@ -2612,6 +2617,16 @@ def resolve_model_factory(
                 fix="install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
     factory = getattr(module, attr, None)
+    if factoryless:
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        own = [n for n in public if getattr(getattr(module, n), "__module__", None) == module.__name__]
+        raise ModelError(
+            f"{label} names a file but not the factory in it that builds the network",
+            got="callables there: " + (", ".join(public[:10]) or "none"),
+            fix=(f"name it after a colon: --model {spec}:NAME" if named_by is None
+                 else f'name it after a colon: model = "{spec}:NAME" in {named_by}')
+            + (f" (e.g. {spec}:{own[0]}, defined there)" if own else ""),
+        )
     if factory is None or not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ModelError(

@@ -159,3 +159,22 @@ def test_an_unknown_layer_of_a_store_is_named_without_python_s_none(tmp_path: Pa
     assert "None" not in done.stderr
     both = fdl("report", store, "--layer", "nope", "--probe", "train")
     assert "holds no series for probe='train' layer='nope'\n" in both.stderr
+
+
+def test_a_model_file_given_without_its_factory_lists_what_it_defines(tmp_path: Path) -> None:
+    """`--model model.py` (the `:build` forgotten, as `python model.py` would be typed): the error said
+    "--model 'model.py' is not of the form module:factory", fix "e.g. --model mypkg.models:build or --model
+    path/to/model.py:build", without the names the file holds; fdl.toml's `model = "model.py"` got the same."""
+    run = _weights(tmp_path / "run", NEEDS_WIDTH.replace("def broken", "def build"))
+    model = run / "model.py"
+    done = fdl("analyze", run, "--model", model, "--probe", run / "probe.npz", "-o", tmp_path / "a.h5")
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert (f"error: --model '{model}' names a file but not the factory in it that builds the network\n"
+            "  got: callables there: Net, build\n"
+            f"  fix: name it after a colon: --model {model}:NAME (e.g. {model}:Net, defined there)\n") in done.stderr
+    (run / "fdl.toml").write_text('model = "model.py"\nprobe = "probe.npz"\n', encoding="utf-8")
+    done = fdl("inspect", run)
+    assert done.code == 1
+    assert f"""fix: name it after a colon: model = "model.py:NAME" in {run / 'fdl.toml'} (e.g. model.py:Net""" in done.stderr
+    # a spec that is no file and has no colon is refused as before
+    assert "is not of the form module:factory" in fdl("inspect", run / "step_0.pt", "--model", "mymodel").stderr
