@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import socket
 import time
 from collections import Counter
@@ -785,9 +786,17 @@ def _prepare_run(
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
+        # a probe among the sources (`fdl analyze run probe.npz`, `fdl analyze run/*`) was skipped with a note:
+        # the fix points at it rather than at --probe in general
+        seen = [match.group(1) for match in map(ckpts.PROBE_NOTE.fullmatch, discovery.notes) if match is not None]
+        paths = [path for path in [*given, *(folder / seen[0] for folder in dirs)]
+                 if path.name == seen[0] and _is(path, "file")] if seen else []
         raise ProbeError(
             "no probe set was given",
-            fix="pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
+            got=f"{seen[0]}, found among the checkpoints, is a probe set (skipped above)" if seen else None,
+            fix=(f"pass it as --probe {shlex.quote(str(paths[0])) if paths else 'PATH'}, or add probe = \"...\" to "
+                 "fdl.toml") if seen else
+            "pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
         )
     if not options.probe_specs:
         _check_manifest_probes(manifest, probe_specs)

@@ -178,3 +178,22 @@ def test_a_model_file_given_without_its_factory_lists_what_it_defines(tmp_path: 
     assert f"""fix: name it after a colon: model = "model.py:NAME" in {run / 'fdl.toml'} (e.g. model.py:Net""" in done.stderr
     # a spec that is no file and has no colon is refused as before
     assert "is not of the form module:factory" in fdl("inspect", run / "step_0.pt", "--model", "mymodel").stderr
+
+
+def test_a_probe_given_among_the_checkpoints_is_named_in_the_missing_probe_error(tmp_path: Path) -> None:
+    """`fdl analyze run run/probe.npz` (the probe given as a source, not as --probe) or `fdl analyze run/*`
+    of a folder holding its probe: "note: skipped probe.npz: a probe set (x, y), not model weights", then
+    "error: no probe set was given / fix: pass --probe FILE (...)", as if fdl had not just found it."""
+    run = _weights(tmp_path / "run", "from tests.tiny_models import mlp as build\n")
+    model = ("--model", f"{run / 'model.py'}:build", "-o", tmp_path / "a.h5")
+    done = fdl("analyze", run / "step_0.pt", run / "step_10.pt", run / "probe.npz", *model)
+    assert done.code == 1
+    assert ("error: no probe set was given\n  got: probe.npz, found among the checkpoints, is a probe set (skipped "
+            f"above)\n  fix: pass it as --probe {run / 'probe.npz'}, or add probe = \"...\" to fdl.toml\n") in done.stderr
+    torch.save({"x": torch.zeros(5, 4), "y": torch.zeros(5, dtype=torch.int64)}, run / "probe.pt")
+    (run / "probe.npz").unlink()
+    done = fdl("analyze", run, *model)  # the folder scan finds probe.pt
+    assert f"fix: pass it as --probe {run / 'probe.pt'}, or add" in done.stderr
+    (run / "probe.pt").unlink()
+    done = fdl("analyze", run, *model)  # none: the general fix
+    assert "got:" not in done.stderr and "fix: pass --probe FILE (.npz/.pt/.safetensors/.h5" in done.stderr
