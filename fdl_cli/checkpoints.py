@@ -2554,13 +2554,18 @@ def resolve_model_factory(
     """
     label = f"--model {spec!r}" if named_by is None else f"model = {spec!r} of {named_by}"
     target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
+    # `--model model.py`, the factory left out: the file is imported, as with one, to list its callables
+    # (the error gave only "e.g. --model mypkg.models:build", not the names the file holds)
+    factoryless = not sep and spec.endswith(".py")
+    if factoryless:
+        target = spec
+    elif not sep or not target or not attr:
         raise ModelError(
             f"{label} is not of the form module:factory",
             fix="e.g. --model mypkg.models:build or --model path/to/model.py:build",
         )
     if _is_path_spec(target):
-        file = model_spec_file(spec, base_dir=base_dir)
+        file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
         if file is None:
             raise ModelError(
                 f"{label}: file {target} not found",
@@ -2612,6 +2617,16 @@ def resolve_model_factory(
                 fix="install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
     factory = getattr(module, attr, None)
+    if factoryless:
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        own = [n for n in public if getattr(getattr(module, n), "__module__", None) == module.__name__]
+        raise ModelError(
+            f"{label} names a file but not the factory in it that builds the network",
+            got="callables there: " + (", ".join(public[:10]) or "none"),
+            fix=(f"name it after a colon: --model {spec}:NAME" if named_by is None
+                 else f'name it after a colon: model = "{spec}:NAME" in {named_by}')
+            + (f" (e.g. {spec}:{own[0]}, defined there)" if own else ""),
+        )
     if factory is None or not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ModelError(
@@ -2744,6 +2759,42 @@ def _exited(where: str, exc: SystemExit, said: str = "") -> ModelError:
     )
 
 
+def _arguments_fix(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> str | None:
+    """What to pass when the factory's own signature refuses `kwargs` (a required argument missing, an
+    argument it does not take), or None when they fit it (the error came from inside the factory).
+
+    "missing 1 required positional argument: 'width'" said which, but the fix read "check --model and
+    --model-kwargs", without the JSON that passes it."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+        signature.bind(**kwargs)
+    except ValueError:  # no signature to read (a builtin)
+        return None
+    except TypeError:
+        pass
+    else:
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = signature.parameters
+    takes = [name for name, parameter in parameters.items() if parameter.kind in named]
+    missing = [name for name, parameter in parameters.items()
+               if parameter.kind in named and parameter.default is parameter.empty and name not in kwargs]
+    open_ended = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+    unknown = [] if open_ended else [name for name in kwargs if name not in takes]
+    parts = []
+    if missing:
+        pairs = [f"{json.dumps(name)}: {json.dumps(value)}" for name, value in kwargs.items() if name not in unknown]
+        example = "{" + ", ".join([*pairs, *(f"{json.dumps(name)}: VALUE" for name in missing)]) + "}"
+        parts.append(f"the factory needs {', '.join(map(repr, missing))}: pass "
+                     f"{'it' if len(missing) == 1 else 'them'} as --model-kwargs '{example}' (model_kwargs in fdl.toml)")
+    if unknown:
+        parts.append(f"it takes no {', '.join(map(repr, unknown))}: its arguments are "
+                     + (", ".join(takes) if takes else "none"))
+    return "; ".join(parts) or None
+
+
 def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | None, path: Path) -> nn.Module:
     try:
         with _user_code_stderr() as said:
@@ -2754,7 +2805,7 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
         raise ModelError(
             f"building the model for {path} failed",
             got=f"{type(exc).__name__}: {exc}",
-            fix="check --model and --model-kwargs",
+            fix=_arguments_fix(factory, kwargs or {}) or "check --model and --model-kwargs",
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import socket
 import time
 from collections import Counter
@@ -736,7 +737,7 @@ def _prepare_run(
             empty_ok=options.watch and "-" not in options.sources,
             missing_ok=options.watch and "-" not in options.sources,
             trust_pickle=options.trust_pickle,
-            probes=_probe_files(options, manifest),
+            probes=_named_files(options, manifest),
         )
 
     discovery = discover(options, manifest)
@@ -751,7 +752,7 @@ def _prepare_run(
         _note_skipped(notes, manifests, reporter)
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
-                                           _probe_files(options, manifest))
+                                           _named_files(options, manifest))
         notes = [note for note in discovery.notes if note not in shown]
     if watched and manifest is None:
         # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
@@ -772,7 +773,7 @@ def _prepare_run(
                 discovery = discover(options, manifest)  # how its checkpoints are named, or which weights
                 if not discovery.checkpoints:
                     discovery = _wait_for_a_checkpoint(
-                        options, reporter, discovery, reported_bad, _probe_files(options, manifest))
+                        options, reporter, discovery, reported_bad, _named_files(options, manifest))
                 notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
@@ -795,9 +796,17 @@ def _prepare_run(
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
+        # a probe among the sources (`fdl analyze run probe.npz`, `fdl analyze run/*`) was skipped with a note:
+        # the fix points at it rather than at --probe in general
+        seen = [match.group(1) for match in map(ckpts.PROBE_NOTE.fullmatch, discovery.notes) if match is not None]
+        paths = [path for path in [*given, *(folder / seen[0] for folder in dirs)]
+                 if path.name == seen[0] and _is(path, "file")] if seen else []
         raise ProbeError(
             "no probe set was given",
-            fix="pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
+            got=f"{seen[0]}, found among the checkpoints, is a probe set (skipped above)" if seen else None,
+            fix=(f"pass it as --probe {shlex.quote(str(paths[0])) if paths else 'PATH'}, or add probe = \"...\" to "
+                 "fdl.toml") if seen else
+            "pass --probe FILE (.npz/.pt/.safetensors/.h5 with x and optional y), or add probe = \"...\" to fdl.toml",
         )
     if not options.probe_specs:
         _check_manifest_probes(manifest, probe_specs)
@@ -1018,9 +1027,12 @@ def _wait_for_a_checkpoint(
             return discovery
 
 
-def _probe_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
-    """The files of the probes the run reads (--probe, else fdl.toml's): a folder or a glob of the run's
-    files that takes one in skips it without a note (`discover_checkpoints`' ``probes``)."""
+def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
+    """The files of the probes the run reads (--probe, else fdl.toml's) and --model's file: a folder or a
+    glob of the run's files that takes one in skips it without a note (`discover_checkpoints`' ``probes``).
+    `fdl analyze run --model run/model.py:build` noted "skipped 1 file without a checkpoint suffix:
+    model.py" of the file the user had just named (the model fdl.toml names got no note)."""
+    from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     specs = options.probe_specs or tuple(manifest.probe if manifest is not None else ())
@@ -1028,6 +1040,15 @@ def _probe_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
     for spec in specs:
         with contextlib.suppress(FdlError):  # a malformed --probe is refused, in its own words, once it is loaded
             files.append(parse_probe_spec(spec)[1])
+    if options.model_spec is not None and ":" in options.model_spec:
+        target = options.model_spec.rpartition(":")[0]
+        dirs = [Path(source) for source in options.sources if source != "-" and _is(Path(source), "dir")]
+        # a path spec as resolve_model_factory finds it; a module spec's file in the current folder, whence
+        # it is imported (`cd run && fdl analyze . --model model:build`)
+        file = (ckpts.model_spec_file(options.model_spec, base_dir=dirs[0] if dirs else None)
+                if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py"))
+        if file is not None:
+            files.append(file)
     return files
 
 

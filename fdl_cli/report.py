@@ -232,8 +232,10 @@ def select_series(
     ]
     if not chosen:
         listing = ", ".join(f"--probe {name} --layer {module}" for name, module in available) or "none"
+        # only what was asked for: "probe=None layer='nope'" showed Python's None for the --probe not given
+        asked = " ".join(f"{name}={value!r}" for name, value in (("probe", probe), ("layer", layer)) if value is not None)
         raise StoreError(
-            f"{path} holds no series for probe={probe!r} layer={layer!r}",
+            f"{path} holds no series for {asked}",
             got=f"series in the store: {listing}",
             fix="pick one of the series listed above",
         )
@@ -1090,6 +1092,29 @@ def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
     return matches
 
 
+def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
+    """A note when fewer than half of the shorter run's checkpoints found a partner, else None.
+
+    Two runs whose steps count different things (a run saved as `epoch_N.pt` against one whose files hold
+    the optimizer step) share little more than step 0, and the verdict "equally rich at every matched
+    step" then rested on the two initialisations alone, with nothing but "left unmatched: 6 checkpoints
+    of A, 6 of B" to say so. A short run against a long one, or one saved more often, is matched wholly
+    and gets no note.
+    """
+    sorted_a, sorted_b = sorted(set(steps_a)), sorted(set(steps_b))
+    if not matches or 2 * len(matches) >= min(len(sorted_a), len(sorted_b)):
+        return None
+    shown = ", ".join(str(m.step_a) if m.exact else f"{m.step_a}↔{m.step_b}" for m in matches[:3])
+    shown += f" and {len(matches) - 3} more" if len(matches) > 3 else ""
+    return (
+        f"only {len(matches)} of A's {len(sorted_a)} and B's {len(sorted_b)} checkpoints are matched by step "
+        f"({shown}; A's steps {sorted_a[0]}–{sorted_a[-1]}, B's {sorted_b[0]}–{sorted_b[-1]}), and the "
+        "comparison covers those alone. If the runs count steps differently (epochs in one, optimizer steps in "
+        "the other), their steps do not line up: give both steps of one kind (`fdl analyze` reads a checkpoint's "
+        "own step before its epoch, and `--step-regex` a step in its file name)"
+    )
+
+
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
@@ -1200,9 +1225,10 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     if not signs:
         return "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
+    every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
     if last == 0:
         if all(sign == 0 for _, sign in signs):
-            return "The runs are equally rich (same D_LR) at every matched step."
+            return f"The runs are equally rich (same D_LR) {every}."
         return "The runs end equally rich (same D_LR at the last matched step)."
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
@@ -1211,7 +1237,7 @@ def richer_verdict(steps: Sequence[ComparedStep]) -> str:
     # The last matched step with both D_LR (the signs above skip the others)
     final = next(c for c in reversed(steps) if c.record_a.get("d_lr") is not None and c.record_b.get("d_lr") is not None)
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
-    when = "at every matched step" if first_index == 0 else f"from {_matched_step(signs[first_index][0])} on"
+    when = every if first_index == 0 else f"from {_matched_step(signs[first_index][0])} on"
     where = "last matched step" if final is steps[-1] else f"{_matched_step(final.match)}, the last with both D_LR"
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
@@ -1486,6 +1512,8 @@ def compare_runs(
     unmatched_b = len(series_b.steps) - len(matches)
     if unmatched_a or unmatched_b:
         notes.append(f"left unmatched: {unmatched_a} checkpoint{'s' if unmatched_a != 1 else ''} of A, {unmatched_b} of B")
+    if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
+        notes.append(few)
     if not matches:
         notes.append("no checkpoints to compare")
     overlaps = CrossOverlaps()

@@ -1656,6 +1656,15 @@ class StoreWriter:
                            "order, and a resume gives them so)"
                            + (f", and {', '.join(others)} as the store has {'it' if len(others) == 1 else 'them'}"
                               if others else "") + "; else " + fix)
+                beside = _layers_beside_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
+                if beside is not None and not left_out_layers:
+                    added = [label for label in beside if label not in reader.provenance["layers"]]
+                    others = [d.split(": ")[0] for d in differences if not d.startswith("layers: ")]
+                    fix = (f"to add the layer{'s' if len(added) > 1 else ''} {' and '.join(map(repr, added))} to the "
+                           "store beside its own, give the store's layers too, first, in its order: "
+                           f"{' '.join('--layer ' + label for label in beside)}"
+                           + (f", and {', '.join(others)} as the store has {'it' if len(others) == 1 else 'them'}"
+                              if others else "") + "; else " + fix)
                 unwrapped = _renamed_by_unwrapping(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if unwrapped is not None:
                     # an fdl before session 17 hooked DataParallel's (or a pickled DDP module's) wrapper
@@ -2551,6 +2560,18 @@ def _layers_after_stored(stored: Any, run: Any) -> list[str] | None:
         return None
     added = [label for label in run if label not in stored]
     if not added or [label for label in run if label in stored] != stored or run[:len(stored)] == stored:
+        return None
+    return [*stored, *dict.fromkeys(added)]
+
+
+def _layers_beside_stored(stored: Any, run: Any) -> list[str] | None:
+    """The store's layers, in its order, then the run's new ones: what adds them to the store, where the run
+    names a layer the store lacks and leaves out one it holds (`--layer head.0` on a store of the default
+    `fc:input`, meant as one more layer: its fix named only --overwrite and another --out); else None."""
+    if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
+        return None
+    added = [label for label in run if label not in stored]
+    if not added or all(label in run for label in stored):
         return None
     return [*stored, *dict.fromkeys(added)]
 
