@@ -1,4 +1,4 @@
-"""Shell completion of arguments click cannot complete alone (README, "Shell completion").
+"""Shell completion of arguments click cannot complete alone (docs/usage.md, "Shell completion").
 
 click completes the options and choices; these complete what only fdl knows: the paths of
 `analyze`'s checkpoints, probes and model files, a model file's factories after `file.py:`, the

@@ -121,7 +121,7 @@ SEVERAL_INPUTS = (
     "in the --model factory, return the network inside a wrapper whose forward(x) makes its inputs from x (a "
     "padding mask from the token ids, x != PAD; or inputs saved stacked as the probe's x, "
     "x = np.stack([ids, mask], 1), and forward(x) returning self.module(x[:, 0], x[:, 1])); a wrapper that holds "
-    "the network as `module` loads the checkpoints' keys as they are (README, Probe)"
+    "the network as `module` loads the checkpoints' keys as they are (docs/usage.md, Probe)"
 )
 
 
@@ -437,7 +437,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
             got=kind + (f" of {len(obj)} items; fdl reads (x, y) or (x,)" if several else ""),
             fix="save a dict {'x': ..., 'y': ...} or a tuple (x, y) of tensors"
             + ("; a model of several inputs takes them stacked as one x, through a wrapper in its --model factory "
-               "(README, Probe)" if several else ""),
+               "(docs/usage.md, Probe)" if several else ""),
         )
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -791,7 +791,7 @@ def unused_note(probe: Probe) -> str | None:
     return (
         f"probe {probe.name!r} ({probe.path}): not read: {shown}; fdl gives the model {x_key!r} alone, forward(x)"
         + (f", and takes {y_key!r} as the targets" if y_key else "")
-        + " (a model of several inputs: README, Probe)"
+        + " (a model of several inputs: docs/usage.md, Probe)"
     )
 
 

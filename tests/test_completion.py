@@ -1,4 +1,4 @@
-"""Shell completion (README, "Shell completion"): what a Tab offers for fdl's own arguments, through
+"""Shell completion (docs/usage.md, "Shell completion"): what a Tab offers for fdl's own arguments, through
 click's completion machinery as the shells' scripts call it, and the bash script end to end."""
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ def test_the_same_weights_give_the_same_numbers_in_every_container(tmp_path: Pat
 
 def test_half_precision_weights_are_widened_exactly(tmp_path: Path) -> None:
     """float16 / bfloat16 checkpoints run in a float32 model (--dtype): their numbers are those of the
-    float32 values the rounded weights widen to, bit for bit (README, "Model")."""
+    float32 values the rounded weights widen to, bit for bit (docs/usage.md, "Model")."""
     probe = _probe(tmp_path / "probe.pt")
     for dtype in (torch.float16, torch.bfloat16):
         half, wide = tmp_path / f"{dtype}-half", tmp_path / f"{dtype}-wide"

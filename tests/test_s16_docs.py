@@ -23,7 +23,11 @@ from tests.test_analyze import fdl
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_checkpoints"
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README_MD = (REPO / "README.md").read_text(encoding="utf-8")
+USAGE = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
+#: the user's documentation of the commands: README.md's tour and docs/usage.md's rules, which the README
+#: links for every topic (the claims the tests below check may be in either)
+README = README_MD + "\n" + USAGE
 MEASURES = (REPO / "docs" / "measures.md").read_text(encoding="utf-8")
 STORE = (REPO / "docs" / "store.md").read_text(encoding="utf-8")
 REGIMES = (REPO / "docs" / "regimes.md").read_text(encoding="utf-8")
@@ -115,7 +119,7 @@ def test_every_option_of_every_command_is_documented() -> None:
 
 
 def test_every_package_module_is_in_the_readme_layout() -> None:
-    layout = README.split("## Layout", 1)[1]
+    layout = README_MD.split("## Layout", 1)[1]
     line = layout.split("fdl_cli/", 1)[1].split("tests/", 1)[0]
     modules = {path.stem for path in (REPO / "fdl_cli").glob("*.py")} - {"__init__"}
     listed = set(re.findall(r"[a-z_]+", line.split("(", 1)[1]))
@@ -240,3 +244,17 @@ def test_the_recompute_by_hand_snippet_gives_the_stored_numbers(sample_store: Pa
         assert names[name] == pytest.approx(stored[name], rel=1e-9), name
     np.testing.assert_allclose(names["rho"], eigenvalues, rtol=1e-9, atol=1e-12 * eigenvalues[0])
     np.testing.assert_allclose(names["utility"], utility, rtol=1e-8, atol=1e-12)
+
+
+def test_the_readme_is_a_tour_that_links_every_section_of_usage_md() -> None:
+    """README.md stays short enough to read (its reference moved to docs/usage.md in session 21, when its
+    "Everyday use" had grown to 400 lines of one bullet list), and each of its links into docs/usage.md
+    names a section that exists there, as does usage.md's own table of contents."""
+    assert len(README_MD.splitlines()) < 200
+    anchors = {re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+               for heading in re.findall(r"^##+ (.+)$", USAGE, flags=re.MULTILINE)}
+    linked = re.findall(r"\(docs/usage\.md#([^)]+)\)", README_MD) + re.findall(r"^- \[.+?\]\(#([^)]+)\)", USAGE,
+                                                                             flags=re.MULTILINE)
+    assert len(linked) > 10
+    assert sorted(set(linked) - anchors) == []
+    assert "](docs/" not in USAGE  # usage.md lives in docs/: its links are relative to it

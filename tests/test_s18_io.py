@@ -134,7 +134,7 @@ class OptionalMask(TwoInputs):
 
 
 class Inputs(nn.Module):
-    """README, Probe: the wrapper a --model factory returns for a model of several inputs."""
+    """docs/usage.md, Probe: the wrapper a --model factory returns for a model of several inputs."""
 
     def __init__(self, net):
         super().__init__()
@@ -217,7 +217,8 @@ def test_arrays_of_the_probe_that_fdl_does_not_read_are_named(tmp_path: Path) ->
     result = fdl("analyze", runs, *model, "--probe", probe, "-o", tmp_path / "run.h5")
     assert result.returncode == 0, result.stderr
     assert (f"note: probe 'probe' ({probe}): not read: mask; fdl gives the model 'inputs' alone, forward(x), and "
-            "takes 'labels' as the targets (a model of several inputs: README, Probe)") in " ".join(result.stderr.split())
+            "takes 'labels' as the targets (a model of several inputs: docs/usage.md, Probe)"
+            ) in " ".join(result.stderr.split())
     plain = tmp_path / "plain.npz"
     np.savez(plain, x=_x(), y=np.arange(12) % 3)
     quiet = fdl("analyze", runs, *model, "--probe", plain, "-o", tmp_path / "plain.h5")
