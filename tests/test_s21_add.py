@@ -1,0 +1,155 @@
+"""Adding a probe or a layer to a stored run, the gaps the twentieth session left (twenty-first session).
+
+A stored checkpoint at which an added series failed stopped the run, so one bad file kept every later checkpoint
+from the addition; it is now a failed checkpoint as in any run (said, the others given the series, exit 1), and
+the same command adds the series there once the file is mended.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fdl_cli.pipeline
+from fdl_cli.errors import NumericalError
+from fdl_cli.store import StoreReader
+from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
+
+NON_FINITE = "the features or outputs contain non-finite values"
+
+
+@contextmanager
+def _failing_at(monkeypatch: pytest.MonkeyPatch, *steps: int) -> Iterator[None]:
+    """Every analysis of a checkpoint at `steps` fails (as a model whose features overflow there would)."""
+    analyze_one = fdl_cli.pipeline._analyze_one
+
+    def failing(ctx: Any, ref: Any, *args: Any, **kwargs: Any) -> Any:
+        if ref.step in steps:
+            raise NumericalError(NON_FINITE, fix="check the model's dtype")
+        return analyze_one(ctx, ref, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fdl_cli.pipeline, "_analyze_one", failing)
+        yield
+
+
+def _added(store: Path, series: str = "test/2:input") -> dict[str, Any]:
+    """`_series_items` less the `history` attributes, which name the invocation that added the series."""
+    return {key: value for key, value in _series_items(store, series).items() if not key.endswith("@history")}
+
+
+def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoint_and_the_others_get_the_probe(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    before = _series_items(store, "probe/2:input")
+    test = ("--probe", f"test={run / 'test.npz'}")
+    with _failing_at(monkeypatch, 20):
+        failed = analyze(run, store, *test)
+    assert failed.code == 1 and "Traceback" not in failed.stderr
+    text = " ".join(failed.stderr.split())
+    assert (f"{run / 'ckpts' / 'epoch_20.pt'}: {NON_FINITE} (adding test/2:input to the stored checkpoint at step 20: "
+            "its stored series are kept, and the store lists test/2:input as pending until it holds it there too) "
+            "fix: check the model's dtype; then run the same command again: it adds test/2:input to step 20 alone"
+            ) in text
+    assert "0 checkpoint(s) analysed, 3 stored checkpoint(s) given the added probe/layer series" in text
+    assert "1 failed" in text and f"failed: {run / 'ckpts' / 'epoch_20.pt'}: {NON_FINITE}" in text
+    assert [(r["step"], r["probe"]) for r in failed.records] == [(0, "test"), (10, "test"), (30, "test")]
+    _same(_series_items(store, "probe/2:input"), before)  # the stored series, byte for byte (30's compared with 20)
+    with StoreReader(store) as reader:
+        assert reader.steps(probe="test") == [0, 10, 30] and reader.pending_series == {("test", "2:input")}
+        assert any("3 of its 4 checkpoints hold it (not step 20)" in warning for warning in reader.warnings)
+    # the added probe's series is that of a run of both probes in which step 20 failed: 30 compared with 10
+    fresh = tmp_path / "fresh.h5"
+    with _failing_at(monkeypatch, 20):
+        assert analyze(run, fresh, *test).code == 1
+    _same(_added(store), _added(fresh))
+    # mended: the same command adds the probe at step 20 alone, and compares 30's with it
+    done = analyze(run, store, *test)
+    assert done.code == 0, done.stderr
+    assert "adding test/2:input to 1 of the 4 stored checkpoints" in done.stderr
+    assert "1 stored checkpoint(s) given the added probe/layer series (those alone analysed)" in done.stderr
+    assert [(r["step"], r["probe"]) for r in done.records if r["probe"] == "test"] == [(20, "test"), (30, "test")]
+    _assert_as_analysed_at_once(run, store, *test)
+
+
+def test_a_stored_file_that_became_unreadable_is_said_and_once_restored_is_given_the_added_layer(
+    run: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    folder = tmp_path / "ckpts"
+    shutil.copytree(run / "ckpts", folder)
+    store = tmp_path / "s.h5"
+    layers = ("--layer", "2:input", "--layer", "0")
+    assert analyze(run, store, "--layer", "2:input", sources=(str(folder),)).code == 0
+    before = _series_items(store, "probe/2:input")
+    damaged = folder / "epoch_10.pt"
+    good, stat = damaged.read_bytes(), damaged.stat()
+    damaged.write_bytes(b"\0" * len(good))  # its size and time as stored: not hashed by the resume's check
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    failed = analyze(run, store, *layers, sources=(str(folder),))
+    assert failed.code == 1 and "Traceback" not in failed.stderr
+    text = " ".join(failed.stderr.split())
+    assert f"error: cannot read the checkpoint {damaged}" in text  # a bad checkpoint, as in any run
+    assert (f"note: adding layer '0' to the 4 stored checkpoints of {store} (analysing only the series they lack); not "
+            f"to step 10, whose file ({damaged}) cannot be read now (a bad checkpoint, said above): the store keeps it "
+            "as it is, and the same command adds the rest once the file is mended") in text
+    assert "3 stored checkpoint(s) given the added probe/layer series" in text and "1 failed" in text
+    _same(_series_items(store, "probe/2:input"), before)
+    with StoreReader(store) as reader:
+        assert reader.steps(layer="0") == [0, 20, 30] and reader.pending_series == {("probe", "0")}
+        assert reader.records(layer="0")[1]["prev_step"] == 0  # step 20's new layer skips over step 10
+        assert reader.records(layer="2:input")[2]["prev_step"] == 10  # its stored one does not
+    damaged.write_bytes(good)
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    done = analyze(run, store, *layers, sources=(str(folder),))
+    assert done.code == 0, done.stderr
+    _assert_as_analysed_at_once(run, store, *layers, sources=(str(folder),))
+
+
+def test_two_stored_checkpoints_failing_in_a_row_mended_one_at_a_time(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Step 30's added series compares with the nearest checkpoint that holds it at each stage: 0, then 10 once
+    step 10 is mended while step 20 still fails (its stored series keep comparing with 20), then 20."""
+    store = tmp_path / "s.h5"
+    assert analyze(run, store).code == 0
+    before = _series_items(store, "probe/2:input")
+    test = ("--probe", f"test={run / 'test.npz'}")
+    with _failing_at(monkeypatch, 10, 20):
+        assert analyze(run, store, *test).code == 1
+    with _failing_at(monkeypatch, 20):
+        mended = analyze(run, store, *test)
+    assert mended.code == 1 and "1 failed" in mended.stderr
+    _same(_series_items(store, "probe/2:input"), before)
+    with StoreReader(store) as reader:
+        assert reader.steps(probe="test") == [0, 10, 30]
+    fresh = tmp_path / "fresh.h5"
+    with _failing_at(monkeypatch, 20):
+        assert analyze(run, fresh, *test).code == 1
+    _same(_added(store), _added(fresh))
+    assert analyze(run, store, *test).code == 0
+    _assert_as_analysed_at_once(run, store, *test)
+
+
+def test_the_reference_failing_for_the_added_probe_stops_the_run_as_a_reference_that_fails_does(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    store = tmp_path / "s.h5"
+    assert analyze(run, store).code == 0
+    on_disk = store.read_bytes()
+    with _failing_at(monkeypatch, 0):
+        failed = analyze(run, store, "--probe", f"test={run / 'test.npz'}")
+    assert failed.code == 1 and "Traceback" not in failed.stderr
+    text = " ".join(failed.stderr.split())
+    assert ("(adding test/2:input to the stored checkpoint at step 0: its stored series are kept, and the store lists "
+            "test/2:input as pending until it holds it there too) (the reference checkpoint, which every other one is "
+            "compared with: the run cannot go on)") in text
+    assert store.read_bytes() == on_disk
