@@ -93,6 +93,9 @@ class AnalyzeSummary:
     dropped: list[int] = field(default_factory=list)
     #: stored steps given the series this run adds to the store (a probe or layer more): partly analysed
     added: list[int] = field(default_factory=list)
+    #: --abandon-addition: the probes and layers of the unfinished addition given up ("probe 'test'"), and how
+    #: many checkpoints held some of their series
+    abandoned: tuple[str, int] | None = None
     #: stored steps that lacked series added to the store (not counted as "already": `added` once given them)
     lacking: set[int] = field(default_factory=set)
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
@@ -116,6 +119,10 @@ class AnalyzeSummary:
             shown = ",".join(map(str, self.dropped[:12])) + (f",... ({len(self.dropped)} in all)"
                                                             if len(self.dropped) > 12 else "")
             parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
+        if self.abandoned:
+            what, held = self.abandoned
+            parts.append(f"{what} given up (--abandon-addition: taken out of the {held} checkpoint(s) that held "
+                         "some of it)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
@@ -617,6 +624,7 @@ def run_analyze(
     try:
         _check_redo_options(options, world)
         _check_drop_options(options, world)
+        _check_abandon_options(options, world)
         if options.watch and world.distributed:  # before the wait for a first checkpoint
             raise _watch_under_torchrun()
         if options.device != "auto":
@@ -976,6 +984,28 @@ def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
         raise FdlError(
             f"--drop {drop} runs as one process, not under torchrun",
             fix=f"run `python -m fdl_cli analyze ... --drop {drop}` (or `fdl analyze`) without torchrun",
+        )
+
+
+def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
+    """--abandon-addition gives an addition up in a resumed store as one process: not with --overwrite (nothing is
+    kept to give up), --watch, --redo or --drop (one repair at a time), nor under torchrun; refused alike on
+    every rank."""
+    if not options.abandon_addition:
+        return
+    clash = ("--overwrite" if not options.resume else "--watch" if options.watch
+             else "--redo" if options.redo is not None else "--drop" if options.drop is not None else None)
+    if clash is not None:
+        raise FdlError(
+            f"--abandon-addition and {clash} together: --abandon-addition gives up an addition to the store it "
+            "resumes, alone",
+            fix=f"run `fdl analyze ... --abandon-addition` first, then the {clash} command"
+            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to give up)",
+        )
+    if world.distributed:
+        raise FdlError(
+            "--abandon-addition runs as one process, not under torchrun",
+            fix="run `python -m fdl_cli analyze ... --abandon-addition` (or `fdl analyze`) without torchrun",
         )
 
 
@@ -1701,9 +1731,12 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
         invocation=invocation(ctx),
+        abandon_addition=options.abandon_addition,
     ) as writer:
         if writer.history_warning is not None:
             ctx.reporter.warn(writer.history_warning)
+        if options.abandon_addition:
+            _abandon(ctx, writer, out, summary, on_record)
         if options.watch:
             # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
             # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
@@ -1928,6 +1961,23 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             successors.append((before, step))
     ctx.drop = frozenset(wanted)
     ctx.drop_successors = successors
+
+
+def _abandon(
+    ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, on_record: Callable[[dict[str, Any]], None] | None
+) -> None:
+    """--abandon-addition: the unfinished addition the writer found (`store.abandonment`) taken out of the store in
+    one commit, durable before the run goes on (its --json line first); a store without one (given up already, by
+    this command killed once it had committed) is resumed as any other, with a note."""
+    abandoned = writer.abandoned
+    if abandoned is None:
+        ctx.reporter.note(f"--abandon-addition: {out} holds no unfinished addition of a probe or layer: nothing to "
+                          "give up")
+        return
+    writer.flush()
+    summary.abandoned = (abandoned.describe(), abandoned.held)
+    if on_record is not None:
+        on_record({"abandoned": [list(key) for key in sorted(abandoned.series)]})
 
 
 def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
@@ -3034,7 +3084,7 @@ def _adding_failed(exc: _Error, ref: CheckpointRef, series: Collection[tuple[str
     """The error of a stored checkpoint that the series added to the store could not be analysed at, as a
     checkpoint whose file fails in any run: the others are given them (those series skip over it as "previous",
     its stored ones do not), its stored series are kept, the store's `pending_series` lists them, and the same
-    command adds them there once the cause is mended."""
+    command adds them there once the cause is mended (or --abandon-addition takes them out of the store)."""
     import copy
 
     failed = copy.copy(exc)
@@ -3045,7 +3095,8 @@ def _adding_failed(exc: _Error, ref: CheckpointRef, series: Collection[tuple[str
     )
     failed.fix = (f"{exc.fix}; then " if exc.fix else "") + (
         f"run the same command again: it adds {shown} to step {ref.step} alone (a stored checkpoint cannot be left "
-        "out of an addition)"
+        "out of an addition); or give the addition up: the same command without the probes and layers it adds, "
+        "with --abandon-addition, takes them out of the store"
     )
     return failed
 

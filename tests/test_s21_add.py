@@ -20,7 +20,9 @@ import fdl_cli.pipeline
 from fdl_cli.errors import NumericalError
 from fdl_cli.store import StoreReader
 from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_s15_redo import _dump
 from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
+from tests.test_s20_rev2 import _stopped_at_20
 
 NON_FINITE = "the features or outputs contain non-finite values"
 
@@ -153,3 +155,128 @@ def test_the_reference_failing_for_the_added_probe_stops_the_run_as_a_reference_
             "test/2:input as pending until it holds it there too) (the reference checkpoint, which every other one is "
             "compared with: the run cannot go on)") in text
     assert store.read_bytes() == on_disk
+
+
+# -- giving an addition up (--abandon-addition) ---------------------------------------------------------------
+
+ADDED = {
+    "probe": (("--probe", "test=TEST"), "probe 'test'", [["test", "2:input"]]),
+    "layer": (("--layer", "2:input", "--layer", "0"), "layer '0'", [["probe", "0"]]),
+    "both": (("--probe", "test=TEST", "--layer", "2:input", "--layer", "0"), "probe 'test' and layer '0'",
+             [["probe", "0"], ["test", "0"], ["test", "2:input"]]),
+}
+
+
+def _given(run: Path, extra: tuple[str, ...]) -> tuple[str, ...]:  # noqa: F811
+    return tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
+
+
+@pytest.mark.parametrize("added", list(ADDED))
+def test_an_addition_stopped_midway_is_given_up_and_the_store_is_as_before_it(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, added: str  # noqa: F811
+) -> None:
+    extra, what, series = ADDED[added]
+    extra = _given(run, extra)
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    before = _dump(store)
+    _stopped_at_20(monkeypatch, run, store, *extra, "--commit-interval", "0")
+    refused = analyze(run, store)  # the store's probes and layers before the addition: the option is named
+    assert refused.code == 1
+    assert ("or, to give the addition up, this command with --abandon-addition, which takes "
+            f"{'it' if added != 'both' else 'them'} out of the store; else pass --overwrite") in " ".join(
+        refused.stderr.split())
+    given_up = analyze(run, store, "--abandon-addition")
+    assert given_up.code == 0, given_up.stderr
+    assert given_up.records == [{"abandoned": series}]
+    assert (f"0 checkpoint(s) analysed, 4 already in the store, {what} given up (--abandon-addition: taken out of the "
+            "2 checkpoint(s) that held some of it) →") in given_up.stderr
+    _same(_dump(store), before)  # every dataset and attribute but where and when (the history) as before
+    with StoreReader(store) as reader:
+        assert not reader.warnings and len(reader.history) == 2  # the addition's run stays in the history
+    on_disk = store.read_bytes()
+    again = analyze(run, store, "--abandon-addition")  # as after a kill once the store was given it up
+    assert again.code == 0 and again.records == []
+    assert f"note: --abandon-addition: {store} holds no unfinished addition of a probe or layer: nothing to give up" \
+        in again.stderr
+    assert store.read_bytes() == on_disk
+    assert analyze(run, store, *extra).code == 0  # added afresh, whole
+    _assert_as_analysed_at_once(run, store, *extra)
+
+
+def test_giving_up_an_addition_is_refused_where_the_run_leaves_out_another_part_or_goes_with_other_work(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    both = _given(run, ADDED["both"][0])
+    _stopped_at_20(monkeypatch, run, store, *both, "--commit-interval", "0")
+    on_disk = store.read_bytes()
+    extra = tmp_path / "extra.npz"
+    shutil.copyfile(run / "test.npz", extra)
+    with extra.open("ab") as handle:
+        handle.write(b"\0")  # other bytes: another probe
+
+    def refused(*args: str) -> str:
+        result = analyze(run, store, "--abandon-addition", *args)
+        assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+        assert store.read_bytes() == on_disk
+        return " ".join(result.stderr.split())
+
+    text = refused("--probe", f"test={run / 'test.npz'}")  # the layer alone: the probe's addition would stay
+    assert (f"--abandon-addition gives up the unfinished addition of probe 'test' and layer '0' to {store} "
+            "(probe/0, test/0, test/2:input), and this run leaves out layer '0' fix: leave out those it added, giving "
+            "every other probe and layer as the store has them (not --probe test=PATH --layer 0), to give it up") in text
+    text = refused(*both)
+    assert "and this run leaves out none of them" in text
+    text = refused("--probe", f"other={extra}")
+    assert (f"--abandon-addition gives up adding probe 'test' and layer '0' to {store}, and this run adds probe "
+            "'other': one at a time") in text
+    text = refused("--overwrite")
+    assert "--abandon-addition and --overwrite together" in text
+    text = refused("--drop", "10")
+    assert "--abandon-addition and --drop together" in text
+
+
+KILLED = '''
+import os, signal, sys
+real = os.replace
+def replace(source, target, *args, **kwargs):
+    after = os.environ["FDL_KILL"] == "after"
+    if os.fspath(target) == os.environ["FDL_STORE"] and after:
+        real(source, target, *args, **kwargs)
+    if os.fspath(target) == os.environ["FDL_STORE"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(source, target, *args, **kwargs)
+os.replace = replace
+from fdl_cli.cli import main
+main(sys.argv[1:])
+'''
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_and_the_same_command_finishes(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str  # noqa: F811
+) -> None:
+    """kill -9 as the commit that takes the addition out puts its copy in place (before, or after the rename)."""
+    import signal
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    before = _dump(store)
+    _stopped_at_20(monkeypatch, run, store, "--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
+    command = ("analyze", str(run / "ckpts"), "--model", f"{run}/model.py:build", "--probe", str(run / "probe.npz"),
+               "--out", str(store), "--abandon-addition")
+    killed = subprocess.run([sys.executable, "-c", KILLED, *command], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "FDL_KILL": when,
+                                 "FDL_STORE": str(store)}, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with StoreReader(store) as reader:  # it reads: the addition whole (as it stopped), or given up
+        assert reader.steps(probe="probe") == [0, 10, 20, 30]
+        assert reader.pending_series == ({("test", "2:input")} if when == "before" else frozenset())
+    done = analyze(run, store, "--abandon-addition")
+    assert done.code == 0, done.stderr
+    _same(_dump(store), before)
+    assert not list(tmp_path.glob("s.h5.tmp-*"))
