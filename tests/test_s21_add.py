@@ -19,7 +19,7 @@ import pytest
 import fdl_cli.pipeline
 from fdl_cli.errors import NumericalError
 from fdl_cli.store import StoreReader
-from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_s15_redo import _dump
 from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
 from tests.test_s20_rev2 import _stopped_at_20
@@ -280,3 +280,60 @@ def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_an
     assert done.code == 0, done.stderr
     _same(_dump(store), before)
     assert not list(tmp_path.glob("s.h5.tmp-*"))
+
+
+# -- `fdl report`'s computed: lines name the run that added a series --------------------------------------------
+
+
+def test_report_says_where_the_series_added_to_the_store_were_computed(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A probe added on a GPU to a store analysed on the CPU: the computed: lines named the CPU alone, for every
+    checkpoint, though the added probe's numbers are the GPU's."""
+    import socket
+
+    import torch
+
+    from fdl_cli import __version__
+
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    test = ("--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
+    monkeypatch.setattr(fdl_cli.pipeline, "describe_device", lambda device: "cuda:0 (NVIDIA H200)")
+    _stopped_at_20(monkeypatch, run, store, *test)
+    software = f"host {socket.gethostname()} (torch {torch.__version__}, fdl {__version__}, float32)"
+    stopped = fdl("report", store, "--html", tmp_path / "r.html")
+    assert stopped.code == 0, stopped.stderr
+    said = [f"computed: all 4 checkpoints on cpu, {software}",
+            f"computed: test/2:input added to steps 0, 10 on cuda:0 (NVIDIA H200), {software}"]
+    assert [line for line in stopped.stderr.splitlines() if line.startswith("computed:")] == said
+    assert all(line in (tmp_path / "r.html").read_text() for line in said)
+    monkeypatch.setattr(fdl_cli.pipeline, "describe_device", lambda device: "cuda:1 (NVIDIA H100)")
+    assert analyze(run, store, *test).code == 0
+    done = fdl("report", store)
+    assert [line for line in done.stderr.splitlines() if line.startswith("computed:")] == [
+        f"computed: all 4 checkpoints on cpu, {software}",
+        f"computed: test/2:input added to steps 0, 10 on cuda:0 (NVIDIA H200), {software}",
+        f"computed: test/2:input added to steps 20, 30 on cuda:1 (NVIDIA H100), {software}",
+    ]
+
+
+def test_the_lines_of_added_series_stay_few() -> None:
+    from fdl_cli.report import history_lines
+
+    row = {"device": "cpu", "host": "a", "world_size": 1, "rank": 0, "torch_version": "2", "fdl_version": "1",
+           "dtype": "float32"}
+    checkpoints = [(row, list(range(0, 50, 10)))]
+    added = [({**row, "started": f"t{i}"}, ("test", f"l{i}"), [0, 10, 20, 30, 40]) for i in range(6)]
+    assert history_lines(checkpoints, added=added) == [
+        "computed: all 5 checkpoints on cpu, host a (torch 2, fdl 1, float32)",
+        "computed: test/l0, test/l1, test/l2, test/l3 and 2 more series added to all 5 checkpoints on cpu, host a "
+        "(torch 2, fdl 1, float32)",
+    ]
+    places = [({**row, "host": f"h{i}"}, ("test", "fc"), [i * 10]) for i in range(5)]
+    assert history_lines(checkpoints, added=places, store="run.h5") == [
+        "computed: all 5 checkpoints on cpu, host a (torch 2, fdl 1, float32)",
+        "computed: test/fc added to step 0 on cpu, host h0 (torch 2, fdl 1, float32)",
+        "computed: test/fc added to step 10 on cpu, host h1 (torch 2, fdl 1, float32)",
+        "computed: series added in 3 other places (the store's history: `h5dump -a /history run.h5`)",
+    ]
