@@ -1185,7 +1185,7 @@ class StoreReader:
         """Index in `history` -> the series that invocation added to stored checkpoints (a probe or layer added to
         the store: the series' own `history` attribute) -> their steps, sorted; `history_steps()` names the
         invocation that computed each checkpoint's other series. Reads an attribute of every series of every
-        checkpoint group (~70 ms per 1 000)."""
+        checkpoint group (~70 ms per 1 000 series of checkpoints)."""
         if self._file is None:
             raise ValueError("StoreReader.added_history() called after close()")
         added: dict[int, dict[Series, list[int]]] = {}

@@ -47,6 +47,16 @@ def _added(store: Path, series: str = "test/2:input") -> dict[str, Any]:
     return {key: value for key, value in _series_items(store, series).items() if not key.endswith("@history")}
 
 
+def _assert_added_as_in_a_run_where_20_fails(
+    run: Path, store: Path, monkeypatch: pytest.MonkeyPatch, *args: str  # noqa: F811 - the fixture's value
+) -> None:
+    """The added probe's series in `store` is that of a fresh run of every probe in which step 20 failed."""
+    fresh = store.with_name("failed_at_20.h5")
+    with _failing_at(monkeypatch, 20):
+        assert analyze(run, fresh, *args).code == 1
+    _same(_added(store), _added(fresh))
+
+
 def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoint_and_the_others_get_the_probe(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
@@ -69,11 +79,7 @@ def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoi
     with StoreReader(store) as reader:
         assert reader.steps(probe="test") == [0, 10, 30] and reader.pending_series == {("test", "2:input")}
         assert any("3 of its 4 checkpoints hold it (not step 20)" in warning for warning in reader.warnings)
-    # the added probe's series is that of a run of both probes in which step 20 failed: 30 compared with 10
-    fresh = tmp_path / "fresh.h5"
-    with _failing_at(monkeypatch, 20):
-        assert analyze(run, fresh, *test).code == 1
-    _same(_added(store), _added(fresh))
+    _assert_added_as_in_a_run_where_20_fails(run, store, monkeypatch, *test)  # 30's compared with 10
     # mended: the same command adds the probe at step 20 alone, and compares 30's with it
     done = analyze(run, store, *test)
     assert done.code == 0, done.stderr
@@ -133,12 +139,52 @@ def test_two_stored_checkpoints_failing_in_a_row_mended_one_at_a_time(
     _same(_series_items(store, "probe/2:input"), before)
     with StoreReader(store) as reader:
         assert reader.steps(probe="test") == [0, 10, 30]
-    fresh = tmp_path / "fresh.h5"
-    with _failing_at(monkeypatch, 20):
-        assert analyze(run, fresh, *test).code == 1
-    _same(_added(store), _added(fresh))
+    _assert_added_as_in_a_run_where_20_fails(run, store, monkeypatch, *test)  # 30's compared with 10
     assert analyze(run, store, *test).code == 0
     _assert_as_analysed_at_once(run, store, *test)
+
+
+def test_watch_goes_on_past_a_stored_checkpoint_the_added_probe_fails_at_and_leaves_its_stored_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not tried again at each poll (its file unchanged), nor skipped over by the stored series of the next
+    checkpoint (the successor refresh of each poll)."""
+    import numpy as np
+
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+    from tests.test_prev_walkback import _arrive, _make_run, _polls
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "test.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, size=40))
+
+    def analysed(out: Path, *probes: str, **options: Any) -> tuple[Any, list[dict[str, Any]]]:
+        records: list[dict[str, Any]] = []
+        summary = run_analyze(AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(f"train={folder / 'probe.npz'}", *probes), out=out, anchor_size=100, batch_size=64,
+            device="cpu", min_commit_interval=0, **options), reporter=NullReporter(), on_record=records.append)
+        return summary, records
+
+    store = tmp_path / "s.h5"
+    analysed(store)
+    before = {key: value for key, value in _series_items(store, "train/2:input").items()
+              if not key.startswith("trajectories/")}
+    assert len(before) > 3 * 5
+    test = f"test={tmp_path / 'test.npz'}"
+    with _failing_at(monkeypatch, 10), _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors"),
+                                              lambda: None):
+        summary, records = analysed(store, test, watch=True, poll_seconds=0.01)
+    assert [path for path, _ in summary.failed] == [str(folder / "step_10.safetensors")]
+    assert [(r["step"], r["probe"]) for r in records] == [(0, "test"), (20, "test"), (30, "train"), (30, "test")]
+    stored = {key: value for key, value in _series_items(store, "train/2:input").items() if "step_30" not in key
+              and not key.startswith("trajectories/")}
+    _same(stored, before)  # step 20's stored series still compares with 10, every poll's refresh notwithstanding
+    with StoreReader(store) as reader:
+        assert [r["prev_step"] for r in reader.records(probe="test")] == [None, 0, 20]
+        assert reader.pending_series == {("test", "2:input")}
 
 
 def test_the_reference_failing_for_the_added_probe_stops_the_run_as_a_reference_that_fails_does(
