@@ -3472,8 +3472,9 @@ def _refreshed_entry(
                     f"in {out}", step=step if step != ctx.reference_step else None,
                 )
         # the series both hold (a series added to the store that one of them lacks yet keeps its numbers)
-        keys = reader.held(before) & reader.held(successor) & frozenset(
-            reader.held(successor) if series_of is None else series_of)
+        keys = reader.held(before) & reader.held(successor)
+        if series_of is not None:
+            keys &= frozenset(series_of)
         earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader, keys)
         later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader, keys)
         series = _compared_again(ctx, reader, successor, later, earlier, before)

@@ -1453,7 +1453,8 @@ class StoreWriter:
     commits in the caller's thread within `add()` and `tick()`, and starts no thread. Adding a step
     already stored replaces it, but for an entry of series alone (`CheckpointEntry.series_only`), which adds
     them to the stored checkpoint of its step: a run with probes or layers beside the store's (`growth`,
-    `lacking`; docs/store.md, "Adding a probe or a layer").
+    `lacking`; docs/store.md, "Adding a probe or a layer"). With `abandon_addition`, a run without the probes and
+    layers of an unfinished addition gives it up (`abandoned`), taking them out of the store at its first commit.
 
     Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
     the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
