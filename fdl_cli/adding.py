@@ -31,6 +31,9 @@ class Addition:
     #: with `added`: step -> the series an earlier `fdl analyze` that stopped was adding (`pending_series`) that
     #: the stored checkpoint lacks yet, which this run adds too
     unfinished: Mapping[int, frozenset[Series]] = field(default_factory=dict)
+    #: step -> path of the stored checkpoints of `lacking` whose file is there but cannot be read (a bad
+    #: checkpoint of the run, said as such): they fail, as in any run, and the others are given the series
+    unreadable: Mapping[int, str] = field(default_factory=dict)
 
     def note(self, out: Path) -> str:
         """'adding probe 'test' to the 300 stored checkpoints of run.h5'."""
@@ -43,8 +46,20 @@ class Addition:
             text = f"adding {self.added} to {where} of {out} (analysing only the series they lack)"
             if self.unfinished:  # said too: the summary counts those checkpoints with the others
                 text += f", and {self._earlier(self.unfinished, of='them')}"
-            return text
-        return f"adding {self._earlier(self.lacking, of=f'the {self.stored} stored checkpoints of {out}')}"
+            return text + self._unreadable()
+        return f"adding {self._earlier(self.lacking, of=f'the {self.stored} stored checkpoints of {out}')}" + (
+            self._unreadable())
+
+    def _unreadable(self) -> str:
+        """'; not to step 20, whose file cannot be read ...', or ''."""
+        if not self.unreadable:
+            return ""
+        steps = sorted(self.unreadable)
+        one = len(steps) == 1
+        return (f"; not to step{'' if one else 's'} {', '.join(map(str, steps))}, whose file{'' if one else 's'} "
+                f"({', '.join(self.unreadable[step] for step in steps)}) cannot be read now (a bad checkpoint, "
+                f"said above): the store keeps {'it' if one else 'them'} as {'it is' if one else 'they are'}, and "
+                "the same command adds the rest once the file is mended")
 
     @staticmethod
     def _earlier(lacking: Mapping[int, frozenset[Series]], *, of: str) -> str:

@@ -265,6 +265,11 @@ class OutputOption(click.Option):
               help="Remove these stored steps, each a second copy of a file the store holds at another step (as an "
                    "earlier fdl resumed with other step options stored it); the checkpoints compared with them are "
                    "compared again. Not a step this run reads, not the reference, not under torchrun.")
+@click.option("--abandon-addition", is_flag=True,
+              help="Give up adding probes or layers to the store, an `fdl analyze` that stopped having added them to "
+                   "some checkpoints: the store's probes and layers that this run leaves out are taken out of the "
+                   "store (at every checkpoint), which is then as before the addition; then it resumes. Not under "
+                   "torchrun.")
 @click.option("--every", type=click.IntRange(min=1),
               help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
@@ -296,7 +301,8 @@ class OutputOption(click.Option):
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON record per checkpoint (and probe/layer series) on stdout once stored; a stored "
                    "checkpoint updated with a new previous one is printed again, one given a probe or layer added "
-                   "to the store with those series. --drop first prints {\"dropped\": [steps]}.")
+                   "to the store with those series. --drop first prints {\"dropped\": [steps]}, --abandon-addition "
+                   "{\"abandoned\": [[probe, layer], ...]}.")
 def analyze(**kwargs: Any) -> None:
     """Analyse checkpoints (a folder, files, or - for paths on stdin) into an HDF5 store."""
     with _untracked_imports():

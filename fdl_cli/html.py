@@ -140,7 +140,8 @@ def run_page(run: Any, *, with_figures: bool = True) -> str:
     return render_html(
         title=f"fdl report: {run.path.name}",
         provenance=[f"store: {run.path}", *provenance_lines(run.provenance, run.history, store=run.path,
-                                                               damaged=run.history_damaged, dropped=run.dropped)],
+                                                               damaged=run.history_damaged, dropped=run.dropped,
+                                                               added=run.added)],
         warnings=list(run.warnings),
         sections=sections,
         generator=f"fdl {__version__}",

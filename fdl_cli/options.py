@@ -39,6 +39,9 @@ class AnalyzeOptions:
     #: --drop: stored checkpoints to remove, each a second copy of a file the store holds at another step (a
     #: store damaged by an fdl before session 18), the checkpoints compared with them compared again
     drop: tuple[int, ...] | None = None
+    #: --abandon-addition: give up the unfinished addition of the probes and layers of the store this run leaves out
+    #: (its pending_series), taking them out of the store, then resume
+    abandon_addition: bool = False
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISDIR
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -67,6 +67,8 @@ if False:  # typing only: keep `import fdl_cli.pipeline` cheap
     from fdl_cli.store import CheckpointEntry
 
 
+_Error = TypeVar("_Error", bound=FdlError)
+
 #: Model dtypes whose features take few distinct values per column (`--cka-dtype float32` is not used with them).
 LOW_PRECISION = ("bfloat16", "float16")
 
@@ -92,6 +94,9 @@ class AnalyzeSummary:
     dropped: list[int] = field(default_factory=list)
     #: stored steps given the series this run adds to the store (a probe or layer more): partly analysed
     added: list[int] = field(default_factory=list)
+    #: --abandon-addition: the probes and layers of the unfinished addition given up ("probe 'test'"), and how
+    #: many checkpoints held some of their series
+    abandoned: tuple[str, int] | None = None
     #: stored steps that lacked series added to the store (not counted as "already": `added` once given them)
     lacking: set[int] = field(default_factory=set)
     #: stored steps that joined a --steps / --every selection for the step order (not counted as "already")
@@ -115,6 +120,10 @@ class AnalyzeSummary:
             shown = ",".join(map(str, self.dropped[:12])) + (f",... ({len(self.dropped)} in all)"
                                                             if len(self.dropped) > 12 else "")
             parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
+        if self.abandoned:
+            what, held = self.abandoned
+            parts.append(f"{what} given up (--abandon-addition: taken out of the {held} checkpoint(s) that held "
+                         "some of it)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
@@ -403,6 +412,9 @@ class _Context:
     refs_by_step: dict[int, CheckpointRef] = field(default_factory=dict)
     #: paths of this run's checkpoints whose analysis failed: "previous" skips over them (`_previous_step`)
     failed_paths: set[str] = field(default_factory=set)
+    #: step -> (path, series) of a stored checkpoint at which series added to the store failed in this run: their
+    #: "previous" skips over it, that of its stored series does not (`_previous_step`)
+    failed_series: dict[int, tuple[str, frozenset[tuple[str, str]]]] = field(default_factory=dict)
     #: path -> its file's signature when it failed (before the read, when known): --watch tries a file
     #: again once it has changed, as one read while the trainer was still writing it fails
     failed_signatures: dict[str, str] = field(default_factory=dict)
@@ -619,6 +631,7 @@ def run_analyze(
     try:
         _check_redo_options(options, world)
         _check_drop_options(options, world)
+        _check_abandon_options(options, world)
         if options.watch and world.distributed:  # before the wait for a first checkpoint
             raise _watch_under_torchrun()
         if options.device != "auto":
@@ -992,6 +1005,28 @@ def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
         raise FdlError(
             f"--drop {drop} runs as one process, not under torchrun",
             fix=f"run `python -m fdl_cli analyze ... --drop {drop}` (or `fdl analyze`) without torchrun",
+        )
+
+
+def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
+    """--abandon-addition gives an addition up in a resumed store as one process: not with --overwrite (nothing is
+    kept to give up), --watch, --redo or --drop (one repair at a time), nor under torchrun; refused alike on
+    every rank."""
+    if not options.abandon_addition:
+        return
+    clash = ("--overwrite" if not options.resume else "--watch" if options.watch
+             else "--redo" if options.redo is not None else "--drop" if options.drop is not None else None)
+    if clash is not None:
+        raise FdlError(
+            f"--abandon-addition and {clash} together: --abandon-addition gives up an addition to the store it "
+            "resumes, alone",
+            fix=f"run `fdl analyze ... --abandon-addition` first, then the {clash} command"
+            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to give up)",
+        )
+    if world.distributed:
+        raise FdlError(
+            "--abandon-addition runs as one process, not under torchrun",
+            fix="run `python -m fdl_cli analyze ... --abandon-addition` (or `fdl analyze`) without torchrun",
         )
 
 
@@ -1729,7 +1764,7 @@ def _analyze_refs(
     addition = None
     try:
         _check_reference_of_store(ctx, out, reference, reference_sha, refs)
-        addition = _addition(ctx, refs, out, provenance)
+        addition = _addition(ctx, refs, out, provenance, [path for path, _ in summary.failed])
         refusal = None
     except FdlError as exc:
         if not spread:
@@ -1750,9 +1785,12 @@ def _analyze_refs(
         overwrite=not options.resume,
         min_interval=options.min_commit_interval,
         invocation=invocation(ctx),
+        abandon_addition=options.abandon_addition,
     ) as writer:
         if writer.history_warning is not None:
             ctx.reporter.warn(writer.history_warning)
+        if options.abandon_addition:
+            _abandon(ctx, writer, out, summary, on_record)
         if options.watch:
             # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
             # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
@@ -1978,6 +2016,23 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             successors.append((before, step))
     ctx.drop = frozenset(wanted)
     ctx.drop_successors = successors
+
+
+def _abandon(
+    ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, on_record: Callable[[dict[str, Any]], None] | None
+) -> None:
+    """--abandon-addition: the unfinished addition the writer found (`store.abandonment`) taken out of the store in
+    one commit, durable before the run goes on (its --json line first); a store without one (given up already, by
+    this command killed once it had committed) is resumed as any other, with a note."""
+    abandoned = writer.abandoned
+    if abandoned is None:
+        ctx.reporter.note(f"--abandon-addition: {out} holds no unfinished addition of a probe or layer: nothing to "
+                          "give up")
+        return
+    writer.flush()
+    summary.abandoned = (abandoned.describe(), abandoned.held)
+    if on_record is not None:
+        on_record({"abandoned": [list(key) for key in sorted(abandoned.series)]})
 
 
 def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
@@ -2553,9 +2608,12 @@ def _check_reference_of_store(
         )
 
 
-def _addition(ctx: _Context, refs: Sequence[CheckpointRef], out: Path, provenance: Mapping[str, Any]) -> Any:
+def _addition(
+    ctx: _Context, refs: Sequence[CheckpointRef], out: Path, provenance: Mapping[str, Any], bad: Sequence[str]
+) -> Any:
     """What this resume adds to the store (probes or layers beside its own, `adding.Addition`), refused where it
-    cannot be done (`adding.check_addition`); None when it adds nothing."""
+    cannot be done (`adding.check_addition`); None when it adds nothing. `bad`: the files discovery could not
+    read (bad checkpoints): a stored checkpoint's among them fails as in any run, the others given the series."""
     if not ctx.options.resume or not out.is_file():
         return None
     from fdl_cli.adding import check_addition, stored_addition
@@ -2566,8 +2624,15 @@ def _addition(ctx: _Context, refs: Sequence[CheckpointRef], out: Path, provenanc
         addition = replace(addition, lacking={step: keys for step, keys in addition.lacking.items() if step not in redo},
                            unfinished={step: keys for step, keys in addition.unfinished.items() if step not in redo})
     if addition is not None:
+        steps_now = {ref.step: str(ref.path) for ref in refs}
+        unreadable = {}
+        for step in addition.lacking:
+            recorded = None if step in steps_now or not bad else _recorded_path(out, step)
+            if recorded is not None and any(_same_path(recorded, path) for path in bad):
+                unreadable[step] = recorded
+        addition = replace(addition, unreadable=unreadable)
         check_addition(
-            addition, out, steps_now={ref.step: str(ref.path) for ref in refs}, drop=ctx.options.drop is not None,
+            addition, out, steps_now={**steps_now, **unreadable}, drop=ctx.options.drop is not None,
             distributed=ctx.world is not None and ctx.world.distributed,
         )
     return addition
@@ -2886,7 +2951,11 @@ def _run_refs(
             completed[reference.step], f"in {out}",
         )
     failed_paths = {path for path, _ in summary.failed}
-    ctx.failed_paths = failed_paths  # grows as checkpoints fail: "previous" skips over them
+    # --watch: a stored checkpoint whose added series failed is tried again once its file changed (`_rediscover`);
+    # till then it stays the "previous" of its stored series
+    ctx.failed_series = {step: failure for step, failure in ctx.failed_series.items() if failure[0] in failed_paths}
+    # grows as checkpoints fail: "previous" skips over them
+    ctx.failed_paths = failed_paths - {path for path, _ in ctx.failed_series.values()}
     # stored checkpoints lacking series this run adds to the store (adding.py): only those are analysed there
     lacking = {step: keys for step, keys in _lacking(writer).items() if step not in ctx.redo}
     summary.lacking.update(lacking)
@@ -2930,6 +2999,8 @@ def _run_refs(
                 held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out,
                                     wanted=_wanted(lacking, completed, reference, reference_sha, out))
         except (CheckpointError, NumericalError) as exc:
+            if reference.step in lacking:
+                exc = _adding_failed(exc, reference, lacking[reference.step])
             _failed(ctx, summary, reference, exc)
             raise _fatal(exc, reference, is_reference=True) from None
         preloaded = None
@@ -2969,12 +3040,11 @@ def _run_refs(
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
                         and (exc.fix or "").startswith("wrong --model"):  # not a probe's file or a wrapper's keys
                     exc = _another_model(exc, reference)
-                _failed(ctx, summary, ref, exc)
+                if ref.step in lacking:  # a stored checkpoint: the "previous" of its stored series all the same
+                    exc = _adding_failed(exc, ref, lacking[ref.step])
+                _failed(ctx, summary, ref, exc, lacking.get(ref.step))
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
-                if ref.step in lacking:
-                    # not skipped over as "previous": the successors' stored series compare with it
-                    raise _adding_failed(exc, ref, lacking[ref.step]) from None
                 if options.strict or ref.step == reference.step:
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
@@ -3047,10 +3117,17 @@ def _another_model(exc: WeightsMismatchError, reference: CheckpointRef) -> Weigh
     )
 
 
-def _failed(ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError) -> None:
-    """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"."""
+def _failed(
+    ctx: _Context, summary: AnalyzeSummary, ref: CheckpointRef, exc: FdlError,
+    series: frozenset[tuple[str, str]] | None = None,
+) -> None:
+    """Record a checkpoint whose analysis failed: reported, and skipped over as "previous"; with `series`, a
+    stored checkpoint at which those series, added to the store, failed: skipped over as their previous alone."""
     summary.failed.append((str(ref.path), exc.message))
-    ctx.failed_paths.add(str(ref.path))
+    if series is None:
+        ctx.failed_paths.add(str(ref.path))
+    else:
+        ctx.failed_series[ref.step] = (str(ref.path), series)
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
 
@@ -3130,19 +3207,25 @@ def _redo_failed(exc: FdlError, ref: CheckpointRef) -> FdlError:
     return fatal
 
 
-def _adding_failed(exc: FdlError, ref: CheckpointRef, series: Collection[tuple[str, str]]) -> FdlError:
-    """The error of a stored checkpoint that the series added to the store could not be analysed at: the run
-    stops there (skipping it as "previous" would compare its stored successor's other series anew), the store
-    consistent, its other checkpoints' added series kept, and the same command goes on once the cause is mended."""
+def _adding_failed(exc: _Error, ref: CheckpointRef, series: Collection[tuple[str, str]]) -> _Error:
+    """The error of a stored checkpoint that the series added to the store could not be analysed at, as a
+    checkpoint whose file fails in any run: the others are given them (those series skip over it as "previous",
+    its stored ones do not), its stored series are kept, the store's `pending_series` lists them, and the same
+    command adds them there once the cause is mended (or --abandon-addition takes them out of the store)."""
     import copy
 
-    fatal = copy.copy(exc)
+    failed = copy.copy(exc)
     shown = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(series))
-    fatal.what = _named(ref.path, exc.what) + (
-        f" (adding {shown} to the stored step {ref.step}: the store keeps its other series, and the added ones of "
-        "the checkpoints before it; the run stops here, and the same command goes on from here)"
+    failed.what = _named(ref.path, exc.what) + (
+        f" (adding {shown} to the stored checkpoint at step {ref.step}: its stored series are kept, and the store "
+        f"lists {shown} as pending until it holds {'it' if len(series) == 1 else 'them'} there too)"
     )
-    return fatal
+    failed.fix = (f"{exc.fix}; then " if exc.fix else "") + (
+        f"run the same command again: it adds {shown} to step {ref.step} alone (a stored checkpoint cannot be left "
+        "out of an addition); or give the addition up: the same command without the probes and layers it adds, "
+        "with --abandon-addition, takes them out of the store"
+    )
+    return failed
 
 
 def _fatal(exc: FdlError, ref: CheckpointRef, *, is_reference: bool) -> FdlError:
@@ -3334,19 +3417,25 @@ def _check_stored_to_read(
     )
 
 
-def _previous_step(ctx: _Context, step: int, steps_in_order: list[int]) -> int | None:
+def _previous_step(
+    ctx: _Context, step: int, steps_in_order: list[int], key: tuple[str, str] | None = None
+) -> int | None:
     """The checkpoint that `step` is compared with as "previous" (cka_prev, overlap_prev, prev_step):
     the nearest one before it in step order whose file did not fail in this run. Within a process
     checkpoints are analysed in step order, so every one before `step` has been tried when `step` is
     analysed (stored ones are not tried: they were analysed successfully); a file that fails is
     skipped over, as a deleted one is. So is a stored checkpoint --watch keeps in step order whose file
     no longer holds it (`ctx.fileless`), unless its series are at hand (the last analysed, the reference):
-    its file cannot be read again."""
+    its file cannot be read again. For the series `key`, also a stored checkpoint at which that series,
+    added to the store, failed in this run (`ctx.failed_series`): it lacks it, as a checkpoint whose file
+    fails lacks every series."""
     for position in range(steps_in_order.index(step) - 1, -1, -1):
         before = steps_in_order[position]
         if before in ctx.fileless:
             if before == ctx.previous_step or (before == ctx.reference_step and ctx.reference):
                 return before
+            continue
+        if key is not None and key in ctx.failed_series.get(before, ("", frozenset()))[1]:
             continue
         ref = ctx.refs_by_step.get(before)
         if ref is None or str(ref.path) not in ctx.failed_paths:
@@ -3376,12 +3465,12 @@ def _with_previous(
     """The reference's entry, analysed ahead of its turn, completed with cka_prev / overlap_prev."""
     from dataclasses import replace as replace_entry
 
-    previous_step, previous = _previous_series(
+    previous = _previous_series(
         ctx, held.step, steps_in_order, out, [_series_key(item.probe, item.layer) for item in held.series])
     series = []
     for item in held.series:
         key = _series_key(item.probe, item.layer)
-        mine, before = ctx.reference[key], (previous or {}).get(key)
+        mine, (previous_step, before) = ctx.reference[key], previous.get(key, (None, None))
         scalars = dict(item.scalars)
         scalars["cka_prev"] = _cka(mine, before) if before else None
         scalars["overlap_prev"] = _overlap(mine, before, _record_overlap_k(ctx, scalars)) if before else None
@@ -3407,12 +3496,13 @@ def _refresh_successors(
     checkpoint of the run was tried) is stored, and its prev_step is null, an earlier step, or a step
     between the two whose file failed in this run (a file that was good when the successor was
     analysed). A prev_step between the two that is not among this run's checkpoints names a
-    checkpoint whose file is gone, and is kept."""
+    checkpoint whose file is gone, and is kept. Each series on its own: one added to the store skips over a
+    stored checkpoint at which it failed in this run (`ctx.failed_series`), as over one whose file failed, and
+    is compared with a checkpoint once both hold it."""
 
     from fdl_cli.store import StoreReader
 
     announce(writer.flush())
-    pairs = []
     failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     with StoreReader(out) as reader:
         # each series' prev_step: a series added to the store was compared with the checkpoint before in this
@@ -3424,17 +3514,25 @@ def _refresh_successors(
                 compared.setdefault(record["step"], {})[(probe, layer)] = record["prev_step"]
                 stored_sha[record["step"]] = record["sha256"]
         held = {step: reader.held(step) for step in compared}
-    before = None  # the nearest step so far whose file did not fail (`_previous_step`, in one pass)
+    # a stored checkpoint at which series added to the store failed in this run is skipped over by those alone
+    failed_for = {step: keys for step, (_, keys) in ctx.failed_series.items()}
+    passed: list[int] = []  # the steps so far whose file did not fail (`_previous_step`, in one pass)
+    pairs: list[tuple[int, int, frozenset[tuple[str, str]]]] = []
     for successor in steps_in_order:
         if successor in ctx.fileless:
             continue  # --watch: its file no longer holds it; its numbers are kept, and it is no one's previous
-        if before is not None and before in compared and successor in compared:
-            shared = held[before] & held[successor]  # a series one of them lacks yet is compared once both hold it
-            if any(previous is None or previous < before or (previous > before and previous in failed)
-                   for key, previous in compared[successor].items() if key in shared):
-                pairs.append((before, successor))
+        by_before: dict[int, set[tuple[str, str]]] = {}
+        for key in compared.get(successor, {}):
+            before = next((step for step in reversed(passed) if key not in failed_for.get(step, ())), None)
+            if before is not None and before in compared and key in held[before]:
+                by_before.setdefault(before, set()).add(key)  # a series one of them lacks yet: once both hold it
+        for before, keys in by_before.items():
+            if any(previous is None or previous < before
+                   or (previous > before and (previous in failed or key in failed_for.get(previous, ())))
+                   for key, previous in compared[successor].items() if key in keys):
+                pairs.append((before, successor, frozenset(keys)))
         if successor not in failed:
-            before = successor
+            passed.append(successor)
     if not pairs:
         return
     done: list[tuple[int, int]] = []
@@ -3462,14 +3560,18 @@ def _refresh_pairs(
     ctx: _Context,
     writer: Any,
     out: Path,
-    pairs: Sequence[tuple[int, int]],
+    pairs: Sequence[tuple[int, int, frozenset[tuple[str, str]]]],
     stored_sha: Mapping[int, str],
     announce: Callable[[Sequence[CheckpointEntry]], None],
     done: list[tuple[int, int]],
 ) -> None:
-    """`_refresh_successors`' work: each (before, successor) compared again and added; `done` the pairs added."""
-    for before, successor in pairs:
-        entry = _refreshed_entry(ctx, out, before, successor, stored_sha)
+    """`_refresh_successors`' work: each (before, successor, its series compared with before) compared again and
+    added; `done` the pairs added."""
+    for before, successor, keys in pairs:
+        if done and done[-1][1] == successor:
+            # its other series compare with another checkpoint (one at which the rest failed): read back as stored
+            announce(writer.flush())
+        entry = _refreshed_entry(ctx, out, before, successor, stored_sha, keys)
         try:
             announce(writer.add(entry))
         finally:  # buffered even when add() raises (an earlier commit's error): committed, or retried
@@ -3477,10 +3579,12 @@ def _refresh_pairs(
 
 
 def _refreshed_entry(
-    ctx: _Context, out: Path, before: int, successor: int, stored_sha: Mapping[int, str]
+    ctx: _Context, out: Path, before: int, successor: int, stored_sha: Mapping[int, str],
+    series_of: Collection[tuple[str, str]] | None = None,
 ) -> CheckpointEntry:
-    """The stored checkpoint `successor` with its cka_prev / overlap_prev taken again against the stored
-    checkpoint `before` (an anchor pass of each, from their files, which must be the ones stored)."""
+    """The stored checkpoint `successor` with its cka_prev / overlap_prev (of its `series_of`, by default every
+    one) taken again against the stored checkpoint `before` (an anchor pass of each, from their files, which must
+    be the ones stored)."""
     from fdl_cli.store import CheckpointEntry as Entry
     from fdl_cli.store import StoreReader
 
@@ -3496,6 +3600,8 @@ def _refreshed_entry(
                 )
         # the series both hold (a series added to the store that one of them lacks yet keeps its numbers)
         keys = reader.held(before) & reader.held(successor)
+        if series_of is not None:
+            keys &= frozenset(series_of)
         earlier = _stored_series(ctx, before, _prepare(ctx, before_loaded, parameters=False), reader, keys)
         later = _stored_series(ctx, successor, _prepare(ctx, loaded, parameters=False), reader, keys)
         series = _compared_again(ctx, reader, successor, later, earlier, before)
@@ -3590,41 +3696,59 @@ def _reference_series(
 def _previous_series(
     ctx: _Context, step: int, steps_in_order: list[int], out: Path,
     needed: Collection[tuple[str, str]] | None = None,
-) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
-    """(step, series) of the checkpoint that `step` is compared with (`_previous_step`): analysed by
-    this process, or recomputed from the store. (None, None) when there is none, and (step, None)
-    when that checkpoint is neither stored nor analysed yet (the reference analysed ahead of its
-    turn, whose previous is found again at its turn; a checkpoint a torchrun rank analyses before
-    its block only for its series). `needed`: the series wanted (default: every one of the run); those
-    this process does not hold (a checkpoint given only the series added to the store: adding.py) are
-    recomputed from the store, where it holds them."""
-    previous = _previous_step(ctx, step, steps_in_order)
-    if previous is None:
-        return None, None
+) -> dict[tuple[str, str], tuple[int, _Series]]:
+    """series -> (step, series) of the checkpoint that `step` is compared with (`_previous_step`), for each
+    series it has: analysed by this process, or recomputed from the store. None of a series when there is no
+    such checkpoint, or when it is neither stored nor analysed yet (the reference analysed ahead of its turn,
+    whose previous is found again at its turn; a checkpoint a torchrun rank analyses before its block only for
+    its series). `needed`: the series wanted (default: every one of the run); those this process does not hold
+    (a checkpoint given only the series added to the store: adding.py) are recomputed from the store, where it
+    holds them. One checkpoint for all, but for a series added to the store that failed at a stored checkpoint
+    before (`ctx.failed_series`), which skips over it."""
+    keys = list(_all_series(ctx) if needed is None else needed)
+    if ctx.failed_series:
+        groups: dict[int | None, list[tuple[str, str]]] = {}
+        for key in keys:
+            groups.setdefault(_previous_step(ctx, step, steps_in_order, key), []).append(key)
+    else:
+        groups = {_previous_step(ctx, step, steps_in_order): keys}
+    found: dict[tuple[str, str], tuple[int, _Series]] = {}
+    for previous, group in groups.items():
+        if previous is None:
+            continue
+        series = _series_at(ctx, step, previous, out, group)
+        found.update((key, (previous, series[key])) for key in group if series and key in series)
+    return found
+
+
+def _series_at(
+    ctx: _Context, step: int, previous: int, out: Path, needed: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], _Series] | None:
+    """The `needed` series of the checkpoint `previous` that `step` is compared with: this process's (the
+    last analysed, the reference), or recomputed from the store; None when it is not stored."""
     at_hand: dict[tuple[str, str], _Series] | None = None
     if ctx.previous_step == previous:
         at_hand = ctx.previous
     elif previous == ctx.reference_step and ctx.reference:
         at_hand = ctx.reference
     if at_hand is not None:
-        missing = [key for key in (_all_series(ctx) if needed is None else needed) if key not in at_hand]
+        missing = [key for key in needed if key not in at_hand]
         if not missing:
-            return previous, at_hand
-        _, stored = _stored_previous(ctx, step, previous, out, missing)
-        return previous, {**at_hand, **(stored or {})}
+            return at_hand
+        return {**at_hand, **(_stored_previous(ctx, step, previous, out, missing) or {})}
     return _stored_previous(ctx, step, previous, out, needed)
 
 
 def _stored_previous(
     ctx: _Context, step: int, previous: int, out: Path, needed: Collection[tuple[str, str]] | None
-) -> tuple[int | None, dict[tuple[str, str], _Series] | None]:
+) -> dict[tuple[str, str], _Series] | None:
     """`_previous_series` of a checkpoint this process does not hold: its `needed` series (those the store
-    holds of them; default: every one) recomputed from the store, or (previous, None) when it is not stored."""
+    holds of them; default: every one) recomputed from the store, or None when it is not stored."""
     from fdl_cli.store import StoreReader
 
     ref = ctx.refs_by_step.get(previous)
     if ref is None:
-        return previous, None
+        return None
     from fdl_cli.checkpoints import load_checkpoint
 
     damage: StoreError | None = None  # its stored arrays fail their checksums
@@ -3632,7 +3756,7 @@ def _stored_previous(
         with StoreReader(out) as reader:
             keys = [key for key in (_all_series(ctx) if needed is None else needed) if key in reader.held(previous)]
             if not keys:
-                return previous, None
+                return None
             stored = {r["step"]: r for r in reader.records(probe=keys[0][0], layer=keys[0][1])}
             # Hashed before it is loaded: a stored file replaced since, by a corrupt one too, is a changed
             # file (below). Its failure must not count as `step`'s: every later checkpoint, skipping over
@@ -3663,11 +3787,11 @@ def _stored_previous(
                         fix=exc.fix or "restore the file, or re-analyse everything with --overwrite (or another --out)",
                     ) from None
                 try:
-                    return previous, _stored_series(ctx, previous, model, reader, keys)
+                    return _stored_series(ctx, previous, model, reader, keys)
                 except StoreError as exc:
                     damage = exc
     except (StoreError, FileNotFoundError):
-        return previous, None
+        return None
     if damage is not None:
         # Not "no previous checkpoint" (a null cka_prev stored, which the successor refresh then stopped at):
         # `_check_stored_to_read` refuses this before the run; a store damaged since stops here.
@@ -3744,7 +3868,7 @@ def _analyze_one(
     if not is_reference:
         _reference_series(ctx, reference, out, needed)
     # Before this checkpoint's model: rebuilding the previous one's anchors reuses the same model object.
-    previous_step, previous = _previous_series(ctx, ref.step, steps_in_order, out, needed)
+    previous = _previous_series(ctx, ref.step, steps_in_order, out, needed)
     model = _prepare(ctx, loaded)
     parameters = _parameters_of(loaded, model)
     if is_reference:
@@ -3795,7 +3919,7 @@ def _analyze_one(
             key = _series_key(probe.name, spec.label)
             current[key] = mine
             base = mine if is_reference else ctx.reference[key]
-            before = previous.get(key) if previous else None
+            previous_step, before = previous.get(key, (None, None))
             n_outputs = measures.scalars["n_outputs"]
             k = overlap_k(options, n_outputs)
             scalars = dict(measures.scalars)

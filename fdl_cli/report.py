@@ -145,6 +145,9 @@ class Run:
     history: tuple[tuple[Mapping[str, Any] | None, tuple[int, ...]], ...] = ()
     #: the store's history attribute is damaged (a reader warning): none of `history` is recorded
     history_damaged: bool = False
+    #: Where the series added to stored checkpoints later (a probe or layer added to the store) were computed
+    #: (read with `history=True`): (a row of the store's history, (probe, layer), the steps it added it to).
+    added: tuple[tuple[Mapping[str, Any], tuple[str, str], tuple[int, ...]], ...] = ()
     #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
     dropped: tuple[Mapping[str, Any], ...] = ()
 
@@ -291,6 +294,8 @@ def _read_run(
                       for index, steps in reader.history_steps().items()) if history else (),
         history_damaged=bool(getattr(reader, "_history_damaged", False)),
         dropped=tuple(reader.dropped) if history else (),
+        added=tuple((reader.history[index], key, tuple(steps)) for index, series in reader.added_history().items()
+                    for key, steps in series.items()) if history else (),
     )
 
 
@@ -913,10 +918,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
 def provenance_lines(
     provenance: Mapping[str, Any], history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]] = (),
     *, store: str | Path | None = None, damaged: bool = False, dropped: Sequence[Mapping[str, Any]] = (),
+    added: Sequence[tuple[Mapping[str, Any], tuple[str, str], Sequence[int]]] = (),
 ) -> list[str]:
     """The provenance keys worth showing, as 'key: value' lines (missing keys are skipped), then where the
-    checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command)
-    and which `fdl analyze --drop` removed (`dropped_lines`; `Run.dropped`)."""
+    checkpoints were computed (`history_lines`; `Run.history`; `store`, the store's path, for its command),
+    and the series added to them later (`Run.added`), and which `fdl analyze --drop` removed (`dropped_lines`;
+    `Run.dropped`)."""
     lines = []
     for key in ("model", "layers", "probes", "options"):
         value = provenance.get(key)
@@ -925,8 +932,8 @@ def provenance_lines(
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=_json_default, sort_keys=True)
         lines.append(f"{key}: {value}")
-    return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged) + dropped_lines(
-        dropped)
+    return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged,
+                                 added=added) + dropped_lines(dropped)
 
 
 #: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
@@ -936,28 +943,30 @@ HISTORY_LINES = 3
 def history_lines(
     history: Sequence[tuple[Mapping[str, Any] | None, Sequence[int]]], environment: Any = None,
     *, store: str | Path | None = None, damaged: bool = False,
+    added: Sequence[tuple[Mapping[str, Any], tuple[str, str], Sequence[int]]] = (),
 ) -> list[str]:
     """Where a store's checkpoints were computed, one line per device, host and software (rows of the
     store's history that agree on them are one line), in step order; at most HISTORY_LINES lines.
     `history`: `Run.history`; `environment`: the provenance's, said for a store without a history; `store`:
     its path, in the command the last line gives for the rest (else STORE); `damaged`: its history attribute
-    is (`Run.history_damaged`), which is why nothing is recorded (it said "stored before fdl kept a history")."""
+    is (`Run.history_damaged`), which is why nothing is recorded (it said "stored before fdl kept a history").
+    Then where the series added to stored checkpoints later were (`added`: `Run.added`), likewise
+    (`added_lines`)."""
     places: dict[Any, list[int]] = {}
     rows: dict[Any, Mapping[str, Any] | None] = {}
     for row, steps in history:
-        key = None if row is None else tuple(
-            json.dumps(row.get(name), sort_keys=True)
-            for name in ("device", "host", "world_size", "rank", "torch_version", "fdl_version", "dtype"))
+        key = None if row is None else _place(row)
         places.setdefault(key, []).extend(steps)
         rows.setdefault(key, row)
     known = [key for key in places if key is not None and places[key]]
+    total = sum(len(steps) for steps in places.values())
     if not known:
         if not isinstance(environment, Mapping) or not environment.get("host"):
-            return []
+            return added_lines(added, total, store=store)
         return [f"created on: host {environment.get('host')} (torch {environment.get('torch_version', '?')}, "
                 f"fdl {environment.get('fdl_version', '?')}); where each checkpoint was computed is not recorded "
-                + ("(its history attribute is damaged)" if damaged else "(stored before fdl kept a history)")]
-    total = sum(len(steps) for steps in places.values())
+                + ("(its history attribute is damaged)" if damaged else "(stored before fdl kept a history)"),
+                *added_lines(added, total, store=store)]
     order = sorted((key for key in places if places[key]), key=lambda key: min(places[key]))
     lines = []
     for key in order[: HISTORY_LINES if len(order) <= HISTORY_LINES else HISTORY_LINES - 1]:
@@ -972,6 +981,42 @@ def history_lines(
         shown = "STORE" if store is None else shlex.quote(str(store))
         lines.append(f"computed: {sum(len(places[key]) for key in rest)} more checkpoints in {len(rest)} other "
                      f"places (the store's history: `h5dump -a /history {shown}`)")
+    return lines + added_lines(added, total, store=store)
+
+
+def _place(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """What `computed:` lines tell apart of a history row: device, host, torchrun ranks and software."""
+    return tuple(json.dumps(row.get(name), sort_keys=True)
+                 for name in ("device", "host", "world_size", "rank", "torch_version", "fdl_version", "dtype"))
+
+
+def added_lines(
+    added: Sequence[tuple[Mapping[str, Any], tuple[str, str], Sequence[int]]], total: int,
+    *, store: str | Path | None = None,
+) -> list[str]:
+    """Where the series added to a store's checkpoints later (a probe or layer added to it) were computed, one
+    line per device, host and software, in the order of their first step: `computed: test/fc2:input added to all
+    300 checkpoints on cuda:0 …`; at most HISTORY_LINES lines. `added`: `Run.added`; `total`: the checkpoints
+    the store holds (for "all")."""
+    places: dict[tuple[str, ...], dict[tuple[str, str], set[int]]] = {}
+    rows: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for row, key, steps in added:
+        place = _place(row)
+        places.setdefault(place, {}).setdefault(key, set()).update(steps)
+        rows.setdefault(place, row)
+    order = sorted(places, key=lambda place: min(min(steps) for steps in places[place].values()))
+    lines = []
+    for place in order[: HISTORY_LINES if len(order) <= HISTORY_LINES else HISTORY_LINES - 1]:
+        series = sorted(places[place])
+        shown = ", ".join(f"{probe}/{layer}" for probe, layer in series[:4]) + (
+            f" and {len(series) - 4} more series" if len(series) > 4 else "")
+        steps = sorted(set().union(*places[place].values()))
+        which = f"all {total} checkpoints" if len(steps) == total else _steps_said(steps)
+        lines.append(f"computed: {shown} added to {which} {_where(rows[place])}")
+    if len(order) > len(lines):
+        rest = len(order) - len(lines)
+        lines.append(f"computed: series added in {rest} other places (the store's history: `h5dump -a /history "
+                     f"{'STORE' if store is None else shlex.quote(str(store))}`)")
     return lines
 
 
@@ -1015,7 +1060,7 @@ def _where(row: Mapping[str, Any]) -> str:
 def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     """The human report of a run on a rich console: provenance, then per series the table and summary."""
     for line in provenance_lines(run.provenance, run.history, store=run.path, damaged=run.history_damaged,
-                                 dropped=run.dropped):
+                                 dropped=run.dropped, added=run.added):
         console.print(line, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"

@@ -1145,6 +1145,8 @@ class StoreReader:
         return "" if index is None else history_row(self.history[index])
 
     def _history_index(self, name: str) -> int | None:
+        """The `history` attribute of the checkpoint group `name` (or of a series, `step_10/probe/layer`) as an
+        index into `history`; None when absent or damaged."""
         assert self._file is not None
         group = self._file["checkpoints"]
         try:
@@ -1178,6 +1180,21 @@ class StoreReader:
         for step in sorted(self._group_names):
             steps.setdefault(self._history_index(self._group_names[step]), []).append(step)
         return steps
+
+    def added_history(self) -> dict[int, dict[Series, list[int]]]:
+        """Index in `history` -> the series that invocation added to stored checkpoints (a probe or layer added to
+        the store: the series' own `history` attribute) -> their steps, sorted; `history_steps()` names the
+        invocation that computed each checkpoint's other series. Reads an attribute of every series of every
+        checkpoint group (~70 ms per 1 000 series of checkpoints)."""
+        if self._file is None:
+            raise ValueError("StoreReader.added_history() called after close()")
+        added: dict[int, dict[Series, list[int]]] = {}
+        for step in sorted(self._group_names):
+            for probe, layer in sorted(self.held(step)):
+                index = self._history_index(f"{self._group_names[step]}/{probe}/{layer}")
+                if index is not None:
+                    added.setdefault(index, {}).setdefault((probe, layer), []).append(step)
+        return added
 
     def _identity(self, step: int) -> tuple[str, str, str]:
         assert self._file is not None
@@ -1322,6 +1339,9 @@ class _CommitPlan:
     new_probes: tuple[ProbeInfo, ...] = ()  # probes added to the store (`Growth`), whose /probes groups to write
     #: the store's `pending_series` once committed (() removes it); None: as it is
     pending: tuple[Series, ...] | None = None
+    #: an unfinished addition given up (`StoreWriter.abandoned`): its series and probes to take out of the store
+    abandoned: frozenset[Series] = frozenset()
+    abandoned_probes: tuple[str, ...] = ()
 
 
 class _CommitJob:
@@ -1433,7 +1453,8 @@ class StoreWriter:
     commits in the caller's thread within `add()` and `tick()`, and starts no thread. Adding a step
     already stored replaces it, but for an entry of series alone (`CheckpointEntry.series_only`), which adds
     them to the stored checkpoint of its step: a run with probes or layers beside the store's (`growth`,
-    `lacking`; docs/store.md, "Adding a probe or a layer").
+    `lacking`; docs/store.md, "Adding a probe or a layer"). With `abandon_addition`, a run without the probes and
+    layers of an unfinished addition gives it up (`abandoned`), taking them out of the store at its first commit.
 
     Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
     the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
@@ -1453,6 +1474,7 @@ class StoreWriter:
         min_interval: float = 0.0,
         background: bool = True,
         invocation: Mapping[str, Any] | None = None,
+        abandon_addition: bool = False,
     ) -> None:
         self._path = Path(path)
         if self._path.is_symlink():
@@ -1492,6 +1514,11 @@ class StoreWriter:
         self._growth_update: tuple[str, tuple[ProbeInfo, ...]] | None = None
         #: series that stored checkpoints may lack (added by this run or an earlier one): `lacking`, `pending_series`
         self._pending: set[Series] = set()
+        #: with `abandon_addition`: the unfinished addition this writer takes out of the store (`abandonment`), at
+        #: its first commit (a flush does it at once); None: none
+        self.abandoned: Abandonment | None = None
+        self._abandon_addition = bool(abandon_addition)
+        self._abandoning = False  # `abandoned` is not committed yet
         #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
         self._probe_updates: dict[str, bool] = {}
         self._signatures: dict[int, str] = {}  # see note_file_signatures
@@ -1580,7 +1607,20 @@ class StoreWriter:
             ) from None
         try:
             stored_probes = reader.probes()
-            differences, grown = resume_differences(reader.provenance, stored_probes, self._provenance, self._probes)
+            stored: Mapping[str, Any] = reader.provenance
+            if self._abandon_addition:
+                self.abandoned = abandonment(reader, self._provenance, self._probes)
+            if self.abandoned is not None:  # compared as the store will be once it is given up
+                stored = self.abandoned.provenance
+                stored_probes = {name: info for name, info in stored_probes.items()
+                                 if name not in self.abandoned.probes}
+            differences, grown = resume_differences(stored, stored_probes, self._provenance, self._probes)
+            if grown is not None and self.abandoned is not None:
+                raise StoreError(
+                    f"--abandon-addition gives up adding {self.abandoned.describe()} to {self._path}, and this run adds "
+                    f"{grown.describe()}: one at a time",
+                    fix=f"run it without {grown.describe()} first, then the command that adds {grown.describe()}",
+                )
             if differences:
                 fix = "pass --overwrite to replace it, or another --out to keep both"
                 if grown is not None:
@@ -1596,7 +1636,8 @@ class StoreWriter:
                 renamed = _renamed_probes(stored_probes, self._probes)
                 paired = {pair[1] for pair in renamed}
                 left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
-                left_out_layers = _unfinished_layers(reader, self._provenance.get("layers"))
+                left_out_layers = ([] if self.abandoned is not None
+                                   else _unfinished_layers(reader, self._provenance.get("layers")))
                 if renamed or left_out or left_out_layers:
                     # The same probe file under another name (`--probe test=probe.npz` on a store that calls it
                     # `probe`): a different run only by its name, which the fix can give back. A store's probe
@@ -1636,6 +1677,11 @@ class StoreWriter:
                             f"{'them' if len(left_out_layers) > 1 else 'it'} too, with the store's layers in its order, "
                             + " ".join(f"--layer {label}" for label in stored_layers)
                         )
+                    given_up = _unfinished(reader, {(name, layer) for name in left_out for layer in stored_layers}
+                                           | {(probe, label) for probe in stored_probes for label in left_out_layers})
+                    if given_up and not renamed and not self._abandon_addition:
+                        then += ("; or, to give the addition up, this command with --abandon-addition, which takes "
+                                 f"{'them' if len(left_out) + len(left_out_layers) > 1 else 'it'} out of the store")
                     fix = "; and ".join(parts) + then + "; else " + fix
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
@@ -1699,9 +1745,16 @@ class StoreWriter:
             missing = {key: value for key, value in self._provenance.items() if key not in reader.provenance}
             if missing:
                 self._provenance_update = json.dumps({**reader.provenance, **missing}, sort_keys=True)
+            if self.abandoned is not None:
+                self._provenance_update = json.dumps({**self.abandoned.provenance, **missing}, sort_keys=True)
+                gone = self.abandoned.series
+                self._rows = {key: rows for key, rows in self._rows.items() if key not in gone}
+                self._trajectories_match -= gone
+                self._stale_trajectories -= gone
+                self._abandoning = True
             # Series that the stored checkpoints may lack: added by this run, or by an earlier one that did not
             # finish (the store's `pending_series`)
-            self._pending = set(reader.pending_series)
+            self._pending = set(reader.pending_series) - (self.abandoned.series if self.abandoned else set())
             if grown is not None:
                 self.growth = grown
                 self._pending |= grown.series
@@ -2111,7 +2164,7 @@ class StoreWriter:
         """What committing the whole buffer writes; None when there is nothing to write. Under `_guard`:
         it copies what it needs (the entries are immutable), so the commit reads no shared state."""
         entries = tuple(self._buffer)
-        if not entries and not self._drop_steps and (self._fresh or not self._signatures):
+        if not entries and not self._drop_steps and not self._abandoning and (self._fresh or not self._signatures):
             return None  # a fresh store is created by its first checkpoint, not before
         latest: dict[int, CheckpointEntry] = {}  # a step added twice: the last one wins (series added: joined)
         for entry in entries:
@@ -2136,7 +2189,7 @@ class StoreWriter:
         history, computed_by, series_computed_by = self._history_plan(latest.values())
         growth_update = self._growth_update if entries else None  # written with a checkpoint, never alone
         pending: tuple[Series, ...] | None = None  # the store's pending_series after this commit (None: as it is)
-        if self._pending and (growth_update is not None or self._growth_update is None):
+        if (self._pending or self._abandoning) and (growth_update is not None or self._growth_update is None):
             steps = {step for step in self._sha256 if step not in self._drop_steps} | set(latest)
             pending = tuple(sorted(key for key in self._pending if set(rows.get(key, {})) != steps))
         return _CommitPlan(
@@ -2162,6 +2215,8 @@ class StoreWriter:
             computed_by=computed_by,
             series_computed_by=series_computed_by,
             dropped_log=self._dropped_plan(),
+            abandoned=self.abandoned.series if self._abandoning and self.abandoned else frozenset(),
+            abandoned_probes=self.abandoned.probes if self._abandoning and self.abandoned else (),
         )
 
     def _dropped_plan(self) -> tuple[str, ...] | None:
@@ -2243,6 +2298,8 @@ class StoreWriter:
                 elif plan.pending is not None and "pending_series" in store.attrs:
                     del store.attrs["pending_series"]
                 checkpoints = store.require_group("checkpoints")
+                if plan.abandoned:
+                    _remove_series(store, plan.abandoned, plan.abandoned_probes)
                 for name in plan.drop:
                     if name in checkpoints:
                         del checkpoints[name]
@@ -2293,6 +2350,8 @@ class StoreWriter:
         if plan.dropped_log is not None:
             self._dropped_log = list(plan.dropped_log)
         self._drop_steps -= plan.dropped
+        if plan.abandoned:
+            self._abandoning = False
         for entry in plan.entries:
             self._sha256[entry.step] = entry.sha256
         del self._buffer[: len(plan.entries)]  # entries added since the plan was made stay
@@ -2452,11 +2511,96 @@ class Growth:
 
     def describe(self) -> str:
         """'probe 'test'', 'layers 'fc1' and 'fc2'', 'probe 'test' and layer 'fc1''."""
-        def named(kind: str, names: Sequence[str]) -> str:
-            return f"{kind}{'s' if len(names) > 1 else ''} " + " and ".join(repr(name) for name in names)
+        return _probes_and_layers(self.probes, self.layers)
 
-        return " and ".join(named(kind, names) for kind, names in (("probe", self.probes), ("layer", self.layers))
-                            if names)
+
+def _probes_and_layers(probes: Sequence[str], layers: Sequence[str]) -> str:
+    """'probe 'test'', 'layers 'fc1' and 'fc2'', 'probe 'test' and layer 'fc1''."""
+    def named(kind: str, names: Sequence[str]) -> str:
+        return f"{kind}{'s' if len(names) > 1 else ''} " + " and ".join(repr(name) for name in names)
+
+    return " and ".join(named(kind, names) for kind, names in (("probe", probes), ("layer", layers)) if names)
+
+
+@dataclass(frozen=True)
+class Abandonment:
+    """An unfinished addition that a resume gives up (`StoreWriter(abandon_addition=True)`, `abandonment`): the
+    probes and layers it added, their `series` (the store's `pending_series`), and `provenance`, the store's once
+    they are taken out (their probes and layers gone, every other key as stored); `held`: how many checkpoints
+    hold some of those series."""
+
+    probes: tuple[str, ...]
+    layers: tuple[str, ...]
+    series: frozenset[Series]
+    provenance: Mapping[str, Any]
+    held: int
+
+    def describe(self) -> str:
+        """'probe 'test'', 'layer 'fc1'', ... (`Growth.describe`)."""
+        return _probes_and_layers(self.probes, self.layers)
+
+
+def abandonment(reader: StoreReader, run: Mapping[str, Any], run_probes: Mapping[str, ProbeInfo]) -> Abandonment | None:
+    """What a resume with `run`'s provenance and probes gives up with --abandon-addition: the probes and layers
+    of the store that an `fdl analyze` which stopped was adding (every series of each one among its
+    `pending_series`), which the run leaves out, and no other. None when the store holds no unfinished addition
+    (nothing to give up: the resume goes on as any other, so a command killed once it had given it up, run
+    again, finishes). A run that leaves out other probes or layers, or not those, is refused (StoreError)."""
+    pending = reader.pending_series
+    stored = reader.provenance
+    layers, run_layers = stored.get("layers"), run.get("layers")
+    if not pending or not (isinstance(layers, list) and isinstance(run_layers, list)):
+        return None
+    probes = list(reader.probes())
+    added_probes = tuple(name for name in probes if all((name, label) in pending for label in layers))
+    added_layers = tuple(label for label in layers if all((name, label) in pending for name in probes))
+    left_probes = tuple(name for name in probes if name not in run_probes)
+    left_layers = tuple(label for label in layers if label not in run_layers)
+
+    def series_of(names: Sequence[str], labels: Sequence[str]) -> frozenset[Series]:
+        return frozenset((name, label) for name in probes for label in layers if name in names or label in labels)
+
+    shown = ", ".join(f"{probe}/{layer}" for probe, layer in sorted(pending))
+    if series_of(added_probes, added_layers) != pending:
+        raise StoreError(
+            f"--abandon-addition: the series {reader._path} lacks at some checkpoints ({shown}) are not those of "
+            "whole probes or layers, so no probe or layer can be taken out to give them up",
+            fix="finish the addition (the command that added them, without --abandon-addition), or pass --overwrite "
+                "to start the store afresh, or another --out",
+        )
+    if (left_probes, left_layers) != (added_probes, added_layers):
+        flags = " ".join([*(f"--probe {name}=PATH" for name in added_probes), *(f"--layer {label}" for label in
+                                                                                   added_layers)])
+        left = _probes_and_layers(left_probes, left_layers)
+        raise StoreError(
+            f"--abandon-addition gives up the unfinished addition of {_probes_and_layers(added_probes, added_layers)} "
+            f"to {reader._path} ({shown}), and this run leaves out " + (left if left else "none of them"),
+            fix="leave out those it added, giving every other probe and layer as the store has them (not "
+                f"{flags}), to give it up; or, to finish it, the command that added them, without --abandon-addition",
+        )
+    held = sum(1 for step in reader.checkpoint_steps() if reader.held(step) & pending)
+    order = stored.get("probe_order")
+    provenance = {
+        **stored,
+        "probes": {name: sha for name, sha in dict(stored.get("probes") or {}).items() if name not in added_probes},
+        "layers": [label for label in layers if label not in added_layers],
+        **({"probe_order": [name for name in order if name not in added_probes]} if isinstance(order, list) else {}),
+    }
+    return Abandonment(probes=added_probes, layers=added_layers, series=pending, provenance=provenance, held=held)
+
+
+def _remove_series(store: h5py.File, series: Iterable[Series], probes: Iterable[str]) -> None:
+    """Take `series` out of a store (an addition given up): their groups in every checkpoint group and their
+    trajectories, a probe's group where none of its layers is left, and `probes`' groups under /probes."""
+    for parent in (*store["checkpoints"].values(), store["trajectories"]):
+        for probe, layer in series:
+            if probe in parent and layer in parent[probe]:
+                del parent[probe][layer]
+            if probe in parent and not len(parent[probe]):
+                del parent[probe]
+    for probe in probes:
+        if probe in store["probes"]:
+            del store["probes"][probe]
 
 
 def resume_differences(

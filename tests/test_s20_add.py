@@ -188,37 +188,6 @@ def test_an_addition_stopped_midway_leaves_a_store_that_reads_and_that_the_same_
     _assert_as_analysed_at_once(run, store, *test)
 
 
-def test_a_stored_checkpoint_that_fails_for_the_added_probe_stops_the_run_and_changes_no_other(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
-) -> None:
-    """Skipped over as "previous" as a new checkpoint that fails is, step 30's stored series would have been
-    compared anew with step 10 (the successor refresh), though step 20 keeps its own."""
-    from fdl_cli.errors import NumericalError
-
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
-    before = _series_items(store, "probe/2:input")
-    test = ("--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
-    analyze_one = fdl_cli.pipeline._analyze_one
-
-    def fails_at_20(ctx: Any, ref: Any, *args: Any, **kwargs: Any) -> Any:
-        if ref.step == 20:
-            raise NumericalError("the features or outputs contain non-finite values")
-        return analyze_one(ctx, ref, *args, **kwargs)
-
-    monkeypatch.setattr(fdl_cli.pipeline, "_analyze_one", fails_at_20)
-    failed = analyze(run, store, *test)
-    monkeypatch.undo()
-    assert failed.code == 1 and "Traceback" not in failed.stderr
-    assert ("non-finite values (adding test/2:input to the stored step 20: the store keeps its other series, and the "
-            "added ones of the checkpoints before it; the run stops here") in " ".join(failed.stderr.split())
-    _same(_series_items(store, "probe/2:input"), before)
-    with StoreReader(store) as reader:
-        assert reader.steps(probe="test") == [0, 10] and reader.pending_series == {("test", "2:input")}
-    assert analyze(run, store, *test).code == 0
-    _assert_as_analysed_at_once(run, store, *test)
-
-
 def test_what_cannot_be_added_is_refused_naming_what_differs_and_the_store_is_left_as_it_was(
     run: Path, tmp_path: Path  # noqa: F811
 ) -> None:
