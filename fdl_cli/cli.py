@@ -262,8 +262,8 @@ class OutputOption(click.Option):
                    "keeping the rest of the store; the checkpoints compared with them get cka_prev / overlap_prev "
                    "recomputed. Not the reference (--overwrite), not under torchrun.")
 @click.option("--drop", "drop", metavar="S1,S2,...", callback=_steps_list,
-              help="Remove these stored steps, each a second copy of a file the store holds at another step (as an "
-                   "earlier fdl resumed with other step options stored it); the checkpoints compared with them are "
+              help="Remove these stored steps, each a second copy of a file the store holds at another step (stored so by "
+                   "a resume with other step options that fdl now refuses); the checkpoints compared with them are "
                    "compared again. Not a step this run reads, not the reference, not under torchrun.")
 @click.option("--abandon-addition", is_flag=True,
               help="Give up adding probes or layers to the store, an `fdl analyze` that stopped having added them to "

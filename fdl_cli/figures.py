@@ -549,8 +549,8 @@ def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, 
         unlisted = []
     if unlisted:
         notes.append(f"{directory} also holds {len(unlisted)} figure file{'s' if len(unlisted) > 1 else ''} this "
-                     f"{kind} did not write (an older fdl's, or changed since fdl wrote them): {_names(unlisted)}; "
-                     "remove them if they are stale")
+                     f"{kind} did not write (not in its .fdl-figures.json: written by an fdl that kept no such "
+                     f"list, or changed since fdl wrote them): {_names(unlisted)}; remove them if they are stale")
     return paths
 
 

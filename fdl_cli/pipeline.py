@@ -1980,8 +1980,8 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             # a healthy store: what the user may have meant is to remove a checkpoint, which --drop never does
             raise StoreError(
                 f"--drop {listed}: {out} holds no checkpoint file at two steps, so there is nothing to drop: --drop "
-                "removes only a second copy of a file the store keeps at another step (stored so by an fdl before the "
-                "eighteenth session), never the only one",
+                "removes only a second copy of a file the store keeps at another step (stored so by a resume with "
+                "other step options, which fdl now refuses), never the only one",
                 got=f"step {step} is the only copy of {stored[step][0]} in {out}",
                 fix="leave out --drop (`fdl analyze` names the steps to drop when a store holds a file at two steps); "
                 f"{again}; for a store without some checkpoints, analyse the others into another --out (--steps)",
@@ -2413,8 +2413,8 @@ def _stored_twice(
         f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
     steps = ",".join(map(str, sorted({*dropping, *(step for step, _ in twice)})))
     return StoreError(
-        f"{out} holds the same checkpoint file at two steps: {shown} (stored a second time by an earlier fdl, resumed "
-        "with other --step-offset / --step-regex options)",
+        f"{out} holds the same checkpoint file at two steps: {shown} (stored a second time by a resume "
+        "with other --step-offset / --step-regex options, which fdl now refuses)",
         got=f"this run reads {'it' if len(twice) == 1 else 'them'} at step{'s' if len(twice) > 1 else ''} "
         f"{', '.join(str(ref.step) for _, ref in twice)}; the store holds {'it' if len(twice) == 1 else 'them'} at "
         f"step{'s' if len(twice) > 1 else ''} {', '.join(str(step) for step, _ in twice)} as well",

@@ -965,7 +965,7 @@ def history_lines(
             return added_lines(added, total, store=store)
         return [f"created on: host {environment.get('host')} (torch {environment.get('torch_version', '?')}, "
                 f"fdl {environment.get('fdl_version', '?')}); where each checkpoint was computed is not recorded "
-                + ("(its history attribute is damaged)" if damaged else "(stored before fdl kept a history)"),
+                + ("(its history attribute is damaged)" if damaged else "(the store has no history attribute)"),
                 *added_lines(added, total, store=store)]
     order = sorted((key for key in places if places[key]), key=lambda key: min(places[key]))
     lines = []
@@ -973,7 +973,7 @@ def history_lines(
         steps = sorted(places[key])
         which = f"all {total} checkpoints" if len(steps) == total else _steps_said(steps)
         row = rows[key]
-        lines.append(f"computed: {which} " + ("(stored before fdl kept a history: where is not recorded)"
+        lines.append(f"computed: {which} " + ("(their groups record no history: where is not recorded)"
                                               if row is None else _where(row)))
     if len(order) > len(lines):
         rest = order[len(lines):]

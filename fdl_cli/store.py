@@ -887,8 +887,8 @@ class StoreReader:
             return
         steps = ", ".join(map(str, unknown[:6])) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
         self.warnings.append(
-            f"cka_prev and overlap_prev of step{'s' if len(unknown) > 1 else ''} {steps} were stored by an fdl "
-            "before the field prev_step (null there), which may have compared them with another checkpoint than "
+            f"cka_prev and overlap_prev of step{'s' if len(unknown) > 1 else ''} {steps} were stored without "
+            "the field prev_step (null there), which may have compared them with another checkpoint than "
             "the one before in step order; no other measure, and no regime, depends on them. To recompute them, "
             f"run `fdl analyze` on the same checkpoints with --out {self._path}: a resume, which recomputes these "
             "two fields and nothing else that is stored"
@@ -911,8 +911,8 @@ class StoreReader:
         shown = "; ".join(f"{path} at steps {', '.join(map(str, steps))}" for steps, path in twice[:3]) + (
             f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
         self.warnings.append(
-            f"the store holds the same checkpoint file at two steps: {shown} (stored a second time by an fdl "
-            "before the eighteenth session, resumed with other --step-offset / --step-regex options): one of its "
+            f"the store holds the same checkpoint file at two steps: {shown} (stored a second time by a resume "
+            "with other --step-offset / --step-regex options, which fdl now refuses): one of its "
             "steps carries another step's numbers. Run `fdl analyze` on the run's checkpoints with the options "
             f"that read their steps rightly and --out {self._path}: it names the steps to remove with --drop"
         )
@@ -1686,9 +1686,9 @@ class StoreWriter:
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
-                    fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (an earlier fdl took "
-                           "them over --top-k when the model had more outputs; now over C unless --overlap-k): pass "
-                           f"--overlap-k {stored_k} to go on as it was analysed, or " + fix)
+                    fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (the store records "
+                           "no overlap_k: they were taken over --top-k, below the model's outputs; fdl takes them "
+                           f"over C unless --overlap-k): pass --overlap-k {stored_k} to go on as it was analysed, or " + fix)
                 ordered = _layers_after_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if ordered is not None:
                     added = [label for label in ordered if label not in reader.provenance["layers"]]

@@ -146,6 +146,7 @@ def test_a_store_of_top_k_below_C_written_before_overlap_k_is_not_mixed(tmp_path
     assert refused.code == 1 and "Traceback" not in refused.stderr
     assert "options.overlap_k: absent (store) vs 4 (this run)" in refused.stderr
     assert "pass --overlap-k 2 to go on as it was analysed" in refused.stderr
+    assert "the store records no overlap_k: they were taken over --top-k" in " ".join(refused.stderr.split())
     assert out.read_bytes() == before
     resumed = _analyze(tmp_path, folder, model, out, "--top-k", "2", "--overlap-k", "2")
     assert resumed.code == 0, resumed.stderr

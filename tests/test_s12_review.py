@@ -110,7 +110,7 @@ def test_a_resume_that_changes_top_k_alone_is_not_told_to_pass_overlap_k(tmp_pat
         refused = _analyze(tmp_path, folder, model, out, "--top-k", "2", *extra)
         assert refused.code == 1 and "Traceback" not in refused.stderr
         assert "options.top_k: 64 (store) vs 2 (this run)" in refused.stderr
-        assert "--overlap-k" not in refused.stderr and "an earlier fdl" not in refused.stderr
+        assert "--overlap-k" not in refused.stderr and "the store records no overlap_k" not in refused.stderr
         assert "fix: pass --overwrite to replace it, or another --out to keep both" in refused.stderr
 
 

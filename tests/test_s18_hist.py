@@ -204,13 +204,13 @@ def test_a_store_written_before_the_history_reads_as_unknown_and_a_resume_starts
         assert reader.warnings == [] and reader.entry(10).computed_by == ""
     host = socket.gethostname()
     assert history_lines(load_run(out, history=True).history, {"host": host, "torch_version": "2", "fdl_version": "0"}) \
-        == [f"created on: host {host} (torch 2, fdl 0); where each checkpoint was computed is not recorded (stored "
-            "before fdl kept a history)"]
+        == [f"created on: host {host} (torch 2, fdl 0); where each checkpoint was computed is not recorded (the store "
+            "has no history attribute)"]
     _analyze(run, out)
     rows, steps = _history(out)
     assert len(rows) == 1 and steps == {None: [0, 10], 0: [20, 30]}
     assert history_lines(load_run(out, history=True).history)[0] == (
-        "computed: steps 0, 10 (stored before fdl kept a history: where is not recorded)")
+        "computed: steps 0, 10 (their groups record no history: where is not recorded)")
 
 
 def test_a_damaged_history_is_a_warning_and_is_not_written_over(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
         records = reader.records()
     assert [r["prev_step"] for r in records] == [None] * 6
     assert {(r["probe"], r["step"]): r["cka_prev"] for r in records} == cka_prev  # nothing else lost
-    assert warning.startswith("cka_prev and overlap_prev of steps 5, 10 were stored by an fdl before the field "
+    assert warning.startswith("cka_prev and overlap_prev of steps 5, 10 were stored without the field "
                               "prev_step")
     assert f"run `fdl analyze` on the same checkpoints with --out {store}" in warning
     for command in (("report", store), ("report", store, "--json"), ("classify", store), ("compare", store, store,
@@ -205,7 +205,7 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
         assert done.returncode == 0, done.stderr
         said = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
         assert len(said) == 1, (command, said)
-        assert "before the field prev_step" in said[0] and "unreadable" not in said[0]
+        assert "without the field prev_step" in said[0] and "unreadable" not in said[0]
 
     resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store)  # as the warning says
     assert resumed.returncode == 0, resumed.stderr

@@ -223,8 +223,8 @@ def test_readers_warn_of_a_file_stored_at_two_steps_until_it_is_dropped(
     the command that names the steps to --drop; the mended store reads without it."""
     common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
     said = (f"the store holds the same checkpoint file at two steps: {run2 / 'step_10.safetensors'} at steps 30, 110; "
-            f"{run2 / 'step_20.safetensors'} at steps 40, 120 (stored a second time by an fdl before the eighteenth "
-            "session")
+            f"{run2 / 'step_20.safetensors'} at steps 40, 120 (stored a second time by a resume with "
+            "other --step-offset / --step-regex options, which fdl now refuses)")
     for argv in (("report", out), ("classify", out), ("compare", out, twenty), ("report", out, "--format", "json"),
                  ("export", out, "--what", "eigenvalues", "--format", "csv")):
         status, stdout, err = fdl(capsys, *argv)

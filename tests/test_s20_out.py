@@ -77,8 +77,9 @@ def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_pat
     assert outside.read_bytes() == b"outside"
     assert _files(plots) == _report_names("") | {".fdl-figures.json", "notes.txt", "spectrum_mine.png",
                                                   "triptych_train-fc2.svg"}
-    assert notes[-1] == (f"{plots} also holds 2 figure files this report did not write (an older fdl's, or changed "
-                         "since fdl wrote them): spectrum_mine.png, triptych_train-fc2.svg; remove them if they are stale")
+    assert notes[-1] == (f"{plots} also holds 2 figure files this report did not write (not in its .fdl-figures.json: "
+                         "written by an fdl that kept no such list, or changed since fdl wrote them): "
+                         "spectrum_mine.png, triptych_train-fc2.svg; remove them if they are stale")
     assert set(json.loads((plots / FIGURE_LIST).read_text())["files"]) == _report_names("")
 
 

@@ -125,8 +125,9 @@ def test_a_compare_removes_its_own_stale_figures_and_no_others(tmp_path: Path) -
         f"{plots} also holds 2 figure files of the compares of {a.resolve()} (train/fc1) vs {a.resolve()} "
         f"(train/fc1), {a.resolve()} (train/fc2) vs {b.resolve()} (train/fc2), left as they are (one folder "
         "per compare keeps each compare's figures apart): compare_trajectories_ab.png, compare_trajectories_fc2.png",
-        f"{plots} also holds 1 figure file this compare did not write (an older fdl's, or changed since fdl wrote "
-        "them): compare_k95_utility_old.svg; remove them if they are stale",
+        f"{plots} also holds 1 figure file this compare did not write (not in its .fdl-figures.json: written by an fdl "
+        "that kept no such list, or changed since fdl wrote them): compare_k95_utility_old.svg; remove them if they "
+        "are stale",
     ]
 
 
