@@ -14,7 +14,7 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 import click
@@ -388,6 +388,13 @@ def inspect(**kwargs: Any) -> None:
     outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
+    needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
+    if needs_model is not None:
+        if kwargs["as_json"]:
+            _emit_json(result)
+        else:
+            _print_tensors(result)
+        raise needs_model
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     failed = isinstance(failure, str) and failure.startswith("forward failed")
     of_manifest = result.pop("probe_of_manifest", None)
@@ -405,17 +412,7 @@ def inspect(**kwargs: Any) -> None:
             raise outputs_error
         return
     console = _stderr_console()
-    table, hidden = _modules_table(result, console.width if console.is_terminal else None)
-    if not console.is_terminal:
-        # As `fdl report`: a pipe or a log has no width, so the table is printed whole rather than
-        # folded at rich's 80 columns ("ModuleD" / "ict", "paramet" / "ers" beside a long name).
-        from rich.measure import Measurement
-
-        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
-    console.print(table)
-    if hidden:
-        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
-                      "as does --json)", markup=False, highlight=False)
+    _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None))
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
     if isinstance(failure, str) and failure.startswith("forward failed"):
         # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
@@ -426,6 +423,46 @@ def inspect(**kwargs: Any) -> None:
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
     if outputs_error is not None:
         raise outputs_error  # the forward pass ran, but `analyze` cannot tell its outputs: exit 1, said why
+
+
+def _print_whole(console: Any, table: Any, hidden: list[str]) -> None:
+    """Print an `fdl inspect` table, then the columns left out of it for the terminal's width (`hidden`)."""
+    if not console.is_terminal:
+        # As `fdl report`: a pipe or a log has no width, so the table is printed whole rather than
+        # folded at rich's 80 columns ("ModuleD" / "ict", "paramet" / "ers" beside a long name).
+        from rich.measure import Measurement
+
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.print(table)
+    if hidden:
+        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
+                      "as does --json)", markup=False, highlight=False)
+
+
+def _print_tensors(result: dict[str, Any]) -> None:
+    """`fdl inspect`'s listing of a checkpoint of weights only (`inspection._tensors_listing`): its tensors by
+    module, their total and the step it is read at; the CLI then says what needs the model."""
+    console = _stderr_console()
+    _print_whole(console, *_tensors_table(result, console.width if console.is_terminal else None))
+    count = len(result["tensors"])
+    console.print(f"total: {result['values']:,} values in {count} tensor{'s' if count != 1 else ''} (parameters, "
+                  "and buffers such as running means where the file holds them)", markup=False, highlight=False)
+    source = result["step_source"]
+    console.print("step: " + ("none (no step in its metadata or name: `fdl analyze` of its folder skips it)"
+                              if result["step"] is None else
+                              f"{result['step']} (from its {_step_source_said(source)})"),
+                  markup=False, highlight=False)
+    if result["other_weights"]:
+        console.print(f"other weights in the file: {', '.join(result['other_weights'])} (--weights NAME lists "
+                      "or analyses those instead)", markup=False, highlight=False)
+
+
+def _step_source_said(source: str) -> str:
+    """`CheckpointRef.step_source` in words, for `fdl inspect`'s "step:" line: `metadata's global_step`, `name`."""
+    if source == "step_regex":
+        return "name, by --step-regex"
+    where, _, key = source.partition(":")
+    return f"{where}'s {key}" if key else source
 
 
 def _probe_misfit(spec: str, checkpoint: str, failure: str, *, manifest: Any = None) -> Exception:
@@ -451,28 +488,57 @@ def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, 
     then the output shapes, are left out whole (and named): rich squeezed them to nothing beside a
     40-column name, or drew the table wider than the terminal, whose lines then wrapped.
     """
-    from rich.table import Table
-
     rows = [(row["name"] or "(model)", str(row["type"]), str(row["output_shape"]), str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
-    headers = ("module", "type", "output shape", "parameters")
     longest = max((len(row["name"]) for row in result["modules"]), default=7)
-    # The width each column takes unfolded (the marker may wrap), the name's up to 40 columns.
-    widths = [min(max(longest, len(headers[0])), 40),
-              *(max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers) if i)]
-    keep = 4
+    return _folding_table(f"modules of {result['checkpoint']}", ("module", "type", "output shape", "parameters"),
+                          [(*row[:3], row[3] + row[4]) for row in rows], longest, max_width,
+                          widths=[(len(row[3]) for row in rows)])
+
+
+def _tensors_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
+    """The table of a checkpoint's tensors (`inspection._tensors_listing`), by module: each module's name on
+    its first tensor's row only, beside each tensor's own name (`weight`, `bias`; the full name is the two
+    joined by a dot, as --json gives it), and the columns left out of it for a terminal `max_width` wide, as
+    `_modules_table` folds and leaves them out: the values, then the dtype."""
+    rows = []
+    previous = None
+    for row in result["tensors"]:
+        module, _, own = str(row["name"]).rpartition(".")
+        rows.append(("" if module == previous else module or "(top level)", own, str(list(row["shape"])),
+                     str(row["dtype"]), f"{row['values']:,}"))
+        previous = module
+    longest = max((len(row[0]) for row in rows), default=6)
+    table, hidden = _folding_table(f"tensors of {result['checkpoint']}", ("module", "tensor", "shape", "dtype", "values"),
+                                   rows, longest, max_width, least=3)
+    return table, hidden
+
+
+def _folding_table(title: str, headers: tuple[str, ...], rows: Sequence[tuple[str, ...]], longest: int,
+                   max_width: int | None, *, least: int = 2, widths: Sequence[Any] = ()) -> tuple[Any, list[str]]:
+    """A table of `fdl inspect` whose first column (names) folds onto further lines, never cut, within 40
+    columns, or fewer on a narrow terminal `max_width` wide, where the last columns are left out whole, down to
+    `least` (returned, named, for a line below it). `widths`: for the last columns, the width of their widest
+    cells when that is not their text (a marker that may wrap)."""
+    from rich.table import Table
+
+    # The width each column takes unfolded, the name's up to 40 columns.
+    measured = [min(max(longest, len(headers[0])), 40),
+                *(max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(headers) if i)]
+    for back, cells in enumerate(widths, start=len(headers) - len(widths)):
+        measured[back] = max([len(headers[back]), *cells])
+    keep = len(headers)
     if max_width is not None:
-        while keep > 2 and sum(widths[:keep]) + 3 * keep + 1 > max_width:
+        while keep > least and sum(measured[:keep]) + 3 * keep + 1 > max_width:
             keep -= 1
-    room = widths[0] if max_width is None else max(8, min(widths[0], max_width - sum(widths[1:keep]) - 3 * keep - 1))
-    table = Table(title=f"modules of {result['checkpoint']}")
-    table.add_column("module", overflow="fold", min_width=room)
+    room = measured[0] if max_width is None else max(8, min(measured[0], max_width - sum(measured[1:keep]) - 3 * keep - 1))
+    table = Table(title=title)
+    table.add_column(headers[0], overflow="fold", min_width=room)
     for column in headers[1:keep]:
         table.add_column(column, overflow="fold")
-    for name, kind, shape, parameters, marker in rows:
-        cells = (name, kind, shape, parameters + marker)
-        table.add_row(*cells[:keep])
+    for row in rows:
+        table.add_row(*row[:keep])
     return table, list(headers[keep:])
 
 
@@ -685,10 +751,27 @@ def export(**kwargs: Any) -> None:
         click.echo(note, err=True)
 
 
+class _AnyCase(click.Choice):  # type: ignore[type-arg]
+    """Choices taken in any case (`--expect mf`), shown as spelt (MF, EF, coefficient, as the verdict prints them):
+    click's case_sensitive=False showed them casefolded, "[coefficient|mf|ef]", in --help and its errors."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        taken = next((choice for choice in self.choices if str(choice).casefold() == str(value).casefold()), None)
+        if taken is None:
+            self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))} (any case)", param, ctx)
+        return taken
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(choice) for choice in self.choices
+                if str(choice).casefold().startswith(incomplete.casefold())]
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
-@click.option("--expect", type=click.Choice(["coefficient", "MF", "EF"], case_sensitive=False),
+@click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"]),
               help="Exit 3 when the verdict differs (any case: mf = MF).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
               help="Override a threshold (repeatable): " + ", ".join(

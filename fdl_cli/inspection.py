@@ -64,10 +64,7 @@ def inspect_checkpoint(
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
-        raise CheckpointError(
-            f"{ref.path} holds weights only, and no model was given to put them in",
-            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
-        )
+        return _tensors_listing(ref, loaded, notes=kwargs_notes.notes)
     # A TorchScript / torch.export program is wrapped as `analyze` wraps it (its own eval() and hooks
     # are refused; its features are the input of its last linear operation, `last_linear_op`).
     model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
@@ -204,6 +201,33 @@ def inspect_checkpoint(
         # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
+    }
+
+
+def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, Any]:
+    """What a checkpoint of weights only holds, for `fdl inspect` without a model: each tensor's name, shape,
+    dtype and number of values (in the file's order, as loaded: prefixes such as `module.` stripped, --weights
+    applied), their total, and the step `analyze` would read it at. `needs_model` (not JSON) is the error the
+    CLI raises below the listing: the modules, their output shapes and the default layer need the model (it
+    was raised alone, "holds weights only", and said nothing of what the file holds)."""
+    tensors = [{"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
+                "values": int(tensor.numel())} for name, tensor in (loaded.state_dict or {}).items()]
+    return {
+        "checkpoint": str(ref.path),
+        "step": None if ref.step_source == "none" else ref.step,
+        "step_source": ref.step_source,
+        "tensors": tensors,
+        "values": sum(row["values"] for row in tensors),
+        # other copies of the weights in the file (an EMA), which --weights picks
+        "other_weights": list(loaded.other_weights),
+        # what a model would tell: none without one
+        "modules": None, "default_module": None, "default_layer": None, "default_features": None,
+        "needs_model": CheckpointError(
+            f"{ref.path} holds weights only, and no model was given to put them in: its tensors are listed, but "
+            "the modules, their output shapes and the default feature layer need the model",
+            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        ),
+        "notes": notes,
     }
 
 

@@ -10,6 +10,7 @@ each threshold are in docs/regimes.md. No torch, no I/O: records (dicts of the f
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -75,10 +76,12 @@ class Thresholds:
         items = overrides.items() if isinstance(overrides, Mapping) else (_split(text) for text in overrides)
         for name, value in items:
             if name not in names:
+                near = difflib.get_close_matches(name.casefold(), sorted(names), n=1)  # CKA_STATIC too
                 raise FdlError(
-                    f"unknown threshold {name!r}",
+                    f"unknown threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
                     got=f"known thresholds: {', '.join(sorted(names))}",
-                    fix="pass --threshold NAME=VALUE with one of those names",
+                    fix=f"pass --threshold {near[0]}={threshold_text(value)}" if near else
+                    "pass --threshold NAME=VALUE with one of those names",
                 )
             pairs[name] = float(value)
         return replace(cls(), **pairs)

@@ -929,11 +929,41 @@ def provenance_lines(
         value = provenance.get(key)
         if value in (None, "", [], {}):
             continue
-        if isinstance(value, (dict, list, tuple)):
-            value = json.dumps(value, default=_json_default, sort_keys=True)
-        lines.append(f"{key}: {value}")
+        lines.append(_provenance_line(key, value, provenance.get("probe_order")))
     return lines + history_lines(history, provenance.get("environment"), store=store, damaged=damaged,
                                  added=added) + dropped_lines(dropped)
+
+
+def _provenance_line(key: str, value: Any, probe_order: Any = None) -> str:
+    """One provenance key as a line for people: `layer: 4:input`, `probe: probe (sha256 217099c8...)`, `options:
+    anchor_size 4096, center no, ...` (it read as JSON: `layers: ["4:input"]`, `options: {"center": false, ...}`).
+    Every value is kept, each probe's whole sha256 (its file's, which `sha256sum` checks) among them; probes in the
+    order given to analyze (`probe_order`), then any other by name. A value of an unexpected type (a hand-edited
+    store) is said as JSON."""
+    if key == "probes" and isinstance(value, Mapping):
+        given = [name for name in probe_order if name in value] if isinstance(probe_order, list) else []
+        names = [*given, *sorted((name for name in value if name not in given), key=str)]
+        said = [f"{name} (sha256 {value[name]})" for name in names]
+    elif key == "options" and isinstance(value, Mapping):
+        return "options: " + ", ".join(f"{name} {_option_text(value[name])}" for name in sorted(value, key=str))
+    elif key in ("layers", "probes") and isinstance(value, (list, tuple)):
+        said = [_option_text(item) for item in value]
+    elif isinstance(value, (Mapping, list, tuple)):
+        return f"{key}: {json.dumps(value, default=_json_default, sort_keys=True)}"
+    else:
+        return f"{key}: {value}"
+    return f"{key if len(said) > 1 else key[:-1]}: {', '.join(said)}"
+
+
+def _option_text(value: Any) -> str:
+    """An option's value in words: `yes`/`no` for a flag, `none` for null, else as written."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value, default=_json_default, sort_keys=True)
 
 
 #: How many lines `history_lines` gives at most: one per place the checkpoints were computed.
