@@ -1,0 +1,75 @@
+"""Adversarial review of the twenty-first session's changes (h_s21_rev).
+
+- `fdl analyze --abandon-addition` on a store whose addition finished (nothing pending): the refusal of the
+  resume named the probe to give and --overwrite, with no word of why the option given was of no use.
+- --watch: an fdl.toml written again with the very bytes the run read (a trainer's callback that writes it
+  at every save, an editor's save without an edit) was said to have "changed after this run started".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+
+
+def test_abandon_addition_on_a_store_whose_addition_finished_says_why_there_is_nothing_to_give_up(
+    run: Path, tmp_path: Path  # noqa: F811 - the fixture's value
+) -> None:
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, "--commit-interval", "0").code == 0
+    assert analyze(run, store, "--probe", f"test={run / 'test.npz'}").code == 0  # added to every checkpoint
+    on_disk = store.read_bytes()
+    refused = analyze(run, store, "--abandon-addition")
+    assert refused.code == 1 and "Traceback" not in refused.stderr
+    text = " ".join(refused.stderr.split())
+    assert ("fix: --abandon-addition gives up only an addition that stopped before it was done (probes or layers at "
+            "some checkpoints only), and probe 'test' is at every checkpoint of the store: there is none to give up; "
+            "the store also holds the probe 'test'") in text
+    assert "give it too, --probe test=PATH" in text  # the ways out said as before
+    assert store.read_bytes() == on_disk
+
+
+def test_watch_is_silent_about_an_fdl_toml_written_again_with_the_bytes_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_io_fixes import MODEL
+    from tests.test_prev_walkback import _arrive, _make_run
+    from tests.test_s20_toml import _settled_write, _watch
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    toml = folder / "fdl.toml"
+    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
+    _settled_write(toml, first)
+    _arrive(source, folder, "step_0.safetensors")
+
+    def save(name: str) -> Callable[[], None]:  # a trainer's save: the checkpoint, and its fdl.toml again
+        def step() -> None:
+            _arrive(source, folder, name)
+            toml.write_text(first)
+            past = time.time() - 30
+            import os
+            os.utime(toml, (past, past))
+        return step
+
+    edited = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 8\n'
+    reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
+        save("step_10.safetensors"), lambda: None, save("step_20.safetensors"), lambda: None,
+        lambda: _settled_write(toml, edited), lambda: None,  # an edit: said
+        lambda: _settled_write(toml, first), lambda: None,  # back as the run read it: said (it changed)
+        lambda: _settled_write(toml, first), lambda: None,  # the same bytes again: not a change
+    ])
+    assert [record["step"] for record in records] == [0, 10, 20]
+    assert reporter.warnings == [
+        f"{toml} changed after this run started, and is not read again: it sets top_k = 8 (this run: 3), and the "
+        "running watch keeps its settings until it is restarted, as the checkpoints of one store are measured one "
+        "way; to apply it, stop, and run fdl analyze again with --overwrite (or another --out)"]
+    assert [note for note in reporter.notes if "after this run started" in note] == [
+        f"{toml} changed after this run started: it sets what the run uses already"]
