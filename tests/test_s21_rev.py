@@ -73,3 +73,22 @@ def test_watch_is_silent_about_an_fdl_toml_written_again_with_the_bytes_it_read(
         "way; to apply it, stop, and run fdl analyze again with --overwrite (or another --out)"]
     assert [note for note in reporter.notes if "after this run started" in note] == [
         f"{toml} changed after this run started: it sets what the run uses already"]
+
+
+def test_compare_counts_a_field_null_in_one_run_only_as_a_difference(tmp_path: Path) -> None:
+    """Π̂(C) of a zero head is null now, 0.0 in a store written before (or a value in the other run): compare
+    said 'no field differs at any matched step', and left a field null on one side out of its summary."""
+    from tests.test_report import SCALARS, make_store, run_fdl
+
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", scalars={step: {**values, **({"pi_hat_C": None, "nc1": 1.5} if step else {})}
+                                               for step, values in SCALARS.items()})
+    result = run_fdl("compare", str(a), str(b))
+    assert result.returncode == 0, result.stderr
+    steps = len(SCALARS) - 1
+    assert f"pi_hat_C: null in one run only at {steps} steps (run B at {steps}, where run A has a value)" \
+        in result.stderr
+    assert f"nc1: null in one run only at {steps} steps (run A at {steps}, where run B has a value)" in result.stderr
+    assert "no field differs at any matched step" not in result.stderr
+    same = run_fdl("compare", str(a), str(a))
+    assert "no field differs at any matched step" in same.stderr and "null in one run only" not in same.stderr
