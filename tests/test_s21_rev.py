@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,24 +39,18 @@ def test_watch_is_silent_about_an_fdl_toml_written_again_with_the_bytes_it_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.test_io_fixes import MODEL
-    from tests.test_prev_walkback import _arrive, _make_run
+    from tests.test_prev_walkback import _arrive
     from tests.test_s20_toml import _settled_write, _watch
+    from tests.test_s21_watch import _watched_with_toml
 
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    source, folder, first = _watched_with_toml(tmp_path)
     toml = folder / "fdl.toml"
-    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
-    _settled_write(toml, first)
-    _arrive(source, folder, "step_0.safetensors")
 
     def save(name: str) -> Callable[[], None]:  # a trainer's save: the checkpoint, and its fdl.toml again
         def step() -> None:
             _arrive(source, folder, name)
             toml.write_text(first)
             past = time.time() - 30
-            import os
             os.utime(toml, (past, past))
         return step
 
