@@ -431,6 +431,9 @@ class _Context:
     #: --watch: path -> the signature (size, time; "" for none) of each fdl.toml the run looks at, when it read
     #: its options: one written, changed or removed since is said once a change (`_check_manifest_changes`)
     manifest_signatures: dict[str, str] | None = None
+    #: --watch: path -> the sha256 of the bytes of each of those fdl.toml files when last read ("" for none): one
+    #: written again with the same bytes (a trainer that writes it at every save) is no change to say
+    manifest_digests: dict[str, str] = field(default_factory=dict)
     #: the fdl.toml the run read (checkpoints.Manifest), None for none; and the options as given, before it
     manifest: Any = None
     given_options: AnalyzeOptions | None = None
@@ -730,6 +733,7 @@ def _prepare_run(
     given_options = options
     watched = options.watch and "-" not in options.sources  # an fdl.toml changed meanwhile is looked for
     signatures = _manifest_signatures(options) if watched else None  # before reading: a change after is seen
+    digests = _manifest_digests(signatures)
     manifest, manifests = _read_manifests(options, reporter)
     options = _settled_options(options, manifest, reporter)
     if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
@@ -772,11 +776,13 @@ def _prepare_run(
         # now (it was left out without a word: its options dropped, or "no probe set was given"); one
         # written after it is waited for while the run cannot start without it (no probe, no model).
         signatures = _manifest_signatures(options)
+        digests = _manifest_digests(signatures)
         manifest, manifests = _read_manifests(options, reporter, note_unread=False)
         missing = _missing_without_manifest(options, discovery) if manifest is None else None
         if missing is not None:
             manifest, manifests = _wait_for_a_manifest(options, reporter, missing)
             signatures = _manifest_signatures(options)  # read once settled: not moved since
+            digests = _manifest_digests(signatures)
         if manifest is not None:
             dirs = [path for path in given if _is(path, "dir")]
             before = options
@@ -862,6 +868,7 @@ def _prepare_run(
         copies=list(discovery.copies),
         started=started,
         manifest_signatures=signatures,
+        manifest_digests=digests,
         manifest=manifest,
         given_options=given_options,
     )
@@ -2756,6 +2763,20 @@ def _manifest_signatures(options: AnalyzeOptions) -> dict[str, str]:
     return {str(path): _signature_of(path) if _is(path, "file") else "" for path in paths}
 
 
+def _manifest_digests(signatures: Mapping[str, str] | None) -> dict[str, str]:
+    """The sha256 of the bytes of each fdl.toml of `signatures` that is there ("" for one that is not, or cannot
+    be read: compared as a change)."""
+    import hashlib
+
+    digests = {}
+    for path, signature in (signatures or {}).items():
+        try:
+            digests[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if signature else ""
+        except OSError:
+            digests[path] = ""
+    return digests
+
+
 #: why an fdl.toml is not read into a run under way, and how to apply it
 _ONE_WAY = ("the checkpoints of one store are measured one way; to apply it, stop, and run fdl analyze again with "
             "--overwrite (or another --out)")
@@ -2776,6 +2797,11 @@ def _check_manifest_changes(ctx: _Context, base_dir: Path | None) -> None:
     if not moved or not all(_settled(path, options.poll_seconds, now) for path in moved if now_signatures.get(path)):
         return  # unchanged, or being written: looked at again at the next poll
     ctx.manifest_signatures = now_signatures
+    digests = _manifest_digests({path: now_signatures.get(path, "") for path in moved})
+    moved = [path for path in moved if not digests[path] or digests[path] != ctx.manifest_digests.get(path)]
+    ctx.manifest_digests.update(digests)
+    if not moved:
+        return  # written again with the bytes last read (its time moved): no change
     path = moved[0]
     kind = "written" if not before.get(path) else "removed" if not now_signatures.get(path) else "changed"
     said = {"written": f"{path} was written after this run started",

@@ -1799,7 +1799,9 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
 
 
 def difference_lines(comparison: Comparison) -> list[str]:
-    """Every field that differs at some matched step: how many steps and the largest |B − A|."""
+    """Every field that differs at some matched step: how many steps and the largest |B − A|; a numeric field
+    null in one run only (a measure one run has and the other has not: Π(C) of outputs without energy, a k_τ
+    never reached, a store written before such a measure became null) is a difference too, said apart."""
     lines = []
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
@@ -1812,6 +1814,15 @@ def difference_lines(comparison: Comparison) -> list[str]:
             lines.append(f"{name}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
         elif text:
             lines.append(f"{name}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
+        if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
+            nulls = [(getattr(compared, "record_a", {}).get(name) is None,
+                      getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
+            in_a, in_b = sum(1 for a, b in nulls if a and not b), sum(1 for a, b in nulls if b and not a)
+            if in_a or in_b:
+                lines.append(f"{name}: null in one run only at {_count_steps(in_a + in_b)} ("
+                             + ", ".join(f"run {run} at {count}, where run {other} has a value"
+                                         for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
+                             + ")")
     return lines or ["no field differs at any matched step"]
 
 

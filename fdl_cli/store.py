@@ -1683,6 +1683,15 @@ class StoreWriter:
                         then += ("; or, to give the addition up, this command with --abandon-addition, which takes "
                                  f"{'them' if len(left_out) + len(left_out_layers) > 1 else 'it'} out of the store")
                     fix = "; and ".join(parts) + then + "; else " + fix
+                if self._abandon_addition and self.abandoned is None and not renamed:
+                    # nothing pending: what the run leaves out is whole, no addition to give up (`abandonment`)
+                    run_layers = self._provenance.get("layers") or []
+                    whole_layers = [label for label in reader.provenance.get("layers") or [] if label not in run_layers]
+                    if left_out or whole_layers:
+                        fix = ("--abandon-addition gives up only an addition that stopped before it was done (probes or "
+                               f"layers at some checkpoints only), and {_probes_and_layers(left_out, whole_layers)} "
+                               f"{'is' if len(left_out) + len(whole_layers) == 1 else 'are'} at every checkpoint of "
+                               "the store: there is none to give up; " + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
                     # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.

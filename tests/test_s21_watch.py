@@ -21,6 +21,23 @@ from tests.test_s19_store import _run, fdl_quiet
 # --------------------------------------------------------------- 1. an fdl.toml edited during --watch
 
 
+def _watched_with_toml(tmp_path: Path) -> tuple[Path, Path, str]:
+    """(a training run's files, the folder it saves into: its probe, a settled fdl.toml with top_k = 3 and its
+    first checkpoint, the fdl.toml's text)."""
+    from tests.test_io_fixes import MODEL
+    from tests.test_prev_walkback import _arrive, _make_run
+    from tests.test_s20_toml import _settled_write
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
+    _settled_write(folder / "fdl.toml", first)
+    _arrive(source, folder, "step_0.safetensors")
+    return source, folder, first
+
+
 def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -30,17 +47,11 @@ def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
     the run uses is a note. Between changes the file is not read again (its size and time are looked at)."""
     from fdl_cli import checkpoints
     from tests.test_io_fixes import MODEL
-    from tests.test_prev_walkback import _arrive, _make_run
+    from tests.test_prev_walkback import _arrive
     from tests.test_s20_toml import _settled_write, _top_k, _watch
 
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    source, folder, first = _watched_with_toml(tmp_path)
     toml = folder / "fdl.toml"
-    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
-    _settled_write(toml, first)
-    _arrive(source, folder, "step_0.safetensors")
     reads: list[str] = []
     real = checkpoints.read_manifest
 
