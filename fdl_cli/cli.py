@@ -642,6 +642,9 @@ cli.add_command(_alias(report, "summarize"))
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
               help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+              help="Override a threshold of the verdict: dlr_tie (0.001), the D_LR difference up to which the runs "
+                   "are equally rich (rounding's: docs/measures.md).")
 def compare(**kwargs: Any) -> None:
     """Compare two runs step by step: field differences, cross-run eigenspace overlap, who is richer."""
     from pathlib import Path
@@ -654,6 +657,7 @@ def compare(**kwargs: Any) -> None:
     if steps != "all" and not (steps.isdigit() and int(steps) > 0):
         raise click.BadParameter(f"expected a positive integer or 'all', got {steps!r}", param_hint="--overlap-steps")
     _check_plots_dir(kwargs["plots_dir"])
+    thresholds = rep.compare_thresholds(kwargs["thresholds"])
     selection = {"probe": kwargs["probe"], "layer": kwargs["layer"]}
     selection_b = {
         "probe": kwargs["probe_b"] if kwargs["probe_b"] is not None else kwargs["probe"],
@@ -675,7 +679,8 @@ def compare(**kwargs: Any) -> None:
                            "select store B's; --probe / --layer select store A's, and store B's when not given)")
             raise
         comparison = rep.compare_runs(
-            run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps)
+            run_a, run_b, overlap=not kwargs["no_overlap"], overlap_steps=None if steps == "all" else int(steps),
+            thresholds=thresholds,
         )
     console = _stderr_console()
     # each store's damage, named by its path (the two may differ) unless the warning begins with it ("a.h5:

@@ -375,13 +375,17 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
     return figures
 
 
+def series_suffix(series: Series) -> str:
+    """`_PROBE-LAYER`, the end of a figure's name of one of several series."""
+    # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
+    # name that Windows refuses and macOS's Finder shows with '/'.
+    return re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}")
+
+
 def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
     """Every figure of a run; with several series, the stems carry `probe-layer`."""
     out = []
-    # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
-    # name that Windows refuses and macOS's Finder shows with '/'.
-    suffixes = [re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}") if len(run.series) > 1 else ""
-                for series in run.series]
+    suffixes = [series_suffix(series) if len(run.series) > 1 else "" for series in run.series]
     # Two series cleaned to one name (layers fc:input and fc_input; probe a-b of layer c and probe a of
     # layer b-c): each then takes its place among the series, or one's figures overwrote the other's.
     suffixes = [f"{suffix}_{index}" if suffixes.count(suffix) > 1 else suffix
@@ -584,7 +588,13 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
     ax.set_title(r"eigenfunctions used by the learned function (k95 of $\hat{\Pi}$)")
     ax.grid(True, alpha=0.3)
     _legend(ax)
-    return [("compare_trajectories", trajectories), ("compare_k95_utility", figure)]
+    # Stores of several series: the series compared in the names, as a report's (`run_figures`), or the compare
+    # of layer fc2 into a folder wrote over that of fc1; B's series too where it is not A's (--probe-b, --layer-b).
+    suffix = ""
+    if run_a.several or run_b.several:
+        suffix_a, suffix_b = series_suffix(run_a.series[0]), series_suffix(run_b.series[0])
+        suffix = suffix_a if suffix_a == suffix_b else f"{suffix_a}_vs{suffix_b}"
+    return [("compare_trajectories" + suffix, trajectories), ("compare_k95_utility" + suffix, figure)]
 
 
 def write_compare_figures(

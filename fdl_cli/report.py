@@ -96,8 +96,14 @@ UNIT_FIELDS = frozenset(
 #: Fields whose largest change the run summary reports (SPEC.md §4, §5, §3).
 SUMMARY_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "k95_utility")
 
-#: Two D_LR values closer than this are a tie when deciding which run is richer.
-RICHER_TOLERANCE = 1e-6
+#: `fdl compare`'s tie tolerance (`--threshold dlr_tie=VALUE`): two D_LR values at most this far apart are a tie
+#: when deciding which run is richer. Measured (session 21) on the sample run (25 checkpoints) and on a wider
+#: LayerNorm/GELU MLP (6 checkpoints, two layers), each analysed again: in bfloat16 |Δ D_LR| reached 2.3e-4, in
+#: float16 3.9e-5, with another --batch-size 4e-9. A run called richer by less was rounding's, not training's;
+#: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034).
+DLR_TIE = 1e-3
+#: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults.
+COMPARE_THRESHOLDS: Mapping[str, float] = {"dlr_tie": DLR_TIE}
 
 #: What `fdl export --what` can write.
 EXPORT_WHATS = ("eigenvalues", "quality", "utility", "eigenfunctions", "trajectories")
@@ -1233,6 +1239,8 @@ class Comparison:
     overlap_label: str = "top C"
     #: whether run A's and run B's probes hold float 0/1 targets (`zero_one_targets`; None: not recorded)
     zero_one_targets: tuple[bool | None, bool | None] = (None, None)
+    #: the thresholds the verdict used (COMPARE_THRESHOLDS, as `--threshold` set them)
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(COMPARE_THRESHOLDS))
 
 
 @dataclass(frozen=True)
@@ -1288,23 +1296,47 @@ def option_difference_note(comparison: Comparison) -> str | None:
     )
 
 
-def richer_verdict(steps: Sequence[ComparedStep]) -> str:
-    """Which run is richer (lower D_LR) and from which matched step on, in plain words."""
+def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
+    """COMPARE_THRESHOLDS with `fdl compare --threshold NAME=VALUE` overrides applied (each a number >= 0)."""
+    values = dict(COMPARE_THRESHOLDS)
+    known = ", ".join(f"{name} (default {value:g})" for name, value in COMPARE_THRESHOLDS.items())
+    for text in overrides:
+        name, sep, value = (part.strip() for part in text.partition("="))
+        if sep and name not in values:
+            raise FdlError(f"unknown compare threshold {name!r}", got=f"fdl compare's thresholds: {known}",
+                           fix="pass --threshold dlr_tie=VALUE (the thresholds of the regimes are fdl classify's)")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or not math.isfinite(number) or number < 0:
+            raise FdlError(f"bad threshold {text!r}: expected NAME=VALUE with VALUE a finite number >= 0",
+                           got=f"{value!r}" if sep else f"{text!r} (no '=')", fix="e.g. --threshold dlr_tie=0.002")
+        values[name] = number
+    return values
+
+
+def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> str:
+    """Which run is richer (lower D_LR) and from which matched step on, in plain words; D_LR values at
+    most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
+    exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     for compared in steps:
         d_a, d_b = compared.record_a.get("d_lr"), compared.record_b.get("d_lr")
         if d_a is None or d_b is None:
             continue
-        sign = 0 if abs(d_b - d_a) <= RICHER_TOLERANCE else (1 if d_b < d_a else -1)
+        sign = 0 if abs(d_b - d_a) <= tie else (1 if d_b < d_a else -1)
+        exact = exact and (sign != 0 or d_a == d_b)
         signs.append((compared.match, sign))
     if not signs:
         return "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
     every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
+    same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:
         if all(sign == 0 for _, sign in signs):
-            return f"The runs are equally rich (same D_LR) {every}."
-        return "The runs end equally rich (same D_LR at the last matched step)."
+            return f"The runs are equally rich ({same}) {every}."
+        return f"The runs end equally rich ({same} at the last matched step)."
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1565,12 +1597,15 @@ def spread(items: Sequence[Any], count: int | None) -> list[Any]:
 
 
 def compare_runs(
-    run_a: Run, run_b: Run, *, overlap: bool = True, overlap_steps: int | None = OVERLAP_STEPS
+    run_a: Run, run_b: Run, *, overlap: bool = True, overlap_steps: int | None = OVERLAP_STEPS,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Comparison:
     """Align two runs by step, difference every field, and (same probe) the cross-run overlap.
 
-    The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one).
+    The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one);
+    `thresholds`: COMPARE_THRESHOLDS as `compare_thresholds` gives them (None: the defaults).
     """
+    thresholds = dict(COMPARE_THRESHOLDS if thresholds is None else thresholds)
     series_a = _single_series(run_a, "compare needs one per run")
     series_b = _single_series(run_b, "compare needs one per run", fix="pick store B's with --probe-b NAME and/or "
                               "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
@@ -1629,7 +1664,8 @@ def compare_runs(
         for match in matches
     ]
     return Comparison(
-        path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes, verdict=richer_verdict(steps),
+        path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
+        verdict=richer_verdict(steps, tie=thresholds["dlr_tie"]), thresholds=thresholds,
         option_differences=option_differences(run_a.provenance, run_b.provenance),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
@@ -1686,6 +1722,8 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         ],
         "notes": list(comparison.notes),
         "verdict": comparison.verdict,
+        # the verdict's thresholds, as `fdl classify --json` gives its own
+        "thresholds": dict(comparison.thresholds),
         "option_differences": [
             {"option": d.option, "a": d.a, "b": d.b} for d in comparison.option_differences
         ],
@@ -1762,6 +1800,8 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
         )
     for note in comparison.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
+    console.print(f"thresholds: dlr_tie = {comparison.thresholds['dlr_tie']:g} (a D_LR difference up to it is a tie: "
+                  "rounding's, as between float32 and bfloat16 analyses)", markup=False, highlight=False)
     console.print(comparison.verdict, markup=False, highlight=False)
 
 
@@ -1798,10 +1838,16 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
                              max_width=max_width, priority=priority, always=3)
 
 
+#: The name `difference_lines` gives `loss` for a classification probe: the MSE of the logits against the one-hot
+#: labels, which beside the cross-entropy read as the training loss ("loss: ... +25.61" of a run trained with cross-entropy).
+CLASSIFICATION_LOSS = "loss (MSE(logits, one-hot))"
+
+
 def difference_lines(comparison: Comparison) -> list[str]:
     """Every field that differs at some matched step: how many steps and the largest |B − A|; a numeric field
     null in one run only (a measure one run has and the other has not: Π(C) of outputs without energy, a k_τ
-    never reached, a store written before such a measure became null) is a difference too, said apart."""
+    never reached, a store written before such a measure became null) is a difference too, said apart; `loss`
+    named CLASSIFICATION_LOSS where a run's probe is a classification one (an accuracy or a cross-entropy)."""
     lines = []
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
@@ -1809,21 +1855,28 @@ def difference_lines(comparison: Comparison) -> list[str]:
         values = [compared.differences.get(name) for compared in comparison.steps]
         numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
         text = [value for value in values if isinstance(value, str)]
+        label = CLASSIFICATION_LOSS if name == "loss" and (numeric or text) and _classification(comparison) else name
         if numeric:
             largest = max(numeric, key=abs)
-            lines.append(f"{name}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
+            lines.append(f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
         elif text:
-            lines.append(f"{name}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
+            lines.append(f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
         if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
             nulls = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
             in_a, in_b = sum(1 for a, b in nulls if a and not b), sum(1 for a, b in nulls if b and not a)
             if in_a or in_b:
-                lines.append(f"{name}: null in one run only at {_count_steps(in_a + in_b)} ("
+                lines.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
                              + ", ".join(f"run {run} at {count}, where run {other} has a value"
                                          for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
                              + ")")
     return lines or ["no field differs at any matched step"]
+
+
+def _classification(comparison: Comparison) -> bool:
+    """Whether a run's probe of the comparison is a classification one: a record with an accuracy or a cross-entropy."""
+    return any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
+               for compared in comparison.steps for record in (compared.record_a, compared.record_b))
 
 
 def _count_steps(count: int) -> str:

@@ -48,6 +48,8 @@ def test_a_checkpoint_without_quality_has_its_npy_entry_all_nan(tmp_path: Path) 
 # -- 2. `fdl compare --plots DIR` in the folder's figure list --------------------------------------------------------
 
 COMPARE_NAMES = {f"{stem}.{ext}" for stem in ("compare_trajectories", "compare_k95_utility") for ext in ("png", "svg")}
+#: a compare of layer fc1 of stores of two layers: its names end in the series (tests/test_s21_cmp.py)
+COMPARE_FC1_NAMES = {name.replace(".", "_train-fc1.") for name in COMPARE_NAMES}
 
 
 def _listed(plots: Path) -> dict[str, dict[str, object]]:
@@ -99,7 +101,7 @@ def test_a_compare_removes_its_own_stale_figures_and_no_others(tmp_path: Path) -
     comparison = rep.compare_runs(run_a, run_b, overlap=False)
     write_compare_figures(run_a, run_b, comparison, plots)
     listed = json.loads((plots / FIGURE_LIST).read_text())
-    pair = listed["files"]["compare_trajectories.png"]["compare"]
+    pair = listed["files"]["compare_trajectories_train-fc1.png"]["compare"]
     import hashlib
 
     def plant(name: str, owner: dict[str, object]) -> None:
@@ -117,8 +119,8 @@ def test_a_compare_removes_its_own_stale_figures_and_no_others(tmp_path: Path) -
     notes: list[str] = []
     write_compare_figures(run_a, run_b, comparison, plots, notes=notes)
     kept = {"compare_trajectories_fc2.png", "compare_trajectories_ab.png", "trajectories.png"}
-    assert _files(plots) == COMPARE_NAMES | kept | {"compare_k95_utility_old.svg", FIGURE_LIST}
-    assert set(json.loads((plots / FIGURE_LIST).read_text())["files"]) == COMPARE_NAMES | kept
+    assert _files(plots) == COMPARE_FC1_NAMES | kept | {"compare_k95_utility_old.svg", FIGURE_LIST}
+    assert set(json.loads((plots / FIGURE_LIST).read_text())["files"]) == COMPARE_FC1_NAMES | kept
     assert notes == [
         f"removed 1 figure file an earlier compare of these stores and series wrote into {plots} that this one "
         "does not write: compare_trajectories_old.png",
@@ -143,8 +145,8 @@ def test_a_report_never_removes_a_compares_figures_listed_under_its_store(tmp_pa
     done = fdl("report", store, "--format", "csv", "--plots", plots)
     assert done.returncode == 0, done.stderr
     assert "note: removed 16 figure files an earlier report of this store" in done.stderr
-    assert _files(plots) == COMPARE_NAMES | _report_names("") | {".fdl-figures.json"}
-    assert set(_listed(plots)) == COMPARE_NAMES | _report_names("")
+    assert _files(plots) == COMPARE_FC1_NAMES | _report_names("") | {".fdl-figures.json"}
+    assert set(_listed(plots)) == COMPARE_FC1_NAMES | _report_names("")
 
 
 # -- 3. booleans in CSV ---------------------------------------------------------------------------------------------
