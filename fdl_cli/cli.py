@@ -642,7 +642,7 @@ cli.add_command(_alias(report, "summarize"))
 @click.option("--no-overlap", is_flag=True, help="Skip the cross-run eigenspace overlap (allows different probes).")
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
               help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
-@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE",
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
               help="Override a threshold of the verdict: dlr_tie (0.001), the D_LR difference up to which the runs "
                    "are equally rich (rounding's: docs/measures.md).")
 def compare(**kwargs: Any) -> None:

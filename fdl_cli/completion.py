@@ -60,11 +60,17 @@ def device(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> lis
     return [CompletionItem(name) for name in DEVICES if name.startswith(incomplete)]
 
 
-def threshold(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """classify's `--threshold NAME=VALUE`: the names, each with its default as the value to edit."""
-    from fdl_cli.regimes import Thresholds
+def threshold(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """`--threshold NAME=VALUE` of classify (the regime rules) and of compare (its verdict's tie): the names,
+    each with its default as the value to edit."""
+    if ctx.command.name in ("compare", "diff"):
+        from fdl_cli.report import COMPARE_THRESHOLDS
 
-    items = [f"{field.name}={field.default:g}" for field in dataclasses.fields(Thresholds)]
+        items = [f"{name}={value:g}" for name, value in COMPARE_THRESHOLDS.items()]
+    else:
+        from fdl_cli.regimes import Thresholds
+
+        items = [f"{field.name}={field.default:g}" for field in dataclasses.fields(Thresholds)]
     return [CompletionItem(item) for item in items if item.startswith(incomplete)]
 
 

@@ -74,6 +74,12 @@ def test_devices_and_thresholds() -> None:
     offered = [value for _, value in complete(["classify", "s.h5", "--threshold"], "")]
     assert offered == [f"{name}={getattr(Thresholds(), name):g}" for name in Thresholds.__dataclass_fields__]
     assert all(value.startswith("cka") for _, value in complete(["classify", "s.h5", "--threshold"], "cka"))
+    # compare's own threshold (its verdict's D_LR tie), not classify's regime rules, which it refuses
+    from fdl_cli.report import COMPARE_THRESHOLDS
+
+    for command in ("compare", "diff"):
+        offered = [value for _, value in complete([command, "a.h5", "b.h5", "--threshold"], "")]
+        assert offered == [f"dlr_tie={COMPARE_THRESHOLDS['dlr_tie']:g}"] == ["dlr_tie=0.001"]
 
 
 def test_probes_and_layers_come_from_the_store_given_before(tmp_path: Path) -> None:
