@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import os
 import subprocess
 import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import IO, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,13 +26,61 @@ def fdl(*args: object) -> subprocess.CompletedProcess[str]:
 
 def fdl_in_process(*args: object) -> subprocess.CompletedProcess[str]:
     """`fdl ARGS` as `fdl` does, but in this process (tests/test_analyze.py's runner), answered as `fdl` is:
-    for a test of exit status, stdout and stderr only, which needs no fresh interpreter (no signals, no
-    environment read at start-up, no import-time behaviour), and so saves the ~2 s of `import torch`."""
+    for a test of exit status, stdout, stderr and the files written only, which needs no fresh interpreter
+    (no signals, no environment read at start-up, no import-time behaviour), and so saves the ~2 s of
+    `import torch`. What the process would show the user, this one shows too (`_as_a_fresh_process`)."""
     from tests.test_analyze import fdl as run
 
     text = [str(arg) for arg in args]
-    done = run(*text)
-    return subprocess.CompletedProcess(["fdl", *text], done.code, done.stdout, done.stderr)
+    with _as_a_fresh_process() as written_to_the_fds:
+        done = run(*text)
+    out, err = written_to_the_fds()
+    return subprocess.CompletedProcess(["fdl", *text], done.code, done.stdout + out, done.stderr + err)
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process() -> Iterator[Callable[[], tuple[str, str]]]:
+    """Run as `fdl` runs in its own process: from the repository root; Python's warnings filtered as a fresh
+    interpreter filters them and printed on sys.stderr, and a library's logging (nothing configured) on it
+    too, where pytest would record them and a test of stderr miss them; what C code writes to file
+    descriptors 1 and 2 kept, to be added to stdout and stderr (the callable yielded, after the block); and
+    sys.path as it was after (a --model file's folder is put on it)."""
+    cwd, path, root = Path.cwd(), list(sys.path), logging.getLogger()
+    handlers, held = list(root.handlers), [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(held[0].fileno(), 1)
+    os.dup2(held[1].fileno(), 2)
+    os.chdir(REPO)
+    root.handlers = []
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category, append=True)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = _show_on_stderr
+            yield lambda: (_read(held[0]), _read(held[1]))
+    finally:
+        root.handlers = handlers
+        os.chdir(cwd)
+        sys.path[:] = path
+        for fd, copy in ((1, saved[0]), (2, saved[1])):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _read(file: IO[bytes]) -> str:
+    with file:
+        file.seek(0)
+        return file.read().decode(errors="replace")
+
+
+def _show_on_stderr(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: TextIO | None = None, line: str | None = None) -> None:
+    """A warning as the interpreter prints it, on the sys.stderr of the moment (`fdl_in_process`'s)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def model_file(folder: Path, source: str) -> ModuleType:

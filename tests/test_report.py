@@ -19,6 +19,7 @@ from rich.console import Console
 from fdl_cli import report
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreWriter
+from tests.cli_run import fdl_in_process
 
 STEPS = (0, 100, 200)
 #: Per-step scalars of the small run: D_LR falls, the kernel moves, the regime goes lazy -> EF -> MF.
@@ -78,7 +79,8 @@ def store(tmp_path: Path) -> Path:
 
 
 def run_fdl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdl_cli", *args], capture_output=True, text=True, timeout=120)
+    """`fdl ARGS`, in this process: the tests that use it read its exit status, output and files alone."""
+    return fdl_in_process(*args)
 
 
 def render(renderable: Any, width: int = 200) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from fdl_cli.errors import FdlError
 from fdl_cli.regimes import Thresholds
+from tests.cli_run import fdl_in_process
 from tests.test_analyze import fdl
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
@@ -59,12 +60,7 @@ def test_a_bad_threshold_value_gets_an_example_of_its_own(name: str) -> None:
 def test_an_early_error_is_the_first_line_of_stderr(two_checkpoints: Path, tmp_path: Path) -> None:
     """The progress display started before any work and, stopped on a non-terminal, printed a blank line
     ahead of the error (the resume review)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(two_checkpoints), "--probe",
-                           str(tmp_path / "missing.npz"), "--out", str(tmp_path / "s.h5")],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    done = fdl_in_process("analyze", two_checkpoints, "--probe", tmp_path / "missing.npz", "--out", tmp_path / "s.h5")
     assert done.returncode == 1
     assert done.stderr.startswith("error: probe file "), repr(done.stderr[:80])
     assert done.stdout == ""

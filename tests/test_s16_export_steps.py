@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli_run import fdl as _fdl
+from tests.cli_run import fdl_in_process as _fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 
 STORED = [0, 50, 100, 250, 500, 1000]
 

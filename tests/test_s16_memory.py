@@ -14,8 +14,7 @@ import torch
 
 from fdl_cli import resources
 from fdl_cli.store import StoreReader
-from tests.cli_run import REPO, model_file
-from tests.cli_run import fdl as _fdl
+from tests.cli_run import REPO, fdl_in_process, model_file
 
 MODEL = '''
 import torch
@@ -80,8 +79,8 @@ def test_a_layer_too_wide_for_the_machine_is_refused_before_any_work(
 ) -> None:
     ckpts, probe = _run(tmp_path, n)
     out = tmp_path / "run.h5"
-    done = _fdl("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--model-kwargs", f'{{"copies": {copies}}}',
-                "--layer", "expand", "--probe", probe, "-o", out)
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--model-kwargs",
+                          f'{{"copies": {copies}}}', "--layer", "expand", "--probe", probe, "-o", out)
     assert done.returncode == 1, done.stderr
     first = done.stderr.splitlines()[0]
     assert first.startswith("error: this analysis needs at least ") and "of memory for its float64" in first
@@ -94,7 +93,7 @@ def test_a_layer_too_wide_for_the_machine_is_refused_before_any_work(
 def test_an_allocation_that_fails_mid_run_is_explained_and_what_was_stored_stays(tmp_path: Path) -> None:
     ckpts, probe = _run(tmp_path, 300, boom_at=20)
     out = tmp_path / "run.h5"
-    done = _fdl("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", probe, "-o", out)
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", probe, "-o", out)
     assert done.returncode == 1
     assert f"error: ran out of memory at step 20 ({ckpts / 'step_20.pt'})" in done.stderr
     assert "got: RuntimeError: [enforce fail at alloc_cpu.cpp:127]" in done.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fdl_cli.store import StoreReader
-from tests.cli_run import fdl as _fdl
+from tests.cli_run import fdl_in_process as _fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 from tests.tiny_models import mlp
 
 NAMES_FILES = ("path", "sha256")

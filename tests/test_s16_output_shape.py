@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli_run import fdl as _fdl
+from tests.cli_run import fdl_in_process as _fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 from tests.cli_run import model_file
 
 MODEL = '''

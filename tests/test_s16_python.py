@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.cli_run import REPO
-from tests.cli_run import fdl as _fdl
+from tests.cli_run import fdl_in_process as _fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 
 
 def _snippet() -> str:

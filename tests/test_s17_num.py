@@ -26,7 +26,8 @@ from fdl_cli.errors import NumericalError, ProbeError
 from fdl_cli.moments import RANGE_MAX, RANGE_MIN, MomentAccumulator
 from fdl_cli.probes import load_probe
 from fdl_cli.spectral import measure
-from tests.cli_run import fdl, model_file
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
+from tests.cli_run import model_file
 
 RNG = np.random.default_rng(17)
 FEATURES = RNG.standard_normal((20, 4))

@@ -28,7 +28,7 @@ from fdl_cli import progress
 from fdl_cli.errors import NumericalError
 from fdl_cli.moments import RANGE_MIN, MomentAccumulator
 from fdl_cli.spectral import measure, merge_all
-from tests.cli_run import REPO, fdl, model_file
+from tests.cli_run import REPO, fdl, fdl_in_process, model_file
 
 RNG = np.random.default_rng(1717)
 
@@ -189,14 +189,14 @@ def test_a_store_with_a_wrappers_layer_names_is_told_why_it_is_not_resumed(
     out = tmp_path / "run.h5"
     args = ("analyze", runs, "--model", f"{tmp_path / 'model.py'}:build", "--probe", probe, "-o", out)
     monkeypatch.setenv("HELD", "1")
-    first = fdl(*args)
+    first = fdl_in_process(*args)
     assert first.returncode == 0, first.stderr
     stored = out.read_bytes()
     monkeypatch.delenv("HELD")
     with torch.no_grad():
         network[0].weight.mul_(1.5)
     torch.save({"model": network.state_dict(), "step": 5}, runs / "ckpt_5.pt")
-    again = fdl(*args)
+    again = fdl_in_process(*args)
     assert again.returncode == 1
     assert "Traceback" not in again.stderr
     assert again.stderr.startswith(f"error: {out} holds the results of a different run\n"

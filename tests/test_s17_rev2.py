@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fdl_cli.extract import prepare_model
-from tests.cli_run import fdl
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 
 # -- TF32 set through torch's newer fp32_precision flags ------------------------------------------------------
 

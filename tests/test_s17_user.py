@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fdl_cli.errors import CheckpointError, ModelError
-from tests.cli_run import fdl, model_file
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
+from tests.cli_run import model_file
 
 MODEL = """
 from torch import nn

@@ -13,7 +13,8 @@ import torch
 
 from fdl_cli.errors import ProbeError
 from fdl_cli.probes import load_probe
-from tests.cli_run import fdl, model_file
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
+from tests.cli_run import model_file
 
 MLP = """
 from dataclasses import dataclass

@@ -24,7 +24,7 @@ from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
-from tests.cli_run import REPO, fdl, fdl_in_process, model_file
+from tests.cli_run import REPO, fdl_in_process, model_file
 
 torch.set_num_threads(1)
 SAMPLE = REPO / "sample_checkpoints"
@@ -80,13 +80,13 @@ def test_a_model_whose_parameters_are_named_x_and_y_is_analysed(tmp_path: Path, 
             save_file({k: v.contiguous() for k, v in weights.items()}, str(run / f"ckpt_{step}.safetensors"),
                       metadata={"step": str(step)})
     out = tmp_path / "run.h5"
-    done = fdl("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe", _probe(tmp_path / "probe.npz"),
-               "--layer", "act", "-o", out)
+    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
+                          _probe(tmp_path / "probe.npz"), "--layer", "act", "-o", out)
     assert done.returncode == 0, done.stderr
     assert "probe set" not in done.stderr
     with StoreReader(out) as reader:
         assert reader.steps() == [0, 10, 20]
-    listed = fdl("inspect", run, "--model", f"{tmp_path / 'model.py'}:build", "--json")
+    listed = fdl_in_process("inspect", run, "--model", f"{tmp_path / 'model.py'}:build", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["step"] == 0
 
@@ -119,10 +119,10 @@ def test_a_glob_that_takes_in_the_probe_and_the_store_analyses_the_checkpoints(t
     np.savez(run / "extra.npz", losses=np.zeros(3))
     model = ("--model", f"{SAMPLE / 'model.py'}:build", "--probe", run / "probe.npz")
     out = run / "run.h5"
-    first = fdl("analyze", run / "step_0.safetensors", *model, "-o", out)
+    first = fdl_in_process("analyze", run / "step_0.safetensors", *model, "-o", out)
     assert first.returncode == 0, first.stderr
     files = sorted(run.iterdir())
-    done = fdl("analyze", *files, *model, "-o", out)
+    done = fdl_in_process("analyze", *files, *model, "-o", out)
     assert done.returncode == 0, done.stderr
     assert "note: skipped run.h5: an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint" in done.stderr
     assert "probe.npz" not in done.stderr  # the file given as --probe: skipped without a note (session 19)

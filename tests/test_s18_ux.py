@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import regimes, report, resources
 from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
-from tests.cli_run import REPO, fdl, fdl_in_process
+from tests.cli_run import REPO, fdl_in_process
 from tests.tiny_models import mlp
 
 SAMPLE = REPO / "sample_checkpoints"
@@ -38,13 +38,13 @@ def test_inspect_of_a_folder_lists_its_checkpoint_not_the_probe_beside_it(tmp_pa
     torch.save(mlp(seed=1).state_dict(), folder / "weights.pt")
     torch.save(_probe_dict(), folder / "a_probe.pt")
     (folder / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nprobe = "a_probe.pt"\n', encoding="utf-8")
-    done = fdl("inspect", folder, "--json")
+    done = fdl_in_process("inspect", folder, "--json")
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert Path(listed["checkpoint"]).name == "weights.pt"
     assert listed["default_layer"] == "2:input" and listed["default_features"] == 8
     # the probe named alone is not a checkpoint, and the message says what it is
-    alone = fdl("inspect", folder / "a_probe.pt", "--model", "tests.tiny_models:mlp")
+    alone = fdl_in_process("inspect", folder / "a_probe.pt", "--model", "tests.tiny_models:mlp")
     assert alone.returncode == 1 and "Traceback" not in alone.stderr
     assert f"error: {folder / 'a_probe.pt'} is a probe (tensors named only as a probe's x and y)" in alone.stderr
     assert "got: a_probe.pt: a probe set (x, y), not model weights" in alone.stderr
@@ -60,7 +60,7 @@ def test_a_probe_named_like_a_step_is_left_out_of_analyze_and_inspect(tmp_path: 
         torch.save(mlp(seed=step).state_dict(), folder / f"step_{step}.pt")
     torch.save(_probe_dict(), folder / "probe_0.pt")
     out = tmp_path / "run.h5"
-    done = fdl("analyze", folder, "--model", "tests.tiny_models:mlp", "--probe", folder / "probe_0.pt", "-o", out)
+    done = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--probe", folder / "probe_0.pt", "-o", out)
     assert done.returncode == 0, done.stderr
     assert "probe_0.pt" not in done.stderr  # the file given as --probe: skipped without a note (session 19)
     from fdl_cli.checkpoints import discover_checkpoints
@@ -68,12 +68,12 @@ def test_a_probe_named_like_a_step_is_left_out_of_analyze_and_inspect(tmp_path: 
     assert "skipped probe_0.pt: a probe set (x, y), not model weights" in discover_checkpoints([folder]).notes
     with StoreReader(out) as reader:
         assert reader.steps() == [0, 10]
-    listed = fdl("inspect", folder, "--model", "tests.tiny_models:mlp", "--json")
+    listed = fdl_in_process("inspect", folder, "--model", "tests.tiny_models:mlp", "--json")
     assert listed.returncode == 0, listed.stderr
     assert Path(json.loads(listed.stdout)["checkpoint"]).name == "step_0.pt"
     # named by the folder's fdl.toml, the probe is not noted at all (as its probe.npz is not)
     (folder / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nprobe = "probe_0.pt"\n', encoding="utf-8")
-    again = fdl("analyze", folder, "-o", tmp_path / "manifest.h5")
+    again = fdl_in_process("analyze", folder, "-o", tmp_path / "manifest.h5")
     assert again.returncode == 0, again.stderr
     assert "probe_0.pt" not in again.stderr
 

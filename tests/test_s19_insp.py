@@ -16,7 +16,8 @@ import torch
 from fdl_cli import checkpoints as ckpts
 from fdl_cli.inspection import inspect_checkpoint
 from fdl_cli.pipeline import FAILED_SHOWN, AnalyzeSummary
-from tests.cli_run import fdl, model_file
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
+from tests.cli_run import model_file
 from tests.tiny_models import mlp, token_mlp
 
 # -- 1. inspect feeds token ids to a model whose first layer is an embedding ------------------------------------

@@ -19,7 +19,8 @@ import torch
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.regimes import classify_run, describe
 from fdl_cli.store import StoreReader
-from tests.cli_run import REPO, fdl, model_file
+from tests.cli_run import REPO, model_file
+from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 from tests.test_regimes import record
 
 SAMPLE = REPO / "sample_checkpoints"

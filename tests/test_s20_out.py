@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import report as rep
-from tests.cli_run import fdl
+from tests.cli_run import fdl, fdl_in_process
 from tests.test_report import make_store
 
 # -- 1. stale figure files ----------------------------------------------------------------------------------------
@@ -36,18 +36,18 @@ def test_a_report_removes_the_figures_an_earlier_report_wrote_of_series_no_longe
     the new ones, and a reader of the folder saw figures of a layer the store no longer holds."""
     plots = tmp_path / "plots"
     store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
-    first = fdl("report", store, "--format", "csv", "--plots", plots)
+    first = fdl_in_process("report", store, "--format", "csv", "--plots", plots)
     assert first.returncode == 0, first.stderr
     assert _files(plots) == _report_names("_train-fc1", "_train-fc2") | {".fdl-figures.json"}
 
     store.unlink()
     one = make_store(store, layers=("fc1",))  # analysed again, with one layer
-    second = fdl("report", one, "--format", "csv", "--plots", plots)
+    second = fdl_in_process("report", one, "--format", "csv", "--plots", plots)
     assert second.returncode == 0, second.stderr
     assert _files(plots) == _report_names("") | {".fdl-figures.json"}
     assert f"note: removed 16 figure files an earlier report of this store wrote into {plots}" in second.stderr
     assert "eigenfunctions_train-fc1.png, " in second.stderr and " and 10 more\n" in second.stderr
-    assert second.stdout == fdl("report", one, "--format", "csv").stdout  # notes on stderr alone
+    assert second.stdout == fdl_in_process("report", one, "--format", "csv").stdout  # notes on stderr alone
 
 
 def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_an_output_option_given_twice_is_a_usage_error_naming_it(
     """4. `--html A.html --html B.html` wrote B alone, in silence (click keeps the last value)."""
     values = {"store": str(make_store(tmp_path / "run.h5")), "ckpts": str(tmp_path / "ckpts"),
               "a": str(tmp_path / "a"), "b": str(tmp_path / "b")}
-    done = fdl(*(part.format(**values) for part in [*command, *option]))
+    done = fdl_in_process(*(part.format(**values) for part in [*command, *option]))
     assert done.returncode == 2, done.stderr
     assert f"Error: {named} given twice ('{tmp_path / 'a'}" in done.stderr
     assert "Usage: fdl " in done.stderr and done.stdout == ""
@@ -261,7 +261,7 @@ def test_the_same_output_given_twice_is_that_output_and_other_options_keep_the_l
     """4 (guard). The same path twice is no ambiguity; options that write nothing keep click's last-wins."""
     store = make_store(tmp_path / "run.h5")
     page = tmp_path / "r.html"
-    done = fdl("report", store, "--html", page, "--html", page, "--format", "csv", "--format", "json")
+    done = fdl_in_process("report", store, "--html", page, "--html", page, "--format", "csv", "--format", "json")
     assert done.returncode == 0, done.stderr
     assert page.read_text().startswith("<!DOCTYPE html>")
     assert isinstance(json.loads(done.stdout), list)
@@ -275,8 +275,8 @@ def test_a_checkpoint_without_quality_is_null_in_json_and_a_row_of_empty_cells_i
     store = make_store(tmp_path / "run.h5")
     with h5py.File(store, "a") as handle:
         del handle["checkpoints/step_100/train/fc1/quality"]
-    as_json = fdl("export", store, "--what", "quality", "--format", "json")
-    as_csv = fdl("export", store, "--what", "quality")
+    as_json = fdl_in_process("export", store, "--what", "quality", "--format", "json")
+    as_csv = fdl_in_process("export", store, "--what", "quality")
     assert as_json.returncode == 0 and as_csv.returncode == 0, as_json.stderr + as_csv.stderr
     from_json = {item["step"]: item["quality"] for item in json.loads(as_json.stdout)}
     assert from_json[100] is None and len(from_json[0]) == len(from_json[200]) == 6
