@@ -748,7 +748,7 @@ def export(**kwargs: Any) -> None:
             click.echo(f"warning: {warning}", err=True)
         # what the exported loss and r2 measure, as report's table and classify say it (the store records it)
         if kwargs["what"] == "trajectories" and len(run.series) == 1 \
-                and (caveat := rep.zero_one_caveat(run, run.series[0])) is not None:
+                and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
             click.echo(f"note: {caveat}", err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
@@ -807,8 +807,8 @@ def classify(**kwargs: Any) -> None:
         raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
     verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
-    caveat = rep.zero_one_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
-    if caveat is not None:
+    caveat = rep.targets_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
+    if rep.zero_one_targets(run, chosen):
         verdict.evidence[ZERO_ONE_FIELD] = True
     if verdict.regime != "coefficient":
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)

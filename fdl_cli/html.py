@@ -115,7 +115,7 @@ def render_html(
 def run_page(run: Any, *, with_figures: bool = True) -> str:
     """The HTML page of a `report.Run` (figures drawn here, so matplotlib loads only when asked)."""
     from fdl_cli import __version__
-    from fdl_cli.report import provenance_lines, reference_step_of, summarize, summary_lines, zero_one_caveat
+    from fdl_cli.report import provenance_lines, reference_step_of, summarize, summary_lines, targets_caveat
 
     sections = []
     figures_by_series: dict[str, list[tuple[str, bytes]]] = {}
@@ -131,7 +131,7 @@ def run_page(run: Any, *, with_figures: bool = True) -> str:
             Section(
                 heading=f"probe {series.probe}, layer {series.layer}",
                 summary=[*summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
-                         *filter(None, [zero_one_caveat(run, series)])],
+                         *filter(None, [targets_caveat(run, series)])],
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),

@@ -461,6 +461,9 @@ class _Context:
     #: probe name -> whether its targets are float 0/1 (`probes.zero_one_targets`, found by `_validate`), which
     #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
     zero_one: dict[str, bool] = field(default_factory=dict)
+    #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
+    #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
+    constant_outputs: dict[str, dict[int, bool]] = field(default_factory=dict)
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
@@ -3086,10 +3089,34 @@ def _run_refs(
             else:
                 announce(writer.add(entry))
     signals.check()
+    _warn_constant_outputs(ctx)
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _warn_constant_outputs(ctx: _Context) -> None:
+    """One warning for each probe on which the model's outputs were constant (output_rank 0: a zero head, say)
+    at checkpoints this batch analysed: D_LR is 1.0 there by its degenerate rule, not a measurement, and, where
+    the outputs carry no energy at all (all 0; constant under --center), Π̂ is 0/0 (pi_hat_C null)."""
+    for name, steps in ctx.constant_outputs.items():
+        shown = sorted(steps)
+        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
+        empty = [step for step in shown if steps[step]]
+        where = ("" if len(empty) == len(shown) else
+                 f" at step{'s' if len(empty) != 1 else ''} {', '.join(map(str, empty[:12]))}"
+                 + (", ..." if len(empty) > 12 else ""))
+        ctx.reporter.warn(
+            f"probe {name!r}: the model's outputs are constant over the probe (a zero or constant head?) at "
+            f"step{'s' if len(shown) != 1 else ''} {listed}: they carry no energy about their mean, so D_LR is 1.0 "
+            "there by its degenerate rule (output_rank 0), not a measurement of the features"
+            + (f", and{where} Π̂ is 0/0 as well (the outputs "
+               + ("centered by --center" if ctx.options.center else "all 0") + "): pi_hat_C and k90/k95/k99_utility "
+               "are null, and the regime has no utility to count" if empty else "")
+            + "; `fdl compare` leaves such steps out of its verdict of which run is richer (docs/measures.md)"
+        )
+    ctx.constant_outputs.clear()
 
 
 def _lacking(writer: Any) -> dict[int, frozenset[tuple[str, str]]]:
@@ -3959,6 +3986,8 @@ def _analyze_one(
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
+            if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)
+                ctx.constant_outputs.setdefault(probe.name, {})[ref.step] = scalars.get("pi_hat_C") is None
             if measures.clipped_eigenvalue:
                 ctx.reporter.warn(
                     f"step {ref.step}, {probe.name}/{spec.label}: clipped a negative eigenvalue "

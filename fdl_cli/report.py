@@ -198,6 +198,32 @@ def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     return line
 
 
+def targets_without_energy(run: Run, series: Series) -> bool:
+    """Whether the series' targets carry no energy (all 0; with --center, constant or one class), read from its
+    records: a probe with targets whose Π*(C) is null (0/0: `spectral.measure`) at every checkpoint measured.
+    **(choice)** Read, not recorded: the store keeps no flag of it (an older store resumes as it was), and a
+    store written before Π*(C) of such targets was null (0.0 then) is not recognised (its 0/1 line stays)."""
+    info = run.probes.get(series.probe) if series.probe is not None else None
+    measured = [record for record in series.records if record.get("rank") is not None]
+    return (info is not None and getattr(info, "task", "none") != "none" and bool(measured)
+            and all(record.get("pi_star_C") is None for record in measured))
+
+
+def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
+    """The one line said beside loss and r2 of a series: that its targets carry no energy (analyze warned it:
+    `pipeline._no_energy_warning`), said in place of the float 0/1 line (`zero_one_caveat`) that all-zero
+    float targets would otherwise get, or that line, or None."""
+    if not targets_without_energy(run, series):
+        return zero_one_caveat(run, series, of=of)
+    options = run.provenance.get("options")
+    centered = bool(options.get("center")) if isinstance(options, Mapping) else False
+    return (f"probe {series.probe!r}{of} holds targets that carry no energy ("
+            + ("constant or one class, which --center removes" if centered else "all 0") + "): the quality Q*, Π* "
+            "is 0/0, not a measurement, so pi_star_C and k90/k95/k99_quality are null at every checkpoint (and r2, "
+            "of a regression); the spectrum, the utility, D_LR, CKA, the overlaps and the regime do not read the "
+            "targets")
+
+
 def _clean(value: Any) -> Any:
     """A plain Python value for a record field: numpy scalars unwrapped, NaN/inf and bytes normalised."""
     if isinstance(value, np.generic):
@@ -1115,7 +1141,7 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
-        if (caveat := zero_one_caveat(run, series)) is not None:
+        if (caveat := targets_caveat(run, series)) is not None:
             console.print(caveat, markup=False, highlight=False)
     if run.series:
         shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))
@@ -1321,28 +1347,36 @@ def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> st
     most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
+    constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
     for compared in steps:
         d_a, d_b = compared.record_a.get("d_lr"), compared.record_b.get("d_lr")
         if d_a is None or d_b is None:
             continue
+        if flat := _constant_outputs(compared):
+            constant.append((compared.match, flat))
+            continue
         sign = 0 if abs(d_b - d_a) <= tie else (1 if d_b < d_a else -1)
         exact = exact and (sign != 0 or d_a == d_b)
         signs.append((compared.match, sign))
+    left_out = _constant_outputs_note(constant)
     if not signs:
+        if constant:
+            return "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
         return "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
     every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:
         if all(sign == 0 for _, sign in signs):
-            return f"The runs are equally rich ({same}) {every}."
-        return f"The runs end equally rich ({same} at the last matched step)."
+            return f"The runs are equally rich ({same}) {every}." + left_out
+        return f"The runs end equally rich ({same} at the last matched step)." + left_out
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
     winner, loser = ("B", "A") if last > 0 else ("A", "B")
     # The last matched step with both D_LR (the signs above skip the others)
-    final = next(c for c in reversed(steps) if c.record_a.get("d_lr") is not None and c.record_b.get("d_lr") is not None)
+    final = next(c for c in reversed(steps) if c.record_a.get("d_lr") is not None
+                 and c.record_b.get("d_lr") is not None and not _constant_outputs(c))
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
     when = every if first_index == 0 else f"from {_matched_step(signs[first_index][0])} on"
     where = "last matched step" if final is steps[-1] else f"{_matched_step(final.match)}, the last with both D_LR"
@@ -1352,8 +1386,27 @@ def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> st
     return (
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
-        + _movement_note(steps)
+        + left_out + _movement_note(steps)
     )
+
+
+def _constant_outputs(compared: ComparedStep) -> list[str]:
+    """The runs ("A", "B") whose outputs are constant over the probe at this matched step (output_rank 0: a
+    zero head, say), where D_LR is 1.0 by its degenerate rule, not a measurement (docs/measures.md)."""
+    return [name for name, record in (("A", compared.record_a), ("B", compared.record_b))
+            if record.get("output_rank") == 0]
+
+
+def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
+    """The sentence naming the matched steps `richer_verdict` left out (`_constant_outputs`), or ""."""
+    if not constant:
+        return ""
+    runs = sorted({name for _, names in constant for name in names})
+    shown = ", ".join(_matched_step(match) for match, _ in constant[:6]) + (
+        f" and {len(constant) - 6} more" if len(constant) > 6 else "")
+    whose = "runs A's and B's" if runs == ["A", "B"] else f"run {runs[0]}'s"
+    return (f" Left out of this verdict: {shown}, where {whose} outputs are constant over the probe (output_rank 0, "
+            "a zero or constant head?), so D_LR is 1.0 there by its degenerate rule, not a measurement.")
 
 
 def _matched_step(match: Match) -> str:
@@ -1673,12 +1726,15 @@ def compare_runs(
 
 
 def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> list[str]:
-    """compare's notes on runs whose probes hold float 0/1 targets (`zero_one_caveat`): one for both runs when
-    their probes have one name, else one for each run that has them."""
-    if series_a.probe == series_b.probe and zero_one_targets(run_a, series_a) and zero_one_targets(run_b, series_b):
-        return [str(zero_one_caveat(run_a, series_a, of=" of runs A and B"))]
+    """compare's notes on runs whose probes hold float 0/1 targets, or targets that carry no energy
+    (`targets_caveat`): one for both runs when their probes have one name and the same line, else one for each
+    run that has one."""
+    both = " of runs A and B"
+    if series_a.probe == series_b.probe and (line := targets_caveat(run_a, series_a, of=both)) is not None \
+            and line == targets_caveat(run_b, series_b, of=both):
+        return [line]
     return [caveat for run, series, of in ((run_a, series_a, " of run A"), (run_b, series_b, " of run B"))
-            if (caveat := zero_one_caveat(run, series, of=of)) is not None]
+            if (caveat := targets_caveat(run, series, of=of)) is not None]
 
 
 def device_difference_note(run_a: Run, run_b: Run) -> str | None:

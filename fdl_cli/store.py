@@ -1637,7 +1637,7 @@ class StoreWriter:
                 paired = {pair[1] for pair in renamed}
                 left_out = [name for name in stored_probes if name not in self._probes and name not in paired]
                 left_out_layers = ([] if self.abandoned is not None
-                                   else _unfinished_layers(reader, self._provenance.get("layers")))
+                                   else _left_out_layers(reader, self._provenance.get("layers")))
                 if renamed or left_out or left_out_layers:
                     # The same probe file under another name (`--probe test=probe.npz` on a store that calls it
                     # `probe`): a different run only by its name, which the fix can give back. A store's probe
@@ -1673,7 +1673,8 @@ class StoreWriter:
                                                  "them" if len(left_out_layers) > 1 else "it")
                         parts.append(
                             f"the store also holds the layer{'s' if len(left_out_layers) > 1 else ''} "
-                            f"{' and '.join(repr(name) for name in left_out_layers)}, {unfinished}: give "
+                            f"{' and '.join(repr(name) for name in left_out_layers)}, "
+                            + (unfinished if unfinished else "at every checkpoint") + ": give "
                             f"{'them' if len(left_out_layers) > 1 else 'it'} too, with the store's layers in its order, "
                             + " ".join(f"--layer {label}" for label in stored_layers)
                         )
@@ -2693,16 +2694,17 @@ def _unfinished(reader: StoreReader, series: Iterable[Series], it: str = "it") -
             f"done (the same command with {it} adds {it} to the other {lacking})")
 
 
-def _unfinished_layers(reader: StoreReader, run: Any) -> list[str]:
-    """The stored layers that a run leaves out, where its layers are the store's without them (in its order)
-    and each was being added by an `fdl analyze` that stopped before it was done (`_unfinished`); else []."""
+def _left_out_layers(reader: StoreReader, run: Any) -> list[str]:
+    """The stored layers that a run leaves out, where its layers are the store's without them (in its order):
+    at every checkpoint (`--layer 2:input` on a store of `2:input` and `0`: its fix named only --overwrite and
+    another --out), or being added by an `fdl analyze` that stopped before it was done (`_unfinished`); else []."""
     stored = reader.provenance.get("layers")
     if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
         return []
     left = [label for label in stored if label not in run]
     if not left or [label for label in stored if label in run] != run:
         return []
-    return left if _unfinished(reader, {(probe, label) for probe in reader.probes() for label in left}) else []
+    return left
 
 
 def _layers_after_stored(stored: Any, run: Any) -> list[str] | None:
