@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import csv
 import dataclasses
+import difflib
 import errno
 import io
 import itertools
@@ -156,6 +157,8 @@ class Run:
     added: tuple[tuple[Mapping[str, Any], tuple[str, str], tuple[int, ...]], ...] = ()
     #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
     dropped: tuple[Mapping[str, Any], ...] = ()
+    #: every (probe, layer) series the store holds, selected or not, in the order a report of it gives them
+    stored_series: tuple[tuple[str, str], ...] = ()
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
@@ -320,6 +323,7 @@ def _read_run(
         probes=dict(reader.probes()),
         series=series,
         several=len(available) > 1,
+        stored_series=tuple(sorted(available, key=_series_key(reader.provenance))),
         warnings=list(getattr(reader, "warnings", [])),
         reader=reader if keep else None,
         history=tuple((None if index is None else reader.history[index], tuple(steps))
@@ -957,7 +961,7 @@ def provenance_lines(
     and the series added to them later (`Run.added`), and which `fdl analyze --drop` removed (`dropped_lines`;
     `Run.dropped`)."""
     lines = []
-    for key in ("model", "layers", "probes", "options"):
+    for key in ("model", "model_kwargs", "layers", "probes", "options"):
         value = provenance.get(key)
         if value in (None, "", [], {}):
             continue
@@ -968,16 +972,20 @@ def provenance_lines(
 
 def _provenance_line(key: str, value: Any, probe_order: Any = None) -> str:
     """One provenance key as a line for people: `layer: 4:input`, `probe: probe (sha256 217099c8...)`, `options:
-    anchor_size 4096, center no, ...` (it read as JSON: `layers: ["4:input"]`, `options: {"center": false, ...}`).
+    anchor_size 4096, center no, ...`, `model_kwargs: hidden 512` (it read as JSON: `layers: ["4:input"]`,
+    `options: {"center": false, ...}`).
     Every value is kept, each probe's whole sha256 (its file's, which `sha256sum` checks) among them; probes in the
     order given to analyze (`probe_order`), then any other by name. A value of an unexpected type (a hand-edited
     store) is said as JSON."""
     if key == "probes" and isinstance(value, Mapping):
-        given = [name for name in probe_order if name in value] if isinstance(probe_order, list) else []
+        # read as the series are ordered (a hand-edited [["x"]] raised TypeError), each name once
+        given = [name for name in dict.fromkeys(series_order({"probe_order": probe_order})[0]) if name in value]
         names = [*given, *sorted((name for name in value if name not in given), key=str)]
         said = [f"{name} (sha256 {value[name]})" for name in names]
-    elif key == "options" and isinstance(value, Mapping):
-        return "options: " + ", ".join(f"{name} {_option_text(value[name])}" for name in sorted(value, key=str))
+    elif key in ("options", "model_kwargs") and isinstance(value, Mapping):
+        # the factory's keyword arguments too (`model_kwargs: hidden 512`): a model line alone read the same for
+        # runs of mlp(hidden=8) and mlp(hidden=512)
+        return f"{key}: " + ", ".join(f"{name} {_option_text(value[name])}" for name in sorted(value, key=str))
     elif key in ("layers", "probes") and isinstance(value, (list, tuple)):
         said = [_option_text(item) for item in value]
     elif isinstance(value, (Mapping, list, tuple)):
@@ -1328,14 +1336,19 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
     known = ", ".join(f"{name} (default {value:g})" for name, value in COMPARE_THRESHOLDS.items())
     for text in overrides:
         name, sep, value = (part.strip() for part in text.partition("="))
-        if sep and name not in values:
-            raise FdlError(f"unknown compare threshold {name!r}", got=f"fdl compare's thresholds: {known}",
-                           fix="pass --threshold dlr_tie=VALUE (the thresholds of the regimes are fdl classify's)")
         try:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not sep or not math.isfinite(number) or number < 0:
+        good = bool(sep) and math.isfinite(number) and number >= 0
+        if sep and name not in values:
+            # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.from_overrides`)
+            near = difflib.get_close_matches(name.casefold(), sorted(values), n=1)
+            raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
+                           got=f"fdl compare's thresholds: {known}",
+                           fix=f"pass --threshold {near[0]}={value}" if near and good else
+                           "pass --threshold dlr_tie=VALUE (the thresholds of the regimes are fdl classify's)")
+        if not good:
             raise FdlError(f"bad threshold {text!r}: expected NAME=VALUE with VALUE a finite number >= 0",
                            got=f"{value!r}" if sep else f"{text!r} (no '=')", fix="e.g. --threshold dlr_tie=0.002")
         values[name] = number
@@ -1379,7 +1392,9 @@ def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> st
                  and c.record_b.get("d_lr") is not None and not _constant_outputs(c))
     d_a, d_b = final.record_a.get("d_lr"), final.record_b.get("d_lr")
     when = every if first_index == 0 else f"from {_matched_step(signs[first_index][0])} on"
-    where = "last matched step" if final is steps[-1] else f"{_matched_step(final.match)}, the last with both D_LR"
+    # "measured" where a step left out (constant outputs) has both D_LR, 1.0 by the rule
+    where = "last matched step" if final is steps[-1] else (f"{_matched_step(final.match)}, the last with both D_LR"
+                                                           + (" measured" if constant else ""))
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
@@ -1903,7 +1918,7 @@ def difference_lines(comparison: Comparison) -> list[str]:
     """Every field that differs at some matched step: how many steps and the largest |B − A|; a numeric field
     null in one run only (a measure one run has and the other has not: Π(C) of outputs without energy, a k_τ
     never reached, a store written before such a measure became null) is a difference too, said apart; `loss`
-    named CLASSIFICATION_LOSS where a run's probe is a classification one (an accuracy or a cross-entropy)."""
+    named CLASSIFICATION_LOSS where both runs' probes are classification ones (an accuracy or a cross-entropy)."""
     lines = []
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
@@ -1930,9 +1945,12 @@ def difference_lines(comparison: Comparison) -> list[str]:
 
 
 def _classification(comparison: Comparison) -> bool:
-    """Whether a run's probe of the comparison is a classification one: a record with an accuracy or a cross-entropy."""
-    return any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
-               for compared in comparison.steps for record in (compared.record_a, compared.record_b))
+    """Whether both runs' probes of the comparison are classification ones: each run with a record with an accuracy
+    or a cross-entropy (a classification probe against a regression one, `--probe-b`, has a loss B of MSE against
+    its targets, not the one-hot labels)."""
+    return all(any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
+                   for record in (getattr(compared, side) for compared in comparison.steps))
+               for side in ("record_a", "record_b"))
 
 
 def _count_steps(count: int) -> str:
