@@ -377,9 +377,25 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
 
 def series_suffix(series: Series) -> str:
     """`_PROBE-LAYER`, the end of a figure's name of one of several series."""
+    return _suffix(series.probe, series.layer)
+
+
+def _suffix(probe: str | None, layer: str | None) -> str:
     # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
     # name that Windows refuses and macOS's Finder shows with '/'.
-    return re.sub(r"[^\w.-]", "_", f"_{series.probe}-{series.layer}")
+    return re.sub(r"[^\w.-]", "_", f"_{probe}-{layer}")
+
+
+def _stored_suffix(run: Run, series: Series) -> str:
+    """`series_suffix` of one series of a store for a compare's figures, with its place among the store's series
+    (`_I`) where another of them cleans to the same name, as a report of the whole store names it (`run_figures`):
+    the compares of layers fc:input and fc_input into one folder wrote over each other."""
+    suffix = series_suffix(series)
+    stored: list[tuple[str | None, str | None]] = [*run.stored_series] or [(each.probe, each.layer)
+                                                                         for each in run.series]
+    if (series.probe, series.layer) in stored and sum(_suffix(*pair) == suffix for pair in stored) > 1:
+        return f"{suffix}_{stored.index((series.probe, series.layer)) + 1}"
+    return suffix
 
 
 def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
@@ -592,7 +608,7 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
     # of layer fc2 into a folder wrote over that of fc1; B's series too where it is not A's (--probe-b, --layer-b).
     suffix = ""
     if run_a.several or run_b.several:
-        suffix_a, suffix_b = series_suffix(run_a.series[0]), series_suffix(run_b.series[0])
+        suffix_a, suffix_b = _stored_suffix(run_a, run_a.series[0]), _stored_suffix(run_b, run_b.series[0])
         suffix = suffix_a if suffix_a == suffix_b else f"{suffix_a}_vs{suffix_b}"
     return [("compare_trajectories" + suffix, trajectories), ("compare_k95_utility" + suffix, figure)]
 
