@@ -76,11 +76,11 @@ class Thresholds:
         items = overrides.items() if isinstance(overrides, Mapping) else (_split(text) for text in overrides)
         for name, value in items:
             if name not in names:
-                near = difflib.get_close_matches(name.casefold(), sorted(names), n=1)  # CKA_STATIC too
+                near = _near(name, names)  # CKA_STATIC too
                 raise FdlError(
-                    f"unknown threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
+                    f"unknown threshold {name!r}" + (f" (did you mean {' or '.join(near)}?)" if near else ""),
                     got=f"known thresholds: {', '.join(sorted(names))}",
-                    fix=f"pass --threshold {near[0]}={threshold_text(value)}" if near else
+                    fix=f"pass --threshold {near[0]}={threshold_text(value)}" if len(near) == 1 else
                     "pass --threshold NAME=VALUE with one of those names",
                 )
             pairs[name] = float(value)
@@ -99,6 +99,17 @@ class Thresholds:
 
 #: The thresholds that count (eigenfunctions beyond C, checkpoints): integers in `Thresholds.as_dict`.
 COUNTS = ("mf_extra", "final_window")
+
+
+def _near(name: str, names: set[str]) -> list[str]:
+    """The known name `name` was likely meant as, or the two it is as close to (`overlap`: overlap_moved or
+    overlap_static, where one alone, in a fix to copy, set the one the user may not have meant); [] for none."""
+    folded = name.casefold()
+    scored = sorted(((difflib.SequenceMatcher(None, folded, known).ratio(), known) for known in names), reverse=True)
+    close = [(ratio, known) for ratio, known in scored if ratio >= 0.6]
+    if len(close) > 1 and close[0][0] - close[1][0] < 0.05:
+        return sorted(known for _, known in close[:2])
+    return [known for _, known in close[:1]]
 
 
 def threshold_text(value: float) -> str:
