@@ -445,7 +445,7 @@ def _print_tensors(result: dict[str, Any]) -> None:
     console = _stderr_console()
     _print_whole(console, *_tensors_table(result, console.width if console.is_terminal else None))
     count = len(result["tensors"])
-    console.print(f"total: {result['values']:,} values in {count} tensor{'s' if count != 1 else ''} (parameters, "
+    console.print(f"total: {result['values']:,} values in {count:,} tensor{'s' if count != 1 else ''} (parameters, "
                   "and buffers such as running means where the file holds them)", markup=False, highlight=False)
     source = result["step_source"]
     console.print("step: " + ("none (no step in its metadata or name: `fdl analyze` of its folder skips it)"

@@ -123,3 +123,15 @@ def test_a_verdict_before_a_step_left_out_says_the_last_measured(tmp_path: Path)
     assert verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 on (step 100, the last with "
                               "both D_LR measured: D_LR A 0.5000, B 0.6000"), verdict
     assert "Left out of this verdict: step 200, where run B's outputs are constant" in verdict
+
+
+def test_inspect_counts_thousands_of_tensors_as_it_counts_their_values(tmp_path: Path) -> None:
+    """`total: 6,000 values in 3000 tensors`: the two numbers of one line written alike."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "step_5.safetensors"
+    save_file({f"layers.{index}.weight": torch.zeros(2) for index in range(1500)}, str(path))
+    done = fdl_in_process("inspect", path)
+    assert done.returncode == 1 and "holds weights only" in done.stderr
+    assert "total: 3,000 values in 1,500 tensors (" in done.stderr
