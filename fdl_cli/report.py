@@ -203,13 +203,16 @@ def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
 
 def targets_without_energy(run: Run, series: Series) -> bool:
     """Whether the series' targets carry no energy (all 0; with --center, constant or one class), read from its
-    records: a probe with targets whose Π*(C) is null (0/0: `spectral.measure`) at every checkpoint measured.
+    records: a probe with targets whose Π*(C) is null (0/0: `spectral.measure`) and whose D of the quality is
+    its all-shares-0 value 0.0 at every checkpoint measured (both: a record that holds neither, such as one a
+    program wrote without the quality, says nothing of the targets' energy).
     **(choice)** Read, not recorded: the store keeps no flag of it (an older store resumes as it was), and a
     store written before Π*(C) of such targets was null (0.0 then) is not recognised (its 0/1 line stays)."""
     info = run.probes.get(series.probe) if series.probe is not None else None
     measured = [record for record in series.records if record.get("rank") is not None]
     return (info is not None and getattr(info, "task", "none") != "none" and bool(measured)
-            and all(record.get("pi_star_C") is None for record in measured))
+            and all(record.get("pi_star_C") is None and record.get("eff_dim_quality") == 0.0
+                    for record in measured))
 
 
 def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:

@@ -177,3 +177,18 @@ def test_compare_leaves_out_only_the_steps_whose_outputs_carry_no_energy(heads: 
     assert verdict.endswith(" Left out of this verdict: step 0, where run B's outputs are constant over the probe "
                             "(output_rank 0, a zero or constant head?), so D_LR is 1.0 there by its degenerate rule, "
                             "not a measurement.")
+
+
+def test_records_that_hold_no_quality_are_not_read_as_targets_without_energy(tmp_path: Path) -> None:
+    """A store whose records hold neither Π*(C) nor D of the quality (a program's store, written without the
+    quality arrays) says nothing of its targets' energy: no "carry no energy" line (the rule first read any
+    null Π*(C) so, and `fdl compare` of two such stores printed it)."""
+    from fdl_cli import report
+    from tests.test_s12_rev2 import _store_with_ranks
+
+    a = _store_with_ranks(tmp_path / "a.h5", {0: 4, 1: 4}, seed=0)
+    with report.opened_run(a) as run:
+        assert not report.targets_without_energy(run, run.series[0])
+    result = fdl_in_process("compare", a, _store_with_ranks(tmp_path / "b.h5", {0: 4, 1: 4}, seed=10))
+    assert result.returncode == 0, result.stderr
+    assert "carry no energy" not in result.stderr
