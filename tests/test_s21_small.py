@@ -107,3 +107,67 @@ def test_a_compare_of_a_series_cleaned_to_one_name_removes_the_figures_it_wrote_
     assert "note: removed 4 figure files an earlier compare of these stores and series wrote" in done.stderr
     assert _names(plots, "compare_") == {f"compare_{stem}_train-fc_input_1.{ext}"
                                          for stem in ("trajectories", "k95_utility") for ext in ("png", "svg")}
+
+
+# -- 3. the stored layers (probes) given in another order ----------------------------------------------------------
+
+
+@pytest.fixture
+def two_layers(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(checkpoints, probe, store of layers [2:input, 0] of 2 checkpoints)."""
+    checkpoints = _checkpoints(tmp_path / "ck", steps=2)
+    probe = _probe(tmp_path / "probe.npz", np.arange(50) % 3)
+    store = tmp_path / "run.h5"
+    done = _analyze(checkpoints, probe, store, "--layer", "2:input", "--layer", "0")
+    assert done.returncode == 0, done.stderr
+    return checkpoints, probe, store
+
+
+def test_the_stored_layers_in_another_order_are_told_the_order_that_resumes(two_layers: tuple[Path, Path, Path]) -> None:
+    """3. `--layer 0 --layer 2:input` on a store of [2:input, 0] was told only "--overwrite / another --out"
+    (which loses the stored series, or splits the run); the fix now gives the store's order, and that resumes."""
+    checkpoints, probe, store = two_layers
+    before = store.read_bytes()
+    swapped = _analyze(checkpoints, probe, store, "--layer", "0", "--layer", "2:input")
+    assert swapped.returncode == 1 and "Traceback" not in swapped.stderr
+    assert ("fix: the store holds these layers in another order: give them in its order, --layer 2:input --layer 0, "
+            "to resume; else pass --overwrite to replace it, or another --out to keep both") in swapped.stderr
+    other = _analyze(checkpoints, probe, store, "--layer", "0", "--layer", "2:input", "--top-k", "5")
+    assert other.returncode == 1
+    assert ("give them in its order, --layer 2:input --layer 0 (the other differences above remain: options.top_k); "
+            "else pass --overwrite") in other.stderr
+    assert store.read_bytes() == before  # nothing stored is lost
+    again = _analyze(checkpoints, probe, store, "--layer", "2:input", "--layer", "0")
+    assert again.returncode == 0, again.stderr  # what the fix names resumes
+
+
+def test_a_stored_layer_left_out_of_layers_in_another_order_is_told_the_store_order(tmp_path: Path) -> None:
+    """3. Store [2:input, 1, 0] resumed with `--layer 0 --layer 2:input`: a layer left out, the others in another
+    order; told only "--overwrite / another --out", it is now told the left-out layer and the store's order."""
+    checkpoints = _checkpoints(tmp_path / "ck", steps=2)
+    probe = _probe(tmp_path / "probe.npz", np.arange(50) % 3)
+    store = tmp_path / "run.h5"
+    assert _analyze(checkpoints, probe, store, "--layer", "2:input", "--layer", "1", "--layer", "0").returncode == 0
+    done = _analyze(checkpoints, probe, store, "--layer", "0", "--layer", "2:input")
+    assert done.returncode == 1
+    assert ("fix: the store also holds the layer '1', at every checkpoint: give it too, with the store's layers in its "
+            "order, --layer 2:input --layer 1 --layer 0, to resume; else pass --overwrite") in done.stderr
+
+
+def test_the_stored_probes_in_another_order_resume(tmp_path: Path) -> None:
+    """3 (guard). Probes given in another order than the store's (`--probe b=... --probe a=...` on a store of a, b)
+    resume as they are: the probes are a table by name. The store keeps its order: report lists a first still."""
+    checkpoints = _checkpoints(tmp_path / "ck", steps=3)
+    a, b = _probe(tmp_path / "a.npz", np.arange(50) % 3), _probe(tmp_path / "b.npz", np.arange(50) % 2)
+    store = tmp_path / "run.h5"
+    model = ("--model", "tests.tiny_models:mlp", "-o", store)
+    (checkpoints / "step_2.pt").rename(tmp_path / "step_2.pt")
+    assert fdl("analyze", checkpoints, *model, "--probe", f"a={a}", "--probe", f"b={b}").returncode == 0
+    (tmp_path / "step_2.pt").rename(checkpoints / "step_2.pt")
+    done = fdl("analyze", checkpoints, *model, "--probe", f"b={b}", "--probe", f"a={a}")
+    assert done.returncode == 0, done.stderr
+    assert "1 checkpoint(s) analysed, 2 already in the store" in done.stderr
+    records = json.loads(fdl("report", store, "--format", "json").stdout)
+    records = records["records"] if isinstance(records, dict) else records
+    assert [(record["probe"], record["step"]) for record in records] == [("a", 0), ("a", 1), ("a", 2),
+                                                                         ("b", 0), ("b", 1), ("b", 2)]
