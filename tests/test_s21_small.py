@@ -171,3 +171,56 @@ def test_the_stored_probes_in_another_order_resume(tmp_path: Path) -> None:
     records = records["records"] if isinstance(records, dict) else records
     assert [(record["probe"], record["step"]) for record in records] == [("a", 0), ("a", 1), ("a", 2),
                                                                          ("b", 0), ("b", 1), ("b", 2)]
+
+
+# -- 4. classify of a run whose outputs are constant over the probe -------------------------------------------------
+
+CONSTANT_NOTE = ("the model's outputs are constant over the probe at the final checkpoint (step 3; output_rank 0: a "
+                 "zero or constant head?), so the regime reads nothing learned")
+
+
+@pytest.fixture(scope="module")
+def constant_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stores of 4 checkpoints: a head of zero weights and a bias (seed 27: a confident MF on Π̂ of the constant),
+    a zero head, and a trained one."""
+    folder = tmp_path_factory.mktemp("constant_heads")
+    probe = _probe(folder / "probe.npz", np.arange(50) % 3)
+    for name, head, seed in (("constant", "constant", 27), ("zero", "zero", 27), ("trained", "trained", 27)):
+        done = _analyze(_checkpoints(folder / name, head=head, seed=seed), probe, folder / f"{name}.h5")
+        assert done.returncode == 0, done.stderr
+    return folder
+
+
+def test_classify_notes_that_constant_outputs_read_nothing_learned(constant_heads: Path) -> None:
+    """4. A zero-weight head with a bias: outputs constant over the probe, D_LR 1.0 by its degenerate rule, and
+    classify said a confident "MF" from Π̂ of that constant with nothing beside it. The verdict stays (its rules are
+    docs/regimes.md's); a note says the outputs are constant, in the text and in --json's evidence."""
+    verdict = json.loads(fdl("classify", constant_heads / "constant.h5", "--json").stdout)
+    assert verdict["regime"] == "MF" and verdict["evidence"]["final_d_lr"] == 1.0  # the verdict is unchanged
+    constant = verdict["evidence"]["constant_outputs"]
+    assert constant["step"] == 3 and constant["output_rank"] == 0
+    assert constant["note"] == (
+        CONSTANT_NOTE + ": MF here says only that the features moved (cka_init, overlap_init); D_LR is 1.0 there by "
+        "its degenerate rule, and Π̂ (k95_utility, pi_hat_C) measures where the constant lies on the eigenfunctions, "
+        "not a learned function")
+    text = fdl("classify", constant_heads / "constant.h5")
+    assert text.returncode == 0
+    lines = text.stdout.splitlines() + text.stderr.splitlines()
+    assert lines.count(constant["note"]) == 1
+    evidence = next(line for line in lines if line.startswith("evidence: "))
+    assert "constant_outputs" not in evidence and "final_output_rank" not in evidence
+    # `--expect MF` still passes: a note, not a verdict
+    assert fdl("classify", constant_heads / "constant.h5", "--expect", "MF").returncode == 0
+
+
+def test_classify_of_a_zero_head_notes_it_and_a_trained_head_gets_no_note(constant_heads: Path) -> None:
+    """4. A zero head (Π̂ 0/0, undetermined already): the note too, without the MF/EF clause; a trained head
+    (guard): no note, and no new key in the evidence."""
+    zero = json.loads(fdl("classify", constant_heads / "zero.h5", "--json").stdout)
+    assert zero["regime"] == "undetermined"
+    assert zero["evidence"]["constant_outputs"]["note"] == (
+        CONSTANT_NOTE + "; D_LR is 1.0 there by its degenerate rule, and Π̂ is 0/0 there (the outputs all 0)")
+    trained = json.loads(fdl("classify", constant_heads / "trained.h5", "--json").stdout)
+    assert "constant_outputs" not in trained["evidence"] and "final_output_rank" not in trained["evidence"]
+    said = fdl("classify", constant_heads / "trained.h5")
+    assert "constant over the probe" not in said.stdout + said.stderr
