@@ -377,35 +377,30 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
 
 def series_suffix(series: Series) -> str:
     """`_PROBE-LAYER`, the end of a figure's name of one of several series."""
-    return _suffix(series.probe, series.layer)
+    return _cleaned(series.probe, series.layer)
 
 
-def _suffix(probe: str | None, layer: str | None) -> str:
+def _cleaned(probe: str | None, layer: str | None) -> str:
     # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
     # name that Windows refuses and macOS's Finder shows with '/'.
     return re.sub(r"[^\w.-]", "_", f"_{probe}-{layer}")
 
 
-def _stored_suffix(run: Run, series: Series) -> str:
-    """`series_suffix` of one series of a store for a compare's figures, with its place among the store's series
-    (`_I`) where another of them cleans to the same name, as a report of the whole store names it (`run_figures`):
-    the compares of layers fc:input and fc_input into one folder wrote over each other."""
-    suffix = series_suffix(series)
-    stored: list[tuple[str | None, str | None]] = [*run.stored_series] or [(each.probe, each.layer)
-                                                                         for each in run.series]
-    if (series.probe, series.layer) in stored and sum(_suffix(*pair) == suffix for pair in stored) > 1:
-        return f"{suffix}_{stored.index((series.probe, series.layer)) + 1}"
-    return suffix
+def series_suffixes(series: Sequence[tuple[str | None, str | None]]) -> list[str]:
+    """The name ends (`series_suffix`) of several (probe, layer) series, in their order. Two series cleaned to
+    one name (layers fc:input and fc_input; probe a-b of layer c and probe a of layer b-c) each take their
+    place among the series, `_PROBE-LAYER_I`, or one's figures overwrote the other's."""
+    suffixes = [_cleaned(probe, layer) for probe, layer in series]
+    return [f"{suffix}_{index}" if suffixes.count(suffix) > 1 else suffix
+            for index, suffix in enumerate(suffixes, start=1)]
 
 
 def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
-    """Every figure of a run; with several series, the stems carry `probe-layer`."""
+    """Every figure of a run; with several series, the stems carry `probe-layer` (`series_suffixes`)."""
     out = []
-    suffixes = [series_suffix(series) if len(run.series) > 1 else "" for series in run.series]
-    # Two series cleaned to one name (layers fc:input and fc_input; probe a-b of layer c and probe a of
-    # layer b-c): each then takes its place among the series, or one's figures overwrote the other's.
-    suffixes = [f"{suffix}_{index}" if suffixes.count(suffix) > 1 else suffix
-                for index, suffix in enumerate(suffixes, start=1)]
+    several = len(run.series) > 1
+    suffixes = series_suffixes([(series.probe, series.layer) for series in run.series]) if several \
+        else [""] * len(run.series)
     for series, suffix in zip(run.series, suffixes, strict=True):
         for stem, title, figure in series_figures(run, series):
             title = f"{title} ({series.label})" if suffix else title
@@ -606,11 +601,27 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
     _legend(ax)
     # Stores of several series: the series compared in the names, as a report's (`run_figures`), or the compare
     # of layer fc2 into a folder wrote over that of fc1; B's series too where it is not A's (--probe-b, --layer-b).
+    # The titles name them as well (a report's HTML titles do): a figure opened alone says what it compares.
     suffix = ""
     if run_a.several or run_b.several:
-        suffix_a, suffix_b = _stored_suffix(run_a, run_a.series[0]), _stored_suffix(run_b, run_b.series[0])
+        suffix_a, suffix_b = _compared_suffix(run_a), _compared_suffix(run_b)
+        label_a, label_b = run_a.series[0].label, run_b.series[0].label
         suffix = suffix_a if suffix_a == suffix_b else f"{suffix_a}_vs{suffix_b}"
+        compared = label_a if label_a == label_b else f"A: {label_a}, B: {label_b}"
+        for drawn in (trajectories, figure):
+            drawn.axes[0].set_title(f"{drawn.axes[0].get_title()} ({compared})")
     return [("compare_trajectories" + suffix, trajectories), ("compare_k95_utility" + suffix, figure)]
+
+
+def _compared_suffix(run: Run) -> str:
+    """The name end of the run's selected series in a compare's figures: as the store's report names it among
+    all the store's series (`series_suffixes`), so that the compares of two series cleaned to one name (layers
+    fc:input and fc_input) into one folder do not write over each other."""
+    series = run.series[0]
+    key = (series.probe, series.layer)
+    if key not in run.available:  # a Run built without the store's listing
+        return series_suffix(series)
+    return series_suffixes(run.available)[run.available.index(key)]
 
 
 def write_compare_figures(

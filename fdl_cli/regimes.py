@@ -303,8 +303,17 @@ def classify_run(
         [(step, v) for step, v in trajectory if reference_step is not None and step > reference_step]
     )
 
+    final_records: list[Mapping[str, Any]] = []  # the final checkpoint's record, once the rules reach it
+
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
+        if final_records and final_records[0].get("output_rank") == 0:
+            # A note beside the verdict, whose rules are unchanged (docs/regimes.md, "Constant outputs")
+            step = evidence["final_step"]
+            evidence["constant_outputs"] = {
+                "step": step, "output_rank": 0,
+                "note": constant_outputs_line(regime, step, evidence.get("final_pi_hat_C")),
+            }
         return RunVerdict(regime, rule, evidence, trajectory, thresholds)
 
     after = [
@@ -331,6 +340,7 @@ def classify_run(
     final_record, final = after[-1]
     evidence["final_step"] = int(final_record["step"])
     evidence.update({f"final_{name}": final_record.get(name) for name in _EVIDENCE_FIELDS})
+    final_records.append(final_record)
     evidence["final_rule"] = final.rule
     evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
 
@@ -535,6 +545,21 @@ def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
     return None
 
 
+def constant_outputs_line(regime: str, step: int, pi_hat_c: float | None) -> str:
+    """classify's note on a run whose outputs are constant over the probe at its final checkpoint (output_rank
+    0: a zero or constant head). Without --center, Π̂ of a constant non-zero output is measured (the energy of
+    the outputs' mean on each eigenfunction), and a head of zero weights and a bias read a confident MF or EF
+    beside D_LR 1.0, with nothing to say that the network's function is constant (session 21)."""
+    pi_hat = ("Π̂ is 0/0 there (the outputs all 0)" if pi_hat_c is None
+              else "Π̂ (k95_utility, pi_hat_C) measures where the constant lies on the eigenfunctions, not a learned "
+                   "function")
+    regime_says = (f": {regime} here says only that the features moved (cka_init, overlap_init)"
+                   if regime in ("MF", "EF") else "")
+    return (f"the model's outputs are constant over the probe at the final checkpoint (step {step}; output_rank 0: "
+            f"a zero or constant head?), so the regime reads nothing learned{regime_says}; D_LR is 1.0 there by its "
+            f"degenerate rule, and {pi_hat}")
+
+
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
     """For an MF verdict whose layer spans at most C + mf_extra directions on the probe (its rank) at the final
     checkpoint and already at the reference (or has no more units): k95_utility ≤ rank, so EF could not be read
@@ -651,7 +676,11 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         lines.append(narrow)
     if ev.get("overlap_tie"):
         lines.append(overlap_tie_line(ev["overlap_tie"], verdict.thresholds))
-    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets"}
+    constant = ev.get("constant_outputs")
+    if isinstance(constant, Mapping) and constant.get("note"):
+        lines.append(str(constant["note"]))
+    skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
+            "constant_outputs"}
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")

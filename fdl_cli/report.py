@@ -157,8 +157,9 @@ class Run:
     added: tuple[tuple[Mapping[str, Any], tuple[str, str], tuple[int, ...]], ...] = ()
     #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
     dropped: tuple[Mapping[str, Any], ...] = ()
-    #: every (probe, layer) series the store holds, selected or not, in the order a report of it gives them
-    stored_series: tuple[tuple[str, str], ...] = ()
+    #: Every (probe, layer) series of the store, selected or not, in the order of `series`: where a selected one
+    #: stands among them (the names of compare's figures of two series whose names clean to one, `figures`).
+    available: tuple[tuple[str, str], ...] = ()
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
@@ -326,7 +327,7 @@ def _read_run(
         probes=dict(reader.probes()),
         series=series,
         several=len(available) > 1,
-        stored_series=tuple(sorted(available, key=_series_key(reader.provenance))),
+        available=tuple(sorted(available, key=_series_key(reader.provenance))),
         warnings=list(getattr(reader, "warnings", [])),
         reader=reader if keep else None,
         history=tuple((None if index is None else reader.history[index], tuple(steps))

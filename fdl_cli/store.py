@@ -1712,6 +1712,15 @@ class StoreWriter:
                            "order, and a resume gives them so)"
                            + (f", and {', '.join(others)} as the store has {'it' if len(others) == 1 else 'them'}"
                               if others else "") + "; else " + fix)
+                reordered = _layers_reordered(reader.provenance.get("layers"), self._provenance.get("layers"))
+                if reordered is not None:
+                    # `--layer 0 --layer 2:input` on a store of 2:input and 0: the same layers, another run only
+                    # by their order (a store keeps its layers in the order analysed); told as a left-out layer is
+                    others = [d.split(": ")[0] for d in differences if not d.startswith("layers: ")]
+                    fix = ("the store holds these layers in another order: give them in its order, "
+                           + " ".join(f"--layer {label}" for label in reordered)
+                           + (f" (the other differences above remain: {', '.join(others)})" if others else ", to resume")
+                           + "; else " + fix)
                 beside = _layers_beside_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if beside is not None and not left_out_layers:
                     added = [label for label in beside if label not in reader.provenance["layers"]]
@@ -2695,16 +2704,27 @@ def _unfinished(reader: StoreReader, series: Iterable[Series], it: str = "it") -
 
 
 def _left_out_layers(reader: StoreReader, run: Any) -> list[str]:
-    """The stored layers that a run leaves out, where its layers are the store's without them (in its order):
-    at every checkpoint (`--layer 2:input` on a store of `2:input` and `0`: its fix named only --overwrite and
-    another --out), or being added by an `fdl analyze` that stopped before it was done (`_unfinished`); else []."""
+    """The stored layers that a run leaves out, where its layers are the store's without them (in its order or
+    another: the fix gives the store's order): at every checkpoint (`--layer 2:input` on a store of `2:input`
+    and `0`: its fix named only --overwrite and another --out), or being added by an `fdl analyze` that stopped
+    before it was done (`_unfinished`); else []."""
     stored = reader.provenance.get("layers")
     if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
         return []
     left = [label for label in stored if label not in run]
-    if not left or [label for label in stored if label in run] != run:
+    if not left or not all(label in stored for label in run):
         return []
     return left
+
+
+def _layers_reordered(stored: Any, run: Any) -> list[str] | None:
+    """The store's layers, where the run gives the same layers in another order (`--layer 0 --layer 2:input` on
+    a store of `2:input` and `0`: its fix named only --overwrite and another --out); else None."""
+    if not (isinstance(stored, list) and isinstance(run, list) and all(isinstance(n, str) for n in [*stored, *run])):
+        return None
+    if run == stored or len(run) != len(stored) or sorted(run) != sorted(stored):
+        return None
+    return list(stored)
 
 
 def _layers_after_stored(stored: Any, run: Any) -> list[str] | None:
