@@ -53,28 +53,6 @@ def test_a_store_without_model_kwargs_has_no_such_line(tmp_path: Path) -> None:
     assert done.returncode == 0 and "model_kwargs" not in done.stderr
 
 
-def test_compares_of_layers_written_alike_into_one_folder_keep_both(tmp_path: Path) -> None:
-    a = make_store(tmp_path / "a.h5", layers=("fc:input", "fc_input"))
-    b = make_store(tmp_path / "b.h5", layers=("fc:input", "fc_input"), seed=5)
-    plots = tmp_path / "plots"
-    for layer in ("fc:input", "fc_input"):
-        done = fdl_in_process("compare", a, b, "--layer", layer, "--plots", plots)
-        assert done.returncode == 0, done.stderr
-    names = sorted(path.name for path in plots.iterdir() if path.name.startswith("compare_trajectories"))
-    assert names == [f"compare_trajectories_train-fc_input_{index}.{ext}" for index in (1, 2) for ext in ("png", "svg")]
-    listed = json.loads((plots / ".fdl-figures.json").read_text())["files"]
-    assert listed["compare_trajectories_train-fc_input_1.png"]["compare"]["series_a"] == "train/fc:input"
-    assert listed["compare_trajectories_train-fc_input_2.png"]["compare"]["series_a"] == "train/fc_input"
-    # the same suffixes as the report of the whole store
-    assert fdl_in_process("report", a, "--plots", tmp_path / "report").returncode == 0
-    assert (tmp_path / "report" / "trajectories_train-fc_input_1.png").is_file()
-    # A's fc:input against B's fc_input: both in the name, told apart
-    done = fdl_in_process("compare", a, b, "--layer", "fc:input", "--layer-b", "fc_input", "--plots", plots,
-                          "--no-overlap")
-    assert done.returncode == 0, done.stderr
-    assert (plots / "compare_trajectories_train-fc_input_1_vs_train-fc_input_2.png").is_file()
-
-
 def test_the_loss_is_named_one_hot_only_when_both_probes_are_classification_ones(tmp_path: Path) -> None:
     regression = make_store(tmp_path / "r.h5")
     classes = make_store(tmp_path / "c.h5", seed=3, scalars={step: {**values, "accuracy": 0.5, "loss": 2.0}
