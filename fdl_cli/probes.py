@@ -132,13 +132,18 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
     is a path even if it contains ``=``.
     """
     name, sep, rest = spec.partition("=")
-    if sep and _NAME.match(name) and not rest.strip():
+    # A name is what comes before the first '=' of a spec that is no existing file, unless it holds a folder's
+    # separator (`runs/a=1/probe.npz`, a path): `ünï=a.npz` and `my probe=a.npz` are names to refuse as such,
+    # not a probe file of that whole text to say is not found.
+    named = bool(sep) and bool(name) and (_NAME.match(name) is not None or not any(c in name for c in "/\\"))
+    if named and not rest.strip():
         raise ProbeError(f"--probe {spec!r} has no path after '='", fix="e.g. --probe train=a.npz")
-    if sep and _NAME.match(name) and rest and not Path(spec).exists():
-        if not name.isidentifier():  # the store names each probe's group and columns after it
+    if named and rest and not Path(spec).exists():
+        if not (name.isascii() and name.isidentifier()):  # the store names each probe's group and columns after it
             raise ProbeError(
-                f"--probe {spec!r}: the probe name {name!r} may hold letters, digits and '_' only",
-                fix=f"e.g. --probe {re.sub(r'[^A-Za-z0-9_]', '_', name)}={rest}",
+                f"--probe {spec!r}: the probe name {name!r} may hold ASCII letters, digits and '_' only "
+                "(not beginning with a digit)",
+                fix=f"e.g. --probe {re.sub(r'^(?=[0-9])', '_', re.sub(r'[^A-Za-z0-9_]', '_', name))}={rest}",
             )
         path_text = rest
     else:

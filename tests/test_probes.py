@@ -158,9 +158,16 @@ def test_import_is_light() -> None:
 def test_a_probe_name_that_is_no_identifier_is_a_clear_error(tmp_path: Path) -> None:
     """`--probe my-probe=p.npz` ended in a traceback from the store (probe names name its groups and
     columns: letters, digits and '_'); a file whose name holds '=' is still a path."""
-    with pytest.raises(ProbeError, match="may hold letters, digits and '_' only") as raised:
+    with pytest.raises(ProbeError, match="may hold ASCII letters, digits and '_' only") as raised:
         parse_probe_spec("my-probe=p.npz")
     assert "--probe my_probe=p.npz" in raised.value.message
+    # names outside _NAME's characters are names too, refused as such (they were taken for a file of the
+    # whole text, "probe file ünï=p.npz not found"); a folder's '=' keeps a path a path
+    for name, fixed in (("ünï", "_n_"), ("my probe", "my_probe"), ("a:b", "a_b"), ("1st", "_1st")):
+        with pytest.raises(ProbeError, match="may hold ASCII letters") as raised:
+            parse_probe_spec(f"{name}=p.npz")
+        assert f"--probe {fixed}=p.npz" in raised.value.message
+    assert parse_probe_spec("runs/lr=0.1/probe.npz") == ("probe", Path("runs/lr=0.1/probe.npz"))
     odd = tmp_path / "a.b=c.npz"
     odd.write_bytes(b"")
     assert parse_probe_spec(str(odd)) == ("probe", odd)
