@@ -907,6 +907,9 @@ def _peek_file(path: Path) -> _Peek:
         if _is_export(path, names):
             return _Peek("export", {})
     elif text and checkpoint_suffix(path) is None:  # an explicit README.txt, say
+        if name.endswith(".index.json"):  # a sharded checkpoint's index (model.safetensors.index.json): its folder
+            return _Peek(None, {}, f"skipped {name}: the index of a sharded checkpoint, not one; pass its folder, "
+                                   f"{path.parent}, which is read as one checkpoint (its shards, by the index)")
         return _Peek(None, {}, f"skipped {name}: text file, not a checkpoint")
     try:
         obj = _torch_load_safe(path, mmap=True)
