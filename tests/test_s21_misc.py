@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_report import make_store
 
 
@@ -38,3 +41,35 @@ def test_a_reports_figures_of_several_series_name_the_series_in_the_drawn_figure
 
     for stem, _, figure in run_figures(rep.load_run(make_store(tmp_path / "one.h5"))):
         assert not any("train/fc1" in text for text in _drawn_titles(figure)), stem
+
+
+def test_compare_notes_the_device_of_a_series_added_to_a_store(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - `run` is the fixture
+) -> None:
+    """A probe added on a GPU to a store analysed on the CPU, compared with a store analysed on the CPU: compare
+    read the device of each checkpoint, not of the series added to it, and said nothing, though the added probe's
+    numbers are the GPU's (the report's computed: lines say so). The store's own probe stays the CPU's."""
+    import json
+
+    import fdl_cli.pipeline
+
+    gpu = "cuda:0 (NVIDIA H200)"
+    test = ("--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
+    added, whole = tmp_path / "added.h5", tmp_path / "whole.h5"
+    assert analyze(run, added, "--commit-interval", "0").code == 0
+    assert analyze(run, whole, *test).code == 0
+    monkeypatch.setattr(fdl_cli.pipeline, "describe_device", lambda device: gpu)
+    assert analyze(run, added, *test).code == 0
+
+    def notes(*argv: object) -> list[str]:
+        done = fdl("compare", *map(str, argv), "--json")
+        assert done.code == 0, done.stderr
+        return [note for note in json.loads(done.stdout)["notes"] if "different devices" in note]
+
+    assert notes(added, whole, "--probe", "test") == [
+        f"the runs were computed on different devices (A: {gpu}; B: cpu): the model's forward pass rounds differently "
+        "on each, so the smallest differences between the runs may be the devices', not training's (analyse both on "
+        "one device to compare training alone)"]
+    assert notes(whole, added, "--probe", "test")[0].startswith(f"the runs were computed on different devices "
+                                                                 f"(A: cpu; B: {gpu})")
+    assert notes(added, whole, "--probe", "probe") == []
