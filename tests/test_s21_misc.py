@@ -10,6 +10,7 @@ import pytest
 
 from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_report import make_store
+from tests.test_s20_toml import _said
 
 
 def _drawn_titles(figure: object) -> list[str]:
@@ -73,3 +74,32 @@ def test_compare_notes_the_device_of_a_series_added_to_a_store(
     assert notes(whole, added, "--probe", "test")[0].startswith(f"the runs were computed on different devices "
                                                                  f"(A: cpu; B: {gpu})")
     assert notes(added, whole, "--probe", "probe") == []
+
+
+@pytest.mark.parametrize("given", ["dlr_tie", "DLR-TIE"])
+def test_classify_says_dlr_tie_is_a_threshold_of_compare(tmp_path: Path, given: str) -> None:
+    """classify --threshold dlr_tie=... said only "unknown threshold 'dlr_tie'" and listed its own: the user
+    who read dlr_tie in compare's output was not told that it is compare's."""
+    done = fdl("classify", make_store(tmp_path / "run.h5"), "--threshold", f"{given}=0.002")
+    assert done.code == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    said = _said(done)
+    assert f"error: unknown threshold {given!r}: dlr_tie is a threshold of fdl compare, not of fdl classify" in said
+    assert "got: known thresholds: cka_static, final_window, mf_extra, overlap_moved, overlap_static" in said
+    assert ("fix: pass it to fdl compare (--threshold dlr_tie=0.002); fdl classify takes --threshold NAME=VALUE "
+            "with one of those names") in said
+
+
+@pytest.mark.parametrize(("given", "value"), [("cka_static=0.9", "0.9"), ("Overlap-Moved=x", "VALUE")])
+def test_compare_says_a_threshold_of_classify_is_classifys(tmp_path: Path, given: str, value: str) -> None:
+    """As classify names compare's: compare named classify's thresholds only in general ("the thresholds of the
+    regimes are fdl classify's"), not the one given."""
+    store = make_store(tmp_path / "run.h5")
+    done = fdl("compare", store, store, "--threshold", given)
+    assert done.code == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    said = _said(done)
+    name = given.partition("=")[0]
+    meant = name.casefold().replace("-", "_")
+    assert (f"error: unknown compare threshold {name!r}: {meant} is a threshold of fdl classify, not of fdl "
+            "compare") in said
+    assert f"fix: pass it to fdl classify (--threshold {meant}={value}); fdl compare takes --threshold dlr_tie=VALUE" \
+        in said
