@@ -403,9 +403,22 @@ def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
         else [""] * len(run.series)
     for series, suffix in zip(run.series, suffixes, strict=True):
         for stem, title, figure in series_figures(run, series):
-            title = f"{title} ({series.label})" if suffix else title
+            if suffix:
+                title = f"{title} ({series.label})"
+                _name_series(figure, series.label)
             out.append((stem + suffix, title, figure))
     return out
+
+
+def _name_series(figure: Figure, label: str) -> None:
+    """Say the series in the drawn figure, as its HTML title and its file's name do (a PNG opened alone said no
+    series): in the title of its one titled panel, as a compare's figures (`compare_figures`); over the panels of
+    a figure of several (the triptych, the eigenfunctions at a few steps), whose own titles are theirs."""
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    if len(titled) == 1:
+        titled[0].set_title(f"{titled[0].get_title()} ({label})")
+    else:
+        figure.suptitle(label)
 
 
 #: The list of the figure files `fdl report --plots DIR` and `fdl compare --plots DIR` wrote into DIR, kept there

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -76,6 +76,15 @@ class Thresholds:
         items = overrides.items() if isinstance(overrides, Mapping) else (_split(text) for text in overrides)
         for name, value in items:
             if name not in names:
+                from fdl_cli.report import COMPARE_THRESHOLDS  # here only: the regimes' core reads no store
+
+                if (compares := named_alike(name, COMPARE_THRESHOLDS)) is not None:
+                    raise FdlError(
+                        f"unknown threshold {name!r}: {compares} is a threshold of fdl compare, not of fdl classify",
+                        got=f"known thresholds: {', '.join(sorted(names))}",
+                        fix=f"pass it to fdl compare (--threshold {compares}={threshold_text(value)}); fdl classify "
+                        "takes --threshold NAME=VALUE with one of those names",
+                    )
                 near = _near(name, names)  # CKA_STATIC too
                 raise FdlError(
                     f"unknown threshold {name!r}" + (f" (did you mean {' or '.join(near)}?)" if near else ""),
@@ -99,6 +108,13 @@ class Thresholds:
 
 #: The thresholds that count (eigenfunctions beyond C, checkpoints): integers in `Thresholds.as_dict`.
 COUNTS = ("mf_extra", "final_window")
+
+
+def named_alike(name: str, names: Iterable[str]) -> str | None:
+    """The one of `names` that `name` is, in any case and with '-' for '_' (`DLR-TIE`: dlr_tie), else None: a
+    threshold of the other command (classify's given to compare, compare's to classify) is named as such."""
+    folded = name.strip().casefold().replace("-", "_")
+    return next((known for known in names if known == folded), None)
 
 
 def _near(name: str, names: set[str]) -> list[str]:

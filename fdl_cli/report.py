@@ -1346,6 +1346,13 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
             number = math.nan
         good = bool(sep) and math.isfinite(number) and number >= 0
         if sep and name not in values:
+            from fdl_cli.regimes import Thresholds, named_alike
+
+            if (classifies := named_alike(name, (f.name for f in dataclasses.fields(Thresholds)))) is not None:
+                raise FdlError(f"unknown compare threshold {name!r}: {classifies} is a threshold of fdl classify, not "
+                               "of fdl compare", got=f"fdl compare's thresholds: {known}",
+                               fix=f"pass it to fdl classify (--threshold {classifies}={value if good else 'VALUE'}); "
+                               "fdl compare takes --threshold dlr_tie=VALUE")
             # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.from_overrides`)
             near = difflib.get_close_matches(name.casefold(), sorted(values), n=1)
             raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
@@ -1721,7 +1728,7 @@ def compare_runs(
             "k95 against C and the regimes are each relative to its own task, so the differences and the verdict "
             "below compare different tasks, not only different training"
         )
-    if (devices := device_difference_note(run_a, run_b)) is not None:
+    if (devices := device_difference_note(run_a, series_a, run_b, series_b)) is not None:
         notes.append(devices)
     notes += zero_one_notes(run_a, series_a, run_b, series_b)
     steps = [
@@ -1756,21 +1763,31 @@ def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -
             if (caveat := targets_caveat(run, series, of=of)) is not None]
 
 
-def device_difference_note(run_a: Run, run_b: Run) -> str | None:
-    """A note when the two runs' checkpoints were computed on different devices (their stores' history,
-    read with `history=True`), or None (the same, or not recorded on either side). The model's float32
+def device_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """A note when the two series compared were computed on different devices (their stores' history, read with
+    `history=True`: `series_devices`), or None (the same, or not recorded on either side). The model's float32
     forward pass rounds differently on a CPU and a GPU, and on two GPUs (fdl keeps TF32 off, which bounds
     it but does not remove it): the smallest differences between the runs may be the devices'."""
-    def devices(run: Run) -> list[str]:
-        return list(dict.fromkeys(str(row.get("device")) for row, _ in run.history
-                                  if row is not None and row.get("device") is not None))
-
-    on_a, on_b = devices(run_a), devices(run_b)
+    on_a, on_b = series_devices(run_a, series_a), series_devices(run_b, series_b)
     if not on_a or not on_b or set(on_a) == set(on_b):
         return None
     return (f"the runs were computed on different devices (A: {', '.join(on_a)}; B: {', '.join(on_b)}): the model's "
             "forward pass rounds differently on each, so the smallest differences between the runs may be the "
             "devices', not training's (analyse both on one device to compare training alone)")
+
+
+def series_devices(run: Run, series: Series) -> list[str]:
+    """The devices that computed a series' checkpoints, in step order: at a step the store's series was added to
+    later (a probe or layer added: `Run.added`), the device of that run; at the others, that of the run that
+    computed the checkpoint (`Run.history`); those not recorded are left out. A store's other series are no
+    concern of it (compare read the devices of every checkpoint, not those of an added series compared)."""
+    steps = set(series.steps)
+    rows: dict[int, Mapping[str, Any] | None] = {
+        step: row for row, checkpoint_steps in run.history for step in checkpoint_steps if step in steps}
+    rows.update({step: row for row, key, added_steps in run.added if key == (series.probe, series.layer)
+                 for step in added_steps if step in steps})
+    return list(dict.fromkeys(str(row["device"]) for _, row in sorted(rows.items())
+                              if row is not None and row.get("device") is not None))
 
 
 #: Fields of the compare table (differences B − A), chosen to fit 100 columns.

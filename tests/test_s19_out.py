@@ -176,13 +176,17 @@ def test_figures_of_two_series_whose_names_clean_alike_are_not_overwritten(monke
     over the first's, in silence. Each now takes its place among the series; names that differ stay as they were."""
     from types import SimpleNamespace
 
+    from matplotlib.figure import Figure
+
     from fdl_cli import figures
 
-    monkeypatch.setattr(figures, "series_figures", lambda run, series: [("triptych", "t", series.layer)])
+    drawn: dict[str, Figure] = {}  # a figure a series (run_figures names the series in it)
+    monkeypatch.setattr(figures, "series_figures",
+                        lambda run, series: [("triptych", "t", drawn.setdefault(series.layer, Figure()))])
     series = [SimpleNamespace(probe="p", layer=layer, label=f"p/{layer}") for layer in ("fc:input", "fc_input", "out")]
     stems = [(stem, figure) for stem, _, figure in figures.run_figures(SimpleNamespace(series=series))]
-    assert stems == [("triptych_p-fc_input_1", "fc:input"), ("triptych_p-fc_input_2", "fc_input"),
-                     ("triptych_p-out", "out")]
+    assert stems == [("triptych_p-fc_input_1", drawn["fc:input"]), ("triptych_p-fc_input_2", drawn["fc_input"]),
+                     ("triptych_p-out", drawn["out"])]
     assert len({stem for stem, _ in stems}) == 3
 
 
