@@ -1353,7 +1353,7 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
                                "of fdl compare", got=f"fdl compare's thresholds: {known}",
                                fix=f"pass it to fdl classify (--threshold {classifies}={value if good else 'VALUE'}); "
                                "fdl compare takes --threshold dlr_tie=VALUE")
-            # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.from_overrides`)
+            # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.with_overrides`)
             near = difflib.get_close_matches(name.casefold(), sorted(values), n=1)
             raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
                            got=f"fdl compare's thresholds: {known}",
