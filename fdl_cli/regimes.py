@@ -85,7 +85,7 @@ class Thresholds:
                         fix=f"pass it to fdl compare (--threshold {compares}={threshold_text(value)}); fdl classify "
                         "takes --threshold NAME=VALUE with one of those names",
                     )
-                near = _near(name, names)  # CKA_STATIC too
+                near = near_names(name, names)  # CKA_STATIC too
                 raise FdlError(
                     f"unknown threshold {name!r}" + (f" (did you mean {' or '.join(near)}?)" if near else ""),
                     got=f"known thresholds: {', '.join(sorted(names))}",
@@ -117,9 +117,10 @@ def named_alike(name: str, names: Iterable[str]) -> str | None:
     return next((known for known in names if known == folded), None)
 
 
-def _near(name: str, names: set[str]) -> list[str]:
+def near_names(name: str, names: Iterable[str]) -> list[str]:
     """The known name `name` was likely meant as, or the two it is as close to (`overlap`: overlap_moved or
-    overlap_static, where one alone, in a fix to copy, set the one the user may not have meant); [] for none."""
+    overlap_static, where one alone, in a fix to copy, set the one the user may not have meant); [] for none.
+    Classify's and compare's `--threshold` both suggest with it."""
     folded = name.casefold()
     scored = sorted(((difflib.SequenceMatcher(None, folded, known).ratio(), known) for known in names), reverse=True)
     close = [(ratio, known) for ratio, known in scored if ratio >= 0.6]

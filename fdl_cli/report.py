@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import csv
 import dataclasses
-import difflib
 import errno
 import io
 import itertools
@@ -1346,7 +1345,7 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
             number = math.nan
         good = bool(sep) and math.isfinite(number) and number >= 0
         if sep and name not in values:
-            from fdl_cli.regimes import Thresholds, named_alike
+            from fdl_cli.regimes import Thresholds, named_alike, near_names
 
             if (classifies := named_alike(name, (f.name for f in dataclasses.fields(Thresholds)))) is not None:
                 raise FdlError(f"unknown compare threshold {name!r}: {classifies} is a threshold of fdl classify, not "
@@ -1354,7 +1353,7 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
                                fix=f"pass it to fdl classify (--threshold {classifies}={value if good else 'VALUE'}); "
                                "fdl compare takes --threshold dlr_tie=VALUE")
             # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.with_overrides`)
-            near = difflib.get_close_matches(name.casefold(), sorted(values), n=1)
+            near = near_names(name, values)
             raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
                            got=f"fdl compare's thresholds: {known}",
                            fix=f"pass --threshold {near[0]}={value}" if near and good else
