@@ -1,0 +1,72 @@
+"""A researcher's tiny transformer classifier (session 22): token ids as the probe, an nn.TransformerEncoderLayer
+in the model; the papercuts met, each failing before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_analyze import fdl
+from tests.tiny_models import token_mlp
+
+TOKENS = "tests.tiny_models:token_mlp"  # nn.Embedding(11, 8), mean over the sequence, then an MLP
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long messages at 80 columns otherwise
+
+
+def _run(tmp_path: Path, x: np.ndarray) -> tuple[Path, Path]:
+    """Two checkpoints of `token_mlp` as a training loop saves them, and a probe of inputs `x`."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 5):
+        torch.save({"model": token_mlp(seed=step).state_dict(), "optimizer": {}, "step": step}, run / f"ckpt_{step}.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=x, y=np.arange(len(x)) % 3)
+    return run, probe
+
+
+def test_float_token_ids_are_told_to_be_saved_as_integers(tmp_path: Path) -> None:
+    """Token ids saved as float32 (np.stack of float columns, a torch default): the fix said only "give the
+    probe inputs the shape and dtype the model's forward expects", with torch's "'indices' ... Long, Int"
+    above it; it now says to save x as integers."""
+    run, probe = _run(tmp_path, np.random.default_rng(0).integers(0, 11, (20, 6)).astype(np.float32))
+    done = fdl("analyze", run, "--model", TOKENS, "--probe", probe, "--out", tmp_path / "s.h5")
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert ("x holds floats (float32), but the model looks its input up in an nn.Embedding, which takes integer "
+            "token ids: save x as integers, x = x.astype(np.int64)") in done.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_token_ids_beyond_the_vocabulary_are_named_with_the_table(tmp_path: Path) -> None:
+    """A probe made with another vocabulary size (ids up to 19 for a table of 11): torch's "IndexError: index
+    out of range in self" names neither the id nor the table, and the fix was the generic one; it now gives
+    the ids' range and the model's nn.Embedding tables."""
+    x = np.random.default_rng(0).integers(0, 11, (20, 6))
+    x[0, 2] = 19
+    run, probe = _run(tmp_path, x)
+    done = fdl("analyze", run, "--model", TOKENS, "--probe", probe, "--out", tmp_path / "s.h5")
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert f"x's first sample holds token ids from {x[0].min()} to 19, a sequence of 6; the model's nn.Embedding " \
+           "tables: embed 11 rows: an nn.Embedding takes ids below its number of rows" in done.stderr
+
+
+def test_a_later_rows_token_id_beyond_the_vocabulary_names_its_row(tmp_path: Path) -> None:
+    """The first sample fits, a later one holds an id outside the table: the batch's error said "see the
+    model's own error above" (nothing is above it) and spoke of exported programs and out of memory; it now
+    names the ids' range, the row of the highest and the table."""
+    x = np.random.default_rng(0).integers(0, 11, (20, 6))
+    x[13, 4] = 40
+    run, probe = _run(tmp_path, x)
+    done = fdl("analyze", run, "--model", TOKENS, "--probe", probe, "--out", tmp_path / "s.h5")
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert "the model's forward pass failed on probe rows 0..19" in done.stderr
+    assert ("x holds token ids from 0 to 40 (the highest at probe row 13), in sequences of 6; the model's "
+            "nn.Embedding tables: embed 11 rows") in done.stderr
+    assert "own error above" not in done.stderr
+
