@@ -414,6 +414,10 @@ def inspect(**kwargs: Any) -> None:
     console = _stderr_console()
     _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None))
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
+    if _hooks_told(result) and any(row["output_shape"] is None for row in result["modules"]):
+        console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
+                      "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it",
+                      markup=False, highlight=False)
     if isinstance(failure, str) and failure.startswith("forward failed"):
         # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
         console.print(failure, markup=False, highlight=False)
@@ -480,6 +484,21 @@ def _probe_misfit(spec: str, checkpoint: str, failure: str, *, manifest: Any = N
                       got=failure, fix=f"{fix} (fix the probe in {manifest}, or pass --probe FILE of inputs that fit)")
 
 
+#: `fdl inspect`'s output shape of a module the forward pass ran without calling
+NOT_CALLED = "not called"
+
+
+def _hooks_told(result: dict[str, Any]) -> bool:
+    """Whether `fdl inspect`'s forward pass ran with every module hooked, so that a module without an output
+    shape is one it did not call (nn.MultiheadAttention's out_proj, whose weights it uses directly), not one
+    whose shape no pass told (the pass failed; a module inside a TorchScript program)."""
+    from fdl_cli.extract import LAST_LINEAR_OP
+
+    model_shape = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
+    failed = isinstance(model_shape, str) and model_shape.startswith("forward failed")
+    return not failed and result["default_module"] != LAST_LINEAR_OP
+
+
 def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
     """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide.
 
@@ -488,7 +507,9 @@ def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, 
     then the output shapes, are left out whole (and named): rich squeezed them to nothing beside a
     40-column name, or drew the table wider than the terminal, whose lines then wrapped.
     """
-    rows = [(row["name"] or "(model)", str(row["type"]), str(row["output_shape"]), str(row["parameters"]),
+    unknown = NOT_CALLED if _hooks_told(result) else "unknown"
+    rows = [(row["name"] or "(model)", str(row["type"]),
+             unknown if row["output_shape"] is None else str(row["output_shape"]), str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)

@@ -3,12 +3,14 @@ in the model; the papercuts met, each failing before its fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.cli_run import model_file
 from tests.test_analyze import fdl
 from tests.tiny_models import token_mlp
 
@@ -70,3 +72,42 @@ def test_a_later_rows_token_id_beyond_the_vocabulary_names_its_row(tmp_path: Pat
             "nn.Embedding tables: embed 11 rows") in done.stderr
     assert "own error above" not in done.stderr
 
+
+TRANSFORMER = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(11, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_inspect_says_a_module_the_forward_pass_did_not_call(tmp_path: Path) -> None:
+    """nn.MultiheadAttention uses its out_proj's weights without calling the module: `fdl inspect` listed its
+    output shape as "None", and `--layer encoder.self_attn.out_proj` was then refused as "did not run"; the
+    listing now says "not called" and why no --layer can hook it (--json keeps null)."""
+    module = model_file(tmp_path, TRANSFORMER)
+    checkpoint = tmp_path / "ckpt_3.pt"
+    torch.save({"model": module.build().state_dict(), "step": 3}, checkpoint)
+    done = fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build")
+    assert done.code == 0, done.stderr
+    row = next(line for line in done.stderr.splitlines() if "encoder.self_attn.out_proj" in line)
+    assert "not called" in row and "None" not in row
+    assert "not called: the forward pass did not call the module" in done.stderr
+    assert "head:input" in done.stderr
+    as_json = fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build", "--json")
+    shapes = {row["name"]: row["output_shape"] for row in json.loads(as_json.stdout)["modules"]}
+    assert shapes["encoder.self_attn.out_proj"] is None and shapes["head"] == [1, 3]
