@@ -214,6 +214,26 @@ class OutputOption(click.Option):
         return values[0] if values else None
 
 
+class StorePath(click.Path):
+    """A store argument (`report`, `classify`, `compare`, `export`): a file; a folder given there (the run's
+    folder of checkpoints, for the store `fdl analyze` wrote of it) is the usage error click gives, "File
+    'runs/a' is a directory.", said with the store meant: `fdl analyze FOLDER`'s, and whether it is there."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and os.path.isdir(value):
+            from fdl_cli.pipeline import default_store_path
+
+            store = default_store_path([value])
+            there = (f": ./{store} is here" if store.is_file() else
+                     f" (its --out; ./{store} without one, which is not here)")
+            self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {value}` "
+                      f"wrote{there}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
@@ -590,7 +610,7 @@ def _json_format(kwargs: dict[str, Any]) -> str:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
@@ -646,8 +666,8 @@ cli.add_command(_alias(report, "summarize"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store_a", type=click.Path(dir_okay=False))
-@click.argument("store_b", type=click.Path(dir_okay=False))
+@click.argument("store_a", type=StorePath())
+@click.argument("store_b", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plots", "plots_dir", cls=OutputOption, type=click.Path(file_okay=False),
@@ -732,7 +752,7 @@ cli.add_command(_alias(compare, "diff"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
@@ -795,7 +815,7 @@ class _AnyCase(click.Choice):  # type: ignore[type-arg]
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"]),
               help="Exit 3 when the verdict differs (any case: mf = MF).")

@@ -111,3 +111,22 @@ def test_inspect_says_a_module_the_forward_pass_did_not_call(tmp_path: Path) -> 
     as_json = fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build", "--json")
     shapes = {row["name"]: row["output_shape"] for row in json.loads(as_json.stdout)["modules"]}
     assert shapes["encoder.self_attn.out_proj"] is None and shapes["head"] == [1, 3]
+
+
+@pytest.mark.parametrize("command", [("report",), ("classify",), ("export", "--what", "eigenvalues"),
+                                     ("compare", "other.h5")])
+def test_a_run_folder_given_for_the_store_names_the_store_meant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                command: tuple[str, ...]) -> None:
+    """`fdl report runs/trained` (the folder of checkpoints, not the store analyze wrote of it) said only click's
+    "File 'runs/trained' is a directory."; it now says which file to pass, and whether analyze's default store
+    of that folder is here. Still a usage error (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "trained").mkdir(parents=True)
+    name, *rest = command
+    args = (name, "runs/trained", *rest) if name != "compare" else (name, *rest, "runs/trained")
+    done = fdl(*args)
+    assert done.code == 2 and "Traceback" not in done.stderr
+    assert ("'runs/trained' is a folder, not an fdl store: pass the .h5 file that `fdl analyze runs/trained` wrote "
+            "(its --out; ./trained.fdl.h5 without one, which is not here)") in done.stderr
+    (tmp_path / "trained.fdl.h5").write_bytes(b"")
+    assert "wrote: ./trained.fdl.h5 is here" in fdl(*args).stderr
