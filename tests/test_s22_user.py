@@ -130,3 +130,20 @@ def test_a_run_folder_given_for_the_store_names_the_store_meant(tmp_path: Path, 
             "(its --out; ./trained.fdl.h5 without one, which is not here)") in done.stderr
     (tmp_path / "trained.fdl.h5").write_bytes(b"")
     assert "wrote: ./trained.fdl.h5 is here" in fdl(*args).stderr
+
+
+def test_a_folder_of_runs_says_when_it_holds_more_than_the_runs_it_names(tmp_path: Path) -> None:
+    """`fdl analyze runs` (a folder of four runs' folders) named three of them, "runs/frozen (7 checkpoints),
+    runs/frozen_st (7 checkpoints), runs/pos (2 checkpoints)", as if those were all; it now ends in ", ..."
+    when there are more, and names three alone as before."""
+    runs = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        (runs / name).mkdir(parents=True)
+        torch.save(token_mlp().state_dict(), runs / name / "step_1.pt")
+    done = fdl("analyze", runs, "--model", TOKENS, "--out", tmp_path / "s.h5")
+    assert done.code == 1 and f"{runs / 'c'} (1 checkpoint)\n" in done.stderr
+    (runs / "d").mkdir()
+    torch.save(token_mlp().state_dict(), runs / "d" / "step_1.pt")
+    done = fdl("analyze", runs, "--model", TOKENS, "--out", tmp_path / "s.h5")
+    assert done.code == 1 and f"{runs / 'c'} (1 checkpoint), ...\n" in done.stderr
+    assert str(runs / "d") not in done.stderr.split("fix:")[0]
