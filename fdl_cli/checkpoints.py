@@ -1524,7 +1524,8 @@ def discover_checkpoints(
                 fix = (f"one folder per step: pass the folders and take the steps from their names: "
                        f"fdl analyze {where_folders} --step-regex '{regex}' ...")
         elif nested:
-            shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested)
+            shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested[:3])
+            shown += ", ..." if len(nested) > 3 else ""  # runs/a, runs/b, runs/c alone read as the only ones
             got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
             fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
         elif adapters:
@@ -1686,14 +1687,14 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
 ]:
     """For "no checkpoints found": the sub-folders (`depth` levels down, `budget` entries looked at) that hold
     checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints below a Lightning
-    default_root_dir is 3 levels down), at most 3, with their counts; the PEFT adapter folders met
-    (adapter_model.safetensors, no model weights); and the torch.distributed.checkpoint folders met,
-    `folders` themselves included (`_is_dcp_folder`)."""
+    default_root_dir is 3 levels down), at most 4 (3 to name, and whether there are more), with their counts;
+    the PEFT adapter folders met (adapter_model.safetensors, no model weights); and the
+    torch.distributed.checkpoint folders met, `folders` themselves included (`_is_dcp_folder`)."""
     nested: list[tuple[Path, int]] = []
     adapters: list[Path] = []
     sharded: list[Path] = []
     queue = [(folder, 0) for folder in folders if folder.is_dir()]
-    while queue and budget > 0 and len(nested) < 3:
+    while queue and budget > 0 and len(nested) < 4:
         folder, level = queue.pop(0)
         if _is_dcp_folder(folder):
             sharded.append(folder)

@@ -214,6 +214,26 @@ class OutputOption(click.Option):
         return values[0] if values else None
 
 
+class StorePath(click.Path):
+    """A store argument (`report`, `classify`, `compare`, `export`): a file; a folder given there (the run's
+    folder of checkpoints, for the store `fdl analyze` wrote of it) is the usage error click gives, "File
+    'runs/a' is a directory.", said with the store meant: `fdl analyze FOLDER`'s, and whether it is there."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and os.path.isdir(value):
+            from fdl_cli.pipeline import default_store_path
+
+            store = default_store_path([value])
+            there = (f": ./{store} is here" if store.is_file() else
+                     f" (its --out; ./{store} without one, which is not here)")
+            self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {value}` "
+                      f"wrote{there}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
@@ -414,6 +434,10 @@ def inspect(**kwargs: Any) -> None:
     console = _stderr_console()
     _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None))
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
+    if _hooks_told(result) and any(row["output_shape"] is None for row in result["modules"]):
+        console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
+                      "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it",
+                      markup=False, highlight=False)
     if isinstance(failure, str) and failure.startswith("forward failed"):
         # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
         console.print(failure, markup=False, highlight=False)
@@ -480,6 +504,21 @@ def _probe_misfit(spec: str, checkpoint: str, failure: str, *, manifest: Any = N
                       got=failure, fix=f"{fix} (fix the probe in {manifest}, or pass --probe FILE of inputs that fit)")
 
 
+#: `fdl inspect`'s output shape of a module the forward pass ran without calling
+NOT_CALLED = "not called"
+
+
+def _hooks_told(result: dict[str, Any]) -> bool:
+    """Whether `fdl inspect`'s forward pass ran with every module hooked, so that a module without an output
+    shape is one it did not call (nn.MultiheadAttention's out_proj, whose weights it uses directly), not one
+    whose shape no pass told (the pass failed; a module inside a TorchScript program)."""
+    from fdl_cli.extract import LAST_LINEAR_OP
+
+    model_shape = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
+    failed = isinstance(model_shape, str) and model_shape.startswith("forward failed")
+    return not failed and result["default_module"] != LAST_LINEAR_OP
+
+
 def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
     """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide.
 
@@ -488,7 +527,9 @@ def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, 
     then the output shapes, are left out whole (and named): rich squeezed them to nothing beside a
     40-column name, or drew the table wider than the terminal, whose lines then wrapped.
     """
-    rows = [(row["name"] or "(model)", str(row["type"]), str(row["output_shape"]), str(row["parameters"]),
+    unknown = NOT_CALLED if _hooks_told(result) else "unknown"
+    rows = [(row["name"] or "(model)", str(row["type"]),
+             unknown if row["output_shape"] is None else str(row["output_shape"]), str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)
@@ -569,7 +610,7 @@ def _json_format(kwargs: dict[str, Any]) -> str:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--wide", is_flag=True, help="Show every field in the table.")
@@ -625,8 +666,8 @@ cli.add_command(_alias(report, "summarize"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store_a", type=click.Path(dir_okay=False))
-@click.argument("store_b", type=click.Path(dir_okay=False))
+@click.argument("store_a", type=StorePath())
+@click.argument("store_b", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--plots", "plots_dir", cls=OutputOption, type=click.Path(file_okay=False),
@@ -711,7 +752,7 @@ cli.add_command(_alias(compare, "diff"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
@@ -774,7 +815,7 @@ class _AnyCase(click.Choice):  # type: ignore[type-arg]
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=click.Path(dir_okay=False))
+@click.argument("store", type=StorePath())
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"]),
               help="Exit 3 when the verdict differs (any case: mf = MF).")

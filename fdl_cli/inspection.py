@@ -4,7 +4,6 @@ sample (the probe's first input, or a random one made for the model's first laye
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +306,9 @@ _REAL_TOKENS = "; --probe FILE runs real ones (and their sequence length)"
 
 def _wants_token_ids(exc: BaseException) -> bool:
     """Whether a forward pass failed as an embedding (or an indexing) fails on a float input."""
-    return re.search(r"'indices'|used as indices|arguments for embedding", str(exc)) is not None
+    from fdl_cli.probes import WANTS_TOKEN_IDS
+
+    return WANTS_TOKEN_IDS.search(str(exc)) is not None
 
 
 def _needs_probe(sample: Any, exc: BaseException) -> str:

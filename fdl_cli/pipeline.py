@@ -1408,13 +1408,13 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             mixed = mixed_devices_error(exc, ctx.device)
             if mixed is not None:  # the model's fault, not the probe's (on a GPU: a tensor made on the CPU)
                 raise mixed from None
-            from fdl_cli.probes import fit_fix
+            from fdl_cli.probes import embedding_tables, fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
             raise ProbeError(
                 f"probe {probe.name!r} ({probe.path}) does not fit the model",
                 got=f"{probe.describe_sample()}: {type(exc).__name__}: {said}",
-                fix=fit_fix(probe, said),
+                fix=fit_fix(probe, said, embedding_tables(model)),
             ) from None
         _check_output_shape(ctx, probe, shape)
         if n_outputs == 1 and _binary_labels(ctx.probes):

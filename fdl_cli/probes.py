@@ -22,7 +22,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,52 @@ class Probe:
 
 FIT_FIX = "give the probe inputs the shape and dtype the model's forward expects"
 
+#: torch's words for an nn.Embedding (or an indexing) given float inputs, where it takes integer ids
+WANTS_TOKEN_IDS = re.compile(r"'indices'|used as indices|arguments for embedding")
 
-def fit_fix(probe: Probe, error: str) -> str:
+
+def token_id_hint(x: np.ndarray, error: str, tables: Sequence[tuple[str, int]] = (), *, rows: int = 0) -> str | None:
+    """What an nn.Embedding's refusal of the probe inputs `x` (probe rows `rows`.. on) points to, or None:
+    float token ids (to save as integers), or an id outside its table (torch's "index out of range in self",
+    which names neither the id nor the table): the ids' range and where the highest is, and the model's
+    embedding `tables` (name, rows) where known (a table of positions refuses a longer sequence alike)."""
+    kind = np.dtype(x.dtype).kind
+    if kind == "f" and WANTS_TOKEN_IDS.search(error):
+        return (f"x holds floats ({x.dtype}), but the model looks its input up in an nn.Embedding, which takes "
+                "integer token ids: save x as integers, x = x.astype(np.int64)")
+    if kind not in "iu" or "index out of range" not in error or x.size == 0:
+        return None
+    flat = np.asarray(x).reshape(len(x), -1)
+    lowest, highest = int(flat.min()), int(flat.max())
+    at = rows + int(np.unravel_index(int(flat.argmax()), flat.shape)[0])
+    held = f"; the model's nn.Embedding tables: {', '.join(f'{name} {count} rows' for name, count in tables[:4])}" \
+        if tables else ""
+    where = (f"x's first sample holds token ids from {lowest} to {highest}, a sequence of {flat.shape[1]}"
+             if len(flat) == 1 and rows == 0 else
+             f"x holds token ids from {lowest} to {highest} (the highest at probe row {at}), in sequences of "
+             f"{flat.shape[1]}")
+    return (f"{where}{held}: an nn.Embedding takes ids below its number of rows, so keep the probe's ids "
+            "below the vocabulary size the model was built with, and its sequences no longer than a table of "
+            "positions allows")
+
+
+def embedding_tables(model: Any) -> list[tuple[str, int]]:
+    """The model's nn.Embedding tables as (name, rows), for `token_id_hint`."""
+    return [(name, int(module.num_embeddings)) for name, module in model.named_modules()
+            if type(module).__name__ == "Embedding" and hasattr(module, "num_embeddings")]
+
+
+def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) -> str:
     """The fix for a probe whose first sample the model's forward refused with `error`: the general rule,
     plus the conversion that the probe's shape and dtype and the error point to (images kept as uint8
-    and channels last, as torchvision's .data and Keras hold them; flat or unflattened inputs)."""
+    and channels last, as torchvision's .data and Keras hold them; flat or unflattened inputs; float or
+    out-of-range token ids, `token_id_hint`, with the model's embedding `tables` where known)."""
     x_dtype, shape = np.dtype(probe.x.dtype), tuple(probe.x.shape)
     text = error.lower()
     hints = []
+    token_ids = token_id_hint(np.asarray(probe.x[:1]), error, tables)
+    if token_ids is not None:
+        hints.append(token_ids)
     if x_dtype.kind in "iu" and any(w in text for w in ("dtype", " type", "long")):
         stored = probe.stored_dtype or str(x_dtype)
         hints.append(
