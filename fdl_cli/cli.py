@@ -647,18 +647,20 @@ def report(**kwargs: Any) -> None:
         sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
     else:
         rep.print_run(console, run, wide=kwargs["wide"])
+    # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
+    page: dict[str, list[tuple[str, bytes]]] | None = {} if kwargs["plots_dir"] and kwargs["html_path"] else None
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_run_figures
 
         notes: list[str] = []
-        paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes)
+        paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes, page=page)
         console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
         for note in notes:
             console.print(f"note: {note}", markup=False)
     if kwargs["html_path"]:
         from fdl_cli.html import run_page
 
-        rep.write_text_file(kwargs["html_path"], run_page(run))
+        rep.write_text_file(kwargs["html_path"], run_page(run, figures=page))
         console.print(f"wrote {kwargs['html_path']}", markup=False)
 
 

@@ -16,7 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,19 +395,38 @@ def series_suffixes(series: Sequence[tuple[str | None, str | None]]) -> list[str
             for index, suffix in enumerate(suffixes, start=1)]
 
 
-def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
-    """Every figure of a run; with several series, the stems carry `probe-layer` (`series_suffixes`)."""
-    out = []
-    several = len(run.series) > 1
-    suffixes = series_suffixes([(series.probe, series.layer) for series in run.series]) if several \
-        else [""] * len(run.series)
+#: One drawn figure of a run: the label of its series, whether the figure names it, its file's stem, its plain title
+#: (without the series) and the figure.
+Drawn = tuple[str, bool, str, str, Figure]
+
+
+def _draw_run(run: Run) -> list[Drawn]:
+    """Every figure of a run, each drawn once (the files and the HTML page render the same figure); when the store
+    holds several series, the stems carry `probe-layer` (`series_suffixes` among all the store's series,
+    `_store_suffixes`), whichever are selected, so that the reports of `--layer fc1` and of `--layer fc2` into one
+    folder do not write over each other, and each figure names its series (`_name_series`)."""
+    out: list[Drawn] = []
+    suffixes = _store_suffixes(run) if len(getattr(run, "available", ()) or run.series) > 1 else [""] * len(run.series)
     for series, suffix in zip(run.series, suffixes, strict=True):
         for stem, title, figure in series_figures(run, series):
             if suffix:
-                title = f"{title} ({series.label})"
                 _name_series(figure, series.label)
-            out.append((stem + suffix, title, figure))
+            out.append((series.label, bool(suffix), stem + suffix, title, figure))
     return out
+
+
+def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
+    """(stem, title, figure) of every figure of a run (`_draw_run`); a title names the series the figure names."""
+    return [(stem, f"{title} ({label})" if named else title, figure) for label, named, stem, title, figure in _draw_run(run)]
+
+
+def page_figures(run: Run, drawn: Sequence[Drawn] | None = None) -> dict[str, list[tuple[str, bytes]]]:
+    """(title, PNG) of every figure of a run for its HTML page, by series label (the page's section heading names
+    the series, so the titles do not); `drawn`: the figures drawn already (`write_run_figures`), else drawn here."""
+    page: dict[str, list[tuple[str, bytes]]] = {series.label: [] for series in run.series}
+    for label, _named, _stem, title, figure in _draw_run(run) if drawn is None else drawn:
+        page.setdefault(label, []).append((title, png_bytes(figure)))
+    return page
 
 
 def _name_series(figure: Figure, label: str) -> None:
@@ -424,15 +443,15 @@ def _name_series(figure: Figure, label: str) -> None:
 #: The list of the figure files `fdl report --plots DIR` and `fdl compare --plots DIR` wrote into DIR, kept there
 #: beside them with the sha256 of each and who drew it (a report: its store; a compare: the two stores and the series
 #: compared): the next report of that store (compare of that pair) into DIR removes the listed files of it that it no
-#: longer writes (the figures of a series no longer in the store, or no longer selected), and only those that still
-#: hold what fdl wrote; the others' figures are left to their own reports and compares.
+#: longer writes (the figures of a series no longer in the store; never those of a series it did not select), and only
+#: those that still hold what fdl wrote; the others' figures are left to their own reports and compares.
 FIGURE_LIST = ".fdl-figures.json"
 FIGURE_LIST_FORMAT = "fdl-figures"
 FIGURE_LIST_VERSION = 1
 #: The names of the figure files of a report and of a compare (with a series' suffix after the stem): only names of
 #: these forms are taken from the list (never `notes.txt`, nor `../x.png`), and those in DIR that a report (a
 #: compare) did not write are named in a note.
-REPORT_FIGURE = re.compile(r"(?:triptych|trajectories|spectrum|eigenfunctions)(?:_[\w.-]+)?\.(?:png|svg)")
+REPORT_FIGURE = re.compile(r"(?:triptych|trajectories|spectrum|eigenfunctions)(?P<suffix>_[\w.-]+)?\.(?:png|svg)")
 COMPARE_FIGURE = re.compile(r"compare_(?:trajectories|k95_utility)(?:_[\w.-]+)?\.(?:png|svg)")
 #: A compare's entry in the list: the stores (resolved paths) and the series (probe/layer) it compared.
 COMPARE_KEYS = ("a", "series_a", "b", "series_b")
@@ -518,16 +537,19 @@ def _unchanged(path: Path, digest: str) -> bool:
     return not path.is_symlink() and path.is_file() and _sha256(path) == digest
 
 
-def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, Figure]], notes: list[str]) -> list[Path]:
+def _write_listed(
+    directory: Path, drawer: Drawer, figures: Iterable[tuple[str, Figure]], notes: list[str],
+    *, leave: Callable[[str], bool] = lambda name: False,
+) -> list[Path]:
     """Write `figures` (stem, figure) as PNG and SVG into `directory` for `drawer`, a report or a compare, and
     keep the folder's list of figures (FIGURE_LIST); returns the paths written.
 
     Those that an earlier report or compare of the same drawer wrote there and this one does not write are removed
-    when they still hold the bytes fdl wrote (a file changed since, or not listed, or another drawer's, is never
-    removed; the others stay listed). `notes` gets a sentence naming what was removed, one naming the figures of
-    other drawers of its kind left there (a report's are no concern of a compare's: their names differ), and one
-    naming the figure files of its kind (REPORT_FIGURE, COMPARE_FIGURE) left there that none listed: an older
-    fdl's, or changed."""
+    when they still hold the bytes fdl wrote (a file changed since, or not listed, or another drawer's, or one
+    whose name `leave` is true of, is never removed; the others stay listed). `notes` gets a sentence naming what
+    was removed, one naming the figures of other drawers of its kind left there (a report's are no concern of a
+    compare's: their names differ), and one naming the figure files of its kind (REPORT_FIGURE, COMPARE_FIGURE) left
+    there that none listed: an older fdl's, or changed."""
     kind = drawer[0]
     make_folder(directory)
     earlier, problem = read_figure_list(directory, kind)
@@ -542,11 +564,15 @@ def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, 
         if earlier is not None:  # after each figure: a report stopped part-way still lists what it wrote
             _write_figure_list(directory, {**earlier, **written})
     others: dict[str, tuple[str, Drawer]] = {}
+    kept: dict[str, tuple[str, Drawer]] = {}
     if earlier is not None:
         removed = []
         for name, (digest, drawn) in earlier.items():
             path = directory / name
             if name in written or not _unchanged(path, digest):
+                continue
+            if drawn == drawer and leave(name):
+                kept[name] = (digest, drawn)  # the drawer's own, of what it did not draw this time
                 continue
             if drawn != drawer:
                 others[name] = (digest, drawn)  # left to a report (compare) of its own
@@ -557,7 +583,7 @@ def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, 
                 notes.append(f"could not remove {path}, a figure an earlier {kind} wrote: {exc.strerror or exc}")
                 continue
             removed.append(name)
-        _write_figure_list(directory, {**others, **written})
+        _write_figure_list(directory, {**others, **kept, **written})
         if removed:
             whose = "this store" if kind == "report" else "these stores and series"
             notes.append(f"removed {len(removed)} figure file{'s' if len(removed) > 1 else ''} an earlier {kind} of "
@@ -572,7 +598,7 @@ def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, 
     own_names = REPORT_FIGURE if kind == "report" else COMPARE_FIGURE
     try:
         unlisted = sorted(path.name for path in directory.iterdir() if own_names.fullmatch(path.name)
-                          and path.name not in written and path.name not in others)
+                          and path.name not in written and path.name not in others and path.name not in kept)
     except OSError:  # a folder this user may write into but not list (a drop box): none to name
         unlisted = []
     if unlisted:
@@ -582,14 +608,37 @@ def _write_listed(directory: Path, drawer: Drawer, figures: Iterable[tuple[str, 
     return paths
 
 
-def write_run_figures(run: Run, directory: Path, *, notes: list[str] | None = None) -> list[Path]:
-    """Write every figure of a run as PNG and SVG into `directory`; returns their paths.
+def write_run_figures(
+    run: Run, directory: Path, *, notes: list[str] | None = None, page: dict[str, list[tuple[str, bytes]]] | None = None
+) -> list[Path]:
+    """Write every figure of a run as PNG and SVG into `directory`; returns their paths. With `page`, the same
+    figures are then rendered for the HTML page into it (`page_figures`): `--plots DIR --html FILE` draws each once.
 
     The folder then holds this report's figures: those an earlier report of the same store (by its resolved
     path) wrote there (FIGURE_LIST) and this one does not write are removed when they still hold the bytes
-    fdl wrote (`_write_listed`, which says in `notes` what it removed and what it left)."""
-    figures = ((stem, figure) for stem, _title, figure in run_figures(run))
-    return _write_listed(directory, ("report", str(Path(run.path).resolve())), figures, [] if notes is None else notes)
+    fdl wrote (`_write_listed`, which says in `notes` what it removed and what it left), except the figures of
+    the store's series this report did not select (`--layer fc2`'s, in a report of `--layer fc1`)."""
+    drawn = _draw_run(run)
+    paths = _write_listed(directory, ("report", str(Path(run.path).resolve())),
+                          ((stem, figure) for _label, _named, stem, _title, figure in drawn),
+                          [] if notes is None else notes, leave=_unselected_series(run))
+    if page is not None:  # after the files: they are rendered from a fresh figure, byte for byte as without --html
+        page.update(page_figures(run, drawn))
+    return paths
+
+
+def _unselected_series(run: Run) -> Callable[[str], bool]:
+    """Whether a figure's file name is that of one of the store's series the run did not select: its report leaves
+    them to the report that selects them. A name of no series of the store now (a series gone, or the plain
+    names of the store's time of one series) is no series': stale."""
+    available = list(run.available)
+    unselected = set(series_suffixes(available)) - set(_store_suffixes(run)) if len(available) > 1 else set()
+
+    def test(name: str) -> bool:
+        match = REPORT_FIGURE.fullmatch(name)
+        return match is not None and match["suffix"] in unselected
+
+    return test
 
 
 def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tuple[str, Figure]]:
@@ -628,13 +677,18 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
 
 def _compared_suffix(run: Run) -> str:
     """The name end of the run's selected series in a compare's figures: as the store's report names it among
-    all the store's series (`series_suffixes`), so that the compares of two series cleaned to one name (layers
+    all the store's series (`_store_suffixes`), so that the compares of two series cleaned to one name (layers
     fc:input and fc_input) into one folder do not write over each other."""
-    series = run.series[0]
-    key = (series.probe, series.layer)
-    if key not in run.available:  # a Run built without the store's listing
-        return series_suffix(series)
-    return series_suffixes(run.available)[run.available.index(key)]
+    return _store_suffixes(run)[0]
+
+
+def _store_suffixes(run: Run) -> list[str]:
+    """The name ends (`series_suffixes`) of the run's selected series among every series of its store
+    (`Run.available`; a Run built without the store's listing: among its selected series)."""
+    keys = [(series.probe, series.layer) for series in run.series]
+    every = list(getattr(run, "available", ())) or keys
+    ends = dict(zip(every, series_suffixes(every), strict=True))
+    return [ends.get(key) or _cleaned(*key) for key in keys]
 
 
 def write_compare_figures(

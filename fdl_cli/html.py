@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,20 +112,20 @@ def render_html(
     return "\n".join(parts) + "\n"
 
 
-def run_page(run: Any, *, with_figures: bool = True) -> str:
-    """The HTML page of a `report.Run` (figures drawn here, so matplotlib loads only when asked)."""
+def run_page(
+    run: Any, *, with_figures: bool = True, figures: Mapping[str, Sequence[tuple[str, bytes]]] | None = None
+) -> str:
+    """The HTML page of a `report.Run` (figures drawn here, so matplotlib loads only when asked). `figures`: the
+    (title, PNG) of each series by its label, drawn already (`figures.write_run_figures(..., page=...)` for --plots)."""
     from fdl_cli import __version__
     from fdl_cli.report import provenance_lines, reference_step_of, summarize, summary_lines, targets_caveat
 
     sections = []
-    figures_by_series: dict[str, list[tuple[str, bytes]]] = {}
-    if with_figures:
-        from fdl_cli.figures import png_bytes, series_figures
+    figures_by_series: Mapping[str, Sequence[tuple[str, bytes]]] = {} if figures is None else figures
+    if with_figures and figures is None:
+        from fdl_cli.figures import page_figures
 
-        for series in run.series:
-            figures_by_series[series.label] = [
-                (fig_title, png_bytes(figure)) for _stem, fig_title, figure in series_figures(run, series)
-            ]
+        figures_by_series = page_figures(run)
     for series in run.series:
         sections.append(
             Section(

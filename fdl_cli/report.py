@@ -157,7 +157,7 @@ class Run:
     #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
     dropped: tuple[Mapping[str, Any], ...] = ()
     #: Every (probe, layer) series of the store, selected or not, in the order of `series`: where a selected one
-    #: stands among them (the names of compare's figures of two series whose names clean to one, `figures`).
+    #: stands among them (the names of a report's and a compare's figures, `figures._store_suffixes`).
     available: tuple[tuple[str, str], ...] = ()
 
     def records(self) -> list[Record]:
