@@ -2105,7 +2105,7 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     for successor in ctx.redo_successors.get(step, ()):
         ref = ctx.refs_by_step[successor]
         with _memory_explained(ref), StoreReader(out) as reader:
-            loaded, sha = _load(ref, ctx.options)
+            loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
             stored_sha = reader.file_identities()[successor][1]
             if sha != stored_sha:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -3024,7 +3024,7 @@ def _run_refs(
         reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
         try:
             with _memory_explained(reference):
-                loaded_reference, reference_sha = preloaded or _load(reference, options)
+                loaded_reference, reference_sha = preloaded or _load(reference, options, ctx.hashed.get(str(reference.path)))
                 held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out,
                                     wanted=_wanted(lacking, completed, reference, reference_sha, out))
         except (CheckpointError, NumericalError) as exc:
@@ -3048,7 +3048,7 @@ def _run_refs(
                     done.set_result(preloaded if preloaded is not None else (None, ""))  # type: ignore[arg-type]
                     pending[index] = done
                 else:
-                    pending[index] = pool.submit(_load, todo[index], options)
+                    pending[index] = pool.submit(_load, todo[index], options, ctx.hashed.get(str(todo[index].path)))
 
         fetch(0)
         for index, ref in enumerate(todo):
@@ -3237,7 +3237,7 @@ def _walk_back(
     for ref in walk.chain[1:]:
         signals.check()
         try:
-            loaded, sha = _load(ref, ctx.options)
+            loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
             _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, ref, exc)  # the rank that owns it reports it
@@ -3643,8 +3643,9 @@ def _refreshed_entry(
 
     ref = ctx.refs_by_step[successor]
     with _memory_explained(ref), StoreReader(out) as reader:
-        before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
-        loaded, sha = _load(ref, ctx.options)
+        before_ref = ctx.refs_by_step[before]
+        before_loaded, before_sha = _load(before_ref, ctx.options, ctx.hashed.get(str(before_ref.path)))
+        loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
         for step, now in ((before, before_sha), (successor, sha)):
             if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -3912,6 +3913,8 @@ def _analyze_one(
 
     options = ctx.options
     world = ctx.world
+    if loaded.file_signature and sha:  # read again in this run (a refresh, a redo): not hashed again
+        ctx.hashed[str(ref.path)] = (loaded.file_signature, sha)
     sharded = world is not None and world.distributed and options.shard_probe
     if sharded and not world.writes:
         _contribute_slice(ctx, loaded)
