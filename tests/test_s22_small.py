@@ -6,18 +6,26 @@
   and a load reuses what this run found for the file at the same signature. A part's checkpoint compared
   across one its rank found corrupt, refreshed once that one is analysed, was hashed a third time, and the
   one before it a second: what this run analysed is recorded for the refresh too.
+- CKA with features constant over the anchor points (a dead ReLU layer: zero features; constant ones) is 0/0:
+  it was stored as 1.0 when both checkpoints' were constant and 0.0 when one was (or as rounding noise of the
+  centering, on the Gram route and in `spectral.cka`); now null, with a warning naming the steps.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from fdl_cli import checkpoints
+from fdl_cli.spectral import cka
 from fdl_cli.store import StoreReader, StoreWriter
 from tests.test_prev_walkback import _analyze, _assert_same, _good, _make_run, _spoil, _stored
+from tests.test_reliability_inputs import MODEL, _weights
+from tests.test_s19_store import _records, fdl
 from tests.test_s20_drop import _hashed
 
 torch.set_num_threads(1)
@@ -84,3 +92,79 @@ def test_a_part_checkpoint_refreshed_across_a_fixed_file_hashes_each_file_once(
     fresh = tmp_path / "fresh.h5"
     _analyze(folder, fresh)
     _assert_same(_stored(fresh), _stored(out))
+
+
+# ------------------------------------------------------------------ CKA of features constant on the anchors: null
+
+
+def test_cka_of_a_constant_matrix_is_undefined() -> None:
+    """0/0 whichever side is constant, the two of them too; a constant that the mean does not reproduce
+    exactly (rounding of the centering) as well, on both of `cka`'s routes (p ≤ m and the m×m Grams)."""
+    rng = np.random.default_rng(0)
+    for width in (6, 80):  # p < m = 50, p > m
+        moving = rng.normal(size=(50, width))
+        rows = np.tile(rng.normal(size=(1, width)), (50, 1))
+        assert np.abs(rows - rows.mean(axis=0)).max() > 0  # the centering leaves rounding
+        for constant in (np.zeros((50, width)), rows, np.full((50, width), 0.1)):
+            assert cka(constant, moving) is None and cka(moving, constant) is None
+            assert cka(constant, constant) is None and cka(constant, rows) is None
+        assert cka(moving, moving) == pytest.approx(1.0, abs=1e-12)
+        assert 0.0 < cka(moving + 1e-3 * rows, rng.normal(size=(50, width))) < 1.0
+
+
+def _dead(index: int, how: str, hidden: int) -> dict[str, torch.Tensor]:
+    """`_weights(index)` with the ReLU layer dead for every input: zero features, or constant ones."""
+    state = _weights(index, hidden=hidden)
+    if how == "zero":
+        state["0.bias"] = torch.full_like(state["0.bias"], -100.0)
+    else:
+        state["0.weight"] = torch.zeros_like(state["0.weight"])
+        state["0.bias"] = torch.linspace(0.1, 0.9, hidden)
+    return state
+
+
+@pytest.mark.parametrize("hidden", [8, 40], ids=["p<m", "p>m"])
+def test_cka_with_a_dead_layer_is_null_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hidden: int
+) -> None:
+    """Steps 10 and 20 have a dead ReLU layer (zero features, then constant ones), 30 a live one again: CKA with
+    10 or 20 was stored as 0.0 (to a live checkpoint) and 1.0 (between the two dead ones), which `classify` reads
+    as features that moved, and as features unchanged; with 40 units on 16 anchor points (the m×m Grams) the
+    constant features' CKA was the rounding of their centering."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for index, step in enumerate((0, 10, 20, 30)):
+        state = _dead(index, "zero" if step == 10 else "constant", hidden) if step in (10, 20) else _weights(
+            index, hidden=hidden)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(1)
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    out = tmp_path / "run.h5"
+    status, _, err = fdl(capsys, "analyze", folder, "--model", MODEL, "--model-kwargs", f'{{"hidden": {hidden}}}',
+                         "--probe", probe, "-o", out, "--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
+    flat = " ".join(err.split())
+    assert status == 0, flat
+    records = {r["step"]: r for r in _records(out)}
+    assert [(records[s]["cka_init"], records[s]["cka_prev"]) for s in (10, 20)] == [(None, None), (None, None)]
+    assert records[30]["cka_prev"] is None  # compared with 20
+    assert records[0]["cka_init"] == 1.0 and 0.0 < records[30]["cka_init"] < 1.0
+    assert ("probe/2:input: the features are constant over the anchor points (a dead layer?) at steps 10, 20: "
+            "CKA with them is 0/0, so cka_init and cka_prev are null there") in flat, flat
+
+
+def test_a_dead_reference_has_no_cka_at_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reference's features constant: CKA(F, F) is 0/0 too (it was 1.0, and every later checkpoint's 0.0)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in _dead(0, "constant", 8).items()}, str(folder / "step_0.safetensors"))
+    save_file(_weights(1), str(folder / "step_10.safetensors"))
+    rng = np.random.default_rng(1)
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    out = tmp_path / "run.h5"
+    status, _, err = fdl(capsys, "analyze", folder, "--model", MODEL, "--probe", probe, "-o", out,
+                         "--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
+    assert status == 0, err
+    assert [(r["cka_init"], r["cka_prev"]) for r in _records(out)] == [(None, None), (None, None)]
+    assert "at step 0: CKA with them is 0/0" in " ".join(err.split())
