@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,42 @@ def test_a_dead_reference_has_no_cka_at_all(tmp_path: Path, capsys: pytest.Captu
     assert status == 0, err
     assert [(r["cka_init"], r["cka_prev"]) for r in _records(out)] == [(None, None), (None, None)]
     assert "at step 0: CKA with them is 0/0" in " ".join(err.split())
+
+
+# ----------------------------------------------------------- inspect of safetensors: tensors listed by name
+
+
+def _mixed_dtypes() -> dict[str, torch.Tensor]:
+    """A state_dict in its model's order whose modules mix dtypes (a BatchNorm's int64 counter, a float16 head)."""
+    return {"features.weight": torch.zeros(4, 3), "features.bias": torch.zeros(4),
+            "norm.weight": torch.ones(4), "norm.bias": torch.zeros(4), "norm.running_mean": torch.zeros(4),
+            "norm.num_batches_tracked": torch.tensor(7), "head.weight": torch.zeros(2, 4, dtype=torch.float16),
+            "head.bias": torch.zeros(2)}
+
+
+def test_inspect_lists_the_tensors_of_safetensors_by_name_each_module_once(tmp_path: Path) -> None:
+    """safetensors stores tensors by dtype size, then name, and loads them in that order: `fdl inspect` listed
+    norm.num_batches_tracked (int64) first and head.weight (float16) last, apart from their modules, whose
+    names the table showed twice. Now by name, in the table and in --json, for a file and for a folder's shards;
+    a torch.save file keeps its writer's order (the model's)."""
+    from tests.test_analyze import fdl as run_fdl
+
+    state = _mixed_dtypes()
+    path = tmp_path / "step_5.safetensors"
+    save_file(state, str(path))
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    names = sorted(state)
+    save_file({k: state[k] for k in names[:4]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: state[k] for k in names[4:]}, str(folder / "model-00002-of-00002.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(
+        '{"metadata": {}, "weight_map": {' + ", ".join(
+            f'"{k}": "model-0000{1 if i < 4 else 2}-of-00002.safetensors"' for i, k in enumerate(names)) + "}}")
+    torch.save(state, tmp_path / "step_5.pt")
+    for checkpoint, order in ((path, names), (folder, names), (tmp_path / "step_5.pt", list(state))):
+        done = run_fdl("inspect", checkpoint, "--json")
+        assert done.code == 1 and "holds weights only" in done.stderr, done.stderr
+        assert [row["name"] for row in json.loads(done.stdout)["tensors"]] == order, checkpoint
+    shown = run_fdl("inspect", path)
+    modules = [line.split("│")[1].strip() for line in shown.stderr.splitlines() if line.startswith("│")]
+    assert [name for name in modules if name] == ["features", "head", "norm"], shown.stderr
