@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import checkpoints
 from fdl_cli.spectral import cka
-from fdl_cli.store import StoreReader, StoreWriter
+from tests.test_distributed import _part_with
 from tests.test_prev_walkback import _analyze, _assert_same, _good, _make_run, _spoil, _stored
 from tests.test_reliability_inputs import MODEL, _weights
 from tests.test_s19_store import _records, fdl
@@ -35,25 +35,25 @@ torch.set_num_threads(1)
 # ------------------------------------------------------------- each file hashed once a run: part stores taken in
 
 
+def _part_after_20(folder: Path, source: Path, part: Path, steps: tuple[int, ...]) -> None:
+    """The part store a killed torchrun job's rank left: `source`'s `steps`, its block compared with step 20."""
+    from fdl_cli.sharding import _write_rank_part_origin
+
+    _part_with(source, part, steps)
+    sha = {step: checkpoints.sha256_file(folder / f"step_{step}.safetensors") for step in (0, 20)}
+    _write_rank_part_origin(part, (0, sha[0]), (20, sha[20]))
+
+
 def test_a_part_store_taken_in_hashes_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A torchrun job killed with rank 0's block (10, 20) not stored and rank 1's (30 - 60) in its part, compared
     with step 20's file: the resume checks step 20's file unchanged to take the part in, then analyses 10 and 20.
     Step 20's file was read twice for its hash."""
-    from fdl_cli.sharding import _write_rank_part_origin
-
     folder = _make_run(tmp_path / "run")
     full = tmp_path / "full.h5"
     _analyze(folder, full)
     out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
     _analyze(folder, out, steps=(0,))
-    with StoreReader(full) as reader:
-        entries = [reader.entry(step) for step in (30, 40, 50, 60)]
-        provenance, probes = reader.provenance, list(reader.probes().values())
-    with StoreWriter(part, provenance=provenance, probes=probes) as writer:
-        for entry in entries:
-            writer.add(entry)
-    sha = {step: checkpoints.sha256_file(folder / f"step_{step}.safetensors") for step in (0, 20)}
-    _write_rank_part_origin(part, (0, sha[0]), (20, sha[20]))
+    _part_after_20(folder, full, part, (30, 40, 50, 60))
     hashed = _hashed(monkeypatch)
     summary, _ = _analyze(folder, out)
     assert summary.analysed == [10, 20] and not part.exists()
@@ -68,8 +68,6 @@ def test_a_part_checkpoint_refreshed_across_a_fixed_file_hashes_each_file_once(
     """Rank 1 found step 30 corrupt and compared its block (40 - 60) with step 20; 30 is fixed since. The resume
     takes the part in, analyses 10 - 30 and refreshes 40 to compare with 30: 40 was hashed by the take-in and
     again by the refresh, 30 by its analysis and again by the refresh."""
-    from fdl_cli.sharding import _write_rank_part_origin
-
     folder = _make_run(tmp_path / "run")
     _spoil(folder, 30, "nan")
     walked = tmp_path / "walked.h5"
@@ -77,14 +75,7 @@ def test_a_part_checkpoint_refreshed_across_a_fixed_file_hashes_each_file_once(
     _good(folder, 30)
     out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
     _analyze(folder, out, steps=(0,))
-    with StoreReader(walked) as reader:
-        entries = [reader.entry(step) for step in (40, 50, 60)]
-        provenance, probes = reader.provenance, list(reader.probes().values())
-    with StoreWriter(part, provenance=provenance, probes=probes) as writer:
-        for entry in entries:
-            writer.add(entry)
-    sha = {step: checkpoints.sha256_file(folder / f"step_{step}.safetensors") for step in (0, 20)}
-    _write_rank_part_origin(part, (0, sha[0]), (20, sha[20]))
+    _part_after_20(folder, walked, part, (40, 50, 60))
     hashed = _hashed(monkeypatch)
     summary, _ = _analyze(folder, out)
     assert summary.analysed == [10, 20, 30] and summary.refreshed == [40], summary
