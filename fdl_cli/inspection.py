@@ -205,12 +205,15 @@ def inspect_checkpoint(
 
 def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, Any]:
     """What a checkpoint of weights only holds, for `fdl inspect` without a model: each tensor's name, shape,
-    dtype and number of values (in the file's order, as loaded: prefixes such as `module.` stripped, --weights
-    applied), their total, and the step `analyze` would read it at. `needs_model` (not JSON) is the error the
-    CLI raises below the listing: the modules, their output shapes and the default layer need the model (it
-    was raised alone, "holds weights only", and said nothing of what the file holds)."""
-    tensors = [{"name": name, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
-                "values": int(tensor.numel())} for name, tensor in (loaded.state_dict or {}).items()]
+    dtype and number of values (in the order its writer gave them, as loaded: prefixes such as `module.`
+    stripped, --weights applied; by name for safetensors, `_by_name`), their total, and the step `analyze` would
+    read it at. `needs_model` (not JSON) is the error the CLI raises below the listing: the modules, their output
+    shapes and the default layer need the model (it was raised alone, "holds weights only", and said nothing of
+    what the file holds)."""
+    state = loaded.state_dict or {}
+    names = sorted(state) if _by_name(ref) else list(state)
+    tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
+                "values": int(state[name].numel())} for name in names]
     return {
         "checkpoint": str(ref.path),
         "step": None if ref.step_source == "none" else ref.step,
@@ -228,6 +231,20 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         ),
         "notes": notes,
     }
+
+
+def _by_name(ref: Any) -> bool:
+    """Whether `fdl inspect` lists the checkpoint's tensors by name: safetensors files (one, or the shards of a
+    folder) keep no order of their writer's (`save_file` stores them by dtype size, then name, and its loader
+    returns them in that order), so a module's int64 or float16 tensors were listed apart from its others and
+    its name shown twice. A torch.save file keeps its writer's order (the model's, for a state_dict): as is."""
+    from fdl_cli.checkpoints import _folder_weight_files
+
+    if ref.kind == "safetensors":
+        return True
+    path = Path(ref.path)
+    files = [file for file in _folder_weight_files(path) if not file.name.endswith(".json")] if path.is_dir() else []
+    return bool(files) and all(file.suffix == ".safetensors" for file in files)
 
 
 #: the sequence length of `fdl inspect`'s random token ids (fewer where an embedding table is smaller: a

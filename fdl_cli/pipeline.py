@@ -208,6 +208,8 @@ class _Series:
         if self._kernel is None:
             import torch
 
+            from fdl_cli.spectral import constant_rows
+
             anchor = np.asarray(self.anchor).reshape(self.anchor.shape[0], -1)
             # rows of contiguous values: C order, or the padded rows of `_float64_copy`
             own = self.owned and anchor.dtype == np.float64 and anchor.strides[1] == anchor.itemsize
@@ -218,8 +220,11 @@ class _Series:
                 centered.copy_(torch.from_numpy(np.ascontiguousarray(anchor, dtype=np.float64)))
             else:
                 centered = torch.from_numpy(anchor.astype(np.float64))
+            energy = float(torch.linalg.vector_norm(centered)) ** 2
             centered -= centered.mean(0)  # in place: `anchor` is centered too when owned
-            if centered.shape[1] > centered.shape[0]:
+            if constant_rows(float(torch.linalg.vector_norm(centered)) ** 2, energy):
+                self._kernel = (centered, 0.0)  # rounding of the centering: CKA with it is 0/0 (`_cka`)
+            elif centered.shape[1] > centered.shape[0]:
                 from fdl_cli.moments import symmetric_gram
 
                 gram = symmetric_gram(centered)
@@ -320,20 +325,23 @@ def _cka(a: _Series, b: _Series) -> float | None:
 
     The cross product ‖A_cᵀB_c‖_F² is computed in the series' `cka_dtype` (float32 products are
     summed in float64 per block of rows); the self-norms are float64. Identical anchors (a frozen
-    network) give exactly 1. None on fewer than CKA_MIN_ANCHORS anchor points.
+    network) give exactly 1. None on fewer than CKA_MIN_ANCHORS anchor points, and where either side's
+    anchors are constant (`_constant_anchors`: 0/0), CKA(F, F) included.
     """
     from fdl_cli.spectral import cka
 
     if min(a.points or a.anchor.shape[0], b.points or b.anchor.shape[0]) < CKA_MIN_ANCHORS:
         return None  # also m anchor rows of fewer than 3 distinct inputs (repeated ones)
-    if a is b:
-        return 1.0  # CKA(F, F), exactly (for constant anchors too: both sides are)
-    wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
-    if a.anchor.shape[0] != b.anchor.shape[0] or wide_a != wide_b:
-        return cka(a.anchor, b.anchor)  # its error, or the rare mixed case
+    if a.anchor.shape[0] != b.anchor.shape[0]:
+        return cka(a.anchor, b.anchor)  # its error
     (kernel_a, norm_a), (kernel_b, norm_b) = a.kernel(), b.kernel()
     if norm_a == 0.0 or norm_b == 0.0:
-        return 1.0 if norm_a == norm_b else 0.0
+        return None
+    if a is b:
+        return 1.0  # CKA(F, F), exactly
+    wide_a, wide_b = a.anchor.shape[1] > a.anchor.shape[0], b.anchor.shape[1] > b.anchor.shape[0]
+    if wide_a != wide_b:
+        return cka(a.anchor, b.anchor)  # the rare mixed case
     if _same_kernels(kernel_a, kernel_b):
         # What exact arithmetic gives. float32 products would leave ~1e-8 below it; in float64 the
         # self-norms come from the pass's sums about its shift and the cross product from the anchors,
@@ -344,6 +352,12 @@ def _cka(a: _Series, b: _Series) -> float | None:
     else:
         cross = _cross_norm2(kernel_a, kernel_b.to(kernel_a.dtype))
     return float(min(max(cross / (norm_a * norm_b), 0.0), 1.0))
+
+
+def _constant_anchors(series: _Series) -> bool:
+    """Whether CKA with this series is 0/0: its features are constant over the anchor points (a dead layer,
+    zero features; to rounding, `spectral.constant_rows`), on enough of them to measure CKA."""
+    return (series.points or series.anchor.shape[0]) >= CKA_MIN_ANCHORS and series.kernel()[1] == 0.0
 
 
 def _same_kernels(a: Any, b: Any) -> bool:
@@ -464,6 +478,9 @@ class _Context:
     #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
     #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
     constant_outputs: dict[str, dict[int, bool]] = field(default_factory=dict)
+    #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
+    #: (CKA 0/0, null: `_warn_constant_anchors`)
+    constant_anchors: dict[str, list[int]] = field(default_factory=dict)
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
@@ -2105,7 +2122,7 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     for successor in ctx.redo_successors.get(step, ()):
         ref = ctx.refs_by_step[successor]
         with _memory_explained(ref), StoreReader(out) as reader:
-            loaded, sha = _load(ref, ctx.options)
+            loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
             stored_sha = reader.file_identities()[successor][1]
             if sha != stored_sha:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -3024,7 +3041,7 @@ def _run_refs(
         reporter.start_checkpoint(0, len(todo), f"step {reference.step} (reference)")
         try:
             with _memory_explained(reference):
-                loaded_reference, reference_sha = preloaded or _load(reference, options)
+                loaded_reference, reference_sha = preloaded or _load(reference, options, ctx.hashed.get(str(reference.path)))
                 held = _analyze_one(ctx, reference, loaded_reference, reference_sha, steps_in_order, reference, out,
                                     wanted=_wanted(lacking, completed, reference, reference_sha, out))
         except (CheckpointError, NumericalError) as exc:
@@ -3048,7 +3065,7 @@ def _run_refs(
                     done.set_result(preloaded if preloaded is not None else (None, ""))  # type: ignore[arg-type]
                     pending[index] = done
                 else:
-                    pending[index] = pool.submit(_load, todo[index], options)
+                    pending[index] = pool.submit(_load, todo[index], options, ctx.hashed.get(str(todo[index].path)))
 
         fetch(0)
         for index, ref in enumerate(todo):
@@ -3090,6 +3107,7 @@ def _run_refs(
                 announce(writer.add(entry))
     signals.check()
     _warn_constant_outputs(ctx)
+    _warn_constant_anchors(ctx)
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):
@@ -3117,6 +3135,20 @@ def _warn_constant_outputs(ctx: _Context) -> None:
             + "; `fdl compare` leaves such steps out of its verdict of which run is richer (docs/measures.md)"
         )
     ctx.constant_outputs.clear()
+
+
+def _warn_constant_anchors(ctx: _Context) -> None:
+    """One warning for each series whose features were constant over the anchor points (a dead layer) at
+    checkpoints this batch analysed: CKA with them is 0/0, null, not a value that reads as a measurement."""
+    for where, steps in ctx.constant_anchors.items():
+        shown = sorted(set(steps))
+        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
+        ctx.reporter.warn(
+            f"{where}: the features are constant over the anchor points (a dead layer?) at "
+            f"step{'s' if len(shown) != 1 else ''} {listed}: CKA with them is 0/0, so cka_init and "
+            "cka_prev are null there and where a checkpoint is compared with them (docs/measures.md)"
+        )
+    ctx.constant_anchors.clear()
 
 
 def _lacking(writer: Any) -> dict[int, frozenset[tuple[str, str]]]:
@@ -3237,7 +3269,7 @@ def _walk_back(
     for ref in walk.chain[1:]:
         signals.check()
         try:
-            loaded, sha = _load(ref, ctx.options)
+            loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
             _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out)
         except (CheckpointError, NumericalError) as exc:
             _failed(ctx, summary, ref, exc)  # the rank that owns it reports it
@@ -3643,8 +3675,9 @@ def _refreshed_entry(
 
     ref = ctx.refs_by_step[successor]
     with _memory_explained(ref), StoreReader(out) as reader:
-        before_loaded, before_sha = _load(ctx.refs_by_step[before], ctx.options)
-        loaded, sha = _load(ref, ctx.options)
+        before_ref = ctx.refs_by_step[before]
+        before_loaded, before_sha = _load(before_ref, ctx.options, ctx.hashed.get(str(before_ref.path)))
+        loaded, sha = _load(ref, ctx.options, ctx.hashed.get(str(ref.path)))
         for step, now in ((before, before_sha), (successor, sha)):
             if now != stored_sha[step]:  # its stored numbers (eigenfunctions) are another file's
                 raise _changed_file(
@@ -3912,6 +3945,8 @@ def _analyze_one(
 
     options = ctx.options
     world = ctx.world
+    if loaded.file_signature and sha:  # read again in this run (a refresh, a redo): not hashed again
+        ctx.hashed[str(ref.path)] = (loaded.file_signature, sha)
     sharded = world is not None and world.distributed and options.shard_probe
     if sharded and not world.writes:
         _contribute_slice(ctx, loaded)
@@ -3986,6 +4021,8 @@ def _analyze_one(
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
+            if _constant_anchors(mine):  # said once, at the end of the batch (`_warn_constant_anchors`)
+                ctx.constant_anchors.setdefault(f"{probe.name}/{spec.label}", []).append(ref.step)
             if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)
                 ctx.constant_outputs.setdefault(probe.name, {})[ref.step] = scalars.get("pi_hat_C") is None
             if measures.clipped_eigenvalue:

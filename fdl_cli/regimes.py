@@ -202,9 +202,10 @@ def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple
     cka, overlap = record.get("cka_init"), record.get("overlap_init")
     if cka is None and overlap is None:
         return UNKNOWN, (
-            "cka_init and overlap_init are null: no reference to measure movement against, or an anchor "
+            "cka_init and overlap_init are null: no reference to measure movement against, an anchor "
             "subset too small to measure it (CKA needs 3 anchor points, the overlaps more than k; analyze "
-            "warned: raise --anchor-size, or use a larger probe)"
+            "warned: raise --anchor-size, or use a larger probe), or features constant over the anchor points "
+            "(a dead layer: CKA is 0/0, and zero features have no eigenfunction; analyze warned)"
         )
     th = thresholds
     cka_static = cka is None or cka >= th.cka_static

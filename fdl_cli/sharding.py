@@ -27,6 +27,7 @@ from fdl_cli.pipeline import (
     _probe_infos,
     _refresh_successors,
     _run_refs,
+    _sha256_once,
     _WalkBack,
     _watch_under_torchrun,
     entry_records,
@@ -98,7 +99,6 @@ def _take_in_rank_parts(
     --every, or analysed again by this run) it is kept for a later run, as is a part that is locked
     (a rank still running), unreadable or of another run, with a note.
     Returns the entries taken in and the names of the parts kept."""
-    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreReader, StoreWriter
 
     by_step = {ref.step: ref for ref in refs}
@@ -108,7 +108,7 @@ def _take_in_rank_parts(
 
     def unchanged(step: int, sha: str) -> bool:
         try:
-            return step in by_step and sha256_file(by_step[step].path) == sha
+            return step in by_step and _sha256_once(ctx, by_step[step].path) == sha
         except (OSError, FdlError):
             return False
 
@@ -301,7 +301,6 @@ def _analyze_distributed(
     With --shard-probe every rank takes every checkpoint and one slice of the probe (all-reduced).
     """
     from fdl_cli import distributed
-    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
     world, options = ctx.world, ctx.options
@@ -411,7 +410,7 @@ def _analyze_distributed(
                 if compared is not None:
                     step, sha = compared
                     if sha is None:  # stored, or the reference: not read by this rank
-                        sha = preloaded[1] if step == reference.step else sha256_file(ctx.refs_by_step[step].path)
+                        sha = preloaded[1] if step == reference.step else _sha256_once(ctx, ctx.refs_by_step[step].path)
                     predecessor = (step, sha)
                 _write_rank_part_origin(_rank_part(out, world.rank), (reference.step, preloaded[1]), predecessor)
             except (OSError, FdlError):
@@ -494,13 +493,12 @@ def _open_rank_part(
     there, before its block is analysed, when `before` fails: `_WalkBack.moved`); None if it cannot
     be opened: the part only makes the rank's checkpoints durable early, they reach rank 0 at the
     end all the same."""
-    from fdl_cli.checkpoints import sha256_file
     from fdl_cli.store import StoreWriter
 
     assert ctx.world is not None
     part = _rank_part(out, ctx.world.rank)
     try:
-        _write_rank_part_origin(part, reference, (before.step, sha256_file(before.path)) if before else None)
+        _write_rank_part_origin(part, reference, (before.step, _sha256_once(ctx, before.path)) if before else None)
         return StoreWriter(
             part,
             provenance=provenance,

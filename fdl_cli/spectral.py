@@ -773,10 +773,18 @@ def _center_columns(matrix: np.ndarray) -> np.ndarray:
     return matrix - matrix.mean(axis=0)
 
 
-def cka(features_a: np.ndarray, features_b: np.ndarray) -> float:
+def constant_rows(centered_energy: float, energy: float) -> bool:
+    """Whether a matrix whose centered columns carry `centered_energy` (‖A_c‖_F²) of its `energy` (‖A‖_F²)
+    is constant on its rows: A_c is 0, or rounding of the centering (at or below CANCELLATION_RTOL of the
+    energy). CKA with such a matrix is 0/0 (`cka`)."""
+    return centered_energy <= CANCELLATION_RTOL * energy
+
+
+def cka(features_a: np.ndarray, features_b: np.ndarray) -> float | None:
     """Centered linear CKA ‖F_aᵀF_b‖_F² / (‖F_aᵀF_a‖_F ‖F_bᵀF_b‖_F) of two (m, p_a), (m, p_b) matrices.
 
-    Degenerate: if one of them is constant on the samples, CKA is 1.0 when both are, else 0.0.
+    None (undefined: 0/0) when either is constant on the samples (`constant_rows`: a dead layer, zero
+    features), both included; no value of CKA there would be a measurement.
     """
     if features_a.shape[0] != features_b.shape[0]:
         raise NumericalError(
@@ -785,6 +793,9 @@ def cka(features_a: np.ndarray, features_b: np.ndarray) -> float:
             fix="compare checkpoints analysed with the same probe and anchor size",
         )
     a, b = _center_columns(features_a), _center_columns(features_b)
+    for given, centered in ((features_a, a), (features_b, b)):
+        if constant_rows(float(np.sum(centered * centered)), float(np.sum(np.square(given, dtype=np.float64)))):
+            return None
     m, pa, pb = a.shape[0], a.shape[1], b.shape[1]
     if m * m * (pa + pb) < m * (pa * pb + pa * pa + pb * pb):
         ka, kb = a @ a.T, b @ b.T
@@ -793,7 +804,7 @@ def cka(features_a: np.ndarray, features_b: np.ndarray) -> float:
         cross = float(np.linalg.norm(a.T @ b) ** 2)
         norm_a, norm_b = float(np.linalg.norm(a.T @ a)), float(np.linalg.norm(b.T @ b))
     if norm_a == 0.0 or norm_b == 0.0:
-        return 1.0 if norm_a == norm_b else 0.0
+        return None
     return float(min(max(cross / (norm_a * norm_b), 0.0), 1.0))
 
 
