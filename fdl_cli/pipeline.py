@@ -1090,8 +1090,10 @@ def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
         dirs = [Path(source) for source in options.sources if source != "-" and _is(Path(source), "dir")]
         # a path spec as resolve_model_factory finds it; a module spec's file in the current folder, whence
         # it is imported (`cd run && fdl analyze . --model model:build`)
+        # (none for a module name with an empty part, `:build`, `.:build`: refused as malformed when it is read)
         file = (ckpts.model_spec_file(options.model_spec, base_dir=dirs[0] if dirs else None)
-                if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py"))
+                if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py")
+                if all(target.split(".")) else None)
         if file is not None:
             files.append(file)
     return files
