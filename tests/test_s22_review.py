@@ -20,3 +20,21 @@ def test_a_model_spec_without_a_module_is_refused_in_words_not_a_traceback(
     assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"--model {spec!r}{':' if said.startswith('cannot') else ''} {said}" in result.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_classify_naming_compares_threshold_keeps_the_regimes_core_free_of_rich() -> None:
+    """`Thresholds.with_overrides(['dlr_tie=...'])` names compare's threshold as such: it read the name from
+    fdl_cli.report, which imports rich, into the pure core (tests/test_contracts.py checks its imports alone)."""
+    from tests.test_contracts import HEAVY, _loaded_after
+
+    loaded = _loaded_after(
+        "from fdl_cli.errors import FdlError\n"
+        "from fdl_cli.regimes import Thresholds\n"
+        "try:\n"
+        "    Thresholds.with_overrides(['dlr_tie=0.1'])\n"
+        "except FdlError as exc:\n"
+        "    assert 'dlr_tie is a threshold of fdl compare' in exc.message, exc.message\n"
+        "else:\n"
+        "    raise AssertionError('dlr_tie taken by classify')"
+    )
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
