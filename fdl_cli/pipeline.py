@@ -1751,6 +1751,9 @@ def _analyze_refs(
         ctx.reference_step = reference.step
         _check_redo(ctx, refs, out)
         _check_drop(ctx, refs, out)
+        if options.abandon_addition and not out.is_file():  # a mistyped --out: not a whole analysis into a new store
+            raise StoreError(f"--abandon-addition: there is no store at {out} to give an addition up in",
+                             fix="run without --abandon-addition, or pass the store's path as --out")
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)

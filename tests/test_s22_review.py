@@ -38,3 +38,17 @@ def test_classify_naming_compares_threshold_keeps_the_regimes_core_free_of_rich(
         "    raise AssertionError('dlr_tie taken by classify')"
     )
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_abandon_addition_without_a_store_is_refused_as_drop_and_redo_are(
+    run: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """`--abandon-addition` with an --out where there is no store (a path mistyped) noted that the store "holds no
+    unfinished addition" and analysed every checkpoint into a new one; --drop and --redo refuse such a path."""
+    store = tmp_path / "typo.h5"
+    result = analyze(run, store, "--abandon-addition")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    text = " ".join(result.stderr.split())
+    assert (f"error: --abandon-addition: there is no store at {store} to give an addition up in fix: run without "
+            "--abandon-addition, or pass the store's path as --out") in text
+    assert not store.exists() and result.records == []
