@@ -1107,8 +1107,10 @@ def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
         dirs = [Path(source) for source in options.sources if source != "-" and _is(Path(source), "dir")]
         # a path spec as resolve_model_factory finds it; a module spec's file in the current folder, whence
         # it is imported (`cd run && fdl analyze . --model model:build`)
+        # (none for a module name with an empty part, `:build`, `.:build`: refused as malformed when it is read)
         file = (ckpts.model_spec_file(options.model_spec, base_dir=dirs[0] if dirs else None)
-                if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py"))
+                if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py")
+                if all(target.split(".")) else None)
         if file is not None:
             files.append(file)
     return files
@@ -1766,6 +1768,9 @@ def _analyze_refs(
         ctx.reference_step = reference.step
         _check_redo(ctx, refs, out)
         _check_drop(ctx, refs, out)
+        if options.abandon_addition and not out.is_file():  # a mistyped --out: not a whole analysis into a new store
+            raise StoreError(f"--abandon-addition: there is no store at {out} to give an addition up in",
+                             fix="run without --abandon-addition, or pass the store's path as --out")
         with _memory_explained(reference):
             loaded, reference_sha = _load(reference, options)
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)

@@ -76,8 +76,6 @@ class Thresholds:
         items = overrides.items() if isinstance(overrides, Mapping) else (_split(text) for text in overrides)
         for name, value in items:
             if name not in names:
-                from fdl_cli.report import COMPARE_THRESHOLDS  # here only: the regimes' core reads no store
-
                 if (compares := named_alike(name, COMPARE_THRESHOLDS)) is not None:
                     raise FdlError(
                         f"unknown threshold {name!r}: {compares} is a threshold of fdl compare, not of fdl classify",
@@ -108,6 +106,16 @@ class Thresholds:
 
 #: The thresholds that count (eigenfunctions beyond C, checkpoints): integers in `Thresholds.as_dict`.
 COUNTS = ("mf_extra", "final_window")
+
+#: `fdl compare`'s tie tolerance (`--threshold dlr_tie=VALUE`): two D_LR values at most this far apart are a tie
+#: when deciding which run is richer. Measured (session 21) on the sample run (25 checkpoints) and on a wider
+#: LayerNorm/GELU MLP (6 checkpoints, two layers), each analysed again: in bfloat16 |Δ D_LR| reached 2.3e-4, in
+#: float16 3.9e-5, with another --batch-size 4e-9. A run called richer by less was rounding's, not training's;
+#: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034).
+DLR_TIE = 1e-3
+#: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults (here, in the pure core: classify
+#: names them as compare's, `Thresholds.with_overrides`; fdl_cli.report, which reads stores and imports rich, uses them).
+COMPARE_THRESHOLDS: Mapping[str, float] = {"dlr_tie": DLR_TIE}
 
 
 def named_alike(name: str, names: Iterable[str]) -> str | None:

@@ -45,6 +45,7 @@ from fdl_cli.fields import (
     STR_FIELDS,
     ZERO_ONE_FIELD,
 )
+from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
 
 Record = dict[str, Any]
 
@@ -95,15 +96,6 @@ UNIT_FIELDS = frozenset(
 
 #: Fields whose largest change the run summary reports (SPEC.md §4, §5, §3).
 SUMMARY_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "k95_utility")
-
-#: `fdl compare`'s tie tolerance (`--threshold dlr_tie=VALUE`): two D_LR values at most this far apart are a tie
-#: when deciding which run is richer. Measured (session 21) on the sample run (25 checkpoints) and on a wider
-#: LayerNorm/GELU MLP (6 checkpoints, two layers), each analysed again: in bfloat16 |Δ D_LR| reached 2.3e-4, in
-#: float16 3.9e-5, with another --batch-size 4e-9. A run called richer by less was rounding's, not training's;
-#: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034).
-DLR_TIE = 1e-3
-#: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults.
-COMPARE_THRESHOLDS: Mapping[str, float] = {"dlr_tie": DLR_TIE}
 
 #: What `fdl export --what` can write.
 EXPORT_WHATS = ("eigenvalues", "quality", "utility", "eigenfunctions", "trajectories")
