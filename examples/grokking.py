@@ -5,7 +5,7 @@
 A one-layer transformer (d_model 64, 4 heads, MLP 256, no LayerNorm) learns (a + b) mod 23 from half
 of the 529 pairs, full batch, AdamW (lr 3e-3, weight decay 1, betas 0.9/0.98), 8000 steps. It
 memorises the training half within a few hundred steps and generalises thousands of steps later.
-~45 checkpoints (log-spaced early, every 250 steps later) are analysed by `fdl analyze` on three
+55 checkpoints (log-spaced early, every 250 steps later) are analysed by `fdl analyze` on three
 probes: `train`, `test` (the held-out pairs, for accuracy) and `all`, every pair *without labels*:
 D_LR needs none, so the `all` curve is what a user without a test set would see.
 """
