@@ -253,7 +253,12 @@ def init_process_group(world: World, device: Any) -> None:
         import torch
 
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    from fdl_cli import signals
+
+    # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
+    # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`).
+    with signals.ending_at_once(quiet=not world.speaks):
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
 
 
 def shutdown(world: World) -> None:

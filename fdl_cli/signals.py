@@ -146,14 +146,15 @@ class _ImportWatch:
     itself where its action is the default (under torchrun). Nothing is lost: `analyze` and
     `inspect` import torch first of all, before any file is opened or written. The thread runs no
     Python of fdl's beyond this loop, touches no torch, and writes with `os.write` (no lock of the
-    main thread's streams).
+    main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`).
     """
 
     POLL_S = 0.05
 
-    def __init__(self, signals: set[signal.Signals], *, quiet: bool = False) -> None:
+    def __init__(self, signals: set[signal.Signals], *, quiet: bool = False, note: str | None = IMPORT_NOTE) -> None:
         self.signals = signals
         self.quiet = quiet  # a rank of a torchrun job whose rank 0 says it
+        self.note = note  # said at a first Ctrl-C, which waits for the end; None: it ends the process too
         self.first: int | None = None
         self.done = False
         self.actions: dict[int, Any] = {int(signum): signal.getsignal(signum) for signum in signals}
@@ -166,10 +167,10 @@ class _ImportWatch:
                 self._take(info.si_signo)
 
     def _take(self, signum: int) -> None:
-        if signum == signal.SIGINT and self.first is None:
+        if signum == signal.SIGINT and self.first is None and self.note is not None:
             self.first = signum
             if not self.quiet:
-                _say(IMPORT_NOTE)
+                _say(self.note)
             return
         if self.actions.get(signum) is signal.SIG_DFL:  # the process ends by the signal, as it would have
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
@@ -216,6 +217,36 @@ def import_torch(*, quiet: bool = False) -> None:
         # import failed, as a signal held back was: the user asked to stop.
         if watch is not None and watch.first is not None:
             signal.raise_signal(watch.first)
+
+
+@contextmanager
+def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
+    """For a wait in torch's C++ before any file is written, which no Python handler can cut short:
+    joining a torchrun job's process group (`distributed.init_process_group`). A rank waits there for
+    every other one; a rank that a Ctrl-C stopped before it joined never comes, and torchrun hands the
+    Ctrl-C to the waiting ones too, whose handler would run only once the wait ends: after the backend's
+    timeout (30 minutes), torchrun SIGKILLing them after 30 s, rank 0 unheard ("interrupted" not said).
+    Here SIGINT and SIGTERM are held back and `_ImportWatch` ends the process at the first one, as it
+    ends it at a second Ctrl-C during `import torch` ("interrupted" unless `quiet`, status 130 or 143;
+    by the signal itself where its action is the default). Only the signals fdl took (`installed`) or left
+    at their default: an embedding program's own handler, or an ignored signal, stays as it was; and
+    nothing where `signal.sigtimedwait` does not exist (macOS): the wait is as it was."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "sigtimedwait"):
+        yield
+        return
+    taken = {signum for signum in (signal.SIGINT, signal.SIGTERM)
+             if signal.getsignal(signum) in (_on_sigint, signal.SIG_DFL)}
+    if not taken:
+        yield
+        return
+    watch = _ImportWatch(taken, quiet=quiet, note=None)
+    with held():
+        watch.thread.start()
+        try:
+            yield
+        finally:
+            watch.done = True
+            watch.thread.join()
 
 
 def check() -> None:
