@@ -5,7 +5,8 @@ Each test checks a clause that no other test held (a mutation of the code surviv
 - docs, `feature_pr` / `d_lr` / `rank`: features constant over the probe, whose centering leaves rounding (the Gram
   route's kept features are never shifted), have no centered energy: PR 0, D_LR 1, centered rank 0;
 - docs, `quality` / `pi_star_C`: a centered target energy at or below CANCELLATION_RTOL of the shifted trace is 0;
-- docs, compare's verdict: runs tied (within dlr_tie) at the last matched step only "end equally rich".
+- docs, compare's verdict: runs tied (within dlr_tie) at the last matched step only "end equally rich";
+- docs/regimes.md, run rule 5: the final window holds the last moved checkpoints, not the last checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 
 from fdl_cli import report
+from fdl_cli.regimes import classify_run
 from fdl_cli.spectral import feature_spectrum, measure
+from tests.test_regimes import run
 from tests.test_report import SCALARS, make_store
 from tests.test_spectral import stats
 
@@ -89,3 +92,14 @@ def test_runs_tied_at_the_last_matched_step_only_end_equally_rich(tmp_path: Path
     b = make_store(tmp_path / "b.h5", seed=3, scalars=scalars)
     got = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False)
     assert got.verdict == "The runs end equally rich (D_LR within dlr_tie = 0.001 at the last matched step)."
+
+
+def test_the_final_window_counts_moved_checkpoints_only() -> None:
+    """docs/regimes.md, run rule 5: the last `final_window` *moved* checkpoints decide a flip. A static
+    checkpoint between them (coefficient) does not push the MF one out of the window: MF, EF, static,
+    EF reads undetermined (window MF, EF, EF), where the last three checkpoints alone read EF."""
+    rows = run((0.6, 0.5, 5), (0.6, 0.5, 20), (1.0, 1.0, 20), (0.6, 0.5, 20))
+    verdict = classify_run(rows)
+    assert [step["step"] for step in verdict.evidence["final_window"]] == [10, 20, 40]
+    assert verdict.regime == "undetermined" and "flip between MF and EF" in verdict.rule
+    assert classify_run(rows[:1] + rows[2:]).regime == "EF"  # without the MF one
