@@ -494,7 +494,7 @@ def test_a_hanging_checkpoint_read_does_not_hold_back_the_analysed_ones(
     seen_during_the_hang: list[int] = []
     real_load = pipeline._load
 
-    def hanging_load(ref, trust_pickle):  # runs in the loader thread
+    def hanging_load(ref, *args):  # runs in the loader thread
         if ref.step == 6:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and len(seen_during_the_hang) < 6:
@@ -502,7 +502,7 @@ def test_a_hanging_checkpoint_read_does_not_hold_back_the_analysed_ones(
                 if out.exists():
                     with StoreReader(out) as reader:
                         seen_during_the_hang[:] = reader.steps()
-        return real_load(ref, trust_pickle)
+        return real_load(ref, *args)
 
     monkeypatch.setattr(pipeline, "_load", hanging_load)
     done = fdl("analyze", tmp_path / "ckpts", "--model", "tests/tiny_models.py:mlp", "--probe",
