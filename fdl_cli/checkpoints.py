@@ -1304,25 +1304,28 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
-            note = _unsuffixed_note(entry)
+            note = f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})"
             if quiet is not None:
                 quiet.note(entry, note, notes)
             else:
                 notes.append(note)
 
 
-def _unsuffixed_note(entry: Path) -> str:
-    """The note of a folder's file skipped for its suffix; an .npz probe set's says it is one, as given among the
-    files (`_peek_file`): the missing-probe error of `fdl analyze DIR` then names it, as that of `DIR/*` did."""
-    if entry.suffix == ".npz":
-        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(entry) as archive:
+_NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")
+
+
+def skipped_probe_sets(notes: Iterable[str], folders: Iterable[Path]) -> list[Path]:
+    """The .npz probe sets (`_is_probe_set`) among the files of `folders` a folder scan skipped for their suffix
+    (`notes`), their contents unread: the missing-probe error of `fdl analyze DIR` names them, as that of `DIR/*`
+    (which reads them, `_peek_file`) did."""
+    skipped = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
+    found = []
+    for path in (folder / name for folder in folders for name in skipped if name.endswith(".npz")):
+        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
             arrays = _npz_shapes(archive, archive.namelist())
             if arrays is not None and _is_probe_set(arrays):
-                return _probe_note(entry.name, arrays)
-    return f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})"
-
-
-_NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")
+                found.append(path)
+    return found
 
 
 def _condensed(notes: list[str]) -> str:

@@ -1961,7 +1961,7 @@ def _classification(comparison: Comparison) -> bool:
     or a cross-entropy (a classification probe against a regression one, `--probe-b`, has a loss B of MSE against
     its targets, not the one-hot labels)."""
     return all(any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
-                   for record in (getattr(compared, side) for compared in comparison.steps))
+                   for record in (getattr(compared, side, {}) for compared in comparison.steps))
                for side in ("record_a", "record_b"))
 
 

@@ -80,10 +80,10 @@ def test_a_probe_in_the_folder_analysed_is_named_in_the_missing_probe_error(tmp_
     run = _weights(tmp_path / "run", TINY)
     done = fdl_in_process("analyze", run, "--model", f"{run / 'model.py'}:build", "-o", tmp_path / "a.h5")
     assert done.returncode == 1
-    assert "note: skipped probe.npz: a probe set (x, y), not model weights" in done.stderr, done.stderr
+    assert "without a checkpoint suffix (" in done.stderr and "probe.npz" in done.stderr, done.stderr
     assert ("error: no probe set was given\n  got: probe.npz, found among the checkpoints, is a probe set (skipped "
             f"above)\n  fix: pass it as --probe {run / 'probe.npz'}, or add") in done.stderr
-    # an .npz of other arrays is still a file skipped for its suffix
+    # an .npz of other arrays is no probe to name
     (run / "probe.npz").unlink()
     np.savez(run / "stats.npz", loss=np.zeros(3))
     done = fdl_in_process("analyze", run, "--model", f"{run / 'model.py'}:build", "-o", tmp_path / "a.h5")
