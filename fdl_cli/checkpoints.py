@@ -1314,6 +1314,20 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
 _NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")
 
 
+def skipped_probe_sets(notes: Iterable[str], folders: Iterable[Path]) -> list[Path]:
+    """The .npz probe sets (`_is_probe_set`) among the files of `folders` a folder scan skipped for their suffix
+    (`notes`), their contents unread: the missing-probe error of `fdl analyze DIR` names them, as that of `DIR/*`
+    (which reads them, `_peek_file`) did."""
+    skipped = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
+    found = []
+    for path in (folder / name for folder in folders for name in skipped if name.endswith(".npz")):
+        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
+            arrays = _npz_shapes(archive, archive.namelist())
+            if arrays is not None and _is_probe_set(arrays):
+                found.append(path)
+    return found
+
+
 def _condensed(notes: list[str]) -> str:
     """The notes of a folder scan that found no checkpoint, for the error's "got": the files skipped for
     their suffix as one entry, the first 6 of them named. In a folder of 50 other files (`fdl analyze .`
@@ -2491,6 +2505,14 @@ def _spec_candidates(target: str, base_dir: Path | None) -> list[Path]:
     return [Path(target)] + ([Path(base_dir) / target] if base_dir is not None else [])
 
 
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder; False where it cannot be looked at (a closed folder above it)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
     """The file a --model spec names, as `resolve_model_factory` finds it: a path spec's file relative
     to the current folder first, then to ``base_dir``; an imported module spec's module file. None when
@@ -2570,6 +2592,13 @@ def resolve_model_factory(
         )
     if _is_path_spec(target):
         file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
+        folder = next((c for c in _spec_candidates(target, base_dir) if _is_folder(c)), None) if file is None else None
+        if folder is not None:  # it said "file d.py not found" of the folder d.py
+            raise ModelError(
+                f"{label}: {folder} is a folder, not a Python file",
+                fix=f"name the .py file in it that defines {attr or 'the factory'} "
+                f"({target.rstrip('/')}/FILE.py:{attr or 'build'})",
+            )
         if file is None:
             raise ModelError(
                 f"{label}: file {target} not found",
@@ -3070,14 +3099,28 @@ def _manifest_path(base: Path, text: str) -> Path:
     return (base / os.path.expanduser(text)).resolve()
 
 
-def _manifest_probe(base: Path, text: str) -> str:
+def _manifest_probe(base: Path, text: str, path: Path) -> str:
     """A probe of fdl.toml's `probe` string or list as a --probe spec, its path resolved against the file's
     folder: `"train=a.npz"` is named as on the command line (it was taken for a file named `train=a.npz`),
-    unless the folder holds a file of that name."""
-    name, sep, rest = text.partition("=")
-    if sep and name.isidentifier() and rest and not (base / text).exists():
+    unless the folder holds a file of that name; a name the command line refuses (`my probe=a.npz`, which was
+    looked for as a file of that whole text) is refused here too, naming the fdl.toml (`path`)."""
+    from fdl_cli.probes import is_named_probe
+
+    name, _, rest = text.partition("=")
+    if is_named_probe(text) and rest and not (base / text).exists():
+        _check_manifest_probe_name(name, path, example=f'probe = "{{}}={rest}"')
         return f"{name}={_manifest_path(base, rest)}"
     return str(_manifest_path(base, text))
+
+
+def _check_manifest_probe_name(name: str, path: Path, *, example: str) -> None:
+    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` is the fix,
+    with {} for the name made usable."""
+    from fdl_cli.probes import probe_name_fault, usable_probe_name
+
+    if (fault := probe_name_fault(name)) is not None:
+        raise CheckpointError(f"{path}: {fault}",
+                              fix=f"e.g. {example.format(usable_probe_name(name))} in {path}")
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -3144,9 +3187,11 @@ def read_manifest(folder: Path) -> Manifest | None:
                 f"{path}: each probe of the 'probe' table must be a path (a string)", got=repr(raw_probe)[:100],
                 fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
             )
+        for name, p in raw_probe.items():
+            _check_manifest_probe_name(name, path, example=f'probe = {{{{ {{}} = "{p}" }}}}')
         probes = [f"{name}={_manifest_path(base, str(p))}" for name, p in raw_probe.items()]
     else:
-        probes = [_manifest_probe(base, p) for p in _as_str_list(raw_probe, "probe", path)]
+        probes = [_manifest_probe(base, p, path) for p in _as_str_list(raw_probe, "probe", path)]
     layers = _as_str_list(data.pop("layer", None), "layer", path)
     weights = data.pop("weights", None)
     if weights is not None and (not isinstance(weights, str) or not weights):

@@ -378,6 +378,18 @@ def _check_plots_dir(plots_dir: str | None) -> None:
     rep.check_output(plots_dir, folder=True)
 
 
+def _in_new_plots_dir(html_path: str, plots_dir: str | None) -> bool:
+    """Whether the --html page goes into the --plots folder, not there yet: the figures create it before the page
+    is written (`--plots D --html D/r.html` was refused as "create the folder D first"); the folder's check then
+    stands for the page's (a new file in a new folder)."""
+    from pathlib import Path
+
+    folder = Path(html_path).parent
+    if not plots_dir or os.path.lexists(folder):
+        return False
+    return os.path.abspath(folder) == os.path.abspath(plots_dir)
+
+
 # ----------------------------------------------------------------------------------------- inspect
 
 
@@ -633,7 +645,7 @@ def report(**kwargs: Any) -> None:
     if kwargs["html_path"] == "-":  # a file named "-" was written in the current folder
         raise FdlError("--html -: the HTML report is written to a file, not to stdout",
                        fix="give it a path (--html report.html)")
-    if kwargs["html_path"]:
+    if kwargs["html_path"] and not _in_new_plots_dir(kwargs["html_path"], kwargs["plots_dir"]):
         rep.check_output(kwargs["html_path"])
     _check_plots_dir(kwargs["plots_dir"])
     fmt = kwargs["fmt"]

@@ -838,6 +838,7 @@ def _prepare_run(
         # a probe among the sources (`fdl analyze run probe.npz`, `fdl analyze run/*`) was skipped with a note:
         # the fix points at it rather than at --probe in general
         seen = [match.group(1) for match in map(ckpts.PROBE_NOTE.fullmatch, discovery.notes) if match is not None]
+        seen = seen or [path.name for path in ckpts.skipped_probe_sets(discovery.notes, dirs)]  # `fdl analyze DIR`
         paths = [path for path in [*given, *(folder / seen[0] for folder in dirs)]
                  if path.name == seen[0] and _is(path, "file")] if seen else []
         raise ProbeError(

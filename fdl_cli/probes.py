@@ -163,6 +163,26 @@ SEVERAL_INPUTS = (
 )
 
 
+def is_named_probe(spec: str) -> bool:
+    """Whether the text before the first '=' of `spec` is a probe's name (`train=a.npz`, `my probe=a.npz`), not
+    part of a path (`runs/a=1/probe.npz`); the caller checks that no file of the whole text exists."""
+    name, sep, rest = spec.partition("=")
+    return bool(sep) and bool(name) and (_NAME.match(name) is not None or not any(c in name for c in "/\\"))
+
+
+def probe_name_fault(name: str) -> str | None:
+    """What is wrong with `name` as a probe's name, None when nothing: the store names each probe's group and
+    columns after it. One rule for --probe and fdl.toml's probe."""
+    if name.isascii() and name.isidentifier():
+        return None
+    return f"the probe name {name!r} may hold ASCII letters, digits and '_' only (not beginning with a digit)"
+
+
+def usable_probe_name(name: str) -> str:
+    """`name` made a probe name (`probe_name_fault`), for a fix: `my probe` -> `my_probe`."""
+    return re.sub(r"^(?=[0-9])", "_", re.sub(r"[^A-Za-z0-9_]", "_", name))
+
+
 def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
     """``"a.npz"`` -> ``("probe", a.npz)``; ``"train=a.npz"`` -> ``("train", a.npz)``.
 
@@ -173,16 +193,12 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
     # A name is what comes before the first '=' of a spec that is no existing file, unless it holds a folder's
     # separator (`runs/a=1/probe.npz`, a path): `ünï=a.npz` and `my probe=a.npz` are names to refuse as such,
     # not a probe file of that whole text to say is not found.
-    named = bool(sep) and bool(name) and (_NAME.match(name) is not None or not any(c in name for c in "/\\"))
+    named = is_named_probe(spec)
     if named and not rest.strip():
         raise ProbeError(f"--probe {spec!r} has no path after '='", fix="e.g. --probe train=a.npz")
     if named and rest and not Path(spec).exists():
-        if not (name.isascii() and name.isidentifier()):  # the store names each probe's group and columns after it
-            raise ProbeError(
-                f"--probe {spec!r}: the probe name {name!r} may hold ASCII letters, digits and '_' only "
-                "(not beginning with a digit)",
-                fix=f"e.g. --probe {re.sub(r'^(?=[0-9])', '_', re.sub(r'[^A-Za-z0-9_]', '_', name))}={rest}",
-            )
+        if (fault := probe_name_fault(name)) is not None:
+            raise ProbeError(f"--probe {spec!r}: {fault}", fix=f"e.g. --probe {usable_probe_name(name)}={rest}")
         path_text = rest
     else:
         name, path_text = DEFAULT_NAME, spec

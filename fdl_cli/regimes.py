@@ -73,24 +73,28 @@ class Thresholds:
         """Parse NAME=VALUE strings (or a mapping); unknown names are a clear error."""
         names = {f.name for f in fields(cls)}
         pairs: dict[str, float] = {}
-        items = overrides.items() if isinstance(overrides, Mapping) else (_split(text) for text in overrides)
-        for name, value in items:
+        # the name is judged before the value, as compare's: `dlr_tie=abc` was offered `cka_static=0.98`
+        items: Iterable[tuple[str, float | str, str | None]] = (
+            ((name, value, None) for name, value in overrides.items()) if isinstance(overrides, Mapping)
+            else ((*_split(text), text) for text in overrides))
+        for name, value, text in items:
             if name not in names:
+                shown = threshold_text(float(value)) if text is None else _value_text(str(value))
                 if (compares := named_alike(name, COMPARE_THRESHOLDS)) is not None:
                     raise FdlError(
                         f"unknown threshold {name!r}: {compares} is a threshold of fdl compare, not of fdl classify",
                         got=f"known thresholds: {', '.join(sorted(names))}",
-                        fix=f"pass it to fdl compare (--threshold {compares}={threshold_text(value)}); fdl classify "
+                        fix=f"pass it to fdl compare (--threshold {compares}={shown}); fdl classify "
                         "takes --threshold NAME=VALUE with one of those names",
                     )
                 near = near_names(name, names)  # CKA_STATIC too
                 raise FdlError(
                     f"unknown threshold {name!r}" + (f" (did you mean {' or '.join(near)}?)" if near else ""),
                     got=f"known thresholds: {', '.join(sorted(names))}",
-                    fix=f"pass --threshold {near[0]}={threshold_text(value)}" if len(near) == 1 else
+                    fix=f"pass --threshold {near[0]}={shown}" if len(near) == 1 else
                     "pass --threshold NAME=VALUE with one of those names",
                 )
-            pairs[name] = float(value)
+            pairs[name] = float(value) if text is None else _number(text, name, str(value))
         return replace(cls(), **pairs)
 
     def as_dict(self) -> dict[str, float | int]:
@@ -145,12 +149,28 @@ def threshold_text(value: float) -> str:
     return shown if float(shown) == value else repr(value)
 
 
-def _split(text: str) -> tuple[str, float]:
+def _split(text: str) -> tuple[str, str]:
+    """NAME=VALUE as (name, value text); the value is read once the name is known (`_number`)."""
     name, sep, value = text.partition("=")
     if not sep:
         raise FdlError(
             f"bad threshold {text!r}", got=text, fix="write it as NAME=VALUE, e.g. --threshold cka_static=0.98"
         )
+    return name.strip(), value
+
+
+def _value_text(value: str) -> str:
+    """A value given to a threshold of the other command or misspelt, as its fix shows it: its shortest form
+    (`threshold_text`) where it is a finite number, else VALUE."""
+    try:
+        number = float(value)
+    except ValueError:
+        return "VALUE"
+    return threshold_text(number) if math.isfinite(number) else "VALUE"
+
+
+def _number(text: str, name: str, value: str) -> float:
+    """The value of the threshold `name` given as `text` (NAME=VALUE), a finite number, else a clear error."""
     try:
         number = float(value)
     except ValueError:
@@ -159,9 +179,9 @@ def _split(text: str) -> tuple[str, float]:
         raise FdlError(
             f"bad threshold {text!r}: its value must be a finite number",
             got=f"{value.strip()!r}" + (" (not finite)" if number is not None else " (not a number)"),
-            fix=f"e.g. --threshold {_example(name.strip())}",
+            fix=f"e.g. --threshold {_example(name)}",
         )
-    return name.strip(), number
+    return number
 
 
 #: A value to show in the example of each threshold's error: its default would change nothing.

@@ -1938,7 +1938,7 @@ def difference_lines(comparison: Comparison) -> list[str]:
         values = [compared.differences.get(name) for compared in comparison.steps]
         numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
         text = [value for value in values if isinstance(value, str)]
-        label = CLASSIFICATION_LOSS if name == "loss" and (numeric or text) and _classification(comparison) else name
+        label = CLASSIFICATION_LOSS if name == "loss" and _classification(comparison) else name  # its null line too
         if numeric:
             largest = max(numeric, key=abs)
             lines.append(f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
@@ -1961,7 +1961,7 @@ def _classification(comparison: Comparison) -> bool:
     or a cross-entropy (a classification probe against a regression one, `--probe-b`, has a loss B of MSE against
     its targets, not the one-hot labels)."""
     return all(any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
-                   for record in (getattr(compared, side) for compared in comparison.steps))
+                   for record in (getattr(compared, side, {}) for compared in comparison.steps))
                for side in ("record_a", "record_b"))
 
 
