@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.cli_run import fdl_in_process
+from tests.cli_run import fdl_in_process, model_file
 from tests.test_report import SCALARS, make_store
+from tests.test_s22_user import TRANSFORMER
 
 #: A frozen run: CKA and overlap to the reference 1 at every step (its D_LR and k95 of Π̂ those of SCALARS' run).
 FROZEN = {step: {**values, "cka_init": 1.0, "overlap_init": 1.0} for step, values in SCALARS.items()}
@@ -108,3 +109,41 @@ def test_report_trajectories_keep_a_frozen_runs_cka_and_overlap_in_sight(
                     for name in ("cka_init", "overlap_init"))
     np.testing.assert_array_equal(cka.get_ydata(), [1.0, 1.0, 1.0])  # drawn as they are, never shifted apart
     np.testing.assert_array_equal(overlap.get_ydata(), [1.0, 1.0, 1.0])
+
+
+# -- 2. a layer whose parent uses its weights without calling it -------------------------------------------------
+
+
+def test_a_layer_its_parent_never_calls_says_why_and_to_take_the_parents_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nn.MultiheadAttention uses out_proj's weights directly: `--layer encoder.self_attn.out_proj` said only "did
+    not run in the model's forward pass" and "choose a module that the forward pass uses"; it now says why a module
+    can be used yet not run, and that --layer encoder.self_attn (whose tuple's first element, the attention's
+    output, fdl takes) does; which works."""
+    import torch
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    source = TRANSFORMER.replace("self.head = nn.Linear(8, 3)", "self.head = nn.Linear(8, 3)\n        self.spare = nn.Linear(2, 2)")
+    module = model_file(tmp_path, source)
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 1):
+        torch.save({"model": module.build().state_dict(), "step": step}, run / f"ckpt_{step}.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).integers(0, 11, (12, 5)), y=np.arange(12) % 3)
+    common = ("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe", probe)
+    done = fdl_in_process(*common, "--layer", "encoder.self_attn.out_proj", "--out", tmp_path / "a.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert ("the module around it uses its weights directly without calling it (nn.MultiheadAttention does so with "
+            "its out_proj); `fdl inspect` lists such modules as `not called`") in done.stderr
+    assert ("fix: take the output of the module around it, which ran: --layer encoder.self_attn (of a module that "
+            "returns a tuple, fdl takes the first element, here nn.MultiheadAttention's output") in done.stderr
+    assert not (tmp_path / "a.h5").exists()
+    done = fdl_in_process(*common, "--layer", "encoder.self_attn", "--out", tmp_path / "b.h5")
+    assert done.returncode == 0, done.stderr
+    # a module nothing uses, with no module around it: the general advice alone
+    done = fdl_in_process(*common, "--layer", "spare", "--out", tmp_path / "c.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "layer(s) spare did not run in the model's forward pass: no hook on the module saw a call" in done.stderr
+    assert "fix: choose a module that the forward pass calls (see `fdl inspect`)" in done.stderr
