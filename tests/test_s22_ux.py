@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.cli_run import fdl_in_process, model_file
+from tests.cli_run import REPO, fdl_in_process, model_file
 from tests.test_report import SCALARS, make_store
 from tests.test_s22_user import TRANSFORMER
 
@@ -48,8 +48,12 @@ def _share_a_point(a: Any, b: Any) -> bool:
     return bool(set(_points(a)) & set(_points(b)))
 
 
+def _segments(line: Any) -> set[tuple[tuple[float, float], tuple[float, float]]]:
+    return set(zip(_points(line), _points(line)[1:], strict=False))
+
+
 def _share_a_segment(a: Any, b: Any) -> bool:
-    return bool({*zip(_points(a), _points(a)[1:])} & {*zip(_points(b), _points(b)[1:])})
+    return bool(_segments(a) & _segments(b))
 
 
 def _assert_every_curve_in_sight(figure: Any) -> None:
@@ -124,7 +128,8 @@ def test_a_layer_its_parent_never_calls_says_why_and_to_take_the_parents_output(
     import torch
 
     monkeypatch.setenv("COLUMNS", "1000")
-    source = TRANSFORMER.replace("self.head = nn.Linear(8, 3)", "self.head = nn.Linear(8, 3)\n        self.spare = nn.Linear(2, 2)")
+    source = TRANSFORMER.replace("self.head = nn.Linear(8, 3)",
+                                 "self.head = nn.Linear(8, 3)\n        self.spare = nn.Linear(2, 2)")
     module = model_file(tmp_path, source)
     run = tmp_path / "run"
     run.mkdir()
@@ -147,3 +152,46 @@ def test_a_layer_its_parent_never_calls_says_why_and_to_take_the_parents_output(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "layer(s) spare did not run in the model's forward pass: no hook on the module saw a call" in done.stderr
     assert "fix: choose a module that the forward pass calls (see `fdl inspect`)" in done.stderr
+
+
+# -- 3. a platform without fcntl (Windows) ------------------------------------------------------------------------
+
+#: `fdl ARGV` as on a platform without the POSIX module fcntl: it cannot be imported (sys.modules holds None).
+WITHOUT_FCNTL = "import sys; sys.modules['fcntl'] = None; from fdl_cli.cli import main; main(sys.argv[1:])"
+
+
+def _without_fcntl(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=False)
+
+
+def test_without_fcntl_the_store_commands_say_the_platforms_and_help_and_version_still_work(tmp_path: Path) -> None:
+    """Windows has no fcntl: every command of a store ended in `ModuleNotFoundError: No module named 'fcntl'` and a
+    traceback; it now says that fdl needs Linux or macOS, why, and to run it under WSL, with exit 1."""
+    store = make_store(tmp_path / "run.h5")
+    for args in (("report", store), ("summarize", store), ("classify", store), ("compare", store, store),
+                 ("export", store, "--what", "eigenvalues"),
+                 ("analyze", REPO / "sample_checkpoints", "--out", tmp_path / "new.h5")):
+        done = _without_fcntl(*args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.stderr.startswith("error: fdl's stores need a POSIX system (Linux or macOS): a store's writer "
+                                      "locks it with fcntl.flock"), (args, done.stderr)
+        assert "fix: run fdl under WSL (Windows Subsystem for Linux)" in done.stderr and done.stdout == ""
+    assert not (tmp_path / "new.h5").exists()
+    version = _without_fcntl("--version")
+    assert version.returncode == 0 and version.stdout.startswith("fdl, version "), version.stderr
+    for args in (("--help",), ("report", "--help")):
+        done = _without_fcntl(*args)
+        assert done.returncode == 0 and "Usage: fdl" in done.stdout and "Traceback" not in done.stderr, done.stderr
+
+
+def test_readme_and_package_metadata_name_the_supported_platforms() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    classifiers = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["classifiers"]
+    assert {"Operating System :: POSIX :: Linux", "Operating System :: MacOS"} <= set(classifiers)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "Platforms: Linux and macOS" in readme and "Windows" in readme
