@@ -105,7 +105,35 @@ class _Interrupted(BaseException):
 _command: str | None = None
 
 
+#: The commands that read or write a store (aliases included): on a system without POSIX file locks they are refused.
+STORE_COMMANDS = frozenset({"analyze", "report", "summarize", "compare", "diff", "classify", "export"})
+
+
+def _require_file_locks() -> None:
+    """The stores need fcntl (`fcntl.flock`, the lock of a store's one writer), which only POSIX systems have: on
+    Windows, a command of a store said so with an ImportError's traceback. fdl supports Linux and macOS."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        raise StoreError(
+            "fdl's stores need a POSIX system (Linux or macOS): a store's writer locks it with fcntl.flock, and "
+            "this platform has no such lock; fdl is not supported (nor tested) on Windows",
+            got=f"Python's module fcntl cannot be imported here (sys.platform {sys.platform!r})",
+            fix="run fdl under WSL (Windows Subsystem for Linux), in a Linux container, or on a Linux or macOS machine",
+        ) from None
+
+
+class _Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        # after the arguments are parsed: `fdl report --help` still prints its help
+        if self.name in STORE_COMMANDS:
+            _require_file_locks()
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
+    command_class = _Command
+
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:

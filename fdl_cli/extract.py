@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -512,6 +512,11 @@ def forward_one_shapes(
         for spec in layers
         if spec.module in modules and spec.module != LAST_LINEAR_OP
     ]
+    # the modules around the layers, for a layer that does not run: whether the module using its weights did
+    parents = {spec.module.rpartition(".")[0] for spec in layers} - {""}
+    parents_ran: set[str] = set()
+    counters += [modules[name].register_forward_hook(lambda *_args, name=name: parents_ran.add(name))
+                 for name in sorted(parents) if name in modules]
     try:
         with torch.inference_mode(), hooked(model, layers) as captured:
             raw = _output_tensor(model(_inputs(sample[:1], device=device, dtype=dtype)))
@@ -528,13 +533,32 @@ def forward_one_shapes(
             fix="hook a module that runs once (e.g. the block around it; see `fdl inspect`), or give the "
             "shared module a separate instance per use in the model",
         )
-    missing = [spec.label for spec in layers if spec.label not in captured]
+    missing = [spec for spec in layers if spec.label not in captured]
     if missing:
-        raise ModelError(
-            f"layer(s) {', '.join(missing)} did not run in the model's forward pass",
-            fix="choose a module that the forward pass uses (see `fdl inspect`)",
-        )
+        raise _not_called(missing, modules, parents_ran)
     return {label: int(value.shape[1]) for label, value in captured.items()}, int(outputs.shape[1]), shape
+
+
+def _not_called(missing: Sequence[LayerSpec], modules: Mapping[str, nn.Module], parents_ran: set[str]) -> ModelError:
+    """The error for layers the forward pass did not call: unused modules, or modules whose weights their parent
+    uses directly (nn.MultiheadAttention uses its out_proj's weights, and so never calls it: no hook sees it). Where
+    the parent ran, its output is the layer to take: for nn.MultiheadAttention's out_proj, the first element of the
+    tuple (output, attention weights) it returns, which is out_proj's output; a tuple's first element is what fdl
+    takes from any module."""
+    names = ", ".join(spec.label for spec in missing)
+    what = (f"layer(s) {names} did not run in the model's forward pass: no hook on the module saw a call, so it is "
+            "unused, or the module around it uses its weights directly without calling it (nn.MultiheadAttention "
+            "does so with its out_proj); `fdl inspect` lists such modules as `not called`")
+    parents = list(dict.fromkeys(spec.module.rpartition(".")[0] for spec in missing))
+    ran = [parent for parent in parents if parent in parents_ran]
+    if not ran:
+        return ModelError(what, fix="choose a module that the forward pass calls (see `fdl inspect`)")
+    attention = [parent for parent in ran if isinstance(modules[parent], nn.MultiheadAttention)]
+    fix = (f"take the output of the module around it, which ran: {' '.join(f'--layer {name}' for name in ran)} "
+           "(of a module that returns a tuple, fdl takes the first element")
+    fix += (", here nn.MultiheadAttention's output, out_proj's output itself, not its attention weights)"
+            if attention else ")")
+    return ModelError(what, fix=fix + ", or another module the forward pass calls (see `fdl inspect`)")
 
 
 def extract(

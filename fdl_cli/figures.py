@@ -170,6 +170,56 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     return figure
 
 
+#: The trajectories figures' curves, one colour and marker per quantity; the second run's in a darker shade of the
+#: first's, and the overlap between the runs (a compare's) in black.
+QUANTITY_LOOKS = {"d_lr": (("tab:red", "darkred"), "o"), "cka_init": (("tab:blue", "navy"), "s"),
+                  "overlap_init": (("tab:green", "darkgreen"), "^")}
+CROSS_LOOK = ("black", "D")
+#: Line styles of the first, second (and third) run.
+RUN_STYLES = ("-", "--", ":")
+#: The width (points) of a curve that no later curve lies on, and how much wider it is under each later one (the
+#: longest chain of such); its markers alike, for the points it shares.
+TOP_LINE_WIDTH, LINE_WIDTH_STEP = 1.2, 0.8
+TOP_MARKER_SIZE, MARKER_SIZE_STEP = 3.5, 1.0
+#: At most about this many markers per curve: a curve of more points marks every few, each curve at other points.
+MARKERS_PER_CURVE = 16
+
+
+def _depths(shared: Callable[[int, int], bool], count: int) -> list[int]:
+    """For each of `count` curves drawn in order, the longest chain of curves drawn after it, one on another, that
+    `shared(i, j)` (i before j) says lie on it: 0 for a curve none lies on."""
+    depths = [0] * count
+    for i in reversed(range(count)):
+        depths[i] = max((depths[j] + 1 for j in range(i + 1, count) if shared(i, j)), default=0)
+    return depths
+
+
+def _layered(ax: Any, curves: Sequence[tuple[Sequence[float], Sequence[float], dict[str, Any]]]) -> None:
+    """Draw `curves` (x, y, plot keywords), so that each stays in sight where later ones lie exactly on it (a frozen
+    run's CKA and overlap to the reference are both 1 at every step; every run's are 1 at its reference): a curve is
+    drawn wider than every later one that shares a segment with it, so that it shows at their edges, and its
+    markers larger than those of every later one that shares a point; a curve of many points marks other points
+    than the others. The values are drawn as they are, never shifted apart."""
+    points = [list(zip(map(float, x), map(float, y), strict=True)) for x, y, _ in curves]
+    shared_points = [set(each) for each in points]
+    segments = [set(zip(each, each[1:], strict=False)) for each in points]
+    lines = _depths(lambda i, j: bool(segments[i] & segments[j]), len(curves))
+    markers = _depths(lambda i, j: bool(shared_points[i] & shared_points[j]), len(curves))
+    stride = max(1, -(-max((len(each) for each in points), default=1) // MARKERS_PER_CURVE))
+    for index, (x, y, keywords) in enumerate(curves):
+        ax.plot(x, y, linewidth=TOP_LINE_WIDTH + LINE_WIDTH_STEP * lines[index],
+                markersize=TOP_MARKER_SIZE + MARKER_SIZE_STEP * markers[index],
+                markevery=(index % stride, stride) if stride > 1 else None, **keywords)
+
+
+def _outside_legend(figure: Figure, ax: Any) -> None:
+    """The axes' legend beside them, on the right (outside: over the data, where `loc="best"` put it when no corner
+    was free, it hid the curves it names); nothing when nothing is labelled."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+
+
 def trajectory_figure(
     runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
     *,
@@ -177,35 +227,39 @@ def trajectory_figure(
 ) -> Figure:
     """D_LR, CKA to the reference and eigenspace overlap to the reference over steps, per run.
 
-    `runs` is (label, records) per run (one run: solid lines; a second: dashed); `cross_overlap` adds the
-    overlap between the two runs at matched steps.
+    `runs` is (label, records) per run (one run: solid lines; a second: dashed, in darker shades); `cross_overlap`
+    adds the overlap between the two runs at matched steps. Each quantity has its colour and marker; curves that
+    coincide stay in sight (`_layered`); the legend is outside the axes.
     """
-    figure = _new_figure(8.0, 4.5)
+    figure = _new_figure(10.0, 4.5)
     ax = figure.subplots()
-    styles = ("-", "--", ":")
-    colours = {"d_lr": "tab:red", "cka_init": "tab:blue", "overlap_init": "tab:green"}
     # the legend names each curve's record field too, as `fdl report --format csv` and the docs name it
     names = {"d_lr": "D_LR (d_lr)", "cka_init": "CKA to reference (cka_init)",
              "overlap_init": "overlap to reference (overlap_init)"}
-    for (label, records), style in zip(runs, styles, strict=False):
-        for name, colour in colours.items():
+    curves: list[tuple[Sequence[float], Sequence[float], dict[str, Any]]] = []
+    for name, (shades, marker) in QUANTITY_LOOKS.items():
+        for run, ((label, records), style) in enumerate(zip(runs, RUN_STYLES, strict=False)):
             points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
             if not points:
                 continue
             steps, values = zip(*points, strict=True)
             prefix = f"{label}: " if len(runs) > 1 else ""
-            ax.plot(steps, values, style, color=colour, marker=".", label=prefix + names[name])
+            curves.append((steps, values, {"linestyle": style, "color": shades[min(run, len(shades) - 1)],
+                                           "marker": marker, "label": prefix + names[name]}))
     if cross_overlap:
         points = [(step, value) for step, value in cross_overlap if value is not None]
         if points:
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, "-", color="black", marker="o", markersize=3, label="overlap A·B")
+            colour, marker = CROSS_LOOK
+            curves.append((steps, values, {"linestyle": "-", "color": colour, "marker": marker,
+                                           "label": "overlap A·B"}))
+    _layered(ax, curves)
     ax.set_xlabel("step")
     ax.set_ylabel("value (each in [0, 1], no unit)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("feature change over training")
     ax.grid(True, alpha=0.3)
-    _legend(ax)
+    _outside_legend(figure, ax)
     return figure
 
 
@@ -643,24 +697,30 @@ def _unselected_series(run: Run) -> Callable[[str], bool]:
 
 def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tuple[str, Figure]]:
     """(stem, figure) of the overlay figures of two runs: trajectories of both (A solid, B dashed) with the
-    overlap A·B, and the k95 of Π̂ of both."""
+    overlap A·B, and the k95 of Π̂ of both; curves that coincide stay in sight (`_layered`), legends outside."""
     records_a, records_b = run_a.series[0].records, run_b.series[0].records
     cross = [(c.match.step_a, c.overlap) for c in comparison.steps]
     trajectories = trajectory_figure([("A", records_a), ("B", records_b)], cross_overlap=cross)
     points = {"A": records_a, "B": records_b}
-    figure = _new_figure(8.0, 4.0)
+    figure = _new_figure(10.0, 4.0)
     ax = figure.subplots()
-    for (label, records), style in zip(points.items(), ("-", "--"), strict=True):
+    if records_a and records_a[-1].get("n_outputs"):
+        # over the curves, dotted: a run whose k95 is C throughout shows between its dots
+        ax.axhline(records_a[-1]["n_outputs"], color="crimson", linestyle=":", linewidth=1.0, zorder=3, label="C")
+    curves = []
+    for (label, records), style, colour, marker in zip(points.items(), RUN_STYLES, ("tab:blue", "tab:orange"),
+                                                       ("o", "s"), strict=False):
         pts = [(r["step"], r["k95_utility"]) for r in records if r.get("k95_utility") is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), style, marker=".", label=f"{label}: k95 of " + r"$\hat{\Pi}$")
-    if records_a and records_a[-1].get("n_outputs"):
-        ax.axhline(records_a[-1]["n_outputs"], color="crimson", linestyle=":", label="C")
+            steps, values = zip(*pts, strict=True)
+            curves.append((steps, values, {"linestyle": style, "color": colour, "marker": marker,
+                                           "label": f"{label}: k95 of " + r"$\hat{\Pi}$"}))
+    _layered(ax, curves)  # two runs of the same k95 (two frozen runs: k95 = C throughout) drew B over A
     ax.set_xlabel("step")
     ax.set_ylabel("eigenfunctions")
     ax.set_title(r"eigenfunctions used by the learned function (k95 of $\hat{\Pi}$)")
     ax.grid(True, alpha=0.3)
-    _legend(ax)
+    _outside_legend(figure, ax)
     # Stores of several series: the series compared in the names, as a report's (`run_figures`), or the compare
     # of layer fc2 into a folder wrote over that of fc1; B's series too where it is not A's (--probe-b, --layer-b).
     # The titles name them as well (a report's HTML titles do): a figure opened alone says what it compares.
