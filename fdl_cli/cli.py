@@ -446,6 +446,7 @@ def inspect(**kwargs: Any) -> None:
     with _user_output_to_stderr():  # the model file's own print()s go to stderr, not into the JSON
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
     outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
+    not_called_fix = result.pop("not_called_fix", None)
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
     needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
@@ -476,8 +477,8 @@ def inspect(**kwargs: Any) -> None:
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
     if _hooks_told(result) and any(row["output_shape"] is None for row in result["modules"]):
         console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
-                      "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it",
-                      markup=False, highlight=False)
+                      "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it"
+                      + (f"; {not_called_fix}" if not_called_fix else ""), markup=False, highlight=False)
     if isinstance(failure, str) and failure.startswith("forward failed"):
         # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
         console.print(failure, markup=False, highlight=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -549,16 +549,26 @@ def _not_called(missing: Sequence[LayerSpec], modules: Mapping[str, nn.Module], 
     what = (f"layer(s) {names} did not run in the model's forward pass: no hook on the module saw a call, so it is "
             "unused, or the module around it uses its weights directly without calling it (nn.MultiheadAttention "
             "does so with its out_proj); `fdl inspect` lists such modules as `not called`")
-    parents = list(dict.fromkeys(spec.module.rpartition(".")[0] for spec in missing))
-    ran = [parent for parent in parents if parent in parents_ran]
-    if not ran:
+    fix = parent_to_take([spec.module for spec in missing], modules, parents_ran)
+    if fix is None:
         return ModelError(what, fix="choose a module that the forward pass calls (see `fdl inspect`)")
-    attention = [parent for parent in ran if isinstance(modules[parent], nn.MultiheadAttention)]
-    fix = (f"take the output of the module around it, which ran: {' '.join(f'--layer {name}' for name in ran)} "
-           "(of a module that returns a tuple, fdl takes the first element")
-    fix += (", here nn.MultiheadAttention's output, out_proj's output itself, not its attention weights)"
-            if attention else ")")
     return ModelError(what, fix=fix + ", or another module the forward pass calls (see `fdl inspect`)")
+
+
+def parent_to_take(not_called: Sequence[str], modules: Mapping[str, nn.Module], ran: Collection[str]) -> str | None:
+    """What to hook instead of the modules `not_called` that the forward pass did not call: the modules around
+    them (their parents) that ran (`ran`: names of modules the pass called), as `--layer NAME`s, with what fdl
+    takes of a module that returns a tuple; None when no parent ran. One rule for `analyze --layer`'s error
+    and `fdl inspect`'s `not called` line."""
+    parents = list(dict.fromkeys(name.rpartition(".")[0] for name in not_called))
+    taken = [parent for parent in parents if parent and parent in ran and parent in modules]
+    if not taken:
+        return None
+    attention = [parent for parent in taken if isinstance(modules[parent], nn.MultiheadAttention)]
+    fix = (f"take the output of the module around it, which ran: {' '.join(f'--layer {name}' for name in taken)} "
+           "(of a module that returns a tuple, fdl takes the first element")
+    return fix + (", here nn.MultiheadAttention's output, out_proj's output itself, not its attention weights)"
+                  if attention else ")")
 
 
 def extract(

@@ -38,7 +38,14 @@ def inspect_checkpoint(
     import torch
 
     from fdl_cli import checkpoints as ckpts
-    from fdl_cli.extract import LAST_LINEAR_OP, ProgramModel, default_layer_by_registration, model_outputs, prepare_model
+    from fdl_cli.extract import (
+        LAST_LINEAR_OP,
+        ProgramModel,
+        default_layer_by_registration,
+        model_outputs,
+        parent_to_take,
+        prepare_model,
+    )
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     path = Path(checkpoint)
@@ -183,6 +190,7 @@ def inspect_checkpoint(
         }
         for name, module in model.named_modules()
     ]
+    named = dict(model.named_modules())
     return {
         "checkpoint": str(ref.path),
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
@@ -197,6 +205,8 @@ def inspect_checkpoint(
         "outputs_error": outputs_error,
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
         "notes": kwargs_notes.notes,
+        # not JSON: for the `not called` line, the modules around those to take instead, as analyze's error says
+        "not_called_fix": parent_to_take([name for name in named if name not in shapes], named, shapes),
         # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
