@@ -2602,7 +2602,9 @@ def resolve_model_factory(
         if file is None:
             raise ModelError(
                 f"{label}: file {target} not found",
-                got="looked in " + ", ".join(str(c.resolve().parent) for c in _spec_candidates(target, base_dir)),
+                # an absolute path (or base_dir the current folder) names one folder twice: said once
+                got="looked in " + ", ".join(dict.fromkeys(str(c.resolve().parent)
+                                                           for c in _spec_candidates(target, base_dir))),
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
@@ -3103,10 +3105,15 @@ def _manifest_probe(base: Path, text: str, path: Path) -> str:
     """A probe of fdl.toml's `probe` string or list as a --probe spec, its path resolved against the file's
     folder: `"train=a.npz"` is named as on the command line (it was taken for a file named `train=a.npz`),
     unless the folder holds a file of that name; a name the command line refuses (`my probe=a.npz`, which was
-    looked for as a file of that whole text) is refused here too, naming the fdl.toml (`path`)."""
+    looked for as a file of that whole text) is refused here too, naming the fdl.toml (`path`), as is a name
+    without a path (`train=`, read as a file of that name)."""
     from fdl_cli.probes import is_named_probe
 
     name, _, rest = text.partition("=")
+    if is_named_probe(text) and not rest.strip() and not (base / text).exists():
+        # `train=` was read as a file named `train=`: the command line's refusal of `--probe train=`
+        raise CheckpointError(f"{path}: probe {text!r} has no path after '='",
+                              fix=f'e.g. probe = "{name}=a.npz" in {path}')
     if is_named_probe(text) and rest and not (base / text).exists():
         _check_manifest_probe_name(name, path, example=f'probe = "{{}}={rest}"')
         return f"{name}={_manifest_path(base, rest)}"
