@@ -634,6 +634,24 @@ def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]])
     )
 
 
+def one_eigenfunction_line(first: Mapping[str, Any]) -> str | None:
+    """For the first MF checkpoint `first` of a probe without targets (no accuracy to be near chance, as
+    `describe`'s labelled line reads): k95 of Π̂ = 1 with C ≥ 2 outputs, that is 95 % of their energy on one
+    eigenfunction, as a network's function that barely varies puts it (on the near-constant eigenfunction of the
+    uncentered default). The grokking example's unlabelled probe `all` read "MF from step 1" with nothing to say so,
+    where its labelled probes got the near-chance line (session 22). None otherwise; C = 1 is left out: one output
+    on one eigenfunction is also the features collapsed onto it. Printed only."""
+    k95, outputs = first.get("k95_utility"), first.get("n_outputs")
+    if k95 != 1 or outputs is None or outputs < 2:
+        return None
+    return (
+        f"at step {first['step']}, the first MF checkpoint, k95 of Π̂ is 1 for C = {outputs} outputs: 95 % of their "
+        "energy lies on one eigenfunction, as when the network's function barely varies over the probe (or its "
+        "outputs share an offset far larger than what varies); the probe has no labels to tell (a labelled probe's "
+        "accuracy would), so MF means more from where k95_utility has risen above 1"
+    )
+
+
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
 
@@ -691,6 +709,10 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             f"{1 / classes:.3f}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )
+    elif first is not None and accuracy is None and first.get("r2") is None:
+        line = one_eigenfunction_line(first)
+        if line is not None:
+            lines.append(line)
     reference = ev.get("reference_step")
     reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
     fit = reference_fit(reference_record) if reference_record is not None else None
