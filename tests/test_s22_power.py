@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_reliability_inputs import MODEL, SMALL, _wide_terminal  # noqa: F401 (an autouse fixture)
@@ -40,3 +41,33 @@ def test_drop_of_a_step_whose_file_is_gone_names_no_redo_that_is_refused(
     # what the fix says of a resume holds: the store keeps step 10
     status, _, err = fdl(capsys, "analyze", *common)
     assert status == 0 and "2 already in the store" in err, err
+
+
+# ------------------------------------------- 2. a stored probe under another name, beside a probe to add
+
+
+def test_a_renamed_probe_beside_one_to_add_names_the_addition_not_a_remaining_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/usage.md's `--probe train=a.npz --probe test=b.npz` on a store whose probe is `probe` (analysed with
+    `--probe a.npz`): the fix named `--probe probe=PATH` "(the other differences above remain: probes.test, probe
+    test)", as though the run would still be refused; given so, it adds `test`, as the fix now says."""
+    folder, probe = _run(tmp_path)
+    held_out = tmp_path / "held_out.npz"
+    rng = np.random.default_rng(7)
+    np.savez(held_out, x=rng.normal(size=(20, 4)).astype(np.float32), y=rng.integers(0, 3, 20))
+    out = tmp_path / "run.h5"
+    common = [folder, "--model", MODEL, "-o", out, *SMALL]
+    status, _, err = fdl(capsys, "analyze", *common, "--probe", probe)
+    assert status == 0, err
+    before = out.read_bytes()
+    status, stdout, err = fdl(capsys, "analyze", *common, "--probe", f"train={probe}", "--probe", f"test={held_out}")
+    flat = " ".join(err.split())
+    assert status == 1 and stdout == "" and out.read_bytes() == before, flat
+    assert ("fix: this run's probe 'train' is the store's probe 'probe' (the same file, sha256 "
+            in flat), flat
+    assert ": name it so, --probe probe=PATH, which resumes and adds the probe 'test' to the store; else pass " \
+        "--overwrite" in flat, flat
+    assert "remain" not in flat, flat
+    status, _, err = fdl(capsys, "analyze", *common, "--probe", f"probe={probe}", "--probe", f"test={held_out}")
+    assert status == 0 and "adding probe 'test' to the 3 stored checkpoints" in err, err
