@@ -2006,16 +2006,21 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         step = alone[0]
         copies = [other for other, (path, sha, _) in sorted(stored.items()) if any(
             o != other and s == sha and _same_path(p, path) for o, (p, s, _) in stored.items())]
-        # the reference is analysed again with everything else (--redo refuses it)
+        # the reference is analysed again with everything else (--redo refuses it); --redo reads the step's
+        # file, which a user dropping a checkpoint has often deleted: --redo was named, then refused
+        gone = all(ref.step != step for ref in refs)
         again = (f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
-                 else f"to analyse step {step} again use --redo {step}")
+                 else f"step {step}'s file is not among this run's checkpoints (deleted or moved): the store keeps "
+                 f"what it analysed of it, in its place; to analyse it again, put the file back and use --redo {step}"
+                 if gone else f"to analyse step {step} again use --redo {step}")
         if not copies:
             # a healthy store: what the user may have meant is to remove a checkpoint, which --drop never does
             raise StoreError(
                 f"--drop {listed}: {out} holds no checkpoint file at two steps, so there is nothing to drop: --drop "
                 "removes only a second copy of a file the store keeps at another step (stored so by a resume with "
                 "other step options, which fdl now refuses), never the only one",
-                got=f"step {step} is the only copy of {stored[step][0]} in {out}",
+                got=f"step {step} is the only copy of {stored[step][0]} in {out}"
+                + (", a file this run does not find" if gone else ""),
                 fix="leave out --drop (`fdl analyze` names the steps to drop when a store holds a file at two steps); "
                 f"{again}; for a store without some checkpoints, analyse the others into another --out (--steps)",
             )

@@ -1652,8 +1652,14 @@ class StoreWriter:
                     others = [d for d in differences
                               if not any(d.startswith((f"probes.{name}: ", f"probe {name}: ")) for name in names)
                               and not (left_out_layers and d.startswith("layers: "))]
+                    # a probe new to the store is an addition once the store's probes are given as it names
+                    # them: "remain" read as a difference that would still refuse the run
+                    added = [name for name in self._probes if name not in stored_probes and name not in names]
+                    others = [d for d in others if not d.startswith(tuple(f"probes.{name}: " for name in added)
+                                                                     + tuple(f"probe {name}: " for name in added))]
                     then = (f" (the other differences above remain: {', '.join(d.split(': ')[0] for d in others)})"
-                            if others else ", to resume")
+                            if others else ", which resumes and adds the probe" + ("s " if len(added) > 1 else " ")
+                            + " and ".join(map(repr, added)) + " to the store" if added else ", to resume")
                     parts = [_rename_fix(renamed)] if renamed else []
                     stored_layers = reader.provenance.get("layers") or []
                     if left_out:
