@@ -303,6 +303,11 @@ def init_process_group(world: World, device: Any) -> None:
                                 timeout=datetime.timedelta(seconds=_wait_s))
 
 
+class WaitError(FdlError):
+    """A collective that could not complete (`waiting`): the job cannot go on, no rank may treat it as a failure
+    of its own work and go on to the next collective (which the others never reach)."""
+
+
 def _span(seconds: float) -> str:
     """A wait, as a person reads it: "3 s", "30 min", "7 days"."""
     for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
@@ -348,7 +353,7 @@ def waiting(world: World, waiting_for: str) -> Iterator[None]:
         else:
             raise
         # said naming this rank (`voice`): it may be this rank's alone
-        raise FdlError(what, got=said[:300], fix=fix) from None
+        raise WaitError(what, got=said[:300], fix=fix) from None
 
 
 #: how a torchrun job that stopped on the way is resumed (`waiting`)

@@ -427,6 +427,8 @@ def _analyze_distributed(
         noted_once = dict(ctx.noted_once)
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
+        except distributed.WaitError:
+            raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
             failure = exc.message
         if isinstance(local, _StoringWriter):

@@ -253,3 +253,18 @@ def test_a_rank_waiting_for_one_that_never_joins_gives_up_when_told(tmp_path: Pa
             "torchrun job waits, FDL_TORCHRUN_TIMEOUT)") in done.stderr.splitlines(), done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_under_shard_probe_a_wait_that_runs_out_stops_the_rank_there(tmp_path: Path) -> None:
+    """Every rank takes every checkpoint: rank 0's wait for rank 1's slice of step 50 ran out. Taken as a failure of
+    rank 0's own run, it went on to the gather, which rank 1 (in the probe's all-reduce) never reached: a second
+    wait, named after the gather."""
+    args = [*_slow_run(tmp_path), "--shard-probe"]
+    began = time.monotonic()
+    stderr = _ended(_job(tmp_path, args, FDL_TORCHRUN_TIMEOUT="8", SLOW_S="120"), within=100)
+    assert time.monotonic() - began < 100
+    said = [line for line in stderr.splitlines() if line.startswith("error")]
+    assert said == ["error on rank 0: gave up after waiting 8 s for the other ranks' probe slices (the longest a "
+                    "rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)"], stderr[-4000:]
+    _no_traceback_of_fdl(stderr)
+    assert _steps(tmp_path / "s.h5") == [0, 10, 20, 30, 40]  # every checkpoint before the one rank 1 was slow on
