@@ -471,7 +471,7 @@ def agree_on_refusal(error: FdlError | None, world: World) -> None:
             raise error
         return
     mine = None if error is None else (error.what, error.got, error.fix)
-    reports = all_gather(mine, world, "the other ranks to check the inputs")
+    reports = all_gather(mine, world)
     failed = [rank for rank, report in enumerate(reports) if report is not None]
     if not failed:
         return
