@@ -10,9 +10,11 @@ Without those variables (or with WORLD_SIZE=1) everything here is a no-op for a 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn, TypeVar
 
@@ -240,14 +242,53 @@ def _refuse_one_gpu_for_all(world: World, requested: str) -> None:
     raise alike(error, among="machine") if world.local_size is not None else error
 
 
+#: Environment variable: seconds a rank waits for the others (in a collective, or to join the job) before it
+#: gives up; `WAIT_S` when unset.
+WAIT_ENV = "FDL_TORCHRUN_TIMEOUT"
+#: A rank waits legitimately as long as the others take over their blocks and rank 0 over the store (a rank
+#: done with a block of small checkpoints waits for one of large ones): torch's default (30 minutes for
+#: gloo, 10 for nccl) failed a long run at its end. A week: a hung job (a machine gone without closing its
+#: connections) still ends some day; a rank killed or stopped is noticed at once (its connections close).
+WAIT_S = 7 * 24 * 3600.0
+#: the wait the process group was made with (`init_process_group`), named by a timed-out collective's error
+_wait_s = WAIT_S
+
+
+def wait_seconds(environ: dict[str, str] | None = None) -> float:
+    """`FDL_TORCHRUN_TIMEOUT` as seconds (> 0), `WAIT_S` when unset; an error for anything else."""
+    import math
+
+    text = (os.environ if environ is None else environ).get(WAIT_ENV, "").strip()
+    if not text:
+        return WAIT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        # the launcher's environment: alike on every rank of this machine, said by its local rank 0
+        raise alike(FdlError(
+            f"{WAIT_ENV} is not a number of seconds > 0",
+            got=f"{WAIT_ENV}={text!r}",
+            fix=f"set it to how long a rank may wait for the others (e.g. {WAIT_ENV}=86400 for a day), or unset it "
+            f"for a week",
+        ), among="machine")
+    return seconds
+
+
 def init_process_group(world: World, device: Any) -> None:
-    """Join the job's process group: nccl for CUDA devices, gloo for the CPU (idempotent)."""
+    """Join the job's process group: nccl for CUDA devices, gloo for the CPU (idempotent), every wait for
+    the other ranks bounded by `wait_seconds` (not torch's default)."""
+    global _wait_s
     if not world.distributed:
         return
+    import datetime
+
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
+    _wait_s = wait_seconds()
     backend = "nccl" if getattr(device, "type", str(device)).startswith("cuda") else "gloo"
     if backend == "nccl":
         import torch
@@ -257,8 +298,67 @@ def init_process_group(world: World, device: Any) -> None:
 
     # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
     # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`).
-    with signals.ending_at_once(quiet=not world.speaks):
-        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    with signals.ending_at_once(quiet=not world.speaks), waiting(world, "the other ranks to join the job"):
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
+                                timeout=datetime.timedelta(seconds=_wait_s))
+
+
+class WaitError(FdlError):
+    """A collective that could not complete (`waiting`): the job cannot go on, no rank may treat it as a failure
+    of its own work and go on to the next collective (which the others never reach)."""
+
+
+def _span(seconds: float) -> str:
+    """A wait, as a person reads it: "3 s", "30 min", "7 days"."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+@contextlib.contextmanager
+def waiting(world: World, waiting_for: str) -> Iterator[None]:
+    """Around a collective, where this rank waits for `waiting_for` (other ranks): what the backend raises
+    there, said as fdl says it.
+
+    - A wait that ran past `wait_seconds` is an error naming this rank and what it waited for (torch's
+      RuntimeError traceback before, after 30 minutes, at the end of a long run); what is stored stays
+      (rank 0's store, the other ranks' part stores), and the same command takes the parts in.
+    - So is a connection closed by a rank that stopped (SIGKILL, the kernel's OOM killer): the backend noticed
+      at once, with a traceback (torchrun then ends the other ranks).
+    - A collective that fails on the way out of a Ctrl-C (the `finally` of a rank that still tells the
+      others, whose peer has left already) is the interrupt: the backend's "Connection closed by peer"
+      replaced it, a traceback instead of "interrupted" and status 130.
+    """
+    try:
+        yield
+    except RuntimeError as exc:  # torch's DistBackendError and DistStoreError are RuntimeErrors too
+        interrupt = exc.__context__
+        while interrupt is not None and not isinstance(interrupt, KeyboardInterrupt):
+            interrupt = interrupt.__context__
+        if interrupt is not None:
+            raise interrupt from None
+        said = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        said = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", said)  # gloo's source line off
+        lowered = said.lower()
+        if "timed out" in lowered or "timeout" in lowered:
+            what = (f"gave up after waiting {_span(_wait_s)} for {waiting_for} (the longest a rank of a torchrun job "
+                    f"waits, {WAIT_ENV})")
+            fix = f"{_RESUME}; to let a rank wait longer, set {WAIT_ENV}=SECONDS (default {_span(WAIT_S)})"
+        elif any(words in lowered for words in ("connection closed", "connection reset", "broken pipe")):
+            what = (f"lost the connection to another rank while waiting for {waiting_for}: that rank stopped "
+                    "(killed, out of memory, or its machine went down)")
+            fix = f"see what that rank and torchrun said of it; then {_RESUME}"
+            said = said.split(". ")[0]  # gloo's advice and "GLHF!" off
+        else:
+            raise
+        # said naming this rank (`voice`): it may be this rank's alone
+        raise WaitError(what, got=said[:300], fix=fix) from None
+
+
+#: how a torchrun job that stopped on the way is resumed (`waiting`)
+_RESUME = ("run the same command again: it keeps what rank 0 stored and takes in what each other rank stored in "
+           "its part store (STORE.rank-K)")
 
 
 def shutdown(world: World) -> None:
@@ -306,7 +406,8 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
     scalars = [moments.n, moments.n_correct, 0.0 if moments.sum_xent is None else moments.sum_xent]
     flat = np.concatenate(parts + [np.array(scalars, dtype=np.float64)])
     tensor = torch.from_numpy(flat).to(device)
-    dist.all_reduce(tensor)
+    with waiting(world, "the other ranks' probe slices"):
+        dist.all_reduce(tensor)
     summed = tensor.cpu().numpy()
     values: dict[str, Any] = {}
     offset = 0
@@ -319,14 +420,13 @@ def all_reduce_moments(moments: Moments, world: World, device: Any) -> Moments:
     # The largest |·| over every slice (one more all-reduce, of three values; on every rank, always): the
     # range is checked on the whole probe's, as one process checks it (`spectral.feature_spectrum`).
     peaks = torch.tensor(moments.peaks or (0.0, 0.0, 0.0), dtype=torch.float64).to(device)
-    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    with waiting(world, "the other ranks' probe slices"):
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
     if moments.peaks is not None:
         largest = [float(value) for value in peaks.cpu()]
         values["peaks"] = (largest[0], largest[1], largest[2])
     if moments.features is not None:
-        gathered: list[Any] = [None] * world.size
-        dist.all_gather_object(gathered, moments.features)
-        values["features"] = np.concatenate(gathered)
+        values["features"] = np.concatenate(all_gather(moments.features, world, "the other ranks' probe slices"))
     return replace(moments, **values)
 
 
@@ -342,11 +442,8 @@ def agree_on_failure(error: FdlError | None, world: World) -> None:
         if error is not None:
             raise error
         return
-    import torch.distributed as dist
-
-    reports: list[Any] = [None] * world.size
     mine = None if error is None else (type(error).__name__, error.what, error.got, error.fix)
-    dist.all_gather_object(reports, mine)
+    reports = all_gather(mine, world, "the other ranks' probe slices")
     failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
     if not failed:
         return
@@ -393,34 +490,38 @@ def agree_on_refusal(error: FdlError | None, world: World) -> None:
     raise alike(FdlError(what + where, got=got, fix=fix))
 
 
-def gather_to_writer(payload: T, world: World) -> list[T] | None:
-    """Every rank's `payload` (picklable) on rank 0, in rank order; None on the other ranks."""
+def gather_to_writer(payload: T, world: World, waiting_for: str = "the other ranks") -> list[T] | None:
+    """Every rank's `payload` (picklable) on rank 0, in rank order; None on the other ranks. `waiting_for`,
+    here and below: what a rank waits for there, named if the wait times out (`waiting`)."""
     if not world.distributed:
         return [payload]
     import torch.distributed as dist
 
     gathered: list[Any] | None = [None] * world.size if world.writes else None
-    dist.gather_object(payload, gathered, dst=0)
+    with waiting(world, waiting_for):
+        dist.gather_object(payload, gathered, dst=0)
     return gathered
 
 
-def all_gather(payload: T, world: World) -> list[T]:
+def all_gather(payload: T, world: World, waiting_for: str = "the other ranks") -> list[T]:
     """Every rank's `payload` (picklable) on every rank, in rank order."""
     if not world.distributed:
         return [payload]
     import torch.distributed as dist
 
     gathered: list[Any] = [None] * world.size
-    dist.all_gather_object(gathered, payload)
+    with waiting(world, waiting_for):
+        dist.all_gather_object(gathered, payload)
     return gathered
 
 
-def broadcast_from_writer(payload: T, world: World) -> T:
+def broadcast_from_writer(payload: T, world: World, waiting_for: str = "rank 0") -> T:
     """Rank 0's `payload` on every rank."""
     if not world.distributed:
         return payload
     import torch.distributed as dist
 
     box = [payload if world.writes else None]
-    dist.broadcast_object_list(box, src=0)
+    with waiting(world, waiting_for):
+        dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]

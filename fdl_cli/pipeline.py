@@ -2320,7 +2320,7 @@ def _check_stored_files(
     world = ctx.world if ctx.world is not None and ctx.world.distributed else None
     plan = _stored_files_to_hash(ctx, out, refs) if world is None or world.writes else None
     if world is not None:
-        plan = distributed.broadcast_from_writer(plan, world)
+        plan = distributed.broadcast_from_writer(plan, world, "rank 0 to list the stored files to hash")
     if plan is None:
         return {}
     stored, suspects = plan
@@ -2353,7 +2353,7 @@ def _check_stored_files(
             })
         raise
     if world is not None:
-        for share in distributed.all_gather(digests, world):
+        for share in distributed.all_gather(digests, world, "the other ranks to hash their share of the stored files"):
             digests.update(share)
     # First: a stored file, unchanged, read at another step says the step options differ from the store's
     # run; the files this moves onto stored steps would otherwise be said to be other or changed files.

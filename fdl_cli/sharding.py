@@ -281,6 +281,10 @@ class _StoringWriter(_LocalWriter):
                 self._reporter.warn(f"{exc.message}; retried when the other ranks' checkpoints are written")
 
 
+#: what the other ranks wait for while rank 0 opens the store and takes in the parts of an earlier job
+_OPENING = "rank 0 to open the store (and take in the part stores of an interrupted job)"
+
+
 def _analyze_distributed(
     ctx: _Context,
     refs: list[CheckpointRef],
@@ -340,9 +344,9 @@ def _analyze_distributed(
                     writer.close()
             raise
         finally:
-            status = distributed.broadcast_from_writer(status, world)
+            status = distributed.broadcast_from_writer(status, world, _OPENING)
     else:
-        status = distributed.broadcast_from_writer(status, world)
+        status = distributed.broadcast_from_writer(status, world, _OPENING)
         if status[0] == "error":
             raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
     stored, kept = set(status[1]), set(status[2])
@@ -358,7 +362,7 @@ def _analyze_distributed(
                 _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
             except StoreError as exc:
                 problem = (exc.what, exc.got, exc.fix)
-        problem = distributed.broadcast_from_writer(problem, world)
+        problem = distributed.broadcast_from_writer(problem, world, "rank 0 to check the stored checkpoints read back")
         if problem is not None:
             raise distributed.alike(StoreError(problem[0], got=problem[1], fix=problem[2]))
         mine = todo if options.shard_probe else distributed.block(todo, world)
@@ -423,6 +427,8 @@ def _analyze_distributed(
         noted_once = dict(ctx.noted_once)
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
+        except distributed.WaitError:
+            raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
             failure = exc.message
         if isinstance(local, _StoringWriter):
@@ -443,7 +449,7 @@ def _analyze_distributed(
                 **{kind: list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED},
                 once={kind: message for kind, message in ctx.noted_once.items() if kind not in noted_once}),
         )
-        gathered = distributed.gather_to_writer(payload, world)
+        gathered = distributed.gather_to_writer(payload, world, "the other ranks to finish their checkpoints")
         if gathered is not None:
             _say_other_ranks_messages(ctx.reporter, [part[3] for part in gathered], ctx.noted_once)
         first_failure: str | None = None
@@ -466,7 +472,8 @@ def _analyze_distributed(
             summary.already.extend(ref.step for ref in refs if ref.step in stored)
         # Every rank ends with rank 0's account (the CLI prints it on each), and fails alike.
         outcome = distributed.broadcast_from_writer(
-            (list(summary.analysed), list(summary.already), list(summary.failed), first_failure, written), world
+            (list(summary.analysed), list(summary.already), list(summary.failed), first_failure, written), world,
+            "rank 0 to write the other ranks' checkpoints into the store",
         )
         summary.analysed[:], summary.already[:], summary.failed[:], first_failure, written = outcome
         if part_file is not None and written:  # rank 0 has them in the store: the part has served

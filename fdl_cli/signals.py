@@ -225,7 +225,7 @@ def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
     joining a torchrun job's process group (`distributed.init_process_group`). A rank waits there for
     every other one; a rank that a Ctrl-C stopped before it joined never comes, and torchrun hands the
     Ctrl-C to the waiting ones too, whose handler would run only once the wait ends: after the backend's
-    timeout (30 minutes), torchrun SIGKILLing them after 30 s, rank 0 unheard ("interrupted" not said).
+    timeout (`distributed.WAIT_S`, a week), torchrun SIGKILLing them after 30 s, rank 0 unheard ("interrupted" not said).
     Here SIGINT and SIGTERM are held back and `_ImportWatch` ends the process at the first one, as it
     ends it at a second Ctrl-C during `import torch` ("interrupted" unless `quiet`, status 130 or 143;
     by the signal itself where its action is the default). Only the signals fdl took (`installed`) or left
