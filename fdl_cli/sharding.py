@@ -75,6 +75,51 @@ def _remove_rank_part(part: Path) -> None:
             path.unlink()
 
 
+def _is_rank_part_origin(path: Path) -> bool:
+    """Whether `path` reads as a sidecar a rank wrote (`_write_rank_part_origin`), not a file of the user's."""
+    try:
+        origin = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(origin, dict) and set(origin) == {"reference", "predecessor"}
+
+
+def _remove_orphan_sidecars(out: Path) -> None:
+    """What a rank killed before its part's first commit left beside `out`: the sidecar (`_rank_part_origin`), the
+    part's lock file and its copies of a commit under way (STORE.rank-K.tmp-<pid>), without the part itself.
+    Removed quietly, as the writer removes a store's own leftovers (its lock file, its copies of dead
+    processes), and only holding the part's lock (no rank writes it now) with no part there: a part store,
+    whatever it holds, is never removed here; a sidecar that does not read as one a rank wrote is left."""
+    import glob as globbing
+    import re
+
+    from fdl_cli.store import _WriterLock, remove_stale_copies
+
+    leftover = re.compile(re.escape(f"{out.name}.rank-") + r"(\d+)(\.json|\.lock|\.tmp-\d+)")
+    ranks = set()
+    for path in out.parent.glob(globbing.escape(f"{out.name}.rank-") + "*"):
+        if (match := leftover.fullmatch(path.name)) is not None:
+            ranks.add(int(match.group(1)))
+    for rank in sorted(ranks):
+        part = _rank_part(out, rank)
+        if os.path.lexists(part):
+            continue  # a part (taken in, kept or left): its lock and sidecar are its own
+        lock = _WriterLock(part)
+        try:
+            lock.acquire()
+        except FdlError:
+            continue  # a rank still running holds it (or it cannot be taken): left as it is
+        try:
+            if os.path.lexists(part):
+                continue  # written meanwhile
+            remove_stale_copies(part)
+            if _is_rank_part_origin(_rank_part_origin(part)):
+                with contextlib.suppress(OSError):
+                    _rank_part_origin(part).unlink()
+        finally:
+            lock.release()  # removes the lock file
+
+
 def _take_in_rank_parts(
     ctx: _Context,
     writer: Any,
@@ -199,6 +244,7 @@ def _take_in_rank_parts(
                 f"{out.name} (not selected by this run, or analysed again); a later run takes them in"
             )
             kept.append(part.name)
+    _remove_orphan_sidecars(out)  # after the parts: --overwrite removes a part and its sidecar, not its lock file
     return everything, kept
 
 

@@ -1309,6 +1309,19 @@ class _WriterLock:
         self._fd = None
 
 
+def remove_stale_copies(store: Path) -> None:
+    """Remove `store`'s copy-on-write copies (STORE.tmp-<pid>) of dead processes; call it holding the store's
+    lock (`_WriterLock`): only the lock holder writes them, so under the lock any of a dead pid (or ours) is stale."""
+    for candidate in store.parent.glob(f"{glob.escape(store.name)}.tmp-*"):
+        match = _TMP_SUFFIX.search(candidate.name)
+        if match is None or candidate.name != f"{store.name}{match.group(0)}":
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+
+
 @dataclass(frozen=True, eq=False)
 class _CommitPlan:
     """What one commit writes, computed in the caller's thread from a snapshot of the writer's state.
@@ -1573,15 +1586,7 @@ class StoreWriter:
         return self._path.with_name(f"{self._path.name}.tmp-{pid}")
 
     def _remove_stale_tmp(self) -> None:
-        # Only the lock holder writes tmp files, so under the lock any of a dead pid (or ours) is stale.
-        for candidate in self._path.parent.glob(f"{glob.escape(self._path.name)}.tmp-*"):
-            match = _TMP_SUFFIX.search(candidate.name)
-            if match is None or candidate.name != f"{self._path.name}{match.group(0)}":
-                continue
-            pid = int(match.group(1))
-            if pid == os.getpid() or not _pid_alive(pid):
-                with contextlib.suppress(OSError):
-                    candidate.unlink()
+        remove_stale_copies(self._path)
 
     def _load_existing(self) -> None:
         try:
