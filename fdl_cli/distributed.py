@@ -298,7 +298,7 @@ def init_process_group(world: World, device: Any) -> None:
 
     # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
     # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`).
-    with signals.ending_at_once(quiet=not world.speaks), waiting(world, "the other ranks to join the job"):
+    with signals.ending_at_once(quiet=not world.speaks), waiting(world, "the other ranks to join the job", joining=True):
         dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
                                 timeout=datetime.timedelta(seconds=_wait_s))
 
@@ -317,18 +317,13 @@ def _span(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def waiting(world: World, waiting_for: str) -> Iterator[None]:
+def waiting(world: World, waiting_for: str, *, joining: bool = False) -> Iterator[None]:
     """Around a collective, where this rank waits for `waiting_for` (other ranks): what the backend raises
-    there, said as fdl says it.
+    there, said as fdl says it (`wait_error`); `joining`: the wait to join the job's process group.
 
-    - A wait that ran past `wait_seconds` is an error naming this rank and what it waited for (torch's
-      RuntimeError traceback before, after 30 minutes, at the end of a long run); what is stored stays
-      (rank 0's store, the other ranks' part stores), and the same command takes the parts in.
-    - So is a connection closed by a rank that stopped (SIGKILL, the kernel's OOM killer): the backend noticed
-      at once, with a traceback (torchrun then ends the other ranks).
-    - A collective that fails on the way out of a Ctrl-C (the `finally` of a rank that still tells the
-      others, whose peer has left already) is the interrupt: the backend's "Connection closed by peer"
-      replaced it, a traceback instead of "interrupted" and status 130.
+    A collective that fails on the way out of a Ctrl-C (the `finally` of a rank that still tells the
+    others, whose peer has left already) is the interrupt: the backend's "Connection closed by peer"
+    replaced it, a traceback instead of "interrupted" and status 130.
     """
     try:
         yield
@@ -338,27 +333,53 @@ def waiting(world: World, waiting_for: str) -> Iterator[None]:
             interrupt = interrupt.__context__
         if interrupt is not None:
             raise interrupt from None
-        said = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        said = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", said)  # gloo's source line off
-        lowered = said.lower()
-        if "timed out" in lowered or "timeout" in lowered:
-            what = (f"gave up after waiting {_span(_wait_s)} for {waiting_for} (the longest a rank of a torchrun job "
-                    f"waits, {WAIT_ENV})")
-            fix = f"{_RESUME}; to let a rank wait longer, set {WAIT_ENV}=SECONDS (default {_span(WAIT_S)})"
-        elif any(words in lowered for words in ("connection closed", "connection reset", "broken pipe")):
-            what = (f"lost the connection to another rank while waiting for {waiting_for}: that rank stopped "
-                    "(killed, out of memory, or its machine went down)")
-            fix = f"see what that rank and torchrun said of it; then {_RESUME}"
-            said = said.split(". ")[0]  # gloo's advice and "GLHF!" off
-        else:
+        error = wait_error(str(exc), waiting_for, joining=joining)
+        if error is None:
             raise
         # said naming this rank (`voice`): it may be this rank's alone
-        raise WaitError(what, got=said[:300], fix=fix) from None
+        raise error from None
 
 
-#: how a torchrun job that stopped on the way is resumed (`waiting`)
+def wait_error(message: str, waiting_for: str, *, joining: bool = False) -> WaitError | None:
+    """The error fdl says for the backend's `message` where a rank waited for `waiting_for`; None for a message
+    that is neither of these (left as the backend raised it):
+
+    - A wait that ran past `wait_seconds`: an error naming what this rank waited for (torch's RuntimeError
+      traceback before, after 30 minutes, at the end of a long run). Once the job has started, what is stored
+      stays (rank 0's store, the other ranks' part stores), and the same command takes the parts in; a wait to
+      join the job (`joining`, `init_process_group`) is for ranks that never arrived, before anything is stored.
+    - A connection closed by a rank that stopped (SIGKILL, the kernel's OOM killer): the backend noticed at
+      once, with a traceback (torchrun then ends the other ranks).
+    """
+    said = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    said = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", said)  # gloo's source line off
+    lowered = said.lower()
+    resume = _RESUME_JOIN if joining else _RESUME
+    if "timed out" in lowered or "timeout" in lowered:
+        what = (f"gave up after waiting {_span(_wait_s)} for {waiting_for} (the longest a rank of a torchrun job "
+                f"waits, {WAIT_ENV})")
+        fix = f"{resume}; to let a rank wait longer, set {WAIT_ENV}=SECONDS (default {_span(WAIT_S)})"
+        if joining:
+            fix = (f"the other ranks never arrived: check that all WORLD_SIZE ranks were started and meet at the same "
+                   f"rendezvous (torchrun's --nnodes, --nproc-per-node and --rdzv-endpoint on every machine; WORLD_SIZE "
+                   f"and MASTER_ADDR:MASTER_PORT under another launcher), and whether one stopped before it joined "
+                   f"(see what it and torchrun said); {resume}; to let a rank wait longer for the others to start, "
+                   f"set {WAIT_ENV}=SECONDS (default {_span(WAIT_S)})")
+    elif any(words in lowered for words in ("connection closed", "connection reset", "broken pipe")):
+        what = (f"lost the connection to another rank while waiting for {waiting_for}: that rank stopped "
+                "(killed, out of memory, or its machine went down)")
+        fix = f"see what that rank and torchrun said of it; then {resume}"
+        said = said.split(". ")[0]  # gloo's advice and "GLHF!" off
+    else:
+        return None
+    return WaitError(what, got=said[:300], fix=fix)
+
+
+#: how a torchrun job that stopped on the way is resumed (`wait_error`)
 _RESUME = ("run the same command again: it keeps what rank 0 stored and takes in what each other rank stored in "
            "its part store (STORE.rank-K)")
+#: the same, for a job that stopped before its ranks had joined: nothing was stored by it
+_RESUME_JOIN = "nothing was stored yet: run the same command again"
 
 
 def shutdown(world: World) -> None:

@@ -15,6 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch.distributed as dist
+
+from fdl_cli import distributed
+from fdl_cli.distributed import World
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run
 from tests.test_s19_rank import _no_traceback_of_fdl
@@ -92,3 +97,36 @@ def test_overwrite_removes_a_killed_rank_s_part_with_its_lock_file(tmp_path: Pat
     assert summary.analysed == [0, 10, 20, 30, 40, 50, 60]
     assert _sidecars(tmp_path) == []
 
+
+# -- the wait to join the job ----------------------------------------------------------------------------
+
+
+def test_a_join_that_times_out_says_the_other_ranks_never_arrived(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "it keeps what rank 0 stored and takes in ... part store": nothing is stored before the ranks have joined."""
+    timed_out = "[../third_party/gloo/gloo/transport/tcp/pair.cc:1] Timed out waiting 2000ms for the store"
+    error = distributed.wait_error(timed_out, "the other ranks to join the job", joining=True)
+    assert error is not None and error.fix is not None
+    assert error.fix.startswith("the other ranks never arrived: check that all WORLD_SIZE ranks were started and meet "
+                                "at the same rendezvous (torchrun's --nnodes, --nproc-per-node and --rdzv-endpoint")
+    assert "nothing was stored yet: run the same command again" in error.fix
+    assert "FDL_TORCHRUN_TIMEOUT=SECONDS" in error.fix and "part store" not in error.fix
+    closed = distributed.wait_error("[pair.cc:1] Connection closed by peer [::1]:1. GLHF!", "the other ranks to "
+                                    "join the job", joining=True)
+    assert closed is not None and closed.fix == ("see what that rank and torchrun said of it; then nothing was stored "
+                                                  "yet: run the same command again")
+    later = distributed.wait_error(timed_out, "the other ranks to finish their checkpoints")
+    assert later is not None and later.fix is not None and "part store (STORE.rank-K)" in later.fix
+    assert distributed.wait_error("Tensors must be contiguous", "the other ranks") is None
+
+    # and that is what joining the process group says
+    def join(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(timed_out)
+
+    monkeypatch.setattr(dist, "init_process_group", join)
+    monkeypatch.setattr(distributed, "_wait_s", distributed._wait_s)  # restored after the test
+    monkeypatch.setenv("FDL_TORCHRUN_TIMEOUT", "2")
+    with pytest.raises(distributed.WaitError) as caught:
+        distributed.init_process_group(World(rank=1, size=2, local_rank=1), "cpu")
+    assert caught.value.what == ("gave up after waiting 2 s for the other ranks to join the job (the longest a rank "
+                                 "of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)")
+    assert caught.value.fix is not None and caught.value.fix.startswith("the other ranks never arrived")
