@@ -1222,7 +1222,7 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         return refs
     try:
         with StoreReader(out) as reader:
-            stored = {record["step"] for record in reader.records()}
+            stored = {record["step"] for record in reader.records(all_series=True)}
         selected = {ref.step for ref in refs}
         if stored <= selected:
             return refs

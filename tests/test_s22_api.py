@@ -1,0 +1,85 @@
+"""The Python reader and the exports of a store of several series (session 22, a power user's review).
+
+1. `StoreReader.records()` of a store of several series, without a selection that leaves one, gave two series'
+   records interleaved (docs/store.md's snippet then kept one series' `d_lr` a step, and `classify_run` got both
+   mixed); it now refuses, as `array()` does, and `all_series=True` gives them all.
+2. That refusal spoke to a Python caller in the CLI's flags and asked for probe= and layer= even where one is
+   enough.
+3. `fdl export` of one series of such a store wrote rows without `probe` / `layer` (`report --format csv` has
+   them): two exports concatenated could not be told apart.
+4. The resume refusal's `got:` said each differing probe twice (`probes.X` and `probe X`).
+5. `--redo STEP` of an unchanged file said nothing of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from fdl_cli.errors import StoreError
+from fdl_cli.store import StoreReader
+from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_s16_python import _snippet
+from tests.test_store import random_entry, write
+
+KEYS = (("train", "fc2:input"), ("train", "blocks.0.attn"), ("test", "fc2:input"))
+
+
+def _refusal(path: Path, **selection: str) -> StoreError:
+    with StoreReader(path) as reader, pytest.raises(StoreError, match="several probe/layer series") as excinfo:
+        reader.records(**selection)
+    return excinfo.value
+
+
+def test_records_of_several_series_refuse_a_selection_that_leaves_several_and_give_all_when_asked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.h5"
+    write(path, [random_entry(step, KEYS) for step in (1, 5)])
+    assert "pass probe= (one of 'test', 'train') and layer= (one of " in str(_refusal(path))
+    with StoreReader(path) as reader:
+        everything = reader.records(all_series=True)
+        assert [(r["step"], r["probe"], r["layer"]) for r in everything] == [
+            (step, probe, layer) for step in (1, 5) for probe, layer in sorted(KEYS)]
+        assert [(r["probe"], r["layer"]) for r in reader.records(probe="train", all_series=True)] == [
+            ("train", "blocks.0.attn"), ("train", "fc2:input")] * 2
+        one = reader.records(probe="test")  # one series left: no keyword needed
+        assert [(r["step"], r["probe"]) for r in one] == [(1, "test"), (5, "test")]
+
+
+def test_the_refusal_names_only_the_keywords_needed_in_pythons_terms(tmp_path: Path) -> None:
+    two_probes, two_layers = tmp_path / "probes.h5", tmp_path / "layers.h5"
+    write(two_probes, [random_entry(1, (("train", "fc2:input"), ("test", "fc2:input")))])
+    write(two_layers, [random_entry(1, (("train", "fc2:input"), ("train", "blocks.0.attn")))],
+          provenance={"model": "model.py:build", "layers": ["fc2:input", "blocks.0.attn"], "options": {"top_k": 3}})
+    by_probe = _refusal(two_probes)
+    assert by_probe.fix is not None and by_probe.fix.startswith("pass probe= (one of 'test', 'train');")
+    assert "layer=" not in by_probe.fix and "--" not in by_probe.fix
+    by_layer = _refusal(two_layers)
+    assert by_layer.fix is not None and by_layer.fix.startswith("pass layer= (one of 'blocks.0.attn', 'fc2:input');")
+    assert "probe=" not in by_layer.fix and "--" not in by_layer.fix
+    with StoreReader(two_layers) as reader, pytest.raises(StoreError) as excinfo:
+        reader.array(1, "eigenvalues", probe="train")  # array() says the same
+    assert excinfo.value.fix == by_layer.fix
+
+
+@pytest.fixture(scope="module")
+def two_probes(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    store = tmp_path_factory.mktemp("api") / "two.h5"
+    done = analyze(run, store, "--probe", f"test={run / 'test.npz'}", "--top-k", "4")
+    assert done.code == 0, done.stderr
+    return store
+
+
+def test_the_docs_snippet_reads_one_series_of_a_store_of_several(two_probes: Path) -> None:
+    scope: dict[str, object] = {}
+    with io.StringIO() as printed, contextlib.redirect_stdout(printed):
+        exec(compile(_snippet().replace('"sample.fdl.h5"', repr(str(two_probes))), "docs/store.md", "exec"), scope)
+    with StoreReader(two_probes) as reader:
+        assert len(reader.series()) == 2
+        expected = reader.records(probe=scope["probe"], layer=scope["layer"])  # type: ignore[arg-type]
+    assert scope["records"] == expected and [r["step"] for r in expected] == [0, 10, 20, 30]
+    assert scope["d_lr"] == {r["step"]: r["d_lr"] for r in expected}
