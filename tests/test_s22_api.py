@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,36 @@ def test_the_docs_snippet_reads_one_series_of_a_store_of_several(two_probes: Pat
         expected = reader.records(probe=scope["probe"], layer=scope["layer"])  # type: ignore[arg-type]
     assert scope["records"] == expected and [r["step"] for r in expected] == [0, 10, 20, 30]
     assert scope["d_lr"] == {r["step"]: r["d_lr"] for r in expected}
+
+
+def _csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_exports_of_one_series_of_several_name_it_in_every_row(two_probes: Path, run: Path, tmp_path: Path) -> None:  # noqa: F811
+    rows = []
+    for probe in ("probe", "test"):
+        done = fdl("export", str(two_probes), "--what", "trajectories", "--probe", probe)
+        assert done.code == 0, done.stderr
+        assert done.stdout.splitlines()[0].endswith(",cross_entropy,probe,layer")
+        rows += _csv(done.stdout)
+    assert [(row["step"], row["probe"], row["layer"]) for row in rows] == [
+        (str(step), probe, "2:input") for probe in ("probe", "test") for step in (0, 10, 20, 30)]
+    columns = json.loads(fdl("export", str(two_probes), "--what", "trajectories", "--probe", "test",
+                             "--format", "json").stdout)
+    assert columns["probe"] == ["test"] * 4 and columns["layer"] == ["2:input"] * 4
+    values = fdl("export", str(two_probes), "--what", "eigenvalues", "--probe", "test", "--steps", "0").stdout
+    assert values.splitlines()[0] == "step,k,eigenvalues,probe,layer"
+    assert {(row["step"], row["probe"], row["layer"]) for row in _csv(values)} == {("0", "test", "2:input")}
+    functions = fdl("export", str(two_probes), "--what", "eigenfunctions", "--probe", "test", "--steps", "0").stdout
+    assert functions.splitlines()[:2] == [
+        "step,point,k,value,probe,layer", functions.splitlines()[1].rsplit(",", 2)[0] + ",test,2:input"]
+    [row] = json.loads(fdl("export", str(two_probes), "--what", "utility", "--probe", "test", "--steps", "10",
+                           "--format", "json").stdout)
+    assert list(row) == ["step", "utility", "probe", "layer"] and (row["probe"], row["layer"]) == ("test", "2:input")
+    # a store of one series keeps its columns
+    one = tmp_path / "one.h5"
+    assert analyze(run, one, "--steps", "0").code == 0
+    assert fdl("export", str(one), "--what", "eigenvalues").stdout.splitlines()[0] == "step,k,eigenvalues"
+    assert list(json.loads(fdl("export", str(one), "--what", "trajectories", "--format", "json").stdout))[-1] == (
+        "cross_entropy")
