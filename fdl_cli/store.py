@@ -2667,7 +2667,9 @@ def resume_differences(
         old, new = stored_probes.get(name), run_probes.get(name)
         if old != new:
             differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
-    return differences, grown
+    # a probe's file said once: "probe NAME" (its sha256, n, task) says what the provenance's "probes.NAME" does
+    described = tuple(f"probes.{d.split(': ')[0].removeprefix('probe ')}: " for d in differences if d.startswith("probe "))
+    return [d for d in differences if not d.startswith(described)], grown
 
 
 def growth(

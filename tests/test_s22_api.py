@@ -17,9 +17,12 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from fdl_cli.errors import StoreError
 from fdl_cli.store import StoreReader
@@ -118,3 +121,32 @@ def test_exports_of_one_series_of_several_name_it_in_every_row(two_probes: Path,
     assert fdl("export", str(one), "--what", "eigenvalues").stdout.splitlines()[0] == "step,k,eigenvalues"
     assert list(json.loads(fdl("export", str(one), "--what", "trajectories", "--format", "json").stdout))[-1] == (
         "cross_entropy")
+
+
+def test_the_resume_refusal_says_a_differing_probe_once(two_probes: Path, run: Path, tmp_path: Path) -> None:  # noqa: F811
+    other = tmp_path / "other.npz"
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(25, 4)).astype(np.float32)
+    np.savez(other, x=x, y=(x[:, 0] > 0).astype(np.int64))
+    before = two_probes.read_bytes()
+    refused = analyze(run, two_probes, "--probe", f"test={other}", "--top-k", "4")
+    assert refused.code == 1 and two_probes.read_bytes() == before, refused.stderr
+    [got] = [line for line in refused.stderr.splitlines() if line.strip().startswith("got:")]
+    assert "probe test: sha256=" in got and "probes.test" not in got, got
+
+
+def test_redo_of_an_unchanged_file_says_so_and_still_redoes(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = tmp_path / "ckpts"
+    shutil.copytree(run / "ckpts", folder)
+    store = tmp_path / "s.h5"
+    assert analyze(run, store, sources=(str(folder),)).code == 0
+    redone = analyze(run, store, "--redo", "20", sources=(str(folder),))
+    assert redone.code == 0, redone.stderr
+    assert [record["step"] for record in redone.records] == [20, 30]
+    flat = " ".join(redone.stderr.split())
+    assert "--redo 20: the file of step 20 is the one stored (same sha256 " in flat, flat
+    assert "analysed again as asked: its numbers equal the stored ones" in flat
+    state = torch.load(folder / "epoch_20.pt", weights_only=True)
+    torch.save({name: value + 0.01 for name, value in state.items()}, folder / "epoch_20.pt")
+    changed = analyze(run, store, "--redo", "20", sources=(str(folder),))
+    assert changed.code == 0 and "is the one stored" not in changed.stderr, changed.stderr
