@@ -1026,7 +1026,7 @@ class StoreReader:
             raise self._several_error(candidates)
         return candidates[0] if candidates else None
 
-    def _several_error(self, candidates: Sequence[Series]) -> StoreError:
+    def _several_error(self, candidates: Sequence[Series], *, records: bool = False) -> StoreError:
         """More than one series selected where one is needed: the keywords that pick one, only those needed
         (`probe=` alone where each probe has one layer among them), in this Python API's terms (the commands
         select with their own --probe / --layer, `report.select_series`)."""
@@ -1038,8 +1038,8 @@ class StoreReader:
         return StoreError(
             f"{self._path} holds several probe/layer series; choose one",
             got="series: " + ", ".join(f"probe={p} layer={name}" for p, name in candidates),
-            fix="pass " + " and ".join(needed) + "; records(all_series=True) gives every series' records, each "
-                "with its probe and layer",
+            fix="pass " + " and ".join(needed) + ("; or all_series=True for every series' records, each with its "
+                                                  "probe and layer" if records else ""),
         )
 
     def records(
@@ -1055,7 +1055,7 @@ class StoreReader:
         """
         chosen = self._select(probe, layer)
         if len(chosen) > 1 and not all_series:
-            raise self._several_error(chosen)
+            raise self._several_error(chosen, records=True)
         tagged = len(self._rows) > 1
         out: list[dict[str, Any]] = []
         for series_key in chosen:

@@ -67,8 +67,9 @@ def test_the_refusal_names_only_the_keywords_needed_in_pythons_terms(tmp_path: P
     assert by_layer.fix is not None and by_layer.fix.startswith("pass layer= (one of 'blocks.0.attn', 'fc2:input');")
     assert "probe=" not in by_layer.fix and "--" not in by_layer.fix
     with StoreReader(two_layers) as reader, pytest.raises(StoreError) as excinfo:
-        reader.array(1, "eigenvalues", probe="train")  # array() says the same
-    assert excinfo.value.fix == by_layer.fix
+        reader.array(1, "eigenvalues", probe="train")  # array() says the same, but records' all_series=True
+    assert excinfo.value.fix == "pass layer= (one of 'blocks.0.attn', 'fc2:input')"
+    assert "all_series=True for every series' records" in by_layer.fix
 
 
 @pytest.fixture(scope="module")
