@@ -485,6 +485,8 @@ class _Context:
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
     redo: frozenset[int] = frozenset()
+    #: --redo: step -> the sha256 the store holds for it (the file analysed again unchanged is said: `announce`)
+    redo_sha256: dict[int, str] = field(default_factory=dict)
     #: --redo: step -> the stored steps compared with it (prev_step), not redone themselves: their cka_prev /
     #: overlap_prev are recomputed with its new series and committed with it (`_redo_successors`)
     redo_successors: dict[int, list[int]] = field(default_factory=dict)
@@ -1222,7 +1224,7 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         return refs
     try:
         with StoreReader(out) as reader:
-            stored = {record["step"] for record in reader.records()}
+            stored = {record["step"] for record in reader.records(all_series=True)}
         selected = {ref.step for ref in refs}
         if stored <= selected:
             return refs
@@ -1851,6 +1853,12 @@ def _analyze_refs(
                     announced.add(entry.step)
                     if entry.step in ctx.redo:
                         summary.redone.append(entry.step)
+                        if entry.sha256 == ctx.redo_sha256.get(entry.step):  # hashed to analyse it: no extra read
+                            ctx.reporter.note(
+                                f"--redo {entry.step}: the file of step {entry.step} is the one stored (same sha256 "
+                                f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
+                                "but where fdl, torch or the device differ from those that stored it (or the stored "
+                                "arrays were damaged)")
                 if on_record is not None:
                     for record in entry_records(entry, tagged=tagged):
                         on_record(record)
@@ -1966,6 +1974,7 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
                 fix=fix,
             )
     ctx.redo = frozenset(wanted)
+    ctx.redo_sha256 = {step: stored[step][1] for step in wanted}
     ctx.redo_successors = successors
 
 

@@ -2037,6 +2037,9 @@ def write_export(
     if fmt == "npy" and out is None:
         raise FdlError("--format npy writes a binary .npz archive and needs --out FILE", fix="add --out FILE.npz")
     series = select_steps(run, _single_series(run), steps)
+    # a store of several series: each row names its series, as `report --format csv|json` does (two exports of
+    # two probes, concatenated, are told apart); a store of one keeps its columns
+    tag = (str(series.probe), str(series.layer)) if run.several else None
     if what == "trajectories":
         columns = trajectories(run, series)
         if fmt == "npy":
@@ -2048,6 +2051,9 @@ def write_export(
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             _save_npz(out, arrays.items())
             return f"wrote {len(arrays) - 1} trajectories of {len(columns['step'])} checkpoints to {out}"
+        if tag is not None:
+            count = len(columns["step"])
+            columns = {**columns, **{name: [value] * count for name, value in zip(SERIES_FIELDS, tag, strict=True)}}
         text = _trajectories_text(columns, fmt)
         if out is not None:
             write_text_file(out, text)
@@ -2078,9 +2084,9 @@ def write_export(
             whole_or_untouched(target) as path,
             path.open(text_mode(path), encoding="utf-8") as handle,
         ):
-            _write_arrays_text(handle, per_step, what, fmt)
+            _write_arrays_text(handle, per_step, what, fmt, tag)
         return f"wrote {what} to {out}"
-    _write_arrays_text(stdout, per_step, what, fmt)
+    _write_arrays_text(stdout, per_step, what, fmt, tag)
     return None
 
 
@@ -2165,14 +2171,18 @@ def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
 
 
 def _write_arrays_text(
-    stream: IO[str], per_step: Iterable[tuple[int, np.ndarray | None]], what: str, fmt: str
+    stream: IO[str], per_step: Iterable[tuple[int, np.ndarray | None]], what: str, fmt: str,
+    tag: tuple[str, str] | None = None,
 ) -> None:
     """The per-checkpoint arrays as CSV or JSON, written to `stream` one checkpoint at a time (the
-    text is what `csv.writer` and `json.dumps(rows, indent=2)` of all the rows would give)."""
+    text is what `csv.writer` and `json.dumps(rows, indent=2)` of all the rows would give); `tag`: the
+    (probe, layer) each row ends with (SERIES_FIELDS), for a store of several series."""
     if fmt == "json":
         first = True
         for step, values in per_step:
             row = {"step": step, what: None if values is None else values.astype(np.float64).tolist()}
+            if tag is not None:
+                row.update(zip(SERIES_FIELDS, tag, strict=True))
             text = json.dumps(row, indent=2, allow_nan=False).replace("\n", "\n  ")
             stream.write(("[\n  " if first else ",\n  ") + text)
             first = False
@@ -2182,19 +2192,26 @@ def _write_arrays_text(
     # module costs ~1 µs a row, minutes for the eigenfunctions of a large run). A checkpoint that stores
     # no such array (quality without targets) is one row of empty cells, as JSON's null: without it the
     # CSV said nothing of that checkpoint, and read as though it were not in the store.
+    # The series' names (a layer's may hold a comma) are quoted by the csv module, once.
+    end = "\n"
+    if tag is not None:
+        cells = io.StringIO()
+        csv.writer(cells, lineterminator="\n").writerow(tag)
+        end = "," + cells.getvalue()
+    header = "" if tag is None else "," + ",".join(SERIES_FIELDS)
     if what == "eigenfunctions":
-        stream.write("step,point,k,value\n")
+        stream.write(f"step,point,k,value{header}\n")
         for step, values in per_step:
             if values is None:
-                stream.write(f"{step},,,\n")
+                stream.write(f"{step},,,{end}")
                 continue
             for point, row in enumerate(values.astype(np.float64).tolist()):
-                stream.write("".join(f"{step},{point},{k},{value!r}\n" for k, value in enumerate(row, start=1)))
+                stream.write("".join(f"{step},{point},{k},{value!r}{end}" for k, value in enumerate(row, start=1)))
     else:
-        stream.write(f"step,k,{what}\n")
+        stream.write(f"step,k,{what}{header}\n")
         for step, values in per_step:
             if values is None:
-                stream.write(f"{step},,\n")
+                stream.write(f"{step},,{end}")
                 continue
             listed = values.astype(np.float64).tolist()
-            stream.write("".join(f"{step},{k},{value!r}\n" for k, value in enumerate(listed, start=1)))
+            stream.write("".join(f"{step},{k},{value!r}{end}" for k, value in enumerate(listed, start=1)))

@@ -182,7 +182,7 @@ def _take_in_rank_parts(
             # its writer's lock: never a part that a rank still running writes
             with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
                 have = dict(writer.completed())  # step -> sha256 of the file stored (or taken in)
-                part_records = {record["step"]: record for record in reader.records()}
+                part_records = {record["step"]: record for record in reader.records(all_series=True)}
                 part_sha = {step: record["sha256"] for step, record in part_records.items()}
                 steps = sorted(part_sha)
                 for step in steps:

@@ -1023,20 +1023,39 @@ class StoreReader:
     def _select_one(self, probe: str | None, layer: str | None) -> Series | None:
         candidates = self._select(probe, layer)
         if len(candidates) > 1:
-            raise StoreError(
-                f"{self._path} holds several probe/layer series; choose one",
-                got="series: " + ", ".join(f"probe={p} layer={name}" for p, name in candidates),
-                fix="pass probe= and layer= (--probe NAME --layer NAME)",
-            )
+            raise self._several_error(candidates)
         return candidates[0] if candidates else None
 
-    def records(self, *, probe: str | None = None, layer: str | None = None) -> list[dict[str, Any]]:
-        """One dict per complete checkpoint and selected series, sorted by step (then probe, layer).
+    def _several_error(self, candidates: Sequence[Series], *, records: bool = False) -> StoreError:
+        """More than one series selected where one is needed: the keywords that pick one, only those needed
+        (`probe=` alone where each probe has one layer among them), in this Python API's terms (the commands
+        select with their own --probe / --layer, `report.select_series`)."""
+        probes = list(dict.fromkeys(p for p, _ in candidates))
+        needed = [f"probe= (one of {', '.join(map(repr, probes))})"] if len(probes) > 1 else []
+        if any(sum(p == name for p, _ in candidates) > 1 for name in probes):
+            layers = list(dict.fromkeys(name for _, name in candidates))
+            needed.append(f"layer= (one of {', '.join(map(repr, layers))})")
+        return StoreError(
+            f"{self._path} holds several probe/layer series; choose one",
+            got="series: " + ", ".join(f"probe={p} layer={name}" for p, name in candidates),
+            fix="pass " + " and ".join(needed) + ("; or all_series=True for every series' records, each with its "
+                                                  "probe and layer" if records else ""),
+        )
+
+    def records(
+        self, *, probe: str | None = None, layer: str | None = None, all_series: bool = False
+    ) -> list[dict[str, Any]]:
+        """One dict per complete checkpoint of the selected series, sorted by step.
 
         Keys follow RECORD_FIELDS; when the store holds several series, "probe" and "layer" follow
-        "sha256". Null fields are None, integer fields int, the others float.
+        "sha256". Null fields are None, integer fields int, the others float. A selection (`probe`,
+        `layer`) that leaves several series raises StoreError, as `array()` does: one dict a step of one
+        series, never two series' values mixed; `all_series=True` gives those of every series selected
+        (sorted by step, then probe, layer), which the "probe" and "layer" keys tell apart.
         """
         chosen = self._select(probe, layer)
+        if len(chosen) > 1 and not all_series:
+            raise self._several_error(chosen, records=True)
         tagged = len(self._rows) > 1
         out: list[dict[str, Any]] = []
         for series_key in chosen:
@@ -2653,7 +2672,9 @@ def resume_differences(
         old, new = stored_probes.get(name), run_probes.get(name)
         if old != new:
             differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
-    return differences, grown
+    # a probe's file said once: "probe NAME" (its sha256, n, task) says what the provenance's "probes.NAME" does
+    described = tuple(f"probes.{d.split(': ')[0].removeprefix('probe ')}: " for d in differences if d.startswith("probe "))
+    return [d for d in differences if not d.startswith(described)], grown
 
 
 def growth(

@@ -188,12 +188,12 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
     probes = ("--probe", f"train={SAMPLE_PROBE}", "--probe", f"test={SAMPLE_PROBE}")
     assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store).returncode == 0
     with StoreReader(store) as reader:
-        cka_prev = {(r["probe"], r["step"]): r["cka_prev"] for r in reader.records()}
+        cka_prev = {(r["probe"], r["step"]): r["cka_prev"] for r in reader.records(all_series=True)}
     _as_written_before_prev_step(store)
 
     with StoreReader(store) as reader:
         [warning] = reader.warnings
-        records = reader.records()
+        records = reader.records(all_series=True)
     assert [r["prev_step"] for r in records] == [None] * 6
     assert {(r["probe"], r["step"]): r["cka_prev"] for r in records} == cka_prev  # nothing else lost
     assert warning.startswith("cka_prev and overlap_prev of steps 5, 10 were stored without the field "
@@ -212,7 +212,7 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
     assert "0 checkpoint(s) analysed" in resumed.stderr
     with StoreReader(store) as reader:
         assert reader.warnings == []
-        assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records()} == {
+        assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records(all_series=True)} == {
             (probe, step): previous for probe in ("train", "test") for step, previous in ((0, None), (5, 0), (10, 5))}
     assert "warning" not in fdl_in_process("report", store).stderr
 

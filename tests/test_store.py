@@ -215,12 +215,12 @@ def test_several_series_are_tagged_and_selectable(tmp_path: Path) -> None:
     write(path, entries)
     with StoreReader(path) as reader:
         assert reader.series() == sorted(keys)
-        records = reader.records()
+        records = reader.records(all_series=True)
         assert [(r["step"], r["probe"], r["layer"]) for r in records] == [
             (step, probe, layer) for step in (1, 5) for probe, layer in sorted(keys)
         ]
         assert list(records[0])[:5] == ["step", "path", "sha256", "probe", "layer"]
-        assert {r["layer"] for r in reader.records(probe="train")} == {"fc2:input", "blocks.0.attn"}
+        assert {r["layer"] for r in reader.records(probe="train", all_series=True)} == {"fc2:input", "blocks.0.attn"}
         only = reader.records(probe="test", layer="fc2:input")
         assert [r["step"] for r in only] == [1, 5] and {r["probe"] for r in only} == {"test"}
         assert only[1]["d_lr"] == entries[0].series[2].scalars["d_lr"]
