@@ -3115,19 +3115,18 @@ def _manifest_probe(base: Path, text: str, path: Path) -> str:
         raise CheckpointError(f"{path}: probe {text!r} has no path after '='",
                               fix=f'e.g. probe = "{name}=a.npz" in {path}')
     if is_named_probe(text) and rest and not (base / text).exists():
-        _check_manifest_probe_name(name, path, example=f'probe = "{{}}={rest}"')
+        _check_manifest_probe_name(name, path, example=lambda usable: f'probe = "{usable}={rest}"')
         return f"{name}={_manifest_path(base, rest)}"
     return str(_manifest_path(base, text))
 
 
-def _check_manifest_probe_name(name: str, path: Path, *, example: str) -> None:
-    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` is the fix,
-    with {} for the name made usable."""
+def _check_manifest_probe_name(name: str, path: Path, *, example: Callable[[str], str]) -> None:
+    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` gives the
+    fix's line for the name made usable (a function, not a format string: the probe's path may hold '{')."""
     from fdl_cli.probes import probe_name_fault, usable_probe_name
 
     if (fault := probe_name_fault(name)) is not None:
-        raise CheckpointError(f"{path}: {fault}",
-                              fix=f"e.g. {example.format(usable_probe_name(name))} in {path}")
+        raise CheckpointError(f"{path}: {fault}", fix=f"e.g. {example(usable_probe_name(name))} in {path}")
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -3195,7 +3194,7 @@ def read_manifest(folder: Path) -> Manifest | None:
                 fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
             )
         for name, p in raw_probe.items():
-            _check_manifest_probe_name(name, path, example=f'probe = {{{{ {{}} = "{p}" }}}}')
+            _check_manifest_probe_name(name, path, example=lambda usable, p=p: f'probe = {{ {usable} = "{p}" }}')
         probes = [f"{name}={_manifest_path(base, str(p))}" for name, p in raw_probe.items()]
     else:
         probes = [_manifest_probe(base, p, path) for p in _as_str_list(raw_probe, "probe", path)]
