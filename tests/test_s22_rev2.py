@@ -27,3 +27,28 @@ def test_fdl_toml_probe_name_refused_with_braces_in_its_path(tmp_path: Path, pro
         read_manifest(tmp_path)
     assert "the probe name" in raised.value.what
     assert raised.value.fix == f"e.g. {fix} in {manifest}"
+
+
+def test_drop_of_the_stores_reference_whose_file_is_gone_names_no_redo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store's reference (step 0) deleted, then `--drop 0`: this run's first checkpoint (step 10) is its
+    reference, so step 0 was taken for an ordinary step and the fix said "put the file back and use --redo 0",
+    which --redo refuses (step 0 is the store's reference). It names the reference: restored, the store resumes;
+    analysed again, only with --overwrite."""
+    from tests.test_reliability_inputs import MODEL, SMALL
+    from tests.test_s19_store import _run, fdl
+
+    folder, probe = _run(tmp_path)
+    out = tmp_path / "run.h5"
+    common = [folder, "--model", MODEL, "--probe", probe, "-o", out, *SMALL]
+    assert fdl(capsys, "analyze", *common)[0] == 0
+    (folder / "step_0.safetensors").unlink()
+    before = out.read_bytes()
+    status, stdout, err = fdl(capsys, "analyze", *common, "--drop", "0")
+    flat = " ".join(err.split())
+    assert status == 1 and stdout == "" and "Traceback" not in err and out.read_bytes() == before, flat
+    assert "--redo 0" not in flat, flat
+    assert ("step 0 is the store's reference, whose file is not among this run's checkpoints (deleted or moved): "
+            "put it back to resume the store; to analyse it again, re-analyse everything with --overwrite (or "
+            "another --out)") in flat, flat
