@@ -4,6 +4,7 @@ sample (the probe's first input, or a random one made for the model's first laye
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
     shapes and the default layer need the model (it was raised alone, "holds weights only", and said nothing of
     what the file holds)."""
     state = loaded.state_dict or {}
-    names = sorted(state) if _by_name(ref) else list(state)
+    names = sorted(state, key=_name_order) if _by_name(ref) else list(state)
     tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
                 "values": int(state[name].numel())} for name in names]
     return {
@@ -241,6 +242,13 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         ),
         "notes": notes,
     }
+
+
+def _name_order(name: str) -> tuple[str | int, ...]:
+    """A tensor's name as `fdl inspect` orders safetensors' (`_by_name`): the numbers in it as numbers, so that a
+    model's blocks come in its order (layers.2 before layers.10, which text order put between layers.1 and 2).
+    Text and numbers alternate, text first (re.split with a group), so like is compared with like."""
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", name)))
 
 
 def _by_name(ref: Any) -> bool:

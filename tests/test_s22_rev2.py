@@ -52,3 +52,24 @@ def test_drop_of_the_stores_reference_whose_file_is_gone_names_no_redo(
     assert ("step 0 is the store's reference, whose file is not among this run's checkpoints (deleted or moved): "
             "put it back to resume the store; to analyse it again, re-analyse everything with --overwrite (or "
             "another --out)") in flat, flat
+
+
+def test_inspect_lists_safetensors_blocks_in_number_order(tmp_path: Path) -> None:
+    """`fdl inspect` lists a safetensors file's tensors by name (it keeps no writer's order): in text order a
+    12-block model's h.10 and h.11 came between h.1 and h.2; the numbers in a name now count as numbers."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.test_analyze import fdl as run_fdl
+
+    state = {f"h.{block}.{part}": torch.zeros(2) for block in range(12) for part in ("mlp.weight", "attn.weight")}
+    state["wte.weight"] = torch.zeros(3, 2, dtype=torch.float16)
+    path = tmp_path / "step_5.safetensors"
+    save_file(state, str(path))
+    done = run_fdl("inspect", path, "--json")
+    assert done.code == 1 and "holds weights only" in done.stderr, done.stderr
+    names = [row["name"] for row in json.loads(done.stdout)["tensors"]]
+    assert names == [f"h.{block}.{part}" for block in range(12) for part in ("attn.weight", "mlp.weight")] + [
+        "wte.weight"]
