@@ -73,3 +73,19 @@ def test_inspect_lists_safetensors_blocks_in_number_order(tmp_path: Path) -> Non
     names = [row["name"] for row in json.loads(done.stdout)["tensors"]]
     assert names == [f"h.{block}.{part}" for block in range(12) for part in ("attn.weight", "mlp.weight")] + [
         "wte.weight"]
+
+
+@pytest.mark.parametrize("huge", ["1e10", "99999999999999999", "1e15"])
+def test_a_torchrun_wait_too_long_for_torchs_clocks_is_refused(huge: str) -> None:
+    """FDL_TORCHRUN_TIMEOUT set very large, to mean "never give up": 1e10 s overflowed the C++ clocks of torch's
+    rendezvous, which then gave up at once ("The client socket has timed out after 10000000000000ms", measured
+    with gloo), and 1e15 s was an OverflowError traceback of datetime.timedelta. Refused in words, naming the most
+    fdl takes."""
+    from fdl_cli import distributed
+
+    with pytest.raises(FdlError) as caught:
+        distributed.wait_seconds({"FDL_TORCHRUN_TIMEOUT": huge})
+    assert caught.value.what == "FDL_TORCHRUN_TIMEOUT is longer than a rank can wait: at most 1000000000 s (about 31 years)"
+    assert caught.value.got == f"FDL_TORCHRUN_TIMEOUT={huge!r}"
+    assert caught.value.alike == "machine"
+    assert distributed.wait_seconds({"FDL_TORCHRUN_TIMEOUT": "1e9"}) == 1e9
