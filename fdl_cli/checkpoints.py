@@ -3115,18 +3115,19 @@ def _manifest_probe(base: Path, text: str, path: Path) -> str:
         raise CheckpointError(f"{path}: probe {text!r} has no path after '='",
                               fix=f'e.g. probe = "{name}=a.npz" in {path}')
     if is_named_probe(text) and rest and not (base / text).exists():
-        _check_manifest_probe_name(name, path, example=lambda usable: f'probe = "{usable}={rest}"')
+        _check_manifest_probe_name(name, path, example=('probe = "', f'={rest}"'))
         return f"{name}={_manifest_path(base, rest)}"
     return str(_manifest_path(base, text))
 
 
-def _check_manifest_probe_name(name: str, path: Path, *, example: Callable[[str], str]) -> None:
-    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` gives the
-    fix's line for the name made usable (a function, not a format string: the probe's path may hold '{')."""
+def _check_manifest_probe_name(name: str, path: Path, *, example: tuple[str, str]) -> None:
+    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` is the fix's
+    line before and after the name made usable (not a format string: the probe's path may hold '{')."""
     from fdl_cli.probes import probe_name_fault, usable_probe_name
 
     if (fault := probe_name_fault(name)) is not None:
-        raise CheckpointError(f"{path}: {fault}", fix=f"e.g. {example(usable_probe_name(name))} in {path}")
+        before, after = example
+        raise CheckpointError(f"{path}: {fault}", fix=f"e.g. {before}{usable_probe_name(name)}{after} in {path}")
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -3194,7 +3195,7 @@ def read_manifest(folder: Path) -> Manifest | None:
                 fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
             )
         for name, p in raw_probe.items():
-            _check_manifest_probe_name(name, path, example=lambda usable, p=p: f'probe = {{ {usable} = "{p}" }}')
+            _check_manifest_probe_name(name, path, example=("probe = { ", f' = "{p}" }}'))
         probes = [f"{name}={_manifest_path(base, str(p))}" for name, p in raw_probe.items()]
     else:
         probes = [_manifest_probe(base, p, path) for p in _as_str_list(raw_probe, "probe", path)]
