@@ -192,6 +192,9 @@ def inspect_checkpoint(
         for name, module in model.named_modules()
     ]
     named = dict(model.named_modules())
+    # modules that only hold others, without a forward of their own: a pass calls what they hold, never them
+    held = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList, torch.nn.ParameterDict)
+    containers = [name for name, module in named.items() if isinstance(module, held)]
     return {
         "checkpoint": str(ref.path),
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
@@ -207,7 +210,10 @@ def inspect_checkpoint(
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
         "notes": kwargs_notes.notes,
         # not JSON: for the `not called` line, the modules around those to take instead, as analyze's error says
-        "not_called_fix": parent_to_take([name for name in named if name not in shapes], named, shapes),
+        "not_called_fix": parent_to_take([name for name in named if name not in shapes and name not in containers],
+                                         named, shapes),
+        # not JSON: the containers (nn.ModuleList, GPT-2's transformer.h), which the table does not call `not called`
+        "containers": containers,
         # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,

@@ -89,3 +89,50 @@ def test_a_torchrun_wait_too_long_for_torchs_clocks_is_refused(huge: str) -> Non
     assert caught.value.got == f"FDL_TORCHRUN_TIMEOUT={huge!r}"
     assert caught.value.alike == "machine"
     assert distributed.wait_seconds({"FDL_TORCHRUN_TIMEOUT": "1e9"}) == 1e9
+
+
+BLOCKS = '''import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(Block(), nn.Linear(4, 3))
+'''
+
+
+def test_inspect_does_not_call_a_module_list_not_called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An nn.ModuleList (GPT-2's transformer.h, BERT's encoder.layer) is never called, its modules are: `fdl
+    inspect` listed it as `not called` and said to take the output of the block around it, `--layer 0`, as if the
+    forward pass had used its weights without calling them. A container's row says so, and no line follows."""
+    import torch
+
+    from tests.cli_run import model_file
+    from tests.test_analyze import fdl as run_fdl
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    module = model_file(tmp_path, BLOCKS)
+    checkpoint = tmp_path / "ckpt_1.pt"
+    torch.save(module.build().state_dict(), checkpoint)
+    done = run_fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build")
+    assert done.code == 0, done.stderr
+    row = next(line for line in done.stderr.splitlines() if "0.layers " in line)
+    assert "ModuleList" in row and "container" in row and "not called" not in row, done.stderr
+    assert "not called" not in done.stderr and "--layer 0 " not in done.stderr, done.stderr
+    # --json as before: a container has no output shape
+    done = run_fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build", "--json")
+    import json
+
+    rows = {row["name"]: row for row in json.loads(done.stdout)["modules"]}
+    assert rows["0.layers"]["output_shape"] is None and rows["0.layers.1"]["output_shape"] == [1, 4]
