@@ -136,3 +136,27 @@ def test_inspect_does_not_call_a_module_list_not_called(tmp_path: Path, monkeypa
 
     rows = {row["name"]: row for row in json.loads(done.stdout)["modules"]}
     assert rows["0.layers"]["output_shape"] is None and rows["0.layers.1"]["output_shape"] == [1, 4]
+
+
+def test_a_later_rows_negative_token_id_names_its_row_and_that_ids_start_at_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids padded with -100 (the labels' ignore index, reused for the inputs) in a later row: the hint named the
+    row of the highest id, one that fits, and said only to keep ids below the vocabulary size, which they were."""
+    import numpy as np
+
+    from tests.test_analyze import fdl as run_fdl
+    from tests.test_s22_user import TOKENS, _run
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    x = np.random.default_rng(0).integers(0, 11, (20, 6))
+    x[:, 0] = np.arange(20) % 11  # the highest id, 10, in row 10 first
+    x[13, 4] = -100
+    run, probe = _run(tmp_path, x)
+    done = run_fdl("analyze", run, "--model", TOKENS, "--probe", probe, "--out", tmp_path / "s.h5")
+    flat = " ".join(done.stderr.split())
+    assert done.code == 1 and "Traceback" not in flat, flat
+    assert ("x holds token ids from -100 to 10 (the lowest at probe row 13), in sequences of 6; the model's "
+            "nn.Embedding tables: embed 11 rows: an nn.Embedding takes ids from 0 to its number of rows − 1, so a "
+            "negative id (a padding of -100 or -1) is none: pad with an id of the vocabulary") in flat, flat
+    assert "probe row 10" not in flat, flat
