@@ -2505,14 +2505,6 @@ def _spec_candidates(target: str, base_dir: Path | None) -> list[Path]:
     return [Path(target)] + ([Path(base_dir) / target] if base_dir is not None else [])
 
 
-def _is_folder(path: Path) -> bool:
-    """Whether `path` is a folder; False where it cannot be looked at (a closed folder above it)."""
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
-
-
 def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
     """The file a --model spec names, as `resolve_model_factory` finds it: a path spec's file relative
     to the current folder first, then to ``base_dir``; an imported module spec's module file. None when
@@ -2592,7 +2584,9 @@ def resolve_model_factory(
         )
     if _is_path_spec(target):
         file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
-        folder = next((c for c in _spec_candidates(target, base_dir) if _is_folder(c)), None) if file is None else None
+        from fdl_cli.manifests import _is
+
+        folder = next((c for c in _spec_candidates(target, base_dir) if _is(c, "dir")), None) if file is None else None
         if folder is not None:  # it said "file d.py not found" of the folder d.py
             raise ModelError(
                 f"{label}: {folder} is a folder, not a Python file",
