@@ -2,16 +2,31 @@
 
 - fdl.toml: a probe name refused as --probe's, whose path holds '{' or '}' (`"my probe=runs/{a}.npz"`), was a
   ValueError/KeyError traceback: the fix's example was filled in with str.format, the path part of its template.
+- `--drop 0` of the store's reference whose file is gone said to put it back and `--redo 0`, which is refused.
+- `fdl inspect` listed a safetensors file's tensors in text order: h.10 and h.11 between h.1 and h.2.
+- FDL_TORCHRUN_TIMEOUT=1e10 made torch's rendezvous give up at once (its clocks overflow); 1e15 was a traceback.
+- `fdl inspect` called an nn.ModuleList `not called` and sent the user to the block around it.
+- A negative token id (a padding of -100) was hinted at with the row of the highest id, which fits.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import read_manifest
 from fdl_cli.errors import FdlError
+from tests.cli_run import model_file
+from tests.test_analyze import fdl as run_fdl
+from tests.test_reliability_inputs import MODEL, SMALL
+from tests.test_s19_store import _run, fdl
+from tests.test_s22_user import TOKENS
+from tests.test_s22_user import _run as _token_run
 
 
 @pytest.mark.parametrize(("probe", "fix"), [
@@ -36,9 +51,6 @@ def test_drop_of_the_stores_reference_whose_file_is_gone_names_no_redo(
     reference, so step 0 was taken for an ordinary step and the fix said "put the file back and use --redo 0",
     which --redo refuses (step 0 is the store's reference). It names the reference: restored, the store resumes;
     analysed again, only with --overwrite."""
-    from tests.test_reliability_inputs import MODEL, SMALL
-    from tests.test_s19_store import _run, fdl
-
     folder, probe = _run(tmp_path)
     out = tmp_path / "run.h5"
     common = [folder, "--model", MODEL, "--probe", probe, "-o", out, *SMALL]
@@ -57,13 +69,6 @@ def test_drop_of_the_stores_reference_whose_file_is_gone_names_no_redo(
 def test_inspect_lists_safetensors_blocks_in_number_order(tmp_path: Path) -> None:
     """`fdl inspect` lists a safetensors file's tensors by name (it keeps no writer's order): in text order a
     12-block model's h.10 and h.11 came between h.1 and h.2; the numbers in a name now count as numbers."""
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
-    from tests.test_analyze import fdl as run_fdl
-
     state = {f"h.{block}.{part}": torch.zeros(2) for block in range(12) for part in ("mlp.weight", "attn.weight")}
     state["wte.weight"] = torch.zeros(3, 2, dtype=torch.float16)
     path = tmp_path / "step_5.safetensors"
@@ -116,11 +121,6 @@ def test_inspect_does_not_call_a_module_list_not_called(tmp_path: Path, monkeypa
     """An nn.ModuleList (GPT-2's transformer.h, BERT's encoder.layer) is never called, its modules are: `fdl
     inspect` listed it as `not called` and said to take the output of the block around it, `--layer 0`, as if the
     forward pass had used its weights without calling them. A container's row says so, and no line follows."""
-    import torch
-
-    from tests.cli_run import model_file
-    from tests.test_analyze import fdl as run_fdl
-
     monkeypatch.setenv("COLUMNS", "1000")
     module = model_file(tmp_path, BLOCKS)
     checkpoint = tmp_path / "ckpt_1.pt"
@@ -132,8 +132,6 @@ def test_inspect_does_not_call_a_module_list_not_called(tmp_path: Path, monkeypa
     assert "not called" not in done.stderr and "--layer 0 " not in done.stderr, done.stderr
     # --json as before: a container has no output shape
     done = run_fdl("inspect", checkpoint, "--model", f"{tmp_path / 'model.py'}:build", "--json")
-    import json
-
     rows = {row["name"]: row for row in json.loads(done.stdout)["modules"]}
     assert rows["0.layers"]["output_shape"] is None and rows["0.layers.1"]["output_shape"] == [1, 4]
 
@@ -143,16 +141,11 @@ def test_a_later_rows_negative_token_id_names_its_row_and_that_ids_start_at_0(
 ) -> None:
     """Ids padded with -100 (the labels' ignore index, reused for the inputs) in a later row: the hint named the
     row of the highest id, one that fits, and said only to keep ids below the vocabulary size, which they were."""
-    import numpy as np
-
-    from tests.test_analyze import fdl as run_fdl
-    from tests.test_s22_user import TOKENS, _run
-
     monkeypatch.setenv("COLUMNS", "1000")
     x = np.random.default_rng(0).integers(0, 11, (20, 6))
     x[:, 0] = np.arange(20) % 11  # the highest id, 10, in row 10 first
     x[13, 4] = -100
-    run, probe = _run(tmp_path, x)
+    run, probe = _token_run(tmp_path, x)
     done = run_fdl("analyze", run, "--model", TOKENS, "--probe", probe, "--out", tmp_path / "s.h5")
     flat = " ".join(done.stderr.split())
     assert done.code == 1 and "Traceback" not in flat, flat
