@@ -2505,14 +2505,6 @@ def _spec_candidates(target: str, base_dir: Path | None) -> list[Path]:
     return [Path(target)] + ([Path(base_dir) / target] if base_dir is not None else [])
 
 
-def _is_folder(path: Path) -> bool:
-    """Whether `path` is a folder; False where it cannot be looked at (a closed folder above it)."""
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
-
-
 def model_spec_file(spec: str, *, base_dir: Path | None = None) -> Path | None:
     """The file a --model spec names, as `resolve_model_factory` finds it: a path spec's file relative
     to the current folder first, then to ``base_dir``; an imported module spec's module file. None when
@@ -2592,7 +2584,9 @@ def resolve_model_factory(
         )
     if _is_path_spec(target):
         file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
-        folder = next((c for c in _spec_candidates(target, base_dir) if _is_folder(c)), None) if file is None else None
+        from fdl_cli.manifests import _is
+
+        folder = next((c for c in _spec_candidates(target, base_dir) if _is(c, "dir")), None) if file is None else None
         if folder is not None:  # it said "file d.py not found" of the folder d.py
             raise ModelError(
                 f"{label}: {folder} is a folder, not a Python file",
@@ -3115,19 +3109,19 @@ def _manifest_probe(base: Path, text: str, path: Path) -> str:
         raise CheckpointError(f"{path}: probe {text!r} has no path after '='",
                               fix=f'e.g. probe = "{name}=a.npz" in {path}')
     if is_named_probe(text) and rest and not (base / text).exists():
-        _check_manifest_probe_name(name, path, example=f'probe = "{{}}={rest}"')
+        _check_manifest_probe_name(name, path, example=('probe = "', f'={rest}"'))
         return f"{name}={_manifest_path(base, rest)}"
     return str(_manifest_path(base, text))
 
 
-def _check_manifest_probe_name(name: str, path: Path, *, example: str) -> None:
-    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` is the fix,
-    with {} for the name made usable."""
+def _check_manifest_probe_name(name: str, path: Path, *, example: tuple[str, str]) -> None:
+    """Refuse a probe name of fdl.toml `path` as --probe's are (`probes.probe_name_fault`); `example` is the fix's
+    line before and after the name made usable (not a format string: the probe's path may hold '{')."""
     from fdl_cli.probes import probe_name_fault, usable_probe_name
 
     if (fault := probe_name_fault(name)) is not None:
-        raise CheckpointError(f"{path}: {fault}",
-                              fix=f"e.g. {example.format(usable_probe_name(name))} in {path}")
+        before, after = example
+        raise CheckpointError(f"{path}: {fault}", fix=f"e.g. {before}{usable_probe_name(name)}{after} in {path}")
 
 
 def read_manifest(folder: Path) -> Manifest | None:
@@ -3195,7 +3189,7 @@ def read_manifest(folder: Path) -> Manifest | None:
                 fix='e.g. probe = { train = "train.npz", test = "test.npz" }',
             )
         for name, p in raw_probe.items():
-            _check_manifest_probe_name(name, path, example=f'probe = {{{{ {{}} = "{p}" }}}}')
+            _check_manifest_probe_name(name, path, example=("probe = { ", f' = "{p}" }}'))
         probes = [f"{name}={_manifest_path(base, str(p))}" for name, p in raw_probe.items()]
     else:
         probes = [_manifest_probe(base, p, path) for p in _as_str_list(raw_probe, "probe", path)]

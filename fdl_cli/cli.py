@@ -14,7 +14,7 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
 import click
@@ -447,6 +447,7 @@ def inspect(**kwargs: Any) -> None:
         result = inspect_checkpoint(**{k: v for k, v in kwargs.items() if k != "as_json"})
     outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
     not_called_fix = result.pop("not_called_fix", None)
+    containers = frozenset(result.pop("containers", ()))  # no output shape: never called, their modules are
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
     needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
@@ -473,9 +474,10 @@ def inspect(**kwargs: Any) -> None:
             raise outputs_error
         return
     console = _stderr_console()
-    _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None))
+    _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None, containers))
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
-    if _hooks_told(result) and any(row["output_shape"] is None for row in result["modules"]):
+    if _hooks_told(result) and any(row["output_shape"] is None and row["name"] not in containers
+                                   for row in result["modules"]):
         console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
                       "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it"
                       + (f"; {not_called_fix}" if not_called_fix else ""), markup=False, highlight=False)
@@ -547,6 +549,8 @@ def _probe_misfit(spec: str, checkpoint: str, failure: str, *, manifest: Any = N
 
 #: `fdl inspect`'s output shape of a module the forward pass ran without calling
 NOT_CALLED = "not called"
+#: `fdl inspect`'s output shape of an nn.ModuleList or nn.ModuleDict: the pass calls the modules it holds, never it
+CONTAINER = "container"
 
 
 def _hooks_told(result: dict[str, Any]) -> bool:
@@ -560,7 +564,9 @@ def _hooks_told(result: dict[str, Any]) -> bool:
     return not failed and result["default_module"] != LAST_LINEAR_OP
 
 
-def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
+def _modules_table(
+    result: dict[str, Any], max_width: int | None, containers: Collection[str] = ()
+) -> tuple[Any, list[str]]:
     """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide.
 
     The names are what --layer takes: folded onto a second line when the terminal (or a pipe's 80
@@ -570,7 +576,8 @@ def _modules_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, 
     """
     unknown = NOT_CALLED if _hooks_told(result) else "unknown"
     rows = [(row["name"] or "(model)", str(row["type"]),
-             unknown if row["output_shape"] is None else str(row["output_shape"]), str(row["parameters"]),
+             str(row["output_shape"]) if row["output_shape"] is not None else
+             CONTAINER if row["name"] in containers else unknown, str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)

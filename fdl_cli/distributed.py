@@ -250,6 +250,9 @@ WAIT_ENV = "FDL_TORCHRUN_TIMEOUT"
 #: gloo, 10 for nccl) failed a long run at its end. A week: a hung job (a machine gone without closing its
 #: connections) still ends some day; a rank killed or stopped is noticed at once (its connections close).
 WAIT_S = 7 * 24 * 3600.0
+#: The longest wait `FDL_TORCHRUN_TIMEOUT` may set (about 31 years): torch's C++ clocks overflow far below what a
+#: float holds (1e10 s made gloo's rendezvous give up at once; 1e15 s overflowed datetime.timedelta).
+MAX_WAIT_S = 1e9
 #: the wait the process group was made with (`init_process_group`), named by a timed-out collective's error
 _wait_s = WAIT_S
 
@@ -272,6 +275,13 @@ def wait_seconds(environ: dict[str, str] | None = None) -> float:
             got=f"{WAIT_ENV}={text!r}",
             fix=f"set it to how long a rank may wait for the others (e.g. {WAIT_ENV}=86400 for a day), or unset it "
             f"for a week",
+        ), among="machine")
+    if seconds > MAX_WAIT_S:
+        raise alike(FdlError(
+            f"{WAIT_ENV} is longer than a rank can wait: at most {MAX_WAIT_S:.0f} s "
+            f"(about {MAX_WAIT_S // 31_557_600:.0f} years)",
+            got=f"{WAIT_ENV}={text!r}",
+            fix=f"set it to at most {MAX_WAIT_S:.0f}, or unset it for a week",
         ), among="machine")
     return seconds
 

@@ -4,6 +4,7 @@ sample (the probe's first input, or a random one made for the model's first laye
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,9 @@ def inspect_checkpoint(
         for name, module in model.named_modules()
     ]
     named = dict(model.named_modules())
+    # modules that only hold others, without a forward of their own: a pass calls what they hold, never them
+    held = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList, torch.nn.ParameterDict)
+    containers = [name for name, module in named.items() if isinstance(module, held)]
     return {
         "checkpoint": str(ref.path),
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
@@ -206,7 +210,10 @@ def inspect_checkpoint(
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
         "notes": kwargs_notes.notes,
         # not JSON: for the `not called` line, the modules around those to take instead, as analyze's error says
-        "not_called_fix": parent_to_take([name for name in named if name not in shapes], named, shapes),
+        "not_called_fix": parent_to_take([name for name in named if name not in shapes and name not in containers],
+                                         named, shapes),
+        # not JSON: the containers (nn.ModuleList, GPT-2's transformer.h), which the table does not call `not called`
+        "containers": containers,
         # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
@@ -221,7 +228,7 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
     shapes and the default layer need the model (it was raised alone, "holds weights only", and said nothing of
     what the file holds)."""
     state = loaded.state_dict or {}
-    names = sorted(state) if _by_name(ref) else list(state)
+    names = sorted(state, key=_name_order) if _by_name(ref) else list(state)
     tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
                 "values": int(state[name].numel())} for name in names]
     return {
@@ -241,6 +248,13 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         ),
         "notes": notes,
     }
+
+
+def _name_order(name: str) -> tuple[str | int, ...]:
+    """A tensor's name as `fdl inspect` orders safetensors' (`_by_name`): the numbers in it as numbers, so that a
+    model's blocks come in its order (layers.2 before layers.10, which text order put between layers.1 and 2).
+    Text and numbers alternate, text first (re.split with a group), so like is compared with like."""
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", name)))
 
 
 def _by_name(ref: Any) -> bool:

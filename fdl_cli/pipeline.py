@@ -1999,6 +1999,7 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         stored = reader.file_identities()
         series = reader.series()
         records = reader.records(probe=series[0][0], layer=series[0][1]) if series else []
+        store_reference = reader.provenance.get("reference_step")
     missing = [step for step in wanted if step not in stored]
     if missing:
         shown = sorted(stored)
@@ -2018,7 +2019,11 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         # the reference is analysed again with everything else (--redo refuses it); --redo reads the step's
         # file, which a user dropping a checkpoint has often deleted: --redo was named, then refused
         gone = all(ref.step != step for ref in refs)
-        again = (f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
+        # the store's reference, its file gone: this run's reference is another step, and --redo refuses the store's
+        again = (f"step {step} is the store's reference, whose file is not among this run's checkpoints (deleted or "
+                 f"moved): put it back to resume the store; to analyse it again, {_OVERWRITE_FIX}"
+                 if gone and step == store_reference else
+                 f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
                  else f"step {step}'s file is not among this run's checkpoints (deleted or moved): the store keeps "
                  f"what it analysed of it, in its place; to analyse it again, put the file back and use --redo {step}"
                  if gone else f"to analyse step {step} again use --redo {step}")
@@ -2038,7 +2043,7 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             "only a second copy of a file the store keeps at another step, so that nothing analysed is lost",
             got="steps whose file is stored at another step too: " + ", ".join(map(str, copies)),
             fix=f"leave step {step} out of --drop; {again}"
-            + ("" if step == ctx.reference_step else f", to start afresh {_OVERWRITE_FIX}"),
+            + ("" if step in (ctx.reference_step, store_reference) else f", to start afresh {_OVERWRITE_FIX}"),
         )
     steps_now = {ref.step: ref for ref in refs}
     read = [step for step in wanted if step in steps_now]

@@ -98,13 +98,18 @@ def token_id_hint(x: np.ndarray, error: str, tables: Sequence[tuple[str, int]] =
         return None
     flat = np.asarray(x).reshape(len(x), -1)
     lowest, highest = int(flat.min()), int(flat.max())
-    at = rows + int(np.unravel_index(int(flat.argmax()), flat.shape)[0])
+    # a negative id (a padding of -100, the labels' ignore index) is the one refused: its row, not the highest's
+    negative = lowest < 0
+    at = rows + int(np.unravel_index(int(flat.argmin() if negative else flat.argmax()), flat.shape)[0])
     held = f"; the model's nn.Embedding tables: {', '.join(f'{name} {count} rows' for name, count in tables[:4])}" \
         if tables else ""
     where = (f"x's first sample holds token ids from {lowest} to {highest}, a sequence of {flat.shape[1]}"
              if len(flat) == 1 and rows == 0 else
-             f"x holds token ids from {lowest} to {highest} (the highest at probe row {at}), in sequences of "
-             f"{flat.shape[1]}")
+             f"x holds token ids from {lowest} to {highest} (the {'lowest' if negative else 'highest'} at probe row "
+             f"{at}), in sequences of {flat.shape[1]}")
+    if negative:
+        return (f"{where}{held}: an nn.Embedding takes ids from 0 to its number of rows − 1, so a negative id (a "
+                "padding of -100 or -1) is none: pad with an id of the vocabulary (the tokenizer's pad id)")
     return (f"{where}{held}: an nn.Embedding takes ids below its number of rows, so keep the probe's ids "
             "below the vocabulary size the model was built with, and its sequences no longer than a table of "
             "positions allows")
