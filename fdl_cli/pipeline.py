@@ -3131,8 +3131,9 @@ def _run_refs(
             else:
                 announce(writer.add(entry))
     signals.check()
-    _warn_constant_outputs(ctx)
-    _warn_constant_anchors(ctx)
+    if ctx.world is None or not ctx.world.distributed:  # a torchrun job's rank 0 says them for every rank's steps
+        _warn_constant_outputs(ctx)
+        _warn_constant_anchors(ctx)
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):

@@ -29,6 +29,8 @@ from fdl_cli.pipeline import (
     _run_refs,
     _sha256_once,
     _WalkBack,
+    _warn_constant_anchors,
+    _warn_constant_outputs,
     _watch_under_torchrun,
     entry_records,
     invocation,
@@ -485,6 +487,7 @@ def _analyze_distributed(
                 part.close()  # all of it durable before rank 0 is sent the entries
                 part_file = _file_identity(_rank_part(out, world.rank))
         mine_paths = {str(ref.path) for ref in mine}
+        constant = _constant_steps(ctx, owned)
         payload = (
             [entry for entry in local.entries if entry.step in owned],
             [item for item in local_summary.failed if item[0] in mine_paths],
@@ -494,10 +497,12 @@ def _analyze_distributed(
             _RankMessages() if world.speaks else _RankMessages(
                 **{kind: list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED},
                 once={kind: message for kind, message in ctx.noted_once.items() if kind not in noted_once}),
+            constant,
         )
         gathered = distributed.gather_to_writer(payload, world, "the other ranks to finish their checkpoints")
         if gathered is not None:
             _say_other_ranks_messages(ctx.reporter, [part[3] for part in gathered], ctx.noted_once)
+            _warn_constant_steps(ctx, [part[4] for part in gathered])
         first_failure: str | None = None
         written = False
         if writer is not None and gathered is not None:
@@ -596,6 +601,34 @@ def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[_RankMessag
                 if message not in said and message not in unsaid[rank]:
                     said.add(message)
                     say(f"rank {rank}: {message}")
+
+
+def _constant_steps(ctx: _Context, owned: set[int]) -> tuple[dict[str, list[int]], dict[str, dict[int, bool]]]:
+    """This rank's steps of `owned` at which features or outputs were constant (`_Context.constant_anchors`,
+    `constant_outputs`), taken from `ctx`: the others it analysed (the reference, the one before its block)
+    are another rank's to say."""
+    anchors = {where: [step for step in steps if step in owned] for where, steps in ctx.constant_anchors.items()}
+    outputs = {name: {step: empty for step, empty in steps.items() if step in owned}
+               for name, steps in ctx.constant_outputs.items()}
+    ctx.constant_anchors.clear()
+    ctx.constant_outputs.clear()
+    return anchors, outputs
+
+
+def _warn_constant_steps(
+    ctx: _Context, gathered: Sequence[tuple[dict[str, list[int]], dict[str, dict[int, bool]]]]
+) -> None:
+    """Rank 0: one warning of constant features and one of constant outputs naming every rank's steps, as one
+    process says them (`_warn_constant_anchors`, `_warn_constant_outputs`), not one a rank."""
+    for anchors, outputs in gathered:
+        for where, steps in anchors.items():
+            if steps:
+                ctx.constant_anchors.setdefault(where, []).extend(steps)
+        for name, flags in outputs.items():
+            if flags:
+                ctx.constant_outputs.setdefault(name, {}).update(flags)
+    _warn_constant_outputs(ctx)
+    _warn_constant_anchors(ctx)
 
 
 def _write_gathered(

@@ -1,0 +1,45 @@
+"""Session 22's review items (tiny MLPs on the CPU). Each test failed before its fix.
+
+- Under torchrun, the warnings said once a batch for every step at which a series' features, or the model's
+  outputs, are constant (a dead ReLU layer) came once per rank ("rank 1: ... at step 30" beside rank 0's "at
+  step 10"): each rank now sends its steps with its messages, and rank 0 says one warning naming every step,
+  as one process does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from tests.test_reliability_inputs import MODEL, SMALL, _weights
+from tests.test_s19_rank import _torchrun
+from tests.test_s22_small import _dead
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------- torchrun: one warning of constant features naming every step
+
+
+def test_under_torchrun_the_constant_features_warnings_name_every_rank_s_steps_at_once(tmp_path: Path) -> None:
+    """Steps 10 (rank 0's block) and 30 (rank 1's) have a dead ReLU layer: zero features, so the outputs are
+    the head's bias, constant too. Each warning was said twice, rank 1's prefixed "rank 1: ..."."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for index, step in enumerate((0, 10, 20, 30, 40)):
+        state = _dead(index, "zero", 8) if step in (10, 30) else _weights(index)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(1)
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    done = _torchrun("analyze", str(folder), "--model", MODEL, "--probe", str(probe), "-o", str(tmp_path / "s.h5"),
+                     "--device", "cpu", *SMALL)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 0, err
+    anchors = "probe/2:input: the features are constant over the anchor points (a dead layer?) at steps 10, 30: "
+    outputs = "probe 'probe': the model's outputs are constant over the probe (a zero or constant head?) at steps 10, 30: "
+    assert err.count(anchors) == 1 and err.count(outputs) == 1, err
+    assert err.count("are constant over the") == 2, err
