@@ -1005,7 +1005,7 @@ class StoreReader:
             raise StoreError(
                 f"probe {probe!r} is not in {self._path}",
                 got=f"probes in the store: {', '.join(probes) or '(none)'}",
-                fix="pass one of them as --probe",
+                fix="pass one of them as probe=",
             )
         candidates = [s for s in available if probe is None or s[0] == probe]
         if layer is not None:
@@ -1015,7 +1015,7 @@ class StoreReader:
                 raise StoreError(
                     f"layer {layer!r} is not in {self._path}{scope}",
                     got=f"layers in the store{scope}: {', '.join(layers) or '(none)'}",
-                    fix="pass one of them as --layer",
+                    fix="pass one of them as layer=",
                 )
             candidates = [s for s in candidates if s[1] == layer]
         return candidates

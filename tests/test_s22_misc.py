@@ -4,6 +4,8 @@
   outputs, are constant (a dead ReLU layer) came once per rank ("rank 1: ... at step 30" beside rank 0's "at
   step 10"): each rank now sends its steps with its messages, and rank 0 says one warning naming every step,
   as one process does.
+- `StoreReader`'s refusal of an unknown probe or layer, which only a Python caller meets, said "pass one of them
+  as --probe" (--layer), flags of the commands; it now says probe= (layer=).
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
+from fdl_cli.errors import StoreError
+from fdl_cli.store import StoreReader
 from tests.test_reliability_inputs import MODEL, SMALL, _weights
 from tests.test_s19_rank import _torchrun
+from tests.test_s22_api import KEYS
 from tests.test_s22_small import _dead
+from tests.test_store import random_entry, write
 
 torch.set_num_threads(1)
 
@@ -43,3 +50,18 @@ def test_under_torchrun_the_constant_features_warnings_name_every_rank_s_steps_a
     outputs = "probe 'probe': the model's outputs are constant over the probe (a zero or constant head?) at steps 10, 30: "
     assert err.count(anchors) == 1 and err.count(outputs) == 1, err
     assert err.count("are constant over the") == 2, err
+
+
+# -------------------------------------------------- StoreReader: an unknown probe or layer, in Python's keywords
+
+
+def test_an_unknown_probe_or_layer_is_refused_in_the_python_api_s_keywords(tmp_path: Path) -> None:
+    """Only a Python caller reaches these (the commands select with `report.select_series`): they asked for
+    --probe / --layer, flags the caller has none of."""
+    path = tmp_path / "run.h5"
+    write(path, [random_entry(step, KEYS) for step in (1, 5)])
+    with StoreReader(path) as reader:
+        for selection, keyword in (({"probe": "nope"}, "probe="), ({"probe": "train", "layer": "nope"}, "layer=")):
+            with pytest.raises(StoreError) as excinfo:
+                reader.records(**selection)
+            assert excinfo.value.fix == f"pass one of them as {keyword}", excinfo.value.fix
