@@ -484,7 +484,7 @@ def page_figures(run: Run, drawn: Sequence[Drawn] | None = None) -> dict[str, li
 
 
 def _name_series(figure: Figure, label: str) -> None:
-    """Say the series in the drawn figure, as its HTML title and its file's name do (a PNG opened alone said no
+    """Say the series in the drawn figure, as its HTML section's heading and its file's name do (a PNG opened alone said no
     series): in the title of its one titled panel, as a compare's figures (`compare_figures`); over the panels of
     a figure of several (the triptych, the eigenfunctions at a few steps), whose own titles are theirs."""
     titled = [ax for ax in figure.axes if ax.get_title()]

@@ -6,10 +6,14 @@
   as one process does.
 - `StoreReader`'s refusal of an unknown probe or layer, which only a Python caller meets, said "pass one of them
   as --probe" (--layer), flags of the commands; it now says probe= (layer=).
+- usage.md said each figure names its series "as the HTML page's titles do": the page names it in the heading
+  of the series' section, which it now says.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,12 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.errors import StoreError
+from fdl_cli.html import run_page
+from fdl_cli.report import load_run
 from fdl_cli.store import StoreReader
 from tests.test_reliability_inputs import MODEL, SMALL, _weights
+from tests.test_report import make_store
+from tests.test_s16_docs import USAGE
 from tests.test_s19_rank import _torchrun
 from tests.test_s22_api import KEYS
 from tests.test_s22_small import _dead
@@ -65,3 +73,15 @@ def test_an_unknown_probe_or_layer_is_refused_in_the_python_api_s_keywords(tmp_p
             with pytest.raises(StoreError) as excinfo:
                 reader.records(**selection)
             assert excinfo.value.fix == f"pass one of them as {keyword}", excinfo.value.fix
+
+
+# ---------------------------------------------------------- usage.md: where the HTML page names a figure's series
+
+
+def test_usage_md_says_where_the_html_page_names_the_series_as_the_page_does(tmp_path: Path) -> None:
+    """usage.md said each figure names its series "as the HTML page's titles do": the page's figure titles do
+    not (`figures.page_figures`), the heading of the series' section does."""
+    said = re.search(r"as the HTML page names it in the heading of the\s+series' section \(`([^`]+)`\)", USAGE)
+    assert said is not None
+    page = html.unescape(run_page(load_run(make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))), with_figures=False))
+    assert f"<h2>{said.group(1)}</h2>" in page, page[:2000]
