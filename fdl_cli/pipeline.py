@@ -1978,6 +1978,10 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     ctx.redo_successors = successors
 
 
+#: why a stored step's file is not among a run's checkpoints, whichever way they are given (a folder, FILES, `-`)
+_NOT_GIVEN = "(deleted, moved, or left out of the files or steps given)"
+
+
 def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None:
     """--drop: each step named must be stored, a second copy of a file (same path, same sha256) that the
     store holds at a step it keeps (so nothing it analysed is lost: a store damaged by an fdl before session
@@ -2020,12 +2024,12 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         # file, which a user dropping a checkpoint has often deleted: --redo was named, then refused
         gone = all(ref.step != step for ref in refs)
         # the store's reference, its file gone: this run's reference is another step, and --redo refuses the store's
-        again = (f"step {step} is the store's reference, whose file is not among this run's checkpoints (deleted or "
-                 f"moved): put it back to resume the store; to analyse it again, {_OVERWRITE_FIX}"
+        again = (f"step {step} is the store's reference, whose file is not among this run's checkpoints {_NOT_GIVEN}: "
+                 f"put it back among them to resume the store; to analyse it again, {_OVERWRITE_FIX}"
                  if gone and step == store_reference else
                  f"step {step} is the reference: to analyse it again, {_OVERWRITE_FIX}" if step == ctx.reference_step
-                 else f"step {step}'s file is not among this run's checkpoints (deleted or moved): the store keeps "
-                 f"what it analysed of it, in its place; to analyse it again, put the file back and use --redo {step}"
+                 else f"step {step}'s file is not among this run's checkpoints {_NOT_GIVEN}: the store keeps what it "
+                 f"analysed of it, in its place; to analyse it again, put the file back among them and use --redo {step}"
                  if gone else f"to analyse step {step} again use --redo {step}")
         if not copies:
             # a healthy store: what the user may have meant is to remove a checkpoint, which --drop never does
@@ -2034,7 +2038,7 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
                 "removes only a second copy of a file the store keeps at another step (stored so by a resume with "
                 "other step options, which fdl now refuses), never the only one",
                 got=f"step {step} is the only copy of {stored[step][0]} in {out}"
-                + (", a file this run does not find" if gone else ""),
+                + (", a file this run does not read" if gone else ""),
                 fix="leave out --drop (`fdl analyze` names the steps to drop when a store holds a file at two steps); "
                 f"{again}; for a store without some checkpoints, analyse the others into another --out (--steps)",
             )

@@ -8,11 +8,14 @@
   as --probe" (--layer), flags of the commands; it now says probe= (layer=).
 - usage.md said each figure names its series "as the HTML page's titles do": the page names it in the heading
   of the series' section, which it now says.
+- --drop of a stored step that is not among this run's checkpoints said its file was "deleted or moved", and to
+  "put the file back": a step left out of the paths given (on stdin, as FILES, by --steps) is neither.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import re
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from tests.test_reliability_inputs import MODEL, SMALL, _weights
 from tests.test_report import make_store
 from tests.test_s16_docs import USAGE
 from tests.test_s19_rank import _torchrun
+from tests.test_s19_store import _run, fdl
 from tests.test_s22_api import KEYS
 from tests.test_s22_small import _dead
 from tests.test_store import random_entry, write
@@ -85,3 +89,25 @@ def test_usage_md_says_where_the_html_page_names_the_series_as_the_page_does(tmp
     assert said is not None
     page = html.unescape(run_page(load_run(make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))), with_figures=False))
     assert f"<h2>{said.group(1)}</h2>" in page, page[:2000]
+
+
+# ------------------------------------------------ --drop of a step left out of the paths given on stdin
+
+
+def test_drop_of_a_step_left_out_of_the_paths_on_stdin_does_not_say_its_file_was_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fdl analyze -` given steps 0 and 20 of a store of 0, 10, 20 (step 10's file where it was) and --drop 10:
+    refused, saying step 10's file was "deleted or moved" and to "put the file back"."""
+    folder, probe = _run(tmp_path)
+    out = tmp_path / "run.h5"
+    common = ["--model", MODEL, "--probe", probe, "-o", out, *SMALL]
+    assert fdl(capsys, "analyze", folder, *common)[0] == 0
+    before = out.read_bytes()
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{folder / f'step_{s}.safetensors'}\n" for s in (0, 20))))
+    status, stdout, err = fdl(capsys, "analyze", "-", *common, "--drop", "10")
+    flat = " ".join(err.split())
+    assert status == 1 and stdout == "" and "Traceback" not in err and out.read_bytes() == before, flat
+    assert ("step 10's file is not among this run's checkpoints (deleted, moved, or left out of the files or steps "
+            "given): the store keeps what it analysed of it, in its place; to analyse it again, put the file back "
+            "among them and use --redo 10;") in flat, flat

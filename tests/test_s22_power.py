@@ -33,9 +33,10 @@ def test_drop_of_a_step_whose_file_is_gone_names_no_redo_that_is_refused(
     flat = " ".join(err.split())
     assert status == 1 and stdout == "" and "Traceback" not in err, flat
     assert f"got: step 10 is the only copy of {folder / 'step_10.safetensors'} in {out}, a file this run does not " \
-        "find" in flat, flat
-    assert ("step 10's file is not among this run's checkpoints (deleted or moved): the store keeps what it analysed "
-            "of it, in its place; to analyse it again, put the file back and use --redo 10;") in flat, flat
+        "read" in flat, flat
+    assert ("step 10's file is not among this run's checkpoints (deleted, moved, or left out of the files or steps "
+            "given): the store keeps what it analysed of it, in its place; to analyse it again, put the file back "
+            "among them and use --redo 10;") in flat, flat
     assert "to analyse step 10 again use --redo 10" not in flat, flat
     assert out.read_bytes() == before
     # what the fix says of a resume holds: the store keeps step 10

@@ -61,9 +61,9 @@ def test_drop_of_the_stores_reference_whose_file_is_gone_names_no_redo(
     flat = " ".join(err.split())
     assert status == 1 and stdout == "" and "Traceback" not in err and out.read_bytes() == before, flat
     assert "--redo 0" not in flat, flat
-    assert ("step 0 is the store's reference, whose file is not among this run's checkpoints (deleted or moved): "
-            "put it back to resume the store; to analyse it again, re-analyse everything with --overwrite (or "
-            "another --out)") in flat, flat
+    assert ("step 0 is the store's reference, whose file is not among this run's checkpoints (deleted, moved, or "
+            "left out of the files or steps given): put it back among them to resume the store; to analyse it again, "
+            "re-analyse everything with --overwrite (or another --out)") in flat, flat
 
 
 def test_inspect_lists_safetensors_blocks_in_number_order(tmp_path: Path) -> None:
