@@ -146,7 +146,8 @@ class _ImportWatch:
     itself where its action is the default (under torchrun). Nothing is lost: `analyze` and
     `inspect` import torch first of all, before any file is opened or written. The thread runs no
     Python of fdl's beyond this loop, touches no torch, and writes with `os.write` (no lock of the
-    main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`).
+    main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`, which
+    hands it `wakeup`: `_run_woken`).
     """
 
     POLL_S = 0.05
@@ -179,8 +180,10 @@ class _ImportWatch:
         import select
 
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
+        readable = select.poll()  # not select.select: no limit on the fd's number (FD_SETSIZE)
+        readable.register(read, select.POLLIN)
         while not self.done:
-            if not select.select([read], [], [], self.POLL_S)[0]:
+            if not readable.poll(self.POLL_S * 1000):
                 continue
             try:
                 numbers = os.read(read, 64)
