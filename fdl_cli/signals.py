@@ -146,25 +146,57 @@ class _ImportWatch:
     itself where its action is the default (under torchrun). Nothing is lost: `analyze` and
     `inspect` import torch first of all, before any file is opened or written. The thread runs no
     Python of fdl's beyond this loop, touches no torch, and writes with `os.write` (no lock of the
-    main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`).
+    main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`, which
+    hands it `wakeup`: `_run_woken`).
     """
 
     POLL_S = 0.05
 
-    def __init__(self, signals: set[signal.Signals], *, quiet: bool = False, note: str | None = IMPORT_NOTE) -> None:
+    def __init__(self, signals: set[signal.Signals], *, quiet: bool = False, note: str | None = IMPORT_NOTE,
+                 wakeup: tuple[int, int] | None = None) -> None:
         self.signals = signals
         self.quiet = quiet  # a rank of a torchrun job whose rank 0 says it
         self.note = note  # said at a first Ctrl-C, which waits for the end; None: it ends the process too
+        # (read end, the wakeup fd in place before or -1): Python's wakeup fd, read instead of `sigtimedwait`
+        self.wakeup = wakeup
         self.first: int | None = None
         self.done = False
         self.actions: dict[int, Any] = {int(signum): signal.getsignal(signum) for signum in signals}
         self.thread = threading.Thread(target=self._run, name="fdl-import-signals", daemon=True)
 
     def _run(self) -> None:
+        if self.wakeup is not None:
+            self._run_woken(*self.wakeup)
+            return
         while not self.done:
             info = signal.sigtimedwait(self.signals, self.POLL_S)
             if info is not None:
                 self._take(info.si_signo)
+
+    def _run_woken(self, read: int, previous: int) -> None:
+        """The signals as Python's C handler writes them to the wakeup fd, in whichever thread it ran: this one,
+        which lets them through (a signal at its default action ends the process here, by the signal), or any
+        other that does. The numbers of signals not watched go on to the wakeup fd that was in place."""
+        import select
+
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
+        readable = select.poll()  # not select.select: no limit on the fd's number (FD_SETSIZE)
+        readable.register(read, select.POLLIN)
+        while not self.done:
+            if not readable.poll(self.POLL_S * 1000):
+                continue
+            try:
+                numbers = os.read(read, 64)
+            except (BlockingIOError, InterruptedError):
+                continue
+            for signum in numbers:
+                if signum in self.actions:
+                    self._take(signum)
+                elif previous >= 0:
+                    try:
+                        os.write(previous, bytes([signum]))
+                    except OSError:
+                        pass  # full or closed: as Python's own handler, which does not wait either
 
     def _take(self, signum: int) -> None:
         if signum == signal.SIGINT and self.first is None and self.note is not None:
@@ -226,12 +258,15 @@ def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
     every other one; a rank that a Ctrl-C stopped before it joined never comes, and torchrun hands the
     Ctrl-C to the waiting ones too, whose handler would run only once the wait ends: after the backend's
     timeout (`distributed.WAIT_S`, a week), torchrun SIGKILLing them after 30 s, rank 0 unheard ("interrupted" not said).
-    Here SIGINT and SIGTERM are held back and `_ImportWatch` ends the process at the first one, as it
-    ends it at a second Ctrl-C during `import torch` ("interrupted" unless `quiet`, status 130 or 143;
-    by the signal itself where its action is the default). Only the signals fdl took (`installed`) or left
-    at their default: an embedding program's own handler, or an ignored signal, stays as it was; and
-    nothing where `signal.sigtimedwait` does not exist (macOS): the wait is as it was."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "sigtimedwait"):
+    Here `_ImportWatch` ends the process at the first SIGINT or SIGTERM, as it ends it at a second Ctrl-C during
+    `import torch` ("interrupted" unless `quiet`, status 130 or 143; by the signal itself where its action is
+    the default), whichever thread the signal is delivered to. Held back from this thread (and the threads it
+    starts, the backend's), it goes to the watcher or to a thread started before with the signals let through
+    (torch's intra-op threads, a thread of the model file's): Python's C handler writes its number to the
+    wakeup fd, which the watcher borrows for the wait; `sigtimedwait` saw none taken by another thread (the rank
+    hung). Only the signals fdl took (`installed`) or left at their default: an embedding program's own
+    handler, or an ignored signal, stays as it was, and its wakeup fd gets the numbers the watcher does not take."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     taken = {signum for signum in (signal.SIGINT, signal.SIGTERM)
@@ -239,14 +274,26 @@ def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
     if not taken:
         yield
         return
-    watch = _ImportWatch(taken, quiet=quiet, note=None)
-    with held():
-        watch.thread.start()
-        try:
-            yield
-        finally:
-            watch.done = True
-            watch.thread.join()
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)  # Python's wakeup fd must not block its handler
+    try:
+        with held():
+            previous = signal.set_wakeup_fd(write)
+            try:
+                watch = _ImportWatch(taken, quiet=quiet, note=None, wakeup=(read, previous))
+                watch.thread.start()
+                try:
+                    yield
+                finally:
+                    watch.done = True
+                    watch.thread.join()
+            finally:
+                # A signal handled after the watcher's last look is not lost: its handler runs in this thread.
+                signal.set_wakeup_fd(previous)
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def check() -> None:
