@@ -64,9 +64,16 @@ def _rank_part_origin(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
+def _rank_part_origin_copy(part: Path) -> Path:
+    """The sidecar's copy under way (`_write_rank_part_origin`), renamed onto it once whole."""
+    return part.with_name(part.name + ".json.tmp")
+
+
 def _write_rank_part_origin(part: Path, reference: tuple[int, str], predecessor: tuple[int, str] | None) -> None:
+    """Call it holding the part's lock (its writer open): `_remove_orphan_sidecars` removes, under that lock,
+    a sidecar and a copy of one beside no part."""
     origin = {"reference": list(reference), "predecessor": list(predecessor) if predecessor else None}
-    tmp = part.with_name(part.name + ".json.tmp")
+    tmp = _rank_part_origin_copy(part)
     tmp.write_text(json.dumps(origin))
     os.replace(tmp, _rank_part_origin(part))
 
@@ -75,6 +82,17 @@ def _remove_rank_part(part: Path) -> None:
     for path in (part, _rank_part_origin(part)):
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _is_rank_part_origin_copy(path: Path) -> bool:
+    """Whether `path` reads as what `_write_rank_part_origin` left of a sidecar when killed while writing
+    it: the start of one (as short as nothing), or one whole; not a file of the user's."""
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return False
+    start = b'{"reference": '  # how json.dumps begins the sidecar
+    return start.startswith(text) or text.startswith(start)
 
 
 def _is_rank_part_origin(path: Path) -> bool:
@@ -88,7 +106,8 @@ def _is_rank_part_origin(path: Path) -> bool:
 
 def _remove_orphan_sidecars(out: Path) -> None:
     """What a rank killed before its part's first commit left beside `out`: the sidecar (`_rank_part_origin`), the
-    part's lock file and its copies of a commit under way (STORE.rank-K.tmp-<pid>), without the part itself.
+    part's lock file, its copies of a commit under way (STORE.rank-K.tmp-<pid>) and of the sidecar
+    (STORE.rank-K.json.tmp, written holding the part's lock), without the part itself.
     Removed quietly, as the writer removes a store's own leftovers (its lock file, its copies of dead
     processes), and only holding the part's lock (no rank writes it now) with no part there: a part store,
     whatever it holds, is never removed here; a sidecar that does not read as one a rank wrote is left."""
@@ -97,7 +116,7 @@ def _remove_orphan_sidecars(out: Path) -> None:
 
     from fdl_cli.store import _WriterLock, remove_stale_copies
 
-    leftover = re.compile(re.escape(f"{out.name}.rank-") + r"(\d+)(\.json|\.lock|\.tmp-\d+)")
+    leftover = re.compile(re.escape(f"{out.name}.rank-") + r"(\d+)(\.json|\.json\.tmp|\.lock|\.tmp-\d+)")
     ranks = set()
     for path in out.parent.glob(globbing.escape(f"{out.name}.rank-") + "*"):
         if (match := leftover.fullmatch(path.name)) is not None:
@@ -118,6 +137,9 @@ def _remove_orphan_sidecars(out: Path) -> None:
             if _is_rank_part_origin(_rank_part_origin(part)):
                 with contextlib.suppress(OSError):
                     _rank_part_origin(part).unlink()
+            if _is_rank_part_origin_copy(_rank_part_origin_copy(part)):
+                with contextlib.suppress(OSError):
+                    _rank_part_origin_copy(part).unlink()
         finally:
             lock.release()  # removes the lock file
 
@@ -556,8 +578,8 @@ def _open_rank_part(
     assert ctx.world is not None
     part = _rank_part(out, ctx.world.rank)
     try:
-        _write_rank_part_origin(part, reference, (before.step, _sha256_once(ctx, before.path)) if before else None)
-        return StoreWriter(
+        predecessor = (before.step, _sha256_once(ctx, before.path)) if before else None
+        writer = StoreWriter(
             part,
             provenance=provenance,
             probes=_probe_infos(ctx),
@@ -567,6 +589,15 @@ def _open_rank_part(
         )
     except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
         return None
+    try:
+        # Holding the part's lock (the writer's), before the part's first commit: a cleanup of another job
+        # (`_remove_orphan_sidecars`) never removes the sidecar of a part about to be written.
+        _write_rank_part_origin(part, reference, predecessor)
+    except Exception:  # noqa: BLE001 - as above; the writer was given nothing: it writes nothing
+        with contextlib.suppress(Exception):
+            writer.close()
+        return None
+    return writer
 
 
 #: what a rank says that rank 0 relays (`_RankMessages`), by the name of its list on a reporter
