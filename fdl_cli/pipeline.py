@@ -1740,6 +1740,7 @@ def _probe_infos(ctx: _Context) -> list[Any]:
                 anchor_x=anchor_x,
                 anchor_y=anchor_y,
                 zero_one_targets=ctx.zero_one.get(probe.name),  # None where not validated: not recorded
+                x_sha256=probe.x_sha256 or None,
             )
         )
     return infos

@@ -51,6 +51,8 @@ class Probe:
         task: ``"classes"``, ``"regression"`` or ``None`` (no targets).
         n_classes: max label + 1 for classes, else ``None``.
         sha256: hex digest of the file's bytes.
+        x_sha256: hex digest of the inputs alone as fdl reads them (`inputs_digest`): two files of the same x
+            and different y (a label-shuffle control) agree on it, so their eigenfunctions can be compared.
     """
 
     name: str
@@ -66,6 +68,8 @@ class Probe:
     unused: tuple[str, ...] = ()
     #: the names x and y were read under (``inputs``, ``labels``, ...; ``""`` without targets)
     keys: tuple[str, str] = ("x", "")
+    #: `inputs_digest` of x ("" where not taken)
+    x_sha256: str = ""
 
     @property
     def n(self) -> int:
@@ -651,19 +655,37 @@ def _check_target_range(path: Path, key: str, peak: float) -> None:
         )
 
 
-def _lazy_inputs(path: Path, key: str, x: RowReader) -> RowReader:
-    """The checks of `_inputs` on inputs read in place, a chunk at a time."""
+def _inputs_hasher(dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    """A sha256 begun with the inputs' dtype and shape as fdl reads them (`inputs_digest`)."""
+    return hashlib.sha256(f"fdl probe inputs; dtype {np.dtype(dtype).str}; shape {tuple(shape)}\n".encode())
+
+
+def inputs_digest(x: np.ndarray) -> str:
+    """sha256 of probe inputs in a canonical form: their dtype (byte order included) and shape as fdl reads
+    them (float32/float64, token ids int64, 1-D float inputs as (n, 1)), then their bytes in C order.
+    Independent of the file's format and of the targets beside x."""
+    digest = _inputs_hasher(x.dtype, x.shape)
+    digest.update(np.ascontiguousarray(x).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def _lazy_inputs(path: Path, key: str, x: RowReader) -> tuple[RowReader, str]:
+    """The checks of `_inputs` on inputs read in place, a chunk at a time, and their `inputs_digest` from
+    the same pass."""
     if len(x) == 0:
         raise ProbeError(
             f"the probe {path} is empty: '{key}' has shape {x.shape}",
             fix="save at least one sample, shape (n, ...)",
         )
+    digest = _inputs_hasher(x.dtype, x.shape)
     for first, rows in x.chunks():
         _check_finite(path, key, rows, first_row=first)
-    return x
+        digest.update(np.ascontiguousarray(rows, dtype=x.dtype).reshape(-1).view(np.uint8).data)
+    return x, digest.hexdigest()
 
 
-def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
+def _inputs(path: Path, key: str, x: Any) -> tuple[np.ndarray | RowReader, str]:
+    """The probe's inputs as fdl reads them, checked, and their `inputs_digest`."""
     if isinstance(x, RowReader):
         return _lazy_inputs(path, key, x)
     x = np.asarray(x)
@@ -679,10 +701,12 @@ def _inputs(path: Path, key: str, x: Any) -> np.ndarray | RowReader:
             fix="save at least one sample, shape (n, ...)",
         )
     if x.dtype.kind in "iu":
-        return x.astype(np.int64)
+        x = x.astype(np.int64)
+        return x, inputs_digest(x)
     x = x.astype(np.float64 if x.dtype.kind == "f" and x.dtype.itemsize == 8 else np.float32)
     _check_finite(path, key, x)
-    return x.reshape(-1, 1) if x.ndim == 1 else x
+    x = x.reshape(-1, 1) if x.ndim == 1 else x
+    return x, inputs_digest(x)
 
 
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
@@ -833,7 +857,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             fix=f"store the inputs under one of {', '.join(X_KEYS)}",
         )
     stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))
-    inputs = _inputs(path, x_key, x)
+    inputs, x_sha256 = _inputs(path, x_key, x)
     y_key, y = _pick(arrays, Y_KEYS)
     targets, task, n_classes = (None, None, None)
     if y_key is not None:
@@ -841,7 +865,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     return Probe(
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
         stored_dtype=stored_dtype, unused=tuple(str(key) for key in arrays if key not in (x_key, y_key)),
-        keys=(x_key, y_key or ""),
+        keys=(x_key, y_key or ""), x_sha256=x_sha256,
     )
 
 

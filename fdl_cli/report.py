@@ -1465,25 +1465,40 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
     return "".join(notes)
 
 
-def _probe_sha(run: Run, series: Series) -> str | None:
+def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
+    """The series' probe's `attr` as the store records it: its file's sha256, or `x_sha256` (its inputs')."""
     info = run.probes.get(series.probe) if series.probe is not None else None
-    sha = getattr(info, "sha256", None) if info is not None else None
+    sha = getattr(info, attr, None) if info is not None else None
     return str(sha) if sha else None
 
 
-def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> None:
-    """Refuse a cross-run overlap unless both series were analysed on the same probe (same sha256)."""
+#: `check_same_probe`'s note when the probe files differ but their inputs agree (a label-shuffle control)
+SAME_INPUTS_NOTE = "the probes differ in their labels only: the overlap compares the same inputs"
+
+
+def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """Refuse a cross-run overlap unless both series were analysed on the same probe inputs: the same file
+    (same sha256), or, where both stores record the inputs' sha256 (`x_sha256`), files whose inputs agree
+    (the eigenfunctions are functions of x alone). Returns SAME_INPUTS_NOTE in that second case, else None."""
     sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
-    if sha_a is None or sha_a != sha_b:
-        raise StoreError(
-            "the two runs were not analysed on the same probe, so their eigenspaces cannot be compared",
-            got=(
-                f"{run_a.path}: probe {series_a.probe!r} sha256 {str(sha_a)[:12]}…, "
-                f"{run_b.path}: probe {series_b.probe!r} sha256 {str(sha_b)[:12]}…"
-            ),
-            fix="analyse both runs with the same probe file (--probe), "
-            "or pass --no-overlap to compare only the per-checkpoint fields",
-        )
+    if sha_a is not None and sha_a == sha_b:
+        return None
+    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    if sha_a is not None and x_a is not None and x_a == x_b:
+        return SAME_INPUTS_NOTE
+    lacking = [str(run.path) for run, value in ((run_a, x_a), (run_b, x_b)) if value is None]
+    raise StoreError(
+        "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
+        got=(
+            f"{run_a.path}: probe {series_a.probe!r} sha256 {str(sha_a)[:12]}…, "
+            f"{run_b.path}: probe {series_b.probe!r} sha256 {str(sha_b)[:12]}…"
+            + (f"; the inputs' sha256 differ too ({str(x_a)[:12]}…, {str(x_b)[:12]}…)" if not lacking else
+               f"; {' and '.join(lacking)} record{'s' if len(lacking) == 1 else ''} no sha256 of the probe's "
+               "inputs alone (x_sha256), so only the same file is taken as the same probe")
+        ),
+        fix="analyse both runs with the same probe inputs (--probe; the labels may differ), "
+        "or pass --no-overlap to compare only the per-checkpoint fields",
+    )
 
 
 def recorded_overlap_k(provenance: Mapping[str, Any]) -> int | None:
@@ -1679,10 +1694,9 @@ def compare_runs(
     series_a = _single_series(run_a, "compare needs one per run")
     series_b = _single_series(run_b, "compare needs one per run", fix="pick store B's with --probe-b NAME and/or "
                               "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
-    if overlap:
-        check_same_probe(run_a, series_a, run_b, series_b)
+    same_inputs = check_same_probe(run_a, series_a, run_b, series_b) if overlap else None
     matches = align_steps(series_a.steps, series_b.steps)
-    notes = []
+    notes = [same_inputs] if same_inputs is not None else []
     nearest = [match for match in matches if not match.exact]
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])

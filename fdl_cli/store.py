@@ -13,7 +13,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
-                                               stores: not recorded)
+                                               stores: not recorded), x_sha256 (sha256 of the inputs alone,
+                                               `probes.inputs_digest`; absent: not recorded)
         anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
         anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
                                         passes integers)
@@ -183,6 +184,10 @@ class ProbeInfo:
     #: 0/1. None: not recorded (a store written before the nineteenth session). Derived from the probe file
     #: (its sha256 is compared), so not part of equality: an older store resumes, and gets it recorded.
     zero_one_targets: bool | None = None
+    #: sha256 of the probe's inputs alone (`probes.inputs_digest`): `fdl compare` takes two probes of the same
+    #: inputs and different targets as one for the cross-run overlap. None: not recorded (a store written
+    #: before it was). Derived from the probe file, so not part of equality.
+    x_sha256: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("probe", self.name, identifier=True)
@@ -710,6 +715,7 @@ class StoreReader:
                     anchor_x=node["anchor_x"][()] if "anchor_x" in node else None,
                     anchor_y=node["anchor_y"][()] if "anchor_y" in node else None,
                     zero_one_targets=self._zero_one_targets(name, attrs.get("zero_one_targets")),
+                    x_sha256=_as_str(attrs["x_sha256"]) if "x_sha256" in attrs else None,
                 )
             except Exception as exc:
                 self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
@@ -2447,6 +2453,8 @@ def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
     node.attrs["n_outputs"] = np.int64(probe.n_outputs)
     if probe.zero_one_targets is not None:
         node.attrs["zero_one_targets"] = probe.zero_one_targets
+    if probe.x_sha256:
+        node.attrs["x_sha256"] = probe.x_sha256
     for name in ("anchor_x", "anchor_y"):
         value = getattr(probe, name)
         if value is not None:
