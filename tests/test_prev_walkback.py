@@ -468,6 +468,15 @@ def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path,
     _assert_same(_stored(single), _stored(out), rtol=1e-9)
 
 
+def _walked_over_30(folder: Path, walked: Path) -> Path:
+    """`walked`: the run of `folder` analysed while step 30 was corrupt (40 compared with 20, as a torchrun rank
+    whose block begins at 40 computes it); step 30's file mended since."""
+    _spoil(folder, 30, "nan")
+    _analyze(folder, walked)
+    _good(folder, 30)
+    return walked
+
+
 def test_a_part_compared_across_a_checkpoint_now_stored_is_analysed_again(tmp_path: Path) -> None:
     """The part's 40 was compared with 20 (its rank found 30 corrupt), but the store now holds step 30
     (fixed and analysed since): 40 is analysed again, not taken in."""
@@ -476,10 +485,7 @@ def test_a_part_compared_across_a_checkpoint_now_stored_is_analysed_again(tmp_pa
     from fdl_cli.store import StoreWriter
 
     folder = _make_run(tmp_path / "run")
-    _spoil(folder, 30, "nan")
-    walked = tmp_path / "walked.h5"
-    _analyze(folder, walked)  # 40 compared with 20, as rank 1 computed it
-    _good(folder, 30)
+    walked = _walked_over_30(folder, tmp_path / "walked.h5")
     out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
     _analyze(folder, out, steps=(0, 10, 20, 30))
     with StoreReader(walked) as reader:

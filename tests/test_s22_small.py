@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from fdl_cli import checkpoints
 from fdl_cli.spectral import cka
 from tests.test_distributed import _part_with
-from tests.test_prev_walkback import _analyze, _assert_same, _good, _make_run, _spoil, _stored
+from tests.test_prev_walkback import _analyze, _assert_same, _make_run, _stored, _walked_over_30
 from tests.test_reliability_inputs import MODEL, _weights
 from tests.test_s19_store import _records, fdl
 from tests.test_s20_drop import _hashed
@@ -69,10 +69,7 @@ def test_a_part_checkpoint_refreshed_across_a_fixed_file_hashes_each_file_once(
     takes the part in, analyses 10 - 30 and refreshes 40 to compare with 30: 40 was hashed by the take-in and
     again by the refresh, 30 by its analysis and again by the refresh."""
     folder = _make_run(tmp_path / "run")
-    _spoil(folder, 30, "nan")
-    walked = tmp_path / "walked.h5"
-    _analyze(folder, walked)  # 40 compared with 20, as rank 1 computed it
-    _good(folder, 30)
+    walked = _walked_over_30(folder, tmp_path / "walked.h5")  # 40 compared with 20, as rank 1 computed it
     out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
     _analyze(folder, out, steps=(0,))
     _part_after_20(folder, walked, part, (40, 50, 60))
