@@ -118,3 +118,21 @@ def test_usage_md_wrapper_of_a_model_of_several_inputs_analyses_a_stacked_probe(
     records = json.loads(fdl_in_process("report", store, "--format", "json").stdout)
     assert [record["step"] for record in records] == [0, 10] and records[0]["n_features"] == 5
     assert "layer: module.head:input" in fdl_in_process("report", store).stderr.splitlines()
+
+
+def test_the_provenance_lines_usage_md_names_open_the_report(tmp_path: Path) -> None:
+    """usage.md's "The report's provenance" names each header line by its label; several probes are a line
+    `probes:`, which it did not name (as it names `layers:`)."""
+    section = USAGE.split("### The report's provenance", 1)[1].split("\n## ", 1)[0]
+    labels = set(re.findall(r"`([a-z_]+):", section))
+    assert labels == {"model", "model_kwargs", "layer", "layers", "probe", "probes", "options"}
+    store = tmp_path / "several.h5"
+    probe = SAMPLES / "probe.npz"
+    done = fdl_in_process("analyze", SAMPLES, "--steps", "0,5", "--model-kwargs", '{"hidden": 64}', "--probe",
+                          f"a={probe}", "--probe", f"b={probe}", "--layer", "4:input", "--layer", "3", "-o", store)
+    assert done.returncode == 0, done.stderr
+    one = tmp_path / "one.h5"
+    assert fdl_in_process("analyze", SAMPLES, "--steps", "0,5", "-o", one).returncode == 0
+    printed = {line.split(":", 1)[0] for path in (store, one)
+               for line in fdl_in_process("report", path).stderr.splitlines() if ": " in line}
+    assert labels <= printed
