@@ -129,9 +129,9 @@ class LoadedCheckpoint:
     #: other entries of the file's dict holding a copy of the same weights (an EMA, a teacher), which
     #: --weights would pick; empty when --weights is given (`_weight_copies`)
     other_weights: tuple[str, ...] = ()
-    #: the weights taken are an EMA's that mmengine's EMAHook swapped into `state_dict`, the trained
-    #: model's being under `ema_state_dict` (`_mmengine_ema_swapped`)
-    ema_swapped_in: bool = False
+    #: the library ("mmengine", "lightning") that swapped an EMA's weights into `state_dict`, the trained
+    #: model's being under the copy it names (`_ema_swapped`); "" for weights that are the model's own
+    ema_swapped_in: str = ""
 
 
 @dataclass(frozen=True)
@@ -2253,14 +2253,20 @@ def _entry_at(obj: Mapping[Any, Any], weights: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _mmengine_ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> bool:
-    """Whether the checkpoint is mmengine's with its EMAHook's weights: the hook swaps them before saving,
-    so `state_dict` holds the EMA's weights and `ema_state_dict` the trained model's (`module.` keys
-    beside the EMA's `steps`)."""
+def _ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> str:
+    """The library whose EMA swapped its weights into the checkpoint's `state_dict` before saving, "" for
+    none: "mmengine" for its EMAHook, the trained model's weights under `ema_state_dict` (`module.` keys
+    beside the EMA's `steps`); "lightning" for its WeightAveraging callback (EMAWeightAveraging), the
+    trained model's under `current_model_state` and the AveragedModel's own count under `averaging_state`."""
+    if "state_dict" not in obj:
+        return ""
     ema = obj.get("ema_state_dict")
-    return ("ema_state_dict" in copies and "state_dict" in obj and isinstance(obj.get("meta"), Mapping)
-            and isinstance(ema, Mapping) and "steps" in ema
-            and any(isinstance(key, str) and key.startswith("module.") for key in ema))
+    if ("ema_state_dict" in copies and isinstance(obj.get("meta"), Mapping) and isinstance(ema, Mapping)
+            and "steps" in ema and any(isinstance(key, str) and key.startswith("module.") for key in ema)):
+        return "mmengine"
+    if "current_model_state" in copies and isinstance(obj.get("averaging_state"), Mapping):
+        return "lightning"
+    return ""
 
 
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
@@ -2283,14 +2289,14 @@ def _trusted_steps(path: Path) -> dict[str, Any]:
 
 def _load_tensor_file(
     path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], bool]:
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str]:
     """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
     tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix;
     and without `weights`, the entries holding other copies of the weights, `_weight_copies`, and
-    whether the tensors are the EMA's that mmengine's EMAHook swapped in, `_mmengine_ema_swapped`)."""
+    the library whose EMA swapped its weights in as the tensors, `_ema_swapped`)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
-        return tensors, None, meta, False, (), False
+        return tensors, None, meta, False, (), ""
     try:
         obj = _torch_load_safe(path, map_location=map_location)
     except UnsafeCheckpointError:
@@ -2298,7 +2304,7 @@ def _load_tensor_file(
             raise
         obj = _load_trusted(path, map_location)
     if isinstance(obj, nn.Module):
-        return None, obj, {}, False, (), False
+        return None, obj, {}, False, (), ""
     is_entry, chosen = _entry_at(obj, weights) if weights is not None and isinstance(obj, Mapping) else (False, None)
     if is_entry:
         if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
@@ -2316,7 +2322,7 @@ def _load_tensor_file(
                 fix=f"pass --weights {inside[0]}" if inside else
                 "name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
-        return found, None, _file_steps(obj), True, (), False
+        return found, None, _file_steps(obj), True, (), ""
     found = _find_tensor_dict(obj)
     entry = _module_entry(obj) if found is None else None
     if entry is not None:
@@ -2326,7 +2332,7 @@ def _load_tensor_file(
         key, module = entry
         copies = tuple(name for name in _weight_copies(obj, module.state_dict())
                        if name != key and not name.startswith(f"{key}.")) if weights is None else ()
-        return None, module, _file_steps(obj), False, copies, False
+        return None, module, _file_steps(obj), False, copies, ""
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
@@ -2338,7 +2344,7 @@ def _load_tensor_file(
         _check_weights_found(obj, found, weights, path)
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
-    return found, None, meta, False, copies, isinstance(obj, Mapping) and _mmengine_ema_swapped(obj, copies)
+    return found, None, meta, False, copies, _ema_swapped(obj, copies) if isinstance(obj, Mapping) else ""
 
 
 def _module_entry(obj: Any) -> tuple[str, nn.Module] | None:
@@ -2436,7 +2442,7 @@ def load_checkpoint(
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
-    by_entry = swapped = False
+    by_entry, swapped = False, ""
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
