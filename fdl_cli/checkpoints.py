@@ -1089,15 +1089,29 @@ def _name_step(path: Path) -> int | None:
     Lightning's version suffix (`epoch=3-step=120-val_loss=0.25-v1.ckpt` is 120, not 1). A name with no
     integer then: its last number when that is a whole number in scientific notation (`iter_1e5.pt` is
     100000), else the whole part of its last decimal (`step100.0.pt` is 100); else its last digits."""
-    name = path.name
-    suffix = checkpoint_suffix(path) if path.is_file() else None
-    if suffix is not None:
-        name = name[: -len(suffix)]
+    name = _name_without_suffix(path)
     found = _name_step_span(name)
     if found is None:
         return None
     start, end, value = found
     return value if value is not None else int(name[start:end])
+
+
+def _name_without_suffix(path: Path) -> str:
+    suffix = checkpoint_suffix(path) if path.is_file() else None
+    return path.name[: -len(suffix)] if suffix is not None else path.name
+
+
+#: Lightning's label of an epoch in a checkpoint's name (ModelCheckpoint's `{epoch}`: epoch=2-val_loss=0.70.ckpt)
+_EPOCH_LABEL = re.compile(r"(?:^|[-_])epoch=$")
+
+
+def _name_step_is_an_epoch(path: Path) -> bool:
+    """Whether the number `_name_step` takes from the name is one Lightning's name labels `epoch=`
+    (`epoch=2-val_loss=0.70.ckpt`, no `step=` after it): an epoch, not the step the file holds."""
+    name = _name_without_suffix(path)
+    found = _name_step_span(name)
+    return found is not None and _EPOCH_LABEL.search(name[: found[0]]) is not None
 
 
 def _name_step_span(name: str) -> tuple[int, int, int | None] | None:
@@ -1427,9 +1441,11 @@ def discover_checkpoints(
         try:
             _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
-            if peek.kind == "pickle" and trust_pickle and pattern is None and path.is_file() and _name_step(path) is None:
-                # Its step keys are read by unpickling it, only when its name holds no step: discovery
-                # unpickles no file whose step it can tell otherwise (each file is unpickled again to load)
+            if (peek.kind == "pickle" and trust_pickle and pattern is None and path.is_file()
+                    and (_name_step(path) is None or _name_step_is_an_epoch(path))):
+                # Its step keys are read by unpickling it, only when its name holds no step (or only the
+                # epoch Lightning's name labels so): discovery unpickles no file whose step it can tell
+                # otherwise (each file is unpickled again to load)
                 peek = _Peek("pickle", _trusted_steps(path))
         except CheckpointError as exc:
             bad.append((path, exc))
@@ -1555,7 +1571,7 @@ def discover_checkpoints(
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
-    checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied)
+    checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied, trust_pickle=trust_pickle)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1765,13 +1781,17 @@ def _dedupe(
     weights: str | None = None,
     copies: list[tuple[CheckpointRef, CheckpointRef]] | None = None,
     applied: Mapping[Path, int] | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
     """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, one
     named like more of the run's files, a file before a link, else the first name), the other added to
     `copies` as (dropped, kept); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one. ``applied``: the
-    --step-offset added to a checkpoint's step (by path), taken off again where an error advises one."""
+    --step-offset added to a checkpoint's step (by path), taken off again where an error advises one.
+    Files that pickle Python objects have no fingerprint: with ``trust_pickle`` two of them at one step
+    (a pickling Lightning run's last.ckpt, its step read from its global_step) are compared whole."""
     applied = applied or {}
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
@@ -1783,7 +1803,9 @@ def _dedupe(
             first, first_print = by_step[ref.step]
             # Against the checkpoint of this step itself: by_print holds the first of equal fingerprints,
             # which in a run that never moved is at another step.
-            if fingerprint and first_print == fingerprint and _same_weights(first, ref, weights):
+            comparable = (fingerprint and first_print == fingerprint) or (
+                trust_pickle and first.kind == ref.kind == "pickle" and not fingerprint and not first_print)
+            if comparable and _same_weights(first, ref, weights, trust_pickle=trust_pickle):
                 if _copy_rank(ref, name_shapes) < _copy_rank(first, name_shapes):
                     # Kept: the file named by its step, not Lightning's last.ckpt (rewritten at the next
                     # save, or a link to it), which name order put first under filename="{step}"; a
@@ -1992,10 +2014,20 @@ def _step_fix_for(path: Path) -> str:
     return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
-def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | None = None) -> bool:
+def _state_of(loaded: LoadedCheckpoint) -> Mapping[str, torch.Tensor]:
+    """The weights a loaded checkpoint holds: its tensors, or its whole pickled module's state_dict."""
+    if loaded.state_dict is not None:
+        return loaded.state_dict
+    return loaded.module.state_dict() if loaded.module is not None else {}
+
+
+def _same_weights(
+    first: CheckpointRef, second: CheckpointRef, weights: str | None = None, *, trust_pickle: bool = False
+) -> bool:
     """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
     try:
-        digests = [weights_digest(load_checkpoint(r, weights=weights).state_dict or {}) for r in (first, second)]
+        digests = [weights_digest(_state_of(load_checkpoint(r, weights=weights, trust_pickle=trust_pickle)))
+                   for r in (first, second)]
     except WeightsNotFoundError:
         raise  # --weights names no copy these files hold: that, not a step clash, is what to say
     except CheckpointError:

@@ -6,13 +6,18 @@ fix failed before it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.test_analyze import fdl
+from tests.test_io_fixes import SMALL
 from tests.test_s16_ecosystems import STEPS, _analyze, _assert_same_numbers, _ema, _notes, _plain, _sd
+from tests.test_usability import _probe
+from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
 
@@ -20,6 +25,15 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A config object passed to a LightningModule and kept by save_hyperparameters() (a Hydra user's
+    DictConfig likewise): pickled in the checkpoint's `hyper_parameters`."""
+
+    hidden: int = 8
+    lr: float = 0.01
 
 
 def _lightning(state_dict: dict[str, torch.Tensor], epoch: int, step: int, **extra: Any) -> dict[str, Any]:
@@ -78,6 +92,66 @@ def test_a_lightning_state_dict_beside_another_copy_keeps_the_copy_note(tmp_path
     assert done.code == 0, done.stderr
     assert ("epoch=0-step=100.ckpt also holds weights under 'current_model_state' (an EMA or teacher copy?): fdl "
             "analyses the model's own; --weights current_model_state analyses that copy") in _notes(done), done.stderr
+    _assert_same_numbers(tmp_path / "lit.h5", _plain(tmp_path, "own", _sd))
+
+
+def _pickled_hparams_run(folder: Path, filename: str = "epoch={epoch}-val_loss={val_loss:.2f}") -> None:
+    """ModelCheckpoint(filename=..., save_last=True) of a LightningModule whose hyper-parameters hold a
+    config object; by default `{epoch}-{val_loss:.2f}`: names with an epoch and a metric, no step."""
+    folder.mkdir()
+    for index, step in enumerate(STEPS, 1):
+        checkpoint = _lightning(_sd(index), index - 1, step, hyper_parameters={"config": RunConfig()})
+        name = filename.format(epoch=index - 1, step=step, val_loss=1 - index / 10)
+        torch.save(checkpoint, folder / f"{name}.ckpt")
+        torch.save(checkpoint, folder / "last.ckpt")
+
+
+def test_a_pickled_lightning_last_ckpt_at_the_last_step_is_skipped_as_its_copy(tmp_path: Path) -> None:
+    """Lightning's default names (`epoch=2-step=300.ckpt`) and save_last's last.ckpt, pickling a config
+    object: with --trust-pickle last.ckpt is read at its global_step 300, and was refused as 'two
+    checkpoints have the same step 300', since files that pickle have no fingerprint to find a copy by.
+    Two pickling files at one step are compared whole: the same weights are one checkpoint."""
+    run = tmp_path / "checkpoints"
+    _pickled_hparams_run(run, "epoch={epoch}-step={step}")
+    done = _analyze(tmp_path, [run], "lit.h5", "--trust-pickle", "--json")
+    assert done.code == 0, done.stderr
+    assert [Path(record["path"]).name for record in done.records] == [
+        "epoch=0-step=100.ckpt", "epoch=1-step=200.ckpt", "epoch=2-step=300.ckpt"]
+    assert "skipped last.ckpt: same weights and step (300) as epoch=2-step=300.ckpt" in _notes(done), done.stderr
+    _assert_same_numbers(tmp_path / "lit.h5", _plain(tmp_path, "own", _sd))
+
+
+def test_whole_pickled_modules_at_one_step_are_compared_by_their_weights(tmp_path: Path) -> None:
+    """YOLOv5's layout, `{"model": the module, "epoch": e}` as best.pt and last.pt: at one epoch the same
+    weights are one checkpoint, other weights still two checkpoints at one step (an error)."""
+    run = tmp_path / "weights"
+    run.mkdir()
+    probe = _probe(tmp_path / "probe.npz")
+    torch.save({"model": mlp(seed=1), "epoch": 3}, run / "best.pt")
+    torch.save({"model": mlp(seed=1), "epoch": 3}, run / "last.pt")
+    same = fdl("analyze", run, "--probe", probe, "--out", tmp_path / "same.h5", "--trust-pickle", *SMALL)
+    assert same.code == 0, same.stderr
+    assert "skipped last.pt: same weights and step (3) as best.pt" in _notes(same), same.stderr
+    torch.save({"model": mlp(seed=2), "epoch": 3}, run / "last.pt")
+    other = fdl("analyze", run, "--probe", probe, "--out", tmp_path / "other.h5", "--trust-pickle", *SMALL)
+    assert other.code == 1 and "two checkpoints have the same step 3" in other.stderr, other.stderr
+
+
+def test_pickled_lightning_checkpoints_named_by_epoch_are_read_at_their_global_step(tmp_path: Path) -> None:
+    """With --trust-pickle, `epoch=2-val_loss=0.70.ckpt` was stored at step 2 (its name's last integer: the
+    step keys of a pickling file were read only when its name held none), and last.ckpt, whose name holds no
+    integer, at its global_step 300: one run at steps 0, 1, 2 and 300, the last a repeat of the epoch 2
+    weights. A number Lightning's name labels `epoch=` is no step: the file's global_step is read."""
+    run = tmp_path / "checkpoints"
+    _pickled_hparams_run(run)
+    refused = _analyze(tmp_path, [run], "refused.h5")
+    assert refused.code == 1
+    assert "pickled Python object" in refused.stderr and "re-run with --trust-pickle" in refused.stderr, refused.stderr
+    done = _analyze(tmp_path, [run], "lit.h5", "--trust-pickle", "--json")
+    assert done.code == 0, done.stderr
+    assert [(record["step"], Path(record["path"]).name) for record in done.records] == [
+        (100, "epoch=0-val_loss=0.90.ckpt"), (200, "epoch=1-val_loss=0.80.ckpt"), (300, "epoch=2-val_loss=0.70.ckpt")]
+    assert "skipped last.ckpt: same weights and step (300) as epoch=2-val_loss=0.70.ckpt" in _notes(done), done.stderr
     _assert_same_numbers(tmp_path / "lit.h5", _plain(tmp_path, "own", _sd))
 
 
