@@ -129,9 +129,9 @@ class LoadedCheckpoint:
     #: other entries of the file's dict holding a copy of the same weights (an EMA, a teacher), which
     #: --weights would pick; empty when --weights is given (`_weight_copies`)
     other_weights: tuple[str, ...] = ()
-    #: the weights taken are an EMA's that mmengine's EMAHook swapped into `state_dict`, the trained
-    #: model's being under `ema_state_dict` (`_mmengine_ema_swapped`)
-    ema_swapped_in: bool = False
+    #: the library ("mmengine", "lightning") that swapped an EMA's weights into `state_dict`, the trained
+    #: model's being under the copy it names (`_ema_swapped`); "" for weights that are the model's own
+    ema_swapped_in: str = ""
 
 
 @dataclass(frozen=True)
@@ -1089,15 +1089,29 @@ def _name_step(path: Path) -> int | None:
     Lightning's version suffix (`epoch=3-step=120-val_loss=0.25-v1.ckpt` is 120, not 1). A name with no
     integer then: its last number when that is a whole number in scientific notation (`iter_1e5.pt` is
     100000), else the whole part of its last decimal (`step100.0.pt` is 100); else its last digits."""
-    name = path.name
-    suffix = checkpoint_suffix(path) if path.is_file() else None
-    if suffix is not None:
-        name = name[: -len(suffix)]
+    name = _name_without_suffix(path)
     found = _name_step_span(name)
     if found is None:
         return None
     start, end, value = found
     return value if value is not None else int(name[start:end])
+
+
+def _name_without_suffix(path: Path) -> str:
+    suffix = checkpoint_suffix(path) if path.is_file() else None
+    return path.name[: -len(suffix)] if suffix is not None else path.name
+
+
+#: Lightning's label of an epoch in a checkpoint's name (ModelCheckpoint's `{epoch}`: epoch=2-val_loss=0.70.ckpt)
+_EPOCH_LABEL = re.compile(r"(?:^|[-_])epoch=$")
+
+
+def _name_step_is_an_epoch(path: Path) -> bool:
+    """Whether the number `_name_step` takes from the name is one Lightning's name labels `epoch=`
+    (`epoch=2-val_loss=0.70.ckpt`, no `step=` after it): an epoch, not the step the file holds."""
+    name = _name_without_suffix(path)
+    found = _name_step_span(name)
+    return found is not None and _EPOCH_LABEL.search(name[: found[0]]) is not None
 
 
 def _name_step_span(name: str) -> tuple[int, int, int | None] | None:
@@ -1427,9 +1441,11 @@ def discover_checkpoints(
         try:
             _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
-            if peek.kind == "pickle" and trust_pickle and pattern is None and path.is_file() and _name_step(path) is None:
-                # Its step keys are read by unpickling it, only when its name holds no step: discovery
-                # unpickles no file whose step it can tell otherwise (each file is unpickled again to load)
+            if (peek.kind == "pickle" and trust_pickle and pattern is None and path.is_file()
+                    and (_name_step(path) is None or _name_step_is_an_epoch(path))):
+                # Its step keys are read by unpickling it, only when its name holds no step (or only the
+                # epoch Lightning's name labels so): discovery unpickles no file whose step it can tell
+                # otherwise (each file is unpickled again to load)
                 peek = _Peek("pickle", _trusted_steps(path))
         except CheckpointError as exc:
             bad.append((path, exc))
@@ -1555,7 +1571,7 @@ def discover_checkpoints(
     _note_save_counts([ref for ref, _ in found], notes)
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
-    checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied)
+    checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied, trust_pickle=trust_pickle)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1765,13 +1781,17 @@ def _dedupe(
     weights: str | None = None,
     copies: list[tuple[CheckpointRef, CheckpointRef]] | None = None,
     applied: Mapping[Path, int] | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> tuple[list[CheckpointRef], list[tuple[Path, Path]]]:
     """Same step and same weights: one kept (`_copy_rank`: a name holding its step before last.ckpt, one
     named like more of the run's files, a file before a link, else the first name), the other added to
     `copies` as (dropped, kept); same weights at two steps: a duplicate pair.
     The cheap fingerprint is of the checkpoint's own weights; with ``weights`` (an EMA copy, say) a match
     is confirmed on those, so two files whose EMA weights differ are never taken for one. ``applied``: the
-    --step-offset added to a checkpoint's step (by path), taken off again where an error advises one."""
+    --step-offset added to a checkpoint's step (by path), taken off again where an error advises one.
+    Files that pickle Python objects have no fingerprint: with ``trust_pickle`` two of them at one step
+    (a pickling Lightning run's last.ckpt, its step read from its global_step) are compared whole."""
     applied = applied or {}
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
@@ -1783,7 +1803,9 @@ def _dedupe(
             first, first_print = by_step[ref.step]
             # Against the checkpoint of this step itself: by_print holds the first of equal fingerprints,
             # which in a run that never moved is at another step.
-            if fingerprint and first_print == fingerprint and _same_weights(first, ref, weights):
+            comparable = (fingerprint and first_print == fingerprint) or (
+                trust_pickle and first.kind == ref.kind == "pickle" and not fingerprint and not first_print)
+            if comparable and _same_weights(first, ref, weights, trust_pickle=trust_pickle):
                 if _copy_rank(ref, name_shapes) < _copy_rank(first, name_shapes):
                     # Kept: the file named by its step, not Lightning's last.ckpt (rewritten at the next
                     # save, or a link to it), which name order put first under filename="{step}"; a
@@ -1992,10 +2014,20 @@ def _step_fix_for(path: Path) -> str:
     return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
-def _same_weights(first: CheckpointRef, second: CheckpointRef, weights: str | None = None) -> bool:
+def _state_of(loaded: LoadedCheckpoint) -> Mapping[str, torch.Tensor]:
+    """The weights a loaded checkpoint holds: its tensors, or its whole pickled module's state_dict."""
+    if loaded.state_dict is not None:
+        return loaded.state_dict
+    return loaded.module.state_dict() if loaded.module is not None else {}
+
+
+def _same_weights(
+    first: CheckpointRef, second: CheckpointRef, weights: str | None = None, *, trust_pickle: bool = False
+) -> bool:
     """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
     try:
-        digests = [weights_digest(load_checkpoint(r, weights=weights).state_dict or {}) for r in (first, second)]
+        digests = [weights_digest(_state_of(load_checkpoint(r, weights=weights, trust_pickle=trust_pickle)))
+                   for r in (first, second)]
     except WeightsNotFoundError:
         raise  # --weights names no copy these files hold: that, not a step clash, is what to say
     except CheckpointError:
@@ -2253,14 +2285,20 @@ def _entry_at(obj: Mapping[Any, Any], weights: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _mmengine_ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> bool:
-    """Whether the checkpoint is mmengine's with its EMAHook's weights: the hook swaps them before saving,
-    so `state_dict` holds the EMA's weights and `ema_state_dict` the trained model's (`module.` keys
-    beside the EMA's `steps`)."""
+def _ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> str:
+    """The library whose EMA swapped its weights into the checkpoint's `state_dict` before saving, "" for
+    none: "mmengine" for its EMAHook, the trained model's weights under `ema_state_dict` (`module.` keys
+    beside the EMA's `steps`); "lightning" for its WeightAveraging callback (EMAWeightAveraging), the
+    trained model's under `current_model_state` and the AveragedModel's own count under `averaging_state`."""
+    if "state_dict" not in obj:
+        return ""
     ema = obj.get("ema_state_dict")
-    return ("ema_state_dict" in copies and "state_dict" in obj and isinstance(obj.get("meta"), Mapping)
-            and isinstance(ema, Mapping) and "steps" in ema
-            and any(isinstance(key, str) and key.startswith("module.") for key in ema))
+    if ("ema_state_dict" in copies and isinstance(obj.get("meta"), Mapping) and isinstance(ema, Mapping)
+            and "steps" in ema and any(isinstance(key, str) and key.startswith("module.") for key in ema)):
+        return "mmengine"
+    if "current_model_state" in copies and isinstance(obj.get("averaging_state"), Mapping):
+        return "lightning"
+    return ""
 
 
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
@@ -2283,14 +2321,14 @@ def _trusted_steps(path: Path) -> dict[str, Any]:
 
 def _load_tensor_file(
     path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], bool]:
+) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str]:
     """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
     tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix;
     and without `weights`, the entries holding other copies of the weights, `_weight_copies`, and
-    whether the tensors are the EMA's that mmengine's EMAHook swapped in, `_mmengine_ema_swapped`)."""
+    the library whose EMA swapped its weights in as the tensors, `_ema_swapped`)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
-        return tensors, None, meta, False, (), False
+        return tensors, None, meta, False, (), ""
     try:
         obj = _torch_load_safe(path, map_location=map_location)
     except UnsafeCheckpointError:
@@ -2298,7 +2336,7 @@ def _load_tensor_file(
             raise
         obj = _load_trusted(path, map_location)
     if isinstance(obj, nn.Module):
-        return None, obj, {}, False, (), False
+        return None, obj, {}, False, (), ""
     is_entry, chosen = _entry_at(obj, weights) if weights is not None and isinstance(obj, Mapping) else (False, None)
     if is_entry:
         if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
@@ -2316,7 +2354,7 @@ def _load_tensor_file(
                 fix=f"pass --weights {inside[0]}" if inside else
                 "name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
-        return found, None, _file_steps(obj), True, (), False
+        return found, None, _file_steps(obj), True, (), ""
     found = _find_tensor_dict(obj)
     entry = _module_entry(obj) if found is None else None
     if entry is not None:
@@ -2326,7 +2364,7 @@ def _load_tensor_file(
         key, module = entry
         copies = tuple(name for name in _weight_copies(obj, module.state_dict())
                        if name != key and not name.startswith(f"{key}.")) if weights is None else ()
-        return None, module, _file_steps(obj), False, copies, False
+        return None, module, _file_steps(obj), False, copies, ""
     if found is None:
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
@@ -2338,7 +2376,7 @@ def _load_tensor_file(
         _check_weights_found(obj, found, weights, path)
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
-    return found, None, meta, False, copies, isinstance(obj, Mapping) and _mmengine_ema_swapped(obj, copies)
+    return found, None, meta, False, copies, _ema_swapped(obj, copies) if isinstance(obj, Mapping) else ""
 
 
 def _module_entry(obj: Any) -> tuple[str, nn.Module] | None:
@@ -2436,7 +2474,7 @@ def load_checkpoint(
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind == "export" and not trust_pickle:
         raise _export_refused(path)
-    by_entry = swapped = False
+    by_entry, swapped = False, ""
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)

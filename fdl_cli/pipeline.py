@@ -1324,12 +1324,14 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     if loaded.other_weights and WEIGHT_COPIES not in ctx.noted_once:
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
         copies = loaded.other_weights
-        if loaded.ema_swapped_in:  # mmengine's EMAHook: the trained model's weights are the copy
+        if loaded.ema_swapped_in:  # mmengine's EMAHook, Lightning's WeightAveraging: the trained model's are the copy
+            saver, ema = {"mmengine": ("mmengine's with its EMAHook, which saves the EMA's weights", "the EMA's"),
+                          "lightning": ("Lightning's with its WeightAveraging callback, which saves the averaged "
+                                        "weights", "the averaged ones")}[loaded.ema_swapped_in]
             _note_once(
                 ctx, WEIGHT_COPIES,
-                f"{Path(loaded.ref.path).name} is mmengine's with its EMAHook, which saves the EMA's weights under "
-                f"'state_dict' and the trained model's under {copies[0]!r}: fdl analyses the EMA's; --weights "
-                f"{copies[0]} analyses the trained model's"
+                f"{Path(loaded.ref.path).name} is {saver} under 'state_dict' and the trained model's under "
+                f"{copies[0]!r}: fdl analyses {ema}; --weights {copies[0]} analyses the trained model's"
             )
         else:
             _note_once(
