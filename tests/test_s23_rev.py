@@ -1,0 +1,57 @@
+"""Session 23, a review of session 22's changes to the package (`git diff a0e2547..417d103 -- fdl_cli`).
+
+- `fdl inspect` of an eager model holding a TorchScript submodule (`torch.jit.script(nn.Sequential(...))`): inspect
+  hooks no module of a TorchScript program, so the scripted modules had no output shape and were listed as `not
+  called`, with the line "the forward pass did not call the module": they ran; their shape is unknown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli_run import fdl_in_process, model_file
+
+SCRIPTED_BODY = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU()))
+        self.head = nn.Linear(8, 2)
+        self.spare = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_inspect_says_unknown_not_not_called_of_a_scripted_submodule_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    module = model_file(tmp_path, SCRIPTED_BODY)
+    torch.save({"model": module.build().state_dict(), "step": 1}, tmp_path / "step_1.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32))
+    done = fdl_in_process("inspect", tmp_path / "step_1.pt", "--model", f"{tmp_path / 'model.py'}:build",
+                          "--probe", probe)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in done.stderr.splitlines()
+            if line.startswith("│")}
+    # the scripted modules ran (head's input is body's output): no hook told their shapes
+    assert rows["body"] == rows["body.0"] == rows["body.1"] == "unknown"
+    assert rows["head"] == "[1, 2]"
+    assert rows["spare"] == "not called"  # the one module the pass did not call is still said so
+    assert "not called: the forward pass did not call the module" in done.stderr
