@@ -55,3 +55,25 @@ def test_inspect_says_unknown_not_not_called_of_a_scripted_submodule_that_ran(
     assert rows["head"] == "[1, 2]"
     assert rows["spare"] == "not called"  # the one module the pass did not call is still said so
     assert "not called: the forward pass did not call the module" in done.stderr
+
+
+def test_a_wait_of_one_day_that_runs_out_says_1_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`FDL_TORCHRUN_TIMEOUT=86400` (the example usage.md gives, "for a day") ran out as "gave up after waiting 1 days"."""
+    import torch.distributed as dist
+
+    from fdl_cli import distributed
+    from fdl_cli.errors import FdlError
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("Timed out waiting 86400000ms for recv operation to complete")
+
+    monkeypatch.setattr(dist, "gather_object", fail)
+    monkeypatch.setattr(distributed, "_wait_s", 86400.0)
+    rank0 = distributed.World(rank=0, size=2, local_rank=0)
+    with pytest.raises(FdlError) as caught:
+        distributed.gather_to_writer(["entries"], rank0, "the other ranks")
+    assert caught.value.what.startswith("gave up after waiting 1 day for the other ranks (")
+    monkeypatch.setattr(distributed, "_wait_s", 2 * 86400.0)
+    with pytest.raises(FdlError) as caught:
+        distributed.gather_to_writer(["entries"], rank0, "the other ranks")
+    assert caught.value.what.startswith("gave up after waiting 2 days for the other ranks (")
