@@ -77,3 +77,24 @@ def test_a_wait_of_one_day_that_runs_out_says_1_day(monkeypatch: pytest.MonkeyPa
     with pytest.raises(FdlError) as caught:
         distributed.gather_to_writer(["entries"], rank0, "the other ranks")
     assert caught.value.what.startswith("gave up after waiting 2 days for the other ranks (")
+
+
+def test_a_layer_that_is_a_scripted_submodule_is_refused_as_such_not_as_a_probe_misfit(tmp_path: Path) -> None:
+    """`--layer body` on a TorchScript submodule said "probe 'probe' (p.npz) does not fit the model", got:
+    "register_forward_hook is not supported on ScriptModules": the probe fits; the layer cannot be hooked."""
+    import torch
+
+    module = model_file(tmp_path, SCRIPTED_BODY)
+    torch.save({"model": module.build().state_dict(), "step": 1}, tmp_path / "step_1.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32))
+    common = ("analyze", tmp_path / "step_1.pt", "--model", f"{tmp_path / 'model.py'}:build", "--probe", probe)
+    for layer in ("body", "body.0", "body.1:input"):
+        done = fdl_in_process(*common, "--layer", layer, "--out", tmp_path / "a.h5")
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "does not fit the model" not in done.stderr
+        assert (f"--layer {layer!r} is a TorchScript module inside the model (RecursiveScriptModule), which no hook "
+                "can watch") in done.stderr
+        assert not (tmp_path / "a.h5").exists()
+    done = fdl_in_process(*common, "--layer", "head:input", "--out", tmp_path / "b.h5")  # body's output: works
+    assert done.returncode == 0, done.stderr
