@@ -448,6 +448,7 @@ def inspect(**kwargs: Any) -> None:
     outputs_error = result.pop("outputs_error", None)  # raised below the listing, whose shapes stand
     not_called_fix = result.pop("not_called_fix", None)
     containers = frozenset(result.pop("containers", ()))  # no output shape: never called, their modules are
+    unhooked = frozenset(result.pop("unhooked", ()))  # no output shape: scripted, not hooked (ran or not)
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
     needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
@@ -474,9 +475,10 @@ def inspect(**kwargs: Any) -> None:
             raise outputs_error
         return
     console = _stderr_console()
-    _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None, containers))
+    _print_whole(console, *_modules_table(result, console.width if console.is_terminal else None, containers,
+                                          unhooked))
     console.print(f"sample: {result['sample']}", markup=False, highlight=False)
-    if _hooks_told(result) and any(row["output_shape"] is None and row["name"] not in containers
+    if _hooks_told(result) and any(row["output_shape"] is None and row["name"] not in containers | unhooked
                                    for row in result["modules"]):
         console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
                       "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it"
@@ -565,9 +567,11 @@ def _hooks_told(result: dict[str, Any]) -> bool:
 
 
 def _modules_table(
-    result: dict[str, Any], max_width: int | None, containers: Collection[str] = ()
+    result: dict[str, Any], max_width: int | None, containers: Collection[str] = (), unhooked: Collection[str] = ()
 ) -> tuple[Any, list[str]]:
-    """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide.
+    """The table of `fdl inspect` and the columns left out of it for a terminal `max_width` wide; a module
+    without an output shape is a `container`, `unknown` (`unhooked`: a TorchScript module, which no hook tells
+    of), or `not called`.
 
     The names are what --layer takes: folded onto a second line when the terminal (or a pipe's 80
     columns) is too narrow, never cut to "bert.encoder.lay…". On a narrow terminal the parameters,
@@ -577,7 +581,8 @@ def _modules_table(
     unknown = NOT_CALLED if _hooks_told(result) else "unknown"
     rows = [(row["name"] or "(model)", str(row["type"]),
              str(row["output_shape"]) if row["output_shape"] is not None else
-             CONTAINER if row["name"] in containers else unknown, str(row["parameters"]),
+             CONTAINER if row["name"] in containers else "unknown" if row["name"] in unhooked else unknown,
+             str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)

@@ -319,10 +319,11 @@ class WaitError(FdlError):
 
 
 def _span(seconds: float) -> str:
-    """A wait, as a person reads it: "3 s", "30 min", "7 days"."""
+    """A wait, as a person reads it: "3 s", "30 min", "1 day", "7 days"."""
     for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g} {unit}"
+            count = seconds / size
+            return f"{count:g} {'day' if unit == 'days' and count == 1 else unit}"
     return f"{seconds:g} s"
 
 

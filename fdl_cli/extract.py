@@ -202,6 +202,15 @@ def resolve_layers(
                 got=got,
                 fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
             )
+        if isinstance(modules[module], torch.jit.ScriptModule):
+            # its forward hook raised "register_forward_hook is not supported on ScriptModules", said as a probe
+            # that does not fit the model
+            raise ModelError(
+                f"--layer {name!r} is a TorchScript module inside the model ({type(modules[module]).__name__}), "
+                "which no hook can watch: fdl cannot take its features",
+                fix="take the eager module that receives its output (--layer NAME:input, see `fdl inspect`), or "
+                "build the model without torch.jit.script on that part",
+            )
         spec = LayerSpec(module=module, use_input=use_input)
         if spec not in specs:
             specs.append(spec)

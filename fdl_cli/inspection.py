@@ -195,6 +195,9 @@ def inspect_checkpoint(
     # modules that only hold others, without a forward of their own: a pass calls what they hold, never them
     held = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.ParameterList, torch.nn.ParameterDict)
     containers = [name for name, module in named.items() if isinstance(module, held)]
+    # a TorchScript module inside an eager model (`torch.jit.script(...)` of a block) is not hooked (above): it
+    # ran or not, no pass can tell
+    unhooked = [name for name, module in named.items() if isinstance(module, torch.jit.ScriptModule)]
     return {
         "checkpoint": str(ref.path),
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
@@ -210,10 +213,12 @@ def inspect_checkpoint(
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
         "notes": kwargs_notes.notes,
         # not JSON: for the `not called` line, the modules around those to take instead, as analyze's error says
-        "not_called_fix": parent_to_take([name for name in named if name not in shapes and name not in containers],
-                                         named, shapes),
+        "not_called_fix": parent_to_take([name for name in named if name not in shapes and name not in containers
+                                          and name not in unhooked], named, shapes),
         # not JSON: the containers (nn.ModuleList, GPT-2's transformer.h), which the table does not call `not called`
         "containers": containers,
+        # not JSON: the TorchScript modules of an eager model, whose output shapes no hook told (`unknown`)
+        "unhooked": unhooked,
         # not JSON: (probe spec, the fdl.toml naming it) when fdl.toml's probe ran, for the CLI's refusal of
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
