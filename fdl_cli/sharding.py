@@ -84,6 +84,14 @@ def _remove_rank_part(part: Path) -> None:
             path.unlink()
 
 
+def _remove_served_part(part: Path, identity: tuple[int, ...]) -> None:
+    """A rank's end: its part (`identity`, as it closed it) once rank 0 has written its checkpoints into the store."""
+    with contextlib.suppress(OSError):
+        # not a later job's part (this one's rank 0 may have released the store already)
+        if _file_identity(part) == identity:
+            _remove_rank_part(part)
+
+
 def _is_rank_part_origin_copy(path: Path) -> bool:
     """Whether `path` reads as what `_write_rank_part_origin` left of a sidecar when killed while writing
     it: the start of one (as short as nothing), or one whole; not a file of the user's."""
@@ -550,10 +558,7 @@ def _analyze_distributed(
         )
         summary.analysed[:], summary.already[:], summary.failed[:], first_failure, written = outcome
         if part_file is not None and written:  # rank 0 has them in the store: the part has served
-            with contextlib.suppress(OSError):
-                # not a later job's part (this one's rank 0 may have released the store already)
-                if _file_identity(_rank_part(out, world.rank)) == part_file:
-                    _remove_rank_part(_rank_part(out, world.rank))
+            _remove_served_part(_rank_part(out, world.rank), part_file)
         if first_failure is not None:
             raise distributed.alike(FdlError(first_failure))  # rank 0's account, on every rank
     finally:
