@@ -79,9 +79,33 @@ def _write_rank_part_origin(part: Path, reference: tuple[int, str], predecessor:
 
 
 def _remove_rank_part(part: Path) -> None:
+    """Call it holding the part's lock (`_WriterLock`), as its writer holds it: never a part that another process
+    writes, nor one that a rank of another job opened afresh once the lock was free."""
     for path in (part, _rank_part_origin(part)):
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _remove_served_part(part: Path, identity: tuple[int, ...]) -> None:
+    """A rank's end: its part (`identity`, as it closed it) once rank 0 has written its checkpoints into the store.
+
+    Checked and removed holding the part's lock, which whoever writes a part or its sidecar holds: this job's rank 0
+    may have released the store already, and a later job's rank that opens the part afresh in between would lose
+    its new part and sidecar. Where another process holds the lock (a later job's take-in, which removes the part as
+    its checkpoints are stored, or its rank writing a part of its own), the part is left to it."""
+    from fdl_cli.store import _WriterLock
+
+    lock = _WriterLock(part)
+    try:
+        lock.acquire()
+    except FdlError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            if _file_identity(part) == identity:  # not a later job's part
+                _remove_rank_part(part)
+    finally:
+        lock.release()  # removes the lock file
 
 
 def _is_rank_part_origin_copy(path: Path) -> bool:
@@ -164,11 +188,12 @@ def _take_in_rank_parts(
     job did not select it) is not stored, so this run tries it: if it fails, the comparison stands,
     as in one run; if it is analysed, the part's checkpoint is refreshed to compare with it
     (`_refresh_successors`). The others are analysed again. A part is removed once each of its
-    checkpoints is in the store, damaged or of a changed file; otherwise (not selected by --steps /
-    --every, or analysed again by this run) it is kept for a later run, as is a part that is locked
-    (a rank still running), unreadable or of another run, with a note.
+    checkpoints is in the store, damaged or of a changed file (holding its lock, before releasing it);
+    otherwise (not selected by --steps / --every, or analysed again by this run) it is kept for a
+    later run, as is a part that is locked (a rank still running), unreadable or of another run, with
+    a note; under --overwrite, a part that is locked is kept alike, with a warning.
     Returns the entries taken in and the names of the parts kept."""
-    from fdl_cli.store import StoreReader, StoreWriter
+    from fdl_cli.store import StoreReader, StoreWriter, _WriterLock
 
     by_step = {ref.step: ref for ref in refs}
     order = sorted(by_step)
@@ -196,12 +221,23 @@ def _take_in_rank_parts(
             kept.append(part.name)
             continue
         if not ctx.options.resume:
-            _remove_rank_part(part)
+            lock = _WriterLock(part)  # never a part that a rank still running writes
+            try:
+                lock.acquire()
+            except StoreError as exc:
+                ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
+                kept.append(part.name)
+                continue
+            try:
+                _remove_rank_part(part)
+            finally:
+                lock.release()  # removes the lock file
             continue
         taken: list[CheckpointEntry] = []
         same_reference = origin.get("reference") == list(reference)
         predecessor = origin.get("predecessor")
         settled = 0  # the part's steps now in the store, damaged, or of a changed file
+        removed = False
         try:
             # its writer's lock: never a part that a rank still running writes
             with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
@@ -250,6 +286,11 @@ def _take_in_rank_parts(
                 for entry in taken:
                     writer.add(entry)
                 writer.flush()
+                if settled + len(taken) == len(steps):
+                    # Still holding the part's lock: once it is released, a rank of another job on this --out may
+                    # open the part afresh, and a removal then deleted its new part and sidecar.
+                    _remove_rank_part(part)
+                    removed = True
         except StoreError as exc:
             ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
             kept.append(part.name)
@@ -260,9 +301,7 @@ def _take_in_rank_parts(
                 f"were added to {out.name}"
             )
         everything.extend(taken)
-        if settled + len(taken) == len(steps):
-            _remove_rank_part(part)
-        else:
+        if not removed:
             ctx.reporter.note(
                 f"{part.name} is kept: {len(steps) - settled - len(taken)} of its checkpoints are not in "
                 f"{out.name} (not selected by this run, or analysed again); a later run takes them in"
@@ -550,10 +589,7 @@ def _analyze_distributed(
         )
         summary.analysed[:], summary.already[:], summary.failed[:], first_failure, written = outcome
         if part_file is not None and written:  # rank 0 has them in the store: the part has served
-            with contextlib.suppress(OSError):
-                # not a later job's part (this one's rank 0 may have released the store already)
-                if _file_identity(_rank_part(out, world.rank)) == part_file:
-                    _remove_rank_part(_rank_part(out, world.rank))
+            _remove_served_part(_rank_part(out, world.rank), part_file)
         if first_failure is not None:
             raise distributed.alike(FdlError(first_failure))  # rank 0's account, on every rank
     finally:
