@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_analyze import Result, fdl
 from tests.test_report import make_store, run_fdl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +109,16 @@ def test_a_missing_store_is_named_quoted_in_the_command_suggested(tmp_path: Path
     done = run_fdl("classify", missing)
     assert done.returncode == 1
     assert f"run `fdl analyze CKPT_DIR --out '{missing}'` first" in done.stderr
+
+
+def test_analyze_of_an_empty_stdin_says_that_stdin_gave_no_paths(tmp_path: Path) -> None:
+    done = run_fdl_stdin("", "analyze", "-", "--out", tmp_path / "run.h5")
+    assert done.code == 1
+    # was: "no checkpoints found in -" / "got: nothing" / "point at a folder of ... files"
+    assert "error: no checkpoints found in the paths read from stdin (-)" in done.stderr
+    assert "got: no path on stdin" in done.stderr
+    assert "find runs/a -name '*.pt' | fdl analyze -" in done.stderr
+
+
+def run_fdl_stdin(stdin: str, *args: object) -> Result:
+    return fdl(*map(str, args), stdin=stdin)
