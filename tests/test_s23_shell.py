@@ -4,7 +4,8 @@
   stdout (`>&-`) ended in an OSError's (or an AttributeError's) traceback, exit 1 with nothing explained;
   a small output failed only in the interpreter's last flush ("Exception ignored ...", exit 120);
 - the commands fdl suggests (`fdl analyze FOLDER` for a folder given as a store, `fdl analyze CKPT_DIR --out
-  PATH` for a store that is not there) named a path with a space unquoted, so pasting them ran something else.
+  PATH` for a store that is not there) named a path with a space unquoted, so pasting them ran something else;
+- `fdl analyze -` with nothing on stdin said "no checkpoints found in -", "got: nothing".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_analyze import Result, fdl
+from tests.test_analyze import fdl
 from tests.test_report import make_store, run_fdl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,13 +113,9 @@ def test_a_missing_store_is_named_quoted_in_the_command_suggested(tmp_path: Path
 
 
 def test_analyze_of_an_empty_stdin_says_that_stdin_gave_no_paths(tmp_path: Path) -> None:
-    done = run_fdl_stdin("", "analyze", "-", "--out", tmp_path / "run.h5")
+    done = fdl("analyze", "-", "--out", str(tmp_path / "run.h5"), stdin="")
     assert done.code == 1
     # was: "no checkpoints found in -" / "got: nothing" / "point at a folder of ... files"
     assert "error: no checkpoints found in the paths read from stdin (-)" in done.stderr
     assert "got: no path on stdin" in done.stderr
     assert "find runs/a -name '*.pt' | fdl analyze -" in done.stderr
-
-
-def run_fdl_stdin(stdin: str, *args: object) -> Result:
-    return fdl(*map(str, args), stdin=stdin)
