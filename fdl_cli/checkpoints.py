@@ -1532,6 +1532,9 @@ def discover_checkpoints(
         got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
+        if [str(s) for s in sources] == ["-"] and not looked_at:  # `fdl analyze -` read nothing: "in -", "got: nothing"
+            where, got = "the paths read from stdin (-)", "no path on stdin"
+            fix = "pipe the checkpoints' paths in, one a line (`find runs/a -name '*.pt' | fdl analyze - ...`), or " + fix
         nested, adapters, sharded = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         if sharded and not nested:  # an FSDP run's step folders: no file with a checkpoint suffix
             raise _dcp_error(sharded)

@@ -13,9 +13,10 @@ import functools
 import gc
 import json
 import os
+import shlex
 import sys
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 
 import click
 
@@ -93,6 +94,54 @@ def _untracked_imports() -> Iterator[None]:
 
 class _StdoutClosed(Exception):
     """stdout's reader went away (a BrokenPipeError), raised past click, which would exit 1 on it."""
+
+
+class _StdoutFailed(Exception):
+    """stdout could not be written (a full disk, an I/O error, closed by the shell's `>&-`): `main` says so.
+
+    Not an FdlError, which `analyze` may take for a checkpoint's: it ends the command, as a BrokenPipeError does."""
+
+    def __init__(self, reason: str, *, closed: bool = False) -> None:
+        where = ("give the command a stdout (`> FILE`, `| jq`), not a closed one (`>&-`)" if closed else
+                 "send the output where it can be written (`> FILE` on a disk with room; --out FILE for export)")
+        self.error = FdlError(f"could not write to stdout: {reason}",
+                              fix=f"{where}, then run the command again (a store `fdl analyze` wrote keeps what it "
+                                  "committed)")
+        super().__init__(reason)
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: every write to it, fdl's machine output and click's help alike, that
+    fails other than by its reader going away (a BrokenPipeError, status 141) raises `_StdoutFailed`, said in
+    one paragraph, where an OSError's traceback was shown (or, for an output small enough to wait in the
+    buffer, "Exception ignored" at the interpreter's last flush, status 120). A closed stdout (`>&-`, Python's
+    sys.stdout None) fails at the first write, where the output was lost without a word."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.stream is None:
+            raise _StdoutFailed("it is closed", closed=True)
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from None
+
+    def flush(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from None
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer: the stream's own
+        return getattr(self.stream, name)
 
 
 class _Interrupted(BaseException):
@@ -257,7 +306,7 @@ class StorePath(click.Path):
             store = default_store_path([value])
             there = (f": ./{store} is here" if store.is_file() else
                      f" (its --out; ./{store} without one, which is not here)")
-            self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {value}` "
+            self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {shlex.quote(value)}` "
                       f"wrote{there}", param, ctx)
         return super().convert(value, param, ctx)
 
@@ -1036,9 +1085,20 @@ def main(argv: list[str] | None = None) -> None:
     _command = None
     configure_blas_threads()
     tolerate_unencodable_output()
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _GuardedStdout(stdout))
+    try:
+        _run(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(argv: list[str] | None) -> None:
+    """`main`'s command, each way it can end said as the user should read it."""
     try:
         with signals.installed():
             cli.main(args=argv, prog_name="fdl", standalone_mode=False)
+            sys.stdout.flush()  # here, not in the interpreter's last flush, where a failure is no error of fdl's
     except click.exceptions.Abort:  # a Ctrl-C while click parses the command line: click wrote a blank line
         _say_interrupted(closing_line=False)
     except _Interrupted:
@@ -1047,16 +1107,24 @@ def main(argv: list[str] | None = None) -> None:
         _voice_or_exit(alike="job", status=exc.exit_code)  # a usage error: the command line's, alike on every rank
         exc.show()
         sys.exit(exc.exit_code)
-    except FdlError as exc:
-        voice = _voice_or_exit(alike=exc.alike, status=1)
-        click.echo(f"error{f' on {voice}' if voice else ''}: {exc.message}", err=True)
+    except (FdlError, _StdoutFailed) as exc:
+        if isinstance(exc, _StdoutFailed):
+            _stdout_to_devnull()
+        error = exc.error if isinstance(exc, _StdoutFailed) else exc
+        voice = _voice_or_exit(alike=error.alike, status=1)
+        click.echo(f"error{f' on {voice}' if voice else ''}: {error.message}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         _say_interrupted(closing_line=False)
     except (BrokenPipeError, _StdoutClosed):
         # The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
-        # killed by SIGPIPE does (status 128 + 13). stdout is pointed at /dev/null first, or the
-        # interpreter's last flush of it would fail again on the way out.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # killed by SIGPIPE does (status 128 + 13).
+        _stdout_to_devnull()
         sys.exit(SIGPIPE_STATUS)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, or the interpreter's last flush of what stdout still holds would fail again on
+    the way out."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -568,7 +568,7 @@ class StoreReader:
         if not path.exists():
             raise StoreError(
                 f"no fdl store at {path}",
-                fix=f"run `fdl analyze CKPT_DIR --out {path}` first, or check the path",
+                fix=f"run `fdl analyze CKPT_DIR --out {shlex.quote(str(path))}` first, or check the path",
             )
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not an fdl store", fix="pass the .h5 file written by `fdl analyze`")
