@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from fdl_cli.spectral import cka
+from fdl_cli.spectral import cka, measure
 from tests.cli_run import fdl_in_process, model_file
+from tests.test_spectral import stats
 
 MODEL = """
 import torch
@@ -108,3 +109,24 @@ def test_analyze_measures_cka_of_a_float64_layer_far_from_zero(offset_run: Path,
                 assert b[field] is None, (a["step"], field)
             else:
                 assert b[field] == pytest.approx(a[field], rel=1e-9), (a["step"], field)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_gram_route_measures_float64_features_far_from_zero(center: bool) -> None:
+    """p > n (the kept features' n×n Gram): features on a mean of 10⁷ had D_LR 1.0, feature_pr 0 and, with
+    `--center`, rank 0 (a floor of 1e-12 × their mean square about 0); now the measures of the same features at 0,
+    and constant features still give rank 0 (`--center`), D_LR 1.0 and feature_pr 0 exactly."""
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(30, 50))
+    outputs = features[:, :3] @ rng.normal(size=(3, 3))
+    plain = measure(stats(features, outputs, keep_features=True), center=center)
+    far = measure(stats(features + 1e7, outputs, keep_features=True), center=center)
+    assert far.spectrum.route == "gram"
+    # always centered; the uncentered spectrum of features on 10⁶ is the constant's (rank 1: the rest < ρ_1·1e-10)
+    names = ("d_lr", "feature_pr", "dlr_alignment", "output_rank") + (("rank", "eff_dim") if center else ())
+    for name in names:
+        assert far.scalars[name] == pytest.approx(plain.scalars[name], rel=1e-7), name
+    assert 0.0 < plain.scalars["d_lr"] < 1.0 and (plain.scalars["rank"] == 29 or not center)
+    constant = measure(stats(np.full((30, 50), 1e6 / 3), outputs, keep_features=True), center=center)
+    assert constant.scalars["d_lr"] == 1.0 and constant.scalars["feature_pr"] == 0.0
+    assert constant.scalars["rank"] == (0 if center else 1)
