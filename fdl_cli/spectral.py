@@ -370,7 +370,7 @@ def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
     noise of centering) and the most negative value relative to ρ_1 (0 if none).
 
     The floor decides only that degenerate case: it can lie far above ρ_1·RANK_RTOL (the Gram route's
-    kept features are not shifted, so it is 1e-12 × their raw mean square; unshifted sums of features
+    kept features are not shifted, so it is 1e-12 × their mean square about their first row; unshifted sums of features
     with a mean of a few standard deviations), where it cut resolved eigenvalues
     (tests/test_spectrum_floor.py)."""
     top = float(values[0]) if values.size else 0.0
