@@ -70,14 +70,10 @@ def test_cka_of_float64_features_far_from_zero_is_their_cka_at_zero(offset: floa
 def offset_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("offset")
     module = model_file(folder, MODEL)
-    torch.manual_seed(0)
-    model = module.build()
     (folder / "ck").mkdir()
-    for step in range(3):
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(0.3 * torch.randn_like(parameter))
-        torch.save(model.state_dict(), folder / "ck" / f"step_{step}.pt")
+    for step in range(3):  # three independent initialisations: features that move
+        torch.manual_seed(step)
+        torch.save(module.build().state_dict(), folder / "ck" / f"step_{step}.pt")
     np.savez(folder / "probe.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32),
              y=np.arange(40) % 3)
     return folder
@@ -98,7 +94,8 @@ def _analyze(folder: Path, name: str, options: dict) -> tuple[list[dict], str]:
 @pytest.mark.parametrize("copies", [1, 8], ids=["p<m", "p>m"])
 def test_analyze_measures_cka_of_a_float64_layer_far_from_zero(offset_run: Path, copies: int) -> None:
     """A float64 layer on a mean of 10⁶ (its spread ~0.5): cka_init / cka_prev were null at every step, with a
-    warning of a dead layer, where the same features at 0 give 0.3 – 0.9; now the same to 1e-9."""
+    warning of a dead layer, where the same features at 0 give 0.3 – 0.9; now the same to 1e-8 (the Gram
+    route's D_LR, whose cross term comes from sums about 0, moves by 4e-9)."""
     plain, _ = _analyze(offset_run, f"plain{copies}", {"copies": copies})
     far, err = _analyze(offset_run, f"far{copies}", {"copies": copies, "offset": 1e6})
     assert "constant over the anchor points" not in err, err
@@ -108,7 +105,7 @@ def test_analyze_measures_cka_of_a_float64_layer_far_from_zero(offset_run: Path,
             if a[field] is None:
                 assert b[field] is None, (a["step"], field)
             else:
-                assert b[field] == pytest.approx(a[field], rel=1e-9), (a["step"], field)
+                assert b[field] == pytest.approx(a[field], rel=1e-8), (a["step"], field)
 
 
 @pytest.mark.parametrize("center", [False, True])
