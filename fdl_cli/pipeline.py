@@ -220,6 +220,7 @@ class _Series:
                 centered.copy_(torch.from_numpy(np.ascontiguousarray(anchor, dtype=np.float64)))
             else:
                 centered = torch.from_numpy(anchor.astype(np.float64))
+            centered -= centered[:1].clone()  # about the first row first, as `spectral.cka` (`constant_rows`)
             energy = float(torch.linalg.vector_norm(centered)) ** 2
             centered -= centered.mean(0)  # in place: `anchor` is centered too when owned
             if constant_rows(float(torch.linalg.vector_norm(centered)) ** 2, energy):

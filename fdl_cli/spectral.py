@@ -370,7 +370,7 @@ def _truncate(values: np.ndarray, floor: float = 0.0) -> tuple[int, float]:
     noise of centering) and the most negative value relative to ρ_1 (0 if none).
 
     The floor decides only that degenerate case: it can lie far above ρ_1·RANK_RTOL (the Gram route's
-    kept features are not shifted, so it is 1e-12 × their raw mean square; unshifted sums of features
+    kept features are not shifted, so it is 1e-12 × their mean square about their first row; unshifted sums of features
     with a mean of a few standard deviations), where it cut resolved eigenvalues
     (tests/test_spectrum_floor.py)."""
     top = float(values[0]) if values.size else 0.0
@@ -389,6 +389,36 @@ def _uncentered_trace(moments: Moments) -> float:
     return float(np.sum(moments.features**2)) / moments.n
 
 
+def _gram_route(moments: Moments) -> bool:
+    """Whether the spectrum comes from the n×n Gram of the kept features (p > n)."""
+    return moments.features is not None and moments.n_features > moments.n
+
+
+def _centered_kept(moments: Moments) -> np.ndarray:
+    """F_c of the kept features (never shifted by the sums), centered about their first row a first: F − a,
+    then minus its probe mean (one copy of F), so features constant over the probe give exactly 0 and the
+    rounding left is eps × their spread about a, not about 0 (`_centering_scale`)."""
+    assert moments.features is not None
+    centered = np.subtract(moments.features, moments.features[:1], dtype=np.float64)
+    centered -= centered.mean(axis=0)
+    return centered
+
+
+def _centering_scale(moments: Moments) -> float:
+    """The scale of the rounding noise in a centered feature energy (tr Σ_c). On the Gram route, formed from
+    the kept features centered by subtraction (`_centered_kept`): their mean square about the first row a
+    (summed over blocks of rows, without a copy of F). Else, formed as a difference of sums: their mean square
+    about the sums' shift (`_uncentered_trace`). About 0, the Gram route's floor counted a float64 layer far
+    from 0 (a mean 10⁶ times its spread) as constant features (D_LR 1.0, feature_pr 0, `--center` rank 0)."""
+    if not _gram_route(moments):
+        return _uncentered_trace(moments)
+    assert moments.features is not None
+    first, total = moments.features[:1], 0.0
+    for start in range(0, moments.n, 1024):
+        total += float(np.sum(np.square(np.subtract(moments.features[start : start + 1024], first, dtype=np.float64))))
+    return total / moments.n
+
+
 def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
     """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
     _check_finite(moments)
@@ -400,17 +430,17 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         moments = moments.unshifted()
     n = moments.n
     mean = moments.mean_f if center else None
-    p = moments.n_features
-    floor = CANCELLATION_RTOL * _uncentered_trace(moments) if center else 0.0
+    floor = CANCELLATION_RTOL * _centering_scale(moments) if center else 0.0
     norms = None
-    if moments.features is not None and p > n:
+    if _gram_route(moments):
         # One n×n product whichever is asked: the centered Gram G_c = F_cF_cᵀ/n, whose trace and
         # norm D_LR's participation ratio takes too, and for the uncentered spectrum G = FFᵀ/n =
         # G_c + (u1ᵀ + 1uᵀ) + ‖μ‖²/n·11ᵀ with u = F_cμ/n (O(np + n²)). Built this way round, G carries
         # the rounding a direct FFᵀ would (eps × the entries' size, which the mean dominates), while
         # centering a direct G by subtraction would lose the spread's digits to the mean.
+        assert moments.features is not None
         probe_mean = moments.sum_f / n  # the kept features are never shifted
-        centered = moments.features - probe_mean
+        centered = _centered_kept(moments)
         gram = centered @ centered.T / n
         norms = (float(np.trace(gram)), float(np.linalg.norm(gram)))
         if mean is not None:
@@ -525,8 +555,8 @@ def _centered_covariance_norms(moments: Moments) -> tuple[float, float]:
     """(tr Σ_c, ‖Σ_c‖_F) of the centered feature covariance Σ_c = F_cᵀF_c/n."""
     n = moments.n
     mean = moments.sum_f / n
-    if moments.features is not None and moments.n_features > n:
-        feats = moments.features - mean
+    if _gram_route(moments):
+        feats = _centered_kept(moments)
         gram = feats @ feats.T / n
         return float(np.trace(gram)), float(np.linalg.norm(gram))
     cov = moments.second_moment_sum() / n - np.outer(mean, mean)
@@ -568,7 +598,7 @@ def dynamical_low_rank(
         energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
     )
     trace, frob = covariance_norms if covariance_norms is not None else _centered_covariance_norms(moments)
-    if trace <= CANCELLATION_RTOL * _uncentered_trace(moments):
+    if trace <= CANCELLATION_RTOL * _centering_scale(moments):
         trace = frob = 0.0
     pr = trace**2 / frob**2 if frob > 0.0 else 0.0
     if rank == 0 or trace <= 0.0:
@@ -768,15 +798,19 @@ def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((torch.from_numpy(right).T @ torch.from_numpy(left).T).numpy().T)
 
 
-def _center_columns(matrix: np.ndarray) -> np.ndarray:
+def _center_columns(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """(A_c, ‖A − a‖_F²), A_c taken about the first row a first: rows equal to a stay exactly 0, and the
+    energy the centering is judged by (`constant_rows`) does not grow with the features' distance from 0."""
     matrix = np.asarray(matrix, dtype=np.float64).reshape(matrix.shape[0], -1)
-    return matrix - matrix.mean(axis=0)
+    shifted = matrix - matrix[:1]
+    return shifted - shifted.mean(axis=0), float(np.sum(shifted * shifted))
 
 
 def constant_rows(centered_energy: float, energy: float) -> bool:
-    """Whether a matrix whose centered columns carry `centered_energy` (‖A_c‖_F²) of its `energy` (‖A‖_F²)
-    is constant on its rows: A_c is 0, or rounding of the centering (at or below CANCELLATION_RTOL of the
-    energy). CKA with such a matrix is 0/0 (`cka`)."""
+    """Whether a matrix whose centered columns carry `centered_energy` (‖A_c‖_F²) of its `energy` (‖A − a‖_F²
+    about its first row a) is constant on its rows: A_c is 0, or rounding of the centering (at or below
+    CANCELLATION_RTOL of the energy). CKA with such a matrix is 0/0 (`cka`). About 0, the energy of features
+    far from 0 would put their spread below the share (a float64 layer on a mean 10⁶ times its spread)."""
     return centered_energy <= CANCELLATION_RTOL * energy
 
 
@@ -792,9 +826,9 @@ def cka(features_a: np.ndarray, features_b: np.ndarray) -> float | None:
             got=f"{features_a.shape[0]} and {features_b.shape[0]} samples",
             fix="compare checkpoints analysed with the same probe and anchor size",
         )
-    a, b = _center_columns(features_a), _center_columns(features_b)
-    for given, centered in ((features_a, a), (features_b, b)):
-        if constant_rows(float(np.sum(centered * centered)), float(np.sum(np.square(given, dtype=np.float64)))):
+    (a, energy_a), (b, energy_b) = _center_columns(features_a), _center_columns(features_b)
+    for centered, energy in ((a, energy_a), (b, energy_b)):
+        if constant_rows(float(np.sum(centered * centered)), energy):
             return None
     m, pa, pb = a.shape[0], a.shape[1], b.shape[1]
     if m * m * (pa + pb) < m * (pa * pb + pa * pa + pb * pb):
