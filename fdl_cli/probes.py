@@ -709,6 +709,32 @@ def _inputs(path: Path, key: str, x: Any) -> tuple[np.ndarray | RowReader, str]:
     return x, inputs_digest(x)
 
 
+def _is_text(y: np.ndarray) -> bool:
+    """Whether `y` holds text: class names ("cat", "dog"), as a DataFrame column holds them, or an object array
+    of str / bytes (h5py's variable-length strings, `h5py.string_dtype`)."""
+    if y.dtype.kind in "US":
+        return True
+    return y.dtype.kind == "O" and y.size > 0 and all(isinstance(v, (str, bytes)) for v in y.reshape(-1)[:100])
+
+
+def _text_labels_fix(y: np.ndarray) -> str:
+    """How to turn text labels into the class numbers 0..C-1 that must match the model's outputs (class c is
+    output c): numbers written as text ('0', '11') convert as they are, since np.unique would number them in
+    text order ('10' and '11' before '2'), other outputs than the model's; names are numbered by np.unique."""
+    if not _is_text(y):
+        return ""
+    try:
+        numbers = y.astype(np.int64)
+    except (ValueError, TypeError):
+        numbers = None
+    if numbers is not None and numbers.size and numbers.min() >= 0:
+        return ("; these names are class numbers: save them as such, y = y.astype(np.int64) (np.unique would number "
+                "them in text order, '10' before '2', unlike the model's outputs)")
+    return ("; number the classes 0..C-1 in the order of the model's outputs (class c is output c) before saving; "
+            "np.unique(y, return_inverse=True) numbers them in sorted order, which is right only if the model's "
+            "outputs were ordered so in training (e.g. by sklearn's LabelEncoder or np.unique)")
+
+
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
     """(targets, task, n_classes) of the probe's `y`, checked against the n samples of x.
 
@@ -720,13 +746,10 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
         y = np.asarray(y)
     shape = y.stored_shape if lazy else y.shape
     if (y.stored if lazy else y.dtype).kind not in "biuf":
-        named = y.dtype.kind in "US"  # class names ("cat", "dog"), as a DataFrame column holds them
         raise ProbeError(
-            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if named else ""),
-            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if named and y.size else ""),
-            fix="y must hold integer class labels or float regression targets"
-            + ("; number the classes 0..C-1 before saving: classes, y = np.unique(y, return_inverse=True)"
-               if named else ""),
+            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if _is_text(y) else ""),
+            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if _is_text(y) and y.size else ""),
+            fix="y must hold integer class labels or float regression targets" + _text_labels_fix(y),
         )
     if len(shape) == 0 or shape[0] != n:
         raise ProbeError(
