@@ -1403,7 +1403,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     """Resolve the layers and check every probe against the model with one sample, before long work.
     Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import float_one_hot, targets_without_energy, validate_probe, zero_one_targets
+    from fdl_cli.probes import dominant_class_note, float_one_hot, targets_without_energy, validate_probe, zero_one_targets
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1449,6 +1449,9 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
             )
+        dominant = dominant_class_note(probe, n_outputs=n_outputs)
+        if dominant is not None:
+            ctx.reporter.note(dominant)
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)

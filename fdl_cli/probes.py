@@ -968,6 +968,34 @@ def zero_one_targets(probe: Probe) -> bool:
     )
 
 
+#: A class holding at least this share of a probe's labels (and 1.5/C, classify's near-chance factor) is said
+#: at analyze, with what a constant guess of it scores
+DOMINANT_CLASS_SHARE = 0.5
+
+
+def dominant_class_note(probe: Probe, *, n_outputs: int) -> str | None:
+    """For a probe of class labels one class of which holds most (`DOMINANT_CLASS_SHARE`, and at least 1.5/C):
+    what a constant guess of that class scores, accuracy = its share and cross-entropy = the labels' entropy,
+    against which the accuracy and cross_entropy read, where `fdl classify`'s near-chance and trained-reference
+    lines take chance as 1/C (regimes.reference_fit: the store does not record the class shares). None otherwise."""
+    if probe.task != "classes" or probe.y is None or n_outputs < 2:
+        return None
+    labels = np.asarray(probe.y)
+    if labels.size == 0:
+        return None
+    counts = np.bincount(labels)
+    top = int(counts.argmax())
+    share = float(counts[top]) / labels.size
+    if share < max(DOMINANT_CLASS_SHARE, 1.5 / n_outputs):
+        return None
+    shares = counts[counts > 0] / labels.size
+    entropy = float(-np.sum(shares * np.log(shares)))
+    return (f"probe {probe.name!r}: {counts[top]} of {labels.size} labels ({100 * share:.1f} %) are class {top}: a "
+            f"constant guess of it scores accuracy {share:.3f} and cross_entropy {entropy:.3f} (the labels' entropy), "
+            f"not chance 1/C = {1 / n_outputs:.3f} and log C = {np.log(n_outputs):.3f}: read accuracy and cross_entropy "
+            "against those (fdl classify's lines on a near-chance or already fitting checkpoint take chance as 1/C)")
+
+
 def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
     """Why the probe's targets carry no energy, Σ_c ⟨y_c, y_c⟩ = 0, so that Q*, Π* and k_τ of the quality are
     0/0 (docs/measures.md): "are all 0", or with `center`, "are constant" (regression targets equal in every

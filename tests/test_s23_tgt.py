@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from fdl_cli.errors import ProbeError
 from fdl_cli.probes import load_probe
+from tests.cli_run import fdl_in_process
+from tests.tiny_models import mlp
 
 X = np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32)
 LABELS = np.arange(24) % 12  # 12 classes: '10' and '11' sort before '2' as text
@@ -47,3 +52,36 @@ def test_hdf5_variable_length_string_labels_are_named_class_names(tmp_path: Path
         handle.create_dataset("y", data=[str(v) for v in LABELS], dtype=h5py.string_dtype())
     said = _refusal(tmp_path / "p.h5")
     assert "(class names)" in said and "e.g. " in said and "y = y.astype(np.int64)" in said
+
+
+def _binary_run(tmp_path: Path, labels: np.ndarray) -> subprocess.CompletedProcess[str]:
+    """`fdl analyze` of two checkpoints of a 4-8-2 MLP on a probe of these labels."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(mlp(4, 8, 2, seed=step).state_dict(), run / f"step_{step}.pt")
+    x = np.random.default_rng(1).normal(size=(len(labels), 4)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=labels)
+    return fdl_in_process("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          '{"n_in": 4, "hidden": 8, "n_out": 2}', "--probe", tmp_path / "probe.npz",
+                          "--out", tmp_path / "run.h5")
+
+
+def test_a_probe_of_one_dominant_class_says_what_a_constant_guess_scores(tmp_path: Path) -> None:
+    """99 % class 0 (session 23): a network predicting class 0 everywhere scored accuracy 0.990 and read 'MF from
+    step 10' with nothing to say that 0.990 is the majority guess, where classify's near-chance line takes chance
+    as 1/C = 0.5. analyze now says what a constant guess scores (accuracy and cross-entropy)."""
+    labels = np.zeros(200, dtype=np.int64)
+    labels[:2] = 1
+    done = _binary_run(tmp_path, labels)
+    assert done.returncode == 0, done.stderr
+    assert "198 of 200 labels (99.0 %) are class 0" in done.stderr
+    entropy = -(0.99 * math.log(0.99) + 0.01 * math.log(0.01))
+    assert f"accuracy 0.990 and cross_entropy {entropy:.3f}" in done.stderr
+    assert "1/C = 0.500" in done.stderr
+
+
+def test_balanced_classes_get_no_such_note(tmp_path: Path) -> None:
+    done = _binary_run(tmp_path, np.arange(200) % 2)
+    assert done.returncode == 0, done.stderr
+    assert "a constant guess" not in done.stderr
