@@ -1463,7 +1463,9 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)
         k = overlap_k(ctx.options, n_outputs)
-        if anchors <= k:
+        # the top-k eigenfunctions span at most p dimensions: a layer narrower than the anchors keeps its overlaps
+        spanned = min(k, max(widths.values(), default=k))
+        if anchors <= spanned:
             ctx.reporter.warn(
                 f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')} for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
@@ -1479,7 +1481,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
             )
         points = _anchor_points(ctx, probe)
-        if points < anchors and (points < CKA_MIN_ANCHORS or points <= k):
+        if points < anchors and (points < CKA_MIN_ANCHORS or points <= spanned):
             ctx.reporter.warn(
                 f"probe {probe.name!r}: its first {_count(anchors, 'input')} (the anchor subset) hold"
                 + ("s" if anchors == 1 else "") + f" only {points} distinct {'one' if points == 1 else 'ones'}: "
@@ -1487,7 +1489,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                     ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
                       "cka_init and cka_prev are not measured (null)"] if points < CKA_MIN_ANCHORS else [])
                     + ([f"the top-{k} eigenfunctions span all of them, so the eigenspace overlaps are not measured "
-                        "(null)"] if points <= k else [])
+                        "(null)"] if points <= spanned else [])
                 ) + "; put distinct inputs first in the probe"
             )
         if n < max(10, 2 * n_outputs):

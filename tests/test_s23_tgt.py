@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -85,3 +86,23 @@ def test_balanced_classes_get_no_such_note(tmp_path: Path) -> None:
     done = _binary_run(tmp_path, np.arange(200) % 2)
     assert done.returncode == 0, done.stderr
     assert "a constant guess" not in done.stderr
+
+
+def test_a_layer_narrower_than_the_anchors_keeps_its_overlaps_and_no_warning_says_otherwise(tmp_path: Path) -> None:
+    """C = 30 outputs, 20 probe points, a layer of 8 units (C > n > p, session 23): the anchors (20) are no more than
+    k = C = 30, and analyze warned that the overlaps 'are not measured there (null)', yet the top-k eigenfunctions
+    span at most 8 of the 20 anchor dimensions, so the overlaps were measured (stored, read by classify). The
+    warning is for a layer wide enough to span the anchors only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(mlp(4, 8, 30, seed=step).state_dict(), run / f"step_{step}.pt")
+    x = np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=np.arange(20))
+    done = fdl_in_process("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          '{"n_in": 4, "hidden": 8, "n_out": 30}', "--probe", tmp_path / "probe.npz",
+                          "--out", tmp_path / "run.h5", "--json")
+    assert done.returncode == 0, done.stderr
+    records = {r["step"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert records[10]["overlap_init"] is not None and 0.0 < records[10]["overlap_init"] < 1.0
+    assert "not measured there (null)" not in done.stderr
