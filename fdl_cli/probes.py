@@ -917,6 +917,9 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         if lowest >= 1 and highest == n_outputs:
             fix = (f"the labels run from 1 to {highest}, the model's classes from 0 to {n_outputs - 1}: "
                    f"if they are numbered from 1, save y - 1; else {fix}")
+        if n_outputs == 1:  # one output and whole numbers beyond 0/1: a regression on counts, saved as integers?
+            fix += ("; if y are regression targets (whole numbers), save them as floats, y = y.astype(np.float32): "
+                    "integer y are read as class labels")
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has class label {highest} but the model has "
             f"{n_outputs} outputs",

@@ -106,3 +106,17 @@ def test_a_layer_narrower_than_the_anchors_keeps_its_overlaps_and_no_warning_say
     records = {r["step"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert records[10]["overlap_init"] is not None and 0.0 < records[10]["overlap_init"] < 1.0
     assert "not measured there (null)" not in done.stderr
+
+
+def test_integer_regression_targets_of_a_one_output_model_are_told_to_save_floats(tmp_path: Path) -> None:
+    """A count (pixels above a threshold: 10..27) as the regression target of a 1-output model, saved as int64, was
+    refused as 'class label 27 but the model has 1 output(s)', with a fix about the probe or --model-kwargs only: the
+    int dtype is what made them labels, so the fix says to save them as floats."""
+    from fdl_cli.probes import validate_probe
+
+    np.savez(tmp_path / "p.npz", x=X, y=np.arange(24) + 4)
+    with pytest.raises(ProbeError) as caught:
+        validate_probe(load_probe(tmp_path / "p.npz"), n_outputs=1)
+    said = str(caught.value)
+    assert "has class label 27 but the model has 1 output" in said
+    assert "regression targets" in said and "y = y.astype(np.float32)" in said
