@@ -1406,7 +1406,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
     """Resolve the layers and check every probe against the model with one sample, before long work.
     Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import float_one_hot, targets_without_energy, validate_probe, zero_one_targets
+    from fdl_cli.probes import dominant_class_note, float_one_hot, targets_without_energy, validate_probe, zero_one_targets
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1452,6 +1452,9 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
             )
+        dominant = dominant_class_note(probe, n_outputs=n_outputs)
+        if dominant is not None:
+            ctx.reporter.note(dominant)
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)
@@ -1463,7 +1466,9 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         n = int(probe.x.shape[0])
         anchors = min(ctx.options.anchor_size, n)
         k = overlap_k(ctx.options, n_outputs)
-        if anchors <= k:
+        # the top-k eigenfunctions span at most p dimensions: a layer narrower than the anchors keeps its overlaps
+        spanned = min(k, max(widths.values(), default=k))
+        if anchors <= spanned:
             ctx.reporter.warn(
                 f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')} for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
@@ -1479,7 +1484,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
             )
         points = _anchor_points(ctx, probe)
-        if points < anchors and (points < CKA_MIN_ANCHORS or points <= k):
+        if points < anchors and (points < CKA_MIN_ANCHORS or points <= spanned):
             ctx.reporter.warn(
                 f"probe {probe.name!r}: its first {_count(anchors, 'input')} (the anchor subset) hold"
                 + ("s" if anchors == 1 else "") + f" only {points} distinct {'one' if points == 1 else 'ones'}: "
@@ -1487,7 +1492,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                     ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
                       "cka_init and cka_prev are not measured (null)"] if points < CKA_MIN_ANCHORS else [])
                     + ([f"the top-{k} eigenfunctions span all of them, so the eigenspace overlaps are not measured "
-                        "(null)"] if points <= k else [])
+                        "(null)"] if points <= spanned else [])
                 ) + "; put distinct inputs first in the probe"
             )
         if n < max(10, 2 * n_outputs):

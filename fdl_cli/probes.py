@@ -709,6 +709,32 @@ def _inputs(path: Path, key: str, x: Any) -> tuple[np.ndarray | RowReader, str]:
     return x, inputs_digest(x)
 
 
+def _is_text(y: np.ndarray) -> bool:
+    """Whether `y` holds text: class names ("cat", "dog"), as a DataFrame column holds them, or an object array
+    of str / bytes (h5py's variable-length strings, `h5py.string_dtype`)."""
+    if y.dtype.kind in "US":
+        return True
+    return y.dtype.kind == "O" and y.size > 0 and all(isinstance(v, (str, bytes)) for v in y.reshape(-1)[:100])
+
+
+def _text_labels_fix(y: np.ndarray) -> str:
+    """How to turn text labels into the class numbers 0..C-1 that must match the model's outputs (class c is
+    output c): numbers written as text ('0', '11') convert as they are, since np.unique would number them in
+    text order ('10' and '11' before '2'), other outputs than the model's; names are numbered by np.unique."""
+    if not _is_text(y):
+        return ""
+    try:
+        numbers = y.astype(np.int64)
+    except (ValueError, TypeError):
+        numbers = None
+    if numbers is not None and numbers.size and numbers.min() >= 0:
+        return ("; these names are class numbers: save them as such, y = y.astype(np.int64) (np.unique would number "
+                "them in text order, '10' before '2', unlike the model's outputs)")
+    return ("; number the classes 0..C-1 in the order of the model's outputs (class c is output c) before saving; "
+            "np.unique(y, return_inverse=True) numbers them in sorted order, which is right only if the model's "
+            "outputs were ordered so in training (e.g. by sklearn's LabelEncoder or np.unique)")
+
+
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
     """(targets, task, n_classes) of the probe's `y`, checked against the n samples of x.
 
@@ -720,13 +746,10 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
         y = np.asarray(y)
     shape = y.stored_shape if lazy else y.shape
     if (y.stored if lazy else y.dtype).kind not in "biuf":
-        named = y.dtype.kind in "US"  # class names ("cat", "dog"), as a DataFrame column holds them
         raise ProbeError(
-            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if named else ""),
-            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if named and y.size else ""),
-            fix="y must hold integer class labels or float regression targets"
-            + ("; number the classes 0..C-1 before saving: classes, y = np.unique(y, return_inverse=True)"
-               if named else ""),
+            f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if _is_text(y) else ""),
+            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if _is_text(y) and y.size else ""),
+            fix="y must hold integer class labels or float regression targets" + _text_labels_fix(y),
         )
     if len(shape) == 0 or shape[0] != n:
         raise ProbeError(
@@ -894,6 +917,9 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         if lowest >= 1 and highest == n_outputs:
             fix = (f"the labels run from 1 to {highest}, the model's classes from 0 to {n_outputs - 1}: "
                    f"if they are numbered from 1, save y - 1; else {fix}")
+        if n_outputs == 1:  # one output and whole numbers beyond 0/1: a regression on counts, saved as integers?
+            fix += ("; if y are regression targets (whole numbers), save them as floats, y = y.astype(np.float32): "
+                    "integer y are read as class labels")
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has class label {highest} but the model has "
             f"{n_outputs} outputs",
@@ -943,6 +969,34 @@ def zero_one_targets(probe: Probe) -> bool:
         probe.task == "regression" and y is not None and not float_one_hot(probe)
         and all(bool(np.isin(rows, (0.0, 1.0)).all()) for rows in _target_blocks(y))
     )
+
+
+#: A class holding at least this share of a probe's labels (and 1.5/C, classify's near-chance factor) is said
+#: at analyze, with what a constant guess of it scores
+DOMINANT_CLASS_SHARE = 0.5
+
+
+def dominant_class_note(probe: Probe, *, n_outputs: int) -> str | None:
+    """For a probe of class labels one class of which holds most (`DOMINANT_CLASS_SHARE`, and at least 1.5/C):
+    what a constant guess of that class scores, accuracy = its share and cross-entropy = the labels' entropy,
+    against which the accuracy and cross_entropy read, where `fdl classify`'s near-chance and trained-reference
+    lines take chance as 1/C (regimes.reference_fit: the store does not record the class shares). None otherwise."""
+    if probe.task != "classes" or probe.y is None or n_outputs < 2:
+        return None
+    labels = np.asarray(probe.y)
+    if labels.size == 0:
+        return None
+    counts = np.bincount(labels)
+    top = int(counts.argmax())
+    share = float(counts[top]) / labels.size
+    if share < max(DOMINANT_CLASS_SHARE, 1.5 / n_outputs):
+        return None
+    shares = counts[counts > 0] / labels.size
+    entropy = float(-np.sum(shares * np.log(shares)))
+    return (f"probe {probe.name!r}: {counts[top]} of {labels.size} labels ({100 * share:.1f} %) are class {top}: a "
+            f"constant guess of it scores accuracy {share:.3f} and cross_entropy {entropy:.3f} (the labels' entropy), "
+            f"not chance 1/C = {1 / n_outputs:.3f} and log C = {np.log(n_outputs):.3f}: read accuracy and cross_entropy "
+            "against those (fdl classify's lines on a near-chance or already fitting checkpoint take chance as 1/C)")
 
 
 def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
