@@ -922,7 +922,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
                     "integer y are read as class labels")
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has class label {highest} but the model has "
-            f"{n_outputs} outputs",
+            f"{n_outputs} output{'s' if n_outputs != 1 else ''}",
             got=f"labels {lowest}..{highest}",
             fix=fix,
         )
@@ -932,7 +932,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         )
         raise ProbeError(
             f"the probe {probe.path} ({probe.name}) has {probe.y.shape[1]} regression target(s) per sample but "
-            f"the model has {n_outputs} outputs",
+            f"the model has {n_outputs} output{'s' if n_outputs != 1 else ''}",
             got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
             fix="targets must be (n, C) with C the model's outputs"
             + (f"; if they are class labels, save them as integers: {INTEGER_LABELS_RECIPE}" if labels else ""),

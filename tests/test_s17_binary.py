@@ -1,5 +1,5 @@
 """A binary classifier of one logit z (trained with BCEWithLogitsLoss) on a probe of 0/1 labels: it was
-refused ("class label 1 but the model has 1 outputs"). It is the two-class classifier of logits (0, z)
+refused ("class label 1 but the model has 1 output"). It is the two-class classifier of logits (0, z)
 (softmax((0, z)) = (1 − σ(z), σ(z))), and fdl analyses it as one: by construction its records equal
 those of a two-output model whose first logit is 0, its accuracy thresholds z at 0 and its
 cross-entropy is BCE-with-logits."""
@@ -141,4 +141,4 @@ def test_labels_of_more_than_two_classes_for_one_output_are_still_refused(
     np.savez(probe, x=np.load(probe)["x"], y=np.arange(len(y)) % 3)
     result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:one", "--probe", probe, "-o", tmp_path / "r.h5")
     assert result.returncode == 1
-    assert f"error: the probe {probe} (probe) has class label 2 but the model has 1 outputs" in result.stderr
+    assert f"error: the probe {probe} (probe) has class label 2 but the model has 1 output" in result.stderr

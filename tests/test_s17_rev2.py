@@ -90,7 +90,7 @@ def test_a_probe_of_three_classes_beside_0_1_labels_is_refused_with_the_models_o
     result = fdl("analyze", runs, "--model", f"{model}:one", "--probe", f"l={labels}", "--probe", f"t={three}",
                  "-o", tmp_path / "run.h5")
     assert result.returncode == 1
-    assert f"error: the probe {three} (t) has class label 2 but the model has 1 outputs\n" in result.stderr
+    assert f"error: the probe {three} (t) has class label 2 but the model has 1 output\n" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run.h5").exists()
 
