@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, NoReturn, TextIO, cast
+from typing import Any, BinaryIO, NoReturn, TextIO, cast
 
 import click
 
@@ -117,10 +117,10 @@ class _GuardedStdout:
     buffer, "Exception ignored" at the interpreter's last flush, status 120). A closed stdout (`>&-`, Python's
     sys.stdout None) fails at the first write, where the output was lost without a word."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | BinaryIO | None) -> None:
         self.stream = stream
 
-    def write(self, text: str) -> int:
+    def write(self, text: Any) -> int:  # str, or bytes for the binary stream `buffer` gives
         if self.stream is None:
             raise _StdoutFailed("it is closed", closed=True)
         try:
@@ -140,7 +140,15 @@ class _GuardedStdout:
         except OSError as exc:
             raise _StdoutFailed(exc.strerror or str(exc)) from None
 
-    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer: the stream's own
+    @property
+    def buffer(self) -> Any:
+        """The binary stream below, guarded alike: click writes bytes there (the completion script of
+        `_FDL_COMPLETE=bash_source fdl`), where a full disk's OSError was shown as a traceback."""
+        if self.stream is None:
+            raise _StdoutFailed("it is closed", closed=True)
+        return _GuardedStdout(cast(TextIO, self.stream).buffer)  # a TextIO: a buffer has none
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the stream's own
         return getattr(self.stream, name)
 
 
