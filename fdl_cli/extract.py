@@ -301,8 +301,8 @@ def named_device(name: str) -> torch.device:
     except RuntimeError:
         # the one meant, as a wrong choice of another option is said (`SuggestingChoice`): "gpu" is cuda, not cpu
         near = list(dict.fromkeys(DEVICE_NAMES[known] for known in near_names(name, DEVICE_NAMES)))
-        raise ModelError(f"unknown device {name!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""),
-                         fix=f"use --device {near[0]}" if len(near) == 1 else "use auto, cpu, cuda or cuda:i") from None
+        meant = f"did you mean {' or '.join(f'--device {device}' for device in near)}? " if near else ""
+        raise ModelError(f"unknown device {name!r}", fix=f"{meant}use auto, cpu, cuda or cuda:i") from None
     if device.type not in ("cpu", "cuda"):
         # torch knows the name, but fdl's float64 statistics only run on the CPU or a CUDA GPU: another
         # device failed later with torch's traceback (mps, xpu: not built here; meta: no values to read)
