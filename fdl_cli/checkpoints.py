@@ -1238,8 +1238,7 @@ def _candidates(
     expanded: list[Path] = []
     for source in sources:
         if str(source) == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            expanded.extend(Path(line.strip()) for line in stream if line.strip())
+            expanded.extend(Path(name) for name in stdin_paths(stdin if stdin is not None else sys.stdin))
         else:
             expanded.append(Path(source))
     for source in expanded:
@@ -1250,10 +1249,7 @@ def _candidates(
                 if missing_ok:
                     notes.append(f"{source} does not exist yet")
                     continue
-                raise CheckpointError(
-                    f"no such checkpoint file or folder: {source}",
-                    fix="check the path (relative paths are taken from the current folder)",
-                ) from None
+                raise _no_such_source(source) from None
             got, fix = _os_reason(source, exc)
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file():
@@ -1264,6 +1260,33 @@ def _candidates(
             yield source, True
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
+
+
+def stdin_paths(stream: TextIO) -> list[str]:
+    """The paths `-` reads: NUL-separated when stdin holds a NUL byte (`find -print0`), else one a line. Each is
+    taken whole but for its line ending (\\n, \\r\\n): a name may begin or end with a space. Blank lines (spaces
+    alone too) are skipped."""
+    text = stream.read()
+    if "\0" in text:
+        return [name for name in text.split("\0") if name]
+    return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
+
+
+def _no_such_source(source: Path) -> CheckpointError:
+    """A checkpoint source that does not exist; one with spaces at its ends (a path read from stdin is taken whole)
+    said so, quoted, when the path without them exists."""
+    trimmed = str(source).strip()
+    if trimmed != str(source) and os.path.lexists(trimmed):
+        return CheckpointError(
+            f"no such checkpoint file or folder: {str(source)!r}",
+            got=f"{trimmed} exists: the spaces around the path are part of the name asked for",
+            fix="remove the spaces around the path (`fdl analyze -` takes each line of stdin whole, but for its "
+            "line ending)",
+        )
+    return CheckpointError(
+        f"no such checkpoint file or folder: {source}",
+        fix="check the path (relative paths are taken from the current folder)",
+    )
 
 
 @dataclass

@@ -16,14 +16,14 @@ import os
 import shlex
 import sys
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, NoReturn, TextIO, cast
+from typing import Any, BinaryIO, NoReturn, TextIO, cast
 
 import click
 
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import FdlError, StoreError
 from fdl_cli.fields import ZERO_ONE_FIELD
-from fdl_cli.regimes import Thresholds
+from fdl_cli.regimes import Thresholds, near_names
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -117,10 +117,10 @@ class _GuardedStdout:
     buffer, "Exception ignored" at the interpreter's last flush, status 120). A closed stdout (`>&-`, Python's
     sys.stdout None) fails at the first write, where the output was lost without a word."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | BinaryIO | None) -> None:
         self.stream = stream
 
-    def write(self, text: str) -> int:
+    def write(self, text: Any) -> int:  # str, or bytes for the binary stream `buffer` gives
         if self.stream is None:
             raise _StdoutFailed("it is closed", closed=True)
         try:
@@ -140,7 +140,15 @@ class _GuardedStdout:
         except OSError as exc:
             raise _StdoutFailed(exc.strerror or str(exc)) from None
 
-    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer: the stream's own
+    @property
+    def buffer(self) -> Any:
+        """The binary stream below, guarded alike: click writes bytes there (the completion script of
+        `_FDL_COMPLETE=bash_source fdl`), where a full disk's OSError was shown as a traceback."""
+        if self.stream is None:
+            raise _StdoutFailed("it is closed", closed=True)
+        return _GuardedStdout(cast(TextIO, self.stream).buffer)  # a TextIO: a buffer has none
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding: the stream's own
         return getattr(self.stream, name)
 
 
@@ -291,6 +299,21 @@ class OutputOption(click.Option):
         return values[0] if values else None
 
 
+class SuggestingChoice(click.Choice):  # type: ignore[type-arg]
+    """Every choice option of the CLI: a value that is none of the choices is click's usage error (status 2) with
+    the choice it is likely meant as, "'jsn' is not one of 'table', 'json', 'csv', 'markdown'. Did you mean
+    'json'?", as click suggests for a misspelt option and `--threshold` for a misspelt name (`near_names`)."""
+
+    def suggestion(self, value: Any) -> str:
+        """" Did you mean 'json'?" (in any case: 'mf' for 'MF'), or "" for a value close to no choice."""
+        folded = {str(choice).casefold(): str(choice) for choice in self.choices}
+        near = [folded[name] for name in near_names(str(value), folded)]
+        return f" Did you mean {' or '.join(map(repr, near))}?" if near else ""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return super().get_invalid_choice_message(value, ctx) + self.suggestion(value)
+
+
 class StorePath(click.Path):
     """A store argument (`report`, `classify`, `compare`, `export`): a file; a folder given there (the run's
     folder of checkpoints, for the store `fdl analyze` wrote of it) is the usage error click gives, "File
@@ -333,7 +356,7 @@ class StorePath(click.Path):
               help="auto, cpu, cuda or cuda:i.")
 @click.option("--batch-size", default=512, show_default=True, type=click.IntRange(min=1),
               help="Probe samples per forward pass (lower it when a batch does not fit in memory).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=SuggestingChoice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="dtype the model runs in (its weights are loaded as float32, then cast; the statistics are "
                    "float64 whatever it is).")
 @click.option("--center/--no-center", default=False,
@@ -383,7 +406,7 @@ class StorePath(click.Path):
               help="Analyse other weights the checkpoints hold: an entry of their dict (state_dict_ema, "
               "extra_state.ema) or a key prefix (ema) - an EMA or teacher copy.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad checkpoint (default: report it, go on).")
-@click.option("--cka-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+@click.option("--cka-dtype", type=SuggestingChoice(["float64", "float32"]), default="float64", show_default=True,
               help="dtype of the anchors' cross products behind cka_init and cka_prev (summed in float64). "
                    "float32: about 2x faster; CKA moves by ~1e-7 on float32 models' features (up to a few "
                    "1e-6 on features of few distinct values; not used with --dtype bfloat16/float16; "
@@ -696,7 +719,7 @@ def _alias(command: click.Command, name: str) -> click.Command:
     alias.short_help = f"Same as `fdl {command.name}`."
     return alias
 
-FORMATS = click.Choice(["table", "json", "csv", "markdown"])
+FORMATS = SuggestingChoice(["table", "json", "csv", "markdown"])
 FORMAT_HELP = ("table: for people, on stderr like every message; json, csv, markdown: on stdout "
                "(`> file`, `| jq`).")
 
@@ -857,9 +880,13 @@ cli.add_command(_alias(compare, "diff"))
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store", type=StorePath())
-@click.option("--what", type=click.Choice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
-              required=True)
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "npy"]), default="csv", show_default=True)
+@click.option("--what", type=SuggestingChoice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
+              required=True,
+              help="eigenvalues: the spectrum λ_k of each checkpoint; quality: Q*_k, the targets' share along each "
+                   "eigenvector (stored when the probe has targets); utility: Q̂_k, the model outputs' share; "
+                   "eigenfunctions: the top-K e_k(x) on the anchor points; trajectories: the per-checkpoint fields "
+                   "of `fdl report`.")
+@click.option("--format", "fmt", type=SuggestingChoice(["csv", "json", "npy"]), default="csv", show_default=True)
 @click.option("--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
               help="Output file (required for npy).")
 @click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
@@ -901,15 +928,19 @@ def export(**kwargs: Any) -> None:
         click.echo(note, err=True)
 
 
-class _AnyCase(click.Choice):  # type: ignore[type-arg]
+class _AnyCase(SuggestingChoice):
     """Choices taken in any case (`--expect mf`), shown as spelt (MF, EF, coefficient, as the verdict prints them):
     click's case_sensitive=False showed them casefolded, "[coefficient|mf|ef]", in --help and its errors."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         taken = next((choice for choice in self.choices if str(choice).casefold() == str(value).casefold()), None)
         if taken is None:
-            self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))} (any case)", param, ctx)
+            self.fail(self.get_invalid_choice_message(value, ctx), param, ctx)
         return taken
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        listed = f"{value!r} is not one of {', '.join(map(repr, self.choices))} (any case)."
+        return listed + self.suggestion(value)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem
@@ -928,7 +959,8 @@ class _AnyCase(click.Choice):  # type: ignore[type-arg]
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
               ) + ". Rules and calibration: docs/regimes.md.")
 @click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
-              help="Select a probe (default: the first given to analyze).")
+              help="Select a probe (default: the first given to analyze; the first by name in an older store, which "
+                   "does not record their order: classify's note says which).")
 @click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
               help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:

@@ -21,6 +21,7 @@ from fdl_cli.checkpoints import unwrapped_name
 from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.probes import RowReader
+from fdl_cli.regimes import near_names
 from fdl_cli.resources import out_of_memory
 from fdl_cli.spectral import Moments
 
@@ -288,13 +289,20 @@ def _wrapper_fix(pick: str) -> str:
     )
 
 
+#: The devices a misspelt --device may have meant, by the names it may be misspelt from.
+DEVICE_NAMES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
+
+
 def named_device(name: str) -> torch.device:
     """The device `name` (not `auto`) names, or the error of a name that is no device fdl runs on: said from
     the name alone, whatever GPUs the machine has (`resolve_device` then checks those)."""
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ModelError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:i") from None
+        # the one meant, as a wrong choice of another option is said (`SuggestingChoice`): "gpu" is cuda, not cpu
+        near = list(dict.fromkeys(DEVICE_NAMES[known] for known in near_names(name, DEVICE_NAMES)))
+        meant = f"did you mean {' or '.join(f'--device {device}' for device in near)}? " if near else ""
+        raise ModelError(f"unknown device {name!r}", fix=f"{meant}use auto, cpu, cuda or cuda:i") from None
     if device.type not in ("cpu", "cuda"):
         # torch knows the name, but fdl's float64 statistics only run on the CPU or a CUDA GPU: another
         # device failed later with torch's traceback (mps, xpu: not built here; meta: no values to read)
