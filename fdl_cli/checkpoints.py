@@ -2327,6 +2327,17 @@ def _ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> str:
     return ""
 
 
+def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
+    """What a file whose `state_dict` an EMA's weights were swapped into (`_ema_swapped`: "mmengine" or
+    "lightning") holds, in words: whose weights fdl analyses, and the --weights that gives the trained model's
+    (`copy`, under which the file holds them). Said by analyze's note and by `fdl inspect`."""
+    saver, ema = {"mmengine": ("mmengine's with its EMAHook, which saves the EMA's weights", "the EMA's"),
+                  "lightning": ("Lightning's with its WeightAveraging callback, which saves the averaged weights",
+                                "the averaged ones")}[swapped_in]
+    return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {copy!r}: fdl analyses "
+            f"{ema}; --weights {copy} analyses the trained model's")
+
+
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
     cannot be imported here, or any other failure, is a CheckpointError that says so."""

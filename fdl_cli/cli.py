@@ -596,6 +596,11 @@ def _print_tensors(result: dict[str, Any]) -> None:
     if result["other_weights"]:
         console.print(f"other weights in the file: {', '.join(result['other_weights'])} (--weights NAME lists "
                       "or analyses those instead)", markup=False, highlight=False)
+    if result.get("weights_averaged_by"):  # as analyze's note: the tensors listed are the EMA's, not the trained
+        from fdl_cli.checkpoints import ema_swap_said
+
+        console.print(ema_swap_said(os.path.basename(result["checkpoint"]), result["weights_averaged_by"],
+                                    result["other_weights"][0]), markup=False, highlight=False)
 
 
 def _step_source_said(source: str) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn, TypeVar
 
@@ -338,13 +338,17 @@ def waiting(world: World, waiting_for: str, *, joining: bool = False) -> Iterato
     """
     try:
         yield
-    except RuntimeError as exc:  # torch's DistBackendError and DistStoreError are RuntimeErrors too
+    # torch's DistBackendError, DistStoreError and DistNetworkError are RuntimeErrors too; its env:// rendezvous
+    # raises ValueError for a MASTER_ADDR unset or a MASTER_PORT that is no port
+    except (RuntimeError, ValueError) as exc:
         interrupt = exc.__context__
         while interrupt is not None and not isinstance(interrupt, KeyboardInterrupt):
             interrupt = interrupt.__context__
         if interrupt is not None:
             raise interrupt from None
-        error = wait_error(str(exc), waiting_for, joining=joining)
+        error = wait_error(str(exc), waiting_for, joining=joining) if isinstance(exc, RuntimeError) else None
+        if error is None and joining:
+            error = join_error(str(exc), world)
         if error is None:
             raise
         # said naming this rank (`voice`): it may be this rank's alone
@@ -362,8 +366,7 @@ def wait_error(message: str, waiting_for: str, *, joining: bool = False) -> Wait
     - A connection closed by a rank that stopped (SIGKILL, the kernel's OOM killer): the backend noticed at
       once, with a traceback (torchrun then ends the other ranks).
     """
-    said = next((line.strip() for line in message.splitlines() if line.strip()), "")
-    said = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", said)  # gloo's source line off
+    said = _backend_said(message)
     lowered = said.lower()
     resume = _RESUME_JOIN if joining else _RESUME
     if "timed out" in lowered or "timeout" in lowered:
@@ -384,6 +387,29 @@ def wait_error(message: str, waiting_for: str, *, joining: bool = False) -> Wait
     else:
         return None
     return WaitError(what, got=said[:300], fix=fix)
+
+
+def _backend_said(message: str) -> str:
+    """The first line of the backend's error, gloo's source line off."""
+    said = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", said)
+
+
+def join_error(message: str, world: World, environ: Mapping[str, str] | None = None) -> WaitError:
+    """The error fdl says where joining the job's process group failed otherwise than by a wait that ran out or
+    a connection closed (`wait_error`): the rendezvous address refused (rank 0's MASTER_PORT in use by another
+    job, a MASTER_PORT that is no port, MASTER_ADDR unset, a connection refused): torch's traceback before."""
+    environ = os.environ if environ is None else environ
+    address = f"{environ.get('MASTER_ADDR', '(MASTER_ADDR unset)')}:{environ.get('MASTER_PORT', '(MASTER_PORT unset)')}"
+    return WaitError(
+        f"could not join the job's process group at {address} (MASTER_ADDR:MASTER_PORT) as rank {world.rank} of "
+        f"{world.size}",
+        got=_backend_said(message)[:300] or None,
+        fix=("check the rendezvous address every rank is given (torchrun's --rdzv-endpoint, or --master-addr and "
+             "--master-port; MASTER_ADDR and MASTER_PORT under another launcher): rank 0's machine must be able to "
+             "listen on that port (one no other job uses: pick another, or torchrun --standalone on one machine) "
+             f"and every rank must reach it; {_RESUME_JOIN}"),
+    )
 
 
 #: how a torchrun job that stopped on the way is resumed (`wait_error`)

@@ -442,11 +442,21 @@ def _cleaned(probe: str | None, layer: str | None) -> str:
 
 def series_suffixes(series: Sequence[tuple[str | None, str | None]]) -> list[str]:
     """The name ends (`series_suffix`) of several (probe, layer) series, in their order. Two series cleaned to
-    one name (layers fc:input and fc_input; probe a-b of layer c and probe a of layer b-c) each take their
-    place among the series, `_PROBE-LAYER_I`, or one's figures overwrote the other's."""
+    one name (layers fc:input and fc_input; probe a-b of layer c and probe a of layer b-c), or to names that
+    differ only in case (probes train and Train: one file on macOS's and Windows' default file systems), each
+    take their place among the series, `_PROBE-LAYER_I`, or one's figures overwrote the other's. A name that
+    then clashes again (layers a:b, a_b and a_b_1: `_p-a_b_1` twice) takes its place once more, until none
+    clashes; names that never clashed stay as they are."""
     suffixes = [_cleaned(probe, layer) for probe, layer in series]
-    return [f"{suffix}_{index}" if suffixes.count(suffix) > 1 else suffix
-            for index, suffix in enumerate(suffixes, start=1)]
+    while True:
+        folded = [suffix.casefold() for suffix in suffixes]
+        clashing = [folded.count(name) > 1 for name in folded]
+        if not any(clashing):
+            return suffixes
+        # Ends: two names ending in their (distinct) places never clash, so each clash holds a name never
+        # numbered, and each round numbers at least one more.
+        suffixes = [f"{suffix}_{index}" if clash else suffix
+                    for index, (suffix, clash) in enumerate(zip(suffixes, clashing, strict=True), start=1)]
 
 
 #: One drawn figure of a run: the label of its series, whether the figure names it, its file's stem, its plain title

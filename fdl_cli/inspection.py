@@ -244,6 +244,9 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         "values": sum(row["values"] for row in tensors),
         # other copies of the weights in the file (an EMA), which --weights picks
         "other_weights": list(loaded.other_weights),
+        # the library that saved an EMA's (averaged) weights as the model's, the trained model's being the first
+        # other copy (`checkpoints._ema_swapped`): "lightning", "mmengine", or None for the model's own
+        "weights_averaged_by": loaded.ema_swapped_in or None,
         # what a model would tell: none without one
         "modules": None, "default_module": None, "default_layer": None, "default_features": None,
         "needs_model": CheckpointError(

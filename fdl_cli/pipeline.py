@@ -1319,21 +1319,14 @@ def _note_once(ctx: _Context, kind: str, message: str) -> None:
 def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
     """The model of `loaded`, on the device in --dtype. `parameters=False` for passes that only take
     the anchor features (a stored checkpoint's series): they need no copy of the file's values."""
-    from fdl_cli.checkpoints import build_model
+    from fdl_cli.checkpoints import build_model, ema_swap_said
     from fdl_cli.extract import prepare_model
 
     if loaded.other_weights and WEIGHT_COPIES not in ctx.noted_once:
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
         copies = loaded.other_weights
         if loaded.ema_swapped_in:  # mmengine's EMAHook, Lightning's WeightAveraging: the trained model's are the copy
-            saver, ema = {"mmengine": ("mmengine's with its EMAHook, which saves the EMA's weights", "the EMA's"),
-                          "lightning": ("Lightning's with its WeightAveraging callback, which saves the averaged "
-                                        "weights", "the averaged ones")}[loaded.ema_swapped_in]
-            _note_once(
-                ctx, WEIGHT_COPIES,
-                f"{Path(loaded.ref.path).name} is {saver} under 'state_dict' and the trained model's under "
-                f"{copies[0]!r}: fdl analyses {ema}; --weights {copies[0]} analyses the trained model's"
-            )
+            _note_once(ctx, WEIGHT_COPIES, ema_swap_said(Path(loaded.ref.path).name, loaded.ema_swapped_in, copies[0]))
         else:
             _note_once(
                 ctx, WEIGHT_COPIES,
