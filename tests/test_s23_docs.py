@@ -16,7 +16,7 @@ from tests.cli_run import fdl_in_process
 from tests.test_s16_docs import SAMPLES, STORE, USAGE
 
 #: options usage.md names that are another program's: torchrun's, `python -m json.tool`'s
-FOREIGN = {"--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--json-lines"}
+FOREIGN = {"--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--standalone", "--json-lines"}
 
 
 def _options() -> dict[str, set[str]]:
