@@ -4,6 +4,8 @@
 A resume read a part's `.json` sidecar (the files its rank compared its block with) before it took the part's lock; a
 rank of another job on the same --out (its rank 0 gone) could write the part and its sidecar afresh in between, and the
 take-in then checked the new part's checkpoints against the old sidecar: taken in, although computed from other files.
+A part its rank removed between the listing and the lock was warned of as "left as it is" and kept; and --overwrite
+warned of a part it keeps (a rank still writes it) in the resume's words, "remove it if it is not needed".
 Each test puts the other writer where the lock is free, with separate file descriptors in this process.
 """
 
