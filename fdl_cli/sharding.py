@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.errors import FdlError, StoreError, StoreLockedError
 from fdl_cli.pipeline import (
     AnalyzeSummary,
     _check_stored_files,
@@ -76,6 +76,25 @@ def _write_rank_part_origin(part: Path, reference: tuple[int, str], predecessor:
     tmp = _rank_part_origin_copy(part)
     tmp.write_text(json.dumps(origin))
     os.replace(tmp, _rank_part_origin(part))
+
+
+def _read_rank_part_origin(part: Path) -> dict[str, Any] | None:
+    """The sidecar beside `part` (`_write_rank_part_origin`), or None where there is none that reads as JSON's
+    object. Read it holding the part's lock to use it: its writer rewrites it (with the part) holding that lock."""
+    try:
+        origin = json.loads(_rank_part_origin(part).read_text())
+    except (OSError, ValueError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+def _kept_under_overwrite(part: Path, exc: StoreError) -> str:
+    """The warning of --overwrite for a part it keeps: another process holds the part's lock (`exc`)."""
+    holder = f": {exc.got}" if exc.got else ""
+    return (
+        f"{part} is kept: another fdl process is writing it, probably a rank of another torchrun job on this "
+        f"--out{holder}; wait for that process to end, or stop it, then run again"
+    )
 
 
 def _remove_rank_part(part: Path) -> None:
@@ -206,41 +225,54 @@ def _take_in_rank_parts(
         except (OSError, FdlError):
             return False
 
+    def no_part(part: Path) -> None:
+        # A rank writes the sidecar before its part: without one this is no part of a torchrun job
+        # (a user's own store named like one), never to be taken in or removed.
+        ctx.reporter.warn(
+            f"{part} is named like a part store of a torchrun job but has no readable "
+            f"{_rank_part_origin(part).name} beside it: left as it is"
+        )
+        kept.append(part.name)
+
     for part in _rank_parts(out):
-        try:
-            origin = json.loads(_rank_part_origin(part).read_text())
-        except (OSError, ValueError):
-            origin = None
-        if not isinstance(origin, dict):
-            # A rank writes the sidecar before its part: without one this is no part of a torchrun job
-            # (a user's own store named like one), never to be taken in or removed.
-            ctx.reporter.warn(
-                f"{part} is named like a part store of a torchrun job but has no readable "
-                f"{_rank_part_origin(part).name} beside it: left as it is"
-            )
-            kept.append(part.name)
+        if _read_rank_part_origin(part) is None:  # a user's file; a take-in reads the sidecar again holding the lock
+            no_part(part)
             continue
         if not ctx.options.resume:
             lock = _WriterLock(part)  # never a part that a rank still running writes
             try:
                 lock.acquire()
+            except StoreLockedError as exc:
+                ctx.reporter.warn(_kept_under_overwrite(part, exc))
+                kept.append(part.name)
+                continue
             except StoreError as exc:
                 ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
                 kept.append(part.name)
                 continue
             try:
-                _remove_rank_part(part)
+                _remove_rank_part(part)  # nothing if its rank removed it since it was found
             finally:
                 lock.release()  # removes the lock file
             continue
         taken: list[CheckpointEntry] = []
-        same_reference = origin.get("reference") == list(reference)
-        predecessor = origin.get("predecessor")
         settled = 0  # the part's steps now in the store, damaged, or of a changed file
         removed = False
         try:
-            # its writer's lock: never a part that a rank still running writes
-            with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), StoreReader(part) as reader:
+            # its writer's lock: never a part that a rank still running writes; the part looked for holding it
+            with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), (
+                StoreReader(part) if os.path.lexists(part) else contextlib.nullcontext()
+            ) as reader:
+                if reader is None:
+                    continue  # removed since it was found, by its rank at its end (`_remove_served_part`)
+                # The sidecar as it is under that lock (whoever writes the part writes it holding the lock): read
+                # before, it might be an older job's, beside a part that a rank of another job wrote afresh since.
+                origin = _read_rank_part_origin(part)
+                if origin is None:
+                    no_part(part)
+                    continue
+                same_reference = origin.get("reference") == list(reference)
+                predecessor = origin.get("predecessor")
                 have = dict(writer.completed())  # step -> sha256 of the file stored (or taken in)
                 part_records = {record["step"]: record for record in reader.records(all_series=True)}
                 part_sha = {step: record["sha256"] for step, record in part_records.items()}
