@@ -88,8 +88,8 @@ def _read_rank_part_origin(part: Path) -> dict[str, Any] | None:
     return origin if isinstance(origin, dict) else None
 
 
-def _kept_under_overwrite(part: Path, exc: StoreError) -> str:
-    """The warning of --overwrite for a part it keeps: another process holds the part's lock (`exc`)."""
+def _kept_locked(part: Path, exc: StoreError) -> str:
+    """The warning for a part a take-in or --overwrite keeps: another process holds the part's lock (`exc`)."""
     holder = f": {exc.got}" if exc.got else ""
     return (
         f"{part} is kept: another fdl process is writing it, probably a rank of another torchrun job on this "
@@ -243,7 +243,7 @@ def _take_in_rank_parts(
             try:
                 lock.acquire()
             except StoreLockedError as exc:
-                ctx.reporter.warn(_kept_under_overwrite(part, exc))
+                ctx.reporter.warn(_kept_locked(part, exc))
                 kept.append(part.name)
                 continue
             except StoreError as exc:
@@ -323,6 +323,10 @@ def _take_in_rank_parts(
                     # open the part afresh, and a removal then deleted its new part and sidecar.
                     _remove_rank_part(part)
                     removed = True
+        except StoreLockedError as exc:  # a rank still writing it: never "remove it"; a later run takes it in
+            ctx.reporter.warn(_kept_locked(part, exc))
+            kept.append(part.name)
+            continue
         except StoreError as exc:
             ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
             kept.append(part.name)

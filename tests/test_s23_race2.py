@@ -84,16 +84,17 @@ def test_a_part_that_its_rank_removes_before_the_lock_is_taken_is_no_warning(
     assert _sidecars(tmp_path) == []
 
 
-def test_overwrite_says_why_it_keeps_a_part_and_what_to_do(stored: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: F811
-    """--overwrite keeps a part whose lock a rank still running holds. Its warning says so in its own words (it read as
-    the resume's "left as it is ...; remove it if it is not needed", which invites removing a part being written):
+@pytest.mark.parametrize("resume", [False, True], ids=["overwrite", "resume"])
+def test_a_kept_part_says_why_and_what_to_do(stored: tuple[Path, Path], tmp_path: Path, resume: bool) -> None:  # noqa: F811
+    """--overwrite and a resume's take-in keep a part whose lock a rank still running holds. The warning says so in
+    its own words (both read "left as it is ...; remove it if it is not needed", inviting removal of a part being written):
     what (kept), why (another fdl process, probably a rank of another torchrun job, is writing it: which one) and what
     to do (wait for it to end, or stop it, then run again)."""
     run, full = stored
     out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
     other = _OtherRank(full, part, _reference(run))
     try:
-        _, _, reporter = _resume(run, out, steps=(0, 10), resume=False)
+        _, _, reporter = _resume(run, out, steps=(0, 10), resume=resume)
     finally:
         other.close()
     about = [warning for warning in reporter.warnings if str(part) in warning]
