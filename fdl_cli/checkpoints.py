@@ -1024,6 +1024,24 @@ def _hf_weight_files(folder: Path) -> list[Path]:
         raise CheckpointError(f"cannot look into the folder {folder}", got=got, fix=fix) from None
 
 
+_SHARD_INDEX_FIX = ("the index must be JSON with a 'weight_map' table of tensor names to shard file names, as "
+                    "save_pretrained writes it; re-save the checkpoint")
+
+
+def _shard_index_wrong(weight_map: Any) -> str:
+    """What is wrong with a shard index's weight_map ("" when it is a table of file names): a list or a number
+    there was an AttributeError's or TypeError's traceback."""
+    if not isinstance(weight_map, dict):
+        return f"weight_map is a JSON {_JSON_KINDS.get(type(weight_map), type(weight_map).__name__)}, not a table"
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            return f"weight_map's {name!r} is {json.dumps(shard)}, not the name of a shard file"
+    return ""
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _hf_weight_files_of(folder: Path) -> list[Path]:
     for index_name in _HF_INDEX:
         index = folder / index_name
@@ -1035,10 +1053,10 @@ def _hf_weight_files_of(folder: Path) -> list[Path]:
                 raise CheckpointError(f"cannot read the shard index {index}", got=got, fix=fix) from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(
-                    f"cannot read the shard index {index}",
-                    got=str(exc),
-                    fix="the index must be JSON with a 'weight_map' table; re-save the checkpoint",
-                ) from None
+                    f"cannot read the shard index {index}", got=str(exc), fix=_SHARD_INDEX_FIX) from None
+            wrong = _shard_index_wrong(weight_map)
+            if wrong:
+                raise CheckpointError(f"cannot read the shard index {index}", got=wrong, fix=_SHARD_INDEX_FIX)
             return [folder / shard for shard in sorted(set(weight_map.values()))]
     for single in _HF_SINGLE:
         if (folder / single).is_file():
@@ -1225,7 +1243,15 @@ def _candidates(
     for source in sources:
         if str(source) == "-":
             stream = stdin if stdin is not None else sys.stdin
-            expanded.extend(Path(line.strip()) for line in stream if line.strip())
+            for number, line in enumerate(stream, start=1):
+                if "\0" in line:  # no path holds one: os.stat's ValueError was a traceback
+                    raise CheckpointError(
+                        f"line {number} of the paths on stdin holds a NUL byte, which no path can hold",
+                        got=repr(line.strip())[:200],
+                        fix="give one path a line, ended by a newline (`find ... -print`, not `-print0`)",
+                    )
+                if line.strip():
+                    expanded.append(Path(line.strip()))
         else:
             expanded.append(Path(source))
     for source in expanded:
@@ -3088,6 +3114,21 @@ def _as_str_list(value: Any, key: str, path: Path) -> list[str]:
     )
 
 
+def _nul_string(value: Any, where: str = "") -> str:
+    """The key of fdl.toml's `value` (as `probe`, `probe[1]` or `probe.train`) whose string holds a NUL byte (TOML's
+    "\\u0000"); "" when none does. Such a path was os.stat's or realpath's ValueError, a traceback.
+    model_kwargs is the factory's own to judge."""
+    if isinstance(value, str):
+        return where if "\0" in value else ""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{where}[{key}]" if isinstance(value, list) else f"{where}.{key}" if where else str(key)
+        found = inner if "\0" in inner else "" if inner == "model_kwargs" else _nul_string(item, inner)
+        if found:
+            return found
+    return ""
+
+
 def _manifest_path(base: Path, text: str) -> Path:
     """A path fdl.toml gives, absolute: `~` (`~user`) is the home folder, as the shell makes `--probe ~/x`;
     any other relative path is relative to the file's folder (a symbolic link's own folder, as a copy's).
@@ -3149,6 +3190,13 @@ def read_manifest(folder: Path) -> Manifest | None:
         got, fix = _os_reason(path, exc)
         fix += "; or move it away and give the options on the command line"
         raise CheckpointError(f"cannot read the manifest {path}", got=got, fix=fix) from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it was a traceback
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise CheckpointError(
+            f"{path} is not UTF-8 text, as TOML must be",
+            got=f"byte {exc.object[exc.start]:#04x} on line {line}, which UTF-8 does not read ({exc.reason})",
+            fix="save it as UTF-8 (an editor's 'save with encoding', or `iconv -f latin1 -t utf-8`)",
+        ) from None
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -3157,6 +3205,10 @@ def read_manifest(folder: Path) -> Manifest | None:
             got=str(exc),
             fix='fix the file; e.g. model = "model.py:build"  probe = "probe.npz"',
         ) from None
+    nul = _nul_string(data)
+    if nul:
+        raise CheckpointError(f"{path}: {nul!r} holds a NUL byte (\\u0000), which no path or name can hold",
+                              fix=f"remove the NUL from {nul!r} in {path}")
     keys = [str(key).replace("-", "_") for key in data]  # anchor-size as anchor_size, as on the command line
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:

@@ -1,0 +1,99 @@
+"""Session 23's audit of the errors fdl gives: inputs that escaped as a Python traceback (status 1, no word of
+what to fix) and are now an error that names what, where and how to fix, each failing before its fix:
+
+- an fdl.toml that is not UTF-8 (UnicodeDecodeError from reading it, before TOML was parsed);
+- a Hugging Face shard index whose weight_map is not a table of file names (AttributeError, TypeError);
+- --commit-interval / --poll / --dlr-energy nan or inf, which click's FloatRange lets through (a ValueError of
+  the store's commit throttle; a scheduler thread's OverflowError; a later error of status 1);
+- --model-kwargs nested deeper than Python's JSON parser recurses (RecursionError);
+- a path with a NUL byte, on stdin or in fdl.toml (os.stat's ValueError "embedded null byte").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_analyze import Result, analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+
+
+def _clear(done: Result, *, status: int = 1) -> str:
+    """The stderr of a refused command: its status, no traceback; the text to check further."""
+    assert done.code == status, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def _manifest_run(run: Path, tmp_path: Path, manifest: bytes) -> Path:  # noqa: F811 - `run` is the fixture
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for checkpoint in sorted((run / "ckpts").glob("*.pt"))[:2]:
+        (folder / checkpoint.name).write_bytes(checkpoint.read_bytes())
+    (folder / "fdl.toml").write_bytes(manifest)
+    return folder
+
+
+def test_a_manifest_that_is_not_utf8_is_named_with_the_fix(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = _manifest_run(run, tmp_path, b'model = "model.py:build"\n# caf\xe9 (Latin-1)\nprobe = "probe.npz"\n')
+    err = _clear(fdl("analyze", folder, "--out", tmp_path / "s.h5"))
+    assert f"{folder / 'fdl.toml'} is not UTF-8 text" in err
+    assert "line 2" in err  # where: the line of the first byte that is not UTF-8
+    assert "fix: save it as UTF-8" in err
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize(("index", "got"), [
+    ({"weight_map": ["model.safetensors"]}, "weight_map is a JSON array"),
+    ({"weight_map": {"fc.weight": 5}}, "weight_map's 'fc.weight' is 5"),
+    ({"weight_map": {"fc.weight": None}}, "weight_map's 'fc.weight' is null"),
+])
+def test_a_shard_index_whose_weight_map_names_no_files_is_a_clear_error(
+        run: Path, tmp_path: Path, index: dict, got: str) -> None:  # noqa: F811
+    checkpoint = tmp_path / "runs" / "checkpoint-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+    err = _clear(analyze(run, tmp_path / "s.h5", sources=(str(tmp_path / "runs"),)))
+    assert f"cannot read the shard index {checkpoint / 'model.safetensors.index.json'}" in err
+    assert f"got: {got}" in err
+    assert "a 'weight_map' table of tensor names to shard file names" in err
+
+
+@pytest.mark.parametrize(("option", "value"), [  # --dlr-energy inf: FloatRange(0, 1) refused it already
+    ("--commit-interval", "nan"), ("--commit-interval", "inf"), ("--poll", "nan"), ("--poll", "inf"),
+    ("--dlr-energy", "nan"),
+])
+def test_a_float_option_that_is_not_finite_is_a_usage_error(
+        run: Path, tmp_path: Path, option: str, value: str) -> None:  # noqa: F811
+    err = _clear(analyze(run, tmp_path / "s.h5", option, value), status=2)
+    assert f"Invalid value for '{option}': {value!r} is not a finite number" in err
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_model_kwargs_nested_too_deep_is_named(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    deep = "[" * 100_000 + "]" * 100_000
+    err = _clear(analyze(run, tmp_path / "s.h5", "--model-kwargs", deep))
+    assert "--model-kwargs is not valid JSON" in err
+    assert "nested too deeply" in err
+    assert deep not in err  # a 200 kB value is not echoed whole
+    assert "fix: e.g." in err
+
+
+def test_a_nul_byte_in_a_path_on_stdin_is_named(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    first = sorted((run / "ckpts").glob("*.pt"))[0]
+    done = fdl("analyze", "-", "--model", f"{run}/model.py:build", "--probe", run / "probe.npz",
+               "--out", tmp_path / "s.h5", stdin=f"{first}\n{tmp_path}/a\0b.pt\n")
+    err = _clear(done)
+    assert "a NUL byte" in err
+    assert repr(f"{tmp_path}/a\0b.pt") in err  # the path, its NUL written as \x00
+    assert "fix:" in err
+
+
+def test_a_nul_byte_in_a_manifest_path_is_named(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "model.py").write_text((run / "model.py").read_text())
+    folder = _manifest_run(run, tmp_path, b'model = "../model.py:build"\nprobe = "pro\\u0000be.npz"\n')
+    err = _clear(fdl("analyze", folder, "--out", tmp_path / "s.h5"))
+    assert "a NUL byte" in err
+    assert "fdl.toml" in err
+    assert "fix:" in err
