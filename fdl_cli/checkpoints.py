@@ -310,6 +310,8 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             if length > size - 8:
                 raise ValueError(f"header length {length} exceeds the file size {size}")
             header = json.loads(handle.read(length))
+        if not isinstance(header, dict):  # was read as one before this check: an AttributeError's traceback
+            raise ValueError("a header that is not a table")
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + length + end > size:
             raise _CutShort(
@@ -326,8 +328,6 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             fix=(_CUT_SHORT_FIX if isinstance(exc, _CutShort)
                  else "the file is truncated or not safetensors; re-save or re-download it"),
         ) from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"cannot read the safetensors file {path}", got="a header that is not a table")
     return header
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import pytest
 
 from tests.test_analyze import Result, analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_report import make_store
 
 
 def _clear(done: Result, *, status: int = 1) -> str:
@@ -97,3 +99,29 @@ def test_a_nul_byte_in_a_manifest_path_is_named(run: Path, tmp_path: Path) -> No
     assert "a NUL byte" in err
     assert "fdl.toml" in err
     assert "fix:" in err
+
+
+# Messages that said what went wrong but not how to fix it
+
+
+def test_a_safetensors_header_that_is_not_a_table_says_how_to_fix(tmp_path: Path) -> None:
+    header = b"[1]     "
+    (tmp_path / "step_1.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    err = _clear(fdl("inspect", tmp_path / "step_1.safetensors"))
+    assert f"cannot read the safetensors file {tmp_path / 'step_1.safetensors'}" in err
+    assert "got: a header that is not a table" in err
+    assert "fix: the file is truncated or not safetensors; re-save or re-download it" in err
+
+
+@pytest.mark.parametrize(("provenance", "got"), [
+    ("{not json", "got: JSONDecodeError: Expecting property name"),
+    ("[1]", "got: [1]"),
+])
+def test_a_store_whose_provenance_is_damaged_names_it_and_the_fix(tmp_path: Path, provenance: str, got: str) -> None:
+    store = make_store(tmp_path / "run.h5")
+    with h5py.File(store, "a") as handle:
+        handle.attrs["provenance"] = provenance
+    err = _clear(fdl("report", store))
+    assert f"{store} is damaged: its provenance attribute (the model, probes and options it was analysed with) is" in err
+    assert got in err
+    assert "fix: restore it from a backup, or re-run `fdl analyze ... --overwrite` to rebuild it" in err
