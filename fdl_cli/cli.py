@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.errors import DISK_FULL, FdlError, StoreError
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds
 
@@ -54,8 +54,26 @@ def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
 
     ``stream``: the real stdout, while `_user_output_to_stderr` sends everything else to stderr."""
     out = stream if stream is not None else sys.stdout
-    out.write(json.dumps(obj, allow_nan=False) + "\n")
-    out.flush()
+    with _stdout_writes(out):
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+
+
+class _StdoutFailed(OSError):
+    """A write to stdout failed other than by a closed pipe: the disk it is redirected to is full, an I/O
+    error (`_stdout_writes`). An OSError still, so it leaves the pipeline as the write's own error did."""
+
+
+@contextlib.contextmanager
+def _stdout_writes(stream: TextIO | None = None) -> Iterator[None]:
+    """Writes of machine output to stdout (`stream`), flushed at the end: their OSError, which was a
+    traceback, is a `_StdoutFailed` that `main` says as an error; a BrokenPipeError stays one (`main`)."""
+    try:
+        yield
+        (stream if stream is not None else sys.stdout).flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutFailed(exc.errno, exc.strerror or type(exc).__name__) from None
 
 
 @contextlib.contextmanager
@@ -705,7 +723,8 @@ def report(**kwargs: Any) -> None:
     for warning in run.warnings:
         console.print(f"warning: {warning}", markup=False, style="yellow")
     if fmt != "table":
-        sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
+        with _stdout_writes():
+            sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
     else:
         rep.print_run(console, run, wide=kwargs["wide"])
     # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
@@ -797,7 +816,8 @@ def compare(**kwargs: Any) -> None:
     if kwargs["fmt"] == "table":
         rep.print_comparison(console, comparison)
     else:
-        sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
+        with _stdout_writes():
+            sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
         if kwargs["fmt"] != "json":  # JSON carries them; a CSV or markdown table has no place for them
             for note in comparison.notes:
                 console.print(f"note: {note}", markup=False, highlight=False)
@@ -855,7 +875,8 @@ def export(**kwargs: Any) -> None:
                 and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
             click.echo(f"note: {caveat}", err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
-        note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
+        with _stdout_writes() if out is None else contextlib.nullcontext():
+            note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:
         click.echo(note, err=True)
 
@@ -1062,9 +1083,32 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _say_interrupted(closing_line=False)
     except (BrokenPipeError, _StdoutClosed):
-        # The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
-        # killed by SIGPIPE does (status 128 + 13). stdout is pointed at /dev/null first, or the
-        # interpreter's last flush of it would fail again on the way out.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(SIGPIPE_STATUS)
+        _quiet_pipe_exit()
+    except _StdoutFailed as exc:
+        _say_stdout_failed(exc)
+
+
+def _say_stdout_failed(exc: OSError) -> NoReturn:
+    """`fdl report --json > out.json` on a full disk was a traceback; now an error, status 1."""
+    voice = _voice_or_exit(alike="", status=1)
+    error = FdlError(
+        "could not write to standard output", got=exc.strerror,
+        fix=("free space on the disk it is redirected to, or redirect it to another file" if exc.errno in DISK_FULL
+             else "redirect it to another file, or check the device it is redirected to"),
+    )
+    click.echo(f"error{f' on {voice}' if voice else ''}: {error.message}", err=True)
+    _stdout_to_devnull()
+    sys.exit(1)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, or the interpreter's last flush of it would fail again on the way out."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _quiet_pipe_exit() -> NoReturn:
+    """The reader of stdout went away (`fdl ... --json | head -1`): stop quietly, as a Unix tool
+    killed by SIGPIPE does (status 128 + 13)."""
+    _stdout_to_devnull()
+    sys.exit(SIGPIPE_STATUS)

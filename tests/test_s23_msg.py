@@ -12,11 +12,14 @@ what to fix) and are now an error that names what, where and how to fix, each fa
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import pytest
 
+from tests.cli_run import REPO
 from tests.test_analyze import Result, analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_report import make_store
 
@@ -125,3 +128,31 @@ def test_a_store_whose_provenance_is_damaged_names_it_and_the_fix(tmp_path: Path
     assert f"{store} is damaged: its provenance attribute (the model, probes and options it was analysed with) is" in err
     assert got in err
     assert "fix: restore it from a backup, or re-run `fdl analyze ... --overwrite` to rebuild it" in err
+
+
+# A disk that is full: the output file, and standard output redirected to one
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full (ENOSPC on write) is Linux's")
+
+
+@needs_dev_full
+def test_an_output_file_on_a_full_disk_says_to_free_space(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "run.h5")
+    err = _clear(fdl("export", store, "--what", "trajectories", "--out", "/dev/full"))
+    assert "could not write /dev/full" in err
+    assert "got: No space left on device" in err
+    assert "fix: free space on that disk, or choose a path on another one" in err
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", [["report", "--json"], ["export", "--what", "trajectories"]])
+def test_stdout_on_a_full_disk_is_an_error_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    store = make_store(tmp_path / "run.h5")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "fdl_cli", command[0], str(store), *command[1:]], cwd=REPO,
+                              stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert "error: could not write to standard output" in done.stderr
+    assert "got: No space left on device" in done.stderr
+    assert "fix: free space on the disk it is redirected to, or redirect it to another file" in done.stderr
