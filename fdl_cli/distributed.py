@@ -298,6 +298,14 @@ def init_process_group(world: World, device: Any) -> None:
 
     if dist.is_initialized():
         return
+    unset = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if unset:  # torch's env:// rendezvous needs both: its ValueError was a traceback
+        raise alike(FdlError(
+            f"WORLD_SIZE={world.size} makes this `fdl analyze` rank {world.rank} of a job of {world.size} processes, "
+            f"but {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set: where its rank 0 listens",
+            fix=f"start the job with torchrun (torchrun --nproc-per-node {world.size} -m fdl_cli analyze ...), which "
+            "sets them, or unset WORLD_SIZE and RANK to run as one process",
+        ), among="machine")
     _wait_s = wait_seconds()
     backend = "nccl" if getattr(device, "type", str(device)).startswith("cuda") else "gloo"
     if backend == "nccl":

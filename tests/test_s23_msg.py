@@ -6,7 +6,13 @@ what to fix) and are now an error that names what, where and how to fix, each fa
 - --commit-interval / --poll / --dlr-energy nan or inf, which click's FloatRange lets through (a ValueError of
   the store's commit throttle; a scheduler thread's OverflowError; a later error of status 1);
 - --model-kwargs nested deeper than Python's JSON parser recurses (RecursionError);
-- a path with a NUL byte, on stdin or in fdl.toml (os.stat's ValueError "embedded null byte").
+- a path with a NUL byte, on stdin or in fdl.toml (os.stat's ValueError "embedded null byte");
+- a safetensors header that is a JSON list (AttributeError: it was checked after its use);
+- stdout on a full disk (`fdl report --json > out.json`: OSError);
+- WORLD_SIZE/RANK set without MASTER_ADDR/MASTER_PORT (torch's ValueError).
+
+And messages that did not say how to fix: a store's provenance attribute that is damaged, an output file on a
+full disk (sent after the folder's permissions).
 """
 
 from __future__ import annotations
@@ -156,3 +162,16 @@ def test_stdout_on_a_full_disk_is_an_error_not_a_traceback(tmp_path: Path, comma
     assert "error: could not write to standard output" in done.stderr
     assert "got: No space left on device" in done.stderr
     assert "fix: free space on the disk it is redirected to, or redirect it to another file" in done.stderr
+
+
+def test_a_torchrun_environment_without_master_addr_is_named(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    err = _clear(analyze(run, tmp_path / "s.h5"))
+    assert "WORLD_SIZE=2 makes this `fdl analyze` rank 0 of a job of 2 processes" in err
+    assert "MASTER_ADDR and MASTER_PORT are not set" in err
+    assert "fix: start the job with torchrun (torchrun --nproc-per-node 2 -m fdl_cli analyze ...)" in err
+    assert "or unset WORLD_SIZE and RANK to run as one process" in err
