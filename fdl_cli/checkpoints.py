@@ -2684,9 +2684,12 @@ def resolve_model_factory(
         )
     if factory is None or not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        kind = type(factory).__name__
         raise ModelError(
             f"{label}: {target} has no callable {attr!r}",
-            got="callables there: " + ", ".join(public[:10]),
+            # "callables there: " and nothing, where the name is there but not a function
+            got=("" if factory is None else f"{attr!r} there is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                 "not a function or class; ") + "callables there: " + (", ".join(public[:10]) or "none"),
             fix="check the name after ':'",
         )
     return factory  # type: ignore[no-any-return]
@@ -2857,10 +2860,12 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
     except SystemExit as exc:
         raise _exited(f"building the model for {path}", exc, said.getvalue()) from None
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
+        memory = ("the model does not fit in this machine's memory: build a smaller one (--model-kwargs), or run on "
+                  "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
             f"building the model for {path} failed",
-            got=f"{type(exc).__name__}: {exc}",
-            fix=_arguments_fix(factory, kwargs or {}) or "check --model and --model-kwargs",
+            got=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # was "MemoryError: "
+            fix=_arguments_fix(factory, kwargs or {}) or memory or "check --model and --model-kwargs",
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(

@@ -175,3 +175,20 @@ def test_a_torchrun_environment_without_master_addr_is_named(
     assert "MASTER_ADDR and MASTER_PORT are not set" in err
     assert "fix: start the job with torchrun (torchrun --nproc-per-node 2 -m fdl_cli analyze ...)" in err
     assert "or unset WORLD_SIZE and RANK to run as one process" in err
+
+
+def test_a_model_name_that_is_not_callable_says_what_it_is(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "model.py").write_text("build = 5\n")
+    err = _clear(fdl("analyze", run / "ckpts", "--model", f"{tmp_path / 'model.py'}:build",
+                     "--probe", run / "probe.npz", "--out", tmp_path / "s.h5"))
+    assert "has no callable 'build'" in err
+    assert "got: 'build' there is an int, not a function or class; callables there: none" in err
+
+
+def test_a_factory_out_of_memory_says_so(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "model.py").write_text("def build():\n    raise MemoryError\n")
+    err = _clear(fdl("analyze", run / "ckpts", "--model", f"{tmp_path / 'model.py'}:build",
+                     "--probe", run / "probe.npz", "--out", tmp_path / "s.h5"))
+    assert "failed\n  got: MemoryError\n" in err  # not "MemoryError: " and nothing
+    assert "fix: the model does not fit in this machine's memory: build a smaller one (--model-kwargs), " \
+           "or run on a machine with more" in err
