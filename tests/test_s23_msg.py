@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from tests.cli_run import REPO
@@ -177,18 +178,31 @@ def test_a_torchrun_environment_without_master_addr_is_named(
     assert "or unset WORLD_SIZE and RANK to run as one process" in err
 
 
-def test_a_model_name_that_is_not_callable_says_what_it_is(run: Path, tmp_path: Path) -> None:  # noqa: F811
-    (tmp_path / "model.py").write_text("build = 5\n")
+@pytest.mark.parametrize(("model", "said"), [
+    # "callables there: " and nothing, where build is there but no function
+    ("build = 5\n", ["has no callable 'build'",
+                     "got: 'build' there is an int, not a function or class; callables there: none"]),
+    # "got: MemoryError: " and "fix: check --model and --model-kwargs"
+    ("def build():\n    raise MemoryError\n", [
+        "failed\n  got: MemoryError\n",
+        "fix: the model does not fit in this machine's memory: build a smaller one (--model-kwargs), or run on a "
+        "machine with more"]),
+])
+def test_a_model_that_cannot_be_built_says_why(run: Path, tmp_path: Path, model: str, said: list[str]) -> None:  # noqa: F811
+    (tmp_path / "model.py").write_text(model)
     err = _clear(fdl("analyze", run / "ckpts", "--model", f"{tmp_path / 'model.py'}:build",
                      "--probe", run / "probe.npz", "--out", tmp_path / "s.h5"))
-    assert "has no callable 'build'" in err
-    assert "got: 'build' there is an int, not a function or class; callables there: none" in err
+    for text in said:
+        assert text in err
 
 
-def test_a_factory_out_of_memory_says_so(run: Path, tmp_path: Path) -> None:  # noqa: F811
-    (tmp_path / "model.py").write_text("def build():\n    raise MemoryError\n")
-    err = _clear(fdl("analyze", run / "ckpts", "--model", f"{tmp_path / 'model.py'}:build",
-                     "--probe", run / "probe.npz", "--out", tmp_path / "s.h5"))
-    assert "failed\n  got: MemoryError\n" in err  # not "MemoryError: " and nothing
-    assert "fix: the model does not fit in this machine's memory: build a smaller one (--model-kwargs), " \
-           "or run on a machine with more" in err
+def test_an_hdf5_probe_with_its_arrays_in_a_group_names_the_group(run: Path, tmp_path: Path) -> None:  # noqa: F811
+    probe = tmp_path / "probe.h5"
+    with h5py.File(probe, "w") as handle:
+        handle["train/x"] = np.zeros((6, 4), np.float32)
+        handle["train/y"] = np.zeros(6, np.int64)
+    done = fdl("analyze", run / "ckpts", "--model", f"{run}/model.py:build", "--probe", probe, "--out", tmp_path / "s.h5")
+    err = _clear(done)
+    assert f"the probe {probe} has no inputs" in err
+    assert "got: keys: none at the top level of the file; its groups: train (train/x, train/y)" in err  # was "keys: none"
+    assert "fix: store the inputs under one of x, inputs, data, images, X, input_ids" in err
