@@ -310,6 +310,8 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             if length > size - 8:
                 raise ValueError(f"header length {length} exceeds the file size {size}")
             header = json.loads(handle.read(length))
+        if not isinstance(header, dict):  # was read as one before this check: an AttributeError's traceback
+            raise ValueError("a header that is not a table")
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + length + end > size:
             raise _CutShort(
@@ -326,8 +328,6 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             fix=(_CUT_SHORT_FIX if isinstance(exc, _CutShort)
                  else "the file is truncated or not safetensors; re-save or re-download it"),
         ) from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"cannot read the safetensors file {path}", got="a header that is not a table")
     return header
 
 
@@ -1024,6 +1024,24 @@ def _hf_weight_files(folder: Path) -> list[Path]:
         raise CheckpointError(f"cannot look into the folder {folder}", got=got, fix=fix) from None
 
 
+_SHARD_INDEX_FIX = ("the index must be JSON with a 'weight_map' table of tensor names to shard file names, as "
+                    "save_pretrained writes it; re-save the checkpoint")
+
+
+def _shard_index_wrong(weight_map: Any) -> str:
+    """What is wrong with a shard index's weight_map ("" when it is a table of file names): a list or a number
+    there was an AttributeError's or TypeError's traceback."""
+    if not isinstance(weight_map, dict):
+        return f"weight_map is a JSON {_JSON_KINDS.get(type(weight_map), type(weight_map).__name__)}, not a table"
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            return f"weight_map's {name!r} is {json.dumps(shard)}, not the name of a shard file"
+    return ""
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _hf_weight_files_of(folder: Path) -> list[Path]:
     for index_name in _HF_INDEX:
         index = folder / index_name
@@ -1035,10 +1053,10 @@ def _hf_weight_files_of(folder: Path) -> list[Path]:
                 raise CheckpointError(f"cannot read the shard index {index}", got=got, fix=fix) from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(
-                    f"cannot read the shard index {index}",
-                    got=str(exc),
-                    fix="the index must be JSON with a 'weight_map' table; re-save the checkpoint",
-                ) from None
+                    f"cannot read the shard index {index}", got=str(exc), fix=_SHARD_INDEX_FIX) from None
+            wrong = _shard_index_wrong(weight_map)
+            if wrong:
+                raise CheckpointError(f"cannot read the shard index {index}", got=wrong, fix=_SHARD_INDEX_FIX)
             return [folder / shard for shard in sorted(set(weight_map.values()))]
     for single in _HF_SINGLE:
         if (folder / single).is_file():
@@ -1275,6 +1293,14 @@ def stdin_paths(stream: TextIO) -> list[str]:
 def _no_such_source(source: Path) -> CheckpointError:
     """A checkpoint source that does not exist; one with spaces at its ends (a path read from stdin is taken whole)
     said so, quoted, when the path without them exists."""
+    if "\n" in str(source):  # only NUL-separated paths on stdin hold one: a line of them had a NUL byte
+        return CheckpointError(
+            f"no such checkpoint file or folder: {str(source)!r}",
+            got="the paths on stdin hold a NUL byte, so they were read NUL-separated (`find -print0`), and this "
+            "one holds a newline: the paths were given a line each, one with a NUL byte in it?",
+            fix="give one path a line, with no NUL byte in any (`find ... -print`), or end each with a NUL "
+            "(`find ... -print0`)",
+        )
     trimmed = str(source).strip()
     if trimmed != str(source) and os.path.lexists(trimmed):
         return CheckpointError(
@@ -2733,9 +2759,12 @@ def resolve_model_factory(
         )
     if factory is None or not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        kind = type(factory).__name__
         raise ModelError(
             f"{label}: {target} has no callable {attr!r}",
-            got="callables there: " + ", ".join(public[:10]),
+            # "callables there: " and nothing, where the name is there but not a function
+            got=("" if factory is None else f"{attr!r} there is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                 "not a function or class; ") + "callables there: " + (", ".join(public[:10]) or "none"),
             fix="check the name after ':'",
         )
     return factory  # type: ignore[no-any-return]
@@ -2906,10 +2935,12 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
     except SystemExit as exc:
         raise _exited(f"building the model for {path}", exc, said.getvalue()) from None
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
+        memory = ("the model does not fit in this machine's memory: build a smaller one (--model-kwargs), or run on "
+                  "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
             f"building the model for {path} failed",
-            got=f"{type(exc).__name__}: {exc}",
-            fix=_arguments_fix(factory, kwargs or {}) or "check --model and --model-kwargs",
+            got=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # was "MemoryError: "
+            fix=_arguments_fix(factory, kwargs or {}) or memory or "check --model and --model-kwargs",
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(
@@ -3163,6 +3194,21 @@ def _as_str_list(value: Any, key: str, path: Path) -> list[str]:
     )
 
 
+def _nul_string(value: Any, where: str = "") -> str:
+    """The key of fdl.toml's `value` (as `probe`, `probe[1]` or `probe.train`) whose string holds a NUL byte (TOML's
+    "\\u0000"); "" when none does. Such a path was os.stat's or realpath's ValueError, a traceback.
+    model_kwargs is the factory's own to judge."""
+    if isinstance(value, str):
+        return where if "\0" in value else ""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{where}[{key}]" if isinstance(value, list) else f"{where}.{key}" if where else str(key)
+        found = inner if "\0" in inner else "" if inner == "model_kwargs" else _nul_string(item, inner)
+        if found:
+            return found
+    return ""
+
+
 def _manifest_path(base: Path, text: str) -> Path:
     """A path fdl.toml gives, absolute: `~` (`~user`) is the home folder, as the shell makes `--probe ~/x`;
     any other relative path is relative to the file's folder (a symbolic link's own folder, as a copy's).
@@ -3224,6 +3270,13 @@ def read_manifest(folder: Path) -> Manifest | None:
         got, fix = _os_reason(path, exc)
         fix += "; or move it away and give the options on the command line"
         raise CheckpointError(f"cannot read the manifest {path}", got=got, fix=fix) from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it was a traceback
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise CheckpointError(
+            f"{path} is not UTF-8 text, as TOML must be",
+            got=f"byte {exc.object[exc.start]:#04x} on line {line}, which UTF-8 does not read ({exc.reason})",
+            fix="save it as UTF-8 (an editor's 'save with encoding', or `iconv -f latin1 -t utf-8`)",
+        ) from None
     try:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -3232,6 +3285,10 @@ def read_manifest(folder: Path) -> Manifest | None:
             got=str(exc),
             fix='fix the file; e.g. model = "model.py:build"  probe = "probe.npz"',
         ) from None
+    nul = _nul_string(data)
+    if nul:
+        raise CheckpointError(f"{path}: {nul!r} holds a NUL byte (\\u0000), which no path or name can hold",
+                              fix=f"remove the NUL from {nul!r} in {path}")
     keys = [str(key).replace("-", "_") for key in data]  # anchor-size as anchor_size, as on the command line
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import gc
 import json
+import math
 import os
 import shlex
 import sys
@@ -279,6 +280,18 @@ def _step_offsets(_ctx: click.Context, _param: click.Parameter, values: tuple[st
     return tuple(dict.fromkeys(pairs))
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without nan and inf, which it lets through (nan is neither below nor above a bound):
+    `--commit-interval nan` was a ValueError's traceback, `--commit-interval inf` a scheduler thread's, and
+    `--poll nan` or `--dlr-energy nan` an error only once checkpoints were read."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give one in the range {self._describe_range()}", param, ctx)
+        return number
+
+
 class OutputOption(click.Option):
     """An option naming where fdl writes (`--out`, `--html`, `--plots`): given twice with different values
     it is a usage error naming it, where click keeps the last in silence (`--html A.html --html B.html`
@@ -373,7 +386,7 @@ class StorePath(click.Path):
                    "two m×p×p products per checkpoint; a smaller m is faster but biases CKA upwards "
                    "(docs/benchmarks.md).")
 @click.option("--reference", "reference_step", type=int, help="Step of the reference checkpoint (default: first).")
-@click.option("--dlr-energy", default=0.99, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--dlr-energy", default=0.99, show_default=True, type=FiniteFloatRange(0.0, 1.0, min_open=True),
               help="Share η of the centered output energy spanned in D_LR (1: every direction).")
 @click.option("--steps", "steps", metavar="S1,S2,...", help="Analyse only these steps.",
               callback=_steps_list)
@@ -413,9 +426,9 @@ class StorePath(click.Path):
                    "see docs/measures.md).")
 @click.option("--shard-probe", is_flag=True, help="Under torchrun: split the probe over ranks (all-reduced statistics).")
 @click.option("--watch", is_flag=True, help="Keep polling for new checkpoints until interrupted.")
-@click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--poll", "poll_seconds", default=10.0, show_default=True, type=FiniteFloatRange(min=0.1),
               help="Seconds between polls for new checkpoints under --watch.")
-@click.option("--commit-interval", "min_commit_interval", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--commit-interval", "min_commit_interval", default=1.0, show_default=True, type=FiniteFloatRange(min=0.0),
               help="Seconds between crash-safe store commits at least; a commit also waits 10x the last one's "
                    "duration (0: that wait only).")
 @click.option("--json", "as_json", is_flag=True,

@@ -309,8 +309,22 @@ def init_process_group(world: World, device: Any) -> None:
     # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
     # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`).
     with signals.ending_at_once(quiet=not world.speaks), waiting(world, "the other ranks to join the job", joining=True):
-        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
-                                timeout=datetime.timedelta(seconds=_wait_s))
+        try:
+            dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
+                                    timeout=datetime.timedelta(seconds=_wait_s))
+        except ValueError:
+            unset = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+            if not unset:
+                raise
+            # torch's env:// rendezvous needs both: its ValueError ("environment variable MASTER_ADDR expected")
+            # was a traceback
+            raise alike(FdlError(
+                f"WORLD_SIZE={world.size} makes this `fdl analyze` rank {world.rank} of a job of {world.size} "
+                f"processes, but {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set: where its rank 0 "
+                "listens",
+                fix=f"start the job with torchrun (torchrun --nproc-per-node {world.size} -m fdl_cli analyze ...), "
+                "which sets them, or unset WORLD_SIZE and RANK to run as one process",
+            ), among="machine") from None
 
 
 class WaitError(FdlError):

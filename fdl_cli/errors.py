@@ -5,7 +5,11 @@ The command line turns any `FdlError` into exit status 1 and prints its message 
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+#: the errnos of a write refused for want of space: the disk's (ENOSPC) or the user's quota on it (EDQUOT)
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class FdlError(Exception):

@@ -84,14 +84,16 @@ class AnalyzeOptions:
         raw_kwargs = kwargs.pop("model_kwargs", None)
         model_kwargs: dict[str, Any] = {}
         if raw_kwargs:
+            shown = raw_kwargs if len(raw_kwargs) <= 200 else f"{raw_kwargs[:60]}...{raw_kwargs[-20:]}"  # got: short
             try:
                 model_kwargs = json.loads(raw_kwargs)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: was a traceback
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply for Python's JSON parser"
                 raise FdlError(
-                    "--model-kwargs is not valid JSON", got=f"{raw_kwargs!r} ({exc.msg})", fix='e.g. \'{"hidden": 64}\''
+                    "--model-kwargs is not valid JSON", got=f"{shown!r} ({why})", fix='e.g. \'{"hidden": 64}\''
                 ) from None
             if not isinstance(model_kwargs, dict):
-                raise FdlError("--model-kwargs must be a JSON object", got=raw_kwargs, fix='e.g. \'{"hidden": 64}\'')
+                raise FdlError("--model-kwargs must be a JSON object", got=shown, fix='e.g. \'{"hidden": 64}\'')
         steps = _step_list(kwargs.pop("steps", None), "--steps")
         redo = _step_list(kwargs.pop("redo", None), "--redo")
         drop = _step_list(kwargs.pop("drop", None), "--drop")

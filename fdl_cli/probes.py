@@ -610,6 +610,16 @@ def _read_h5(path: Path) -> dict[str, Any]:
                 arrays[key] = RowReader(path, int(offset), node.dtype, node.shape, dtype, file=file)
             else:
                 arrays[key] = node[()]
+        groups = [key for key in handle if isinstance(handle[key], h5py.Group)]
+        if not arrays and groups:  # "keys: none", of a file whose arrays are all in groups
+            inside: list[str] = []
+            handle[groups[0]].visit(lambda name: inside.append(f"{groups[0]}/{name}") if len(inside) < 4 else None)
+            raise ProbeError(
+                f"the probe {path} has no inputs",
+                got=f"keys: none at the top level of the file; its groups: {', '.join(groups[:8])} ({', '.join(inside)})",
+                fix=f"store the inputs under one of {', '.join(X_KEYS)}, at the top level of the file (fdl reads "
+                "no group): h5py's handle['x'] = x, not handle['train/x']",
+            )
         return arrays
 
 

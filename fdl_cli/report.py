@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.errors import DISK_FULL, FdlError, StoreError
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -401,7 +401,9 @@ def writing(path: str | Path) -> Iterator[Path]:
             reason = f"{reason}: {exc.filename}"
         parent = target.parent
         above = next((p for p in target.parents if p.exists()), None)  # the nearest existing folder above
-        if above is not None and not above.is_dir():
+        if exc.errno in DISK_FULL:  # "did not let this user write" sent the user after permissions
+            fix = "free space on that disk, or choose a path on another one"
+        elif above is not None and not above.is_dir():
             fix = f"{above} is a file, not a folder: choose another path"
         elif not parent.exists():
             fix = f"create the folder {parent} first, or choose another path"

@@ -605,15 +605,17 @@ class StoreReader:
             self.close()
             raise self._damage_error(exc) from None
 
-    def _damage_error(self, exc: BaseException, what: str = "", *, step: int | None = None) -> StoreError:
+    def _damage_error(self, exc: BaseException | None, what: str = "", *, step: int | None = None,
+                      got: str = "") -> StoreError:
         """`step`: the damage is in that checkpoint's arrays, which `fdl analyze --redo STEP` rewrites
-        (unless it is the reference, whose own redo is refused: --overwrite then)."""
+        (unless it is the reference, whose own redo is refused: --overwrite then). `got`: what was found,
+        said instead of the exception `exc`'s first line."""
         redo = ""
         if step is not None and step != self.provenance.get("reference_step"):
             redo = f", or analyse that checkpoint again: `fdl analyze ... --out {self._path} --redo {step}`"
         return StoreError(
             f"{self._path} is damaged{what}",
-            got=_one_line(exc),
+            got=got or (_one_line(exc) if exc is not None else None),
             fix=f"restore it from a backup{redo}, or re-run `fdl analyze ... --overwrite` to rebuild it",
         )
 
@@ -642,9 +644,14 @@ class StoreReader:
                 f"{self.schema_version}); this fdl {__version__} reads schema {SCHEMA_VERSION}",
                 fix="upgrade fdl: pip install -U fdl-cli",
             )
-        provenance = json.loads(_as_str(attrs.get("provenance", "{}")))
+        # which attribute is damaged, and how to fix it: "is damaged" and a JSONDecodeError said neither
+        what = "its provenance attribute (the model, probes and options it was analysed with)"
+        try:
+            provenance = json.loads(_as_str(attrs.get("provenance", "{}")))
+        except ValueError as exc:
+            raise self._damage_error(exc, f": {what} is not JSON") from None
         if not isinstance(provenance, dict):
-            raise StoreError(f"{self._path}: the provenance attribute is not a JSON object", got=_short(provenance))
+            raise self._damage_error(None, f": {what} is not a JSON object", got=_short(provenance))
         self.provenance = provenance
         self.created = _as_str(attrs.get("created", ""))
         history = self._objects_attribute("history", "where its checkpoints were computed is unknown")
