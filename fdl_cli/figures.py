@@ -429,11 +429,6 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
     return figures
 
 
-def series_suffix(series: Series) -> str:
-    """`_PROBE-LAYER`, the end of a figure's name of one of several series."""
-    return _cleaned(series.probe, series.layer)
-
-
 def _cleaned(probe: str | None, layer: str | None) -> str:
     # Only letters, digits, '.', '_' and '-' in file names: a layer such as head:input would give a
     # name that Windows refuses and macOS's Finder shows with '/'.
@@ -441,7 +436,7 @@ def _cleaned(probe: str | None, layer: str | None) -> str:
 
 
 def series_suffixes(series: Sequence[tuple[str | None, str | None]]) -> list[str]:
-    """The name ends (`series_suffix`) of several (probe, layer) series, in their order. Two series cleaned to
+    """The name ends (`_PROBE-LAYER`) of several (probe, layer) series, in their order. Two series cleaned to
     one name (layers fc:input and fc_input; probe a-b of layer c and probe a of layer b-c), or to names that
     differ only in case (probes train and Train: one file on macOS's and Windows' default file systems), each
     take their place among the series, `_PROBE-LAYER_I`, or one's figures overwrote the other's. A name that

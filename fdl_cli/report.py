@@ -99,7 +99,6 @@ SUMMARY_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "k95_utility")
 
 #: What `fdl export --what` can write.
 EXPORT_WHATS = ("eigenvalues", "quality", "utility", "eigenfunctions", "trajectories")
-EXPORT_FORMATS = ("csv", "json", "npy")
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -566,7 +565,7 @@ def format_value(name: str, value: Any) -> str:
     return str(value)
 
 
-def table_fields(*, wide: bool, several: bool = False, records: Sequence[Record] = ()) -> tuple[str, ...]:
+def table_fields(*, wide: bool, records: Sequence[Record] = ()) -> tuple[str, ...]:
     """The table's columns: the narrow set, or with `wide` every record field. The narrow set shows R²
     in place of the accuracy for a regression probe (`records` with an r2 and no accuracy), and the
     cross-entropy in place of the loss (the MSE against one-hot labels, which a classifier's training
@@ -580,8 +579,7 @@ def table_fields(*, wide: bool, several: bool = False, records: Sequence[Record]
         swaps = ({"accuracy": ("r2",)} if regression else
                  {"loss": ("loss", "cross_entropy") if partly else ("cross_entropy",)} if classes else {})
         return tuple(shown for name in TABLE_FIELDS for shown in swaps.get(name, (name,)))
-    fields = tuple(name for name in RECORD_FIELDS)
-    return fields + SERIES_FIELDS if several else fields
+    return tuple(RECORD_FIELDS)
 
 
 class PlainTable:
@@ -599,7 +597,6 @@ class PlainTable:
     def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
                  *, title: str | None = None) -> None:
         self.title = title
-        self.headers = list(headers)
         self.widths = [
             max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)
         ]
@@ -1986,13 +1983,6 @@ def _count_steps(count: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ export
-
-
-def export_arrays(run: Run, what: str) -> dict[int, np.ndarray | None]:
-    """The stored array `what` (eigenvalues, quality, utility, eigenfunctions) of every checkpoint, in
-    memory (`write_export` streams them one checkpoint at a time instead)."""
-    series = _single_series(run)
-    return dict(iter_array(run, series, series.steps, what))
 
 
 def _single_series(run: Run, why: str = "export writes one", *, fix: str | None = None) -> Series:

@@ -889,11 +889,6 @@ def basis_overlap(basis_a: np.ndarray, basis_b: np.ndarray, *, points: int) -> f
     return min(float(np.linalg.norm(basis_a.T @ basis_b)) ** 2 / dimension, 1.0)
 
 
-def with_scalars(measures: CheckpointMeasures, **scalars: Any) -> CheckpointMeasures:
-    """A copy of `measures` whose record fields are updated with `scalars`."""
-    return replace(measures, scalars={**measures.scalars, **scalars})
-
-
 def merge_all(parts: Sequence[Moments]) -> Moments:
     """Merge the statistics of several disjoint shards."""
     result = parts[0]
