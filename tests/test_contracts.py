@@ -125,3 +125,18 @@ def test_mypy_is_clean(tmp_path: Path) -> None:
     result = subprocess.run([_tool("mypy"), "--cache-dir", str(tmp_path / "cache"), "fdl_cli"],
                             cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cli_choices_are_the_ones_report_serves() -> None:
+    """cli.py spells report's choices out (importing report there would load it, and rich, for every command):
+    they must stay the ones report knows (`EXPORT_WHATS`, `FORMATTERS` with its table)."""
+    from fdl_cli import report
+    from fdl_cli.cli import cli
+
+    def choices(command: str, option: str) -> list[str]:
+        params = {param.name: param for param in cli.commands[command].params}
+        return list(params[option].type.choices)  # type: ignore[attr-defined]
+
+    assert choices("export", "what") == list(report.EXPORT_WHATS)
+    for command in ("report", "compare"):
+        assert set(choices(command, "fmt")) == {"table", *report.FORMATTERS}
