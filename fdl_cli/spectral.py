@@ -180,12 +180,16 @@ class Moments:
 
     def second_moment_sum(self) -> np.ndarray:
         """Σ(φ−a)(φ−a)ᵀ (p, p) about the sums' shift a (0: Σφφᵀ), computed from the kept features in the Gram
-        route (the features less a: one n×p copy, where a is not None)."""
+        route (less a a block of rows at a time, `_kept_blocks`: no n×p copy)."""
         if self.sum_ff is not None:
             return self.sum_ff
         assert self.features is not None
-        about = self.features if self.shift_f is None else self.features - self.shift_f
-        return about.T @ about
+        if self.shift_f is None:
+            return self.features.T @ self.features
+        total = np.zeros((self.n_features, self.n_features))
+        for block in _kept_blocks(self, self.shift_f):
+            total += block.T @ block
+        return total
 
     def merge(self, other: Moments) -> Moments:
         """Statistics of the union of two disjoint sample sets (exact: sums add)."""

@@ -128,3 +128,22 @@ def test_gram_route_near_zero_is_not_shifted() -> None:
     moments = _moments(x, outputs, labels, "classes", batch=N, as_torch=False)
     assert moments.shift_f is None and moments.shift_o is None
     np.testing.assert_array_equal(moments.sum_fo, x.T @ outputs)
+
+
+def test_kept_features_about_a_shift_merge_with_second_moments() -> None:
+    """A shard that kept its features merged with one that summed Σ(φ−a)(φ−a)ᵀ: Σ(φ−a)(φ−a)ᵀ of the kept one is
+    taken about its sums' shift (it was Σφφᵀ about 0 beside sums about a), so the merge is the one-pass statistics."""
+    x, outputs, labels, _, direction = _case("classes")
+    features = x + 1e6 * direction
+    kept = MomentAccumulator(task="classes", keep_features=True)
+    kept.update(features[:12], outputs[:12], labels[:12])
+    summed, whole = MomentAccumulator(task="classes"), MomentAccumulator(task="classes")
+    summed.update(features[12:], outputs[12:], labels[12:])
+    whole.update(features, outputs, labels)
+    merged = kept.moments().merge(summed.moments())
+    assert merged.features is None and merged.shift_f is not None
+    got, want = measure(merged, center=True), measure(whole.moments(), center=True)
+    assert got.rank == want.rank
+    assert _relative(got.eigenvalues, want.eigenvalues) <= ARRAYS_RTOL
+    for name in ("d_lr", "feature_pr", "nc1", "pi_star_C"):
+        assert _relative(got.scalars[name], want.scalars[name]) <= SCALARS_RTOL, name
