@@ -184,7 +184,8 @@ class MomentAccumulator:
         self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (`_block_rows`)
         self._rows_s: list[Any] = []  # and of Σ[S | 1]ᵀ[S | 1]
         #: the shift points a, b, c (features, outputs, regression targets): the first batch's means,
-        #: float64 on the batches' device; None when not shifted (kept features, class targets)
+        #: float64 on the batches' device; None when not shifted (float32 products, class targets); the
+        #: Gram route's kept features themselves are never shifted, only its sums
         self._shifts: tuple[Any, Any, Any] | None = None
         #: the largest |·| so far of float64 features / outputs and of the regression targets (a 0-d
         #: tensor on the batches' device, or a float), returned as `Moments.peaks` (`check_range`)
@@ -291,9 +292,12 @@ class MomentAccumulator:
             onehot = self._targets(targets, batch, int(outs.shape[1]), device=feats.device if self._torch else None)
         if labels is not None:  # checked by _targets just above; the outputs are not shifted yet
             xent = cross_entropy_sum(outs, labels.to(outs.device) if self._torch else labels)
-        # The kept features of the Gram route stay as they are; float32 products are kept unshifted
-        # (rounding F − a to float32 would cost the exactness of float32 features).
-        if not self.keep_features and self.product_dtype == "float64":
+        # float32 products are kept unshifted (rounding F − a to float32 would cost the exactness of float32
+        # features). The Gram route keeps its features as they are (`kept`) and takes its sums about the shifts
+        # like the p×p route: Σφŷᵀ about 0 lost eps·|mean|/std of the centered cross terms (D_LR, centered Q̂/Q*)
+        # and the class sums those of NC1 (tests/test_s23_gram.py).
+        kept = feats
+        if self.product_dtype == "float64":
             if self._shifts is None:
                 regression = self.task == "regression"
                 self._shifts = (
@@ -317,7 +321,7 @@ class MomentAccumulator:
         self._add("sum_ss", self._product(side, side))
         self._add("sum_fs", self._product(feats, side))
         if self.keep_features:
-            self._kept.append(feats)
+            self._kept.append(kept)
         else:
             self._add("sum_ff", self._product(feats, feats))
         if labels is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,7 +49,8 @@ class Moments:
     """Float64 sufficient statistics of one probe pass over one checkpoint.
 
     Shapes: p features, C outputs (C targets). Sums run over the n probe samples.
-    `sum_ff` is None in the Gram route, where `features` (n, p) holds the features themselves.
+    `sum_ff` is None in the Gram route, where `features` (n, p) holds the features themselves (as they are,
+    never shifted: the shifts below apply to the sums alone).
     Target statistics are None when the probe has no targets (task "none").
 
     Shifted sums: with `shift_f` = a, `shift_o` = b, `shift_y` = c (None: zero), every sum is of the
@@ -76,7 +77,7 @@ class Moments:
     class_counts: np.ndarray | None = None  # (C,)
     class_sum_f: np.ndarray | None = None  # (C, p)
     n_correct: int = 0
-    features: np.ndarray | None = None  # (n, p), Gram route only (never shifted)
+    features: np.ndarray | None = None  # (n, p), Gram route only (never shifted, whatever shift_f is)
     shift_f: np.ndarray | None = None  # (p,) a
     shift_o: np.ndarray | None = None  # (C,) b
     shift_y: np.ndarray | None = None  # (C,) c: regression targets only
@@ -106,9 +107,8 @@ class Moments:
     ) -> Moments:
         """The same statistics as sums about other shift points (None: zero). Exact in exact
         arithmetic; in float64 it adds rounding of order eps·n·|old − new shift|², so moving to a
-        point near the mean keeps the precision, and moving to 0 (`unshifted`) gives the raw sums."""
-        if self.features is not None and shift_f is not None:
-            raise ValueError("the Gram route's kept features are never shifted")
+        point near the mean keeps the precision, and moving to 0 (`unshifted`) gives the raw sums. The Gram
+        route's kept features stay as they are."""
 
         def delta(old: np.ndarray | None, new: np.ndarray | None, width: int) -> np.ndarray | None:
             if old is None and new is None:
@@ -179,11 +179,17 @@ class Moments:
         return self.task != "none" and self.sum_yy is not None
 
     def second_moment_sum(self) -> np.ndarray:
-        """Σφφᵀ (p, p), computed from the kept features in the Gram route."""
+        """Σ(φ−a)(φ−a)ᵀ (p, p) about the sums' shift a (0: Σφφᵀ), computed from the kept features in the Gram
+        route (less a a block of rows at a time, `_kept_blocks`: no n×p copy)."""
         if self.sum_ff is not None:
             return self.sum_ff
         assert self.features is not None
-        return self.features.T @ self.features
+        if self.shift_f is None:
+            return self.features.T @ self.features
+        total = np.zeros((self.n_features, self.n_features))
+        for block in _kept_blocks(self, self.shift_f):
+            total += block.T @ block
+        return total
 
     def merge(self, other: Moments) -> Moments:
         """Statistics of the union of two disjoint sample sets (exact: sums add)."""
@@ -385,8 +391,19 @@ def _uncentered_trace(moments: Moments) -> float:
     left by centering."""
     if moments.sum_ff is not None:
         return float(np.trace(moments.sum_ff)) / moments.n
+    about = 0.0 if moments.shift_f is None else moments.shift_f
+    return sum(float(np.sum(np.square(block))) for block in _kept_blocks(moments, about)) / moments.n
+
+
+#: Rows of the kept features taken at a time where they are moved to another point (`_kept_blocks`).
+KEPT_BLOCK = 1024
+
+
+def _kept_blocks(moments: Moments, point: np.ndarray | float) -> Iterator[np.ndarray]:
+    """The kept features less `point` (float64), a block of KEPT_BLOCK rows at a time: no n×p copy."""
     assert moments.features is not None
-    return float(np.sum(moments.features**2)) / moments.n
+    for start in range(0, moments.n, KEPT_BLOCK):
+        yield np.subtract(moments.features[start : start + KEPT_BLOCK], point, dtype=np.float64)
 
 
 def _gram_route(moments: Moments) -> bool:
@@ -413,10 +430,7 @@ def _centering_scale(moments: Moments) -> float:
     if not _gram_route(moments):
         return _uncentered_trace(moments)
     assert moments.features is not None
-    first, total = moments.features[:1], 0.0
-    for start in range(0, moments.n, 1024):
-        total += float(np.sum(np.square(np.subtract(moments.features[start : start + 1024], first, dtype=np.float64))))
-    return total / moments.n
+    return sum(float(np.sum(np.square(block))) for block in _kept_blocks(moments, moments.features[:1])) / moments.n
 
 
 def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
@@ -439,7 +453,7 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         # the rounding a direct FFᵀ would (eps × the entries' size, which the mean dominates), while
         # centering a direct G by subtraction would lose the spread's digits to the mean.
         assert moments.features is not None
-        probe_mean = moments.sum_f / n  # the kept features are never shifted
+        probe_mean = moments.mean_f  # the raw sums here (uncentered), and the kept features are never shifted
         centered = _centered_kept(moments)
         gram = centered @ centered.T / n
         norms = (float(np.trace(gram)), float(np.linalg.norm(gram)))
@@ -644,9 +658,10 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
         return None
     keep = singular > singular[0] * RANK_RTOL
     left, singular = left[:, keep], singular[keep]
-    # u_jᵀ Σ_W u_j = (u_jᵀ Σφφᵀ u_j − Σ_c n_c (u_jᵀ μ_c)²) / n
+    # u_jᵀ Σ_W u_j = (u_jᵀ Σ(φ−a)(φ−a)ᵀ u_j − Σ_c n_c (u_jᵀ (μ_c − a))²) / n, about the sums' shift a (0: raw)
     if moments.features is not None and moments.sum_ff is None:
-        total = np.sum((moments.features @ left) ** 2, axis=0)
+        about = 0.0 if moments.shift_f is None else moments.shift_f
+        total = sum(np.sum((block @ left) ** 2, axis=0) for block in _kept_blocks(moments, about))
     else:
         total = np.sum(left * (moments.second_moment_sum() @ left), axis=0)  # diag(LᵀML), one BLAS product
     within_class = (total - np.sum(counts[present, None] * (means @ left) ** 2, axis=0)) / moments.n

@@ -95,7 +95,7 @@ def _analyze(folder: Path, name: str, options: dict) -> tuple[list[dict], str]:
 def test_analyze_measures_cka_of_a_float64_layer_far_from_zero(offset_run: Path, copies: int) -> None:
     """A float64 layer on a mean of 10⁶ (its spread ~0.5): cka_init / cka_prev were null at every step, with a
     warning of a dead layer, where the same features at 0 give 0.3 – 0.9; now the same to 1e-8 (the Gram
-    route's D_LR, whose cross term comes from sums about 0, moves by 4e-9)."""
+    route's D_LR, whose cross term came from sums about 0, moved by 4e-9: tests/test_s23_gram.py)."""
     plain, _ = _analyze(offset_run, f"plain{copies}", {"copies": copies})
     far, err = _analyze(offset_run, f"far{copies}", {"copies": copies, "offset": 1e6})
     assert "constant over the anchor points" not in err, err
