@@ -5,12 +5,23 @@ store client). Each test failed before its fix; those marked "guard" pin what th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
+from fdl_cli import distributed
 from tests.cli_run import fdl_in_process as fdl
+from tests.test_distributed import REPO, _args, _make_run
 from tests.test_io_fixes import MODEL
 from tests.test_s16_ecosystems import _mmengine_run, _sd
 from tests.test_s23_eco import _weight_averaging_run
@@ -70,3 +81,58 @@ def test_inspect_with_a_model_beside_an_ema_copy_names_the_copy_and_says_nothing
     assert plain.returncode == 0 and "other weights" not in plain.stderr and "fdl analyses" not in plain.stderr
     listed = json.loads(fdl("inspect", tmp_path / "plain_7.pt", "--model", MODEL, "--json").stdout)
     assert listed["weights_averaged_by"] is None and listed["other_weights"] == []
+
+
+# -- 2. a rank joining at an address served by something that is no torch store ------------------------------------
+
+
+@contextlib.contextmanager
+def _silent_server() -> Iterator[int]:
+    """A port where a program that is no torch store listens: it accepts every connection and says nothing (as a
+    service speaking another protocol, which waits for its client to speak first); its port number."""
+    held: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(server.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        try:
+            yield server.getsockname()[1]
+        finally:
+            for connection in held:
+                connection.close()
+
+
+def test_a_rank_whose_rendezvous_address_never_answers_gives_up_when_told(tmp_path: Path) -> None:
+    """2. Rank 1's MASTER_ADDR:MASTER_PORT served by a program that accepts and says nothing: torch's store client
+    waited for its answer for ever (over 60 s with FDL_TORCHRUN_TIMEOUT=3), in C++, where no Python can end it."""
+    run = _make_run(tmp_path / "run")
+    with _silent_server() as port:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "FDL_TORCHRUN_TIMEOUT": "1"}
+        began = time.monotonic()
+        try:
+            done = subprocess.run([sys.executable, "-m", "fdl_cli", *_args(run, tmp_path / "s.h5")],
+                                  capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 1 waited on past FDL_TORCHRUN_TIMEOUT and its grace")
+    took = time.monotonic() - began
+    assert done.returncode == 1, done.stderr[-4000:]
+    lines = done.stderr.splitlines()
+    assert (f"error on rank 1: gave up after waiting 1 s for the other ranks to join the job at 127.0.0.1:{port} "
+            "(MASTER_ADDR:MASTER_PORT) as rank 1 of 2 (the longest a rank of a torchrun job waits, "
+            "FDL_TORCHRUN_TIMEOUT)") in lines, done.stderr[-4000:]
+    assert (f"  got: torch was still joining after {1 + distributed.JOIN_GRACE_S:g} s, waiting for the job's "
+            f"rendezvous store at 127.0.0.1:{port} (or another rank) to answer") in lines, done.stderr[-4000:]
+    assert any(line.startswith("  fix: ") and "no other program listens on that port" in line
+               and "FDL_TORCHRUN_TIMEOUT=SECONDS" in line for line in lines), done.stderr[-4000:]
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "s.h5").exists()
+    assert took < distributed.JOIN_GRACE_S + 1 + 30  # the wait, its grace, and starting Python and torch
