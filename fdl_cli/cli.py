@@ -575,6 +575,7 @@ def inspect(**kwargs: Any) -> None:
     width = result["default_features"]
     features = f"{width} features" if width else "width unknown: no forward pass ran (pass --probe FILE)"
     console.print(f"default feature layer: [bold]{result['default_layer']}[/bold] ({features}; {basis})")
+    _print_weight_copies(console, result)
     if outputs_error is not None:
         raise outputs_error  # the forward pass ran, but `analyze` cannot tell its outputs: exit 1, said why
 
@@ -606,10 +607,17 @@ def _print_tensors(result: dict[str, Any]) -> None:
                               if result["step"] is None else
                               f"{result['step']} (from its {_step_source_said(source)})"),
                   markup=False, highlight=False)
+    _print_weight_copies(console, result)
+
+
+def _print_weight_copies(console: Any, result: dict[str, Any]) -> None:
+    """`fdl inspect`'s lines (with a model or without) on the file's other copies of the weights (an EMA, for
+    --weights) and, where an EMA's were swapped into state_dict, that the weights listed or put in the model are
+    the averaged ones, as analyze's note says."""
     if result["other_weights"]:
         console.print(f"other weights in the file: {', '.join(result['other_weights'])} (--weights NAME lists "
                       "or analyses those instead)", markup=False, highlight=False)
-    if result.get("weights_averaged_by"):  # as analyze's note: the tensors listed are the EMA's, not the trained
+    if result.get("weights_averaged_by"):  # as analyze's note: the weights are the EMA's, not the trained model's
         from fdl_cli.checkpoints import ema_swap_said
 
         console.print(ema_swap_said(os.path.basename(result["checkpoint"]), result["weights_averaged_by"],

@@ -307,8 +307,15 @@ def init_process_group(world: World, device: Any) -> None:
     from fdl_cli import signals
 
     # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
-    # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`).
-    with signals.ending_at_once(quiet=not world.speaks), waiting(world, "the other ranks to join the job", joining=True):
+    # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`). Nor
+    # does the end of a wait that torch does not bound: past the bound and its grace, the same watcher ends it.
+    gave_up = join_gave_up(world)
+    said = f"error on {voice(gave_up.alike, world)}: {gave_up.message}\n"
+    for stream in (sys.stdout, sys.stderr):  # what was said before goes out before the watcher's last word
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with signals.ending_at_once(quiet=not world.speaks, give_up=(_wait_s + JOIN_GRACE_S, said)), \
+            waiting(world, "the other ranks to join the job", joining=True):
         try:
             dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
                                     timeout=datetime.timedelta(seconds=_wait_s))
@@ -413,8 +420,7 @@ def join_error(message: str, world: World, environ: Mapping[str, str] | None = N
     """The error fdl says where joining the job's process group failed otherwise than by a wait that ran out or
     a connection closed (`wait_error`): the rendezvous address refused (rank 0's MASTER_PORT in use by another
     job, a MASTER_PORT that is no port, MASTER_ADDR unset, a connection refused): torch's traceback before."""
-    environ = os.environ if environ is None else environ
-    address = f"{environ.get('MASTER_ADDR', '(MASTER_ADDR unset)')}:{environ.get('MASTER_PORT', '(MASTER_PORT unset)')}"
+    address = _rendezvous_address(os.environ if environ is None else environ)
     return WaitError(
         f"could not join the job's process group at {address} (MASTER_ADDR:MASTER_PORT) as rank {world.rank} of "
         f"{world.size}",
@@ -424,6 +430,38 @@ def join_error(message: str, world: World, environ: Mapping[str, str] | None = N
              "listen on that port (one no other job uses: pick another, or torchrun --standalone on one machine) "
              f"and every rank must reach it; {_RESUME_JOIN}"),
     )
+
+
+#: Seconds a rank waits to join the job past `wait_seconds` before fdl ends the wait itself (`join_gave_up`): torch
+#: bounds its own waits there by that, but not every one: its store client waited for ever for an answer from a
+#: program at MASTER_ADDR:MASTER_PORT that accepts a connection and says nothing (no torch store; an HTTP server).
+#: Long enough for torch's own error (said by `wait_error`, `join_error`) to come first where it comes about the
+#: bound (a second or two past it, measured); a connection refused that torch retries after a delay that grows
+#: (tens of seconds past a long bound) is ended here, at the bound the user set.
+JOIN_GRACE_S = 5.0
+
+
+def join_gave_up(world: World, environ: Mapping[str, str] | None = None) -> WaitError:
+    """The error fdl says where joining the job's process group has lasted `wait_seconds` and `JOIN_GRACE_S` without
+    torch's giving up (`init_process_group`, said by `signals.ending_at_once`'s watcher as the process ends)."""
+    address = _rendezvous_address(os.environ if environ is None else environ)
+    return WaitError(
+        f"gave up after waiting {_span(_wait_s)} for the other ranks to join the job at {address} "
+        f"(MASTER_ADDR:MASTER_PORT) as rank {world.rank} of {world.size} (the longest a rank of a torchrun job waits, "
+        f"{WAIT_ENV})",
+        got=f"torch was still joining after {_span(_wait_s + JOIN_GRACE_S)}, waiting for the job's rendezvous store at "
+        f"{address} (or another rank) to answer",
+        fix=("no rendezvous store of this job answered there: check that rank 0 was started and listens at that "
+             "address (torchrun's --rdzv-endpoint, or --master-addr and --master-port, the same on every machine; "
+             "MASTER_ADDR and MASTER_PORT under another launcher) and that no other program listens on that port (pick "
+             f"another, or torchrun --standalone on one machine); {_RESUME_JOIN}; to let a rank wait longer for the "
+             f"others to start, set {WAIT_ENV}=SECONDS (default {_span(WAIT_S)})"),
+    )
+
+
+def _rendezvous_address(environ: Mapping[str, str]) -> str:
+    """MASTER_ADDR:MASTER_PORT as the join errors name it, each said unset where it is."""
+    return f"{environ.get('MASTER_ADDR', '(MASTER_ADDR unset)')}:{environ.get('MASTER_PORT', '(MASTER_PORT unset)')}"
 
 
 #: how a torchrun job that stopped on the way is resumed (`wait_error`)

@@ -203,6 +203,10 @@ def inspect_checkpoint(
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
         "step": None if ref.step_source == "none" else ref.step,
         "modules": modules,
+        # as without a model (`_tensors_listing`): the file's other copies of the weights, and the library that
+        # swapped an EMA's into state_dict (the weights put in the model then being the averaged ones)
+        "other_weights": list(loaded.other_weights),
+        "weights_averaged_by": loaded.ema_swapped_in or None,
         "default_module": default_module,
         "default_layer": default_label,
         "default_features": default_features,

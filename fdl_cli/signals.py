@@ -147,18 +147,23 @@ class _ImportWatch:
     `inspect` import torch first of all, before any file is opened or written. The thread runs no
     Python of fdl's beyond this loop, touches no torch, and writes with `os.write` (no lock of the
     main thread's streams). With no `note` the first Ctrl-C ends the process too (`ending_at_once`, which
-    hands it `wakeup`: `_run_woken`).
+    hands it `wakeup`: `_run_woken`, and `give_up`: the wait's bound, past which it ends the process with status 1).
     """
 
     POLL_S = 0.05
 
     def __init__(self, signals: set[signal.Signals], *, quiet: bool = False, note: str | None = IMPORT_NOTE,
-                 wakeup: tuple[int, int] | None = None) -> None:
+                 wakeup: tuple[int, int] | None = None, give_up: tuple[float, str] | None = None) -> None:
         self.signals = signals
         self.quiet = quiet  # a rank of a torchrun job whose rank 0 says it
         self.note = note  # said at a first Ctrl-C, which waits for the end; None: it ends the process too
         # (read end, the wakeup fd in place before or -1): Python's wakeup fd, read instead of `sigtimedwait`
         self.wakeup = wakeup
+        # (time.monotonic() past which the wait has lasted too long, the error then said): it ends with status 1
+        self.give_up = give_up
+        #: held by `_give_up` from its last look at `done` to the process's end, and by the waiting thread as it sets
+        #: `done` (`stop`): a wait that ends just then is not ended again, as one that lasted too long
+        self.lock = threading.Lock()
         self.first: int | None = None
         self.done = False
         self.actions: dict[int, Any] = {int(signum): signal.getsignal(signum) for signum in signals}
@@ -183,6 +188,8 @@ class _ImportWatch:
         readable = select.poll()  # not select.select: no limit on the fd's number (FD_SETSIZE)
         readable.register(read, select.POLLIN)
         while not self.done:
+            if self.give_up is not None and time.monotonic() >= self.give_up[0]:
+                self._give_up(self.give_up[1])
             if not readable.poll(self.POLL_S * 1000):
                 continue
             try:
@@ -197,6 +204,23 @@ class _ImportWatch:
                         os.write(previous, bytes([signum]))
                     except OSError:
                         pass  # full or closed: as Python's own handler, which does not wait either
+
+    def stop(self) -> None:
+        """The wait has ended: the thread ends too (joined by the caller)."""
+        with self.lock:
+            self.done = True
+
+    def _give_up(self, said: str) -> None:
+        """End the process with status 1, `said` on stderr (an error in fdl's words, written whole beforehand: this
+        thread touches none of the main thread's Python objects), unless the wait ended meanwhile."""
+        with self.lock:
+            if self.done:
+                return
+            try:
+                os.write(2, said.encode(errors="replace"))
+            except OSError:
+                pass  # stderr closed: the status says it
+            os._exit(1)
 
     def _take(self, signum: int) -> None:
         if signum == signal.SIGINT and self.first is None and self.note is not None:
@@ -252,7 +276,7 @@ def import_torch(*, quiet: bool = False) -> None:
 
 
 @contextmanager
-def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
+def ending_at_once(*, quiet: bool = False, give_up: tuple[float, str] | None = None) -> Iterator[None]:
     """For a wait in torch's C++ before any file is written, which no Python handler can cut short:
     joining a torchrun job's process group (`distributed.init_process_group`). A rank waits there for
     every other one; a rank that a Ctrl-C stopped before it joined never comes, and torchrun hands the
@@ -265,13 +289,19 @@ def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
     (torch's intra-op threads, a thread of the model file's): Python's C handler writes its number to the
     wakeup fd, which the watcher borrows for the wait; `sigtimedwait` saw none taken by another thread (the rank
     hung). Only the signals fdl took (`installed`) or left at their default: an embedding program's own
-    handler, or an ignored signal, stays as it was, and its wakeup fd gets the numbers the watcher does not take."""
+    handler, or an ignored signal, stays as it was, and its wakeup fd gets the numbers the watcher does not take.
+
+    `give_up` (seconds, text): the wait's bound, which the C++ below may not keep (torch's store client waits for
+    ever for an answer from a program that accepts its connection and says nothing): once the wait has lasted that
+    long, the watcher writes `text` (the error, whole, as fdl says it) to stderr and ends the process with status 1.
+    Where no watcher can run (not the main thread, no signal masks) the wait is left to the C++'s own bound."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    deadline = None if give_up is None else (time.monotonic() + give_up[0], give_up[1])
     taken = {signum for signum in (signal.SIGINT, signal.SIGTERM)
              if signal.getsignal(signum) in (_on_sigint, signal.SIG_DFL)}
-    if not taken:
+    if not taken and deadline is None:
         yield
         return
     read, write = os.pipe()
@@ -281,12 +311,12 @@ def ending_at_once(*, quiet: bool = False) -> Iterator[None]:
         with held():
             previous = signal.set_wakeup_fd(write)
             try:
-                watch = _ImportWatch(taken, quiet=quiet, note=None, wakeup=(read, previous))
+                watch = _ImportWatch(taken, quiet=quiet, note=None, wakeup=(read, previous), give_up=deadline)
                 watch.thread.start()
                 try:
                     yield
                 finally:
-                    watch.done = True
+                    watch.stop()
                     watch.thread.join()
             finally:
                 # A signal handled after the watcher's last look is not lost: its handler runs in this thread.
