@@ -328,7 +328,11 @@ def test_a_store_written_before_the_field_reads_and_resumes(run: Path, tmp_path:
     done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
                "--probe", run / "probe.npz", "--out", store, "--json", "--overwrite")
     assert done.code == 0, done.stderr
-    assert all(r["cross_entropy"] is not None for r in _stored(store).values())
+    overwritten = _stored(store)
+    assert sorted(overwritten) == sorted(expected)  # all() over no records would pass
+    assert all(r["cross_entropy"] is not None for r in overwritten.values())
+    for step, record in overwritten.items():  # the steps the older fdl left null are now computed
+        assert record["cross_entropy"] == pytest.approx(expected[step], rel=1e-12, abs=0), step
 
 
 def test_trajectories_rewritten_without_the_field_read_it_from_the_checkpoint_groups(run: Path, tmp_path: Path) -> None:
