@@ -243,6 +243,7 @@ def test_compare_carries_it(run: Path, tmp_path: Path) -> None:
     _analyze_cli(run, a, "--steps", "0,10")
     _analyze_cli(run, b, "--steps", "0,10")
     compared = json.loads(fdl("compare", a, b, "--json").stdout)
+    assert [step["step_a"] for step in compared["steps"]] == [0, 10]  # a loop over no steps would pass
     for step in compared["steps"]:
         assert step["a"]["cross_entropy"] is not None and step["a"]["cross_entropy"] == step["b"]["cross_entropy"]
         assert step["differences"]["cross_entropy"] == 0.0
