@@ -429,6 +429,9 @@ def test_mixed_precision_keeps_float64_statistics(run: Path, tmp_path: Path) -> 
         assert b["d_lr"] == pytest.approx(a["d_lr"], abs=0.02)
         assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.05)
         assert b["rank"] >= 1 and 0.0 <= b["d_lr"] <= 1.0
+    assert [r["step"] for r in half.records] == [0, 30]  # zip() over no records would pass
+    # the model ran in bfloat16 (its rounding moves the features), not only the option recorded
+    assert any(b["d_lr"] != a["d_lr"] for a, b in zip(full.records, half.records, strict=True))
     with StoreReader(tmp_path / "bf16.h5") as reader:
         assert reader.provenance["options"]["dtype"] == "bfloat16"
 
@@ -487,6 +490,7 @@ def test_filling_gaps_with_steps_equals_one_run(run: Path, tmp_path: Path) -> No
     got = {r["step"]: r for r in _stored_records(store)}
     assert sorted(got) == [0, 10, 20, 30]
     assert [got[step]["prev_step"] for step in (0, 10, 20, 30)] == [None, 0, 10, 20]
+    assert sorted(whole) == sorted(got)  # the one run's records: a loop over none would pass
     for step, expected in whole.items():
         for name, value in expected.items():
             if isinstance(value, float):

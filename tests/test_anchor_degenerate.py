@@ -115,5 +115,6 @@ def test_anchor_inputs_that_repeat_measure_no_movement(tmp_path: Path) -> None:
     compared = run_fdl("compare", str(out), str(out), "--json")
     assert compared.returncode == 0, compared.stderr
     data = json.loads(compared.stdout)
+    assert [step["step_a"] for step in data["steps"]] == [0, 1000]  # all() over no steps would pass
     assert all(step["overlap"] is None for step in data["steps"])
     assert any("on 2 distinct anchor point(s)" in note for note in data["notes"]), data["notes"]

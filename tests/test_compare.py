@@ -112,7 +112,9 @@ def test_mismatched_probes_are_refused(tmp_path: Path) -> None:
     assert "same probe" in result.stderr and "--no-overlap" in result.stderr
     fields_only = run_fdl("compare", str(a), str(b), "--no-overlap", "--format", "json")
     assert fields_only.returncode == 0, fields_only.stderr
-    assert all(step["overlap"] is None for step in json.loads(fields_only.stdout)["steps"])
+    steps = json.loads(fields_only.stdout)["steps"]
+    assert [step["step_a"] for step in steps] == [0, 100, 200]  # all() over no steps would pass
+    assert all(step["overlap"] is None for step in steps)
 
 
 def test_table_output_on_stderr_and_overlay_figures(tmp_path: Path) -> None:

@@ -243,6 +243,7 @@ def test_compare_carries_it(run: Path, tmp_path: Path) -> None:
     _analyze_cli(run, a, "--steps", "0,10")
     _analyze_cli(run, b, "--steps", "0,10")
     compared = json.loads(fdl("compare", a, b, "--json").stdout)
+    assert [step["step_a"] for step in compared["steps"]] == [0, 10]  # a loop over no steps would pass
     for step in compared["steps"]:
         assert step["a"]["cross_entropy"] is not None and step["a"]["cross_entropy"] == step["b"]["cross_entropy"]
         assert step["differences"]["cross_entropy"] == 0.0
@@ -328,7 +329,11 @@ def test_a_store_written_before_the_field_reads_and_resumes(run: Path, tmp_path:
     done = fdl("analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
                "--probe", run / "probe.npz", "--out", store, "--json", "--overwrite")
     assert done.code == 0, done.stderr
-    assert all(r["cross_entropy"] is not None for r in _stored(store).values())
+    overwritten = _stored(store)
+    assert sorted(overwritten) == sorted(expected)  # all() over no records would pass
+    assert all(r["cross_entropy"] is not None for r in overwritten.values())
+    for step, record in overwritten.items():  # the steps the older fdl left null are now computed
+        assert record["cross_entropy"] == pytest.approx(expected[step], rel=1e-12, abs=0), step
 
 
 def test_trajectories_rewritten_without_the_field_read_it_from_the_checkpoint_groups(run: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ def test_csv_and_json_parse_back(store: Path, what: str) -> None:
     as_csv = run_fdl("export", str(store), "--what", what)
     assert as_csv.returncode == 0, as_csv.stderr
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert sorted({int(r["step"]) for r in rows}) == sorted(expected) == list(STEPS)  # every step, no other
     for step, values in expected.items():
         got = [float(r[what]) for r in rows if int(r["step"]) == step]
         assert [int(r["k"]) for r in rows if int(r["step"]) == step] == list(range(1, values.size + 1))

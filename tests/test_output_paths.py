@@ -105,3 +105,4 @@ def test_the_fix_names_what_is_in_the_way(store: Path, tmp_path: Path) -> None:
     onto = run_fdl("export", str(store), "--what", "quality", "--format", "csv", "--out", str(folder / "."))
     assert onto.returncode in (1, 2) and "Traceback" not in onto.stderr  # click or fdl says it is a folder
     assert "directory" in onto.stderr or "is a folder" in onto.stderr
+    assert str(folder) in onto.stderr and list(folder.iterdir()) == []  # which folder, and nothing written in it

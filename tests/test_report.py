@@ -281,12 +281,16 @@ def test_report_imports_no_torch(store: Path) -> None:
     code = (
         "import sys; from fdl_cli.cli import main\n"
         f"sys.argv = ['fdl', 'report', {str(store)!r}, '--format', 'json']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "status = 0\n"
+        "try:\n    status = main()\nexcept SystemExit as exc:\n    status = exc.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+        "sys.exit(status)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    # a report that failed early (before it would import anything) passed as well: the report is printed
+    assert [record["step"] for record in json.loads(result.stdout)] == [0, 100, 200]
 
 
 # ----------------------------------------------------------------------------------------- figures

@@ -44,6 +44,7 @@ def test_triptych_of_a_short_spectrum_labels_its_k_axis(rank: int) -> None:
                      utility=np.full(rank, 1.0 / rank))]
     figure = triptych_figure(curves, n_outputs=3)
     figure.canvas.draw()
+    assert len(figure.axes) == 3  # the three panels: a loop over no axes would pass
     for ax in figure.axes:
         assert _x_labels(ax) == [str(k) for k in range(1, rank + 1)]
 

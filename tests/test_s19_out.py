@@ -136,6 +136,7 @@ def test_csv_and_markdown_read_back_to_the_stored_values_with_odd_paths(tmp_path
     rows = list(csv.DictReader(io.StringIO(run_fdl("report", str(store), "--format", "csv").stdout)))
     exported = list(csv.DictReader(io.StringIO(run_fdl("export", str(store), "--what", "trajectories").stdout)))
     for records, booleans in ((json.loads(as_json), (True,)), (rows, ("True",)), (exported, None)):
+        assert len(records) == len(STEPS)  # a loop over no records would pass
         for i, record in enumerate(records):
             for name in RECORD_FIELDS:
                 value = record[name]

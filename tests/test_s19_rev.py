@@ -103,6 +103,7 @@ def test_the_integer_labels_recipe_of_a_float_column_of_0_1_targets_gives_labels
         status, _, err = fdl(capsys, "analyze", *common, "--probe", fixed, "-o", tmp_path / "labels.h5", "--overwrite")
         assert status == 0, " ".join(err.split())
         records: list[dict[str, Any]] = _records(tmp_path / "labels.h5")
+        assert [record["step"] for record in records] == [0, 10, 20]  # all() over no records would pass
         assert all(record["accuracy"] is not None for record in records)
 
 
@@ -129,4 +130,6 @@ def test_the_integer_labels_recipe_for_whole_number_targets_in_a_column_gives_la
     np.savez(fixed, x=x, y=eval(found.group(1), {"np": np, "y": y}))
     status, _, err = fdl(capsys, "analyze", *common, "--probe", fixed)
     assert status == 0, " ".join(err.split())
-    assert all(record["accuracy"] is not None for record in _records(tmp_path / "run.h5"))
+    records = _records(tmp_path / "run.h5")
+    assert [record["step"] for record in records] == [0, 10]  # all() over no records would pass
+    assert all(record["accuracy"] is not None for record in records)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.test_analyze import fdl
 from tests.test_distributed import _args, _make_run
 from tests.test_s19_rank import _torchrun, _torchrun_model
@@ -174,10 +176,9 @@ def test_a_failure_on_rank_0s_probe_slice_alone_names_it(monkeypatch) -> None:
     monkeypatch.setattr(dist, "all_gather_object", lambda reports, mine: gather(reports, mine, (
         ("NumericalError", "NaN features", None, None),) * 2))
     own = NumericalError("NaN features")
-    try:
+    with pytest.raises(NumericalError) as raised:  # a try/except here passed when nothing was raised
         agree_on_failure(own, World(rank=0, size=2, local_rank=0))
-    except NumericalError as exc:
-        assert exc is own and exc.what == "NaN features"
+    assert raised.value is own and raised.value.what == "NaN features"
 
 
 # -- (b) the model_kwargs of fdl.toml go with its model, in inspect too ------------------------------------

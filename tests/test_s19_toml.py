@@ -221,6 +221,7 @@ def test_the_model_kwargs_of_fdl_toml_go_with_its_model_not_another_given(tmp_pa
     same = _analyze(run1, "--out", tmp_path / "s.h5", "--model", "model.py:mlp")
     assert same.code == 1 and "not used" not in same.stderr
     assert "size mismatch" in same.stderr or "shape" in same.stderr  # hidden = 16 was passed: checkpoints of 8
+    assert "0.weight: checkpoint (8, 4) vs model (16, 4)" in same.stderr, same.stderr  # the model of hidden = 16
 
 
 def test_an_unknown_layer_of_fdl_toml_names_the_file(tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def test_all_zero_float_targets_are_said_to_carry_no_energy_not_to_be_0_1_target
     # the machine field stays what the store records: the targets are float 0s (a 0/1 matrix)
     records = json.loads(fdl_in_process("report", run_a, "--format", "json").stdout)
     records = records["records"] if isinstance(records, dict) else records
+    assert [record["step"] for record in records] == [0, 1, 2, 3]  # all() over no records would pass
     assert all(record["zero_one_targets"] is True for record in records)
     assert json.loads(fdl_in_process("classify", run_a, "--json").stdout)["evidence"]["zero_one_targets"] is True
 

@@ -77,6 +77,10 @@ def test_a_table_on_stderr_needs_no_stdout(store: Path) -> None:
     done = _with_stdout(None, "report", store)
     assert done.returncode == 0, done.stderr
     assert "d_lr" in done.stderr.lower() or "D_LR" in done.stderr
+    # the whole table and its summary, not only a word of the header (or of an error's fix)
+    lines = done.stderr.splitlines()
+    assert [line.split()[0] for line in lines if line[:4].strip().isdigit()] == ["0", "100", "200"], done.stderr
+    assert "3 checkpoints, steps 0–200" in lines and any(line.startswith("final: D_LR ") for line in lines)
 
 
 @needs_full

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.store import StoreReader
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL, SMALL
 from tests.tiny_models import mlp
@@ -334,6 +335,10 @@ def test_model_file_imports_its_sibling_and_a_package_from_the_current_folder(
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
     result = _analyze([run], probe, tmp_path / "package.h5", model="usability_pkg.models:build")
     assert result.code == 0, result.stderr
+    # both factories built the same network: the same checkpoints analysed, to the same numbers
+    with StoreReader(tmp_path / "file.h5") as from_file, StoreReader(tmp_path / "package.h5") as from_package:
+        assert [r["step"] for r in from_file.records()] == [0, 10]
+        assert [r["d_lr"] for r in from_package.records()] == [r["d_lr"] for r in from_file.records()]
 
 
 FACTORIES = '''
