@@ -128,7 +128,7 @@ def test_merge_refuses_different_shapes() -> None:
 @pytest.mark.parametrize("task", ["classes", "regression"])
 @pytest.mark.parametrize("keep_features", [False, True])
 def test_numpy_and_torch_inputs_give_the_same_statistics(task: str, keep_features: bool) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     probe = make_probe(5, regression=task == "regression")
     as_torch = {k: torch.from_numpy(v) for k, v in probe.items()}
     as_torch["features"] = as_torch["features"].reshape(N, 2, P // 2)  # (b, ...) is flattened
@@ -143,7 +143,7 @@ def test_torch_in_place_sums_equal_the_plain_sums(task: str) -> None:
     """The torch float64 path writes F and [Ŷ | Y] into reused buffers and adds in place: batches that
     shrink and grow (the buffer is reallocated, then sliced), float32 inputs (converted exactly) and
     the snapshot in mid-pass must give the plain float64 sums of the whole probe."""
-    torch = pytest.importorskip("torch")
+    import torch
     probe = make_probe(9, regression=task == "regression")
     probe["features"] = probe["features"] + 10.0  # far from 0: summed about the first batch's means
     f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in probe.items()}
@@ -187,7 +187,8 @@ def test_torch_sums_of_many_outputs_equal_the_plain_sums(task: str, by_index: bo
     added by class (index_add on the CPU; by_index False: the one-hot products of an accelerator)
     instead of as products with a one-hot matrix: every sum must still be the plain float64 one,
     outputs far from 0 (shifted) and a class without samples included."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     import fdl_cli.moments
 
     monkeypatch.setattr(fdl_cli.moments, "_adds_by_index", lambda device: by_index)
@@ -231,7 +232,7 @@ def test_second_moment_is_the_same_to_the_bit_whatever_the_task() -> None:
     (`anchor_features`: a plain MomentAccumulator()); its Σφφᵀ must equal the one the labelled pass
     summed, bit for bit (CKA's self-norm comes from it). Shapes large enough (batches of 512, p = 256)
     for BLAS to block the products differently when their widths differ."""
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(11)
     n, p, c = 1100, 256, 7
     features = torch.from_numpy(np.maximum(rng.normal(size=(n, p)), 0.0).astype(np.float32))
@@ -269,7 +270,7 @@ def test_block_rows_sum_the_whole_symmetric_product(p: int, offset: float) -> No
     """The torch path sums FᵀF in block rows, on and above the diagonal only: read back (moments, the
     mid-pass snapshot) it is the whole float64 product, both triangles, for one block row (p = 100),
     two with a wide last row (300) and five (700); Σφ, its ones column, is the plain sum."""
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(p)
     n = 1300
     features = (np.maximum(rng.normal(size=(n, p)), 0.0) + offset).astype(np.float32)
@@ -306,7 +307,7 @@ def test_block_rows_sum_the_whole_symmetric_product(p: int, offset: float) -> No
 def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
     """On the torch path, bad labels and width changes are refused as on the numpy path, and a refused
     batch (even the first) leaves nothing behind: the next valid batch, of other widths, is summed alone."""
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(12)
     acc = MomentAccumulator(task="classes")
     with pytest.raises(ProbeError, match="do not fit"):
@@ -334,7 +335,7 @@ def test_torch_path_refuses_bad_batches_without_a_trace() -> None:
 
 
 def test_torch_moments_are_copies_of_the_growing_sums() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     acc = MomentAccumulator(task="regression")
     acc.update(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 2))
     first = acc.moments()
@@ -352,7 +353,7 @@ def test_torch_moments_are_copies_of_the_growing_sums() -> None:
 def test_torch_path_flattens_and_upcasts_like_numpy(dtype: str) -> None:
     """Features (b, 2, 3, 2) in half, bfloat16 or float64, and 1-D outputs: the torch path's sums equal
     the numpy path's on the same (exactly upcast) values."""
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(13)
     features = torch.from_numpy(rng.normal(size=(30, 2, 3, 2))).to(getattr(torch, dtype))
     outputs = torch.from_numpy(rng.normal(size=30)).to(getattr(torch, dtype))
@@ -424,7 +425,7 @@ def test_float32_products_leave_stored_arrays_unchanged(task: str, center: bool)
 
 
 def test_float32_products_on_torch() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     probe = make_probe(8, n=256)
     as_torch = {k: torch.from_numpy(v) for k, v in probe.items()}
     m64 = accumulate(as_torch, task="classes", sizes=[128, 128])
@@ -435,7 +436,7 @@ def test_float32_products_on_torch() -> None:
 
 
 def test_low_precision_torch_is_upcast_exactly() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     probe = make_probe(9)
     half = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in probe.items() if k != "targets"}
     half["targets"] = torch.from_numpy(probe["targets"])

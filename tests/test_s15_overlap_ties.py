@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("sklearn")
-pytest.importorskip("torch")
+import sklearn  # noqa: F401 - a dev dependency: missing, the test fails
+import torch  # noqa: F401 - a hard dependency: missing, the test fails
 
 REPO = Path(__file__).resolve().parents[1]
 

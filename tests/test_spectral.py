@@ -495,7 +495,7 @@ def test_single_sample(center: bool) -> None:
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_torch_inputs(dtype: str) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     case = make_case("random", seed=18, n=24, p=6)
     f16 = torch.tensor(case["features"]).to(getattr(torch, dtype))
     o16 = torch.tensor(case["outputs"]).to(getattr(torch, dtype))
@@ -551,7 +551,7 @@ def test_last_layer_gradient_descent_decays_each_eigenfunction(n: int, p: int) -
 @pytest.mark.parametrize("size", [TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE + 72])
 def test_descending_eigh_through_either_lapack_is_the_same_decomposition(size: int) -> None:
     """With torch loaded, large matrices go through torch's LAPACK: the same eigenpairs as numpy's."""
-    pytest.importorskip("torch")
+    import torch  # noqa: F401 - a hard dependency: missing, the test fails
     rng = np.random.default_rng(size)
     features = np.maximum(rng.normal(size=(3 * size, size)), 0.0) * np.linspace(3.0, 0.1, size)
     matrix = features.T @ features / features.shape[0]
@@ -568,7 +568,7 @@ def test_descending_eigh_through_either_lapack_is_the_same_decomposition(size: i
 @pytest.mark.parametrize("size", [TORCH_EIGH_MIN_SIZE - 1, TORCH_EIGH_MIN_SIZE])
 def test_an_eigen_decomposition_that_fails_is_a_numerical_error(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """LAPACK's rare non-convergence (numpy's or torch's) becomes a clear NumericalError, not a traceback."""
-    torch = pytest.importorskip("torch")
+    import torch
 
     def fail(*_args: object, **_kwargs: object) -> None:
         raise (torch.linalg.LinAlgError if size >= TORCH_EIGH_MIN_SIZE else np.linalg.LinAlgError)("no convergence")
@@ -585,7 +585,8 @@ def test_large_products_through_torch_equal_numpy_products(monkeypatch: pytest.M
     BLAS, strided column slices included: the same numbers as numpy's to rounding. Read-only arrays,
     reversed views, strides torch cannot take and small products stay with numpy (no warning), and
     nothing is modified."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from fdl_cli.spectral import _product
 
     calls: list[tuple[int, ...]] = []
@@ -629,7 +630,8 @@ def test_symmetrized_through_torch_is_numpys_to_the_bit(monkeypatch: pytest.Monk
     matrix whose mirrored entries differ in their last bits as summed products' do; small, read-only
     and float32 matrices go through numpy (a spy on torch.from_numpy tells the routes apart). The
     input is left alone."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from fdl_cli.spectral import TORCH_EIGH_MIN_SIZE, _symmetrized
 
     calls: list[tuple[int, ...]] = []
@@ -662,7 +664,8 @@ def test_eigenvectors_are_the_same_in_either_memory_order() -> None:
     """The torch route hands the eigenvectors out column-major (one contiguous column each); the
     measures read them as numbers, so a row-major copy gives the same alignments (to BLAS's rounding,
     which differs between the layouts)."""
-    pytest.importorskip("torch")
+    import torch  # noqa: F401 - a hard dependency: missing, the test fails
+
     from fdl_cli.spectral import alignment, feature_spectrum
 
     rng = np.random.default_rng(19)
