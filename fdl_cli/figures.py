@@ -131,6 +131,63 @@ def _step_colours(steps: Sequence[int]) -> list[Any]:
     return [cmap(i / (len(steps) - 1)) for i in range(len(steps))]
 
 
+#: The step axes (trajectories, spectrum, a compare's figures) are logarithmic when the checkpoints' positive steps
+#: span more than this ratio (two decades: steps 5 … 1000, or log-spaced checkpoints 1 … 100 000), where a linear
+#: axis crowds the early checkpoints, those of the fastest change, into its first few pixels. Step 0 is drawn on a
+#: symmetric log axis, linear from 0 to the first step after it.
+LOG_STEPS_SPAN = 100.0
+
+
+def log_step_threshold(steps: Iterable[int]) -> float | None:
+    """The first positive step, where the step axis of `steps` is logarithmic (`LOG_STEPS_SPAN`), else None."""
+    at = [float(step) for step in steps]
+    positive = [step for step in at if step > 0]
+    if not positive or min(at) < 0 or max(positive) <= LOG_STEPS_SPAN * min(positive):
+        return None
+    return min(positive)
+
+
+def _step_label(value: float) -> str:
+    """A step axis' tick label: the step as a whole number below 10 000, a power of ten from there (10⁴, not 1e+04)."""
+    if value != 0 and abs(value) >= 1e4:
+        exponent = np.log10(abs(value))
+        if np.isclose(exponent, round(exponent)):
+            return rf"$10^{{{round(exponent)}}}$"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+def _step_axis(ax: Any, steps: Sequence[int]) -> bool:
+    """Make `ax`'s x axis logarithmic where `steps` span decades (`log_step_threshold`; symlog when step 0 is
+    among them), its ticks labelled as steps (0, 10, 100, 1000); returns whether it did."""
+    threshold = log_step_threshold(steps)
+    if threshold is None:
+        return False
+    if min(steps) <= 0:
+        ax.set_xscale("symlog", linthresh=threshold, linscale=0.5)
+    else:
+        ax.set_xscale("log")
+    # ticks between 0 and the first checkpoint after it (symlog's 1 where that is 5) unlabelled: no step is there
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, pos: "" if 0 < value < threshold else _step_label(value)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    return True
+
+
+def _x_cover(ax: Any, steps: Sequence[int]) -> None:
+    """Set `ax`'s x limits to every step of the run, a little margin either side (in the axis' own scale), so that
+    checkpoints whose values are null are inside the drawn range rather than cut off it."""
+    if not steps:
+        return
+    if len(set(steps)) == 1:  # one checkpoint: centred, its step alone labelled, not 499.6, 499.8, ... around it
+        half = max(1.0, 0.05 * abs(steps[0]))
+        ax.set_xlim(steps[0] - half, steps[0] + half)
+        ax.set_xticks([steps[0]])
+        return
+    forward = ax.xaxis.get_transform()
+    low, high = forward.transform([float(min(steps)), float(max(steps))])
+    margin = 0.02 * (high - low) if high > low else 0.5
+    ax.set_xlim(*forward.inverted().transform([low - margin, high + margin]))
+
+
 def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figure:
     """The paper's triptych: Π*(k), Π̂(k) and ρ_k/ρ_1 against k (log x; log y for ρ), coloured by step."""
     figure = _new_figure(13.0, 4.0)
@@ -164,9 +221,13 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(0, 1.02)
     axes[2].set_yscale("log")
+    axes[0].set_ylabel(r"cumulative $\Pi^*(k)$ (fraction, no unit)")
+    axes[1].set_ylabel(r"cumulative $\hat{\Pi}(k)$ (fraction, no unit)")
+    axes[2].set_ylabel(r"$\rho_k / \rho_1$ (log scale)")
     if not any(c.quality is not None for c in curves):
         axes[0].text(0.5, 0.5, "no targets in the probe", transform=axes[0].transAxes, ha="center")
-    _legend(axes[1])
+    # beside the panels (inside the middle one, `loc="best"` found no free corner where Π̂ rises through it)
+    _outside_legend(figure, axes[1])
     return figure
 
 
@@ -201,15 +262,21 @@ def _layered(ax: Any, curves: Sequence[tuple[Sequence[float], Sequence[float], d
     markers larger than those of every later one that shares a point; a curve of many points marks other points
     than the others. The values are drawn as they are, never shifted apart."""
     points = [list(zip(map(float, x), map(float, y), strict=True)) for x, y, _ in curves]
-    shared_points = [set(each) for each in points]
-    segments = [set(zip(each, each[1:], strict=False)) for each in points]
+    # a null value (NaN: the line breaks there) is no point nor segment one curve shares with another
+    shared_points = [{point for point in each if np.isfinite(point).all()} for each in points]
+    segments = [{pair for pair in zip(each, each[1:], strict=False) if np.isfinite(pair).all()} for each in points]
     lines = _depths(lambda i, j: bool(segments[i] & segments[j]), len(curves))
     markers = _depths(lambda i, j: bool(shared_points[i] & shared_points[j]), len(curves))
     stride = max(1, -(-max((len(each) for each in points), default=1) // MARKERS_PER_CURVE))
     for index, (x, y, keywords) in enumerate(curves):
+        every: Any = None
+        if stride > 1:  # every few points, and every value between two nulls (no line shows it: its marker must)
+            finite = [bool(np.isfinite(point).all()) for point in points[index]]
+            alone = {i for i, here in enumerate(finite)
+                     if here and not (i > 0 and finite[i - 1]) and not (i + 1 < len(finite) and finite[i + 1])}
+            every = sorted(set(range(index % stride, len(finite), stride)) | alone)
         ax.plot(x, y, linewidth=TOP_LINE_WIDTH + LINE_WIDTH_STEP * lines[index],
-                markersize=TOP_MARKER_SIZE + MARKER_SIZE_STEP * markers[index],
-                markevery=(index % stride, stride) if stride > 1 else None, **keywords)
+                markersize=TOP_MARKER_SIZE + MARKER_SIZE_STEP * markers[index], markevery=every, **keywords)
 
 
 def _outside_legend(figure: Figure, ax: Any) -> None:
@@ -239,38 +306,51 @@ def trajectory_figure(
     curves: list[tuple[Sequence[float], Sequence[float], dict[str, Any]]] = []
     for name, (shades, marker) in QUANTITY_LOOKS.items():
         for run, ((label, records), style) in enumerate(zip(runs, RUN_STYLES, strict=False)):
-            points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
-            if not points:
+            if all(r.get(name) is None for r in records):
                 continue
-            steps, values = zip(*points, strict=True)
+            # a null value (a checkpoint where the field does not apply) breaks the line there: drawn as a gap,
+            # never bridged from its neighbours as if measured
+            steps = [r["step"] for r in records]
+            values = [np.nan if r.get(name) is None else r[name] for r in records]
             prefix = f"{label}: " if len(runs) > 1 else ""
             curves.append((steps, values, {"linestyle": style, "color": shades[min(run, len(shades) - 1)],
                                            "marker": marker, "label": prefix + names[name]}))
-    if cross_overlap:
-        points = [(step, value) for step, value in cross_overlap if value is not None]
-        if points:
-            steps, values = zip(*points, strict=True)
-            colour, marker = CROSS_LOOK
-            curves.append((steps, values, {"linestyle": "-", "color": colour, "marker": marker,
-                                           "label": "overlap A·B"}))
+    if cross_overlap and any(value is not None for _, value in cross_overlap):
+        steps = [step for step, _ in cross_overlap]
+        values = [np.nan if value is None else value for _, value in cross_overlap]
+        colour, marker = CROSS_LOOK
+        curves.append((steps, values, {"linestyle": "-", "color": colour, "marker": marker, "label": "overlap A·B"}))
+    every_step = sorted({r["step"] for _, records in runs for r in records})
+    _step_axis(ax, every_step)
     _layered(ax, curves)
+    _x_cover(ax, every_step)
     ax.set_xlabel("step")
     ax.set_ylabel("value (each in [0, 1], no unit)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("feature change over training")
     ax.grid(True, alpha=0.3)
+    if not curves:  # every value null (a run of one checkpoint without a reference): said, not an empty frame
+        ax.text(0.5, 0.5, "no D_LR, CKA or overlap to the reference at any checkpoint (null in every record)",
+                transform=ax.transAxes, ha="center", va="center", color="0.35")
     _outside_legend(figure, ax)
     return figure
 
 
-def step_edges(steps: Sequence[int]) -> np.ndarray:
+def step_edges(steps: Sequence[int], scale: Any = None) -> np.ndarray:
     """The x edges (len(steps) + 1,) of the heat map's columns on a step axis: each checkpoint's column
-    reaches halfway to its neighbours, the first starts at the first step and the last ends at the last
-    (one checkpoint: a column one step wide)."""
+    reaches halfway to its neighbours (halfway as drawn: on a log axis, `scale` its transform, the geometric
+    middle), the first starts at the first step and the last ends at the last (one checkpoint: a column one step
+    wide)."""
     at = np.asarray(steps, dtype=np.float64)
     if at.size == 1:
         return np.array([at[0] - 0.5, at[0] + 0.5])
-    return np.concatenate([at[:1], (at[:-1] + at[1:]) / 2, at[-1:]])
+    drawn = at if scale is None else scale.transform(at)
+    edges = np.concatenate([drawn[:1], (drawn[:-1] + drawn[1:]) / 2, drawn[-1:]])
+    if scale is None:
+        return edges
+    edges = scale.inverted().transform(edges)
+    edges[0], edges[-1] = at[0], at[-1]  # exactly the first and last steps, not their round trip
+    return edges
 
 
 #: Checkpoints up to this many are marked by small ticks on the heat map's step axis (more make a solid bar).
@@ -281,8 +361,9 @@ BEYOND_RANK = "0.75"
 
 
 def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, top: int = HEATMAP_TOP) -> Figure:
-    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over training: x is the step, on a linear axis as in
-    the trajectories figure, so that uneven steps (0, 10, 100, 1000) are not drawn as evenly spaced columns.
+    """log10(ρ_k / ρ_1) of the top eigenvalues (rows k) over training: x is the step, on the axis of the trajectories
+    figure (linear; logarithmic where the steps span decades, `_step_axis`), so that uneven steps (0, 10, 100,
+    1000) are not drawn as evenly spaced columns.
     Each checkpoint's column spans halfway to its neighbours (`step_edges`); up to MARKED_CHECKPOINTS
     checkpoints are marked by small ticks; k above a checkpoint's rank is grey (BEYOND_RANK) and said so
     in a legend. The cells are rasterized: a thousand checkpoints make 64 000 of them, an SVG of
@@ -298,9 +379,12 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
     ax = figure.subplots()
     colours = matplotlib.colormaps["magma"].with_extremes(bad=BEYOND_RANK)
     ax.set_facecolor(BEYOND_RANK)  # behind the mesh too: matplotlib versions that leave masked cells undrawn
-    mesh = ax.pcolormesh(step_edges(steps), np.arange(width + 1) + 0.5, np.ma.masked_invalid(grid), cmap=colours,
+    logarithmic = _step_axis(ax, steps)  # as in the trajectories figure
+    mesh = ax.pcolormesh(step_edges(steps, ax.xaxis.get_transform() if logarithmic else None),
+                         np.arange(width + 1) + 0.5, np.ma.masked_invalid(grid), cmap=colours,
                          shading="flat", rasterized=True)
-    for axis in (ax.xaxis, ax.yaxis):  # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only
+    # matplotlib's usual ticks (0, 200, 400, ...), whole numbers only; a log step axis keeps its decades
+    for axis in (ax.yaxis,) if logarithmic else (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     if len(steps) == 1:  # a column one step wide holds one whole number: MaxNLocator then labels 499.8, 500.0, ...
         ax.set_xticks(list(steps))
@@ -326,7 +410,8 @@ def eigenfunction_figure(
     `x` (m,) anchor inputs; `entries` (step, values (m, K)); `y` (m,) targets, drawn scaled to unit RMS.
     """
     order = np.argsort(x)
-    figure = _new_figure(4.2 * len(entries), 3.6)
+    # one panel (a run of one checkpoint) is widened for the legend beside it, which left it 2 inches wide
+    figure = _new_figure(max(4.2 * len(entries), 5.6), 3.6)
     axes = np.atleast_1d(figure.subplots(1, len(entries), sharey=True))
     for ax, (step, values) in zip(axes, entries, strict=True):
         values = np.asarray(values, dtype=np.float64)
@@ -334,19 +419,13 @@ def eigenfunction_figure(
             scale = float(np.sqrt(np.mean(y**2))) or 1.0
             ax.plot(x[order], y[order] / scale, color="0.7", linestyle="--", label="target (unit RMS)")
         for k in range(min(count, values.shape[1])):
-            ax.plot(x[order], values[order, k], label=f"e_{k + 1}")
+            ax.plot(x[order], values[order, k], label=f"$e_{{{k + 1}}}$")
         ax.set_title(f"step {step}")
         ax.set_xlabel("x")
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("e_k(x)")
-    _legend(axes[-1])
+    axes[0].set_ylabel(r"$e_k(x)$ (RMS 1 over the probe)")
+    _outside_legend(figure, axes[-1])  # beside the panels: inside the last one it lay over its curves
     return figure
-
-
-def _legend(ax: Any) -> None:
-    """A legend only when something is labelled (an empty one warns)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
 
 
 def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
@@ -715,14 +794,22 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
     curves = []
     for (label, records), style, colour, marker in zip(points.items(), RUN_STYLES, ("tab:blue", "tab:orange"),
                                                        ("o", "s"), strict=False):
-        pts = [(r["step"], r["k95_utility"]) for r in records if r.get("k95_utility") is not None]
-        if pts:
-            steps, values = zip(*pts, strict=True)
+        if any(r.get("k95_utility") is not None for r in records):  # a null: a gap, as in the trajectories
+            steps = [r["step"] for r in records]
+            values = [np.nan if r.get("k95_utility") is None else r["k95_utility"] for r in records]
             curves.append((steps, values, {"linestyle": style, "color": colour, "marker": marker,
                                            "label": f"{label}: k95 of " + r"$\hat{\Pi}$"}))
+    every_step = sorted({r["step"] for r in [*records_a, *records_b]})
+    _step_axis(ax, every_step)  # the step axis of the trajectories figure
     _layered(ax, curves)  # two runs of the same k95 (two frozen runs: k95 = C throughout) drew B over A
+    _x_cover(ax, every_step)
+    # k95 counts eigenfunctions: whole-number ticks (2, 3, 4, not 2.5 nor 1.975), from 0 up
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    highest = max([v for _, values, _ in curves for v in values if np.isfinite(v)]
+                  + [records_a[-1].get("n_outputs") or 0 if records_a else 0], default=0)
+    ax.set_ylim(0, highest + max(1.0, 0.08 * highest))
     ax.set_xlabel("step")
-    ax.set_ylabel("eigenfunctions")
+    ax.set_ylabel("k95 of " + r"$\hat{\Pi}$" + " (eigenfunctions)")
     ax.set_title(r"eigenfunctions used by the learned function (k95 of $\hat{\Pi}$)")
     ax.grid(True, alpha=0.3)
     _outside_legend(figure, ax)
