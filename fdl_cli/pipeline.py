@@ -13,12 +13,14 @@ Beside it: the options (options.py), fdl.toml (manifests.py), torchrun's ranks a
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import platform
 import re
 import shlex
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -713,8 +715,10 @@ def _run_analyze(
     reporter = reporter or NullReporter()
     if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
+    # `-`'s paths, read once: --watch scans those paths again at each poll (`_rediscover`), stdin being consumed
+    stdin_text = (stdin if stdin is not None else sys.stdin).read() if "-" in options.sources else None
     try:
-        prepared = _prepare_run(options, world, device, reporter, stdin, started)
+        prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
         error = None
     except FdlError as exc:
         prepared, error = None, exc
@@ -733,12 +737,17 @@ def _run_analyze(
         # still running, a rank that started late) would give the ranks different lists, and a rank
         # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
         refs = distributed.broadcast_from_writer(refs, world)
-        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin=stdin)
+        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin_text=stdin_text)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _replayed(stdin_text: str | None) -> TextIO | None:
+    """stdin as the run read it at the start (`_run_analyze`), to read once more; None without `-`."""
+    return io.StringIO(stdin_text) if stdin_text is not None else None
 
 
 def _prepare_run(
@@ -1756,7 +1765,7 @@ def _analyze_refs(
     model_spec: str | None,
     *,
     manifest_dir: Path | None,
-    stdin: TextIO | None,
+    stdin_text: str | None,
 ) -> None:
     from fdl_cli.distributed import agree_on_refusal
     from fdl_cli.sharding import _analyze_distributed, _print_taken_in, _take_in_rank_parts  # sharding imports this module
@@ -1884,7 +1893,7 @@ def _analyze_refs(
                 # durable) until a new checkpoint appears.
                 announce(writer.flush())
                 signals.sleep(options.poll_seconds)
-                refs = _rediscover(ctx, refs, stdin, writer.completed(), summary)
+                refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
                 _check_manifest_changes(ctx, manifest_dir)
                 _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
@@ -2724,19 +2733,20 @@ def _reference_not_found(out: Path, stored: int, refs: Sequence[CheckpointRef]) 
 def _rediscover(
     ctx: _Context,
     known: list[CheckpointRef],
-    stdin: TextIO | None,
+    stdin_text: str | None,
     stored: Mapping[int, str] | None = None,
     summary: AnalyzeSummary | None = None,
 ) -> list[CheckpointRef]:
     """For --watch: the checkpoints now present, ignoring files still being written, and those of
-    `stored` (step -> sha256) among `known` whose file is gone."""
+    `stored` (step -> sha256) among `known` whose file is gone. `stdin_text`: what `-` read at the start,
+    whose paths are scanned again (a rolling last.pt given on stdin was never seen again)."""
     from fdl_cli.checkpoints import discover_checkpoints
 
     options = ctx.options
     try:
         discovery = discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
-            step_offsets=options.step_offsets, stdin=None,
+            step_offsets=options.step_offsets, stdin=_replayed(stdin_text),
             weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
         )
     except SameStepError as exc:
