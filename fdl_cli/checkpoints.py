@@ -1253,13 +1253,13 @@ def _candidates(
     """(path, found_by_folder_scan): explicit paths (arguments, stdin) are (path, False). With
     `missing_ok` a source that does not exist is a note (--watch started before the trainer made it).
     `quiet`: the probe files, whose skip notes are kept out of `notes` (`discover_checkpoints`' ``probes``)."""
-    expanded: list[Path] = []
+    expanded: list[tuple[Path, bool]] = []  # (path, read from stdin)
     for source in sources:
         if str(source) == "-":
-            expanded.extend(Path(name) for name in stdin_paths(stdin if stdin is not None else sys.stdin))
+            expanded.extend((Path(name), True) for name in stdin_paths(stdin if stdin is not None else sys.stdin))
         else:
-            expanded.append(Path(source))
-    for source in expanded:
+            expanded.append((Path(source), False))
+    for source, from_stdin in expanded:
         try:
             os.stat(source)
         except OSError as exc:
@@ -1267,7 +1267,7 @@ def _candidates(
                 if missing_ok:
                     notes.append(f"{source} does not exist yet")
                     continue
-                raise _no_such_source(source) from None
+                raise _no_such_source(source, from_stdin=from_stdin) from None
             got, fix = _os_reason(source, exc)
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file():
@@ -1290,9 +1290,18 @@ def stdin_paths(stream: TextIO) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
 
 
-def _no_such_source(source: Path) -> CheckpointError:
+def _no_such_source(source: Path, *, from_stdin: bool = False) -> CheckpointError:
     """A checkpoint source that does not exist; one with spaces at its ends (a path read from stdin is taken whole)
-    said so, quoted, when the path without them exists."""
+    said so, quoted, when the path without them exists; one holding a newline said as the paths it likely is."""
+    if "\n" in str(source) and not from_stdin:
+        # several paths in one argument: `fdl analyze "$(find runs -name '*.pt')"`, whose quotes keep find's lines
+        # together (told before as NUL-separated stdin, which the command did not read)
+        return CheckpointError(
+            f"no such checkpoint file or folder: {str(source)!r}",
+            got="the argument holds a newline: several paths given as one (a quoted `\"$(find ...)\"`?)",
+            fix="give each path as an argument of its own, or pipe them in: `find runs -name '*.pt' | fdl analyze - "
+            "...` (`-print0` for names with newlines)",
+        )
     if "\n" in str(source):  # only NUL-separated paths on stdin hold one: a line of them had a NUL byte
         return CheckpointError(
             f"no such checkpoint file or folder: {str(source)!r}",

@@ -42,3 +42,21 @@ def test_watch_of_paths_read_from_stdin_scans_them_again(tmp_path: Path, monkeyp
         )
     assert [r["step"] for r in records] == [0, 10, 20] and not summary.failed
     assert [_stored(out)[step]["prev_step"] for step in (0, 10, 20)] == [None, 0, 10]
+
+
+def test_an_argument_holding_a_newline_is_not_said_as_nul_separated_stdin(tmp_path: Path) -> None:
+    """`fdl analyze "$(find run -name '*.pt')"`: find's lines kept in one argument by the quotes were said as paths
+    read NUL-separated from stdin, which the command did not read."""
+    from fdl_cli.checkpoints import discover_checkpoints
+    from fdl_cli.errors import CheckpointError
+
+    (tmp_path / "a.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as caught:
+        discover_checkpoints([f"{tmp_path / 'a.pt'}\n{tmp_path / 'b.pt'}"])
+    assert "stdin" not in (caught.value.got or "")
+    assert caught.value.got == "the argument holds a newline: several paths given as one (a quoted `\"$(find ...)\"`?)"
+    assert caught.value.fix.startswith("give each path as an argument of its own, or pipe them in")
+    # read NUL-separated from stdin, a path holding a newline keeps its own words
+    with pytest.raises(CheckpointError) as caught:
+        discover_checkpoints(["-"], stdin=io.StringIO(f"{tmp_path / 'a.pt'}\n{tmp_path / 'b.pt'}\0"))
+    assert (caught.value.got or "").startswith("the paths on stdin hold a NUL byte")
