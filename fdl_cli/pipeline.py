@@ -715,9 +715,9 @@ def _run_analyze(
     reporter = reporter or NullReporter()
     if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
-    # `-`'s paths, read once: --watch scans those paths again at each poll (`_rediscover`), stdin being consumed
-    stdin_text = (stdin if stdin is not None else sys.stdin).read() if "-" in options.sources else None
+    stdin_text = None
     try:
+        stdin_text = _stdin_text(options, stdin)
         prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
         error = None
     except FdlError as exc:
@@ -743,6 +743,24 @@ def _run_analyze(
     finally:
         distributed.shutdown(world)
     return summary
+
+
+def _stdin_text(options: AnalyzeOptions, stdin: TextIO | None) -> str | None:
+    """What `-` reads from stdin (`stdin`, else sys.stdin), read once: --watch scans the paths it holds again at
+    each poll (`_rediscover`), stdin being consumed. None without `-`."""
+    if "-" not in options.sources:
+        return None
+    stream = stdin if stdin is not None else sys.stdin
+    try:
+        if stream is None:  # Python's sys.stdin where the shell closed it (`<&-`): an AttributeError's traceback
+            raise OSError("it is closed")
+        return stream.read()
+    except OSError as exc:
+        raise CheckpointError(
+            "`-` reads the checkpoints' paths from stdin, which cannot be read", got=exc.strerror or str(exc),
+            fix="pipe the paths in (`find runs/a -name '*.pt' | fdl analyze - ...`), or give the folder or files as "
+            "arguments",
+        ) from None
 
 
 def _replayed(stdin_text: str | None) -> TextIO | None:

@@ -60,3 +60,19 @@ def test_an_argument_holding_a_newline_is_not_said_as_nul_separated_stdin(tmp_pa
     with pytest.raises(CheckpointError) as caught:
         discover_checkpoints(["-"], stdin=io.StringIO(f"{tmp_path / 'a.pt'}\n{tmp_path / 'b.pt'}\0"))
     assert (caught.value.got or "").startswith("the paths on stdin hold a NUL byte")
+
+
+def test_analyze_dash_with_stdin_closed_says_so(tmp_path: Path) -> None:
+    """`fdl analyze - <&-` (Python's sys.stdin None) was an AttributeError's traceback."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.npz"
+    done = subprocess.run([sys.executable, "-c", "import os, sys; os.close(0); sys.stdin = None; from fdl_cli.cli import "
+                           "main; main(['analyze', '-', '--probe', sys.argv[1], '--out', sys.argv[2]])",
+                           str(probe), str(tmp_path / "s.h5")],
+                          capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error: `-` reads the checkpoints' paths from stdin, which cannot be read" in done.stderr
+    assert "got: it is closed" in done.stderr
