@@ -1283,10 +1283,13 @@ def _candidates(
 def stdin_paths(stream: TextIO) -> list[str]:
     """The paths `-` reads: NUL-separated when stdin holds a NUL byte (`find -print0`), else one a line. Each is
     taken whole but for its line ending (\\n, \\r\\n): a name may begin or end with a space. Blank lines (spaces
-    alone too) are skipped."""
+    alone too) are skipped; so is a line ending after the last NUL (`printf '%s\\0' *.pt; echo`)."""
     text = stream.read()
     if "\0" in text:
-        return [name for name in text.split("\0") if name]
+        names = text.split("\0")
+        if names[-1] in ("\n", "\r\n"):
+            names.pop()
+        return [name for name in names if name]
     return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
 
 

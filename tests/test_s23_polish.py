@@ -137,6 +137,13 @@ def test_nul_separated_paths_on_stdin_as_find_print0_writes_them(tmp_path: Path)
     assert _read(f"{spaced}\0{first}\0{odd}\0") == [(0, "s_0.pt"), (100, "s\n_100.pt"), (200, " s_200.pt")]
 
 
+@pytest.mark.parametrize("after", ["\n", "\r\n"])
+def test_a_line_ending_after_the_last_nul_is_no_path(tmp_path: Path, after: str) -> None:
+    """`printf '%s\\0' *.pt; echo`: the echo's line ending was read as a path named "\n", said missing."""
+    first, second = _checkpoints(tmp_path, "s_0.pt", "s_100.pt")
+    assert _read(f"{second}\0{first}\0{after}") == [(0, "s_0.pt"), (100, "s_100.pt")]
+
+
 def test_a_path_on_stdin_with_spaces_around_it_says_so(tmp_path: Path) -> None:
     (path,) = _checkpoints(tmp_path, "s_0.pt")
     with pytest.raises(CheckpointError) as raised:
