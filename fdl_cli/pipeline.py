@@ -868,6 +868,8 @@ def _prepare_run(
         )
     # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
     module_dir = manifest.path.parent if manifest is not None and not options.model_spec else None
+    if model_spec and manifest is not None and not options.model_spec:  # code the folder brought: said before it runs
+        reporter.note(ckpts.manifest_model_note(model_spec, manifest.path, base_dir=base_dir, module_dir=module_dir))
     factory = ckpts.resolve_model_factory(
         model_spec, base_dir=base_dir, module_dir=module_dir,
         named_by=manifest.path if manifest is not None and not options.model_spec else None,
