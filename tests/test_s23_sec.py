@@ -103,3 +103,15 @@ def test_the_manifest_model_that_runs_is_said_once(tmp_path: Path) -> None:
     own = fdl("analyze", run, "--out", tmp_path / "b.h5", "--model", f"{SAMPLE / 'model.py'}:build")
     assert own.returncode == 0, own.stderr
     assert "running the model code" not in own.stderr
+
+
+def test_a_model_path_found_only_in_the_checkpoint_folder_is_said(tmp_path: Path) -> None:
+    """`--model model.py:build` typed where the current folder holds no model.py ran the checkpoint folder's
+    model.py (as documented) and said nothing: that is code which came with the checkpoints."""
+    run = _sample_copy(tmp_path / "run")
+    (run / "fdl.toml").unlink()
+    done = fdl("analyze", run, "--out", tmp_path / "a.h5", "--model", "model.py:build", "--probe", run / "probe.npz")
+    assert done.returncode == 0, done.stderr
+    said = (f"--model model.py:build: the current folder holds no model.py, so the checkpoint folder's "
+            f"{run / 'model.py'} runs")
+    assert said in " ".join(done.stderr.split()), done.stderr
