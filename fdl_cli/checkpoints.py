@@ -11,8 +11,10 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import io
@@ -26,6 +28,7 @@ import re
 import struct
 import sys
 import threading
+import types
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -2653,23 +2656,16 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
-@contextlib.contextmanager
-def _first_on_path(folder: Path | None) -> Iterator[None]:
-    """`folder` first on sys.path while a module of it is imported (its neighbours imported at its top
-    come from there too, ahead of an installed module of the same name), then last: the factory and the
-    forward pass may import them lazily, and nothing else of the run is looked for there first."""
-    if folder is None:
-        yield
-        return
-    entry = str(folder)
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(entry)
-        if entry not in sys.path:
-            sys.path.append(entry)
+def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, module_dir: Path | None) -> str:
+    """What a run says before it imports the model code an fdl.toml names (Python code the folder brought, run
+    with no flag): the file, or the module and the file beside the fdl.toml that holds it, and the fdl.toml."""
+    target, _, attr = spec.rpartition(":")
+    if _is_path_spec(target):
+        code = f"{model_spec_file(spec, base_dir=base_dir) or target}:{attr}"
+    else:
+        beside = module_beside(target, module_dir)
+        code = spec + (f" ({beside})" if beside is not None else "")
+    return f"running the model code {code}, named by {named_by}"
 
 
 def resolve_model_factory(
@@ -2715,7 +2711,7 @@ def resolve_model_factory(
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
-        _importable_from(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
+        _serve_folder(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is None or spec_obj.loader is None:
@@ -2744,11 +2740,16 @@ def resolve_model_factory(
         beside = module_dir if found is not None else None
         # Nothing beside, or only a folder of no package there (a namespace portion, as a run's sub-folder of that
         # name is): a module of the current folder wins over it, as an installed one does
+        named = target.partition(".")[0]
         if found is None or found.is_dir():
             with contextlib.suppress(OSError):  # the current folder may have been removed
-                _importable_from(Path.cwd(), first=False)  # a package in the current folder, as `python -c` finds it
+                if "" not in sys.path and "." not in sys.path:  # `python -m` has it first already
+                    # a package in the current folder, as `python -c` finds it, after an installed one
+                    _serve_folder(Path.cwd(), first=False, named=named)
+        if beside is not None:  # ahead of an installed module of that name
+            _serve_folder(beside, first=True, named=named)
         try:
-            with _user_code_stderr() as said, _first_on_path(beside):
+            with _user_code_stderr() as said:
                 module = importlib.import_module(target)
         except SystemExit as exc:
             raise _exited(f"{label}: importing {target}", exc, said.getvalue()) from None
@@ -2782,19 +2783,100 @@ def resolve_model_factory(
     return factory  # type: ignore[no-any-return]
 
 
-def _importable_from(folder: Path, *, first: bool) -> None:
-    """Put `folder` on sys.path for the rest of the run (the factory and forward may import lazily).
+#: the libraries fdl runs on: no module of theirs (nor of what they require, nor of the standard library) is ever
+#: taken from a model's folder, whoever imports it (`_FolderModules`)
+_FDL_LIBRARIES = ("fdl-cli", "torch", "numpy", "scipy", "h5py", "safetensors", "matplotlib", "rich", "click", "tomli")
 
-    first: before everything, as Python puts a script's own folder (a model file's siblings win, as
-    in `python model.py`); else after everything (the current folder for `pkg.module:factory`, which
-    the `fdl` console script lacks while `python -m` has it: an installed package still wins)."""
-    entry = str(folder)
-    if entry in sys.path or (not first and ("" in sys.path or "." in sys.path)):
-        return
-    if first:
-        sys.path.insert(0, entry)
-    else:
-        sys.path.append(entry)
+
+@functools.lru_cache(maxsize=1)
+def _protected_modules() -> frozenset[str]:
+    """Top-level module names a model's folder never provides: the standard library's, and those of `_FDL_LIBRARIES`
+    and of every installed distribution they require (extras included), read from the installed metadata."""
+    import importlib.metadata as metadata
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    names = set(sys.stdlib_module_names) | {"fdl_cli", *(name.replace("-", "_") for name in _FDL_LIBRARIES)}
+    seen: set[str] = set()
+    todo = list(_FDL_LIBRARIES)
+    while todo:
+        dist = canonical(todo.pop())
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            requires = metadata.requires(dist) or []
+        except (metadata.PackageNotFoundError, ValueError, OSError):
+            continue
+        todo.extend(match.group(0) for req in requires if (match := re.match(r"[A-Za-z0-9._-]+", req)))
+    with contextlib.suppress(Exception):  # a damaged distribution's metadata: the names above still hold
+        for top, dists in metadata.packages_distributions().items():
+            if any(canonical(dist) in seen for dist in dists):
+                names.add(top)
+    return frozenset(names)
+
+
+def _importer_file() -> str:
+    """The file of the code whose import is being looked for (importlib's own frames passed over)."""
+    frame: types.FrameType | None = sys._getframe(2)  # noqa: SLF001 - the caller of the finder's find_spec, and on
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
+            return name
+        frame = frame.f_back
+    return ""
+
+
+class _FolderModules(importlib.abc.MetaPathFinder):
+    """The top-level modules of a model's folder, for the code of that folder only (the model file, its neighbours,
+    and what they import lazily in the factory or the forward pass), as `python model.py` finds them; and `named`,
+    the module an fdl.toml or --model names, for fdl's import of it. A module of the standard library or of the
+    libraries fdl runs on (`_protected_modules`) is never taken from there, and no other importer (fdl's own
+    lazy imports, torch's optional ones) gets one: the folder itself is not put on sys.path, where a
+    `safetensors.py` beside a model file stood in for the library. `namespaces`: serve only folders of no
+    package (after everything, as Python ranks a namespace portion), else only modules and packages."""
+
+    def __init__(self, folder: Path, *, named: str | None, namespaces: bool) -> None:
+        self.folder = os.path.realpath(folder)
+        self.named = named
+        self.namespaces = namespaces
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FolderModules) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((self.folder, self.named, self.namespaces))
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname in _protected_modules():
+            return None
+        if fullname != self.named:
+            importer = _importer_file()
+            if not importer or not os.path.realpath(importer).startswith(self.folder + os.sep):
+                return None
+        try:
+            found = importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
+        except (ImportError, OSError, ValueError):
+            return None
+        if found is None or (found.origin in (None, "namespace")) != self.namespaces:
+            return None
+        return found
+
+
+def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
+    """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
+    run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
+
+    first: ahead of installed modules, as Python puts a script's own folder (a model file's neighbours win, as
+    in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
+    console script lacks while `python -m` has it: an installed package still wins)."""
+    regular = _FolderModules(folder, named=named, namespaces=False)
+    if regular not in sys.meta_path:
+        sys.meta_path.insert(0 if first else len(sys.meta_path), regular)
+    namespaces = _FolderModules(folder, named=named, namespaces=True)
+    if namespaces not in sys.meta_path:
+        sys.meta_path.append(namespaces)
 
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:

@@ -895,6 +895,8 @@ def _prepare_run(
         )
     # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
     module_dir = manifest.path.parent if manifest is not None and not options.model_spec else None
+    if model_spec and manifest is not None and not options.model_spec:  # code the folder brought: said before it runs
+        reporter.note(ckpts.manifest_model_note(model_spec, manifest.path, base_dir=base_dir, module_dir=module_dir))
     factory = ckpts.resolve_model_factory(
         model_spec, base_dir=base_dir, module_dir=module_dir,
         named_by=manifest.path if manifest is not None and not options.model_spec else None,
@@ -1005,13 +1007,16 @@ def _check_manifest_probes(manifest: Any, specs: Sequence[str]) -> None:
 def _other_model_file(spec: str, base_dir: Path | None) -> str | None:
     """A note when a relative --model path names a file here and another one of other bytes in the
     checkpoint folder given (a copy of the code the run was trained with, say): the current folder's is
-    taken, as the shell user means it, and the other is named."""
+    taken, as the shell user means it, and the other is named; and when it names only the checkpoint
+    folder's, which then runs: code that came with the checkpoints, not the current folder's."""
     from fdl_cli import checkpoints as ckpts
 
     target = spec.rpartition(":")[0]
     if base_dir is None or not ckpts._is_path_spec(target) or Path(target).is_absolute():
         return None
     here, there = Path(target), base_dir / target
+    if not _is(here, "file") and _is(there, "file"):
+        return f"--model {spec}: the current folder holds no {target}, so the checkpoint folder's {there} runs"
     if not (_is(here, "file") and _is(there, "file")) or _same_file(str(here), str(there)):
         return None
     return (f"--model {spec} is {here.resolve()} (a path on the command line is relative to the current folder); "

@@ -44,8 +44,8 @@ def _as_a_fresh_process() -> Iterator[Callable[[], tuple[str, str]]]:
     interpreter filters them and printed on sys.stderr, and a library's logging (nothing configured) on it
     too, where pytest would record them and a test of stderr miss them; what C code writes to file
     descriptors 1 and 2 kept, to be added to stdout and stderr (the callable yielded, after the block); and
-    sys.path as it was after (a --model file's folder is put on it)."""
-    cwd, path, root = Path.cwd(), list(sys.path), logging.getLogger()
+    sys.path and sys.meta_path as they were after (a --model file's folder is served through the latter)."""
+    cwd, path, meta_path, root = Path.cwd(), list(sys.path), list(sys.meta_path), logging.getLogger()
     handlers, held = list(root.handlers), [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -65,7 +65,7 @@ def _as_a_fresh_process() -> Iterator[Callable[[], tuple[str, str]]]:
     finally:
         root.handlers = handlers
         os.chdir(cwd)
-        sys.path[:] = path
+        sys.path[:], sys.meta_path[:] = path, meta_path
         for fd, copy in ((1, saved[0]), (2, saved[1])):
             os.dup2(copy, fd)
             os.close(copy)
