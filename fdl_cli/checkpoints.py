@@ -2849,7 +2849,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         return hash((self.folder, self.named, self.namespaces))
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if path is not None or fullname in _protected_modules():
+        if path is not None:
             return None
         if fullname != self.named:
             importer = _importer_file()
@@ -2861,7 +2861,8 @@ class _FolderModules(importlib.abc.MetaPathFinder):
             return None
         if found is None or (found.origin in (None, "namespace")) != self.namespaces:
             return None
-        return found
+        # last: the installed metadata is read (~0.1 s, once) only when the folder does hold a module of that name
+        return None if fullname in _protected_modules() else found
 
 
 def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
