@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def _folder_usable(folder: Path | None, home: Path | None) -> bool:
@@ -88,6 +88,7 @@ from fdl_cli.report import (  # noqa: E402
     whole_or_untouched,
     writing,
 )
+from fdl_cli.spectral import RANK_RTOL  # noqa: E402
 
 #: Checkpoints drawn in the triptych and the eigenfunction panels (evenly spread, first and last kept).
 N_SELECTED = 5
@@ -188,8 +189,40 @@ def _x_cover(ax: Any, steps: Sequence[int]) -> None:
     ax.set_xlim(*forward.inverted().transform([low - margin, high + margin]))
 
 
+#: The ratios ρ_k/ρ_1 of the spectrum figures (the heat map's colours, the triptych's third panel) are drawn down to a
+#: lower limit (`ratio_floor`): the lower fence of their log10 for far outliers (Tukey's: the first quartile less 3
+#: interquartile ranges), rounded down to a whole decade, and never below RANK_RTOL (the rank cut: fdl keeps no
+#: eigenvalue at or below ρ_1·1e-10, docs/measures.md), so that one near-zero eigenvalue does not stretch the scale
+#: over the others (a stored 0 clipped at 1e-16 made the rest of the heat map one colour; a collapsing spectrum ticked
+#: the triptych down to 1e-314). Ratios spread evenly over their decades lie above the fence: nothing is clipped.
+RATIO_FENCE = 3.0
+
+
+def ratio_floor(ratios: Iterable[np.ndarray]) -> tuple[float, bool] | None:
+    """The lower limit of the ratios ρ_k/ρ_1 drawn (`ratios`: arrays of them; NaN, no eigenvalue, ignored) and
+    whether any lies below it (a ratio at or below 0 does); the limit is the smallest positive ratio when none
+    lies below the fence (RATIO_FENCE, RANK_RTOL). None when no ratio is finite and positive."""
+    every = np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in ratios] or [np.zeros(0)])
+    every = every[~np.isnan(every)]
+    positive = every[np.isfinite(every) & (every > 0)]
+    if not positive.size:
+        return None
+    logs = np.log10(positive)
+    low, high = np.percentile(logs, [25, 75])
+    fence = max(float(np.floor(low - RATIO_FENCE * (high - low))), float(np.log10(RANK_RTOL)))
+    if logs.min() >= fence and not (every <= 0).any():
+        return float(positive.min()), False
+    return 10.0**fence, True
+
+
+def _decade_label(value: float) -> str:
+    """A power of ten as drawn on a log axis' ticks (10⁻¹⁰)."""
+    return rf"$10^{{{round(np.log10(value))}}}$"
+
+
 def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figure:
-    """The paper's triptych: Π*(k), Π̂(k) and ρ_k/ρ_1 against k (log x; log y for ρ), coloured by step."""
+    """The paper's triptych: Π*(k), Π̂(k) and ρ_k/ρ_1 against k (log x; log y for ρ), coloured by step. The ρ axis
+    ends at `ratio_floor`'s limit where some ratios lie below it, and says they are not drawn."""
     figure = _new_figure(13.0, 4.0)
     axes = figure.subplots(1, 3)
     colours = _step_colours([c.step for c in curves])
@@ -221,9 +254,16 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(0, 1.02)
     axes[2].set_yscale("log")
+    ratios = [c.eigenvalues / c.eigenvalues[0] for c in curves if c.eigenvalues.size and c.eigenvalues[0] > 0]
+    floor = ratio_floor(ratios)
+    cut = floor is not None and floor[1]
+    if floor is not None and cut:  # the curves leave the panel at its lower edge; the label says where
+        highest = max(float(np.nanmax(r)) for r in ratios)
+        axes[2].set_ylim(floor[0], highest * (highest / floor[0]) ** 0.05)  # matplotlib's 5 % margin, on top
     axes[0].set_ylabel(r"cumulative $\Pi^*(k)$ (fraction, no unit)")
     axes[1].set_ylabel(r"cumulative $\hat{\Pi}(k)$ (fraction, no unit)")
-    axes[2].set_ylabel(r"$\rho_k / \rho_1$ (log scale)")
+    axes[2].set_ylabel(r"$\rho_k / \rho_1$ (log scale" + (f"; below {_decade_label(floor[0])} not drawn)"
+                                                       if floor is not None and cut else ")"))
     if not any(c.quality is not None for c in curves):
         axes[0].text(0.5, 0.5, "no targets in the probe", transform=axes[0].transAxes, ha="center")
     # beside the panels (inside the middle one, `loc="best"` found no free corner where Π̂ rises through it)
@@ -279,12 +319,14 @@ def _layered(ax: Any, curves: Sequence[tuple[Sequence[float], Sequence[float], d
                 markersize=TOP_MARKER_SIZE + MARKER_SIZE_STEP * markers[index], markevery=every, **keywords)
 
 
-def _outside_legend(figure: Figure, ax: Any) -> None:
+def _outside_legend(
+    figure: Figure, ax: Any, *, loc: Literal["outside right upper", "outside right center"] = "outside right upper"
+) -> None:
     """The axes' legend beside them, on the right (outside: over the data, where `loc="best"` put it when no corner
     was free, it hid the curves it names); nothing when nothing is labelled."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.legend(handles, labels, loc=loc, fontsize="small")
 
 
 def trajectory_figure(
@@ -366,15 +408,20 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
     1000) are not drawn as evenly spaced columns.
     Each checkpoint's column spans halfway to its neighbours (`step_edges`); up to MARKED_CHECKPOINTS
     checkpoints are marked by small ticks; k above a checkpoint's rank is grey (BEYOND_RANK) and said so
-    in a legend. The cells are rasterized: a thousand checkpoints make 64 000 of them, an SVG of
+    in a legend. The colour scale ends at `ratio_floor`'s limit: ratios below it take its colour, the colour bar's
+    lower end a triangle (extend="min"). The cells are rasterized: a thousand checkpoints make 64 000 of them, an SVG of
     megabytes as vector paths."""
     width = max(min(top, max((s.size for s in spectra), default=1)), 1)
     grid = np.full((width, len(steps)), np.nan)
     for column, values in enumerate(spectra):
         values = np.asarray(values, dtype=np.float64)[:width]
         if values.size and values[0] > 0:
-            with np.errstate(divide="ignore"):
-                grid[: values.size, column] = np.log10(np.clip(values / values[0], 1e-16, None))
+            grid[: values.size, column] = values / values[0]
+    floor = ratio_floor([grid])
+    clipped = floor is not None and floor[1]
+    if floor is not None:  # below the limit: its colour, the colour bar's lower end marked (extend="min")
+        with np.errstate(invalid="ignore"):
+            grid = np.log10(np.where(grid < floor[0], floor[0], grid))
     figure = _new_figure(8.0, 4.5)
     ax = figure.subplots()
     colours = matplotlib.colormaps["magma"].with_extremes(bad=BEYOND_RANK)
@@ -394,11 +441,16 @@ def spectrum_heatmap_figure(steps: Sequence[int], spectra: Sequence[np.ndarray],
     ax.set_xlabel("step" + (" (small ticks: the checkpoints)" if marked else ""))
     ax.set_ylabel("k (eigenvalue index" + (f", the top {top})" if width == top else ")"))
     ax.set_title("eigenvalue spectrum over training")
-    figure.colorbar(mesh, ax=ax, label=r"$\log_{10}(\rho_k / \rho_1)$")
+    figure.colorbar(mesh, ax=ax, extend="min" if clipped else "neither",
+                    label=r"$\log_{10}(\rho_k / \rho_1)$" + (" (lower values: the end colour)" if clipped else ""))
     if np.isnan(grid).any():
         ax.legend(handles=[Patch(facecolor=BEYOND_RANK, label="k above the rank (no eigenvalue kept)")],
                   loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False, fontsize="small")
     return figure
+
+
+#: The eigenfunction figure's own title, over its panels (one a step), as the other figures' titles say what they draw.
+EIGENFUNCTIONS_TITLE = r"top eigenfunctions $e_k(x)$ on the 1-D probe"
 
 
 def eigenfunction_figure(
@@ -424,7 +476,10 @@ def eigenfunction_figure(
         ax.set_xlabel("x")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(r"$e_k(x)$ (RMS 1 over the probe)")
-    _outside_legend(figure, axes[-1])  # beside the panels: inside the last one it lay over its curves
+    figure.suptitle(EIGENFUNCTIONS_TITLE)  # the panels' titles say only their steps
+    # beside the panels (inside the last one it lay over its curves), at their middle: at the top, the title over one
+    # panel, wider than it, ran into the legend
+    _outside_legend(figure, axes[-1], loc="outside right center")
     return figure
 
 
@@ -570,9 +625,13 @@ def page_figures(run: Run, drawn: Sequence[Drawn] | None = None) -> dict[str, li
 def _name_series(figure: Figure, label: str) -> None:
     """Say the series in the drawn figure, as its HTML section's heading and its file's name do (a PNG opened alone said no
     series): in the title of its one titled panel, as a compare's figures (`compare_figures`); over the panels of
-    a figure of several (the triptych, the eigenfunctions at a few steps), whose own titles are theirs."""
+    a figure of several (the triptych), whose own titles are theirs; after the title over the panels of a figure
+    that has one (the eigenfunctions')."""
+    own = getattr(figure, "_suptitle", None)  # Figure.get_suptitle is matplotlib 3.8's
     titled = [ax for ax in figure.axes if ax.get_title()]
-    if len(titled) == 1:
+    if own is not None and own.get_text():  # the eigenfunctions' title, over their panels
+        figure.suptitle(f"{own.get_text()} ({label})")
+    elif len(titled) == 1:
         titled[0].set_title(f"{titled[0].get_title()} ({label})")
     else:
         figure.suptitle(label)
