@@ -715,13 +715,16 @@ def _run_analyze(
     reporter = reporter or NullReporter()
     if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
-    stdin_text = None
+    stdin_text, error = _job_stdin_text(options, stdin, world, device)
+    prepared = None
     try:
-        stdin_text = _stdin_text(options, stdin)
-        prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
-        error = None
+        if error is None:
+            prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
     except FdlError as exc:
-        prepared, error = None, exc
+        error = exc
+    except BaseException:
+        distributed.shutdown(world)  # joined for stdin's paths (`_job_stdin_text`), left here by a Ctrl-C
+        raise
     distributed.init_process_group(world, device)
     try:
         # Each rank checked the inputs on its own: a refusal is said once, by rank 0, and every rank
@@ -761,6 +764,34 @@ def _stdin_text(options: AnalyzeOptions, stdin: TextIO | None) -> str | None:
             fix="pipe the paths in (`find runs/a -name '*.pt' | fdl analyze - ...`), or give the folder or files as "
             "arguments",
         ) from None
+
+
+def _job_stdin_text(
+    options: AnalyzeOptions, stdin: TextIO | None, world: Any, device: Any
+) -> tuple[str | None, FdlError | None]:
+    """`_stdin_text`, or the error that refused it, on every rank alike: under torchrun rank 0 alone reads stdin
+    and hands what it read to the other ranks, once the job's process group is joined. torchrun's ranks share
+    its stdin, and each rank that read it got what the others had not read (all of it, none, or a part: "no
+    path on stdin" on one rank, or each rank a list of checkpoints of its own). A rank other than 0 never
+    reads stdin."""
+    from fdl_cli import distributed
+
+    text, refused = None, None
+    if world.writes:
+        try:
+            text = _stdin_text(options, stdin)
+        except FdlError as exc:
+            refused = exc
+    if not world.distributed or "-" not in options.sources:
+        return text, refused
+    distributed.init_process_group(world, device)
+    said = None if refused is None else (refused.what, refused.got, refused.fix)
+    text, said = distributed.broadcast_from_writer((text, said), world, "rank 0 to read the checkpoints' paths on "
+                                                   "stdin")
+    if said is not None and refused is None:
+        what, got, fix = said
+        refused = CheckpointError(what, got=got, fix=fix)  # rank 0's, said by it (`agree_on_refusal`)
+    return text, refused
 
 
 def _replayed(stdin_text: str | None) -> TextIO | None:
