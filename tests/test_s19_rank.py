@@ -29,11 +29,12 @@ from tests.test_distributed import REPO, _args, _make_run
 TWO = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+def _torchrun(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`torchrun --nproc-per-node 2 -m fdl_cli ARGS`, with `stdin` piped in when given (as from `find ... |`)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "fdl_cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
 
 
 def _torchrun_model(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:

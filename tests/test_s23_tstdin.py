@@ -9,9 +9,6 @@ rank 0's part was the run's.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,8 @@ from fdl_cli.distributed import World
 from fdl_cli.errors import CheckpointError
 from fdl_cli.pipeline import AnalyzeOptions
 from tests.test_analyze import fdl
-from tests.test_distributed import REPO, _args, _assert_same, _make_run, _stored
-from tests.test_s19_rank import _no_traceback_of_fdl
+from tests.test_distributed import _args, _assert_same, _make_run, _stored
+from tests.test_s19_rank import _no_traceback_of_fdl, _torchrun
 
 
 def _piped_args(run: Path, out: Path) -> list[str]:
@@ -31,14 +28,6 @@ def _piped_args(run: Path, out: Path) -> list[str]:
     args = _args(run, out)
     args[args.index(str(run))] = "-"
     return args
-
-
-def _torchrun_piped(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
-    """`torchrun --nproc-per-node 2 -m fdl_cli ARGS` with `stdin` piped in, as from `find ... |`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-               *args]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
 
 
 def test_paths_piped_into_a_torchrun_job_are_analysed_as_one_process_analyses_them(tmp_path: Path) -> None:
@@ -49,7 +38,7 @@ def test_paths_piped_into_a_torchrun_job_are_analysed_as_one_process_analyses_th
     paths = "".join(f"{run / f'step_{step}.safetensors'}\n" for step in (40, 10, 50, 20, 30))
     one = fdl(*_piped_args(run, tmp_path / "one.h5"), stdin=paths)
     assert one.code == 0, one.stderr
-    two = _torchrun_piped(_piped_args(run, tmp_path / "two.h5"), paths)
+    two = _torchrun(*_piped_args(run, tmp_path / "two.h5"), stdin=paths)
     assert two.returncode == 0, two.stderr[-4000:]
     _no_traceback_of_fdl(two.stderr)
     assert two.stderr.count("checkpoint(s) analysed") == 1
@@ -62,7 +51,7 @@ def test_paths_piped_into_a_torchrun_job_are_analysed_as_one_process_analyses_th
 def test_nothing_on_stdin_under_torchrun_is_said_once_as_one_process_says_it(tmp_path: Path) -> None:
     run = _make_run(tmp_path / "run")
     one = fdl(*_piped_args(run, tmp_path / "one.h5"), stdin="")
-    two = _torchrun_piped(_piped_args(run, tmp_path / "two.h5"), "")
+    two = _torchrun(*_piped_args(run, tmp_path / "two.h5"), stdin="")
     assert one.code == two.returncode == 1, two.stderr[-4000:]
     said = [line for line in one.stderr.splitlines() if line.startswith("error: ")]
     assert said == ["error: no checkpoints found in the paths read from stdin (-)"]
