@@ -847,7 +847,7 @@ def _prepare_run(
         # What the folder holds is said before the wait (a --glob or manifest glob that matches nothing,
         # a file without a step), and a settled unreadable file as it is found: waiting without a word
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
-        _note_skipped(notes, manifests, reporter)
+        _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
                                            _named_files(options, manifest))
@@ -877,7 +877,7 @@ def _prepare_run(
                 notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    _note_skipped(notes, manifests, reporter)
+    _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
     if not options.watch:
         _note_empty_folders(options, discovery, manifest, reporter)
     for first, second in discovery.duplicates:
@@ -1161,7 +1161,6 @@ def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
     glob of the run's files that takes one in skips it without a note (`discover_checkpoints`' ``probes``).
     `fdl analyze run --model run/model.py:build` noted "skipped 1 file without a checkpoint suffix:
     model.py" of the file the user had just named (the model fdl.toml names got no note)."""
-    from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     specs = options.probe_specs or tuple(manifest.probe if manifest is not None else ())
@@ -1169,18 +1168,26 @@ def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
     for spec in specs:
         with contextlib.suppress(FdlError):  # a malformed --probe is refused, in its own words, once it is loaded
             files.append(parse_probe_spec(spec)[1])
+    if (file := _model_file(options)) is not None:
+        files.append(file)
+    return files
+
+
+def _model_file(options: AnalyzeOptions) -> Path | None:
+    """The file of the model code the run names (--model, else fdl.toml's), as `_named_files` takes it;
+    None for none (a module saved whole, a malformed spec)."""
+    from fdl_cli import checkpoints as ckpts
+
     if options.model_spec is not None and ":" in options.model_spec:
         target = options.model_spec.rpartition(":")[0]
         dirs = [Path(source) for source in options.sources if source != "-" and _is(Path(source), "dir")]
         # a path spec as resolve_model_factory finds it; a module spec's file in the current folder, whence
         # it is imported (`cd run && fdl analyze . --model model:build`)
         # (none for a module name with an empty part, `:build`, `.:build`: refused as malformed when it is read)
-        file = (ckpts.model_spec_file(options.model_spec, base_dir=dirs[0] if dirs else None)
+        return (ckpts.model_spec_file(options.model_spec, base_dir=dirs[0] if dirs else None)
                 if ckpts._is_path_spec(target) else Path(*target.split(".")).with_suffix(".py")
                 if all(target.split(".")) else None)
-        if file is not None:
-            files.append(file)
-    return files
+    return None
 
 
 def _named(path: Path | str, message: str) -> str:
@@ -1202,24 +1209,39 @@ def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Pat
         )
 
 
-def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Reporter) -> None:
+def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Reporter,
+                  model_file: Path | None = None, sources: Sequence[str] = ()) -> None:
     """Discovery's notes. Files without a checkpoint suffix get one note for all of them (a folder with
     a README, logs and configs said one line each); the probe and model files the folders' fdl.toml
     name, none (the README's first command noted probe.npz and model.py; nor a probe.pt it names), nor
-    the fdl.toml read (`fdl analyze run/*` gives it)."""
+    the fdl.toml read (`fdl analyze run/*` gives it), nor the Python files of a folder given (`sources`)
+    that holds the model code that runs (`model_file`, or fdl.toml's): the run's own scripts (train.py;
+    the sample's make_samples.py, noted by README's main command on every run), which no one takes for a
+    checkpoint. A .py file in a folder whose model code is not the one run is still noted: it may be the
+    model meant."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import parse_probe_spec
 
     own = set()
     targets: set[Path] = set()
     homes = [manifest.path.parent for manifest in manifests]
+    code_homes: set[Path] = set()
+    with contextlib.suppress(OSError, RuntimeError):
+        if model_file is not None and model_file.is_file():
+            code_homes.add(model_file.resolve().parent)
     for manifest in manifests:
         named = [Path(parse_probe_spec(spec)[1]) for spec in manifest.probe]
         if manifest.model is not None and ":" in manifest.model:
             target = manifest.model.rpartition(":")[0]
             named.append(Path(target))
+            if ckpts._is_path_spec(target) and model_file is None:  # fdl.toml's model runs, not --model's
+                with contextlib.suppress(OSError, RuntimeError):
+                    code_homes.add(Path(target).resolve().parent)  # model = "model.py:build"
             if (module := ckpts.module_beside(target, manifest.path.parent)) is not None:
                 named.append(module)  # model = "mymodel:build", mymodel.py beside it
+                if model_file is None:
+                    with contextlib.suppress(OSError, RuntimeError):
+                        code_homes.add(manifest.path.parent.resolve())
         for path in named:
             with contextlib.suppress(OSError, RuntimeError):
                 if path.resolve().parent == manifest.path.parent.resolve():
@@ -1234,6 +1256,21 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
         try:
             return any((home / name).resolve() in targets for home in homes)
         except (OSError, RuntimeError):
+            return False
+
+    scanned = set()
+    for source in sources:
+        with contextlib.suppress(OSError, RuntimeError):
+            if source != "-" and _is(Path(source), "dir"):
+                scanned.add(Path(source).resolve())
+    code_homes &= scanned
+
+    def beside_the_model(name: str) -> bool:
+        """A Python file in the folder given that holds the model code that runs (make_samples.py beside
+        model.py)."""
+        try:
+            return name.endswith(".py") and any((home / name).is_file() for home in code_homes)
+        except OSError:
             return False
 
     unsuffixed: list[str] = []
@@ -1255,7 +1292,7 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
             state.append(training.group(1))
         elif plain is None:
             reporter.note(note)
-        elif not owned(plain.group(1)):
+        elif not owned(plain.group(1)) and not beside_the_model(plain.group(1)):
             unsuffixed.append(plain.group(1))
 
     def counted(names: list[str]) -> str:
