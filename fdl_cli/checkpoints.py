@@ -2657,9 +2657,17 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
 
 
 def _inside(path: str | Path, folder: Path) -> bool:
-    """`path`, its symbolic links followed, lies in `folder` or a sub-folder of it."""
+    """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
+    there), or with its links followed; or it is where a symbolic link in `folder` leads (a model.py linked into each
+    run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as its own."""
     try:
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+        places = {os.path.abspath(folder), os.path.realpath(folder)}
+        if any(Path(place).is_relative_to(home) for place in (os.path.abspath(path), os.path.realpath(path))
+               for home in places):
+            return True
+        with os.scandir(folder) as entries:
+            return any(entry.is_symlink() and os.path.realpath(entry.path) == os.path.realpath(path)
+                       for entry in entries)
     except (OSError, ValueError):
         return False
 
@@ -2679,9 +2687,9 @@ def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
 
 def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = None) -> None:
     """Refuse, before anything is imported, an fdl.toml's `model` that can be told not to be the folder's own code
-    nor an nn.Module class: a model file outside `named_by`'s folder (`../x.py`, a symbolic link out of it), a module
-    of the standard library (which defines no nn.Module; one beside the fdl.toml is never imported for it), a
-    program's `__main__`. The rest is checked once imported (`_check_manifest_factory`)."""
+    nor an nn.Module class: a model file outside `named_by`'s folder (`../x.py`; a link in the folder to one is its
+    own), a module of the standard library (which defines no nn.Module; one beside the fdl.toml is never imported for
+    it), a program's `__main__`. The rest is checked once imported (`_check_manifest_factory`)."""
     folder = named_by.parent
     target, sep, attr = spec.rpartition(":")
     if not sep and spec.endswith(".py"):  # `model = "model.py"`, the factory left out
@@ -2699,9 +2707,6 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
                                       "defines no nn.Module" + (f" ({top}.py beside it is never imported for it: "
                                                                "rename it)" if module_beside(target, folder) else ""))
     beside = module_beside(target, folder)
-    if beside is not None and not beside.is_dir() and not _inside(beside, folder):
-        raise _foreign_manifest_model(spec, named_by, f"{beside} is a link to {os.path.realpath(beside)}, "
-                                      f"outside {folder}")
     if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
         raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
 
