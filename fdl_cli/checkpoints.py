@@ -2689,7 +2689,8 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
     """Refuse, before anything is imported, an fdl.toml's `model` that can be told not to be the folder's own code
     nor an nn.Module class: a model file outside `named_by`'s folder (`../x.py`; a link in the folder to one is its
     own), a module of the standard library (which defines no nn.Module; one beside the fdl.toml is never imported for
-    it), a program's `__main__`. The rest is checked once imported (`_check_manifest_factory`)."""
+    it), a program's `__main__`, a function of a module imported already (`torch:load`). The rest is checked once
+    imported (`_check_manifest_factory`)."""
     folder = named_by.parent
     target, sep, attr = spec.rpartition(":")
     if not sep and spec.endswith(".py"):  # `model = "model.py"`, the factory left out
@@ -2709,6 +2710,9 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
     beside = module_beside(target, folder)
     if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
         raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
+    imported = sys.modules.get(target)  # `torch:load`: told now, before the note that its code runs
+    if imported is not None and callable(factory := getattr(imported, attr, None)):
+        _check_manifest_factory(spec, named_by, imported, factory)
 
 
 def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType, factory: Any) -> None:

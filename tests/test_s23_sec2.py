@@ -91,6 +91,7 @@ def test_a_manifest_cannot_unpickle_a_file_through_torch_load(tmp_path: Path) ->
         done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5")
         assert not marker.exists(), spec
         _refused(done, toml, spec)
+        assert "running the model code" not in done.stderr  # torch is imported already: told before any note
 
 
 @pytest.fixture()
