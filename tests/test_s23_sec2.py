@@ -17,6 +17,9 @@ from safetensors.torch import save_file
 from fdl_cli.checkpoints import resolve_model_factory
 from fdl_cli.errors import ModelError
 from tests.cli_run import fdl_in_process
+from tests.test_s20_toml import _own_sys_path
+
+__all__ = ["_own_sys_path"]  # a fixture
 
 
 class _Opens:
@@ -197,3 +200,27 @@ def test_model_on_the_command_line_overrides_a_refused_manifest_model(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 2
     assert not marker.exists()
+
+
+def test_a_factory_function_of_the_current_folder_is_not_the_folders_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _own_sys_path: list[str]
+) -> None:
+    """A module the fdl.toml's folder does not hold is looked for as --model's, in the current folder too: code of
+    whoever runs fdl, not of the folder, so the fdl.toml may take an nn.Module class from it, not call a function."""
+    marker = tmp_path / "ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "s23_sec2_here.py").write_text(
+        f"from torch import nn\n\ndef build():\n    open({str(marker)!r}, 'w')\n    return nn.Linear(4, 3)\n\n"
+        "class Net(nn.Linear):\n    def __init__(self):\n        super().__init__(4, 3)\n")
+    monkeypatch.chdir(here)
+    try:
+        with pytest.raises(ModelError, match="neither a model defined in its folder"):
+            resolve_model_factory("s23_sec2_here:build", module_dir=run, named_by=run / "fdl.toml")
+        assert not marker.exists()
+        assert isinstance(resolve_model_factory("s23_sec2_here:Net", module_dir=run, named_by=run / "fdl.toml")(),
+                          torch.nn.Linear)
+    finally:
+        sys.modules.pop("s23_sec2_here", None)
