@@ -2656,9 +2656,83 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
+def _inside(path: str | Path, folder: Path) -> bool:
+    """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
+    there), or with its links followed; or it is where a symbolic link in `folder` leads (a model.py linked into each
+    run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as its own."""
+    try:
+        places = {os.path.abspath(folder), os.path.realpath(folder)}
+        if any(Path(place).is_relative_to(home) for place in (os.path.abspath(path), os.path.realpath(path))
+               for home in places):
+            return True
+        with os.scandir(folder) as entries:
+            return any(entry.is_symlink() and os.path.realpath(entry.path) == os.path.realpath(path)
+                       for entry in entries)
+    except (OSError, ValueError):
+        return False
+
+
+def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
+    """The error of an fdl.toml's `model` that is neither the folder's own code nor an nn.Module class."""
+    import shlex
+
+    return ModelError(
+        f"{named_by} names the model {spec!r}, which is neither a model defined in its folder ({named_by.parent}) "
+        "nor an nn.Module class, and fdl does not call it: a folder's fdl.toml runs the folder's own model code only",
+        got=got,
+        fix=f"if you trust it, pass it on the command line: --model {shlex.quote(spec)} (and --model-kwargs JSON); "
+        f"or write a factory in a model.py beside {named_by} and name it there (model = \"model.py:build\")",
+    )
+
+
+def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = None) -> None:
+    """Refuse, before anything is imported, an fdl.toml's `model` that can be told not to be the folder's own code
+    nor an nn.Module class: a model file outside `named_by`'s folder (`../x.py`; a link in the folder to one is its
+    own), a module of the standard library (which defines no nn.Module; one beside the fdl.toml is never imported for
+    it), a program's `__main__`, a function of a module imported already (`torch:load`). The rest is checked once
+    imported (`_check_manifest_factory`)."""
+    folder = named_by.parent
+    target, sep, attr = spec.rpartition(":")
+    if not sep and spec.endswith(".py"):  # `model = "model.py"`, the factory left out
+        target, attr = spec, ""
+    if not target:
+        return  # not of the form module:factory: `resolve_model_factory` says so
+    if _is_path_spec(target):
+        file = model_spec_file(f"{target}:{attr}", base_dir=base_dir if base_dir is not None else folder)
+        if file is not None and not _inside(file, folder):
+            raise _foreign_manifest_model(spec, named_by, f"{os.path.realpath(file)} is outside {folder}")
+        return
+    top = target.partition(".")[0]
+    if top in sys.stdlib_module_names:
+        raise _foreign_manifest_model(spec, named_by, f"{top} is a module of Python's standard library, which "
+                                      "defines no nn.Module" + (f" ({top}.py beside it is never imported for it: "
+                                                               "rename it)" if module_beside(target, folder) else ""))
+    beside = module_beside(target, folder)
+    if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
+        raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
+    imported = sys.modules.get(target)  # `torch:load`: told now, before the note that its code runs
+    if imported is not None and callable(factory := getattr(imported, attr, None)):
+        _check_manifest_factory(spec, named_by, imported, factory)
+
+
+def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType, factory: Any) -> None:
+    """Refuse, before it is called, an fdl.toml's `model` imported from outside its folder that is no nn.Module
+    class (`torch:load`, a library's factory function)."""
+    if isinstance(factory, type) and issubclass(factory, nn.Module):
+        return
+    file = getattr(module, "__file__", None)
+    if file is not None and _inside(file, named_by.parent):
+        return
+    kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
+    raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
+                                  f"({file or 'no file'}), outside {named_by.parent}")
+
+
 def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, module_dir: Path | None) -> str:
     """What a run says before it imports the model code an fdl.toml names (Python code the folder brought, run
-    with no flag): the file, or the module and the file beside the fdl.toml that holds it, and the fdl.toml."""
+    with no flag): the file, or the module and the file beside the fdl.toml that holds it, and the fdl.toml.
+    ModelError, before any note, for a `model` the fdl.toml may not name (`check_manifest_model`)."""
+    check_manifest_model(spec, named_by, base_dir=base_dir)
     target, _, attr = spec.rpartition(":")
     if _is_path_spec(target):
         code = f"{model_spec_file(spec, base_dir=base_dir) or target}:{attr}"
@@ -2677,9 +2751,12 @@ def resolve_model_factory(
     the folder of the fdl.toml that names this module spec, where the module is looked for first
     (`module_beside`); a module spec given on the command line is an installed one, on PYTHONPATH or in
     the current folder. ``named_by``: the fdl.toml whose `model` the spec is, for the errors to name
-    (they said "--model ...", which the user never typed).
+    (they said "--model ...", which the user never typed), and which may name only its folder's own code or an
+    nn.Module class (`check_manifest_model`, `_check_manifest_factory`): ModelError before anything else runs.
     """
     label = f"--model {spec!r}" if named_by is None else f"model = {spec!r} of {named_by}"
+    if named_by is not None:  # a folder's fdl.toml runs the folder's own model code, or builds an nn.Module class
+        check_manifest_model(spec, named_by, base_dir=base_dir)
     target, sep, attr = spec.rpartition(":")
     # `--model model.py`, the factory left out: the file is imported, as with one, to list its callables
     # (the error gave only "e.g. --model mypkg.models:build", not the names the file holds)
@@ -2780,6 +2857,8 @@ def resolve_model_factory(
                  "not a function or class; ") + "callables there: " + (", ".join(public[:10]) or "none"),
             fix="check the name after ':'",
         )
+    if named_by is not None:
+        _check_manifest_factory(spec, named_by, module, factory)
     return factory  # type: ignore[no-any-return]
 
 

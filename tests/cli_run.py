@@ -93,3 +93,10 @@ def model_file(folder: Path, source: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_model_beside(folder: Path, factory: str = "mlp") -> str:
+    """`model = ...` of an fdl.toml in `folder` for tests.tiny_models' `factory`: a model.py there that imports it,
+    since an fdl.toml names only its folder's own model code or an nn.Module class (tests/test_s23_sec2.py)."""
+    (folder / "model.py").write_text(f"from tests.tiny_models import {factory}\n", encoding="utf-8")
+    return f"model.py:{factory}"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fdl_cli.store import StoreReader
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL
 from tests.tiny_models import mlp
@@ -32,7 +33,7 @@ def _folder(root: Path, names: dict[int, str] | None = None) -> Path:
 
 
 def _manifest(folder: Path, extra: str) -> None:
-    (folder / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n{extra}\n')
+    (folder / "fdl.toml").write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = "probe.npz"\n{extra}\n')
 
 
 def _run(folder: Path, out: Path, *extra: str) -> Result:
@@ -148,7 +149,7 @@ def test_the_manifest_names_what_it_ignores_and_never_grants_trust(tmp_path: Pat
 def test_a_probe_table_of_non_paths_is_an_error(tmp_path: Path) -> None:
     """probe = { train = 3 } said "probe file .../3 not found"."""
     folder = _folder(tmp_path)
-    (folder / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = {{ train = 3 }}\n')
+    (folder / "fdl.toml").write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = {{ train = 3 }}\n')
     bad = _run(folder, tmp_path / "bad.h5")
     assert bad.code == 1 and "'probe' table must be a path (a string)" in bad.stderr and "not found" not in bad.stderr
 

@@ -26,6 +26,7 @@ from fdl_cli.checkpoints import CheckpointRef, discover_checkpoints, load_checkp
 from fdl_cli.fields import MEASURE_FIELDS
 from fdl_cli.report import Run, Series, compare_runs
 from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreReader, StoreWriter
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import fdl
 from tests.test_io_fixes import MODEL
 from tests.tiny_models import mlp
@@ -162,7 +163,7 @@ def test_probe_and_layer_given_on_the_command_line_win_over_the_manifest(tmp_pat
     for seed, step in enumerate((0, 10)):
         torch.save(mlp(seed=seed).state_dict(), folder / f"step_{step}.pt")
     _probe(folder / "probe.npz", n=40)
-    (folder / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\nlayer = "0"\n')
+    (folder / "fdl.toml").write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = "probe.npz"\nlayer = "0"\n')
     other = _probe(tmp_path / "other.npz", n=30, seed=1)
     done = fdl("analyze", folder, "--out", tmp_path / "s.h5", "--json", "--probe", other, "--layer", "2:input")
     assert done.code == 0, done.stderr

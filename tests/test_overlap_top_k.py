@@ -156,7 +156,8 @@ def test_a_store_of_top_k_below_C_written_before_overlap_k_is_not_mixed(tmp_path
 
 def test_overlap_k_in_the_manifest(tmp_path: Path) -> None:
     folder, model, _ = _run(tmp_path)
-    (folder / "fdl.toml").write_text(f'model = "{model}:build"\nprobe = "{tmp_path / "probe.npz"}"\noverlap_k = 3\n')
+    (folder / "model.py").write_text(Path(model).read_text())  # an fdl.toml names its folder's model code
+    (folder / "fdl.toml").write_text(f'model = "model.py:build"\nprobe = "{tmp_path / "probe.npz"}"\noverlap_k = 3\n')
     out = tmp_path / "m.h5"
     assert fdl("analyze", folder, "--out", out).code == 0
     with h5py.File(out, "r") as store:

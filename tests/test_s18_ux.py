@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import regimes, report, resources
 from fdl_cli.store import ProbeInfo, StoreReader, _rename_fix, _renamed_probes
-from tests.cli_run import REPO, fdl_in_process
+from tests.cli_run import REPO, fdl_in_process, tiny_model_beside
 from tests.tiny_models import mlp
 
 SAMPLE = REPO / "sample_checkpoints"
@@ -37,7 +37,7 @@ def test_inspect_of_a_folder_lists_its_checkpoint_not_the_probe_beside_it(tmp_pa
     folder.mkdir()
     torch.save(mlp(seed=1).state_dict(), folder / "weights.pt")
     torch.save(_probe_dict(), folder / "a_probe.pt")
-    (folder / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nprobe = "a_probe.pt"\n', encoding="utf-8")
+    (folder / "fdl.toml").write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = "a_probe.pt"\n', encoding="utf-8")
     done = fdl_in_process("inspect", folder, "--json")
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
@@ -72,7 +72,7 @@ def test_a_probe_named_like_a_step_is_left_out_of_analyze_and_inspect(tmp_path: 
     assert listed.returncode == 0, listed.stderr
     assert Path(json.loads(listed.stdout)["checkpoint"]).name == "step_0.pt"
     # named by the folder's fdl.toml, the probe is not noted at all (as its probe.npz is not)
-    (folder / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nprobe = "probe_0.pt"\n', encoding="utf-8")
+    (folder / "fdl.toml").write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = "probe_0.pt"\n', encoding="utf-8")
     again = fdl_in_process("analyze", folder, "-o", tmp_path / "manifest.h5")
     assert again.returncode == 0, again.stderr
     assert "probe_0.pt" not in again.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import fdl
 from tests.test_distributed import _args, _make_run
 from tests.test_s19_rank import _torchrun, _torchrun_model
@@ -201,11 +202,11 @@ def test_inspect_does_not_pass_fdl_tomls_model_kwargs_to_another_factory(tmp_pat
 
     monkeypatch.setenv("COLUMNS", "1000")
     run = _make_run(tmp_path / "run")
-    (run / "fdl.toml").write_text('model = "tests.tiny_models:mlp"\nmodel_kwargs = { hidden = 8 }\n'
+    (run / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)}"\nmodel_kwargs = {{ hidden = 8 }}\n'
                                   'probe = "probe.npz"\n')
     (tmp_path / "other.py").write_text(OTHER_MODEL)
     note = (f"note: {run / 'fdl.toml'}'s model_kwargs {{'hidden': 8}} are not used: they go with its model "
-            f"tests.tiny_models:mlp, and --model gives {tmp_path / 'other.py'}:build; pass --model-kwargs JSON for "
+            f"{run / 'model.py'}:mlp, and --model gives {tmp_path / 'other.py'}:build; pass --model-kwargs JSON for "
             "its factory")
     for extra in ((), ("--json",)):
         done = fdl("inspect", str(run / "step_0.safetensors"), "--model", f"{tmp_path / 'other.py'}:build", *extra)
@@ -214,5 +215,5 @@ def test_inspect_does_not_pass_fdl_tomls_model_kwargs_to_another_factory(tmp_pat
     assert json.loads(done.stdout)["default_layer"] == "2:input"
     # its own model still gets them
     own = fdl("inspect", str(run / "step_0.safetensors"), "--json")
-    said = f"note: running the model code tests.tiny_models:mlp, named by {run / 'fdl.toml'}"  # tests/test_s23_sec.py
+    said = f"note: running the model code {run / 'model.py'}:mlp, named by {run / 'fdl.toml'}"  # tests/test_s23_sec.py
     assert own.code == 0 and "note:" not in own.stderr.replace(said, ""), own.stderr

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fdl_cli.store import StoreReader
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL
 from tests.tiny_models import mlp
@@ -46,7 +47,7 @@ def _runs(root: Path) -> tuple[Path, Path]:
 
 def _toml(folder: Path, extra: str = "") -> Path:
     path = folder / "fdl.toml"
-    path.write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n{extra}\n')
+    path.write_text(f'model = "{tiny_model_beside(folder)}"\nprobe = "probe.npz"\n{extra}\n')
     return path
 
 
@@ -187,7 +188,7 @@ def test_named_probes_in_a_list_of_fdl_toml_are_named_as_on_the_command_line(tmp
     not found'; the table form worked."""
     run1, _ = _runs(tmp_path)
     _probe(run1 / "held.npz", seed=1)
-    (run1 / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = ["train=probe.npz", "test=held.npz"]\n')
+    (run1 / "fdl.toml").write_text(f'model = "{tiny_model_beside(run1)}"\nprobe = ["train=probe.npz", "test=held.npz"]\n')
     done = _analyze(run1, "--out", tmp_path / "n.h5")
     assert done.code == 0, done.stderr
     assert sorted({record["probe"] for record in done.records}) == ["test", "train"]

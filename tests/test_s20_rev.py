@@ -15,6 +15,16 @@ from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _said, 
 
 __all__ = ["_own_sys_path"]  # a fixture
 
+#: tests.tiny_models.mlp's architecture (4-8-3) as an nn.Module class, which an fdl.toml may name wherever it is
+#: defined (a module of the current folder); a factory function there it may not (tests/test_s23_sec2.py)
+MLP_CLASS_FILE = """from torch import nn
+
+
+class build(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+"""
+
 # --------------------------------------------------------------- a late fdl.toml under --watch
 
 
@@ -91,7 +101,7 @@ def test_a_folder_beside_fdl_toml_named_as_its_module_does_not_hide_the_current_
     (run / "fdl.toml").write_text('model = "s20_rev_ns:build"\nprobe = "probe.npz"\n')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (elsewhere / "s20_rev_ns.py").write_text(MLP_FILE)
+    (elsewhere / "s20_rev_ns.py").write_text(MLP_CLASS_FILE)
     monkeypatch.chdir(elsewhere)
     try:
         done = _analyze(run, "--out", tmp_path / "m.h5")
@@ -118,7 +128,7 @@ def test_two_fdl_tomls_beside_folders_of_their_modules_name_are_read_as_one_or_r
     for folder in (run1, run2):
         (folder / "fdl.toml").write_text('model = "s20_rev_pk:build"\nprobe = "probe.npz"\n')
         (folder / "s20_rev_pk").mkdir()
-    (tmp_path / "s20_rev_pk.py").write_text(MLP_FILE)
+    (tmp_path / "s20_rev_pk.py").write_text(MLP_CLASS_FILE)
     monkeypatch.chdir(tmp_path)
     try:
         done = _analyze(run1, run2, "--out", tmp_path / "a.h5")

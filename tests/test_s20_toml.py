@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import read_manifest, resolve_model_factory
 from fdl_cli.store import StoreReader
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL
 from tests.tiny_models import mlp
@@ -86,13 +87,17 @@ def test_tilde_in_the_paths_of_fdl_toml_is_the_home_folder(
     _probe(home / "data" / "probe.npz", n=20)  # not the run's own probe.npz (30 samples)
     (home / "code").mkdir()
     (home / "code" / "s20_home_net.py").write_text(MLP_FILE)
-    (run / "fdl.toml").write_text('model = "~/code/s20_home_net.py:build"\nprobe = "~/data/probe.npz"\n')
+    (run / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)}"\nprobe = "~/data/probe.npz"\n')
     done = _analyze(run, "--out", tmp_path / "a.h5")
     assert done.code == 0, done.stderr
     assert [record["n_probe"] for record in done.records] == [20, 20]
+    (run / "fdl.toml").write_text('model = "~/code/s20_home_net.py:build"\nprobe = "~/data/probe.npz"\n')
     manifest = read_manifest(run)
     assert manifest is not None and manifest.probe == [str(home / "data" / "probe.npz")]
     assert manifest.model == f"{home / 'code' / 's20_home_net.py'}:build"
+    # a model file of the home folder is outside the run's folder, whose fdl.toml names only its own model code
+    refused = _analyze(run, "--out", tmp_path / "b.h5")
+    assert refused.code == 1 and f"got: {home / 'code' / 's20_home_net.py'} is outside {run}" in _said(refused)
     # named probes, as a list or a table, alike
     (run / "fdl.toml").write_text('probe = ["train=~/data/probe.npz", "test=probe.npz"]\n')
     listed = read_manifest(run)
@@ -252,8 +257,8 @@ def test_a_linked_fdl_toml_reads_its_relative_paths_from_the_links_folder(tmp_pa
     relative paths are the link's folder's (as a copy's would be), not the target's."""
     shared = tmp_path / "shared"
     _probe(shared / "probe.npz", n=20)
-    (shared / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n')
     run = _run(tmp_path / "run", n_probe=30)
+    (shared / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)}"\nprobe = "probe.npz"\n')  # run/model.py
     (run / "fdl.toml").symlink_to(shared / "fdl.toml")
     done = _analyze(run, "--out", tmp_path / "l.h5")
     assert done.code == 0, done.stderr
@@ -312,7 +317,7 @@ def test_watch_waits_for_the_fdl_toml_it_needs_written_after_the_first_checkpoin
 
     def write_toml() -> None:
         shutil.copy(source / "probe.npz", folder / "probe.npz")
-        _settled_write(folder / "fdl.toml", f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n')
+        _settled_write(folder / "fdl.toml", f'model = "{tiny_model_beside(folder)}"\nprobe = "probe.npz"\ntop_k = 3\n')
 
     options = {"probe_specs": (str(source / "probe.npz"),)} if given == "probe" else {}
     reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
@@ -373,7 +378,7 @@ def test_inspect_refuses_the_probe_of_fdl_toml_that_does_not_fit_as_it_refuses_p
     fdl.toml's probe is the one run, and no other command lists the modules."""
     run = _run(tmp_path / "run")
     np.savez(run / "wide.npz", x=np.zeros((4, 5), np.float32))  # the model takes 4 inputs
-    (run / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "wide.npz"\n')
+    (run / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)}"\nprobe = "wide.npz"\n')
     for json_flag in ((), ("--json",)):
         result = fdl("inspect", run, *json_flag)
         assert result.code == 1, result.stderr
@@ -389,7 +394,7 @@ def test_inspect_refuses_the_probe_of_fdl_toml_that_does_not_fit_as_it_refuses_p
     assert listed["default_basis"] == ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
                                        "give a probe that fits the model (fix the one fdl.toml names, or pass "
                                        "--probe FILE) to find the one that runs last")
-    (run / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "probe.npz"\n')
+    (run / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)}"\nprobe = "probe.npz"\n')
     fits = fdl("inspect", run, "--json")
     assert fits.code == 0 and json.loads(fits.stdout)["modules"][0]["output_shape"] == [1, 3]
 
@@ -398,8 +403,8 @@ def test_errors_of_fdl_tomls_model_name_the_file_not_a_model_option_never_given(
     """A model of fdl.toml that cannot be built was said as "--model '...'", an option the user never typed;
     the error names fdl.toml's `model` and the file, in analyze and in inspect. --model keeps its wording."""
     run = _run(tmp_path / "run")
-    (run / "fdl.toml").write_text(f'model = "{MODEL[:-len("mlp")]}nope"\nprobe = "probe.npz"\n')
-    spec = MODEL[:-len("mlp")] + "nope"
+    (run / "fdl.toml").write_text(f'model = "{tiny_model_beside(run)[:-len("mlp")]}nope"\nprobe = "probe.npz"\n')
+    spec = f"{run / 'model.py'}:nope"
     for command in (("analyze", run, "-o", tmp_path / "s.h5"), ("inspect", run)):
         result = fdl(*map(str, command))
         assert result.code == 1, result.stderr

@@ -38,7 +38,6 @@ def test_abandon_addition_on_a_store_whose_addition_finished_says_why_there_is_n
 def test_watch_is_silent_about_an_fdl_toml_written_again_with_the_bytes_it_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_io_fixes import MODEL
     from tests.test_prev_walkback import _arrive
     from tests.test_s20_toml import _settled_write, _watch
     from tests.test_s21_watch import _watched_with_toml
@@ -54,7 +53,7 @@ def test_watch_is_silent_about_an_fdl_toml_written_again_with_the_bytes_it_read(
             os.utime(toml, (past, past))
         return step
 
-    edited = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 8\n'
+    edited = 'model = "model.py:mlp"\nprobe = "probe.npz"\ntop_k = 8\n'
     reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
         save("step_10.safetensors"), lambda: None, save("step_20.safetensors"), lambda: None,
         lambda: _settled_write(toml, edited), lambda: None,  # an edit: said

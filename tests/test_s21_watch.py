@@ -24,7 +24,7 @@ from tests.test_s19_store import _run, fdl_quiet
 def _watched_with_toml(tmp_path: Path) -> tuple[Path, Path, str]:
     """(a training run's files, the folder it saves into: its probe, a settled fdl.toml with top_k = 3 and its
     first checkpoint, the fdl.toml's text)."""
-    from tests.test_io_fixes import MODEL
+    from tests.cli_run import tiny_model_beside
     from tests.test_prev_walkback import _arrive, _make_run
     from tests.test_s20_toml import _settled_write
 
@@ -32,7 +32,7 @@ def _watched_with_toml(tmp_path: Path) -> tuple[Path, Path, str]:
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
-    first = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 3\n'
+    first = f'model = "{tiny_model_beside(folder)}"\nprobe = "probe.npz"\ntop_k = 3\n'
     _settled_write(folder / "fdl.toml", first)
     _arrive(source, folder, "step_0.safetensors")
     return source, folder, first
@@ -46,7 +46,6 @@ def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
     from what the run uses, which it keeps until it is restarted (one store, one way); an edit that sets what
     the run uses is a note. Between changes the file is not read again (its size and time are looked at)."""
     from fdl_cli import checkpoints
-    from tests.test_io_fixes import MODEL
     from tests.test_prev_walkback import _arrive
     from tests.test_s20_toml import _settled_write, _top_k, _watch
 
@@ -69,7 +68,8 @@ def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
                 action()
         return step
 
-    edited = f'model = "{MODEL}"\nprobe = "probe.npz"\ntop_k = 8\nlayer = "0"\n'
+    edited = 'model = "model.py:mlp"\nprobe = "probe.npz"\ntop_k = 8\nlayer = "0"\n'
+    model = f"{folder / 'model.py'}:mlp"
     reporter, records = _watch(monkeypatch, folder, tmp_path / "w.h5", [
         poll(lambda: _arrive(source, folder, "step_10.safetensors")),
         poll(lambda: toml.write_text(edited)),  # being written: not read yet
@@ -89,7 +89,7 @@ def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
         "checkpoints of one store are measured one way; to apply it, stop, and run fdl analyze again with "
         "--overwrite (or another --out)",
         f"{toml} was removed after this run started: the running watch keeps the settings it read from it (model = "
-        f"{MODEL!r}, probe = {[str(folder / 'probe.npz')]}, top_k = 3) until it is restarted; started again without it, "
+        f"{model!r}, probe = {[str(folder / 'probe.npz')]}, top_k = 3) until it is restarted; started again without it, "
         "fdl analyze would not use them (put the file back, or give them on the command line)",
     ]
     assert f"{toml} changed after this run started: it sets what the run uses already" in reporter.notes

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.store import StoreReader
+from tests.cli_run import tiny_model_beside
 from tests.test_analyze import Result, fdl
 from tests.test_io_fixes import MODEL, SMALL
 from tests.tiny_models import mlp
@@ -152,7 +153,8 @@ def test_the_manifest_can_name_the_weights(tmp_path: Path) -> None:
     folders = _runs(tmp_path)
     expected = _analyze(folders["alone"], tmp_path / "alone.h5")
     timm = folders["timm"]
-    (timm / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "../probe.npz"\nweights = "state_dict_ema"\n')
+    (timm / "fdl.toml").write_text(f'model = "{tiny_model_beside(timm)}"\nprobe = "../probe.npz"\n'
+                                   'weights = "state_dict_ema"\n')
     got = fdl("analyze", str(timm), "--out", str(tmp_path / "m.h5"), "--json", *SMALL)
     assert got.code == 0, got.stderr
     assert "ignored" not in got.stderr
@@ -160,10 +162,10 @@ def test_the_manifest_can_name_the_weights(tmp_path: Path) -> None:
     own = fdl("analyze", str(timm), "--out", str(tmp_path / "own.h5"), "--json", *SMALL, "--weights", "state_dict")
     assert own.code == 0 and _numbers(own.records) != _numbers(expected.records)
     lightning = folders["lightning"]
-    (lightning / "fdl.toml").write_text(f'model = "{MODEL}"\nweights = "ema"\n')
+    (lightning / "fdl.toml").write_text(f'model = "{tiny_model_beside(lightning)}"\nweights = "ema"\n')
     listed = fdl("inspect", str(lightning / "step=10.ckpt"), "--json")  # "several prefixes" without it
     assert listed.code == 0, listed.stderr
-    (timm / "fdl.toml").write_text(f'model = "{MODEL}"\nprobe = "../probe.npz"\nweights = 3\n')
+    (timm / "fdl.toml").write_text(f'model = "{tiny_model_beside(timm)}"\nprobe = "../probe.npz"\nweights = 3\n')
     bad = fdl("analyze", str(timm), "--out", str(tmp_path / "bad.h5"), *SMALL)
     assert bad.code == 1 and f"{timm / 'fdl.toml'}: 'weights' must be a non-empty string" in bad.stderr
 
