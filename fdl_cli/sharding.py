@@ -234,6 +234,13 @@ def _take_in_rank_parts(
         )
         kept.append(part.name)
 
+    def unopened(part: Path, exc: StoreError) -> None:
+        # A part whose lock another process holds (a rank still writing it: never "remove it"; a later run takes
+        # it in), or that could not be opened: kept, with a warning saying which
+        ctx.reporter.warn(_kept_locked(part, exc) if isinstance(exc, StoreLockedError)
+                          else f"{part} was left as it is ({exc.message}); remove it if it is not needed")
+        kept.append(part.name)
+
     for part in _rank_parts(out):
         if _read_rank_part_origin(part) is None:  # a user's file; a take-in reads the sidecar again holding the lock
             no_part(part)
@@ -242,13 +249,8 @@ def _take_in_rank_parts(
             lock = _WriterLock(part)  # never a part that a rank still running writes
             try:
                 lock.acquire()
-            except StoreLockedError as exc:
-                ctx.reporter.warn(_kept_locked(part, exc))
-                kept.append(part.name)
-                continue
             except StoreError as exc:
-                ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
-                kept.append(part.name)
+                unopened(part, exc)
                 continue
             try:
                 _remove_rank_part(part)  # nothing if its rank removed it since it was found
@@ -323,13 +325,8 @@ def _take_in_rank_parts(
                     # open the part afresh, and a removal then deleted its new part and sidecar.
                     _remove_rank_part(part)
                     removed = True
-        except StoreLockedError as exc:  # a rank still writing it: never "remove it"; a later run takes it in
-            ctx.reporter.warn(_kept_locked(part, exc))
-            kept.append(part.name)
-            continue
         except StoreError as exc:
-            ctx.reporter.warn(f"{part} was left as it is ({exc.message}); remove it if it is not needed")
-            kept.append(part.name)
+            unopened(part, exc)
             continue
         if taken:
             ctx.reporter.note(
