@@ -113,3 +113,11 @@ def test_a_name_too_long_for_a_line_is_drawn_smaller_inside_the_figure(tmp_path:
     title = figure.axes[0].title
     assert title.get_text() == f"feature change over training\n(train/{huge})"
     assert title.get_fontsize() < drawn["trajectories_train-fc1"].axes[0].title.get_fontsize()
+
+
+def test_the_docs_say_the_targetless_panel_and_the_fitted_titles() -> None:
+    from tests.test_s16_docs import USAGE
+
+    for said in ("the Π* panel, without ticks, says `Π* needs targets`", "puts the series on a line of its own",
+                 "is drawn smaller where a line still\n   does not fit"):
+        assert said in USAGE, said
