@@ -657,7 +657,9 @@ def _fit_title(figure: Figure, text: Any, title: str, label: str) -> None:
     lines = [f"{title} {named}".strip(), f"{title}\n{named}".strip()]
     if ", B: " in label:  # a compare of two series: A's and B's each a line
         lines.append(f"{title}\n{named}".replace(", B: ", ",\nB: ").strip())
-    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]  # an Agg canvas (`_new_figure`)
+    # the Agg canvas of `_new_figure`; a figure made otherwise (a bare Figure()) is given one, to measure with
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    renderer = canvas.get_renderer()
     for candidate in dict.fromkeys(lines):
         text.set_text(candidate)
         figure.draw_without_rendering()
