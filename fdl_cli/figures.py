@@ -220,6 +220,11 @@ def _decade_label(value: float) -> str:
     return rf"$10^{{{round(np.log10(value))}}}$"
 
 
+#: The triptych's Π* panel where the probe holds no targets (a probe .npz of x alone): Π* measures the features'
+#: alignment with the targets.
+TARGETLESS = "$\\Pi^*$ needs targets:\nthe probe holds none (x alone)"
+
+
 def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figure:
     """The paper's triptych: Π*(k), Π̂(k) and ρ_k/ρ_1 against k (log x; log y for ρ), coloured by step. The ρ axis
     ends at `ratio_floor`'s limit where some ratios lie below it, and says they are not drawn."""
@@ -242,12 +247,15 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     # features, or a rank-deficient layer) labels its minor ticks (2 … 9) too.
     largest = max((c.eigenvalues.size for c in curves), default=0)
     k_label = FuncFormatter(lambda value, _pos: f"{value:g}")
+    targetless = not any(c.quality is not None for c in curves)
     for ax, title in zip(axes, titles, strict=True):
+        ax.set_xlabel("k (eigenfunction index)")
+        ax.set_title(title)
+        if ax is axes[0] and targetless:  # an empty log axis' own ticks (0.9, 1, 2 … 10) read as a scale of no data
+            continue
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(k_label)
         ax.xaxis.set_minor_formatter(k_label if largest < 10 else NullFormatter())
-        ax.set_xlabel("k (eigenfunction index)")
-        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if n_outputs:
             ax.axvline(n_outputs, color="crimson", linestyle="--", linewidth=1, label=f"k = C = {n_outputs}")
@@ -264,8 +272,10 @@ def triptych_figure(curves: Sequence[Curves], *, n_outputs: int | None) -> Figur
     axes[1].set_ylabel(r"cumulative $\hat{\Pi}(k)$ (fraction, no unit)")
     axes[2].set_ylabel(r"$\rho_k / \rho_1$ (log scale" + (f"; below {_decade_label(floor[0])} not drawn)"
                                                        if floor is not None and cut else ")"))
-    if not any(c.quality is not None for c in curves):
-        axes[0].text(0.5, 0.5, "no targets in the probe", transform=axes[0].transAxes, ha="center")
+    if targetless:  # a probe of inputs alone: the panel says why it is empty, with no ticks of a scale it lacks
+        axes[0].set_xticks([])
+        axes[0].set_yticks([])
+        axes[0].text(0.5, 0.5, TARGETLESS, transform=axes[0].transAxes, ha="center", va="center", color="0.35")
     # beside the panels (inside the middle one, `loc="best"` found no free corner where Π̂ rises through it)
     _outside_legend(figure, axes[1])
     return figure
@@ -630,11 +640,34 @@ def _name_series(figure: Figure, label: str) -> None:
     own = getattr(figure, "_suptitle", None)  # Figure.get_suptitle is matplotlib 3.8's
     titled = [ax for ax in figure.axes if ax.get_title()]
     if own is not None and own.get_text():  # the eigenfunctions' title, over their panels
-        figure.suptitle(f"{own.get_text()} ({label})")
+        _fit_title(figure, own, own.get_text(), label)
     elif len(titled) == 1:
-        titled[0].set_title(f"{titled[0].get_title()} ({label})")
+        _fit_title(figure, titled[0].title, titled[0].get_title(), label)
     else:
-        figure.suptitle(label)
+        _fit_title(figure, figure.suptitle(label), "", label)
+
+
+def _fit_title(figure: Figure, text: Any, title: str, label: str) -> None:
+    """Set `text` (an axes' title, or the figure's over its panels) to `title (label)`, within the width it is
+    centred over: its axes' (beside them lie the legends), else the figure's. A long series name
+    (`train/encoder.layers.11.mlp.fc2:input`) ran past the figure's edge: where the title does not fit on one line,
+    the label takes a line of its own (a compare's `A: …, B: …` a line each), and where a line is still too wide,
+    the font is smaller. Measured as laid out (`draw_without_rendering`), only where a title names a series."""
+    named = f"({label})" if title else label
+    lines = [f"{title} {named}".strip(), f"{title}\n{named}".strip()]
+    if ", B: " in label:  # a compare of two series: A's and B's each a line
+        lines.append(f"{title}\n{named}".replace(", B: ", ",\nB: ").strip())
+    # the Agg canvas of `_new_figure`; a figure made otherwise (a bare Figure()) is given one, to measure with
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    renderer = canvas.get_renderer()
+    for candidate in dict.fromkeys(lines):
+        text.set_text(candidate)
+        figure.draw_without_rendering()
+        room = 0.98 * (text.axes.get_window_extent(renderer) if text.axes is not None else figure.bbox).width
+        width = text.get_window_extent(renderer).width
+        if width <= room:
+            return
+    text.set_fontsize(text.get_fontsize() * room / width)
 
 
 #: The list of the figure files `fdl report --plots DIR` and `fdl compare --plots DIR` wrote into DIR, kept there
@@ -882,7 +915,7 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
         suffix = suffix_a if suffix_a == suffix_b else f"{suffix_a}_vs{suffix_b}"
         compared = label_a if label_a == label_b else f"A: {label_a}, B: {label_b}"
         for drawn in (trajectories, figure):
-            drawn.axes[0].set_title(f"{drawn.axes[0].get_title()} ({compared})")
+            _fit_title(drawn, drawn.axes[0].title, drawn.axes[0].get_title(), compared)
     return [("compare_trajectories" + suffix, trajectories), ("compare_k95_utility" + suffix, figure)]
 
 
