@@ -2902,7 +2902,10 @@ def _importer_file() -> str:
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
-            return name
+            # a module's file is absolute (spec_from_file_location, the finders make it so); code compiled from a
+            # string (`<string>`: dataclasses', torch.fx's generated code) is no folder's, though as a path it lay
+            # in the current folder
+            return name if os.path.isabs(name) else ""
         frame = frame.f_back
     return ""
 
@@ -2944,6 +2947,38 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         return None if fullname in _protected_modules() else found
 
 
+def _module_homes(module: object) -> list[str]:
+    """The file of an imported module, or the folders of a package of no file; read without an attribute lookup on
+    it (a lazily loaded module would be loaded by one)."""
+    try:
+        spec = object.__getattribute__(module, "__dict__").get("__spec__")
+    except (AttributeError, TypeError):
+        return []
+    places = [getattr(spec, "origin", None), *(getattr(spec, "submodule_search_locations", None) or [])]
+    return [place for place in places if isinstance(place, str) and os.path.isabs(place)]
+
+
+def _forget_other_folders(folder: str) -> None:
+    """Take out of sys.modules the modules another model folder served (`_FolderModules`) whose names `folder`
+    holds too: imported once, a model folder's `layers` was what the next model's `from layers import Block` got
+    (the Python API analysing two runs in turn), a network of the first run's shape. The first model's code, if
+    run again, imports its own afresh."""
+    others = {finder.folder for finder in sys.meta_path if isinstance(finder, _FolderModules)} - {folder}
+    if not others:
+        return
+    for name, module in list(sys.modules.items()):
+        homes = _module_homes(module)
+        if not any(home.startswith(other + os.sep) for home in homes for other in others) or any(
+                home.startswith(folder + os.sep) for home in homes):
+            continue
+        try:
+            here = importlib.machinery.PathFinder.find_spec(name.partition(".")[0], [folder])
+        except (ImportError, OSError, ValueError):
+            continue
+        if here is not None and name.partition(".")[0] not in _protected_modules():
+            del sys.modules[name]
+
+
 def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
@@ -2952,6 +2987,8 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> Non
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins)."""
     regular = _FolderModules(folder, named=named, namespaces=False)
+    if first:
+        _forget_other_folders(regular.folder)
     if regular not in sys.meta_path:
         sys.meta_path.insert(0 if first else len(sys.meta_path), regular)
     namespaces = _FolderModules(folder, named=named, namespaces=True)

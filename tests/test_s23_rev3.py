@@ -1,0 +1,52 @@
+"""Review of the model folders' import machinery (`_FolderModules`): which importer counts as a folder's own code,
+and which folder's modules a second model, from another folder, gets."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from fdl_cli.checkpoints import _serve_folder, resolve_model_factory
+from tests.test_s23_sec import _own_import_state, _planted, _ran
+
+__all__ = ["_own_import_state"]  # a fixture
+
+
+def _model_folder(folder: Path, width: int) -> Path:
+    """A model.py whose factory imports its neighbour s23_rev3_layers lazily, the width the neighbour says."""
+    folder.mkdir(parents=True)
+    (folder / "s23_rev3_layers.py").write_text(f"WIDTH = {width}\n")
+    (folder / "model.py").write_text(
+        "import importlib\n\nimport torch.nn as nn\n\n\n"
+        "def build():\n    from s23_rev3_layers import WIDTH\n"
+        "    assert importlib.import_module('s23_rev3_layers').WIDTH == WIDTH\n    return nn.Linear(2, WIDTH)\n")
+    return folder / "model.py"
+
+
+def test_a_second_model_folder_gets_its_own_neighbours_not_the_first_ones(tmp_path: Path, _own_import_state: None) -> None:
+    """The Python API analysing two runs in turn, each with its model.py and a layers module beside it of the same
+    name: the second model was built with the first folder's module (sys.modules kept it), a network of the first
+    run's shape."""
+    assert resolve_model_factory(f"{_model_folder(tmp_path / 'a', 3)}:build")().out_features == 3
+    assert resolve_model_factory(f"{_model_folder(tmp_path / 'b', 5)}:build")().out_features == 5
+    assert resolve_model_factory(f"{tmp_path / 'a' / 'model.py'}:build")().out_features == 3  # and back
+
+
+def test_code_compiled_from_a_string_is_not_the_folders_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _own_import_state: None
+) -> None:
+    """exec'd code (a library's generated code: dataclasses', torch.fx's) has a file name such as `<string>`, which
+    read as a path lay in the current folder: in a model folder one works in, its import took the folder's module."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _planted(folder, tmp_path, ("s23_rev3_optional",))
+    monkeypatch.chdir(folder)
+    _serve_folder(folder, first=True)
+    with pytest.raises(ModuleNotFoundError):
+        exec(compile("import s23_rev3_optional", "<string>", "exec"), {})
+    assert _ran(tmp_path) == []
+    assert "s23_rev3_optional" not in sys.modules
+    assert importlib.util.find_spec("s23_rev3_optional") is None
