@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import functools
@@ -2382,12 +2383,15 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
     cannot be imported here, or any other failure, is a CheckpointError that says so."""
+    token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
     try:
         return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
     except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
         raise _unimportable_error(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
         raise _corrupt_error(path, exc) from None
+    finally:
+        _TRUSTED_UNPICKLING.reset(token)
 
 
 def _trusted_steps(path: Path) -> dict[str, Any]:
@@ -2910,14 +2914,20 @@ def _importer_file() -> str:
     return ""
 
 
+#: True while --trust-pickle unpickles a checkpoint: the classes it names may be of a model folder's modules
+#: (`torch.save(model)` by a trainer that imported model.py), which torch's unpickler, no code of that folder, imports
+_TRUSTED_UNPICKLING: contextvars.ContextVar[bool] = contextvars.ContextVar("_TRUSTED_UNPICKLING", default=False)
+
+
 class _FolderModules(importlib.abc.MetaPathFinder):
     """The top-level modules of a model's folder, for the code of that folder only (the model file, its neighbours,
     and what they import lazily in the factory or the forward pass), as `python model.py` finds them; and `named`,
     the module an fdl.toml or --model names, for fdl's import of it. A module of the standard library or of the
     libraries fdl runs on (`_protected_modules`) is never taken from there, and no other importer (fdl's own
-    lazy imports, torch's optional ones) gets one: the folder itself is not put on sys.path, where a
-    `safetensors.py` beside a model file stood in for the library. `namespaces`: serve only folders of no
-    package (after everything, as Python ranks a namespace portion), else only modules and packages."""
+    lazy imports, torch's optional ones) gets one but the unpickler under --trust-pickle (`_TRUSTED_UNPICKLING`):
+    the folder itself is not put on sys.path, where a `safetensors.py` beside a model file stood in for the library.
+    `namespaces`: serve only folders of no package (after everything, as Python ranks a namespace portion), else
+    only modules and packages."""
 
     def __init__(self, folder: Path, *, named: str | None, namespaces: bool) -> None:
         self.folder = os.path.realpath(folder)
@@ -2933,7 +2943,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
-        if fullname != self.named:
+        if fullname != self.named and not _TRUSTED_UNPICKLING.get():
             importer = _importer_file()
             if not importer or not os.path.realpath(importer).startswith(self.folder + os.sep):
                 return None

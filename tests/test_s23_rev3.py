@@ -4,12 +4,16 @@ and which folder's modules a second model, from another folder, gets."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from fdl_cli.checkpoints import _serve_folder, resolve_model_factory
+from tests.cli_run import fdl_in_process
 from tests.test_s23_sec import _own_import_state, _planted, _ran
 
 __all__ = ["_own_import_state"]  # a fixture
@@ -50,3 +54,28 @@ def test_code_compiled_from_a_string_is_not_the_folders_code(
     assert _ran(tmp_path) == []
     assert "s23_rev3_optional" not in sys.modules
     assert importlib.util.find_spec("s23_rev3_optional") is None
+
+
+def test_a_trusted_pickle_takes_its_classes_from_the_model_folders_modules(
+    tmp_path: Path, _own_import_state: None
+) -> None:
+    """`fdl analyze run --trust-pickle` of modules pickled whole (`torch.save(model)`) by a trainer that imported the
+    model file fdl.toml names (the class is `s23_rev3_model.Net`): the folder was on sys.path and the pickles
+    loaded; served to the model's code only, unpickling (torch's code imports the class) said "No module named
+    's23_rev3_model'"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "s23_rev3_model.py").write_text(
+        "import torch.nn as nn\n\n\nclass Net(nn.Sequential):\n    def __init__(self):\n"
+        "        super().__init__(nn.Linear(2, 3))\n\n\ndef build():\n    return Net()\n")
+    (run / "fdl.toml").write_text('model = "s23_rev3_model.py:build"\nprobe = "probe.npz"\n')
+    np.savez(run / "probe.npz", x=np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32))
+    sys.path.insert(0, str(run))  # the trainer's own import, as it saved the modules
+    torch.manual_seed(0)
+    for step in (0, 10):
+        torch.save(importlib.import_module("s23_rev3_model").Net(), run / f"step_{step}.pt")
+    sys.path.remove(str(run))
+    del sys.modules["s23_rev3_model"]
+    done = fdl_in_process("analyze", run, "--trust-pickle", "--out", tmp_path / "a.h5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10]
