@@ -2945,7 +2945,9 @@ class _FolderModules(importlib.abc.MetaPathFinder):
             return None
         if fullname != self.named and not _TRUSTED_UNPICKLING.get():
             importer = _importer_file()
-            if not importer or not os.path.realpath(importer).startswith(self.folder + os.sep):
+            # as spelled too: a module beside an fdl.toml that links to shared code imports its neighbours there
+            if not importer or not any(place.startswith(self.folder + os.sep)
+                                       for place in (os.path.abspath(importer), os.path.realpath(importer))):
                 return None
         try:
             found = importlib.machinery.PathFinder.find_spec(fullname, [self.folder])

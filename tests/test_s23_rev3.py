@@ -79,3 +79,22 @@ def test_a_trusted_pickle_takes_its_classes_from_the_model_folders_modules(
     done = fdl_in_process("analyze", run, "--trust-pickle", "--out", tmp_path / "a.h5", "--json")
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10]
+
+
+def test_a_linked_module_beside_the_manifest_imports_its_neighbours_there(
+    tmp_path: Path, _own_import_state: None
+) -> None:
+    """`model = "s23_rev3_net:build"`, s23_rev3_net.py a symbolic link into the fdl.toml's folder (shared code), its
+    neighbour a file of that folder: as `import s23_rev3_net` with the folder on sys.path, the neighbour comes from
+    the folder. Its code read as the link's target, outside the folder, got no module there: "No module named"."""
+    shared, run = tmp_path / "shared", tmp_path / "run"
+    shared.mkdir()
+    run.mkdir()
+    (shared / "s23_rev3_net.py").write_text(
+        "import torch.nn as nn\n\nimport s23_rev3_width\n\n\n"
+        "def build():\n    return nn.Linear(2, s23_rev3_width.WIDTH)\n")
+    (run / "s23_rev3_net.py").symlink_to(shared / "s23_rev3_net.py")
+    (run / "s23_rev3_width.py").write_text("WIDTH = 4\n")
+    (run / "fdl.toml").write_text('model = "s23_rev3_net:build"\n')
+    factory = resolve_model_factory("s23_rev3_net:build", module_dir=run, named_by=run / "fdl.toml")
+    assert factory().out_features == 4
