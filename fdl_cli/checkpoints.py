@@ -2919,6 +2919,10 @@ def _importer_file() -> str:
 _TRUSTED_UNPICKLING: contextvars.ContextVar[bool] = contextvars.ContextVar("_TRUSTED_UNPICKLING", default=False)
 
 
+#: the top-level modules `_FolderModules` served, and the folder each came from (`_forget_other_folders`)
+_SERVED: dict[str, str] = {}
+
+
 class _FolderModules(importlib.abc.MetaPathFinder):
     """The top-level modules of a model's folder, for the code of that folder only (the model file, its neighbours,
     and what they import lazily in the factory or the forward pass), as `python model.py` finds them; and `named`,
@@ -2956,7 +2960,10 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         if found is None or (found.origin in (None, "namespace")) != self.namespaces:
             return None
         # last: the installed metadata is read (~0.1 s, once) only when the folder does hold a module of that name
-        return None if fullname in _protected_modules() else found
+        if fullname in _protected_modules():
+            return None
+        _SERVED[fullname] = self.folder
+        return found
 
 
 def _module_homes(module: object) -> list[str]:
@@ -2971,24 +2978,22 @@ def _module_homes(module: object) -> list[str]:
 
 
 def _forget_other_folders(folder: str) -> None:
-    """Take out of sys.modules the modules another model folder served (`_FolderModules`) whose names `folder`
-    holds too: imported once, a model folder's `layers` was what the next model's `from layers import Block` got
-    (the Python API analysing two runs in turn), a network of the first run's shape. The first model's code, if
-    run again, imports its own afresh."""
-    others = {finder.folder for finder in sys.meta_path if isinstance(finder, _FolderModules)} - {folder}
-    if not others:
-        return
-    for name, module in list(sys.modules.items()):
-        homes = _module_homes(module)
-        if not any(home.startswith(other + os.sep) for home in homes for other in others) or any(
-                home.startswith(folder + os.sep) for home in homes):
+    """Take out of sys.modules the modules another model folder served (`_SERVED`) whose names `folder` holds too:
+    imported once, a model folder's `layers` was what the next model's `from layers import Block` got (the Python
+    API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays."""
+    for name, home in list(_SERVED.items()):
+        if home == folder:
             continue
         try:
-            here = importlib.machinery.PathFinder.find_spec(name.partition(".")[0], [folder])
+            here = importlib.machinery.PathFinder.find_spec(name, [folder])
         except (ImportError, OSError, ValueError):
             continue
-        if here is not None and name.partition(".")[0] not in _protected_modules():
-            del sys.modules[name]
+        if here is None:
+            continue
+        del _SERVED[name]
+        if any(place.startswith(home + os.sep) for place in _module_homes(sys.modules.get(name))):
+            for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
+                del sys.modules[loaded]
 
 
 def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
