@@ -2715,7 +2715,10 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
     if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
         raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
     imported = sys.modules.get(target)  # `torch:load`: told now, before the note that its code runs
-    if imported is not None and callable(factory := getattr(imported, attr, None)):
+    # but for a module beside the fdl.toml, which the import takes from there (another run's `model` of that name,
+    # imported before, is forgotten: `_forget_other_folders`), checked once imported
+    own = beside is not None and top not in _protected_modules()
+    if imported is not None and not own and callable(factory := getattr(imported, attr, None)):
         _check_manifest_factory(spec, named_by, imported, factory)
 
 
@@ -3004,8 +3007,10 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> Non
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins)."""
     regular = _FolderModules(folder, named=named, namespaces=False)
-    if first:
+    if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
         _forget_other_folders(regular.folder)
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(regular)
     if regular not in sys.meta_path:
         sys.meta_path.insert(0 if first else len(sys.meta_path), regular)
     namespaces = _FolderModules(folder, named=named, namespaces=True)

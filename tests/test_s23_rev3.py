@@ -98,3 +98,21 @@ def test_a_linked_module_beside_the_manifest_imports_its_neighbours_there(
     (run / "fdl.toml").write_text('model = "s23_rev3_net:build"\n')
     factory = resolve_model_factory("s23_rev3_net:build", module_dir=run, named_by=run / "fdl.toml")
     assert factory().out_features == 4
+
+
+def test_a_second_manifest_naming_a_module_of_the_same_name_beside_it_builds_its_own(
+    tmp_path: Path, _own_import_state: None
+) -> None:
+    """Two runs in turn (the Python API), each fdl.toml naming `s23_rev3_mod:build`, a module beside it: the second
+    was refused as "a function of s23_rev3_mod (the first run's file), outside" its folder (sys.modules held the
+    first run's module, checked before the import); before the check, it built the first run's network."""
+    widths = {"a": 3, "b": 5}
+    for name, width in widths.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "s23_rev3_mod.py").write_text(
+            f"import torch.nn as nn\n\n\ndef build():\n    return nn.Linear(2, {width})\n")
+        (tmp_path / name / "fdl.toml").write_text('model = "s23_rev3_mod:build"\n')
+    for name, width in [*widths.items(), ("a", 3)]:
+        run = tmp_path / name
+        factory = resolve_model_factory("s23_rev3_mod:build", module_dir=run, named_by=run / "fdl.toml")
+        assert factory().out_features == width
