@@ -2660,15 +2660,19 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
-def _inside(path: str | Path, folder: Path) -> bool:
+def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
-    there), or with its links followed; or it is where a symbolic link in `folder` leads (a model.py linked into each
-    run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as its own."""
+    there), or with its links followed; or, with `links`, it is where a symbolic link in `folder` leads (a model.py
+    linked into each run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as
+    its own. Not for a module imported by name (`_check_manifest_factory`): a link to torch's __init__.py made torch
+    the folder's own, and `model = "torch:load"` was called."""
     try:
         places = {os.path.abspath(folder), os.path.realpath(folder)}
         if any(Path(place).is_relative_to(home) for place in (os.path.abspath(path), os.path.realpath(path))
                for home in places):
             return True
+        if not links:
+            return False
         with os.scandir(folder) as entries:
             return any(entry.is_symlink() and os.path.realpath(entry.path) == os.path.realpath(path)
                        for entry in entries)
@@ -2728,7 +2732,8 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
     if isinstance(factory, type) and issubclass(factory, nn.Module):
         return
     file = getattr(module, "__file__", None)
-    if file is not None and _inside(file, named_by.parent):
+    # a model file fdl.toml names by path may be a link in the folder; a module it names was found by name
+    if file is not None and _inside(file, named_by.parent, links=_is_path_spec(spec.rpartition(":")[0] or spec)):
         return
     kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import _serve_folder, resolve_model_factory
+from fdl_cli.errors import ModelError
 from tests.cli_run import fdl_in_process
 from tests.test_s23_sec import _own_import_state, _planted, _ran
 
@@ -116,3 +117,16 @@ def test_a_second_manifest_naming_a_module_of_the_same_name_beside_it_builds_its
         run = tmp_path / name
         factory = resolve_model_factory("s23_rev3_mod:build", module_dir=run, named_by=run / "fdl.toml")
         assert factory().out_features == width
+
+
+def test_a_link_to_a_librarys_file_does_not_make_its_module_the_folders_own(tmp_path: Path) -> None:
+    """`model = "torch:load"` (refused: it unpickles, a folder vouching for itself past --trust-pickle) was taken
+    once the folder held a symbolic link, of any name, to torch's __init__.py: torch's file was "where a link in the
+    folder leads", so torch counted as the folder's code, and `fdl analyze run` ran the pickle model_kwargs named."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "innocent.py").symlink_to(torch.__file__)
+    (run / "fdl.toml").write_text('model = "torch:load"\n')
+    with pytest.raises(ModelError, match="neither a model defined in its folder") as refused:
+        resolve_model_factory("torch:load", module_dir=run, named_by=run / "fdl.toml")
+    assert "load is a function of torch" in str(refused.value)
