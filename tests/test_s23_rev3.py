@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,19 @@ def test_a_link_to_a_librarys_file_does_not_make_its_module_the_folders_own(tmp_
     with pytest.raises(ModelError, match="neither a model defined in its folder") as refused:
         resolve_model_factory("torch:load", module_dir=run, named_by=run / "fdl.toml")
     assert "load is a function of torch" in str(refused.value)
+
+
+def test_a_spectrum_of_equal_eigenvalues_and_a_smaller_one_keeps_a_ratio_panel() -> None:
+    """Four equal eigenvalues and one at 1e-3: no spread between the quartiles, so Tukey's fence was the top ratio
+    itself; the triptych's ρ panel ran from 1 to 1 (a singular axis matplotlib warned of) and said all below 1 not
+    drawn. The limit lies a decade below the largest ratio at least."""
+    from fdl_cli.figures import Curves, ratio_floor, triptych_figure
+
+    ratios = np.array([1.0, 1.0, 1.0, 1.0, 1e-3])
+    assert ratio_floor([ratios]) == (0.1, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Attempting to set identical low and high ylims"
+        figure = triptych_figure([Curves(step=0, eigenvalues=ratios, quality=None, utility=np.full(5, 0.2))],
+                                 n_outputs=2)
+    low, high = figure.axes[2].get_ylim()
+    assert low == 0.1 and high > 1.0
