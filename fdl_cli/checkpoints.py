@@ -2667,6 +2667,10 @@ def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     its own. Not for a module imported by name (`_check_manifest_factory`): a link to torch's __init__.py made torch
     the folder's own, and `model = "torch:load"` was called."""
     try:
+        if Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+            return True
+        if _in_library(path):  # a link to `subprocess.py`, or to Python's library folder, ran subprocess.run
+            return False
         places = {os.path.abspath(folder), os.path.realpath(folder)}
         if any(Path(place).is_relative_to(home) for place in (os.path.abspath(path), os.path.realpath(path))
                for home in places):
@@ -2678,6 +2682,20 @@ def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
                        for entry in entries)
     except (OSError, ValueError):
         return False
+
+
+def _in_library(path: str | Path) -> bool:
+    """`path`, its links followed, is a file of Python's standard library or of an installed distribution (the
+    interpreter's library and site-packages folders): nobody's model code, whatever link in a folder leads to it."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    homes = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
+        homes += [*site.getsitepackages(), site.getusersitepackages()]
+    real = Path(os.path.realpath(path))
+    return any(home and real.is_relative_to(os.path.realpath(home)) for home in homes)
 
 
 def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:

@@ -147,3 +147,26 @@ def test_a_spectrum_of_equal_eigenvalues_and_a_smaller_one_keeps_a_ratio_panel()
                                  n_outputs=2)
     low, high = figure.axes[2].get_ylim()
     assert low == 0.1 and high > 1.0
+
+
+@pytest.mark.parametrize("linked", ["file", "folder"])
+def test_a_link_into_pythons_own_library_is_not_the_folders_code(
+    tmp_path: Path, linked: str, _own_import_state: None
+) -> None:
+    """A folder holding no code but a link to the standard library (a file: `sp.py` to subprocess.py; or a folder:
+    `s23_rev3_lib` to the library's folder) named `subprocess.run` as its own model, which fdl called with
+    model_kwargs (`args = "...", shell = true`): a shell command. Python's and the installed libraries' files are
+    nobody's model code; a link to a model.py of one's own still counts."""
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if linked == "file":
+        (run / "sp.py").symlink_to(subprocess.__file__)
+        spec = f"{run / 'sp.py'}:run"
+    else:
+        (run / "s23_rev3_lib").symlink_to(Path(subprocess.__file__).parent)
+        spec = "s23_rev3_lib.subprocess:run"
+    (run / "fdl.toml").write_text(f"model = {spec!r}\n")
+    with pytest.raises(ModelError, match="neither a model defined in its folder"):
+        resolve_model_factory(spec, module_dir=run, base_dir=run, named_by=run / "fdl.toml")
