@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import functools
@@ -2382,12 +2383,15 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
     cannot be imported here, or any other failure, is a CheckpointError that says so."""
+    token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
     try:
         return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
     except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
         raise _unimportable_error(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
         raise _corrupt_error(path, exc) from None
+    finally:
+        _TRUSTED_UNPICKLING.reset(token)
 
 
 def _trusted_steps(path: Path) -> dict[str, Any]:
@@ -2656,20 +2660,42 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
-def _inside(path: str | Path, folder: Path) -> bool:
+def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
-    there), or with its links followed; or it is where a symbolic link in `folder` leads (a model.py linked into each
-    run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as its own."""
+    there), or with its links followed; or, with `links`, it is where a symbolic link in `folder` leads (a model.py
+    linked into each run's folder, which fdl.toml's paths name resolved): a file the folder brings, whose code runs as
+    its own. Not for a module imported by name (`_check_manifest_factory`): a link to torch's __init__.py made torch
+    the folder's own, and `model = "torch:load"` was called."""
     try:
+        if Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+            return True
+        if _in_library(path):  # a link to `subprocess.py`, or to Python's library folder, ran subprocess.run
+            return False
         places = {os.path.abspath(folder), os.path.realpath(folder)}
         if any(Path(place).is_relative_to(home) for place in (os.path.abspath(path), os.path.realpath(path))
                for home in places):
             return True
+        if not links:
+            return False
         with os.scandir(folder) as entries:
             return any(entry.is_symlink() and os.path.realpath(entry.path) == os.path.realpath(path)
                        for entry in entries)
     except (OSError, ValueError):
         return False
+
+
+def _in_library(path: str | Path) -> bool:
+    """`path`, its links followed, is a file of Python's standard library or of an installed distribution (the
+    interpreter's library and site-packages folders): nobody's model code, whatever link in a folder leads to it."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    homes = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
+        homes += [*site.getsitepackages(), site.getusersitepackages()]
+    real = Path(os.path.realpath(path))
+    return any(home and real.is_relative_to(os.path.realpath(home)) for home in homes)
 
 
 def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
@@ -2711,7 +2737,10 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
     if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
         raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
     imported = sys.modules.get(target)  # `torch:load`: told now, before the note that its code runs
-    if imported is not None and callable(factory := getattr(imported, attr, None)):
+    # but for a module beside the fdl.toml, which the import takes from there (another run's `model` of that name,
+    # imported before, is forgotten: `_forget_other_folders`), checked once imported
+    own = beside is not None and top not in _protected_modules()
+    if imported is not None and not own and callable(factory := getattr(imported, attr, None)):
         _check_manifest_factory(spec, named_by, imported, factory)
 
 
@@ -2721,7 +2750,8 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
     if isinstance(factory, type) and issubclass(factory, nn.Module):
         return
     file = getattr(module, "__file__", None)
-    if file is not None and _inside(file, named_by.parent):
+    # a model file fdl.toml names by path may be a link in the folder; a module it names was found by name
+    if file is not None and _inside(file, named_by.parent, links=_is_path_spec(spec.rpartition(":")[0] or spec)):
         return
     kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
@@ -2902,9 +2932,21 @@ def _importer_file() -> str:
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
-            return name
+            # a module's file is absolute (spec_from_file_location, the finders make it so); code compiled from a
+            # string (`<string>`: dataclasses', torch.fx's generated code) is no folder's, though as a path it lay
+            # in the current folder
+            return name if os.path.isabs(name) else ""
         frame = frame.f_back
     return ""
+
+
+#: True while --trust-pickle unpickles a checkpoint: the classes it names may be of a model folder's modules
+#: (`torch.save(model)` by a trainer that imported model.py), which torch's unpickler, no code of that folder, imports
+_TRUSTED_UNPICKLING: contextvars.ContextVar[bool] = contextvars.ContextVar("_TRUSTED_UNPICKLING", default=False)
+
+
+#: the top-level modules `_FolderModules` served, and the folder each came from (`_forget_other_folders`)
+_SERVED: dict[str, str] = {}
 
 
 class _FolderModules(importlib.abc.MetaPathFinder):
@@ -2912,9 +2954,10 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     and what they import lazily in the factory or the forward pass), as `python model.py` finds them; and `named`,
     the module an fdl.toml or --model names, for fdl's import of it. A module of the standard library or of the
     libraries fdl runs on (`_protected_modules`) is never taken from there, and no other importer (fdl's own
-    lazy imports, torch's optional ones) gets one: the folder itself is not put on sys.path, where a
-    `safetensors.py` beside a model file stood in for the library. `namespaces`: serve only folders of no
-    package (after everything, as Python ranks a namespace portion), else only modules and packages."""
+    lazy imports, torch's optional ones) gets one but the unpickler under --trust-pickle (`_TRUSTED_UNPICKLING`):
+    the folder itself is not put on sys.path, where a `safetensors.py` beside a model file stood in for the library.
+    `namespaces`: serve only folders of no package (after everything, as Python ranks a namespace portion), else
+    only modules and packages."""
 
     def __init__(self, folder: Path, *, named: str | None, namespaces: bool) -> None:
         self.folder = os.path.realpath(folder)
@@ -2930,9 +2973,11 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
-        if fullname != self.named:
+        if fullname != self.named and not _TRUSTED_UNPICKLING.get():
             importer = _importer_file()
-            if not importer or not os.path.realpath(importer).startswith(self.folder + os.sep):
+            # as spelled too: a module beside an fdl.toml that links to shared code imports its neighbours there
+            if not importer or not any(place.startswith(self.folder + os.sep)
+                                       for place in (os.path.abspath(importer), os.path.realpath(importer))):
                 return None
         try:
             found = importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
@@ -2941,7 +2986,40 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         if found is None or (found.origin in (None, "namespace")) != self.namespaces:
             return None
         # last: the installed metadata is read (~0.1 s, once) only when the folder does hold a module of that name
-        return None if fullname in _protected_modules() else found
+        if fullname in _protected_modules():
+            return None
+        _SERVED[fullname] = self.folder
+        return found
+
+
+def _module_homes(module: object) -> list[str]:
+    """The file of an imported module, or the folders of a package of no file; read without an attribute lookup on
+    it (a lazily loaded module would be loaded by one)."""
+    try:
+        spec = object.__getattribute__(module, "__dict__").get("__spec__")
+    except (AttributeError, TypeError):
+        return []
+    places = [getattr(spec, "origin", None), *(getattr(spec, "submodule_search_locations", None) or [])]
+    return [place for place in places if isinstance(place, str) and os.path.isabs(place)]
+
+
+def _forget_other_folders(folder: str) -> None:
+    """Take out of sys.modules the modules another model folder served (`_SERVED`) whose names `folder` holds too:
+    imported once, a model folder's `layers` was what the next model's `from layers import Block` got (the Python
+    API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays."""
+    for name, home in list(_SERVED.items()):
+        if home == folder:
+            continue
+        try:
+            here = importlib.machinery.PathFinder.find_spec(name, [folder])
+        except (ImportError, OSError, ValueError):
+            continue
+        if here is None:
+            continue
+        del _SERVED[name]
+        if any(place.startswith(home + os.sep) for place in _module_homes(sys.modules.get(name))):
+            for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
+                del sys.modules[loaded]
 
 
 def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
@@ -2952,6 +3030,10 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> Non
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins)."""
     regular = _FolderModules(folder, named=named, namespaces=False)
+    if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
+        _forget_other_folders(regular.folder)
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(regular)
     if regular not in sys.meta_path:
         sys.meta_path.insert(0 if first else len(sys.meta_path), regular)
     namespaces = _FolderModules(folder, named=named, namespaces=True)

@@ -209,7 +209,10 @@ def ratio_floor(ratios: Iterable[np.ndarray]) -> tuple[float, bool] | None:
         return None
     logs = np.log10(positive)
     low, high = np.percentile(logs, [25, 75])
-    fence = max(float(np.floor(low - RATIO_FENCE * (high - low))), float(np.log10(RANK_RTOL)))
+    fence = float(np.floor(low - RATIO_FENCE * (high - low)))
+    # a decade below the largest at least: with no spread (four equal eigenvalues and a smaller one) the fence was
+    # the largest ratio itself, the triptych's ρ panel from 1 to 1 (matplotlib: "identical low and high ylims")
+    fence = max(min(fence, float(np.ceil(logs.max())) - 1.0), float(np.log10(RANK_RTOL)))
     if logs.min() >= fence and not (every <= 0).any():
         return float(positive.min()), False
     return 10.0**fence, True
