@@ -12,6 +12,7 @@ the code does.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -109,3 +110,132 @@ def test_the_defaults_usage_md_states_are_the_options_defaults() -> None:
     assert params["center"].default is False and "`--center`\n(uncentered)" in USAGE
     report = {param.name: param for param in cli.commands["report"].params}
     assert report["fmt"].default == "table" and "(`--format table`, the default)" in USAGE
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+def _layout() -> tuple[set[str], dict[str, str]]:
+    """The attribute names and the datasets (name -> dtype) of store.md's layout block."""
+    block = STORE.split("## Layout", 1)[1].split("```", 2)[1]
+    attributes: set[str] = set()
+    datasets: dict[str, str] = {}
+    for line in block.splitlines():
+        if "attrs:" in line:
+            part = line.split("attrs:", 1)[1].strip()
+        elif re.match(r"\s{40,}\S", line):  # an attribute list's continuation
+            part = line.strip()
+        else:
+            dataset = re.match(r"\s{4,}([a-z][a-z0-9_]*)\s+\(.*?\)\s+(float32|float64|int64)", line)
+            if dataset:
+                datasets[dataset.group(1)] = dataset.group(2)
+            continue
+        attributes.update(re.findall(r"(?:^|, )([a-z][a-z0-9_]*) (?:=|\()", part))
+    return attributes, datasets
+
+
+def test_the_layout_is_read_whole() -> None:
+    attributes, datasets = _layout()
+    assert {"format", "schema_version", "provenance", "history", "sha256", "x_sha256", "step", "complete"} <= attributes
+    assert datasets["eigenfunctions"] == "float32" and datasets["eigenvalues"] == "float64"
+
+
+def test_every_name_store_md_s_layout_lists_is_one_a_store_holds(tmp_path: Path) -> None:
+    """The reverse of tests/test_s16_docs.py's check: a store of a 1-D regression probe analysed with --center
+    (anchors, feature_mean, quality) holds every attribute and dataset the layout lists, with the dtype it
+    gives; `dropped` and `pending_series`, which only a drop or an unfinished addition writes, are written by
+    the store module under those names."""
+    import numpy as np
+    import torch
+
+    (tmp_path / "model.py").write_text(
+        "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1))\n")
+    x = np.linspace(-1, 1, 24, dtype=np.float32)[:, None]
+    np.savez(tmp_path / "probe.npz", x=x, y=np.sin(3 * x))
+    for step in (0, 10):
+        torch.manual_seed(step)
+        net = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+        torch.save(net.state_dict(), tmp_path / f"step_{step}.pt")
+    store = tmp_path / "run.h5"
+    result = fdl("analyze", tmp_path, "--model", f"{tmp_path / 'model.py'}:build", "--probe", tmp_path / "probe.npz",
+                 "--center", "--out", store)
+    assert result.code == 0, result.stderr
+
+    attributes: set[str] = set()
+    datasets: dict[str, str] = {}
+
+    def visit(name: str, node: h5py.HLObject) -> None:
+        attributes.update(node.attrs)
+        if isinstance(node, h5py.Dataset) and not name.startswith("trajectories/"):
+            datasets[name.rsplit("/", 1)[1]] = str(node.dtype)
+
+    with h5py.File(store, "r") as opened:
+        attributes.update(opened.attrs)
+        opened.visititems(visit)
+        provenance = json.loads(opened.attrs["provenance"])
+        history = json.loads(opened.attrs["history"])
+    # the provenance's keys and options, and the history's, are each named in store.md
+    keys = {*provenance, *provenance["options"], *history[0]}
+    assert sorted(key for key in keys if f"`{key}`" not in STORE) == []
+    listed, listed_datasets = _layout()
+    source = (REPO / "fdl_cli" / "store.py").read_text(encoding="utf-8")
+    written_elsewhere = {name for name in ("dropped", "pending_series") if f'attrs["{name}"] = ' in source}
+    assert sorted(listed - attributes - written_elsewhere) == []
+    assert sorted(attributes - set(fields.MEASURE_FIELDS) - listed) == []
+    assert listed_datasets == datasets
+
+
+# ------------------------------------------------------------------------- DESIGN.md and SPEC.md
+
+
+ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+#: architecture.md's "Where fdl departs from DESIGN.md and SPEC.md" ("" where there is none)
+DEPARTURES = (ARCHITECTURE.split("\n## Where fdl departs from DESIGN.md and SPEC.md\n", 1) + [""])[1].split("\n## ")[0]
+#: DESIGN.md's "Per-checkpoint fields (the stable names of `--format json|csv`)", as it lists them
+DESIGN_FIELDS = (
+    "step, path, sha256, n_probe, n_features, n_outputs, rank, d_lr, output_rank, dlr_alignment, feature_pr, eff_dim, "
+    "eff_dim_quality, eff_dim_utility, k90_quality, k95_quality, k99_quality, k90_utility, k95_utility, k99_utility, "
+    "pi_star_C, pi_hat_C, cka_init, cka_prev, overlap_init, overlap_prev, nc1, param_norm, param_dist_init, accuracy, "
+    "loss, regime"
+).split(", ")
+
+
+def test_the_fields_beyond_design_md_s_list_are_those_architecture_md_names() -> None:
+    """Every record field DESIGN.md does not list is named, with its reason, among the departures; none of
+    DESIGN.md's fields is missing from the records."""
+    bullet = DEPARTURES.split("**Fields beyond DESIGN.md's list**", 1)[1].split("\n- ", 1)[0]
+    beyond = [name for name in fields.RECORD_FIELDS if name not in DESIGN_FIELDS]
+    assert beyond and sorted(name for name in beyond if f"`{name}`" not in bullet) == []
+    assert [name for name in DESIGN_FIELDS if name not in fields.RECORD_FIELDS] == []
+
+
+def _anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+
+
+def test_the_departures_point_to_pages_and_sections_that_exist() -> None:
+    links = re.findall(r"\]\(([a-z]+\.md)(?:#([a-z0-9-]+))?\)", DEPARTURES)
+    assert len(links) >= 8
+    for page, anchor in links:
+        text = (REPO / "docs" / page).read_text(encoding="utf-8")
+        if anchor:
+            assert anchor in {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}, (page, anchor)
+    for section in ("§1", "§2", "§4", "§5", "§6", "§7", "§8"):
+        assert f"- {section}:" in DEPARTURES, section
+
+
+def test_the_readme_says_a_torch_export_file_loads_with_trust_pickle_as_fdl_does(tmp_path: Path) -> None:
+    """README's "What fdl reads" said TorchScript and `torch.export` files "all load", where a `.pt2` is refused
+    without `--trust-pickle` (torch.export.load can run code from the archive; usage.md said so)."""
+    import numpy as np
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 1),)), tmp_path / "step_0.pt2")
+    x = np.linspace(-1, 1, 8, dtype=np.float32)[:, None]
+    np.savez(tmp_path / "probe.npz", x=x, y=x)
+    result = fdl("analyze", tmp_path, "--probe", tmp_path / "probe.npz", "--out", tmp_path / "run.h5")
+    assert result.code == 1
+    assert "a torch.export archive can run code when loaded" in result.stderr and "--trust-pickle" in result.stderr
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "`torch.export` files (with `--trust-pickle`)" in readme
