@@ -2927,17 +2927,58 @@ def _protected_modules() -> frozenset[str]:
 
 
 def _importer_file() -> str:
-    """The file of the code whose import is being looked for (importlib's own frames passed over)."""
+    """The file of the code whose import is being looked for (importlib's own frames passed over): the code that
+    ran an unpickler, for a class its pickle names (`_unpickling_caller`); the code torch.compile traces, for an
+    import of that code (`_traced_file`)."""
     frame: types.FrameType | None = sys._getframe(2)  # noqa: SLF001 - the caller of the finder's find_spec, and on
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
+            traced = _traced_file(frame)
+            if traced is not None:
+                return traced
+            if _is_unpickler(frame):
+                return _unpickling_caller(frame)
             # a module's file is absolute (spec_from_file_location, the finders make it so); code compiled from a
             # string (`<string>`: dataclasses', torch.fx's generated code) is no folder's, though as a path it lay
             # in the current folder
             return name if os.path.isabs(name) else ""
         frame = frame.f_back
     return ""
+
+
+def _is_unpickler(frame: types.FrameType) -> bool:
+    """`frame` is an unpickler's `find_class` (pickle's pure-Python one, torch.load's, dill's, joblib's): it imports
+    the module of a class the pickle names. (C pickle's has no frame: the import is its caller's already.)"""
+    if frame.f_code.co_name != "find_class":
+        return False
+    return isinstance(frame.f_locals.get("self"), (pickle.Unpickler, pickle._Unpickler))  # noqa: SLF001
+
+
+def _unpickling_caller(frame: types.FrameType) -> str:
+    """The file of the code that ran the unpickling `frame` belongs to: the first frame above it that is no code of
+    Python's or an installed library (torch.load's, joblib.load's), fdl's own excepted, which is never a folder's;
+    "" for none. What a pickle names is its data's choice, which the code that unpickles it trusts with more than an
+    import; an import a library makes for itself (torch's optional `triton`) is its own, whoever called it."""
+    up: types.FrameType | None = frame
+    while up is not None:
+        name = up.f_code.co_filename
+        if not os.path.isabs(name):
+            return ""
+        if up.f_globals.get("__name__", "").partition(".")[0] == "fdl_cli" or not _in_library(name):
+            return name
+        up = up.f_back
+    return ""
+
+
+def _traced_file(frame: types.FrameType) -> str | None:
+    """The file of the code torch.compile's interpreter (dynamo) imports for, where `frame` is its IMPORT_NAME: an
+    `import` in the traced code, which runs eagerly from that code's own frame."""
+    if frame.f_code.co_name != "IMPORT_NAME" or frame.f_globals.get("__name__") != "torch._dynamo.symbolic_convert":
+        return None
+    code = getattr(frame.f_locals.get("self"), "f_code", None)
+    name = getattr(code, "co_filename", None)
+    return name if isinstance(name, str) and os.path.isabs(name) else ""
 
 
 #: True while --trust-pickle unpickles a checkpoint: the classes it names may be of a model folder's modules
