@@ -2695,7 +2695,12 @@ def _in_library(path: str | Path) -> bool:
     with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
         homes += [*site.getsitepackages(), site.getusersitepackages()]
     real = Path(os.path.realpath(path))
-    return any(home and real.is_relative_to(os.path.realpath(home)) for home in homes)
+    if any(home and real.is_relative_to(os.path.realpath(home)) for home in homes):
+        return True
+    # another Python's (the system's /usr/lib/python3.11/subprocess.py, beside a pyenv or conda interpreter's)
+    parts = [part.lower() for part in real.parts]
+    return any(part in ("site-packages", "dist-packages") for part in parts) or any(
+        up in ("lib", "lib64") and re.fullmatch(r"python\d+(\.\d+)*t?", part) for up, part in zip(parts, parts[1:]))
 
 
 def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
@@ -2751,11 +2756,47 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
         return
     file = getattr(module, "__file__", None)
     # a model file fdl.toml names by path may be a link in the folder; a module it names was found by name
-    if file is not None and _inside(file, named_by.parent, links=_is_path_spec(spec.rpartition(":")[0] or spec)):
-        return
+    links = _is_path_spec(spec.rpartition(":")[0] or spec)
+    if file is not None and _inside(file, named_by.parent, links=links):
+        # and the callable is no library's that its module imports (`from torch import *` made `model.py:load`
+        # torch.load, called with model_kwargs' pickle)
+        defined = _defined_by(factory, named_by.parent, links=links)
+        if defined is None:
+            return
+        module, file = defined
     kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
                                   f"({file or 'no file'}), outside {named_by.parent}")
+
+
+def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | None] | None:
+    """None when the code `factory` runs first is the folder's or someone's own, not a library's: defined in `folder`
+    or outside Python's and the installed libraries' files and fdl's (a project's module that model.py imports its
+    factory from); looked for through the wrappers a library puts around one (functools.partial, a bound method,
+    `__wrapped__`: torch.no_grad()(build)). Else the module that defines it (or the callable) and its file, for the
+    error: torch.load that `from torch import *` put in model.py, os.system of `from os import system`."""
+    where: Any = None
+    file: str | None = None
+    for _ in range(32):  # a chain of wrappers that never ends
+        plain = isinstance(factory, (types.FunctionType, types.BuiltinFunctionType, type))
+        name = getattr(factory, "__module__", None) if plain else type(factory).__module__
+        where = sys.modules.get(name) if isinstance(name, str) else None
+        where = where if where is not None else factory
+        file = (factory.__code__.co_filename if isinstance(factory, types.FunctionType)
+                else getattr(where, "__file__", None))
+        if file is not None and os.path.isabs(file) and (_inside(file, folder, links=links) or not (
+                _in_library(file) or getattr(where, "__name__", "").partition(".")[0] == "fdl_cli")):
+            return None
+        try:
+            inner = (factory.func if isinstance(factory, functools.partial)
+                     else factory.__func__ if isinstance(factory, types.MethodType)
+                     else getattr(factory, "__wrapped__", None))
+        except Exception:  # noqa: BLE001 - a `__getattr__` of the folder's that raises: no wrapper
+            inner = None
+        if inner is None:
+            break
+        factory = inner
+    return where, file
 
 
 def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, module_dir: Path | None) -> str:

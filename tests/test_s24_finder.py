@@ -106,3 +106,70 @@ def test_torch_compile_called_by_model_code_gets_none_of_the_folders_modules(tmp
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
     assert run.stdout.split() == ["3"], run.stderr
     assert _ran(tmp_path) == []
+
+
+def _run_naming(folder: Path, model: str, kwargs: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"weight": torch.ones(2, 2), "bias": torch.ones(2)}, folder / "step_1.pt")
+    np.savez(folder / "probe.npz", x=np.ones((8, 2), dtype=np.float32))
+    (folder / "fdl.toml").write_text(f'model = "{model}"\nprobe = "probe.npz"\n[model_kwargs]\n{kwargs}\n')
+    return folder
+
+
+class _Marker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_library_function_a_folders_model_file_only_imports_is_not_its_own(
+    tmp_path: Path, _own_import_state: None
+) -> None:
+    """A model.py of `from torch import *` (torch.load among the names) and `model = "model.py:load"` with
+    `model_kwargs = { f = "evil.pkl", weights_only = false }`: load is an attribute of the folder's module, so it
+    counted as the folder's code, and `fdl analyze run` unpickled the folder's pickle (a shell command) without
+    --trust-pickle. A library's function (Python's, an installed library's, fdl's) is not the folder's code."""
+    run = _run_naming(tmp_path / "run", "model.py:load", f'f = "{tmp_path / "run" / "evil.pkl"}"\nweights_only = false')
+    (run / "model.py").write_text("from torch import *  # noqa\nimport torch.nn as nn\n\n\n"
+                                  "def build():\n    return nn.Linear(2, 2)\n")
+    (run / "evil.pkl").write_bytes(pickle.dumps(_Marker(tmp_path / "ran_pickle")))
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5")
+    assert _ran(tmp_path) == []
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert "neither a model defined in its folder" in said and "load is a function of torch" in said, said
+
+
+def test_a_factory_defined_in_the_folder_may_be_wrapped_or_partial(tmp_path: Path, _own_import_state: None) -> None:
+    """What the folder defines still counts through a library's wrapper (torch.no_grad()(build), a partial of it),
+    and so does a factory of one's own project that model.py imports; a partial of a library's function does not."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "fdl.toml").write_text('model = "model.py:build"\n')
+    (run / "model.py").write_text(
+        "import functools\n\nimport torch\nimport torch.nn as nn\n\n\ndef _build(width):\n    return nn.Linear(2, width)\n"
+        "\n\nbuild = torch.no_grad()(_build)\nthree = functools.partial(_build, 3)\n"
+        "load = functools.partial(torch.load, weights_only=False)\nfrom tests.tiny_models import mlp  # noqa\n")
+    spec = f"{run / 'model.py'}"
+    assert resolve_model_factory(f"{spec}:build", named_by=run / "fdl.toml")(4).out_features == 4
+    assert resolve_model_factory(f"{spec}:three", named_by=run / "fdl.toml")().out_features == 3
+    assert resolve_model_factory(f"{spec}:mlp", named_by=run / "fdl.toml")().__class__.__name__ == "Sequential"
+    with pytest.raises(ModelError, match="load is a function of torch"):
+        resolve_model_factory(f"{spec}:load", named_by=run / "fdl.toml")
+
+
+def test_a_link_into_another_pythons_library_is_not_the_folders_code(tmp_path: Path, _own_import_state: None) -> None:
+    """A link `sp.py` to another Python's subprocess.py (the system's /usr/lib/python3.X, not the interpreter fdl runs
+    on, whose library was the only one recognised) and `model = "sp.py:run"` with `args`, `shell = true`: fdl ran
+    the shell command."""
+    other = tmp_path / "usr" / "lib" / "python3.11"
+    other.mkdir(parents=True)
+    (other / "subprocess.py").write_text(Path(subprocess.__file__).read_text())
+    run = _run_naming(tmp_path / "run", "sp.py:run", f'args = "touch {tmp_path / "ran_shell"}"\nshell = true')
+    (run / "sp.py").symlink_to(other / "subprocess.py")
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5")
+    assert _ran(tmp_path) == []
+    assert done.returncode == 1
+    assert "neither a model defined in its folder" in " ".join(done.stderr.split()), done.stderr
