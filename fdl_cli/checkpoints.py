@@ -2699,8 +2699,9 @@ def _in_library(path: str | Path) -> bool:
         return True
     # another Python's (the system's /usr/lib/python3.11/subprocess.py, beside a pyenv or conda interpreter's)
     parts = [part.lower() for part in real.parts]
+    pairs = zip(parts, parts[1:], strict=False)
     return any(part in ("site-packages", "dist-packages") for part in parts) or any(
-        up in ("lib", "lib64") and re.fullmatch(r"python\d+(\.\d+)*t?", part) for up, part in zip(parts, parts[1:]))
+        up in ("lib", "lib64") and re.fullmatch(r"python\d+(\.\d+)*t?", part) for up, part in pairs)
 
 
 def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:

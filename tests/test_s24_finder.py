@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdl_cli.checkpoints import _serve_folder, resolve_model_factory
+from fdl_cli.checkpoints import resolve_model_factory
 from fdl_cli.errors import ModelError
 from tests.cli_run import fdl_in_process
 from tests.test_s23_sec import _own_import_state, _planted, _ran
