@@ -2695,7 +2695,13 @@ def _in_library(path: str | Path) -> bool:
     with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
         homes += [*site.getsitepackages(), site.getusersitepackages()]
     real = Path(os.path.realpath(path))
-    return any(home and real.is_relative_to(os.path.realpath(home)) for home in homes)
+    if any(home and real.is_relative_to(os.path.realpath(home)) for home in homes):
+        return True
+    # another Python's (the system's /usr/lib/python3.11/subprocess.py, beside a pyenv or conda interpreter's)
+    parts = [part.lower() for part in real.parts]
+    pairs = zip(parts, parts[1:], strict=False)
+    return any(part in ("site-packages", "dist-packages") for part in parts) or any(
+        up in ("lib", "lib64") and re.fullmatch(r"python\d+(\.\d+)*t?", part) for up, part in pairs)
 
 
 def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
@@ -2751,11 +2757,47 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
         return
     file = getattr(module, "__file__", None)
     # a model file fdl.toml names by path may be a link in the folder; a module it names was found by name
-    if file is not None and _inside(file, named_by.parent, links=_is_path_spec(spec.rpartition(":")[0] or spec)):
-        return
+    links = _is_path_spec(spec.rpartition(":")[0] or spec)
+    if file is not None and _inside(file, named_by.parent, links=links):
+        # and the callable is no library's that its module imports (`from torch import *` made `model.py:load`
+        # torch.load, called with model_kwargs' pickle)
+        defined = _defined_by(factory, named_by.parent, links=links)
+        if defined is None:
+            return
+        module, file = defined
     kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
                                   f"({file or 'no file'}), outside {named_by.parent}")
+
+
+def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | None] | None:
+    """None when the code `factory` runs first is the folder's or someone's own, not a library's: defined in `folder`
+    or outside Python's and the installed libraries' files and fdl's (a project's module that model.py imports its
+    factory from); looked for through the wrappers a library puts around one (functools.partial, a bound method,
+    `__wrapped__`: torch.no_grad()(build)). Else the module that defines it (or the callable) and its file, for the
+    error: torch.load that `from torch import *` put in model.py, os.system of `from os import system`."""
+    where: Any = None
+    file: str | None = None
+    for _ in range(32):  # a chain of wrappers that never ends
+        plain = isinstance(factory, (types.FunctionType, types.BuiltinFunctionType, type))
+        name = getattr(factory, "__module__", None) if plain else type(factory).__module__
+        where = sys.modules.get(name) if isinstance(name, str) else None
+        where = where if where is not None else factory
+        file = (factory.__code__.co_filename if isinstance(factory, types.FunctionType)
+                else getattr(where, "__file__", None))
+        if file is not None and os.path.isabs(file) and (_inside(file, folder, links=links) or not (
+                _in_library(file) or getattr(where, "__name__", "").partition(".")[0] == "fdl_cli")):
+            return None
+        try:
+            inner = (factory.func if isinstance(factory, functools.partial)
+                     else factory.__func__ if isinstance(factory, types.MethodType)
+                     else getattr(factory, "__wrapped__", None))
+        except Exception:  # noqa: BLE001 - a `__getattr__` of the folder's that raises: no wrapper
+            inner = None
+        if inner is None:
+            break
+        factory = inner
+    return where, file
 
 
 def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, module_dir: Path | None) -> str:
@@ -2927,17 +2969,58 @@ def _protected_modules() -> frozenset[str]:
 
 
 def _importer_file() -> str:
-    """The file of the code whose import is being looked for (importlib's own frames passed over)."""
+    """The file of the code whose import is being looked for (importlib's own frames passed over): the code that
+    ran an unpickler, for a class its pickle names (`_unpickling_caller`); the code torch.compile traces, for an
+    import of that code (`_traced_file`)."""
     frame: types.FrameType | None = sys._getframe(2)  # noqa: SLF001 - the caller of the finder's find_spec, and on
     while frame is not None:
         name = frame.f_code.co_filename
         if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
+            traced = _traced_file(frame)
+            if traced is not None:
+                return traced
+            if _is_unpickler(frame):
+                return _unpickling_caller(frame)
             # a module's file is absolute (spec_from_file_location, the finders make it so); code compiled from a
             # string (`<string>`: dataclasses', torch.fx's generated code) is no folder's, though as a path it lay
             # in the current folder
             return name if os.path.isabs(name) else ""
         frame = frame.f_back
     return ""
+
+
+def _is_unpickler(frame: types.FrameType) -> bool:
+    """`frame` is an unpickler's `find_class` (pickle's pure-Python one, torch.load's, dill's, joblib's): it imports
+    the module of a class the pickle names. (C pickle's has no frame: the import is its caller's already.)"""
+    if frame.f_code.co_name != "find_class":
+        return False
+    return isinstance(frame.f_locals.get("self"), (pickle.Unpickler, pickle._Unpickler))  # noqa: SLF001
+
+
+def _unpickling_caller(frame: types.FrameType) -> str:
+    """The file of the code that ran the unpickling `frame` belongs to: the first frame above it that is no code of
+    Python's or an installed library (torch.load's, joblib.load's), fdl's own excepted, which is never a folder's;
+    "" for none. What a pickle names is its data's choice, which the code that unpickles it trusts with more than an
+    import; an import a library makes for itself (torch's optional `triton`) is its own, whoever called it."""
+    up: types.FrameType | None = frame
+    while up is not None:
+        name = up.f_code.co_filename
+        if not os.path.isabs(name):
+            return ""
+        if up.f_globals.get("__name__", "").partition(".")[0] == "fdl_cli" or not _in_library(name):
+            return name
+        up = up.f_back
+    return ""
+
+
+def _traced_file(frame: types.FrameType) -> str | None:
+    """The file of the code torch.compile's interpreter (dynamo) imports for, where `frame` is its IMPORT_NAME: an
+    `import` in the traced code, which runs eagerly from that code's own frame."""
+    if frame.f_code.co_name != "IMPORT_NAME" or frame.f_globals.get("__name__") != "torch._dynamo.symbolic_convert":
+        return None
+    code = getattr(frame.f_locals.get("self"), "f_code", None)
+    name = getattr(code, "co_filename", None)
+    return name if isinstance(name, str) and os.path.isabs(name) else ""
 
 
 #: True while --trust-pickle unpickles a checkpoint: the classes it names may be of a model folder's modules
