@@ -1798,6 +1798,15 @@ def series_devices(run: Run, series: Series) -> list[str]:
 COMPARE_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "overlap_init", "k95_utility", "pi_hat_C", "accuracy")
 
 
+def compare_fields(comparison: Comparison) -> tuple[str, ...]:
+    """The fields of the compare table: COMPARE_FIELDS, with R² in the accuracy's place where both runs' probes
+    are regression ones (a record with an r2 and none with an accuracy), as `table_fields` gives the report's: the
+    table's Δ acc of two regression runs was a column of "—", their R² named among the other fields."""
+    records = [getattr(compared, side, {}) for compared in comparison.steps for side in ("record_a", "record_b")]
+    regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
+    return tuple("r2" if regression and name == "accuracy" else name for name in COMPARE_FIELDS)
+
+
 def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
     """The comparison for `--format json`: matched steps with both records, B − A and the overlap."""
     return {
@@ -1919,17 +1928,20 @@ COMPARE_PRIORITY: tuple[str, ...] = ("step A", "step B", "Δ D_LR", "overlap A·
 def render_comparison_table(comparison: Comparison, *, max_width: int | None = None) -> PlainTable:
     """Matched steps with the differences (B − A) of the key fields and the cross-run overlap; within
     `max_width` (a terminal's) whole columns are left out, the last of `COMPARE_PRIORITY` last."""
-    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in COMPARE_FIELDS), "overlap A·B"]
+    fields = compare_fields(comparison)
+    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields), "overlap A·B"]
     rows = [
         [
             str(compared.match.step_a),
             str(compared.match.step_b),
-            *(_signed(name, compared.differences.get(name)) for name in COMPARE_FIELDS),
+            *(_signed(name, compared.differences.get(name)) for name in fields),
             "—" if compared.overlap is None else f"{compared.overlap:.4f}",
         ]
         for compared in comparison.steps
     ]
-    priority = [headers.index(name) for name in COMPARE_PRIORITY]
+    # the accuracy's place, R² of regression probes
+    performance = "Δ " + HEADERS.get(fields[COMPARE_FIELDS.index("accuracy")], "r2")
+    priority = [headers.index(performance if name == "Δ acc" else name) for name in COMPARE_PRIORITY]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
                              max_width=max_width, priority=priority, always=3)
 
@@ -1939,12 +1951,38 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
 CLASSIFICATION_LOSS = "loss (MSE(logits, one-hot))"
 
 
+#: Fields that differ beyond the table's and `regime` are named on one line when more than this many do (two
+#: ordinary runs differ in ~20: a line each buried the table's fields and the regime); fewer get their lines.
+OTHER_FIELDS_IN_FULL = 3
+
+
 def difference_lines(comparison: Comparison) -> list[str]:
-    """Every field that differs at some matched step: how many steps and the largest |B − A|; a numeric field
-    null in one run only (a measure one run has and the other has not: Π(C) of outputs without energy, a k_τ
-    never reached, a store written before such a measure became null) is a difference too, said apart; `loss`
-    named CLASSIFICATION_LOSS where both runs' probes are classification ones (an accuracy or a cross-entropy)."""
+    """The lines below the compare table: each field of the table (`compare_fields`) and `regime` that differs at
+    some matched step, with how many steps and the largest B − A; each numeric field null in one run only (a
+    measure one run has and the other has not: Π(C) of outputs without energy, a k_τ never reached, a store
+    written before such a measure became null), said apart; the other fields that differ each as the table's
+    when at most OTHER_FIELDS_IN_FULL do, else named on one line that points to --format csv / --json (which
+    hold every field at every step). `loss` is named CLASSIFICATION_LOSS where both runs' probes are
+    classification ones (an accuracy or a cross-entropy)."""
+    fields = {name: (differs, nulls) for name, differs, nulls in _field_lines(comparison)}
+    first = (*compare_fields(comparison), "regime")  # in the table's order
+    others = [name for name, (differs, _) in fields.items() if differs is not None and name not in first]
+    named = len(others) > OTHER_FIELDS_IN_FULL
     lines = []
+    for name in (*first, *(name for name in fields if name not in first)):
+        differs, nulls = fields.get(name, (None, []))
+        if differs is not None and not (named and name in others):
+            lines.append(differs)
+        lines += nulls
+    if named:
+        lines.append(f"{len(others)} other fields differ: {', '.join(others)} (B − A of every field at every "
+                     "matched step: add --format csv or --json)")
+    return lines or ["no field differs at any matched step"]
+
+
+def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, list[str]]]:
+    """Each record field's line of `difference_lines` when it differs at some matched step (how many steps and the
+    largest |B − A|, or a text field's first change) or None, and its line when null in one run only (or none)."""
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
             continue
@@ -1952,21 +1990,23 @@ def difference_lines(comparison: Comparison) -> list[str]:
         numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
         text = [value for value in values if isinstance(value, str)]
         label = CLASSIFICATION_LOSS if name == "loss" and _classification(comparison) else name  # its null line too
+        differs = None
         if numeric:
             largest = max(numeric, key=abs)
-            lines.append(f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
+            differs = f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}"
         elif text:
-            lines.append(f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
+            differs = f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})"
+        nulls = []
         if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
-            nulls = [(getattr(compared, "record_a", {}).get(name) is None,
+            sides = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
-            in_a, in_b = sum(1 for a, b in nulls if a and not b), sum(1 for a, b in nulls if b and not a)
+            in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
             if in_a or in_b:
-                lines.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
+                nulls.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
                              + ", ".join(f"run {run} at {count}, where run {other} has a value"
                                          for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
                              + ")")
-    return lines or ["no field differs at any matched step"]
+        yield name, differs, nulls
 
 
 def _classification(comparison: Comparison) -> bool:
