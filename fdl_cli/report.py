@@ -1285,10 +1285,19 @@ class OptionDifference:
 COMPARED_PROVENANCE = ("layers", "reference_step")
 
 
-def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any]) -> list[OptionDifference]:
-    """The analysis choices recorded in both stores' provenance that differ (options first, by name)."""
-    options_a = provenance_a.get("options") or {}
-    options_b = provenance_b.get("options") or {}
+#: Options a store records only when not these (`AnalyzeOptions.numeric_options`): absent, they are these.
+UNRECORDED_OPTIONS: Mapping[str, Any] = {"cka_dtype": "float64", "weights": None}
+
+
+def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any], *,
+                       outputs: tuple[int | None, int | None] = (None, None)) -> list[OptionDifference]:
+    """The analysis choices recorded in both stores' provenance that differ (options first, by name). An option a
+    store records only when not its default is that default where absent: `cka_dtype` and `weights`
+    (UNRECORDED_OPTIONS), and `overlap_k` min(top_k, C), C a store's `outputs` (its probes' largest n_outputs;
+    None: not known, and overlap_k compared only where both record it). Compared as recorded, a run analysed
+    with `--overlap-k 5` or `--cka-dtype float32` against one analysed without was warned of nothing."""
+    options_a, options_b = (_options_as_run(provenance, count)
+                            for provenance, count in ((provenance_a, outputs[0]), (provenance_b, outputs[1])))
     pairs = [(name, options_a[name], options_b[name]) for name in sorted(set(options_a) & set(options_b))]
     pairs += [
         (name, provenance_a[name], provenance_b[name])
@@ -1301,6 +1310,18 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
         if value_a != value_b:
             differences.append(OptionDifference(option=name, a=value_a, b=value_b))
     return differences
+
+
+def _options_as_run(provenance: Mapping[str, Any], outputs: int | None) -> dict[str, Any]:
+    """A store's recorded `options` with those it leaves out at their defaults filled in (`option_differences`);
+    {} for a store that records none."""
+    options = provenance.get("options")
+    if not isinstance(options, Mapping):
+        return {}
+    filled = {**UNRECORDED_OPTIONS, **options}
+    if "overlap_k" not in options and type(options.get("top_k")) is int and outputs:
+        filled["overlap_k"] = min(options["top_k"], outputs)  # `pipeline._overlap_k_option`
+    return filled
 
 
 def _plain(value: Any) -> Any:
@@ -1749,10 +1770,17 @@ def compare_runs(
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
         verdict=richer_verdict(steps, tie=thresholds["dlr_tie"]), thresholds=thresholds,
-        option_differences=option_differences(run_a.provenance, run_b.provenance),
+        option_differences=option_differences(run_a.provenance, run_b.provenance,
+                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def _largest_outputs(run: Run) -> int | None:
+    """The largest C of a store's probes (the C its options' `overlap_k` is recorded against), None without one."""
+    counts = [info.n_outputs for info in run.probes.values() if type(getattr(info, "n_outputs", None)) is int]
+    return max(counts) if counts else None
 
 
 def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> list[str]:
