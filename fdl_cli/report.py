@@ -1224,6 +1224,31 @@ def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Se
     )
 
 
+def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
+    """A note naming the checkpoints of a run before its first matched step or after its last (a longer run, one
+    resumed later), which neither the table nor the verdict covers, or None. "left unmatched: 15 checkpoints of A,
+    0 of B" said neither where they were nor that a verdict "Run A is richer (last matched step: ...)" of a run
+    compared with one a tenth as long was of the first 80 steps of its 1000."""
+    if not matches:
+        return None
+    first, last = matches[0], matches[-1]
+    beyond, counted = [], 0
+    for run, steps, low, high in (("A", steps_a, first.step_a, last.step_a), ("B", steps_b, first.step_b, last.step_b)):
+        for where, outside in (("before", [step for step in steps if step < low]),
+                               ("after", [step for step in steps if step > high])):
+            if outside:
+                count = f"{len(outside)} checkpoint{'s' if len(outside) != 1 else ''}"
+                shown = f"step {outside[0]}" if len(outside) == 1 else f"steps {min(outside)}–{max(outside)}"
+                beyond.append(f"run {run}'s {count} {where} it ({shown})")
+                counted += len(outside)
+    if not beyond:
+        return None
+    span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
+            f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)")
+    return (f"the comparison covers {span}, the span of the matched steps: " + " and ".join(beyond)
+            + (" is" if counted == 1 else " are") + " in neither the table nor the verdict")
+
+
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
@@ -1728,6 +1753,8 @@ def compare_runs(
         notes.append(f"left unmatched: {unmatched_a} checkpoint{'s' if unmatched_a != 1 else ''} of A, {unmatched_b} of B")
     if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
         notes.append(few)
+    elif (span := span_note(series_a.steps, series_b.steps, matches)) is not None:
+        notes.append(span)
     if not matches:
         notes.append("no checkpoints to compare")
     overlaps = CrossOverlaps()
