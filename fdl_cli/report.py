@@ -1546,6 +1546,22 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
     )
 
 
+def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """Under `--no-overlap` (which skips `check_same_probe`): a note when the two series were analysed on other
+    probe files, or None (the same file, or not recorded). compare then said nothing of it, and its differences
+    read as training's where they are also the data's (a held-out probe against a training one, say)."""
+    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    if sha_a is None or sha_b is None or sha_a == sha_b:
+        return None
+    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    what = ("the same inputs with other labels: the fields measured against the labels (accuracy, loss, r2, "
+            "cross_entropy, Π*, nc1) are of other targets" if x_a is not None and x_a == x_b else
+            "each run's fields describe its own probe's data, so their differences are the data's as well as "
+            "training's")
+    return (f"the runs were analysed on different probe files (A: {series_a.probe!r} sha256 {sha_a[:12]}…, "
+            f"B: {series_b.probe!r} sha256 {sha_b[:12]}…): {what}")
+
+
 def recorded_overlap_k(provenance: Mapping[str, Any]) -> int | None:
     """The overlaps' k a store was analysed with (`--overlap-k`), None when it is C (none recorded)."""
     options = provenance.get("options")
@@ -1741,7 +1757,8 @@ def compare_runs(
                               "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
     same_inputs = check_same_probe(run_a, series_a, run_b, series_b) if overlap else None
     matches = align_steps(series_a.steps, series_b.steps)
-    notes = [same_inputs] if same_inputs is not None else []
+    different = None if overlap else probe_difference_note(run_a, series_a, run_b, series_b)
+    notes = [note for note in (same_inputs, different) if note is not None]
     nearest = [match for match in matches if not match.exact]
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
