@@ -1224,6 +1224,31 @@ def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Se
     )
 
 
+def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
+    """A note naming the checkpoints of a run before its first matched step or after its last (a longer run, one
+    resumed later), which neither the table nor the verdict covers, or None. "left unmatched: 15 checkpoints of A,
+    0 of B" said neither where they were nor that a verdict "Run A is richer (last matched step: ...)" of a run
+    compared with one a tenth as long was of the first 80 steps of its 1000."""
+    if not matches:
+        return None
+    first, last = matches[0], matches[-1]
+    beyond, counted = [], 0
+    for run, steps, low, high in (("A", steps_a, first.step_a, last.step_a), ("B", steps_b, first.step_b, last.step_b)):
+        for where, outside in (("before", [step for step in steps if step < low]),
+                               ("after", [step for step in steps if step > high])):
+            if outside:
+                count = f"{len(outside)} checkpoint{'s' if len(outside) != 1 else ''}"
+                shown = f"step {outside[0]}" if len(outside) == 1 else f"steps {min(outside)}–{max(outside)}"
+                beyond.append(f"run {run}'s {count} {where} it ({shown})")
+                counted += len(outside)
+    if not beyond:
+        return None
+    span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
+            f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)")
+    return (f"the comparison covers {span}, the span of the matched steps: " + " and ".join(beyond)
+            + (" is" if counted == 1 else " are") + " in neither the table nor the verdict")
+
+
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
@@ -1285,10 +1310,19 @@ class OptionDifference:
 COMPARED_PROVENANCE = ("layers", "reference_step")
 
 
-def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any]) -> list[OptionDifference]:
-    """The analysis choices recorded in both stores' provenance that differ (options first, by name)."""
-    options_a = provenance_a.get("options") or {}
-    options_b = provenance_b.get("options") or {}
+#: Options a store records only when not these (`AnalyzeOptions.numeric_options`): absent, they are these.
+UNRECORDED_OPTIONS: Mapping[str, Any] = {"cka_dtype": "float64", "weights": None}
+
+
+def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any], *,
+                       outputs: tuple[int | None, int | None] = (None, None)) -> list[OptionDifference]:
+    """The analysis choices recorded in both stores' provenance that differ (options first, by name). An option a
+    store records only when not its default is that default where absent: `cka_dtype` and `weights`
+    (UNRECORDED_OPTIONS), and `overlap_k` min(top_k, C), C a store's `outputs` (its probes' largest n_outputs;
+    None: not known, and overlap_k compared only where both record it). Compared as recorded, a run analysed
+    with `--overlap-k 5` or `--cka-dtype float32` against one analysed without was warned of nothing."""
+    options_a, options_b = (_options_as_run(provenance, count)
+                            for provenance, count in ((provenance_a, outputs[0]), (provenance_b, outputs[1])))
     pairs = [(name, options_a[name], options_b[name]) for name in sorted(set(options_a) & set(options_b))]
     pairs += [
         (name, provenance_a[name], provenance_b[name])
@@ -1301,6 +1335,18 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
         if value_a != value_b:
             differences.append(OptionDifference(option=name, a=value_a, b=value_b))
     return differences
+
+
+def _options_as_run(provenance: Mapping[str, Any], outputs: int | None) -> dict[str, Any]:
+    """A store's recorded `options` with those it leaves out at their defaults filled in (`option_differences`);
+    {} for a store that records none."""
+    options = provenance.get("options")
+    if not isinstance(options, Mapping):
+        return {}
+    filled = {**UNRECORDED_OPTIONS, **options}
+    if "overlap_k" not in options and type(options.get("top_k")) is int and outputs:
+        filled["overlap_k"] = min(options["top_k"], outputs)  # `pipeline._overlap_k_option`
+    return filled
 
 
 def _plain(value: Any) -> Any:
@@ -1500,6 +1546,22 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
     )
 
 
+def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """Under `--no-overlap` (which skips `check_same_probe`): a note when the two series were analysed on other
+    probe files, or None (the same file, or not recorded). compare then said nothing of it, and its differences
+    read as training's where they are also the data's (a held-out probe against a training one, say)."""
+    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    if sha_a is None or sha_b is None or sha_a == sha_b:
+        return None
+    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    what = ("the same inputs with other labels: the fields measured against the labels (accuracy, loss, r2, "
+            "cross_entropy, Π*, nc1) are of other targets" if x_a is not None and x_a == x_b else
+            "each run's fields describe its own probe's data, so their differences are the data's as well as "
+            "training's")
+    return (f"the runs were analysed on different probe files (A: {series_a.probe!r} sha256 {sha_a[:12]}…, "
+            f"B: {series_b.probe!r} sha256 {sha_b[:12]}…): {what}")
+
+
 def recorded_overlap_k(provenance: Mapping[str, Any]) -> int | None:
     """The overlaps' k a store was analysed with (`--overlap-k`), None when it is C (none recorded)."""
     options = provenance.get("options")
@@ -1695,7 +1757,8 @@ def compare_runs(
                               "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
     same_inputs = check_same_probe(run_a, series_a, run_b, series_b) if overlap else None
     matches = align_steps(series_a.steps, series_b.steps)
-    notes = [same_inputs] if same_inputs is not None else []
+    different = None if overlap else probe_difference_note(run_a, series_a, run_b, series_b)
+    notes = [note for note in (same_inputs, different) if note is not None]
     nearest = [match for match in matches if not match.exact]
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
@@ -1707,6 +1770,8 @@ def compare_runs(
         notes.append(f"left unmatched: {unmatched_a} checkpoint{'s' if unmatched_a != 1 else ''} of A, {unmatched_b} of B")
     if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
         notes.append(few)
+    elif (span := span_note(series_a.steps, series_b.steps, matches)) is not None:
+        notes.append(span)
     if not matches:
         notes.append("no checkpoints to compare")
     overlaps = CrossOverlaps()
@@ -1749,10 +1814,17 @@ def compare_runs(
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
         verdict=richer_verdict(steps, tie=thresholds["dlr_tie"]), thresholds=thresholds,
-        option_differences=option_differences(run_a.provenance, run_b.provenance),
+        option_differences=option_differences(run_a.provenance, run_b.provenance,
+                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def _largest_outputs(run: Run) -> int | None:
+    """The largest C of a store's probes (the C its options' `overlap_k` is recorded against), None without one."""
+    counts = [info.n_outputs for info in run.probes.values() if type(getattr(info, "n_outputs", None)) is int]
+    return max(counts) if counts else None
 
 
 def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> list[str]:
@@ -1796,6 +1868,15 @@ def series_devices(run: Run, series: Series) -> list[str]:
 
 #: Fields of the compare table (differences B − A), chosen to fit 100 columns.
 COMPARE_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "overlap_init", "k95_utility", "pi_hat_C", "accuracy")
+
+
+def compare_fields(comparison: Comparison) -> tuple[str, ...]:
+    """The fields of the compare table: COMPARE_FIELDS, with R² in the accuracy's place where both runs' probes
+    are regression ones (a record with an r2 and none with an accuracy), as `table_fields` gives the report's: the
+    table's Δ acc of two regression runs was a column of "—", their R² named among the other fields."""
+    records = [getattr(compared, side, {}) for compared in comparison.steps for side in ("record_a", "record_b")]
+    regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
+    return tuple("r2" if regression and name == "accuracy" else name for name in COMPARE_FIELDS)
 
 
 def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
@@ -1919,17 +2000,20 @@ COMPARE_PRIORITY: tuple[str, ...] = ("step A", "step B", "Δ D_LR", "overlap A·
 def render_comparison_table(comparison: Comparison, *, max_width: int | None = None) -> PlainTable:
     """Matched steps with the differences (B − A) of the key fields and the cross-run overlap; within
     `max_width` (a terminal's) whole columns are left out, the last of `COMPARE_PRIORITY` last."""
-    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in COMPARE_FIELDS), "overlap A·B"]
+    fields = compare_fields(comparison)
+    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields), "overlap A·B"]
     rows = [
         [
             str(compared.match.step_a),
             str(compared.match.step_b),
-            *(_signed(name, compared.differences.get(name)) for name in COMPARE_FIELDS),
+            *(_signed(name, compared.differences.get(name)) for name in fields),
             "—" if compared.overlap is None else f"{compared.overlap:.4f}",
         ]
         for compared in comparison.steps
     ]
-    priority = [headers.index(name) for name in COMPARE_PRIORITY]
+    # the accuracy's place, R² of regression probes
+    performance = "Δ " + HEADERS.get(fields[COMPARE_FIELDS.index("accuracy")], "r2")
+    priority = [headers.index(performance if name == "Δ acc" else name) for name in COMPARE_PRIORITY]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
                              max_width=max_width, priority=priority, always=3)
 
@@ -1939,12 +2023,38 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
 CLASSIFICATION_LOSS = "loss (MSE(logits, one-hot))"
 
 
+#: Fields that differ beyond the table's and `regime` are named on one line when more than this many do (two
+#: ordinary runs differ in ~20: a line each buried the table's fields and the regime); fewer get their lines.
+OTHER_FIELDS_IN_FULL = 3
+
+
 def difference_lines(comparison: Comparison) -> list[str]:
-    """Every field that differs at some matched step: how many steps and the largest |B − A|; a numeric field
-    null in one run only (a measure one run has and the other has not: Π(C) of outputs without energy, a k_τ
-    never reached, a store written before such a measure became null) is a difference too, said apart; `loss`
-    named CLASSIFICATION_LOSS where both runs' probes are classification ones (an accuracy or a cross-entropy)."""
+    """The lines below the compare table: each field of the table (`compare_fields`) and `regime` that differs at
+    some matched step, with how many steps and the largest B − A; each numeric field null in one run only (a
+    measure one run has and the other has not: Π(C) of outputs without energy, a k_τ never reached, a store
+    written before such a measure became null), said apart; the other fields that differ each as the table's
+    when at most OTHER_FIELDS_IN_FULL do, else named on one line that points to --format csv / --json (which
+    hold every field at every step). `loss` is named CLASSIFICATION_LOSS where both runs' probes are
+    classification ones (an accuracy or a cross-entropy)."""
+    fields = {name: (differs, nulls) for name, differs, nulls in _field_lines(comparison)}
+    first = (*compare_fields(comparison), "regime")  # in the table's order
+    others = [name for name, (differs, _) in fields.items() if differs is not None and name not in first]
+    named = len(others) > OTHER_FIELDS_IN_FULL
     lines = []
+    for name in (*first, *(name for name in fields if name not in first)):
+        differs, nulls = fields.get(name, (None, []))
+        if differs is not None and not (named and name in others):
+            lines.append(differs)
+        lines += nulls
+    if named:
+        lines.append(f"{len(others)} other fields differ: {', '.join(others)} (B − A of every field at every "
+                     "matched step: add --format csv or --json)")
+    return lines or ["no field differs at any matched step"]
+
+
+def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, list[str]]]:
+    """Each record field's line of `difference_lines` when it differs at some matched step (how many steps and the
+    largest |B − A|, or a text field's first change) or None, and its line when null in one run only (or none)."""
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
             continue
@@ -1952,21 +2062,23 @@ def difference_lines(comparison: Comparison) -> list[str]:
         numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
         text = [value for value in values if isinstance(value, str)]
         label = CLASSIFICATION_LOSS if name == "loss" and _classification(comparison) else name  # its null line too
+        differs = None
         if numeric:
             largest = max(numeric, key=abs)
-            lines.append(f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}")
+            differs = f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}"
         elif text:
-            lines.append(f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})")
+            differs = f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})"
+        nulls = []
         if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
-            nulls = [(getattr(compared, "record_a", {}).get(name) is None,
+            sides = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
-            in_a, in_b = sum(1 for a, b in nulls if a and not b), sum(1 for a, b in nulls if b and not a)
+            in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
             if in_a or in_b:
-                lines.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
+                nulls.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
                              + ", ".join(f"run {run} at {count}, where run {other} has a value"
                                          for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
                              + ")")
-    return lines or ["no field differs at any matched step"]
+        yield name, differs, nulls
 
 
 def _classification(comparison: Comparison) -> bool:
