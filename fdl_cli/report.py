@@ -234,8 +234,8 @@ R2_OUTPUTS_SHOWN = 8
 def r2_outputs_line(series: Series) -> str | None:
     """One line on the R² of each output at the last checkpoint that has them (`read_r2_outputs`), beside the
     pooled r2 of the table, or None (one output, classes, a store analysed before fdl stored them). Pooling
-    weights each output by its target variance, so one badly fitted output hides in it: 0.656 pooled over
-    0.27, 0.78, 0.94 (docs/measures.md)."""
+    weights each output by its target variance, so one badly fitted output hides in it: 0.79 pooled over
+    0.41, 0.80, 0.93 (docs/measures.md)."""
     record = next((r for r in reversed(series.records) if r.get(R2_OUTPUT_FIELDS[0]) is not None), None)
     if record is None:
         return None
@@ -260,7 +260,7 @@ def r2_outputs_line(series: Series) -> str | None:
                    + "; every one in --json (r2_outputs)")
     pooled = format_value("r2", record.get("r2"))
     # r2 = 1 − Σ_j SSE_j / Σ_j SST_j: a constant target column has no variance to weigh, but its errors count
-    counted = ", and the squared error of a constant target in full" if constant else ""
+    counted = "; a constant target's squared error counts too" if constant else ""
     return (f"r2 per output at step {record['step']}: {listing}; worst y{defined[0]} (r2 {pooled} pools them, "
             f"each output weighted by its target variance{counted})")
 

@@ -1,9 +1,9 @@
 """Session 24: the R² of each output of a regression probe of several outputs.
 
-`r2` pools the outputs (1 − Σ_j SSE_j / Σ_j SST_j, docs/measures.md), which hid one badly fitted output: 0.66
-pooled over 0.41, 0.80 and 0.93. fdl now stores each output's R² (`r2_outputs`, (C,), NaN for a constant target
-column), and `fdl report` shows the worst (`worst r2`) and a line of them all, and gives them in --json. Stores
-without the dataset (older ones) report, compare and classify as before.
+`r2` pools the outputs (1 − Σ_j SSE_j / Σ_j SST_j, docs/measures.md), which hid one badly fitted output: 0.79
+pooled over 0.41, 0.80 and 0.93 (the store below). fdl now stores each output's R² (`r2_outputs`, (C,), NaN for
+a constant target column), and `fdl report` shows the worst (`worst r2`) and a line of them all, and gives them
+in --json. Stores without the dataset (older ones) report, compare and classify as before.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ from torch import nn
 
 
 class Net(nn.Module):
-    # `constant`: the last output predicts 2.5 everywhere (a zero row of the head, bias 2.5)
+    # `constant`: the first output varies 5 times less than the others, the last predicts 2.5 everywhere (a zero
+    # row of the head, bias 2.5)
     def __init__(self, outputs=4, constant=True):
         super().__init__()
         self.body, self.head = nn.Linear(4, 6), nn.Linear(6, outputs)
         if constant:
             with torch.no_grad():
+                self.head.weight[0].mul_(0.2)
                 self.head.weight[-1].zero_()
                 self.head.bias[-1] = 2.5
 
@@ -47,7 +49,7 @@ def build(**options):
 """
 
 #: each target column's noise, in units of its output's spread: output 0 fitted badly, 2 well; 3 constant
-NOISE = np.array([1.2, 0.5, 0.25, 0.0])
+NOISE = np.array([1.6, 0.5, 0.25, 0.0])
 
 
 def _float64_r2(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
@@ -173,7 +175,7 @@ def test_report_json_csv_give_each_outputs_r2_and_the_worst(run: dict) -> None:
     targets, outputs = run["targets"], run["outputs"]
     assert last["r2"] == pytest.approx(r2_score(targets[:, :3], outputs[:, :3], multioutput="variance_weighted"),
                                        rel=1e-6)
-    assert last["r2"] > last["r2_min"] + 0.05
+    assert last["r2"] > last["r2_min"] + 0.3
     csv = fdl_in_process("report", run["store"], "--format", "csv").stdout.splitlines()
     assert csv[0].endswith(",r2_outputs,r2_min,r2_min_output")
     assert csv[-1].endswith(f',"{json.dumps(last["r2_outputs"])}",{last["r2_min"]!r},0')
