@@ -790,7 +790,7 @@ def report(**kwargs: Any) -> None:
     fmt = kwargs["fmt"]
     # where the checkpoints were computed: for the table and the HTML page (an attribute read per checkpoint)
     run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
-                       history=fmt == "table" or bool(kwargs["html_path"]))
+                       history=fmt == "table" or bool(kwargs["html_path"]), r2_outputs=True)
     console = _stderr_console()
     for warning in run.warnings:
         console.print(f"warning: {warning}", markup=False, style="yellow")

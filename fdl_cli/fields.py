@@ -70,6 +70,13 @@ SERIES_FIELDS: Final = ("probe", "layer")
 #: outputs with 0/1. true for such a series, false (null: not recorded) for the others; absent otherwise.
 ZERO_ONE_FIELD: Final = "zero_one_targets"
 
+#: Extra keys of every record of `fdl report --format json|csv|markdown` when a selected series is a regression of
+#: C > 1 outputs whose store holds their R² one by one (the `r2_outputs` dataset: docs/store.md): `r2_outputs` the
+#: list of C values (null for a constant target column), `r2_min` the smallest of them and `r2_min_output` its
+#: column (from 0); null at checkpoints without the dataset (analysed by an fdl before it) and for other series.
+#: Absent otherwise, so the records of every other store are as before. `r2` keeps its pooled meaning.
+R2_OUTPUT_FIELDS: Final = ("r2_outputs", "r2_min", "r2_min_output")
+
 #: How a probe's whole-number float targets of one output become the integer class labels fdl reads: a
 #: column (n, 1) flattened first, since integer labels of that shape are refused (`probes`). Said by the
 #: probe-width error, analyze's 0/1 warning and the readers' 0/1 caveat alike.

@@ -118,7 +118,14 @@ def run_page(
     """The HTML page of a `report.Run` (figures drawn here, so matplotlib loads only when asked). `figures`: the
     (title, PNG) of each series by its label, drawn already (`figures.write_run_figures(..., page=...)` for --plots)."""
     from fdl_cli import __version__
-    from fdl_cli.report import provenance_lines, reference_step_of, summarize, summary_lines, targets_caveat
+    from fdl_cli.report import (
+        provenance_lines,
+        r2_outputs_line,
+        reference_step_of,
+        summarize,
+        summary_lines,
+        targets_caveat,
+    )
 
     sections = []
     figures_by_series: Mapping[str, Sequence[tuple[str, bytes]]] = {} if figures is None else figures
@@ -131,7 +138,7 @@ def run_page(
             Section(
                 heading=f"probe {series.probe}, layer {series.layer}",
                 summary=[*summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
-                         *filter(None, [targets_caveat(run, series)])],
+                         *filter(None, [r2_outputs_line(series), targets_caveat(run, series)])],
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),

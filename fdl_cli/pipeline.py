@@ -4174,6 +4174,7 @@ def _analyze_one(
                     utility=measures.utility,
                     quality=measures.quality,
                     feature_mean=measures.spectrum.mean,
+                    r2_outputs=measures.r2_outputs,
                 )
             )
     if is_reference:

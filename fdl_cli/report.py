@@ -40,6 +40,7 @@ from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
     INTEGER_LABELS_RECIPE,
+    R2_OUTPUT_FIELDS,
     RECORD_FIELDS,
     SERIES_FIELDS,
     STR_FIELDS,
@@ -76,6 +77,7 @@ HEADERS: Mapping[str, str] = {
     "eff_dim": "D_ρ",
     "accuracy": "acc",
     "cross_entropy": "CE",
+    "r2_min": "worst r2",
 }
 
 #: Fields bounded in [0, 1] (or close to it): shown with four decimals; other floats with 4 significant digits.
@@ -153,9 +155,11 @@ class Run:
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
-        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD)."""
+        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD); when a
+        selected series has per-output R² (`read_r2_outputs`), each with R2_OUTPUT_FIELDS (null for the others)."""
         flags = {series.label: zero_one_targets(self, series) for series in self.series}
         flagged = any(flags.values())
+        per_output = any(R2_OUTPUT_FIELDS[0] in record for series in self.series for record in series.records)
         out: list[Record] = []
         for series in self.series:
             for record in series.records:
@@ -164,6 +168,8 @@ class Run:
                     row["probe"], row["layer"] = series.probe, series.layer
                 if flagged:
                     row[ZERO_ONE_FIELD] = flags[series.label]
+                if per_output:
+                    row.update((name, record.get(name)) for name in R2_OUTPUT_FIELDS)
                 out.append(row)
         return out
 
@@ -219,6 +225,44 @@ def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
             "is 0/0, not a measurement, so pi_star_C and k90/k95/k99_quality are null at every checkpoint (and r2, "
             "of a regression); the spectrum, the utility, D_LR, CKA, the overlaps and the regime do not read the "
             "targets")
+
+
+#: At most this many outputs are named one by one in `r2_outputs_line`; of more, the worst few and the best.
+R2_OUTPUTS_SHOWN = 8
+
+
+def r2_outputs_line(series: Series) -> str | None:
+    """One line on the R² of each output at the last checkpoint that has them (`read_r2_outputs`), beside the
+    pooled r2 of the table, or None (one output, classes, a store analysed before fdl stored them). Pooling
+    weights each output by its target variance, so one badly fitted output hides in it: 0.79 pooled over
+    0.41, 0.80, 0.93 (docs/measures.md)."""
+    record = next((r for r in reversed(series.records) if r.get(R2_OUTPUT_FIELDS[0]) is not None), None)
+    if record is None:
+        return None
+    values: list[float | None] = record[R2_OUTPUT_FIELDS[0]]
+
+    def named(column: int) -> str:
+        value = values[column]
+        return f"y{column} " + ("— (constant target)" if value is None else f"{value:.4f}")
+
+    defined = sorted((c for c in range(len(values)) if values[c] is not None), key=lambda c: (values[c], c))
+    constant = len(values) - len(defined)
+    if not defined:
+        return (f"r2 per output at step {record['step']}: every target column is constant over the probe, so no "
+                "output has an R² (0/0)")
+    if len(values) <= R2_OUTPUTS_SHOWN:
+        listing = ", ".join(map(named, range(len(values))))
+    else:  # the worst few, then the best
+        worst, best = defined[:R2_OUTPUTS_SHOWN - 1], defined[R2_OUTPUTS_SHOWN - 1:][-1:]
+        listing = (f"{len(values)} outputs, the worst {len(worst)}" + (" and the best" if best else "") + ": "
+                   + ", ".join(map(named, worst)) + "".join(", …, " + named(c) for c in best)
+                   + (f", {constant} of constant target (undefined)" if constant else "")
+                   + "; every one in --json (r2_outputs)")
+    pooled = format_value("r2", record.get("r2"))
+    # r2 = 1 − Σ_j SSE_j / Σ_j SST_j: a constant target column has no variance to weigh, but its errors count
+    counted = "; a constant target's squared error counts too" if constant else ""
+    return (f"r2 per output at step {record['step']}: {listing}; worst y{defined[0]} (r2 {pooled} pools them, "
+            f"each output weighted by its target variance{counted})")
 
 
 def _clean(value: Any) -> Any:
@@ -299,26 +343,62 @@ def _series_key(provenance: Mapping[str, Any]) -> Any:
     return key
 
 
+def read_r2_outputs(reader: Any, series: Series, n_outputs: int, warnings: list[str]) -> None:
+    """Add R2_OUTPUT_FIELDS to each record of `series` (a regression of `n_outputs` > 1) from the checkpoints'
+    `r2_outputs` datasets: the list (NaN, a constant target column, as None), its smallest value and that one's
+    column (the first, on a tie); all null at a checkpoint without the dataset. Nothing where no checkpoint has
+    it (a store analysed before fdl stored it): its records stay as they were. A dataset that cannot be read, or
+    not of shape (C,), reads as absent, with a line in `warnings` (the rest of the report does not need it)."""
+    stored: list[np.ndarray | None] = []
+    for record in series.records:
+        step = int(record["step"])
+        try:
+            values = reader.array(step, R2_OUTPUT_FIELDS[0], probe=series.probe, layer=series.layer)
+        except FdlError as error:
+            warnings.append(f"the r2 of each output of {series.label} at step {step} could not be read, shown as "
+                            f"null: {error.what}")
+            values = None
+        if values is not None and values.shape != (n_outputs,):
+            warnings.append(f"the r2 of each output of {series.label} at step {step} has the shape {values.shape}, "
+                            f"not ({n_outputs},) (the probe's outputs): shown as null")
+            values = None
+        stored.append(values)
+    if all(values is None for values in stored):
+        return
+    for record, values in zip(series.records, stored, strict=True):
+        listed = None if values is None else [float(v) if math.isfinite(v) else None for v in values]
+        defined = [(value, column) for column, value in enumerate(listed or []) if value is not None]
+        worst = min(defined) if defined else (None, None)
+        record.update(zip(R2_OUTPUT_FIELDS, (listed, *worst), strict=True))
+
+
 def _read_run(
-    reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool, history: bool = False
+    reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool, history: bool = False,
+    r2_outputs: bool = False,
 ) -> Run:
     available = [(str(name), str(module)) for name, module in reader.series()]
     chosen = select_series(available, probe=probe, layer=layer, path=path)
     chosen.sort(key=_series_key(reader.provenance))  # the first series: the first probe given, the first layer
     series = []
+    probes = dict(reader.probes())
+    warnings = list(getattr(reader, "warnings", []))
     for name, module in chosen:
         raw = reader.records(probe=name, layer=module)
         records = [{key: _clean(value) for key, value in record.items()} for record in raw]
         records.sort(key=lambda record: int(record["step"]))
         series.append(Series(probe=name, layer=module, records=records))
+        info = probes.get(name)
+        outputs = int(getattr(info, "n_outputs", 0) or 0)
+        if r2_outputs and getattr(info, "task", None) == "regression" and outputs > 1:
+            read_r2_outputs(reader, series[-1], outputs, warnings)
     return Run(
         path=path,
         provenance=dict(reader.provenance),
-        probes=dict(reader.probes()),
+        probes=probes,
         series=series,
         several=len(available) > 1,
         available=tuple(sorted(available, key=_series_key(reader.provenance))),
-        warnings=list(getattr(reader, "warnings", [])),
+        warnings=warnings,
         reader=reader if keep else None,
         history=tuple((None if index is None else reader.history[index], tuple(steps))
                       for index, steps in reader.history_steps().items()) if history else (),
@@ -330,12 +410,16 @@ def _read_run(
 
 
 def load_run(
-    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False
+    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False,
+    r2_outputs: bool = False,
 ) -> Run:
     """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`; with
-    `history`, also where each checkpoint was computed (`Run.history`: an attribute read per checkpoint)."""
+    `history`, also where each checkpoint was computed (`Run.history`: an attribute read per checkpoint); with
+    `r2_outputs`, the R² of each output of a regression of C > 1 outputs (`read_r2_outputs`: a dataset read per
+    checkpoint of such a series)."""
     with open_store(path) as reader:
-        return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False, history=history)
+        return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False, history=history,
+                         r2_outputs=r2_outputs)
 
 
 @contextmanager
@@ -571,15 +655,17 @@ def table_fields(*, wide: bool, records: Sequence[Record] = ()) -> tuple[str, ..
     cross-entropy in place of the loss (the MSE against one-hot labels, which a classifier's training
     need not lower) for a classification probe (`records` with a cross_entropy). Where only some
     checkpoints have one (a store analysed by an fdl before the field, then resumed), both: the
-    earlier rows keep their loss rather than show only a blank CE."""
+    earlier rows keep their loss rather than show only a blank CE. Records with an `r2_min` (the worst of
+    several outputs' R², `read_r2_outputs`) add it beside R², and to the wide table's fields."""
+    worst = any(r.get("r2_min") is not None for r in records)
     if not wide:
         regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
         classes = any(r.get("cross_entropy") is not None for r in records)
         partly = classes and any(r.get("cross_entropy") is None and r.get("accuracy") is not None for r in records)
-        swaps = ({"accuracy": ("r2",)} if regression else
+        swaps = ({"accuracy": ("r2", "r2_min") if worst else ("r2",)} if regression else
                  {"loss": ("loss", "cross_entropy") if partly else ("cross_entropy",)} if classes else {})
         return tuple(shown for name in TABLE_FIELDS for shown in swaps.get(name, (name,)))
-    return tuple(RECORD_FIELDS)
+    return tuple(RECORD_FIELDS) + (("r2_min",) if worst else ())
 
 
 class PlainTable:
@@ -684,7 +770,7 @@ class PlainTable:
 #: The columns of the narrow table in the order a narrow terminal keeps them: the step and the regime
 #: always, then D_LR and the accuracy (or R²), then the movement; the loss goes first.
 NARROW_PRIORITY: tuple[str, ...] = (
-    "step", "regime", "d_lr", "accuracy", "r2", "cka_init", "k95_utility", "overlap_init", "pi_hat_C", "eff_dim",
+    "step", "regime", "d_lr", "accuracy", "r2", "r2_min", "cka_init", "k95_utility", "overlap_init", "pi_hat_C", "eff_dim",
     "cross_entropy", "loss",
 )
 
@@ -702,9 +788,12 @@ def render_table(
     fields = table_fields(wide=wide, records=records)
     first = ("step", "regime") if wide else NARROW_PRIORITY
     priority = [fields.index(name) for name in first if name in fields]
-    justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS else "left" for name in fields]
+    justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS or name == "r2_min" else "left"
+               for name in fields]
 
     def cell(name: str, record: Record) -> str:
+        if name == "r2_min":
+            return worst_r2_text(record)
         text = format_value(name, record.get(name))
         early = reference_step is not None and int(record["step"]) < reference_step
         return text + BEFORE_REFERENCE if name == "regime" and early and record.get(name) is not None else text
@@ -712,6 +801,12 @@ def render_table(
     rows = [[cell(name, record) for name in fields] for record in records]
     return PlainTable.fitted([HEADERS.get(name, name) for name in fields], justify, rows, title=title,
                              max_width=max_width, priority=priority, always=2)
+
+
+def worst_r2_text(record: Record) -> str:
+    """The `worst r2` cell: the smallest R² of one output and its target column, `0.2700 y0`; '—' for null."""
+    value, column = record.get("r2_min"), record.get("r2_min_output")
+    return "—" if value is None else f"{value:.4f} y{column}"
 
 
 def _json_default(value: Any) -> Any:
@@ -725,7 +820,14 @@ def _json_default(value: Any) -> Any:
 def _output_fields(records: Sequence[Record]) -> list[str]:
     several = any("probe" in record for record in records)
     flagged = any(ZERO_ONE_FIELD in record for record in records)
-    return list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + ([ZERO_ONE_FIELD] if flagged else [])
+    per_output = any(R2_OUTPUT_FIELDS[0] in record for record in records)
+    return (list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + ([ZERO_ONE_FIELD] if flagged else [])
+            + (list(R2_OUTPUT_FIELDS) if per_output else []))
+
+
+def _cell_value(value: Any) -> Any:
+    """A record value for a CSV or markdown cell: a list (`r2_outputs`) as its JSON text, `[0.27, null]`."""
+    return json.dumps(value, allow_nan=False) if isinstance(value, list) else value
 
 
 def records_to_json(records: Sequence[Record]) -> str:
@@ -742,12 +844,12 @@ def records_to_csv(records: Sequence[Record]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(fields)
     for record in records:
-        writer.writerow(["" if (value := _clean(record.get(name))) is None else value for name in fields])
+        writer.writerow(["" if (value := _clean(record.get(name))) is None else _cell_value(value) for name in fields])
     return buffer.getvalue()
 
 
 def _markdown_value(name: str, value: Any) -> str:
-    value = _clean(value)
+    value = _cell_value(_clean(value))
     if value is None:
         return ""
     if isinstance(value, float):
@@ -1143,6 +1245,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
+        if (per_output := r2_outputs_line(series)) is not None:
+            console.print(per_output, markup=False, highlight=False)
         if (caveat := targets_caveat(run, series)) is not None:
             console.print(caveat, markup=False, highlight=False)
     if run.series:
@@ -1151,7 +1255,10 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
 
 
 #: What a column of the key means where its field name does not say it.
-COLUMN_NOTES: Mapping[str, str] = {"cross_entropy": "mean cross-entropy, natural log, of the raw outputs as logits"}
+COLUMN_NOTES: Mapping[str, str] = {
+    "cross_entropy": "mean cross-entropy, natural log, of the raw outputs as logits",
+    "r2_min": "the smallest R² of one output, y<j> its target column from 0; r2 pools the outputs",
+}
 
 
 def column_key(fields: Sequence[str]) -> str:

@@ -273,7 +273,8 @@ class CheckpointMeasures:
     """Every single-checkpoint measure of SPEC.md §2-§4 and §6 (see `docs/measures.md`).
 
     Arrays: eigenvalues (r,), eigenvectors (p, min(K, r)), quality/utility and their cumulative sums
-    pi_star/pi_hat (r,) (quality arrays are None without targets). `scalars` holds the record fields.
+    pi_star/pi_hat (r,) (quality arrays are None without targets), r2_outputs (C,) (regression targets of
+    C > 1 outputs only). `scalars` holds the record fields.
     """
 
     spectrum: Spectrum
@@ -283,6 +284,9 @@ class CheckpointMeasures:
     pi_star: np.ndarray | None
     pi_hat: np.ndarray
     scalars: dict[str, Any] = field(default_factory=dict)
+    #: R² of each output (C,), NaN for a constant target column; None but for regression targets of C > 1
+    #: (`r2_per_output`)
+    r2_outputs: np.ndarray | None = None
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -669,6 +673,38 @@ def neural_collapse_nc1(moments: Moments) -> float | None:
     return float(np.sum(within_class * n_present / singular**2) / n_present)
 
 
+def _shift_gap(moments: Moments) -> np.ndarray | None:
+    """b − c, (C,): the outputs' shift less the targets' (None: neither sum is shifted)."""
+    if moments.shift_o is None and moments.shift_y is None:
+        return None
+    gap = (moments.shift_o if moments.shift_o is not None else 0.0) - (
+        moments.shift_y if moments.shift_y is not None else 0.0
+    )
+    return np.broadcast_to(np.asarray(gap, dtype=np.float64), (moments.n_outputs,))
+
+
+def r2_per_output(moments: Moments) -> np.ndarray | None:
+    """R² of each output j, (C,) float64: 1 − Σ_i (ŷ_ij − y_ij)² / Σ_i (y_ij − ȳ_j)² (docs/measures.md,
+    `r2_outputs`); NaN for a target column constant over the probe (its Σ(y − ȳ)² at or below CANCELLATION_RTOL
+    of its Σ(y − c)² about the shift: R² is 0/0 there). None unless the probe holds regression targets of
+    more than one output (the pooled `r2` is then all there is)."""
+    if moments.task != "regression" or not moments.has_targets or moments.n_outputs < 2:
+        return None
+    assert moments.sum_yy is not None and moments.sum_y is not None
+    about_shift = np.diagonal(moments.sum_yy)
+    total = about_shift - moments.sum_y**2 / moments.n
+    assert moments.sum_oy is not None
+    # each output's Σ(ŷ_j − y_j)², as `_performance` sums them over j
+    residual = np.diagonal(moments.sum_oo) - 2.0 * np.diagonal(moments.sum_oy) + about_shift
+    if (gap := _shift_gap(moments)) is not None:
+        residual = residual + 2.0 * gap * (moments.sum_o - moments.sum_y) + moments.n * gap * gap
+    residual = np.maximum(residual, 0.0)
+    constant = total <= CANCELLATION_RTOL * about_shift
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = 1.0 - residual / np.where(constant, 1.0, total)
+    return np.where(constant, np.nan, values)
+
+
 def _performance(moments: Moments) -> dict[str, float | None]:
     """accuracy, loss (MSE per output entry) and r2 (regression) of SPEC.md §6, and cross_entropy
     (classes: the mean natural-log cross-entropy of the outputs as logits)."""
@@ -680,11 +716,7 @@ def _performance(moments: Moments) -> dict[str, float | None]:
     # Σ‖ŷ − y‖² from the sums about b and c: ŷ − y = (ŷ − b) − (y − c) + (b − c); the last two terms
     # vanish for raw sums, and with shifts near the means nothing large cancels.
     residual = float(np.trace(moments.sum_oo) - 2.0 * np.trace(moments.sum_oy) + np.trace(moments.sum_yy))
-    if moments.shift_o is not None or moments.shift_y is not None:
-        gap = (moments.shift_o if moments.shift_o is not None else 0.0) - (
-            moments.shift_y if moments.shift_y is not None else 0.0
-        )
-        gap = np.broadcast_to(np.asarray(gap, dtype=np.float64), (outputs,))
+    if (gap := _shift_gap(moments)) is not None:
         residual += float(2.0 * gap @ (moments.sum_o - moments.sum_y) + n * (gap @ gap))
     result["loss"] = max(residual, 0.0) / (n * outputs)
     if moments.task == "classes":
@@ -756,6 +788,7 @@ def measure(
         pi_star=pi_star,
         pi_hat=pi_hat,
         scalars=scalars,
+        r2_outputs=r2_per_output(moments),
     )
 
 

@@ -28,6 +28,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
             utility        (r,)  f64    Q̂_k
             quality        (r,)  f64    Q*_k; absent without targets
             feature_mean   (p,)  f64    absent unless features were centered
+            r2_outputs     (C,)  f64    R² of each output, NaN for a constant target column; only for
+                                        regression targets of C > 1 outputs (absent in older stores)
     /trajectories/<probe>/<layer>/<field>   one value per complete checkpoint, sorted by step:
         step i64; path, sha256, regime: variable-length utf-8 ("" = null);
         every other MEASURE field f64 (NaN = null, i.e. the field does not apply)
@@ -96,9 +98,13 @@ _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "utility": np.float64,
     "quality": np.float64,
     "feature_mean": np.float64,
+    # R² of each output: regression targets of C > 1 outputs only; absent in stores written before it (read
+    # as None, never a reader warning), and an fdl before it ignores the dataset (it reads the arrays it names)
+    "r2_outputs": np.float64,
 }
 #: The number of dimensions of each stored array (`SeriesEntry` checks them, and so does `StoreReader.array`).
-_ARRAY_NDIMS = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1}
+_ARRAY_NDIMS = {"eigenvalues": 1, "eigenvectors": 2, "eigenfunctions": 2, "utility": 1, "quality": 1, "feature_mean": 1,
+                "r2_outputs": 1}
 _REQUIRED_ARRAYS = ("eigenvalues", "eigenvectors", "eigenfunctions", "utility")
 _STEP_GROUP = re.compile(r"^step_(-?\d+)$")
 _TMP_SUFFIX = re.compile(r"\.tmp-(\d+)$")
@@ -228,7 +234,7 @@ class SeriesEntry:
     `scalars` is normalized to every MEASURE field in order (None = null, NaN -> None) and the arrays
     to their stored dtypes, so an entry read back from the store compares equal to the one written.
     Shapes: eigenvalues, utility, quality (r,); eigenvectors (p, K); eigenfunctions (m, K);
-    feature_mean (p,).
+    feature_mean (p,); r2_outputs (C,) (NaN: a constant target column).
     """
 
     probe: str
@@ -240,6 +246,7 @@ class SeriesEntry:
     utility: np.ndarray
     quality: np.ndarray | None = None
     feature_mean: np.ndarray | None = None
+    r2_outputs: np.ndarray | None = None
     #: which `fdl analyze` computed this series, as its row of the store's `history`, where that is not the
     #: invocation of its checkpoint (`CheckpointEntry.computed_by`): a series added to a stored checkpoint
     #: later (a resume with another probe or layer). None: its checkpoint's. Read back from the series'
@@ -275,6 +282,9 @@ class SeriesEntry:
             raise ValueError(
                 f"{where}: feature_mean must have shape (p,) = {self.eigenvectors.shape[:1]}, got {self.feature_mean.shape}"
             )
+        outputs = self.scalars.get("n_outputs")
+        if self.r2_outputs is not None and outputs is not None and self.r2_outputs.shape != (outputs,):
+            raise ValueError(f"{where}: r2_outputs must have shape (C,) = ({outputs},), got {self.r2_outputs.shape}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SeriesEntry):
@@ -1126,9 +1136,10 @@ class StoreReader:
         self, step: int, name: str, *, probe: str | None = None, layer: str | None = None, rows: int | None = None
     ) -> np.ndarray | None:
         """One stored array of one checkpoint of one series (`name`: eigenvalues, eigenvectors,
-        eigenfunctions, utility, quality or feature_mean), in its stored dtype; None when the
-        checkpoint has none (quality without targets). `rows`: only the first `rows` entries along the
-        first axis (the top eigenvalues), read from the file without the rest.
+        eigenfunctions, utility, quality, feature_mean or r2_outputs), in its stored dtype; None when the
+        checkpoint has none (quality without targets, r2_outputs but for regression targets of C > 1). `rows`:
+        only the first `rows` entries along the first axis (the top eigenvalues), read from the file without the
+        rest.
 
         `arrays()` reads every array of the checkpoint: at p = 4 096 and m = 4 096 anchors that is
         ~3 MB, so whoever needs one array of many checkpoints (figures, exports) reads it alone."""
