@@ -141,20 +141,20 @@ def test_the_layout_is_read_whole() -> None:
 
 
 def test_every_name_store_md_s_layout_lists_is_one_a_store_holds(tmp_path: Path) -> None:
-    """The reverse of tests/test_s16_docs.py's check: a store of a 1-D regression probe analysed with --center
-    (anchors, feature_mean, quality) holds every attribute and dataset the layout lists, with the dtype it
+    """The reverse of tests/test_s16_docs.py's check: a store of a two-output regression probe analysed with
+    --center (anchors, feature_mean, quality, r2_outputs) holds every attribute and dataset the layout lists, with the dtype it
     gives; `dropped` and `pending_series`, which only a drop or an unfinished addition writes, are written by
     the store module under those names."""
     import numpy as np
     import torch
 
     (tmp_path / "model.py").write_text(
-        "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1))\n")
+        "import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 2))\n")
     x = np.linspace(-1, 1, 24, dtype=np.float32)[:, None]
-    np.savez(tmp_path / "probe.npz", x=x, y=np.sin(3 * x))
+    np.savez(tmp_path / "probe.npz", x=x, y=np.hstack([np.sin(3 * x), x**2]))
     for step in (0, 10):
         torch.manual_seed(step)
-        net = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+        net = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
         torch.save(net.state_dict(), tmp_path / f"step_{step}.pt")
     store = tmp_path / "run.h5"
     result = fdl("analyze", tmp_path, "--model", f"{tmp_path / 'model.py'}:build", "--probe", tmp_path / "probe.npz",
