@@ -715,34 +715,31 @@ def _run_analyze(
     reporter = reporter or NullReporter()
     if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
-    stdin_text, error = _job_stdin_text(options, stdin, world, device)
-    prepared = None
+    # The job's process group is left however the run ends, from the hand-over of stdin's paths on (which joins it:
+    # `_job_stdin_text`; a Ctrl-C or a rank lost there left it joined, for a program that called `run_analyze`).
     try:
-        if error is None:
-            prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
-    except FdlError as exc:
-        error = exc
-    except BaseException:
-        distributed.shutdown(world)  # joined for stdin's paths (`_job_stdin_text`), left here by a Ctrl-C
-        raise
-    distributed.init_process_group(world, device)
-    try:
+        stdin_text, error = _job_stdin_text(options, stdin, world, device)
+        prepared = None
+        try:
+            if error is None:
+                prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
+        except FdlError as exc:
+            error = exc
+        distributed.init_process_group(world, device)
         # Each rank checked the inputs on its own: a refusal is said once, by rank 0, and every rank
         # stops (one that stopped alone left the others waiting in the next collective).
         distributed.agree_on_refusal(error, world)
-    except BaseException:
-        distributed.shutdown(world)
-        raise
-    assert prepared is not None
-    ctx, refs, out, summary, model_spec, base_dir = prepared
-    try:
-        # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
-        # still running, a rank that started late) would give the ranks different lists, and a rank
-        # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
-        refs = distributed.broadcast_from_writer(refs, world)
-        _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir, stdin_text=stdin_text)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+        assert prepared is not None
+        ctx, refs, out, summary, model_spec, base_dir = prepared
+        try:
+            # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
+            # still running, a rank that started late) would give the ranks different lists, and a rank
+            # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
+            refs = distributed.broadcast_from_writer(refs, world)
+            _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir,
+                          stdin_text=stdin_text)
+        except KeyboardInterrupt:
+            summary.interrupted = True
     finally:
         distributed.shutdown(world)
     return summary

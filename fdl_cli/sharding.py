@@ -533,6 +533,9 @@ def _analyze_distributed(
 
         _print_taken_in(taken, on_record, tagged)
         del taken  # stored: not kept for the rest of the run
+        # what this rank notes, warns of or reports from here is its own (opening its part too)
+        said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
+        noted_once = dict(ctx.noted_once)
         with_part = writer is None and not options.shard_probe and owned and _rank_part(out, world.rank).name not in kept
         if with_part:  # never over a part kept by rank 0
             before = refs[[ref.step for ref in refs].index(mine[0].step) - 1] if refs[0].step != mine[0].step else None
@@ -564,9 +567,6 @@ def _analyze_distributed(
 
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
-        # what this rank notes, warns of or reports from here is its own
-        said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
-        noted_once = dict(ctx.noted_once)
         try:
             _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
         except distributed.WaitError:
@@ -657,6 +657,19 @@ def _open_rank_part(
             invocation=invocation(ctx),  # this rank's: taken in with its checkpoints (`_take_in_rank_parts`)
         )
     except Exception:  # noqa: BLE001 - a full disk, a lock that fails: the rank goes on without a part
+        return None
+    if os.path.lexists(part):
+        # Looked for holding the part's lock: rank 0 took in (or kept, and this rank does not open) every part there
+        # was, so this one was written since, by a rank of another job on this --out whose rank 0 is gone. Opened
+        # afresh, it got this rank's sidecar (its checkpoints read as compared with this job's files) and was
+        # replaced at the first commit (its checkpoints lost); left as it is, a later run takes it in.
+        with contextlib.suppress(Exception):
+            writer.close()  # given nothing: it writes nothing
+        ctx.reporter.warn(
+            f"{part} was written after rank 0 took in the part stores, by a rank of another torchrun job on this "
+            f"--out: left as it is (a later run takes it in); rank {ctx.world.rank} keeps its checkpoints in memory "
+            "until rank 0 stores them"
+        )
         return None
     try:
         # Holding the part's lock (the writer's), before the part's first commit: a cleanup of another job
