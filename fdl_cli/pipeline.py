@@ -805,7 +805,7 @@ def _prepare_run(
     """What a run starts from, before any work: the manifest applied, the checkpoints found, the probes
     read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun)."""
     from fdl_cli import checkpoints as ckpts
-    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
+    from fdl_cli.probes import load_probe, parse_probe_spec, unread_targets_warning, unused_note
 
     # fdl.toml (`_read_manifests`), read first: it may say how the folder's checkpoints are named (glob,
     # step_regex).
@@ -918,6 +918,9 @@ def _prepare_run(
         note = unused_note(probes[-1])
         if note is not None:
             reporter.note(note)
+        warning = unread_targets_warning(probes[-1])
+        if warning is not None:
+            reporter.warn(warning)
     if len({p.name for p in probes}) != len(probes):
         raise ProbeError(
             "two probes have the same name",

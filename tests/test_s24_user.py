@@ -1,0 +1,111 @@
+"""A researcher new to fdl (session 24): a small MLP on scikit-learn's digits, checkpoints saved the usual ways,
+and the mistakes a first try makes; each papercut met fails here before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from tests.cli_run import model_file
+from tests.test_analyze import fdl
+
+MLP = """
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.fc1 = nn.Linear(64, hidden)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc1(x)))
+
+
+def build(hidden=8):
+    return MLP(hidden)
+
+
+def sequential(hidden=8):
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long messages at 80 columns otherwise
+
+
+def _digits(n: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return (digits.data[:n] / 16).astype(np.float32), digits.target[:n]
+
+
+def _run(tmp_path: Path) -> Path:
+    """Three checkpoints of the MLP, `torch.save(model.state_dict(), f"ckpts/epoch_{e}.pt")`, and model.py."""
+    module = model_file(tmp_path, MLP)
+    run = tmp_path / "ckpts"
+    run.mkdir()
+    for epoch in range(3):
+        torch.manual_seed(epoch)
+        torch.save(module.build().state_dict(), run / f"epoch_{epoch}.pt")
+    return run
+
+
+def _analyze(tmp_path: Path, run: Path, probe: Path, *more: object) -> tuple[object, Path]:
+    out = tmp_path / "run.h5"
+    done = fdl("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe", probe, "--out", out, *more)
+    return done, out
+
+
+def test_sklearn_target_key_is_read_as_the_labels(tmp_path: Path) -> None:
+    """np.savez(probe, data=bunch.data, target=bunch.target), scikit-learn's own names: `data` was read as the
+    inputs, `target` was not read (a note spoke of a model of several inputs), and the run was analysed without
+    labels: no accuracy, no loss, no Π*. `target` is now a name of y."""
+    run = _run(tmp_path)
+    x, y = _digits()
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, data=x, target=y)
+    done, out = _analyze(tmp_path, run, probe)
+    assert done.code == 0, done.stderr
+    assert "not read" not in done.stderr
+    report = fdl("report", out, "--format", "csv")
+    header, *rows = report.stdout.splitlines()
+    accuracy = header.split(",").index("accuracy")
+    assert len(rows) == 3 and all(row.split(",")[accuracy] != "" for row in rows)
+
+
+def test_labels_under_another_name_are_said_to_be_unread_targets(tmp_path: Path) -> None:
+    """np.savez(probe, x=X_test, y_test=y_test): the labels were left unread with a note that fdl gives the model
+    'x' alone (a model of several inputs), and the run analysed without targets; a warning now says the probe
+    has no targets, that y_test (a value a sample) may be them, and how to save them."""
+    run = _run(tmp_path)
+    x, y = _digits()
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=x, y_test=y, mean=x.mean(0))
+    done, _ = _analyze(tmp_path, run, probe)
+    assert done.code == 0, done.stderr
+    assert (f"warning: probe 'probe' ({probe}) has no targets under the names fdl reads (y, targets, target, labels, "
+            "Y, label): y_test, one value a sample, is not read; if it holds the targets, save it as y: "
+            "np.savez(FILE, x=x, y=y_test)") in done.stderr
+    assert "accuracy, the loss and the quality Π* need targets" in done.stderr
+    assert f"note: probe 'probe' ({probe}): not read: mean; fdl gives the model 'x' alone" in done.stderr
+
+
+def test_an_attention_mask_beside_unlabelled_token_ids_is_no_unread_target(tmp_path: Path) -> None:
+    """The warning over unread targets is for arrays of one value a sample; a mask of the inputs' own shape is a
+    second input, of which the note says what it said."""
+    from fdl_cli.probes import load_probe, unread_targets_warning, unused_note
+
+    probe = tmp_path / "tokens.npz"
+    np.savez(probe, input_ids=np.ones((6, 5), np.int64), attention_mask=np.ones((6, 5), np.int64))
+    loaded = load_probe(probe)
+    assert unread_targets_warning(loaded) is None
+    assert unused_note(loaded) == (f"probe 'probe' ({probe}): not read: attention_mask; fdl gives the model "
+                                   "'input_ids' alone, forward(x) (a model of several inputs: docs/usage.md, Probe)")
