@@ -109,3 +109,48 @@ def test_an_attention_mask_beside_unlabelled_token_ids_is_no_unread_target(tmp_p
     assert unread_targets_warning(loaded) is None
     assert unused_note(loaded) == (f"probe 'probe' ({probe}): not read: attention_mask; fdl gives the model "
                                    "'input_ids' alone, forward(x) (a model of several inputs: docs/usage.md, Probe)")
+
+
+def test_a_model_class_of_other_module_names_is_said_so(tmp_path: Path) -> None:
+    """Weights of the training script's MLP (modules fc1, head) into an nn.Sequential of the same sizes (0, 2):
+    the fix said "the sizes in the checkpoint say which width/depth it was", of sizes that all agree; it now
+    says the shapes fit under other names, and names both sets of modules."""
+    run = _run(tmp_path)
+    x, y = _digits()
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=x, y=y)
+    out = tmp_path / "run.h5"
+    done = fdl("analyze", run, "--model", f"{tmp_path / 'model.py'}:sequential", "--probe", probe, "--out", out)
+    assert done.code == 1 and "Traceback" not in done.stderr
+    assert ("fix: wrong --model? the file's tensors have the model's shapes under other names (the file's modules: "
+            "fc1, head; the model's: 0, 2): the factory builds another class than the one whose weights were saved; "
+            "build that one (the training script's), whose modules are fc1, head") in done.stderr
+    assert "width/depth" not in done.stderr
+    assert not out.exists()
+
+
+def test_a_model_that_fdl_toml_names_is_not_called_model_of_the_flag(tmp_path: Path) -> None:
+    """The run's fdl.toml names the model (no --model given) and its weights do not fit: the error said "the
+    model built by --model" and "wrong --model or --model-kwargs?"; it now names the fdl.toml's model and
+    where to fix it."""
+    run = _run(tmp_path)
+    (run / "model.py").write_text(MLP, encoding="utf-8")
+    x, y = _digits()
+    np.savez(run / "probe.npz", x=x, y=y)
+    (run / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\nmodel_kwargs = { hidden = 16 }\n',
+                                  encoding="utf-8")
+    out = tmp_path / "run.h5"
+    done = fdl("analyze", run, "--out", out)
+    assert done.code == 1 and "Traceback" not in done.stderr
+    toml = run / "fdl.toml"
+    assert f"do not fit the model built by {toml}'s model (model.py:build)" in done.stderr
+    assert (f"fix: wrong model or model_kwargs in {toml}? (the sizes in the checkpoint say which width/depth it "
+            "was); fix it there, or give --model (and --model-kwargs), which overrides it") in done.stderr
+    assert "--model or --model-kwargs?" not in done.stderr
+    assert not out.exists()
+    # a later checkpoint of another width, among the run's: its fix names the fdl.toml as well
+    (run / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\n', encoding="utf-8")
+    torch.save(model_file(tmp_path, MLP).build(16).state_dict(), run / "epoch_7.pt")
+    done = fdl("analyze", run, "--out", out)
+    assert done.code == 1 and "3 checkpoint(s) analysed, 1 failed" in done.stderr
+    assert f"or, if it is the run's, check the model and model_kwargs in {toml}" in done.stderr
