@@ -154,3 +154,22 @@ def test_a_model_that_fdl_toml_names_is_not_called_model_of_the_flag(tmp_path: P
     done = fdl("analyze", run, "--out", out)
     assert done.code == 1 and "3 checkpoint(s) analysed, 1 failed" in done.stderr
     assert f"or, if it is the run's, check the model and model_kwargs in {toml}" in done.stderr
+
+
+def test_the_report_of_a_probe_without_targets_says_why_acc_and_loss_are_blank(tmp_path: Path) -> None:
+    """A probe of x alone: the table's acc and loss columns are — at every checkpoint while the key below it
+    explained loss as the error "against the one-hot labels (or targets)", of labels there are none; a line
+    now says the probe has no targets, what that leaves unmeasured and what the regime reads."""
+    run = _run(tmp_path)
+    x, _ = _digits()
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=x)
+    done, out = _analyze(tmp_path, run, probe)
+    assert done.code == 0, done.stderr
+    line = ("probe 'probe' has no targets (no y): accuracy, the loss, r2 and the quality Π* are not measured (— in "
+            "the table, null in the records); the spectrum, the utility Π̂, D_LR, CKA, the overlaps and the regime "
+            "do not read targets")
+    report = fdl("report", out)
+    assert report.code == 0 and line in report.stderr.splitlines()
+    classify = fdl("classify", out)
+    assert classify.code == 0 and line in classify.stderr.splitlines()
