@@ -3455,6 +3455,26 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
     return None not in needed and all(count <= held[key] for key, count in needed.items())
 
 
+def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor]) -> str | None:
+    """The fix for weights whose shapes are the model's, in order, under other names (a training script's
+    `fc1`, `head` loaded into an nn.Sequential's `0`, `2`): another class of the same sizes, where "the sizes
+    say which width/depth it was" points at sizes that agree. None for any other mismatch."""
+    if set(expected) == set(state) or len(expected) != len(state):
+        return None
+    if [tuple(shape) for shape in expected.values()] != [tuple(getattr(t, "shape", ())) for t in state.values()]:
+        return None
+
+    def modules(keys: Iterable[str]) -> str:
+        names = list(dict.fromkeys(key.rpartition(".")[0] or key for key in keys))
+        return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+    theirs = modules(key for key in state if key not in expected)
+    return (f"wrong --model? the file's tensors have the model's shapes under other names (the file's modules: "
+            f"{theirs}; the model's: {modules(key for key in expected if key not in state)}): the factory builds "
+            f"another class than the one whose weights were saved; build that one (the training script's), whose "
+            f"modules are {theirs}")
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = _tied_names(model)
@@ -3502,7 +3522,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
                  "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
                  "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
-                 if probe else
+                 if probe else _renamed_fix(expected, state) or
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     try:

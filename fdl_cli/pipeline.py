@@ -802,7 +802,7 @@ def _prepare_run(
     """What a run starts from, before any work: the manifest applied, the checkpoints found, the probes
     read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun)."""
     from fdl_cli import checkpoints as ckpts
-    from fdl_cli.probes import load_probe, parse_probe_spec, unused_note
+    from fdl_cli.probes import load_probe, parse_probe_spec, unread_targets_warning, unused_note
 
     # fdl.toml (`_read_manifests`), read first: it may say how the folder's checkpoints are named (glob,
     # step_regex).
@@ -915,6 +915,9 @@ def _prepare_run(
         note = unused_note(probes[-1])
         if note is not None:
             reporter.note(note)
+        warning = unread_targets_warning(probes[-1])
+        if warning is not None:
+            reporter.warn(warning)
     if len({p.name for p in probes}) != len(probes):
         raise ProbeError(
             "two probes have the same name",
@@ -1444,11 +1447,16 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
         prepared = prepare_model(module, device=ctx.device, dtype=ctx.options.dtype)
         _check_layers(ctx, prepared, loaded)
         return prepared
-    if ctx.model is not None:
-        # Same factory, same kwargs: overwrite the weights in place (no re-initialisation, no transfer
-        # of a fresh model to the device); strict loading still checks every key and shape.
-        return build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs, into=ctx.model)
-    model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
+    try:
+        if ctx.model is not None:
+            # Same factory, same kwargs: overwrite the weights in place (no re-initialisation, no transfer
+            # of a fresh model to the device); strict loading still checks every key and shape.
+            return build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs, into=ctx.model)
+        model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
+    except WeightsMismatchError as exc:
+        if _model_named_by(ctx) is None:
+            raise
+        raise _manifest_model(exc, ctx.manifest) from None
     ctx.model = prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
     return ctx.model
 
@@ -3212,9 +3220,10 @@ def _run_refs(
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
+                # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
-                        and (exc.fix or "").startswith("wrong --model"):  # not a probe's file or a wrapper's keys
-                    exc = _another_model(exc, reference)
+                        and (exc.fix or "").startswith(("wrong --model", "wrong model")):
+                    exc = _another_model(exc, reference, _model_named_by(ctx))
                 if ref.step in lacking:  # a stored checkpoint: the "previous" of its stored series all the same
                     exc = _adding_failed(exc, ref, lacking[ref.step])
                 _failed(ctx, summary, ref, exc, lacking.get(ref.step))
@@ -3321,15 +3330,40 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
         raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
 
 
-def _another_model(exc: WeightsMismatchError, reference: CheckpointRef) -> WeightsMismatchError:
+def _another_model(exc: WeightsMismatchError, reference: CheckpointRef, toml: Path | None) -> WeightsMismatchError:
     """The weights of one checkpoint of the run do not fit the model that the reference's fit: a file of
     another model among the run's ("wrong --model?" sent the user to change the model that fits the others)."""
     return WeightsMismatchError(
         exc.what, got=exc.got,
         fix=f"the reference checkpoint {reference.path} (step {reference.step}) fits this model: this file holds "
         "another model's weights (its sizes say which); leave it out (move it out of the folder, or select the run's "
-        "files with --glob or --steps), or, if it is the run's, check --model / --model-kwargs",
+        "files with --glob or --steps), or, if it is the run's, check "
+        + (f"the model and model_kwargs in {toml}" if toml is not None else "--model / --model-kwargs"),
     )
+
+
+def _manifest_model(exc: WeightsMismatchError, manifest: Any) -> WeightsMismatchError:
+    """The error of weights that do not fit the model an fdl.toml named, no --model given: it spoke of the
+    model "built by --model" and sent the user to a flag never passed; it now names the fdl.toml to fix."""
+    toml, model = manifest.path, str(manifest.model)
+    for folder in (f"{manifest.path.parent.absolute()}{os.sep}", f"{manifest.path.parent.resolve()}{os.sep}"):
+        model = model[len(folder):] if model.startswith(folder) else model  # model.py:build, as the file says
+    fix = exc.fix or ""
+    for flag, named in (("wrong --model or --model-kwargs?", f"wrong model or model_kwargs in {toml}?"),
+                        ("wrong --model?", f"wrong model in {toml}?")):
+        if fix.startswith(flag):
+            fix = f"{named}{fix[len(flag):]}; fix it there, or give --model (and --model-kwargs), which overrides it"
+            break
+    return WeightsMismatchError(
+        exc.what.replace("the model built by --model", f"the model built by {toml}'s model ({model})"), got=exc.got,
+        fix=fix,
+    )
+
+
+def _model_named_by(ctx: _Context) -> Path | None:
+    """The fdl.toml whose `model` the run builds (no --model given), for its errors to name; else None."""
+    manifest = ctx.manifest
+    return manifest.path if manifest is not None and manifest.model and not ctx.options.model_spec else None
 
 
 def _failed(

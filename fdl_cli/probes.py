@@ -33,7 +33,7 @@ from fdl_cli.errors import ProbeError
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
-Y_KEYS = ("y", "targets", "labels", "Y", "label")
+Y_KEYS = ("y", "targets", "target", "labels", "Y", "label")  # target: scikit-learn's Bunch (beside its data)
 PROBE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".h5", ".hdf5")
 DEFAULT_NAME = "probe"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -70,6 +70,9 @@ class Probe:
     keys: tuple[str, str] = ("x", "")
     #: `inputs_digest` of x ("" where not taken)
     x_sha256: str = ""
+    #: of `unused`, without targets: the arrays of one value a sample (a row each, or a vector of n), which may
+    #: be the targets saved under another name (`y_test`)
+    unread_targets: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -826,7 +829,8 @@ _SPECIAL_FILES = (
 
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
-    ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``); the first found wins.
+    ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``target``, ``labels``, ``Y``, ``label``); the first
+    found wins.
 
     Integer ``y`` are class labels (a one-hot integer matrix is turned into labels); float ``y``
     are regression targets. Raises ProbeError naming the file for any problem found.
@@ -895,24 +899,51 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     targets, task, n_classes = (None, None, None)
     if y_key is not None:
         targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
+    unused = tuple(str(key) for key in arrays if key not in (x_key, y_key))
     return Probe(
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
-        stored_dtype=stored_dtype, unused=tuple(str(key) for key in arrays if key not in (x_key, y_key)),
-        keys=(x_key, y_key or ""), x_sha256=x_sha256,
+        stored_dtype=stored_dtype, unused=unused, keys=(x_key, y_key or ""), x_sha256=x_sha256,
+        unread_targets=() if y_key is not None else tuple(
+            key for key in unused if _one_value_a_sample(arrays[key], tuple(inputs.shape))),
     )
+
+
+def _one_value_a_sample(array: Any, x_shape: tuple[int, ...]) -> bool:
+    """Whether an array the probe does not read has the shape of targets of its samples, (n,) or (n, k), and not
+    that of the inputs: an attention mask beside the token ids is a second input."""
+    shape = getattr(array, "shape", None)
+    return (shape is not None and 1 <= len(shape) <= 2 and int(shape[0]) == x_shape[0]
+            and tuple(int(size) for size in shape) != x_shape)
 
 
 def unused_note(probe: Probe) -> str | None:
     """The note that names the probe's arrays fdl does not read, or None: a model whose forward has an optional
     second input (``forward(x, mask=None)``) runs without the mask saved beside x, and no error says so."""
-    if not probe.unused:
+    others = [key for key in probe.unused if key not in probe.unread_targets]
+    if not others:
         return None
-    shown = ", ".join(probe.unused[:8]) + (f", ... ({len(probe.unused)} in all)" if len(probe.unused) > 8 else "")
+    shown = ", ".join(others[:8]) + (f", ... ({len(others)} in all)" if len(others) > 8 else "")
     x_key, y_key = probe.keys
     return (
         f"probe {probe.name!r} ({probe.path}): not read: {shown}; fdl gives the model {x_key!r} alone, forward(x)"
         + (f", and takes {y_key!r} as the targets" if y_key else "")
         + " (a model of several inputs: docs/usage.md, Probe)"
+    )
+
+
+def unread_targets_warning(probe: Probe) -> str | None:
+    """The warning over a probe without targets that holds arrays of one value a sample under other names (the
+    labels saved as `y_test`), which fdl would otherwise leave unread, analysing the run without targets."""
+    if not probe.unread_targets:
+        return None
+    first = probe.unread_targets[0]
+    named = ", ".join(probe.unread_targets[:4]) + (", ..." if len(probe.unread_targets) > 4 else "")
+    one = len(probe.unread_targets) == 1
+    return (
+        f"probe {probe.name!r} ({probe.path}) has no targets under the names fdl reads ({', '.join(Y_KEYS)}): "
+        f"{named}, one value a sample, {'is' if one else 'are'} not read; if {'it holds' if one else 'one holds'} "
+        f"the targets, save {'it' if one else 'that one'} as y: np.savez(FILE, x=x, y={first}) (accuracy, the loss "
+        "and the quality Π* need targets; the spectrum, D_LR, CKA, the overlaps and the regime do not)"
     )
 
 

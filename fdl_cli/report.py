@@ -213,9 +213,15 @@ def targets_without_energy(run: Run, series: Series) -> bool:
 
 
 def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
-    """The one line said beside loss and r2 of a series: that its targets carry no energy (analyze warned it:
-    `pipeline._no_energy_warning`), said in place of the float 0/1 line (`zero_one_caveat`) that all-zero
-    float targets would otherwise get, or that line, or None."""
+    """The one line said beside loss and r2 of a series: that its probe has no targets (its acc and loss are
+    blank), that its targets carry no energy (analyze warned it: `pipeline._no_energy_warning`), said in place
+    of the float 0/1 line (`zero_one_caveat`) that all-zero float targets would otherwise get, or that line,
+    or None."""
+    info = run.probes.get(series.probe) if series.probe is not None else None
+    if info is not None and getattr(info, "task", None) == "none":  # the columns' key explains acc and loss
+        return (f"probe {series.probe!r}{of} has no targets (no y): accuracy, the loss, r2 and the quality Π* are "
+                "not measured (— in the table, null in the records); the spectrum, the utility Π̂, D_LR, CKA, the "
+                "overlaps and the regime do not read targets")
     if not targets_without_energy(run, series):
         return zero_one_caveat(run, series, of=of)
     options = run.provenance.get("options")
