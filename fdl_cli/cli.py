@@ -536,13 +536,16 @@ def inspect(**kwargs: Any) -> None:
     unhooked = frozenset(result.pop("unhooked", ()))  # no output shape: scripted, not hooked (ran or not)
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
-    needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
-    if needs_model is not None:
+    if result["needs_model"] is not None:  # weights only, no model: their tensors, then what needs one (exit 0)
+        unused_error = result.pop("unused_error")
         if kwargs["as_json"]:
             _emit_json(result)
         else:
             _print_tensors(result)
-        raise needs_model
+        if unused_error is not None:
+            raise unused_error  # --probe or --model-kwargs given, with no model to use them
+        click.echo(f"note: {result['needs_model']}", err=True)
+        return
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     failed = isinstance(failure, str) and failure.startswith("forward failed")
     of_manifest = result.pop("probe_of_manifest", None)

@@ -73,7 +73,9 @@ def inspect_checkpoint(
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
-        return _tensors_listing(ref, loaded, notes=kwargs_notes.notes)
+        unused = "--probe" if probe_spec is not None else "--model-kwargs" if model_kwargs is not None else None
+        return _tensors_listing(ref, loaded, notes=kwargs_notes.notes, manifest_path=folder / "fdl.toml",
+                                unused=unused)
     # A TorchScript / torch.export program is wrapped as `analyze` wraps it (its own eval() and hooks
     # are refused; its features are the input of its last linear operation, `last_linear_op`).
     model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
@@ -214,6 +216,7 @@ def inspect_checkpoint(
         "default_features": default_features,
         "default_basis": default_basis,
         "sample": sample_said,
+        "needs_model": None,  # as without a model (`_tensors_listing`): why the modules are null, here none
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
@@ -231,13 +234,15 @@ def inspect_checkpoint(
     }
 
 
-def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, Any]:
+def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str], manifest_path: Path,
+                     unused: str | None) -> dict[str, Any]:
     """What a checkpoint of weights only holds, for `fdl inspect` without a model: each tensor's name, shape,
     dtype and number of values (in the order its writer gave them, as loaded: prefixes such as `module.`
     stripped, --weights applied; by name for safetensors, `_by_name`), their total, and the step `analyze` would
-    read it at. `needs_model` (not JSON) is the error the CLI raises below the listing: the modules, their output
-    shapes and the default layer need the model (it was raised alone, "holds weights only", and said nothing of
-    what the file holds)."""
+    read it at. `needs_model` (JSON too) is the note the CLI says below the listing: what needs the model and how
+    to give it (`manifest_path`, the fdl.toml inspect reads). The listing is the answer, exit 0: it ended with an
+    error, exit 1, which read as a failure. `unused`: an option only a model uses (--probe, --model-kwargs), given
+    without one: `unused_error` (not JSON), raised below the listing, as the command cannot do what it asked."""
     state = loaded.state_dict or {}
     names = sorted(state, key=_name_order) if _by_name(ref) else list(state)
     tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
@@ -255,13 +260,19 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         "weights_averaged_by": loaded.ema_swapped_in or None,
         # what a model would tell: none without one
         "modules": None, "default_module": None, "default_layer": None, "default_features": None,
-        "needs_model": CheckpointError(
-            f"{ref.path} holds weights only, and no model was given to put them in: its tensors are listed, but "
-            "the modules, their output shapes and the default feature layer need the model",
-            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        "needs_model": "no model was given, so only the file's tensors are listed: the modules, their output shapes "
+                       "and the default feature layer (and its number of features) need the model; "
+                       f"{_GIVE_MODEL}{manifest_path}",
+        "unused_error": None if unused is None else CheckpointError(
+            f"{unused} was given, but there is no model to use it: {ref.path} holds weights only, whose tensors are "
+            "listed", fix=f"{_GIVE_MODEL}{manifest_path}; or leave {unused} out to list the tensors alone",
         ),
         "notes": notes,
     }
+
+
+#: how `fdl inspect` says to give a model (the fdl.toml's path follows)
+_GIVE_MODEL = 'pass --model path/model.py:factory (or pkg.module:factory), or add model = "path/model.py:factory" to '
 
 
 def _name_order(name: str) -> tuple[str | int, ...]:
