@@ -523,7 +523,8 @@ def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default.
 
     CHECKPOINT is a checkpoint file, or a run's folder, whose first checkpoint is read; an fdl.toml in
-    that folder gives --model and --probe when they are not given."""
+    that folder gives --model and --probe when they are not given. Without a model, the tensors of a file
+    of weights are listed (exit 0), with a note of what needs the model."""
     with _untracked_imports():
         signals.import_torch()
         from fdl_cli.inspection import inspect_checkpoint

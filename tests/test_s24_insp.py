@@ -106,3 +106,9 @@ def test_inspect_refuses_a_probe_or_model_kwargs_it_has_no_model_to_use(tmp_path
                 assert json.loads(done.stdout)["modules"] is None  # the listing stays a clean document
             else:
                 assert "total: 67 values in 4 tensors" in said
+
+
+def test_inspect_help_says_what_it_lists_without_a_model() -> None:
+    text = " ".join(fdl("inspect", "--help").stdout.split())
+    assert ("Without a model, the tensors of a file of weights are listed (exit 0), with a note of what needs the "
+            "model.") in text, text
