@@ -112,3 +112,23 @@ def test_inspect_help_says_what_it_lists_without_a_model() -> None:
     text = " ".join(fdl("inspect", "--help").stdout.split())
     assert ("Without a model, the tensors of a file of weights are listed (exit 0), with a note of what needs the "
             "model.") in text, text
+
+
+def test_a_file_given_alone_that_holds_no_weights_is_not_told_to_pass_the_files(tmp_path: Path) -> None:
+    """`fdl inspect optimizer.pt` (a Trainer's checkpoint folder holds it beside the weights): the fix said "point at
+    a folder of .pt/... files (or pass the files)", to a user who had passed the file. It now says what file to
+    give; analyze, which shares the error, alike."""
+    model = torch.nn.Linear(2, 2)
+    torch.save(torch.optim.Adam(model.parameters()).state_dict(), tmp_path / "optimizer.pt")
+    torch.save({"lr": 0.1, "last_epoch": 3}, tmp_path / "scheduler.pt")
+    fix = ("fix: give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
+           "model_state_dict), or the run's folder")
+    for command, got in ((("inspect", tmp_path / "optimizer.pt"), "got: skipped optimizer.pt: optimizer state"),
+                         (("inspect", tmp_path / "scheduler.pt"), "got: skipped scheduler.pt: no tensors"),
+                         (("analyze", tmp_path / "optimizer.pt", tmp_path / "scheduler.pt", "--model", MODEL,
+                           "-o", tmp_path / "s.h5"), "got: skipped optimizer.pt: optimizer state")):
+        done = fdl(*command)
+        said = _said(done)
+        assert done.code == 1 and "error: no checkpoints found in" in said and got in said and fix in said, said
+        assert "or pass the files" not in said
+    assert not (tmp_path / "s.h5").exists()
