@@ -29,8 +29,9 @@ def inspect_checkpoint(
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
     The sample is the probe's first input; without a probe, a random one made for the model's first
-    layer (`_random_samples`): token ids for an nn.Embedding, else floats of the width of the first
-    nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
+    layer (`_random_samples`, `_layer_kind`: TorchScript's compiled layers too): token ids for an nn.Embedding,
+    else floats of the width of the first nn.Linear / Conv2d (inputs of other shapes need --probe), and the
+    other kind when that pass fails
     (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
     could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
     last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
@@ -311,21 +312,20 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]
     --probe"."""
     import torch
 
-    layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
-    first = next((module for module in model.modules() if isinstance(module, layers)), None)
+    first = next((module for module in model.modules() if _layer_kind(module) is not None), None)
     floats: tuple[Any, str] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if _layer_kind(module) == "Linear":
             floats = (torch.randn(1, module.in_features),
                       f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name})")
             break
-        if isinstance(module, torch.nn.Conv2d):
+        if _layer_kind(module) == "Conv2d":
             floats = (torch.randn(1, module.in_channels, 32, 32),
                       f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
             break
     ids = _token_ids(model)
     held = _token_ids(model, held_by_all=True)
-    if ids is not None and isinstance(first, torch.nn.Embedding):
+    if ids is not None and _layer_kind(first) == "Embedding":
         retries = [] if held is None else [(held[0], f"{held[1]}, as ids of the first nn.Embedding "
                                                      f"({ids[2]}) failed on the model{_REAL_TOKENS}")]
         if floats is not None:
@@ -341,6 +341,24 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]
                   "--probe FILE (its first input is run)"), []
 
 
+def _layer_kind(module: Any) -> str | None:
+    """"Linear", "Conv2d" or "Embedding" for a module of that torch.nn class, eager or compiled by TorchScript (a
+    RecursiveScriptModule keeps the class's name, `original_name`, and its in_features, in_channels or
+    num_embeddings): a TorchScript checkpoint's first layer shapes a random input as an eager model's does, where
+    it ran none ("width unknown: no forward pass ran"). None for any other module."""
+    import torch
+
+    for kind in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding):
+        if isinstance(module, kind):
+            return kind.__name__
+    if isinstance(module, torch.jit.ScriptModule):
+        attribute = {"Linear": "in_features", "Conv2d": "in_channels", "Embedding": "num_embeddings"}
+        kind_name = getattr(module, "original_name", None)
+        if kind_name in attribute and isinstance(getattr(module, attribute[kind_name], None), int):
+            return str(kind_name)
+    return None
+
+
 def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str] | None:
     """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
     `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
@@ -349,7 +367,7 @@ def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str]
     whose first table is its positions'); None where that is the first one."""
     import torch
 
-    tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    tables = [(name, module) for name, module in model.named_modules() if _layer_kind(module) == "Embedding"]
     if not tables:
         return None
     name, first = tables[0]

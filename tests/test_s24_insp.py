@@ -132,3 +132,27 @@ def test_a_file_given_alone_that_holds_no_weights_is_not_told_to_pass_the_files(
         assert done.code == 1 and "error: no checkpoints found in" in said and got in said and fix in said, said
         assert "or pass the files" not in said
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_inspect_of_a_torchscript_checkpoint_runs_a_random_input_for_its_first_layer(tmp_path: Path) -> None:
+    """A TorchScript checkpoint without --probe ran no forward pass ("sample: none: the model has no nn.Linear,
+    Conv2d or nn.Embedding", "width unknown"): its compiled layers are no torch.nn instances. They keep the class's
+    name and in_features (in_channels, num_embeddings), which now shape the random input as an eager model's."""
+    from tests.tiny_models import cnn, token_mlp
+
+    for name, model, sample, features in (
+        ("mlp", mlp(), "a random float input of shape (1, 4), for the first nn.Linear (program.0)", 8),
+        ("cnn", cnn(channels=3).eval(), "a random float input of shape (1, 3, 32, 32), for the first Conv2d (program.0)",
+         4),
+        ("tokens", token_mlp(), "random token ids in [0, 11) of shape (1, 8), int64, for the first nn.Embedding "
+                                "(program.embed)", 8),
+    ):
+        path = tmp_path / f"{name}_1.pt"
+        torch.jit.save(torch.jit.script(model), str(path))
+        done = fdl("inspect", path, "--json")
+        assert done.code == 0, done.stderr
+        listed = json.loads(done.stdout)
+        assert listed["sample"].startswith(sample), listed["sample"]
+        assert listed["default_layer"] == "last_linear_op:input" and listed["default_features"] == features
+        shown = _said(fdl("inspect", path))
+        assert f"default feature layer: last_linear_op:input ({features} features; the input of the last" in shown
