@@ -1597,6 +1597,10 @@ def discover_checkpoints(
         got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
+        if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
+            # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
+            fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
+                   "model_state_dict), or the run's folder")
         if [str(s) for s in sources] == ["-"] and not looked_at:  # `fdl analyze -` read nothing: "in -", "got: nothing"
             where, got = "the paths read from stdin (-)", "no path on stdin"
             fix = "pipe the checkpoints' paths in, one a line (`find runs/a -name '*.pt' | fdl analyze - ...`), or " + fix

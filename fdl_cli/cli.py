@@ -523,7 +523,8 @@ def inspect(**kwargs: Any) -> None:
     """List the model's named modules with output shapes, and the layer `analyze` hooks by default.
 
     CHECKPOINT is a checkpoint file, or a run's folder, whose first checkpoint is read; an fdl.toml in
-    that folder gives --model and --probe when they are not given."""
+    that folder gives --model and --probe when they are not given. Without a model, the tensors of a file
+    of weights are listed (exit 0), with a note of what needs the model."""
     with _untracked_imports():
         signals.import_torch()
         from fdl_cli.inspection import inspect_checkpoint
@@ -536,13 +537,16 @@ def inspect(**kwargs: Any) -> None:
     unhooked = frozenset(result.pop("unhooked", ()))  # no output shape: scripted, not hooked (ran or not)
     for note in result.pop("notes", ()):
         click.echo(f"note: {note}", err=True)
-    needs_model = result.pop("needs_model", None)  # weights only, no model: their tensors, then that error
-    if needs_model is not None:
+    if result["needs_model"] is not None:  # weights only, no model: their tensors, then what needs one (exit 0)
+        unused_error = result.pop("unused_error")
         if kwargs["as_json"]:
             _emit_json(result)
         else:
             _print_tensors(result)
-        raise needs_model
+        if unused_error is not None:
+            raise unused_error  # --probe or --model-kwargs given, with no model to use them
+        click.echo(f"note: {result['needs_model']}", err=True)
+        return
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     failed = isinstance(failure, str) and failure.startswith("forward failed")
     of_manifest = result.pop("probe_of_manifest", None)

@@ -29,8 +29,9 @@ def inspect_checkpoint(
     """The model's named modules with output shapes (one forward pass of one sample) and the default layer.
 
     The sample is the probe's first input; without a probe, a random one made for the model's first
-    layer (`_random_samples`): token ids for an nn.Embedding, else floats of the width of the first
-    nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
+    layer (`_random_samples`, `_layer_kind`: TorchScript's compiled layers too): token ids for an nn.Embedding,
+    else floats of the width of the first nn.Linear / Conv2d (inputs of other shapes need --probe), and the
+    other kind when that pass fails
     (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
     could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
     last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
@@ -73,7 +74,9 @@ def inspect_checkpoint(
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
     if loaded.module is None and factory is None:
-        return _tensors_listing(ref, loaded, notes=kwargs_notes.notes)
+        unused = "--probe" if probe_spec is not None else "--model-kwargs" if model_kwargs is not None else None
+        return _tensors_listing(ref, loaded, notes=kwargs_notes.notes, manifest_path=folder / "fdl.toml",
+                                unused=unused)
     # A TorchScript / torch.export program is wrapped as `analyze` wraps it (its own eval() and hooks
     # are refused; its features are the input of its last linear operation, `last_linear_op`).
     model = prepare_model(ckpts.build_model(loaded, factory=factory, kwargs=kwargs), device=torch.device("cpu"),
@@ -214,6 +217,7 @@ def inspect_checkpoint(
         "default_features": default_features,
         "default_basis": default_basis,
         "sample": sample_said,
+        "needs_model": None,  # as without a model (`_tensors_listing`): why the modules are null, here none
         # not JSON: the CLI raises it once the listing is shown (analyze would refuse the model's outputs)
         "outputs_error": outputs_error,
         # not JSON: said on stderr, as analyze says them (fdl.toml's model_kwargs left out)
@@ -231,13 +235,15 @@ def inspect_checkpoint(
     }
 
 
-def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, Any]:
+def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str], manifest_path: Path,
+                     unused: str | None) -> dict[str, Any]:
     """What a checkpoint of weights only holds, for `fdl inspect` without a model: each tensor's name, shape,
     dtype and number of values (in the order its writer gave them, as loaded: prefixes such as `module.`
     stripped, --weights applied; by name for safetensors, `_by_name`), their total, and the step `analyze` would
-    read it at. `needs_model` (not JSON) is the error the CLI raises below the listing: the modules, their output
-    shapes and the default layer need the model (it was raised alone, "holds weights only", and said nothing of
-    what the file holds)."""
+    read it at. `needs_model` (JSON too) is the note the CLI says below the listing: what needs the model and how
+    to give it (`manifest_path`, the fdl.toml inspect reads). The listing is the answer, exit 0: it ended with an
+    error, exit 1, which read as a failure. `unused`: an option only a model uses (--probe, --model-kwargs), given
+    without one: `unused_error` (not JSON), raised below the listing, as the command cannot do what it asked."""
     state = loaded.state_dict or {}
     names = sorted(state, key=_name_order) if _by_name(ref) else list(state)
     tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
@@ -255,13 +261,19 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str]) -> dict[str, An
         "weights_averaged_by": loaded.ema_swapped_in or None,
         # what a model would tell: none without one
         "modules": None, "default_module": None, "default_layer": None, "default_features": None,
-        "needs_model": CheckpointError(
-            f"{ref.path} holds weights only, and no model was given to put them in: its tensors are listed, but "
-            "the modules, their output shapes and the default feature layer need the model",
-            fix="pass --model path/model.py:factory (or pkg.module:factory), or add model = \"...\" to fdl.toml",
+        "needs_model": "no model was given, so only the file's tensors are listed: the modules, their output shapes "
+                       "and the default feature layer (and its number of features) need the model; "
+                       f"{_GIVE_MODEL}{manifest_path}",
+        "unused_error": None if unused is None else CheckpointError(
+            f"{unused} was given, but there is no model to use it: {ref.path} holds weights only, whose tensors are "
+            "listed", fix=f"{_GIVE_MODEL}{manifest_path}; or leave {unused} out to list the tensors alone",
         ),
         "notes": notes,
     }
+
+
+#: how `fdl inspect` says to give a model (the fdl.toml's path follows)
+_GIVE_MODEL = 'pass --model path/model.py:factory (or pkg.module:factory), or add model = "path/model.py:factory" to '
 
 
 def _name_order(name: str) -> tuple[str | int, ...]:
@@ -300,21 +312,20 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]
     --probe"."""
     import torch
 
-    layers = (torch.nn.Embedding, torch.nn.Linear, torch.nn.Conv2d)
-    first = next((module for module in model.modules() if isinstance(module, layers)), None)
+    first = next((module for module in model.modules() if _layer_kind(module) is not None), None)
     floats: tuple[Any, str] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if _layer_kind(module) == "Linear":
             floats = (torch.randn(1, module.in_features),
                       f"a random float input of shape (1, {module.in_features}), for the first nn.Linear ({name})")
             break
-        if isinstance(module, torch.nn.Conv2d):
+        if _layer_kind(module) == "Conv2d":
             floats = (torch.randn(1, module.in_channels, 32, 32),
                       f"a random float input of shape (1, {module.in_channels}, 32, 32), for the first Conv2d ({name})")
             break
     ids = _token_ids(model)
     held = _token_ids(model, held_by_all=True)
-    if ids is not None and isinstance(first, torch.nn.Embedding):
+    if ids is not None and _layer_kind(first) == "Embedding":
         retries = [] if held is None else [(held[0], f"{held[1]}, as ids of the first nn.Embedding "
                                                      f"({ids[2]}) failed on the model{_REAL_TOKENS}")]
         if floats is not None:
@@ -330,6 +341,24 @@ def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]
                   "--probe FILE (its first input is run)"), []
 
 
+def _layer_kind(module: Any) -> str | None:
+    """"Linear", "Conv2d" or "Embedding" for a module of that torch.nn class, eager or compiled by TorchScript (a
+    RecursiveScriptModule keeps the class's name, `original_name`, and its in_features, in_channels or
+    num_embeddings): a TorchScript checkpoint's first layer shapes a random input as an eager model's does, where
+    it ran none ("width unknown: no forward pass ran"). None for any other module."""
+    import torch
+
+    for kind in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding):
+        if isinstance(module, kind):
+            return kind.__name__
+    if isinstance(module, torch.jit.ScriptModule):
+        attribute = {"Linear": "in_features", "Conv2d": "in_channels", "Embedding": "num_embeddings"}
+        kind_name = getattr(module, "original_name", None)
+        if kind_name in attribute and isinstance(getattr(module, attribute[kind_name], None), int):
+            return str(kind_name)
+    return None
+
+
 def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str] | None:
     """Random token ids (1, L) int64 in [0, V) for the model's first nn.Embedding of V rows (L =
     `INSPECT_TOKENS`, or the fewest rows of its embeddings: a table of positions holds every position),
@@ -338,7 +367,7 @@ def _token_ids(model: Any, *, held_by_all: bool = False) -> tuple[Any, str, str]
     whose first table is its positions'); None where that is the first one."""
     import torch
 
-    tables = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
+    tables = [(name, module) for name, module in model.named_modules() if _layer_kind(module) == "Embedding"]
     if not tables:
         return None
     name, first = tables[0]
