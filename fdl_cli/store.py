@@ -1477,6 +1477,10 @@ def _stored_overlap_k(
     return None if isinstance(ours, Mapping) and ours.get("overlap_k") == stored else stored
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def _entry_bytes(entry: CheckpointEntry) -> int:
     """The bytes of a checkpoint's arrays (what a buffered entry holds in memory, near enough)."""
     return sum(
@@ -2350,6 +2354,7 @@ class StoreWriter:
         StoreError.
         """
         tmp = self._tmp_path(os.getpid())
+        self._check_room(plan)
         try:
             if plan.fresh:
                 self._create(tmp)
@@ -2411,6 +2416,35 @@ class StoreWriter:
                     fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
                 ) from None
             raise
+
+    def _check_room(self, plan: _CommitPlan) -> None:
+        """Refuse a commit whose copy of the store would not fit in its folder's free space, before anything is
+        written: a full disk met by HDF5 itself, while it writes the copy, raised h5py's RuntimeError, and the
+        failed close after it left HDF5 in a state that printed a traceback for every object freed and could end
+        the process by a segmentation fault. Counted: the store's copy, the new arrays twice, the trajectories
+        it rewrites and 256 KiB for HDF5's own metadata. A file system that reports no size (some FUSE mounts)
+        is not checked."""
+        try:
+            stats = os.statvfs(self._path.parent)
+        except (OSError, AttributeError):  # no statvfs (Windows), or it failed: HDF5's own error it is
+            return
+        if stats.f_blocks <= 0:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        copied = 0
+        if not plan.fresh:
+            with contextlib.suppress(OSError):
+                copied = self._path.stat().st_size
+        rows = sum(len(plan.rows.get(key, {})) for key in plan.rewrite)  # a row: 8 bytes a field, and the strings
+        need = copied + 2 * sum(_entry_bytes(entry) for entry in plan.entries) + rows * (8 * len(RECORD_FIELDS) + 256)
+        need += 1 << 18
+        if need > free:
+            raise StoreError(
+                f"could not write {self._path} (the store on disk is unchanged)",
+                got=f"not enough free space in {self._path.parent}: a commit needs about {_mib(need)} "
+                f"(a copy of the store and the new checkpoints), {_mib(free)} free",
+                fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
+            )
 
     def _apply(self, plan: _CommitPlan, cost: float, finished: float) -> None:
         """The writer's state once a plan is durable on disk; under `_guard`."""
@@ -2505,6 +2539,17 @@ def _outdated_fields(group: h5py.Group) -> list[str]:
     return sorted(name for name in ADDED_FIELDS if name not in group or group[name].shape != steps)
 
 
+def _appendable(dataset: Any, name: str) -> bool:
+    """Whether a stored trajectory dataset takes rows appended as fdl writes it: 1-D, chunked and resizable, of
+    the field's dtype. One rewritten by hand with h5py or by a tool (`h5repack -l CONTI`: contiguous, of fixed
+    size; `step` as floats) reads as ever but is rewritten whole (h5py's resize raised a TypeError)."""
+    if not isinstance(dataset, h5py.Dataset) or dataset.chunks is None or dataset.maxshape != (None,):
+        return False
+    if name in STR_FIELDS:
+        return h5py.check_string_dtype(dataset.dtype) is not None
+    return bool(dataset.dtype == (np.int64 if name == "step" else np.float64))
+
+
 def _write_trajectory(
     trajectories: h5py.Group,
     key: Series,
@@ -2525,7 +2570,7 @@ def _write_trajectory(
         appendable
         and probe in trajectories
         and layer in trajectories[probe]
-        and all(name in trajectories[probe][layer] for name in RECORD_FIELDS)
+        and all(_appendable(trajectories[probe][layer].get(name), name) for name in RECORD_FIELDS)
         and (not old_steps or all(step > old_steps[-1] for step in changed))
         and all(step in by_step for step in changed)
     ):
