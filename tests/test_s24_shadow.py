@@ -6,6 +6,7 @@ over for which, and to rename it; any other error keeps its words."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,19 @@ def test_inspects_forward_pass_says_so_not_that_the_probe_misfits(
     assert "Traceback" not in said and "does not fit the model" not in said, said
     assert "modules of" in said and "error: the model's forward pass failed on a sample of shape (1, 4)" in said, said
     _told(said, entry, "csv")
+
+
+def test_a_module_the_manifest_names_importing_a_shadowing_module_says_so(
+    tmp_path: Path, _own_import_state: None
+) -> None:
+    """`model = "s24_shadow_net:build"`, a module beside the fdl.toml: its import said "install the package or put
+    it on PYTHONPATH"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    entry = _shadowing(run, "csv", "package")
+    (run / "s24_shadow_net.py").write_text("from csv import Widget\n\n\ndef build():\n    return Widget(4, 3)\n")
+    with pytest.raises(ModelError) as refused:
+        resolve_model_factory("s24_shadow_net:build", module_dir=run, named_by=run / "fdl.toml")
+    assert "cannot import s24_shadow_net" in refused.value.what
+    _told(_said(str(refused.value)), entry, "csv")
+    assert "s24_shadow_net" not in sys.modules
