@@ -2739,11 +2739,11 @@ def check_manifest_model(spec: str, named_by: Path, *, base_dir: Path | None = N
             raise _foreign_manifest_model(spec, named_by, f"{os.path.realpath(file)} is outside {folder}")
         return
     top = target.partition(".")[0]
+    beside = module_beside(target, folder)
     if top in sys.stdlib_module_names:
         raise _foreign_manifest_model(spec, named_by, f"{top} is a module of Python's standard library, which "
-                                      "defines no nn.Module" + (f" ({top}.py beside it is never imported for it: "
-                                                               "rename it)" if module_beside(target, folder) else ""))
-    beside = module_beside(target, folder)
+                                      "defines no nn.Module" + (f" ({_folder_entry(beside)} beside it is never "
+                                                               "imported for it: rename it)" if beside else ""))
     if "__main__" in target.split(".") and (beside is None or beside.is_dir()):
         raise _foreign_manifest_model(spec, named_by, f"{target} is a program's __main__, not of the folder")
     imported = sys.modules.get(target)  # `torch:load`: told now, before the note that its code runs
@@ -2879,8 +2879,8 @@ def resolve_model_factory(
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
-            fix = _os_reason(file, exc)[1] if unreadable else "fix the error in that file"
-            if isinstance(exc, ModuleNotFoundError):
+            fix = _os_reason(file, exc)[1] if unreadable else shadowing_fix(exc) or "fix the error in that file"
+            if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
                 fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
                        f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
@@ -2910,7 +2910,7 @@ def resolve_model_factory(
             raise ModelError(
                 f"{label}: cannot import {target}",
                 got=f"{type(exc).__name__}: {exc}",
-                fix="install the package or put it on PYTHONPATH, or use path/file.py:factory",
+                fix=shadowing_fix(exc) or "install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
     factory = getattr(module, attr, None)
     if factoryless:
@@ -3057,15 +3057,17 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     def __hash__(self) -> int:
         return hash((self.folder, self.named, self.namespaces))
 
+    def holds(self, importer: str) -> bool:
+        """The code of the file `importer` is the folder's, which gets its modules: in it or a sub-folder, as spelled
+        too (a module beside an fdl.toml that links to shared code imports its neighbours there)."""
+        return bool(importer) and any(place.startswith(self.folder + os.sep)
+                                      for place in (os.path.abspath(importer), os.path.realpath(importer)))
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
-        if fullname != self.named and not _TRUSTED_UNPICKLING.get():
-            importer = _importer_file()
-            # as spelled too: a module beside an fdl.toml that links to shared code imports its neighbours there
-            if not importer or not any(place.startswith(self.folder + os.sep)
-                                       for place in (os.path.abspath(importer), os.path.realpath(importer))):
-                return None
+        if fullname != self.named and not _TRUSTED_UNPICKLING.get() and not self.holds(_importer_file()):
+            return None
         try:
             found = importlib.machinery.PathFinder.find_spec(fullname, [self.folder])
         except (ImportError, OSError, ValueError):
@@ -3126,6 +3128,60 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> Non
     namespaces = _FolderModules(folder, named=named, namespaces=True)
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
+
+
+def _folder_entry(place: Path) -> str:
+    """What a folder holds for a module that `module_beside` found there, for an error: `types.py`, the package
+    `types/`, the folder `types/` (a namespace package's)."""
+    if place.is_dir():
+        return f"the folder {place.name}/"
+    return f"the package {place.parent.name}/" if place.stem == "__init__" else place.name
+
+
+def shadowing_fix(exc: BaseException) -> str | None:
+    """What to do where model code's import failed because its folder holds a module named like one of the standard
+    library or of a library fdl runs on (`_protected_modules`), which `_FolderModules` never serves: the import got
+    that module instead, and said only "cannot import name 'Widget' from 'csv' (.../lib/python3.11/csv.py)" (or
+    "No module named 'csv.widgets'", or "module 'csv' has no attribute 'Widget'"). None for any other error: one
+    naming no such module, raised by code of no served folder, or of a folder holding no module of that name (a
+    folder of no package, `csv/` of data, which Python too passes over)."""
+    if isinstance(exc, ImportError):
+        name = exc.name
+    elif isinstance(exc, AttributeError) and isinstance(module := getattr(exc, "obj", None), types.ModuleType):
+        name = module.__name__  # `obj`: Python >= 3.10 sets it
+    else:
+        return None
+    top = name.partition(".")[0] if isinstance(name, str) else ""
+    if not top or top not in _protected_modules():
+        return None
+    importer = ""  # the last code of a file to run: the import's (importlib's frames are "<frozen ...>")
+    trace = exc.__traceback__
+    while trace is not None:
+        if os.path.isabs(trace.tb_frame.f_code.co_filename):
+            importer = trace.tb_frame.f_code.co_filename
+        trace = trace.tb_next
+    for finder in sys.meta_path:
+        if isinstance(finder, _FolderModules) and not finder.namespaces and finder.holds(importer):
+            place = module_beside(top, Path(finder.folder))
+            if place is not None and not place.is_dir():
+                break
+    else:
+        return None
+    if top in sys.stdlib_module_names:
+        whose = "of Python's standard library"
+    elif top == "fdl_cli":
+        whose = "of fdl itself"
+    else:
+        import importlib.metadata as metadata
+
+        dists: list[str] | None = None
+        with contextlib.suppress(Exception):  # a damaged distribution's metadata
+            dists = metadata.packages_distributions().get(top)
+        whose = f"of {dists[0] if dists else 'a library'}, a library fdl runs on"
+    shown = place.parent if place.stem == "__init__" else place
+    return (f"the model's folder holds {_folder_entry(place)} ({shown}), named like the module {top} {whose}, which "
+            f"fdl never takes from a model's folder (it would replace {top} for fdl and torch too): the import got "
+            f"that module instead; rename it (my_{top}, say) and the imports of it")
 
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
@@ -3283,7 +3339,8 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
         raise ModelError(
             f"building the model for {path} failed",
             got=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # was "MemoryError: "
-            fix=_arguments_fix(factory, kwargs or {}) or memory or "check --model and --model-kwargs",
+            fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
+                 or "check --model and --model-kwargs"),
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(

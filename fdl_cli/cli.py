@@ -550,11 +550,12 @@ def inspect(**kwargs: Any) -> None:
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     failed = isinstance(failure, str) and failure.startswith("forward failed")
     of_manifest = result.pop("probe_of_manifest", None)
-    if kwargs["probe_spec"] is not None and failed:
+    if kwargs["probe_spec"] is not None and failed and outputs_error is None:
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
-        # that is the probe's error (as `analyze` would say), not a listing to exit 0 with.
+        # that is the probe's error (as `analyze` would say), not a listing to exit 0 with; unless it is the model's
+        # own (`shadowing_fix`: outputs_error, raised below the listing).
         raise _probe_misfit(kwargs["probe_spec"], result["checkpoint"], str(failure))
-    if failed and of_manifest is not None:
+    if failed and of_manifest is not None and outputs_error is None:
         # fdl.toml's probe, which `analyze` would refuse alike: an error too, said below the listing, since
         # without --probe the file's probe is the one run (and --probe a probe of its own)
         outputs_error = _probe_misfit(of_manifest[0], result["checkpoint"], str(failure), manifest=of_manifest[1])

@@ -150,6 +150,10 @@ def inspect_checkpoint(
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
         why = _needs_probe(sample, exc) if probe_spec is None else ""
+        shadowing = ckpts.shadowing_fix(exc)
+        if shadowing is not None:  # the model's own fault, whatever its input: said below the listing, exit 1
+            outputs_error = ModelError(f"the model's forward pass failed on a sample of shape {shape}",
+                                       got=f"{type(exc).__name__}: {said}", fix=shadowing)
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
                   + (f": {said}" if said else "") + why}
         linears_run.clear()
