@@ -142,9 +142,9 @@ def test_the_layout_is_read_whole() -> None:
 
 def test_every_name_store_md_s_layout_lists_is_one_a_store_holds(tmp_path: Path) -> None:
     """The reverse of tests/test_s16_docs.py's check: a store of a two-output regression probe analysed with
-    --center (anchors, feature_mean, quality, r2_outputs) holds every attribute and dataset the layout lists, with the dtype it
-    gives; `dropped` and `pending_series`, which only a drop or an unfinished addition writes, are written by
-    the store module under those names."""
+    --center (anchors, feature_mean, quality, r2_outputs) holds every attribute and dataset the layout lists,
+    with the dtype it gives; `dropped` and `pending_series`, which only a drop or an unfinished addition writes,
+    are written by the store module under those names."""
     import numpy as np
     import torch
 
