@@ -1511,16 +1511,11 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
     return values
 
 
-def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> str:
-    """Which run is richer (lower D_LR) and from which matched step on, in plain words; D_LR values at
-    most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
-    return richer_run(steps, tie=tie)[1]
-
-
 def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[str | None, str]:
-    """The verdict as a word and as `richer_verdict`'s sentence: "a" or "b", the run richer at the last matched
-    step; "equal" where the runs end equally rich; None where D_LR cannot tell (`fdl compare --json`'s
-    `richer`, which a script tests rather than the sentence)."""
+    """Which run is richer (lower D_LR) and from which matched step on: in a word, "a" or "b" (the run richer at
+    the last matched step), "equal" where the runs end equally rich, None where D_LR cannot tell (`fdl compare
+    --json`'s `richer`, which a script tests rather than the sentence), and in plain words (the verdict). D_LR
+    values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
@@ -1576,7 +1571,7 @@ def _constant_outputs(compared: ComparedStep) -> list[str]:
 
 
 def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
-    """The sentence naming the matched steps `richer_verdict` left out (`_constant_outputs`), or ""."""
+    """The sentence naming the matched steps `richer_run` left out (`_constant_outputs`), or ""."""
     if not constant:
         return ""
     runs = sorted({name for _, names in constant for name in names})
