@@ -896,6 +896,8 @@ def compare(**kwargs: Any) -> None:
         if kwargs["fmt"] != "json":  # JSON carries them; a CSV or markdown table has no place for them
             for note in comparison.notes:
                 console.print(f"note: {note}", markup=False, highlight=False)
+            # nor for the verdict, said last as the table format says it (it was said nowhere)
+            console.print(comparison.verdict, markup=False, highlight=False)
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_compare_figures
 

@@ -1407,6 +1407,8 @@ class Comparison:
     zero_one_targets: tuple[bool | None, bool | None] = (None, None)
     #: the thresholds the verdict used (COMPARE_THRESHOLDS, as `--threshold` set them)
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(COMPARE_THRESHOLDS))
+    #: the verdict in a word (`richer_run`): "a", "b", "equal", or None where D_LR cannot tell
+    richer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1515,9 +1517,11 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
     return values
 
 
-def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> str:
-    """Which run is richer (lower D_LR) and from which matched step on, in plain words; D_LR values at
-    most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
+def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[str | None, str]:
+    """Which run is richer (lower D_LR) and from which matched step on: in a word, "a" or "b" (the run richer at
+    the last matched step), "equal" where the runs end equally rich, None where D_LR cannot tell (`fdl compare
+    --json`'s `richer`, which a script tests rather than the sentence), and in plain words (the verdict). D_LR
+    values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
@@ -1534,15 +1538,15 @@ def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> st
     left_out = _constant_outputs_note(constant)
     if not signs:
         if constant:
-            return "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
-        return "D_LR is not available at the matched steps: cannot say which run is richer."
+            return None, "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
+        return None, "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
     every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:
         if all(sign == 0 for _, sign in signs):
-            return f"The runs are equally rich ({same}) {every}." + left_out
-        return f"The runs end equally rich ({same} at the last matched step)." + left_out
+            return "equal", f"The runs are equally rich ({same}) {every}." + left_out
+        return "equal", f"The runs end equally rich ({same} at the last matched step)." + left_out
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1558,7 +1562,7 @@ def richer_verdict(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> st
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
-    return (
+    return winner.lower(), (
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
         + left_out + _movement_note(steps)
@@ -1573,7 +1577,7 @@ def _constant_outputs(compared: ComparedStep) -> list[str]:
 
 
 def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
-    """The sentence naming the matched steps `richer_verdict` left out (`_constant_outputs`), or ""."""
+    """The sentence naming the matched steps `richer_run` left out (`_constant_outputs`), or ""."""
     if not constant:
         return ""
     runs = sorted({name for _, names in constant for name in names})
@@ -1924,9 +1928,10 @@ def compare_runs(
         )
         for match in matches
     ]
+    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"])
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
-        verdict=richer_verdict(steps, tie=thresholds["dlr_tie"]), thresholds=thresholds,
+        verdict=verdict, richer=richer, thresholds=thresholds,
         option_differences=option_differences(run_a.provenance, run_b.provenance,
                                               outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
@@ -2012,6 +2017,8 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         ],
         "notes": list(comparison.notes),
         "verdict": comparison.verdict,
+        # the verdict in a word, for a script to test: "a", "b", "equal", or null where D_LR cannot tell
+        "richer": comparison.richer,
         # the verdict's thresholds, as `fdl classify --json` gives its own
         "thresholds": dict(comparison.thresholds),
         "option_differences": [
