@@ -155,8 +155,8 @@ class Run:
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
-        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD); when a
-        selected series has per-output R² (`read_r2_outputs`), each with R2_OUTPUT_FIELDS (null for the others)."""
+        selected series has per-output R² (`read_r2_outputs`), each with R2_OUTPUT_FIELDS (null for the others); when a
+        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD), last."""
         flags = {series.label: zero_one_targets(self, series) for series in self.series}
         flagged = any(flags.values())
         per_output = any(R2_OUTPUT_FIELDS[0] in record for series in self.series for record in series.records)
@@ -166,10 +166,10 @@ class Run:
                 row = {name: record.get(name) for name in RECORD_FIELDS}
                 if self.several:
                     row["probe"], row["layer"] = series.probe, series.layer
-                if flagged:
-                    row[ZERO_ONE_FIELD] = flags[series.label]
                 if per_output:
                     row.update((name, record.get(name)) for name in R2_OUTPUT_FIELDS)
+                if flagged:  # last, as before the per-output fields came
+                    row[ZERO_ONE_FIELD] = flags[series.label]
                 out.append(row)
         return out
 
@@ -827,8 +827,8 @@ def _output_fields(records: Sequence[Record]) -> list[str]:
     several = any("probe" in record for record in records)
     flagged = any(ZERO_ONE_FIELD in record for record in records)
     per_output = any(R2_OUTPUT_FIELDS[0] in record for record in records)
-    return (list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + ([ZERO_ONE_FIELD] if flagged else [])
-            + (list(R2_OUTPUT_FIELDS) if per_output else []))
+    return (list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + (list(R2_OUTPUT_FIELDS) if per_output else [])
+            + ([ZERO_ONE_FIELD] if flagged else []))
 
 
 def _cell_value(value: Any) -> Any:
