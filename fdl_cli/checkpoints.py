@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 import torch
@@ -399,14 +399,46 @@ def _fingerprint_safetensors(path: Path, header: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+#: The values a flat state_dict may hold beside its tensors: a step, an epoch, a learning rate, a loss, a name.
+_PLAIN_VALUES = (bool, int, float, str, bytes, type(None), np.bool_, np.number)
+_Array = TypeVar("_Array", torch.Tensor, "NumpyArrayNotLoaded")
+
+
+def _flat_tensors(obj: Any, kind: type[_Array]) -> dict[str, _Array] | None:
+    """The tensors (or `kind`) of a dict at its own level, keyed by strings, when its other values are plain
+    ones (`_PLAIN_VALUES`): `{**model.state_dict(), "step": 5}`; None for any other dict (one holding a dict,
+    a list, a tuple: a training-loop dict, an optimizer's, an RNG's state) and for a dict of no tensors."""
+    if not isinstance(obj, Mapping) or not all(isinstance(key, str) for key in obj):
+        return None
+    tensors = {key: value for key, value in obj.items() if isinstance(value, kind)}
+    plain = all(isinstance(value, (kind, *_PLAIN_VALUES)) for value in obj.values())
+    return tensors if tensors and plain else None
+
+
+def _is_weight(value: torch.Tensor | NumpyArrayNotLoaded) -> bool:
+    """A floating-point tensor (or array) of at least one dimension: what a model's weights hold and a step,
+    a loss, a metric (scalars) or an RNG's state (bytes) do not."""
+    if isinstance(value, NumpyArrayNotLoaded):
+        return bool(value.shape) and (value.dtype or "").startswith(("float", "bfloat"))
+    return value.is_floating_point() and value.dim() >= 1
+
+
 def _find_tensor_dict(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
-    """The state_dict inside ``obj``: itself when all values are tensors, else under a known key."""
+    """The state_dict inside ``obj``: itself when all values are tensors, or when its tensors, weights among
+    them (`_is_weight`), stand beside a few plain values (a step, an epoch: `_flat_tensors`), else under a
+    known key (`STATE_DICT_KEYS`, the first that holds one)."""
+    return _find_arrays(obj, torch.Tensor, depth)
+
+
+def _find_arrays(obj: Any, kind: type[_Array], depth: int = 0) -> dict[str, _Array] | None:
+    """`_find_tensor_dict` of tensors or, for a file's numpy arrays, of `NumpyArrayNotLoaded`."""
     if not isinstance(obj, Mapping) or depth > 4:
         return None
-    if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        return dict(obj)
+    flat = _flat_tensors(obj, kind)
+    if flat is not None and (len(flat) == len(obj) or any(map(_is_weight, flat.values()))):
+        return flat
     for key in STATE_DICT_KEYS:
-        found = _find_tensor_dict(obj.get(key), depth + 1)
+        found = _find_arrays(obj.get(key), kind, depth + 1)
         if found is not None:
             return found
     return None
@@ -933,15 +965,27 @@ def _peek_file(path: Path) -> _Peek:
         raise
     if _is_optimizer_state(obj):
         return _Peek(None, {}, f"skipped {name}: optimizer state, no model weights")
+    meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
+    flat = _flat_tensors(obj, torch.Tensor)
+    if flat is not None and not meta and _is_probe_set({key: tuple(value.shape) for key, value in flat.items()}):
+        # the file's own dict, plain values beside it (`n_classes`) but no step, as a safetensors probe has
+        # none in its metadata: under `model`, or beside a step, it is weights
+        return _Peek(None, {}, _probe_note(name, flat))
     tensors = _find_tensor_dict(obj)
     if tensors is None:
+        numpy_state = _find_arrays(obj, NumpyArrayNotLoaded)
+        if numpy_state is not None:
+            return _Peek(None, {}, f"skipped {name}: {_NUMPY_STATE_SAID.format(', '.join(list(numpy_state)[:3]))}")
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    flat = isinstance(obj, Mapping) and all(isinstance(value, torch.Tensor) for value in obj.values())
-    if flat and _is_probe_set({key: tuple(value.shape) for key, value in tensors.items()}):
-        return _Peek(None, {}, _probe_note(name, tensors))  # the file's own dict: under `model` it is weights
-    meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+
+
+#: A state_dict of numpy arrays (`_find_arrays` of `NumpyArrayNotLoaded`), its first keys: never loaded, as
+#: numpy would read the file's bytes (`NumpyArrayNotLoaded`)
+_NUMPY_STATE_SAID = ("a state_dict of numpy arrays ({}, ...), which fdl does not load (numpy would read the "
+                     "file's bytes); re-save it as tensors: torch.save({{k: torch.from_numpy(v) for k, v in "
+                     "state.items()}}, path)")
 
 
 def _is_probe_set(shapes: Mapping[str, Any]) -> bool:
@@ -3571,6 +3615,14 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         converted = _library_renamed(model, raw, expected, path)
         if converted is not None:
             state, problem = converted, None
+    if problem is not None:
+        # scalars beside the model's weights at the dict's own level (`{**sd, "step": torch.tensor(s)}`, whose
+        # step discovery read; a loss saved without .item()): no weight of the model, so they are let go when
+        # the rest fits it; otherwise the error below names them with the other keys
+        scalars = {key for key, value in raw.items() if "." not in key and value.dim() == 0 and key not in expected}
+        if scalars and len(scalars) < len(raw):
+            with contextlib.suppress(WeightsMismatchError):
+                return _load_strict(model, {key: value for key, value in raw.items() if key not in scalars}, path)
     if problem is not None:
         from fdl_cli.probes import X_KEYS, Y_KEYS
 
