@@ -461,15 +461,26 @@ def ieee_float32() -> None:
 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
     """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype; on a
-    CUDA GPU float32 computed in full float32 (`ieee_float32`)."""
+    CUDA GPU float32 computed in full float32 (`ieee_float32`).
+
+    An eager module of floating tensors in another dtype (one pickled whole after `model.half()`) is
+    converted too: under the default float32 it ran in its own dtype on float32 inputs and was refused
+    as a probe that does not fit the model; it runs as a state_dict of those values does (float16 and
+    bfloat16 widen exactly)."""
     if device.type == "cuda":
         ieee_float32()
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         model = ProgramModel(_program_on(model, device))
     model = model.to(device)
-    if dtype != "float32":
+    if dtype != "float32" or (not isinstance(model, ProgramModel) and not in_float32(model)):
         model = model.to(DTYPES[dtype])
     return model.eval()
+
+
+def in_float32(model: nn.Module) -> bool:
+    """Whether every floating parameter and buffer of `model` is float32."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(tensor.dtype == torch.float32 for tensor in tensors if tensor.is_floating_point())
 
 
 def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
