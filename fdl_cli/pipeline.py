@@ -1509,7 +1509,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 # The default layer is found by running this first sample (execution order, not registration).
                 with _layer_source_named(ctx):
                     ctx.layers = resolve_layers(
-                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype,
+                        note=ctx.reporter.note, warn=ctx.reporter.warn,
                     )
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype

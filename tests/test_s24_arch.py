@@ -228,6 +228,13 @@ def _analyze(folder: Path, run: Path, name: str, probe: Path, *extra: str) -> tu
     return done.returncode, done.stderr, store
 
 
+def _inspect(folder: Path, run: Path, name: str, probe: Path) -> dict[str, object]:
+    from fdl_cli.inspection import inspect_checkpoint
+
+    return inspect_checkpoint(checkpoint=str(run / "step_0.pt"), model_spec=f"{folder}/model.py:build",
+                              model_kwargs=json.dumps({"name": name}), probe_spec=str(probe))
+
+
 def _stored_layer(store: Path) -> str:
     with h5py.File(store, "r") as handle:
         return str(next(iter(handle["checkpoints/step_0/probe"])))
@@ -319,6 +326,8 @@ def test_a_forward_returning_features_then_logits_is_refused(models: tuple[Path,
     assert "error: the model's forward returns a tuple whose first element" in err
     assert "is the input of its nn.Linear 'head', whose output is element 1" in err
     assert "return the logits first" in err and "self.module(x)[1]" in err
+    code, err, _store = _analyze(folder, folder / "run_FeaturesFirst", "FeaturesFirst", probe, "--layer", "trunk")
+    assert code == 1 and "whose output is element 1" in err, err  # whatever the layer: the outputs are wrong
 
 
 def test_a_head_that_is_no_nn_linear_is_said_with_the_layer_taken_and_how_to_pick(
@@ -337,6 +346,9 @@ def test_a_head_that_is_no_nn_linear_is_said_with_the_layer_taken_and_how_to_pic
     assert "warning: the default feature layer, trunk.fc2:input, is the input of the last nn.Linear to run" in said
     assert "8 values a sample" in said and "the model's 3 outputs" in said
     assert "--layer NAME" in said and "fdl inspect" in said
+    listed = _inspect(folder, run, "FunctionalHead", probe)
+    assert listed["default_layer"] == "trunk.fc2:input"
+    assert "gives 8 values a sample and is no source of the model's 3 outputs" in listed["default_basis"]
     code, err, store = _analyze(folder, run, "FunctionalHead", probe, "--layer", "trunk")
     assert code == 0 and "warning" not in err, err
     refs = {}
@@ -361,6 +373,9 @@ def test_two_heads_on_towers_take_the_features_of_the_head_whose_outputs_are_ana
     said = " ".join(err.split())
     assert "note: the model's outputs (the first element of the tuple its forward returns) are the output of " \
            "nn.Linear 'head_a', not of the last one to run, 'head_b': the features are head_a:input" in said
+    listed = _inspect(folder, run, "Towers", probe)  # inspect says what analyze takes
+    assert (listed["default_layer"], listed["default_features"]) == ("head_a:input", 6)
+    assert "the nn.Linear whose output the model's outputs are" in listed["default_basis"]
     refs = {}
     for step in range(2):
         model = module.build("Towers")
