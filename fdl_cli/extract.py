@@ -193,7 +193,7 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
     `h @ embed.weight.T`; outputs pooled from a head at every position), as its input may then be no
     penultimate features. Outputs of the Linear's size made from it (`head(h) / T`) are taken as its."""
     last = calls[-1]
-    outputs = _output_tensor(raw)
+    outputs = _output_tensor(raw, calls)
     producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
     if producer is None or producer.name == last.name or _shares_storage(producer.input, last.input):
         if producer is None and last.output is not None and last.output[:1].numel() != outputs[:1].numel():
@@ -333,8 +333,11 @@ def model_outputs(raw: Any) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
-def _output_tensor(raw: Any) -> torch.Tensor:
+def _output_tensor(raw: Any, calls: Sequence[LinearCall] = ()) -> torch.Tensor:
     """The model's raw outputs (logits) as it returned them, (b, ...).
+
+    calls: the pass's nn.Linear calls, for the fix of a dict without ``logits``: the entry that the last
+    nn.Linear to run gave is the one to read (else its first tensor's).
 
     Accepted: a tensor; an object or dict (e.g. a Hugging Face ModelOutput) carrying ``logits``; a
     tuple or list, whose FIRST element is taken (the convention of models returning
@@ -346,7 +349,9 @@ def _output_tensor(raw: Any) -> torch.Tensor:
     elif isinstance(raw, dict):
         if "logits" not in raw:
             keys = ", ".join(repr(key) for key in list(raw)[:12]) or "(none)"
-            first = next((key for key, value in raw.items() if isinstance(value, torch.Tensor)), "out")
+            tensors = [key for key, value in raw.items() if isinstance(value, torch.Tensor)]
+            head = calls[-1].output if calls else None
+            first = next((key for key in tensors if _shares_storage(head, raw[key])), tensors[0] if tensors else "out")
             raise ModelError(
                 "the model's forward returned a dict without a 'logits' entry, so its outputs cannot be told",
                 got=f"dict keys: {keys}",
@@ -657,7 +662,7 @@ def forward_one_shapes(
         with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears:
             returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)
-            raw = _output_tensor(returned)
+            raw = _output_tensor(returned, linears)
             shape = tuple(int(size) for size in raw.shape[1:])
             outputs = raw.reshape(raw.shape[0], -1)
     finally:

@@ -101,6 +101,12 @@ class FeaturesFirst(nn.Module):
         return h, self.head(h)
 
 
+class NamedOutputs(FeaturesFirst):
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"hidden": h, "scores": self.head(h)}
+
+
 class FunctionalHead(nn.Module):
     def __init__(self):
         super().__init__()
@@ -328,6 +334,18 @@ def test_a_forward_returning_features_then_logits_is_refused(models: tuple[Path,
     assert "return the logits first" in err and "self.module(x)[1]" in err
     code, err, _store = _analyze(folder, folder / "run_FeaturesFirst", "FeaturesFirst", probe, "--layer", "trunk")
     assert code == 1 and "whose output is element 1" in err, err  # whatever the layer: the outputs are wrong
+
+
+def test_a_dict_without_logits_is_refused_with_the_entry_the_head_gave_to_read(
+    models: tuple[Path, ModuleType],
+) -> None:
+    """Its fix read the dict's first tensor, here the hidden units ("self.module(x)['hidden'], the logits")."""
+    folder, module = models
+    probe, _x, _y = _vector_probe(folder)
+    code, err, _store = _analyze(folder, _checkpoints(folder, module, "NamedOutputs"), "NamedOutputs", probe)
+    assert code == 1 and "Traceback" not in err, err
+    assert "error: the model's forward returned a dict without a 'logits' entry" in err
+    assert "dict keys: 'hidden', 'scores'" in err and "self.module(x)['scores'], the logits" in err
 
 
 def test_a_head_that_is_no_nn_linear_is_said_with_the_layer_taken_and_how_to_pick(
