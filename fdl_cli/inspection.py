@@ -33,8 +33,9 @@ def inspect_checkpoint(
     nn.Linear / Conv2d (inputs of other shapes need --probe), and the other kind when that pass fails
     (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
     could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
-    last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
-    registration order, a guess. `default_basis` says which, in words.
+    nn.Linear whose output the outputs are, else of the last one that ran in that pass, as `analyze` picks it
+    (`extract.chosen_default`); when no pass ran, the last nn.Linear in registration order, a guess.
+    `default_basis` says which, in words.
     """
     import torch
 
