@@ -179,6 +179,17 @@ def _forward(model: torch.nn.Module, x: np.ndarray, module: str, use_input: bool
     return got["f"].double().numpy(), out.reshape(out.shape[0], -1).double().numpy()
 
 
+def _references(module: ModuleType, name: str, run: Path, x: np.ndarray, layer: str,
+                use_input: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`_features` of each of the run's two checkpoints, each loaded into a model of its own."""
+    refs = {}
+    for step in range(2):
+        model = module.build(name)
+        model.load_state_dict(torch.load(run / f"step_{step}.pt"))
+        refs[step] = _features(model, x, layer, use_input)
+    return refs
+
+
 def _assert_store_matches(store: Path, layer: str, refs: dict[int, tuple[np.ndarray, np.ndarray]],
                           labels: np.ndarray, rtol: float) -> None:
     """Every stored eigenvalue above 1e-9 of the largest, the per-checkpoint scalars and CKA to the first
@@ -293,11 +304,7 @@ def test_a_transformer_encoders_default_features_are_the_pooled_cls_vector(model
         assert code == 0, err
         label = layer or "head:input"
         assert _stored_layer(store) == label
-        refs = {}
-        for step in range(2):
-            model = module.build("Encoder")
-            model.load_state_dict(torch.load(run / f"step_{step}.pt"))
-            refs[step] = _features(model, ids, module_name, use_input)
+        refs = _references(module, "Encoder", run, ids, module_name, use_input)
         # the pooled CLS vector (8 features), or a block's (b, T, d) output flattened (6 positions × 8)
         assert refs[0][0].shape[1] == (8 if layer is None else 48)
         _assert_store_matches(store, label, refs, y, rtol=1e-6)
@@ -311,11 +318,7 @@ def test_a_weight_tied_head_without_bias_is_an_nn_linear_like_any(models: tuple[
     run = _checkpoints(folder, module, "TiedHead")
     code, err, store = _analyze(folder, run, "TiedHead", folder / "tokens.npz")
     assert code == 0 and "warning" not in err, err
-    refs = {}
-    for step in range(2):
-        model = module.build("TiedHead")
-        model.load_state_dict(torch.load(run / f"step_{step}.pt"))
-        refs[step] = _features(model, ids, "head", use_input=True)
+    refs = _references(module, "TiedHead", run, ids, "head", use_input=True)
     _assert_store_matches(store, "head:input", refs, y, rtol=1e-6)
 
 
@@ -369,11 +372,7 @@ def test_a_head_that_is_no_nn_linear_is_said_with_the_layer_taken_and_how_to_pic
     assert "gives 8 values a sample and is no source of the model's 3 outputs" in listed["default_basis"]
     code, err, store = _analyze(folder, run, "FunctionalHead", probe, "--layer", "trunk")
     assert code == 0 and "warning" not in err, err
-    refs = {}
-    for step in range(2):
-        model = module.build("FunctionalHead")
-        model.load_state_dict(torch.load(run / f"step_{step}.pt"))
-        refs[step] = _features(model, x, "trunk", use_input=False)
+    refs = _references(module, "FunctionalHead", run, x, "trunk", use_input=False)
     _assert_store_matches(store, "trunk", refs, y, rtol=1e-6)
 
 
@@ -394,11 +393,7 @@ def test_two_heads_on_towers_take_the_features_of_the_head_whose_outputs_are_ana
     listed = _inspect(folder, run, "Towers", probe)  # inspect says what analyze takes
     assert (listed["default_layer"], listed["default_features"]) == ("head_a:input", 6)
     assert "the nn.Linear whose output the model's outputs are" in listed["default_basis"]
-    refs = {}
-    for step in range(2):
-        model = module.build("Towers")
-        model.load_state_dict(torch.load(run / f"step_{step}.pt"))
-        refs[step] = _features(model, x, "head_a", use_input=True)
+    refs = _references(module, "Towers", run, x, "head_a", use_input=True)
     _assert_store_matches(store, "head_a:input", refs, y, rtol=1e-6)
 
 
