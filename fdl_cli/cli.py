@@ -358,8 +358,8 @@ class StorePath(click.Path):
 )
 @click.option(
     "--layer", "layers", multiple=True, metavar="NAME",
-    help="Module whose output is the feature map (NAME:input for its input); repeatable. Default: input of the last "
-    "nn.Linear to run.",
+    help="Module whose output is the feature map (NAME:input for its input); repeatable. Default: input of the head, "
+    "the nn.Linear whose output the model's outputs are (else the last nn.Linear to run).",
 )
 @click.option(
     "--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),

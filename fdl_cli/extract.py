@@ -67,27 +67,40 @@ def default_layer(
     sample: np.ndarray | None = None,
     device: torch.device | None = None,
     dtype: str = "float32",
+    note: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> LayerSpec:
-    """The input of the last nn.Linear that runs in the forward pass (SPEC §1: the penultimate features).
+    """The input of the model's head (SPEC §1: the penultimate features): the nn.Linear whose output the
+    model's outputs are, else the last nn.Linear that runs in the forward pass (`chosen_default`).
 
     sample: (1, ...) or (b, ...) probe inputs; its first row is run once through the model with a
     hook on every nn.Linear, so a model that registers `head` before `body` still gets the head's
     input. Without a sample it falls back to the last nn.Linear in registration order, which is only
-    a guess (see `default_layer_by_registration`).
+    a guess (see `default_layer_by_registration`). note / warn receive what the choice needs said: a
+    head other than the last nn.Linear to run, a last nn.Linear whose output is not the outputs'.
     """
     if isinstance(model, ProgramModel):
         return LayerSpec(module=LAST_LINEAR_OP, use_input=True)
     fallback = default_layer_by_registration(model)
     if sample is None:
         return fallback
-    executed = linear_execution_order(model, sample, device=device or _model_device(model), dtype=dtype)
-    if not executed:
+    inputs = sample if isinstance(sample, torch.Tensor) else _inputs(
+        sample[:1], device=device or _model_device(model), dtype=dtype)
+    with torch.inference_mode(), linear_calls(model) as calls:
+        raw = model(inputs)
+    if not calls:
         raise ModelError(
             "no nn.Linear runs in the model's forward pass, so there is no default feature layer",
             got=f"nn.Linear modules registered but not run: {fallback.module} (the last of them)",
             fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT --probe FILE`)",
         )
-    return LayerSpec(module=executed[-1], use_input=True)
+    check_outputs_order(calls, raw)
+    choice = chosen_default(calls, raw)
+    if choice.note is not None and note is not None:
+        note(choice.note)
+    if choice.warning is not None and warn is not None:
+        warn(choice.warning)
+    return LayerSpec(module=choice.module, use_input=True)
 
 
 def default_layer_by_registration(model: nn.Module) -> LayerSpec:
@@ -106,28 +119,120 @@ def default_layer_by_registration(model: nn.Module) -> LayerSpec:
     return LayerSpec(module=last, use_input=True)
 
 
-def linear_execution_order(model: nn.Module, sample: Any, *, device: torch.device, dtype: str) -> list[str]:
-    """Names of the nn.Linear modules in the order their forward calls finish, for one sample.
+@dataclass(frozen=True)
+class LinearCall:
+    """One call of an nn.Linear in a forward pass: its name, its input and its output (None: no tensor)."""
 
-    sample: a numpy array (its first row is used, converted like the probe) or a ready tensor batch.
-    A Linear called twice appears twice. The model's own errors propagate unchanged.
-    """
-    order: list[str] = []
+    name: str
+    input: torch.Tensor | None
+    output: torch.Tensor | None
+
+
+@contextmanager
+def linear_calls(model: nn.Module) -> Iterator[list[LinearCall]]:
+    """The calls of the model's nn.Linear modules in the block's forward passes, in the order they finish.
+
+    The tensors are held (one sample's), so that no later tensor of the pass takes their memory: whether the
+    outputs are a Linear's output is told by their storage (`_shares_storage`). A Linear called twice appears
+    twice. The model's own errors propagate unchanged."""
+    calls: list[LinearCall] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            def hook(_module: nn.Module, _inputs: Any, _output: Any, name: str = name) -> None:
-                order.append(name)
+            def hook(_module: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                calls.append(LinearCall(name, first, output if isinstance(output, torch.Tensor) else None))
 
             handles.append(module.register_forward_hook(hook))
-    inputs = sample if isinstance(sample, torch.Tensor) else _inputs(sample[:1], device=device, dtype=dtype)
     try:
-        with torch.inference_mode():
-            model(inputs)
+        yield calls
     finally:
         for handle in handles:
             handle.remove()
-    return order
+
+
+def _shares_storage(a: Any, b: Any) -> bool:
+    """Whether tensors a and b are views of one memory (one is the other, or a view or slice of it)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.device != b.device:
+        return False
+    try:
+        first, second = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested, a subclass)
+        return a is b
+    return first != 0 and first == second
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """The default feature layer's module (its input is taken), and what to say of the choice (or None)."""
+
+    module: str
+    note: str | None = None
+    warning: str | None = None
+    #: (the last nn.Linear's values a sample, the outputs') where they differ and no nn.Linear gives the outputs
+    sizes: tuple[int, int] | None = None
+
+
+def _outputs_said(raw: Any) -> str:
+    """Where in what the forward pass returned the outputs are (`_output_tensor`'s rule), for a message."""
+    if isinstance(raw, torch.Tensor):
+        return "the model's outputs"
+    if isinstance(raw, dict):
+        return "the model's outputs (the 'logits' entry of the dict its forward returns)"
+    if hasattr(raw, "logits"):
+        return f"the model's outputs (the logits of the {type(raw).__name__} its forward returns)"
+    return f"the model's outputs (the first element of the {type(raw).__name__} its forward returns)"
+
+
+def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
+    """The default feature layer of a forward pass whose nn.Linear calls were `calls` (not empty) and which
+    returned `raw`: the input of the nn.Linear whose output the outputs are (views of the same memory: a
+    reshape, a squeeze, a slice); where it is not the last one to run (two heads, each on a tower of its own,
+    returned as a tuple), a note says so. Where no nn.Linear gives the outputs, the last one to run, as before;
+    a warning where its output is not the outputs' size (a head that is no nn.Linear: `F.linear`, a weight-tied
+    `h @ embed.weight.T`; outputs pooled from a head at every position), as its input may then be no
+    penultimate features. Outputs of the Linear's size made from it (`head(h) / T`) are taken as its."""
+    last = calls[-1]
+    outputs = _output_tensor(raw, calls)
+    producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
+    if producer is None or producer.name == last.name or _shares_storage(producer.input, last.input):
+        if producer is None and last.output is not None and last.output[:1].numel() != outputs[:1].numel():
+            sizes = (int(last.output[:1].numel()), int(outputs[:1].numel()))
+            return DefaultChoice(last.name, sizes=sizes, warning=(
+                f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
+                f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
+                "one with --layer NAME (NAME:input for a module's input)"))
+        return DefaultChoice(last.name)
+    return DefaultChoice(producer.name, note=(
+        f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "
+        f"{last.name!r}: the features are {producer.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
+
+
+def not_the_head(sizes: tuple[int, int]) -> str:
+    """Why the last nn.Linear to run, of `sizes` = (its values a sample, the outputs'), may not be the head."""
+    return (f"that Linear gives {sizes[0]} values a sample and is no source of the model's {sizes[1]} "
+            f"output{'s' if sizes[1] != 1 else ''}: the head is no nn.Linear (a functional or weight-tied one, "
+            "F.linear(h, W), h @ embed.weight.T) or the outputs are made from it (pooled, gathered), so its input "
+            "may not be the penultimate features")
+
+
+def check_outputs_order(calls: Sequence[LinearCall], raw: Any) -> None:
+    """Refuse a forward pass that returns (features, logits): the first element of a tuple, taken as the
+    outputs, is the input of an nn.Linear whose output is another element. It was analysed as the logits,
+    silently (accuracy the argmax of the hidden units)."""
+    if not isinstance(raw, (tuple, list)) or len(raw) < 2:
+        return
+    for call in reversed(calls):
+        if not _shares_storage(call.input, raw[0]):
+            continue
+        index = next((i for i, value in enumerate(raw) if i and _shares_storage(call.output, value)), None)
+        if index is not None:
+            raise ModelError(
+                f"the model's forward returns a {type(raw).__name__} whose first element, which fdl takes as the "
+                f"outputs (the logits), is the input of its nn.Linear {call.name!r}, whose output is element "
+                f"{index}: the features, not the logits",
+                fix=f"return the logits first (return logits, features), {_wrapper_fix(f'[{index}]')}",
+            )
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -142,15 +247,18 @@ def resolve_layers(
     sample: np.ndarray | None = None,
     device: torch.device | None = None,
     dtype: str = "float32",
+    note: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[LayerSpec]:
     """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given.
 
     sample, device, dtype: one probe input to find the default layer by execution order (see
-    `default_layer`); without it the default is the last nn.Linear in registration order.
+    `default_layer`, to which note and warn go); without it the default is the last nn.Linear in
+    registration order.
     A layer named twice (`--layer conv --layer conv`) is hooked once: the list keeps first mentions, in order.
     """
     if not names:
-        return [default_layer(model, sample=sample, device=device, dtype=dtype)]
+        return [default_layer(model, sample=sample, device=device, dtype=dtype, note=note, warn=warn)]
     modules = dict(model.named_modules())
     specs = []
     for name in names:
@@ -225,8 +333,11 @@ def model_outputs(raw: Any) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
-def _output_tensor(raw: Any) -> torch.Tensor:
+def _output_tensor(raw: Any, calls: Sequence[LinearCall] = ()) -> torch.Tensor:
     """The model's raw outputs (logits) as it returned them, (b, ...).
+
+    calls: the pass's nn.Linear calls, for the fix of a dict without ``logits``: the entry that the last
+    nn.Linear to run gave is the one to read (else its first tensor's).
 
     Accepted: a tensor; an object or dict (e.g. a Hugging Face ModelOutput) carrying ``logits``; a
     tuple or list, whose FIRST element is taken (the convention of models returning
@@ -238,7 +349,9 @@ def _output_tensor(raw: Any) -> torch.Tensor:
     elif isinstance(raw, dict):
         if "logits" not in raw:
             keys = ", ".join(repr(key) for key in list(raw)[:12]) or "(none)"
-            first = next((key for key, value in raw.items() if isinstance(value, torch.Tensor)), "out")
+            tensors = [key for key, value in raw.items() if isinstance(value, torch.Tensor)]
+            head = calls[-1].output if calls else None
+            first = next((key for key in tensors if _shares_storage(head, raw[key])), tensors[0] if tensors else "out")
             raise ModelError(
                 "the model's forward returned a dict without a 'logits' entry, so its outputs cannot be told",
                 got=f"dict keys: {keys}",
@@ -461,15 +574,26 @@ def ieee_float32() -> None:
 
 def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.Module:
     """eval() always (BatchNorm uses its stored running statistics), on the device, in the dtype; on a
-    CUDA GPU float32 computed in full float32 (`ieee_float32`)."""
+    CUDA GPU float32 computed in full float32 (`ieee_float32`).
+
+    An eager module of floating tensors in another dtype (one pickled whole after `model.half()`) is
+    converted too: under the default float32 it ran in its own dtype on float32 inputs and was refused
+    as a probe that does not fit the model; it runs as a state_dict of those values does (float16 and
+    bfloat16 widen exactly)."""
     if device.type == "cuda":
         ieee_float32()
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         model = ProgramModel(_program_on(model, device))
     model = model.to(device)
-    if dtype != "float32":
+    if dtype != "float32" or (not isinstance(model, ProgramModel) and not in_float32(model)):
         model = model.to(DTYPES[dtype])
     return model.eval()
+
+
+def in_float32(model: nn.Module) -> bool:
+    """Whether every floating parameter and buffer of `model` is float32."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(tensor.dtype == torch.float32 for tensor in tensors if tensor.is_floating_point())
 
 
 def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
@@ -535,8 +659,10 @@ def forward_one_shapes(
     counters += [modules[name].register_forward_hook(lambda *_args, name=name: parents_ran.add(name))
                  for name in sorted(parents) if name in modules]
     try:
-        with torch.inference_mode(), hooked(model, layers) as captured:
-            raw = _output_tensor(model(_inputs(sample[:1], device=device, dtype=dtype)))
+        with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears:
+            returned = model(_inputs(sample[:1], device=device, dtype=dtype))
+            check_outputs_order(linears, returned)
+            raw = _output_tensor(returned, linears)
             shape = tuple(int(size) for size in raw.shape[1:])
             outputs = raw.reshape(raw.shape[0], -1)
     finally:

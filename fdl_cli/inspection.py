@@ -34,17 +34,23 @@ def inspect_checkpoint(
     other kind when that pass fails
     (floats, only as an embedding fails on them). `sample` says which input ran, in words; a pass that
     could not run says why --probe is needed (`_needs_probe`). The default layer is the input of the
-    last nn.Linear that ran in that pass, as `analyze` picks it; when no pass ran, the last nn.Linear in
-    registration order, a guess. `default_basis` says which, in words.
+    nn.Linear whose output the outputs are, else of the last one that ran in that pass, as `analyze` picks it
+    (`extract.chosen_default`); when no pass ran, the last nn.Linear in registration order, a guess.
+    `default_basis` says which, in words.
     """
     import torch
 
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.extract import (
         LAST_LINEAR_OP,
+        DefaultChoice,
+        LinearCall,
         ProgramModel,
+        check_outputs_order,
+        chosen_default,
         default_layer_by_registration,
         model_outputs,
+        not_the_head,
         parent_to_take,
         prepare_model,
     )
@@ -98,27 +104,31 @@ def inspect_checkpoint(
     else:
         (sample, sample_said), retries = _random_samples(model)
     shapes: dict[str, Any] = {}
-    linears_run: list[str] = []  # nn.Linear names in the order their forward calls finished
+    linears_run: list[LinearCall] = []  # the nn.Linear calls in the order they finished, as analyze sees them
     handles = []
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear)
 
-        def hook(_m: Any, _i: Any, output: Any, name: str = name, linear: bool = is_linear) -> None:
+        def hook(_m: Any, inputs: Any, output: Any, name: str = name, linear: bool = is_linear) -> None:
             value = output[0] if isinstance(output, (tuple, list)) else output
             shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
             if linear:
-                linears_run.append(name)
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                linears_run.append(LinearCall(name, first, output if isinstance(output, torch.Tensor) else None))
 
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
         handles.append(module.register_forward_hook(hook))
     outputs_error: ModelError | None = None
+    returned: list[Any] = []  # what the forward pass that ran returned
 
     def forward(sample: Any) -> None:
         nonlocal outputs_error
         with torch.inference_mode():
             raw = model(sample)
+        returned[:] = [raw]
         try:
+            check_outputs_order(linears_run, raw)
             model_outputs(raw)
         except ModelError as exc:
             # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
@@ -166,11 +176,19 @@ def inspect_checkpoint(
         default_basis = ("the input of the last linear operation the program's forward pass runs "
                          "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
     elif linears_run:
-        default_module = linears_run[-1]
+        # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
+        last = linears_run[-1].name
+        choice = (chosen_default(linears_run, returned[0]) if returned and outputs_error is None
+                  else DefaultChoice(last))
+        default_module = choice.module
         source = "the probe's first sample" if probe_spec is not None else (
             "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
         ) + " (--probe FILE for a real one)"
-        default_basis = f"the last nn.Linear to run in a forward pass of {source}"
+        default_basis = (f"the last nn.Linear to run in a forward pass of {source}" if choice.module == last else
+                         f"the nn.Linear whose output the model's outputs are, in a forward pass of {source}; the "
+                         f"last to run is {last}")
+        if choice.sizes is not None:
+            default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
     else:
         try:
             default_module = default_layer_by_registration(model).module

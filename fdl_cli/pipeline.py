@@ -1420,7 +1420,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
     """The model of `loaded`, on the device in --dtype. `parameters=False` for passes that only take
     the anchor features (a stored checkpoint's series): they need no copy of the file's values."""
     from fdl_cli.checkpoints import build_model, ema_swap_said
-    from fdl_cli.extract import prepare_model
+    from fdl_cli.extract import in_float32, prepare_model
 
     if loaded.other_weights and WEIGHT_COPIES not in ctx.noted_once:
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
@@ -1440,9 +1440,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
         )
     if loaded.module is not None:
         module = build_model(loaded, factory=None)
-        if parameters and ctx.options.dtype != "float32" and loaded.parameters is None:
+        if parameters and loaded.parameters is None and (ctx.options.dtype != "float32" or not in_float32(module)):
             # param_norm and param_dist_init take the file's values (kept once: a module prepared
-            # again, as the reference is, has been converted already)
+            # again, as the reference is, has been converted already), float64 ones too
             loaded.parameters = [value.detach().clone() for _, value in module.named_parameters()]
         prepared = prepare_model(module, device=ctx.device, dtype=ctx.options.dtype)
         _check_layers(ctx, prepared, loaded)
@@ -1514,7 +1514,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                 # The default layer is found by running this first sample (execution order, not registration).
                 with _layer_source_named(ctx):
                     ctx.layers = resolve_layers(
-                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                        model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype,
+                        note=ctx.reporter.note, warn=ctx.reporter.warn,
                     )
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
