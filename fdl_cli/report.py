@@ -46,6 +46,7 @@ from fdl_cli.fields import (
     STR_FIELDS,
     ZERO_ONE_FIELD,
 )
+from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
 
 Record = dict[str, Any]
@@ -1457,8 +1458,8 @@ def _options_as_run(provenance: Mapping[str, Any], outputs: int | None) -> dict[
     if not isinstance(options, Mapping):
         return {}
     filled = {**UNRECORDED_OPTIONS, **options}
-    if "overlap_k" not in options and type(options.get("top_k")) is int and outputs:
-        filled["overlap_k"] = min(options["top_k"], outputs)  # `pipeline._overlap_k_option`
+    if "overlap_k" not in options and (k := overlap_k_recorded(options, outputs)) is not None:
+        filled["overlap_k"] = k  # `pipeline._overlap_k_option`
     return filled
 
 
