@@ -67,17 +67,18 @@ def default_layer(
     sample: np.ndarray | None = None,
     device: torch.device | None = None,
     dtype: str = "float32",
+    inspect: str | None = None,
 ) -> LayerSpec:
     """The input of the last nn.Linear that runs in the forward pass (SPEC §1: the penultimate features).
 
     sample: (1, ...) or (b, ...) probe inputs; its first row is run once through the model with a
     hook on every nn.Linear, so a model that registers `head` before `body` still gets the head's
     input. Without a sample it falls back to the last nn.Linear in registration order, which is only
-    a guess (see `default_layer_by_registration`).
+    a guess (see `default_layer_by_registration`). inspect: the `fdl inspect` command its errors' fixes give.
     """
     if isinstance(model, ProgramModel):
         return LayerSpec(module=LAST_LINEAR_OP, use_input=True)
-    fallback = default_layer_by_registration(model)
+    fallback = default_layer_by_registration(model, inspect=inspect or "fdl inspect CHECKPOINT")
     if sample is None:
         return fallback
     executed = linear_execution_order(model, sample, device=device or _model_device(model), dtype=dtype)
@@ -85,12 +86,12 @@ def default_layer(
         raise ModelError(
             "no nn.Linear runs in the model's forward pass, so there is no default feature layer",
             got=f"nn.Linear modules registered but not run: {fallback.module} (the last of them)",
-            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT --probe FILE`)",
+            fix=f"pick one with --layer NAME (see `{inspect or 'fdl inspect CHECKPOINT --probe FILE'}`)",
         )
     return LayerSpec(module=executed[-1], use_input=True)
 
 
-def default_layer_by_registration(model: nn.Module) -> LayerSpec:
+def default_layer_by_registration(model: nn.Module, *, inspect: str = "fdl inspect CHECKPOINT") -> LayerSpec:
     """The input of the last nn.Linear in registration order: the default when no sample can be run."""
     last = None
     for name, module in model.named_modules():
@@ -101,7 +102,7 @@ def default_layer_by_registration(model: nn.Module) -> LayerSpec:
         raise ModelError(
             "the model has no nn.Linear, so there is no default feature layer",
             got=f"modules: {', '.join(names) or '(none)'}",
-            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT`)",
+            fix=f"pick one with --layer NAME (see `{inspect}`)",
         )
     return LayerSpec(module=last, use_input=True)
 
@@ -142,15 +143,19 @@ def resolve_layers(
     sample: np.ndarray | None = None,
     device: torch.device | None = None,
     dtype: str = "float32",
+    inspect: str | None = None,
 ) -> list[LayerSpec]:
     """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given.
 
     sample, device, dtype: one probe input to find the default layer by execution order (see
     `default_layer`); without it the default is the last nn.Linear in registration order.
     A layer named twice (`--layer conv --layer conv`) is hooked once: the list keeps first mentions, in order.
+    inspect: the `fdl inspect` command that lists the model's modules, for the errors' fixes to give as it is
+    (a placeholder `fdl inspect CHECKPOINT` without it).
     """
     if not names:
-        return [default_layer(model, sample=sample, device=device, dtype=dtype)]
+        return [default_layer(model, sample=sample, device=device, dtype=dtype, inspect=inspect)]
+    listed = inspect or "fdl inspect CHECKPOINT"
     modules = dict(model.named_modules())
     specs = []
     for name in names:
@@ -159,7 +164,7 @@ def resolve_layers(
         if not module:
             raise ModelError(
                 f"--layer {name!r} names the whole model (its outputs or its inputs), not a feature layer",
-                fix="pass the name of a module inside the model (listed by `fdl inspect CHECKPOINT`), or omit "
+                fix=f"pass the name of a module inside the model (listed by `{listed}`), or omit "
                 "--layer for the input of the last nn.Linear",
             )
         if isinstance(model, ProgramModel) and module != LAST_LINEAR_OP:
@@ -201,7 +206,7 @@ def resolve_layers(
             raise ModelError(
                 f"unknown layer {name!r}",
                 got=got,
-                fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
+                fix=f"list the modules with `{listed}` and pass one to --layer",
             )
         if isinstance(modules[module], torch.jit.ScriptModule):
             # its forward hook raised "register_forward_hook is not supported on ScriptModules", said as a probe
