@@ -1275,7 +1275,13 @@ def column_key(fields: Sequence[str]) -> str:
              for name in fields if name in HEADERS]
     if "loss" in fields:
         pairs.append("loss = mean squared error per output of the raw outputs against the one-hot labels (or targets)")
+    if "regime" in fields:  # the names alone said nothing to a reader new to them (README and docs/regimes.md do)
+        pairs.append(REGIME_KEY)
     return "columns: " + ", ".join(pairs)
+
+
+#: The regimes' names in words, for the key below a table that shows them (docs/regimes.md, SPEC §7).
+REGIME_KEY = "regime = coefficient (lazy: the features did not move), MF (minimal feature) or EF (extended feature)"
 
 
 # ----------------------------------------------------------------------------------------- compare
