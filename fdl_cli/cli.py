@@ -16,7 +16,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, NoReturn, TextIO, cast
 
 import click
@@ -963,7 +963,12 @@ def export(**kwargs: Any) -> None:
 
 class _AnyCase(SuggestingChoice):
     """Choices taken in any case (`--expect mf`), shown as spelt (MF, EF, coefficient, as the verdict prints them):
-    click's case_sensitive=False showed them casefolded, "[coefficient|mf|ef]", in --help and its errors."""
+    click's case_sensitive=False showed them casefolded, "[coefficient|mf|ef]", in --help and its errors.
+    hints: a value that names a choice in other words (its letters alone, casefolded) -> what to give instead."""
+
+    def __init__(self, choices: Sequence[str], hints: Mapping[str, str] | None = None) -> None:
+        super().__init__(choices)
+        self.hints = dict(hints or {})
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         taken = next((choice for choice in self.choices if str(choice).casefold() == str(value).casefold()), None)
@@ -973,7 +978,8 @@ class _AnyCase(SuggestingChoice):
 
     def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
         listed = f"{value!r} is not one of {', '.join(map(repr, self.choices))} (any case)."
-        return listed + self.suggestion(value)
+        hint = self.hints.get("".join(filter(str.isalpha, str(value))).casefold())
+        return listed + (f" {hint}." if hint else self.suggestion(value))
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem
@@ -982,10 +988,19 @@ class _AnyCase(SuggestingChoice):
                 if str(choice).casefold().startswith(incomplete.casefold())]
 
 
+#: `--expect` values that name a regime in the words of README and docs/regimes.md: `--expect rich` got only the list
+REGIME_WORDS = {
+    "rich": "The rich regimes are MF (minimal feature) and EF (extended feature): --expect MF or --expect EF",
+    "lazy": "The lazy regime is coefficient (the features did not move): --expect coefficient",
+    **dict.fromkeys(("minimal", "minimalfeature"), "MF is the minimal feature regime: --expect MF"),
+    **dict.fromkeys(("extended", "extendedfeature"), "EF is the extended feature regime: --expect EF"),
+}
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("store", type=StorePath())
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
-@click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"]),
+@click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"], hints=REGIME_WORDS),
               help="Exit 3 when the verdict differs (any case: mf = MF).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
               help="Override a threshold (repeatable): " + ", ".join(
@@ -997,7 +1012,7 @@ class _AnyCase(SuggestingChoice):
 @click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
               help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:
-    """The run's regime (coefficient, MF or EF) with its evidence and thresholds.
+    """The run's regime (coefficient: lazy, MF: minimal feature, EF: extended feature) with its evidence and thresholds.
 
     The verdict is recomputed from the stored measures with the thresholds in force (docs/regimes.md);
     `--expect REGIME` exits 3 when it differs.

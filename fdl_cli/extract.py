@@ -69,6 +69,7 @@ def default_layer(
     dtype: str = "float32",
     note: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    inspect: str | None = None,
 ) -> LayerSpec:
     """The input of the model's head (SPEC §1: the penultimate features): the nn.Linear whose output the
     model's outputs are, else the last nn.Linear that runs in the forward pass (`chosen_default`).
@@ -78,10 +79,11 @@ def default_layer(
     input. Without a sample it falls back to the last nn.Linear in registration order, which is only
     a guess (see `default_layer_by_registration`). note / warn receive what the choice needs said: a
     head other than the last nn.Linear to run, a last nn.Linear whose output is not the outputs'.
+    inspect: the `fdl inspect` command its errors' fixes give.
     """
     if isinstance(model, ProgramModel):
         return LayerSpec(module=LAST_LINEAR_OP, use_input=True)
-    fallback = default_layer_by_registration(model)
+    fallback = default_layer_by_registration(model, inspect=inspect or "fdl inspect CHECKPOINT")
     if sample is None:
         return fallback
     inputs = sample if isinstance(sample, torch.Tensor) else _inputs(
@@ -92,7 +94,7 @@ def default_layer(
         raise ModelError(
             "no nn.Linear runs in the model's forward pass, so there is no default feature layer",
             got=f"nn.Linear modules registered but not run: {fallback.module} (the last of them)",
-            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT --probe FILE`)",
+            fix=f"pick one with --layer NAME (see `{inspect or 'fdl inspect CHECKPOINT --probe FILE'}`)",
         )
     check_outputs_order(calls, raw)
     choice = chosen_default(calls, raw)
@@ -103,7 +105,7 @@ def default_layer(
     return LayerSpec(module=choice.module, use_input=True)
 
 
-def default_layer_by_registration(model: nn.Module) -> LayerSpec:
+def default_layer_by_registration(model: nn.Module, *, inspect: str = "fdl inspect CHECKPOINT") -> LayerSpec:
     """The input of the last nn.Linear in registration order: the default when no sample can be run."""
     last = None
     for name, module in model.named_modules():
@@ -114,7 +116,7 @@ def default_layer_by_registration(model: nn.Module) -> LayerSpec:
         raise ModelError(
             "the model has no nn.Linear, so there is no default feature layer",
             got=f"modules: {', '.join(names) or '(none)'}",
-            fix="pick one with --layer NAME (see `fdl inspect CHECKPOINT`)",
+            fix=f"pick one with --layer NAME (see `{inspect}`)",
         )
     return LayerSpec(module=last, use_input=True)
 
@@ -249,6 +251,7 @@ def resolve_layers(
     dtype: str = "float32",
     note: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    inspect: str | None = None,
 ) -> list[LayerSpec]:
     """LayerSpecs for `--layer` names (NAME or NAME:input); the default layer when none are given.
 
@@ -256,9 +259,13 @@ def resolve_layers(
     `default_layer`, to which note and warn go); without it the default is the last nn.Linear in
     registration order.
     A layer named twice (`--layer conv --layer conv`) is hooked once: the list keeps first mentions, in order.
+    inspect: the `fdl inspect` command that lists the model's modules, for the errors' fixes to give as it is
+    (a placeholder `fdl inspect CHECKPOINT` without it).
     """
     if not names:
-        return [default_layer(model, sample=sample, device=device, dtype=dtype, note=note, warn=warn)]
+        return [default_layer(model, sample=sample, device=device, dtype=dtype, note=note, warn=warn,
+                              inspect=inspect)]
+    listed = inspect or "fdl inspect CHECKPOINT"
     modules = dict(model.named_modules())
     specs = []
     for name in names:
@@ -267,7 +274,7 @@ def resolve_layers(
         if not module:
             raise ModelError(
                 f"--layer {name!r} names the whole model (its outputs or its inputs), not a feature layer",
-                fix="pass the name of a module inside the model (listed by `fdl inspect CHECKPOINT`), or omit "
+                fix=f"pass the name of a module inside the model (listed by `{listed}`), or omit "
                 "--layer for the input of the last nn.Linear",
             )
         if isinstance(model, ProgramModel) and module != LAST_LINEAR_OP:
@@ -309,7 +316,7 @@ def resolve_layers(
             raise ModelError(
                 f"unknown layer {name!r}",
                 got=got,
-                fix="list the modules with `fdl inspect CHECKPOINT` and pass one to --layer",
+                fix=f"list the modules with `{listed}` and pass one to --layer",
             )
         if isinstance(modules[module], torch.jit.ScriptModule):
             # its forward hook raised "register_forward_hook is not supported on ScriptModules", said as a probe

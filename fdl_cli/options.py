@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,16 @@ class AnalyzeOptions:
             # Recorded only when given, likewise.
             **({"weights": self.weights} if self.weights is not None else {}),
         }
+
+
+def overlap_k_recorded(options: Mapping[str, Any], outputs: int | None) -> int | None:
+    """The k of the overlaps a store's recorded `options` were taken over: their `overlap_k`, else min(top_k, C),
+    C the store's `outputs` (its probes' largest n_outputs), the k `pipeline._overlap_k_option` leaves unrecorded;
+    None where not known (no top_k, or no C)."""
+    if "overlap_k" in options:
+        return options["overlap_k"] if type(options["overlap_k"]) is int else None
+    top_k = options.get("top_k")
+    return min(top_k, outputs) if type(top_k) is int and outputs else None
 
 
 def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import platform
@@ -1500,9 +1501,9 @@ def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
     )
 
 
-def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int, int]]:
-    """Resolve the layers and check every probe against the model with one sample, before long work.
-    Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
+def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple[str, dict[str, int], int, int]]:
+    """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
+    sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
     from fdl_cli.probes import dominant_class_note, float_one_hot, targets_without_energy, validate_probe, zero_one_targets
 
@@ -1516,6 +1517,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
                     ctx.layers = resolve_layers(
                         model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype,
                         note=ctx.reporter.note, warn=ctx.reporter.warn,
+                        inspect=_inspect_command(ctx, reference, probe),
                     )
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
@@ -1606,8 +1608,27 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
     if not ctx.layers:
         with _layer_source_named(ctx):
-            ctx.layers = resolve_layers(model, ctx.layer_names)
+            ctx.layers = resolve_layers(model, ctx.layer_names, inspect=_inspect_command(ctx, reference))
     return passes
+
+
+def _inspect_command(ctx: _Context, reference: CheckpointRef, probe: Probe | None = None) -> str:
+    """`fdl inspect` of the checkpoint the layers were resolved on, with what the command line gave to load and run
+    it (--model, --model-kwargs, --weights, --trust-pickle, the probe in hand), for a fix to copy as it is: its
+    layer errors said `fdl inspect CHECKPOINT`. fdl.toml's options are left to inspect, which reads the file too."""
+    given = ctx.given_options or ctx.options
+    words = ["fdl", "inspect", str(reference.path)]
+    if given.model_spec:
+        words += ["--model", given.model_spec]
+    if given.model_kwargs or "model_kwargs" in given.given:
+        words += ["--model-kwargs", json.dumps(given.model_kwargs)]
+    if given.weights:
+        words += ["--weights", given.weights]
+    if given.probe_specs and probe is not None:
+        words += ["--probe", str(probe.path)]
+    if given.trust_pickle:
+        words.append("--trust-pickle")
+    return shlex.join(words)
 
 
 @contextlib.contextmanager
@@ -1892,7 +1913,7 @@ def _analyze_refs(
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)
-            passes = _validate(ctx, model)
+            passes = _validate(ctx, model, reference)
         failure = None
     except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
         if not spread:

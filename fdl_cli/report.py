@@ -46,6 +46,7 @@ from fdl_cli.fields import (
     STR_FIELDS,
     ZERO_ONE_FIELD,
 )
+from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
 
 Record = dict[str, Any]
@@ -1274,7 +1275,13 @@ def column_key(fields: Sequence[str]) -> str:
              for name in fields if name in HEADERS]
     if "loss" in fields:
         pairs.append("loss = mean squared error per output of the raw outputs against the one-hot labels (or targets)")
+    if "regime" in fields:  # the names alone said nothing to a reader new to them (README and docs/regimes.md do)
+        pairs.append(REGIME_KEY)
     return "columns: " + ", ".join(pairs)
+
+
+#: The regimes' names in words, for the key below a table that shows them (docs/regimes.md, SPEC §7).
+REGIME_KEY = "regime = coefficient (lazy: the features did not move), MF (minimal feature) or EF (extended feature)"
 
 
 # ----------------------------------------------------------------------------------------- compare
@@ -1459,8 +1466,8 @@ def _options_as_run(provenance: Mapping[str, Any], outputs: int | None) -> dict[
     if not isinstance(options, Mapping):
         return {}
     filled = {**UNRECORDED_OPTIONS, **options}
-    if "overlap_k" not in options and type(options.get("top_k")) is int and outputs:
-        filled["overlap_k"] = min(options["top_k"], outputs)  # `pipeline._overlap_k_option`
+    if "overlap_k" not in options and (k := overlap_k_recorded(options, outputs)) is not None:
+        filled["overlap_k"] = k  # `pipeline._overlap_k_option`
     return filled
 
 

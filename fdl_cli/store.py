@@ -79,6 +79,7 @@ from fdl_cli.fields import (
     SERIES_FIELDS,
     STR_FIELDS,
 )
+from fdl_cli.options import overlap_k_recorded
 
 SCHEMA_VERSION = 1
 #: Provenance keys recorded for the reader's information but ignored when a store is resumed.
@@ -2745,7 +2746,26 @@ def resume_differences(
             differences.append(f"probe {name}: {_describe_probe(old)} (store) vs {_describe_probe(new)} (this run)")
     # a probe's file said once: "probe NAME" (its sha256, n, task) says what the provenance's "probes.NAME" does
     described = tuple(f"probes.{d.split(': ')[0].removeprefix('probe ')}: " for d in differences if d.startswith("probe "))
-    return [d for d in differences if not d.startswith(described)], grown
+    differences = [d for d in differences if not d.startswith(described)]
+    # overlap_k is recorded only where it is not min(top_k, C): a change of --top-k alone added or took away its
+    # line ("absent (store) vs 4 (this run)") beside top_k's, the overlaps' k the same. Said only where that k differs.
+    if _same_overlap_k(stored, stored_probes, run, run_probes) and any(
+            not d.startswith("options.overlap_k: ") for d in differences):
+        differences = [d for d in differences if not d.startswith("options.overlap_k: ")]
+    return differences, grown
+
+
+def _same_overlap_k(
+    stored: Mapping[str, Any], stored_probes: Mapping[str, ProbeInfo], run: Mapping[str, Any],
+    run_probes: Mapping[str, ProbeInfo],
+) -> bool:
+    """Whether a store and a run that resumes it take the overlaps over one k (`overlap_k_recorded`), recorded or not."""
+    ks = []
+    for provenance, probes in ((stored, stored_probes), (run, run_probes)):
+        options = provenance.get("options")
+        outputs = max((info.n_outputs for info in probes.values()), default=None)
+        ks.append(overlap_k_recorded(options, outputs) if isinstance(options, Mapping) else None)
+    return ks[0] is not None and ks[0] == ks[1]
 
 
 def growth(
