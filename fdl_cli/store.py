@@ -351,6 +351,32 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+#: HDF5's refusal to open a file this process holds open already with other file-locking flags
+_LOCKING_MISMATCH = re.compile(r"file locking .*flag values don't match")
+
+
+def _open_read_only(path: Path) -> h5py.File:
+    """The store at `path`, read-only and without a file lock (the writer replaces the file, never edits
+    it, so a reader needs none, and none fails on a file system without locks).
+
+    HDF5 opens a file once a process and refuses a second opening with other locking flags: a notebook's
+    `h5py.File(path)`, h5py's default locking, still open made every StoreReader of it fail as a corrupt
+    store. The reader then shares that opening, with its flags."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        if not _LOCKING_MISMATCH.search(str(exc)):
+            raise
+        refusal = exc
+    for locking in (None, True, "best-effort"):  # h5py's default (HDF5_USE_FILE_LOCKING's), then the others
+        try:
+            return h5py.File(path, "r", locking=locking)
+        except OSError as exc:
+            if not _LOCKING_MISMATCH.search(str(exc)):
+                raise
+    raise refusal
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -584,8 +610,14 @@ class StoreReader:
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not an fdl store", fix="pass the .h5 file written by `fdl analyze`")
         try:
-            self._file: h5py.File | None = h5py.File(path, "r", locking=False)
+            self._file: h5py.File | None = _open_read_only(path)
         except Exception as exc:  # h5py reports a bad file with several exception types
+            if _LOCKING_MISMATCH.search(str(exc)):
+                raise StoreError(
+                    f"{path} is open in this process already, with HDF5 file-locking flags fdl cannot share",
+                    got=_one_line(exc),
+                    fix="close that h5py.File first, or open it with h5py.File(path, 'r', locking=False), as fdl does",
+                ) from None
             head = first_bytes(path)
             if head and head != HDF5_SIGNATURE:
                 # A checkpoint, probe or script given for the store (`fdl report run/step_0.pt`): no store
