@@ -3479,8 +3479,41 @@ def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.T
             f"modules are {theirs}")
 
 
+def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
+    """The error for a checkpoint whose tensors are integers, booleans, complex or quantized numbers where the
+    model's are floating point (None when there is none): load_state_dict casts them without a word (complex
+    ones dropping their imaginary parts, with torch's UserWarning), and every measure was computed on the
+    cast values. Floating point of another precision (half, bfloat16, double, float8) is cast as before,
+    and a buffer the model itself holds as an integer (BatchNorm's num_batches_tracked) is not a weight."""
+    wrong = [
+        (name, value.dtype, own[name].dtype) for name, value in state.items()
+        if isinstance(value, torch.Tensor) and isinstance(own.get(name), torch.Tensor)
+        and own[name].is_floating_point() and not value.is_floating_point()
+    ]
+    if not wrong:
+        return None
+
+    def shown(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+
+    listed = ", ".join(f"{name} ({shown(dtype)}; the model's {shown(model_dtype)})" for name, dtype, model_dtype in wrong[:4])
+    if len(wrong) > 4:
+        listed += f", ... ({len(wrong)} tensors)"
+    complex_ = any(dtype.is_complex for _, dtype, _ in wrong)
+    return CheckpointError(
+        f"{path} holds weights that are not floating point where the model's are: {listed}",
+        got="loading casts them to the model's floating point without a word"
+        + (" (complex ones lose their imaginary parts)" if complex_ else "")
+        + ", and every measure would be computed on the cast values",
+        fix="re-save the checkpoint from the trained model's floating-point weights (its state_dict, not a "
+        "quantized, rounded, masked or complex copy), or move the file out of the folder (or leave it out with "
+        "--glob)",
+    )
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    expected = {k: v.shape for k, v in own.items()}
     tied = _tied_names(model)
     raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
@@ -3529,6 +3562,9 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
                  if probe else _renamed_fix(expected, state) or
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
+    not_floating = _not_floating_point(path, own, state)
+    if not_floating is not None:
+        raise not_floating
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
