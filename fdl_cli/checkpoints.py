@@ -1068,8 +1068,47 @@ def _hf_weight_files_of(folder: Path) -> list[Path]:
     return []
 
 
+def _deepspeed_states(folder: Path) -> list[Path]:
+    """The model states files of a DeepSpeed checkpoint folder, in it or in its tag's folder (Lightning's
+    DeepSpeed strategy saves epoch=0-step=10.ckpt/checkpoint/mp_rank_00_model_states.pt); none when it is
+    not one. Looked for only in a folder named like a checkpoint file (`_folder_not_read`): DeepSpeed's own
+    global_stepN/ folders are read through their model states file (tests/test_s15_step_keys.py)."""
+    try:
+        return sorted([*folder.glob("*mp_rank_*_model_states.pt"), *folder.glob("*/*mp_rank_*_model_states.pt")])
+    except OSError:
+        return []
+
+
+def _folder_not_read(folder: Path) -> CheckpointError:
+    """The error for a folder named like a checkpoint file (`step_2.pt/`) that holds no Hugging Face model: a
+    folder scan passed over it without a word, and the run's step went missing."""
+    if _is_dcp_folder(folder):
+        return _dcp_error([folder])
+    states = _deepspeed_states(folder)
+    if states:
+        shown = str(states[0].relative_to(folder)) + (f" and {len(states) - 1} more" if len(states) > 1 else "")
+        converted = folder.with_name(folder.name[: -len(checkpoint_suffix(folder) or "")] + ".pt")
+        return CheckpointError(
+            f"{folder} is a DeepSpeed checkpoint folder (as Lightning's DeepSpeed strategy saves a .ckpt), not a "
+            "file: the model's weights split as ZeRO saves them, which fdl does not read",
+            got=f"{shown} in it, and no file of the whole model's weights",
+            fix="convert it to one file and analyse that (and move the folder out, or leave it out with --glob): "
+            "python -c \"from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict "
+            f"as convert; convert('{folder}', '{converted}')\", or DeepSpeed's script saved in it: "
+            f"python {folder / 'zero_to_fp32.py'} {folder} OUTPUT",
+        )
+    return CheckpointError(
+        f"{folder} is a folder named like a checkpoint file, not a checkpoint fdl reads",
+        got=f"no {' or '.join(_HF_SINGLE)} (nor a shard index) in it, as a Hugging Face model folder holds",
+        fix="give the checkpoint file it holds, or save the checkpoint as one file (torch.save, safetensors) or with "
+        "save_pretrained; or move the folder out (or leave it out with --glob)",
+    )
+
+
 def _peek_hf_dir(folder: Path) -> _Peek:
     files = _hf_weight_files(folder)
+    if not files:  # a folder named like a checkpoint (`_scan_folder`, `_candidates`)
+        raise _folder_not_read(folder)
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(
@@ -1276,6 +1315,9 @@ def _candidates(
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file():
             yield source, False
+        elif checkpoint_suffix(source) is not None and _deepspeed_states(source):
+            yield source, False  # Lightning's DeepSpeed epoch=0-step=10.ckpt/: a bad checkpoint, said what it is
+            continue
         elif _hf_weight_files(source):
             # The model a folder holds itself counts as found by a scan: a Trainer's output folder holds its
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
@@ -1374,7 +1416,8 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
                 # It cannot be looked into (or its index read): it may be a checkpoint, so it is not
                 # passed over in silence; peeking at it reports it as a bad checkpoint with the reason.
                 is_checkpoint = True
-            if is_checkpoint:
+            # Named like a checkpoint file (step_2.pt/, Lightning's DeepSpeed epoch=0-step=10.ckpt/): the same
+            if is_checkpoint or checkpoint_suffix(entry) is not None:
                 yield entry
         elif checkpoint_suffix(entry) is not None:
             yield entry

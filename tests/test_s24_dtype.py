@@ -164,3 +164,82 @@ def test_many_tensors_are_counted_and_integer_buffers_are_not_named(tmp_path: Pa
                               f"model's are: {floating[0]} (int16; the model's float32), ")
     assert f", ... ({len(floating)} tensors)" in message and len(floating) > 4
     assert "num_batches_tracked" not in message  # int64 in the model: an int16 one is cast as before
+
+
+# ------------------------------------------------------------------------- folders named like a checkpoint
+
+
+def _lightning_deepspeed(folder: Path, step: int) -> Path:
+    """Lightning's DeepSpeed strategy's save: a folder named like the .ckpt file, DeepSpeed's layout inside."""
+    saved = folder / f"epoch=0-step={step}.ckpt"
+    (saved / "checkpoint").mkdir(parents=True)
+    torch.save({"module": {f"model.{name}": value for name, value in _trained(step).items()}, "global_steps": step},
+               saved / "checkpoint" / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": {}}, saved / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (saved / "latest").write_text("checkpoint")
+    (saved / "zero_to_fp32.py").write_text("# DeepSpeed's conversion script\n")
+    return saved
+
+
+def test_a_folder_named_like_a_checkpoint_is_a_bad_checkpoint(tmp_path: Path) -> None:
+    folder = _run(tmp_path)
+    odd = folder / "step_2.pt"
+    odd.mkdir()
+    (odd / "data.pkl").write_bytes(b"\x80\x04.")
+    done = _analyze(tmp_path, folder)
+    assert done.returncode == 1, done.stderr
+    assert _steps(done.stdout) == [0, 10]
+    assert f"error: {odd} is a folder named like a checkpoint file, not a checkpoint fdl reads" in done.stderr
+    assert "2 checkpoint(s) analysed, 1 failed" in done.stderr
+    assert f"  failed: {odd} is a folder named like a checkpoint file" in done.stderr
+
+
+def test_lightning_deepspeed_folders_say_what_they_are_and_how_to_convert_them(tmp_path: Path) -> None:
+    folder = _run(tmp_path)
+    saved = _lightning_deepspeed(folder, 20)
+    done = _analyze(tmp_path, folder)
+    assert done.returncode == 1, done.stderr
+    assert _steps(done.stdout) == [0, 10]
+    said = " ".join(done.stderr.split())
+    assert f"error: {saved} is a DeepSpeed checkpoint folder" in said
+    assert "got: checkpoint/mp_rank_00_model_states.pt in it, and no file of the whole model's weights" in said
+    assert (f"convert_zero_checkpoint_to_fp32_state_dict as convert; convert('{saved}', "
+            f"'{folder / 'epoch=0-step=20.pt'}')") in said
+    assert f"python {saved / 'zero_to_fp32.py'} {saved} OUTPUT" in said
+    assert "2 checkpoint(s) analysed, 1 failed" in said
+
+
+def test_a_deepspeed_folder_given_or_alone_is_that_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    saved = _lightning_deepspeed(folder, 20)
+    for source in (saved, folder):
+        done = _analyze(tmp_path, source)
+        assert done.returncode == 1
+        assert done.stderr.count(f"error: {saved} is a DeepSpeed checkpoint folder") == 1, done.stderr
+        assert "no checkpoints found" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_global_step_folders_without_a_checkpoint_name_are_read_as_before(tmp_path: Path) -> None:
+    """DeepSpeed's own global_stepN/ folders are not named like a checkpoint: their model states file is read
+    (tests/test_s15_step_keys.py), and a scan of the folder above them is not a bad checkpoint."""
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    for step in (10, 20):
+        sub = tmp_path / f"global_step{step}"
+        sub.mkdir()
+        torch.save({"module": _trained(step), "global_steps": step}, sub / "mp_rank_00_model_states.pt")
+    torch.save(_trained(0), tmp_path / "step_0.pt")
+    found = discover_checkpoints([tmp_path])
+    assert [ref.path.name for ref in found.checkpoints] == ["step_0.pt"] and found.bad == []
+
+
+@pytest.mark.parametrize("selection", [(), ("--steps", "0,10"), ("--every", "1")])
+def test_an_empty_folder_given_beside_others_is_a_warning(tmp_path: Path, selection: tuple[str, ...]) -> None:
+    folder = _run(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _analyze(tmp_path, folder, empty, extra=selection)
+    assert done.returncode == 0, done.stderr
+    assert _steps(done.stdout) == [0, 10]
+    assert f"warning: no checkpoint found in {empty}: the folder is empty" in done.stderr
