@@ -3539,7 +3539,7 @@ def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, 
     def shown(dtype: torch.dtype) -> str:
         return str(dtype).removeprefix("torch.")
 
-    listed = ", ".join(f"{name} ({shown(dtype)}; the model's {shown(model_dtype)})" for name, dtype, model_dtype in wrong[:4])
+    listed = ", ".join(f"{name} ({shown(dtype)}; the model's {shown(theirs)})" for name, dtype, theirs in wrong[:4])
     if len(wrong) > 4:
         listed += f", ... ({len(wrong)} tensors)"
     complex_ = any(dtype.is_complex for _, dtype, _ in wrong)
