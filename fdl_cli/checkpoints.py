@@ -1112,8 +1112,47 @@ def _hf_weight_files_of(folder: Path) -> list[Path]:
     return []
 
 
+def _deepspeed_states(folder: Path) -> list[Path]:
+    """The model states files of a DeepSpeed checkpoint folder, in it or in its tag's folder (Lightning's
+    DeepSpeed strategy saves epoch=0-step=10.ckpt/checkpoint/mp_rank_00_model_states.pt); none when it is
+    not one. Looked for only in a folder named like a checkpoint file (`_folder_not_read`): DeepSpeed's own
+    global_stepN/ folders are read through their model states file (tests/test_s15_step_keys.py)."""
+    try:
+        return sorted([*folder.glob("*mp_rank_*_model_states.pt"), *folder.glob("*/*mp_rank_*_model_states.pt")])
+    except OSError:
+        return []
+
+
+def _folder_not_read(folder: Path) -> CheckpointError:
+    """The error for a folder named like a checkpoint file (`step_2.pt/`) that holds no Hugging Face model: a
+    folder scan passed over it without a word, and the run's step went missing."""
+    if _is_dcp_folder(folder):
+        return _dcp_error([folder])
+    states = _deepspeed_states(folder)
+    if states:
+        shown = str(states[0].relative_to(folder)) + (f" and {len(states) - 1} more" if len(states) > 1 else "")
+        converted = folder.with_name(folder.name[: -len(checkpoint_suffix(folder) or "")] + ".pt")
+        return CheckpointError(
+            f"{folder} is a DeepSpeed checkpoint folder (as Lightning's DeepSpeed strategy saves a .ckpt), not a "
+            "file: the model's weights split as ZeRO saves them, which fdl does not read",
+            got=f"{shown} in it, and no file of the whole model's weights",
+            fix="convert it to one file and analyse that (and move the folder out, or leave it out with --glob): "
+            "python -c \"from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict "
+            f"as convert; convert('{folder}', '{converted}')\", or DeepSpeed's script saved in it: "
+            f"python {folder / 'zero_to_fp32.py'} {folder} OUTPUT",
+        )
+    return CheckpointError(
+        f"{folder} is a folder named like a checkpoint file, not a checkpoint fdl reads",
+        got=f"no {' or '.join(_HF_SINGLE)} (nor a shard index) in it, as a Hugging Face model folder holds",
+        fix="give the checkpoint file it holds, or save the checkpoint as one file (torch.save, safetensors) or with "
+        "save_pretrained; or move the folder out (or leave it out with --glob)",
+    )
+
+
 def _peek_hf_dir(folder: Path) -> _Peek:
     files = _hf_weight_files(folder)
+    if not files:  # a folder named like a checkpoint (`_scan_folder`, `_candidates`)
+        raise _folder_not_read(folder)
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(
@@ -1320,6 +1359,9 @@ def _candidates(
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
         if source.is_file():
             yield source, False
+        elif checkpoint_suffix(source) is not None and _deepspeed_states(source):
+            yield source, False  # Lightning's DeepSpeed epoch=0-step=10.ckpt/: a bad checkpoint, said what it is
+            continue
         elif _hf_weight_files(source):
             # The model a folder holds itself counts as found by a scan: a Trainer's output folder holds its
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
@@ -1418,7 +1460,8 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
                 # It cannot be looked into (or its index read): it may be a checkpoint, so it is not
                 # passed over in silence; peeking at it reports it as a bad checkpoint with the reason.
                 is_checkpoint = True
-            if is_checkpoint:
+            # Named like a checkpoint file (step_2.pt/, Lightning's DeepSpeed epoch=0-step=10.ckpt/): the same
+            if is_checkpoint or checkpoint_suffix(entry) is not None:
                 yield entry
         elif checkpoint_suffix(entry) is not None:
             yield entry
@@ -3580,8 +3623,41 @@ def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.T
             f"modules are {theirs}")
 
 
+def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
+    """The error for a checkpoint whose tensors are integers, booleans, complex or quantized numbers where the
+    model's are floating point (None when there is none): load_state_dict casts them without a word (complex
+    ones dropping their imaginary parts, with torch's UserWarning), and every measure was computed on the
+    cast values. Floating point of another precision (half, bfloat16, double, float8) is cast as before,
+    and a buffer the model itself holds as an integer (BatchNorm's num_batches_tracked) is not a weight."""
+    wrong = [
+        (name, value.dtype, own[name].dtype) for name, value in state.items()
+        if isinstance(value, torch.Tensor) and isinstance(own.get(name), torch.Tensor)
+        and own[name].is_floating_point() and not value.is_floating_point()
+    ]
+    if not wrong:
+        return None
+
+    def shown(dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+
+    listed = ", ".join(f"{name} ({shown(dtype)}; the model's {shown(theirs)})" for name, dtype, theirs in wrong[:4])
+    if len(wrong) > 4:
+        listed += f", ... ({len(wrong)} tensors)"
+    complex_ = any(dtype.is_complex for _, dtype, _ in wrong)
+    return CheckpointError(
+        f"{path} holds weights that are not floating point where the model's are: {listed}",
+        got="loading casts them to the model's floating point without a word"
+        + (" (complex ones lose their imaginary parts)" if complex_ else "")
+        + ", and every measure would be computed on the cast values",
+        fix="re-save the checkpoint from the trained model's floating-point weights (its state_dict, not a "
+        "quantized, rounded, masked or complex copy), or move the file out of the folder (or leave it out with "
+        "--glob)",
+    )
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    expected = {k: v.shape for k, v in own.items()}
     tied = _tied_names(model)
     raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
@@ -3638,6 +3714,9 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
                  if probe else _renamed_fix(expected, state) or
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
+    not_floating = _not_floating_point(path, own, state)
+    if not_floating is not None:
+        raise not_floating
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -330,23 +330,39 @@ def _manifest_kwargs(model_spec: str | None, manifest: Any, base_dir: Path | Non
 def _note_empty_folders(options: AnalyzeOptions, discovery: Any, manifest: Any, reporter: Reporter) -> None:
     """A folder given beside others that gave no checkpoint: said, not left out without a word. One
     run's fdl.toml read for a second folder (`fdl analyze run1 run2`) brings its glob, which may match
-    none of the second folder's files (`resume_*.pt`); an empty folder given was as quiet."""
+    none of the second folder's files (`resume_*.pt`). An empty folder given is a warning, under --steps and
+    --every too, which select among the checkpoints found, and cannot have left it out (a wrong path, or a
+    run that has saved nothing yet: the run is analysed without it, as the user asked for the others; alone,
+    it is "no checkpoints found")."""
     sources = [Path(s) for s in options.sources if s != "-"]
-    if len(options.sources) < 2 or options.steps is not None or options.every is not None:
-        return  # --steps / --every may leave a folder out on purpose
+    if len(options.sources) < 2:
+        return
+    selected = options.steps is not None or options.every is not None  # may leave a folder out on purpose
     found = [ref.path for ref in discovery.checkpoints] + [path for path, _ in discovery.bad]
     found += [ref.path for pair in discovery.copies for ref in pair]
     if not found:
         return  # "no checkpoints found" says it
     for folder in (path for path in sources if _is(path, "dir")):
-        if any(_within(path, folder) for path in found):
+        empty = _is_empty(folder)
+        if (selected and not empty) or any(_within(path, folder) for path in found):
             continue
         glob = ""
         if options.glob_pattern is not None:
             came = (f", set by {manifest.path}" if manifest is not None and "glob_pattern" not in options.given
                     and options.glob_pattern == manifest.options.get("glob") else "")
             glob = f" that the glob {options.glob_pattern!r} matches{came}"
-        reporter.note(f"no checkpoint found in {folder}{glob}: none of its files is analysed")
+        if empty:
+            reporter.warn(f"no checkpoint found in {folder}{glob}: the folder is empty")
+        else:
+            reporter.note(f"no checkpoint found in {folder}{glob}: none of its files is analysed")
+
+
+def _is_empty(folder: Path) -> bool:
+    """Whether `folder` holds nothing at all (False when it cannot be listed: the scan said why)."""
+    try:
+        return next(folder.iterdir(), None) is None
+    except OSError:
+        return False
 
 
 def _note_stdin_manifests(discovery: Any, reporter: Reporter) -> None:
