@@ -438,6 +438,9 @@ class _Context:
     #: path -> the step its checkpoint had when it failed (unknown for a file discovery could not read):
     #: a rolling file's next save is another checkpoint, not the failed one written again
     failed_steps: dict[str, int] = field(default_factory=dict)
+    #: path -> (device, inode) of its file when it failed: --watch follows a failed file renamed (a temporary file
+    #: read half-written, then renamed to its final name: `_follow_renamed_failures`)
+    failed_files: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
     #: --watch: stored steps kept in step order whose file no longer holds them (deleted, rewritten with a
@@ -966,6 +969,7 @@ def _prepare_run(
     summary = AnalyzeSummary(store=out, resume=options.resume, store_before=_store_identity(out))
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     ctx.failed_signatures.update(bad_signatures)
+    _remember_failed_files(ctx, [bad_path for bad_path, _ in discovery.bad])
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:
         selected = {ref.step for ref in refs}
@@ -2852,6 +2856,8 @@ def _rediscover(
     ctx.watch_problem = None
     found = discovery.checkpoints
     if summary is not None:
+        _follow_renamed_failures(ctx, summary, [(ref.path, ref.step) for ref in found]
+                                 + [(path, None) for path, _ in discovery.bad])
         _report_bad_while_watching(ctx, summary, discovery.bad, options.poll_seconds)
     # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
     # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
@@ -3058,6 +3064,56 @@ def _report_rewritten(
         summary.failed.append((f"{ref.path} (step {ref.step})", reason))
 
 
+def _inode_of(path: Path | str) -> tuple[int, int] | None:
+    """(device, inode) of the file or folder at `path`, which a rename keeps; None when it cannot be looked at."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _remember_failed_files(ctx: _Context, paths: Sequence[Path | str]) -> None:
+    """Under --watch, the identity of each file that failed (`ctx.failed_files`, `_follow_renamed_failures`)."""
+    if not ctx.options.watch:
+        return
+    for path in paths:
+        identity = _inode_of(path)
+        if identity is not None:
+            ctx.failed_files[str(path)] = identity
+
+
+def _follow_renamed_failures(
+    ctx: _Context, summary: AnalyzeSummary, present: Sequence[tuple[Path, int | None]]
+) -> None:
+    """--watch: a file that failed and is gone, whose file is now among the checkpoints found under another name
+    (`present`: path, and step where known), of the same step where both are known: a trainer that saves to a
+    temporary name with a checkpoint suffix and renames it when done, read while it paused mid-write. Its
+    failure stayed among the summary's, though the file was analysed under its final name; it goes, with a
+    note. A failed file deleted (not renamed) stays failed."""
+    from fdl_cli.checkpoints import _name_step
+
+    if not ctx.failed_files:
+        return
+    by_identity = {}
+    for path, step in present:
+        identity = _inode_of(path)
+        if identity is not None:
+            by_identity[identity] = (path, step if step is not None else _name_step(Path(path)))
+    for failed, identity in list(ctx.failed_files.items()):
+        if os.path.lexists(failed):
+            continue
+        del ctx.failed_files[failed]  # gone: renamed now or never
+        renamed = by_identity.get(identity)
+        failed_step = ctx.failed_steps.get(failed, _name_step(Path(failed)))
+        if renamed is None or None not in (failed_step, renamed[1]) and failed_step != renamed[1]:
+            continue  # deleted; or another file, which took the deleted one's inode
+        summary.failed[:] = [item for item in summary.failed if item[0] != failed]
+        ctx.failed_signatures.pop(failed, None)
+        ctx.failed_steps.pop(failed, None)
+        ctx.reporter.note(f"{failed}, which failed, was renamed to {renamed[0]}: analysed under that name")
+
+
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:
     """A poll of --watch that found no usable list (the folder deleted, two files with one step): said
     once, with its fix, not at every poll while it lasts; said again when it comes back after a poll
@@ -3081,6 +3137,7 @@ def _report_bad_while_watching(
         ctx.reporter.error(f"{path}: {reason}")
         summary.failed.append((str(path), reason))
         ctx.failed_signatures[str(path)] = _signature_of(path)
+        _remember_failed_files(ctx, [path])
 
 
 def _newly_settled(
@@ -3215,6 +3272,10 @@ def _run_refs(
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
+                if options.watch and ref.step != reference.step and ref.step not in lacking \
+                        and not os.path.lexists(ref.path):
+                    _gone_before_read(ctx, ref)
+                    continue
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
                         and (exc.fix or "").startswith("wrong --model"):  # not a probe's file or a wrapper's keys
                     exc = _another_model(exc, reference)
@@ -3348,6 +3409,17 @@ def _failed(
         ctx.failed_series[ref.step] = (str(ref.path), series)
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
+    _remember_failed_files(ctx, [ref.path])
+
+
+def _gone_before_read(ctx: _Context, ref: CheckpointRef) -> None:
+    """--watch: a checkpoint a poll found whose file was gone when it was read (the training job's rotation deleted
+    it, or renamed it: the next poll finds it under its new name). It was an error ("no longer exists") listed
+    among the failures; a run over the files left would not see it. Skipped over as "previous", as a file that
+    fails is, with a note."""
+    ctx.failed_paths.add(str(ref.path))
+    ctx.reporter.note(f"{ref.path} (step {ref.step}) is gone (deleted or renamed) before it was analysed: skipped, as a "
+                      "run over the files left would skip it; the next checkpoint is compared with the one before it")
 
 
 def _sha256_once(ctx: _Context, path: Path | str, signature: str = "") -> str:
