@@ -2858,6 +2858,7 @@ def _rediscover(
     if summary is not None:
         _follow_renamed_failures(ctx, summary, [(ref.path, ref.step) for ref in found]
                                  + [(path, None) for path, _ in discovery.bad])
+        _clear_failed_copies(ctx, summary, discovery.copies)
         _report_bad_while_watching(ctx, summary, discovery.bad, options.poll_seconds)
     # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
     # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
@@ -2896,9 +2897,7 @@ def _rediscover(
             # It failed, and has changed since: it was read while the trainer was still writing it (a
             # pause longer than the settling time, or a file being written when --watch started).
             ctx.reporter.note(f"{ref.path} changed since it failed: analysing it again")
-            del ctx.failed_signatures[path]
-            ctx.failed_steps.pop(path, None)
-            summary.failed[:] = [item for item in summary.failed if item[0] != path]
+            _forget_failure(ctx, summary, path)
         settled.append(ref)
     # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K), rewrote with a
     # later step (one rolling file) or is rewriting now keeps its place in step order: the next checkpoint
@@ -3100,7 +3099,11 @@ def _follow_renamed_failures(
         identity = _inode_of(path)
         if identity is not None:
             by_identity[identity] = (path, step if step is not None else _name_step(Path(path)))
+    listed = {item[0] for item in summary.failed}
     for failed, identity in list(ctx.failed_files.items()):
+        if failed not in listed:
+            del ctx.failed_files[failed]  # analysed since (it was read again once it changed)
+            continue
         if os.path.lexists(failed):
             continue
         del ctx.failed_files[failed]  # gone: renamed now or never
@@ -3108,10 +3111,32 @@ def _follow_renamed_failures(
         failed_step = ctx.failed_steps.get(failed, _name_step(Path(failed)))
         if renamed is None or None not in (failed_step, renamed[1]) and failed_step != renamed[1]:
             continue  # deleted; or another file, which took the deleted one's inode
-        summary.failed[:] = [item for item in summary.failed if item[0] != failed]
-        ctx.failed_signatures.pop(failed, None)
-        ctx.failed_steps.pop(failed, None)
+        _forget_failure(ctx, summary, failed)
         ctx.reporter.note(f"{failed}, which failed, was renamed to {renamed[0]}: analysed under that name")
+
+
+def _forget_failure(ctx: _Context, summary: AnalyzeSummary, path: str) -> None:
+    """--watch: the failure of the file at `path` is over (it is read again, renamed, or a copy now)."""
+    summary.failed[:] = [item for item in summary.failed if item[0] != path]
+    for known in (ctx.failed_signatures, ctx.failed_steps, ctx.failed_files):
+        known.pop(path, None)
+
+
+def _clear_failed_copies(
+    ctx: _Context, summary: AnalyzeSummary, copies: Sequence[tuple[CheckpointRef, CheckpointRef]]
+) -> None:
+    """--watch: a file that failed and now reads whole as a copy of another checkpoint of its step, which
+    discovery leaves out (`copies`: dropped, kept): Lightning's `last.ckpt`, read while the trainer paused in
+    writing it. It was tried again only as a checkpoint to analyse, so its failure stayed for the rest of the
+    watch; it goes, with a note."""
+    listed = {item[0] for item in summary.failed}
+    for dropped, kept in copies:
+        path = str(dropped.path)
+        if path not in listed:
+            continue
+        _forget_failure(ctx, summary, path)
+        ctx.reporter.note(f"{path} changed since it failed, and now holds the same weights and step ({dropped.step}) as "
+                          f"{kept.path}: left out as a copy, no longer failed")
 
 
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:

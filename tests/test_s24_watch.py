@@ -116,3 +116,48 @@ def test_report_of_a_store_that_a_running_analyze_has_not_written_yet_says_to_wa
     assert after.returncode == 1
     assert f"error: no fdl store at {out}" in after.stderr
     assert "(`fdl analyze --watch` writes it once it has analysed its first checkpoint)" in after.stderr
+
+
+def test_a_half_written_last_ckpt_that_becomes_a_copy_of_a_checkpoint_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning writes `epoch=N-step=S.ckpt`, then `last.ckpt` (the same weights) straight to its name. Read
+    while the trainer paused mid-write, `last.ckpt` was reported cut short, and stayed among the summary's
+    failures for the rest of the watch, though each later save of it was whole (a copy of that step's
+    checkpoint, left out as such): it was tried again only as a checkpoint to analyse. Once it has changed and
+    reads as a copy, its failure goes, with a note; said when it was seen, as before."""
+    import torch
+    from safetensors.torch import load_file
+
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    last = folder / "last.ckpt"
+
+    def save(step: int, *, last_cut: bool) -> None:
+        checkpoint = {"state_dict": load_file(str(source / f"step_{step}.safetensors")), "global_step": step}
+        past = time.time() - 60
+        torch.save(checkpoint, folder / f"epoch={step // 10}-step={step}.ckpt")
+        torch.save(checkpoint, last)
+        if last_cut:  # as it stood when the trainer paused mid-write
+            last.write_bytes(last.read_bytes()[:300])
+        for path in (folder / f"epoch={step // 10}-step={step}.ckpt", last):
+            os.utime(path, (past, past))
+        past += 1  # a later time: the file changed
+
+    def last_whole(step: int) -> None:
+        torch.save({"state_dict": load_file(str(source / f"step_{step}.safetensors")), "global_step": step}, last)
+        past = time.time() - 30
+        os.utime(last, (past, past))
+
+    save(0, last_cut=True)
+    with _polls(monkeypatch, lambda: last_whole(0), lambda: save(10, last_cut=True), lambda: last_whole(10),
+                lambda: None):
+        summary, reporter = _watch(folder, tmp_path / "s.h5")
+    assert len(reporter.errors) == 2 and all("last.ckpt" in error for error in reporter.errors)
+    assert summary.failed == []
+    for step in (0, 10):
+        assert (f"{last} changed since it failed, and now holds the same weights and step ({step}) as "
+                f"{folder / f'epoch={step // 10}-step={step}.ckpt'}: left out as a copy, no longer failed") in reporter.notes
+    assert sorted(_stored(tmp_path / "s.h5")) == [0, 10]
