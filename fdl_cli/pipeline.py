@@ -443,6 +443,9 @@ class _Context:
     failed_files: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
+    #: --watch: path -> step of each checkpoint a poll found still being written, not read yet
+    #: (`_note_deleted_unread`)
+    unsettled: dict[str, int] = field(default_factory=dict)
     #: --watch: stored steps kept in step order whose file no longer holds them (deleted, rewritten with a
     #: later step, being rewritten): never read again; "previous" only while their series are at hand
     fileless: set[int] = field(default_factory=set)
@@ -2885,7 +2888,9 @@ def _rediscover(
         changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
         if (path, ref.step) not in known_paths or changed:  # those analysed already keep their place in step order
             if not _settled(ref.path, options.poll_seconds, now):
+                ctx.unsettled[path] = ref.step
                 continue  # probably still being written (or gone): next poll
+        ctx.unsettled.pop(path, None)
         failed_step = ctx.failed_steps.get(path)
         if changed and summary is not None and failed_step is not None and failed_step != ref.step:
             # A rolling last.pt's next save: the failure of the save before is its own, and stays one
@@ -2904,6 +2909,7 @@ def _rediscover(
     # is compared with it (its series are still in memory), not with the one before it; without it a run
     # keeping one checkpoint compared each with the reference.
     stored = stored or {}
+    _note_deleted_unread(ctx, found, stored)
     if summary is not None:
         _report_rewritten(ctx, summary, [ref for ref in settled if (str(ref.path), ref.step) in known_paths], stored)
     taken = {ref.step for ref in settled}
@@ -3113,6 +3119,25 @@ def _follow_renamed_failures(
             continue  # deleted; or another file, which took the deleted one's inode
         _forget_failure(ctx, summary, failed)
         ctx.reporter.note(f"{failed}, which failed, was renamed to {renamed[0]}: analysed under that name")
+
+
+def _note_deleted_unread(ctx: _Context, found: Sequence[CheckpointRef], stored: Mapping[int, str]) -> None:
+    """--watch: the checkpoints a poll found still being written that are gone now, unread, with no other file
+    of their step found or stored (a rename keeps the step): a trainer's rotation that deletes a checkpoint
+    sooner after writing it than the settling time (`_settled`). They were never analysed, without a word; one
+    note a poll names them."""
+    present = {str(ref.path) for ref in found}
+    steps = {ref.step for ref in found} | set(stored)
+    gone = [(path, step) for path, step in ctx.unsettled.items() if path not in present and not os.path.lexists(path)]
+    for path, _ in gone:
+        del ctx.unsettled[path]
+    missed = [f"{path} (step {step})" for path, step in gone if step not in steps]
+    if missed:
+        settle = max(1.0, ctx.options.poll_seconds / 2)
+        ctx.reporter.note(
+            f"deleted before it was analysed, {len(missed)} checkpoint{'s' if len(missed) != 1 else ''} the training "
+            f"job removed within {settle:g} s of writing {'them' if len(missed) != 1 else 'it'} (--watch reads a file "
+            "once it has not changed for half a --poll, at least 1 s): " + ", ".join(missed))
 
 
 def _forget_failure(ctx: _Context, summary: AnalyzeSummary, path: str) -> None:

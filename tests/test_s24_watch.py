@@ -161,3 +161,29 @@ def test_a_half_written_last_ckpt_that_becomes_a_copy_of_a_checkpoint_is_no_fail
         assert (f"{last} changed since it failed, and now holds the same weights and step ({step}) as "
                 f"{folder / f'epoch={step // 10}-step={step}.ckpt'}: left out as a copy, no longer failed") in reporter.notes
     assert sorted(_stored(tmp_path / "s.h5")) == [0, 10]
+
+
+def test_a_checkpoint_deleted_before_it_settled_is_named_in_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer keeping only its last checkpoint, saving more often than the settling time (half a --poll, at
+    least 1 s): a poll finds each file still being written, and the next finds it deleted. Those checkpoints
+    were never analysed without a word; a note names them, and why."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    fresh = folder / "step_20.safetensors"
+
+    def save_20_now() -> None:
+        fresh.write_bytes((source / "step_20.safetensors").read_bytes())  # modified now: not settled yet
+
+    def rotate() -> None:
+        fresh.unlink()
+        _arrive(source, folder, "step_30.safetensors")
+
+    with _polls(monkeypatch, save_20_now, rotate, lambda: None):
+        summary, reporter = _watch(folder, tmp_path / "s.h5")
+    assert summary.failed == [] and reporter.errors == []
+    assert [note for note in reporter.notes if "deleted" in note] == [
+        "deleted before it was analysed, 1 checkpoint the training job removed within 1 s of writing it (--watch "
+        f"reads a file once it has not changed for half a --poll, at least 1 s): {fresh} (step 20)"]
+    assert {step: record["prev_step"] for step, record in _stored(tmp_path / "s.h5").items()} == {0: None, 10: 0, 30: 10}
