@@ -439,8 +439,14 @@ class _Context:
     #: path -> the step its checkpoint had when it failed (unknown for a file discovery could not read):
     #: a rolling file's next save is another checkpoint, not the failed one written again
     failed_steps: dict[str, int] = field(default_factory=dict)
+    #: path -> (device, inode) of its file when it failed: --watch follows a failed file renamed (a temporary file
+    #: read half-written, then renamed to its final name: `_follow_renamed_failures`)
+    failed_files: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: --watch --every: every step seen in the folder so far, deleted files' too (`_rediscover`)
     seen_steps: set[int] = field(default_factory=set)
+    #: --watch: path -> step of each checkpoint a poll found still being written, not read yet
+    #: (`_note_deleted_unread`)
+    unsettled: dict[str, int] = field(default_factory=dict)
     #: --watch: stored steps kept in step order whose file no longer holds them (deleted, rewritten with a
     #: later step, being rewritten): never read again; "previous" only while their series are at hand
     fileless: set[int] = field(default_factory=set)
@@ -967,6 +973,7 @@ def _prepare_run(
     summary = AnalyzeSummary(store=out, resume=options.resume, store_before=_store_identity(out))
     summary.failed.extend((str(bad_path), reason) for bad_path, reason in discovery.bad)
     ctx.failed_signatures.update(bad_signatures)
+    _remember_failed_files(ctx, [bad_path for bad_path, _ in discovery.bad])
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:
         selected = {ref.step for ref in refs}
@@ -2884,6 +2891,9 @@ def _rediscover(
     ctx.watch_problem = None
     found = discovery.checkpoints
     if summary is not None:
+        _follow_renamed_failures(ctx, summary, [(ref.path, ref.step) for ref in found]
+                                 + [(path, None) for path, _ in discovery.bad])
+        _clear_failed_copies(ctx, summary, discovery.copies)
         _report_bad_while_watching(ctx, summary, discovery.bad, options.poll_seconds)
     # --steps / --every select among the checkpoints that appear too (the first poll's list was selected
     # by discovery; without this every later checkpoint was analysed): --steps keeps its steps, --every
@@ -2910,7 +2920,9 @@ def _rediscover(
         changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
         if (path, ref.step) not in known_paths or changed:  # those analysed already keep their place in step order
             if not _settled(ref.path, options.poll_seconds, now):
+                ctx.unsettled[path] = ref.step
                 continue  # probably still being written (or gone): next poll
+        ctx.unsettled.pop(path, None)
         failed_step = ctx.failed_steps.get(path)
         if changed and summary is not None and failed_step is not None and failed_step != ref.step:
             # A rolling last.pt's next save: the failure of the save before is its own, and stays one
@@ -2922,15 +2934,14 @@ def _rediscover(
             # It failed, and has changed since: it was read while the trainer was still writing it (a
             # pause longer than the settling time, or a file being written when --watch started).
             ctx.reporter.note(f"{ref.path} changed since it failed: analysing it again")
-            del ctx.failed_signatures[path]
-            ctx.failed_steps.pop(path, None)
-            summary.failed[:] = [item for item in summary.failed if item[0] != path]
+            _forget_failure(ctx, summary, path)
         settled.append(ref)
     # A stored checkpoint whose file the trainer deleted since (rotation: keep the last K), rewrote with a
     # later step (one rolling file) or is rewriting now keeps its place in step order: the next checkpoint
     # is compared with it (its series are still in memory), not with the one before it; without it a run
     # keeping one checkpoint compared each with the reference.
     stored = stored or {}
+    _note_deleted_unread(ctx, found, stored)
     if summary is not None:
         _report_rewritten(ctx, summary, [ref for ref in settled if (str(ref.path), ref.step) in known_paths], stored)
     taken = {ref.step for ref in settled}
@@ -3090,6 +3101,101 @@ def _report_rewritten(
         summary.failed.append((f"{ref.path} (step {ref.step})", reason))
 
 
+def _inode_of(path: Path | str) -> tuple[int, int] | None:
+    """(device, inode) of the file or folder at `path`, which a rename keeps; None when it cannot be looked at."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _remember_failed_files(ctx: _Context, paths: Sequence[Path | str]) -> None:
+    """Under --watch, the identity of each file that failed (`ctx.failed_files`, `_follow_renamed_failures`)."""
+    if not ctx.options.watch:
+        return
+    for path in paths:
+        identity = _inode_of(path)
+        if identity is not None:
+            ctx.failed_files[str(path)] = identity
+
+
+def _follow_renamed_failures(
+    ctx: _Context, summary: AnalyzeSummary, present: Sequence[tuple[Path, int | None]]
+) -> None:
+    """--watch: a file that failed and is gone, whose file is now among the checkpoints found under another name
+    (`present`: path, and step where known), of the same step where both are known: a trainer that saves to a
+    temporary name with a checkpoint suffix and renames it when done, read while it paused mid-write. Its
+    failure stayed among the summary's, though the file was analysed under its final name; it goes, with a
+    note. A failed file deleted (not renamed) stays failed."""
+    from fdl_cli.checkpoints import _name_step
+
+    if not ctx.failed_files:
+        return
+    by_identity = {}
+    for path, step in present:
+        identity = _inode_of(path)
+        if identity is not None:
+            by_identity[identity] = (path, step if step is not None else _name_step(Path(path)))
+    listed = {item[0] for item in summary.failed}
+    for failed, identity in list(ctx.failed_files.items()):
+        if failed not in listed:
+            del ctx.failed_files[failed]  # analysed since (it was read again once it changed)
+            continue
+        if os.path.lexists(failed):
+            continue
+        del ctx.failed_files[failed]  # gone: renamed now or never
+        renamed = by_identity.get(identity)
+        failed_step = ctx.failed_steps.get(failed, _name_step(Path(failed)))
+        if renamed is None or None not in (failed_step, renamed[1]) and failed_step != renamed[1]:
+            continue  # deleted; or another file, which took the deleted one's inode
+        _forget_failure(ctx, summary, failed)
+        ctx.reporter.note(f"{failed}, which failed, was renamed to {renamed[0]}: analysed under that name")
+
+
+def _note_deleted_unread(ctx: _Context, found: Sequence[CheckpointRef], stored: Mapping[int, str]) -> None:
+    """--watch: the checkpoints a poll found still being written that are gone now, unread, with no other file
+    of their step found or stored (a rename keeps the step): a trainer's rotation that deletes a checkpoint
+    sooner after writing it than the settling time (`_settled`). They were never analysed, without a word; one
+    note a poll names them."""
+    present = {str(ref.path) for ref in found}
+    steps = {ref.step for ref in found} | set(stored)
+    gone = [(path, step) for path, step in ctx.unsettled.items() if path not in present and not os.path.lexists(path)]
+    for path, _ in gone:
+        del ctx.unsettled[path]
+    missed = [f"{path} (step {step})" for path, step in gone if step not in steps]
+    if missed:
+        settle = max(1.0, ctx.options.poll_seconds / 2)
+        ctx.reporter.note(
+            f"deleted before it was analysed, {len(missed)} checkpoint{'s' if len(missed) != 1 else ''} the training "
+            f"job removed within {settle:g} s of writing {'them' if len(missed) != 1 else 'it'} (--watch reads a file "
+            "once it has not changed for half a --poll, at least 1 s): " + ", ".join(missed))
+
+
+def _forget_failure(ctx: _Context, summary: AnalyzeSummary, path: str) -> None:
+    """--watch: the failure of the file at `path` is over (it is read again, renamed, or a copy now)."""
+    summary.failed[:] = [item for item in summary.failed if item[0] != path]
+    for known in (ctx.failed_signatures, ctx.failed_steps, ctx.failed_files):
+        known.pop(path, None)
+
+
+def _clear_failed_copies(
+    ctx: _Context, summary: AnalyzeSummary, copies: Sequence[tuple[CheckpointRef, CheckpointRef]]
+) -> None:
+    """--watch: a file that failed and now reads whole as a copy of another checkpoint of its step, which
+    discovery leaves out (`copies`: dropped, kept): Lightning's `last.ckpt`, read while the trainer paused in
+    writing it. It was tried again only as a checkpoint to analyse, so its failure stayed for the rest of the
+    watch; it goes, with a note."""
+    listed = {item[0] for item in summary.failed}
+    for dropped, kept in copies:
+        path = str(dropped.path)
+        if path not in listed:
+            continue
+        _forget_failure(ctx, summary, path)
+        ctx.reporter.note(f"{path} changed since it failed, and now holds the same weights and step ({dropped.step}) as "
+                          f"{kept.path}: left out as a copy, no longer failed")
+
+
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:
     """A poll of --watch that found no usable list (the folder deleted, two files with one step): said
     once, with its fix, not at every poll while it lasts; said again when it comes back after a poll
@@ -3113,6 +3219,7 @@ def _report_bad_while_watching(
         ctx.reporter.error(f"{path}: {reason}")
         summary.failed.append((str(path), reason))
         ctx.failed_signatures[str(path)] = _signature_of(path)
+        _remember_failed_files(ctx, [path])
 
 
 def _newly_settled(
@@ -3247,6 +3354,10 @@ def _run_refs(
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
+                if options.watch and ref.step != reference.step and ref.step not in lacking \
+                        and not os.path.lexists(ref.path):
+                    _gone_before_read(ctx, ref)
+                    continue
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
                         and (exc.fix or "").startswith(("wrong --model", "wrong model")):
@@ -3406,6 +3517,17 @@ def _failed(
         ctx.failed_series[ref.step] = (str(ref.path), series)
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
+    _remember_failed_files(ctx, [ref.path])
+
+
+def _gone_before_read(ctx: _Context, ref: CheckpointRef) -> None:
+    """--watch: a checkpoint a poll found whose file was gone when it was read (the training job's rotation deleted
+    it, or renamed it: the next poll finds it under its new name). It was an error ("no longer exists") listed
+    among the failures; a run over the files left would not see it. Skipped over as "previous", as a file that
+    fails is, with a note."""
+    ctx.failed_paths.add(str(ref.path))
+    ctx.reporter.note(f"{ref.path} (step {ref.step}) is gone (deleted or renamed) before it was analysed: skipped, as a "
+                      "run over the files left would skip it; the next checkpoint is compared with the one before it")
 
 
 def _sha256_once(ctx: _Context, path: Path | str, signature: str = "") -> str:

@@ -603,9 +603,16 @@ class StoreReader:
         self.pending_series: frozenset[Series] = frozenset()
         self._pending_text: str | None = None
         if not path.exists():
+            writer = _live_writer(path)
+            if writer is not None:  # `fdl analyze` (--watch) running, before its first commit
+                raise StoreError(
+                    f"no checkpoint is stored in {path} yet: it is being written by {writer}",
+                    fix="wait until it has stored its first checkpoint, then run this again",
+                )
             raise StoreError(
                 f"no fdl store at {path}",
-                fix=f"run `fdl analyze CKPT_DIR --out {shlex.quote(str(path))}` first, or check the path",
+                fix=f"run `fdl analyze CKPT_DIR --out {shlex.quote(str(path))}` first (`fdl analyze --watch` writes it "
+                "once it has analysed its first checkpoint), or check the path",
             )
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not an fdl store", fix="pass the .h5 file written by `fdl analyze`")
@@ -1321,6 +1328,30 @@ def read_records(
 # Writer
 
 
+def _live_writer(store: Path) -> str | None:
+    """Who holds `store`'s writer lock (`_WriterLock`), in its words, when its lock file names a process that runs
+    (one of another host is taken to); None for none. Read only: a reader never takes the lock, which would make
+    the writer's own attempt fail."""
+    try:
+        info = json.loads(store.with_name(store.name + ".lock").read_text())
+        pid, host = int(info["pid"]), str(info["host"])
+        if host == socket.gethostname():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return None  # left by a process killed (kill -9): no writer
+            except PermissionError:
+                pass  # another user's process, running
+        return _holder_words(info)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _holder_words(info: dict[str, Any]) -> str:
+    """The holder of a writer lock, from its lock file's JSON."""
+    return f"pid {info['pid']} on host {info['host']}, running `{info['command']}` since {info['started']}"
+
+
 class _WriterLock:
     """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
 
@@ -1371,8 +1402,7 @@ class _WriterLock:
     @staticmethod
     def _holder(fd: int) -> str:
         try:
-            info = json.loads(os.pread(fd, 65536, 0).decode())
-            return f"pid {info['pid']} on host {info['host']}, running `{info['command']}` since {info['started']}"
+            return _holder_words(json.loads(os.pread(fd, 65536, 0).decode()))
         except Exception:
             return "an fdl process whose details could not be read from the lock file"
 
