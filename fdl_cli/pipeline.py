@@ -45,6 +45,7 @@ from fdl_cli.errors import (
     SameStepError,
     StoreError,
     WeightsMismatchError,
+    shown_path,
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
 from fdl_cli.manifests import (
@@ -1193,9 +1194,10 @@ def _model_file(options: AnalyzeOptions) -> Path | None:
 def _named(path: Path | str, message: str) -> str:
     """``message`` prefixed with the checkpoint's path, unless its first line names the path already (the
     loader's own errors do: "the weights in X do not fit ...", "X: tensor ... holds NaN"), which printed it
-    twice ("X: X: tensor ...")."""
-    first = message.split("\n", 1)[0]
-    return message if str(path) in first else f"{path}: {message}"
+    twice ("X: X: tensor ..."); nor a path whose name holds a line break, which the first line never held whole.
+    (Its `got:` and `fix:` lines may name the path without the message naming it.)"""
+    what = re.split(r"\n  (?:got|fix): ", message, maxsplit=1)[0]
+    return message if str(path) in what else f"{path}: {message}"
 
 
 def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
@@ -1600,8 +1602,8 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
-                f"probe {probe.name!r} has only {_count(n, 'sample')} for {_count(n_outputs, 'output')}: its spectrum, D_LR "
-                "and CKA are dominated by sampling noise; use a larger probe"
+                f"probe {probe.name!r} has only {_count(n, 'sample')} for {_count(n_outputs, 'output')}: its spectrum, "
+                "D_LR and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
         with _layer_source_named(ctx):
@@ -2274,8 +2276,8 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
             series = _compared_again(ctx, reader, successor, later, ctx.previous, step)
             computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
         entries.append(Entry(
-            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
-            computed_by=computed_by,
+            step=successor, path=shown_path(ref.path), sha256=sha, series=tuple(series),
+            file_signature=loaded.file_signature, computed_by=computed_by,
         ))
     return entries
 
@@ -2317,14 +2319,15 @@ def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
     A relative recorded path was relative to the folder fdl ran in then, which the store does not
     record: resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
     names this file when this file's absolute path ends with it (the components after any leading
-    `..`); else a rewritten file of this run was called another run's."""
+    `..`); else a rewritten file of this run was called another run's. A name whose bytes are not UTF-8
+    is recorded with those bytes written `\\xNN` (`errors.shown_path`), and compared so."""
     try:
         if os.path.samefile(recorded, now):
             return True
     except OSError:
         pass
-    here = os.path.normpath(os.path.abspath(now))
-    if os.path.normpath(os.path.abspath(recorded)) == here:
+    here = shown_path(os.path.normpath(os.path.abspath(now)))
+    if shown_path(os.path.normpath(os.path.abspath(recorded))) == here:
         return True
     if os.path.isabs(recorded):
         return False
@@ -3862,7 +3865,7 @@ def _refreshed_entry(
         series = _compared_again(ctx, reader, successor, later, earlier, before)
         computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
     return Entry(
-        step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        step=successor, path=shown_path(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
         computed_by=computed_by,
     )
 
@@ -4217,7 +4220,7 @@ def _analyze_one(
         ctx.reference = {**ctx.reference, **current}  # with a series added, the stored ones read back (if needed)
     ctx.previous, ctx.previous_step = current, ref.step
     return CheckpointEntry(
-        step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        step=ref.step, path=shown_path(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
         series_only=wanted is not None,
     )
 

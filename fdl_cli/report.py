@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import DISK_FULL, FdlError, StoreError
+from fdl_cli.errors import DISK_FULL, ESCAPE, FdlError, StoreError
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -627,8 +627,8 @@ def whole_or_untouched(target: Path) -> Iterator[Path]:
 
 
 def write_text_file(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through `writing`."""
-    with writing(path) as target, target.open(text_mode(target), encoding="utf-8") as handle:
+    """Write `text` (UTF-8; a path's byte that is not, `\\udcff`, as `\\xff`) to `path` through `writing`."""
+    with writing(path) as target, target.open(text_mode(target), encoding="utf-8", errors=ESCAPE) as handle:
         handle.write(text)
 
 
