@@ -106,6 +106,12 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else ""
 
 
+def counted(number: int, noun: str) -> str:
+    """"1 point", "2 points": a count and its noun, plural but for 1 (messages said "1 points", "1 steps
+    matched"); the plural adds an s (`noun` is one whose plural does)."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 #: The codec error handler that writes what an encoding cannot hold as escapes (`"x".encode(enc, ESCAPE)`):
 #: a lone surrogate Python read for a byte of a name that is not UTF-8 (`\\udcff` for 0xff) as that byte,
 #: `\\xff` (as the shell's `$'...'` and `ls -b` write it), any other character as `\\xfc`, `\\u4e2d`.

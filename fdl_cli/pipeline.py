@@ -45,6 +45,7 @@ from fdl_cli.errors import (
     SameStepError,
     StoreError,
     WeightsMismatchError,
+    counted,
     shown_path,
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
@@ -584,11 +585,6 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
     }
-
-
-def _count(number: int, noun: str) -> str:
-    """"1 point", "2 points": the probe warnings said "1 points" and "1 inputs" of a one-sample probe."""
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]:
@@ -1297,7 +1293,7 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
         elif not owned(plain.group(1)) and not beside_the_model(plain.group(1)):
             unsuffixed.append(plain.group(1))
 
-    def counted(names: list[str]) -> str:
+    def listed(names: list[str]) -> str:
         """config.json ×6: a name met in several folders once, with its count."""
         counts = Counter(names)
         shown = [f"{name} ×{n}" if n > 1 else name for name, n in counts.items()]
@@ -1305,10 +1301,10 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
 
     if state:
         reporter.note(f"skipped {len(state)} file{'s' if len(state) > 1 else ''} of training state (optimizer, "
-                      f"scheduler, RNG, arguments), not model weights: {counted(state)}")
+                      f"scheduler, RNG, arguments), not model weights: {listed(state)}")
     if unsuffixed:
         reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
-                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {counted(unsuffixed)}")
+                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {listed(unsuffixed)}")
 
 
 def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) -> list[CheckpointRef]:
@@ -1575,7 +1571,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         spanned = min(k, max(widths.values(), default=k))
         if anchors <= spanned:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')} for the overlaps' k = {k} ("
+                f"probe {probe.name!r}: the anchor subset has {counted(anchors, 'point')} for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
                 "eigenfunctions on it can span all of it, where the eigenspace overlaps would be 1 whatever the "
                 "features do: they are not measured there (null), and movement rests on CKA alone; "
@@ -1583,7 +1579,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         if anchors < CKA_MIN_ANCHORS:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')}: CKA on fewer than "
+                f"probe {probe.name!r}: the anchor subset has {counted(anchors, 'point')}: CKA on fewer than "
                 f"{CKA_MIN_ANCHORS} is 1 whatever the features do, so cka_init and cka_prev are not measured "
                 "(null) and the regime cannot tell whether the features moved; "
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
@@ -1591,7 +1587,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
         points = _anchor_points(ctx, probe)
         if points < anchors and (points < CKA_MIN_ANCHORS or points <= spanned):
             ctx.reporter.warn(
-                f"probe {probe.name!r}: its first {_count(anchors, 'input')} (the anchor subset) hold"
+                f"probe {probe.name!r}: its first {counted(anchors, 'input')} (the anchor subset) hold"
                 + ("s" if anchors == 1 else "") + f" only {points} distinct {'one' if points == 1 else 'ones'}: "
                 + "; ".join(
                     ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
@@ -1602,7 +1598,7 @@ def _validate(ctx: _Context, model: Any) -> list[tuple[str, dict[str, int], int,
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
-                f"probe {probe.name!r} has only {_count(n, 'sample')} for {_count(n_outputs, 'output')}: its spectrum, "
+                f"probe {probe.name!r} has only {counted(n, 'sample')} for {counted(n_outputs, 'output')}: its spectrum, "
                 "D_LR and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
@@ -2246,7 +2242,7 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
         f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} ("
         + ("each a second copy of a file" if len(ctx.drop) > 1 else "a second copy of the file")
         + " stored at another step)"
-        + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
+        + (f"; {counted(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
            if entries else "")
     )
     writer.drop(sorted(ctx.drop), *entries)

@@ -1,4 +1,4 @@
-"""Session 24: file names.
+"""Session 24: file names, and counts in messages.
 
 - A checkpoint whose name is not UTF-8 (`$'\\xffstep_0.pt'`: Python reads it as `'\\udcffstep_0.pt'`) failed as
   "cannot read the checkpoint …: 'utf-8' codec can't encode character '\\udcff'" with the fix "the file is
@@ -9,6 +9,8 @@
   takes the name as text only is said to be the name's fault, with the rename that fixes it.
 - Names of other characters (é, 中文, an emoji, spaces, quotes, commas, a line break, a leading dash) work end
   to end; a failed file whose name holds a line break was named twice in the summary.
+- Counts: compare's note said "1 steps matched to the nearest step", the report's provenance "computed: all 1
+  checkpoints", export "wrote … of 1 checkpoints".
 """
 
 from __future__ import annotations
@@ -176,3 +178,25 @@ def test_a_failed_file_whose_name_holds_a_line_break_is_named_once(tmp_path: Pat
     assert f"  failed: {shown} is a text file, not a checkpoint" in done.stderr
     assert f"{shown}: {shown}" not in done.stderr
 
+
+def test_counts_of_one_take_the_singular(tmp_path: Path) -> None:
+    from tests.test_report import make_store
+
+    a = make_store(tmp_path / "a.h5", steps=(0, 100, 200))
+    b = make_store(tmp_path / "b.h5", steps=(0, 100, 210))
+    compared = fdl_in_process("compare", a, b)
+    assert compared.returncode == 0, compared.stderr
+    assert "1 step matched to the nearest step of the other run: 200↔210" in compared.stdout + compared.stderr
+    assert "1 steps" not in compared.stdout + compared.stderr
+
+    run, probe = tmp_path / "run", _probe(tmp_path)
+    run.mkdir()
+    _pt(run / "step_0.pt", 0, 0)
+    out = tmp_path / "one.h5"
+    assert fdl_in_process("analyze", run, "--model", MODEL, "--probe", probe, "--out", out).returncode == 0
+    report = fdl_in_process("report", out)
+    assert "computed: step 0 on cpu" in report.stderr and "all 1 checkpoints" not in report.stderr
+    wrote = fdl_in_process("export", out, "--what", "eigenvalues", "--format", "npy", "--out", tmp_path / "e.npz")
+    assert f"wrote eigenvalues of 1 checkpoint to {tmp_path / 'e.npz'}" in wrote.stdout + wrote.stderr
+    wrote = fdl_in_process("export", out, "--what", "trajectories", "--format", "npy", "--out", tmp_path / "t.npz")
+    assert "trajectories of 1 checkpoint to" in wrote.stdout + wrote.stderr
