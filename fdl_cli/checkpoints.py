@@ -51,6 +51,8 @@ from fdl_cli.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
     first_line,
+    shown_path,
+    utf8_path,
 )
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2")
@@ -669,9 +671,11 @@ def _plain(obj: Any, depth: int = 0) -> Any:
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError.
 
-    ``mmap`` (cheap peeking) skips torch's check of each storage's size, so real loads leave it off.
+    ``mmap`` (cheap peeking) skips torch's check of each storage's size, so real loads leave it off. A
+    path whose name is not UTF-8 (bytes Python keeps as surrogates, `\udcff`) is read whole: torch maps a
+    file by its name as UTF-8 text, and failed on such a name with "'utf-8' codec can't encode character".
     """
-    is_zip = mmap and zipfile.is_zipfile(path)
+    is_zip = mmap and utf8_path(path) and zipfile.is_zipfile(path)
     try:
         return _plain(_load_weights_only(path, map_location=map_location, mmap=is_zip))
     except pickle.UnpicklingError as exc:
@@ -780,6 +784,8 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):
         return _unreachable_error(path, exc)  # not damage: the file cannot be reached or read
     reason = first_line(exc) or type(exc).__name__
+    if not utf8_path(path) and (isinstance(exc, UnicodeError) or "utf-8" in reason.casefold()):
+        return _name_not_utf8_error(path, reason)  # not damage: a library that takes the name as text only
     if reason.startswith("Weights only load failed"):
         # torch's advice here is to load with weights_only=False, i.e. to run the file's code: never
         # repeat it for a file that is merely damaged; keep only the unpickler's own diagnosis.
@@ -799,6 +805,16 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
         f"cannot read the checkpoint {path}",
         got=reason,
         fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
+    )
+
+
+def _name_not_utf8_error(path: Path, reason: str) -> CheckpointError:
+    """A file that a library opens by its name as UTF-8 text, which this name's bytes are not: renamed, it is read."""
+    raw = os.fsencode(path).replace(b"\\", b"\\\\").replace(b"'", b"\\'")
+    return CheckpointError(
+        f"cannot read the checkpoint {shown_path(path)}: its name is not UTF-8 text (the bytes written \\xNN)",
+        got=reason,
+        fix=f"rename it to a UTF-8 name (in bash: mv $'{raw.decode('utf-8', 'backslashreplace')}' NEW_NAME)",
     )
 
 
@@ -2234,7 +2250,7 @@ def sha256_file(path: Path) -> str:
     files = _folder_weight_files(path) if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
-            digest.update(file.name.encode() + b"\x00")
+            digest.update(os.fsencode(file.name) + b"\x00")
         with open(file, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
@@ -2254,7 +2270,7 @@ def file_signature(path: Path) -> str:
     parts = []
     for file in _folder_weight_files(path):
         stat = os.stat(file)
-        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        parts.append(f"{shown_path(file.name)}:{stat.st_size}:{stat.st_mtime_ns}")
     return ";".join(parts)
 
 
@@ -2369,11 +2385,14 @@ def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 
 def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     header = _read_safetensors_header(path)
     try:
-        tensors = load_file(str(path), device=map_location)
+        if utf8_path(path):
+            tensors = load_file(str(path), device=map_location)
+        else:  # safetensors opens a file by its name as UTF-8 text only: read here, parsed from the bytes
+            tensors = {key: value.to(map_location) for key, value in load(path.read_bytes()).items()}
     except Exception as exc:  # noqa: BLE001 - report any parse failure as a damaged file
         raise _corrupt_error(path, exc) from None
     return tensors, _metadata_steps(header.get("__metadata__") or {})
@@ -2691,9 +2710,12 @@ EXPORTED_PROGRAM = "_fdl_exported_program"
 
 def _load_program(path: Path, kind: str, map_location: str) -> nn.Module:
     try:
-        if kind == "torchscript":
-            return torch.jit.load(str(path), map_location=map_location)
-        program = torch.export.load(str(path))
+        with contextlib.ExitStack() as stack:
+            # torch opens a file by its name as UTF-8 text only: a name of other bytes is opened here
+            source: Any = str(path) if utf8_path(path) else stack.enter_context(open(path, "rb"))
+            if kind == "torchscript":
+                return torch.jit.load(source, map_location=map_location)
+            program = torch.export.load(source)
         module = program.module()
         # kept for `extract.prepare_model`, which moves the program itself to the device (see there)
         setattr(module, EXPORTED_PROGRAM, program)
@@ -2950,7 +2972,7 @@ def resolve_model_factory(
                                                            for c in _spec_candidates(target, base_dir))),
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
-        module_name = "fdl_user_model_" + hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]
+        module_name = "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
         _serve_folder(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, cast
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import FdlError, StoreError
+from fdl_cli.errors import ESCAPE, FdlError, StoreError
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds, near_names
 
@@ -1110,13 +1110,14 @@ def configure_blas_threads(environ: Any = os.environ) -> None:
 
 def tolerate_unencodable_output() -> None:
     """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
-    a Latin-1 terminal) escaped as \\xfc instead of failing with UnicodeEncodeError. Only text the
-    encoding cannot hold changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
+    a Latin-1 terminal; a file name whose bytes are not UTF-8, `$'\\xffstep_0.pt'`) escaped as \\xfc, \\xff
+    (`errors.ESCAPE`) instead of failing with UnicodeEncodeError. Only text the encoding cannot hold
+    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
         if reconfigure is not None:
             with contextlib.suppress(Exception):
-                reconfigure(errors="backslashreplace")
+                reconfigure(errors=ESCAPE)
 
 
 def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:

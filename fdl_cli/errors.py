@@ -5,6 +5,7 @@ The command line turns any `FdlError` into exit status 1 and prints its message 
 
 from __future__ import annotations
 
+import codecs
 import errno
 from pathlib import Path
 
@@ -103,3 +104,44 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     what a message quotes of a library's or the user's own error."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else ""
+
+
+def counted(number: int, noun: str) -> str:
+    """"1 point", "2 points": a count and its noun, plural but for 1 (messages said "1 points", "1 steps
+    matched"); the plural adds an s (`noun` is one whose plural does)."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+#: The codec error handler that writes what an encoding cannot hold as escapes (`"x".encode(enc, ESCAPE)`):
+#: a lone surrogate Python read for a byte of a name that is not UTF-8 (`\\udcff` for 0xff) as that byte,
+#: `\\xff` (as the shell's `$'...'` and `ls -b` write it), any other character as `\\xfc`, `\\u4e2d`.
+ESCAPE = "fdl.escape"
+
+
+def _escape(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    said = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF
+                   else char.encode("ascii", "backslashreplace").decode("ascii") for char in said), exc.end
+
+
+codecs.register_error(ESCAPE, _escape)
+
+
+def utf8_path(path: object) -> bool:
+    """Whether a path's text is UTF-8: False for a name of bytes that are not (`$'\\xffstep_0.pt'`), which
+    Python keeps as lone surrogates (`\\udcff`) and which a library given text cannot encode (torch's file
+    mapping, safetensors, TorchScript, HDF5's strings)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: object) -> str:
+    """A path as text that any UTF-8 writer takes: the path itself, but for the bytes of a name that are not
+    UTF-8, written `\\xNN` (`ESCAPE`: the file `$'\\xffstep_0.pt'` is `\\xffstep_0.pt`). What the store records
+    as a checkpoint's `path` and a model file's, and how fdl's messages show a path."""
+    return str(path).encode("utf-8", ESCAPE).decode("utf-8")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import CheckpointError, FdlError, ModelError, first_line
+from fdl_cli.errors import CheckpointError, FdlError, ModelError, first_line, shown_path
 from fdl_cli.manifests import _manifest_kwargs
 from fdl_cli.options import AnalyzeOptions
 from fdl_cli.pipeline import _check_manifest_probes, _other_model_file
@@ -226,7 +226,7 @@ def inspect_checkpoint(
     # ran or not, no pass can tell
     unhooked = [name for name, module in named.items() if isinstance(module, torch.jit.ScriptModule)]
     return {
-        "checkpoint": str(ref.path),
+        "checkpoint": shown_path(ref.path),
         # null for a checkpoint without a step (final.pt): discovery gives it step 0 only to order it
         "step": None if ref.step_source == "none" else ref.step,
         "modules": modules,
@@ -271,7 +271,7 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str], manifest_path: 
     tensors = [{"name": name, "shape": list(state[name].shape), "dtype": str(state[name].dtype).removeprefix("torch."),
                 "values": int(state[name].numel())} for name in names]
     return {
-        "checkpoint": str(ref.path),
+        "checkpoint": shown_path(ref.path),
         "step": None if ref.step_source == "none" else ref.step,
         "step_source": ref.step_source,
         "tensors": tensors,

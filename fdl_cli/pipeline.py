@@ -46,6 +46,8 @@ from fdl_cli.errors import (
     SameStepError,
     StoreError,
     WeightsMismatchError,
+    counted,
+    shown_path,
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
 from fdl_cli.manifests import (
@@ -590,11 +592,6 @@ def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, 
         # Recorded, not compared: a store may be resumed on another host.
         "environment": environment(),
     }
-
-
-def _count(number: int, noun: str) -> str:
-    """"1 point", "2 points": the probe warnings said "1 points" and "1 inputs" of a one-sample probe."""
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]:
@@ -1201,9 +1198,10 @@ def _model_file(options: AnalyzeOptions) -> Path | None:
 def _named(path: Path | str, message: str) -> str:
     """``message`` prefixed with the checkpoint's path, unless its first line names the path already (the
     loader's own errors do: "the weights in X do not fit ...", "X: tensor ... holds NaN"), which printed it
-    twice ("X: X: tensor ...")."""
-    first = message.split("\n", 1)[0]
-    return message if str(path) in first else f"{path}: {message}"
+    twice ("X: X: tensor ..."); nor a path whose name holds a line break, which the first line never held whole.
+    (Its `got:` and `fix:` lines may name the path without the message naming it.)"""
+    what = re.split(r"\n  (?:got|fix): ", message, maxsplit=1)[0]
+    return message if str(path) in what else f"{path}: {message}"
 
 
 def _report_bad_found(options: AnalyzeOptions, reporter: Reporter, bad_path: Path, reason: str) -> None:
@@ -1303,7 +1301,7 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
         elif not owned(plain.group(1)) and not beside_the_model(plain.group(1)):
             unsuffixed.append(plain.group(1))
 
-    def counted(names: list[str]) -> str:
+    def listed(names: list[str]) -> str:
         """config.json ×6: a name met in several folders once, with its count."""
         counts = Counter(names)
         shown = [f"{name} ×{n}" if n > 1 else name for name, n in counts.items()]
@@ -1311,10 +1309,10 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
 
     if state:
         reporter.note(f"skipped {len(state)} file{'s' if len(state) > 1 else ''} of training state (optimizer, "
-                      f"scheduler, RNG, arguments), not model weights: {counted(state)}")
+                      f"scheduler, RNG, arguments), not model weights: {listed(state)}")
     if unsuffixed:
         reporter.note(f"skipped {len(unsuffixed)} file{'s' if len(unsuffixed) > 1 else ''} without a checkpoint "
-                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {counted(unsuffixed)}")
+                      f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {listed(unsuffixed)}")
 
 
 def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) -> list[CheckpointRef]:
@@ -1583,7 +1581,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
         spanned = min(k, max(widths.values(), default=k))
         if anchors <= spanned:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')} for the overlaps' k = {k} ("
+                f"probe {probe.name!r}: the anchor subset has {counted(anchors, 'point')} for the overlaps' k = {k} ("
                 + ("--overlap-k" if ctx.options.overlap_k is not None else "the outputs") + f"), so the top-{k} "
                 "eigenfunctions on it can span all of it, where the eigenspace overlaps would be 1 whatever the "
                 "features do: they are not measured there (null), and movement rests on CKA alone; "
@@ -1591,7 +1589,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             )
         if anchors < CKA_MIN_ANCHORS:
             ctx.reporter.warn(
-                f"probe {probe.name!r}: the anchor subset has {_count(anchors, 'point')}: CKA on fewer than "
+                f"probe {probe.name!r}: the anchor subset has {counted(anchors, 'point')}: CKA on fewer than "
                 f"{CKA_MIN_ANCHORS} is 1 whatever the features do, so cka_init and cka_prev are not measured "
                 "(null) and the regime cannot tell whether the features moved; "
                 + ("raise --anchor-size" if anchors < n else f"use a probe of at least {CKA_MIN_ANCHORS} samples")
@@ -1599,7 +1597,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
         points = _anchor_points(ctx, probe)
         if points < anchors and (points < CKA_MIN_ANCHORS or points <= spanned):
             ctx.reporter.warn(
-                f"probe {probe.name!r}: its first {_count(anchors, 'input')} (the anchor subset) hold"
+                f"probe {probe.name!r}: its first {counted(anchors, 'input')} (the anchor subset) hold"
                 + ("s" if anchors == 1 else "") + f" only {points} distinct {'one' if points == 1 else 'ones'}: "
                 + "; ".join(
                     ([f"CKA on fewer than {CKA_MIN_ANCHORS} distinct points is 1 whatever the features do, so "
@@ -1610,8 +1608,8 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             )
         if n < max(10, 2 * n_outputs):
             ctx.reporter.warn(
-                f"probe {probe.name!r} has only {_count(n, 'sample')} for {_count(n_outputs, 'output')}: its spectrum, D_LR "
-                "and CKA are dominated by sampling noise; use a larger probe"
+                f"probe {probe.name!r} has only {counted(n, 'sample')} for {counted(n_outputs, 'output')}: its spectrum, "
+                "D_LR and CKA are dominated by sampling noise; use a larger probe"
             )
     if not ctx.layers:
         with _layer_source_named(ctx):
@@ -2273,7 +2271,7 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
         f"dropped step{'s' if len(ctx.drop) > 1 else ''} {shown} ("
         + ("each a second copy of a file" if len(ctx.drop) > 1 else "a second copy of the file")
         + " stored at another step)"
-        + (f"; {_count(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
+        + (f"; {counted(len(entries), 'stored checkpoint')} compared again with the one kept before ({pairs})"
            if entries else "")
     )
     writer.drop(sorted(ctx.drop), *entries)
@@ -2303,8 +2301,8 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
             series = _compared_again(ctx, reader, successor, later, ctx.previous, step)
             computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
         entries.append(Entry(
-            step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
-            computed_by=computed_by,
+            step=successor, path=shown_path(ref.path), sha256=sha, series=tuple(series),
+            file_signature=loaded.file_signature, computed_by=computed_by,
         ))
     return entries
 
@@ -2346,14 +2344,15 @@ def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
     A relative recorded path was relative to the folder fdl ran in then, which the store does not
     record: resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
     names this file when this file's absolute path ends with it (the components after any leading
-    `..`); else a rewritten file of this run was called another run's."""
+    `..`); else a rewritten file of this run was called another run's. A name whose bytes are not UTF-8
+    is recorded with those bytes written `\\xNN` (`errors.shown_path`), and compared so."""
     try:
         if os.path.samefile(recorded, now):
             return True
     except OSError:
         pass
-    here = os.path.normpath(os.path.abspath(now))
-    if os.path.normpath(os.path.abspath(recorded)) == here:
+    here = shown_path(os.path.normpath(os.path.abspath(now)))
+    if shown_path(os.path.normpath(os.path.abspath(recorded))) == here:
         return True
     if os.path.isabs(recorded):
         return False
@@ -4006,7 +4005,7 @@ def _refreshed_entry(
         series = _compared_again(ctx, reader, successor, later, earlier, before)
         computed_by = reader.computed_by_row(successor)  # its numbers but the comparisons are as stored
     return Entry(
-        step=successor, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        step=successor, path=shown_path(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
         computed_by=computed_by,
     )
 
@@ -4361,7 +4360,7 @@ def _analyze_one(
         ctx.reference = {**ctx.reference, **current}  # with a series added, the stored ones read back (if needed)
     ctx.previous, ctx.previous_step = current, ref.step
     return CheckpointEntry(
-        step=ref.step, path=str(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
+        step=ref.step, path=shown_path(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
         series_only=wanted is not None,
     )
 

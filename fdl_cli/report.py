@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import DISK_FULL, FdlError, StoreError
+from fdl_cli.errors import DISK_FULL, ESCAPE, FdlError, StoreError, counted
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -628,8 +628,8 @@ def whole_or_untouched(target: Path) -> Iterator[Path]:
 
 
 def write_text_file(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through `writing`."""
-    with writing(path) as target, target.open(text_mode(target), encoding="utf-8") as handle:
+    """Write `text` (UTF-8; a path's byte that is not, `\\udcff`, as `\\xff`) to `path` through `writing`."""
+    with writing(path) as target, target.open(text_mode(target), encoding="utf-8", errors=ESCAPE) as handle:
         handle.write(text)
 
 
@@ -1144,7 +1144,7 @@ def history_lines(
     lines = []
     for key in order[: HISTORY_LINES if len(order) <= HISTORY_LINES else HISTORY_LINES - 1]:
         steps = sorted(places[key])
-        which = f"all {total} checkpoints" if len(steps) == total else _steps_said(steps)
+        which = f"all {total} checkpoints" if len(steps) == total > 1 else _steps_said(steps)
         row = rows[key]
         lines.append(f"computed: {which} " + ("(their groups record no history: where is not recorded)"
                                               if row is None else _where(row)))
@@ -1184,7 +1184,7 @@ def added_lines(
         shown = ", ".join(f"{probe}/{layer}" for probe, layer in series[:4]) + (
             f" and {len(series) - 4} more series" if len(series) > 4 else "")
         steps = sorted(set().union(*places[place].values()))
-        which = f"all {total} checkpoints" if len(steps) == total else _steps_said(steps)
+        which = f"all {total} checkpoints" if len(steps) == total > 1 else _steps_said(steps)
         lines.append(f"computed: {shown} added to {which} {_where(rows[place])}")
     if len(order) > len(lines):
         rest = len(order) - len(lines)
@@ -1733,11 +1733,11 @@ class CrossOverlaps:
             return None
         fewest = min(self.columns, key=lambda run: self.columns[run])
         if self.columns[fewest] > min(self.used):  # the anchors bound k
-            why = f"the stores hold them on {min(self.used)} anchor points (--anchor-size)"
+            why = f"the stores hold them on {counted(min(self.used), 'anchor point')} (--anchor-size)"
         else:
             why = f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
         used, wanted = min(self.used), min(self.wanted)
-        return f"the cross-run overlap compares the top {used} eigenfunctions, not the top {wanted}: {why}"
+        return f"the cross-run overlap compares the top {counted(used, 'eigenfunction')}, not the top {wanted}: {why}"
 
 
 def _distinct_rows(values_a: np.ndarray, values_b: np.ndarray) -> int:
@@ -1887,11 +1887,11 @@ def compare_runs(
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
         more = f" and {len(nearest) - 5} more" if len(nearest) > 5 else ""
-        notes.append(f"{len(nearest)} steps matched to the nearest step of the other run: {shown}{more}")
+        notes.append(f"{counted(len(nearest), 'step')} matched to the nearest step of the other run: {shown}{more}")
     unmatched_a = len(series_a.steps) - len(matches)
     unmatched_b = len(series_b.steps) - len(matches)
     if unmatched_a or unmatched_b:
-        notes.append(f"left unmatched: {unmatched_a} checkpoint{'s' if unmatched_a != 1 else ''} of A, {unmatched_b} of B")
+        notes.append(f"left unmatched: {counted(unmatched_a, 'checkpoint')} of A, {unmatched_b} of B")
     if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
         notes.append(few)
     elif (span := span_note(series_a.steps, series_b.steps, matches)) is not None:
@@ -2192,16 +2192,16 @@ def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, list
         differs = None
         if numeric:
             largest = max(numeric, key=abs)
-            differs = f"{label}: differs at {_count_steps(len(numeric))}, largest B − A {_signed(name, largest)}"
+            differs = f"{label}: differs at {counted(len(numeric), 'step')}, largest B − A {_signed(name, largest)}"
         elif text:
-            differs = f"{label}: differs at {_count_steps(len(text))} (e.g. {text[0]})"
+            differs = f"{label}: differs at {counted(len(text), 'step')} (e.g. {text[0]})"
         nulls = []
         if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
             sides = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
             in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
             if in_a or in_b:
-                nulls.append(f"{label}: null in one run only at {_count_steps(in_a + in_b)} ("
+                nulls.append(f"{label}: null in one run only at {counted(in_a + in_b, 'step')} ("
                              + ", ".join(f"run {run} at {count}, where run {other} has a value"
                                          for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
                              + ")")
@@ -2215,10 +2215,6 @@ def _classification(comparison: Comparison) -> bool:
     return all(any(record.get("accuracy") is not None or record.get("cross_entropy") is not None
                    for record in (getattr(compared, side, {}) for compared in comparison.steps))
                for side in ("record_a", "record_b"))
-
-
-def _count_steps(count: int) -> str:
-    return f"{count} step" if count == 1 else f"{count} steps"
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -2295,7 +2291,7 @@ def write_export(
                     continue
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             _save_npz(out, arrays.items())
-            return f"wrote {len(arrays) - 1} trajectories of {len(columns['step'])} checkpoints to {out}"
+            return f"wrote {len(arrays) - 1} trajectories of {counted(len(columns['step']), 'checkpoint')} to {out}"
         if tag is not None:
             count = len(columns["step"])
             columns = {**columns, **{name: [value] * count for name, value in zip(SERIES_FIELDS, tag, strict=True)}}
@@ -2322,7 +2318,7 @@ def write_export(
             for step, values in per_step
         )
         _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
-        return f"wrote {what} of {len(steps)} checkpoints to {out}"
+        return f"wrote {what} of {counted(len(steps), 'checkpoint')} to {out}"
     if out is not None:
         with (
             writing(out) as target,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fdl_cli.errors import FdlError, StoreError, StoreLockedError
+from fdl_cli.errors import FdlError, StoreError, StoreLockedError, shown_path
 from fdl_cli.pipeline import (
     AnalyzeSummary,
     _check_stored_files,
@@ -315,7 +315,7 @@ def _take_in_rank_parts(
                                 continue  # the store holds another file's numbers for it
                         elif not unchanged(before, compared):
                             continue  # compared with a file that has changed since
-                    taken.append(replace(entry, path=str(ref.path)))
+                    taken.append(replace(entry, path=shown_path(ref.path)))
                     have[step] = entry.sha256
                 for entry in taken:
                     writer.add(entry)

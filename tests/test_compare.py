@@ -47,7 +47,7 @@ def test_richer_run_and_from_when(tmp_path: Path) -> None:
                                                                             200: lazier[200]})
     comparison = report.compare_runs(report.load_run(a), report.load_run(b))
     assert [(c.match.step_a, c.match.step_b) for c in comparison.steps] == [(0, 0), (100, 105), (200, 200)]
-    assert comparison.notes[0] == "1 steps matched to the nearest step of the other run: 100↔105"
+    assert comparison.notes[0] == "1 step matched to the nearest step of the other run: 100↔105"
     assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 of A (105 of B) on")
     assert comparison.steps[2].differences["d_lr"] == pytest.approx(0.7 - 0.125)
     assert comparison.steps[1].differences["regime"] is None
