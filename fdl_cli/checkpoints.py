@@ -2817,16 +2817,18 @@ def _in_library(path: str | Path) -> bool:
         up in ("lib", "lib64") and re.fullmatch(r"python\d+(\.\d+)*t?", part) for up, part in pairs)
 
 
-def _foreign_manifest_model(spec: str, named_by: Path, got: str) -> ModelError:
-    """The error of an fdl.toml's `model` that is neither the folder's own code nor an nn.Module class."""
+def _foreign_manifest_model(spec: str, named_by: Path, got: str, *, define: str | None = None) -> ModelError:
+    """The error of an fdl.toml's `model` that is neither the folder's own code nor an nn.Module class; `define`: the
+    factory to write in the folder's module that only imports it (`_reexported_model`)."""
     import shlex
 
+    trusted = f"if you trust it, pass it on the command line: --model {shlex.quote(spec)} (and --model-kwargs JSON)"
     return ModelError(
         f"{named_by} names the model {spec!r}, which is neither a model defined in its folder ({named_by.parent}) "
         "nor an nn.Module class, and fdl does not call it: a folder's fdl.toml runs the folder's own model code only",
         got=got,
-        fix=f"if you trust it, pass it on the command line: --model {shlex.quote(spec)} (and --model-kwargs JSON); "
-        f"or write a factory in a model.py beside {named_by} and name it there (model = \"model.py:build\")",
+        fix=f"{define}; or, {trusted}" if define else
+        f"{trusted}; or write a factory in a model.py beside {named_by} and name it there (model = \"model.py:build\")",
     )
 
 
@@ -2877,18 +2879,40 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
         defined = _defined_by(factory, named_by.parent, links=links)
         if defined is None:
             return
-        module, file = defined
+        raise _reexported_model(spec, named_by, Path(file), factory, *defined)
     kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
                                   f"({file or 'no file'}), outside {named_by.parent}")
 
 
-def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | None] | None:
+def _reexported_model(spec: str, named_by: Path, own: Path, factory: Any, where: Any, file: str | None,
+                      inner: Any) -> ModelError:
+    """The error of an fdl.toml's `model` that the folder's module `own` only imports from a library (`_defined_by`:
+    `where`, `file`, the callable `inner` its wrappers hold): the fix is a factory defined in that module calling it
+    (the user's package, installed in site-packages, is a library's code too), not "write a factory in a model.py",
+    which is what the user had written."""
+    attr = spec.rpartition(":")[2]
+    module = getattr(where, "__name__", None) or type(where).__name__
+    kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
+    shown = f"{own.parent.name}/{own.name}" if own.stem == "__init__" else own.name
+    qualname = getattr(inner, "__qualname__", None)
+    define = f"define {attr} in {shown} itself, a function calling the imported one"
+    # by its name, but for one of none (a `<lambda>`, a function of `<locals>`) or a method (called on its object)
+    if (isinstance(where, types.ModuleType) and isinstance(qualname, str) and "<" not in qualname
+            and ("." not in qualname or isinstance(inner, type))):
+        define += (f": def {attr}(*args, **kwargs): return {module}.{qualname}(*args, **kwargs) (import {module} "
+                   "there)")
+    return _foreign_manifest_model(spec, named_by, f"{attr} is {kind} of {module} ({file or 'no file'}), which "
+                                   f"{shown} only imports: a library's code, not the folder's", define=define)
+
+
+def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | None, Any] | None:
     """None when the code `factory` runs first is the folder's or someone's own, not a library's: defined in `folder`
     or outside Python's and the installed libraries' files and fdl's (a project's module that model.py imports its
     factory from); looked for through the wrappers a library puts around one (functools.partial, a bound method,
     `__wrapped__`: torch.no_grad()(build)). Else the module that defines it (or the callable) and its file, for the
-    error: torch.load that `from torch import *` put in model.py, os.system of `from os import system`."""
+    error: torch.load that `from torch import *` put in model.py, os.system of `from os import system`; and the callable
+    its wrappers hold."""
     where: Any = None
     file: str | None = None
     for _ in range(32):  # a chain of wrappers that never ends
@@ -2910,7 +2934,7 @@ def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | 
         if inner is None:
             break
         factory = inner
-    return where, file
+    return where, file, factory
 
 
 def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, module_dir: Path | None) -> str:
