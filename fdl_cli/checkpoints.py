@@ -2870,6 +2870,7 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
     class (`torch:load`, a library's factory function)."""
     if isinstance(factory, type) and issubclass(factory, nn.Module):
         return
+    kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     file = getattr(module, "__file__", None)
     # a model file fdl.toml names by path may be a link in the folder; a module it names was found by name
     links = _is_path_spec(spec.rpartition(":")[0] or spec)
@@ -2879,13 +2880,12 @@ def _check_manifest_factory(spec: str, named_by: Path, module: types.ModuleType,
         defined = _defined_by(factory, named_by.parent, links=links)
         if defined is None:
             return
-        raise _reexported_model(spec, named_by, Path(file), factory, *defined)
-    kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
+        raise _reexported_model(spec, named_by, Path(file), kind, *defined)
     raise _foreign_manifest_model(spec, named_by, f"{spec.rpartition(':')[2]} is {kind} of {module.__name__} "
                                   f"({file or 'no file'}), outside {named_by.parent}")
 
 
-def _reexported_model(spec: str, named_by: Path, own: Path, factory: Any, where: Any, file: str | None,
+def _reexported_model(spec: str, named_by: Path, own: Path, kind: str, where: Any, file: str | None,
                       inner: Any) -> ModelError:
     """The error of an fdl.toml's `model` that the folder's module `own` only imports from a library (`_defined_by`:
     `where`, `file`, the callable `inner` its wrappers hold): the fix is a factory defined in that module calling it
@@ -2893,7 +2893,6 @@ def _reexported_model(spec: str, named_by: Path, own: Path, factory: Any, where:
     which is what the user had written."""
     attr = spec.rpartition(":")[2]
     module = getattr(where, "__name__", None) or type(where).__name__
-    kind = "a class" if isinstance(factory, type) else "a function" if callable(factory) else type(factory).__name__
     shown = f"{own.parent.name}/{own.name}" if own.stem == "__init__" else own.name
     qualname = getattr(inner, "__qualname__", None)
     define = f"define {attr} in {shown} itself, a function calling the imported one"
