@@ -73,3 +73,31 @@ def test_y_test_beside_sample_weights_is_the_one_named(tmp_path: Path) -> None:
     assert warning is not None
     assert "y_test, one value a sample, is not read" in warning and "np.savez(FILE, x=x, y=y_test)" in warning
     assert unused_note(loaded) is not None and "not read: sample_weight;" in unused_note(loaded)
+
+
+# -- 3. compare: the fields beyond the table null in one run only, on one line ------------------------------------
+
+
+def test_many_other_fields_null_in_one_run_only_are_named_on_one_line(tmp_path: Path) -> None:
+    """A run whose store lacks several measures (a probe without targets, a store written before them): each field
+    beyond the table got a line "FIELD: null in one run only at ..." (nine for a probe without y), below the
+    line that names the other fields that differ in one. The table's fields keep their lines; the others that are
+    null in one run only at the same steps are named on one line, as those that differ are."""
+    from fdl_cli import report
+    from tests.test_report import SCALARS, make_store
+
+    a = make_store(tmp_path / "a.h5")
+    missing = {"r2": None, "n_features": None, "eff_dim": None, "pi_star_C": None, "param_norm": None}
+    b = make_store(tmp_path / "b.h5", scalars={step: {**values, **missing} for step, values in SCALARS.items()})
+    lines = report.difference_lines(report.compare_runs(report.load_run(a), report.load_run(b), overlap=False))
+    assert lines == [
+        "r2: null in one run only at 3 steps (run B at 3, where run A has a value)",
+        "4 other fields null in one run only at 3 steps (run B at 3, where run A has a value): n_features, eff_dim, "
+        "pi_star_C, param_norm",
+    ]
+    # as few as OTHER_FIELDS_IN_FULL keep their lines
+    fewer = {"eff_dim": None, "param_norm": None}
+    c = make_store(tmp_path / "c.h5", scalars={step: {**values, **fewer} for step, values in SCALARS.items()})
+    lines = report.difference_lines(report.compare_runs(report.load_run(a), report.load_run(c), overlap=False))
+    assert lines == [f"{name}: null in one run only at 3 steps (run B at 3, where run A has a value)"
+                     for name in ("eff_dim", "param_norm")]
