@@ -1352,21 +1352,25 @@ def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[
     if not matches:
         return None
     first, last = matches[0], matches[-1]
-    beyond, counted = [], 0
+    beyond, outside_in_all = [], 0
     for run, steps, low, high in (("A", steps_a, first.step_a, last.step_a), ("B", steps_b, first.step_b, last.step_b)):
         for where, outside in (("before", [step for step in steps if step < low]),
                                ("after", [step for step in steps if step > high])):
             if outside:
-                count = f"{len(outside)} checkpoint{'s' if len(outside) != 1 else ''}"
                 shown = f"step {outside[0]}" if len(outside) == 1 else f"steps {min(outside)}–{max(outside)}"
-                beyond.append(f"run {run}'s {count} {where} it ({shown})")
-                counted += len(outside)
+                beyond.append(f"run {run}'s {counted(len(outside), 'checkpoint')} {where} it ({shown})")
+                outside_in_all += len(outside)
     if not beyond:
         return None
-    span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
-            f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)")
-    return (f"the comparison covers {span}, the span of the matched steps: " + " and ".join(beyond)
-            + (" is" if counted == 1 else " are") + " in neither the table nor the verdict")
+    if len(matches) == 1:  # "steps 200–200" said of one
+        span = (f"step {first.step_a}" if first.exact else f"step {first.step_a} of A ({first.step_b} of B)") \
+            + ", the only matched step"
+    else:
+        span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
+                f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)") \
+            + ", the span of the matched steps"
+    return (f"the comparison covers {span}: " + " and ".join(beyond)
+            + (" is" if outside_in_all == 1 else " are") + " in neither the table nor the verdict")
 
 
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:

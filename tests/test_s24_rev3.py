@@ -101,3 +101,19 @@ def test_many_other_fields_null_in_one_run_only_are_named_on_one_line(tmp_path: 
     lines = report.difference_lines(report.compare_runs(report.load_run(a), report.load_run(c), overlap=False))
     assert lines == [f"{name}: null in one run only at 3 steps (run B at 3, where run A has a value)"
                      for name in ("eff_dim", "param_norm")]
+
+
+def test_the_coverage_note_of_one_matched_step_names_that_step(tmp_path: Path) -> None:
+    """A run of one checkpoint against a longer one: the note said "covers steps 200–200 of A (5000–5000 of B), the
+    span of the matched steps"."""
+    from fdl_cli import report
+    from tests.test_report import make_store
+
+    a, b = make_store(tmp_path / "a.h5"), make_store(tmp_path / "b.h5", steps=(5000,))
+    notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
+    assert notes[-1] == ("the comparison covers step 200 of A (5000 of B), the only matched step: run A's 2 "
+                         "checkpoints before it (steps 0–100) are in neither the table nor the verdict")
+    exact = make_store(tmp_path / "c.h5", steps=(100,))
+    notes = report.compare_runs(report.load_run(a), report.load_run(exact), overlap=False).notes
+    assert notes[-1] == ("the comparison covers step 100, the only matched step: run A's 1 checkpoint before it "
+                         "(step 0) and run A's 1 checkpoint after it (step 200) are in neither the table nor the verdict")
