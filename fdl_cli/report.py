@@ -267,9 +267,9 @@ def r2_outputs_line(series: Series) -> str | None:
                    + "; every one in --json (r2_outputs)")
     pooled = format_value("r2", record.get("r2"))
     # r2 = 1 − Σ_j SSE_j / Σ_j SST_j: a constant target column has no variance to weigh, but its errors count
-    counted = "; a constant target's squared error counts too" if constant else ""
+    errors_too = "; a constant target's squared error counts too" if constant else ""
     return (f"r2 per output at step {record['step']}: {listing}; worst y{defined[0]} (r2 {pooled} pools them, "
-            f"each output weighted by its target variance{counted})")
+            f"each output weighted by its target variance{errors_too})")
 
 
 def _clean(value: Any) -> Any:
