@@ -33,7 +33,9 @@ from fdl_cli.errors import ProbeError
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
-Y_KEYS = ("y", "targets", "target", "labels", "Y", "label")  # target: scikit-learn's Bunch (beside its data)
+# target: scikit-learn's Bunch (beside its data); last, so that a file holding it beside another name of y reads
+# the array it read before `target` was one (a store resumed after the upgrade measured the rest on another y)
+Y_KEYS = ("y", "targets", "labels", "Y", "label", "target")
 PROBE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".h5", ".hdf5")
 DEFAULT_NAME = "probe"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -829,7 +831,7 @@ _SPECIAL_FILES = (
 
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
-    ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``target``, ``labels``, ``Y``, ``label``); the first
+    ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``, ``target``); the first
     found wins.
 
     Integer ``y`` are class labels (a one-hot integer matrix is turned into labels); float ``y``
@@ -904,16 +906,26 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
         stored_dtype=stored_dtype, unused=unused, keys=(x_key, y_key or ""), x_sha256=x_sha256,
         unread_targets=() if y_key is not None else tuple(
-            key for key in unused if _one_value_a_sample(arrays[key], tuple(inputs.shape))),
+            key for key in unused if _one_value_a_sample(key, arrays[key], tuple(inputs.shape))),
     )
 
 
-def _one_value_a_sample(array: Any, x_shape: tuple[int, ...]) -> bool:
+#: Words of an array's name that say it is a value a sample of another kind than targets (`sample_weight`, `ids`,
+#: `groups`, `fold_id`, `sampleIndex`): not named as unread targets (`_one_value_a_sample`), but in the note.
+NOT_TARGET_WORDS = frozenset({
+    "weight", "weights", "id", "ids", "idx", "index", "indices", "group", "groups", "fold", "folds", "split",
+    "splits", "length", "lengths", "len", "lens", "mask", "masks", "offset", "offsets",
+})
+
+
+def _one_value_a_sample(key: str, array: Any, x_shape: tuple[int, ...]) -> bool:
     """Whether an array the probe does not read has the shape of targets of its samples, (n,) or (n, k), and not
-    that of the inputs: an attention mask beside the token ids is a second input."""
+    that of the inputs (an attention mask beside the token ids is a second input), under a name that does not say
+    it is something else (NOT_TARGET_WORDS: an unlabelled probe's `sample_weight` was advised to be saved as y)."""
     shape = getattr(array, "shape", None)
+    words = re.split(r"[^0-9a-z]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).casefold())
     return (shape is not None and 1 <= len(shape) <= 2 and int(shape[0]) == x_shape[0]
-            and tuple(int(size) for size in shape) != x_shape)
+            and tuple(int(size) for size in shape) != x_shape and not NOT_TARGET_WORDS.intersection(words))
 
 
 def unused_note(probe: Probe) -> str | None:

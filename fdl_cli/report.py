@@ -267,9 +267,9 @@ def r2_outputs_line(series: Series) -> str | None:
                    + "; every one in --json (r2_outputs)")
     pooled = format_value("r2", record.get("r2"))
     # r2 = 1 − Σ_j SSE_j / Σ_j SST_j: a constant target column has no variance to weigh, but its errors count
-    counted = "; a constant target's squared error counts too" if constant else ""
+    errors_too = "; a constant target's squared error counts too" if constant else ""
     return (f"r2 per output at step {record['step']}: {listing}; worst y{defined[0]} (r2 {pooled} pools them, "
-            f"each output weighted by its target variance{counted})")
+            f"each output weighted by its target variance{errors_too})")
 
 
 def _clean(value: Any) -> Any:
@@ -1352,21 +1352,25 @@ def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[
     if not matches:
         return None
     first, last = matches[0], matches[-1]
-    beyond, counted = [], 0
+    beyond, outside_in_all = [], 0
     for run, steps, low, high in (("A", steps_a, first.step_a, last.step_a), ("B", steps_b, first.step_b, last.step_b)):
         for where, outside in (("before", [step for step in steps if step < low]),
                                ("after", [step for step in steps if step > high])):
             if outside:
-                count = f"{len(outside)} checkpoint{'s' if len(outside) != 1 else ''}"
                 shown = f"step {outside[0]}" if len(outside) == 1 else f"steps {min(outside)}–{max(outside)}"
-                beyond.append(f"run {run}'s {count} {where} it ({shown})")
-                counted += len(outside)
+                beyond.append(f"run {run}'s {counted(len(outside), 'checkpoint')} {where} it ({shown})")
+                outside_in_all += len(outside)
     if not beyond:
         return None
-    span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
-            f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)")
-    return (f"the comparison covers {span}, the span of the matched steps: " + " and ".join(beyond)
-            + (" is" if counted == 1 else " are") + " in neither the table nor the verdict")
+    if len(matches) == 1:  # "steps 200–200" said of one
+        span = (f"step {first.step_a}" if first.exact else f"step {first.step_a} of A ({first.step_b} of B)") \
+            + ", the only matched step"
+    else:
+        span = (f"steps {first.step_a}–{last.step_a}" if first.exact and last.exact else
+                f"steps {first.step_a}–{last.step_a} of A ({first.step_b}–{last.step_b} of B)") \
+            + ", the span of the matched steps"
+    return (f"the comparison covers {span}: " + " and ".join(beyond)
+            + (" is" if outside_in_all == 1 else " are") + " in neither the table nor the verdict")
 
 
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
@@ -2161,50 +2165,70 @@ def difference_lines(comparison: Comparison) -> list[str]:
     measure one run has and the other has not: Π(C) of outputs without energy, a k_τ never reached, a store
     written before such a measure became null), said apart; the other fields that differ each as the table's
     when at most OTHER_FIELDS_IN_FULL do, else named on one line that points to --format csv / --json (which
-    hold every field at every step). `loss` is named CLASSIFICATION_LOSS where both runs' probes are
+    hold every field at every step), and alike those null in one run only, named on a line for each way they are
+    (a probe without y left nine such lines). `loss` is named CLASSIFICATION_LOSS where both runs' probes are
     classification ones (an accuracy or a cross-entropy)."""
     fields = {name: (differs, nulls) for name, differs, nulls in _field_lines(comparison)}
     first = (*compare_fields(comparison), "regime")  # in the table's order
     others = [name for name, (differs, _) in fields.items() if differs is not None and name not in first]
     named = len(others) > OTHER_FIELDS_IN_FULL
+    others_null = [name for name, (_, nulls) in fields.items() if nulls is not None and name not in first]
+    nulls_named = len(others_null) > OTHER_FIELDS_IN_FULL
     lines = []
     for name in (*first, *(name for name in fields if name not in first)):
-        differs, nulls = fields.get(name, (None, []))
+        differs, nulls = fields.get(name, (None, None))
         if differs is not None and not (named and name in others):
             lines.append(differs)
-        lines += nulls
+        if nulls is not None and not (nulls_named and name in others_null):
+            lines.append(f"{_loss_label(comparison, name)}: null in one run only {_null_sides(*nulls)}")
     if named:
         lines.append(f"{len(others)} other fields differ: {', '.join(others)} (B − A of every field at every "
                      "matched step: add --format csv or --json)")
+    if nulls_named:
+        ways: dict[tuple[int, int], list[str]] = {}
+        for name, (_, nulls) in fields.items():
+            if nulls is not None and name in others_null:
+                ways.setdefault(nulls, []).append(name)
+        lines += [f"{counted(len(names), 'other field')} null in one run only {_null_sides(*sides)}: {', '.join(names)}"
+                  for sides, names in ways.items()]
     return lines or ["no field differs at any matched step"]
 
 
-def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, list[str]]]:
+def _null_sides(in_a: int, in_b: int) -> str:
+    """Where a field is null in one run only: "at 3 steps (run B at 3, where run A has a value)"."""
+    return (f"at {counted(in_a + in_b, 'step')} ("
+            + ", ".join(f"run {run} at {count}, where run {other} has a value"
+                        for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count) + ")")
+
+
+def _loss_label(comparison: Comparison, name: str) -> str:
+    return CLASSIFICATION_LOSS if name == "loss" and _classification(comparison) else name
+
+
+def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, tuple[int, int] | None]]:
     """Each record field's line of `difference_lines` when it differs at some matched step (how many steps and the
-    largest |B − A|, or a text field's first change) or None, and its line when null in one run only (or none)."""
+    largest |B − A|, or a text field's first change) or None, and at how many steps it is null in run A only and
+    in run B only, or None (at none)."""
     for name in RECORD_FIELDS:
         if name in ("step", "path", "sha256"):
             continue
         values = [compared.differences.get(name) for compared in comparison.steps]
         numeric = [value for value in values if isinstance(value, (int, float)) and value != 0]
         text = [value for value in values if isinstance(value, str)]
-        label = CLASSIFICATION_LOSS if name == "loss" and _classification(comparison) else name  # its null line too
+        label = _loss_label(comparison, name)
         differs = None
         if numeric:
             largest = max(numeric, key=abs)
             differs = f"{label}: differs at {counted(len(numeric), 'step')}, largest B − A {_signed(name, largest)}"
         elif text:
             differs = f"{label}: differs at {counted(len(text), 'step')} (e.g. {text[0]})"
-        nulls = []
+        nulls = None
         if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
             sides = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
             in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
             if in_a or in_b:
-                nulls.append(f"{label}: null in one run only at {counted(in_a + in_b, 'step')} ("
-                             + ", ".join(f"run {run} at {count}, where run {other} has a value"
-                                         for run, other, count in (("A", "B", in_a), ("B", "A", in_b)) if count)
-                             + ")")
+                nulls = (in_a, in_b)
         yield name, differs, nulls
 
 

@@ -91,8 +91,8 @@ def test_labels_under_another_name_are_said_to_be_unread_targets(tmp_path: Path)
     np.savez(probe, x=x, y_test=y, mean=x.mean(0))
     done, _ = _analyze(tmp_path, run, probe)
     assert done.code == 0, done.stderr
-    assert (f"warning: probe 'probe' ({probe}) has no targets under the names fdl reads (y, targets, target, labels, "
-            "Y, label): y_test, one value a sample, is not read; if it holds the targets, save it as y: "
+    assert (f"warning: probe 'probe' ({probe}) has no targets under the names fdl reads (y, targets, labels, Y, "
+            "label, target): y_test, one value a sample, is not read; if it holds the targets, save it as y: "
             "np.savez(FILE, x=x, y=y_test)") in done.stderr
     assert "accuracy, the loss and the quality Π* need targets" in done.stderr
     assert f"note: probe 'probe' ({probe}): not read: mean; fdl gives the model 'x' alone" in done.stderr
