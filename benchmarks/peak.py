@@ -14,7 +14,13 @@ import sys
 
 
 def main() -> None:
-    process = subprocess.Popen(sys.argv[1:])
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        sys.stdout.write(__doc__ or "")
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
+    try:
+        process = subprocess.Popen(sys.argv[1:])
+    except OSError as exc:
+        sys.exit(f"peak.py: cannot run {sys.argv[1]!r}: {exc.strerror or exc}")
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     sys.stderr.write(f"\nFDL_BENCH_PEAK_MIB={usage.ru_maxrss / 1024:.1f}\n")
