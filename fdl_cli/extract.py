@@ -216,8 +216,9 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
+    written_over = None
     if producer is not None and producer.name != last.name and producer.written_over:
-        producer = None
+        written_over, producer = producer, None
     if producer is None or producer.name == last.name or _shares_storage(producer.input, last.input):
         if producer is None and last.output is not None and last.output[:1].numel() != outputs[:1].numel():
             sizes = (int(last.output[:1].numel()), int(outputs[:1].numel()))
@@ -225,6 +226,11 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
+        if written_over is not None:
+            return DefaultChoice(last.name, note=(
+                f"{_outputs_said(raw)} are the output of nn.Linear {written_over.name!r} written over in place after "
+                f"it ran (y = {written_over.name}(x); y += ...): the features are the input of the last nn.Linear to "
+                f"run, {last.name}{INPUT_SUFFIX} (--layer {written_over.name}{INPUT_SUFFIX} for the other)"))
         return DefaultChoice(last.name)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "

@@ -3,10 +3,11 @@ model's outputs are) and of resuming a store whose layer was the default of an e
 
 Found wrong, and fixed:
 
-- outputs made by adding in place onto an earlier nn.Linear's output (`y = skip(x); y += head(h); return y`, a
-  wide-and-deep or residual regression head) share that Linear's memory: the default became `skip:input`, the
-  model's raw inputs, where every fdl before took `head:input`, with a note calling `skip` the head. A Linear's
-  output written to in place after it returned is no longer taken as the outputs';
+- outputs made by adding in place onto an earlier nn.Linear's output (`y = wide(x); y += head(h); return y`, a
+  wide-and-deep or residual regression head) share that Linear's memory: the default became `wide:input`, the
+  model's raw inputs, where every fdl before took `head:input`, with a note calling `wide` the head. A Linear's
+  output written to in place after it returned is no longer taken as the outputs' (a note says so: an in-place
+  LoRA head, `y = base(h); y += lora_b(lora_a(h))`, is the other way round);
 - a resume of a store analysed at another layer than this run's default (the last nn.Linear to run, the default
   of an fdl before this session, for a model whose outputs are another Linear's) was refused with a fix that
   only offered to add the new default beside the stored layer; it now says the default moved and that
@@ -115,11 +116,15 @@ def test_outputs_added_in_place_onto_an_earlier_linears_output_keep_the_last_lin
     said: list[str] = []
     sample = np.zeros((1, 4), np.float32)
     spec = default_layer(module.build("WideDeep").eval(), sample=sample, note=said.append, warn=said.append)
-    assert (spec.label, said) == ("head:input", [])
+    assert spec.label == "head:input"
+    assert said == ["the model's outputs are the output of nn.Linear 'wide' written over in place after it ran (y = "
+                    "wide(x); y += ...): the features are the input of the last nn.Linear to run, head:input (--layer "
+                    "wide:input for the other)"]
     run = _checkpoints(folder, module, "WideDeep")
     code, err, store = _analyze(folder, run, "WideDeep", "--overwrite")
     assert code == 0, err
     assert "not of the last one to run" not in err and "warning" not in err, err
+    assert "note: the model's outputs are the output of nn.Linear 'wide' written over in place" in " ".join(err.split())
     assert _stored_layers(store) == ["head:input"]
     listed = inspect_checkpoint(checkpoint=str(run / "step_0.pt"), model_spec=f"{folder}/model.py:build",
                                 model_kwargs=json.dumps({"name": "WideDeep"}), probe_spec=str(folder / "probe.npz"))
