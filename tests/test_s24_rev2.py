@@ -23,12 +23,11 @@ from types import ModuleType
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from tests.cli_run import fdl_in_process, model_file
+from tests.test_s24_arch import _checkpoints
 
 MODELS = '''
-import torch
 from torch import nn
 
 
@@ -76,19 +75,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModuleType]:
     rng = np.random.default_rng(0)
     np.savez(folder / "probe.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, 40))
     return folder, model_file(folder, MODELS)
-
-
-def _checkpoints(folder: Path, module: ModuleType, name: str, steps: int = 2) -> Path:
-    run = folder / f"run_{name}"
-    run.mkdir(exist_ok=True)
-    for step in range(steps):
-        model = module.build(name)
-        torch.manual_seed(step + 1)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(0.2 * step * torch.randn_like(parameter))
-        torch.save(model.state_dict(), run / f"step_{step}.pt")
-    return run
 
 
 def _analyze(folder: Path, run: Path, name: str, *extra: str) -> tuple[int, str, Path]:
