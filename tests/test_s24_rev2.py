@@ -28,6 +28,7 @@ from tests.cli_run import fdl_in_process, model_file
 from tests.test_s24_arch import _checkpoints
 
 MODELS = '''
+import torch
 from torch import nn
 
 
