@@ -88,7 +88,8 @@ def default_layer(
         return fallback
     inputs = sample if isinstance(sample, torch.Tensor) else _inputs(
         sample[:1], device=device or _model_device(model), dtype=dtype)
-    with torch.inference_mode(), linear_calls(model) as calls:
+    # no_grad, not inference_mode: its tensors keep their version counters, which tell an output written in place
+    with torch.no_grad(), linear_calls(model) as calls:
         raw = model(inputs)
     if not calls:
         raise ModelError(
@@ -128,6 +129,21 @@ class LinearCall:
     name: str
     input: torch.Tensor | None
     output: torch.Tensor | None
+    #: the output's version counter when the call returned (None: not known, an inference-mode tensor's)
+    version: int | None = None
+
+    @property
+    def written_over(self) -> bool:
+        """Whether the output was written in place after the call returned (`y = wide(x); y += head(h)`)."""
+        return self.version is not None and self.output is not None and self.output._version != self.version
+
+
+def linear_call(name: str, inputs: Any, output: Any) -> LinearCall:
+    """The LinearCall of a forward hook's arguments (`linear_calls`, inspect's own hooks)."""
+    first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+    if not isinstance(output, torch.Tensor):
+        return LinearCall(name, first, None)
+    return LinearCall(name, first, output, None if output.is_inference() else output._version)
 
 
 @contextmanager
@@ -142,8 +158,7 @@ def linear_calls(model: nn.Module) -> Iterator[list[LinearCall]]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             def hook(_module: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
-                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-                calls.append(LinearCall(name, first, output if isinstance(output, torch.Tensor) else None))
+                calls.append(linear_call(name, inputs, output))
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -193,10 +208,17 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
     returned as a tuple), a note says so. Where no nn.Linear gives the outputs, the last one to run, as before;
     a warning where its output is not the outputs' size (a head that is no nn.Linear: `F.linear`, a weight-tied
     `h @ embed.weight.T`; outputs pooled from a head at every position), as its input may then be no
-    penultimate features. Outputs of the Linear's size made from it (`head(h) / T`) are taken as its."""
+    penultimate features. Outputs of the Linear's size made from it (`head(h) / T`) are taken as its.
+
+    An earlier Linear's output written in place after it returned (`y = wide(x); y += head(h); return y`) is
+    not the outputs' source: they share its memory, but hold what later layers added (its input, here the
+    probe itself, was taken for the penultimate features)."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
+    written_over = None
+    if producer is not None and producer.name != last.name and producer.written_over:
+        written_over, producer = producer, None
     if producer is None or producer.name == last.name or _shares_storage(producer.input, last.input):
         if producer is None and last.output is not None and last.output[:1].numel() != outputs[:1].numel():
             sizes = (int(last.output[:1].numel()), int(outputs[:1].numel()))
@@ -204,6 +226,11 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
+        if written_over is not None:
+            return DefaultChoice(last.name, note=(
+                f"{_outputs_said(raw)} are the output of nn.Linear {written_over.name!r} written over in place after "
+                f"it ran (y = {written_over.name}(x); y += ...): the features are the input of the last nn.Linear to "
+                f"run, {last.name}{INPUT_SUFFIX} (--layer {written_over.name}{INPUT_SUFFIX} for the other)"))
         return DefaultChoice(last.name)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "

@@ -49,6 +49,7 @@ def inspect_checkpoint(
         check_outputs_order,
         chosen_default,
         default_layer_by_registration,
+        linear_call,
         model_outputs,
         not_the_head,
         parent_to_take,
@@ -113,8 +114,7 @@ def inspect_checkpoint(
             value = output[0] if isinstance(output, (tuple, list)) else output
             shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
             if linear:
-                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-                linears_run.append(LinearCall(name, first, output if isinstance(output, torch.Tensor) else None))
+                linears_run.append(linear_call(name, inputs, output))
 
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
@@ -124,7 +124,7 @@ def inspect_checkpoint(
 
     def forward(sample: Any) -> None:
         nonlocal outputs_error
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: `chosen_default` reads the version counters of the outputs
             raw = model(sample)
         returned[:] = [raw]
         try:

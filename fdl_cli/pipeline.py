@@ -1903,6 +1903,7 @@ def _analyze_refs(
     passes: list[tuple[str, dict[str, int], int, int]] = []
     spread = ctx.world is not None and ctx.world.distributed
     refusal: FdlError | None = None
+    model: Any = None
     try:
         # the reference step is chosen alike on every rank: its refusal too is agreed below, said once
         # (every rank said it, each naming itself)
@@ -1938,6 +1939,7 @@ def _analyze_refs(
     addition = None
     try:
         _check_reference_of_store(ctx, out, reference, reference_sha, refs)
+        _check_default_layer_of_store(ctx, out, provenance, model)
         addition = _addition(ctx, refs, out, provenance, [path for path, _ in summary.failed])
         refusal = None
     except FdlError as exc:
@@ -2802,6 +2804,49 @@ def _check_reference_of_store(
             f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
             f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
         )
+
+
+def _check_default_layer_of_store(ctx: _Context, out: Path, provenance: Mapping[str, Any], model: Any) -> None:
+    """A resume without --layer (nor fdl.toml's `layer`) of a store analysed at one layer of the model that is not
+    this run's default: the store's is the default an earlier fdl took (the input of the last nn.Linear to run, which
+    for a model whose outputs are another Linear's is not the head's), or a --layer the command now leaves out. It was
+    refused with a fix that only offered to add the default beside the stored layer: it now says which layer each
+    is, and that --layer STORED goes on as the store was analysed. Other differences of the provenance stay said."""
+    if not ctx.options.resume or ctx.layer_names or not out.is_file():
+        return
+    from fdl_cli.store import StoreReader, resume_differences
+
+    try:
+        with StoreReader(out) as reader:
+            stored = reader.provenance.get("layers")
+            differences, _grown = resume_differences(
+                reader.provenance, reader.probes(), provenance, {probe.name: probe for probe in _probe_infos(ctx)})
+    except FdlError:
+        return  # the writer says what is wrong with the store
+    run = provenance.get("layers")
+    if not (isinstance(stored, list) and len(stored) == 1 and isinstance(stored[0], str) and isinstance(run, list)
+            and len(run) == 1 and stored != run):
+        return
+    label, default = stored[0], run[0]
+    modules = dict(model.named_modules()) if model is not None else {}
+    module = label.removesuffix(":input")
+    if not module or module not in modules:
+        return  # another model's layer, or a wrapper's name (the writer's fix says which)
+    from torch import nn
+
+    earlier = " (an earlier fdl took the input of the last nn.Linear to run)" if (
+        label.endswith(":input") and isinstance(modules[module], nn.Linear)) else ""
+    others = [difference.split(": ")[0] for difference in differences if not difference.startswith("layers: ")]
+    raise StoreError(
+        f"{out} was analysed at the layer {label}, and this run's default feature layer is {default}: fdl takes the "
+        f"input of the nn.Linear whose output the model's outputs are, else of the last one to run{earlier}, and a "
+        "store is resumed at its own layers",
+        got="; ".join(differences) or None,
+        fix=f"pass --layer {label} to go on as the store was analysed"
+        + (f" (the other differences remain: {', '.join(others)})" if others else "")
+        + f"; or --layer {label} --layer {default} to add the default beside it; else --overwrite to replace the "
+        "store, or another --out to keep both",
+    )
 
 
 def _addition(
