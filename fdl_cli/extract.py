@@ -625,9 +625,12 @@ def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.M
 
 
 def in_float32(model: nn.Module) -> bool:
-    """Whether every floating parameter and buffer of `model` is float32."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return all(tensor.dtype == torch.float32 for tensor in tensors if tensor.is_floating_point())
+    """Whether the module runs as it is under the default float32: some floating parameter or buffer is float32
+    (or none is floating). A module of floating tensors none of which is float32 (`model.half()` pickled whole)
+    is converted by `prepare_model`; one that mixes float32 with another dtype (a float64 layer or buffer kept
+    on purpose, its forward casting to it) keeps its dtypes, as it was trained."""
+    tensors = [tensor for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()]
+    return not tensors or any(tensor.dtype == torch.float32 for tensor in tensors)
 
 
 def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
