@@ -163,6 +163,11 @@ class _Peek:
     skip_reason: str | None = None
     fingerprint: str | None = None  # cheap sample hash; equal for identical weights
     steps_read: bool = True  # False: a pickle whose step keys were not read (only unpickling reads them)
+    #: the weights' names (`_key_names`), where the file tells them cheaply (a state_dict, a safetensors header)
+    keys: frozenset[str] | None = None
+    #: the plain values' names beside a flat dict's tensors (`{**sd, "step": 5}`), empty for any other file:
+    #: such a file's tensors are weights only if they are the run's (`_foreign_flat_dicts`)
+    beside: tuple[str, ...] = ()
 
 
 def _pickle_globals(data: bytes) -> tuple[list[str], bool]:
@@ -938,7 +943,8 @@ def _peek_file(path: Path) -> _Peek:
         shapes = {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, Mapping)}
         if not meta and _is_probe_set(shapes):
             return _Peek(None, {}, _probe_note(name, header))
-        return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header))
+        return _Peek("safetensors", meta, fingerprint=_fingerprint_safetensors(path, header),
+                     keys=frozenset(_key_names(shapes)))
     if head.startswith(_HDF5_SIGNATURE) and checkpoint_suffix(path) is None:
         # given among the files (`fdl analyze run/*`, whose folder holds the store or an .h5 probe): it read
         # as "cannot read the checkpoint ...: the file is truncated or corrupt"
@@ -994,7 +1000,9 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek(None, {}, f"skipped {name}: {_NUMPY_STATE_SAID.format(', '.join(list(numpy_state)[:3]))}")
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors))
+    beside = tuple(key for key in obj if key not in tensors) if flat is not None and flat.keys() == tensors.keys() else ()
+    return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors), keys=frozenset(_key_names(tensors)),
+                 beside=beside)
 
 
 #: A state_dict of numpy arrays (`_find_arrays` of `NumpyArrayNotLoaded`), its first keys: never loaded, as
@@ -1597,6 +1605,7 @@ def discover_checkpoints(
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
     offsets_used: set[tuple[str, int]] = set()
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
+    peeks: dict[Path, _Peek] = {}  # of the checkpoints found, for `_foreign_flat_dicts`
     # Files before symbolic links (stable otherwise): of a link and its target, the one met first is
     # kept, and a store that recorded save_last="link"'s last.ckpt for a step found it changed later.
     candidates = sorted(_candidates(sources, stdin, glob, notes, missing_ok, quiet), key=lambda item: _is_link(item[0]))
@@ -1632,6 +1641,7 @@ def discover_checkpoints(
         except _NoStep as exc:
             if for_inspect:  # a model's modules do not depend on its step
                 found.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind), peek.fingerprint))
+                peeks[path] = peek
                 continue
             if not scanned:
                 raise
@@ -1639,6 +1649,8 @@ def discover_checkpoints(
             stepless.append(path)
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
+        peeks[path] = peek
+    found = _foreign_flat_dicts(found, peeks, notes)
     # After the scan: whether a checkpoint is its folder's only one (one folder per step) tells which folders
     # take it in
     alone = collections.Counter(ref.path.absolute().parent for ref, _ in found)
@@ -1755,6 +1767,48 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _tails(keys: Iterable[str]) -> set[str]:
+    """Each name with its leading parts dropped one by one (`model.0.weight`, `0.weight`, `weight`)."""
+    return {".".join(parts[index:]) for key in keys for parts in [key.split(".")] for index in range(len(parts))}
+
+
+def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Mapping[Path, _Peek],
+                        notes: list[str]) -> list[tuple[CheckpointRef, str | None]]:
+    """`found` without its flat dicts of tensors beside plain values (`_Peek.beside`) whose tensors share no
+    name with the weights of the run's other checkpoints, those found as weights otherwise (a state_dict of
+    tensors only, a training-loop dict's, a safetensors file): a note says why each is left out. Such a dict
+    is `{**model.state_dict(), "step": 5}`, or a training job's metrics, `{"losses": ..., "accs": ..., "epoch":
+    3}`, which no file tells apart alone (a model of raw parameters, `{"W": ..., "a": ..., "step": 5}`, is
+    saved so): beside the run's weights, names that none of them holds (ignoring prefixes, `module.` or
+    Lightning's `model.`) are no weights of that model. The metrics file was read as a checkpoint, failed to
+    load ("unexpected keys losses, accs") and failed the run, or took the step of its epoch from a real one."""
+    firm = [keys for ref, _ in found for keys in [peeks[ref.path].keys] if not peeks[ref.path].beside and keys]
+    if not firm:  # a run of flat dicts only: its weights are the names most of them hold, two files at least
+        counts = collections.Counter(peeks[ref.path].keys for ref, _ in found).most_common(2)
+        top = counts[0][0] if counts else None
+        if top and counts[0][1] >= 2 and (len(counts) == 1 or counts[1][1] < counts[0][1]):
+            firm = [top]
+    if not firm:
+        return found
+    weights: frozenset[str] = frozenset().union(*firm)
+    tails = _tails(weights)
+    kept = []
+    for ref, fingerprint in found:
+        peek = peeks[ref.path]
+        if (peek.beside and peek.keys is not None and not peek.keys & tails
+                and not weights & _tails(peek.keys)):
+            shown = ", ".join(sorted(peek.keys)[:3]) + (", ..." if len(peek.keys) > 3 else "")
+            theirs = ", ".join(sorted(weights)[:3]) + (", ..." if len(weights) > 3 else "")
+            notes.append(
+                f"skipped {ref.path.name}: tensors ({shown}) beside plain values ({', '.join(peek.beside[:3])}) that "
+                f"share no name with the weights of the run's other checkpoints ({theirs}): a training job's "
+                f"metrics or state, not this model's weights; if they are a model's, analyse it alone "
+                f"(fdl analyze {shown_path(ref.path)} ...)")
+            continue
+        kept.append((ref, fingerprint))
+    return kept
 
 
 def _offset_matches(path: Path, pattern: str, *, alone: bool = False) -> bool:
