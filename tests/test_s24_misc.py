@@ -1,0 +1,98 @@
+"""Session 24, three reviewers' items:
+
+- A Hugging Face Trainer saves into `tmp-checkpoint-N/` and renames it `checkpoint-N/` once complete: fdl took the
+  folder for a checkpoint, and under --watch analysed one that had settled under the temporary path, which the
+  store then recorded although the rename took it away.
+- `fdl compare` of a run whose probe has labels against one whose probe has none: the notes said "the same inputs
+  with other labels" (--no-overlap) and "the probes differ in their labels only".
+- `fdl compare` of two runs whose probes have no targets: a column `Δ acc` of "—" at every step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdl_cli.checkpoints import discover_checkpoints
+from tests.test_prev_walkback import _make_run, _polls, _stored
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------ a Trainer's tmp-checkpoint-N folder
+
+
+def _hf_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A run's checkpoints to save from (`source`), and an empty Trainer output folder holding the probe."""
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
+    return source, folder
+
+
+def _save(source: Path, folder: Path, step: int, name: str) -> Path:
+    """A Trainer's save of `step` into `folder/name`, settled (written a minute ago)."""
+    inside = folder / name
+    inside.mkdir()
+    shutil.copyfile(source / f"step_{step}.safetensors", inside / "model.safetensors")
+    past = time.time() - 60
+    os.utime(inside / "model.safetensors", (past, past))
+    os.utime(inside, (past, past))
+    return inside
+
+
+def test_a_trainer_s_unfinished_save_is_skipped_with_a_note(tmp_path: Path) -> None:
+    source, folder = _hf_run(tmp_path)
+    _save(source, folder, 0, "checkpoint-0")
+    staging = _save(source, folder, 10, "tmp-checkpoint-10")
+    discovery = discover_checkpoints([folder])
+    assert [(ref.path.name, ref.step) for ref in discovery.checkpoints] == [("checkpoint-0", 0)]
+    note = ("skipped tmp-checkpoint-10: an unfinished save of a Hugging Face Trainer (renamed checkpoint-10 once "
+            "complete), not a checkpoint")
+    assert note in discovery.notes
+    # given by name too (a shell's `run/*`), it is no checkpoint: said so where it is the only one
+    assert [ref.step for ref in discover_checkpoints([folder / "checkpoint-0", staging]).checkpoints] == [0]
+    from fdl_cli.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as raised:
+        discover_checkpoints([staging])
+    assert note.removeprefix("skipped ") in str(raised.value)
+    # a folder merely named so, without weights, is not one either; other names stay checkpoints
+    (folder / "tmp-checkpoint-x").mkdir()
+    _save(source, folder, 20, "my-tmp-checkpoint-20")
+    assert [ref.step for ref in discover_checkpoints([folder]).checkpoints] == [0, 20]
+
+
+def test_watch_analyses_a_trainer_s_save_under_the_name_it_is_renamed_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save settled in tmp-checkpoint-20/ for a poll, then renamed checkpoint-20/: analysed once, the store
+    recording checkpoint-20, the path that stays."""
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+    from fdl_cli.progress import NullReporter
+
+    source, folder = _hf_run(tmp_path)
+    _save(source, folder, 0, "checkpoint-0")
+    _save(source, folder, 10, "checkpoint-10")
+    reporter, records = NullReporter(), []
+    out = tmp_path / "s.h5"
+    with _polls(monkeypatch, lambda: _save(source, folder, 20, "tmp-checkpoint-20"),
+                lambda: (folder / "tmp-checkpoint-20").rename(folder / "checkpoint-20")):
+        summary = run_analyze(AnalyzeOptions(
+            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
+            probe_specs=(str(folder / "probe.npz"),), out=out, anchor_size=100, batch_size=64,
+            device="cpu", watch=True, poll_seconds=0.01,
+        ), reporter=reporter, on_record=records.append)
+    assert not summary.failed and reporter.errors == [] and reporter.warnings == []
+    assert [(Path(r["path"]).name, r["step"]) for r in records] == [
+        ("checkpoint-0", 0), ("checkpoint-10", 10), ("checkpoint-20", 20)]
+    assert {step: Path(r["path"]).name for step, r in _stored(out).items()} == {0: "checkpoint-0", 10: "checkpoint-10",
+                                                                                  20: "checkpoint-20"}
+    assert not any("tmp-checkpoint" in text for text in reporter.notes)
