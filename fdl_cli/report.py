@@ -1647,6 +1647,23 @@ def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
 
 #: `check_same_probe`'s note when the probe files differ but their inputs agree (a label-shuffle control)
 SAME_INPUTS_NOTE = "the probes differ in their labels only: the overlap compares the same inputs"
+#: The fields a probe's labels (or targets) are measured against, as the notes on two probes of the same inputs name them
+LABEL_FIELDS_SAID = "the fields measured against the labels (accuracy, loss, r2, cross_entropy, Π*, nc1)"
+
+
+def _unlabelled_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """For two probes of the same inputs: what the labels leave of the comparison where a probe holds none (no y),
+    or None where both hold labels. "the probes differ in their labels only" and "the same inputs with other
+    labels" were said of a probe without any against one with them."""
+    bare = [name for name, run, series in (("A", run_a, series_a), ("B", run_b, series_b))
+            if getattr(run.probes.get(series.probe) if series.probe is not None else None, "task", None) == "none"]
+    if not bare:
+        return None
+    if len(bare) == 2:
+        return "the same inputs, and neither holds labels (no y): every field is measured on the same data"
+    other = "B" if bare == ["A"] else "A"
+    return (f"the same inputs, run {bare[0]}'s probe without labels (no y): {LABEL_FIELDS_SAID} are run {other}'s "
+            f"alone, left unmatched")
 
 
 def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
@@ -1658,7 +1675,8 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
         return None
     x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
     if sha_a is not None and x_a is not None and x_a == x_b:
-        return SAME_INPUTS_NOTE
+        bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
+        return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
     lacking = [str(run.path) for run, value in ((run_a, x_a), (run_b, x_b)) if value is None]
     raise StoreError(
         "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
@@ -1682,10 +1700,11 @@ def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Se
     if sha_a is None or sha_b is None or sha_a == sha_b:
         return None
     x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
-    what = ("the same inputs with other labels: the fields measured against the labels (accuracy, loss, r2, "
-            "cross_entropy, Π*, nc1) are of other targets" if x_a is not None and x_a == x_b else
-            "each run's fields describe its own probe's data, so their differences are the data's as well as "
-            "training's")
+    if x_a is not None and x_a == x_b:
+        what = (_unlabelled_probe(run_a, series_a, run_b, series_b)
+                or f"the same inputs with other labels: {LABEL_FIELDS_SAID} are of other targets")
+    else:
+        what = "each run's fields describe its own probe's data, so their differences are the data's as well as training's"
     return (f"the runs were analysed on different probe files (A: {series_a.probe!r} sha256 {sha_a[:12]}…, "
             f"B: {series_b.probe!r} sha256 {sha_b[:12]}…): {what}")
 

@@ -96,3 +96,54 @@ def test_watch_analyses_a_trainer_s_save_under_the_name_it_is_renamed_to(
     assert {step: Path(r["path"]).name for step, r in _stored(out).items()} == {0: "checkpoint-0", 10: "checkpoint-10",
                                                                                   20: "checkpoint-20"}
     assert not any("tmp-checkpoint" in text for text in reporter.notes)
+
+
+# ------------------------------------------------------------------ compare: a probe without labels
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Stores of one checkpoints folder on probes of the same inputs: with labels, without ("bare"), and without
+    with an array fdl does not read beside x ("bare2", another file)."""
+    from tests.test_s21_zero import _analyze, _checkpoints
+
+    folder = tmp_path_factory.mktemp("labels")
+    checkpoints = _checkpoints(folder / "ck", steps=2)
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    probes = {"labels": {"x": x, "y": np.arange(50) % 3}, "bare": {"x": x}, "bare2": {"x": x, "mask": np.ones(50)}}
+    stores = {}
+    for name, arrays in probes.items():
+        np.savez(folder / f"{name}.npz", **arrays)  # type: ignore[arg-type]
+        done = _analyze(checkpoints, folder / f"{name}.npz", folder / f"{name}.h5")
+        assert done.returncode == 0, done.stderr
+        stores[name] = folder / f"{name}.h5"
+    return stores
+
+
+def _notes(*args: object) -> list[str]:
+    from tests.cli_run import fdl_in_process
+
+    done = fdl_in_process("compare", *args)
+    assert done.returncode == 0, done.stderr
+    return [" ".join(line.split()) for line in (done.stdout + done.stderr).splitlines() if line.startswith("note: ")]
+
+
+FIELDS = "the fields measured against the labels (accuracy, loss, r2, cross_entropy, Π*, nc1)"
+
+
+def test_compare_names_the_run_whose_probe_has_no_labels(labelled: dict[str, Path]) -> None:
+    without = _notes(labelled["labels"], labelled["bare"], "--no-overlap")
+    assert any(note.startswith("note: the runs were analysed on different probe files (A: 'probe' sha256 ")
+               and note.endswith(f"): the same inputs, run B's probe without labels (no y): {FIELDS} are run A's "
+                                 "alone, left unmatched") for note in without), without
+    assert not any("other labels" in note for note in without)
+    overlap = _notes(labelled["bare"], labelled["labels"])
+    assert (f"note: the probes hold the same inputs, run A's probe without labels (no y): {FIELDS} are run B's alone, "
+            "left unmatched; the overlap compares the same inputs") in overlap
+    assert not any("differ in their labels only" in note for note in overlap)
+    # neither holds labels: their files differ in what fdl does not read
+    neither = _notes(labelled["bare"], labelled["bare2"])
+    assert ("note: the probes hold the same inputs, and neither holds labels (no y): every field is measured on the "
+            "same data; the overlap compares the same inputs") in neither
+    assert any(note.endswith("): the same inputs, and neither holds labels (no y): every field is measured on the same "
+                             "data") for note in _notes(labelled["bare"], labelled["bare2"], "--no-overlap"))
