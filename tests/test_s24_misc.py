@@ -147,3 +147,35 @@ def test_compare_names_the_run_whose_probe_has_no_labels(labelled: dict[str, Pat
             "same data; the overlap compares the same inputs") in neither
     assert any(note.endswith("): the same inputs, and neither holds labels (no y): every field is measured on the same "
                              "data") for note in _notes(labelled["bare"], labelled["bare2"], "--no-overlap"))
+
+
+# ------------------------------------------------------------------ no targets: no column of "—"
+
+
+def test_no_target_columns_where_no_probe_has_targets(labelled: dict[str, Path]) -> None:
+    """compare of two runs without targets showed a `Δ acc` of "—" at every step, and report an `acc` and a `loss`
+    of "—": left out of the human tables (the note says the probe has no targets); csv and json keep them."""
+    import csv
+    import io
+    import json
+
+    from tests.cli_run import fdl_in_process
+
+    def header(*args: object) -> list[str]:
+        done = fdl_in_process(*args)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in (done.stdout + done.stderr).splitlines() if line.startswith("step")).split()
+
+    assert header("compare", labelled["bare"], labelled["bare2"]) == [
+        "step", "A", "step", "B", "Δ", "D_LR", "Δ", "CKA₀", "Δ", "overlap₀", "Δ", "k95", "Π̂", "Δ", "Π̂(C)", "overlap",
+        "A·B"]
+    assert "acc" in header("compare", labelled["labels"], labelled["bare"])  # one run has it: B − A is said "—"
+    assert header("report", labelled["bare"]) == ["step", "D_LR", "CKA₀", "overlap₀", "k95", "Π̂", "Π̂(C)", "D_ρ",
+                                                  "regime"]
+    assert {"acc", "CE"} <= set(header("report", labelled["labels"]))  # labels: acc and the cross-entropy
+    report_rows = fdl_in_process("report", labelled["bare"], "--format", "csv").stdout
+    assert {"accuracy", "loss"} <= set(next(csv.reader(io.StringIO(report_rows))))
+    rows = fdl_in_process("compare", labelled["bare"], labelled["bare2"], "--format", "csv").stdout
+    assert {"delta_accuracy", "a_accuracy", "b_accuracy"} <= set(next(csv.reader(io.StringIO(rows))))
+    data = json.loads(fdl_in_process("compare", labelled["bare"], labelled["bare2"], "--json").stdout)
+    assert data["steps"][0]["differences"]["accuracy"] is None and "accuracy" in data["steps"][0]["a"]
