@@ -20,21 +20,13 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import discover_checkpoints
-from tests.test_prev_walkback import _make_run, _polls, _stored
+from tests.test_prev_walkback import _polls, _stored
+from tests.test_watch_fixes import _source_and_empty_run
 
 torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ a Trainer's tmp-checkpoint-N folder
-
-
-def _hf_run(tmp_path: Path) -> tuple[Path, Path]:
-    """A run's checkpoints to save from (`source`), and an empty Trainer output folder holding the probe."""
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copyfile(source / "probe.npz", folder / "probe.npz")
-    return source, folder
 
 
 def _save(source: Path, folder: Path, step: int, name: str) -> Path:
@@ -49,7 +41,7 @@ def _save(source: Path, folder: Path, step: int, name: str) -> Path:
 
 
 def test_a_trainer_s_unfinished_save_is_skipped_with_a_note(tmp_path: Path) -> None:
-    source, folder = _hf_run(tmp_path)
+    source, folder = _source_and_empty_run(tmp_path)
     _save(source, folder, 0, "checkpoint-0")
     staging = _save(source, folder, 10, "tmp-checkpoint-10")
     discovery = discover_checkpoints([folder])
@@ -78,7 +70,7 @@ def test_watch_analyses_a_trainer_s_save_under_the_name_it_is_renamed_to(
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.progress import NullReporter
 
-    source, folder = _hf_run(tmp_path)
+    source, folder = _source_and_empty_run(tmp_path)
     _save(source, folder, 0, "checkpoint-0")
     _save(source, folder, 10, "checkpoint-10")
     reporter, records = NullReporter(), []
