@@ -73,6 +73,9 @@ STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 MANIFEST_NAME = "fdl.toml"
 _HF_SINGLE = ("model.safetensors", "pytorch_model.bin")
 _HF_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: The folder Hugging Face's Trainer saves a checkpoint into before renaming it checkpoint-N once complete: an
+#: unfinished save, never a checkpoint (--watch analysed one that had settled under a path the rename then took away).
+_HF_STAGING = re.compile(r"tmp-(checkpoint-\d+)")
 _STEP_FIX = "pass --step-regex 'step_(\\d+)' (first group = step), or --glob to select fewer files"
 _TRUST_FIX = "if you trust its origin, re-run with --trust-pickle"
 #: Training state that Hugging Face's Trainer and Accelerate save beside the model (optimizer,
@@ -1357,6 +1360,15 @@ def _step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) -> tup
     return step, source
 
 
+def _staging_note(folder: Path) -> str | None:
+    """The note of a folder a Trainer is still saving into (`_HF_STAGING`), or None for any other path."""
+    match = _HF_STAGING.fullmatch(folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    return (f"skipped {folder.name}: an unfinished save of a Hugging Face Trainer (renamed {match.group(1)} once "
+            "complete), not a checkpoint")
+
+
 def _candidates(
     sources: Sequence[str | Path], stdin: TextIO | None, glob: str | None, notes: list[str], missing_ok: bool = False,
     quiet: _Quiet | None = None,
@@ -1381,6 +1393,9 @@ def _candidates(
                 raise _no_such_source(source, from_stdin=from_stdin) from None
             got, fix = _os_reason(source, exc)
             raise CheckpointError(f"cannot read the checkpoint source {source}", got=got, fix=fix) from None
+        if (staging := _staging_note(source)) is not None:
+            notes.append(staging)
+            continue
         if source.is_file():
             yield source, False
         elif checkpoint_suffix(source) is not None and _deepspeed_states(source):
@@ -1476,6 +1491,9 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
             continue
         if _TRAINING_STATE.fullmatch(entry.name) and entry.is_file():
             notes.append(f"skipped {entry.name}: training state (optimizer, scheduler, RNG, arguments), not model weights")
+            continue
+        if (staging := _staging_note(entry)) is not None:
+            notes.append(staging)
             continue
         if entry.is_dir():
             try:

@@ -221,7 +221,7 @@ def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     info = run.probes.get(series.probe) if series.probe is not None else None
     if info is not None and getattr(info, "task", None) == "none":  # the columns' key explains acc and loss
         return (f"probe {series.probe!r}{of} has no targets (no y): accuracy, the loss, r2 and the quality Π* are "
-                "not measured (— in the table, null in the records); the spectrum, the utility Π̂, D_LR, CKA, the "
+                "not measured (null in the records); the spectrum, the utility Π̂, D_LR, CKA, the "
                 "overlaps and the regime do not read targets")
     if not targets_without_energy(run, series):
         return zero_one_caveat(run, series, of=of)
@@ -656,6 +656,15 @@ def format_value(name: str, value: Any) -> str:
     return str(value)
 
 
+#: The fields measured against a probe's targets that the tables show: none of them in any record, the probe had none
+_TARGET_FIELDS = ("accuracy", "loss", "r2", "cross_entropy")
+
+
+def _measures_targets(records: Iterable[Record]) -> bool:
+    """Whether any of `records` holds a field measured against the probe's targets (`_TARGET_FIELDS`)."""
+    return any(r.get(name) is not None for r in records for name in _TARGET_FIELDS)
+
+
 def table_fields(*, wide: bool, records: Sequence[Record] = ()) -> tuple[str, ...]:
     """The table's columns: the narrow set, or with `wide` every record field. The narrow set shows R²
     in place of the accuracy for a regression probe (`records` with an r2 and no accuracy), and the
@@ -665,6 +674,9 @@ def table_fields(*, wide: bool, records: Sequence[Record] = ()) -> tuple[str, ..
     earlier rows keep their loss rather than show only a blank CE. Records with an `r2_min` (the worst of
     several outputs' R², `read_r2_outputs`) add it beside R², and to the wide table's fields."""
     worst = any(r.get("r2_min") is not None for r in records)
+    if not wide and records and not _measures_targets(records):
+        # a probe without targets (x alone): its acc and loss were columns of "—" at every checkpoint
+        return tuple(name for name in TABLE_FIELDS if name not in ("accuracy", "loss"))
     if not wide:
         regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
         classes = any(r.get("cross_entropy") is not None for r in records)
@@ -1647,6 +1659,23 @@ def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
 
 #: `check_same_probe`'s note when the probe files differ but their inputs agree (a label-shuffle control)
 SAME_INPUTS_NOTE = "the probes differ in their labels only: the overlap compares the same inputs"
+#: The fields a probe's labels (or targets) are measured against, as the notes on two probes of the same inputs name them
+LABEL_FIELDS_SAID = "the fields measured against the labels (accuracy, loss, r2, cross_entropy, Π*, nc1)"
+
+
+def _unlabelled_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """For two probes of the same inputs: what the labels leave of the comparison where a probe holds none (no y),
+    or None where both hold labels. "the probes differ in their labels only" and "the same inputs with other
+    labels" were said of a probe without any against one with them."""
+    bare = [name for name, run, series in (("A", run_a, series_a), ("B", run_b, series_b))
+            if getattr(run.probes.get(series.probe) if series.probe is not None else None, "task", None) == "none"]
+    if not bare:
+        return None
+    if len(bare) == 2:
+        return "the same inputs, and neither holds labels (no y): every field is measured on the same data"
+    other = "B" if bare == ["A"] else "A"
+    return (f"the same inputs, run {bare[0]}'s probe without labels (no y): {LABEL_FIELDS_SAID} are run {other}'s "
+            f"alone, left unmatched")
 
 
 def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
@@ -1658,7 +1687,8 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
         return None
     x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
     if sha_a is not None and x_a is not None and x_a == x_b:
-        return SAME_INPUTS_NOTE
+        bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
+        return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
     lacking = [str(run.path) for run, value in ((run_a, x_a), (run_b, x_b)) if value is None]
     raise StoreError(
         "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
@@ -1682,10 +1712,11 @@ def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Se
     if sha_a is None or sha_b is None or sha_a == sha_b:
         return None
     x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
-    what = ("the same inputs with other labels: the fields measured against the labels (accuracy, loss, r2, "
-            "cross_entropy, Π*, nc1) are of other targets" if x_a is not None and x_a == x_b else
-            "each run's fields describe its own probe's data, so their differences are the data's as well as "
-            "training's")
+    if x_a is not None and x_a == x_b:
+        what = (_unlabelled_probe(run_a, series_a, run_b, series_b)
+                or f"the same inputs with other labels: {LABEL_FIELDS_SAID} are of other targets")
+    else:
+        what = "each run's fields describe its own probe's data, so their differences are the data's as well as training's"
     return (f"the runs were analysed on different probe files (A: {series_a.probe!r} sha256 {sha_a[:12]}…, "
             f"B: {series_b.probe!r} sha256 {sha_b[:12]}…): {what}")
 
@@ -2004,6 +2035,8 @@ def compare_fields(comparison: Comparison) -> tuple[str, ...]:
     are regression ones (a record with an r2 and none with an accuracy), as `table_fields` gives the report's: the
     table's Δ acc of two regression runs was a column of "—", their R² named among the other fields."""
     records = [getattr(compared, side, {}) for compared in comparison.steps for side in ("record_a", "record_b")]
+    if records and not _measures_targets(records):  # neither probe has targets: Δ acc was "—" at every step
+        return tuple(name for name in COMPARE_FIELDS if name != "accuracy")
     regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
     return tuple("r2" if regression and name == "accuracy" else name for name in COMPARE_FIELDS)
 
@@ -2142,9 +2175,11 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
         ]
         for compared in comparison.steps
     ]
-    # the accuracy's place, R² of regression probes
-    performance = "Δ " + HEADERS.get(fields[COMPARE_FIELDS.index("accuracy")], "r2")
-    priority = [headers.index(performance if name == "Δ acc" else name) for name in COMPARE_PRIORITY]
+    # the accuracy's place, R² of regression probes; none where neither probe has targets
+    shown = [("Δ " + HEADERS.get(fields[COMPARE_FIELDS.index("accuracy")], "r2")
+              if len(fields) == len(COMPARE_FIELDS) else None) if name == "Δ acc" else name
+             for name in COMPARE_PRIORITY]
+    priority = [headers.index(name) for name in shown if name is not None]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
                              max_width=max_width, priority=priority, always=3)
 

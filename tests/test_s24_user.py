@@ -166,9 +166,8 @@ def test_the_report_of_a_probe_without_targets_says_why_acc_and_loss_are_blank(t
     np.savez(probe, x=x)
     done, out = _analyze(tmp_path, run, probe)
     assert done.code == 0, done.stderr
-    line = ("probe 'probe' has no targets (no y): accuracy, the loss, r2 and the quality Π* are not measured (— in "
-            "the table, null in the records); the spectrum, the utility Π̂, D_LR, CKA, the overlaps and the regime "
-            "do not read targets")
+    line = ("probe 'probe' has no targets (no y): accuracy, the loss, r2 and the quality Π* are not measured (null "
+            "in the records); the spectrum, the utility Π̂, D_LR, CKA, the overlaps and the regime do not read targets")
     report = fdl("report", out)
     assert report.code == 0 and line in report.stderr.splitlines()
     classify = fdl("classify", out)
