@@ -44,3 +44,25 @@ def test_a_run_whose_layout_changes_midway_keeps_every_checkpoint(tmp_path: Path
     found = discover_checkpoints([folder])
     assert [ref.step for ref in found.checkpoints] == [100, 200, 300, 400, 500]
     assert [note[:22] for note in found.notes if note.startswith("skipped")] == ["skipped metrics.pt: te"]
+
+
+def test_a_half_model_with_its_batchnorm_kept_in_float32_is_widened() -> None:
+    """`model.half()` with BatchNorm turned back to float32 (apex's O2, HF's `_keep_in_fp32_modules`), pickled
+    whole: it holds float32 tensors, so since `in_float32` asked only for one it ran as it was, float16 linear
+    weights on float32 inputs ("mat1 and mat2 must have the same dtype"). Its float16 tensors widen (exactly); a
+    float64 layer kept on purpose beside them keeps its dtype."""
+    from torch import nn
+
+    from fdl_cli.extract import prepare_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 2)).half()
+    model[1].float()
+    model[4].double()
+    weights = model[0].weight.detach().clone()
+    prepared = prepare_model(model, device=torch.device("cpu"), dtype="float32")
+    assert [prepared[index].weight.dtype for index in (0, 1, 3, 4)] == [torch.float32] * 3 + [torch.float64]
+    assert torch.equal(prepared[0].weight, weights.float())
+    with torch.no_grad():
+        out = prepared[:4](torch.randn(5, 4))
+    assert out.dtype == torch.float32 and out.shape == (5, 3)
