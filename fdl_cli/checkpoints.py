@@ -1796,18 +1796,21 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
                         notes: list[str]) -> list[tuple[CheckpointRef, str | None]]:
     """`found` without its flat dicts of tensors beside plain values (`_Peek.beside`) whose tensors share no
     name with the weights of the run's other checkpoints, those found as weights otherwise (a state_dict of
-    tensors only, a training-loop dict's, a safetensors file): a note says why each is left out. Such a dict
+    tensors only, a training-loop dict's, a safetensors file) and those most of its files hold: a note says why
+    each is left out. Such a dict
     is `{**model.state_dict(), "step": 5}`, or a training job's metrics, `{"losses": ..., "accs": ..., "epoch":
     3}`, which no file tells apart alone (a model of raw parameters, `{"W": ..., "a": ..., "step": 5}`, is
     saved so): beside the run's weights, names that none of them holds (ignoring prefixes, `module.` or
     Lightning's `model.`) are no weights of that model. The metrics file was read as a checkpoint, failed to
     load ("unexpected keys losses, accs") and failed the run, or took the step of its epoch from a real one."""
     firm = [keys for ref, _ in found for keys in [peeks[ref.path].keys] if not peeks[ref.path].beside and keys]
-    if not firm:  # a run of flat dicts only: its weights are the names most of them hold, two files at least
-        counts = collections.Counter(peeks[ref.path].keys for ref, _ in found).most_common(2)
-        top = counts[0][0] if counts else None
-        if top and counts[0][1] >= 2 and (len(counts) == 1 or counts[1][1] < counts[0][1]):
-            firm = [top]
+    # The names most of the run's files hold, two files at least, are its weights too: a run of flat dicts only,
+    # and one whose files of tensors only are fewer (metrics saved as `{"losses": ..., "accs": ...}` beside
+    # `{**sd, "step": 5}`s took the place of the run's weights, and every real checkpoint was skipped)
+    counts = collections.Counter(peeks[ref.path].keys for ref, _ in found).most_common(2)
+    top = counts[0][0] if counts else None
+    if top and counts[0][1] >= 2 and (len(counts) == 1 or counts[1][1] < counts[0][1]):
+        firm.append(top)
     if not firm:
         return found
     weights: frozenset[str] = frozenset().union(*firm)

@@ -619,18 +619,31 @@ def prepare_model(model: nn.Module, *, device: torch.device, dtype: str) -> nn.M
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         model = ProgramModel(_program_on(model, device))
     model = model.to(device)
-    if dtype != "float32" or (not isinstance(model, ProgramModel) and not in_float32(model)):
+    if dtype != "float32":
         model = model.to(DTYPES[dtype])
+    elif not isinstance(model, ProgramModel) and not in_float32(model):
+        with torch.no_grad():  # the narrow tensors widen (exactly); a float64 layer kept on purpose stays
+            for tensor in (*model.parameters(), *model.buffers()):
+                if tensor.dtype in _NARROW:
+                    tensor.data = tensor.data.float()
+        if not in_float32(model):  # float64 only (`model.double()` pickled whole)
+            model = model.to(torch.float32)
     return model.eval()
+
+
+#: Floating dtypes narrower than float32, which a module's tensors widen from under the default float32
+_NARROW = (torch.float16, torch.bfloat16)
 
 
 def in_float32(model: nn.Module) -> bool:
     """Whether the module runs as it is under the default float32: some floating parameter or buffer is float32
-    (or none is floating). A module of floating tensors none of which is float32 (`model.half()` pickled whole)
-    is converted by `prepare_model`; one that mixes float32 with another dtype (a float64 layer or buffer kept
-    on purpose, its forward casting to it) keeps its dtypes, as it was trained."""
+    (or none is floating) and none is narrower (`_NARROW`). `prepare_model` widens the narrow ones of any other
+    (`model.half()` pickled whole, or with its BatchNorm turned back to float32, as apex's O2 keeps it), and
+    converts one of float64 tensors only; one that mixes float32 with float64 (a layer or buffer kept on purpose,
+    its forward casting to it) keeps its dtypes, as it was trained."""
     tensors = [tensor for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()]
-    return not tensors or any(tensor.dtype == torch.float32 for tensor in tensors)
+    return not tensors or (any(tensor.dtype == torch.float32 for tensor in tensors)
+                           and not any(tensor.dtype in _NARROW for tensor in tensors))
 
 
 def _program_on(module: nn.Module, device: torch.device) -> nn.Module:
