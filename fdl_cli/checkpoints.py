@@ -50,6 +50,7 @@ from fdl_cli.errors import (
     UnsafeCheckpointError,
     WeightsMismatchError,
     WeightsNotFoundError,
+    first_few,
     first_line,
     shown_path,
     utf8_path,
@@ -743,7 +744,7 @@ def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", 
 
 
 def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
-    shown = ", ".join(unsafe[:5]) + (", ..." if len(unsafe) > 5 else "")
+    shown = first_few(unsafe, 5)
     if unsafe and all(name.startswith("numpy.dtypes.") for name in unsafe):
         return UnsafeCheckpointError(
             f"{path}: this file holds a numpy array fdl does not read without unpickling it ({shown}: an array of "
@@ -1749,8 +1750,7 @@ def discover_checkpoints(
             where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
             if nested:
                 got = ("" if got == "nothing" else got + "; ") + (
-                    "one checkpoint in each of the sub-folders " + ", ".join(str(folder) for folder in folders[:3])
-                    + (", ..." if len(folders) > 3 else ""))
+                    "one checkpoint in each of the sub-folders " + first_few(folders, 3))
             held = _held_step(folders[0]) if not stepless else None
             if held is not None and held[1] != _name_step(folders[0]):
                 # nanoGPT's out1/ckpt.pt: the file holds its step (iter_num), which --step-regex would override
@@ -1797,12 +1797,12 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
     """`found` without its flat dicts of tensors beside plain values (`_Peek.beside`) whose tensors share no
     name with the weights of the run's other checkpoints, those found as weights otherwise (a state_dict of
     tensors only, a training-loop dict's, a safetensors file) and those most of its files hold: a note says why
-    each is left out. Such a dict
-    is `{**model.state_dict(), "step": 5}`, or a training job's metrics, `{"losses": ..., "accs": ..., "epoch":
-    3}`, which no file tells apart alone (a model of raw parameters, `{"W": ..., "a": ..., "step": 5}`, is
-    saved so): beside the run's weights, names that none of them holds (ignoring prefixes, `module.` or
-    Lightning's `model.`) are no weights of that model. The metrics file was read as a checkpoint, failed to
-    load ("unexpected keys losses, accs") and failed the run, or took the step of its epoch from a real one."""
+    each is left out. Such a dict is `{**model.state_dict(), "step": 5}`, or a training job's metrics,
+    `{"losses": ..., "accs": ..., "epoch": 3}`, which no file tells apart alone (a model of raw parameters,
+    `{"W": ..., "a": ..., "step": 5}`, is saved so): beside the run's weights, names that none of them holds
+    (ignoring prefixes, `module.` or Lightning's `model.`) are no weights of that model. The metrics file was
+    read as a checkpoint, failed to load ("unexpected keys losses, accs") and failed the run, or took the step
+    of its epoch from a real one."""
     firm = [keys for ref, _ in found for keys in [peeks[ref.path].keys] if not peeks[ref.path].beside and keys]
     # The names most of the run's files hold, two files at least, are its weights too: a run of flat dicts only,
     # and one whose files of tensors only are fewer (metrics saved as `{"losses": ..., "accs": ...}` beside
@@ -1820,8 +1820,7 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
         peek = peeks[ref.path]
         if (peek.beside and peek.keys is not None and not peek.keys & tails
                 and not weights & _tails(peek.keys)):
-            shown = ", ".join(sorted(peek.keys)[:3]) + (", ..." if len(peek.keys) > 3 else "")
-            theirs = ", ".join(sorted(weights)[:3]) + (", ..." if len(weights) > 3 else "")
+            shown, theirs = first_few(sorted(peek.keys), 3), first_few(sorted(weights), 3)
             notes.append(
                 f"skipped {ref.path.name}: tensors ({shown}) beside plain values ({', '.join(peek.beside[:3])}) that "
                 f"share no name with the weights of the run's other checkpoints ({theirs}): a training job's "
@@ -2013,7 +2012,7 @@ def _is_dcp_folder(folder: Path) -> bool:
 
 
 def _dcp_error(folders: Sequence[Path]) -> CheckpointError:
-    shown = ", ".join(map(str, folders[:3])) + (", ..." if len(folders) > 3 else "")
+    shown = first_few(folders, 3)
     first = str(folders[0]).rstrip("/")
     return CheckpointError(
         f"{shown}: torch.distributed.checkpoint (DCP) folder{'s' if len(folders) > 1 else ''}, as FSDP and "
@@ -2295,9 +2294,7 @@ def _select(
         if missing and not missing_ok:  # --watch waits for a step not written yet
             raise CheckpointError(
                 f"--steps asks for step(s) {', '.join(map(str, missing))} which no checkpoint has",
-                got="available steps: "
-                + ", ".join(str(r.step) for r in checkpoints[:20])
-                + (", ..." if len(checkpoints) > 20 else ""),
+                got="available steps: " + first_few([r.step for r in checkpoints], 20),
                 fix="pick steps from the list above",
             )
         checkpoints = [ref for ref in checkpoints if ref.step in set(wanted)]
@@ -3416,15 +3413,11 @@ def _key_report(
     parts = []
     if missing:
         parts.append(
-            f"{len(missing)} missing key(s): "
-            + ", ".join(missing[:4])
-            + (", ..." if len(missing) > 4 else "")
+            f"{len(missing)} missing key(s): " + first_few(missing, 4)
         )
     if unexpected:
         parts.append(
-            f"{len(unexpected)} unexpected key(s): "
-            + ", ".join(unexpected[:4])
-            + (", ..." if len(unexpected) > 4 else "")
+            f"{len(unexpected)} unexpected key(s): " + first_few(unexpected, 4)
         )
     if shapes:
         parts.append(
@@ -3734,7 +3727,7 @@ def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.T
 
     def modules(keys: Iterable[str]) -> str:
         names = list(dict.fromkeys(key.rpartition(".")[0] or key for key in keys))
-        return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return first_few(names, 6)
 
     theirs = modules(key for key in state if key not in expected)
     return (f"wrong --model? the file's tensors have the model's shapes under other names (the file's modules: "

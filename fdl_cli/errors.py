@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+from collections.abc import Sequence
 from pathlib import Path
 
 #: the errnos of a write refused for want of space: the disk's (ENOSPC) or the user's quota on it (EDQUOT)
@@ -110,6 +111,11 @@ def counted(number: int, noun: str) -> str:
     """"1 point", "2 points": a count and its noun, plural but for 1 (messages said "1 points", "1 steps
     matched"); the plural adds an s (`noun` is one whose plural does)."""
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def first_few(items: Sequence[object], limit: int) -> str:
+    """The first `limit` of `items`, comma-separated, with ", ..." where more follow (a message's list)."""
+    return ", ".join(map(str, items[:limit])) + (", ..." if len(items) > limit else "")
 
 
 #: The codec error handler that writes what an encoding cannot hold as escapes (`"x".encode(enc, ESCAPE)`):

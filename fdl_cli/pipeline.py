@@ -47,6 +47,7 @@ from fdl_cli.errors import (
     StoreError,
     WeightsMismatchError,
     counted,
+    first_few,
     shown_path,
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
@@ -3444,8 +3445,7 @@ def _warn_constant_outputs(ctx: _Context) -> None:
         listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         empty = [step for step in shown if steps[step]]
         where = ("" if len(empty) == len(shown) else
-                 f" at step{'s' if len(empty) != 1 else ''} {', '.join(map(str, empty[:12]))}"
-                 + (", ..." if len(empty) > 12 else ""))
+                 f" at step{'s' if len(empty) != 1 else ''} {first_few(empty, 12)}")
         ctx.reporter.warn(
             f"probe {name!r}: the model's outputs are constant over the probe (a zero or constant head?) at "
             f"step{'s' if len(shown) != 1 else ''} {listed}: they carry no energy about their mean, so D_LR is 1.0 "

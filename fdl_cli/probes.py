@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError
+from fdl_cli.errors import ProbeError, first_few
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -488,7 +488,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a legacy (non-zip) file: keep the unpickler's own words
             names = []
         said = [line for line in str(exc).strip().splitlines() if "WeightsUnpickler error" in line]
-        got = ("pickled " + ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")) if names else (
+        got = ("pickled " + first_few(names, 5)) if names else (
             said[0].strip()[:200] if said else "objects the restricted unpickler does not allow")
         raise ProbeError(
             f"the probe {path} holds pickled Python objects beyond tensors; fdl refused to load it",
@@ -949,7 +949,7 @@ def unread_targets_warning(probe: Probe) -> str | None:
     if not probe.unread_targets:
         return None
     first = probe.unread_targets[0]
-    named = ", ".join(probe.unread_targets[:4]) + (", ..." if len(probe.unread_targets) > 4 else "")
+    named = first_few(probe.unread_targets, 4)
     one = len(probe.unread_targets) == 1
     return (
         f"probe {probe.name!r} ({probe.path}) has no targets under the names fdl reads ({', '.join(Y_KEYS)}): "

@@ -69,7 +69,7 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__
-from fdl_cli.errors import StoreError, StoreLockedError
+from fdl_cli.errors import StoreError, StoreLockedError, first_few
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -1149,7 +1149,7 @@ class StoreReader:
             steps = self._step_sets[chosen] = frozenset(row["step"] for row in self._rows[chosen])
         if step not in steps:
             listed = [row["step"] for row in self._rows[chosen]]
-            shown = ", ".join(map(str, listed[:10])) + (", ..." if len(listed) > 10 else "")
+            shown = first_few(listed, 10)
             raise StoreError(
                 f"step {step} is not in {self._path} for {chosen[0]}/{chosen[1]}",
                 got=f"{len(listed)} steps: {shown}",
