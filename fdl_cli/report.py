@@ -156,8 +156,9 @@ class Run:
 
     def records(self) -> list[Record]:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
-        selected series has per-output R² (`read_r2_outputs`), each with R2_OUTPUT_FIELDS (null for the others); when a
-        selected series' probe holds float 0/1 targets, each with `zero_one_targets` (ZERO_ONE_FIELD), last."""
+        selected series has per-output R² (`StoreReader.records(r2_outputs=True)`), each with R2_OUTPUT_FIELDS (null
+        for the others); when a selected series' probe holds float 0/1 targets, each with `zero_one_targets`
+        (ZERO_ONE_FIELD), last."""
         flags = {series.label: zero_one_targets(self, series) for series in self.series}
         flagged = any(flags.values())
         per_output = any(R2_OUTPUT_FIELDS[0] in record for series in self.series for record in series.records)
@@ -239,8 +240,8 @@ R2_OUTPUTS_SHOWN = 8
 
 
 def r2_outputs_line(series: Series) -> str | None:
-    """One line on the R² of each output at the last checkpoint that has them (`read_r2_outputs`), beside the
-    pooled r2 of the table, or None (one output, classes, a store analysed before fdl stored them). Pooling
+    """One line on the R² of each output at the last checkpoint that has them (`StoreReader.read_r2_outputs`),
+    beside the pooled r2 of the table, or None (one output, classes, a store analysed before fdl stored them). Pooling
     weights each output by its target variance, so one badly fitted output hides in it: 0.79 pooled over
     0.41, 0.80, 0.93 (docs/measures.md)."""
     record = next((r for r in reversed(series.records) if r.get(R2_OUTPUT_FIELDS[0]) is not None), None)
@@ -350,35 +351,6 @@ def _series_key(provenance: Mapping[str, Any]) -> Any:
     return key
 
 
-def read_r2_outputs(reader: Any, series: Series, n_outputs: int, warnings: list[str]) -> None:
-    """Add R2_OUTPUT_FIELDS to each record of `series` (a regression of `n_outputs` > 1) from the checkpoints'
-    `r2_outputs` datasets: the list (NaN, a constant target column, as None), its smallest value and that one's
-    column (the first, on a tie); all null at a checkpoint without the dataset. Nothing where no checkpoint has
-    it (a store analysed before fdl stored it): its records stay as they were. A dataset that cannot be read, or
-    not of shape (C,), reads as absent, with a line in `warnings` (the rest of the report does not need it)."""
-    stored: list[np.ndarray | None] = []
-    for record in series.records:
-        step = int(record["step"])
-        try:
-            values = reader.array(step, R2_OUTPUT_FIELDS[0], probe=series.probe, layer=series.layer)
-        except FdlError as error:
-            warnings.append(f"the r2 of each output of {series.label} at step {step} could not be read, shown as "
-                            f"null: {error.what}")
-            values = None
-        if values is not None and values.shape != (n_outputs,):
-            warnings.append(f"the r2 of each output of {series.label} at step {step} has the shape {values.shape}, "
-                            f"not ({n_outputs},) (the probe's outputs): shown as null")
-            values = None
-        stored.append(values)
-    if all(values is None for values in stored):
-        return
-    for record, values in zip(series.records, stored, strict=True):
-        listed = None if values is None else [float(v) if math.isfinite(v) else None for v in values]
-        defined = [(value, column) for column, value in enumerate(listed or []) if value is not None]
-        worst = min(defined) if defined else (None, None)
-        record.update(zip(R2_OUTPUT_FIELDS, (listed, *worst), strict=True))
-
-
 def _read_run(
     reader: Any, path: Path, *, probe: str | None, layer: str | None, keep: bool, history: bool = False,
     r2_outputs: bool = False,
@@ -388,16 +360,13 @@ def _read_run(
     chosen.sort(key=_series_key(reader.provenance))  # the first series: the first probe given, the first layer
     series = []
     probes = dict(reader.probes())
-    warnings = list(getattr(reader, "warnings", []))
     for name, module in chosen:
-        raw = reader.records(probe=name, layer=module)
+        # with r2_outputs, R2_OUTPUT_FIELDS where the series has per-output R² (the reader warns of a damaged one)
+        raw = reader.records(probe=name, layer=module, r2_outputs=r2_outputs)
         records = [{key: _clean(value) for key, value in record.items()} for record in raw]
         records.sort(key=lambda record: int(record["step"]))
         series.append(Series(probe=name, layer=module, records=records))
-        info = probes.get(name)
-        outputs = int(getattr(info, "n_outputs", 0) or 0)
-        if r2_outputs and getattr(info, "task", None) == "regression" and outputs > 1:
-            read_r2_outputs(reader, series[-1], outputs, warnings)
+    warnings = list(getattr(reader, "warnings", []))
     return Run(
         path=path,
         provenance=dict(reader.provenance),
@@ -422,8 +391,8 @@ def load_run(
 ) -> Run:
     """Read the records (and provenance) of a store, selecting series by `--probe` / `--layer`; with
     `history`, also where each checkpoint was computed (`Run.history`: an attribute read per checkpoint); with
-    `r2_outputs`, the R² of each output of a regression of C > 1 outputs (`read_r2_outputs`: a dataset read per
-    checkpoint of such a series)."""
+    `r2_outputs`, the R² of each output of a regression of C > 1 outputs (`StoreReader.read_r2_outputs`: a dataset
+    read per checkpoint of such a series)."""
     with open_store(path) as reader:
         return _read_run(reader, Path(path), probe=probe, layer=layer, keep=False, history=history,
                          r2_outputs=r2_outputs)
@@ -672,7 +641,7 @@ def table_fields(*, wide: bool, records: Sequence[Record] = ()) -> tuple[str, ..
     need not lower) for a classification probe (`records` with a cross_entropy). Where only some
     checkpoints have one (a store analysed by an fdl before the field, then resumed), both: the
     earlier rows keep their loss rather than show only a blank CE. Records with an `r2_min` (the worst of
-    several outputs' R², `read_r2_outputs`) add it beside R², and to the wide table's fields."""
+    several outputs' R², `StoreReader.read_r2_outputs`) add it beside R², and to the wide table's fields."""
     worst = any(r.get("r2_min") is not None for r in records)
     if not wide and records and not _measures_targets(records):
         # a probe without targets (x alone): its acc and loss were columns of "—" at every checkpoint

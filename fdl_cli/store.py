@@ -75,6 +75,7 @@ from fdl_cli.fields import (
     CHECKPOINT_FIELDS,
     INT_FIELDS,
     MEASURE_FIELDS,
+    R2_OUTPUT_FIELDS,
     RECORD_FIELDS,
     SERIES_FIELDS,
     STR_FIELDS,
@@ -551,6 +552,15 @@ def _column_values(name: str, column: np.ndarray) -> list[Scalar]:
 
 # --------------------------------------------------------------------------------------------------
 # Reader
+
+
+def r2_output_fields(values: np.ndarray | None) -> dict[str, Any]:
+    """R2_OUTPUT_FIELDS of a record from a checkpoint's `r2_outputs` (None: each null): the list of each output's
+    R² (NaN, a constant target column, as None), the smallest and its column from 0 (the first, on a tie)."""
+    listed = None if values is None else [value if math.isfinite(value) else None for value in map(float, values)]
+    defined = [(value, column) for column, value in enumerate(listed or []) if value is not None]
+    worst: tuple[float | None, int | None] = min(defined) if defined else (None, None)
+    return dict(zip(R2_OUTPUT_FIELDS, (listed, *worst), strict=True))
 
 
 class StoreReader:
@@ -1106,7 +1116,8 @@ class StoreReader:
         )
 
     def records(
-        self, *, probe: str | None = None, layer: str | None = None, all_series: bool = False
+        self, *, probe: str | None = None, layer: str | None = None, all_series: bool = False,
+        r2_outputs: bool = False,
     ) -> list[dict[str, Any]]:
         """One dict per complete checkpoint of the selected series, sorted by step.
 
@@ -1115,10 +1126,16 @@ class StoreReader:
         `layer`) that leaves several series raises StoreError, as `array()` does: one dict a step of one
         series, never two series' values mixed; `all_series=True` gives those of every series selected
         (sorted by step, then probe, layer), which the "probe" and "layer" keys tell apart.
+        `r2_outputs=True`: each record also ends with R2_OUTPUT_FIELDS (`r2_output_fields`, as `fdl report
+        --json` gives them) where a selected series is a regression of C > 1 outputs whose checkpoints hold
+        their R² (`read_r2_outputs`: a dataset read per checkpoint), null for the others; without such a series
+        the records are as without it.
         """
         chosen = self._select(probe, layer)
         if len(chosen) > 1 and not all_series:
             raise self._several_error(chosen, records=True)
+        per_output = {key: self.read_r2_outputs(key) for key in chosen} if r2_outputs else {}
+        with_r2_outputs = any(values is not None for stored in per_output.values() for values in stored.values())
         tagged = len(self._rows) > 1
         out: list[dict[str, Any]] = []
         for series_key in chosen:
@@ -1129,9 +1146,36 @@ class StoreReader:
                     record.update((name, row[name]) for name in MEASURE_FIELDS)
                 else:
                     record = dict(row)
+                if with_r2_outputs:
+                    record.update(r2_output_fields(per_output[series_key].get(row["step"])))
                 out.append(record)
         out.sort(key=lambda record: record["step"])  # stable: series order kept within a step
         return out
+
+    def read_r2_outputs(self, series: Series) -> dict[int, np.ndarray | None]:
+        """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (None where absent: a
+        checkpoint analysed by an fdl before it), or {} when the series' probe is not a regression of C > 1
+        outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a line in `warnings`
+        (the records do not need it)."""
+        info = self._probes.get(series[0])
+        outputs = int(getattr(info, "n_outputs", 0) or 0)
+        if getattr(info, "task", None) != "regression" or outputs < 2:
+            return {}
+        stored: dict[int, np.ndarray | None] = {}
+        for row in self._rows.get(series, []):
+            step = int(row["step"])
+            where = f"the r2 of each output of {series[0]}/{series[1]} at step {step}"
+            try:
+                values = self.array(step, R2_OUTPUT_FIELDS[0], probe=series[0], layer=series[1])
+            except StoreError as error:
+                self.warnings.append(f"{where} could not be read, shown as null: {error.what}")
+                values = None
+            if values is not None and values.shape != (outputs,):
+                self.warnings.append(f"{where} has the shape {values.shape}, not ({outputs},) (the probe's outputs): "
+                                     "shown as null")
+                values = None
+            stored[step] = values
+        return stored
 
     def steps(self, *, probe: str | None = None, layer: str | None = None) -> list[int]:
         """The steps of the complete checkpoints of one series, ascending."""
