@@ -864,9 +864,9 @@ def compare(**kwargs: Any) -> None:
     }
     with contextlib.ExitStack() as stack:
         # with where each checkpoint was computed: a note when the runs' devices differ
-        run_a = stack.enter_context(rep.opened_run(kwargs["store_a"], **selection, history=True))
+        run_a = stack.enter_context(rep.opened_run(kwargs["store_a"], **selection, history=True, r2_outputs=True))
         try:
-            run_b = stack.enter_context(rep.opened_run(kwargs["store_b"], **selection_b, history=True))
+            run_b = stack.enter_context(rep.opened_run(kwargs["store_b"], **selection_b, history=True, r2_outputs=True))
         except StoreError as exc:
             # --probe/--layer chose store A's series and, without --probe-b/--layer-b, store B's too: the
             # listing named options that would then fail on store A ("--probe probe" for a store A of
@@ -946,7 +946,9 @@ def export(**kwargs: Any) -> None:
                        fix="omit --out to print CSV or JSON on stdout (npy needs a file: --out arrays.npz)")
     out = Path(kwargs["out"]) if kwargs["out"] else None
     # The store stays open while the arrays are streamed out, one checkpoint at a time.
-    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+    # the trajectories with the R² of each output, where a regression of several outputs stores them
+    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
+                        r2_outputs=kwargs["what"] == "trajectories") as run:
         # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
         # report and classify say it
         for warning in run.warnings:
@@ -1021,7 +1023,8 @@ def classify(**kwargs: Any) -> None:
     from fdl_cli import report as rep
 
     thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
-    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"])
+    # with each output's R² of a regression of several outputs: the evidence's final_r2_min beside final_r2
+    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"], r2_outputs=True)
     provenance_warnings: list[str] = []
     _provenance_names(run.provenance, "layers", provenance_warnings)  # warns of a damaged value
     _provenance_names(run.provenance, "probes", provenance_warnings)

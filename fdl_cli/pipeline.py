@@ -551,8 +551,20 @@ def _all_series(ctx: _Context) -> frozenset[tuple[str, str]]:
     return frozenset(_series_key(probe.name, spec.label) for probe in ctx.probes for spec in ctx.layers)
 
 
-def entry_records(entry: CheckpointEntry, *, tagged: bool) -> list[dict[str, Any]]:
-    """The JSON records of one stored checkpoint (RECORD_FIELDS order; probe/layer when tagged)."""
+def record_shape(ctx: _Context) -> dict[str, bool]:
+    """The keys of `--json`'s records besides RECORD_FIELDS (`entry_records`' keywords): probe and layer with
+    several series (`tagged`); R2_OUTPUT_FIELDS when a probe is a regression of C > 1 outputs (`per_output`), as
+    `fdl report --json` gives them."""
+    return {"tagged": len(ctx.probes) * len(ctx.layers) > 1,
+            "per_output": any(probe.task == "regression" and probe.y is not None and probe.y.shape[1] > 1
+                              for probe in ctx.probes)}
+
+
+def entry_records(entry: CheckpointEntry, *, tagged: bool, per_output: bool = False) -> list[dict[str, Any]]:
+    """The JSON records of one stored checkpoint (RECORD_FIELDS order; probe/layer when tagged; then, with
+    `per_output`, R2_OUTPUT_FIELDS from each series' r2_outputs, null for a series without)."""
+    from fdl_cli.store import r2_output_fields
+
     records = []
     for series in entry.series:
         record: dict[str, Any] = {"step": entry.step, "path": entry.path, "sha256": entry.sha256}
@@ -560,6 +572,8 @@ def entry_records(entry: CheckpointEntry, *, tagged: bool) -> list[dict[str, Any
             record[name] = series.scalars.get(name)
         if tagged:
             record["probe"], record["layer"] = series.probe, series.layer
+        if per_output:
+            record.update(r2_output_fields(series.r2_outputs))
         records.append(record)
     return records
 
@@ -1951,7 +1965,7 @@ def _analyze_refs(
         agree_on_refusal(refusal, ctx.world)
     if addition is not None:
         ctx.reporter.note(addition.note(out))
-    tagged = len(ctx.probes) * len(ctx.layers) > 1
+    shape = record_shape(ctx)
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
         return
@@ -2002,7 +2016,7 @@ def _analyze_refs(
                                 "but where fdl, torch or the device differ from those that stored it (or the stored "
                                 "arrays were damaged)")
                 if on_record is not None:
-                    for record in entry_records(entry, tagged=tagged):
+                    for record in entry_records(entry, **shape):
                         on_record(record)
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
@@ -2014,7 +2028,7 @@ def _analyze_refs(
                 on_record({"dropped": list(summary.dropped)})
             announce(compared_again, refreshed=True)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
-        _print_taken_in(taken, on_record, tagged)
+        _print_taken_in(taken, on_record, shape)
         del taken  # stored: not kept for the rest of the run
 
         try:

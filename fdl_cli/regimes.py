@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fdl_cli.errors import FdlError
+from fdl_cli.fields import R2_OUTPUT_FIELDS
 
 #: Printed with every verdict: the regimes describe how features were learned, not whether that is good.
 NOTE = (
@@ -386,6 +387,8 @@ def classify_run(
     final_record, final = after[-1]
     evidence["final_step"] = int(final_record["step"])
     evidence.update({f"final_{name}": final_record.get(name) for name in _EVIDENCE_FIELDS})
+    # each output's R² beside the pooled final_r2, where the records hold them (`fdl report --json`'s fields)
+    evidence.update({f"final_{name}": final_record[name] for name in R2_OUTPUT_FIELDS if name in final_record})
     final_records.append(final_record)
     evidence["final_rule"] = final.rule
     evidence["first_mf_step"], evidence["mf_since_step"] = first_mf, stayed_mf
@@ -748,7 +751,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if isinstance(constant, Mapping) and constant.get("note"):
         lines.append(str(constant["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs"}
+            "constant_outputs", "final_r2_outputs"}  # the list of each output's R²: in --json
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")

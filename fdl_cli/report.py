@@ -400,11 +400,13 @@ def load_run(
 
 @contextmanager
 def opened_run(
-    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False
+    path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False,
+    r2_outputs: bool = False,
 ) -> Iterator[Run]:
     """`load_run` keeping the store open for `load_arrays` until the block ends (one scan of the file)."""
     with open_store(path) as reader:
-        yield _read_run(reader, Path(path), probe=probe, layer=layer, keep=True, history=history)
+        yield _read_run(reader, Path(path), probe=probe, layer=layer, keep=True, history=history,
+                        r2_outputs=r2_outputs)
 
 
 def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any]:
@@ -618,6 +620,8 @@ def format_value(name: str, value: Any) -> str:
         return "—"
     if name == "sha256":
         return str(value)[:12]
+    if name == "r2_min":  # the worst output's R², shown as r2 is
+        name = "r2"
     if name in INT_FIELDS:
         return str(int(value))
     if name in FLOAT_FIELDS and isinstance(value, (int, float)):
@@ -1354,16 +1358,30 @@ def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[
             + (" is" if outside_in_all == 1 else " are") + " in neither the table nor the verdict")
 
 
+def compared_fields(record_a: Record, record_b: Record) -> tuple[str, ...]:
+    """The fields compare differences and gives of each run: RECORD_FIELDS, then R2_OUTPUT_FIELDS where either
+    record has them (a regression of C > 1 outputs whose store holds their R²: `StoreReader.read_r2_outputs`)."""
+    per_output = R2_OUTPUT_FIELDS[0] in record_a or R2_OUTPUT_FIELDS[0] in record_b
+    return RECORD_FIELDS + (R2_OUTPUT_FIELDS if per_output else ())
+
+
 def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
-    is no difference between the runs."""
+    is no difference between the runs. With R2_OUTPUT_FIELDS (`compared_fields`): `r2_min` B − A, `r2_outputs`
+    the list of each output's B − A (None where either is null, or all of it where the runs' outputs differ in
+    number), `r2_min_output` as a text field ('0 → 2', the worst output changed), None where either is null."""
     diffs: dict[str, Any] = {}
-    for name in RECORD_FIELDS:
+    for name in compared_fields(record_a, record_b):
         if name in ("step", "prev_step", "path", "sha256"):
             continue
         value_a, value_b = record_a.get(name), record_b.get(name)
-        if name in INT_FIELDS or name in FLOAT_FIELDS:
+        if name == "r2_outputs":
+            diffs[name] = None if value_a is None or value_b is None or len(value_a) != len(value_b) else [
+                None if a is None or b is None else b - a for a, b in zip(value_a, value_b, strict=True)]
+        elif name == "r2_min_output":
+            diffs[name] = None if value_a is None or value_b is None or value_a == value_b else f"{value_a} → {value_b}"
+        elif name in INT_FIELDS or name in FLOAT_FIELDS or name == "r2_min":
             diffs[name] = None if value_a is None or value_b is None else value_b - value_a
         else:
             diffs[name] = None if value_a == value_b else f"{value_a} → {value_b}"
@@ -2002,12 +2020,15 @@ COMPARE_FIELDS: tuple[str, ...] = ("d_lr", "cka_init", "overlap_init", "k95_util
 def compare_fields(comparison: Comparison) -> tuple[str, ...]:
     """The fields of the compare table: COMPARE_FIELDS, with R² in the accuracy's place where both runs' probes
     are regression ones (a record with an r2 and none with an accuracy), as `table_fields` gives the report's: the
-    table's Δ acc of two regression runs was a column of "—", their R² named among the other fields."""
+    table's Δ acc of two regression runs was a column of "—", their R² named among the other fields. Beside R²
+    the worst output's (`r2_min`, "Δ worst r2") where a record has one, as the report's table shows it."""
     records = [getattr(compared, side, {}) for compared in comparison.steps for side in ("record_a", "record_b")]
     if records and not _measures_targets(records):  # neither probe has targets: Δ acc was "—" at every step
         return tuple(name for name in COMPARE_FIELDS if name != "accuracy")
     regression = any(r.get("r2") is not None for r in records) and all(r.get("accuracy") is None for r in records)
-    return tuple("r2" if regression and name == "accuracy" else name for name in COMPARE_FIELDS)
+    worst = ("r2_min",) if any(r.get("r2_min") is not None for r in records) else ()
+    return tuple(shown for name in COMPARE_FIELDS
+                 for shown in (("r2", *worst) if regression and name == "accuracy" else (name,)))
 
 
 def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
@@ -2023,8 +2044,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "overlap": compared.overlap,
                 "overlap_k": compared.overlap_k,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
-                "a": {name: _clean(compared.record_a.get(name)) for name in RECORD_FIELDS},
-                "b": {name: _clean(compared.record_b.get(name)) for name in RECORD_FIELDS},
+                **{side: {name: _clean(record.get(name))
+                          for name in compared_fields(compared.record_a, compared.record_b)}
+                   for side, record in (("a", compared.record_a), ("b", compared.record_b))},
             }
             for compared in comparison.steps
         ],
@@ -2079,7 +2101,7 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(names)
         for row in rows:
-            writer.writerow(["" if row[name] is None else row[name] for name in names])
+            writer.writerow(["" if row[name] is None else _cell_value(row[name]) for name in names])
         return buffer.getvalue()
     lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
     for row in rows:
@@ -2145,8 +2167,8 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
         for compared in comparison.steps
     ]
     # the accuracy's place, R² of regression probes; none where neither probe has targets
-    shown = [("Δ " + HEADERS.get(fields[COMPARE_FIELDS.index("accuracy")], "r2")
-              if len(fields) == len(COMPARE_FIELDS) else None) if name == "Δ acc" else name
+    fit = next((name for name in fields if name in ("accuracy", "r2")), None)
+    shown = [(None if fit is None else "Δ " + HEADERS.get(fit, fit)) if name == "Δ acc" else name
              for name in COMPARE_PRIORITY]
     priority = [headers.index(name) for name in shown if name is not None]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
@@ -2173,7 +2195,9 @@ def difference_lines(comparison: Comparison) -> list[str]:
     (a probe without y left nine such lines). `loss` is named CLASSIFICATION_LOSS where both runs' probes are
     classification ones (an accuracy or a cross-entropy)."""
     fields = {name: (differs, nulls) for name, differs, nulls in _field_lines(comparison)}
-    first = (*compare_fields(comparison), "regime")  # in the table's order
+    shown = compare_fields(comparison)
+    # in the table's order; the worst output's column beside its R² (a line of its own, not among the others)
+    first = (*shown, *(("r2_min_output",) if "r2_min" in shown else ()), "regime")
     others = [name for name, (differs, _) in fields.items() if differs is not None and name not in first]
     named = len(others) > OTHER_FIELDS_IN_FULL
     others_null = [name for name, (_, nulls) in fields.items() if nulls is not None and name not in first]
@@ -2212,8 +2236,11 @@ def _loss_label(comparison: Comparison, name: str) -> str:
 def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, tuple[int, int] | None]]:
     """Each record field's line of `difference_lines` when it differs at some matched step (how many steps and the
     largest |B − A|, or a text field's first change) or None, and at how many steps it is null in run A only and
-    in run B only, or None (at none)."""
-    for name in RECORD_FIELDS:
+    in run B only, or None (at none). R2_OUTPUT_FIELDS too where the records have them: `r2_min` as a number,
+    `r2_min_output` as a text field (the list `r2_outputs` only in --json and CSV)."""
+    per_output = any(R2_OUTPUT_FIELDS[0] in getattr(compared, side, {}) for compared in comparison.steps
+                     for side in ("record_a", "record_b"))
+    for name in RECORD_FIELDS + (R2_OUTPUT_FIELDS[1:] if per_output else ()):
         if name in ("step", "path", "sha256"):
             continue
         values = [compared.differences.get(name) for compared in comparison.steps]
@@ -2227,7 +2254,7 @@ def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, tupl
         elif text:
             differs = f"{label}: differs at {counted(len(text), 'step')} (e.g. {text[0]})"
         nulls = None
-        if (name in INT_FIELDS or name in FLOAT_FIELDS) and name != "prev_step":
+        if (name in INT_FIELDS or name in FLOAT_FIELDS or name == "r2_min") and name != "prev_step":
             sides = [(getattr(compared, "record_a", {}).get(name) is None,
                       getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
             in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
@@ -2261,9 +2288,12 @@ def _single_series(run: Run, why: str = "export writes one", *, fix: str | None 
 
 def trajectories(run: Run, series: Series | None = None) -> dict[str, list[Any]]:
     """Column-oriented records: {'step': [...], field: [...]} for every field (RECORD_FIELDS order: the
-    store's /trajectories group, path, sha256 and regime included), of `series` or the run's one series."""
+    store's /trajectories group, path, sha256 and regime included), of `series` or the run's one series; then
+    R2_OUTPUT_FIELDS where its records have them (a run read with `r2_outputs`), as `fdl report --json` gives."""
     chosen = _single_series(run) if series is None else series
-    return {name: [_clean(record.get(name)) for record in chosen.records] for name in RECORD_FIELDS}
+    per_output = any(R2_OUTPUT_FIELDS[0] in record for record in chosen.records)
+    return {name: [_clean(record.get(name)) for record in chosen.records]
+            for name in RECORD_FIELDS + (R2_OUTPUT_FIELDS if per_output else ())}
 
 
 def select_steps(run: Run, series: Series, steps: Sequence[int] | None) -> Series:
@@ -2313,9 +2343,14 @@ def write_export(
         columns = trajectories(run, series)
         if fmt == "npy":
             assert out is not None
-            arrays = {"steps": np.asarray(columns["step"], dtype=np.int64)}
+            arrays: dict[str, np.ndarray] = {"steps": np.asarray(columns["step"], dtype=np.int64)}
             for name, values in columns.items():
                 if name in ("step", *STR_FIELDS):  # npy: numeric fields only
+                    continue
+                if name == R2_OUTPUT_FIELDS[0]:  # (checkpoints, C): a row of NaN where a checkpoint has none
+                    outputs = max((len(v) for v in values if v is not None), default=0)
+                    arrays[name] = np.array([[np.nan] * outputs if v is None else [np.nan if x is None else x for x in v]
+                                             for v in values], dtype=np.float64).reshape(len(values), outputs)
                     continue
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             _save_npz(out, arrays.items())
@@ -2435,7 +2470,7 @@ def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
     names = list(columns)
     writer.writerow(names)
     for row in zip(*(columns[name] for name in names), strict=True):
-        writer.writerow(["" if value is None else value for value in row])
+        writer.writerow(["" if value is None else _cell_value(value) for value in row])
     return buffer.getvalue()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from fdl_cli.pipeline import (
     _watch_under_torchrun,
     entry_records,
     invocation,
+    record_shape,
 )
 from fdl_cli.progress import Reporter
 
@@ -345,13 +346,13 @@ def _take_in_rank_parts(
 
 
 def _print_taken_in(
-    taken: Sequence[CheckpointEntry], on_record: Callable[[dict[str, Any]], None] | None, tagged: bool
+    taken: Sequence[CheckpointEntry], on_record: Callable[[dict[str, Any]], None] | None, shape: Mapping[str, bool]
 ) -> None:
     """--json prints the checkpoints taken in from part stores: no run printed them once stored (they
-    count as already in the store)."""
+    count as already in the store); `shape`: `record_shape`'s keywords of `entry_records`."""
     if on_record is not None:
         for entry in taken:
-            for record in entry_records(entry, tagged=tagged):
+            for record in entry_records(entry, **shape):
                 on_record(record)
 
 
@@ -522,16 +523,16 @@ def _analyze_distributed(
                 chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
-        tagged = len(ctx.probes) * len(ctx.layers) > 1
+        shape = record_shape(ctx)
 
         def announce(entries: Sequence[CheckpointEntry]) -> None:
             for entry in entries:
                 (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
                 if on_record is not None:
-                    for record in entry_records(entry, tagged=tagged):
+                    for record in entry_records(entry, **shape):
                         on_record(record)
 
-        _print_taken_in(taken, on_record, tagged)
+        _print_taken_in(taken, on_record, shape)
         del taken  # stored: not kept for the rest of the run
         # what this rank notes, warns of or reports from here is its own (opening its part too)
         said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
