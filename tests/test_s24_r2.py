@@ -238,7 +238,7 @@ def _older(run: dict, tmp_path: Path) -> Path:
 
 def test_older_store_reports_compares_and_classifies_as_before(run: dict, tmp_path: Path) -> None:
     """A store without r2_outputs: records of RECORD_FIELDS alone (the pooled r2 as stored), no column nor line,
-    no warning; compare against the new store and classify run as they did."""
+    no warning; compare against the new store (its side of the per-output fields null) and classify run as they did."""
     old = _older(run, tmp_path)
     new_records = json.loads(fdl_in_process("report", run["store"], "--json").stdout)
     done = fdl_in_process("report", old, "--json")
@@ -251,7 +251,10 @@ def test_older_store_reports_compares_and_classifies_as_before(run: dict, tmp_pa
     compared = fdl_in_process("compare", old, run["store"], "--json")
     assert compared.returncode == 0, compared.stderr
     steps = json.loads(compared.stdout)["steps"]
-    assert [s["differences"]["r2"] for s in steps] == [0.0, 0.0] and set(steps[-1]["a"]) == set(RECORD_FIELDS)
+    assert [s["differences"]["r2"] for s in steps] == [0.0, 0.0]
+    # session 25: compare gives each run's per-output R² (null for the older store's side, which has none)
+    assert list(steps[-1]["a"]) == [*RECORD_FIELDS, *R2_OUTPUT_FIELDS] and steps[-1]["a"]["r2_outputs"] is None
+    assert steps[-1]["b"]["r2_outputs"] is not None and steps[-1]["differences"]["r2_min"] is None
     classified = fdl_in_process("classify", old, "--json")
     assert classified.returncode == 0, classified.stderr
     verdict = json.loads(classified.stdout)
