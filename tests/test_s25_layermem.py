@@ -68,17 +68,19 @@ def test_a_freed_output_whose_memory_the_outputs_take_is_no_match() -> None:
     """A stale address: `first`'s output is freed, and the outputs, made from `second`'s, are given its memory
     (the allocator reuses it). Its storage's weak reference has expired, so `first` is not taken as the head;
     the last Linear to run is, as when the held tensor kept its memory from being reused."""
-    size = 65536  # a block the allocator gives back at once to a request of the same size
+    # (1, 160000, 64) float32, 41 MB: above glibc's largest mmap threshold (32 MiB), each such block is mapped
+    # on its own and unmapped when freed, and the next mapping of its size takes the same addresses
+    length, width = 160_000, 64
 
     class Reuse(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.first, self.second = nn.Linear(4, size), nn.Linear(4, size)
+            self.first, self.second = nn.Linear(1, width), nn.Linear(1, width)
             self.addresses: list[int] = []
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.first(x)
-            z = self.second(x)
+            z = self.second(-x)  # not x: a head on the same input as the outputs' source is taken as it
             self.addresses = [y.data_ptr()]
             del y
             out = z * 2
@@ -86,10 +88,11 @@ def test_a_freed_output_whose_memory_the_outputs_take_is_no_match() -> None:
             return out
 
     torch.manual_seed(0)
-    model = Reuse().eval()
-    assert _choice(model, torch.randn(1, 4)) == ("second:input", [])
-    first, outputs = model.addresses
-    assert first == outputs, "the allocator did not reuse the freed block: the test needs it to"
+    for _ in range(3):
+        model = Reuse().eval()
+        assert _choice(model, torch.randn(1, length, 1)) == ("second:input", [])
+        first, outputs = model.addresses
+        assert first == outputs, "the allocator did not reuse the freed block: the test needs it to"
 
 
 def test_an_expired_storage_at_the_same_address_is_no_match() -> None:
