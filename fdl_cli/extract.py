@@ -185,8 +185,8 @@ class LinearCall:
 
     def written_over(self, outputs: torch.Tensor) -> bool:
         """Whether the output, whose memory `outputs` are, was written in place after the call returned
-        (`y = wide(x); y += head(h)`). The output's version counter is read where the output is alive, as it is
-        while a view of it is; else `outputs`' own, shared with it (outputs detached from it, `y.detach()`)."""
+        (`y = wide(x); y += head(h)`). The output's own version counter while the output is alive (a view of it,
+        such as `outputs`, keeps it so); else `outputs`', which it shares (outputs detached from it, `y.detach()`)."""
         if self.version is None or self.output is None:
             return False
         tensor = self.output.tensor() if self.output.tensor is not None else None
