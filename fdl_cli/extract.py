@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from fdl_cli.checkpoints import unwrapped_name
 from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
@@ -122,43 +124,101 @@ def default_layer_by_registration(model: nn.Module, *, inspect: str = "fdl inspe
     return LayerSpec(module=last, use_input=True)
 
 
+@dataclass(frozen=True, eq=False)
+class TensorMark:
+    """A tensor that an nn.Linear took or gave in a forward pass, known without holding it.
+
+    Holding every call's input and output until the pass ended kept memory the forward frees as it goes (GBs
+    for a long-context LLM: seven Linears a block, each (1, L, d)). Whether a tensor alive when asked (one the
+    pass returned, a later call's input) is this one's memory is told by the storage's weak reference, still
+    alive, at the address it had (`is_memory_of`): a storage freed meanwhile is expired, so a later tensor given
+    its memory (a stale address) is no match, as no later tensor could take the memory of a tensor held."""
+
+    device: torch.device
+    #: its storage's address; 0 (no match): an empty storage
+    data_ptr: int
+    #: None: a tensor without storage (sparse, nested, a subclass), told by identity alone
+    storage: StorageWeakRef | None
+    #: the tensor while something holds it (a view of it holds it), for its identity and version counter
+    tensor: weakref.ref[torch.Tensor] | None
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorMark:
+        try:
+            reference: weakref.ref[torch.Tensor] | None = weakref.ref(tensor)
+        except TypeError:
+            reference = None
+        try:
+            storage = tensor.untyped_storage()
+            return cls(tensor.device, storage.data_ptr(), StorageWeakRef(storage), reference)
+        except (RuntimeError, NotImplementedError):  # a tensor without storage
+            return cls(tensor.device, 0, None, reference)
+
+    def is_memory_of(self, tensor: Any) -> bool:
+        """Whether `tensor`, alive, is a view of this mark's memory (the tensor itself, a reshape, a slice)."""
+        if not isinstance(tensor, torch.Tensor) or tensor.device != self.device:
+            return False
+        try:
+            address = tensor.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):
+            address = None
+        if address is None or self.storage is None:
+            return self.tensor is not None and self.tensor() is tensor
+        return address != 0 and address == self.data_ptr and not self.storage.expired()
+
+
 @dataclass(frozen=True)
 class LinearCall:
-    """One call of an nn.Linear in a forward pass: its name, its input and its output (None: no tensor)."""
+    """One call of an nn.Linear in a forward pass: its name, what it took and gave (None: no tensor).
+
+    Nothing is held: the choice of the default layer needs of them only what `TensorMark` keeps."""
 
     name: str
-    input: torch.Tensor | None
-    output: torch.Tensor | None
+    input: TensorMark | None
+    output: TensorMark | None
     #: the output's version counter when the call returned (None: not known, an inference-mode tensor's)
     version: int | None = None
+    #: the output's values a sample (of its first row)
+    values_a_sample: int = 0
+    #: the index in the pass of the first call whose input was this one's memory (this call's if none)
+    input_first: int = 0
 
-    @property
-    def written_over(self) -> bool:
-        """Whether the output was written in place after the call returned (`y = wide(x); y += head(h)`)."""
-        return self.version is not None and self.output is not None and self.output._version != self.version
+    def written_over(self, outputs: torch.Tensor) -> bool:
+        """Whether the output, whose memory `outputs` are, was written in place after the call returned
+        (`y = wide(x); y += head(h)`). The output's own version counter while the output is alive (a view of it,
+        such as `outputs`, keeps it so); else `outputs`', which it shares (outputs detached from it, `y.detach()`)."""
+        if self.version is None or self.output is None:
+            return False
+        tensor = self.output.tensor() if self.output.tensor is not None else None
+        return (tensor if tensor is not None else outputs)._version != self.version
 
 
-def linear_call(name: str, inputs: Any, output: Any) -> LinearCall:
-    """The LinearCall of a forward hook's arguments (`linear_calls`, inspect's own hooks)."""
+def linear_call(name: str, inputs: Any, output: Any, *, earlier: Sequence[LinearCall]) -> LinearCall:
+    """The LinearCall of a forward hook's arguments (`linear_calls`, inspect's own hooks); earlier: the pass's
+    calls before it, to tell the first that took the same input (its memory alive now, so no stale address)."""
     first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+    mark = TensorMark.of(first) if first is not None else None
+    input_first = next((call.input_first for call in reversed(earlier)
+                        if call.input is not None and mark is not None and call.input.data_ptr == mark.data_ptr
+                        and call.input.is_memory_of(first)), len(earlier))
     if not isinstance(output, torch.Tensor):
-        return LinearCall(name, first, None)
-    return LinearCall(name, first, output, None if output.is_inference() else output._version)
+        return LinearCall(name, mark, None, input_first=input_first)
+    return LinearCall(name, mark, TensorMark.of(output), None if output.is_inference() else output._version,
+                      int(output[:1].numel()) if output.dim() else 1, input_first)
 
 
 @contextmanager
 def linear_calls(model: nn.Module) -> Iterator[list[LinearCall]]:
     """The calls of the model's nn.Linear modules in the block's forward passes, in the order they finish.
 
-    The tensors are held (one sample's), so that no later tensor of the pass takes their memory: whether the
-    outputs are a Linear's output is told by their storage (`_shares_storage`). A Linear called twice appears
-    twice. The model's own errors propagate unchanged."""
+    No tensor is held (`TensorMark`): the pass needs no more memory than the model's forward. A Linear called
+    twice appears twice. The model's own errors propagate unchanged."""
     calls: list[LinearCall] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             def hook(_module: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
-                calls.append(linear_call(name, inputs, output))
+                calls.append(linear_call(name, inputs, output, earlier=calls))
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -168,15 +228,9 @@ def linear_calls(model: nn.Module) -> Iterator[list[LinearCall]]:
             handle.remove()
 
 
-def _shares_storage(a: Any, b: Any) -> bool:
-    """Whether tensors a and b are views of one memory (one is the other, or a view or slice of it)."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.device != b.device:
-        return False
-    try:
-        first, second = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, nested, a subclass)
-        return a is b
-    return first != 0 and first == second
+def _shares_storage(mark: TensorMark | None, tensor: Any) -> bool:
+    """Whether `tensor`, alive, is a view of the memory of a tensor a call took or gave (`TensorMark`)."""
+    return mark is not None and mark.is_memory_of(tensor)
 
 
 @dataclass(frozen=True)
@@ -217,11 +271,12 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
     outputs = _output_tensor(raw, calls)
     producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
     written_over = None
-    if producer is not None and producer.name != last.name and producer.written_over:
+    if producer is not None and producer.name != last.name and producer.written_over(outputs):
         written_over, producer = producer, None
-    if producer is None or producer.name == last.name or _shares_storage(producer.input, last.input):
-        if producer is None and last.output is not None and last.output[:1].numel() != outputs[:1].numel():
-            sizes = (int(last.output[:1].numel()), int(outputs[:1].numel()))
+    same_input = producer is not None and producer.input is not None and producer.input_first == last.input_first
+    if producer is None or producer.name == last.name or same_input:
+        if producer is None and last.output is not None and last.values_a_sample != outputs[:1].numel():
+            sizes = (last.values_a_sample, int(outputs[:1].numel()))
             return DefaultChoice(last.name, sizes=sizes, warning=(
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "

@@ -114,7 +114,7 @@ def inspect_checkpoint(
             value = output[0] if isinstance(output, (tuple, list)) else output
             shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
             if linear:
-                linears_run.append(linear_call(name, inputs, output))
+                linears_run.append(linear_call(name, inputs, output, earlier=linears_run))
 
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)
