@@ -22,29 +22,14 @@ from typing import Any
 import pytest
 import torch
 
-from fdl_cli import pipeline
 from fdl_cli.errors import StoreLockedError
-from fdl_cli.options import AnalyzeOptions
-from fdl_cli.progress import NullReporter
 from fdl_cli.store import _WriterLock
 from tests.cli_run import REPO, fdl_in_process
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
+from tests.test_s24_watch import _watch
 
 MODEL = ("--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}', "--anchor-size", "100",
          "--device", "cpu")
-
-
-def _watch(folder: Path, out: Path) -> tuple[Any, NullReporter]:
-    reporter = NullReporter()
-    summary = pipeline.run_analyze(
-        AnalyzeOptions(
-            sources=(str(folder),), model_spec="tests.tiny_models:mlp", model_kwargs={"hidden": 8},
-            probe_specs=(str(folder / "probe.npz"),), out=out, anchor_size=100, batch_size=64, device="cpu",
-            watch=True, poll_seconds=0.01,
-        ),
-        reporter=reporter,
-    )
-    return summary, reporter
 
 
 def _empty_run(tmp_path: Path) -> tuple[Path, Path]:
