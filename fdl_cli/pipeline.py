@@ -463,6 +463,15 @@ class _Context:
     manifest_digests: dict[str, str] = field(default_factory=dict)
     #: the fdl.toml the run read (checkpoints.Manifest), None for none; and the options as given, before it
     manifest: Any = None
+    #: the fdl.toml files read (`_read_manifests`): their own files are skipped without a note (`_note_skipped`)
+    manifests: list[Any] = field(default_factory=list)
+    #: --watch: the store's path and its lock, taken at the start (`_claim_for_watch`), for its writer to take over
+    store: Path | None = None
+    claimed: Any = None
+    #: --watch: the discovery notes said so far, by `_note_key`: a later poll's are said once (`_note_new_skips`)
+    said_notes: set[str] = field(default_factory=set)
+    #: --watch: those of folders the last poll found, not said yet: said if the next finds them settled
+    unsaid_folders: set[str] = field(default_factory=set)
     given_options: AnalyzeOptions | None = None
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -737,28 +746,29 @@ def _run_analyze(
     # The job's process group is left however the run ends, from the hand-over of stdin's paths on (which joins it:
     # `_job_stdin_text`; a Ctrl-C or a rank lost there left it joined, for a program that called `run_analyze`).
     try:
-        stdin_text, error = _job_stdin_text(options, stdin, world, device)
-        prepared = None
-        try:
-            if error is None:
-                prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started)
-        except FdlError as exc:
-            error = exc
-        distributed.init_process_group(world, device)
-        # Each rank checked the inputs on its own: a refusal is said once, by rank 0, and every rank
-        # stops (one that stopped alone left the others waiting in the next collective).
-        distributed.agree_on_refusal(error, world)
-        assert prepared is not None
-        ctx, refs, out, summary, model_spec, base_dir = prepared
-        try:
-            # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
-            # still running, a rank that started late) would give the ranks different lists, and a rank
-            # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
-            refs = distributed.broadcast_from_writer(refs, world)
-            _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir,
-                          stdin_text=stdin_text)
-        except KeyboardInterrupt:
-            summary.interrupted = True
+        with contextlib.ExitStack() as claims:
+            stdin_text, error = _job_stdin_text(options, stdin, world, device)
+            prepared = None
+            try:
+                if error is None:
+                    prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started, claims)
+            except FdlError as exc:
+                error = exc
+            distributed.init_process_group(world, device)
+            # Each rank checked the inputs on its own: a refusal is said once, by rank 0, and every rank
+            # stops (one that stopped alone left the others waiting in the next collective).
+            distributed.agree_on_refusal(error, world)
+            assert prepared is not None
+            ctx, refs, out, summary, model_spec, base_dir = prepared
+            try:
+                # Every rank found the checkpoints on its own; a checkpoint written meanwhile (a training job
+                # still running, a rank that started late) would give the ranks different lists, and a rank
+                # with one more checkpoint would wait in a collective for ever. Rank 0's list is the run's.
+                refs = distributed.broadcast_from_writer(refs, world)
+                _analyze_refs(ctx, refs, out, summary, on_record, model_spec, manifest_dir=base_dir,
+                              stdin_text=stdin_text)
+            except KeyboardInterrupt:
+                summary.interrupted = True
     finally:
         distributed.shutdown(world)
     return summary
@@ -816,10 +826,12 @@ def _replayed(stdin_text: str | None) -> TextIO | None:
 
 
 def _prepare_run(
-    options: AnalyzeOptions, world: Any, device: Any, reporter: Reporter, stdin: TextIO | None, started: str
+    options: AnalyzeOptions, world: Any, device: Any, reporter: Reporter, stdin: TextIO | None, started: str,
+    claims: contextlib.ExitStack | None = None,
 ) -> tuple[_Context, list[CheckpointRef], Path, AnalyzeSummary, str | None, Path | None]:
     """What a run starts from, before any work: the manifest applied, the checkpoints found, the probes
-    read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun)."""
+    read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun).
+    --watch takes its store's lock here, released by `claims` (`_claim_for_watch`)."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import load_probe, parse_probe_spec, unread_targets_warning, unused_note
 
@@ -855,6 +867,7 @@ def _prepare_run(
         )
 
     discovery = discover(options, manifest)
+    claimed = _claim_for_watch(options, claims)
     notes, reported_bad = list(discovery.notes), set[str]()
     shown: set[str] = set()
     if "-" in options.sources and not manifests:
@@ -893,7 +906,13 @@ def _prepare_run(
                 notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
+    if claimed is not None:  # its lock file, which a folder holding --out shows once it has waited
+        from fdl_cli.store import is_store_file
+
+        notes = [note for note in notes
+                 if (path := _skipped_path(options.sources, note)) is None or not is_store_file(claimed.store, path)]
     _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
+    said = {_note_key(note) for note in [*shown, *notes]}  # --watch says those of later polls (`_note_new_skips`)
     if not options.watch:
         _note_empty_folders(options, discovery, manifest, reporter)
     for first, second in discovery.duplicates:
@@ -973,9 +992,19 @@ def _prepare_run(
         manifest_signatures=signatures,
         manifest_digests=digests,
         manifest=manifest,
+        manifests=list(manifests),
         given_options=given_options,
+        said_notes=said,
     )
     out = options.out or default_store_path(options.sources)
+    ctx.store = out
+    if claimed is not None:
+        from fdl_cli.store import store_target
+
+        if claimed.store == store_target(out):
+            ctx.claimed = claimed
+        else:  # the folder named the default store became a file meanwhile: its writer takes the lock of its own
+            claimed.release()
     inputs: list[Any] = [*(probe.path for probe in probes), *(ref.path for ref in discovery.checkpoints)]
     inputs += [path for path, _ in discovery.bad]
     if model_source is not None:
@@ -996,6 +1025,24 @@ def _prepare_run(
 
 #: the kinds of checkpoint that hold weights alone: a model's code (--model, fdl.toml's model) must build it
 _WEIGHTS_ONLY = frozenset({"state_dict", "safetensors", "hf_dir"})
+
+
+def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | None) -> Any:
+    """--watch: its store's lock (`store.claim`), taken before it waits for a checkpoint or an fdl.toml, so that
+    another writer of the store is refused at once (a second watch waited too, refused once the trainer's first
+    checkpoint came, if this one took the lock first) and `fdl report` says who writes it; released by `claims`
+    (its writer takes it over). None for a run that is no watch, and where the store's default path is not known
+    yet: the one source does not exist yet (a folder names it, a file not), whose writer takes the lock."""
+    if not options.watch or claims is None:
+        return None
+    if options.out is None and len(options.sources) == 1 and options.sources[0] != "-" \
+            and not os.path.lexists(options.sources[0]):
+        return None
+    from fdl_cli.store import claim
+
+    lock = claim(options.out or default_store_path(options.sources))
+    claims.callback(lock.release)
+    return lock
 
 
 def _missing_without_manifest(options: AnalyzeOptions, discovery: Any) -> str | None:
@@ -1977,6 +2024,7 @@ def _analyze_refs(
         min_interval=options.min_commit_interval,
         invocation=invocation(ctx),
         abandon_addition=options.abandon_addition,
+        claimed=ctx.claimed,
     ) as writer:
         if writer.history_warning is not None:
             ctx.reporter.warn(writer.history_warning)
@@ -2937,6 +2985,7 @@ def _rediscover(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
             step_offsets=options.step_offsets, stdin=_replayed(stdin_text),
             weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
+            probes=_named_files(options, ctx.manifest),
         )
     except SameStepError as exc:
         now = time.time()
@@ -2948,6 +2997,7 @@ def _rediscover(
         _warn_while_watching(ctx, exc)
         return known
     ctx.watch_problem = None
+    _note_new_skips(ctx, discovery.notes)
     found = discovery.checkpoints
     if summary is not None:
         _follow_renamed_failures(ctx, summary, [(ref.path, ref.step) for ref in found]
@@ -3253,6 +3303,61 @@ def _clear_failed_copies(
         _forget_failure(ctx, summary, path)
         ctx.reporter.note(f"{path} changed since it failed, and now holds the same weights and step ({dropped.step}) as "
                           f"{kept.path}: left out as a copy, no longer failed")
+
+
+#: a discovery note of one file: "skipped NAME: why"
+_SKIPPED_NOTE = re.compile(r"skipped (.+?): ")
+
+
+def _note_key(note: str) -> str:
+    """What makes two discovery notes one under --watch: a file's skip, "skipped NAME", whatever it says of it
+    (Lightning's last.ckpt, a copy of each new step's checkpoint, is said once); else the text, numbers aside
+    (the count of accelerate's save_state() folders grows with each)."""
+    match = _SKIPPED_NOTE.match(note)
+    return match.group(0) if match is not None else re.sub(r"\d+", "#", note)
+
+
+def _note_new_skips(ctx: _Context, notes: Sequence[str]) -> None:
+    """--watch: the notes of a poll's discovery not said yet (a file skipped: an optimizer.pt, a metrics file, a
+    log, a Trainer's tmp-checkpoint-N/ left behind), said as a plain analyze says them (`_note_skipped`), once each
+    (`_note_key`), where a file written again at every save was never said. A folder skipped is said once a later
+    poll finds it still there, settled (`_settled`): the tmp-checkpoint-N/ of a save in progress, renamed once
+    complete, is not; one left behind is. The store's own files (an --out beside the checkpoints) are not said."""
+    from fdl_cli.store import is_store_file
+
+    options = ctx.options
+    fresh, now, pending = [], time.time(), set()
+    for note in notes:
+        key = _note_key(note)
+        if key in ctx.said_notes:
+            continue
+        path = _skipped_path(options.sources, note)
+        if path is not None and ctx.store is not None and is_store_file(ctx.store, path):
+            ctx.said_notes.add(key)
+            continue
+        if path is not None and path.is_dir() and (
+                key not in ctx.unsaid_folders or not _settled(path, options.poll_seconds, now)):
+            pending.add(key)
+            continue
+        ctx.said_notes.add(key)
+        fresh.append(note)
+    ctx.unsaid_folders = pending
+    _note_skipped(fresh, ctx.manifests, ctx.reporter, _model_file(options), options.sources)
+
+
+def _skipped_path(sources: Sequence[str], note: str) -> Path | None:
+    """The file or folder a "skipped NAME: ..." note of a discovery of `sources` names (a source itself, or an
+    entry of a folder given); None when it names none of them (a path read from stdin, another note)."""
+    match = _SKIPPED_NOTE.match(note)
+    if match is None:
+        return None
+    for source in sources:
+        if source == "-":
+            continue
+        for path in (Path(source), Path(source) / match.group(1)):
+            if path.name == match.group(1) and os.path.lexists(path):
+                return path
+    return None
 
 
 def _warn_while_watching(ctx: _Context, exc: FdlError) -> None:

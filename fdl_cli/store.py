@@ -1396,6 +1396,53 @@ def _holder_words(info: dict[str, Any]) -> str:
     return f"pid {info['pid']} on host {info['host']}, running `{info['command']}` since {info['started']}"
 
 
+def store_target(path: str | os.PathLike[str]) -> Path:
+    """Where the store at `path` is written: through a symbolic link, where it points. Commits replace the file
+    by a new one, so written through the link (its folder for the copy and the lock) the link would become a
+    file and the target go stale."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
+def claim(path: str | os.PathLike[str]) -> _WriterLock:
+    """The writer lock of the store at `path` (`store_target`), taken once the path is checked (not a folder,
+    not read-only) and its folder made: a StoreWriter opening takes it so, and `fdl analyze --watch` from its
+    start, while it waits for a first checkpoint, so that another writer is refused at once and the readers
+    say who writes it (`_live_writer`); its writer takes it over (`StoreWriter(claimed=...)`). `release()`
+    gives it back (again: nothing)."""
+    path = store_target(path)
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder", fix="pass a file name such as run.h5 as --out")
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if not mode & 0o222:  # replaced by a commit all the same (copy-on-write needs the folder only)
+            raise StoreError(
+                f"{path} is read-only (mode {mode & 0o777:o}): fdl will not replace it",
+                fix=f"make it writable (chmod u+w {path}) to add to it, or pass another --out",
+            )
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _WriterLock(path)
+    lock.acquire()
+    return lock
+
+
+def is_store_file(store: Path, path: Path) -> bool:
+    """Whether `path` is one of the files of the store at `store` (or where its link points, `store_target`): the
+    store, its lock or one of its copy-on-write copies (STORE.h5.tmp-<pid>)."""
+    for where in {store, store_target(store)}:
+        try:
+            if path.parent.resolve() != where.parent.resolve():
+                continue
+        except (OSError, RuntimeError):
+            continue
+        match = _TMP_SUFFIX.search(path.name)
+        if path.name in (where.name, f"{where.name}.lock") or (
+                match is not None and path.name == f"{where.name}{match.group(0)}"):
+            return True
+    return False
+
+
 class _WriterLock:
     """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
 
@@ -1622,6 +1669,8 @@ class StoreWriter:
     them to the stored checkpoint of its step: a run with probes or layers beside the store's (`growth`,
     `lacking`; docs/store.md, "Adding a probe or a layer"). With `abandon_addition`, a run without the probes and
     layers of an unfinished addition gives it up (`abandoned`), taking them out of the store at its first commit.
+    `claimed`: the store's lock, taken already (`claim`: --watch holds it while it waits for a first checkpoint),
+    which the writer then holds, and releases when it closes.
 
     Threads: the caller's adds to the buffer and takes what is durable; a commit's plan (a snapshot of
     the writer's state) is made, and its result applied, by whichever thread starts or ends it. All
@@ -1642,12 +1691,11 @@ class StoreWriter:
         background: bool = True,
         invocation: Mapping[str, Any] | None = None,
         abandon_addition: bool = False,
+        claimed: _WriterLock | None = None,
     ) -> None:
-        self._path = Path(path)
-        if self._path.is_symlink():
-            # Commits replace the file by a new one: through a link, write where it points (its folder
-            # for the copy and the lock), or the link would become a file and the target go stale.
-            self._path = self._path.resolve()
+        self._path = store_target(path)
+        if claimed is not None and claimed.store != self._path:
+            raise ValueError(f"the lock claimed is {claimed.store}'s, not {self._path}'s")
         self._provenance = _normalized_provenance(provenance)
         self._probes: dict[str, ProbeInfo] = {}
         for probe in probes:
@@ -1715,19 +1763,7 @@ class StoreWriter:
         self._stopping = False  # close() began: the scheduler ends
         self._failed = False  # the last commit failed: the caller's thread retries (add/tick/flush/close)
         self._scheduler: threading.Thread | None = None  # started by the first add (background only)
-        if self._path.is_dir():
-            raise StoreError(f"{self._path} is a folder", fix="pass a file name such as run.h5 as --out")
-        with contextlib.suppress(OSError):
-            mode = self._path.stat().st_mode
-            if not mode & 0o222:  # replaced by a commit all the same (copy-on-write needs the folder only)
-                raise StoreError(
-                    f"{self._path} is read-only (mode {mode & 0o777:o}): fdl will not replace it",
-                    fix=f"make it writable (chmod u+w {self._path}) to add to it, or pass another --out",
-                )
-        with contextlib.suppress(OSError):
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _WriterLock(self._path)
-        self._lock.acquire()
+        self._lock = claimed if claimed is not None else claim(self._path)
         try:
             self._remove_stale_tmp()
             if self._path.exists() and not overwrite:
