@@ -1396,9 +1396,18 @@ class _WriterLock:
             "command": shlex.join(sys.argv),
             "started": _utc_now(),
         }
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+        except OSError as exc:  # a full disk, a quota: the lock file holds one small block
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise StoreError(
+                f"cannot write the lock file {self.path}", got=_one_line(exc),
+                fix="free disk space (or space within your disk quota) or choose another --out",
+            ) from None
         self._fd = fd
 
     @staticmethod
@@ -1556,7 +1565,7 @@ def _size(size: int) -> str:
 def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreError:
     """The error of a commit that the system refused to write (`_execute`): what it refused, in the user's
     words (no space, a quota, a file size limit), and how to make room; the store on disk is unchanged."""
-    folder, rerun = store.parent, "then run again" if fresh else _RERUN
+    folder, rerun = os.path.abspath(store.parent), "then run again" if fresh else _RERUN
     said = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy"
     if exc.errno == errno.ENOSPC:
         got, fix = said, f"free disk space or choose another --out, {rerun}"
