@@ -36,6 +36,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
 
 Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
 fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
+HDF5 writes the copy through `_GuardedFile`: a write the system refuses (no space, a quota, ulimit -f)
+stops the commit, the copy deleted, and never reaches HDF5, whose failed close could crash the process.
 Commits run one at a time in a background thread of the writer, which reports an entry only once
 the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
 caller's thread makes no call (it may be stuck in one long forward pass).
