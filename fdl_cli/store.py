@@ -1596,6 +1596,7 @@ def _entry_bytes(entry: CheckpointEntry) -> int:
         if array is not None
     )
 
+
 class _GuardedFile:
     """The file a commit's HDF5 copy is written through (h5py's file-object driver): HDF5 never meets a failed
     write. A write the system refuses (a full disk, a quota, a file size limit met after `_check_room` passed;
@@ -1623,13 +1624,13 @@ class _GuardedFile:
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view):  # past the end of the file reads as zeros, as with HDF5's own driver
-            got = os.preadv(self._fd, [view[done:]], self._position + done)
+        done, stored = 0, min(len(view), max(0, self._size - self._position))
+        while done < stored:
+            got = os.preadv(self._fd, [view[done:stored]], self._position + done)
             if got <= 0:
-                view[done:] = bytes(len(view) - done)
                 break
             done += got
+        view[done:] = bytes(len(view) - done)  # past the end of the file: zeros, as with HDF5's own driver
         for offset, data in self._kept:
             start, end = max(offset, self._position), min(offset + len(data), self._position + len(view))
             if start < end:
