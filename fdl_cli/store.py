@@ -36,6 +36,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
 
 Writing is copy-on-write: a commit copies the store to ``STORE.h5.tmp-<pid>``, adds to the copy,
 fsyncs it and renames it over the store, so a reader or a kill -9 only ever meets a complete store.
+HDF5 writes the copy through `_GuardedFile`: a write the system refuses (no space, a quota, ulimit -f)
+stops the commit, the copy deleted, and never reaches HDF5, whose failed close could crash the process.
 Commits run one at a time in a background thread of the writer, which reports an entry only once
 the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
 caller's thread makes no call (it may be stuck in one long forward pass).
@@ -45,12 +47,14 @@ One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
 import math
 import os
 import re
+import resource
 import shlex
 import shutil
 import socket
@@ -1485,9 +1489,18 @@ class _WriterLock:
             "command": shlex.join(sys.argv),
             "started": _utc_now(),
         }
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+        except OSError as exc:  # a full disk, a quota: the lock file holds one small block
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise StoreError(
+                f"cannot write the lock file {self.path}", got=_one_line(exc),
+                fix="free disk space (or space within your disk quota) or choose another --out",
+            ) from None
         self._fd = fd
 
     @staticmethod
@@ -1635,6 +1648,36 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+_RERUN = "then run again (finished checkpoints are kept)"
+
+
+def _size(size: int) -> str:
+    return f"{size} bytes" if size < 1 << 20 else _mib(size)
+
+
+def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreError:
+    """The error of a commit that the system refused to write (`_execute`): what it refused, in the user's
+    words (no space, a quota, a file size limit), and how to make room; the store on disk is unchanged."""
+    folder, rerun = os.path.abspath(store.parent), "then run again" if fresh else _RERUN
+    said = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy"
+    if exc.errno == errno.ENOSPC:
+        got, fix = said, f"free disk space or choose another --out, {rerun}"
+    elif exc.errno == getattr(errno, "EDQUOT", None):
+        got, fix = said, f"free space within your disk quota (`quota -s` shows it) or choose an --out outside it, {rerun}"
+    elif exc.errno == errno.EFBIG and resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        got = f"{said}: this process may write files of at most {_size(limit)} (its file size limit, `ulimit -f`)"
+        fix = f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another --out, {rerun}"
+    elif exc.errno == errno.EFBIG:
+        got = f"{said}: the file system there takes no larger file"
+        fix = f"choose an --out on a file system that takes larger files, {rerun}"
+    else:
+        got, fix = _one_line(exc), f"free disk space or choose another --out, {rerun}"
+    if tmp.exists():
+        got += f"; its partial copy {tmp} could not be removed (fdl removes it when it next writes this store)"
+    return StoreError(f"could not write {store} (the store on disk is unchanged)", got=got, fix=fix)
+
+
 def _entry_bytes(entry: CheckpointEntry) -> int:
     """The bytes of a checkpoint's arrays (what a buffered entry holds in memory, near enough)."""
     return sum(
@@ -1643,6 +1686,88 @@ def _entry_bytes(entry: CheckpointEntry) -> int:
         for array in (getattr(series, name) for name in _ARRAY_NDIMS)
         if array is not None
     )
+
+
+class _GuardedFile:
+    """The file a commit's HDF5 copy is written through (h5py's file-object driver): HDF5 never meets a failed
+    write. A write the system refuses (a full disk, a quota, a file size limit met after `_check_room` passed;
+    SIGXFSZ is ignored by Python, so the last is the error EFBIG) made HDF5 fail its close, leave the file open
+    in its library, print an "Exception ignored" traceback for every object freed and end the process by a
+    segmentation fault. Here the refused write and every one after it are kept in memory instead (`error`
+    records the first refusal), reads see them, and HDF5 finishes as on a sound disk; the commit then stops at
+    its next step (`_execute`), closes, and throws the copy away. The copy is never renamed over the store, so
+    the store on disk is as it was. After a refusal only what HDF5 writes before the commit stops (the rest of
+    one checkpoint, and the metadata its close writes) is held in memory; before one, nothing is."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._position = 0
+        self._size = os.fstat(fd).st_size  # as HDF5 sees it: the disk's, or past it by what `_kept` holds
+        self._kept: list[tuple[int, bytes]] = []  # (offset, bytes) written after a refusal, in order
+        self.error: OSError | None = None  # the first write the system refused
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._position = offset + (self._size if whence == os.SEEK_END else self._position if whence == os.SEEK_CUR else 0)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done, stored = 0, min(len(view), max(0, self._size - self._position))
+        while done < stored:
+            got = os.preadv(self._fd, [view[done:stored]], self._position + done)
+            if got <= 0:
+                break
+            done += got
+        view[done:] = bytes(len(view) - done)  # past the end of the file: zeros, as with HDF5's own driver
+        for offset, data in self._kept:
+            start, end = max(offset, self._position), min(offset + len(data), self._position + len(view))
+            if start < end:
+                view[start - self._position:end - self._position] = data[start - offset:end - offset]
+        self._position += len(view)
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        buffer = bytearray(max(0, self._size - self._position) if size < 0 else size)
+        self.readinto(buffer)
+        return bytes(buffer)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._position + done)
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            self._kept.append((self._position, bytes(view)))
+        self._position += len(view)
+        self._size = max(self._size, self._position)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self.error = exc
+        self._kept = [(offset, data[: max(0, size - offset)]) for offset, data in self._kept if offset < size]
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: every write went to the system at once (`_execute` fsyncs the file)."""
+
+    def check(self) -> None:
+        """Raise the refusal of a write, if one came: the commit stops at its next step."""
+        if self.error is not None:
+            raise self.error
+
 
 
 class StoreWriter:
@@ -2493,72 +2618,88 @@ class StoreWriter:
     def _execute(self, plan: _CommitPlan) -> None:
         """Write a plan copy-on-write; runs in any thread and touches none of the writer's state.
 
-        On failure the store on disk is unchanged and the tmp copy removed; an OSError is raised as a
-        StoreError.
+        HDF5 writes the copy through a `_GuardedFile`, so a write the system refuses stops the commit at its
+        next step, HDF5 closing the copy as usual. On failure the store on disk is unchanged and the tmp copy
+        removed; an OSError (the system's, or the refused write's) is raised as a StoreError.
         """
         tmp = self._tmp_path(os.getpid())
         self._check_room(plan)
+        fd: int | None = None
+        guard: _GuardedFile | None = None
         try:
-            if plan.fresh:
-                self._create(tmp)
-                with contextlib.suppress(OSError):  # --overwrite: the store it replaces keeps its mode
-                    shutil.copymode(self._path, tmp)
-            else:
+            if not plan.fresh:
                 shutil.copyfile(self._path, tmp)
                 shutil.copymode(self._path, tmp)  # a store kept private (600) stays so
-            with h5py.File(tmp, "r+", libver=_LIBVER) as store:
-                if plan.provenance is not None:
-                    store.attrs["provenance"] = plan.provenance
-                for probe in plan.new_probes:
-                    _write_probe(store.require_group("probes"), probe)
-                for name, zero_one in plan.probes:
-                    if f"probes/{name}" in store:
-                        store[f"probes/{name}"].attrs["zero_one_targets"] = zero_one
-                if plan.pending:
-                    store.attrs["pending_series"] = json.dumps([list(key) for key in plan.pending])
-                elif plan.pending is not None and "pending_series" in store.attrs:
-                    del store.attrs["pending_series"]
-                checkpoints = store.require_group("checkpoints")
-                if plan.abandoned:
-                    _remove_series(store, plan.abandoned, plan.abandoned_probes)
-                for name in plan.drop:
-                    if name in checkpoints:
-                        del checkpoints[name]
-                if plan.history is not None:
-                    store.attrs["history"] = "[" + ", ".join(plan.history) + "]"
-                if plan.dropped_log is not None:
-                    store.attrs["dropped"] = "[" + ", ".join(plan.dropped_log) + "]"
-                for entry in plan.latest.values():
-                    _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step),
-                                      plan.series_computed_by.get(entry.step, {}))
-                for step, signature in plan.signatures:
-                    # a checkpoint written whole records its own; series added to one leave its attributes
-                    if (step not in plan.latest or plan.latest[step].series_only) and f"step_{step}" in checkpoints:
-                        checkpoints[f"step_{step}"].attrs["file_signature"] = signature
-                trajectories = store.require_group("trajectories")
-                for key in plan.rewrite:
-                    _write_trajectory(
-                        trajectories,
-                        key,
-                        plan.rows.get(key, {}),
-                        plan.changed.get(key, set()),
-                        plan.old_steps[key],
-                        appendable=key in plan.appendable,
-                    )
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if plan.fresh else 0), 0o666)
+            if plan.fresh:
+                with contextlib.suppress(OSError):  # --overwrite: the store it replaces keeps its mode
+                    shutil.copymode(self._path, tmp)
+            guard = _GuardedFile(fd)
+            with h5py.File(guard, "w" if plan.fresh else "r+", libver=_LIBVER) as store:
+                if plan.fresh:
+                    self._create(store)
+                self._write_plan(store, plan, guard)
                 store.flush()
+            guard.check()
+            os.close(fd)
+            fd = None
             _fsync_path(tmp)
             os.replace(tmp, self._path)
             _fsync_path(self._path.parent, directory=True)
         except BaseException as exc:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            if isinstance(exc, OSError):
-                raise StoreError(
-                    f"could not write {self._path} (the store on disk is unchanged)",
-                    got=_one_line(exc),
-                    fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
-                ) from None
+            refused = guard.error if guard is not None and guard.error is not None else exc
+            if isinstance(refused, OSError):
+                raise _write_error(self._path, tmp, refused, fresh=plan.fresh) from None
             raise
+
+    def _write_plan(self, store: h5py.File, plan: _CommitPlan, guard: _GuardedFile) -> None:
+        """What `_execute` writes into the store's copy; stops at the step after a write the system refused."""
+        if plan.provenance is not None:
+            store.attrs["provenance"] = plan.provenance
+        for probe in plan.new_probes:
+            _write_probe(store.require_group("probes"), probe)
+        for name, zero_one in plan.probes:
+            if f"probes/{name}" in store:
+                store[f"probes/{name}"].attrs["zero_one_targets"] = zero_one
+        if plan.pending:
+            store.attrs["pending_series"] = json.dumps([list(key) for key in plan.pending])
+        elif plan.pending is not None and "pending_series" in store.attrs:
+            del store.attrs["pending_series"]
+        checkpoints = store.require_group("checkpoints")
+        if plan.abandoned:
+            _remove_series(store, plan.abandoned, plan.abandoned_probes)
+        for name in plan.drop:
+            if name in checkpoints:
+                del checkpoints[name]
+        if plan.history is not None:
+            store.attrs["history"] = "[" + ", ".join(plan.history) + "]"
+        if plan.dropped_log is not None:
+            store.attrs["dropped"] = "[" + ", ".join(plan.dropped_log) + "]"
+        guard.check()
+        for entry in plan.latest.values():
+            _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step),
+                              plan.series_computed_by.get(entry.step, {}))
+            guard.check()
+        for step, signature in plan.signatures:
+            # a checkpoint written whole records its own; series added to one leave its attributes
+            if (step not in plan.latest or plan.latest[step].series_only) and f"step_{step}" in checkpoints:
+                checkpoints[f"step_{step}"].attrs["file_signature"] = signature
+        trajectories = store.require_group("trajectories")
+        for key in plan.rewrite:
+            _write_trajectory(
+                trajectories,
+                key,
+                plan.rows.get(key, {}),
+                plan.changed.get(key, set()),
+                plan.old_steps[key],
+                appendable=key in plan.appendable,
+            )
+            guard.check()
 
     def _check_room(self, plan: _CommitPlan) -> None:
         """Refuse a commit whose copy of the store would not fit in its folder's free space, before anything is
@@ -2586,7 +2727,7 @@ class StoreWriter:
                 f"could not write {self._path} (the store on disk is unchanged)",
                 got=f"not enough free space in {self._path.parent}: a commit needs about {_mib(need)} "
                 f"(a copy of the store and the new checkpoints), {_mib(free)} free",
-                fix="free disk space or choose another --out, then run again (finished checkpoints are kept)",
+                fix=f"free disk space or choose another --out, {_RERUN}",
             )
 
     def _apply(self, plan: _CommitPlan, cost: float, finished: float) -> None:
@@ -2625,18 +2766,18 @@ class StoreWriter:
         self._last_commit = finished
         self._durable.extend(plan.entries)
 
-    def _create(self, tmp: Path) -> None:
-        with h5py.File(tmp, "w", libver=_LIBVER) as store:
-            store.attrs["format"] = STORE_FORMAT
-            store.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
-            store.attrs["fdl_version"] = __version__
-            store.attrs["created"] = _utc_now()
-            store.attrs["provenance"] = json.dumps(self._provenance, sort_keys=True)
-            probes = store.create_group("probes")
-            for probe in self._probes.values():
-                _write_probe(probes, probe)
-            store.create_group("checkpoints")
-            store.create_group("trajectories")
+    def _create(self, store: h5py.File) -> None:
+        """A fresh store's root: its attributes, its probes, and empty checkpoints and trajectories."""
+        store.attrs["format"] = STORE_FORMAT
+        store.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+        store.attrs["fdl_version"] = __version__
+        store.attrs["created"] = _utc_now()
+        store.attrs["provenance"] = json.dumps(self._provenance, sort_keys=True)
+        probes = store.create_group("probes")
+        for probe in self._probes.values():
+            _write_probe(probes, probe)
+        store.create_group("checkpoints")
+        store.create_group("trajectories")
 
 
 def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
