@@ -3,6 +3,8 @@
 - A TorchScript program is code: `torch.from_file(path, shared=True)` creates and writes any file the user can,
   in `forward` or in a `__setstate__` that `torch.jit.load` runs, so `fdl inspect` alone ran it. It now loads
   only with --trust-pickle, as a torch.export archive does.
+- Escape sequences in a file or tensor name (`ESC[2J`, `ESC]0;title BEL`) reached the terminal raw through rich's
+  listings and fdl's notes and errors: they are written `\\x1b` now.
 """
 
 # No `from __future__ import annotations`: TorchScript compiles `_Writes` from its annotations.
@@ -62,3 +64,23 @@ def test_a_torchscript_program_runs_only_with_trust_pickle(tmp_path: Path) -> No
     assert "2 checkpoint(s) analysed" in done.stdout + done.stderr
     assert marker.read_bytes() == b"AAAA"  # what it does, once trusted
 
+
+def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    """A file or tensor name is the folder's text: its escape sequences (a window title `ESC]0;...BEL`, a cleared
+    screen `ESC[2J`, colours) printed raw would rewrite what the terminal shows. fdl writes them `\\x1b`, as it
+    writes the bytes of a name that are not UTF-8."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = {"fc\x1b]0;OWNED\x07\x1b[2J.weight": torch.ones(3, 4)}
+    save_file(weights, str(run / "step_1\x1b[31m.safetensors"), metadata={"step": "1"})
+    (run / "step_2\x1b[8m.pt").write_bytes(b"\x80\x02garbage")  # a bad checkpoint: its error names it
+    listed = fdl_in_process("inspect", run / "step_1\x1b[31m.safetensors")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout + listed.stderr and "\x07" not in listed.stderr
+    assert "step_1\\x1b[31m.safetensors" in listed.stderr
+    assert "fc\\x1b]0;OWNED\\x1b[2J" in listed.stderr  # (rich itself drops a BEL)
+    refused = fdl_in_process("inspect", run / "step_2\x1b[8m.pt")
+    assert refused.returncode == 1
+    assert "\x1b" not in refused.stderr and "step_2\\x1b[8m.pt" in refused.stderr, refused.stderr
