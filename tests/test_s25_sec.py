@@ -5,6 +5,7 @@
   only with --trust-pickle, as a torch.export archive does.
 - Escape sequences in a file or tensor name (`ESC[2J`, `ESC]0;title BEL`) reached the terminal raw through rich's
   listings and fdl's notes and errors: they are written `\\x1b` now.
+- An HDF5 probe's external storage or external link naming a FIFO hung the read: refused now.
 """
 
 # No `from __future__ import annotations`: TorchScript compiles `_Writes` from its annotations.
@@ -84,3 +85,26 @@ def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path: Path) 
     refused = fdl_in_process("inspect", run / "step_2\x1b[8m.pt")
     assert refused.returncode == 1
     assert "\x1b" not in refused.stderr and "step_2\\x1b[8m.pt" in refused.stderr, refused.stderr
+
+
+def test_an_hdf5_probe_read_from_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """External storage or an external link of a probe's naming a FIFO hung the read (Ctrl-C did not end the link's)."""
+    import os
+
+    import h5py
+
+    run = _scripted_run(tmp_path, tmp_path / "unused")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    y = np.zeros(16, dtype=np.int64)
+    with h5py.File(tmp_path / "stored.h5", "w") as handle:
+        handle.create_dataset("x", shape=(16, 4), dtype=np.float32, external=[(str(fifo), 0, h5py.h5f.UNLIMITED)])
+        handle["y"] = y
+    with h5py.File(tmp_path / "linked.h5", "w") as handle:
+        handle["x"] = h5py.ExternalLink("fifo", "/x")  # relative: HDF5 looks beside the probe too
+        handle["y"] = y
+    for probe in ("stored.h5", "linked.h5"):
+        done = fdl_in_process("analyze", run, "--probe", tmp_path / probe, "--out", tmp_path / "out.h5",
+                              "--trust-pickle")
+        assert done.returncode == 1, done.stderr
+        assert f"its 'x' is read from {fifo}, which is no regular file" in done.stderr, done.stderr
