@@ -785,6 +785,17 @@ def _export_refused(path: Path) -> UnsafeCheckpointError:
     )
 
 
+def _torchscript_refused(path: Path) -> UnsafeCheckpointError:
+    """A TorchScript program is code: besides tensor maths it may write files (`torch.from_file(name, True, n)`
+    creates and maps any file the user can write, `torch.save` writes one), in `forward` or in a `__setstate__`
+    that torch.jit.load itself runs. So it is loaded only on trust, as a torch.export archive is."""
+    return UnsafeCheckpointError(
+        f"{path}: a TorchScript program can run code when loaded or run (it can write any file the user can: "
+        "torch.from_file, torch.save); fdl refused to load it",
+        fix=_TRUST_FIX + " (or save the weights, model.state_dict() as safetensors, and pass --model FACTORY)",
+    )
+
+
 def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
     from fdl_cli.resources import memory_error, out_of_memory
 
@@ -2736,8 +2747,8 @@ def load_checkpoint(
                 except CheckpointError:
                     pass
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
-    if ref.kind == "export" and not trust_pickle:
-        raise _export_refused(path)
+    if ref.kind in ("export", "torchscript") and not trust_pickle:
+        raise _export_refused(path) if ref.kind == "export" else _torchscript_refused(path)
     by_entry, swapped = False, ""
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, cast
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import ESCAPE, FdlError, StoreError
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds, near_names
 
@@ -44,6 +44,16 @@ def _stderr_console() -> Any:
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # the exit's flush fails quietly
             raise SystemExit(SIGPIPE_STATUS)
+
+        def _render_buffer(self, buffer: Any) -> str:
+            """The text printed (names of files, tensors, modules: a folder's) with its control characters
+            written `\\x1b` (`terminal_safe`); rich's own control segments (a progress bar's cursor moves) and
+            styles still drive the terminal."""
+            from rich.segment import Segment
+
+            return str(super()._render_buffer(
+                segment if segment.control else Segment(terminal_safe(segment.text), segment.style)
+                for segment in buffer))
 
     # soft_wrap: messages are never broken at 80 columns when stderr is a pipe or a log, so a path in
     # an error stays on one line (greppable, copy-pastable).
@@ -536,7 +546,7 @@ def inspect(**kwargs: Any) -> None:
     containers = frozenset(result.pop("containers", ()))  # no output shape: never called, their modules are
     unhooked = frozenset(result.pop("unhooked", ()))  # no output shape: scripted, not hooked (ran or not)
     for note in result.pop("notes", ()):
-        click.echo(f"note: {note}", err=True)
+        click.echo(terminal_safe(f"note: {note}"), err=True)
     if result["needs_model"] is not None:  # weights only, no model: their tensors, then what needs one (exit 0)
         unused_error = result.pop("unused_error")
         if kwargs["as_json"]:
@@ -545,7 +555,7 @@ def inspect(**kwargs: Any) -> None:
             _print_tensors(result)
         if unused_error is not None:
             raise unused_error  # --probe or --model-kwargs given, with no model to use them
-        click.echo(f"note: {result['needs_model']}", err=True)
+        click.echo(terminal_safe(f"note: {result['needs_model']}"), err=True)
         return
     failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
     failed = isinstance(failure, str) and failure.startswith("forward failed")
@@ -903,9 +913,9 @@ def compare(**kwargs: Any) -> None:
 
         figure_notes: list[str] = []
         paths = write_compare_figures(run_a, run_b, comparison, Path(kwargs["plots_dir"]), notes=figure_notes)
-        click.echo(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", err=True)
+        click.echo(terminal_safe(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}"), err=True)
         for note in figure_notes:
-            click.echo(f"note: {note}", err=True)
+            click.echo(terminal_safe(f"note: {note}"), err=True)
 
 
 cli.add_command(_alias(compare, "diff"))
@@ -952,15 +962,15 @@ def export(**kwargs: Any) -> None:
         # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
         # report and classify say it
         for warning in run.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(terminal_safe(f"warning: {warning}"), err=True)
         # what the exported loss and r2 measure, as report's table and classify say it (the store records it)
         if kwargs["what"] == "trajectories" and len(run.series) == 1 \
                 and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
-            click.echo(f"note: {caveat}", err=True)
+            click.echo(terminal_safe(f"note: {caveat}"), err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:
-        click.echo(note, err=True)
+        click.echo(terminal_safe(note), err=True)
 
 
 class _AnyCase(SuggestingChoice):
@@ -1196,7 +1206,7 @@ def _run(argv: list[str] | None) -> None:
             _stdout_to_devnull()
         error = exc.error if isinstance(exc, _StdoutFailed) else exc
         voice = _voice_or_exit(alike=error.alike, status=1)
-        click.echo(f"error{f' on {voice}' if voice else ''}: {error.message}", err=True)
+        click.echo(terminal_safe(f"error{f' on {voice}' if voice else ''}: {error.message}"), err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         _say_interrupted(closing_line=False)

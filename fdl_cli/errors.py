@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,3 +152,16 @@ def shown_path(path: object) -> str:
     UTF-8, written `\\xNN` (`ESCAPE`: the file `$'\\xffstep_0.pt'` is `\\xffstep_0.pt`). What the store records
     as a checkpoint's `path` and a model file's, and how fdl's messages show a path."""
     return str(path).encode("utf-8", ESCAPE).decode("utf-8")
+
+
+#: What a terminal takes as a command rather than text: the C0 controls but tab and newline (ESC, BEL, a carriage
+#: return), DEL and the C1 controls
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` as fdl writes it for people (stderr, a log): each control character written `\\x1b`, as the bytes of
+    a name that are not UTF-8 are, so that a file, tensor or module name of a folder from someone else cannot
+    drive the terminal (an escape sequence setting its title, clearing the screen, hiding text). Tab and newline
+    stay."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)

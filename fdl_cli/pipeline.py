@@ -847,8 +847,9 @@ def _prepare_run(
     options = _settled_options(options, manifest, reporter)
     if options.trust_pickle:  # before discovery, which unpickles such files to read their steps
         reporter.warn(
-            "--trust-pickle: pickled checkpoints are loaded with full unpickling and .pt2 archives with "
-            "torch.export.load; each runs any code the file contains; use it only on files you trust"
+            "--trust-pickle: pickled checkpoints are loaded with full unpickling, .pt2 archives with "
+            "torch.export.load and TorchScript programs run; each runs any code the file contains; use it only on "
+            "files you trust"
         )
 
     def discover(options: AnalyzeOptions, manifest: Any) -> Any:

@@ -15,6 +15,7 @@ read whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -587,10 +588,34 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     return arrays
 
 
+def _no_special_files(path: Path, handle: Any) -> None:
+    """Refuse an external link or external storage of the probe's that names a FIFO, a device or a socket (HDF5
+    reads it as a file: a FIFO hung the read, past Ctrl-C), before h5py opens it. A name HDF5 would resolve against
+    the current folder or the probe's is checked in both."""
+    import h5py
+
+    for key in handle:
+        link = handle.get(key, getlink=True)
+        named = [link.filename] if isinstance(link, h5py.ExternalLink) else []
+        if not named and isinstance(link, h5py.HardLink) and isinstance(handle.get(key), h5py.Dataset):
+            named = [entry[0] for entry in handle[key].external or ()]
+        for name in named:
+            text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+            for place in {Path(text), path.parent / text}:
+                with contextlib.suppress(OSError):
+                    if place.exists() and not place.is_file():
+                        raise ProbeError(
+                            f"the probe {path}: its {key!r} is read from {place}, which is no regular file",
+                            fix="store the probe's arrays in the file itself (h5py's handle['x'] = x), or link "
+                                "to a regular file",
+                        )
+
+
 def _read_h5(path: Path) -> dict[str, Any]:
     import h5py  # read-only use of a user's file; the store module owns writing HDF5
 
     with h5py.File(path, "r") as handle:
+        _no_special_files(path, handle)
         arrays: dict[str, Any] = {}
         inputs = next((k for k in X_KEYS if isinstance(handle.get(k), h5py.Dataset)), None)
         targets = next((k for k in Y_KEYS if isinstance(handle.get(k), h5py.Dataset)), None)

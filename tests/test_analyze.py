@@ -200,7 +200,7 @@ def _save_variants(run: Path, root: Path) -> dict[str, tuple[list[str], list[str
         torch.jit.save(torch.jit.script(model), scripted / f"m_{step}.pt")
         program = torch.export.export(model, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, exported / f"m_{step}.pt2")
-    variants["torchscript"] = ([str(scripted)], [])
+    variants["torchscript"] = ([str(scripted)], ["--trust-pickle"])  # a TorchScript program is code too
     variants["torch.export"] = ([str(exported)], ["--trust-pickle"])  # torch.export.load can run code: on trust only
     # explicit files, and paths on stdin
     variants["explicit files"] = ([str(run / "ckpts" / "epoch_0.pt"), str(run / "ckpts" / "epoch_30.pt")], model_opt)

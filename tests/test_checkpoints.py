@@ -155,8 +155,9 @@ def test_torchscript_and_export_need_no_factory(tmp_path: Path) -> None:
     found = discover_checkpoints([tmp_path])
     assert [(r.step, r.kind) for r in found.checkpoints] == [(1, "torchscript"), (2, "export")]
     for ref, seed in zip(found.checkpoints, (8, 9), strict=True):
-        # torch.export.load can run code from the archive: a .pt2 loads only on trust (test_security.py)
-        loaded = load_checkpoint(ref, trust_pickle=ref.kind == "export")
+        # torch.export.load and a TorchScript program can run code: each loads only on trust (test_security.py,
+        # test_s25_sec.py)
+        loaded = load_checkpoint(ref, trust_pickle=True)
         assert loaded.state_dict is None and loaded.module is not None
         model = build_model(loaded, factory=None)
         torch.testing.assert_close(_outputs(model), _outputs(mlp(seed=seed)))

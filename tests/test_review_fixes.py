@@ -343,7 +343,8 @@ def test_parameter_norms_of_program_checkpoints_use_the_files_values_under_bfloa
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 4)).astype(np.float32), y=rng.integers(0, 3, 40))
     theta = [torch.cat([p.detach().double().reshape(-1) for p in model.parameters()]) for model in models]
     out = tmp_path / "s.h5"
-    done = fdl("analyze", tmp_path / "ckpts", "--probe", tmp_path / "probe.npz", "--out", out, "--dtype", "bfloat16")
+    done = fdl("analyze", tmp_path / "ckpts", "--probe", tmp_path / "probe.npz", "--out", out, "--dtype", "bfloat16",
+               "--trust-pickle")  # a TorchScript program is code (test_s25_sec.py)
     assert done.code == 0, done.stderr
     with StoreReader(out) as reader:
         records = reader.records()
@@ -366,11 +367,11 @@ def test_anchor_only_passes_keep_no_copy_of_a_program_checkpoints_parameters(tmp
     options = AnalyzeOptions(sources=(str(tmp_path),), dtype="bfloat16")
     ctx = _Context(options=options, probes=[], factory=None, model_kwargs={}, layer_names=(),
                    device=torch.device("cpu"), reporter=NullReporter())
-    anchors_only = load_checkpoint(ref, trust_pickle=False)
+    anchors_only = load_checkpoint(ref, trust_pickle=True)  # a TorchScript program is code (test_s25_sec.py)
     model = _prepare(ctx, anchors_only, parameters=False)
     assert anchors_only.parameters is None
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    analysed = load_checkpoint(ref, trust_pickle=False)
+    analysed = load_checkpoint(ref, trust_pickle=True)
     _prepare(ctx, analysed)
     assert analysed.parameters is not None
     expected = [p.detach() for p in mlp(seed=0).parameters()]

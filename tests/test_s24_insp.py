@@ -149,10 +149,10 @@ def test_inspect_of_a_torchscript_checkpoint_runs_a_random_input_for_its_first_l
     ):
         path = tmp_path / f"{name}_1.pt"
         torch.jit.save(torch.jit.script(model), str(path))
-        done = fdl("inspect", path, "--json")
+        done = fdl("inspect", path, "--json", "--trust-pickle")  # a TorchScript program is code (test_s25_sec.py)
         assert done.code == 0, done.stderr
         listed = json.loads(done.stdout)
         assert listed["sample"].startswith(sample), listed["sample"]
         assert listed["default_layer"] == "last_linear_op:input" and listed["default_features"] == features
-        shown = _said(fdl("inspect", path))
+        shown = _said(fdl("inspect", path, "--trust-pickle"))
         assert f"default feature layer: last_linear_op:input ({features} features; the input of the last" in shown

@@ -133,7 +133,7 @@ def test_weights_of_a_whole_module_is_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
     result = fdl("analyze", str(folder), "--probe", str(tmp_path / "probe.npz"), "--out", str(tmp_path / "s.h5"),
-                 *SMALL, "--weights", "ema")
+                 *SMALL, "--weights", "ema", "--trust-pickle")  # a TorchScript program is code
     assert result.code == 1 and "Traceback" not in result.stderr
     assert f"--weights ema: {folder / 'step_0.pt'} holds a whole module, whose weights are its own" in result.stderr
 
