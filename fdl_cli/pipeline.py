@@ -68,7 +68,7 @@ from fdl_cli.progress import NullReporter, Reporter
 from fdl_cli.regimes import Thresholds, checkpoint_regime
 
 if False:  # typing only: keep `import fdl_cli.pipeline` cheap
-    from fdl_cli.checkpoints import CheckpointRef, LoadedCheckpoint
+    from fdl_cli.checkpoints import CheckpointRef, LoadedCheckpoint, ModelKeys
     from fdl_cli.probes import Probe
     from fdl_cli.store import CheckpointEntry
 
@@ -479,7 +479,7 @@ class _Context:
     copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
     model: Any = None  # the factory-built model, reused for every checkpoint
     #: the model's state_dict keys, asked for by discovery where a metrics file is met (`checkpoints.ModelKeys`)
-    model_keys: Callable[[Sequence[CheckpointRef]], frozenset[str] | None] | None = None
+    model_keys: ModelKeys | None = None
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
     spec_source: tuple[str, str] | None = None  # (file, sha256) of the file the --model spec names (`_spec_source`)
@@ -1178,7 +1178,7 @@ def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
 
 def _wait_for_a_checkpoint(
     options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str], probes: Sequence[Path],
-    model_keys: Any = None,
+    model_keys: ModelKeys | None = None,
 ) -> Any:
     """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
     until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch.
@@ -1364,7 +1364,7 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
 
 
 def _with_stored(
-    options: AnalyzeOptions, refs: list[CheckpointRef], out: Path, model_keys: Any = None
+    options: AnalyzeOptions, refs: list[CheckpointRef], out: Path, model_keys: ModelKeys | None = None
 ) -> list[CheckpointRef]:
     """The checkpoints --steps / --every selected, plus the discovered ones the store already holds.
 
