@@ -123,6 +123,11 @@ class Discovery:
     copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
 
 
+#: The state_dict keys of the run's model, given the run's other checkpoints in step order (`model_keys`); None
+#: where they cannot be known
+ModelKeys = Callable[[Sequence[CheckpointRef]], "frozenset[str] | None"]
+
+
 @dataclass
 class LoadedCheckpoint:
     """Tensors (``state_dict``) or a whole module (``module``), plus step-like metadata of the file."""
@@ -1207,14 +1212,16 @@ def _peek_hf_dir(folder: Path) -> _Peek:
         except (OSError, ValueError, AttributeError):
             meta = {}
     digest = hashlib.sha256()
+    keys: set[str] | None = set()  # the shards' names (headers, state_dicts): the run's weights (`_foreign_flat_dicts`)
     for weight_file in files:
         peek = _peek_file(weight_file)
         if peek.kind == "pickle":
             return _Peek("pickle", meta)
         digest.update((peek.fingerprint or "").encode())
+        keys = None if keys is None or peek.keys is None else keys | peek.keys
         if not meta:
             meta = peek.metadata
-    return _Peek("hf_dir", meta, fingerprint=digest.hexdigest())
+    return _Peek("hf_dir", meta, fingerprint=digest.hexdigest(), keys=frozenset(keys) if keys else None)
 
 
 # --------------------------------------------------------------------------------------- discovery
@@ -1578,6 +1585,7 @@ def discover_checkpoints(
     trust_pickle: bool = False,
     step_offsets: Sequence[tuple[str, int]] = (),
     probes: Sequence[str | Path] = (),
+    model_keys: ModelKeys | None = None,
 ) -> Discovery:
     """Find the checkpoints in ``sources`` and order them by training step.
 
@@ -1609,7 +1617,10 @@ def discover_checkpoints(
     restarted with its step count reset, into another folder or under other names. ``probes``: the run's
     probe files (--probe), which a folder or a glob of the run's files takes in (`fdl analyze 'run/*.pt'
     --probe run/probe.pt`): skipped as any probe is, but without a note, as the user named them (a path
-    that resolves to the same file, through a symbolic link or `..`, is the same file).
+    that resolves to the same file, through a symbolic link or `..`, is the same file). ``model_keys``: the
+    state_dict keys of the run's model, asked for only where a flat dict of tensors beside plain values (a
+    training job's metrics file) is met among checkpoints that tell no weights' names of their own
+    (`_foreign_flat_dicts`).
     """
     notes: list[str] = []
     quiet = _Quiet(frozenset(_resolved(Path(path)) for path in probes))
@@ -1680,7 +1691,7 @@ def discover_checkpoints(
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
         peeks[path] = peek
-    found = _foreign_flat_dicts(found, peeks, notes)
+    found = _foreign_flat_dicts(found, peeks, notes, model_keys)
     # After the scan: whether a checkpoint is its folder's only one (one folder per step) tells which folders
     # take it in
     alone = collections.Counter(ref.path.absolute().parent for ref, _ in found)
@@ -1798,22 +1809,24 @@ def discover_checkpoints(
     )
 
 
-def _tails(keys: Iterable[str]) -> set[str]:
-    """Each name with its leading parts dropped one by one (`model.0.weight`, `0.weight`, `weight`)."""
-    return {".".join(parts[index:]) for key in keys for parts in [key.split(".")] for index in range(len(parts))}
+def _leaves(keys: Iterable[str]) -> set[str]:
+    """The last part of each name: the parameter's or buffer's own (`model.0.weight` -> `weight`)."""
+    return {key.rpartition(".")[2] for key in keys}
 
 
 def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Mapping[Path, _Peek],
-                        notes: list[str]) -> list[tuple[CheckpointRef, str | None]]:
+                        notes: list[str], model_keys: ModelKeys | None = None) -> list[tuple[CheckpointRef, str | None]]:
     """`found` without its flat dicts of tensors beside plain values (`_Peek.beside`) whose tensors share no
     name with the weights of the run's other checkpoints, those found as weights otherwise (a state_dict of
-    tensors only, a training-loop dict's, a safetensors file) and those most of its files hold: a note says why
-    each is left out. Such a dict is `{**model.state_dict(), "step": 5}`, or a training job's metrics,
-    `{"losses": ..., "accs": ..., "epoch": 3}`, which no file tells apart alone (a model of raw parameters,
-    `{"W": ..., "a": ..., "step": 5}`, is saved so): beside the run's weights, names that none of them holds
-    (ignoring prefixes, `module.` or Lightning's `model.`) are no weights of that model. The metrics file was
-    read as a checkpoint, failed to load ("unexpected keys losses, accs") and failed the run, or took the step
-    of its epoch from a real one."""
+    tensors only, a training-loop dict's, a safetensors file, an HF folder's) and those most of its files hold;
+    where these tell none (TorchScript, modules pickled whole, or one such flat dict beside the other), the
+    keys of the run's model (`model_keys`). A note says why each is left out. Such a dict is
+    `{**model.state_dict(), "step": 5}`, or a training job's metrics, `{"losses": ..., "accs": ..., "epoch": 3}`,
+    which no file tells apart alone (a model of raw parameters, `{"W": ..., "a": ..., "step": 5}`, is saved so):
+    beside the run's weights, a dict none of whose names ends as one of theirs (`weight`, `bias`,
+    `running_mean`, `W`) holds no weights of that model, nor of another (whose names end so too: its file stays,
+    and fails to load as another model's). The metrics file was read as a checkpoint, failed to load
+    ("unexpected keys losses, accs") and failed the run, or took the step of its epoch from a real one."""
     firm = [keys for ref, _ in found for keys in [peeks[ref.path].keys] if not peeks[ref.path].beside and keys]
     # The names most of the run's files hold, two files at least, are its weights too: a run of flat dicts only,
     # and one whose files of tensors only are fewer (metrics saved as `{"losses": ..., "accs": ...}` beside
@@ -1822,15 +1835,19 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
     top = counts[0][0] if counts else None
     if top and counts[0][1] >= 2 and (len(counts) == 1 or counts[1][1] < counts[0][1]):
         firm.append(top)
+    flat = {ref.path for ref, _ in found if peeks[ref.path].beside and peeks[ref.path].keys is not None}
+    if not firm and flat and len(found) > 1 and model_keys is not None:
+        # asked only now: building the model, or loading a checkpoint that holds one, costs what a peek does not
+        others = sorted((ref for ref, _ in found if ref.path not in flat), key=lambda ref: (ref.step, str(ref.path)))
+        firm = [keys for keys in [model_keys(others)] if keys]
     if not firm:
         return found
     weights: frozenset[str] = frozenset().union(*firm)
-    tails = _tails(weights)
+    leaves = _leaves(weights)
     kept = []
     for ref, fingerprint in found:
         peek = peeks[ref.path]
-        if (peek.beside and peek.keys is not None and not peek.keys & tails
-                and not weights & _tails(peek.keys)):
+        if ref.path in flat and peek.keys is not None and not _leaves(peek.keys) & leaves:
             shown, theirs = first_few(sorted(peek.keys), 3), first_few(sorted(weights), 3)
             notes.append(
                 f"skipped {ref.path.name}: tensors ({shown}) beside plain values ({', '.join(peek.beside[:3])}) that "
@@ -1840,6 +1857,26 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
             continue
         kept.append((ref, fingerprint))
     return kept
+
+
+def model_keys(others: Sequence[CheckpointRef], factory: Callable[..., nn.Module] | None,
+               kwargs: Mapping[str, Any] | None, *, trust_pickle: bool = False,
+               weights: str | None = None) -> frozenset[str] | None:
+    """The state_dict keys of a run's model (`discover_checkpoints`' ``model_keys``): of the model `factory`
+    builds, built on the meta device (neither memory nor initialisation), else of the module the first of
+    `others` holds (TorchScript, a module pickled whole, loaded as the run loads it). None where neither
+    tells them: the model cannot be built so, the file cannot be loaded (its turn in the run says why)."""
+    model: Any = None
+    if factory is not None:
+        with contextlib.suppress(Exception, SystemExit), _user_code_stderr(), torch.device("meta"):
+            model = factory(**(kwargs or {}))  # user code: any failure is the run's to report, when it builds it
+    elif others:
+        with contextlib.suppress(FdlError, OSError):
+            loaded = load_checkpoint(others[0], trust_pickle=trust_pickle, weights=weights)
+            model = build_model(loaded, factory=None) if loaded.module is not None else None
+    if not isinstance(model, nn.Module):
+        return None
+    return frozenset(_key_names(_unwrapped(model).state_dict())) or None
 
 
 def _offset_matches(path: Path, pattern: str, *, alone: bool = False) -> bool:

@@ -58,7 +58,9 @@ def inspect_checkpoint(
     from fdl_cli.probes import load_probe, parse_probe_spec
 
     path = Path(checkpoint)
-    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True)
+    # a metrics file beside TorchScript or pickled modules is told by the module of the folder's first checkpoint
+    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True, model_keys=lambda others: ckpts.model_keys(
+        others, None, None, trust_pickle=trust_pickle, weights=weights))
     if not discovery.checkpoints:
         raise CheckpointError(f"{checkpoint} is not a checkpoint", got="; ".join(discovery.notes) or None)
     ref = discovery.checkpoints[0]

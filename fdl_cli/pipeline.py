@@ -68,7 +68,7 @@ from fdl_cli.progress import NullReporter, Reporter
 from fdl_cli.regimes import Thresholds, checkpoint_regime
 
 if False:  # typing only: keep `import fdl_cli.pipeline` cheap
-    from fdl_cli.checkpoints import CheckpointRef, LoadedCheckpoint
+    from fdl_cli.checkpoints import CheckpointRef, LoadedCheckpoint, ModelKeys
     from fdl_cli.probes import Probe
     from fdl_cli.store import CheckpointEntry
 
@@ -487,6 +487,8 @@ class _Context:
     #: a stored checkpoint's file among them holds another step now (`_stored_files_to_hash`, `_check_redo`)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = field(default_factory=list)
     model: Any = None  # the factory-built model, reused for every checkpoint
+    #: the model's state_dict keys, asked for by discovery where a metrics file is met (`checkpoints.ModelKeys`)
+    model_keys: ModelKeys | None = None
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
     spec_source: tuple[str, str] | None = None  # (file, sha256) of the file the --model spec names (`_spec_source`)
@@ -852,6 +854,36 @@ def _prepare_run(
             "files you trust"
         )
 
+    factories: dict[tuple[Any, ...], Callable[..., Any]] = {}
+    keys_found: list[frozenset[str]] = []
+
+    def run_factory(model_spec: str, base_dir: Path | None, manifest: Any) -> Callable[..., Any]:
+        """The factory of the run's model code (--model, else fdl.toml's), imported once however often it is
+        asked for (by `model_keys` during discovery, then to build the model); fdl.toml's said before it runs."""
+        named_by = manifest.path if manifest is not None and not options.model_spec else None
+        key = (model_spec, base_dir, named_by)
+        if key not in factories:
+            # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
+            module_dir = named_by.parent if named_by is not None else None
+            if named_by is not None:  # code the folder brought: said before it runs
+                reporter.note(ckpts.manifest_model_note(model_spec, named_by, base_dir=base_dir, module_dir=module_dir))
+            factories[key] = ckpts.resolve_model_factory(model_spec, base_dir=base_dir, module_dir=module_dir,
+                                                         named_by=named_by)
+        return factories[key]
+
+    def model_keys(others: Sequence[CheckpointRef]) -> frozenset[str] | None:
+        """The run's model's state_dict keys, for discovery to tell a metrics file from a checkpoint by
+        (`checkpoints.model_keys`): asked only where it meets one that the other checkpoints' names do not
+        tell; found once a run. The options and fdl.toml settled when it is asked."""
+        if not keys_found:
+            model_spec = options.model_spec or (manifest.model if manifest else None)
+            base_dir = dirs[0] if dirs else None
+            factory = run_factory(model_spec, base_dir, manifest) if model_spec else None
+            keys = ckpts.model_keys(others, factory, _model_kwargs(options, manifest, base_dir, NullReporter()),
+                                    trust_pickle=options.trust_pickle, weights=options.weights)
+            keys_found.extend([keys] if keys else [])
+        return keys_found[0] if keys_found else None
+
     def discover(options: AnalyzeOptions, manifest: Any) -> Any:
         return ckpts.discover_checkpoints(
             options.sources,
@@ -865,6 +897,7 @@ def _prepare_run(
             missing_ok=options.watch and "-" not in options.sources,
             trust_pickle=options.trust_pickle,
             probes=_named_files(options, manifest),
+            model_keys=model_keys,
         )
 
     discovery = discover(options, manifest)
@@ -880,7 +913,7 @@ def _prepare_run(
         _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
-                                           _named_files(options, manifest))
+                                           _named_files(options, manifest), model_keys)
         notes = [note for note in discovery.notes if note not in shown]
     if watched and manifest is None:
         # A trainer that makes its folder, or writes its fdl.toml, at its first save: the file is read
@@ -903,7 +936,7 @@ def _prepare_run(
                 discovery = discover(options, manifest)  # how its checkpoints are named, or which weights
                 if not discovery.checkpoints:
                     discovery = _wait_for_a_checkpoint(
-                        options, reporter, discovery, reported_bad, _named_files(options, manifest))
+                        options, reporter, discovery, reported_bad, _named_files(options, manifest), model_keys)
                 notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
@@ -924,11 +957,8 @@ def _prepare_run(
         _report_bad_found(options, reporter, bad_path, reason)
 
     model_spec = options.model_spec or (manifest.model if manifest else None)
-    # --model-kwargs '{}' given on the command line wins over fdl.toml's, as every option given does
-    given_kwargs = "model_kwargs" in options.given or bool(options.model_kwargs)
     base_dir = dirs[0] if dirs else None  # where a relative --model file is looked for first
-    model_kwargs = (options.model_kwargs if given_kwargs or manifest is None
-                    else _manifest_kwargs(options.model_spec, manifest, base_dir, reporter))
+    model_kwargs = _model_kwargs(options, manifest, base_dir, reporter)
     probe_specs = options.probe_specs or tuple(manifest.probe if manifest else ())
     layer_names = options.layers or tuple(manifest.layer if manifest else ())
     if not probe_specs:
@@ -963,14 +993,7 @@ def _prepare_run(
             got=", ".join(probe_specs),
             fix="name them: --probe train=a.npz --probe test=b.npz",
         )
-    # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
-    module_dir = manifest.path.parent if manifest is not None and not options.model_spec else None
-    if model_spec and manifest is not None and not options.model_spec:  # code the folder brought: said before it runs
-        reporter.note(ckpts.manifest_model_note(model_spec, manifest.path, base_dir=base_dir, module_dir=module_dir))
-    factory = ckpts.resolve_model_factory(
-        model_spec, base_dir=base_dir, module_dir=module_dir,
-        named_by=manifest.path if manifest is not None and not options.model_spec else None,
-    ) if model_spec else None
+    factory = run_factory(model_spec, base_dir, manifest) if model_spec else None
     if options.model_spec is not None and (other := _other_model_file(options.model_spec, base_dir)) is not None:
         reporter.note(other)
     model_source = _model_source(factory)
@@ -996,6 +1019,7 @@ def _prepare_run(
         manifests=list(manifests),
         given_options=given_options,
         said_notes=said,
+        model_keys=model_keys,
     )
     out = options.out or default_store_path(options.sources)
     ctx.store = out
@@ -1019,9 +1043,17 @@ def _prepare_run(
     refs = list(discovery.checkpoints)
     if options.resume and (options.steps or options.every) and "-" not in options.sources:
         selected = {ref.step for ref in refs}
-        refs = _with_stored(options, refs, out)
+        refs = _with_stored(options, refs, out, model_keys)
         summary.unselected = {ref.step for ref in refs} - selected
     return ctx, refs, out, summary, model_spec, base_dir
+
+
+def _model_kwargs(options: AnalyzeOptions, manifest: Any, base_dir: Path | None, reporter: Reporter) -> dict[str, Any]:
+    """The keyword arguments of the run's model factory: --model-kwargs '{}' given on the command line wins
+    over fdl.toml's, as every option given does."""
+    if "model_kwargs" in options.given or bool(options.model_kwargs) or manifest is None:
+        return options.model_kwargs
+    return _manifest_kwargs(options.model_spec, manifest, base_dir, reporter)
 
 
 #: the kinds of checkpoint that hold weights alone: a model's code (--model, fdl.toml's model) must build it
@@ -1193,7 +1225,8 @@ def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
 
 
 def _wait_for_a_checkpoint(
-    options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str], probes: Sequence[Path]
+    options: AnalyzeOptions, reporter: Reporter, discovery: Any, reported: set[str], probes: Sequence[Path],
+    model_keys: ModelKeys | None = None,
 ) -> Any:
     """--watch started before the training job wrote a checkpoint (or while it writes the first): poll
     until one can be read, as later checkpoints are waited for; Ctrl-C stops, as it stops the watch.
@@ -1213,7 +1246,7 @@ def _wait_for_a_checkpoint(
                 options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
                 step_offsets=options.step_offsets, steps=options.steps,
                 every=options.every, weights=options.weights, empty_ok=True, missing_ok=True,
-                trust_pickle=options.trust_pickle, probes=probes,
+                trust_pickle=options.trust_pickle, probes=probes, model_keys=model_keys,
             )
         except SameStepError as exc:
             now = time.time()
@@ -1378,7 +1411,9 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
                       f"suffix ({', '.join(ckpts.WEIGHT_SUFFIXES + ckpts.TAR_SUFFIXES)}): {listed(unsuffixed)}")
 
 
-def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) -> list[CheckpointRef]:
+def _with_stored(
+    options: AnalyzeOptions, refs: list[CheckpointRef], out: Path, model_keys: ModelKeys | None = None
+) -> list[CheckpointRef]:
     """The checkpoints --steps / --every selected, plus the discovered ones the store already holds.
 
     "Previous" (cka_prev, overlap_prev, prev_step) runs over every checkpoint of the store, not only
@@ -1401,7 +1436,7 @@ def _with_stored(options: AnalyzeOptions, refs: list[CheckpointRef], out: Path) 
         everything = ckpts.discover_checkpoints(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
             step_offsets=options.step_offsets, weights=options.weights,
-            trust_pickle=options.trust_pickle,
+            trust_pickle=options.trust_pickle, model_keys=model_keys,
         )
     except FdlError:
         return refs
@@ -2986,7 +3021,7 @@ def _rediscover(
             options.sources, glob=options.glob_pattern, step_regex=options.step_regex,
             step_offsets=options.step_offsets, stdin=_replayed(stdin_text),
             weights=options.weights, empty_ok=True, trust_pickle=options.trust_pickle,
-            probes=_named_files(options, ctx.manifest),
+            probes=_named_files(options, ctx.manifest), model_keys=ctx.model_keys,
         )
     except SameStepError as exc:
         now = time.time()
