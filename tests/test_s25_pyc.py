@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import marshal
 import py_compile
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,21 @@ def test_the_users_own_model_may_import_compiled_code_beside_it(tmp_path: Path, 
         del sys.modules[name]
     with pytest.raises(ModelError, match="holds compiled code"):
         resolve_model_factory("model:build", module_dir=run, named_by=run / "fdl.toml")
+
+
+def test_a_pyc_recording_the_sources_time_and_size_is_not_trusted_either(tmp_path: Path,
+                                                                          _clean_imports: None) -> None:
+    """A default (timestamp) .pyc is checked only against the time and size of its source that it records, which a
+    downloaded folder's files keep: one of other code, recording model.py's, ran as model.py."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    model = folder / "model.py"
+    model.write_text("def build():\n    return 'source'\n")
+    stat = model.stat()
+    code = compile(_evil("def build():\n    return 'pyc'\n", tmp_path / "ran_model"), str(model), "exec")
+    cached = Path(importlib.util.cache_from_source(str(model)))
+    cached.parent.mkdir()
+    cached.write_bytes(importlib.util.MAGIC_NUMBER + struct.pack("<III", 0, int(stat.st_mtime) & 0xFFFFFFFF,
+                                                                 stat.st_size) + marshal.dumps(code))
+    assert resolve_model_factory(f"{model}:build")() == "source"
+    assert _ran(tmp_path) == []
