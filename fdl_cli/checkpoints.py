@@ -3116,9 +3116,13 @@ def resolve_model_factory(
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
         module_name = "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
-        _serve_folder(file.resolve().parent, first=True)  # `from layers import Block` beside it, as python runs it
+        manifest = None if named_by is None else str(named_by)
+        # `from layers import Block` beside it, as python runs it
+        _serve_folder(file.resolve().parent, first=True, manifest=manifest)
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
+            if spec_obj is not None:
+                spec_obj = _from_source(spec_obj, None, manifest)
             if spec_obj is None or spec_obj.loader is None:
                 raise ImportError(f"cannot import {file}")
             module = importlib.util.module_from_spec(spec_obj)
@@ -3128,6 +3132,9 @@ def resolve_model_factory(
         except SystemExit as exc:  # a training script's top-level code (argparse, sys.exit) ran
             sys.modules.pop(module_name, None)
             raise _exited(f"{label}: importing {file}", exc, said.getvalue()) from None
+        except CompiledCodeError:
+            sys.modules.pop(module_name, None)
+            raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             sys.modules.pop(module_name, None)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
@@ -3152,12 +3159,14 @@ def resolve_model_factory(
                     # a package in the current folder, as `python -c` finds it, after an installed one
                     _serve_folder(Path.cwd(), first=False, named=named)
         if beside is not None:  # ahead of an installed module of that name
-            _serve_folder(beside, first=True, named=named)
+            _serve_folder(beside, first=True, named=named, manifest=None if named_by is None else str(named_by))
         try:
             with _user_code_stderr() as said:
                 module = importlib.import_module(target)
         except SystemExit as exc:
             raise _exited(f"{label}: importing {target}", exc, said.getvalue()) from None
+        except CompiledCodeError:
+            raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             raise ModelError(
                 f"{label}: cannot import {target}",
@@ -3296,12 +3305,14 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     lazy imports, torch's optional ones) gets one but the unpickler under --trust-pickle (`_TRUSTED_UNPICKLING`):
     the folder itself is not put on sys.path, where a `safetensors.py` beside a model file stood in for the library.
     `namespaces`: serve only folders of no package (after everything, as Python ranks a namespace portion), else
-    only modules and packages."""
+    only modules and packages. Every module of the folder is compiled from its source (`_from_source`), and for
+    the model of the fdl.toml `manifest` compiled code there is refused."""
 
-    def __init__(self, folder: Path, *, named: str | None, namespaces: bool) -> None:
+    def __init__(self, folder: Path, *, named: str | None, namespaces: bool, manifest: str | None = None) -> None:
         self.folder = os.path.realpath(folder)
         self.named = named
         self.namespaces = namespaces
+        self.manifest = manifest
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _FolderModules) and vars(self) == vars(other)
@@ -3329,8 +3340,81 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         # last: the installed metadata is read (~0.1 s, once) only when the folder does hold a module of that name
         if fullname in _protected_modules():
             return None
+        found = _from_source(found, fullname, self.manifest)
         _SERVED[fullname] = self.folder
         return found
+
+
+class _FolderSubmodules(importlib.abc.MetaPathFinder):
+    """The submodules of a package `_FolderModules` served (`import pkg.sub`, `from . import x`), which Python's own
+    finder would look for in the package's folder: found as it finds them, compiled from their source
+    (`_from_source`). Ahead of Python's finder, for any package `_SERVED`."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        folder = _SERVED.get(fullname.partition(".")[0]) if path is not None else None
+        server = next((finder for finder in sys.meta_path if isinstance(finder, _FolderModules)
+                       and finder.folder == folder), None)
+        if server is None:
+            return None
+        for entry in list(path):
+            try:
+                found = importlib.machinery.PathFinder.find_spec(fullname, [entry])
+            except (ImportError, OSError, ValueError):
+                continue
+            if found is not None and found.origin not in (None, "namespace"):
+                # a portion of a namespace package elsewhere (site-packages) is not the folder's own code
+                return _from_source(found, fullname, server.manifest) if server.holds(entry) else found
+        return None  # none, or only namespace portions: Python's finder joins them
+
+
+_SUBMODULES = _FolderSubmodules()
+
+
+class CompiledCodeError(ModelError):
+    """The model folder of an fdl.toml holds compiled code its model's imports would run in place of the source
+    a user can read, or without any (`_from_source`)."""
+
+
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """A module's code compiled from its .py each time, never read from a `__pycache__` .pyc (which need not be
+    what that source compiles to: one of `invalidation_mode=UNCHECKED_HASH` is never compared with it, and the
+    source's time and size it records come with a downloaded folder), nor written there."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+def _from_source(found: importlib.machinery.ModuleSpec, name: str | None,
+                 manifest: str | None) -> importlib.machinery.ModuleSpec:
+    """`found`, the spec of a module of a model's folder (None `name`: the model file itself), compiled from its
+    source (`_SourceLoader`). Compiled code in its place (an extension module, which Python takes before the .py
+    beside it; a .pyc of no .py) is the user's own under --model, as Python imports it; for the model of the fdl.toml
+    `manifest`, it is refused: what runs would be no code anyone can read."""
+    loader = found.loader
+    if found.origin in (None, "namespace") or isinstance(loader, _SourceLoader):
+        return found
+    if isinstance(loader, importlib.machinery.SourceFileLoader):
+        found.loader = _SourceLoader(loader.name, loader.path)
+        return found
+    if manifest is None:
+        return found
+    file = Path(str(found.origin))
+    stem = file.name.partition(".")[0]
+    source = file.with_name(stem + ".py")
+    if name is None:
+        how = "which it names as the model file"
+    elif source.is_file():
+        how = f"which Python would import as {name} in place of its source {source.name}"
+    else:
+        how = f"which Python would import as {name}, and the folder holds no source of it (a .py) to read"
+    raise CompiledCodeError(
+        f"the model folder of {manifest} holds compiled code, which fdl does not run for an fdl.toml's model: "
+        f"{file}, {how}",
+        got="an extension module (.so, .pyd) or a .pyc without its .py: code that reading the fdl.toml and the "
+        "files it names does not show",
+        fix=f"delete {file}" + (f" (the model's import then compiles {source.name})" if source.is_file() else "")
+        + ", or give --model of your own",
+    )
 
 
 def _module_homes(module: object) -> list[str]:
@@ -3363,21 +3447,24 @@ def _forget_other_folders(folder: str) -> None:
                 del sys.modules[loaded]
 
 
-def _serve_folder(folder: Path, *, first: bool, named: str | None = None) -> None:
+def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None) -> None:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
 
     first: ahead of installed modules, as Python puts a script's own folder (a model file's neighbours win, as
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
-    console script lacks while `python -m` has it: an installed package still wins)."""
-    regular = _FolderModules(folder, named=named, namespaces=False)
+    console script lacks while `python -m` has it: an installed package still wins). manifest: the fdl.toml whose
+    model the folder's code is, for which compiled code there is refused (`_from_source`)."""
+    if _SUBMODULES not in sys.meta_path:
+        sys.meta_path.insert(0, _SUBMODULES)
+    regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
         _forget_other_folders(regular.folder)
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(regular)
     if regular not in sys.meta_path:
         sys.meta_path.insert(0 if first else len(sys.meta_path), regular)
-    namespaces = _FolderModules(folder, named=named, namespaces=True)
+    namespaces = _FolderModules(folder, named=named, namespaces=True, manifest=manifest)
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
 
@@ -3581,6 +3668,8 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             model = factory(**(kwargs or {}))
     except SystemExit as exc:
         raise _exited(f"building the model for {path}", exc, said.getvalue()) from None
+    except CompiledCodeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
         memory = ("the model does not fit in this machine's memory: build a smaller one (--model-kwargs), or run on "
                   "a machine with more") if isinstance(exc, MemoryError) else None

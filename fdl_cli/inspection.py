@@ -158,6 +158,8 @@ def inspect_checkpoint(
                     break
                 else:
                     raise exc from None  # the first layer's input, the one to say why it failed
+    except ckpts.CompiledCodeError:  # the folder's, not the probe's: said as such, before any listing
+        raise
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
