@@ -28,7 +28,7 @@ from fdl_cli import progress
 from fdl_cli.errors import NumericalError
 from fdl_cli.moments import RANGE_MIN, MomentAccumulator
 from fdl_cli.spectral import measure, merge_all
-from tests.cli_run import REPO, fdl, fdl_in_process, model_file
+from tests.cli_run import REPO, fdl_in_process, model_file
 
 RNG = np.random.default_rng(1717)
 
@@ -110,7 +110,7 @@ def test_shard_probe_checks_the_range_on_the_whole_probe_as_one_process(tmp_path
     runs, probe = _scaled_run(tmp_path)
     args = ["analyze", runs, "--model", f"{tmp_path / 'model.py'}:build", "--layer", "feat", "--probe", probe,
             "--device", "cpu", "--json"]
-    one = fdl(*args, "-o", tmp_path / "one.h5")
+    one = fdl_in_process(*args, "-o", tmp_path / "one.h5")  # the one process compared with, in this one
     assert one.returncode == 1, one.stderr
     assert "step_1.pt: the features are too small for fdl's float64 statistics" in one.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

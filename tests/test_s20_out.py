@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import report as rep
-from tests.cli_run import fdl, fdl_in_process
+from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
 
 # -- 1. stale figure files ----------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_with_home_unwritable_the_report_says_nothing_of_matplotlib(tmp_path: Pa
     status, stdout, stderr = _report(store, "--format", "csv", "--plots", tmp_path / "plots", env=env)
     assert status == 0, stderr
     assert stderr == f"wrote 8 figure files to {tmp_path / 'plots'}\n"
-    assert stdout == fdl("report", store, "--format", "csv").stdout
+    assert stdout == fdl_in_process("report", store, "--format", "csv").stdout
     assert not home_path.exists()
     assert list(temporary.iterdir()) == []  # the private folder went with the process
     status, _, stderr = _report(store, "--html", tmp_path / "r.html", "--format", "json", env=env)

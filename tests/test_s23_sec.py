@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fdl_cli.checkpoints import resolve_model_factory
-from tests.cli_run import REPO, fdl
+from tests.cli_run import REPO, fdl, fdl_in_process  # fdl: a fresh process, for the planted imports alone
 
 SAMPLE = REPO / "sample_checkpoints"
 
@@ -94,13 +94,13 @@ def test_the_manifest_model_that_runs_is_said_once(tmp_path: Path) -> None:
     now names the code and the fdl.toml (for `fdl inspect` too). A --model the user typed is not noted."""
     run = _sample_copy(tmp_path / "run")
     said = f"note: running the model code {run / 'model.py'}:build, named by {run / 'fdl.toml'}"
-    done = fdl("analyze", run, "--out", tmp_path / "a.h5")
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5")
     assert done.returncode == 0, done.stderr
     assert " ".join(done.stderr.split()).count(said) == 1, done.stderr
-    shown = fdl("inspect", run / "step_0.safetensors")
+    shown = fdl_in_process("inspect", run / "step_0.safetensors")
     assert shown.returncode == 0, shown.stderr
     assert said in " ".join(shown.stderr.split()), shown.stderr
-    own = fdl("analyze", run, "--out", tmp_path / "b.h5", "--model", f"{SAMPLE / 'model.py'}:build")
+    own = fdl_in_process("analyze", run, "--out", tmp_path / "b.h5", "--model", f"{SAMPLE / 'model.py'}:build")
     assert own.returncode == 0, own.stderr
     assert "running the model code" not in own.stderr
 
@@ -110,7 +110,8 @@ def test_a_model_path_found_only_in_the_checkpoint_folder_is_said(tmp_path: Path
     model.py (as documented) and said nothing: that is code which came with the checkpoints."""
     run = _sample_copy(tmp_path / "run")
     (run / "fdl.toml").unlink()
-    done = fdl("analyze", run, "--out", tmp_path / "a.h5", "--model", "model.py:build", "--probe", run / "probe.npz")
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5", "--model", "model.py:build",
+                          "--probe", run / "probe.npz")
     assert done.returncode == 0, done.stderr
     said = (f"--model model.py:build: the current folder holds no model.py, so the checkpoint folder's "
             f"{run / 'model.py'} runs")
