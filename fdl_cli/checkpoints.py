@@ -53,6 +53,7 @@ from fdl_cli.errors import (
     first_few,
     first_line,
     shown_path,
+    terminal_safe,
     utf8_path,
 )
 
@@ -3068,6 +3069,13 @@ def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, mod
         beside = module_beside(target, module_dir)
         code = spec + (f" ({beside})" if beside is not None else "")
     return f"running the model code {code}, named by {named_by}"
+
+
+def say_on_stderr(note: str) -> None:
+    """`note` printed on stderr at once, as fdl's notes are (`note: ...`, control characters escaped): where no
+    reporter shows them, the note of `manifest_model_note`, which is to come before the code it names runs, and not
+    with a listing after it (`fdl inspect`), nor never (`run_analyze` without a reporter)."""
+    print(terminal_safe(f"note: {note}"), file=sys.stderr, flush=True)
 
 
 def resolve_model_factory(
