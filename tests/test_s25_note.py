@@ -6,11 +6,15 @@ Python API) never said it."""
 from __future__ import annotations
 
 import json
+import py_compile
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
 from fdl_cli.options import AnalyzeOptions
 from fdl_cli.pipeline import run_analyze
 from tests.cli_run import REPO, fdl_in_process
@@ -113,3 +117,33 @@ def test_run_analyze_without_a_reporter_says_the_note_on_stderr(tmp_path: Path,
     assert out == ""
     after = _said_first(err, folder)
     assert after == [RAN], err  # nothing else: the run's other notes stay unsaid
+
+
+@pytest.fixture
+def _clean_imports() -> Iterator[None]:
+    """sys.meta_path and the modules the test imported as they were."""
+    meta_path, modules = list(sys.meta_path), set(sys.modules)
+    yield
+    sys.meta_path[:] = meta_path
+    for name in set(sys.modules) - modules:
+        if name.startswith(("s25n_", "fdl_user_model_")):
+            del sys.modules[name]
+
+
+def test_a_module_the_users_model_imported_is_checked_again_for_the_folders_fdl_toml(
+        tmp_path: Path, _clean_imports: None) -> None:
+    """In one process (the Python API), compiled code beside model.py that --model of the user's own imported (as
+    Python does) stayed in sys.modules: the folder's fdl.toml naming that model.py then got it, not refused as a
+    fresh process refuses it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.py").write_text("import s25n_helpers\nfrom torch import nn\n\n"
+                                  "def build():\n    return nn.Linear(s25n_helpers.IN, 3)\n")
+    (run / "fdl.toml").write_text('model = "model.py:build"\n')
+    source = tmp_path / "helpers_source.py"
+    source.write_text("IN = 4\n")
+    py_compile.compile(str(source), cfile=str(run / "s25n_helpers.pyc"))  # a .pyc of no .py beside it
+    assert resolve_model_factory(f"{run / 'model.py'}:build")().in_features == 4  # --model: taken
+    with pytest.raises(CompiledCodeError, match="s25n_helpers.pyc, which Python would import as s25n_helpers"):
+        resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=run / "fdl.toml")
+    assert resolve_model_factory(f"{run / 'model.py'}:build")().in_features == 4  # and --model's again after
