@@ -53,6 +53,7 @@ from fdl_cli.errors import (
     first_few,
     first_line,
     shown_path,
+    terminal_safe,
     utf8_path,
 )
 
@@ -3070,6 +3071,13 @@ def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, mod
     return f"running the model code {code}, named by {named_by}"
 
 
+def say_on_stderr(note: str) -> None:
+    """`note` printed on stderr at once, as fdl's notes are (`note: ...`, control characters escaped): where no
+    reporter shows them, the note of `manifest_model_note`, which is to come before the code it names runs, and not
+    with a listing after it (`fdl inspect`), nor never (`run_analyze` without a reporter)."""
+    print(terminal_safe(f"note: {note}"), file=sys.stderr, flush=True)
+
+
 def resolve_model_factory(
     spec: str, *, base_dir: Path | None = None, module_dir: Path | None = None, named_by: Path | None = None
 ) -> Callable[..., nn.Module]:
@@ -3295,6 +3303,8 @@ _TRUSTED_UNPICKLING: contextvars.ContextVar[bool] = contextvars.ContextVar("_TRU
 
 #: the top-level modules `_FolderModules` served, and the folder each came from (`_forget_other_folders`)
 _SERVED: dict[str, str] = {}
+#: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused
+_UNCHECKED: set[str] = set()
 
 
 class _FolderModules(importlib.abc.MetaPathFinder):
@@ -3342,6 +3352,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
             return None
         found = _from_source(found, fullname, self.manifest)
         _SERVED[fullname] = self.folder
+        (_UNCHECKED.add if self.manifest is None else _UNCHECKED.discard)(fullname)
         return found
 
 
@@ -3428,12 +3439,14 @@ def _module_homes(module: object) -> list[str]:
     return [place for place in places if isinstance(place, str) and os.path.isabs(place)]
 
 
-def _forget_other_folders(folder: str) -> None:
+def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
     """Take out of sys.modules the modules another model folder served (`_SERVED`) whose names `folder` holds too:
     imported once, a model folder's `layers` was what the next model's `from layers import Block` got (the Python
-    API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays."""
+    API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays.
+    `checked`: for an fdl.toml's model, also those `folder` served to --model's code (`_UNCHECKED`), which its
+    imports would get as they are, compiled code never refused (`_from_source`) in the same process."""
     for name, home in list(_SERVED.items()):
-        if home == folder:
+        if home == folder and not (checked and name in _UNCHECKED):
             continue
         try:
             here = importlib.machinery.PathFinder.find_spec(name, [folder])
@@ -3442,6 +3455,7 @@ def _forget_other_folders(folder: str) -> None:
         if here is None:
             continue
         del _SERVED[name]
+        _UNCHECKED.discard(name)
         if any(place.startswith(home + os.sep) for place in _module_homes(sys.modules.get(name))):
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
@@ -3459,7 +3473,7 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
         sys.meta_path.insert(0, _SUBMODULES)
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
-        _forget_other_folders(regular.folder)
+        _forget_other_folders(regular.folder, checked=manifest is not None)
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(regular)
     if regular not in sys.meta_path:

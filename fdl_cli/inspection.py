@@ -72,8 +72,8 @@ def inspect_checkpoint(
     if model_kwargs is None and manifest is not None:  # --model-kwargs '{}' wins over fdl.toml's
         kwargs = _manifest_kwargs(model_spec, manifest, folder, kwargs_notes)  # not to another factory --model names
     module_dir = folder if manifest is not None and not model_spec else None  # fdl.toml's module, beside it
-    if spec and manifest is not None and not model_spec:
-        kwargs_notes.note(ckpts.manifest_model_note(spec, manifest.path, base_dir=folder, module_dir=module_dir))
+    if spec and manifest is not None and not model_spec:  # on stderr now: the code may fail, or print, as it runs
+        ckpts.say_on_stderr(ckpts.manifest_model_note(spec, manifest.path, base_dir=folder, module_dir=module_dir))
     factory = ckpts.resolve_model_factory(
         spec, base_dir=folder, module_dir=module_dir,
         named_by=manifest.path if manifest is not None and not model_spec else None,

@@ -741,7 +741,10 @@ def _run_analyze(
     started: str = "",
 ) -> AnalyzeSummary:
     from fdl_cli import distributed
+    from fdl_cli.checkpoints import say_on_stderr
 
+    # a caller that shows nothing (the Python API, no reporter) is still told, on stderr, that fdl.toml's code runs
+    code_note = say_on_stderr if reporter is None and world.speaks else None
     reporter = reporter or NullReporter()
     if not world.speaks:
         reporter = NullReporter()  # rank 0 shows the progress and the messages
@@ -753,7 +756,8 @@ def _run_analyze(
             prepared = None
             try:
                 if error is None:
-                    prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started, claims)
+                    prepared = _prepare_run(options, world, device, reporter, _replayed(stdin_text), started, claims,
+                                            code_note=code_note)
             except FdlError as exc:
                 error = exc
             distributed.init_process_group(world, device)
@@ -829,11 +833,12 @@ def _replayed(stdin_text: str | None) -> TextIO | None:
 
 def _prepare_run(
     options: AnalyzeOptions, world: Any, device: Any, reporter: Reporter, stdin: TextIO | None, started: str,
-    claims: contextlib.ExitStack | None = None,
+    claims: contextlib.ExitStack | None = None, *, code_note: Callable[[str], None] | None = None,
 ) -> tuple[_Context, list[CheckpointRef], Path, AnalyzeSummary, str | None, Path | None]:
     """What a run starts from, before any work: the manifest applied, the checkpoints found, the probes
     read, the model's factory resolved, the store's path checked (on every rank alike, under torchrun).
-    --watch takes its store's lock here, released by `claims` (`_claim_for_watch`)."""
+    --watch takes its store's lock here, released by `claims` (`_claim_for_watch`). `code_note` says that
+    fdl.toml's model code runs, where not `reporter`."""
     from fdl_cli import checkpoints as ckpts
     from fdl_cli.probes import load_probe, parse_probe_spec, unread_targets_warning, unused_note
 
@@ -866,7 +871,8 @@ def _prepare_run(
             # fdl.toml's module is looked for beside it; --model's is an installed one, or in the current folder
             module_dir = named_by.parent if named_by is not None else None
             if named_by is not None:  # code the folder brought: said before it runs
-                reporter.note(ckpts.manifest_model_note(model_spec, named_by, base_dir=base_dir, module_dir=module_dir))
+                (code_note or reporter.note)(ckpts.manifest_model_note(model_spec, named_by, base_dir=base_dir,
+                                                                       module_dir=module_dir))
             factories[key] = ckpts.resolve_model_factory(model_spec, base_dir=base_dir, module_dir=module_dir,
                                                          named_by=named_by)
         return factories[key]
