@@ -382,6 +382,48 @@ def _open_read_only(path: Path) -> h5py.File:
     raise refusal
 
 
+def _text(name: object) -> str:
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+
+
+def data_files(dataset: h5py.Dataset) -> list[str]:
+    """The other files HDF5 reads `dataset`'s data from (and writes it to), as named in the file: its external
+    storage, or a virtual dataset's sources ("." its own file, left out); [] for data held in the file. Opens
+    none of them."""
+    plist = dataset.id.get_create_plist()
+    names = [plist.get_external(index)[0] for index in range(plist.get_external_count())]
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        names += [plist.get_virtual_filename(index) for index in range(plist.get_virtual_count())]
+    return [_text(name) for name in names if _text(name) != "."]
+
+
+def files_named(group: h5py.Group, key: str) -> list[str]:
+    """The other files `group[key]` is read from: an external link's, or a dataset's (`data_files`). Opens none
+    of them (a FIFO that HDF5 opens hangs the read, past Ctrl-C)."""
+    link = group.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return [_text(link.filename)]
+    node = group.get(key) if isinstance(link, h5py.HardLink) else None
+    return data_files(node) if isinstance(node, h5py.Dataset) else []
+
+
+def _outside_error(store: str, where: str, named: str) -> StoreError:
+    return StoreError(
+        f"{store} is not a store as fdl writes one: its {where} is read from {named}, another file",
+        fix="fdl reads and writes a store's arrays only in the store itself (no HDF5 external link, external "
+            "storage or virtual dataset, whose file, a FIFO say, HDF5 would open): use the store as `fdl analyze` "
+            "wrote it, or rebuild it with `fdl analyze ... --overwrite`",
+    )
+
+
+def _inside(dataset: h5py.Dataset) -> h5py.Dataset:
+    """`dataset`, refused (StoreError) when its data lies in another file (`data_files`), before it is read."""
+    named = data_files(dataset)
+    if named:
+        raise _outside_error(dataset.file.filename, dataset.name, named[0])
+    return dataset
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -656,6 +698,7 @@ class StoreReader:
             ) from None
         try:
             self._read_header()
+            self._read_links()
             self._read_probes()
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
@@ -767,6 +810,27 @@ class StoreReader:
                                      "the store's probes and layers: ignored")
             self.pending_series = named & expected
 
+    def _read_links(self) -> None:
+        """List every link of the store at C speed (one H5Lvisit: `_scan_checkpoints` takes those below
+        /checkpoints), refusing an external link: HDF5 would open its file at the first read through it (a FIFO
+        hung the reader, past Ctrl-C), and fdl writes none. Datasets whose data lies in another file are refused
+        where they are read (`_inside`): finding them here would open every dataset."""
+        assert self._file is not None
+        self._links: list[bytes] = []
+        external: list[bytes] = []
+
+        def visit(name: bytes, info: Any) -> None:
+            self._links.append(name)
+            if info.type == h5py.h5l.TYPE_EXTERNAL:
+                external.append(name)
+
+        root = self._file["/"]  # held: the visit needs the group's identifier open
+        root.id.links.visit(visit, info=True)
+        if external:
+            where = _text(external[0])
+            link = self._file.get(where, getlink=True)
+            raise _outside_error(str(self._path), f"/{where}", _text(link.filename))
+
     def _read_probes(self) -> None:
         assert self._file is not None
         group = self._file.get("probes")
@@ -783,11 +847,13 @@ class StoreReader:
                     n=int(attrs["n"]),
                     task=_as_str(attrs["task"]),
                     n_outputs=int(attrs["n_outputs"]),
-                    anchor_x=node["anchor_x"][()] if "anchor_x" in node else None,
-                    anchor_y=node["anchor_y"][()] if "anchor_y" in node else None,
+                    anchor_x=_inside(node["anchor_x"])[()] if "anchor_x" in node else None,
+                    anchor_y=_inside(node["anchor_y"])[()] if "anchor_y" in node else None,
                     zero_one_targets=self._zero_one_targets(name, attrs.get("zero_one_targets")),
                     x_sha256=_as_str(attrs["x_sha256"]) if "x_sha256" in attrs else None,
                 )
+            except StoreError:
+                raise
             except Exception as exc:
                 self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
 
@@ -813,11 +879,11 @@ class StoreReader:
         if group is None:
             self.warnings.append(f"{self._path} has no /checkpoints group: it holds no checkpoints")
             return
-        links: list[bytes] = []
-        group.id.links.visit(links.append)
         tree: dict[str, dict[Series, set[str]]] = {}
-        for link in links:
-            parts = link.decode("utf-8", "replace").split("/")
+        for link in self._links:
+            if not link.startswith(b"checkpoints/"):
+                continue
+            parts = link[len(b"checkpoints/"):].decode("utf-8", "replace").split("/")
             members = tree.setdefault(parts[0], {})
             if len(parts) >= 3:
                 datasets = members.setdefault((parts[1], parts[2]), set())
@@ -922,6 +988,8 @@ class StoreReader:
                             if "prev_step" in added:
                                 self._without_prev.add(series)
                         self._rows[series] = rows
+                except StoreError:
+                    raise
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
             if problem is not None:
@@ -1015,7 +1083,7 @@ class StoreReader:
             if name in outdated:
                 columns[name] = [None] * int(group["step"].shape[0])
                 continue
-            dataset = group[name]
+            dataset = _inside(group[name])
             column = dataset.asstr()[()] if name in STR_FIELDS else dataset[()]
             if column.ndim != 1:
                 raise ValueError(f"{name} is not 1-D")
@@ -1213,10 +1281,12 @@ class StoreReader:
         assert self._file is not None
         try:
             leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
-            arrays = {name: leaf[name][()] for name in _ARRAY_DTYPES if name in leaf}
+            arrays = {name: _inside(leaf[name])[()] for name in _ARRAY_DTYPES if name in leaf}
             scalars = {name: _to_python(name, leaf.attrs.get(name)) for name in MEASURE_FIELDS}
             return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays,
                                computed_by=self._series_row(leaf))
+        except StoreError:
+            raise
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
@@ -1239,13 +1309,15 @@ class StoreReader:
             leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
             if name not in leaf:
                 return None
-            dataset = leaf[name]
+            dataset = _inside(leaf[name])
             if dataset.ndim != _ARRAY_NDIMS[name]:
                 # as `arrays()` (SeriesEntry) refuses it: the readers index it as an array of this rank
                 raise ValueError(f"series {chosen[0]}/{chosen[1]}: {name} must be {_ARRAY_NDIMS[name]}-D, "
                                  f"got shape {dataset.shape}")
             value = dataset[()] if rows is None else dataset[: max(rows, 0)]
             return np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[name])
+        except StoreError:
+            raise
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 

@@ -1,0 +1,103 @@
+"""Session 25's small leftovers.
+
+- A store whose HDF5 external link, external storage or virtual dataset names another file: HDF5 opened it at the
+  read, so a FIFO there hung `fdl report`/`export` and a resume (past Ctrl-C), and a regular file's bytes were read
+  as the store's. fdl writes none: such a store is refused before the read.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreWriter
+from tests.cli_run import REPO
+
+_PROVENANCE = {"model": "tests:tiny", "layers": ["fc"], "host": "test", "fdl_version": "test"}
+_PROBE = ProbeInfo(name="train", sha256="0" * 64, n=16, task="classes", n_outputs=3)
+
+
+def _store(path: Path) -> Path:
+    """A store of three checkpoints (synthetic arrays), as the store writer writes it."""
+    rng = np.random.default_rng(0)
+    with StoreWriter(path, provenance=_PROVENANCE, probes=[_PROBE], overwrite=True) as writer:
+        for index in range(3):
+            scalars = {"n_probe": 16, "n_features": 4, "n_outputs": 3, "rank": 4, "d_lr": 0.5 + 0.1 * index,
+                       "regime": "EF"}
+            series = SeriesEntry(probe="train", layer="fc", scalars=scalars, eigenvalues=np.sort(rng.random(4))[::-1],
+                                 eigenvectors=rng.normal(size=(4, 2)), eigenfunctions=rng.normal(size=(8, 2)),
+                                 utility=rng.dirichlet(np.ones(4)), quality=rng.dirichlet(np.ones(4)))
+            writer.add(CheckpointEntry(step=10 * index, path=f"ckpt/{index}.pt", sha256=f"{index:064x}",
+                                       series=(series,)))
+    return path
+
+
+def _python(*args: object) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the repository root, killed after 30 s (a read that hangs fails the test)."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO, check=False,
+                          timeout=30)
+
+
+def _stored_in(store: Path, name: str, file: Path) -> None:
+    """Replace the store's dataset `name` by one of its shape and dtype whose data HDF5 keeps in `file`."""
+    with h5py.File(store, "r+") as handle:
+        shape, dtype = handle[name].shape, handle[name].dtype
+        del handle[name]
+        handle.create_dataset(name, shape=shape, dtype=dtype, external=[(str(file), 0, h5py.h5f.UNLIMITED)])
+
+
+_EIGENVALUES = "checkpoints/step_10/train/fc/eigenvalues"
+
+
+@pytest.mark.parametrize("where", ["trajectory", "link", "array", "regular file"])
+def test_a_store_reading_another_file_is_refused_before_it_is_opened(tmp_path: Path, where: str) -> None:
+    store, fifo = _store(tmp_path / "run.h5"), tmp_path / "fifo"
+    os.mkfifo(fifo)
+    named, shown = fifo, "/trajectories/train/fc/d_lr"
+    if where == "trajectory":
+        _stored_in(store, "trajectories/train/fc/d_lr", fifo)
+    elif where == "link":
+        with h5py.File(store, "r+") as handle:
+            del handle[_EIGENVALUES]
+            handle[_EIGENVALUES] = h5py.ExternalLink("fifo", "/x")
+        named, shown = Path("fifo"), f"/{_EIGENVALUES}"
+    elif where == "array":  # read by export only, not by report
+        _stored_in(store, _EIGENVALUES, fifo)
+        shown = f"/{_EIGENVALUES}"
+    else:  # no hang, but another file's bytes read as the store's
+        named = tmp_path / "secret"
+        named.write_bytes(b"\x00" * 64)
+        _stored_in(store, "trajectories/train/fc/d_lr", named)
+    command = ("export", store, "--what", "eigenvalues") if where == "array" else ("report", store, "--json")
+    done = _python("-m", "fdl_cli", *command)
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    assert f"{store} is not a store as fdl writes one: its {shown} is read from {named}, another file" in done.stderr
+    assert "use the store as `fdl analyze` wrote it, or rebuild it with `fdl analyze ... --overwrite`" in done.stderr
+
+
+def test_a_resume_onto_a_store_reading_a_fifo_is_refused(tmp_path: Path) -> None:
+    """The writer reads the store it resumes (every trajectory) before its first commit."""
+    store, fifo = _store(tmp_path / "run.h5"), tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _stored_in(store, "trajectories/train/fc/loss", fifo)
+    done = _python(
+        "-c",
+        "import sys\n"
+        "from fdl_cli.errors import StoreError\n"
+        "from fdl_cli.store import ProbeInfo, StoreWriter\n"
+        f"probe = ProbeInfo(name='train', sha256='0' * 64, n=16, task='classes', n_outputs=3)\n"
+        "try:\n"
+        f"    StoreWriter(sys.argv[1], provenance={_PROVENANCE!r}, probes=[probe]).close()\n"
+        "except StoreError as exc:\n"
+        "    print(exc.what)\n", store)
+    assert done.returncode == 0, done
+    where = "/trajectories/train/fc/loss"
+    assert done.stdout == f"{store} is not a store as fdl writes one: its {where} is read from {fifo}, another file\n"
+
