@@ -47,14 +47,12 @@ One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import json
 import math
 import os
 import re
-import resource
 import shlex
 import shutil
 import socket
@@ -73,7 +71,7 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__
-from fdl_cli.errors import StoreError, StoreLockedError, first_few
+from fdl_cli.errors import StoreError, StoreLockedError, first_few, no_room
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -1723,26 +1721,14 @@ def _mib(size: int) -> str:
 _RERUN = "then run again (finished checkpoints are kept)"
 
 
-def _size(size: int) -> str:
-    return f"{size} bytes" if size < 1 << 20 else _mib(size)
-
-
 def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreError:
     """The error of a commit that the system refused to write (`_execute`): what it refused, in the user's
-    words (no space, a quota, a file size limit), and how to make room; the store on disk is unchanged."""
+    words (no space, a quota, a file size limit: `no_room`), and how to make room; the store on disk is unchanged."""
     folder, rerun = os.path.abspath(store.parent), "then run again" if fresh else _RERUN
-    said = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy"
-    if exc.errno == errno.ENOSPC:
-        got, fix = said, f"free disk space or choose another --out, {rerun}"
-    elif exc.errno == getattr(errno, "EDQUOT", None):
-        got, fix = said, f"free space within your disk quota (`quota -s` shows it) or choose an --out outside it, {rerun}"
-    elif exc.errno == errno.EFBIG and resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        got = f"{said}: this process may write files of at most {_size(limit)} (its file size limit, `ulimit -f`)"
-        fix = f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another --out, {rerun}"
-    elif exc.errno == errno.EFBIG:
-        got = f"{said}: the file system there takes no larger file"
-        fix = f"choose an --out on a file system that takes larger files, {rerun}"
+    room = no_room(exc, another="another --out", one="an --out")
+    if room is not None:
+        got = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy{room[0]}"
+        fix = f"{room[1]}, {rerun}"
     else:
         got, fix = _one_line(exc), f"free disk space or choose another --out, {rerun}"
     if tmp.exists():

@@ -3,11 +3,16 @@
 - A store whose HDF5 external link, external storage or virtual dataset names another file: HDF5 opened it at the
   read, so a FIFO there hung `fdl report`/`export` and a resume (past Ctrl-C), and a regular file's bytes were read
   as the store's. fdl writes none: such a store is refused before the read.
+- A report, export or figure the system refused for want of room: "File too large" under `ulimit -f` (EFBIG) was
+  told "<folder> did not let this user write <file> there"; EFBIG, EDQUOT and ENOSPC now say which room is lacking,
+  in the words of a store's commit (`errors.no_room`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +21,8 @@ import h5py
 import numpy as np
 import pytest
 
+from fdl_cli.errors import FdlError
+from fdl_cli.report import writing
 from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreWriter
 from tests.cli_run import REPO
 
@@ -101,3 +108,40 @@ def test_a_resume_onto_a_store_reading_a_fifo_is_refused(tmp_path: Path) -> None
     where = "/trajectories/train/fc/loss"
     assert done.stdout == f"{store} is not a store as fdl writes one: its {where} is read from {fifo}, another file\n"
 
+
+# ------------------------------------------------ 2. a report or export refused for want of room
+
+
+def test_an_export_past_the_file_size_limit_says_so_not_that_the_folder_refused(tmp_path: Path) -> None:
+    """`ulimit -f`: the write fails with EFBIG ("File too large"); the fix said the folder "did not let this user
+    write" the file there, sending the user after permissions."""
+    store = _store(tmp_path / "run.h5")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "export", str(store), "--what", "eigenvalues", "--out",
+                           str(tmp_path / "out.csv")], capture_output=True, text=True, cwd=REPO, check=False,
+                          timeout=60, preexec_fn=limited)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.endswith(
+        f"error: could not write {tmp_path / 'out.csv'}\n"
+        "  got: File too large: this process may write files of at most 200 bytes (its file size limit, `ulimit -f`)\n"
+        "  fix: raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another path\n"
+    ), done.stderr
+
+
+@pytest.mark.parametrize(("code", "got", "fix"), [
+    (errno.EFBIG, "File too large: the file system there takes no larger file",
+     "choose a path on a file system that takes larger files"),
+    (errno.EDQUOT, "Disk quota exceeded", "free space within your disk quota (`quota -s` shows it) or choose a path "
+                                          "outside it"),
+    (errno.ENOSPC, "No space left on device", "free disk space or choose another path"),
+], ids=["EFBIG", "EDQUOT", "ENOSPC"])
+def test_a_report_refused_for_want_of_room_says_which_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, got: str, fix: str) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    with pytest.raises(FdlError) as caught, writing(tmp_path / "report.html"):
+        raise OSError(code, os.strerror(code))
+    assert (caught.value.what, caught.value.got, caught.value.fix) == (
+        f"could not write {tmp_path / 'report.html'}", got, fix)
