@@ -41,7 +41,8 @@ stops the commit, the copy deleted, and never reaches HDF5, whose failed close c
 Commits run one at a time in a background thread of the writer, which reports an entry only once
 the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
 caller's thread makes no call (it may be stuck in one long forward pass).
-One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
+One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock (but test it for a moment where
+no store is yet, `_live_writer`).
 """
 
 from __future__ import annotations
@@ -1447,22 +1448,42 @@ def read_records(
 
 
 def _live_writer(store: Path) -> str | None:
-    """Who holds `store`'s writer lock (`_WriterLock`), in its words, when its lock file names a process that runs
-    (one of another host is taken to); None for none. Read only: a reader never takes the lock, which would make
-    the writer's own attempt fail."""
+    """Who holds `store`'s writer lock (`_WriterLock`), in its words; None for none. A writer holds the lock's flock as
+    long as it runs, so a lock file whose flock can be taken is a killed writer's (kill -9), whatever process its pid
+    names now (a pid is reused): the test takes it shared and gives it back at once, never removing the file (a
+    writer taking it meanwhile tries again, `_take`). Where the file system takes no flock, a lock file naming a
+    process of this host that runs (or one of another host) is taken for a writer's."""
     try:
-        info = json.loads(store.with_name(store.name + ".lock").read_text())
-        pid, host = int(info["pid"]), str(info["host"])
-        if host == socket.gethostname():
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return None  # left by a process killed (kill -9): no writer
-            except PermissionError:
-                pass  # another user's process, running
-        return _holder_words(info)
-    except (OSError, ValueError, TypeError, KeyError):
+        fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _WriterLock.holder(fd)
+    except OSError:  # no flock on this file system
+        try:
+            info = json.loads(os.pread(fd, 65536, 0).decode())
+            pid, host = int(info["pid"]), str(info["host"])
+            return None if host == socket.gethostname() and not _pid_alive(pid) else _holder_words(info)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+    finally:
+        os.close(fd)  # releases the shared flock, where taken
+    return None
+
+
+def _take(fd: int) -> None:
+    """flock(LOCK_EX | LOCK_NB) on a lock file, tried for up to ~0.1 s before its BlockingIOError is raised: a reader's
+    test of the lock (`_live_writer`) holds it shared for a moment."""
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 19:
+                raise
+            time.sleep(0.005)
 
 
 def _holder_words(info: dict[str, Any]) -> str:
@@ -1536,9 +1557,9 @@ class _WriterLock:
                     fix="check that the folder exists and is writable, or choose another --out",
                 ) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _take(fd)
             except BlockingIOError:
-                holder = self._holder(fd)
+                holder = self.holder(fd)
                 os.close(fd)
                 raise StoreLockedError(
                     f"{self.store} is being written by another fdl process",
@@ -1574,7 +1595,8 @@ class _WriterLock:
         self._fd = fd
 
     @staticmethod
-    def _holder(fd: int) -> str:
+    def holder(fd: int) -> str:
+        """Who holds the lock, in its words, from the lock file open at `fd`."""
         try:
             return _holder_words(json.loads(os.pread(fd, 65536, 0).decode()))
         except Exception:

@@ -6,24 +6,30 @@
 - A report, export or figure the system refused for want of room: "File too large" under `ulimit -f` (EFBIG) was
   told "<folder> did not let this user write <file> there"; EFBIG, EDQUOT and ENOSPC now say which room is lacking,
   in the words of a store's commit (`errors.no_room`).
+- A writer's lock file left by `kill -9` whose pid another process had since: a reader that found no store said it
+  was "being written by" that process. It tests the lock's flock now (held by a writer as long as it runs).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import resource
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from fdl_cli.errors import FdlError
+from fdl_cli.errors import FdlError, StoreError
 from fdl_cli.report import writing
-from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreWriter
+from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreReader, StoreWriter, claim
 from tests.cli_run import REPO
 
 _PROVENANCE = {"model": "tests:tiny", "layers": ["fc"], "host": "test", "fdl_version": "test"}
@@ -145,3 +151,45 @@ def test_a_report_refused_for_want_of_room_says_which_room(
         raise OSError(code, os.strerror(code))
     assert (caught.value.what, caught.value.got, caught.value.fix) == (
         f"could not write {tmp_path / 'report.html'}", got, fix)
+
+
+# ------------------------------------------------ 3. a writer's lock file left by kill -9, its pid reused
+
+
+def _lock_file(store: Path, pid: int) -> None:
+    """The lock file a writer killed by `kill -9` leaves, naming `pid` (of this host), whose flock nobody holds."""
+    store.with_name(store.name + ".lock").write_text(json.dumps(
+        {"pid": pid, "host": socket.gethostname(), "command": "fdl analyze ckpts --out run.h5 --watch",
+         "started": "2026-12-01T00:00:00.000000Z"}))
+
+
+def test_a_killed_writers_lock_file_naming_a_live_pid_is_no_writer(tmp_path: Path) -> None:
+    store = tmp_path / "run.h5"
+    _lock_file(store, os.getpid())  # a process that runs, and writes no store
+    with pytest.raises(StoreError) as caught:
+        StoreReader(store)
+    assert caught.value.what == f"no fdl store at {store}"
+    assert store.with_name("run.h5.lock").exists()  # read only: the reader removes nothing
+
+
+def test_a_writer_holding_the_lock_is_still_named_and_one_starting_meanwhile_is_not_refused(tmp_path: Path) -> None:
+    store = tmp_path / "run.h5"
+    lock = claim(store)  # as `fdl analyze --watch` holds it before its first commit
+    try:
+        with pytest.raises(StoreError) as caught:
+            StoreReader(store)
+        assert caught.value.what.startswith(f"no checkpoint is stored in {store} yet: it is being written by pid "
+                                            f"{os.getpid()} on host {socket.gethostname()}, running `")
+    finally:
+        lock.release()
+    # a reader's test of the lock, held shared for a moment, while a writer takes it: the writer tries again
+    _lock_file(store, os.getpid())
+    fd = os.open(store.with_name("run.h5.lock"), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    timer = threading.Timer(0.02, os.close, (fd,))
+    timer.start()
+    try:
+        lock = claim(store)
+    finally:
+        timer.join()
+    lock.release()
