@@ -8,11 +8,32 @@ from __future__ import annotations
 import codecs
 import errno
 import re
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 
-#: the errnos of a write refused for want of space: the disk's (ENOSPC) or the user's quota on it (EDQUOT)
-DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+def size_text(size: int) -> str:
+    """A size in bytes as a user reads it: bytes below 1 MiB, MiB (one decimal) from there."""
+    return f"{size} bytes" if size < 1 << 20 else f"{size / (1 << 20):.1f} MiB"
+
+
+def no_room(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
+    """Why the system refused a write for want of room, said after its own words (`exc.strerror`), and how to
+    make room: no disk space (ENOSPC), a disk quota (EDQUOT), this process's file size limit (EFBIG under
+    `ulimit -f`) or the largest file of the file system (EFBIG); None for another refusal. `another` and `one`
+    name another place to write in the fix ("another --out", "an --out")."""
+    if exc.errno == errno.ENOSPC:
+        return "", f"free disk space or choose {another}"
+    if exc.errno == getattr(errno, "EDQUOT", None):
+        return "", f"free space within your disk quota (`quota -s` shows it) or choose {one} outside it"
+    if exc.errno != errno.EFBIG:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return (f": this process may write files of at most {size_text(limit)} (its file size limit, `ulimit -f`)",
+                f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose {another}")
+    return ": the file system there takes no larger file", f"choose {one} on a file system that takes larger files"
 
 
 class FdlError(Exception):

@@ -589,18 +589,13 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
 
 def _no_special_files(path: Path, handle: Any) -> None:
-    """Refuse an external link or external storage of the probe's that names a FIFO, a device or a socket (HDF5
-    reads it as a file: a FIFO hung the read, past Ctrl-C), before h5py opens it. A name HDF5 would resolve against
-    the current folder or the probe's is checked in both."""
-    import h5py
+    """Refuse an external link, external storage or virtual dataset of the probe's that names a FIFO, a device or a
+    socket (HDF5 reads it as a file: a FIFO hung the read, past Ctrl-C), before h5py opens it. A name HDF5 would
+    resolve against the current folder or the probe's is checked in both."""
+    from fdl_cli.store import files_named  # imports h5py, which reading this probe needs already
 
     for key in handle:
-        link = handle.get(key, getlink=True)
-        named = [link.filename] if isinstance(link, h5py.ExternalLink) else []
-        if not named and isinstance(link, h5py.HardLink) and isinstance(handle.get(key), h5py.Dataset):
-            named = [entry[0] for entry in handle[key].external or ()]
-        for name in named:
-            text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+        for text in files_named(handle, key):
             for place in {Path(text), path.parent / text}:
                 with contextlib.suppress(OSError):
                     if place.exists() and not place.is_file():

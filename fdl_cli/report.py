@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import DISK_FULL, ESCAPE, FdlError, StoreError, counted
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, no_room
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -462,8 +462,9 @@ def writing(path: str | Path) -> Iterator[Path]:
             reason = f"{reason}: {exc.filename}"
         parent = target.parent
         above = next((p for p in target.parents if p.exists()), None)  # the nearest existing folder above
-        if exc.errno in DISK_FULL:  # "did not let this user write" sent the user after permissions
-            fix = "free space on that disk, or choose a path on another one"
+        room = no_room(exc, another="another path", one="a path")
+        if room is not None:  # "did not let this user write" sent the user after permissions
+            reason, fix = reason + room[0], room[1]
         elif above is not None and not above.is_dir():
             fix = f"{above} is a file, not a folder: choose another path"
         elif not parent.exists():

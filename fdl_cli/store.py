@@ -41,20 +41,19 @@ stops the commit, the copy deleted, and never reaches HDF5, whose failed close c
 Commits run one at a time in a background thread of the writer, which reports an entry only once
 the commit holding it is durable; a scheduler thread of the writer starts each due commit when the
 caller's thread makes no call (it may be stuck in one long forward pass).
-One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock.
+One writer at a time holds ``STORE.h5.lock`` (flock); readers take no lock (but test it for a moment where
+no store is yet, `_live_writer`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import json
 import math
 import os
 import re
-import resource
 import shlex
 import shutil
 import socket
@@ -73,7 +72,7 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__
-from fdl_cli.errors import StoreError, StoreLockedError, first_few
+from fdl_cli.errors import StoreError, StoreLockedError, first_few, no_room
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -382,6 +381,48 @@ def _open_read_only(path: Path) -> h5py.File:
     raise refusal
 
 
+def _text(name: object) -> str:
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
+
+
+def data_files(dataset: h5py.Dataset) -> list[str]:
+    """The other files HDF5 reads `dataset`'s data from (and writes it to), as named in the file: its external
+    storage, or a virtual dataset's sources ("." its own file, left out); [] for data held in the file. Opens
+    none of them."""
+    plist = dataset.id.get_create_plist()
+    names = [plist.get_external(index)[0] for index in range(plist.get_external_count())]
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        names += [plist.get_virtual_filename(index) for index in range(plist.get_virtual_count())]
+    return [_text(name) for name in names if _text(name) != "."]
+
+
+def files_named(group: h5py.Group, key: str) -> list[str]:
+    """The other files `group[key]` is read from: an external link's, or a dataset's (`data_files`). Opens none
+    of them (a FIFO that HDF5 opens hangs the read, past Ctrl-C)."""
+    link = group.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return [_text(link.filename)]
+    node = group.get(key) if isinstance(link, h5py.HardLink) else None
+    return data_files(node) if isinstance(node, h5py.Dataset) else []
+
+
+def _outside_error(store: str, where: str, named: str) -> StoreError:
+    return StoreError(
+        f"{store} is not a store as fdl writes one: its {where} is read from {named}, another file",
+        fix="fdl reads and writes a store's arrays only in the store itself (no HDF5 external link, external "
+            "storage or virtual dataset, whose file, a FIFO say, HDF5 would open): use the store as `fdl analyze` "
+            "wrote it, or rebuild it with `fdl analyze ... --overwrite`",
+    )
+
+
+def _inside(dataset: h5py.Dataset) -> h5py.Dataset:
+    """`dataset`, refused (StoreError) when its data lies in another file (`data_files`), before it is read."""
+    named = data_files(dataset)
+    if named:
+        raise _outside_error(dataset.file.filename, dataset.name, named[0])
+    return dataset
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -656,6 +697,7 @@ class StoreReader:
             ) from None
         try:
             self._read_header()
+            self._read_links()
             self._read_probes()
             self._scan_checkpoints(deep=deep)
             self._read_trajectories()
@@ -767,6 +809,27 @@ class StoreReader:
                                      "the store's probes and layers: ignored")
             self.pending_series = named & expected
 
+    def _read_links(self) -> None:
+        """List every link of the store at C speed (one H5Lvisit: `_scan_checkpoints` takes those below
+        /checkpoints), refusing an external link: HDF5 would open its file at the first read through it (a FIFO
+        hung the reader, past Ctrl-C), and fdl writes none. Datasets whose data lies in another file are refused
+        where they are read (`_inside`): finding them here would open every dataset."""
+        assert self._file is not None
+        self._links: list[bytes] = []
+        external: list[bytes] = []
+
+        def visit(name: bytes, info: Any) -> None:
+            self._links.append(name)
+            if info.type == h5py.h5l.TYPE_EXTERNAL:
+                external.append(name)
+
+        root = self._file["/"]  # held: the visit needs the group's identifier open
+        root.id.links.visit(visit, info=True)
+        if external:
+            where = _text(external[0])
+            link = self._file.get(where, getlink=True)
+            raise _outside_error(str(self._path), f"/{where}", _text(link.filename))
+
     def _read_probes(self) -> None:
         assert self._file is not None
         group = self._file.get("probes")
@@ -783,11 +846,13 @@ class StoreReader:
                     n=int(attrs["n"]),
                     task=_as_str(attrs["task"]),
                     n_outputs=int(attrs["n_outputs"]),
-                    anchor_x=node["anchor_x"][()] if "anchor_x" in node else None,
-                    anchor_y=node["anchor_y"][()] if "anchor_y" in node else None,
+                    anchor_x=_inside(node["anchor_x"])[()] if "anchor_x" in node else None,
+                    anchor_y=_inside(node["anchor_y"])[()] if "anchor_y" in node else None,
                     zero_one_targets=self._zero_one_targets(name, attrs.get("zero_one_targets")),
                     x_sha256=_as_str(attrs["x_sha256"]) if "x_sha256" in attrs else None,
                 )
+            except StoreError:
+                raise
             except Exception as exc:
                 self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
 
@@ -813,11 +878,11 @@ class StoreReader:
         if group is None:
             self.warnings.append(f"{self._path} has no /checkpoints group: it holds no checkpoints")
             return
-        links: list[bytes] = []
-        group.id.links.visit(links.append)
         tree: dict[str, dict[Series, set[str]]] = {}
-        for link in links:
-            parts = link.decode("utf-8", "replace").split("/")
+        for link in self._links:
+            if not link.startswith(b"checkpoints/"):
+                continue
+            parts = link[len(b"checkpoints/"):].decode("utf-8", "replace").split("/")
             members = tree.setdefault(parts[0], {})
             if len(parts) >= 3:
                 datasets = members.setdefault((parts[1], parts[2]), set())
@@ -922,6 +987,8 @@ class StoreReader:
                             if "prev_step" in added:
                                 self._without_prev.add(series)
                         self._rows[series] = rows
+                except StoreError:
+                    raise
                 except Exception as exc:
                     problem = f"unreadable ({_one_line(exc)})"
             if problem is not None:
@@ -1015,7 +1082,7 @@ class StoreReader:
             if name in outdated:
                 columns[name] = [None] * int(group["step"].shape[0])
                 continue
-            dataset = group[name]
+            dataset = _inside(group[name])
             column = dataset.asstr()[()] if name in STR_FIELDS else dataset[()]
             if column.ndim != 1:
                 raise ValueError(f"{name} is not 1-D")
@@ -1213,10 +1280,12 @@ class StoreReader:
         assert self._file is not None
         try:
             leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
-            arrays = {name: leaf[name][()] for name in _ARRAY_DTYPES if name in leaf}
+            arrays = {name: _inside(leaf[name])[()] for name in _ARRAY_DTYPES if name in leaf}
             scalars = {name: _to_python(name, leaf.attrs.get(name)) for name in MEASURE_FIELDS}
             return SeriesEntry(probe=chosen[0], layer=chosen[1], scalars=scalars, **arrays,
                                computed_by=self._series_row(leaf))
+        except StoreError:
+            raise
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
@@ -1239,13 +1308,15 @@ class StoreReader:
             leaf = self._file["checkpoints"][self._group_names[step]][chosen[0]][chosen[1]]
             if name not in leaf:
                 return None
-            dataset = leaf[name]
+            dataset = _inside(leaf[name])
             if dataset.ndim != _ARRAY_NDIMS[name]:
                 # as `arrays()` (SeriesEntry) refuses it: the readers index it as an array of this rank
                 raise ValueError(f"series {chosen[0]}/{chosen[1]}: {name} must be {_ARRAY_NDIMS[name]}-D, "
                                  f"got shape {dataset.shape}")
             value = dataset[()] if rows is None else dataset[: max(rows, 0)]
             return np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[name])
+        except StoreError:
+            raise
         except Exception as exc:
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
@@ -1377,22 +1448,42 @@ def read_records(
 
 
 def _live_writer(store: Path) -> str | None:
-    """Who holds `store`'s writer lock (`_WriterLock`), in its words, when its lock file names a process that runs
-    (one of another host is taken to); None for none. Read only: a reader never takes the lock, which would make
-    the writer's own attempt fail."""
+    """Who holds `store`'s writer lock (`_WriterLock`), in its words; None for none. A writer holds the lock's flock as
+    long as it runs, so a lock file whose flock can be taken is a killed writer's (kill -9), whatever process its pid
+    names now (a pid is reused): the test takes it shared and gives it back at once, never removing the file (a
+    writer taking it meanwhile tries again, `_take`). Where the file system takes no flock, a lock file naming a
+    process of this host that runs (or one of another host) is taken for a writer's."""
     try:
-        info = json.loads(store.with_name(store.name + ".lock").read_text())
-        pid, host = int(info["pid"]), str(info["host"])
-        if host == socket.gethostname():
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return None  # left by a process killed (kill -9): no writer
-            except PermissionError:
-                pass  # another user's process, running
-        return _holder_words(info)
-    except (OSError, ValueError, TypeError, KeyError):
+        fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _WriterLock.holder(fd)
+    except OSError:  # no flock on this file system
+        try:
+            info = json.loads(os.pread(fd, 65536, 0).decode())
+            pid, host = int(info["pid"]), str(info["host"])
+            return None if host == socket.gethostname() and not _pid_alive(pid) else _holder_words(info)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+    finally:
+        os.close(fd)  # releases the shared flock, where taken
+    return None
+
+
+def _take(fd: int) -> None:
+    """flock(LOCK_EX | LOCK_NB) on a lock file, tried for up to ~0.1 s before its BlockingIOError is raised: a reader's
+    test of the lock (`_live_writer`) holds it shared for a moment."""
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == 19:
+                raise
+            time.sleep(0.005)
 
 
 def _holder_words(info: dict[str, Any]) -> str:
@@ -1466,9 +1557,9 @@ class _WriterLock:
                     fix="check that the folder exists and is writable, or choose another --out",
                 ) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _take(fd)
             except BlockingIOError:
-                holder = self._holder(fd)
+                holder = self.holder(fd)
                 os.close(fd)
                 raise StoreLockedError(
                     f"{self.store} is being written by another fdl process",
@@ -1504,7 +1595,8 @@ class _WriterLock:
         self._fd = fd
 
     @staticmethod
-    def _holder(fd: int) -> str:
+    def holder(fd: int) -> str:
+        """Who holds the lock, in its words, from the lock file open at `fd`."""
         try:
             return _holder_words(json.loads(os.pread(fd, 65536, 0).decode()))
         except Exception:
@@ -1651,26 +1743,14 @@ def _mib(size: int) -> str:
 _RERUN = "then run again (finished checkpoints are kept)"
 
 
-def _size(size: int) -> str:
-    return f"{size} bytes" if size < 1 << 20 else _mib(size)
-
-
 def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreError:
     """The error of a commit that the system refused to write (`_execute`): what it refused, in the user's
-    words (no space, a quota, a file size limit), and how to make room; the store on disk is unchanged."""
+    words (no space, a quota, a file size limit: `no_room`), and how to make room; the store on disk is unchanged."""
     folder, rerun = os.path.abspath(store.parent), "then run again" if fresh else _RERUN
-    said = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy"
-    if exc.errno == errno.ENOSPC:
-        got, fix = said, f"free disk space or choose another --out, {rerun}"
-    elif exc.errno == getattr(errno, "EDQUOT", None):
-        got, fix = said, f"free space within your disk quota (`quota -s` shows it) or choose an --out outside it, {rerun}"
-    elif exc.errno == errno.EFBIG and resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        got = f"{said}: this process may write files of at most {_size(limit)} (its file size limit, `ulimit -f`)"
-        fix = f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another --out, {rerun}"
-    elif exc.errno == errno.EFBIG:
-        got = f"{said}: the file system there takes no larger file"
-        fix = f"choose an --out on a file system that takes larger files, {rerun}"
+    room = no_room(exc, another="another --out", one="an --out")
+    if room is not None:
+        got = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy{room[0]}"
+        fix = f"{room[1]}, {rerun}"
     else:
         got, fix = _one_line(exc), f"free disk space or choose another --out, {rerun}"
     if tmp.exists():

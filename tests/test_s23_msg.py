@@ -148,7 +148,7 @@ def test_an_output_file_on_a_full_disk_says_to_free_space(tmp_path: Path) -> Non
     err = _clear(fdl("export", store, "--what", "trajectories", "--out", "/dev/full"))
     assert "could not write /dev/full" in err
     assert "got: No space left on device" in err
-    assert "fix: free space on that disk, or choose a path on another one" in err
+    assert "fix: free disk space or choose another path" in err
 
 
 @needs_dev_full
