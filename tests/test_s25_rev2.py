@@ -49,3 +49,16 @@ def test_a_lock_file_that_cannot_be_written_is_removed_before_its_lock_is_let_go
     monkeypatch.undo()
     assert others == ["no lock file"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["analyze", "inspect"])
+def test_trust_pickle_help_names_torchscript(command: str) -> None:
+    """TorchScript loads only with --trust-pickle since this session, but the option's help named pickled objects
+    and .pt2 archives alone: a user refused on a TorchScript file read in --help that the option was not for it."""
+    from click.testing import CliRunner
+
+    from fdl_cli.cli import cli
+
+    shown = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=500).output.split())
+    said = shown.split("--trust-pickle", 1)[1].split(" --", 1)[0]
+    assert "TorchScript" in said
