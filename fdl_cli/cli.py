@@ -424,7 +424,8 @@ class StorePath(click.Path):
               "e.g. 'run2=500'. Repeatable.")
 @click.option("--resume/--overwrite", default=True, show_default=True, help="Keep what the store holds, or start afresh.")
 @click.option("--trust-pickle", is_flag=True,
-              help="Allow checkpoints whose loading runs their code: pickled Python objects, torch.export .pt2 archives.")
+              help="Allow checkpoints whose loading runs their code: pickled Python objects, TorchScript programs, "
+                   "torch.export .pt2 archives.")
 @click.option("--weights", metavar="NAME",
               help="Analyse other weights the checkpoints hold: an entry of their dict (state_dict_ema, "
               "extra_state.ema) or a key prefix (ema) - an EMA or teacher copy.")
@@ -525,7 +526,7 @@ def _in_new_plots_dir(html_path: str, plots_dir: str | None) -> bool:
               help="A probe to take one sample from, for output shapes (default: fdl.toml's probe, else a random input "
               "for the first nn.Embedding (token ids), nn.Linear or Conv2d).")
 @click.option("--trust-pickle", is_flag=True,
-              help="Allow a checkpoint whose loading runs its code (a pickled Python object, a .pt2 archive).")
+              help="Allow a checkpoint whose loading runs its code (a pickled Python object, TorchScript, a .pt2 archive).")
 @click.option("--weights", metavar="NAME",
               help="Other weights the checkpoint holds: an entry (state_dict_ema, extra_state.ema) or key prefix (ema).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")

@@ -1585,9 +1585,9 @@ class _WriterLock:
             os.write(fd, json.dumps(info).encode())
             os.fsync(fd)
         except OSError as exc:  # a full disk, a quota: the lock file holds one small block
-            os.close(fd)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # while locked, as `release` does: no other fdl took it meanwhile
                 os.unlink(self.path)
+            os.close(fd)
             raise StoreError(
                 f"cannot write the lock file {self.path}", got=_one_line(exc),
                 fix="free disk space (or space within your disk quota) or choose another --out",
