@@ -1376,6 +1376,7 @@ def _live_writer(store: Path) -> str | None:
     """Who holds `store`'s writer lock (`_WriterLock`), in its words, when its lock file names a process that runs
     (one of another host is taken to); None for none. Read only: a reader never takes the lock, which would make
     the writer's own attempt fail."""
+    store = store_target(store)  # a link's writer locks where the link points
     try:
         info = json.loads(store.with_name(store.name + ".lock").read_text())
         pid, host = int(info["pid"]), str(info["host"])
@@ -1420,10 +1421,15 @@ def claim(path: str | os.PathLike[str]) -> _WriterLock:
                 f"{path} is read-only (mode {mode & 0o777:o}): fdl will not replace it",
                 fix=f"make it writable (chmod u+w {path}) to add to it, or pass another --out",
             )
+    made = [folder for folder in (path.parent, *path.parent.parents) if not os.path.lexists(folder)]
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _WriterLock(path)
-    lock.acquire()
+    lock = _WriterLock(path, made=made)
+    try:
+        lock.acquire()
+    except BaseException:
+        lock.remove_made()
+        raise
     return lock
 
 
@@ -1446,10 +1452,13 @@ def is_store_file(store: Path, path: Path) -> bool:
 class _WriterLock:
     """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, made: Sequence[Path] = ()) -> None:
         self.store = store
         self.path = store.with_name(store.name + ".lock")
         self._fd: int | None = None
+        #: the store's folders that `claim` made, deepest first: removed with the lock where left empty (a --watch
+        #: stopped before its first commit made them for the lock alone)
+        self.made = tuple(made)
 
     def acquire(self) -> None:
         while True:
@@ -1504,6 +1513,15 @@ class _WriterLock:
             os.unlink(self.path)
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
+        self.remove_made()
+
+    def remove_made(self) -> None:
+        """Remove the folders `claim` made that are still empty (one holding the store stays)."""
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
 
 def remove_stale_copies(store: Path) -> None:

@@ -6,17 +6,29 @@ lock). Each test failed on the session's merged code (1af785a) and passes with i
    where the pass before read it only of the last Linear, and only when no Linear gave the outputs.
 2. Each call looked for the first that took the same input by scanning every earlier call: n²/2 comparisons,
    2.5 s for the 12 000 calls of an nn.Linear cell unrolled over 6 000 steps (0.2 s before).
+3. --watch made --out's folders as it took the lock at its start: stopped before its first commit it left them,
+   empty, where it left nothing before the session.
+4. Through a symbolic link as --out, `fdl report` of a store a watch holds said "no fdl store" (the lock is
+   beside the link's target, where the writer writes).
+5. A growing set of files of training state or without a checkpoint suffix (optim_step_N.pt, metrics_N.json
+   beside each checkpoint) got a note at every save of the watched run.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from fdl_cli.extract import default_layer, linear_calls
+from tests.cli_run import fdl_in_process
+from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
+from tests.test_s24_watch import _watch
 
 
 def _choice(model: nn.Module, sample: torch.Tensor) -> tuple[str, list[str]]:
@@ -104,3 +116,81 @@ def test_the_pass_over_many_linear_calls_is_not_quadratic() -> None:
     assert inputs_first == {1}  # the first inp call, the pass's second
     assert [call.input_first for call in calls[:6:2]] == [0, 2, 4]  # each cell call on a new h
     assert _choice(Unrolled(50).eval(), torch.randn(1, 8)) == ("head:input", [])
+
+
+# -- 3. - 5. --watch --------------------------------------------------------------------------------------------
+
+
+def _empty_run(tmp_path: Path) -> tuple[Path, Path]:
+    """(a run's checkpoints, the folder a trainer will save them into: its probe alone so far)."""
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
+    return source, folder
+
+
+def test_a_watch_stopped_before_its_first_commit_leaves_no_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out in folders that do not exist: made for the lock while the watch waits, gone with it after Ctrl-C;
+    a folder that existed stays. A watch that stores a checkpoint keeps its store's folders."""
+    source, folder = _empty_run(tmp_path)
+    out = tmp_path / "new" / "deeper" / "s.h5"
+    made: list[bool] = []
+    with _polls(monkeypatch, lambda: made.append(out.parent.is_dir())), pytest.raises(KeyboardInterrupt):
+        _watch(folder, out)
+    assert made == [True]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "source"]
+    _arrive(source, folder, "step_0.safetensors")
+    with _polls(monkeypatch):
+        summary, _ = _watch(folder, out)
+    assert summary.interrupted and sorted(_stored(out)) == [0]
+    assert sorted(path.name for path in out.parent.iterdir()) == ["s.h5"]
+
+
+def test_report_through_a_linked_out_names_the_watch_that_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, folder = _empty_run(tmp_path)
+    (tmp_path / "stores").mkdir()
+    link = tmp_path / "s.h5"
+    link.symlink_to(tmp_path / "stores" / "s.h5")  # dangling until the first commit
+    seen = []
+    with _polls(monkeypatch, lambda: seen.append(fdl_in_process("report", link)),
+                lambda: _arrive(source, folder, "step_0.safetensors")):
+        summary, _ = _watch(folder, link)
+    assert summary.interrupted and sorted(_stored(link)) == [0]
+    assert link.is_symlink()
+    report = seen[0]
+    assert report.returncode == 1
+    assert report.stderr.startswith(f"error: no checkpoint is stored in {link} yet: it is being written by pid "
+                                    f"{os.getpid()}"), report.stderr
+
+
+def test_a_growing_set_of_training_state_and_metrics_files_is_noted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optim_step_N.pt and metrics_N.json saved beside each checkpoint: one note each kind of name (its numbers
+    aside), at the save that brought the first; optimizer.pt, written again at each save, once too."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0])
+
+    def save(step: int) -> None:
+        torch.save({"state": {}, "param_groups": []}, folder / f"optim_step_{step}.pt")
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+        (folder / f"metrics_{step}.json").write_text(f'{{"step": {step}}}')
+        past = time.time() - 60
+        for name in (f"optim_step_{step}.pt", "optimizer.pt", f"metrics_{step}.json"):
+            os.utime(folder / name, (past, past))
+        _arrive(source, folder, f"step_{step}.safetensors")
+
+    with _polls(monkeypatch, *(lambda step=step: save(step) for step in (10, 20, 30, 40))):
+        summary, reporter = _watch(folder, tmp_path / "s.h5")
+    assert summary.interrupted and sorted(_stored(tmp_path / "s.h5")) == [0, 10, 20, 30, 40]
+    suffixes = ".pt, .pth, .bin, .ckpt, .safetensors, .pt2, .pth.tar, .pt.tar"
+    assert [note for note in reporter.notes if note.startswith("skipped")] == [
+        "skipped 2 files of training state (optimizer, scheduler, RNG, arguments), not model weights: "
+        "optimizer.pt, optim_step_10.pt",
+        f"skipped 1 file without a checkpoint suffix ({suffixes}): metrics_10.json",
+    ], reporter.notes
