@@ -58,7 +58,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1152,11 +1152,11 @@ class StoreReader:
         out.sort(key=lambda record: record["step"])  # stable: series order kept within a step
         return out
 
-    def read_r2_outputs(self, series: Series) -> dict[int, np.ndarray | None]:
-        """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (None where absent: a
-        checkpoint analysed by an fdl before it), or {} when the series' probe is not a regression of C > 1
-        outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a line in `warnings`
-        (the records do not need it)."""
+    def read_r2_outputs(self, series: Series, *, steps: Collection[int] | None = None) -> dict[int, np.ndarray | None]:
+        """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (of `steps` alone, if given;
+        None where absent: a checkpoint analysed by an fdl before it), or {} when the series' probe is not a
+        regression of C > 1 outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a
+        line in `warnings` (the records do not need it)."""
         info = self._probes.get(series[0])
         outputs = int(getattr(info, "n_outputs", 0) or 0)
         if getattr(info, "task", None) != "regression" or outputs < 2:
@@ -1164,6 +1164,8 @@ class StoreReader:
         stored: dict[int, np.ndarray | None] = {}
         for row in self._rows.get(series, []):
             step = int(row["step"])
+            if steps is not None and step not in steps:
+                continue
             where = f"the r2 of each output of {series[0]}/{series[1]} at step {step}"
             try:
                 values = self.array(step, R2_OUTPUT_FIELDS[0], probe=series[0], layer=series[1])

@@ -16,6 +16,7 @@ lock). Each test failed on the session's merged code (1af785a) and passes with i
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -194,3 +195,75 @@ def test_a_growing_set_of_training_state_and_metrics_files_is_noted_once(
         "optimizer.pt, optim_step_10.pt",
         f"skipped 1 file without a checkpoint suffix ({suffixes}): metrics_10.json",
     ], reporter.notes
+
+
+# -- 6. - 7. each output's R² ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of a 4-output regression (steps 0, 10, 20) as a resume of an older one leaves it: no r2_outputs
+    at steps 0 and 10."""
+    import h5py
+
+    from tests.cli_run import model_file
+    from tests.test_s24_r2 import MODEL
+
+    folder = tmp_path_factory.mktemp("resumed")
+    module = model_file(folder, MODEL)
+    (folder / "ck").mkdir()
+    x = np.random.default_rng(0).normal(size=(48, 4)).astype(np.float32)
+    for step in (0, 10, 20):
+        torch.manual_seed(step)
+        torch.save(module.build(constant=False).state_dict(), folder / "ck" / f"step_{step}.pt")
+    np.savez(folder / "probe.npz", x=x, y=np.random.default_rng(1).normal(size=(48, 4)))
+    store = folder / "run.h5"
+    done = fdl_in_process("analyze", folder / "ck", "--model", f"{folder / 'model.py'}:build", "--model-kwargs",
+                          '{"constant": false}', "--layer", "body", "--probe", folder / "probe.npz", "-o", store)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(store, "r+") as handle:
+        for step in (0, 10):
+            del handle[f"checkpoints/step_{step}/probe/body/r2_outputs"]
+    return store
+
+
+def test_export_npy_of_steps_without_each_outputs_r2_keeps_its_columns(resumed: Path, tmp_path: Path) -> None:
+    """--steps of the older checkpoints alone: r2_outputs (2, C) of NaN, as a checkpoint without them is among
+    others; it was (2, 0)."""
+    out = tmp_path / "old.npz"
+    done = fdl_in_process("export", resumed, "--what", "trajectories", "--format", "npy", "--steps", "0,10",
+                          "--out", out)
+    assert done.returncode == 0, done.stderr
+    archive = np.load(out)
+    assert archive["r2_outputs"].shape == (2, 4) and np.isnan(archive["r2_outputs"]).all()
+    every = tmp_path / "all.npz"
+    assert fdl_in_process("export", resumed, "--what", "trajectories", "--format", "npy", "--out", every).returncode == 0
+    whole = np.load(every)["r2_outputs"]
+    assert whole.shape == (3, 4) and np.isnan(whole[:2]).all() and np.isfinite(whole[2]).all()
+
+
+def test_classify_reads_each_outputs_r2_of_the_final_checkpoint_alone(
+    resumed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its evidence gives the final checkpoint's: one dataset read, not one a checkpoint (0.4 s per 1 000
+    checkpoints of every regression series of the store); the evidence as `fdl report --json`'s last record."""
+    from fdl_cli.store import StoreReader
+
+    reads: list[int] = []
+    array = StoreReader.array
+
+    def counted(self: StoreReader, step: int, name: str, **kwargs: object) -> object:
+        if name == "r2_outputs":
+            reads.append(step)
+        return array(self, step, name, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoreReader, "array", counted)
+    done = fdl_in_process("classify", resumed, "--json")
+    assert done.returncode == 0, done.stderr
+    assert reads == [20]
+    evidence = json.loads(done.stdout)["evidence"]
+    monkeypatch.undo()
+    last = json.loads(fdl_in_process("report", resumed, "--json").stdout)[-1]
+    assert evidence["final_step"] == 20 and last["r2_outputs"] is not None
+    assert [evidence[f"final_{name}"] for name in ("r2_outputs", "r2_min", "r2_min_output")] == [
+        last["r2_outputs"], last["r2_min"], last["r2_min_output"]]
