@@ -7,7 +7,7 @@ lock). Each test failed on the session's merged code (1af785a) and passes with i
 2. Each call looked for the first that took the same input by scanning every earlier call: n²/2 comparisons,
    2.5 s for the 12 000 calls of an nn.Linear cell unrolled over 6 000 steps (0.2 s before).
 3. --watch made --out's folders as it took the lock at its start: stopped before its first commit it left them,
-   empty, where it left nothing before the session.
+   empty, where it left nothing before the session (tests/test_s25_watch.py, its "new/deeper" case).
 4. Through a symbolic link as --out, `fdl report` of a store a watch holds said "no fdl store" (the lock is
    beside the link's target, where the writer writes).
 5. A growing set of files of training state or without a checkpoint suffix (optim_step_N.pt, metrics_N.json
@@ -30,6 +30,7 @@ from fdl_cli.extract import default_layer, linear_calls
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
 from tests.test_s24_watch import _watch
+from tests.test_s25_watch import _empty_run
 
 
 def _choice(model: nn.Module, sample: torch.Tensor) -> tuple[str, list[str]]:
@@ -120,34 +121,6 @@ def test_the_pass_over_many_linear_calls_is_not_quadratic() -> None:
 
 
 # -- 3. - 5. --watch --------------------------------------------------------------------------------------------
-
-
-def _empty_run(tmp_path: Path) -> tuple[Path, Path]:
-    """(a run's checkpoints, the folder a trainer will save them into: its probe alone so far)."""
-    source = _make_run(tmp_path / "source")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "probe.npz").write_bytes((source / "probe.npz").read_bytes())
-    return source, folder
-
-
-def test_a_watch_stopped_before_its_first_commit_leaves_no_folder_it_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--out in folders that do not exist: made for the lock while the watch waits, gone with it after Ctrl-C;
-    a folder that existed stays. A watch that stores a checkpoint keeps its store's folders."""
-    source, folder = _empty_run(tmp_path)
-    out = tmp_path / "new" / "deeper" / "s.h5"
-    made: list[bool] = []
-    with _polls(monkeypatch, lambda: made.append(out.parent.is_dir())), pytest.raises(KeyboardInterrupt):
-        _watch(folder, out)
-    assert made == [True]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "source"]
-    _arrive(source, folder, "step_0.safetensors")
-    with _polls(monkeypatch):
-        summary, _ = _watch(folder, out)
-    assert summary.interrupted and sorted(_stored(out)) == [0]
-    assert sorted(path.name for path in out.parent.iterdir()) == ["s.h5"]
 
 
 def test_report_through_a_linked_out_names_the_watch_that_holds_it(
