@@ -1034,8 +1034,10 @@ def classify(**kwargs: Any) -> None:
     from fdl_cli import report as rep
 
     thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
-    # with each output's R² of a regression of several outputs: the evidence's final_r2_min beside final_r2
-    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"], r2_outputs=True)
+    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+        # each output's R² of a regression of several outputs at the final checkpoint: the evidence's
+        # final_r2_min beside final_r2
+        rep.add_final_r2_outputs(run, run.series[0])
     provenance_warnings: list[str] = []
     _provenance_names(run.provenance, "layers", provenance_warnings)  # warns of a damaged value
     _provenance_names(run.provenance, "probes", provenance_warnings)

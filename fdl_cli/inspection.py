@@ -44,12 +44,11 @@ def inspect_checkpoint(
     from fdl_cli.extract import (
         LAST_LINEAR_OP,
         DefaultChoice,
-        LinearCall,
+        LinearCalls,
         ProgramModel,
         check_outputs_order,
         chosen_default,
         default_layer_by_registration,
-        linear_call,
         model_outputs,
         not_the_head,
         parent_to_take,
@@ -107,7 +106,7 @@ def inspect_checkpoint(
     else:
         (sample, sample_said), retries = _random_samples(model)
     shapes: dict[str, Any] = {}
-    linears_run: list[LinearCall] = []  # the nn.Linear calls in the order they finished, as analyze sees them
+    linears_run = LinearCalls()  # the nn.Linear calls in the order they finished, as analyze sees them
     handles = []
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear)
@@ -116,7 +115,7 @@ def inspect_checkpoint(
             value = output[0] if isinstance(output, (tuple, list)) else output
             shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
             if linear:
-                linears_run.append(linear_call(name, inputs, output, earlier=linears_run))
+                linears_run.add(name, inputs, output)
 
         if isinstance(module, torch.jit.ScriptModule):
             continue  # inside a TorchScript program: no hooks (its output shapes stay unknown)

@@ -3349,12 +3349,19 @@ def _clear_failed_copies(
 
 #: a discovery note of one file: "skipped NAME: why"
 _SKIPPED_NOTE = re.compile(r"skipped (.+?): ")
+#: one of a file that holds no model weights by its name or suffix (`_note_skipped` says them in one line)
+_NO_WEIGHTS_NOTE = re.compile(r"skipped (.+?): (training state \(.+\), not model weights|optimizer state, no model "
+                              r"weights|not a checkpoint suffix \(.+\))")
 
 
 def _note_key(note: str) -> str:
     """What makes two discovery notes one under --watch: a file's skip, "skipped NAME", whatever it says of it
-    (Lightning's last.ckpt, a copy of each new step's checkpoint, is said once); else the text, numbers aside
-    (the count of accelerate's save_state() folders grows with each)."""
+    (Lightning's last.ckpt, a copy of each new step's checkpoint, is said once), its name's numbers aside where
+    it holds no model weights (optim_step_N.pt, metrics_N.json saved beside each checkpoint: a note at each save
+    else); else the text, numbers aside (the count of accelerate's save_state() folders grows with each)."""
+    no_weights = _NO_WEIGHTS_NOTE.fullmatch(note)
+    if no_weights is not None:
+        return "skipped " + re.sub(r"\d+", "#", no_weights.group(1)) + ": " + no_weights.group(2)
     match = _SKIPPED_NOTE.match(note)
     return match.group(0) if match is not None else re.sub(r"\d+", "#", note)
 

@@ -385,6 +385,22 @@ def _read_run(
     )
 
 
+def add_final_r2_outputs(run: Run, series: Series) -> None:
+    """R2_OUTPUT_FIELDS on the last record of `series` (of a `run` inside `opened_run`) where its checkpoint
+    stores each output's R²: `fdl classify`'s evidence reads them there alone, so one dataset is read, not one a
+    checkpoint of every regression series (`StoreReader.records(r2_outputs=True)`: 0.4 s per 1 000 checkpoints
+    of each)."""
+    from fdl_cli.store import r2_output_fields
+
+    if not series.records or run.reader is None:
+        return
+    last, said = series.records[-1], len(run.reader.warnings)
+    stored = run.reader.read_r2_outputs((series.probe, series.layer), steps={int(last["step"])}).get(int(last["step"]))
+    if stored is not None:
+        last.update(r2_output_fields(stored))
+    run.warnings.extend(run.reader.warnings[said:])  # a damaged dataset, read as absent
+
+
 def load_run(
     path: str | Path, *, probe: str | None = None, layer: str | None = None, history: bool = False,
     r2_outputs: bool = False,
@@ -2349,7 +2365,9 @@ def write_export(
                 if name in ("step", *STR_FIELDS):  # npy: numeric fields only
                     continue
                 if name == R2_OUTPUT_FIELDS[0]:  # (checkpoints, C): a row of NaN where a checkpoint has none
-                    outputs = max((len(v) for v in values if v is not None), default=0)
+                    # C from the records where no checkpoint exported has them (--steps of a resumed older store)
+                    outputs = max((len(v) for v in values if v is not None),
+                                  default=max((int(n) for n in columns["n_outputs"] if n is not None), default=0))
                     arrays[name] = np.array([[np.nan] * outputs if v is None else [np.nan if x is None else x for x in v]
                                              for v in values], dtype=np.float64).reshape(len(values), outputs)
                     continue

@@ -61,7 +61,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1223,11 +1223,11 @@ class StoreReader:
         out.sort(key=lambda record: record["step"])  # stable: series order kept within a step
         return out
 
-    def read_r2_outputs(self, series: Series) -> dict[int, np.ndarray | None]:
-        """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (None where absent: a
-        checkpoint analysed by an fdl before it), or {} when the series' probe is not a regression of C > 1
-        outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a line in `warnings`
-        (the records do not need it)."""
+    def read_r2_outputs(self, series: Series, *, steps: Collection[int] | None = None) -> dict[int, np.ndarray | None]:
+        """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (of `steps` alone, if given;
+        None where absent: a checkpoint analysed by an fdl before it), or {} when the series' probe is not a
+        regression of C > 1 outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a
+        line in `warnings` (the records do not need it)."""
         info = self._probes.get(series[0])
         outputs = int(getattr(info, "n_outputs", 0) or 0)
         if getattr(info, "task", None) != "regression" or outputs < 2:
@@ -1235,6 +1235,8 @@ class StoreReader:
         stored: dict[int, np.ndarray | None] = {}
         for row in self._rows.get(series, []):
             step = int(row["step"])
+            if steps is not None and step not in steps:
+                continue
             where = f"the r2 of each output of {series[0]}/{series[1]} at step {step}"
             try:
                 values = self.array(step, R2_OUTPUT_FIELDS[0], probe=series[0], layer=series[1])
@@ -1453,6 +1455,7 @@ def _live_writer(store: Path) -> str | None:
     names now (a pid is reused): the test takes it shared and gives it back at once, never removing the file (a
     writer taking it meanwhile tries again, `_take`). Where the file system takes no flock, a lock file naming a
     process of this host that runs (or one of another host) is taken for a writer's."""
+    store = store_target(store)  # a link's writer locks where the link points
     try:
         fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY)
     except OSError:
@@ -1515,10 +1518,15 @@ def claim(path: str | os.PathLike[str]) -> _WriterLock:
                 f"{path} is read-only (mode {mode & 0o777:o}): fdl will not replace it",
                 fix=f"make it writable (chmod u+w {path}) to add to it, or pass another --out",
             )
+    made = [folder for folder in (path.parent, *path.parent.parents) if not os.path.lexists(folder)]
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _WriterLock(path)
-    lock.acquire()
+    lock = _WriterLock(path, made=made)
+    try:
+        lock.acquire()
+    except BaseException:
+        lock.remove_made()
+        raise
     return lock
 
 
@@ -1541,10 +1549,13 @@ def is_store_file(store: Path, path: Path) -> bool:
 class _WriterLock:
     """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, made: Sequence[Path] = ()) -> None:
         self.store = store
         self.path = store.with_name(store.name + ".lock")
         self._fd: int | None = None
+        #: the store's folders that `claim` made, deepest first: removed with the lock where left empty (a --watch
+        #: stopped before its first commit made them for the lock alone)
+        self.made = tuple(made)
 
     def acquire(self) -> None:
         while True:
@@ -1609,6 +1620,15 @@ class _WriterLock:
             os.unlink(self.path)
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
+        self.remove_made()
+
+    def remove_made(self) -> None:
+        """Remove the folders `claim` made that are still empty (one holding the store stays)."""
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
 
 def remove_stale_copies(store: Path) -> None:

@@ -81,12 +81,14 @@ def test_a_watch_holds_its_store_while_it_waits_for_the_first_checkpoint(
     assert not [note for note in reporter.notes if "s.h5" in note], reporter.notes
 
 
+@pytest.mark.parametrize("where", [".", "new/deeper"])
 def test_a_watch_interrupted_before_its_first_checkpoint_leaves_no_lock_and_no_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """Ctrl-C while the watch waits: no lock file, no store file; the next watch of the same --out runs."""
+    """Ctrl-C while the watch waits: no lock file, no store file, nor the folders of --out it made for the lock
+    (review h_s25_rev1: left empty); the next watch of the same --out runs."""
     source, folder = _empty_run(tmp_path)
-    out = tmp_path / "s.h5"
+    out = tmp_path / where / "s.h5"
     locked: list[bool] = []
 
     def look() -> None:
