@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import py_compile
 import sys
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+from tests.cli_run import fdl_in_process
+from tests.test_s23_sec2 import _linear_run, _said
 
 
 @pytest.fixture
@@ -47,5 +50,30 @@ def test_a_submodule_the_users_model_imported_is_checked_again_for_the_folders_f
     assert (tmp_path / "ran").exists()
     (tmp_path / "ran").unlink()
     with pytest.raises(CompiledCodeError, match=r"ext\.pyc, which Python would import as s25r3_pkg\.ext"):
-        by_manifest()().in_features  # type: ignore[operator]
+        by_manifest()()  # type: ignore[operator]
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_file_system_that_takes_no_flock_is_an_fdl_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre mounted without `-o flock` answers flock() with ENOSYS: the writer's lock raised that OSError as a
+    traceback (the readers' test of the lock, `_live_writer`, has a path for such a file system already)."""
+    from fdl_cli import store
+
+    real = store.fcntl.flock
+
+    def no_flock(fd: int, operation: int) -> None:
+        if operation & store.fcntl.LOCK_EX:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        real(fd, operation)
+
+    monkeypatch.setattr(store.fcntl, "flock", no_flock)
+    run = _linear_run(tmp_path / "run", 'model = "model.py:build"\n')
+    (run / "model.py").write_text("from torch import nn\n\n\ndef build():\n    return nn.Linear(4, 3)\n")
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5")
+    assert done.returncode == 1
+    said = _said(done.stderr)
+    assert "Traceback" not in said
+    assert f"error: cannot lock {tmp_path / 'a.h5.lock'}: its file system takes no file lock (flock)" in said, said
+    assert "got: OSError: [Errno 38] Function not implemented" in said, said
+    assert "fix: choose an --out on a file system that takes file locks" in said, said
+    assert not (tmp_path / "a.h5").exists()
