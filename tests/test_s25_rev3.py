@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import py_compile
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,43 +11,34 @@ import pytest
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
 from tests.cli_run import fdl_in_process
 from tests.test_s23_sec2 import _linear_run, _said
+from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 
 
-@pytest.fixture
-def _clean_imports() -> Iterator[None]:
-    meta_path, modules = list(sys.meta_path), set(sys.modules)
-    yield
-    sys.meta_path[:] = meta_path
-    for name in set(sys.modules) - modules:
-        if name.startswith(("s25r3_", "fdl_user_model_")):
-            del sys.modules[name]
-
-
-def test_a_submodule_the_users_model_imported_is_checked_again_for_the_folders_fdl_toml(
-        tmp_path: Path, _clean_imports: None) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_submodule_the_users_model_imported_is_checked_again_for_the_folders_fdl_toml(tmp_path: Path) -> None:
     """In one process: the fdl.toml's model imports the folder's package (its lazy `import pkg.ext` not reached),
     then --model of the user's own imports pkg.ext, a .pyc of no source (taken, as Python takes it). The package
     itself was the fdl.toml's, so only its top-level name was tracked: pkg.ext stayed in sys.modules and the
     fdl.toml's model, run again, ran that compiled code instead of being refused as a fresh process refuses it."""
     run = tmp_path / "run"
-    (run / "s25r3_pkg").mkdir(parents=True)
-    (run / "s25r3_pkg" / "__init__.py").write_text("")
-    (run / "model.py").write_text("import s25r3_pkg\nfrom torch import nn\n\n\ndef build():\n"
-                                  "    import s25r3_pkg.ext\n\n    return nn.Linear(s25r3_pkg.ext.IN, 3)\n")
+    (run / "s25n_pkg").mkdir(parents=True)
+    (run / "s25n_pkg" / "__init__.py").write_text("")
+    (run / "model.py").write_text("import s25n_pkg\nfrom torch import nn\n\n\ndef build():\n"
+                                  "    import s25n_pkg.ext\n\n    return nn.Linear(s25n_pkg.ext.IN, 3)\n")
     manifest = run / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
     source = tmp_path / "ext_source.py"
     source.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\nIN = 4\n")
-    py_compile.compile(str(source), cfile=str(run / "s25r3_pkg" / "ext.pyc"), doraise=True)
+    py_compile.compile(str(source), cfile=str(run / "s25n_pkg" / "ext.pyc"), doraise=True)
 
     def by_manifest() -> object:
         return resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
 
-    by_manifest()  # imports s25r3_pkg, not its submodule
+    by_manifest()  # imports s25n_pkg, not its submodule
     assert resolve_model_factory(f"{run / 'model.py'}:build")().in_features == 4  # --model: taken
     assert (tmp_path / "ran").exists()
     (tmp_path / "ran").unlink()
-    with pytest.raises(CompiledCodeError, match=r"ext\.pyc, which Python would import as s25r3_pkg\.ext"):
+    with pytest.raises(CompiledCodeError, match=r"ext\.pyc, which Python would import as s25n_pkg\.ext"):
         by_manifest()()  # type: ignore[operator]
     assert not (tmp_path / "ran").exists()
 
