@@ -3303,7 +3303,8 @@ _TRUSTED_UNPICKLING: contextvars.ContextVar[bool] = contextvars.ContextVar("_TRU
 
 #: the top-level modules `_FolderModules` served, and the folder each came from (`_forget_other_folders`)
 _SERVED: dict[str, str] = {}
-#: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused
+#: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused; a
+#: package too where only one of its submodules was (`_FolderSubmodules`)
 _UNCHECKED: set[str] = set()
 
 
@@ -3374,7 +3375,11 @@ class _FolderSubmodules(importlib.abc.MetaPathFinder):
                 continue
             if found is not None and found.origin not in (None, "namespace"):
                 # a portion of a namespace package elsewhere (site-packages) is not the folder's own code
-                return _from_source(found, fullname, server.manifest) if server.holds(entry) else found
+                if not server.holds(entry):
+                    return found
+                if server.manifest is None:  # --model's: its package is imported afresh for an fdl.toml's model
+                    _UNCHECKED.add(fullname.partition(".")[0])
+                return _from_source(found, fullname, server.manifest)
         return None  # none, or only namespace portions: Python's finder joins them
 
 

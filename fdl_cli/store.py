@@ -1577,6 +1577,15 @@ class _WriterLock:
                     got=holder,
                     fix="wait for it to finish or stop it; to run both at once, give this one another --out",
                 ) from None
+            except OSError as exc:  # Lustre mounted without `-o flock` answers ENOSYS: no writer could be kept out
+                os.close(fd)
+                raise StoreError(
+                    f"cannot lock {self.path}: its file system takes no file lock (flock), which keeps a second fdl "
+                    "from writing the store at the same time",
+                    got=_one_line(exc),
+                    fix="choose an --out on a file system that takes file locks (a local disk; Lustre mounted with "
+                        "-o flock), and copy the store where you want it once written",
+                ) from None
             # A previous holder may have unlinked the file between our open and our flock: retry.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
