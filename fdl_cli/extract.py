@@ -207,8 +207,8 @@ class LinearCalls(list[LinearCall]):
 
     def __init__(self) -> None:
         super().__init__()
-        #: an input's storage address (or a storage-less tensor's id) -> the first call that took each memory there
-        #: still alive (one, but where two storages alias one buffer)
+        #: an input's storage address (or a storage-less tensor's id) -> the first call that took each storage there
+        #: still alive (one, but where two storages alias one buffer: each is kept, as either may be freed first)
         self._takers: dict[tuple[bool, int], list[LinearCall]] = {}
 
     def add(self, name: str, inputs: Any, output: Any) -> None:
@@ -223,13 +223,20 @@ class LinearCalls(list[LinearCall]):
         takers[:] = [call for call in takers if call.input is not None and call.input.is_alive()]
         earlier = next((call for call in takers if call.input is not None and call.input.is_memory_of(first)), None)
         call = linear_call(name, mark, output, input_first=len(self) if earlier is None else earlier.input_first)
-        if earlier is None:  # one call a memory: the later ones that took it share its input_first
+        # one call a storage: the later ones that took it share its input_first
+        if earlier is None or _other_storage(earlier.input, mark):
             takers.append(call)
         self.append(call)
 
     def clear(self) -> None:
         super().clear()
         self._takers.clear()
+
+
+def _other_storage(a: TensorMark | None, b: TensorMark) -> bool:
+    """Whether marks a and b of one memory, both alive, are two storages aliasing one buffer (`torch.from_numpy` of
+    one array twice), either of which may be freed first."""
+    return a is not None and a.storage is not None and b.storage is not None and a.storage.cdata != b.storage.cdata
 
 
 def linear_call(name: str, mark: TensorMark | None, output: Any, *, input_first: int) -> LinearCall:
