@@ -1559,6 +1559,7 @@ class _WriterLock:
 
     def acquire(self) -> None:
         while True:
+            existed = os.path.lexists(self.path)
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
@@ -1579,6 +1580,9 @@ class _WriterLock:
                 ) from None
             except OSError as exc:  # Lustre mounted without `-o flock` answers ENOSYS: no writer could be kept out
                 os.close(fd)
+                if not existed:  # made here: not left behind, nor the folders `claim` made for it
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
                 raise StoreError(
                     f"cannot lock {self.path}: its file system takes no file lock (flock), which keeps a second fdl "
                     "from writing the store at the same time",
