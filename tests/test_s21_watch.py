@@ -104,13 +104,13 @@ def test_watch_says_once_a_change_that_an_fdl_toml_it_read_is_edited_or_removed(
 _WAITING_FDL = """
 import sys, time
 from fdl_cli import cli, report
-real = report.load_run
+real = report._read_run  # under load_run and opened_run (classify's) alike
 def waiting(*args, **kwargs):
     sys.stderr.write("reading\\n")
     sys.stderr.flush()
     time.sleep(60)
     return real(*args, **kwargs)
-report.load_run = waiting
+report._read_run = waiting
 cli.main(sys.argv[1:])
 """
 
