@@ -112,11 +112,11 @@ class AnalyzeSummary:
     store_before: tuple[int, ...] | None = None
 
     def message(self) -> str:
-        parts = [f"{len(self.analysed)} checkpoint(s) analysed" + (
+        parts = [f"{counted(len(self.analysed), 'checkpoint')} analysed" + (
             f" ({len(self.redone)} of them again: --redo)" if self.redone else "")]
         if self.added:
-            parts.append(f"{len(self.added)} stored checkpoint(s) given the added probe/layer series (those alone "
-                         "analysed)")
+            parts.append(f"{counted(len(self.added), 'stored checkpoint')} given the added probe/layer series "
+                         "(those alone analysed)")
         already = [step for step in self.already if step not in self.unselected]
         if already:
             parts.append(f"{len(already)} already in the store")
@@ -128,8 +128,8 @@ class AnalyzeSummary:
             parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
         if self.abandoned:
             what, held = self.abandoned
-            parts.append(f"{what} given up (--abandon-addition: taken out of the {held} checkpoint(s) that held "
-                         "some of it)")
+            parts.append(f"{what} given up (--abandon-addition: taken out of the "
+                         f"{counted(held, 'checkpoint')} that held some of it)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])

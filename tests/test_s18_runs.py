@@ -240,7 +240,7 @@ def test_a_checkpoint_cut_short_while_written_and_an_empty_one_say_so(
     assert f"error: cannot read the checkpoint {run1 / 'step_40.pt'} got: the file is empty (0 bytes) {fix}" in flat
     assert "Errno" not in err
     assert "skipped step_40.pt" not in err
-    assert "3 checkpoint(s) analysed, 2 failed" in err
+    assert "3 checkpoints analysed, 2 failed" in err
 
 
 def test_a_checkpoint_of_another_model_among_the_run_names_the_reference(
