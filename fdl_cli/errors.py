@@ -32,7 +32,7 @@ def no_room(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         return (f": this process may write files of at most {size_text(limit)} (its file size limit, `ulimit -f`)",
-                f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose {another}")
+                "raise that limit (`ulimit -f unlimited` in the shell that runs fdl)")
     return ": the file system there takes no larger file", f"choose {one} on a file system that takes larger files"
 
 
