@@ -2591,7 +2591,7 @@ def _check_stored_files(
     stored, suspects = plan
     elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
     ctx.reporter.note(
-        f"hashing {len(suspects)} stored checkpoint file(s) whose "
+        f"hashing {counted(len(suspects), 'stored checkpoint file')} whose "
         + ("size or modification time is not the one recorded" if not elsewhere_now else
            "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
            "size or modification time is not the one recorded, or whose step in this run is another")
@@ -2665,8 +2665,9 @@ def _check_stored_files(
                     if ref.step == step and step != ctx.reference_step and not copied[step]]
         copies = [step for step in copied if copied[step]]
         raise StoreError(
-            f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
-            "store holds the numbers of the files they replaced",
+            f"{counted(len(changed), 'checkpoint file')} changed since {'it was' if len(changed) == 1 else 'they were'} "
+            f"analysed into {out}: {shown}; the store holds the numbers of the "
+            f"{'file it' if len(changed) == 1 else 'files they'} replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
             fix="restore the files"
             + (f" (each the checkpoint saved at its step), or remove the cop{'y' if len(copies) == 1 else 'ies'} "

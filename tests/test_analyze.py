@@ -781,7 +781,7 @@ def test_a_changed_previous_checkpoint_is_refused_not_compared_with(run: Path, t
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1 and "Traceback" not in refused.stderr
     if times == "new":
-        assert f"1 checkpoint file(s) changed since they were analysed into {store}: step 10 (" in refused.stderr
+        assert f"1 checkpoint file changed since it was analysed into {store}: step 10 (" in refused.stderr
     else:
         assert "the checkpoint at step 10" in refused.stderr and "changed since it was analysed" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before

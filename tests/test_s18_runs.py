@@ -177,7 +177,7 @@ def test_a_resume_with_another_step_regex_is_refused(tmp_path: Path, capsys: pyt
     flat = " ".join(err.split())
     assert (f"error: {tmp_path / 'whole' / 'step_10.safetensors'}, which {store} analysed as step 10, is step 1 in "
             "this run (from its step_regex) (and 3 more file(s) so)") in flat
-    assert "hashing 4 stored checkpoint file(s) whose step in this run is another than the stored one" in flat
+    assert "hashing 4 stored checkpoint files whose step in this run is another than the stored one" in flat
     assert store.read_bytes() == before
 
 

@@ -76,7 +76,8 @@ def test_checkpoints_named_with_bytes_that_are_not_utf8_are_analysed_and_stored_
     changed = fdl_in_process("analyze", run, "--model", MODEL, "--probe", probe, "--out", out)
     assert changed.returncode == 1
     # (this process's stderr holds the name as Python reads it; fdl's own stderr writes it \\xff, as below)
-    assert f"changed since they were analysed into {out}: step 1 ({run}/{FF}step_1.safetensors)" in changed.stderr
+    assert (f"1 checkpoint file changed since it was analysed into {out}: step 1 ({run}/{FF}step_1.safetensors)"
+            in changed.stderr)
 
 
 def test_a_torchscript_file_named_so_is_loaded(tmp_path: Path) -> None:

@@ -51,21 +51,45 @@ def test_the_summary_of_an_addition_and_an_abandoned_one_counts_so_too() -> None
     assert "taken out of the 4 checkpoints that held some of it)" in given_up.message()
 
 
-def test_analyze_of_one_checkpoint_says_one_checkpoint(tmp_path: Path) -> None:
+def _run(tmp_path: Path, steps: tuple[int, ...], scale: float = 1.0) -> list[str]:
+    """Checkpoints of `_MODEL` at `steps` (weights times `scale`) in tmp_path/run; `fdl analyze`'s arguments."""
     import numpy as np
     from safetensors.torch import save_file
 
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(exist_ok=True)
     net = model_file(tmp_path, _MODEL).build()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "step_0.safetensors"))
+    for step in steps:
+        save_file({k: (v * scale * (1 + step / 10)).contiguous() for k, v in net.state_dict().items()},
+                  str(run / f"step_{step}.safetensors"))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
-    out = tmp_path / "run.h5"
-    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                          tmp_path / "probe.npz", "--out", out)
+    return ["analyze", str(run), "--model", f"{tmp_path / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
+            "--out", str(tmp_path / "run.h5")]
+
+
+def test_analyze_of_one_checkpoint_says_one_checkpoint(tmp_path: Path) -> None:
+    done = fdl_in_process(*_run(tmp_path, (0,)))
     assert done.returncode == 0, done.stderr
-    assert done.stderr == f"1 checkpoint analysed → {out}\n", done.stderr
+    assert done.stderr == f"1 checkpoint analysed → {tmp_path / 'run.h5'}\n", done.stderr
+
+
+@pytest.mark.parametrize(("changed", "said"), [
+    ((10,), ("hashing 1 stored checkpoint file whose", "1 checkpoint file changed since it was analysed",
+             "the numbers of the file it replaced")),
+    ((10, 20), ("hashing 2 stored checkpoint files whose", "2 checkpoint files changed since they were analysed",
+                "the numbers of the files they replaced")),
+])
+def test_changed_checkpoint_files_are_counted_so_too(tmp_path: Path, changed: tuple[int, ...],
+                                                     said: tuple[str, str, str]) -> None:
+    """The same for "N checkpoint file(s) changed since they were analysed" and the note before it."""
+    args = _run(tmp_path, (0, 10, 20))
+    assert fdl_in_process(*args).returncode == 0
+    _run(tmp_path, changed, scale=2.0)
+    refused = fdl_in_process(*args)
+    assert refused.returncode == 1, refused.stderr
+    assert all(part in refused.stderr for part in said), refused.stderr
+    assert "(s)" not in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize("char", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",

@@ -601,7 +601,7 @@ def _analyze_command(run: Path, tmp_path: Path) -> tuple[str, ...]:
 def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) -> None:
     """ModelCheckpoint(filename="{step}", save_last=True): last.ckpt sorts before step=9.ckpt, so the
     store recorded last.ckpt for step 9, and the resume after the next save (last.ckpt rewritten at
-    step 19) refused: "1 checkpoint file(s) changed since they were analysed ... step 9". The file named
+    step 19) refused: "1 checkpoint file changed since it was analysed ... step 9". The file named
     by its step is the one recorded."""
     run = tmp_path / "checkpoints"
     run.mkdir()
