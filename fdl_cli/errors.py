@@ -32,7 +32,7 @@ def no_room(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         return (f": this process may write files of at most {size_text(limit)} (its file size limit, `ulimit -f`)",
-                f"raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose {another}")
+                "raise that limit (`ulimit -f unlimited` in the shell that runs fdl)")
     return ": the file system there takes no larger file", f"choose {one} on a file system that takes larger files"
 
 
@@ -176,13 +176,22 @@ def shown_path(path: object) -> str:
 
 
 #: What a terminal takes as a command rather than text: the C0 controls but tab and newline (ESC, BEL, a carriage
-#: return), DEL and the C1 controls
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: return), DEL and the C1 controls; and what makes it show text in another order than it is written or break a
+#: line ("Trojan Source"): the Unicode bidirectional controls (the embeddings and overrides U+202A..U+202E, the
+#: isolates U+2066..U+2069), the direction marks (U+200E, U+200F, U+061C) and the line and paragraph separators
+#: (U+2028, U+2029)
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def terminal_safe(text: str) -> str:
     """`text` as fdl writes it for people (stderr, a log): each control character written `\\x1b`, as the bytes of
     a name that are not UTF-8 are, so that a file, tensor or module name of a folder from someone else cannot
-    drive the terminal (an escape sequence setting its title, clearing the screen, hiding text). Tab and newline
-    stay."""
-    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    drive the terminal (an escape sequence setting its title, clearing the screen, hiding text); a bidirectional
+    control or a line separator written `\\u202e`, so that such a name cannot show its text in a misleading order
+    or break the line. Tab and newline stay, as does any other character (accents, CJK, emoji)."""
+    return _CONTROLS.sub(lambda found: _escaped(ord(found.group())), text)
+
+
+def _escaped(code: int) -> str:
+    """A character's escape as Python writes it: `\\x1b` (up to U+00FF), `\\u202e`."""
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -112,11 +112,11 @@ class AnalyzeSummary:
     store_before: tuple[int, ...] | None = None
 
     def message(self) -> str:
-        parts = [f"{len(self.analysed)} checkpoint(s) analysed" + (
+        parts = [f"{counted(len(self.analysed), 'checkpoint')} analysed" + (
             f" ({len(self.redone)} of them again: --redo)" if self.redone else "")]
         if self.added:
-            parts.append(f"{len(self.added)} stored checkpoint(s) given the added probe/layer series (those alone "
-                         "analysed)")
+            parts.append(f"{counted(len(self.added), 'stored checkpoint')} given the added probe/layer series "
+                         "(those alone analysed)")
         already = [step for step in self.already if step not in self.unselected]
         if already:
             parts.append(f"{len(already)} already in the store")
@@ -128,8 +128,8 @@ class AnalyzeSummary:
             parts.append(f"{len(self.dropped)} dropped (--drop {shown})")
         if self.abandoned:
             what, held = self.abandoned
-            parts.append(f"{what} given up (--abandon-addition: taken out of the {held} checkpoint(s) that held "
-                         "some of it)")
+            parts.append(f"{what} given up (--abandon-addition: taken out of the "
+                         f"{counted(held, 'checkpoint')} that held some of it)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         text = "\n".join([", ".join(parts) + f" → {self.store}", *self._failed_lines()])
@@ -2591,7 +2591,7 @@ def _check_stored_files(
     stored, suspects = plan
     elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
     ctx.reporter.note(
-        f"hashing {len(suspects)} stored checkpoint file(s) whose "
+        f"hashing {counted(len(suspects), 'stored checkpoint file')} whose "
         + ("size or modification time is not the one recorded" if not elsewhere_now else
            "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
            "size or modification time is not the one recorded, or whose step in this run is another")
@@ -2665,8 +2665,9 @@ def _check_stored_files(
                     if ref.step == step and step != ctx.reference_step and not copied[step]]
         copies = [step for step in copied if copied[step]]
         raise StoreError(
-            f"{len(changed)} checkpoint file(s) changed since they were analysed into {out}: {shown}; the "
-            "store holds the numbers of the files they replaced",
+            f"{counted(len(changed), 'checkpoint file')} changed since {'it was' if len(changed) == 1 else 'they were'} "
+            f"analysed into {out}: {shown}; the store holds the numbers of the "
+            f"{'file it' if len(changed) == 1 else 'files they'} replaced",
             got=f"step {first}: sha256 {digest[:16]}… now, {stored[first][1][:16]}… in {out}",
             fix="restore the files"
             + (f" (each the checkpoint saved at its step), or remove the cop{'y' if len(copies) == 1 else 'ies'} "

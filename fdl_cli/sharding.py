@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fdl_cli.errors import FdlError, StoreError, StoreLockedError, shown_path
+from fdl_cli.errors import FdlError, StoreError, StoreLockedError, counted, shown_path
 from fdl_cli.pipeline import (
     AnalyzeSummary,
     _check_stored_files,
@@ -331,8 +331,8 @@ def _take_in_rank_parts(
             continue
         if taken:
             ctx.reporter.note(
-                f"{len(taken)} checkpoint(s) that a rank of an interrupted torchrun job stored in {part.name} "
-                f"were added to {out.name}"
+                f"{counted(len(taken), 'checkpoint')} that a rank of an interrupted torchrun job stored in "
+                f"{part.name} {'was' if len(taken) == 1 else 'were'} added to {out.name}"
             )
         everything.extend(taken)
         if not removed:

@@ -271,7 +271,7 @@ def test_resume_recomputes_only_the_incomplete_checkpoint(run: Path, tmp_path: P
     again = analyze(run, store)
     assert again.code == 0, again.stderr
     assert [r["step"] for r in again.records] == [20]
-    assert "1 checkpoint(s) analysed, 3 already in the store" in again.stderr
+    assert "1 checkpoint analysed, 3 already in the store" in again.stderr
     assert again.records[0] == first.records[2]
     with StoreReader(store) as reader:
         assert reader.records() == first.records
@@ -485,7 +485,7 @@ def test_filling_gaps_with_steps_equals_one_run(run: Path, tmp_path: Path) -> No
     assert analyze(run, store, "--steps", "0,20").code == 0
     second = analyze(run, store, "--steps", "10,30")
     assert second.code == 0, second.stderr
-    assert "2 checkpoint(s) analysed, 1 updated (a new previous checkpoint)" in second.stderr
+    assert "2 checkpoints analysed, 1 updated (a new previous checkpoint)" in second.stderr
     assert "already in the store" not in second.stderr  # steps 0 and 20 were not selected
     got = {r["step"]: r for r in _stored_records(store)}
     assert sorted(got) == [0, 10, 20, 30]
@@ -781,7 +781,7 @@ def test_a_changed_previous_checkpoint_is_refused_not_compared_with(run: Path, t
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1 and "Traceback" not in refused.stderr
     if times == "new":
-        assert f"1 checkpoint file(s) changed since they were analysed into {store}: step 10 (" in refused.stderr
+        assert f"1 checkpoint file changed since it was analysed into {store}: step 10 (" in refused.stderr
     else:
         assert "the checkpoint at step 10" in refused.stderr and "changed since it was analysed" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before

@@ -23,7 +23,7 @@ from fdl_cli.store import StoreReader
 from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_distributed import _make_run, _torchrun_process
 
-HASHING = "hashing 1 stored checkpoint file(s) whose size or modification time is not the one recorded"
+HASHING = "hashing 1 stored checkpoint file whose size or modification time is not the one recorded"
 
 
 def _copy(run: Path, folder: Path) -> Path:  # noqa: F811 - `run` is the fixture's value
@@ -50,8 +50,8 @@ def test_a_replaced_stored_checkpoint_is_refused_not_kept(run: Path, tmp_path: P
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1 and "Traceback" not in refused.stderr
     assert (
-        f"error: 1 checkpoint file(s) changed since they were analysed into {store}: step 20 "
-        f"({folder / 'epoch_20.pt'}); the store holds the numbers of the files they replaced"
+        f"error: 1 checkpoint file changed since it was analysed into {store}: step 20 "
+        f"({folder / 'epoch_20.pt'}); the store holds the numbers of the file it replaced"
     ) in refused.stderr
     assert "fix: restore the files, or re-analyse everything with --overwrite" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before
@@ -70,7 +70,7 @@ def test_several_replaced_files_are_named_together(run: Path, tmp_path: Path) ->
     # both are copies of step 20's file, which the message says (session 16)
     copy = f"now a copy of {folder / 'epoch_20.pt'}, the file stored as step 20"
     assert (
-        f"2 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}, "
+        f"2 checkpoint files changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}, "
         f"{copy}), step 30 ({folder / 'epoch_30.pt'}, {copy})"
     ) in refused.stderr
     assert "or remove the copies of steps 10, 30 (the store keeps the numbers of the files they replaced" in (
@@ -104,14 +104,15 @@ def test_a_store_without_recorded_times_is_checked_once(run: Path, tmp_path: Pat
             del group.attrs["file_signature"]
     first = analyze(run, store, sources=(str(folder),))
     assert first.code == 0, first.stderr
-    assert "hashing 4 stored checkpoint file(s)" in first.stderr
+    assert "hashing 4 stored checkpoint files" in first.stderr
     assert _signatures(store) == {step: file_signature(folder / f"epoch_{step}.pt") for step in (0, 10, 20, 30)}
     assert "hashing" not in analyze(run, store, sources=(str(folder),)).stderr
     with h5py.File(store, "r+") as handle:
         del handle["checkpoints/step_30"].attrs["file_signature"]
     (folder / "epoch_30.pt").write_bytes((run / "ckpts" / "epoch_10.pt").read_bytes())
     refused = analyze(run, store, sources=(str(folder),))
-    assert refused.code == 1 and "step 30" in refused.stderr and "changed since they were analysed" in refused.stderr
+    assert refused.code == 1 and "step 30" in refused.stderr
+    assert "1 checkpoint file changed since it was analysed" in refused.stderr, refused.stderr
 
 
 def test_copied_checkpoints_with_new_times_resume(run: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -132,7 +133,7 @@ def test_copied_checkpoints_with_new_times_resume(run: Path, tmp_path: Path) -> 
     shutil.copyfile(run / "ckpts" / "epoch_30.pt", elsewhere / "epoch_30.pt")
     moved = analyze(run, store, sources=(str(elsewhere),))
     assert moved.code == 0, moved.stderr
-    assert "hashing 3 stored checkpoint file(s)" in moved.stderr
+    assert "hashing 3 stored checkpoint files" in moved.stderr
     assert [r["step"] for r in moved.records] == [30]
 
 
@@ -163,7 +164,7 @@ def test_torchrun_refuses_a_replaced_file_on_every_rank(tmp_path: Path) -> None:
     (run_dir / "step_20.safetensors").write_bytes((run_dir / "step_40.safetensors").read_bytes())
     refused = _torchrun_process(run_dir, out)
     assert refused.returncode == 1, refused.stderr[-3000:]
-    assert "error: 1 checkpoint file(s) changed since they were analysed" in refused.stderr
+    assert "error: 1 checkpoint file changed since it was analysed" in refused.stderr
     assert "rank 0 could not open the store" not in refused.stderr  # each rank checks, and says so itself
     assert "step 20" in refused.stderr
     assert "fdl_cli/" not in refused.stderr  # torchrun's own traceback of a failed child only
@@ -195,7 +196,7 @@ def test_a_stored_file_that_now_holds_another_step_is_refused(run: Path, tmp_pat
     train(120, 1.5)
     refused = analyze(run, store, sources=(str(folder),))
     assert refused.code == 1 and "Traceback" not in refused.stderr, refused.stderr
-    assert f"2 checkpoint file(s) changed since they were analysed into {store}: step 100 (" in refused.stderr
+    assert f"2 checkpoint files changed since they were analysed into {store}: step 100 (" in refused.stderr
     assert "now step 120" in refused.stderr and "now step 240" in refused.stderr
     assert refused.records == [] and store.read_bytes() == before
 
@@ -250,7 +251,7 @@ def test_files_verified_before_a_ctrl_c_keep_their_new_times(
         True, True, False, False,
     ]
     rest = analyze(run, store, sources=(str(folder),))
-    assert rest.code == 0 and "hashing 2 stored checkpoint file(s)" in rest.stderr
+    assert rest.code == 0 and "hashing 2 stored checkpoint files" in rest.stderr
 
 
 def test_a_file_that_changes_while_it_is_read_fails(
@@ -288,7 +289,7 @@ def test_torchrun_ranks_share_the_hashing_and_record_every_file(tmp_path: Path) 
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     resumed = _torchrun_process(run_dir, out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"hashing {len(files)} stored checkpoint file(s)" in resumed.stderr
+    assert f"hashing {len(files)} stored checkpoint files" in resumed.stderr
     assert _signatures(out) == {int(path.stem.split("_")[1]): file_signature(path) for path in files}
     again = _torchrun_process(run_dir, out)
     assert again.returncode == 0 and "hashing" not in again.stderr

@@ -1,7 +1,7 @@
 """`fdl analyze` into a store of another run is refused with what is the matter: other files.
 
 A researcher copied one run's store and pointed another run at it: fdl refused (right), but said
-"12 checkpoint file(s) changed since they were analysed ... the store holds the numbers of the files
+"12 checkpoint files changed since they were analysed ... the store holds the numbers of the files
 they replaced" (and, for the reference, "changed since it was analysed") of files that were never
 analysed. The error now names the path the store recorded and this run's other file, and the fix is
 another --out.
@@ -76,4 +76,4 @@ def test_a_file_of_this_run_rewritten_still_says_changed(tmp_path: Path) -> None
     save_file({key: value * 2 for key, value in tensors.items()}, run / "step_5.safetensors")
     code, stderr = _analyze(run, tmp_path / "a.h5")
     assert code == 1
-    assert "1 checkpoint file(s) changed since they were analysed" in stderr, stderr
+    assert "1 checkpoint file changed since it was analysed" in stderr, stderr

@@ -268,7 +268,7 @@ def test_a_stored_checkpoint_whose_file_fails_now_is_a_changed_file(tmp_path: Pa
         os.utime(folder / "step_20.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
         expected = "step 20 .* changed since it was analysed"
     else:
-        expected = "1 checkpoint file.s. changed since they were analysed into .*: step 20 "
+        expected = "1 checkpoint file changed since it was analysed into .*: step 20 "
     with pytest.raises(StoreError, match=expected):
         _analyze(folder, out)
     assert sorted(_stored(out)) == [0, 10, 20]

@@ -104,7 +104,7 @@ def test_a_changed_checkpoint_redone_gives_the_store_of_a_run_from_scratch(run: 
     assert redone.code == 0, redone.stderr
     # step 20 analysed again, step 30 (compared with it) updated; nothing else printed
     assert [record["step"] for record in redone.records] == [20, 30]
-    assert "1 checkpoint(s) analysed (1 of them again: --redo), 3 already in the store, 1 updated" in redone.stderr
+    assert "1 checkpoint analysed (1 of them again: --redo), 3 already in the store, 1 updated" in redone.stderr
     scratch = tmp_path / "scratch.h5"
     assert analyze(run, scratch, sources=(str(folder),)).code == 0
     _assert_same_store(store, scratch)

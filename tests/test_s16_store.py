@@ -64,9 +64,9 @@ def test_a_stored_file_overwritten_by_a_copy_of_another_steps_file_is_refused(
     assert refused.code == 1 and "Traceback" not in refused.stderr and refused.records == []
     now = ", now step 20: " if step_key else ", now "
     assert (
-        f"error: 1 checkpoint file(s) changed since they were analysed into {store}: step 10 ({folder / 'epoch_10.pt'}"
+        f"error: 1 checkpoint file changed since it was analysed into {store}: step 10 ({folder / 'epoch_10.pt'}"
         f"{now}a copy of {folder / 'epoch_20.pt'}, the file stored as step 20); the store holds the numbers of "
-        "the files they replaced"
+        "the file it replaced"
     ) in refused.stderr
     assert (
         "fix: restore the files (each the checkpoint saved at its step), or remove the copy of step 10 (the store "

@@ -110,7 +110,7 @@ def test_a_one_logit_model_on_0_1_labels_is_the_two_class_model_of_logits_0_z(
     # the same store resumes, and the same checkpoints verdict alike
     again = fdl("analyze", runs, "--model", f"{model}:one", "--probe", probe, "-o", tmp_path / "one.h5")
     assert again.returncode == 0, again.stderr
-    assert "0 checkpoint(s) analysed, 3 already in the store" in again.stderr
+    assert "0 checkpoints analysed, 3 already in the store" in again.stderr
     verdicts = [fdl("classify", tmp_path / name, "--json").stdout for name in ("one.h5", "two.h5")]
     assert verdicts[0] == verdicts[1] and '"regime"' in verdicts[0]
 

@@ -49,7 +49,7 @@ def test_a_short_run_prints_no_progress_line_by_default(tmp_path: Path) -> None:
     done = analyze(tmp_path, None)
     assert done.returncode == 0, done.stderr
     assert "progress:" not in done.stderr
-    assert "25 checkpoint(s) analysed" in done.stderr
+    assert "25 checkpoints analysed" in done.stderr
 
 
 def test_interval_values() -> None:

@@ -24,4 +24,4 @@ def test_a_probe_renamed_on_resume_is_named_with_the_name_the_store_knows(tmp_pa
     assert ": name it so, --probe probe=PATH, to resume; else pass --overwrite" in fix
     resumed = fdl_in_process("analyze", SAMPLE, "-o", out, "--steps", "0,5", "--probe", f"probe={probe}")
     assert resumed.returncode == 0, resumed.stderr
-    assert "0 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
+    assert "0 checkpoints analysed, 2 already in the store" in resumed.stderr

@@ -137,7 +137,7 @@ def test_a_run_logged_to_a_file_starts_with_its_summary_not_a_blank_line(tmp_pat
     out = tmp_path / "run.h5"
     result = fdl("analyze", runs, *model, "--probe", probe, "-o", out)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == f"1 checkpoint(s) analysed → {out}\n"
+    assert result.stderr == f"1 checkpoint analysed → {out}\n"
 
 
 def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_traceback(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_a_pickled_model_without_the_analysed_layer_is_a_bad_checkpoint_not_a_tr
     assert (f"error: the model in {runs / 'ckpt_40.pt'} has no module '2', whose input (2:input) is "
             "analysed at the run's other checkpoints\n  got: a model of another architecture (Sequential)\n") \
         in result.stderr
-    assert f"3 checkpoint(s) analysed, 2 failed → {out}" in result.stderr
+    assert f"3 checkpoints analysed, 2 failed → {out}" in result.stderr
     from fdl_cli.store import StoreReader
 
     with StoreReader(out) as run:

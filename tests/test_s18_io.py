@@ -422,7 +422,7 @@ def test_a_probe_saved_as_pt_among_the_checkpoints_is_named_as_a_probe(tmp_path:
     from fdl_cli.checkpoints import discover_checkpoints
 
     assert "skipped probe_v2.pt: a probe set (x, y), not model weights" in discover_checkpoints([runs]).notes
-    assert "1 checkpoint(s) analysed →" in result.stderr
+    assert "1 checkpoint analysed →" in result.stderr
     # given as the checkpoint itself, it is named as a probe (it was "no checkpoints found in probe_v2.pt ...
     # fix: point at a folder")
     for command in ("inspect", "analyze"):

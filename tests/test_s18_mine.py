@@ -117,7 +117,7 @@ def test_a_resume_leaving_a_probe_out_says_to_give_it(two_step_run: Path, tmp_pa
     # given, it resumes: step 1000 is added for both probes
     again = fdl("analyze", two_step_run, *model, *both, "--out", out)
     assert again.code == 0, again.stderr
-    assert "1 checkpoint(s) analysed, 1 already in the store" in again.stderr
+    assert "1 checkpoint analysed, 1 already in the store" in again.stderr
     # with another option differing as well, "to resume" is not promised
     other = fdl("analyze", two_step_run, *model, "--probe", f"train={SAMPLES / 'probe.npz'}", "--out", out,
                 "--top-k", "5")

@@ -174,7 +174,7 @@ def test_a_resume_with_one_probe_renamed_and_one_left_out_gets_one_fix_that_resu
     resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", "--probe", f"test={SAMPLE_PROBE}", "--probe",
                              f"train={SAMPLE_PROBE}", "-o", out)
     assert resumed.returncode == 0, resumed.stderr
-    assert "1 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
+    assert "1 checkpoint analysed, 2 already in the store" in resumed.stderr
 
 
 # -- 4. AnalyzeOptions of one source ------------------------------------------------------------------------------

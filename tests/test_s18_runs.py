@@ -177,7 +177,7 @@ def test_a_resume_with_another_step_regex_is_refused(tmp_path: Path, capsys: pyt
     flat = " ".join(err.split())
     assert (f"error: {tmp_path / 'whole' / 'step_10.safetensors'}, which {store} analysed as step 10, is step 1 in "
             "this run (from its step_regex) (and 3 more file(s) so)") in flat
-    assert "hashing 4 stored checkpoint file(s) whose step in this run is another than the stored one" in flat
+    assert "hashing 4 stored checkpoint files whose step in this run is another than the stored one" in flat
     assert store.read_bytes() == before
 
 
@@ -240,7 +240,7 @@ def test_a_checkpoint_cut_short_while_written_and_an_empty_one_say_so(
     assert f"error: cannot read the checkpoint {run1 / 'step_40.pt'} got: the file is empty (0 bytes) {fix}" in flat
     assert "Errno" not in err
     assert "skipped step_40.pt" not in err
-    assert "3 checkpoint(s) analysed, 2 failed" in err
+    assert "3 checkpoints analysed, 2 failed" in err
 
 
 def test_a_checkpoint_of_another_model_among_the_run_names_the_reference(

@@ -133,7 +133,7 @@ def test_a_resume_with_two_renamed_probes_gets_one_fix_that_resumes(tmp_path: Pa
     resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "--probe", f"test={SAMPLE_PROBE}", "--probe",
                              f"train={SAMPLE_PROBE}", "-o", out)
     assert resumed.returncode == 0, resumed.stderr
-    assert "0 checkpoint(s) analysed, 2 already in the store" in resumed.stderr
+    assert "0 checkpoints analysed, 2 already in the store" in resumed.stderr
     # a store of one probe resumed with two of its file: one of them is named, the other then added
     one = tmp_path / "one.h5"
     assert fdl_in_process("analyze", SAMPLE, "--steps", "0,5", "-o", one).returncode == 0
@@ -209,7 +209,7 @@ def test_a_store_before_prev_step_warns_once_a_command_and_says_what_to_do(tmp_p
 
     resumed = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,10", *probes, "-o", store)  # as the warning says
     assert resumed.returncode == 0, resumed.stderr
-    assert "0 checkpoint(s) analysed" in resumed.stderr
+    assert "0 checkpoints analysed" in resumed.stderr
     with StoreReader(store) as reader:
         assert reader.warnings == []
         assert {(r["probe"], r["step"]): r["prev_step"] for r in reader.records(all_series=True)} == {

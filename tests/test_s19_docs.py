@@ -43,7 +43,7 @@ def test_the_readme_s_probe_among_the_files_example_runs_as_the_shell_gives_it(
     assert "run/probe.pt" in expanded
     done = fdl("analyze", *expanded, "--probe", "run/probe.pt", "--model", "tests.tiny_models:mlp", "--out", "r.h5")
     assert done.code == 0, done.stderr
-    assert "probe.pt" not in done.stderr and "2 checkpoint(s) analysed" in done.stderr
+    assert "probe.pt" not in done.stderr and "2 checkpoints analysed" in done.stderr
     quoted = fdl("analyze", "run/*.pt", "--probe", "run/probe.pt", "--model", "tests.tiny_models:mlp", "--out", "q.h5")
     assert quoted.code == 1 and "no such checkpoint file or folder: run/*.pt" in quoted.stderr
 
@@ -188,7 +188,7 @@ def test_an_older_store_resumed_with_nothing_to_analyse_is_left_as_it_was(zero_o
     folder = zero_one_run.parent
     done = fdl("analyze", *(folder / f"step_{step}.pt" for step in (0, 10)), "--model", f"{folder / 'model.py'}:build",
                "--probe", folder / "probe.npz", "--out", old)
-    assert done.code == 0 and "0 checkpoint(s) analysed, 2 already in the store" in done.stderr, done.stderr
+    assert done.code == 0 and "0 checkpoints analysed, 2 already in the store" in done.stderr, done.stderr
     assert old.read_bytes() == before
 
 

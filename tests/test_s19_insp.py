@@ -185,7 +185,7 @@ def test_the_summary_shows_each_whole_reason_and_groups_the_same_reason() -> Non
     lfs = ("run/step_9.pt (step 9)", _reason("is a Git LFS pointer", "a text file", "git lfs pull"))
     summary = AnalyzeSummary(store=Path("r.h5"), analysed=[0, 10], failed=[other[0], lfs, *other[1:]])
     assert summary.message() == "\n".join([
-        "2 checkpoint(s) analysed, 4 failed → r.h5",
+        "2 checkpoints analysed, 4 failed → r.h5",
         "  failed: the weights in run/step_30.pt do not fit the model",
         "      got: (8, 5) vs (8, 4)",
         "      fix: leave it out",
@@ -217,7 +217,7 @@ def test_analyze_json_keeps_records_on_stdout_and_whole_reasons_in_the_summary(t
                "--out", tmp_path / "r.h5", "--device", "cpu", "--json")
     assert done.returncode == 1
     assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10]  # records alone
-    summary = done.stderr[done.stderr.index("2 checkpoint(s) analysed, 2 failed"):].splitlines()
+    summary = done.stderr[done.stderr.index("2 checkpoints analysed, 2 failed"):].splitlines()
     assert summary[1] == f"  failed: the weights in {run / 'step_30.pt'} do not fit the model built by --model"
     assert summary[2] == "      got: 1 shape mismatch(es): 0.weight: checkpoint (8, 5) vs model (8, 4)"
     assert summary[3].startswith(f"      fix: the reference checkpoint {run / 'step_0.pt'} (step 0) fits this model")
@@ -264,4 +264,4 @@ def test_analyze_of_a_glob_says_nothing_of_the_probe_it_was_given(run_with_probe
     assert done.returncode == 0, done.stderr
     assert "probe.pt" not in done.stderr.replace("heldout.pt", "")
     assert "note: skipped heldout.pt: a probe set (x, y), not model weights" in done.stderr
-    assert "2 checkpoint(s) analysed" in done.stderr
+    assert "2 checkpoints analysed" in done.stderr

@@ -265,7 +265,7 @@ def test_what_one_rank_meets_on_its_own_checkpoints_is_said_naming_it(tmp_path: 
     assert "warning: step 30" not in done.stderr  # rank 0 clips none as large
     failed = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(failed) == 1 and "step_40.safetensors" in failed[0], done.stderr[-4000:]
-    assert done.stderr.count("4 checkpoint(s) analysed, 1 failed") == 1
+    assert done.stderr.count("4 checkpoints analysed, 1 failed") == 1
     _no_traceback_of_fdl(done.stderr)
 
 

@@ -102,7 +102,7 @@ def test_a_probe_or_layer_added_to_a_store_is_all_that_is_analysed_and_the_store
     assert passes == passes_made  # no pass of the stored probe, no anchor pass of a stored checkpoint
     what = f"probe '{added[0]}'" if added[0] == "test" else f"layer '{added[1]}'"
     assert f"note: adding {what} to the 4 stored checkpoints of {store}" in grown.stderr
-    assert ("0 checkpoint(s) analysed, 4 stored checkpoint(s) given the added probe/layer series (those alone "
+    assert ("0 checkpoints analysed, 4 stored checkpoints given the added probe/layer series (those alone "
             "analysed)") in grown.stderr
     assert [(r["step"], r["probe"], r["layer"]) for r in grown.records] == [(step, *added) for step in STEPS]
     _same(_series_items(store, "probe/2:input"), before)  # the stored series, byte for byte as they were
@@ -118,7 +118,7 @@ def test_a_probe_or_layer_added_to_a_store_is_all_that_is_analysed_and_the_store
         assert reader.arrays(10, probe=added[0], layer=added[1]).computed_by is not None
         assert reader.arrays(10, probe="probe", layer="2:input").computed_by is None
     again = analyze(run, store, *extra)
-    assert again.code == 0 and again.records == [] and "0 checkpoint(s) analysed, 4 already in the store" in again.stderr
+    assert again.code == 0 and again.records == [] and "0 checkpoints analysed, 4 already in the store" in again.stderr
 
 
 def test_added_series_at_stored_checkpoints_beside_new_ones_and_a_reference_in_the_middle(
@@ -133,7 +133,7 @@ def test_added_series_at_stored_checkpoints_beside_new_ones_and_a_reference_in_t
     added = analyze(run, store, *more)
     assert added.code == 0, added.stderr
     assert "adding probe 'test' and layer '0' to the 2 stored checkpoints" in added.stderr
-    assert ("2 checkpoint(s) analysed, 2 stored checkpoint(s) given the added probe/layer series (those alone "
+    assert ("2 checkpoints analysed, 2 stored checkpoints given the added probe/layer series (those alone "
             "analysed), 1 updated (a new previous checkpoint)") in added.stderr
     _assert_as_analysed_at_once(run, store, *more)
 
@@ -147,7 +147,7 @@ def test_steps_and_every_select_new_checkpoints_while_every_stored_one_is_given_
     added = analyze(run, store, *test, "--every", "3")  # selects 0 and 30 of 0..30: 10 and 20 join, stored
     assert added.code == 0, added.stderr
     assert "adding probe 'test' to the 3 stored checkpoints" in added.stderr
-    assert "1 checkpoint(s) analysed, 3 stored checkpoint(s) given the added probe/layer series" in added.stderr
+    assert "1 checkpoint analysed, 3 stored checkpoints given the added probe/layer series" in added.stderr
     _assert_as_analysed_at_once(run, store, *test)
 
 
@@ -239,7 +239,7 @@ def test_a_redo_beside_an_added_probe_analyses_that_checkpoint_whole(run: Path, 
     done = analyze(run, store, *test, "--redo", "20", sources=(str(folder),))
     assert done.code == 0, done.stderr
     assert "adding probe 'test' to 3 of the 4 stored checkpoints" in done.stderr
-    assert ("1 checkpoint(s) analysed (1 of them again: --redo), 3 stored checkpoint(s) given the added probe/layer "
+    assert ("1 checkpoint analysed (1 of them again: --redo), 3 stored checkpoints given the added probe/layer "
             "series (those alone analysed), 1 updated") in done.stderr
     _assert_as_analysed_at_once(run, store, *test, sources=(str(folder),))
 

@@ -100,7 +100,7 @@ def test_drop_says_which_steps_it_removed_in_its_json_and_its_summary(
     flat = " ".join(err.split())
     assert status == 0, flat
     assert [json.loads(line) for line in stdout.splitlines()] == [{"dropped": [110, 120]}]
-    assert f"0 checkpoint(s) analysed, 5 already in the store, 2 dropped (--drop 110,120) → {out}" in flat, flat
+    assert f"0 checkpoints analysed, 5 already in the store, 2 dropped (--drop 110,120) → {out}" in flat, flat
     assert _records(out) == _records(twenty)
 
 

@@ -40,9 +40,9 @@ def test_a_layer_given_before_a_stored_one_is_refused_naming_the_order_that_adds
     assert (f"fix: to add the layer {added[0]!r} to the store, give the store's layers first, in its order, then the "
             f"new ones: {' '.join(layers(ordered))} (a store keeps its layers in that order") in text
     grown = analyze(run, store, *layers(ordered))
-    assert grown.code == 0 and "4 stored checkpoint(s) given the added probe/layer series" in grown.stderr
+    assert grown.code == 0 and "4 stored checkpoints given the added probe/layer series" in grown.stderr
     again = analyze(run, store, *layers(ordered))  # the command that added it resumes the store it left
-    assert again.code == 0 and "0 checkpoint(s) analysed, 4 already in the store" in again.stderr
+    assert again.code == 0 and "0 checkpoints analysed, 4 already in the store" in again.stderr
     _assert_as_analysed_at_once(run, store, *layers(ordered))
 
 

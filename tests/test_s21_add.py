@@ -72,7 +72,7 @@ def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoi
             "its stored series are kept, and the store lists test/2:input as pending until it holds it there too) "
             "fix: check the model's dtype; then run the same command again: it adds test/2:input to step 20 alone"
             ) in text
-    assert "0 checkpoint(s) analysed, 3 stored checkpoint(s) given the added probe/layer series" in text
+    assert "0 checkpoints analysed, 3 stored checkpoints given the added probe/layer series" in text
     assert "1 failed" in text and f"failed: {run / 'ckpts' / 'epoch_20.pt'}: {NON_FINITE}" in text
     assert [(r["step"], r["probe"]) for r in failed.records] == [(0, "test"), (10, "test"), (30, "test")]
     _same(_series_items(store, "probe/2:input"), before)  # the stored series, byte for byte (30's compared with 20)
@@ -84,7 +84,7 @@ def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoi
     done = analyze(run, store, *test)
     assert done.code == 0, done.stderr
     assert "adding test/2:input to 1 of the 4 stored checkpoints" in done.stderr
-    assert "1 stored checkpoint(s) given the added probe/layer series (those alone analysed)" in done.stderr
+    assert "1 stored checkpoint given the added probe/layer series (those alone analysed)" in done.stderr
     assert [(r["step"], r["probe"]) for r in done.records if r["probe"] == "test"] == [(20, "test"), (30, "test")]
     _assert_as_analysed_at_once(run, store, *test)
 
@@ -109,7 +109,7 @@ def test_a_stored_file_that_became_unreadable_is_said_and_once_restored_is_given
     assert (f"note: adding layer '0' to the 4 stored checkpoints of {store} (analysing only the series they lack); not "
             f"to step 10, whose file ({damaged}) cannot be read now (a bad checkpoint, said above): the store keeps it "
             "as it is, and the same command adds the rest once the file is mended") in text
-    assert "3 stored checkpoint(s) given the added probe/layer series" in text and "1 failed" in text
+    assert "3 stored checkpoints given the added probe/layer series" in text and "1 failed" in text
     _same(_series_items(store, "probe/2:input"), before)
     with StoreReader(store) as reader:
         assert reader.steps(layer="0") == [0, 20, 30] and reader.pending_series == {("probe", "0")}
@@ -235,8 +235,8 @@ def test_an_addition_stopped_midway_is_given_up_and_the_store_is_as_before_it(
     given_up = analyze(run, store, "--abandon-addition")
     assert given_up.code == 0, given_up.stderr
     assert given_up.records == [{"abandoned": series}]
-    assert (f"0 checkpoint(s) analysed, 4 already in the store, {what} given up (--abandon-addition: taken out of the "
-            "2 checkpoint(s) that held some of it) →") in given_up.stderr
+    assert (f"0 checkpoints analysed, 4 already in the store, {what} given up (--abandon-addition: taken out of the "
+            "2 checkpoints that held some of it) →") in given_up.stderr
     _same(_dump(store), before)  # every dataset and attribute but where and when (the history) as before
     with StoreReader(store) as reader:
         assert not reader.warnings and len(reader.history) == 2  # the addition's run stays in the history

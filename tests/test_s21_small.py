@@ -166,7 +166,7 @@ def test_the_stored_probes_in_another_order_resume(tmp_path: Path) -> None:
     (tmp_path / "step_2.pt").rename(checkpoints / "step_2.pt")
     done = fdl("analyze", checkpoints, *model, "--probe", f"b={b}", "--probe", f"a={a}")
     assert done.returncode == 0, done.stderr
-    assert "1 checkpoint(s) analysed, 2 already in the store" in done.stderr
+    assert "1 checkpoint analysed, 2 already in the store" in done.stderr
     records = json.loads(fdl("report", store, "--format", "json").stdout)
     records = records["records"] if isinstance(records, dict) else records
     assert [(record["probe"], record["step"]) for record in records] == [("a", 0), ("a", 1), ("a", 2),

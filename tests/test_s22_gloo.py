@@ -180,7 +180,7 @@ def _resumed(tmp_path: Path, args: list[str]) -> None:
     """The same command, as one process: rank 1's part store taken in, every checkpoint stored, no part left."""
     again = fdl(*args)
     assert again.code == 0, again.stderr
-    assert "checkpoint(s) that a rank of an interrupted torchrun job stored in s.h5.rank-1 were added" in again.stderr
+    assert "2 checkpoints that a rank of an interrupted torchrun job stored in s.h5.rank-1 were added" in again.stderr
     assert _steps(tmp_path / "s.h5") == [0, 10, 20, 30, 40, 50]
     assert not (tmp_path / "s.h5.rank-1").exists()
 

@@ -20,7 +20,7 @@ def test_the_readme_main_analyze_says_the_code_it_runs_and_where_the_results_wen
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
         f"note: running the model code {SAMPLES / 'model.py'}:build, named by {SAMPLES / 'fdl.toml'}",
-        f"25 checkpoint(s) analysed → {out}",
+        f"25 checkpoints analysed → {out}",
     ]
     assert done.stdout == ""
 

@@ -41,7 +41,7 @@ def test_paths_piped_into_a_torchrun_job_are_analysed_as_one_process_analyses_th
     two = _torchrun(*_piped_args(run, tmp_path / "two.h5"), stdin=paths)
     assert two.returncode == 0, two.stderr[-4000:]
     _no_traceback_of_fdl(two.stderr)
-    assert two.stderr.count("checkpoint(s) analysed") == 1
+    assert two.stderr.count("5 checkpoints analysed") == 1
     expected = _stored(tmp_path / "one.h5")
     assert sorted(expected) == [10, 20, 30, 40, 50]
     _assert_same(expected, _stored(tmp_path / "two.h5"))

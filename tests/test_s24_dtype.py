@@ -85,7 +85,7 @@ def test_weights_that_are_not_floating_point_make_a_bad_checkpoint(
     assert f"{bad} holds weights that are not floating point where the model's are" in said
     assert all(f"{name} ({shown}; the model's float32)" in said for name in state)
     assert "fix: re-save the checkpoint from the trained model's floating-point weights" in said
-    assert "3 checkpoint(s) analysed, 1 failed" in said
+    assert "3 checkpoints analysed, 1 failed" in said
     assert f"  failed: {bad} holds weights that are not floating point" in said
     assert "Casting complex values" not in said and "Traceback" not in said
 
@@ -190,7 +190,7 @@ def test_a_folder_named_like_a_checkpoint_is_a_bad_checkpoint(tmp_path: Path) ->
     assert done.returncode == 1, done.stderr
     assert _steps(done.stdout) == [0, 10]
     assert f"error: {odd} is a folder named like a checkpoint file, not a checkpoint fdl reads" in done.stderr
-    assert "2 checkpoint(s) analysed, 1 failed" in done.stderr
+    assert "2 checkpoints analysed, 1 failed" in done.stderr
     assert f"  failed: {odd} is a folder named like a checkpoint file" in done.stderr
 
 
@@ -206,7 +206,7 @@ def test_lightning_deepspeed_folders_say_what_they_are_and_how_to_convert_them(t
     assert (f"convert_zero_checkpoint_to_fp32_state_dict as convert; convert('{saved}', "
             f"'{folder / 'epoch=0-step=20.pt'}')") in said
     assert f"python {saved / 'zero_to_fp32.py'} {saved} OUTPUT" in said
-    assert "2 checkpoint(s) analysed, 1 failed" in said
+    assert "2 checkpoints analysed, 1 failed" in said
 
 
 def test_a_deepspeed_folder_given_or_alone_is_that_error(tmp_path: Path) -> None:

@@ -66,12 +66,12 @@ def test_metrics_beside_checkpoints_is_skipped_with_a_note(tmp_path: Path, form:
 
 @pytest.mark.parametrize("form", ["state_dict", "flat_with_step"])
 def test_analyze_of_a_run_with_its_metrics_file_exits_0_with_the_plain_numbers(tmp_path: Path, form: str) -> None:
-    """Before: "3 checkpoint(s) analysed, 1 failed" (epoch 3) or "two checkpoints have the same step 200", exit 1."""
+    """Before: "3 checkpoints analysed, 1 failed" (epoch 3) or "two checkpoints have the same step 200", exit 1."""
     folder = _run(tmp_path / "run", FORMS[form], {**METRICS, "epoch": 200})
     plain = _plain(tmp_path, "plain", _sd)
     done = _analyze(tmp_path, [folder], "run.h5")
     assert done.code == 0, done.stderr
-    assert "3 checkpoint(s) analysed →" in done.stderr and "failed" not in done.stderr, done.stderr
+    assert "3 checkpoints analysed →" in done.stderr and "failed" not in done.stderr, done.stderr
     assert any(note.startswith("skipped metrics.pt: tensors (accs, losses) beside plain values") for note in _notes(done))
     _assert_same_numbers(tmp_path / "run.h5", plain)
 

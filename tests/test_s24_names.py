@@ -60,13 +60,13 @@ def test_checkpoints_named_with_bytes_that_are_not_utf8_are_analysed_and_stored_
     run, probe, out = _non_utf8_run(tmp_path), _probe(tmp_path), tmp_path / "run.h5"
     done = fdl_in_process("analyze", run, "--model", MODEL, "--probe", probe, "--out", out)
     assert done.returncode == 0, done.stderr
-    assert f"3 checkpoint(s) analysed → {out}" in done.stderr and "codec" not in done.stderr
+    assert f"3 checkpoints analysed → {out}" in done.stderr and "codec" not in done.stderr
     with h5py.File(out, "r") as store:
         paths = {step: store[f"checkpoints/step_{step}"].attrs["path"] for step in (0, 1, 2)}
     assert paths == {0: f"{run}/\\xffstep_0.pt", 1: f"{run}/\\xffstep_1.safetensors", 2: f"{run}/\\xffstep_2.pt"}
 
     again = fdl_in_process("analyze", run, "--model", MODEL, "--probe", probe, "--out", out)
-    assert again.returncode == 0 and f"0 checkpoint(s) analysed, 3 already in the store → {out}" in again.stderr
+    assert again.returncode == 0 and f"0 checkpoints analysed, 3 already in the store → {out}" in again.stderr
 
     table = fdl_in_process("report", out, "--format", "csv")
     assert [row["path"] for row in csv.DictReader(io.StringIO(table.stdout))] == list(paths.values())
@@ -76,7 +76,8 @@ def test_checkpoints_named_with_bytes_that_are_not_utf8_are_analysed_and_stored_
     changed = fdl_in_process("analyze", run, "--model", MODEL, "--probe", probe, "--out", out)
     assert changed.returncode == 1
     # (this process's stderr holds the name as Python reads it; fdl's own stderr writes it \\xff, as below)
-    assert f"changed since they were analysed into {out}: step 1 ({run}/{FF}step_1.safetensors)" in changed.stderr
+    assert (f"1 checkpoint file changed since it was analysed into {out}: step 1 ({run}/{FF}step_1.safetensors)"
+            in changed.stderr)
 
 
 def test_a_torchscript_file_named_so_is_loaded(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_a_model_file_and_a_store_named_so(tmp_path: Path) -> None:
     out = tmp_path / f"st{FF}ore.h5"
     done = fdl_in_process("analyze", run, "--model", f"{model}:build", "--probe", probe, "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "2 checkpoint(s) analysed" in done.stderr
+    assert "2 checkpoints analysed" in done.stderr
     page = tmp_path / f"r{FF}.html"
     report = fdl_in_process("report", out, "--html", page)
     assert report.returncode == 0, report.stderr

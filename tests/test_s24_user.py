@@ -152,7 +152,7 @@ def test_a_model_that_fdl_toml_names_is_not_called_model_of_the_flag(tmp_path: P
     (run / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\n', encoding="utf-8")
     torch.save(model_file(tmp_path, MLP).build(16).state_dict(), run / "epoch_7.pt")
     done = fdl("analyze", run, "--out", out)
-    assert done.code == 1 and "3 checkpoint(s) analysed, 1 failed" in done.stderr
+    assert done.code == 1 and "3 checkpoints analysed, 1 failed" in done.stderr
     assert f"or, if it is the run's, check the model and model_kwargs in {toml}" in done.stderr
 
 

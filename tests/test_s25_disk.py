@@ -82,8 +82,8 @@ def test_a_file_size_limit_met_by_hdf5_in_a_resume_leaves_the_store_as_it_was(
         done, store,
         f"File too large in {tmp_path} while writing the store's updated copy: this process may write files of "
         f"at most {limit} bytes (its file size limit, `ulimit -f`)",
-        "raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another --out, then run "
-        "again (finished checkpoints are kept)",
+        "raise that limit (`ulimit -f unlimited` in the shell that runs fdl), then run again (finished checkpoints "
+        "are kept)",
     )
     assert done.stdout == ""  # no checkpoint announced: none was stored
     assert store.read_bytes() == before and _contents(store) == contents and _report(store) == records
@@ -100,7 +100,7 @@ def test_a_file_size_limit_met_by_the_first_commit_leaves_no_file(run: Path, tmp
         done, store,
         f"File too large in {tmp_path} while writing the store's updated copy: this process may write files of "
         "at most 20000 bytes (its file size limit, `ulimit -f`)",
-        "raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another --out, then run again",
+        "raise that limit (`ulimit -f unlimited` in the shell that runs fdl), then run again",
     )
     assert list(tmp_path.iterdir()) == []
 

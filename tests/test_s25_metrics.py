@@ -104,7 +104,7 @@ def test_analyze_of_hf_folders_with_their_metrics_file(tmp_path: Path) -> None:
     folder = _with_metrics(_hf_run(tmp_path / "run", "model.safetensors"), 3)
     plain = _analyze(tmp_path, [_without_metrics(tmp_path, folder)], "plain.h5")
     done = _analyze(tmp_path, [folder], "run.h5")
-    assert done.code == 0 and "3 checkpoint(s) analysed →" in done.stderr, done.stderr
+    assert done.code == 0 and "3 checkpoints analysed →" in done.stderr, done.stderr
     assert NOTE.format(THEIRS, folder / "metrics.pt") in _notes(done)
     assert plain.code == 0
     _assert_same_numbers(tmp_path / "run.h5", tmp_path / "plain.h5")
@@ -118,13 +118,13 @@ def test_analyze_of_hf_folders_with_their_metrics_file(tmp_path: Path) -> None:
 def test_metrics_beside_modules_is_skipped_with_the_note(tmp_path: Path, form: str, epoch: int) -> None:
     """Told by the module of the run's first checkpoint, loaded as the run loads it (no --model). Before: the
     reference ("holds weights only, and no model was given"), "two checkpoints have the same step 200", or
-    "3 checkpoint(s) analysed, 1 failed"."""
+    "3 checkpoints analysed, 1 failed"."""
     trust = ("--trust-pickle",)  # TorchScript runs its program: trusted like a pickle (test_s25_sec)
     folder = _with_metrics(_module_run(tmp_path / "run", form), epoch)
     plain = _bare(tmp_path, _without_metrics(tmp_path, folder), "plain.h5", *trust)
     done = _bare(tmp_path, folder, "run.h5", *trust)
     assert plain.code == 0, plain.stderr
-    assert done.code == 0 and "3 checkpoint(s) analysed →" in done.stderr and "failed" not in done.stderr, done.stderr
+    assert done.code == 0 and "3 checkpoints analysed →" in done.stderr and "failed" not in done.stderr, done.stderr
     assert NOTE.format(THEIRS, folder / "metrics.pt") in _notes(done), done.stderr
     _assert_same_numbers(tmp_path / "run.h5", tmp_path / "plain.h5")
 
@@ -133,7 +133,7 @@ def test_torchscript_with_model_takes_the_keys_of_the_model(tmp_path: Path) -> N
     """--model given: its factory's model (built on the meta device) tells them; the run is as without the file."""
     folder = _with_metrics(_module_run(tmp_path / "run", "torchscript"), 250)
     done = _analyze(tmp_path, [folder], "run.h5", "--trust-pickle")
-    assert done.code == 0 and "3 checkpoint(s) analysed →" in done.stderr, done.stderr
+    assert done.code == 0 and "3 checkpoints analysed →" in done.stderr, done.stderr
     assert NOTE.format(THEIRS, folder / "metrics.pt") in _notes(done)
 
 
@@ -158,7 +158,7 @@ def test_one_flat_dict_and_the_metrics_are_told_apart_by_the_model(tmp_path: Pat
     plain = _analyze(tmp_path, [_without_metrics(tmp_path, folder)], "plain.h5")
     done = _analyze(tmp_path, [folder], "run.h5")
     assert plain.code == 0, plain.stderr
-    assert done.code == 0 and "1 checkpoint(s) analysed →" in done.stderr, done.stderr
+    assert done.code == 0 and "1 checkpoint analysed →" in done.stderr, done.stderr
     assert NOTE.format(THEIRS, folder / "metrics.pt") in _notes(done)
     _assert_same_numbers(tmp_path / "run.h5", tmp_path / "plain.h5")
 
@@ -170,7 +170,7 @@ def test_a_single_safetensors_checkpoint_and_the_metrics(tmp_path: Path) -> None
     save_file(_sd(1), str(folder / "step_100.safetensors"))
     _with_metrics(folder, 3)
     done = _analyze(tmp_path, [folder], "run.h5")
-    assert done.code == 0 and "1 checkpoint(s) analysed →" in done.stderr, done.stderr
+    assert done.code == 0 and "1 checkpoint analysed →" in done.stderr, done.stderr
     assert NOTE.format(THEIRS, folder / "metrics.pt") in _notes(done)
 
 
@@ -208,7 +208,7 @@ def test_another_models_flat_dict_beside_the_run_is_still_an_error(tmp_path: Pat
     assert [ref.path.name for ref in discover_checkpoints([folder]).checkpoints] == [
         "step_100.pt", "step_200.pt", "other.pt", "step_300.pt"]
     done = _analyze(tmp_path, [folder], "run.h5")
-    assert done.code == 1 and "3 checkpoint(s) analysed, 1 failed" in done.stderr, done.stderr
+    assert done.code == 1 and "3 checkpoints analysed, 1 failed" in done.stderr, done.stderr
     assert "this file holds another model's weights" in done.stderr and "skipped other.pt" not in done.stderr
 
 

@@ -112,7 +112,7 @@ def test_run_analyze_without_a_reporter_says_the_note_on_stderr(tmp_path: Path,
     but ran the folder's model code without a word: that note alone is said, on stderr, before it runs."""
     folder = _run_folder(tmp_path, "fine")
     summary = run_analyze(AnalyzeOptions(sources=(str(folder),), out=tmp_path / "run.h5"))
-    assert summary.message().startswith("2 checkpoint(s) analysed"), summary.message()
+    assert summary.message().startswith("2 checkpoints analysed"), summary.message()
     out, err = capfd.readouterr()
     assert out == ""
     after = _said_first(err, folder)

@@ -62,7 +62,7 @@ def test_a_torchscript_program_runs_only_with_trust_pickle(tmp_path: Path) -> No
         assert not marker.exists()
     done = fdl_in_process("analyze", run, "--probe", probe, "--out", out, "--trust-pickle")
     assert done.returncode == 0, done.stderr
-    assert "2 checkpoint(s) analysed" in done.stdout + done.stderr
+    assert "2 checkpoints analysed" in done.stdout + done.stderr
     assert marker.read_bytes() == b"AAAA"  # what it does, once trusted
 
 

@@ -133,7 +133,7 @@ def test_an_export_past_the_file_size_limit_says_so_not_that_the_folder_refused(
     assert done.stderr.endswith(
         f"error: could not write {tmp_path / 'out.csv'}\n"
         "  got: File too large: this process may write files of at most 200 bytes (its file size limit, `ulimit -f`)\n"
-        "  fix: raise that limit (`ulimit -f unlimited` in the shell that runs fdl) or choose another path\n"
+        "  fix: raise that limit (`ulimit -f unlimited` in the shell that runs fdl)\n"
     ), done.stderr
 
 

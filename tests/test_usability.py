@@ -93,7 +93,7 @@ def test_hf_multi_gpu_rng_states_are_no_checkpoints(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     single = _analyze([out / "checkpoint-500"], probe, tmp_path / "one.h5")
     assert single.code == 0, single.stderr
-    assert "1 checkpoint(s) analysed" in single.stderr
+    assert "1 checkpoint analysed" in single.stderr
 
 
 def test_hf_output_dir_with_final_model_and_no_step(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_hf_output_dir_with_final_model_and_no_step(tmp_path: Path) -> None:
     probe = _probe(tmp_path / "probe.npz")
     result = _analyze([out], probe, tmp_path / "run.h5")
     assert result.code == 0, result.stderr
-    assert "2 checkpoint(s) analysed" in result.stderr
+    assert "2 checkpoints analysed" in result.stderr
     assert "skipped out/model.safetensors: no training step" in result.stderr
 
 
@@ -135,7 +135,7 @@ def test_pth_tar_checkpoints_are_found(tmp_path: Path) -> None:
     assert [(r.path.name, r.step) for r in found.checkpoints] == [("checkpoint-0.pth.tar", 0), ("checkpoint-1.pth.tar", 1)]
     result = _analyze([run], _probe(tmp_path / "probe.npz"), tmp_path / "run.h5")
     assert result.code == 0, result.stderr
-    assert "2 checkpoint(s) analysed" in result.stderr
+    assert "2 checkpoints analysed" in result.stderr
 
 
 # ------------------------------------------------------------------------------ plain training loops
@@ -601,7 +601,7 @@ def _analyze_command(run: Path, tmp_path: Path) -> tuple[str, ...]:
 def test_resume_of_a_lightning_run_whose_last_ckpt_sorted_first(tmp_path: Path) -> None:
     """ModelCheckpoint(filename="{step}", save_last=True): last.ckpt sorts before step=9.ckpt, so the
     store recorded last.ckpt for step 9, and the resume after the next save (last.ckpt rewritten at
-    step 19) refused: "1 checkpoint file(s) changed since they were analysed ... step 9". The file named
+    step 19) refused: "1 checkpoint file changed since it was analysed ... step 9". The file named
     by its step is the one recorded."""
     run = tmp_path / "checkpoints"
     run.mkdir()

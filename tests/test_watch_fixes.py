@@ -161,7 +161,7 @@ def test_watch_waits_for_the_first_checkpoint(tmp_path: Path, monkeypatch: pytes
 
 def test_a_checkpoint_that_arrives_late_updates_its_successor_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Step 20 arriving after 30 gives 30 a new previous checkpoint: 30 is updated (its record printed
-    again with the new values), not counted as analysed twice ("5 checkpoint(s) analysed" for 4)."""
+    again with the new values), not counted as analysed twice ("5 checkpoints analysed" for 4)."""
     expected = _stored_of(tmp_path, _make_run(tmp_path / "whole", [0, 10, 20, 30]))
     source = _make_run(tmp_path / "source")
     folder = _make_run(tmp_path / "run", [0, 10])
@@ -170,7 +170,7 @@ def test_a_checkpoint_that_arrives_late_updates_its_successor_once(tmp_path: Pat
                 lambda: _arrive(source, folder, "step_20.safetensors")):
         summary, records = _analyze(folder, out, watch=True, poll_seconds=0.01)
     assert sorted(summary.analysed) == [0, 10, 20, 30] and summary.refreshed == [30]
-    assert "4 checkpoint(s) analysed" in summary.message() and "1 updated" in summary.message()
+    assert "4 checkpoints analysed" in summary.message() and "1 updated" in summary.message()
     assert [r["step"] for r in records] == [0, 10, 30, 20, 30]
     stored = _stored(out)
     assert stored[30]["prev_step"] == 20 and records[-1]["cka_prev"] == stored[30]["cka_prev"]
