@@ -50,6 +50,7 @@ from fdl_cli.errors import (
     UnsafeCheckpointError,
     WeightsMismatchError,
     WeightsNotFoundError,
+    counted,
     first_few,
     first_line,
     shown_path,
@@ -1201,7 +1202,7 @@ def _peek_hf_dir(folder: Path) -> _Peek:
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(
-            f"the sharded checkpoint {folder} lacks {len(missing)} shard(s)",
+            f"the sharded checkpoint {folder} lacks {counted(len(missing), 'shard')}",
             got=", ".join(f.name for f in missing[:3]),
             fix="copy every shard named in the index",
         )
@@ -2342,7 +2343,8 @@ def _select(
         missing = [s for s in wanted if s not in have]
         if missing and not missing_ok:  # --watch waits for a step not written yet
             raise CheckpointError(
-                f"--steps asks for step(s) {', '.join(map(str, missing))} which no checkpoint has",
+                f"--steps asks for step{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} which no "
+                "checkpoint has",
                 got="available steps: " + first_few([r.step for r in checkpoints], 20),
                 fix="pick steps from the list above",
             )
@@ -3566,16 +3568,12 @@ def _key_report(
     ]
     parts = []
     if missing:
-        parts.append(
-            f"{len(missing)} missing key(s): " + first_few(missing, 4)
-        )
+        parts.append(f"{counted(len(missing), 'missing key')}: " + first_few(missing, 4))
     if unexpected:
-        parts.append(
-            f"{len(unexpected)} unexpected key(s): " + first_few(unexpected, 4)
-        )
+        parts.append(f"{counted(len(unexpected), 'unexpected key')}: " + first_few(unexpected, 4))
     if shapes:
         parts.append(
-            f"{len(shapes)} shape mismatch(es): "
+            f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''}: "
             + "; ".join(shapes[:3])
             + ("; ..." if len(shapes) > 3 else "")
         )
@@ -3711,7 +3709,7 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
         raise ModelError(
             "the --model factory built the model on the meta device: its tensors have no storage to load "
             "the checkpoint's weights into",
-            got=f"{len(meta)} tensor(s) on the meta device, e.g. {meta[0]}",
+            got=f"{counted(len(meta), 'tensor')} on the meta device, e.g. {meta[0]}",
             fix="build it on the CPU (drop `with torch.device('meta')` / init_empty_weights in the factory); fdl "
             "loads the weights and moves the model to --device",
         )

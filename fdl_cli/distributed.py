@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-from fdl_cli.errors import FdlError
+from fdl_cli.errors import FdlError, counted
 from fdl_cli.spectral import Moments
 
 T = TypeVar("T")
@@ -183,7 +183,7 @@ def device_for(world: World, requested: str) -> str:
             raise FdlError(
                 f"rank {world.rank} cannot tell which GPU of this machine is its own: the launcher set RANK and "
                 "WORLD_SIZE but no LOCAL_RANK (nor LOCAL_WORLD_SIZE), and RANK is past this machine's GPUs",
-                got=f"RANK={world.rank}, WORLD_SIZE={world.size}, {count} CUDA GPU(s) visible"
+                got=f"RANK={world.rank}, WORLD_SIZE={world.size}, {counted(count, 'CUDA GPU')} visible"
                 + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
                 fix="set LOCAL_RANK to the rank's place among the ranks of its machine, as torchrun does (under srun: "
                 "LOCAL_RANK=$SLURM_LOCALID; under mpirun: LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK), or LOCAL_WORLD_SIZE "
@@ -195,8 +195,8 @@ def device_for(world: World, requested: str) -> str:
             # and "--device cuda for the current one" is what they did
             raise FdlError(
                 f"under torchrun each rank takes the GPU of its LOCAL_RANK, and rank {world.rank} has "
-                f"LOCAL_RANK={world.local_rank}, but this machine shows {count} CUDA GPU(s)",
-                got=f"{world.size} ranks, {count} GPU(s) visible"
+                f"LOCAL_RANK={world.local_rank}, but this machine shows {counted(count, 'CUDA GPU')}",
+                got=f"{world.size} ranks, {counted(count, 'GPU')} visible"
                 + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""),
                 fix=f"start torchrun with --nproc-per-node {count} at most (one rank per GPU), or run the ranks on "
                 "the CPU with --device cpu",

@@ -20,7 +20,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from fdl_cli.checkpoints import unwrapped_name
-from fdl_cli.errors import FdlError, ModelError, ProbeError, first_line
+from fdl_cli.errors import FdlError, ModelError, ProbeError, counted, first_line
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.probes import RowReader
 from fdl_cli.regimes import near_names
@@ -580,7 +580,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
         raise ModelError(
             f"--device {name}: this machine has no GPU {device.index}",
-            got=f"{count} CUDA GPU(s) visible: cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else "")
+            got=f"{counted(count, 'CUDA GPU')} visible: cuda:0" + (f" .. cuda:{count - 1}" if count > 1 else "")
             + (f" (CUDA_VISIBLE_DEVICES={visible})" if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) else ""),
             fix="pick a GPU that is listed (nvidia-smi lists them), or --device cuda for the current one",
         )
@@ -838,9 +838,11 @@ def _not_called(missing: Sequence[LayerSpec], modules: Mapping[str, nn.Module], 
     tuple (output, attention weights) it returns, which is out_proj's output; a tuple's first element is what fdl
     takes from any module."""
     names = ", ".join(spec.label for spec in missing)
-    what = (f"layer(s) {names} did not run in the model's forward pass: no hook on the module saw a call, so it is "
-            "unused, or the module around it uses its weights directly without calling it (nn.MultiheadAttention "
-            "does so with its out_proj); `fdl inspect` lists such modules as `not called`")
+    one = len(missing) == 1
+    what = (f"{'layer' if one else 'layers'} {names} did not run in the model's forward pass: no hook on "
+            f"{'the module' if one else 'these modules'} saw a call, so {'it' if one else 'each'} is unused, or the "
+            "module around it uses its weights directly without calling it (nn.MultiheadAttention does so with its "
+            "out_proj); `fdl inspect` lists such modules as `not called`")
     fix = parent_to_take([spec.module for spec in missing], modules, parents_ran)
     if fix is None:
         return ModelError(what, fix="choose a module that the forward pass calls (see `fdl inspect`)")

@@ -2475,7 +2475,7 @@ def _other_files(
     """The store's checkpoints were analysed from other files than this run's (step, recorded path, path
     now): most likely another run's store given as --out, which "changed since analysed" misnamed."""
     step, recorded, now = pairs[0]
-    more = f" (and {len(pairs) - 1} more step(s) so)" if len(pairs) > 1 else ""
+    more = f" (and {counted(len(pairs) - 1, 'more step')} so)" if len(pairs) > 1 else ""
     return StoreError(
         f"{out} holds other files' numbers: its step {step} was analysed from {recorded}, and this run's step "
         f"{step} is {now}, another file{more}",
@@ -2688,7 +2688,7 @@ def _read_at_other_steps(out: Path, moved: Sequence[tuple[int, CheckpointRef]]) 
     --step-regex than the store's run, an fdl that reads another step key): analysed again at their new
     steps, each was stored twice, and the run's steps mixed two readings, with exit 0."""
     step, ref = moved[0]
-    more = f" (and {len(moved) - 1} more file(s) so)" if len(moved) > 1 else ""
+    more = f" (and {counted(len(moved) - 1, 'more file')} so)" if len(moved) > 1 else ""
     return StoreError(
         f"{ref.path}, which {out} analysed as step {step}, is step {ref.step} in this run (from its "
         f"{ref.step_source}){more}: the store would hold the same checkpoint at two steps",
@@ -2714,7 +2714,7 @@ def _stored_twice(
     --drop" was refused for it."""
     twice = sorted(twice, key=lambda pair: pair[0])
     shown = "; ".join(f"{ref.path} at steps {ref.step} and {step}" for step, ref in twice[:3]) + (
-        f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
+        f"; and {counted(len(twice) - 3, 'more file')} so" if len(twice) > 3 else "")
     steps = ",".join(map(str, sorted({*dropping, *(step for step, _ in twice)})))
     return StoreError(
         f"{out} holds the same checkpoint file at two steps: {shown} (stored a second time by a resume "

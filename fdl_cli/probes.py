@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError, first_few
+from fdl_cli.errors import ProbeError, counted, first_few
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -1004,7 +1004,7 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
             bool(np.all(rows >= 0) and np.all(rows == np.round(rows))) for rows in _target_blocks(probe.y)
         )
         raise ProbeError(
-            f"the probe {probe.path} ({probe.name}) has {probe.y.shape[1]} regression target(s) per sample but "
+            f"the probe {probe.path} ({probe.name}) has {counted(probe.y.shape[1], 'regression target')} per sample but "
             f"the model has {n_outputs} output{'s' if n_outputs != 1 else ''}",
             got=f"y shape {probe.y.shape}" + (", float values that are all whole numbers" if labels else ""),
             fix="targets must be (n, C) with C the model's outputs"

@@ -1765,9 +1765,9 @@ class CrossOverlaps:
         """Why fewer than the k asked for were compared, or why no overlap was measured, when so."""
         if self.spanned and not self.used:
             points, k = min(self.spanned)
-            return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on {points} distinct "
-                    f"anchor point(s), which the top {k} span whole (the overlap would be 1 whatever the "
-                    "features do); analyse with a larger --anchor-size")
+            return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on "
+                    f"{counted(points, 'distinct anchor point')}, which the top {k} span whole (the overlap would be 1 "
+                    "whatever the features do); analyse with a larger --anchor-size")
         if not self.used or min(self.used) >= min(self.wanted):
             return None
         fewest = min(self.columns, key=lambda run: self.columns[run])

@@ -72,7 +72,7 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__
-from fdl_cli.errors import StoreError, StoreLockedError, first_few, no_room
+from fdl_cli.errors import StoreError, StoreLockedError, counted, first_few, no_room
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -169,7 +169,8 @@ def _normalize_scalar(name: str, value: object) -> Scalar:
 def _normalize_scalars(scalars: Mapping[str, object]) -> dict[str, Scalar]:
     unknown = sorted(set(scalars) - set(MEASURE_FIELDS))
     if unknown:
-        raise ValueError(f"unknown scalar field(s) {unknown}; the known ones are fdl_cli.fields.MEASURE_FIELDS")
+        raise ValueError(f"unknown scalar field{'s' if len(unknown) > 1 else ''} {unknown}; the known ones are "
+                         "fdl_cli.fields.MEASURE_FIELDS")
     return {name: _normalize_scalar(name, scalars.get(name)) for name in MEASURE_FIELDS}
 
 
@@ -905,7 +906,7 @@ class StoreReader:
                 for (probe, layer), datasets in members.items():
                     missing = [array for array in _REQUIRED_ARRAYS if array not in datasets]
                     if missing:
-                        raise ValueError(f"{probe}/{layer} lacks the dataset(s) {missing}")
+                        raise ValueError(f"{probe}/{layer} lacks the dataset{'s' if len(missing) > 1 else ''} {missing}")
                 if deep:
                     self._check_group(step, group[name], members)
             except Exception as exc:
@@ -1053,7 +1054,7 @@ class StoreReader:
         if not twice:
             return
         shown = "; ".join(f"{path} at steps {', '.join(map(str, steps))}" for steps, path in twice[:3]) + (
-            f"; and {len(twice) - 3} more file(s) so" if len(twice) > 3 else "")
+            f"; and {counted(len(twice) - 3, 'more file')} so" if len(twice) > 3 else "")
         self.warnings.append(
             f"the store holds the same checkpoint file at two steps: {shown} (stored a second time by a resume "
             "with other --step-offset / --step-regex options, which fdl now refuses): one of its "
@@ -2335,7 +2336,8 @@ class StoreWriter:
             unknown = sorted({s.probe for s in one.series} - set(self._probes))
             if unknown:
                 raise ValueError(
-                    f"step {one.step}: probe(s) {unknown} are not among the writer's probes {sorted(self._probes)}"
+                    f"step {one.step}: {'probe' if len(unknown) == 1 else 'probes'} {unknown} "
+                    f"{'is' if len(unknown) == 1 else 'are'} not among the writer's probes {sorted(self._probes)}"
                 )
             if one.series_only:
                 stored = self.completed().get(one.step)

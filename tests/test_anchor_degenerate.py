@@ -117,4 +117,4 @@ def test_anchor_inputs_that_repeat_measure_no_movement(tmp_path: Path) -> None:
     data = json.loads(compared.stdout)
     assert [step["step_a"] for step in data["steps"]] == [0, 1000]  # all() over no steps would pass
     assert all(step["overlap"] is None for step in data["steps"])
-    assert any("on 2 distinct anchor point(s)" in note for note in data["notes"]), data["notes"]
+    assert any("on 2 distinct anchor points" in note for note in data["notes"]), data["notes"]

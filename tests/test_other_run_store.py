@@ -64,7 +64,7 @@ def test_another_runs_checkpoints_are_named_as_other_files(tmp_path: Path) -> No
     code, stderr = _analyze(_run(tmp_path / "b", 0.01, same_reference=True), tmp_path / "a.h5")
     assert code == 1
     assert (f"its step 5 was analysed from {tmp_path / 'a' / 'step_5.safetensors'}, and this run's step 5 is "
-            f"{tmp_path / 'b' / 'step_5.safetensors'}, another file (and 1 more step(s) so)") in stderr, stderr
+            f"{tmp_path / 'b' / 'step_5.safetensors'}, another file (and 1 more step so)") in stderr, stderr
     assert "changed since" not in stderr
 
 

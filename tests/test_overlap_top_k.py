@@ -175,6 +175,6 @@ def test_compare_says_when_the_anchors_bound_the_overlaps_k(tmp_path: Path) -> N
     # the top C span all 3 anchor points on both sides: the overlap would be 1 whatever the runs did,
     # so it is not measured, and the note says why (it compared "the top 3" and found them equal)
     assert all(step.overlap is None and step.overlap_k is None for step in comparison.steps)
-    assert ("the cross-run overlap is not measured: the stores hold the eigenfunctions on 3 distinct anchor point(s), "
+    assert ("the cross-run overlap is not measured: the stores hold the eigenfunctions on 3 distinct anchor points, "
             f"which the top {C} span whole (the overlap would be 1 whatever the features do); analyse with a larger "
             "--anchor-size") in comparison.notes

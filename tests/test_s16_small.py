@@ -17,7 +17,7 @@ def test_a_gpu_index_past_the_visible_ones_is_refused(monkeypatch: pytest.Monkey
     with pytest.raises(ModelError) as caught:
         resolve_device("cuda:3")
     assert caught.value.what == "--device cuda:3: this machine has no GPU 3"
-    assert caught.value.got == "1 CUDA GPU(s) visible: cuda:0 (CUDA_VISIBLE_DEVICES=2)"
+    assert caught.value.got == "1 CUDA GPU visible: cuda:0 (CUDA_VISIBLE_DEVICES=2)"
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     assert resolve_device("cuda") == torch.device("cuda")
 

@@ -70,8 +70,8 @@ def test_more_torchrun_ranks_than_gpus_is_said_as_such(monkeypatch: pytest.Monke
         with pytest.raises(FdlError) as caught:
             device_for(World(rank=1, size=2, local_rank=1), requested)
         assert caught.value.what == ("under torchrun each rank takes the GPU of its LOCAL_RANK, and rank 1 has "
-                                     "LOCAL_RANK=1, but this machine shows 1 CUDA GPU(s)")
-        assert caught.value.got == "2 ranks, 1 GPU(s) visible"
+                                     "LOCAL_RANK=1, but this machine shows 1 CUDA GPU")
+        assert caught.value.got == "2 ranks, 1 GPU visible"
         assert caught.value.fix is not None and "--nproc-per-node 1 at most" in caught.value.fix
     assert device_for(World(rank=1, size=2, local_rank=1), "cpu") == "cpu"
 

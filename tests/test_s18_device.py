@@ -124,7 +124,7 @@ def test_a_gpu_the_machine_lacks_is_refused_before_any_file_is_read(tmp_path: Pa
                  "--out", tmp_path / "s.h5", "--device", "cuda:7")
     assert result.code == 1
     assert "error: --device cuda:7: this machine has no GPU 7" in result.stderr
-    assert "2 CUDA GPU(s) visible: cuda:0 .. cuda:1 (CUDA_VISIBLE_DEVICES=3,5)" in result.stderr
+    assert "2 CUDA GPUs visible: cuda:0 .. cuda:1 (CUDA_VISIBLE_DEVICES=3,5)" in result.stderr
     assert "Traceback" not in result.stderr
     assert work == []
     assert not (tmp_path / "s.h5").exists()

@@ -445,7 +445,7 @@ def test_a_probe_read_as_weights_says_what_it_holds(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as raised:
         _load_strict(model, {"x": torch.zeros(4, 2), "y": torch.zeros(4)}, tmp_path / "probe.pt")
     text = str(raised.value)
-    assert "unexpected key(s): x, y; the file holds a probe's arrays, not weights" in text
+    assert "unexpected keys: x, y; the file holds a probe's arrays, not weights" in text
     assert "fix: keep the probe out of the checkpoints' folder (or leave it out with --glob)" in text
 
 

@@ -158,7 +158,7 @@ def test_a_resume_with_the_same_offset_completes_the_store_and_another_is_refuse
     assert status == 1
     flat = " ".join(err.split())
     assert (f"error: {run2 / 'step_10.safetensors'}, which {out} analysed as step 30, is step 110 in this run (from "
-            "its name + 100, --step-offset) (and 1 more file(s) so): the store would hold the same checkpoint at two "
+            "its name + 100, --step-offset) (and 1 more file so): the store would hold the same checkpoint at two "
             "steps") in flat
     assert "re-analyse everything with --overwrite (or another --out)" in flat
     assert out.read_bytes() == before
@@ -176,7 +176,7 @@ def test_a_resume_with_another_step_regex_is_refused(tmp_path: Path, capsys: pyt
     assert status == 1
     flat = " ".join(err.split())
     assert (f"error: {tmp_path / 'whole' / 'step_10.safetensors'}, which {store} analysed as step 10, is step 1 in "
-            "this run (from its step_regex) (and 3 more file(s) so)") in flat
+            "this run (from its step_regex) (and 3 more files so)") in flat
     assert "hashing 4 stored checkpoint files whose step in this run is another than the stored one" in flat
     assert store.read_bytes() == before
 

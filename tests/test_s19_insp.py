@@ -219,7 +219,7 @@ def test_analyze_json_keeps_records_on_stdout_and_whole_reasons_in_the_summary(t
     assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10]  # records alone
     summary = done.stderr[done.stderr.index("2 checkpoints analysed, 2 failed"):].splitlines()
     assert summary[1] == f"  failed: the weights in {run / 'step_30.pt'} do not fit the model built by --model"
-    assert summary[2] == "      got: 1 shape mismatch(es): 0.weight: checkpoint (8, 5) vs model (8, 4)"
+    assert summary[2] == "      got: 1 shape mismatch: 0.weight: checkpoint (8, 5) vs model (8, 4)"
     assert summary[3].startswith(f"      fix: the reference checkpoint {run / 'step_0.pt'} (step 0) fits this model")
     assert summary[4:] == [f"  failed: {run / 'step_40.pt'} (the same reason as {run / 'step_30.pt'})"]
 

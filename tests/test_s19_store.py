@@ -92,7 +92,7 @@ def test_a_stored_file_read_past_every_stored_step_is_refused_with_or_without_si
     flat = " ".join(err.split())
     assert status == 1, flat
     assert (f"error: {run2 / 'step_10.safetensors'}, which {out} analysed as step 30, is step 110 in this run "
-            "(from its name + 100, --step-offset) (and 1 more file(s) so)") in flat, flat
+            "(from its name + 100, --step-offset) (and 1 more file so)") in flat, flat
     assert out.read_bytes() == before
 
 
@@ -136,7 +136,7 @@ def test_a_stored_file_read_at_another_stored_step_without_signatures_names_both
     flat = " ".join(err.split())
     assert status == 1, flat
     assert (f"error: {run2 / 'step_10.safetensors'}, which {out} analysed as step 30, is step 20 in this run "
-            "(from its name + 10, --step-offset) (and 1 more file(s) so)") in flat, flat
+            "(from its name + 10, --step-offset) (and 1 more file so)") in flat, flat
     assert "other --step-offset / --step-regex options than the run that made the store" in flat
     assert "holds other files' numbers" not in flat
     assert out.read_bytes() == before

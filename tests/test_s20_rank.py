@@ -225,7 +225,7 @@ def test_a_rank_without_local_rank_takes_a_gpu_of_its_machine_or_asks_for_local_
         device_for(second, "cuda")
     assert caught.value.what.startswith("rank 5 cannot tell which GPU of this machine is its own: the launcher set "
                                         "RANK and WORLD_SIZE but no LOCAL_RANK")
-    assert caught.value.got == "RANK=5, WORLD_SIZE=8, 4 CUDA GPU(s) visible"
+    assert caught.value.got == "RANK=5, WORLD_SIZE=8, 4 CUDA GPUs visible"
     assert caught.value.fix is not None and "LOCAL_RANK=$SLURM_LOCALID" in caught.value.fix
     assert "LOCAL_WORLD_SIZE" in caught.value.fix and "--device cpu" in caught.value.fix
     with pytest.raises(FdlError):

@@ -150,7 +150,7 @@ def test_a_layer_its_parent_never_calls_says_why_and_to_take_the_parents_output(
     # a module nothing uses, with no module around it: the general advice alone
     done = fdl_in_process(*common, "--layer", "spare", "--out", tmp_path / "c.h5")
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "layer(s) spare did not run in the model's forward pass: no hook on the module saw a call" in done.stderr
+    assert "layer spare did not run in the model's forward pass: no hook on the module saw a call" in done.stderr
     assert "fix: choose a module that the forward pass calls (see `fdl inspect`)" in done.stderr
 
 

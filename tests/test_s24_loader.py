@@ -106,7 +106,7 @@ def test_unexpected_weights_beside_scalars_are_still_refused(tmp_path: Path) -> 
         {**_sd(index), "extra.weight": torch.ones(2, 2), "loss": torch.tensor(0.5), "step": step}, f"m{index}.pt"))
     done = _analyze(tmp_path, [folder], "extra.h5")
     assert done.code == 1
-    assert "do not fit the model" in done.stderr and "unexpected key(s): extra.weight, loss" in done.stderr, done.stderr
+    assert "do not fit the model" in done.stderr and "unexpected keys: extra.weight, loss" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
