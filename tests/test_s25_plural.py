@@ -28,15 +28,10 @@ from fdl_cli.pipeline import _other_files, _read_at_other_steps, _stored_twice
 from fdl_cli.probes import load_probe, validate_probe
 from fdl_cli.report import CrossOverlaps
 from fdl_cli.store import CheckpointEntry, SeriesEntry, StoreReader, StoreWriter
+from tests.test_s18_device import _gpus
 from tests.test_store import probes, provenance, random_entry, random_series, write
 
 torch.set_num_threads(1)
-
-
-def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 # -- GPUs ------------------------------------------------------------------------------------------------------
