@@ -45,6 +45,12 @@ def _stderr_console() -> Any:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # the exit's flush fails quietly
             raise SystemExit(SIGPIPE_STATUS)
 
+        def render_str(self, text: str, **options: Any) -> Any:
+            """A message's text with its control characters written `\\x1b` before rich reads it: rich drops
+            BEL, backspace, CR, VT and FF from a string it prints, so a file named `step_3\\a.pt` was shown as
+            `step_3.pt`, a name no file has."""
+            return super().render_str(terminal_safe(text), **options)
+
         def _render_buffer(self, buffer: Any) -> str:
             """The text printed (names of files, tensors, modules: a folder's) with its control characters
             written `\\x1b` (`terminal_safe`); rich's own control segments (a progress bar's cursor moves) and
@@ -57,7 +63,8 @@ def _stderr_console() -> Any:
 
     # soft_wrap: messages are never broken at 80 columns when stderr is a pipe or a log, so a path in
     # an error stays on one line (greppable, copy-pastable).
-    return StderrConsole(stderr=True, highlight=False, soft_wrap=True)
+    # emoji=False: a name holding `:rocket:` is shown as it is, not as an emoji
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _emit_json(obj: Any, stream: TextIO | None = None) -> None:

@@ -152,7 +152,8 @@ class AnalyzeSummary:
             reasons.setdefault(key, reason)
         lines = []
         for key, paths in groups.items():
-            first, *rest = _named(paths[0], reasons[key]).splitlines() or [""]
+            # split at line breaks alone: splitlines() also breaks at a CR, VT or FF of a file's name
+            first, *rest = _named(paths[0], reasons[key]).rstrip("\n").split("\n")
             lines.append(f"  failed: {first}")
             lines.extend(f"    {line}" for line in rest)
             others = paths[1:]
