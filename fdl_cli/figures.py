@@ -74,7 +74,6 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
@@ -504,46 +503,17 @@ def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
     make_folder(directory)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
     with writing(png) as target, whole_or_untouched(target) as path:
-        _save(figure, path, "png", dpi=110)
+        figure.savefig(path, format="png", dpi=110)
     with writing(svg) as target, whole_or_untouched(target) as path:
-        _save(figure, path, "svg", metadata=SVG_METADATA)
+        figure.savefig(path, format="svg", metadata=SVG_METADATA)
     return [png, svg]
 
 
 def png_bytes(figure: Figure) -> bytes:
     """The figure as PNG bytes (for embedding in the HTML page)."""
     buffer = io.BytesIO()
-    _save(figure, buffer, "png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
-
-
-def _save(figure: Figure, target: Any, format: Literal["png", "svg"], *, dpi: float | None = None,
-          **options: Any) -> None:
-    """`figure.savefig(target)`, the figure drawn once. savefig draws a figure of a layout engine (constrained) twice:
-    once without output, for the engine to lay it out, then into the file, its layout held. Here the engine alone lays
-    it out, as in that first draw (at the file's resolution, measuring text with the file format's renderer: Agg's,
-    or for SVG the SVG renderer's at 72 dpi; the layout depends on both), and the figure is saved with its layout
-    held: the same file, without the first draw's pass over every artist."""
-    engine = figure.get_layout_engine()
-    if engine is None or not figure.axes or not isinstance(figure.canvas, FigureCanvasAgg):  # as savefig lays out
-        figure.savefig(target, format=format, dpi=dpi, **options)
-        return
-    canvas, resolution = figure.canvas, figure.dpi
-    try:
-        if format == "svg":
-            FigureCanvasSVG(figure)  # the figure's canvas while savefig writes SVG; restored below
-            figure.dpi = 72
-        else:
-            figure.dpi = resolution if dpi is None else dpi
-        engine.execute(figure)
-    finally:
-        figure.set_canvas(canvas)
-        figure.dpi = resolution
-    figure.set_layout_engine("none")
-    try:
-        figure.savefig(target, format=format, dpi=dpi, **options)
-    finally:
-        figure.set_layout_engine(engine)
 
 
 def _one_d_anchor(probe: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
