@@ -663,9 +663,11 @@ def _fit_title(figure: Figure, text: Any, title: str, label: str) -> None:
     # the Agg canvas of `_new_figure`; a figure made otherwise (a bare Figure()) is given one, to measure with
     canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
     renderer = canvas.get_renderer()
+    engine = figure.get_layout_engine()
     for candidate in dict.fromkeys(lines):
         text.set_text(candidate)
-        figure.draw_without_rendering()
+        if engine is not None and text.axes is not None:
+            engine.execute(figure)
         room = 0.98 * (text.axes.get_window_extent(renderer) if text.axes is not None else figure.bbox).width
         width = text.get_window_extent(renderer).width
         if width <= room:
