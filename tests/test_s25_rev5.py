@@ -76,3 +76,11 @@ def test_a_kept_torchrun_part_counts_its_checkpoints_left(run_and_single: tuple[
     summary, _, reporter = _resume(run, out, steps=(0, 10))
     assert summary.analysed == [10] and part.exists()
     assert f"a.h5.rank-1 is kept: {said}" in reporter.notes, reporter.notes
+
+
+def test_right_to_left_names_hold_no_control_and_stay_as_they_are() -> None:
+    """2f27dbd escapes the bidi controls alone: Hebrew, Arabic and a Persian name's zero-width non-joiner stay."""
+    from fdl_cli.errors import terminal_safe
+
+    for name in ("צעד_3.pt", "خطوة_٣.pt", "می\u200cخواهم_5.pt", "step_\U0001f469\u200d\U0001f52c.pt"):
+        assert terminal_safe(name) == name
