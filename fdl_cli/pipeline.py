@@ -2596,7 +2596,8 @@ def _check_stored_files(
         + ("size or modification time is not the one recorded" if not elsewhere_now else
            "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
            "size or modification time is not the one recorded, or whose step in this run is another")
-        + ", to check they are the files that were analysed"
+        + (", to check it is the file that was analysed" if len(suspects) == 1 else
+           ", to check they are the files that were analysed")
     )
     indices = list(range(len(suspects)))
     digests: dict[int, str | None] = {}

@@ -12,6 +12,8 @@ import time
 from types import TracebackType
 from typing import Any, Protocol
 
+from fdl_cli.errors import terminal_safe
+
 
 class Reporter(Protocol):
     def note(self, message: str) -> None: ...
@@ -103,7 +105,9 @@ class RichReporter(NullReporter):
         self.console = console
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            # the description names the checkpoint's file: not read as markup or emoji codes (a name's `[bold]`,
+            # `:rocket:`), its control characters written `\\x07` before rich's Text drops them (terminal_safe)
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -176,7 +180,7 @@ class RichReporter(NullReporter):
             if self._last_line is None:
                 self._last_line = self._began
         self._current = (index, total, label)
-        self.progress.update(self._run, description=f"checkpoint {label}", total=total, completed=index)
+        self.progress.update(self._run, description=f"checkpoint {terminal_safe(label)}", total=total, completed=index)
         if self._batches is None:
             self._batches = self.progress.add_task("probe batches", total=1)
         self.progress.update(self._batches, completed=0, total=1)

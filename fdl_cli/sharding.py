@@ -336,9 +336,10 @@ def _take_in_rank_parts(
             )
         everything.extend(taken)
         if not removed:
+            left = len(steps) - settled - len(taken)
             ctx.reporter.note(
-                f"{part.name} is kept: {len(steps) - settled - len(taken)} of its checkpoints are not in "
-                f"{out.name} (not selected by this run, or analysed again); a later run takes them in"
+                f"{part.name} is kept: {left} of its checkpoints {'is' if left == 1 else 'are'} not in {out.name} (not "
+                f"selected by this run, or analysed again); a later run takes {'it' if left == 1 else 'them'} in"
             )
             kept.append(part.name)
     _remove_orphan_sidecars(out)  # after the parts: --overwrite removes a part and its sidecar, not its lock file

@@ -50,7 +50,7 @@ def test_control_characters_rich_drops_are_written_as_escapes(run: Path, monkeyp
     shown = f"{run}/step_3_\\x07\\x08\\x0d.pt is a text file, not a checkpoint"
     assert f"error: {shown}\n" in said and f"\n  failed: {shown}\n" in said, said
     assert "last step 2 (step_2_\\x07\\x0b\\x0c.pt)" in said, said
-    assert "3 checkpoint(s) analysed, 1 failed" in said, said
+    assert "3 checkpoints analysed, 1 failed" in said, said
 
 
 def test_a_name_holding_an_emoji_code_is_shown_as_it_is(run: Path) -> None:
