@@ -1878,7 +1878,10 @@ def model_keys(others: Sequence[CheckpointRef], factory: Callable[..., nn.Module
             model = build_model(loaded, factory=None) if loaded.module is not None else None
     if not isinstance(model, nn.Module):
         return None
-    return frozenset(_key_names(_unwrapped(model).state_dict())) or None
+    # user code too: a state_dict hook or get_extra_state that reads values fails on the meta device
+    with contextlib.suppress(Exception), _user_code_stderr():
+        return frozenset(_key_names(_unwrapped(model).state_dict())) or None
+    return None
 
 
 def _offset_matches(path: Path, pattern: str, *, alone: bool = False) -> bool:
