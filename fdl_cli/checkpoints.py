@@ -149,6 +149,9 @@ class LoadedCheckpoint:
     #: the library ("mmengine", "lightning") that swapped an EMA's weights into `state_dict`, the trained
     #: model's being under the copy it names (`_ema_swapped`); "" for weights that are the model's own
     ema_swapped_in: str = ""
+    #: the modules' extra states beside `state_dict` that are not tensors (`is_extra_state`: any picklable value),
+    #: under the same names; `build_model` loads them with the tensors (the modules' `set_extra_state`)
+    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -420,16 +423,26 @@ def _fingerprint_safetensors(path: Path, header: Mapping[str, Any]) -> str:
 #: The values a flat state_dict may hold beside its tensors: a step, an epoch, a learning rate, a loss, a name.
 _PLAIN_VALUES = (bool, int, float, str, bytes, type(None), np.bool_, np.number)
 _Array = TypeVar("_Array", torch.Tensor, "NumpyArrayNotLoaded")
+#: The last part of a state_dict key holding a module's `get_extra_state()` (torch's _EXTRA_STATE_KEY_SUFFIX): any
+#: picklable value (a dict of floats, TransformerEngine's FP8 metadata), which `load_state_dict` passes to the
+#: module's `set_extra_state`
+EXTRA_STATE = "_extra_state"
+
+
+def is_extra_state(key: str) -> bool:
+    """Whether a state_dict key holds a module's extra state (`fc._extra_state`, or the root module's)."""
+    return key == EXTRA_STATE or key.endswith("." + EXTRA_STATE)
 
 
 def _flat_tensors(obj: Any, kind: type[_Array]) -> dict[str, _Array] | None:
     """The tensors (or `kind`) of a dict at its own level, keyed by strings, when its other values are plain
-    ones (`_PLAIN_VALUES`): `{**model.state_dict(), "step": 5}`; None for any other dict (one holding a dict,
-    a list, a tuple: a training-loop dict, an optimizer's, an RNG's state) and for a dict of no tensors."""
+    ones (`_PLAIN_VALUES`) or modules' extra states (`is_extra_state`, of any value): `{**model.state_dict(),
+    "step": 5}`; None for any other dict (one holding a dict, a list, a tuple: a training-loop dict, an
+    optimizer's, an RNG's state) and for a dict of no tensors."""
     if not isinstance(obj, Mapping) or not all(isinstance(key, str) for key in obj):
         return None
     tensors = {key: value for key, value in obj.items() if isinstance(value, kind)}
-    plain = all(isinstance(value, (kind, *_PLAIN_VALUES)) for value in obj.values())
+    plain = all(isinstance(value, (kind, *_PLAIN_VALUES)) or is_extra_state(key) for key, value in obj.items())
     return tensors if tensors and plain else None
 
 
@@ -450,16 +463,30 @@ def _find_tensor_dict(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | Non
 
 def _find_arrays(obj: Any, kind: type[_Array], depth: int = 0) -> dict[str, _Array] | None:
     """`_find_tensor_dict` of tensors or, for a file's numpy arrays, of `NumpyArrayNotLoaded`."""
+    found = _state_mapping(obj, kind, depth)
+    return None if found is None else _flat_tensors(found, kind)
+
+
+def _state_mapping(obj: Any, kind: type[_Array], depth: int = 0) -> Mapping[str, Any] | None:
+    """The dict inside ``obj`` whose tensors `_find_arrays` gives: its extra states (`is_extra_state`) too."""
     if not isinstance(obj, Mapping) or depth > 4:
         return None
     flat = _flat_tensors(obj, kind)
-    if flat is not None and (len(flat) == len(obj) or any(map(_is_weight, flat.values()))):
-        return flat
+    if flat is not None and (all(key in flat or is_extra_state(key) for key in obj)
+                             or any(map(_is_weight, flat.values()))):
+        return obj
     for key in STATE_DICT_KEYS:
-        found = _find_arrays(obj.get(key), kind, depth + 1)
+        found = _state_mapping(obj.get(key), kind, depth + 1)
         if found is not None:
             return found
     return None
+
+
+def _with_extra_states(found: dict[str, torch.Tensor], obj: Any) -> dict[str, Any]:
+    """`found` (`_find_tensor_dict(obj)`) with the extra states that are not tensors of the dict holding it,
+    which `load_state_dict` gives to the modules' `set_extra_state` (a tensor one is among `found` already)."""
+    held = _state_mapping(obj, torch.Tensor) or {}
+    return {**found, **{key: value for key, value in held.items() if is_extra_state(key) and key not in found}}
 
 
 def _is_optimizer_state(obj: Any) -> bool:
@@ -762,7 +789,12 @@ def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path}: this file contains a pickled Python object ({shown}) that could run code when loaded; "
         "fdl refused to load it",
-        fix=_TRUST_FIX + " (or re-save only the weights: torch.save(model.state_dict(), ...))",
+        fix=_TRUST_FIX + (
+            # a module's get_extra_state() returning a buffer (TransformerEngine's FP8 metadata): the file is the
+            # state_dict already, and only --trust-pickle (or a picklable-safe extra state) reads it
+            " (a module's extra state, get_extra_state(), saved as io.BytesIO is such an object even in "
+            "model.state_dict(); or return a dict of numbers or a tensor from get_extra_state)"
+            if "_io.BytesIO" in unsafe else " (or re-save only the weights: torch.save(model.state_dict(), ...))"),
     )
 
 
@@ -1022,7 +1054,8 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek(None, {}, f"skipped {name}: {_NUMPY_STATE_SAID.format(', '.join(list(numpy_state)[:3]))}")
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
-    beside = tuple(key for key in obj if key not in tensors) if flat is not None and flat.keys() == tensors.keys() else ()
+    beside = tuple(key for key in obj if key not in tensors and not is_extra_state(key)) \
+        if flat is not None and flat.keys() == tensors.keys() else ()
     return _Peek("state_dict", meta, fingerprint=_fingerprint_tensors(tensors), keys=frozenset(_key_names(tensors)),
                  beside=beside)
 
@@ -2639,8 +2672,8 @@ def _trusted_steps(path: Path) -> dict[str, Any]:
 
 def _load_tensor_file(
     path: Path, *, trust_pickle: bool, map_location: str, weights: str | None = None
-) -> tuple[dict[str, torch.Tensor] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str]:
-    """(tensors, module, step metadata, whether `weights` named an entry of the file's dict: the
+) -> tuple[dict[str, Any] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str]:
+    """(tensors and extra states that are not (`_with_extra_states`), module, step metadata, whether `weights` named an entry of the file's dict: the
     tensors are then that entry's state_dict; otherwise `load_checkpoint` looks for it as a prefix;
     and without `weights`, the entries holding other copies of the weights, `_weight_copies`, and
     the library whose EMA swapped its weights in as the tensors, `_ema_swapped`)."""
@@ -2672,7 +2705,7 @@ def _load_tensor_file(
                 fix=f"pass --weights {inside[0]}" if inside else
                 "name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
-        return found, None, _file_steps(obj), True, (), ""
+        return _with_extra_states(found, chosen), None, _file_steps(obj), True, (), ""
     found = _find_tensor_dict(obj)
     entry = _module_entry(obj) if found is None else None
     if entry is not None:
@@ -2694,7 +2727,8 @@ def _load_tensor_file(
         _check_weights_found(obj, found, weights, path)
     meta = _file_steps(obj) if isinstance(obj, Mapping) else {}
     copies = _weight_copies(obj, found) if weights is None and isinstance(obj, Mapping) else ()
-    return found, None, meta, False, copies, _ema_swapped(obj, copies) if isinstance(obj, Mapping) else ""
+    return (_with_extra_states(found, obj), None, meta, False, copies,
+            _ema_swapped(obj, copies) if isinstance(obj, Mapping) else "")
 
 
 def _module_entry(obj: Any) -> tuple[str, nn.Module] | None:
@@ -2776,7 +2810,8 @@ def load_checkpoint(
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?")
     module: nn.Module | None = None
-    tensors: dict[str, torch.Tensor] | None = None
+    tensors: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     if ref.kind == "pickle" and not trust_pickle:
         files = [path] if path.is_file() else _hf_weight_files(path)
@@ -2820,14 +2855,17 @@ def load_checkpoint(
             fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
         )
     if tensors is not None:
-        tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+        # the extra states lose the tensors' prefixes (`module.`, --weights ema.) with them
+        tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) or is_extra_state(k)})
         if weights is not None and not by_entry:
             tensors = _strip_prefixes(_under_prefix(tensors, weights, path))
+        extra = {k: v for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in tensors.items() if k not in extra}
         _check_finite(path, tensors)
     if module is not None:
-        _check_finite(path, module.state_dict())
+        _check_finite(path, {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)})
     return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies,
-                            ema_swapped_in=swapped)
+                            ema_swapped_in=swapped, extra_state=extra)
 
 
 #: The attribute of a torch.export checkpoint's module that holds its ExportedProgram
@@ -3559,15 +3597,20 @@ def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> s
     return None
 
 
+def _shape(value: Any) -> torch.Size | None:
+    """A state_dict value's shape; None for a module's extra state that is no tensor (a dict, any object)."""
+    return value.shape if isinstance(value, torch.Tensor) else None
+
+
 def _key_report(
-    path: Path, model_keys: dict[str, torch.Size], ckpt: Mapping[str, torch.Tensor]
+    path: Path, model_keys: Mapping[str, torch.Size | None], ckpt: Mapping[str, Any]
 ) -> str | None:
     missing = [k for k in model_keys if k not in ckpt]
     unexpected = [k for k in ckpt if k not in model_keys]
     shapes = [
-        f"{k}: checkpoint {tuple(ckpt[k].shape)} vs model {tuple(model_keys[k])}"
-        for k in model_keys
-        if k in ckpt and tuple(ckpt[k].shape) != tuple(model_keys[k])
+        f"{k}: checkpoint {tuple(theirs)} vs model {tuple(ours)}"
+        for k, ours in model_keys.items()
+        if k in ckpt and ours is not None and (theirs := _shape(ckpt[k])) is not None and tuple(theirs) != tuple(ours)
     ]
     parts = []
     if missing:
@@ -3612,7 +3655,7 @@ def build_model(
         )
     else:
         model = _call_factory(factory, kwargs, path)
-    return _load_strict(model, loaded.state_dict or {}, path)
+    return _load_strict(model, {**(loaded.state_dict or {}), **loaded.extra_state}, path)
 
 
 @contextlib.contextmanager
@@ -3766,7 +3809,8 @@ def _tied_names(model: nn.Module) -> list[list[str]]:
     """The model's state_dict names that share one tensor (tied weights: lm_head.weight = embed.weight)."""
     groups: dict[int, list[str]] = {}
     for name, value in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(value), []).append(name)
+        if isinstance(value, torch.Tensor):  # not an extra state: two modules' may be one object (None)
+            groups.setdefault(id(value), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
 
@@ -3783,7 +3827,7 @@ def _with_tied(state: dict[str, torch.Tensor], tied: list[list[str]]) -> dict[st
 
 
 def _fitting_prefixes(
-    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size], tied: list[list[str]], path: Path
+    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size | None], tied: list[list[str]], path: Path
 ) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """(prefix, its keys without it) for each key prefix (``model.``, ``net.backbone.``) under which the
     keys fit the model exactly: a LightningModule holds the network under ``model.`` beside a weighted
@@ -3805,7 +3849,7 @@ def _fitting_prefixes(
 
 
 def _library_renamed(
-    model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path
+    model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, torch.Size | None], path: Path
 ) -> dict[str, torch.Tensor] | None:
     """The checkpoint's weights under the model's own names, as a Hugging Face-style model's
     ``from_pretrained(None, config=..., state_dict=...)`` converts them; None when the model has no such
@@ -3873,13 +3917,13 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
     return None not in needed and all(count <= held[key] for key, count in needed.items())
 
 
-def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor]) -> str | None:
+def _renamed_fix(expected: Mapping[str, torch.Size | None], state: Mapping[str, torch.Tensor]) -> str | None:
     """The fix for weights whose shapes are the model's, in order, under other names (a training script's
     `fc1`, `head` loaded into an nn.Sequential's `0`, `2`): another class of the same sizes, where "the sizes
     say which width/depth it was" points at sizes that agree. None for any other mismatch."""
     if set(expected) == set(state) or len(expected) != len(state):
         return None
-    if [tuple(shape) for shape in expected.values()] != [tuple(getattr(t, "shape", ())) for t in state.values()]:
+    if [tuple(shape or ()) for shape in expected.values()] != [tuple(getattr(t, "shape", ())) for t in state.values()]:
         return None
 
     def modules(keys: Iterable[str]) -> str:
@@ -3891,6 +3935,16 @@ def _renamed_fix(expected: Mapping[str, torch.Size], state: Mapping[str, torch.T
             f"{theirs}; the model's: {modules(key for key in expected if key not in state)}): the factory builds "
             f"another class than the one whose weights were saved; build that one (the training script's), whose "
             f"modules are {theirs}")
+
+
+def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str | None:
+    """The fix when the checkpoint lacks only the extra states (`is_extra_state`) of the model's modules (a
+    safetensors file holds tensors only); None for any other mismatch."""
+    missing = [key for key in expected if key not in state]
+    if not missing or not all(map(is_extra_state, missing)) or any(key not in expected for key in state):
+        return None
+    return ("the model's modules keep extra state (get_extra_state) that the file lacks: save the whole "
+            "model.state_dict() with torch.save, which holds it, or build the model without that state")
 
 
 def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
@@ -3927,7 +3981,7 @@ def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     own = model.state_dict()
-    expected = {k: v.shape for k, v in own.items()}
+    expected = {k: _shape(v) for k, v in own.items()}  # an extra state's (`is_extra_state`) is any value
     tied = _tied_names(model)
     raw, state = state, _with_tied(state, tied)
     problem = _key_report(path, expected, state)
@@ -3965,7 +4019,8 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         # scalars beside the model's weights at the dict's own level (`{**sd, "step": torch.tensor(s)}`, whose
         # step discovery read; a loss saved without .item()): no weight of the model, so they are let go when
         # the rest fits it; otherwise the error below names them with the other keys
-        scalars = {key for key, value in raw.items() if "." not in key and value.dim() == 0 and key not in expected}
+        scalars = {key for key, value in raw.items()
+                   if "." not in key and isinstance(value, torch.Tensor) and value.dim() == 0 and key not in expected}
         if scalars and len(scalars) < len(raw):
             with contextlib.suppress(WeightsMismatchError):
                 return _load_strict(model, {key: value for key, value in raw.items() if key not in scalars}, path)
@@ -3981,7 +4036,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
                  "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
                  "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
-                 if probe else _renamed_fix(expected, state) or
+                 if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     not_floating = _not_floating_point(path, own, state)
