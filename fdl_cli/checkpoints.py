@@ -2675,8 +2675,9 @@ def _load_tensor_file(
 ) -> tuple[dict[str, Any] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str]:
     """(tensors, with the extra states that are not tensors (`_with_extra_states`), module, step metadata,
     whether `weights` named an entry of the file's dict: the tensors are then that entry's state_dict;
-    otherwise `load_checkpoint` looks for it as a prefix; and without `weights`, the entries holding other copies of the weights, `_weight_copies`, and
-    the library whose EMA swapped its weights in as the tensors, `_ema_swapped`)."""
+    otherwise `load_checkpoint` looks for it as a prefix; and without `weights`, the entries holding other
+    copies of the weights, `_weight_copies`, and the library whose EMA swapped its weights in as the tensors,
+    `_ema_swapped`)."""
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
         return tensors, None, meta, False, (), ""
