@@ -1045,7 +1045,6 @@ def classify(**kwargs: Any) -> None:
         # each output's R² of a regression of several outputs at the final checkpoint: the evidence's
         # final_r2_min beside final_r2
         rep.add_final_r2_outputs(run, run.series[0])
-    run = dataclasses.replace(run, reader=None)  # closed with the block: later reads (overlap_tie) open the store anew
     provenance_warnings: list[str] = []
     _provenance_names(run.provenance, "layers", provenance_warnings)  # warns of a damaged value
     _provenance_names(run.provenance, "probes", provenance_warnings)

@@ -425,12 +425,18 @@ def opened_run(
                         r2_outputs=r2_outputs)
 
 
+def _open_reader(run: Run) -> Any:
+    """The store `opened_run` keeps open for the run, None once its block has closed it (or without one): reads
+    after the block open the store anew."""
+    return run.reader if run.reader is not None and not run.reader.closed else None
+
+
 def load_arrays(run: Run, series: Series, steps: Sequence[int]) -> dict[int, Any]:
     """The stored arrays (`SeriesEntry`) of `steps` of one series of a run, reading the file once.
 
     Every array of each step: for one array of many steps, `iter_array` reads only that one."""
-    if run.reader is not None:
-        return {step: run.reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
+    if (reader := _open_reader(run)) is not None:
+        return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
     with open_store(run.path) as reader:
         return {step: reader.arrays(step, probe=series.probe, layer=series.layer) for step in steps}
 
@@ -446,8 +452,8 @@ def iter_array(
         for step in steps:
             yield step, reader.array(step, name, probe=series.probe, layer=series.layer, rows=rows)
 
-    if run.reader is not None:
-        yield from read(run.reader)
+    if (reader := _open_reader(run)) is not None:
+        yield from read(reader)
         return
     with open_store(run.path) as reader:
         yield from read(reader)

@@ -1424,6 +1424,11 @@ class StoreReader:
         """Every complete checkpoint as the CheckpointEntry that was written, by step."""
         return [self.entry(step) for step in sorted({row["step"] for rows in self._rows.values() for row in rows})]
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` ran: the arrays are then read by opening the store again (`report.iter_array`)."""
+        return self._file is None
+
     def close(self) -> None:
         """Close the file; records, steps and probes stay available, arrays() does not."""
         if self._file is not None:
