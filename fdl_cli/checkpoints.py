@@ -2130,8 +2130,10 @@ def _dedupe(
     applied = applied or {}
     kept: list[CheckpointRef] = []
     duplicates: list[tuple[Path, Path]] = []
-    by_print: dict[str, CheckpointRef] = {}
+    #: fingerprint -> the checkpoints kept that have it, in order (equal tensors of other extra states: several)
+    by_print: dict[str, list[CheckpointRef]] = {}
     by_step: dict[int, tuple[CheckpointRef, str | None]] = {}
+    known: dict[Path, str | None] = {}  # `_same_weights`' digests: n files of one fingerprint read n times, not n²
     name_shapes = collections.Counter(_name_shape(ref.path.name) for ref, _ in found)
     for ref, fingerprint in found:
         if ref.step in by_step:
@@ -2140,14 +2142,14 @@ def _dedupe(
             # which in a run that never moved is at another step.
             comparable = (fingerprint and first_print == fingerprint) or (
                 trust_pickle and first.kind == ref.kind == "pickle" and not fingerprint and not first_print)
-            if comparable and _same_weights(first, ref, weights, trust_pickle=trust_pickle):
+            if comparable and _same_weights(first, ref, weights, trust_pickle=trust_pickle, known=known):
                 if _copy_rank(ref, name_shapes) < _copy_rank(first, name_shapes):
                     # Kept: the file named by its step, not Lightning's last.ckpt (rewritten at the next
                     # save, or a link to it), which name order put first under filename="{step}"; a
                     # store recording last.ckpt for the step found it changed at the next resume.
                     kept[kept.index(first)] = ref
                     by_step[ref.step] = (ref, fingerprint)
-                    by_print = {key: ref if value is first else value for key, value in by_print.items()}
+                    by_print = {key: [ref if value is first else value for value in refs] for key, refs in by_print.items()}
                     duplicates = [(ref.path if a == first.path else a, ref.path if b == first.path else b)
                                   for a, b in duplicates]
                     first, ref = ref, first
@@ -2223,15 +2225,15 @@ def _dedupe(
                 got=got,
                 fix=fix,
             )
-        same_weights = by_print.get(fingerprint) if fingerprint else None
-        if same_weights is not None:
-            # A file without the --weights copy is no duplicate: it fails on its own, the others go on
-            with contextlib.suppress(WeightsNotFoundError):
-                if _same_weights(same_weights, ref, weights):
-                    duplicates.append((same_weights.path, ref.path))
+        # A file without the --weights copy is no duplicate: it fails on its own, the others go on
+        with contextlib.suppress(WeightsNotFoundError):
+            same_weights = next((earlier for earlier in by_print.get(fingerprint or "", [])
+                                 if _same_weights(earlier, ref, weights, known=known)), None)
+            if same_weights is not None:
+                duplicates.append((same_weights.path, ref.path))
         by_step[ref.step] = (ref, fingerprint)
         if fingerprint:
-            by_print.setdefault(fingerprint, ref)
+            by_print.setdefault(fingerprint, []).append(ref)
         kept.append(ref)
     return kept, duplicates
 
@@ -2349,25 +2351,34 @@ def _step_fix_for(path: Path) -> str:
     return f"pass --step-regex '{pattern}' (its group is the step), or --glob to select fewer files"
 
 
-def _state_of(loaded: LoadedCheckpoint) -> Mapping[str, torch.Tensor]:
-    """The weights a loaded checkpoint holds: its tensors, or its whole pickled module's state_dict."""
+def _state_of(loaded: LoadedCheckpoint) -> tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]:
+    """The weights a loaded checkpoint holds: its tensors, or its whole pickled module's state_dict, and the
+    modules' extra states that are not tensors (`is_extra_state`: a dict of FP8 or quantization scales), which
+    change the forward as the tensors do."""
     if loaded.state_dict is not None:
-        return loaded.state_dict
-    return loaded.module.state_dict() if loaded.module is not None else {}
+        return loaded.state_dict, loaded.extra_state
+    state = loaded.module.state_dict() if loaded.module is not None else {}
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    return tensors, {key: value for key, value in state.items() if key not in tensors}
 
 
 def _same_weights(
-    first: CheckpointRef, second: CheckpointRef, weights: str | None = None, *, trust_pickle: bool = False
+    first: CheckpointRef, second: CheckpointRef, weights: str | None = None, *, trust_pickle: bool = False,
+    known: dict[Path, str | None] | None = None,
 ) -> bool:
-    """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed)."""
-    try:
-        digests = [weights_digest(_state_of(load_checkpoint(r, weights=weights, trust_pickle=trust_pickle)))
-                   for r in (first, second)]
-    except WeightsNotFoundError:
-        raise  # --weights names no copy these files hold: that, not a step clash, is what to say
-    except CheckpointError:
-        return False
-    return digests[0] == digests[1]
+    """Confirm a fingerprint match with a full content digest (of the ``weights`` analysed, extra states
+    included). ``known``: the digests taken so far (path -> digest; None: unreadable), each file read once."""
+    known = {} if known is None else known
+    for ref in (first, second):
+        if ref.path not in known:
+            try:
+                known[ref.path] = weights_digest(*_state_of(load_checkpoint(ref, weights=weights,
+                                                                            trust_pickle=trust_pickle)))
+            except WeightsNotFoundError:
+                raise  # --weights names no copy these files hold: that, not a step clash, is what to say
+            except CheckpointError:
+                known[ref.path] = None
+    return known[first.path] is not None and known[first.path] == known[second.path]
 
 
 def _select(
@@ -2433,14 +2444,42 @@ def file_signature(path: Path) -> str:
     return ";".join(parts)
 
 
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Hex sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+def weights_digest(state_dict: Mapping[str, torch.Tensor], extra_state: Mapping[str, Any] | None = None) -> str:
+    """Hex sha256 over names, dtypes, shapes and bytes of the tensors, in name order, then over the modules'
+    extra states that are not tensors (`LoadedCheckpoint.extra_state`), name and value (`_extra_state_bytes`):
+    two files of equal tensors whose extra states differ (an FP8 or quantization scale) are no copies. Without
+    extra states the digest is the one of the tensors alone, as before they counted."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\x00".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name in sorted(extra_state or {}):
+        digest.update(f"{name}|extra_state\x00".encode())
+        digest.update(_extra_state_bytes((extra_state or {})[name]))
     return digest.hexdigest()
+
+
+def _extra_state_bytes(value: Any) -> bytes:
+    """A module's extra state as bytes equal for equal values: a tensor's dtype, shape and bytes, a buffer's
+    contents (a BytesIO: TransformerEngine's FP8 metadata), a dict's items in key order, a list's or tuple's
+    items, a plain value's type and repr; any other object pickled (torch.load unpickled it)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        return f"T{tensor.dtype}{tuple(tensor.shape)}|".encode() + tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+    if isinstance(value, io.BytesIO):
+        return b"B" + value.getvalue()
+    if isinstance(value, Mapping):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return b"D{" + b"".join(_extra_state_bytes(k) + b":" + _extra_state_bytes(v) + b"," for k, v in items) + b"}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__}[".encode() + b"".join(_extra_state_bytes(v) + b"," for v in value) + b"]"
+    if isinstance(value, (*_PLAIN_VALUES,)):
+        return f"{type(value).__name__}:{value!r}".encode()
+    try:
+        return b"P" + pickle.dumps(value, protocol=4)
+    except Exception:  # noqa: BLE001 - unpicklable now: equal to nothing, so no copy is dropped for it
+        return f"U{id(value)}".encode()
 
 
 # ------------------------------------------------------------------------------------------ loading
