@@ -272,6 +272,13 @@ def linear_calls(model: nn.Module) -> Iterator[LinearCalls]:
             handle.remove()
 
 
+def _gave(call: LinearCall, outputs: torch.Tensor) -> bool:
+    """Whether `outputs` are what `call` gave: a view of its memory, or the very tensor it returned, whose data the
+    forward replaced (`out = head(h); out.data = out.data * 2`: new memory, the old one freed)."""
+    returned = call.output.tensor() if call.output is not None and call.output.tensor is not None else None
+    return _shares_storage(call.output, outputs) or returned is outputs
+
+
 def _shares_storage(mark: TensorMark | None, tensor: Any) -> bool:
     """Whether `tensor`, alive, is a view of the memory of a tensor a call took or gave (`TensorMark`)."""
     return mark is not None and mark.is_memory_of(tensor)
@@ -313,10 +320,23 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
     probe itself, was taken for the penultimate features)."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
-    producer = next((call for call in reversed(calls) if _shares_storage(call.output, outputs)), None)
-    written_over = None
+    at, producer = next(((at, call) for at, call in reversed(list(enumerate(calls))) if _gave(call, outputs)),
+                        (len(calls), None))
     if producer is not None and producer.name != last.name and producer.written_over(outputs):
-        written_over, producer = producer, None
+        size = int(outputs[:1].numel()) if outputs.dim() else 1
+        # `y = wide(x); y += head(h)` needs an nn.Linear of the outputs' size run after it; written over by none
+        # (`out = head(h); out += bias`, out.mul_(2)), the outputs are still its, whatever Linear ran after
+        added = [call for call in calls[at + 1:] if call.values_a_sample in (None, size)]
+        if not added:
+            return DefaultChoice(producer.name, note=(
+                f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, written over in place after it "
+                f"ran (out += bias, out.mul_(2)) by no later nn.Linear of their size, not of the last one to run, "
+                f"{last.name!r}: the features are {producer.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
+        which = "the last nn.Linear to run" if added[-1] is last else "the last nn.Linear of their size to run after it"
+        return DefaultChoice(added[-1].name, note=(
+            f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r} written over in place after "
+            f"it ran (y = {producer.name}(x); y += ...): the features are the input of {which}, "
+            f"{added[-1].name}{INPUT_SUFFIX} (--layer {producer.name}{INPUT_SUFFIX} for the other)"))
     same_input = producer is not None and producer.input is not None and producer.input_first == last.input_first
     if producer is None or producer.name == last.name or same_input:
         if producer is None and last.values_a_sample is not None and last.values_a_sample != outputs[:1].numel():
@@ -325,11 +345,6 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
-        if written_over is not None:
-            return DefaultChoice(last.name, note=(
-                f"{_outputs_said(raw)} are the output of nn.Linear {written_over.name!r} written over in place after "
-                f"it ran (y = {written_over.name}(x); y += ...): the features are the input of the last nn.Linear to "
-                f"run, {last.name}{INPUT_SUFFIX} (--layer {written_over.name}{INPUT_SUFFIX} for the other)"))
         return DefaultChoice(last.name)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "

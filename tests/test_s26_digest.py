@@ -9,7 +9,14 @@ neither: a file of another scale at the same step was skipped as a copy of the f
 with such a state crashed the comparison (AttributeError: 'dict' object has no attribute 'detach'). The digest
 now covers the extra states, and is unchanged for a checkpoint without one (the literal below was computed by
 the starting commit, 895227d); the store records the sha256 of each file's bytes, which this leaves alone, so an
-existing store resumes without analysing anything again. The tests of a fix failed before it.
+existing store resumes without analysing anything again.
+
+Default layer. The outputs of a head written over in place after it ran (`out = head(h); out += bias`,
+`out.mul_(2)`) counted as `y = wide(x); y += head(h)`: when another nn.Linear ran after the head (an auxiliary
+tower's), fdl took that one's input, with a warning that its output is not the outputs' size; and
+`out.data = out.data * 2` (new memory) was taken as no Linear's output at all. The head is kept now where no
+later nn.Linear gives values of the outputs' size, and the very tensor the head returned is its output. The
+tests of a fix failed before it.
 """
 
 from __future__ import annotations
@@ -155,3 +162,76 @@ def test_a_store_of_extra_state_checkpoints_resumes_analysing_none_again(tmp_pat
     first, again = fdl(*args), fdl(*args)
     assert first.code == 0 and "3 checkpoints analysed" in first.stderr, first.stderr
     assert again.code == 0 and "0 checkpoints analysed, 3 already in the store" in again.stderr, again.stderr
+
+
+class _TwoTowers(nn.Module):
+    """A head on one tower and an auxiliary nn.Linear (another size) on another, run after the head; the head's
+    output changed in place as `how` says before it is returned (with the auxiliary output, or alone)."""
+
+    def __init__(self, how: str, pair: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.tower, self.aux = nn.Linear(4, 5), nn.Linear(5, 2)
+        self.bias2 = nn.Parameter(torch.ones(3))
+        self.how, self.pair = how, pair
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.head(torch.relu(self.body(x)))
+        aux = self.aux(torch.relu(self.tower(x)))
+        if self.how == "iadd":
+            out += self.bias2
+        elif self.how == "add_":
+            out.add_(1.0)
+        elif self.how == "mul_":
+            out.mul_(2)
+        elif self.how == "data_mul_":
+            out.data.mul_(2)
+        elif self.how == "data_assign":
+            out.data = out.data * 2
+        return (out, aux) if self.pair else out
+
+
+@pytest.mark.parametrize("pair", [True, False])
+@pytest.mark.parametrize("how", ["iadd", "add_", "mul_", "data_mul_", "data_assign"])
+def test_a_head_written_over_in_place_stays_the_default_layer(how: str, pair: bool) -> None:
+    """Before: aux:input (all but data_mul_), with a warning that aux's output is not the outputs' size."""
+    from fdl_cli.extract import default_layer
+
+    said: list[str] = []
+    spec = default_layer(_TwoTowers(how, pair).eval(), sample=np.zeros((1, 4), np.float32), note=said.append,
+                         warn=lambda text: said.append("warning: " + text))
+    assert spec.label == "head:input"
+    assert len(said) == 1 and not said[0].startswith("warning"), said
+    assert "are the output of nn.Linear 'head'" in said[0] and "the features are head:input" in said[0], said
+    written = how in ("iadd", "add_", "mul_")
+    assert ("written over in place after it ran (out += bias, out.mul_(2)) by no later nn.Linear" in said[0]) is written
+
+
+class _WideDeepAux(nn.Module):
+    """`y = wide(x); y += head(h)`, then an auxiliary nn.Linear of another size: the outputs hold head's output
+    added in; the default is head:input, no longer the last Linear to run (aux)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide, self.body, self.head, self.aux = nn.Linear(4, 3), nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        y = self.wide(x)
+        h = torch.relu(self.body(x))
+        y += self.head(h)
+        return y, self.aux(torch.relu(self.body(x)))
+
+
+def test_outputs_added_in_place_take_the_last_linear_of_their_size() -> None:
+    from fdl_cli.extract import default_layer
+
+    said: list[str] = []
+    spec = default_layer(_WideDeepAux().eval(), sample=np.zeros((1, 4), np.float32), note=said.append,
+                         warn=lambda text: said.append("warning: " + text))
+    assert spec.label == "head:input"
+    assert said == ["the model's outputs (the first element of the tuple its forward returns) are the output of "
+                    "nn.Linear 'wide' written over in place after it ran (y = wide(x); y += ...): the features are "
+                    "the input of the last nn.Linear of their size to run after it, head:input (--layer wide:input "
+                    "for the other)"]
