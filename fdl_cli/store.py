@@ -609,6 +609,14 @@ def r2_output_fields(values: np.ndarray | None) -> dict[str, Any]:
     return dict(zip(R2_OUTPUT_FIELDS, (listed, *worst), strict=True))
 
 
+def _not_a_step(step: object) -> bool:
+    """True for a value no step equals as a dict key would: a str, a bool (True == 1), a non-integral number. A
+    NumPy integer, or a float of an integer (a float64 column's 50.0), is the step it equals."""
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)):
+        return True
+    return not math.isfinite(step) or float(step) != int(step)
+
+
 class StoreReader:
     """Read-only view of a store, as it was when opened (the writer replaces the file, never edits it).
 
@@ -1256,6 +1264,16 @@ class StoreReader:
         chosen = self._select_one(probe, layer)
         return [] if chosen is None else [row["step"] for row in self._rows[chosen]]
 
+    def _missing_step(self, step: object, listed: Sequence[int], scope: str = "") -> StoreError:
+        """A step the store does not hold (of the series `scope` names), or no step at all: a str read from a CSV
+        cell (`"50"`), which `step 50 is not in ...` beside a list holding 50 would leave a puzzle."""
+        got = f"{counted(len(listed), 'step')}: {first_few(listed, 10)}"
+        fix = "pick one of them (every one: `run.steps()` in Python, `fdl report` in the shell)"
+        if _not_a_step(step):
+            return StoreError(f"step {step!r} is a {type(step).__name__}, not a step: steps are integers, as "
+                              f"{self._path} stores them", got=got, fix=f"pass it as an int (int(step)); {fix}")
+        return StoreError(f"step {step} is not in {self._path}{scope}", got=got, fix=fix)
+
     def _chosen_step(self, step: int, probe: str | None, layer: str | None, caller: str) -> Series:
         """The one selected series, checked to hold `step` (a set lookup: reading every step's arrays
         of a 1000-checkpoint store must not scan the step list each time)."""
@@ -1265,14 +1283,9 @@ class StoreReader:
         steps = self._step_sets.get(chosen)
         if steps is None:
             steps = self._step_sets[chosen] = frozenset(row["step"] for row in self._rows[chosen])
-        if step not in steps:
-            listed = [row["step"] for row in self._rows[chosen]]
-            shown = first_few(listed, 10)
-            raise StoreError(
-                f"step {step} is not in {self._path} for {chosen[0]}/{chosen[1]}",
-                got=f"{len(listed)} steps: {shown}",
-                fix="pick one of the steps listed by `fdl report`",
-            )
+        if _not_a_step(step) or step not in steps:
+            raise self._missing_step(step, [row["step"] for row in self._rows[chosen]],
+                                     f" for {chosen[0]}/{chosen[1]}")
         if self._file is None:
             raise ValueError(f"StoreReader.{caller}() called after close()")
         return chosen
@@ -1326,8 +1339,8 @@ class StoreReader:
     def entry(self, step: int) -> CheckpointEntry:
         """One complete checkpoint as the CheckpointEntry that was written (each of its series)."""
         rows = [(key, row) for key in self.series() for row in self._rows[key] if row["step"] == step]
-        if not rows:
-            raise StoreError(f"step {step} is not in {self._path}", fix="pick one of the steps listed by `fdl report`")
+        if _not_a_step(step) or not rows:
+            raise self._missing_step(step, self.checkpoint_steps())
         series = tuple(self.arrays(step, probe=probe, layer=layer) for (probe, layer), _ in rows)
         return CheckpointEntry(
             step=step, path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series,
@@ -1339,8 +1352,8 @@ class StoreReader:
         recorded (stored before fdl kept a history, or by an fdl that did not record it)."""
         if self._file is None:
             raise ValueError("StoreReader.computed_by() called after close()")
-        if step not in self._group_names:
-            raise StoreError(f"step {step} is not in {self._path}", fix="pick one of the steps listed by `fdl report`")
+        if _not_a_step(step) or step not in self._group_names:
+            raise self._missing_step(step, self.checkpoint_steps())
         return self._history_index(self._group_names[step])
 
     def computed_by_row(self, step: int) -> str:
