@@ -86,6 +86,25 @@ def test_two_folders_with_same_named_modules_each_get_their_own(tmp_path: Path, 
         assert net_b(x).tolist() == [[8.0] * 5]
 
 
+@pytest.mark.usefixtures("_clean_imports")
+def test_two_folders_with_same_named_packages_each_get_their_own_submodules(tmp_path: Path) -> None:
+    """The same with a package s26f_pkg in each folder, whose submodules import each other relatively and which the
+    factory imports lazily three ways (`from pkg import sub`, `from pkg.inner import W`, `import pkg.sub as s`)."""
+    factories = []
+    for name, width in (("a", 3), ("b", 5)):
+        package = tmp_path / name / "s26f_pkg"
+        (package / "sub").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "inner.py").write_text(f"W = {width}\n")
+        (package / "sub" / "__init__.py").write_text("from .. import inner\nW = inner.W\n")
+        (tmp_path / name / "model.py").write_text(
+            "def build():\n    from s26f_pkg import sub\n    from s26f_pkg.inner import W\n"
+            "    import s26f_pkg.sub as s\n    return (sub.W, W, s.W)\n")
+        factories.append(resolve_model_factory(f"{tmp_path / name / 'model.py'}:build"))
+    a, b = factories
+    assert [a(), b(), a(), b()] == [(3, 3, 3), (5, 5, 5), (3, 3, 3), (5, 5, 5)]
+
+
 def _both_ways(tmp_path: Path) -> tuple[Path, Path]:
     """A folder whose model.py imports s26f_helper lazily in its factory: a .pyc of no source (compiled code)."""
     run = tmp_path / "run"
@@ -185,16 +204,16 @@ def test_two_analyses_in_one_process_store_what_two_processes_store(tmp_path: Pa
 
     runs = [_scaled_run(tmp_path / "a", 1.0), _scaled_run(tmp_path / "b", 3.0)]
     apart = [tmp_path / "apart_a.h5", tmp_path / "apart_b.h5"]
-    for run, out in zip(runs, apart):
+    for run, out in zip(runs, apart, strict=True):
         code = ("import sys; from pathlib import Path; from fdl_cli.pipeline import AnalyzeOptions, run_analyze; "
                 "run_analyze(AnalyzeOptions(sources=(sys.argv[1],), out=Path(sys.argv[2]), device='cpu'))")
         done = subprocess.run([sys.executable, "-c", code, str(run), str(out)], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
         assert done.returncode == 0, done.stderr
     together = [tmp_path / "together_a.h5", tmp_path / "together_b.h5"]
-    for run, out in zip(runs, together):
+    for run, out in zip(runs, together, strict=True):
         run_analyze(AnalyzeOptions(sources=(str(run),), out=out, device="cpu"))
-    for alone, joint in zip(apart, together):
+    for alone, joint in zip(apart, together, strict=True):
         first, second = _store_arrays(alone), _store_arrays(joint)
         assert sorted(first) == sorted(second)
         assert first, "no arrays stored"
