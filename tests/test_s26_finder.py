@@ -8,7 +8,6 @@ import os
 import py_compile
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -17,6 +16,7 @@ import pytest
 
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
 from tests.test_s23_sec2 import _linear_run
+from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 
 _LAZY_MODEL = """\
 from torch import nn
@@ -40,17 +40,6 @@ class Net(nn.Module):
 def build():
     return Net()
 """
-
-
-@pytest.fixture
-def _clean_imports() -> Iterator[None]:
-    """sys.meta_path and the modules the test imported as they were."""
-    meta_path, modules = list(sys.meta_path), set(sys.modules)
-    yield
-    sys.meta_path[:] = meta_path
-    for name in set(sys.modules) - modules:
-        if name.startswith(("s26f_", "fdl_user_model_")):
-            del sys.modules[name]
 
 
 def _folder(place: Path, width: int, scale: float) -> Path:
