@@ -7,6 +7,7 @@ pickle opcodes (which never executes them) and ``torch.load(weights_only=True, m
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import contextvars
@@ -3209,11 +3210,11 @@ def resolve_model_factory(
         module_name = "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
         manifest = None if named_by is None else str(named_by)
         # `from layers import Block` beside it, as python runs it
-        _serve_folder(file.resolve().parent, first=True, manifest=manifest)
+        load = _serve_folder(file.resolve().parent, first=True, manifest=manifest)
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is not None:
-                spec_obj = _from_source(spec_obj, None, manifest)
+                spec_obj = _from_source(spec_obj, None, load)
             if spec_obj is None or spec_obj.loader is None:
                 raise ImportError(f"cannot import {file}")
             module = importlib.util.module_from_spec(spec_obj)
@@ -3331,6 +3332,9 @@ def _importer_file() -> str:
     frame: types.FrameType | None = sys._getframe(2)  # noqa: SLF001 - the caller of the finder's find_spec, and on
     while frame is not None:
         name = frame.f_code.co_filename
+        if frame.f_code is _HOOK_CODE:  # the import statement's own frame is the one above
+            frame = frame.f_back
+            continue
         if not name.startswith("<frozen ") and frame.f_globals.get("__name__", "").partition(".")[0] != "importlib":
             traced = _traced_file(frame)
             if traced is not None:
@@ -3391,6 +3395,100 @@ _SERVED: dict[str, str] = {}
 _UNCHECKED: set[str] = set()
 
 
+#: the load whose model code's import statement is being run (`_Load.import_`): the finders of its folder serve
+#: under its rules only, whatever other load of that folder sys.meta_path holds ahead of it
+_IMPORTING: contextvars.ContextVar[_Load | None] = contextvars.ContextVar("_IMPORTING", default=None)
+#: each top-level name a load's module of that name was imported under, and the load whose modules of that name
+#: sys.modules holds now (`_Load.take_in`)
+_OWNERS: dict[str, _Load] = {}
+
+
+class _Load:
+    """A model folder loaded under one set of rules (`manifest`: an fdl.toml's model, which refuses compiled code
+    there; None: --model's, which takes it), and the modules of the folder its code imported. Python keeps one
+    module per name for the whole process (sys.modules): in the Python API, a model loaded from folder a and then
+    one from folder b, each importing its `layers` in the factory or forward pass (or one folder loaded both ways),
+    got whichever load imported that name last, a network of the other's shape, or code under the other's rules.
+    The folder's code runs with builtins of its own whose `__import__` (`import_`) puts this load's modules of the
+    name back in sys.modules first, and has only this load's finder serve the rest (`_IMPORTING`); with one load
+    per process (the CLI) nothing is ever swapped."""
+
+    def __init__(self, folder: str, manifest: str | None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.modules: dict[str, types.ModuleType] = {}
+        self.builtins = {**vars(builtins), "__import__": self.import_}
+
+    def holds(self, importer: str) -> bool:
+        """The code of the file `importer` is the folder's, which gets its modules: in it or a sub-folder, as spelled
+        too (a module beside an fdl.toml that links to shared code imports its neighbours there)."""
+        return bool(importer) and any(place.startswith(self.folder + os.sep)
+                                      for place in (os.path.abspath(importer), os.path.realpath(importer)))
+
+    def adopt(self, name: str, module: types.ModuleType) -> None:
+        self.modules[name] = module
+        _OWNERS[name.partition(".")[0]] = self
+
+    def take_in(self, top: str) -> None:
+        """sys.modules holding this load's modules named `top` (and its submodules), not another load's."""
+        owner = _OWNERS.get(top)
+        if owner is None or owner is self:
+            return
+        family = top + "."
+        for name, module in owner.modules.items():
+            if (name == top or name.startswith(family)) and sys.modules.get(name) is module:
+                del sys.modules[name]
+        for name, module in self.modules.items():
+            if name == top or name.startswith(family):
+                sys.modules.setdefault(name, module)
+        _OWNERS[top] = self
+        _SERVED[top] = self.folder
+
+    def import_(self, name: str, globals: Mapping[str, Any] | None = None, locals: Any = None,  # noqa: A002
+                fromlist: Sequence[str] | None = (), level: int = 0) -> types.ModuleType:
+        """An import statement of this load's code: as Python's, of this load's modules."""
+        absolute = name
+        if level:
+            package = (globals or {}).get("__package__") or ""
+            try:
+                absolute = importlib.util.resolve_name("." * level + name, package)
+            except (ImportError, ValueError):
+                absolute = ""  # Python's own import says why
+        top = absolute.partition(".")[0]
+        if top:
+            self.take_in(top)
+        token = _IMPORTING.set(self)
+        try:
+            return builtins.__import__(name, globals, locals, fromlist or (), level)  # type: ignore[no-any-return]
+        finally:
+            _IMPORTING.reset(token)
+            if top:
+                self._note(absolute, fromlist or ())
+
+    def _note(self, absolute: str, fromlist: Sequence[str]) -> None:
+        """Adopt what the import got of the folder that no `_SourceLoader` of this load ran: compiled code (--model's),
+        a namespace package."""
+        parts = absolute.split(".")
+        names = [".".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+        for name in [*names, *(f"{absolute}.{sub}" for sub in fromlist if sub != "*")]:
+            module = sys.modules.get(name)
+            if (module is None or self.modules.get(name) is module
+                    or isinstance(getattr(getattr(module, "__spec__", None), "loader", None), _SourceLoader)):
+                continue
+            if any(self.holds(place) for place in _module_homes(module)):
+                self.adopt(name, module)
+
+
+#: the code of the loads' import hook, whose frame is no importer's (`_importer_file`, `shadowing_fix`)
+_HOOK_CODE = _Load.import_.__code__
+#: each folder and set of rules loaded (`_Load`)
+_LOADS: dict[tuple[str, str | None], _Load] = {}
+
+
+def _load_of(folder: str, manifest: str | None) -> _Load:
+    return _LOADS.setdefault((folder, manifest), _Load(folder, manifest))
+
+
 class _FolderModules(importlib.abc.MetaPathFinder):
     """The top-level modules of a model's folder, for the code of that folder only (the model file, its neighbours,
     and what they import lazily in the factory or the forward pass), as `python model.py` finds them; and `named`,
@@ -3407,6 +3505,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         self.named = named
         self.namespaces = namespaces
         self.manifest = manifest
+        self.load = _load_of(self.folder, manifest)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _FolderModules) and vars(self) == vars(other)
@@ -3415,14 +3514,14 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         return hash((self.folder, self.named, self.namespaces))
 
     def holds(self, importer: str) -> bool:
-        """The code of the file `importer` is the folder's, which gets its modules: in it or a sub-folder, as spelled
-        too (a module beside an fdl.toml that links to shared code imports its neighbours there)."""
-        return bool(importer) and any(place.startswith(self.folder + os.sep)
-                                      for place in (os.path.abspath(importer), os.path.realpath(importer)))
+        return self.load.holds(importer)
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
+        importing = _IMPORTING.get()
+        if importing is not None and importing.folder == self.folder and importing is not self.load:
+            return None  # the import of another load of this folder, which has a finder of its own
         if fullname != self.named and not _TRUSTED_UNPICKLING.get() and not self.holds(_importer_file()):
             return None
         try:
@@ -3434,7 +3533,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         # last: the installed metadata is read (~0.1 s, once) only when the folder does hold a module of that name
         if fullname in _protected_modules():
             return None
-        found = _from_source(found, fullname, self.manifest)
+        found = _from_source(found, fullname, self.load)
         _SERVED[fullname] = self.folder
         (_UNCHECKED.add if self.manifest is None else _UNCHECKED.discard)(fullname)
         return found
@@ -3446,9 +3545,15 @@ class _FolderSubmodules(importlib.abc.MetaPathFinder):
     (`_from_source`). Ahead of Python's finder, for any package `_SERVED`."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        folder = _SERVED.get(fullname.partition(".")[0]) if path is not None else None
-        server = next((finder for finder in sys.meta_path if isinstance(finder, _FolderModules)
-                       and finder.folder == folder), None)
+        if path is None:
+            return None
+        importing = _IMPORTING.get()
+        if importing is not None and any(importing.holds(entry) for entry in path):
+            server: _Load | None = importing  # its package, whichever load served that name last
+        else:
+            folder = _SERVED.get(fullname.partition(".")[0])
+            server = next((finder.load for finder in sys.meta_path if isinstance(finder, _FolderModules)
+                           and finder.folder == folder), None)
         if server is None:
             return None
         for entry in list(path):
@@ -3462,7 +3567,7 @@ class _FolderSubmodules(importlib.abc.MetaPathFinder):
                     return found
                 if server.manifest is None:  # --model's: its package is imported afresh for an fdl.toml's model
                     _UNCHECKED.add(fullname.partition(".")[0])
-                return _from_source(found, fullname, server.manifest)
+                return _from_source(found, fullname, server)
         return None  # none, or only namespace portions: Python's finder joins them
 
 
@@ -3479,22 +3584,33 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
     what that source compiles to: one of `invalidation_mode=UNCHECKED_HASH` is never compared with it, and the
     source's time and size it records come with a downloaded folder), nor written there."""
 
+    def __init__(self, fullname: str, path: str, load: _Load) -> None:
+        super().__init__(fullname, path)
+        self.load = load
+
     def get_code(self, fullname: str) -> types.CodeType:
         return self.source_to_code(self.get_data(self.path), self.path)
 
+    def exec_module(self, module: types.ModuleType) -> None:
+        """The module run with its load's builtins, whose import statements get that load's modules (`_Load`)."""
+        module.__dict__["__builtins__"] = self.load.builtins
+        super().exec_module(module)
+        self.load.adopt(module.__name__, module)
+
 
 def _from_source(found: importlib.machinery.ModuleSpec, name: str | None,
-                 manifest: str | None) -> importlib.machinery.ModuleSpec:
+                 load: _Load) -> importlib.machinery.ModuleSpec:
     """`found`, the spec of a module of a model's folder (None `name`: the model file itself), compiled from its
     source (`_SourceLoader`). Compiled code in its place (an extension module, which Python takes before the .py
-    beside it; a .pyc of no .py) is the user's own under --model, as Python imports it; for the model of the fdl.toml
-    `manifest`, it is refused: what runs would be no code anyone can read."""
+    beside it; a .pyc of no .py) is the user's own under --model, as Python imports it; for the model of an fdl.toml
+    (`load`'s manifest), it is refused: what runs would be no code anyone can read."""
     loader = found.loader
     if found.origin in (None, "namespace") or isinstance(loader, _SourceLoader):
         return found
     if isinstance(loader, importlib.machinery.SourceFileLoader):
-        found.loader = _SourceLoader(loader.name, loader.path)
+        found.loader = _SourceLoader(loader.name, loader.path, load)
         return found
+    manifest = load.manifest
     if manifest is None:
         return found
     file = Path(str(found.origin))
@@ -3549,14 +3665,15 @@ def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
                 del sys.modules[loaded]
 
 
-def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None) -> None:
+def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None) -> _Load:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
 
     first: ahead of installed modules, as Python puts a script's own folder (a model file's neighbours win, as
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins). manifest: the fdl.toml whose
-    model the folder's code is, for which compiled code there is refused (`_from_source`)."""
+    model the folder's code is, for which compiled code there is refused (`_from_source`). Returns the `_Load` whose
+    rules and modules the folder's code gets."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
@@ -3569,6 +3686,7 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     namespaces = _FolderModules(folder, named=named, namespaces=True, manifest=manifest)
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
+    return regular.load
 
 
 def _folder_entry(place: Path) -> str:
@@ -3598,7 +3716,7 @@ def shadowing_fix(exc: BaseException) -> str | None:
     importer = ""  # the last code of a file to run: the import's (importlib's frames are "<frozen ...>")
     trace = exc.__traceback__
     while trace is not None:
-        if os.path.isabs(trace.tb_frame.f_code.co_filename):
+        if os.path.isabs(trace.tb_frame.f_code.co_filename) and trace.tb_frame.f_code is not _HOOK_CODE:
             importer = trace.tb_frame.f_code.co_filename
         trace = trace.tb_next
     for finder in sys.meta_path:

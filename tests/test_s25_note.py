@@ -126,7 +126,7 @@ def _clean_imports() -> Iterator[None]:
     yield
     sys.meta_path[:] = meta_path
     for name in set(sys.modules) - modules:
-        if name.startswith(("s25n_", "fdl_user_model_")):
+        if name.startswith(("s25n_", "s26f_", "fdl_user_model_")):
             del sys.modules[name]
 
 
