@@ -131,6 +131,52 @@ def held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+class Deferred:
+    """The SIGINT or SIGTERM that `deferred` kept back, if one came; `deliver` raises it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.handlers: dict[int, Any] = {}  # signum -> the Python handler `deferred` replaced
+
+    def record(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def deliver(self) -> None:
+        """Run the replaced handler of the signal that came (fdl's raises its KeyboardInterrupt), once."""
+        signum, self.signum = self.signum, None
+        if signum is not None:
+            self.handlers[signum](signum, None)
+
+
+@contextmanager
+def deferred() -> Iterator[Deferred]:
+    """Keep SIGINT and SIGTERM from raising for the duration, in the main thread: a signal that comes is
+    recorded, and its handler runs when the caller `deliver`s it at a safe point, or on the way out.
+
+    For a store's commit in the main thread (`StoreWriter.flush`, `close`): HDF5 writes the copy by calling
+    Python (`store._GuardedFile`), and a KeyboardInterrupt raised there failed HDF5's write, which printed
+    "SystemError ... returned a result with an exception set" tracebacks and ended the process by a
+    segmentation fault, the copy and the lock file left behind. Only Python handlers are replaced (a
+    signal left at its default still ends the process); the mask is not used, since a signal blocked in
+    the main thread is taken by another thread and its Python handler still runs in the main thread."""
+    held_back = Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield held_back
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            held_back.handlers[signum] = handler
+            signal.signal(signum, held_back.record)
+    try:
+        yield held_back
+    finally:
+        for taken, handler in held_back.handlers.items():
+            signal.signal(taken, handler)
+        held_back.deliver()
+
+
 #: Said at the first Ctrl-C during `import torch`, which cannot stop it there and then (see `_ImportWatch`).
 IMPORT_NOTE = "Ctrl-C: fdl stops once torch has loaded; press Ctrl-C again to stop now"
 

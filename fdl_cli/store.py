@@ -71,7 +71,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from fdl_cli import __version__
+from fdl_cli import __version__, signals
 from fdl_cli.errors import StoreError, StoreLockedError, counted, first_few, no_room
 from fdl_cli.fields import (
     ADDED_FIELDS,
@@ -1831,8 +1831,9 @@ class _GuardedFile:
     the store on disk is as it was. After a refusal only what HDF5 writes before the commit stops (the rest of
     one checkpoint, and the metadata its close writes) is held in memory; before one, nothing is."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, interrupted: Callable[[], None] = lambda: None) -> None:
         self._fd = fd
+        self._interrupted = interrupted  # raises a Ctrl-C or SIGTERM held back meanwhile (`signals.deferred`)
         self._position = 0
         self._size = os.fstat(fd).st_size  # as HDF5 sees it: the disk's, or past it by what `_kept` holds
         self._kept: list[tuple[int, bytes]] = []  # (offset, bytes) written after a refusal, in order
@@ -1896,9 +1897,11 @@ class _GuardedFile:
         """Nothing to do: every write went to the system at once (`_execute` fsyncs the file)."""
 
     def check(self) -> None:
-        """Raise the refusal of a write, if one came: the commit stops at its next step."""
+        """Raise the refusal of a write, or a Ctrl-C or SIGTERM held back, if one came: the commit stops at its
+        next step."""
         if self.error is not None:
             raise self.error
+        self._interrupted()
 
 
 
@@ -2752,8 +2755,10 @@ class StoreWriter:
         """Write a plan copy-on-write; runs in any thread and touches none of the writer's state.
 
         HDF5 writes the copy through a `_GuardedFile`, so a write the system refuses stops the commit at its
-        next step, HDF5 closing the copy as usual. On failure the store on disk is unchanged and the tmp copy
-        removed; an OSError (the system's, or the refused write's) is raised as a StoreError.
+        next step, HDF5 closing the copy as usual; so does a Ctrl-C or SIGTERM in the main thread, held back while
+        HDF5 runs (`signals.deferred`: raised inside the guard, it failed HDF5's write). On failure the store on
+        disk is unchanged and the tmp copy removed; an OSError (the system's, or the refused write's) is raised
+        as a StoreError, a Ctrl-C as itself.
         """
         tmp = self._tmp_path(os.getpid())
         self._check_room(plan)
@@ -2767,13 +2772,14 @@ class StoreWriter:
             if plan.fresh:
                 with contextlib.suppress(OSError):  # --overwrite: the store it replaces keeps its mode
                     shutil.copymode(self._path, tmp)
-            guard = _GuardedFile(fd)
-            with h5py.File(guard, "w" if plan.fresh else "r+", libver=_LIBVER) as store:
-                if plan.fresh:
-                    self._create(store)
-                self._write_plan(store, plan, guard)
-                store.flush()
-            guard.check()
+            with signals.deferred() as interrupts:  # no KeyboardInterrupt inside HDF5's calls of the guard
+                guard = _GuardedFile(fd, interrupts.deliver)
+                with h5py.File(guard, "w" if plan.fresh else "r+", libver=_LIBVER) as store:
+                    if plan.fresh:
+                        self._create(store)
+                    self._write_plan(store, plan, guard)
+                    store.flush()
+                guard.check()
             os.close(fd)
             fd = None
             _fsync_path(tmp)
@@ -2786,7 +2792,7 @@ class StoreWriter:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             refused = guard.error if guard is not None and guard.error is not None else exc
-            if isinstance(refused, OSError):
+            if isinstance(refused, OSError) and isinstance(exc, Exception):  # a Ctrl-C stays one
                 raise _write_error(self._path, tmp, refused, fresh=plan.fresh) from None
             raise
 
