@@ -724,15 +724,20 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
     def make_hook(spec: LayerSpec, padded: Callable[[str, str, Any], Any]) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             value = first_input(module, args, kwargs) if spec.use_input else output
+            if spec.use_input and value is None:
+                raise ModelError(
+                    f"layer {spec.label!r} has no tensor input to take features from",
+                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs) or 'none'}), "
+                    "none of them its forward's first parameter",
+                    fix="take the output of the module that makes the input instead (see `fdl inspect CHECKPOINT`)",
+                )
             if isinstance(value, (tuple, list)) and value:
                 value = value[0]
             if not isinstance(value, torch.Tensor):
                 what = "input" if spec.use_input else "output"
                 raise ModelError(
                     f"layer {spec.label!r} has no tensor {what} to take features from",
-                    got=f"its {what} is a {type(value).__name__}" if value is not None or not spec.use_input else
-                    f"it was called with the keyword arguments {', '.join(sorted(kwargs)) or '(none)'} alone, "
-                    "none of them its forward's first parameter",
+                    got=f"its {what} is a {type(value).__name__}",
                     fix="pick a module that outputs a tensor (see `fdl inspect CHECKPOINT`), "
                     "or NAME:input for the tensor it receives",
                 )

@@ -93,6 +93,24 @@ class Keywords(nn.Module):
 
 def keywords():
     return Keywords()
+
+
+class Other(nn.Module):
+    def forward(self, hidden_states=None, extra=None):
+        return extra * 2
+
+
+class Unnamed(Keywords):
+    def __init__(self):
+        super().__init__()
+        self.other = Other()
+
+    def forward(self, x):
+        return self.head(self.other(extra=self.inp(x)))
+
+
+def unnamed():
+    return Unnamed()
 '''
 
 
@@ -147,6 +165,11 @@ def test_the_input_of_a_module_called_by_keyword_is_its_input(tmp_path: Path, ca
     d_lr = {layer: [record["d_lr"] for record in records] for layer, records in taken.items()}
     assert d_lr["block:input"] == d_lr["inp"]
     assert d_lr["block:input"] != d_lr["block"]
+    # called without its first parameter (`other(extra=h)`): no input to tell, refused naming the keywords
+    code, _, err = fdl(capsys, "analyze", folder, "--model", f"{model}:unnamed", "--probe", probe, "--layer", "other:input",
+                       "--out", tmp_path / "other.h5")
+    assert code == 1 and "Traceback" not in err
+    assert "layer 'other:input' has no tensor input" in err and "called with keyword arguments alone (extra)" in err
 
 
 # ------------------------------------------------------------------ layers inside a masked nn.TransformerEncoder
