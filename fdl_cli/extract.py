@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from inspect import signature
 from typing import Any
 
 import numpy as np
@@ -266,7 +268,8 @@ def linear_calls(model: nn.Module) -> Iterator[LinearCalls]:
 
             handles.append(module.register_forward_hook(hook))
     try:
-        yield calls
+        with quiet_nested_tensors():
+            yield calls
     finally:
         for handle in handles:
             handle.remove()
@@ -661,6 +664,71 @@ class ProgramModel(nn.Module):
         return output
 
 
+def first_input(module: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """What `NAME:input` takes of a call of `module`: its first positional argument, else its forward's first
+    parameter given by name (`block(hidden_states=h)`, as Hugging Face models call their layers); None when
+    the call holds neither."""
+    if args:
+        return args[0]
+    try:
+        first = next(iter(signature(module.forward).parameters.values()))
+    except (StopIteration, TypeError, ValueError):  # no parameter, or a forward without a signature
+        return None
+    return kwargs.get(first.name) if first.kind in (first.POSITIONAL_OR_KEYWORD, first.KEYWORD_ONLY) else None
+
+
+@contextmanager
+def quiet_nested_tensors() -> Iterator[None]:
+    """The block without torch's warning that its nested tensors are a prototype, which an nn.TransformerEncoder
+    given a padding mask gives in eval mode (its fast path): torch's word on itself, not on the model, printed
+    amid fdl's progress. Around every forward pass fdl runs (`padded_sequences`, `linear_calls`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        yield
+
+
+@contextmanager
+def padded_sequences(model: nn.Module) -> Iterator[Callable[[str, str, Any], Any]]:
+    """A function (layer label, module name, value) -> the value, a nested tensor padded back to a tensor.
+
+    An nn.TransformerEncoder given a padding mask in eval mode packs its batch into a nested tensor (torch's
+    fast path: sequences of several lengths) and pads its own output back to the input's length; the outputs
+    of the layers inside it are nested. Such an output is padded, with zeros, to the length of the sequences
+    the encoder around it received, as the encoder pads its own: the layer's features are (b, T·d), every
+    position's, as without a mask. A nested tensor outside such an encoder is an error naming the layer."""
+    lengths: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoder):
+            def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name) -> None:
+                source = args[0] if args else kwargs.get("src")
+                if isinstance(source, torch.Tensor) and not source.is_nested and source.dim() == 3:
+                    lengths[name] = int(source.shape[1])  # batch first: the only layout torch nests
+
+            handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
+
+    def padded(label: str, module: str, value: Any) -> Any:
+        if not (isinstance(value, torch.Tensor) and value.is_nested):
+            return value
+        around = [name for name in lengths if not name or module.startswith(name + ".")]
+        if not around:
+            raise ModelError(
+                f"layer {label!r} gives a nested tensor (sequences of several lengths), which has no one number "
+                "of features a sample",
+                fix="hook a module whose output is a padded tensor (see `fdl inspect CHECKPOINT --probe FILE`)",
+            )
+        dense = value.to_padded_tensor(0.0)
+        missing = lengths[max(around, key=len)] - int(dense.shape[1])
+        return nn.functional.pad(dense, (0, 0) * (dense.dim() - 2) + (0, missing)) if missing > 0 else dense
+
+    try:
+        with quiet_nested_tensors():
+            yield padded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, torch.Tensor]]:
     """Capture each layer's features (flattened to (b, p)) of the next forward pass."""
@@ -668,9 +736,16 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
     modules = dict(model.named_modules())
     handles = []
 
-    def make_hook(spec: LayerSpec) -> Callable[..., None]:
-        def hook(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            value = inputs[0] if spec.use_input and inputs else output
+    def make_hook(spec: LayerSpec, padded: Callable[[str, str, Any], Any]) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            value = first_input(module, args, kwargs) if spec.use_input else output
+            if spec.use_input and value is None:
+                raise ModelError(
+                    f"layer {spec.label!r} has no tensor input to take features from",
+                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs) or 'none'}), "
+                    "none of them its forward's first parameter",
+                    fix="take the output of the module that makes the input instead (see `fdl inspect CHECKPOINT`)",
+                )
             if isinstance(value, (tuple, list)) and value:
                 value = value[0]
             if not isinstance(value, torch.Tensor):
@@ -681,17 +756,19 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
                     fix="pick a module that outputs a tensor (see `fdl inspect CHECKPOINT`), "
                     "or NAME:input for the tensor it receives",
                 )
+            value = padded(spec.label, spec.module, value)
             captured[spec.label] = value.reshape(value.shape[0], -1)
 
         return hook
 
-    for spec in layers:
-        handles.append(modules[spec.module].register_forward_hook(make_hook(spec)))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    with padded_sequences(model) as padded:
+        for spec in layers:
+            handles.append(modules[spec.module].register_forward_hook(make_hook(spec, padded), with_kwargs=True))
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def ieee_float32() -> None:
@@ -843,6 +920,15 @@ def forward_one_shapes(
     missing = [spec for spec in layers if spec.label not in captured]
     if missing:
         raise _not_called(missing, modules, parents_ran)
+    for label, value in captured.items():
+        if int(value.shape[0]) != int(outputs.shape[0]):
+            raise ModelError(
+                f"layer {label!r} gives {int(value.shape[0])} rows of features for {int(outputs.shape[0])} sample: "
+                "its output has no batch dimension first (a table of positions, shared by every sample, or a "
+                "reshape that merged the samples with their positions)",
+                fix="hook a module whose output's first dimension is the batch (`fdl inspect CHECKPOINT --probe "
+                "FILE` lists the output shapes of one sample, [1, ...])",
+            )
     return {label: int(value.shape[1]) for label, value in captured.items()}, int(outputs.shape[1]), shape
 
 

@@ -51,6 +51,7 @@ def inspect_checkpoint(
         default_layer_by_registration,
         model_outputs,
         not_the_head,
+        padded_sequences,
         parent_to_take,
         prepare_model,
     )
@@ -108,12 +109,19 @@ def inspect_checkpoint(
     shapes: dict[str, Any] = {}
     linears_run = LinearCalls()  # the nn.Linear calls in the order they finished, as analyze sees them
     handles = []
+    sequences = padded_sequences(model)  # a layer inside a masked nn.TransformerEncoder: its padded output
+    padded = sequences.__enter__()
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear)
 
         def hook(_m: Any, inputs: Any, output: Any, name: str = name, linear: bool = is_linear) -> None:
             value = output[0] if isinstance(output, (tuple, list)) else output
-            shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
+            try:
+                value = padded(name, name, value)
+            except ModelError:  # a nested tensor outside an encoder: no shape analyze could take
+                shapes[name] = "nested tensor"
+            else:
+                shapes[name] = list(value.shape) if hasattr(value, "shape") else type(value).__name__
             if linear:
                 linears_run.add(name, inputs, output)
 
@@ -173,6 +181,7 @@ def inspect_checkpoint(
     finally:
         for handle in handles:
             handle.remove()
+        sequences.__exit__(None, None, None)
     default_module: str | None = None
     if program:
         default_module = LAST_LINEAR_OP
@@ -425,6 +434,10 @@ def _needs_probe(sample: Any, exc: BaseException) -> str:
     needed ("" otherwise: the model's error alone)."""
     if sample is None:
         return ""
+    from fdl_cli.probes import MORE_INPUTS, more_inputs
+
+    if more_inputs(str(exc)):
+        return f"; {MORE_INPUTS}"
     if not sample.is_floating_point():
         return ("; the shape of the model's input cannot be told from its modules (a sequence length of its "
                 "own?): pass --probe FILE (its first input is run)")

@@ -142,7 +142,7 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
     token_ids = token_id_hint(np.asarray(probe.x[:1]), error, tables)
     if token_ids is not None:
         hints.append(token_ids)
-    if x_dtype.kind in "iu" and any(w in text for w in ("dtype", " type", "long")):
+    if x_dtype.kind in "iu" and re.search(r"dtype|\btype\b|long", text):  # a type error: "typeerror" is none
         stored = probe.stored_dtype or str(x_dtype)
         hints.append(
             f"x holds integers ({stored}), which fdl passes on as int64 token ids; a model of images or features "
@@ -160,13 +160,18 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
         hints.append(f"x has shape {shape}, flat vectors, but the model convolves images: x.reshape(N, C, H, W)")
     elif len(shape) > 2 and "mat1 and mat2 shapes" in text:
         hints.append(f"x has shape {shape}, but the model's first layer takes vectors: x = x.reshape(len(x), -1)")
-    if "forward() missing" in text and ("required positional argument" in text or "required keyword-only" in text):
-        hints.append(f"the model's forward takes more inputs than x, but fdl calls it with the probe's x alone, "
-                     f"forward(x): {SEVERAL_INPUTS}")
+    if more_inputs(text):
+        hints.append(MORE_INPUTS)
     elif "invalid data type 'str'" in text:  # torch's words for tensor["name"]: a forward that takes a dict
         hints.append(f"the model's forward reads its input by name (a dict of inputs?), but fdl calls it with the "
                      f"probe's x alone, one tensor: {SEVERAL_INPUTS}")
     return "; ".join([FIT_FIX, *hints])
+
+
+def more_inputs(error: str) -> bool:
+    """Whether the model's forward refused a call with x alone for want of its other inputs (`forward(ids, mask)`)."""
+    text = error.lower()
+    return "forward() missing" in text and ("required positional argument" in text or "required keyword-only" in text)
 
 
 #: how to analyse a model of several inputs (forward(x, mask), a dict): fdl gives forward the probe's x alone
@@ -176,6 +181,11 @@ SEVERAL_INPUTS = (
     "x = np.stack([ids, mask], 1), and forward(x) returning self.module(x[:, 0], x[:, 1])); a wrapper that holds "
     "the network as `module` loads the checkpoints' keys as they are (docs/usage.md, Probe)"
 )
+
+
+#: why a model of several inputs fails: `fit_fix`'s hint, and `fdl inspect`'s of its random input
+MORE_INPUTS = ("the model's forward takes more inputs than x, but fdl calls it with the probe's x alone, forward(x): "
+               + SEVERAL_INPUTS)
 
 
 def is_named_probe(spec: str) -> bool:
