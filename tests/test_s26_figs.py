@@ -44,21 +44,21 @@ def classification_store(path: Path, steps: tuple[int, ...] = (0, 100, 200)) -> 
 
 
 def _counted(monkeypatch: pytest.MonkeyPatch) -> tuple[collections.Counter[int], collections.Counter[int]]:
-    draws: collections.Counter[int] = collections.Counter()
-    layouts: collections.Counter[int] = collections.Counter()
-    draw, execute = Figure.draw, ConstrainedLayoutEngine.execute
+    """Counters, by figure id, of Figure.draw and of the constrained layout engine's execute (patched)."""
+    counters: list[collections.Counter[int]] = []
+    for owner, name, figure_of in ((Figure, "draw", lambda own, _arg: own),
+                                   (ConstrainedLayoutEngine, "execute", lambda _own, arg: arg)):
+        counter: collections.Counter[int] = collections.Counter()
+        original = getattr(owner, name)
 
-    def counted_draw(self: Figure, renderer: Any) -> None:
-        draws[id(self)] += 1
-        draw(self, renderer)
+        def counted(own: Any, arg: Any, original: Any = original, counter: Any = counter,
+                    figure_of: Any = figure_of) -> Any:
+            counter[id(figure_of(own, arg))] += 1
+            return original(own, arg)
 
-    def counted_execute(self: ConstrainedLayoutEngine, figure: Any) -> Any:
-        layouts[id(figure)] += 1
-        return execute(self, figure)
-
-    monkeypatch.setattr(Figure, "draw", counted_draw)
-    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", counted_execute)
-    return draws, layouts
+        monkeypatch.setattr(owner, name, counted)
+        counters.append(counter)
+    return counters[0], counters[1]
 
 
 def test_each_figure_file_is_drawn_and_laid_out_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
