@@ -503,17 +503,46 @@ def save_figure(figure: Figure, directory: Path, stem: str) -> list[Path]:
     make_folder(directory)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"
     with writing(png) as target, whole_or_untouched(target) as path:
-        figure.savefig(path, format="png", dpi=110)
+        _savefig(figure, path, format="png", dpi=110)
     with writing(svg) as target, whole_or_untouched(target) as path:
-        figure.savefig(path, format="svg", metadata=SVG_METADATA)
+        _savefig(figure, path, format="svg", metadata=SVG_METADATA)
     return [png, svg]
 
 
 def png_bytes(figure: Figure) -> bytes:
     """The figure as PNG bytes (for embedding in the HTML page)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    _savefig(figure, buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def _savefig(figure: Figure, target: Any, **options: Any) -> None:
+    """`figure.savefig(target, **options)`, the figure drawn once rather than twice. savefig draws a figure of a
+    layout engine (fdl's are constrained) once without output, the engine laying it out at the start of that draw,
+    then again into the file with the layout held. Here savefig sees no engine, so draws once, and the engine lays the
+    figure out at the start of that draw, where savefig's first draw ran it: in the file's print, at its resolution,
+    with its canvas (SVG's at 72 dpi). The files are the same, byte for byte (tests/test_s26_figs.py)."""
+    engine = figure.get_layout_engine()
+    if engine is None or not figure.axes:
+        figure.savefig(target, **options)
+        return
+
+    def draw(renderer: Any) -> None:
+        try:
+            engine.execute(figure)
+        except ValueError:  # as Figure.draw: a layout that cannot be made leaves the figure as it is
+            pass
+        Figure.draw(figure, renderer)
+
+    # a user's matplotlibrc of figure.autolayout or constrained_layout would give None an engine
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        figure.set_layout_engine(None)
+        figure.draw = draw  # type: ignore[method-assign]
+        try:
+            figure.savefig(target, **options)
+        finally:
+            del figure.draw
+            figure.set_layout_engine(engine)
 
 
 def _one_d_anchor(probe: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
