@@ -55,6 +55,7 @@ from fdl_cli.errors import (
     first_few,
     first_line,
     shown_path,
+    special_file,
     terminal_safe,
     utf8_path,
 )
@@ -939,6 +940,13 @@ def _unreachable_error(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix)
 
 
+def _special_error(path: Path, kind: str) -> CheckpointError:
+    """A checkpoint path that is a named pipe, a device or a socket (`special_file`)."""
+    return CheckpointError(f"cannot read the checkpoint {path}", got=f"it is {kind}, not a regular file",
+                           fix="replace it by the checkpoint file, or move it out of the folder (or leave it out "
+                               "with --glob)")
+
+
 def _check_reachable(path: Path) -> None:
     """CheckpointError when ``path`` cannot be reached: a dangling symbolic link or a link loop."""
     try:
@@ -981,6 +989,9 @@ def _peek_file(path: Path) -> _Peek:
     name = path.name
     if (path.suffix == ".distcp" or name == ".metadata") and _is_dcp_folder(path.parent):
         raise _dcp_error([path.parent])  # not "truncated or corrupt": one shard of a DCP folder
+    kind = special_file(path)
+    if kind is not None:  # its size is 0: skipped as an empty file, in silence; opened, a FIFO waits for ever
+        raise _special_error(path, kind)
     if path.stat().st_size == 0:
         return _Peek(None, {}, f"skipped {name}: empty file")
     with open(path, "rb") as handle:
@@ -1451,7 +1462,7 @@ def _candidates(
         if (staging := _staging_note(source)) is not None:
             notes.append(staging)
             continue
-        if source.is_file():
+        if source.is_file() or special_file(source) is not None:  # the latter refused by `_peek_file`
             yield source, False
         elif checkpoint_suffix(source) is not None and _deepspeed_states(source):
             yield source, False  # Lightning's DeepSpeed epoch=0-step=10.ckpt/: a bad checkpoint, said what it is
@@ -3199,6 +3210,12 @@ def resolve_model_factory(
                 fix=f"name the .py file in it that defines {attr or 'the factory'} "
                 f"({target.rstrip('/')}/FILE.py:{attr or 'build'})",
             )
+        special = next(((c, kind) for c in _spec_candidates(target, base_dir) if (kind := special_file(c))), None)
+        if file is None and special is not None:  # it said "file model.py not found" of a FIFO
+            raise ModelError(
+                f"{label}: {special[0]} is {special[1]}, not a Python file",
+                fix=f"replace it by the .py file that defines {attr or 'the factory'}, or give that file's path",
+            )
         if file is None:
             raise ModelError(
                 f"{label}: file {target} not found",
@@ -4292,6 +4309,10 @@ def read_manifest(folder: Path) -> Manifest | None:
     else:  # pragma: no cover
         import tomli as tomllib
     path = Path(folder) / MANIFEST_NAME
+    kind = special_file(path)
+    if kind is not None:  # ignored, its options with it; read, a FIFO waits for ever and /dev/zero never ends
+        raise CheckpointError(f"cannot read the manifest {path}", got=f"it is {kind}, not a regular file",
+                              fix="replace it by a TOML file, or remove it and give the options on the command line")
     try:
         if not path.is_file():
             return None

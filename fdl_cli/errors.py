@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import codecs
 import errno
+import os
 import re
 import resource
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,6 +122,32 @@ class ResourceError(FdlError):
 
 class NumericalError(FdlError):
     """The measures cannot be defined for these inputs (e.g. non-finite features)."""
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of `mode` (`os.stat`'s st_mode) is, in words, when it is neither a regular file nor a folder
+    ("a named pipe (FIFO)", "a character device"); None for a regular file or a folder."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL_FILES if test(mode)), "not a regular file")
+
+
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """What `path` is (through links), in words, when it exists but is neither a regular file nor a folder:
+    opened to be read, a named pipe waits for a writer that never comes, /dev/zero never ends. None for a regular
+    file, a folder, or a path that cannot be looked at (missing, a dangling link: the reader says why)."""
+    try:
+        return special_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

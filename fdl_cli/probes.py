@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import re
-import stat
 import struct
 import zipfile
 import zlib
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError, counted, first_few
+from fdl_cli.errors import ProbeError, counted, first_few, special_file
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -851,14 +850,6 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
     return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
 
 
-_SPECIAL_FILES = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
     ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``, ``target``); the first
@@ -875,12 +866,8 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             fix=f"pass the probe file itself, e.g. --probe {path / 'probe.npz'} ({', '.join(PROBE_SUFFIXES)})",
         )
     if not path.is_file():
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            mode = None
-        if mode is not None:  # it exists, but is no file to read a probe from (/dev/null, a FIFO)
-            kind = next((what for test, what in _SPECIAL_FILES if test(mode)), "not a regular file")
+        kind = special_file(path)
+        if kind is not None:  # it exists, but is no file to read a probe from (/dev/null, a FIFO)
             raise ProbeError(
                 f"probe {path} is not a regular file",
                 got=kind,

@@ -9,8 +9,10 @@ pipeline's one-process loop (`pipeline._run_refs`), which calls back here for th
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,10 +85,19 @@ def _read_rank_part_origin(part: Path) -> dict[str, Any] | None:
     """The sidecar beside `part` (`_write_rank_part_origin`), or None where there is none that reads as JSON's
     object. Read it holding the part's lock to use it: its writer rewrites it (with the part) holding that lock."""
     try:
-        origin = json.loads(_rank_part_origin(part).read_text())
+        origin = json.loads(_regular_bytes(_rank_part_origin(part)))
     except (OSError, ValueError):
         return None
     return origin if isinstance(origin, dict) else None
+
+
+def _regular_bytes(path: Path) -> bytes:
+    """The bytes of the regular file `path`; OSError for anything else: read, a named pipe left under a sidecar's
+    name waits for a writer that never comes (`fdl analyze` hung at its start), /dev/zero never ends."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read()
 
 
 def _kept_locked(part: Path, exc: StoreError) -> str:
@@ -132,7 +143,7 @@ def _is_rank_part_origin_copy(path: Path) -> bool:
     """Whether `path` reads as what `_write_rank_part_origin` left of a sidecar when killed while writing
     it: the start of one (as short as nothing), or one whole; not a file of the user's."""
     try:
-        text = path.read_bytes()
+        text = _regular_bytes(path)
     except OSError:
         return False
     start = b'{"reference": '  # how json.dumps begins the sidecar
@@ -142,7 +153,7 @@ def _is_rank_part_origin_copy(path: Path) -> bool:
 def _is_rank_part_origin(path: Path) -> bool:
     """Whether `path` reads as a sidecar a rank wrote (`_write_rank_part_origin`), not a file of the user's."""
     try:
-        origin = json.loads(path.read_text())
+        origin = json.loads(_regular_bytes(path))
     except (OSError, ValueError):
         return False
     return isinstance(origin, dict) and set(origin) == {"reference", "predecessor"}

@@ -72,7 +72,7 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__, signals
-from fdl_cli.errors import StoreError, StoreLockedError, counted, first_few, no_room
+from fdl_cli.errors import StoreError, StoreLockedError, counted, first_few, no_room, special_file, special_kind
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -680,6 +680,10 @@ class StoreReader:
             )
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not an fdl store", fix="pass the .h5 file written by `fdl analyze`")
+        kind = special_file(path)
+        if kind is not None:  # HDF5 opening a FIFO waits for a writer that never comes
+            raise StoreError(f"{path} is not an fdl store: it is {kind}, not a regular file",
+                             fix="pass the .h5 file that `fdl analyze CKPT_DIR --out RUN.h5` wrote")
         try:
             self._file: h5py.File | None = _open_read_only(path)
         except Exception as exc:  # h5py reports a bad file with several exception types
@@ -1476,10 +1480,12 @@ def _live_writer(store: Path) -> str | None:
     process of this host that runs (or one of another host) is taken for a writer's."""
     store = store_target(store)  # a link's writer locks where the link points
     try:
-        fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY)
+        fd = os.open(store.with_name(store.name + ".lock"), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no wait
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # no lock file a writer made (`_WriterLock.acquire` refuses it)
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _WriterLock.holder(fd)
@@ -1518,7 +1524,12 @@ def store_target(path: str | os.PathLike[str]) -> Path:
     by a new one, so written through the link (its folder for the copy and the lock) the link would become a
     file and the target go stale."""
     path = Path(path)
-    return path.resolve() if path.is_symlink() else path
+    try:
+        return path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # pathlib's "Symlink loop" (Python < 3.13)
+        raise StoreError(f"cannot reach the store {path}",
+                         got="a symbolic link loop (the link leads, through links, back to itself)",
+                         fix="point the link at the store file, or remove it") from None
 
 
 def claim(path: str | os.PathLike[str]) -> _WriterLock:
@@ -1580,13 +1591,20 @@ class _WriterLock:
         while True:
             existed = os.path.lexists(self.path)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a FIFO: no wait
             except OSError as exc:
                 raise StoreError(
                     f"cannot create the lock file {self.path}",
                     got=_one_line(exc),
                     fix="check that the folder exists and is writable, or choose another --out",
                 ) from None
+            kind = special_kind(os.fstat(fd).st_mode)
+            if kind is not None:  # its write failed as for want of disk space, and the file was removed
+                os.close(fd)
+                raise StoreError(
+                    f"the lock file {self.path} is {kind}, not a file fdl wrote",
+                    fix=f"remove it (rm {self.path}) if no fdl writes {self.store}, or choose another --out",
+                )
             try:
                 _take(fd)
             except BlockingIOError:
