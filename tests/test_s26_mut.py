@@ -1,0 +1,46 @@
+"""Tests that kill mutants of session 25's code which its own tests let live (a mutation testing pass): each
+pins down a behaviour a user sees (what stderr shows, a message's words) that no test asserted before."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.cli_run import REPO, fdl_in_process
+
+SAMPLE = REPO / "sample_checkpoints"
+FINE = "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), " \
+       "nn.ReLU(), nn.Linear(64, 10))\n"
+
+
+def _sample_run(folder: Path) -> Path:
+    """The sample run's fdl.toml, probe, two checkpoints and a model.py of the same network, in `folder`."""
+    folder.mkdir()
+    for name in ("fdl.toml", "probe.npz", "step_0.safetensors", "step_10.safetensors"):
+        shutil.copy(SAMPLE / name, folder / name)
+    (folder / "model.py").write_text(FINE)
+    return folder
+
+
+def test_the_report_tables_title_shows_a_stores_control_characters_escaped(tmp_path: Path) -> None:
+    """The table's title names the store's file (`run.h5: probe ..., layer ...`) and is drawn as rich segments of
+    fdl's own, which no `render_str` reads: only the console's escaping of what it writes (`_render_buffer`) kept
+    a name's escape sequence (here one clearing the screen) from reaching the terminal."""
+    store = tmp_path / "run\x1b[2J.h5"
+    made = fdl_in_process("analyze", _sample_run(tmp_path / "ck"), "--out", store)
+    assert made.returncode == 0, made.stderr
+    done = fdl_in_process("report", store)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr, done.stderr
+    assert "run\\x1b[2J.h5: probe " in done.stderr, done.stderr
+
+
+def test_the_model_code_note_shows_a_folders_control_characters_escaped(tmp_path: Path) -> None:
+    """`fdl inspect` says the fdl.toml's model-code note itself (`say_on_stderr`), before the code runs: a folder
+    named with an escape sequence reached the terminal raw there, where fdl's other lines escape it."""
+    folder = _sample_run(tmp_path / "run\x1b]0;owned\x07")
+    done = fdl_in_process("inspect", folder)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr, done.stderr
+    note = next(line for line in done.stderr.splitlines() if line.startswith("note: running the model code"))
+    assert "run\\x1b]0;owned\\x07" in note, note
