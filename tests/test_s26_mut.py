@@ -44,3 +44,19 @@ def test_the_model_code_note_shows_a_folders_control_characters_escaped(tmp_path
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr, done.stderr
     note = next(line for line in done.stderr.splitlines() if line.startswith("note: running the model code"))
     assert "run\\x1b]0;owned\\x07" in note, note
+
+
+def test_exports_warnings_show_a_stores_names_escaped(tmp_path: Path) -> None:
+    """`fdl export` says the reader's warnings itself (click.echo, not the console): a group of the store named
+    with an escape sequence reached the terminal raw in 'is not a step_<step> group: ignored'."""
+    import h5py
+
+    store = tmp_path / "run.h5"
+    made = fdl_in_process("analyze", _sample_run(tmp_path / "ck"), "--out", store)
+    assert made.returncode == 0, made.stderr
+    with h5py.File(store, "a") as handle:
+        handle["checkpoints"].create_group("odd\x1b[2J")
+    done = fdl_in_process("export", store, "--what", "trajectories")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr, done.stderr
+    assert "warning: /checkpoints/odd\\x1b[2J is not a step_<step> group: ignored" in done.stderr, done.stderr
