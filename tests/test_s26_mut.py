@@ -3,6 +3,7 @@ pins down a behaviour a user sees (what stderr shows, a message's words) that no
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -60,3 +61,24 @@ def test_exports_warnings_show_a_stores_names_escaped(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stderr, done.stderr
     assert "warning: /checkpoints/odd\\x1b[2J is not a step_<step> group: ignored" in done.stderr, done.stderr
+
+
+def test_the_guarded_file_reads_zeros_past_its_size_where_the_disk_is_longer(tmp_path: Path) -> None:
+    """After a refusal HDF5's truncation reaches no disk (the file stays as long as it was): what HDF5 reads past
+    the size it set is zeros, as its own driver reads past an end, not the disk's stale bytes there."""
+    from fdl_cli import store as store_module
+
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdefgh")
+    fd = os.open(path, os.O_RDONLY)  # every write refused (EBADF): the refusal comes at the first
+    try:
+        guarded = store_module._GuardedFile(fd)
+        guarded.seek(1)
+        assert guarded.write(b"Z") == 1
+        assert guarded.error is not None
+        assert guarded.truncate(3) == 3
+        assert path.read_bytes() == b"abcdefgh"  # the disk as it was
+        guarded.seek(0)
+        assert guarded.read(6) == b"aZc\0\0\0"
+    finally:
+        os.close(fd)
