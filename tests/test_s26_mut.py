@@ -82,3 +82,24 @@ def test_the_guarded_file_reads_zeros_past_its_size_where_the_disk_is_longer(tmp
         assert guarded.read(6) == b"aZc\0\0\0"
     finally:
         os.close(fd)
+
+
+def test_a_second_writer_is_refused_once_its_tries_for_the_lock_run_out(tmp_path: Path) -> None:
+    """`_take` tries the flock for ~0.1 s (a reader's test holds it shared a moment), then gives up: the second
+    writer of a store is refused, naming the first, and the first keeps its lock file."""
+    import pytest
+
+    from fdl_cli.errors import StoreLockedError
+    from fdl_cli.store import claim
+
+    path = tmp_path / "run.h5"
+    first = claim(path)
+    try:
+        with pytest.raises(StoreLockedError, match="being written by another fdl process") as refused:
+            claim(path)
+        assert f"pid {os.getpid()} on host " in str(refused.value.got)
+        assert (tmp_path / "run.h5.lock").exists()
+    finally:
+        first.release()
+    assert not (tmp_path / "run.h5.lock").exists()
+    claim(path).release()  # free again
