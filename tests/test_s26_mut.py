@@ -103,3 +103,30 @@ def test_a_second_writer_is_refused_once_its_tries_for_the_lock_run_out(tmp_path
         first.release()
     assert not (tmp_path / "run.h5.lock").exists()
     claim(path).release()  # free again
+
+
+def test_where_no_flock_is_taken_a_lock_files_running_process_is_its_writer(tmp_path: Path, monkeypatch) -> None:
+    """Without flock (Lustre without -o flock), `_live_writer` reads the lock file: a process of this host that
+    runs, or one of another host, writes the store; only a dead process of this host does not."""
+    import errno
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from fdl_cli import store as store_module
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(store_module.fcntl, "flock", no_flock)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path, lock = tmp_path / "run.h5", tmp_path / "run.h5.lock"
+    said = {}
+    for case, pid, host in (("alive", os.getpid(), socket.gethostname()), ("dead", int(dead.stdout), socket.gethostname()),
+                            ("elsewhere", int(dead.stdout), "another-host.example")):
+        lock.write_text(json.dumps({"pid": pid, "host": host, "command": "fdl analyze run", "started": "noon"}))
+        said[case] = store_module._live_writer(path)
+    assert said == {"alive": f"pid {os.getpid()} on host {socket.gethostname()}, running `fdl analyze run` since noon",
+                    "dead": None,
+                    "elsewhere": f"pid {int(dead.stdout)} on host another-host.example, running `fdl analyze run` since noon"}
