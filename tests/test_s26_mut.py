@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.cli_run import REPO, fdl_in_process
 
 SAMPLE = REPO / "sample_checkpoints"
@@ -87,8 +89,6 @@ def test_the_guarded_file_reads_zeros_past_its_size_where_the_disk_is_longer(tmp
 def test_a_second_writer_is_refused_once_its_tries_for_the_lock_run_out(tmp_path: Path) -> None:
     """`_take` tries the flock for ~0.1 s (a reader's test holds it shared a moment), then gives up: the second
     writer of a store is refused, naming the first, and the first keeps its lock file."""
-    import pytest
-
     from fdl_cli.errors import StoreLockedError
     from fdl_cli.store import claim
 
@@ -105,7 +105,8 @@ def test_a_second_writer_is_refused_once_its_tries_for_the_lock_run_out(tmp_path
     claim(path).release()  # free again
 
 
-def test_where_no_flock_is_taken_a_lock_files_running_process_is_its_writer(tmp_path: Path, monkeypatch) -> None:
+def test_where_no_flock_is_taken_a_lock_files_running_process_is_its_writer(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Without flock (Lustre without -o flock), `_live_writer` reads the lock file: a process of this host that
     runs, or one of another host, writes the store; only a dead process of this host does not."""
     import errno
@@ -123,10 +124,11 @@ def test_where_no_flock_is_taken_a_lock_files_running_process_is_its_writer(tmp_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path, lock = tmp_path / "run.h5", tmp_path / "run.h5.lock"
     said = {}
-    for case, pid, host in (("alive", os.getpid(), socket.gethostname()), ("dead", int(dead.stdout), socket.gethostname()),
+    here = socket.gethostname()
+    for case, pid, host in (("alive", os.getpid(), here), ("dead", int(dead.stdout), here),
                             ("elsewhere", int(dead.stdout), "another-host.example")):
         lock.write_text(json.dumps({"pid": pid, "host": host, "command": "fdl analyze run", "started": "noon"}))
         said[case] = store_module._live_writer(path)
-    assert said == {"alive": f"pid {os.getpid()} on host {socket.gethostname()}, running `fdl analyze run` since noon",
-                    "dead": None,
-                    "elsewhere": f"pid {int(dead.stdout)} on host another-host.example, running `fdl analyze run` since noon"}
+    ran = "running `fdl analyze run` since noon"
+    assert said == {"alive": f"pid {os.getpid()} on host {socket.gethostname()}, {ran}", "dead": None,
+                    "elsewhere": f"pid {int(dead.stdout)} on host another-host.example, {ran}"}
