@@ -85,3 +85,54 @@ def test_a_name_a_folder_module_sets_in_builtins_is_found_by_the_folders_code(tm
         vars(__import__("builtins")).pop("S26R_WIDTH", None)
     with pytest.raises(NameError, match="S26R_NONE"):  # a name set nowhere is still no name
         exec("S26R_NONE", {"__builtins__": checkpoints._Load(str(tmp_path), None).builtins})  # noqa: S102, SLF001
+
+
+_WARNING_MODEL = """\
+import warnings
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        warnings.warn("s26r: the model's own warning")
+        return self.head(self.fc(x).relu())
+
+
+def build():
+    return Net()
+"""
+
+
+def test_a_warning_of_the_models_forward_is_not_repeated_at_every_batch(tmp_path: Path) -> None:
+    """A `warnings.catch_warnings()` around each forward pass (to hide torch's nested-tensor notice) made Python
+    forget the warnings it had shown: the model's own warning, shown once per checkpoint before, came again at every
+    batch (40 samples in batches of 8: 14 times for 3 checkpoints, 6 in batches of 40). A process of its own each,
+    as Python shows such a warning once a process."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    (tmp_path / "model.py").write_text(_WARNING_MODEL)
+    namespace: dict = {}
+    exec(compile(_WARNING_MODEL, str(tmp_path / "model.py"), "exec"), namespace)  # noqa: S102 - the test's model
+    (tmp_path / "run").mkdir()
+    for step in (0, 1, 2):
+        torch.manual_seed(step)
+        torch.save({"model": namespace["build"]().state_dict(), "step": step}, tmp_path / "run" / f"ckpt_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 4)).astype("float32"), y=rng.integers(0, 3, 40))
+    shown = []
+    for batch in (8, 40):
+        done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "run"), "--model",
+                               f"{tmp_path / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
+                               "--batch-size", str(batch), "--out", str(tmp_path / f"s{batch}.h5")],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        shown.append(done.stderr.count("s26r: the model's own warning"))
+    assert shown[0] == shown[1] > 0
