@@ -2463,8 +2463,9 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor], extra_state: Mapping[
 
 def _extra_state_bytes(value: Any) -> bytes:
     """A module's extra state as bytes equal for equal values: a tensor's dtype, shape and bytes, a buffer's
-    contents (a BytesIO: TransformerEngine's FP8 metadata), a dict's items in key order, a list's or tuple's
-    items, a plain value's type and repr; any other object pickled (torch.load unpickled it)."""
+    contents (a BytesIO: TransformerEngine's FP8 metadata), a dict's items in key order, a set's in the order
+    of their bytes, a list's or tuple's items, a plain value's type and repr; any other object pickled (torch.load
+    unpickled it)."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         return f"T{tensor.dtype}{tuple(tensor.shape)}|".encode() + tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -2473,6 +2474,8 @@ def _extra_state_bytes(value: Any) -> bytes:
     if isinstance(value, Mapping):
         items = sorted(value.items(), key=lambda item: repr(item[0]))
         return b"D{" + b"".join(_extra_state_bytes(k) + b":" + _extra_state_bytes(v) + b"," for k, v in items) + b"}"
+    if isinstance(value, (set, frozenset)):  # in order of their bytes: a set's own order varies with its history
+        return f"{type(value).__name__}{{".encode() + b"".join(sorted(_extra_state_bytes(v) + b"," for v in value)) + b"}"
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__}[".encode() + b"".join(_extra_state_bytes(v) + b"," for v in value) + b"]"
     if isinstance(value, (*_PLAIN_VALUES,)):

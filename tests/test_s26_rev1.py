@@ -136,3 +136,17 @@ def test_a_warning_of_the_models_forward_is_not_repeated_at_every_batch(tmp_path
         assert done.returncode == 0, done.stderr
         shown.append(done.stderr.count("s26r: the model's own warning"))
     assert shown[0] == shown[1] > 0
+
+
+def test_equal_sets_in_an_extra_state_have_one_digest() -> None:
+    """A set in a module's extra state was pickled in its own iteration order, which differs between equal sets
+    ({8, 16} and {16, 8}) and between processes for strings (PYTHONHASHSEED): equal states, other digests."""
+    from fdl_cli.checkpoints import weights_digest
+
+    tensors = {"w": torch.ones(2)}
+    assert list({8, 16}) != list({16, 8})
+    assert (weights_digest(tensors, {"m._extra_state": {"ids": {8, 16}}})
+            == weights_digest(tensors, {"m._extra_state": {"ids": {16, 8}}})
+            != weights_digest(tensors, {"m._extra_state": {"ids": {8, 17}}}))
+    assert (weights_digest(tensors, {"m._extra_state": frozenset({"a", "b"})})
+            != weights_digest(tensors, {"m._extra_state": {"a", "b"}}))
