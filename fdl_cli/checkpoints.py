@@ -2474,8 +2474,9 @@ def weights_digest(state_dict: Mapping[str, torch.Tensor], extra_state: Mapping[
 
 def _extra_state_bytes(value: Any) -> bytes:
     """A module's extra state as bytes equal for equal values: a tensor's dtype, shape and bytes, a buffer's
-    contents (a BytesIO: TransformerEngine's FP8 metadata), a dict's items in key order, a list's or tuple's
-    items, a plain value's type and repr; any other object pickled (torch.load unpickled it)."""
+    contents (a BytesIO: TransformerEngine's FP8 metadata), a dict's items in key order, a set's in the order
+    of their bytes, a list's or tuple's items, a plain value's type and repr; any other object pickled (torch.load
+    unpickled it)."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         return f"T{tensor.dtype}{tuple(tensor.shape)}|".encode() + tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -2484,6 +2485,8 @@ def _extra_state_bytes(value: Any) -> bytes:
     if isinstance(value, Mapping):
         items = sorted(value.items(), key=lambda item: repr(item[0]))
         return b"D{" + b"".join(_extra_state_bytes(k) + b":" + _extra_state_bytes(v) + b"," for k, v in items) + b"}"
+    if isinstance(value, (set, frozenset)):  # in order of their bytes: a set's own order varies with its history
+        return f"{type(value).__name__}{{".encode() + b"".join(sorted(_extra_state_bytes(v) + b"," for v in value)) + b"}"
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__}[".encode() + b"".join(_extra_state_bytes(v) + b"," for v in value) + b"]"
     if isinstance(value, (*_PLAIN_VALUES,)):
@@ -3434,7 +3437,9 @@ class _Load:
         self.folder = folder
         self.manifest = manifest
         self.modules: dict[str, types.ModuleType] = {}
-        self.builtins = {**vars(builtins), "__import__": self.import_}
+        #: each module an import statement of this load's code got, as `_note` last judged it (judged once each)
+        self.judged: dict[str, types.ModuleType] = {}
+        self.builtins = _Builtins({**vars(builtins), "__import__": self.import_})
 
     def holds(self, importer: str) -> bool:
         """The code of the file `importer` is the folder's, which gets its modules: in it or a sub-folder, as spelled
@@ -3489,11 +3494,34 @@ class _Load:
         names = [".".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
         for name in [*names, *(f"{absolute}.{sub}" for sub in fromlist if sub != "*")]:
             module = sys.modules.get(name)
-            if (module is None or self.modules.get(name) is module
-                    or isinstance(getattr(getattr(module, "__spec__", None), "loader", None), _SourceLoader)):
+            if module is None or self.judged.get(name) is module:
+                continue  # an `import math` in the forward pass runs at every call: each module is judged once
+            self.judged[name] = module
+            if isinstance(getattr(getattr(module, "__spec__", None), "loader", None), _SourceLoader):
                 continue
-            if any(self.holds(place) for place in _module_homes(module)):
+            # a module of the folder's own (under it, its top-level module one of the folder's entries), not an
+            # installed one whose files lie under the folder (a .venv in it): that one is sys.modules' only copy
+            if self.tops(sys.modules.get(parts[0]), parts[0]) and any(self.holds(p) for p in _module_homes(module)):
                 self.adopt(name, module)
+
+    def tops(self, module: types.ModuleType | None, top: str) -> bool:
+        """Whether `module`, imported as `top`, is an entry of the folder (top.py, a compiled top.*.so, a package
+        top/), as `_FolderModules` serves it."""
+        prefix = self.folder + os.sep
+        return any(place.startswith(prefix) and place[len(prefix):].split(os.sep)[0].partition(".")[0] == top
+                   for place in _module_homes(module))
+
+
+class _Builtins(dict):  # type: ignore[type-arg]
+    """A load's builtins (`_Load.builtins`): a copy of Python's, and any name set there later (`import builtins;
+    builtins.X = ...`, gettext.install's `_`), which the folder's code read from Python's before loads had their
+    own."""
+
+    def __missing__(self, name: str) -> Any:
+        try:
+            return vars(builtins)[name]
+        except KeyError:
+            raise KeyError(name) from None
 
 
 #: the code of the loads' import hook, whose frame is no importer's (`_importer_file`, `shadowing_fix`)

@@ -677,14 +677,24 @@ def first_input(module: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, A
     return kwargs.get(first.name) if first.kind in (first.POSITIONAL_OR_KEYWORD, first.KEYWORD_ONLY) else None
 
 
+#: torch's warning, once a process, that its nested tensors are a prototype (`quiet_nested_tensors`)
+_NESTED_PROTOTYPE = "The PyTorch API of nested tensors is in prototype stage"
+
+
 @contextmanager
 def quiet_nested_tensors() -> Iterator[None]:
     """The block without torch's warning that its nested tensors are a prototype, which an nn.TransformerEncoder
     given a padding mask gives in eval mode (its fast path): torch's word on itself, not on the model, printed
-    amid fdl's progress. Around every forward pass fdl runs (`padded_sequences`, `linear_calls`)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
-        yield
+    amid fdl's progress. Around every forward pass fdl runs (`padded_sequences`, `linear_calls`).
+
+    The filter stays for the rest of the process (torch gives that warning once a process anyway): a
+    `warnings.catch_warnings()` around each forward pass, which restores the filters after it, made Python forget
+    which warnings it had shown, and a warning of the model's forward, shown once, came again at every batch. Added
+    once: warnings.filters is the process's, and changing it is no thread's own."""
+    if not any(action == "ignore" and message is not None and message.pattern == _NESTED_PROTOTYPE
+               for action, message, *_ in warnings.filters):
+        warnings.filterwarnings("ignore", message=_NESTED_PROTOTYPE)
+    yield
 
 
 @contextmanager
