@@ -3167,8 +3167,9 @@ def resolve_model_factory(
                                                            for c in _spec_candidates(target, base_dir))),
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
-        module_name = "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
+        module_name = _model_file_module(file)
         manifest = None if named_by is None else str(named_by)
+        (_UNCHECKED_FILES.add if manifest is None else _UNCHECKED_FILES.discard)(module_name)
         # `from layers import Block` beside it, as python runs it
         _serve_folder(file.resolve().parent, first=True, manifest=manifest)
         try:
@@ -3182,13 +3183,13 @@ def resolve_model_factory(
             with _user_code_stderr() as said:
                 spec_obj.loader.exec_module(module)
         except SystemExit as exc:  # a training script's top-level code (argparse, sys.exit) ran
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             raise _exited(f"{label}: importing {file}", exc, said.getvalue()) from None
         except CompiledCodeError:
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             fix = _os_reason(file, exc)[1] if unreadable else shadowing_fix(exc) or "fix the error in that file"
             if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
@@ -3350,6 +3351,8 @@ _SERVED: dict[str, str] = {}
 #: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused; a
 #: package too where only one of its submodules was (`_FolderSubmodules`)
 _UNCHECKED: set[str] = set()
+#: the model files' modules (`_model_file_module`) imported for --model's code, whose compiled imports were taken
+_UNCHECKED_FILES: set[str] = set()
 
 
 class _FolderModules(importlib.abc.MetaPathFinder):
@@ -3396,9 +3399,54 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         if fullname in _protected_modules():
             return None
         found = _from_source(found, fullname, self.manifest)
+        running = self._running(fullname, found)
+        if running is not None:  # `import model` in its neighbour: the model file fdl runs, not a second copy
+            found = importlib.util.spec_from_loader(fullname, _Running(running), origin=found.origin)
         _SERVED[fullname] = self.folder
         (_UNCHECKED.add if self.manifest is None else _UNCHECKED.discard)(fullname)
         return found
+
+    def _running(self, fullname: str, found: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        """The module of the model file fdl imported (`_model_file_module`) that `found` is, for the folder's code that
+        imports it by its own name (`_Running`); None for fdl's import of `named` (a module spec imports it afresh),
+        and for an fdl.toml's model where that file ran for --model, its compiled imports taken (`_UNCHECKED_FILES`)."""
+        if not found.has_location or fullname == self.named:
+            return None
+        name = _model_file_module(Path(str(found.origin)))
+        if self.manifest is not None and name in _UNCHECKED_FILES:
+            return None
+        return sys.modules.get(name)
+
+
+def _model_file_module(file: Path) -> str:
+    """The name fdl imports the model file `file` (`--model path/file.py:factory`) under, its own (an installed
+    `model`, another run's model.py, never clash with it): `fdl_user_model_` and a hash of its real path."""
+    return "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
+
+
+def _forget_model_file(name: str) -> None:
+    """The model file's module `name`, whose import failed, out of sys.modules, as Python takes out a module that
+    failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there."""
+    module = sys.modules.pop(name, None)
+    for alias in [alias for alias, held in sys.modules.items() if module is not None and held is module]:
+        del sys.modules[alias]
+
+
+class _Running(importlib.abc.Loader):
+    """The model file's module, imported (or being imported) by fdl under a name of its own (`_model_file_module`),
+    given to the folder's code that imports it by its own name (`from model import register` in layers.py, which
+    model.py imports), as a plain import gives one module: a second copy ran model.py twice (a circular import
+    failed, a registry or a class was two)."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.spec = module.__spec__
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.spec  # importlib set the alias's; its name stays fdl's, as `__name__` does
 
 
 class _FolderSubmodules(importlib.abc.MetaPathFinder):

@@ -1,0 +1,100 @@
+"""Model folders whose code relies on import machinery, run as a plain `import` of the folder runs them. The model
+file fdl imports under a name of its own (`fdl_user_model_...`, no clash with an installed `model`); a neighbour's
+`import model` (a registry, a circular import, an isinstance check on a class of model.py) ran model.py a second
+time as another module: the circular import failed ("cannot import name 'Block' from partially initialized module"),
+the registry the factory read stayed empty."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import fdl_in_process
+from tests.test_s23_sec2 import _linear_run
+
+
+@pytest.fixture
+def _clean_imports() -> Iterator[None]:
+    """sys.path, sys.meta_path and the modules the test imported (its folders' s26rs_ modules) as they were."""
+    path, meta_path, modules = list(sys.path), list(sys.meta_path), set(sys.modules)
+    yield
+    sys.path[:], sys.meta_path[:] = path, meta_path
+    for name in set(sys.modules) - modules:
+        if name.startswith(("s26rs_", "fdl_user_model_")):
+            del sys.modules[name]
+
+
+def _run(tmp_path: Path, code: dict[str, str], *, spec: str = "s26rs_model.py:build") -> Path:
+    run = _linear_run(tmp_path / "run", f'model = "{spec}"\n')
+    for name, text in code.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    return run
+
+
+def _steps(done: object) -> list[int]:
+    assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+    return [json.loads(line)["step"] for line in done.stdout.splitlines()]  # type: ignore[attr-defined]
+
+
+#: model.py and its neighbour import each other; the neighbour registers its class in model.py's registry and checks
+#: the config the factory passes is model.py's Cfg
+_MUTUAL = {
+    "s26rs_model.py": "import torch.nn as nn\n\nREGISTRY = {}\n\n\ndef register(cls):\n    REGISTRY[cls.__name__] = cls\n"
+                      "    return cls\n\n\nclass Cfg:\n    n_out = 3\n\n\nfrom s26rs_layers import Block  # noqa: E402\n\n\n"
+                      "def build():\n    assert list(REGISTRY) == ['Block'], REGISTRY\n    return Block(Cfg())\n",
+    "s26rs_layers.py": "import torch.nn as nn\n\nimport s26rs_model\nfrom s26rs_model import Cfg, register\n\n\n"
+                       "@register\nclass Block(nn.Linear):\n    def __init__(self, cfg):\n"
+                       "        assert isinstance(cfg, Cfg) and s26rs_model.Cfg is Cfg, (type(cfg), Cfg)\n"
+                       "        super().__init__(4, cfg.n_out)\n",
+}
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_neighbour_importing_the_model_file_gets_the_module_fdl_runs(tmp_path: Path, own: bool,
+                                                                        _clean_imports: None) -> None:
+    """`from s26rs_model import register` in the neighbour model.py imports: the model file fdl is running, as a
+    plain `import s26rs_model` gives it, not a second copy (which failed on the circular import, or registered
+    into a registry the factory never reads); by the fdl.toml and by --model alike."""
+    run = _run(tmp_path, _MUTUAL)
+    extra = ["--model", f"{run / 's26rs_model.py'}:build"] if own else []
+    done = fdl_in_process("analyze", run, *extra, "--out", tmp_path / "a.h5", "--json", "--batch-size", "8")
+    assert _steps(done) == [0, 10]
+    model = sys.modules["s26rs_model"]
+    assert model is next(module for name, module in sys.modules.items() if name.startswith("fdl_user_model_")
+                         and getattr(module, "__file__", None) == str(run / "s26rs_model.py"))
+    assert model.__spec__.name.startswith("fdl_user_model_")  # the module's own spec, as fdl imported it
+
+
+def test_a_model_file_that_failed_is_not_left_under_the_name_its_neighbour_imported(tmp_path: Path,
+                                                                                   _clean_imports: None) -> None:
+    """model.py raised after its neighbour imported it: gone from sys.modules under that name too, as Python takes
+    out a module that failed; a later `import s26rs_model` found the broken half-run module there."""
+    code = {**_MUTUAL, "s26rs_model.py": _MUTUAL["s26rs_model.py"] + "raise RuntimeError('half done')\n"}
+    run = _run(tmp_path, code)
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5", "--json")
+    assert done.returncode == 1 and "got: RuntimeError: half done" in done.stderr, done.stderr
+    assert "s26rs_model" not in sys.modules and "s26rs_layers" in sys.modules
+
+
+def test_an_fdl_toml_models_import_of_a_model_file_run_for_model_is_checked_afresh(tmp_path: Path,
+                                                                                   _clean_imports: None) -> None:
+    """The model file ran for --model, which took the sourceless .pyc beside it, as Python does; an fdl.toml's model
+    importing that file in the same process (the Python API) gets it imported afresh, and the .pyc refused, not the
+    module --model ran with the compiled code in it."""
+    import py_compile
+
+    from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+
+    run = _run(tmp_path, {"s26rs_model.py": "import torch.nn as nn\n\nimport s26rs_helpers\n\n\n"
+                                            "def build():\n    return nn.Linear(s26rs_helpers.IN, 3)\n",
+                          "s26rs_entry.py": "import s26rs_model\n\nbuild = s26rs_model.build\n"})
+    (tmp_path / "src.py").write_text("IN = 4\n")
+    py_compile.compile(str(tmp_path / "src.py"), cfile=str(run / "s26rs_helpers.pyc"), doraise=True)
+    assert resolve_model_factory(f"{run / 's26rs_model.py'}:build")().in_features == 4
+    with pytest.raises(CompiledCodeError, match=r"s26rs_helpers\.pyc, which Python would import as s26rs_helpers"):
+        resolve_model_factory("s26rs_entry:build", module_dir=run, named_by=run / "fdl.toml")
