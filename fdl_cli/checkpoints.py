@@ -3197,7 +3197,7 @@ def resolve_model_factory(
                        f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
                 f"{label}: importing {file} failed",
-                got=f"{type(exc).__name__}: {exc}",
+                got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
                 fix=fix,
             ) from None
     else:
@@ -3223,7 +3223,7 @@ def resolve_model_factory(
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             raise ModelError(
                 f"{label}: cannot import {target}",
-                got=f"{type(exc).__name__}: {exc}",
+                got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
                 fix=shadowing_fix(exc) or "install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
     factory = getattr(module, attr, None)
@@ -3634,6 +3634,28 @@ def shadowing_fix(exc: BaseException) -> str | None:
             f"that module instead; rename it (my_{top}, say) and the imports of it")
 
 
+def raised_at(exc: BaseException) -> str:
+    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
+    ` (raised at FILE, line N: CODE)` of the last frame of that code (no frame of the standard library, of fdl or of
+    a library it runs on, `_protected_modules`): a neighbour's line, not the model file that imported it; a forward
+    pass's line where torch raised. "" for none, and for a SyntaxError, whose message names its line already."""
+    import linecache
+
+    if isinstance(exc, SyntaxError):
+        return ""
+    where: tuple[str, int] | None = None
+    trace = exc.__traceback__
+    while trace is not None:
+        file = trace.tb_frame.f_code.co_filename
+        top = str(trace.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        if os.path.isabs(file) and top not in _protected_modules():
+            where = (file, trace.tb_lineno)
+        trace = trace.tb_next
+    if where is None:
+        return ""
+    code = linecache.getline(*where).strip()
+    return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
+
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
     """The one prefix (``net.``) that the model's keys carry beyond the checkpoint's, all of them and no other,
     as a wrapper in the --model factory adds them (`self.net = network`), or None."""
@@ -3787,7 +3809,8 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
                   "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
             f"building the model for {path} failed",
-            got=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # was "MemoryError: "
+            # was "MemoryError: "
+            got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + raised_at(exc),
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
                  or "check --model and --model-kwargs"),
         ) from None

@@ -98,3 +98,44 @@ def test_an_fdl_toml_models_import_of_a_model_file_run_for_model_is_checked_afre
     assert resolve_model_factory(f"{run / 's26rs_model.py'}:build")().in_features == 4
     with pytest.raises(CompiledCodeError, match=r"s26rs_helpers\.pyc, which Python would import as s26rs_helpers"):
         resolve_model_factory("s26rs_entry:build", module_dir=run, named_by=run / "fdl.toml")
+
+
+#: the folder's model.py imports layers.py, which fails at import, in the factory or in the forward pass: its code,
+#: the code that raises, and the error
+_RAISES = {
+    "import": ("X = {}\nY = X['missing']\n", "raise_at_import", "Y = X['missing']", "KeyError: 'missing'"),
+    "build": ("", "raise_in_build", "return nn.Linear(4, cfg['width'])", "KeyError: 'width'"),
+    "forward": ("", "raise_in_forward", "raise ValueError('boom in forward')", "ValueError: boom in forward"),
+    # the first sample runs (the check before the analysis), a batch of more fails; inspect runs that one sample
+    "batch": ("", "raise_in_batch", "raise ValueError('boom in forward')", "ValueError: boom in forward"),
+}
+_LAYERS = ("import torch.nn as nn\n\n\n\n{top}\n\n\nclass Block(nn.Linear):\n    def forward(self, x):\n"
+           "        if {guard}:\n            raise ValueError('boom in forward')\n"
+           "        return super().forward(x)\n\n\ndef make(cfg):\n    return nn.Linear(4, cfg['width'])\n")
+
+
+def _raising_run(tmp_path: Path, when: str) -> tuple[Path, int]:
+    top, _, code, _ = _RAISES[when]
+    layers = _LAYERS.format(top=top, guard="len(x) > 1" if when == "batch" else "True")
+    factory = "make({'width': 3})" if when != "build" else "make({})"
+    if when in ("forward", "batch"):
+        factory = "Block(4, 3)"
+    run = _run(tmp_path, {"s26rs_model.py": f"from s26rs_layers import Block, make\n\n\ndef build():\n"
+                                            f"    return {factory}\n", "s26rs_layers.py": layers})
+    return run, next(number for number, text in enumerate(layers.splitlines(), 1) if text.strip() == code)
+
+
+@pytest.mark.parametrize(("command", "when"), [*(("analyze", when) for when in _RAISES),
+                                               *(("inspect", when) for when in _RAISES if when != "batch")])
+def test_an_error_of_the_model_code_says_the_file_and_line_it_was_raised_at(tmp_path: Path, when: str, command: str,
+                                                                           _clean_imports: None) -> None:
+    """Python's traceback shows the line of the model folder's code that raised; fdl's error said only
+    "KeyError: 'missing'" with "fix the error in that file" (model.py, where layers.py raised it), or a forward pass's
+    ValueError as a probe that does not fit, with no place to look. It names the file, line and code now."""
+    run, line = _raising_run(tmp_path, when)
+    out = ["--out", tmp_path / "a.h5"] if command == "analyze" else []
+    done = fdl_in_process(command, run, *out)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    _, _, code, error = _RAISES[when]
+    assert f"{error} (raised at {run / 's26rs_layers.py'}, line {line}: {code})" in said, said
