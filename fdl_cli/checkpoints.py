@@ -2938,6 +2938,25 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
+def _submodule_beside(target: str, top: Path | None) -> Path | None:
+    """The file of the module `target` (``pkg.models``) where `top` is its top-level package's (`module_beside`),
+    as Python finds the submodule in the package's folder: the code that runs, not the package's `__init__.py`;
+    `top` where a part is not found there (Python then fails on the import, or looks elsewhere)."""
+    found, parts = top, target.split(".")
+    for depth in range(1, len(parts)):
+        if found is None or not (found.is_dir() or found.name == "__init__.py"):
+            return top
+        folder = found if found.is_dir() else found.parent
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), [str(folder)])
+        except (ImportError, OSError, ValueError):
+            return top
+        if spec is None:
+            return top
+        found = (Path(spec.origin) if spec.origin not in (None, "namespace")
+                 else Path(next(iter(spec.submodule_search_locations or [str(folder)]))))
+    return found
+
 def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
     there), or with its links followed; or, with `links`, it is where a symbolic link in `folder` leads (a model.py
@@ -3110,7 +3129,7 @@ def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, mod
     if _is_path_spec(target):
         code = f"{model_spec_file(spec, base_dir=base_dir) or target}:{attr}"
     else:
-        beside = module_beside(target, module_dir)
+        beside = _submodule_beside(target, module_beside(target, module_dir))
         code = spec + (f" ({beside})" if beside is not None else "")
     return f"running the model code {code}, named by {named_by}"
 

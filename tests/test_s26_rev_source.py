@@ -139,3 +139,17 @@ def test_an_error_of_the_model_code_says_the_file_and_line_it_was_raised_at(tmp_
     assert done.returncode == 1 and "Traceback" not in said, said
     _, _, code, error = _RAISES[when]
     assert f"{error} (raised at {run / 's26rs_layers.py'}, line {line}: {code})" in said, said
+
+
+def test_the_note_of_a_packages_module_names_the_module_that_runs(tmp_path: Path, _clean_imports: None) -> None:
+    """`model = "s26rs_pkg.net:build"`: the note before it runs named s26rs_pkg/__init__.py (empty), not the file
+    whose code runs and is to be read, s26rs_pkg/net.py; its relative imports run as a plain import runs them."""
+    run = _run(tmp_path, {"s26rs_pkg/__init__.py": "",
+                          "s26rs_pkg/net.py": "from .layers import Block\n\n\ndef build():\n    return Block(4, 3)\n",
+                          "s26rs_pkg/layers.py": "import torch.nn as nn\n\n\nclass Block(nn.Linear):\n    pass\n"},
+               spec="s26rs_pkg.net:build")
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "a.h5", "--json")
+    assert _steps(done) == [0, 10]
+    said = " ".join(done.stderr.split())
+    assert (f"note: running the model code s26rs_pkg.net:build ({run / 's26rs_pkg' / 'net.py'}), named by "
+            f"{run / 'fdl.toml'}") in said, said
