@@ -3210,7 +3210,8 @@ def resolve_model_factory(
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
-            fix = _os_reason(file, exc)[1] if unreadable else shadowing_fix(exc) or "fix the error in that file"
+            fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
+                   or _package_module_fix(file, exc, attr, named_by) or "fix the error in that file")
             if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
                 fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
                        f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
@@ -3270,6 +3271,25 @@ def resolve_model_factory(
         _check_manifest_factory(spec, named_by, module, factory)
     return factory  # type: ignore[no-any-return]
 
+
+def _package_module_fix(file: Path, exc: BaseException, attr: str, named_by: Path | None) -> str | None:
+    """What to do where the model file `file` is a module of a package (its folder holds an `__init__.py`) whose
+    relative import (`from .layers import Block`) failed: a model file runs as `python file.py` runs it, outside
+    its package, and is to be named as the module it is (`pkg.net:build`). None for any other error."""
+    if not isinstance(exc, ImportError) or "no known parent package" not in str(exc) or file.name == "__init__.py":
+        return None
+    parts, root = [file.stem], file.resolve().parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    if len(parts) == 1:
+        return None
+    module = ".".join(parts)
+    beside = named_by is not None and root == named_by.resolve().parent  # a module spec is looked for there
+    how = (f'model = "{module}:{attr}" in {named_by}' if beside
+           else f"--model {module}:{attr} with PYTHONPATH={root}")
+    return (f"{file} is a module of the package {'.'.join(parts[:-1])}, whose relative imports need it imported as "
+            f"{module}: name it so, {how}")
 
 #: the libraries fdl runs on: no module of theirs (nor of what they require, nor of the standard library) is ever
 #: taken from a model's folder, whoever imports it (`_FolderModules`)

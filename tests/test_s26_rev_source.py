@@ -153,3 +153,25 @@ def test_the_note_of_a_packages_module_names_the_module_that_runs(tmp_path: Path
     said = " ".join(done.stderr.split())
     assert (f"note: running the model code s26rs_pkg.net:build ({run / 's26rs_pkg' / 'net.py'}), named by "
             f"{run / 'fdl.toml'}") in said, said
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_model_file_of_a_package_with_relative_imports_is_told_to_be_named_as_a_module(
+    tmp_path: Path, own: bool, _clean_imports: None
+) -> None:
+    """`model = "s26rs_pkg/net.py:build"` runs the file as `python s26rs_pkg/net.py` does, outside its package: its
+    `from .layers import Block` failed with "attempted relative import with no known parent package" and "fix the
+    error in that file", though the file is right. The fix names the module spec that imports it in its package."""
+    run = _run(tmp_path, {"s26rs_pkg/__init__.py": "",
+                          "s26rs_pkg/net.py": "from .layers import Block\n\n\ndef build():\n    return Block(4, 3)\n",
+                          "s26rs_pkg/layers.py": "import torch.nn as nn\n\n\nclass Block(nn.Linear):\n    pass\n"},
+               spec="s26rs_pkg/net.py:build")
+    extra = ["--model", f"{run / 's26rs_pkg' / 'net.py'}:build"] if own else []
+    done = fdl_in_process("analyze", run, *extra, "--out", tmp_path / "a.h5")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "attempted relative import with no known parent package" in said, said
+    fix = (f"fix: {run / 's26rs_pkg' / 'net.py'} is a module of the package s26rs_pkg, whose relative imports need "
+           "it imported as s26rs_pkg.net: name it so, ")
+    fix += (f"--model s26rs_pkg.net:build with PYTHONPATH={run}" if own
+            else f'model = "s26rs_pkg.net:build" in {run / "fdl.toml"}')
+    assert fix in said, said
