@@ -18,13 +18,13 @@ from tests.test_s23_sec2 import _linear_run
 
 
 @pytest.fixture
-def _clean_imports() -> Iterator[None]:
-    """sys.path, sys.meta_path and the modules the test imported (its folders' s26rs_ modules) as they were."""
-    path, meta_path, modules = list(sys.path), list(sys.meta_path), set(sys.modules)
+def _clean_imports(tmp_path: Path) -> Iterator[None]:
+    """sys.meta_path as it was, and no module of the test's folder left imported (under any name)."""
+    meta_path, modules = list(sys.meta_path), set(sys.modules)
     yield
-    sys.path[:], sys.meta_path[:] = path, meta_path
+    sys.meta_path[:] = meta_path
     for name in set(sys.modules) - modules:
-        if name.startswith(("s26rs_", "fdl_user_model_")):
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
             del sys.modules[name]
 
 
