@@ -3848,8 +3848,8 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
                   "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
             f"building the model for {path} failed",
-            # was "MemoryError: "
-            got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + raised_at(exc),
+            # was "MemoryError: "; the machine's memory, not a line of the model's code, is what to change
+            got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + ("" if memory else raised_at(exc)),
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
                  or "check --model and --model-kwargs"),
         ) from None
