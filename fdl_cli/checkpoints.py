@@ -3189,8 +3189,8 @@ def resolve_model_factory(
         module_name = _model_file_module(file)
         manifest = None if named_by is None else str(named_by)
         (_UNCHECKED_FILES.add if manifest is None else _UNCHECKED_FILES.discard)(module_name)
-        # `from layers import Block` beside it, as python runs it
-        _serve_folder(file.resolve().parent, first=True, manifest=manifest)
+        # `from layers import Block` beside it, as python runs it; read again with it where imported before
+        _serve_folder(file.resolve().parent, first=True, manifest=manifest, afresh=True)
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is not None:
@@ -3575,14 +3575,16 @@ def _module_homes(module: object) -> list[str]:
     return [place for place in places if isinstance(place, str) and os.path.isabs(place)]
 
 
-def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
+def _forget_other_folders(folder: str, *, checked: bool = False, afresh: bool = False) -> None:
     """Take out of sys.modules the modules another model folder served (`_SERVED`) whose names `folder` holds too:
     imported once, a model folder's `layers` was what the next model's `from layers import Block` got (the Python
     API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays.
     `checked`: for an fdl.toml's model, also those `folder` served to --model's code (`_UNCHECKED`), which its
-    imports would get as they are, compiled code never refused (`_from_source`) in the same process."""
+    imports would get as they are, compiled code never refused (`_from_source`) in the same process. `afresh`: all
+    those `folder` served, its model file run again (`resolve_model_factory`): with the neighbours it imported the
+    first time, they registered into that run's registry and stayed as they were read then."""
     for name, home in list(_SERVED.items()):
-        if home == folder and not (checked and name in _UNCHECKED):
+        if home == folder and not afresh and not (checked and name in _UNCHECKED):
             continue
         try:
             here = importlib.machinery.PathFinder.find_spec(name, [folder])
@@ -3597,19 +3599,21 @@ def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
                 del sys.modules[loaded]
 
 
-def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None) -> None:
+def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None,
+                  afresh: bool = False) -> None:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
 
     first: ahead of installed modules, as Python puts a script's own folder (a model file's neighbours win, as
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins). manifest: the fdl.toml whose
-    model the folder's code is, for which compiled code there is refused (`_from_source`)."""
+    model the folder's code is, for which compiled code there is refused (`_from_source`). afresh: the folder's
+    modules imported before are imported again, as its model file is (`_forget_other_folders`)."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
-        _forget_other_folders(regular.folder, checked=manifest is not None)
+        _forget_other_folders(regular.folder, checked=manifest is not None, afresh=afresh)
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(regular)
     if regular not in sys.meta_path:

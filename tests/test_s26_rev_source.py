@@ -175,3 +175,18 @@ def test_a_model_file_of_a_package_with_relative_imports_is_told_to_be_named_as_
     fix += (f"--model s26rs_pkg.net:build with PYTHONPATH={run}" if own
             else f'model = "s26rs_pkg.net:build" in {run / "fdl.toml"}')
     assert fix in said, said
+
+
+def test_a_model_file_imported_again_imports_its_neighbours_again(tmp_path: Path, _clean_imports: None) -> None:
+    """The Python API resolving the model file of a folder a second time (run_analyze called again in a notebook)
+    runs model.py afresh, but its neighbour stayed imported from the first time: registered into the first run's
+    registry (the second's empty, KeyError), and as it was then, edits ignored. The folder's code is read again
+    together, as a new `fdl` process reads it."""
+    from fdl_cli.checkpoints import resolve_model_factory
+
+    run = _run(tmp_path, _MUTUAL)
+    spec = f"{run / 's26rs_model.py'}:build"
+    assert resolve_model_factory(spec)().out_features == 3
+    layers = run / "s26rs_layers.py"
+    layers.write_text(layers.read_text().replace("cfg.n_out)", "cfg.n_out + 1)"))
+    assert resolve_model_factory(spec)().out_features == 4
