@@ -2992,6 +2992,25 @@ def module_beside(target: str, folder: Path | None) -> Path | None:
     return Path(next(iter(found.submodule_search_locations or [str(folder)])))
 
 
+def _submodule_beside(target: str, top: Path | None) -> Path | None:
+    """The file of the module `target` (``pkg.models``) where `top` is its top-level package's (`module_beside`),
+    as Python finds the submodule in the package's folder: the code that runs, not the package's `__init__.py`;
+    `top` where a part is not found there (Python then fails on the import, or looks elsewhere)."""
+    found, parts = top, target.split(".")
+    for depth in range(1, len(parts)):
+        if found is None or not (found.is_dir() or found.name == "__init__.py"):
+            return top
+        folder = found if found.is_dir() else found.parent
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), [str(folder)])
+        except (ImportError, OSError, ValueError):
+            return top
+        if spec is None:
+            return top
+        found = (Path(spec.origin) if spec.origin not in (None, "namespace")
+                 else Path(next(iter(spec.submodule_search_locations or [str(folder)]))))
+    return found
+
 def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
     there), or with its links followed; or, with `links`, it is where a symbolic link in `folder` leads (a model.py
@@ -3164,7 +3183,7 @@ def manifest_model_note(spec: str, named_by: Path, *, base_dir: Path | None, mod
     if _is_path_spec(target):
         code = f"{model_spec_file(spec, base_dir=base_dir) or target}:{attr}"
     else:
-        beside = module_beside(target, module_dir)
+        beside = _submodule_beside(target, module_beside(target, module_dir))
         code = spec + (f" ({beside})" if beside is not None else "")
     return f"running the model code {code}, named by {named_by}"
 
@@ -3227,10 +3246,11 @@ def resolve_model_factory(
                                                            for c in _spec_candidates(target, base_dir))),
                 fix="give the path relative to the current folder (or to the checkpoint folder)",
             )
-        module_name = "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
+        module_name = _model_file_module(file)
         manifest = None if named_by is None else str(named_by)
-        # `from layers import Block` beside it, as python runs it
-        load = _serve_folder(file.resolve().parent, first=True, manifest=manifest)
+        (_UNCHECKED_FILES.add if manifest is None else _UNCHECKED_FILES.discard)(module_name)
+        # `from layers import Block` beside it, as python runs it; read again with it where imported before
+        load = _serve_folder(file.resolve().parent, first=True, manifest=manifest, afresh=True)
         try:
             spec_obj = importlib.util.spec_from_file_location(module_name, file)
             if spec_obj is not None:
@@ -3242,21 +3262,22 @@ def resolve_model_factory(
             with _user_code_stderr() as said:
                 spec_obj.loader.exec_module(module)
         except SystemExit as exc:  # a training script's top-level code (argparse, sys.exit) ran
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             raise _exited(f"{label}: importing {file}", exc, said.getvalue()) from None
         except CompiledCodeError:
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
-            sys.modules.pop(module_name, None)
+            _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
-            fix = _os_reason(file, exc)[1] if unreadable else shadowing_fix(exc) or "fix the error in that file"
+            fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
+                   or _package_module_fix(file, exc, attr, named_by) or "fix the error in that file")
             if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
                 fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
                        f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
             raise ModelError(
                 f"{label}: importing {file} failed",
-                got=f"{type(exc).__name__}: {exc}",
+                got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
                 fix=fix,
             ) from None
     else:
@@ -3282,7 +3303,7 @@ def resolve_model_factory(
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
             raise ModelError(
                 f"{label}: cannot import {target}",
-                got=f"{type(exc).__name__}: {exc}",
+                got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
                 fix=shadowing_fix(exc) or "install the package or put it on PYTHONPATH, or use path/file.py:factory",
             ) from None
     factory = getattr(module, attr, None)
@@ -3310,6 +3331,25 @@ def resolve_model_factory(
         _check_manifest_factory(spec, named_by, module, factory)
     return factory  # type: ignore[no-any-return]
 
+
+def _package_module_fix(file: Path, exc: BaseException, attr: str, named_by: Path | None) -> str | None:
+    """What to do where the model file `file` is a module of a package (its folder holds an `__init__.py`) whose
+    relative import (`from .layers import Block`) failed: a model file runs as `python file.py` runs it, outside
+    its package, and is to be named as the module it is (`pkg.net:build`). None for any other error."""
+    if not isinstance(exc, ImportError) or "no known parent package" not in str(exc) or file.name == "__init__.py":
+        return None
+    parts, root = [file.stem], file.resolve().parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    if len(parts) == 1:
+        return None
+    module = ".".join(parts)
+    beside = named_by is not None and root == named_by.resolve().parent  # a module spec is looked for there
+    how = (f'model = "{module}:{attr}" in {named_by}' if beside
+           else f"--model {module}:{attr} with PYTHONPATH={root}")
+    return (f"{file} is a module of the package {'.'.join(parts[:-1])}, whose relative imports need it imported as "
+            f"{module}: name it so, {how}")
 
 #: the libraries fdl runs on: no module of theirs (nor of what they require, nor of the standard library) is ever
 #: taken from a model's folder, whoever imports it (`_FolderModules`)
@@ -3413,6 +3453,8 @@ _SERVED: dict[str, str] = {}
 #: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused; a
 #: package too where only one of its submodules was (`_FolderSubmodules`)
 _UNCHECKED: set[str] = set()
+#: the model files' modules (`_model_file_module`) imported for --model's code, whose compiled imports were taken
+_UNCHECKED_FILES: set[str] = set()
 
 
 #: the load whose model code's import statement is being run (`_Load.import_`): the finders of its folder serve
@@ -3450,6 +3492,14 @@ class _Load:
     def adopt(self, name: str, module: types.ModuleType) -> None:
         self.modules[name] = module
         _OWNERS[name.partition(".")[0]] = self
+
+    def forget(self) -> None:
+        """The modules its code imported dropped: its folder read again (`_serve_folder(afresh=True)`), the ones of
+        before never put back in sys.modules by `take_in` once another load's took their names."""
+        self.modules.clear()
+        self.judged.clear()
+        for top in [top for top, owner in _OWNERS.items() if owner is self]:
+            del _OWNERS[top]
 
     def take_in(self, top: str) -> None:
         """sys.modules holding this load's modules named `top` (and its submodules), not another load's."""
@@ -3579,9 +3629,54 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         if fullname in _protected_modules():
             return None
         found = _from_source(found, fullname, self.load)
+        running = self._running(fullname, found)
+        if running is not None:  # `import model` in its neighbour: the model file fdl runs, not a second copy
+            found = importlib.util.spec_from_loader(fullname, _Running(running), origin=found.origin)
         _SERVED[fullname] = self.folder
         (_UNCHECKED.add if self.manifest is None else _UNCHECKED.discard)(fullname)
         return found
+
+    def _running(self, fullname: str, found: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        """The module of the model file fdl imported (`_model_file_module`) that `found` is, for the folder's code that
+        imports it by its own name (`_Running`); None for fdl's import of `named` (a module spec imports it afresh),
+        and for an fdl.toml's model where that file ran for --model, its compiled imports taken (`_UNCHECKED_FILES`)."""
+        if not found.has_location or fullname == self.named:
+            return None
+        name = _model_file_module(Path(str(found.origin)))
+        if self.manifest is not None and name in _UNCHECKED_FILES:
+            return None
+        return sys.modules.get(name)
+
+
+def _model_file_module(file: Path) -> str:
+    """The name fdl imports the model file `file` (`--model path/file.py:factory`) under, its own (an installed
+    `model`, another run's model.py, never clash with it): `fdl_user_model_` and a hash of its real path."""
+    return "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
+
+
+def _forget_model_file(name: str) -> None:
+    """The model file's module `name`, whose import failed, out of sys.modules, as Python takes out a module that
+    failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there."""
+    module = sys.modules.pop(name, None)
+    for alias in [alias for alias, held in sys.modules.items() if module is not None and held is module]:
+        del sys.modules[alias]
+
+
+class _Running(importlib.abc.Loader):
+    """The model file's module, imported (or being imported) by fdl under a name of its own (`_model_file_module`),
+    given to the folder's code that imports it by its own name (`from model import register` in layers.py, which
+    model.py imports), as a plain import gives one module: a second copy ran model.py twice (a circular import
+    failed, a registry or a class was two)."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.spec = module.__spec__
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.spec  # importlib set the alias's; its name stays fdl's, as `__name__` does
 
 
 class _FolderSubmodules(importlib.abc.MetaPathFinder):
@@ -3688,14 +3783,16 @@ def _module_homes(module: object) -> list[str]:
     return [place for place in places if isinstance(place, str) and os.path.isabs(place)]
 
 
-def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
+def _forget_other_folders(folder: str, *, checked: bool = False, afresh: bool = False) -> None:
     """Take out of sys.modules the modules another model folder served (`_SERVED`) whose names `folder` holds too:
     imported once, a model folder's `layers` was what the next model's `from layers import Block` got (the Python
     API analysing two runs in turn), a network of the first run's shape. A module imported otherwise stays.
     `checked`: for an fdl.toml's model, also those `folder` served to --model's code (`_UNCHECKED`), which its
-    imports would get as they are, compiled code never refused (`_from_source`) in the same process."""
+    imports would get as they are, compiled code never refused (`_from_source`) in the same process. `afresh`: all
+    those `folder` served, its model file run again (`resolve_model_factory`): with the neighbours it imported the
+    first time, they registered into that run's registry and stayed as they were read then."""
     for name, home in list(_SERVED.items()):
-        if home == folder and not (checked and name in _UNCHECKED):
+        if home == folder and not afresh and not (checked and name in _UNCHECKED):
             continue
         try:
             here = importlib.machinery.PathFinder.find_spec(name, [folder])
@@ -3710,20 +3807,24 @@ def _forget_other_folders(folder: str, *, checked: bool = False) -> None:
                 del sys.modules[loaded]
 
 
-def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None) -> _Load:
+def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None,
+                  afresh: bool = False) -> _Load:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
 
     first: ahead of installed modules, as Python puts a script's own folder (a model file's neighbours win, as
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins). manifest: the fdl.toml whose
-    model the folder's code is, for which compiled code there is refused (`_from_source`). Returns the `_Load` whose
-    rules and modules the folder's code gets."""
+    model the folder's code is, for which compiled code there is refused (`_from_source`). afresh: the folder's
+    modules imported before are imported again, as its model file is (`_forget_other_folders`). Returns the
+    `_Load` whose rules and modules the folder's code gets."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
-        _forget_other_folders(regular.folder, checked=manifest is not None)
+        _forget_other_folders(regular.folder, checked=manifest is not None, afresh=afresh)
+        if afresh:
+            regular.load.forget()
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(regular)
     if regular not in sys.meta_path:
@@ -3787,6 +3888,28 @@ def shadowing_fix(exc: BaseException) -> str | None:
             f"fdl never takes from a model's folder (it would replace {top} for fdl and torch too): the import got "
             f"that module instead; rename it (my_{top}, say) and the imports of it")
 
+
+def raised_at(exc: BaseException) -> str:
+    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
+    ` (raised at FILE, line N: CODE)` of the last frame of that code (no frame of the standard library, of fdl or of
+    a library it runs on, `_protected_modules`): a neighbour's line, not the model file that imported it; a forward
+    pass's line where torch raised. "" for none, and for a SyntaxError, whose message names its line already."""
+    import linecache
+
+    if isinstance(exc, SyntaxError):
+        return ""
+    where: tuple[str, int] | None = None
+    trace = exc.__traceback__
+    while trace is not None:
+        file = trace.tb_frame.f_code.co_filename
+        top = str(trace.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        if os.path.isabs(file) and top not in _protected_modules():
+            where = (file, trace.tb_lineno)
+        trace = trace.tb_next
+    if where is None:
+        return ""
+    code = linecache.getline(*where).strip()
+    return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
     """The one prefix (``net.``) that the model's keys carry beyond the checkpoint's, all of them and no other,
@@ -3941,7 +4064,8 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
                   "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
             f"building the model for {path} failed",
-            got=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,  # was "MemoryError: "
+            # was "MemoryError: "; the machine's memory, not a line of the model's code, is what to change
+            got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + ("" if memory else raised_at(exc)),
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
                  or "check --model and --model-kwargs"),
         ) from None

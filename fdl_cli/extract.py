@@ -1069,14 +1069,14 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
         if mixed is not None:
             raise mixed from None
         first = first_line(exc)
-        from fdl_cli.checkpoints import shadowing_fix
+        from fdl_cli.checkpoints import raised_at, shadowing_fix
         from fdl_cli.probes import embedding_tables, token_id_hint
 
         # the probe's first sample ran (the pipeline's check): a later row's token id out of an embedding's table
         token_ids = token_id_hint(np.asarray(x[start:stop]), first, embedding_tables(model), rows=start)
         raise ModelError(
             f"the model's forward pass failed on probe rows {start}..{stop - 1} (a batch of {stop - start})",
-            got=f"{type(exc).__name__}: {first}",
+            got=f"{type(exc).__name__}: {first}{raised_at(exc)}",
             fix=token_ids if token_ids is not None else shadowing_fix(exc) or
             "the model's own error (got:) says what failed; a program exported or scripted for a fixed batch size "
             "needs --batch-size equal to it and a probe of whole batches (or re-export it with a dynamic batch "

@@ -170,13 +170,14 @@ def inspect_checkpoint(
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
+        at = ckpts.raised_at(exc)  # the model code's line, which no traceback shows
         why = _needs_probe(sample, exc) if probe_spec is None else ""
         shadowing = ckpts.shadowing_fix(exc)
         if shadowing is not None:  # the model's own fault, whatever its input: said below the listing, exit 1
             outputs_error = ModelError(f"the model's forward pass failed on a sample of shape {shape}",
-                                       got=f"{type(exc).__name__}: {said}", fix=shadowing)
+                                       got=f"{type(exc).__name__}: {said}{at}", fix=shadowing)
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
-                  + (f": {said}" if said else "") + why}
+                  + (f": {said}" if said else "") + at + why}
         linears_run.clear()
     finally:
         for handle in handles:

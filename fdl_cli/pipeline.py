@@ -1645,17 +1645,18 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             mixed = mixed_devices_error(exc, ctx.device)
             if mixed is not None:  # the model's fault, not the probe's (on a GPU: a tensor made on the CPU)
                 raise mixed from None
-            from fdl_cli.checkpoints import shadowing_fix
+            from fdl_cli.checkpoints import raised_at, shadowing_fix
             from fdl_cli.probes import embedding_tables, fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
+            raised = f"{type(exc).__name__}{': ' * bool(said)}{said}{raised_at(exc)}"  # the model code's line
             shadowing = shadowing_fix(exc)
             if shadowing is not None:  # the model's fault too: a lazy import in its forward got a module not its own
                 raise ModelError(f"the model's forward pass failed on the first sample of probe {probe.name!r}",
-                                 got=f"{type(exc).__name__}: {said}", fix=shadowing) from None
+                                 got=raised, fix=shadowing) from None
             raise ProbeError(
                 f"probe {probe.name!r} ({probe.path}) does not fit the model",
-                got=f"{probe.describe_sample()}: {type(exc).__name__}: {said}",
+                got=f"{probe.describe_sample()}: {raised}",
                 fix=fit_fix(probe, said, embedding_tables(model)),
             ) from None
         _check_output_shape(ctx, probe, shape)

@@ -210,3 +210,16 @@ def test_two_analyses_in_one_process_store_what_two_processes_store(tmp_path: Pa
             np.testing.assert_array_equal(first[name], second[name], err_msg=name)
     a_arrays, b_arrays = _store_arrays(apart[0]), _store_arrays(apart[1])
     assert any(not np.array_equal(a_arrays[n], b_arrays[n]) for n in a_arrays if a_arrays[n].dtype.kind == "f")
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_folder_resolved_again_after_another_reads_its_edited_neighbour(tmp_path: Path) -> None:
+    """Folder a, then folder b (same-named neighbour), then a's model file again after an edit of a's neighbour:
+    the second resolution of a reads its folder anew (as a new process does), so the neighbour a's load kept from
+    the first time must not be put back in place of the edited one when a's code imports it."""
+    folder_a = _folder(tmp_path / "a", 3, 1.0)
+    spec_a = f"{folder_a / 'model.py'}:build"
+    assert resolve_model_factory(spec_a)().fc.out_features == 3
+    assert resolve_model_factory(f"{_folder(tmp_path / 'b', 5, 2.0) / 'model.py'}:build")().fc.out_features == 5
+    (folder_a / "s26f_layers.py").write_text("WIDTH = 7\nSCALE = 1.0\n")
+    assert resolve_model_factory(spec_a)().fc.out_features == 7
