@@ -55,3 +55,17 @@ def test_entry_takes_the_steps_array_takes(tmp_path: Path) -> None:
             assert entry.sha256 == wanted.sha256 and entry.computed_by == wanted.computed_by
             assert np.array_equal(entry.series[0].eigenvalues, wanted.series[0].eigenvalues)
             assert np.array_equal(run.array(step, "eigenvalues"), wanted.series[0].eigenvalues)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ reliability.md's numbered failures
+
+
+def test_reliability_md_numbers_each_failure_once_in_one_list() -> None:
+    """Two merges of this session each added a failure 39 (the Ctrl-C in a commit, the special files); store.md's
+    "failure 39" is the Ctrl-C's."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    block = text.split("Failures found and fixed:", 1)[1].split("\n## ", 1)[0].strip("\n")
+    numbers = [int(line.split(".", 1)[0]) for line in block.splitlines() if line[:1].isdigit()]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert block.split("\n39. ", 1)[1].startswith("A Ctrl-C or SIGTERM that arrived while HDF5 wrote")
+    assert block.split("\n40. ", 1)[1].startswith("Special files (a named pipe, /dev/zero, a socket)")
