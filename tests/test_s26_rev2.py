@@ -4,7 +4,6 @@ types StoreReader takes (`store._not_a_step`)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
