@@ -1,6 +1,7 @@
-"""Session 26, a second review of the session's changes: special files refused (`errors.special_file`), the Ctrl-C
-held back during a commit (`signals.deferred`), figures saved with one draw (`figures._savefig`) and the step
-types StoreReader takes (`store._not_a_step`)."""
+"""Session 26, a second review of the session's changes (special files refused, the Ctrl-C held back during a
+commit, figures saved with one draw, the step types StoreReader takes): what it found wrong. Figures under a
+matplotlibrc's `savefig.bbox: tight` were no longer savefig's; `StoreReader.entry` refused a step `array` took;
+reliability.md numbered two failures 39."""
 
 from __future__ import annotations
 
