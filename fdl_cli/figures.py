@@ -521,9 +521,11 @@ def _savefig(figure: Figure, target: Any, **options: Any) -> None:
     layout engine (fdl's are constrained) once without output, the engine laying it out at the start of that draw,
     then again into the file with the layout held. Here savefig sees no engine, so draws once, and the engine lays the
     figure out at the start of that draw, where savefig's first draw ran it: in the file's print, at its resolution,
-    with its canvas (SVG's at 72 dpi). The files are the same, byte for byte (tests/test_s26_figs.py)."""
+    with its canvas (SVG's at 72 dpi). The files are the same, byte for byte (tests/test_s26_figs.py). Under a
+    matplotlibrc's `savefig.bbox: tight` savefig draws twice whatever the engine (the first draw finds the tight box,
+    which the layout must precede), so it saves the figure itself: laid out here, after the box, the file differed."""
     engine = figure.get_layout_engine()
-    if engine is None or not figure.axes:
+    if engine is None or not figure.axes or options.get("bbox_inches", matplotlib.rcParams["savefig.bbox"]) == "tight":
         figure.savefig(target, **options)
         return
 

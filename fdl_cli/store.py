@@ -1347,7 +1347,7 @@ class StoreReader:
             raise self._missing_step(step, self.checkpoint_steps())
         series = tuple(self.arrays(step, probe=probe, layer=layer) for (probe, layer), _ in rows)
         return CheckpointEntry(
-            step=step, path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series,
+            step=rows[0][1]["step"], path=rows[0][1]["path"], sha256=rows[0][1]["sha256"], series=series,
             file_signature=self._identity(step)[2], computed_by=self.computed_by_row(step),
         )
 
