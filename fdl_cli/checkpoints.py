@@ -3248,7 +3248,6 @@ def resolve_model_factory(
             )
         module_name = _model_file_module(file)
         manifest = None if named_by is None else str(named_by)
-        (_UNCHECKED_FILES.add if manifest is None else _UNCHECKED_FILES.discard)(module_name)
         # `from layers import Block` beside it, as python runs it; read again with it where imported before
         load = _serve_folder(file.resolve().parent, first=True, manifest=manifest, afresh=True)
         try:
@@ -3453,8 +3452,6 @@ _SERVED: dict[str, str] = {}
 #: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused; a
 #: package too where only one of its submodules was (`_FolderSubmodules`)
 _UNCHECKED: set[str] = set()
-#: the model files' modules (`_model_file_module`) imported for --model's code, whose compiled imports were taken
-_UNCHECKED_FILES: set[str] = set()
 
 
 #: the load whose model code's import statement is being run (`_Load.import_`): the finders of its folder serve
@@ -3639,13 +3636,14 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     def _running(self, fullname: str, found: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         """The module of the model file fdl imported (`_model_file_module`) that `found` is, for the folder's code that
         imports it by its own name (`_Running`); None for fdl's import of `named` (a module spec imports it afresh),
-        and for an fdl.toml's model where that file ran for --model, its compiled imports taken (`_UNCHECKED_FILES`)."""
+        and for an fdl.toml's model where that file ran for --model (its loader's load), its compiled imports taken."""
         if not found.has_location or fullname == self.named:
             return None
-        name = _model_file_module(Path(str(found.origin)))
-        if self.manifest is not None and name in _UNCHECKED_FILES:
+        running = sys.modules.get(_model_file_module(Path(str(found.origin))))
+        loader = getattr(getattr(running, "__spec__", None), "loader", None)
+        if self.manifest is not None and not (isinstance(loader, _SourceLoader) and loader.load.manifest is not None):
             return None
-        return sys.modules.get(name)
+        return running
 
 
 def _model_file_module(file: Path) -> str:
