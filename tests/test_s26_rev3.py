@@ -5,6 +5,7 @@ got whichever model file ran last, another folder's or the one --model ran with 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import py_compile
 import sys
@@ -124,3 +125,46 @@ def test_resolving_a_folder_again_and_again_keeps_nothing_per_resolution(tmp_pat
             first = counts()
     assert counts() == first
     assert first[-1] == 2  # the modules of the last resolution by each way, no older one
+
+
+#: the ways one folder's model is resolved: by its fdl.toml (the model file; a module importing it lazily, in its
+#: factory; one importing it at its top) and by --model (the model file; the module importing it at its top)
+_WAYS = {
+    "path": ("s26r3_model.py:build", True), "lazy": ("s26r3_lazy:build", True), "eager": ("s26r3_eager:build", True),
+    "own": ("s26r3_model.py:build", False), "own_eager": ("s26r3_eager.py:build", False),
+}
+
+
+def test_an_fdl_toml_models_code_refuses_the_compiled_code_in_every_order(tmp_path: Path,
+                                                                          _clean_imports: None) -> None:
+    """Every order of three resolutions of one folder, by its fdl.toml or by --model (which takes the sourceless .pyc
+    its model file imports), then each fdl.toml factory called: the fdl.toml's resolution or its factory is refused
+    (CompiledCodeError), never a network built with the compiled code."""
+    import itertools
+
+    (tmp_path / "src.py").write_text("IN = 4\n")
+    built: list[tuple[str, ...]] = []
+    for number, order in enumerate(itertools.product(_WAYS, repeat=3)):
+        run = _folder(tmp_path / str(number), {
+            "s26r3_model.py": "import torch.nn as nn\n\nimport s26r3_helpers\nimport s26r3_layers\n\n\n"
+                              "def build():\n    return nn.Linear(s26r3_helpers.IN, 3)\n",
+            "s26r3_layers.py": "import s26r3_model\n",
+            "s26r3_lazy.py": "def build():\n    import s26r3_model\n\n    return s26r3_model.build()\n",
+            "s26r3_eager.py": "import s26r3_model\n\nbuild = s26r3_model.build\n",
+        })
+        py_compile.compile(str(tmp_path / "src.py"), cfile=str(run / "s26r3_helpers.pyc"), doraise=True)
+        factories = []
+        for way in order:
+            spec, checked = _WAYS[way]
+            spec = str(run / spec) if ".py:" in spec else spec
+            try:
+                factory = resolve_model_factory(spec, module_dir=run, named_by=run / "fdl.toml" if checked else None)
+            except CompiledCodeError:
+                assert checked, order
+                continue
+            (factories.append if checked else lambda made: made())(factory)
+        for factory in factories:
+            with contextlib.suppress(CompiledCodeError):
+                factory()
+                built.append(order)
+    assert built == []
