@@ -10,7 +10,6 @@ import gc
 import py_compile
 import sys
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,7 @@ import pytest
 import fdl_cli.checkpoints as loader
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
 from fdl_cli.errors import ModelError
-
-
-@pytest.fixture
-def _clean_imports(tmp_path: Path) -> Iterator[None]:
-    """sys.meta_path as it was, and no module of the test's folder left imported (under any name)."""
-    meta_path, modules = list(sys.meta_path), set(sys.modules)
-    yield
-    sys.meta_path[:] = meta_path
-    for name in set(sys.modules) - modules:
-        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
-            del sys.modules[name]
+from tests.test_s26_rev_source import _clean_imports  # noqa: F401 - the fixture
 
 
 def _folder(folder: Path, code: dict[str, str]) -> Path:
@@ -47,9 +36,8 @@ def _width_folder(folder: Path, width: int) -> Path:
     })
 
 
-def test_a_folders_code_importing_its_model_file_gets_its_own_after_another_folder_loaded(
-    tmp_path: Path, _clean_imports: None
-) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_folders_code_importing_its_model_file_gets_its_own_after_another_folder_loaded(tmp_path: Path) -> None:
     """Two folders with a model.py of the same name (the Python API analysing two runs in turn): folder a's factory,
     called after b's model was loaded, imports its model.py and got b's (a network of b's width)."""
     build_a = resolve_model_factory(f"{_width_folder(tmp_path / 'a', 3) / 's26r3_model.py'}:build")
@@ -59,8 +47,8 @@ def test_a_folders_code_importing_its_model_file_gets_its_own_after_another_fold
     assert [build_a().out_features, build_b().out_features, build_a().out_features] == [3, 5, 3]
 
 
-def test_an_fdl_toml_models_import_of_the_model_file_never_gets_the_one_model_ran(tmp_path: Path,
-                                                                                _clean_imports: None) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_an_fdl_toml_models_import_of_the_model_file_never_gets_the_one_model_ran(tmp_path: Path) -> None:
     """The fdl.toml's model (s26r3_entry:build, which imports model.py in its factory) resolved first, then --model
     of model.py (its neighbour imports it by name) with the sourceless .pyc beside it taken, as Python takes it:
     the fdl.toml's factory got that module, the compiled code in it, not refused."""
@@ -79,7 +67,8 @@ def test_an_fdl_toml_models_import_of_the_model_file_never_gets_the_one_model_ra
         entry()
 
 
-def test_a_model_file_that_failed_is_no_loads_module(tmp_path: Path, _clean_imports: None) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_model_file_that_failed_is_no_loads_module(tmp_path: Path) -> None:
     """model.py raised after its neighbour imported it: out of sys.modules (`_forget_model_file`) and out of the
     load that took it in, whose code importing it later (after another folder's model.py of that name) would
     have got the half-run module back, where Python imports the file again."""
@@ -95,7 +84,8 @@ def test_a_model_file_that_failed_is_no_loads_module(tmp_path: Path, _clean_impo
     assert layers_a.make().out_features == 3  # model.py imported again (the half-run module has no WIDTH)
 
 
-def test_resolving_a_folder_again_and_again_keeps_nothing_per_resolution(tmp_path: Path, _clean_imports: None) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_resolving_a_folder_again_and_again_keeps_nothing_per_resolution(tmp_path: Path) -> None:
     """The same folder resolved 50 times, by its fdl.toml and by --model in turn, its factory called each time: the
     modules, loads, owners, served names and finders stay as many as after the first, the old modules collected."""
     run = _folder(tmp_path / "run", {
@@ -135,8 +125,8 @@ _WAYS = {
 }
 
 
-def test_an_fdl_toml_models_code_refuses_the_compiled_code_in_every_order(tmp_path: Path,
-                                                                          _clean_imports: None) -> None:
+@pytest.mark.usefixtures("_clean_imports")
+def test_an_fdl_toml_models_code_refuses_the_compiled_code_in_every_order(tmp_path: Path) -> None:
     """Every order of three resolutions of one folder, by its fdl.toml or by --model (which takes the sourceless .pyc
     its model file imports), then each fdl.toml factory called: the fdl.toml's resolution or its factory is refused
     (CompiledCodeError), never a network built with the compiled code."""
