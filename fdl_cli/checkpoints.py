@@ -3248,7 +3248,6 @@ def resolve_model_factory(
             )
         module_name = _model_file_module(file)
         manifest = None if named_by is None else str(named_by)
-        (_UNCHECKED_FILES.add if manifest is None else _UNCHECKED_FILES.discard)(module_name)
         # `from layers import Block` beside it, as python runs it; read again with it where imported before
         load = _serve_folder(file.resolve().parent, first=True, manifest=manifest, afresh=True)
         try:
@@ -3453,8 +3452,6 @@ _SERVED: dict[str, str] = {}
 #: those of them served for the code of no fdl.toml (--model's), whose compiled code was taken, not refused; a
 #: package too where only one of its submodules was (`_FolderSubmodules`)
 _UNCHECKED: set[str] = set()
-#: the model files' modules (`_model_file_module`) imported for --model's code, whose compiled imports were taken
-_UNCHECKED_FILES: set[str] = set()
 
 
 #: the load whose model code's import statement is being run (`_Load.import_`): the finders of its folder serve
@@ -3631,7 +3628,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         found = _from_source(found, fullname, self.load)
         running = self._running(fullname, found)
         if running is not None:  # `import model` in its neighbour: the model file fdl runs, not a second copy
-            found = importlib.util.spec_from_loader(fullname, _Running(running), origin=found.origin)
+            found = importlib.util.spec_from_loader(fullname, _Running(running, self.load), origin=found.origin)
         _SERVED[fullname] = self.folder
         (_UNCHECKED.add if self.manifest is None else _UNCHECKED.discard)(fullname)
         return found
@@ -3639,13 +3636,14 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     def _running(self, fullname: str, found: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         """The module of the model file fdl imported (`_model_file_module`) that `found` is, for the folder's code that
         imports it by its own name (`_Running`); None for fdl's import of `named` (a module spec imports it afresh),
-        and for an fdl.toml's model where that file ran for --model, its compiled imports taken (`_UNCHECKED_FILES`)."""
+        and for an fdl.toml's model where that file ran for --model (its loader's load), its compiled imports taken."""
         if not found.has_location or fullname == self.named:
             return None
-        name = _model_file_module(Path(str(found.origin)))
-        if self.manifest is not None and name in _UNCHECKED_FILES:
+        running = sys.modules.get(_model_file_module(Path(str(found.origin))))
+        loader = getattr(getattr(running, "__spec__", None), "loader", None)
+        if self.manifest is not None and not (isinstance(loader, _SourceLoader) and loader.load.manifest is not None):
             return None
-        return sys.modules.get(name)
+        return running
 
 
 def _model_file_module(file: Path) -> str:
@@ -3656,26 +3654,33 @@ def _model_file_module(file: Path) -> str:
 
 def _forget_model_file(name: str) -> None:
     """The model file's module `name`, whose import failed, out of sys.modules, as Python takes out a module that
-    failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there."""
+    failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there,
+    and out of the load that took it in under those, which would put it back there (`_Load.take_in`)."""
     module = sys.modules.pop(name, None)
-    for alias in [alias for alias, held in sys.modules.items() if module is not None and held is module]:
-        del sys.modules[alias]
+    if module is None:
+        return
+    for held in [sys.modules, *(load.modules for load in _LOADS.values()), *(load.judged for load in _LOADS.values())]:
+        for alias in [alias for alias, kept in held.items() if kept is module]:
+            del held[alias]
 
 
 class _Running(importlib.abc.Loader):
     """The model file's module, imported (or being imported) by fdl under a name of its own (`_model_file_module`),
     given to the folder's code that imports it by its own name (`from model import register` in layers.py, which
     model.py imports), as a plain import gives one module: a second copy ran model.py twice (a circular import
-    failed, a registry or a class was two)."""
+    failed, a registry or a class was two). A module of `load` under that name, as the folder's others are: another
+    load's code importing the name (another folder's model.py) gets its own."""
 
-    def __init__(self, module: types.ModuleType) -> None:
+    def __init__(self, module: types.ModuleType, load: _Load) -> None:
         self.module = module
         self.spec = module.__spec__
+        self.load = load
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return self.module
 
     def exec_module(self, module: types.ModuleType) -> None:
+        self.load.adopt(module.__spec__.name, module)  # type: ignore[union-attr]
         module.__spec__ = self.spec  # importlib set the alias's; its name stays fdl's, as `__name__` does
 
 
