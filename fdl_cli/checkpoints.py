@@ -3578,7 +3578,11 @@ _LOADS: dict[tuple[str, str | None], _Load] = {}
 
 
 def _load_of(folder: str, manifest: str | None) -> _Load:
-    return _LOADS.setdefault((folder, manifest), _Load(folder, manifest))
+    """The load of `folder` under `manifest`'s rules, made once (each `_FolderModules` of it asks again)."""
+    load = _LOADS.get((folder, manifest))
+    if load is None:
+        load = _LOADS[folder, manifest] = _Load(folder, manifest)
+    return load
 
 
 class _FolderModules(importlib.abc.MetaPathFinder):
