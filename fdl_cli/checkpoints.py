@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdl_cli import dcp
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -987,8 +988,8 @@ def _peek_file(path: Path) -> _Peek:
     a file named like a checkpoint that holds none is not passed over with a note.
     """
     name = path.name
-    if (path.suffix == ".distcp" or name == ".metadata") and _is_dcp_folder(path.parent):
-        raise _dcp_error([path.parent])  # not "truncated or corrupt": one shard of a DCP folder
+    if (path.suffix == dcp.SHARD_SUFFIX or name == dcp.METADATA) and _is_dcp_folder(path.parent):
+        raise _dcp_part_error(path)  # not "truncated or corrupt": one shard of a DCP folder
     kind = special_file(path)
     if kind is not None:  # its size is 0: skipped as an empty file, in silence; opened, a FIFO waits for ever
         raise _special_error(path, kind)
@@ -1200,6 +1201,8 @@ def _hf_weight_files_of(folder: Path) -> list[Path]:
     for single in _HF_SINGLE:
         if (folder / single).is_file():
             return [folder / single]
+    if _is_dcp_folder(folder):
+        return dcp.dcp_files(folder)
     return []
 
 
@@ -1217,8 +1220,6 @@ def _deepspeed_states(folder: Path) -> list[Path]:
 def _folder_not_read(folder: Path) -> CheckpointError:
     """The error for a folder named like a checkpoint file (`step_2.pt/`) that holds no Hugging Face model: a
     folder scan passed over it without a word, and the run's step went missing."""
-    if _is_dcp_folder(folder):
-        return _dcp_error([folder])
     states = _deepspeed_states(folder)
     if states:
         shown = str(states[0].relative_to(folder)) + (f" and {len(states) - 1} more" if len(states) > 1 else "")
@@ -1242,6 +1243,8 @@ def _folder_not_read(folder: Path) -> CheckpointError:
 
 def _peek_hf_dir(folder: Path) -> _Peek:
     files = _hf_weight_files(folder)
+    if files and files[0].name == dcp.METADATA:
+        return _peek_dcp(folder)
     if not files:  # a folder named like a checkpoint (`_scan_folder`, `_candidates`)
         raise _folder_not_read(folder)
     missing = [f for f in files if not f.is_file()]
@@ -1768,7 +1771,7 @@ def discover_checkpoints(
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
     # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
-    if below is not None and not below[0] and not below[2]:
+    if below is not None and not below[0]:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found and bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
@@ -1807,9 +1810,7 @@ def discover_checkpoints(
         if [str(s) for s in sources] == ["-"] and not looked_at:  # `fdl analyze -` read nothing: "in -", "got: nothing"
             where, got = "the paths read from stdin (-)", "no path on stdin"
             fix = "pipe the checkpoints' paths in, one a line (`find runs/a -name '*.pt' | fdl analyze - ...`), or " + fix
-        nested, adapters, sharded = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
-        if sharded and not nested:  # an FSDP run's step folders: no file with a checkpoint suffix
-            raise _dcp_error(sharded)
+        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
         one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
         per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
         if per_step and not for_inspect:
@@ -2060,22 +2061,18 @@ def _is_dir_with(path: Path, pattern: str) -> bool:
 
 
 def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int = 2000) -> tuple[
-    list[tuple[Path, int]], list[Path], list[Path]
+    list[tuple[Path, int]], list[Path]
 ]:
     """For "no checkpoints found": the sub-folders (`depth` levels down, `budget` entries looked at) that hold
     checkpoint files or HF checkpoint folders (lightning_logs/version_0/checkpoints below a Lightning
     default_root_dir is 3 levels down), at most 4 (3 to name, and whether there are more), with their counts;
-    the PEFT adapter folders met (adapter_model.safetensors, no model weights); and the
-    torch.distributed.checkpoint folders met, `folders` themselves included (`_is_dcp_folder`)."""
+    and the PEFT adapter folders met (adapter_model.safetensors, no model weights). A torch.distributed.checkpoint
+    folder is one checkpoint, as a Hugging Face one is."""
     nested: list[tuple[Path, int]] = []
     adapters: list[Path] = []
-    sharded: list[Path] = []
     queue = [(folder, 0) for folder in folders if folder.is_dir()]
     while queue and budget > 0 and len(nested) < 4:
         folder, level = queue.pop(0)
-        if _is_dcp_folder(folder):
-            sharded.append(folder)
-            continue
         try:
             entries = sorted(folder.iterdir())
         except OSError:
@@ -2097,29 +2094,73 @@ def _checkpoints_below(folders: Sequence[Path], *, depth: int = 3, budget: int =
                 continue
         if level > 0 and count:
             nested.append((folder, count))
-    return nested, adapters[:3], sharded
+    return nested, adapters[:3]
 
 
-def _is_dcp_folder(folder: Path) -> bool:
-    """A torch.distributed.checkpoint folder (FSDP, torchtitan, Lightning's FSDP strategy): a `.metadata`
-    file (a pickle) beside `*.distcp` shards, one model in pieces that no file holds whole."""
-    try:
-        return (folder / ".metadata").is_file() and any(folder.glob("*.distcp"))
-    except OSError:
-        return False
+#: A torch.distributed.checkpoint folder (FSDP, torchtitan, Lightning's FSDP strategy): a `.metadata` file (a
+#: pickle, read without running code) beside `*.distcp` shards: one checkpoint (`_peek_dcp`, `_dcp_object`)
+_is_dcp_folder = dcp.is_dcp_folder
 
 
-def _dcp_error(folders: Sequence[Path]) -> CheckpointError:
-    shown = first_few(folders, 3)
-    first = str(folders[0]).rstrip("/")
+def _dcp_part_error(path: Path) -> CheckpointError:
     return CheckpointError(
-        f"{shown}: torch.distributed.checkpoint (DCP) folder{'s' if len(folders) > 1 else ''}, as FSDP and "
-        "torchtitan save them: the model in shards (*.distcp) with a pickled .metadata, which fdl does not read",
-        got="no file holding the whole model",
-        fix=("convert each folder you trust to one file and analyse those: python -m "
-             f"torch.distributed.checkpoint.format_utils dcp_to_torch {first} {first}.pt (its .metadata is "
-             "unpickled: it can run code)"),
+        f"{path} is one file of the torch.distributed.checkpoint (DCP) folder {path.parent}, not a checkpoint alone",
+        got="the model's tensors lie in the folder's *.distcp shards, which its .metadata places",
+        fix=f"give the folder, {path.parent}, or the one above it that holds the run's checkpoint folders",
     )
+
+
+#: The top-level entries of a DCP checkpoint's dict that are an optimizer's state (their `state` and
+#: `param_groups`): never loaded, as fdl skips an optimizer's state in any checkpoint
+def _dcp_optimizer_entries(entries: Mapping[str, dcp.Entry]) -> set[Any]:
+    below: dict[Any, set[Any]] = collections.defaultdict(set)
+    for entry in entries.values():
+        if len(entry.path) > 1:
+            below[entry.path[0]].add(entry.path[1])
+    return {key for key, parts in below.items() if {"state", "param_groups"} <= parts}
+
+
+def _dcp_object(folder: Path, *, peek: bool = False) -> dict[Any, Any]:
+    """A DCP folder's saved dict, rebuilt (`dcp.nested`): `{"model": {...}, "step": 5, ...}` as a training loop's
+    dict, the optimizer's state left out. ``peek``: its tensors are meta tensors (shapes and dtypes only, nothing
+    read) and only its step entries are read. A dict holding the model's tensors at its top level beside
+    training state (torchtitan's, flattened so) keeps its tensors and plain values."""
+    entries = dcp.read_metadata(folder)
+    skipped = _dcp_optimizer_entries(entries)
+    kept = {fqn: entry for fqn, entry in entries.items() if entry.path[0] not in skipped}
+    dcp.check_chunks(folder, kept.values())
+    if peek:
+        steps = {key.split(".")[0] for key in STEP_ORDER}
+        values = dcp.read_items(folder, [e for e in kept.values() if e.dtype is None and e.path[0] in steps],
+                                _load_plain)
+        values.update({fqn: torch.empty(entry.size, dtype=entry.dtype, device="meta")
+                       for fqn, entry in kept.items() if entry.dtype is not None})
+        values.update({fqn: None for fqn in kept if fqn not in values})
+    else:
+        values = dcp.read_items(folder, kept.values(), _load_plain)
+    try:
+        obj = dcp.nested(values, kept)
+    except ValueError as exc:
+        raise dcp.bad_folder(folder, f"its .metadata places {exc}") from None
+    top = [value for value in obj.values() if isinstance(value, torch.Tensor)]
+    if any(map(_is_weight, top)) and _find_tensor_dict(obj) is None:
+        obj = {key: value for key, value in obj.items() if isinstance(value, (torch.Tensor, *_PLAIN_VALUES))}
+    return obj
+
+
+def _load_plain(data: io.BytesIO) -> Any:
+    return _plain(_load_weights_only(data))
+
+
+def _peek_dcp(folder: Path) -> _Peek:
+    obj = _dcp_object(folder, peek=True)
+    if _is_optimizer_state(obj):
+        return _Peek(None, {}, f"skipped {folder.name}: optimizer state, no model weights")
+    tensors = _find_tensor_dict(obj)
+    if tensors is None:
+        return _Peek(None, {}, f"skipped {folder.name}: a torch.distributed.checkpoint folder holding no model "
+                               "state_dict")
+    return _Peek("dcp", _file_steps(obj), keys=frozenset(_key_names(tensors)))
 
 
 def _dedupe(
@@ -2735,12 +2776,15 @@ def _load_tensor_file(
     if path.suffix == ".safetensors":
         tensors, meta = _load_safetensors(path, map_location)
         return tensors, None, meta, False, (), ""
-    try:
-        obj = _torch_load_safe(path, map_location=map_location)
-    except UnsafeCheckpointError:
-        if not trust_pickle:
-            raise
-        obj = _load_trusted(path, map_location)
+    if path.is_dir():  # a torch.distributed.checkpoint folder (`_dcp_object`): read without unpickling objects
+        obj: Any = _dcp_object(path)
+    else:
+        try:
+            obj = _torch_load_safe(path, map_location=map_location)
+        except UnsafeCheckpointError:
+            if not trust_pickle:
+                raise
+            obj = _load_trusted(path, map_location)
     if isinstance(obj, nn.Module):
         return None, obj, {}, False, (), ""
     is_entry, chosen = _entry_at(obj, weights) if weights is not None and isinstance(obj, Mapping) else (False, None)
@@ -2886,7 +2930,7 @@ def load_checkpoint(
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
         module = _load_program(path, ref.kind, map_location)
-    elif path.is_dir():
+    elif path.is_dir() and not _is_dcp_folder(path):
         tensors = {}
         for weight_file in _hf_weight_files(path):
             part, _, part_meta, _, _, _ = _load_tensor_file(

@@ -1065,7 +1065,7 @@ def _model_kwargs(options: AnalyzeOptions, manifest: Any, base_dir: Path | None,
 
 
 #: the kinds of checkpoint that hold weights alone: a model's code (--model, fdl.toml's model) must build it
-_WEIGHTS_ONLY = frozenset({"state_dict", "safetensors", "hf_dir"})
+_WEIGHTS_ONLY = frozenset({"state_dict", "safetensors", "hf_dir", "dcp"})
 
 
 def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | None) -> Any:

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save_file
 
 from fdl_cli.checkpoints import discover_checkpoints
-from fdl_cli.errors import CheckpointError
 from tests.test_analyze import fdl
 from tests.tiny_models import cnn
 
@@ -212,15 +211,15 @@ def test_half_precision_weights_are_widened_exactly(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- an unsupported layout, explained
 
 
-def test_torch_distributed_checkpoint_folders_are_named_with_their_conversion(tmp_path: Path) -> None:
+def test_torch_distributed_checkpoint_folders_are_read(tmp_path: Path) -> None:
     """An FSDP run's DCP folders (step_N/__0_0.distcp + .metadata): the run's folder said "no checkpoints
     found, got: nothing", a step folder "not a checkpoint suffix", and a shard given by name "the file
-    is truncated or corrupt ... re-copy it". Each now says what the folder is and how to convert it;
-    the converted files give the numbers of the same weights saved plainly."""
+    is truncated or corrupt ... re-copy it". Session 15 named the conversion to run for each folder; since
+    session 26 fdl reads them (tests/test_s26_dcp.py): the run, or a step folder, gives the numbers of the
+    same weights saved plainly, and a shard given by name says to give its folder."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     probe = _probe(tmp_path / "probe.pt")
     run, plain = tmp_path / "run", tmp_path / "plain"
@@ -230,21 +229,16 @@ def test_torch_distributed_checkpoint_folders_are_named_with_their_conversion(tm
             warnings.simplefilter("ignore")  # "no process group": one process saves it all
             dcp.save({"model": _weights(step), "step": step}, checkpoint_id=str(run / f"step_{step}"))
         torch.save(_weights(step), plain / f"step_{step}.pt")
-    for source in (run, run / "step_0", run / "step_0" / "__0_0.distcp"):
-        code, err, _ = _analyze(source, probe=probe, out=tmp_path / "a.h5")
-        assert code == 1 and "Traceback" not in err, err
-        assert "torch.distributed.checkpoint (DCP) folder" in err and "corrupt" not in err
-        assert f"format_utils dcp_to_torch {run / 'step_0'} {run / 'step_0'}.pt" in " ".join(err.split())
+    code, err, shard = _analyze(run / "step_0" / "__0_0.distcp", probe=probe, out=tmp_path / "a.h5")
+    assert code == 1 and "Traceback" not in err and "corrupt" not in err, err
+    assert f"give the folder, {run / 'step_0'}" in " ".join(err.split())
     assert not (tmp_path / "a.h5").exists()
-    with pytest.raises(CheckpointError, match="dcp_to_torch"):  # --watch waited for ever for a file
-        discover_checkpoints([run], empty_ok=True, missing_ok=True)
+    assert [ref.step for ref in discover_checkpoints([run], empty_ok=True, missing_ok=True).checkpoints] == [0, 10]
     inspected = fdl("inspect", run / "step_0", *MODEL)
-    assert inspected.code == 1 and "dcp_to_torch" in inspected.stderr
-    for step in (0, 10):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dcp_to_torch_save(run / f"step_{step}", run / f"step_{step}.pt")
-    code, err, got = _analyze(run, probe=probe, out=tmp_path / "converted.h5")
+    assert inspected.code == 0 and "BatchNorm2d" in inspected.stderr, inspected.stderr
+    code, err, got = _analyze(run, probe=probe, out=tmp_path / "dcp.h5")
     assert code == 0, err
     _, _, expected = _analyze(plain, probe=probe, out=tmp_path / "plain.h5")
     assert _measures(got) == _measures(expected)
+    code, err, one = _analyze(run / "step_10", probe=probe, out=tmp_path / "one.h5")
+    assert code == 0 and list(one) == [10], err

@@ -1,0 +1,372 @@
+"""torch.distributed.checkpoint (DCP) folders, read without running their code.
+
+FSDP, FSDP2 and torchtitan save a checkpoint as a folder: `.metadata` (a pickle of
+torch.distributed.checkpoint's metadata classes) beside `__<rank>_<n>.distcp` files holding each item at a
+byte range. fdl reads `.metadata` with an unpickler of its own that knows only the few names such a pickle
+uses (`_ALLOWED`), rebuilt as plain records (`_Record`): it never imports or calls torch's classes, and any
+other name is refused without running it. Each tensor chunk is a `torch.save` archive, loaded by fdl's
+restricted loader (`torch.load(weights_only=True)`); the chunks are checked to cover each tensor exactly once,
+then copied into it. A non-tensor item (a step, a learning rate, a dataloader's state) is a `torch.save`
+archive too: loaded by the same restricted loader, or left out (`ItemNotRead`) where it pickles an object.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fdl_cli.errors import CheckpointError, UnsafeCheckpointError, first_few
+
+METADATA = ".metadata"
+SHARD_SUFFIX = ".distcp"
+_MODULE = "torch.distributed.checkpoint.metadata"
+_RECORD_NAMES = (
+    f"{_MODULE}.Metadata", f"{_MODULE}.TensorStorageMetadata", f"{_MODULE}.ChunkStorageMetadata",
+    f"{_MODULE}.TensorProperties", f"{_MODULE}.BytesStorageMetadata", f"{_MODULE}.MetadataIndex",
+    f"{_MODULE}.StorageMeta", "torch.distributed.checkpoint.filesystem._StorageInfo",
+)
+_TRUST_NOTE = "fdl reads a DCP folder's .metadata without running code, whatever --trust-pickle says"
+
+
+class _Record:
+    """One object of the metadata pickle: the name of its class and the state the pickle gave it, nothing more
+    (no method of torch's class runs). Made by NEWOBJ with no arguments, given its state once by BUILD."""
+
+    __slots__ = ("state",)
+    name = ""
+    state: Any
+
+    def __new__(cls, *args: Any) -> _Record:
+        if args:
+            raise pickle.UnpicklingError(f"{cls.name} built with arguments")
+        record = object.__new__(cls)
+        record.state = None
+        return record
+
+    def __setstate__(self, state: Any) -> None:
+        if self.state is not None:
+            raise pickle.UnpicklingError(f"{self.name} given its state twice")
+        self.state = state
+
+    def field(self, key: str, default: Any = None) -> Any:
+        return self.state.get(key, default) if isinstance(self.state, dict) else default
+
+
+_RECORDS = {name: type(name.rsplit(".", 1)[1], (_Record,), {"__slots__": (), "name": name}) for name in _RECORD_NAMES}
+
+
+def _size(values: Any = ()) -> tuple[int, ...]:
+    """torch.Size as the pickle rebuilds it (REDUCE with a tuple of ints): a tuple of non-negative ints."""
+    if not isinstance(values, (tuple, list)) or not all(type(v) is int and v >= 0 for v in values):
+        raise pickle.UnpicklingError("torch.Size of values that are not non-negative integers")
+    return tuple(values)
+
+
+def _name_only(value: Any = None, *more: Any) -> str:
+    """A layout (`_get_layout('torch.strided')`), a memory format's code or a path: kept as text, never used."""
+    if more or not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise pickle.UnpicklingError("a name rebuilt from something other than one string or number")
+    return str(value)
+
+
+def _path_text(*parts: Any) -> str:
+    if not all(type(part) is str for part in parts):
+        raise pickle.UnpicklingError("a path of parts that are not strings")
+    return "/".join(parts)
+
+
+_CALLABLES: dict[str, Callable[..., Any]] = {
+    "torch.Size": _size,
+    "torch.serialization._get_layout": _name_only,
+    f"{_MODULE}._MEM_FORMAT_ENCODING": _name_only,
+    **{f"pathlib.{kind}": _path_text for kind in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")},
+    **{f"pathlib._local.{kind}": _path_text for kind in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")},
+}
+_DTYPES = {f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Knows the metadata classes (as `_Record`s), torch.Size, dtypes, layouts and paths, and nothing else."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.refused: list[str] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        found = _RECORDS.get(full) or _CALLABLES.get(full) or _DTYPES.get(full)
+        if found is None:
+            self.refused.append(full)
+            raise pickle.UnpicklingError(f"global {full} is not allowed")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One stored piece of a tensor (or a whole non-tensor item: no offsets), at a byte range of a shard."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str
+    start: int
+    length: int
+    transforms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A tensor (its dtype, its size and its chunks) or, with dtype None, a non-tensor item (one chunk)."""
+
+    fqn: str
+    path: tuple[str | int, ...]  # where the item sat in the saved dict: ("model", "fc.weight")
+    dtype: torch.dtype | None
+    size: tuple[int, ...]
+    chunks: tuple[Chunk, ...]
+
+
+class ItemNotRead:
+    """A non-tensor item that pickles an object (a dataloader's state, a config): never unpickled."""
+
+    def __init__(self, fqn: str, reason: str) -> None:
+        self.fqn, self.reason = fqn, reason
+
+    def __repr__(self) -> str:
+        return f"<{self.fqn}: not read, {self.reason}>"
+
+
+def is_dcp_folder(folder: Path) -> bool:
+    """A torch.distributed.checkpoint folder: a `.metadata` file beside `*.distcp` shards."""
+    try:
+        return (folder / METADATA).is_file() and any(folder.glob(f"*{SHARD_SUFFIX}"))
+    except OSError:
+        return False
+
+
+def dcp_files(folder: Path) -> list[Path]:
+    """The files a DCP folder's checkpoint is: its `.metadata` and its shards."""
+    return [folder / METADATA, *sorted(folder.glob(f"*{SHARD_SUFFIX}"))]
+
+
+def bad_folder(folder: Path, got: str) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read the torch.distributed.checkpoint folder {folder}",
+        got=got,
+        fix="the folder is damaged or incomplete (a save cut short, or a copy missing files): re-copy it whole, or "
+        "leave it out with --glob",
+    )
+
+
+def read_metadata(folder: Path) -> dict[str, Entry]:
+    """The items of a DCP folder, by flattened name, from its `.metadata` read without running code."""
+    path = folder / METADATA
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise bad_folder(folder, f"{METADATA}: {exc.strerror or exc}") from None
+    unpickler = _MetadataUnpickler(data)
+    try:
+        root = unpickler.load()
+    except Exception as exc:  # noqa: BLE001 - any failure of the restricted unpickler: refused or damaged
+        if unpickler.refused:
+            raise UnsafeCheckpointError(
+                f"{path}: this DCP metadata names {first_few(unpickler.refused, 3)}, which could run code when "
+                "unpickled; fdl refused to read it",
+                got="a global beyond torch.distributed.checkpoint's metadata classes",
+                fix=f"re-save the checkpoint with torch.distributed.checkpoint.save; {_TRUST_NOTE}",
+            ) from None
+        raise bad_folder(folder, f"{METADATA} is not a readable pickle ({type(exc).__name__}: {exc})") from None
+    try:
+        return _entries(root)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise bad_folder(folder, f"{METADATA} is not torch.distributed.checkpoint's metadata ({exc})") from None
+
+
+def _records(value: Any, kind: str) -> bool:
+    return isinstance(value, _Record) and value.name.endswith(f".{kind}")
+
+
+def _entries(root: Any) -> dict[str, Entry]:
+    if not _records(root, "Metadata"):
+        raise TypeError(f"the pickle holds a {type(root).__name__}, not a Metadata")
+    items, storage, paths = root.field("state_dict_metadata"), root.field("storage_data"), root.field("planner_data")
+    if not isinstance(items, dict) or not isinstance(storage, dict):
+        raise TypeError("no state_dict_metadata and storage_data tables")
+    paths = paths if isinstance(paths, dict) else {}
+    stored: dict[tuple[str, tuple[int, ...] | None], Chunk] = {}
+    for index, info in storage.items():
+        if not _records(index, "MetadataIndex") or not _records(info, "_StorageInfo"):
+            raise TypeError("a storage_data entry that is not a MetadataIndex and its _StorageInfo")
+        offset = index.field("offset")
+        file, start, length = info.field("relative_path"), info.field("offset"), info.field("length")
+        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise ValueError(f"a shard file name {file!r} outside the folder")
+        if type(start) is not int or type(length) is not int or start < 0 or length < 0:
+            raise ValueError(f"a byte range {start!r}+{length!r} of {file}")
+        transforms = info.field("transform_descriptors") or ()
+        stored[(str(index.field("fqn")), offset)] = Chunk((), (), file, start, length, tuple(map(str, transforms)))
+    out: dict[str, Entry] = {}
+    for fqn, item in items.items():
+        if not isinstance(fqn, str):
+            raise TypeError(f"an item named {fqn!r}")
+        path = paths.get(fqn, (fqn,))
+        if not isinstance(path, (tuple, list)) or not path or not all(type(p) in (str, int) for p in path):
+            raise TypeError(f"the place of {fqn} is {path!r}")
+        if _records(item, "BytesStorageMetadata"):
+            if (fqn, None) not in stored:
+                raise KeyError(f"{fqn} has no storage")
+            out[fqn] = Entry(fqn, tuple(path), None, (), (stored[(fqn, None)],))
+            continue
+        if not _records(item, "TensorStorageMetadata"):
+            raise TypeError(f"{fqn} is described by a {type(item).__name__}")
+        properties, size, chunks = item.field("properties"), item.field("size"), item.field("chunks")
+        dtype = properties.state[0] if _records(properties, "TensorProperties") and isinstance(
+            properties.state, tuple) and properties.state else None
+        if not isinstance(dtype, torch.dtype) or not isinstance(size, tuple) or not isinstance(chunks, list):
+            raise TypeError(f"{fqn} has no dtype, size and chunks")
+        placed = []
+        for chunk in chunks:
+            if not _records(chunk, "ChunkStorageMetadata"):
+                raise TypeError(f"a chunk of {fqn} is a {type(chunk).__name__}")
+            offsets, sizes = chunk.field("offsets"), chunk.field("sizes")
+            if (fqn, offsets) not in stored:
+                raise KeyError(f"the chunk of {fqn} at {list(offsets or ())} has no storage")
+            at = stored[(fqn, offsets)]
+            placed.append(Chunk(tuple(offsets), tuple(sizes), at.file, at.start, at.length, at.transforms))
+        out[fqn] = Entry(fqn, tuple(path), dtype, size, tuple(placed))
+    return out
+
+
+def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
+    """Each tensor's chunks lie within it and cover it exactly once, and each shard they name is there."""
+    files: set[str] = set()
+    for entry in entries:
+        files.update(chunk.file for chunk in entry.chunks)
+        if entry.dtype is None:
+            continue
+        volume = 0
+        for index, chunk in enumerate(entry.chunks):
+            if len(chunk.offsets) != len(entry.size) or len(chunk.sizes) != len(entry.size) or any(
+                    o + s > n for o, s, n in zip(chunk.offsets, chunk.sizes, entry.size, strict=True)):
+                raise bad_folder(folder, f"a chunk of {entry.fqn} at {list(chunk.offsets)} of size {list(chunk.sizes)} "
+                                   f"lies outside its size {list(entry.size)}")
+            volume += math.prod(chunk.sizes)
+            for other in entry.chunks[:index]:
+                if all(a < c + d and c < a + b for a, b, c, d in zip(chunk.offsets, chunk.sizes, other.offsets,
+                                                                     other.sizes, strict=True)) and 0 not in chunk.sizes:
+                    raise bad_folder(folder, f"two chunks of {entry.fqn} overlap (at {list(other.offsets)} and "
+                                       f"{list(chunk.offsets)})")
+        if volume != math.prod(entry.size):
+            raise bad_folder(folder, f"the chunks of {entry.fqn} hold {volume} of its {math.prod(entry.size)} elements "
+                               f"(size {list(entry.size)})")
+    missing = sorted(file for file in files if not (folder / file).is_file())
+    if missing:
+        raise bad_folder(folder, f"the shard{'s' if len(missing) > 1 else ''} {first_few(missing, 3)} that its "
+                           f"{METADATA} names {'are' if len(missing) > 1 else 'is'} not in it")
+
+
+def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) -> bytes:
+    if chunk.transforms:
+        raise CheckpointError(
+            f"cannot read {fqn} of the torch.distributed.checkpoint folder {folder}",
+            got=f"it is stored through the extension{'s' if len(chunk.transforms) > 1 else ''} "
+            f"{', '.join(chunk.transforms)} (compression), which fdl does not read",
+            fix="save without _extensions, or convert the folder to one file and analyse that: python -m "
+            f"torch.distributed.checkpoint.format_utils dcp_to_torch {folder} {folder}.pt",
+        )
+    if chunk.file not in handles:
+        handles[chunk.file] = open(folder / chunk.file, "rb")  # noqa: SIM115 - closed by `read_items`
+    handle = handles[chunk.file]
+    handle.seek(chunk.start)
+    data = handle.read(chunk.length)
+    if len(data) < chunk.length:
+        raise CheckpointError(
+            f"cannot read the torch.distributed.checkpoint folder {folder}",
+            got=f"{chunk.file} is cut short: {fqn} lies at bytes {chunk.start}..{chunk.start + chunk.length}, "
+            f"the file holds {chunk.start + len(data)}",
+            fix="re-copy the folder whole; a save still being written is analysed by the same command run again "
+            "once written",
+        )
+    return data
+
+
+def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesIO], Any]) -> dict[str, Any]:
+    """The values of `entries`, by name: tensors assembled from their chunks, other items loaded by `load` (fdl's
+    restricted `torch.load`), or `ItemNotRead` where that refuses them (an object pickled)."""
+    handles: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    try:
+        for entry in entries:
+            if entry.dtype is None:
+                data = _chunk_bytes(folder, entry.chunks[0], entry.fqn, handles)
+                try:
+                    out[entry.fqn] = load(io.BytesIO(data))
+                except pickle.UnpicklingError as exc:
+                    out[entry.fqn] = ItemNotRead(entry.fqn, str(exc).splitlines()[0][:120] if str(exc) else "refused")
+                except Exception as exc:  # noqa: BLE001 - damaged bytes
+                    raise bad_folder(folder, f"{entry.fqn} in {entry.chunks[0].file} is not readable ({exc})") from None
+                continue
+            out[entry.fqn] = _tensor(folder, entry, load, handles)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return out
+
+
+def _tensor(folder: Path, entry: Entry, load: Callable[[io.BytesIO], Any], handles: dict[str, Any]) -> torch.Tensor:
+    assert entry.dtype is not None
+    full: torch.Tensor | None = None
+    for chunk in entry.chunks:
+        data = _chunk_bytes(folder, chunk, entry.fqn, handles)
+        try:
+            piece = load(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - damaged bytes, or an object where a tensor belongs
+            raise bad_folder(folder, f"the chunk of {entry.fqn} at {list(chunk.offsets)} in {chunk.file} is not a "
+                               f"readable tensor ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+                       ) from None
+        if not isinstance(piece, torch.Tensor) or tuple(piece.shape) != chunk.sizes or piece.dtype != entry.dtype:
+            got = (f"a {piece.dtype} tensor of shape {list(piece.shape)}" if isinstance(piece, torch.Tensor)
+                   else f"a {type(piece).__name__}")
+            raise bad_folder(folder, f"the chunk of {entry.fqn} at {list(chunk.offsets)} in {chunk.file} holds {got}, "
+                               f"not the {entry.dtype} chunk of shape {list(chunk.sizes)} its {METADATA} says")
+        if len(entry.chunks) == 1:
+            return piece
+        if full is None:
+            full = torch.empty(entry.size, dtype=entry.dtype)
+        full[tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))] = piece
+    return full if full is not None else torch.empty(entry.size, dtype=entry.dtype)
+
+
+def nested(values: dict[str, Any], entries: dict[str, Entry]) -> dict[Any, Any]:
+    """The saved dict rebuilt from flattened items by each one's place (`{"model": {"fc.weight": ...}, "step":
+    5}`): the shape fdl reads a training loop's dict in. A level whose keys are 0..n-1 (a list saved) is a list."""
+    root: dict[Any, Any] = {}
+    for fqn, value in values.items():
+        path = entries[fqn].path
+        level = root
+        for part in path[:-1]:
+            level = level.setdefault(part, {})
+            if not isinstance(level, dict):
+                raise ValueError(f"{fqn} lies below another item")
+        if path[-1] in level:
+            raise ValueError(f"two items at the place of {fqn}")
+        level[path[-1]] = value
+    return _lists(root)
+
+
+def _lists(level: Any) -> Any:
+    if not isinstance(level, dict):
+        return level
+    level = {key: _lists(value) for key, value in level.items()}
+    if level and all(type(key) is int for key in level) and set(level) == set(range(len(level))):
+        return [level[index] for index in range(len(level))]
+    return level
