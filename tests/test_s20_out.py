@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import report as rep
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
 
@@ -31,6 +32,7 @@ def _report_names(*suffixes: str, eigenfunctions: bool = True) -> set[str]:
     return {f"{stem}{suffix}.{ext}" for stem in stems for suffix in suffixes for ext in ("png", "svg")}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_report_removes_the_figures_an_earlier_report_wrote_of_series_no_longer_in_the_store(tmp_path: Path) -> None:
     """1. The store analysed again with one layer instead of two: the figures of the two layers stayed beside
     the new ones, and a reader of the folder saw figures of a layer the store no longer holds."""
@@ -50,6 +52,7 @@ def test_a_report_removes_the_figures_an_earlier_report_wrote_of_series_no_longe
     assert second.stdout == fdl_in_process("report", one, "--format", "csv").stdout  # notes on stderr alone
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_path: Path) -> None:
     """1. The rule's safety: only a file the list names, of a figure's name, in the folder itself, holding the
     bytes fdl wrote, is removed; the figure-named files left are named in a note."""
@@ -83,6 +86,7 @@ def test_files_fdl_did_not_write_or_that_changed_since_are_never_removed(tmp_pat
     assert set(json.loads((plots / FIGURE_LIST).read_text())["files"]) == _report_names("")
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_figure_list_fdl_cannot_read_as_its_own_is_left_and_nothing_is_removed(tmp_path: Path) -> None:
     """1 (guard). A file of the list's name that is not fdl's list is neither trusted nor written over."""
     from fdl_cli.figures import FIGURE_LIST, write_run_figures
@@ -98,6 +102,7 @@ def test_a_figure_list_fdl_cannot_read_as_its_own_is_left_and_nothing_is_removed
     assert "also holds 16 figure files" in notes[-1]
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_second_stores_report_into_the_folder_leaves_the_first_stores_figures(tmp_path: Path) -> None:
     """1 (review). Two stores reported into one folder: the second's report removed the first's figures of
     other series, figures the user still wanted, which no report of the second store would write back."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
 from tests.test_s20_out import _files, _report_names
@@ -58,6 +59,7 @@ def test_plots_and_html_draw_each_figure_once_and_write_what_each_alone_writes(
     assert {size for _, size in images} == {(1300, 400), (1000, 450), (800, 450), (1260, 360)}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_reports_of_two_series_into_one_folder_keep_both(tmp_path: Path) -> None:
     store, plots = make_store(tmp_path / "two.h5", layers=("fc1", "fc2")), tmp_path / "plots"
     first = fdl_in_process("report", store, "--layer", "fc1", "--plots", plots)

@@ -20,6 +20,7 @@ from fdl_cli import distributed
 from fdl_cli.distributed import World
 from fdl_cli.errors import FdlError
 from fdl_cli.figures import series_suffixes
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process as fdl
 from tests.test_distributed import REPO, _args, _make_run
 from tests.test_report import make_store
@@ -63,6 +64,7 @@ def _figures(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.startswith("trajectories") and path.suffix == ".png")
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_report_of_series_numbered_into_anothers_name_writes_one_figure_each(tmp_path: Path) -> None:
     """1. The report of a store of layers a:b, a_b and a_b_1 wrote two trajectories figures, the third series'
     over the first's; the names do not depend on --layer (a report of one series writes its own again)."""
@@ -83,6 +85,7 @@ def test_a_report_of_series_numbered_into_anothers_name_writes_one_figure_each(t
         "trajectories_train-a_b_1_1.png", "trajectories_train-a_b_2.png"}  # the others' left as they were
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_report_of_layers_differing_in_case_writes_names_apart_on_a_case_insensitive_disk(tmp_path: Path) -> None:
     """1. Layers fc and FC: `_train-fc` and `_train-FC`, one file where case is not told apart."""
     store = make_store(tmp_path / "run.h5", layers=("fc", "FC"))

@@ -1,0 +1,53 @@
+"""Figures saved without rendering, for tests of which figure files fdl writes, lists and removes (not of what
+they show): `figures._savefig` writes a digest of what the figure holds instead of PNG or SVG, ~5 times cheaper.
+The figures are still built by fdl's own code; a test of the files' images (tests/test_s26_figs.py) renders them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.collections import Collection
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.text import Text
+
+
+def _digest(figure: Figure, options: dict[str, Any]) -> bytes:
+    """The figure's texts, line data, images and collections' arrays, and the save options, hashed: two figures
+    of other series, steps or layers give other bytes, the same figure the same."""
+    digest = hashlib.sha256(repr(sorted(options.items())).encode())
+    digest.update(repr(figure.get_size_inches().tolist()).encode())
+    for artist in figure.findobj():
+        if isinstance(artist, Text):
+            digest.update(artist.get_text().encode())
+        elif isinstance(artist, Line2D):
+            digest.update(np.asarray(artist.get_xydata(), dtype=float).tobytes())
+        elif isinstance(artist, (AxesImage, Collection)):
+            array = artist.get_array()
+            if array is not None:
+                digest.update(np.ma.filled(np.asarray(array, dtype=float), np.nan).tobytes())
+    return digest.hexdigest().encode()
+
+
+def _saved(figure: Figure, target: Any, **options: Any) -> None:
+    head = b"\x89PNG\r\n\x1a\n" if options.get("format") == "png" else b"<svg><!-- "
+    data = head + _digest(figure, options) + (b"" if options.get("format") == "png" else b" --></svg>\n")
+    if hasattr(target, "write"):
+        target.write(data)
+    else:
+        Path(target).write_bytes(data)
+
+
+@pytest.fixture
+def cheap_figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`@pytest.mark.usefixtures("cheap_figures")` on a test of figure files (names, lists, removal, notes)."""
+    from fdl_cli import figures
+
+    monkeypatch.setattr(figures, "_savefig", _saved)
+    yield
