@@ -1249,8 +1249,13 @@ class StoreReader:
     def read_r2_outputs(self, series: Series, *, steps: Collection[int] | None = None) -> dict[int, np.ndarray | None]:
         """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (of `steps` alone, if given;
         None where absent: a checkpoint analysed by an fdl before it), or {} when the series' probe is not a
-        regression of C > 1 outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a
-        line in `warnings` (the records do not need it)."""
+        regression of C > 1 outputs. A series the store does not hold raises StoreError, naming those it does. A
+        dataset that cannot be read, or not of shape (C,), reads as None with a line in `warnings` (the records
+        do not need it)."""
+        if series not in self._rows:  # as `records` and `array` refuse it: {} read as "no such field"
+            raise StoreError(f"the series {series!r} is not in {self._path}",
+                             got="series in the store: " + (", ".join(map(repr, self.series())) or "(none)"),
+                             fix="pass one of them as (probe, layer) (`run.series()` lists them)")
         info = self._probes.get(series[0])
         outputs = int(getattr(info, "n_outputs", 0) or 0)
         if getattr(info, "task", None) != "regression" or outputs < 2:
