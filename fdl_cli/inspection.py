@@ -223,14 +223,15 @@ def inspect_checkpoint(
         default_features *= int(np.prod(ran[1:-1]))
     if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
         default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
-    # analyze's refusal of such a layer (`forward_one_shapes`): rows that are not the sample's
+    # analyze's refusal of such a layer (`forward_one_shapes`): rows that are not the sample's (of a module: the
+    # model's own outputs are no --layer)
     batch = int(sample.shape[0]) if sample is not None and sample.dim() > 0 else None
     modules = [
         {
             "name": name,
             "type": type(module).__name__,
             "output_shape": shapes.get(name),
-            "note": NO_BATCH if batch is not None and _no_batch_first(shapes.get(name), batch) else None,
+            "note": NO_BATCH if name and batch is not None and _no_batch_first(shapes.get(name), batch) else None,
             # The module's with its children's (a tied tensor once), as torchinfo counts: the model's row
             # is the model's size. (Its own alone gave "(model) MLP 0", "backbone 0".)
             "parameters": sum(p.numel() for p in module.parameters()),
