@@ -565,8 +565,8 @@ def inspect(**kwargs: Any) -> None:
             raise unused_error  # --probe or --model-kwargs given, with no model to use them
         click.echo(terminal_safe(f"note: {result['needs_model']}"), err=True)
         return
-    failure = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
-    failed = isinstance(failure, str) and failure.startswith("forward failed")
+    failure = next((said for row in result["modules"] if (said := _failure(row)) is not None), None)
+    failed = failure is not None
     of_manifest = result.pop("probe_of_manifest", None)
     if kwargs["probe_spec"] is not None and failed and outputs_error is None:
         # inspect_checkpoint reports a failed forward pass as "shapes unknown"; with the user's own probe
@@ -591,8 +591,11 @@ def inspect(**kwargs: Any) -> None:
         console.print(f"{NOT_CALLED}: the forward pass did not call the module (unused, or its weights used "
                       "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it"
                       + (f"; {not_called_fix}" if not_called_fix else ""), markup=False, highlight=False)
-    if isinstance(failure, str) and failure.startswith("forward failed"):
-        # also under the table: a narrow terminal leaves out its output shapes, where the model's row says it
+    if any(row.get("note") for row in result["modules"]):
+        console.print(f"{NO_BATCH_CELL}: the module's output does not begin with the sample's batch of 1 (a table of "
+                      "positions, shared by every sample): not a feature layer, its rows are no samples' (analyze "
+                      "refuses it as --layer)", markup=False, highlight=False)
+    if failure is not None:  # under the table, once: the model's row says `FAILED`
         console.print(failure, markup=False, highlight=False)
     basis = result.get("default_basis", "the input of the last nn.Linear")
     width = result["default_features"]
@@ -676,14 +679,28 @@ NOT_CALLED = "not called"
 CONTAINER = "container"
 
 
+#: `fdl inspect`'s mark beside the output shape of a module whose output has no batch dimension first
+#: (`inspection.NO_BATCH`, said whole below the table)
+NO_BATCH_CELL = "no batch dim"
+#: `fdl inspect`'s output shape of the model when its forward pass failed: the error, whole, is said below the table
+#: (in the cell it made a piped table as wide as the error, and rich took its `[ids, mask]` for markup)
+FAILED = "forward failed (see below)"
+
+
+def _failure(row: dict[str, Any]) -> str | None:
+    """The error of `fdl inspect`'s forward pass, which the model's row of `inspect_checkpoint` holds as its
+    output shape ("forward failed on a sample of shape ..."); None for another row, or a pass that ran."""
+    shape = row["output_shape"]
+    return shape if row["name"] == "" and isinstance(shape, str) and shape.startswith("forward failed") else None
+
+
 def _hooks_told(result: dict[str, Any]) -> bool:
     """Whether `fdl inspect`'s forward pass ran with every module hooked, so that a module without an output
     shape is one it did not call (nn.MultiheadAttention's out_proj, whose weights it uses directly), not one
     whose shape no pass told (the pass failed; a module inside a TorchScript program)."""
     from fdl_cli.extract import LAST_LINEAR_OP
 
-    model_shape = next((row["output_shape"] for row in result["modules"] if row["name"] == ""), None)
-    failed = isinstance(model_shape, str) and model_shape.startswith("forward failed")
+    failed = any(_failure(row) is not None for row in result["modules"])
     return not failed and result["default_module"] != LAST_LINEAR_OP
 
 
@@ -701,7 +718,9 @@ def _modules_table(
     """
     unknown = NOT_CALLED if _hooks_told(result) else "unknown"
     rows = [(row["name"] or "(model)", str(row["type"]),
-             str(row["output_shape"]) if row["output_shape"] is not None else
+             FAILED if _failure(row) is not None else
+             str(row["output_shape"]) + (f" ({NO_BATCH_CELL})" if row.get("note") else "")
+             if row["output_shape"] is not None else
              CONTAINER if row["name"] in containers else "unknown" if row["name"] in unhooked else unknown,
              str(row["parameters"]),
              " ← default (input)" if row["name"] == result["default_module"] else "")

@@ -38,6 +38,20 @@ def no_room(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
     return ": the file system there takes no larger file", f"choose {one} on a file system that takes larger files"
 
 
+def io_error(exc: OSError, *, another: str) -> tuple[str, str] | None:
+    """Why the system refused a write for an I/O error (EIO: the device failed it, not for want of room, which
+    freeing disk space would not mend), said after its own words, and what to do; None for another refusal."""
+    if exc.errno != errno.EIO:
+        return None
+    return (": the device failed the write (a failing disk, a network file system that lost its server)",
+            f"check the disk (`dmesg` shows the kernel's errors) or choose {another}")
+
+
+def write_refused(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
+    """`no_room` or `io_error`: why the system refused a write, said after its own words, and the fix."""
+    return io_error(exc, another=another) or no_room(exc, another=another, one=one)
+
+
 class FdlError(Exception):
     """An error the tool explains to its user.
 
@@ -148,6 +162,17 @@ def special_file(path: str | os.PathLike[str]) -> str | None:
         return special_kind(os.stat(path).st_mode)
     except (OSError, ValueError):
         return None
+
+
+def special_store(path: str | os.PathLike[str], *, named: str) -> StoreError | None:
+    """The refusal of a store path (`named` as the message says it: "--out run.h5", the path) that is a named pipe,
+    a device or a socket (`special_file`), which a commit would replace (as root, /dev/null too) and a reader could
+    not read; None for any other path."""
+    kind = special_file(path)
+    if kind is None:
+        return None
+    return StoreError(f"{named} is {kind}, not a regular file: fdl will not replace it",
+                      fix="give the store a name of its own, such as run.h5 (a file fdl makes)")
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -55,7 +55,7 @@ def inspect_checkpoint(
         parent_to_take,
         prepare_model,
     )
-    from fdl_cli.probes import load_probe, parse_probe_spec
+    from fdl_cli.probes import load_probe, more_inputs, parse_probe_spec
 
     path = Path(checkpoint)
     # a metrics file beside TorchScript or pickled modules is told by the module of the folder's first checkpoint
@@ -130,6 +130,7 @@ def inspect_checkpoint(
         handles.append(module.register_forward_hook(hook))
     outputs_error: ModelError | None = None
     returned: list[Any] = []  # what the forward pass that ran returned
+    several_inputs = False  # the pass failed for want of the forward's other inputs (`forward(ids, mask)`)
 
     def forward(sample: Any) -> None:
         nonlocal outputs_error
@@ -172,6 +173,7 @@ def inspect_checkpoint(
         said = first_line(exc)
         at = ckpts.raised_at(exc)  # the model code's line, which no traceback shows
         why = _needs_probe(sample, exc) if probe_spec is None else ""
+        several_inputs = more_inputs(str(exc))
         shadowing = ckpts.shadowing_fix(exc)
         if shadowing is not None:  # the model's own fault, whatever its input: said below the listing, exit 1
             outputs_error = ModelError(f"the model's forward pass failed on a sample of shape {shape}",
@@ -206,7 +208,8 @@ def inspect_checkpoint(
         try:
             default_module = default_layer_by_registration(model).module
             default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
-                             + ("give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
+                             + (f"{WRAP_INPUTS} to find the one that runs last" if several_inputs else
+                                "give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
                                 "FILE) to find the one that runs last" if probe_of is not None else
                                 "pass --probe FILE to find the one that runs last"))
         except FdlError:
@@ -220,11 +223,15 @@ def inspect_checkpoint(
         default_features *= int(np.prod(ran[1:-1]))
     if program and isinstance(shapes.get(LAST_LINEAR_OP), list):
         default_features = int(np.prod(shapes[LAST_LINEAR_OP][1:]))
+    # analyze's refusal of such a layer (`forward_one_shapes`): rows that are not the sample's (of a module: the
+    # model's own outputs are no --layer)
+    batch = int(sample.shape[0]) if sample is not None and sample.dim() > 0 else None
     modules = [
         {
             "name": name,
             "type": type(module).__name__,
             "output_shape": shapes.get(name),
+            "note": NO_BATCH if name and batch is not None and _no_batch_first(shapes.get(name), batch) else None,
             # The module's with its children's (a tied tensor once), as torchinfo counts: the model's row
             # is the model's size. (Its own alone gave "(model) MLP 0", "backbone 0".)
             "parameters": sum(p.numel() for p in module.parameters()),
@@ -268,6 +275,22 @@ def inspect_checkpoint(
         # one that does not fit, as of --probe's
         "probe_of_manifest": (probe_spec, probe_of) if probe_of is not None else None,
     }
+
+
+#: the default layer's words for a model whose forward takes more inputs than x, which no probe's x runs
+WRAP_INPUTS = ("its forward takes more inputs than x, which no probe gives: return it from the --model factory "
+               "inside a wrapper whose forward(x) makes them from x (as the error says; docs/usage.md, \"A model of "
+               "several inputs\")")
+
+#: `fdl inspect`'s note on a module whose output does not begin with the sample's batch (`_no_batch_first`)
+NO_BATCH = "no batch dimension: not a feature layer"
+
+
+def _no_batch_first(shape: Any, batch: int) -> bool:
+    """Whether an output of `shape` (a list; anything else: not told) has no batch dimension first for a pass of
+    `batch` samples: a table of positions (T, d), shared by every sample, or a scalar. `analyze --layer` refuses
+    such a module alike (`extract.forward_one_shapes`: "gives T rows of features for 1 sample")."""
+    return isinstance(shape, list) and (not shape or int(shape[0]) != batch)
 
 
 def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str], manifest_path: Path,

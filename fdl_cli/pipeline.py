@@ -49,7 +49,7 @@ from fdl_cli.errors import (
     counted,
     first_few,
     shown_path,
-    special_file,
+    special_store,
 )
 from fdl_cli.fields import INTEGER_LABELS_RECIPE, RECORD_FIELDS
 from fdl_cli.manifests import (
@@ -2434,12 +2434,9 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
                     f"--out {out} is one of this run's inputs ({path})",
                     fix="give the store a name of its own, such as run.h5 (the default is ./<folder>.fdl.h5)",
                 )
-    kind = special_file(out)
-    if kind is not None:  # opened to be read, a FIFO waits for a writer that never comes
-        raise StoreError(
-            f"--out {out} is {kind}, not a regular file: fdl will not replace it",
-            fix="give the store a name of its own, such as run.h5 (a file fdl makes)",
-        )
+    special = special_store(out, named=f"--out {out}")
+    if special is not None:  # opened to be read, a FIFO waits for a writer that never comes
+        raise special
     try:
         with open(out, "rb") as handle:
             head = handle.read(len(_HDF5_SIGNATURE))

@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, no_room
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, write_refused
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -484,7 +484,7 @@ def writing(path: str | Path) -> Iterator[Path]:
             reason = f"{reason}: {exc.filename}"
         parent = target.parent
         above = next((p for p in target.parents if p.exists()), None)  # the nearest existing folder above
-        room = no_room(exc, another="another path", one="a path")
+        room = write_refused(exc, another="another path", one="a path")
         if room is not None:  # "did not let this user write" sent the user after permissions
             reason, fix = reason + room[0], room[1]
         elif above is not None and not above.is_dir():

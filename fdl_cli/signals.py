@@ -139,7 +139,9 @@ class Deferred:
         self.handlers: dict[int, Any] = {}  # signum -> the Python handler `deferred` replaced
 
     def record(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
+        # One is delivered: the first, but a SIGTERM after a Ctrl-C wins (a scheduler's kill after the user's
+        # Ctrl-C wants the job gone, and reads 143), as it does outside a commit (`_on_sigint`)
+        if self.signum is None or signum == signal.SIGTERM:
             self.signum = signum
 
     def deliver(self) -> None:
@@ -152,7 +154,8 @@ class Deferred:
 @contextmanager
 def deferred() -> Iterator[Deferred]:
     """Keep SIGINT and SIGTERM from raising for the duration, in the main thread: a signal that comes is
-    recorded, and its handler runs when the caller `deliver`s it at a safe point, or on the way out.
+    recorded, and its handler runs when the caller `deliver`s it at a safe point, or on the way out. Of several,
+    one is delivered: the first, or a SIGTERM that came after a SIGINT (exit status 143, as outside).
 
     For a store's commit in the main thread (`StoreWriter.flush`, `close`): HDF5 writes the copy by calling
     Python (`store._GuardedFile`), and a KeyboardInterrupt raised there failed HDF5's write, which printed

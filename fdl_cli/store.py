@@ -72,7 +72,17 @@ import h5py
 import numpy as np
 
 from fdl_cli import __version__, signals
-from fdl_cli.errors import StoreError, StoreLockedError, counted, first_few, no_room, special_file, special_kind
+from fdl_cli.errors import (
+    StoreError,
+    StoreLockedError,
+    counted,
+    first_few,
+    io_error,
+    special_file,
+    special_kind,
+    special_store,
+    write_refused,
+)
 from fdl_cli.fields import (
     ADDED_FIELDS,
     CHECKPOINT_FIELDS,
@@ -1239,8 +1249,13 @@ class StoreReader:
     def read_r2_outputs(self, series: Series, *, steps: Collection[int] | None = None) -> dict[int, np.ndarray | None]:
         """step -> the `r2_outputs` dataset of each complete checkpoint of `series` (of `steps` alone, if given;
         None where absent: a checkpoint analysed by an fdl before it), or {} when the series' probe is not a
-        regression of C > 1 outputs. A dataset that cannot be read, or not of shape (C,), reads as None with a
-        line in `warnings` (the records do not need it)."""
+        regression of C > 1 outputs. A series the store does not hold raises StoreError, naming those it does. A
+        dataset that cannot be read, or not of shape (C,), reads as None with a line in `warnings` (the records
+        do not need it)."""
+        if series not in self._rows:  # as `records` and `array` refuse it: {} read as "no such field"
+            raise StoreError(f"the series {series!r} is not in {self._path}",
+                             got="series in the store: " + (", ".join(map(repr, self.series())) or "(none)"),
+                             fix="pass one of them as (probe, layer) (`run.series()` lists them)")
         info = self._probes.get(series[0])
         outputs = int(getattr(info, "n_outputs", 0) or 0)
         if getattr(info, "task", None) != "regression" or outputs < 2:
@@ -1534,13 +1549,16 @@ def store_target(path: str | os.PathLike[str]) -> Path:
 
 def claim(path: str | os.PathLike[str]) -> _WriterLock:
     """The writer lock of the store at `path` (`store_target`), taken once the path is checked (not a folder,
-    not read-only) and its folder made: a StoreWriter opening takes it so, and `fdl analyze --watch` from its
-    start, while it waits for a first checkpoint, so that another writer is refused at once and the readers
-    say who writes it (`_live_writer`); its writer takes it over (`StoreWriter(claimed=...)`). `release()`
-    gives it back (again: nothing)."""
+    not a named pipe, device or socket, not read-only) and its folder made: a StoreWriter opening takes it so,
+    and `fdl analyze --watch` from its start, while it waits for a first checkpoint, so that another writer is
+    refused at once and the readers say who writes it (`_live_writer`); its writer takes it over
+    (`StoreWriter(claimed=...)`). `release()` gives it back (again: nothing)."""
     path = store_target(path)
     if path.is_dir():
         raise StoreError(f"{path} is a folder", fix="pass a file name such as run.h5 as --out")
+    special = special_store(path, named=str(path))  # before --overwrite: a commit replaced a FIFO, /dev/null
+    if special is not None:
+        raise special
     with contextlib.suppress(OSError):
         mode = path.stat().st_mode
         if not mode & 0o222:  # replaced by a commit all the same (copy-on-write needs the folder only)
@@ -1649,9 +1667,10 @@ class _WriterLock:
             with contextlib.suppress(OSError):  # while locked, as `release` does: no other fdl took it meanwhile
                 os.unlink(self.path)
             os.close(fd)
+            failed = io_error(exc, another="another --out")
             raise StoreError(
-                f"cannot write the lock file {self.path}", got=_one_line(exc),
-                fix="free disk space (or space within your disk quota) or choose another --out",
+                f"cannot write the lock file {self.path}", got=_one_line(exc) + (failed[0] if failed else ""),
+                fix=failed[1] if failed else "free disk space (or space within your disk quota) or choose another --out",
             ) from None
         self._fd = fd
 
@@ -1815,9 +1834,10 @@ _RERUN = "then run again (finished checkpoints are kept)"
 
 def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreError:
     """The error of a commit that the system refused to write (`_execute`): what it refused, in the user's
-    words (no space, a quota, a file size limit: `no_room`), and how to make room; the store on disk is unchanged."""
+    words (no space, a quota, a file size limit, an I/O error: `write_refused`), and how to make room or mend it; the
+    store on disk is unchanged."""
     folder, rerun = os.path.abspath(store.parent), "then run again" if fresh else _RERUN
-    room = no_room(exc, another="another --out", one="an --out")
+    room = write_refused(exc, another="another --out", one="an --out")
     if room is not None:
         got = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy{room[0]}"
         fix = f"{room[1]}, {rerun}"
