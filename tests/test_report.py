@@ -19,6 +19,7 @@ from rich.console import Console
 from fdl_cli import report
 from fdl_cli.fields import RECORD_FIELDS
 from fdl_cli.store import CheckpointEntry, ProbeInfo, SeriesEntry, StoreWriter
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 
 STEPS = (0, 100, 200)
@@ -314,6 +315,7 @@ def test_plots_are_valid_png_and_svg(store: Path, tmp_path: Path) -> None:
         ET.fromstring(svg)  # well-formed XML
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_figure_names_of_several_series_are_portable(tmp_path: Path) -> None:
     """With several series the figures were named spectrum_train-head:input.png: ':' is refused by
     Windows and shown as '/' by macOS's Finder."""

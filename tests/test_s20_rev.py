@@ -10,6 +10,7 @@ import torch
 
 from fdl_cli.checkpoints import resolve_model_factory
 from fdl_cli.progress import NullReporter
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_io_fixes import MODEL
 from tests.test_s20_toml import MLP_FILE, _analyze, _own_sys_path, _run, _said, _settled_write, _watch
 
@@ -66,6 +67,7 @@ def test_a_late_fdl_toml_naming_what_the_run_settled_on_changes_nothing(
 # ------------------------------------------------------------------------- report --plots: stale figures
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_the_note_of_removed_figures_does_not_say_their_series_left_the_report(tmp_path: Path) -> None:
     """A store of two layers analysed again with one: its figures are this report's, named without the
     series' suffix now, and the note of the old names removed said "(of series not in this report)"."""
@@ -145,6 +147,7 @@ def test_two_fdl_tomls_beside_folders_of_their_modules_name_are_read_as_one_or_r
         sys.modules.pop("s20_rev_pk", None)
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_plots_folder_that_cannot_be_listed_is_written_without_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

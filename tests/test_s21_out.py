@@ -9,8 +9,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from fdl_cli import report as rep
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process as fdl
 from tests.test_report import make_store
 from tests.test_s20_out import _files, _report_names
@@ -59,6 +61,7 @@ def _listed(plots: Path) -> dict[str, dict[str, object]]:
     return files
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_compare_lists_its_figures_and_a_report_into_the_folder_keeps_them(tmp_path: Path) -> None:
     """2. `fdl compare --plots DIR` kept no list: its figures were not in DIR/.fdl-figures.json. They are now,
     with their sha256 and the pair of stores and series compared; a report into the same folder keeps them
@@ -89,6 +92,7 @@ def test_a_compare_lists_its_figures_and_a_report_into_the_folder_keeps_them(tmp
     assert _files(plots) == COMPARE_NAMES | _report_names("") | {".fdl-figures.json"}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_compare_removes_its_own_stale_figures_and_no_others(tmp_path: Path) -> None:
     """2. The folder's list names figures an earlier compare of the same pair and series wrote that this one does
     not write (an fdl that named them otherwise): removed when unchanged, with a note. Those of another pair, of
@@ -133,6 +137,7 @@ def test_a_compare_removes_its_own_stale_figures_and_no_others(tmp_path: Path) -
     ]
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_report_never_removes_a_compares_figures_listed_under_its_store(tmp_path: Path) -> None:
     """2 (guard). A compare of a store with itself lists its figures under the pair: the store's next report,
     of one series fewer, removes its own stale figures, never the compare's."""

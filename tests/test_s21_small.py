@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import report as rep
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process as fdl
 from tests.test_report import make_store
 from tests.test_s21_zero import _analyze, _checkpoints, _probe
@@ -56,6 +57,7 @@ def _names(folder: Path, prefix: str) -> set[str]:
     return {path.name for path in folder.iterdir() if path.name.startswith(prefix)}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_compares_of_two_series_cleaned_to_one_name_write_distinct_files(tmp_path: Path) -> None:
     """2. Layers fc:input and fc_input both clean to `_train-fc_input`: the compare of one, then of the other,
     into one folder wrote the same names, the second over the first. Each now takes its place among the store's
@@ -86,6 +88,7 @@ def test_compares_of_two_series_cleaned_to_one_name_write_distinct_files(tmp_pat
     assert (plots / "compare_trajectories_train-fc_input_1_vs_train-fc_input_2.png").is_file()
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_compare_of_a_series_cleaned_to_one_name_removes_the_figures_it_wrote_unnumbered(tmp_path: Path) -> None:
     """2 (guard). The figures an earlier fdl's compare wrote under the shared name, listed under its series, are
     removed by the compare of the same series now that it writes `_1` (the folder's list, across the names)."""
