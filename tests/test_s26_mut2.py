@@ -1,0 +1,36 @@
+"""Tests that kill mutants of fdl's code (sessions 25 and 26) which the suite let live (a second mutation testing
+pass): each pins down a behaviour a user sees that no test asserted before."""
+
+from __future__ import annotations
+
+import py_compile
+from pathlib import Path
+
+import pytest
+
+from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_took(tmp_path: Path) -> None:
+    """--model's load took the folder's compiled s26f_mhelper (a .pyc of no source), then the folder's fdl.toml named
+    the same model.py, whose factory imports it with importlib.import_module (no import statement, which each
+    load's own `__import__` answers): the module --model's load left in sys.modules must not be what the fdl.toml's
+    model gets (`_forget_other_folders` with `checked`), compiled code it refuses."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build():\n"
+                                  "    return nn.Linear(importlib.import_module('s26f_mhelper').IN, 3)\n")
+    manifest = run / "fdl.toml"
+    manifest.write_text('model = "model.py:build"\n')
+    source = tmp_path / "helper_source.py"
+    source.write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('x')\nIN = 4\n")
+    py_compile.compile(str(source), cfile=str(run / "s26f_mhelper.pyc"), doraise=True)
+    own = resolve_model_factory(f"{run / 'model.py'}:build")
+    assert own().in_features == 4
+    assert (tmp_path / "ran").read_text() == "x"
+    by_manifest = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    with pytest.raises(CompiledCodeError, match=r"s26f_mhelper\.pyc, which Python would import as s26f_mhelper"):
+        by_manifest()
+    assert (tmp_path / "ran").read_text() == "x"
