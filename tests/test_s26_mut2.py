@@ -6,10 +6,14 @@ from __future__ import annotations
 import py_compile
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+from tests.cli_run import fdl_in_process
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
+from tests.test_s25_small import _store
 
 
 @pytest.mark.usefixtures("_clean_imports")
@@ -34,3 +38,23 @@ def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_too
     with pytest.raises(CompiledCodeError, match=r"s26f_mhelper\.pyc, which Python would import as s26f_mhelper"):
         by_manifest()
     assert (tmp_path / "ran").read_text() == "x"
+
+
+def test_a_store_whose_trajectory_is_a_virtual_dataset_of_another_file_is_refused(tmp_path: Path) -> None:
+    """A virtual dataset's sources are files HDF5 opens at the read (a FIFO there hangs it): `data_files` names them
+    as it names external storage, and the report refuses the store, naming the file, before reading it."""
+    store, other = _store(tmp_path / "run.h5"), tmp_path / "other.h5"
+    name = "trajectories/train/fc/d_lr"
+    with h5py.File(store, "r+") as handle:
+        values = handle[name][()]
+        del handle[name]
+        with h5py.File(other, "w") as source:
+            source["d_lr"] = values
+        layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
+        layout[:] = h5py.VirtualSource(str(other), "d_lr", shape=values.shape)
+        handle.create_virtual_dataset(name, layout)
+    with h5py.File(store, "r") as handle:
+        assert np.array_equal(handle[name][()], values)  # HDF5 reads it from other.h5
+    done = fdl_in_process("report", store, "--json")
+    assert done.returncode == 1, done.stderr
+    assert f"{store} is not a store as fdl writes one: its /{name} is read from {other}, another file" in done.stderr
