@@ -58,3 +58,55 @@ def test_a_store_whose_trajectory_is_a_virtual_dataset_of_another_file_is_refuse
     done = fdl_in_process("report", store, "--json")
     assert done.returncode == 1, done.stderr
     assert f"{store} is not a store as fdl writes one: its /{name} is read from {other}, another file" in done.stderr
+
+
+def _compiled(folder: Path, name: str, ran: Path) -> None:
+    """`folder/name.pyc`, of no source beside it, whose run appends 'x' to `ran` and sets IN = 4."""
+    source = ran.parent / f"{name}_source.py"
+    source.write_text(f"open({str(ran)!r}, 'a').write('x')\nIN = 4\n")
+    py_compile.compile(str(source), cfile=str(folder / f"{name}.pyc"), doraise=True)
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_package_the_fdl_toml_served_whose_compiled_submodule_the_users_own_took_is_checked_again(
+        tmp_path: Path) -> None:
+    """The fdl.toml's model imported the folder's package s26f_mpkg (checked), then --model's load took its compiled
+    submodule (as Python does); the fdl.toml's model loaded again must not get that submodule from sys.modules: the
+    package is marked unchecked when --model's load serves a submodule of it (`_FolderSubmodules`)."""
+    run = tmp_path / "run"
+    (run / "s26f_mpkg").mkdir(parents=True)
+    (run / "s26f_mpkg" / "__init__.py").write_text("")
+    _compiled(run / "s26f_mpkg", "helper", tmp_path / "ran")
+    (run / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build(sub=True):\n"
+                                  "    importlib.import_module('s26f_mpkg')\n"
+                                  "    width = importlib.import_module('s26f_mpkg.helper').IN if sub else 4\n"
+                                  "    return nn.Linear(width, 3)\n")
+    manifest = run / "fdl.toml"
+    manifest.write_text('model = "model.py:build"\n')
+    first = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    assert first(sub=False).in_features == 4  # the package alone: plain source, taken
+    assert resolve_model_factory(f"{run / 'model.py'}:build")().in_features == 4  # --model: compiled code taken
+    assert (tmp_path / "ran").read_text() == "x"
+    again = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    with pytest.raises(CompiledCodeError, match=r"helper\.pyc, which Python would import as s26f_mpkg\.helper"):
+        again()
+    assert (tmp_path / "ran").read_text() == "x"
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_submodule_a_folders_package_finds_outside_the_folder_is_not_the_folders_code(tmp_path: Path) -> None:
+    """A package of the model's folder whose `__path__` reaches another folder (pkgutil.extend_path, a plugin
+    folder): a submodule found there is no code of the model folder's, and an fdl.toml's model imports it as Python
+    does, compiled code included; only the folder's own compiled code is refused."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "s26f_xpkg").mkdir(parents=True)
+    elsewhere.mkdir()
+    (run / "s26f_xpkg" / "__init__.py").write_text(f"__path__.append({str(elsewhere)!r})\n")
+    _compiled(elsewhere, "plugin", tmp_path / "ran")
+    (run / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_xpkg import plugin\n"
+                                  "    return nn.Linear(plugin.IN, 3)\n")
+    manifest = run / "fdl.toml"
+    manifest.write_text('model = "model.py:build"\n')
+    factory = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    assert factory().in_features == 4
+    assert (tmp_path / "ran").read_text() == "x"
