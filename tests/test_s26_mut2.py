@@ -3,14 +3,16 @@ pass): each pins down a behaviour a user sees that no test asserted before."""
 
 from __future__ import annotations
 
+import io
 import py_compile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
-from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory, weights_digest
 from tests.cli_run import fdl_in_process
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
@@ -110,3 +112,30 @@ def test_a_submodule_a_folders_package_finds_outside_the_folder_is_not_the_folde
     factory = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
     assert factory().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
+
+
+class _Scale:
+    """An extra state of a class of its own (pickled to be compared), equal by value."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+_TENSORS = {"fc.weight": torch.ones(2, 2)}
+
+
+def test_extra_states_are_compared_by_their_contents() -> None:
+    """Two checkpoints of equal tensors are copies (the later skipped) only where their extra states are equal:
+    the bytes of a buffer (TransformerEngine's FP8 metadata), a tensor's dtype and shape, not only its bytes, and the
+    module each belongs to; a dict's key order and an object's identity (unpickled afresh) do not count."""
+    def digest(**extra: object) -> str:
+        return weights_digest(_TENSORS, {f"{name}._extra_state": value for name, value in extra.items()})
+
+    assert digest(te=io.BytesIO(b"fp8 scale 1")) == digest(te=io.BytesIO(b"fp8 scale 1"))
+    assert digest(te=io.BytesIO(b"fp8 scale 1")) != digest(te=io.BytesIO(b"fp8 scale 2"))
+    assert digest(q=torch.zeros(4, dtype=torch.uint8)) != digest(q=torch.zeros(2, dtype=torch.int16))
+    assert digest(q=torch.zeros(2, 2)) != digest(q=torch.zeros(4))
+    assert digest(q={"scale": 1.0, "zero": 0}) == digest(q={"zero": 0, "scale": 1.0})
+    assert digest(q=_Scale(0.5)) == digest(q=_Scale(0.5))
+    assert digest(q=_Scale(0.5)) != digest(q=_Scale(0.25))
+    assert digest(a=1.0) != digest(b=1.0)
