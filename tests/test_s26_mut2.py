@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import py_compile
+import signal
+import threading
 from pathlib import Path
 
 import h5py
@@ -12,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from fdl_cli import signals
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory, weights_digest
 from tests.cli_run import fdl_in_process
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
+from tests.test_s26_tfm import MODEL, D, T, _masked_run, _records
 
 
 @pytest.mark.usefixtures("_clean_imports")
@@ -139,3 +143,75 @@ def test_extra_states_are_compared_by_their_contents() -> None:
     assert digest(q=_Scale(0.5)) == digest(q=_Scale(0.5))
     assert digest(q=_Scale(0.5)) != digest(q=_Scale(0.25))
     assert digest(a=1.0) != digest(b=1.0)
+
+
+def test_deferred_delivers_the_first_signal_that_came() -> None:
+    """A Ctrl-C then a SIGTERM during one commit: the Ctrl-C's handler runs (exit 130, as pressed), once."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with signals.deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGINT]
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+
+
+def test_deferred_outside_the_main_thread_leaves_the_handlers_alone() -> None:
+    """A commit in another thread (the store's background writer): Python lets only the main thread set handlers,
+    so `deferred` there holds nothing back, and raises nothing."""
+    said: list[object] = []
+
+    def commit() -> None:
+        try:
+            with signals.deferred() as held_back:
+                said.append(dict(held_back.handlers))
+        except Exception as exc:  # noqa: BLE001 - what the thread met is the test's result
+            said.append(exc)
+
+    before = signal.getsignal(signal.SIGINT)
+    thread = threading.Thread(target=commit)
+    thread.start()
+    thread.join()
+    assert said == [{}]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_the_users_own_models_package_submodule_is_taken_after_an_fdl_toml_load_of_the_folder(
+        tmp_path: Path) -> None:
+    """--model's load, then the folder's fdl.toml (its finder inserted last): the user's own model's `from pkg import
+    helper` is served under its own load's rules, which take compiled code, not by the last load of the folder."""
+    run = tmp_path / "run"
+    (run / "s26f_qpkg").mkdir(parents=True)
+    (run / "s26f_qpkg" / "__init__.py").write_text("")
+    _compiled(run / "s26f_qpkg", "helper", tmp_path / "ran")
+    (run / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_qpkg import helper\n"
+                                  "    return nn.Linear(helper.IN, 3)\n")
+    manifest = run / "fdl.toml"
+    manifest.write_text('model = "model.py:build"\n')
+    own = resolve_model_factory(f"{run / 'model.py'}:build")
+    by_manifest = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    assert own().in_features == 4
+    assert (tmp_path / "ran").read_text() == "x"
+    with pytest.raises(CompiledCodeError, match=r"helper\.pyc, which Python would import as s26f_qpkg\.helper"):
+        by_manifest()
+
+
+def test_a_layer_inside_an_encoder_called_by_keyword_is_analysed_padded(tmp_path: Path, capsys) -> None:
+    """`self.encoder(src=h, src_key_padding_mask=m)`: the sequences' length is read from the keyword too; the layer's
+    features are T·d as where the encoder is called positionally, not refused as a nested tensor."""
+    folder, model, probe = _masked_run(tmp_path)
+    called = "self.encoder(h, src_key_padding_mask="
+    assert MODEL.count(called) == 1
+    model.write_text(MODEL.replace(called, "self.encoder(src=h, src_key_padding_mask="))
+    records = _records(capsys, folder, "--model", f"{model}:build", "--probe", probe, "--layer",
+                       "module.encoder.layers.1", "--out", tmp_path / "kw.h5")
+    assert [record["n_features"] for record in records] == [T * D] * 3
