@@ -22,6 +22,13 @@ from tests.test_s25_small import _store
 from tests.test_s26_tfm import MODEL, D, T, _masked_run, _records
 
 
+def _compiled(folder: Path, name: str, ran: Path) -> None:
+    """`folder/name.pyc`, of no source beside it, whose run appends 'x' to `ran` and sets IN = 4."""
+    source = ran.parent / f"{name}_source.py"
+    source.write_text(f"open({str(ran)!r}, 'a').write('x')\nIN = 4\n")
+    py_compile.compile(str(source), cfile=str(folder / f"{name}.pyc"), doraise=True)
+
+
 @pytest.mark.usefixtures("_clean_imports")
 def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_took(tmp_path: Path) -> None:
     """--model's load took the folder's compiled s26f_mhelper (a .pyc of no source), then the folder's fdl.toml named
@@ -34,9 +41,7 @@ def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_too
                                   "    return nn.Linear(importlib.import_module('s26f_mhelper').IN, 3)\n")
     manifest = run / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    source = tmp_path / "helper_source.py"
-    source.write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('x')\nIN = 4\n")
-    py_compile.compile(str(source), cfile=str(run / "s26f_mhelper.pyc"), doraise=True)
+    _compiled(run, "s26f_mhelper", tmp_path / "ran")
     own = resolve_model_factory(f"{run / 'model.py'}:build")
     assert own().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
@@ -64,13 +69,6 @@ def test_a_store_whose_trajectory_is_a_virtual_dataset_of_another_file_is_refuse
     done = fdl_in_process("report", store, "--json")
     assert done.returncode == 1, done.stderr
     assert f"{store} is not a store as fdl writes one: its /{name} is read from {other}, another file" in done.stderr
-
-
-def _compiled(folder: Path, name: str, ran: Path) -> None:
-    """`folder/name.pyc`, of no source beside it, whose run appends 'x' to `ran` and sets IN = 4."""
-    source = ran.parent / f"{name}_source.py"
-    source.write_text(f"open({str(ran)!r}, 'a').write('x')\nIN = 4\n")
-    py_compile.compile(str(source), cfile=str(folder / f"{name}.pyc"), doraise=True)
 
 
 @pytest.mark.usefixtures("_clean_imports")
