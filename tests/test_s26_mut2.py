@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import py_compile
+import shutil
 import signal
 import threading
+import types
 from pathlib import Path
 
 import h5py
@@ -16,7 +18,10 @@ import torch
 
 from fdl_cli import signals
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory, weights_digest
+from fdl_cli.report import r2_outputs_line
+from fdl_cli.store import r2_output_fields
 from tests.cli_run import fdl_in_process
+from tests.test_s24_r2 import run  # noqa: F401 - the fixture
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
 from tests.test_s26_tfm import MODEL, D, T, _masked_run, _records
@@ -35,17 +40,17 @@ def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_too
     the same model.py, whose factory imports it with importlib.import_module (no import statement, which each
     load's own `__import__` answers): the module --model's load left in sys.modules must not be what the fdl.toml's
     model gets (`_forget_other_folders` with `checked`), compiled code it refuses."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build():\n"
+    place = tmp_path / "run"
+    place.mkdir()
+    (place / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build():\n"
                                   "    return nn.Linear(importlib.import_module('s26f_mhelper').IN, 3)\n")
-    manifest = run / "fdl.toml"
+    manifest = place / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    _compiled(run, "s26f_mhelper", tmp_path / "ran")
-    own = resolve_model_factory(f"{run / 'model.py'}:build")
+    _compiled(place, "s26f_mhelper", tmp_path / "ran")
+    own = resolve_model_factory(f"{place / 'model.py'}:build")
     assert own().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
-    by_manifest = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    by_manifest = resolve_model_factory("model.py:build", base_dir=place, module_dir=place, named_by=manifest)
     with pytest.raises(CompiledCodeError, match=r"s26f_mhelper\.pyc, which Python would import as s26f_mhelper"):
         by_manifest()
     assert (tmp_path / "ran").read_text() == "x"
@@ -77,21 +82,21 @@ def test_a_package_the_fdl_toml_served_whose_compiled_submodule_the_users_own_to
     """The fdl.toml's model imported the folder's package s26f_mpkg (checked), then --model's load took its compiled
     submodule (as Python does); the fdl.toml's model loaded again must not get that submodule from sys.modules: the
     package is marked unchecked when --model's load serves a submodule of it (`_FolderSubmodules`)."""
-    run = tmp_path / "run"
-    (run / "s26f_mpkg").mkdir(parents=True)
-    (run / "s26f_mpkg" / "__init__.py").write_text("")
-    _compiled(run / "s26f_mpkg", "helper", tmp_path / "ran")
-    (run / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build(sub=True):\n"
+    place = tmp_path / "run"
+    (place / "s26f_mpkg").mkdir(parents=True)
+    (place / "s26f_mpkg" / "__init__.py").write_text("")
+    _compiled(place / "s26f_mpkg", "helper", tmp_path / "ran")
+    (place / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build(sub=True):\n"
                                   "    importlib.import_module('s26f_mpkg')\n"
                                   "    width = importlib.import_module('s26f_mpkg.helper').IN if sub else 4\n"
                                   "    return nn.Linear(width, 3)\n")
-    manifest = run / "fdl.toml"
+    manifest = place / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    first = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    first = resolve_model_factory("model.py:build", base_dir=place, module_dir=place, named_by=manifest)
     assert first(sub=False).in_features == 4  # the package alone: plain source, taken
-    assert resolve_model_factory(f"{run / 'model.py'}:build")().in_features == 4  # --model: compiled code taken
+    assert resolve_model_factory(f"{place / 'model.py'}:build")().in_features == 4  # --model: compiled code taken
     assert (tmp_path / "ran").read_text() == "x"
-    again = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    again = resolve_model_factory("model.py:build", base_dir=place, module_dir=place, named_by=manifest)
     with pytest.raises(CompiledCodeError, match=r"helper\.pyc, which Python would import as s26f_mpkg\.helper"):
         again()
     assert (tmp_path / "ran").read_text() == "x"
@@ -102,16 +107,16 @@ def test_a_submodule_a_folders_package_finds_outside_the_folder_is_not_the_folde
     """A package of the model's folder whose `__path__` reaches another folder (pkgutil.extend_path, a plugin
     folder): a submodule found there is no code of the model folder's, and an fdl.toml's model imports it as Python
     does, compiled code included; only the folder's own compiled code is refused."""
-    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    (run / "s26f_xpkg").mkdir(parents=True)
+    place, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (place / "s26f_xpkg").mkdir(parents=True)
     elsewhere.mkdir()
-    (run / "s26f_xpkg" / "__init__.py").write_text(f"__path__.append({str(elsewhere)!r})\n")
+    (place / "s26f_xpkg" / "__init__.py").write_text(f"__path__.append({str(elsewhere)!r})\n")
     _compiled(elsewhere, "plugin", tmp_path / "ran")
-    (run / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_xpkg import plugin\n"
+    (place / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_xpkg import plugin\n"
                                   "    return nn.Linear(plugin.IN, 3)\n")
-    manifest = run / "fdl.toml"
+    manifest = place / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    factory = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    factory = resolve_model_factory("model.py:build", base_dir=place, module_dir=place, named_by=manifest)
     assert factory().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
 
@@ -187,16 +192,16 @@ def test_the_users_own_models_package_submodule_is_taken_after_an_fdl_toml_load_
         tmp_path: Path) -> None:
     """--model's load, then the folder's fdl.toml (its finder inserted last): the user's own model's `from pkg import
     helper` is served under its own load's rules, which take compiled code, not by the last load of the folder."""
-    run = tmp_path / "run"
-    (run / "s26f_qpkg").mkdir(parents=True)
-    (run / "s26f_qpkg" / "__init__.py").write_text("")
-    _compiled(run / "s26f_qpkg", "helper", tmp_path / "ran")
-    (run / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_qpkg import helper\n"
+    place = tmp_path / "run"
+    (place / "s26f_qpkg").mkdir(parents=True)
+    (place / "s26f_qpkg" / "__init__.py").write_text("")
+    _compiled(place / "s26f_qpkg", "helper", tmp_path / "ran")
+    (place / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_qpkg import helper\n"
                                   "    return nn.Linear(helper.IN, 3)\n")
-    manifest = run / "fdl.toml"
+    manifest = place / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    own = resolve_model_factory(f"{run / 'model.py'}:build")
-    by_manifest = resolve_model_factory("model.py:build", base_dir=run, module_dir=run, named_by=manifest)
+    own = resolve_model_factory(f"{place / 'model.py'}:build")
+    by_manifest = resolve_model_factory("model.py:build", base_dir=place, module_dir=place, named_by=manifest)
     assert own().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
     with pytest.raises(CompiledCodeError, match=r"helper\.pyc, which Python would import as s26f_qpkg\.helper"):
@@ -213,3 +218,32 @@ def test_a_layer_inside_an_encoder_called_by_keyword_is_analysed_padded(tmp_path
     records = _records(capsys, folder, "--model", f"{model}:build", "--probe", probe, "--layer",
                        "module.encoder.layers.1", "--out", tmp_path / "kw.h5")
     assert [record["n_features"] for record in records] == [T * D] * 3
+
+
+def test_an_infinite_r2_of_an_output_is_null_as_a_nan_one() -> None:
+    """`--json` writes each output's R² as null where it is not finite: an infinite one was written as -Infinity,
+    which is no JSON, and taken as the worst output."""
+    fields = r2_output_fields(np.array([0.5, -np.inf, np.nan, 0.75]))
+    assert fields == {"r2_outputs": [0.5, None, None, 0.75], "r2_min": 0.5, "r2_min_output": 0}
+
+
+def test_the_report_names_the_first_of_tied_worst_outputs_as_json_does() -> None:
+    """Two outputs of the same lowest R²: the text's worst is the first, as `--json`'s r2_min_output."""
+    record = {"step": 5, "r2": 0.6, **r2_output_fields(np.array([0.9, 0.25, 0.25]))}
+    assert record["r2_min_output"] == 1
+    line = r2_outputs_line(types.SimpleNamespace(records=[record]))  # type: ignore[arg-type]
+    assert line is not None and "; worst y1 (r2 " in line, line
+
+
+def test_classify_says_that_the_final_r2_of_each_output_is_damaged(run: dict, tmp_path: Path) -> None:  # noqa: F811
+    """classify reads the last checkpoint's r2_outputs itself: a dataset of another shape is said, as by report,
+    and the evidence's per-output fields are null."""
+    edited = tmp_path / "edited.h5"
+    shutil.copy(run["store"], edited)
+    with h5py.File(edited, "r+") as handle:
+        leaf = handle["checkpoints/step_10/probe/body"]
+        del leaf["r2_outputs"]
+        leaf["r2_outputs"] = np.zeros(3)
+    done = fdl_in_process("classify", edited, "--json")
+    assert done.returncode == 0, done.stderr
+    assert "the r2 of each output of probe/body at step 10 has the shape (3,), not (4,)" in done.stderr, done.stderr
