@@ -247,3 +247,21 @@ def test_classify_says_that_the_final_r2_of_each_output_is_damaged(run: dict, tm
     done = fdl_in_process("classify", edited, "--json")
     assert done.returncode == 0, done.stderr
     assert "the r2 of each output of probe/body at step 10 has the shape (3,), not (4,)" in done.stderr, done.stderr
+
+
+def test_a_store_whose_trajectory_is_a_virtual_dataset_of_its_own_file_is_read(tmp_path: Path) -> None:
+    """A virtual dataset whose source is the store itself (HDF5 names it ".") reads no other file: not refused."""
+    store = _store(tmp_path / "run.h5")
+    name = "trajectories/train/fc/d_lr"
+    before = fdl_in_process("report", store, "--json")
+    assert before.returncode == 0, before.stderr
+    with h5py.File(store, "r+") as handle:
+        values = handle[name][()]
+        handle["kept_d_lr"] = values
+        del handle[name]
+        layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
+        layout[:] = h5py.VirtualSource(".", "kept_d_lr", shape=values.shape)
+        handle.create_virtual_dataset(name, layout)
+    done = fdl_in_process("report", store, "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == before.stdout
