@@ -4,9 +4,12 @@ pass): each pins down a behaviour a user sees that no test asserted before."""
 from __future__ import annotations
 
 import io
+import os
 import py_compile
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import types
 from pathlib import Path
@@ -20,7 +23,7 @@ from fdl_cli import signals
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory, weights_digest
 from fdl_cli.report import r2_outputs_line
 from fdl_cli.store import r2_output_fields
-from tests.cli_run import fdl_in_process
+from tests.cli_run import REPO, fdl_in_process
 from tests.test_s24_r2 import run  # noqa: F401 - the fixture
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
@@ -265,3 +268,19 @@ def test_a_store_whose_trajectory_is_a_virtual_dataset_of_its_own_file_is_read(t
     done = fdl_in_process("report", store, "--json")
     assert done.returncode == 0, done.stderr
     assert done.stdout == before.stdout
+
+
+def test_an_hdf5_probe_reading_a_fifo_named_relative_to_the_current_folder_is_refused(tmp_path: Path) -> None:
+    """External storage named `fifo`, which HDF5 opens in the current folder (none lies beside the probe): refused
+    before the read, which waited for a writer for ever (the child is killed after 60 s, failing the test)."""
+    (tmp_path / "probes").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    probe = tmp_path / "probes" / "stored.h5"
+    with h5py.File(probe, "w") as handle:
+        handle.create_dataset("x", shape=(16, 4), dtype=np.float32, external=[("fifo", 0, h5py.h5f.UNLIMITED)])
+        handle["y"] = np.zeros(16, dtype=np.int64)
+    code = ("import sys\nfrom fdl_cli.errors import ProbeError\nfrom fdl_cli.probes import load_probe\n"
+            "try:\n    load_probe(sys.argv[1])\nexcept ProbeError as exc:\n    print(exc.what)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(probe)], capture_output=True, text=True, check=False,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.stdout.strip() == f"the probe {probe}: its 'x' is read from fifo, which is no regular file", done
