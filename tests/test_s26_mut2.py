@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import py_compile
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory, weight
 from fdl_cli.report import r2_outputs_line
 from fdl_cli.store import r2_output_fields
 from tests.cli_run import REPO, fdl_in_process
-from tests.test_s24_r2 import run  # noqa: F401 - the fixture
+from tests.test_s24_r2 import damaged_r2_outputs, run  # noqa: F401 - the fixture
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
 from tests.test_s26_tfm import MODEL, D, T, _masked_run, _records
@@ -241,13 +240,7 @@ def test_the_report_names_the_first_of_tied_worst_outputs_as_json_does() -> None
 def test_classify_says_that_the_final_r2_of_each_output_is_damaged(run: dict, tmp_path: Path) -> None:  # noqa: F811
     """classify reads the last checkpoint's r2_outputs itself: a dataset of another shape is said, as by report,
     and the evidence's per-output fields are null."""
-    edited = tmp_path / "edited.h5"
-    shutil.copy(run["store"], edited)
-    with h5py.File(edited, "r+") as handle:
-        leaf = handle["checkpoints/step_10/probe/body"]
-        del leaf["r2_outputs"]
-        leaf["r2_outputs"] = np.zeros(3)
-    done = fdl_in_process("classify", edited, "--json")
+    done = fdl_in_process("classify", damaged_r2_outputs(run, tmp_path), "--json")
     assert done.returncode == 0, done.stderr
     assert "the r2 of each output of probe/body at step 10 has the shape (3,), not (4,)" in done.stderr, done.stderr
 
