@@ -284,14 +284,20 @@ def test_resuming_an_older_store_adds_r2_outputs_at_new_checkpoints(run: dict, t
     assert "r2 per output at step 20: y0" in text
 
 
-def test_a_damaged_r2_outputs_reads_as_null_with_a_warning(run: dict, tmp_path: Path) -> None:
-    """A dataset of another shape (a hand-edited store) is a reader warning and null; the report goes on."""
+def damaged_r2_outputs(run: dict, tmp_path: Path) -> Path:
+    """A copy of the run's store whose last checkpoint's r2_outputs has 3 values, not 4 (a hand-edited store)."""
     edited = tmp_path / "edited.h5"
     shutil.copy(run["store"], edited)
     with h5py.File(edited, "r+") as handle:
         leaf = handle["checkpoints/step_10/probe/body"]
         del leaf["r2_outputs"]
         leaf["r2_outputs"] = np.zeros(3)
+    return edited
+
+
+def test_a_damaged_r2_outputs_reads_as_null_with_a_warning(run: dict, tmp_path: Path) -> None:
+    """A dataset of another shape (a hand-edited store) is a reader warning and null; the report goes on."""
+    edited = damaged_r2_outputs(run, tmp_path)
     done = fdl_in_process("report", edited, "--json")
     assert done.returncode == 0, done.stderr
     assert "the r2 of each output of probe/body at step 10 has the shape (3,), not (4,)" in done.stderr
