@@ -150,8 +150,9 @@ def test_extra_states_are_compared_by_their_contents() -> None:
     assert digest(a=1.0) != digest(b=1.0)
 
 
-def test_deferred_delivers_the_first_signal_that_came() -> None:
-    """A Ctrl-C then a SIGTERM during one commit: the Ctrl-C's handler runs (exit 130, as pressed), once."""
+def test_deferred_delivers_a_held_sigterm_not_a_later_ctrl_c() -> None:
+    """A SIGTERM then a Ctrl-C during one commit: the SIGTERM's handler runs (exit 143, a scheduler's stop), once;
+    the later signal does not replace it (a SIGTERM replaces a held Ctrl-C, never the other way round)."""
     seen: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -160,10 +161,10 @@ def test_deferred_delivers_the_first_signal_that_came() -> None:
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with signals.deferred():
-            signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
             assert seen == []
-        assert seen == [signal.SIGINT]
+        assert seen == [signal.SIGTERM]
     finally:
         for signum, handler_before in previous.items():
             signal.signal(signum, handler_before)
