@@ -12,6 +12,7 @@ archive too: loaded by the same restricted loader, or left out (`ItemNotRead`) w
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import pickle
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from fdl_cli.errors import CheckpointError, UnsafeCheckpointError, first_few
+from fdl_cli.errors import CheckpointError, UnsafeCheckpointError, first_few, special_file
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
@@ -76,9 +78,15 @@ def _name_only(value: Any = None, *more: Any) -> str:
     return str(value)
 
 
+#: What a dict key or a set's item of the metadata may be: hashed in constant time or by its own length (a tuple
+#: hashes its items, and a tuple built of one tuple twice, itself built so 60 times, never finishes hashing)
+_KEY_TYPES = (str, int, float, bytes, bool, type(None))
+_PATH_LIMIT = 4096  # characters of a path rebuilt from parts: one part named again and again is no longer a path
+
+
 def _path_text(*parts: Any) -> str:
-    if not all(type(part) is str for part in parts):
-        raise pickle.UnpicklingError("a path of parts that are not strings")
+    if not all(type(part) is str for part in parts) or sum(map(len, parts)) > _PATH_LIMIT:
+        raise pickle.UnpicklingError(f"a path of parts that are not strings, or of over {_PATH_LIMIT} characters")
     return "/".join(parts)
 
 
@@ -92,8 +100,20 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
 _DTYPES = {f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Knows the metadata classes (as `_Record`s), torch.Size, dtypes, layouts and paths, and nothing else."""
+
+
+_PYTHON_UNPICKLER: Any = pickle._Unpickler  # its opcodes' methods are not in typeshed
+
+
+class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
+    """Knows the metadata classes (as `_Record`s), torch.Size, dtypes, layouts and paths, and nothing else.
+
+    Python's own unpickler, so that the opcodes that could do more than build a record are checked: BUILD sets a
+    record's state only (on fdl's functions it would set their attributes), NEWOBJ makes records only, a dict key
+    or a set's item is a string, a number or a record (a nested tuple's hash can take for ever), and the extension
+    registry (`copyreg`'s, whose cache is read before `find_class`) is not used."""
+
+    dispatch = dict(_PYTHON_UNPICKLER.dispatch)
 
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
@@ -103,12 +123,57 @@ class _MetadataUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         found = _RECORDS.get(full) or _CALLABLES.get(full) or _DTYPES.get(full)
         if found is None:
-            self.refused.append(full)
-            raise pickle.UnpicklingError(f"global {full} is not allowed")
+            self.refused.append(full[:200])
+            raise pickle.UnpicklingError(f"global {full[:200]} is not allowed")
         return found
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not allowed")
+
+    def get_extension(self, code: int) -> None:
+        raise pickle.UnpicklingError("extension codes are not allowed")
+
+    def _build(self) -> None:
+        state = self.stack.pop()
+        if not isinstance(self.stack[-1], _Record):
+            raise pickle.UnpicklingError(f"state given to a {type(self.stack[-1]).__name__}, not a record")
+        self.stack[-1].__setstate__(state)
+
+    def _newobj(self, kwargs: bool = False) -> None:
+        options = self.stack.pop() if kwargs else {}
+        args, cls = self.stack.pop(), self.stack.pop()
+        if not (isinstance(cls, type) and issubclass(cls, _Record)) or options:
+            raise pickle.UnpicklingError(f"NEWOBJ of a {type(cls).__name__}, not a record")
+        self.append(cls(*args))
+
+    def _keys(self, keys: Iterable[Any]) -> None:
+        for key in keys:
+            if type(key) not in _KEY_TYPES and not isinstance(key, _Record):
+                raise pickle.UnpicklingError(f"a dict key or set item that is a {type(key).__name__}")
+
+    def _setitem(self) -> None:
+        self._keys(self.stack[-2:-1])
+        _PYTHON_UNPICKLER.load_setitem(self)
+
+    def _setitems(self) -> None:
+        self._keys(self.stack[::2])  # after MARK the stack holds the marked items only
+        _PYTHON_UNPICKLER.load_setitems(self)
+
+    def _additems(self) -> None:
+        self._keys(self.stack)
+        _PYTHON_UNPICKLER.load_additems(self)
+
+    def _frozenset(self) -> None:
+        self._keys(self.stack)
+        _PYTHON_UNPICKLER.load_frozenset(self)
+
+    dispatch[pickle.BUILD[0]] = _build
+    dispatch[pickle.NEWOBJ[0]] = _newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = lambda self: self._newobj(kwargs=True)
+    dispatch[pickle.SETITEM[0]] = _setitem
+    dispatch[pickle.SETITEMS[0]] = _setitems
+    dispatch[pickle.ADDITEMS[0]] = _additems
+    dispatch[pickle.FROZENSET[0]] = _frozenset
 
 
 @dataclass(frozen=True)
@@ -195,9 +260,33 @@ def _records(value: Any, kind: str) -> bool:
     return isinstance(value, _Record) and value.name.endswith(f".{kind}")
 
 
+_DEPTH_LIMIT = 64  # levels of a saved dict: a place deeper than this is no training loop's
+
+
+def _kind(value: Any) -> str:
+    """What a value of the pickle is, for a message: its type, never its text (a list built of itself many times
+    over, written out, has no end)."""
+    return value.name.rsplit(".", 1)[1] if isinstance(value, _Record) else type(value).__name__
+
+
+def _counts(value: Any, what: str) -> tuple[int, ...]:
+    """A size or offsets (torch.Size, read by `_size`, or a plain tuple): non-negative ints, or ValueError."""
+    if not isinstance(value, tuple):
+        raise TypeError(f"{what} is a {_kind(value)}")
+    if not all(type(v) is int and v >= 0 for v in value):
+        raise ValueError(f"{what} holds values that are not non-negative integers")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{what} that is a {_kind(value)}, not a string")
+    return value
+
+
 def _entries(root: Any) -> dict[str, Entry]:
     if not _records(root, "Metadata"):
-        raise TypeError(f"the pickle holds a {type(root).__name__}, not a Metadata")
+        raise TypeError(f"the pickle holds a {_kind(root)}, not a Metadata")
     items, storage, paths = root.field("state_dict_metadata"), root.field("storage_data"), root.field("planner_data")
     if not isinstance(items, dict) or not isinstance(storage, dict):
         raise TypeError("no state_dict_metadata and storage_data tables")
@@ -206,44 +295,55 @@ def _entries(root: Any) -> dict[str, Entry]:
     for index, info in storage.items():
         if not _records(index, "MetadataIndex") or not _records(info, "_StorageInfo"):
             raise TypeError("a storage_data entry that is not a MetadataIndex and its _StorageInfo")
+        fqn = _text(index.field("fqn"), "a MetadataIndex's fqn")
         offset = index.field("offset")
+        offset = None if offset is None else _counts(offset, f"the offset of a chunk of {fqn}")
         file, start, length = info.field("relative_path"), info.field("offset"), info.field("length")
-        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", ".."):
-            raise ValueError(f"a shard file name {file!r} outside the folder")
+        if type(file) is not str or "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise ValueError(f"a shard file name {file if type(file) is str else _kind(file)!r} outside the folder")
         if type(start) is not int or type(length) is not int or start < 0 or length < 0:
-            raise ValueError(f"a byte range {start!r}+{length!r} of {file}")
+            raise ValueError(f"a byte range of {file} from a {_kind(start)} and a {_kind(length)} that are not "
+                             "non-negative integers")
         transforms = info.field("transform_descriptors") or ()
-        stored[(str(index.field("fqn")), offset)] = Chunk((), (), file, start, length, tuple(map(str, transforms)))
+        if not isinstance(transforms, (list, tuple)):
+            raise TypeError(f"the transforms of {file} are a {_kind(transforms)}")
+        transforms = tuple(_text(name, f"a transform of {file}") for name in transforms)
+        stored[(fqn, offset)] = Chunk((), (), file, start, length, transforms)
     out: dict[str, Entry] = {}
     for fqn, item in items.items():
-        if not isinstance(fqn, str):
-            raise TypeError(f"an item named {fqn!r}")
+        _text(fqn, "an item named by a key")
         path = paths.get(fqn, (fqn,))
-        if not isinstance(path, (tuple, list)) or not path or not all(type(p) in (str, int) for p in path):
-            raise TypeError(f"the place of {fqn} is {path!r}")
+        if (not isinstance(path, (tuple, list)) or not 0 < len(path) <= _DEPTH_LIMIT
+                or not all(type(p) in (str, int) for p in path)):
+            raise TypeError(f"the place of {fqn} is not a sequence of 1 to {_DEPTH_LIMIT} names and numbers")
         if _records(item, "BytesStorageMetadata"):
             if (fqn, None) not in stored:
                 raise KeyError(f"{fqn} has no storage")
             out[fqn] = Entry(fqn, tuple(path), None, (), (stored[(fqn, None)],))
             continue
         if not _records(item, "TensorStorageMetadata"):
-            raise TypeError(f"{fqn} is described by a {type(item).__name__}")
+            raise TypeError(f"{fqn} is described by a {_kind(item)}")
         properties, size, chunks = item.field("properties"), item.field("size"), item.field("chunks")
         dtype = properties.state[0] if _records(properties, "TensorProperties") and isinstance(
             properties.state, tuple) and properties.state else None
-        if not isinstance(dtype, torch.dtype) or not isinstance(size, tuple) or not isinstance(chunks, list):
+        if not isinstance(dtype, torch.dtype) or not isinstance(chunks, list):
             raise TypeError(f"{fqn} has no dtype, size and chunks")
+        size = _counts(size, f"the size of {fqn}")
         placed = []
         for chunk in chunks:
             if not _records(chunk, "ChunkStorageMetadata"):
-                raise TypeError(f"a chunk of {fqn} is a {type(chunk).__name__}")
-            offsets, sizes = chunk.field("offsets"), chunk.field("sizes")
+                raise TypeError(f"a chunk of {fqn} is a {_kind(chunk)}")
+            offsets = _counts(chunk.field("offsets"), f"the offsets of a chunk of {fqn}")
+            sizes = _counts(chunk.field("sizes"), f"the sizes of a chunk of {fqn}")
             if (fqn, offsets) not in stored:
-                raise KeyError(f"the chunk of {fqn} at {list(offsets or ())} has no storage")
+                raise KeyError(f"the chunk of {fqn} at {list(offsets)} has no storage")
             at = stored[(fqn, offsets)]
-            placed.append(Chunk(tuple(offsets), tuple(sizes), at.file, at.start, at.length, at.transforms))
+            placed.append(Chunk(offsets, sizes, at.file, at.start, at.length, at.transforms))
         out[fqn] = Entry(fqn, tuple(path), dtype, size, tuple(placed))
     return out
+
+
+_CELLS = 1 << 22  # cells of the grid `_cover` checks: a layout cutting a tensor finer is no save's
 
 
 def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
@@ -253,25 +353,46 @@ def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
         files.update(chunk.file for chunk in entry.chunks)
         if entry.dtype is None:
             continue
-        volume = 0
-        for index, chunk in enumerate(entry.chunks):
+        for chunk in entry.chunks:
             if len(chunk.offsets) != len(entry.size) or len(chunk.sizes) != len(entry.size) or any(
                     o + s > n for o, s, n in zip(chunk.offsets, chunk.sizes, entry.size, strict=True)):
                 raise bad_folder(folder, f"a chunk of {entry.fqn} at {list(chunk.offsets)} of size {list(chunk.sizes)} "
                                    f"lies outside its size {list(entry.size)}")
-            volume += math.prod(chunk.sizes)
-            for other in entry.chunks[:index]:
-                if all(a < c + d and c < a + b for a, b, c, d in zip(chunk.offsets, chunk.sizes, other.offsets,
-                                                                     other.sizes, strict=True)) and 0 not in chunk.sizes:
-                    raise bad_folder(folder, f"two chunks of {entry.fqn} overlap (at {list(other.offsets)} and "
-                                       f"{list(chunk.offsets)})")
-        if volume != math.prod(entry.size):
-            raise bad_folder(folder, f"the chunks of {entry.fqn} hold {volume} of its {math.prod(entry.size)} elements "
-                               f"(size {list(entry.size)})")
+        _cover(folder, entry)
+    odd = [(file, kind) for file in sorted(files) if (kind := special_file(folder / file))]
+    if odd:  # opened, a named pipe waits for ever and /dev/zero never ends
+        raise bad_folder(folder, f"the shard {odd[0][0]} that its {METADATA} names is {odd[0][1]}, not a file")
     missing = sorted(file for file in files if not (folder / file).is_file())
     if missing:
         raise bad_folder(folder, f"the shard{'s' if len(missing) > 1 else ''} {first_few(missing, 3)} that its "
                            f"{METADATA} names {'are' if len(missing) > 1 else 'is'} not in it")
+
+
+def _cover(folder: Path, entry: Entry) -> None:
+    """The chunks of `entry` (each within it) overlap nowhere and leave no element out. The tensor is cut into the
+    grid of every chunk's edges; each chunk claims its cells, one already claimed being an overlap: time and memory
+    go as the cells (as the chunks for a save's grid of shards), not as the chunks squared."""
+    chunks = [chunk for chunk in entry.chunks if 0 not in chunk.sizes]
+    edges = [sorted({0, n, *(c.offsets[d] for c in chunks), *(c.offsets[d] + c.sizes[d] for c in chunks)})
+             for d, n in enumerate(entry.size)]
+    cells = math.prod(len(cuts) - 1 for cuts in edges)
+    if cells > max(_CELLS, 16 * len(chunks)):
+        raise bad_folder(folder, f"the {len(chunks)} chunks of {entry.fqn} cut it into {cells} pieces, a layout fdl "
+                           "does not check")
+    owner = np.full([len(cuts) - 1 for cuts in edges], -1, dtype=np.int32)
+    for index, chunk in enumerate(chunks):
+        cells_of: tuple[Any, ...] = (*(slice(bisect.bisect_left(cuts, o), bisect.bisect_left(cuts, o + s))
+                                       for cuts, o, s in zip(edges, chunk.offsets, chunk.sizes, strict=True)), ...)
+        block = owner[cells_of]
+        claimed = block[block >= 0]
+        if claimed.size:
+            raise bad_folder(folder, f"two chunks of {entry.fqn} overlap (at {list(chunks[int(claimed[0])].offsets)} "
+                               f"and {list(chunk.offsets)})")
+        block[...] = index
+    if (owner < 0).any():
+        volume = sum(math.prod(chunk.sizes) for chunk in chunks)
+        raise bad_folder(folder, f"the chunks of {entry.fqn} hold {volume} of its {math.prod(entry.size)} elements "
+                           f"(size {list(entry.size)})")
 
 
 def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) -> bytes:
@@ -341,9 +462,26 @@ def _tensor(folder: Path, entry: Entry, load: Callable[[io.BytesIO], Any], handl
         if len(entry.chunks) == 1:
             return piece
         if full is None:
-            full = torch.empty(entry.size, dtype=entry.dtype)
+            full = _whole(folder, entry)
         full[tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes, strict=True))] = piece
     return full if full is not None else torch.empty(entry.size, dtype=entry.dtype)
+
+
+def _whole(folder: Path, entry: Entry) -> torch.Tensor:
+    """The tensor `entry`'s chunks are copied into: its size is what `.metadata` declares, which may be more than
+    this machine holds (a chunk can be a small tensor expanded, its stride 0, to any shape)."""
+    assert entry.dtype is not None
+    try:
+        return torch.empty(entry.size, dtype=entry.dtype)
+    except (RuntimeError, MemoryError):
+        count = math.prod(entry.size)
+        raise CheckpointError(
+            f"cannot read {entry.fqn} of the torch.distributed.checkpoint folder {folder}",
+            got=f"its {METADATA} declares {count} elements of {entry.dtype} (size {list(entry.size)}, "
+            f"{count * entry.dtype.itemsize / 2**30:.3g} GiB), more than this machine could allocate",
+            fix="check that the folder holds the checkpoint it should (its .metadata may be damaged or forged), or "
+            "run fdl where that much memory is free",
+        ) from None
 
 
 def nested(values: dict[str, Any], entries: dict[str, Entry]) -> dict[Any, Any]:
