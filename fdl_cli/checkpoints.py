@@ -2110,9 +2110,9 @@ def _dcp_part_error(path: Path) -> CheckpointError:
     )
 
 
-#: The top-level entries of a DCP checkpoint's dict that are an optimizer's state (their `state` and
-#: `param_groups`): never loaded, as fdl skips an optimizer's state in any checkpoint
 def _dcp_optimizer_entries(entries: Mapping[str, dcp.Entry]) -> set[Any]:
+    """The top-level entries of a DCP checkpoint's dict that are an optimizer's state (their `state` and
+    `param_groups`): never loaded, as fdl skips an optimizer's state in any checkpoint."""
     below: dict[Any, set[Any]] = collections.defaultdict(set)
     for entry in entries.values():
         if len(entry.path) > 1:
