@@ -752,8 +752,8 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
             if spec.use_input and value is None:
                 raise ModelError(
                     f"layer {spec.label!r} has no tensor input to take features from",
-                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs) or 'none'}), "
-                    "none of them its forward's first parameter",
+                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs)}), none of them its "
+                    "forward's first parameter" if kwargs else "the module was called with no argument",
                     fix="take the output of the module that makes the input instead (see `fdl inspect CHECKPOINT`)",
                 )
             if isinstance(value, (tuple, list)) and value:

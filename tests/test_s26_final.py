@@ -51,3 +51,50 @@ def test_a_squeezed_output_is_not_blamed_on_a_sound_layer(tmp_path: Path, capsys
     # the layer, (1, 8) for the one sample, has its batch dimension: the model's outputs (3,) lost theirs
     assert "rows of features" not in err and "no batch dimension" not in err
     assert code == 1 and "Traceback" not in err and err.startswith("error: ")
+
+
+UNARGUED = '''
+import torch
+from torch import nn
+
+
+class Bias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(4))
+
+    def forward(self):
+        return self.b
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = Bias()
+        self.module = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.module(x + self.bias())
+
+
+def build():
+    return Net()
+'''
+
+
+def test_a_module_called_with_no_argument_is_said_so(tmp_path: Path, capsys) -> None:
+    """`--layer bias:input` of a module called as `self.bias()`: no input at all, not "called with keyword
+    arguments alone (none)"."""
+    (tmp_path / "model.py").write_text(UNARGUED)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save({**{f"module.{k}": v for k, v in net.state_dict().items()}, "bias.b": torch.zeros(4)},
+               tmp_path / "step_0.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(12, 4)).astype(np.float32), y=rng.integers(0, 3, 12))
+    code, _, err = fdl(capsys, "analyze", tmp_path / "step_0.pt", "--model", f"{tmp_path / 'model.py'}:build",
+                       "--probe", tmp_path / "probe.npz", "--layer", "bias:input", "--out", tmp_path / "run.h5")
+    assert code == 1 and "Traceback" not in err
+    assert "error: layer 'bias:input' has no tensor input to take features from" in err
+    assert "got: the module was called with no argument\n" in err
+    assert "keyword arguments alone" not in err
