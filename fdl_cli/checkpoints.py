@@ -2110,9 +2110,9 @@ def _dcp_part_error(path: Path) -> CheckpointError:
     )
 
 
-#: The top-level entries of a DCP checkpoint's dict that are an optimizer's state (their `state` and
-#: `param_groups`): never loaded, as fdl skips an optimizer's state in any checkpoint
 def _dcp_optimizer_entries(entries: Mapping[str, dcp.Entry]) -> set[Any]:
+    """The top-level entries of a DCP checkpoint's dict that are an optimizer's state (their `state` and
+    `param_groups`): never loaded, as fdl skips an optimizer's state in any checkpoint."""
     below: dict[Any, set[Any]] = collections.defaultdict(set)
     for entry in entries.values():
         if len(entry.path) > 1:
@@ -3055,6 +3055,7 @@ def _submodule_beside(target: str, top: Path | None) -> Path | None:
                  else Path(next(iter(spec.submodule_search_locations or [str(folder)]))))
     return found
 
+
 def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
     """`path` lies in `folder` or a sub-folder of it: as spelled (a module file found in the folder, a symbolic link
     there), or with its links followed; or, with `links`, it is where a symbolic link in `folder` leads (a model.py
@@ -3393,6 +3394,7 @@ def _package_module_fix(file: Path, exc: BaseException, attr: str, named_by: Pat
            else f"--model {module}:{attr} with PYTHONPATH={root}")
     return (f"{file} is a module of the package {'.'.join(parts[:-1])}, whose relative imports need it imported as "
             f"{module}: name it so, {how}")
+
 
 #: the libraries fdl runs on: no module of theirs (nor of what they require, nor of the standard library) is ever
 #: taken from a model's folder, whoever imports it (`_FolderModules`)
@@ -3963,6 +3965,7 @@ def raised_at(exc: BaseException) -> str:
         return ""
     code = linecache.getline(*where).strip()
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
+
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
     """The one prefix (``net.``) that the model's keys carry beyond the checkpoint's, all of them and no other,

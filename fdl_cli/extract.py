@@ -752,8 +752,8 @@ def hooked(model: nn.Module, layers: Sequence[LayerSpec]) -> Iterator[dict[str, 
             if spec.use_input and value is None:
                 raise ModelError(
                     f"layer {spec.label!r} has no tensor input to take features from",
-                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs) or 'none'}), "
-                    "none of them its forward's first parameter",
+                    got=f"the module was called with keyword arguments alone ({', '.join(kwargs)}), none of them its "
+                    "forward's first parameter" if kwargs else "the module was called with no argument",
                     fix="take the output of the module that makes the input instead (see `fdl inspect CHECKPOINT`)",
                 )
             if isinstance(value, (tuple, list)) and value:
@@ -930,10 +930,11 @@ def forward_one_shapes(
     missing = [spec for spec in layers if spec.label not in captured]
     if missing:
         raise _not_called(missing, modules, parents_ran)
+    rows = len(sample[:1])  # the sample's, not the outputs' (a forward ending in .squeeze() drops their batch)
     for label, value in captured.items():
-        if int(value.shape[0]) != int(outputs.shape[0]):
+        if int(value.shape[0]) != rows:
             raise ModelError(
-                f"layer {label!r} gives {int(value.shape[0])} rows of features for {int(outputs.shape[0])} sample: "
+                f"layer {label!r} gives {int(value.shape[0])} rows of features for {rows} sample: "
                 "its output has no batch dimension first (a table of positions, shared by every sample, or a "
                 "reshape that merged the samples with their positions)",
                 fix="hook a module whose output's first dimension is the batch (`fdl inspect CHECKPOINT --probe "
