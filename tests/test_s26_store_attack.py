@@ -7,6 +7,9 @@ its fix):
   is refused before it is read, in bounded memory;
 - a dataset compressed with an HDF5 filter this HDF5 lacks: "is damaged ... can't open directory
   (/usr/local/lib/plugin)", which named neither the filter nor a fix; it is named now, with HDF5_PLUGIN_PATH;
+- a store none of whose checkpoints is intact (every one damaged, or no /checkpoints): "holds no series for "
+  (nothing after "for"), "series in the store: none", "pick one of the series listed above", and the warnings
+  saying why were never printed. It says now that no checkpoint is intact, and why.
 """
 
 from __future__ import annotations
@@ -120,3 +123,33 @@ def test_a_filter_this_hdf5_lacks_is_named_with_how_to_read_it(tmp_path: Path, w
            "HDF5 does not have" in err
     assert "HDF5_PLUGIN_PATH" in err and "h5repack -f NONE" in err
     assert "plugin)" not in err and "damaged" not in err  # HDF5's "can't open directory (/usr/local/lib/plugin)"
+
+
+def _every_checkpoint_lacks_its_arrays(handle: h5py.File) -> None:
+    for step in handle["checkpoints"]:
+        del handle[f"checkpoints/{step}/train/fc/eigenvalues"]
+
+
+def _no_checkpoints(handle: h5py.File) -> None:
+    del handle["checkpoints"], handle["trajectories"]
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (_every_checkpoint_lacks_its_arrays,
+     "checkpoint step 0 (/checkpoints/step_0) is damaged: skipped; `fdl analyze` will redo it (ValueError: train/fc "
+     "lacks the dataset ['eigenvalues']) (and 3 more warnings)"),
+    (_no_checkpoints, "{store} has no /checkpoints group: it holds no checkpoints"),
+])
+@pytest.mark.parametrize("command", [["report"], ["classify"], ["compare", "{store}"],
+                                     ["export", "--what", "trajectories"]])
+def test_a_store_with_no_intact_checkpoint_says_so_and_why(
+    tmp_path: Path, damage: object, why: str, command: list[str]
+) -> None:
+    store = _store(tmp_path / "run.h5")
+    with h5py.File(store, "r+") as handle:
+        damage(handle)  # type: ignore[operator]
+    code, out, err, _ = _fdl(command[0], store, *(part.format(store=store) for part in command[1:]))
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert err.startswith(f"error: {store} holds no intact checkpoint to read\n  got: {why.format(store=store)}\n"), err
+    assert f"fix: run `fdl analyze` on the run's checkpoints with --out {store}" in err
+    assert "holds no series for" not in err and "listed above" not in err
