@@ -356,6 +356,18 @@ def _read_run(
     r2_outputs: bool = False,
 ) -> Run:
     available = [(str(name), str(module)) for name, module in reader.series()]
+    if not available:
+        # every checkpoint damaged (or none stored): "holds no series for " and "pick one of the series listed
+        # above", with none listed, said neither why nor what to do, and the warnings saying why went unprinted
+        said = list(getattr(reader, "warnings", []))
+        raise StoreError(
+            f"{path} holds no intact checkpoint to read",
+            got=said[0] + (f" (and {counted(len(said) - 1, 'more warning')})" if len(said) > 1 else "")
+            if said else "no checkpoint is stored",
+            fix=f"run `fdl analyze` on the run's checkpoints with --out {shlex.quote(str(path))} (it redoes damaged "
+                "checkpoints), restore the store from a backup, or ask whoever sent it for the store as `fdl analyze` "
+                "wrote it",
+        )
     chosen = select_series(available, probe=probe, layer=layer, path=path)
     chosen.sort(key=_series_key(reader.provenance))  # the first series: the first probe given, the first layer
     series = []

@@ -78,6 +78,7 @@ from fdl_cli.errors import (
     counted,
     first_few,
     io_error,
+    size_text,
     special_file,
     special_kind,
     special_store,
@@ -426,11 +427,39 @@ def _outside_error(store: str, where: str, named: str) -> StoreError:
     )
 
 
+#: A dataset may declare up to this many times the bytes HDF5 holds for it in the file (fdl writes every chunk,
+#: uncompressed; `h5repack -f GZIP=9` compresses its floats a few times at most), or up to _DECLARED_FREE bytes.
+_DECLARED_PER_HELD = 32
+_DECLARED_FREE = 16 << 20
+
+
 def _inside(dataset: h5py.Dataset) -> h5py.Dataset:
-    """`dataset`, refused (StoreError) when its data lies in another file (`data_files`), before it is read."""
+    """`dataset`, refused (StoreError) before it is read when its data lies in another file (`data_files`), or when
+    it declares far more data than the file holds for it: chunks never written (read as the fill value) or a
+    "gzip bomb", which a read would allocate whole (a 10⁹-element dataset of a 1 MB store took 8 GB)."""
     named = data_files(dataset)
     if named:
         raise _outside_error(dataset.file.filename, dataset.name, named[0])
+    plist = dataset.id.get_create_plist()
+    for index in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(index)
+        if not h5py.h5z.filter_avail(code):  # HDF5 said "can't open directory (/usr/local/lib/plugin)", not this
+            raise StoreError(
+                f"{dataset.file.filename} cannot be read here: its {dataset.name} is compressed with the HDF5 filter "
+                f"{code}{f' ({_text(name)})' if name else ''}, which this HDF5 does not have",
+                fix="set HDF5_PLUGIN_PATH to a folder holding that filter's plugin (hdf5plugin installs many), or, "
+                    "where it is installed, write a copy without filters: `h5repack -f NONE STORE COPY`",
+            )
+    declared = dataset.size * dataset.dtype.itemsize
+    held = dataset.id.get_storage_size()
+    if declared > max(_DECLARED_FREE, _DECLARED_PER_HELD * held):
+        raise StoreError(
+            f"{dataset.file.filename} is not a store as fdl writes one: its {dataset.name} declares "
+            f"{size_text(declared)} of data (shape {dataset.shape}) but holds {size_text(held)} in the file",
+            fix="fdl writes every array whole and uncompressed, and reads none that would expand so far (chunks never "
+                "written, or compressed like a zip bomb): use the store as `fdl analyze` wrote it, or rebuild it with "
+                "`fdl analyze ... --overwrite`",
+        )
     return dataset
 
 
