@@ -504,9 +504,12 @@ def test_many_adds_while_the_scheduler_commits_lose_and_repeat_nothing(
     returned: list[CheckpointEntry] = []
     pause = random.Random(7)
     with writer_for(path) as writer:
-        for entry in entries:
+        for index, entry in enumerate(entries):
             returned += writer.add(entry)
-            if pause.random() < 0.7:
+            if index % 60 == 59:  # a commit started in each stretch of 60 adds, however slow the machine's commits
+                started = len(launches)
+                wait_until(lambda started=started: len(launches) > started, "a commit started amid the adds")
+            elif pause.random() < 0.7:
                 time.sleep(pause.uniform(0.0, 0.006))  # the caller busy elsewhere: the scheduler's turn
         # no call: the scheduler commits what is left
         wait_until(lambda: len(steps_on_disk(path)) == len(entries), "the rest committed with no call")
