@@ -102,6 +102,7 @@ def default_layer(
             fix=f"pick one with --layer NAME (see `{inspect or 'fdl inspect CHECKPOINT --probe FILE'}`)",
         )
     check_outputs_order(calls, raw)
+    batch_first(raw, _output_tensor(raw, calls), int(inputs.shape[0]))
     choice = chosen_default(calls, raw)
     if choice.note is not None and note is not None:
         note(choice.note)
@@ -478,10 +479,32 @@ def resolve_layers(
 
 
 #: prefixes that a wrapper puts before the module names of the network inside: torch.compile's, DDP's
-def model_outputs(raw: Any) -> torch.Tensor:
-    """The model's raw outputs (logits) flattened to (b, C) (`_output_tensor`, flattened)."""
+def model_outputs(raw: Any, rows: int | None = None) -> torch.Tensor:
+    """The model's raw outputs (logits) flattened to (b, C) (`_output_tensor`, flattened); of a batch of `rows`
+    samples, refused unless their first dimension is that batch (`batch_first`)."""
     tensor = _output_tensor(raw)
+    if rows is not None:
+        tensor = batch_first(raw, tensor, rows)
     return tensor.reshape(tensor.shape[0], -1)
+
+
+def batch_first(raw: Any, tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor`, the outputs in what a forward pass of `rows` samples returned (`raw`), refused unless its first
+    dimension is that batch. A forward ending in `.squeeze()` drops it for a batch of one sample ((C,), or () of
+    a model of one output), `.flatten()` or `.view(-1)` merges it with the outputs: read as rows, such outputs
+    gave "class label 9 but the model has 1 output" or an IndexError. (b,), one output a sample, is sound."""
+    shape = tuple(int(size) for size in tensor.shape)
+    if shape[:1] == (rows,):
+        return tensor
+    squeezed = ("drop the .squeeze() (on a batch of one sample it drops the batch dimension too), .flatten() or "
+                ".view(-1), or for a model of one output make it .squeeze(-1), whose (b,) is one output a sample; "
+                + _wrapper_fix(".reshape(len(x), -1)"))
+    # one sample ran first (`forward_one_shapes`): outputs that lose their batch on more are pooled over it
+    mixed = "keep each sample's outputs apart in the forward pass (no mean or sum over the batch dimension)"
+    raise ModelError(
+        f"{_outputs_said(raw)} have no batch dimension first: shape {shape} for a batch of {counted(rows, 'sample')}",
+        fix="return them as (b, C), a row a sample: " + (squeezed if rows == 1 else mixed),
+    )
 
 
 def _output_tensor(raw: Any, calls: Sequence[LinearCall] = ()) -> torch.Tensor:
@@ -913,9 +936,10 @@ def forward_one_shapes(
         with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears:
             returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)
-            raw = _output_tensor(returned, linears)
+            rows = len(sample[:1])  # the sample's, not the outputs' (a forward ending in .squeeze() drops their batch)
+            raw = batch_first(returned, _output_tensor(returned, linears), rows)
             shape = tuple(int(size) for size in raw.shape[1:])
-            outputs = raw.reshape(raw.shape[0], -1)
+            outputs = raw.reshape(rows, -1)
     finally:
         for handle in counters:
             handle.remove()
@@ -930,7 +954,6 @@ def forward_one_shapes(
     missing = [spec for spec in layers if spec.label not in captured]
     if missing:
         raise _not_called(missing, modules, parents_ran)
-    rows = len(sample[:1])  # the sample's, not the outputs' (a forward ending in .squeeze() drops their batch)
     for label, value in captured.items():
         if int(value.shape[0]) != rows:
             raise ModelError(
@@ -1017,7 +1040,7 @@ def extract(
     with torch.inference_mode(), hooked(model, layers) as captured:
         for index, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
-            outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype))
+            outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype), stop - start)
             if binary_logit:
                 outputs = torch.cat([torch.zeros_like(outputs), outputs], 1)
             targets = (
@@ -1142,7 +1165,8 @@ def anchor_features(
     accumulators: dict[str, MomentAccumulator] = {}
     with torch.inference_mode(), hooked(model, layers) as captured:
         for start in range(0, count, batch_size):
-            outputs = model_outputs(_forward(model, x, start, min(start + batch_size, count), device=device, dtype=dtype))
+            stop = min(start + batch_size, count)
+            outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype), stop - start)
             for spec in layers:
                 features = captured.pop(spec.label)
                 chunks[spec.label].append(_anchor_part(features))

@@ -139,7 +139,7 @@ def inspect_checkpoint(
         returned[:] = [raw]
         try:
             check_outputs_order(linears_run, raw)
-            model_outputs(raw)
+            model_outputs(raw, int(sample.shape[0]) if isinstance(sample, torch.Tensor) and sample.dim() else 1)
         except ModelError as exc:
             # The forward pass ran (its shapes stand), but analyze cannot tell the outputs in what it
             # returned: said as the model's error, not as a probe that does not fit the model.
