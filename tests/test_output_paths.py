@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_report import make_store, run_fdl
 
 
@@ -48,6 +49,7 @@ def test_unwritable_output_path(store: Path, tmp_path: Path, command: str) -> No
     _assert_explained(args, bad)
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_plots_folder_is_created_with_its_parents(store: Path, tmp_path: Path) -> None:
     folder = tmp_path / "new" / "plots"
     result = run_fdl("report", str(store), "--plots", str(folder))
@@ -73,6 +75,7 @@ def test_a_bad_output_path_is_refused_before_anything_is_printed(store: Path, tm
         assert result.stdout == "" and "D_LR" not in result.stderr, args
 
 
+@pytest.mark.usefixtures("cheap_figures")  # where the page goes, not its images
 def test_a_dangling_link_as_output_is_refused_before_anything_is_printed(store: Path, tmp_path: Path) -> None:
     """The early check looked at the link's own folder: `--html link` to a missing folder, and `--plots
     link` (a folder cannot be made at a link), printed the JSON on stdout and then failed."""

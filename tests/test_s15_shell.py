@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run
 from tests.test_io_fixes import _unprivileged
@@ -73,6 +74,7 @@ def test_compare_refuses_an_unwritable_plots_folder_before_comparing(store: Path
     assert f"error: could not write {PROC / 'fdl-s15-plots'}" in done.stderr
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_the_writability_check_leaves_no_file_behind(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -9,6 +9,7 @@ import h5py
 import pytest
 
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import fdl
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
@@ -49,6 +50,7 @@ def test_plots_dash_is_refused_and_makes_no_folder(store: Path, tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_plots_folder_still_written(store: Path, tmp_path: Path) -> None:
     """The refusal is of "-" alone: a folder, missing with its parent, is made and filled."""
     result = fdl("report", store, "--plots", tmp_path / "a" / "figs")

@@ -19,6 +19,7 @@ import torch
 from fdl_cli.fields import R2_OUTPUT_FIELDS, RECORD_FIELDS
 from fdl_cli.regimes import classify_run, describe
 from fdl_cli.store import StoreReader
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import REPO, model_file
 from tests.cli_run import fdl_in_process as fdl  # exit status, stdout, stderr and files only: no fresh interpreter
 from tests.test_regimes import record
@@ -148,6 +149,7 @@ def test_the_store_records_float_0_1_targets(multi_label: Path) -> None:
         assert reader.probes()["probe"].zero_one_targets is True and reader.warnings == []
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_report_says_what_loss_and_r2_measure_in_the_table_the_json_and_the_html(multi_label: Path) -> None:
     """The warning was analyze's alone: `fdl report` showed r2 = -3 (logits against 0/1) without a word."""
     table = fdl("report", multi_label)

@@ -19,6 +19,7 @@ import pytest
 import fdl_cli.pipeline
 from fdl_cli.errors import NumericalError
 from fdl_cli.store import StoreReader
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_s15_redo import _dump
 from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
@@ -331,6 +332,7 @@ def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_an
 # -- `fdl report`'s computed: lines name the run that added a series --------------------------------------------
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_report_says_where_the_series_added_to_the_store_were_computed(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fdl_cli import report
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import REPO, fdl_in_process
 from tests.test_report import SCALARS, make_store
 
@@ -122,6 +123,7 @@ def _figures(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.startswith("compare_"))
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_compares_of_two_layers_into_one_folder_keep_both(tmp_path: Path) -> None:
     a = make_store(tmp_path / "a.h5", layers=("fc1", "fc2"))
     b = make_store(tmp_path / "b.h5", layers=("fc1", "fc2"), seed=5)
@@ -140,6 +142,7 @@ def test_compares_of_two_layers_into_one_folder_keep_both(tmp_path: Path) -> Non
     assert (plots / "compare_k95_utility_train-fc1_vs_train-fc2.png").is_file()
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_compare_whose_store_gained_a_series_removes_its_unsuffixed_figures(tmp_path: Path) -> None:
     """The stale-figure removal of the folder's list, across the change of names."""
     store = tmp_path / "a.h5"

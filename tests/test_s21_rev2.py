@@ -23,6 +23,7 @@ import pytest
 from fdl_cli import report
 from fdl_cli.errors import FdlError
 from fdl_cli.regimes import Thresholds
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_report import SCALARS, make_store
 
@@ -34,6 +35,7 @@ def _edit_provenance(store: Path, **changes: object) -> None:
         file.attrs["provenance"] = json.dumps(provenance)
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_a_hand_edited_probe_order_and_model_kwargs_in_the_report_header(tmp_path: Path) -> None:
     store = make_store(tmp_path / "run.h5")
     _edit_provenance(store, probe_order=[["x"], "train", "train"], probes={"train": "a" * 64},

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_s19_reg import CAVEAT, _multi_hot
 from tests.tiny_models import mlp
@@ -87,6 +88,7 @@ NO_ENERGY = ("probe 'probe' holds targets that carry no energy (all 0): the qual
              "regression); the spectrum, the utility, D_LR, CKA, the overlaps and the regime do not read the targets")
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_all_zero_float_targets_are_said_to_carry_no_energy_not_to_be_0_1_targets(tmp_path: Path) -> None:
     probe = _probe(tmp_path / "zero.npz", np.zeros((50, 3), np.float32))
     run_a, run_b = tmp_path / "a.h5", tmp_path / "b.h5"

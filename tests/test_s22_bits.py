@@ -20,6 +20,7 @@ import pytest
 from fdl_cli import report
 from fdl_cli.checkpoints import read_manifest
 from fdl_cli.errors import FdlError
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_report import SCALARS, make_store
 from tests.test_s21_user import _weights
@@ -27,6 +28,7 @@ from tests.test_s21_user import _weights
 TINY = "from tests.tiny_models import mlp as build\n"
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_the_html_page_may_go_into_the_plots_folder_report_creates(tmp_path: Path) -> None:
     store = make_store(tmp_path / "a.h5")
     folder = tmp_path / "new" / "figs"

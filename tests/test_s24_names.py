@@ -23,11 +23,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
 from fdl_cli.checkpoints import _corrupt_error, discover_checkpoints, load_checkpoint
 from fdl_cli.errors import CheckpointError
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl, fdl_in_process
 from tests.tiny_models import mlp
 
@@ -110,6 +112,7 @@ def test_such_a_name_is_shown_escaped_on_the_terminal(tmp_path: Path) -> None:
     assert json.loads(listed.stdout)["checkpoint"] == f"{run}/\\xffstep_0.pt"
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's title, not its images
 def test_a_model_file_and_a_store_named_so(tmp_path: Path) -> None:
     run, probe = tmp_path / "run", _probe(tmp_path)
     run.mkdir()
