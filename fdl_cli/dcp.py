@@ -16,6 +16,7 @@ import bisect
 import io
 import math
 import pickle
+import pickletools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,22 @@ class _Record:
 _RECORDS = {name: type(name.rsplit(".", 1)[1], (_Record,), {"__slots__": (), "name": name}) for name in _RECORD_NAMES}
 
 
+_DIMS_LIMIT = 64  # values of a torch.Size: its copy is kept, and one call of it is 7 bytes of the pickle
+_COUNT_LIMIT = 2**63  # a tensor's size or offset is below it (torch's int64): a larger one is not written out
+
+
+def _is_count(value: Any) -> bool:
+    """A size or offset, or an item's place in a list: an int from 0 to 2**63, which is written out in a message
+    in a few digits and hashes alike to at most 3 others (ints a multiple of 2**61 - 1 apart)."""
+    return type(value) is int and 0 <= value < _COUNT_LIMIT
+
+
 def _size(values: Any = ()) -> tuple[int, ...]:
     """torch.Size as the pickle rebuilds it (REDUCE with a tuple of ints): a tuple of non-negative ints."""
-    if not isinstance(values, (tuple, list)) or not all(type(v) is int and v >= 0 for v in values):
-        raise pickle.UnpicklingError("torch.Size of values that are not non-negative integers")
+    if not isinstance(values, (tuple, list)) or len(values) > _DIMS_LIMIT:
+        raise pickle.UnpicklingError(f"torch.Size of over {_DIMS_LIMIT} values, or of no tuple")
+    if not all(map(_is_count, values)):
+        raise pickle.UnpicklingError("torch.Size of values that are not non-negative integers below 2**63")
     return tuple(values)
 
 
@@ -79,13 +92,19 @@ def _name_only(value: Any = None, *more: Any) -> str:
 
 
 #: What a dict key or a set's item of the metadata may be: hashed in constant time or by its own length (a tuple
-#: hashes its items, and a tuple built of one tuple twice, itself built so 60 times, never finishes hashing)
-_KEY_TYPES = (str, int, float, bytes, bool, type(None))
+#: hashes its items, and a tuple built of one tuple twice, itself built so 60 times, never finishes hashing), and
+#: unlike any other key but by chance (str and bytes hash with a secret seed; an int below 2**63 hashes alike to at
+#: most 3 others; floats and larger ints are left out: keys k * (2**61 - 1) all hash alike, and a dict of n of them
+#: takes n**2 / 2 comparisons to build)
+_KEY_TYPES = (str, bytes, bool, type(None))
 _PATH_LIMIT = 4096  # characters of a path rebuilt from parts: one part named again and again is no longer a path
 
 
 def _path_text(*parts: Any) -> str:
-    if not all(type(part) is str for part in parts) or sum(map(len, parts)) > _PATH_LIMIT:
+    """A path's text, its parts' and their separators' characters counted (a path of many empty parts is all
+    separators)."""
+    if (len(parts) > _PATH_LIMIT or not all(type(part) is str for part in parts)
+            or sum(map(len, parts)) + len(parts) - 1 > _PATH_LIMIT):
         raise pickle.UnpicklingError(f"a path of parts that are not strings, or of over {_PATH_LIMIT} characters")
     return "/".join(parts)
 
@@ -100,9 +119,22 @@ _CALLABLES: dict[str, Callable[..., Any]] = {
 _DTYPES = {f"torch.{name}": value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
 
 
+#: Python's own unpickler, written in Python: private, but `import torch` needs it too (torch.package subclasses it),
+#: so a Python without it runs no fdl at all. Its opcodes' methods are not in typeshed.
+_PYTHON_UNPICKLER: Any = pickle._Unpickler
+#: The opcodes of protocols 0 to 4, all a metadata pickle uses: protocol 5's out-of-band buffers are not (its
+#: BYTEARRAY8 allocates the length it declares before reading it), nor any opcode of a later protocol
+_OPCODES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
+_KNOWN_OPCODES = {op.code.encode("latin-1")[0] for op in pickletools.opcodes if op.proto <= 4}
 
 
-_PYTHON_UNPICKLER: Any = pickle._Unpickler  # its opcodes' methods are not in typeshed
+class _Opcodes(dict):  # type: ignore[type-arg]
+    def __missing__(self, code: int) -> Any:
+        raise pickle.UnpicklingError(f"opcode {_OPCODES.get(code, hex(code))} is not allowed")
+
+
+def _key_allowed(key: Any) -> bool:
+    return type(key) in _KEY_TYPES or _is_count(key) or isinstance(key, _Record)
 
 
 class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
@@ -110,10 +142,11 @@ class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
 
     Python's own unpickler, so that the opcodes that could do more than build a record are checked: BUILD sets a
     record's state only (on fdl's functions it would set their attributes), NEWOBJ makes records only, a dict key
-    or a set's item is a string, a number or a record (a nested tuple's hash can take for ever), and the extension
-    registry (`copyreg`'s, whose cache is read before `find_class`) is not used."""
+    or a set's item (and PUT's memo index) is a string, an int from 0 to 2**63 or a record (a nested tuple's hash
+    can take for ever, keys hashed alike quadratic time), the extension registry (`copyreg`'s, whose cache is read
+    before `find_class`) is not used, and protocol 5's out-of-band buffers are not read."""
 
-    dispatch = dict(_PYTHON_UNPICKLER.dispatch)
+    dispatch = _Opcodes({code: load for code, load in _PYTHON_UNPICKLER.dispatch.items() if code in _KNOWN_OPCODES})
 
     def __init__(self, data: bytes) -> None:
         super().__init__(io.BytesIO(data))
@@ -148,8 +181,20 @@ class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
 
     def _keys(self, keys: Iterable[Any]) -> None:
         for key in keys:
-            if type(key) not in _KEY_TYPES and not isinstance(key, _Record):
-                raise pickle.UnpicklingError(f"a dict key or set item that is a {type(key).__name__}")
+            if not _key_allowed(key):
+                raise pickle.UnpicklingError(f"a dict key or set item that is a {type(key).__name__}"
+                                             f"{' over 2**63 or below 0' if type(key) is int else ''}")
+
+    def _put(self) -> None:
+        """PUT's memo index is any number its text says: the memo is a dict, keyed alike as a dict of the pickle."""
+        index = int(self.readline()[:-1])
+        if not _is_count(index):
+            raise pickle.UnpicklingError("a memo index that is not a number below 2**63")
+        self.memo[index] = self.stack[-1]
+
+    def _dict(self) -> None:
+        self._keys(self.stack[::2])  # after MARK the stack holds the marked items only
+        _PYTHON_UNPICKLER.load_dict(self)
 
     def _setitem(self) -> None:
         self._keys(self.stack[-2:-1])
@@ -174,6 +219,8 @@ class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
     dispatch[pickle.SETITEMS[0]] = _setitems
     dispatch[pickle.ADDITEMS[0]] = _additems
     dispatch[pickle.FROZENSET[0]] = _frozenset
+    dispatch[pickle.DICT[0]] = _dict
+    dispatch[pickle.PUT[0]] = _put
 
 
 @dataclass(frozen=True)
@@ -249,11 +296,17 @@ def read_metadata(folder: Path) -> dict[str, Entry]:
                 got="a global beyond torch.distributed.checkpoint's metadata classes",
                 fix=f"re-save the checkpoint with torch.distributed.checkpoint.save; {_TRUST_NOTE}",
             ) from None
-        raise bad_folder(folder, f"{METADATA} is not a readable pickle ({type(exc).__name__}: {exc})") from None
+        raise bad_folder(folder, f"{METADATA} is not a readable pickle ({type(exc).__name__}: {_said(exc)})") from None
     try:
         return _entries(root)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise bad_folder(folder, f"{METADATA} is not torch.distributed.checkpoint's metadata ({exc})") from None
+        raise bad_folder(folder, f"{METADATA} is not torch.distributed.checkpoint's metadata ({_said(exc)})") from None
+
+
+def _said(exc: BaseException) -> str:
+    """An exception's text, cut short: it may quote the pickle (FLOAT's text, a name), megabytes of it."""
+    text = str(exc)
+    return text if len(text) <= 300 else f"{text[:300]}..."
 
 
 def _records(value: Any, kind: str) -> bool:
@@ -273,8 +326,8 @@ def _counts(value: Any, what: str) -> tuple[int, ...]:
     """A size or offsets (torch.Size, read by `_size`, or a plain tuple): non-negative ints, or ValueError."""
     if not isinstance(value, tuple):
         raise TypeError(f"{what} is a {_kind(value)}")
-    if not all(type(v) is int and v >= 0 for v in value):
-        raise ValueError(f"{what} holds values that are not non-negative integers")
+    if not all(map(_is_count, value)):
+        raise ValueError(f"{what} holds values that are not non-negative integers below 2**63")
     return value
 
 
@@ -314,7 +367,7 @@ def _entries(root: Any) -> dict[str, Entry]:
         _text(fqn, "an item named by a key")
         path = paths.get(fqn, (fqn,))
         if (not isinstance(path, (tuple, list)) or not 0 < len(path) <= _DEPTH_LIMIT
-                or not all(type(p) in (str, int) for p in path)):
+                or not all(type(p) is str or _is_count(p) for p in path)):
             raise TypeError(f"the place of {fqn} is not a sequence of 1 to {_DEPTH_LIMIT} names and numbers")
         if _records(item, "BytesStorageMetadata"):
             if (fqn, None) not in stored:
