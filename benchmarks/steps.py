@@ -111,9 +111,9 @@ def run_fdl_timed(argv: list[str]) -> None:
         ready[0] = now()
         return batch
 
-    def timed_outputs(raw: Any) -> Any:
+    def timed_outputs(raw: Any, *rest: Any) -> Any:  # rest: the batch's rows, which the outputs are checked against
         seconds["forward pass"] += now() - ready[0]
-        return outputs(raw)
+        return outputs(raw, *rest)
 
     extract._inputs, extract.model_outputs = timed_inputs, timed_outputs
     from fdl_cli.cli import main as fdl_main
