@@ -772,12 +772,28 @@ def _fdl_allowlist() -> Iterator[None]:
                 context.__exit__(None, None, None)
 
 
+#: the modules a warning of torch.load is said to come from (torch's own, or fdl's call of it)
+_LOAD_WARNINGS = r"(torch\.(serialization|_weights_only_unpickler|storage|_utils)|fdl_cli\.(checkpoints|dcp))$"
+
+
+def _quiet_loads() -> None:
+    """torch.load's warnings ignored for the rest of the process, by a filter added once. A
+    `warnings.catch_warnings()` around each load, in the loader thread, changed the process's filters while the main
+    thread ran the model: its own warnings were hidden during a load, and Python forgot which it had shown when
+    the filters were restored, so they came again a number of times that depended on the threads' timing."""
+    if not any(action == "ignore" and module is not None and module.pattern == _LOAD_WARNINGS
+               for action, _message, _category, module, _line in warnings.filters):
+        warnings.filterwarnings("ignore", module=_LOAD_WARNINGS)
+
+
+_quiet_loads()  # at import, before any model runs: the one change of the filters comes before its warnings
+
+
 def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` (tensors, containers and numpy scalars; runs no code), quietly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with _fdl_allowlist():
-            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
+    _quiet_loads()
+    with _fdl_allowlist():
+        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
