@@ -102,10 +102,15 @@ def _both_ways(tmp_path: Path) -> tuple[Path, Path]:
                                   "    return nn.Linear(s26f_helper.IN, 3)\n")
     manifest = run / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    source = tmp_path / "helper_source.py"
-    source.write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write('x')\nIN = 4\n")
-    py_compile.compile(str(source), cfile=str(run / "s26f_helper.pyc"), doraise=True)
+    compiled(run, "s26f_helper", tmp_path / "ran")
     return run, manifest
+
+
+def compiled(folder: Path, name: str, ran: Path) -> None:
+    """`folder/name.pyc`, of no source beside it, whose run appends 'x' to `ran` and sets IN = 4."""
+    source = ran.parent / f"{name}_source.py"
+    source.write_text(f"open({str(ran)!r}, 'a').write('x')\nIN = 4\n")
+    py_compile.compile(str(source), cfile=str(folder / f"{name}.pyc"), doraise=True)
 
 
 @pytest.mark.usefixtures("_clean_imports")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import py_compile
 import signal
 import subprocess
 import sys
@@ -26,14 +25,8 @@ from tests.cli_run import REPO, fdl_in_process
 from tests.test_s24_r2 import damaged_r2_outputs, run  # noqa: F401 - the fixture
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 from tests.test_s25_small import _store
+from tests.test_s26_finder import compiled
 from tests.test_s26_tfm import MODEL, D, T, _masked_run, _records
-
-
-def _compiled(folder: Path, name: str, ran: Path) -> None:
-    """`folder/name.pyc`, of no source beside it, whose run appends 'x' to `ran` and sets IN = 4."""
-    source = ran.parent / f"{name}_source.py"
-    source.write_text(f"open({str(ran)!r}, 'a').write('x')\nIN = 4\n")
-    py_compile.compile(str(source), cfile=str(folder / f"{name}.pyc"), doraise=True)
 
 
 @pytest.mark.usefixtures("_clean_imports")
@@ -48,7 +41,7 @@ def test_an_fdl_toml_model_importing_by_importlib_refuses_what_the_users_own_too
                                   "    return nn.Linear(importlib.import_module('s26f_mhelper').IN, 3)\n")
     manifest = place / "fdl.toml"
     manifest.write_text('model = "model.py:build"\n')
-    _compiled(place, "s26f_mhelper", tmp_path / "ran")
+    compiled(place, "s26f_mhelper", tmp_path / "ran")
     own = resolve_model_factory(f"{place / 'model.py'}:build")
     assert own().in_features == 4
     assert (tmp_path / "ran").read_text() == "x"
@@ -87,7 +80,7 @@ def test_a_package_the_fdl_toml_served_whose_compiled_submodule_the_users_own_to
     place = tmp_path / "run"
     (place / "s26f_mpkg").mkdir(parents=True)
     (place / "s26f_mpkg" / "__init__.py").write_text("")
-    _compiled(place / "s26f_mpkg", "helper", tmp_path / "ran")
+    compiled(place / "s26f_mpkg", "helper", tmp_path / "ran")
     (place / "model.py").write_text("import importlib\n\nfrom torch import nn\n\n\ndef build(sub=True):\n"
                                   "    importlib.import_module('s26f_mpkg')\n"
                                   "    width = importlib.import_module('s26f_mpkg.helper').IN if sub else 4\n"
@@ -113,7 +106,7 @@ def test_a_submodule_a_folders_package_finds_outside_the_folder_is_not_the_folde
     (place / "s26f_xpkg").mkdir(parents=True)
     elsewhere.mkdir()
     (place / "s26f_xpkg" / "__init__.py").write_text(f"__path__.append({str(elsewhere)!r})\n")
-    _compiled(elsewhere, "plugin", tmp_path / "ran")
+    compiled(elsewhere, "plugin", tmp_path / "ran")
     (place / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_xpkg import plugin\n"
                                   "    return nn.Linear(plugin.IN, 3)\n")
     manifest = place / "fdl.toml"
@@ -198,7 +191,7 @@ def test_the_users_own_models_package_submodule_is_taken_after_an_fdl_toml_load_
     place = tmp_path / "run"
     (place / "s26f_qpkg").mkdir(parents=True)
     (place / "s26f_qpkg" / "__init__.py").write_text("")
-    _compiled(place / "s26f_qpkg", "helper", tmp_path / "ran")
+    compiled(place / "s26f_qpkg", "helper", tmp_path / "ran")
     (place / "model.py").write_text("from torch import nn\n\n\ndef build():\n    from s26f_qpkg import helper\n"
                                   "    return nn.Linear(helper.IN, 3)\n")
     manifest = place / "fdl.toml"
