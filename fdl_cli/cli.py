@@ -592,9 +592,11 @@ def inspect(**kwargs: Any) -> None:
                       "directly, as nn.MultiheadAttention uses its out_proj's), so no --layer can hook it"
                       + (f"; {not_called_fix}" if not_called_fix else ""), markup=False, highlight=False)
     if any(row.get("note") for row in result["modules"]):
-        console.print(f"{NO_BATCH_CELL}: the module's output does not begin with the sample's batch of 1 (a table of "
-                      "positions, shared by every sample): not a feature layer, its rows are no samples' (analyze "
-                      "refuses it as --layer)", markup=False, highlight=False)
+        from fdl_cli.extract import NO_BATCH_CAUSES
+
+        console.print(f"{NO_BATCH_CELL}: the module's output does not begin with the sample's batch of 1 "
+                      f"({NO_BATCH_CAUSES}): not a feature layer, its rows are no samples' (analyze refuses it as "
+                      "--layer)", markup=False, highlight=False)
     if failure is not None:  # under the table, once: the model's row says `FAILED`
         console.print(failure, markup=False, highlight=False)
     basis = result.get("default_basis", "the input of the last nn.Linear")

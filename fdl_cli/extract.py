@@ -32,6 +32,11 @@ from fdl_cli.spectral import Moments
 #: In a checkpoint that carries its own program (TorchScript, torch.export), the feature map is the
 #: input of the last linear operation of the forward pass, found by watching the aten operations.
 LAST_LINEAR_OP = "last_linear_op"
+#: Why a layer's output may not begin with the batch, as `forward_one_shapes` refuses it and `fdl inspect` marks it.
+#: Both causes are named: from shapes alone, (T, d) of a table of positions and of the mean over the batch of
+#: (1, T, d) are the same, for one sample or several.
+NO_BATCH_CAUSES = ("a table shared by every sample, such as positions, or an output that lost its batch dimension to "
+                   ".squeeze(), .flatten(), .view(-1) or a mean over the batch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 INPUT_SUFFIX = ":input"
 
@@ -958,8 +963,7 @@ def forward_one_shapes(
         if int(value.shape[0]) != rows:
             raise ModelError(
                 f"layer {label!r} gives {int(value.shape[0])} rows of features for {rows} sample: "
-                "its output has no batch dimension first (a table of positions, shared by every sample, or a "
-                "reshape that merged the samples with their positions)",
+                f"its output has no batch dimension first ({NO_BATCH_CAUSES})",
                 fix="hook a module whose output's first dimension is the batch (`fdl inspect CHECKPOINT --probe "
                 "FILE` lists the output shapes of one sample, [1, ...])",
             )

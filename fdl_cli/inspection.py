@@ -288,8 +288,9 @@ NO_BATCH = "no batch dimension: not a feature layer"
 
 def _no_batch_first(shape: Any, batch: int) -> bool:
     """Whether an output of `shape` (a list; anything else: not told) has no batch dimension first for a pass of
-    `batch` samples: a table of positions (T, d), shared by every sample, or a scalar. `analyze --layer` refuses
-    such a module alike (`extract.forward_one_shapes`: "gives T rows of features for 1 sample")."""
+    `batch` samples: a table (T, d) shared by every sample, an output that lost its batch dimension
+    (`extract.NO_BATCH_CAUSES`), or a scalar. `analyze --layer` refuses such a module alike
+    (`extract.forward_one_shapes`: "gives T rows of features for 1 sample")."""
     return isinstance(shape, list) and (not shape or int(shape[0]) != batch)
 
 

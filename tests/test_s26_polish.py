@@ -158,9 +158,10 @@ def test_inspect_marks_a_module_without_a_batch_dimension_as_analyze_refuses_it(
     assert table.returncode == 0, table.stderr
     pos_row = next(line for line in table.stderr.splitlines() if line.startswith("│ pos "))
     assert "[8, 32] (no batch dim)" in pos_row
-    assert ("no batch dim: the module's output does not begin with the sample's batch of 1 (a table of positions, "
-            "shared by every sample): not a feature layer, its rows are no samples' (analyze refuses it as --layer)"
-            in table.stderr)
+    assert ("no batch dim: the module's output does not begin with the sample's batch of 1 (a table shared by every "
+            "sample, such as positions, or an output that lost its batch dimension to .squeeze(), .flatten(), "
+            ".view(-1) or a mean over the batch): not a feature layer, its rows are no samples' (analyze refuses it "
+            "as --layer)" in table.stderr)
     refused = fdl_in_process("analyze", tmp_path / "ckpts", "--model", model, "--probe", tmp_path / "probe.npz",
                              "--layer", "pos", "--out", tmp_path / "run.h5")
     assert refused.returncode == 1
