@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from tests.cli_run import fdl_in_process, model_file
 from tests.test_report import make_store
+from tests.test_s20_out import _report, _without_matplotlib_settings
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX owners and modes")
 
@@ -34,17 +34,13 @@ def _env_without_home(tmp_path: Path) -> dict[str, str]:
     temporary folder is the test's own."""
     (tmp_path / "file").write_text("")
     (tmp_path / "tmp").mkdir()
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HOME")}
-    return {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            "HOME": str(tmp_path / "file" / "home"), "TMPDIR": str(tmp_path / "tmp")}
+    return _without_matplotlib_settings(HOME=str(tmp_path / "file" / "home"), TMPDIR=str(tmp_path / "tmp"))
 
 
 def _report_plots(store: Path, plots: Path, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "report", str(store), "--format", "csv", "--plots",
-                           str(plots)], capture_output=True, text=True, env=env, check=False, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stderr
+    status, _, stderr = _report(store, "--format", "csv", "--plots", plots, env=env)
+    assert status == 0, stderr
+    return stderr
 
 
 def test_a_second_report_with_home_unwritable_finds_the_font_cache_the_first_made(tmp_path: Path) -> None:
