@@ -24,7 +24,7 @@ TAUS = (0.90, 0.95, 0.99)  # SPEC §3
 def probe_inner(u: np.ndarray, v: np.ndarray) -> float:
     """SPEC §1: ⟨u, v⟩ = (1/n) Σ_i u(x_i) v(x_i)."""
     total = 0.0
-    for a, b in zip(u, v):
+    for a, b in zip(u, v, strict=True):
         total += float(a) * float(b)
     return total / len(u)
 
@@ -194,12 +194,14 @@ def overlap(es: np.ndarray, et: np.ndarray, k: int) -> float:
 # ---------------------------------------------------------------- §6 baselines
 
 
-def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, between_weighted: bool) -> float:
-    """SPEC §6: NC1 = (1/C) tr(Σ_W Σ_B⁺) (ambiguity '§6 NC1': the weights of Σ_W / Σ_B).
+def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, weighting: str) -> float:
+    """SPEC §6: NC1 = (1/C) tr(Σ_W Σ_B⁺) (ambiguity '§6 NC1': how Σ_B weighs the classes, about which mean).
 
-    Σ_W = (1/n) Σ_i (φ_i − μ_{y_i})(φ_i − μ_{y_i})ᵀ. Σ_B: with `between_weighted`
-    (1/n) Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ with μ the probe mean; else (1/C') Σ_c (μ_c − μ̄)(μ_c − μ̄)ᵀ over the C'
-    classes present, μ̄ the mean of their means (Papyan et al.'s balanced-class form).
+    Σ_W = (1/n) Σ_i (φ_i − μ_{y_i})(φ_i − μ_{y_i})ᵀ. Σ_B, over the C' classes present:
+    - "counts": (1/n) Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ, μ the probe mean (the between-class part of the total covariance);
+    - "classes about the probe mean": (1/C') Σ_c (μ_c − μ)(μ_c − μ)ᵀ (docs/measures.md's choice);
+    - "classes": (1/C') Σ_c (μ_c − μ̄)(μ_c − μ̄)ᵀ, μ̄ the mean of the class means (Papyan et al.'s balanced form).
+    All three agree on balanced classes. The divisor is C, as SPEC writes it (= C' when every class is present).
     """
     f = features.astype(np.float64)
     p = f.shape[1]
@@ -210,19 +212,12 @@ def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, between_weight
         d = f[i] - means[int(labels[i])]
         sw += np.outer(d, d)
     sw /= f.shape[0]
+    mu = np.mean([means[c] for c in present], axis=0) if weighting == "classes" else f.mean(axis=0)
     sb = np.zeros((p, p))
-    if between_weighted:
-        mu = f.mean(axis=0)
-        for c in present:
-            d = means[c] - mu
-            sb += np.sum(labels == c) * np.outer(d, d)
-        sb /= f.shape[0]
-    else:
-        mu = np.mean([means[c] for c in present], axis=0)
-        for c in present:
-            d = means[c] - mu
-            sb += np.outer(d, d)
-        sb /= len(present)
+    for c in present:
+        d = means[c] - mu
+        sb += (np.sum(labels == c) if weighting == "counts" else 1.0) * np.outer(d, d)
+    sb /= f.shape[0] if weighting == "counts" else len(present)
     return float(np.trace(sw @ np.linalg.pinv(sb))) / n_classes
 
 
@@ -233,7 +228,8 @@ def param_norm(tensors: list[np.ndarray]) -> float:
 
 def relative_distance(tensors: list[np.ndarray], tensors0: list[np.ndarray]) -> float:
     """SPEC §6: ‖θ_t − θ_0‖ / ‖θ_0‖."""
-    num = sum(float(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2)) for a, b in zip(tensors, tensors0))
+    pairs = zip(tensors, tensors0, strict=True)
+    num = sum(float(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2)) for a, b in pairs)
     return math.sqrt(num) / math.sqrt(param_norm(tensors0))
 
 
