@@ -194,14 +194,15 @@ def overlap(es: np.ndarray, et: np.ndarray, k: int) -> float:
 # ---------------------------------------------------------------- §6 baselines
 
 
-def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, weighting: str) -> float:
+def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, weighting: str, per_present: bool = False) -> float:
     """SPEC §6: NC1 = (1/C) tr(Σ_W Σ_B⁺) (ambiguity '§6 NC1': how Σ_B weighs the classes, about which mean).
 
     Σ_W = (1/n) Σ_i (φ_i − μ_{y_i})(φ_i − μ_{y_i})ᵀ. Σ_B, over the C' classes present:
     - "counts": (1/n) Σ_c n_c (μ_c − μ)(μ_c − μ)ᵀ, μ the probe mean (the between-class part of the total covariance);
     - "classes about the probe mean": (1/C') Σ_c (μ_c − μ)(μ_c − μ)ᵀ (docs/measures.md's choice);
     - "classes": (1/C') Σ_c (μ_c − μ̄)(μ_c − μ̄)ᵀ, μ̄ the mean of the class means (Papyan et al.'s balanced form).
-    All three agree on balanced classes. The divisor is C, as SPEC writes it (= C' when every class is present).
+    All three agree on balanced classes. The divisor is C, as SPEC writes it, or with `per_present` the C' classes
+    present (docs/measures.md's choice); the two agree when every class is in the probe.
     """
     f = features.astype(np.float64)
     p = f.shape[1]
@@ -218,7 +219,7 @@ def nc1(features: np.ndarray, labels: np.ndarray, n_classes: int, weighting: str
         d = means[c] - mu
         sb += (np.sum(labels == c) if weighting == "counts" else 1.0) * np.outer(d, d)
     sb /= f.shape[0] if weighting == "counts" else len(present)
-    return float(np.trace(sw @ np.linalg.pinv(sb))) / n_classes
+    return float(np.trace(sw @ np.linalg.pinv(sb))) / (len(present) if per_present else n_classes)
 
 
 def param_norm(tensors: list[np.ndarray]) -> float:

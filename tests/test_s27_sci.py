@@ -142,14 +142,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The runs, their probes and stores: cls (classification), reg (regression, 3 outputs), opt (cls with
     --center --reference 2 --anchor-size 40 --dlr-energy 1), scaled (penultimate ×7, head ÷7), rotated
     (penultimate rotated by an orthogonal R, head by R), perm (cls on the probe's rows permuted), f32 (the
-    same network in float32)."""
+    same checkpoints run in float32), no3 (a probe without the class 3, first and last checkpoints)."""
     root = tmp_path_factory.mktemp("s27sci")
     module = model_file(root, MODEL)
     x, labels = _digits()
     rows = slice(1000, 1000 + N_PROBE)
     perm = np.random.default_rng(1).permutation(N_PROBE)
+    no_threes = np.flatnonzero(labels != 3)[1000:1060]
     probes = {"cls": (x[rows], labels[rows]), "reg": (x[rows], _targets(x, labels, True)[rows]),
-              "perm": (x[rows][perm], labels[rows][perm])}
+              "perm": (x[rows][perm], labels[rows][perm]), "no3": (x[no_threes], labels[no_threes])}
     for name, (px, py) in probes.items():
         np.savez(root / f"{name}.npz", x=px, y=py)
     states = {}
@@ -157,7 +158,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (root / name).mkdir()
         states[name] = _train(module, root / name, regression, kwargs)
     kwargs = {"cls": {}, "reg": {"out": 3}, "opt": {}, "scaled": {"scale": 7.0}, "rotated": {"rotate": 5},
-              "perm": {}, "f32": {"wide": False}}
+              "perm": {}, "f32": {"wide": False}, "no3": {}}
     stores = {
         "cls": _analyze(root, "cls", root / "cls", root / "cls.npz", kwargs["cls"]),
         "reg": _analyze(root, "reg", root / "reg", root / "reg.npz", kwargs["reg"]),
@@ -167,6 +168,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "rotated": _analyze(root, "rotated", root / "cls", root / "cls.npz", kwargs["rotated"]),
         "perm": _analyze(root, "perm", root / "cls", root / "perm.npz", kwargs["perm"]),
         "f32": _analyze(root, "f32", root / "cls", root / "cls.npz", kwargs["f32"]),
+        "no3": _analyze(root, "no3", root / "cls", root / "no3.npz", kwargs["no3"], "--steps", f"0,{STEPS}"),
     }
     return {"root": root, "module": module, "probes": probes, "states": states, "stores": stores,
             "kwargs": kwargs, "perm": perm}
@@ -390,6 +392,19 @@ def test_nc1_is_the_documented_reading_of_spec(lab: dict[str, Any], wanted: dict
         assert abs(readings[other] / stored - 1) > 1e-6, other
 
 
+def test_nc1_with_a_class_absent_divides_by_the_classes_present(lab: dict[str, Any]) -> None:
+    """SPEC §6 writes (1/C) tr(Σ_W Σ_B⁺); fdl divides by the C' classes the probe holds (docs/measures.md, a
+    choice: Σ_B has rank C' − 1 then, as C − 1 with every class present). On a probe without 3s: C'/C = 9/10."""
+    x, labels = lab["probes"]["no3"]
+    records = json.loads(_run("report", lab["stores"]["no3"], "--json"))
+    assert [r["step"] for r in records] == [0, STEPS]
+    for record in records:
+        f = _forward(lab, "cls", lab["states"]["cls"][record["step"]], x)[0]
+        as_fdl = ref.nc1(f, labels, 10, "classes about the probe mean", per_present=True)
+        assert record["nc1"] == pytest.approx(as_fdl, rel=RTOL)
+        assert ref.nc1(f, labels, 10, "classes about the probe mean") == pytest.approx(0.9 * as_fdl, rel=1e-12)
+
+
 def _pair(lab: dict[str, Any], a: str, b: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return list(zip(json.loads(_run("report", lab["stores"][a], "--json")),
                     json.loads(_run("report", lab["stores"][b], "--json")), strict=True))
@@ -400,9 +415,11 @@ NUMBERS = tuple(FLOAT_FIELDS) + tuple(INT_FIELDS) + tuple(EFF_DIMS) + ("overlap_
 
 @pytest.mark.parametrize("variant", ["scaled", "rotated", "perm"])
 def test_invariances_end_to_end(lab: dict[str, Any], variant: str) -> None:
-    """Features ×7 (head ÷7), rotated by an orthogonal R (head by Rᵀ), or the probe's rows permuted (anchors = the
-    whole probe, so the same set of points): every record field equal to the plain run's to 1e-9; eigenvalues
-    ×49 / equal; eigenfunctions equal (rotation: v ↦ Rᵀv, signs by SPEC's convention) or their rows permuted."""
+    """Features ×7 (head ÷7), rotated by an orthogonal R (head by Rᵀ), or the probe's rows permuted: every record
+    field equal to the plain run's to 1e-9; eigenvalues ×49 / equal; eigenfunctions equal (rotation: v ↦ Rᵀv,
+    signs by SPEC's convention) or their rows permuted. Row order: only the anchor fields (CKA, overlaps, the
+    stored eigenfunctions, hence the regime) see the first m rows; here m = n, the same set of points, so they
+    stay too (with m < n they would not: docs/measures.md, 'Row order')."""
     for plain, other in _pair(lab, "cls", variant):
         for name in NUMBERS:
             a, b = plain[name], other[name]
