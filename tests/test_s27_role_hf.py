@@ -1,0 +1,85 @@
+"""Session 27, an ML engineer's own training run given to `fdl analyze` unchanged: what fdl says of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_analyze import Result, fdl
+from tests.test_io_fixes import MODEL, SMALL
+from tests.tiny_models import mlp
+
+
+def _probe(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(24, 4)).astype(np.float32), y=rng.integers(0, 3, 24))
+    return path
+
+
+def _analyze(run: Path, probe: Path | str, out: Path, *extra: str) -> Result:
+    result = fdl("analyze", str(run), "--model", MODEL, "--probe", str(probe), "--out", str(out), *SMALL, *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def _save_from_a_script(monkeypatch: pytest.MonkeyPatch, path: Path, obj: object, cls: type) -> None:
+    """torch.save as `python train.py` does of a class train.py defines: pickled as `__main__.<name>`."""
+    cls.__module__, cls.__qualname__ = "__main__", cls.__name__  # a class of the test's own, made for it
+    monkeypatch.setattr(sys.modules["__main__"], cls.__qualname__, cls, raising=False)
+    torch.save(obj, path)
+    monkeypatch.delattr(sys.modules["__main__"], cls.__qualname__)
+
+
+def test_a_config_object_of_the_training_script_is_read_with_trust_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`{"model": sd, "step": N, "config": TrainConfig()}` saved by `python train.py`: without --trust-pickle fdl
+    says to pass it, and then said the class "cannot be imported here" and that the files could only be re-saved,
+    a dead end. The weights need nothing of the config: it is read as a placeholder, and a note says so."""
+
+    @dataclasses.dataclass
+    class TrainConfig:
+        lr: float = 0.1
+        batch_size: int = 32
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 100):
+        sd = {k: v.clone() for k, v in mlp(seed=step).state_dict().items()}
+        _save_from_a_script(monkeypatch, run / f"ckpt_{step}.pt", {"model": sd, "step": step, "config": TrainConfig()},
+                            TrainConfig)
+    probe = _probe(tmp_path / "probe.npz")
+    refused = _analyze(run, probe, tmp_path / "a.h5")
+    assert refused.code == 1 and "__main__.TrainConfig" in refused.stderr, refused.stderr
+    assert "re-run with --trust-pickle" in refused.stderr
+    trusted = _analyze(run, probe, tmp_path / "b.h5", "--trust-pickle")
+    assert trusted.code == 0, trusted.stderr
+    assert "2 checkpoints analysed" in trusted.stderr
+    assert "__main__.TrainConfig" in trusted.stderr and "not loaded" in trusted.stderr
+    report = fdl("report", str(tmp_path / "b.h5"), "--format", "csv")
+    assert [line.split(",")[0] for line in report.stdout.splitlines()[1:]] == ["0", "100"]
+
+
+def test_a_model_pickled_whole_by_the_training_script_still_needs_its_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A placeholder never stands in for the weights: a module of the script pickled whole (its tensors inside
+    the object fdl cannot import) is still the error that says how to import or re-save it."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3, 4))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _save_from_a_script(monkeypatch, run / "ckpt_0.pt", {"model": Net(), "step": 0}, Net)
+    trusted = _analyze(run, _probe(tmp_path / "probe.npz"), tmp_path / "b.h5", "--trust-pickle")
+    assert trusted.code == 1, trusted.stderr
+    assert "cannot unpickle" in trusted.stderr and "__main__" in trusted.stderr, trusted.stderr
+    assert "PYTHONPATH" in trusted.stderr and "state_dict()" in trusted.stderr
