@@ -21,6 +21,13 @@ def _probe(path: Path) -> Path:
     return path
 
 
+def _run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(mlp(seed=0).state_dict(), run / "step_0.pt")
+    return run
+
+
 def _analyze(run: Path, probe: Path | str, out: Path, *extra: str) -> Result:
     result = fdl("analyze", str(run), "--model", MODEL, "--probe", str(probe), "--out", str(out), *SMALL, *extra)
     assert "Traceback" not in result.stderr, result.stderr
@@ -83,3 +90,33 @@ def test_a_model_pickled_whole_by_the_training_script_still_needs_its_class(
     assert trusted.code == 1, trusted.stderr
     assert "cannot unpickle" in trusted.stderr and "__main__" in trusted.stderr, trusted.stderr
     assert "PYTHONPATH" in trusted.stderr and "state_dict()" in trusted.stderr
+
+
+def test_a_folder_of_images_as_the_probe_says_how_to_make_one(tmp_path: Path) -> None:
+    """`--probe data/val` (an ImageFolder's class folders of .png) was told to pass `data/val/probe.npz`, a file that
+    does not exist: fdl reads no images, and the fix says how to save them as the model sees them."""
+    for label in ("cat", "dog"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        (tmp_path / "val" / label / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    done = _analyze(_run(tmp_path), tmp_path / "val", tmp_path / "a.h5")
+    assert done.code == 1 and "val/probe.npz" not in done.stderr, done.stderr
+    assert "images" in done.stderr and "np.savez" in done.stderr and "channels first" in done.stderr
+    one = _analyze(tmp_path / "run", tmp_path / "val" / "cat" / "0.png", tmp_path / "a.h5")
+    assert one.code == 1 and "images" in one.stderr and "np.savez" in one.stderr, one.stderr
+
+
+def test_a_table_as_the_probe_says_how_to_convert_it(tmp_path: Path) -> None:
+    """A CSV of feature columns and a label column: the error gave only the list of formats."""
+    table = tmp_path / "probe.csv"
+    table.write_text("f0,f1,f2,f3,label\n" + "0.1,0.2,0.3,0.4,1\n" * 4)
+    done = _analyze(_run(tmp_path), table, tmp_path / "a.h5")
+    assert done.code == 1, done.stderr
+    assert "read_csv" in done.stderr and "np.savez" in done.stderr and "label" in done.stderr, done.stderr
+
+
+def test_a_folder_holding_the_probe_file_names_it(tmp_path: Path) -> None:
+    """`--probe data/` where data/ holds the probe: the fix names the file there, not a made-up probe.npz."""
+    (tmp_path / "data").mkdir()
+    _probe(tmp_path / "data" / "val_probe.npz")
+    done = _analyze(_run(tmp_path), tmp_path / "data", tmp_path / "a.h5")
+    assert done.code == 1 and "--probe " + str(tmp_path / "data" / "val_probe.npz") in done.stderr, done.stderr
