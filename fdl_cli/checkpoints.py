@@ -1713,6 +1713,7 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
+    stepless_prints: list[tuple[CheckpointRef, str, int]] = []  # of those: (as a ref, fingerprint, its note's index)
     offsets_used: set[tuple[str, int]] = set()
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     peeks: dict[Path, _Peek] = {}  # of the checkpoints found, for `_foreign_flat_dicts`
@@ -1757,6 +1758,9 @@ def discover_checkpoints(
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
+            if peek.fingerprint:
+                stepless_prints.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind),
+                                        peek.fingerprint, len(notes) - 1))
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
         peeks[path] = peek
@@ -1866,6 +1870,7 @@ def discover_checkpoints(
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
     checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied, trust_pickle=trust_pickle)
+    _note_stepless_copies(stepless_prints, [item for item in found if item[0] in checkpoints], notes, weights)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1874,6 +1879,25 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _note_stepless_copies(
+    stepless: Sequence[tuple[CheckpointRef, str, int]], kept: Sequence[tuple[CheckpointRef, str | None]],
+    notes: list[str], weights: str | None,
+) -> None:
+    """A file skipped for want of a step that holds a kept checkpoint's weights (a custom loop's `best.pt`,
+    `last.pt` beside its `step_*.pt`): its note names that checkpoint instead of saying to rename it, which would
+    make it a second file of that step."""
+    known: dict[Path, str | None] = {}
+    for ref, fingerprint, index in stepless:
+        try:
+            same = next((other for other, other_print in kept if other_print == fingerprint
+                         and _same_weights(other, ref, weights, known=known)), None)
+        except CheckpointError:  # --weights names no copy it holds: the note stays as it was
+            continue
+        if same is not None:
+            notes[index] = (f"skipped {ref.path.name}: no step of its own; the same weights as {same.path.name} "
+                            f"(step {same.step}), analysed there")
 
 
 def _leaves(keys: Iterable[str]) -> set[str]:

@@ -120,3 +120,21 @@ def test_a_folder_holding_the_probe_file_names_it(tmp_path: Path) -> None:
     _probe(tmp_path / "data" / "val_probe.npz")
     done = _analyze(_run(tmp_path), tmp_path / "data", tmp_path / "a.h5")
     assert done.code == 1 and "--probe " + str(tmp_path / "data" / "val_probe.npz") in done.stderr, done.stderr
+
+
+def test_best_and_last_copies_without_a_step_are_named_as_copies(tmp_path: Path) -> None:
+    """`best.pt` and `last.pt` beside `step_*.pt`, raw state_dicts as a custom loop saves them: each was skipped
+    "no training step in its metadata or name (rename it ...)", though each is a copy of a step's checkpoint, which
+    renaming would only make a second file of that step. The note names the checkpoint it copies."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 100, 200):
+        torch.save(mlp(seed=step).state_dict(), run / f"step_{step}.pt")
+    torch.save(mlp(seed=100).state_dict(), run / "best.pt")
+    torch.save(mlp(seed=200).state_dict(), run / "last.pt")
+    torch.save(mlp(seed=7).state_dict(), run / "model_final.pt")  # weights of no step_*.pt
+    done = _analyze(run, _probe(tmp_path / "probe.npz"), tmp_path / "a.h5")
+    assert done.code == 0 and "3 checkpoints analysed" in done.stderr, done.stderr
+    assert "skipped best.pt: no step of its own; the same weights as step_100.pt (step 100)" in done.stderr
+    assert "skipped last.pt: no step of its own; the same weights as step_200.pt (step 200)" in done.stderr
+    assert "skipped model_final.pt: no training step in its metadata or name" in done.stderr
