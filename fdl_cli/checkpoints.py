@@ -155,6 +155,9 @@ class LoadedCheckpoint:
     #: the modules' extra states beside `state_dict` that are not tensors (`is_extra_state`: any picklable value),
     #: under the same names; `build_model` loads them with the tensors (the modules' `set_extra_state`)
     extra_state: dict[str, Any] = field(default_factory=dict)
+    #: the classes of the file's objects read as placeholders (`ObjectNotLoaded`, --trust-pickle): not importable
+    #: here, holding no weights (a training script's `__main__.TrainConfig`)
+    not_loaded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1710,6 +1713,7 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
+    stepless_prints: list[tuple[CheckpointRef, str, int]] = []  # of those: (as a ref, fingerprint, its note's index)
     offsets_used: set[tuple[str, int]] = set()
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     peeks: dict[Path, _Peek] = {}  # of the checkpoints found, for `_foreign_flat_dicts`
@@ -1754,6 +1758,9 @@ def discover_checkpoints(
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
+            if peek.fingerprint:
+                stepless_prints.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind),
+                                        peek.fingerprint, len(notes) - 1))
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
         peeks[path] = peek
@@ -1863,6 +1870,7 @@ def discover_checkpoints(
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
     checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied, trust_pickle=trust_pickle)
+    _note_stepless_copies(stepless_prints, [item for item in found if item[0] in checkpoints], notes, weights)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1871,6 +1879,25 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _note_stepless_copies(
+    stepless: Sequence[tuple[CheckpointRef, str, int]], kept: Sequence[tuple[CheckpointRef, str | None]],
+    notes: list[str], weights: str | None,
+) -> None:
+    """A file skipped for want of a step that holds a kept checkpoint's weights (a custom loop's `best.pt`,
+    `last.pt` beside its `step_*.pt`): its note names that checkpoint instead of saying to rename it, which would
+    make it a second file of that step."""
+    known: dict[Path, str | None] = {}
+    for ref, fingerprint, index in stepless:
+        try:
+            same = next((other for other, other_print in kept if other_print == fingerprint
+                         and _same_weights(other, ref, weights, known=known)), None)
+        except CheckpointError:  # --weights names no copy it holds: the note stays as it was
+            continue
+        if same is not None:
+            notes[index] = (f"skipped {ref.path.name}: no step of its own; the same weights as {same.path.name} "
+                            f"(step {same.step}), analysed there")
 
 
 def _leaves(keys: Iterable[str]) -> set[str]:
@@ -2760,14 +2787,96 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
             f"{ema}; --weights {copy} analyses the trained model's")
 
 
+class ObjectNotLoaded:
+    """What an object of a class that cannot be imported here is read as, under --trust-pickle: its class's name.
+
+    A training script run as `python train.py` pickles its own config (`{"model": sd, "config": TrainConfig()}`)
+    as `__main__.TrainConfig`, which no other process can import: the file could only be re-saved. fdl needs the
+    weights alone, so such a class is this placeholder, which takes any arguments and state and keeps none but
+    whether they held weights (`held_weights`): a placeholder in their place (a module of the script pickled
+    whole) leaves the load the error it was (`_load_trusted`)."""
+
+    __slots__ = ("held_weights",)
+    held_weights: bool
+    pickled_class = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ObjectNotLoaded:
+        self = super().__new__(cls)
+        self.held_weights = _holds_weights((args, kwargs))
+        return self
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:  # REDUCE calls the class, NEWOBJ only __new__
+        pass
+
+    def __setstate__(self, state: Any) -> None:  # BUILD: the state is dropped, once looked at
+        self.held_weights = self.held_weights or _holds_weights(state)
+
+    def __repr__(self) -> str:
+        return f"<{self.pickled_class}, not loaded>"
+
+
+def _holds_weights(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, (torch.Tensor, nn.Module, ObjectNotLoaded)):
+        return not isinstance(obj, ObjectNotLoaded) or obj.held_weights
+    if depth > 16:
+        return True  # deeper than fdl looks: not said to hold none
+    if isinstance(obj, Mapping):
+        return any(_holds_weights(value, depth + 1) for value in obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return any(_holds_weights(value, depth + 1) for value in obj)
+    return False
+
+
+def _placeholder_pickle(made: list[ObjectNotLoaded]) -> types.ModuleType:
+    """A `pickle` for torch.load whose unpickler reads a class it cannot import as an `ObjectNotLoaded`
+    (each one made is appended to `made`)."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except (ImportError, AttributeError):
+                def new(cls: type[ObjectNotLoaded], *args: Any, **kwargs: Any) -> ObjectNotLoaded:
+                    made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
+                    return obj
+
+                return type(name, (ObjectNotLoaded,), {"__slots__": (), "pickled_class": f"{module}.{name}",
+                                                       "__new__": new})
+
+    placeholder = types.ModuleType("pickle")
+    placeholder.__dict__.update({name: getattr(pickle, name) for name in dir(pickle) if not name.startswith("__")})
+    placeholder.Unpickler = Unpickler  # type: ignore[attr-defined]
+    placeholder.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()  # type: ignore[attr-defined]
+    return placeholder
+
+
+#: the classes read as `ObjectNotLoaded` by the loads since `load_checkpoint` set it (None: not collected)
+_NOT_LOADED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_NOT_LOADED", default=None)
+
+
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
-    cannot be imported here, or any other failure, is a CheckpointError that says so."""
+    cannot be imported here is read as an `ObjectNotLoaded` where it holds no weights (a training script's
+    config), else a CheckpointError that says so, as is any other failure."""
     token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
-    except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
-        raise _unimportable_error(path, exc) from None
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
+        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
+            unimportable = _unimportable_error(path, exc)
+        made: list[ObjectNotLoaded] = []
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False, pickle_module=_placeholder_pickle(made))
+        except Exception:  # noqa: BLE001 - the placeholders did not do: the class is needed
+            raise unimportable from None
+        if any(placeholder.held_weights for placeholder in made):
+            raise unimportable
+        said = _NOT_LOADED.get()
+        if said is not None:
+            said.extend(name for name in dict.fromkeys(p.pickled_class for p in made) if name not in said)
+        return obj
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
         raise _corrupt_error(path, exc) from None
     finally:
@@ -2924,10 +3033,7 @@ def load_checkpoint(
     path = Path(ref.path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?")
-    module: nn.Module | None = None
-    tensors: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
     if ref.kind == "pickle" and not trust_pickle:
         files = [path] if path.is_file() else _hf_weight_files(path)
         unsafe = sorted({g for file in files if file.is_file() for g in _unsafe_globals(file)[0]})
@@ -2942,6 +3048,38 @@ def load_checkpoint(
         raise _unsafe_error(path, unsafe or ["an object beyond tensors"])
     if ref.kind in ("export", "torchscript") and not trust_pickle:
         raise _export_refused(path) if ref.kind == "export" else _torchscript_refused(path)
+    not_loaded: list[str] = []
+    said = _NOT_LOADED.set(not_loaded)
+    try:
+        tensors, module, meta, by_entry, copies, swapped = _load_weights(path, ref, trust_pickle, map_location, weights)
+    finally:
+        _NOT_LOADED.reset(said)
+    if module is not None and weights is not None:
+        raise WeightsNotFoundError(
+            f"--weights {weights}: {path} holds a whole module, whose weights are its own",
+            fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
+        )
+    if tensors is not None:
+        # the extra states lose the tensors' prefixes (`module.`, --weights ema.) with them
+        tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) or is_extra_state(k)})
+        if weights is not None and not by_entry:
+            tensors = _strip_prefixes(_under_prefix(tensors, weights, path))
+        extra = {k: v for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in tensors.items() if k not in extra}
+        _check_finite(path, tensors)
+    if module is not None:
+        _check_finite(path, {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)})
+    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies,
+                            ema_swapped_in=swapped, extra_state=extra, not_loaded=tuple(not_loaded))
+
+
+def _load_weights(path: Path, ref: CheckpointRef, trust_pickle: bool, map_location: str, weights: str | None) -> tuple[
+    dict[str, Any] | None, nn.Module | None, dict[str, Any], bool, tuple[str, ...], str
+]:
+    """`load_checkpoint`'s read of the file or folder: `_load_tensor_file`'s answer."""
+    tensors: dict[str, Any] | None = None
+    module: nn.Module | None = None
+    meta: dict[str, Any] = {}
     by_entry, swapped = False, ""
     copies: tuple[str, ...] = ()
     if ref.kind in ("torchscript", "export"):
@@ -2964,23 +3102,7 @@ def load_checkpoint(
         tensors, module, meta, by_entry, copies, swapped = _load_tensor_file(
             path, trust_pickle=trust_pickle, map_location=map_location, weights=weights
         )
-    if module is not None and weights is not None:
-        raise WeightsNotFoundError(
-            f"--weights {weights}: {path} holds a whole module, whose weights are its own",
-            fix="leave --weights out for this checkpoint, or save the weights to analyse as a state_dict",
-        )
-    if tensors is not None:
-        # the extra states lose the tensors' prefixes (`module.`, --weights ema.) with them
-        tensors = _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) or is_extra_state(k)})
-        if weights is not None and not by_entry:
-            tensors = _strip_prefixes(_under_prefix(tensors, weights, path))
-        extra = {k: v for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
-        tensors = {k: v for k, v in tensors.items() if k not in extra}
-        _check_finite(path, tensors)
-    if module is not None:
-        _check_finite(path, {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)})
-    return LoadedCheckpoint(ref=ref, state_dict=tensors, module=module, metadata=meta, other_weights=copies,
-                            ema_swapped_in=swapped, extra_state=extra)
+    return tensors, module, meta, by_entry, copies, swapped
 
 
 #: The attribute of a torch.export checkpoint's module that holds its ExportedProgram

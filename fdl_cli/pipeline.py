@@ -1517,6 +1517,8 @@ def _load(
 
 #: `_note_once`'s kind of the note that a checkpoint holds another copy of its weights (an EMA)
 WEIGHT_COPIES = "weight copies"
+#: `_note_once`'s kind of the note that --trust-pickle read objects of classes not importable here as placeholders
+NOT_LOADED = "objects not loaded"
 
 
 def _note_once(ctx: _Context, kind: str, message: str) -> None:
@@ -1545,6 +1547,12 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
                 f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
                 f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
             )
+    if loaded.not_loaded:
+        _note_once(ctx, NOT_LOADED, (
+            f"{Path(loaded.ref.path).name} holds objects of classes that cannot be imported here "
+            f"({', '.join(loaded.not_loaded[:3])}{', ...' if len(loaded.not_loaded) > 3 else ''}; a script run as "
+            "python train.py pickles its own as __main__.NAME): read as placeholders, not loaded, since fdl needs "
+            "only the weights"))
     if loaded.module is None and ctx.factory is None:
         raise CheckpointError(
             f"{loaded.ref.path} holds weights only, and no model was given to put them in",

@@ -850,6 +850,41 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
     return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
 
 
+#: a probe given as what a training job reads its data from: images, tables (fdl reads neither: the fixes say how to
+#: save them as the arrays the model is called with)
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+_TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".parquet", ".feather", ".json", ".jsonl", ".txt"})
+_IMAGES_FIX = ("fdl reads no image files: save the probe images as the model sees them (preprocessed floats, "
+               "channels first) with their class indices, e.g. from a torchvision dataset `ds` with its eval "
+               "transform: np.savez('probe.npz', x=torch.stack([img for img, _ in ds]).numpy(), "
+               "y=np.array([label for _, label in ds]))")
+_TABLE_FIX = ("fdl reads no tables: save the feature columns as x (floats) and the target column as y, e.g. with "
+              "pandas: df = pd.read_csv(FILE); np.savez('probe.npz', x=df.drop(columns='label').to_numpy('float32'), "
+              "y=df['label'].to_numpy()) (class labels as integers 0..C-1)")
+
+
+def _directory_error(path: Path) -> ProbeError:
+    """--probe DIR: the probe file it holds, where it holds one; a folder of images (an ImageFolder's class
+    folders) or of tables gets the conversion."""
+    try:
+        entries = sorted(path.iterdir())[:1000]
+        inside = [entry for entry in entries if entry.is_file()]
+        inside += [sub for entry in entries if entry.is_dir() and not entry.name.startswith(".")
+                   for sub in sorted(entry.iterdir())[:20]]
+    except OSError:
+        inside = []
+    probes = [entry for entry in inside if entry.parent == path and entry.suffix.lower() in PROBE_SUFFIXES]
+    images = any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in inside)
+    tables = any(entry.suffix.lower() in _TABLE_SUFFIXES for entry in inside)
+    return ProbeError(
+        f"probe {path} is a directory; expected a probe file",
+        got="a directory" + (" of images" if images and not probes else ""),
+        fix=f"pass the probe file itself: --probe {probes[0]}" if probes else _IMAGES_FIX if images
+        else _TABLE_FIX if tables else
+        f"pass a probe file: np.savez(FILE, x=..., y=...) ({', '.join(PROBE_SUFFIXES)})",
+    )
+
+
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
     ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``, ``target``); the first
@@ -860,11 +895,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """
     path = Path(path)
     if path.is_dir():
-        raise ProbeError(
-            f"probe {path} is a directory; expected a probe file",
-            got="a directory",
-            fix=f"pass the probe file itself, e.g. --probe {path / 'probe.npz'} ({', '.join(PROBE_SUFFIXES)})",
-        )
+        raise _directory_error(path)
     if not path.is_file():
         kind = special_file(path)
         if kind is not None:  # it exists, but is no file to read a probe from (/dev/null, a FIFO)
@@ -878,10 +909,12 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         )
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
+        suffix = path.suffix.lower()
         raise ProbeError(
             f"probe {path}: unknown format {path.suffix!r}",
             got=path.suffix,
-            fix=f"save it as one of {', '.join(PROBE_SUFFIXES)}",
+            fix=_IMAGES_FIX if suffix in _IMAGE_SUFFIXES else _TABLE_FIX if suffix in _TABLE_SUFFIXES
+            else f"save it as one of {', '.join(PROBE_SUFFIXES)}",
         )
     try:
         arrays = reader(path)

@@ -165,9 +165,10 @@ def test_trust_pickle_with_a_class_that_cannot_be_imported(tmp_path: Path, monke
     refused = _analyze([run], probe, tmp_path / "a.h5")
     assert refused.code == 1 and "train_script_gone.Config" in refused.stderr and "--trust-pickle" in refused.stderr
     trusted = _analyze([run], probe, tmp_path / "b.h5", "--trust-pickle")
-    assert trusted.code == 1, trusted.stderr
-    assert "error: cannot unpickle" in trusted.stderr and "train_script_gone" in trusted.stderr
-    assert "PYTHONPATH" in trusted.stderr and "state_dict()" in trusted.stderr
+    # session 27: a class fdl cannot import that holds no weights (this config) is read as a placeholder, with a
+    # note; one holding them is still the error (tests/test_s27_role_hf.py)
+    assert trusted.code == 0, trusted.stderr
+    assert "train_script_gone.Config" in trusted.stderr and "not loaded" in trusted.stderr
 
 
 # ------------------------------------------------------------------------------------ tied weights
