@@ -13,12 +13,13 @@ archive too: loaded by the same restricted loader, or left out (`ItemNotRead`) w
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import math
 import os
 import pickle
 import pickletools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,6 +509,33 @@ def _shard(folder: Path, chunk: Chunk, handles: dict[str, Any]) -> Any:
 def _close(handles: dict[str, Any]) -> None:
     for handle in handles.values():
         handle.close()
+
+
+_SAMPLE_BYTES = 256  # of each chunk's start and end: its archive's header and directory (that has data's CRC-32)
+
+
+def fingerprint(folder: Path, tensors: Mapping[str, Entry]) -> str:
+    """A cheap hash of `tensors` (a state_dict's names and their items, their chunks checked by `check_chunks`), as
+    fdl's fingerprint of a file's tensors: each one's name and size, and each chunk's place, size and first and last
+    bytes in its shard (the end of a chunk's `torch.save` archive lists the CRC-32 of the tensor's bytes). Equal for
+    a copy of the folder, or the same tensors saved alike again (`.metadata` itself names the folder and the save);
+    a match is confirmed by a digest of all the weights (`checkpoints._same_weights`)."""
+    digest = hashlib.sha256()
+    handles: dict[str, Any] = {}
+    try:
+        for name in sorted(tensors):
+            entry = tensors[name]
+            digest.update(f"{name}|{list(entry.size)}|".encode())
+            for chunk in sorted(entry.chunks, key=lambda chunk: (chunk.offsets, chunk.sizes)):
+                digest.update(f"{list(chunk.offsets)}|{list(chunk.sizes)}|".encode())
+                handle = _shard(folder, chunk, handles)
+                size = min(_SAMPLE_BYTES, chunk.length)
+                for start in (chunk.start, chunk.start + chunk.length - size):  # past the end: b""
+                    handle.seek(start)
+                    digest.update(handle.read(size))
+    finally:
+        _close(handles)
+    return digest.hexdigest()
 
 
 def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesIO], Any]) -> dict[str, Any]:

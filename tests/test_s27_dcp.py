@@ -1,6 +1,6 @@
 """torch.distributed.checkpoint (DCP) folders, session 27: chunk offsets that all hash alike cost no more to match than
-any others; a `.metadata` too large to be any save's is refused before it is read; a byte range past its shard is
-refused before it is allocated."""
+any others; an identical copy of a step's folder is one checkpoint, not two of one step; a `.metadata` too large to
+be any save's is refused before it is read; a byte range past its shard is refused before it is allocated."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 from fdl_cli import dcp
-from fdl_cli.errors import CheckpointError
+from fdl_cli.checkpoints import discover_checkpoints
+from fdl_cli.errors import CheckpointError, SameStepError
 from tests.test_s15_formats import _weights
 from tests.test_s26_dcp import _analyze, _save
 
@@ -78,8 +79,8 @@ def test_chunks_whose_offsets_all_hash_alike_are_matched_by_keys_that_do_not(dim
     """fdl matched each chunk to its byte range in a dict keyed by (name, offsets): keys whose offsets hash alike
     (found in a moment: the tuple hash is xxHash's round, solved for its last item) all hash alike, and each one
     stored or looked up was compared with every one before it. 32 000 such chunks, a 1.2 MB `.metadata`, took
-    52 s to read, 320 000 an hour and a half. The key fdl matches them by (`_chunk_key`) is text, its hash seeded:
-    2000 offsets of one hash give 2000 keys of as many hashes."""
+    52 s to read, growing as the square (320 000: some 90 minutes). The key fdl matches them by (`_chunk_key`)
+    is text, its hash seeded: 2000 offsets of one hash give 2000 keys of as many hashes."""
     offsets = _colliding(2000, dims)
     assert len(set(offsets)) == 2000 and len({hash(offset) for offset in offsets}) == 1  # the attack is real
     assert len({hash(dcp._chunk_key("model.w", offset)) for offset in offsets}) == 2000
@@ -97,7 +98,15 @@ def test_a_flood_of_chunks_whose_offsets_hash_alike_is_a_bad_checkpoint(tmp_path
         dcp.check_chunks(folder, [entry])
 
 
-# ------------------------------------------------------------------------------ sizes before reads
+# ------------------------------------------------------------------------------- one step twice
+
+
+def _copy_folder(source: Path, target: Path) -> Path:
+    """A byte-for-byte copy with new modification times, as `cp -r` without `-p` makes."""
+    target.mkdir(parents=True)
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return target
 
 
 def _run(tmp_path: Path) -> Path:
@@ -105,6 +114,35 @@ def _run(tmp_path: Path) -> Path:
     for step in (0, 10):
         _save({"model": _weights(step), "step": step}, run / f"step-{step}")
     return run
+
+
+@pytest.mark.parametrize("how", ["copied", "saved again"])
+def test_an_identical_copy_of_a_dcp_folder_is_one_checkpoint(tmp_path: Path, how: str) -> None:
+    """Two folders of one step holding the same weights were two checkpoints of one step, an error: a file's
+    copy is found identical by its fingerprint (names, shapes, a sample of its bytes) and a full digest. A DCP
+    folder's fingerprint is of its tensors' names, sizes, chunks' places and a sample of each chunk's bytes:
+    a copy, or the same weights saved again (its `.metadata` names another folder and save), is skipped."""
+    run = _run(tmp_path)
+    if how == "copied":
+        _copy_folder(run / "step-10", run / "step-10-backup")
+    else:
+        _save({"model": _weights(10), "step": 10}, run / "step-10-backup")
+    found = discover_checkpoints([run])
+    assert [(ref.step, ref.path.name) for ref in found.checkpoints] == [(0, "step-0"), (10, "step-10")]
+    assert "skipped step-10-backup: same weights and step (10) as step-10" in found.notes
+    done = _analyze(run, tmp_path / "a.h5")
+    assert done.code == 0, done.stderr
+    assert [record["step"] for record in done.records] == [0, 10]
+
+
+def test_two_dcp_folders_of_one_step_and_other_weights_are_an_error(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    _save({"model": _weights(11), "step": 10}, run / "step-10-other")
+    with pytest.raises(SameStepError, match="two checkpoints have the same step 10"):
+        discover_checkpoints([run])
+
+
+# ------------------------------------------------------------------------------ sizes before reads
 
 
 def test_a_metadata_larger_than_any_save_writes_is_refused_unread(tmp_path: Path) -> None:
