@@ -331,6 +331,7 @@ def _records(value: Any, kind: str) -> bool:
 
 
 _DEPTH_LIMIT = 64  # levels of a saved dict: a place deeper than this is no training loop's
+_NAME_LIMIT = 255  # bytes of a file's name (NAME_MAX of Linux's, macOS's and Windows' file systems)
 
 
 def _kind(value: Any) -> str:
@@ -379,6 +380,8 @@ def _entries(root: Any) -> dict[str, Entry]:
         file, start, length = info.field("relative_path"), info.field("offset"), info.field("length")
         if type(file) is not str or "/" in file or "\\" in file or file in ("", ".", ".."):
             raise ValueError(f"a shard file name {file if type(file) is str else _kind(file)!r} outside the folder")
+        if len(file.encode(errors="surrogateescape")) > _NAME_LIMIT:  # stat()ed: "File name too long", unnamed
+            raise ValueError(f"a shard file name of over {_NAME_LIMIT} bytes ({file[:40]}...), which no file has")
         if not (_is_count(start) and _is_count(length) and _is_count(start + length)):
             raise ValueError(f"a byte range of {file} that does not end below 2**63 or is not of non-negative "
                              "integers")

@@ -161,7 +161,7 @@ def test_a_metadata_larger_than_any_save_writes_is_refused_unread(tmp_path: Path
     assert [record["step"] for record in done.records] == [0]
 
 
-def _forge_range(folder: Path, fqn: str, **change: int) -> None:
+def _forge_range(folder: Path, fqn: str, **change: object) -> None:
     metadata = pickle.loads((folder / ".metadata").read_bytes())
     for index, info in list(metadata.storage_data.items()):
         if index.fqn == fqn:
@@ -169,17 +169,21 @@ def _forge_range(folder: Path, fqn: str, **change: int) -> None:
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
 
 
-_RANGES: dict[str, tuple[str, dict[str, int], str]] = {
+_RANGES: dict[str, tuple[str, dict[str, object], str]] = {
     # read(n) allocates n bytes before reading: a MemoryError traceback, or "ran out of memory: free memory"
     "step length": ("step", {"length": 2**40}, "__0_0.distcp is cut short: step lies at bytes"),
     "tensor length": ("model.0.weight", {"length": 2**40}, "__0_0.distcp is cut short: model.0.weight lies at"),
     # seek past 2**63: "ValueError: cannot fit 'int' into an offset-sized integer", a traceback
     "step offset": ("step", {"offset": 2**100}, "a byte range of __0_0.distcp that does not end below 2**63"),
+    # stat() of it: "File name too long", which file unsaid
+    "shard name": ("step", {"relative_path": "x" * 300}, "a shard file name of over 255 bytes (xxxxxxxxxx"),
 }
 
 
 @pytest.mark.parametrize("forged", list(_RANGES))
 def test_a_byte_range_past_its_shard_is_refused_before_it_is_read(tmp_path: Path, forged: str) -> None:
+    """A forged length or offset, or a shard name no file can have, is refused by what it is, before fdl reads,
+    seeks or stats anything."""
     fqn, change, said = _RANGES[forged]
     run = _run(tmp_path)
     _forge_range(run / "step-10", fqn, **change)
