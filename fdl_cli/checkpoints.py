@@ -2163,11 +2163,12 @@ def _dcp_optimizer_entries(entries: Mapping[str, dcp.Entry]) -> set[Any]:
     return {key for key, parts in below.items() if {"state", "param_groups"} <= parts}
 
 
-def _dcp_object(folder: Path, *, peek: bool = False) -> dict[Any, Any]:
+def _dcp_object(folder: Path, *, peek: bool = False, placed: dict[int, dcp.Entry] | None = None) -> dict[Any, Any]:
     """A DCP folder's saved dict, rebuilt (`dcp.nested`): `{"model": {...}, "step": 5, ...}` as a training loop's
     dict, the optimizer's state left out. ``peek``: its tensors are meta tensors (shapes and dtypes only, nothing
     read) and only its step entries are read. A dict holding the model's tensors at its top level beside
-    training state (torchtitan's, flattened so) keeps its tensors and plain values."""
+    training state (torchtitan's, flattened so) keeps its tensors and plain values. ``placed``: filled with each
+    tensor's entry, by the tensor's id (`_peek_dcp`'s fingerprint)."""
     entries = dcp.read_metadata(folder)
     skipped = _dcp_optimizer_entries(entries)
     kept = {fqn: entry for fqn, entry in entries.items() if entry.path[0] not in skipped}
@@ -2181,6 +2182,8 @@ def _dcp_object(folder: Path, *, peek: bool = False) -> dict[Any, Any]:
         values.update({fqn: None for fqn in kept if fqn not in values})
     else:
         values = dcp.read_items(folder, kept.values(), _load_plain)
+    if placed is not None:
+        placed.update((id(value), kept[fqn]) for fqn, value in values.items() if isinstance(value, torch.Tensor))
     try:
         obj = dcp.nested(values, kept)
     except ValueError as exc:
@@ -2196,14 +2199,18 @@ def _load_plain(data: io.BytesIO) -> Any:
 
 
 def _peek_dcp(folder: Path) -> _Peek:
-    obj = _dcp_object(folder, peek=True)
+    placed: dict[int, dcp.Entry] = {}
+    obj = _dcp_object(folder, peek=True, placed=placed)
     if _is_optimizer_state(obj):
         return _Peek(None, {}, f"skipped {folder.name}: optimizer state, no model weights")
     tensors = _find_tensor_dict(obj)
     if tensors is None:
         return _Peek(None, {}, f"skipped {folder.name}: a torch.distributed.checkpoint folder holding no model "
                                "state_dict")
-    return _Peek("dcp", _file_steps(obj), keys=frozenset(_key_names(tensors)))
+    # A tensor read from an item that pickles it (no entry of its own, `placed`) leaves the folder unprinted
+    entries = {name: placed[id(tensor)] for name, tensor in tensors.items() if id(tensor) in placed}
+    return _Peek("dcp", _file_steps(obj), fingerprint=dcp.fingerprint(folder, entries)
+                 if len(entries) == len(tensors) else None, keys=frozenset(_key_names(tensors)))
 
 
 def _dedupe(

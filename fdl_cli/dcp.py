@@ -13,11 +13,13 @@ archive too: loaded by the same restricted loader, or left out (`ItemNotRead`) w
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import math
+import os
 import pickle
 import pickletools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,10 @@ from fdl_cli.errors import CheckpointError, UnsafeCheckpointError, first_few, sp
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
+#: The largest `.metadata` read. torch 2.13 pickles 140 to 160 bytes a chunk: a model of 10 000 tensors, with
+#: Adam's two states, sharded over 64 ranks writes 262 MiB (over 8 ranks, 37 MiB); this is twice that. fdl's
+#: unpickler, in Python, holds about 21 times the file in memory while it reads (a 37 MiB file: 0.8 GiB, 30 s)
+METADATA_LIMIT = 512 * 2**20
 _MODULE = "torch.distributed.checkpoint.metadata"
 _RECORD_NAMES = (
     f"{_MODULE}.Metadata", f"{_MODULE}.TensorStorageMetadata", f"{_MODULE}.ChunkStorageMetadata",
@@ -282,7 +288,18 @@ def read_metadata(folder: Path) -> dict[str, Entry]:
     """The items of a DCP folder, by flattened name, from its `.metadata` read without running code."""
     path = folder / METADATA
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > METADATA_LIMIT:
+                raise CheckpointError(
+                    f"cannot read the torch.distributed.checkpoint folder {folder}",
+                    got=f"{path} is {size} bytes, over the {METADATA_LIMIT} bytes ({METADATA_LIMIT // 2**20} MiB) "
+                    f"fdl reads of a {METADATA} (which it holds some 20 times over in memory while it reads it)",
+                    fix="check that the file is the checkpoint's own (a save writes some 150 bytes a tensor's chunk); "
+                    "or convert the folder to one file and analyse that: python -m "
+                    f"torch.distributed.checkpoint.format_utils dcp_to_torch {folder} {folder}.pt",
+                )
+            data = handle.read()
     except OSError as exc:
         raise bad_folder(folder, f"{METADATA}: {exc.strerror or exc}") from None
     unpickler = _MetadataUnpickler(data)
@@ -314,6 +331,7 @@ def _records(value: Any, kind: str) -> bool:
 
 
 _DEPTH_LIMIT = 64  # levels of a saved dict: a place deeper than this is no training loop's
+_NAME_LIMIT = 255  # bytes of a file's name (NAME_MAX of Linux's, macOS's and Windows' file systems)
 
 
 def _kind(value: Any) -> str:
@@ -337,6 +355,14 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+def _chunk_key(fqn: str, offsets: tuple[int, ...] | None) -> tuple[str, str]:
+    """What a chunk's storage is found by: its item's name and its offsets written out. Text, as offsets that are a
+    tuple of ints hash by a formula a forged file can solve: for any first values, the last value that brings the
+    tuple's hash to one chosen number (one in 8 is below 2**63), so that a dict keyed by them is quadratic to fill.
+    A string's hash is seeded afresh in each process."""
+    return fqn, repr(offsets)
+
+
 def _entries(root: Any) -> dict[str, Entry]:
     if not _records(root, "Metadata"):
         raise TypeError(f"the pickle holds a {_kind(root)}, not a Metadata")
@@ -344,7 +370,7 @@ def _entries(root: Any) -> dict[str, Entry]:
     if not isinstance(items, dict) or not isinstance(storage, dict):
         raise TypeError("no state_dict_metadata and storage_data tables")
     paths = paths if isinstance(paths, dict) else {}
-    stored: dict[tuple[str, tuple[int, ...] | None], Chunk] = {}
+    stored: dict[tuple[str, str], Chunk] = {}
     for index, info in storage.items():
         if not _records(index, "MetadataIndex") or not _records(info, "_StorageInfo"):
             raise TypeError("a storage_data entry that is not a MetadataIndex and its _StorageInfo")
@@ -354,14 +380,16 @@ def _entries(root: Any) -> dict[str, Entry]:
         file, start, length = info.field("relative_path"), info.field("offset"), info.field("length")
         if type(file) is not str or "/" in file or "\\" in file or file in ("", ".", ".."):
             raise ValueError(f"a shard file name {file if type(file) is str else _kind(file)!r} outside the folder")
-        if type(start) is not int or type(length) is not int or start < 0 or length < 0:
-            raise ValueError(f"a byte range of {file} from a {_kind(start)} and a {_kind(length)} that are not "
-                             "non-negative integers")
+        if len(file.encode(errors="surrogateescape")) > _NAME_LIMIT:  # stat()ed: "File name too long", unnamed
+            raise ValueError(f"a shard file name of over {_NAME_LIMIT} bytes ({file[:40]}...), which no file has")
+        if not (_is_count(start) and _is_count(length) and _is_count(start + length)):
+            raise ValueError(f"a byte range of {file} that does not end below 2**63 or is not of non-negative "
+                             "integers")
         transforms = info.field("transform_descriptors") or ()
         if not isinstance(transforms, (list, tuple)):
             raise TypeError(f"the transforms of {file} are a {_kind(transforms)}")
         transforms = tuple(_text(name, f"a transform of {file}") for name in transforms)
-        stored[(fqn, offset)] = Chunk((), (), file, start, length, transforms)
+        stored[_chunk_key(fqn, offset)] = Chunk((), (), file, start, length, transforms)
     out: dict[str, Entry] = {}
     for fqn, item in items.items():
         _text(fqn, "an item named by a key")
@@ -370,9 +398,9 @@ def _entries(root: Any) -> dict[str, Entry]:
                 or not all(type(p) is str or _is_count(p) for p in path)):
             raise TypeError(f"the place of {fqn} is not a sequence of 1 to {_DEPTH_LIMIT} names and numbers")
         if _records(item, "BytesStorageMetadata"):
-            if (fqn, None) not in stored:
+            if _chunk_key(fqn, None) not in stored:
                 raise KeyError(f"{fqn} has no storage")
-            out[fqn] = Entry(fqn, tuple(path), None, (), (stored[(fqn, None)],))
+            out[fqn] = Entry(fqn, tuple(path), None, (), (stored[_chunk_key(fqn, None)],))
             continue
         if not _records(item, "TensorStorageMetadata"):
             raise TypeError(f"{fqn} is described by a {_kind(item)}")
@@ -388,9 +416,9 @@ def _entries(root: Any) -> dict[str, Entry]:
                 raise TypeError(f"a chunk of {fqn} is a {_kind(chunk)}")
             offsets = _counts(chunk.field("offsets"), f"the offsets of a chunk of {fqn}")
             sizes = _counts(chunk.field("sizes"), f"the sizes of a chunk of {fqn}")
-            if (fqn, offsets) not in stored:
+            at = stored.get(_chunk_key(fqn, offsets))
+            if at is None:
                 raise KeyError(f"the chunk of {fqn} at {list(offsets)} has no storage")
-            at = stored[(fqn, offsets)]
             placed.append(Chunk(offsets, sizes, at.file, at.start, at.length, at.transforms))
         out[fqn] = Entry(fqn, tuple(path), dtype, size, tuple(placed))
     return out
@@ -457,20 +485,60 @@ def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) 
             fix="save without _extensions, or convert the folder to one file and analyse that: python -m "
             f"torch.distributed.checkpoint.format_utils dcp_to_torch {folder} {folder}.pt",
         )
-    if chunk.file not in handles:
-        handles[chunk.file] = open(folder / chunk.file, "rb")  # noqa: SIM115 - closed by `read_items`
-    handle = handles[chunk.file]
-    handle.seek(chunk.start)
-    data = handle.read(chunk.length)
+    handle = _shard(folder, chunk, handles)
+    size = os.fstat(handle.fileno()).st_size
+    data = b""
+    if chunk.start + chunk.length <= size:  # read(n) allocates n bytes first: a forged length, any memory
+        handle.seek(chunk.start)
+        data = handle.read(chunk.length)
     if len(data) < chunk.length:
         raise CheckpointError(
             f"cannot read the torch.distributed.checkpoint folder {folder}",
             got=f"{chunk.file} is cut short: {fqn} lies at bytes {chunk.start}..{chunk.start + chunk.length}, "
-            f"the file holds {chunk.start + len(data)}",
+            f"the file holds {size}",
             fix="re-copy the folder whole; a save still being written is analysed by the same command run again "
             "once written",
         )
     return data
+
+
+def _shard(folder: Path, chunk: Chunk, handles: dict[str, Any]) -> Any:
+    """The open shard `chunk` lies in, opened once for all its chunks (closed by the caller's `_close`)."""
+    if chunk.file not in handles:
+        handles[chunk.file] = open(folder / chunk.file, "rb")  # noqa: SIM115 - closed by `_close`
+    return handles[chunk.file]
+
+
+def _close(handles: dict[str, Any]) -> None:
+    for handle in handles.values():
+        handle.close()
+
+
+_SAMPLE_BYTES = 256  # of each chunk's start and end: its archive's header and directory (that has data's CRC-32)
+
+
+def fingerprint(folder: Path, tensors: Mapping[str, Entry]) -> str:
+    """A cheap hash of `tensors` (a state_dict's names and their items, their chunks checked by `check_chunks`), as
+    fdl's fingerprint of a file's tensors: each one's name and size, and each chunk's place, size and first and last
+    bytes in its shard (the end of a chunk's `torch.save` archive lists the CRC-32 of the tensor's bytes). Equal for
+    a copy of the folder, or the same tensors saved alike again (`.metadata` itself names the folder and the save);
+    a match is confirmed by a digest of all the weights (`checkpoints._same_weights`)."""
+    digest = hashlib.sha256()
+    handles: dict[str, Any] = {}
+    try:
+        for name in sorted(tensors):
+            entry = tensors[name]
+            digest.update(f"{name}|{list(entry.size)}|".encode())
+            for chunk in sorted(entry.chunks, key=lambda chunk: (chunk.offsets, chunk.sizes)):
+                digest.update(f"{list(chunk.offsets)}|{list(chunk.sizes)}|".encode())
+                handle = _shard(folder, chunk, handles)
+                size = min(_SAMPLE_BYTES, chunk.length)
+                for start in (chunk.start, chunk.start + chunk.length - size):  # past the end: b""
+                    handle.seek(start)
+                    digest.update(handle.read(size))
+    finally:
+        _close(handles)
+    return digest.hexdigest()
 
 
 def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesIO], Any]) -> dict[str, Any]:
@@ -491,8 +559,7 @@ def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesI
                 continue
             out[entry.fqn] = _tensor(folder, entry, load, handles)
     finally:
-        for handle in handles.values():
-            handle.close()
+        _close(handles)
     return out
 
 
