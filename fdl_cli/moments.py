@@ -99,6 +99,26 @@ def row_bounds(width: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [width], strict=True))
 
 
+#: On the CPU, add the symmetric Σ[F | 1]ᵀ[F | 1] of each batch as numpy's `xᵀ @ x` of the float64 buffer
+#: (numpy sees the transposed operand and calls its BLAS's dsyrk: one triangle, mirrored) into a reused
+#: scratch, then added whole: 3.6 against 4.7 ms a batch of 512×513 in torch's block rows (one thread, the
+#: AMD EPYC of docs/benchmarks.md, twenty-seventh session; MKL's own dsyrk, inside torch, took 5.1 ms there).
+#: The same sums to rounding (the order of each dot product is the BLAS's), and the same to the bit from
+#: one pass to another of the same features. Only where torch runs one thread (`--threads 1`-style
+#: OMP_NUM_THREADS=1, torchrun's ranks): with more, numpy's BLAS threads would start right after torch's
+#: OpenMP threads each batch, and a loop of forward passes and statistics on the 2-core machine took 3 – 9 %
+#: more CPU with it (a loaded machine; not measured quietly), so torch's block rows stay there, as on an
+#: accelerator. Off (False): torch's block rows everywhere.
+NUMPY_SYRK_ON_CPU = True
+
+
+def _numpy_syrk(device: Any) -> bool:
+    """Whether a batch's Σ[F | 1]ᵀ[F | 1] on `device` is summed by numpy's dsyrk (`NUMPY_SYRK_ON_CPU`)."""
+    import torch
+
+    return NUMPY_SYRK_ON_CPU and device.type == "cpu" and torch.get_num_threads() == 1
+
+
 def _block_rows(gram: Any) -> list[tuple[Any, int, int]]:
     """(view, start, stop) of each block row of `gram` (width, width): its diagonal block and right of it."""
     return [(gram[start:stop, start:], start, stop) for start, stop in row_bounds(int(gram.shape[0]))]
@@ -183,6 +203,7 @@ class MomentAccumulator:
         self._buffers: Any = None  # the torch path's reused float64 batches [F | 1] (b, p+1) and [S | 1]
         self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (`_block_rows`)
         self._rows_s: list[Any] = []  # and of Σ[S | 1]ᵀ[S | 1]
+        self._scratch: Any = None  # the CPU's per-batch Σ[F | 1]ᵀ[F | 1] (`NUMPY_SYRK_ON_CPU`), or None
         #: the shift points a, b, c (features, outputs, regression targets): the first batch's means,
         #: float64 on the batches' device; None when not shifted (float32 products, class targets); the
         #: Gram route's kept features themselves are never shifted, only its sums
@@ -374,6 +395,7 @@ class MomentAccumulator:
         - [F | 1]ᵀ[F | 1] in block rows (`_block_rows`): ΣFᵀF and Σφ (its last column). FᵀF is
           symmetric, so only the blocks on and above the diagonal are summed, ~30 % less time than
           the full product on a CPU (docs/benchmarks.md); `_mirror_lower` completes it when read.
+          On the CPU with one thread, numpy's dsyrk instead (`NUMPY_SYRK_ON_CPU`): faster still.
         - FᵀS (ΣFᵀS), and [S | 1]ᵀ[S | 1] (ΣSᵀS and Σs) in block rows too.
         - class labels: the class sums of F − a and of Ŷ − b (ΣFᵀY and ΣŶᵀY for one-hot Y) and the
           class counts (ΣY, and ΣYᵀY, diagonal) are added by label (`_add_by_class`), not as
@@ -432,9 +454,15 @@ class MomentAccumulator:
             if labels is not None:  # per class: Σ[F − a | 1] (its last column: the counts) and Σ[Ŷ − b | 1]
                 self._sums["class_f"], self._sums["class_o"] = zeros((c, p + 1)), zeros((c, width + 1))
             self._rows = _block_rows(self._sums["gram_f"])
+            self._scratch = torch.empty_like(self._sums["gram_f"]) if _numpy_syrk(feats.device) else None
             self._rows_s = _block_rows(self._sums["gram_s"])
-        for rows, start, stop in self._rows:
-            rows.addmm_(f_one[:, start:stop].T, f_one[:, start:])
+        if self._scratch is not None:  # NUMPY_SYRK_ON_CPU: the whole symmetric product, added at once
+            wide = f_one.numpy()
+            np.matmul(wide.T, wide, out=self._scratch.numpy())
+            self._sums["gram_f"].add_(self._scratch)
+        else:
+            for rows, start, stop in self._rows:
+                rows.addmm_(f_one[:, start:stop].T, f_one[:, start:])
         self._sums["sum_fs"].addmm_(f64.T, side)
         for rows, start, stop in self._rows_s:
             rows.addmm_(s_one[:, start:stop].T, s_one[:, start:])
