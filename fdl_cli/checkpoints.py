@@ -1358,9 +1358,10 @@ def _name_step_span(name: str) -> tuple[int, int, int | None] | None:
 class _NoStep(CheckpointError):
     """No training step for a file; in a folder scan the file is skipped with ``note`` instead."""
 
-    def __init__(self, what: str, *, note: str, got: str | None = None, fix: str | None = None) -> None:
+    def __init__(self, what: str, *, note: str, shown: str, got: str | None = None, fix: str | None = None) -> None:
         super().__init__(what, got=got, fix=fix)
         self.note = note
+        self.shown = shown  # the file's name as the note gives it (`out/model.safetensors` for a folder's)
 
 
 _SKIP_FIX = "rename it, or select files with --glob"
@@ -1390,7 +1391,7 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         if match is None or match.group(1) is None:
             where = "its folder and name" if "/" in step_regex.pattern else "its name"
             raise _NoStep(
-                f"--step-regex '{step_regex.pattern}' does not match {subject} with a group",
+                f"--step-regex '{step_regex.pattern}' does not match {subject} with a group", shown=path.name,
                 note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
                 fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
             )
@@ -1408,9 +1409,10 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
     step = _name_step(path)
     if step is None and path.is_dir():
         weights = _hf_weight_files(path)
+        shown = f"{path.name}/{weights[0].name if len(weights) == 1 else '(its shards)'}"
         raise _NoStep(
-            f"cannot tell the training step of {path}",
-            note=f"skipped {path.name}/{weights[0].name if len(weights) == 1 else '(its shards)'}: no training "
+            f"cannot tell the training step of {path}", shown=shown,
+            note=f"skipped {shown}: no training "
             "step (no trainer_state.json beside it, no integer in the folder's name); a Trainer's final "
             "save_model() usually repeats its last checkpoint-N: rename the folder (e.g. step_1500) to include it",
             got="no trainer_state.json with global_step and no integer in the folder's name",
@@ -1420,7 +1422,7 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         folder = _folder_regex(path)
         unread = not peek.steps_read  # a pickle's step keys are read only with --trust-pickle
         raise _NoStep(
-            f"cannot tell the training step of {path}",
+            f"cannot tell the training step of {path}", shown=path.name,
             note=f"skipped {path.name}: no training step in its "
             + ("name, and its metadata is not read (it pickles Python objects: --trust-pickle reads it)"
                if unread else "metadata or name") + f" ({_SKIP_FIX})",
@@ -1713,7 +1715,8 @@ def discover_checkpoints(
     found: list[tuple[CheckpointRef, str | None]] = []
     looked_at: list[str] = []
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
-    stepless_prints: list[tuple[CheckpointRef, str, int]] = []  # of those: (as a ref, fingerprint, its note's index)
+    stepless_prints: list[tuple[CheckpointRef, str, int, str]] = []  # of those: (as a ref, fingerprint, its note's
+    # index, its name as the note gives it)
     offsets_used: set[tuple[str, int]] = set()
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     peeks: dict[Path, _Peek] = {}  # of the checkpoints found, for `_foreign_flat_dicts`
@@ -1760,7 +1763,7 @@ def discover_checkpoints(
             stepless.append(path)
             if peek.fingerprint:
                 stepless_prints.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind),
-                                        peek.fingerprint, len(notes) - 1))
+                                        peek.fingerprint, len(notes) - 1, exc.shown))
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
         peeks[path] = peek
@@ -1882,21 +1885,21 @@ def discover_checkpoints(
 
 
 def _note_stepless_copies(
-    stepless: Sequence[tuple[CheckpointRef, str, int]], kept: Sequence[tuple[CheckpointRef, str | None]],
+    stepless: Sequence[tuple[CheckpointRef, str, int, str]], kept: Sequence[tuple[CheckpointRef, str | None]],
     notes: list[str], weights: str | None,
 ) -> None:
     """A file skipped for want of a step that holds a kept checkpoint's weights (a custom loop's `best.pt`,
     `last.pt` beside its `step_*.pt`): its note names that checkpoint instead of saying to rename it, which would
     make it a second file of that step."""
     known: dict[Path, str | None] = {}
-    for ref, fingerprint, index in stepless:
+    for ref, fingerprint, index, shown in stepless:
         try:
             same = next((other for other, other_print in kept if other_print == fingerprint
                          and _same_weights(other, ref, weights, known=known)), None)
         except CheckpointError:  # --weights names no copy it holds: the note stays as it was
             continue
         if same is not None:
-            notes[index] = (f"skipped {ref.path.name}: no step of its own; the same weights as {same.path.name} "
+            notes[index] = (f"skipped {shown}: no step of its own; the same weights as {same.path.name} "
                             f"(step {same.step}), analysed there")
 
 

@@ -108,7 +108,9 @@ def test_hf_output_dir_with_final_model_and_no_step(tmp_path: Path) -> None:
     result = _analyze([out], probe, tmp_path / "run.h5")
     assert result.code == 0, result.stderr
     assert "2 checkpoints analysed" in result.stderr
-    assert "skipped out/model.safetensors: no training step" in result.stderr
+    # the final save is checkpoint-1000's weights (seed 1): named as that copy, not to be renamed
+    assert ("skipped out/model.safetensors: no step of its own; the same weights as checkpoint-1000 (step 1000), "
+            "analysed there") in result.stderr
 
 
 # ------------------------------------------------------------------------ timm / ImageNet example
