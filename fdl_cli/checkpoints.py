@@ -3331,10 +3331,7 @@ def resolve_model_factory(
             _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
-                   or _package_module_fix(file, exc, attr, named_by) or "fix the error in that file")
-            if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
-                fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
-                       f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
+                   or _package_module_fix(file, exc, attr, named_by) or _import_fix(exc, file))
             raise ModelError(
                 f"{label}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
@@ -3364,7 +3361,11 @@ def resolve_model_factory(
             raise ModelError(
                 f"{label}: cannot import {target}",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
-                fix=shadowing_fix(exc) or "install the package or put it on PYTHONPATH, or use path/file.py:factory",
+                fix=shadowing_fix(exc) or (
+                    "install the package or put it on PYTHONPATH, or use path/file.py:factory"
+                    # the module named is not found (`pkg`, `pkg.models`), not one its code imports
+                    if isinstance(exc, ModuleNotFoundError) and f"{target}.".startswith(f"{exc.name}.")
+                    else _import_fix(exc, module_beside(target, module_dir) or target)),
             ) from None
     factory = getattr(module, attr, None)
     if factoryless:
@@ -3960,15 +3961,13 @@ def shadowing_fix(exc: BaseException) -> str | None:
             f"that module instead; rename it (my_{top}, say) and the imports of it")
 
 
-def raised_at(exc: BaseException) -> str:
-    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
-    ` (raised at FILE, line N: CODE)` of the last frame of that code (no frame of the standard library, of fdl or of
-    a library it runs on, `_protected_modules`): a neighbour's line, not the model file that imported it; a forward
-    pass's line where torch raised. "" for none, and for a SyntaxError, whose message names its line already."""
-    import linecache
-
+def _raised_where(exc: BaseException) -> tuple[str, int] | None:
+    """The file and line of the model's code that raised `exc`: a SyntaxError's own (its file's, which no frame
+    runs), else the last frame of that code (no frame of the standard library, of fdl or of a library it runs on,
+    `_protected_modules`): a neighbour's line, not the model file that imported it. None for none."""
     if isinstance(exc, SyntaxError):
-        return ""
+        file, line = exc.filename, exc.lineno
+        return (file, line) if isinstance(file, str) and os.path.isabs(file) and isinstance(line, int) else None
     where: tuple[str, int] | None = None
     trace = exc.__traceback__
     while trace is not None:
@@ -3977,10 +3976,36 @@ def raised_at(exc: BaseException) -> str:
         if os.path.isabs(file) and top not in _protected_modules():
             where = (file, trace.tb_lineno)
         trace = trace.tb_next
+    return where
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
+    ` (raised at FILE, line N: CODE)` (`_raised_where`); a forward pass's line where torch raised. "" for none. A
+    SyntaxError's too, whose message names the file by its name alone ("(layers.py, line 3)"): not which folder's."""
+    import linecache
+
+    where = _raised_where(exc)
     if where is None:
         return ""
     code = linecache.getline(*where).strip()
+    if not code and isinstance(exc, SyntaxError) and exc.text:
+        code = exc.text.strip()
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
+
+
+def _import_fix(exc: BaseException, file: Path | str) -> str:
+    """What to do where importing the model's code (`file`, or the module it names) raised `exc`, not of fdl's
+    making: a library its code imports that is not installed, named, and how to install it; else fix the error in
+    the file that raised it (a neighbour of `file`, whose error was said as `file`'s)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        where = _raised_where(exc)
+        top = exc.name.partition(".")[0]
+        return (f"install the package that provides the module {exc.name}, which {where[0] if where else file} "
+                f"imports (pip install {top}, where the package is named like its module), or put the folder "
+                f"that holds it on PYTHONPATH (PYTHONPATH=FOLDER fdl ...)")
+    where = _raised_where(exc)
+    return f"fix the error in {where[0] if where else file}"
 
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:

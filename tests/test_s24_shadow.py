@@ -173,12 +173,12 @@ def test_other_import_errors_keep_their_words(tmp_path: Path, _own_import_state:
     (folder / "csv.py").write_text(_WIDGET)
     with pytest.raises(ModelError) as refused:
         resolve_model_factory(f"{folder / 'model.py'}:build")
-    assert refused.value.fix == "fix the error in that file"
+    assert refused.value.fix == f"fix the error in {folder / 'model.py'}"
     (folder / "csv.py").unlink()
     (folder / "model.py").write_text("from csv import Widget\n\n\ndef build():\n    return None\n")
     with pytest.raises(ModelError) as refused:
         resolve_model_factory(f"{folder / 'model.py'}:build")
-    assert refused.value.fix == "fix the error in that file"
+    assert refused.value.fix == f"fix the error in {folder / 'model.py'}"
     assert "cannot import name 'Widget' from 'csv'" in str(refused.value.got)
 
 

@@ -1,0 +1,81 @@
+"""Fresh-eyes review of the model-code loader (session 27): what a user sees when the model folder's code fails to
+import, whichever way the model is named (`--model path/model.py:build`, or an fdl.toml's `model = "model:build"`,
+a module spec looked for beside it)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import fdl_in_process
+from tests.test_s23_sec2 import _linear_run
+
+_MODEL = "from torch import nn\nimport s27rl_parts\n\ndef build():\n    return nn.Linear(4, 3)\n"
+
+
+@pytest.fixture
+def _clean_imports(tmp_path: Path) -> Iterator[None]:
+    """sys.meta_path as it was, and no module of the test's folder left imported (under any name)."""
+    meta_path, modules = list(sys.meta_path), set(sys.modules)
+    yield
+    sys.meta_path[:] = meta_path
+    for name in set(sys.modules) - modules:
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+def _said(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _analyze(tmp_path: Path, parts: str, *, spec: str) -> tuple[Path, str]:
+    """A run whose model.py imports its neighbour s27rl_parts.py (`parts`), analysed with the model named as
+    `spec` ("toml": the fdl.toml's module spec; "file": --model path/model.py:build): the neighbour and what fdl
+    said (exit 1, no traceback)."""
+    run = _linear_run(tmp_path / "run", 'model = "model:build"\n' if spec == "toml" else "")
+    (run / "model.py").write_text(_MODEL)
+    (run / "s27rl_parts.py").write_text(parts)
+    extra = [] if spec == "toml" else ["--model", f"{run / 'model.py'}:build"]
+    done = fdl_in_process("analyze", run, *extra, "--out", tmp_path / "a.h5")
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert "Traceback" not in said
+    assert not (tmp_path / "a.h5").exists()
+    return run / "s27rl_parts.py", said
+
+
+@pytest.mark.usefixtures("_clean_imports")
+@pytest.mark.parametrize("spec", ["toml", "file"])
+def test_an_error_raised_by_the_folders_code_on_import_says_to_fix_that_file(tmp_path: Path, spec: str) -> None:
+    """A KeyError in the neighbour model.py imports: for an fdl.toml's `model = "model:build"` the fix read
+    "install the package or put it on PYTHONPATH, or use path/file.py:factory", as if the module were not found;
+    for --model, "fix the error in that file", model.py, where the error is in its neighbour."""
+    parts, said = _analyze(tmp_path, "CFG = {}\nWIDTH = CFG['width']\n", spec=spec)
+    assert f"got: KeyError: 'width' (raised at {parts}, line 2: WIDTH = CFG['width'])" in said, said
+    assert f"fix: fix the error in {parts}" in said, said
+    assert "PYTHONPATH" not in said, said
+
+
+@pytest.mark.usefixtures("_clean_imports")
+@pytest.mark.parametrize("spec", ["toml", "file"])
+def test_a_syntax_error_in_a_neighbour_names_its_whole_path_and_line(tmp_path: Path, spec: str) -> None:
+    """A SyntaxError in the neighbour was said as Python's message gives it, "(s27rl_parts.py, line 2)": the file's
+    name only, not which folder's (with several runs, each has one), nor the line's code."""
+    parts, said = _analyze(tmp_path, "A = 1\nB = (2,\n", spec=spec)
+    assert f"(raised at {parts}, line 2: B = (2,)" in said, said
+    assert f"fix: fix the error in {parts}" in said, said
+
+
+@pytest.mark.usefixtures("_clean_imports")
+@pytest.mark.parametrize("spec", ["toml", "file"])
+def test_a_missing_dependency_of_the_folders_code_names_it_and_how_to_install_it(tmp_path: Path, spec: str) -> None:
+    """A library the neighbour imports that is not installed: the fdl.toml's module spec said "install the package
+    or put it on PYTHONPATH, or use path/file.py:factory", as if model itself were missing."""
+    parts, said = _analyze(tmp_path, "import s27rl_not_installed\n", spec=spec)
+    assert "got: ModuleNotFoundError: No module named 's27rl_not_installed'" in said, said
+    assert (f"fix: install the package that provides the module s27rl_not_installed, which {parts} imports "
+            "(pip install") in said, said
+    assert "path/file.py:factory" not in said, said
