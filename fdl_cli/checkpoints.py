@@ -3892,6 +3892,7 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     `_Load` whose rules and modules the folder's code gets."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
+    _follow_spawned()
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
         _forget_other_folders(regular.folder, checked=manifest is not None, afresh=afresh)
@@ -3905,6 +3906,100 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
     return regular.load
+
+
+#: a module of a model folder that this process imported, by its top-level name: the file its loader reads (None: a
+#: namespace package, compiled code), its folder and the fdl.toml whose rules it was imported under (`_ParentModules`)
+_Imported = dict[str, tuple[str | None, str, str | None]]
+
+
+def _imported_from_folders() -> _Imported:
+    """The top-level modules of model folders sys.modules holds now: the model file's (`fdl_user_model_...`), its
+    neighbours' and packages' (`_SERVED`), each with its file, folder and rules (`_Imported`)."""
+    held: _Imported = {}
+    for name, module in list(sys.modules.items()):
+        if "." in name:
+            continue
+        try:  # no attribute lookup: a lazily loaded module would be loaded by one (`_module_homes`)
+            spec = object.__getattribute__(module, "__dict__").get("__spec__")
+        except (AttributeError, TypeError):
+            continue
+        loader = getattr(spec, "loader", None)
+        if isinstance(loader, _SourceLoader):
+            held[name] = (loader.path, loader.load.folder, loader.load.manifest)
+        elif name in _SERVED:
+            owner = _OWNERS.get(name)
+            held[name] = (None, _SERVED[name], owner.manifest if owner is not None else None)
+    return held
+
+
+class _ParentModules(importlib.abc.MetaPathFinder):
+    """In a process that model code started by spawn or forkserver (a ProcessPoolExecutor's, a DataLoader's workers
+    under macOS's default): the model folders' modules its parent had imported (`_imported_from_folders`), which
+    the pickles the parent sends it name (its function, a dataclass of model.py: `fdl_user_model_...`, on no
+    sys.path), for whatever code imports them there, as the parent's sys.modules gave them to all. A spawned child of
+    `python train.py` finds them on sys.path, which fdl never puts a model folder on."""
+
+    def __init__(self, held: _Imported) -> None:
+        self.held = held
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname not in self.held:
+            return None
+        file, folder, manifest = self.held[fullname]
+        try:
+            found = (importlib.util.spec_from_file_location(fullname, file) if fullname.startswith("fdl_user_model_")
+                     else importlib.machinery.PathFinder.find_spec(fullname, [folder]))
+        except (ImportError, OSError, ValueError):
+            return None
+        if found is None:
+            return None
+        _SERVED[fullname] = folder
+        return _from_source(found, None if fullname.startswith("fdl_user_model_") else fullname,
+                            _load_of(folder, manifest))
+
+
+def _in_spawned_child(held: _Imported) -> None:
+    """Run in a spawned child as it reads what its parent prepared (`_follow_spawned`), before any pickle of model
+    code: the parent's model folders served again (their code's own imports, `_serve_folder`), and the modules it had
+    imported from them found by anyone (`_ParentModules`)."""
+    for folder, manifest in {(folder, manifest) for _, folder, manifest in held.values()}:
+        _serve_folder(Path(folder), first=True, manifest=manifest)
+    sys.meta_path.insert(0, _ParentModules(held))
+
+
+class _ForSpawnedChild:
+    """What a spawned child is to do first, pickled with the data multiprocessing prepares for it (`_follow_spawned`):
+    unpickled there, it imports fdl (the child runs fdl's code anyway: its parent's main module) and calls
+    `_in_spawned_child`."""
+
+    def __init__(self, held: _Imported) -> None:
+        self.held = held
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _in_spawned_child, (self.held,)
+
+
+def _follow_spawned() -> None:
+    """Once a model folder is loaded: every process started by spawn or forkserver (multiprocessing's, whose
+    `get_preparation_data` this wraps, once) gets the model folders' modules this process imported
+    (`_ForSpawnedChild`). A forked child has them already, as it has all sys.modules."""
+    import multiprocessing.spawn as spawn
+
+    prepare = spawn.get_preparation_data
+    if getattr(prepare, "fdl_follows", False):
+        return
+
+    @functools.wraps(prepare)
+    def with_model_folders(name: str) -> dict[str, Any]:
+        data = prepare(name)
+        held = _imported_from_folders()
+        if held:  # a key multiprocessing's `prepare` does not know is passed over there
+            data["fdl_model_folders"] = _ForSpawnedChild(held)
+        return data  # type: ignore[no-any-return]
+
+    with_model_folders.fdl_follows = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = with_model_folders
 
 
 def _folder_entry(place: Path) -> str:

@@ -79,3 +79,45 @@ def test_a_missing_dependency_of_the_folders_code_names_it_and_how_to_install_it
     assert (f"fix: install the package that provides the module s27rl_not_installed, which {parts} imports "
             "(pip install") in said, said
     assert "path/file.py:factory" not in said, said
+
+
+_SPAWNING_MODEL = """\
+import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+from torch import nn
+
+
+@dataclasses.dataclass
+class Shape:
+    times: int
+
+
+def width(shape):
+    import s27rl_sizes  # a neighbour, imported in the child process only
+
+    return s27rl_sizes.OUT * shape.times
+
+
+def build():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return nn.Linear(4, pool.submit(width, Shape(1)).result())
+"""
+
+
+@pytest.mark.parametrize("spec", ["toml", "file"])
+def test_model_code_that_starts_processes_by_spawn_gets_its_functions_there(tmp_path: Path, spec: str) -> None:
+    """Model code handing its own function and dataclass to a process started by spawn (macOS's default, a
+    DataLoader's multiprocessing_context="spawn"): the child process could not import them, "No module named
+    'fdl_user_model_...'" (or 'model', the folder being on no sys.path), and the pool broke (a multiprocessing.Pool
+    hung for good), where `python` running the same code from the folder works."""
+    from tests.cli_run import fdl
+
+    run = _linear_run(tmp_path / "run", 'model = "model:build"\n' if spec == "toml" else "")
+    (run / "model.py").write_text(_SPAWNING_MODEL)
+    (run / "s27rl_sizes.py").write_text("OUT = 3\n")
+    extra = [] if spec == "toml" else ["--model", f"{run / 'model.py'}:build"]
+    done = fdl("analyze", run, *extra, "--out", tmp_path / "a.h5")
+    assert done.returncode == 0, done.stderr
+    assert "2 checkpoints analysed" in done.stderr, done.stderr
