@@ -3331,7 +3331,7 @@ def resolve_model_factory(
             _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
-                   or _package_module_fix(file, exc, attr, named_by) or _import_fix(exc, file))
+                   or _package_module_fix(file, exc, attr, named_by) or import_fix(exc, file))
             raise ModelError(
                 f"{label}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
@@ -3365,7 +3365,7 @@ def resolve_model_factory(
                     "install the package or put it on PYTHONPATH, or use path/file.py:factory"
                     # the module named is not found (`pkg`, `pkg.models`), not one its code imports
                     if isinstance(exc, ModuleNotFoundError) and f"{target}.".startswith(f"{exc.name}.")
-                    else _import_fix(exc, module_beside(target, module_dir) or target)),
+                    else import_fix(exc, module_beside(target, module_dir) or target)),
             ) from None
     factory = getattr(module, attr, None)
     if factoryless:
@@ -4089,7 +4089,7 @@ def raised_at(exc: BaseException) -> str:
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
 
 
-def _import_fix(exc: BaseException, file: Path | str) -> str:
+def import_fix(exc: BaseException, file: Path | str) -> str:
     """What to do where importing the model's code (`file`, or the module it names) raised `exc`, not of fdl's
     making: a library its code imports that is not installed, named, and how to install it; else fix the error in
     the file that raised it (a neighbour of `file`, whose error was said as `file`'s)."""
@@ -4259,7 +4259,9 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             # was "MemoryError: "; the machine's memory, not a line of the model's code, is what to change
             got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + ("" if memory else raised_at(exc)),
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
-                 or "check --model and --model-kwargs"),
+                 # a lazy import in the factory: a library not installed, a neighbour's SyntaxError
+                 or (import_fix(exc, "the model's code") if isinstance(exc, (ImportError, SyntaxError))
+                     else "check --model and --model-kwargs")),
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(

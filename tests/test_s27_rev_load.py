@@ -121,3 +121,71 @@ def test_model_code_that_starts_processes_by_spawn_gets_its_functions_there(tmp_
     done = fdl("analyze", run, *extra, "--out", tmp_path / "a.h5")
     assert done.returncode == 0, done.stderr
     assert "2 checkpoints analysed" in done.stderr, done.stderr
+
+
+_LAZY_FORWARD = """\
+from torch import nn
+
+
+class Net(nn.Linear):
+    def forward(self, x):
+        import s27rl_kernels
+
+        return super().forward(x)
+
+
+def build():
+    return Net(4, 3)
+"""
+
+
+@pytest.mark.usefixtures("_clean_imports")
+@pytest.mark.parametrize(("kernels", "got", "fix"), [
+    ("import s27rl_fast_attention\n", "ModuleNotFoundError: No module named 's27rl_fast_attention'",
+     "install the package that provides the module s27rl_fast_attention, which {kernels} imports"),
+    ("A = (1,\n", "SyntaxError: '(' was never closed", "fix the error in {kernels}"),
+])
+def test_a_lazy_import_failing_in_the_forward_pass_is_the_models_error_not_the_probes(
+        tmp_path: Path, kernels: str, got: str, fix: str) -> None:
+    """The forward pass importing a neighbour lazily that imports a library not installed (or holds a SyntaxError):
+    said as "probe 'probe' does not fit the model", fix "give the probe inputs the shape and dtype the model's
+    forward expects", sending the user to the probe file."""
+    run = _linear_run(tmp_path / "run", "")
+    (run / "model.py").write_text(_LAZY_FORWARD)
+    (run / "s27rl_kernels.py").write_text(kernels)
+    done = fdl_in_process("analyze", run, "--model", f"{run / 'model.py'}:build", "--out", tmp_path / "a.h5")
+    said = _said(done.stderr)
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert "error: the model's forward pass failed on the first sample of probe 'probe'" in said, said
+    assert f"got: {got}" in said, said
+    assert "fix: " + fix.format(kernels=run / "s27rl_kernels.py") in said, said
+    assert "does not fit" not in said, said
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_inspect_says_a_lazy_import_failing_in_the_forward_pass_is_the_models_error(tmp_path: Path) -> None:
+    """`fdl inspect` with --probe said the same as analyze: "probe ... does not fit the model", exit 1, for a
+    library the forward pass imports that is not installed."""
+    run = _linear_run(tmp_path / "run", "")
+    (run / "model.py").write_text(_LAZY_FORWARD)
+    (run / "s27rl_kernels.py").write_text("import s27rl_fast_attention\n")
+    done = fdl_in_process("inspect", run / "step_0.safetensors", "--model", f"{run / 'model.py'}:build",
+                          "--probe", run / "probe.npz")
+    said = _said(done.stderr)
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert "error: the model's forward pass failed on a sample of shape (1, 4)" in said, said
+    assert ("fix: install the package that provides the module s27rl_fast_attention, which "
+            f"{run / 's27rl_kernels.py'} imports") in said, said
+    assert "does not fit" not in said, said
+
+
+@pytest.mark.usefixtures("_clean_imports")
+def test_a_lazy_import_failing_in_the_factory_names_the_library_to_install(tmp_path: Path) -> None:
+    """The factory importing a library that is not installed: the fix read "check --model and --model-kwargs"."""
+    run = _linear_run(tmp_path / "run", "")
+    (run / "model.py").write_text("def build():\n    import s27rl_timm_like\n")
+    done = fdl_in_process("analyze", run, "--model", f"{run / 'model.py'}:build", "--out", tmp_path / "a.h5")
+    said = _said(done.stderr)
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert ("fix: install the package that provides the module s27rl_timm_like, which "
+            f"{run / 'model.py'} imports") in said, said
