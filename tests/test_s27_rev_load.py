@@ -1,30 +1,19 @@
 """Fresh-eyes review of the model-code loader (session 27): what a user sees when the model folder's code fails to
-import, whichever way the model is named (`--model path/model.py:build`, or an fdl.toml's `model = "model:build"`,
-a module spec looked for beside it)."""
+import (on import, or lazily in the factory or the forward pass), whichever way the model is named (`--model
+path/model.py:build`, or an fdl.toml's `model = "model:build"`, a module spec looked for beside it); and model code
+that hands its own functions to a process it starts by spawn."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli_run import fdl_in_process
 from tests.test_s23_sec2 import _linear_run
+from tests.test_s26_rev_source import _clean_imports  # noqa: F401 - the fixture
 
 _MODEL = "from torch import nn\nimport s27rl_parts\n\ndef build():\n    return nn.Linear(4, 3)\n"
-
-
-@pytest.fixture
-def _clean_imports(tmp_path: Path) -> Iterator[None]:
-    """sys.meta_path as it was, and no module of the test's folder left imported (under any name)."""
-    meta_path, modules = list(sys.meta_path), set(sys.modules)
-    yield
-    sys.meta_path[:] = meta_path
-    for name in set(sys.modules) - modules:
-        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
-            del sys.modules[name]
 
 
 def _said(text: str) -> str:
@@ -82,16 +71,11 @@ def test_a_missing_dependency_of_the_folders_code_names_it_and_how_to_install_it
 
 
 _SPAWNING_MODEL = """\
-import dataclasses
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+from s27rl_shapes import Shape
 from torch import nn
-
-
-@dataclasses.dataclass
-class Shape:
-    times: int
 
 
 def width(shape):
@@ -106,19 +90,20 @@ def build():
 """
 
 
-@pytest.mark.parametrize("spec", ["toml", "file"])
-def test_model_code_that_starts_processes_by_spawn_gets_its_functions_there(tmp_path: Path, spec: str) -> None:
-    """Model code handing its own function and dataclass to a process started by spawn (macOS's default, a
-    DataLoader's multiprocessing_context="spawn"): the child process could not import them, "No module named
-    'fdl_user_model_...'" (or 'model', the folder being on no sys.path), and the pool broke (a multiprocessing.Pool
-    hung for good), where `python` running the same code from the folder works."""
+def test_model_code_that_starts_processes_by_spawn_gets_its_functions_there(tmp_path: Path) -> None:
+    """Model code handing its own function, and a dataclass of its neighbour, to a process started by spawn (macOS's
+    default, a DataLoader's multiprocessing_context="spawn"): the child process could not import them, "No module
+    named 'fdl_user_model_...'" (the model's folder being on no sys.path), and the pool broke (a
+    multiprocessing.Pool hung for good), where `python` running the same code from the folder works. The child's
+    own lazy import of a neighbour is served too."""
     from tests.cli_run import fdl
 
-    run = _linear_run(tmp_path / "run", 'model = "model:build"\n' if spec == "toml" else "")
+    run = _linear_run(tmp_path / "run", "")
     (run / "model.py").write_text(_SPAWNING_MODEL)
+    (run / "s27rl_shapes.py").write_text("import dataclasses\n\n\n@dataclasses.dataclass\nclass Shape:\n"
+                                         "    times: int\n")
     (run / "s27rl_sizes.py").write_text("OUT = 3\n")
-    extra = [] if spec == "toml" else ["--model", f"{run / 'model.py'}:build"]
-    done = fdl("analyze", run, *extra, "--out", tmp_path / "a.h5")
+    done = fdl("analyze", run, "--model", f"{run / 'model.py'}:build", "--out", tmp_path / "a.h5")
     assert done.returncode == 0, done.stderr
     assert "2 checkpoints analysed" in done.stderr, done.stderr
 
