@@ -3963,9 +3963,12 @@ def _in_spawned_child(held: _Imported) -> None:
     """Run in a spawned child as it reads what its parent prepared (`_follow_spawned`), before any pickle of model
     code: the parent's model folders served again (their code's own imports, `_serve_folder`), and the modules it had
     imported from them found by anyone (`_ParentModules`)."""
-    for folder, manifest in {(folder, manifest) for _, folder, manifest in held.values()}:
-        _serve_folder(Path(folder), first=True, manifest=manifest)
-    sys.meta_path.insert(0, _ParentModules(held))
+    try:
+        for folder, manifest in {(folder, manifest) for _, folder, manifest in held.values()}:
+            _serve_folder(Path(folder), first=True, manifest=manifest)
+        sys.meta_path.insert(0, _ParentModules(held))
+    except Exception:  # noqa: BLE001 - never the child's end: it runs on as it did without (its own imports work)
+        return
 
 
 class _ForSpawnedChild:
@@ -3986,8 +3989,9 @@ def _follow_spawned() -> None:
     (`_ForSpawnedChild`). A forked child has them already, as it has all sys.modules."""
     import multiprocessing.spawn as spawn
 
-    prepare = spawn.get_preparation_data
-    if getattr(prepare, "fdl_follows", False):
+    # a function of multiprocessing's own, no public API (there since Python 3.4): without it, children as before
+    prepare = getattr(spawn, "get_preparation_data", None)
+    if prepare is None or getattr(prepare, "fdl_follows", False):
         return
 
     @functools.wraps(prepare)
