@@ -3463,10 +3463,7 @@ def resolve_model_factory(
             _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
-                   or _package_module_fix(file, exc, attr, named_by) or "fix the error in that file")
-            if isinstance(exc, ModuleNotFoundError) and fix == "fix the error in that file":
-                fix = (f"install the package it imports, or put the folder that holds that module on PYTHONPATH "
-                       f"(PYTHONPATH=FOLDER fdl ...); {file.parent or '.'} itself is searched already")
+                   or _package_module_fix(file, exc, attr, named_by) or import_fix(exc, file))
             raise ModelError(
                 f"{label}: importing {file} failed",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
@@ -3496,7 +3493,11 @@ def resolve_model_factory(
             raise ModelError(
                 f"{label}: cannot import {target}",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
-                fix=shadowing_fix(exc) or "install the package or put it on PYTHONPATH, or use path/file.py:factory",
+                fix=shadowing_fix(exc) or (
+                    "install the package or put it on PYTHONPATH, or use path/file.py:factory"
+                    # the module named is not found (`pkg`, `pkg.models`), not one its code imports
+                    if isinstance(exc, ModuleNotFoundError) and f"{target}.".startswith(f"{exc.name}.")
+                    else import_fix(exc, module_beside(target, module_dir) or target)),
             ) from None
     factory = getattr(module, attr, None)
     if factoryless:
@@ -4023,6 +4024,7 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     `_Load` whose rules and modules the folder's code gets."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
+    _follow_spawned()
     regular = _FolderModules(folder, named=named, namespaces=False, manifest=manifest)
     if first:  # ahead of another run's folder too, which may serve a module of the same name (`named`)
         _forget_other_folders(regular.folder, checked=manifest is not None, afresh=afresh)
@@ -4036,6 +4038,104 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
     return regular.load
+
+
+#: a module of a model folder that this process imported, by its top-level name: the file its loader reads (None: a
+#: namespace package, compiled code), its folder and the fdl.toml whose rules it was imported under (`_ParentModules`)
+_Imported = dict[str, tuple[str | None, str, str | None]]
+
+
+def _imported_from_folders() -> _Imported:
+    """The top-level modules of model folders sys.modules holds now: the model file's (`fdl_user_model_...`), its
+    neighbours' and packages' (`_SERVED`), each with its file, folder and rules (`_Imported`)."""
+    held: _Imported = {}
+    for name, module in list(sys.modules.items()):
+        if "." in name:
+            continue
+        try:  # no attribute lookup: a lazily loaded module would be loaded by one (`_module_homes`)
+            spec = object.__getattribute__(module, "__dict__").get("__spec__")
+        except (AttributeError, TypeError):
+            continue
+        loader = getattr(spec, "loader", None)
+        if isinstance(loader, _SourceLoader):
+            held[name] = (loader.path, loader.load.folder, loader.load.manifest)
+        elif name in _SERVED:
+            owner = _OWNERS.get(name)
+            held[name] = (None, _SERVED[name], owner.manifest if owner is not None else None)
+    return held
+
+
+class _ParentModules(importlib.abc.MetaPathFinder):
+    """In a process that model code started by spawn or forkserver (a ProcessPoolExecutor's, a DataLoader's workers
+    under macOS's default): the model folders' modules its parent had imported (`_imported_from_folders`), which
+    the pickles the parent sends it name (its function, a dataclass of model.py: `fdl_user_model_...`, on no
+    sys.path), for whatever code imports them there, as the parent's sys.modules gave them to all. A spawned child of
+    `python train.py` finds them on sys.path, which fdl never puts a model folder on."""
+
+    def __init__(self, held: _Imported) -> None:
+        self.held = held
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname not in self.held:
+            return None
+        file, folder, manifest = self.held[fullname]
+        try:
+            found = (importlib.util.spec_from_file_location(fullname, file) if fullname.startswith("fdl_user_model_")
+                     else importlib.machinery.PathFinder.find_spec(fullname, [folder]))
+        except (ImportError, OSError, ValueError):
+            return None
+        if found is None:
+            return None
+        _SERVED[fullname] = folder
+        return _from_source(found, None if fullname.startswith("fdl_user_model_") else fullname,
+                            _load_of(folder, manifest))
+
+
+def _in_spawned_child(held: _Imported) -> None:
+    """Run in a spawned child as it reads what its parent prepared (`_follow_spawned`), before any pickle of model
+    code: the parent's model folders served again (their code's own imports, `_serve_folder`), and the modules it had
+    imported from them found by anyone (`_ParentModules`)."""
+    try:
+        for folder, manifest in {(folder, manifest) for _, folder, manifest in held.values()}:
+            _serve_folder(Path(folder), first=True, manifest=manifest)
+        sys.meta_path.insert(0, _ParentModules(held))
+    except Exception:  # noqa: BLE001 - never the child's end: it runs on as it did without (its own imports work)
+        return
+
+
+class _ForSpawnedChild:
+    """What a spawned child is to do first, pickled with the data multiprocessing prepares for it (`_follow_spawned`):
+    unpickled there, it imports fdl (the child runs fdl's code anyway: its parent's main module) and calls
+    `_in_spawned_child`."""
+
+    def __init__(self, held: _Imported) -> None:
+        self.held = held
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _in_spawned_child, (self.held,)
+
+
+def _follow_spawned() -> None:
+    """Once a model folder is loaded: every process started by spawn or forkserver (multiprocessing's, whose
+    `get_preparation_data` this wraps, once) gets the model folders' modules this process imported
+    (`_ForSpawnedChild`). A forked child has them already, as it has all sys.modules."""
+    import multiprocessing.spawn as spawn
+
+    # a function of multiprocessing's own, no public API (there since Python 3.4): without it, children as before
+    prepare = getattr(spawn, "get_preparation_data", None)
+    if prepare is None or getattr(prepare, "fdl_follows", False):
+        return
+
+    @functools.wraps(prepare)
+    def with_model_folders(name: str) -> dict[str, Any]:
+        data = prepare(name)
+        held = _imported_from_folders()
+        if held:  # a key multiprocessing's `prepare` does not know is passed over there
+            data["fdl_model_folders"] = _ForSpawnedChild(held)
+        return data  # type: ignore[no-any-return]
+
+    with_model_folders.fdl_follows = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = with_model_folders
 
 
 def _folder_entry(place: Path) -> str:
@@ -4092,15 +4192,13 @@ def shadowing_fix(exc: BaseException) -> str | None:
             f"that module instead; rename it (my_{top}, say) and the imports of it")
 
 
-def raised_at(exc: BaseException) -> str:
-    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
-    ` (raised at FILE, line N: CODE)` of the last frame of that code (no frame of the standard library, of fdl or of
-    a library it runs on, `_protected_modules`): a neighbour's line, not the model file that imported it; a forward
-    pass's line where torch raised. "" for none, and for a SyntaxError, whose message names its line already."""
-    import linecache
-
+def _raised_where(exc: BaseException) -> tuple[str, int] | None:
+    """The file and line of the model's code that raised `exc`: a SyntaxError's own (its file's, which no frame
+    runs), else the last frame of that code (no frame of the standard library, of fdl or of a library it runs on,
+    `_protected_modules`): a neighbour's line, not the model file that imported it. None for none."""
     if isinstance(exc, SyntaxError):
-        return ""
+        file, line = exc.filename, exc.lineno
+        return (file, line) if isinstance(file, str) and os.path.isabs(file) and isinstance(line, int) else None
     where: tuple[str, int] | None = None
     trace = exc.__traceback__
     while trace is not None:
@@ -4109,10 +4207,36 @@ def raised_at(exc: BaseException) -> str:
         if os.path.isabs(file) and top not in _protected_modules():
             where = (file, trace.tb_lineno)
         trace = trace.tb_next
+    return where
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where the model's code raised `exc`, as Python's traceback shows it, for fdl's error, which shows none:
+    ` (raised at FILE, line N: CODE)` (`_raised_where`); a forward pass's line where torch raised. "" for none. A
+    SyntaxError's too, whose message names the file by its name alone ("(layers.py, line 3)"): not which folder's."""
+    import linecache
+
+    where = _raised_where(exc)
     if where is None:
         return ""
     code = linecache.getline(*where).strip()
+    if not code and isinstance(exc, SyntaxError) and exc.text:
+        code = exc.text.strip()
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
+
+
+def import_fix(exc: BaseException, file: Path | str) -> str:
+    """What to do where importing the model's code (`file`, or the module it names) raised `exc`, not of fdl's
+    making: a library its code imports that is not installed, named, and how to install it; else fix the error in
+    the file that raised it (a neighbour of `file`, whose error was said as `file`'s)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        where = _raised_where(exc)
+        top = exc.name.partition(".")[0]
+        return (f"install the package that provides the module {exc.name}, which {where[0] if where else file} "
+                f"imports (pip install {top}, where the package is named like its module), or put the folder "
+                f"that holds it on PYTHONPATH (PYTHONPATH=FOLDER fdl ...)")
+    where = _raised_where(exc)
+    return f"fix the error in {where[0] if where else file}"
 
 
 def _wrapper_prefix(model_keys: Mapping[str, Any], ckpt: Mapping[str, Any]) -> str | None:
@@ -4271,7 +4395,9 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             # was "MemoryError: "; the machine's memory, not a line of the model's code, is what to change
             got=(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + ("" if memory else raised_at(exc)),
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
-                 or "check --model and --model-kwargs"),
+                 # a lazy import in the factory: a library not installed, a neighbour's SyntaxError
+                 or (import_fix(exc, "the model's code") if isinstance(exc, (ImportError, SyntaxError))
+                     else "check --model and --model-kwargs")),
         ) from None
     if not isinstance(model, nn.Module):
         raise ModelError(

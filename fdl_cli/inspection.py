@@ -175,9 +175,12 @@ def inspect_checkpoint(
         why = _needs_probe(sample, exc) if probe_spec is None else ""
         several_inputs = more_inputs(str(exc))
         shadowing = ckpts.shadowing_fix(exc)
-        if shadowing is not None:  # the model's own fault, whatever its input: said below the listing, exit 1
+        # the model's own fault, whatever its input (a lazy import of a module not its own, or of none: a library not
+        # installed, a SyntaxError): said below the listing, exit 1
+        if shadowing is not None or isinstance(exc, (ImportError, SyntaxError)):
             outputs_error = ModelError(f"the model's forward pass failed on a sample of shape {shape}",
-                                       got=f"{type(exc).__name__}: {said}{at}", fix=shadowing)
+                                       got=f"{type(exc).__name__}: {said}{at}",
+                                       fix=shadowing or ckpts.import_fix(exc, "the model's code"))
         shapes = {"": f"forward failed on a sample of shape {shape}: {type(exc).__name__}"
                   + (f": {said}" if said else "") + at + why}
         linears_run.clear()

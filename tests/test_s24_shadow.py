@@ -173,12 +173,12 @@ def test_other_import_errors_keep_their_words(tmp_path: Path, _own_import_state:
     (folder / "csv.py").write_text(_WIDGET)
     with pytest.raises(ModelError) as refused:
         resolve_model_factory(f"{folder / 'model.py'}:build")
-    assert refused.value.fix == "fix the error in that file"
+    assert refused.value.fix == f"fix the error in {folder / 'model.py'}"
     (folder / "csv.py").unlink()
     (folder / "model.py").write_text("from csv import Widget\n\n\ndef build():\n    return None\n")
     with pytest.raises(ModelError) as refused:
         resolve_model_factory(f"{folder / 'model.py'}:build")
-    assert refused.value.fix == "fix the error in that file"
+    assert refused.value.fix == f"fix the error in {folder / 'model.py'}"
     assert "cannot import name 'Widget' from 'csv'" in str(refused.value.got)
 
 
@@ -190,7 +190,7 @@ def test_a_factorys_other_import_errors_keep_their_words(tmp_path: Path, body: s
     (run / "types.py").write_text(_WIDGET)
     (run / "model.py").write_text(f"def build():\n    {body}\n")
     said = _analyze(run, tmp_path / "a.h5")
-    assert "building the model for" in said and "fix: check --model and --model-kwargs" in said, said
+    assert "building the model for" in said and f"fix: fix the error in {run / 'model.py'}" in said, said
     assert "named like" not in said and "rename" not in said, said
 
 
@@ -199,7 +199,8 @@ def test_a_forward_passs_other_import_error_keeps_its_words(tmp_path: Path, _own
     (run / "csv.py").write_text(_WIDGET)
     (run / "model.py").write_text(_LAZY_FORWARD.format(rows=0).replace("from csv import scale", "from json import scale"))
     said = _analyze(run, tmp_path / "a.h5")
-    assert "does not fit the model" in said and "cannot import name 'scale' from 'json'" in said, said
+    assert "the model's forward pass failed" in said and "cannot import name 'scale' from 'json'" in said, said
+    assert f"fix: fix the error in {run / 'model.py'}" in said, said
     assert "named like" not in said and "rename" not in said, said
 
 
