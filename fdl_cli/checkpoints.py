@@ -11,6 +11,7 @@ import builtins
 import collections
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import errno
 import functools
@@ -1800,6 +1801,14 @@ def discover_checkpoints(
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:  # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
         notes = [*notes, *quiet.unnoted]
+    if not found and bad and not stepless:
+        # The rest skipped as no checkpoint (the probe.pt beside a cut-short step_1.pt): "no checkpoints found",
+        # got "skipped probe.pt", hid what is wrong with step_1.pt. Its own error leads, the skipped said after.
+        # **(choice)** Not where a checkpoint was skipped for want of a step: the errors below say how to read it.
+        first = copy.copy(bad[0][1])
+        first.got = "; ".join(filter(None, [first.got, f"nothing else in {', '.join(map(str, sources))} to analyse"
+                                            + (f": {_condensed(notes)}" if notes else "")]))
+        raise first
     probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
     if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
         # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
