@@ -87,3 +87,18 @@ def test_a_corrupt_checkpoint_beside_a_good_one_is_still_one_failed_of_two(tmp_p
     done = _analyze(run, _probe_pt(run / "probe.pt"), tmp_path / "s.h5", "--json")
     assert done.code == 1 and [record["step"] for record in done.records] == [0]
     assert "cut short" in done.stderr and "no checkpoints found" not in done.stderr
+
+
+# ------------------------------------------------------------------------------- 2. text labels' "got"
+
+
+def test_text_labels_got_line_shows_the_names_not_the_dtype_again(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(mlp(seed=0).state_dict(), run / "step_0.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.zeros((6, 4), np.float32), y=np.array(["cat", "dog", "cat", "bird", "dog", "cat"]))
+    done = _analyze(run, probe, tmp_path / "s.h5")
+    lines = done.stderr.splitlines()
+    assert done.code == 1 and lines[0] == f"error: the probe {probe}: 'y' has dtype <U4 (class names)", lines
+    assert lines[1] == "  got: e.g. 'cat', 'dog', 'bird' (3 distinct names)", lines
