@@ -102,3 +102,37 @@ def test_text_labels_got_line_shows_the_names_not_the_dtype_again(tmp_path: Path
     lines = done.stderr.splitlines()
     assert done.code == 1 and lines[0] == f"error: the probe {probe}: 'y' has dtype <U4 (class names)", lines
     assert lines[1] == "  got: e.g. 'cat', 'dog', 'bird' (3 distinct names)", lines
+
+
+# ---------------------------------------------------------------------------- 3. the columns' key of loss
+
+
+def _store(tmp_path: Path, y: np.ndarray) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 1):
+        torch.save(mlp(seed=step).state_dict(), run / f"step_{step}.pt")
+    probe = tmp_path / "probe.npz"
+    np.savez(probe, x=np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32), y=y)
+    out = tmp_path / "s.h5"
+    assert _analyze(run, probe, out).code == 0
+    return out
+
+
+def _key(store: Path, *extra: str) -> str:
+    report = fdl("report", store, *extra)
+    assert report.code == 0, report.stderr
+    return next(line for line in report.stderr.splitlines() if line.startswith("columns: "))
+
+
+def test_a_regression_report_explains_loss_against_the_targets(tmp_path: Path) -> None:
+    key = _key(_store(tmp_path, np.random.default_rng(1).normal(size=(24, 3))))
+    assert "loss = mean squared error per output of the raw outputs against the targets" in key, key
+    assert "labels" not in key
+
+
+def test_a_classification_report_explains_loss_against_the_one_hot_labels(tmp_path: Path) -> None:
+    # the narrow table shows CE in place of a classification's loss: --wide shows both
+    key = _key(_store(tmp_path, np.arange(24) % 3), "--wide")
+    assert "loss = mean squared error per output of the raw outputs against the one-hot labels" in key, key
+    assert "targets" not in key
