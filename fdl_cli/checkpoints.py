@@ -2803,6 +2803,14 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
             f"{ema}; --weights {copy} analyses the trained model's")
 
 
+def not_loaded_said(file_name: str, classes: Sequence[str]) -> str:
+    """That the file's objects of `classes` (`LoadedCheckpoint.not_loaded`) were read as `ObjectNotLoaded`
+    placeholders, in words. Said by analyze's note and by `fdl inspect`."""
+    return (f"{file_name} holds objects of classes that cannot be imported here ({', '.join(classes[:3])}"
+            f"{', ...' if len(classes) > 3 else ''}; a script run as python train.py pickles its own as "
+            "__main__.NAME): read as placeholders, not loaded, since fdl needs only the weights")
+
+
 class ObjectNotLoaded:
     """What an object of a class that cannot be imported here is read as, under --trust-pickle: its class's name.
 

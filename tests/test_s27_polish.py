@@ -136,3 +136,31 @@ def test_a_classification_report_explains_loss_against_the_one_hot_labels(tmp_pa
     key = _key(_store(tmp_path, np.arange(24) % 3), "--wide")
     assert "loss = mean squared error per output of the raw outputs against the one-hot labels" in key, key
     assert "targets" not in key
+
+
+# ------------------------------------------------------------------ 4. inspect's note of the placeholders
+
+
+def test_inspect_trust_pickle_notes_the_objects_read_as_placeholders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`{"model": sd, "config": TrainConfig()}` saved by `python train.py`: analyze --trust-pickle notes that
+    `__main__.TrainConfig` was read as a placeholder; inspect said nothing of it."""
+
+    @dataclasses.dataclass
+    class TrainConfig:
+        lr: float = 0.1
+
+    TrainConfig.__module__, TrainConfig.__qualname__ = "__main__", "TrainConfig"
+    monkeypatch.setattr(sys.modules["__main__"], "TrainConfig", TrainConfig, raising=False)
+    torch.save({"model": mlp(seed=0).state_dict(), "step": 5, "config": TrainConfig()}, tmp_path / "ckpt_5.pt")
+    monkeypatch.delattr(sys.modules["__main__"], "TrainConfig")
+    note = "note: ckpt_5.pt holds objects of classes that cannot be imported here (__main__.TrainConfig;"
+    for extra in ((), ("--model", MODEL)):
+        listed = fdl("inspect", tmp_path / "ckpt_5.pt", "--trust-pickle", *extra)
+        assert listed.code == 0 and note in _said(listed), listed.stderr
+        as_json = fdl("inspect", tmp_path / "ckpt_5.pt", "--trust-pickle", "--json", *extra)
+        assert as_json.code == 0 and json.loads(as_json.stdout)["not_loaded"] == ["__main__.TrainConfig"]
+    torch.save({"model": mlp(seed=0).state_dict(), "step": 5}, tmp_path / "ckpt_5.pt")
+    bare = fdl("inspect", tmp_path / "ckpt_5.pt", "--trust-pickle", "--json")
+    assert json.loads(bare.stdout)["not_loaded"] == [] and "placeholders" not in bare.stderr
