@@ -11,6 +11,7 @@ import builtins
 import collections
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import errno
 import functools
@@ -1803,6 +1804,14 @@ def discover_checkpoints(
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     if not found:  # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
         notes = [*notes, *quiet.unnoted]
+    if not found and bad and not stepless:
+        # The rest skipped as no checkpoint (the probe.pt beside a cut-short step_1.pt): "no checkpoints found",
+        # got "skipped probe.pt", hid what is wrong with step_1.pt. Its own error leads, the skipped said after.
+        # **(choice)** Not where a checkpoint was skipped for want of a step: the errors below say how to read it.
+        first = copy.copy(bad[0][1])
+        first.got = "; ".join(filter(None, [first.got, f"nothing else in {', '.join(map(str, sources))} to analyse"
+                                            + (f": {_condensed(notes)}" if notes else "")]))
+        raise first
     probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
     if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
         # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
@@ -2795,6 +2804,14 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
                                 "the averaged ones")}[swapped_in]
     return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {copy!r}: fdl analyses "
             f"{ema}; --weights {copy} analyses the trained model's")
+
+
+def not_loaded_said(file_name: str, classes: Sequence[str]) -> str:
+    """That the file's objects of `classes` (`LoadedCheckpoint.not_loaded`) were read as `ObjectNotLoaded`
+    placeholders, in words. Said by analyze's note and by `fdl inspect`."""
+    return (f"{file_name} holds objects of classes that cannot be imported here ({', '.join(classes[:3])}"
+            f"{', ...' if len(classes) > 3 else ''}; a script run as python train.py pickles its own as "
+            "__main__.NAME): read as placeholders, not loaded, since fdl needs only the weights")
 
 
 class ObjectNotLoaded:

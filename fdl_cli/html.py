@@ -45,9 +45,11 @@ class Section:
     figures: Sequence[tuple[str, bytes]]
     #: the store's reference step: the regimes of the checkpoints before it are marked, as in the text table
     reference_step: int | None = None
+    #: its probe's task (`report.series_tasks`): what the key says loss is measured against
+    tasks: frozenset[str] = frozenset()
 
 
-def _table(records: Sequence[Record], reference_step: int | None = None) -> str:
+def _table(records: Sequence[Record], reference_step: int | None = None, tasks: frozenset[str] = frozenset()) -> str:
     from fdl_cli.regimes import BEFORE_REFERENCE
 
     fields = [name for name in RECORD_FIELDS]
@@ -70,8 +72,8 @@ def _table(records: Sequence[Record], reference_step: int | None = None) -> str:
             cells.append(f'<td class="{css}"{full}>{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     # The key the terminal table prints: what each short header stands for, and that `loss` is the MSE
-    # against the one-hot labels, not the cross-entropy (`CE`) shown beside it.
-    key = f'<p class="meta">{html.escape(column_key(fields))}</p>'
+    # against the one-hot labels (a regression's targets), not the cross-entropy (`CE`) shown beside it.
+    key = f'<p class="meta">{html.escape(column_key(fields, tasks))}</p>'
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>{key}'
 
 
@@ -107,7 +109,7 @@ def render_html(
         for fig_title, png in section.figures:
             parts.append(_figure(fig_title, png))
         parts.append("<h3>checkpoints</h3>")
-        parts.append(_table(section.records, section.reference_step))
+        parts.append(_table(section.records, section.reference_step, section.tasks))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -122,6 +124,7 @@ def run_page(
         provenance_lines,
         r2_outputs_line,
         reference_step_of,
+        series_tasks,
         summarize,
         summary_lines,
         targets_caveat,
@@ -142,6 +145,7 @@ def run_page(
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),
+                tasks=frozenset(series_tasks(run, [series])),
             )
         )
     return render_html(

@@ -82,6 +82,8 @@ def inspect_checkpoint(
         kwargs_notes.note(other)
     weights = weights if weights is not None else (manifest.weights if manifest else None)
     loaded = ckpts.load_checkpoint(ref, trust_pickle=trust_pickle, weights=weights)
+    if loaded.not_loaded:  # as analyze notes it (a training script's config class, read as a placeholder)
+        kwargs_notes.note(ckpts.not_loaded_said(ref.path.name, loaded.not_loaded))
     if loaded.module is None and factory is None:
         unused = "--probe" if probe_spec is not None else "--model-kwargs" if model_kwargs is not None else None
         return _tensors_listing(ref, loaded, notes=kwargs_notes.notes, manifest_path=folder / "fdl.toml",
@@ -257,6 +259,7 @@ def inspect_checkpoint(
         # swapped an EMA's into state_dict (the weights put in the model then being the averaged ones)
         "other_weights": list(loaded.other_weights),
         "weights_averaged_by": loaded.ema_swapped_in or None,
+        "not_loaded": list(loaded.not_loaded),  # as without a model
         "default_module": default_module,
         "default_layer": default_label,
         "default_features": default_features,
@@ -321,6 +324,8 @@ def _tensors_listing(ref: Any, loaded: Any, *, notes: list[str], manifest_path: 
         # the library that saved an EMA's (averaged) weights as the model's, the trained model's being the first
         # other copy (`checkpoints._ema_swapped`): "lightning", "mmengine", or None for the model's own
         "weights_averaged_by": loaded.ema_swapped_in or None,
+        # the classes of the objects --trust-pickle read as placeholders (`checkpoints.ObjectNotLoaded`), not loaded
+        "not_loaded": list(loaded.not_loaded),
         # what a model would tell: none without one
         "modules": None, "default_module": None, "default_layer": None, "default_features": None,
         "needs_model": "no model was given, so only the file's tensors are listed: the modules, their output shapes "

@@ -1533,7 +1533,7 @@ def _note_once(ctx: _Context, kind: str, message: str) -> None:
 def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True) -> Any:
     """The model of `loaded`, on the device in --dtype. `parameters=False` for passes that only take
     the anchor features (a stored checkpoint's series): they need no copy of the file's values."""
-    from fdl_cli.checkpoints import build_model, ema_swap_said
+    from fdl_cli.checkpoints import build_model, ema_swap_said, not_loaded_said
     from fdl_cli.extract import in_float32, prepare_model
 
     if loaded.other_weights and WEIGHT_COPIES not in ctx.noted_once:
@@ -1548,11 +1548,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
                 f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
             )
     if loaded.not_loaded:
-        _note_once(ctx, NOT_LOADED, (
-            f"{Path(loaded.ref.path).name} holds objects of classes that cannot be imported here "
-            f"({', '.join(loaded.not_loaded[:3])}{', ...' if len(loaded.not_loaded) > 3 else ''}; a script run as "
-            "python train.py pickles its own as __main__.NAME): read as placeholders, not loaded, since fdl needs "
-            "only the weights"))
+        _note_once(ctx, NOT_LOADED, not_loaded_said(Path(loaded.ref.path).name, loaded.not_loaded))
     if loaded.module is None and ctx.factory is None:
         raise CheckpointError(
             f"{loaded.ref.path} holds weights only, and no model was given to put them in",

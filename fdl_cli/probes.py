@@ -779,6 +779,20 @@ def _text_labels_fix(y: np.ndarray) -> str:
             "outputs were ordered so in training (e.g. by sklearn's LabelEncoder or np.unique)")
 
 
+def _values_said(y: np.ndarray) -> str | None:
+    """The "got" of a `y` of a dtype that is not numbers, whose dtype the error's first line names: a few of its
+    values as the user wrote them (`'cat', 'dog'`, not `np.str_('cat')`), None when it holds none."""
+    if not y.size:
+        return None
+    if not _is_text(y):  # an object array may hold unhashable values (lists): its first alone
+        first = y.reshape(-1)[0]
+        return "e.g. " + repr(first.item() if isinstance(first, np.generic) else first)[:60]
+    names = list(dict.fromkeys(value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+                               for value in y.reshape(-1).tolist()))
+    distinct = len(names)
+    return "e.g. " + ", ".join(map(repr, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
+
+
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
     """(targets, task, n_classes) of the probe's `y`, checked against the n samples of x.
 
@@ -792,7 +806,7 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
     if (y.stored if lazy else y.dtype).kind not in "biuf":
         raise ProbeError(
             f"the probe {path}: '{key}' has dtype {y.dtype}" + (" (class names)" if _is_text(y) else ""),
-            got=str(y.dtype) + (f", e.g. {y.reshape(-1)[0]!r}" if _is_text(y) and y.size else ""),
+            got=None if lazy else _values_said(y),
             fix="y must hold integer class labels or float regression targets" + _text_labels_fix(y),
         )
     if len(shape) == 0 or shape[0] != n:

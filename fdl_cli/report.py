@@ -1278,7 +1278,12 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(caveat, markup=False, highlight=False)
     if run.series:
         shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))
-        console.print(column_key(tuple(shown)), markup=False, highlight=False)
+        console.print(column_key(tuple(shown), series_tasks(run, run.series)), markup=False, highlight=False)
+
+
+def series_tasks(run: Run, series: Iterable[Series]) -> set[str]:
+    """The tasks (`store.PROBE_TASKS`) of the probes of `series`, for `column_key`; "" for one the store does not tell."""
+    return {str(getattr(run.probes.get(one.probe) if one.probe is not None else None, "task", "")) for one in series}
 
 
 #: What a column of the key means where its field name does not say it.
@@ -1288,13 +1293,19 @@ COLUMN_NOTES: Mapping[str, str] = {
 }
 
 
-def column_key(fields: Sequence[str]) -> str:
+def column_key(fields: Sequence[str], tasks: Iterable[str] = ()) -> str:
     """One line naming the record field behind each short column header of the table (the names of
-    `--format json/csv`, `fdl export` and docs/measures.md)."""
+    `--format json/csv`, `fdl export` and docs/measures.md). `tasks`: the tasks of the probes whose series the
+    table shows (`store.PROBE_TASKS`), which tell what loss is measured against: a regression's targets, a
+    classification's one-hot labels (both named where they are mixed or not known)."""
     pairs = [f"{HEADERS[name]} = {name}" + (" (" + COLUMN_NOTES[name] + ")" if name in COLUMN_NOTES else "")
              for name in fields if name in HEADERS]
     if "loss" in fields:
-        pairs.append("loss = mean squared error per output of the raw outputs against the one-hot labels (or targets)")
+        against = {"classes"}, {"regression"}
+        measured = set(tasks) - {"none"}
+        pairs.append("loss = mean squared error per output of the raw outputs against the " + (
+            "one-hot labels" if measured == against[0] else "targets" if measured == against[1]
+            else "one-hot labels (or targets)"))
     if "regime" in fields:  # the names alone said nothing to a reader new to them (README and docs/regimes.md do)
         pairs.append(REGIME_KEY)
     return "columns: " + ", ".join(pairs)
