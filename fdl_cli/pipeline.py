@@ -1892,7 +1892,7 @@ def _memory_shortfall(
     from fdl_cli.distributed import block_bounds
 
     gpu = ctx.device is not None and ctx.device.type == "cuda"
-    tasks = {probe.name: probe.task for probe in ctx.probes}
+    tasks = {probe.name: probe.task or "none" for probe in ctx.probes}
     series = [resources.Pass(probe, widths, n, m, (lambda span: span[1] - span[0])(block_bounds(n, ctx.world))
                              if sharded else None, ctx.n_outputs, tasks.get(probe, "none"))
               for probe, widths, n, m in passes]
