@@ -69,3 +69,28 @@ def test_the_outputs_needs_are_counted_per_layer_with_class_sums() -> None:
     assert sum(need.bytes for need in regression) == layer + 8 * (1201**2 + 600**2)
     # class labels: + the C×(C+1) class sums of the outputs
     assert sum(need.bytes for need in classes) == layer + 8 * (601**2 + 600 * 601 + 600**2)
+
+
+def test_pi_at_c_never_exceeds_one_on_a_probe_of_one_sample(tmp_path: Path) -> None:
+    """docs/measures.md: Π*(k), Π̂(k) lie in [0, 1]. On a probe of one sample the single eigenfunction carries
+    all of both functions and the rounding of Q_1 gave pi_star_C = pi_hat_C = 1.0000000000000004."""
+    import json
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    torch.save(net.state_dict(), ckpts / "step_0.pt")
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=np.zeros(1, dtype=np.int64))
+    (tmp_path / "model.py").write_text(
+        "from torch import nn\n\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))\n")
+    out = tmp_path / "run.h5"
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    shown = fdl_in_process("report", out, "--format", "json")
+    (record,) = json.loads(shown.stdout)
+    assert record["pi_star_C"] == pytest.approx(1.0, abs=1e-12) and record["pi_star_C"] <= 1.0
+    assert record["pi_hat_C"] == pytest.approx(1.0, abs=1e-12) and record["pi_hat_C"] <= 1.0
