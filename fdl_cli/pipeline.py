@@ -1898,8 +1898,10 @@ def _memory_shortfall(
     from fdl_cli.distributed import block_bounds
 
     gpu = ctx.device is not None and ctx.device.type == "cuda"
+    tasks = {probe.name: probe.task or "none" for probe in ctx.probes}
     series = [resources.Pass(probe, widths, n, m, (lambda span: span[1] - span[0])(block_bounds(n, ctx.world))
-                             if sharded else None) for probe, widths, n, m in passes]
+                             if sharded else None, ctx.n_outputs, tasks.get(probe, "none"))
+              for probe, widths, n, m in passes]
     needs = resources.run_needs(series, gpu=gpu, anchor_copies=copies)
     host = resources.available_host_bytes()
     device = None
@@ -1921,6 +1923,11 @@ def _memory_shortfall(
         fix += "; a layer wider than the probe keeps its n×p features: a smaller probe needs less"
     if copies and any(m > 256 for *_, m in passes):
         fix += "; --anchor-size lowers the anchors' share"
+    outputs = sum(need.bytes for need in needs if "the outputs' C×C" in need.what)
+    if 2 * outputs > sum(need.bytes for need in needs):  # the outputs' sums are most of it: no layer helps
+        fix = (f"the model has {ctx.n_outputs:,} outputs, and their sums grow as C²: wrap the model so that its "
+               "forward returns fewer outputs (the logits of the classes the probe holds, say: `out[:, classes]`), "
+               "through --model FILE.py:factory; " + fix)
     listed = "; ".join(f"{need.what}: {size(need.bytes)}" for need in needs if need.bytes >= 1e6)
     if short is not None:
         on_device, needed, available = short

@@ -49,17 +49,20 @@ class Need:
 
 class Pass(NamedTuple):
     """One probe pass: the probe, {layer: p}, its n inputs and m anchors; `n_here` the inputs this process
-    passes over (its slice under --shard-probe; None: all n)."""
+    passes over (its slice under --shard-probe; None: all n); the model's C `outputs` and the probe's
+    `task` ("none", "classes", "regression")."""
 
     probe: str
     widths: Mapping[str, int]
     n: int
     m: int
     n_here: int | None = None
+    outputs: int = 0
+    task: str = "none"
 
 
 def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = False, n_here: int | None = None,
-                anchor_copies: int = 2) -> list[Need]:
+                anchor_copies: int = 2, outputs: int = 0, task: str = "none") -> list[Need]:
     """The float64 arrays one layer of width p needs on a probe of n inputs with m anchors, each counted
     where and when it exists (extract.py, moments.py, spectral.py):
 
@@ -72,7 +75,12 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     And the anchors' m×p features in float64, `anchor_copies` of them: this checkpoint's and the
     reference's (2), one in a run whose only checkpoint is the reference, none on a rank that only
     contributes a probe slice; for p ≤ m each row padded by ANCHOR_ROW_PAD values, as they are
-    allocated (m×(p + 8)). A third copy (the previous checkpoint's) is not counted."""
+    allocated (m×(p + 8)). A third copy (the previous checkpoint's) is not counted.
+    And, whatever p, the C `outputs`' own sums (moments.py), which a model of many outputs (a language
+    model's vocabulary: C = 32 000 is 8.2 GB a C×C float64 array) makes the largest: where the statistics
+    are taken, the (w+1)² products of [Ŷ Y 1] (w = C, or 2C with regression targets) and, with class
+    labels, the C×(C+1) class sums of [Ŷ 1]; on the host, the copy of Σŷŷᵀ that the measures take
+    (it exists while the sums still do: `MomentAccumulator.moments`)."""
     where = f"{probe}/{label}"
     here = n if n_here is None else n_here
     if p > n and gpu:
@@ -92,6 +100,13 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
             Need(f"{where}: the p×p second moment and its copy over the anchors (p = {p:,})",
                  FLOAT64 * ((p + 1) ** 2 + p * p), True),
         ]
+    if outputs:
+        width = outputs * (2 if task == "regression" else 1)
+        sums = (width + 1) ** 2 + (outputs * (outputs + 1) if task == "classes" else 0)
+        needs += [
+            Need(f"{where}: the outputs' C×C sums of products (C = {outputs:,})", FLOAT64 * sums, True),
+            Need(f"{where}: a copy of the outputs' C×C sums for the measures", FLOAT64 * outputs * outputs, False),
+        ]
     if anchor_copies:
         whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")
         row = p + ANCHOR_ROW_PAD if p <= m else p  # as `pipeline._float64_copy` allocates them
@@ -106,7 +121,7 @@ def run_needs(series: Sequence[Pass | tuple[Any, ...]], *, gpu: bool = False, an
     and on the host each); every series' anchors stay."""
     passes = [[need for label, p in entry.widths.items()
                for need in layer_needs(label, p, entry.n, entry.m, probe=entry.probe, gpu=gpu, n_here=entry.n_here,
-                                       anchor_copies=anchor_copies)]
+                                       anchor_copies=anchor_copies, outputs=entry.outputs, task=entry.task)]
               for entry in (Pass(*item) for item in series)]
     anchors = [need for needs in passes for need in needs if not need.statistics]
 

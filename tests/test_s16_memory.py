@@ -151,14 +151,15 @@ def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pyte
     from fdl_cli.cli import main
 
     ckpts, probe = _run(tmp_path, 300)
-    # the needs of this run: the head's input, p = 8, n = 300, m = 300
-    need = sum(n.bytes for n in resources.run_needs([("probe", {"head:input": 8}, 300, 300)]))
+    # the needs of this run: the head's input, p = 8, n = 300, m = 300, C = 3 outputs, class labels
+    need = sum(n.bytes for n in resources.run_needs([("probe", {"head:input": 8}, 300, 300, None, 3, "classes")]))
     monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: int(need / 0.8))
     main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(probe),
           "-o", str(tmp_path / "run.h5"), "--steps", "0,10"])
     err = capsys.readouterr().err
-    # 8·(9² + 8²) of sums and two 300×(8 + 8) float64 anchor copies (rows padded: ANCHOR_ROW_PAD)
-    assert "warning: this analysis needs at least 78.0 kB of memory" in err and "80 % of the 97.5 kB available" in err
+    # 8·(9² + 8²) of sums, two 300×(8 + 8) float64 anchor copies (rows padded: ANCHOR_ROW_PAD), and the
+    # outputs' 8·(4² + 3·4) sums and 8·3² copy
+    assert "warning: this analysis needs at least 78.3 kB of memory" in err and "80 % of the 97.8 kB available" in err
     assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0, 10]

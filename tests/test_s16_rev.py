@@ -82,7 +82,7 @@ def _context(device: str, **options: Any) -> Any:
     warnings: list[str] = []
     settings = {"resume": True, "watch": False, "shard_probe": False, "anchor_size": 4096, **options}
     return SimpleNamespace(
-        options=SimpleNamespace(**settings), device=torch.device(device), world=None, redo=set(),
+        options=SimpleNamespace(**settings), device=torch.device(device), world=None, redo=set(), probes=[], n_outputs=0,
         reporter=SimpleNamespace(warn=warnings.append), warnings=warnings,
     )
 
