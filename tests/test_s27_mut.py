@@ -111,3 +111,23 @@ def test_a_path_is_limited_in_characters_separators_counted(tmp_path: Path) -> N
 
 def test_a_persistent_id_is_refused(tmp_path: Path) -> None:
     assert "persistent ids are not allowed" in _read(tmp_path, PROTO + b"NQ.")
+
+
+@pytest.mark.parametrize(("piece", "got"), [(torch.ones(4, dtype=torch.float64), "a torch.float64 tensor of shape [4]"),
+                                            (torch.ones(2), "a torch.float32 tensor of shape [2]")])
+def test_a_lone_chunk_of_another_dtype_or_shape_is_refused(tmp_path: Path, piece: torch.Tensor, got: str) -> None:
+    """A tensor stored whole is one chunk, returned as it loads: unchecked, a float64 or a 2-element one stood for
+    the 4-element float32 tensor its metadata declares."""
+    said = _forged(tmp_path / "step-3", lambda metadata: None, [((0,), (4,), piece)])
+    assert f"holds {got}, not the torch.float32 chunk of shape [4] its .metadata says" in said, said
+
+
+def test_a_chunk_stored_through_an_extension_is_named_not_read(tmp_path: Path) -> None:
+    metadata = _handmade(tmp_path / "step-3", "w", torch.float32, (4,), [((0,), (4,), torch.arange(4.0))])
+    for info in metadata.storage_data.values():
+        object.__setattr__(info, "transform_descriptors", ["zstd"])
+    (tmp_path / "step-3" / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError) as caught:
+        _tensors(tmp_path / "step-3")
+    said = " ".join(str(caught.value).split())
+    assert "it is stored through the extension zstd (compression), which fdl does not read" in said, said
