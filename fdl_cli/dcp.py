@@ -321,8 +321,9 @@ def read_metadata(folder: Path) -> dict[str, Entry]:
 
 
 def _said(exc: BaseException) -> str:
-    """An exception's text, cut short: it may quote the pickle (FLOAT's text, a name), megabytes of it."""
-    text = str(exc)
+    """An exception's text, cut short: it may quote the pickle (FLOAT's text, a name), megabytes of it. A KeyError's
+    own words, not their repr ('step has no storage' in quotes)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
     return text if len(text) <= 300 else f"{text[:300]}..."
 
 
