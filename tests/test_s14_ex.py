@@ -24,7 +24,8 @@ def test_html_page_keys_its_short_headers_and_says_loss_is_the_mse(tmp_path: Pat
     page = html.unescape(run_page(load_run(store), with_figures=False))
     assert page.count("columns: ") == 2  # one key per series' table
     assert "CE = cross_entropy (mean cross-entropy, natural log, of the raw outputs as logits)" in page
-    assert "loss = mean squared error per output of the raw outputs against the one-hot labels" in page
+    # make_store's probe is a regression's (task "regression"): the key says what loss is measured against
+    assert "loss = mean squared error per output of the raw outputs against the targets" in page
     assert "D_LR = d_lr" in page and "CKA₀ = cka_init" in page
     key = page.index("columns: ")
     assert page.rindex("</table>", 0, key) > page.index("<table>")  # below its table
