@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import io
 import os
 import pickle
 import signal
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from fdl_cli import signals
+from fdl_cli import store as store_module
 from fdl_cli.errors import FdlError, ModelError, StoreError
 from fdl_cli.extract import LayerSpec, hooked, padded_sequences
 from fdl_cli.report import writing
@@ -30,7 +30,7 @@ from fdl_cli.store import CheckpointEntry, SeriesEntry, StoreReader, StoreWriter
 from tests.cli_run import REPO
 from tests.test_s26_rev_dcp import _blob, _tensors
 from tests.test_s27_mut import _forged
-from tests.test_store import probes, provenance
+from tests.test_store import probes, provenance, random_entry
 
 # ------------------------------------------------ dcp: two entries for one place, a list with a gap
 
@@ -115,9 +115,6 @@ def test_a_report_refused_by_a_read_only_file_system_says_so(tmp_path: Path) -> 
 
 
 def test_a_commit_refused_by_a_read_only_file_system_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fdl_cli import store as store_module
-    from tests.test_store import random_entry
-
     def fail(path: Path, *, directory: bool = False) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
