@@ -390,7 +390,11 @@ def _entries(root: Any) -> dict[str, Entry]:
         if not isinstance(transforms, (list, tuple)):
             raise TypeError(f"the transforms of {file} are a {_kind(transforms)}")
         transforms = tuple(_text(name, f"a transform of {file}") for name in transforms)
-        stored[_chunk_key(fqn, offset)] = Chunk((), (), file, start, length, transforms)
+        key = _chunk_key(fqn, offset)
+        if key in stored:  # torch's dict holds one entry a chunk: the later one was read in place of the earlier
+            where = fqn if offset is None else f"the chunk of {fqn} at {list(offset)}"
+            raise ValueError(f"two storage entries for {where}")
+        stored[key] = Chunk((), (), file, start, length, transforms)
     out: dict[str, Entry] = {}
     for fqn, item in items.items():
         _text(fqn, "an item named by a key")

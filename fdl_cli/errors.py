@@ -47,9 +47,21 @@ def io_error(exc: OSError, *, another: str) -> tuple[str, str] | None:
             f"check the disk (`dmesg` shows the kernel's errors) or choose {another}")
 
 
+def read_only(exc: OSError, *, another: str) -> tuple[str, str] | None:
+    """Why the system refused a write on a read-only file system (EROFS), said after its own words, and what to do;
+    None for another refusal. Not for want of room nor of permission (which the fixes of those sent the user
+    after): ext4 remounts itself read-only after a disk error, mid-run."""
+    if exc.errno != errno.EROFS:
+        return None
+    return (": the file system there is read-only (mounted so, or remounted so by the kernel after a disk error: "
+            "`dmesg` says which)", f"choose {another} on a file system this user can write")
+
+
 def write_refused(exc: OSError, *, another: str, one: str) -> tuple[str, str] | None:
-    """`no_room` or `io_error`: why the system refused a write, said after its own words, and the fix."""
-    return io_error(exc, another=another) or no_room(exc, another=another, one=one)
+    """`no_room`, `io_error` or `read_only`: why the system refused a write, said after its own words, and the
+    fix."""
+    return (io_error(exc, another=another) or read_only(exc, another=another)
+            or no_room(exc, another=another, one=one))
 
 
 class FdlError(Exception):
