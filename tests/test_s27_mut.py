@@ -50,7 +50,7 @@ def test_a_negative_byte_range_is_refused(tmp_path: Path, field: str) -> None:
         for info in metadata.storage_data.values():
             object.__setattr__(info, field, -1)
     said = _forged(tmp_path / "step-3", change)
-    assert "a byte range of __0_0.distcp from a int and a int that are not non-negative integers" in said, said
+    assert "a byte range of __0_0.distcp that does not end below 2**63 or is not of non-negative integers" in said, said
 
 
 def test_an_item_placed_nowhere_is_refused(tmp_path: Path) -> None:
