@@ -220,6 +220,8 @@ def test_sigterm_ends_fdl_whose_model_hangs_in_c_keeping_what_was_analysed(
     err = _sigterm_once_stuck(run_dir, started, "in_c", FDL_STOP_GRACE="0.5")
     assert "SIGTERM: the model's forward pass of step 2 (" in err and "step_2.safetensors" in err, err
     assert "did not return within 0.5 s" in err and "2 checkpoints analysed" in err, err
+    # --json announces what the stopping thread committed (announced means durable)
+    assert [json.loads(line)["step"] for line in (run_dir / "out.txt").read_text().splitlines()] == [0, 1]
     # the same command resumes (the model no longer hangs) and completes the store
     (run_dir / "release").touch()
     resumed = subprocess.run(_argv("in_c"), cwd=run_dir, env=_env(), capture_output=True, text=True, timeout=300)
