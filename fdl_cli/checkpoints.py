@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli import dcp
+from fdl_cli import dcp, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -1971,7 +1971,8 @@ def model_keys(others: Sequence[CheckpointRef], factory: Callable[..., nn.Module
     tells them: the model cannot be built so, the file cannot be loaded (its turn in the run says why)."""
     model: Any = None
     if factory is not None:
-        with contextlib.suppress(Exception, SystemExit), _user_code_stderr(), torch.device("meta"):
+        with contextlib.suppress(Exception, SystemExit), _user_code_stderr(), torch.device("meta"), \
+                signals.model_code("the model's build (--model)"):
             model = factory(**(kwargs or {}))  # user code: any failure is the run's to report, when it builds it
     elif others:
         with contextlib.suppress(FdlError, OSError):
@@ -4398,7 +4399,7 @@ def _arguments_fix(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> st
 
 def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | None, path: Path) -> nn.Module:
     try:
-        with _user_code_stderr() as said:
+        with _user_code_stderr() as said, signals.model_code("the model's build (--model)"):
             model = factory(**(kwargs or {}))
     except SystemExit as exc:
         raise _exited(f"building the model for {path}", exc, said.getvalue()) from None

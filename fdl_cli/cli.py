@@ -491,7 +491,7 @@ def analyze(**kwargs: Any) -> None:
         console.print(summary.message(), markup=False)
     if summary.interrupted:
         # like any Ctrl-C'd (130) or SIGTERM'd (143) command, so `fdl analyze ... && next` does not go on
-        sys.exit(signals.exit_status())
+        signals.exit_interrupted(signals.exit_status())
     if summary.failed:
         sys.exit(1)
 
@@ -1201,7 +1201,7 @@ def _say_interrupted(*, closing_line: bool) -> NoReturn:
     if closing_line:
         click.echo(err=True)
     click.echo("interrupted", err=True)
-    sys.exit(status)
+    signals.exit_interrupted(status)
 
 
 def main(argv: list[str] | None = None) -> None:

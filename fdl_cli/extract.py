@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from fdl_cli import signals
 from fdl_cli.checkpoints import unwrapped_name
 from fdl_cli.errors import FdlError, ModelError, ProbeError, counted, first_line
 from fdl_cli.moments import MomentAccumulator
@@ -70,6 +71,10 @@ class LayerResult:
     anchor_moment: tuple[np.ndarray, np.ndarray] | None = None
 
 
+#: The model's code `signals.model_code` names while the forward pass runs (a SIGTERM it does not return from).
+FORWARD = "the model's forward pass"
+
+
 def default_layer(
     model: nn.Module,
     *,
@@ -98,7 +103,7 @@ def default_layer(
     inputs = sample if isinstance(sample, torch.Tensor) else _inputs(
         sample[:1], device=device or _model_device(model), dtype=dtype)
     # no_grad, not inference_mode: its tensors keep their version counters, which tell an output written in place
-    with torch.no_grad(), linear_calls(model) as calls:
+    with torch.no_grad(), linear_calls(model) as calls, signals.model_code(FORWARD):
         raw = model(inputs)
     if not calls:
         raise ModelError(
@@ -939,7 +944,8 @@ def forward_one_shapes(
                  for name in sorted(parents) if name in modules]
     try:
         with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears:
-            returned = model(_inputs(sample[:1], device=device, dtype=dtype))
+            with signals.model_code(FORWARD):
+                returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)
             rows = len(sample[:1])  # the sample's, not the outputs' (a forward ending in .squeeze() drops their batch)
             raw = batch_first(returned, _output_tensor(returned, linears), rows)
@@ -1087,7 +1093,8 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     (one sample already ran in the pipeline's check, so what fails here is mostly the batch itself)."""
     batch = _inputs(x[start:stop], device=device, dtype=dtype)
     try:
-        return model(batch)
+        with signals.model_code(FORWARD):
+            return model(batch)
     except FdlError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained

@@ -2034,7 +2034,7 @@ def _analyze_refs(
         if options.abandon_addition and not out.is_file():  # a mistyped --out: not a whole analysis into a new store
             raise StoreError(f"--abandon-addition: there is no store at {out} to give an addition up in",
                              fix="run without --abandon-addition, or pass the store's path as --out")
-        with _memory_explained(reference):
+        with _memory_explained(reference), signals.analysing(f"step {reference.step} ({reference.path}, the reference)"):
             loaded, reference_sha = _load(reference, options)
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
@@ -2137,16 +2137,25 @@ def _analyze_refs(
         _print_taken_in(taken, on_record, shape)
         del taken  # stored: not kept for the rest of the run
 
+        def stalled() -> str:
+            """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
+            thread that then ends the process: what was analysed is committed, and the lock released."""
+            announce(writer.flush())
+            writer.close()
+            summary.interrupted = True
+            return summary.message()
+
         try:
-            _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
-            while options.watch:
-                # Throttled commits would otherwise leave the last checkpoints unannounced (and not
-                # durable) until a new checkpoint appears.
-                announce(writer.flush())
-                signals.sleep(options.poll_seconds)
-                refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
-                _check_manifest_changes(ctx, manifest_dir)
-                _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
+            with signals.ending_when_stalled(stalled):
+                _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
+                while options.watch:
+                    # Throttled commits would otherwise leave the last checkpoints unannounced (and not
+                    # durable) until a new checkpoint appears.
+                    announce(writer.flush())
+                    signals.sleep(options.poll_seconds)
+                    refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
+                    _check_manifest_changes(ctx, manifest_dir)
+                    _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         finally:
             announce(writer.flush())
 
@@ -3578,7 +3587,7 @@ def _run_refs(
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
             try:
-                with _memory_explained(ref):
+                with _memory_explained(ref), signals.analysing(f"step {ref.step} ({ref.path})"):
                     loaded, sha = _loaded(pending.pop(index), ctx.tick)
                     if ref.step == reference.step and reference_ahead:
                         entry: CheckpointEntry | None = (

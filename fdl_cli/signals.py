@@ -10,6 +10,7 @@ which raises again for an interrupt that was swallowed on its way up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -18,9 +19,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 _pending = False
+#: signal -> the handler `installed` replaced by fdl's, and the unraisable hook it replaced (`_forked`)
+_replaced: dict[int, Any] = {}
+_unraisable: Any = None
 #: `installed` left SIGTERM at its default only because WORLD_SIZE is set (`take_term` takes it after all)
 _term_left = False
 #: SIGTERM (what Slurm, Kubernetes and systemd send before killing a job) arrived: it stops fdl as a
@@ -87,20 +91,28 @@ def installed() -> Iterator[None]:
             return
         unraisable(info)
 
+    global _unraisable
     if take_int:
         signal.signal(signal.SIGINT, _on_sigint)
+        _replaced[signal.SIGINT] = previous
+    if term_default:  # taken here or by `take_term`
+        _replaced[signal.SIGTERM] = previous_term
     if take_term:
         signal.signal(signal.SIGTERM, _on_sigint)
     sys.unraisablehook = quiet
+    _unraisable = unraisable
     try:
         yield
         check()  # one swallowed after the last check (a finaliser during the final commit)
     finally:
+        _stall.stop()
         if take_int:
             signal.signal(signal.SIGINT, previous)
         if term_default:  # taken here or by `take_term`
             signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = unraisable
+        _replaced.clear()
+        _unraisable = None
         _pending = False
         _term_left = False
 
@@ -392,3 +404,238 @@ def sleep(seconds: float) -> None:
         if left <= 0:
             return
         time.sleep(min(left, 0.2))
+
+
+# ------------------------------------------------------------------------------ model code that does not return
+
+#: Seconds the model's code is given to return after a SIGINT or SIGTERM, before fdl ends without it
+#: (`FDL_STOP_GRACE` sets it). Under Slurm's KillWait and Kubernetes' grace period (30 s by default), with room
+#: for the commit of what was analysed.
+STOP_GRACE_S = 5.0
+STOP_GRACE_ENV = "FDL_STOP_GRACE"
+
+
+def stop_grace() -> float:
+    """`FDL_STOP_GRACE` as seconds (>= 0), `STOP_GRACE_S` when unset or not such a number (read when a signal
+    comes: an error then would hide the interrupt)."""
+    try:
+        grace = float(os.environ.get(STOP_GRACE_ENV, ""))
+    except ValueError:
+        return STOP_GRACE_S
+    return grace if 0 <= grace < float("inf") else STOP_GRACE_S
+
+
+class _Stall:
+    """Ends fdl when the main thread, inside the model's code (`model_code`), does not come back after a SIGINT or
+    SIGTERM: the handler's KeyboardInterrupt is raised only when the main thread runs Python, so a C call that does
+    not return on a signal (a hung GPU or I/O call) never raises it, and Python code that catches it goes on.
+
+    Python's C handler writes the signal's number to the wakeup fd (`signal.set_wakeup_fd`), in whichever thread
+    it runs; a thread of its own reads it. A signal that comes while the main thread is inside `model_code`
+    starts the grace period (`stop_grace`); a second one ends it. Once it is over with the main thread still
+    inside, the thread takes the run's end over (`_take_over`): it runs the `endings` (the store writer's commit of
+    what is buffered and its close: the lock released, no copy left), says which code did not return, and ends the
+    process with 130 or 143. The main thread, should it come back meanwhile, waits for that end (`model_code`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: what the main thread runs of the model's now (`model_code`), a new object at each entry
+        self.inside: _Inside | None = None
+        #: what the run is analysing (`analysing`), named in the message
+        self.subject: str | None = None
+        self.endings: list[Any] = []  # callables, the last pushed run first; each returns lines to say, or None
+        self.taken = False
+        self.fds: tuple[int, int] | None = None  # the pipe's (read, write) ends, once started
+        self.previous = -1  # the wakeup fd in place before ours
+
+    def start(self) -> None:
+        """In the main thread, at the first `model_code` of a run that took the signals (`installed`)."""
+        if self.fds is not None or not hasattr(signal, "pthread_sigmask"):
+            return
+        read, write = os.pipe()
+        for fd in (read, write):
+            os.set_blocking(fd, False)  # Python's wakeup fd must not block its handler
+        try:
+            self.previous = signal.set_wakeup_fd(write)
+        except (ValueError, OSError):
+            os.close(read)
+            os.close(write)
+            return
+        self.fds = (read, write)
+        threading.Thread(target=self._run, args=(read,), name="fdl-stop-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        """In the main thread, as `installed` ends: the wakeup fd back as it was (the thread ends with the
+        process: a daemon, blocked in its poll of a pipe nobody writes any more)."""
+        if self.fds is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(self.previous)
+        self.fds = None
+
+    def _run(self, read: int) -> None:
+        import select
+
+        readable = select.poll()
+        readable.register(read, select.POLLIN)
+        seen: list[int] = []  # the signals that came while `inside` was current
+        watched: _Inside | None = None
+        deadline: float | None = None
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = readable.poll(None if wait is None else wait * 1000)
+            now = self.inside
+            if now is not watched:  # the main thread came back (or entered other model code): nothing pending
+                watched, seen, deadline = now, [], None
+            if ready:
+                try:
+                    numbers = os.read(read, 64)
+                except (BlockingIOError, InterruptedError):
+                    numbers = b""
+                for signum in numbers:
+                    if signum not in (signal.SIGINT, signal.SIGTERM):
+                        if self.previous >= 0:
+                            with contextlib.suppress(OSError):
+                                os.write(self.previous, bytes([signum]))
+                        continue
+                    if watched is None:
+                        continue  # the main thread runs fdl's code: the handler's interrupt stops it
+                    seen.append(signum)
+                    deadline = time.monotonic() + (stop_grace() if len(seen) == 1 else 0.0)
+            if deadline is not None and time.monotonic() >= deadline and watched is not None:
+                self._take_over(watched, seen)
+                deadline = None
+
+    def _take_over(self, inside: _Inside, seen: list[int]) -> None:
+        with self.lock:
+            if self.inside is not inside or self.taken:
+                return  # came back just now: its KeyboardInterrupt stops the run as usual
+            self.taken = True
+        signum = signal.SIGTERM if signal.SIGTERM in seen else signal.SIGINT
+        name = signal.Signals(signum).name
+        what = inside.what + (f" of {self.subject}" if self.subject else "")
+        waited = f"before a second {name}" if len(seen) > 1 else f"within {stop_grace():g} s ({STOP_GRACE_ENV} sets it)"
+        lines = [f"{name}: {what} did not return {waited}; fdl stops without waiting for it"]
+        for ending in reversed(self.endings):
+            try:
+                said = ending()
+            except BaseException as exc:  # noqa: BLE001 - said, and the process ends all the same
+                said = f"error: {exc}"
+            if said:
+                lines.append(said)
+        if len(lines) == 1:  # stopped before the store was opened (the model's build): nothing to commit
+            lines.append("interrupted")
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()  # the --json records of what the endings committed
+        with contextlib.suppress(OSError):
+            os.write(2, ("\n".join(lines) + "\n").encode(errors="replace"))
+        os._exit(128 + signum)
+
+
+class _Inside:
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+_stall = _Stall()
+
+
+@contextmanager
+def model_code(what: str) -> Iterator[None]:
+    """The main thread runs the model's code (`what`: "the model's forward pass"): a SIGINT or SIGTERM that it does
+    not return from within `stop_grace` (or a second one) ends fdl (`_Stall`). Only where `installed` took SIGINT
+    or SIGTERM (a Python handler of fdl's in place): an embedding program, or a torchrun rank's SIGTERM at its
+    default, is left as it was."""
+    if threading.current_thread() is not threading.main_thread() or not _taken_here():
+        yield
+        return
+    _stall.start()
+    inside = _Inside(what)
+    outer = _stall.inside
+    _stall.inside = inside
+    try:
+        yield
+    finally:
+        with _stall.lock:
+            taken = _stall.taken
+            _stall.inside = outer
+        while taken:  # the watcher ends the process: nothing more of fdl's runs here
+            try:
+                time.sleep(60)
+            except BaseException:  # noqa: BLE001, S110 - a further signal: the end is on its way
+                pass
+
+
+def _taken_here() -> bool:
+    return _on_sigint in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+
+
+@contextmanager
+def analysing(subject: str) -> Iterator[None]:
+    """What the run analyses for the duration ("step 2 (ckpts/step_2.pt)"): named by `_Stall`'s message."""
+    outer, _stall.subject = _stall.subject, subject
+    try:
+        yield
+    finally:
+        _stall.subject = outer
+
+
+@contextmanager
+def ending_when_stalled(ending: Any) -> Iterator[None]:
+    """Run `ending()` (in the watcher's thread, the main thread stuck in the model's code) before `_Stall` ends the
+    process: what it returns is said on stderr. For the store writer: commit what is buffered, release the lock."""
+    _stall.endings.append(ending)
+    try:
+        yield
+    finally:
+        _stall.endings.remove(ending)
+
+
+def _forked() -> None:
+    """In a child forked from fdl (the model's `multiprocessing` pool, with the fork start method): the signals as
+    they were before fdl took them, and no wakeup fd of fdl's. A pool's `terminate()` sends its workers SIGTERM,
+    which ended each with a traceback of fdl's `Interrupted` on fdl's stderr (at its default it ends them
+    quietly), and a signal a worker got was written to fdl's wakeup fd, read there as one fdl got (`_Stall`)."""
+    global _unraisable
+    _stall.inside, _stall.endings, _stall.subject = None, [], None
+    if _stall.fds is not None:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for fd in _stall.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _stall.fds = None
+    for signum, handler in _replaced.items():
+        if signal.getsignal(signum) is _on_sigint:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, handler)
+    _replaced.clear()
+    if _unraisable is not None:
+        sys.unraisablehook, _unraisable = _unraisable, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def exit_interrupted(status: int) -> NoReturn:
+    """`sys.exit(status)` for a run a signal stopped, said and committed: where threads that are not fdl's are still
+    running and no daemons (a thread the model's code started: a prefetcher, a logger), the interpreter would wait for
+    them at exit, fdl thus for ever after it said "interrupted"; it then ends at once (`os._exit`), after a note
+    naming them. Not for a run that ended by itself: a thread the model's code left then ends fdl as any program."""
+    others = [thread for thread in threading.enumerate()
+              if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()]
+    for thread in [thread for thread in others if thread.name.startswith("fdl-")]:
+        thread.join()  # fdl's own (a store commit: the writer has closed, so none should be running)
+    left = [thread.name for thread in others if thread.is_alive() and not thread.name.startswith("fdl-")]
+    if not left:
+        sys.exit(status)
+    names = ", ".join(repr(name) for name in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    _say(f"note: not waited for: the thread{'s' if len(left) > 1 else ''} {names} that the model's code started "
+         f"{'are' if len(left) > 1 else 'is'} still running")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
