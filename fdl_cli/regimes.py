@@ -354,6 +354,9 @@ def classify_run(
 
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
+        narrow = narrow_width_line(ordered[-1], thresholds) if ordered else None
+        if narrow is not None:  # beside the verdict, whose rules are unchanged (docs/regimes.md, "A layer that cannot…")
+            evidence["narrow_layer"] = narrow
         if final_records and final_records[0].get("output_rank") == 0:
             # A note beside the verdict, whose rules are unchanged (docs/regimes.md, "Constant outputs")
             step = evidence["final_step"]
@@ -609,6 +612,21 @@ def constant_outputs_line(regime: str, step: int, pi_hat_c: float | None) -> str
             f"degenerate rule, and {pi_hat}")
 
 
+def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds) -> str | None:
+    """The evidence `narrow_layer` of a run whose layer (at its last checkpoint, `record`) has p ≤ C + mf_extra
+    units: k95_utility ≤ rank ≤ p, so the MF-vs-EF rule cannot return EF, whatever the verdict (a 64-unit layer
+    before a 1 000-class head read MF, coefficient or undetermined with nothing in `--json` to say EF was out of
+    reach). None otherwise."""
+    width, outputs = record.get("n_features"), record.get("n_outputs")
+    if not isinstance(width, int) or not isinstance(outputs, int) or outputs < 1:
+        return None
+    limit = outputs + thresholds.mf_extra
+    if width > limit:
+        return None
+    return (f"k95_utility ≤ p = {width} ≤ C + mf_extra = {threshold_text(limit)}: the layer is too narrow for the rule "
+            "to find EF")
+
+
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
     """For an MF verdict whose layer spans at most C + mf_extra directions on the probe (its rank) at the final
     checkpoint and already at the reference (or has no more units): k95_utility ≤ rank, so EF could not be read
@@ -742,7 +760,8 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "reference). A Trainer, timm's CheckpointSaver and Lightning save no step 0: save the model before "
             "training (e.g. as checkpoint-0) to measure from the start"
         )
-    narrow = narrow_layer_line(verdict, records)
+    # Under MF, the line that says what MF means then; else the evidence's own (`narrow_width_line`)
+    narrow = narrow_layer_line(verdict, records) or ev.get("narrow_layer")
     if narrow is not None:
         lines.append(narrow)
     if ev.get("overlap_tie"):
@@ -751,7 +770,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if isinstance(constant, Mapping) and constant.get("note"):
         lines.append(str(constant["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs", "final_r2_outputs"}  # the list of each output's R²: in --json
+            "constant_outputs", "final_r2_outputs", "narrow_layer"}  # each output's R²: in --json; the line above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")
