@@ -98,3 +98,67 @@ def test_no_narrow_layer_evidence_for_a_layer_wider_than_the_mf_limit() -> None:
     verdict = classify_run(records)
     assert "narrow_layer" not in verdict.as_json()["evidence"]
     assert not any("too narrow" in line for line in describe(verdict, records))
+
+
+# ------------------------------------------------------------------ negative zero in text
+
+
+def test_a_probe_of_one_class_notes_its_cross_entropy_as_zero_not_minus_zero() -> None:
+    """The labels' entropy of one class is −1·log 1 = −0.0, and the note read "cross_entropy -0.000"."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from fdl_cli.probes import dominant_class_note
+
+    probe = SimpleNamespace(task="classes", y=np.zeros(40, dtype=np.int64), name="probe")
+    note = dominant_class_note(probe, n_outputs=10)  # type: ignore[arg-type]
+    assert note is not None and "accuracy 1.000 and cross_entropy 0.000 (the labels' entropy)" in note
+
+
+def test_negative_zero_measures_read_as_zero_in_tables_and_classify_but_keep_their_value_in_json() -> None:
+    from fdl_cli.regimes import _fmt, reference_fit
+    from fdl_cli.report import format_value, worst_r2_text
+
+    assert format_value("d_lr", -0.0) == "0.0000" and format_value("feature_pr", -0.0) == "0"
+    assert format_value("cross_entropy", -1e-9) == "-1e-09"  # not a zero once rounded: its sign stays
+    assert worst_r2_text({"r2_min": -0.0, "r2_min_output": 2}) == "0.0000 y2"
+    assert _fmt(-0.0) == "0"
+    fit = reference_fit({"accuracy": 1.0, "n_outputs": 10, "cross_entropy": -0.0})
+    assert fit is not None and "cross-entropy 0.000 against" in fit[1]
+
+
+# ------------------------------------------------------------------ chance: the probe's, not 1/C
+
+
+def test_chance_is_the_probe_s_largest_class_share_not_one_over_the_model_s_outputs(tmp_path) -> None:
+    """A 50-output head on a probe whose labels hold 5 classes, 20 % each: a guess that ignores the input scores
+    0.2 at best, but classify read the accuracy against "chance 0.020" (1/C)."""
+    import numpy as np
+    import torch
+
+    from tests.cli_run import fdl_in_process, model_file
+
+    model = (
+        "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 50))\n")
+    net = model_file(tmp_path, model).build()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    torch.save(net.state_dict(), ckpts / "step_0.pt")
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    torch.save(net.state_dict(), ckpts / "step_10.pt")
+    x = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=np.arange(100) % 5)
+    out = tmp_path / "run.h5"
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    shown = fdl_in_process("classify", out)
+    assert shown.returncode == 0, shown.stderr
+    assert "(chance 0.200: the largest class's share of the probe's labels)" in shown.stderr, shown.stderr
+    assert "chance 0.020" not in shown.stderr
+    evidence = json.loads(fdl_in_process("classify", out, "--json").stdout)["evidence"]
+    assert evidence["chance_accuracy"] == pytest.approx(0.2) and evidence["label_entropy"] == pytest.approx(np.log(5))
