@@ -14,7 +14,9 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
                                                stores: not recorded), x_sha256 (sha256 of the inputs alone,
-                                               `probes.inputs_digest`; absent: not recorded)
+                                               `probes.inputs_digest`; absent: not recorded),
+                                               chance_accuracy, label_entropy (class labels: the largest
+                                               class's share, the labels' entropy; absent: not recorded)
         anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
         anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
                                         passes integers)
@@ -3018,9 +3020,9 @@ def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
         node.attrs["zero_one_targets"] = probe.zero_one_targets
     if probe.x_sha256:
         node.attrs["x_sha256"] = probe.x_sha256
-    for name in ("chance_accuracy", "label_entropy"):
-        if getattr(probe, name) is not None:
-            node.attrs[name] = np.float64(getattr(probe, name))
+    if probe.chance_accuracy is not None and probe.label_entropy is not None:  # class labels only
+        node.attrs["chance_accuracy"] = np.float64(probe.chance_accuracy)
+        node.attrs["label_entropy"] = np.float64(probe.label_entropy)
     for name in ("anchor_x", "anchor_y"):
         value = getattr(probe, name)
         if value is not None:
