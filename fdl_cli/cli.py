@@ -1079,6 +1079,7 @@ def classify(**kwargs: Any) -> None:
     caveat = rep.targets_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
     if rep.zero_one_targets(run, chosen):
         verdict.evidence[ZERO_ONE_FIELD] = True
+    verdict.evidence.update(rep.probe_chance(run, chosen))  # what describe reads accuracy and CE against
     if verdict.regime != "coefficient":
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
         if tie is not None:

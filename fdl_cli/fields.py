@@ -104,3 +104,12 @@ FLOAT_FIELDS: Final = frozenset(RECORD_FIELDS) - INT_FIELDS - STR_FIELDS
 
 #: The regimes of SPEC.md §7 (and `undetermined` when the evidence conflicts).
 REGIMES: Final = ("coefficient", "MF", "EF", "undetermined")
+
+
+def number_text(value: float, spec: str) -> str:
+    """`value` formatted with the format `spec` (".3f", ".4g") for text (tables, notes, verdicts): a value
+    that rounds to zero shows no sign, as PEP 682's "z" option does on Python ≥ 3.11 (fdl runs on 3.10).
+    The entropy of one class, −1·log 1, is −0.0 and read "cross_entropy -0.000"; `max(-0.0, 0.0)` is −0.0
+    too. JSON and CSV keep the number as it is."""
+    shown = format(value, spec)
+    return shown[1:] if shown.startswith("-") and float(shown.rstrip("%")) == 0.0 else shown

@@ -488,12 +488,10 @@ class MomentAccumulator:
             sums["class_f"].addmm_(onehot.T, f_one)
             sums["class_o"].addmm_(onehot.T, s_one)
 
-    def _in_place_sums(self, *, classes: bool = False) -> dict[str, Any]:
-        """The torch path's sums by their Moments names: views, sum_ff completed in place (callers copy).
-
-        `classes`: with class labels, sum_s / sum_ss / sum_fs are put together as those of
-        S = [Ŷ − b | Y] with one-hot Y would be: ΣY the counts, ΣYᵀY their diagonal, ΣŶᵀY and ΣFᵀY
-        the class sums (new tensors)."""
+    def _in_place_sums(self) -> dict[str, Any]:
+        """The torch path's sums by their Moments names: views, sum_ff completed in place (callers copy); with
+        class labels also the class sums "class_f" (C, p + 1) and "class_o" (C, C + 1) as accumulated (their
+        last column: the counts), which `_output_views` reads."""
         sums = dict(self._sums)
         if "gram_f" in sums:
             with self._torch.inference_mode():  # the sums are inference tensors when extract made them
@@ -501,16 +499,27 @@ class MomentAccumulator:
             sums.update(
                 sum_ff=gram_f[:-1, :-1], sum_f=gram_f[:-1, -1], sum_ss=gram_s[:-1, :-1], sum_s=gram_s[:-1, -1]
             )
-            class_f, class_o = sums.pop("class_f", None), sums.pop("class_o", None)
-            if classes and class_f is not None and class_o is not None:
-                torch = self._torch
-                class_f, class_o, counts = class_f[:, :-1], class_o[:, :-1], class_f[:, -1]
-                sums["sum_s"] = torch.cat([sums["sum_s"], counts])
-                sums["sum_ss"] = torch.cat(
-                    [torch.cat([sums["sum_ss"], class_o.T], 1), torch.cat([class_o, torch.diag(counts)], 1)]
-                )
-                sums["sum_fs"] = torch.cat([sums["sum_fs"], class_f.T], 1)
         return sums
+
+    def _output_views(self, current: dict[str, Any]) -> dict[str, Any]:
+        """Views of the sums (`_in_place_sums`) that the Moments fields of the outputs and targets are copied
+        from, each once: the blocks of Σ[Ŷ | Y]ᵀ[Ŷ | Y] as they lie in it; with class labels in the torch path,
+        the class sums in place of one-hot blocks: ΣŶᵀY = class_oᵀ, ΣFᵀY = class_fᵀ, ΣY = the counts (ΣYᵀY,
+        their diagonal, is made on the host). Never the 2C×2C sums of S = [Ŷ − b | Y] put together, nor a
+        whole copy of them: 4 C² float64 more, and as much again copied, at the peak of a many-output run
+        (docs/benchmarks.md, twenty-seventh session: outputs' memory)."""
+        c = self._width
+        sum_s, sum_ss, sum_fs = current["sum_s"], current["sum_ss"], current["sum_fs"]
+        views = {"sum_o": sum_s[:c], "sum_oo": sum_ss[:c, :c], "sum_fo": sum_fs[:, :c]}
+        class_f, class_o = current.get("class_f"), current.get("class_o")
+        if class_f is not None and class_o is not None:
+            views.update(sum_y=class_f[:, -1], sum_oy=class_o[:, :c].T, sum_fy=class_f[:, :-1].T,
+                         class_sum_f=class_f[:, :-1])
+        elif self.task != "none":
+            views.update(sum_y=sum_s[c:], sum_yy=sum_ss[c:, c:], sum_oy=sum_ss[:c, c:], sum_fy=sum_fs[:, c:])
+            if self.task == "classes":
+                views["class_sum_f"] = sum_fs[:, c:].T
+        return views
 
     def second_moment_so_far(self) -> tuple[Any, Any] | None:
         """Copies of (Σ(φ−a)(φ−a)ᵀ (p, p), Σ(φ−a) (p,)) over the samples added so far, about the
@@ -532,16 +541,17 @@ class MomentAccumulator:
         peaks = self._host_peaks()
         check_range(peaks, small=False)
 
-        current = self._in_place_sums(classes=True)
+        current = self._in_place_sums()
 
-        def host(name: str) -> np.ndarray | None:
-            value = current.get(name)
+        def host(value: Any) -> np.ndarray | None:
+            """A C-ordered float64 host copy of a sum or a view of one (one copy: the sums keep growing, in
+            place, if the accumulator is fed again)."""
             if value is None:
                 return None
-            # Copies: the sums keep growing (in place) if the accumulator is fed again.
             if self._torch is not None:
-                return value.detach().to("cpu", dtype=self._torch.float64, copy=True).numpy()
-            return np.array(value, dtype=np.float64, copy=True)
+                return value.detach().to("cpu", dtype=self._torch.float64, copy=True,
+                                         memory_format=self._torch.contiguous_format).numpy()
+            return np.array(value, dtype=np.float64, order="C", copy=True)
 
         features = None
         if self.keep_features:
@@ -551,34 +561,23 @@ class MomentAccumulator:
                 features = np.concatenate(self._kept)
         correct = self._sums.get("n_correct", 0)
         xent = self._sums.get("sum_xent")
-        c = self._width
-        sum_s, sum_ss, sum_fs = host("sum_s"), host("sum_ss"), host("sum_fs")
-        assert sum_s is not None and sum_ss is not None and sum_fs is not None
-        targets = self.task != "none"
-        sum_fy = np.ascontiguousarray(sum_fs[:, c:]) if targets else None
+        sums = {name: host(view) for name, view in self._output_views(current).items()}
+        counts = sums.get("sum_y")
+        if self.task == "classes" and counts is not None:
+            sums["class_counts"] = counts.copy()
+            if "sum_yy" not in sums:
+                sums["sum_yy"] = np.diag(counts)  # ΣYᵀY of one-hot Y: the counts on its diagonal
         shifts: list[np.ndarray | None] = [None, None, None]
         if self._shifts is not None:
             for index, shift in enumerate(self._shifts):
                 if shift is not None:
-                    shifts[index] = (
-                        shift.detach().to("cpu", dtype=self._torch.float64, copy=True).numpy()
-                        if self._torch is not None
-                        else np.array(shift, dtype=np.float64, copy=True)
-                    )
+                    shifts[index] = host(shift)
         return Moments(
             n=self.n,
-            sum_f=host("sum_f"),  # type: ignore[arg-type]
-            sum_ff=host("sum_ff"),
-            sum_o=sum_s[:c].copy(),
-            sum_oo=np.ascontiguousarray(sum_ss[:c, :c]),
-            sum_fo=np.ascontiguousarray(sum_fs[:, :c]),
+            sum_f=host(current["sum_f"]),  # type: ignore[arg-type]
+            sum_ff=host(current.get("sum_ff")),
             task=self.task,
-            sum_y=sum_s[c:].copy() if targets else None,
-            sum_yy=np.ascontiguousarray(sum_ss[c:, c:]) if targets else None,
-            sum_fy=sum_fy,
-            sum_oy=np.ascontiguousarray(sum_ss[:c, c:]) if targets else None,
-            class_counts=sum_s[c:].copy() if self.task == "classes" else None,
-            class_sum_f=np.ascontiguousarray(sum_fy.T) if self.task == "classes" and sum_fy is not None else None,
+            **sums,  # type: ignore[arg-type]  # sum_o, sum_oo and sum_fo always (`_output_views`)
             n_correct=int(correct),
             sum_xent=None if xent is None else float(xent),
             features=features,

@@ -1978,6 +1978,7 @@ def _check_output_shape(ctx: _Context, probe: Any, shape: tuple[int, ...]) -> No
 
 
 def _probe_infos(ctx: _Context) -> list[Any]:
+    from fdl_cli.probes import label_chance
     from fdl_cli.store import ProbeInfo
 
     infos = []
@@ -1999,6 +2000,7 @@ def _probe_infos(ctx: _Context) -> list[Any]:
                 anchor_y=anchor_y,
                 zero_one_targets=ctx.zero_one.get(probe.name),  # None where not validated: not recorded
                 x_sha256=probe.x_sha256 or None,
+                **dict(zip(("chance_accuracy", "label_entropy"), label_chance(probe) or (None, None), strict=True)),
             )
         )
     return infos

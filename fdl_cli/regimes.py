@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fdl_cli.errors import FdlError
-from fdl_cli.fields import R2_OUTPUT_FIELDS
+from fdl_cli.fields import R2_OUTPUT_FIELDS, number_text
 
 #: Printed with every verdict: the regimes describe how features were learned, not whether that is good.
 NOTE = (
@@ -215,7 +215,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, float):
-        shown = f"{value:.4g}"
+        shown = number_text(value, ".4g")
         return one_minus_gap(value) if shown == "1" and value < 1.0 else shown
     return str(value)
 
@@ -354,6 +354,9 @@ def classify_run(
 
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
+        narrow = narrow_width_line(ordered[-1], thresholds) if ordered else None
+        if narrow is not None:  # beside the verdict, whose rules are unchanged (docs/regimes.md, "A layer that cannot…")
+            evidence["narrow_layer"] = narrow
         if final_records and final_records[0].get("output_rank") == 0:
             # A note beside the verdict, whose rules are unchanged (docs/regimes.md, "Constant outputs")
             step = evidence["final_step"]
@@ -473,9 +476,22 @@ def before_reference_line(reference_step: int) -> str:
     )
 
 
-#: The first MF checkpoint's accuracy within this factor of chance (1/C): the text says the function
-#: there is still nearly constant (printed only, no rule depends on it).
+#: The first MF checkpoint's accuracy within this factor of chance (`chance`), and at most half way from it to
+#: 1: the text says the function there is still nearly constant (printed only, no rule depends on it).
 NEAR_CHANCE = 1.5
+
+
+def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str, str]:
+    """(chance accuracy, chance cross-entropy, the words for each) that a classify line reads a checkpoint
+    against: the probe's own where the store records them (`probes.label_chance`: the largest class's share of
+    the labels and their entropy, copied into the evidence by `fdl classify`), else those of a uniform guess over
+    the C outputs, 1/C and log C: a head of 1 000 classes on labels of 5 read its accuracy against "chance 0.001"
+    where a guess that ignores the input scores 0.200 (docs/regimes.md)."""
+    share, entropy = evidence.get("chance_accuracy"), evidence.get("label_entropy")
+    if isinstance(share, float) and isinstance(entropy, float):
+        return (share, entropy, f"chance {share:.3f}: the largest class's share of the probe's labels",
+                f"the labels' entropy {entropy:.3f}")
+    return 1 / classes, math.log(classes), f"chance {1 / classes:.3f}", f"log C = {math.log(classes):.3f}"
 
 #: A reference checkpoint at least this far from chance to a perfect fit ((accuracy − 1/C) / (1 − 1/C),
 #: and 1 − cross-entropy / log C where it is stored; or R² for regression) already fits the probe: a
@@ -570,27 +586,32 @@ def _no_wider(tie: Mapping[str, Any]) -> str:
 
 
 def _percent(value: float) -> str:
-    return f"{100 * value:.3g} %"
+    return f"{number_text(100 * value, '.3g')} %"
 
 
-def reference_fit(record: Mapping[str, Any]) -> tuple[float, str] | None:
+def reference_fit(record: Mapping[str, Any], evidence: Mapping[str, Any] | None = None) -> tuple[float, str] | None:
     """(share of the way from chance to a perfect fit, its words) of a checkpoint, None without a measure.
 
     For classes, the lesser of the accuracy's share and the cross-entropy's (1 − CE / log C, log C being
     the cross-entropy of a uniform guess). 1/C is chance for balanced classes only, which the store does
     not record: an untrained network that predicts the majority class everywhere on a probe of 84 % class
-    0 scored 0.8375, 68 % of the way from 1/2 to 1 (session 14), but its cross-entropy stays near log C."""
+    0 scored 0.8375, 68 % of the way from 1/2 to 1 (session 14), but its cross-entropy stays near log C. Where the
+    store records the probe's own chance (`evidence`, `chance`), from that instead; None for a probe of one class
+    (nothing but a constant to fit)."""
     accuracy, classes, r2 = record.get("accuracy"), record.get("n_outputs"), record.get("r2")
     if accuracy is not None and classes and classes >= 2:
-        chance = 1 / classes
-        share, words = (accuracy - chance) / (1 - chance), f"accuracy {accuracy:.3f}, chance {chance:.3f}"
+        level, baseline, level_words, baseline_words = chance(evidence or {}, classes)
+        if level >= 1.0 or baseline <= 0.0:
+            return None
+        share = (accuracy - level) / (1 - level)
+        words = f"accuracy {number_text(accuracy, '.3f')}, {level_words}"
         entropy = record.get("cross_entropy")  # null in stores written before it (fields.ADDED_FIELDS)
         if entropy is not None:
-            share = min(share, 1 - entropy / math.log(classes))
-            words += f", cross-entropy {entropy:.3f} against log C = {math.log(classes):.3f}"
+            share = min(share, 1 - entropy / baseline)
+            words += f", cross-entropy {number_text(entropy, '.3f')} against {baseline_words}"
         return share, words
     if r2 is not None:
-        return float(r2), f"R² {r2:.3f}"
+        return float(r2), f"R² {number_text(r2, '.3f')}"
     return None
 
 
@@ -607,6 +628,21 @@ def constant_outputs_line(regime: str, step: int, pi_hat_c: float | None) -> str
     return (f"the model's outputs are constant over the probe at the final checkpoint (step {step}; output_rank 0: "
             f"a zero or constant head?), so the regime reads nothing learned{regime_says}; D_LR is 1.0 there by its "
             f"degenerate rule, and {pi_hat}")
+
+
+def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds) -> str | None:
+    """The evidence `narrow_layer` of a run whose layer (at its last checkpoint, `record`) has p ≤ C + mf_extra
+    units: k95_utility ≤ rank ≤ p, so the MF-vs-EF rule cannot return EF, whatever the verdict (a 64-unit layer
+    before a 1 000-class head read MF, coefficient or undetermined with nothing in `--json` to say EF was out of
+    reach). None otherwise."""
+    width, outputs = record.get("n_features"), record.get("n_outputs")
+    if not isinstance(width, int) or not isinstance(outputs, int) or outputs < 1:
+        return None
+    limit = outputs + thresholds.mf_extra
+    if width > limit:
+        return None
+    return (f"k95_utility ≤ p = {width} ≤ C + mf_extra = {threshold_text(limit)}: the layer is too narrow for the rule "
+            "to find EF")
 
 
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -706,10 +742,11 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             lines.append("the run never became MF")
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)
     accuracy, classes = (first.get("accuracy"), first.get("n_outputs")) if first is not None else (None, None)
-    if first is not None and accuracy is not None and classes and classes >= 2 and accuracy <= NEAR_CHANCE / classes:
+    level, _, level_words, _ = chance(ev, classes) if classes and classes >= 2 else (1.0, 0.0, "", "")
+    if first is not None and accuracy is not None and level < 1.0 and accuracy <= min(NEAR_CHANCE * level, (1 + level) / 2):
         lines.append(
-            f"at step {ev['first_mf_step']}, the first MF checkpoint, the accuracy is {accuracy:.3f} (chance "
-            f"{1 / classes:.3f}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
+            f"at step {ev['first_mf_step']}, the first MF checkpoint, the accuracy is {number_text(accuracy, '.3f')} "
+            f"({level_words}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )
     elif first is not None and accuracy is None and first.get("r2") is None:
@@ -718,7 +755,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             lines.append(line)
     reference = ev.get("reference_step")
     reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
-    fit = reference_fit(reference_record) if reference_record is not None else None
+    fit = reference_fit(reference_record, ev) if reference_record is not None else None
     steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     if verdict.regime == "coefficient" and fit is not None and fit[0] >= TRAINED_REFERENCE:
         # A --reference in mid-run: the learning is in the store, before it, not in an earlier run (session 14)
@@ -742,7 +779,8 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "reference). A Trainer, timm's CheckpointSaver and Lightning save no step 0: save the model before "
             "training (e.g. as checkpoint-0) to measure from the start"
         )
-    narrow = narrow_layer_line(verdict, records)
+    # Under MF, the line that says what MF means then; else the evidence's own (`narrow_width_line`)
+    narrow = narrow_layer_line(verdict, records) or ev.get("narrow_layer")
     if narrow is not None:
         lines.append(narrow)
     if ev.get("overlap_tie"):
@@ -751,7 +789,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if isinstance(constant, Mapping) and constant.get("note"):
         lines.append(str(constant["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs", "final_r2_outputs"}  # the list of each output's R²: in --json
+            "constant_outputs", "final_r2_outputs", "narrow_layer"}  # each output's R²: in --json; the line above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
     lines.append(f"note: {NOTE}")

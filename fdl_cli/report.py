@@ -45,6 +45,7 @@ from fdl_cli.fields import (
     SERIES_FIELDS,
     STR_FIELDS,
     ZERO_ONE_FIELD,
+    number_text,
 )
 from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
@@ -184,6 +185,14 @@ def zero_one_targets(run: Run, series: Series) -> bool | None:
     return None if value is None else bool(value)
 
 
+def probe_chance(run: Run, series: Series) -> dict[str, float]:
+    """{"chance_accuracy", "label_entropy"} of the series' class-label probe as the store records them
+    (`probes.label_chance`), for `fdl classify`'s evidence; {} where not recorded."""
+    info = run.probes.get(series.probe) if series.probe is not None else None
+    values = {name: getattr(info, name, None) for name in ("chance_accuracy", "label_entropy")}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
 def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     """One line on what loss and r2 measure for a series whose probe holds float 0/1 targets (analyze warned
     it: `pipeline._zero_one_warning`), or None. `of`: whose probe, such as " of run A"."""
@@ -251,7 +260,7 @@ def r2_outputs_line(series: Series) -> str | None:
 
     def named(column: int) -> str:
         value = values[column]
-        return f"y{column} " + ("— (constant target)" if value is None else f"{value:.4f}")
+        return f"y{column} " + ("— (constant target)" if value is None else number_text(value, ".4f"))
 
     defined = sorted((c for c in range(len(values)) if values[c] is not None), key=lambda c: (values[c], c))
     constant = len(values) - len(defined)
@@ -660,7 +669,7 @@ def format_value(name: str, value: Any) -> str:
     if name in INT_FIELDS:
         return str(int(value))
     if name in FLOAT_FIELDS and isinstance(value, (int, float)):
-        return f"{value:.4f}" if name in UNIT_FIELDS else f"{value:.4g}"
+        return number_text(value, ".4f" if name in UNIT_FIELDS else ".4g")
     return str(value)
 
 
@@ -833,7 +842,7 @@ def render_table(
 def worst_r2_text(record: Record) -> str:
     """The `worst r2` cell: the smallest R² of one output and its target column, `0.2700 y0`; '—' for null."""
     value, column = record.get("r2_min"), record.get("r2_min_output")
-    return "—" if value is None else f"{value:.4f} y{column}"
+    return "—" if value is None else f"{number_text(value, '.4f')} y{column}"
 
 
 def _json_default(value: Any) -> Any:
@@ -880,7 +889,7 @@ def _markdown_value(name: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return number_text(value, ".6g")
     # a line break would end the table's row (a path may hold one): GFM cells take <br>
     return re.sub(r"\r\n|\r|\n", "<br>", str(value).replace("|", "\\|"))
 

@@ -79,8 +79,8 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     And, whatever p, the C `outputs`' own sums (moments.py), which a model of many outputs (a language
     model's vocabulary: C = 32 000 is 8.2 GB a C×C float64 array) makes the largest: where the statistics
     are taken, the (w+1)² products of [Ŷ Y 1] (w = C, or 2C with regression targets) and, with class
-    labels, the C×(C+1) class sums of [Ŷ 1]; on the host, the copy of Σŷŷᵀ that the measures take
-    (it exists while the sums still do: `MomentAccumulator.moments`)."""
+    labels, the C×(C+1) class sums of [Ŷ 1]; on the host, the copies of the C×C sums that the measures take,
+    Σŷŷᵀ and with targets Σŷyᵀ and Σyyᵀ (they exist while the sums still do: `MomentAccumulator.moments`)."""
     where = f"{probe}/{label}"
     here = n if n_here is None else n_here
     if p > n and gpu:
@@ -105,7 +105,9 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
         sums = (width + 1) ** 2 + (outputs * (outputs + 1) if task == "classes" else 0)
         needs += [
             Need(f"{where}: the outputs' C×C sums of products (C = {outputs:,})", FLOAT64 * sums, True),
-            Need(f"{where}: a copy of the outputs' C×C sums for the measures", FLOAT64 * outputs * outputs, False),
+            Need(f"{where}: the measures' copies of the outputs' C×C sums "
+                 f"({'Σŷŷᵀ' if task == 'none' else 'Σŷŷᵀ, Σŷyᵀ, Σyyᵀ'})",
+                 FLOAT64 * outputs * outputs * (1 if task == "none" else 3), False),
         ]
     if anchor_copies:
         whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")

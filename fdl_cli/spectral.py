@@ -348,7 +348,10 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     try:
         if torch is not None and matrix.shape[0] >= TORCH_EIGH_MIN_SIZE and matrix.dtype == np.float64:
             failures += (torch.linalg.LinAlgError,)
-            values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.array(matrix, order="C", copy=True)))
+            # No copy of a C-ordered, writable matrix: torch's eigh copies its input into the eigenvectors' array
+            # itself, so one more copy was one more C×C (p×p) float64 at the run's peak (docs/benchmarks.md,
+            # twenty-seventh session: outputs' memory); the input is read, never written.
+            values_t, vectors_t = torch.linalg.eigh(torch.from_numpy(np.require(matrix, np.float64, ["C", "W"])))
             values, vectors = values_t.numpy(), vectors_t.numpy()  # vectors column-major, as LAPACK leaves them
         else:
             values, vectors = np.linalg.eigh(matrix)
@@ -612,8 +615,14 @@ def dynamical_low_rank(
         )
     n = moments.n
     out_mean = moments.sum_o / n
-    out_cov = moments.sum_oo / n - np.outer(out_mean, out_mean)
-    energies, directions = _descending_eigh(_symmetrized(out_cov))
+    # Formed in place, and let go before the decomposition: with C outputs each C×C float64 less at once is C²
+    # less at the run's peak (docs/benchmarks.md, twenty-seventh session: outputs' memory); the same numbers.
+    out_cov = moments.sum_oo / n
+    out_cov -= np.outer(out_mean, out_mean)
+    symmetric = _symmetrized(out_cov)
+    del out_cov
+    energies, directions = _descending_eigh(symmetric)
+    del symmetric
     rank = output_span_rank(
         energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
     )

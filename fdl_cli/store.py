@@ -14,7 +14,9 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                                zero_one_targets (bool: float targets of 0 and 1 alone, whose
                                                loss and r2 compare the raw outputs with 0/1; absent in older
                                                stores: not recorded), x_sha256 (sha256 of the inputs alone,
-                                               `probes.inputs_digest`; absent: not recorded)
+                                               `probes.inputs_digest`; absent: not recorded),
+                                               chance_accuracy, label_entropy (class labels: the largest
+                                               class's share, the labels' entropy; absent: not recorded)
         anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
         anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
                                         passes integers)
@@ -211,6 +213,12 @@ class ProbeInfo:
     #: inputs and different targets as one for the cross-run overlap. None: not recorded (a store written
     #: before it was). Derived from the probe file, so not part of equality.
     x_sha256: str | None = None
+    #: for class labels, what a guess that ignores the input scores at best (`probes.label_chance`): the largest
+    #: class's share of the labels, and their entropy (natural log), against which `fdl classify` reads accuracy
+    #: and cross-entropy. None: not recorded (other targets, or a store written before the twenty-seventh
+    #: session; classify then takes 1/C and log C). Derived from the probe file, so not part of equality.
+    chance_accuracy: float | None = None
+    label_entropy: float | None = None
 
     def __post_init__(self) -> None:
         _check_name("probe", self.name, identifier=True)
@@ -902,6 +910,8 @@ class StoreReader:
                     anchor_y=_inside(node["anchor_y"])[()] if "anchor_y" in node else None,
                     zero_one_targets=self._zero_one_targets(name, attrs.get("zero_one_targets")),
                     x_sha256=_as_str(attrs["x_sha256"]) if "x_sha256" in attrs else None,
+                    chance_accuracy=self._chance_attr(name, attrs, "chance_accuracy", 1.0),
+                    label_entropy=self._chance_attr(name, attrs, "label_entropy", math.inf),
                 )
             except StoreError:
                 raise
@@ -917,6 +927,19 @@ class StoreReader:
             return bool(value)
         self.warnings.append(f"probe /probes/{probe} has zero_one_targets = {_short(value)}, not true or false: "
                              "ignored (whether its targets are 0/1 is taken as not recorded)")
+        return None
+
+    def _chance_attr(self, probe: str, attrs: Any, name: str, top: float) -> float | None:
+        """A probe's `chance_accuracy` (in (0, 1]) or `label_entropy` (≥ 0, finite) attribute: None where absent, or,
+        with a warning, out of range or not a number (the probe's other attributes are read all the same)."""
+        value = attrs.get(name)
+        if value is None:
+            return None
+        number = float(value) if isinstance(value, float | int | np.floating | np.integer) else math.nan
+        if not isinstance(value, bool | np.bool_) and math.isfinite(number) and 0.0 <= number <= top:
+            return number
+        self.warnings.append(f"probe /probes/{probe} has {name} = {_short(value)}, not a number in [0, {top:g}]: "
+                             "ignored (fdl classify takes chance as 1/C and log C for it)")
         return None
 
     def _scan_checkpoints(self, *, deep: bool) -> None:
@@ -2997,6 +3020,9 @@ def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
         node.attrs["zero_one_targets"] = probe.zero_one_targets
     if probe.x_sha256:
         node.attrs["x_sha256"] = probe.x_sha256
+    if probe.chance_accuracy is not None and probe.label_entropy is not None:  # class labels only
+        node.attrs["chance_accuracy"] = np.float64(probe.chance_accuracy)
+        node.attrs["label_entropy"] = np.float64(probe.label_entropy)
     for name in ("anchor_x", "anchor_y"):
         value = getattr(probe, name)
         if value is not None:

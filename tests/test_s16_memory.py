@@ -158,8 +158,8 @@ def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pyte
           "-o", str(tmp_path / "run.h5"), "--steps", "0,10"])
     err = capsys.readouterr().err
     # 8·(9² + 8²) of sums, two 300×(8 + 8) float64 anchor copies (rows padded: ANCHOR_ROW_PAD), and the
-    # outputs' 8·(4² + 3·4) sums and 8·3² copy
-    assert "warning: this analysis needs at least 78.3 kB of memory" in err and "80 % of the 97.8 kB available" in err
+    # outputs' 8·(4² + 3·4) sums and 8·3·3² copies (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ)
+    assert "warning: this analysis needs at least 78.4 kB of memory" in err and "80 % of the 98.0 kB available" in err
     assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0, 10]

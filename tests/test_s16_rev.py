@@ -53,7 +53,7 @@ def test_a_run_of_one_checkpoint_counts_one_copy_of_the_anchors(
     # a second checkpoint compared with the reference holds both copies: still refused, the store as it was
     assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10", "--overwrite") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: this analysis needs at least 412 kB of memory"), err
+    assert err.startswith("error: this analysis needs at least 413 kB of memory"), err
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0]
 

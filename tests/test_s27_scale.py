@@ -64,11 +64,12 @@ def test_the_outputs_needs_are_counted_per_layer_with_class_sums() -> None:
     regression = resources.layer_needs("head", 4, 40, 40, probe="probe", anchor_copies=0, outputs=600,
                                        task="regression")
     layer = 8 * (5**2 + 4**2)
-    # the (w+1)² products of [Ŷ | Y] (w = C, or 2C with regression targets), the host copy of Σŷŷᵀ
+    # the (w+1)² products of [Ŷ | Y] (w = C, or 2C with regression targets), the host copies of Σŷŷᵀ (and with
+    # targets of Σŷyᵀ and Σyyᵀ: tests/test_s27_outputs.py measures them)
     assert sum(need.bytes for need in plain) == layer + 8 * (601**2 + 600**2)
-    assert sum(need.bytes for need in regression) == layer + 8 * (1201**2 + 600**2)
+    assert sum(need.bytes for need in regression) == layer + 8 * (1201**2 + 3 * 600**2)
     # class labels: + the C×(C+1) class sums of the outputs
-    assert sum(need.bytes for need in classes) == layer + 8 * (601**2 + 600 * 601 + 600**2)
+    assert sum(need.bytes for need in classes) == layer + 8 * (601**2 + 600 * 601 + 3 * 600**2)
 
 
 def test_pi_at_c_never_exceeds_one_on_a_probe_of_one_sample(tmp_path: Path) -> None:
