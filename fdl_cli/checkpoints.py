@@ -2838,6 +2838,18 @@ class ObjectNotLoaded:
     def __setstate__(self, state: Any) -> None:  # BUILD: the state is dropped, once looked at
         self.held_weights = self.held_weights or _holds_weights(state)
 
+    # A dict's or list's class (a config of `class Config(dict)`, an EasyDict not installed here) has its items
+    # pickled apart from its state (SETITEMS, APPENDS): dropped as the state is, once looked at
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__setstate__(value)
+
+    def append(self, value: Any) -> None:
+        self.__setstate__(value)
+
+    def extend(self, values: Any) -> None:
+        self.__setstate__(list(values))
+
     def __repr__(self) -> str:
         return f"<{self.pickled_class}, not loaded>"
 

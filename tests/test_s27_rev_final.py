@@ -44,3 +44,53 @@ def test_a_spawned_child_that_cannot_import_fdl_runs_as_it_did(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert "child exit code 0" in done.stdout, done.stderr
     assert "No module named 'fdl_cli'" not in done.stderr, done.stderr
+
+
+_SAVES = """\
+import sys
+
+import torch
+
+
+class Config(dict):  # a training script's own config, a dict of its class (an EasyDict not installed here)
+    pass
+
+
+kind = sys.argv[2]
+inner = torch.ones(3, 4) if kind == "weights" else 0.1
+torch.save({"model": {"w": torch.ones(3, 4)}, "config": Config(lr=inner), "step": 5}, sys.argv[1])
+"""
+
+
+def _saved_by_script(tmp_path: Path, kind: str) -> Path:
+    """A checkpoint saved by a script run as `python train.py`: its dict-like Config is `__main__.Config`."""
+    (tmp_path / "train.py").write_text(_SAVES)
+    path = tmp_path / f"{kind}.pt"
+    subprocess.run([sys.executable, str(tmp_path / "train.py"), str(path), kind], check=True, timeout=120)
+    return path
+
+
+def test_a_dict_config_class_that_cannot_be_imported_is_read_as_a_placeholder(tmp_path: Path) -> None:
+    """A training script's config of a dict class of its own (its items pickled as SETITEMS): the placeholder took no
+    items, so the file failed as a class that cannot be imported, where an object config of the same script was read
+    as a placeholder and the weights analysed."""
+    from tests.cli_run import fdl_in_process
+
+    path = _saved_by_script(tmp_path, "plain")
+    done = fdl_in_process("inspect", "--trust-pickle", path)
+    said = " ".join(done.stderr.split()) + " ".join(done.stdout.split())
+    assert done.returncode == 0, said
+    assert "holds objects of classes that cannot be imported here (__main__.Config;" in said, said
+    assert "total: 12 values in 1 tensor" in said, said
+
+
+def test_weights_among_the_items_of_a_class_that_cannot_be_imported_are_not_dropped(tmp_path: Path) -> None:
+    """The same dict class holding a tensor among its items: not read as a placeholder (its tensors would be lost
+    unsaid), the error says the class cannot be imported."""
+    from tests.cli_run import fdl_in_process
+
+    path = _saved_by_script(tmp_path, "weights")
+    done = fdl_in_process("inspect", "--trust-pickle", path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1, said
+    assert f"error: cannot unpickle {path}: it holds an object whose class cannot be imported here" in said, said
