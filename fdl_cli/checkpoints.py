@@ -2839,6 +2839,18 @@ class ObjectNotLoaded:
     def __setstate__(self, state: Any) -> None:  # BUILD: the state is dropped, once looked at
         self.held_weights = self.held_weights or _holds_weights(state)
 
+    # A dict's or list's class (a config of `class Config(dict)`, an EasyDict not installed here) has its items
+    # pickled apart from its state (SETITEMS, APPENDS): dropped as the state is, once looked at
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__setstate__(value)
+
+    def append(self, value: Any) -> None:
+        self.__setstate__(value)
+
+    def extend(self, values: Any) -> None:
+        self.__setstate__(list(values))
+
     def __repr__(self) -> str:
         return f"<{self.pickled_class}, not loaded>"
 
@@ -4121,16 +4133,30 @@ def _in_spawned_child(held: _Imported) -> None:
         return
 
 
+#: What `_ForSpawnedChild` runs in the child: fdl imported there, if it can be, and `_in_spawned_child` called
+_IN_CHILD = """\
+try:
+    from fdl_cli.checkpoints import _in_spawned_child
+except Exception:
+    pass
+else:
+    _in_spawned_child(held)
+"""
+
+
 class _ForSpawnedChild:
     """What a spawned child is to do first, pickled with the data multiprocessing prepares for it (`_follow_spawned`):
-    unpickled there, it imports fdl (the child runs fdl's code anyway: its parent's main module) and calls
-    `_in_spawned_child`."""
+    unpickled there, it imports fdl and calls `_in_spawned_child`. **(choice)** A builtin `exec` of `_IN_CHILD`, not
+    a reference to `_in_spawned_child`: it is unpickled before multiprocessing gives the child its parent's sys.path,
+    so where fdl is on the parent's sys.path alone (a source checkout a script or notebook put there, the Python
+    API) a reference could not be found and the child died, "No module named 'fdl_cli'", a process of the user's
+    own that ran before fdl served model folders; the child then runs on without them."""
 
     def __init__(self, held: _Imported) -> None:
         self.held = held
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _in_spawned_child, (self.held,)
+        return exec, (_IN_CHILD, {"held": self.held})
 
 
 def _follow_spawned() -> None:
