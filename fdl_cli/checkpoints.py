@@ -2957,6 +2957,15 @@ def _load_tensor_file(
         if isinstance(chosen, nn.Module):  # an EMA module pickled whole (--trust-pickle)
             chosen = chosen.state_dict()
         found = _find_tensor_dict(chosen)
+        if isinstance(chosen, ObjectNotLoaded):  # its class is not importable here: not said to hold no weights
+            raise WeightsNotFoundError(
+                f"--weights {weights}: the entry {weights!r} of {path} is an object of {chosen.pickled_class}, "
+                "a class that cannot be imported here, so it was not loaded (--trust-pickle reads such objects "
+                "as placeholders)",
+                fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the "
+                f"package it names), or save that entry's weights: torch.save({{{weights!r}: "
+                f"{weights}.state_dict(), ...}}, ...)",
+            )
         if found is None:
             own = _find_tensor_dict(obj)
             inside = [name for name in (_weight_copies(obj, own) if own is not None else ())

@@ -59,8 +59,10 @@ def inspect_checkpoint(
 
     path = Path(checkpoint)
     # a metrics file beside TorchScript or pickled modules is told by the module of the folder's first checkpoint
-    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True, model_keys=lambda others: ckpts.model_keys(
-        others, None, None, trust_pickle=trust_pickle, weights=weights))
+    # trust_pickle: a pickled dict's step keys are read as `fdl analyze --trust-pickle` reads them
+    discovery = ckpts.discover_checkpoints([checkpoint], for_inspect=True, trust_pickle=trust_pickle,
+                                           model_keys=lambda others: ckpts.model_keys(
+                                               others, None, None, trust_pickle=trust_pickle, weights=weights))
     if not discovery.checkpoints:
         raise CheckpointError(f"{checkpoint} is not a checkpoint", got="; ".join(discovery.notes) or None)
     ref = discovery.checkpoints[0]

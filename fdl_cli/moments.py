@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -108,15 +109,48 @@ def row_bounds(width: int) -> list[tuple[int, int]]:
 #: OMP_NUM_THREADS=1, torchrun's ranks): with more, numpy's BLAS threads would start right after torch's
 #: OpenMP threads each batch, and a loop of forward passes and statistics on the 2-core machine took 3 – 9 %
 #: more CPU with it (a loaded machine; not measured quietly), so torch's block rows stay there, as on an
-#: accelerator. Off (False): torch's block rows everywhere.
+#: accelerator. And only where numpy's BLAS runs one thread too (`_numpy_blas_threads`): a Python-API user
+#: who calls only `torch.set_num_threads(1)` leaves numpy's OpenBLAS a thread per core, whose dsyrk would
+#: then take every core. Off (False): torch's block rows everywhere.
 NUMPY_SYRK_ON_CPU = True
+#: the variables each BLAS reads its thread count from when it starts, first set (to a positive integer)
+#: first; none set: a thread per core. OpenBLAS (numpy's wheels) as its `blas_get_cpu_number` reads them.
+BLAS_THREAD_VARIABLES = {"openblas": ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"),
+                         "mkl": ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+
+
+def _numpy_blas_threads() -> int | None:
+    """The threads numpy's BLAS runs, as far as can be known without a dependency: threadpoolctl's count
+    where it is importable (what the libraries loaded now run, `threadpool_limits` included; every BLAS it
+    sees, torch's own among them where it loads one, must run one thread), else the environment as numpy's
+    BLAS read it at start (`BLAS_THREAD_VARIABLES`, read now: a variable changed after numpy's import is
+    not seen). None: not known (no variable set; a BLAS other than OpenBLAS and MKL: Accelerate, BLIS)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        counts = [int(pool["num_threads"]) for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        if counts:
+            return max(counts)
+    config = getattr(np.__config__, "CONFIG", None)  # numpy ≥ 1.26; before, OpenBLAS (the wheels') is assumed
+    blas = config.get("Build Dependencies", {}).get("blas", {}) if isinstance(config, dict) else {"name": "openblas"}
+    name = str(blas.get("name", "") if isinstance(blas, dict) else "").lower()
+    kind = next((kind for kind in BLAS_THREAD_VARIABLES if kind in name), None)
+    for variable in BLAS_THREAD_VARIABLES[kind] if kind is not None else ():
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
 
 
 def _numpy_syrk(device: Any) -> bool:
-    """Whether a batch's Σ[F | 1]ᵀ[F | 1] on `device` is summed by numpy's dsyrk (`NUMPY_SYRK_ON_CPU`)."""
+    """Whether a batch's Σ[F | 1]ᵀ[F | 1] on `device` is summed by numpy's dsyrk (`NUMPY_SYRK_ON_CPU`):
+    on the CPU where torch and numpy's BLAS each run one thread."""
     import torch
 
-    return NUMPY_SYRK_ON_CPU and device.type == "cpu" and torch.get_num_threads() == 1
+    return (NUMPY_SYRK_ON_CPU and device.type == "cpu" and torch.get_num_threads() == 1
+            and _numpy_blas_threads() == 1)
 
 
 def _block_rows(gram: Any) -> list[tuple[Any, int, int]]:
