@@ -80,7 +80,9 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     model's vocabulary: C = 32 000 is 8.2 GB a C×C float64 array) makes the largest: where the statistics
     are taken, the (w+1)² products of [Ŷ Y 1] (w = C, or 2C with regression targets) and, with class
     labels, the C×(C+1) class sums of [Ŷ 1]; on the host, the copies of the C×C sums that the measures take,
-    Σŷŷᵀ and with targets Σŷyᵀ and Σyyᵀ (they exist while the sums still do: `MomentAccumulator.moments`)."""
+    Σŷŷᵀ and with targets Σŷyᵀ and Σyyᵀ (they exist while the sums still do: `MomentAccumulator.moments`).
+    Each layer's copies count: `extract.extract` makes every layer's Moments at the end of the one pass, while
+    every layer's accumulator still holds its sums, and the pipeline measures them from that one dict."""
     where = f"{probe}/{label}"
     here = n if n_here is None else n_here
     if p > n and gpu:
