@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-from test_s27_hang import _MODELS, _env  # noqa: E402 - the hanging models of the watcher's own tests
+# the models of the watcher's own tests, and their fixture `started` (the processes a test starts, killed at its end)
+from test_s27_hang import _MODELS, _env, started  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -39,37 +39,36 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
-def test_sigterm_ends_fdl_inspect_whose_model_hangs_in_c(run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
-    argv = [sys.executable, "-m", "fdl_cli", "inspect", "step_2.safetensors", "--model", "models.py:in_c",
-            "--probe", "probe.npz"]
+def _stopped_once_stuck(run_dir: Path, processes: list[subprocess.Popen[bytes]], argv: list[str]) -> str:
+    """Run `argv` (grace 0.5 s), SIGTERM it once the model hangs (its `stuck` file): its stderr, once it ended with 143."""
     with open(run_dir / "err.txt", "wb") as err:
         process = subprocess.Popen(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
                                    env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
-    started.append(process)
+    processes.append(process)
     deadline = time.monotonic() + 120
     while not (run_dir / "stuck").exists():
         assert process.poll() is None and time.monotonic() < deadline, (run_dir / "err.txt").read_text()
         time.sleep(0.02)
+    if "--watch" in argv:
+        assert (run_dir / "run.h5.lock").exists()  # held while the model hangs
     process.send_signal(signal.SIGTERM)
     try:
         status = process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("fdl inspect did not end after SIGTERM (killed): " + (run_dir / "err.txt").read_text())
+        pytest.fail("fdl did not end after SIGTERM (killed): " + (run_dir / "err.txt").read_text())
     err_text = (run_dir / "err.txt").read_text()
-    assert status == 143, err_text
-    assert "Traceback" not in err_text, err_text
+    assert status == 143 and "Traceback" not in err_text, err_text
+    assert "did not return within 0.5 s" in err_text, err_text
+    return err_text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
+def test_sigterm_ends_fdl_inspect_whose_model_hangs_in_c(
+        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
+    argv = [sys.executable, "-m", "fdl_cli", "inspect", "step_2.safetensors", "--model", "models.py:in_c",
+            "--probe", "probe.npz"]
+    err_text = _stopped_once_stuck(run_dir, started, argv)
     assert "SIGTERM: the model's forward pass did not return within 0.5 s" in err_text, err_text
     assert err_text.rstrip().endswith("interrupted"), err_text
 
@@ -105,28 +104,11 @@ def test_running_fdl_in_process_again_and_again_keeps_no_thread_or_file_per_run(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
 def test_sigterm_ends_a_watch_whose_model_hangs_at_the_reference_leaving_no_lock_file(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
     """--watch takes the store's lock before the reference's forward pass: the watcher's end left STORE.lock."""
     (run_dir / "ckpts").mkdir()
     (run_dir / "step_2.safetensors").rename(run_dir / "ckpts" / "step_2.safetensors")
     argv = [sys.executable, "-m", "fdl_cli", "analyze", "ckpts", "--watch", "--model", "models.py:in_c", "--probe",
             "probe.npz", "--out", "run.h5", "--anchor-size", "4", "--batch-size", "4"]
-    with open(run_dir / "err.txt", "wb") as err:
-        process = subprocess.Popen(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
-                                   env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
-    started.append(process)
-    deadline = time.monotonic() + 120
-    while not (run_dir / "stuck").exists():
-        assert process.poll() is None and time.monotonic() < deadline, (run_dir / "err.txt").read_text()
-        time.sleep(0.02)
-    assert (run_dir / "run.h5.lock").exists()  # held while the model hangs
-    process.send_signal(signal.SIGTERM)
-    try:
-        status = process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("fdl did not end after SIGTERM (killed): " + (run_dir / "err.txt").read_text())
-    err_text = (run_dir / "err.txt").read_text()
-    assert status == 143 and "Traceback" not in err_text, err_text
-    assert "did not return within 0.5 s" in err_text, err_text
+    err_text = _stopped_once_stuck(run_dir, started, argv)
     assert not (run_dir / "run.h5.lock").exists(), "the store's lock file was left behind: " + err_text
