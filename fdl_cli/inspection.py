@@ -41,7 +41,9 @@ def inspect_checkpoint(
     import torch
 
     from fdl_cli import checkpoints as ckpts
+    from fdl_cli import signals
     from fdl_cli.extract import (
+        FORWARD,
         LAST_LINEAR_OP,
         DefaultChoice,
         LinearCalls,
@@ -138,7 +140,9 @@ def inspect_checkpoint(
 
     def forward(sample: Any) -> None:
         nonlocal outputs_error
-        with torch.no_grad():  # not inference_mode: `chosen_default` reads the version counters of the outputs
+        # not inference_mode: `chosen_default` reads the version counters of the outputs; `model_code`: a model that
+        # does not return after SIGTERM or Ctrl-C (hung in C) ends fdl inspect all the same, as it ends analyze
+        with torch.no_grad(), signals.model_code(FORWARD):
             raw = model(sample)
         returned[:] = [raw]
         try:

@@ -1083,6 +1083,9 @@ def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | Non
 
     lock = claim(options.out or default_store_path(options.sources))
     claims.callback(lock.release)
+    # the model's code hung before the writer took the lock over (the reference's forward pass): the lock file
+    # removed all the same by the thread that ends fdl (`signals._Stall`); a second release does nothing
+    claims.enter_context(signals.ending_when_stalled(lock.release))
     return lock
 
 

@@ -446,6 +446,7 @@ class _Stall:
         self.endings: list[Any] = []  # callables, the last pushed run first; each returns lines to say, or None
         self.taken = False
         self.fds: tuple[int, int] | None = None  # the pipe's (read, write) ends, once started
+        self.thread: threading.Thread | None = None  # the one reading them
         self.previous = -1  # the wakeup fd in place before ours
 
     def start(self) -> None:
@@ -462,16 +463,23 @@ class _Stall:
             os.close(write)
             return
         self.fds = (read, write)
-        threading.Thread(target=self._run, args=(read,), name="fdl-stop-watch", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, args=(read,), name="fdl-stop-watch", daemon=True)
+        self.thread.start()
 
     def stop(self) -> None:
-        """In the main thread, as `installed` ends: the wakeup fd back as it was (the thread ends with the
-        process: a daemon, blocked in its poll of a pipe nobody writes any more)."""
+        """In the main thread, as `installed` ends: the wakeup fd back as it was, and the pipe's write end closed,
+        which ends the thread (it reads the end of the pipe, and closes its read end). Left open, each run of a
+        program that calls fdl's `main` again and again kept a thread and two file descriptors."""
         if self.fds is None:
             return
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(self.previous)
+        with contextlib.suppress(OSError):
+            os.close(self.fds[1])
         self.fds = None
+        if self.thread is not None:  # woken by the pipe's end at once; bounded all the same, as a daemon it may stay
+            self.thread.join(timeout=5)
+            self.thread = None
 
     def _run(self, read: int) -> None:
         import select
@@ -491,7 +499,11 @@ class _Stall:
                 try:
                     numbers = os.read(read, 64)
                 except (BlockingIOError, InterruptedError):
-                    numbers = b""
+                    continue
+                if not numbers:  # the pipe's end: `stop` closed its write end (the run is over)
+                    with contextlib.suppress(OSError):
+                        os.close(read)
+                    return
                 for signum in numbers:
                     if signum not in (signal.SIGINT, signal.SIGTERM):
                         if self.previous >= 0:
@@ -607,6 +619,7 @@ def _forked() -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)
         _stall.fds = None
+    _stall.thread = None
     for signum, handler in _replaced.items():
         if signal.getsignal(signum) is _on_sigint:
             with contextlib.suppress(ValueError, OSError):
