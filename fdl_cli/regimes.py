@@ -491,7 +491,8 @@ def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str
     if isinstance(share, float) and isinstance(entropy, float):
         return (share, entropy, f"chance {share:.3f}: the largest class's share of the probe's labels",
                 f"the labels' entropy {entropy:.3f}")
-    return 1 / classes, math.log(classes), f"chance {1 / classes:.3f}", f"log C = {math.log(classes):.3f}"
+    # "1/C =": a bare "chance 0.250" of a store written before the probe's chance reads as the probe's own
+    return 1 / classes, math.log(classes), f"chance 1/C = {1 / classes:.3f}", f"log C = {math.log(classes):.3f}"
 
 #: A reference checkpoint at least this far from chance to a perfect fit ((accuracy − 1/C) / (1 − 1/C),
 #: and 1 − cross-entropy / log C where it is stored; or R² for regression) already fits the probe: a

@@ -1784,7 +1784,7 @@ class _CommitPlan:
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
-    probes: tuple[tuple[str, bool], ...] = ()  # (probe, zero_one_targets) to record in a resumed store lacking it
+    probes: tuple[tuple[str, dict[str, Any]], ...] = ()  # (probe, attributes) to record in a resumed store lacking them
     signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
@@ -2085,7 +2085,7 @@ class StoreWriter:
         self._abandon_addition = bool(abandon_addition)
         self._abandoning = False  # `abandoned` is not committed yet
         #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
-        self._probe_updates: dict[str, bool] = {}
+        self._probe_updates: dict[str, dict[str, Any]] = {}
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
         self._own_row = None if invocation is None else history_row(invocation)
@@ -2332,11 +2332,11 @@ class StoreWriter:
                     json.dumps({**grown.provenance, **missing}, sort_keys=True),
                     tuple(self._probes[name] for name in grown.probes),
                 )
-            # Likewise a probe's zero_one_targets (the nineteenth session's), where the store does not record it
+            # Likewise a probe's zero_one_targets (the nineteenth session's) and chance (the twenty-seventh's), where
+            # the store does not record them: the stored probe is this one (its sha256), so they are its labels'
             self._probe_updates = {
-                name: bool(probe.zero_one_targets) for name, probe in self._probes.items()
-                if probe.zero_one_targets is not None and name in stored_probes
-                and stored_probes[name].zero_one_targets is None
+                name: updates for name, probe in self._probes.items()
+                if name in stored_probes and (updates := _missing_probe_attrs(probe, stored_probes[name]))
             }
         finally:
             reader.close()
@@ -2892,9 +2892,9 @@ class StoreWriter:
             store.attrs["provenance"] = plan.provenance
         for probe in plan.new_probes:
             _write_probe(store.require_group("probes"), probe)
-        for name, zero_one in plan.probes:
+        for name, updates in plan.probes:
             if f"probes/{name}" in store:
-                store[f"probes/{name}"].attrs["zero_one_targets"] = zero_one
+                store[f"probes/{name}"].attrs.update(updates)
         if plan.pending:
             store.attrs["pending_series"] = json.dumps([list(key) for key in plan.pending])
         elif plan.pending is not None and "pending_series" in store.attrs:
@@ -3007,6 +3007,19 @@ class StoreWriter:
             _write_probe(probes, probe)
         store.create_group("checkpoints")
         store.create_group("trajectories")
+
+
+def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
+    """The attributes of `probe` that a resumed store's record of it (`stored`, written by an older fdl) lacks:
+    zero_one_targets, and a class-label probe's chance_accuracy and label_entropy."""
+    updates: dict[str, Any] = {}
+    if probe.zero_one_targets is not None and stored.zero_one_targets is None:
+        updates["zero_one_targets"] = bool(probe.zero_one_targets)
+    if (probe.chance_accuracy is not None and probe.label_entropy is not None and stored.chance_accuracy is None
+            and stored.label_entropy is None and probe.sha256 == stored.sha256):
+        updates["chance_accuracy"] = np.float64(probe.chance_accuracy)
+        updates["label_entropy"] = np.float64(probe.label_entropy)
+    return updates
 
 
 def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
