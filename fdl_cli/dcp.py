@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fdl_cli.errors import CheckpointError, UnsafeCheckpointError, first_few, special_file
+from fdl_cli.errors import (
+    NAME_SHOWN,
+    CheckpointError,
+    UnsafeCheckpointError,
+    first_few,
+    first_line,
+    shown_name,
+    special_file,
+)
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
@@ -162,8 +170,8 @@ class _MetadataUnpickler(_PYTHON_UNPICKLER):  # type: ignore[misc]
         full = f"{module}.{name}"
         found = _RECORDS.get(full) or _CALLABLES.get(full) or _DTYPES.get(full)
         if found is None:
-            self.refused.append(full[:200])
-            raise pickle.UnpicklingError(f"global {full[:200]} is not allowed")
+            self.refused.append(shown_name(full, 200))
+            raise pickle.UnpicklingError(f"global {shown_name(full, 200)} is not allowed")
         return found
 
     def persistent_load(self, pid: Any) -> Any:
@@ -259,7 +267,7 @@ class ItemNotRead:
         self.fqn, self.reason = fqn, reason
 
     def __repr__(self) -> str:
-        return f"<{self.fqn}: not read, {self.reason}>"
+        return f"<{shown_name(self.fqn)}: not read, {self.reason}>"
 
 
 def is_dcp_folder(folder: Path) -> bool:
@@ -376,13 +384,17 @@ def _entries(root: Any) -> dict[str, Entry]:
         if not _records(index, "MetadataIndex") or not _records(info, "_StorageInfo"):
             raise TypeError("a storage_data entry that is not a MetadataIndex and its _StorageInfo")
         fqn = _text(index.field("fqn"), "a MetadataIndex's fqn")
+        name = shown_name(fqn)  # a forged name may be megabytes long: messages show its start and its length
         offset = index.field("offset")
-        offset = None if offset is None else _counts(offset, f"the offset of a chunk of {fqn}")
+        offset = None if offset is None else _counts(offset, f"the offset of a chunk of {name}")
         file, start, length = info.field("relative_path"), info.field("offset"), info.field("length")
         if type(file) is not str or "/" in file or "\\" in file or file in ("", ".", ".."):
-            raise ValueError(f"a shard file name {file if type(file) is str else _kind(file)!r} outside the folder")
+            shown = _kind(file) if type(file) is not str else repr(file) if len(file) <= NAME_SHOWN else (
+                f"{file[:NAME_SHOWN]!r}… ({len(file)} characters)")
+            raise ValueError(f"a shard file name {shown} outside the folder")
         if len(file.encode(errors="surrogateescape")) > _NAME_LIMIT:  # stat()ed: "File name too long", unnamed
-            raise ValueError(f"a shard file name of over {_NAME_LIMIT} bytes ({file[:40]}...), which no file has")
+            raise ValueError(f"a shard file name of over {_NAME_LIMIT} bytes ({shown_name(file, 40)}), which no file "
+                             "has")
         if not (_is_count(start) and _is_count(length) and _is_count(start + length)):
             raise ValueError(f"a byte range of {file} that does not end below 2**63 or is not of non-negative "
                              "integers")
@@ -392,38 +404,39 @@ def _entries(root: Any) -> dict[str, Entry]:
         transforms = tuple(_text(name, f"a transform of {file}") for name in transforms)
         key = _chunk_key(fqn, offset)
         if key in stored:  # torch's dict holds one entry a chunk: the later one was read in place of the earlier
-            where = fqn if offset is None else f"the chunk of {fqn} at {list(offset)}"
+            where = name if offset is None else f"the chunk of {name} at {list(offset)}"
             raise ValueError(f"two storage entries for {where}")
         stored[key] = Chunk((), (), file, start, length, transforms)
     out: dict[str, Entry] = {}
     for fqn, item in items.items():
         _text(fqn, "an item named by a key")
+        name = shown_name(fqn)
         path = paths.get(fqn, (fqn,))
         if (not isinstance(path, (tuple, list)) or not 0 < len(path) <= _DEPTH_LIMIT
                 or not all(type(p) is str or _is_count(p) for p in path)):
-            raise TypeError(f"the place of {fqn} is not a sequence of 1 to {_DEPTH_LIMIT} names and numbers")
+            raise TypeError(f"the place of {name} is not a sequence of 1 to {_DEPTH_LIMIT} names and numbers")
         if _records(item, "BytesStorageMetadata"):
             if _chunk_key(fqn, None) not in stored:
-                raise KeyError(f"{fqn} has no storage")
+                raise KeyError(f"{name} has no storage")
             out[fqn] = Entry(fqn, tuple(path), None, (), (stored[_chunk_key(fqn, None)],))
             continue
         if not _records(item, "TensorStorageMetadata"):
-            raise TypeError(f"{fqn} is described by a {_kind(item)}")
+            raise TypeError(f"{name} is described by a {_kind(item)}")
         properties, size, chunks = item.field("properties"), item.field("size"), item.field("chunks")
         dtype = properties.state[0] if _records(properties, "TensorProperties") and isinstance(
             properties.state, tuple) and properties.state else None
         if not isinstance(dtype, torch.dtype) or not isinstance(chunks, list):
-            raise TypeError(f"{fqn} has no dtype, size and chunks")
-        size = _counts(size, f"the size of {fqn}")
+            raise TypeError(f"{name} has no dtype, size and chunks")
+        size = _counts(size, f"the size of {name}")
         placed = []
         for chunk in chunks:
             if not _records(chunk, "ChunkStorageMetadata"):
-                raise TypeError(f"a chunk of {fqn} is a {_kind(chunk)}")
-            offsets = _counts(chunk.field("offsets"), f"the offsets of a chunk of {fqn}")
-            sizes = _counts(chunk.field("sizes"), f"the sizes of a chunk of {fqn}")
+                raise TypeError(f"a chunk of {name} is a {_kind(chunk)}")
+            offsets = _counts(chunk.field("offsets"), f"the offsets of a chunk of {name}")
+            sizes = _counts(chunk.field("sizes"), f"the sizes of a chunk of {name}")
             at = stored.get(_chunk_key(fqn, offsets))
             if at is None:
-                raise KeyError(f"the chunk of {fqn} at {list(offsets)} has no storage")
+                raise KeyError(f"the chunk of {name} at {list(offsets)} has no storage")
             placed.append(Chunk(offsets, sizes, at.file, at.start, at.length, at.transforms))
         out[fqn] = Entry(fqn, tuple(path), dtype, size, tuple(placed))
     return out
@@ -442,8 +455,8 @@ def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
         for chunk in entry.chunks:
             if len(chunk.offsets) != len(entry.size) or len(chunk.sizes) != len(entry.size) or any(
                     o + s > n for o, s, n in zip(chunk.offsets, chunk.sizes, entry.size, strict=True)):
-                raise bad_folder(folder, f"a chunk of {entry.fqn} at {list(chunk.offsets)} of size {list(chunk.sizes)} "
-                                   f"lies outside its size {list(entry.size)}")
+                raise bad_folder(folder, f"a chunk of {shown_name(entry.fqn)} at {list(chunk.offsets)} of size "
+                                   f"{list(chunk.sizes)} lies outside its size {list(entry.size)}")
         _cover(folder, entry)
     odd = [(file, kind) for file in sorted(files) if (kind := special_file(folder / file))]
     if odd:  # opened, a named pipe waits for ever and /dev/zero never ends
@@ -462,8 +475,9 @@ def _cover(folder: Path, entry: Entry) -> None:
     edges = [sorted({0, n, *(c.offsets[d] for c in chunks), *(c.offsets[d] + c.sizes[d] for c in chunks)})
              for d, n in enumerate(entry.size)]
     cells = math.prod(len(cuts) - 1 for cuts in edges)
+    name = shown_name(entry.fqn)
     if cells > max(_CELLS, 16 * len(chunks)):
-        raise bad_folder(folder, f"the {len(chunks)} chunks of {entry.fqn} cut it into {cells} pieces, a layout fdl "
+        raise bad_folder(folder, f"the {len(chunks)} chunks of {name} cut it into {cells} pieces, a layout fdl "
                            "does not check")
     owner = np.full([len(cuts) - 1 for cuts in edges], -1, dtype=np.int32)
     for index, chunk in enumerate(chunks):
@@ -472,21 +486,22 @@ def _cover(folder: Path, entry: Entry) -> None:
         block = owner[cells_of]
         claimed = block[block >= 0]
         if claimed.size:
-            raise bad_folder(folder, f"two chunks of {entry.fqn} overlap (at {list(chunks[int(claimed[0])].offsets)} "
+            raise bad_folder(folder, f"two chunks of {name} overlap (at {list(chunks[int(claimed[0])].offsets)} "
                                f"and {list(chunk.offsets)})")
         block[...] = index
     if (owner < 0).any():
         volume = sum(math.prod(chunk.sizes) for chunk in chunks)
-        raise bad_folder(folder, f"the chunks of {entry.fqn} hold {volume} of its {math.prod(entry.size)} elements "
+        raise bad_folder(folder, f"the chunks of {name} hold {volume} of its {math.prod(entry.size)} elements "
                            f"(size {list(entry.size)})")
 
 
 def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) -> bytes:
     if chunk.transforms:
         raise CheckpointError(
-            f"cannot read {fqn} of the torch.distributed.checkpoint folder {folder}",
+            f"cannot read {shown_name(fqn)} of the torch.distributed.checkpoint folder {folder}",
             got=f"it is stored through the extension{'s' if len(chunk.transforms) > 1 else ''} "
-            f"{', '.join(chunk.transforms)} (compression), which fdl does not read",
+            f"{first_few([shown_name(name) for name in chunk.transforms[:4]], 3)} (compression), which fdl does not "
+            "read",
             fix="save without _extensions, or convert the folder to one file and analyse that: python -m "
             f"torch.distributed.checkpoint.format_utils dcp_to_torch {folder} {folder}.pt",
         )
@@ -499,7 +514,7 @@ def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) 
     if len(data) < chunk.length:
         raise CheckpointError(
             f"cannot read the torch.distributed.checkpoint folder {folder}",
-            got=f"{chunk.file} is cut short: {fqn} lies at bytes {chunk.start}..{chunk.start + chunk.length}, "
+            got=f"{chunk.file} is cut short: {shown_name(fqn)} lies at bytes {chunk.start}..{chunk.start + chunk.length}, "
             f"the file holds {size}",
             fix="re-copy the folder whole; a save still being written is analysed by the same command run again "
             "once written",
@@ -560,7 +575,8 @@ def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesI
                 except pickle.UnpicklingError as exc:
                     out[entry.fqn] = ItemNotRead(entry.fqn, str(exc).splitlines()[0][:120] if str(exc) else "refused")
                 except Exception as exc:  # noqa: BLE001 - damaged bytes
-                    raise bad_folder(folder, f"{entry.fqn} in {entry.chunks[0].file} is not readable ({exc})") from None
+                    raise bad_folder(folder, f"{shown_name(entry.fqn)} in {entry.chunks[0].file} is not readable "
+                                             f"({first_line(exc, 160) or type(exc).__name__})") from None
                 continue
             out[entry.fqn] = _tensor(folder, entry, load, handles)
     finally:
@@ -571,18 +587,19 @@ def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesI
 def _tensor(folder: Path, entry: Entry, load: Callable[[io.BytesIO], Any], handles: dict[str, Any]) -> torch.Tensor:
     assert entry.dtype is not None
     full: torch.Tensor | None = None
+    name = shown_name(entry.fqn)
     for chunk in entry.chunks:
         data = _chunk_bytes(folder, chunk, entry.fqn, handles)
         try:
             piece = load(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001 - damaged bytes, or an object where a tensor belongs
-            raise bad_folder(folder, f"the chunk of {entry.fqn} at {list(chunk.offsets)} in {chunk.file} is not a "
+            raise bad_folder(folder, f"the chunk of {name} at {list(chunk.offsets)} in {chunk.file} is not a "
                                f"readable tensor ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
                        ) from None
         if not isinstance(piece, torch.Tensor) or tuple(piece.shape) != chunk.sizes or piece.dtype != entry.dtype:
             got = (f"a {piece.dtype} tensor of shape {list(piece.shape)}" if isinstance(piece, torch.Tensor)
                    else f"a {type(piece).__name__}")
-            raise bad_folder(folder, f"the chunk of {entry.fqn} at {list(chunk.offsets)} in {chunk.file} holds {got}, "
+            raise bad_folder(folder, f"the chunk of {name} at {list(chunk.offsets)} in {chunk.file} holds {got}, "
                                f"not the {entry.dtype} chunk of shape {list(chunk.sizes)} its {METADATA} says")
         if len(entry.chunks) == 1:
             return piece
@@ -601,7 +618,7 @@ def _whole(folder: Path, entry: Entry) -> torch.Tensor:
     except (RuntimeError, MemoryError):
         count = math.prod(entry.size)
         raise CheckpointError(
-            f"cannot read {entry.fqn} of the torch.distributed.checkpoint folder {folder}",
+            f"cannot read {shown_name(entry.fqn)} of the torch.distributed.checkpoint folder {folder}",
             got=f"its {METADATA} declares {count} elements of {entry.dtype} (size {list(entry.size)}, "
             f"{count * entry.dtype.itemsize / 2**30:.3g} GiB), more than this machine could allocate",
             fix="check that the folder holds the checkpoint it should (its .metadata may be damaged or forged), or "
@@ -619,9 +636,9 @@ def nested(values: dict[str, Any], entries: dict[str, Entry]) -> dict[Any, Any]:
         for part in path[:-1]:
             level = level.setdefault(part, {})
             if not isinstance(level, dict):
-                raise ValueError(f"{fqn} lies below another item")
+                raise ValueError(f"{shown_name(fqn)} lies below another item")
         if path[-1] in level:
-            raise ValueError(f"two items at the place of {fqn}")
+            raise ValueError(f"two items at the place of {shown_name(fqn)}")
         level[path[-1]] = value
     return _lists(root)
 

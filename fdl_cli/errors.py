@@ -257,6 +257,17 @@ def terminal_safe(text: str) -> str:
     return _CONTROLS.sub(lambda found: _escaped(ord(found.group())), text)
 
 
+NAME_SHOWN = 80  # characters of a name from someone else's file that a message shows
+
+
+def shown_name(name: str, limit: int = NAME_SHOWN) -> str:
+    """A name read from a file (a tensor's, a shard's, an extension's) as a message shows it: its first `limit`
+    characters and, for a longer one, its length (`model.w… (1048583 characters)`), control characters escaped
+    (`terminal_safe`): a forged name may be megabytes long, which written whole fills the terminal or a --json
+    error."""
+    return terminal_safe(name[:limit]) + (f"… ({len(name)} characters)" if len(name) > limit else "")
+
+
 def _escaped(code: int) -> str:
     """A character's escape as Python writes it: `\\x1b` (up to U+00FF), `\\u202e`."""
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
