@@ -481,6 +481,15 @@ def before_reference_line(reference_step: int) -> str:
 NEAR_CHANCE = 1.5
 
 
+def probe_chance(probe: Any) -> dict[str, float]:
+    """{"chance_accuracy", "label_entropy"} of a probe as the store records them (a `store.ProbeInfo`:
+    `probes.label_chance`), for a verdict's evidence, which `chance` reads; {} where not recorded (a store written
+    before they were, a regression's probe). `fdl classify` adds them so; a notebook does the same with
+    `verdict.evidence.update(probe_chance(run.probes()[probe]))` (docs/store.md)."""
+    values = {name: getattr(probe, name, None) for name in ("chance_accuracy", "label_entropy")}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
 def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str, str]:
     """(chance accuracy, chance cross-entropy, the words for each) that a classify line reads a checkpoint
     against: the probe's own where the store records them (`probes.label_chance`: the largest class's share of

@@ -49,6 +49,7 @@ from fdl_cli.fields import (
 )
 from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
+from fdl_cli.regimes import probe_chance as probe_chance_of
 
 Record = dict[str, Any]
 
@@ -188,9 +189,7 @@ def zero_one_targets(run: Run, series: Series) -> bool | None:
 def probe_chance(run: Run, series: Series) -> dict[str, float]:
     """{"chance_accuracy", "label_entropy"} of the series' class-label probe as the store records them
     (`probes.label_chance`), for `fdl classify`'s evidence; {} where not recorded."""
-    info = run.probes.get(series.probe) if series.probe is not None else None
-    values = {name: getattr(info, name, None) for name in ("chance_accuracy", "label_entropy")}
-    return {name: float(value) for name, value in values.items() if value is not None}
+    return probe_chance_of(run.probes.get(series.probe) if series.probe is not None else None)
 
 
 def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
