@@ -56,6 +56,8 @@ from fdl_cli.errors import (
     counted,
     first_few,
     first_line,
+    first_names,
+    shown_name,
     shown_path,
     special_file,
     terminal_safe,
@@ -3040,7 +3042,7 @@ def _check_weights_found(
         f"starts with {prefix!r}",
         got="other entries holding weights: " + ", ".join(entries[:8]) + "; the model's own"
         + (f" (under {own!r})" if own is not None else "") + " keys start with "
-        + ", ".join(f"{head}. ({count})" for head, count in shown),
+        + ", ".join(f"{shown_name(head)}. ({count})" for head, count in shown),
         fix=f"pass one of those entries (e.g. --weights {entries[0]}) or a key prefix, or leave --weights "
         "out for the checkpoint's own weights",
     )
@@ -3060,7 +3062,7 @@ def _under_prefix(tensors: Mapping[str, torch.Tensor], weights: str, path: Path)
         raise WeightsNotFoundError(
             f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
             f"starts with {prefix!r}",
-            got="its keys start with " + ", ".join(f"{head}. ({count})" for head, count in shown),
+            got="its keys start with " + ", ".join(f"{shown_name(head)}. ({count})" for head, count in shown),
             fix="pass the entry or prefix of the weights to analyse (e.g. --weights state_dict_ema, --weights ema), "
             "or leave --weights out for the checkpoint's own weights",
         )
@@ -4315,15 +4317,15 @@ def _key_report(
     missing = [k for k in model_keys if k not in ckpt]
     unexpected = [k for k in ckpt if k not in model_keys]
     shapes = [
-        f"{k}: checkpoint {tuple(theirs)} vs model {tuple(ours)}"
+        f"{shown_name(k)}: checkpoint {tuple(theirs)} vs model {tuple(ours)}"
         for k, ours in model_keys.items()
         if k in ckpt and ours is not None and (theirs := _shape(ckpt[k])) is not None and tuple(theirs) != tuple(ours)
     ]
     parts = []
     if missing:
-        parts.append(f"{counted(len(missing), 'missing key')}: " + first_few(missing, 4))
+        parts.append(f"{counted(len(missing), 'missing key')}: " + first_names(missing, 4))
     if unexpected:
-        parts.append(f"{counted(len(unexpected), 'unexpected key')}: " + first_few(unexpected, 4))
+        parts.append(f"{counted(len(unexpected), 'unexpected key')}: " + first_names(unexpected, 4))
     if shapes:
         parts.append(
             f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''}: "

@@ -268,6 +268,11 @@ def shown_name(name: str, limit: int = NAME_SHOWN) -> str:
     return terminal_safe(name[:limit]) + (f"… ({len(name)} characters)" if len(name) > limit else "")
 
 
+def first_names(names: Sequence[str], limit: int) -> str:
+    """`first_few` of names read from someone else's file (a checkpoint's keys), each as `shown_name` shows it."""
+    return first_few([shown_name(name) for name in names[:limit + 1]], limit)
+
+
 def _escaped(code: int) -> str:
     """A character's escape as Python writes it: `\\x1b` (up to U+00FF), `\\u202e`."""
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
