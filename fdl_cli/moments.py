@@ -131,8 +131,9 @@ def _blas_controller(threadpoolctl: Any) -> Any:
 
 def _numpy_blas_threads() -> int | None:
     """The threads numpy's BLAS runs, as far as can be known without a dependency: threadpoolctl's count
-    where it is importable (what the libraries loaded by the first call run now, `threadpool_limits` included (`_blas_controller`); every BLAS it
-    sees, torch's own among them where it loads one, must run one thread), else the environment as numpy's
+    where it is importable (what the libraries loaded by the first call, `_blas_controller`, run now,
+    `threadpool_limits` included; every BLAS it sees, torch's own among them where it loads one, must run one
+    thread), else the environment as numpy's
     BLAS read it at start (`BLAS_THREAD_VARIABLES`, read now: a variable changed after numpy's import is
     not seen). None: not known (no variable set; a BLAS other than OpenBLAS and MKL: Accelerate, BLIS)."""
     try:
