@@ -7,18 +7,13 @@ import pytest
 import torch
 
 from fdl_cli import moments
+from tests.test_s27_left import one_torch_thread  # noqa: F401  (the fixture: torch on one thread)
 
-
-@pytest.fixture
-def one_torch_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_loaded_libraries_are_scanned_once_not_per_layer_and_checkpoint(
-    monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """threadpoolctl's `threadpool_info()` walks every library loaded (torch loads many): 0.5 ms a call, asked
     for each layer of each checkpoint (100 s of a run of 10 000 checkpoints of 20 layers). The libraries are
