@@ -119,10 +119,21 @@ BLAS_THREAD_VARIABLES = {"openblas": ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS"
                          "mkl": ("MKL_NUM_THREADS", "OMP_NUM_THREADS")}
 
 
+@functools.cache
+def _blas_controller(threadpoolctl: Any) -> Any:
+    """threadpoolctl's controller of the libraries loaded now, found once a process: finding them walks every
+    library loaded (0.5 ms with torch's, asked for each layer of each checkpoint), while each one's
+    `num_threads`, read per call, follows `threadpool_limits`. numpy's BLAS and torch's are loaded by the first
+    call (both imported); a BLAS loaded after it is not seen. Two threads that call it at once at worst both
+    walk the libraries (the cache keeps one controller)."""
+    return threadpoolctl.ThreadpoolController()
+
+
 def _numpy_blas_threads() -> int | None:
     """The threads numpy's BLAS runs, as far as can be known without a dependency: threadpoolctl's count
-    where it is importable (what the libraries loaded now run, `threadpool_limits` included; every BLAS it
-    sees, torch's own among them where it loads one, must run one thread), else the environment as numpy's
+    where it is importable (what the libraries loaded by the first call, `_blas_controller`, run now,
+    `threadpool_limits` included; every BLAS it sees, torch's own among them where it loads one, must run one
+    thread), else the environment as numpy's
     BLAS read it at start (`BLAS_THREAD_VARIABLES`, read now: a variable changed after numpy's import is
     not seen). None: not known (no variable set; a BLAS other than OpenBLAS and MKL: Accelerate, BLIS)."""
     try:
@@ -130,7 +141,8 @@ def _numpy_blas_threads() -> int | None:
     except ImportError:
         threadpoolctl = None
     if threadpoolctl is not None:
-        counts = [int(pool["num_threads"]) for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        counts = [int(lib.num_threads) for lib in _blas_controller(threadpoolctl).lib_controllers
+                  if lib.user_api == "blas"]
         if counts:
             return max(counts)
     config = getattr(np.__config__, "CONFIG", None)  # numpy ≥ 1.26; before, OpenBLAS (the wheels') is assumed
