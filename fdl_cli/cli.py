@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, cast
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, terminal_safe
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds, near_names
 
@@ -733,6 +733,11 @@ def _modules_table(
                           widths=[(len(row[3]) for row in rows)])
 
 
+#: characters of a module's or tensor's name that `fdl inspect`'s table shows before its length: real names are far
+#: shorter, so they fold over lines whole
+INSPECT_NAME_SHOWN = 1000
+
+
 def _tensors_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, list[str]]:
     """The table of a checkpoint's tensors (`inspection._tensors_listing`), by module: each module's name on
     its first tensor's row only, beside each tensor's own name (`weight`, `bias`; the full name is the two
@@ -742,6 +747,9 @@ def _tensors_table(result: dict[str, Any], max_width: int | None) -> tuple[Any, 
     previous = None
     for row in result["tensors"]:
         module, _, own = str(row["name"]).rpartition(".")
+        # a name from the file, folded over lines, never cut: up to INSPECT_NAME_SHOWN characters, then its length
+        # (a forged key of a megabyte made a megabyte of table); --json keeps it whole
+        module, own = shown_name(module, INSPECT_NAME_SHOWN), shown_name(own, INSPECT_NAME_SHOWN)
         rows.append(("" if module == previous else module or "(top level)", own, str(list(row["shape"])),
                      str(row["dtype"]), f"{row['values']:,}"))
         previous = module

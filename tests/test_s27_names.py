@@ -65,3 +65,21 @@ def test_weights_names_a_megabyte_head_by_its_start_and_length(tmp_path: Path) -
     assert done.code == 1
     assert "its keys start with " + START in done.stderr
     _assert_bounded(done.stderr, len(LONG))
+
+
+#: characters of a name `fdl inspect`'s tensor table shows before its length (names fold over lines, never cut,
+#: below this: real names are far shorter)
+INSPECT_SHOWN = 1000
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "pt"])
+def test_inspect_lists_a_megabyte_key_by_its_start_and_length(tmp_path: Path, kind: str) -> None:
+    """`fdl inspect` folded a megabyte's key over as many lines as it took: a megabyte of table for one name."""
+    run = _save(_extra(_weights(0)), tmp_path / "run", kind)
+    done = fdl("inspect", next(run.iterdir()))
+    assert done.code == 0, done.stderr
+    listing = done.stdout + done.stderr
+    assert len(listing) < 20 * INSPECT_SHOWN, len(listing)
+    assert "\x1b" not in listing and "\x07" not in listing
+    assert f"({len(LONG)} characters)" in listing
+    assert "0.weight" in listing or "weight" in listing  # the other tensors are still listed
