@@ -173,19 +173,25 @@ def test_inspect_marks_a_module_without_a_batch_dimension_as_analyze_refuses_it(
 _EIO_FIX = "check the disk (`dmesg` shows the kernel's errors) or choose another --out"
 
 
-def test_a_commit_refused_by_an_io_error_says_the_device_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def commit_refused_by(code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StoreError:
+    """The StoreError of a commit whose fsync fails with OSError `code` (EIO, EROFS, ...)."""
     def fail(path: Path, *, directory: bool = False) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(store_module, "_fsync_path", fail)
     writer = StoreWriter(tmp_path / "run.h5", provenance=provenance(), probes=probes(), background=False)
     with pytest.raises(StoreError) as caught:
         writer.add(random_entry(0))
-    assert caught.value.got == (f"Input/output error in {tmp_path} while writing the store's updated copy: the device "
-                                "failed the write (a failing disk, a network file system that lost its server)")
-    assert caught.value.fix == f"{_EIO_FIX}, then run again"
     monkeypatch.undo()
     writer.close()
+    return caught.value
+
+
+def test_a_commit_refused_by_an_io_error_says_the_device_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = commit_refused_by(errno.EIO, tmp_path, monkeypatch)
+    assert refused.got == (f"Input/output error in {tmp_path} while writing the store's updated copy: the device "
+                           "failed the write (a failing disk, a network file system that lost its server)")
+    assert refused.fix == f"{_EIO_FIX}, then run again"
 
 
 def test_a_lock_file_refused_by_an_io_error_says_the_device_failed(

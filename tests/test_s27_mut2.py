@@ -22,15 +22,15 @@ import torch
 from torch import nn
 
 from fdl_cli import signals
-from fdl_cli import store as store_module
 from fdl_cli.errors import FdlError, ModelError, StoreError
 from fdl_cli.extract import LayerSpec, hooked, padded_sequences
 from fdl_cli.report import writing
 from fdl_cli.store import CheckpointEntry, SeriesEntry, StoreReader, StoreWriter
 from tests.cli_run import REPO
+from tests.test_s26_polish import commit_refused_by
 from tests.test_s26_rev_dcp import _blob, _tensors
 from tests.test_s27_mut import _forged
-from tests.test_store import probes, provenance, random_entry
+from tests.test_store import probes, provenance
 
 # ------------------------------------------------ dcp: two entries for one place, a list with a gap
 
@@ -115,19 +115,11 @@ def test_a_report_refused_by_a_read_only_file_system_says_so(tmp_path: Path) -> 
 
 
 def test_a_commit_refused_by_a_read_only_file_system_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(path: Path, *, directory: bool = False) -> None:
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(store_module, "_fsync_path", fail)
-    writer = StoreWriter(tmp_path / "run.h5", provenance=provenance(), probes=probes(), background=False)
-    with pytest.raises(StoreError) as caught:
-        writer.add(random_entry(0))
-    assert caught.value.got is not None and caught.value.got.endswith(
+    refused = commit_refused_by(errno.EROFS, tmp_path, monkeypatch)
+    assert refused.got is not None and refused.got.endswith(
         "while writing the store's updated copy: the file system there is read-only (mounted so, or remounted so by "
         "the kernel after a disk error: `dmesg` says which)")
-    assert caught.value.fix == "choose another --out on a file system this user can write, then run again"
-    monkeypatch.undo()
-    writer.close()
+    assert refused.fix == "choose another --out on a file system this user can write, then run again"
 
 
 # ------------------------------------------------ signals: a held signal delivered once; default and ignored ones
