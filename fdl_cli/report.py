@@ -1607,10 +1607,11 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
     last = signs[-1][1]
     every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
-    if last == 0:
+    if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
-            return "equal", f"The runs are equally rich ({same}) {every}." + left_out
-        return "equal", f"The runs end equally rich ({same} at the last matched step)." + left_out
+            return "equal", f"The runs are equally rich ({same}) {every}." + left_out + _movement_note(steps)
+        return "equal", (f"The runs end equally rich ({same} at the last matched step)." + left_out
+                         + _movement_note(steps))
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1629,7 +1630,7 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
     return winner.lower(), (
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
-        + left_out + _movement_note(steps)
+        + left_out + _movement_note(steps, richer=winner)
     )
 
 
@@ -1658,21 +1659,27 @@ def _matched_step(match: Match) -> str:
     return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A ({match.step_b} of B)"
 
 
-def _movement_note(steps: Sequence[ComparedStep]) -> str:
+def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) -> str:
     """A sentence for each run whose features never moved (the classifier's `static` at every matched
     step: CKA to its reference at or above `cka_static` and the top-C overlap at or above
     `overlap_static`): its D_LR is that of features it did not learn, so "richer" then compares a lazy
     run's fixed features with the other run's (SPEC §7: coefficient). CKA alone is not enough: a run
     whose top-C eigenspace rotated under a static CKA is a conflict that `fdl classify` calls
-    undetermined, not coefficient."""
-    from fdl_cli.regimes import STATIC, Thresholds, feature_movement, one_minus_gap
+    undetermined, not coefficient. Where one run never moved and the other moved (a frozen backbone against a
+    trained net), a last sentence says which of the two learned features, and, where `richer` (the verdict's
+    run, "A" or "B"; None for a tie) is the static one, that its lower D_LR is its readout's."""
+    from fdl_cli.regimes import MOVED, STATIC, Thresholds, feature_movement, one_minus_gap
 
     thresholds = Thresholds()
     notes = []
+    static, moved = [], []  # the runs that never moved, and those that moved at a matched step
     for name, side in (("A", "record_a"), ("B", "record_b")):
         records = [getattr(compared, side) for compared in steps]
         records = [r for r in records if r.get("cka_init") is not None or r.get("overlap_init") is not None]
+        if any(feature_movement(r, thresholds)[0] == MOVED for r in records):
+            moved.append((name, records))
         if len(records) > 1 and all(feature_movement(r, thresholds)[0] == STATIC for r in records):
+            static.append(name)
             shown = []
             for field, label, bound in (("cka_init", "CKA to its reference", thresholds.cka_static),
                                         ("overlap_init", "top-C overlap", thresholds.overlap_static)):
@@ -1688,6 +1695,16 @@ def _movement_note(steps: Sequence[ComparedStep]) -> str:
                 "that of its reference checkpoint's features, not of features learned in these steps, a lazy "
                 "(coefficient) run (`fdl classify` gives the evidence)."
             )
+    if len(static) == 1 and len(moved) == 1:
+        # "Run A is richer" of a frozen backbone read as "A learned more": D_LR ranks richness, which fixed features
+        # may win through their readout alone; which run learned features is the other question, answered here
+        (name, records), = moved
+        lowest = [f"{label} {format_value(field, min(values))}"
+                  for field, label in (("cka_init", "CKA to its reference down to"), ("overlap_init", "top-C overlap to"))
+                  if (values := [r[field] for r in records if r.get(field) is not None])]
+        notes.append(f" Of the two runs, only {name}'s features moved ({', '.join(lowest)}): {name} learned features, "
+                     f"{static[0]} did not" + (f"; {static[0]}'s lower D_LR comes from its readout of fixed features."
+                                               if richer == static[0] else "."))
     return "".join(notes)
 
 
