@@ -967,6 +967,7 @@ cli.add_command(_alias(compare, "diff"))
                    "eigenfunctions: the top-K e_k(x) on the anchor points; trajectories: the per-checkpoint fields "
                    "of `fdl report`.")
 @click.option("--format", "fmt", type=SuggestingChoice(["csv", "json", "npy"]), default="csv", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
               help="Output file (required for npy).")
 @click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
@@ -988,6 +989,11 @@ def export(**kwargs: Any) -> None:
 
     from fdl_cli import report as rep
 
+    if kwargs.pop("as_json"):  # as report's and compare's; --format csv is the default, so said or not
+        given = click.get_current_context().get_parameter_source("fmt") is not click.core.ParameterSource.DEFAULT
+        if given and kwargs["fmt"] != "json":
+            raise click.UsageError(f"--json and --format {kwargs['fmt']} ask for two formats; pass one")
+        kwargs["fmt"] = "json"
     if kwargs["out"] == "-":  # as analyze's: a file named "-" was written in the current folder
         raise FdlError("--out -: fdl export writes to stdout without --out, and takes --out as a file's path",
                        fix="omit --out to print CSV or JSON on stdout (npy needs a file: --out arrays.npz)")

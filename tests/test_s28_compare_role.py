@@ -116,3 +116,17 @@ def test_frozen_backbone_is_coefficient_and_compare_names_the_run_that_learned(r
     for step in data["steps"]:
         assert step["overlap"] == pytest.approx(step["b"]["overlap_init"], abs=1e-6)
         assert step["a"]["cka_init"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_export_takes_json_as_report_and_compare_do(tmp_path: Path) -> None:
+    """`fdl export run.h5 --what trajectories --json` was "No such option '--json'": the one reading command
+    without it, after `report --json` and `compare --json`."""
+    store = make_store(tmp_path / "run.h5")
+    for what in ("trajectories", "eigenvalues"):
+        spelled = fdl_in_process("export", store, "--what", what, "--format", "json")
+        short = fdl_in_process("export", store, "--what", what, "--json")
+        assert short.returncode == 0, short.stderr
+        assert short.stdout == spelled.stdout and json.loads(short.stdout)
+    both = fdl_in_process("export", store, "--what", "eigenvalues", "--json", "--format", "csv")
+    assert both.returncode == 2 and "--json and --format csv ask for two formats; pass one" in both.stderr
+    assert "Traceback" not in both.stderr
