@@ -213,3 +213,21 @@ def test_short_entries_are_named_as_before(tmp_path: Path) -> None:
     code, text = _analyze(run, tmp_path, "--weights", "foo")
     assert code == 1
     assert "other entries holding weights: ema; " in text and "(e.g. --weights ema)" in text
+
+
+# ------------------------------------------------------------------------- a checkpoint given as the probe
+
+
+@pytest.mark.parametrize(("probe", "said"), [
+    ({LONG: {"w": torch.ones(2, 2)}, "step": 3}, "keys: " + START),  # no tensor at the top level
+    ({LONG: torch.ones(4, 2), "y": torch.zeros(4)}, "keys: " + START),  # no inputs among its tensors
+], ids=["no-tensor", "no-inputs"])
+def test_a_probes_keys_are_shown_by_their_start_and_length(tmp_path: Path, probe: dict[str, object], said: str) -> None:
+    """A checkpoint given as --probe (or a forged probe): "got: keys: ..." wrote its keys whole."""
+    run = _run(tmp_path, lambda path: None, good=True)
+    torch.save(probe, tmp_path / "forged.pt")
+    done = fdl("analyze", run, *MODEL, "--probe", tmp_path / "forged.pt", "--out", tmp_path / "out.h5",
+               "--device", "cpu")
+    assert done.code == 1
+    assert said in done.stderr
+    _assert_bounded(done.stderr, len(LONG))
