@@ -57,6 +57,8 @@ from fdl_cli.errors import (
     first_few,
     first_line,
     first_names,
+    listed_names,
+    quoted_name,
     shown_name,
     shown_path,
     special_file,
@@ -803,7 +805,7 @@ def _load_weights_only(source: Path | io.BytesIO, *, map_location: str = "cpu", 
 
 
 def _unsafe_error(path: Path, unsafe: Sequence[str]) -> UnsafeCheckpointError:
-    shown = first_few(unsafe, 5)
+    shown = first_names(unsafe, 5)
     if unsafe and all(name.startswith("numpy.dtypes.") for name in unsafe):
         return UnsafeCheckpointError(
             f"{path}: this file holds a numpy array fdl does not read without unpickling it ({shown}: an array of "
@@ -1066,7 +1068,7 @@ def _peek_file(path: Path) -> _Peek:
             return _Peek(
                 None,
                 {},
-                f"skipped {name}: pickled Python object ({', '.join(unsafe[:3])}) with no "
+                f"skipped {name}: pickled Python object ({listed_names(unsafe, 3)}) with no "
                 "tensors; not loaded",
             )
         return _Peek("pickle", {}, steps_read=False)
@@ -1086,7 +1088,7 @@ def _peek_file(path: Path) -> _Peek:
     if tensors is None:
         numpy_state = _find_arrays(obj, NumpyArrayNotLoaded)
         if numpy_state is not None:
-            return _Peek(None, {}, f"skipped {name}: {_NUMPY_STATE_SAID.format(', '.join(list(numpy_state)[:3]))}")
+            return _Peek(None, {}, f"skipped {name}: {_NUMPY_STATE_SAID.format(listed_names(list(numpy_state), 3))}")
         what = "no tensors" if not _has_tensors(obj) else "tensors but no model state_dict"
         return _Peek(None, {}, f"skipped {name}: {what} (e.g. scheduler/rng state or training args)")
     beside = tuple(key for key in obj if key not in tensors and not is_extra_state(key)) \
@@ -1953,9 +1955,9 @@ def _foreign_flat_dicts(found: list[tuple[CheckpointRef, str | None]], peeks: Ma
     for ref, fingerprint in found:
         peek = peeks[ref.path]
         if ref.path in flat and peek.keys is not None and not _leaves(peek.keys) & leaves:
-            shown, theirs = first_few(sorted(peek.keys), 3), first_few(sorted(weights), 3)
+            shown, theirs = first_names(sorted(peek.keys), 3), first_names(sorted(weights), 3)
             notes.append(
-                f"skipped {ref.path.name}: tensors ({shown}) beside plain values ({', '.join(peek.beside[:3])}) that "
+                f"skipped {ref.path.name}: tensors ({shown}) beside plain values ({listed_names(peek.beside, 3)}) that "
                 f"share no name with the weights of the run's other checkpoints ({theirs}): a training job's "
                 f"metrics or state, not this model's weights; if they are a model's, analyse it alone "
                 f"(fdl analyze {shown_path(ref.path)} ...)")
@@ -2805,14 +2807,14 @@ def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
     saver, ema = {"mmengine": ("mmengine's with its EMAHook, which saves the EMA's weights", "the EMA's"),
                   "lightning": ("Lightning's with its WeightAveraging callback, which saves the averaged weights",
                                 "the averaged ones")}[swapped_in]
-    return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {copy!r}: fdl analyses "
-            f"{ema}; --weights {copy} analyses the trained model's")
+    return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {quoted_name(copy)}: fdl analyses "
+            f"{ema}; --weights {shown_name(copy)} analyses the trained model's")
 
 
 def not_loaded_said(file_name: str, classes: Sequence[str]) -> str:
     """That the file's objects of `classes` (`LoadedCheckpoint.not_loaded`) were read as `ObjectNotLoaded`
     placeholders, in words. Said by analyze's note and by `fdl inspect`."""
-    return (f"{file_name} holds objects of classes that cannot be imported here ({', '.join(classes[:3])}"
+    return (f"{file_name} holds objects of classes that cannot be imported here ({listed_names(classes, 3)}"
             f"{', ...' if len(classes) > 3 else ''}; a script run as python train.py pickles its own as "
             "__main__.NAME): read as placeholders, not loaded, since fdl needs only the weights")
 
@@ -2961,7 +2963,7 @@ def _load_tensor_file(
         found = _find_tensor_dict(chosen)
         if isinstance(chosen, ObjectNotLoaded):  # its class is not importable here: not said to hold no weights
             raise WeightsNotFoundError(
-                f"--weights {weights}: the entry {weights!r} of {path} is an object of {chosen.pickled_class}, "
+                f"--weights {weights}: the entry {weights!r} of {path} is an object of {shown_name(chosen.pickled_class)}, "
                 "a class that cannot be imported here, so it was not loaded (--trust-pickle reads such objects "
                 "as placeholders)",
                 fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the "
@@ -2972,12 +2974,12 @@ def _load_tensor_file(
             own = _find_tensor_dict(obj)
             inside = [name for name in (_weight_copies(obj, own) if own is not None else ())
                       if name.startswith(f"{weights}.")]
-            held = (f" whose entr{'ies' if len(inside) > 1 else 'y'} {', '.join(inside[:4])} "
+            held = (f" whose entr{'ies' if len(inside) > 1 else 'y'} {listed_names(inside, 4)} "
                     f"hold{'' if len(inside) > 1 else 's'} weights") if inside else ""
             raise WeightsNotFoundError(
                 f"--weights {weights}: the entry {weights!r} of {path} holds no state_dict",
                 got=type(chosen).__name__ + held,
-                fix=f"pass --weights {inside[0]}" if inside else
+                fix=f"pass --weights {shown_name(inside[0])}" if inside else
                 "name the entry that holds the weights to analyse (its values tensors), or a key prefix",
             )
         return _with_extra_states(found, chosen), None, _file_steps(obj), True, (), ""
@@ -2992,7 +2994,7 @@ def _load_tensor_file(
                        if name != key and not name.startswith(f"{key}.")) if weights is None else ()
         return None, module, _file_steps(obj), False, copies, ""
     if found is None:
-        keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        keys = listed_names([str(key) for key in list(obj)[:8]], 8) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
             f"{path} holds no model state_dict",
             got=f"top-level keys: {keys}" if isinstance(obj, Mapping) else keys,
@@ -3040,10 +3042,10 @@ def _check_weights_found(
     raise WeightsNotFoundError(
         f"--weights {weights}: {path} has no entry {weights!r} holding a state_dict, and none of its keys "
         f"starts with {prefix!r}",
-        got="other entries holding weights: " + ", ".join(entries[:8]) + "; the model's own"
+        got="other entries holding weights: " + listed_names(entries, 8) + "; the model's own"
         + (f" (under {own!r})" if own is not None else "") + " keys start with "
         + ", ".join(f"{shown_name(head)}. ({count})" for head, count in shown),
-        fix=f"pass one of those entries (e.g. --weights {entries[0]}) or a key prefix, or leave --weights "
+        fix=f"pass one of those entries (e.g. --weights {shown_name(entries[0])}) or a key prefix, or leave --weights "
         "out for the checkpoint's own weights",
     )
 
@@ -4640,7 +4642,7 @@ def _renamed_fix(expected: Mapping[str, torch.Size | None], state: Mapping[str, 
 
     def modules(keys: Iterable[str]) -> str:
         names = list(dict.fromkeys(key.rpartition(".")[0] or key for key in keys))
-        return first_few(names, 6)
+        return first_names(names, 6)
 
     theirs = modules(key for key in state if key not in expected)
     return (f"wrong --model? the file's tensors have the model's shapes under other names (the file's modules: "
@@ -4718,10 +4720,11 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             shown = "model." if "model." in prefixes else prefixes[0]
             raise CheckpointError(
                 f"{path} holds the model's weights under several prefixes: "
-                + ", ".join(repr(p) for p in prefixes[:6]),
+                + ", ".join(map(quoted_name, prefixes[:6])),
                 got="the keys under each fit the model built by --model exactly (an EMA or teacher copy beside "
                 "the network?); fdl does not guess which to analyse",
-                fix=f"pick one with --weights (e.g. --weights {shown.rstrip('.')}), or re-save the copy you mean",
+                fix=f"pick one with --weights (e.g. --weights {shown_name(shown.rstrip('.'))}), or re-save the copy you "
+                "mean",
             )
     if problem is not None:
         converted = _library_renamed(model, raw, expected, path)

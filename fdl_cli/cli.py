@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, cast
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, shown_name, terminal_safe
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import Thresholds, near_names
 
@@ -642,8 +642,8 @@ def _print_weight_copies(console: Any, result: dict[str, Any]) -> None:
     """`fdl inspect`'s lines (with a model or without) on the file's other copies of the weights (an EMA, for
     --weights) and, where an EMA's were swapped into state_dict, that the weights listed or put in the model are
     the averaged ones, as analyze's note says."""
-    if result["other_weights"]:
-        console.print(f"other weights in the file: {', '.join(result['other_weights'])} (--weights NAME lists "
+    if copies := result["other_weights"]:
+        console.print(f"other weights in the file: {listed_names(copies, len(copies))} (--weights NAME lists "
                       "or analyses those instead)", markup=False, highlight=False)
     if result.get("weights_averaged_by"):  # as analyze's note: the weights are the EMA's, not the trained model's
         from fdl_cli.checkpoints import ema_swap_said

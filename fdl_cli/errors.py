@@ -260,17 +260,39 @@ def terminal_safe(text: str) -> str:
 NAME_SHOWN = 80  # characters of a name from someone else's file that a message shows
 
 
+#: The characters `terminal_safe` leaves in text that a name shown in a message may not hold: a newline in a key
+#: broke the message's line where the name was shown, and a tab moved what followed it
+_NAME_BREAKS = re.compile("[\t\n]")
+
+
+def _length_said(name: str, limit: int) -> str:
+    return f"… ({len(name)} characters)" if len(name) > limit else ""
+
+
 def shown_name(name: str, limit: int = NAME_SHOWN) -> str:
-    """A name read from a file (a tensor's, a shard's, an extension's) as a message shows it: its first `limit`
-    characters and, for a longer one, its length (`model.w… (1048583 characters)`), control characters escaped
-    (`terminal_safe`): a forged name may be megabytes long, which written whole fills the terminal or a --json
-    error."""
-    return terminal_safe(name[:limit]) + (f"… ({len(name)} characters)" if len(name) > limit else "")
+    """A name read from a file (a tensor's, a shard's, an extension's, a pickled class's) as a message shows it:
+    its first `limit` characters and, for a longer one, its length (`model.w… (1048583 characters)`), control
+    characters escaped (`terminal_safe`, and newline and tab too, `\\x0a`: a name is one line): a forged name
+    may be megabytes long, which written whole fills the terminal or a --json error."""
+    safe = _NAME_BREAKS.sub(lambda found: _escaped(ord(found.group())), terminal_safe(name[:limit]))
+    return safe + _length_said(name, limit)
+
+
+def quoted_name(name: str, limit: int = NAME_SHOWN) -> str:
+    """`shown_name` for a message that quotes the name as Python does (`'model.'`, `repr`, whose escapes of
+    control characters it keeps: `'a\\nb'`): a short name exactly as `repr` writes it."""
+    return repr(name[:limit]) + _length_said(name, limit)
 
 
 def first_names(names: Sequence[str], limit: int) -> str:
     """`first_few` of names read from someone else's file (a checkpoint's keys), each as `shown_name` shows it."""
     return first_few([shown_name(name) for name in names[:limit + 1]], limit)
+
+
+def listed_names(names: Sequence[str], limit: int) -> str:
+    """The first `limit` of `names` (read from someone else's file), comma-separated, each as `shown_name` shows
+    it, and nothing said of the rest: for a message whose own words say whether more follow."""
+    return ", ".join(shown_name(name) for name in names[:limit])
 
 
 def _escaped(code: int) -> str:

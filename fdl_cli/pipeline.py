@@ -48,6 +48,8 @@ from fdl_cli.errors import (
     WeightsMismatchError,
     counted,
     first_few,
+    quoted_name,
+    shown_name,
     shown_path,
     special_store,
 )
@@ -1547,8 +1549,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
         else:
             _note_once(
                 ctx, WEIGHT_COPIES,
-                f"{Path(loaded.ref.path).name} also holds weights under {', '.join(repr(name) for name in copies)} "
-                f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {copies[0]} analyses that copy"
+                f"{Path(loaded.ref.path).name} also holds weights under {', '.join(map(quoted_name, copies))} "
+                f"(an EMA or teacher copy?): fdl analyses the model's own; --weights {shown_name(copies[0])} analyses "
+                "that copy"
             )
     if loaded.not_loaded:
         _note_once(ctx, NOT_LOADED, not_loaded_said(Path(loaded.ref.path).name, loaded.not_loaded))

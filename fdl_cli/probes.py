@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError, counted, first_few, special_file
+from fdl_cli.errors import ProbeError, counted, first_few, listed_names, shown_name, special_file
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -531,7 +531,7 @@ def _read_pt(path: Path) -> dict[str, Any]:
     if not out and obj:
         # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
         # said "has no inputs, got: keys: none"
-        shown = [f"{key} ({type(value).__name__})" for key, value in list(obj.items())[:6]]
+        shown = [f"{shown_name(str(key))} ({type(value).__name__})" for key, value in list(obj.items())[:6]]
         raise ProbeError(
             f"the probe {path} holds no tensor at its top level",
             got="keys: " + ", ".join(shown) + (f", ... ({len(obj)} in all)" if len(obj) > 6 else "")
@@ -650,7 +650,8 @@ def _read_h5(path: Path) -> dict[str, Any]:
             handle[groups[0]].visit(lambda name: inside.append(f"{groups[0]}/{name}") if len(inside) < 4 else None)
             raise ProbeError(
                 f"the probe {path} has no inputs",
-                got=f"keys: none at the top level of the file; its groups: {', '.join(groups[:8])} ({', '.join(inside)})",
+                got=f"keys: none at the top level of the file; its groups: {listed_names(groups, 8)} "
+                f"({listed_names(inside, 4)})",
                 fix=f"store the inputs under one of {', '.join(X_KEYS)}, at the top level of the file (fdl reads "
                 "no group): h5py's handle['x'] = x, not handle['train/x']",
             )
@@ -953,7 +954,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     if x_key is None:
         raise ProbeError(
             f"the probe {path} has no inputs",
-            got="keys: " + (", ".join(sorted(arrays)[:8]) + (f", ... ({len(arrays)} in all)" if len(arrays) > 8 else "")
+            got="keys: " + (listed_names(sorted(arrays), 8) + (f", ... ({len(arrays)} in all)" if len(arrays) > 8 else "")
                             or "none")
             + ("; the weights of a model: a checkpoint given as the probe?" if arrays and _looks_like_checkpoint(arrays)
                else ""),
