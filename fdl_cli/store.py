@@ -2084,7 +2084,8 @@ class StoreWriter:
         self.abandoned: Abandonment | None = None
         self._abandon_addition = bool(abandon_addition)
         self._abandoning = False  # `abandoned` is not committed yet
-        #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
+        #: probe -> {attribute: value} to record in a resumed store that lacks them (`_missing_probe_attrs`),
+        #: committed by close() even when nothing else is (`_plan`)
         self._probe_updates: dict[str, dict[str, Any]] = {}
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
@@ -2735,7 +2736,15 @@ class StoreWriter:
         """What committing the whole buffer writes; None when there is nothing to write. Under `_guard`:
         it copies what it needs (the entries are immutable), so the commit reads no shared state."""
         entries = tuple(self._buffer)
-        if not entries and not self._drop_steps and not self._abandoning and (self._fresh or not self._signatures):
+        # A resume with nothing new to store still commits a probe's chance that an older store lacks (with
+        # the rest of `_probe_updates`): analyze's dominant-class note says classify reads accuracy against it,
+        # and without this commit the store went on without it, classify reading 1/C, until a new checkpoint
+        # came, which a finished run never gets. Once, as every commit (copy, fsync, rename, under the
+        # writer's lock); later resumes find it stored and write nothing. A missing zero_one_targets alone
+        # waits for a checkpoint, as docs/store.md has it: no note promises it, and a commit copies the store.
+        chance_due = any("chance_accuracy" in updates for updates in self._probe_updates.values())
+        if (not entries and not self._drop_steps and not self._abandoning
+                and (self._fresh or not (self._signatures or chance_due))):
             return None  # a fresh store is created by its first checkpoint, not before
         latest: dict[int, CheckpointEntry] = {}  # a step added twice: the last one wins (series added: joined)
         for entry in entries:
