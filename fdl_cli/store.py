@@ -3020,12 +3020,14 @@ class StoreWriter:
 
 def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
     """The attributes of `probe` that a resumed store's record of it (`stored`, written by an older fdl) lacks:
-    zero_one_targets, and a class-label probe's chance_accuracy and label_entropy."""
+    zero_one_targets, and a class-label probe's chance_accuracy and label_entropy: both where it lacks either
+    (absent, or out of range and so read as absent), as classify reads them together (`regimes.chance`); the
+    probe file is the stored one (its sha256), so a value stored is the one written again."""
     updates: dict[str, Any] = {}
     if probe.zero_one_targets is not None and stored.zero_one_targets is None:
         updates["zero_one_targets"] = bool(probe.zero_one_targets)
-    if (probe.chance_accuracy is not None and probe.label_entropy is not None and stored.chance_accuracy is None
-            and stored.label_entropy is None and probe.sha256 == stored.sha256):
+    if (probe.chance_accuracy is not None and probe.label_entropy is not None
+            and (stored.chance_accuracy is None or stored.label_entropy is None) and probe.sha256 == stored.sha256):
         updates["chance_accuracy"] = np.float64(probe.chance_accuracy)
         updates["label_entropy"] = np.float64(probe.label_entropy)
     return updates

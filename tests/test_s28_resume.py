@@ -83,3 +83,20 @@ def test_a_refused_write_of_the_chance_is_an_fdl_error_that_leaves_the_store_as_
     assert _chance(out) == {} and _records(out) == before
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("run.h5")) == ["run.h5"]
 
+
+@pytest.mark.parametrize("left", [{"chance_accuracy": 0.8}, {"label_entropy": 0.7}, {"chance_accuracy": 2.0}])
+def test_a_probe_that_records_one_of_the_two_gets_both_at_a_resume(tmp_path, old_store, left) -> None:
+    """One of the two recorded (a store edited by hand, or one value out of range, which the reader ignores):
+    classify's lines read chance from both or from neither, so they read 1/C, while its JSON evidence listed the
+    one (chance_accuracy 0.8 beside lines of "chance 1/C = 0.250"); and the resume recorded neither (it filled
+    only a probe lacking both), while its note said classify reads against the labels' shares."""
+    import h5py
+
+    ckpts, out, fresh = old_store
+    with h5py.File(out, "r+") as store:
+        store["probes/probe"].attrs.update(left)
+    assert "chance_accuracy" not in _evidence(out)
+    done = _analyze(tmp_path, ckpts, out)
+    assert NOTE in done.stderr, done.stderr
+    assert _chance(out) == fresh
+    assert _evidence(out)["label_entropy"] == pytest.approx(fresh["label_entropy"])
