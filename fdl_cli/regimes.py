@@ -485,7 +485,8 @@ def probe_chance(probe: Any) -> dict[str, float]:
     """{"chance_accuracy", "label_entropy"} of a probe as the store records them (a `store.ProbeInfo`:
     `probes.label_chance`), for a verdict's evidence, which `chance` reads; {} where not recorded (a store written
     before they were, a regression's probe). `fdl classify` adds them so; a notebook does the same with
-    `verdict.evidence.update(probe_chance(run.probes()[probe]))` (docs/store.md). Both or neither: `chance` reads
+    `verdict.evidence.update(probe_chance(run.probes().get(probe)))` (docs/store.md; None, a probe group the
+    reader skipped as damaged, gives {}, 1/C as classify reads it). Both or neither: `chance` reads
     the two together, so one alone (a store edited by hand, or the other's value out of range) would be listed in
     the evidence while the lines read 1/C and log C."""
     values = {name: getattr(probe, name, None) for name in ("chance_accuracy", "label_entropy")}

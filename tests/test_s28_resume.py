@@ -100,3 +100,77 @@ def test_a_probe_that_records_one_of_the_two_gets_both_at_a_resume(tmp_path, old
     assert NOTE in done.stderr, done.stderr
     assert _chance(out) == fresh
     assert _evidence(out)["label_entropy"] == pytest.approx(fresh["label_entropy"])
+
+
+# ------------------------------------------------------------------ docs/store.md's snippet on older stores
+
+
+def _snippet_and_classify(store, probe):
+    """(the snippet's verdict as JSON, warnings and describe lines; `fdl classify --probe PROBE`'s) of the snippet
+    run on `store`, whose first series by name is of `probe`."""
+    import contextlib
+    import io
+
+    from tests.test_s16_python import _snippet
+
+    printed = io.StringIO()
+    scope: dict[str, object] = {}
+    with contextlib.redirect_stdout(printed):
+        exec(compile(_snippet().replace('"sample.fdl.h5"', repr(str(store))), "docs/store.md", "exec"), scope)
+    assert scope["probe"] == probe
+    args = (store, "--probe", probe, "--threshold", "cka_static=0.98")
+    command = fdl_in_process("classify", *args, "--json")
+    assert command.returncode == 0, command.stderr
+    expected = json.loads(command.stdout)
+    for key in ("probe", "layer", "note", "overlap_tie"):
+        expected["evidence"].pop(key, None)
+    lines = fdl_in_process("classify", *args).stderr.splitlines()
+
+    def parts(lines):  # (the reader's warnings, the lines after the first: describe's)
+        warned = [line for line in lines if line.startswith("warning: ")]
+        return warned, [line for line in lines if line not in warned][1:]
+
+    verdict = scope["verdict"].as_json()  # type: ignore[attr-defined]
+    return (verdict, *parts(printed.getvalue().splitlines())), (expected, *parts(lines))
+
+
+@pytest.fixture
+def two_probes(tmp_path):
+    """A store of probes a (80 % class 0) and b (balanced), both of class labels, analysed together."""
+    import numpy as np
+
+    ckpts = _run(tmp_path, (0, 10))
+    x = np.random.default_rng(1).normal(size=(30, 6)).astype(np.float32)
+    np.savez(tmp_path / "b.npz", x=x, y=np.arange(30) % 4)
+    out = tmp_path / "two.h5"
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          f"a={tmp_path}/probe.npz", "--probe", f"b={tmp_path}/b.npz", "-o", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("stripped", ["a", "b"])
+def test_the_snippet_reads_each_probe_s_chance_as_classify_does_when_only_some_record_it(two_probes, stripped):
+    import h5py
+
+    with h5py.File(two_probes, "r+") as store:
+        for name in ("chance_accuracy", "label_entropy"):
+            del store[f"probes/{stripped}"].attrs[name]
+    snippet, command = _snippet_and_classify(two_probes, "a")
+    assert snippet == command
+    assert ("chance_accuracy" in command[0]["evidence"]) == (stripped != "a")
+    b = json.loads(fdl_in_process("classify", two_probes, "--probe", "b", "--json").stdout)["evidence"]
+    assert b.get("chance_accuracy") == (None if stripped == "b" else pytest.approx(8 / 30))  # classes 0 and 1: 8 of 30
+
+
+def test_the_snippet_runs_on_a_store_whose_probe_group_is_damaged_as_classify_does(two_probes):
+    """A probe group the reader skips (a warning): classify reads its series against 1/C; the snippet's
+    `run.probes()[probe]` raised KeyError."""
+    import h5py
+
+    with h5py.File(two_probes, "r+") as store:
+        del store["probes/a"].attrs["n"]
+    snippet, command = _snippet_and_classify(two_probes, "a")
+    assert snippet == command
+    assert "chance_accuracy" not in command[0]["evidence"]
+    assert any("probe /probes/a is damaged and was skipped" in line for line in command[1]), command[1]
