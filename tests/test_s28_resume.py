@@ -174,3 +174,54 @@ def test_the_snippet_runs_on_a_store_whose_probe_group_is_damaged_as_classify_do
     assert snippet == command
     assert "chance_accuracy" not in command[0]["evidence"]
     assert any("probe /probes/a is damaged and was skipped" in line for line in command[1]), command[1]
+
+
+def test_a_resume_with_nothing_new_records_the_chance_of_the_probes_that_lack_it_and_keeps_the_others(
+        tmp_path, two_probes) -> None:
+    import h5py
+
+    def chances():
+        with h5py.File(two_probes, "r") as store:
+            return {name: dict(store[f"probes/{name}"].attrs) for name in ("a", "b")}
+
+    fresh = chances()
+    with h5py.File(two_probes, "r+") as store:
+        for name in ("chance_accuracy", "label_entropy"):
+            del store["probes/a"].attrs[name]
+    done = fdl_in_process("analyze", tmp_path / "ckpts", "--model", f"{tmp_path}/model.py:build", "--probe",
+                          f"a={tmp_path}/probe.npz", "--probe", f"b={tmp_path}/b.npz", "-o", two_probes,
+                          "--device", "cpu")
+    assert done.returncode == 0 and "0 checkpoints analysed, 2 already in the store" in done.stderr, done.stderr
+    assert "probe 'a': 32 of 40 labels (80.0 %) are class 0" in done.stderr
+    assert chances() == fresh
+    for probe, share in (("a", 0.8), ("b", 8 / 30)):
+        shown = fdl_in_process("classify", two_probes, "--probe", probe, "--json")
+        assert json.loads(shown.stdout)["evidence"]["chance_accuracy"] == pytest.approx(share)
+
+
+def test_report_export_and_compare_read_an_old_store_as_the_same_store_that_records_the_chance(
+        tmp_path, old_store) -> None:
+    """The chance is the probe's, no record field: a store without it reports, exports and compares as one with
+    it (compare finds no difference and no other probe); only classify reads it."""
+    import shutil
+
+    import h5py
+
+    _, old, fresh = old_store
+    new = tmp_path / "new" / old.name  # the same name: the commands' lines name the store
+    new.parent.mkdir()
+    shutil.copyfile(old, new)
+    with h5py.File(new, "r+") as store:
+        store["probes/probe"].attrs.update(fresh)
+    assert _chance(new) == fresh and not _chance(old)
+    for args in (("report",), ("report", "--format", "json"), ("report", "--format", "csv"),
+                 ("export", "--what", "trajectories", "--format", "csv"),
+                 ("export", "--what", "trajectories", "--format", "json")):
+        shown = [fdl_in_process(args[0], store, *args[1:]) for store in (old, new)]
+        assert [done.returncode for done in shown] == [0, 0], shown[0].stderr + shown[1].stderr
+        assert shown[0].stdout.replace(str(old), "STORE") == shown[1].stdout.replace(str(new), "STORE")
+        assert shown[0].stderr.replace(str(old), "STORE") == shown[1].stderr.replace(str(new), "STORE")
+    compared = fdl_in_process("compare", old, new)
+    assert compared.returncode == 0, compared.stderr
+    assert "no field differs at any matched step" in compared.stdout + compared.stderr
+    assert "warning" not in compared.stderr and "probe" not in compared.stderr, compared.stderr
