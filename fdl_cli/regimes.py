@@ -489,10 +489,10 @@ def probe_chance(probe: Any) -> dict[str, float]:
     reader skipped as damaged, gives {}, 1/C as classify reads it). Both or neither: `chance` reads
     the two together, so one alone (a store edited by hand, or the other's value out of range) would be listed in
     the evidence while the lines read 1/C and log C."""
-    values = {name: getattr(probe, name, None) for name in ("chance_accuracy", "label_entropy")}
-    if any(value is None for value in values.values()):
+    share, entropy = getattr(probe, "chance_accuracy", None), getattr(probe, "label_entropy", None)
+    if share is None or entropy is None:
         return {}
-    return {name: float(value) for name, value in values.items()}
+    return {"chance_accuracy": float(share), "label_entropy": float(entropy)}
 
 
 def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str, str]:
