@@ -2087,6 +2087,9 @@ class StoreWriter:
         #: probe -> {attribute: value} to record in a resumed store that lacks them (`_missing_probe_attrs`),
         #: committed by close() even when nothing else is (`_plan`)
         self._probe_updates: dict[str, dict[str, Any]] = {}
+        #: whether the chance may be committed alone: not by the close of a `with` block that an exception left
+        #: (a refusal that says the store is left as it is, a Ctrl-C); the next resume records it (`__exit__`)
+        self._chance_alone = True
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
         self._own_row = None if invocation is None else history_row(invocation)
@@ -2571,6 +2574,9 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            with self._mutex:
+                self._chance_alone = False  # what is buffered is committed all the same (close)
         self.close()
 
     def _check_open(self) -> None:
@@ -2742,7 +2748,7 @@ class StoreWriter:
         # came, which a finished run never gets. Once, as every commit (copy, fsync, rename, under the
         # writer's lock); later resumes find it stored and write nothing. A missing zero_one_targets alone
         # waits for a checkpoint, as docs/store.md has it: no note promises it, and a commit copies the store.
-        chance_due = any("chance_accuracy" in updates for updates in self._probe_updates.values())
+        chance_due = self._chance_alone and any("chance_accuracy" in updates for updates in self._probe_updates.values())
         if (not entries and not self._drop_steps and not self._abandoning
                 and (self._fresh or not (self._signatures or chance_due))):
             return None  # a fresh store is created by its first checkpoint, not before

@@ -225,3 +225,26 @@ def test_report_export_and_compare_read_an_old_store_as_the_same_store_that_reco
     assert compared.returncode == 0, compared.stderr
     assert "no field differs at any matched step" in compared.stdout + compared.stderr
     assert "warning" not in compared.stderr and "probe" not in compared.stderr, compared.stderr
+
+
+def test_a_resume_refused_for_a_changed_checkpoint_file_leaves_an_old_store_without_the_chance(
+        tmp_path, old_store) -> None:
+    """The refusal says the store is left as it is; the chance, committed alone when the writer closed, was written
+    by the refused run all the same. The next resume that goes through records it."""
+    import hashlib
+
+    import torch
+
+    ckpts, out, fresh = old_store
+    weights = torch.load(ckpts / "step_10.pt")
+    weights["0.bias"] += 1
+    torch.save(weights, ckpts / "step_10.pt")
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu")
+    assert done.returncode == 1 and "1 checkpoint file changed since it was analysed" in done.stderr, done.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu", "--redo", "10")
+    assert done.returncode == 0, done.stderr
+    assert _chance(out) == fresh
