@@ -485,9 +485,14 @@ def probe_chance(probe: Any) -> dict[str, float]:
     """{"chance_accuracy", "label_entropy"} of a probe as the store records them (a `store.ProbeInfo`:
     `probes.label_chance`), for a verdict's evidence, which `chance` reads; {} where not recorded (a store written
     before they were, a regression's probe). `fdl classify` adds them so; a notebook does the same with
-    `verdict.evidence.update(probe_chance(run.probes()[probe]))` (docs/store.md)."""
-    values = {name: getattr(probe, name, None) for name in ("chance_accuracy", "label_entropy")}
-    return {name: float(value) for name, value in values.items() if value is not None}
+    `verdict.evidence.update(probe_chance(run.probes().get(probe)))` (docs/store.md; None, a probe group the
+    reader skipped as damaged, gives {}, 1/C as classify reads it). Both or neither: `chance` reads
+    the two together, so one alone (a store edited by hand, or the other's value out of range) would be listed in
+    the evidence while the lines read 1/C and log C."""
+    share, entropy = getattr(probe, "chance_accuracy", None), getattr(probe, "label_entropy", None)
+    if share is None or entropy is None:
+        return {}
+    return {"chance_accuracy": float(share), "label_entropy": float(entropy)}
 
 
 def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str, str]:

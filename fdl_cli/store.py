@@ -2084,8 +2084,12 @@ class StoreWriter:
         self.abandoned: Abandonment | None = None
         self._abandon_addition = bool(abandon_addition)
         self._abandoning = False  # `abandoned` is not committed yet
-        #: probe -> zero_one_targets to record in a resumed store that lacks it (see _load_existing)
+        #: probe -> {attribute: value} to record in a resumed store that lacks them (`_missing_probe_attrs`),
+        #: committed by close() even when nothing else is (`_plan`)
         self._probe_updates: dict[str, dict[str, Any]] = {}
+        #: whether the chance may be committed alone: not by the close of a `with` block that an exception left
+        #: (a refusal that says the store is left as it is, a Ctrl-C); the next resume records it (`__exit__`)
+        self._chance_alone = True
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
         self._own_row = None if invocation is None else history_row(invocation)
@@ -2570,6 +2574,9 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            with self._mutex:
+                self._chance_alone = False  # what is buffered is committed all the same (close)
         self.close()
 
     def _check_open(self) -> None:
@@ -2735,7 +2742,15 @@ class StoreWriter:
         """What committing the whole buffer writes; None when there is nothing to write. Under `_guard`:
         it copies what it needs (the entries are immutable), so the commit reads no shared state."""
         entries = tuple(self._buffer)
-        if not entries and not self._drop_steps and not self._abandoning and (self._fresh or not self._signatures):
+        # A resume with nothing new to store still commits a probe's chance that an older store lacks (with
+        # the rest of `_probe_updates`): analyze's dominant-class note says classify reads accuracy against it,
+        # and without this commit the store went on without it, classify reading 1/C, until a new checkpoint
+        # came, which a finished run never gets. Once, as every commit (copy, fsync, rename, under the
+        # writer's lock); later resumes find it stored and write nothing. A missing zero_one_targets alone
+        # waits for a checkpoint, as docs/store.md has it: no note promises it, and a commit copies the store.
+        chance_due = self._chance_alone and any("chance_accuracy" in updates for updates in self._probe_updates.values())
+        if (not entries and not self._drop_steps and not self._abandoning
+                and (self._fresh or not (self._signatures or chance_due))):
             return None  # a fresh store is created by its first checkpoint, not before
         latest: dict[int, CheckpointEntry] = {}  # a step added twice: the last one wins (series added: joined)
         for entry in entries:
@@ -3011,12 +3026,14 @@ class StoreWriter:
 
 def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
     """The attributes of `probe` that a resumed store's record of it (`stored`, written by an older fdl) lacks:
-    zero_one_targets, and a class-label probe's chance_accuracy and label_entropy."""
+    zero_one_targets, and a class-label probe's chance_accuracy and label_entropy: both where it lacks either
+    (absent, or out of range and so read as absent), as classify reads them together (`regimes.chance`); the
+    probe file is the stored one (its sha256), so a value stored is the one written again."""
     updates: dict[str, Any] = {}
     if probe.zero_one_targets is not None and stored.zero_one_targets is None:
         updates["zero_one_targets"] = bool(probe.zero_one_targets)
-    if (probe.chance_accuracy is not None and probe.label_entropy is not None and stored.chance_accuracy is None
-            and stored.label_entropy is None and probe.sha256 == stored.sha256):
+    if (probe.chance_accuracy is not None and probe.label_entropy is not None
+            and (stored.chance_accuracy is None or stored.label_entropy is None) and probe.sha256 == stored.sha256):
         updates["chance_accuracy"] = np.float64(probe.chance_accuracy)
         updates["label_entropy"] = np.float64(probe.label_entropy)
     return updates
