@@ -505,13 +505,15 @@ class _Stall:
             return
         if theirs == self.fds[1]:
             return
-        identity = _identity(theirs) if theirs >= 0 else None
+        # none (a loop closed), or the one in place before fdl's, which gets its numbers already: nothing to chain
+        identity = _identity(theirs) if theirs not in (-1, self.previous) else None
         self.chained = None if identity is None else (theirs, identity)
 
     def _chain(self, signum: int) -> None:
-        """`signum` on to the wakeup fd the model's code put in place (`reclaim`), unless it is now another file."""
+        """`signum` on to the wakeup fd the model's code put in place (`reclaim`), unless it is now another file, or
+        one made blocking (a full one would hold this thread for ever)."""
         chained = self.chained
-        if chained is not None and _identity(chained[0]) == chained[1]:
+        if chained is not None and _identity(chained[0]) == chained[1] and not _blocking(chained[0]):
             with contextlib.suppress(OSError):
                 os.write(chained[0], bytes([signum]))
 
@@ -588,6 +590,13 @@ def _identity(fd: int) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def _blocking(fd: int) -> bool:
+    try:
+        return os.get_blocking(fd)
+    except OSError:
+        return True
+
+
 class _Inside:
     __slots__ = ("what",)
 
@@ -613,15 +622,15 @@ def model_code(what: str) -> Iterator[None]:
     # code hanging in C kept fdl running until SIGKILL.
     check()
     _stall.start()
-    ours = {signum: signal.getsignal(signum) is _on_sigint for signum in (signal.SIGINT, signal.SIGTERM)}
+    ours = {int(signum): signal.getsignal(signum) is _on_sigint for signum in (signal.SIGINT, signal.SIGTERM)}
     inside = _Inside(what)
     outer = _stall.inside
     _stall.inside = inside
     try:
         yield
     finally:
-        # no call inside the lock: a signal's handler runs (and raises) only at a call or a jump back, and one raised
-        # between taking the lock and restoring `inside` would leave the watcher watching code that has returned
+        # no call inside the lock: a signal's handler runs (and raises) only after a call or at a jump back, and one
+        # raised between taking the lock and restoring `inside` would leave the watcher watching code that returned
         with _stall.lock:
             taken = _stall.taken
             _stall.inside = outer

@@ -171,26 +171,26 @@ def _start(run_dir: Path, started: list[subprocess.Popen[bytes]], model: str,  #
     return process
 
 
-def _wait_for_file(process: subprocess.Popen[bytes], path: Path, run_dir: Path) -> None:
+def _wait_for_file(process: subprocess.Popen[bytes], path: Path, folder: Path) -> None:
     deadline = time.monotonic() + 120  # generous: the machine may be shared
     while not path.exists():
-        assert process.poll() is None, (run_dir / "err.txt").read_text()
-        assert time.monotonic() < deadline, f"{path.name} never came: {(run_dir / 'err.txt').read_text()}"
+        assert process.poll() is None, (folder / "err.txt").read_text()
+        assert time.monotonic() < deadline, f"{path.name} never came: {(folder / 'err.txt').read_text()}"
         time.sleep(0.02)
 
 
-def _stopped(run_dir: Path, process: subprocess.Popen[bytes]) -> str:
+def _stopped(folder: Path, process: subprocess.Popen[bytes]) -> str:
     """fdl ended with 143 and no traceback, steps 0 and 1 kept, no lock or copy left: its stderr."""
-    status, err = _ended(process, run_dir)
+    status, err = _ended(process, folder)
     assert status == 143, err
     assert "Traceback" not in err and "run the same command again to resume" in err, err
-    _assert_store_kept(run_dir)
+    _assert_store_kept(folder)
     return err
 
 
-def _resumes(run_dir: Path, model: str) -> None:
-    (run_dir / "release").touch()
-    resumed = subprocess.run(_argv(model), cwd=run_dir, env=_env(), capture_output=True, text=True, timeout=300)
+def _resumes(folder: Path, model: str) -> None:
+    (folder / "release").touch()
+    resumed = subprocess.run(_argv(model), cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["step"] for line in resumed.stdout.splitlines()] == [2, 3, 4, 5]
 
