@@ -117,17 +117,17 @@ class InC(nn.Sequential):
 
 
 LOOP = None
+HEARD = None
 
 
 class Usr1(InC):
-    """Step 1: the model signals itself and waits for its own asyncio loop's handler (its own signal handling)."""
+    """Before step 2: the model signals itself and waits for the handler its build gave its asyncio loop (the
+    model's own signal handling, across calls)."""
 
     def forward(self, x):
         if float(self[0].bias[0]) != 7.0 and not _marked("usr1"):
-            heard = asyncio.Event()
-            LOOP.add_signal_handler(signal.SIGUSR1, heard.set)
             os.kill(os.getpid(), signal.SIGUSR1)
-            LOOP.run_until_complete(asyncio.wait_for(heard.wait(), 120))
+            LOOP.run_until_complete(asyncio.wait_for(HEARD.wait(), 60))
             _mark("usr1")
         return super().forward(x)
 
@@ -135,9 +135,10 @@ class Usr1(InC):
 def open_loop():
     """A build that leaves an asyncio loop with a signal handler (a library's background loop): its socket becomes
     Python's wakeup fd."""
-    global LOOP
+    global LOOP, HEARD
     LOOP = asyncio.new_event_loop()
-    LOOP.add_signal_handler(signal.SIGUSR2, lambda: None)
+    HEARD = asyncio.Event()
+    LOOP.add_signal_handler(signal.SIGUSR1, HEARD.set)
     return Usr1(*_layers())
 
 
