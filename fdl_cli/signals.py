@@ -448,6 +448,9 @@ class _Stall:
         self.fds: tuple[int, int] | None = None  # the pipe's (read, write) ends, once started
         self.thread: threading.Thread | None = None  # the one reading them
         self.previous = -1  # the wakeup fd in place before ours
+        #: (fd, (st_dev, st_ino)): the wakeup fd the model's code put in place of ours, given every number read
+        #: (`reclaim`), as long as that fd is still the file it was (closed and its number reused, it is not written)
+        self.chained: tuple[int, tuple[int, int]] | None = None
 
     def start(self) -> None:
         """In the main thread, at the first `model_code` of a run that took the signals (`installed`)."""
@@ -476,10 +479,43 @@ class _Stall:
             signal.set_wakeup_fd(self.previous)
         with contextlib.suppress(OSError):
             os.close(self.fds[1])
-        self.fds = None
+        self.fds, self.chained = None, None
         if self.thread is not None:  # woken by the pipe's end at once; bounded all the same, as a daemon it may stay
             self.thread.join(timeout=5)
             self.thread = None
+
+    def reclaim(self, ours: dict[int, bool]) -> None:
+        """In the main thread, as the model's code returns: take back what that code took from the watcher. Python's
+        wakeup fd, which an asyncio loop's `add_signal_handler` replaces by its own (and its removal, at the loop's
+        close, by none): the watcher saw no signal after that, and a SIGTERM while a later forward pass hung in C
+        was never seen. Ours is put back, and the model's, if any, is chained (`_chain`: every number read is
+        written to it), so its loop still hears its signals. And fdl's handler of SIGINT or SIGTERM (`ours`: those
+        that were fdl's as the code began) where the code left the signal at its default action, as the removal of
+        an asyncio handler does (a SIGTERM then ended fdl at once, lock and copies left). A handler the code put in
+        place and left (a loop still open that handles SIGTERM) is left to it."""
+        for signum, was_ours in ours.items():
+            if was_ours and signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(signum, _on_sigint)
+        if self.fds is None:
+            return
+        try:
+            theirs = signal.set_wakeup_fd(self.fds[1])
+        except (ValueError, OSError):
+            return
+        if theirs == self.fds[1]:
+            return
+        # none (a loop closed), or the one in place before fdl's, which gets its numbers already: nothing to chain
+        identity = _identity(theirs) if theirs not in (-1, self.previous) else None
+        self.chained = None if identity is None else (theirs, identity)
+
+    def _chain(self, signum: int) -> None:
+        """`signum` on to the wakeup fd the model's code put in place (`reclaim`), unless it is now another file, or
+        one made blocking (a full one would hold this thread for ever)."""
+        chained = self.chained
+        if chained is not None and _identity(chained[0]) == chained[1] and not _blocking(chained[0]):
+            with contextlib.suppress(OSError):
+                os.write(chained[0], bytes([signum]))
 
     def _run(self, read: int) -> None:
         import select
@@ -505,6 +541,7 @@ class _Stall:
                         os.close(read)
                     return
                 for signum in numbers:
+                    self._chain(signum)
                     if signum not in (signal.SIGINT, signal.SIGTERM):
                         if self.previous >= 0:
                             with contextlib.suppress(OSError):
@@ -544,6 +581,22 @@ class _Stall:
         os._exit(128 + signum)
 
 
+def _identity(fd: int) -> tuple[int, int] | None:
+    """The file `fd` is (device, inode), None where it is closed."""
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _blocking(fd: int) -> bool:
+    try:
+        return os.get_blocking(fd)
+    except OSError:
+        return True
+
+
 class _Inside:
     __slots__ = ("what",)
 
@@ -563,13 +616,21 @@ def model_code(what: str) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or not _taken_here():
         yield
         return
+    # An interrupt that came and was swallowed (the model's code took the KeyboardInterrupt and went on) stops the run
+    # here rather than at fdl's next `check`: the watcher forgets a signal once the main thread is in other model code
+    # (the next forward pass of the same checkpoint, or model code the model's own code runs through fdl), and that
+    # code hanging in C kept fdl running until SIGKILL.
+    check()
     _stall.start()
+    ours = {int(signum): signal.getsignal(signum) is _on_sigint for signum in (signal.SIGINT, signal.SIGTERM)}
     inside = _Inside(what)
     outer = _stall.inside
     _stall.inside = inside
     try:
         yield
     finally:
+        # no call inside the lock: a signal's handler runs (and raises) only after a call or at a jump back, and one
+        # raised between taking the lock and restoring `inside` would leave the watcher watching code that returned
         with _stall.lock:
             taken = _stall.taken
             _stall.inside = outer
@@ -578,6 +639,7 @@ def model_code(what: str) -> Iterator[None]:
                 time.sleep(60)
             except BaseException:  # noqa: BLE001, S110 - a further signal: the end is on its way
                 pass
+        _stall.reclaim(ours)
 
 
 def _taken_here() -> bool:
@@ -619,7 +681,7 @@ def _forked() -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)
         _stall.fds = None
-    _stall.thread = None
+    _stall.thread, _stall.chained = None, None
     for signum, handler in _replaced.items():
         if signal.getsignal(signum) is _on_sigint:
             with contextlib.suppress(ValueError, OSError):
