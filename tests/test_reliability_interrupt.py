@@ -367,7 +367,10 @@ class _SwallowsCtrlC:
     def __del__(self):
         try:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the SIGINT interrupts this sleep; its KeyboardInterrupt dies with the finaliser
+            time.sleep(60)  # the SIGINT interrupts this sleep; its KeyboardInterrupt dies with the finaliser
+        except KeyboardInterrupt:
+            open(os.path.join(os.path.dirname(__file__), "finaliser.interrupted"), "w").close()
+            raise
         finally:
             open(os.path.join(os.path.dirname(__file__), "finaliser.ended"), "w").close()
 
@@ -401,10 +404,10 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_still_stops_the_run(
     model.write_text(_SWALLOWING_MODEL)
     argv = _analyze_argv("swallowed.h5")
     argv[argv.index("--model") + 1] = f"{model}:make"
-    started = time.monotonic()
     status, out, err = server.run(argv)
-    # the interrupt was raised in the finaliser (its sleep cut short) and swallowed on its way up
-    assert (server.workdir / "finaliser.ended").exists() and time.monotonic() - started < 5
+    # the interrupt was raised in the finaliser (its sleep cut short, not timed: a loaded machine is slow) and
+    # swallowed on its way up
+    assert (server.workdir / "finaliser.ended").exists() and (server.workdir / "finaliser.interrupted").exists()
     assert status == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert "interrupted" in err and "run the same command again to resume" in err
