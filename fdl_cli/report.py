@@ -1538,10 +1538,16 @@ def _plain(value: Any) -> Any:
 
 
 def option_difference_note(comparison: Comparison) -> str | None:
-    """One warning naming every analysis choice that differs between the runs (A vs B), or None."""
+    """One warning naming every analysis choice that differs between the runs (A vs B), or None. Each value is said
+    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layers: A 4:input vs B 4:input, 6:input`);
+    Python's reprs (`A False vs B True`, `A ['4:input']`) read as code. `--json` keeps the values themselves."""
     if not comparison.option_differences:
         return None
-    listing = "; ".join(f"{d.option}: A {d.a!r} vs B {d.b!r}" for d in comparison.option_differences)
+
+    def said(value: Any) -> str:
+        return ", ".join(map(_option_text, value)) if isinstance(value, list) and value else _option_text(value)
+
+    listing = "; ".join(f"{d.option}: A {said(d.a)} vs B {said(d.b)}" for d in comparison.option_differences)
     return (
         f"the two runs were analysed with different options ({listing}); their field differences "
         "then mix these analysis choices with differences in training (re-analyse one run with the "

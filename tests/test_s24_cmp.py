@@ -126,7 +126,7 @@ def test_options_a_store_records_only_when_not_their_defaults_are_compared(runs:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["option_differences"] == [
         {"option": "cka_dtype", "a": "float64", "b": "float32"}, {"option": "overlap_k", "a": 10, "b": 5}]
-    assert ("analysed with different options (cka_dtype: A 'float64' vs B 'float32'; overlap_k: A 10 vs B 5)"
+    assert ("analysed with different options (cka_dtype: A float64 vs B float32; overlap_k: A 10 vs B 5)"
             in " ".join(done.stderr.split()))
     assert "different options" not in fdl_in_process("compare", runs["a"], runs["b"], "--json").stderr
     # absent, overlap_k is min(top_k, C): the same as one recorded equal to it

@@ -1,0 +1,81 @@
+"""The wording of `fdl compare`, as a user comparing two runs reads it.
+
+- The different-options warning said Python's reprs (`center: A False vs B True`, `layers: A ['4:input'] vs ...`)
+  where `fdl report` says `center no` and `layer: 4:input`.
+- A nearest-step pair in the verdict nested parentheses: "at the only matched step (step 350 of A (400 of B))
+  (last matched step: ...)".
+- "left unmatched: 0 checkpoints of A, 2 of B" said how many, never which.
+- The same store given twice (or a copy of it) gave a table of zeros and said nothing of it.
+- A probe of the same points in another order is refused as other inputs, with no word that the order counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+
+from fdl_cli import report
+from fdl_cli.errors import StoreError
+from tests.cli_run import fdl_in_process
+from tests.test_report import SCALARS, make_store
+
+
+def _said(stderr: str) -> str:
+    """What fdl printed, lines rich wrapped joined again."""
+    return " ".join(stderr.split())
+
+
+def _with_provenance(path: Path, **extra: Any) -> Path:
+    """The store at `path` with `extra` in its provenance (as `fdl analyze` records its options and layers)."""
+    with h5py.File(path, "r+") as store:
+        provenance = json.loads(store.attrs["provenance"])
+        store.attrs["provenance"] = json.dumps({**provenance, **extra}, sort_keys=True)
+    return path
+
+
+def _scalars(steps: tuple[int, ...], d_lr: float | list[float | None]) -> dict[int, dict[str, Any]]:
+    values = d_lr if isinstance(d_lr, list) else [d_lr] * len(steps)
+    return {step: {**SCALARS[min(SCALARS)], "d_lr": value} for step, value in zip(steps, values, strict=True)}
+
+
+def _nested_or_doubled(text: str) -> list[str]:
+    """Parentheses opened inside others, or one closed and another opened right after: "(a (b))", "(a) (b)"."""
+    found, depth = [], 0
+    for i, char in enumerate(text):
+        if char == "(":
+            if depth:
+                found.append(text[max(i - 30, 0):i + 30])
+            depth += 1
+        elif char == ")":
+            depth -= 1
+    return found + [text[max(i - 30, 0):i + 30] for i in range(len(text)) if text.startswith(") (", i)]
+
+
+# ----------------------------------------------------------------------------------------- options in words
+
+
+def test_options_that_differ_are_said_as_the_report_says_them(tmp_path: Path) -> None:
+    a = _with_provenance(make_store(tmp_path / "a.h5"), layers=["4:input"],
+                         options={"center": False, "cka_dtype": "float64", "anchor_size": 4096})
+    b = _with_provenance(make_store(tmp_path / "b.h5", seed=1), layers=["4:input", "6:input"],
+                         options={"center": True, "cka_dtype": "float32", "anchor_size": 512})
+    done = fdl_in_process("compare", a, b, "--no-overlap")
+    assert done.returncode == 0, done.stderr
+    assert ("the two runs were analysed with different options (anchor_size: A 4096 vs B 512; center: A no vs "
+            "B yes; cka_dtype: A float64 vs B float32; layers: A 4:input vs B 4:input, 6:input); their field "
+            "differences then mix") in _said(done.stderr)
+    assert "False" not in done.stderr and "['" not in done.stderr
+    # as `fdl report` says the same values
+    shown = _said(fdl_in_process("report", b).stderr + fdl_in_process("report", b).stdout)
+    assert "center yes" in shown and "cka_dtype float32" in shown and "layers: 4:input, 6:input" in shown
+    # --json keeps the values themselves
+    document = json.loads(fdl_in_process("compare", a, b, "--no-overlap", "--json").stdout)
+    assert {"option": "center", "a": False, "b": True} in document["option_differences"]
+    assert {"option": "layers", "a": ["4:input"], "b": ["4:input", "6:input"]} in document["option_differences"]
+
+
