@@ -1611,7 +1611,12 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
             return None, "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
         return None, "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
-    every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
+    if len(signs) > 1:
+        every = "at every matched step"
+    else:  # the step after a comma, not in parentheses: "at the only matched step (step 350 of A (400 of B))"
+        only = "the only matched step" if len(steps) == 1 else (
+            "the only matched step with both D_LR" + (" measured" if constant else ""))
+        every = f"at {only}, {_matched_step(signs[0][0])}"
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
@@ -1633,9 +1638,11 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
+    values = f"D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap}"
     return winner.lower(), (
+        # one signed step: `when` names it, and its values follow it ("(step 350) (last matched step: ...)")
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
-        f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
+        + (f": {values}." if len(signs) == 1 else f" ({where}: {values}).")
         + left_out + _movement_note(steps, richer=winner)
     )
 
@@ -1660,9 +1667,10 @@ def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
 
 
 def _matched_step(match: Match) -> str:
-    """"step 100", or for a nearest-step pair "step 100 of A (105 of B)": the verdict named A's step alone,
-    "run B is richer from step 55 on" for a run B without a step 55 (session 14)."""
-    return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A ({match.step_b} of B)"
+    """"step 100", or for a nearest-step pair "step 100 of A and 105 of B": the verdict named A's step alone,
+    "run B is richer from step 55 on" for a run B without a step 55. Without parentheses, since the verdict puts
+    it in some ("(step 100 of A (105 of B), the last with both D_LR: ...)" nested them)."""
+    return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A and {match.step_b} of B"
 
 
 def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) -> str:
@@ -1695,9 +1703,9 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) 
                     text = format_value(field, lowest)
                     if text == format_value(field, 1.0) and lowest < 1.0:
                         text = one_minus_gap(lowest)  # a lazy run's 0.9999996 read "lowest 1.0000"
-                    shown.append(f"{label} ≥ {bound:g} (lowest {text})")
+                    shown.append(f"{label} ≥ {bound:g}, lowest {text}")  # not "(... (lowest 0.9990) ...)"
             notes.append(
-                f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
+                f" Run {name}'s features did not move (at every matched step {', and '.join(shown)}): its D_LR is "
                 "that of its reference checkpoint's features, not of features learned in these steps, a lazy "
                 "(coefficient) run (`fdl classify` gives the evidence)."
             )

@@ -79,3 +79,26 @@ def test_options_that_differ_are_said_as_the_report_says_them(tmp_path: Path) ->
     assert {"option": "layers", "a": ["4:input"], "b": ["4:input", "6:input"]} in document["option_differences"]
 
 
+# --------------------------------------------------------------------------------- the verdict's parentheses
+
+
+def test_a_nearest_step_pair_in_the_verdict_nests_no_parentheses(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5", steps=(350,), scalars=_scalars((350,), 0.5))
+    b = make_store(tmp_path / "b.h5", steps=(400,), scalars=_scalars((400,), 0.6), seed=1)
+    verdict = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).verdict
+    assert verdict == ("Run A is richer than run B (lower D_LR) at the only matched step, step 350 of A and 400 of "
+                       "B: D_LR A 0.5000, B 0.6000, 17% lower.")
+    tied = make_store(tmp_path / "tied.h5", steps=(400,), scalars=_scalars((400,), 0.5), seed=1)
+    verdict = report.compare_runs(report.load_run(a), report.load_run(tied), overlap=False).verdict
+    assert verdict == "The runs are equally rich (same D_LR) at the only matched step, step 350 of A and 400 of B."
+    # a later step without D_LR: the verdict's values are of the last with both, a nearest-step pair
+    steps_a, steps_b = (0, 100, 200), (0, 105, 200)
+    c = make_store(tmp_path / "c.h5", steps=steps_a, scalars=_scalars(steps_a, [0.9, 0.5, None]))
+    d = make_store(tmp_path / "d.h5", steps=steps_b, scalars=_scalars(steps_b, [0.9, 0.6, None]), seed=1)
+    verdict = report.compare_runs(report.load_run(c), report.load_run(d), overlap=False).verdict
+    assert _nested_or_doubled(verdict) == [], verdict
+    assert "step 100 of A and 105 of B, the last with both D_LR: D_LR A 0.5000, B 0.6000" in verdict
+    shown = _said(fdl_in_process("compare", a, b, "--no-overlap").stderr)
+    assert _nested_or_doubled(shown[shown.index("Run A is richer"):]) == []
+
+
