@@ -1383,6 +1383,26 @@ def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Se
     )
 
 
+#: How many steps `unmatched_note` names of each run before "and N more".
+UNMATCHED_SHOWN = 6
+
+
+def unmatched_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
+    """"left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)", the steps of each run with no partner (the first
+    UNMATCHED_SHOWN, then "and N more"), or None where every checkpoint is matched. The counts alone said how many
+    the table leaves out, never which."""
+    said = []
+    for steps, matched in ((steps_a, {m.step_a for m in matches}), (steps_b, {m.step_b for m in matches})):
+        left = sorted(set(steps) - matched)
+        shown = ", ".join(map(str, left[:UNMATCHED_SHOWN])) + (
+            f" and {len(left) - UNMATCHED_SHOWN} more" if len(left) > UNMATCHED_SHOWN else "")
+        said.append((len(left), f" ({'step' if len(left) == 1 else 'steps'} {shown})" if left else ""))
+    (count_a, shown_a), (count_b, shown_b) = said
+    if not count_a and not count_b:
+        return None
+    return f"left unmatched: {counted(count_a, 'checkpoint')} of A{shown_a}, {count_b} of B{shown_b}"
+
+
 def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
     """A note naming the checkpoints of a run before its first matched step or after its last (a longer run, one
     resumed later), which neither the table nor the verdict covers, or None. "left unmatched: 15 checkpoints of A,
@@ -1995,10 +2015,8 @@ def compare_runs(
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
         more = f" and {len(nearest) - 5} more" if len(nearest) > 5 else ""
         notes.append(f"{counted(len(nearest), 'step')} matched to the nearest step of the other run: {shown}{more}")
-    unmatched_a = len(series_a.steps) - len(matches)
-    unmatched_b = len(series_b.steps) - len(matches)
-    if unmatched_a or unmatched_b:
-        notes.append(f"left unmatched: {counted(unmatched_a, 'checkpoint')} of A, {unmatched_b} of B")
+    if (unmatched := unmatched_note(series_a.steps, series_b.steps, matches)) is not None:
+        notes.append(unmatched)
     if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
         notes.append(few)
     elif (span := span_note(series_a.steps, series_b.steps, matches)) is not None:

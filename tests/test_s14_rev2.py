@@ -114,7 +114,7 @@ def test_compare_counts_one_unmatched_checkpoint_in_the_singular(tmp_path: Path)
     a = make_store(tmp_path / "a.h5")
     b = make_store(tmp_path / "b.h5", steps=(*SCALARS, 900), scalars={**SCALARS, 900: SCALARS[max(SCALARS)]})
     notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
-    assert "left unmatched: 0 checkpoints of A, 1 of B" in notes
+    assert "left unmatched: 0 checkpoints of A, 1 of B (step 900)" in notes
     c = make_store(tmp_path / "c.h5", steps=tuple(SCALARS)[:-1])
     notes = report.compare_runs(report.load_run(a), report.load_run(c), overlap=False).notes
-    assert "left unmatched: 1 checkpoint of A, 0 of B" in notes
+    assert "left unmatched: 1 checkpoint of A (step 200), 0 of B" in notes

@@ -148,7 +148,7 @@ def test_a_longer_run_is_told_where_the_comparison_ends(tmp_path: Path) -> None:
     longer = (0, 100, 200, 300, 400)
     b = make_store(tmp_path / "b.h5", steps=longer, scalars=_scalars(longer))
     notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
-    assert notes == ["left unmatched: 0 checkpoints of A, 2 of B",
+    assert notes == ["left unmatched: 0 checkpoints of A, 2 of B (steps 300, 400)",
                      "the comparison covers steps 0–200, the span of the matched steps: run B's 2 checkpoints after "
                      "it (steps 300–400) are in neither the table nor the verdict"]
     later = (100, 200)  # a run resumed later: A's first checkpoint before the span
@@ -166,7 +166,7 @@ def test_a_longer_run_is_told_where_the_comparison_ends(tmp_path: Path) -> None:
     gaps = (0, 50, 100, 150, 200)
     e = make_store(tmp_path / "e.h5", steps=gaps, scalars=_scalars(gaps))
     assert report.compare_runs(report.load_run(a), report.load_run(e), overlap=False).notes == [
-        "left unmatched: 0 checkpoints of A, 2 of B"]
+        "left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)"]
     # steps that count other things: the few-matches note says it, and gives both ranges
     many = tuple(range(0, 1100, 100))
     f = make_store(tmp_path / "f.h5", steps=(0, 1, 2), scalars=_scalars((0, 1, 2)))

@@ -102,3 +102,21 @@ def test_a_nearest_step_pair_in_the_verdict_nests_no_parentheses(tmp_path: Path)
     assert _nested_or_doubled(shown[shown.index("Run A is richer"):]) == []
 
 
+# ------------------------------------------------------------------------------------- unmatched checkpoints
+
+
+def test_the_unmatched_note_names_the_steps_left_out(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5")  # steps 0, 100, 200
+    gaps = (0, 50, 100, 150, 200)
+    b = make_store(tmp_path / "b.h5", steps=gaps, scalars=_scalars(gaps, 0.5))
+    notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
+    assert notes == ["left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)"]
+    both = (0, 10, 20, 30, 40, 50, 60, 70, 80, 100, 200)  # 8 of B's, 1 of A's
+    c = make_store(tmp_path / "c.h5", steps=(0, 100, 150, 200), scalars=_scalars((0, 100, 150, 200), 0.5))
+    d = make_store(tmp_path / "d.h5", steps=both, scalars=_scalars(both, 0.5))
+    notes = report.compare_runs(report.load_run(c), report.load_run(d), overlap=False).notes
+    assert "left unmatched: 1 checkpoint of A (step 150), 8 of B (steps 10, 20, 30, 40, 50, 60 and 2 more)" in notes
+    done = fdl_in_process("compare", a, b, "--no-overlap")
+    assert "note: left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)" in _said(done.stderr)
+
+
