@@ -2009,7 +2009,8 @@ def compare_runs(
     same_inputs = check_same_probe(run_a, series_a, run_b, series_b) if overlap else None
     matches = align_steps(series_a.steps, series_b.steps)
     different = None if overlap else probe_difference_note(run_a, series_a, run_b, series_b)
-    notes = [note for note in (same_inputs, different) if note is not None]
+    notes = [note for note in (same_run_note(run_a, series_a, run_b, series_b), same_inputs, different)
+             if note is not None]
     nearest = [match for match in matches if not match.exact]
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
@@ -2069,6 +2070,34 @@ def compare_runs(
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def same_run_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """One line when B is A again, or None: the same series of the same store file, or a series whose checkpoints
+    (their sha256, step by step), probe file (its sha256) and every field are A's (a copy of the store, or the same
+    run analysed twice alike). compare then printed a table of zeros and "equally rich" and nothing more, where the
+    likelier story is a wrong file given as B. The checkpoints' paths and the series' names are not compared: the
+    same files analysed under another name or moved elsewhere give the same fields."""
+    def samefile() -> bool:
+        try:
+            return os.path.samefile(run_a.path, run_b.path)
+        except OSError:
+            return False
+
+    if (series_a.probe, series_a.layer) == (series_b.probe, series_b.layer) and samefile():
+        return (f"A and B are the same store and series ({run_a.path}): every difference is zero (was another run "
+                "meant as B?)")
+
+    def fields(record: Record) -> dict[str, Any]:
+        return {name: _plain(value) for name, value in record.items() if name not in ("path", "probe", "layer")}
+
+    records_a, records_b = series_a.records, series_b.records
+    if not records_a or len(records_a) != len(records_b) or not all(r.get("sha256") for r in records_a) \
+            or _probe_sha(run_a, series_a) != _probe_sha(run_b, series_b) \
+            or any(fields(a) != fields(b) for a, b in zip(records_a, records_b, strict=True)):
+        return None
+    return ("stores A and B hold the same checkpoints (the same sha256 at every step) with the same fields: every "
+            "difference is zero (a copy of one store, or the run analysed twice alike; was another run meant as B?)")
 
 
 def _largest_outputs(run: Run) -> int | None:

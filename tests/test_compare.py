@@ -37,7 +37,9 @@ def test_run_against_itself_has_zero_differences_and_overlap_1(tmp_path: Path) -
         assert numeric and all(v == 0 for v in numeric)
         assert step["differences"]["regime"] is None  # same text
     assert data["verdict"] == "The runs are equally rich (same D_LR) at every matched step."
-    assert data["notes"] == []
+    # the one note: that B is A (tests/test_s28_polish.py)
+    assert data["notes"] == [f"A and B are the same store and series ({path}): every difference is zero (was another "
+                             "run meant as B?)"]
 
 
 def test_richer_run_and_from_when(tmp_path: Path) -> None:

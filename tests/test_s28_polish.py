@@ -120,3 +120,41 @@ def test_the_unmatched_note_names_the_steps_left_out(tmp_path: Path) -> None:
     assert "note: left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)" in _said(done.stderr)
 
 
+# ------------------------------------------------------------------------------------ the same store twice
+
+
+SAME_STORE = "A and B are the same store and series"
+SAME_CONTENT = "stores A and B hold the same checkpoints (the same sha256 at every step) with the same fields"
+
+
+def test_the_same_store_given_twice_is_said_in_one_line(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5")
+    done = fdl_in_process("compare", a, a)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if SAME_STORE in line]
+    assert lines == [f"note: {SAME_STORE} ({a}): every difference is zero (was another run meant as B?)"]
+    copy = Path(shutil.copyfile(a, tmp_path / "copy.h5"))
+    said = _said(fdl_in_process("compare", a, copy, "--no-overlap").stderr)
+    assert (f"note: {SAME_CONTENT}: every difference is zero (a copy of one store, or the run analysed twice "
+            "alike; was another run meant as B?)") in said
+    assert SAME_STORE not in said
+    # --json carries it with the other notes
+    assert any(note.startswith(SAME_CONTENT) for note in
+               json.loads(fdl_in_process("compare", a, copy, "--json").stdout)["notes"])
+
+
+def test_no_such_line_for_two_runs_or_two_series_of_one_store(tmp_path: Path) -> None:
+    a = make_store(tmp_path / "a.h5")
+    other = make_store(tmp_path / "other.h5", seed=1)  # the same checkpoints, other numbers
+    said = _said(fdl_in_process("compare", a, other, "--no-overlap").stderr)
+    assert SAME_STORE not in said and "same checkpoints" not in said
+    layers = make_store(tmp_path / "layers.h5", layers=("fc1", "fc2"))
+    said = _said(fdl_in_process("compare", layers, layers, "--layer", "fc1", "--layer-b", "fc2").stderr)
+    assert SAME_STORE not in said and "same checkpoints" not in said
+    # the same checkpoints with one value other: not the same
+    changed = {step: dict(values) for step, values in SCALARS.items()}
+    changed[200]["loss"] = 0.07
+    close = make_store(tmp_path / "close.h5", scalars=changed)
+    assert "same checkpoints" not in _said(fdl_in_process("compare", a, close, "--no-overlap").stderr)
+
+
