@@ -1782,6 +1782,13 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
         bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
         return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
     lacking = [str(run.path) for run, value in ((run_a, x_a), (run_b, x_b)) if value is None]
+    # The store keeps no digest of the inputs as a set (x_sha256 is taken in their order, the anchors are the first
+    # m rows and their inputs are stored for 1-D probes alone), so the same points in another order cannot be told
+    # from other points: the fix names the order as a cause where the probes hold as many points, which a
+    # permutation keeps, and the numbers where they differ, which rules it out.
+    counts = [getattr(run.probes.get(series.probe) if series.probe is not None else None, "n", None)
+              for run, series in ((run_a, series_a), (run_b, series_b))]
+    known = all(type(count) is int for count in counts)
     raise StoreError(
         "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
         got=(
@@ -1790,9 +1797,12 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
             + (f"; the inputs' sha256 differ too ({str(x_a)[:12]}…, {str(x_b)[:12]}…)" if not lacking else
                f"; {' and '.join(lacking)} record{'s' if len(lacking) == 1 else ''} no sha256 of the probe's "
                "inputs alone (x_sha256), so only the same file is taken as the same probe")
+            + (f"; probes of {counts[0]} and {counts[1]} points" if known and counts[0] != counts[1] else "")
         ),
-        fix="analyse both runs with the same probe inputs (--probe; the labels may differ), "
-        "or pass --no-overlap to compare only the per-checkpoint fields",
+        fix="analyse both runs with the same probe inputs (--probe; the labels may differ)"
+        + (", saved in one order: the same points in another order count as other inputs (their sha256 is taken in "
+           "order);" if known and counts[0] == counts[1] else ",")
+        + " or pass --no-overlap to compare only the per-checkpoint fields",
     )
 
 

@@ -158,3 +158,35 @@ def test_no_such_line_for_two_runs_or_two_series_of_one_store(tmp_path: Path) ->
     assert "same checkpoints" not in _said(fdl_in_process("compare", a, close, "--no-overlap").stderr)
 
 
+# ------------------------------------------------------------------------------------- a permuted probe
+
+
+def _with_inputs_digest(path: Path, digest: str, *, n: int | None = None) -> Path:
+    with h5py.File(path, "r+") as store:
+        store["probes/train"].attrs["x_sha256"] = digest
+        if n is not None:
+            store["probes/train"].attrs["n"] = n
+    return path
+
+
+def test_a_refused_probe_of_as_many_points_names_their_order_as_a_cause(tmp_path: Path) -> None:
+    """x_sha256 is a digest of the inputs in their order (docs/store.md): the store keeps nothing that tells the
+    same points in another order from other points, so the refusal names the order as one possible cause where
+    the two probes hold as many points, and not where their numbers differ."""
+    a = _with_inputs_digest(make_store(tmp_path / "a.h5"), "1" * 64)
+    b = _with_inputs_digest(make_store(tmp_path / "b.h5", probe_sha="b" * 64, seed=1), "2" * 64)
+    with pytest.raises(StoreError) as caught:
+        report.compare_runs(report.load_run(a), report.load_run(b))
+    assert "not analysed on the same probe inputs" in caught.value.what
+    assert str(caught.value.fix) == (
+        "analyse both runs with the same probe inputs (--probe; the labels may differ), saved in one order: the same "
+        "points in another order count as other inputs (their sha256 is taken in order); or pass --no-overlap to "
+        "compare only the per-checkpoint fields")
+    done = fdl_in_process("compare", a, b)
+    assert done.returncode == 1 and "same points in another order" in _said(done.stderr)
+    fewer = _with_inputs_digest(make_store(tmp_path / "c.h5", probe_sha="c" * 64, seed=2), "3" * 64, n=12)
+    with pytest.raises(StoreError) as caught:
+        report.compare_runs(report.load_run(a), report.load_run(fewer))
+    assert str(caught.value.fix) == ("analyse both runs with the same probe inputs (--probe; the labels may differ), or "
+                                     "pass --no-overlap to compare only the per-checkpoint fields")  # as before
+    assert str(caught.value.got).endswith("; probes of 16 and 12 points")
