@@ -1383,6 +1383,26 @@ def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Se
     )
 
 
+#: How many steps `unmatched_note` names of each run before "and N more".
+UNMATCHED_SHOWN = 6
+
+
+def unmatched_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
+    """"left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)", the steps of each run with no partner (the first
+    UNMATCHED_SHOWN, then "and N more"), or None where every checkpoint is matched. The counts alone said how many
+    the table leaves out, never which."""
+    said = []
+    for steps, matched in ((steps_a, {m.step_a for m in matches}), (steps_b, {m.step_b for m in matches})):
+        left = sorted(set(steps) - matched)
+        shown = ", ".join(map(str, left[:UNMATCHED_SHOWN])) + (
+            f" and {len(left) - UNMATCHED_SHOWN} more" if len(left) > UNMATCHED_SHOWN else "")
+        said.append((len(left), f" ({'step' if len(left) == 1 else 'steps'} {shown})" if left else ""))
+    (count_a, shown_a), (count_b, shown_b) = said
+    if not count_a and not count_b:
+        return None
+    return f"left unmatched: {counted(count_a, 'checkpoint')} of A{shown_a}, {count_b} of B{shown_b}"
+
+
 def span_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
     """A note naming the checkpoints of a run before its first matched step or after its last (a longer run, one
     resumed later), which neither the table nor the verdict covers, or None. "left unmatched: 15 checkpoints of A,
@@ -1538,10 +1558,16 @@ def _plain(value: Any) -> Any:
 
 
 def option_difference_note(comparison: Comparison) -> str | None:
-    """One warning naming every analysis choice that differs between the runs (A vs B), or None."""
+    """One warning naming every analysis choice that differs between the runs (A vs B), or None. Each value is said
+    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layers: A 4:input vs B 4:input, 6:input`);
+    Python's reprs (`A False vs B True`, `A ['4:input']`) read as code. `--json` keeps the values themselves."""
     if not comparison.option_differences:
         return None
-    listing = "; ".join(f"{d.option}: A {d.a!r} vs B {d.b!r}" for d in comparison.option_differences)
+
+    def said(value: Any) -> str:
+        return ", ".join(map(_option_text, value)) if isinstance(value, list) and value else _option_text(value)
+
+    listing = "; ".join(f"{d.option}: A {said(d.a)} vs B {said(d.b)}" for d in comparison.option_differences)
     return (
         f"the two runs were analysed with different options ({listing}); their field differences "
         "then mix these analysis choices with differences in training (re-analyse one run with the "
@@ -1605,7 +1631,12 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
             return None, "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
         return None, "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
-    every = "at every matched step" if len(signs) > 1 else f"at the only matched step ({_matched_step(signs[0][0])})"
+    if len(signs) > 1:
+        every = "at every matched step"
+    else:  # the step after a comma, not in parentheses: "at the only matched step (step 350 of A (400 of B))"
+        only = "the only matched step" if len(steps) == 1 else (
+            "the only matched step with both D_LR" + (" measured" if constant else ""))
+        every = f"at {only}, {_matched_step(signs[0][0])}"
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
@@ -1627,9 +1658,11 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
     gap = ""
     if d_a is not None and d_b is not None and max(d_a, d_b) > 0:
         gap = f", {abs(d_a - d_b) / max(d_a, d_b):.0%} lower" if abs(d_a - d_b) >= 0.005 * max(d_a, d_b) else ", <1% lower"
+    values = f"D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap}"
     return winner.lower(), (
+        # one signed step: `when` names it, and its values follow it ("(step 350) (last matched step: ...)")
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
-        f" ({where}: D_LR A {format_value('d_lr', d_a)}, B {format_value('d_lr', d_b)}{gap})."
+        + (f": {values}." if len(signs) == 1 else f" ({where}: {values}).")
         + left_out + _movement_note(steps, richer=winner)
     )
 
@@ -1654,9 +1687,10 @@ def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
 
 
 def _matched_step(match: Match) -> str:
-    """"step 100", or for a nearest-step pair "step 100 of A (105 of B)": the verdict named A's step alone,
-    "run B is richer from step 55 on" for a run B without a step 55 (session 14)."""
-    return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A ({match.step_b} of B)"
+    """"step 100", or for a nearest-step pair "step 100 of A and 105 of B": the verdict named A's step alone,
+    "run B is richer from step 55 on" for a run B without a step 55. Without parentheses, since the verdict puts
+    it in some ("(step 100 of A (105 of B), the last with both D_LR: ...)" nested them)."""
+    return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A and {match.step_b} of B"
 
 
 def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) -> str:
@@ -1689,9 +1723,9 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) 
                     text = format_value(field, lowest)
                     if text == format_value(field, 1.0) and lowest < 1.0:
                         text = one_minus_gap(lowest)  # a lazy run's 0.9999996 read "lowest 1.0000"
-                    shown.append(f"{label} ≥ {bound:g} (lowest {text})")
+                    shown.append(f"{label} ≥ {bound:g}, lowest {text}")  # not "(... (lowest 0.9990) ...)"
             notes.append(
-                f" Run {name}'s features did not move ({' and '.join(shown)} at every matched step): its D_LR is "
+                f" Run {name}'s features did not move (at every matched step {', and '.join(shown)}): its D_LR is "
                 "that of its reference checkpoint's features, not of features learned in these steps, a lazy "
                 "(coefficient) run (`fdl classify` gives the evidence)."
             )
@@ -1748,6 +1782,13 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
         bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
         return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
     lacking = [str(run.path) for run, value in ((run_a, x_a), (run_b, x_b)) if value is None]
+    # The store keeps no digest of the inputs as a set (x_sha256 is taken in their order, the anchors are the first
+    # m rows and their inputs are stored for 1-D probes alone), so the same points in another order cannot be told
+    # from other points: the fix names the order as a cause where the probes hold as many points, which a
+    # permutation keeps, and the numbers where they differ, which rules it out.
+    counts = [getattr(run.probes.get(series.probe) if series.probe is not None else None, "n", None)
+              for run, series in ((run_a, series_a), (run_b, series_b))]
+    known = all(type(count) is int for count in counts)
     raise StoreError(
         "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
         got=(
@@ -1756,9 +1797,12 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
             + (f"; the inputs' sha256 differ too ({str(x_a)[:12]}…, {str(x_b)[:12]}…)" if not lacking else
                f"; {' and '.join(lacking)} record{'s' if len(lacking) == 1 else ''} no sha256 of the probe's "
                "inputs alone (x_sha256), so only the same file is taken as the same probe")
+            + (f"; probes of {counts[0]} and {counts[1]} points" if known and counts[0] != counts[1] else "")
         ),
-        fix="analyse both runs with the same probe inputs (--probe; the labels may differ), "
-        "or pass --no-overlap to compare only the per-checkpoint fields",
+        fix="analyse both runs with the same probe inputs (--probe; the labels may differ)"
+        + (", saved in one order: the same points in another order count as other inputs (their sha256 is taken in "
+           "order);" if known and counts[0] == counts[1] else ",")
+        + " or pass --no-overlap to compare only the per-checkpoint fields",
     )
 
 
@@ -1975,16 +2019,15 @@ def compare_runs(
     same_inputs = check_same_probe(run_a, series_a, run_b, series_b) if overlap else None
     matches = align_steps(series_a.steps, series_b.steps)
     different = None if overlap else probe_difference_note(run_a, series_a, run_b, series_b)
-    notes = [note for note in (same_inputs, different) if note is not None]
+    notes = [note for note in (same_run_note(run_a, series_a, run_b, series_b), same_inputs, different)
+             if note is not None]
     nearest = [match for match in matches if not match.exact]
     if nearest:
         shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
         more = f" and {len(nearest) - 5} more" if len(nearest) > 5 else ""
         notes.append(f"{counted(len(nearest), 'step')} matched to the nearest step of the other run: {shown}{more}")
-    unmatched_a = len(series_a.steps) - len(matches)
-    unmatched_b = len(series_b.steps) - len(matches)
-    if unmatched_a or unmatched_b:
-        notes.append(f"left unmatched: {counted(unmatched_a, 'checkpoint')} of A, {unmatched_b} of B")
+    if (unmatched := unmatched_note(series_a.steps, series_b.steps, matches)) is not None:
+        notes.append(unmatched)
     if (few := few_matches_note(series_a.steps, series_b.steps, matches)) is not None:
         notes.append(few)
     elif (span := span_note(series_a.steps, series_b.steps, matches)) is not None:
@@ -2037,6 +2080,34 @@ def compare_runs(
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def same_run_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
+    """One line when B is A again, or None: the same series of the same store file, or a series whose checkpoints
+    (their sha256, step by step), probe file (its sha256) and every field are A's (a copy of the store, or the same
+    run analysed twice alike). compare then printed a table of zeros and "equally rich" and nothing more, where the
+    likelier story is a wrong file given as B. The checkpoints' paths and the series' names are not compared: the
+    same files analysed under another name or moved elsewhere give the same fields."""
+    def samefile() -> bool:
+        try:
+            return os.path.samefile(run_a.path, run_b.path)
+        except OSError:
+            return False
+
+    if (series_a.probe, series_a.layer) == (series_b.probe, series_b.layer) and samefile():
+        return (f"A and B are the same store and series ({run_a.path}): every difference is zero (was another run "
+                "meant as B?)")
+
+    def fields(record: Record) -> dict[str, Any]:
+        return {name: _plain(value) for name, value in record.items() if name not in ("path", "probe", "layer")}
+
+    records_a, records_b = series_a.records, series_b.records
+    if not records_a or len(records_a) != len(records_b) or not all(r.get("sha256") for r in records_a) \
+            or _probe_sha(run_a, series_a) != _probe_sha(run_b, series_b) \
+            or any(fields(a) != fields(b) for a, b in zip(records_a, records_b, strict=True)):
+        return None
+    return ("stores A and B hold the same checkpoints (the same sha256 at every step) with the same fields: every "
+            "difference is zero (a copy of one store, or the run analysed twice alike; was another run meant as B?)")
 
 
 def _largest_outputs(run: Run) -> int | None:

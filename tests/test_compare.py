@@ -37,7 +37,9 @@ def test_run_against_itself_has_zero_differences_and_overlap_1(tmp_path: Path) -
         assert numeric and all(v == 0 for v in numeric)
         assert step["differences"]["regime"] is None  # same text
     assert data["verdict"] == "The runs are equally rich (same D_LR) at every matched step."
-    assert data["notes"] == []
+    # the one note: that B is A (tests/test_s28_polish.py)
+    assert data["notes"] == [f"A and B are the same store and series ({path}): every difference is zero (was another "
+                             "run meant as B?)"]
 
 
 def test_richer_run_and_from_when(tmp_path: Path) -> None:
@@ -48,7 +50,7 @@ def test_richer_run_and_from_when(tmp_path: Path) -> None:
     comparison = report.compare_runs(report.load_run(a), report.load_run(b))
     assert [(c.match.step_a, c.match.step_b) for c in comparison.steps] == [(0, 0), (100, 105), (200, 200)]
     assert comparison.notes[0] == "1 step matched to the nearest step of the other run: 100↔105"
-    assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 of A (105 of B) on")
+    assert comparison.verdict.startswith("Run A is richer than run B (lower D_LR) from step 100 of A and 105 of B on")
     assert comparison.steps[2].differences["d_lr"] == pytest.approx(0.7 - 0.125)
     assert comparison.steps[1].differences["regime"] is None
     overlaps = [c.overlap for c in comparison.steps]
@@ -56,7 +58,7 @@ def test_richer_run_and_from_when(tmp_path: Path) -> None:
 
     swapped = report.compare_runs(report.load_run(b), report.load_run(a))
     # the step of each run: "from step 105 on" named A's step for the richer run B, which has none
-    assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 of A (100 of B) on")
+    assert swapped.verdict.startswith("Run B is richer than run A (lower D_LR) from step 105 of A and 100 of B on")
 
 
 def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Path) -> None:
@@ -70,8 +72,8 @@ def test_the_verdict_gives_the_gap_and_says_when_a_run_never_moved(tmp_path: Pat
     verdict = report.compare_runs(report.load_run(lazy), report.load_run(rich), overlap=False).verdict
     assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on")
     assert "D_LR A 0.1330, B 0.1250, 6% lower)" in verdict
-    assert ("Run A's features did not move (CKA to its reference ≥ 0.99 (lowest 0.9990) and top-C overlap ≥ 0.95 "
-            "(lowest 0.9980) at every matched step): its D_LR is that of its reference checkpoint's features") in verdict
+    assert ("Run A's features did not move (at every matched step CKA to its reference ≥ 0.99, lowest 0.9990, and "
+            "top-C overlap ≥ 0.95, lowest 0.9980): its D_LR is that of its reference checkpoint's features") in verdict
     assert run_fdl("classify", str(lazy), "--expect", "coefficient").returncode == 0  # as the note says
     assert "Run B's features" not in verdict
     printed = run_fdl("compare", str(lazy), str(rich), "--no-overlap")

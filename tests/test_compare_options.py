@@ -28,13 +28,13 @@ def test_different_options_warned_on_stderr_and_listed_in_json(stores: tuple[Pat
     plain, centered = stores
     result = run_fdl("compare", str(plain), str(centered), "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert "analysed with different options (center: A False vs B True)" in result.stderr
+    assert "analysed with different options (center: A no vs B yes)" in result.stderr
     assert "mix these analysis choices with differences in training" in result.stderr
     document = json.loads(result.stdout)
     assert document["option_differences"] == [{"option": "center", "a": False, "b": True}]
     assert {"a", "b", "steps", "notes", "verdict"} <= set(document)
     table = run_fdl("compare", str(plain), str(centered))
-    assert "center: A False vs B True" in table.stderr
+    assert "center: A no vs B yes" in table.stderr
 
 
 def test_same_options_no_warning(stores: tuple[Path, Path]) -> None:

@@ -56,7 +56,7 @@ def test_the_richer_verdict_names_both_steps_of_a_nearest_step_pair(tmp_path: Pa
     b = make_store(tmp_path / "b.h5", steps=(0, 105, 200), seed=7,
                    scalars={0: lazier[0], 105: lazier[100], 200: lazier[200]})
     verdict = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).verdict
-    assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 of A (105 of B) on (")
+    assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 of A and 105 of B on (")
     same = make_store(tmp_path / "c.h5", seed=7, scalars=lazier)  # exact pairs: one step, as before
     verdict = report.compare_runs(report.load_run(a), report.load_run(same), overlap=False).verdict
     assert verdict.startswith("Run B is richer than run A (lower D_LR) from step 100 on (")

@@ -39,7 +39,7 @@ def test_compare_says_when_the_runs_steps_barely_line_up(tmp_path: Path) -> None
     assert ("only 1 of A's 7 and B's 7 checkpoints are matched by step (0; A's steps 0–6, B's 0–258), and the "
             "comparison covers those alone. If the runs count steps differently (epochs in one, optimizer steps "
             "in the other)") in "\n".join(comparison.notes)
-    assert comparison.verdict == "The runs are equally rich (same D_LR) at the only matched step (step 0)."
+    assert comparison.verdict == "The runs are equally rich (same D_LR) at the only matched step, step 0."
     # the CLI prints it, and --json carries it
     done = fdl("compare", a, b, "--no-overlap")
     assert done.code == 0 and "note: only 1 of A's 7 and B's 7 checkpoints are matched by step" in done.stderr

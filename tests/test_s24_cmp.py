@@ -126,7 +126,7 @@ def test_options_a_store_records_only_when_not_their_defaults_are_compared(runs:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["option_differences"] == [
         {"option": "cka_dtype", "a": "float64", "b": "float32"}, {"option": "overlap_k", "a": 10, "b": 5}]
-    assert ("analysed with different options (cka_dtype: A 'float64' vs B 'float32'; overlap_k: A 10 vs B 5)"
+    assert ("analysed with different options (cka_dtype: A float64 vs B float32; overlap_k: A 10 vs B 5)"
             in " ".join(done.stderr.split()))
     assert "different options" not in fdl_in_process("compare", runs["a"], runs["b"], "--json").stderr
     # absent, overlap_k is min(top_k, C): the same as one recorded equal to it
@@ -148,7 +148,7 @@ def test_a_longer_run_is_told_where_the_comparison_ends(tmp_path: Path) -> None:
     longer = (0, 100, 200, 300, 400)
     b = make_store(tmp_path / "b.h5", steps=longer, scalars=_scalars(longer))
     notes = report.compare_runs(report.load_run(a), report.load_run(b), overlap=False).notes
-    assert notes == ["left unmatched: 0 checkpoints of A, 2 of B",
+    assert notes == ["left unmatched: 0 checkpoints of A, 2 of B (steps 300, 400)",
                      "the comparison covers steps 0–200, the span of the matched steps: run B's 2 checkpoints after "
                      "it (steps 300–400) are in neither the table nor the verdict"]
     later = (100, 200)  # a run resumed later: A's first checkpoint before the span
@@ -162,11 +162,13 @@ def test_a_longer_run_is_told_where_the_comparison_ends(tmp_path: Path) -> None:
     assert notes[-1] == ("the comparison covers steps 0–200 of A (0–205 of B), the span of the matched steps: run "
                          "B's 1 checkpoint after it (step 300) is in neither the table nor the verdict")
     # the same steps, or unmatched ones within the span only: no such note
-    assert report.compare_runs(report.load_run(a), report.load_run(a), overlap=False).notes == []
+    # another run's store of the same probe (the same store twice is said to be: tests/test_s28_polish.py)
+    same_probe = make_store(tmp_path / "same_probe.h5", seed=1)
+    assert report.compare_runs(report.load_run(a), report.load_run(same_probe), overlap=False).notes == []
     gaps = (0, 50, 100, 150, 200)
     e = make_store(tmp_path / "e.h5", steps=gaps, scalars=_scalars(gaps))
     assert report.compare_runs(report.load_run(a), report.load_run(e), overlap=False).notes == [
-        "left unmatched: 0 checkpoints of A, 2 of B"]
+        "left unmatched: 0 checkpoints of A, 2 of B (steps 50, 150)"]
     # steps that count other things: the few-matches note says it, and gives both ranges
     many = tuple(range(0, 1100, 100))
     f = make_store(tmp_path / "f.h5", steps=(0, 1, 2), scalars=_scalars((0, 1, 2)))
@@ -187,7 +189,9 @@ def test_no_overlap_notes_that_the_probes_differ(tmp_path: Path, runs: dict[str,
         f"the runs were analysed on different probe files (A: 'train' sha256 {'a' * 12}…, B: 'train' sha256 "
         f"{'b' * 12}…): each run's fields describe its own probe's data, so their differences are the data's as "
         "well as training's"]
-    assert report.compare_runs(report.load_run(a), report.load_run(a), overlap=False).notes == []
+    # another run's store of the same probe (the same store twice is said to be: tests/test_s28_polish.py)
+    same_probe = make_store(tmp_path / "same_probe.h5", seed=1)
+    assert report.compare_runs(report.load_run(a), report.load_run(same_probe), overlap=False).notes == []
     # the same inputs with other labels: the fields of the labels are named
     labels = fdl_in_process("compare", runs["a"], runs["shuffled"], "--no-overlap", "--format", "csv")
     assert labels.returncode == 0, labels.stderr
