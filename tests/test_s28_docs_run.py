@@ -1,0 +1,60 @@
+"""The docs followed as a new user runs them: what `fdl inspect --json` prints is what usage.md says it prints,
+and the notes usage.md quotes are quoted whole."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tests.cli_run import fdl_in_process
+from tests.test_s16_docs import SAMPLES, USAGE
+
+
+def _section(heading: str) -> str:
+    """usage.md's section `heading` (a `## ` heading), up to the next one."""
+    start = USAGE.index(f"\n## {heading}\n")
+    end = USAGE.find("\n## ", start + 1)
+    return USAGE[start:end]
+
+
+def _json_keys_named(text: str) -> set[str]:
+    return set(re.findall(r'"([a-z_]+)"', text))
+
+
+def test_every_key_of_inspect_json_is_named_in_usage_md(tmp_path: Path) -> None:
+    """usage.md's "Inspecting a checkpoint" lists the keys of `fdl inspect --json`; the JSON also held
+    `checkpoint`, `default_module` and `default_basis`, which it did not name, with a model or without."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(SAMPLES / "step_100.safetensors", alone)
+    named = _json_keys_named(_section("Inspecting a checkpoint"))
+    for args in ([SAMPLES / "step_100.safetensors"], [alone / "step_100.safetensors"]):
+        done = fdl_in_process("inspect", *args, "--json")
+        assert done.returncode == 0, done.stderr
+        listing = json.loads(done.stdout)
+        rows = {key for row in listing.get("modules") or [] for key in row}
+        assert sorted((set(listing) | rows) - named) == []
+
+
+def test_the_note_of_an_added_probe_is_quoted_as_analyze_says_it(tmp_path: Path) -> None:
+    """usage.md quotes the note of a probe added to a store; the note went on past the quote."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("step_0.safetensors", "step_1000.safetensors", "model.py", "probe.npz"):
+        shutil.copy(SAMPLES / name, run)
+    probe = np.load(run / "probe.npz")
+    np.savez(tmp_path / "b.npz", x=probe["x"][:100], y=probe["y"][:100])
+    store = tmp_path / "run.h5"
+    common = ("analyze", run, "--model", run / "model.py:build", "--out", store)
+    assert fdl_in_process(*common, "--probe", f"train={run / 'probe.npz'}").returncode == 0
+    done = fdl_in_process(*common, "--probe", f"train={run / 'probe.npz'}", "--probe", f"test={tmp_path / 'b.npz'}")
+    assert done.returncode == 0, done.stderr
+    said = next(line for line in done.stderr.splitlines() if line.startswith("note: adding probe"))
+    quoted = re.search(r"`(note: adding probe [^`]*)`", USAGE)
+    assert quoted, "usage.md no longer quotes the note of an added probe"
+    # the quote's store has 300 checkpoints and is called run.h5; this one has 2
+    assert said.replace(str(store), "run.h5").replace(" 2 ", " 300 ") == quoted.group(1)
