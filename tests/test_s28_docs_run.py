@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from tests.cli_run import fdl_in_process
-from tests.test_s16_docs import SAMPLES, USAGE
+from tests.test_s16_docs import REPO, SAMPLES, USAGE
+
+RELIABILITY = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
 
 
 def _section(heading: str) -> str:
@@ -58,3 +60,21 @@ def test_the_note_of_an_added_probe_is_quoted_as_analyze_says_it(tmp_path: Path)
     assert quoted, "usage.md no longer quotes the note of an added probe"
     # the quote's store has 300 checkpoints and is called run.h5; this one has 2
     assert said.replace(str(store), "run.h5").replace(" 2 ", " 300 ") == quoted.group(1)
+
+
+def test_the_lines_of_a_bad_checkpoint_are_quoted_as_analyze_prints_them(tmp_path: Path) -> None:
+    """reliability.md quoted `error: PATH: ...` and `failed: PATH: reason`; a file that cannot be read is said
+    `error: cannot read the checkpoint PATH` (its reason names the path, so fdl does not put it first again)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(SAMPLES / "step_0.safetensors", run)
+    (run / "step_7.pt").write_bytes(bytes(range(256)) + bytes(44))  # 300 bytes, no zip archive nor pickle
+    done = fdl_in_process("analyze", run, "--model", SAMPLES / "model.py:build", "--probe", SAMPLES / "probe.npz",
+                          "--out", tmp_path / "run.h5")
+    assert done.returncode == 1
+    bad = str(run / "step_7.pt")
+    lines = done.stderr.splitlines()
+    quoted = RELIABILITY.replace("PATH", bad)
+    for said in (f"error: cannot read the checkpoint {bad}", f"  failed: cannot read the checkpoint {bad}"):
+        assert said in lines
+        assert f"`{said.strip()}`" in quoted
