@@ -78,3 +78,14 @@ def test_the_lines_of_a_bad_checkpoint_are_quoted_as_analyze_prints_them(tmp_pat
     for said in (f"error: cannot read the checkpoint {bad}", f"  failed: cannot read the checkpoint {bad}"):
         assert said in lines
         assert f"`{said.strip()}`" in quoted
+
+
+def test_every_short_option_help_lists_is_in_usage_md() -> None:
+    """Each command's `--help` lists `-h, --help` (and analyze's and export's `-o, --out`); usage.md, which
+    tests/test_s23_docs.py holds to every long option, never named `-h`."""
+    from fdl_cli.cli import cli
+
+    short = {opt for command in (cli, *cli.commands.values()) for param in command.params for opt in param.opts
+             if re.fullmatch(r"-\w", opt)}
+    short |= {opt for opt in cli.context_settings["help_option_names"] if re.fullmatch(r"-\w", opt)}
+    assert sorted(opt for opt in short if not re.search(rf"`[^`]*(?<![\w-]){opt}(?![\w-])[^`]*`", USAGE)) == []
