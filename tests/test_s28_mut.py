@@ -83,6 +83,15 @@ def test_the_labels_entropy_of_one_class_is_stored_and_shown_as_zero_not_minus_z
     assert share == 1.0 and json.dumps({"label_entropy": entropy}) == '{"label_entropy": 0.0}'
 
 
+def test_a_class_no_label_holds_takes_no_share_of_the_labels_entropy() -> None:
+    """Labels 0 and 2 (no 1): the entropy of two equal classes, log 2, not NaN from 0·log 0 (which the store then
+    ignored with a warning, and classify read 1/C)."""
+    from fdl_cli.probes import label_chance
+
+    share, entropy = label_chance(SimpleNamespace(task="classes", y=np.array([0, 0, 2, 2])))  # type: ignore[arg-type,misc]
+    assert share == 0.5 and entropy == pytest.approx(math.log(2))
+
+
 # ------------------------------------------------------------------ names from someone else's file
 
 
@@ -255,3 +264,107 @@ def test_threadpoolctl_s_blas_libraries_all_run_one_thread_for_numpy_s_dsyrk(mon
     monkeypatch.setitem(sys.modules, "threadpoolctl", SimpleNamespace())
     monkeypatch.setattr(moments, "_blas_controller", lambda _module: controller)
     assert moments._numpy_syrk(torch.device("cpu")) is numpy
+
+
+# ------------------------------------------------------------------ a stepless file's note names a copy only when it is one
+
+
+def test_a_stepless_file_whose_sampled_bytes_match_a_checkpoint_but_whose_weights_differ_is_no_copy(tmp_path) -> None:
+    """The fingerprint samples each tensor's first and last bytes: a best.pt that differs from step_1.pt in the
+    middle of a tensor has its fingerprint, but not its weights. Its note is the usual one, not "the same weights
+    as step_1.pt", which would tell the user that best.pt was analysed there."""
+    import torch
+
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    weights = torch.arange(10_000, dtype=torch.float32)
+    torch.save({"w": weights}, tmp_path / "step_1.pt")
+    changed = weights.clone()
+    changed[5_000] = -1.0
+    torch.save({"w": changed}, tmp_path / "best.pt")
+    torch.save({"w": weights.clone()}, tmp_path / "last.pt")  # the same weights: named as a copy
+    notes = discover_checkpoints([tmp_path]).notes
+    assert "skipped last.pt: no step of its own; the same weights as step_1.pt (step 1), analysed there" in notes
+    best = [note for note in notes if note.startswith("skipped best.pt")]
+    assert len(best) == 1 and "same weights" not in best[0], notes
+
+
+def test_a_stepless_file_without_the_weights_entry_leaves_the_next_one_s_copy_note(tmp_path) -> None:
+    """--weights ema: a_best.pt holds the model's weights alone (no ema: the comparison cannot be made, its note stays
+    as it was); b_last.pt, after it, holds both as step_1.pt does, and is still named as its copy."""
+    import torch
+
+    from fdl_cli.checkpoints import discover_checkpoints
+
+    model, ema = {"w": torch.arange(8.0)}, {"w": torch.arange(8.0) / 2}
+    torch.save({"model": model, "ema": ema}, tmp_path / "step_1.pt")
+    torch.save({"model": model}, tmp_path / "a_best.pt")
+    torch.save({"model": model, "ema": ema}, tmp_path / "b_last.pt")
+    notes = discover_checkpoints([tmp_path], weights="ema").notes
+    assert "skipped b_last.pt: no step of its own; the same weights as step_1.pt (step 1), analysed there" in notes, notes
+    assert any(note.startswith("skipped a_best.pt") and "same weights" not in note for note in notes), notes
+
+
+# ------------------------------------------------------------------ --trust-pickle's placeholders never hide weights
+
+_SAVES = """\
+import sys
+
+import torch
+
+
+class Config(dict):  # a training script's own classes, pickled as __main__.Config and __main__.History
+    pass
+
+
+class History(list):
+    pass
+
+
+deep = torch.ones(3, 4)
+for _ in range(20):
+    deep = [deep]
+extra = {  # by kind
+    "dict": Config(ema=torch.ones(3, 4), lr=0.1),  # the tensor before a number
+    "list": History([torch.ones(3, 4), 0.1]),  # APPENDS
+    "one": History([torch.ones(3, 4)]),  # a single APPEND
+    "deep": Config(nested=deep),  # deeper than fdl looks
+    "inner": Config(optimizer=Config(lr=0.1)),  # a placeholder inside a placeholder: no weights
+    "two": [Config(lr=0.1), Config(lr=0.2)],
+}
+for kind, value in extra.items():
+    torch.save({"model": {"w": torch.ones(3, 4)}, "extra": value, "step": 5}, f"{sys.argv[1]}/{kind}.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_by_script(tmp_path_factory) -> Path:
+    """The checkpoints a script run as `python train.py` saves, one of each kind: its classes are __main__'s."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("saved")
+    (folder / "train.py").write_text(_SAVES)
+    subprocess.run([sys.executable, str(folder / "train.py"), str(folder)], check=True, timeout=120)
+    return folder
+
+
+@pytest.mark.parametrize(("kind", "placeholder"), [
+    ("dict", False), ("list", False), ("one", False), ("deep", False), ("inner", True), ("two", True)])
+def test_trust_pickle_reads_a_class_not_importable_here_as_a_placeholder_only_where_it_holds_no_weights(
+        saved_by_script, kind, placeholder) -> None:
+    """A training script's own class (`python train.py` pickles it as __main__.NAME): read as a placeholder, and
+    said once, where it holds no tensor (a placeholder inside it holds none either); where it holds one, among its
+    items, before a number or deeper than fdl looks, the error says the class is needed (no weights dropped)."""
+    from tests.cli_run import fdl_in_process
+
+    path = saved_by_script / f"{kind}.pt"
+    done = fdl_in_process("inspect", "--trust-pickle", path)
+    said = " ".join(done.stderr.split()) + " " + " ".join(done.stdout.split())
+    if placeholder:
+        assert done.returncode == 0, said
+        assert "holds objects of classes that cannot be imported here (__main__.Config; a script run" in said, said
+        assert "total: 12 values in 1 tensor" in said, said
+    else:
+        assert done.returncode == 1, said
+        assert f"error: cannot unpickle {path}: it holds an object whose class cannot be imported here" in said, said
