@@ -13,6 +13,7 @@ import pytest
 
 from fdl_cli.errors import first_names, shown_name
 from fdl_cli.regimes import classify_run, describe, probe_chance, reference_fit
+from tests.test_s27_left import one_torch_thread  # noqa: F401  # torch on one thread for the test, as there
 
 # ------------------------------------------------------------------ chance: the probe's, or 1/C whole
 
@@ -221,17 +222,8 @@ def test_a_layer_of_exactly_c_plus_mf_extra_units_is_said_too_narrow(width, narr
 # ------------------------------------------------------------------ numpy's dsyrk: only where every BLAS runs one thread
 
 
-@pytest.fixture
-def one_torch_thread():  # type: ignore[no-untyped-def]
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_a_zero_openblas_thread_count_is_passed_over_as_openblas_does(monkeypatch, one_torch_thread) -> None:
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_zero_openblas_thread_count_is_passed_over_as_openblas_does(monkeypatch) -> None:
     """OPENBLAS_NUM_THREADS=0 is no count (OpenBLAS reads the next variable set to a positive integer)."""
     import sys
 
@@ -251,8 +243,8 @@ def test_a_zero_openblas_thread_count_is_passed_over_as_openblas_does(monkeypatc
     ([("blas", 1), ("blas", 4)], False),  # one BLAS of several on every core: numpy's may be that one
     ([("blas", 1), ("blas", 1), ("openmp", 4)], True),  # torch's OpenMP threads are torch's count, not a BLAS's
 ])
-def test_threadpoolctl_s_blas_libraries_all_run_one_thread_for_numpy_s_dsyrk(monkeypatch, one_torch_thread, libraries,
-                                                                               numpy) -> None:
+@pytest.mark.usefixtures("one_torch_thread")
+def test_threadpoolctl_s_blas_libraries_all_run_one_thread_for_numpy_s_dsyrk(monkeypatch, libraries, numpy) -> None:
     import sys
 
     import torch
