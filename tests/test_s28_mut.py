@@ -360,3 +360,16 @@ def test_trust_pickle_reads_a_class_not_importable_here_as_a_placeholder_only_wh
     else:
         assert done.returncode == 1, said
         assert f"error: cannot unpickle {path}: it holds an object whose class cannot be imported here" in said, said
+
+
+# ------------------------------------------------------------------ the memory check counts the outputs' sums by task
+
+
+def test_the_memory_check_counts_the_targets_sums_of_a_class_label_probe() -> None:
+    """With class labels the measures copy Σŷyᵀ and Σyyᵀ beside Σŷŷᵀ: 3 C² float64, as the refusal lists them."""
+    from fdl_cli import resources
+
+    needs = resources.run_needs([resources.Pass("probe", {"l": 8}, 100, 16, None, 1000, "classes")])
+    copies = [need for need in needs if "the measures' copies" in need.what]
+    assert [(need.what, need.bytes) for need in copies] == [
+        ("probe/l: the measures' copies of the outputs' C×C sums (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ)", 8 * 3 * 1000 * 1000)]
