@@ -472,7 +472,9 @@ def _inside(dataset: h5py.Dataset) -> h5py.Dataset:
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    """`value` as a message quotes it, cut to `limit` characters; a numpy scalar (what h5py reads an attribute as) as
+    the number or truth it holds, `1.5`, `True`: numpy 2 writes `np.float64(1.5)`, `np.True_`."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
