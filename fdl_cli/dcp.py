@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import io
+import itertools
 import math
 import os
 import pickle
@@ -22,7 +23,7 @@ import pickletools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -442,7 +443,8 @@ def _entries(root: Any) -> dict[str, Entry]:
     return out
 
 
-_CELLS = 1 << 22  # cells of the grid `_cover` checks: a layout cutting a tensor finer is no save's
+_CELLS = 1 << 22  # the most pieces `_by_cells` cuts a tensor into, and corners `_corners_cancel` counts, for a layout
+# that is no grid (grids, as saves cut, are checked in n log n whatever their size): a layout finer is no save's
 
 
 def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
@@ -468,14 +470,110 @@ def check_chunks(folder: Path, entries: Iterable[Entry]) -> None:
 
 
 def _cover(folder: Path, entry: Entry) -> None:
-    """The chunks of `entry` (each within it) overlap nowhere and leave no element out. The tensor is cut into the
-    grid of every chunk's edges; each chunk claims its cells, one already claimed being an overlap: time and memory
-    go as the cells (as the chunks for a save's grid of shards), not as the chunks squared."""
-    chunks = [chunk for chunk in entry.chunks if 0 not in chunk.sizes]
-    edges = [sorted({0, n, *(c.offsets[d] for c in chunks), *(c.offsets[d] + c.sizes[d] for c in chunks)})
-             for d, n in enumerate(entry.size)]
-    cells = math.prod(len(cuts) - 1 for cuts in edges)
+    """The chunks of `entry` (each within it) overlap nowhere and leave no element out, said exactly (no gap or
+    overlap let through, no valid layout refused) in time n log n for a save's layouts. A save cuts a tensor into a
+    grid: along each dimension the chunks' spans are the pieces of one partition of it, each chunk a cell of their
+    product, and the layout is exact when no cell is held twice and the chunks are as many as the cells. Any other
+    layout is exact when its chunks' signed corners cancel the tensor's (`_corners_cancel`); one whose corners do
+    not is damaged, and `_by_cells` tells where."""
+    chunks = [chunk for chunk in entry.chunks if 0 not in chunk.sizes]  # of no elements: nothing to place
     name = shown_name(entry.fqn)
+    if not chunks:
+        if math.prod(entry.size):
+            _gap(folder, name, chunks, entry.size)
+        return
+    low, high = _spans(chunks, entry.size)
+    cells = np.zeros(len(chunks), dtype=np.int64)  # each chunk's cell of the grid
+    bound, grid = 1, 1  # the cells' numbers are below `bound`; the grid has `grid` cells
+    for d, n in enumerate(entry.size):
+        pieces = _partition(low[:, d], high[:, d], n)
+        if pieces is None:
+            if not _corners_cancel(low, high, entry.size):
+                _by_cells(folder, name, chunks, entry.size)
+            return
+        width = int(pieces.max()) + 1
+        if bound * width >= 2**62:  # numbered afresh, below the chunks' count
+            cells = np.unique(cells, return_inverse=True)[1].reshape(-1)
+            bound = int(cells.max()) + 1
+        cells = cells * width + pieces
+        bound, grid = bound * width, grid * width
+    order = np.argsort(cells, kind="stable")
+    ranked = cells[order]
+    again = order[1:][ranked[1:] == ranked[:-1]]  # chunks in the cell of a chunk before them
+    if again.size:  # the first chunk on a cell held before it, and the chunk holding it: the pair chunk by chunk finds
+        later = int(again.min())
+        _overlap(folder, name, chunks[int(np.flatnonzero(cells == cells[later])[0])], chunks[later])
+    if len(chunks) < grid:
+        _gap(folder, name, chunks, entry.size)
+
+
+def _spans(chunks: list[Chunk], size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each chunk starts and ends along each dimension: two arrays of a row a chunk, of 4-byte integers where
+    the tensor's size allows (a 3.5 million chunk 2-D layout: 56 MB)."""
+    dtype = np.int32 if max(size, default=0) < 2**31 else np.int64
+    shape = (len(chunks), len(size))
+    low: np.ndarray = np.fromiter(itertools.chain.from_iterable(c.offsets for c in chunks), dtype, math.prod(shape))
+    high: np.ndarray = np.fromiter(itertools.chain.from_iterable(c.sizes for c in chunks), dtype, math.prod(shape))
+    low, high = low.reshape(shape), high.reshape(shape)
+    high += low
+    return low, high
+
+
+def _partition(low: np.ndarray, high: np.ndarray, n: int) -> np.ndarray | None:
+    """Each chunk's piece (numbered in order) where the chunks' spans [low, high) along a dimension of n elements are
+    the pieces of one partition of it: from 0 to n, each piece beginning where the one before it ends; else None."""
+    starts, piece = np.unique(low, return_inverse=True)
+    ends = np.empty_like(starts)
+    ends[piece.reshape(-1)] = high
+    if starts[0] != 0 or ends[-1] != n or (ends[:-1] != starts[1:]).any() or (ends[piece] != high).any():
+        return None
+    return piece.reshape(-1).astype(np.int64, copy=False)
+
+
+def _corners_cancel(low: np.ndarray, high: np.ndarray, size: tuple[int, ...]) -> bool:
+    """Whether each element of the tensor lies in exactly one chunk, told by corners (False too where there are too
+    many to count). Add +1 at each corner of a chunk whose count of upper bounds is even, -1 at each other: a
+    chunk's count at an element is the sum of what lies at or below it in every dimension, the layout's the sum
+    of its chunks'. That sum taken everywhere undoes the corners' signs, so the layout counts each element once,
+    as the tensor does, exactly when the corners' signs sum to the tensor's at every point: no gap or overlap
+    passes, whatever the layout (a grid, bricks, pinwheels). A dimension every chunk spans whole is left out; the
+    corners are 2 to the number of other dimensions a chunk, sorted: n log n for a save's 2 or 3."""
+    n = len(low)
+    cut = [d for d, whole in enumerate(size) if not ((low[:, d] == 0) & (high[:, d] == whole)).all()]
+    if (n + 1) << len(cut) > max(_CELLS, 16 * n):
+        return False
+    # the tensor, a last box whose corners count the other way; each point is numbered by its rank in each dimension
+    keys, bound = np.zeros((1 << len(cut), n + 1), dtype=np.int64), 1
+    for bit, d in enumerate(cut):
+        edges = np.unique(np.concatenate([low[:, d], high[:, d], [0, size[d]]]))
+        starts = np.searchsorted(edges, np.append(low[:, d], 0))
+        ends = np.searchsorted(edges, np.append(high[:, d], size[d]))
+        if bound * len(edges) >= 2**61:  # numbered afresh, below the corners' count
+            keys = np.unique(keys, return_inverse=True)[1].reshape(keys.shape)
+            bound = int(keys.max()) + 1
+        keys *= len(edges)
+        for corner, row in enumerate(keys):
+            row += ends if corner >> bit & 1 else starts
+        bound *= len(edges)
+    keys <<= 1  # the lowest bit: the corner's sign, 1 for +1
+    for corner, row in enumerate(keys):
+        even = bin(corner).count("1") % 2 == 0
+        row[:-1] += int(even)
+        row[-1] += int(not even)
+    flat = np.sort(keys, axis=None)
+    del keys
+    starts = np.flatnonzero(np.diff(flat >> 1)) + 1  # where each point's corners begin
+    plus = np.add.reduceat(flat & 1, np.append(0, starts))
+    return bool((2 * plus == np.diff(starts, prepend=0, append=len(flat))).all())
+
+
+def _by_cells(folder: Path, name: str, chunks: list[Chunk], size: tuple[int, ...]) -> None:
+    """The layout told piece by piece: the tensor is cut into the grid of every chunk's edges, and each chunk (in
+    order) claims its pieces, one already claimed being an overlap. Time and memory go as the pieces, for a layout
+    that is no grid up to the chunks squared: one cutting the tensor into over `_CELLS` is refused."""
+    edges = [sorted({0, n, *(c.offsets[d] for c in chunks), *(c.offsets[d] + c.sizes[d] for c in chunks)})
+             for d, n in enumerate(size)]
+    cells = math.prod(len(cuts) - 1 for cuts in edges)
     if cells > max(_CELLS, 16 * len(chunks)):
         raise bad_folder(folder, f"the {len(chunks)} chunks of {name} cut it into {cells} pieces, a layout fdl "
                            "does not check")
@@ -486,13 +584,20 @@ def _cover(folder: Path, entry: Entry) -> None:
         block = owner[cells_of]
         claimed = block[block >= 0]
         if claimed.size:
-            raise bad_folder(folder, f"two chunks of {name} overlap (at {list(chunks[int(claimed[0])].offsets)} "
-                               f"and {list(chunk.offsets)})")
+            _overlap(folder, name, chunks[int(claimed[0])], chunk)
         block[...] = index
     if (owner < 0).any():
-        volume = sum(math.prod(chunk.sizes) for chunk in chunks)
-        raise bad_folder(folder, f"the chunks of {name} hold {volume} of its {math.prod(entry.size)} elements "
-                           f"(size {list(entry.size)})")
+        _gap(folder, name, chunks, size)
+
+
+def _overlap(folder: Path, name: str, first: Chunk, second: Chunk) -> NoReturn:
+    raise bad_folder(folder, f"two chunks of {name} overlap (at {list(first.offsets)} and {list(second.offsets)})")
+
+
+def _gap(folder: Path, name: str, chunks: list[Chunk], size: tuple[int, ...]) -> NoReturn:
+    volume = sum(math.prod(chunk.sizes) for chunk in chunks)
+    raise bad_folder(folder, f"the chunks of {name} hold {volume} of its {math.prod(size)} elements (size "
+                       f"{list(size)})")
 
 
 def _chunk_bytes(folder: Path, chunk: Chunk, fqn: str, handles: dict[str, Any]) -> bytes:
