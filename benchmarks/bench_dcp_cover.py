@@ -9,10 +9,11 @@ shared machine: numpy sorts in that thread). Memory (`rss_rise_mib`): how far th
 above what it was before the call, at its highest, sampled every millisecond or so by a thread (Linux:
 /proc/self/statm); the entry itself, some 0.4 KB a chunk, is not counted.
 
-Layouts, each an exact tiling:
+Layouts, all but the last exact tilings:
 `rows` (1-D row shards of an n x 4 tensor), `grid` (a square grid of 2 x 3 blocks), `uneven` (a grid whose row
 heights cycle 1, 2, 3 and column widths 2, 3, 4, 5) and `brick` (rows of height 1 cut into blocks of 4 columns,
-every other row shifted by 2: a valid tiling that is not a grid).
+every other row shifted by 2: a valid tiling that is not a grid); `brick-gap` is `brick` less one chunk, a damaged
+layout that is no grid, told by cutting the tensor at every chunk's edges.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 SIZES = (10**4, 10**5, 10**6, 3_500_000)
-LAYOUTS = ("rows", "grid", "uneven", "brick")
+LAYOUTS = ("rows", "grid", "uneven", "brick", "brick-gap")
 REPO = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -57,7 +58,7 @@ def build(layout: str, n: int) -> object:
         rows, cols = _cuts(heights), _cuts(widths)
         pieces = [((r, c), (h, w)) for r, h in rows for c, w in cols]
         size = (sum(heights), sum(widths))
-    elif layout == "brick":
+    elif layout in ("brick", "brick-gap"):
         per_row = 256
         rows_n = max(1, n // (per_row + 1))
         pieces, width = [], 4 * per_row + 2
@@ -65,6 +66,8 @@ def build(layout: str, n: int) -> object:
             widths = [4] * per_row + [2] if r % 2 == 0 else [2] + [4] * per_row
             pieces.extend(((r, c), (1, w)) for c, w in _cuts(widths))
         size = (rows_n, width)
+        if layout == "brick-gap":  # damaged: a chunk in the middle left out
+            del pieces[len(pieces) // 2]
     else:
         raise SystemExit(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}")
     chunks = tuple(Chunk(offsets, sizes, "__0_0.distcp", i, 4 * math.prod(sizes))

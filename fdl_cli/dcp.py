@@ -20,7 +20,7 @@ import math
 import os
 import pickle
 import pickletools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -473,101 +473,118 @@ def _cover(folder: Path, entry: Entry) -> None:
     """The chunks of `entry` (each within it) overlap nowhere and leave no element out, said exactly (no gap or
     overlap let through, no valid layout refused) in time n log n for a save's layouts. A save cuts a tensor into a
     grid: along each dimension the chunks' spans are the pieces of one partition of it, each chunk a cell of their
-    product, and the layout is exact when no cell is held twice and the chunks are as many as the cells. Any other
-    layout is exact when its chunks' signed corners cancel the tensor's (`_corners_cancel`); one whose corners do
-    not is damaged, and `_by_cells` tells where."""
-    chunks = [chunk for chunk in entry.chunks if 0 not in chunk.sizes]  # of no elements: nothing to place
+    product, and the layout is exact when the chunks are as many as the cells and no cell is held twice. Any other
+    layout (bricks, pinwheels) is exact when its chunks' signed corners cancel the tensor's (`_corners_cancel`);
+    one whose corners do not is damaged, and `_by_cells` tells where."""
     name = shown_name(entry.fqn)
+    low, high, kept = _spans(entry.chunks, entry.size)
+    chunks = entry.chunks if kept is None else [entry.chunks[index] for index in kept]
     if not chunks:
         if math.prod(entry.size):
             _gap(folder, name, chunks, entry.size)
         return
-    low, high = _spans(chunks, entry.size)
     cells = np.zeros(len(chunks), dtype=np.int64)  # each chunk's cell of the grid
     bound, grid = 1, 1  # the cells' numbers are below `bound`; the grid has `grid` cells
+    loose = []  # the dimensions along which the chunks' spans are no partition: none for a grid
     for d, n in enumerate(entry.size):
-        pieces = _partition(low[:, d], high[:, d], n)
-        if pieces is None:
-            if not _corners_cancel(low, high, entry.size):
-                _by_cells(folder, name, chunks, entry.size)
-            return
-        width = int(pieces.max()) + 1
+        partition = _partition(low[:, d], high[:, d], n)
+        if partition is None:
+            loose.append(d)
+            continue
+        pieces, width = partition
         if bound * width >= 2**62:  # numbered afresh, below the chunks' count
             cells = np.unique(cells, return_inverse=True)[1].reshape(-1)
             bound = int(cells.max()) + 1
-        cells = cells * width + pieces
+        cells *= width
+        cells += pieces
         bound, grid = bound * width, grid * width
+    if loose:
+        if not _corners_cancel(cells, grid, low[:, loose], high[:, loose], [entry.size[d] for d in loose]):
+            _by_cells(folder, name, chunks, entry.size)
+        return
+    del low, high
+    if len(chunks) == grid and np.bincount(cells, minlength=grid).max() == 1:
+        return
     order = np.argsort(cells, kind="stable")
     ranked = cells[order]
     again = order[1:][ranked[1:] == ranked[:-1]]  # chunks in the cell of a chunk before them
     if again.size:  # the first chunk on a cell held before it, and the chunk holding it: the pair chunk by chunk finds
         later = int(again.min())
         _overlap(folder, name, chunks[int(np.flatnonzero(cells == cells[later])[0])], chunks[later])
-    if len(chunks) < grid:
-        _gap(folder, name, chunks, entry.size)
+    _gap(folder, name, chunks, entry.size)
 
 
-def _spans(chunks: list[Chunk], size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Where each chunk starts and ends along each dimension: two arrays of a row a chunk, of 4-byte integers where
-    the tensor's size allows (a 3.5 million chunk 2-D layout: 56 MB)."""
+def _spans(chunks: Sequence[Chunk], size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Where each chunk of any elements starts and ends along each dimension (two arrays of a row a chunk, of 4-byte
+    integers where the tensor's size allows), and which chunks those are (None: all)."""
     dtype = np.int32 if max(size, default=0) < 2**31 else np.int64
     shape = (len(chunks), len(size))
     low: np.ndarray = np.fromiter(itertools.chain.from_iterable(c.offsets for c in chunks), dtype, math.prod(shape))
     high: np.ndarray = np.fromiter(itertools.chain.from_iterable(c.sizes for c in chunks), dtype, math.prod(shape))
     low, high = low.reshape(shape), high.reshape(shape)
+    empty = (high == 0).any(axis=1)
+    kept = None
+    if empty.any():  # of no elements: nothing to place
+        kept = np.flatnonzero(~empty)
+        low, high = low[kept], high[kept]
     high += low
-    return low, high
+    return low, high, kept
 
 
-def _partition(low: np.ndarray, high: np.ndarray, n: int) -> np.ndarray | None:
-    """Each chunk's piece (numbered in order) where the chunks' spans [low, high) along a dimension of n elements are
-    the pieces of one partition of it: from 0 to n, each piece beginning where the one before it ends; else None."""
-    starts, piece = np.unique(low, return_inverse=True)
+def _partition(low: np.ndarray, high: np.ndarray, n: int) -> tuple[np.ndarray, int] | None:
+    """Each chunk's piece (numbered in order) and the count of pieces where the chunks' spans [low, high) along a
+    dimension of n elements are the pieces of one partition of it: from 0 to n, each piece beginning where the one
+    before it ends; else None."""
+    starts = np.unique(low)
+    piece = np.searchsorted(starts, low)
     ends = np.empty_like(starts)
-    ends[piece.reshape(-1)] = high
+    ends[piece] = high
     if starts[0] != 0 or ends[-1] != n or (ends[:-1] != starts[1:]).any() or (ends[piece] != high).any():
         return None
-    return piece.reshape(-1).astype(np.int64, copy=False)
+    return piece, len(starts)
 
 
-def _corners_cancel(low: np.ndarray, high: np.ndarray, size: tuple[int, ...]) -> bool:
+def _corners_cancel(cells: np.ndarray, grid: int, low: np.ndarray, high: np.ndarray, size: list[int]) -> bool:
     """Whether each element of the tensor lies in exactly one chunk, told by corners (False too where there are too
-    many to count). Add +1 at each corner of a chunk whose count of upper bounds is even, -1 at each other: a
+    many to count), given each chunk's cell of the grid that the other dimensions' partitions make (`cells`, of
+    `grid`) and its spans along the dimensions that are no partition (`low`, `high`, of `size`). Chunks of two
+    cells never meet, and a cell's elements lie in its chunks only: each cell is to be tiled by its chunks along
+    those dimensions. Put +1 at each corner of a chunk whose count of upper bounds is even, -1 at each other: a
     chunk's count at an element is the sum of what lies at or below it in every dimension, the layout's the sum
-    of its chunks'. That sum taken everywhere undoes the corners' signs, so the layout counts each element once,
-    as the tensor does, exactly when the corners' signs sum to the tensor's at every point: no gap or overlap
-    passes, whatever the layout (a grid, bricks, pinwheels). A dimension every chunk spans whole is left out; the
-    corners are 2 to the number of other dimensions a chunk, sorted: n log n for a save's 2 or 3."""
-    n = len(low)
-    cut = [d for d, whole in enumerate(size) if not ((low[:, d] == 0) & (high[:, d] == whole)).all()]
-    if (n + 1) << len(cut) > max(_CELLS, 16 * n):
+    of its chunks'. As that sum undoes the corners' signs, a cell's chunks count each element once, as a box of
+    the cell's size does, exactly when the +1 and -1 of their corners and of that box's (taken the other way)
+    fall on the same points as often: no gap or overlap passes, whatever the layout. The corners are 2 to the
+    number of those dimensions a chunk (a save's: 1 or 2), sorted: n log n."""
+    n = len(cells)
+    if grid > n:
+        return False  # a cell without chunks: a gap (one with none among fewer is told by its box's corners)
+    if (n + grid) << len(size) > max(_CELLS, 16 * n):
         return False
-    # the tensor, a last box whose corners count the other way; each point is numbered by its rank in each dimension
-    keys, bound = np.zeros((1 << len(cut), n + 1), dtype=np.int64), 1
-    for bit, d in enumerate(cut):
-        edges = np.unique(np.concatenate([low[:, d], high[:, d], [0, size[d]]]))
-        starts = np.searchsorted(edges, np.append(low[:, d], 0))
-        ends = np.searchsorted(edges, np.append(high[:, d], size[d]))
-        if bound * len(edges) >= 2**61:  # numbered afresh, below the corners' count
+    # each cell's box after the chunks; each point is numbered by its cell, then by its rank among the edges along
+    # each dimension
+    keys = np.tile(np.concatenate([cells, np.arange(grid)]), (1 << len(size), 1))
+    bound = grid
+    for bit, whole in enumerate(size):
+        edges = np.unique(np.concatenate([low[:, bit], high[:, bit], [0, whole]]))
+        starts = np.searchsorted(edges, np.append(low[:, bit], np.zeros(grid, dtype=low.dtype)))
+        ends = np.searchsorted(edges, np.append(high[:, bit], np.full(grid, whole, dtype=high.dtype)))
+        if bound * len(edges) >= 2**62:  # numbered afresh, below the corners' count
             keys = np.unique(keys, return_inverse=True)[1].reshape(keys.shape)
             bound = int(keys.max()) + 1
         keys *= len(edges)
         for corner, row in enumerate(keys):
             row += ends if corner >> bit & 1 else starts
         bound *= len(edges)
-    keys <<= 1  # the lowest bit: the corner's sign, 1 for +1
-    for corner, row in enumerate(keys):
-        even = bin(corner).count("1") % 2 == 0
-        row[:-1] += int(even)
-        row[-1] += int(not even)
-    flat = np.sort(keys, axis=None)
+    even = [bin(corner).count("1") % 2 == 0 for corner in range(len(keys))]
+    plus = np.concatenate([row[:n] if up else row[n:] for row, up in zip(keys, even, strict=True)])
+    minus = np.concatenate([row[n:] if up else row[:n] for row, up in zip(keys, even, strict=True)])
     del keys
-    starts = np.flatnonzero(np.diff(flat >> 1)) + 1  # where each point's corners begin
-    plus = np.add.reduceat(flat & 1, np.append(0, starts))
-    return bool((2 * plus == np.diff(starts, prepend=0, append=len(flat))).all())
+    plus.sort()
+    minus.sort()
+    return bool(np.array_equal(plus, minus))
 
 
-def _by_cells(folder: Path, name: str, chunks: list[Chunk], size: tuple[int, ...]) -> None:
+def _by_cells(folder: Path, name: str, chunks: Sequence[Chunk], size: tuple[int, ...]) -> None:
     """The layout told piece by piece: the tensor is cut into the grid of every chunk's edges, and each chunk (in
     order) claims its pieces, one already claimed being an overlap. Time and memory go as the pieces, for a layout
     that is no grid up to the chunks squared: one cutting the tensor into over `_CELLS` is refused."""
@@ -594,7 +611,7 @@ def _overlap(folder: Path, name: str, first: Chunk, second: Chunk) -> NoReturn:
     raise bad_folder(folder, f"two chunks of {name} overlap (at {list(first.offsets)} and {list(second.offsets)})")
 
 
-def _gap(folder: Path, name: str, chunks: list[Chunk], size: tuple[int, ...]) -> NoReturn:
+def _gap(folder: Path, name: str, chunks: Sequence[Chunk], size: tuple[int, ...]) -> NoReturn:
     volume = sum(math.prod(chunk.sizes) for chunk in chunks)
     raise bad_folder(folder, f"the chunks of {name} hold {volume} of its {math.prod(size)} elements (size "
                        f"{list(size)})")
