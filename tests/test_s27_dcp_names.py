@@ -91,9 +91,9 @@ def test_a_megabyte_name_is_shown_by_its_start_and_length(tmp_path: Path, chunks
 def test_a_grid_of_a_megabyte_name_is_shown_by_its_start_and_length(tmp_path: Path) -> None:
     """The layout fdl does not check (more cells than `_cover`'s grid holds) named its tensor whole."""
     n = 2100
-    chunks = tuple(dcp.Chunk((i, i), (1, 1), "__0_0.distcp", 0, 1) for i in range(n))
+    chunks = tuple(dcp.Chunk((i, i), (1, 2), "__0_0.distcp", 0, 1) for i in range(n))
     with pytest.raises(CheckpointError) as caught:
-        dcp.check_chunks(tmp_path, [dcp.Entry(FQN, ("model", LONG), torch.float32, (n, n), chunks)])
+        dcp.check_chunks(tmp_path, [dcp.Entry(FQN, ("model", LONG), torch.float32, (n, n + 1), chunks)])
     text = str(caught.value)
     assert max(map(len, text.splitlines())) < LINE_LIMIT, text[:2000]
     assert f"the {n} chunks of {SHOWN}… {LENGTH} cut it into" in " ".join(text.split()), text[:2000]

@@ -77,15 +77,16 @@ def test_a_chunk_outside_its_tensor_is_refused(tmp_path: Path, offsets: tuple[in
 
 
 def test_chunks_cutting_a_tensor_past_the_grid_limit_are_refused(tmp_path: Path) -> None:
-    """2100 one-element chunks on the diagonal of a 2100 x 2100 tensor cut it into 2100**2 (4.4 million) pieces,
-    past the 2**22 that fdl checks: refused before the grid is allocated."""
+    """2100 two-element chunks on the diagonal of a 2100 x 2101 tensor (no grid: their columns overlap, and most
+    elements are left out) cut it into 2100 * 2101 (4.4 million) pieces, past the 2**22 that fdl checks piece by
+    piece: refused before the grid is allocated. (One-element chunks are a grid's cells, told their gap.)"""
     n = 2100
-    chunks = tuple(dcp.Chunk((i, i), (1, 1), "__0_0.distcp", 0, 1) for i in range(n))
-    entry = dcp.Entry("model.w", ("model", "w"), torch.float32, (n, n), chunks)
+    chunks = tuple(dcp.Chunk((i, i), (1, 2), "__0_0.distcp", 0, 1) for i in range(n))
+    entry = dcp.Entry("model.w", ("model", "w"), torch.float32, (n, n + 1), chunks)
     with pytest.raises(CheckpointError) as caught:
         dcp.check_chunks(tmp_path, [entry])
     said = " ".join(str(caught.value).split())
-    assert f"the {n} chunks of model.w cut it into {n * n} pieces, a layout fdl does not check" in said, said
+    assert f"the {n} chunks of model.w cut it into {n * (n + 1)} pieces, a layout fdl does not check" in said, said
 
 
 def _read(tmp_path: Path, data: bytes) -> str:
