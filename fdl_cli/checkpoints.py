@@ -2871,17 +2871,32 @@ def _holds_weights(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _placeholder_pickle(made: list[ObjectNotLoaded]) -> types.ModuleType:
-    """A `pickle` for torch.load whose unpickler reads a class it cannot import as an `ObjectNotLoaded`
-    (each one made is appended to `made`)."""
+class _Placeholders:
+    """The `ObjectNotLoaded` classes one trusted load made (`_placeholder_pickle`): each object made, and the
+    error of the first class that could not be imported (what loading without placeholders would have raised)."""
+
+    def __init__(self) -> None:
+        self.made: list[ObjectNotLoaded] = []
+        self.first_error: BaseException | None = None
+
+
+def _placeholder_pickle(found: _Placeholders) -> types.ModuleType:
+    """A `pickle` for torch.load whose unpickler reads a class it cannot import as an `ObjectNotLoaded` (noted in
+    `found`). torch (2.13) subclasses its `Unpickler` for the file's main pickle, zip or legacy format alike (its own
+    `find_class`, which maps torch's storages and moved modules, calls this one for every other class) and reads a
+    legacy file's header pickles with its `load`; mmap is torch's own matter. Any class that imports is the class, as
+    with the plain `pickle`, whose unpickler this one is (the C one, as fast)."""
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             try:
                 return super().find_class(module, name)
-            except (ImportError, AttributeError):
+            except (ImportError, AttributeError) as exc:
+                if found.first_error is None:
+                    found.first_error = exc
+
                 def new(cls: type[ObjectNotLoaded], *args: Any, **kwargs: Any) -> ObjectNotLoaded:
-                    made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
+                    found.made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
                     return obj
 
                 return type(name, (ObjectNotLoaded,), {"__slots__": (), "pickled_class": f"{module}.{name}",
@@ -2901,23 +2916,28 @@ _NOT_LOADED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
     cannot be imported here is read as an `ObjectNotLoaded` where it holds no weights (a training script's
-    config), else a CheckpointError that says so, as is any other failure."""
+    config), else a CheckpointError that says so, as is any other failure.
+
+    One load: the placeholders stand in as the unpickler meets such a class, and are judged once it is done.
+    (Loading plainly first and again with placeholders where that failed ran the file's own code, a `__reduce__`
+    or `__setstate__` the user trusted, twice, and read the file twice.)"""
     token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
+    found = _Placeholders()
     try:
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
-        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
-            unimportable = _unimportable_error(path, exc)
-        made: list[ObjectNotLoaded] = []
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False, pickle_module=_placeholder_pickle(made))
-        except Exception:  # noqa: BLE001 - the placeholders did not do: the class is needed
-            raise unimportable from None
-        if any(placeholder.held_weights for placeholder in made):
-            raise unimportable
+            obj = torch.load(path, map_location=map_location, weights_only=False,  # the user trusts it
+                             pickle_module=_placeholder_pickle(found))
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if found.first_error is not None:  # the placeholders did not do: the class is needed
+                raise _unimportable_error(path, found.first_error) from None
+            if isinstance(exc, (ImportError, AttributeError)):  # the file's own code imports what is not here
+                raise _unimportable_error(path, exc) from None
+            raise
+        if found.first_error is not None and any(placeholder.held_weights for placeholder in found.made):
+            raise _unimportable_error(path, found.first_error)
         said = _NOT_LOADED.get()
         if said is not None:
-            said.extend(name for name in dict.fromkeys(p.pickled_class for p in made) if name not in said)
+            said.extend(name for name in dict.fromkeys(p.pickled_class for p in found.made) if name not in said)
         return obj
     except CheckpointError:
         raise
