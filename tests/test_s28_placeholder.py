@@ -37,11 +37,12 @@ class TrainConfig:
     lr: float = 0.1
 
 
-def _save(monkeypatch: pytest.MonkeyPatch, path: Path, obj: object) -> None:
-    """torch.save as `python train.py` does: its TrainConfig pickled as `__main__.TrainConfig`."""
+def _save(monkeypatch: pytest.MonkeyPatch, path: Path, obj: object, *, legacy: bool = False) -> None:
+    """torch.save as `python train.py` does: its TrainConfig pickled as `__main__.TrainConfig` (`legacy`: in
+    torch's format before 1.6, pickles in a row rather than a zip archive)."""
     monkeypatch.setattr(TrainConfig, "__module__", "__main__")
     monkeypatch.setattr(sys.modules["__main__"], "TrainConfig", TrainConfig, raising=False)
-    torch.save(obj, path)
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     monkeypatch.undo()
 
 
@@ -89,6 +90,18 @@ def test_inspect_unpickles_a_trusted_file_once(tmp_path: Path, monkeypatch: pyte
     assert done.code == 0, done.stderr
     assert ("cannot be imported here (__main__.TrainConfig;" in " ".join(done.stderr.split())) == config, done.stderr
     assert _lines(log) == 1, f"1 file unpickled {_lines(log)} times"
+
+
+def test_a_legacy_format_file_is_unpickled_once_with_its_placeholder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "unpickled.log"
+    path = tmp_path / "step_5.pt"
+    _save(monkeypatch, path, {"model": mlp().state_dict(), "mark": _Marker(log), "config": TrainConfig()}, legacy=True)
+    done = fdl("inspect", str(path), "--trust-pickle")
+    assert done.code == 0, done.stderr
+    assert "cannot be imported here (__main__.TrainConfig;" in " ".join(done.stderr.split()), done.stderr
+    assert _lines(log) == 1, f"unpickled {_lines(log)} times"
 
 
 def test_weights_in_a_class_that_cannot_be_imported_still_fail_after_one_load(
