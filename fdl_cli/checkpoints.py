@@ -1722,6 +1722,7 @@ def discover_checkpoints(
     stepless: list[Path] = []  # files a folder scan skipped for want of a step
     stepless_prints: list[tuple[CheckpointRef, str, int, str]] = []  # of those: (as a ref, fingerprint, its note's
     # index, its name as the note gives it)
+    stepless_digests: dict[Path, str | None] = {}  # of those unpickled here (--trust-pickle): `_unpickled_digest`
     offsets_used: set[tuple[str, int]] = set()
     applied: dict[Path, int] = {}  # the --step-offset added to each checkpoint's step read (by path)
     peeks: dict[Path, _Peek] = {}  # of the checkpoints found, for `_foreign_flat_dicts`
@@ -1734,6 +1735,7 @@ def discover_checkpoints(
             continue
         seen.add(key)
         looked_at.append(path.name)
+        unpickled: Any = None  # the object, where the scan unpickled the file (--trust-pickle)
         try:
             _check_reachable(path)  # a dangling link or a link loop is a bad checkpoint, not a traceback
             peek = _peek_hf_dir(path) if path.is_dir() else _peek_file(path)
@@ -1742,7 +1744,8 @@ def discover_checkpoints(
                 # Its step keys are read by unpickling it, only when its name holds no step (or only the
                 # epoch Lightning's name labels so): discovery unpickles no file whose step it can tell
                 # otherwise (each file is unpickled again to load)
-                peek = _Peek("pickle", _trusted_steps(path))
+                unpickled = _load_trusted(path)
+                peek = _Peek("pickle", _file_steps(unpickled) if isinstance(unpickled, Mapping) else {})
         except CheckpointError as exc:
             bad.append((path, exc))
             continue
@@ -1766,12 +1769,19 @@ def discover_checkpoints(
                 raise
             notes.append(exc.note)  # one odd name (final.pt) must not block the rest of the folder
             stepless.append(path)
-            if peek.fingerprint:
-                stepless_prints.append((CheckpointRef(path=path, step=0, step_source="none", kind=kind),
-                                        peek.fingerprint, len(notes) - 1, exc.shown))
+            as_ref = CheckpointRef(path=path, step=0, step_source="none", kind=kind)
+            fingerprint = peek.fingerprint
+            if unpickled is not None:  # a pickle's weights, whose note needs them as a state_dict file's
+                tensors = _find_tensor_dict(unpickled)
+                fingerprint = _fingerprint_tensors(tensors) if tensors else None
+                if fingerprint:
+                    stepless_digests[path] = _unpickled_digest(as_ref, unpickled, weights)
+            if fingerprint:
+                stepless_prints.append((as_ref, fingerprint, len(notes) - 1, exc.shown))
             continue
         found.append((CheckpointRef(path=path, step=step, step_source=source, kind=kind), peek.fingerprint))
         peeks[path] = peek
+    unpickled = None  # the last file's objects, not held through the rest of discovery
     found = _foreign_flat_dicts(found, peeks, notes, model_keys)
     # After the scan: whether a checkpoint is its folder's only one (one folder per step) tells which folders
     # take it in
@@ -1886,7 +1896,8 @@ def discover_checkpoints(
     _note_epoch_steps([ref for ref, _ in found], notes)
     copies: list[tuple[CheckpointRef, CheckpointRef]] = []
     checkpoints, duplicates = _dedupe(found, notes, weights, copies, applied, trust_pickle=trust_pickle)
-    _note_stepless_copies(stepless_prints, [item for item in found if item[0] in checkpoints], notes, weights)
+    _note_stepless_copies(stepless_prints, [item for item in found if item[0] in checkpoints], notes, weights,
+                          known=stepless_digests)
     return Discovery(
         checkpoints=_select(checkpoints, steps=steps, every=every, missing_ok=empty_ok),
         notes=notes,
@@ -1899,12 +1910,15 @@ def discover_checkpoints(
 
 def _note_stepless_copies(
     stepless: Sequence[tuple[CheckpointRef, str, int, str]], kept: Sequence[tuple[CheckpointRef, str | None]],
-    notes: list[str], weights: str | None,
+    notes: list[str], weights: str | None, *, known: dict[Path, str | None] | None = None,
 ) -> None:
     """A file skipped for want of a step that holds a kept checkpoint's weights (a custom loop's `best.pt`,
     `last.pt` beside its `step_*.pt`): its note names that checkpoint instead of saying to rename it, which would
-    make it a second file of that step."""
-    known: dict[Path, str | None] = {}
+    make it a second file of that step. ``known``: `_same_weights`' digests taken already (a pickle's, from its one
+    unpickling, `_unpickled_digest`). A pickle kept for a step (`step_100.pt` saved with a config object) has no
+    fingerprint, as the scan does not unpickle it: a `best.pt` of its weights keeps the plain note rather than
+    unpickle every step's file to compare."""
+    known = {} if known is None else known
     for ref, fingerprint, index, shown in stepless:
         try:
             same = next((other for other, other_print in kept if other_print == fingerprint
@@ -2860,6 +2874,10 @@ class ObjectNotLoaded:
 
 
 def _holds_weights(obj: Any, depth: int = 0) -> bool:
+    """Whether `obj`, what a placeholder is given, holds weights: a tensor, a module, or a placeholder that does, in
+    it or in its dicts, lists, tuples and sets. Deliberately not inside any other object (a `SimpleNamespace` or a
+    dataclass in a config's state): fdl looks for weights in nothing but dicts and modules (`_find_tensor_dict`,
+    `_module_entry`), so a tensor there would go unread were the class importable too, and said nothing of."""
     if isinstance(obj, (torch.Tensor, nn.Module, ObjectNotLoaded)):
         return not isinstance(obj, ObjectNotLoaded) or obj.held_weights
     if depth > 16:
@@ -2871,17 +2889,32 @@ def _holds_weights(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _placeholder_pickle(made: list[ObjectNotLoaded]) -> types.ModuleType:
-    """A `pickle` for torch.load whose unpickler reads a class it cannot import as an `ObjectNotLoaded`
-    (each one made is appended to `made`)."""
+class _Placeholders:
+    """The `ObjectNotLoaded` classes one trusted load made (`_placeholder_pickle`): each object made, and the
+    error of the first class that could not be imported (what loading without placeholders would have raised)."""
+
+    def __init__(self) -> None:
+        self.made: list[ObjectNotLoaded] = []
+        self.first_error: BaseException | None = None
+
+
+def _placeholder_pickle(found: _Placeholders) -> types.ModuleType:
+    """A `pickle` for torch.load whose unpickler reads a class it cannot import as an `ObjectNotLoaded` (noted in
+    `found`). torch (2.13) subclasses its `Unpickler` for the file's main pickle, zip or legacy format alike (its own
+    `find_class`, which maps torch's storages and moved modules, calls this one for every other class) and reads a
+    legacy file's header pickles with its `load`; mmap is torch's own matter. Any class that imports is the class, as
+    with the plain `pickle`, whose unpickler this one is (the C one, as fast)."""
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             try:
                 return super().find_class(module, name)
-            except (ImportError, AttributeError):
+            except (ImportError, AttributeError) as exc:
+                if found.first_error is None:
+                    found.first_error = exc
+
                 def new(cls: type[ObjectNotLoaded], *args: Any, **kwargs: Any) -> ObjectNotLoaded:
-                    made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
+                    found.made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
                     return obj
 
                 return type(name, (ObjectNotLoaded,), {"__slots__": (), "pickled_class": f"{module}.{name}",
@@ -2901,23 +2934,31 @@ _NOT_LOADED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("
 def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     """``torch.load(weights_only=False)``: the user passed --trust-pickle. A class the pickle names that
     cannot be imported here is read as an `ObjectNotLoaded` where it holds no weights (a training script's
-    config), else a CheckpointError that says so, as is any other failure."""
+    config), else a CheckpointError that says so, as is any other failure.
+
+    One load: the placeholders stand in as the unpickler meets such a class, and are judged once it is done.
+    (Loading plainly first and again with placeholders where that failed ran the file's own code, a `__reduce__`
+    or `__setstate__` the user trusted, twice, and read the file twice.)"""
+    served = _UNPICKLED.get()
+    if served is not None and served[0] == path:
+        return served[1]
     token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
+    found = _Placeholders()
     try:
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)  # the user trusts it
-        except (ImportError, AttributeError) as exc:  # a class the pickle names is not importable here
-            unimportable = _unimportable_error(path, exc)
-        made: list[ObjectNotLoaded] = []
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False, pickle_module=_placeholder_pickle(made))
-        except Exception:  # noqa: BLE001 - the placeholders did not do: the class is needed
-            raise unimportable from None
-        if any(placeholder.held_weights for placeholder in made):
-            raise unimportable
+            obj = torch.load(path, map_location=map_location, weights_only=False,  # the user trusts it
+                             pickle_module=_placeholder_pickle(found))
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if found.first_error is not None:  # the placeholders did not do: the class is needed
+                raise _unimportable_error(path, found.first_error) from None
+            if isinstance(exc, (ImportError, AttributeError)):  # the file's own code imports what is not here
+                raise _unimportable_error(path, exc) from None
+            raise
+        if found.first_error is not None and any(placeholder.held_weights for placeholder in found.made):
+            raise _unimportable_error(path, found.first_error)
         said = _NOT_LOADED.get()
         if said is not None:
-            said.extend(name for name in dict.fromkeys(p.pickled_class for p in made) if name not in said)
+            said.extend(name for name in dict.fromkeys(p.pickled_class for p in found.made) if name not in said)
         return obj
     except CheckpointError:
         raise
@@ -2927,11 +2968,22 @@ def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
         _TRUSTED_UNPICKLING.reset(token)
 
 
-def _trusted_steps(path: Path) -> dict[str, Any]:
-    """The step keys of a checkpoint that pickles Python objects (`{"model": ..., "ema": a module, "step":
-    N}`), read by unpickling it: only with --trust-pickle."""
-    obj = _load_trusted(path)
-    return _file_steps(obj) if isinstance(obj, Mapping) else {}
+#: (path, object) of a file --trust-pickle unpickled already, which `_load_trusted` gives again rather than unpickle
+#: it a second time (`_unpickled_digest`)
+_UNPICKLED: contextvars.ContextVar[tuple[Path, Any] | None] = contextvars.ContextVar("_UNPICKLED", default=None)
+
+
+def _unpickled_digest(ref: CheckpointRef, obj: Any, weights: str | None) -> str | None:
+    """`_same_weights`' digest of the checkpoint `ref`, a pickle a folder scan unpickled (to `obj`) for its steps and
+    found none: taken from `obj` as `load_checkpoint` reads it, since unpickling the file again would run its code
+    again. None where it holds no such weights (--weights names no copy, NaN)."""
+    token = _UNPICKLED.set((ref.path, obj))
+    try:
+        return weights_digest(*_state_of(load_checkpoint(ref, weights=weights, trust_pickle=True)))
+    except CheckpointError:
+        return None
+    finally:
+        _UNPICKLED.reset(token)
 
 
 def _load_tensor_file(
