@@ -496,6 +496,7 @@ def _analyze_distributed(
                 distributed.alike(exc)  # rank 0 says it; the others stop with it
             if writer is not None:
                 with contextlib.suppress(Exception):
+                    writer.stopped()  # as leaving a `with` block on an error: nothing committed alone
                     writer.close()
             raise
         finally:
@@ -586,6 +587,8 @@ def _analyze_distributed(
             raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
             failure = exc.message
+            if writer is not None:
+                writer.stopped()  # before the flushes below: the run ends in this error
         if isinstance(local, _StoringWriter):
             local.flush()
         part_file: tuple[int, ...] | None = None  # this rank's part file, to remove it and no other
@@ -616,6 +619,8 @@ def _analyze_distributed(
             # A rank's own failure comes first: it stopped that rank's run (as it stops one process,
             # before the successors are refreshed), and what follows from it must not hide it.
             failures = [part[2] for part in gathered if part[2] is not None]
+            if failures:
+                writer.stopped()  # another rank's error ends the run too
             try:
                 assert isinstance(local, _StoringWriter)
                 _write_gathered(writer, gathered, summary, announce, local.handed)
@@ -638,6 +643,10 @@ def _analyze_distributed(
             _remove_served_part(_rank_part(out, world.rank), part_file)
         if first_failure is not None:
             raise distributed.alike(FdlError(first_failure))  # rank 0's account, on every rank
+    except BaseException:
+        if writer is not None:
+            writer.stopped()  # as leaving a `with` block on an error: an older store's chance is not committed alone
+        raise
     finally:
         if part is not None:
             with contextlib.suppress(Exception):

@@ -2087,8 +2087,8 @@ class StoreWriter:
         #: probe -> {attribute: value} to record in a resumed store that lacks them (`_missing_probe_attrs`),
         #: committed by close() even when nothing else is (`_plan`)
         self._probe_updates: dict[str, dict[str, Any]] = {}
-        #: whether the chance may be committed alone: not by the close of a `with` block that an exception left
-        #: (a refusal that says the store is left as it is, a Ctrl-C); the next resume records it (`__exit__`)
+        #: whether the chance may be committed alone: not once the run stopped on an error (a refusal that says
+        #: the store is left as it is) or a Ctrl-C; the next resume records it (`stopped`)
         self._chance_alone = True
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
@@ -2575,9 +2575,16 @@ class StoreWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is not None:
-            with self._mutex:
-                self._chance_alone = False  # what is buffered is committed all the same (close)
+            self.stopped()
         self.close()
+
+    def stopped(self) -> None:
+        """The run stopped on an error or a Ctrl-C: flush() and close() still commit what is buffered, but not
+        an older store's missing probe chance alone (`_plan`), which the next resume records. Leaving the
+        `with` block on an exception says it; a caller that flushes first (analyze's `finally`) or closes the
+        writer without the block (the distributed path's rank 0) says it before."""
+        with self._mutex:
+            self._chance_alone = False
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,0 +1,112 @@
+"""A review of three changes: names bounded in messages, an older store's probe chance recorded by a resume with
+nothing new, and compare's sentence on which run learned features.
+
+The chance is committed alone (nothing else to store) only by a run that ends without an error: docs/store.md
+says a run that ends in an error or a Ctrl-C leaves an older store without it, and the next resume records it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from fdl_cli import pipeline, signals
+from tests.cli_run import fdl_in_process
+from tests.test_s27_compat import _analyze, _chance, _make_old, _run
+
+
+@pytest.fixture
+def old_store(tmp_path):
+    """(checkpoint folder, store, the chance a fresh store records) of two checkpoints, analysed, then stripped
+    of the probe's chance as a store written before it was recorded."""
+    ckpts = _run(tmp_path, (0, 10))
+    out = tmp_path / "run.h5"
+    _analyze(tmp_path, ckpts, out)
+    fresh = _chance(out)
+    _make_old(out)
+    return ckpts, out, fresh
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ the chance alone, after a Ctrl-C
+
+
+def test_a_ctrl_c_before_the_new_checkpoint_is_stored_leaves_an_old_store_as_it_was(
+        tmp_path, old_store, monkeypatch) -> None:
+    """The resume has a new checkpoint (step 20) and is stopped by Ctrl-C while reading it: nothing of this run
+    is stored. The writer's flush after the run (before the `with` block saw the interrupt) committed the
+    chance alone all the same."""
+    ckpts, out, fresh = old_store
+    _run(tmp_path, (20,))
+    before = _digest(out)
+    load = pipeline._load
+
+    def interrupted(ref, *args, **kwargs):
+        if ref.step == 20:
+            raise signals.Interrupted()
+        return load(ref, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_load", interrupted)
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu")
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _chance(out) == {}
+    assert _digest(out) == before
+    done = _analyze(tmp_path, ckpts, out)  # the next resume records it, with step 20
+    assert "1 checkpoint analysed, 2 already in the store" in done.stderr, done.stderr
+    assert _chance(out) == fresh
+
+
+# ------------------------------------------------------------------ the same under torchrun (rank 0 writes)
+
+#: `fdl` under torchrun with one failure injected (BOOM): "open", rank 0 fails while it takes in the ranks' part
+#: stores, after it opened the store; "run", step 20's read runs out of memory on the rank that analyses it
+_WRAPPER = """\
+import os, sys
+from fdl_cli import pipeline, sharding
+from fdl_cli.errors import ResourceError, StoreError
+if os.environ["BOOM"] == "open" and os.environ.get("RANK") == "0":
+    def take_in(*args, **kwargs):
+        raise StoreError("the part stores could not be read (injected)")
+    sharding._take_in_rank_parts = take_in
+elif os.environ["BOOM"] == "run":
+    load = pipeline._load
+    def loaded(ref, *args, **kwargs):
+        if ref.step == 20:
+            raise ResourceError("step 20 needs more memory than there is (injected)")
+        return load(ref, *args, **kwargs)
+    pipeline._load = loaded
+from fdl_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("boom", ["open", "run"])
+def test_under_torchrun_a_run_that_fails_leaves_an_old_store_as_it_was(tmp_path, old_store, boom) -> None:
+    """Rank 0 closes its writer outside a `with` block (after an error too), so the chance was committed alone
+    by a run that failed, where one process leaves the store as it was."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.cli_run import REPO
+
+    ckpts, out, fresh = old_store
+    _run(tmp_path, (20,))
+    before = _digest(out)
+    wrapper = tmp_path / "boom.py"
+    wrapper.write_text(_WRAPPER, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(wrapper),
+         "analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(tmp_path / "probe.npz"),
+         "-o", str(out), "--device", "cpu"],
+        capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "BOOM": boom},
+    )
+    assert done.returncode != 0 and "(injected)" in done.stderr, done.stderr
+    assert _chance(out) == {}
+    assert _digest(out) == before
