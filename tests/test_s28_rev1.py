@@ -110,3 +110,30 @@ def test_under_torchrun_a_run_that_fails_leaves_an_old_store_as_it_was(tmp_path,
     assert done.returncode != 0 and "(injected)" in done.stderr, done.stderr
     assert _chance(out) == {}
     assert _digest(out) == before
+
+
+# ------------------------------------------------------------------ a probe's other keys, bounded as its others
+
+
+@pytest.mark.parametrize(("key", "before", "after"), [
+    ("mask", "not read: ", "; fdl gives the model 'x' alone"),
+    ("y_test", "has no targets under the names fdl reads (y, targets, labels, Y, label, target): ",
+     ", one value a sample, is not read"),
+])
+def test_a_probe_s_unread_keys_are_shown_as_its_other_keys_are(tmp_path, key, before, after) -> None:
+    """The note on a probe's arrays fdl does not read, and the warning on its targets saved under another name,
+    listed the keys whole: a key of 3 000 characters with a newline made a note of two lines, one of 3 000
+    characters (a probe's keys are bounded in its errors: "has no inputs")."""
+    import numpy as np
+
+    ckpts = _run(tmp_path, (0,))
+    name = key + "\nline two" + "m" * (3000 - len(key))
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    extra = np.ones((40, 6), np.float32) if key == "mask" else np.arange(40) % 4
+    np.savez(tmp_path / "p.npz", x=x, **({"y": np.arange(40) % 4} if key == "mask" else {}), **{name: extra})
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", tmp_path / "p.npz",
+                          "-o", tmp_path / "p.h5", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    shown = key + "\\x0aline two" + "m" * (80 - len(key) - 9) + "… (3009 characters)"
+    assert before + shown + after in done.stderr, done.stderr[:2000]
+    assert max(map(len, done.stderr.splitlines())) < 800
