@@ -137,3 +137,28 @@ def test_a_probe_s_unread_keys_are_shown_as_its_other_keys_are(tmp_path, key, be
     shown = key + "\\x0aline two" + "m" * (80 - len(key) - 9) + "… (3009 characters)"
     assert before + shown + after in done.stderr, done.stderr[:2000]
     assert max(map(len, done.stderr.splitlines())) < 800
+
+
+# ------------------------------------------------------------------ compare: which run learned features
+
+
+def test_the_run_that_moved_is_said_to_by_the_measures_that_moved(tmp_path) -> None:
+    """A run whose top-C eigenspace rotated (overlap to 0.8) under a CKA to its reference a hair under 1: the
+    sentence said its features moved with "CKA to its reference down to 1.0000", the one measure that did not
+    move, read as a CKA that never dropped."""
+    import json
+
+    from tests.test_report import SCALARS, make_store
+
+    def store(name, seed, values):
+        return make_store(tmp_path / f"{name}.h5", seed=seed,
+                          scalars={step: {**SCALARS[step], **values(i)} for i, step in enumerate(SCALARS)})
+
+    lazy = store("lazy", 3, lambda i: {"d_lr": [0.9, 0.6, 0.1][i], "cka_init": 1.0, "overlap_init": 1.0})
+    rotated = store("rotated", 0, lambda i: {"cka_init": [1.0, 0.99999996, 0.99999993][i],
+                                             "overlap_init": [1.0, 0.9, 0.8][i]})
+    done = fdl_in_process("compare", lazy, rotated, "--no-overlap", "--json")
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads(done.stdout)["verdict"]
+    assert verdict.endswith(" Of the two runs, only B's features moved (top-C overlap to 0.8000): B learned "
+                            "features, A did not; A's lower D_LR comes from its readout of fixed features."), verdict
