@@ -7,6 +7,7 @@ says a run that ends in an error or a Ctrl-C leaves an older store without it, a
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -146,8 +147,6 @@ def test_the_run_that_moved_is_said_to_by_the_measures_that_moved(tmp_path) -> N
     """A run whose top-C eigenspace rotated (overlap to 0.8) under a CKA to its reference a hair under 1: the
     sentence said its features moved with "CKA to its reference down to 1.0000", the one measure that did not
     move, read as a CKA that never dropped."""
-    import json
-
     from tests.test_report import SCALARS, make_store
 
     def store(name, seed, values):
@@ -162,3 +161,37 @@ def test_the_run_that_moved_is_said_to_by_the_measures_that_moved(tmp_path) -> N
     verdict = json.loads(done.stdout)["verdict"]
     assert verdict.endswith(" Of the two runs, only B's features moved (top-C overlap to 0.8000): B learned "
                             "features, A did not; A's lower D_LR comes from its readout of fixed features."), verdict
+
+
+# ------------------------------------------------------------------ a part store of an older fdl, taken in
+
+
+def test_a_part_store_written_before_the_chance_is_taken_in_without_a_write_of_its_own(tmp_path) -> None:
+    """A torchrun job's part store left by an fdl that did not record the probe's chance: the writer that the
+    take-in opens on the part for its lock alone committed the chance into it when it closed, after the part was
+    removed, taken in whole: "could not write s.h5.rank-1", a warning that the part was left as it is (it was
+    gone), and no note of the checkpoints taken in (their records missing from --json too)."""
+    import h5py
+
+    from tests.test_prev_walkback import _make_run
+    from tests.test_s22_small import _part_after_20
+
+    folder = _make_run(tmp_path / "run")
+    args = ("--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}', "--probe", folder / "probe.npz",
+            "--anchor-size", "100", "--batch-size", "64", "--device", "cpu")
+    full, out, part = tmp_path / "full.h5", tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
+    for store, steps in ((full, ()), (out, ("--steps", "0"))):
+        done = fdl_in_process("analyze", folder, *args, *steps, "-o", store)
+        assert done.returncode == 0, done.stderr
+    _part_after_20(folder, full, part, (30, 40, 50, 60))
+    with h5py.File(part, "r+") as stored:
+        for name in ("chance_accuracy", "label_entropy"):
+            del stored["probes/probe"].attrs[name]
+    done = fdl_in_process("analyze", folder, *args, "-o", out, "--json")
+    assert done.returncode == 0, done.stderr
+    assert "was left as it is" not in done.stderr and "could not write" not in done.stderr, done.stderr
+    assert "4 checkpoints that a rank of an interrupted torchrun job stored in s.h5.rank-1 were added to s.h5" \
+        in done.stderr, done.stderr
+    assert not part.exists()
+    printed = [json.loads(line)["step"] for line in done.stdout.splitlines() if '"step"' in line]
+    assert sorted(printed) == [10, 20, 30, 40, 50, 60], printed
