@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError, counted, first_few, first_names, listed_names, shown_name, special_file
+from fdl_cli.errors import (
+    ProbeError,
+    counted,
+    first_few,
+    first_names,
+    listed_names,
+    quoted_name,
+    shown_name,
+    special_file,
+)
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -791,7 +800,7 @@ def _values_said(y: np.ndarray) -> str | None:
     names = list(dict.fromkeys(value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                                for value in y.reshape(-1).tolist()))
     distinct = len(names)
-    return "e.g. " + ", ".join(map(repr, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
+    return "e.g. " + ", ".join(map(quoted_name, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
 
 
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:

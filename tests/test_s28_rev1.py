@@ -195,3 +195,18 @@ def test_a_part_store_written_before_the_chance_is_taken_in_without_a_write_of_i
     assert not part.exists()
     printed = [json.loads(line)["step"] for line in done.stdout.splitlines() if '"step"' in line]
     assert sorted(printed) == [10, 20, 30, 40, 50, 60], printed
+
+
+def test_a_probe_s_class_names_in_its_error_are_bounded_as_names_are(tmp_path) -> None:
+    """Labels saved as text: the error quotes a few of them, whole: a label of 3 000 characters made a line of
+    3 000 characters (its newline was escaped, `repr`)."""
+    import numpy as np
+
+    ckpts = _run(tmp_path, (0,))
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", x=x, y=np.array(["cat\n" + "c" * 3000, "dog"] * 20))
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", tmp_path / "p.npz",
+                          "-o", tmp_path / "p.h5", "--device", "cpu")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[:2000]
+    assert "  got: e.g. 'cat\\n" + "c" * 76 + "'… (3004 characters), 'dog' (2 distinct names)\n" in done.stderr, \
+        done.stderr[:2000]
