@@ -13,19 +13,8 @@ import pytest
 
 from fdl_cli import pipeline, signals
 from tests.cli_run import fdl_in_process
-from tests.test_s27_compat import _analyze, _chance, _make_old, _run
-
-
-@pytest.fixture
-def old_store(tmp_path):
-    """(checkpoint folder, store, the chance a fresh store records) of two checkpoints, analysed, then stripped
-    of the probe's chance as a store written before it was recorded."""
-    ckpts = _run(tmp_path, (0, 10))
-    out = tmp_path / "run.h5"
-    _analyze(tmp_path, ckpts, out)
-    fresh = _chance(out)
-    _make_old(out)
-    return ckpts, out, fresh
+from tests.test_s27_compat import _analyze, _chance, _run
+from tests.test_s28_resume import old_store  # noqa: F401 - the fixture: (checkpoints, an old store, its chance)
 
 
 def _digest(path):
@@ -36,7 +25,7 @@ def _digest(path):
 
 
 def test_a_ctrl_c_before_the_new_checkpoint_is_stored_leaves_an_old_store_as_it_was(
-        tmp_path, old_store, monkeypatch) -> None:
+        tmp_path, old_store, monkeypatch) -> None:  # noqa: F811 - the fixture's value
     """The resume has a new checkpoint (step 20) and is stopped by Ctrl-C while reading it: nothing of this run
     is stored. The writer's flush after the run (before the `with` block saw the interrupt) committed the
     chance alone all the same."""
@@ -87,7 +76,8 @@ main(sys.argv[1:])
 
 
 @pytest.mark.parametrize("boom", ["open", "run"])
-def test_under_torchrun_a_run_that_fails_leaves_an_old_store_as_it_was(tmp_path, old_store, boom) -> None:
+def test_under_torchrun_a_run_that_fails_leaves_an_old_store_as_it_was(
+        tmp_path, old_store, boom) -> None:  # noqa: F811 - the fixture's value
     """Rank 0 closes its writer outside a `with` block (after an error too), so the chance was committed alone
     by a run that failed, where one process leaves the store as it was."""
     import os
