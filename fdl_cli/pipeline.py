@@ -2148,6 +2148,7 @@ def _analyze_refs(
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
             thread that then ends the process: what was analysed is committed, and the lock released."""
+            writer.hold_back_chance()  # a Ctrl-C: an older store's missing chance is not committed alone
             announce(writer.flush())
             writer.close()
             summary.interrupted = True
@@ -2164,6 +2165,9 @@ def _analyze_refs(
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
                     _check_manifest_changes(ctx, manifest_dir)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
+        except BaseException:
+            writer.hold_back_chance()  # before the flush below, which the `with` block's exit would come too late for
+            raise
         finally:
             announce(writer.flush())
 

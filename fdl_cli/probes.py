@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from fdl_cli.errors import ProbeError, counted, first_few, listed_names, shown_name, special_file
+from fdl_cli.errors import (
+    ProbeError,
+    counted,
+    first_few,
+    first_names,
+    listed_names,
+    quoted_name,
+    shown_name,
+    special_file,
+)
 from fdl_cli.fields import INTEGER_LABELS_RECIPE
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
@@ -791,7 +800,7 @@ def _values_said(y: np.ndarray) -> str | None:
     names = list(dict.fromkeys(value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                                for value in y.reshape(-1).tolist()))
     distinct = len(names)
-    return "e.g. " + ", ".join(map(repr, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
+    return "e.g. " + ", ".join(map(quoted_name, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
 
 
 def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
@@ -999,7 +1008,7 @@ def unused_note(probe: Probe) -> str | None:
     others = [key for key in probe.unused if key not in probe.unread_targets]
     if not others:
         return None
-    shown = ", ".join(others[:8]) + (f", ... ({len(others)} in all)" if len(others) > 8 else "")
+    shown = listed_names(others, 8) + (f", ... ({len(others)} in all)" if len(others) > 8 else "")
     x_key, y_key = probe.keys
     return (
         f"probe {probe.name!r} ({probe.path}): not read: {shown}; fdl gives the model {x_key!r} alone, forward(x)"
@@ -1013,8 +1022,8 @@ def unread_targets_warning(probe: Probe) -> str | None:
     labels saved as `y_test`), which fdl would otherwise leave unread, analysing the run without targets."""
     if not probe.unread_targets:
         return None
-    first = probe.unread_targets[0]
-    named = first_few(probe.unread_targets, 4)
+    first = shown_name(probe.unread_targets[0])
+    named = first_names(probe.unread_targets, 4)
     one = len(probe.unread_targets) == 1
     return (
         f"probe {probe.name!r} ({probe.path}) has no targets under the names fdl reads ({', '.join(Y_KEYS)}): "

@@ -1732,10 +1732,13 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) 
     if len(static) == 1 and len(moved) == 1:
         # "Run A is richer" of a frozen backbone read as "A learned more": D_LR ranks richness, which fixed features
         # may win through their readout alone; which run learned features is the other question, answered here
+        # the measures that moved, below their static bound: a CKA a hair under 1 beside a rotated eigenspace
+        # read "CKA to its reference down to 1.0000" as the evidence
         (name, records), = moved
-        lowest = [f"{label} {format_value(field, min(values))}"
-                  for field, label in (("cka_init", "CKA to its reference down to"), ("overlap_init", "top-C overlap to"))
-                  if (values := [r[field] for r in records if r.get(field) is not None])]
+        lowest = [f"{label} {format_value(field, least)}"
+                  for field, label, bound in (("cka_init", "CKA to its reference down to", thresholds.cka_static),
+                                              ("overlap_init", "top-C overlap to", thresholds.overlap_static))
+                  if (least := min((r[field] for r in records if r.get(field) is not None), default=bound)) < bound]
         notes.append(f" Of the two runs, only {name}'s features moved ({', '.join(lowest)}): {name} learned features, "
                      f"{static[0]} did not" + (f"; {static[0]}'s lower D_LR comes from its readout of fixed features."
                                                if richer == static[0] else "."))

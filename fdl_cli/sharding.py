@@ -274,9 +274,12 @@ def _take_in_rank_parts(
         removed = False
         try:
             # its writer's lock: never a part that a rank still running writes; the part looked for holding it
-            with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)), (
+            with StoreWriter(part, provenance=provenance, probes=_probe_infos(ctx)) as locking, (
                 StoreReader(part) if os.path.lexists(part) else contextlib.nullcontext()
             ) as reader:
+                # given nothing, it writes nothing: not the probe chance that a part of an older fdl lacks, into a
+                # part removed below (whose commit failed, and the part, taken in, was said to be left as it is)
+                locking.hold_back_chance()
                 if reader is None:
                     continue  # removed since it was found, by its rank at its end (`_remove_served_part`)
                 # The sidecar as it is under that lock (whoever writes the part writes it holding the lock): read
@@ -496,6 +499,7 @@ def _analyze_distributed(
                 distributed.alike(exc)  # rank 0 says it; the others stop with it
             if writer is not None:
                 with contextlib.suppress(Exception):
+                    writer.hold_back_chance()  # as leaving a `with` block on an error: nothing committed alone
                     writer.close()
             raise
         finally:
@@ -586,6 +590,8 @@ def _analyze_distributed(
             raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
             failure = exc.message
+            if writer is not None:
+                writer.hold_back_chance()  # before the flushes below: the run ends in this error
         if isinstance(local, _StoringWriter):
             local.flush()
         part_file: tuple[int, ...] | None = None  # this rank's part file, to remove it and no other
@@ -616,6 +622,8 @@ def _analyze_distributed(
             # A rank's own failure comes first: it stopped that rank's run (as it stops one process,
             # before the successors are refreshed), and what follows from it must not hide it.
             failures = [part[2] for part in gathered if part[2] is not None]
+            if failures:
+                writer.hold_back_chance()  # another rank's error ends the run too
             try:
                 assert isinstance(local, _StoringWriter)
                 _write_gathered(writer, gathered, summary, announce, local.handed)
@@ -638,6 +646,10 @@ def _analyze_distributed(
             _remove_served_part(_rank_part(out, world.rank), part_file)
         if first_failure is not None:
             raise distributed.alike(FdlError(first_failure))  # rank 0's account, on every rank
+    except BaseException:
+        if writer is not None:
+            writer.hold_back_chance()  # as leaving a `with` block on an error
+        raise
     finally:
         if part is not None:
             with contextlib.suppress(Exception):

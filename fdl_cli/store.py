@@ -2089,8 +2089,9 @@ class StoreWriter:
         #: probe -> {attribute: value} to record in a resumed store that lacks them (`_missing_probe_attrs`),
         #: committed by close() even when nothing else is (`_plan`)
         self._probe_updates: dict[str, dict[str, Any]] = {}
-        #: whether the chance may be committed alone: not by the close of a `with` block that an exception left
-        #: (a refusal that says the store is left as it is, a Ctrl-C); the next resume records it (`__exit__`)
+        #: whether the chance may be committed alone: not once the run stopped on an error (a refusal that says
+        #: the store is left as it is) or a Ctrl-C, nor by a writer opened for its lock; the next resume records
+        #: it (`hold_back_chance`)
         self._chance_alone = True
         self._signatures: dict[int, str] = {}  # see note_file_signatures
         #: this invocation's row of the history (`history_row`), recorded with the first checkpoint it stores
@@ -2577,9 +2578,18 @@ class StoreWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is not None:
-            with self._mutex:
-                self._chance_alone = False  # what is buffered is committed all the same (close)
+            self.hold_back_chance()
         self.close()
+
+    def hold_back_chance(self) -> None:
+        """From now on flush() and close() commit an older store's missing probe chance only with something else
+        (what is buffered, still committed), never alone (`_plan`); the next resume records it. For a run that
+        stopped on an error or a Ctrl-C: leaving the `with` block on an exception says it; a caller that
+        flushes first (analyze's `finally`) or closes the writer without the block (the distributed path's
+        rank 0) says it before. And for a writer opened for its lock alone (a torchrun part store taken in,
+        which may be removed before the writer closes), which writes nothing."""
+        with self._mutex:
+            self._chance_alone = False
 
     def _check_open(self) -> None:
         if self._closed:
