@@ -37,7 +37,7 @@ from test_s27_hang import (  # noqa: E402
 )
 
 _MODELS = r'''
-import atexit, os, time
+import atexit, os, sys, time
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,8 +65,8 @@ def sleeps():
     return Sleeps(*_layers())
 
 
-def _wait_at_exit():
-    """An atexit handler (a library's: a logger's flush, a client's goodbye) that takes a while."""
+def _wait_for_go():
+    """Teardown that takes a while (a library's atexit handler flushing a log, a finaliser closing a file)."""
     open(os.path.join(HERE, "teardown"), "w").close()
     end = time.monotonic() + 120
     while not _marked("go") and time.monotonic() < end:
@@ -74,7 +74,30 @@ def _wait_at_exit():
 
 
 def waits_at_exit():
-    atexit.register(_wait_at_exit)
+    atexit.register(_wait_for_go)
+    return Sleeps(*_layers())
+
+
+class _Finaliser:
+    """Waits in its finaliser once the interpreter cleans its modules up (past the atexit handlers), where this
+    module's globals may be None already: it holds what it calls."""
+
+    def __init__(self):
+        self.finalizing, self.exists, self.sleep = sys.is_finalizing, os.path.exists, time.sleep
+        self.teardown, self.go = os.path.join(HERE, "teardown"), os.path.join(HERE, "go")
+
+    def __del__(self):
+        if self.finalizing():
+            open(self.teardown, "w").close()
+            for _ in range(12000):  # 120 s at most
+                if self.exists(self.go):
+                    break
+                self.sleep(0.01)
+
+
+def waits_at_cleanup():
+    global KEPT
+    KEPT = _Finaliser()
     return Sleeps(*_layers())
 '''
 
@@ -143,17 +166,21 @@ def _resumes(folder: Path, model: str) -> None:
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_during_an_atexit_handler_keeps_the_status_of_the_interrupted_run(
-        run_dir: Path, started: list[subprocess.Popen[bytes]], second: signal.Signals) -> None:  # noqa: F811
-    process = _start(run_dir, started, "waits_at_exit")
+@pytest.mark.parametrize("model", ["waits_at_exit", "waits_at_cleanup"])
+def test_a_signal_while_the_interpreter_ends_keeps_the_status_of_the_interrupted_run(
+        run_dir: Path, started: list[subprocess.Popen[bytes]], model: str, second: signal.Signals) -> None:  # noqa: F811
+    # held at a known point of the teardown: an atexit handler, then the modules' cleanup (a finaliser)
+    process = _start(run_dir, started, model)
     said = _stop_at_step_2(run_dir, process, signal.SIGINT)
     deadline = time.monotonic() + 60
     while not (run_dir / "teardown").exists():  # the model's atexit handler runs: fdl has said all it says
         assert process.poll() is None and time.monotonic() < deadline, _rest(process, said)
         time.sleep(0.005)
     process.send_signal(second)
+    if model == "waits_at_cleanup":  # ignored there: the finaliser goes on
+        (run_dir / "go").touch()
     try:
-        status = process.wait(timeout=60)  # it ends without waiting for the handler
+        status = process.wait(timeout=60)  # at an atexit handler, it ends without waiting for it
     finally:
         (run_dir / "go").touch()
     _assert_ended_as_interrupted(status, _rest(process, said), 130, run_dir)
@@ -184,3 +211,25 @@ def test_signals_all_through_the_teardown_keep_the_status_and_the_store(
     _assert_ended_as_interrupted(process.returncode, err, expected, run_dir)
     if first == signal.SIGINT and second == signal.SIGINT:
         _resumes(run_dir, "sleeps")
+
+
+def test_a_signal_as_the_command_ends_in_process_leaves_the_programs_handlers_as_they_were(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program calling fdl's `main` (here: `signals.installed`, which `main` runs the command in) gets its
+    Ctrl-C, and its own handlers back, when the signal comes as the command ends: one during the stop of fdl's
+    watcher thread raised fdl's interrupt there, which left fdl's handlers in place after the command."""
+    from fdl_cli import signals
+
+    stop = signals._stall.stop
+
+    def stop_after_a_ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs here, in the main thread
+        stop()
+
+    monkeypatch.setattr(signals._stall, "stop", stop_after_a_ctrl_c)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert before[0] is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), signals.installed():
+        pass
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
