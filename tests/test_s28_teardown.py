@@ -148,6 +148,7 @@ def _rest(process: subprocess.Popen[bytes], said: bytearray) -> str:
     while _read(process, said):
         assert time.monotonic() < deadline, "stderr never ended: " + said.decode(errors="replace")
         time.sleep(0.01)
+    process.stderr.close()  # type: ignore[union-attr]
     return said.decode(errors="replace")
 
 
@@ -173,8 +174,8 @@ def test_a_signal_while_the_interpreter_ends_keeps_the_status_of_the_interrupted
     process = _start(run_dir, started, model)
     said = _stop_at_step_2(run_dir, process, signal.SIGINT)
     deadline = time.monotonic() + 60
-    while not (run_dir / "teardown").exists():  # the model's atexit handler runs: fdl has said all it says
-        assert process.poll() is None and time.monotonic() < deadline, _rest(process, said)
+    while not (run_dir / "teardown").exists():  # the teardown is held there: fdl has said all it says
+        assert process.poll() is None and time.monotonic() < deadline, said.decode(errors="replace")
         time.sleep(0.005)
     process.send_signal(second)
     if model == "waits_at_cleanup":  # ignored there: the finaliser goes on
@@ -201,7 +202,7 @@ def test_signals_all_through_the_teardown_keep_the_status_and_the_store(
     sent = 0
     deadline = time.monotonic() + 60
     while process.poll() is None:
-        assert time.monotonic() < deadline, "fdl did not end: " + _rest(process, said)
+        assert time.monotonic() < deadline, "fdl did not end: " + said.decode(errors="replace")
         process.send_signal(second)
         sent += 1
         _read(process, said)
