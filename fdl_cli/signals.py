@@ -10,6 +10,7 @@ which raises again for an interrupt that was swallowed on its way up.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -105,16 +106,21 @@ def installed() -> Iterator[None]:
         yield
         check()  # one swallowed after the last check (a finaliser during the final commit)
     finally:
-        _stall.stop()
+        # The handlers first, fdl's gone: an interrupt of fdl's raised further down (a signal during `_stall.stop`'s
+        # join) left the rest undone, fdl's handler in place after the command. In a process of fdl's own
+        # (`own_process`) the signals fdl took stay taken to the process's end (`_ending`).
         if take_int:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, _ending if _owned else previous)
         if term_default:  # taken here or by `take_term`
-            signal.signal(signal.SIGTERM, previous_term)
-        sys.unraisablehook = unraisable
-        _replaced.clear()
-        _unraisable = None
-        _pending = False
-        _term_left = False
+            taken = signal.getsignal(signal.SIGTERM) is _on_sigint
+            signal.signal(signal.SIGTERM, _ending if _owned and taken else previous_term)
+        with deferred():  # a signal meanwhile goes to the handlers just put back, once the rest is done
+            _stall.stop()
+            sys.unraisablehook = unraisable
+            _replaced.clear()
+            _unraisable = None
+            _pending = False
+            _term_left = False
 
 
 def take_term() -> None:
@@ -687,6 +693,10 @@ def _forked() -> None:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signum, handler)
     _replaced.clear()
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is _ending:  # forked as fdl ended (not `own_process`'s process)
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, default)
     if _unraisable is not None:
         sys.unraisablehook, _unraisable = _unraisable, None
 
@@ -700,6 +710,7 @@ def exit_interrupted(status: int) -> NoReturn:
     running and no daemons (a thread the model's code started: a prefetcher, a logger), the interpreter would wait for
     them at exit, fdl thus for ever after it said "interrupted"; it then ends at once (`os._exit`), after a note
     naming them. Not for a run that ended by itself: a thread the model's code left then ends fdl as any program."""
+    leaving(status)
     others = [thread for thread in threading.enumerate()
               if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()]
     for thread in [thread for thread in others if thread.name.startswith("fdl-")]:
@@ -714,3 +725,55 @@ def exit_interrupted(status: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(status)
+
+
+# ------------------------------------------------------------------------------ the end of a process of fdl's own
+
+#: Set by `own_process`: this process runs one command of fdl's and ends with it (`python -m fdl_cli`, the `fdl`
+#: script), so the signals that command took stay taken, by `_ending`, once it is over. Unset (a program calling
+#: `main`, pytest), `installed` gives them back as they were.
+_owned = False
+#: The status the process ends with, once known (`leaving`); None before.
+_leaving_status: int | None = None
+
+
+def own_process() -> None:
+    """For the process's entry, before anything else registers an atexit handler: its `_last_at_exit` then runs last."""
+    global _owned, _leaving_status
+    _owned, _leaving_status = True, None
+    atexit.register(_last_at_exit)
+
+
+def leaving(status: int) -> None:
+    """The command has ended, and the process ends with `status` (said to the user already, if it says anything)."""
+    global _leaving_status
+    _leaving_status = status
+
+
+def _ending(signum: int, frame: FrameType | None) -> None:
+    """SIGINT's and SIGTERM's handler once the command is over (`installed` ended), in a process of fdl's own.
+
+    A signal then came while the interpreter ended the process: Python's default handlers back in place, it raised
+    KeyboardInterrupt in whatever ran (an atexit handler of torch's printed its traceback) or ended the process by
+    the signal (status -2 or -15, not the 130 or 143 of "interrupted"). Here, once the status is known, the process
+    ends at once with it (`os._exit`, after the streams are flushed): what the command wrote is closed already (the
+    store's writer released its lock), and the atexit handlers not run yet are skipped, a hung one too. Before the
+    status is known (the few lines that say how the command ended) the signal is dropped: the command is over,
+    and its end is being said."""
+    if _leaving_status is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_leaving_status)
+
+
+def _last_at_exit() -> None:
+    """The last atexit handler (`own_process`): SIGINT and SIGTERM, where fdl took them, ignored from here on. Past
+    the atexit handlers the interpreter sets a signal with a Python handler back to its default action, and one that
+    came while the modules were cleaned up (h5py's and torch's finalisers, C++ destructors: milliseconds) ended
+    the process by the signal; an ignored signal stays ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is _ending:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, signal.SIG_IGN)

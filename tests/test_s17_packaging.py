@@ -39,4 +39,4 @@ def test_wheel_holds_every_module_and_the_typed_marker(wheel: Path) -> None:
     assert modules <= names, sorted(modules - names)
     assert "fdl_cli/py.typed" in names
     entry = next(name for name in names if name.endswith("entry_points.txt"))
-    assert "fdl = fdl_cli.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "fdl = fdl_cli.__main__:run" in zipfile.ZipFile(wheel).read(entry).decode()
