@@ -482,10 +482,12 @@ class MomentAccumulator:
                 self._scratch_fs = torch.empty((width, p), dtype=torch.float64)
             self._rows_s = _block_rows(self._sums["gram_s"])
         buffers, start = self._buffers, self._pending
-        if buffers is None or buffers[0].shape[0] < start + batch or buffers[0].device != feats.device:
+        other = buffers is None or buffers[0].device != feats.device or (
+            (buffers[0].shape[1], buffers[1].shape[1]) != (p + 1, width + 1))
+        if other or buffers[0].shape[0] < start + batch:
             self._flush()
             start = 0
-            if buffers is None or buffers[0].shape[0] < batch or buffers[0].device != feats.device:
+            if other or buffers[0].shape[0] < batch:
                 rows = max(batch, SYRK_ROWS) if self._scratch is not None else batch
                 buffers = self._buffers = tuple(
                     torch.ones((rows, w + 1), dtype=torch.float64, device=feats.device) for w in (p, width)
