@@ -113,6 +113,13 @@ def row_bounds(width: int) -> list[tuple[int, int]]:
 #: who calls only `torch.set_num_threads(1)` leaves numpy's OpenBLAS a thread per core, whose dsyrk would
 #: then take every core. Off (False): torch's block rows everywhere.
 NUMPY_SYRK_ON_CPU = True
+#: On that path the batches' rows are gathered in the buffers up to this many (at least one batch) and their
+#: products summed at once (`MomentAccumulator._flush`): OpenBLAS's dsyrk of 512 rows is its slowest size per
+#: row around there (a 512×513 batch took 3.52 ms, 1 024 rows 3.19 ms per 512; −24 / −17 / −9 / −8 / −4 % at
+#: p + 1 = 129 / 257 / 513 / 1 025 / 2 049; one thread, docs/benchmarks.md, twenty-eighth session). The buffer
+#: of 1 024 rows is no larger than the (p + 1)² sums for p ≥ 1 023. The sums are the same to rounding (each
+#: product's order is the BLAS's), and the same to the bit from one pass to another of the same batches.
+SYRK_ROWS = 1024
 #: the variables each BLAS reads its thread count from when it starts, first set (to a positive integer)
 #: first; none set: a thread per core. OpenBLAS (numpy's wheels) as its `blas_get_cpu_number` reads them.
 BLAS_THREAD_VARIABLES = {"openblas": ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"),
@@ -250,6 +257,8 @@ class MomentAccumulator:
         self._rows: list[Any] = []  # the torch path's block rows of Σ[F | 1]ᵀ[F | 1] (`_block_rows`)
         self._rows_s: list[Any] = []  # and of Σ[S | 1]ᵀ[S | 1]
         self._scratch: Any = None  # the CPU's per-batch Σ[F | 1]ᵀ[F | 1] (`NUMPY_SYRK_ON_CPU`), or None
+        self._scratch_fs: Any = None  # and its per-batch SᵀF (width, p)
+        self._pending = 0  # rows of the buffers written and not yet summed (`_flush`)
         #: the shift points a, b, c (features, outputs, regression targets): the first batch's means,
         #: float64 on the batches' device; None when not shifted (float32 products, class targets); the
         #: Gram route's kept features themselves are never shifted, only its sums
@@ -441,7 +450,8 @@ class MomentAccumulator:
         - [F | 1]ᵀ[F | 1] in block rows (`_block_rows`): ΣFᵀF and Σφ (its last column). FᵀF is
           symmetric, so only the blocks on and above the diagonal are summed, ~30 % less time than
           the full product on a CPU (docs/benchmarks.md); `_mirror_lower` completes it when read.
-          On the CPU with one thread, numpy's dsyrk instead (`NUMPY_SYRK_ON_CPU`): faster still.
+          On the CPU with one thread, numpy's dsyrk instead (`NUMPY_SYRK_ON_CPU`): faster still, on up to
+          SYRK_ROWS rows at once (the products of the rows gathered are added by `_flush`).
         - FᵀS (ΣFᵀS), and [S | 1]ᵀ[S | 1] (ΣSᵀS and Σs) in block rows too.
         - class labels: the class sums of F − a and of Ŷ − b (ΣFᵀY and ΣŶᵀY for one-hot Y) and the
           class counts (ΣY, and ΣYᵀY, diagonal) are added by label (`_add_by_class`), not as
@@ -456,17 +466,33 @@ class MomentAccumulator:
         # Targets are checked before anything is written: a refused batch leaves no trace.
         values = self._targets(targets, batch, c) if self.task == "regression" else None
         labels = self._labels(targets, c, device=feats.device) if self.task == "classes" else None
-        buffers = self._buffers
-        if (
-            buffers is None
-            or buffers[0].shape[0] < batch
-            or (buffers[0].shape[1], buffers[1].shape[1]) != (p + 1, width + 1)
-            or buffers[0].device != feats.device
-        ):
-            buffers = self._buffers = tuple(
-                torch.ones((batch, w + 1), dtype=torch.float64, device=feats.device) for w in (p, width)
-            )
-        f_one, s_one = buffers[0][:batch], buffers[1][:batch]
+        if "gram_f" not in self._sums:
+            zeros = functools.partial(torch.zeros, dtype=torch.float64, device=feats.device)
+            self._sums["gram_f"] = zeros((p + 1, p + 1))
+            self._sums["gram_s"] = zeros((width + 1, width + 1))
+            # ΣFᵀS (p, width) is stored column-major, a transposed view of a (width, p) tensor: BLAS
+            # then writes the skinny product as SᵀF, 0.2 instead of 0.33 ms a batch of 512×512 (the
+            # same sums to the bit here; moments() hands out copies either way).
+            self._sums["sum_fs"] = zeros((width, p)).T
+            if labels is not None:  # per class: Σ[F − a | 1] (its last column: the counts) and Σ[Ŷ − b | 1]
+                self._sums["class_f"], self._sums["class_o"] = zeros((c, p + 1)), zeros((c, width + 1))
+            self._rows = _block_rows(self._sums["gram_f"])
+            if _numpy_syrk(feats.device):
+                self._scratch = torch.empty_like(self._sums["gram_f"])
+                self._scratch_fs = torch.empty((width, p), dtype=torch.float64)
+            self._rows_s = _block_rows(self._sums["gram_s"])
+        buffers, start = self._buffers, self._pending
+        other = buffers is None or buffers[0].device != feats.device or (
+            (buffers[0].shape[1], buffers[1].shape[1]) != (p + 1, width + 1))
+        if other or buffers[0].shape[0] < start + batch:
+            self._flush()
+            start = 0
+            if other or buffers[0].shape[0] < batch:
+                rows = max(batch, SYRK_ROWS) if self._scratch is not None else batch
+                buffers = self._buffers = tuple(
+                    torch.ones((rows, w + 1), dtype=torch.float64, device=feats.device) for w in (p, width)
+                )
+        f_one, s_one = buffers[0][start : start + batch], buffers[1][start : start + batch]
         f64, side = f_one[:, :p], s_one[:, :width]
         f64.copy_(feats)
         side[:, :c].copy_(outs)
@@ -489,32 +515,36 @@ class MomentAccumulator:
             side[:, :c].sub_(shift_o)
         if shift_y is not None:
             side[:, c:].sub_(shift_y)
-        if "gram_f" not in self._sums:
-            zeros = functools.partial(torch.zeros, dtype=torch.float64, device=feats.device)
-            self._sums["gram_f"] = zeros((p + 1, p + 1))
-            self._sums["gram_s"] = zeros((width + 1, width + 1))
-            # ΣFᵀS (p, width) is stored column-major, a transposed view of a (width, p) tensor: BLAS
-            # then writes the skinny product as SᵀF, 0.2 instead of 0.33 ms a batch of 512×512 (the
-            # same sums to the bit here; moments() hands out copies either way).
-            self._sums["sum_fs"] = zeros((width, p)).T
-            if labels is not None:  # per class: Σ[F − a | 1] (its last column: the counts) and Σ[Ŷ − b | 1]
-                self._sums["class_f"], self._sums["class_o"] = zeros((c, p + 1)), zeros((c, width + 1))
-            self._rows = _block_rows(self._sums["gram_f"])
-            self._scratch = torch.empty_like(self._sums["gram_f"]) if _numpy_syrk(feats.device) else None
-            self._rows_s = _block_rows(self._sums["gram_s"])
+        if labels is not None:
+            self._add_by_class(labels.long(), f_one, s_one)
+            self._add("n_correct", (outs.argmax(1) == labels).sum())
+        self._pending = start + batch
+        # summed now: each batch on the torch path; on numpy's, once the next batch as large would not fit
+        if self._scratch is None or self._pending + batch > buffers[0].shape[0]:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the products of the rows written to the buffers since the last call ([F | 1] and [S | 1] of
+        `_update_in_place`, one batch on an accelerator, up to SYRK_ROWS on the CPU's numpy path)."""
+        count, self._pending = self._pending, 0
+        if not count:
+            return
+        f_one, s_one = self._buffers[0][:count], self._buffers[1][:count]
+        f64, side = f_one[:, :-1], s_one[:, :-1]
         if self._scratch is not None:  # NUMPY_SYRK_ON_CPU: the whole symmetric product, added at once
             wide = f_one.numpy()
             np.matmul(wide.T, wide, out=self._scratch.numpy())
             self._sums["gram_f"].add_(self._scratch)
+            # SᵀF by numpy's BLAS too (0.16 against torch's 0.28 ms a batch of 512×512, C = 10, and the first
+            # torch product after numpy's is slower still), into a reused scratch, added to ΣFᵀS's storage
+            np.matmul(side.numpy().T, f64.numpy(), out=self._scratch_fs.numpy())
+            self._sums["sum_fs"].T.add_(self._scratch_fs)
         else:
             for rows, start, stop in self._rows:
                 rows.addmm_(f_one[:, start:stop].T, f_one[:, start:])
-        self._sums["sum_fs"].addmm_(f64.T, side)
+            self._sums["sum_fs"].addmm_(f64.T, side)
         for rows, start, stop in self._rows_s:
             rows.addmm_(s_one[:, start:stop].T, s_one[:, start:])
-        if labels is not None:
-            self._add_by_class(labels.long(), f_one, s_one)
-            self._add("n_correct", (outs.argmax(1) == labels).sum())
 
     def _add_by_class(self, labels: Any, f_one: Any, s_one: Any) -> None:
         """Add each sample's row of [F − a | 1] and of [Ŷ − b | 1] (the whole buffers: contiguous rows,
@@ -538,6 +568,9 @@ class MomentAccumulator:
         """The torch path's sums by their Moments names: views, sum_ff completed in place (callers copy); with
         class labels also the class sums "class_f" (C, p + 1) and "class_o" (C, C + 1) as accumulated (their
         last column: the counts), which `_output_views` reads."""
+        if self._pending:
+            with self._torch.inference_mode():  # the sums are inference tensors when extract made them
+                self._flush()
         sums = dict(self._sums)
         if "gram_f" in sums:
             with self._torch.inference_mode():  # the sums are inference tensors when extract made them
