@@ -47,7 +47,7 @@ from safetensors.torch import load_file  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
-from fdl_cli.moments import row_bounds  # noqa: E402
+from fdl_cli.moments import SYRK_ROWS, _numpy_syrk, row_bounds  # noqa: E402
 
 gc.freeze()
 gc.enable()
@@ -113,6 +113,19 @@ def main() -> None:
     top, cka = [], []
     reference = previous = None
     wide = None  # the statistics' float64 buffer
+    # On a CPU where torch and numpy's BLAS run one thread each, fdl sums FᵀF by numpy's dsyrk on up to
+    # SYRK_ROWS gathered rows (fdl_cli.moments, `_flush`); the floor then does the same
+    gathered = product == torch.float64 and _numpy_syrk(device)
+    scratch = None  # numpy's product of the gathered rows, added into the sums
+    unsummed = 0  # rows written into `wide` and not yet added
+
+    def flush() -> None:
+        nonlocal unsummed
+        if unsummed:
+            rows = wide[:unsummed].numpy()
+            np.matmul(rows.T, rows, out=scratch.numpy())
+            total.add_(scratch)
+        unsummed = 0
 
     def padded(shape: tuple[int, int]) -> torch.Tensor:
         """An uninitialised float64 (rows, columns) tensor whose rows lie 8 values (a cache line) further
@@ -146,6 +159,15 @@ def main() -> None:
                                 rows = [(total[a:b, a:], a, b) for a, b in row_bounds(features.shape[1])]
                             # Converted into one reused float64 buffer (as fdl converts each batch), whose
                             # rows are padded: p = 512 rows 4 KiB apart slow the products by ~15 % on a CPU.
+                            if gathered:
+                                if wide is None or wide.shape[1] != features.shape[1]:
+                                    wide = padded((max(args.batch_size, SYRK_ROWS), features.shape[1]))
+                                    scratch = torch.empty_like(total)
+                                if unsummed + features.shape[0] > wide.shape[0]:
+                                    flush()
+                                wide[unsummed : unsummed + features.shape[0]].copy_(features)
+                                unsummed += features.shape[0]
+                                continue
                             if wide is None or wide.shape[1] != features.shape[1]:
                                 wide = padded((args.batch_size, features.shape[1]))
                             batch = wide[: features.shape[0]]
@@ -156,6 +178,8 @@ def main() -> None:
                             features = features.to(product)
                             gram = (features.T @ features).to(torch.float64)
                             total = gram if total is None else total.add_(gram)
+                with clock("statistics"):
+                    flush()  # the rows of the last batches
             assert total is not None
             # On the host, through torch's LAPACK, as fdl_cli.spectral decomposes it in `fdl analyze` (p ≥ 128).
             with clock("eigen-decomposition"):
