@@ -1,0 +1,118 @@
+"""Mutants that outlived the whole suite (DCP byte ranges and chunk keys, the numpy dsyrk path of the moments, the
+memory check's task, stepless copies' notes): each test here kills one, and asserts what the user is told or what
+the store holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as torch_dcp
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemType
+
+from fdl_cli.dcp import read_metadata
+from tests.test_s15_formats import _weights
+from tests.test_s26_dcp import _analyze, _assert_same_store
+from tests.test_s27_dcp import _forge_range, _run
+
+# ------------------------------------------------------------------------------------------ DCP byte ranges
+
+
+def test_a_byte_range_of_two_counts_that_ends_past_2_63_is_refused_by_what_it_is(tmp_path: Path) -> None:
+    """A start and a length each below 2**63 whose end is not: without the check of the end, the fingerprint's seek
+    to the chunk's last bytes failed with the bare OS error "Invalid argument", which file and why unsaid."""
+    run = _run(tmp_path)
+    _forge_range(run / "step-10", "model.0.weight", offset=2**63 - 1, length=2**63 - 1)
+    done = _analyze(run, tmp_path / "a.h5")
+    text = " ".join(done.stderr.split())
+    assert done.code == 1 and "Traceback" not in done.stderr, text[-2000:]
+    assert "a byte range of __0_0.distcp that does not end below 2**63" in text, text[-2000:]
+    assert [record["step"] for record in done.records] == [0]
+
+
+def test_a_shard_named_by_255_bytes_is_read(tmp_path: Path) -> None:
+    """255 bytes is the longest name a file system gives a file: a shard so named is read, not refused as one no
+    file can have."""
+    run = _run(tmp_path)
+    long_name = "s" * 248 + ".distcp"
+    assert len(long_name.encode()) == 255
+    folder = run / "step-10"
+    (folder / "__0_0.distcp").rename(folder / long_name)
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    for index, info in list(metadata.storage_data.items()):
+        metadata.storage_data[index] = dataclasses.replace(info, relative_path=long_name)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    done = _analyze(run, tmp_path / "a.h5")
+    assert done.code == 0, done.stderr[-2000:]
+    assert [record["step"] for record in done.records] == [0, 10]
+
+
+def test_a_shard_cut_short_is_said_with_the_bytes_it_holds(tmp_path: Path) -> None:
+    """"the file holds N" is the shard's size, which the user compares with the range the chunk lies at."""
+    run = _run(tmp_path)
+    shard = run / "step-10" / "__0_0.distcp"
+    _forge_range(run / "step-10", "model.0.weight", length=2**40)
+    done = _analyze(run, tmp_path / "a.h5")
+    text = " ".join(done.stderr.split())
+    assert done.code == 1 and "Traceback" not in done.stderr, text[-2000:]
+    assert f"the file holds {os.path.getsize(shard)}" in text, text[-2000:]
+
+
+# ------------------------------------------------------------------------------ a tensor saved in columns
+
+
+class _ByColumns(DefaultSavePlanner):
+    """torch's own save, each tensor of two or more columns written as two chunks of its columns (as a DTensor
+    sharded on dim 1 is, tensor parallelism's row-parallel layers): the chunks share their first offset, 0."""
+
+    def create_local_plan(self) -> SavePlan:
+        plan = super().create_local_plan()
+        items: list[WriteItem] = []
+        for item in plan.items:
+            data = item.tensor_data
+            if item.type != WriteItemType.TENSOR or data is None or len(data.size) < 2 or data.size[1] < 2:
+                items.append(item)
+                continue
+            half = data.size[1] // 2
+            for start, span in ((0, half), (half, data.size[1] - half)):
+                offsets = torch.Size([0, start] + [0] * (len(data.size) - 2))
+                chunk = ChunkStorageMetadata(offsets=offsets, sizes=torch.Size([data.size[0], span, *data.size[2:]]))
+                items.append(dataclasses.replace(item, index=MetadataIndex(item.index.fqn, offsets),
+                                                 type=WriteItemType.SHARD,
+                                                 tensor_data=dataclasses.replace(data, chunk=chunk)))
+        self.plan = dataclasses.replace(plan, items=items)
+        return self.plan
+
+    def resolve_data(self, write_item: WriteItem) -> Any:
+        if write_item.type != WriteItemType.SHARD or write_item.tensor_data is None:
+            return super().resolve_data(write_item)
+        chunk = write_item.tensor_data.chunk
+        return self.state_dict[write_item.index.fqn].narrow(1, chunk.offsets[1], chunk.sizes[1]).clone()
+
+
+def test_a_tensor_saved_in_columns_is_analysed_as_the_same_weights_saved_whole(tmp_path: Path) -> None:
+    """Chunks of one tensor that share their first offset ([0, 0] and [0, 2]) are two chunks, each found by all
+    its offsets: keyed by the first alone, the folder was refused as holding "two storage entries" for one chunk."""
+    plain, run = tmp_path / "plain", tmp_path / "run"
+    plain.mkdir()
+    for step in (0, 10):
+        torch.save(_weights(step), plain / f"step_{step}.pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no process group": one process saves it all
+            torch_dcp.save({"model": _weights(step), "step": step}, checkpoint_id=str(run / f"step-{step}"),
+                           planner=_ByColumns())
+    chunks = read_metadata(run / "step-10")["model.5.weight"].chunks
+    assert sorted((chunk.offsets, chunk.sizes) for chunk in chunks) == [((0, 0), (3, 2)), ((0, 2), (3, 2))]
+    analysed = _analyze(run, tmp_path / "dcp.h5")
+    assert analysed.code == 0, analysed.stderr[-2000:]
+    expected = _analyze(plain, tmp_path / "plain.h5")
+    assert expected.code == 0, expected.stderr[-2000:]
+    _assert_same_store(tmp_path / "dcp.h5", tmp_path / "plain.h5")
