@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemType
 
+from fdl_cli import moments
 from fdl_cli.dcp import read_metadata
 from tests.test_s15_formats import _weights
 from tests.test_s26_dcp import _analyze, _assert_same_store
@@ -116,3 +117,28 @@ def test_a_tensor_saved_in_columns_is_analysed_as_the_same_weights_saved_whole(t
     expected = _analyze(plain, tmp_path / "plain.h5")
     assert expected.code == 0, expected.stderr[-2000:]
     _assert_same_store(tmp_path / "dcp.h5", tmp_path / "plain.h5")
+
+
+# ------------------------------------------------------------------------------- moments, batch after batch
+
+
+def _numbers(records: list[dict[str, Any]]) -> dict[tuple[int, str], float]:
+    return {(record["step"], key): value for record in records for key, value in record.items()
+            if isinstance(value, float)}
+
+
+def test_a_probe_in_many_batches_gives_the_measures_of_one_batch_on_numpy_s_dsyrk(tmp_path: Path) -> None:
+    """On the CPU with one thread (the tests' default) each batch's Σ[F | 1]ᵀ[F | 1] is numpy's dsyrk into a
+    scratch, then added to the sums: the probe's 40 samples in batches of 7 give the measures of one batch of all
+    40 (to rounding). Copied instead of added, the sums held the last batch's alone."""
+    assert moments._numpy_syrk(torch.device("cpu")), "the tests run one thread: numpy's dsyrk path is taken"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for step in (0, 10):
+        torch.save(_weights(step), plain / f"step_{step}.pt")
+    whole = _analyze(plain, tmp_path / "whole.h5", "--batch-size", "512")
+    batched = _analyze(plain, tmp_path / "batched.h5", "--batch-size", "7")
+    assert whole.code == 0 and batched.code == 0, (whole.stderr + batched.stderr)[-2000:]
+    expected, got = _numbers(whole.records), _numbers(batched.records)
+    assert sorted(got) == sorted(expected) and len(got) > 10
+    assert got == pytest.approx(expected, rel=1e-7, abs=1e-9)
