@@ -18,11 +18,13 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemType
 
-from fdl_cli import moments
+from fdl_cli import moments, resources
 from fdl_cli.dcp import read_metadata
 from tests.test_s15_formats import _weights
 from tests.test_s26_dcp import _analyze, _assert_same_store
+from tests.cli_run import fdl_in_process
 from tests.test_s27_dcp import _forge_range, _run
+from tests.test_s27_scale import _run as _scale_run
 
 # ------------------------------------------------------------------------------------------ DCP byte ranges
 
@@ -142,3 +144,23 @@ def test_a_probe_in_many_batches_gives_the_measures_of_one_batch_on_numpy_s_dsyr
     expected, got = _numbers(whole.records), _numbers(batched.records)
     assert sorted(got) == sorted(expected) and len(got) > 10
     assert got == pytest.approx(expected, rel=1e-7, abs=1e-9)
+
+
+# --------------------------------------------------------------------- the memory check, by the probe's task
+
+
+def test_a_class_label_probe_s_output_sums_are_what_refuses_the_run(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """C = 600 outputs and a probe of class labels: the outputs' sums with the class sums, 8 (601² + 600·601) B,
+    and the measures' copies of Σŷŷᵀ, Σŷyᵀ and Σyyᵀ, 8 · 3 · 600² B, are 14.4 MB, over the 10 MB available
+    (patched). Counted as for a probe of no labels (Σŷŷᵀ alone: 5.8 MB) the run went ahead."""
+    ckpts, probe = _scale_run(tmp_path, 600, True)
+    monkeypatch.setattr(resources, "available_host_bytes", lambda *_args, **_kw: 10_000_000)
+    out = tmp_path / "run.h5"
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--model-kwargs",
+                          '{"outputs": 600}', "--probe", probe, "-o", out, "--device", "cpu")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert "error: this analysis needs at least 14.4 MB of memory for its float64 statistics" in said, said
+    assert "the measures' copies of the outputs' C×C sums (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ): 8.6 MB" in said, said
+    assert not out.exists()
