@@ -20,9 +20,9 @@ from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemT
 
 from fdl_cli import moments, resources
 from fdl_cli.dcp import read_metadata
+from tests.cli_run import fdl_in_process
 from tests.test_s15_formats import _weights
 from tests.test_s26_dcp import _analyze, _assert_same_store
-from tests.cli_run import fdl_in_process
 from tests.test_s27_dcp import _forge_range, _run
 from tests.test_s27_scale import _run as _scale_run
 
