@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as torch_dcp
@@ -20,11 +23,15 @@ from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemT
 
 from fdl_cli import moments, resources
 from fdl_cli.dcp import read_metadata
+from fdl_cli.report import r2_outputs_line, records_to_markdown
+from fdl_cli.store import r2_output_fields
 from tests.cli_run import fdl_in_process
+from tests.test_analyze import fdl
 from tests.test_s15_formats import _weights
 from tests.test_s26_dcp import _analyze, _assert_same_store
 from tests.test_s27_dcp import _forge_range, _run
 from tests.test_s27_scale import _run as _scale_run
+from tests.tiny_models import mlp
 
 # ------------------------------------------------------------------------------------------ DCP byte ranges
 
@@ -164,3 +171,43 @@ def test_a_class_label_probe_s_output_sums_are_what_refuses_the_run(tmp_path: Pa
     assert "error: this analysis needs at least 14.4 MB of memory for its float64 statistics" in said, said
     assert "the measures' copies of the outputs' C×C sums (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ): 8.6 MB" in said, said
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------- what the user reads, to the letter
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_the_classes_not_loaded_are_followed_by_dots_only_past_three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     count: int) -> None:
+    """The note names the first three classes that cannot be imported and says ", ..." only where more follow."""
+    classes = [type(name, (), {}) for name in ("Config", "Optim", "Sched", "Logger")[:count]]
+    path = tmp_path / "ckpt_5.pt"
+    state = {"model": mlp(seed=0).state_dict(), "step": 5, **{cls.__name__: cls() for cls in classes}}
+    for cls in classes:
+        cls.__module__, cls.__qualname__ = "__main__", cls.__name__
+        monkeypatch.setattr(sys.modules["__main__"], cls.__name__, cls, raising=False)
+    torch.save(state, path)
+    for cls in classes:
+        monkeypatch.delattr(sys.modules["__main__"], cls.__name__)
+    done = fdl("inspect", str(path), "--trust-pickle")
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.code == 0, said
+    named = "__main__.Config, __main__.Optim, __main__.Sched"
+    assert f"cannot be imported here ({named}{', ...' if count > 3 else ''}; a script run" in said, said
+
+
+def test_a_minus_zero_in_a_markdown_table_reads_zero() -> None:
+    """`fdl report --format markdown` writes a measure that is −0.0 (the cross-entropy of a probe of one class,
+    −1·log 1) as 0, as the text table does, not −0."""
+    table = records_to_markdown([{"step": 5, "cross_entropy": -0.0, "d_lr": 0.25}])
+    header, _, row = (line.strip("|").split("|") for line in table.splitlines())
+    cells = {name.strip(): cell.strip() for name, cell in zip(header, row, strict=True)}
+    assert (cells["step"], cells["cross_entropy"], cells["d_lr"]) == ("5", "0", "0.25"), table
+
+
+def test_an_output_s_r2_that_rounds_to_zero_reads_zero_in_the_per_output_line() -> None:
+    """An output fitted no better than its mean, R² = −0.00001, reads "y1 0.0000" in the report's per-output line,
+    as in its table, not "-0.0000"."""
+    record = {"step": 5, "r2": 0.6, **r2_output_fields(np.array([0.9, -0.00001, 0.5]))}
+    line = r2_outputs_line(types.SimpleNamespace(records=[record]))  # type: ignore[arg-type]
+    assert line is not None and "y0 0.9000, y1 0.0000, y2 0.5000;" in line, line
