@@ -23,6 +23,8 @@ from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemT
 
 from fdl_cli import moments, resources
 from fdl_cli.dcp import read_metadata
+from fdl_cli.probes import dominant_class_note
+from fdl_cli.regimes import classify_run, describe
 from fdl_cli.report import r2_outputs_line, records_to_markdown
 from fdl_cli.store import r2_output_fields
 from tests.cli_run import fdl_in_process
@@ -211,3 +213,33 @@ def test_an_output_s_r2_that_rounds_to_zero_reads_zero_in_the_per_output_line() 
     record = {"step": 5, "r2": 0.6, **r2_output_fields(np.array([0.9, -0.00001, 0.5]))}
     line = r2_outputs_line(types.SimpleNamespace(records=[record]))  # type: ignore[arg-type]
     assert line is not None and "y0 0.9000, y1 0.0000, y2 0.5000;" in line, line
+
+
+@pytest.mark.parametrize("outputs", [3, 10])
+def test_a_class_holding_half_the_labels_is_said_to_be_what_a_constant_guess_scores(outputs: int) -> None:
+    """Half the probe's labels one class (20 of 40), at least 1.5/C of them: analyze's note says a constant guess
+    of it scores 0.500, not chance 1/C; a share a hair under half is no such class."""
+    labels = np.array([0] * 20 + [1] * 10 + [2] * 10)
+    note = dominant_class_note(types.SimpleNamespace(task="classes", y=labels, name="probe"),  # type: ignore[arg-type]
+                               n_outputs=outputs)
+    assert note == (f"probe 'probe': 20 of 40 labels (50.0 %) are class 0: a constant guess of it scores accuracy "
+                    f"0.500 and cross_entropy 1.040 (the labels' entropy), not chance 1/C = {1 / outputs:.3f} and "
+                    f"log C = {np.log(outputs):.3f}: read accuracy and cross_entropy against those, as fdl classify's "
+                    "lines on a near-chance or already fitting checkpoint do")
+    fewer = np.array([0] * 20 + [1] * 11 + [2] * 10)
+    assert dominant_class_note(types.SimpleNamespace(task="classes", y=fewer, name="probe"),  # type: ignore[arg-type]
+                               n_outputs=outputs) is None
+
+
+def test_a_model_of_no_outputs_is_not_said_to_have_a_layer_too_narrow_for_ef() -> None:
+    """A model whose head has no outputs (C = 0, which analyze stores: nn.Linear(1, 0)) and a one-unit layer:
+    p = 1 ≤ C + mf_extra, but there is no utility to count, and classify says nothing of the layer's width (the
+    constant outputs' line says why the regime reads nothing)."""
+    base = {"n_outputs": 0, "n_features": 1, "rank": 1, "k95_utility": None, "output_rank": 0, "d_lr": 1.0}
+    records = [{**base, "step": 0, "cka_init": 1.0, "overlap_init": 1.0},
+               {**base, "step": 10, "cka_init": 1.0, "overlap_init": 1.0}]
+    verdict = classify_run(records)
+    assert "narrow_layer" not in verdict.evidence, verdict.evidence
+    lines = describe(verdict, records)
+    assert not any("too narrow" in line for line in lines), lines
+    assert any("the model's outputs are constant over the probe" in line for line in lines), lines
