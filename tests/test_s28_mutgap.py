@@ -243,3 +243,46 @@ def test_a_model_of_no_outputs_is_not_said_to_have_a_layer_too_narrow_for_ef() -
     lines = describe(verdict, records)
     assert not any("too narrow" in line for line in lines), lines
     assert any("the model's outputs are constant over the probe" in line for line in lines), lines
+
+
+def _saved_by_a_script(path: Path, monkeypatch: pytest.MonkeyPatch, cls: type, obj: Any) -> Path:
+    """torch.save of `{"model", "step", "extra": obj}` as `python train.py` does, `cls` being train.py's own class
+    (pickled as `__main__.<name>`, which no other process can import)."""
+    cls.__module__, cls.__qualname__ = "__main__", cls.__name__
+    monkeypatch.setattr(sys.modules["__main__"], cls.__name__, cls, raising=False)
+    torch.save({"model": mlp(seed=0).state_dict(), "step": 5, "extra": obj}, path)
+    monkeypatch.delattr(sys.modules["__main__"], cls.__name__)
+    return path
+
+
+def _unimportable_said(path: Path) -> str:
+    done = fdl("inspect", str(path), "--trust-pickle")
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.code == 1 and "Traceback" not in said, said
+    assert f"error: cannot unpickle {path}: it holds an object whose class cannot be imported here" in said, said
+    return said
+
+
+@pytest.mark.parametrize("items", [1, 2])
+def test_weights_among_the_items_of_a_list_class_that_cannot_be_imported_are_not_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, items: int) -> None:
+    """A list class of the script holding tensors (pickled as its items: one by APPEND, more by APPENDS, both of
+    which CPython's unpickler hands to `extend`): not read as a placeholder, whose items would be lost unsaid; the
+    error says the class cannot be imported."""
+    class Params(list):  # type: ignore[type-arg]
+        pass
+
+    path = _saved_by_a_script(tmp_path / "ckpt_5.pt", monkeypatch, Params, Params([torch.ones(3)] * items))
+    _unimportable_said(path)
+
+
+def test_a_module_inside_an_object_of_a_class_that_cannot_be_imported_is_not_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object of the script's own class holding a torch module (an EMA wrapper's copy of the network): its
+    weights are in that module, so it is not read as a placeholder that drops them unsaid."""
+    class Wrapper:
+        def __init__(self) -> None:
+            self.net = torch.nn.Linear(2, 2)
+
+    path = _saved_by_a_script(tmp_path / "ckpt_5.pt", monkeypatch, Wrapper, Wrapper())
+    _unimportable_said(path)
