@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import SavePlan, WriteItem, WriteItemType
 
 from fdl_cli import moments, resources
+from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.dcp import read_metadata
 from fdl_cli.probes import dominant_class_note
 from fdl_cli.regimes import classify_run, describe
@@ -78,12 +79,29 @@ def test_a_shard_cut_short_is_said_with_the_bytes_it_holds(tmp_path: Path) -> No
     assert f"the file holds {os.path.getsize(shard)}" in text, text[-2000:]
 
 
+def test_a_chunk_shorter_than_the_bytes_sampled_is_said_to_be_unreadable(tmp_path: Path) -> None:
+    """A chunk of 100 bytes at the shard's start (a damaged .metadata; torch's own are archives of a kilobyte or
+    more): the fingerprint samples its 100 bytes, not 256 from before the file's start, which failed with a bare
+    "Invalid argument"; the chunk is then named as unreadable."""
+    run = _run(tmp_path)
+    _forge_range(run / "step-10", "model.0.weight", offset=0, length=100)
+    done = _analyze(run, tmp_path / "a.h5")
+    text = " ".join(done.stderr.split())
+    assert done.code == 1 and "Traceback" not in done.stderr, text[-2000:]
+    assert "the chunk of model.0.weight at [0, 0, 0, 0] in __0_0.distcp is not a readable tensor" in text, text[-2000:]
+
+
 # ------------------------------------------------------------------------------ a tensor saved in columns
 
 
 class _ByColumns(DefaultSavePlanner):
     """torch's own save, each tensor of two or more columns written as two chunks of its columns (as a DTensor
-    sharded on dim 1 is, tensor parallelism's row-parallel layers): the chunks share their first offset, 0."""
+    sharded on dim 1 is, tensor parallelism's row-parallel layers): the chunks share their first offset, 0.
+    `backwards`: the right-hand chunk written and listed first."""
+
+    def __init__(self, backwards: bool = False) -> None:
+        super().__init__()
+        self.backwards = backwards
 
     def create_local_plan(self) -> SavePlan:
         plan = super().create_local_plan()
@@ -94,7 +112,8 @@ class _ByColumns(DefaultSavePlanner):
                 items.append(item)
                 continue
             half = data.size[1] // 2
-            for start, span in ((0, half), (half, data.size[1] - half)):
+            spans = [(0, half), (half, data.size[1] - half)]
+            for start, span in spans[::-1] if self.backwards else spans:
                 offsets = torch.Size([0, start] + [0] * (len(data.size) - 2))
                 chunk = ChunkStorageMetadata(offsets=offsets, sizes=torch.Size([data.size[0], span, *data.size[2:]]))
                 items.append(dataclasses.replace(item, index=MetadataIndex(item.index.fqn, offsets),
@@ -286,3 +305,19 @@ def test_a_module_inside_an_object_of_a_class_that_cannot_be_imported_is_not_dro
 
     path = _saved_by_a_script(tmp_path / "ckpt_5.pt", monkeypatch, Wrapper, Wrapper())
     _unimportable_said(path)
+
+
+def test_the_same_columns_saved_again_in_the_other_order_are_one_checkpoint(tmp_path: Path) -> None:
+    """A step saved twice, its tensors' column chunks listed in the other order the second time: the same weights
+    and step, skipped as a copy, not two checkpoints of one step."""
+    run = tmp_path / "run"
+    for folder, backwards in (("step-10", False), ("step-10-again", True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch_dcp.save({"model": _weights(10), "step": 10}, checkpoint_id=str(run / folder),
+                           planner=_ByColumns(backwards))
+    listed = [chunk.offsets for chunk in read_metadata(run / "step-10-again")["model.5.weight"].chunks]
+    assert listed == [(0, 2), (0, 0)]
+    found = discover_checkpoints([run])
+    assert [(ref.step, ref.path.name) for ref in found.checkpoints] == [(10, "step-10")]
+    assert "skipped step-10-again: same weights and step (10) as step-10" in found.notes
