@@ -2863,7 +2863,7 @@ class ObjectNotLoaded:
     def __setitem__(self, key: Any, value: Any) -> None:
         self.__setstate__(value)
 
-    def append(self, value: Any) -> None:
+    def append(self, value: Any) -> None:  # pickle's pure-Python unpickler's APPEND; the C one calls extend
         self.__setstate__(value)
 
     def extend(self, values: Any) -> None:

@@ -396,6 +396,8 @@ def _entries(root: Any) -> dict[str, Entry]:
         if len(file.encode(errors="surrogateescape")) > _NAME_LIMIT:  # stat()ed: "File name too long", unnamed
             raise ValueError(f"a shard file name of over {_NAME_LIMIT} bytes ({shown_name(file, 40)}), which no file "
                              "has")
+        # the end too: a start and a length each below 2**63 can end past it, where `fingerprint`'s seek to the
+        # chunk's last bytes fails with a bare "Invalid argument" (tests/test_s28_mutgap.py)
         if not (_is_count(start) and _is_count(length) and _is_count(start + length)):
             raise ValueError(f"a byte range of {file} that does not end below 2**63 or is not of non-negative "
                              "integers")
