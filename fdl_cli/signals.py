@@ -11,6 +11,7 @@ which raises again for an interrupt that was swallowed on its way up.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -494,7 +495,7 @@ class _Stall:
         an asyncio handler does (a SIGTERM then ended fdl at once, lock and copies left). A handler the code put in
         place and left (a loop still open that handles SIGTERM) is left to it."""
         for signum, was_ours in ours.items():
-            if was_ours and signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            if was_ours and _handler(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 with contextlib.suppress(ValueError, OSError):
                     signal.signal(signum, _on_sigint)
         if self.fds is None:
@@ -604,6 +605,16 @@ class _Inside:
         self.what = what
 
 
+#: The signals `installed` may take, whose handlers `model_code` looks up at each call (each forward pass)
+_TAKEN = (int(signal.SIGINT), int(signal.SIGTERM))
+try:  # a handler as set, SIG_DFL as 0 (equal to signal.SIG_DFL): `signal.getsignal` also looks a Python handler up
+    # among SIG_DFL and SIG_IGN, by a ValueError, 2 us a call in CPython 3.11: four of them made `model_code` cost as
+    # much as a tiny model's forward pass (docs/benchmarks.md)
+    _handler: Any = importlib.import_module("_signal").getsignal
+except (ImportError, AttributeError):
+    _handler = signal.getsignal
+
+
 _stall = _Stall()
 
 
@@ -613,7 +624,9 @@ def model_code(what: str) -> Iterator[None]:
     not return from within `stop_grace` (or a second one) ends fdl (`_Stall`). Only where `installed` took SIGINT
     or SIGTERM (a Python handler of fdl's in place): an embedding program, or a torchrun rank's SIGTERM at its
     default, is left as it was."""
-    if threading.current_thread() is not threading.main_thread() or not _taken_here():
+    ours = {signum: _handler(signum) is _on_sigint for signum in _TAKEN} if (
+        threading.current_thread() is threading.main_thread()) else {}
+    if not any(ours.values()):
         yield
         return
     # An interrupt that came and was swallowed (the model's code took the KeyboardInterrupt and went on) stops the run
@@ -622,7 +635,6 @@ def model_code(what: str) -> Iterator[None]:
     # code hanging in C kept fdl running until SIGKILL.
     check()
     _stall.start()
-    ours = {int(signum): signal.getsignal(signum) is _on_sigint for signum in (signal.SIGINT, signal.SIGTERM)}
     inside = _Inside(what)
     outer = _stall.inside
     _stall.inside = inside
@@ -640,10 +652,6 @@ def model_code(what: str) -> Iterator[None]:
             except BaseException:  # noqa: BLE001, S110 - a further signal: the end is on its way
                 pass
         _stall.reclaim(ours)
-
-
-def _taken_here() -> bool:
-    return _on_sigint in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 
 
 @contextmanager
