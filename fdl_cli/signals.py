@@ -26,6 +26,9 @@ _pending = False
 #: signal -> the handler `installed` replaced by fdl's, and the unraisable hook it replaced (`_forked`)
 _replaced: dict[int, Any] = {}
 _unraisable: Any = None
+#: the signals whose handler `installed` (or `take_term`) made fdl's: one of them that the watcher reads while another
+#: handler is in place (the model's code put it there) still stops the run (`_Stall._heard`)
+_took: set[int] = set()
 #: `installed` left SIGTERM at its default only because WORLD_SIZE is set (`take_term` takes it after all)
 _term_left = False
 #: SIGTERM (what Slurm, Kubernetes and systemd send before killing a job) arrived: it stops fdl as a
@@ -96,10 +99,12 @@ def installed() -> Iterator[None]:
     if take_int:
         signal.signal(signal.SIGINT, _on_sigint)
         _replaced[signal.SIGINT] = previous
+        _took.add(signal.SIGINT)
     if term_default:  # taken here or by `take_term`
         _replaced[signal.SIGTERM] = previous_term
     if take_term:
         signal.signal(signal.SIGTERM, _on_sigint)
+        _took.add(signal.SIGTERM)
     sys.unraisablehook = quiet
     _unraisable = unraisable
     try:
@@ -113,6 +118,7 @@ def installed() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous_term)
         sys.unraisablehook = unraisable
         _replaced.clear()
+        _took.clear()
         _unraisable = None
         _pending = False
         _term_left = False
@@ -124,6 +130,7 @@ def take_term() -> None:
     WORLD_SIZE and stops on SIGTERM as a plain process does (status 143, what it writes left whole)."""
     if _term_left and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigint)
+        _took.add(signal.SIGTERM)
 
 
 @contextmanager
@@ -548,6 +555,7 @@ class _Stall:
                             with contextlib.suppress(OSError):
                                 os.write(self.previous, bytes([signum]))
                         continue
+                    self._heard(signum)
                     if watched is None:
                         continue  # the main thread runs fdl's code: the handler's interrupt stops it
                     seen.append(signum)
@@ -555,6 +563,18 @@ class _Stall:
             if deadline is not None and time.monotonic() >= deadline and watched is not None:
                 self._take_over(watched, seen)
                 deadline = None
+
+    @staticmethod
+    def _heard(signum: int) -> None:
+        """A SIGINT or SIGTERM that fdl took (`_took`) but whose handler in place is no longer fdl's: the model's
+        code put its own there and left it (an asyncio loop's `add_signal_handler`, whose Python handler does nothing:
+        the loop acts on the number the watcher passes on, `_chain`), so nothing of fdl's heard it. It stops the run
+        all the same, at fdl's next `check`, as fdl's handler would have: the loop still gets its number. Without
+        this, such a model made fdl deaf to SIGTERM for the rest of the run (Slurm's SIGKILL came next)."""
+        global _pending, terminated
+        if signum in _took and not _fdls(_handler(signum)):
+            terminated = terminated or signum == signal.SIGTERM
+            _pending = True
 
     def _take_over(self, inside: _Inside, seen: list[int]) -> None:
         with self.lock:
@@ -580,6 +600,11 @@ class _Stall:
         with contextlib.suppress(OSError):
             os.write(2, ("\n".join(lines) + "\n").encode(errors="replace"))
         os._exit(128 + signum)
+
+
+def _fdls(handler: Any) -> bool:
+    """Whether `handler` is fdl's: `_on_sigint`, or the one `deferred` puts in its place during a commit."""
+    return handler is _on_sigint or isinstance(getattr(handler, "__self__", None), Deferred)
 
 
 def _identity(fd: int) -> tuple[int, int] | None:
@@ -695,6 +720,7 @@ def _forked() -> None:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signum, handler)
     _replaced.clear()
+    _took.clear()
     if _unraisable is not None:
         sys.unraisablehook, _unraisable = _unraisable, None
 
