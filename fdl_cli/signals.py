@@ -550,7 +550,10 @@ class _Stall:
                     return
                 for signum in numbers:
                     self._chain(signum)
-                    if signum not in (signal.SIGINT, signal.SIGTERM):
+                    # a signal fdl did not take (any but SIGINT and SIGTERM; SIGTERM where an embedding program
+                    # handles it) is not fdl's to stop on: on to the wakeup fd that was in place, as Python's handler
+                    # would have written it
+                    if signum not in _took:
                         if self.previous >= 0:
                             with contextlib.suppress(OSError):
                                 os.write(self.previous, bytes([signum]))
@@ -566,13 +569,13 @@ class _Stall:
 
     @staticmethod
     def _heard(signum: int) -> None:
-        """A SIGINT or SIGTERM that fdl took (`_took`) but whose handler in place is no longer fdl's: the model's
+        """A signal that fdl took (`_took`) but whose handler in place is no longer fdl's: the model's
         code put its own there and left it (an asyncio loop's `add_signal_handler`, whose Python handler does nothing:
         the loop acts on the number the watcher passes on, `_chain`), so nothing of fdl's heard it. It stops the run
         all the same, at fdl's next `check`, as fdl's handler would have: the loop still gets its number. Without
         this, such a model made fdl deaf to SIGTERM for the rest of the run (Slurm's SIGKILL came next)."""
         global _pending, terminated
-        if signum in _took and not _fdls(_handler(signum)):
+        if not _fdls(_handler(signum)):
             terminated = terminated or signum == signal.SIGTERM
             _pending = True
 
