@@ -10,10 +10,13 @@ on the six tiny checkpoints of `test_s27_hang`.
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -28,6 +31,7 @@ from test_s27_hang import (  # noqa: E402
     run_dir,  # noqa: F401 - the fixture
     started,  # noqa: F401 - the fixture
 )
+from test_s28_dcpcover import Box, _said  # noqa: E402
 
 _LOOP_MODEL = r'''
 
@@ -105,3 +109,80 @@ def test_a_sigterm_of_a_program_running_fdl_in_process_is_its_own_not_fdls(
     process.send_signal(signal.SIGTERM)
     status, err = _ended(process, run_dir)
     assert status == 0 and err.rstrip().endswith("exit 0 heard 1"), err
+
+
+# --------------------------------------------------------------------------- the DCP cover check
+
+
+def _greedy(rng: random.Random, size: tuple[int, ...]) -> list[Box]:
+    """A random tiling of `size`, guillotine or not: at the first element no chunk holds yet, a chunk grown along
+    the dimensions in a random order, each up to a random length, over elements no chunk holds."""
+    free = np.ones(size, bool)
+    boxes: list[Box] = []
+    while free.any():
+        start = tuple(int(i) for i in np.unravel_index(int(np.argmax(free)), size))
+        lengths = [1] * len(size)
+        for d in rng.sample(range(len(size)), len(size)):
+            for _ in range(rng.randrange(size[d] - start[d])):
+                lengths[d] += 1
+                if not free[tuple(slice(o, o + n) for o, n in zip(start, lengths, strict=True))].all():
+                    lengths[d] -= 1
+                    break
+        free[tuple(slice(o, o + n) for o, n in zip(start, lengths, strict=True))] = False
+        boxes.append((start, tuple(lengths)))
+    return boxes
+
+
+def _damaged(rng: random.Random, size: tuple[int, ...], boxes: list[Box]) -> list[Box]:
+    """One chunk moved by one element (as many elements held, one of them twice and one never), dropped, doubled,
+    one element longer or shorter, or joined by a chunk of no elements."""
+    if not boxes:
+        return boxes
+    boxes = list(boxes)
+    i, d = rng.randrange(len(boxes)), rng.randrange(len(size))
+    (offsets, lengths), kind = boxes[i], rng.randrange(5)
+    step = [(1 if offsets[d] + lengths[d] < size[d] else -1) * (k == d) for k in range(len(size))]
+    if kind == 0 and 0 < lengths[d] < size[d]:
+        boxes[i] = (tuple(o + s for o, s in zip(offsets, step, strict=True)), lengths)
+    elif kind == 1:
+        del boxes[i]
+    elif kind == 2:
+        boxes.insert(rng.randrange(len(boxes) + 1), boxes[i])
+    elif kind == 3:
+        boxes[i] = (offsets, tuple(n + s for n, s in zip(lengths, step, strict=True)))
+    else:
+        boxes.append((offsets, tuple(0 if k == d else n for k, n in enumerate(lengths))))
+    return boxes
+
+
+def _stretched(rng: random.Random, size: tuple[int, ...], boxes: list[Box]) -> tuple[tuple[int, ...], list[Box]]:
+    """The same layout with each dimension's element k moved to a random place, in order, up to just below 2**63:
+    what covers what is unchanged, the numbers are those a forged file may give."""
+    places = [[0, *sorted(rng.sample(range(1, 2**63 - 8), n - 1)), 2**63 - 1 - rng.randrange(8)] for n in size]
+    return (tuple(p[-1] for p in places),
+            [(tuple(p[o] for p, o in zip(places, offsets, strict=True)),
+              tuple(p[o + n] - p[o] for p, o, n in zip(places, offsets, lengths, strict=True)))
+             for offsets, lengths in boxes])
+
+
+def test_the_cover_check_agrees_with_a_count_of_each_elements_chunks(tmp_path: Path) -> None:
+    """Random tilings in 1 to 4 dimensions (any tiling, not only guillotine cuts), damaged or not, some at offsets and
+    lengths up to 2**63 - 1: a layout passes exactly when each element lies in one chunk, and a damaged one is told
+    an overlap where an element lies in two, else a gap."""
+    rng = random.Random(28)
+    told: dict[tuple[str | None, str | None], int] = {}
+    for _ in range(300):
+        size = tuple(rng.randint(1, 4) for _ in range(rng.randint(1, 4)))
+        boxes = _greedy(rng, size)
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            boxes = _damaged(rng, size, boxes)
+        rng.shuffle(boxes)
+        count = np.zeros(size, np.int64)
+        for offsets, lengths in boxes:
+            count[tuple(slice(o, o + n) for o, n in zip(offsets, lengths, strict=True))] += 1
+        want = "overlap" if (count > 1).any() else "hold" if (count == 0).any() else None
+        said = _said(tmp_path, *(_stretched(rng, size, boxes) if rng.random() < 0.5 else (size, boxes)))
+        got = None if said is None else "overlap" if "overlap" in said else "hold" if " hold " in said else said
+        assert got == want, (size, boxes, said)
+        told[want, got] = told.get((want, got), 0) + 1
+    assert set(told) == {(None, None), ("overlap", "overlap"), ("hold", "hold")}, told
