@@ -23,10 +23,9 @@ sys.path.insert(0, str(TESTS))
 
 from test_s27_hang import (  # noqa: E402
     _argv,
-    _assert_store_kept,
     _ended,
     _env,
-    _start,
+    _sigterm_once_stuck,
     _wait_for,
     run_dir,  # noqa: F401 - the fixture
     started,  # noqa: F401 - the fixture
@@ -68,13 +67,7 @@ def test_sigterm_stops_fdl_whose_model_left_an_asyncio_loop_handling_sigterm(
         run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
     with open(run_dir / "models.py", "a") as models:
         models.write(_LOOP_MODEL)
-    process = _start(run_dir, started, "term_loop", FDL_STOP_GRACE="600")
-    _wait_for(process, run_dir / "stuck", run_dir)
-    process.send_signal(signal.SIGTERM)
-    status, err = _ended(process, run_dir)
-    assert status == 143, err
-    assert "Traceback" not in err and "run the same command again to resume" in err, err
-    _assert_store_kept(run_dir)
+    _sigterm_once_stuck(run_dir, started, "term_loop", FDL_STOP_GRACE="600")  # 143, steps 0 and 1 kept
 
 
 _EMBEDDED = r'''
