@@ -500,7 +500,8 @@ class _Stall:
         written to it), so its loop still hears its signals. And fdl's handler of SIGINT or SIGTERM (`ours`: those
         that were fdl's as the code began) where the code left the signal at its default action, as the removal of
         an asyncio handler does (a SIGTERM then ended fdl at once, lock and copies left). A handler the code put in
-        place and left (a loop still open that handles SIGTERM) is left to it."""
+        place and left (a loop still open that handles SIGTERM) is left to it: the signal still stops the run, as the
+        watcher reads its number (`_heard`)."""
         for signum, was_ours in ours.items():
             if was_ours and _handler(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 with contextlib.suppress(ValueError, OSError):
