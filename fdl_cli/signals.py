@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -26,6 +27,9 @@ _pending = False
 #: signal -> the handler `installed` replaced by fdl's, and the unraisable hook it replaced (`_forked`)
 _replaced: dict[int, Any] = {}
 _unraisable: Any = None
+#: the signals whose handler `installed` (or `take_term`) made fdl's: one of them that the watcher reads while another
+#: handler is in place (the model's code put it there) still stops the run (`_Stall._heard`)
+_took: set[int] = set()
 #: `installed` left SIGTERM at its default only because WORLD_SIZE is set (`take_term` takes it after all)
 _term_left = False
 #: SIGTERM (what Slurm, Kubernetes and systemd send before killing a job) arrived: it stops fdl as a
@@ -96,10 +100,12 @@ def installed() -> Iterator[None]:
     if take_int:
         signal.signal(signal.SIGINT, _on_sigint)
         _replaced[signal.SIGINT] = previous
+        _took.add(signal.SIGINT)
     if term_default:  # taken here or by `take_term`
         _replaced[signal.SIGTERM] = previous_term
     if take_term:
         signal.signal(signal.SIGTERM, _on_sigint)
+        _took.add(signal.SIGTERM)
     sys.unraisablehook = quiet
     _unraisable = unraisable
     try:
@@ -118,6 +124,7 @@ def installed() -> Iterator[None]:
             _stall.stop()
             sys.unraisablehook = unraisable
             _replaced.clear()
+            _took.clear()
             _unraisable = None
             _pending = False
             _term_left = False
@@ -129,6 +136,7 @@ def take_term() -> None:
     WORLD_SIZE and stops on SIGTERM as a plain process does (status 143, what it writes left whole)."""
     if _term_left and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigint)
+        _took.add(signal.SIGTERM)
 
 
 @contextmanager
@@ -498,9 +506,10 @@ class _Stall:
         written to it), so its loop still hears its signals. And fdl's handler of SIGINT or SIGTERM (`ours`: those
         that were fdl's as the code began) where the code left the signal at its default action, as the removal of
         an asyncio handler does (a SIGTERM then ended fdl at once, lock and copies left). A handler the code put in
-        place and left (a loop still open that handles SIGTERM) is left to it."""
+        place and left (a loop still open that handles SIGTERM) is left to it: the signal still stops the run, as the
+        watcher reads its number (`_heard`)."""
         for signum, was_ours in ours.items():
-            if was_ours and signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            if was_ours and _handler(signum) in (signal.SIG_DFL, signal.default_int_handler):
                 with contextlib.suppress(ValueError, OSError):
                     signal.signal(signum, _on_sigint)
         if self.fds is None:
@@ -548,11 +557,15 @@ class _Stall:
                     return
                 for signum in numbers:
                     self._chain(signum)
-                    if signum not in (signal.SIGINT, signal.SIGTERM):
+                    # a signal fdl did not take (any but SIGINT and SIGTERM; SIGTERM where an embedding program
+                    # handles it) is not fdl's to stop on: on to the wakeup fd that was in place, as Python's handler
+                    # would have written it
+                    if signum not in _took:
                         if self.previous >= 0:
                             with contextlib.suppress(OSError):
                                 os.write(self.previous, bytes([signum]))
                         continue
+                    self._heard(signum)
                     if watched is None:
                         continue  # the main thread runs fdl's code: the handler's interrupt stops it
                     seen.append(signum)
@@ -560,6 +573,18 @@ class _Stall:
             if deadline is not None and time.monotonic() >= deadline and watched is not None:
                 self._take_over(watched, seen)
                 deadline = None
+
+    @staticmethod
+    def _heard(signum: int) -> None:
+        """A signal that fdl took (`_took`) but whose handler in place is no longer fdl's: the model's
+        code put its own there and left it (an asyncio loop's `add_signal_handler`, whose Python handler does nothing:
+        the loop acts on the number the watcher passes on, `_chain`), so nothing of fdl's heard it. It stops the run
+        all the same, at fdl's next `check`, as fdl's handler would have: the loop still gets its number. Without
+        this, such a model made fdl deaf to SIGTERM for the rest of the run (Slurm's SIGKILL came next)."""
+        global _pending, terminated
+        if not _fdls(_handler(signum)):
+            terminated = terminated or signum == signal.SIGTERM
+            _pending = True
 
     def _take_over(self, inside: _Inside, seen: list[int]) -> None:
         with self.lock:
@@ -587,6 +612,11 @@ class _Stall:
         os._exit(128 + signum)
 
 
+def _fdls(handler: Any) -> bool:
+    """Whether `handler` is fdl's: `_on_sigint`, or the one `deferred` puts in its place during a commit."""
+    return handler is _on_sigint or isinstance(getattr(handler, "__self__", None), Deferred)
+
+
 def _identity(fd: int) -> tuple[int, int] | None:
     """The file `fd` is (device, inode), None where it is closed."""
     try:
@@ -610,6 +640,16 @@ class _Inside:
         self.what = what
 
 
+#: The signals `installed` may take, whose handlers `model_code` looks up at each call (each forward pass)
+_TAKEN = (int(signal.SIGINT), int(signal.SIGTERM))
+try:  # a handler as set, SIG_DFL as 0 (equal to signal.SIG_DFL): `signal.getsignal` also looks a Python handler up
+    # among SIG_DFL and SIG_IGN, by a ValueError, 2 us a call in CPython 3.11: four of them made `model_code` cost as
+    # much as a tiny model's forward pass (docs/benchmarks.md)
+    _handler: Any = importlib.import_module("_signal").getsignal
+except (ImportError, AttributeError):
+    _handler = signal.getsignal
+
+
 _stall = _Stall()
 
 
@@ -619,7 +659,9 @@ def model_code(what: str) -> Iterator[None]:
     not return from within `stop_grace` (or a second one) ends fdl (`_Stall`). Only where `installed` took SIGINT
     or SIGTERM (a Python handler of fdl's in place): an embedding program, or a torchrun rank's SIGTERM at its
     default, is left as it was."""
-    if threading.current_thread() is not threading.main_thread() or not _taken_here():
+    ours = {signum: _handler(signum) is _on_sigint for signum in _TAKEN} if (
+        threading.current_thread() is threading.main_thread()) else {}
+    if not any(ours.values()):
         yield
         return
     # An interrupt that came and was swallowed (the model's code took the KeyboardInterrupt and went on) stops the run
@@ -628,7 +670,6 @@ def model_code(what: str) -> Iterator[None]:
     # code hanging in C kept fdl running until SIGKILL.
     check()
     _stall.start()
-    ours = {int(signum): signal.getsignal(signum) is _on_sigint for signum in (signal.SIGINT, signal.SIGTERM)}
     inside = _Inside(what)
     outer = _stall.inside
     _stall.inside = inside
@@ -646,10 +687,6 @@ def model_code(what: str) -> Iterator[None]:
             except BaseException:  # noqa: BLE001, S110 - a further signal: the end is on its way
                 pass
         _stall.reclaim(ours)
-
-
-def _taken_here() -> bool:
-    return _on_sigint in (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 
 
 @contextmanager
@@ -697,6 +734,7 @@ def _forked() -> None:
         if signal.getsignal(signum) is _ending:  # forked as fdl ended (not `own_process`'s process)
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signum, default)
+    _took.clear()
     if _unraisable is not None:
         sys.unraisablehook, _unraisable = _unraisable, None
 
