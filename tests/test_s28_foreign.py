@@ -9,7 +9,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cli_run import REPO
 from tests.test_analyze import fdl
 from tests.tiny_models import mlp
 
@@ -178,6 +182,11 @@ def _zstd(path: Path) -> Path:
     return path
 
 
+def _empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
 def _cut(path: Path) -> Path:
     path.write_bytes(torch_bytes()[:100])
     return path
@@ -203,7 +212,8 @@ FOREIGN = {
     "incomplete": (lambda d: _cut(d / "model.safetensors.incomplete"), ["a download not finished", "wait"]),
     "part": (lambda d: _cut(d / "step_100.pt.part"), ["a download not finished", "wait"]),
     "crdownload": (lambda d: _cut(d / "step_100.pt.crdownload"), ["a download not finished", "wait"]),
-    "lock": (lambda d: _cut(d / "step_100.pt.lock"), ["a lock file", "wait"]),
+    "lock": (lambda d: _empty(d / "model.safetensors.lock"), ["a lock file", "wait"]),  # empty, as HF's are
+    "download_begun": (lambda d: _empty(d / "step_100.pt.part"), ["a download not finished", "wait"]),
 }
 
 
@@ -225,7 +235,7 @@ def test_inspect_names_the_format_and_its_fix(tmp_path: Path, kind: str) -> None
     assert "Traceback" not in said
     for word in words:
         assert word in said, (word, done.stderr)
-    for wrong in ("corrupt", "an fdl store", "no checkpoints found", "without a checkpoint suffix"):
+    for wrong in ("corrupt", "an fdl store", "no checkpoints found", "without a checkpoint suffix", "empty"):
         assert wrong not in said, (wrong, done.stderr)
 
 
@@ -296,3 +306,47 @@ def test_a_git_lfs_pointer_of_a_foreign_file_is_said_to_be_a_pointer(tmp_path: P
     said = _said(done.stderr)
     assert done.code == 1
     assert "is a Git LFS pointer" in said and "git lfs pull" in said
+
+
+@pytest.mark.parametrize(("name", "make", "words"), [
+    ("model.bin", gguf, ["a GGUF file", "with the checkpoint suffix .bin", "gguf_file="]),
+    ("step_100.pt", lambda path: _gzipped(path), ["a gzip-compressed file", "with the checkpoint suffix .pt", "gunzip"]),
+])
+def test_a_foreign_file_named_as_a_checkpoint_is_a_bad_checkpoint_named_for_what_it_is(
+        tmp_path: Path, name: str, make, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """A file with a checkpoint suffix that PyTorch cannot load is a bad checkpoint, as before, but said to be
+    the GGUF file or the compressed checkpoint it is rather than "truncated or corrupt"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / name)
+    done = fdl("analyze", str(run), *MODEL, "--probe", str(_probe(tmp_path / "probe.pt")),
+               "--out", str(tmp_path / "out.h5"), "--device", "cpu")
+    said = _said(done.stderr)
+    assert done.code == 1
+    for word in words:
+        assert word in said, (word, done.stderr)
+    assert "corrupt" not in said
+
+
+def test_the_tensorflow_checkpoint_list_is_named_too(tmp_path: Path) -> None:
+    """The `checkpoint` file TensorFlow keeps beside its checkpoints (model_checkpoint_path: ...) was "not a
+    checkpoint suffix" beside its files said to be a TensorFlow checkpoint."""
+    tf_checkpoint(tmp_path)
+    done = fdl("inspect", str(tmp_path / "checkpoint"), *MODEL)
+    assert done.code == 1
+    assert "is a TensorFlow checkpoint" in _said(done.stderr)
+
+
+def test_a_named_pipe_a_folder_scan_skips_is_not_opened_to_tell_what_it_is(tmp_path: Path) -> None:
+    """The first bytes read of a file without a suffix, or of an .h5, are read of a regular file only: a named
+    pipe so named, opened, waits for a writer for ever (the child is killed after 60 s, failing the test)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(mlp(seed=0).state_dict(), run / "step_0.pt")
+    os.mkfifo(run / "checkpoint_5")
+    os.mkfifo(run / "weights.h5")
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(run), *MODEL, "--probe",
+                           str(_probe(tmp_path / "probe.pt")), "--out", str(tmp_path / "out.h5"), "--device", "cpu"],
+                          capture_output=True, text=True, check=False, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 checkpoint analysed" in done.stderr
