@@ -27,34 +27,31 @@ class Foreign:
     framework: bool = True
 
 
-#: The end of the fixes of other frameworks' weights: what fdl reads, and how to make it from their arrays.
-_COPY = ("build the model in PyTorch (the --model factory), copy each array into its state_dict under the "
-         "matching name{}, and save one file per step: torch.save(model.state_dict(), 'step_N.pt') or "
-         "safetensors' save_file")
-_KERNEL = " (a Dense kernel is (in, out): transpose it for nn.Linear)"
 _PYTORCH = "fdl reads PyTorch weights (.pt/.bin/.safetensors files, Hugging Face and DCP folders): "
 
-KERAS = Foreign("a Keras model (.keras)", _PYTORCH + "load it in Keras, read each layer's arrays "
-                "(layer.get_weights()), then " + _COPY.format(_KERNEL))
+
+def _framework(what: str, read: str, hugging_face: str = "") -> Foreign:
+    """Another framework's save, its fix: `read` its arrays with the framework's own tool, copy them into the
+    PyTorch model's state_dict and save that; and, for a Hugging Face model, its transformers conversion."""
+    return Foreign(what, f"{_PYTORCH}{read}, then build the model in PyTorch (the --model factory), copy each array "
+                   "into its state_dict under the matching name (a Dense kernel is (in, out): transpose it for "
+                   "nn.Linear), and save one file per step: torch.save(model.state_dict(), 'step_N.pt') or "
+                   "safetensors' save_file" + (f"; a Hugging Face model converts with from_pretrained(FOLDER, "
+                                               f"{hugging_face}).save_pretrained(OUT)" if hugging_face else ""))
+
+
+KERAS = _framework("a Keras model (.keras)", "load it in Keras and read each layer's arrays (layer.get_weights())")
 KERAS_H5 = Foreign("a Keras model or its weights, saved as HDF5", KERAS.fix)
-SAVED_MODEL = Foreign(
-    "a TensorFlow SavedModel folder (saved_model.pb, variables/)",
-    _PYTORCH + "read its variables with tf.train.load_checkpoint('FOLDER/variables/variables') (get_tensor(name) "
-    "for each name of its get_variable_to_shape_map()), then " + _COPY.format(_KERNEL))
-TF_CHECKPOINT = Foreign(
-    "a TensorFlow checkpoint (PREFIX.index beside PREFIX.data-NNNNN-of-NNNNN)",
-    _PYTORCH + "read it with tf.train.load_checkpoint(PREFIX) (the path without .index; get_tensor(name) for each "
-    "name of its get_variable_to_shape_map()), then " + _COPY.format(_KERNEL) + "; a Hugging Face model converts "
-    "with from_pretrained(FOLDER, from_tf=True).save_pretrained(OUT)")
-FLAX = Foreign(
-    "a Flax checkpoint (msgpack, flax.serialization)",
-    _PYTORCH + "read it with flax.serialization.msgpack_restore(open(FILE, 'rb').read()), then "
-    + _COPY.format(_KERNEL) + "; a Hugging Face Flax model converts with "
-    "from_pretrained(FOLDER, from_flax=True).save_pretrained(OUT)")
-ORBAX = Foreign(
-    "an Orbax checkpoint folder (JAX)",
-    _PYTORCH + "restore it with orbax.checkpoint (e.g. orbax.checkpoint.StandardCheckpointer().restore(FOLDER)), "
-    "then " + _COPY.format(_KERNEL))
+SAVED_MODEL = _framework("a TensorFlow SavedModel folder (saved_model.pb, variables/)",
+                         "read its variables with tf.train.load_checkpoint('FOLDER/variables/variables') "
+                         "(get_tensor(name) for each name of its get_variable_to_shape_map())")
+TF_CHECKPOINT = _framework("a TensorFlow checkpoint (PREFIX.index beside PREFIX.data-NNNNN-of-NNNNN)",
+                           "read it with tf.train.load_checkpoint(PREFIX) (the path without .index; get_tensor(name) "
+                           "for each name of its get_variable_to_shape_map())", "from_tf=True")
+FLAX = _framework("a Flax checkpoint (msgpack, flax.serialization)",
+                  "read it with flax.serialization.msgpack_restore(open(FILE, 'rb').read())", "from_flax=True")
+ORBAX = _framework("an Orbax checkpoint folder (JAX)", "restore it with orbax.checkpoint (e.g. "
+                   "orbax.checkpoint.StandardCheckpointer().restore(FOLDER))")
 ONNX = Foreign(
     "an ONNX model (an exported graph)",
     _PYTORCH + "analyse the checkpoints saved while training (torch.save(model.state_dict(), ...)); the ONNX "
