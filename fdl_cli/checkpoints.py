@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdl_cli import dcp, signals
+from fdl_cli import dcp, foreign, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -996,6 +996,14 @@ def _lfs_pointer_error(path: Path, head: bytes) -> CheckpointError:
     )
 
 
+def _foreign_error(path: Path, kind: foreign.Foreign) -> CheckpointError:
+    """A file named as a checkpoint (`checkpoint_suffix`) that another framework wrote, or compressed: a bad
+    checkpoint, as a text file so named is, not one skipped with a note."""
+    return CheckpointError(f"{path} is {foreign.said(kind)}",
+                           got=f"a file with the checkpoint suffix {checkpoint_suffix(path)}, which PyTorch cannot load",
+                           fix=kind.fix)
+
+
 def _text_file_error(path: Path, head: bytes) -> CheckpointError:
     first = head.decode("utf-8", "replace").strip().splitlines()[0][:60] if head.strip() else ""
     return CheckpointError(
@@ -1018,11 +1026,14 @@ def _peek_file(path: Path) -> _Peek:
     if kind is not None:  # its size is 0: skipped as an empty file, in silence; opened, a FIFO waits for ever
         raise _special_error(path, kind)
     if path.stat().st_size == 0:
-        return _Peek(None, {}, f"skipped {name}: empty file")
+        alien = foreign.of_name(path) if checkpoint_suffix(path) is None else None  # an HF .lock, a download begun
+        return _Peek(None, {}, foreign.note(name, alien) if alien is not None else f"skipped {name}: empty file")
     with open(path, "rb") as handle:
         head = handle.read(512)
     if head.startswith(_LFS_POINTER):
         raise _lfs_pointer_error(path, head)
+    if checkpoint_suffix(path) is None and (alien := foreign.of_file(path, head)) is not None:
+        return _Peek(None, {}, foreign.note(name, alien))  # another framework's save, an archive, a download
     text = _is_text(head)
     if text and path.suffix == ".safetensors":  # a safetensors file starts with a binary header length
         raise _text_file_error(path, head)
@@ -1050,7 +1061,7 @@ def _peek_file(path: Path) -> _Peek:
         if arrays is not None:  # np.savez's archive (probe.npz given among the files), as the HDF5 file above
             if _is_probe_set(arrays):
                 return _Peek(None, {}, _probe_note(name, arrays))
-            return _Peek(None, {}, f"skipped {name}: a NumPy archive (.npz), not a checkpoint")
+            return _Peek(None, {}, foreign.note(name, foreign.NPZ, f" (arrays {listed_names(list(arrays), 3)})"))
         if _is_torchscript(names):
             return _Peek("torchscript", {})
         if _is_export(path, names):
@@ -1075,6 +1086,9 @@ def _peek_file(path: Path) -> _Peek:
     except CheckpointError:
         if text:  # not even an (ASCII) pickle: say what it is rather than how unpickling failed
             raise _text_file_error(path, head) from None
+        alien = foreign.of_head(head)  # asked only now: no first bytes a checkpoint can have are taken for another's
+        if alien is not None:
+            raise _foreign_error(path, alien) from None
         raise
     if _is_optimizer_state(obj):
         return _Peek(None, {}, f"skipped {name}: optimizer state, no model weights")
@@ -1132,8 +1146,9 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def _npz_shapes(archive: zipfile.ZipFile, names: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
     """The arrays of an archive `np.savez` wrote (name -> shape, from each member's .npy header), or None
-    when the archive holds other members (a torch.save zip holds `archive/data.pkl`, never top-level .npy)."""
-    if not names or not all(member.endswith(".npy") and "/" not in member for member in names):
+    when the archive holds other members (a torch.save zip holds `archive/data.pkl`, never .npy alone). A name
+    may hold `/`: a JAX model's params flattened as `params/Dense_0/kernel`."""
+    if not names or not all(member.endswith(".npy") for member in names):
         return None
     shapes: dict[str, tuple[int, ...]] = {}
     for member in names:
@@ -1500,6 +1515,9 @@ def _candidates(
             # The model a folder holds itself counts as found by a scan: a Trainer's output folder holds its
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
             yield source, True
+        elif source.is_dir() and (kind := foreign.of_folder(source)) is not None:
+            notes.append(foreign.note(source.name or str(source), kind))  # its files' notes would say less
+            continue
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
 
@@ -1600,6 +1618,8 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
             # Named like a checkpoint file (step_2.pt/, Lightning's DeepSpeed epoch=0-step=10.ckpt/): the same
             if is_checkpoint or checkpoint_suffix(entry) is not None:
                 yield entry
+            elif (kind := foreign.of_folder(entry)) is not None:  # a few stats, of a folder not searched
+                notes.append(foreign.note(entry.name, kind))
         elif checkpoint_suffix(entry) is not None:
             yield entry
         elif (
@@ -1607,7 +1627,10 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
-            note = f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})"
+            # what a skipped file is, by its name (a first read only of a name without a suffix, or an .h5)
+            kind = foreign.of_file(entry)
+            note = (foreign.note(entry.name, kind) if kind is not None else
+                    f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
             if quiet is not None:
                 quiet.note(entry, note, notes)
             else:
@@ -1629,6 +1652,12 @@ def skipped_probe_sets(notes: Iterable[str], folders: Iterable[Path]) -> list[Pa
             if arrays is not None and _is_probe_set(arrays):
                 found.append(path)
     return found
+
+
+def _foreign_fixes(kinds: Iterable[foreign.Foreign]) -> str:
+    """The fixes of the kinds of files skipped as foreign (`foreign.in_note`), each once, the first two."""
+    fixes = list(dict.fromkeys(kind.fix for kind in kinds))
+    return "; and ".join(fixes[:2])
 
 
 def _condensed(notes: list[str]) -> str:
@@ -1754,7 +1783,7 @@ def discover_checkpoints(
             continue
         if peek.kind is None:
             quiet.note(path, peek.skip_reason or f"skipped {path.name}", notes)
-            if path.is_file() and path.stat().st_size == 0:
+            if path.is_file() and path.stat().st_size == 0 and foreign.in_note(peek.skip_reason or "") is None:
                 bad.append((path, _empty_error(path)))
             continue
         kind = peek.kind
@@ -1847,11 +1876,21 @@ def discover_checkpoints(
             fix="read an fdl store with `fdl report STORE` (or classify, compare, export), give an .h5 probe as "
             "--probe, and a checkpoint or a run's folder as the argument",
         )
+    strange = [kind for kind in map(foreign.in_note, notes) if kind is not None]
+    if not found and strange and len(strange) == len(notes) == len(sources) and all(
+            name == (Path(source).name or str(source)) for (name, _), source in zip(strange, sources, strict=True)):
+        # each given is another framework's save (model.keras, a SavedModel folder), an archive or a download
+        raise CheckpointError(
+            "; ".join(f"{source} is {note[len(f'skipped {name}: '):]}"
+                      for source, note, (name, _) in zip(sources, notes, strange, strict=True)),
+            fix=_foreign_fixes(kind for _, kind in strange))
     if not found:
         where = ", ".join(str(s) for s in sources)
         got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
         fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
                + (", or loosen --glob" if glob is not None else ""))
+        if strange:  # skipped for what they are: how to get PyTorch weights from them
+            fix = _foreign_fixes(kind for _, kind in strange)
         if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
             # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
             fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
