@@ -2975,6 +2975,14 @@ def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     served = _UNPICKLED.get()
     if served is not None and served[0] == path:
         return served[1]
+    forced = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0")
+    if forced.lower() in ("1", "y", "yes", "true"):  # as torch.load reads it: the full unpickling refused
+        raise CheckpointError(
+            f"cannot unpickle {path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD={shown_name(forced)} in the environment makes "
+            "torch load weights only, even for --trust-pickle",
+            fix="unset TORCH_FORCE_WEIGHTS_ONLY_LOAD for this command (env -u TORCH_FORCE_WEIGHTS_ONLY_LOAD fdl ...), "
+            f"or {_RESAVE_WEIGHTS}",
+        )
     token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
     found = _Placeholders(path)
     error: FdlError | None = None
@@ -3000,6 +3008,10 @@ def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     return obj
 
 
+#: how a trusted file of a class that will not import here is read without it (`_load_trusted`'s errors)
+_RESAVE_WEIGHTS = "re-save the weights alone: torch.save({'model': model.state_dict(), 'step': step}, ...)"
+
+
 def _trusted_load_error(path: Path, exc: BaseException, found: _Placeholders) -> FdlError:
     """What `_load_trusted` says of a load that raised `exc`: a module whose own code failed while imported; a class
     read as a placeholder that did not do (the class was needed); the file's own code importing what is not here;
@@ -3018,17 +3030,16 @@ def _import_failed_error(path: Path, module: str, name: str, exc: BaseException)
     that error, the user's to fix, rather than a damaged file or a placeholder's (`_Placeholders.import_failed`)."""
     shown = shown_name(f"{module}.{name}")
     where = f"cannot unpickle {path}: importing the module {shown_name(module)} (for its class {shown})"
-    resave = "re-save the weights alone: torch.save({'model': model.state_dict(), 'step': step}, ...)"
     if isinstance(exc, SystemExit):  # a training script's top-level code (argparse) parsed fdl's command line
         return CheckpointError(
             f"{where} called sys.exit({exc.code!r})",
             got="code that runs a script when imported (argparse, a training loop, sys.exit)",
-            fix=f"put that module's top-level code under `if __name__ == \"__main__\":`, or {resave}",
+            fix=f"put that module's top-level code under `if __name__ == \"__main__\":`, or {_RESAVE_WEIGHTS}",
         )
     return CheckpointError(
         f"{where} failed",
         got=f"{type(exc).__name__}: {first_line(exc)}{raised_at(exc)}",
-        fix=f"fix what that module needs where fdl runs (its environment, a package's version), or {resave}",
+        fix=f"fix what that module needs where fdl runs (its environment, a package's version), or {_RESAVE_WEIGHTS}",
     )
 
 

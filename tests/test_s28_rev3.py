@@ -112,3 +112,19 @@ def test_a_stepless_best_pickled_whole_is_named_as_the_copy_of_its_step(tmp_path
     said = " ".join(done.stderr.split())
     assert done.code == 0, said
     assert "skipped best.pt: no step of its own; the same weights as step_100.pt (step 100), analysed there" in said
+
+
+def test_torchs_weights_only_switch_is_named_when_it_blocks_trust_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 (a cluster's safety default) turns torch's full unpickling into its weights-only
+    one: --trust-pickle's load failed with torch's "Can not safely load weights when explicit pickle_module is
+    specified", said as a truncated or corrupt file."""
+    path = tmp_path / "step_5.pt"
+    _save(monkeypatch, path, {"model": mlp().state_dict(), "config": TrainConfig()})
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    done = fdl("inspect", str(path), "--trust-pickle")
+    said = " ".join(done.stderr.split())
+    assert done.code == 1 and "corrupt" not in said, said
+    assert f"cannot unpickle {path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 in the environment" in said, said
+    assert "fix: unset TORCH_FORCE_WEIGHTS_ONLY_LOAD" in said, said
