@@ -1801,7 +1801,7 @@ def discover_checkpoints(
             as_ref = CheckpointRef(path=path, step=0, step_source="none", kind=kind)
             fingerprint = peek.fingerprint
             if unpickled is not None:  # a pickle's weights, whose note needs them as a state_dict file's
-                tensors = _find_tensor_dict(unpickled)
+                tensors = _unpickled_tensors(unpickled)
                 fingerprint = _fingerprint_tensors(tensors) if tensors else None
                 if fingerprint:
                     stepless_digests[path] = _unpickled_digest(as_ref, unpickled, weights)
@@ -1945,6 +1945,23 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _unpickled_tensors(obj: Any) -> Mapping[str, torch.Tensor] | None:
+    """The tensors a folder scan fingerprints of a file it unpickled (--trust-pickle): its state_dict, as
+    `_peek_file` finds a weights-only file's, or else the state_dict of its module pickled whole, the file itself
+    (`torch.save(model, "best.pt")`) or under a key (`_module_entry`), as `load_checkpoint` reads it."""
+    tensors = _find_tensor_dict(obj)
+    if tensors is not None:
+        return tensors
+    module = obj if isinstance(obj, nn.Module) else (_module_entry(obj) or ("", None))[1]
+    if module is None:
+        return None
+    try:
+        state = module.state_dict()
+    except Exception:  # noqa: BLE001 - a pickled module's own state_dict() may fail: no fingerprint, the plain note
+        return None
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
 def _note_stepless_copies(
@@ -2800,27 +2817,30 @@ def _weight_copies(obj: Mapping[Any, Any], found: Mapping[str, Any]) -> tuple[st
     holds the model (`state_dict.model_ema` of `{"state_dict": {"model": ..., "model_ema": ...}}`). A
     torch.optim.swa_utils.AveragedModel's state_dict (torchvision's `model_ema`, mmengine's
     `ema_state_dict`) counts, and so does a module pickled whole (loaded with --trust-pickle)."""
-    own = _key_names(found)
     copies: list[str] = []
-
-    def visit(node: Mapping[Any, Any], path: str, depth: int) -> None:
-        for key, value in node.items():
-            if not isinstance(key, str):
-                continue
-            tensors: Mapping[str, Any] | None = None
-            if isinstance(value, nn.Module):
-                with contextlib.suppress(Exception):  # a pickled module's own state_dict() may fail
-                    tensors = value.state_dict()
-            elif isinstance(value, Mapping):
-                tensors = _find_tensor_dict(value)
-            if tensors is not None and not _is_state(tensors, found):
-                if own and len(own & _key_names(tensors)) * 2 >= len(own):
-                    copies.append(path + key)
-            elif isinstance(value, Mapping) and depth < 3:
-                visit(value, f"{path}{key}.", depth + 1)  # holds the weights analysed, or no state_dict
-
-    visit(obj, "", 0)
+    _visit_copies(obj, "", 0, found, _key_names(found), copies)
     return tuple(copies)
+
+
+def _visit_copies(node: Mapping[Any, Any], path: str, depth: int, found: Mapping[str, Any], own: set[str],
+                  copies: list[str]) -> None:
+    """`_weight_copies`' search of `node`, the entries at `path`, appending to `copies`. A function of its own: a
+    nested one that called itself through its closure was a cycle holding `found`, that only the garbage collector
+    undid, so 4 of 20 checkpoints loaded in a row kept their weights in memory after their last use."""
+    for key, value in node.items():
+        if not isinstance(key, str):
+            continue
+        tensors: Mapping[str, Any] | None = None
+        if isinstance(value, nn.Module):
+            with contextlib.suppress(Exception):  # a pickled module's own state_dict() may fail
+                tensors = value.state_dict()
+        elif isinstance(value, Mapping):
+            tensors = _find_tensor_dict(value)
+        if tensors is not None and not _is_state(tensors, found):
+            if own and len(own & _key_names(tensors)) * 2 >= len(own):
+                copies.append(path + key)
+        elif isinstance(value, Mapping) and depth < 3:
+            _visit_copies(value, f"{path}{key}.", depth + 1, found, own, copies)  # the weights analysed, or none
 
 
 def _entry_at(obj: Mapping[Any, Any], weights: str) -> tuple[bool, Any]:
@@ -2930,11 +2950,17 @@ def _holds_weights(obj: Any, depth: int = 0) -> bool:
 
 class _Placeholders:
     """The `ObjectNotLoaded` classes one trusted load made (`_placeholder_pickle`): each object made, and the
-    error of the first class that could not be imported (what loading without placeholders would have raised)."""
+    error of the first class that could not be imported (what loading without placeholders would have raised);
+    and `import_failed`, the error said for a module the pickle names whose own code failed while imported (a
+    `RuntimeError`, argparse's `sys.exit`: no "not importable here" that a placeholder stands in for), which ended
+    the load. Both kept without their tracebacks, whose frames hold the unpickler and through it every storage it
+    read: a load's weights stayed in memory, after it was done with, until the garbage collector ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.made: list[ObjectNotLoaded] = []
         self.first_error: BaseException | None = None
+        self.import_failed: CheckpointError | None = None
 
 
 def _placeholder_pickle(found: _Placeholders) -> types.ModuleType:
@@ -2949,8 +2975,10 @@ def _placeholder_pickle(found: _Placeholders) -> types.ModuleType:
             try:
                 return super().find_class(module, name)
             except (ImportError, AttributeError) as exc:
-                if found.first_error is None:
-                    found.first_error = exc
+                if found.first_error is None:  # its message alone: not the frames of its traceback, nor the
+                    # error being handled as the load began (`_load_tensor_file`'s, whose frame holds the object read)
+                    found.first_error = exc.with_traceback(None)
+                    exc.__context__ = exc.__cause__ = None
 
                 def new(cls: type[ObjectNotLoaded], *args: Any, **kwargs: Any) -> ObjectNotLoaded:
                     found.made.append(obj := ObjectNotLoaded.__new__(cls, *args, **kwargs))
@@ -2958,6 +2986,11 @@ def _placeholder_pickle(found: _Placeholders) -> types.ModuleType:
 
                 return type(name, (ObjectNotLoaded,), {"__slots__": (), "pickled_class": f"{module}.{name}",
                                                        "__new__": new})
+            except FdlError:
+                raise  # fdl's own refusal, of the folder's modules (`_FolderModules`)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the module's own code ran, and can raise anything
+                found.import_failed = _import_failed_error(found.path, module, name, exc)
+                raise
 
     placeholder = types.ModuleType("pickle")
     placeholder.__dict__.update({name: getattr(pickle, name) for name in dir(pickle) if not name.startswith("__")})
@@ -2981,30 +3014,72 @@ def _load_trusted(path: Path, map_location: str = "cpu") -> Any:
     served = _UNPICKLED.get()
     if served is not None and served[0] == path:
         return served[1]
+    forced = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0")
+    if forced.lower() in ("1", "y", "yes", "true"):  # as torch.load reads it: the full unpickling refused
+        raise CheckpointError(
+            f"cannot unpickle {path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD={shown_name(forced)} in the environment makes "
+            "torch load weights only, even for --trust-pickle",
+            fix="unset TORCH_FORCE_WEIGHTS_ONLY_LOAD for this command (env -u TORCH_FORCE_WEIGHTS_ONLY_LOAD fdl ...), "
+            f"or {_RESAVE_WEIGHTS}",
+        )
     token = _TRUSTED_UNPICKLING.set(True)  # a class of the model folder's modules, as the trainer pickled it
-    found = _Placeholders()
+    found = _Placeholders(path)
+    error: FdlError | None = None
     try:
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False,  # the user trusts it
-                             pickle_module=_placeholder_pickle(found))
-        except Exception as exc:  # noqa: BLE001 - sorted below
-            if found.first_error is not None:  # the placeholders did not do: the class is needed
-                raise _unimportable_error(path, found.first_error) from None
-            if isinstance(exc, (ImportError, AttributeError)):  # the file's own code imports what is not here
-                raise _unimportable_error(path, exc) from None
-            raise
-        if found.first_error is not None and any(placeholder.held_weights for placeholder in found.made):
-            raise _unimportable_error(path, found.first_error)
-        said = _NOT_LOADED.get()
-        if said is not None:
-            said.extend(name for name in dict.fromkeys(p.pickled_class for p in found.made) if name not in said)
-        return obj
+        obj = torch.load(path, map_location=map_location, weights_only=False,  # the user trusts it
+                         pickle_module=_placeholder_pickle(found))
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any other failure to unpickle is a damaged file
-        raise _corrupt_error(path, exc) from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - sorted by `_trusted_load_error`
+        if isinstance(exc, SystemExit) and found.import_failed is None:
+            raise  # not the import of a class (a `__reduce__` of the file's own): as Python ends on it
+        error = _trusted_load_error(path, exc, found)
+    else:
+        if found.first_error is not None and any(placeholder.held_weights for placeholder in found.made):
+            error, obj = _unimportable_error(path, found.first_error), None  # its weights not held by the error
     finally:
         _TRUSTED_UNPICKLING.reset(token)
+    if error is not None:
+        raise error  # out of the `except`: the failed load (its unpickler, the storages read) is not its context
+    said = _NOT_LOADED.get()
+    if said is not None:
+        said.extend(name for name in dict.fromkeys(p.pickled_class for p in found.made) if name not in said)
+    return obj
+
+
+#: how a trusted file of a class that will not import here is read without it (`_load_trusted`'s errors)
+_RESAVE_WEIGHTS = "re-save the weights alone: torch.save({'model': model.state_dict(), 'step': step}, ...)"
+
+
+def _trusted_load_error(path: Path, exc: BaseException, found: _Placeholders) -> FdlError:
+    """What `_load_trusted` says of a load that raised `exc`: a module whose own code failed while imported; a class
+    read as a placeholder that did not do (the class was needed); the file's own code importing what is not here;
+    else a damaged file."""
+    if found.import_failed is not None:
+        return found.import_failed
+    if found.first_error is not None:
+        return _unimportable_error(path, found.first_error)
+    if isinstance(exc, (ImportError, AttributeError)):
+        return _unimportable_error(path, exc)
+    return _corrupt_error(path, exc)
+
+
+def _import_failed_error(path: Path, module: str, name: str, exc: BaseException) -> CheckpointError:
+    """A module the trusted pickle names (for its class `name`) is there, but its own code failed while imported:
+    that error, the user's to fix, rather than a damaged file or a placeholder's (`_Placeholders.import_failed`)."""
+    shown = shown_name(f"{module}.{name}")
+    where = f"cannot unpickle {path}: importing the module {shown_name(module)} (for its class {shown})"
+    if isinstance(exc, SystemExit):  # a training script's top-level code (argparse) parsed fdl's command line
+        return CheckpointError(
+            f"{where} called sys.exit({exc.code!r})",
+            got="code that runs a script when imported (argparse, a training loop, sys.exit)",
+            fix=f"put that module's top-level code under `if __name__ == \"__main__\":`, or {_RESAVE_WEIGHTS}",
+        )
+    return CheckpointError(
+        f"{where} failed",
+        got=f"{type(exc).__name__}: {first_line(exc)}{raised_at(exc)}",
+        fix=f"fix what that module needs where fdl runs (its environment, a package's version), or {_RESAVE_WEIGHTS}",
+    )
 
 
 #: (path, object) of a file --trust-pickle unpickled already, which `_load_trusted` gives again rather than unpickle
