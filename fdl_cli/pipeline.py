@@ -3568,6 +3568,8 @@ def _run_refs(
     out: Path,
     walk: _WalkBack | None = None,
 ) -> None:
+    from fdl_cli.checkpoints import weights_gone
+
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
     if preloaded is not None and completed.get(reference.step) not in (None, "", preloaded[1]):
@@ -3662,10 +3664,10 @@ def _run_refs(
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
-                # Deleted (a training job's rotation) after discovery found it, in a watch or a plain run of one
-                # process (a torchrun rank's block compares across ranks: an error there, as before)
+                # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
+                # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
                 if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo \
-                        and not (ctx.world is not None and ctx.world.distributed) and not os.path.lexists(ref.path):
+                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path):
                     _gone_before_read(ctx, ref)
                     continue
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from fdl_cli import checkpoints
+from fdl_cli import checkpoints, pipeline
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _make_run, _polls, _stored
 
@@ -115,3 +115,60 @@ def test_a_resume_after_the_rotation_deleted_the_reference_names_the_copy_that_r
     resumed = fdl_in_process("analyze", folder, kept, "--probe", folder / "probe.npz", "--out", out, *MODEL)
     assert resumed.returncode == 0, resumed.stderr
     assert {step: record["prev_step"] for step, record in _stored(out).items()} == {0: None, 10: 0, 20: 10, 30: 20}
+
+
+def _trainer_folders(folder: Path, flat: Path, steps: list[int]) -> None:
+    """A Trainer's checkpoint-N folders (model.safetensors, trainer_state.json) of `flat`'s weights, settled."""
+    past = time.time() - 60
+    for step in steps:
+        saved = folder / f"checkpoint-{step}"
+        saved.mkdir()
+        shutil.copyfile(flat / f"step_{step}.safetensors", saved / "model.safetensors")
+        (saved / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        for path in (saved / "model.safetensors", saved / "trainer_state.json", saved):
+            os.utime(path, (past, past))
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_a_trainer_folder_read_while_the_rotation_removes_it_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watch: bool
+) -> None:
+    """save_total_limit's rmtree of checkpoint-30 has removed its model.safetensors, not yet the folder, when fdl
+    reads it: the folder was an error saying it held another model's weights ("4 missing keys"), listed among the
+    failures for the rest of the run (exit 1). It is gone as a deleted file is: skipped with a note."""
+    flat = _make_run(tmp_path / "flat")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _trainer_folders(folder, flat, [0, 10, 20] if watch else [0, 10, 20, 30, 40])
+    victim = folder / "checkpoint-30"
+    real, rediscover = checkpoints.discover_checkpoints, pipeline._rediscover
+
+    def half_removed(refs: Any) -> None:
+        if any(ref.path == victim for ref in refs):
+            (victim / "model.safetensors").unlink(missing_ok=True)  # the rmtree, half done when fdl reads it
+
+    def polled(*args: Any, **kwargs: Any) -> Any:  # found by a poll, settled
+        refs = rediscover(*args, **kwargs)
+        half_removed(refs)
+        return refs
+
+    def scanned(*args: Any, **kwargs: Any) -> Any:  # found by the scan
+        found = real(*args, **kwargs)
+        half_removed(found.checkpoints)
+        return found
+
+    if watch:
+        monkeypatch.setattr(pipeline, "_rediscover", polled)
+    else:
+        monkeypatch.setattr(checkpoints, "discover_checkpoints", scanned)
+    more = ("--watch", "--poll", "0.1") if watch else ()
+    with _polls(monkeypatch, lambda: _trainer_folders(folder, flat, [30]),
+                lambda: (shutil.rmtree(victim), _trainer_folders(folder, flat, [40]))):
+        done = fdl_in_process("analyze", folder, *more, "--probe", flat / "probe.npz", "--out", tmp_path / "s.h5",
+                              *MODEL)
+    assert done.returncode == (130 if watch else 0), done.stderr
+    assert "error" not in done.stderr and "Traceback" not in done.stderr
+    assert (f"note: {victim} (step 30) is gone (deleted or renamed) before it was analysed: skipped, as a run over "
+            "the files left would skip it; the next checkpoint is compared with the one before it") in done.stderr
+    assert {step: record["prev_step"] for step, record in _stored(tmp_path / "s.h5").items()} == {
+        0: None, 10: 0, 20: 10, 40: 20}
