@@ -1531,6 +1531,8 @@ def _load(
 WEIGHT_COPIES = "weight copies"
 #: `_note_once`'s kind of the note that --trust-pickle read objects of classes not importable here as placeholders
 NOT_LOADED = "objects not loaded"
+#: `_note_once`'s kind of --watch's note that the reference's file is gone (`_note_reference_gone`)
+REFERENCE_GONE = "reference gone"
 
 
 def _note_once(ctx: _Context, kind: str, message: str) -> None:
@@ -2170,6 +2172,7 @@ def _analyze_refs(
                     announce(writer.flush())
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
+                    _note_reference_gone(ctx, reference)
                     _check_manifest_changes(ctx, manifest_dir)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         except BaseException:
@@ -2177,6 +2180,18 @@ def _analyze_refs(
             raise
         finally:
             announce(writer.flush())
+
+
+def _note_reference_gone(ctx: _Context, reference: CheckpointRef) -> None:
+    """--watch: say once that the reference's file is gone (a training job's rotation deletes the oldest first).
+    The watch holds its weights and goes on, but a resume is refused without the file (`_reference_not_found`),
+    which nothing said before the user stopped the watch."""
+    from fdl_cli.checkpoints import weights_gone
+
+    if REFERENCE_GONE not in ctx.noted_once and weights_gone(reference.path):
+        _note_once(ctx, REFERENCE_GONE, f"{reference.path} (step {reference.step}), the reference, is gone (the training "
+                   "job's rotation?): this watch still compares with it, but the same command run again needs its file "
+                   "(param_dist_init compares with its weights): restore it, or give a copy of it among the checkpoints")
 
 
 def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None:

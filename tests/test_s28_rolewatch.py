@@ -26,7 +26,7 @@ import pytest
 
 from fdl_cli import checkpoints, pipeline
 from tests.cli_run import fdl_in_process
-from tests.test_prev_walkback import _make_run, _polls, _stored
+from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
 
 MODEL = ("--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}', "--anchor-size", "100", "--device",
          "cpu")
@@ -172,3 +172,29 @@ def test_a_trainer_folder_read_while_the_rotation_removes_it_is_skipped_with_a_n
             "the files left would skip it; the next checkpoint is compared with the one before it") in done.stderr
     assert {step: record["prev_step"] for step, record in _stored(tmp_path / "s.h5").items()} == {
         0: None, 10: 0, 20: 10, 40: 20}
+
+
+def test_a_watch_whose_reference_the_rotation_deletes_says_what_a_resume_will_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rotation deletes step 0, the reference, during the watch: the watch goes on comparing with it (it holds
+    its weights), but the same command run again is refused for want of its file, which nothing said until then.
+    A note says so once, when the file goes."""
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+
+    def rotate(*gone: int, new: int) -> None:
+        for step in gone:
+            (folder / f"step_{step}.safetensors").unlink()
+        _arrive(source, folder, f"step_{new}.safetensors")
+
+    with _polls(monkeypatch, lambda: rotate(0, new=30), lambda: rotate(10, new=40)):
+        done = _analyze(folder, tmp_path / "s.h5", "--watch", "--poll", "0.1")
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    notes = [line for line in done.stderr.splitlines() if "the reference" in line]
+    assert notes == [
+        f"note: {folder / 'step_0.safetensors'} (step 0), the reference, is gone (the training job's rotation?): this "
+        "watch still compares with it, but the same command run again needs its file (param_dist_init compares "
+        "with its weights): restore it, or give a copy of it among the checkpoints"]
+    assert {step: record["prev_step"] for step, record in _stored(tmp_path / "s.h5").items()} == {
+        0: None, 10: 0, 20: 10, 30: 20, 40: 30}
