@@ -1203,6 +1203,23 @@ def _hf_weight_files(folder: Path) -> list[Path]:
         raise CheckpointError(f"cannot look into the folder {folder}", got=got, fix=fix) from None
 
 
+def weights_gone(path: Path | str) -> bool:
+    """Whether a checkpoint discovery found is gone since: its file or folder removed, or a model folder left
+    without the weight files it held (every one, or a shard its index names): a training job's rotation
+    (`shutil.rmtree` of a Trainer's checkpoint-N) half done when fdl read it, which read as a checkpoint of
+    another model ("4 missing keys"). Discovery lists no folder without weight files."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return True
+    try:
+        if not path.is_dir():
+            return False
+        files = _hf_weight_files_of(path)
+    except (OSError, CheckpointError):
+        return False  # unreadable, not gone: its own error says why
+    return not files or any(not file.is_file() for file in files)
+
+
 _SHARD_INDEX_FIX = ("the index must be JSON with a 'weight_map' table of tensor names to shard file names, as "
                     "save_pretrained writes it; re-save the checkpoint")
 
@@ -3305,7 +3322,15 @@ def _load_weights(path: Path, ref: CheckpointRef, trust_pickle: bool, map_locati
         module = _load_program(path, ref.kind, map_location)
     elif path.is_dir() and not _is_dcp_folder(path):
         tensors = {}
-        for weight_file in _hf_weight_files(path):
+        files = _hf_weight_files(path)
+        if not files:  # it held some when discovery found it: `weights_gone`
+            raise CheckpointError(
+                f"the checkpoint folder {path} holds no weight file now",
+                got=f"no {' or '.join(_HF_SINGLE)} (nor a shard index) in it, where there was one when it was found: "
+                "removed since (a training job's rotation deleting the folder?)",
+                fix="run again once the folder is whole, or leave it out (--glob, --steps)",
+            )
+        for weight_file in files:
             part, _, part_meta, _, _, _ = _load_tensor_file(
                 weight_file, trust_pickle=trust_pickle, map_location=map_location
             )

@@ -77,6 +77,8 @@ if False:  # typing only: keep `import fdl_cli.pipeline` cheap
 
 
 _Error = TypeVar("_Error", bound=FdlError)
+#: --watch: path -> ((size, modification time), when first seen so), for files modified in the future (`_settled`)
+SettleLooks = dict[str, tuple[tuple[int, float], float]]
 
 #: Model dtypes whose features take few distinct values per column (`--cka-dtype float32` is not used with them).
 LOW_PRECISION = ("bfloat16", "float16")
@@ -479,6 +481,9 @@ class _Context:
     given_options: AnalyzeOptions | None = None
     #: --watch: (path, step) -> the file's signature when it was read for the entry stored (`_report_rewritten`)
     read_signatures: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: --watch: the files modified in the future a poll looked at (`_settled`), and whether that was said
+    settle_looks: SettleLooks = field(default_factory=dict)
+    noted_future: bool = False
     #: path -> (its file's signature, its sha256) where this run hashed a file: one read again with the same
     #: signature is not hashed again (`_sha256_once`; an old store's reference was hashed three times a run)
     hashed: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -1111,12 +1116,13 @@ def _wait_for_a_manifest(options: AnalyzeOptions, reporter: Reporter, missing: s
     folders = ", ".join(map(str, _manifest_folders(options))) or ", ".join(options.sources)
     reporter.note(f"{missing}: waiting for an fdl.toml in {folders} (every {options.poll_seconds:g} s; Ctrl-C "
                   "stops; or stop and give it on the command line)")
+    looks: SettleLooks = {}
     while True:
         signals.sleep(options.poll_seconds)
         now = time.time()
         written = [folder / ckpts.MANIFEST_NAME for folder in _manifest_folders(options)]
         written = [path for path in written if _is(path, "file")]
-        if written and all(_settled(path, options.poll_seconds, now) for path in written):
+        if written and all(_settled(path, options.poll_seconds, now, looks) for path in written):
             return _read_manifests(options, reporter, note_unread=False)
 
 
@@ -1249,8 +1255,9 @@ def _wait_for_a_checkpoint(
 
     reporter.note(f"waiting for a checkpoint in {', '.join(options.sources)} (every {options.poll_seconds:g} s; "
                   "Ctrl-C stops)")
+    looks: SettleLooks = {}
     while True:
-        for bad_path, reason in _newly_settled(discovery.bad, reported, options.poll_seconds):
+        for bad_path, reason in _newly_settled(discovery.bad, reported, options.poll_seconds, looks):
             reported.add(str(bad_path))
             _report_bad_found(options, reporter, bad_path, reason)
         signals.sleep(options.poll_seconds)
@@ -1263,7 +1270,7 @@ def _wait_for_a_checkpoint(
             )
         except SameStepError as exc:
             now = time.time()
-            if all(_settled(path, options.poll_seconds, now) for path in exc.paths):
+            if all(_settled(path, options.poll_seconds, now, looks) for path in exc.paths):
                 raise  # two settled files of one step: the error a start after them gives
             continue  # Lightning's last.ckpt being written beside the first checkpoint: as `_rediscover`
         if discovery.checkpoints:
@@ -1524,6 +1531,8 @@ def _load(
 WEIGHT_COPIES = "weight copies"
 #: `_note_once`'s kind of the note that --trust-pickle read objects of classes not importable here as placeholders
 NOT_LOADED = "objects not loaded"
+#: `_note_once`'s kind of --watch's note that the reference's file is gone (`_note_reference_gone`)
+REFERENCE_GONE = "reference gone"
 
 
 def _note_once(ctx: _Context, kind: str, message: str) -> None:
@@ -2163,6 +2172,7 @@ def _analyze_refs(
                     announce(writer.flush())
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
+                    _note_reference_gone(ctx, reference)
                     _check_manifest_changes(ctx, manifest_dir)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         except BaseException:
@@ -2170,6 +2180,18 @@ def _analyze_refs(
             raise
         finally:
             announce(writer.flush())
+
+
+def _note_reference_gone(ctx: _Context, reference: CheckpointRef) -> None:
+    """--watch: say once that the reference's file is gone (a training job's rotation deletes the oldest first).
+    The watch holds its weights and goes on, but a resume is refused without the file (`_reference_not_found`),
+    which nothing said before the user stopped the watch."""
+    from fdl_cli.checkpoints import weights_gone
+
+    if REFERENCE_GONE not in ctx.noted_once and weights_gone(reference.path):
+        _note_once(ctx, REFERENCE_GONE, f"{reference.path} (step {reference.step}), the reference, is gone (the training "
+                   "job's rotation?): this watch still compares with it, but the same command run again needs its file "
+                   "(param_dist_init compares with its weights): restore it, or give a copy of it among the checkpoints")
 
 
 def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None:
@@ -2880,14 +2902,18 @@ def _stored_files_to_hash(
 
 def _recorded_path(out: Path, step: int) -> str | None:
     """The checkpoint path `out` recorded for `step`, None when it holds none (or cannot be read)."""
+    return _recorded_paths(out).get(step)
+
+
+def _recorded_paths(out: Path) -> dict[int, str]:
+    """step -> the checkpoint path `out` recorded for it; empty when it cannot be read."""
     from fdl_cli.store import StoreReader
 
     try:
         with StoreReader(out) as reader:
-            identity = reader.file_identities().get(step)
+            return {step: identity[0] for step, identity in reader.file_identities().items()}
     except StoreError:
-        return None
-    return identity[0] if identity is not None else None
+        return {}
 
 
 def _check_reference_of_store(
@@ -2937,7 +2963,7 @@ def _check_reference_of_store(
         )
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         if ctx.steps_found is not None and stored not in ctx.steps_found:
-            raise _reference_not_found(out, stored, refs)
+            raise _reference_not_found(out, stored, refs, ctx.options.sources)
         raise StoreError(
             f"{out} was analysed with step {stored} as the reference; this run's first checkpoint is step "
             f"{ctx.reference_step}",
@@ -3026,7 +3052,9 @@ def _addition(
     return addition
 
 
-def _reference_not_found(out: Path, stored: int, refs: Sequence[CheckpointRef]) -> StoreError:
+def _reference_not_found(
+    out: Path, stored: int, refs: Sequence[CheckpointRef], sources: Sequence[str]
+) -> StoreError:
     """The store's reference step is none of this run's checkpoints': "pass --reference N" led to a second
     error ("no checkpoint has that step"). Its file read at another step (a newer fdl reads a step key it
     did not, such as Megatron's `iteration` beside an `epoch`; another --step-regex) is named."""
@@ -3042,8 +3070,17 @@ def _reference_not_found(out: Path, stored: int, refs: Sequence[CheckpointRef]) 
         fix = (f"select it at step {stored} (--glob, --step-regex), or --overwrite (or another --out) to start "
                "afresh")
     else:
+        # A training job's rotation (a Trainer's save_total_limit, Lightning's save_top_k) deletes the reference
+        # first: --overwrite alone would drop every stored checkpoint it deleted, and a copy of the file resumes
+        # (its sha256 is what is checked, not its path)
         got = f"the store's step {stored} is {recorded}, which is gone" if recorded is not None else None
-        fix = "restore that checkpoint to add to the store, or --overwrite (or another --out) to start afresh"
+        gone = sum(not os.path.lexists(path) for path in _recorded_paths(out).values())
+        fix = ("restore that checkpoint, or give a copy of its file among the checkpoints (`fdl analyze "
+               f"{' '.join(map(shlex.quote, sources))} COPY ...`, a copy in another folder), to add to the store; "
+               "--overwrite (or another --out) starts afresh from the files there now")
+        if gone:
+            fix += (f", without the {gone} stored checkpoints whose files are gone" if gone > 1
+                    else ", without the stored checkpoint whose file is gone")
     return StoreError(
         f"{out} was analysed with step {stored} as the reference, which none of this run's checkpoints has",
         got=got,
@@ -3073,7 +3110,7 @@ def _rediscover(
         )
     except SameStepError as exc:
         now = time.time()
-        if not all(_settled(path, options.poll_seconds, now) for path in exc.paths):
+        if not all(_settled(path, options.poll_seconds, now, ctx.settle_looks) for path in exc.paths):
             return known  # a trainer rewriting Lightning's last.ckpt: the next poll sees it whole
         _warn_while_watching(ctx, exc)
         return known
@@ -3112,7 +3149,8 @@ def _rediscover(
         path = str(ref.path)
         changed = path in ctx.failed_signatures and _signature_of(path) not in ("", ctx.failed_signatures[path])
         if (path, ref.step) not in known_paths or changed:  # those analysed already keep their place in step order
-            if not _settled(ref.path, options.poll_seconds, now):
+            if not _settled(ref.path, options.poll_seconds, now, ctx.settle_looks):
+                _note_future_time(ctx, ref.path, now)
                 ctx.unsettled[path] = ref.step
                 continue  # probably still being written (or gone): next poll
         ctx.unsettled.pop(path, None)
@@ -3182,7 +3220,8 @@ def _check_manifest_changes(ctx: _Context, base_dir: Path | None) -> None:
     moved = [path for path in dict.fromkeys([*before, *now_signatures])
              if now_signatures.get(path, "") != before.get(path, "")]
     now = time.time()
-    if not moved or not all(_settled(path, options.poll_seconds, now) for path in moved if now_signatures.get(path)):
+    if not moved or not all(_settled(path, options.poll_seconds, now, ctx.settle_looks)
+                            for path in moved if now_signatures.get(path)):
         return  # unchanged, or being written: looked at again at the next poll
     ctx.manifest_signatures = now_signatures
     digests = _manifest_digests({path: now_signatures.get(path, "") for path in moved})
@@ -3278,7 +3317,7 @@ def _report_rewritten(
         signature = _signature_of(ref.path)
         if not recorded or signature in ("", recorded) or ref.step not in stored:
             continue
-        if not _settled(ref.path, ctx.options.poll_seconds, now):
+        if not _settled(ref.path, ctx.options.poll_seconds, now, ctx.settle_looks):
             continue  # being written: looked at again at the next poll
         try:
             sha = sha256_file(ref.path)
@@ -3427,7 +3466,7 @@ def _note_new_skips(ctx: _Context, notes: Sequence[str]) -> None:
             ctx.said_notes.add(key)
             continue
         if path is not None and path.is_dir() and (
-                key not in ctx.unsaid_folders or not _settled(path, options.poll_seconds, now)):
+                key not in ctx.unsaid_folders or not _settled(path, options.poll_seconds, now, ctx.settle_looks)):
             pending.add(key)
             continue
         ctx.said_notes.add(key)
@@ -3470,7 +3509,7 @@ def _report_bad_while_watching(
     reported once it has settled, as at the start, and listed in the summary (exit 1); it was dropped
     without a word. A file being written is left for the next poll; one reported is tried again once
     its file changes (`ctx.failed_signatures`)."""
-    for path, reason in _newly_settled(bad, {path for path, _ in summary.failed}, poll_seconds):
+    for path, reason in _newly_settled(bad, {path for path, _ in summary.failed}, poll_seconds, ctx.settle_looks):
         ctx.reporter.error(f"{path}: {reason}")
         summary.failed.append((str(path), reason))
         ctx.failed_signatures[str(path)] = _signature_of(path)
@@ -3478,30 +3517,59 @@ def _report_bad_while_watching(
 
 
 def _newly_settled(
-    bad: Sequence[tuple[Path, str]], reported: Collection[str], poll_seconds: float
+    bad: Sequence[tuple[Path, str]], reported: Collection[str], poll_seconds: float, looks: SettleLooks
 ) -> list[tuple[Path, str]]:
     """The unreadable files of a --watch poll not reported yet whose writing has settled (`_settled`);
     one still being written (or gone) is left for the next poll."""
     now = time.time()
-    return [(path, reason) for path, reason in bad if str(path) not in reported and _settled(path, poll_seconds, now)]
+    return [(path, reason) for path, reason in bad
+            if str(path) not in reported and _settled(path, poll_seconds, now, looks)]
 
 
-def _settled(path: Path | str, poll_seconds: float, now: float) -> bool:
+def _settled(path: Path | str, poll_seconds: float, now: float, looks: SettleLooks) -> bool:
     """--watch: whether `path` was last modified longer ago than the settling time (half a poll, at
     least 1 s), so that a trainer still writing it has probably finished; False when it cannot be
     looked at. A folder (a Trainer's checkpoint-N) by its newest entry too: its own time moves when a
-    file is added, not while its model.safetensors is being written."""
+    file is added, not while its model.safetensors is being written.
+
+    A time in the future (a file server's clock ahead of this machine's, NFS) tells nothing of its age: such
+    a file waited, unread and without a word, for as long as the clocks differ. It is settled once `looks`
+    (path -> its size and time, and when this machine first saw them so) holds it unchanged for the settling
+    time: each wait keeps its own."""
+    wait = max(1.0, poll_seconds / 2)
     try:
         stat = os.stat(path)
-        latest = stat.st_mtime
+        latest, size = stat.st_mtime, stat.st_size
         if S_ISDIR(stat.st_mode):
             with os.scandir(path) as entries:
                 for entry in entries:
                     with contextlib.suppress(OSError):  # removed meanwhile: the folder's own time moved
-                        latest = max(latest, entry.stat().st_mtime)
-        return now - latest >= max(1.0, poll_seconds / 2)
+                        inner = entry.stat()
+                        latest, size = max(latest, inner.st_mtime), size + inner.st_size
     except OSError:
         return False
+    if latest <= now:
+        return now - latest >= wait
+    seen = looks.get(str(path))
+    if seen is None or seen[0] != (size, latest):
+        looks[str(path)] = ((size, latest), now)
+        return False
+    return now - seen[1] >= wait
+
+
+def _note_future_time(ctx: _Context, path: Path | str, now: float) -> None:
+    """--watch: say once a run that a file a poll left unread was modified in the future (`_settled`)."""
+    if ctx.noted_future:
+        return
+    with contextlib.suppress(OSError):
+        ahead = os.stat(path).st_mtime - now
+        if ahead > 0:
+            ctx.noted_future = True
+            shown = (f"{ahead:.0f} s" if ahead < 90 else f"{ahead / 60:.0f} min" if ahead < 5400
+                     else f"{ahead / 3600:.0f} h")
+            ctx.reporter.note(f"{path} was modified {shown} in the future, by this machine's clock (a file server's "
+                              "clock ahead of it?): --watch reads such a file once it has not changed for "
+                              f"{max(1.0, ctx.options.poll_seconds / 2):g} s")
 
 
 def _run_refs(
@@ -3515,6 +3583,8 @@ def _run_refs(
     out: Path,
     walk: _WalkBack | None = None,
 ) -> None:
+    from fdl_cli.checkpoints import weights_gone
+
     options, reporter = ctx.options, ctx.reporter
     completed = writer.completed()
     if preloaded is not None and completed.get(reference.step) not in (None, "", preloaded[1]):
@@ -3609,8 +3679,10 @@ def _run_refs(
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
             except (CheckpointError, NumericalError) as exc:
-                if options.watch and ref.step != reference.step and ref.step not in lacking \
-                        and not os.path.lexists(ref.path):
+                # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
+                # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
+                if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo \
+                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path):
                     _gone_before_read(ctx, ref)
                     continue
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
@@ -3775,10 +3847,10 @@ def _failed(
 
 
 def _gone_before_read(ctx: _Context, ref: CheckpointRef) -> None:
-    """--watch: a checkpoint a poll found whose file was gone when it was read (the training job's rotation deleted
-    it, or renamed it: the next poll finds it under its new name). It was an error ("no longer exists") listed
-    among the failures; a run over the files left would not see it. Skipped over as "previous", as a file that
-    fails is, with a note."""
+    """A checkpoint discovery (or a --watch poll) found whose file was gone when it was read (the training job's
+    rotation deleted it, or renamed it: the next poll finds it under its new name). It was an error ("no longer
+    exists") listed among the failures, exit 1; a run over the files left would not see it. Skipped over as
+    "previous", as a file that fails is, with a note."""
     ctx.failed_paths.add(str(ref.path))
     ctx.reporter.note(f"{ref.path} (step {ref.step}) is gone (deleted or renamed) before it was analysed: skipped, as a "
                       "run over the files left would skip it; the next checkpoint is compared with the one before it")
