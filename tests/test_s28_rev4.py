@@ -249,3 +249,45 @@ def test_stores_of_every_batch_size_agree(tmp_path: Path, one_thread: None) -> N
                                            err_msg=f"{name} at --batch-size {batch}")
             else:
                 assert np.array_equal(np.asarray(value), np.asarray(expected)), f"{name} at --batch-size {batch}"
+
+
+RESUME_MODEL = '''
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Linear(6, 40), nn.ReLU(), nn.Linear(40, 3))
+'''
+
+
+def test_a_resume_whose_anchors_end_inside_a_batch_stores_what_a_fresh_run_does(tmp_path: Path) -> None:
+    """--batch-size 7, --anchor-size 50: the anchors end one row into the eighth batch. A fresh run's anchors come
+    from that batch of 7; a resume recomputed the stored checkpoint's anchors from a forward pass of the one row
+    left, whose float32 features the BLAS rounds otherwise (here by 1.2e-7), and stored cka_init and cka_prev of
+    the new checkpoint 1e-9 off a fresh run's. Every field of the checkpoint added by the resume is the fresh
+    run's, to the bit."""
+    from safetensors.torch import save_file
+
+    from tests.cli_run import fdl_in_process
+
+    (tmp_path / "model.py").write_text(RESUME_MODEL)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.ReLU(), torch.nn.Linear(40, 3))
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (0, 10, 20):
+        state = {name: value.detach() + 0.05 * step * torch.randn_like(value) for name, value in net.state_dict().items()}
+        save_file(state, str(run / f"step_{step}.safetensors"), metadata={"step": str(step)})
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(80, 6)).astype(np.float32), y=rng.integers(0, 3, 80))
+    options = ["--model", f"{tmp_path / 'model.py'}:build", "--probe", tmp_path / "probe.npz", "--batch-size", 7,
+               "--anchor-size", 50, "--device", "cpu"]
+    for out, more in (("fresh.h5", []), ("resumed.h5", ["--steps", "0,10"]), ("resumed.h5", [])):
+        done = fdl_in_process("analyze", run, *options, *more, "-o", tmp_path / out)
+        assert done.returncode == 0, done.stderr[-2000:]
+    fresh, resumed = _stored(tmp_path / "fresh.h5"), _stored(tmp_path / "resumed.h5")
+    added = [name for name in fresh if name.startswith("checkpoints/step_20/")]
+    assert any(name.endswith("@cka_prev") for name in added)
+    for name in added:
+        value, expected = np.asarray(resumed[name]), np.asarray(fresh[name])
+        assert np.array_equal(value, expected, equal_nan=expected.dtype.kind == "f"), name
