@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,7 @@ import torch
 from fdl_cli import moments
 from fdl_cli.moments import MomentAccumulator
 from tests.cli_run import REPO
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread, where the CPU sums by numpy's dsyrk (conftest.py sets numpy's BLAS to one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    assert moments._numpy_syrk(torch.device("cpu")), "numpy's BLAS runs more than one thread here"
-    yield
-    torch.set_num_threads(threads)
+from tests.test_s28_perf import one_thread  # noqa: F401  (autouse there and here: torch on one thread, numpy's dsyrk)
 
 
 def test_the_steps_benchmark_counts_every_product_as_statistics(tmp_path: Path) -> None:
@@ -108,7 +98,7 @@ def _scale(x: np.ndarray, y: np.ndarray) -> float:
 
 @pytest.mark.parametrize("task", ["classes", "regression", "none"])
 def test_gathered_sums_equal_a_float64_brute_force_and_the_block_rows(monkeypatch: pytest.MonkeyPatch,
-                                                                      one_thread: None, task: str) -> None:
+                                                                      task: str) -> None:
     """Seeded batch sequences of every shape in SHAPES, features and outputs of each dtype in DTYPES (shifted far
     from 0 for half of them): every sum Moments holds, unshifted, equals the float64 sums of the whole F, Ŷ, Y
     (the values the model gave, widened), and the block rows' (numpy's dsyrk off) to 1e-12 of Σ|x||y|ᵀ; the
@@ -207,7 +197,7 @@ def _stored(path: Path) -> dict[str, object]:
     return found
 
 
-def test_stores_of_every_batch_size_agree(tmp_path: Path, one_thread: None) -> None:
+def test_stores_of_every_batch_size_agree(tmp_path: Path) -> None:
     """`fdl analyze` of one run at --batch-size 7, 512, 1000, 1025 and 3000 (a probe of 1 100 rows: one chunk of
     gathered rows, batches around 1 024, a batch larger than the probe): every stored field agrees with the run at
     512 (float64 fields to 1e-10 of their largest value, the float32 eigenfunctions to one float32 ulp; everything
