@@ -5,7 +5,9 @@
   `second_moment_so_far`): a probe of one chunk had all of its products outside the row.
 - Every sum against a float64 brute force of the full F, Ŷ, Y (SPEC's sums), and against the block rows' path,
   for seeded random batch sequences: batches larger than a chunk, a short last one, p + 1 above the chunk,
-  half-precision and float64 features, the three tasks, a read mid-chunk.
+  half-precision and float64 features, the three tasks, a read mid-chunk; and stores of five batch sizes.
+- A resume's anchor pass ran a shorter last batch than a fresh run's where the anchors end inside one: its float32
+  features, and so cka_init / cka_prev of the checkpoints it adds, were rounded otherwise.
 """
 
 from __future__ import annotations
