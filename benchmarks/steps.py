@@ -47,6 +47,9 @@ def step_clock() -> Any:
 TIMED = [
     ("fdl_cli.extract", "extract", "extract (forward passes and statistics, total)"),
     ("fdl_cli.moments", "MomentAccumulator.update", "statistics"),
+    # the products of the rows still gathered when the sums are read (`moments()`, the anchors' moment): on the
+    # CPU's numpy path a pass's last chunk, all of a probe of one chunk (`moments.SYRK_ROWS`); never inside `update`
+    ("fdl_cli.moments", "MomentAccumulator._in_place_sums", "statistics"),
     ("fdl_cli.probes", "RowReader.__getitem__", "probe batches read in place"),
     ("fdl_cli.spectral", "measure", "measures (eigen-decomposition included)"),
     ("fdl_cli.spectral", "_descending_eigh", "eigen-decomposition"),

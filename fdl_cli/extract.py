@@ -1165,24 +1165,29 @@ def anchor_features(
     moments: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Only the anchor features (m, p) of each layer (for a checkpoint already in the store), in the
-    dtype `extract` gives them.
+    dtype `extract` gives them, from forward passes of the batches `extract` runs (the last one whole).
 
     With a `moments` dict, it also receives each layer's anchor (Σφφᵀ, Σφ) float64 (LayerResult's
     anchor_moment), summed batch by batch as `extract` sums them, so that a resumed run's numbers
     equal a fresh run's to the bit.
     """
-    count = min(anchor_size, int(x.shape[0]))
+    n = int(x.shape[0])
+    count = min(anchor_size, n)
     chunks: dict[str, list[torch.Tensor]] = {spec.label: [] for spec in layers}
     accumulators: dict[str, MomentAccumulator] = {}
     with torch.inference_mode(), hooked(model, layers) as captured:
         for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
+            # The batches `extract` runs, the last one whole though the anchors end inside it: a forward pass of
+            # fewer rows can round their features otherwise (another GEMM kernel), and the anchors and their
+            # sums would then differ from a fresh run's (one batch of extra rows at most, per checkpoint).
+            stop = min(start + batch_size, n)
             outputs = model_outputs(_forward(model, x, start, stop, device=device, dtype=dtype), stop - start)
+            keep = min(count, stop) - start
             for spec in layers:
                 features = captured.pop(spec.label)
-                chunks[spec.label].append(_anchor_part(features))
+                chunks[spec.label].append(_anchor_part(features[:keep]))
                 if moments is not None:
-                    accumulators.setdefault(spec.label, MomentAccumulator()).update(features, outputs)
+                    accumulators.setdefault(spec.label, MomentAccumulator()).update(features[:keep], outputs[:keep])
     for label, accumulator in accumulators.items():
         moments[label] = _host_pair(accumulator.second_moment_so_far())  # type: ignore[index]
     return {label: torch.cat(parts).cpu().numpy() for label, parts in chunks.items()}
