@@ -1027,7 +1027,9 @@ def _peek_file(path: Path) -> _Peek:
         raise _special_error(path, kind)
     if path.stat().st_size == 0:
         alien = foreign.of_name(path) if checkpoint_suffix(path) is None else None  # an HF .lock, a download begun
-        return _Peek(None, {}, foreign.note(name, alien) if alien is not None else f"skipped {name}: empty file")
+        if alien in (foreign.DOWNLOAD, foreign.LOCK):  # empty as they begin; an empty .zip or .keras is empty
+            return _Peek(None, {}, foreign.note(name, alien))
+        return _Peek(None, {}, f"skipped {name}: empty file")
     with open(path, "rb") as handle:
         head = handle.read(512)
     if head.startswith(_LFS_POINTER):
@@ -1516,7 +1518,12 @@ def _candidates(
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
             yield source, True
         elif source.is_dir() and (kind := foreign.of_folder(source)) is not None:
-            notes.append(foreign.note(source.name or str(source), kind))  # its files' notes would say less
+            # another framework's folder, said so in place of its files' notes, which would say less; unless it
+            # holds PyTorch checkpoints too (a run that exported a SavedModel's graph beside them)
+            held: list[str] = []
+            found = list(_scan_folder(source, glob, held, quiet))
+            notes.extend(held if found else [foreign.note(source.name or str(source), kind)])
+            yield from ((path, True) for path in found)
             continue
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
