@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tarfile
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
