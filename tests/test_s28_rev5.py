@@ -150,3 +150,22 @@ def test_a_lock_left_beside_each_save_is_noted_once_under_watch(
     locks = [note for note in reporter.notes if ".lock" in note]
     assert locks == ["skipped step_20.safetensors.lock: a lock file (held by a download or a save in progress), "
                      "no checkpoint"], reporter.notes
+
+
+# ------------------------------------------------ 5. many files of one kind: one entry, the first named
+
+
+@pytest.mark.parametrize("given", ["folder", "files"])
+def test_many_files_of_one_foreign_kind_are_one_entry_of_the_error(tmp_path: Path, given: str) -> None:
+    """A folder of 40 GGUF files (or the 40 given): the error said each in full, 4 KB before its fix, where
+    files skipped for their suffix are one entry naming the first 6 (`_condensed`)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for index in range(40):
+        (run / f"model-{index:02d}.gguf").write_bytes(b"GGUF" + bytes(28))
+    done = _analyze(tmp_path, *(sorted(run.iterdir()) if given == "files" else [run]))
+    said = _said(done.stderr)
+    assert done.code == 1
+    assert said.count("a GGUF file") == 1, done.stderr
+    assert "model-00.gguf" in said and "model-39.gguf" not in said and "34 more" in said, done.stderr
+    assert "gguf_file=" in said
