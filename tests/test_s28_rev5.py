@@ -169,3 +169,41 @@ def test_many_files_of_one_foreign_kind_are_one_entry_of_the_error(tmp_path: Pat
     assert said.count("a GGUF file") == 1, done.stderr
     assert "model-00.gguf" in said and "model-39.gguf" not in said and "34 more" in said, done.stderr
     assert "gguf_file=" in said
+
+
+# ------------------------------------------------ 6. the fixes, as said, work
+
+
+def test_the_fix_of_a_tar_unpacks_it_as_said(tmp_path: Path) -> None:
+    """`tar -xf FILE -C OUT` refuses an OUT that does not exist ("Cannot open: No such file or directory"):
+    the command the fix gives makes the folder, whose checkpoint fdl then reads."""
+    buffer = io.BytesIO()
+    torch.save(mlp(seed=0).state_dict(), buffer)
+    (tmp_path / "step_100.pt").write_bytes(buffer.getvalue())
+    with tarfile.open(tmp_path / "run.tar", "w") as archive:
+        archive.add(tmp_path / "step_100.pt", arcname="step_100.pt")
+    done = fdl("inspect", str(tmp_path / "run.tar"), *MODEL)
+    said = _said(done.stderr)
+    assert done.code == 1 and "a tar archive" in said
+    command = said.split("unpack it (", 1)[1].split(")", 1)[0]
+    out = tmp_path / "unpacked"
+    subprocess.run(command.replace("FILE", str(tmp_path / "run.tar")).replace("OUT", str(out)), shell=True,
+                   check=True, capture_output=True)
+    assert fdl("inspect", str(out / "step_100.pt"), *MODEL).code == 0
+
+
+def test_a_hugging_face_tf_model_h5_is_told_its_transformers_conversion(tmp_path: Path) -> None:
+    """A Hugging Face TF model's tf_model.h5 (Keras' save_weights: keras_version at its root) got no word of
+    `from_pretrained(FOLDER, from_tf=True)`, which a TensorFlow checkpoint's fix gives."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "tf_model.h5", "w") as handle:
+        handle.attrs["keras_version"] = b"2.15.0"
+        handle.attrs["backend"] = b"tensorflow"
+        handle.attrs["layer_names"] = np.array([b"bert"])
+        handle.create_group("bert")
+    done = fdl("inspect", str(tmp_path / "tf_model.h5"), *MODEL)
+    said = _said(done.stderr)
+    assert done.code == 1 and "a Keras model" in said
+    assert "from_tf=True" in said, done.stderr
