@@ -42,8 +42,10 @@ def _framework(what: str, read: str, hugging_face: str = "") -> Foreign:
                                                f"{hugging_face}).save_pretrained(OUT)" if hugging_face else ""))
 
 
-KERAS = _framework("a Keras model (.keras)", "load it in Keras and read each layer's arrays (layer.get_weights())")
-KERAS_H5 = Foreign("a Keras model or its weights, saved as HDF5", KERAS.fix)
+_KERAS_READ = "load it in Keras and read each layer's arrays (layer.get_weights())"
+KERAS = _framework("a Keras model (.keras)", _KERAS_READ)
+#: a Hugging Face TF model's tf_model.h5 is one (Keras' save_weights), which transformers 4 reads with from_tf=True
+KERAS_H5 = _framework("a Keras model or its weights, saved as HDF5", _KERAS_READ, "from_tf=True")
 SAVED_MODEL = _framework("a TensorFlow SavedModel folder (saved_model.pb, variables/)",
                          "read its variables with tf.train.load_checkpoint('FOLDER/variables/variables') "
                          "(get_tensor(name) for each name of its get_variable_to_shape_map())")
@@ -70,8 +72,8 @@ NPZ = Foreign(
     "kernels) transposed as the model needs", framework=False)
 ZIP = Foreign("a zip archive", "fdl reads no archive: unpack it (unzip FILE -d OUT) and give fdl the folder it "
               "holds, or its checkpoints", framework=False)
-TAR = Foreign("a tar archive", "fdl reads no archive: unpack it (tar -xf FILE -C OUT) and give fdl the folder it "
-              "holds, or its checkpoints", framework=False)
+TAR = Foreign("a tar archive", "fdl reads no archive: unpack it (mkdir -p OUT && tar -xf FILE -C OUT) and give fdl "
+              "the folder it holds, or its checkpoints", framework=False)
 DOWNLOAD = Foreign(
     "a download not finished (.incomplete, .part, .crdownload: renamed once whole)",
     "wait for the download to finish, then run fdl again on the file it becomes; if it stopped, download it again",
