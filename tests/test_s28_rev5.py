@@ -9,7 +9,10 @@ before are still read, and what it says of the rest is true. Each test failed be
 3. the fix of a compressed checkpoint told by its first bytes (a gzip named `step_100.pt`) said `gunzip -k FILE`,
    which refuses a name without `.gz`;
 4. under --watch a lock or a download left beside each save (`step_20.safetensors.lock`, then `step_30...`) was
-   a new note at every save, where "not a checkpoint suffix" was said once, numbers aside.
+   a new note at every save, where "not a checkpoint suffix" was said once, numbers aside;
+5. 40 files of one kind (a folder of .gguf, or the files given) made an error 4 KB long, each said in full;
+6. the tar fix (`tar -xf FILE -C OUT`) failed for an OUT not made yet; a Hugging Face tf_model.h5 was not told
+   transformers' from_tf=True.
 """
 
 from __future__ import annotations
