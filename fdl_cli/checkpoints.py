@@ -1027,7 +1027,9 @@ def _peek_file(path: Path) -> _Peek:
         raise _special_error(path, kind)
     if path.stat().st_size == 0:
         alien = foreign.of_name(path) if checkpoint_suffix(path) is None else None  # an HF .lock, a download begun
-        return _Peek(None, {}, foreign.note(name, alien) if alien is not None else f"skipped {name}: empty file")
+        if alien in (foreign.DOWNLOAD, foreign.LOCK):  # empty as they begin; an empty .zip or .keras is empty
+            return _Peek(None, {}, foreign.note(name, alien))
+        return _Peek(None, {}, f"skipped {name}: empty file")
     with open(path, "rb") as handle:
         head = handle.read(512)
     if head.startswith(_LFS_POINTER):
@@ -1533,7 +1535,12 @@ def _candidates(
             # final save_model() (no trainer_state.json, no step) above the checkpoint-N folders to analyse.
             yield source, True
         elif source.is_dir() and (kind := foreign.of_folder(source)) is not None:
-            notes.append(foreign.note(source.name or str(source), kind))  # its files' notes would say less
+            # another framework's folder, said so in place of its files' notes, which would say less; unless it
+            # holds PyTorch checkpoints too (a run that exported a SavedModel's graph beside them)
+            held: list[str] = []
+            found = list(_scan_folder(source, glob, held, quiet))
+            notes.extend(held if found else [foreign.note(source.name or str(source), kind)])
+            yield from ((path, True) for path in found)
             continue
         if source.is_dir():
             yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
@@ -1683,13 +1690,31 @@ def _condensed(notes: list[str]) -> str:
     in a working folder) each had its own entry, with the whole list of suffixes every time, and the
     line that said where the checkpoints are came after 6 KB of them."""
     plain = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
-    if len(plain) < 2:
-        return "; ".join(notes)
-    shown = ", ".join(plain[:6]) + (f" and {len(plain) - 6} more" if len(plain) > 6 else "")
-    summary = (f"skipped {len(plain)} files without a checkpoint suffix "
-               f"({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)}): {shown}")
-    others = [note for note in notes if _NOT_A_CHECKPOINT.fullmatch(note) is None]
-    return "; ".join([summary, *others])
+    # another framework's files, or archives, so skipped: one entry a kind too (a folder of 40 .gguf said each)
+    kinds = _by_kind(found for found in map(foreign.in_note, notes) if found is not None)
+    many = {kind for kind, names in kinds.items() if len(names) > 1}
+    entries = [f"skipped {len(plain)} files without a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)}"
+               f"): {_first_names(plain)}"] if len(plain) > 1 else []
+    entries += [f"skipped {len(kinds[kind])} files, each {foreign.said(kind)}: {_first_names(kinds[kind])}"
+                for kind in kinds if kind in many]
+    for note in notes:
+        found = foreign.in_note(note)
+        if not (len(plain) > 1 and _NOT_A_CHECKPOINT.fullmatch(note)) and not (found and found[1] in many):
+            entries.append(note)
+    return "; ".join(entries)
+
+
+def _by_kind(named: Iterable[tuple[str, foreign.Foreign]]) -> dict[foreign.Foreign, list[str]]:
+    """The names of (name, kind) pairs, by kind, in their order."""
+    kinds: dict[foreign.Foreign, list[str]] = {}
+    for name, kind in named:
+        kinds.setdefault(kind, []).append(name)
+    return kinds
+
+
+def _first_names(names: Sequence[str]) -> str:
+    """The first 6 of `names`, and how many more."""
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
 def discover_checkpoints(
@@ -1896,10 +1921,14 @@ def discover_checkpoints(
     strange = [kind for kind in map(foreign.in_note, notes) if kind is not None]
     if not found and strange and len(strange) == len(notes) == len(sources) and all(
             name == (Path(source).name or str(source)) for (name, _), source in zip(strange, sources, strict=True)):
-        # each given is another framework's save (model.keras, a SavedModel folder), an archive or a download
+        # each given is another framework's save (model.keras, a SavedModel folder), an archive or a download;
+        # many of one kind (`fdl analyze run/*` of 40 .gguf) said as one, the first named
+        kinds = _by_kind((str(source), kind) for source, (_, kind) in zip(sources, strange, strict=True))
+        said = {str(source): note[len(f"skipped {name}: "):]
+                for source, note, (name, _) in zip(sources, notes, strange, strict=True)}
         raise CheckpointError(
-            "; ".join(f"{source} is {note[len(f'skipped {name}: '):]}"
-                      for source, note, (name, _) in zip(sources, notes, strange, strict=True)),
+            "; ".join(f"{names[0]} is {said[names[0]]}" if len(names) == 1 else
+                      f"{_first_names(names)} are each {foreign.said(kind)}" for kind, names in kinds.items()),
             fix=_foreign_fixes(kind for _, kind in strange))
     if not found:
         where = ", ".join(str(s) for s in sources)

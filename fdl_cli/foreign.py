@@ -11,7 +11,9 @@ read a file's first bytes already, asks `of_head`.
 from __future__ import annotations
 
 import glob
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +42,10 @@ def _framework(what: str, read: str, hugging_face: str = "") -> Foreign:
                                                f"{hugging_face}).save_pretrained(OUT)" if hugging_face else ""))
 
 
-KERAS = _framework("a Keras model (.keras)", "load it in Keras and read each layer's arrays (layer.get_weights())")
-KERAS_H5 = Foreign("a Keras model or its weights, saved as HDF5", KERAS.fix)
+_KERAS_READ = "load it in Keras and read each layer's arrays (layer.get_weights())"
+KERAS = _framework("a Keras model (.keras)", _KERAS_READ)
+#: a Hugging Face TF model's tf_model.h5 is one (Keras' save_weights), which transformers 4 reads with from_tf=True
+KERAS_H5 = _framework("a Keras model or its weights, saved as HDF5", _KERAS_READ, "from_tf=True")
 SAVED_MODEL = _framework("a TensorFlow SavedModel folder (saved_model.pb, variables/)",
                          "read its variables with tf.train.load_checkpoint('FOLDER/variables/variables') "
                          "(get_tensor(name) for each name of its get_variable_to_shape_map())")
@@ -68,8 +72,8 @@ NPZ = Foreign(
     "kernels) transposed as the model needs", framework=False)
 ZIP = Foreign("a zip archive", "fdl reads no archive: unpack it (unzip FILE -d OUT) and give fdl the folder it "
               "holds, or its checkpoints", framework=False)
-TAR = Foreign("a tar archive", "fdl reads no archive: unpack it (tar -xf FILE -C OUT) and give fdl the folder it "
-              "holds, or its checkpoints", framework=False)
+TAR = Foreign("a tar archive", "fdl reads no archive: unpack it (mkdir -p OUT && tar -xf FILE -C OUT) and give fdl "
+              "the folder it holds, or its checkpoints", framework=False)
 DOWNLOAD = Foreign(
     "a download not finished (.incomplete, .part, .crdownload: renamed once whole)",
     "wait for the download to finish, then run fdl again on the file it becomes; if it stopped, download it again",
@@ -80,17 +84,19 @@ LOCK = Foreign(
     "a lock no process holds is left over and may be removed", framework=False)
 
 
-def _compressed(tool: str, command: str) -> Foreign:
+def _compressed(tool: str, command: str, piped: str) -> Foreign:
+    """`command` keeps FILE and needs its suffix (.gz); `piped` writes to stdout whatever the name (a gzip told
+    by its first bytes, named step_100.pt: `gunzip -k` refuses it, "unknown suffix")."""
     return Foreign(f"a {tool}-compressed file", f"fdl reads checkpoints uncompressed: decompress it first "
-                   f"({command} FILE keeps FILE and writes it without its suffix) and give fdl that file",
-                   framework=False)
+                   f"({command} FILE keeps FILE and writes it without its suffix; a file named otherwise: {piped} "
+                   "FILE > OUT) and give fdl that file", framework=False)
 
 
-GZIP = _compressed("gzip", "gunzip -k")
-ZSTD = _compressed("zstd", "zstd -d")
-XZ = _compressed("xz", "xz -dk")
-BZIP2 = _compressed("bzip2", "bunzip2 -k")
-LZ4 = _compressed("lz4", "lz4 -d")
+GZIP = _compressed("gzip", "gunzip -k", "gunzip -c")
+ZSTD = _compressed("zstd", "zstd -d", "zstd -dc")
+XZ = _compressed("xz", "xz -dk", "xz -dc")
+BZIP2 = _compressed("bzip2", "bunzip2 -k", "bunzip2 -c")
+LZ4 = _compressed("lz4", "lz4 -d", "lz4 -dc")
 
 KINDS = (KERAS, KERAS_H5, SAVED_MODEL, TF_CHECKPOINT, FLAX, ORBAX, ONNX, GGUF, NPZ, ZIP, TAR, DOWNLOAD, LOCK,
          GZIP, ZSTD, XZ, BZIP2, LZ4)
@@ -111,6 +117,9 @@ _FOLDER_MARKERS = (("saved_model.pb", SAVED_MODEL), ("saved_model.pbtxt", SAVED_
                    ("_CHECKPOINT_METADATA", ORBAX), ("_METADATA", ORBAX), ("manifest.ocdbt", ORBAX))
 #: An ONNX ModelProto as exporters write it: ir_version (field 1), then producer_name (field 2)
 _ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f]\x12[\x01-\x7f](?:pytorch|tf2onnx|keras2onnx|skl2onnx|onnxmltools|onnx)")
+#: The first member of a zip torch.save (ARCHIVE/data.pkl) or torch.jit.save (ARCHIVE/data/0, code/...) writes: a
+#: checkpoint named .zip or .tar (PyTorch's tutorial names a general checkpoint `.tar`), no archive to unpack
+_TORCH_ZIP_MEMBER = re.compile(rb"[^/]+/(?:data\.pkl|data/|constants\.pkl|code/|version|\.data/)")
 #: How many first bytes of an HDF5 file are searched for Keras' root attribute (its object header is near the start)
 _H5_SNIFF = 1 << 16
 
@@ -164,35 +173,57 @@ def of_head(head: bytes) -> Foreign | None:
     return FLAX if _is_msgpack_map(head) else None
 
 
+def _is_archive(kind: Foreign, head: bytes) -> bool:
+    """Whether the first bytes of a file named .zip or .tar are that archive's, and not a torch.save file's
+    (a zip whose first member is `_TORCH_ZIP_MEMBER`, or an old-format pickle) so named."""
+    if kind is TAR:
+        return len(head) > 262 and head[257:262] == b"ustar"
+    if head[:4] == b"PK\x05\x06":  # an empty zip
+        return True
+    size = int.from_bytes(head[26:28], "little")
+    return head[:4] == b"PK\x03\x04" and not _TORCH_ZIP_MEMBER.fullmatch(head[30:30 + size])
+
+
+def head_of(path: Path, size: int) -> bytes | None:
+    """The first `size` bytes of the regular file `path`, or None (not a regular file, unreadable, gone). Opened
+    without waiting (O_NONBLOCK), and its type checked on the file opened: a named pipe put in its place after a
+    listing is not waited on."""
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return None
+    try:
+        return os.read(handle, size) if stat.S_ISREG(os.fstat(handle).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
 def keras_h5(path: Path) -> bool:
     """Whether the HDF5 file `path` is Keras' (the attribute keras_version its model and weights files carry,
     among its first bytes; Keras 3's weights file by its name, `of_name`). A plain read: no HDF5 lock is taken,
     so an fdl store another process writes is not disturbed."""
-    try:
-        with open(path, "rb") as handle:
-            return b"keras_version" in handle.read(_H5_SNIFF)
-    except OSError:
-        return False
+    return b"keras_version" in (head_of(path, _H5_SNIFF) or b"")
 
 
 def of_file(path: Path, head: bytes | None = None) -> Foreign | None:
     """What the file `path` is, by its name, else by its first bytes (`head`, read here when not given: only for
-    a name without a suffix, whose format no name tells, or an HDF5 file). None: not one fdl knows to be foreign."""
+    a name without a suffix, whose format no name tells, an HDF5 file, or a .zip or .tar, which may be a
+    torch.save file so named). None: not one fdl knows to be foreign."""
     kind = of_name(path)
-    if kind is not None:
-        return kind
     suffix = path.suffix.lower()
-    if head is None and (suffix not in ("", ".h5", ".hdf5") or not path.is_file()):
+    if kind is not None and not (kind in (ZIP, TAR) and suffix in (".zip", ".tar")):
+        return kind
+    if head is None and (suffix not in ("", ".h5", ".hdf5", ".zip", ".tar") or not path.is_file()):
         return None  # not a regular file (a named pipe, opened, waits for a writer), or no need to read it
+    if kind is not None:
+        head = head if head is not None else head_of(path, 512)
+        return kind if head is not None and _is_archive(kind, head) else None
     if suffix in (".h5", ".hdf5") or (head or b"").startswith(b"\x89HDF"):
         return KERAS_H5 if keras_h5(path) else None
-    if head is None:
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(512)
-        except OSError:
-            return None
-    return of_head(head)
+    head = head if head is not None else head_of(path, 512)
+    return of_head(head) if head is not None else None
 
 
 def of_folder(folder: Path) -> Foreign | None:

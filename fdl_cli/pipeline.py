@@ -35,7 +35,7 @@ from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
-from fdl_cli import __version__, resources, signals
+from fdl_cli import __version__, foreign, resources, signals
 from fdl_cli.errors import (
     CheckpointError,
     FdlError,
@@ -3439,10 +3439,14 @@ def _note_key(note: str) -> str:
     """What makes two discovery notes one under --watch: a file's skip, "skipped NAME", whatever it says of it
     (Lightning's last.ckpt, a copy of each new step's checkpoint, is said once), its name's numbers aside where
     it holds no model weights (optim_step_N.pt, metrics_N.json saved beside each checkpoint: a note at each save
-    else); else the text, numbers aside (the count of accelerate's save_state() folders grows with each)."""
+    else), or is another framework's or no checkpoint yet (`foreign`: a step_N.pt.lock left by each save); else
+    the text, numbers aside (the count of accelerate's save_state() folders grows with each)."""
     no_weights = _NO_WEIGHTS_NOTE.fullmatch(note)
     if no_weights is not None:
         return "skipped " + re.sub(r"\d+", "#", no_weights.group(1)) + ": " + no_weights.group(2)
+    alien = foreign.in_note(note)  # step_20.safetensors.lock, ckpt-20.index: named for what they are, said once
+    if alien is not None:
+        return "skipped " + re.sub(r"\d+", "#", alien[0]) + ": " + alien[1].what
     match = _SKIPPED_NOTE.match(note)
     return match.group(0) if match is not None else re.sub(r"\d+", "#", note)
 
