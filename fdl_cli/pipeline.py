@@ -1397,6 +1397,9 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
 
     unsuffixed: list[str] = []
     state: list[str] = []  # a Trainer's optimizer.pt, scheduler.pt, ... in each checkpoint-N folder given
+    # another framework's files, archives, compressed files, by kind: one note a kind met more than once (a run
+    # folder of 12 gzipped logs had 12 lines, where files of no checkpoint suffix share one)
+    foreign: dict[Any, list[tuple[str, str]]] = {}
     for note in notes:
         if re.fullmatch(r"skipped .+: empty file", note):
             continue  # reported as a bad checkpoint too ("error: cannot read the checkpoint ...: empty")
@@ -1412,6 +1415,8 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
             continue  # fdl.toml's own probe.pt, as its probe.npz
         if training is not None:
             state.append(training.group(1))
+        elif (kind := ckpts.foreign.in_note(note)) is not None:
+            foreign.setdefault(kind[1], []).append((kind[0], note))
         elif plain is None:
             reporter.note(note)
         elif not owned(plain.group(1)) and not beside_the_model(plain.group(1)):
@@ -1423,6 +1428,13 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
         shown = [f"{name} ×{n}" if n > 1 else name for name, n in counts.items()]
         return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
 
+    for kind, skipped in foreign.items():
+        if len(skipped) == 1:
+            reporter.note(skipped[0][1])
+        else:
+            noun = "folders" if " folder" in kind.what else "files"  # Orbax's checkpoint_N, rotated
+            reporter.note(f"skipped {len(skipped)} {noun}, each {ckpts.foreign.said(kind)}: "
+                          f"{listed([name for name, _ in skipped])}")
     if state:
         reporter.note(f"skipped {len(state)} file{'s' if len(state) > 1 else ''} of training state (optimizer, "
                       f"scheduler, RNG, arguments), not model weights: {listed(state)}")
