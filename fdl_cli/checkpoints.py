@@ -3679,6 +3679,8 @@ def resolve_model_factory(
         )
     if _is_path_spec(target):
         file = model_spec_file(f"{target}:{attr}", base_dir=base_dir)
+        if file is None and ":" in target:
+            raise _colons_error(spec, label, named_by)
         from fdl_cli.manifests import _is
 
         folder = next((c for c in _spec_candidates(target, base_dir) if _is(c, "dir")), None) if file is None else None
@@ -3733,6 +3735,8 @@ def resolve_model_factory(
                 fix=fix,
             ) from None
     else:
+        if ":" in target:  # no module's name holds one: it said "No module named 'model.py:build'"
+            raise _colons_error(spec, label, named_by)
         found = module_beside(target, module_dir)
         beside = module_dir if found is not None else None
         # Nothing beside, or only a folder of no package there (a namespace portion, as a run's sub-folder of that
@@ -3781,11 +3785,37 @@ def resolve_model_factory(
             # "callables there: " and nothing, where the name is there but not a function
             got=("" if factory is None else f"{attr!r} there is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
                  "not a function or class; ") + "callables there: " + (", ".join(public[:10]) or "none"),
-            fix="check the name after ':'",
+            fix=_factory_name_fix(module, target, spec, named_by),
         )
     if named_by is not None:
         _check_manifest_factory(spec, named_by, module, factory)
     return factory  # type: ignore[no-any-return]
+
+
+def _colons_error(spec: str, label: str, named_by: Path | None) -> ModelError:
+    """The refusal of a model spec of more than one ':' (`model.py:build:extra`), which was split at its last and
+    looked for as a module or file named by the rest (`model.py:build`)."""
+    module, _, rest = spec.partition(":")
+    example = f"{module}:{rest.partition(':')[0]}"
+    return ModelError(
+        f"{label} holds {spec.count(':')} colons",
+        got="a spec is MODULE:FACTORY or FILE.py:FACTORY, with one ':' (a factory is a function or class of the "
+        "module itself, not an attribute of one)",
+        fix="give one ':' between the file or module and its factory, e.g. "
+        + (f"--model {example}" if named_by is None else f'model = "{example}" in {named_by}'),
+    )
+
+
+def _factory_name_fix(module: types.ModuleType, target: str, spec: str, named_by: Path | None) -> str:
+    """What to name after ':' where the name there is no callable of the module (it said "check the name after
+    ':'"): a function or class defined in the module, the first of them as the example."""
+    own = [name for name in dir(module) if not name.startswith("_") and callable(getattr(module, name))
+           and getattr(getattr(module, name), "__module__", None) == module.__name__]
+    fix = f"name after ':' a function or class of {target} that builds the network"
+    if not own:
+        return fix + " (it defines none: add one, e.g. def build(): return MyNet())"
+    example = f"{target}:{own[0]}"
+    return fix + ", e.g. " + (f"--model {example}" if named_by is None else f'model = "{example}" in {named_by}')
 
 
 def _package_module_fix(file: Path, exc: BaseException, attr: str, named_by: Path | None) -> str | None:
@@ -4656,6 +4686,46 @@ def _arguments_fix(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> st
     return "; ".join(parts) or None
 
 
+def _factory_name(factory: Callable[..., Any]) -> str:
+    """The factory as its code names it (`build`, `Net`)."""
+    return str(getattr(factory, "__qualname__", None) or getattr(factory, "__name__", None) or type(factory).__name__)
+
+
+def _raised_fix(factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> str:
+    """The fix of an error raised inside a factory whose signature took its arguments (it said only "check --model
+    and --model-kwargs"): the factory and the arguments it was called with, which a wrong value among makes raise."""
+    name = _factory_name(factory)
+    if not kwargs:
+        return (f"check --model and --model-kwargs: {name}, called without arguments, raised it; mend the model's code "
+                "where it raised, or give it the arguments it needs as --model-kwargs (model_kwargs in fdl.toml)")
+    given = json.dumps(dict(kwargs), default=str)
+    return (f"check --model and --model-kwargs: {name}, called with --model-kwargs '{given}', raised it; give each "
+            "argument a value of the type it takes (or mend the model's code where it raised)")
+
+
+def _not_a_module(factory: Callable[..., Any], model: object) -> ModelError:
+    """The refusal of what a factory returned that is no nn.Module, naming the factory and what to return (it said
+    "the factory must return the network" of a (model, optimizer) pair, a class not derived from nn.Module, None)."""
+    name = _factory_name(factory)
+    kind = type(model).__name__
+    said = "None" if model is None else f"{'an' if kind[0].lower() in 'aeiou' else 'a'} {kind}"
+    if isinstance(model, (tuple, list)):
+        fix = f"return the network alone from {name} (`return model`, not `return model, optimizer`)"
+    elif isinstance(factory, type):
+        fix = (f"make {name} a torch.nn.Module (class {name}(nn.Module), calling super().__init__()), or name a "
+               "factory that returns one")
+    elif model is None:
+        fix = f"make {name} return the network it builds (`return net`)"
+    else:
+        fix = f"make {name} return the torch.nn.Module it builds"
+    return ModelError(
+        f"the --model factory {name} returned {said}, not a torch.nn.Module",
+        got=("its items: " + ", ".join(type(item).__name__ for item in model[:4])
+             + (", ..." if len(model) > 4 else "")) if isinstance(model, (tuple, list)) else None,
+        fix=fix,
+    )
+
+
 def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | None, path: Path) -> nn.Module:
     try:
         with _user_code_stderr() as said, signals.model_code("the model's build (--model)"):
@@ -4674,14 +4744,10 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
             fix=(_arguments_fix(factory, kwargs or {}) or memory or shadowing_fix(exc)
                  # a lazy import in the factory: a library not installed, a neighbour's SyntaxError
                  or (import_fix(exc, "the model's code") if isinstance(exc, (ImportError, SyntaxError))
-                     else "check --model and --model-kwargs")),
+                     else _raised_fix(factory, kwargs or {}))),
         ) from None
     if not isinstance(model, nn.Module):
-        raise ModelError(
-            "the --model factory did not return a torch.nn.Module",
-            got=type(model).__name__,
-            fix="the factory must return the network",
-        )
+        raise _not_a_module(factory, model)
     model = _unwrapped(model)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     meta = [name for name, tensor in tensors if tensor.is_meta]
@@ -4982,8 +5048,12 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     except RuntimeError as exc:
         raise WeightsMismatchError(
             f"the weights in {path} do not fit the model",
-            got=str(exc).splitlines()[0],
-            fix="wrong --model or --model-kwargs?",
+            # torch's first line is "Error(s) in loading state_dict for Linear:", its reasons on the lines after
+            got="; ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())[:300]
+            or first_line(exc) or type(exc).__name__,
+            # the keys and shapes were checked above: what refused them is the model's code
+            fix="the checkpoint's keys and shapes fit the model, but the model's own loading code (a load_state_dict "
+            "hook, a _load_from_state_dict) refused them: mend that code, or check --model and --model-kwargs",
         ) from None
     return model.eval()
 

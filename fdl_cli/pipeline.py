@@ -840,6 +840,24 @@ def _replayed(stdin_text: str | None) -> TextIO | None:
     return io.StringIO(stdin_text) if stdin_text is not None else None
 
 
+def _check_probe_names(parsed: Sequence[tuple[str, Path]], specs: Sequence[str]) -> None:
+    """Refuse two probes of one name, saying which name, and whether one file was given twice (it said "two probes
+    have the same name", naming neither)."""
+    names = [name for name, _ in parsed]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is None:
+        return
+    paths = [path for name, path in parsed if name == repeated]
+    once = len({os.path.abspath(path) for path in paths}) == 1
+    raise ProbeError(
+        f"two probes have the same name, {repeated!r}",
+        got=", ".join(specs),
+        fix=f"give {paths[0]} once" if once else "name them apart: " + " ".join(
+            f"--probe {repeated if index == 0 else f'{repeated}_{index + 1}'}={path}"
+            for index, path in enumerate(paths)),
+    )
+
+
 def _prepare_run(
     options: AnalyzeOptions, world: Any, device: Any, reporter: Reporter, stdin: TextIO | None, started: str,
     claims: contextlib.ExitStack | None = None, *, code_note: Callable[[str], None] | None = None,
@@ -992,9 +1010,10 @@ def _prepare_run(
         )
     if not options.probe_specs:
         _check_manifest_probes(manifest, probe_specs)
+    parsed = [parse_probe_spec(spec) for spec in probe_specs]
+    _check_probe_names(parsed, probe_specs)  # before any is read: a probe may take minutes to read and check
     probes = []
-    for spec in probe_specs:
-        name, path = parse_probe_spec(spec)
+    for name, path in parsed:
         probes.append(load_probe(path, name=name))
         note = unused_note(probes[-1])
         if note is not None:
@@ -1002,12 +1021,6 @@ def _prepare_run(
         warning = unread_targets_warning(probes[-1])
         if warning is not None:
             reporter.warn(warning)
-    if len({p.name for p in probes}) != len(probes):
-        raise ProbeError(
-            "two probes have the same name",
-            got=", ".join(probe_specs),
-            fix="name them: --probe train=a.npz --probe test=b.npz",
-        )
     factory = run_factory(model_spec, base_dir, manifest) if model_spec else None
     if options.model_spec is not None and (other := _other_model_file(options.model_spec, base_dir)) is not None:
         reporter.note(other)

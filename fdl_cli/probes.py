@@ -744,10 +744,13 @@ def _inputs(path: Path, key: str, x: Any) -> tuple[np.ndarray | RowReader, str]:
         return _lazy_inputs(path, key, x)
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
+        text = _is_text(x)  # it said "has dtype <U3", and again "got: <U3"
         raise ProbeError(
-            f"the probe {path}: '{key}' has dtype {x.dtype}",
-            got=str(x.dtype),
-            fix="x must hold numbers (float inputs or integer token ids)",
+            f"the probe {path}: '{key}' " + (f"holds text (dtype {x.dtype})" if text else f"has dtype {x.dtype}")
+            + ", not numbers",
+            got=_values_said(x),
+            fix="x must hold numbers (float inputs or integer token ids)"
+            + (": turn text into token ids with the model's tokenizer first" if text else ""),
         )
     if x.ndim == 0 or x.shape[0] == 0:
         raise ProbeError(
@@ -909,6 +912,23 @@ def _directory_error(path: Path) -> ProbeError:
     )
 
 
+def _empty_file(path: Path) -> bool:
+    """Whether `path` is a file of 0 bytes (False when it cannot be looked at)."""
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _first_bytes(path: Path) -> bytes:
+    """The first 8 bytes of `path`, which tell what a file is (b'' when it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)
+    except OSError:
+        return b""
+
+
 def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     """Read and check a probe file: ``x`` (aliases in `X_KEYS`: ``inputs``, ``data``, ``images``, ``X``,
     ``input_ids``), optional ``y`` (`Y_KEYS`: ``targets``, ``labels``, ``Y``, ``label``, ``target``); the first
@@ -953,6 +973,11 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             "the file is corrupt or not of the format its suffix says; save plain numeric arrays "
             "(np.savez(FILE, x=..., y=...))"
         )
+        empty = _empty_file(path)
+        if empty:  # "EOFError: ", numpy's "No data left in file": a save that never ran, or a copy cut to nothing
+            reason = "the file is empty (0 bytes)"
+        elif isinstance(exc, OSError) and "file signature not found" in str(exc):  # h5py's words for a non-HDF5 file
+            reason = f"not an HDF5 file: its first bytes are {_first_bytes(path)!r}"
         if isinstance(exc, PermissionError):  # not damage: this user may not read it
             reason = "permission denied: this user may not read the file"
             fix = f"make it readable (chmod a+r {path}; the folders above it need a+x), or run fdl as a user who may"

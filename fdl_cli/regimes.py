@@ -154,9 +154,8 @@ def _split(text: str) -> tuple[str, str]:
     """NAME=VALUE as (name, value text); the value is read once the name is known (`_number`)."""
     name, sep, value = text.partition("=")
     if not sep:
-        raise FdlError(
-            f"bad threshold {text!r}", got=text, fix="write it as NAME=VALUE, e.g. --threshold cka_static=0.98"
-        )
+        raise FdlError(f"bad threshold {text!r}: no '=' between a name and a value",
+                       fix="write it as NAME=VALUE, e.g. --threshold cka_static=0.98")
     return name.strip(), value
 
 

@@ -292,6 +292,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _digest_said(digest: object) -> str:
+    """A recorded sha256 as a message shows it (its first 12 digits), or "not recorded" for a store without it (it
+    showed "None…")."""
+    return "not recorded" if digest is None else f"{str(digest)[:12]}…"
+
+
 @contextmanager
 def open_store(path: str | Path) -> Iterator[Any]:
     """The store's reader, with every low-level failure turned into a `StoreError` naming the path."""
@@ -1795,8 +1801,8 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
     raise StoreError(
         "the two runs were not analysed on the same probe inputs, so their eigenspaces cannot be compared",
         got=(
-            f"{run_a.path}: probe {series_a.probe!r} sha256 {str(sha_a)[:12]}…, "
-            f"{run_b.path}: probe {series_b.probe!r} sha256 {str(sha_b)[:12]}…"
+            f"{run_a.path}: probe {series_a.probe!r} sha256 {_digest_said(sha_a)}, "
+            f"{run_b.path}: probe {series_b.probe!r} sha256 {_digest_said(sha_b)}"
             + (f"; the inputs' sha256 differ too ({str(x_a)[:12]}…, {str(x_b)[:12]}…)" if not lacking else
                f"; {' and '.join(lacking)} record{'s' if len(lacking) == 1 else ''} no sha256 of the probe's "
                "inputs alone (x_sha256), so only the same file is taken as the same probe")
