@@ -1,0 +1,92 @@
+"""Review of `fdl analyze` beside a rotating trainer: a checkpoint that went away between the scan (or a --watch
+poll) and its read is skipped as deleted, with a note and exit 0. Only one that is gone may be: each test failed
+before its fix.
+
+- a checkpoint the run may no longer reach for another reason (EACCES: its folder's permissions changed; EIO: the
+  disk fails) was skipped as "gone (deleted or renamed)", exit 0, where it failed before: `os.path.lexists` is
+  False on any error. Where only the file's own check failed, the run stopped with a traceback;
+- a run whose whole folder was deleted after the reference was read (`rm -rf run/`, not a rotation, which keeps
+  its folder) skipped every other checkpoint as the rotation's, "1 checkpoint analysed", exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fdl_cli import checkpoints, pipeline
+from tests.cli_run import fdl_in_process
+from tests.test_prev_walkback import _make_run, _stored
+
+MODEL = ("--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}', "--anchor-size", "100", "--device",
+         "cpu")
+
+
+def _analyze(folder: Path, out: Path, probe: Path) -> Any:
+    return fdl_in_process("analyze", folder, "--probe", probe, "--out", out, *MODEL)
+
+
+@pytest.mark.parametrize(("code", "said"), [(errno.EACCES, "permission denied"), (errno.EIO, "Input/output error")])
+def test_a_checkpoint_that_cannot_be_reached_after_the_scan_is_an_error_not_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, said: str
+) -> None:
+    """After the scan, looking at step 20's file fails with `code` (as for any user where root reads all: each
+    stat, lstat and open of it raises): a failure the user must hear of (exit 1), named, never "is gone"."""
+    folder = _make_run(tmp_path / "run", [0, 10, 20, 30])
+    victim = folder / "step_20.safetensors"
+    real_discover, real_stat, real_lstat, real_open = checkpoints.discover_checkpoints, os.stat, os.lstat, open
+
+    def failing(function: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if str(path) == str(victim):
+                raise OSError(code, os.strerror(code), str(path))
+            return function(path, *args, **kwargs)
+        return call
+
+    def discover(*args: Any, **kwargs: Any) -> Any:
+        found = real_discover(*args, **kwargs)
+        monkeypatch.setattr(os, "stat", failing(real_stat))
+        monkeypatch.setattr(os, "lstat", failing(real_lstat))
+        monkeypatch.setattr(checkpoints, "open", failing(real_open), raising=False)
+        return found
+
+    monkeypatch.setattr(checkpoints, "discover_checkpoints", discover)
+    done = _analyze(folder, tmp_path / "s.h5", folder / "probe.npz")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "is gone" not in done.stderr
+    assert f"error: cannot read the checkpoint {victim}\n  got: {said}" in done.stderr
+    assert f"  failed: cannot read the checkpoint {victim}" in done.stderr
+    assert {step: record["prev_step"] for step, record in _stored(tmp_path / "s.h5").items()} == {
+        0: None, 10: 0, 30: 10}
+
+
+def test_a_run_whose_folder_is_deleted_after_the_reference_was_read_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rm -rf run/` once step 0, the reference, is read: a rotation deletes checkpoints, never their folder, and
+    a run over the files left fails ("no checkpoint"). Each checkpoint left fails (exit 1), as before the skip of
+    deleted checkpoints; the reference stays stored."""
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    probe = tmp_path / "probe.npz"
+    shutil.copyfile(folder / "probe.npz", probe)
+    real_load = pipeline._load
+
+    def load(ref: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded = real_load(ref, *args, **kwargs)
+        if ref.step == 0:
+            shutil.rmtree(folder)
+        return loaded
+
+    monkeypatch.setattr(pipeline, "_load", load)
+    done = _analyze(folder, tmp_path / "s.h5", probe)
+    assert done.returncode == 1, done.stderr
+    assert "is gone" not in done.stderr and "Traceback" not in done.stderr
+    assert f"  failed: checkpoint {folder / 'step_10.safetensors'} no longer exists" in done.stderr
+    assert f"  failed: {folder / 'step_20.safetensors'} (the same reason as" in done.stderr
+
+    assert sorted(_stored(tmp_path / "s.h5")) == [0]
