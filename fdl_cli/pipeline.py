@@ -3682,7 +3682,8 @@ def _run_refs(
                 # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
                 # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
                 if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo \
-                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path):
+                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path) \
+                        and not _source_folder_gone(ctx, ref):
                     _gone_before_read(ctx, ref)
                     continue
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
@@ -3844,6 +3845,23 @@ def _failed(
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
     _remember_failed_files(ctx, [ref.path])
+
+
+def _source_folder_gone(ctx: _Context, ref: CheckpointRef) -> bool:
+    """Whether a folder given on the command line that held `ref` is gone: not a training job's rotation, which
+    deletes checkpoints (Trainer folders, one folder per step) inside the folder it saves to, never that folder;
+    `rm -rf run/` once the reference was read skipped each checkpoint left as deleted, exit 0, where a run over
+    the files left fails. Such a checkpoint stays a failure ("no longer exists")."""
+    path = Path(ref.path)
+    for source in ctx.options.sources:
+        if source != "-" and Path(source) in path.parents:
+            try:
+                os.lstat(source)
+            except FileNotFoundError:
+                return True
+            except OSError:
+                pass
+    return False
 
 
 def _gone_before_read(ctx: _Context, ref: CheckpointRef) -> None:
