@@ -2172,7 +2172,7 @@ def _analyze_refs(
                     announce(writer.flush())
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
-                    _note_reference_gone(ctx, reference)
+                    _note_reference_gone(ctx, reference, refs)
                     _check_manifest_changes(ctx, manifest_dir)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         except BaseException:
@@ -2182,13 +2182,17 @@ def _analyze_refs(
             announce(writer.flush())
 
 
-def _note_reference_gone(ctx: _Context, reference: CheckpointRef) -> None:
+def _note_reference_gone(ctx: _Context, reference: CheckpointRef, refs: Sequence[CheckpointRef]) -> None:
     """--watch: say once that the reference's file is gone (a training job's rotation deletes the oldest first).
     The watch holds its weights and goes on, but a resume is refused without the file (`_reference_not_found`),
-    which nothing said before the user stopped the watch."""
+    which nothing said before the user stopped the watch. Not where the poll found another file at its step (a
+    copy given in another folder, which discovery had left out as a copy, or one still being copied): the same
+    command run again reads that one, its sha256 checked."""
     from fdl_cli.checkpoints import weights_gone
 
-    if REFERENCE_GONE not in ctx.noted_once and weights_gone(reference.path):
+    found = [(str(ref.path), ref.step) for ref in refs] + list(ctx.unsettled.items())  # one being copied too
+    copy = any(step == reference.step and path != str(reference.path) for path, step in found)
+    if REFERENCE_GONE not in ctx.noted_once and not copy and weights_gone(reference.path):
         _note_once(ctx, REFERENCE_GONE, f"{reference.path} (step {reference.step}), the reference, is gone (the training "
                    "job's rotation?): this watch still compares with it, but the same command run again needs its file "
                    "(param_dist_init compares with its weights): restore it, or give a copy of it among the checkpoints")

@@ -90,3 +90,39 @@ def test_a_run_whose_folder_is_deleted_after_the_reference_was_read_fails(
     assert f"  failed: {folder / 'step_20.safetensors'} (the same reason as" in done.stderr
 
     assert sorted(_stored(tmp_path / "s.h5")) == [0]
+
+
+@pytest.mark.parametrize("copied", ["long ago", "just now"])
+def test_a_watch_given_a_copy_of_the_reference_does_not_ask_for_one_when_the_rotation_deletes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copied: str
+) -> None:
+    """usage.md's advice beside a rotating trainer: copy the reference out of the rotation's reach and give that
+    folder too (`fdl analyze run/ saved/ --watch`). Where the run's own file was taken as the reference (`saved`
+    sorts after `run`), its deletion noted that the same command run again "needs its file: restore it, or give a
+    copy of it among the checkpoints", which the user had done, and which resumes (the copy settled, or still
+    being written when the poll looked)."""
+    from tests.test_prev_walkback import _arrive, _polls
+
+    source = _make_run(tmp_path / "source")
+    folder = _make_run(tmp_path / "run", [0, 10])
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    shutil.copyfile(folder / "step_0.safetensors", saved / "step_0.safetensors")
+    if copied == "long ago":
+        os.utime(saved / "step_0.safetensors", (1e9, 1e9))
+    out, probe = tmp_path / "s.h5", folder / "probe.npz"
+
+    def rotate(gone: int, new: int) -> None:
+        (folder / f"step_{gone}.safetensors").unlink()
+        _arrive(source, folder, f"step_{new}.safetensors")
+
+    with _polls(monkeypatch, lambda: rotate(0, 20), lambda: rotate(10, 30)):
+        done = fdl_in_process("analyze", folder, saved, "--watch", "--poll", "0.1", "--probe", probe, "--out", out,
+                              *MODEL)
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert "the reference, is gone" not in done.stderr
+    _arrive(source, folder, "step_40.safetensors")
+    resumed = fdl_in_process("analyze", folder, saved, "--probe", probe, "--out", out, *MODEL)
+    assert resumed.returncode == 0, resumed.stderr
+    assert {step: record["prev_step"] for step, record in _stored(out).items()} == {
+        0: None, 10: 0, 20: 10, 30: 20, 40: 30}
