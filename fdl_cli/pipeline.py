@@ -3078,7 +3078,10 @@ def _reference_not_found(
         # first: --overwrite alone would drop every stored checkpoint it deleted, and a copy of the file resumes
         # (its sha256 is what is checked, not its path)
         got = f"the store's step {stored} is {recorded}, which is gone" if recorded is not None else None
-        gone = sum(not os.path.lexists(path) for path in _recorded_paths(out).values())
+        # not those this run reads: a path recorded relative to another folder (`cd exp; fdl analyze run`) is not
+        # found from this one, its file there all the same
+        found = {ref.step for ref in refs}
+        gone = sum(step not in found and not os.path.lexists(path) for step, path in _recorded_paths(out).items())
         fix = ("restore that checkpoint, or give a copy of its file among the checkpoints (`fdl analyze "
                f"{' '.join(map(shlex.quote, sources))} COPY ...`, a copy in another folder), to add to the store; "
                "--overwrite (or another --out) starts afresh from the files there now")

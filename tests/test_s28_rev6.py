@@ -126,3 +126,26 @@ def test_a_watch_given_a_copy_of_the_reference_does_not_ask_for_one_when_the_rot
     assert resumed.returncode == 0, resumed.stderr
     assert {step: record["prev_step"] for step, record in _stored(out).items()} == {
         0: None, 10: 0, 20: 10, 30: 20, 40: 30}
+
+
+def test_the_count_of_stored_checkpoints_gone_holds_for_a_store_made_from_another_folder(tmp_path: Path) -> None:
+    """A store made with `cd ~/exp; fdl analyze run` records `run/step_N.safetensors`; a resume from elsewhere
+    after the rotation deleted steps 0 and 10 counted every stored checkpoint as gone ("without the 3 stored
+    checkpoints whose files are gone"), step 20's file there all the same: --overwrite drops 2."""
+    import subprocess
+    import sys
+
+    from tests.cli_run import REPO
+
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    made = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", "run", "--probe", "run/probe.npz", "--out",
+                           "s.h5", *MODEL], capture_output=True, text=True, cwd=tmp_path, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert made.returncode == 0, made.stderr
+    (folder / "step_0.safetensors").unlink()
+    (folder / "step_10.safetensors").unlink()
+    shutil.copyfile(_make_run(tmp_path / "source") / "step_30.safetensors", folder / "step_30.safetensors")
+    done = _analyze(folder, tmp_path / "s.h5", folder / "probe.npz")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "  got: the store's step 0 is run/step_0.safetensors, which is gone\n" in done.stderr
+    assert "starts afresh from the files there now, without the 2 stored checkpoints whose files are gone" in done.stderr
