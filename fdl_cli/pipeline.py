@@ -3082,8 +3082,10 @@ def _reference_not_found(
         # found from this one, its file there all the same
         found = {ref.step for ref in refs}
         gone = sum(step not in found and not os.path.lexists(path) for step, path in _recorded_paths(out).items())
+        # the sources as given, up to 3; else the first 2 and "...": the shell's `run/step_*.pt` listed the whole run
+        shown = [*map(shlex.quote, sources[:2]), *(["..."] if len(sources) > 3 else map(shlex.quote, sources[2:]))]
         fix = ("restore that checkpoint, or give a copy of its file among the checkpoints (`fdl analyze "
-               f"{' '.join(map(shlex.quote, sources))} COPY ...`, a copy in another folder), to add to the store; "
+               f"{' '.join(shown)} COPY ...`, a copy in another folder), to add to the store; "
                "--overwrite (or another --out) starts afresh from the files there now")
         if gone:
             fix += (f", without the {gone} stored checkpoints whose files are gone" if gone > 1

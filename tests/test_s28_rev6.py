@@ -149,3 +149,19 @@ def test_the_count_of_stored_checkpoints_gone_holds_for_a_store_made_from_anothe
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "  got: the store's step 0 is run/step_0.safetensors, which is gone\n" in done.stderr
     assert "starts afresh from the files there now, without the 2 stored checkpoints whose files are gone" in done.stderr
+
+
+def test_the_refused_resume_names_a_few_of_the_files_given_not_all(tmp_path: Path) -> None:
+    """`fdl analyze run/step_*.safetensors` (the shell's list) after the rotation deleted the reference: the fix's
+    `fdl analyze SOURCES COPY ...` repeated every file given, a line as long as the run (thousands of checkpoints)."""
+    steps = [0, 10, 20, 30, 40, 50]
+    folder = _make_run(tmp_path / "run", steps)
+    out = tmp_path / "s.h5"
+    files = [folder / f"step_{step}.safetensors" for step in steps]
+    assert fdl_in_process("analyze", *files, "--probe", folder / "probe.npz", "--out", out, *MODEL).returncode == 0
+    files[0].unlink()
+    done = fdl_in_process("analyze", *files[1:], "--probe", folder / "probe.npz", "--out", out, *MODEL)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    fix = next(line for line in done.stderr.splitlines() if line.startswith("  fix: "))
+    assert f"(`fdl analyze {files[1]} {files[2]} ... COPY ...`, a copy in another folder)" in fix
+    assert str(files[5]) not in fix
