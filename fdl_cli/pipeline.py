@@ -3865,7 +3865,7 @@ def _source_folder_gone(ctx: _Context, ref: CheckpointRef) -> bool:
     for source in ctx.options.sources:
         if source != "-" and Path(source) in path.parents:
             try:
-                os.lstat(source)
+                os.stat(source)  # a link to the folder, left dangling, too
             except FileNotFoundError:
                 return True
             except OSError:

@@ -65,13 +65,18 @@ def test_a_checkpoint_that_cannot_be_reached_after_the_scan_is_an_error_not_gone
         0: None, 10: 0, 30: 10}
 
 
+@pytest.mark.parametrize("given", ["the folder", "a link to it"])
 def test_a_run_whose_folder_is_deleted_after_the_reference_was_read_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
 ) -> None:
     """`rm -rf run/` once step 0, the reference, is read: a rotation deletes checkpoints, never their folder, and
     a run over the files left fails ("no checkpoint"). Each checkpoint left fails (exit 1), as before the skip of
-    deleted checkpoints; the reference stays stored."""
-    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    deleted checkpoints; the reference stays stored. The folder given may be a link to the one removed."""
+    real_folder = _make_run(tmp_path / "run", [0, 10, 20])
+    folder = real_folder
+    if given == "a link to it":
+        folder = tmp_path / "link"
+        folder.symlink_to(real_folder)
     probe = tmp_path / "probe.npz"
     shutil.copyfile(folder / "probe.npz", probe)
     real_load = pipeline._load
@@ -79,7 +84,7 @@ def test_a_run_whose_folder_is_deleted_after_the_reference_was_read_fails(
     def load(ref: Any, *args: Any, **kwargs: Any) -> Any:
         loaded = real_load(ref, *args, **kwargs)
         if ref.step == 0:
-            shutil.rmtree(folder)
+            shutil.rmtree(real_folder)
         return loaded
 
     monkeypatch.setattr(pipeline, "_load", load)
