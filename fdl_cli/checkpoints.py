@@ -1209,17 +1209,32 @@ def weights_gone(path: Path | str) -> bool:
     """Whether a checkpoint discovery found is gone since: its file or folder removed, or a model folder left
     without the weight files it held (every one, or a shard its index names): a training job's rotation
     (`shutil.rmtree` of a Trainer's checkpoint-N) half done when fdl read it, which read as a checkpoint of
-    another model ("4 missing keys"). Discovery lists no folder without weight files."""
+    another model ("4 missing keys"). Discovery lists no folder without weight files.
+
+    Only a file not found is gone: one that cannot be reached (EACCES, EIO, ESTALE) is not, as it fails for a
+    reason the user must hear of (`os.path.lexists` and `Path.is_file` say False of such a path). The folder is
+    listed first: Python 3.13's `Path.is_file` says False of a file in a folder this user may not search."""
     path = Path(path)
-    if not os.path.lexists(path):
-        return True
     try:
+        os.lstat(path)
         if not path.is_dir():
-            return False
+            return False  # a file, a folder replaced by a file, a link left dangling: its read says what it is
+        os.listdir(path)
         files = _hf_weight_files_of(path)
+        return not files or any(_not_found(file) for file in files)
+    except FileNotFoundError:
+        return True
     except (OSError, CheckpointError):
         return False  # unreadable, not gone: its own error says why
-    return not files or any(not file.is_file() for file in files)
+
+
+def _not_found(path: Path) -> bool:
+    """Whether `path` is not there (False where it is, and OSError where it cannot be looked at)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    return False
 
 
 _SHARD_INDEX_FIX = ("the index must be JSON with a 'weight_map' table of tensor names to shard file names, as "
@@ -3296,8 +3311,13 @@ def load_checkpoint(
         CheckpointError: the file is damaged, holds no state_dict, or holds NaN/Inf weights.
     """
     path = Path(ref.path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?")
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?") from None
+    except OSError as exc:  # EACCES, EIO: `path.exists()` raised them, a traceback
+        got, fix = _os_reason(path, exc)
+        raise CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix) from None
     extra: dict[str, Any] = {}
     if ref.kind == "pickle" and not trust_pickle:
         files = [path] if path.is_file() else _hf_weight_files(path)

@@ -2197,7 +2197,7 @@ def _analyze_refs(
                     announce(writer.flush())
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
-                    _note_reference_gone(ctx, reference)
+                    _note_reference_gone(ctx, reference, refs)
                     _check_manifest_changes(ctx, manifest_dir)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         except BaseException:
@@ -2207,13 +2207,17 @@ def _analyze_refs(
             announce(writer.flush())
 
 
-def _note_reference_gone(ctx: _Context, reference: CheckpointRef) -> None:
+def _note_reference_gone(ctx: _Context, reference: CheckpointRef, refs: Sequence[CheckpointRef]) -> None:
     """--watch: say once that the reference's file is gone (a training job's rotation deletes the oldest first).
     The watch holds its weights and goes on, but a resume is refused without the file (`_reference_not_found`),
-    which nothing said before the user stopped the watch."""
+    which nothing said before the user stopped the watch. Not where the poll found another file at its step (a
+    copy given in another folder, which discovery had left out as a copy, or one still being copied): the same
+    command run again reads that one, its sha256 checked."""
     from fdl_cli.checkpoints import weights_gone
 
-    if REFERENCE_GONE not in ctx.noted_once and weights_gone(reference.path):
+    found = [(str(ref.path), ref.step) for ref in refs] + list(ctx.unsettled.items())  # one being copied too
+    copy = any(step == reference.step and path != str(reference.path) for path, step in found)
+    if REFERENCE_GONE not in ctx.noted_once and not copy and weights_gone(reference.path):
         _note_once(ctx, REFERENCE_GONE, f"{reference.path} (step {reference.step}), the reference, is gone (the training "
                    "job's rotation?): this watch still compares with it, but the same command run again needs its file "
                    "(param_dist_init compares with its weights): restore it, or give a copy of it among the checkpoints")
@@ -3099,9 +3103,14 @@ def _reference_not_found(
         # first: --overwrite alone would drop every stored checkpoint it deleted, and a copy of the file resumes
         # (its sha256 is what is checked, not its path)
         got = f"the store's step {stored} is {recorded}, which is gone" if recorded is not None else None
-        gone = sum(not os.path.lexists(path) for path in _recorded_paths(out).values())
+        # not those this run reads: a path recorded relative to another folder (`cd exp; fdl analyze run`) is not
+        # found from this one, its file there all the same
+        found = {ref.step for ref in refs}
+        gone = sum(step not in found and not os.path.lexists(path) for step, path in _recorded_paths(out).items())
+        # the sources as given, up to 3; else the first 2 and "...": the shell's `run/step_*.pt` listed the whole run
+        shown = [*map(shlex.quote, sources[:2]), *(["..."] if len(sources) > 3 else map(shlex.quote, sources[2:]))]
         fix = ("restore that checkpoint, or give a copy of its file among the checkpoints (`fdl analyze "
-               f"{' '.join(map(shlex.quote, sources))} COPY ...`, a copy in another folder), to add to the store; "
+               f"{' '.join(shown)} COPY ...`, a copy in another folder), to add to the store; "
                "--overwrite (or another --out) starts afresh from the files there now")
         if gone:
             fix += (f", without the {gone} stored checkpoints whose files are gone" if gone > 1
@@ -3711,7 +3720,8 @@ def _run_refs(
                 # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
                 # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
                 if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo \
-                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path):
+                        and not (ctx.world is not None and ctx.world.distributed) and weights_gone(ref.path) \
+                        and not _source_folder_gone(ctx, ref):
                     _gone_before_read(ctx, ref)
                     continue
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
@@ -3873,6 +3883,23 @@ def _failed(
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
     _remember_failed_files(ctx, [ref.path])
+
+
+def _source_folder_gone(ctx: _Context, ref: CheckpointRef) -> bool:
+    """Whether a folder given on the command line that held `ref` is gone: not a training job's rotation, which
+    deletes checkpoints (Trainer folders, one folder per step) inside the folder it saves to, never that folder;
+    `rm -rf run/` once the reference was read skipped each checkpoint left as deleted, exit 0, where a run over
+    the files left fails. Such a checkpoint stays a failure ("no longer exists")."""
+    path = Path(ref.path)
+    for source in ctx.options.sources:
+        if source != "-" and Path(source) in path.parents:
+            try:
+                os.stat(source)  # a link to the folder, left dangling, too
+            except FileNotFoundError:
+                return True
+            except OSError:
+                pass
+    return False
 
 
 def _gone_before_read(ctx: _Context, ref: CheckpointRef) -> None:
