@@ -648,7 +648,17 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         "dtype": ctx.options.dtype,
         "world_size": world.size if world is not None else 1,
         "rank": world.rank if world is not None else 0,
+        # the folder the checkpoints' paths, recorded as typed, are relative to (`_stored_places`)
+        "cwd": _working_folder(),
     }
+
+
+def _working_folder() -> str | None:
+    """The current folder, as the history records it (None where it cannot be read: removed since)."""
+    try:
+        return shown_path(os.getcwd())
+    except OSError:
+        return None
 
 
 def describe_device(device: Any) -> str:
@@ -2583,9 +2593,11 @@ _OVERWRITE_FIX = "re-analyse everything with --overwrite (or another --out)"
 def _file_not_read(ctx: _Context, out: Path, step: int, recorded: str) -> tuple[str | None, str]:
     """(got, fix) of a refusal over a stored step whose file this run needs and does not read: gone, or there
     but left out by the glob ("restore the file" named a file that is there), or read otherwise."""
+    place = _stored_places(out).get(step)
     got = f"{out} analysed step {step} from {recorded}" if recorded else None
-    if not recorded or not (_is(Path(recorded), "file") or _is(Path(recorded), "dir")):
-        return got, f"restore the file of step {step}, or {_OVERWRITE_FIX}"
+    if not recorded or place is None or place.found() is None:
+        return got, f"restore the file of step {step}{place.looked() if place is not None else ''}, or {_OVERWRITE_FIX}"
+    got = f"{out} analysed step {step} from {place.shown()}"
     glob, manifest = ctx.options.glob_pattern, ctx.manifest
     if glob is not None and not Path(recorded).match(glob):
         if "glob_pattern" not in ctx.options.given and manifest is not None and manifest.options.get("glob") == glob:
@@ -2855,6 +2867,7 @@ def _stored_files_to_hash(
     try:
         with StoreReader(out) as reader:
             stored = reader.file_identities()
+            places = _stored_places(out, reader)
     except StoreError:
         return None  # the writer reports what is wrong with the file
     # (stored step, this run's checkpoint of that step's file, its signature now or "" if not compared,
@@ -2898,8 +2911,10 @@ def _stored_files_to_hash(
     for step, (path, _, signature) in sorted(stored.items()):
         if step in ctx.redo or step in ctx.drop:  # --drop: removed before anything is analysed
             continue
+        # where its recorded path is now, relative to the folder it was typed in (`_StoredPlace`)
+        found = places[step].found() if step in places else None
         try:
-            other = by_file.get(Path(path).resolve())
+            other = by_file.get((found[0] if found is not None else Path(path)).resolve())
         except (OSError, RuntimeError):
             continue
         if other is None or other.step == step:
@@ -2932,6 +2947,89 @@ def _stored_files_to_hash(
 def _recorded_path(out: Path, step: int) -> str | None:
     """The checkpoint path `out` recorded for `step`, None when it holds none (or cannot be read)."""
     return _recorded_paths(out).get(step)
+
+
+@dataclass(frozen=True)
+class _StoredPlace:
+    """Where a stored checkpoint's file is looked for. Its path is recorded as typed, so a relative one is
+    relative to the folder `fdl analyze` ran in then, which a command run from another folder is not in
+    (`cd exp && fdl analyze run`, then `fdl analyze exp/run --out exp/s.h5`): it is looked for against the
+    folder the history row of the run that computed it records (`cwd`), this folder, and the store's own
+    folder, in that order, and called gone only when it is in none of them."""
+
+    recorded: str
+    #: (folder the recorded path is taken relative to, and why) for each place looked at, in order; (None, "")
+    #: for an absolute path
+    bases: tuple[tuple[Path | None, str], ...]
+
+    def _at(self, base: Path | None) -> Path:
+        return Path(os.path.normpath(base / self.recorded)) if base is not None else Path(self.recorded)
+
+    def candidates(self) -> list[Path]:
+        """The places looked at, in order, each once."""
+        return list(dict.fromkeys(self._at(base) for base, _ in self.bases))
+
+    def found(self) -> tuple[Path, Path | None, str] | None:
+        """(the file, the folder its recorded path is relative to, why that folder) for the first place it is at;
+        None when it is at none."""
+        for base, why in self.bases:
+            if os.path.lexists(self._at(base)):
+                return self._at(base), base, why
+        return None
+
+    def shown(self) -> str:
+        """The recorded path, with the folder it is relative to where that is not this one (and where it is)."""
+        found = self.found()
+        if found is None or found[1] is None or _same_folder(found[1], Path.cwd()):
+            return self.recorded
+        place, base, why = found
+        return f"{self.recorded} (relative to {shown_path(base)}, {why}: {shown_path(place)})"
+
+    def looked(self) -> str:
+        """`" (PATH, looked for at A, B)"`: the places a relative recorded path was looked for at; "" for an
+        absolute one (the place it names)."""
+        looked = ", ".join(map(shown_path, self.candidates()))
+        return "" if os.path.isabs(self.recorded) else f" ({self.recorded}, looked for at {looked})"
+
+
+def _same_folder(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return os.path.abspath(one) == os.path.abspath(other)
+
+
+def _stored_places(out: Path, reader: Any = None) -> dict[int, _StoredPlace]:
+    """step -> where `out`'s checkpoint of that step is looked for (`_StoredPlace`); empty when it cannot be
+    read. `reader`: an open `StoreReader` of `out`, else one is opened."""
+    from fdl_cli.store import StoreReader
+
+    if reader is None:
+        try:
+            with StoreReader(out) as opened:
+                return _stored_places(out, opened)
+        except StoreError:
+            return {}
+    places = {}
+    here = _working_folder()
+    store_folder = Path(os.path.abspath(out)).parent
+    for step, (recorded, _, _) in reader.file_identities().items():
+        if os.path.isabs(recorded):
+            places[step] = _StoredPlace(recorded, ((None, ""),))
+            continue
+        index = None
+        with contextlib.suppress(FdlError, ValueError):
+            index = reader.computed_by(step)
+        row = reader.history[index] if index is not None else {}
+        cwd = row.get("cwd") if isinstance(row, Mapping) else None
+        bases: list[tuple[Path | None, str]] = []
+        if isinstance(cwd, str) and cwd:
+            bases.append((Path(cwd), "the folder fdl analyze ran in when it stored it"))
+        if here is not None:
+            bases.append((Path(here), "this folder"))
+        bases.append((store_folder, "the store's folder"))
+        places[step] = _StoredPlace(recorded, tuple(bases))
+    return places
 
 
 def _recorded_paths(out: Path) -> dict[int, str]:
@@ -3087,15 +3185,17 @@ def _reference_not_found(
     """The store's reference step is none of this run's checkpoints': "pass --reference N" led to a second
     error ("no checkpoint has that step"). Its file read at another step (a newer fdl reads a step key it
     did not, such as Megatron's `iteration` beside an `epoch`; another --step-regex) is named."""
-    recorded = _recorded_path(out, stored)
+    places = _stored_places(out)
+    place = places.get(stored)
+    recorded = place.recorded if place is not None else None
     now = next((ref for ref in refs if recorded is not None and _same_path(recorded, ref.path)), None)
     got: str | None = None
     if now is not None:
         got = f"this run reads {now.path} as step {now.step} (from its {now.step_source})"
         fix = (f"pass the --step-regex that reads step {stored} from its name, if it holds it, or --overwrite (or "
                "another --out) to start afresh")
-    elif recorded is not None and (_is(Path(recorded), "file") or _is(Path(recorded), "dir")):
-        got = f"the store's step {stored} is {recorded}, which this run leaves out or reads at another step"
+    elif place is not None and place.found() is not None:
+        got = f"the store's step {stored} is {place.shown()}, which this run leaves out or reads at another step"
         fix = (f"select it at step {stored} (--glob, --step-regex), or --overwrite (or another --out) to start "
                "afresh")
     else:
@@ -3103,13 +3203,14 @@ def _reference_not_found(
         # first: --overwrite alone would drop every stored checkpoint it deleted, and a copy of the file resumes
         # (its sha256 is what is checked, not its path)
         got = f"the store's step {stored} is {recorded}, which is gone" if recorded is not None else None
-        # not those this run reads: a path recorded relative to another folder (`cd exp; fdl analyze run`) is not
-        # found from this one, its file there all the same
+        # not those this run reads (at their step, wherever they are now), nor those at one of
+        # the places their recorded path may be relative to
         found = {ref.step for ref in refs}
-        gone = sum(step not in found and not os.path.lexists(path) for step, path in _recorded_paths(out).items())
+        gone = sum(step not in found and other.found() is None for step, other in places.items())
         # the sources as given, up to 3; else the first 2 and "...": the shell's `run/step_*.pt` listed the whole run
         shown = [*map(shlex.quote, sources[:2]), *(["..."] if len(sources) > 3 else map(shlex.quote, sources[2:]))]
-        fix = ("restore that checkpoint, or give a copy of its file among the checkpoints (`fdl analyze "
+        fix = (f"restore that checkpoint{place.looked() if place is not None else ''}, or give a copy of its file "
+               "among the checkpoints (`fdl analyze "
                f"{' '.join(shown)} COPY ...`, a copy in another folder), to add to the store; "
                "--overwrite (or another --out) starts afresh from the files there now")
         if gone:

@@ -30,6 +30,7 @@ from fdl_cli.pipeline import (
     _refresh_successors,
     _run_refs,
     _sha256_once,
+    _stored_places,
     _WalkBack,
     _warn_constant_anchors,
     _warn_constant_outputs,
@@ -293,12 +294,16 @@ def _take_in_rank_parts(
                 have = dict(writer.completed())  # step -> sha256 of the file stored (or taken in)
                 part_records = {record["step"]: record for record in reader.records(all_series=True)}
                 part_sha = {step: record["sha256"] for step, record in part_records.items()}
+                # its paths as typed by the job's ranks, relative to the folder the job ran in, not this one's
+                places = _stored_places(part, reader)
                 steps = sorted(part_sha)
                 for step in steps:
                     ref = by_step.get(step)
                     if step in have or ref is None:
                         # settled: stored, or its file is gone (nothing will ever take it in)
-                        settled += step in have or not Path(str(part_records[step]["path"])).exists()
+                        settled += step in have or not any(
+                            place.exists() for place in (places[step].candidates() if step in places
+                                                         else [Path(str(part_records[step]["path"]))]))
                         continue
                     try:
                         entry = reader.entry(step)
