@@ -32,13 +32,23 @@ def test_the_steps_benchmark_counts_every_product_as_statistics(tmp_path: Path) 
     """A probe of 300 rows (one chunk): its products are all summed when the sums are read, and the "statistics"
     row of `steps.py --role fdl` must hold them. A fake clock advances by the rows each `_flush` sums, so the row
     is the rows summed under its timers, compared with every row summed."""
+    # benchmarks/common.py and the models.py it imports, by their plain names, then out of sys.modules again: a
+    # later test in this worker whose model folder does `from common import ...` found this `common` instead
+    # (test_walk_fixes, in a full run)
+    before = {name: sys.modules.get(name) for name in ("common", "models")}
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         from common import make_checkpoints, make_probe
+
+        make_checkpoints(tmp_path, "proj", 2, kwargs={"width": 16})
+        probe = make_probe(tmp_path, "proj", 300)
     finally:
         sys.path.pop(0)
-    make_checkpoints(tmp_path, "proj", 2, kwargs={"width": 16})
-    probe = make_probe(tmp_path, "proj", 300)
+        for name, module in before.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
     code = f"""
 import atexit, runpy, sys, time
 from fdl_cli import moments
