@@ -4,6 +4,7 @@ unpickling and `fdl export --json`: each test pins the output a user sees where 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from fdl_cli import report
+from tests.cli_run import fdl_in_process
 from tests.test_analyze import fdl
 from tests.test_report import SCALARS, make_store
 from tests.test_s15_formats import MODEL, _probe, _weights
@@ -256,3 +258,102 @@ def test_a_refused_probe_whose_size_one_store_lacks_says_no_count_and_no_order(t
     assert "points" not in str(caught.value.got), caught.value.got
     assert str(caught.value.fix) == ("analyse both runs with the same probe inputs (--probe; the labels may differ), or "
                                      "pass --no-overlap to compare only the per-checkpoint fields")
+
+
+# ------------------------------------------------------------------- a signal as the interpreter ends
+
+_SIGNALS_AT_EXIT = """\
+import atexit, os, signal, time
+from torch import nn
+
+
+def _signalled():  # registered after fdl's own: it runs first as the interpreter ends
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(120)  # a hung atexit handler: the signal ends the process, with the command's status
+
+
+atexit.register(_signalled)
+
+
+def build():
+    return nn.Sequential(nn.Linear(4, 3))
+"""
+
+
+def test_a_sigterm_as_the_interpreter_ends_keeps_the_status_of_a_command_that_succeeded(tmp_path: Path) -> None:
+    """The command is over (inspect said all it says, status 0) when an atexit handler of the model's module gets
+    a SIGTERM and hangs: fdl's process ends at once, with 0, not killed by the signal nor left hanging."""
+    import subprocess
+    import sys
+
+    from tests.cli_run import REPO
+
+    (tmp_path / "model.py").write_text(_SIGNALS_AT_EXIT, encoding="utf-8")
+    torch.save({"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(3)}, tmp_path / "step_1.pt")
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "inspect", str(tmp_path / "step_1.pt"), "--model",
+                           f"{tmp_path}/model.py:build"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "default feature layer: 0:input (4 features" in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------------------ trusted unpickling
+
+
+def test_torchs_weights_only_switch_is_named_however_it_is_spelled(tmp_path: Path, monkeypatch) -> None:
+    """torch reads TORCH_FORCE_WEIGHTS_ONLY_LOAD=TRUE as true (it lowers the value): fdl names it as for =1."""
+    from tests.test_s28_placeholder import TrainConfig, _save
+    from tests.tiny_models import mlp
+
+    path = tmp_path / "step_5.pt"
+    _save(monkeypatch, path, {"model": mlp().state_dict(), "config": TrainConfig()})
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TRUE")
+    done = fdl("inspect", str(path), "--trust-pickle")
+    said = " ".join(done.stderr.split())
+    assert done.code == 1 and "corrupt" not in said, said
+    assert f"cannot unpickle {path}: TORCH_FORCE_WEIGHTS_ONLY_LOAD=TRUE in the environment" in said, said
+
+
+class Holder:
+    """A second class of the training script's (`__main__.Holder`), holding a tensor."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+
+def test_weights_in_the_second_class_that_cannot_be_imported_are_the_error_said_by_the_first(
+        tmp_path: Path, monkeypatch) -> None:
+    """A config of a class not importable here (a placeholder does) and then an object of another such class
+    holding a tensor (none does): the load fails, and says what loading without placeholders would have met
+    first, TrainConfig."""
+    import sys
+
+    from tests.test_s28_placeholder import TrainConfig, _save
+    from tests.tiny_models import mlp
+
+    monkeypatch.setattr(Holder, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "Holder", Holder, raising=False)
+    path = tmp_path / "step_5.pt"
+    _save(monkeypatch, path, {"model": mlp().state_dict(), "config": TrainConfig(), "extra": Holder(torch.ones(2))})
+    done = fdl("inspect", str(path), "--trust-pickle")
+    said = " ".join(done.stderr.split())
+    assert done.code == 1 and f"cannot unpickle {path}: it holds an object whose class cannot be imported here" in said
+    assert "TrainConfig" in said and "Holder" not in said, said
+
+
+def test_export_takes_json_said_twice(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "run.h5")
+    both = fdl_in_process("export", store, "--what", "eigenvalues", "--json", "--format", "json")
+    assert both.returncode == 0, both.stderr
+    assert both.stdout == fdl_in_process("export", store, "--what", "eigenvalues", "--json").stdout
+
+
+def test_a_copy_holding_half_the_models_keys_is_named_as_other_weights(tmp_path: Path) -> None:
+    path = tmp_path / "step_2.pt"
+    weights = dict(list(_weights(0).items())[:8])
+    half = dict(list(weights.items())[:4])
+    assert len(half) * 2 == len(weights)
+    torch.save({"model": weights, "ema": half}, path)
+    done = fdl("inspect", path)
+    assert done.code == 0, done.stderr
+    assert "other weights in the file: ema (--weights NAME" in " ".join((done.stdout + done.stderr).split())
