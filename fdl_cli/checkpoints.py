@@ -2925,24 +2925,30 @@ def _ema_swapped(obj: Mapping[Any, Any], copies: Sequence[str]) -> str:
     trained model's under `current_model_state` and the AveragedModel's own count under `averaging_state`."""
     if "state_dict" not in obj:
         return ""
-    ema = obj.get("ema_state_dict")
-    if ("ema_state_dict" in copies and isinstance(obj.get("meta"), Mapping) and isinstance(ema, Mapping)
+    ema = obj.get(_SWAPPED_COPY["mmengine"])
+    if (_SWAPPED_COPY["mmengine"] in copies and isinstance(obj.get("meta"), Mapping) and isinstance(ema, Mapping)
             and "steps" in ema and any(isinstance(key, str) and key.startswith("module.") for key in ema)):
         return "mmengine"
-    if "current_model_state" in copies and isinstance(obj.get("averaging_state"), Mapping):
+    if _SWAPPED_COPY["lightning"] in copies and isinstance(obj.get("averaging_state"), Mapping):
         return "lightning"
     return ""
 
 
-def ema_swap_said(file_name: str, swapped_in: str, copy: str) -> str:
+#: the entry under which a file whose `state_dict` an EMA's weights were swapped into (`_ema_swapped`) holds the
+#: trained model's: the library's own key, not the file's first other copy (a file may hold more copies ahead of it)
+_SWAPPED_COPY = {"mmengine": "ema_state_dict", "lightning": "current_model_state"}
+
+
+def ema_swap_said(file_name: str, swapped_in: str) -> str:
     """What a file whose `state_dict` an EMA's weights were swapped into (`_ema_swapped`: "mmengine" or
     "lightning") holds, in words: whose weights fdl analyses, and the --weights that gives the trained model's
-    (`copy`, under which the file holds them). Said by analyze's note and by `fdl inspect`."""
+    (`_SWAPPED_COPY`, under which the file holds them). Said by analyze's note and by `fdl inspect`."""
     saver, ema = {"mmengine": ("mmengine's with its EMAHook, which saves the EMA's weights", "the EMA's"),
                   "lightning": ("Lightning's with its WeightAveraging callback, which saves the averaged weights",
                                 "the averaged ones")}[swapped_in]
-    return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {quoted_name(copy)}: fdl analyses "
-            f"{ema}; --weights {shown_name(copy)} analyses the trained model's")
+    copy = _SWAPPED_COPY[swapped_in]
+    return (f"{file_name} is {saver} under 'state_dict' and the trained model's under {copy!r}: fdl analyses "
+            f"{ema}; --weights {copy} analyses the trained model's")
 
 
 def not_loaded_said(file_name: str, classes: Sequence[str]) -> str:

@@ -648,8 +648,8 @@ def _print_weight_copies(console: Any, result: dict[str, Any]) -> None:
     if result.get("weights_averaged_by"):  # as analyze's note: the weights are the EMA's, not the trained model's
         from fdl_cli.checkpoints import ema_swap_said
 
-        console.print(ema_swap_said(os.path.basename(result["checkpoint"]), result["weights_averaged_by"],
-                                    result["other_weights"][0]), markup=False, highlight=False)
+        console.print(ema_swap_said(os.path.basename(result["checkpoint"]), result["weights_averaged_by"]),
+                      markup=False, highlight=False)
 
 
 def _step_source_said(source: str) -> str:

@@ -1589,7 +1589,7 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
         # {"model": ..., "ema": ...}: the model's own weights were taken without a word (session 15)
         copies = loaded.other_weights
         if loaded.ema_swapped_in:  # mmengine's EMAHook, Lightning's WeightAveraging: the trained model's are the copy
-            _note_once(ctx, WEIGHT_COPIES, ema_swap_said(Path(loaded.ref.path).name, loaded.ema_swapped_in, copies[0]))
+            _note_once(ctx, WEIGHT_COPIES, ema_swap_said(Path(loaded.ref.path).name, loaded.ema_swapped_in))
         else:
             _note_once(
                 ctx, WEIGHT_COPIES,
