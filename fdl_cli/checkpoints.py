@@ -54,6 +54,7 @@ from fdl_cli.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
     counted,
+    first_and_more,
     first_few,
     first_line,
     first_names,
@@ -1709,8 +1710,8 @@ def _condensed(notes: list[str]) -> str:
     kinds = _by_kind(found for found in map(foreign.in_note, notes) if found is not None)
     many = {kind for kind, names in kinds.items() if len(names) > 1}
     entries = [f"skipped {len(plain)} files without a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)}"
-               f"): {_first_names(plain)}"] if len(plain) > 1 else []
-    entries += [f"skipped {len(kinds[kind])} files, each {foreign.said(kind)}: {_first_names(kinds[kind])}"
+               f"): {first_and_more(plain, 6)}"] if len(plain) > 1 else []
+    entries += [f"skipped {len(kinds[kind])} files, each {foreign.said(kind)}: {first_and_more(kinds[kind], 6)}"
                 for kind in kinds if kind in many]
     for note in notes:
         found = foreign.in_note(note)
@@ -1725,11 +1726,6 @@ def _by_kind(named: Iterable[tuple[str, foreign.Foreign]]) -> dict[foreign.Forei
     for name, kind in named:
         kinds.setdefault(kind, []).append(name)
     return kinds
-
-
-def _first_names(names: Sequence[str]) -> str:
-    """The first 6 of `names`, and how many more."""
-    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
 def discover_checkpoints(
@@ -1943,7 +1939,7 @@ def discover_checkpoints(
                 for source, note, (name, _) in zip(sources, notes, strange, strict=True)}
         raise CheckpointError(
             "; ".join(f"{names[0]} is {said[names[0]]}" if len(names) == 1 else
-                      f"{_first_names(names)} are each {foreign.said(kind)}" for kind, names in kinds.items()),
+                      f"{first_and_more(names, 6)} are each {foreign.said(kind)}" for kind, names in kinds.items()),
             fix=_foreign_fixes(kind for _, kind in strange))
     if not found:
         where = ", ".join(str(s) for s in sources)

@@ -205,6 +205,11 @@ def first_few(items: Sequence[object], limit: int) -> str:
     return ", ".join(map(str, items[:limit])) + (", ..." if len(items) > limit else "")
 
 
+def first_and_more(items: Sequence[object], limit: int) -> str:
+    """The first `limit` of `items`, comma-separated, and how many more follow: "a, b and 3 more"."""
+    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 #: The codec error handler that writes what an encoding cannot hold as escapes (`"x".encode(enc, ESCAPE)`):
 #: a lone surrogate Python read for a byte of a name that is not UTF-8 (`\\udcff` for 0xff) as that byte,
 #: `\\xff` (as the shell's `$'...'` and `ls -b` write it), any other character as `\\xfc`, `\\u4e2d`.

@@ -47,6 +47,7 @@ from fdl_cli.errors import (
     StoreError,
     WeightsMismatchError,
     counted,
+    first_and_more,
     first_few,
     quoted_name,
     shown_name,
@@ -1449,7 +1450,7 @@ def _note_skipped(notes: Sequence[str], manifests: Sequence[Any], reporter: Repo
         """config.json ×6: a name met in several folders once, with its count."""
         counts = Counter(names)
         shown = [f"{name} ×{n}" if n > 1 else name for name, n in counts.items()]
-        return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
+        return first_and_more(shown, 6)
 
     for kind, skipped in foreign.items():
         if len(skipped) == 1:

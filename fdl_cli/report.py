@@ -35,7 +35,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, write_refused
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, first_and_more, write_refused
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -1400,8 +1400,7 @@ def unmatched_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequ
     said = []
     for steps, matched in ((steps_a, {m.step_a for m in matches}), (steps_b, {m.step_b for m in matches})):
         left = sorted(set(steps) - matched)
-        shown = ", ".join(map(str, left[:UNMATCHED_SHOWN])) + (
-            f" and {len(left) - UNMATCHED_SHOWN} more" if len(left) > UNMATCHED_SHOWN else "")
+        shown = first_and_more(left, UNMATCHED_SHOWN)
         said.append((len(left), f" ({'step' if len(left) == 1 else 'steps'} {shown})" if left else ""))
     (count_a, shown_a), (count_b, shown_b) = said
     if not count_a and not count_b:
