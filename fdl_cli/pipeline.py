@@ -2258,6 +2258,7 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         )
     with StoreReader(out) as reader:
         stored = reader.file_identities()
+        places = _stored_places(out, reader)
         damaged = {int(name.removeprefix("step_")) for name in reader._damaged if name.removeprefix("step_").isdigit()}
         series = reader.whole_series()
         records = reader.records(probe=series[0][0], layer=series[0][1]) if series else []
@@ -2279,7 +2280,7 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
         # its file may be there, holding another step now (a copy of another step's checkpoint: --redo
         # would find nothing to analyse as this step, and "restore that file" named a file that is there)
         now = next((ref for ref in [*refs, *(dropped for dropped, _ in ctx.copies)]
-                    if _same_path(stored[step][0], ref.path)), None)
+                    if places[step].names(ref.path)), None)
         if now is not None:
             kept = next((kept for dropped, kept in ctx.copies if dropped is now), None)
             raise StoreError(
@@ -2296,6 +2297,27 @@ def _check_redo(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
             "--redo would analyse again from its file",
             got=f"{out} analysed step {step} from {stored[step][0]}; this run's checkpoints: steps {steps_text(steps_now)}",
             fix="restore that file, or give the sources (and --glob / --step-regex) that find it",
+        )
+    # The file a stored step was analysed from, there still where its path was typed, is not this run's file of
+    # that step, and holds other weights: another run's saved under the same names (`a/run/step_10.pt`, and
+    # --redo from b/), whose numbers --redo would store among the other run's. A copy of it (same sha256) goes on.
+    by_step = {ref.step: ref for ref in refs}
+    for step in wanted:
+        typed, ref = places[step].where_typed(), by_step[step]
+        if typed is None or places[step].names(ref.path):
+            continue
+        try:
+            if _sha256_once(ctx, ref.path) == stored[step][1]:
+                continue
+        except OSError:
+            continue  # said when it is read
+        raise StoreError(
+            f"--redo {listed}: {out} analysed step {step} from {places[step].shown()}, and this run's step {step} is "
+            f"{ref.path}, another file",
+            got=f"{shown_path(typed)} is there still; this run's step {step} holds other weights than it",
+            fix=f"--redo analyses a stored checkpoint again from its own file: give {shown_path(typed)} (from the "
+            "folder it was analysed in, or by that path); or give this run its own --out (the default is "
+            "./<folder>.fdl.h5)",
         )
     if ctx.reference_step in wanted:
         raise StoreError(
@@ -2550,8 +2572,9 @@ def _same_path(recorded: str, now: str | os.PathLike[str]) -> bool:
     """Whether the path a store recorded for a checkpoint names this file (the same file on disk, or the
     same path where one is missing).
 
-    A relative recorded path was relative to the folder fdl ran in then, which the store does not
-    record: resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
+    A relative recorded path was relative to the folder fdl ran in then, which a store written before
+    history rows recorded `cwd` does not say (`_StoredPlace.names` reads it there where it does):
+    resumed from another folder (`fdl analyze run` in proj/, then `fdl analyze proj/run`), it
     names this file when this file's absolute path ends with it (the components after any leading
     `..`); else a rewritten file of this run was called another run's. A name whose bytes are not UTF-8
     is recorded with those bytes written `\\xNN` (`errors.shown_path`), and compared so."""
@@ -2692,7 +2715,7 @@ def _check_stored_files(
         plan = distributed.broadcast_from_writer(plan, world, "rank 0 to list the stored files to hash")
     if plan is None:
         return {}
-    stored, suspects = plan
+    stored, places, suspects = plan
     elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
     ctx.reporter.note(
         f"hashing {counted(len(suspects), 'stored checkpoint file')} whose "
@@ -2733,7 +2756,7 @@ def _check_stored_files(
         # Stored at the step this run reads it too (an fdl before session 18 stored it again there): no step
         # options read the store's steps, so the fix is to remove the steps this run does not read.
         twice = [(step, ref) for step, ref in moved if ref.step in stored
-                 and stored[ref.step][1] == stored[step][1] and _same_path(stored[ref.step][0], ref.path)]
+                 and stored[ref.step][1] == stored[step][1] and places[ref.step].names(ref.path)]
         if len(twice) == len(moved):
             alone = "--redo" if ctx.options.redo is not None else "--watch" if ctx.options.watch else None
             raise _stored_twice(out, twice, ctx.drop, distributed=world is not None, alone=alone)
@@ -2750,9 +2773,7 @@ def _check_stored_files(
             touched[step] = now
     if changed:
         changed.sort(key=lambda item: item[0])
-        elsewhere = [
-            (step, stored[step][0], ref.path) for step, ref, _ in changed if not _same_path(stored[step][0], ref.path)
-        ]
+        elsewhere = [(step, places[step].shown(), ref.path) for step, ref, _ in changed if not places[step].names(ref.path)]
         if elsewhere:
             digest = next(sha for step, _, sha in changed if step == elsewhere[0][0])
             raise _other_files(out, elsewhere, digest, stored[elsewhere[0][0]][1])
@@ -2855,8 +2876,9 @@ def _copy_of(
 
 def _stored_files_to_hash(
     ctx: _Context, out: Path, refs: Sequence[CheckpointRef]
-) -> tuple[dict[int, tuple[str, str, str]], list[tuple[int, CheckpointRef, str, bool]]] | None:
-    """For `_check_stored_files`: the store's (path, sha256, signature) by step, and the files to hash
+) -> tuple[dict[int, tuple[str, str, str]], dict[int, _StoredPlace], list[tuple[int, CheckpointRef, str, bool]]] | None:
+    """For `_check_stored_files`: the store's (path, sha256, signature) by step, where each is looked for
+    (`_stored_places`: rank 0's, as the list is), and the files to hash
     ((stored step, this run's checkpoint of that step's file, its signature now or "" if not
     compared, whether only the same sha256 matters: a file found at another step whose new content
     makes it another checkpoint, as training rewrites latest.pt)); None when there is none."""
@@ -2942,12 +2964,7 @@ def _stored_files_to_hash(
             if (hash_without_signature(step, other) if not signature
                     else file_signature(Path(other.path)) == signature):
                 suspects.append((step, other, "", True))
-    return (stored, suspects) if suspects else None
-
-
-def _recorded_path(out: Path, step: int) -> str | None:
-    """The checkpoint path `out` recorded for `step`, None when it holds none (or cannot be read)."""
-    return _recorded_paths(out).get(step)
+    return (stored, places, suspects) if suspects else None
 
 
 @dataclass(frozen=True)
@@ -2962,6 +2979,8 @@ class _StoredPlace:
     #: (folder the recorded path is taken relative to, and why) for each place looked at, in order; (None, "")
     #: for an absolute path
     bases: tuple[tuple[Path | None, str], ...]
+    #: whether the first of `bases` is the folder the path was typed in (its history row's `cwd`)
+    typed_in: bool = False
 
     def _at(self, base: Path | None) -> Path:
         return Path(os.path.normpath(base / self.recorded)) if base is not None else Path(self.recorded)
@@ -2977,6 +2996,24 @@ class _StoredPlace:
             if os.path.lexists(self._at(base)):
                 return self._at(base), base, why
         return None
+
+    def names(self, now: str | os.PathLike[str]) -> bool:
+        """Whether the recorded path names the file `now`. Where the folder it was typed in is recorded, the
+        recorded path names the file it is found at (`found`), not any file its text names from here: a run
+        saved under the same names in another folder (`a/run/step_10.pt`, `b/run/step_10.pt`) is another run's,
+        which "changed since analysed" (and its fix, --redo) misnamed. Found nowhere (moved since), and for a
+        store that does not record that folder (an older fdl's), by the text as `_same_path` reads it."""
+        found = self.found() if self.typed_in else None
+        return _same_path(self.recorded if found is None else str(found[0]), now)
+
+    def where_typed(self) -> Path | None:
+        """The file the recorded path names where it was typed (an absolute path's own, a relative one's in the
+        recorded `cwd`), if it is there; None otherwise, and for a store that does not record that folder."""
+        base = self.bases[0][0]
+        if base is not None and not self.typed_in:
+            return None
+        place = self._at(base)
+        return place if os.path.lexists(place) else None
 
     def shown(self) -> str:
         """The recorded path, with the folder it is relative to where that is not this one (and where it is)."""
@@ -3024,24 +3061,14 @@ def _stored_places(out: Path, reader: Any = None) -> dict[int, _StoredPlace]:
         row = reader.history[index] if index is not None else {}
         cwd = row.get("cwd") if isinstance(row, Mapping) else None
         bases: list[tuple[Path | None, str]] = []
-        if isinstance(cwd, str) and cwd:
-            bases.append((Path(cwd), "the folder fdl analyze ran in when it stored it"))
+        typed_in = isinstance(cwd, str) and bool(cwd)
+        if typed_in:
+            bases.append((Path(str(cwd)), "the folder fdl analyze ran in when it stored it"))
         if here is not None:
             bases.append((Path(here), "this folder"))
         bases.append((store_folder, "the store's folder"))
-        places[step] = _StoredPlace(recorded, tuple(bases))
+        places[step] = _StoredPlace(recorded, tuple(bases), typed_in)
     return places
-
-
-def _recorded_paths(out: Path) -> dict[int, str]:
-    """step -> the checkpoint path `out` recorded for it; empty when it cannot be read."""
-    from fdl_cli.store import StoreReader
-
-    try:
-        with StoreReader(out) as reader:
-            return {step: identity[0] for step, identity in reader.file_identities().items()}
-    except StoreError:
-        return {}
 
 
 def _check_reference_of_store(
@@ -3098,9 +3125,9 @@ def _check_reference_of_store(
             fix=f"pass --reference {stored} to add to it, or --overwrite (or another --out) to start afresh",
         )
     if stored == ctx.reference_step and isinstance(stored_sha, str) and stored_sha != reference_sha:
-        recorded = _recorded_path(out, stored)
-        if recorded is not None and not _same_path(recorded, reference.path):
-            raise _other_files(out, [(stored, recorded, reference.path)], reference_sha, stored_sha)
+        place = _stored_places(out).get(stored)
+        if place is not None and not place.names(reference.path):
+            raise _other_files(out, [(stored, place.shown(), reference.path)], reference_sha, stored_sha)
         raise _changed_file(
             f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
             f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
@@ -3168,10 +3195,11 @@ def _addition(
     if addition is not None:
         steps_now = {ref.step: str(ref.path) for ref in refs}
         unreadable = {}
+        places = _stored_places(out) if bad else {}
         for step in addition.lacking:
-            recorded = None if step in steps_now or not bad else _recorded_path(out, step)
-            if recorded is not None and any(_same_path(recorded, path) for path in bad):
-                unreadable[step] = recorded
+            place = None if step in steps_now else places.get(step)
+            if place is not None and any(place.names(path) for path in bad):
+                unreadable[step] = place.recorded
         addition = replace(addition, unreadable=unreadable)
         check_addition(
             addition, out, steps_now={**steps_now, **unreadable}, drop=ctx.options.drop is not None,
@@ -3189,7 +3217,7 @@ def _reference_not_found(
     places = _stored_places(out)
     place = places.get(stored)
     recorded = place.recorded if place is not None else None
-    now = next((ref for ref in refs if recorded is not None and _same_path(recorded, ref.path)), None)
+    now = next((ref for ref in refs if place is not None and place.names(ref.path)), None)
     got: str | None = None
     if now is not None:
         got = f"this run reads {now.path} as step {now.step} (from its {now.step_source})"
