@@ -1670,15 +1670,17 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
                 yield entry
             elif (kind := foreign.of_folder(entry)) is not None:  # a few stats, of a folder not searched
                 notes.append(foreign.note(entry.name, kind))
-        elif checkpoint_suffix(entry) is not None or _torch_save_named_archive(entry):
+        elif checkpoint_suffix(entry) is not None:
             yield entry
+        elif (head := _archive_head(entry)) is not None and foreign.torch_save(entry, head):
+            yield entry  # PyTorch's tutorial saves a general checkpoint as `.tar`
         elif (
             not entry.name.startswith(".")
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
             # what a skipped file is, by its name (a first read only of a name without a suffix, or an .h5)
-            kind = foreign.of_file(entry)
+            kind = foreign.of_file(entry, head, torch_checked=head is not None)
             note = (foreign.note(entry.name, kind) if kind is not None else
                     f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
             if quiet is not None:
@@ -1687,11 +1689,10 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
                 notes.append(note)
 
 
-def _torch_save_named_archive(path: Path) -> bool:
-    """Whether the file `path`, named .zip or .tar (PyTorch's tutorial saves a general checkpoint as `.tar`), is one
-    torch.save wrote (`foreign.torch_save`: its first bytes, then a zip's central directory or a tar's first headers
-    only): a folder scan reads it as a checkpoint, and names any other such file an archive."""
-    return path.suffix.lower() in (".zip", ".tar") and path.is_file() and foreign.torch_save(path)
+def _archive_head(path: Path) -> bytes | None:
+    """The first bytes of `path` when it is a regular file named .zip or .tar, which may be a torch.save file
+    (`foreign.torch_save`, read once for it and for `foreign.of_file`); else None, nothing read."""
+    return foreign.head_of(path, 512) if path.suffix.lower() in (".zip", ".tar") else None
 
 
 _NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")

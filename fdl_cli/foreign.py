@@ -236,7 +236,8 @@ def torch_save(path: Path, head: bytes | None = None) -> bool:
     if _TORCH_PICKLE_HEAD.match(head):
         return True
     if len(head) > 262 and head[257:262] == b"ustar":
-        return torch_tar(path)
+        first = head[:100].split(b"\0", 1)[0].decode("latin-1")  # a run's tarball: run/..., no header more read
+        return (first in TORCH_TAR_MEMBERS or head[156:157] in (b"x", b"g")) and torch_tar(path)
     return _torch_zip(path, head)
 
 
@@ -263,10 +264,10 @@ def keras_h5(path: Path) -> bool:
     return b"keras_version" in (head_of(path, _H5_SNIFF) or b"")
 
 
-def of_file(path: Path, head: bytes | None = None) -> Foreign | None:
+def of_file(path: Path, head: bytes | None = None, *, torch_checked: bool = False) -> Foreign | None:
     """What the file `path` is, by its name, else by its first bytes (`head`, read here when not given: only for
     a name without a suffix, whose format no name tells, an HDF5 file, or a .zip or .tar, which may be a
-    torch.save file so named). None: not one fdl knows to be foreign."""
+    torch.save file so named: `torch_checked`, it is known not to be). None: not one fdl knows to be foreign."""
     kind = of_name(path)
     suffix = path.suffix.lower()
     if kind is not None and not (kind in (ZIP, TAR) and suffix in (".zip", ".tar")):
@@ -275,7 +276,8 @@ def of_file(path: Path, head: bytes | None = None) -> Foreign | None:
         return None  # not a regular file (a named pipe, opened, waits for a writer), or no need to read it
     if kind is not None:
         head = head if head is not None else head_of(path, 512)
-        return kind if head is not None and _is_archive(kind, head) and not torch_save(path, head) else None
+        return kind if head is not None and _is_archive(kind, head) and (torch_checked or not torch_save(path, head)) \
+            else None
     if suffix in (".h5", ".hdf5") or (head or b"").startswith(b"\x89HDF"):
         return KERAS_H5 if keras_h5(path) else None
     head = head if head is not None else head_of(path, 512)

@@ -70,13 +70,6 @@ def _legacy_tar_save(state: dict[str, torch.Tensor], path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_the_legacy_tar_fixture_is_what_torch_load_reads(tmp_path: Path) -> None:
-    state = mlp(seed=3).state_dict()
-    _legacy_tar_save(state, tmp_path / "old.tar")
-    back = torch.load(tmp_path / "old.tar", weights_only=False)
-    assert all(torch.equal(back[key], value) for key, value in state.items())
-
-
 def test_a_folder_scan_reads_torch_saves_named_tar_or_zip(tmp_path: Path) -> None:
     """The tutorial's `.tar`, a `.zip`, the ImageNet example's `.pth.tar` and a pre-1.6 save named `.tar` are each a
     step, read from its name; `model_best.tar`, a copy of the last, is said to be one (as `model_best.pt` is); a zip
@@ -92,6 +85,9 @@ def test_a_folder_scan_reads_torch_saves_named_tar_or_zip(tmp_path: Path) -> Non
     with zipfile.ZipFile(run / "checkpoint-500.zip", "w") as archive:  # a zip of an HF checkpoint folder
         archive.write(run / "checkpoint_epoch1.tar", "checkpoint-500/pytorch_model.bin")
         archive.writestr("checkpoint-500/config.json", "{}")
+    with zipfile.ZipFile(run / "project.zip", "w") as archive:  # first named as torch's ARCHIVE/data/0 is
+        archive.writestr("project/data/train.csv", "x,y\n")
+        archive.writestr("project/train.py", "print()\n")
     with tarfile.open(run / "old_run.tar", "w") as archive:  # a tarball of a run
         archive.add(run / "checkpoint_epoch2.zip", arcname="old_run/step_2.pt")
     done = _analyze(tmp_path, run)
@@ -102,12 +98,12 @@ def test_a_folder_scan_reads_torch_saves_named_tar_or_zip(tmp_path: Path) -> Non
                                 4: "checkpoint_epoch4.tar", 12: "checkpoint_epoch12.pth.tar"}
     assert ("skipped model_best.tar: no step of its own; the same weights as checkpoint_epoch12.pth.tar (step 12), "
             "analysed there") in said
-    assert "skipped checkpoint-500.zip: a zip archive" in said
+    assert "skipped 2 files, each a zip archive: checkpoint-500.zip, project.zip" in said, done.stderr
     assert "skipped old_run.tar: a tar archive" in said
     assert "not a checkpoint suffix" not in said
 
 
-def test_one_step_saved_as_pt_and_as_pth_tar(tmp_path: Path) -> None:
+def test_one_step_saved_as_pt_and_as_tar(tmp_path: Path) -> None:
     """ckpt_10.pt beside ckpt_10.tar: the same weights are one checkpoint, the copy skipped with the note a `.pt`
     copy gets; different weights at one step are the error two `.pt` files at one step get."""
     run = tmp_path / "run"
@@ -152,7 +148,10 @@ def test_a_legacy_tar_save_is_not_told_to_be_untarred(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     torch.save(mlp(seed=1).state_dict(), run / "checkpoint_epoch1.tar")
-    _legacy_tar_save(mlp(seed=2).state_dict(), run / "checkpoint_epoch2.pth.tar")
+    state = mlp(seed=2).state_dict()
+    _legacy_tar_save(state, run / "checkpoint_epoch2.pth.tar")
+    back = torch.load(run / "checkpoint_epoch2.pth.tar", weights_only=False)  # the format torch.load reads
+    assert all(torch.equal(back[key], value) for key, value in state.items())
     _legacy_tar_save(mlp(seed=3).state_dict(), run / "checkpoint_epoch3.tar")
     done = _analyze(tmp_path, run)
     said = _said(done.stderr)
