@@ -888,11 +888,21 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
             got=f"a zip archive cut short ({cut} bytes, without the central directory that ends a whole one)",
             fix=_CUT_SHORT_FIX,
         )
+    if foreign.torch_tar(path):  # torch: "Cannot use weights_only=True with files saved in the legacy .tar format"
+        return CheckpointError(f"cannot read the checkpoint {path}", got=_LEGACY_TAR_SAID, fix=_LEGACY_TAR_FIX)
     return CheckpointError(
         f"cannot read the checkpoint {path}",
         got=reason,
         fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
     )
+
+
+#: A tar torch.save wrote in PyTorch 0.1 (`foreign.torch_tar`): torch.load reads it only with weights_only=False,
+#: which runs its pickle, and fdl never reads it so (no `--trust-pickle` either: its tensors lie outside the pickle)
+_LEGACY_TAR_SAID = ("PyTorch 0.1's torch.save format (a tar of sys_info, pickle, storages and tensors, not an archive "
+                    "to unpack), which torch.load reads only by unpickling it in full")
+_LEGACY_TAR_FIX = ("if you trust its origin, re-save it in today's format once: python -c \"import torch; "
+                   "torch.save(torch.load(FILE, weights_only=False), 'step_N.pt')\" (FILE, N: its path and step)")
 
 
 def _name_not_utf8_error(path: Path, reason: str) -> CheckpointError:
@@ -1090,7 +1100,7 @@ def _peek_file(path: Path) -> _Peek:
         if text:  # not even an (ASCII) pickle: say what it is rather than how unpickling failed
             raise _text_file_error(path, head) from None
         alien = foreign.of_head(head)  # asked only now: no first bytes a checkpoint can have are taken for another's
-        if alien is not None:
+        if alien is not None and not (alien is foreign.TAR and foreign.torch_tar(path)):  # PyTorch 0.1's: said so
             raise _foreign_error(path, alien) from None
         raise
     if _is_optimizer_state(obj):
@@ -1662,19 +1672,27 @@ def _scan_folder(folder: Path, glob: str | None, notes: list[str], quiet: _Quiet
                 notes.append(foreign.note(entry.name, kind))
         elif checkpoint_suffix(entry) is not None:
             yield entry
+        elif (head := _archive_head(entry)) is not None and foreign.torch_save(entry, head):
+            yield entry  # PyTorch's tutorial saves a general checkpoint as `.tar`
         elif (
             not entry.name.startswith(".")
             and entry.name not in ("trainer_state.json", MANIFEST_NAME)
             and not entry.name.endswith(".index.json")
         ):
             # what a skipped file is, by its name (a first read only of a name without a suffix, or an .h5)
-            kind = foreign.of_file(entry)
+            kind = foreign.of_file(entry, head, torch_checked=head is not None)
             note = (foreign.note(entry.name, kind) if kind is not None else
                     f"skipped {entry.name}: not a checkpoint suffix ({', '.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)})")
             if quiet is not None:
                 quiet.note(entry, note, notes)
             else:
                 notes.append(note)
+
+
+def _archive_head(path: Path) -> bytes | None:
+    """The first bytes of `path` when it is a regular file named .zip or .tar, which may be a torch.save file
+    (`foreign.torch_save`, read once for it and for `foreign.of_file`); else None, nothing read."""
+    return foreign.head_of(path, 512) if path.suffix.lower() in (".zip", ".tar") else None
 
 
 _NOT_A_CHECKPOINT = re.compile(r"skipped (.+): not a checkpoint suffix \((.+)\)")

@@ -11,9 +11,12 @@ read a file's first bytes already, asks `of_head`.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import stat
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +123,17 @@ _ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f]\x12[\x01-\x7f](?:pytorch|tf2onnx|kera
 #: The first member of a zip torch.save (ARCHIVE/data.pkl) or torch.jit.save (ARCHIVE/data/0, code/...) writes: a
 #: checkpoint named .zip or .tar (PyTorch's tutorial names a general checkpoint `.tar`), no archive to unpack
 _TORCH_ZIP_MEMBER = re.compile(rb"[^/]+/(?:data\.pkl|data/|constants\.pkl|code/|version|\.data/)")
+#: Each entry torch.save or torch.jit.save writes in its zip, after the folder all its entries share (ARCHIVE/);
+#: a zip holding anything else (a checkpoint folder zipped: its config.json, its directory entries) is an archive
+_TORCH_ZIP_ENTRY = re.compile(r"data\.pkl|version|byteorder|\.format_version|\.storage_alignment|constants\.pkl"
+                              r"|data/[^/]+|(?:\.data|code|extra|constants)/.+")
+#: The pickle stream torch.save wrote before PyTorch 1.6 (and with _use_new_zipfile_serialization=False): its
+#: PROTO, a FRAME at protocol 4 or 5, then torch's magic number 0x1950a86a20f9469cfc6c as a LONG1
+_TORCH_PICKLE_HEAD = re.compile(rb"\x80[\x02-\x05](?:\x95.{8})?\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
+                                re.DOTALL)
+#: The members of the tar torch.save wrote in PyTorch 0.1, which torch.load still reads (its `legacy_load`, by
+#: full unpickling only); the few first headers of a tar are read to tell it, never more
+TORCH_TAR_MEMBERS = ("sys_info", "pickle", "storages", "tensors")
 #: How many first bytes of an HDF5 file are searched for Keras' root attribute (its object header is near the start)
 _H5_SNIFF = 1 << 16
 
@@ -174,14 +188,57 @@ def of_head(head: bytes) -> Foreign | None:
 
 
 def _is_archive(kind: Foreign, head: bytes) -> bool:
-    """Whether the first bytes of a file named .zip or .tar are that archive's, and not a torch.save file's
-    (a zip whose first member is `_TORCH_ZIP_MEMBER`, or an old-format pickle) so named."""
+    """Whether the first bytes of a file named .zip or .tar are that archive's (torch.save's told apart by
+    `torch_save`)."""
     if kind is TAR:
         return len(head) > 262 and head[257:262] == b"ustar"
-    if head[:4] == b"PK\x05\x06":  # an empty zip
-        return True
+    return head[:4] in (b"PK\x03\x04", b"PK\x05\x06")  # a zip, or an empty one
+
+
+def _torch_zip(path: Path, head: bytes) -> bool:
+    """Whether the zip `path` is torch.save's (or torch.jit.save's): each entry `_TORCH_ZIP_ENTRY` under one
+    folder, its data.pkl and version among them; or one cut short (no central directory: a download stopped, a
+    save not finished) whose first member is torch's. Reads its central directory only if its first member
+    (`head`) is torch's: a real archive costs no more than its first bytes."""
     size = int.from_bytes(head[26:28], "little")
-    return head[:4] == b"PK\x03\x04" and not _TORCH_ZIP_MEMBER.fullmatch(head[30:30 + size])
+    if head[:4] != b"PK\x03\x04" or not _TORCH_ZIP_MEMBER.fullmatch(head[30:30 + size]):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:  # the end record and the central directory it points to
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return True  # cut short: read as a checkpoint, which says so
+    except OSError:
+        return False
+    folder = names[0].split("/", 1)[0] + "/"
+    return ({f"{folder}data.pkl"} <= set(names) and bool({f"{folder}version", f"{folder}.data/version"} & set(names))
+            and all(name.startswith(folder) and _TORCH_ZIP_ENTRY.fullmatch(name[len(folder):]) for name in names))
+
+
+def torch_tar(path: Path) -> bool:
+    """Whether the tar `path` is the one torch.save wrote in PyTorch 0.1 (`TORCH_TAR_MEMBERS`, no other): at most
+    its first five headers are read, skipping the members' contents."""
+    try:
+        with tarfile.open(path, "r:") as archive:
+            names = [member.name for member in itertools.islice(archive, len(TORCH_TAR_MEMBERS) + 1)]
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return {"pickle", "storages", "tensors"} <= set(names) <= set(TORCH_TAR_MEMBERS) and len(names) == len(set(names))
+
+
+def torch_save(path: Path, head: bytes | None = None) -> bool:
+    """Whether the regular file `path` (its first bytes `head`, read here when not given) is one torch.save wrote,
+    whatever its name: a zip of torch's (`_torch_zip`), the pickle stream PyTorch wrote before 1.6, or PyTorch 0.1's
+    tar (`torch_tar`). What a folder scan asks of a file named .zip or .tar: never unpacked nor unpickled."""
+    head = head if head is not None else head_of(path, 512)
+    if not head:
+        return False
+    if _TORCH_PICKLE_HEAD.match(head):
+        return True
+    if len(head) > 262 and head[257:262] == b"ustar":
+        first = head[:100].split(b"\0", 1)[0].decode("latin-1")  # a run's tarball: run/..., no header more read
+        return (first in TORCH_TAR_MEMBERS or head[156:157] in (b"x", b"g")) and torch_tar(path)
+    return _torch_zip(path, head)
 
 
 def head_of(path: Path, size: int) -> bytes | None:
@@ -207,10 +264,10 @@ def keras_h5(path: Path) -> bool:
     return b"keras_version" in (head_of(path, _H5_SNIFF) or b"")
 
 
-def of_file(path: Path, head: bytes | None = None) -> Foreign | None:
+def of_file(path: Path, head: bytes | None = None, *, torch_checked: bool = False) -> Foreign | None:
     """What the file `path` is, by its name, else by its first bytes (`head`, read here when not given: only for
     a name without a suffix, whose format no name tells, an HDF5 file, or a .zip or .tar, which may be a
-    torch.save file so named). None: not one fdl knows to be foreign."""
+    torch.save file so named: `torch_checked`, it is known not to be). None: not one fdl knows to be foreign."""
     kind = of_name(path)
     suffix = path.suffix.lower()
     if kind is not None and not (kind in (ZIP, TAR) and suffix in (".zip", ".tar")):
@@ -219,7 +276,8 @@ def of_file(path: Path, head: bytes | None = None) -> Foreign | None:
         return None  # not a regular file (a named pipe, opened, waits for a writer), or no need to read it
     if kind is not None:
         head = head if head is not None else head_of(path, 512)
-        return kind if head is not None and _is_archive(kind, head) else None
+        return kind if head is not None and _is_archive(kind, head) and (torch_checked or not torch_save(path, head)) \
+            else None
     if suffix in (".h5", ".hdf5") or (head or b"").startswith(b"\x89HDF"):
         return KERAS_H5 if keras_h5(path) else None
     head = head if head is not None else head_of(path, 512)
