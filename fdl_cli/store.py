@@ -1848,11 +1848,6 @@ class _CommitJob:
                 self._ended.set()
             return self._state == "cancelled"
 
-    @property
-    def cancelled(self) -> bool:
-        with self._state_lock:
-            return self._state == "cancelled"
-
     def done(self) -> bool:
         return self._ended.is_set()
 
