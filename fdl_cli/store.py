@@ -1529,14 +1529,6 @@ class StoreReader:
         self.close()
 
 
-def read_records(
-    path: str | os.PathLike[str], *, probe: str | None = None, layer: str | None = None
-) -> list[dict[str, Any]]:
-    """The records of a store (see StoreReader.records); its warnings are dropped."""
-    with StoreReader(path) as reader:
-        return reader.records(probe=probe, layer=layer)
-
-
 # --------------------------------------------------------------------------------------------------
 # Writer
 
