@@ -1193,11 +1193,3 @@ def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
     if first is None:
         return None
     return "are all 0" if zero else "are constant" if center and constant else None
-
-
-def probe_batches(probe: Probe, batch_size: int) -> Iterator[tuple[int, int]]:
-    """Index ranges ``(start, stop)`` covering the probe in order, ``batch_size`` samples each."""
-    if batch_size < 1:
-        raise ProbeError(f"--batch-size must be positive, got {batch_size}", fix="e.g. --batch-size 256")
-    for start in range(0, probe.n, batch_size):
-        yield start, min(start + batch_size, probe.n)
