@@ -216,11 +216,10 @@ def usable_probe_name(name: str) -> str:
     return re.sub(r"^(?=[0-9])", "_", re.sub(r"[^A-Za-z0-9_]", "_", name))
 
 
-def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
+def parse_probe_spec(spec: str) -> tuple[str, Path]:
     """``"a.npz"`` -> ``("probe", a.npz)``; ``"train=a.npz"`` -> ``("train", a.npz)``.
 
-    A relative path is taken relative to ``base_dir`` when given. A spec naming an existing file
-    is a path even if it contains ``=``.
+    A spec naming an existing file is a path even if it contains ``=``.
     """
     name, sep, rest = spec.partition("=")
     # A name is what comes before the first '=' of a spec that is no existing file, unless it holds a folder's
@@ -237,10 +236,7 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
         name, path_text = DEFAULT_NAME, spec
     if not path_text.strip():
         raise ProbeError(f"--probe {spec!r} has no path", fix="e.g. --probe probe.npz or --probe train=a.npz")
-    path = Path(path_text)
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
-    return name, path
+    return name, Path(path_text)
 
 
 #: Bytes per read when a whole lazily read array is checked (validation, CRC): memory stays flat.

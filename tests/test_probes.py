@@ -84,8 +84,8 @@ def test_positional_npz(tmp_path: Path) -> None:
 
 def test_parse_probe_spec(tmp_path: Path) -> None:
     assert parse_probe_spec("a.npz") == ("probe", Path("a.npz"))
-    assert parse_probe_spec("test=b.npz", base_dir=tmp_path) == ("test", tmp_path / "b.npz")
-    assert parse_probe_spec("/abs/c.npz", base_dir=tmp_path) == ("probe", Path("/abs/c.npz"))
+    assert parse_probe_spec("test=b.npz") == ("test", Path("b.npz"))
+    assert parse_probe_spec("/abs/c.npz") == ("probe", Path("/abs/c.npz"))
     odd = tmp_path / "lr=0.1.npz"
     odd.write_bytes(b"")
     assert parse_probe_spec(str(odd)) == ("probe", odd)
