@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
-from typing import Any, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import numpy as np
 import torch
@@ -1914,94 +1914,9 @@ def discover_checkpoints(
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
     if below is not None and not below[0]:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
-    if not found and bad and len(bad) == len(looked_at):
-        raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
-    if not found:  # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
-        notes = [*notes, *quiet.unnoted]
-    if not found and bad and not stepless:
-        # The rest skipped as no checkpoint (the probe.pt beside a cut-short step_1.pt): "no checkpoints found",
-        # got "skipped probe.pt", hid what is wrong with step_1.pt. Its own error leads, the skipped said after.
-        # **(choice)** Not where a checkpoint was skipped for want of a step: the errors below say how to read it.
-        first = copy.copy(bad[0][1])
-        first.got = "; ".join(filter(None, [first.got, f"nothing else in {', '.join(map(str, sources))} to analyse"
-                                            + (f": {_condensed(notes)}" if notes else "")]))
-        raise first
-    probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
-    if not found and probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
-        # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
-        named = ", ".join(str(s) for s in sources)
-        raise CheckpointError(
-            f"{named} {'is a probe' if len(sources) == 1 else 'are probes'} (tensors named only as a probe's x and y), "
-            "not model weights",
-            got=probe_sets[0].removeprefix("skipped "),
-            fix=f"give {'it' if len(sources) == 1 else 'them'} as --probe, and a checkpoint or a run's folder as the "
-            "argument",
-        )
-    hdf5 = [note for note in notes if note.endswith(": an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint")]
-    if not found and hdf5 and len(hdf5) == len(notes) and all(Path(s).is_file() for s in sources):
-        # `fdl analyze run.fdl.h5` (for `fdl report`), or an .h5 probe given where a checkpoint goes
-        raise CheckpointError(
-            f"{', '.join(str(s) for s in sources)} {'is an HDF5 file' if len(sources) == 1 else 'are HDF5 files'}, "
-            "not a checkpoint",
-            got=hdf5[0].removeprefix("skipped "),
-            fix="read an fdl store with `fdl report STORE` (or classify, compare, export), give an .h5 probe as "
-            "--probe, and a checkpoint or a run's folder as the argument",
-        )
-    strange = [kind for kind in map(foreign.in_note, notes) if kind is not None]
-    if not found and strange and len(strange) == len(notes) == len(sources) and all(
-            name == (Path(source).name or str(source)) for (name, _), source in zip(strange, sources, strict=True)):
-        # each given is another framework's save (model.keras, a SavedModel folder), an archive or a download;
-        # many of one kind (`fdl analyze run/*` of 40 .gguf) said as one, the first named
-        kinds = _by_kind((str(source), kind) for source, (_, kind) in zip(sources, strange, strict=True))
-        said = {str(source): note[len(f"skipped {name}: "):]
-                for source, note, (name, _) in zip(sources, notes, strange, strict=True)}
-        raise CheckpointError(
-            "; ".join(f"{names[0]} is {said[names[0]]}" if len(names) == 1 else
-                      f"{first_and_more(names, 6)} are each {foreign.said(kind)}" for kind, names in kinds.items()),
-            fix=_foreign_fixes(kind for _, kind in strange))
     if not found:
-        where = ", ".join(str(s) for s in sources)
-        got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
-        fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
-               + (", or loosen --glob" if glob is not None else ""))
-        if strange:  # skipped for what they are: how to get PyTorch weights from them
-            fix = _foreign_fixes(kind for _, kind in strange)
-        if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
-            # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
-            fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
-                   "model_state_dict), or the run's folder")
-        if [str(s) for s in sources] == ["-"] and not looked_at:  # `fdl analyze -` read nothing: "in -", "got: nothing"
-            where, got = "the paths read from stdin (-)", "no path on stdin"
-            fix = "pipe the checkpoints' paths in, one a line (`find runs/a -name '*.pt' | fdl analyze - ...`), or " + fix
-        nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
-        one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
-        per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
-        if per_step and not for_inspect:
-            # One folder per step (step_100/model.pt): "pass the folder that holds them" analysed one
-            # checkpoint, and a --step-regex matching names could not match model.pt
-            folders, regex = per_step
-            where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
-            if nested:
-                got = ("" if got == "nothing" else got + "; ") + (
-                    "one checkpoint in each of the sub-folders " + first_few(folders, 3))
-            held = _held_step(folders[0]) if not stepless else None
-            if held is not None and held[1] != _name_step(folders[0]):
-                # nanoGPT's out1/ckpt.pt: the file holds its step (iter_num), which --step-regex would override
-                fix = f"pass the folders, whose checkpoints hold their steps ({held[0]}): fdl analyze {where_folders} ..."
-            else:
-                fix = (f"one folder per step: pass the folders and take the steps from their names: "
-                       f"fdl analyze {where_folders} --step-regex '{regex}' ...")
-        elif nested:
-            shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested[:3])
-            shown += ", ..." if len(nested) > 3 else ""  # runs/a, runs/b, runs/c alone read as the only ones
-            got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
-            fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
-        elif adapters:
-            got = ("" if got == "nothing" else got + "; ") + (
-                "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
-            fix = ("fdl analyses whole models: merge each adapter into its base model "
-                   "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
-        raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
+        _raise_none_found(sources, notes=notes, unnoted=quiet.unnoted, bad=bad, looked_at=looked_at,
+                          stepless=stepless, glob=glob, for_inspect=for_inspect)
     found.sort(key=lambda item: (item[0].step_source == "none", item[0].step, str(item[0].path)))
     if for_inspect:
         return Discovery(checkpoints=[ref for ref, _ in found], notes=notes, duplicates=[],
@@ -2020,6 +1935,103 @@ def discover_checkpoints(
         steps_found=tuple(ref.step for ref in checkpoints),
         copies=copies,
     )
+
+
+def _raise_none_found(
+    sources: Sequence[str | Path], *, notes: list[str], unnoted: list[str],
+    bad: list[tuple[Path, CheckpointError]], looked_at: list[str], stepless: list[Path], glob: str | None,
+    for_inspect: bool,
+) -> NoReturn:
+    """`discover_checkpoints` found no checkpoint in `sources`: raise the error that says why, from what the scan
+    met (`notes`, the probe files' `unnoted` skips, the `bad` files, the names `looked_at`, the `stepless` files
+    a folder scan skipped) and, where that says nothing, the sub-folders below the sources."""
+    if bad and len(bad) == len(looked_at):
+        raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
+    # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
+    notes = [*notes, *unnoted]
+    if bad and not stepless:
+        # The rest skipped as no checkpoint (the probe.pt beside a cut-short step_1.pt): "no checkpoints found",
+        # got "skipped probe.pt", hid what is wrong with step_1.pt. Its own error leads, the skipped said after.
+        # **(choice)** Not where a checkpoint was skipped for want of a step: the errors below say how to read it.
+        first = copy.copy(bad[0][1])
+        first.got = "; ".join(filter(None, [first.got, f"nothing else in {', '.join(map(str, sources))} to analyse"
+                                            + (f": {_condensed(notes)}" if notes else "")]))
+        raise first
+    probe_sets = [note for note in notes if PROBE_NOTE.fullmatch(note)]
+    if probe_sets and len(probe_sets) == len(notes) and all(Path(s).is_file() for s in sources):
+        # a probe file given where a checkpoint goes: "no checkpoints found in probe.pt ... point at a folder"
+        named = ", ".join(str(s) for s in sources)
+        raise CheckpointError(
+            f"{named} {'is a probe' if len(sources) == 1 else 'are probes'} (tensors named only as a probe's x and y), "
+            "not model weights",
+            got=probe_sets[0].removeprefix("skipped "),
+            fix=f"give {'it' if len(sources) == 1 else 'them'} as --probe, and a checkpoint or a run's folder as the "
+            "argument",
+        )
+    hdf5 = [note for note in notes if note.endswith(": an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint")]
+    if hdf5 and len(hdf5) == len(notes) and all(Path(s).is_file() for s in sources):
+        # `fdl analyze run.fdl.h5` (for `fdl report`), or an .h5 probe given where a checkpoint goes
+        raise CheckpointError(
+            f"{', '.join(str(s) for s in sources)} {'is an HDF5 file' if len(sources) == 1 else 'are HDF5 files'}, "
+            "not a checkpoint",
+            got=hdf5[0].removeprefix("skipped "),
+            fix="read an fdl store with `fdl report STORE` (or classify, compare, export), give an .h5 probe as "
+            "--probe, and a checkpoint or a run's folder as the argument",
+        )
+    strange = [kind for kind in map(foreign.in_note, notes) if kind is not None]
+    if strange and len(strange) == len(notes) == len(sources) and all(
+            name == (Path(source).name or str(source)) for (name, _), source in zip(strange, sources, strict=True)):
+        # each given is another framework's save (model.keras, a SavedModel folder), an archive or a download;
+        # many of one kind (`fdl analyze run/*` of 40 .gguf) said as one, the first named
+        kinds = _by_kind((str(source), kind) for source, (_, kind) in zip(sources, strange, strict=True))
+        said = {str(source): note[len(f"skipped {name}: "):]
+                for source, note, (name, _) in zip(sources, notes, strange, strict=True)}
+        raise CheckpointError(
+            "; ".join(f"{names[0]} is {said[names[0]]}" if len(names) == 1 else
+                      f"{first_and_more(names, 6)} are each {foreign.said(kind)}" for kind, names in kinds.items()),
+            fix=_foreign_fixes(kind for _, kind in strange))
+    where = ", ".join(str(s) for s in sources)
+    got = _condensed(notes) if notes else ("nothing" if not looked_at else ", ".join(looked_at))
+    fix = (f"point at a folder of {'/'.join(WEIGHT_SUFFIXES + TAR_SUFFIXES)} files (or pass the files)"
+           + (", or loosen --glob" if glob is not None else ""))
+    if strange:  # skipped for what they are: how to get PyTorch weights from them
+        fix = _foreign_fixes(kind for _, kind in strange)
+    if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
+        # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
+        fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
+               "model_state_dict), or the run's folder")
+    if [str(s) for s in sources] == ["-"] and not looked_at:  # `fdl analyze -` read nothing: "in -", "got: nothing"
+        where, got = "the paths read from stdin (-)", "no path on stdin"
+        fix = "pipe the checkpoints' paths in, one a line (`find runs/a -name '*.pt' | fdl analyze - ...`), or " + fix
+    nested, adapters = _checkpoints_below([Path(s) for s in sources if str(s) != "-"])
+    one_each = [folder for folder, _ in nested] if all(count == 1 for _, count in nested) else []
+    per_step = _folder_per_step([path.parent for path in stepless if not path.is_dir()] or one_each)
+    if per_step and not for_inspect:
+        # One folder per step (step_100/model.pt): "pass the folder that holds them" analysed one
+        # checkpoint, and a --step-regex matching names could not match model.pt
+        folders, regex = per_step
+        where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
+        if nested:
+            got = ("" if got == "nothing" else got + "; ") + (
+                "one checkpoint in each of the sub-folders " + first_few(folders, 3))
+        held = _held_step(folders[0]) if not stepless else None
+        if held is not None and held[1] != _name_step(folders[0]):
+            # nanoGPT's out1/ckpt.pt: the file holds its step (iter_num), which --step-regex would override
+            fix = f"pass the folders, whose checkpoints hold their steps ({held[0]}): fdl analyze {where_folders} ..."
+        else:
+            fix = (f"one folder per step: pass the folders and take the steps from their names: "
+                   f"fdl analyze {where_folders} --step-regex '{regex}' ...")
+    elif nested:
+        shown = ", ".join(f"{folder} ({count} checkpoint{'s' if count > 1 else ''})" for folder, count in nested[:3])
+        shown += ", ..." if len(nested) > 3 else ""  # runs/a, runs/b, runs/c alone read as the only ones
+        got = ("" if got == "nothing" else got + "; ") + f"checkpoints in sub-folders, which are not searched: {shown}"
+        fix = f"pass the folder that holds them: fdl {'inspect' if for_inspect else 'analyze'} {nested[0][0]} ..."
+    elif adapters:
+        got = ("" if got == "nothing" else got + "; ") + (
+            "PEFT adapters (adapter_model.safetensors), not whole models, in " + ", ".join(map(str, adapters)))
+        fix = ("fdl analyses whole models: merge each adapter into its base model "
+               "(PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(...)) and analyse those")
+    raise CheckpointError(f"no checkpoints found in {where}", got=got, fix=fix)
 
 
 def _unpickled_tensors(obj: Any) -> Mapping[str, torch.Tensor] | None:

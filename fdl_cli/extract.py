@@ -911,23 +911,16 @@ def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Ten
     return tensor.to(device, non_blocking=True)
 
 
-def forward_one(
+def forward_one_shapes(
     model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
-) -> tuple[dict[str, int], int]:
-    """One forward pass of one sample: the width of each layer's features and the number of outputs.
+) -> tuple[dict[str, int], int, tuple[int, ...]]:
+    """One forward pass of one sample: the width of each layer's features, the number of outputs, and the
+    shape of one sample's outputs before they are flattened ((C,) for a classifier's logits, (T, C) for a
+    head applied at every position of a sequence).
 
     A module that runs more than once per forward pass (a shared activation, a block applied twice)
     is refused: its hook would see only the last call, silently.
     """
-    widths, n_outputs, _shape = forward_one_shapes(model, layers, sample, device=device, dtype=dtype)
-    return widths, n_outputs
-
-
-def forward_one_shapes(
-    model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
-) -> tuple[dict[str, int], int, tuple[int, ...]]:
-    """`forward_one`, and the shape of one sample's outputs before they are flattened ((C,) for a
-    classifier's logits, (T, C) for a head applied at every position of a sequence)."""
     calls: dict[str, int] = {}
     modules = dict(model.named_modules())
     counters = [

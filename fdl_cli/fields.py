@@ -102,7 +102,8 @@ INT_FIELDS: Final = frozenset(
 STR_FIELDS: Final = frozenset({"path", "sha256", "regime", "probe", "layer"})
 FLOAT_FIELDS: Final = frozenset(RECORD_FIELDS) - INT_FIELDS - STR_FIELDS
 
-#: The regimes of SPEC.md §7 (and `undetermined` when the evidence conflicts).
+#: The regimes of SPEC.md §7 (and `undetermined` when the evidence conflicts): the values of the `regime` field, for a
+#: reader of stores (the tests draw records from it); fdl's own code spells each where its rule gives it.
 REGIMES: Final = ("coefficient", "MF", "EF", "undetermined")
 
 

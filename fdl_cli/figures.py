@@ -2,7 +2,8 @@
 
 Uses matplotlib's object API (`Figure` + the Agg canvas), never pyplot: no global figure state, no GUI
 backend, safe in a headless process. Each `*_figure` function takes plain arrays and returns a `Figure`;
-`run_figures` / `compare_figures` pull the arrays from a store and write PNG + SVG files.
+`run_figures` / `compare_figures` pull the arrays from a store and draw them, `write_run_figures` /
+`write_compare_figures` write them as PNG + SVG files.
 """
 
 from __future__ import annotations
@@ -685,7 +686,9 @@ def _draw_run(run: Run) -> list[Drawn]:
 
 
 def run_figures(run: Run) -> list[tuple[str, str, Figure]]:
-    """(stem, title, figure) of every figure of a run (`_draw_run`); a title names the series the figure names."""
+    """(stem, title, figure) of every figure of a run (`_draw_run`); a title names the series the figure names.
+    No command calls it (they write files, `write_run_figures`): it is how the tests and a notebook draw a run's
+    figures without writing them."""
     return [(stem, f"{title} ({label})" if named else title, figure) for label, named, stem, title, figure in _draw_run(run)]
 
 

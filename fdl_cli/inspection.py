@@ -45,14 +45,10 @@ def inspect_checkpoint(
     from fdl_cli.extract import (
         FORWARD,
         LAST_LINEAR_OP,
-        DefaultChoice,
         LinearCalls,
         ProgramModel,
         check_outputs_order,
-        chosen_default,
-        default_layer_by_registration,
         model_outputs,
-        not_the_head,
         padded_sequences,
         parent_to_take,
         prepare_model,
@@ -196,35 +192,9 @@ def inspect_checkpoint(
         for handle in handles:
             handle.remove()
         sequences.__exit__(None, None, None)
-    default_module: str | None = None
-    if program:
-        default_module = LAST_LINEAR_OP
-        default_basis = ("the input of the last linear operation the program's forward pass runs "
-                         "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
-    elif linears_run:
-        # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
-        last = linears_run[-1].name
-        choice = (chosen_default(linears_run, returned[0]) if returned and outputs_error is None
-                  else DefaultChoice(last))
-        default_module = choice.module
-        source = "the probe's first sample" if probe_spec is not None else (
-            "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
-        ) + " (--probe FILE for a real one)"
-        default_basis = (f"the last nn.Linear to run in a forward pass of {source}" if choice.module == last else
-                         f"the nn.Linear whose output the model's outputs are, in a forward pass of {source}; the "
-                         f"last to run is {last}")
-        if choice.sizes is not None:
-            default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
-    else:
-        try:
-            default_module = default_layer_by_registration(model).module
-            default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
-                             + (f"{WRAP_INPUTS} to find the one that runs last" if several_inputs else
-                                "give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
-                                "FILE) to find the one that runs last" if probe_of is not None else
-                                "pass --probe FILE to find the one that runs last"))
-        except FdlError:
-            default_basis = "none: the model has no nn.Linear; pick --layer NAME"
+    default_module, default_basis = _default_choice(
+        model, program=program, linears_run=linears_run, returned=returned, outputs_error=outputs_error,
+        sample=sample, from_probe=probe_spec is not None, several_inputs=several_inputs, probe_of=probe_of)
     default_label = f"{default_module}:input" if default_module is not None else None
     linear = dict(model.named_modules()).get(default_module) if default_module is not None else None
     default_features = int(getattr(linear, "in_features", 0)) or None
@@ -373,6 +343,48 @@ def _by_name(ref: Any) -> bool:
 #: the sequence length of `fdl inspect`'s random token ids (fewer where an embedding table is smaller: a
 #: table of positions must hold every position)
 INSPECT_TOKENS = 8
+
+
+def _default_choice(
+    model: Any, *, program: bool, linears_run: Any, returned: list[Any], outputs_error: ModelError | None,
+    sample: Any, from_probe: bool, several_inputs: bool, probe_of: Path | None,
+) -> tuple[str | None, str]:
+    """The module whose input `fdl analyze` takes by default, and why, in words (`inspect_checkpoint`'s
+    `default_module`, `default_basis`): a program's last linear operation; else analyze's choice among the
+    nn.Linear calls of the pass that ran (`linears_run`, `returned`); else, no pass having run, a guess by
+    registration order."""
+    from fdl_cli.extract import LAST_LINEAR_OP, DefaultChoice, chosen_default, default_layer_by_registration, not_the_head
+
+    default_module: str | None = None
+    if program:
+        default_module = LAST_LINEAR_OP
+        default_basis = ("the input of the last linear operation the program's forward pass runs "
+                         "(`last_linear_op`, as analyze picks it in a TorchScript or torch.export checkpoint)")
+    elif linears_run:
+        # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
+        last = linears_run[-1].name
+        choice = (chosen_default(linears_run, returned[0]) if returned and outputs_error is None
+                  else DefaultChoice(last))
+        default_module = choice.module
+        source = "the probe's first sample" if from_probe else (
+            "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
+        ) + " (--probe FILE for a real one)"
+        default_basis = (f"the last nn.Linear to run in a forward pass of {source}" if choice.module == last else
+                         f"the nn.Linear whose output the model's outputs are, in a forward pass of {source}; the "
+                         f"last to run is {last}")
+        if choice.sizes is not None:
+            default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
+    else:
+        try:
+            default_module = default_layer_by_registration(model).module
+            default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
+                             + (f"{WRAP_INPUTS} to find the one that runs last" if several_inputs else
+                                "give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
+                                "FILE) to find the one that runs last" if probe_of is not None else
+                                "pass --probe FILE to find the one that runs last"))
+        except FdlError:
+            default_basis = "none: the model has no nn.Linear; pick --layer NAME"
+    return default_module, default_basis
 
 
 def _random_samples(model: Any) -> tuple[tuple[Any, str], list[tuple[Any, str]]]:

@@ -216,11 +216,10 @@ def usable_probe_name(name: str) -> str:
     return re.sub(r"^(?=[0-9])", "_", re.sub(r"[^A-Za-z0-9_]", "_", name))
 
 
-def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, Path]:
+def parse_probe_spec(spec: str) -> tuple[str, Path]:
     """``"a.npz"`` -> ``("probe", a.npz)``; ``"train=a.npz"`` -> ``("train", a.npz)``.
 
-    A relative path is taken relative to ``base_dir`` when given. A spec naming an existing file
-    is a path even if it contains ``=``.
+    A spec naming an existing file is a path even if it contains ``=``.
     """
     name, sep, rest = spec.partition("=")
     # A name is what comes before the first '=' of a spec that is no existing file, unless it holds a folder's
@@ -237,10 +236,7 @@ def parse_probe_spec(spec: str, *, base_dir: Path | None = None) -> tuple[str, P
         name, path_text = DEFAULT_NAME, spec
     if not path_text.strip():
         raise ProbeError(f"--probe {spec!r} has no path", fix="e.g. --probe probe.npz or --probe train=a.npz")
-    path = Path(path_text)
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
-    return name, path
+    return name, Path(path_text)
 
 
 #: Bytes per read when a whole lazily read array is checked (validation, CRC): memory stays flat.
@@ -1193,11 +1189,3 @@ def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
     if first is None:
         return None
     return "are all 0" if zero else "are constant" if center and constant else None
-
-
-def probe_batches(probe: Probe, batch_size: int) -> Iterator[tuple[int, int]]:
-    """Index ranges ``(start, stop)`` covering the probe in order, ``batch_size`` samples each."""
-    if batch_size < 1:
-        raise ProbeError(f"--batch-size must be positive, got {batch_size}", fix="e.g. --batch-size 256")
-    for start in range(0, probe.n, batch_size):
-        yield start, min(start + batch_size, probe.n)

@@ -311,6 +311,15 @@ class _ImportWatch:
         os._exit(128 + signum)
 
 
+def _wakeup_pipe() -> tuple[int, int]:
+    """A pipe (read, write) whose write end can be Python's wakeup fd (`signal.set_wakeup_fd`): both ends
+    non-blocking, as the wakeup fd must not block its handler."""
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)
+    return read, write
+
+
 def _say(line: str) -> None:
     """`line` on stderr, on a line of its own after a terminal's "^C"."""
     try:
@@ -379,9 +388,7 @@ def ending_at_once(*, quiet: bool = False, give_up: tuple[float, str] | None = N
     if not taken and deadline is None:
         yield
         return
-    read, write = os.pipe()
-    for fd in (read, write):
-        os.set_blocking(fd, False)  # Python's wakeup fd must not block its handler
+    read, write = _wakeup_pipe()
     try:
         with held():
             previous = signal.set_wakeup_fd(write)
@@ -470,9 +477,7 @@ class _Stall:
         """In the main thread, at the first `model_code` of a run that took the signals (`installed`)."""
         if self.fds is not None or not hasattr(signal, "pthread_sigmask"):
             return
-        read, write = os.pipe()
-        for fd in (read, write):
-            os.set_blocking(fd, False)  # Python's wakeup fd must not block its handler
+        read, write = _wakeup_pipe()
         try:
             self.previous = signal.set_wakeup_fd(write)
         except (ValueError, OSError):

@@ -949,7 +949,11 @@ def basis_overlap(basis_a: np.ndarray, basis_b: np.ndarray, *, points: int) -> f
 
 
 def merge_all(parts: Sequence[Moments]) -> Moments:
-    """Merge the statistics of several disjoint shards."""
+    """Merge the statistics of several disjoint shards.
+
+    **(choice)** Kept, with `Moments.merge`, as the library's way to add shards (docs/measures.md names both), though
+    no command calls it: torchrun's probe slices are added by `distributed`'s all-reduce of the same sums, and the
+    tests check both against one pass over the whole probe."""
     result = parts[0]
     for part in parts[1:]:
         result = result.merge(part)

@@ -1529,14 +1529,6 @@ class StoreReader:
         self.close()
 
 
-def read_records(
-    path: str | os.PathLike[str], *, probe: str | None = None, layer: str | None = None
-) -> list[dict[str, Any]]:
-    """The records of a store (see StoreReader.records); its warnings are dropped."""
-    with StoreReader(path) as reader:
-        return reader.records(probe=probe, layer=layer)
-
-
 # --------------------------------------------------------------------------------------------------
 # Writer
 
@@ -1846,11 +1838,6 @@ class _CommitJob:
             if self._state == "pending":
                 self._state = "cancelled"
                 self._ended.set()
-            return self._state == "cancelled"
-
-    @property
-    def cancelled(self) -> bool:
-        with self._state_lock:
             return self._state == "cancelled"
 
     def done(self) -> bool:

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import save_file
 
 from fdl_cli.errors import ProbeError
-from fdl_cli.probes import load_probe, parse_probe_spec, probe_batches, validate_probe
+from fdl_cli.probes import load_probe, parse_probe_spec, validate_probe
 
 torch.set_num_threads(1)
 
@@ -84,8 +84,8 @@ def test_positional_npz(tmp_path: Path) -> None:
 
 def test_parse_probe_spec(tmp_path: Path) -> None:
     assert parse_probe_spec("a.npz") == ("probe", Path("a.npz"))
-    assert parse_probe_spec("test=b.npz", base_dir=tmp_path) == ("test", tmp_path / "b.npz")
-    assert parse_probe_spec("/abs/c.npz", base_dir=tmp_path) == ("probe", Path("/abs/c.npz"))
+    assert parse_probe_spec("test=b.npz") == ("test", Path("b.npz"))
+    assert parse_probe_spec("/abs/c.npz") == ("probe", Path("/abs/c.npz"))
     odd = tmp_path / "lr=0.1.npz"
     odd.write_bytes(b"")
     assert parse_probe_spec(str(odd)) == ("probe", odd)
@@ -103,15 +103,6 @@ def test_validate_probe(tmp_path: Path) -> None:
     validate_probe(regression, n_outputs=2)
     with pytest.raises(ProbeError, match="2 regression target"):
         validate_probe(regression, n_outputs=3)
-
-
-def test_probe_batches(tmp_path: Path) -> None:
-    x, y = _xy()
-    probe = load_probe(_write(tmp_path / "p.npz", {"x": x, "y": y}))
-    assert list(probe_batches(probe, 4)) == [(0, 4), (4, 6)]
-    assert list(probe_batches(probe, 6)) == [(0, 6)]
-    with pytest.raises(ProbeError):
-        list(probe_batches(probe, 0))
 
 
 def _bad(tmp_path: Path) -> dict[str, tuple[Path, str]]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from fdl_cli.checkpoints import discover_checkpoints, resolve_model_factory
 from fdl_cli.errors import CheckpointError, ModelError, ProbeError
-from fdl_cli.extract import LayerSpec, default_layer, extract, forward_one, model_outputs, resolve_layers
+from fdl_cli.extract import LayerSpec, default_layer, extract, forward_one_shapes, model_outputs, resolve_layers
 from fdl_cli.inspection import inspect_checkpoint
 from fdl_cli.probes import load_probe
 from fdl_cli.store import StoreReader
@@ -66,10 +66,10 @@ def test_layer_returning_a_dict_is_a_model_error_naming_layer_and_type() -> None
     layers = resolve_layers(model, ["block"])
     sample = np.zeros((2, 4), dtype=np.float32)
     with pytest.raises(ModelError, match="'block'") as err:
-        forward_one(model, layers, sample, device=torch.device("cpu"), dtype="float32")
+        forward_one_shapes(model, layers, sample, device=torch.device("cpu"), dtype="float32")
     assert "dict" in str(err.value) and "fdl inspect" in str(err.value)
-    widths, n_outputs = forward_one(model, resolve_layers(model, ["head:input"]), sample,
-                                    device=torch.device("cpu"), dtype="float32")
+    widths, n_outputs, _shape = forward_one_shapes(model, resolve_layers(model, ["head:input"]), sample,
+                                                   device=torch.device("cpu"), dtype="float32")
     assert (widths, n_outputs) == ({"head:input": 8}, 3)
 
 
