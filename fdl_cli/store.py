@@ -3095,6 +3095,14 @@ def _appendable(dataset: Any, name: str) -> bool:
     return bool(dataset.dtype == (np.int64 if name == "step" else np.float64))
 
 
+def _stored_columns(trajectories: h5py.Group, probe: str, layer: str) -> dict[str, Any]:
+    """A stored trajectory's datasets by field (None for a field it lacks), each opened once; {} without it."""
+    if probe not in trajectories or layer not in trajectories[probe]:
+        return {}
+    group = trajectories[probe][layer]
+    return {name: group.get(name) for name in RECORD_FIELDS}
+
+
 def _write_trajectory(
     trajectories: h5py.Group,
     key: Series,
@@ -3111,21 +3119,22 @@ def _write_trajectory(
     """
     probe, layer = key
     rows = [by_step[step] for step in sorted(by_step)]
+    # Each stored dataset opened once, for the check and the append: the group and each dataset were opened three
+    # times a field, 6.4 against 3.1 ms of the writer thread's CPU a series a commit (docs/benchmarks.md).
+    datasets = _stored_columns(trajectories, probe, layer) if appendable else {}
     if (
-        appendable
-        and probe in trajectories
-        and layer in trajectories[probe]
-        and all(_appendable(trajectories[probe][layer].get(name), name) for name in RECORD_FIELDS)
+        datasets
+        and all(_appendable(datasets[name], name) for name in RECORD_FIELDS)
         and (not old_steps or all(step > old_steps[-1] for step in changed))
         and all(step in by_step for step in changed)
     ):
-        group = trajectories[probe][layer]
         start = len(old_steps)
         for name in RECORD_FIELDS:
-            dataset = group[name]
+            dataset = datasets[name]
             dataset.resize((len(rows),))
             dataset[start:] = _trajectory_column(name, rows[start:])
         return
+    datasets.clear()  # closed before the series is deleted and written anew
     parent = trajectories.require_group(probe)
     if layer in parent:
         del parent[layer]
