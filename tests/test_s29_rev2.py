@@ -43,7 +43,7 @@ def test_a_run_whose_features_moved_at_an_unmatched_checkpoint_is_not_called_laz
     verdict = _verdict(a, b)
     assert verdict.startswith("Run A is richer than run B"), verdict
     assert LAZY not in verdict and "A did not" not in verdict and "only B's features moved" not in verdict, verdict
-    assert ("Run A's features did not move at the matched steps (at every one CKA to its reference ≥ 0.99, lowest "
+    assert ("Run A's features did not move at the matched steps (at every matched step CKA to its reference ≥ 0.99, lowest "
             "1.0000, and top-C overlap ≥ 0.95, lowest 1.0000): its D_LR there is that of its reference "
             "checkpoint's features; they moved at step 300, which no checkpoint of B matches (CKA to its reference "
             "down to 0.5000, top-C overlap to 0.4000).") in verdict, verdict
@@ -62,8 +62,8 @@ def test_a_measure_missing_at_some_matched_steps_is_not_said_of_every_one(tmp_pa
     b = _store(tmp_path / "b.h5", 0, {})
     verdict = _verdict(a, b)
     assert ("Run A's features did not move (at every matched step top-C overlap ≥ 0.95, lowest 0.9800, and CKA "
-            "to its reference ≥ 0.99 at the 1 of them where it is measured, lowest 1.0000): its D_LR is that of "
-            "its reference checkpoint's features") in verdict, verdict
+            "to its reference ≥ 0.99 at the 1 of the 3 matched steps where it is measured, lowest 1.0000): its D_LR "
+            "is that of its reference checkpoint's features") in verdict, verdict
     assert "at every matched step CKA" not in verdict
 
 
