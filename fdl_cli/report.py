@@ -1612,11 +1612,13 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
     return values
 
 
-def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[str | None, str]:
+def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
+               unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> tuple[str | None, str]:
     """Which run is richer (lower D_LR) and from which matched step on: in a word, "a" or "b" (the run richer at
     the last matched step), "equal" where the runs end equally rich, None where D_LR cannot tell (`fdl compare
     --json`'s `richer`, which a script tests rather than the sentence), and in plain words (the verdict). D_LR
-    values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich."""
+    values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich. `unmatched`: each run's
+    records at the checkpoints the other run does not match (`_movement_note`)."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
@@ -1645,9 +1647,10 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
     same = "same D_LR" if exact else f"D_LR within dlr_tie = {tie:g}"
     if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
-            return "equal", f"The runs are equally rich ({same}) {every}." + left_out + _movement_note(steps)
+            return "equal", f"The runs are equally rich ({same}) {every}." + left_out + _movement_note(
+                steps, unmatched=unmatched)
         return "equal", (f"The runs end equally rich ({same} at the last matched step)." + left_out
-                         + _movement_note(steps))
+                         + _movement_note(steps, unmatched=unmatched))
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1668,7 +1671,7 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE) -> tuple[
         # one signed step: `when` names it, and its values follow it ("(step 350) (last matched step: ...)")
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         + (f": {values}." if len(signs) == 1 else f" ({where}: {values}).")
-        + left_out + _movement_note(steps, richer=winner)
+        + left_out + _movement_note(steps, richer=winner, unmatched=unmatched)
     )
 
 
@@ -1698,56 +1701,92 @@ def _matched_step(match: Match) -> str:
     return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A and {match.step_b} of B"
 
 
-def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None) -> str:
+def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
+                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> str:
     """A sentence for each run whose features never moved (the classifier's `static` at every matched
     step: CKA to its reference at or above `cka_static` and the top-C overlap at or above
     `overlap_static`): its D_LR is that of features it did not learn, so "richer" then compares a lazy
     run's fixed features with the other run's (SPEC §7: coefficient). CKA alone is not enough: a run
     whose top-C eigenspace rotated under a static CKA is a conflict that `fdl classify` calls
-    undetermined, not coefficient. Where one run never moved and the other moved (a frozen backbone against a
-    trained net), a last sentence says which of the two learned features, and, where `richer` (the verdict's
-    run, "A" or "B"; None for a tie) is the static one, that its lower D_LR is its readout's."""
-    from fdl_cli.regimes import MOVED, STATIC, Thresholds, feature_movement, one_minus_gap
+    undetermined, not coefficient. A matched step where neither measure exists (features constant over the
+    anchors: a layer that died) is no evidence of a static run, and a measure missing at some matched steps is
+    said where it is measured, not "at every matched step". Where one run never moved and the other moved (a
+    frozen backbone against a trained net), a last sentence says which of the two learned features, and, where
+    `richer` (the verdict's run, "A" or "B"; None for a tie) is the static one, that its lower D_LR is its
+    readout's. `unmatched`: each run's records at its checkpoints the other run does not match; a run static at
+    the matched steps whose features moved at one of those is said to have moved there, neither lazy nor one
+    that did not learn features."""
+    from fdl_cli.regimes import MOVED, STATIC, Thresholds, feature_movement
 
     thresholds = Thresholds()
     notes = []
     static, moved = [], []  # the runs that never moved, and those that moved at a matched step
-    for name, side in (("A", "record_a"), ("B", "record_b")):
+    for (name, side), elsewhere in zip((("A", "record_a"), ("B", "record_b")), unmatched, strict=True):
         records = [getattr(compared, side) for compared in steps]
-        records = [r for r in records if r.get("cka_init") is not None or r.get("overlap_init") is not None]
         if any(feature_movement(r, thresholds)[0] == MOVED for r in records):
             moved.append((name, records))
         if len(records) > 1 and all(feature_movement(r, thresholds)[0] == STATIC for r in records):
+            # a measure of every matched step first, under "at every matched step"; one missing at some (CKA null:
+            # too few anchors) at those where it is measured: it said "at every matched step" of the reference's 1.0
+            measures = sorted(_static_measures(records, thresholds), key=lambda said: len(said[2]) < len(records))
+            every = "at every matched step " if len(measures[0][2]) == len(records) else ""
+            shown = [f"{label} ≥ {bound:g}" + (f" at the {len(values)} of the {len(records)} matched steps where it is "
+                                                "measured" if len(values) < len(records) else "") + f", lowest {text}"
+                     for label, bound, values, text in measures]
+            later = [r for r in elsewhere if feature_movement(r, thresholds)[0] == MOVED]
+            if later:  # "a lazy run" of a run the other does not follow to where it moved
+                other = "B" if name == "A" else "A"
+                at = first_and_more([int(r["step"]) for r in later], UNMATCHED_SHOWN)
+                notes.append(
+                    f" Run {name}'s features did not move at the matched steps ({every}{', and '.join(shown)}):"
+                    f" its D_LR there is that of its reference checkpoint's features; they moved at "
+                    f"{'step' if len(later) == 1 else 'steps'} {at}, which no checkpoint of {other} matches "
+                    f"({_moved_measures(later, thresholds)}).")
+                continue
             static.append(name)
-            shown = []
-            for field, label, bound in (("cka_init", "CKA to its reference", thresholds.cka_static),
-                                        ("overlap_init", "top-C overlap", thresholds.overlap_static)):
-                values = [r[field] for r in records if r.get(field) is not None]
-                if values:
-                    lowest = min(values)
-                    text = format_value(field, lowest)
-                    if text == format_value(field, 1.0) and lowest < 1.0:
-                        text = one_minus_gap(lowest)  # a lazy run's 0.9999996 read "lowest 1.0000"
-                    shown.append(f"{label} ≥ {bound:g}, lowest {text}")  # not "(... (lowest 0.9990) ...)"
             notes.append(
-                f" Run {name}'s features did not move (at every matched step {', and '.join(shown)}): its D_LR is "
+                f" Run {name}'s features did not move ({every}{', and '.join(shown)}): its D_LR is "
                 "that of its reference checkpoint's features, not of features learned in these steps, a lazy "
                 "(coefficient) run (`fdl classify` gives the evidence)."
             )
     if len(static) == 1 and len(moved) == 1:
         # "Run A is richer" of a frozen backbone read as "A learned more": D_LR ranks richness, which fixed features
         # may win through their readout alone; which run learned features is the other question, answered here
-        # the measures that moved, below their static bound: a CKA a hair under 1 beside a rotated eigenspace
-        # read "CKA to its reference down to 1.0000" as the evidence
         (name, records), = moved
-        lowest = [f"{label} {format_value(field, least)}"
-                  for field, label, bound in (("cka_init", "CKA to its reference down to", thresholds.cka_static),
-                                              ("overlap_init", "top-C overlap to", thresholds.overlap_static))
-                  if (least := min((r[field] for r in records if r.get(field) is not None), default=bound)) < bound]
-        notes.append(f" Of the two runs, only {name}'s features moved ({', '.join(lowest)}): {name} learned features, "
-                     f"{static[0]} did not" + (f"; {static[0]}'s lower D_LR comes from its readout of fixed features."
-                                               if richer == static[0] else "."))
+        notes.append(f" Of the two runs, only {name}'s features moved ({_moved_measures(records, thresholds)}): "
+                     f"{name} learned features, {static[0]} did not"
+                     + (f"; {static[0]}'s lower D_LR comes from its readout of fixed features."
+                        if richer == static[0] else "."))
     return "".join(notes)
+
+
+def _static_measures(records: Sequence[Record], thresholds: Any) -> list[tuple[str, float, list[float], str]]:
+    """(label, static bound, values, lowest in words) of each measure a static run's `records` hold: "lowest
+    1.0000" of a lazy run's 0.9999996 reads as 1 less its gap instead."""
+    from fdl_cli.regimes import one_minus_gap
+
+    said = []
+    for field_name, label, bound in (("cka_init", "CKA to its reference", thresholds.cka_static),
+                                     ("overlap_init", "top-C overlap", thresholds.overlap_static)):
+        values = [r[field_name] for r in records if r.get(field_name) is not None]
+        if values:
+            lowest = min(values)
+            text = format_value(field_name, lowest)
+            if text == format_value(field_name, 1.0) and lowest < 1.0:
+                text = one_minus_gap(lowest)
+            said.append((label, bound, values, text))
+    return said
+
+
+def _moved_measures(records: Sequence[Record], thresholds: Any) -> str:
+    """"CKA to its reference down to 0.6250, top-C overlap to 0.5000": the lowest of each measure of `records`
+    that is below its static bound, the measures that moved (a CKA a hair under 1 beside a rotated eigenspace
+    read "CKA to its reference down to 1.0000" as the evidence)."""
+    return ", ".join(
+        f"{label} {format_value(field_name, least)}"
+        for field_name, label, bound in (("cka_init", "CKA to its reference down to", thresholds.cka_static),
+                                         ("overlap_init", "top-C overlap to", thresholds.overlap_static))
+        if (least := min((r[field_name] for r in records if r.get(field_name) is not None), default=bound)) < bound)
 
 
 def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
@@ -2079,7 +2118,10 @@ def compare_runs(
         )
         for match in matches
     ]
-    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"])
+    matched_a, matched_b = {m.step_a for m in matches}, {m.step_b for m in matches}
+    rest = ([r for r in series_a.records if r["step"] not in matched_a],
+            [r for r in series_b.records if r["step"] not in matched_b])
+    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"], unmatched=rest)
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
         verdict=verdict, richer=richer, thresholds=thresholds,
