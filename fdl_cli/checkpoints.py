@@ -723,6 +723,37 @@ def _plain(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
+#: The end of a torch.ao quantized Linear's state_dict key for its packed (weight, bias): a tuple, beside
+#: `<prefix>dtype` (a torch.dtype), and the layer's own output `scale` and `zero_point`
+_PACKED = "_packed_params._packed_params"
+
+
+def _ao_unpacked(obj: Any, depth: int = 0) -> Any:
+    """`obj` with each torch.ao quantized Linear's packed params (`quantize_dynamic`'s, a converted model's)
+    laid out as the float Linear's: `fc._packed_params._packed_params` = (weight, bias) becomes `fc.weight` (the
+    quantized tensor as saved: loading dequantizes it) and `fc.bias`; the layer's `fc._packed_params.dtype`,
+    `fc.scale` and `fc.zero_point` (the output's quantization, which a float forward does not use) are left
+    out. torch's own layout (LinearPackedParams' _save_to_state_dict), so no guess; any other dict as it is."""
+    if not isinstance(obj, dict) or depth > 6:
+        return obj
+    packed = {key.removesuffix(_PACKED) for key, value in obj.items()
+              if isinstance(key, str) and key.endswith(_PACKED) and isinstance(value, tuple) and len(value) == 2
+              and isinstance(value[0], torch.Tensor) and isinstance(value[1], (torch.Tensor, type(None)))}
+    if not packed:
+        return {key: _ao_unpacked(value, depth + 1) for key, value in obj.items()}
+    dropped = {prefix + name for prefix in packed for name in ("_packed_params.dtype", "scale", "zero_point")}
+    out: dict[Any, Any] = {}
+    for key, value in obj.items():
+        prefix = key.removesuffix(_PACKED) if isinstance(key, str) and key.endswith(_PACKED) else None
+        if prefix in packed:
+            out[prefix + "weight"] = value[0]
+            if value[1] is not None:
+                out[prefix + "bias"] = value[1]
+        elif key not in dropped:
+            out[key] = value
+    return out
+
+
 def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a refusal becomes UnsafeCheckpointError, damage CheckpointError.
 
@@ -732,7 +763,7 @@ def _torch_load_safe(path: Path, *, map_location: str = "cpu", mmap: bool = Fals
     """
     is_zip = mmap and utf8_path(path) and zipfile.is_zipfile(path)
     try:
-        return _plain(_load_weights_only(path, map_location=map_location, mmap=is_zip))
+        return _ao_unpacked(_plain(_load_weights_only(path, map_location=map_location, mmap=is_zip)))
     except pickle.UnpicklingError as exc:
         unsafe, _ = _unsafe_globals(path)
         if not unsafe:
@@ -4999,8 +5030,44 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
             "model.state_dict() with torch.save, which holds it, or build the model without that state")
 
 
+def _dequantized(own: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with torch's quantized tensors (qint8, quint8: `torch.quantize_per_tensor`, per channel, a
+    torch.ao model's weights) dequantized where the model's are floating point: each carries its own scale and
+    zero point, so `dequantize()` gives the values it stands for, as widening a bfloat16 one does (torch's
+    load_state_dict refuses to copy them). A model whose own tensor is quantized gets it as it is."""
+    return {name: value.dequantize() if isinstance(value, torch.Tensor) and value.is_quantized
+            and isinstance(own.get(name), torch.Tensor) and own[name].is_floating_point() else value
+            for name, value in state.items()}
+
+
+#: The last part of a state_dict key holding the scale of a weight stored scaled (FP8 exports' `weight_scale`,
+#: `weight_scale_inv`; a scheme's own `weight.scale`, `weight.zero_point`, `input_scale`, an amax)
+_SCALE_NAME = re.compile(r"(?:^|[._])(?:scales?|scale_inv|inv_scale|zero_points?|amax)$")
+
+
+def _scaled_weights(path: Path, expected: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
+    """The error for weights stored scaled (float8 or integers) with their scales beside them, which the model
+    does not hold (None for any other mismatch): the values are the stored ones times, or divided by, scales
+    whose scheme (multiply or divide, per tensor, row or block) only the exporter knows, so fdl neither loads
+    the stored numbers as the weights nor guesses how to dequantize them."""
+    extra = [key for key in state if key not in expected]
+    low = sorted({str(value.dtype).removeprefix("torch.") for key, value in state.items()
+                  if key in expected and isinstance(value, torch.Tensor)
+                  and (value.dtype.itemsize == 1 and not value.is_quantized) and value.dtype != torch.bool})
+    if not extra or not low or not all(_SCALE_NAME.search(key) for key in extra):
+        return None
+    return CheckpointError(
+        f"{path} holds {' and '.join(low)} weights stored with scales beside them: {first_names(extra, 6)}",
+        got="the weights' values are the stored numbers scaled (times a scale, or divided by a scale_inv; per "
+        "tensor, row or block) by a scheme fdl cannot know, and the model built by --model holds no scales",
+        fix="dequantize them as your exporter defines it and save the float weights without the scales (e.g. "
+        "{k: w.float() * sd[k + '_scale'] for k, w in sd.items() if k + '_scale' in sd} with the other tensors), "
+        "or have --model build the network that applies the scales (its state_dict holds them)",
+    )
+
+
 def _not_floating_point(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
-    """The error for a checkpoint whose tensors are integers, booleans, complex or quantized numbers where the
+    """The error for a checkpoint whose tensors are integers, booleans or complex numbers where the
     model's are floating point (None when there is none): load_state_dict casts them without a word (complex
     ones dropping their imaginary parts, with torch's UserWarning), and every measure was computed on the
     cast values. Floating point of another precision (half, bfloat16, double, float8) is cast as before,
@@ -5078,6 +5145,9 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             with contextlib.suppress(WeightsMismatchError):
                 return _load_strict(model, {key: value for key, value in raw.items() if key not in scalars}, path)
     if problem is not None:
+        scaled = _scaled_weights(path, expected, state)
+        if scaled is not None:
+            raise scaled
         from fdl_cli.probes import X_KEYS, Y_KEYS
 
         wrapper = _wrapper_prefix(expected, raw)
@@ -5092,6 +5162,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
                  if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
                  "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
+    state = _dequantized(own, state)
     not_floating = _not_floating_point(path, own, state)
     if not_floating is not None:
         raise not_floating

@@ -1227,15 +1227,18 @@ def parameter_vector_norms(
     state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None
 ) -> tuple[float, float | None]:
     """‖θ‖² and ‖θ − θ_ref‖ / ‖θ_ref‖ over the floating tensors (BatchNorm running statistics excluded),
-    summed by `_squared_norm` (thread- and device-invariant digits)."""
+    summed by `_squared_norm` (thread- and device-invariant digits). A quantized tensor (qint8: the file's
+    own, which loading dequantized into the model) counts as its dequantized values."""
     squared, distance, ref_squared = [], [], []
-    for name, tensor in state.items():
+    for name, saved in state.items():
+        tensor = saved.dequantize() if saved.is_quantized else saved
         if not tensor.is_floating_point() or _is_running_stat(name):
             continue
         values = tensor.detach().reshape(-1)
         squared.append(_squared_norm(values))
         if reference is not None and name in reference and reference[name].shape == tensor.shape:
-            ref = reference[name].detach().reshape(-1)
+            held = reference[name]
+            ref = (held.dequantize() if held.is_quantized else held).detach().reshape(-1)
             ref_squared.append(_squared_norm(ref))
             distance.append(_squared_norm(values, ref))
     total = math.fsum(squared)
