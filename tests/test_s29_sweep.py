@@ -1,0 +1,113 @@
+"""`fdl classify STORE...`: a sweep's runs in one table (text, JSON, CSV), `--expect` naming the runs that differ,
+and a store that cannot be read named without hiding the others. Stores: the sample run, analysed at its first
+checkpoint alone (coefficient: nothing after the reference) and at three (MF)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from fdl_cli.cli import main
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import torch
+
+    from fdl_cli.pipeline import AnalyzeOptions, run_analyze
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("sweep")
+    stores = []
+    for name, steps in (("lazy", (0,)), ("rich", (0, 50, 1000))):
+        out = folder / f"{name}.h5"
+        assert not run_analyze(AnalyzeOptions(sources=(str(SAMPLES),), steps=steps, out=out, device="cpu")).failed
+        stores.append(out)
+    return stores[0], stores[1]
+
+
+def classify(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(["classify", *map(str, args)])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_several_stores_one_row_each_in_the_order_given(sweep: tuple[Path, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    code, out, err = classify(capsys, rich, lazy)
+    assert code == 0 and out == ""
+    lines = err.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("store"))
+    assert lines[header].split()[:2] == ["store", "regime"] and "CKA₀" in lines[header]
+    rows = lines[header + 2:header + 4]
+    assert rows[0].split()[:2] == [str(rich), "MF"]
+    assert rows[1].split()[:2] == [str(lazy), "coefficient"]
+    assert " 1.0000 " in rows[1]  # the lazy run's CKA₀: nothing after the reference
+    # the thresholds in force and the note, once for the table
+    assert err.count("thresholds: cka_static = 0.99") == 1
+    assert err.count("MF is not generalisation") == 1
+
+
+def test_several_stores_json_is_a_list_of_the_single_store_objects(sweep: tuple[Path, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    code, out, _ = classify(capsys, lazy, rich, "--json")
+    assert code == 0
+    both = json.loads(out)
+    assert [(item["store"], item["regime"]) for item in both] == [(str(lazy), "coefficient"), (str(rich), "MF")]
+    code, alone, _ = classify(capsys, rich, "--json")
+    single = json.loads(alone)
+    assert "store" not in single  # one store: today's object, unchanged
+    assert {key: value for key, value in both[1].items() if key != "store"} == single
+
+
+def test_several_stores_csv_for_a_plotting_script(sweep: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    code, out, err = classify(capsys, lazy, rich, "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["store"], row["regime"]) for row in rows] == [(str(lazy), "coefficient"), (str(rich), "MF")]
+    assert float(rows[0]["final_cka_init"]) == 1.0 and float(rows[1]["final_cka_init"]) < 0.99
+    assert rows[1]["final_k95_utility"] == "6" and rows[0]["mf_since_step"] == ""
+    assert "thresholds: cka_static = 0.99" in err  # the thresholds of the rows, for people, on stderr
+
+
+def test_expect_names_the_stores_that_differ(sweep: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    code, _, err = classify(capsys, lazy, rich, "--expect", "MF")
+    assert code == 3
+    assert f"expected MF: 1 of 2 stores differ: {lazy} (coefficient)" in err
+    assert classify(capsys, rich, rich, "--expect", "mf")[0] == 0
+
+
+def test_a_store_that_cannot_be_read_is_named_and_the_others_still_shown(
+        sweep: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    missing = tmp_path / "alpha_16.h5"
+    code, out, err = classify(capsys, lazy, missing, rich, "--json", "--expect", "MF")
+    assert code == 1  # an error outranks --expect's 3
+    assert "Traceback" not in err
+    assert f"error: {missing}: no fdl store at {missing}" in err
+    assert [item["store"] for item in json.loads(out)] == [str(lazy), str(rich)]
+
+
+def test_probe_applies_to_each_store(sweep: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    code, out, err = classify(capsys, lazy, rich, "--probe", "probe", "--format", "csv")
+    assert code == 0 and len(out.splitlines()) == 3
+    code, out, err = classify(capsys, lazy, rich, "--probe", "test")
+    assert code == 1 and "Traceback" not in err
+    for store in (lazy, rich):
+        assert f"error: {store}: " in err and "test" in err
