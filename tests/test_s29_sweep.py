@@ -1,12 +1,13 @@
 """`fdl classify STORE...`: a sweep's runs in one table (text, JSON, CSV), `--expect` naming the runs that differ,
-and a store that cannot be read named without hiding the others. Stores: the sample run, analysed at its first
-checkpoint alone (coefficient: nothing after the reference) and at three (MF)."""
+and a store that cannot be read named without hiding the others. Stores: the sample run, its first checkpoint with
+a copy whose head alone moved (coefficient) and the run itself at three checkpoints (MF)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,24 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import torch
+    from safetensors.torch import load_file, save_file
 
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("sweep")
+    # the lazy run: the sample's first checkpoint and a copy whose head alone moved (features identical)
+    frozen = folder / "frozen"
+    frozen.mkdir()
+    for name in ("model.py", "probe.npz", "fdl.toml"):
+        shutil.copy(SAMPLES / name, frozen / name)
+    weights = load_file(SAMPLES / "step_0.safetensors")
+    save_file(weights, frozen / "step_0.safetensors")
+    save_file({**weights, "4.weight": weights["4.weight"] * 3}, frozen / "step_10.safetensors")
     stores = []
-    for name, steps in (("lazy", (0,)), ("rich", (0, 50, 1000))):
+    for name, source, steps in (("lazy", frozen, None), ("rich", SAMPLES, (0, 50, 1000))):
         out = folder / f"{name}.h5"
-        assert not run_analyze(AnalyzeOptions(sources=(str(SAMPLES),), steps=steps, out=out, device="cpu")).failed
+        assert not run_analyze(AnalyzeOptions(sources=(str(source),), steps=steps, out=out, device="cpu")).failed
         stores.append(out)
     return stores[0], stores[1]
 
@@ -111,3 +121,23 @@ def test_probe_applies_to_each_store(sweep: tuple[Path, Path], capsys: pytest.Ca
     assert code == 1 and "Traceback" not in err
     for store in (lazy, rich):
         assert f"error: {store}: " in err and "test" in err
+
+
+def test_how_each_column_moves_down_the_rows(sweep: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    lazy, rich = sweep
+    _, _, err = classify(capsys, rich, rich, lazy)
+    assert "down the rows: CKA₀ never falls; overlap₀ never falls;" in err
+    _, _, err = classify(capsys, lazy, rich, lazy)
+    assert f"CKA₀ not monotone: falls at {rich}; rises at {lazy};" in err
+    _, _, err = classify(capsys, lazy, rich)
+    assert "down the rows" not in err  # two runs: the table says it
+
+
+def test_layer_completion_offers_every_given_stores_names(tmp_path: Path) -> None:
+    from tests.test_completion import complete
+    from tests.test_report import make_store
+
+    store = make_store(tmp_path / "two.h5", layers=("fc1", "fc2"))
+    other = make_store(tmp_path / "other.h5", layers=("head",))
+    offered = complete(["classify", str(store), str(other), "--layer"], "")
+    assert offered == [("plain", "fc1"), ("plain", "fc2"), ("plain", "head")]
