@@ -307,6 +307,8 @@ class DefaultChoice:
     warning: str | None = None
     #: (the last nn.Linear's values a sample, the outputs') where they differ and no nn.Linear gives the outputs
     sizes: tuple[int, int] | None = None
+    #: the other nn.Linear of the outputs' size that ran, where no nn.Linear gives the outputs (`f = a·(net − net₀)`)
+    rivals: tuple[str, ...] = ()
 
 
 def _outputs_said(raw: Any) -> str:
@@ -359,10 +361,23 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
+        size = int(outputs[:1].numel()) if outputs.dim() else 1
+        rivals = tuple(dict.fromkeys(call.name for call in calls if call.name != last.name and call.values_a_sample == size))
+        if producer is None and rivals and last.values_a_sample == size:
+            return DefaultChoice(last.name, rivals=rivals, warning=rivals_warning(last.name, rivals))
         return DefaultChoice(last.name)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "
         f"{last.name!r}: the features are {producer.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
+
+
+def rivals_warning(last: str, rivals: Sequence[str]) -> str:
+    """Why the last nn.Linear to run may be the wrong head when the outputs combine several of their size."""
+    return (f"the default feature layer, {last}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, but no "
+            f"nn.Linear alone gives the model's outputs and {', '.join(rivals)} also gave values of their size: where "
+            "the outputs combine them (a model centred at initialisation, f = a·(net(x) − net0(x)), whose net0 is a "
+            "frozen copy that never moves) pick the trained head's input with --layer NAME:input "
+            f"(--layer {rivals[-1]}{INPUT_SUFFIX} here)")
 
 
 def not_the_head(sizes: tuple[int, int]) -> str:

@@ -215,6 +215,10 @@ def inspect_checkpoint(
                          f"last to run is {last}")
         if choice.sizes is not None:
             default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
+        if choice.rivals:
+            default_basis += (f", but the outputs are no nn.Linear's alone: also {', '.join(choice.rivals)} gave values "
+                              "of their size; where one is a frozen copy (f = a·(net − net0)), pick the trained "
+                              f"head's input (--layer {choice.rivals[-1]}:input)")
     else:
         try:
             default_module = default_layer_by_registration(model).module

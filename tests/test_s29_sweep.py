@@ -141,3 +141,49 @@ def test_layer_completion_offers_every_given_stores_names(tmp_path: Path) -> Non
     other = make_store(tmp_path / "other.h5", layers=("head",))
     offered = complete(["classify", str(store), str(other), "--layer"], "")
     assert offered == [("plain", "fc1"), ("plain", "fc2"), ("plain", "head")]
+
+
+CENTERED = '''
+import copy
+from torch import nn
+
+
+class Centered(nn.Module):
+    """f = alpha * (net(x) - net0(x)), net0 a frozen copy of net at initialisation (lazy-training sweeps)."""
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.net0 = copy.deepcopy(self.net).requires_grad_(False)
+        self.alpha = alpha
+
+    def forward(self, x):
+        return self.alpha * (self.net(x) - self.net0(x))
+
+
+def build(alpha=1.0):
+    return Centered(alpha)
+'''
+
+
+def test_outputs_made_of_two_heads_warn_that_the_default_may_be_the_frozen_copy(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from tests.cli_run import fdl_in_process, model_file
+
+    model = model_file(tmp_path, CENTERED).build()
+    (tmp_path / "run").mkdir()
+    for step in (0, 10):
+        torch.save(model.state_dict(), tmp_path / "run" / f"step_{step}.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(16, 4)).astype(np.float32), y=rng.integers(0, 3, 16))
+    spec = f"{tmp_path / 'model.py'}:build"
+    shown = fdl_in_process("inspect", tmp_path / "run" / "step_0.pt", "--model", spec)
+    assert shown.returncode == 0
+    said = " ".join((shown.stdout + shown.stderr).split())
+    assert "net0.2:input" in said and "also net.2" in said and "--layer net.2:input" in said
+    done = fdl_in_process("analyze", tmp_path / "run", "--model", spec, "--probe", tmp_path / "probe.npz",
+                          "--out", tmp_path / "run.h5", "--device", "cpu")
+    assert done.returncode == 0
+    assert "warning: the default feature layer, net0.2:input" in done.stderr and "--layer net.2:input" in done.stderr
