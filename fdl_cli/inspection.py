@@ -51,6 +51,7 @@ def inspect_checkpoint(
         check_outputs_order,
         chosen_default,
         default_layer_by_registration,
+        frozen_linears,
         model_outputs,
         not_the_head,
         padded_sequences,
@@ -204,8 +205,8 @@ def inspect_checkpoint(
     elif linears_run:
         # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
         last = linears_run[-1].name
-        choice = (chosen_default(linears_run, returned[0]) if returned and outputs_error is None
-                  else DefaultChoice(last))
+        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model))
+                  if returned and outputs_error is None else DefaultChoice(last))
         default_module = choice.module
         source = "the probe's first sample" if probe_spec is not None else (
             "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
@@ -216,9 +217,10 @@ def inspect_checkpoint(
         if choice.sizes is not None:
             default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
         if choice.rivals:
-            default_basis += (f", but the outputs are no nn.Linear's alone: also {', '.join(choice.rivals)} gave values "
-                              "of their size; where one is a frozen copy (f = a·(net − net0)), pick the trained "
-                              f"head's input (--layer {choice.rivals[-1]}:input)")
+            default_basis += (f", but its parameters are frozen and the outputs are no nn.Linear's alone: "
+                              f"{', '.join(choice.rivals)}, trained, gave values of their size too; where the "
+                              "frozen one is a copy at initialisation (f = a·(net − net0)), pick --layer "
+                              f"{choice.rivals[-1]}:input")
     else:
         try:
             default_module = default_layer_by_registration(model).module

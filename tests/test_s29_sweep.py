@@ -182,8 +182,8 @@ def test_outputs_made_of_two_heads_warn_that_the_default_may_be_the_frozen_copy(
     shown = fdl_in_process("inspect", tmp_path / "run" / "step_0.pt", "--model", spec)
     assert shown.returncode == 0
     said = " ".join((shown.stdout + shown.stderr).split())
-    assert "net0.2:input" in said and "also net.2" in said and "--layer net.2:input" in said
+    assert "net0.2:input" in said and "frozen" in said and "pick --layer net.2:input" in said
     done = fdl_in_process("analyze", tmp_path / "run", "--model", spec, "--probe", tmp_path / "probe.npz",
                           "--out", tmp_path / "run.h5", "--device", "cpu")
     assert done.returncode == 0
-    assert "warning: the default feature layer, net0.2:input" in done.stderr and "--layer net.2:input" in done.stderr
+    assert "warning: the default feature layer, net0.2:input" in done.stderr and "with --layer net.2:input" in done.stderr
