@@ -1188,7 +1188,7 @@ def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
 def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds: Thresholds, fmt: str) -> None:
     """`fdl classify STORE...`: one row per store, in the order given; the thresholds (the same for every
     row) and the note once. A store that cannot be read is an error naming it, said after the others are
-    shown, and the command then exits 1 (before --expect's 3): one broken run of a sweep hides no other."""
+    shown (and --expect's line), and the command then exits 1, not 3: one broken run of a sweep hides no other."""
     from fdl_cli import regimes
     from fdl_cli import report as rep
 
@@ -1237,16 +1237,15 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
     if done:
         console.print(regimes.thresholds_line(thresholds), markup=False)
         console.print(f"note: {regimes.NOTE}", markup=False)
-    for store, error in failed:
-        click.echo(terminal_safe(f"error: {store}: {error.message}"), err=True)
-    if failed:
-        sys.exit(1)
     differ = [one for one in done if kwargs["expect"] and one.verdict.regime != kwargs["expect"]]
     if differ:
         listed = ", ".join(f"{one.store} ({one.verdict.regime})" for one in differ)
         console.print(f"expected {kwargs['expect']}: {len(differ)} of {len(done)} stores differ: {listed}",
                       markup=False, style="red")
-        sys.exit(3)
+    for store, error in failed:
+        click.echo(terminal_safe(f"error: {store}: {error.message}"), err=True)
+    if failed or differ:
+        sys.exit(1 if failed else 3)
 
 
 def _provenance_names(provenance: Any, key: str, warnings: list[str]) -> list[str]:

@@ -110,6 +110,7 @@ def test_a_store_that_cannot_be_read_is_named_and_the_others_still_shown(
     assert code == 1  # an error outranks --expect's 3
     assert "Traceback" not in err
     assert f"error: {missing}: no fdl store at {missing}" in err
+    assert f"expected MF: 1 of 2 stores differ: {lazy} (coefficient)" in err  # the readable ones still judged
     assert [item["store"] for item in json.loads(out)] == [str(lazy), str(rich)]
 
 
