@@ -1053,30 +1053,57 @@ REGIME_WORDS = {
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("store", type=StorePath())
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
+@click.argument("stores", nargs=-1, required=True, type=StorePath(), metavar="STORE...")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout (of several stores, a list).")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="table: for people, on stderr; json (= --json), csv, markdown: on stdout, a row per store.")
 @click.option("--expect", type=_AnyCase(["coefficient", "MF", "EF"], hints=REGIME_WORDS),
-              help="Exit 3 when the verdict differs (any case: mf = MF).")
+              help="Exit 3 when the verdict differs (any case: mf = MF); of several stores, naming those that differ.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
               help="Override a threshold (repeatable): " + ", ".join(
                   f"{field.name} ({field.default:g})" for field in dataclasses.fields(Thresholds)
               ) + ". Rules and calibration: docs/regimes.md.")
-@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "stores"),
               help="Select a probe (default: the first given to analyze; the first by name in an older store, which "
                    "does not record their order: classify's note says which).")
-@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "stores"),
               help="Select a layer (default: the first analysed).")
 def classify(**kwargs: Any) -> None:
     """The run's regime (coefficient: lazy, MF: minimal feature, EF: extended feature) with its evidence and thresholds.
 
     The verdict is recomputed from the stored measures with the thresholds in force (docs/regimes.md);
-    `--expect REGIME` exits 3 when it differs.
+    `--expect REGIME` exits 3 when it differs. Several stores (a sweep's runs) give one row each, in the
+    order given.
     """
+    from fdl_cli import regimes
+
+    fmt = _json_format(kwargs)
+    thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
+    stores = kwargs["stores"]
+    if len(stores) == 1 and fmt in ("table", "json"):
+        _classify_one(stores[0], kwargs, thresholds, as_json=fmt == "json")
+    else:
+        _classify_several(stores, kwargs, thresholds, fmt)
+
+
+@dataclasses.dataclass
+class _Classified:
+    """One store's verdict, and what its text output says around it."""
+
+    store: str
+    verdict: Any  # regimes.RunVerdict
+    records: list[Any]
+    header: str  # "STORE: probe P, layer L" and how the series was chosen
+    caveat: str | None  # what the evidence's final_r2 measures
+    warnings: list[str]
+
+
+def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
+    """The verdict of `store`'s series that --probe/--layer select (FdlError when it cannot be read)."""
     from fdl_cli import regimes
     from fdl_cli import report as rep
 
-    thresholds = regimes.Thresholds.with_overrides(kwargs["thresholds"])
-    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"]) as run:
+    with rep.opened_run(store, probe=kwargs["probe"], layer=kwargs["layer"]) as run:
         # each output's R² of a regression of several outputs at the final checkpoint: the evidence's
         # final_r2_min beside final_r2
         rep.add_final_r2_outputs(run, run.series[0])
@@ -1087,7 +1114,7 @@ def classify(**kwargs: Any) -> None:
     chosen = run.series[0]  # load_run orders them: the first probe given to analyze, the first layer analysed
     given = rep.series_order(run.provenance)[2]
     if not chosen.records:
-        raise FdlError(f"{kwargs['store']} holds no analysed checkpoints", fix="run `fdl analyze` first")
+        raise FdlError(f"{store} holds no analysed checkpoints", fix="run `fdl analyze` first")
     verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
     caveat = rep.targets_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
@@ -1098,28 +1125,127 @@ def classify(**kwargs: Any) -> None:
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
         if tie is not None:
             verdict.evidence["overlap_tie"] = tie
+    others = len(run.series) - 1
+    # Say how the series was chosen, rather than "the default layer" (the one analyze picks without
+    # --layer). Stores written before probe_order was recorded keep their probes by name only.
+    first_probe = "the first probe given to analyze" if given else "the first probe by name"
+    how = f" ({first_probe}, the first layer analysed; {others} other series: choose with --probe/--layer)"
+    header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
+    return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings])
+
+
+def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
+    """`fdl classify STORE`: the verdict, its rule, trajectory, evidence and thresholds (or its JSON object)."""
+    from fdl_cli import regimes
+
+    one = _classified(store, kwargs, thresholds)
+    verdict = one.verdict
     console = _stderr_console()
-    for warning in [*run.warnings, *provenance_warnings]:
+    for warning in one.warnings:
         console.print(f"warning: {warning}", markup=False, style="yellow")
-    if kwargs["as_json"]:
+    if as_json:
         _emit_json(verdict.as_json())
     else:
-        others = len(run.series) - 1
-        # Say how the series was chosen, rather than "the default layer" (the one analyze picks without
-        # --layer). Stores written before probe_order was recorded keep their probes by name only.
-        first_probe = "the first probe given to analyze" if given else "the first probe by name"
-        how = (f" ({first_probe}, the first layer analysed; {others} other series: choose with "
-               "--probe/--layer)")
-        console.print(f"{kwargs['store']}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}",
-                      markup=False)
-        lines = regimes.describe(verdict, chosen.records)
-        if caveat is not None:  # above the evidence, whose final_r2 it is about
-            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), caveat)
+        console.print(one.header, markup=False)
+        lines = regimes.describe(verdict, one.records)
+        if one.caveat is not None:  # above the evidence, whose final_r2 it is about
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), one.caveat)
         for line in lines:
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
         console.print(f"expected {kwargs['expect']}, got {verdict.regime}", markup=False, style="red")
         sys.exit(3)
+
+
+#: The columns of `fdl classify STORE...`: the evidence's fields, as its JSON names them, and the table's headers
+SWEEP_FIELDS: Mapping[str, str] = {
+    "regime": "regime", "final_cka_init": "CKA₀", "final_overlap_init": "overlap₀", "final_k95_utility": "k95 Π̂",
+    "final_n_outputs": "C", "final_pi_hat_C": "Π̂(C)", "final_d_lr": "D_LR", "final_accuracy": "acc", "final_r2": "r2",
+    "mf_since_step": "MF since", "final_step": "final step",
+}
+#: The further columns of its csv and markdown
+SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer")
+
+
+def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
+    """How a column of `fdl classify STORE...` moves down its rows (the order the stores were given, a sweep's
+    knob): "rises", "never falls" (with ties), "falls", "never rises", "constant", or "not monotone: falls
+    at B, rises at C" naming the rows where it turns; "—" where a store has no value."""
+    if any(value is None for value in values):
+        return "— (not every store has it)"
+    steps = [(store, after - before) for store, before, after in zip(stores[1:], values[:-1], values[1:], strict=True)]
+    up = [store for store, step in steps if step > 0]
+    down = [store for store, step in steps if step < 0]
+    if up and down:
+        return f"not monotone: falls at {', '.join(down)}; rises at {', '.join(up)}"
+    if up:
+        return "rises" if len(up) == len(steps) else "never falls"
+    if down:
+        return "falls" if len(down) == len(steps) else "never rises"
+    return "constant"
+
+
+def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds: Thresholds, fmt: str) -> None:
+    """`fdl classify STORE...`: one row per store, in the order given; the thresholds (the same for every
+    row) and the note once. A store that cannot be read is an error naming it, said after the others are
+    shown (and --expect's line), and the command then exits 1, not 3: one broken run of a sweep hides no other."""
+    from fdl_cli import regimes
+    from fdl_cli import report as rep
+
+    console = _stderr_console()
+    done: list[_Classified] = []
+    failed: list[tuple[str, FdlError]] = []
+    for store in stores:
+        try:
+            one = _classified(store, kwargs, thresholds)
+        except FdlError as exc:
+            failed.append((store, exc))
+            continue
+        done.append(one)
+        for warning in one.warnings:
+            console.print(f"warning: {store}: {warning}", markup=False, style="yellow")
+    fields = [name for name in SWEEP_FIELDS
+              if name not in ("final_accuracy", "final_r2")
+              or any(one.verdict.evidence.get(name) is not None for one in done)]
+    if fmt == "json":
+        _emit_json([{"store": one.store, **one.verdict.as_json()} for one in done])
+    elif fmt in ("csv", "markdown"):
+        names = ["store", *fields, *SWEEP_MORE]
+        rows = [{"store": one.store, "regime": one.verdict.regime,
+                 **{name: one.verdict.evidence.get(name) for name in names[2:]}} for one in done]
+        sys.stdout.write(rep.rows_to_text(names, rows, fmt))
+        sys.stdout.flush()
+    elif done:
+        cells = [[one.store, one.verdict.regime,
+                  *(rep.format_value(name.removeprefix("final_"), one.verdict.evidence.get(name)) for name in fields[1:])]
+                 for one in done]
+        justify = ["left", "left", *("right" for _ in fields[1:])]
+        table = rep.PlainTable.fitted(["store", *(SWEEP_FIELDS[name] for name in fields)], justify, cells,
+                                      max_width=console.width if console.is_terminal else None, always=2)
+        if not console.is_terminal:
+            console.width = max(console.width, table.width)
+        console.print(table)
+        if (note := table.left_out_note("--format csv", "--json")) is not None:
+            console.print(note, markup=False)
+        console.print("the final checkpoint's measures; each store's rule and trajectory: fdl classify STORE",
+                      markup=False)
+        if len(done) > 2:
+            names = [one.store for one in done]
+            trends = [f"{SWEEP_FIELDS[name]} {_trend(names, [one.verdict.evidence.get(name) for one in done])}"
+                      for name in fields[1:] if name not in ("final_n_outputs", "final_step", "mf_since_step")]
+            console.print("down the rows: " + "; ".join(trends), markup=False)
+    if done:
+        console.print(regimes.thresholds_line(thresholds), markup=False)
+        console.print(f"note: {regimes.NOTE}", markup=False)
+    differ = [one for one in done if kwargs["expect"] and one.verdict.regime != kwargs["expect"]]
+    if differ:
+        listed = ", ".join(f"{one.store} ({one.verdict.regime})" for one in differ)
+        console.print(f"expected {kwargs['expect']}: {len(differ)} of {len(done)} stores differ: {listed}",
+                      markup=False, style="red")
+    for store, error in failed:
+        click.echo(terminal_safe(f"error: {store}: {error.message}"), err=True)
+    if failed or differ:
+        sys.exit(1 if failed else 3)
 
 
 def _provenance_names(provenance: Any, key: str, warnings: list[str]) -> list[str]:

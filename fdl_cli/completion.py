@@ -76,31 +76,36 @@ def threshold(ctx: click.Context, _param: click.Parameter, incomplete: str) -> l
 
 def store_names(kind: str, store_param: str) -> Any:
     """Completion of `--probe`/`--layer` of a reading command: the names in the store given as
-    `store_param` before the option (nothing when the store is not given yet or cannot be read)."""
+    `store_param` before the option (nothing when the store is not given yet or cannot be read); of
+    classify's several stores, the names in any of them that can be read."""
 
     def complete(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-        store = ctx.params.get(store_param) or _unparsed_argument(ctx, store_param)
-        if not store:
-            return []
-        try:
-            from fdl_cli.report import open_store
+        given = ctx.params.get(store_param) or _unparsed_argument(ctx, store_param)
+        stores = [given] if isinstance(given, str) else list(given or ())
+        pairs: list[tuple[str, str]] = []
+        for store in stores:
+            try:
+                from fdl_cli.report import open_store
 
-            with open_store(store) as reader:
-                pairs = [(str(probe), str(layer)) for probe, layer in reader.series()]
-        except Exception:  # noqa: BLE001 - a Tab must never print a traceback into the command line
-            return []
+                with open_store(store) as reader:
+                    pairs += [(str(probe), str(layer)) for probe, layer in reader.series()]
+            except Exception:  # noqa: BLE001, S112 - a Tab must never print a traceback into the command line
+                continue
         names = [probe if kind == "probe" else layer for probe, layer in pairs]
         return [CompletionItem(name) for name in dict.fromkeys(names) if name.startswith(incomplete)]
 
     return complete
 
 
-def _unparsed_argument(ctx: click.Context, name: str) -> str | None:
+def _unparsed_argument(ctx: click.Context, name: str) -> str | list[str] | None:
     """The command-line value of the positional argument `name` when click left it unassigned: while
     an option's value is being completed (`fdl report run.h5 --layer <Tab>`) click's resilient parse
     stops at the option and keeps the positionals, in order, in `ctx.args` only."""
-    positionals = [param.name for param in ctx.command.params if isinstance(param, click.Argument)]
+    arguments = [param for param in ctx.command.params if isinstance(param, click.Argument)]
+    positionals = [param.name for param in arguments]
     index = positionals.index(name) if name in positionals else len(ctx.args)
+    if index < len(ctx.args) and arguments[index].nargs == -1:  # classify's STORE...: every one given
+        return ctx.args[index:]
     return ctx.args[index] if index < len(ctx.args) else None
 
 

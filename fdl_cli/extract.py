@@ -113,7 +113,7 @@ def default_layer(
         )
     check_outputs_order(calls, raw)
     batch_first(raw, _output_tensor(raw, calls), int(inputs.shape[0]))
-    choice = chosen_default(calls, raw)
+    choice = chosen_default(calls, raw, frozen=frozen_linears(model))
     if choice.note is not None and note is not None:
         note(choice.note)
     if choice.warning is not None and warn is not None:
@@ -307,6 +307,8 @@ class DefaultChoice:
     warning: str | None = None
     #: (the last nn.Linear's values a sample, the outputs') where they differ and no nn.Linear gives the outputs
     sizes: tuple[int, int] | None = None
+    #: the other nn.Linear of the outputs' size that ran, where no nn.Linear gives the outputs (`f = a·(net − net₀)`)
+    rivals: tuple[str, ...] = ()
 
 
 def _outputs_said(raw: Any) -> str:
@@ -320,7 +322,13 @@ def _outputs_said(raw: Any) -> str:
     return f"the model's outputs (the first element of the {type(raw).__name__} its forward returns)"
 
 
-def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
+def frozen_linears(model: nn.Module) -> frozenset[str]:
+    """The nn.Linear modules whose parameters the model's factory froze (requires_grad False, every one)."""
+    return frozenset(name for name, module in model.named_modules() if isinstance(module, nn.Linear)
+                     and not any(parameter.requires_grad for parameter in module.parameters()))
+
+
+def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[str] = ()) -> DefaultChoice:
     """The default feature layer of a forward pass whose nn.Linear calls were `calls` (not empty) and which
     returned `raw`: the input of the nn.Linear whose output the outputs are (views of the same memory: a
     reshape, a squeeze, a slice); where it is not the last one to run (two heads, each on a tower of its own,
@@ -331,7 +339,12 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
 
     An earlier Linear's output written in place after it returned (`y = wide(x); y += head(h); return y`) is
     not the outputs' source: they share its memory, but hold what later layers added (its input, here the
-    probe itself, was taken for the penultimate features)."""
+    probe itself, was taken for the penultimate features).
+
+    `frozen`: the nn.Linear whose parameters are frozen. Where the last to run is one and no nn.Linear gives the
+    outputs, but a trainable one of their size ran too (`f = a·(net(x) − net0(x))`, net0 a frozen copy of net at
+    initialisation: its features never move, and every run read coefficient), a warning names the trainable one.
+    Warned, not taken: the default stays the same for a store that is resumed."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     at, producer = next(((at, call) for at, call in reversed(list(enumerate(calls))) if _gave(call, outputs)),
@@ -359,10 +372,24 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any) -> DefaultChoice:
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
+        size = int(outputs[:1].numel()) if outputs.dim() else 1
+        rivals = tuple(dict.fromkeys(call.name for call in calls
+                                     if call.name not in frozen and call.values_a_sample == size))
+        if producer is None and rivals and last.name in frozen and last.values_a_sample == size:
+            return DefaultChoice(last.name, rivals=rivals, warning=rivals_warning(last.name, rivals))
         return DefaultChoice(last.name)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "
         f"{last.name!r}: the features are {producer.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
+
+
+def rivals_warning(last: str, rivals: Sequence[str]) -> str:
+    """Why the last nn.Linear to run may be the wrong head when the outputs combine several of their size."""
+    return (f"the default feature layer, {last}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, whose "
+            f"parameters are frozen, but no nn.Linear alone gives the model's outputs and {', '.join(rivals)}, "
+            "trained, also gave values of their size: where the outputs combine them (a model centred at "
+            "initialisation, f = a·(net(x) − net0(x)), net0 a frozen copy), the frozen one's features never move; "
+            f"pick the trained head's input with --layer {rivals[-1]}{INPUT_SUFFIX}")
 
 
 def not_the_head(sizes: tuple[int, int]) -> str:

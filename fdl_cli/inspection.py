@@ -353,7 +353,14 @@ def _default_choice(
     `default_module`, `default_basis`): a program's last linear operation; else analyze's choice among the
     nn.Linear calls of the pass that ran (`linears_run`, `returned`); else, no pass having run, a guess by
     registration order."""
-    from fdl_cli.extract import LAST_LINEAR_OP, DefaultChoice, chosen_default, default_layer_by_registration, not_the_head
+    from fdl_cli.extract import (
+        LAST_LINEAR_OP,
+        DefaultChoice,
+        chosen_default,
+        default_layer_by_registration,
+        frozen_linears,
+        not_the_head,
+    )
 
     default_module: str | None = None
     if program:
@@ -363,8 +370,8 @@ def _default_choice(
     elif linears_run:
         # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
         last = linears_run[-1].name
-        choice = (chosen_default(linears_run, returned[0]) if returned and outputs_error is None
-                  else DefaultChoice(last))
+        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model))
+                  if returned and outputs_error is None else DefaultChoice(last))
         default_module = choice.module
         source = "the probe's first sample" if from_probe else (
             "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
@@ -374,6 +381,11 @@ def _default_choice(
                          f"last to run is {last}")
         if choice.sizes is not None:
             default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
+        if choice.rivals:
+            default_basis += (f", but its parameters are frozen and the outputs are no nn.Linear's alone: "
+                              f"{', '.join(choice.rivals)}, trained, gave values of their size too; where the "
+                              "frozen one is a copy at initialisation (f = a·(net − net0)), pick --layer "
+                              f"{choice.rivals[-1]}:input")
     else:
         try:
             default_module = default_layer_by_registration(model).module

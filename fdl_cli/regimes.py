@@ -805,6 +805,11 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
             "constant_outputs", "final_r2_outputs", "narrow_layer"}  # each output's R²: in --json; the line above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
-    lines.append("thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in verdict.thresholds.as_dict().items()))
+    lines.append(thresholds_line(verdict.thresholds))
     lines.append(f"note: {NOTE}")
     return lines
+
+
+def thresholds_line(thresholds: Thresholds) -> str:
+    """`thresholds: cka_static = 0.99, ...`: the thresholds in force, each with every digit given."""
+    return "thresholds: " + ", ".join(f"{k} = {threshold_text(v)}" for k, v in thresholds.as_dict().items())

@@ -2288,6 +2288,11 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
         return comparison_to_json(comparison) + "\n"
     rows = comparison_rows(comparison)
     names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k"]
+    return rows_to_text(names, rows, fmt)
+
+
+def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
+    """Flat rows as csv (null: the empty cell) or a markdown table, with `names` as the header."""
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
