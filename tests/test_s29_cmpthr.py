@@ -16,20 +16,14 @@ from typing import Any
 import pytest
 
 from tests.cli_run import fdl_in_process
-from tests.test_report import SCALARS, make_store
+from tests.test_report import make_store
+from tests.test_s29_rev2 import _store  # a store of given steps with given columns of scalars
 
 #: A run whose CKA to its reference ends at 0.985: moved under cka_static 0.99, static under 0.98.
 NEAR = {"d_lr": [0.3, 0.2, 0.1], "cka_init": [1.0, 0.99, 0.985], "overlap_init": [1.0, 0.99, 0.98]}
 #: A frozen backbone: its features never move.
 FROZEN = {"d_lr": [0.9, 0.6, 0.4], "cka_init": [1.0, 1.0, 1.0], "overlap_init": [1.0, 1.0, 1.0]}
 DEFAULTS = {"dlr_tie": 0.001, "cka_static": 0.99, "overlap_static": 0.95, "overlap_moved": 0.8}
-
-
-def _store(path: Path, seed: int, columns: dict[str, list[Any]], steps: tuple[int, ...] = (0, 100, 200)) -> Path:
-    """A store of `steps` whose scalars are SCALARS' (step 200's past it) with `columns` in their place."""
-    scalars = {step: {**SCALARS.get(step, SCALARS[200]), **{name: values[i] for name, values in columns.items()}}
-               for i, step in enumerate(steps)}
-    return make_store(path, seed=seed, steps=steps, scalars=scalars)
 
 
 def _compared(a: Path, b: Path, *args: str) -> dict[str, Any]:
