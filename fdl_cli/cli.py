@@ -24,7 +24,7 @@ import click
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import ESCAPE, FdlError, StoreError, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
-from fdl_cli.regimes import Thresholds, near_names
+from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -889,8 +889,10 @@ cli.add_command(_alias(report, "summarize"))
 @click.option("--overlap-steps", default="20", show_default=True, metavar="N|all",
               help="Matched steps (spread over the run) at which to compute the cross-run overlap.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", shell_complete=completion.threshold,
-              help="Override a threshold of the verdict: dlr_tie (0.001), the D_LR difference up to which the runs "
-                   "are equally rich (rounding's: docs/measures.md).")
+              help=f"Override a threshold of the verdict (repeatable): dlr_tie ({COMPARE_THRESHOLDS['dlr_tie']:g}), the "
+                   "D_LR difference up to which the runs are equally rich (rounding's: docs/measures.md); " + ", ".join(
+                       f"{name} ({COMPARE_THRESHOLDS[name]:g})" for name in MOVEMENT)
+              + ", by which a run's features moved, as in fdl classify (docs/regimes.md).")
 def compare(**kwargs: Any) -> None:
     """Compare two runs step by step: field differences, cross-run eigenspace overlap, who is richer."""
     from pathlib import Path

@@ -61,8 +61,8 @@ def device(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> lis
 
 
 def threshold(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """`--threshold NAME=VALUE` of classify (the regime rules) and of compare (its verdict's tie): the names,
-    each with its default as the value to edit."""
+    """`--threshold NAME=VALUE` of classify (the regime rules) and of compare (its verdict's tie and the movement
+    thresholds it shares with classify): the names, each with its default as the value to edit."""
     if ctx.command.name in ("compare", "diff"):
         from fdl_cli.report import COMPARE_THRESHOLDS
 

@@ -50,7 +50,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("cka_static", "overlap_static", "overlap_moved"):
+        for name in MOVEMENT:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name}={threshold_text(value)} is outside [0, 1]")
@@ -81,7 +81,8 @@ class Thresholds:
         for name, value, text in items:
             if name not in names:
                 shown = threshold_text(float(value)) if text is None else _value_text(str(value))
-                if (compares := named_alike(name, COMPARE_THRESHOLDS)) is not None:
+                # compare's own (dlr_tie): the movement thresholds it shares are classify's too
+                if (compares := named_alike(name, set(COMPARE_THRESHOLDS) - names)) is not None:
                     raise FdlError(
                         f"unknown threshold {name!r}: {compares} is a threshold of fdl compare, not of fdl classify",
                         got=f"known thresholds: {', '.join(sorted(names))}",
@@ -111,6 +112,10 @@ class Thresholds:
 
 #: The thresholds that count (eigenfunctions beyond C, checkpoints): integers in `Thresholds.as_dict`.
 COUNTS = ("mf_extra", "final_window")
+#: The thresholds of feature movement (`feature_movement`), which `fdl compare` takes too: its verdict says which
+#: run's features moved by them, so a run classify calls coefficient under an override is static in compare's words
+#: under the same one. Their defaults, ranges and checks are `Thresholds`' alone.
+MOVEMENT = ("cka_static", "overlap_static", "overlap_moved")
 
 #: `fdl compare`'s tie tolerance (`--threshold dlr_tie=VALUE`): two D_LR values at most this far apart are a tie
 #: when deciding which run is richer. Measured (session 21) on the sample run (25 checkpoints) and on a wider
@@ -118,9 +123,16 @@ COUNTS = ("mf_extra", "final_window")
 #: float16 3.9e-5, with another --batch-size 4e-9. A run called richer by less was rounding's, not training's;
 #: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034).
 DLR_TIE = 1e-3
-#: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults (here, in the pure core: classify
-#: names them as compare's, `Thresholds.with_overrides`; fdl_cli.report, which reads stores and imports rich, uses them).
-COMPARE_THRESHOLDS: Mapping[str, float] = {"dlr_tie": DLR_TIE}
+#: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults: its own dlr_tie, then the movement
+#: thresholds it shares with classify (`MOVEMENT`, defaults from `Thresholds`). Here, in the pure core: classify names
+#: dlr_tie as compare's (`Thresholds.with_overrides`); fdl_cli.report, which reads stores and imports rich, uses them.
+COMPARE_THRESHOLDS: Mapping[str, float] = {"dlr_tie": DLR_TIE, **{name: getattr(Thresholds(), name) for name in MOVEMENT}}
+
+
+def movement_thresholds(values: Mapping[str, float]) -> Thresholds:
+    """The `Thresholds` of feature movement that `values` (compare's: `COMPARE_THRESHOLDS` with overrides) set; the
+    others at their defaults, which `feature_movement` does not read."""
+    return Thresholds.with_overrides({name: values[name] for name in MOVEMENT if name in values})
 
 
 def named_alike(name: str, names: Iterable[str]) -> str | None:

@@ -48,7 +48,17 @@ from fdl_cli.fields import (
     number_text,
 )
 from fdl_cli.options import overlap_k_recorded
-from fdl_cli.regimes import COMPARE_THRESHOLDS, DLR_TIE
+from fdl_cli.regimes import (
+    COMPARE_THRESHOLDS,
+    DLR_TIE,
+    MOVED,
+    MOVEMENT,
+    STATIC,
+    Thresholds,
+    feature_movement,
+    movement_thresholds,
+    threshold_text,
+)
 from fdl_cli.regimes import probe_chance as probe_chance_of
 
 Record = dict[str, Any]
@@ -1498,6 +1508,8 @@ class Comparison:
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(COMPARE_THRESHOLDS))
     #: the verdict in a word (`richer_run`): "a", "b", "equal", or None where D_LR cannot tell
     richer: str | None = None
+    #: whether run A's and run B's features moved at the matched steps (`features_moved`; None: cannot tell)
+    moved: tuple[bool | None, bool | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -1581,44 +1593,66 @@ def option_difference_note(comparison: Comparison) -> str | None:
 
 
 def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
-    """COMPARE_THRESHOLDS with `fdl compare --threshold NAME=VALUE` overrides applied (each a number >= 0)."""
+    """COMPARE_THRESHOLDS with `fdl compare --threshold NAME=VALUE` overrides applied: dlr_tie a number >= 0; the
+    movement thresholds (MOVEMENT) read and checked by classify's own rules (`Thresholds.with_overrides`: the same
+    names, ranges, overlap_moved <= overlap_static, and errors), after the others, as one set."""
     values = dict(COMPARE_THRESHOLDS)
     known = ", ".join(f"{name} (default {value:g})" for name, value in COMPARE_THRESHOLDS.items())
+    movement = []
     for text in overrides:
         name, sep, value = (part.strip() for part in text.partition("="))
+        if sep and name in MOVEMENT:
+            movement.append(text)
+            continue
         try:
             number = float(value)
         except ValueError:
             number = math.nan
         good = bool(sep) and math.isfinite(number) and number >= 0
         if sep and name not in values:
-            from fdl_cli.regimes import Thresholds, named_alike, near_names
+            from fdl_cli.regimes import named_alike, near_names
 
-            if (classifies := named_alike(name, (f.name for f in dataclasses.fields(Thresholds)))) is not None:
+            # classify's thresholds that compare has no use for (the regime's k95 rule and final window)
+            unused = {f.name for f in dataclasses.fields(Thresholds)} - set(values)
+            if (classifies := named_alike(name, unused)) is not None:
                 raise FdlError(f"unknown compare threshold {name!r}: {classifies} is a threshold of fdl classify, not "
                                "of fdl compare", got=f"fdl compare's thresholds: {known}",
                                fix=f"pass it to fdl classify (--threshold {classifies}={value if good else 'VALUE'}); "
-                               "fdl compare takes --threshold dlr_tie=VALUE")
-            # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.with_overrides`)
+                               "fdl compare takes --threshold NAME=VALUE with one of those names")
+            # as classify's: DLR_TIE, dlr-tie named (`regimes.Thresholds.with_overrides`), `overlap` both overlaps
             near = near_names(name, values)
-            raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {near[0]}?)" if near else ""),
+            raise FdlError(f"unknown compare threshold {name!r}" + (f" (did you mean {' or '.join(near)}?)" if near
+                                                                    else ""),
                            got=f"fdl compare's thresholds: {known}",
-                           fix=f"pass --threshold {near[0]}={value}" if near and good else
-                           "pass --threshold dlr_tie=VALUE (the thresholds of the regimes are fdl classify's)")
+                           fix=f"pass --threshold {near[0]}={value if good else 'VALUE'}" if len(near) == 1 else
+                           "pass --threshold NAME=VALUE with one of those names")
         if not good:
             raise FdlError(f"bad threshold {text!r}: expected NAME=VALUE with VALUE a finite number >= 0",
                            got=f"{value!r}" if sep else f"{text!r} (no '=')", fix="e.g. --threshold dlr_tie=0.002")
         values[name] = number
+    if movement:
+        chosen = Thresholds.with_overrides(movement)
+        values.update((name, getattr(chosen, name)) for name in MOVEMENT)
     return values
 
 
+def thresholds_line(thresholds: Mapping[str, float]) -> str:
+    """The line `thresholds:` of `fdl compare`: every threshold in force, each with what it decides."""
+    return (f"thresholds: dlr_tie = {threshold_text(thresholds['dlr_tie'])} (a D_LR difference up to it is a tie: "
+            "rounding's, as between float32 and bfloat16 analyses); "
+            + ", ".join(f"{name} = {threshold_text(thresholds[name])}" for name in MOVEMENT)
+            + " (whether a run's features moved, by fdl classify's rule)")
+
+
 def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
-               unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> tuple[str | None, str]:
+               unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ()),
+               movement: Thresholds | None = None) -> tuple[str | None, str]:
     """Which run is richer (lower D_LR) and from which matched step on: in a word, "a" or "b" (the run richer at
     the last matched step), "equal" where the runs end equally rich, None where D_LR cannot tell (`fdl compare
     --json`'s `richer`, which a script tests rather than the sentence), and in plain words (the verdict). D_LR
     values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich. `unmatched`: each run's
-    records at the checkpoints the other run does not match (`_movement_note`)."""
+    records at the checkpoints the other run does not match; `movement`: the thresholds by which a run's features
+    moved (`_movement_note`, `fdl compare --threshold cka_static=...`; None: classify's defaults)."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
@@ -1648,9 +1682,9 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
     if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
             return "equal", f"The runs are equally rich ({same}) {every}." + left_out + _movement_note(
-                steps, unmatched=unmatched)
+                steps, unmatched=unmatched, thresholds=movement)
         return "equal", (f"The runs end equally rich ({same} at the last matched step)." + left_out
-                         + _movement_note(steps, unmatched=unmatched))
+                         + _movement_note(steps, unmatched=unmatched, thresholds=movement))
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1671,7 +1705,7 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
         # one signed step: `when` names it, and its values follow it ("(step 350) (last matched step: ...)")
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         + (f": {values}." if len(signs) == 1 else f" ({where}: {values}).")
-        + left_out + _movement_note(steps, richer=winner, unmatched=unmatched)
+        + left_out + _movement_note(steps, richer=winner, unmatched=unmatched, thresholds=movement)
     )
 
 
@@ -1701,11 +1735,50 @@ def _matched_step(match: Match) -> str:
     return f"step {match.step_a}" if match.exact else f"step {match.step_a} of A and {match.step_b} of B"
 
 
+@dataclass(frozen=True)
+class _RunMovement:
+    """How one run's features moved (`feature_movement`) at the matched steps and at those the other run lacks."""
+
+    name: str  # "A" or "B"
+    records: list[Record]  # at the matched steps
+    moved: bool  # moved (below a static bound, no conflict) at some matched step
+    static: bool  # static at every one of more than one matched step
+    later: list[Record]  # its records at the steps the other run does not match where its features moved
+
+
+def _run_movements(steps: Sequence[ComparedStep], thresholds: Thresholds,
+                   unmatched: tuple[Sequence[Record], Sequence[Record]]) -> list[_RunMovement]:
+    """Run A's and run B's `_RunMovement`: the evidence of `_movement_note`'s sentences and `features_moved`."""
+    runs = []
+    for (name, side), elsewhere in zip((("A", "record_a"), ("B", "record_b")), unmatched, strict=True):
+        records = [getattr(compared, side) for compared in steps]
+        said = [feature_movement(r, thresholds)[0] for r in records]
+        runs.append(_RunMovement(name=name, records=records, moved=MOVED in said,
+                                 static=len(records) > 1 and all(movement == STATIC for movement in said),
+                                 later=[r for r in elsewhere if feature_movement(r, thresholds)[0] == MOVED]))
+    return runs
+
+
+def features_moved(steps: Sequence[ComparedStep], *, thresholds: Thresholds | None = None,
+                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> tuple[bool | None, bool | None]:
+    """Whether run A's and run B's features moved at the matched steps, as the verdict's sentences say it
+    (`_movement_note`; `fdl compare --json`'s `moved`): True where they moved at one (below `cka_static` or
+    `overlap_static`, not a conflict), False where the run is static at every matched step, more than one, and
+    at its checkpoints the other run does not match; None where the matched steps cannot tell: a single one (the
+    reference's own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
+    below `overlap_moved`: classify's undetermined), or a run that moved only at a step the other does not match."""
+    said = [True if run.moved else False if run.static and not run.later else None
+            for run in _run_movements(steps, thresholds or Thresholds(), unmatched)]
+    return said[0], said[1]
+
+
 def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
-                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> str:
+                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ()),
+                   thresholds: Thresholds | None = None) -> str:
     """A sentence for each run whose features never moved (the classifier's `static` at every matched
     step: CKA to its reference at or above `cka_static` and the top-C overlap at or above
-    `overlap_static`): its D_LR is that of features it did not learn, so "richer" then compares a lazy
+    `overlap_static`, `thresholds` as `fdl compare --threshold` set them; None: classify's defaults): its D_LR is
+    that of features it did not learn, so "richer" then compares a lazy
     run's fixed features with the other run's (SPEC §7: coefficient). CKA alone is not enough: a run
     whose top-C eigenspace rotated under a static CKA is a conflict that `fdl classify` calls
     undetermined, not coefficient. A matched step where neither measure exists (features constant over the
@@ -1716,32 +1789,30 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
     readout's. `unmatched`: each run's records at its checkpoints the other run does not match; a run static at
     the matched steps whose features moved at one of those is said to have moved there, neither lazy nor one
     that did not learn features."""
-    from fdl_cli.regimes import MOVED, STATIC, Thresholds, feature_movement
-
-    thresholds = Thresholds()
+    thresholds = thresholds or Thresholds()
     notes = []
     static, moved = [], []  # the runs that never moved, and those that moved at a matched step
-    for (name, side), elsewhere in zip((("A", "record_a"), ("B", "record_b")), unmatched, strict=True):
-        records = [getattr(compared, side) for compared in steps]
-        if any(feature_movement(r, thresholds)[0] == MOVED for r in records):
+    for run in _run_movements(steps, thresholds, unmatched):
+        name, records = run.name, run.records
+        if run.moved:
             moved.append((name, records))
-        if len(records) > 1 and all(feature_movement(r, thresholds)[0] == STATIC for r in records):
+        if run.static:
             # a measure of every matched step first, under "at every matched step"; one missing at some (CKA null:
             # too few anchors) at those where it is measured: it said "at every matched step" of the reference's 1.0
             measures = sorted(_static_measures(records, thresholds), key=lambda said: len(said[2]) < len(records))
             every = "at every matched step " if len(measures[0][2]) == len(records) else ""
-            shown = [f"{label} ≥ {bound:g}" + (f" at the {len(values)} of the {len(records)} matched steps where it is "
-                                                "measured" if len(values) < len(records) else "") + f", lowest {text}"
+            shown = [f"{label} ≥ {threshold_text(bound)}" + (f" at the {len(values)} of the {len(records)} matched "
+                                                             "steps where it is measured" if len(values) < len(records)
+                                                             else "") + f", lowest {text}"
                      for label, bound, values, text in measures]
-            later = [r for r in elsewhere if feature_movement(r, thresholds)[0] == MOVED]
-            if later:  # "a lazy run" of a run the other does not follow to where it moved
+            if run.later:  # "a lazy run" of a run the other does not follow to where it moved
                 other = "B" if name == "A" else "A"
-                at = first_and_more([int(r["step"]) for r in later], UNMATCHED_SHOWN)
+                at = first_and_more([int(r["step"]) for r in run.later], UNMATCHED_SHOWN)
                 notes.append(
                     f" Run {name}'s features did not move at the matched steps ({every}{', and '.join(shown)}):"
                     f" its D_LR there is that of its reference checkpoint's features; they moved at "
-                    f"{'step' if len(later) == 1 else 'steps'} {at}, which no checkpoint of {other} matches "
-                    f"({_moved_measures(later, thresholds)}).")
+                    f"{'step' if len(run.later) == 1 else 'steps'} {at}, which no checkpoint of {other} matches "
+                    f"({_moved_measures(run.later, thresholds)}).")
                 continue
             static.append(name)
             notes.append(
@@ -1760,7 +1831,7 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
     return "".join(notes)
 
 
-def _static_measures(records: Sequence[Record], thresholds: Any) -> list[tuple[str, float, list[float], str]]:
+def _static_measures(records: Sequence[Record], thresholds: Thresholds) -> list[tuple[str, float, list[float], str]]:
     """(label, static bound, values, lowest in words) of each measure a static run's `records` hold: "lowest
     1.0000" of a lazy run's 0.9999996 reads as 1 less its gap instead."""
     from fdl_cli.regimes import one_minus_gap
@@ -1778,7 +1849,7 @@ def _static_measures(records: Sequence[Record], thresholds: Any) -> list[tuple[s
     return said
 
 
-def _moved_measures(records: Sequence[Record], thresholds: Any) -> str:
+def _moved_measures(records: Sequence[Record], thresholds: Thresholds) -> str:
     """"CKA to its reference down to 0.6250, top-C overlap to 0.5000": the lowest of each measure of `records`
     that is below its static bound, the measures that moved (a CKA a hair under 1 beside a rotated eigenspace
     read "CKA to its reference down to 1.0000" as the evidence)."""
@@ -2057,9 +2128,9 @@ def compare_runs(
     """Align two runs by step, difference every field, and (same probe) the cross-run overlap.
 
     The overlap is computed at `overlap_steps` matched steps spread over the run (None: at every one);
-    `thresholds`: COMPARE_THRESHOLDS as `compare_thresholds` gives them (None: the defaults).
+    `thresholds`: COMPARE_THRESHOLDS as `compare_thresholds` gives them (None, or a name left out: its default).
     """
-    thresholds = dict(COMPARE_THRESHOLDS if thresholds is None else thresholds)
+    thresholds = {**COMPARE_THRESHOLDS, **(thresholds or {})}  # every one in force: those not given at their default
     series_a = _single_series(run_a, "compare needs one per run")
     series_b = _single_series(run_b, "compare needs one per run", fix="pick store B's with --probe-b NAME and/or "
                               "--layer-b NAME (--probe / --layer select store A's, and store B's when not given)")
@@ -2121,10 +2192,12 @@ def compare_runs(
     matched_a, matched_b = {m.step_a for m in matches}, {m.step_b for m in matches}
     rest = ([r for r in series_a.records if r["step"] not in matched_a],
             [r for r in series_b.records if r["step"] not in matched_b])
-    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"], unmatched=rest)
+    movement = movement_thresholds(thresholds)
+    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"], unmatched=rest, movement=movement)
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
         verdict=verdict, richer=richer, thresholds=thresholds,
+        moved=features_moved(steps, thresholds=movement, unmatched=rest),
         option_differences=option_differences(run_a.provenance, run_b.provenance,
                                               outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
@@ -2246,7 +2319,10 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "verdict": comparison.verdict,
         # the verdict in a word, for a script to test: "a", "b", "equal", or null where D_LR cannot tell
         "richer": comparison.richer,
-        # the verdict's thresholds, as `fdl classify --json` gives its own
+        # whether each run's features moved at the matched steps, as the verdict says it; null: cannot tell
+        "moved": dict(zip("ab", comparison.moved, strict=True)),
+        # every threshold in force (dlr_tie, and the movement thresholds shared with classify), as `fdl classify
+        # --json` gives its own
         "thresholds": dict(comparison.thresholds),
         "option_differences": [
             {"option": d.option, "a": d.a, "b": d.b} for d in comparison.option_differences
@@ -2329,8 +2405,7 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
         )
     for note in comparison.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
-    console.print(f"thresholds: dlr_tie = {comparison.thresholds['dlr_tie']:g} (a D_LR difference up to it is a tie: "
-                  "rounding's, as between float32 and bfloat16 analyses)", markup=False, highlight=False)
+    console.print(thresholds_line(comparison.thresholds), markup=False, highlight=False)
     console.print(comparison.verdict, markup=False, highlight=False)
 
 

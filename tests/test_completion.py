@@ -74,12 +74,11 @@ def test_devices_and_thresholds() -> None:
     offered = [value for _, value in complete(["classify", "s.h5", "--threshold"], "")]
     assert offered == [f"{name}={getattr(Thresholds(), name):g}" for name in Thresholds.__dataclass_fields__]
     assert all(value.startswith("cka") for _, value in complete(["classify", "s.h5", "--threshold"], "cka"))
-    # compare's own threshold (its verdict's D_LR tie), not classify's regime rules, which it refuses
-    from fdl_cli.report import COMPARE_THRESHOLDS
-
+    # compare's own threshold (its verdict's D_LR tie) and the movement thresholds it shares with classify, not
+    # classify's regime rules (mf_extra, final_window), which it refuses
     for command in ("compare", "diff"):
         offered = [value for _, value in complete([command, "a.h5", "b.h5", "--threshold"], "")]
-        assert offered == [f"dlr_tie={COMPARE_THRESHOLDS['dlr_tie']:g}"] == ["dlr_tie=0.001"]
+        assert offered == ["dlr_tie=0.001", "cka_static=0.99", "overlap_static=0.95", "overlap_moved=0.8"]
 
 
 def test_probes_and_layers_come_from_the_store_given_before(tmp_path: Path) -> None:

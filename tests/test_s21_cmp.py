@@ -42,11 +42,11 @@ def test_a_run_analysed_in_bfloat16_is_as_rich_as_in_float32(sample_float32_bflo
     gaps = [abs(step["differences"]["d_lr"]) for step in data["steps"]]
     assert max(gaps) > 1e-6 and max(gaps) < report.DLR_TIE  # rounding's: the tie tolerance's case
     assert data["verdict"] == "The runs are equally rich (D_LR within dlr_tie = 0.001) at every matched step."
-    assert data["thresholds"] == {"dlr_tie": 0.001}
+    assert data["thresholds"] == {"dlr_tie": 0.001, "cka_static": 0.99, "overlap_static": 0.95, "overlap_moved": 0.8}
     # with no tolerance, the rounding decides as it did
     strict = json.loads(fdl_in_process("compare", float32, bfloat16, "--json", "--no-overlap",
                                        "--threshold", "dlr_tie=0").stdout)
-    assert strict["thresholds"] == {"dlr_tie": 0.0}
+    assert strict["thresholds"] == {"dlr_tie": 0.0, "cka_static": 0.99, "overlap_static": 0.95, "overlap_moved": 0.8}
     assert " is richer than run " in strict["verdict"]
     table = fdl_in_process("compare", float32, bfloat16, "--no-overlap")
     assert table.returncode == 0 and "thresholds: dlr_tie = 0.001 (" in table.stderr
@@ -63,7 +63,7 @@ def test_the_tie_tolerance_decides_the_verdict(tmp_path: Path) -> None:
     run_a, run_near, run_far = (report.load_run(path) for path in (a, near, far))
     tied = report.compare_runs(run_a, run_near, overlap=False)
     assert tied.verdict == "The runs are equally rich (D_LR within dlr_tie = 0.001) at every matched step."
-    assert tied.thresholds == {"dlr_tie": 0.001}
+    assert tied.thresholds == {"dlr_tie": 0.001, "cka_static": 0.99, "overlap_static": 0.95, "overlap_moved": 0.8}
     ends = report.compare_runs(run_a, run_far, overlap=False)
     assert ends.verdict.startswith("Run B is richer than run A (lower D_LR) from step 200 on")
     # the user's own tolerance: 0.01 ties 0.125 and 0.123; 1e-4 tells 0.125 and 0.1246 apart
@@ -78,7 +78,8 @@ def test_the_tie_tolerance_decides_the_verdict(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "said"), [
-    ("cka_static=0.9", "unknown compare threshold 'cka_static'"),
+    ("mf_extra=2", "unknown compare threshold 'mf_extra'"),  # classify's, which compare does not use
+    ("cka_static=1.5", "inconsistent thresholds"),  # one compare shares with classify, checked as classify's
     ("dlr_tie=-0.1", "bad threshold 'dlr_tie=-0.1'"),
     ("dlr_tie=nan", "bad threshold 'dlr_tie=nan'"),
     ("dlr_tie", "bad threshold 'dlr_tie'"),

@@ -74,8 +74,8 @@ def test_classify_names_compares_threshold_whatever_its_value(tmp_path: Path, va
     assert f"error: bad threshold 'mf_extra={value}': its value must be a finite number" in done.stderr
     assert "fix: e.g. --threshold mf_extra=2" in done.stderr
     # and compare, which judged the name first already
-    done = fdl_in_process("compare", store, store, "--threshold", f"cka_static={value}")
-    assert "error: unknown compare threshold 'cka_static': cka_static is a threshold of fdl classify" in done.stderr
+    done = fdl_in_process("compare", store, store, "--threshold", f"mf_extra={value}")
+    assert "error: unknown compare threshold 'mf_extra': mf_extra is a threshold of fdl classify" in done.stderr
 
 
 def test_a_probe_in_the_folder_analysed_is_named_in_the_missing_probe_error(tmp_path: Path) -> None:
