@@ -431,3 +431,106 @@ def test_a_files_own_code_that_calls_sys_exit_ends_fdl_as_python_would(tmp_path:
     done = fdl("inspect", str(path), "--trust-pickle")
     assert done.code == 3, done.stderr
     assert "corrupt" not in done.stderr and "cannot unpickle" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------------------------------ compare (report.py)
+
+
+def _steps(*pairs: tuple[float, float], static: bool = False, flat: int | None = None) -> list:  # type: ignore[type-arg]
+    """Matched steps 0, 100, 200, ... with D_LR (A, B) each; `static`: run A's features never moved (CKA and overlap
+    1) and run B's did; `flat`: the index of a step where run A's outputs are constant (output_rank 0)."""
+    from fdl_cli.report import ComparedStep, Match
+
+    steps = []
+    for index, (d_a, d_b) in enumerate(pairs):
+        record_a: dict = {"d_lr": d_a, "step": 100 * index}  # type: ignore[type-arg]
+        record_b: dict = {"d_lr": d_b, "step": 100 * index}  # type: ignore[type-arg]
+        if static:
+            record_a.update(cka_init=1.0, overlap_init=1.0)
+            record_b.update(cka_init=0.5, overlap_init=0.5)
+        if flat == index:
+            record_a["output_rank"] = 0
+        steps.append(ComparedStep(Match(100 * index, 100 * index), record_a, record_b, {}, None))
+    return steps
+
+
+def test_the_verdict_names_the_richer_run_from_where_it_stays_richer() -> None:
+    from fdl_cli.report import richer_run
+
+    word, said = richer_run(_steps((0.5, 0.4), (0.5, 0.25)))
+    assert word == "b" and "Run B is richer than run A (lower D_LR) at every matched step" in said, said
+    assert "D_LR A 0.5000, B 0.2500, 50% lower" in said, said  # of the larger: (0.5 − 0.25) / 0.5
+    word, said = richer_run(_steps((0.3, 0.4), (0.5, 0.49), (0.5, 0.45)))
+    assert word == "b" and "from step 100 on" in said and "10% lower" in said, said
+    _, said = richer_run(_steps((0.5, 0.49)))
+    assert "2% lower" in said, said  # a gap of 2 % is said, not "<1% lower"
+
+
+def test_d_lr_values_exactly_dlr_tie_apart_are_a_tie_and_equal_ones_the_same() -> None:
+    from fdl_cli.report import richer_run
+
+    word, said = richer_run(_steps((0.5, 0.25)), tie=0.25)
+    assert word == "equal" and "D_LR within dlr_tie = 0.25" in said, said
+    word, said = richer_run(_steps((0.5, 0.5), (0.4, 0.4)))
+    assert word == "equal" and "The runs are equally rich (same D_LR) at every matched step." in said, said
+
+
+def test_a_step_of_constant_outputs_is_left_out_of_the_verdict() -> None:
+    from fdl_cli.report import richer_run
+
+    word, said = richer_run(_steps((0.5, 0.4), (1.0, 0.4), flat=1))
+    assert word == "b" and "Left out of this verdict: step 100, where run A's outputs are constant" in said, said
+
+
+def test_a_lazy_run_is_said_to_have_fixed_features_only_across_two_steps_or_more() -> None:
+    from fdl_cli.report import richer_run
+
+    _, said = richer_run(_steps((0.3, 0.5), (0.3, 0.5), static=True))
+    assert "Run A's features did not move" in said, said
+    assert "only B's features moved" in said and "A's lower D_LR comes from its readout of fixed features" in said
+    _, said = richer_run(_steps((0.5, 0.3), (0.5, 0.3), static=True))
+    assert "readout of fixed features" not in said, said  # B, which moved, is the richer one
+    _, said = richer_run(_steps((0.3, 0.5), static=True))
+    assert "did not move" not in said, said  # one matched step: nothing to say it never moved
+
+
+def test_steps_pair_equal_then_mutual_nearest_lower_on_a_tie() -> None:
+    from fdl_cli.report import Match, align_steps
+
+    assert align_steps([10], [10, 20]) == [Match(10, 10)]
+    assert align_steps([5], [0, 10]) == [Match(5, 0)]  # 0 and 10 as near: the lower
+    assert align_steps([0, 1], [1]) == [Match(1, 1)]  # B's step 1 is 1's, not also 0's
+
+
+def test_the_notes_say_what_is_left_unmatched_and_outside_the_matched_span() -> None:
+    from fdl_cli.report import align_steps, few_matches_note, span_note, unmatched_note
+
+    a, b = [0, 1, 2, 3], [0, 1, 20, 30]
+    matches = align_steps(a, b)
+    assert few_matches_note(a, b, matches) is None  # half of the shorter run matched: no note
+    assert unmatched_note([10, 20], [10, 20, 30, 40], align_steps([10, 20], [10, 20, 30, 40])) == (
+        "left unmatched: 0 checkpoints of A, 2 of B (steps 30, 40)")
+    a, b = [0, 10, 20], [10, 20]
+    assert span_note(a, b, align_steps(a, b)) == (
+        "the comparison covers steps 10–20, the span of the matched steps: run A's 1 checkpoint before it (step 0) "
+        "is in neither the table nor the verdict")
+
+
+def test_differences_are_b_minus_a_and_signed_so() -> None:
+    from fdl_cli.report import ComparedStep, Comparison, Match, difference_lines, field_differences
+
+    record_a, record_b = {"step": 0, "d_lr": 0.5, "k95_utility": 3}, {"step": 0, "d_lr": 0.25, "k95_utility": None}
+    differences = field_differences(record_a, record_b)
+    assert differences["d_lr"] == -0.25
+    comparison = Comparison(Path("a.h5"), Path("b.h5"), [ComparedStep(Match(0, 0), record_a, record_b, differences,
+                                                                        None)], [], "")
+    lines = difference_lines(comparison)
+    assert any(line.startswith("d_lr: differs at 1 step, largest B − A −") for line in lines), lines
+    assert "k95_utility: null in one run only at 1 step (run B at 1, where run A has a value)" in lines, lines
+
+
+def test_a_dlr_tie_of_zero_is_taken() -> None:
+    from fdl_cli.report import compare_thresholds, spread
+
+    assert compare_thresholds(["dlr_tie=0"]) == {"dlr_tie": 0.0}
+    assert spread([1, 2, 3], 1) == [3]  # --overlap-steps 1: the last matched step
