@@ -534,3 +534,37 @@ def test_a_dlr_tie_of_zero_is_taken() -> None:
 
     assert compare_thresholds(["dlr_tie=0"]) == {"dlr_tie": 0.0}
     assert spread([1, 2, 3], 1) == [3]  # --overlap-steps 1: the last matched step
+
+
+def test_a_folder_scan_tells_a_keras_hdf5_named_hdf5(tmp_path: Path) -> None:
+    """The folder scan reads the first bytes of an .hdf5 as of an .h5: `model_100.hdf5` is a Keras model."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _keras_h5(run / "model_100.hdf5")
+    said = _inspect(run)
+    assert "skipped model_100.hdf5: a Keras model or its weights, saved as HDF5" in said, said
+
+
+def test_a_quoted_error_is_its_first_line() -> None:
+    from fdl_cli.errors import first_line
+
+    # "got: RuntimeError: CUDA_HOME is not set": the first line of the module's error, not its last
+    assert first_line(RuntimeError("CUDA_HOME is not set\n  at line 3")) == "CUDA_HOME is not set"
+
+
+# ---------------------------------------------------------------------------------------------- regimes.py
+
+
+def test_thresholds_at_their_bounds_are_taken() -> None:
+    """cka_static=0 and overlap_moved equal to overlap_static lie within what the error says is allowed."""
+    from fdl_cli.regimes import Thresholds
+
+    assert Thresholds.with_overrides(["cka_static=0"]).cka_static == 0.0
+    assert Thresholds.with_overrides(["overlap_moved=0.95"]).overlap_moved == 0.95
+
+
+def test_a_moved_checkpoint_without_outputs_is_undetermined() -> None:
+    from fdl_cli.regimes import checkpoint_regime
+
+    verdict = checkpoint_regime({"cka_init": 0.5, "overlap_init": 0.5, "k95_utility": 1, "n_outputs": None})
+    assert verdict.regime == "undetermined" and "the outputs carry no utility to count" in verdict.rule, verdict
