@@ -532,7 +532,8 @@ def test_differences_are_b_minus_a_and_signed_so() -> None:
 def test_a_dlr_tie_of_zero_is_taken() -> None:
     from fdl_cli.report import compare_thresholds, spread
 
-    assert compare_thresholds(["dlr_tie=0"]) == {"dlr_tie": 0.0}
+    assert compare_thresholds(["dlr_tie=0"]) == {
+        "dlr_tie": 0.0, "cka_static": 0.99, "overlap_static": 0.95, "overlap_moved": 0.8}
     assert spread([1, 2, 3], 1) == [3]  # --overlap-steps 1: the last matched step
 
 
