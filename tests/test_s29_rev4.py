@@ -99,7 +99,8 @@ def test_a_frozen_readout_fed_by_a_layer_of_the_outputs_width_is_not_called_a_fr
     assert shown.returncode == 0, shown.stderr
     said = " ".join((shown.stdout + shown.stderr).split())
     assert "readout:input" in said
-    assert "hidden:input" not in said and "frozen" not in said, said
+    assert "default feature layer: readout:input" in said
+    assert "hidden:input" not in said and "parameters are frozen" not in said, said  # (tmp_path's name has "frozen")
 
 
 def _compared(a: Path, b: Path) -> dict:
