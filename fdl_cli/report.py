@@ -1811,24 +1811,19 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
                                                              "steps where it is measured" if len(values) < len(records)
                                                              else "") + f", lowest {text}"
                      for label, bound, values, text in measures]
-            if run.later:  # "a lazy run" of a run the other does not follow to where it moved
+            # "a lazy run" of a run the other does not follow to where it moved, or to where its measures tell
+            # neither moved nor static (a conflict, a measure missing: classify's undetermined)
+            if elsewhere := run.later or run.unsettled:
                 other = "B" if name == "A" else "A"
-                at = first_and_more([int(r["step"]) for r in run.later], UNMATCHED_SHOWN)
+                at = (f"{'step' if len(elsewhere) == 1 else 'steps'} "
+                      f"{first_and_more([int(r['step']) for r in elsewhere], UNMATCHED_SHOWN)}, which no checkpoint of "
+                      f"{other} matches")
+                there = (f"they moved at {at} ({_moved_measures(run.later, thresholds)})" if run.later else
+                         f"at {at}, its measures tell neither moved nor static (a conflict, or a measure missing: "
+                         "`fdl classify` gives the evidence)")
                 notes.append(
                     f" Run {name}'s features did not move at the matched steps ({every}{', and '.join(shown)}):"
-                    f" its D_LR there is that of its reference checkpoint's features; they moved at "
-                    f"{'step' if len(run.later) == 1 else 'steps'} {at}, which no checkpoint of {other} matches "
-                    f"({_moved_measures(run.later, thresholds)}).")
-                continue
-            if run.unsettled:  # classify's undetermined (a conflict, a measure missing there), not a lazy run
-                other = "B" if name == "A" else "A"
-                at = first_and_more([int(r["step"]) for r in run.unsettled], UNMATCHED_SHOWN)
-                notes.append(
-                    f" Run {name}'s features did not move at the matched steps ({every}{', and '.join(shown)}):"
-                    f" its D_LR there is that of its reference checkpoint's features; at "
-                    f"{'step' if len(run.unsettled) == 1 else 'steps'} {at}, which no checkpoint of {other} matches, "
-                    "its measures tell neither moved nor static (a conflict, or a measure missing: `fdl classify` "
-                    "gives the evidence).")
+                    f" its D_LR there is that of its reference checkpoint's features; {there}.")
                 continue
             static.append(name)
             notes.append(
