@@ -1098,6 +1098,7 @@ class _Classified:
     header: str  # "STORE: probe P, layer L" and how the series was chosen
     caveat: str | None  # what the evidence's final_r2 measures
     warnings: list[str]
+    others: int = 0  # the store's series besides the one classified
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1133,7 +1134,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     first_probe = "the first probe given to analyze" if given else "the first probe by name"
     how = f" ({first_probe}, the first layer analysed; {others} other series: choose with --probe/--layer)"
     header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
-    return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings])
+    return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
+                       others)
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1190,7 +1192,11 @@ def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
 def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds: Thresholds, fmt: str) -> None:
     """`fdl classify STORE...`: one row per store, in the order given; the thresholds (the same for every
     row) and the note once. A store that cannot be read is an error naming it, said after the others are
-    shown (and --expect's line), and the command then exits 1, not 3: one broken run of a sweep hides no other."""
+    shown (and --expect's line), and the command then exits 1, not 3: one broken run of a sweep hides no other.
+
+    The text names each store as `_row_name` shows it (one line, never cut); the table has probe and layer
+    columns where the rows' series differ, else one line names the series of every row (a sweep's rows are
+    comparable only where they measure the same layer with the same probe)."""
     from fdl_cli import regimes
     from fdl_cli import report as rep
 
@@ -1205,7 +1211,7 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
             continue
         done.append(one)
         for warning in one.warnings:
-            console.print(f"warning: {store}: {warning}", markup=False, style="yellow")
+            console.print(f"warning: {_row_name(store)}: {warning}", markup=False, style="yellow")
     fields = [name for name in SWEEP_FIELDS
               if name not in ("final_accuracy", "final_r2")
               or any(one.verdict.evidence.get(name) is not None for one in done)]
@@ -1218,12 +1224,16 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         sys.stdout.write(rep.rows_to_text(names, rows, fmt))
         sys.stdout.flush()
     elif done:
-        cells = [[one.store, one.verdict.regime,
+        series = [(str(one.verdict.evidence.get("probe")), str(one.verdict.evidence.get("layer"))) for one in done]
+        by_row = len(set(series)) > 1  # each row's probe and layer in the table, kept on a narrow terminal
+        cells = [[_row_name(one.store), one.verdict.regime, *(pair if by_row else ()),
                   *(rep.format_value(name.removeprefix("final_"), one.verdict.evidence.get(name)) for name in fields[1:])]
-                 for one in done]
-        justify = ["left", "left", *("right" for _ in fields[1:])]
-        table = rep.PlainTable.fitted(["store", *(SWEEP_FIELDS[name] for name in fields)], justify, cells,
-                                      max_width=console.width if console.is_terminal else None, always=2)
+                 for one, pair in zip(done, series, strict=True)]
+        headers = ["store", SWEEP_FIELDS["regime"], *(("probe", "layer") if by_row else ()),
+                   *(SWEEP_FIELDS[name] for name in fields[1:])]
+        justify = ["left" if index < (4 if by_row else 2) else "right" for index in range(len(headers))]
+        table = rep.PlainTable.fitted(headers, justify, cells, max_width=console.width if console.is_terminal else None,
+                                      always=4 if by_row else 2)
         if not console.is_terminal:
             console.width = max(console.width, table.width)
         console.print(table)
@@ -1231,8 +1241,14 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
             console.print(note, markup=False)
         console.print("the final checkpoint's measures; each store's rule and trajectory: fdl classify STORE",
                       markup=False)
+        if not by_row:
+            console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
+        for one in done:
+            if one.others:
+                console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",
+                              markup=False)
         if len(done) > 2:
-            names = [one.store for one in done]
+            names = [_row_name(one.store) for one in done]
             trends = [f"{SWEEP_FIELDS[name]} {_trend(names, [one.verdict.evidence.get(name) for one in done])}"
                       for name in fields[1:] if name not in ("final_n_outputs", "final_step", "mf_since_step")]
             console.print("down the rows: " + "; ".join(trends), markup=False)
@@ -1241,13 +1257,20 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         console.print(f"note: {regimes.NOTE}", markup=False)
     differ = [one for one in done if kwargs["expect"] and one.verdict.regime != kwargs["expect"]]
     if differ:
-        listed = ", ".join(f"{one.store} ({one.verdict.regime})" for one in differ)
+        listed = ", ".join(f"{_row_name(one.store)} ({one.verdict.regime})" for one in differ)
         console.print(f"expected {kwargs['expect']}: {len(differ)} of {len(done)} stores differ: {listed}",
                       markup=False, style="red")
     for store, error in failed:
-        click.echo(terminal_safe(f"error: {store}: {error.message}"), err=True)
+        click.echo(terminal_safe(f"error: {_row_name(store)}: {error.message}"), err=True)
     if failed or differ:
         sys.exit(1 if failed else 3)
+
+
+def _row_name(store: str) -> str:
+    """A store's name as `fdl classify STORE...`'s text shows it: on one line, control characters escaped
+    (`shown_name`: a glob brings whatever names a folder holds), and whole: two runs' long paths may differ
+    only in their last characters, which a cut name would hide."""
+    return shown_name(store, limit=max(len(store), 1))
 
 
 def _provenance_names(provenance: Any, key: str, warnings: list[str]) -> list[str]:

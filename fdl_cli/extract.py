@@ -113,7 +113,7 @@ def default_layer(
         )
     check_outputs_order(calls, raw)
     batch_first(raw, _output_tensor(raw, calls), int(inputs.shape[0]))
-    choice = chosen_default(calls, raw, frozen=frozen_linears(model))
+    choice = chosen_default(calls, raw, frozen=frozen_linears(model), shapes=linear_shapes(model))
     if choice.note is not None and note is not None:
         note(choice.note)
     if choice.warning is not None and warn is not None:
@@ -328,7 +328,14 @@ def frozen_linears(model: nn.Module) -> frozenset[str]:
                      and not any(parameter.requires_grad for parameter in module.parameters()))
 
 
-def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[str] = ()) -> DefaultChoice:
+def linear_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Each nn.Linear's weight shape, by name (one not materialised yet, a LazyLinear's that never ran, left out)."""
+    return {name: tuple(module.weight.shape) for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and not isinstance(module.weight, nn.parameter.UninitializedParameter)}
+
+
+def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[str] = (),
+                   shapes: Mapping[str, tuple[int, ...]] | None = None) -> DefaultChoice:
     """The default feature layer of a forward pass whose nn.Linear calls were `calls` (not empty) and which
     returned `raw`: the input of the nn.Linear whose output the outputs are (views of the same memory: a
     reshape, a squeeze, a slice); where it is not the last one to run (two heads, each on a tower of its own,
@@ -344,7 +351,10 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
     `frozen`: the nn.Linear whose parameters are frozen. Where the last to run is one and no nn.Linear gives the
     outputs, but a trainable one of their size ran too (`f = a·(net(x) − net0(x))`, net0 a frozen copy of net at
     initialisation: its features never move, and every run read coefficient), a warning names the trainable one.
-    Warned, not taken: the default stays the same for a store that is resumed."""
+    Warned, not taken: the default stays the same for a store that is resumed. `shapes` (`linear_shapes`; None:
+    not known): a trainable one counts only where its weight has the frozen one's shape, as a copy's has: a
+    trained hidden layer as wide as the outputs under a fixed (frozen) readout, `readout(relu(hidden(x))) / 3`,
+    is no copy's twin, and its input is no head's."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     at, producer = next(((at, call) for at, call in reversed(list(enumerate(calls))) if _gave(call, outputs)),
@@ -374,7 +384,8 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
                 "one with --layer NAME (NAME:input for a module's input)"))
         size = int(outputs[:1].numel()) if outputs.dim() else 1
         rivals = tuple(dict.fromkeys(call.name for call in calls
-                                     if call.name not in frozen and call.values_a_sample == size))
+                                     if call.name not in frozen and call.values_a_sample == size
+                                     and (shapes is None or shapes.get(call.name) == shapes.get(last.name))))
         if producer is None and rivals and last.name in frozen and last.values_a_sample == size:
             return DefaultChoice(last.name, rivals=rivals, warning=rivals_warning(last.name, rivals))
         return DefaultChoice(last.name)

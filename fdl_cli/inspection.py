@@ -359,6 +359,7 @@ def _default_choice(
         chosen_default,
         default_layer_by_registration,
         frozen_linears,
+        linear_shapes,
         not_the_head,
     )
 
@@ -370,7 +371,7 @@ def _default_choice(
     elif linears_run:
         # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
         last = linears_run[-1].name
-        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model))
+        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model), shapes=linear_shapes(model))
                   if returned and outputs_error is None else DefaultChoice(last))
         default_module = choice.module
         source = "the probe's first sample" if from_probe else (

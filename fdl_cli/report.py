@@ -1744,6 +1744,9 @@ class _RunMovement:
     moved: bool  # moved (below a static bound, no conflict) at some matched step
     static: bool  # static at every one of more than one matched step
     later: list[Record]  # its records at the steps the other run does not match where its features moved
+    #: its records at the steps the other run does not match that tell neither moved nor static (a conflict, no
+    #: measure): classify calls such a run undetermined, so compare calls it no lazy run either
+    unsettled: list[Record]
 
 
 def _run_movements(steps: Sequence[ComparedStep], thresholds: Thresholds,
@@ -1753,9 +1756,11 @@ def _run_movements(steps: Sequence[ComparedStep], thresholds: Thresholds,
     for (name, side), elsewhere in zip((("A", "record_a"), ("B", "record_b")), unmatched, strict=True):
         records = [getattr(compared, side) for compared in steps]
         said = [feature_movement(r, thresholds)[0] for r in records]
+        there = [(r, feature_movement(r, thresholds)[0]) for r in elsewhere]
         runs.append(_RunMovement(name=name, records=records, moved=MOVED in said,
                                  static=len(records) > 1 and all(movement == STATIC for movement in said),
-                                 later=[r for r in elsewhere if feature_movement(r, thresholds)[0] == MOVED]))
+                                 later=[r for r, movement in there if movement == MOVED],
+                                 unsettled=[r for r, movement in there if movement not in (MOVED, STATIC)]))
     return runs
 
 
@@ -1766,8 +1771,9 @@ def features_moved(steps: Sequence[ComparedStep], *, thresholds: Thresholds | No
     `overlap_static`, not a conflict), False where the run is static at every matched step, more than one, and
     at its checkpoints the other run does not match; None where the matched steps cannot tell: a single one (the
     reference's own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
-    below `overlap_moved`: classify's undetermined), or a run that moved only at a step the other does not match."""
-    said = [True if run.moved else False if run.static and not run.later else None
+    below `overlap_moved`: classify's undetermined), or a run that moved, or is neither moved nor static, only at
+    a step the other does not match."""
+    said = [True if run.moved else False if run.static and not run.later and not run.unsettled else None
             for run in _run_movements(steps, thresholds or Thresholds(), unmatched)]
     return said[0], said[1]
 
@@ -1805,14 +1811,19 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
                                                              "steps where it is measured" if len(values) < len(records)
                                                              else "") + f", lowest {text}"
                      for label, bound, values, text in measures]
-            if run.later:  # "a lazy run" of a run the other does not follow to where it moved
+            # "a lazy run" of a run the other does not follow to where it moved, or to where its measures tell
+            # neither moved nor static (a conflict, a measure missing: classify's undetermined)
+            if elsewhere := run.later or run.unsettled:
                 other = "B" if name == "A" else "A"
-                at = first_and_more([int(r["step"]) for r in run.later], UNMATCHED_SHOWN)
+                at = (f"{'step' if len(elsewhere) == 1 else 'steps'} "
+                      f"{first_and_more([int(r['step']) for r in elsewhere], UNMATCHED_SHOWN)}, which no checkpoint of "
+                      f"{other} matches")
+                there = (f"they moved at {at} ({_moved_measures(run.later, thresholds)})" if run.later else
+                         f"at {at}, its measures tell neither moved nor static (a conflict, or a measure missing: "
+                         "`fdl classify` gives the evidence)")
                 notes.append(
                     f" Run {name}'s features did not move at the matched steps ({every}{', and '.join(shown)}):"
-                    f" its D_LR there is that of its reference checkpoint's features; they moved at "
-                    f"{'step' if len(run.later) == 1 else 'steps'} {at}, which no checkpoint of {other} matches "
-                    f"({_moved_measures(run.later, thresholds)}).")
+                    f" its D_LR there is that of its reference checkpoint's features; {there}.")
                 continue
             static.append(name)
             notes.append(
