@@ -921,11 +921,13 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
         )
     if foreign.torch_tar(path):  # torch: "Cannot use weights_only=True with files saved in the legacy .tar format"
         return CheckpointError(f"cannot read the checkpoint {path}", got=_LEGACY_TAR_SAID, fix=_LEGACY_TAR_FIX)
-    return CheckpointError(
-        f"cannot read the checkpoint {path}",
-        got=reason,
-        fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
-    )
+    return CheckpointError(f"cannot read the checkpoint {path}", got=reason, fix=_DAMAGED_FIX)
+
+
+_DAMAGED_FIX = "the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it"
+#: A zip whose central directory flags an entry's name as UTF-8 and holds bytes that are not (Python's zipfile
+#: cannot list it; torch.save writes ASCII names)
+_BAD_ZIP_NAME = "a zip archive whose central directory is damaged (an entry's name is not the UTF-8 its flag says)"
 
 
 #: A tar torch.save wrote in PyTorch 0.1 (`foreign.torch_tar`): torch.load reads it only with weights_only=False,
@@ -1102,6 +1104,8 @@ def _peek_file(path: Path) -> _Peek:
                 arrays = _npz_shapes(archive, names) if checkpoint_suffix(path) is None else None
         except (zipfile.BadZipFile, OSError) as exc:
             raise _corrupt_error(path, exc) from None
+        except UnicodeDecodeError:  # zipfile decodes each name flagged UTF-8: not one torch.save or numpy wrote
+            raise CheckpointError(f"cannot read the checkpoint {path}", got=_BAD_ZIP_NAME, fix=_DAMAGED_FIX) from None
         if arrays is not None:  # np.savez's archive (probe.npz given among the files), as the HDF5 file above
             if _is_probe_set(arrays):
                 return _Peek(None, {}, _probe_note(name, arrays))
@@ -1736,7 +1740,7 @@ def skipped_probe_sets(notes: Iterable[str], folders: Iterable[Path]) -> list[Pa
     skipped = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
     found = []
     for path in (folder / name for folder in folders for name in skipped if name.endswith(".npz")):
-        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
+        with contextlib.suppress(OSError, zipfile.BadZipFile, UnicodeDecodeError), zipfile.ZipFile(path) as archive:
             arrays = _npz_shapes(archive, archive.namelist())
             if arrays is not None and _is_probe_set(arrays):
                 found.append(path)
