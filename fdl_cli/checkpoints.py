@@ -2384,8 +2384,9 @@ def _dcp_object(folder: Path, *, peek: bool = False, placed: dict[int, dcp.Entry
     dcp.check_chunks(folder, kept.values())
     if peek:
         steps = {key.split(".")[0] for key in STEP_ORDER}
-        values = dcp.read_items(folder, [e for e in kept.values() if e.dtype is None and e.path[0] in steps],
-                                _load_plain)
+        # a torch.ao Linear's packed (weight, bias) is a pickled item: read, as the weights it is (`_ao_unpacked`)
+        values = dcp.read_items(folder, [e for fqn, e in kept.items() if e.dtype is None and (
+            e.path[0] in steps or fqn.endswith(_PACKED))], _load_plain)
         values.update({fqn: torch.empty(entry.size, dtype=entry.dtype, device="meta")
                        for fqn, entry in kept.items() if entry.dtype is not None})
         values.update({fqn: None for fqn in kept if fqn not in values})
@@ -2397,6 +2398,7 @@ def _dcp_object(folder: Path, *, peek: bool = False, placed: dict[int, dcp.Entry
         obj = dcp.nested(values, kept)
     except ValueError as exc:
         raise dcp.bad_folder(folder, f"its .metadata places {exc}") from None
+    obj = _ao_unpacked(obj)  # as `_torch_load_safe` gives a file's
     top = [value for value in obj.values() if isinstance(value, torch.Tensor)]
     if any(map(_is_weight, top)) and _find_tensor_dict(obj) is None:
         obj = {key: value for key, value in obj.items() if isinstance(value, (torch.Tensor, *_PLAIN_VALUES))}
@@ -5034,6 +5036,10 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
             "model.state_dict() with torch.save, which holds it, or build the model without that state")
 
 
+_QUANTIZED_MODEL_FIX = ("have the factory return the float network (before quantize_dynamic or convert): fdl loads a "
+                        "quantized checkpoint's Linears dequantized into the float ones, and analyses the float model")
+
+
 def _dequantized(own: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """`state` with torch's quantized tensors (qint8, quint8: `torch.quantize_per_tensor`, per channel, a
     torch.ao model's weights) dequantized where the model's are floating point: each carries its own scale and
@@ -5156,15 +5162,21 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 
         wrapper = _wrapper_prefix(expected, raw)
         probe = bool(raw) and set(raw) <= {*X_KEYS, *Y_KEYS}  # a probe saved as .pt beside the checkpoints
+        # the factory returns the torch.ao-quantized model: its Linears' packed params are loaded as the float
+        # Linear's weight and bias (`_ao_unpacked`), which only the float network holds
+        packed = [key.removesuffix("." + _PACKED) for key in expected if key.endswith("." + _PACKED)]
         raise WeightsMismatchError(
             f"the weights in {path} do not fit the model built by --model",
             got=problem + (f"; the model's keys are the checkpoint's under {wrapper!r}" if wrapper else "")
-            + ("; the file holds a probe's arrays, not weights" if probe else ""),
-            fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
-                 "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
-                 "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
-                 if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
-                 "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
+            + ("; the file holds a probe's arrays, not weights" if probe else "")
+            + (f"; the model built by --model is quantized by torch.ao (its Linears hold packed weights: "
+               f"{first_names(packed, 6)})" if packed else ""),
+            fix=_QUANTIZED_MODEL_FIX if packed else
+            (f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
+             "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
+             "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
+             if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
+             "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     state = _dequantized(own, state)
     not_floating = _not_floating_point(path, own, state)
