@@ -5055,14 +5055,16 @@ def _dequantized(own: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any
 _SCALE_NAME = re.compile(r"(?:^|[._])(?:scales?|scale_inv|inv_scale|zero_points?|amax)$")
 
 
-def _scaled_weights(path: Path, expected: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
+def _scaled_weights(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
     """The error for weights stored scaled (float8 or integers) with their scales beside them, which the model
-    does not hold (None for any other mismatch): the values are the stored ones times, or divided by, scales
-    whose scheme (multiply or divide, per tensor, row or block) only the exporter knows, so fdl neither loads
-    the stored numbers as the weights nor guesses how to dequantize them."""
-    extra = [key for key in state if key not in expected]
+    (its state_dict `own`) does not hold (None for any other mismatch): the values are the stored ones times, or
+    divided by, scales whose scheme (multiply or divide, per tensor, row or block) only the exporter knows, so fdl
+    neither loads the stored numbers as the weights nor guesses how to dequantize them. A tensor the model itself
+    holds as one byte (a uint8 table, a mask) is no such weight: beside it a `scale` the model lacks is a mismatch."""
+    extra = [key for key in state if key not in own]
     low = sorted({str(value.dtype).removeprefix("torch.") for key, value in state.items()
-                  if key in expected and isinstance(value, torch.Tensor)
+                  if isinstance(value, torch.Tensor) and isinstance(own.get(key), torch.Tensor)
+                  and own[key].is_floating_point()
                   and (value.dtype.itemsize == 1 and not value.is_quantized) and value.dtype != torch.bool})
     if not extra or not low or not all(_SCALE_NAME.search(key) for key in extra):
         return None
@@ -5155,7 +5157,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             with contextlib.suppress(WeightsMismatchError):
                 return _load_strict(model, {key: value for key, value in raw.items() if key not in scalars}, path)
     if problem is not None:
-        scaled = _scaled_weights(path, expected, state)
+        scaled = _scaled_weights(path, own, state)
         if scaled is not None:
             raise scaled
         from fdl_cli.probes import X_KEYS, Y_KEYS

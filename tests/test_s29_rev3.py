@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.cli_run import fdl_in_process
+from tests.cli_run import fdl_in_process, model_file
 from tests.tiny_models import mlp
 
 MODEL = """\
@@ -159,3 +159,40 @@ def test_a_skipped_npz_whose_directory_cannot_be_decoded_leaves_the_missing_prob
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1
     assert "--probe" in done.stderr
+
+
+TOKENS_MODEL = """\
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, scaled=False):
+        super().__init__()
+        self.register_buffer("table", torch.arange(16, dtype=torch.uint8).reshape(4, 4))  # the model's own uint8
+        self.fc = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+        if scaled:  # a later version of the layer: a learnt per-output scale (LayerScale-like)
+            self.head.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x + self.table.float().mean())))
+
+
+def build(scaled=False):
+    torch.manual_seed(0)
+    return Net(scaled)
+"""
+
+
+def test_a_learnt_scale_the_model_lacks_beside_its_own_uint8_buffer_is_no_scaled_weights(tmp_path: Path) -> None:
+    """A checkpoint of a later version of the model (a learnt `head.scale` added) given the older model, which
+    holds a uint8 buffer of its own: a mismatch that names the key, not "uint8 weights stored with scales"."""
+    folder, probe = _setup(tmp_path)
+    module = model_file(tmp_path, TOKENS_MODEL)
+    torch.save(module.build(scaled=True).state_dict(), folder / "step_1.pt")
+    done = _analyze(tmp_path, folder)
+    said = _said(done.stderr)
+    assert done.returncode == 1
+    assert "stored with scales" not in said, done.stderr
+    assert "do not fit the model built by --model got: 1 unexpected key: head.scale" in said, done.stderr
