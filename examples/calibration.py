@@ -280,7 +280,7 @@ def run_case(case: Case, out: Path, thresholds: Any = None) -> Any:
     """Train, analyse and classify one case; returns its `RunVerdict`."""
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
     from fdl_cli.regimes import Thresholds, classify_run
-    from fdl_cli.store import read_records
+    from fdl_cli.store import StoreReader
 
     folder = out / case.name
     kwargs = train_case(case, folder)
@@ -297,7 +297,9 @@ def run_case(case: Case, out: Path, thresholds: Any = None) -> Any:
     summary = run_analyze(options)
     if summary.failed:
         raise RuntimeError(f"analysis of {case.name} failed: {summary.message()}")
-    return classify_run(read_records(store), thresholds or Thresholds())
+    with StoreReader(store) as reader:
+        records = reader.records()
+    return classify_run(records, thresholds or Thresholds())
 
 
 def confusion_table(results: list[tuple[Case, Any]]) -> str:

@@ -921,11 +921,13 @@ def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
         )
     if foreign.torch_tar(path):  # torch: "Cannot use weights_only=True with files saved in the legacy .tar format"
         return CheckpointError(f"cannot read the checkpoint {path}", got=_LEGACY_TAR_SAID, fix=_LEGACY_TAR_FIX)
-    return CheckpointError(
-        f"cannot read the checkpoint {path}",
-        got=reason,
-        fix="the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it",
-    )
+    return CheckpointError(f"cannot read the checkpoint {path}", got=reason, fix=_DAMAGED_FIX)
+
+
+_DAMAGED_FIX = "the file is truncated or corrupt, or not a PyTorch checkpoint; re-save or re-copy it"
+#: A zip whose central directory flags an entry's name as UTF-8 and holds bytes that are not (Python's zipfile
+#: cannot list it; torch.save writes ASCII names)
+_BAD_ZIP_NAME = "a zip archive whose central directory is damaged (an entry's name is not the UTF-8 its flag says)"
 
 
 #: A tar torch.save wrote in PyTorch 0.1 (`foreign.torch_tar`): torch.load reads it only with weights_only=False,
@@ -1102,6 +1104,8 @@ def _peek_file(path: Path) -> _Peek:
                 arrays = _npz_shapes(archive, names) if checkpoint_suffix(path) is None else None
         except (zipfile.BadZipFile, OSError) as exc:
             raise _corrupt_error(path, exc) from None
+        except UnicodeDecodeError:  # zipfile decodes each name flagged UTF-8: not one torch.save or numpy wrote
+            raise CheckpointError(f"cannot read the checkpoint {path}", got=_BAD_ZIP_NAME, fix=_DAMAGED_FIX) from None
         if arrays is not None:  # np.savez's archive (probe.npz given among the files), as the HDF5 file above
             if _is_probe_set(arrays):
                 return _Peek(None, {}, _probe_note(name, arrays))
@@ -1736,7 +1740,7 @@ def skipped_probe_sets(notes: Iterable[str], folders: Iterable[Path]) -> list[Pa
     skipped = [match.group(1) for match in map(_NOT_A_CHECKPOINT.fullmatch, notes) if match is not None]
     found = []
     for path in (folder / name for folder in folders for name in skipped if name.endswith(".npz")):
-        with contextlib.suppress(OSError, zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
+        with contextlib.suppress(OSError, zipfile.BadZipFile, UnicodeDecodeError), zipfile.ZipFile(path) as archive:
             arrays = _npz_shapes(archive, archive.namelist())
             if arrays is not None and _is_probe_set(arrays):
                 found.append(path)
@@ -2380,8 +2384,9 @@ def _dcp_object(folder: Path, *, peek: bool = False, placed: dict[int, dcp.Entry
     dcp.check_chunks(folder, kept.values())
     if peek:
         steps = {key.split(".")[0] for key in STEP_ORDER}
-        values = dcp.read_items(folder, [e for e in kept.values() if e.dtype is None and e.path[0] in steps],
-                                _load_plain)
+        # a torch.ao Linear's packed (weight, bias) is a pickled item: read, as the weights it is (`_ao_unpacked`)
+        values = dcp.read_items(folder, [e for fqn, e in kept.items() if e.dtype is None and (
+            e.path[0] in steps or fqn.endswith(_PACKED))], _load_plain)
         values.update({fqn: torch.empty(entry.size, dtype=entry.dtype, device="meta")
                        for fqn, entry in kept.items() if entry.dtype is not None})
         values.update({fqn: None for fqn in kept if fqn not in values})
@@ -2393,6 +2398,7 @@ def _dcp_object(folder: Path, *, peek: bool = False, placed: dict[int, dcp.Entry
         obj = dcp.nested(values, kept)
     except ValueError as exc:
         raise dcp.bad_folder(folder, f"its .metadata places {exc}") from None
+    obj = _ao_unpacked(obj)  # as `_torch_load_safe` gives a file's
     top = [value for value in obj.values() if isinstance(value, torch.Tensor)]
     if any(map(_is_weight, top)) and _find_tensor_dict(obj) is None:
         obj = {key: value for key, value in obj.items() if isinstance(value, (torch.Tensor, *_PLAIN_VALUES))}
@@ -5030,6 +5036,10 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
             "model.state_dict() with torch.save, which holds it, or build the model without that state")
 
 
+_QUANTIZED_MODEL_FIX = ("have the factory return the float network (before quantize_dynamic or convert): fdl loads a "
+                        "quantized checkpoint's Linears dequantized into the float ones, and analyses the float model")
+
+
 def _dequantized(own: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """`state` with torch's quantized tensors (qint8, quint8: `torch.quantize_per_tensor`, per channel, a
     torch.ao model's weights) dequantized where the model's are floating point: each carries its own scale and
@@ -5045,14 +5055,16 @@ def _dequantized(own: Mapping[str, Any], state: dict[str, Any]) -> dict[str, Any
 _SCALE_NAME = re.compile(r"(?:^|[._])(?:scales?|scale_inv|inv_scale|zero_points?|amax)$")
 
 
-def _scaled_weights(path: Path, expected: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
+def _scaled_weights(path: Path, own: Mapping[str, Any], state: Mapping[str, Any]) -> CheckpointError | None:
     """The error for weights stored scaled (float8 or integers) with their scales beside them, which the model
-    does not hold (None for any other mismatch): the values are the stored ones times, or divided by, scales
-    whose scheme (multiply or divide, per tensor, row or block) only the exporter knows, so fdl neither loads
-    the stored numbers as the weights nor guesses how to dequantize them."""
-    extra = [key for key in state if key not in expected]
+    (its state_dict `own`) does not hold (None for any other mismatch): the values are the stored ones times, or
+    divided by, scales whose scheme (multiply or divide, per tensor, row or block) only the exporter knows, so fdl
+    neither loads the stored numbers as the weights nor guesses how to dequantize them. A tensor the model itself
+    holds as one byte (a uint8 table, a mask) is no such weight: beside it a `scale` the model lacks is a mismatch."""
+    extra = [key for key in state if key not in own]
     low = sorted({str(value.dtype).removeprefix("torch.") for key, value in state.items()
-                  if key in expected and isinstance(value, torch.Tensor)
+                  if isinstance(value, torch.Tensor) and isinstance(own.get(key), torch.Tensor)
+                  and own[key].is_floating_point()
                   and (value.dtype.itemsize == 1 and not value.is_quantized) and value.dtype != torch.bool})
     if not extra or not low or not all(_SCALE_NAME.search(key) for key in extra):
         return None
@@ -5145,22 +5157,28 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             with contextlib.suppress(WeightsMismatchError):
                 return _load_strict(model, {key: value for key, value in raw.items() if key not in scalars}, path)
     if problem is not None:
-        scaled = _scaled_weights(path, expected, state)
+        scaled = _scaled_weights(path, own, state)
         if scaled is not None:
             raise scaled
         from fdl_cli.probes import X_KEYS, Y_KEYS
 
         wrapper = _wrapper_prefix(expected, raw)
         probe = bool(raw) and set(raw) <= {*X_KEYS, *Y_KEYS}  # a probe saved as .pt beside the checkpoints
+        # the factory returns the torch.ao-quantized model: its Linears' packed params are loaded as the float
+        # Linear's weight and bias (`_ao_unpacked`), which only the float network holds
+        packed = [key.removesuffix("." + _PACKED) for key in expected if key.endswith("." + _PACKED)]
         raise WeightsMismatchError(
             f"the weights in {path} do not fit the model built by --model",
             got=problem + (f"; the model's keys are the checkpoint's under {wrapper!r}" if wrapper else "")
-            + ("; the file holds a probe's arrays, not weights" if probe else ""),
-            fix=(f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
-                 "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
-                 "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
-                 if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
-                 "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
+            + ("; the file holds a probe's arrays, not weights" if probe else "")
+            + (f"; the model built by --model is quantized by torch.ao (its Linears hold packed weights: "
+               f"{first_names(packed, 6)})" if packed else ""),
+            fix=_QUANTIZED_MODEL_FIX if packed else
+            (f"the --model factory wraps the network as {wrapper.rstrip('.')!r}: name that attribute `module` "
+             "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
+             "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
+             if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
+             "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     state = _dequantized(own, state)
     not_floating = _not_floating_point(path, own, state)

@@ -121,8 +121,9 @@ _FOLDER_MARKERS = (("saved_model.pb", SAVED_MODEL), ("saved_model.pbtxt", SAVED_
 #: An ONNX ModelProto as exporters write it: ir_version (field 1), then producer_name (field 2)
 _ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f]\x12[\x01-\x7f](?:pytorch|tf2onnx|keras2onnx|skl2onnx|onnxmltools|onnx)")
 #: The first member of a zip torch.save (ARCHIVE/data.pkl) or torch.jit.save (ARCHIVE/data/0, code/...) writes: a
-#: checkpoint named .zip or .tar (PyTorch's tutorial names a general checkpoint `.tar`), no archive to unpack
-_TORCH_ZIP_MEMBER = re.compile(rb"[^/]+/(?:data\.pkl|data/|constants\.pkl|code/|version|\.data/)")
+#: checkpoint named .zip or .tar (PyTorch's tutorial names a general checkpoint `.tar`), no archive to unpack. A
+#: member below data/, code/ or .data/ is one of their files (a TorchScript program's first is ARCHIVE/data/0)
+_TORCH_ZIP_MEMBER = re.compile(rb"[^/]+/(?:data\.pkl|constants\.pkl|version|(?:data|code|\.data)/.*)", re.DOTALL)
 #: Each entry torch.save or torch.jit.save writes in its zip, after the folder all its entries share (ARCHIVE/);
 #: a zip holding anything else (a checkpoint folder zipped: its config.json, its directory entries) is an archive
 _TORCH_ZIP_ENTRY = re.compile(r"data\.pkl|version|byteorder|\.format_version|\.storage_alignment|constants\.pkl"
@@ -206,8 +207,10 @@ def _torch_zip(path: Path, head: bytes) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:  # the end record and the central directory it points to
             names = archive.namelist()
-    except zipfile.BadZipFile:
-        return True  # cut short: read as a checkpoint, which says so
+    except (zipfile.BadZipFile, ValueError):
+        # cut short, or a damaged directory (an entry flagged UTF-8 whose name is not: UnicodeDecodeError): read
+        # as a checkpoint, whose error says so
+        return True
     except OSError:
         return False
     folder = names[0].split("/", 1)[0] + "/"
