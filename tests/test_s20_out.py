@@ -264,6 +264,7 @@ def test_an_output_option_given_twice_is_a_usage_error_naming_it(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.h5"]
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which page is written, not its images
 def test_the_same_output_given_twice_is_that_output_and_other_options_keep_the_last(tmp_path: Path) -> None:
     """4 (guard). The same path twice is no ambiguity; options that write nothing keep click's last-wins."""
     store = make_store(tmp_path / "run.h5")

@@ -87,6 +87,7 @@ def test_reports_of_two_series_into_one_folder_keep_both(tmp_path: Path) -> None
     assert _files(tmp_path / "one") == _report_names("") | {".fdl-figures.json"}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_a_report_of_one_series_still_removes_the_stale_figures_of_its_store(tmp_path: Path) -> None:
     """Stale: the figures of a series no longer in the store, and the plain names of the store's time of one
     series; a report of one series removes those as a report of every series does, never another series'."""
