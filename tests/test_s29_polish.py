@@ -1,0 +1,48 @@
+"""Small leftovers of the session's reviews, each held to what the user reads.
+
+- `fdl compare`'s judgement of whether a run's features moved read the checkpoints before a mid-run
+  `--reference`, which `fdl classify` does not: "moved" there could contradict classify's coefficient.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from tests.cli_run import fdl_in_process
+from tests.test_report import SCALARS, make_store
+
+
+def _with_provenance(path: Path, **values: object) -> Path:
+    """`path` with `values` set in its provenance (as `fdl analyze --reference 100` records reference_step)."""
+    with h5py.File(path, "r+") as handle:
+        provenance = json.loads(handle.attrs["provenance"])
+        provenance.update(values)
+        handle.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    return path
+
+
+def _store(path: Path, seed: int, columns: dict[str, list[float | None]], steps=(0, 100, 200)) -> Path:
+    scalars = {step: {**SCALARS.get(step, SCALARS[200]), **{name: values[i] for name, values in columns.items()}}
+               for i, step in enumerate(steps)}
+    return make_store(path, seed=seed, steps=steps, scalars=scalars)
+
+
+def test_compare_judges_movement_from_the_reference_on_as_classify_does(tmp_path: Path) -> None:
+    """Run A analysed with --reference 100: step 0, before the reference, differs from it (CKA 0.5), steps 100 and
+    200 do not. classify calls A coefficient; compare called A's features moved, at step 0."""
+    a = _with_provenance(_store(tmp_path / "a.h5", 3, {"d_lr": [0.9, 0.6, 0.5], "cka_init": [0.5, 1.0, 1.0],
+                                                       "overlap_init": [0.4, 1.0, 1.0]}), reference_step=100)
+    b = _store(tmp_path / "b.h5", 0, {})  # moves: CKA to its reference down to 0.625
+    classified = fdl_in_process("classify", a, "--json")
+    assert classified.returncode == 0, classified.stderr
+    assert json.loads(classified.stdout)["regime"] == "coefficient"
+    done = fdl_in_process("compare", a, b, "--no-overlap", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["moved"] == {"a": False, "b": True}, result["moved"]
+    verdict = result["verdict"]
+    assert "Run A's features did not move (at every matched step from its reference (step 100) on" in verdict, verdict
+    assert "Of the two runs, only B's features moved" in verdict, verdict
