@@ -1099,6 +1099,7 @@ class _Classified:
     caveat: str | None  # what the evidence's final_r2 measures
     warnings: list[str]
     others: int = 0  # the store's series besides the one classified
+    probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1135,7 +1136,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     how = f" ({first_probe}, the first layer analysed; {others} other series: choose with --probe/--layer)"
     header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others)
+                       others, rep.probe_sha(run, chosen))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1243,6 +1244,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
                       markup=False)
         if not by_row:
             console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
+        for line in _probe_files_differ(done):
+            console.print(line, markup=False)
         for one in done:
             if one.others:
                 console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",
@@ -1264,6 +1267,22 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         click.echo(terminal_safe(f"error: {_row_name(store)}: {error.message}"), err=True)
     if failed or differ:
         sys.exit(1 if failed else 3)
+
+
+def _probe_files_differ(done: Sequence[_Classified]) -> list[str]:
+    """A line for each probe name whose file differs between the stores (its sha256, as each store records it):
+    two runs' probes both named "train" may hold other data (a held-out split, another seed's sample), and the
+    rows then differ by their data as well as by their training. A store that records no sha256 is not named."""
+    by_name: dict[str, dict[str, list[str]]] = {}
+    for one in done:
+        if one.probe_sha is not None:
+            by_name.setdefault(str(one.verdict.evidence.get("probe")), {}).setdefault(one.probe_sha, []).append(
+                _row_name(one.store))
+    return [f"the probes named {name} differ between stores: "
+            + "; ".join(f"sha256 {sha[:12]}… in {', '.join(stores)}" if i == 0 else f"{sha[:12]}… in {', '.join(stores)}"
+                        for i, (sha, stores) in enumerate(files.items()))
+            + ": those rows measure other data"
+            for name, files in by_name.items() if len(files) > 1]
 
 
 def _row_name(store: str) -> str:

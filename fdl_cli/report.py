@@ -1894,7 +1894,7 @@ def _moved_measures(records: Sequence[Record], thresholds: Thresholds) -> str:
         if (least := min((r[field_name] for r in records if r.get(field_name) is not None), default=bound)) < bound)
 
 
-def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
+def probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
     """The series' probe's `attr` as the store records it: its file's sha256, or `x_sha256` (its inputs')."""
     info = run.probes.get(series.probe) if series.probe is not None else None
     sha = getattr(info, attr, None) if info is not None else None
@@ -1926,10 +1926,10 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
     """Refuse a cross-run overlap unless both series were analysed on the same probe inputs: the same file
     (same sha256), or, where both stores record the inputs' sha256 (`x_sha256`), files whose inputs agree
     (the eigenfunctions are functions of x alone). Returns SAME_INPUTS_NOTE in that second case, else None."""
-    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    sha_a, sha_b = probe_sha(run_a, series_a), probe_sha(run_b, series_b)
     if sha_a is not None and sha_a == sha_b:
         return None
-    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    x_a, x_b = probe_sha(run_a, series_a, "x_sha256"), probe_sha(run_b, series_b, "x_sha256")
     if sha_a is not None and x_a is not None and x_a == x_b:
         bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
         return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
@@ -1962,10 +1962,10 @@ def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Se
     """Under `--no-overlap` (which skips `check_same_probe`): a note when the two series were analysed on other
     probe files, or None (the same file, or not recorded). compare then said nothing of it, and its differences
     read as training's where they are also the data's (a held-out probe against a training one, say)."""
-    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    sha_a, sha_b = probe_sha(run_a, series_a), probe_sha(run_b, series_b)
     if sha_a is None or sha_b is None or sha_a == sha_b:
         return None
-    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    x_a, x_b = probe_sha(run_a, series_a, "x_sha256"), probe_sha(run_b, series_b, "x_sha256")
     if x_a is not None and x_a == x_b:
         what = (_unlabelled_probe(run_a, series_a, run_b, series_b)
                 or f"the same inputs with other labels: {LABEL_FIELDS_SAID} are of other targets")
@@ -2268,7 +2268,7 @@ def same_run_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) ->
 
     records_a, records_b = series_a.records, series_b.records
     if not records_a or len(records_a) != len(records_b) or not all(r.get("sha256") for r in records_a) \
-            or _probe_sha(run_a, series_a) != _probe_sha(run_b, series_b) \
+            or probe_sha(run_a, series_a) != probe_sha(run_b, series_b) \
             or any(fields(a) != fields(b) for a, b in zip(records_a, records_b, strict=True)):
         return None
     return ("stores A and B hold the same checkpoints (the same sha256 at every step) with the same fields: every "

@@ -46,3 +46,19 @@ def test_compare_judges_movement_from_the_reference_on_as_classify_does(tmp_path
     verdict = result["verdict"]
     assert "Run A's features did not move (at every matched step from its reference (step 100) on" in verdict, verdict
     assert "Of the two runs, only B's features moved" in verdict, verdict
+
+
+def test_classify_of_several_stores_says_when_probes_of_one_name_hold_other_data(tmp_path: Path) -> None:
+    """Three stores whose probes are all named "train", the third's another file (another sha256): the text said
+    "every row: probe train, layer fc1", as if every row measured the same data."""
+    stores = [make_store(tmp_path / f"s{i}.h5", seed=i, probe_sha=sha)
+              for i, sha in enumerate(("a" * 64, "a" * 64, "b" * 64))]
+    done = fdl_in_process("classify", *stores)
+    assert done.returncode == 0, done.stderr
+    text = done.stderr
+    assert "every row: probe train, layer fc1" in text, text
+    assert (f"the probes named train differ between stores: sha256 aaaaaaaaaaaa… in {stores[0]}, {stores[1]}; "
+            f"bbbbbbbbbbbb… in {stores[2]}: those rows measure other data") in text, text
+    # the same probe file in every store: no such line
+    same = fdl_in_process("classify", *stores[:2])
+    assert "every row: probe train, layer fc1" in same.stderr and "differ between stores" not in same.stderr
