@@ -1175,19 +1175,28 @@ SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoint
 def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
     """How a column of `fdl classify STORE...` moves down its rows (the order the stores were given, a sweep's
     knob): "rises", "never falls" (with ties), "falls", "never rises", "constant", or "not monotone: falls
-    at B, rises at C" naming the rows where it turns; "—" where a store has no value."""
-    if any(value is None for value in values):
-        return "— (not every store has it)"
-    steps = [(store, after - before) for store, before, after in zip(stores[1:], values[:-1], values[1:], strict=True)]
+    at B, rises at C" naming the rows where it turns. Read over the stores that have a value, which then says
+    how many and names those without one ("rises (over 3 of 4 stores; b.h5 has none)"): a run without accuracy
+    (a regression probe) hid the trend of the others; "—" with fewer than two."""
+    present = [(store, value) for store, value in zip(stores, values, strict=True) if value is not None]
+    lacking = [store for store, value in zip(stores, values, strict=True) if value is None]
+    if len(present) < 2:
+        return f"— ({'no store' if not present else 'only ' + present[0][0]} has it)"
+    steps = [(store, after - before) for (_, before), (store, after) in zip(present[:-1], present[1:], strict=True)]
     up = [store for store, step in steps if step > 0]
     down = [store for store, step in steps if step < 0]
     if up and down:
-        return f"not monotone: falls at {', '.join(down)}; rises at {', '.join(up)}"
-    if up:
-        return "rises" if len(up) == len(steps) else "never falls"
-    if down:
-        return "falls" if len(down) == len(steps) else "never rises"
-    return "constant"
+        trend = f"not monotone: falls at {', '.join(down)}; rises at {', '.join(up)}"
+    elif up:
+        trend = "rises" if len(up) == len(steps) else "never falls"
+    elif down:
+        trend = "falls" if len(down) == len(steps) else "never rises"
+    else:
+        trend = "constant"
+    if not lacking:
+        return trend
+    return (f"{trend} (over {len(present)} of {len(stores)} stores; {', '.join(lacking)} "
+            f"{'has' if len(lacking) == 1 else 'have'} none)")
 
 
 def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds: Thresholds, fmt: str) -> None:

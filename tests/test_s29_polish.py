@@ -62,3 +62,19 @@ def test_classify_of_several_stores_says_when_probes_of_one_name_hold_other_data
     # the same probe file in every store: no such line
     same = fdl_in_process("classify", *stores[:2])
     assert "every row: probe train, layer fc1" in same.stderr and "differ between stores" not in same.stderr
+
+
+def test_the_trend_down_the_rows_is_read_over_the_stores_that_have_a_value(tmp_path: Path) -> None:
+    """R² at the final checkpoint in three of four stores: the line said "r2 — (not every store has it)" and no
+    trend, where the three values rise."""
+    r2s = (0.2, None, 0.5, 0.7)
+    stores = [make_store(tmp_path / f"s{i}.h5", seed=i, scalars={**SCALARS, 200: {**SCALARS[200], "r2": r2}})
+              for i, r2 in enumerate(r2s)]
+    done = fdl_in_process("classify", *stores)
+    assert done.returncode == 0, done.stderr
+    assert f"r2 rises (over 3 of 4 stores; {stores[1]} has none)" in done.stderr, done.stderr
+    turned = [make_store(tmp_path / f"t{i}.h5", seed=i, scalars={**SCALARS, 200: {**SCALARS[200], "r2": r2}})
+              for i, r2 in enumerate((0.2, None, 0.5, None, 0.4))]
+    done = fdl_in_process("classify", *turned)
+    assert (f"r2 not monotone: falls at {turned[4]}; rises at {turned[2]} (over 3 of 5 stores; {turned[1]}, "
+            f"{turned[3]} have none)") in done.stderr, done.stderr
