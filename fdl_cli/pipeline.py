@@ -519,6 +519,10 @@ class _Context:
     #: probe name -> whether its targets are float 0/1 (`probes.zero_one_targets`, found by `_validate`), which
     #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
     zero_one: dict[str, bool] = field(default_factory=dict)
+    #: notes that say what the store will record (the dominant-class note: classify reads accuracy against the
+    #: labels' shares), said by `_store_opened` once the store is open for writing: a resume refused before it
+    #: (a newer schema, a store locked by another fdl, read-only) writes nothing, and the note would be false
+    store_notes: list[str] = field(default_factory=list)
     #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
     #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
     constant_outputs: dict[str, dict[int, bool]] = field(default_factory=dict)
@@ -1677,6 +1681,15 @@ def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
     )
 
 
+def _store_opened(ctx: _Context, writer: Any) -> None:
+    """What analyze says once `writer` has opened the store for writing (its checks passed): the store's history
+    warning, and `ctx.store_notes`, which say what the store will record."""
+    if writer.history_warning is not None:
+        ctx.reporter.warn(writer.history_warning)
+    for note in ctx.store_notes:
+        ctx.reporter.note(note)
+
+
 def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple[str, dict[str, int], int, int]]:
     """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
     sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
@@ -1739,7 +1752,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             )
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:
-            ctx.reporter.note(dominant)
+            ctx.store_notes.append(dominant)
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)
@@ -2147,8 +2160,7 @@ def _analyze_refs(
         abandon_addition=options.abandon_addition,
         claimed=ctx.claimed,
     ) as writer:
-        if writer.history_warning is not None:
-            ctx.reporter.warn(writer.history_warning)
+        _store_opened(ctx, writer)
         if options.abandon_addition:
             _abandon(ctx, writer, out, summary, on_record)
         if options.watch:

@@ -78,3 +78,21 @@ def test_the_trend_down_the_rows_is_read_over_the_stores_that_have_a_value(tmp_p
     done = fdl_in_process("classify", *turned)
     assert (f"r2 not monotone: falls at {turned[4]}; rises at {turned[2]} (over 3 of 5 stores; {turned[1]}, "
             f"{turned[3]} have none)") in done.stderr, done.stderr
+
+
+def test_a_refused_resume_makes_no_promise_of_what_classify_will_read(tmp_path: Path) -> None:
+    """A store of a newer schema: the resume is refused and writes nothing, yet analyze first printed the
+    dominant-class note, which says classify reads accuracy against the labels' shares (which it cannot)."""
+    from tests.test_s27_compat import _analyze, _run
+
+    ckpts = _run(tmp_path, (0, 10))
+    out = tmp_path / "run.h5"
+    done = _analyze(tmp_path, ckpts, out)
+    assert "a constant guess of it scores" in done.stderr, done.stderr  # the note, where the store records it
+    with h5py.File(out, "r+") as handle:
+        handle.attrs["schema_version"] = 99
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "-o", out, "--device", "cpu")
+    assert done.returncode == 1, done.stderr
+    assert "schema" in done.stderr, done.stderr
+    assert "a constant guess of it scores" not in done.stderr, done.stderr
