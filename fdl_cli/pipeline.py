@@ -526,6 +526,9 @@ class _Context:
     #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
     #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
     constant_outputs: dict[str, dict[int, bool]] = field(default_factory=dict)
+    #: probe name -> the steps after the reference this batch analysed whose outputs were not constant: with the
+    #: reference's alone constant, `_warn_constant_outputs` names the parametrisation zero there by construction
+    varying_outputs: dict[str, set[int]] = field(default_factory=dict)
     #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
     #: (CKA 0/0, null: `_warn_constant_anchors`)
     constant_anchors: dict[str, list[int]] = field(default_factory=dict)
@@ -3927,8 +3930,23 @@ def _warn_constant_outputs(ctx: _Context) -> None:
                + ("centered by --center" if ctx.options.center else "all 0") + "): pi_hat_C and k90/k95/k99_utility "
                "are null, and the regime has no utility to count" if empty else "")
             + "; `fdl compare` leaves such steps out of its verdict of which run is richer (docs/measures.md)"
+            + _zero_by_construction(ctx, shown, steps, ctx.varying_outputs.get(name, set()))
         )
     ctx.constant_outputs.clear()
+    ctx.varying_outputs.clear()
+
+
+def _zero_by_construction(ctx: _Context, shown: Sequence[int], empty: Mapping[int, bool], varying: set[int]) -> str:
+    """The sentence that ends `_warn_constant_outputs`'s warning where the outputs are without energy at the
+    reference alone and vary at a later checkpoint of the batch: what a model zero at its initialisation by
+    construction gives (lazy training's f = α·(net − net₀)), which the warning's "a zero or constant head?"
+    reads as a fault; "" otherwise (a torchrun job's rank 0 knows only its own varying steps: it may say none)."""
+    reference = ctx.reference_step
+    if list(shown) != [reference] or not empty[reference] or not varying:
+        return ""
+    return (f". They are so only at the reference (step {reference}), and not at the later checkpoints: a model built "
+            "to output zero at initialisation (f = α·(net − net₀), the lazy-training parametrisation) gives this by "
+            "construction, nothing to mend")
 
 
 def _warn_constant_anchors(ctx: _Context) -> None:
@@ -4872,6 +4890,8 @@ def _analyze_one(
                 ctx.constant_anchors.setdefault(f"{probe.name}/{spec.label}", []).append(ref.step)
             if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)
                 ctx.constant_outputs.setdefault(probe.name, {})[ref.step] = scalars.get("pi_hat_C") is None
+            elif scalars.get("output_rank") is not None and ref.step > ctx.reference_step:
+                ctx.varying_outputs.setdefault(probe.name, set()).add(ref.step)
             if measures.clipped_eigenvalue:
                 ctx.reporter.warn(
                     f"step {ref.step}, {probe.name}/{spec.label}: clipped a negative eigenvalue "

@@ -96,3 +96,57 @@ def test_a_refused_resume_makes_no_promise_of_what_classify_will_read(tmp_path: 
     assert done.returncode == 1, done.stderr
     assert "schema" in done.stderr, done.stderr
     assert "a constant guess of it scores" not in done.stderr, done.stderr
+
+
+LAZY_MODEL = '''import copy
+
+import torch
+from torch import nn
+
+
+class Centered(nn.Module):
+    """f = alpha * (net(x) - net0(x)): zero at initialisation by construction."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.net0 = copy.deepcopy(self.net).requires_grad_(False)
+
+    def forward(self, x):
+        return 4.0 * (self.net(x) - self.net0(x))
+
+
+def build():
+    return Centered()
+'''
+
+
+def test_outputs_zero_at_the_reference_alone_name_the_centred_parametrisation(tmp_path: Path) -> None:
+    """f = α·(net − net₀) outputs exactly 0 at its initialisation, and not later: the warning asked only "a zero
+    or constant head?", which alarms a reader whose model is zero there by construction."""
+    import numpy as np
+    import torch
+
+    from tests.cli_run import model_file
+
+    net = model_file(tmp_path, LAZY_MODEL).build()
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    torch.save(net.state_dict(), ckpts / "step_0.pt")
+    with torch.no_grad():
+        for parameter in net.net.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    torch.save(net.state_dict(), ckpts / "step_10.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 6)).astype(np.float32),
+             y=rng.normal(size=(40, 3)).astype(np.float32))
+    done = fdl_in_process("analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe",
+                          tmp_path / "probe.npz", "--layer", "net.1", "-o", tmp_path / "run.h5", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stderr.split())
+    assert ("the model's outputs are constant over the probe (a zero or constant head?) at step 0: they carry no "
+            "energy about their mean, so D_LR is 1.0 there") in text, text
+    assert ("only at the reference (step 0), and not at the later checkpoints: a model built to output zero at "
+            "initialisation (f = α·(net − net₀), the lazy-training parametrisation) gives this by construction"
+            ) in text, text
