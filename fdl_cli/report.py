@@ -1785,9 +1785,9 @@ def features_moved(steps: Sequence[ComparedStep], *, thresholds: Thresholds | No
                    references: tuple[int | None, int | None] = (None, None)) -> tuple[bool | None, bool | None]:
     """Whether run A's and run B's features moved at the matched steps, as the verdict's sentences say it
     (`_movement_note`; `fdl compare --json`'s `moved`): True where they moved at one (below `cka_static` or
-    `overlap_static`, not a conflict), False where the run is static at every matched step, more than one, and
-    at its checkpoints the other run does not match; None where the matched steps cannot tell: a single one (the
-    reference's own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
+    `overlap_static`, not a conflict), False where the run is static at every matched step after its reference, one
+    at least, and at its checkpoints the other run does not match; None where the matched steps cannot tell: the
+    reference alone (its own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
     below `overlap_moved`: classify's undetermined), or a run that moved, or is neither moved nor static, only at
     a step the other does not match. Only the matched steps after each run's reference count, as in `fdl classify`
     (`references`, `_run_movements`): one before a mid-run `analyze --reference` is measured against a later

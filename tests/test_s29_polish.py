@@ -2,6 +2,10 @@
 
 - `fdl compare`'s judgement of whether a run's features moved read the checkpoints before a mid-run
   `--reference`, which `fdl classify` does not: "moved" there could contradict classify's coefficient.
+- `fdl classify STORE...` said "every row: probe train" of stores whose probes named train are other files.
+- its trend line said nothing of a column that one store lacks, where the others' values rise.
+- a resume refused (a newer schema) printed the dominant-class note, a promise of what the store will record.
+- outputs zero at the reference alone (f = α·(net − net₀)) were warned of as "a zero or constant head?" only.
 """
 
 from __future__ import annotations
