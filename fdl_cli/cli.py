@@ -1099,6 +1099,7 @@ class _Classified:
     caveat: str | None  # what the evidence's final_r2 measures
     warnings: list[str]
     others: int = 0  # the store's series besides the one classified
+    probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1135,7 +1136,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     how = f" ({first_probe}, the first layer analysed; {others} other series: choose with --probe/--layer)"
     header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others)
+                       others, rep.probe_sha(run, chosen))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1174,19 +1175,28 @@ SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoint
 def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
     """How a column of `fdl classify STORE...` moves down its rows (the order the stores were given, a sweep's
     knob): "rises", "never falls" (with ties), "falls", "never rises", "constant", or "not monotone: falls
-    at B, rises at C" naming the rows where it turns; "—" where a store has no value."""
-    if any(value is None for value in values):
-        return "— (not every store has it)"
-    steps = [(store, after - before) for store, before, after in zip(stores[1:], values[:-1], values[1:], strict=True)]
+    at B, rises at C" naming the rows where it turns. Read over the stores that have a value, which then says
+    how many and names those without one ("rises (over 3 of 4 stores; b.h5 has none)"): a run without accuracy
+    (a regression probe) hid the trend of the others; "—" with fewer than two."""
+    present = [(store, value) for store, value in zip(stores, values, strict=True) if value is not None]
+    lacking = [store for store, value in zip(stores, values, strict=True) if value is None]
+    if len(present) < 2:
+        return f"— ({'no store' if not present else 'only ' + present[0][0]} has it)"
+    steps = [(store, after - before) for (_, before), (store, after) in zip(present[:-1], present[1:], strict=True)]
     up = [store for store, step in steps if step > 0]
     down = [store for store, step in steps if step < 0]
     if up and down:
-        return f"not monotone: falls at {', '.join(down)}; rises at {', '.join(up)}"
-    if up:
-        return "rises" if len(up) == len(steps) else "never falls"
-    if down:
-        return "falls" if len(down) == len(steps) else "never rises"
-    return "constant"
+        trend = f"not monotone: falls at {', '.join(down)}; rises at {', '.join(up)}"
+    elif up:
+        trend = "rises" if len(up) == len(steps) else "never falls"
+    elif down:
+        trend = "falls" if len(down) == len(steps) else "never rises"
+    else:
+        trend = "constant"
+    if not lacking:
+        return trend
+    return (f"{trend} (over {len(present)} of {len(stores)} stores; {', '.join(lacking)} "
+            f"{'has' if len(lacking) == 1 else 'have'} none)")
 
 
 def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds: Thresholds, fmt: str) -> None:
@@ -1243,6 +1253,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
                       markup=False)
         if not by_row:
             console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
+        for line in _probe_files_differ(done):
+            console.print(line, markup=False)
         for one in done:
             if one.others:
                 console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",
@@ -1264,6 +1276,22 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         click.echo(terminal_safe(f"error: {_row_name(store)}: {error.message}"), err=True)
     if failed or differ:
         sys.exit(1 if failed else 3)
+
+
+def _probe_files_differ(done: Sequence[_Classified]) -> list[str]:
+    """A line for each probe name whose file differs between the stores (its sha256, as each store records it):
+    two runs' probes both named "train" may hold other data (a held-out split, another seed's sample), and the
+    rows then differ by their data as well as by their training. A store that records no sha256 is not named."""
+    by_name: dict[str, dict[str, list[str]]] = {}
+    for one in done:
+        if one.probe_sha is not None:
+            by_name.setdefault(str(one.verdict.evidence.get("probe")), {}).setdefault(one.probe_sha, []).append(
+                _row_name(one.store))
+    return [f"the probes named {name} differ between stores: "
+            + "; ".join(f"sha256 {sha[:12]}… in {', '.join(stores)}" if i == 0 else f"{sha[:12]}… in {', '.join(stores)}"
+                        for i, (sha, stores) in enumerate(files.items()))
+            + ": those rows measure other data"
+            for name, files in by_name.items() if len(files) > 1]
 
 
 def _row_name(store: str) -> str:

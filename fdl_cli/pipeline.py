@@ -519,9 +519,16 @@ class _Context:
     #: probe name -> whether its targets are float 0/1 (`probes.zero_one_targets`, found by `_validate`), which
     #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
     zero_one: dict[str, bool] = field(default_factory=dict)
+    #: notes that say what the store will record (the dominant-class note: classify reads accuracy against the
+    #: labels' shares), said by `_store_opened` once the store is open for writing: a resume refused before it
+    #: (a newer schema, a store locked by another fdl, read-only) writes nothing, and the note would be false
+    store_notes: list[str] = field(default_factory=list)
     #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
     #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
     constant_outputs: dict[str, dict[int, bool]] = field(default_factory=dict)
+    #: probe name -> the steps after the reference this batch analysed whose outputs were not constant: with the
+    #: reference's alone constant, `_warn_constant_outputs` names the parametrisation zero there by construction
+    varying_outputs: dict[str, set[int]] = field(default_factory=dict)
     #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
     #: (CKA 0/0, null: `_warn_constant_anchors`)
     constant_anchors: dict[str, list[int]] = field(default_factory=dict)
@@ -1677,6 +1684,15 @@ def _check_layers(ctx: _Context, model: Any, loaded: LoadedCheckpoint) -> None:
     )
 
 
+def _store_opened(ctx: _Context, writer: Any) -> None:
+    """What analyze says once `writer` has opened the store for writing (its checks passed): the store's history
+    warning, and `ctx.store_notes`, which say what the store will record."""
+    if writer.history_warning is not None:
+        ctx.reporter.warn(writer.history_warning)
+    for note in ctx.store_notes:
+        ctx.reporter.note(note)
+
+
 def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple[str, dict[str, int], int, int]]:
     """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
     sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
@@ -1739,7 +1755,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             )
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:
-            ctx.reporter.note(dominant)
+            ctx.store_notes.append(dominant)
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)
@@ -2147,8 +2163,7 @@ def _analyze_refs(
         abandon_addition=options.abandon_addition,
         claimed=ctx.claimed,
     ) as writer:
-        if writer.history_warning is not None:
-            ctx.reporter.warn(writer.history_warning)
+        _store_opened(ctx, writer)
         if options.abandon_addition:
             _abandon(ctx, writer, out, summary, on_record)
         if options.watch:
@@ -3915,8 +3930,23 @@ def _warn_constant_outputs(ctx: _Context) -> None:
                + ("centered by --center" if ctx.options.center else "all 0") + "): pi_hat_C and k90/k95/k99_utility "
                "are null, and the regime has no utility to count" if empty else "")
             + "; `fdl compare` leaves such steps out of its verdict of which run is richer (docs/measures.md)"
+            + _zero_by_construction(ctx, shown, steps, ctx.varying_outputs.get(name, set()))
         )
     ctx.constant_outputs.clear()
+    ctx.varying_outputs.clear()
+
+
+def _zero_by_construction(ctx: _Context, shown: Sequence[int], empty: Mapping[int, bool], varying: set[int]) -> str:
+    """The sentence that ends `_warn_constant_outputs`'s warning where the outputs are without energy at the
+    reference alone and vary at a later checkpoint of the batch: what a model zero at its initialisation by
+    construction gives (lazy training's f = α·(net − net₀)), which the warning's "a zero or constant head?"
+    reads as a fault; "" otherwise (a torchrun job's rank 0 knows only its own varying steps: it may say none)."""
+    reference = ctx.reference_step
+    if list(shown) != [reference] or not empty[reference] or not varying:
+        return ""
+    return (f". They are so only at the reference (step {reference}), and not at the later checkpoints: a model built "
+            "to output zero at initialisation (f = α·(net − net₀), the lazy-training parametrisation) gives this by "
+            "construction, nothing to mend")
 
 
 def _warn_constant_anchors(ctx: _Context) -> None:
@@ -4860,6 +4890,8 @@ def _analyze_one(
                 ctx.constant_anchors.setdefault(f"{probe.name}/{spec.label}", []).append(ref.step)
             if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)
                 ctx.constant_outputs.setdefault(probe.name, {})[ref.step] = scalars.get("pi_hat_C") is None
+            elif scalars.get("output_rank") is not None and ref.step > ctx.reference_step:
+                ctx.varying_outputs.setdefault(probe.name, set()).add(ref.step)
             if measures.clipped_eigenvalue:
                 ctx.reporter.warn(
                     f"step {ref.step}, {probe.name}/{spec.label}: clipped a negative eigenvalue "

@@ -329,6 +329,13 @@ def entered_mf(trajectory: Sequence[tuple[int, CheckpointVerdict]]) -> tuple[int
     return first, stayed
 
 
+def after_reference(step: int, reference_step: int | None) -> bool:
+    """Whether the checkpoint at `step` is one the run's verdict reads (`classify_run`'s rules): after the
+    reference. One before a mid-run `analyze --reference` is measured against a later checkpoint, and the
+    reference is static by definition. `fdl compare` judges whether a run's features moved from the same ones."""
+    return reference_step is not None and step > reference_step
+
+
 def classify_run(
     records: Sequence[Mapping[str, Any]],
     thresholds: Thresholds = Thresholds(),
@@ -358,7 +365,7 @@ def classify_run(
     # initialisation was "first_mf_step": 0 beside "MF from step 500" before the nineteenth session).
     # `describe` reads the MF ones before it from the trajectory.
     first_mf, stayed_mf = entered_mf(
-        [(step, v) for step, v in trajectory if reference_step is not None and step > reference_step]
+        [(step, v) for step, v in trajectory if after_reference(step, reference_step)]
     )
 
     final_records: list[Mapping[str, Any]] = []  # the final checkpoint's record, once the rules reach it
@@ -380,7 +387,7 @@ def classify_run(
     after = [
         (r, v)
         for r, (step, v) in zip(ordered, trajectory, strict=True)
-        if reference_step is not None and step > reference_step
+        if after_reference(step, reference_step)
     ]
     if not after:
         # Counted, not len - 1: the reference itself need not be stored (a run stopped before it).

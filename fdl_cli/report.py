@@ -55,6 +55,7 @@ from fdl_cli.regimes import (
     MOVEMENT,
     STATIC,
     Thresholds,
+    after_reference,
     feature_movement,
     movement_thresholds,
     threshold_text,
@@ -1646,13 +1647,15 @@ def thresholds_line(thresholds: Mapping[str, float]) -> str:
 
 def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
                unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ()),
-               movement: Thresholds | None = None) -> tuple[str | None, str]:
+               movement: Thresholds | None = None,
+               references: tuple[int | None, int | None] = (None, None)) -> tuple[str | None, str]:
     """Which run is richer (lower D_LR) and from which matched step on: in a word, "a" or "b" (the run richer at
     the last matched step), "equal" where the runs end equally rich, None where D_LR cannot tell (`fdl compare
     --json`'s `richer`, which a script tests rather than the sentence), and in plain words (the verdict). D_LR
     values at most `tie` apart (DLR_TIE: rounding's, not training's) are equally rich. `unmatched`: each run's
     records at the checkpoints the other run does not match; `movement`: the thresholds by which a run's features
-    moved (`_movement_note`, `fdl compare --threshold cka_static=...`; None: classify's defaults)."""
+    moved (`_movement_note`, `fdl compare --threshold cka_static=...`; None: classify's defaults); `references`:
+    each run's reference step (`_run_movements`)."""
     signs: list[tuple[Match, int]] = []  # (matched steps, +1 when B is richer, -1 when A is, 0 tie)
     exact = True  # every tie an exact one: "same D_LR", as before the tolerance
     constant: list[tuple[Match, list[str]]] = []  # matched steps left out: the runs whose outputs are constant
@@ -1682,9 +1685,9 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
     if last == 0:  # a lazy run tied with a learning one is as much a lazy run as one ranked richer
         if all(sign == 0 for _, sign in signs):
             return "equal", f"The runs are equally rich ({same}) {every}." + left_out + _movement_note(
-                steps, unmatched=unmatched, thresholds=movement)
+                steps, unmatched=unmatched, thresholds=movement, references=references)
         return "equal", (f"The runs end equally rich ({same} at the last matched step)." + left_out
-                         + _movement_note(steps, unmatched=unmatched, thresholds=movement))
+                         + _movement_note(steps, unmatched=unmatched, thresholds=movement, references=references))
     first_index = len(signs) - 1
     while first_index > 0 and signs[first_index - 1][1] == last:
         first_index -= 1
@@ -1705,7 +1708,8 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
         # one signed step: `when` names it, and its values follow it ("(step 350) (last matched step: ...)")
         f"Run {winner} is richer than run {loser} (lower D_LR) {when}"
         + (f": {values}." if len(signs) == 1 else f" ({where}: {values}).")
-        + left_out + _movement_note(steps, richer=winner, unmatched=unmatched, thresholds=movement)
+        + left_out + _movement_note(steps, richer=winner, unmatched=unmatched, thresholds=movement,
+                                   references=references)
     )
 
 
@@ -1740,47 +1744,63 @@ class _RunMovement:
     """How one run's features moved (`feature_movement`) at the matched steps and at those the other run lacks."""
 
     name: str  # "A" or "B"
-    records: list[Record]  # at the matched steps
-    moved: bool  # moved (below a static bound, no conflict) at some matched step
-    static: bool  # static at every one of more than one matched step
+    records: list[Record]  # at the matched steps from its reference on (`regimes.after_reference`, and the reference)
+    moved: bool  # moved (below a static bound, no conflict) at some matched step after its reference
+    static: bool  # static at every matched step after its reference, one at least
     later: list[Record]  # its records at the steps the other run does not match where its features moved
     #: its records at the steps the other run does not match that tell neither moved nor static (a conflict, no
     #: measure): classify calls such a run undetermined, so compare calls it no lazy run either
     unsettled: list[Record]
+    #: its reference's step where matched steps before it were left out (an `analyze --reference` after the first
+    #: step: classify does not read them either), else None
+    reference: int | None = None
 
 
 def _run_movements(steps: Sequence[ComparedStep], thresholds: Thresholds,
-                   unmatched: tuple[Sequence[Record], Sequence[Record]]) -> list[_RunMovement]:
-    """Run A's and run B's `_RunMovement`: the evidence of `_movement_note`'s sentences and `features_moved`."""
+                   unmatched: tuple[Sequence[Record], Sequence[Record]],
+                   references: tuple[int | None, int | None] = (None, None)) -> list[_RunMovement]:
+    """Run A's and run B's `_RunMovement`: the evidence of `_movement_note`'s sentences and `features_moved`,
+    judged as `fdl classify` judges a run, from the checkpoints after its reference (`references`: each run's
+    reference step; None: its first matched step)."""
     runs = []
-    for (name, side), elsewhere in zip((("A", "record_a"), ("B", "record_b")), unmatched, strict=True):
-        records = [getattr(compared, side) for compared in steps]
-        said = [feature_movement(r, thresholds)[0] for r in records]
-        there = [(r, feature_movement(r, thresholds)[0]) for r in elsewhere]
+    for (name, side), elsewhere, reference in zip((("A", "record_a"), ("B", "record_b")), unmatched, references,
+                                                  strict=True):
+        matched = [getattr(compared, side) for compared in steps]
+        if reference is None and matched:
+            reference = min(int(r["step"]) for r in matched)
+        records = [r for r in matched if int(r["step"]) == reference or after_reference(int(r["step"]), reference)]
+        said = [feature_movement(r, thresholds)[0] for r in records if after_reference(int(r["step"]), reference)]
+        there = [(r, feature_movement(r, thresholds)[0]) for r in elsewhere
+                 if after_reference(int(r["step"]), reference)]
         runs.append(_RunMovement(name=name, records=records, moved=MOVED in said,
-                                 static=len(records) > 1 and all(movement == STATIC for movement in said),
+                                 static=bool(said) and all(movement == STATIC for movement in said),
                                  later=[r for r, movement in there if movement == MOVED],
-                                 unsettled=[r for r, movement in there if movement not in (MOVED, STATIC)]))
+                                 unsettled=[r for r, movement in there if movement not in (MOVED, STATIC)],
+                                 reference=reference if len(records) < len(matched) else None))
     return runs
 
 
 def features_moved(steps: Sequence[ComparedStep], *, thresholds: Thresholds | None = None,
-                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ())) -> tuple[bool | None, bool | None]:
+                   unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ()),
+                   references: tuple[int | None, int | None] = (None, None)) -> tuple[bool | None, bool | None]:
     """Whether run A's and run B's features moved at the matched steps, as the verdict's sentences say it
     (`_movement_note`; `fdl compare --json`'s `moved`): True where they moved at one (below `cka_static` or
-    `overlap_static`, not a conflict), False where the run is static at every matched step, more than one, and
-    at its checkpoints the other run does not match; None where the matched steps cannot tell: a single one (the
-    reference's own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
+    `overlap_static`, not a conflict), False where the run is static at every matched step after its reference, one
+    at least, and at its checkpoints the other run does not match; None where the matched steps cannot tell: the
+    reference alone (its own 1.0 says nothing), one without either measure, a conflict (CKA static, the top-C eigenspace
     below `overlap_moved`: classify's undetermined), or a run that moved, or is neither moved nor static, only at
-    a step the other does not match."""
+    a step the other does not match. Only the matched steps after each run's reference count, as in `fdl classify`
+    (`references`, `_run_movements`): one before a mid-run `analyze --reference` is measured against a later
+    checkpoint."""
     said = [True if run.moved else False if run.static and not run.later and not run.unsettled else None
-            for run in _run_movements(steps, thresholds or Thresholds(), unmatched)]
+            for run in _run_movements(steps, thresholds or Thresholds(), unmatched, references)]
     return said[0], said[1]
 
 
 def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
                    unmatched: tuple[Sequence[Record], Sequence[Record]] = ((), ()),
-                   thresholds: Thresholds | None = None) -> str:
+                   thresholds: Thresholds | None = None,
+                   references: tuple[int | None, int | None] = (None, None)) -> str:
     """A sentence for each run whose features never moved (the classifier's `static` at every matched
     step: CKA to its reference at or above `cka_static` and the top-C overlap at or above
     `overlap_static`, `thresholds` as `fdl compare --threshold` set them; None: classify's defaults): its D_LR is
@@ -1794,11 +1814,12 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
     `richer` (the verdict's run, "A" or "B"; None for a tie) is the static one, that its lower D_LR is its
     readout's. `unmatched`: each run's records at its checkpoints the other run does not match; a run static at
     the matched steps whose features moved at one of those is said to have moved there, neither lazy nor one
-    that did not learn features."""
+    that did not learn features. `references`: each run's reference step; the matched steps before it are not
+    read (`_run_movements`), and the sentence says "from its reference (step N) on"."""
     thresholds = thresholds or Thresholds()
     notes = []
     static, moved = [], []  # the runs that never moved, and those that moved at a matched step
-    for run in _run_movements(steps, thresholds, unmatched):
+    for run in _run_movements(steps, thresholds, unmatched, references):
         name, records = run.name, run.records
         if run.moved:
             moved.append((name, records))
@@ -1806,7 +1827,9 @@ def _movement_note(steps: Sequence[ComparedStep], *, richer: str | None = None,
             # a measure of every matched step first, under "at every matched step"; one missing at some (CKA null:
             # too few anchors) at those where it is measured: it said "at every matched step" of the reference's 1.0
             measures = sorted(_static_measures(records, thresholds), key=lambda said: len(said[2]) < len(records))
-            every = "at every matched step " if len(measures[0][2]) == len(records) else ""
+            every = ("at every matched step " + ("" if run.reference is None else
+                                                 f"from its reference (step {run.reference}) on ")
+                     if len(measures[0][2]) == len(records) else "")
             shown = [f"{label} ≥ {threshold_text(bound)}" + (f" at the {len(values)} of the {len(records)} matched "
                                                              "steps where it is measured" if len(values) < len(records)
                                                              else "") + f", lowest {text}"
@@ -1871,7 +1894,7 @@ def _moved_measures(records: Sequence[Record], thresholds: Thresholds) -> str:
         if (least := min((r[field_name] for r in records if r.get(field_name) is not None), default=bound)) < bound)
 
 
-def _probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
+def probe_sha(run: Run, series: Series, attr: str = "sha256") -> str | None:
     """The series' probe's `attr` as the store records it: its file's sha256, or `x_sha256` (its inputs')."""
     info = run.probes.get(series.probe) if series.probe is not None else None
     sha = getattr(info, attr, None) if info is not None else None
@@ -1903,10 +1926,10 @@ def check_same_probe(run_a: Run, series_a: Series, run_b: Run, series_b: Series)
     """Refuse a cross-run overlap unless both series were analysed on the same probe inputs: the same file
     (same sha256), or, where both stores record the inputs' sha256 (`x_sha256`), files whose inputs agree
     (the eigenfunctions are functions of x alone). Returns SAME_INPUTS_NOTE in that second case, else None."""
-    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    sha_a, sha_b = probe_sha(run_a, series_a), probe_sha(run_b, series_b)
     if sha_a is not None and sha_a == sha_b:
         return None
-    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    x_a, x_b = probe_sha(run_a, series_a, "x_sha256"), probe_sha(run_b, series_b, "x_sha256")
     if sha_a is not None and x_a is not None and x_a == x_b:
         bare = _unlabelled_probe(run_a, series_a, run_b, series_b)
         return SAME_INPUTS_NOTE if bare is None else f"the probes hold {bare}; the overlap compares the same inputs"
@@ -1939,10 +1962,10 @@ def probe_difference_note(run_a: Run, series_a: Series, run_b: Run, series_b: Se
     """Under `--no-overlap` (which skips `check_same_probe`): a note when the two series were analysed on other
     probe files, or None (the same file, or not recorded). compare then said nothing of it, and its differences
     read as training's where they are also the data's (a held-out probe against a training one, say)."""
-    sha_a, sha_b = _probe_sha(run_a, series_a), _probe_sha(run_b, series_b)
+    sha_a, sha_b = probe_sha(run_a, series_a), probe_sha(run_b, series_b)
     if sha_a is None or sha_b is None or sha_a == sha_b:
         return None
-    x_a, x_b = _probe_sha(run_a, series_a, "x_sha256"), _probe_sha(run_b, series_b, "x_sha256")
+    x_a, x_b = probe_sha(run_a, series_a, "x_sha256"), probe_sha(run_b, series_b, "x_sha256")
     if x_a is not None and x_a == x_b:
         what = (_unlabelled_probe(run_a, series_a, run_b, series_b)
                 or f"the same inputs with other labels: {LABEL_FIELDS_SAID} are of other targets")
@@ -2204,16 +2227,24 @@ def compare_runs(
     rest = ([r for r in series_a.records if r["step"] not in matched_a],
             [r for r in series_b.records if r["step"] not in matched_b])
     movement = movement_thresholds(thresholds)
-    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"], unmatched=rest, movement=movement)
+    references = (_reference_of(run_a, series_a), _reference_of(run_b, series_b))
+    richer, verdict = richer_run(steps, tie=thresholds["dlr_tie"], unmatched=rest, movement=movement,
+                                 references=references)
     return Comparison(
         path_a=run_a.path, path_b=run_b.path, steps=steps, notes=notes,
         verdict=verdict, richer=richer, thresholds=thresholds,
-        moved=features_moved(steps, thresholds=movement, unmatched=rest),
+        moved=features_moved(steps, thresholds=movement, unmatched=rest, references=references),
         option_differences=option_differences(run_a.provenance, run_b.provenance,
                                               outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
     )
+
+
+def _reference_of(run: Run, series: Series) -> int | None:
+    """The run's reference step as `fdl classify` takes it: the stored one, else the series' first stored step."""
+    stored = reference_step_of(run.provenance)
+    return stored if stored is not None else min((int(r["step"]) for r in series.records), default=None)
 
 
 def same_run_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> str | None:
@@ -2237,7 +2268,7 @@ def same_run_note(run_a: Run, series_a: Series, run_b: Run, series_b: Series) ->
 
     records_a, records_b = series_a.records, series_b.records
     if not records_a or len(records_a) != len(records_b) or not all(r.get("sha256") for r in records_a) \
-            or _probe_sha(run_a, series_a) != _probe_sha(run_b, series_b) \
+            or probe_sha(run_a, series_a) != probe_sha(run_b, series_b) \
             or any(fields(a) != fields(b) for a, b in zip(records_a, records_b, strict=True)):
         return None
     return ("stores A and B hold the same checkpoints (the same sha256 at every step) with the same fields: every "

@@ -30,6 +30,7 @@ from fdl_cli.pipeline import (
     _refresh_successors,
     _run_refs,
     _sha256_once,
+    _store_opened,
     _stored_places,
     _WalkBack,
     _warn_constant_anchors,
@@ -492,8 +493,7 @@ def _analyze_distributed(
                 min_interval=options.min_commit_interval,
                 invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
             )
-            if writer.history_warning is not None:
-                ctx.reporter.warn(writer.history_warning)
+            _store_opened(ctx, writer)
             writer.note_file_signatures(touched)
             # before any other rank opens its part afresh
             taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))
