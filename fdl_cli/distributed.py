@@ -292,6 +292,7 @@ def init_process_group(world: World, device: Any) -> None:
     global _wait_s
     if not world.distributed:
         return
+    end_with_launcher(world)
     import datetime
 
     import torch.distributed as dist
@@ -332,6 +333,51 @@ def init_process_group(world: World, device: Any) -> None:
                 fix=f"start the job with torchrun (torchrun --nproc-per-node {world.size} -m fdl_cli analyze ...), "
                 "which sets them, or unset WORLD_SIZE and RANK to run as one process",
             ), among="machine") from None
+
+
+#: prctl(2)'s PR_SET_PDEATHSIG: the signal the kernel sends this process when the thread that started it ends
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_launcher(world: World, environ: Mapping[str, str] | None = None) -> None:
+    """Have a rank of a torchrun job end (SIGTERM) when torchrun ends, on Linux; elsewhere, or under another launcher
+    (no TORCHELASTIC_RUN_ID), nothing. torchrun starts each rank in a session of its own: a SIGKILL of torchrun (the
+    OOM killer, a scheduler's hard kill) reached no rank, and one waiting to join the job (at the store torchrun
+    served) or in a collective waited `wait_seconds` (a week) without a parent.
+
+    The kernel's parent-death signal (prctl PR_SET_PDEATHSIG) is sent when the *thread* that started the process
+    ends: torchrun's agent starts its ranks with subprocess.Popen from its main thread (torch.distributed.elastic's
+    SubprocessHandler, from the agent's run loop), whose end is torchrun's. Another launcher (srun, mpirun) may start
+    ranks from a thread that ends while it runs on, which would end a working rank: not armed there.
+
+    SIGTERM goes to what fdl does with it: a rank of `fdl analyze` leaves it at its default (`signals.installed`), so
+    the rank ends at once, by the signal, wherever it waits, without a word (no Python runs to tell this SIGTERM from
+    another); the store holds what was committed, as after any kill. A launcher that ended before the signal was
+    asked for (between the process's start, `signals.started_by`, and here) sends none: the parent has changed, and
+    the rank says so before it ends by the same SIGTERM."""
+    env = os.environ if environ is None else environ
+    if not world.distributed or not env.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    from fdl_cli import signals
+
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc to call: left as before
+        armed = False
+    launcher = signals.started_by  # None: a program that calls `main` (not its own process) cannot tell
+    if not armed or launcher is None or os.getppid() == launcher:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, f"rank {world.rank}: the launcher that started this rank (pid {launcher}, torchrun) has ended: this "
+                 f"rank stops too\n".encode())
+    # SIGTERM ignored (the user's choice): the rank goes on, as it would after the launcher's own SIGTERM
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WaitError(FdlError):

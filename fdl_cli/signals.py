@@ -778,12 +778,15 @@ def exit_interrupted(status: int) -> NoReturn:
 _owned = False
 #: The status the process ends with, once known (`leaving`); None before.
 _leaving_status: int | None = None
+#: The parent process as the process started (`own_process`): its launcher, whose end a torchrun rank checks for
+#: (`distributed.end_with_launcher`); None in a program that calls `main`.
+started_by: int | None = None
 
 
 def own_process() -> None:
     """For the process's entry, before anything else registers an atexit handler: its `_last_at_exit` then runs last."""
-    global _owned, _leaving_status
-    _owned, _leaving_status = True, None
+    global _owned, _leaving_status, started_by
+    _owned, _leaving_status, started_by = True, None, os.getppid()
     atexit.register(_last_at_exit)
 
 
