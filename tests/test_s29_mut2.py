@@ -1,0 +1,62 @@
+"""Mutation testing, second round: what a mutant of fdl_cli/regimes.py, errors.py, report.py (compare), cli.py
+(`fdl classify STORE...`) or checkpoints.py (--trust-pickle's placeholders) left passing every other test. Each test
+here failed with such a mutant (a comparison flipped, a branch dropped, an argument swapped): it asserts what the
+user reads."""
+
+from __future__ import annotations
+
+import py_compile
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli_run import fdl_in_process
+from tests.test_s23_sec2 import _linear_run, _said
+
+# ------------------------------------------------------------------------------------------- checkpoints.py
+
+
+@pytest.fixture
+def _clean_imports() -> Iterator[None]:
+    """sys.path, sys.meta_path and the modules the test imported as they were."""
+    path, meta_path, modules = list(sys.path), list(sys.meta_path), set(sys.modules)
+    yield
+    sys.path[:], sys.meta_path[:] = path, meta_path
+    for name in set(sys.modules) - modules:
+        if name.startswith(("s29m2_", "fdl_user_model_")) or name == "model":
+            del sys.modules[name]
+
+
+def test_compiled_code_a_trusted_checkpoint_would_import_is_refused_as_such(
+        tmp_path: Path, _clean_imports: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trusted pickle naming a class of a module of the fdl.toml's folder that is there only as a .pyc: fdl's
+    refusal of compiled code, with its fix (delete it), not "the file is truncated or corrupt ... re-save it"."""
+    run = _linear_run(tmp_path / "run", 'model = "model.py:build"\n')
+    (run / "model.py").write_text("import torch.nn as nn\n\n\ndef build():\n    return nn.Linear(4, 3)\n")
+    module = types.ModuleType("s29m2_cfg")
+    config = type("Config", (), {"__module__": "s29m2_cfg"})  # the training script's config, pickled whole
+    module.Config = config  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "s29m2_cfg", module)
+    for step in (0, 10):
+        (run / f"step_{step}.safetensors").unlink()
+        torch.save({"model": torch.nn.Linear(4, 3).state_dict(), "config": config()}, run / f"step_{step}.pt")
+    monkeypatch.delitem(sys.modules, "s29m2_cfg")
+    source = tmp_path / "elsewhere" / "s29m2_cfg.py"
+    source.parent.mkdir()
+    source.write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n\n\nclass Config:\n    pass\n")
+    pyc = run / "s29m2_cfg.pyc"
+    py_compile.compile(str(source), cfile=str(pyc), doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    done = fdl_in_process("analyze", run, "--trust-pickle", "--out", tmp_path / "a.h5", "--batch-size", "8")
+    said = _said(done.stderr)
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert not (tmp_path / "ran").exists()
+    assert (f"error: the model folder of {run / 'fdl.toml'} holds compiled code, which fdl does not run for an "
+            f"fdl.toml's model: {pyc}, which Python would import as s29m2_cfg, and the folder holds no source of it "
+            "(a .py) to read") in said, said
+    assert f"fix: delete {pyc}, or give --model of your own" in said, said
+    assert "corrupt" not in said, said
