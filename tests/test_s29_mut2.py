@@ -60,3 +60,56 @@ def test_compiled_code_a_trusted_checkpoint_would_import_is_refused_as_such(
             "(a .py) to read") in said, said
     assert f"fix: delete {pyc}, or give --model of your own" in said, said
     assert "corrupt" not in said, said
+
+
+def _gone(monkeypatch: pytest.MonkeyPatch, base: type = object) -> type:
+    """`s29m2_gone.Cfg` (a subclass of `base`), importable while the file is saved only: where fdl runs without the
+    training code."""
+    module = types.ModuleType("s29m2_gone")
+    module.Cfg = type("Cfg", (base,), {"__module__": "s29m2_gone"})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "s29m2_gone", module)
+    return module.Cfg  # type: ignore[attr-defined,no-any-return]
+
+
+def _nested(value: object, depth: int) -> object:
+    for _ in range(depth):
+        value = {"inner": value}
+    return value
+
+
+def _held(config: object, path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`fdl inspect --trust-pickle` of a checkpoint of weights and `config`, whose class is gone when it runs."""
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict(), "config": config}, path)
+    monkeypatch.delitem(sys.modules, "s29m2_gone")
+    from tests.test_analyze import fdl
+
+    done = fdl("inspect", str(path), "--trust-pickle")
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.code, _said(done.stderr)
+
+
+_HELD = "it holds an object whose class cannot be imported here"
+
+
+@pytest.mark.parametrize("holds", [True, False])
+@pytest.mark.parametrize("how", ["items", "list", "deep"])
+def test_a_class_not_importable_that_holds_weights_is_an_error_however_it_holds_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, holds: bool) -> None:
+    """Weights in an object of a class not importable here are not dropped with its placeholder, whether the pickle
+    gives them as a dict subclass's items (SETITEMS), a list subclass's (APPENDS: extend), or deeper than fdl looks
+    (more than 16 dicts down its state); without them (a 3 deep), the placeholder stands in and the file reads."""
+    weights: object = torch.zeros(2) if holds else 0.5
+    if how == "items":
+        config = _gone(monkeypatch, dict)({"lr": 0.1, "ema": weights})
+    elif how == "list":
+        config = _gone(monkeypatch, list)([0.1, weights])
+    else:
+        config = _gone(monkeypatch)()
+        config.state = _nested(weights, 20 if holds else 3)
+    path = tmp_path / "step_5.pt"
+    code, said = _held(config, path, monkeypatch)
+    if holds:
+        assert code == 1 and f"cannot unpickle {path}: {_HELD}" in said, said
+    else:
+        assert code == 0 and _HELD not in said, said
+        assert "step_5.pt holds objects of classes that cannot be imported here (s29m2_gone.Cfg;" in said, said
