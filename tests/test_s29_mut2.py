@@ -5,6 +5,7 @@ user reads."""
 
 from __future__ import annotations
 
+import os
 import py_compile
 import sys
 import types
@@ -113,3 +114,65 @@ def test_a_class_not_importable_that_holds_weights_is_an_error_however_it_holds_
     else:
         assert code == 0 and _HELD not in said, said
         assert "step_5.pt holds objects of classes that cannot be imported here (s29m2_gone.Cfg;" in said, said
+
+
+# ------------------------------------------------------------- a signal at the end of fdl's own process (signals.py)
+
+_END = """
+import os, signal, sys, types
+
+from fdl_cli import __main__ as entry, signals
+
+
+class Late:
+    def __del__(self) -> None:  # run as the interpreter cleans up the modules, past the atexit handlers
+        if WHEN == "cleanup":
+            os.kill(os.getpid(), signal.SIGINT)
+            print("cleaned up after the signal", flush=True)
+
+
+def main() -> None:
+    with signals.installed():  # a command that took SIGINT and SIGTERM, over
+        pass
+    if WHEN == "said":  # before its end is said (the few lines of an error message)
+        os.kill(os.getpid(), signal.SIGINT)
+        print("error: said after the signal", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+WHEN = sys.argv[1]
+sys.modules["fdl_cli.cli"] = types.SimpleNamespace(main=main)  # the command line, without its imports
+late = Late()
+entry.run()
+"""
+
+
+@pytest.mark.parametrize("when", ["said", "cleanup"])
+def test_a_ctrl_c_as_the_command_ends_leaves_its_status_and_its_message(tmp_path: Path, when: str) -> None:
+    """A SIGINT while the command's end is said (before its status is known: dropped) or while the interpreter
+    cleans up the modules (past fdl's last atexit handler: ignored) ends the process neither with status 0 nor by
+    the signal (130), and what was being said is said."""
+    import subprocess
+
+    from tests.cli_run import REPO
+
+    script = tmp_path / "end.py"
+    script.write_text(_END, encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script), when], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert done.returncode == 3, (done.returncode, done.stdout, done.stderr)
+    said = done.stderr if when == "said" else done.stdout
+    assert ("error: said after the signal" if when == "said" else "cleaned up after the signal") in said, said
+    assert "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- regimes.py
+
+
+def test_a_reference_exactly_half_way_from_chance_to_a_perfect_fit_already_fits() -> None:
+    """TRAINED_REFERENCE is "at least this far": an accuracy of 0.625 on 4 classes is (0.625 − 1/4) / (1 − 1/4) =
+    0.5 exactly, and the coefficient verdict says the reference already fits the probe."""
+    from tests.test_s28_mut import FITS, _coefficient_run
+
+    said = [line for line in _coefficient_run(0.625, {}) if FITS in line]
+    assert len(said) == 1 and "(accuracy 0.625, chance 1/C = 0.250)" in said[0], said
