@@ -176,3 +176,19 @@ def test_a_reference_exactly_half_way_from_chance_to_a_perfect_fit_already_fits(
 
     said = [line for line in _coefficient_run(0.625, {}) if FITS in line]
     assert len(said) == 1 and "(accuracy 0.625, chance 1/C = 0.250)" in said[0], said
+
+
+@pytest.mark.parametrize(("rank", "said"), [(11, True), (12, False)])
+def test_an_mf_layer_of_rank_exactly_c_plus_mf_extra_is_said_to_follow_from_the_layer(rank: int, said: bool) -> None:
+    """An MF verdict of 64 units whose rank on the probe is 11 at the reference and 11 at the end, before 10
+    outputs (mf_extra 1): k95_utility ≤ rank ≤ C + mf_extra, so MF follows from the layer; a rank of 12 can read EF."""
+    from fdl_cli.regimes import classify_run, describe
+
+    base = {"n_outputs": 10, "n_features": 64, "k95_utility": 3}
+    records = [{**base, "step": 0, "cka_init": 1.0, "overlap_init": 1.0, "rank": 11},
+               {**base, "step": 10, "cka_init": 0.5, "overlap_init": 0.5, "rank": rank}]
+    verdict = classify_run(records)
+    assert verdict.regime == "MF"
+    line = ("the layer spans 11 directions on the probe at step 10 (rank 11 ≤ C + mf_extra = 11; its rank was 11 at "
+            "the reference (step 0) already), so k95_utility cannot exceed the MF limit")
+    assert any(text.startswith(line) for text in describe(verdict, records)) == said
