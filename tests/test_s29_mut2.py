@@ -192,3 +192,30 @@ def test_an_mf_layer_of_rank_exactly_c_plus_mf_extra_is_said_to_follow_from_the_
     line = ("the layer spans 11 directions on the probe at step 10 (rank 11 ≤ C + mf_extra = 11; its rank was 11 at "
             "the reference (step 0) already), so k95_utility cannot exceed the MF limit")
     assert any(text.startswith(line) for text in describe(verdict, records)) == said
+
+
+# ------------------------------------------------------------------------------- cli.py: fdl classify STORE...
+
+
+def test_down_the_rows_says_each_way_a_column_moves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Four stores of a sweep, each column moving its own way down the rows: strictly ("falls", "rises"), with a tie
+    ("never rises"), not at all ("constant"), or unsaid where a store lacks it; the MF step is no measure to trend.
+    --expect lists every store that differs."""
+    from tests.test_report import make_store
+    from tests.test_s29_sweep import classify
+
+    columns = {"cka_init": (0.9, 0.8, 0.7, 0.6), "overlap_init": (0.5, 0.6, 0.7, 0.8), "d_lr": (0.5, 0.4, 0.4, 0.3),
+               "accuracy": (0.7, 0.8, 0.9, None)}
+    stores = []
+    for row in range(4):
+        final = {"k95_utility": 2, "r2": 0.5, **{name: values[row] for name, values in columns.items()}}
+        start = {"cka_init": 1.0, "overlap_init": 1.0, "k95_utility": 2, "d_lr": 0.9, "accuracy": 0.5}
+        stores.append(make_store(tmp_path / f"alpha_{row}.h5", steps=(0, 100), scalars={0: start, 100: final}))
+    code, _, err = classify(capsys, *stores, "--expect", "EF")
+    said = next(line for line in err.splitlines() if line.startswith("down the rows: "))
+    for words in ("CKA₀ falls;", "overlap₀ rises;", "D_LR never rises;", "acc — (not every store has it);",
+                  "k95 Π̂ constant;", "r2 constant"):
+        assert words in said, said
+    assert "MF since" not in said, said
+    assert code == 3
+    assert ("expected EF: 4 of 4 stores differ: " + ", ".join(f"{store} (MF)" for store in stores)) in err, err
