@@ -219,3 +219,44 @@ def test_down_the_rows_says_each_way_a_column_moves(tmp_path: Path, capsys: pyte
     assert "MF since" not in said, said
     assert code == 3
     assert ("expected EF: 4 of 4 stores differ: " + ", ".join(f"{store} (MF)" for store in stores)) in err, err
+
+
+# ------------------------------------------------------------------------------------ report.py: fdl compare
+
+
+def _compare(a: Path, b: Path) -> dict:  # type: ignore[type-arg]
+    import json
+
+    done = fdl_in_process("compare", a, b, "--no-overlap", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_run_whose_output_count_changes_is_said_to_differ_where_it_does(tmp_path: Path) -> None:
+    """Run B's head grows from 2 outputs to 3 (a class-incremental run), run A's stays at 2: at the steps where
+    their C differ, the note says the differences compare different tasks, though at others C agree."""
+    from tests.test_s29_rev2 import _store
+
+    a = _store(tmp_path / "a.h5", 0, {})
+    b = _store(tmp_path / "b.h5", 1, {"n_outputs": [2, 2, 3]})
+    notes = " ".join(_compare(a, b)["notes"])
+    assert "the runs have different numbers of outputs C (A 2, B 3)" in notes, notes
+
+
+def test_a_run_that_moved_and_came_back_moved_and_a_dead_unmatched_step_is_no_move(tmp_path: Path) -> None:
+    """`moved` in --json and the verdict: run A's features moved at step 100 and were back at the reference by
+    step 200 (moved, though static at the last matched step); run C, static at the matched steps, has a checkpoint
+    past them that no step of B matches where neither measure exists (a dead layer): no sign that it moved."""
+    from tests.test_s29_cmpthr import FROZEN
+    from tests.test_s29_rev2 import _store
+
+    back = _store(tmp_path / "back.h5", 3, {**FROZEN, "cka_init": [1.0, 0.5, 1.0], "overlap_init": [1.0, 0.5, 1.0]})
+    frozen = _store(tmp_path / "frozen.h5", 0, FROZEN)
+    data = _compare(back, frozen)
+    assert data["moved"] == {"a": True, "b": False}, data
+    assert "Of the two runs, only A's features moved" in data["verdict"], data["verdict"]
+    dead = _store(tmp_path / "dead.h5", 3, {"d_lr": [0.9, 0.6, 0.4, 0.3], "cka_init": [1.0, 1.0, 1.0, None],
+                                            "overlap_init": [1.0, 1.0, 1.0, None]}, steps=(0, 100, 200, 300))
+    data = _compare(dead, frozen)
+    assert data["moved"] == {"a": False, "b": False}, data
+    assert "Run A's features did not move (at every matched step" in data["verdict"], data["verdict"]
