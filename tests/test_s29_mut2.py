@@ -141,6 +141,9 @@ def main() -> None:
 
 
 WHEN = sys.argv[1]
+# Python's own SIGINT handler, as in a terminal: pytest started in the background by a script (`cmd &`) hands its
+# children SIGINT ignored, and this test then passed with the signal never delivered
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.modules["fdl_cli.cli"] = types.SimpleNamespace(main=main)  # the command line, without its imports
 late = Late()
 entry.run()
