@@ -9,7 +9,6 @@ import os
 import py_compile
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,14 @@ import torch
 
 from tests.cli_run import fdl_in_process
 from tests.test_s23_sec2 import _linear_run, _said
+from tests.test_s25_pyc import _clean_imports  # noqa: F401 - the fixture: the model folder's imports undone
 
 # ------------------------------------------------------------------------------------------- checkpoints.py
 
 
-@pytest.fixture
-def _clean_imports() -> Iterator[None]:
-    """sys.path, sys.meta_path and the modules the test imported as they were."""
-    path, meta_path, modules = list(sys.path), list(sys.meta_path), set(sys.modules)
-    yield
-    sys.path[:], sys.meta_path[:] = path, meta_path
-    for name in set(sys.modules) - modules:
-        if name.startswith(("s29m2_", "fdl_user_model_")) or name == "model":
-            del sys.modules[name]
-
-
+@pytest.mark.usefixtures("_clean_imports")
 def test_compiled_code_a_trusted_checkpoint_would_import_is_refused_as_such(
-        tmp_path: Path, _clean_imports: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trusted pickle naming a class of a module of the fdl.toml's folder that is there only as a .pyc: fdl's
     refusal of compiled code, with its fix (delete it), not "the file is truncated or corrupt ... re-save it"."""
     run = _linear_run(tmp_path / "run", 'model = "model.py:build"\n')
