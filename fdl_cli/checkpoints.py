@@ -3182,11 +3182,13 @@ _RESAVE_WEIGHTS = "re-save the weights alone: torch.save({'model': model.state_d
 
 
 def _trusted_load_error(path: Path, exc: BaseException, found: _Placeholders) -> FdlError:
-    """What `_load_trusted` says of a load that raised `exc`: a module whose own code failed while imported; a class
-    read as a placeholder that did not do (the class was needed); the file's own code importing what is not here;
-    else a damaged file."""
+    """What `_load_trusted` says of a load that raised `exc`: a module whose own code failed while imported; fdl's own
+    refusal of a module the pickle names; a class read as a placeholder that did not do (the class was needed); the
+    file's own code importing what is not here; else a damaged file."""
     if found.import_failed is not None:
         return found.import_failed
+    if isinstance(exc, FdlError):  # fdl's own refusal that the unpickler's import met, which `find_class` lets
+        return exc  # through: a model folder's compiled code (`CompiledCodeError`) read "corrupt ... re-save it"
     if found.first_error is not None:
         return _unimportable_error(path, found.first_error)
     if isinstance(exc, (ImportError, AttributeError)):
