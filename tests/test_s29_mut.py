@@ -218,6 +218,9 @@ _ENDING = textwrap.dedent("""
     from fdl_cli import __main__ as entry, signals
 
     HOW = sys.argv[1]
+    # as Python starts in a terminal: a job started in the background by a shell inherits SIGINT ignored, which fdl
+    # keeps ignored (a background job's convention), and the second signal would then not be one
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
     def second_signal() -> None:  # registered after fdl's own: run before its last handler, as torch's are
