@@ -23,6 +23,7 @@ import pytest
 from tests.cli_run import fdl_in_process
 from tests.test_distributed import REPO
 from tests.test_report import make_store
+from tests.test_s29_orphan import _alive
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 
@@ -52,14 +53,6 @@ while os.getppid() == parent and time.monotonic() < deadline:
 time.sleep(0.3)  # the parent-death signal, sent as the parent ends, has arrived by now where it was asked for
 print("still running", flush=True)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def _outlives_parent(tmp_path: Path, setup: str, *, own_session: bool) -> tuple[str, str]:
