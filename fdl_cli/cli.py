@@ -1169,7 +1169,8 @@ SWEEP_FIELDS: Mapping[str, str] = {
     "mf_since_step": "MF since", "final_step": "final step",
 }
 #: The further columns of its csv and markdown
-SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer")
+SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer",
+              "probe_sha256")
 
 
 def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
@@ -1226,11 +1227,14 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
               if name not in ("final_accuracy", "final_r2")
               or any(one.verdict.evidence.get(name) is not None for one in done)]
     if fmt == "json":
-        _emit_json([{"store": one.store, **one.verdict.as_json()} for one in done])
+        # each row's probe file (its sha256, as the store records it; null where it records none): the text's line
+        # on probes of one name that differ between stores, for a script. Not in one store's JSON, kept as it was.
+        _emit_json([{"store": one.store, **one.verdict.as_json(), "probe_sha256": one.probe_sha} for one in done])
     elif fmt in ("csv", "markdown"):
         names = ["store", *fields, *SWEEP_MORE]
         rows = [{"store": one.store, "regime": one.verdict.regime,
-                 **{name: one.verdict.evidence.get(name) for name in names[2:]}} for one in done]
+                 **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha}
+                for one in done]
         sys.stdout.write(rep.rows_to_text(names, rows, fmt))
         sys.stdout.flush()
     elif done:

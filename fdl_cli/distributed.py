@@ -354,21 +354,30 @@ def end_with_launcher(world: World, environ: Mapping[str, str] | None = None) ->
     the rank ends at once, by the signal, wherever it waits, without a word (no Python runs to tell this SIGTERM from
     another); the store holds what was committed, as after any kill. A launcher that ended before the signal was
     asked for (between the process's start, `signals.started_by`, and here) sends none: the parent has changed, and
-    the rank says so before it ends by the same SIGTERM."""
+    the rank says so before it ends by the same SIGTERM.
+
+    Only in a process of fdl's own (`signals.own_process`: `fdl`, `python -m fdl_cli`) that leads a session of its
+    own, as torchrun starts each rank. A program that calls `main` would keep the signal after the command (the
+    process's, not the command's). `fdl analyze` that a script or shell started inherits the session with
+    TORCHELASTIC_RUN_ID and WORLD_SIZE (a script torchrun runs; `nohup` with a job's variables copied): its parent is
+    that script or shell, whose end (or that of the thread that started it) ended fdl too."""
     env = os.environ if environ is None else environ
     if not world.distributed or not env.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
         return
-    import ctypes
     import signal
 
     from fdl_cli import signals
 
+    launcher = signals.started_by  # None: a program that calls `main` (not its own process)
+    if launcher is None or os.getsid(0) != os.getpid():
+        return
     try:
+        import ctypes
+
         armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
-    except (OSError, AttributeError):  # no libc to call: left as before
+    except (ImportError, OSError, AttributeError):  # no ctypes (Python built without libffi), no libc: as before
         armed = False
-    launcher = signals.started_by  # None: a program that calls `main` (not its own process) cannot tell
-    if not armed or launcher is None or os.getppid() == launcher:
+    if not armed or os.getppid() == launcher:
         return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

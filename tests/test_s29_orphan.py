@@ -83,7 +83,7 @@ def test_a_rank_whose_launcher_ended_before_it_joined_says_so_and_ends(tmp_path:
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1",
            "TORCHELASTIC_RUN_ID": "none"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(REPO),
-                          timeout=60)
+                          timeout=60, start_new_session=True)  # a session of its own, as torchrun starts a rank
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert "still running" not in done.stdout
     assert done.stderr.splitlines() == [
