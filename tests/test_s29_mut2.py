@@ -206,8 +206,8 @@ def test_down_the_rows_says_each_way_a_column_moves(tmp_path: Path, capsys: pyte
         stores.append(make_store(tmp_path / f"alpha_{row}.h5", steps=(0, 100), scalars={0: start, 100: final}))
     code, _, err = classify(capsys, *stores, "--expect", "EF")
     said = next(line for line in err.splitlines() if line.startswith("down the rows: "))
-    for words in ("CKA₀ falls;", "overlap₀ rises;", "D_LR never rises;", "acc — (not every store has it);",
-                  "k95 Π̂ constant;", "r2 constant"):
+    for words in ("CKA₀ falls;", "overlap₀ rises;", "D_LR never rises;",
+                  f"acc rises (over 3 of 4 stores; {stores[3]} has none);", "k95 Π̂ constant;", "r2 constant"):
         assert words in said, said
     assert "MF since" not in said, said
     assert code == 3
@@ -251,5 +251,9 @@ def test_a_run_that_moved_and_came_back_moved_and_a_dead_unmatched_step_is_no_mo
     dead = _store(tmp_path / "dead.h5", 3, {"d_lr": [0.9, 0.6, 0.4, 0.3], "cka_init": [1.0, 1.0, 1.0, None],
                                             "overlap_init": [1.0, 1.0, 1.0, None]}, steps=(0, 100, 200, 300))
     data = _compare(dead, frozen)
-    assert data["moved"] == {"a": False, "b": False}, data
-    assert "Run A's features did not move (at every matched step" in data["verdict"], data["verdict"]
+    # a checkpoint past the matched steps where neither measure exists tells neither moved nor static
+    # (docs/measures.md, "Verdict"): undetermined, not a move
+    assert data["moved"] == {"a": None, "b": False}, data
+    assert "Run A's features did not move at the matched steps (at every matched step" in data["verdict"], data["verdict"]
+    assert "at step 300, which no checkpoint of B matches, its measures tell neither moved nor static" \
+        in data["verdict"], data["verdict"]
