@@ -15,6 +15,14 @@ its own: its own environment default, OPENBLAS_THREAD_TIMEOUT, is not touched he
 from __future__ import annotations
 
 import os
+import signal
 
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
+
+# A test run started in the background by a shell without job control (`pytest ... &` in a script, a CI runner
+# that does so) inherits SIGINT ignored, and so does every process a test starts: fdl keeps an inherited SIG_IGN
+# as it is (a background job's convention), so the tests of what a Ctrl-C does would test nothing. Each test
+# process takes SIGINT as a terminal gives it; the processes it starts then begin with SIGINT at its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
