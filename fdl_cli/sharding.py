@@ -521,7 +521,8 @@ def _analyze_distributed(
         # Stored checkpoints read back (a block's previous, the reference) checked by rank 0 for every rank,
         # before any work: one rank stopping on its own would leave the others waiting in a collective.
         problem: tuple[str, str | None, str | None] | None = None
-        if world.writes and todo:
+        # not while an --overwrite store holds nothing yet: none of the file it replaces is read back (`pipeline._run_refs`)
+        if world.writes and todo and (options.resume or stored):
             try:
                 _check_stored_to_read(ctx, out, refs, {ref.step for ref in todo}, reference)
             except StoreError as exc:
