@@ -2779,12 +2779,17 @@ def _check_stored_files(
     if plan is None:
         return {}
     stored, places, suspects = plan
-    elsewhere_now = sum(1 for step, ref, _, _ in suspects if ref.step != step)
+    reasons = {  # why each is hashed, in the order the note says them
+        "size or modification time is not the one recorded": any(
+            ref.step == step and now != stored[step][2] for step, ref, now, _ in suspects),
+        "step in this run is another than the stored one": any(ref.step != step for step, ref, _, _ in suspects),
+        "recorded path names a file in another folder (this run's is the same name there)": any(
+            ref.step == step and now == stored[step][2] for step, ref, now, _ in suspects),
+    }
+    said = [reason for reason, holds in reasons.items() if holds]
     ctx.reporter.note(
         f"hashing {counted(len(suspects), 'stored checkpoint file')} whose "
-        + ("size or modification time is not the one recorded" if not elsewhere_now else
-           "step in this run is another than the stored one" if elsewhere_now == len(suspects) else
-           "size or modification time is not the one recorded, or whose step in this run is another")
+        + ", or whose ".join(said)
         + (", to check it is the file that was analysed" if len(suspects) == 1 else
            ", to check they are the files that were analysed")
     )
@@ -2965,7 +2970,11 @@ def _stored_files_to_hash(
                 now = file_signature(ref.path)
             except (OSError, FdlError):
                 continue  # unreadable now: reported if this run needs to read it
-            if now != stored[ref.step][2]:
+            # Another folder's file under the name recorded (`a/run/step_10.pt` analysed, `b/run/step_10.pt`
+            # now, while a's is still there) is hashed whatever its size and time: two runs written in the same
+            # clock tick (a sweep saving in lockstep) have equal ones, and b's file passed for a's.
+            place = places.get(ref.step)
+            if now != stored[ref.step][2] or (place is not None and not place.names(ref.path)):
                 suspects.append((ref.step, ref, now, False))
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
