@@ -310,6 +310,7 @@ def init_process_group(world: World, device: Any) -> None:
     # A rank waits here for every other one, where a Ctrl-C's handler would not run: the signals end it at once
     # (nothing is written yet). One a Ctrl-C stopped before it joined never comes (`signals.ending_at_once`). Nor
     # does the end of a wait that torch does not bound: past the bound and its grace, the same watcher ends it.
+    signals.skip_teardown()  # gloo's threads, torn down at exit, could abort the rank once its work is done
     gave_up = join_gave_up(world)
     said = f"error on {voice(gave_up.alike, world)}: {gave_up.message}\n"
     for stream in (sys.stdout, sys.stderr):  # what was said before goes out before the watcher's last word

@@ -783,6 +783,20 @@ _leaving_status: int | None = None
 started_by: int | None = None
 
 
+#: Set by `skip_teardown`: the process joined a torch.distributed process group, and ends once its atexit handlers
+#: have run, without the interpreter's teardown (`_last_at_exit`).
+_no_teardown = False
+
+
+def skip_teardown() -> None:
+    """In a process of fdl's own (`own_process`), end it once the atexit handlers have run, skipping the modules'
+    cleanup and the C/C++ destructors: a gloo rank's threads, torn down there, aborted a rank now and then
+    ("terminate called without an active exception", SIGABRT) after its work was done and the process group left,
+    and torchrun reported the finished job as failed. What the command wrote is closed by then."""
+    global _no_teardown
+    _no_teardown = _owned
+
+
 def own_process() -> None:
     """For the process's entry, before anything else registers an atexit handler: its `_last_at_exit` then runs last."""
     global _owned, _leaving_status, started_by
@@ -818,8 +832,14 @@ def _last_at_exit() -> None:
     """The last atexit handler (`own_process`): SIGINT and SIGTERM, where fdl took them, ignored from here on. Past
     the atexit handlers the interpreter sets a signal with a Python handler back to its default action, and one that
     came while the modules were cleaned up (h5py's and torch's finalisers, C++ destructors: milliseconds) ended
-    the process by the signal; an ignored signal stays ignored."""
+    the process by the signal; an ignored signal stays ignored. A rank of a torchrun job (`skip_teardown`) ends
+    here, with the command's status."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is _ending:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signum, signal.SIG_IGN)
+    if _no_teardown and _leaving_status is not None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(_leaving_status)

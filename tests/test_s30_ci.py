@@ -48,3 +48,40 @@ def test_a_run_moved_whole_with_its_times_is_not_hashed_again(tmp_path: Path) ->
     done = _fdl(moved / "a", "analyze", "run", "--model", MODEL, "--probe", "../probe.npz", "--out", "../s.h5", *SMALL)
     assert done.returncode == 0, done.stderr
     assert "hashing" not in done.stderr, done.stderr
+
+
+# -- 2. a torchrun rank ends without the C/C++ teardown that can abort it --------------------------------------------
+
+#: A model file whose import, in a rank of a torchrun job, registers libc's abort() to run as the process exits: the
+#: stand-in for what CI met in a gloo job, a C++ destructor at exit ("terminate called without an active exception",
+#: SIGABRT) after both ranks had left the process group, which torchrun reports as a failed job.
+ABORTS_AT_EXIT = '''
+import ctypes, os
+from tests.tiny_models import mlp
+if os.environ.get("RANK") is not None:
+    libc = ctypes.CDLL(None)
+    libc.__cxa_atexit(libc.abort, None, None)
+
+def build():
+    return mlp(n_in=4, hidden=8, n_out=3, seed=0)
+'''
+
+
+def test_a_rank_whose_process_teardown_would_abort_ends_with_the_commands_status(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_distributed import N_CHECKPOINTS, REPO, _args, _make_run, _stored_steps
+
+    run = _make_run(tmp_path / "run")
+    (tmp_path / "model.py").write_text(ABORTS_AT_EXIT)
+    args = _args(run, tmp_path / "s.h5")
+    args[args.index("tests.tiny_models:mlp")] = f"{tmp_path / 'model.py'}:build"
+    args.remove('{"hidden": 8}')
+    args.remove("--model-kwargs")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "fdl_cli", *args], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SIGABRT" not in done.stderr, done.stderr[-3000:]
+    assert _stored_steps(tmp_path / "s.h5") == [10 * index for index in range(N_CHECKPOINTS)]
