@@ -1167,7 +1167,7 @@ def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | Non
         return None
     from fdl_cli.store import claim
 
-    lock = claim(options.out or default_store_path(options.sources))
+    lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
     claims.callback(lock.release)
     # the model's code hung before the writer took the lock over (the reference's forward pass): the lock file
     # removed all the same by the thread that ends fdl (`signals._Stall`); a second release does nothing

@@ -766,6 +766,7 @@ class StoreReader:
             self._note_pending()
             self._note_unknown_previous()
             self._note_same_file_twice()
+            self._note_being_replaced()
         except StoreError:
             self.close()
             raise
@@ -1077,6 +1078,21 @@ class StoreReader:
                 rows = [row for row in (self._row_from_group(step, series) for step in steps) if row is not None]
                 if rows:
                     self._rows[series] = rows
+
+    def _note_being_replaced(self) -> None:
+        """One warning where an `fdl analyze --overwrite` holds the store's lock and has not committed yet (a --watch
+        waiting for the training job's first checkpoint): the file read is the one its first commit replaces, another
+        run's store maybe, which read as the first numbers of the run it analyses. Told by the device and inode the
+        lock file records (`claim`): a commit writes a new file."""
+        info = _live_writer_info(self._path)
+        if not info or info.get("replaces") != _replaced_identity(self._path):
+            return
+        try:
+            holder = f"pid {info['pid']}, `{info['command']}`"
+        except KeyError:
+            holder = _UNREAD_HOLDER
+        self.warnings.append(f"{self._path} is about to be replaced: `fdl analyze --overwrite` ({holder}) replaces it "
+                             "at its first commit; shown is the store as it was before that run")
 
     def _note_pending(self) -> None:
         """One warning a series added to the store (`pending_series`) that some checkpoints lack: its
@@ -1534,7 +1550,23 @@ class StoreReader:
 
 
 def _live_writer(store: Path) -> str | None:
-    """Who holds `store`'s writer lock (`_WriterLock`), in its words; None for none. A writer holds the lock's flock as
+    """Who holds `store`'s writer lock (`_WriterLock`), in its words; None for none (`_live_writer_info`)."""
+    info = _live_writer_info(store)
+    if info is None:
+        return None
+    try:
+        return _holder_words(info)
+    except (KeyError, TypeError):
+        return _UNREAD_HOLDER
+
+
+#: who holds a writer lock whose lock file says nothing readable
+_UNREAD_HOLDER = "an fdl process whose details could not be read from the lock file"
+
+
+def _live_writer_info(store: Path) -> dict[str, Any] | None:
+    """What the lock file of `store`'s writer lock says (`_WriterLock.acquire`: pid, host, command...; empty where
+    it cannot be read); None for no writer. A writer holds the lock's flock as
     long as it runs, so a lock file whose flock can be taken is a killed writer's (kill -9), whatever process its pid
     names now (a pid is reused): the test takes it shared and gives it back at once, never removing the file (a
     writer taking it meanwhile tries again, `_take`). Where the file system takes no flock, a lock file naming a
@@ -1549,12 +1581,12 @@ def _live_writer(store: Path) -> str | None:
             return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _WriterLock.holder(fd)
+        return _lock_info(fd)
     except OSError:  # no flock on this file system
         try:
             info = json.loads(os.pread(fd, 65536, 0).decode())
             pid, host = int(info["pid"]), str(info["host"])
-            return None if host == socket.gethostname() and not _pid_alive(pid) else _holder_words(info)
+            return None if host == socket.gethostname() and not _pid_alive(pid) else info
         except (OSError, ValueError, TypeError, KeyError):
             return None
     finally:
@@ -1575,6 +1607,25 @@ def _take(fd: int) -> None:
             time.sleep(0.005)
 
 
+def _lock_info(fd: int) -> dict[str, Any]:
+    """The JSON of the lock file open at `fd` (empty where it cannot be read)."""
+    try:
+        info = json.loads(os.pread(fd, 65536, 0).decode())
+    except Exception:  # noqa: BLE001 - a lock file being written, or not fdl's
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _replaced_identity(path: Path) -> list[int] | None:
+    """The device and inode of the file at `path` that an --overwrite writer replaces at its first commit (a commit
+    writes a new file), recorded in its lock file; None where there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return [found.st_dev, found.st_ino] if stat.S_ISREG(found.st_mode) else None
+
+
 def _holder_words(info: dict[str, Any]) -> str:
     """The holder of a writer lock, from its lock file's JSON."""
     return f"pid {info['pid']} on host {info['host']}, running `{info['command']}` since {info['started']}"
@@ -1593,12 +1644,13 @@ def store_target(path: str | os.PathLike[str]) -> Path:
                          fix="point the link at the store file, or remove it") from None
 
 
-def claim(path: str | os.PathLike[str]) -> _WriterLock:
+def claim(path: str | os.PathLike[str], *, replacing: bool = False) -> _WriterLock:
     """The writer lock of the store at `path` (`store_target`), taken once the path is checked (not a folder,
     not a named pipe, device or socket, not read-only) and its folder made: a StoreWriter opening takes it so,
     and `fdl analyze --watch` from its start, while it waits for a first checkpoint, so that another writer is
     refused at once and the readers say who writes it (`_live_writer`); its writer takes it over
-    (`StoreWriter(claimed=...)`). `release()` gives it back (again: nothing)."""
+    (`StoreWriter(claimed=...)`). `replacing`: the writer replaces the store (--overwrite), which its lock file
+    says to readers (`StoreReader._note_being_replaced`). `release()` gives it back (again: nothing)."""
     path = store_target(path)
     if path.is_dir():
         raise StoreError(f"{path} is a folder", fix="pass a file name such as run.h5 as --out")
@@ -1615,7 +1667,7 @@ def claim(path: str | os.PathLike[str]) -> _WriterLock:
     made = [folder for folder in (path.parent, *path.parent.parents) if not os.path.lexists(folder)]
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _WriterLock(path, made=made)
+    lock = _WriterLock(path, made=made, replaces=_replaced_identity(path) if replacing else None)
     try:
         lock.acquire()
     except BaseException:
@@ -1643,8 +1695,10 @@ def is_store_file(store: Path, path: Path) -> bool:
 class _WriterLock:
     """An exclusive flock on STORE.h5.lock, whose content says who holds it."""
 
-    def __init__(self, store: Path, *, made: Sequence[Path] = ()) -> None:
+    def __init__(self, store: Path, *, made: Sequence[Path] = (), replaces: list[int] | None = None) -> None:
         self.store = store
+        #: the device and inode of the store an --overwrite writer replaces at its first commit (`claim`)
+        self.replaces = replaces
         self.path = store.with_name(store.name + ".lock")
         self._fd: int | None = None
         #: the store's folders that `claim` made, deepest first: removed with the lock where left empty (a --watch
@@ -1704,6 +1758,7 @@ class _WriterLock:
             "host": socket.gethostname(),
             "command": shlex.join(sys.argv),
             "started": _utc_now(),
+            **({"replaces": self.replaces} if self.replaces is not None else {}),
         }
         try:
             os.ftruncate(fd, 0)
@@ -1724,9 +1779,9 @@ class _WriterLock:
     def holder(fd: int) -> str:
         """Who holds the lock, in its words, from the lock file open at `fd`."""
         try:
-            return _holder_words(json.loads(os.pread(fd, 65536, 0).decode()))
-        except Exception:
-            return "an fdl process whose details could not be read from the lock file"
+            return _holder_words(_lock_info(fd))
+        except (KeyError, TypeError):
+            return _UNREAD_HOLDER
 
     def release(self) -> None:
         if self._fd is None:
@@ -2107,7 +2162,7 @@ class StoreWriter:
         self._stopping = False  # close() began: the scheduler ends
         self._failed = False  # the last commit failed: the caller's thread retries (add/tick/flush/close)
         self._scheduler: threading.Thread | None = None  # started by the first add (background only)
-        self._lock = claimed if claimed is not None else claim(self._path)
+        self._lock = claimed if claimed is not None else claim(self._path, replacing=overwrite)
         try:
             self._remove_stale_tmp()
             if self._path.exists() and not overwrite:
