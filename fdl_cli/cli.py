@@ -6,6 +6,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import dataclasses
@@ -1396,12 +1397,20 @@ def tolerate_unencodable_output() -> None:
     """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
     a Latin-1 terminal; a file name whose bytes are not UTF-8, `$'\\xffstep_0.pt'`) escaped as \\xfc, \\xff
     (`errors.ESCAPE`) instead of failing with UnicodeEncodeError. Only text the encoding cannot hold
-    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
+    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid.
+
+    A stdout piped or redirected (a program's input, a file) is UTF-8 whatever the locale, as the files fdl writes
+    are: a CSV of Latin-1 bytes was refused by pandas' read_csv, and under ASCII "ü" was written \\xfc, the
+    notation of a byte that is no UTF-8 (another file's name). A terminal keeps its own encoding."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
         if reconfigure is not None:
             with contextlib.suppress(Exception):
                 reconfigure(errors=ESCAPE)
+            if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
+                with contextlib.suppress(Exception):
+                    if not stream.isatty():
+                        reconfigure(encoding="utf-8")
 
 
 def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:

@@ -117,3 +117,19 @@ def test_a_process_started_with_stderr_closed_does_its_work(tmp_path: Path) -> N
     assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10], done.stdout
     with StoreReader(out) as reader:
         assert [record["step"] for record in reader.records()] == [0, 10]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_csv_piped_from_a_process_of_another_encoding_is_utf8(store: Path, tmp_path: Path, encoding: str) -> None:
+    """stdout's encoding is the locale's: under an ASCII one (PYTHONIOENCODING=ascii, a C locale that Python does
+    not coerce) a store named `störe.h5` was written `st\\xf6re.h5`, the notation of a byte that is no UTF-8, naming
+    another file; under Latin-1 the CSV was Latin-1, which pandas' read_csv (UTF-8) refuses. Piped or redirected,
+    the machine output is now UTF-8, as the files fdl writes (`--out`) are. A process test: the encoding is chosen
+    as the interpreter starts."""
+    named = tmp_path / "störe.h5"
+    shutil.copy(store, named)
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "classify", str(named), "--format", "csv"],
+                          capture_output=True, cwd=REPO, check=False, env={**os.environ, "PYTHONIOENCODING": encoding})
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"))))
+    assert [row["store"] for row in rows] == [str(named)]
