@@ -60,14 +60,14 @@ def _noisy_run(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store of three of the sample run's checkpoints (a classification probe: no r2)."""
+    """A store of two of the sample run's checkpoints (a classification probe: no r2)."""
     import torch
 
     from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("store") / "run.h5"
-    assert not run_analyze(AnalyzeOptions(sources=(str(SAMPLES),), steps=(0, 10, 100), out=out, device="cpu")).failed
+    assert not run_analyze(AnalyzeOptions(sources=(str(SAMPLES),), steps=(0, 10), out=out, device="cpu")).failed
     return out
 
 
@@ -119,8 +119,7 @@ def test_a_process_started_with_stderr_closed_does_its_work(tmp_path: Path) -> N
         assert [record["step"] for record in reader.records()] == [0, 10]
 
 
-@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
-def test_csv_piped_from_a_process_of_another_encoding_is_utf8(store: Path, tmp_path: Path, encoding: str) -> None:
+def test_csv_piped_from_a_process_of_another_encoding_is_utf8(store: Path, tmp_path: Path) -> None:
     """stdout's encoding is the locale's: under an ASCII one (PYTHONIOENCODING=ascii, a C locale that Python does
     not coerce) a store named `störe.h5` was written `st\\xf6re.h5`, the notation of a byte that is no UTF-8, naming
     another file; under Latin-1 the CSV was Latin-1, which pandas' read_csv (UTF-8) refuses. Piped or redirected,
@@ -129,7 +128,7 @@ def test_csv_piped_from_a_process_of_another_encoding_is_utf8(store: Path, tmp_p
     named = tmp_path / "störe.h5"
     shutil.copy(store, named)
     done = subprocess.run([sys.executable, "-m", "fdl_cli", "classify", str(named), "--format", "csv"],
-                          capture_output=True, cwd=REPO, check=False, env={**os.environ, "PYTHONIOENCODING": encoding})
+                          capture_output=True, cwd=REPO, check=False, env={**os.environ, "PYTHONIOENCODING": "latin-1"})
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"))))
     assert [row["store"] for row in rows] == [str(named)]
