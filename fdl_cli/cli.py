@@ -6,6 +6,7 @@ mismatch. Human output goes to stderr; machine output (`--json`, `--format json|
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import dataclasses
@@ -81,13 +82,53 @@ def _user_output_to_stderr() -> Iterator[TextIO]:
     """While a command runs the user's model code, send Python-level writes to sys.stdout to stderr.
 
     A model file's own print() (at import, in its factory, in forward) would otherwise land between the
-    JSON records of `--json` and break `| jq`. Yields the real stdout, for fdl's own machine output."""
+    JSON records of `--json` and break `| jq`. Yields the real stdout, for fdl's own machine output.
+
+    So would what it writes below Python, to file descriptor 1 (a C extension, a CUDA kernel's printf, a child
+    process such as `git describe`): fd 1 is pointed at stderr's file meanwhile (`_fd1_to_stderr`)."""
     real = sys.stdout
-    sys.stdout = sys.stderr
+    with _fd1_to_stderr(real) as machine:
+        sys.stdout = sys.stderr
+        try:
+            yield machine
+        finally:
+            sys.stdout = real
+
+
+@contextlib.contextmanager
+def _fd1_to_stderr(real: TextIO) -> Iterator[TextIO]:
+    """File descriptor 1 pointed at fd 2's file while the block runs, and back after it. Yields the stream of fdl's
+    own machine output: `real`, or, where `real` writes to fd 1 itself (a process's sys.stdout; a test's StringIO
+    does not), a stream of the same encoding over a copy of fd 1 as it was, guarded as `real` is. Left as it is
+    where fd 1 or fd 2 is closed (`__main__` opens /dev/null in their place in a process of fdl's own)."""
+    real.flush()  # what went before goes out before; a failure to write it is said as any other
     try:
+        saved = os.dup(1)  # not inherited by a child process: it sees fd 1 alone, pointed at stderr
+    except OSError:
         yield real
+        return
+    try:
+        os.dup2(2, 1)
+    except OSError:
+        os.close(saved)
+        yield real
+        return
+    inner = getattr(real, "stream", real)  # below `_GuardedStdout`
+    machine, own = real, None
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # io.UnsupportedOperation: no descriptor
+        if inner.fileno() == 1:
+            own = open(saved, "w", buffering=1 if inner.line_buffering else -1,  # noqa: SIM115 - closed below
+                       encoding=inner.encoding, errors=inner.errors, closefd=False)
+            machine = cast(TextIO, _GuardedStdout(own))
+    try:
+        yield machine
+        machine.flush()
     finally:
-        sys.stdout = real
+        if own is not None:
+            with contextlib.suppress(OSError, ValueError):  # after a failed write: what it holds is lost anyway
+                own.close()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -1231,7 +1272,9 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         # on probes of one name that differ between stores, for a script. Not in one store's JSON, kept as it was.
         _emit_json([{"store": one.store, **one.verdict.as_json(), "probe_sha256": one.probe_sha} for one in done])
     elif fmt in ("csv", "markdown"):
-        names = ["store", *fields, *SWEEP_MORE]
+        # every column, filled or not: a script reads `final_r2` of a classification sweep (empty) and
+        # concatenates sweeps of both kinds; only the table, for people, leaves out a column no row fills
+        names = ["store", *SWEEP_FIELDS, *SWEEP_MORE]
         rows = [{"store": one.store, "regime": one.verdict.regime,
                  **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha}
                 for one in done]
@@ -1354,12 +1397,20 @@ def tolerate_unencodable_output() -> None:
     """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
     a Latin-1 terminal; a file name whose bytes are not UTF-8, `$'\\xffstep_0.pt'`) escaped as \\xfc, \\xff
     (`errors.ESCAPE`) instead of failing with UnicodeEncodeError. Only text the encoding cannot hold
-    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid."""
+    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid.
+
+    A stdout piped or redirected (a program's input, a file) is UTF-8 whatever the locale, as the files fdl writes
+    are: a CSV of Latin-1 bytes was refused by pandas' read_csv, and under ASCII "ü" was written \\xfc, the
+    notation of a byte that is no UTF-8 (another file's name). A terminal keeps its own encoding."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
         if reconfigure is not None:
             with contextlib.suppress(Exception):
                 reconfigure(errors=ESCAPE)
+            if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
+                with contextlib.suppress(Exception):
+                    if not stream.isatty():
+                        reconfigure(encoding="utf-8")
 
 
 def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:
