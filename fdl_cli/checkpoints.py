@@ -4924,7 +4924,7 @@ def _fitting_as(
     """`keys` (tied weights filled in) when they fit the model exactly, else under `restore` (the model's own
     `model_prefix`) when they fit so, else None: a Lightning `.ckpt`'s keys without its ``model.`` fit a
     --model wrapper whose network is named ``module`` (docs/usage.md) only with that put back."""
-    for candidate in (keys, {restore + key: value for key, value in keys.items()} if restore else None):
+    for candidate in (dict(keys), {restore + key: value for key, value in keys.items()} if restore else None):
         if candidate is not None:
             candidate = _with_tied(candidate, tied)
             if _key_report(path, expected, candidate) is None:
