@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -3978,19 +3978,25 @@ def _run_refs(
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
 
 
+def _steps_said(steps: Iterable[int]) -> str:
+    """"step 5" or "steps 5, 10, ..." (the first 12, then how many in all), for a warning said once per batch."""
+    shown = sorted(set(steps))
+    listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
+    return f"step{'s' if len(shown) != 1 else ''} {listed}"
+
+
 def _warn_constant_outputs(ctx: _Context) -> None:
     """One warning for each probe on which the model's outputs were constant (output_rank 0: a zero head, say)
     at checkpoints this batch analysed: D_LR is 1.0 there by its degenerate rule, not a measurement, and, where
     the outputs carry no energy at all (all 0; constant under --center), Π̂ is 0/0 (pi_hat_C null)."""
     for name, steps in ctx.constant_outputs.items():
         shown = sorted(steps)
-        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         empty = [step for step in shown if steps[step]]
         where = ("" if len(empty) == len(shown) else
                  f" at step{'s' if len(empty) != 1 else ''} {first_few(empty, 12)}")
         ctx.reporter.warn(
             f"probe {name!r}: the model's outputs are constant over the probe (a zero or constant head?) at "
-            f"step{'s' if len(shown) != 1 else ''} {listed}: they carry no energy about their mean, so D_LR is 1.0 "
+            f"{_steps_said(shown)}: they carry no energy about their mean, so D_LR is 1.0 "
             "there by its degenerate rule (output_rank 0), not a measurement of the features"
             + (f", and{where} Π̂ is 0/0 as well (the outputs "
                + ("centered by --center" if ctx.options.center else "all 0") + "): pi_hat_C and k90/k95/k99_utility "
@@ -4019,11 +4025,9 @@ def _warn_constant_anchors(ctx: _Context) -> None:
     """One warning for each series whose features were constant over the anchor points (a dead layer) at
     checkpoints this batch analysed: CKA with them is 0/0, null, not a value that reads as a measurement."""
     for where, steps in ctx.constant_anchors.items():
-        shown = sorted(set(steps))
-        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         ctx.reporter.warn(
             f"{where}: the features are constant over the anchor points (a dead layer?) at "
-            f"step{'s' if len(shown) != 1 else ''} {listed}: CKA with them is 0/0, so cka_init and "
+            f"{_steps_said(steps)}: CKA with them is 0/0, so cka_init and "
             "cka_prev are null there and where a checkpoint is compared with them (docs/measures.md)"
         )
     ctx.constant_anchors.clear()
@@ -4067,10 +4071,8 @@ def _warn_statistics_moved(ctx: _Context) -> None:
     BatchNorm running statistics changed upstream of its layer: the run reads as moved, not coefficient, and the
     parameters say nothing of why."""
     for where, (steps, modules) in ctx.statistics_moved.items():
-        shown = sorted(set(steps))
-        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         ctx.reporter.warn(
-            f"{where}: the features moved from the reference at step{'s' if len(shown) != 1 else ''} {listed} though "
+            f"{where}: the features moved from the reference at {_steps_said(steps)} though "
             f"no parameter before it changed: only BatchNorm running statistics did ({first_names(modules, 4)}), "
             "which training in train mode updates even in a frozen backbone; fdl runs each checkpoint in eval mode "
             "with its own statistics (docs/usage.md), so the run reads as moved, not coefficient. To keep a frozen "
