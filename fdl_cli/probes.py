@@ -152,10 +152,15 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
         hints.append(token_ids)
     if x_dtype.kind in "iu" and re.search(r"dtype|\btype\b|long", text):  # a type error: "typeerror" is none
         stored = probe.stored_dtype or str(x_dtype)
+        # 3-D integers that a model refused for their dtype: images (N, H, W), whose missing channel axis would
+        # be the next run's error, said now
+        images = len(shape) == 3
         hints.append(
             f"x holds integers ({stored}), which fdl passes on as int64 token ids; a model of images or features "
-            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32) "
-            "(then normalised as your transforms do)"
+            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32)"
+            + (f"[:, None] (x has shape {shape}, images without the channel axis of (N, 1, H, W))" if images else "")
+            + ", then normalised as your transforms do"
+            + (", or keep them uint8 and normalise in a --model wrapper (docs/usage.md, Inputs x)" if images else "")
         )
     if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
         hints.append(

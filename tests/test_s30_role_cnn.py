@@ -9,6 +9,8 @@ pooling, a Linear head) saved in PyTorch Lightning's `.ckpt` layout, analysed wi
 3. A frozen-backbone run trained with the backbone in train mode: BatchNorm's running statistics moved though no
    parameter before the head did, so the features fdl measures (eval mode) moved and the run read MF, with no word
    why; with the backbone in eval mode the same run reads coefficient.
+4. uint8 images of shape (N, H, W) given to that CNN: the refusal said to save floats, and only the next run that
+   the channel axis was missing.
 """
 
 from __future__ import annotations
@@ -188,3 +190,17 @@ def test_frozen_backbone_whose_batchnorm_statistics_moved_is_said(
     assert "BatchNorm" not in err
     status, _, err = fdl(capsys, "classify", str(setup / "frozen.h5"))
     assert status == 0 and "regime: coefficient" in err, err
+
+
+def test_uint8_images_without_a_channel_axis_get_the_whole_conversion_at_once(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal of uint8 (N, H, W) images said to save floats, and only the next run said the channel axis was
+    missing: both are said at once, with the wrapper that keeps them uint8."""
+    run = _train(setup, "trained")
+    status, _, err = fdl(capsys, "analyze", str(run), "--model", f"{setup / 'model.py'}:build", "--probe",
+                         str(setup / "uint8.npz"), "--out", str(setup / "u8.h5"), *SMALL)
+    assert status == 1
+    flat = " ".join(err.split())
+    assert "astype(np.float32)[:, None]" in flat and "without the channel axis" in flat, err
+    assert "--model wrapper" in flat
