@@ -4917,12 +4917,29 @@ def _with_tied(state: dict[str, torch.Tensor], tied: list[list[str]]) -> dict[st
     return filled
 
 
+def _fitting_as(
+    keys: Mapping[str, torch.Tensor], expected: dict[str, torch.Size | None], tied: list[list[str]], path: Path,
+    restore: str,
+) -> dict[str, torch.Tensor] | None:
+    """`keys` (tied weights filled in) when they fit the model exactly, else under `restore` (the model's own
+    `model_prefix`) when they fit so, else None: a Lightning `.ckpt`'s keys without its ``model.`` fit a
+    --model wrapper whose network is named ``module`` (docs/usage.md) only with that put back."""
+    for candidate in (dict(keys), {restore + key: value for key, value in keys.items()} if restore else None):
+        if candidate is not None:
+            candidate = _with_tied(candidate, tied)
+            if _key_report(path, expected, candidate) is None:
+                return candidate
+    return None
+
+
 def _fitting_prefixes(
-    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size | None], tied: list[list[str]], path: Path
+    state: Mapping[str, torch.Tensor], expected: dict[str, torch.Size | None], tied: list[list[str]], path: Path,
+    *, restore: str = "",
 ) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """(prefix, its keys without it) for each key prefix (``model.``, ``net.backbone.``) under which the
-    keys fit the model exactly: a LightningModule holds the network under ``model.`` beside a weighted
-    loss, a metric or an EMA copy, so its keys share no one prefix. Only prefixes with enough keys are tried."""
+    keys fit the model exactly (`_fitting_as`, `restore` put back where needed): a LightningModule holds the
+    network under ``model.`` beside a weighted loss, a metric or an EMA copy, so its keys share no one prefix.
+    Only prefixes with enough keys are tried."""
     counts: dict[str, int] = {}
     for key in state:
         parts = key.split(".")
@@ -4932,9 +4949,9 @@ def _fitting_prefixes(
     least = len(expected) - sum(len(names) - 1 for names in tied)
     fitting = []
     for prefix in sorted(p for p, count in counts.items() if count >= least):
-        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-        part = _with_tied(part, tied)
-        if _key_report(path, expected, part) is None:
+        part = _fitting_as({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)},
+                           expected, tied, path, restore)
+        if part is not None:
             fitting.append((prefix, part))
     return fitting
 
@@ -5126,12 +5143,11 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             state, problem = restored, None
     if problem is not None:
         stripped = without_common_prefix(raw)
-        if stripped is not None:
-            stripped = _with_tied(stripped, tied)
-            if _key_report(path, expected, stripped) is None:
-                state, problem = stripped, None
+        fits = _fitting_as(stripped, expected, tied, path, prefix) if stripped is not None else None
+        if fits is not None:
+            state, problem = fits, None
     if problem is not None:
-        fitting = _fitting_prefixes(raw, expected, tied, path)
+        fitting = _fitting_prefixes(raw, expected, tied, path, restore=prefix)
         if len(fitting) == 1:
             state, problem = fitting[0][1], None
         elif fitting:

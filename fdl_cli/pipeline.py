@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field, replace
@@ -49,6 +49,7 @@ from fdl_cli.errors import (
     counted,
     first_and_more,
     first_few,
+    first_names,
     quoted_name,
     shown_name,
     shown_path,
@@ -532,6 +533,10 @@ class _Context:
     #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
     #: (CKA 0/0, null: `_warn_constant_anchors`)
     constant_anchors: dict[str, list[int]] = field(default_factory=dict)
+    #: the reference's BatchNorm running statistics (`_running_statistics`), and per series the steps whose features
+    #: moved though only those did upstream of the layer (`_warn_statistics_moved`)
+    reference_statistics: dict[str, Any] = field(default_factory=dict)
+    statistics_moved: dict[str, tuple[list[int], list[str]]] = field(default_factory=dict)
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
@@ -1735,7 +1740,14 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
     """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
     sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers
-    from fdl_cli.probes import dominant_class_note, float_one_hot, targets_without_energy, validate_probe, zero_one_targets
+    from fdl_cli.probes import (
+        dominant_class_note,
+        float_one_hot,
+        raw_pixels_warning,
+        targets_without_energy,
+        validate_probe,
+        zero_one_targets,
+    )
 
     ctx.layers = []
     passes: list[tuple[str, dict[str, int], int, int]] = []
@@ -1784,6 +1796,9 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
         if n_outputs == 1 and _binary_labels(ctx.probes):
             n_outputs = _binary_logit(ctx, probe)
         validate_probe(probe, n_outputs=n_outputs)
+        raw_pixels = raw_pixels_warning(probe)
+        if raw_pixels is not None:
+            ctx.reporter.warn(raw_pixels)
         passes.append((probe.name, widths, int(probe.x.shape[0]), min(ctx.options.anchor_size, int(probe.x.shape[0]))))
         one_hot = float_one_hot(probe)
         if one_hot:
@@ -3956,10 +3971,18 @@ def _run_refs(
     if ctx.world is None or not ctx.world.distributed:  # a torchrun job's rank 0 says them for every rank's steps
         _warn_constant_outputs(ctx)
         _warn_constant_anchors(ctx)
+        _warn_statistics_moved(ctx)
     from fdl_cli.store import StoreWriter
 
     if isinstance(writer, StoreWriter):
         _refresh_successors(ctx, writer, out, steps_in_order, announce)
+
+
+def _steps_said(steps: Iterable[int]) -> str:
+    """"step 5" or "steps 5, 10, ..." (the first 12, then how many in all), for a warning said once per batch."""
+    shown = sorted(set(steps))
+    listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
+    return f"step{'s' if len(shown) != 1 else ''} {listed}"
 
 
 def _warn_constant_outputs(ctx: _Context) -> None:
@@ -3968,13 +3991,12 @@ def _warn_constant_outputs(ctx: _Context) -> None:
     the outputs carry no energy at all (all 0; constant under --center), Π̂ is 0/0 (pi_hat_C null)."""
     for name, steps in ctx.constant_outputs.items():
         shown = sorted(steps)
-        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         empty = [step for step in shown if steps[step]]
         where = ("" if len(empty) == len(shown) else
                  f" at step{'s' if len(empty) != 1 else ''} {first_few(empty, 12)}")
         ctx.reporter.warn(
             f"probe {name!r}: the model's outputs are constant over the probe (a zero or constant head?) at "
-            f"step{'s' if len(shown) != 1 else ''} {listed}: they carry no energy about their mean, so D_LR is 1.0 "
+            f"{_steps_said(shown)}: they carry no energy about their mean, so D_LR is 1.0 "
             "there by its degenerate rule (output_rank 0), not a measurement of the features"
             + (f", and{where} Π̂ is 0/0 as well (the outputs "
                + ("centered by --center" if ctx.options.center else "all 0") + "): pi_hat_C and k90/k95/k99_utility "
@@ -4003,14 +4025,60 @@ def _warn_constant_anchors(ctx: _Context) -> None:
     """One warning for each series whose features were constant over the anchor points (a dead layer) at
     checkpoints this batch analysed: CKA with them is 0/0, null, not a value that reads as a measurement."""
     for where, steps in ctx.constant_anchors.items():
-        shown = sorted(set(steps))
-        listed = ", ".join(map(str, shown[:12])) + (f", ... ({len(shown)} in all)" if len(shown) > 12 else "")
         ctx.reporter.warn(
             f"{where}: the features are constant over the anchor points (a dead layer?) at "
-            f"step{'s' if len(shown) != 1 else ''} {listed}: CKA with them is 0/0, so cka_init and "
+            f"{_steps_said(steps)}: CKA with them is 0/0, so cka_init and "
             "cka_prev are null there and where a checkpoint is compared with them (docs/measures.md)"
         )
     ctx.constant_anchors.clear()
+
+
+def _running_statistics(model: Any) -> dict[str, Any]:
+    """A copy of the model's BatchNorm running statistics (`running_mean`, `running_var` buffers), by name."""
+    return {name: value.detach().clone() for name, value in model.named_buffers()
+            if name.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
+
+
+def _moved_parameters(parameters: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """The names of `parameters` whose values are not the reference's, bit for bit."""
+    import torch
+
+    def same(value: Any, before: Any) -> bool:
+        return (before is not None and value.shape == before.shape and value.dtype == before.dtype
+                and value.device == before.device and bool(torch.equal(value, before)))
+
+    return [name for name, value in parameters.items() if not same(value, reference.get(name))]
+
+
+def _statistics_only(ctx: _Context, model: Any, spec: Any, moved_parameters: list[str]) -> list[str]:
+    """The modules whose BatchNorm running statistics differ from the reference's when no parameter that feeds
+    the layer `spec` does (none at all for a module's output; none outside the module for its input, a head trained
+    alone), else []: the features moved through the statistics alone, as a frozen backbone trained in train mode
+    moves them. **(choice)** fdl does not know which modules run after a layer, so of a module's output it says so
+    only when no parameter changed at all (a head trained beside it hides the case: its input is the default)."""
+    import torch
+
+    own = spec.module + "." if spec.use_input else None
+    if any(own is None or not name.startswith(own) for name in moved_parameters):
+        return []
+    buffers = dict(model.named_buffers())
+    return sorted({name.rsplit(".", 1)[0] for name, value in ctx.reference_statistics.items()
+                   if name in buffers and not torch.equal(buffers[name], value)})
+
+
+def _warn_statistics_moved(ctx: _Context) -> None:
+    """One warning for each series whose features moved (MF or EF) at checkpoints this batch analysed though only
+    BatchNorm running statistics changed upstream of its layer: the run reads as moved, not coefficient, and the
+    parameters say nothing of why."""
+    for where, (steps, modules) in ctx.statistics_moved.items():
+        ctx.reporter.warn(
+            f"{where}: the features moved from the reference at {_steps_said(steps)} though "
+            f"no parameter before it changed: only BatchNorm running statistics did ({first_names(modules, 4)}), "
+            "which training in train mode updates even in a frozen backbone; fdl runs each checkpoint in eval mode "
+            "with its own statistics (docs/usage.md), so the run reads as moved, not coefficient. To keep a frozen "
+            "backbone's features fixed, train it in eval mode (backbone.eval() after model.train())"
+        )
+    ctx.statistics_moved.clear()
 
 
 def _lacking(writer: Any) -> dict[int, frozenset[tuple[str, str]]]:
@@ -4688,6 +4756,7 @@ def _reference_series(
     model = _prepare(ctx, loaded)
     if ctx.reference_state is None:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
+        ctx.reference_statistics = _running_statistics(model)
     with StoreReader(out) as reader:
         keys = [key for key in needed if key not in ctx.reference and key in reader.held(reference.step)]
         if keys:
@@ -4828,11 +4897,14 @@ def _parameters_of(loaded: LoadedCheckpoint, model: Any, *, copy: bool = False) 
     names = [name for name, _ in model.named_parameters()]
     if loaded.parameters is not None and len(loaded.parameters) == len(names):
         return dict(zip(names, loaded.parameters, strict=True))
-    def restored() -> dict[str, Any] | None:  # only when needed: ~1.4 ms for a 420-key model
+    def restored(stripped: bool = False) -> dict[str, Any] | None:  # only when needed: ~1.4 ms for a 420-key model
         prefix = model_prefix(model.state_dict())
-        return {prefix + key: value for key, value in (loaded.state_dict or {}).items()} if prefix else None
+        state = without_common_prefix(loaded.state_dict or {}) if stripped else loaded.state_dict
+        return {prefix + key: value for key, value in (state or {}).items()} if prefix else None
 
-    for state_of in (lambda: loaded.state_dict, lambda: without_common_prefix(loaded.state_dict or {}), restored):
+    # the last: a Lightning `.ckpt`'s `model.` keys loaded into a wrapper whose network is named `module`
+    for state_of in (lambda: loaded.state_dict, lambda: without_common_prefix(loaded.state_dict or {}), restored,
+                     lambda: restored(stripped=True)):
         state = state_of()
         if state is not None and all(name in state for name in names):
             return {name: state[name] for name in names}
@@ -4876,7 +4948,9 @@ def _analyze_one(
     parameters = _parameters_of(loaded, model)
     if is_reference:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
+        ctx.reference_statistics = _running_statistics(model)
     param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state)
+    moved_parameters: list[str] | None = None  # found once a series' features moved (`_statistics_only`)
     current: dict[tuple[str, str], _Series] = {}
     series = []
     for probe in ctx.probes:
@@ -4936,6 +5010,13 @@ def _analyze_one(
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
+            if not is_reference and scalars["regime"] in ("MF", "EF") and ctx.reference_statistics:
+                if moved_parameters is None:
+                    moved_parameters = _moved_parameters(parameters, ctx.reference_state or {})
+                moved = _statistics_only(ctx, model, spec, moved_parameters)
+                if moved:  # said once, at the end of the batch (`_warn_statistics_moved`)
+                    steps, _ = ctx.statistics_moved.setdefault(f"{probe.name}/{spec.label}", ([], moved))
+                    steps.append(ref.step)
             if _constant_anchors(mine):  # said once, at the end of the batch (`_warn_constant_anchors`)
                 ctx.constant_anchors.setdefault(f"{probe.name}/{spec.label}", []).append(ref.step)
             if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)

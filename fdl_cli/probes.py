@@ -152,10 +152,15 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
         hints.append(token_ids)
     if x_dtype.kind in "iu" and re.search(r"dtype|\btype\b|long", text):  # a type error: "typeerror" is none
         stored = probe.stored_dtype or str(x_dtype)
+        # 3-D integers that a model refused for their dtype: images (N, H, W), whose missing channel axis would
+        # be the next run's error, said now
+        images = len(shape) == 3
         hints.append(
             f"x holds integers ({stored}), which fdl passes on as int64 token ids; a model of images or features "
-            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32) "
-            "(then normalised as your transforms do)"
+            "needs floats: save x preprocessed as in training, e.g. x = (images / 255).astype(np.float32)"
+            + (f"[:, None] (x has shape {shape}, images without the channel axis of (N, 1, H, W))" if images else "")
+            + ", then normalised as your transforms do"
+            + (", or keep them uint8 and normalise in a --model wrapper (docs/usage.md, Inputs x)" if images else "")
         )
     if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
         hints.append(
@@ -1189,3 +1194,31 @@ def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
     if first is None:
         return None
     return "are all 0" if zero else "are constant" if center and constant else None
+
+
+#: the rows `raw_pixels_warning` reads: the first batch's worth, enough to tell saved pixels from preprocessed ones
+RAW_PIXEL_ROWS = 512
+
+
+def raw_pixels_warning(probe: Probe) -> str | None:
+    """The warning over float image inputs (x of 3 or more dimensions) whose first `RAW_PIXEL_ROWS` samples hold
+    only whole numbers from 0 to at most 255, some above 1: uint8 pixels cast to float (`x.astype(np.float32)`)
+    and not normalised as training's transforms did, which fdl would analyse as they are (a network trained on
+    normalised images scores chance on them, and its regime still reads). **(choice)** a warning, not an error:
+    a model that normalises its own inputs takes raw pixels."""
+    x = probe.x
+    if np.dtype(x.dtype).kind != "f" or len(x.shape) < 3:
+        return None
+    rows = np.asarray(x[:RAW_PIXEL_ROWS])
+    if rows.size == 0:
+        return None
+    low, high = float(rows.min()), float(rows.max())
+    if low < 0 or not 1 < high <= 255 or not bool((rows == np.round(rows)).all()):
+        return None
+    return (
+        f"probe {probe.name!r} ({probe.path}): x holds whole numbers from {low:g} to {high:g} as floats, raw pixel "
+        "values? fdl gives them to the model as they are; a network trained on normalised images sees other inputs "
+        "(its accuracy and features here are not training's): save x normalised as training did, e.g. "
+        "x = ((images / 255 - mean) / std).astype(np.float32), or normalise in a --model wrapper (docs/usage.md, "
+        "Inputs x); a model that normalises its own inputs needs neither"
+    )
