@@ -1,0 +1,45 @@
+"""The docs followed as a new user copies them: the columns `fdl classify STORE...` prints are the ones
+docs/usage.md's "Several runs" names, in their order (a script reads a CSV by its header)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_analyze import fdl
+from tests.test_s16_docs import SAMPLES, USAGE
+
+
+@pytest.fixture(scope="module")
+def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample run's first and last checkpoints, analysed as the README's first command does."""
+    folder = tmp_path_factory.mktemp("sample")
+    for name in ("fdl.toml", "model.py", "probe.npz", "step_0.safetensors", "step_1000.safetensors"):
+        (folder / name).symlink_to(SAMPLES / name)
+    store = folder / "sample.fdl.h5"
+    done = fdl("analyze", folder, "--out", store)
+    assert done.code == 0, done.stderr
+    return store
+
+
+def _sweep_csv_columns_named() -> list[str]:
+    """The columns usage.md gives for `fdl classify STORE... --format csv`, in the order it gives them."""
+    section = USAGE.split("## Several runs: `fdl classify STORE...`", 1)[1].split("\n## ", 1)[0]
+    sentence = section.split("`--format csv` (or `markdown`) a row per store on stdout:", 1)[1].split(" (the ", 1)[0]
+    return re.findall(r"`([a-z_0-9A-Z]+)`", sentence)
+
+
+def test_the_sweep_csv_columns_are_those_usage_md_lists(sample_store: Path) -> None:
+    """usage.md said the CSV holds "the evidence's `final_*` fields, `mf_since_step`, `min_cka_init`, ...":
+    `final_step` came after `mf_since_step`, and `final_accuracy` / `final_r2` are columns only where a store has
+    one (a classification probe has no `final_r2`, which the evidence holds as null)."""
+    done = fdl("classify", sample_store, sample_store, "--format", "csv")
+    assert done.code == 0, done.stderr
+    header = next(csv.reader(io.StringIO(done.stdout)))
+    named = _sweep_csv_columns_named()
+    assert "final_r2" in named  # the sample's probe holds class labels: no R², so no such column
+    assert header == [name for name in named if name != "final_r2"]
