@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,23 @@ def test_the_sweep_csv_columns_are_those_usage_md_lists(sample_store: Path) -> N
     named = _sweep_csv_columns_named()
     assert "final_r2" in named  # the sample's probe holds class labels: no R², so no such column
     assert header == [name for name in named if name != "final_r2"]
+
+
+def test_the_model_file_fdl_toml_names_is_skipped_without_a_note_among_files_given(tmp_path: Path) -> None:
+    """usage.md: "The probe and model files the run names (`--probe`, `--model run/model.py:build` or fdl.toml's)
+    are skipped without a note". Given as files, `fdl analyze run/*`, the fdl.toml's model.py was noted
+    "skipped model.py: text file, not a checkpoint" (its probe.npz and the fdl.toml itself were not)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("fdl.toml", "model.py", "probe.npz", "step_0.safetensors", "step_5.safetensors"):
+        shutil.copy(SAMPLES / name, run)
+    given = sorted(run.iterdir())  # as the shell expands run/*
+    done = fdl("analyze", *given, "--out", tmp_path / "run.h5")
+    assert done.code == 0, done.stderr
+    assert "2 checkpoints analysed" in done.stderr
+    assert [line for line in done.stderr.splitlines() if "model.py" in line and "skipped" in line] == []
+    # the rule is the fdl.toml's model, not any .py: another script among the files is still named
+    shutil.copy(SAMPLES / "make_samples.py", run)
+    again = fdl("analyze", *sorted(run.iterdir()), "--out", tmp_path / "again.h5")
+    assert again.code == 0, again.stderr
+    assert "note: skipped make_samples.py: text file, not a checkpoint" in again.stderr.splitlines()
