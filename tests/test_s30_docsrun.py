@@ -9,22 +9,13 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
+from tests import test_s16_docs
 from tests.test_analyze import fdl
 from tests.test_s16_docs import SAMPLES, USAGE
 
-
-@pytest.fixture(scope="module")
-def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample run's first and last checkpoints, analysed as the README's first command does."""
-    folder = tmp_path_factory.mktemp("sample")
-    for name in ("fdl.toml", "model.py", "probe.npz", "step_0.safetensors", "step_1000.safetensors"):
-        (folder / name).symlink_to(SAMPLES / name)
-    store = folder / "sample.fdl.h5"
-    done = fdl("analyze", folder, "--out", store)
-    assert done.code == 0, done.stderr
-    return store
+#: the sample run's first and last checkpoints, analysed as README's first command does: test_s16_docs' module-scoped
+#: fixture, which pytest collects here too (one analysis for this module)
+sample_store = test_s16_docs.sample_store
 
 
 def _sweep_csv_columns_named() -> list[str]:
