@@ -1362,10 +1362,11 @@ def _wait_for_a_checkpoint(
 
 
 def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
-    """The files of the probes the run reads (--probe, else fdl.toml's) and --model's file: a folder or a
-    glob of the run's files that takes one in skips it without a note (`discover_checkpoints`' ``probes``).
-    `fdl analyze run --model run/model.py:build` noted "skipped 1 file without a checkpoint suffix:
-    model.py" of the file the user had just named (the model fdl.toml names got no note)."""
+    """The files of the probes the run reads (--probe, else fdl.toml's) and of its model code (--model's, else
+    fdl.toml's): a folder or a glob of the run's files that takes one in skips it without a note
+    (`discover_checkpoints`' ``probes``). `fdl analyze run --model run/model.py:build` noted "skipped 1 file
+    without a checkpoint suffix: model.py" of the file the user had just named, and `fdl analyze run/*`
+    "skipped model.py: text file, not a checkpoint" of the model fdl.toml names."""
     from fdl_cli.probes import parse_probe_spec
 
     specs = options.probe_specs or tuple(manifest.probe if manifest is not None else ())
@@ -1375,6 +1376,15 @@ def _named_files(options: AnalyzeOptions, manifest: Any) -> list[Path]:
             files.append(parse_probe_spec(spec)[1])
     if (file := _model_file(options)) is not None:
         files.append(file)
+    elif options.model_spec is None and manifest is not None and manifest.model and ":" in manifest.model:
+        # fdl.toml's model file (its path resolved by read_manifest), or its module beside it: given among the
+        # run's files (`fdl analyze run/*`) it was noted "skipped model.py: text file, not a checkpoint"
+        from fdl_cli import checkpoints as ckpts
+
+        target = manifest.model.rpartition(":")[0]
+        named = Path(target) if ckpts._is_path_spec(target) else ckpts.module_beside(target, manifest.path.parent)
+        if named is not None:
+            files.append(named)
     return files
 
 
