@@ -21,20 +21,20 @@ sample_store = test_s16_docs.sample_store
 def _sweep_csv_columns_named() -> list[str]:
     """The columns usage.md gives for `fdl classify STORE... --format csv`, in the order it gives them."""
     section = USAGE.split("## Several runs: `fdl classify STORE...`", 1)[1].split("\n## ", 1)[0]
-    sentence = section.split("`--format csv` (or `markdown`) a row per store on stdout:", 1)[1].split(" (the ", 1)[0]
+    sentence = section.split("`--format csv` (or `markdown`) a row per store on stdout:", 1)[1].split(", always all of them", 1)[0]
     return re.findall(r"`([a-z_0-9A-Z]+)`", sentence)
 
 
 def test_the_sweep_csv_columns_are_those_usage_md_lists(sample_store: Path) -> None:
     """usage.md said the CSV holds "the evidence's `final_*` fields, `mf_since_step`, `min_cka_init`, ...":
-    `final_step` came after `mf_since_step`, and `final_accuracy` / `final_r2` are columns only where a store has
-    one (a classification probe has no `final_r2`, which the evidence holds as null)."""
+    `final_step` came after `mf_since_step`. Every column is printed, filled or not (a classification probe's
+    `final_r2` empty)."""
     done = fdl("classify", sample_store, sample_store, "--format", "csv")
     assert done.code == 0, done.stderr
     header = next(csv.reader(io.StringIO(done.stdout)))
     named = _sweep_csv_columns_named()
-    assert "final_r2" in named  # the sample's probe holds class labels: no R², so no such column
-    assert header == [name for name in named if name != "final_r2"]
+    assert "final_r2" in named and "probe_sha256" in named
+    assert header == named  # every column, a class-label probe's empty final_r2 too
 
 
 def test_the_model_file_fdl_toml_names_is_skipped_without_a_note_among_files_given(tmp_path: Path) -> None:
