@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from fdl_cli import distributed
 from fdl_cli.distributed import World, detect_world, device_for, voice
 from fdl_cli.errors import FdlError
-from tests.cli_run import fdl as fdl_process
+from tests.cli_run import fdl_in_process
 from tests.test_analyze import Result, fdl
 from tests.test_distributed import REPO, _args, _make_run
 from tests.test_s16_tty import AGAIN, Stderr, during_import, slow_torch  # noqa: F401 - a fixture
@@ -69,7 +69,7 @@ def test_a_torchrun_job_says_the_notes_and_warnings_of_one_process(
     """Rank 1's note of its step_50.pt holding an EMA copy was never shown. The note is said once a run, of
     the first file that holds one: where rank 0's step_20.pt holds one too, rank 1's is not said either."""
     run = _noted_run(tmp_path / "run", copies_at)
-    one = fdl_process(*_args(run, tmp_path / "one.h5"))
+    one = fdl_in_process(*_args(run, tmp_path / "one.h5"))  # one process: the messages the job must say
     two = _torchrun(*_args(run, tmp_path / "two.h5"))
     assert one.returncode == two.returncode == 1, two.stderr[-4000:]
     expected = _said(one.stderr)
