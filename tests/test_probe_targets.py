@@ -5,6 +5,7 @@ bit to those of targets read whole (the in-memory path, forced here by `_target_
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -309,6 +310,10 @@ def test_damaged_or_changed_targets_are_refused(tmp_path: Path) -> None:
     probe = load_probe(path)
     assert probe.y is not None
     np.testing.assert_array_equal(probe.y[600:601], Y3[600:601].astype(np.float64))
+    saved = path.stat().st_mtime_ns
     _save(path, X4, Y3 * 2.0)  # the same size, in place
+    # a rewrite comes later than the save it replaces: within one tick of a coarse file clock (Linux takes file
+    # times from one, 1-4 ms a tick) both got the same time, and nothing told the rewrite
+    os.utime(path, ns=(saved + 10**9, saved + 10**9))
     with pytest.raises(ProbeError, match="changed while fdl was reading it"):
         probe.y[0:64]

@@ -91,13 +91,19 @@ def test_a_torchrun_job_says_the_notes_and_warnings_of_one_process(
 # -- an interrupt is said once --------------------------------------------------------------------------
 
 #: A model file whose import waits, after it has marked the rank in $FDL_TEST_MARKS: every rank is then
-#: before any work (the model is imported as the inputs are checked), for as long as the test needs.
+#: before any work (the model is imported as the inputs are checked), for as long as the test needs. A quiet rank's
+#: grace is 10 minutes there: a job that ends within the test's 2 minutes did not wait it out, however loaded the
+#: machine (the bound was the 10 s grace itself; a torchrun job's prompt end took 11 s at load 16 on 2 cores,
+#: tests/test_s22_gloo.py).
 IMPORT_WAITS = """
 import os
 import time
 from pathlib import Path
 
+from fdl_cli import distributed
 from tests.tiny_models import mlp
+
+distributed.QUIET_EXIT_GRACE = 600.0
 
 Path(os.environ["FDL_TEST_MARKS"], "rank" + os.environ["RANK"]).touch()
 time.sleep(120)
@@ -122,13 +128,12 @@ def test_a_ctrl_c_of_a_torchrun_job_is_said_once(tmp_path: Path) -> None:
         while len(list((tmp_path / "marks").iterdir())) < 2 and time.monotonic() < deadline and job.poll() is None:
             time.sleep(0.1)
         assert len(list((tmp_path / "marks").iterdir())) == 2
-        began = time.monotonic()
         job.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C reaches: torchrun (its ranks have sessions of their own)
+        # a quiet rank does not wait for rank 0: the job ends long before its grace (600 s here)
         _, stderr = job.communicate(timeout=120)
     finally:
         job.kill()
         job.wait()
-    assert time.monotonic() - began < distributed.QUIET_EXIT_GRACE  # a quiet rank does not wait for rank 0
     lines = stderr.splitlines()
     assert lines.count("interrupted") == 1, stderr[-4000:]
     _no_traceback_of_fdl(stderr)
