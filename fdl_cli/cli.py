@@ -1409,8 +1409,8 @@ def tolerate_unencodable_output() -> None:
                 reconfigure(errors=ESCAPE)
             if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
                 with contextlib.suppress(Exception):
-                    if not stream.isatty():
-                        reconfigure(encoding="utf-8")
+                    if not stream.isatty():  # errors given again: a new encoding alone resets them to strict
+                        reconfigure(encoding="utf-8", errors=ESCAPE)
 
 
 def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:
