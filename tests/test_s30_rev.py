@@ -6,14 +6,24 @@ What was found, each failing before its fix:
 - A piped stdout made UTF-8 (`tolerate_unencodable_output`) lost its escaping error handler: Python's
   `reconfigure(encoding=...)` resets `errors` to strict, so under PYTHONIOENCODING=ascii or latin-1 a store whose
   name is not UTF-8 (`$'\\xffrun.h5'`) ended `fdl classify ... --format csv | cat` in a UnicodeEncodeError traceback.
+- The lock file of an `--overwrite` writer named the store it replaces by device and inode, and a commit writes a
+  new file: on ext4 a later commit's copy took the freed inode again, and readers warned that the store "is about
+  to be replaced" after the run had replaced it (this test failed 2 runs in 4 before the fix: which commit gets
+  the inode is the file system's choice).
 """
 
 from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+from tests.test_analyze import fdl
+from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
+from tests.test_s30_watch import _analyze
 
 
 def test_piped_stdout_made_utf8_still_escapes_a_name_that_is_no_utf8(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,3 +38,39 @@ def test_piped_stdout_made_utf8_still_escapes_a_name_that_is_no_utf8(monkeypatch
     sys.stdout.write("/runs/\udcffrun.h5,st\u00f6re\n")
     sys.stdout.flush()
     assert raw.getvalue() == "/runs/\\xffrun.h5,st\u00f6re\n".encode()
+
+
+# ------------------------------------------------------------------ the readers' "is about to be replaced" warning
+
+
+def test_overwrite_watch_readers_are_not_warned_after_its_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `--overwrite --watch` committing one checkpoint per poll: a report after each commit shows the watch's
+    store without "about to be replaced". The lock file named the replaced file by device and inode, and a commit
+    writes a new file: on ext4 a later commit's copy takes the inode the first commit freed (every second one
+    here), and from then on a reader warned, for the rest of the run, that the store was about to be replaced."""
+    other = _make_run(tmp_path / "other", [0, 10, 20, 30])
+    out = tmp_path / "s.h5"
+    assert _analyze(other, other / "probe.npz", out, "--top-k", "5").returncode == 0
+    source = _make_run(tmp_path / "source")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    said: list[str] = []
+
+    def arrive_then_report(name: str) -> Callable[[], None]:
+        def both() -> None:
+            _arrive(source, folder, name)
+            said.append("")  # the report comes at the next poll, once the checkpoint is committed
+        return both
+
+    def report() -> None:
+        done = fdl("report", out)
+        said[-1] = done.stdout + done.stderr
+
+    steps = [0, 10, 20, 30]
+    polls = [step for step_ in steps for step in (arrive_then_report(f"step_{step_}.safetensors"), report)]
+    with _polls(monkeypatch, *polls):
+        done = _analyze(folder, source / "probe.npz", out, "--overwrite", "--watch", "--poll", "0.1")
+    assert done.returncode == 130, done.stderr
+    assert sorted(_stored(out)) == steps
+    assert len(said) == len(steps) and all("top_k 64" in text for text in said), said
+    assert [text for text in said if "about to be replaced" in text] == []
