@@ -10,6 +10,9 @@ What was found, each failing before its fix:
   new file: on ext4 a later commit's copy took the freed inode again, and readers warned that the store "is about
   to be replaced" after the run had replaced it (this test failed 2 runs in 4 before the fix: which commit gets
   the inode is the file system's choice).
+- Under torchrun the warning that features moved by BatchNorm statistics alone was never said: each rank found
+  its steps, and only the constant-features warnings were gathered to rank 0 (`torchrun --nproc-per-node 2 -m
+  fdl_cli analyze` of test_s30_role_cnn's frozen run in train mode: no warning; one process: one).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -74,3 +78,34 @@ def test_overwrite_watch_readers_are_not_warned_after_its_commits(tmp_path: Path
     assert sorted(_stored(out)) == steps
     assert len(said) == len(steps) and all("top_k 64" in text for text in said), said
     assert [text for text in said if "about to be replaced" in text] == []
+
+
+# ------------------------------------------------------------------ BatchNorm statistics under torchrun
+
+
+def _rank_context() -> Any:
+    import torch
+
+    from fdl_cli.pipeline import AnalyzeOptions, _Context
+    from fdl_cli.progress import NullReporter
+
+    return _Context(options=AnalyzeOptions(sources=("run",)), probes=[], factory=None, model_kwargs={}, layer_names=(),
+                    device=torch.device("cpu"), reporter=NullReporter())
+
+
+def test_torchrun_ranks_statistics_only_steps_are_said_by_rank_0() -> None:
+    """`torchrun --nproc-per-node 2 -m fdl_cli analyze` of a frozen backbone trained in train mode: each rank found
+    its checkpoints' features moved by BatchNorm statistics alone, and no rank said it (one process warns): the
+    ranks' steps were gathered for the constant-features warnings only. Each rank's part as `_analyze_one` leaves
+    it, gathered to rank 0 as the job does (`sharding._constant_steps`, `_warn_constant_steps`)."""
+    from fdl_cli.sharding import _constant_steps, _warn_constant_steps
+
+    ranks = [_rank_context(), _rank_context()]
+    ranks[0].statistics_moved["probe/head:input"] = ([4], ["bn", "stem.1"])
+    ranks[1].statistics_moved["probe/head:input"] = ([8, 12], ["bn", "stem.1"])
+    parts = [_constant_steps(ranks[0], {0, 4}), _constant_steps(ranks[1], {8, 12})]
+    _warn_constant_steps(ranks[0], parts)
+    said = [text for text in ranks[0].reporter.warnings if "BatchNorm running statistics" in text]
+    assert len(said) == 1, ranks[0].reporter.warnings
+    assert said[0].startswith("probe/head:input: the features moved from the reference at steps 4, 8, 12 though")
+    assert "(bn, stem.1)" in said[0]
