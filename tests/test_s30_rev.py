@@ -13,6 +13,8 @@ What was found, each failing before its fix:
 - Under torchrun the warning that features moved by BatchNorm statistics alone was never said: each rank found
   its steps, and only the constant-features warnings were gathered to rank 0 (`torchrun --nproc-per-node 2 -m
   fdl_cli analyze` of test_s30_role_cnn's frozen run in train mode: no warning; one process: one).
+- The raw-pixels warning called float count features of 3 dimensions (words per sentence, 0 to 4) "raw pixel
+  values?", from a maximum of 2: now from 32, which the brightest pixel of a batch of 8-bit images is far above.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_analyze import fdl
@@ -109,3 +112,44 @@ def test_torchrun_ranks_statistics_only_steps_are_said_by_rank_0() -> None:
     assert len(said) == 1, ranks[0].reporter.warnings
     assert said[0].startswith("probe/head:input: the features moved from the reference at steps 4, 8, 12 though")
     assert "(bn, stem.1)" in said[0]
+
+
+# ------------------------------------------------------------------ the raw-pixels warning
+
+
+def test_count_features_of_three_dimensions_are_not_called_raw_pixels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bag-of-words counts per sentence, (N, sentences, vocabulary) floats of 0 to 4: whole numbers above 1 in 3
+    dimensions, which the warning took for uint8 pixels cast to float ("raw pixel values?", normalise them). The
+    brightest of a batch of 8-bit images is far above such counts; the uint8 images of test_s30_role_cnn still warn."""
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from tests.test_reliability_inputs import fdl as fdl_captured
+
+    (tmp_path / "bow.py").write_text("from torch import nn\n\ndef build():\n"
+                                     "    return nn.Sequential(nn.Flatten(), nn.Linear(120, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, seed in ((0, 0), (10, 1)):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(120, 8), nn.ReLU(), nn.Linear(8, 3))
+        torch_seeded(net, seed)
+        save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(run / f"step_{step}.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "bow.npz", x=rng.poisson(0.8, (60, 6, 20)).clip(0, 4).astype(np.float32),
+             y=rng.integers(0, 3, 60))
+    status, _, err = fdl_captured(capsys, "analyze", str(run), "--model", f"{tmp_path / 'bow.py'}:build", "--probe",
+                                  str(tmp_path / "bow.npz"), "--out", str(tmp_path / "bow.h5"), "--anchor-size", "32",
+                                  "--top-k", "3")
+    assert status == 0, err
+    assert "raw pixel" not in err, err
+
+
+def torch_seeded(net: Any, seed: int) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
