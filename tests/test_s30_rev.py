@@ -15,6 +15,9 @@ What was found, each failing before its fix:
   fdl_cli analyze` of test_s30_role_cnn's frozen run in train mode: no warning; one process: one).
 - The raw-pixels warning called float count features of 3 dimensions (words per sentence, 0 to 4) "raw pixel
   values?", from a maximum of 2: now from 32, which the brightest pixel of a batch of 8-bit images is far above.
+- What the model's code wrote to sys.__stdout__ (a stream on fd 1 that a library may keep) stayed in its buffer
+  while fd 1 pointed at stderr, and was flushed into stdout after the `--json` records (stdout piped, without
+  PYTHONUNBUFFERED): `| jq` failed.
 """
 
 from __future__ import annotations
@@ -153,3 +156,47 @@ def torch_seeded(net: Any, seed: int) -> None:
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+
+# ------------------------------------------------------------------ stdout while the model's code runs
+
+DUNDER_MODEL = """
+import sys
+
+from torch import nn
+
+
+class Net(nn.Sequential):
+    def forward(self, x):
+        print("noise: sys.__stdout__ in forward", file=sys.__stdout__)  # buffered, not flushed
+        return super().forward(x)
+
+
+def build(hidden=64, n_classes=10):
+    return Net(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+"""
+
+
+def test_what_model_code_leaves_in_sys_dunder_stdout_goes_to_stderr(tmp_path: Path) -> None:
+    """`fdl analyze --json | jq` of a model whose code writes to sys.__stdout__ (the interpreter's own stream on file
+    descriptor 1, which a library may keep): piped, Python buffers it, and it was flushed after fd 1 was given back
+    to stdout, after the records, breaking `jq`. A process test: the buffering of a pipe (PYTHONUNBUFFERED unset)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from tests.cli_run import REPO
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("step_0.safetensors", "step_10.safetensors", "probe.npz"):
+        shutil.copy(REPO / "sample_checkpoints" / name, run / name)
+    (run / "model.py").write_text(DUNDER_MODEL, encoding="utf-8")
+    (run / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\n', encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(run), "--out", str(tmp_path / "s.h5"),
+                           "--json"], capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10], done.stdout
+    assert "noise: sys.__stdout__ in forward" in done.stderr
