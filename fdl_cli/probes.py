@@ -1207,10 +1207,10 @@ RAW_PIXEL_LEAST_MAX = 32
 
 def raw_pixels_warning(probe: Probe) -> str | None:
     """The warning over float image inputs (x of 3 or more dimensions) whose first `RAW_PIXEL_ROWS` samples hold
-    only whole numbers from 0 to at most 255, some `RAW_PIXEL_LEAST_MAX` or above: uint8 pixels cast to float (`x.astype(np.float32)`)
-    and not normalised as training's transforms did, which fdl would analyse as they are (a network trained on
-    normalised images scores chance on them, and its regime still reads). **(choice)** a warning, not an error:
-    a model that normalises its own inputs takes raw pixels."""
+    only whole numbers from 0 to at most 255, some `RAW_PIXEL_LEAST_MAX` or above: uint8 pixels cast to float
+    (`x.astype(np.float32)`) and not normalised as training's transforms did, which fdl would analyse as they are (a
+    network trained on normalised images scores chance on them, and its regime still reads). **(choice)** a warning,
+    not an error: a model that normalises its own inputs takes raw pixels."""
     x = probe.x
     if np.dtype(x.dtype).kind != "f" or len(x.shape) < 3:
         return None

@@ -25,8 +25,8 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,25 +120,35 @@ def test_torchrun_ranks_statistics_only_steps_are_said_by_rank_0() -> None:
 # ------------------------------------------------------------------ the raw-pixels warning
 
 
+BOW_MODEL = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(120, 8), nn.ReLU(), nn.Linear(8, 3))
+"""
+
+
 def test_count_features_of_three_dimensions_are_not_called_raw_pixels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Bag-of-words counts per sentence, (N, sentences, vocabulary) floats of 0 to 4: whole numbers above 1 in 3
     dimensions, which the warning took for uint8 pixels cast to float ("raw pixel values?", normalise them). The
     brightest of a batch of 8-bit images is far above such counts; the uint8 images of test_s30_role_cnn still warn."""
+    import torch
     from safetensors.torch import save_file
-    from torch import nn
 
     from tests.test_reliability_inputs import fdl as fdl_captured
 
-    (tmp_path / "bow.py").write_text("from torch import nn\n\ndef build():\n"
-                                     "    return nn.Sequential(nn.Flatten(), nn.Linear(120, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    (tmp_path / "bow.py").write_text(BOW_MODEL, encoding="utf-8")
+    namespace: dict[str, Any] = {}
+    exec(BOW_MODEL, namespace)  # noqa: S102 - the test's own model text
     run = tmp_path / "run"
     run.mkdir()
-    for step, seed in ((0, 0), (10, 1)):
-        net = nn.Sequential(nn.Flatten(), nn.Linear(120, 8), nn.ReLU(), nn.Linear(8, 3))
-        torch_seeded(net, seed)
-        save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(run / f"step_{step}.safetensors"))
+    for step in (0, 10):
+        torch.manual_seed(step)
+        state = namespace["build"]().state_dict()
+        save_file({key: value.contiguous() for key, value in state.items()}, str(run / f"step_{step}.safetensors"))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "bow.npz", x=rng.poisson(0.8, (60, 6, 20)).clip(0, 4).astype(np.float32),
              y=rng.integers(0, 3, 60))
@@ -147,15 +157,6 @@ def test_count_features_of_three_dimensions_are_not_called_raw_pixels(
                                   "--top-k", "3")
     assert status == 0, err
     assert "raw pixel" not in err, err
-
-
-def torch_seeded(net: Any, seed: int) -> None:
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
 
 
 # ------------------------------------------------------------------ stdout while the model's code runs
