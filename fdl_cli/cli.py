@@ -127,6 +127,12 @@ def _fd1_to_stderr(real: TextIO) -> Iterator[TextIO]:
         if own is not None:
             with contextlib.suppress(OSError, ValueError):  # after a failed write: what it holds is lost anyway
                 own.close()
+        # what the model's code left in the buffer of a stream on fd 1 (sys.__stdout__, which a library may keep)
+        # goes where fd 1 points now, to stderr, not after the records once fd 1 is stdout again
+        for stream in {id(one): one for one in (inner, sys.__stdout__) if one is not None}.values():
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                if stream.fileno() == 1:
+                    stream.flush()
         os.dup2(saved, 1)
         os.close(saved)
 
@@ -1409,8 +1415,8 @@ def tolerate_unencodable_output() -> None:
                 reconfigure(errors=ESCAPE)
             if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
                 with contextlib.suppress(Exception):
-                    if not stream.isatty():
-                        reconfigure(encoding="utf-8")
+                    if not stream.isatty():  # errors given again: a new encoding alone resets them to strict
+                        reconfigure(encoding="utf-8", errors=ESCAPE)
 
 
 def _voice_or_exit(*, alike: str, status: int, grace: float | None = None) -> str:

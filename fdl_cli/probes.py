@@ -1199,13 +1199,18 @@ def targets_without_energy(probe: Probe, *, center: bool) -> str | None:
 #: the rows `raw_pixels_warning` reads: the first batch's worth, enough to tell saved pixels from preprocessed ones
 RAW_PIXEL_ROWS = 512
 
+#: the least maximum of those rows that `raw_pixels_warning` takes for 8-bit pixels. **(choice)** the brightest
+#: pixel of a batch of 8-bit images is far above it, while whole-number features that are no pixels (counts of
+#: words or k-mers per position, small integer codes) stay below: they were called raw pixels from a maximum of 2
+RAW_PIXEL_LEAST_MAX = 32
+
 
 def raw_pixels_warning(probe: Probe) -> str | None:
     """The warning over float image inputs (x of 3 or more dimensions) whose first `RAW_PIXEL_ROWS` samples hold
-    only whole numbers from 0 to at most 255, some above 1: uint8 pixels cast to float (`x.astype(np.float32)`)
-    and not normalised as training's transforms did, which fdl would analyse as they are (a network trained on
-    normalised images scores chance on them, and its regime still reads). **(choice)** a warning, not an error:
-    a model that normalises its own inputs takes raw pixels."""
+    only whole numbers from 0 to at most 255, some `RAW_PIXEL_LEAST_MAX` or above: uint8 pixels cast to float
+    (`x.astype(np.float32)`) and not normalised as training's transforms did, which fdl would analyse as they are (a
+    network trained on normalised images scores chance on them, and its regime still reads). **(choice)** a warning,
+    not an error: a model that normalises its own inputs takes raw pixels."""
     x = probe.x
     if np.dtype(x.dtype).kind != "f" or len(x.shape) < 3:
         return None
@@ -1213,7 +1218,7 @@ def raw_pixels_warning(probe: Probe) -> str | None:
     if rows.size == 0:
         return None
     low, high = float(rows.min()), float(rows.max())
-    if low < 0 or not 1 < high <= 255 or not bool((rows == np.round(rows)).all()):
+    if low < 0 or not RAW_PIXEL_LEAST_MAX <= high <= 255 or not bool((rows == np.round(rows)).all()):
         return None
     return (
         f"probe {probe.name!r} ({probe.path}): x holds whole numbers from {low:g} to {high:g} as floats, raw pixel "

@@ -35,6 +35,7 @@ from fdl_cli.pipeline import (
     _WalkBack,
     _warn_constant_anchors,
     _warn_constant_outputs,
+    _warn_statistics_moved,
     _watch_under_torchrun,
     entry_records,
     invocation,
@@ -747,32 +748,43 @@ def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[_RankMessag
                     say(f"rank {rank}: {message}")
 
 
-def _constant_steps(ctx: _Context, owned: set[int]) -> tuple[dict[str, list[int]], dict[str, dict[int, bool]]]:
+#: what a rank's checkpoints warned of once a batch (`_constant_steps`): constant features, constant outputs, and
+#: features moved by BatchNorm statistics alone (`_Context.statistics_moved`)
+_BatchWarnings = tuple[dict[str, list[int]], dict[str, dict[int, bool]], dict[str, tuple[list[int], list[str]]]]
+
+
+def _constant_steps(ctx: _Context, owned: set[int]) -> _BatchWarnings:
     """This rank's steps of `owned` at which features or outputs were constant (`_Context.constant_anchors`,
-    `constant_outputs`), taken from `ctx`: the others it analysed (the reference, the one before its block)
-    are another rank's to say."""
+    `constant_outputs`) or features moved by BatchNorm statistics alone (`statistics_moved`), taken from `ctx`: the
+    others it analysed (the reference, the one before its block) are another rank's to say."""
     anchors = {where: [step for step in steps if step in owned] for where, steps in ctx.constant_anchors.items()}
     outputs = {name: {step: empty for step, empty in steps.items() if step in owned}
                for name, steps in ctx.constant_outputs.items()}
+    statistics = {where: ([step for step in steps if step in owned], modules)
+                  for where, (steps, modules) in ctx.statistics_moved.items()}
     ctx.constant_anchors.clear()
     ctx.constant_outputs.clear()
-    return anchors, outputs
+    ctx.statistics_moved.clear()
+    return anchors, outputs, statistics
 
 
-def _warn_constant_steps(
-    ctx: _Context, gathered: Sequence[tuple[dict[str, list[int]], dict[str, dict[int, bool]]]]
-) -> None:
-    """Rank 0: one warning of constant features and one of constant outputs naming every rank's steps, as one
-    process says them (`_warn_constant_anchors`, `_warn_constant_outputs`), not one a rank."""
-    for anchors, outputs in gathered:
+def _warn_constant_steps(ctx: _Context, gathered: Sequence[_BatchWarnings]) -> None:
+    """Rank 0: one warning of constant features, one of constant outputs and one of features moved by BatchNorm
+    statistics alone naming every rank's steps, as one process says them (`_warn_constant_anchors`,
+    `_warn_constant_outputs`, `_warn_statistics_moved`), not one a rank."""
+    for anchors, outputs, statistics in gathered:
         for where, steps in anchors.items():
             if steps:
                 ctx.constant_anchors.setdefault(where, []).extend(steps)
         for name, flags in outputs.items():
             if flags:
                 ctx.constant_outputs.setdefault(name, {}).update(flags)
+        for where, (steps, modules) in statistics.items():
+            if steps:
+                ctx.statistics_moved.setdefault(where, ([], modules))[0].extend(steps)
     _warn_constant_outputs(ctx)
     _warn_constant_anchors(ctx)
+    _warn_statistics_moved(ctx)
 
 
 def _write_gathered(

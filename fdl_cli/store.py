@@ -1082,8 +1082,8 @@ class StoreReader:
     def _note_being_replaced(self) -> None:
         """One warning where an `fdl analyze --overwrite` holds the store's lock and has not committed yet (a --watch
         waiting for the training job's first checkpoint): the file read is the one its first commit replaces, another
-        run's store maybe, which read as the first numbers of the run it analyses. Told by the device and inode the
-        lock file records (`claim`): a commit writes a new file."""
+        run's store maybe, which read as the first numbers of the run it analyses. Told by the identity of the file the
+        lock file records (`claim`, `_replaced_identity`): a commit writes a new file."""
         info = _live_writer_info(self._path)
         if not info or info.get("replaces") != _replaced_identity(self._path):
             return
@@ -1617,13 +1617,16 @@ def _lock_info(fd: int) -> dict[str, Any]:
 
 
 def _replaced_identity(path: Path) -> list[int] | None:
-    """The device and inode of the file at `path` that an --overwrite writer replaces at its first commit (a commit
-    writes a new file), recorded in its lock file; None where there is none."""
+    """The inode, size and modification time (ns) of the file at `path` that an --overwrite writer replaces at its
+    first commit (a commit writes a new file), recorded in its lock file; None where there is none. Not the inode
+    alone: ext4 gives a later commit's copy the inode the first commit freed (every second commit), and readers
+    warned the whole run through. Not the device: a reader on another host of an NFS mount sees the same inode under
+    its own device number (the lock file, beside the store, is on the store's file system)."""
     try:
         found = os.stat(path)
     except OSError:
         return None
-    return [found.st_dev, found.st_ino] if stat.S_ISREG(found.st_mode) else None
+    return [found.st_ino, found.st_size, found.st_mtime_ns] if stat.S_ISREG(found.st_mode) else None
 
 
 def _holder_words(info: dict[str, Any]) -> str:
@@ -1697,7 +1700,7 @@ class _WriterLock:
 
     def __init__(self, store: Path, *, made: Sequence[Path] = (), replaces: list[int] | None = None) -> None:
         self.store = store
-        #: the device and inode of the store an --overwrite writer replaces at its first commit (`claim`)
+        #: the identity of the store an --overwrite writer replaces at its first commit (`claim`, `_replaced_identity`)
         self.replaces = replaces
         self.path = store.with_name(store.name + ".lock")
         self._fd: int | None = None
