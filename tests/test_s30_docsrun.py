@@ -21,7 +21,8 @@ sample_store = test_s16_docs.sample_store
 def _sweep_csv_columns_named() -> list[str]:
     """The columns usage.md gives for `fdl classify STORE... --format csv`, in the order it gives them."""
     section = USAGE.split("## Several runs: `fdl classify STORE...`", 1)[1].split("\n## ", 1)[0]
-    sentence = section.split("`--format csv` (or `markdown`) a row per store on stdout:", 1)[1].split(", always all of them", 1)[0]
+    sentence = section.split("`--format csv` (or `markdown`) a row per store on stdout:", 1)[1]
+    sentence = sentence.split(", always all of them", 1)[0]
     return re.findall(r"`([a-z_0-9A-Z]+)`", sentence)
 
 
