@@ -2997,9 +2997,11 @@ def _stored_files_to_hash(
                 continue  # unreadable now: reported if this run needs to read it
             # Another folder's file under the name recorded (`a/run/step_10.pt` analysed, `b/run/step_10.pt`
             # now, while a's is still there) is hashed whatever its size and time: two runs written in the same
-            # clock tick (a sweep saving in lockstep) have equal ones, and b's file passed for a's.
+            # clock tick (a sweep saving in lockstep) have equal ones, and b's file passed for a's. Not where the
+            # recorded file is gone (a run moved, a file renamed over another): its size and time still tell.
             place = places.get(ref.step)
-            if now != stored[ref.step][2] or (place is not None and not place.names(ref.path)):
+            found = place.found() if place is not None else None
+            if now != stored[ref.step][2] or (found is not None and not _same_path(str(found[0]), ref.path)):
                 suspects.append((ref.step, ref, now, False))
     # A stored checkpoint's file that is one of this run's checkpoints at another step (training re-run
     # into the same folder with another schedule: same names, other steps in the metadata) is checked
