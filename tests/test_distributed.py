@@ -97,16 +97,23 @@ def run_and_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     return run, _stored(root / "single.h5")
 
 
-@pytest.mark.parametrize("extra", [(), ("--shard-probe",)], ids=["checkpoints", "probe"])
-def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path, extra: tuple) -> None:
-    run, expected = run_and_single
-    done = _torchrun_process(run, tmp_path / "two.h5", *extra)
+def _assert_two_ranks_equal_one_process(
+    done: subprocess.CompletedProcess[str], expected: dict[int, dict], out: Path, *kept: str
+) -> None:
+    """`done`, a torchrun job's analysis into `out`, gave `expected` (one process's store), said once; of
+    `out`'s folder only `out` and `kept` are left."""
     assert done.returncode == 0, done.stderr[-4000:]
     records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert sorted(r["step"] for r in records) == sorted(expected)  # rank 0 alone prints the records
     assert done.stderr.count(f"{N_CHECKPOINTS} checkpoints analysed") == 1  # and the summary (every rank printed it)
-    _assert_same(expected, _stored(tmp_path / "two.h5"))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["two.h5"]  # rank 1's part served and went
+    _assert_same(expected, _stored(out))
+    assert sorted(path.name for path in out.parent.iterdir()) == sorted([out.name, *kept])  # rank 1's part served and went
+
+
+def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
+    """Sharded checkpoints; sharded probe: test_shard_probe_with_one_slice_far_from_zero_equals_one_process."""
+    run, expected = run_and_single
+    _assert_two_ranks_equal_one_process(_torchrun_process(run, tmp_path / "two.h5"), expected, tmp_path / "two.h5")
 
 
 def test_shard_probe_with_a_later_reference_equals_one_process(
@@ -655,7 +662,11 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
 def test_shard_probe_with_one_slice_far_from_zero_equals_one_process(tmp_path: Path) -> None:
     """Rank 0's probe slice gives features far from 0 (summed about its first batch's means), rank 1's
     near 0 (plain sums): the sums are moved to one point before they are added. With a shift taken
-    only where needed, a rank-dependent collective would leave the other rank waiting for ever."""
+    only where needed, a rank-dependent collective would leave the other rank waiting for ever.
+
+    Also --shard-probe's case of test_two_ranks_equal_one_process (the same job, on a plainer probe, before:
+    one torchrun job fewer): rank 0 alone prints the records and the summary, and nothing is left beside
+    the store."""
     run = _make_run(tmp_path / "run")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 4)).astype(np.float32)
@@ -663,6 +674,5 @@ def test_shard_probe_with_one_slice_far_from_zero_equals_one_process(tmp_path: P
     np.savez(run / "probe.npz", x=x, y=rng.integers(0, 3, size=300))
     _single(run, tmp_path / "single.h5")
     expected = _stored(tmp_path / "single.h5")
-    records = _torchrun(run, tmp_path / "two.h5", "--shard-probe")
-    assert sorted(r["step"] for r in records) == sorted(expected)
-    _assert_same(expected, _stored(tmp_path / "two.h5"))
+    done = _torchrun_process(run, tmp_path / "two.h5", "--shard-probe")
+    _assert_two_ranks_equal_one_process(done, expected, tmp_path / "two.h5", "run", "single.h5")

@@ -398,29 +398,28 @@ def test_two_ranks_walk_back_to_a_stored_checkpoint(tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "single.h5", "two.h5"]
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
-@pytest.mark.parametrize("fixed", [False, True], ids=["still-corrupt", "fixed"])
-def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path, fixed: bool) -> None:
+@pytest.fixture(scope="module")
+def killed_over_30(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A torchrun job stalls at step 10 in rank 0's block; rank 1 walked back over the corrupt step 30,
     compared its block's first checkpoint (40) with step 20 and stored its block (40 - 60) in its part,
-    whose sidecar names step 20's file. The job is killed. A resume takes the part in (40 with
-    prev_step 20: step 30 lies between, and this run tries it again) and analyses 10 - 30: with 30
-    still corrupt the store is one run's over these files; with 30 fixed, 40 is refreshed to compare
-    with it, and the store is one run's over the good files."""
-    import json
-
-    from fdl_cli.checkpoints import sha256_file
-
-    folder = _make_run(tmp_path / "run")
+    whose sidecar names step 20's file. The job is killed. Run once for the module (the job is the same
+    for every test of it): returns a callable that puts its folder, store and part back as the kill left
+    them, at the very paths the job wrote (stored paths are absolute) and with their modification times
+    (a resume compares them), and returns (folder, store, part, --model, the stalled file's own bytes, (whether
+    the job was still running when killed, its stderr)). The tests that use it run in turn."""
+    root = tmp_path_factory.mktemp("killed")
+    job_dir, kept_dir = root / "job", root / "kept"
+    job_dir.mkdir()
+    folder = _make_run(job_dir / "run")
     _spoil(folder, 30, "nan")
     stalled = folder / "step_10.safetensors"
     kept = stalled.read_bytes()
     state = load_file(str(stalled))
     state["0.bias"][0] = 1234.5
     save_file(state, str(stalled))
-    model = tmp_path / "stalling.py"
+    model = root / "stalling.py"
     model.write_text(STALLING_MODEL)
-    out, part = tmp_path / "s.h5", tmp_path / "s.h5.rank-1"
+    out, part = job_dir / "s.h5", job_dir / "s.h5.rank-1"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
@@ -436,24 +435,47 @@ def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path,
             if _stored_steps(out) == [0] and _stored_steps(part) == [40, 50, 60]:
                 break
             time.sleep(0.2)
-        assert job.poll() is None, job.communicate()[1][-4000:]  # still running: stalled at step 10
+        running = job.poll() is None
     finally:
         for pid in [*_descendants(job.pid), job.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        job.communicate(timeout=60)
+        _, stderr = job.communicate(timeout=60)
+    shutil.copytree(job_dir, kept_dir)  # copy2: modification times kept
+
+    def as_killed() -> tuple[Path, Path, Path, str, bytes, Any]:
+        shutil.rmtree(job_dir)
+        shutil.copytree(kept_dir, job_dir)
+        return folder, out, part, f"{model}:factory", kept, (running, stderr)
+
+    yield as_killed
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+@pytest.mark.parametrize("fixed", [False, True], ids=["still-corrupt", "fixed"])
+def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path, fixed: bool, killed_over_30: Any) -> None:
+    """The job of `killed_over_30`, killed while it stalled at step 10 with rank 1's part stored. A resume
+    takes the part in (40 with prev_step 20: step 30 lies between, and this run tries it again) and
+    analyses 10 - 30: with 30 still corrupt the store is one run's over these files; with 30 fixed, 40 is
+    refreshed to compare with it, and the store is one run's over the good files."""
+    import json
+
+    from fdl_cli.checkpoints import sha256_file
+
+    folder, out, part, model, kept, (running, stderr) = killed_over_30()
+    assert running, stderr[-4000:]  # still running when killed: stalled at step 10
     assert _stored_steps(out) == [0] and _stored_steps(part) == [40, 50, 60]
     assert _stored(part)[40]["prev_step"] == 20
     origin = json.loads(Path(f"{part}.json").read_text())
     assert origin["predecessor"] == [20, sha256_file(folder / "step_20.safetensors")]
 
-    stalled.write_bytes(kept)
+    (folder / "step_10.safetensors").write_bytes(kept)  # the stalled file back as it was
     if fixed:
         _good(folder, 30)
     records: list[dict[str, Any]] = []
     summary = run_analyze(
         AnalyzeOptions(
-            sources=(str(folder),), model_spec=f"{model}:factory", model_kwargs={"hidden": 8},
+            sources=(str(folder),), model_spec=model, model_kwargs={"hidden": 8},
             probe_specs=(str(folder / "probe.npz"),), out=out, device="cpu", batch_size=64, anchor_size=100,
         ),
         reporter=NullReporter(),
