@@ -60,8 +60,9 @@ def _titles(figure: Any) -> list[Any]:
 
 def _assert_inside(figure: Any, label: str) -> None:
     """The title naming `label` lies inside the figure as drawn (an axes' title: within its axes' width, clear of
-    the legend beside them), and still names it whole."""
-    figure.canvas.draw()
+    the legend beside them), and still names it whole. Laid out and drawn as into a file, without the pixels: where
+    each artist lies is all this reads."""
+    figure.draw_without_rendering()
     renderer = figure.canvas.get_renderer()
     named = [text for text in _titles(figure) if label in text.get_text().replace("\n", " ")]
     assert len(named) == 1, [text.get_text() for text in _titles(figure)]

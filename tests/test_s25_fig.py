@@ -5,7 +5,9 @@ time) three times, plus once more for every title tried while fitting a series' 
 savefig draws a figure of a layout engine once without output to lay it out, then again into the file, and
 `_fit_title` drew the whole figure for each title it tried, even a title over the panels, whose room (the figure's
 width) no layout changes. Each file is now drawn once (the engine alone lays the figure out, as savefig's first draw
-did), and a title is fitted by running the layout engine alone, only for a title over axes. The files are the same.
+did), and a title is fitted by running the layout engine alone, only for a title over axes. The files are the same:
+tests/test_s26_figs.py compares them, byte for byte, with savefig's of the same figures drawn anew (this store's
+long name among them), and checks each figure keeps its engine after the save.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.image  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
@@ -65,23 +66,3 @@ def test_fitting_a_series_name_into_the_titles_draws_no_figure_and_lays_out_only
     assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(
         f"{stem}{suffix}" for _, _, stem, _, _ in drawn[:4] for suffix in (".png", ".svg"))
 
-
-def test_a_figure_whose_title_was_fitted_saves_as_savefig_writes_a_fresh_one(tmp_path: Path) -> None:
-    from fdl_cli import figures
-    from fdl_cli import report as rep
-
-    run = rep.load_run(make_store(tmp_path / "run.h5", steps=(0, 10, 100, 1000, 10000), layers=(LONG, "fc1")))
-    ours = figures.run_figures(run)
-    plain = figures.run_figures(run)  # the same figures, drawn again, saved by matplotlib's savefig alone
-    assert [stem for stem, _, _ in ours] == [stem for stem, _, _ in plain] and len(ours) == 8
-    for (stem, _, figure), (_, _, again) in zip(ours[:4], plain[:4], strict=True):  # the long name's, fitted
-        figures.save_figure(figure, tmp_path / "ours", stem)
-        (tmp_path / "plain").mkdir(exist_ok=True)
-        again.savefig(tmp_path / "plain" / f"{stem}.png", format="png", dpi=110)
-        again.savefig(tmp_path / "plain" / f"{stem}.svg", format="svg", metadata=figures.SVG_METADATA)
-        assert figure.get_layout_engine() is not None  # held for the save alone
-        for suffix in (".png", ".svg"):
-            mine, theirs = tmp_path / "ours" / f"{stem}{suffix}", tmp_path / "plain" / f"{stem}{suffix}"
-            assert mine.read_bytes() == theirs.read_bytes(), mine.name
-        assert (matplotlib.image.imread(tmp_path / "ours" / f"{stem}.png")
-                == matplotlib.image.imread(tmp_path / "plain" / f"{stem}.png")).all()

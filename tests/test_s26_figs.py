@@ -95,13 +95,19 @@ def test_each_figure_file_is_drawn_and_laid_out_once(tmp_path: Path, monkeypatch
     assert {names[key]: count for key, count in layouts.items()} == dict.fromkeys(names.values(), 2)
 
 
+def _plain_png(figure: Figure, dpi: int = 110) -> bytes:
+    """The PNG file's bytes (110 dpi; the page's: 100 dpi) of `figure`, by matplotlib's savefig alone."""
+    file = io.BytesIO()
+    figure.savefig(file, format="png", dpi=dpi)
+    return file.getvalue()
+
+
 def _plain(figure: Figure) -> tuple[bytes, bytes, bytes]:
     """PNG (110 dpi), SVG and the page's PNG (100 dpi) of `figure`, by matplotlib's savefig alone."""
-    files = [io.BytesIO() for _ in range(3)]
-    figure.savefig(files[0], format="png", dpi=110)
-    figure.savefig(files[1], format="svg", metadata={"Date": None})
-    figure.savefig(files[2], format="png", dpi=100)
-    return files[0].getvalue(), files[1].getvalue(), files[2].getvalue()
+    png = _plain_png(figure)
+    svg = io.BytesIO()
+    figure.savefig(svg, format="svg", metadata={"Date": None})
+    return png, svg.getvalue(), _plain_png(figure, dpi=100)
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -130,9 +136,11 @@ def test_files_are_those_savefig_writes(tmp_path: Path, kind: str) -> None:
     kinds = {stem.split("_train")[0] for stem, _ in ours}
     expected = {"triptych", "trajectories", "spectrum", "compare_trajectories", "compare_k95_utility"}
     assert kinds == (expected | {"eigenfunctions"} if kind == "regression" else expected)
+    assert len(ours) == (4 * 2 if kind == "regression" else 3) + 2  # every series' figures, then the compare's
     for (stem, figure), (same, again) in zip(ours, theirs, strict=True):
         assert stem == same
         png, svg = figures.save_figure(figure, tmp_path / "ours", stem)
+        assert isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine), stem  # set aside for the draw
         page = figures.png_bytes(figure)
         plain_png, plain_svg, plain_page = _plain(again)
         assert svg.read_bytes() == plain_svg, stem
@@ -153,7 +161,7 @@ def test_a_matplotlibrc_of_autolayout_gives_the_figure_no_other_engine(
     run = rep.load_run(classification_store(tmp_path / "run.h5"))
     with matplotlib.rc_context({"figure.autolayout": True, "figure.constrained_layout.use": True}):
         ours = {stem: figure for stem, _title, figure in figures.run_figures(run)}
-        plain = {stem: _plain(figure)[0] for stem, _title, figure in figures.run_figures(run)}
+        plain = {stem: _plain_png(figure) for stem, _title, figure in figures.run_figures(run)}  # the PNG alone
         draws, layouts = _counted(monkeypatch)
         for stem, figure in ours.items():
             png, _svg = figures.save_figure(figure, tmp_path, stem)
