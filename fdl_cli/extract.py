@@ -949,8 +949,56 @@ def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Ten
     return tensor.to(device, non_blocking=True)
 
 
+@contextmanager
+def modules_run_before(
+    model: nn.Module, layers: Sequence[LayerSpec], found: dict[str, set[str]] | None
+) -> Iterator[None]:
+    """Over the next forward pass, add to `found` (label -> module names) the modules whose forward began before
+    each layer's features were taken: before the module began, for NAME:input (its own submodules run after its
+    input is made), else before it returned (its submodules with it). These are the modules that can have made
+    the features; the others (a head after the layer) cannot, whatever order they were registered in. Nothing
+    for a layer that is no module (`LAST_LINEAR_OP`), in a model with a TorchScript submodule (which takes no
+    hook, nor do the modules inside it), or with `found` None."""
+    if found is None:
+        yield
+        return
+    modules = dict(model.named_modules())
+    started: list[str] = []
+    seen: set[str] = set()
+    taken: dict[str, int] = {}
+    inputs = {spec.module: spec.label for spec in layers if spec.use_input}
+
+    def begin(name: str) -> None:
+        if name in inputs and inputs[name] not in taken:
+            taken[inputs[name]] = len(started)
+        if name not in seen:
+            seen.add(name)
+            started.append(name)
+
+    def end(label: str) -> None:  # a hook that returned a value would replace the module's output
+        taken.setdefault(label, len(started))
+
+    handles = []
+    seen_all = True
+    for name, module in modules.items():
+        try:
+            handles.append(module.register_forward_pre_hook(lambda *_args, name=name: begin(name)))
+        except RuntimeError:  # a TorchScript submodule takes no hook: the order is not seen whole
+            seen_all = False
+    handles += [modules[spec.module].register_forward_hook(lambda *_args, label=spec.label: end(label))
+                for spec in layers if not spec.use_input and spec.module in modules and spec.module != LAST_LINEAR_OP]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    for label, count in taken.items() if seen_all else ():
+        found.setdefault(label, set()).update(started[:count])
+
+
 def forward_one_shapes(
-    model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str
+    model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str,
+    ran_before: dict[str, set[str]] | None = None,
 ) -> tuple[dict[str, int], int, tuple[int, ...]]:
     """One forward pass of one sample: the width of each layer's features, the number of outputs, and the
     shape of one sample's outputs before they are flattened ((C,) for a classifier's logits, (T, C) for a
@@ -958,6 +1006,8 @@ def forward_one_shapes(
 
     A module that runs more than once per forward pass (a shared activation, a block applied twice)
     is refused: its hook would see only the last call, silently.
+    ran_before: filled, label -> the names of the modules whose forward began before the layer's features were
+    taken (`modules_run_before`), added to what it holds.
     """
     calls: dict[str, int] = {}
     modules = dict(model.named_modules())
@@ -974,7 +1024,8 @@ def forward_one_shapes(
     counters += [modules[name].register_forward_hook(lambda *_args, name=name: parents_ran.add(name))
                  for name in sorted(parents) if name in modules]
     try:
-        with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears:
+        with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears, \
+                modules_run_before(model, layers, ran_before):
             with signals.model_code(FORWARD):
                 returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)

@@ -533,10 +533,14 @@ class _Context:
     #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
     #: (CKA 0/0, null: `_warn_constant_anchors`)
     constant_anchors: dict[str, list[int]] = field(default_factory=dict)
-    #: the reference's BatchNorm running statistics (`_running_statistics`), and per series the steps whose features
-    #: moved though only those did upstream of the layer (`_warn_statistics_moved`)
-    reference_statistics: dict[str, Any] = field(default_factory=dict)
+    #: the reference's buffers (`_buffers_of`); label -> the modules run before the layer's features are taken
+    #: (`extract.modules_run_before`); per series the steps whose features moved though no parameter did before
+    #: the layer, with the modules whose BatchNorm running statistics moved before it, and the other buffers that
+    #: did (`_moved_buffers`, `_warn_statistics_moved`)
+    reference_buffers: dict[str, Any] = field(default_factory=dict)
+    ran_before: dict[str, set[str]] = field(default_factory=dict)
     statistics_moved: dict[str, tuple[list[int], list[str]]] = field(default_factory=dict)
+    buffers_moved: dict[str, list[str]] = field(default_factory=dict)
     #: probe name -> distinct inputs among its anchor points (`_anchor_points`)
     anchor_points: dict[str, int] = field(default_factory=dict)
     #: --redo: the stored steps analysed again (`_check_redo`)
@@ -1772,7 +1776,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
                         inspect=_inspect_command(ctx, reference, probe),
                     )
             widths, n_outputs, shape = forward_one_shapes(
-                model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype
+                model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype, ran_before=ctx.ran_before
             )
         except FdlError:
             raise
@@ -4045,52 +4049,102 @@ def _warn_constant_anchors(ctx: _Context) -> None:
     ctx.constant_anchors.clear()
 
 
-def _running_statistics(model: Any) -> dict[str, Any]:
-    """A copy of the model's BatchNorm running statistics (`running_mean`, `running_var` buffers), by name."""
+#: the buffers of BatchNorm (and InstanceNorm with track_running_stats) that eval mode reads
+_RUNNING_STATISTICS = ("running_mean", "running_var")
+
+
+def _buffers_of(model: Any) -> dict[str, Any]:
+    """A copy of the model's buffers, by name, but BatchNorm's `num_batches_tracked`: a count of training's
+    batches, which eval mode does not read (its statistics, `running_mean` and `running_var`, are kept)."""
     return {name: value.detach().clone() for name, value in model.named_buffers()
-            if name.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
+            if name.rsplit(".", 1)[-1] != "num_batches_tracked"}
+
+
+def _same_tensor(value: Any, before: Any) -> bool:
+    """Whether `value` is `before` (a tensor, or None), bit for bit."""
+    import torch
+
+    return (before is not None and value.shape == before.shape and value.dtype == before.dtype
+            and value.device == before.device and bool(torch.equal(value, before)))
 
 
 def _moved_parameters(parameters: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
     """The names of `parameters` whose values are not the reference's, bit for bit."""
-    import torch
-
-    def same(value: Any, before: Any) -> bool:
-        return (before is not None and value.shape == before.shape and value.dtype == before.dtype
-                and value.device == before.device and bool(torch.equal(value, before)))
-
-    return [name for name, value in parameters.items() if not same(value, reference.get(name))]
+    return [name for name, value in parameters.items() if not _same_tensor(value, reference.get(name))]
 
 
-def _statistics_only(ctx: _Context, model: Any, spec: Any, moved_parameters: list[str]) -> list[str]:
-    """The modules whose BatchNorm running statistics differ from the reference's when no parameter that feeds
-    the layer `spec` does (none at all for a module's output; none outside the module for its input, a head trained
-    alone), else []: the features moved through the statistics alone, as a frozen backbone trained in train mode
-    moves them. **(choice)** fdl does not know which modules run after a layer, so of a module's output it says so
-    only when no parameter changed at all (a head trained beside it hides the case: its input is the default)."""
-    import torch
-
+def _moved_buffers(ctx: _Context, model: Any, spec: Any, moved_parameters: list[str]) -> tuple[list[str], list[str]]:
+    """When no parameter that feeds the layer `spec` differs from the reference's (none at all for a module's
+    output; none outside the module for its input, a head trained alone): the modules run before the layer whose
+    BatchNorm running statistics differ from the reference's, and the other buffers of those modules that do (a
+    pruning mask, a registered constant); else ([], []). Only these can have moved the features, as a frozen
+    backbone trained in train mode moves them. A buffer belongs to the module that holds it; the modules run
+    before the layer are those `extract.modules_run_before` saw (a head after it, or a BatchNorm inside the module
+    whose input is taken, is left out). **(choice)** Parameters keep the rule above, by name, not by the order
+    run: a module's parameter may be read before its module runs (tied weights), so a head trained beside a
+    module's output hides the case. **(choice)** Where the order was not seen (a layer that is no module) every
+    module but the one whose input is taken counts as run before."""
     own = spec.module + "." if spec.use_input else None
     if any(own is None or not name.startswith(own) for name in moved_parameters):
-        return []
+        return [], []
+    before = ctx.ran_before.get(spec.label)
     buffers = dict(model.named_buffers())
-    return sorted({name.rsplit(".", 1)[0] for name, value in ctx.reference_statistics.items()
-                   if name in buffers and not torch.equal(buffers[name], value)})
+    statistics: set[str] = set()
+    others: list[str] = []
+    for name, value in ctx.reference_buffers.items():
+        holder, _, kind = name.rpartition(".")
+        ran = (holder in before) if before is not None else own is None or not name.startswith(own)
+        now = buffers.get(name)
+        if not ran or now is None or _same_tensor(now, value):
+            continue
+        if kind in _RUNNING_STATISTICS:
+            statistics.add(holder)
+        else:
+            others.append(name)
+    return sorted(statistics), sorted(others)
+
+
+def _note_moved(ctx: _Context, where: str, steps: list[int], statistics: list[str], others: list[str]) -> None:
+    """Add `steps` of the series `where`, and the modules and buffers that moved there, to what
+    `_warn_statistics_moved` says once a batch (the names of all of its steps)."""
+    said_steps, modules = ctx.statistics_moved.setdefault(where, ([], []))
+    said_steps.extend(steps)
+    modules[:] = sorted({*modules, *statistics})
+    buffers = ctx.buffers_moved.setdefault(where, [])
+    buffers[:] = sorted({*buffers, *others})
 
 
 def _warn_statistics_moved(ctx: _Context) -> None:
-    """One warning for each series whose features moved (MF or EF) at checkpoints this batch analysed though only
-    BatchNorm running statistics changed upstream of its layer: the run reads as moved, not coefficient, and the
-    parameters say nothing of why."""
+    """One warning for each series whose features moved (MF or EF) at checkpoints this batch analysed though no
+    parameter before its layer changed: the buffers run before it that did, BatchNorm running statistics and
+    others, named as such; the run reads as moved, not coefficient, and the parameters say nothing of why."""
+    eval_mode = ("fdl runs each checkpoint in eval mode with its own statistics (docs/usage.md), so the run reads as "
+                 "moved, not coefficient. To keep a frozen backbone's features fixed, train it in eval mode "
+                 "(backbone.eval() after model.train())")
     for where, (steps, modules) in ctx.statistics_moved.items():
-        ctx.reporter.warn(
-            f"{where}: the features moved from the reference at {_steps_said(steps)} though "
-            f"no parameter before it changed: only BatchNorm running statistics did ({first_names(modules, 4)}), "
-            "which training in train mode updates even in a frozen backbone; fdl runs each checkpoint in eval mode "
-            "with its own statistics (docs/usage.md), so the run reads as moved, not coefficient. To keep a frozen "
-            "backbone's features fixed, train it in eval mode (backbone.eval() after model.train())"
-        )
+        others = ctx.buffers_moved.get(where, [])
+        said = (f"{where}: the features moved from the reference at {_steps_said(steps)} though no parameter before "
+                "it changed: ")
+        if not others:
+            ctx.reporter.warn(
+                said + f"only BatchNorm running statistics did ({first_names(modules, 4)}), which training in train "
+                "mode updates even in a frozen backbone; " + eval_mode
+            )
+        elif not modules:
+            ctx.reporter.warn(
+                said + f"only buffers changed ({first_names(others, 4)}), which fdl reads as each checkpoint holds "
+                "them, so the run reads as moved, not coefficient: a buffer the training changes (a pruning mask, a "
+                "scale set by a schedule) moves the features as a weight would"
+            )
+        else:
+            ctx.reporter.warn(
+                said + f"only buffers did: BatchNorm running statistics ({first_names(modules, 4)}), which training "
+                f"in train mode updates even in a frozen backbone, and other buffers ({first_names(others, 4)}), "
+                "which fdl reads as each checkpoint holds them (a pruning mask, a scale set by a schedule); "
+                + eval_mode + ", and see whether the other buffers should change"
+            )
     ctx.statistics_moved.clear()
+    ctx.buffers_moved.clear()
 
 
 def _lacking(writer: Any) -> dict[int, frozenset[tuple[str, str]]]:
@@ -4768,7 +4822,7 @@ def _reference_series(
     model = _prepare(ctx, loaded)
     if ctx.reference_state is None:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
-        ctx.reference_statistics = _running_statistics(model)
+        ctx.reference_buffers = _buffers_of(model)
     with StoreReader(out) as reader:
         keys = [key for key in needed if key not in ctx.reference and key in reader.held(reference.step)]
         if keys:
@@ -4960,7 +5014,7 @@ def _analyze_one(
     parameters = _parameters_of(loaded, model)
     if is_reference:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
-        ctx.reference_statistics = _running_statistics(model)
+        ctx.reference_buffers = _buffers_of(model)
     param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state)
     moved_parameters: list[str] | None = None  # found once a series' features moved (`_statistics_only`)
     current: dict[tuple[str, str], _Series] = {}
@@ -5022,13 +5076,12 @@ def _analyze_one(
             scalars["param_norm"] = param_norm
             scalars["param_dist_init"] = param_dist
             scalars["regime"] = checkpoint_regime(scalars, ctx.thresholds, reference=is_reference).regime
-            if not is_reference and scalars["regime"] in ("MF", "EF") and ctx.reference_statistics:
+            if not is_reference and scalars["regime"] in ("MF", "EF") and ctx.reference_buffers:
                 if moved_parameters is None:
                     moved_parameters = _moved_parameters(parameters, ctx.reference_state or {})
-                moved = _statistics_only(ctx, model, spec, moved_parameters)
-                if moved:  # said once, at the end of the batch (`_warn_statistics_moved`)
-                    steps, _ = ctx.statistics_moved.setdefault(f"{probe.name}/{spec.label}", ([], moved))
-                    steps.append(ref.step)
+                statistics, others = _moved_buffers(ctx, model, spec, moved_parameters)
+                if statistics or others:  # said once, at the end of the batch (`_warn_statistics_moved`)
+                    _note_moved(ctx, f"{probe.name}/{spec.label}", [ref.step], statistics, others)
             if _constant_anchors(mine):  # said once, at the end of the batch (`_warn_constant_anchors`)
                 ctx.constant_anchors.setdefault(f"{probe.name}/{spec.label}", []).append(ref.step)
             if scalars.get("output_rank") == 0:  # said once, at the end of the batch (`_warn_constant_outputs`)

@@ -25,6 +25,7 @@ from fdl_cli.pipeline import (
     _check_stored_to_read,
     _file_identity,
     _gram_route,
+    _note_moved,
     _prepare,
     _probe_infos,
     _refresh_successors,
@@ -749,13 +750,14 @@ def _say_other_ranks_messages(reporter: Reporter, gathered: Sequence[_RankMessag
 
 
 #: what a rank's checkpoints warned of once a batch (`_constant_steps`): constant features, constant outputs, and
-#: features moved by BatchNorm statistics alone (`_Context.statistics_moved`)
-_BatchWarnings = tuple[dict[str, list[int]], dict[str, dict[int, bool]], dict[str, tuple[list[int], list[str]]]]
+#: features moved by buffers alone (`_Context.statistics_moved`, `buffers_moved`)
+_BatchWarnings = tuple[dict[str, list[int]], dict[str, dict[int, bool]], dict[str, tuple[list[int], list[str]]],
+                       dict[str, list[str]]]
 
 
 def _constant_steps(ctx: _Context, owned: set[int]) -> _BatchWarnings:
     """This rank's steps of `owned` at which features or outputs were constant (`_Context.constant_anchors`,
-    `constant_outputs`) or features moved by BatchNorm statistics alone (`statistics_moved`), taken from `ctx`: the
+    `constant_outputs`) or features moved by buffers alone (`statistics_moved`, `buffers_moved`), taken from `ctx`: the
     others it analysed (the reference, the one before its block) are another rank's to say."""
     anchors = {where: [step for step in steps if step in owned] for where, steps in ctx.constant_anchors.items()}
     outputs = {name: {step: empty for step, empty in steps.items() if step in owned}
@@ -764,15 +766,17 @@ def _constant_steps(ctx: _Context, owned: set[int]) -> _BatchWarnings:
                   for where, (steps, modules) in ctx.statistics_moved.items()}
     ctx.constant_anchors.clear()
     ctx.constant_outputs.clear()
+    buffers = dict(ctx.buffers_moved)
     ctx.statistics_moved.clear()
-    return anchors, outputs, statistics
+    ctx.buffers_moved.clear()
+    return anchors, outputs, statistics, buffers
 
 
 def _warn_constant_steps(ctx: _Context, gathered: Sequence[_BatchWarnings]) -> None:
-    """Rank 0: one warning of constant features, one of constant outputs and one of features moved by BatchNorm
-    statistics alone naming every rank's steps, as one process says them (`_warn_constant_anchors`,
+    """Rank 0: one warning of constant features, one of constant outputs and one of features moved by buffers
+    alone naming every rank's steps and moved buffers, as one process says them (`_warn_constant_anchors`,
     `_warn_constant_outputs`, `_warn_statistics_moved`), not one a rank."""
-    for anchors, outputs, statistics in gathered:
+    for anchors, outputs, statistics, buffers in gathered:
         for where, steps in anchors.items():
             if steps:
                 ctx.constant_anchors.setdefault(where, []).extend(steps)
@@ -781,7 +785,7 @@ def _warn_constant_steps(ctx: _Context, gathered: Sequence[_BatchWarnings]) -> N
                 ctx.constant_outputs.setdefault(name, {}).update(flags)
         for where, (steps, modules) in statistics.items():
             if steps:
-                ctx.statistics_moved.setdefault(where, ([], modules))[0].extend(steps)
+                _note_moved(ctx, where, steps, modules, buffers.get(where, []))
     _warn_constant_outputs(ctx)
     _warn_constant_anchors(ctx)
     _warn_statistics_moved(ctx)

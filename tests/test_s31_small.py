@@ -57,9 +57,9 @@ def build():
 """
 
 
-def _run(tmp_path: Path, change: dict[str, torch.Tensor]) -> tuple[int, str]:
+def _run(tmp_path: Path, change: dict[str, torch.Tensor], layer: str = "head:input") -> tuple[int, str]:
     """`fdl analyze` of a run of two checkpoints, the second the first with the buffers `change` replaced and
-    every parameter unchanged, at head:input; the exit status and stderr."""
+    every parameter unchanged, at `layer`; the exit status and stderr."""
     (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
     namespace: dict[str, object] = {}
     exec(MODEL, namespace)  # noqa: S102 - the test's own model text
@@ -73,7 +73,7 @@ def _run(tmp_path: Path, change: dict[str, torch.Tensor]) -> tuple[int, str]:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(60, 6)).astype(np.float32), y=rng.integers(0, 3, 60))
     done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                                    tmp_path / "probe.npz", "--out", tmp_path / "out.h5", "--layer", "head:input",
+                                    tmp_path / "probe.npz", "--out", tmp_path / "out.h5", "--layer", layer,
                                     "--anchor-size", "32", "--top-k", "3")
     return done.returncode, " ".join(done.stderr.split())
 
@@ -82,11 +82,14 @@ def _stats(mean: float, var: float, n: int = 8) -> tuple[torch.Tensor, torch.Ten
     return torch.full((n,), mean), torch.full((n,), var)
 
 
-def test_a_moved_buffer_beside_the_statistics_is_named_and_modules_after_the_layer_are_not(tmp_path: Path) -> None:
-    """The features of head:input moved because `bn`'s statistics and `gate.mask` changed; the statistics of
-    head.0 (inside the hooked module: it runs after its input is taken) and of `post` (after the layer) changed
-    too. The warning said "only BatchNorm running statistics did (bn, head.0, post)": the mask, a cause, unsaid,
-    and two modules that cannot have moved these features named."""
+@pytest.mark.parametrize("layer", ["head:input", "gate"])
+def test_a_moved_buffer_beside_the_statistics_is_named_and_modules_after_the_layer_are_not(
+    tmp_path: Path, layer: str
+) -> None:
+    """The features of head:input (the output of `gate`) moved because `bn`'s statistics and `gate.mask`
+    changed; the statistics of head.0 (inside the hooked module: it runs after its input is taken; after `gate`)
+    and of `post` (after the layer) changed too. The warning said "only BatchNorm running statistics did (bn,
+    head.0, post)": the mask, a cause, unsaid, and two modules that cannot have moved these features named."""
     mask = torch.ones(8)
     mask[:4] = 0
     bn_mean, bn_var = _stats(0.7, 3.0)
@@ -94,9 +97,9 @@ def test_a_moved_buffer_beside_the_statistics_is_named_and_modules_after_the_lay
     post_mean, post_var = _stats(5.0, 9.0, 3)
     status, err = _run(tmp_path, {"gate.mask": mask, "bn.running_mean": bn_mean, "bn.running_var": bn_var,
                                   "head.0.running_mean": head_mean, "head.0.running_var": head_var,
-                                  "post.running_mean": post_mean, "post.running_var": post_var})
+                                  "post.running_mean": post_mean, "post.running_var": post_var}, layer)
     assert status == 0, err
-    assert "head:input: the features moved from the reference at step 10" in err, err
+    assert f"probe/{layer}: the features moved from the reference at step 10" in err, err
     assert "no parameter before it changed" in err, err
     assert "only BatchNorm running statistics" not in err, err
     assert "BatchNorm running statistics (bn)" in err, err
