@@ -1233,6 +1233,7 @@ def raw_pixels_warning(probe: Probe) -> str | None:
         low, high = min(low, least), max(high, most)
     if not RAW_PIXEL_LEAST_MAX <= high:
         return None
+    low += 0.0  # -0.0 (a min that met it first) is said 0
     return (
         f"probe {probe.name!r} ({probe.path}): x holds whole numbers from {low:g} to {high:g} as floats, raw pixel "
         "values? fdl gives them to the model as they are; a network trained on normalised images sees other inputs "
