@@ -112,7 +112,9 @@ def token_id_hint(x: np.ndarray, error: str, tables: Sequence[tuple[str, int]] =
     if kind == "f" and WANTS_TOKEN_IDS.search(error):
         return (f"x holds floats ({x.dtype}), but the model looks its input up in an nn.Embedding, which takes "
                 "integer token ids: save x as integers, x = x.astype(np.int64)")
-    if kind not in "iu" or "index out of range" not in error or x.size == 0:
+    # torch's own words for an id outside an nn.Embedding's table; not a `tuple index out of range` (a forward's
+    # `ids.shape[1]` on x saved without its sequence axis), whose ids may all be in range
+    if kind not in "iu" or "index out of range in self" not in error or x.size == 0:
         return None
     flat = np.asarray(x).reshape(len(x), -1)
     lowest, highest = int(flat.min()), int(flat.max())
@@ -162,6 +164,9 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
             + ", then normalised as your transforms do"
             + (", or keep them uint8 and normalise in a --model wrapper (docs/usage.md, Inputs x)" if images else "")
         )
+    if len(shape) == 1 and x_dtype.kind in "iu":
+        hints.append(f"x has shape {shape}, one value a sample: a model of token sequences takes x of shape (n, L), "
+                     "L ids a sample (x[:, None] for sequences of one id)")
     if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
         hints.append(
             f"x has shape {shape}, channels last (N, H, W, C); torch's convolutions take (N, C, H, W): "
