@@ -87,10 +87,11 @@ def redraws(console: Any) -> bool:
     """Whether `console` writes to a terminal that a live display can redraw. rich's `is_terminal` is true
     wherever FORCE_COLOR is set (a request for colour that CI systems and cluster profiles set): a batch job's
     log file then got the progress bar redrawn ten times a second, kilobytes a second of cursor moves; it gets
-    the plain progress lines instead, in colour. rich's TTY_COMPATIBLE=1 ("this is a terminal") still redraws."""
+    the plain progress lines instead, in colour. rich's TTY_COMPATIBLE=1 ("this is a terminal") still redraws,
+    as does a console made with `force_terminal=True` (a program's own choice)."""
     if not console.is_terminal:
         return False
-    if os.environ.get("TTY_COMPATIBLE") == "1":
+    if getattr(console, "_force_terminal", None) or os.environ.get("TTY_COMPATIBLE") == "1":
         return True
     try:
         return bool(console.file.isatty())
