@@ -2727,6 +2727,15 @@ def _folder_weight_files(folder: Path) -> list[Path]:
     return sorted(set(files + index))
 
 
+def unreachable(path: Path, exc: OSError) -> CheckpointError:
+    """The error of a checkpoint whose file `exc` met gone (a training job's rotation deleted it: the pipeline
+    skips it so, with a note) or unreadable."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?")
+    got, fix = _os_reason(path, exc)
+    return CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix)
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes; for a folder, over its sorted weight files (name, then bytes)."""
     path = Path(path)
@@ -3384,11 +3393,8 @@ def load_checkpoint(
     path = Path(ref.path)
     try:
         os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointError(f"checkpoint {path} no longer exists", fix="re-run discovery; was it deleted?") from None
     except OSError as exc:  # EACCES, EIO: `path.exists()` raised them, a traceback
-        got, fix = _os_reason(path, exc)
-        raise CheckpointError(f"cannot read the checkpoint {path}", got=got, fix=fix) from None
+        raise unreachable(path, exc) from None
     extra: dict[str, Any] = {}
     if ref.kind == "pickle" and not trust_pickle:
         files = [path] if path.is_file() else _hf_weight_files(path)

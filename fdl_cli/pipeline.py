@@ -1612,7 +1612,7 @@ def _load(
 ) -> tuple[LoadedCheckpoint, str]:
     """The checkpoint loaded, and its file's sha256: `known`'s (signature, sha256) where the file's signature
     before reading is that one (hashed earlier in this run), else hashed."""
-    from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file
+    from fdl_cli.checkpoints import file_signature, load_checkpoint, sha256_file, unreachable
 
     def signature_now() -> str:
         try:
@@ -1623,7 +1623,10 @@ def _load(
     signature = signature_now()  # before reading: see file_signature
     try:
         loaded = load_checkpoint(ref, trust_pickle=options.trust_pickle, weights=options.weights)
-        sha = known[1] if known is not None and signature and signature == known[0] else sha256_file(ref.path)
+        try:
+            sha = known[1] if known is not None and signature and signature == known[0] else sha256_file(ref.path)
+        except OSError as exc:  # deleted once read (a keep-last-N rotation): a traceback, the run lost
+            raise unreachable(Path(ref.path), exc) from None
     except CheckpointError as exc:
         exc.file_signature = signature  # --watch tries it again once it changed (_rediscover)
         raise

@@ -83,6 +83,22 @@ def clock(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
+def redraws(console: Any) -> bool:
+    """Whether `console` writes to a terminal that a live display can redraw. rich's `is_terminal` is true
+    wherever FORCE_COLOR is set (a request for colour that CI systems and cluster profiles set): a batch job's
+    log file then got the progress bar redrawn ten times a second, kilobytes a second of cursor moves; it gets
+    the plain progress lines instead, in colour. rich's TTY_COMPATIBLE=1 ("this is a terminal") still redraws,
+    as does a console made with `force_terminal=True` (a program's own choice)."""
+    if not console.is_terminal:
+        return False
+    if getattr(console, "_force_terminal", None) or os.environ.get("TTY_COMPATIBLE") == "1":
+        return True
+    try:
+        return bool(console.file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
 class RichReporter(NullReporter):
     """Checkpoint i of N with ETA, and the probe batches of the current checkpoint, on stderr: a live
     display on a terminal; on a pipe or a log file (a batch job's stderr), where none shows, a plain
@@ -104,6 +120,7 @@ class RichReporter(NullReporter):
 
         self.console = console
         self.quiet = quiet
+        live = redraws(console)
         self.progress = Progress(
             # the description names the checkpoint's file: not read as markup or emoji codes (a name's `[bold]`,
             # `:rocket:`), its control characters written `\\x07` before rich's Text drops them (terminal_safe)
@@ -117,7 +134,7 @@ class RichReporter(NullReporter):
             transient=True,
             # Only a terminal shows a live display: on a pipe or a log file (a batch job's stderr) rich
             # renders nothing while it runs, and its stop() then wrote a blank line before the summary.
-            disable=quiet or not console.is_terminal,
+            disable=quiet or not live,
             # stdout carries the machine output (--json records): never let the live display take it
             # over (rich's default when stderr is a terminal), or `fdl analyze --json | jq` gets nothing.
             redirect_stdout=False,
@@ -126,7 +143,7 @@ class RichReporter(NullReporter):
         self._batches: Any = None
         self._started = False
         #: plain progress lines instead of the live display (stderr not a terminal)
-        self._lines = not quiet and not console.is_terminal
+        self._lines = not quiet and not live
         self._interval = log_interval()
         self._began: float | None = None  # when this run's first checkpoint started (time.monotonic)
         self._last_line: float | None = None  # when the last line was written (or the first run began)
