@@ -1356,25 +1356,35 @@ class Match:
 
 
 def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
-    """Pair the checkpoints of two runs by step: equal steps, else mutual nearest steps (ties: lower).
+    """Pair the checkpoints of two runs by step: equal steps, else mutual nearest steps.
 
-    Each step is used at most once; steps with no partner are left out (the caller notes them).
+    Each step is used at most once; steps with no partner are left out (the caller notes them). A step midway
+    between two of the other run's has both as its nearest: the candidate pairs (each step with a nearest of the
+    other run's, itself a nearest of that one's) are taken nearest first, then earliest first. A tie "to the
+    lower" on each side paired runs saved midway between each other (steps 0, 10, 20 against 5, 15, 25) at their
+    first steps alone: A's 10 chose B's 5, B's 15 chose A's 10. Without a tie, these are the mutual nearest pairs.
     """
     sorted_a, sorted_b = sorted(set(steps_a)), sorted(set(steps_b))
     if not sorted_a or not sorted_b:
         return []
 
-    def nearest(step: int, candidates: Sequence[int]) -> int:
+    def nearest(step: int, candidates: Sequence[int]) -> list[int]:
         index = bisect.bisect_left(candidates, step)
         around = candidates[max(index - 1, 0) : index + 1]
-        return min(around, key=lambda other: (abs(other - step), other))
+        closest = min(abs(other - step) for other in around)
+        return [other for other in around if abs(other - step) == closest]
 
-    matches = []
-    for step in sorted_a:
-        partner = nearest(step, sorted_b)
-        if nearest(partner, sorted_a) == step:
-            matches.append(Match(step, partner))
-    return matches
+    candidates = sorted(
+        (abs(step - partner), min(step, partner), step, partner)
+        for step in sorted_a for partner in nearest(step, sorted_b) if step in nearest(partner, sorted_a)
+    )
+    paired: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, _, step, partner in candidates:
+        if step not in paired and partner not in taken:
+            paired[step] = partner
+            taken.add(partner)
+    return [Match(step, paired[step]) for step in sorted_a if step in paired]
 
 
 def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
