@@ -1521,6 +1521,9 @@ class Comparison:
     richer: str | None = None
     #: whether run A's and run B's features moved at the matched steps (`features_moved`; None: cannot tell)
     moved: tuple[bool | None, bool | None] = (None, None)
+    #: the (probe, layer) of run A and of run B where either store holds several series or they differ, named in
+    #: the header and carried by every `--json` record as `probe` and `layer` (DESIGN.md); None otherwise
+    series: tuple[tuple[str | None, str | None], tuple[str | None, str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -2248,6 +2251,8 @@ def compare_runs(
                                               outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
+        series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
+        if run_a.several or run_b.several or series_a.label != series_b.label else None,
     )
 
 
@@ -2361,8 +2366,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "overlap": compared.overlap,
                 "overlap_k": compared.overlap_k,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
-                **{side: {name: _clean(record.get(name))
-                          for name in compared_fields(compared.record_a, compared.record_b)}
+                **{side: {**_series_keys(comparison, side),
+                          **{name: _clean(record.get(name))
+                             for name in compared_fields(compared.record_a, compared.record_b)}}
                    for side, record in (("a", compared.record_a), ("b", compared.record_b))},
             }
             for compared in comparison.steps
@@ -2384,6 +2390,23 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         **({ZERO_ONE_FIELD: dict(zip("ab", comparison.zero_one_targets, strict=True))}
            if any(comparison.zero_one_targets) else {}),
     }
+
+
+def _series_keys(comparison: Comparison, side: str) -> dict[str, str | None]:
+    """`probe` and `layer` of a compared record, where the comparison names its series (`Comparison.series`)."""
+    if comparison.series is None:
+        return {}
+    probe, layer = comparison.series[0 if side == "a" else 1]
+    return {"probe": probe, "layer": layer}
+
+
+def _compared_path(comparison: Comparison, side: str) -> str:
+    """A store as the comparison's header names it: its path, and its series where `Comparison.series` says."""
+    path = comparison.path_a if side == "a" else comparison.path_b
+    if comparison.series is None:
+        return str(path)
+    probe, layer = comparison.series[0 if side == "a" else 1]
+    return f"{path} (probe {probe}, layer {layer})"
 
 
 def comparison_to_json(comparison: Comparison) -> str:
@@ -2436,7 +2459,8 @@ def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: s
 
 def print_comparison(console: Any, comparison: Comparison) -> None:
     """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
-    console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", markup=False, highlight=False)
+    console.print(f"A: {_compared_path(comparison, 'a')}\nB: {_compared_path(comparison, 'b')}", markup=False,
+                  highlight=False)
     # As `print_run`: a pipe gets the whole table, a narrow terminal fewer columns, named below it.
     table = render_comparison_table(comparison, max_width=console.width if console.is_terminal else None)
     if not console.is_terminal:
