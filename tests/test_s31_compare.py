@@ -192,3 +192,21 @@ def test_the_series_compared_is_named_in_the_output(runs: dict[str, Path]) -> No
     data = json.loads(run_fdl("compare", runs["lazy"], runs["rich"], "--probe", "test", "--json").stdout)
     for step in data["steps"]:
         assert (step["a"]["probe"], step["a"]["layer"], step["b"]["probe"]) == ("test", "2:input", "test")
+
+
+def test_runs_of_other_anchor_sizes_are_refused_with_the_way_to_compare_their_fields(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """An ablation re-analysed with `--anchor-size 20` against a run of the default 60 anchors: the refusal of
+    the overlap said "compare runs analysed with the same probe and --anchor-size" alone, not that
+    `--no-overlap` compares every field all the same (the refusal of other probes says it)."""
+    fewer = tmp_path / "anchors.h5"
+    done = run_fdl("analyze", runs["rich"].parent / "rich", "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                   '{"hidden": 16}', "--probe", f"train={runs['rich'].parent / 'train.npz'}", "--anchor-size", "20",
+                   "--steps", "0,40", "--out", fewer)
+    assert done.returncode == 0, done.stderr
+    refused = run_fdl("compare", runs["rich"], fewer, "--probe", "train")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "60 and 20 anchor points" in refused.stderr and "--no-overlap" in refused.stderr
+    fields = run_fdl("compare", runs["rich"], fewer, "--probe", "train", "--no-overlap", "--json")
+    assert fields.returncode == 0, fields.stderr
+    assert [s["step_a"] for s in json.loads(fields.stdout)["steps"]] == [0, 40]
