@@ -2403,10 +2403,8 @@ def _series_keys(comparison: Comparison, side: str) -> dict[str, str | None]:
 def _compared_path(comparison: Comparison, side: str) -> str:
     """A store as the comparison's header names it: its path, and its series where `Comparison.series` says."""
     path = comparison.path_a if side == "a" else comparison.path_b
-    if comparison.series is None:
-        return str(path)
-    probe, layer = comparison.series[0 if side == "a" else 1]
-    return f"{path} (probe {probe}, layer {layer})"
+    named = _series_keys(comparison, side)
+    return f"{path} (probe {named['probe']}, layer {named['layer']})" if named else str(path)
 
 
 def comparison_to_json(comparison: Comparison) -> str:
@@ -2427,7 +2425,9 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "overlap_k": compared.overlap_k,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
+        row.update((f"a_{name}", value) for name, value in _series_keys(comparison, "a").items())
         row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in compared.differences)
+        row.update((f"b_{name}", value) for name, value in _series_keys(comparison, "b").items())
         row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in compared.differences)
         rows.append(row)
     return rows

@@ -182,9 +182,9 @@ def test_csv_and_markdown_hold_what_json_holds(runs: dict[str, Path]) -> None:
 
 def test_the_series_compared_is_named_in_the_output(runs: dict[str, Path]) -> None:
     """Of stores holding a train and a test probe, `compare --probe test` said "A: lazy.h5 / B: rich.h5" and
-    nothing else named the probe compared; nor did `--json`'s records carry `probe` and `layer`, which every
-    record of a store of several series carries (DESIGN.md). `--probe train --probe-b test` of one store
-    printed "A: rich.h5 / B: rich.h5" over a verdict that one of them is richer."""
+    nothing else named the probe compared; nor did `--json`'s records (`--format csv`'s `a_`, `b_` columns) carry
+    `probe` and `layer`, which every record of a store of several series carries (DESIGN.md). `--probe train
+    --probe-b test` of one store printed "A: rich.h5 / B: rich.h5" over a verdict that one of them is richer."""
     said = run_fdl("compare", runs["lazy"], runs["rich"], "--probe", "test").stderr
     assert f"A: {runs['lazy']} (probe test, layer 2:input)\nB: {runs['rich']} (probe test, layer 2:input)\n" in said
     said = run_fdl("compare", runs["rich"], runs["rich"], "--probe", "train", "--probe-b", "test", "--no-overlap").stderr
@@ -192,6 +192,11 @@ def test_the_series_compared_is_named_in_the_output(runs: dict[str, Path]) -> No
     data = json.loads(run_fdl("compare", runs["lazy"], runs["rich"], "--probe", "test", "--json").stdout)
     for step in data["steps"]:
         assert (step["a"]["probe"], step["a"]["layer"], step["b"]["probe"]) == ("test", "2:input", "test")
+    rows = list(csv.DictReader(io.StringIO(run_fdl("compare", runs["rich"], runs["rich"], "--probe", "train",
+                                                   "--probe-b", "test", "--no-overlap", "--format", "csv").stdout)))
+    assert len(rows) == len(STEPS)
+    assert {(row["a_probe"], row["a_layer"], row["b_probe"], row["b_layer"]) for row in rows} == {
+        ("train", "2:input", "test", "2:input")}
 
 
 def test_runs_of_other_anchor_sizes_are_refused_with_the_way_to_compare_their_fields(
