@@ -1356,25 +1356,35 @@ class Match:
 
 
 def align_steps(steps_a: Sequence[int], steps_b: Sequence[int]) -> list[Match]:
-    """Pair the checkpoints of two runs by step: equal steps, else mutual nearest steps (ties: lower).
+    """Pair the checkpoints of two runs by step: equal steps, else mutual nearest steps.
 
-    Each step is used at most once; steps with no partner are left out (the caller notes them).
+    Each step is used at most once; steps with no partner are left out (the caller notes them). A step midway
+    between two of the other run's has both as its nearest: the candidate pairs (each step with a nearest of the
+    other run's, itself a nearest of that one's) are taken nearest first, then earliest first. A tie "to the
+    lower" on each side paired runs saved midway between each other (steps 0, 10, 20 against 5, 15, 25) at their
+    first steps alone: A's 10 chose B's 5, B's 15 chose A's 10. Without a tie, these are the mutual nearest pairs.
     """
     sorted_a, sorted_b = sorted(set(steps_a)), sorted(set(steps_b))
     if not sorted_a or not sorted_b:
         return []
 
-    def nearest(step: int, candidates: Sequence[int]) -> int:
+    def nearest(step: int, candidates: Sequence[int]) -> list[int]:
         index = bisect.bisect_left(candidates, step)
         around = candidates[max(index - 1, 0) : index + 1]
-        return min(around, key=lambda other: (abs(other - step), other))
+        closest = min(abs(other - step) for other in around)
+        return [other for other in around if abs(other - step) == closest]
 
-    matches = []
-    for step in sorted_a:
-        partner = nearest(step, sorted_b)
-        if nearest(partner, sorted_a) == step:
-            matches.append(Match(step, partner))
-    return matches
+    candidates = sorted(
+        (abs(step - partner), min(step, partner), step, partner)
+        for step in sorted_a for partner in nearest(step, sorted_b) if step in nearest(partner, sorted_a)
+    )
+    paired: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, _, step, partner in candidates:
+        if step not in paired and partner not in taken:
+            paired[step] = partner
+            taken.add(partner)
+    return [Match(step, paired[step]) for step in sorted_a if step in paired]
 
 
 def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Sequence[Match]) -> str | None:
@@ -1511,6 +1521,9 @@ class Comparison:
     richer: str | None = None
     #: whether run A's and run B's features moved at the matched steps (`features_moved`; None: cannot tell)
     moved: tuple[bool | None, bool | None] = (None, None)
+    #: the (probe, layer) of run A and of run B where either store holds several series or they differ, named in
+    #: the header and carried by every `--json` record as `probe` and `layer` (DESIGN.md); None otherwise
+    series: tuple[tuple[str | None, str | None], tuple[str | None, str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -2238,6 +2251,8 @@ def compare_runs(
                                               outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
+        series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
+        if run_a.several or run_b.several or series_a.label != series_b.label else None,
     )
 
 
@@ -2351,8 +2366,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "overlap": compared.overlap,
                 "overlap_k": compared.overlap_k,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
-                **{side: {name: _clean(record.get(name))
-                          for name in compared_fields(compared.record_a, compared.record_b)}
+                **{side: {**_series_keys(comparison, side),
+                          **{name: _clean(record.get(name))
+                             for name in compared_fields(compared.record_a, compared.record_b)}}
                    for side, record in (("a", compared.record_a), ("b", compared.record_b))},
             }
             for compared in comparison.steps
@@ -2376,6 +2392,21 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
     }
 
 
+def _series_keys(comparison: Comparison, side: str) -> dict[str, str | None]:
+    """`probe` and `layer` of a compared record, where the comparison names its series (`Comparison.series`)."""
+    if comparison.series is None:
+        return {}
+    probe, layer = comparison.series[0 if side == "a" else 1]
+    return {"probe": probe, "layer": layer}
+
+
+def _compared_path(comparison: Comparison, side: str) -> str:
+    """A store as the comparison's header names it: its path, and its series where `Comparison.series` says."""
+    path = comparison.path_a if side == "a" else comparison.path_b
+    named = _series_keys(comparison, side)
+    return f"{path} (probe {named['probe']}, layer {named['layer']})" if named else str(path)
+
+
 def comparison_to_json(comparison: Comparison) -> str:
     return json.dumps(comparison_to_dict(comparison), indent=2, default=_json_default, allow_nan=False)
 
@@ -2394,7 +2425,9 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "overlap_k": compared.overlap_k,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
+        row.update((f"a_{name}", value) for name, value in _series_keys(comparison, "a").items())
         row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in compared.differences)
+        row.update((f"b_{name}", value) for name, value in _series_keys(comparison, "b").items())
         row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in compared.differences)
         rows.append(row)
     return rows
@@ -2426,7 +2459,8 @@ def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: s
 
 def print_comparison(console: Any, comparison: Comparison) -> None:
     """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
-    console.print(f"A: {comparison.path_a}\nB: {comparison.path_b}", markup=False, highlight=False)
+    console.print(f"A: {_compared_path(comparison, 'a')}\nB: {_compared_path(comparison, 'b')}", markup=False,
+                  highlight=False)
     # As `print_run`: a pipe gets the whole table, a narrow terminal fewer columns, named below it.
     table = render_comparison_table(comparison, max_width=console.width if console.is_terminal else None)
     if not console.is_terminal:

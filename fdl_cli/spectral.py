@@ -928,7 +928,9 @@ def eigenspace_overlap(
         raise NumericalError(
             "eigenspace overlap needs eigenfunction values on the same inputs",
             got=f"{values_a.shape[0]} and {values_b.shape[0]} anchor points",
-            fix="compare runs analysed with the same probe and --anchor-size",
+            # only two runs' stores differ so (`fdl compare`): its option that compares the fields all the same
+            fix="compare runs analysed with the same probe and --anchor-size, or pass --no-overlap to compare only "
+                "the per-checkpoint fields",
         )
     k = min(k, values_a.shape[1], values_b.shape[1], values_a.shape[0])
     if k <= 0:
