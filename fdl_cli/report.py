@@ -254,6 +254,25 @@ def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
             "targets")
 
 
+#: At most this many steps are named in `constant_outputs_line`.
+CONSTANT_STEPS_SHOWN = 8
+
+
+def constant_outputs_line(series: Series) -> str | None:
+    """The report's line on the checkpoints whose outputs are constant over the probe (`output_rank` 0: a zero
+    or constant head, a dead layer before it), where D_LR is 1.0 by its degenerate rule, 0/0 and not a
+    measurement, or None. analyze warns of them, classify notes a final one, and compare leaves them out of its
+    verdict; without this line the table's 1.0000 read as the laziest features measured."""
+    steps = [record["step"] for record in series.records if record.get("output_rank") == 0]
+    if not steps:
+        return None
+    shown = ", ".join(map(str, steps[:CONSTANT_STEPS_SHOWN])) + (
+        f" and {len(steps) - CONSTANT_STEPS_SHOWN} more" if len(steps) > CONSTANT_STEPS_SHOWN else "")
+    return (f"D_LR is 1.0 at step{'s' if len(steps) > 1 else ''} {shown} by its degenerate rule, not a measurement: "
+            "the model's outputs are constant over the probe there (output_rank 0: a zero or constant head, or a "
+            "dead layer before it), so the output span is empty (docs/measures.md)")
+
+
 #: At most this many outputs are named one by one in `r2_outputs_line`; of more, the worst few and the best.
 R2_OUTPUTS_SHOWN = 8
 
@@ -1297,6 +1316,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
+        if (constant := constant_outputs_line(series)) is not None:
+            console.print(constant, markup=False, highlight=False)
         if (per_output := r2_outputs_line(series)) is not None:
             console.print(per_output, markup=False, highlight=False)
         if (caveat := targets_caveat(run, series)) is not None:

@@ -1,0 +1,102 @@
+"""Training runs gone wrong, as a researcher meets them: a checkpoint whose forward pass overflows, a ReLU layer
+that died, a collapse to chance. What `fdl analyze`, `report` and `classify` say of each, as the user reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.cli_run import fdl_in_process
+from tests.tiny_models import mlp
+
+STEPS = (0, 10, 20)
+
+
+def _edited(state: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+    state = {name: value.clone() for name, value in state.items()}
+    if step == 30:  # every hidden ReLU dead: features 0, outputs the head's bias (constant)
+        state["0.bias"][:] = -1e3
+    elif step == 40:  # finite weights whose float32 forward pass overflows (a diverged run)
+        state["0.weight"][:] = 3e38
+        state["0.bias"][:] = 3e38
+    elif step == 50:  # hidden activations ~1e5: finite in float32, past float16's 65504
+        state["0.weight"] *= 1e5
+        state["0.bias"] *= 1e5
+    return state
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-8-3 ReLU MLP trained 20 SGD steps (checkpoints 0, 10, 20), then three broken checkpoints made from
+    the last weights: 30 dead, 40 overflowing in float32, 50 overflowing in float16 only."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("patho")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5).astype(np.int64)
+    np.savez(root / "probe.npz", x=x, y=y)
+    (root / "ckpts").mkdir()
+    model = mlp(4, 8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    for step in range(max(STEPS) + 1):
+        if step in STEPS:
+            torch.save(model.state_dict(), root / "ckpts" / f"step_{step}.pt")
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for step in (30, 40, 50):
+        torch.save(_edited(model.state_dict(), step), root / "ckpts" / f"step_{step}.pt")
+    return root
+
+
+def _analyze(run: Path, out: Path, *options: str):
+    return fdl_in_process("analyze", run / "ckpts", "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          json.dumps({"n_in": 4, "hidden": 8, "n_out": 3}), "--probe", run / "probe.npz",
+                          "-o", out, *options)
+
+
+@pytest.fixture(scope="module")
+def store(run: Path) -> tuple[Path, object]:
+    out = run / "float32.h5"
+    return out, _analyze(run, out)
+
+
+def test_float32_overflow_is_called_divergence_not_a_dtype_to_change(run: Path, store) -> None:
+    out, done = store
+    assert done.returncode == 1, done.stderr
+    failed = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(failed) == 1 and "step_40.pt" in failed[0], done.stderr
+    lines = done.stderr.split(failed[0], 1)[1].splitlines()[1:]
+    reason = "\n".join([failed[0], *[line for line in lines[:2] if line.startswith("  ")]])
+    # The model already runs in float32, the widest dtype fdl offers: "use --dtype float32" sends the user
+    # round in a circle. The reason says the forward pass overflowed in float32 and how to skip the file.
+    assert "--dtype float32" not in reason, reason
+    assert "float32" in reason and "diverged" in reason and "--steps" in reason, reason
+    assert "the features" in reason, reason  # which values were not finite: the hooked layer's already
+    listed = fdl_in_process("report", out, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [record["step"] for record in json.loads(listed.stdout)] == [0, 10, 20, 30, 50]
+
+
+def test_float16_overflow_still_points_at_float32(run: Path, tmp_path: Path) -> None:
+    done = _analyze(run, tmp_path / "f16.h5", "--dtype", "float16", "--steps", "0,50")
+    assert done.returncode == 1, done.stderr
+    reason = done.stderr.split("step_50.pt", 1)[1].split("warning:", 1)[0]
+    assert "float16" in reason and "--dtype float32" in reason, reason
+
+
+def test_report_says_which_d_lr_values_are_the_degenerate_rule(store) -> None:
+    out, _ = store
+    done = fdl_in_process("report", out)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "degenerate rule" in line]  # the text report is on stderr
+    # Step 30's ReLUs are dead: its outputs are the head's bias, constant over the probe, and D_LR reads 1.0
+    # (the laziest value) by the rule for 0/0, which analyze warned of and classify and compare say; the
+    # report's table and its "final:" line showed 1.0000 as a measurement.
+    assert len(lines) == 1 and "step 30" in lines[0] and "1.0" in lines[0], done.stderr
+    assert "step 50" not in lines[0] and "step 20" not in lines[0]
