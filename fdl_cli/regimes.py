@@ -724,6 +724,29 @@ def one_eigenfunction_line(first: Mapping[str, Any]) -> str | None:
     )
 
 
+def final_near_chance_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]], *,
+                           said_of: int | None = None) -> str | None:
+    """classify's line on an MF or EF verdict whose final checkpoint's accuracy is near chance (`NEAR_CHANCE`, as
+    the first MF checkpoint's line reads it), or None. Features that collapsed (all ReLUs but one dead: rank 1,
+    k95_utility 1) or moved while the network drifted away from the task read a confident MF at the accuracy of a
+    guess that ignores the input. Printed only, as the first MF checkpoint's line; not for the step `said_of`,
+    which that line names already."""
+    step = verdict.evidence.get("final_step")
+    final = next((r for r in records if step is not None and r.get("step") == step), None)
+    if verdict.regime not in ("MF", "EF") or final is None or step == said_of:
+        return None
+    accuracy, classes = final.get("accuracy"), final.get("n_outputs")
+    if accuracy is None or not classes or classes < 2:
+        return None
+    level, _, level_words, _ = chance(verdict.evidence, classes)
+    if not (level < 1.0 and accuracy <= min(NEAR_CHANCE * level, (1 + level) / 2)):
+        return None
+    return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, '.3f')} ({level_words}): "
+            "the network's function there is little better than a guess that ignores the input (features that "
+            f"collapsed, a layer that died, a run that diverged?), so {verdict.regime} says how the features moved "
+            "and how few eigenfunctions carry that function, not that the task was learned")
+
+
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
 
@@ -786,6 +809,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         line = one_eigenfunction_line(first)
         if line is not None:
             lines.append(line)
+    if (line := final_near_chance_line(verdict, records, said_of=ev.get("first_mf_step") if first is not None
+                                       and accuracy is not None else None)) is not None:
+        lines.append(line)
     reference = ev.get("reference_step")
     reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
     fit = reference_fit(reference_record, ev) if reference_record is not None else None

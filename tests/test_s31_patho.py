@@ -26,13 +26,15 @@ def _edited(state: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor
     elif step == 50:  # hidden activations ~1e5: finite in float32, past float16's 65504
         state["0.weight"] *= 1e5
         state["0.bias"] *= 1e5
+    elif step == 60:  # all hidden ReLUs but one dead: features of rank 1, the function a guess of the largest class
+        state["0.bias"][1:] = -1e3
     return state
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-8-3 ReLU MLP trained 20 SGD steps (checkpoints 0, 10, 20), then three broken checkpoints made from
-    the last weights: 30 dead, 40 overflowing in float32, 50 overflowing in float16 only."""
+    the last weights: 30 dead, 40 overflowing in float32, 50 overflowing in float16 only, 60 collapsed to rank 1."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("patho")
     rng = np.random.default_rng(0)
@@ -49,7 +51,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    for step in (30, 40, 50):
+    for step in (30, 40, 50, 60):
         torch.save(_edited(model.state_dict(), step), root / "ckpts" / f"step_{step}.pt")
     return root
 
@@ -80,7 +82,7 @@ def test_float32_overflow_is_called_divergence_not_a_dtype_to_change(run: Path, 
     assert "the features" in reason, reason  # which values were not finite: the hooked layer's already
     listed = fdl_in_process("report", out, "--json")
     assert listed.returncode == 0, listed.stderr
-    assert [record["step"] for record in json.loads(listed.stdout)] == [0, 10, 20, 30, 50]
+    assert [record["step"] for record in json.loads(listed.stdout)] == [0, 10, 20, 30, 50, 60]
 
 
 def test_float16_overflow_still_points_at_float32(run: Path, tmp_path: Path) -> None:
@@ -99,4 +101,16 @@ def test_report_says_which_d_lr_values_are_the_degenerate_rule(store) -> None:
     # (the laziest value) by the rule for 0/0, which analyze warned of and classify and compare say; the
     # report's table and its "final:" line showed 1.0000 as a measurement.
     assert len(lines) == 1 and "step 30" in lines[0] and "1.0" in lines[0], done.stderr
-    assert "step 50" not in lines[0] and "step 20" not in lines[0]
+    assert "step 50" not in lines[0] and "step 20" not in lines[0] and "60" not in lines[0]
+
+
+def test_classify_says_a_confident_regime_ends_at_chance(store) -> None:
+    out, _ = store
+    done = fdl_in_process("classify", out)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    # Step 60 kept one ReLU of eight: the features moved (CKA to step 0 far below 0.99) and collapsed onto one
+    # direction, k95 of Π̂ is 1, and the rule reads MF, while the network predicts the largest class everywhere.
+    assert "regime: MF" in text, text
+    final = [line for line in text.splitlines() if line.startswith("at step 60, the final checkpoint")]
+    assert len(final) == 1 and "accuracy is 0.517" in final[0] and "chance 0.517" in final[0], text
