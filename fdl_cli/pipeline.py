@@ -2177,7 +2177,10 @@ def _analyze_refs(
             raise StoreError(f"--abandon-addition: there is no store at {out} to give an addition up in",
                              fix="run without --abandon-addition, or pass the store's path as --out")
         with _memory_explained(reference), signals.analysing(f"step {reference.step} ({reference.path}, the reference)"):
-            loaded, reference_sha = _load(reference, options)
+            try:
+                loaded, reference_sha = _load(reference, options)
+            except (CheckpointError, NumericalError) as exc:  # named as the reference, as a --reference one is
+                raise _fatal(exc, reference, is_reference=True) from None
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)

@@ -114,3 +114,35 @@ def test_classify_says_a_confident_regime_ends_at_chance(store) -> None:
     assert "regime: MF" in text, text
     final = [line for line in text.splitlines() if line.startswith("at step 60, the final checkpoint")]
     assert len(final) == 1 and "accuracy is 0.517" in final[0] and "chance 0.517" in final[0], text
+
+
+def test_a_diverged_first_checkpoint_is_named_as_the_reference(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    state = torch.load(run / "ckpts" / "step_0.pt")
+    state["0.weight"][0, 0] = float("nan")
+    torch.save(state, folder / "step_0.pt")
+    (folder / "step_10.pt").write_bytes((run / "ckpts" / "step_10.pt").read_bytes())
+    done = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          json.dumps({"n_in": 4, "hidden": 8, "n_out": 3}), "--probe", run / "probe.npz",
+                          "-o", tmp_path / "run.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    # Step 10 is fine, yet nothing was analysed: the error says why (step 0 is the reference), as it does for a
+    # reference given with --reference, where it read as any one failed checkpoint before.
+    assert "step_0.pt: tensor '0.weight' (8, 4) holds NaN or Inf" in done.stderr, done.stderr
+    assert "the reference checkpoint" in done.stderr and "cannot go on" in done.stderr, done.stderr
+
+
+def test_labels_that_are_not_0_to_c_minus_1_get_the_remapping(run: Path, tmp_path: Path) -> None:
+    data = np.load(run / "probe.npz")
+    np.savez(tmp_path / "named.npz", x=data["x"], y=np.array([3, 7, 9])[data["y"]])  # 3 classes named 3, 7, 9
+    done = fdl_in_process("analyze", run / "ckpts", "--model", "tests.tiny_models:mlp", "--model-kwargs",
+                          json.dumps({"n_in": 4, "hidden": 8, "n_out": 3}), "--probe", tmp_path / "named.npz",
+                          "-o", tmp_path / "run.h5", "--steps", "0")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "has class label 9 but the model has 3 outputs" in done.stderr, done.stderr
+    # Three distinct labels for three outputs: numbered otherwise, not too many. The fix says how to renumber them
+    # (and that the order must be the model's), where it said only to use another probe or model.
+    fix = next(line for line in done.stderr.splitlines() if line.lstrip().startswith("fix:"))
+    assert "3 distinct labels (3, 7, 9)" in fix and "np.unique(y, return_inverse=True)" in fix, fix
+    assert not (tmp_path / "run.h5").exists()
