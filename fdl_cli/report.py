@@ -1696,8 +1696,9 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
             return None, "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
         return None, "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
-    if len(signs) > 1:
-        every = "at every matched step"
+    if len(signs) > 1:  # of all the matched steps, or of those measured, where some are left out (constant outputs)
+        every = "at every matched step" if len(signs) == len(steps) else (
+            f"at the {len(signs)} of the {len(steps)} matched steps where D_LR is measured")
     else:  # the step after a comma, not in parentheses: "at the only matched step (step 350 of A (400 of B))"
         only = "the only matched step" if len(steps) == 1 else (
             "the only matched step with both D_LR" + (" measured" if constant else ""))

@@ -146,3 +146,16 @@ def test_labels_that_are_not_0_to_c_minus_1_get_the_remapping(run: Path, tmp_pat
     fix = next(line for line in done.stderr.splitlines() if line.lstrip().startswith("fix:"))
     assert "3 distinct labels (3, 7, 9)" in fix and "np.unique(y, return_inverse=True)" in fix, fix
     assert not (tmp_path / "run.h5").exists()
+
+
+def test_compare_does_not_say_every_matched_step_beside_steps_left_out(run: Path, store, tmp_path: Path) -> None:
+    out, _ = store
+    again = _analyze(run, tmp_path / "again.h5", "--steps", "0,10,20,30")
+    assert again.returncode == 0, again.stderr
+    done = fdl_in_process("compare", out, tmp_path / "again.h5")
+    assert done.returncode == 0, done.stderr
+    verdict = next(line for line in (done.stdout + done.stderr).splitlines() if "equally rich" in line)
+    # Step 30's outputs are constant in both runs (D_LR 1.0 by the degenerate rule): left out of the verdict, so
+    # the tie holds at 3 of the 4 matched steps, not "at every matched step" followed by "Left out: step 30".
+    assert "at every matched step." not in verdict, verdict
+    assert "3 of the 4 matched steps" in verdict and "Left out of this verdict: step 30" in verdict, verdict
