@@ -121,6 +121,7 @@ def run_page(
     (title, PNG) of each series by its label, drawn already (`figures.write_run_figures(..., page=...)` for --plots)."""
     from fdl_cli import __version__
     from fdl_cli.report import (
+        constant_outputs_line,
         provenance_lines,
         r2_outputs_line,
         reference_step_of,
@@ -141,7 +142,8 @@ def run_page(
             Section(
                 heading=f"probe {series.probe}, layer {series.layer}",
                 summary=[*summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
-                         *filter(None, [r2_outputs_line(series), targets_caveat(run, series)])],
+                         *filter(None, [constant_outputs_line(series), r2_outputs_line(series),
+                                        targets_caveat(run, series)])],
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),

@@ -2184,7 +2184,10 @@ def _analyze_refs(
             raise StoreError(f"--abandon-addition: there is no store at {out} to give an addition up in",
                              fix="run without --abandon-addition, or pass the store's path as --out")
         with _memory_explained(reference), signals.analysing(f"step {reference.step} ({reference.path}, the reference)"):
-            loaded, reference_sha = _load(reference, options)
+            try:
+                loaded, reference_sha = _load(reference, options)
+            except (CheckpointError, NumericalError) as exc:  # named as the reference, as a --reference one is
+                raise _fatal(exc, reference, is_reference=True) from None
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)
@@ -4996,7 +4999,7 @@ def _analyze_one(
     with passes of the probes that have a layer among them, hooking those layers only."""
     from fdl_cli.extract import extract, parameter_vector_norms
     from fdl_cli.sharding import _contribute_slice, _probe_slice, _reduce_slices, _sliced  # sharding imports this module
-    from fdl_cli.spectral import eigenfunctions, measure
+    from fdl_cli.spectral import NonFiniteError, eigenfunctions, measure
     from fdl_cli.store import CheckpointEntry, SeriesEntry
 
     options = ctx.options
@@ -5052,7 +5055,10 @@ def _analyze_one(
             result = results[spec.label]
             # At least the overlaps' top k (C) are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
             stored = stored_columns(options, result.moments.n_outputs)
-            measures = measure(result.moments, center=options.center, top_k=stored, dlr_energy=options.dlr_energy)
+            try:
+                measures = measure(result.moments, center=options.center, top_k=stored, dlr_energy=options.dlr_energy)
+            except NonFiniteError as exc:
+                raise exc.for_dtype(options.dtype) from None
             anchor = _float64_copy(result.anchor_features)  # one copy, centered later in place
             values = eigenfunctions(anchor, measures.spectrum, k=stored).astype(np.float32)
             mine = _Series(

@@ -1072,9 +1072,14 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
         # the labels' own range: "labels 0..10" was printed for labels 1..10, hiding labels numbered from 1
         lowest, highest = min(int(np.min(rows)) for rows in _target_blocks(probe.y)), probe.n_classes - 1
         fix = "use the probe that matches this model, or the right --model-kwargs for its output size"
+        distinct = np.unique(np.concatenate([np.unique(rows) for rows in _target_blocks(probe.y)]))
         if lowest >= 1 and highest == n_outputs:
             fix = (f"the labels run from 1 to {highest}, the model's classes from 0 to {n_outputs - 1}: "
                    f"if they are numbered from 1, save y - 1; else {fix}")
+        elif len(distinct) <= n_outputs:  # classes named otherwise ({3, 7, 9}), no more of them than outputs
+            named = ", ".join(map(str, distinct[:6])) + (", ..." if len(distinct) > 6 else "")
+            fix = (f"the probe holds {len(distinct)} distinct labels ({named}): if they are the model's classes "
+                   "0, 1, ... in that order, renumber them, y = np.unique(y, return_inverse=True)[1]; else " + fix)
         if n_outputs == 1:  # one output and whole numbers beyond 0/1: a regression on counts, saved as integers?
             fix += ("; if y are regression targets (whole numbers), save them as floats, y = y.astype(np.float32): "
                     "integer y are read as class labels")

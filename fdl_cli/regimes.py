@@ -724,6 +724,35 @@ def one_eigenfunction_line(first: Mapping[str, Any]) -> str | None:
     )
 
 
+def near_chance(accuracy: float, level: float) -> bool:
+    """Whether an accuracy is near the chance `level` (`chance`): within NEAR_CHANCE of it and at most half way from
+    it to 1; never for a probe of one class (level 1), which has nothing but a constant to fit."""
+    return level < 1.0 and accuracy <= min(NEAR_CHANCE * level, (1 + level) / 2)
+
+
+def final_near_chance_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]], *,
+                           said_of: int | None = None) -> str | None:
+    """classify's line on an MF or EF verdict whose final checkpoint's accuracy is near chance (`NEAR_CHANCE`, as
+    the first MF checkpoint's line reads it), or None. Features that collapsed (all ReLUs but one dead: rank 1,
+    k95_utility 1) or moved while the network drifted away from the task read a confident MF at the accuracy of a
+    guess that ignores the input. Printed only, as the first MF checkpoint's line; not for the step `said_of`,
+    which that line names already."""
+    step = verdict.evidence.get("final_step")
+    final = next((r for r in records if step is not None and r.get("step") == step), None)
+    if verdict.regime not in ("MF", "EF") or final is None or step == said_of:
+        return None
+    accuracy, classes = final.get("accuracy"), final.get("n_outputs")
+    if accuracy is None or not classes or classes < 2:
+        return None
+    level, _, level_words, _ = chance(verdict.evidence, classes)
+    if not near_chance(accuracy, level):
+        return None
+    return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, '.3f')} ({level_words}): "
+            "the network's function there is little better than a guess that ignores the input (features that "
+            f"collapsed, a layer that died, a run that diverged?), so {verdict.regime} says how the features moved "
+            "and how few eigenfunctions carry that function, not that the task was learned")
+
+
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The verdict as plain text lines for a terminal: regime, rule, trajectory, evidence, thresholds, note.
 
@@ -776,7 +805,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     first = next((r for r in records if ev.get("first_mf_step") is not None and r.get("step") == ev["first_mf_step"]), None)
     accuracy, classes = (first.get("accuracy"), first.get("n_outputs")) if first is not None else (None, None)
     level, _, level_words, _ = chance(ev, classes) if classes and classes >= 2 else (1.0, 0.0, "", "")
-    if first is not None and accuracy is not None and level < 1.0 and accuracy <= min(NEAR_CHANCE * level, (1 + level) / 2):
+    if first is not None and accuracy is not None and near_chance(accuracy, level):
         lines.append(
             f"at step {ev['first_mf_step']}, the first MF checkpoint, the accuracy is {number_text(accuracy, '.3f')} "
             f"({level_words}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
@@ -786,6 +815,9 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         line = one_eigenfunction_line(first)
         if line is not None:
             lines.append(line)
+    if (line := final_near_chance_line(verdict, records, said_of=ev.get("first_mf_step") if first is not None
+                                       and accuracy is not None else None)) is not None:
+        lines.append(line)
     reference = ev.get("reference_step")
     reference_record = next((r for r in records if reference is not None and r.get("step") == reference), None)
     fit = reference_fit(reference_record, ev) if reference_record is not None else None

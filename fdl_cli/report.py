@@ -254,6 +254,25 @@ def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
             "targets")
 
 
+#: At most this many steps are named in `constant_outputs_line`.
+CONSTANT_STEPS_SHOWN = 8
+
+
+def constant_outputs_line(series: Series) -> str | None:
+    """The report's line on the checkpoints whose outputs are constant over the probe (`output_rank` 0: a zero
+    or constant head, a dead layer before it), where D_LR is 1.0 by its degenerate rule, 0/0 and not a
+    measurement, or None. analyze warns of them, classify notes a final one, and compare leaves them out of its
+    verdict; without this line the table's 1.0000 read as the laziest features measured."""
+    steps = [record["step"] for record in series.records if record.get("output_rank") == 0]
+    if not steps:
+        return None
+    shown = ", ".join(map(str, steps[:CONSTANT_STEPS_SHOWN])) + (
+        f" and {len(steps) - CONSTANT_STEPS_SHOWN} more" if len(steps) > CONSTANT_STEPS_SHOWN else "")
+    return (f"D_LR is 1.0 at step{'s' if len(steps) > 1 else ''} {shown} by its degenerate rule, not a measurement: "
+            "the model's outputs are constant over the probe there (output_rank 0: a zero or constant head, or a "
+            "dead layer before it), so the output span is empty (docs/measures.md)")
+
+
 #: At most this many outputs are named one by one in `r2_outputs_line`; of more, the worst few and the best.
 R2_OUTPUTS_SHOWN = 8
 
@@ -1297,6 +1316,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
             console.print(line, markup=False, highlight=False)
+        if (constant := constant_outputs_line(series)) is not None:
+            console.print(constant, markup=False, highlight=False)
         if (per_output := r2_outputs_line(series)) is not None:
             console.print(per_output, markup=False, highlight=False)
         if (caveat := targets_caveat(run, series)) is not None:
@@ -1688,8 +1709,9 @@ def richer_run(steps: Sequence[ComparedStep], *, tie: float = DLR_TIE,
             return None, "D_LR is not measured at the matched steps: cannot say which run is richer." + left_out
         return None, "D_LR is not available at the matched steps: cannot say which run is richer."
     last = signs[-1][1]
-    if len(signs) > 1:
-        every = "at every matched step"
+    if len(signs) > 1:  # of all the matched steps, or of those measured, where some are left out (constant outputs)
+        every = "at every matched step" if len(signs) == len(steps) else (
+            f"at the {len(signs)} of the {len(steps)} matched steps where D_LR is measured")
     else:  # the step after a comma, not in parentheses: "at the only matched step (step 350 of A (400 of B))"
         only = "the only matched step" if len(steps) == 1 else (
             "the only matched step with both D_LR" + (" measured" if constant else ""))

@@ -304,16 +304,42 @@ class CheckpointMeasures:
 # --------------------------------------------------------------------------------------------- helpers
 
 
+#: What `NonFiniteError` says first (tests and the docs quote it).
+NON_FINITE = "the features or outputs contain non-finite values (inf or NaN)"
+
+
+class NonFiniteError(NumericalError):
+    """Features or outputs that are not finite (`which`: "features" or "outputs"). Said without the dtype the
+    model ran in, which the library does not know; `for_dtype` says it as `fdl analyze` knows it."""
+
+    def __init__(self, which: str) -> None:
+        self.which = which
+        super().__init__(NON_FINITE, got=f"{self._named()} of a probe batch hold inf or NaN (overflow in a "
+                         "low-precision dtype, or a diverged model)",
+                         fix="use --dtype float32, or check that the checkpoint is not diverged")
+
+    def _named(self) -> str:
+        return "the features (the hooked layer's output)" if self.which == "features" else "the model's outputs"
+
+    def for_dtype(self, dtype: str) -> NumericalError:
+        """The error with the dtype the model ran in. **(choice)** In float32, the widest dtype `--dtype` offers,
+        from weights the loader found finite, the forward pass itself overflowed: the checkpoint has diverged,
+        and "use --dtype float32" would send the user back to the same command."""
+        if dtype != "float32":
+            return NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
+                                  f"model's {dtype} forward pass", fix="use --dtype float32, or check that the "
+                                  "checkpoint is not diverged")
+        return NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
+                              "model's float32 forward pass, from finite weights",
+                              fix="the checkpoint has diverged (its values pass float32's largest, 3.4e38; no "
+                              "--dtype holds more): skip it (--steps/--glob)")
+
+
 def _check_finite(moments: Moments) -> None:
-    arrays = [moments.sum_f, moments.sum_o, moments.sum_oo, moments.sum_fo]
-    arrays += [a for a in (moments.sum_ff, moments.features) if a is not None]
-    for array in arrays:
-        if not np.all(np.isfinite(array)):
-            raise NumericalError(
-                "the features or outputs contain non-finite values (inf or NaN)",
-                got="a probe batch produced inf/NaN (overflow in a low-precision dtype, or a diverged model)",
-                fix="use --dtype float32, or check that the checkpoint is not diverged",
-            )
+    features = [a for a in (moments.sum_f, moments.sum_ff, moments.features) if a is not None]
+    for which, arrays in (("features", features), ("outputs", [moments.sum_o, moments.sum_oo, moments.sum_fo])):
+        if not all(np.all(np.isfinite(array)) for array in arrays):
+            raise NonFiniteError(which)
 
 
 #: Entries of an eigenvector within this share of its largest |·| tie for the sign convention: an
