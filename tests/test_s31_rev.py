@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+import pytest
 import torch
-from safetensors.torch import save_file
 
-from tests.cli_run import fdl_in_process
+from tests import test_s31_small as small
 
 torch.set_num_threads(1)
 
@@ -43,41 +42,30 @@ def build():
 """
 
 
-def _run(tmp_path: Path, change: dict[str, torch.Tensor]) -> tuple[int, str]:
-    """`fdl analyze` at head:input of two checkpoints, the second the first with the buffers `change` replaced."""
-    (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
-    namespace: dict[str, object] = {}
-    exec(MODEL, namespace)  # noqa: S102 - the test's own model text
-    torch.manual_seed(0)
-    state = namespace["build"]().state_dict()  # type: ignore[operator]
-    run = tmp_path / "run"
-    run.mkdir()
-    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "step_0.safetensors"))
-    state.update(change)
-    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "step_10.safetensors"))
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(60, 6)).astype(np.float32), y=rng.integers(0, 3, 60))
-    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                          tmp_path / "probe.npz", "--out", tmp_path / "out.h5", "--layer", "head:input",
-                          "--anchor-size", "32", "--top-k", "3")
-    return done.returncode, " ".join(done.stderr.split())
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, torch.Tensor]) -> tuple[int, str]:
+    """`fdl analyze` at head:input of two checkpoints of MODEL, the second the first with the buffers `change`
+    replaced (the run of tests/test_s31_small.py, with this model)."""
+    monkeypatch.setattr(small, "MODEL", MODEL)
+    return small._run(tmp_path, change)
 
 
 STATISTICS = {"bn.running_mean": torch.linspace(-3, 3, 8), "bn.running_var": torch.logspace(-3, 3, 8)}
 
 
-def test_statistics_read_without_their_module_running_are_named(tmp_path: Path) -> None:
+def test_statistics_read_without_their_module_running_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bn's statistics moved the features through F.batch_norm; bn itself never ran: no warning was said."""
-    status, err = _run(tmp_path, STATISTICS)
+    status, err = _run(tmp_path, monkeypatch, STATISTICS)
     assert status == 0, err
     assert "head:input: the features moved from the reference at step 10" in err, err
     assert "only BatchNorm running statistics did (bn)" in err, err
 
 
-def test_a_buffer_of_the_model_read_after_the_layer_is_not_named(tmp_path: Path) -> None:
+def test_a_buffer_of_the_model_read_after_the_layer_is_not_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The model's temperature, read after the head, moved beside bn's statistics: it was named as a buffer
     that moved before head:input, and the user told to see whether it should change."""
-    status, err = _run(tmp_path, {**STATISTICS, "temperature": torch.tensor([1.0, 2.0, 3.0])})
+    status, err = _run(tmp_path, monkeypatch, {**STATISTICS, "temperature": torch.tensor([1.0, 2.0, 3.0])})
     assert status == 0, err
     assert "only BatchNorm running statistics did (bn)" in err, err
     assert "temperature" not in err, err
