@@ -950,50 +950,66 @@ def _inputs(batch: np.ndarray, *, device: torch.device, dtype: str) -> torch.Ten
 
 
 @contextmanager
-def modules_run_before(
+def buffers_read_before(
     model: nn.Module, layers: Sequence[LayerSpec], found: dict[str, set[str]] | None
 ) -> Iterator[None]:
-    """Over the next forward pass, add to `found` (label -> module names) the modules whose forward began before
-    each layer's features were taken: before the module began, for NAME:input (its own submodules run after its
-    input is made), else before it returned (its submodules with it). These are the modules that can have made
-    the features; the others (a head after the layer) cannot, whatever order they were registered in. Nothing
-    for a layer that is no module (`LAST_LINEAR_OP`), in a model with a TorchScript submodule (which takes no
-    hook, nor do the modules inside it), or with `found` None."""
+    """Over the next forward pass, add to `found` (label -> buffer names) the model's buffers that an operation read
+    before each layer's features were taken: before its module began, for NAME:input, else before it returned.
+    Only these can have made the features: not a buffer of a head after the layer, nor one of the model itself
+    read after it (a temperature on the logits), whatever module holds it; and a buffer read by another module's
+    code (`F.batch_norm(x, self.bn.running_mean, ...)`, its own module never called) is one. The reads are seen
+    as torch's functions are called (a `TorchFunctionMode`: a `TorchDispatchMode` imports torch._dynamo, seconds),
+    by the memory they read (a slice of a causal mask reads the mask). Nothing for a layer that is no module
+    (`LAST_LINEAR_OP`), in a model with a TorchScript submodule (whose calls inside are not seen), or with `found`
+    None."""
     if found is None:
         yield
         return
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    holders: dict[int, list[str]] = {}
+    for name, buffer in model.named_buffers():
+        address = _storage_address(buffer)
+        if address:  # an empty buffer holds no memory (address 0, as every empty tensor's) and nothing to read
+            holders.setdefault(address, []).append(name)
+    read: set[str] = set()
+    taken: dict[str, set[str]] = {}
+
+    class Reads(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            for value in tree_flatten((args, kwargs))[0]:
+                if isinstance(value, torch.Tensor):
+                    read.update(holders.get(_storage_address(value), ()))
+            return func(*args, **(kwargs or {}))
+
+    def take(label: str) -> None:
+        taken.setdefault(label, set(read))
+
     modules = dict(model.named_modules())
-    started: list[str] = []
-    seen: set[str] = set()
-    taken: dict[str, int] = {}
-    inputs = {spec.module: spec.label for spec in layers if spec.use_input}
-
-    def begin(name: str) -> None:
-        if name in inputs and inputs[name] not in taken:
-            taken[inputs[name]] = len(started)
-        if name not in seen:
-            seen.add(name)
-            started.append(name)
-
-    def end(label: str) -> None:  # a hook that returned a value would replace the module's output
-        taken.setdefault(label, len(started))
-
-    handles = []
-    seen_all = True
-    for name, module in modules.items():
-        try:
-            handles.append(module.register_forward_pre_hook(lambda *_args, name=name: begin(name)))
-        except RuntimeError:  # a TorchScript submodule takes no hook: the order is not seen whole
-            seen_all = False
-    handles += [modules[spec.module].register_forward_hook(lambda *_args, label=spec.label: end(label))
-                for spec in layers if not spec.use_input and spec.module in modules and spec.module != LAST_LINEAR_OP]
+    handles = [
+        modules[spec.module].register_forward_pre_hook(lambda *_args, label=spec.label: take(label), prepend=True)
+        if spec.use_input else  # before the module's own pre-hooks (pruning's reads its mask for its weight)
+        modules[spec.module].register_forward_hook(lambda *_args, label=spec.label: take(label))
+        for spec in layers if spec.module in modules and spec.module != LAST_LINEAR_OP
+    ]  # a hook that returned a value would replace the module's input or output
     try:
-        yield
+        with Reads():
+            yield
     finally:
         for handle in handles:
             handle.remove()
-    for label, count in taken.items() if seen_all else ():
-        found.setdefault(label, set()).update(started[:count])
+    scripted = any(isinstance(module, torch.jit.ScriptModule) for module in modules.values())
+    for label, names in taken.items() if not scripted else ():
+        found.setdefault(label, set()).update(names)
+
+
+def _storage_address(tensor: torch.Tensor) -> int:
+    """Where the memory `tensor` views begins (0 for none: an empty or nested tensor, a subclass without storage)."""
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return 0
 
 
 def forward_one_shapes(
@@ -1006,8 +1022,8 @@ def forward_one_shapes(
 
     A module that runs more than once per forward pass (a shared activation, a block applied twice)
     is refused: its hook would see only the last call, silently.
-    ran_before: filled, label -> the names of the modules whose forward began before the layer's features were
-    taken (`modules_run_before`), added to what it holds.
+    ran_before: filled, label -> the names of the buffers read before the layer's features were taken
+    (`buffers_read_before`), added to what it holds.
     """
     calls: dict[str, int] = {}
     modules = dict(model.named_modules())
@@ -1025,7 +1041,7 @@ def forward_one_shapes(
                  for name in sorted(parents) if name in modules]
     try:
         with torch.inference_mode(), hooked(model, layers) as captured, linear_calls(model) as linears, \
-                modules_run_before(model, layers, ran_before):
+                buffers_read_before(model, layers, ran_before):
             with signals.model_code(FORWARD):
                 returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)

@@ -533,8 +533,8 @@ class _Context:
     #: "probe/layer" -> the steps this batch analysed whose features are constant over the anchor points
     #: (CKA 0/0, null: `_warn_constant_anchors`)
     constant_anchors: dict[str, list[int]] = field(default_factory=dict)
-    #: the reference's buffers (`_buffers_of`); label -> the modules run before the layer's features are taken
-    #: (`extract.modules_run_before`); per series the steps whose features moved though no parameter did before
+    #: the reference's buffers (`_buffers_of`); label -> the buffers read before the layer's features are taken
+    #: (`extract.buffers_read_before`); per series the steps whose features moved though no parameter did before
     #: the layer, with the modules whose BatchNorm running statistics moved before it, and the other buffers that
     #: did (`_moved_buffers`, `_warn_statistics_moved`)
     reference_buffers: dict[str, Any] = field(default_factory=dict)
@@ -4081,15 +4081,16 @@ def _moved_parameters(parameters: Mapping[str, Any], reference: Mapping[str, Any
 
 def _moved_buffers(ctx: _Context, model: Any, spec: Any, moved_parameters: list[str]) -> tuple[list[str], list[str]]:
     """When no parameter that feeds the layer `spec` differs from the reference's (none at all for a module's
-    output; none outside the module for its input, a head trained alone): the modules run before the layer whose
-    BatchNorm running statistics differ from the reference's, and the other buffers of those modules that do (a
-    pruning mask, a registered constant); else ([], []). Only these can have moved the features, as a frozen
-    backbone trained in train mode moves them. A buffer belongs to the module that holds it; the modules run
-    before the layer are those `extract.modules_run_before` saw (a head after it, or a BatchNorm inside the module
-    whose input is taken, is left out). **(choice)** Parameters keep the rule above, by name, not by the order
-    run: a module's parameter may be read before its module runs (tied weights), so a head trained beside a
-    module's output hides the case. **(choice)** Where the order was not seen (a layer that is no module) every
-    module but the one whose input is taken counts as run before."""
+    output; none outside the module for its input, a head trained alone): the modules whose BatchNorm running
+    statistics differ from the reference's, and the other buffers that do (a pruning mask, a registered constant),
+    of those read before the layer's features were taken; else ([], []). Only these can have moved the features,
+    as a frozen backbone trained in train mode moves them. The buffers read are those `extract.buffers_read_before`
+    saw (not a head's after the layer, nor a BatchNorm's inside the module whose input is taken, nor the model's
+    own temperature on its logits; a module's statistics read by another's code, its own never run, are).
+    **(choice)** Parameters keep the rule above, by name, not by the reads: a module's parameter may be read before
+    its module runs (tied weights), so a head trained beside a module's output hides the case. **(choice)** Where
+    the reads were not seen (a layer that is no module) every buffer but those of the module whose input is taken
+    counts as read before."""
     own = spec.module + "." if spec.use_input else None
     if any(own is None or not name.startswith(own) for name in moved_parameters):
         return [], []
@@ -4099,7 +4100,7 @@ def _moved_buffers(ctx: _Context, model: Any, spec: Any, moved_parameters: list[
     others: list[str] = []
     for name, value in ctx.reference_buffers.items():
         holder, _, kind = name.rpartition(".")
-        ran = (holder in before) if before is not None else own is None or not name.startswith(own)
+        ran = (name in before) if before is not None else own is None or not name.startswith(own)
         now = buffers.get(name)
         if not ran or now is None or _same_tensor(now, value):
             continue
