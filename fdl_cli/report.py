@@ -9,10 +9,8 @@ records and the alignment of two runs by step; the cross-run eigenspace overlap 
 from __future__ import annotations
 
 import bisect
-import csv
 import dataclasses
 import errno
-import io
 import itertools
 import json
 import math
@@ -901,6 +899,29 @@ def _cell_value(value: Any) -> Any:
     return json.dumps(value, allow_nan=False) if isinstance(value, list) else value
 
 
+#: A CSV cell that must be quoted: a comma, a quote, or either line break. Python's csv module (3.11's) left a
+#: carriage return alone unquoted (a layer or a path `fc\r1`), and read the row back as ending there.
+_CSV_QUOTED = re.compile(r'[,"\r\n]')
+
+
+def csv_cell(value: Any) -> str:
+    """One value as every CSV of fdl writes it (docs/usage.md, "CSV"): null, NaN and infinity an empty cell (JSON
+    has null for them), a boolean `True`/`False`, a float its repr (it reads back equal), a list its JSON text,
+    and a text with a comma, a quote or a line break quoted, its quotes doubled."""
+    value = _clean(value)
+    if value is None:
+        return ""
+    if isinstance(value, (float, int)):  # a bool too: True / False
+        return repr(value) if isinstance(value, float) else str(value)
+    text = str(_cell_value(value))
+    return '"' + text.replace('"', '""') + '"' if _CSV_QUOTED.search(text) else text
+
+
+def csv_line(values: Iterable[Any]) -> str:
+    """One row of `csv_cell`s, ended by a line feed."""
+    return ",".join(map(csv_cell, values)) + "\n"
+
+
 def records_to_json(records: Sequence[Record]) -> str:
     """A JSON array of records with the stable field names (null where a field does not apply)."""
     fields = _output_fields(records)
@@ -911,20 +932,17 @@ def records_to_json(records: Sequence[Record]) -> str:
 def records_to_csv(records: Sequence[Record]) -> str:
     """CSV with a header of the stable field names; null is the empty cell; floats round-trip (repr)."""
     fields = _output_fields(records)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(fields)
-    for record in records:
-        writer.writerow(["" if (value := _clean(record.get(name))) is None else _cell_value(value) for name in fields])
-    return buffer.getvalue()
+    return "".join([csv_line(fields), *(csv_line(record.get(name) for name in fields) for record in records)])
 
 
 def _markdown_value(name: str, value: Any) -> str:
-    value = _cell_value(_clean(value))
+    value = _clean(value)
     if value is None:
         return ""
     if isinstance(value, float):
         return number_text(value, ".6g")
+    if isinstance(value, list):  # `r2_outputs`: JSON text, its floats rounded as the table's others are
+        return "[" + ", ".join("null" if item is None else _markdown_value(name, item) for item in value) + "]"
     # a line break would end the table's row (a path may hold one): GFM cells take <br>
     return re.sub(r"\r\n|\r|\n", "<br>", str(value).replace("|", "\\|"))
 
@@ -2467,12 +2485,7 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
 def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
     """Flat rows as csv (null: the empty cell) or a markdown table, with `names` as the header."""
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow(["" if row[name] is None else _cell_value(row[name]) for name in names])
-        return buffer.getvalue()
+        return "".join([csv_line(names), *(csv_line(row[name] for name in names) for row in rows)])
     lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_markdown_value(name, row[name]) for name in names) + " |")
@@ -2837,13 +2850,7 @@ def _save_npz(out: Path, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
 def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(dict(columns), indent=2, default=_json_default, allow_nan=False) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    names = list(columns)
-    writer.writerow(names)
-    for row in zip(*(columns[name] for name in names), strict=True):
-        writer.writerow(["" if value is None else _cell_value(value) for value in row])
-    return buffer.getvalue()
+    return "".join([csv_line(columns), *map(csv_line, zip(*columns.values(), strict=True))])
 
 
 def _write_arrays_text(
@@ -2851,7 +2858,7 @@ def _write_arrays_text(
     tag: tuple[str, str] | None = None,
 ) -> None:
     """The per-checkpoint arrays as CSV or JSON, written to `stream` one checkpoint at a time (the
-    text is what `csv.writer` and `json.dumps(rows, indent=2)` of all the rows would give); `tag`: the
+    text is what `csv_line` and `json.dumps(rows, indent=2)` of all the rows would give); `tag`: the
     (probe, layer) each row ends with (SERIES_FIELDS), for a store of several series."""
     if fmt == "json":
         first = True
@@ -2864,16 +2871,12 @@ def _write_arrays_text(
             first = False
         stream.write("[]\n" if first else "\n]\n")
         return
-    # Every value is a number: no field needs csv's quoting, so lines are joined directly (the csv
-    # module costs ~1 µs a row, minutes for the eigenfunctions of a large run). A checkpoint that stores
-    # no such array (quality without targets) is one row of empty cells, as JSON's null: without it the
-    # CSV said nothing of that checkpoint, and read as though it were not in the store.
-    # The series' names (a layer's may hold a comma) are quoted by the csv module, once.
-    end = "\n"
-    if tag is not None:
-        cells = io.StringIO()
-        csv.writer(cells, lineterminator="\n").writerow(tag)
-        end = "," + cells.getvalue()
+    # Every value is a number: no field needs quoting, so lines are joined directly (`csv_line` costs ~1 µs a
+    # cell, minutes for the eigenfunctions of a large run). A checkpoint that stores no such array (quality
+    # without targets) is one row of empty cells, as JSON's null: without it the CSV said nothing of that
+    # checkpoint, and read as though it were not in the store.
+    # The series' names (a layer's may hold a comma) are quoted by `csv_line`, once.
+    end = "\n" if tag is None else "," + csv_line(tag)
     header = "" if tag is None else "," + ",".join(SERIES_FIELDS)
     if what == "eigenfunctions":
         stream.write(f"step,point,k,value{header}\n")
