@@ -65,7 +65,8 @@ def _records(store: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A sin(3x) run of 3 checkpoints (Adam) and its stores: `plain` (x, y of shape (n,)), `column` (both (n, 1)),
-    `big` / `tiny` (y × 1e6 / × 1e-6, float64), and under --center `centered` and `shifted` (y + 1e3)."""
+    `big` / `tiny` (y × 1e6 / × 1e-6, float64), `offset` (y + 1e3), and under --center `centered` and `shifted`
+    (y + 1e3)."""
     root = tmp_path_factory.mktemp("s31regress")
     module = model_file(root, MODEL)
     rng = np.random.default_rng(0)
@@ -82,7 +83,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         torch.nn.functional.mse_loss(net(xt), yt).backward()
         opt.step()
     probes = {"plain": (x, y), "column": (x[:, None], y[:, None]), "big": (x, y * 1e6), "tiny": (x, y * 1e-6),
-              "centered": (x, y), "shifted": (x, y + 1e3)}
+              "centered": (x, y), "shifted": (x, y + 1e3), "offset": (x, y + 1e3)}
     stores = {}
     for name, (px, py) in probes.items():
         np.savez(root / f"{name}.npz", x=px, y=py)
@@ -150,6 +151,14 @@ def test_scaling_the_targets_changes_only_loss_and_r2(lab: dict[str, Any], varia
 def test_shifting_the_targets_under_center_changes_only_loss_and_r2(lab: dict[str, Any]) -> None:
     """y + 1e3 under --center: the centered Q* and every field but loss and r2 are those of y."""
     assert _differing(_records(lab["stores"]["centered"]), _records(lab["stores"]["shifted"]), rel=1e-9) == SCALED
+
+
+def test_without_center_the_targets_mean_is_measured(lab: dict[str, Any]) -> None:
+    """Uncentered (the default) Q* measures y with its mean, as docs/usage.md says: for sin(3x) + 1e3 the mean is
+    nearly all of the energy, and Π*(C) differs from sin(3x)'s on the same features (0.66 against 0.33 here)."""
+    plain, offset = _records(lab["stores"]["plain"]), _records(lab["stores"]["offset"])
+    assert _differing(plain, offset, rel=1e-9) >= SCALED | {"pi_star_C", "eff_dim_quality"}
+    assert abs(offset[-1]["pi_star_C"] - plain[-1]["pi_star_C"]) > 0.1
 
 
 def test_a_feature_axis_of_one_changes_nothing(lab: dict[str, Any]) -> None:
