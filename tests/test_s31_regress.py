@@ -8,7 +8,8 @@ targets + 1e3 under --center change none either; y of shape (n, 1) and x of shap
 
 Fixed here (each test failed before): under --center the e_k(x) figure drew the target uncentered, a flat line at
 1 for sin(3x) + 1e3, where Π* measures the centered target against centered eigenfunctions; and the error for
-targets too large for float64 said their scale changes no measure but loss, when r2 changes too.
+targets too large for float64 said their scale changes no measure but loss, when r2 changes too; and `fdl compare`
+gave a rounding difference of Π*(C) between y and y × 1e6 as "largest B − A −0.0000".
 """
 
 from __future__ import annotations
@@ -219,3 +220,17 @@ def test_targets_too_large_for_float64_say_that_r2_depends_on_their_scale_too(tm
     assert "no measure but loss" not in done.stderr
     assert "loss and r2" in done.stderr
     assert not (tmp_path / "huge.h5").exists()
+
+
+def test_compare_shows_a_rounding_difference_in_its_digits_not_as_zero(lab: dict[str, Any]) -> None:
+    """`fdl compare` of the run against y and y × 1e6: Π*(C) differs by float64 rounding (~1e-16), which the
+    line gave as "pi_star_C: differs at 3 steps, largest B − A −0.0000", a difference that reads as none;
+    eff_dim_quality's beside it read "−1.456e-12". It is given in two significant digits now."""
+    done = fdl("compare", lab["stores"]["plain"], lab["stores"]["big"])
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    lines = {line.split(":")[0]: line for line in said.splitlines() if ": differs at" in line}
+    assert "pi_star_C" in lines, said
+    for line in lines.values():
+        shown = line.rsplit("largest B − A ", 1)[1]
+        assert float(shown.replace("−", "-")) != 0.0, line
