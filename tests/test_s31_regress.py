@@ -50,60 +50,64 @@ def build():
     return Net()
 """
 
-STEPS = (0, 60, 200)
+STEPS = (0, 100, 1500)
+LR = 0.3
 N = 96
 #: the fields measured against the targets whose value depends on their scale and offset (the raw outputs are
 #: compared with them as they are)
 SCALED = {"loss", "r2"}
 
 
-def _records(store: Path) -> list[dict[str, Any]]:
-    done = fdl("report", store, "--json")
+def _records(lab: dict[str, Any], probe: str) -> list[dict[str, Any]]:
+    done = fdl("report", lab["stores"][probe], "--probe", probe, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A sin(3x) run of 3 checkpoints (Adam) and its stores: `plain` (x, y of shape (n,)), `column` (both (n, 1)),
-    `big` / `tiny` (y × 1e6 / × 1e-6, float64), `offset` (y + 1e3), and under --center `centered` and `shifted`
-    (y + 1e3)."""
+    """A sin(3x) run of 3 checkpoints (plain GD) and its probes: `plain` (x, y of shape (n,)), `column` (both (n, 1)),
+    `big` / `tiny` (y × 1e6 / × 1e-6, float64), `offset` (y + 1e3), analysed in one pass into raw.h5, and under
+    --center `centered` and `shifted` (y + 1e3) into centered.h5 (`stores`: each probe's store)."""
     root = tmp_path_factory.mktemp("s31regress")
     module = model_file(root, MODEL)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, N).astype(np.float32)  # not sorted: the figure must sort it
     y = np.sin(3.0 * x).astype(np.float64)
     net = module.build()
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()
     (root / "run").mkdir()
-    for step in range(max(STEPS) + 1):
+    for step in range(max(STEPS) + 1):  # full-batch gradient descent by hand: torch.optim imports torch._dynamo (3 s)
         if step in STEPS:
             torch.save(net.state_dict(), root / "run" / f"step_{step}.pt")
-        opt.zero_grad()
+        net.zero_grad()
         torch.nn.functional.mse_loss(net(xt), yt).backward()
-        opt.step()
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter -= LR * parameter.grad
     probes = {"plain": (x, y), "column": (x[:, None], y[:, None]), "big": (x, y * 1e6), "tiny": (x, y * 1e-6),
               "centered": (x, y), "shifted": (x, y + 1e3), "offset": (x, y + 1e3)}
-    stores = {}
     for name, (px, py) in probes.items():
         np.savez(root / f"{name}.npz", x=px, y=py)
-        stores[name] = root / f"{name}.h5"
-        center = ("--center",) if name in ("centered", "shifted") else ()
-        done = fdl("analyze", root / "run", "--model", f"{root / 'model.py'}:build", "--probe", root / f"{name}.npz",
-                   "-o", stores[name], *center)
+    stores = {}
+    for store, names, center in (("raw", ("plain", "column", "big", "tiny", "offset"), ()),
+                                 ("centered", ("centered", "shifted"), ("--center",))):
+        given = [arg for name in names for arg in ("--probe", f"{name}={root / name}.npz")]
+        done = fdl("analyze", root / "run", "--model", f"{root / 'model.py'}:build", *given, "-o",
+                   root / f"{store}.h5", *center)
         assert done.returncode == 0, done.stderr
+        stores.update((name, root / f"{store}.h5") for name in names)
     return {"root": root, "module": module, "x": x, "y": y, "stores": stores}
 
 
 def test_one_d_regression_measures_are_float64_brute_force(lab: dict[str, Any]) -> None:
     """Inputs (n,) and targets (n,): eigenvalues, Q*_k, Π*(C), k95 of Π*, Π̂(C) and r2 of every checkpoint are
     those of an explicit float64 eigendecomposition of the checkpoint's features (tests/reference.py)."""
-    records = _records(lab["stores"]["plain"])
+    records = _records(lab, "plain")
     quality = {row["step"]: row["quality"] for row in json.loads(
-        fdl("export", lab["stores"]["plain"], "--what", "quality", "--json").stdout)}
+        fdl("export", lab["stores"]["plain"], "--probe", "plain", "--what", "quality", "--json").stdout)}
     values = {row["step"]: row["eigenvalues"] for row in json.loads(
-        fdl("export", lab["stores"]["plain"], "--what", "eigenvalues", "--json").stdout)}
+        fdl("export", lab["stores"]["plain"], "--probe", "plain", "--what", "eigenvalues", "--json").stdout)}
     assert [r["step"] for r in records] == list(STEPS)
     for record in records:
         net = lab["module"].build()
@@ -132,7 +136,7 @@ def _differing(a: list[dict[str, Any]], b: list[dict[str, Any]], rel: float) -> 
             if isinstance(va, float) and isinstance(vb, float):
                 if vb != pytest.approx(va, rel=rel, abs=1e-12):
                     out.add(name)
-            elif va != vb and name not in ("path", "sha256"):
+            elif va != vb and name not in ("path", "sha256", "probe"):
                 out.add(name)
     return out
 
@@ -142,36 +146,38 @@ def test_scaling_the_targets_changes_only_loss_and_r2(lab: dict[str, Any], varia
     """y × 1e6 or × 1e-6 (float64): Π*, Q*, k_τ of Π*, the regime and every other field are those of y; only loss
     and r2, which compare the raw outputs with the targets as they are, move. `fdl classify`'s verdict is the
     same."""
-    plain, scaled = _records(lab["stores"]["plain"]), _records(lab["stores"][variant])
+    plain, scaled = _records(lab, "plain"), _records(lab, variant)
     assert _differing(plain, scaled, rel=1e-9) == SCALED
-    verdicts = [json.loads(fdl("classify", lab["stores"][name], "--json").stdout) for name in ("plain", variant)]
+    verdicts = [json.loads(fdl("classify", lab["stores"][name], "--probe", name, "--json").stdout)
+                for name in ("plain", variant)]
     assert verdicts[0]["regime"] == verdicts[1]["regime"]
     assert verdicts[0]["trajectory"] == verdicts[1]["trajectory"]
 
 
 def test_shifting_the_targets_under_center_changes_only_loss_and_r2(lab: dict[str, Any]) -> None:
     """y + 1e3 under --center: the centered Q* and every field but loss and r2 are those of y."""
-    assert _differing(_records(lab["stores"]["centered"]), _records(lab["stores"]["shifted"]), rel=1e-9) == SCALED
+    assert _differing(_records(lab, "centered"), _records(lab, "shifted"), rel=1e-9) == SCALED
 
 
 def test_without_center_the_targets_mean_is_measured(lab: dict[str, Any]) -> None:
     """Uncentered (the default) Q* measures y with its mean, as docs/usage.md says: for sin(3x) + 1e3 the mean is
-    nearly all of the energy, and Π*(C) differs from sin(3x)'s on the same features (0.66 against 0.33 here)."""
-    plain, offset = _records(lab["stores"]["plain"]), _records(lab["stores"]["offset"])
+    nearly all of the energy, and Π*(C) differs from sin(3x)'s on the same features (0.035 against 0.74 here)."""
+    plain, offset = _records(lab, "plain"), _records(lab, "offset")
     assert _differing(plain, offset, rel=1e-9) >= SCALED | {"pi_star_C", "eff_dim_quality"}
     assert abs(offset[-1]["pi_star_C"] - plain[-1]["pi_star_C"]) > 0.1
 
 
 def test_a_feature_axis_of_one_changes_nothing(lab: dict[str, Any]) -> None:
     """x and y of shape (n, 1) give the records of x and y of shape (n,)."""
-    assert _differing(_records(lab["stores"]["plain"]), _records(lab["stores"]["column"]), rel=0) == set()
+    assert _differing(_records(lab, "plain"), _records(lab, "column"), rel=0) == set()
 
 
-def _figure(store: Path) -> Any:
+def _figure(lab: dict[str, Any], probe: str) -> Any:
     from fdl_cli import report as rep
-    from fdl_cli.figures import run_figures
+    from fdl_cli.figures import series_figures
 
-    return {stem: figure for stem, _, figure in run_figures(rep.load_run(store))}["eigenfunctions"]
+    run = rep.load_run(lab["stores"][probe], probe=probe)
+    return {stem: figure for stem, _, figure in series_figures(run, run.series[0])}["eigenfunctions"]
 
 
 def _target_line(figure: Any, panel: int = 0) -> Any:
@@ -182,7 +188,7 @@ def _target_line(figure: Any, panel: int = 0) -> Any:
 
 def test_the_eigenfunction_figure_draws_the_target_sorted_by_x(lab: dict[str, Any]) -> None:
     """The e_k(x) figure of the unsorted 1-D probe: each curve drawn in increasing x, the target as y / its RMS."""
-    figure = _figure(lab["stores"]["plain"])
+    figure = _figure(lab, "plain")
     assert [ax.get_title() for ax in figure.axes] == [f"step {s}" for s in STEPS]
     line = _target_line(figure)
     xs, ys = line.get_xdata(), line.get_ydata()
@@ -202,7 +208,7 @@ def test_the_eigenfunction_figure_under_center_draws_the_centered_target(lab: di
     order = np.argsort(lab["x"])
     centered = lab["y"][order] - lab["y"].mean()
     for name in ("centered", "shifted"):
-        line = _target_line(_figure(lab["stores"][name]))
+        line = _target_line(_figure(lab, name))
         assert line.get_label() == "target − its mean (unit RMS)"
         np.testing.assert_allclose(line.get_ydata(), centered / np.sqrt(np.mean(centered**2)), rtol=1e-9, atol=1e-12)
 
@@ -226,7 +232,7 @@ def test_compare_shows_a_rounding_difference_in_its_digits_not_as_zero(lab: dict
     """`fdl compare` of the run against y and y × 1e6: Π*(C) differs by float64 rounding (~1e-16), which the
     line gave as "pi_star_C: differs at 3 steps, largest B − A −0.0000", a difference that reads as none;
     eff_dim_quality's beside it read "−1.456e-12". It is given in two significant digits now."""
-    done = fdl("compare", lab["stores"]["plain"], lab["stores"]["big"])
+    done = fdl("compare", lab["stores"]["plain"], lab["stores"]["big"], "--probe", "plain", "--probe-b", "big")
     assert done.returncode == 0, done.stderr
     said = done.stdout + done.stderr
     lines = {line.split(":")[0]: line for line in said.splitlines() if ": differs at" in line}
