@@ -501,13 +501,18 @@ EIGENFUNCTIONS_TITLE = r"top eigenfunctions $e_k(x)$ on the 1-D probe"
 
 def eigenfunction_figure(
     x: np.ndarray, entries: Sequence[tuple[int, np.ndarray]], *, y: np.ndarray | None = None,
-    count: int = N_EIGENFUNCTIONS,
+    count: int = N_EIGENFUNCTIONS, centered: bool = False,
 ) -> Figure:
     """The top eigenfunctions e_k(x) against x (1-D regression probe) at a few steps, one panel per step.
 
-    `x` (m,) anchor inputs; `entries` (step, values (m, K)); `y` (m,) targets, drawn scaled to unit RMS.
+    `x` (m,) anchor inputs; `entries` (step, values (m, K)); `y` (m,) targets, drawn scaled to unit RMS, less
+    their mean with `centered` (a `--center` store: its eigenfunctions have mean 0 and Q* reads y − ȳ, so the
+    uncentered target, sin(3x) + 1e3 say, would be a flat line at 1 beside them).
     """
     order = np.argsort(x)
+    label = "target − its mean (unit RMS)" if centered else "target (unit RMS)"
+    if y is not None and centered:
+        y = y - y.mean()  # the anchor points' mean: the probe's where m = n (its first 4 096 points by default)
     # one panel (a run of one checkpoint) is widened for the legend beside it, which left it 2 inches wide
     figure = _new_figure(max(4.2 * len(entries), 5.6), 3.6)
     axes = np.atleast_1d(figure.subplots(1, len(entries), sharey=True))
@@ -515,7 +520,7 @@ def eigenfunction_figure(
         values = np.asarray(values, dtype=np.float64)
         if y is not None:
             scale = float(np.sqrt(np.mean(y**2))) or 1.0
-            ax.plot(x[order], y[order] / scale, color="0.7", linestyle="--", label="target (unit RMS)")
+            ax.plot(x[order], y[order] / scale, color="0.7", linestyle="--", label=label)
         for k in range(min(count, values.shape[1])):
             ax.plot(x[order], values[order, k], label=f"$e_{{{k + 1}}}$")
         ax.set_title(f"step {step}")
@@ -635,8 +640,10 @@ def series_figures(run: Run, series: Series) -> list[tuple[str, str, Figure]]:
             if values.ndim == 2 and values.shape[0] == x.shape[0] and values.shape[1]:
                 entries.append((step, values))
         if entries:
+            options = run.provenance.get("options")
+            centered = bool(options.get("center")) if isinstance(options, Mapping) else False
             figures.append(("eigenfunctions", "top eigenfunctions e_k(x) on the 1-D probe",
-                            eigenfunction_figure(x, entries, y=y)))
+                            eigenfunction_figure(x, entries, y=y, centered=centered)))
     return figures
 
 

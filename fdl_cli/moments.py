@@ -60,7 +60,8 @@ RANGE_MIN = 2.0**-200
 _RANGE_WHAT = {
     "features": ("the features", "hook a layer of ordinary scale (--layer), or rescale the layer's float64 output"),
     "outputs": ("the model's outputs", "rescale the model's float64 outputs"),
-    "targets": ("the probe's regression targets", "rescale the targets (their scale changes no measure but loss)"),
+    "targets": ("the probe's regression targets",
+                "rescale the targets (their scale changes no measure but loss and r2, which compare the outputs with them)"),
 }
 
 #: The kinds of values whose largest |·| `Moments.peaks` holds, in its order.

@@ -711,7 +711,8 @@ def _check_target_range(path: Path, key: str, peak: float) -> None:
             f"the probe {path}: the regression targets '{key}' are too {'large' if peak > RANGE_MAX else 'small'} "
             f"for fdl's float64 statistics (largest magnitude {peak:.3g}, outside [{RANGE_MIN:.3g}, {RANGE_MAX:.3g}]: "
             "sums of their squares, and products of those, would overflow or flush to 0)",
-            fix="rescale the targets before saving the probe (no measure but loss depends on their scale)",
+            fix="rescale the targets before saving the probe (of the measures only loss and r2, which compare the raw "
+                "outputs with them, depend on their scale)",
         )
 
 

@@ -2528,6 +2528,10 @@ def _signed(name: str, value: Any) -> str:
     if value == 0:
         return "0"
     text = format_value(name, abs(value))
+    if isinstance(value, float) and float(text) == 0.0:
+        # a difference that the field's 4 decimals round to zero (rounding's, 1e-16 of Π*(C)) read "−0.0000":
+        # none, beside the same line's "differs"; its own digits say how small it is
+        text = format(abs(value), ".2g")
     return ("+" if value > 0 else "−") + text
 
 
