@@ -12,7 +12,8 @@ import pytest
 from fdl_cli.html import run_page
 from fdl_cli.report import load_run
 from tests.cli_run import fdl_in_process
-from tests.test_prev_walkback import _good, _make_run, _spoil
+from tests.test_prev_walkback import _analyze as _analyze_here
+from tests.test_prev_walkback import _arrive, _good, _make_run, _polls, _spoil
 
 TRAINED = (0, 10, 20)
 DIVERGED = (30, 40)
@@ -168,3 +169,20 @@ def test_a_sweep_names_the_run_whose_checkpoints_were_refused(store: Path, tmp_p
     assert len(notes) == 1 and notes[0].startswith("note: ") and "run.h5: refused: steps 30, 40" in notes[0], done.stderr
     rows = json.loads(fdl_in_process("classify", store, old, "--json").stdout)
     assert [[item["step"] for item in row.get("refused_steps", [])] for row in rows] == [[30, 40], []]
+
+
+def test_watch_records_a_refused_checkpoint_while_it_runs(run: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --watch run ends by a Ctrl-C, after which the writer commits no refusal alone: it is committed at the
+    run's next wait, so `fdl report` run meanwhile, and after the Ctrl-C, names it."""
+    folder = _copy(run, tmp_path / "run")
+    (folder / "step_30.safetensors").rename(tmp_path / "step_30.safetensors")
+    (folder / "step_40.safetensors").unlink()
+    out = tmp_path / "run.h5"
+    seen: list[list[dict]] = []
+    with _polls(monkeypatch, lambda: _arrive(tmp_path, folder, "step_30.safetensors"),
+                lambda: seen.append(_refused_attribute(out))):
+        summary, _ = _analyze_here(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted
+    assert [[item["step"] for item in items] for items in seen] == [[30]]
+    assert [item["step"] for item in _refused_attribute(out)] == [30]
