@@ -2902,10 +2902,12 @@ def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     for name, tensor in tensors.items():
         if tensor.is_floating_point() or tensor.is_complex():
             if not _all_finite(tensor):
-                raise CheckpointError(
+                error = CheckpointError(
                     f"{path}: tensor {name!r} {tuple(tensor.shape)} holds NaN or Inf",
                     fix="the checkpoint is diverged or corrupt; skip it (--steps/--glob)",
                 )
+                error.refused_as = "weights"
+                raise error
 
 
 def _load_safetensors(path: Path, map_location: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

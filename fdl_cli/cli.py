@@ -895,6 +895,9 @@ def report(**kwargs: Any) -> None:
         console.print(f"warning: {warning}", markup=False, style="yellow")
     if fmt != "table":
         sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
+        # the records are the stored checkpoints', as before; what they leave out is said beside them
+        if (refused := rep.refused_line(run, "this report")) is not None:
+            console.print(f"note: {refused}", markup=False, highlight=False)
     else:
         rep.print_run(console, run, wide=kwargs["wide"])
     # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
@@ -1147,6 +1150,7 @@ class _Classified:
     warnings: list[str]
     others: int = 0  # the store's series besides the one classified
     probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
+    refused: str | None = None  # the line naming the checkpoints `fdl analyze` refused (`report.refused_line`)
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1182,8 +1186,12 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     first_probe = "the first probe given to analyze" if given else "the first probe by name"
     how = f" ({first_probe}, the first layer analysed; {others} other series: choose with --probe/--layer)"
     header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
+    refused = rep.refused_line(run, "the verdict")
+    if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
+        verdict = dataclasses.replace(verdict, refused=[
+            {"step": item["step"], "path": item.get("path"), "reason": item.get("reason")} for item in run.refused])
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others, rep.probe_sha(run, chosen))
+                       others, rep.probe_sha(run, chosen), refused)
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1202,6 +1210,8 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
         lines = regimes.describe(verdict, one.records)
         if one.caveat is not None:  # above the evidence, whose final_r2 it is about
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), one.caveat)
+        if one.refused is not None:  # after the trajectory, whose steps it qualifies
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1, one.refused)
         for line in lines:
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
@@ -1270,6 +1280,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         done.append(one)
         for warning in one.warnings:
             console.print(f"warning: {_row_name(store)}: {warning}", markup=False, style="yellow")
+        if one.refused is not None:  # its row's verdict leaves those steps out (JSON: the row's refused_steps)
+            console.print(f"note: {_row_name(store)}: {one.refused}", markup=False, highlight=False)
     fields = [name for name in SWEEP_FIELDS
               if name not in ("final_accuracy", "final_r2")
               or any(one.verdict.evidence.get(name) is not None for one in done)]

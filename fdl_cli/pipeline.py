@@ -96,6 +96,9 @@ class AnalyzeSummary:
     analysed: list[int] = field(default_factory=list)
     already: list[int] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: of those, the checkpoints refused for their values (`FdlError.refused_as`): (step, path, kind, the reason
+    #: in one line), for the store's `refused` list (`_refused`)
+    refused: list[tuple[int, str, str, str]] = field(default_factory=list)
     interrupted: bool = False
     #: stored checkpoints whose cka_prev / overlap_prev were recomputed (a new predecessor appeared)
     refreshed: list[int] = field(default_factory=list)
@@ -3973,6 +3976,8 @@ def _run_refs(
                 if ref.step in lacking:  # a stored checkpoint: the "previous" of its stored series all the same
                     exc = _adding_failed(exc, ref, lacking[ref.step])
                 _failed(ctx, summary, ref, exc, lacking.get(ref.step))
+                if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo:
+                    _refused(summary, writer, ref, exc)
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
                 if options.strict or ref.step == reference.step:
@@ -4244,6 +4249,25 @@ def _failed(
     ctx.failed_steps[str(ref.path)] = ref.step
     ctx.failed_signatures[str(ref.path)] = getattr(exc, "file_signature", "") or _signature_of(ref.path)
     _remember_failed_files(ctx, [ref.path])
+
+
+def _refused(summary: AnalyzeSummary, writer: Any, ref: CheckpointRef, exc: FdlError) -> None:
+    """A checkpoint the store does not hold, refused for its values (NaN or Inf weights, a forward pass that
+    overflowed: `FdlError.refused_as`): recorded in the summary and, by one process, in the store's `refused`
+    list (`StoreWriter.refuse`), so the reading commands say which steps their verdict leaves out. Under torchrun
+    the rank that owns it sends it to rank 0 with its failures (`sharding`), which records it. Not a stored
+    checkpoint's (--redo, a series added to it: the store keeps it), nor the reference's (the run stops)."""
+    from fdl_cli.store import StoreWriter
+
+    if not exc.refused_as:
+        return
+    path = str(ref.path)
+    what = exc.what.removeprefix(f"{path}: ")
+    reason = " ".join((f"{what} ({exc.got})" if exc.got else what).split())  # one line
+    item = (ref.step, path, exc.refused_as, reason)
+    summary.refused[:] = [*[one for one in summary.refused if one[0] != ref.step], item]
+    if isinstance(writer, StoreWriter):
+        writer.refuse(*item)
 
 
 def _source_folder_gone(ctx: _Context, ref: CheckpointRef) -> bool:

@@ -296,14 +296,19 @@ class RunVerdict:
     evidence: dict[str, Any]
     trajectory: tuple[tuple[int, CheckpointVerdict], ...]
     thresholds: Thresholds
+    #: the checkpoints `fdl analyze` refused for their values (NaN or Inf weights, an overflow), which the store
+    #: lacks and the verdict does not cover: {"step", "path", "reason"} each; None: the store records none
+    refused: list[dict[str, Any]] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """`{"regime", "evidence", "thresholds", "trajectory": [{"step", "regime"}, ...]}` (DESIGN.md)."""
+        """`{"regime", "evidence", "thresholds", "trajectory": [{"step", "regime"}, ...]}` (DESIGN.md), and
+        `refused_steps` where the store records refused checkpoints (absent otherwise: the object as before)."""
         return {
             "regime": self.regime,
             "evidence": dict(self.evidence),
             "thresholds": self.thresholds.as_dict(),
             "trajectory": [{"step": step, "regime": verdict.regime} for step, verdict in self.trajectory],
+            **({"refused_steps": self.refused} if self.refused else {}),
         }
 
 

@@ -161,6 +161,8 @@ class Run:
     added: tuple[tuple[Mapping[str, Any], tuple[str, str], tuple[int, ...]], ...] = ()
     #: the checkpoints `fdl analyze --drop` removed (read with `history=True`): the store's `dropped` list
     dropped: tuple[Mapping[str, Any], ...] = ()
+    #: the checkpoints `fdl analyze` refused for their values and the store lacks: its `refused` list (`refused_line`)
+    refused: tuple[Mapping[str, Any], ...] = ()
     #: Every (probe, layer) series of the store, selected or not, in the order of `series`: where a selected one
     #: stands among them (the names of a report's and a compare's figures, `figures._store_suffixes`).
     available: tuple[tuple[str, str], ...] = ()
@@ -434,6 +436,7 @@ def _read_run(
                       for index, steps in reader.history_steps().items()) if history else (),
         history_damaged=bool(getattr(reader, "_history_damaged", False)),
         dropped=tuple(reader.dropped) if history else (),
+        refused=tuple(reader.refused),
         added=tuple((reader.history[index], key, tuple(steps)) for index, series in reader.added_history().items()
                     for key, steps in series.items()) if history else (),
     )
@@ -1295,6 +1298,32 @@ def dropped_lines(dropped: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"dropped: {_steps_said(steps)} ({what}) by `fdl analyze --drop`{when}"]
 
 
+#: `FdlError.refused_as` -> what a refused checkpoint says of the run, in `refused_line`
+_REFUSED_MEANS = {"weights": "NaN or Inf weights: the run diverged?",
+                  "overflow": "a forward pass that overflowed to inf or NaN: the run diverged?"}
+
+
+def refused_line(run: Run, covers: str) -> str | None:
+    """One line naming the checkpoints `fdl analyze` refused for their values (the store's `refused` list: NaN or
+    Inf weights, a forward pass that overflowed), by kind, and which steps `covers` (what the command shows: "the
+    verdict", "this report") then spans; None when the store records none. The reasons in full: the list itself
+    (`fdl classify --json`'s `refused_steps`)."""
+    if not run.refused:
+        return None
+    kinds: dict[str, list[int]] = {}
+    for item in run.refused:
+        kinds.setdefault(str(item.get("kind", "")), []).append(int(item["step"]))
+    said = "; ".join(f"{_steps_said(steps)} ({_REFUSED_MEANS.get(kind, 'its values')})" for kind, steps in kinds.items())
+    refused = [int(item["step"]) for item in run.refused]
+    stored = sorted({int(record["step"]) for series in run.series for record in series.records})
+    if not stored:
+        return f"refused: {said}, by `fdl analyze`: not in the store"
+    span = f"steps {stored[0]}–{stored[-1]}" if len(stored) > 1 else f"step {stored[0]}"
+    where = (f"{covers} covers {span} only" if min(refused) > stored[-1]
+             else f"{covers} covers {span} without {'it' if len(refused) == 1 else 'them'}")
+    return f"refused: {said}, by `fdl analyze`: not in the store, so {where}"
+
+
 def _steps_said(steps: Sequence[int]) -> str:
     if len(steps) <= 3:
         return ("step " if len(steps) == 1 else "steps ") + ", ".join(map(str, steps))
@@ -1317,6 +1346,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
     for line in provenance_lines(run.provenance, run.history, store=run.path, damaged=run.history_damaged,
                                  dropped=run.dropped, added=run.added):
         console.print(line, markup=False, highlight=False)
+    if (refused := refused_line(run, "this report")) is not None:
+        console.print(refused, markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
         # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.

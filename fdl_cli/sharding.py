@@ -619,6 +619,8 @@ def _analyze_distributed(
                 **{kind: list(getattr(ctx.reporter, kind, ())[said[kind]:]) for kind in _RELAYED},
                 once={kind: message for kind, message in ctx.noted_once.items() if kind not in noted_once}),
             constant,
+            # the checkpoints of its block refused for their values: rank 0 records them in the store
+            [item for item in local_summary.refused if item[1] in mine_paths],
         )
         gathered = distributed.gather_to_writer(payload, world, "the other ranks to finish their checkpoints")
         if gathered is not None:
@@ -809,6 +811,8 @@ def _write_gathered(
             if path not in seen:
                 summary.failed.append((path, reason))
                 seen.add(path)
+        for refused in part[5]:
+            writer.refuse(*refused)  # once a step: each checkpoint is one rank's
     for entry in entries:
         announce(writer.add(entry))
     announce(writer.flush())

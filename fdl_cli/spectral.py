@@ -312,6 +312,8 @@ class NonFiniteError(NumericalError):
     """Features or outputs that are not finite (`which`: "features" or "outputs"). Said without the dtype the
     model ran in, which the library does not know; `for_dtype` says it as `fdl analyze` knows it."""
 
+    refused_as = "overflow"
+
     def __init__(self, which: str) -> None:
         self.which = which
         super().__init__(NON_FINITE, got=f"{self._named()} of a probe batch hold inf or NaN (overflow in a "
@@ -326,13 +328,16 @@ class NonFiniteError(NumericalError):
         from weights the loader found finite, the forward pass itself overflowed: the checkpoint has diverged,
         and "use --dtype float32" would send the user back to the same command."""
         if dtype != "float32":
-            return NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
-                                  f"model's {dtype} forward pass", fix="use --dtype float32, or check that the "
-                                  "checkpoint is not diverged")
-        return NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
-                              "model's float32 forward pass, from finite weights",
-                              fix="the checkpoint has diverged (its values pass float32's largest, 3.4e38; no "
-                              "--dtype holds more): skip it (--steps/--glob)")
+            error = NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
+                                   f"model's {dtype} forward pass", fix="use --dtype float32, or check that the "
+                                   "checkpoint is not diverged")
+        else:
+            error = NumericalError(NON_FINITE, got=f"{self._named()} of a probe batch overflowed to inf or NaN in the "
+                                   "model's float32 forward pass, from finite weights",
+                                   fix="the checkpoint has diverged (its values pass float32's largest, 3.4e38; no "
+                                   "--dtype holds more): skip it (--steps/--glob)")
+        error.refused_as = self.refused_as
+        return error
 
 
 def _check_finite(moments: Moments) -> None:

@@ -8,6 +8,8 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                                history (JSON list: the invocations that stored checkpoints),
                                                dropped (JSON list: the checkpoints `fdl analyze --drop` removed;
                                                absent until one did)
+                                               refused (JSON list: the checkpoints `fdl analyze` refused for their
+                                               values, NaN weights or an overflow, that the store lacks; absent: none)
                                                pending_series (JSON list of [probe, layer]: series added to
                                                the store that some checkpoints lack yet; absent: none)
     /probes/<probe>/                    attrs: sha256, n, task ("classes"|"regression"|"none"), n_outputs,
@@ -827,11 +829,27 @@ class StoreReader:
         self.history, self._history_damaged = history or [], history is None
         dropped = self._objects_attribute("dropped", "which checkpoints `fdl analyze --drop` removed is unknown")
         self.dropped, self._dropped_damaged = dropped or [], dropped is None
+        refused = self._objects_attribute("refused", "which checkpoints `fdl analyze` refused is unknown")
+        self._refused_items, self._refused_damaged = refused or [], refused is None
         self._pending_text = _as_str(attrs["pending_series"]) if "pending_series" in attrs else None
 
+    @property
+    def refused(self) -> list[dict[str, Any]]:
+        """The checkpoints `fdl analyze` refused for their values (NaN or Inf weights, a forward pass that
+        overflowed) and the store does not hold, by step: one dict each (step, path, kind, reason, refused, ...);
+        [] for a store that records none (or whose list is damaged: a warning). An item whose step the store
+        holds (analysed since by an fdl that did not record refusals) is left out: that step is not refused."""
+        return sorted((item for item in self._refused_listed() if item["step"] not in self._group_names),
+                      key=lambda item: item["step"])
+
+    def _refused_listed(self) -> list[dict[str, Any]]:
+        """The items of the `refused` list that name a step, stored or not (the writer takes a stored one out)."""
+        return [item for item in self._refused_items
+                if isinstance(item.get("step"), int) and not isinstance(item["step"], bool)]
+
     def _objects_attribute(self, name: str, lost: str) -> list[dict[str, Any]] | None:
-        """A root attribute holding a JSON list of objects (`history`, `dropped`): [] when absent; None, and a
-        warning saying what is `lost`, when it is damaged."""
+        """A root attribute holding a JSON list of objects (`history`, `dropped`, `refused`): [] when absent; None,
+        and a warning saying what is `lost`, when it is damaged."""
         assert self._file is not None
         if name not in self._file.attrs:
             return []
@@ -1842,6 +1860,8 @@ class _CommitPlan:
     computed_by: Mapping[int, int] = field(default_factory=dict)  # step -> its row in history (none: unknown)
     dropped: frozenset[int] = frozenset()  # stored steps removed (`StoreWriter.drop`)
     dropped_log: tuple[str, ...] | None = None  # the store's `dropped` list once committed, when it grows
+    refused_log: tuple[str, ...] | None = None  # the store's `refused` list once committed, when it changes
+    refusing: tuple[tuple[int, str], ...] = ()  # the refusals (`StoreWriter.refuse`) this plan holds
     #: step -> {series: its row in history} of series computed by another invocation than their checkpoint
     series_computed_by: Mapping[int, Mapping[Series, int]] = field(default_factory=dict)
     new_probes: tuple[ProbeInfo, ...] = ()  # probes added to the store (`Growth`), whose /probes groups to write
@@ -2150,6 +2170,10 @@ class StoreWriter:
         #: adds none (it would write over what it holds)
         self._dropped_log: list[str] | None = []
         self._dropping: dict[int, str] = {}  # step -> its item of `dropped`, to add with its removal (`drop`)
+        #: step -> item (JSON text) of the store's `refused` list as on disk; None: the list is damaged, and this
+        #: writer leaves it as it is (it would write over what it holds)
+        self._refused_log: dict[int, str] | None = {}
+        self._refusing: dict[int, str] = {}  # step -> its item of `refused`, to record at the next commit (`refuse`)
         self._closed = False
         self._last_commit = time.monotonic()
         self._last_cost = 0.0
@@ -2354,6 +2378,9 @@ class StoreWriter:
             self._history = None if reader._history_damaged else [history_row(row) for row in reader.history]
             self._dropped_log = (None if reader._dropped_damaged
                                  else [json.dumps(item, sort_keys=True) for item in reader.dropped])
+            self._refused_log = (None if reader._refused_damaged
+                                 else {item["step"]: json.dumps(item, sort_keys=True)
+                                       for item in reader._refused_listed()})
             if reader._history_damaged:
                 # `fdl analyze` resumed such a store in silence, and recorded nothing, run after run
                 self.history_warning = (
@@ -2479,6 +2506,26 @@ class StoreWriter:
                 "dropped": when, "fdl_version": __version__, **({"host": host} if host is not None else {}),
             }, sort_keys=True)
         return items
+
+    def refuse(self, step: int, path: str, kind: str, reason: str) -> None:
+        """Record that `fdl analyze` refused the checkpoint at `step` for its values (`kind`: an
+        `FdlError.refused_as`; `reason`: the error in one line) in the store's `refused` list, at the next
+        commit (flush() and close() commit it alone in a store that exists, as the chance). One item a step: a
+        later refusal replaces it, and a commit that stores the step takes it out (so does one that finds it
+        stored). Starts no commit: a run goes on to its next checkpoint."""
+        self._check_open()
+        item = {"step": int(step), "path": str(path), "kind": str(kind), "reason": str(reason),
+                "refused": _utc_now(), "fdl_version": __version__}
+        host = None if self._invocation is None else self._invocation.get("host")
+        if host is not None:
+            item["host"] = host
+        with self._mutex:
+            known = None if self._refused_log is None else self._refused_log.get(int(step))
+            same = known is not None and all(json.loads(known).get(key) == item[key] for key in ("path", "kind", "reason"))
+            if same:  # refused again for the same reason (a resume): the item as it is, and no commit for it
+                self._refusing.pop(int(step), None)
+            else:
+                self._refusing[int(step)] = json.dumps(item, sort_keys=True)
 
     def add(self, entry: CheckpointEntry, *together: CheckpointEntry) -> list[CheckpointEntry]:
         """Buffer one checkpoint, starting a commit if one is due; returns the entries made durable
@@ -2806,12 +2853,15 @@ class StoreWriter:
         # writer's lock); later resumes find it stored and write nothing. A missing zero_one_targets alone
         # waits for a checkpoint, as docs/store.md has it: no note promises it, and a commit copies the store.
         chance_due = self._chance_alone and any("chance_accuracy" in updates for updates in self._probe_updates.values())
-        if (not entries and not self._drop_steps and not self._abandoning
-                and (self._fresh or not (self._signatures or chance_due))):
-            return None  # a fresh store is created by its first checkpoint, not before
         latest: dict[int, CheckpointEntry] = {}  # a step added twice: the last one wins (series added: joined)
         for entry in entries:
             latest[entry.step] = _joined(latest[entry.step], entry, self._own_row) if entry.step in latest else entry
+        refused_log = self._refused_plan(latest)
+        # refusals alone are committed as the chance is: by a run that did not stop on an error or a Ctrl-C
+        refused_due = self._chance_alone and refused_log is not None
+        if (not entries and not self._drop_steps and not self._abandoning
+                and (self._fresh or not (self._signatures or chance_due or refused_due))):
+            return None  # a fresh store is created by its first checkpoint, not before
         rows = {key: dict(value) for key, value in self._rows.items()}
         changed: dict[Series, set[int]] = {}
         for key, by_step in rows.items():
@@ -2858,9 +2908,24 @@ class StoreWriter:
             computed_by=computed_by,
             series_computed_by=series_computed_by,
             dropped_log=self._dropped_plan(),
+            refused_log=refused_log,
+            refusing=tuple(self._refusing.items()),
             abandoned=self.abandoned.series if self._abandoning and self.abandoned else frozenset(),
             abandoned_probes=self.abandoned.probes if self._abandoning and self.abandoned else (),
         )
+
+    def _refused_plan(self, latest: Mapping[int, CheckpointEntry]) -> tuple[str, ...] | None:
+        """The store's `refused` list once committed, by step, when it changes; under `_guard`. A step stored (by
+        this commit, or before) is no refused one."""
+        if self._refused_log is None:
+            return None
+        merged = {**self._refused_log, **self._refusing}
+        for step in [*merged]:
+            if (step in latest and not latest[step].series_only) or (step in self._sha256 and step not in self._drop_steps):
+                del merged[step]
+        if merged == self._refused_log:
+            return None
+        return tuple(merged[step] for step in sorted(merged))
 
     def _dropped_plan(self) -> tuple[str, ...] | None:
         """The store's `dropped` list once the steps this commit removes are gone, when it grows; under
@@ -2981,6 +3046,10 @@ class StoreWriter:
             store.attrs["history"] = "[" + ", ".join(plan.history) + "]"
         if plan.dropped_log is not None:
             store.attrs["dropped"] = "[" + ", ".join(plan.dropped_log) + "]"
+        if plan.refused_log:
+            store.attrs["refused"] = "[" + ", ".join(plan.refused_log) + "]"
+        elif plan.refused_log is not None and "refused" in store.attrs:
+            del store.attrs["refused"]  # every refused step stored since: as a store that never refused one
         guard.check()
         for entry in plan.latest.values():
             _write_checkpoint(checkpoints, entry, plan.computed_by.get(entry.step),
@@ -3041,6 +3110,11 @@ class StoreWriter:
             self._dropping.pop(step, None)
         if plan.dropped_log is not None:
             self._dropped_log = list(plan.dropped_log)
+        if plan.refused_log is not None:
+            self._refused_log = {json.loads(item)["step"]: item for item in plan.refused_log}
+        for step, item in plan.refusing:
+            if self._refusing.get(step) == item:  # not refused again since the plan was made
+                del self._refusing[step]
         self._drop_steps -= plan.dropped
         if plan.abandoned:
             self._abandoning = False

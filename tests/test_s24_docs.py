@@ -180,7 +180,7 @@ def test_every_name_store_md_s_layout_lists_is_one_a_store_holds(tmp_path: Path)
     listed, listed_datasets = _layout()
     source = (REPO / "fdl_cli" / "store.py").read_text(encoding="utf-8")
     # and a class-label probe's chance, which this regression probe has none of
-    written_elsewhere = {name for name in ("dropped", "pending_series", "chance_accuracy", "label_entropy")
+    written_elsewhere = {name for name in ("dropped", "refused", "pending_series", "chance_accuracy", "label_entropy")
                          if f'attrs["{name}"] = ' in source}
     assert sorted(listed - attributes - written_elsewhere) == []
     assert sorted(attributes - set(fields.MEASURE_FIELDS) - listed) == []
