@@ -254,6 +254,9 @@ class _Command(click.Command):
 
 
 class _Group(click.Group):
+    """fdl's commands. Each has a short_help of at most 45 characters, so that `fdl --help` lists it whole in a
+    terminal of 60 columns (click cuts a longer first sentence with "...")."""
+
     command_class = _Command
 
     def resolve_command(
@@ -290,10 +293,13 @@ def cli() -> None:
     """fdl — measure feature learning from training checkpoints.
 
     \b
-    fdl analyze CKPT_DIR --model model.py:build --probe probe.npz   # checkpoints -> ./<folder>.fdl.h5
-    fdl report STORE.h5                                           # table, summary, figures
-    fdl classify STORE.h5                                         # coefficient / MF / EF
-    fdl compare A.h5 B.h5                                         # two runs side by side
+    fdl analyze CKPT_DIR --model model.py:build \\
+      --probe probe.npz  # checkpoints -> ./<folder>.fdl.h5
+    fdl report STORE.h5      # table, summary, figures
+    fdl classify STORE.h5    # coefficient / MF / EF
+    fdl compare A.h5 B.h5    # two runs side by side
+
+    fdl COMMAND --help lists a command's options; docs/usage.md has every rule.
     """
 
 
@@ -411,7 +417,7 @@ class StorePath(click.Path):
         return super().convert(value, param, ctx)
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Analyse checkpoints into an HDF5 store.")
 @click.argument("sources", nargs=-1, required=True, shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
               help="pkg.module:factory or path/file.py:factory.")
@@ -571,7 +577,7 @@ def _in_new_plots_dir(html_path: str, plots_dir: str | None) -> bool:
 # ----------------------------------------------------------------------------------------- inspect
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="List a model's modules and output shapes.")
 @click.argument("checkpoint", shell_complete=completion.paths)
 @click.option("--model", "model_spec", metavar="SPEC", shell_complete=completion.model_spec,
               help="pkg.module:factory or path/file.py:factory.")
@@ -859,7 +865,7 @@ def _json_format(kwargs: dict[str, Any]) -> str:
     return fmt
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="One row per checkpoint and a run summary.")
 @click.argument("store", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -920,7 +926,7 @@ def report(**kwargs: Any) -> None:
 cli.add_command(_alias(report, "summarize"))
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Compare two runs step by step.")
 @click.argument("store_a", type=StorePath())
 @click.argument("store_b", type=StorePath())
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
@@ -1010,7 +1016,7 @@ def compare(**kwargs: Any) -> None:
 cli.add_command(_alias(compare, "diff"))
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="Export stored arrays or trajectories.")
 @click.argument("store", type=StorePath())
 @click.option("--what", type=SuggestingChoice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True,
@@ -1018,7 +1024,8 @@ cli.add_command(_alias(compare, "diff"))
                    "eigenvector (stored when the probe has targets); utility: Q̂_k, the model outputs' share; "
                    "eigenfunctions: the top-K e_k(x) on the anchor points; trajectories: the per-checkpoint fields "
                    "of `fdl report`.")
-@click.option("--format", "fmt", type=SuggestingChoice(["csv", "json", "npy"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=SuggestingChoice(["csv", "json", "npy"]), default="csv", show_default=True,
+              help="csv, json: on stdout (or --out); npy: a NumPy .npz archive, to the file --out names.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
               help="Output file (required for npy).")
@@ -1031,7 +1038,6 @@ cli.add_command(_alias(compare, "diff"))
 def export(**kwargs: Any) -> None:
     """Export stored arrays or trajectories as CSV, JSON or NumPy.
 
-    \b
     csv/json go to stdout (or --out). npy writes a NumPy .npz archive to --out: `steps` and one array
     `step_<N>` per checkpoint (ragged, never padded; NaN where a checkpoint stores no quality); for
     trajectories `steps` and one float64 array per numeric field (NaN = null; path, sha256 and regime are
@@ -1104,7 +1110,7 @@ REGIME_WORDS = {
 }
 
 
-@cli.command(context_settings=CONTEXT_SETTINGS)
+@cli.command(context_settings=CONTEXT_SETTINGS, short_help="The run's regime: coefficient, MF or EF.")
 @click.argument("stores", nargs=-1, required=True, type=StorePath(), metavar="STORE...")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout (of several stores, a list).")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
