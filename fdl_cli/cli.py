@@ -259,6 +259,12 @@ class _Group(click.Group):
 
     command_class = _Command
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            raise _misplaced(self, ctx, args, exc.option_name) or exc from None
+
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
@@ -285,6 +291,17 @@ class _Group(click.Group):
             raise _StdoutClosed from None
         except KeyboardInterrupt:
             raise _Interrupted from None
+
+
+def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: str) -> click.UsageError | None:
+    """An option of the command given before the command's name (`fdl --json report run.h5`), where fdl's own
+    options go: said so, where click suggested fdl's --version for it. None when the command named has no such
+    option (click's message and suggestion stand)."""
+    named = next((group.commands[arg] for arg in args if arg in group.commands), None)
+    if named is None or not any(option in (*param.opts, *param.secondary_opts) for param in named.params):
+        return None
+    return click.UsageError(f"{option!r} is an option of 'fdl {named.name}', not of fdl: give it after the command, "
+                            f"as in 'fdl {named.name} ... {option}'", ctx=ctx)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)

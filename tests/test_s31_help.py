@@ -1,5 +1,5 @@
 """`fdl --help` and `fdl COMMAND --help` as a user reads them in a terminal of 80 or 60 columns, the examples of
-`fdl --help` run as given."""
+`fdl --help` run as given, and an option given before the command named as the command's."""
 
 from __future__ import annotations
 
@@ -55,6 +55,32 @@ def test_every_option_says_what_it_does(monkeypatch: pytest.MonkeyPatch) -> None
     assert bare == []
     text = " ".join(_help(monkeypatch, 80, "export").split())
     assert re.search(r"--format \[csv\|json\|npy\] csv, json: on stdout \(or --out\); npy: .*--out", text)
+
+
+# ------------------------------------------------------------------------- an option before the command
+
+
+@pytest.mark.parametrize(("args", "option", "command"), [
+    (("--json", "report", "run.h5"), "--json", "report"),
+    (("--format=csv", "export", "run.h5", "--what", "eigenvalues"), "--format", "export"),
+    (("-o", "x.h5", "analyze", "runs/"), "-o", "analyze"),
+    (("--expect", "MF", "classify", "run.h5"), "--expect", "classify"),
+])
+def test_an_option_before_its_command_is_named_as_the_command_s(args: tuple[str, ...], option: str,
+                                                                 command: str) -> None:
+    """`fdl --json report run.h5` said "No such option '--json'. Did you mean '--version'?": the user meant the
+    report's --json, given before the command's name, which is where fdl's own options go."""
+    done = fdl_in_process(*args)
+    assert done.returncode == 2
+    assert "--version" not in done.stderr
+    assert (f"Error: {option!r} is an option of 'fdl {command}', not of fdl: give it after the command, "
+            f"as in 'fdl {command} ... {option}'") in done.stderr
+
+
+def test_an_option_of_no_command_keeps_click_s_suggestion() -> None:
+    done = fdl_in_process("--verbose", "report", "run.h5")
+    assert done.returncode == 2
+    assert "Error: No such option '--verbose'. Did you mean '--version'?" in done.stderr
 
 
 # ------------------------------------------------------------------------------- the examples of --help
