@@ -269,6 +269,11 @@ class _Group(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         global _command
+        # `fdl help [COMMAND]`, git's and pip's way, had no hint from click; a Tab (resilient parsing) prints none
+        if args and args[0] == "help" and not ctx.resilient_parsing:
+            named = args[1] if len(args) > 1 and args[1] in self.commands else "COMMAND"
+            raise click.UsageError(f"No such command 'help'. Did you mean 'fdl --help' (or 'fdl {named} --help')?",
+                                   ctx=ctx)
         name, command, rest = super().resolve_command(ctx, args)
         _command = command.name if command is not None else None
         if _command is not None and _command != "analyze":  # no torchrun rank, whatever WORLD_SIZE says

@@ -121,3 +121,21 @@ def test_the_examples_of_fdl_help_run(monkeypatch: pytest.MonkeyPatch, run_folde
         done = fdl_in_process(*args)
         assert done.returncode == 0, (words, done.stderr)
     assert store.is_file()
+
+
+@pytest.mark.parametrize("args", [("help",), ("help", "report")])
+def test_fdl_help_as_a_command_points_at_the_help_option(args: tuple[str, ...]) -> None:
+    """`fdl help` (git's and pip's way) was "No such command 'help'." with no hint: it names --help, and the
+    command's own help when one is named."""
+    done = fdl_in_process(*args)
+    assert done.returncode == 2
+    named = args[1] if len(args) > 1 else "COMMAND"
+    assert f"Error: No such command 'help'. Did you mean 'fdl --help' (or 'fdl {named} --help')?" in done.stderr
+
+
+def test_a_tab_after_fdl_help_prints_no_error() -> None:
+    """The hint is for a command run, not for a Tab (a completion never prints an error into the command line)."""
+    from click.shell_completion import ShellComplete
+
+    items = ShellComplete(cli, {}, "fdl", "_FDL_COMPLETE").get_completions(["help"], "re")
+    assert [item.value for item in items] == ["report"]
