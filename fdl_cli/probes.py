@@ -164,7 +164,8 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
             + ", then normalised as your transforms do"
             + (", or keep them uint8 and normalise in a --model wrapper (docs/usage.md, Inputs x)" if images else "")
         )
-    if len(shape) == 1 and x_dtype.kind in "iu":
+    # not where the ids' values are refused: an nn.Embedding takes x of shape (n,), one id a sample, as it is
+    if len(shape) == 1 and x_dtype.kind in "iu" and token_ids is None:
         hints.append(f"x has shape {shape}, one value a sample: a model of token sequences takes x of shape (n, L), "
                      "L ids a sample (x[:, None] for sequences of one id)")
     if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
