@@ -99,3 +99,31 @@ def test_one_id_a_sample_beyond_the_table_is_not_told_to_add_a_sequence_axis(
     assert "the model's nn.Embedding tables: tok 5 rows" in done.stderr
     assert "takes x of shape (n, L)" not in done.stderr and "x[:, None]" not in done.stderr, done.stderr
     assert not (tmp_path / "s.h5").exists()
+
+
+#: An nn.Embedding of one id a sample that, like torch's kernels on a GPU, reports an id beyond its table as a
+#: device-side assert (torch's words on CUDA), which names neither the id nor the table
+ONE_ID_ON_A_GPU = ONE_ID.replace("        return self.head(self.tok(ids))", """        if int(ids.max()) >= 5:
+            raise RuntimeError("CUDA error: device-side assert triggered\\nCUDA kernel errors might be asynchronously "
+                               "reported at some other API call, so the stacktrace below might be incorrect.")
+        return self.head(self.tok(ids))""")
+
+
+def test_a_device_side_assert_points_to_the_cpu_and_not_to_a_sequence_axis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU torch reports an id beyond an nn.Embedding's table as "CUDA error: device-side assert triggered"
+    (the range hint reads torch's CPU words, "index out of range in self"): x of shape (20,) was told to be
+    (n, L) sequences, the id's error was not named; the fix now says to run on the CPU to see torch's own error."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert "return self.head(self.tok(ids))" in ONE_ID and ONE_ID_ON_A_GPU != ONE_ID
+    run = tmp_path / "run"
+    run.mkdir()
+    net = model_file(tmp_path, ONE_ID_ON_A_GPU).build()
+    torch.save({"model_state_dict": net.state_dict(), "step": 0}, run / "step_0.pt")
+    np.savez(tmp_path / "probe.npz", x=np.arange(20) % 9 + 5, y=np.arange(20) % 3)
+    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
+                          tmp_path / "probe.npz", "--out", tmp_path / "s.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "device-side assert triggered" in done.stderr
+    assert "run with --device cpu to see torch's own error" in done.stderr, done.stderr
+    assert "takes x of shape (n, L)" not in done.stderr, done.stderr
