@@ -81,24 +81,30 @@ def build():
 """
 
 
+def _analyze(tmp_path: Path, source: str, x: np.ndarray) -> str:
+    """stderr of `fdl analyze` of one checkpoint of the model `source` on a probe of inputs `x`, which fails."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model_state_dict": model_file(tmp_path, source).build().state_dict(), "step": 0}, run / "step_0.pt")
+    np.savez(tmp_path / "probe.npz", x=x, y=np.arange(len(x)) % 3)
+    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
+                          tmp_path / "probe.npz", "--out", tmp_path / "s.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "s.h5").exists()
+    return done.stderr
+
+
 def test_one_id_a_sample_beyond_the_table_is_not_told_to_add_a_sequence_axis(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """nn.Embedding(5, 8) of x of shape (20,) (a shape it takes) with ids up to 8: the fix names the table and the
     ids' range, and no longer says x should be (n, L) token sequences."""
     monkeypatch.setenv("COLUMNS", "1000")
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save({"model_state_dict": model_file(tmp_path, ONE_ID).build().state_dict(), "step": 0}, run / "step_0.pt")
     x = np.arange(20) % 9
     x[0] = 7
-    np.savez(tmp_path / "probe.npz", x=x, y=np.arange(20) % 3)
-    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                          tmp_path / "probe.npz", "--out", tmp_path / "s.h5")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "index out of range in self" in done.stderr
-    assert "the model's nn.Embedding tables: tok 5 rows" in done.stderr
-    assert "takes x of shape (n, L)" not in done.stderr and "x[:, None]" not in done.stderr, done.stderr
-    assert not (tmp_path / "s.h5").exists()
+    said = _analyze(tmp_path, ONE_ID, x)
+    assert "index out of range in self" in said
+    assert "the model's nn.Embedding tables: tok 5 rows" in said
+    assert "takes x of shape (n, L)" not in said and "x[:, None]" not in said, said
 
 
 #: An nn.Embedding of one id a sample that, like torch's kernels on a GPU, reports an id beyond its table as a
@@ -116,14 +122,7 @@ def test_a_device_side_assert_points_to_the_cpu_and_not_to_a_sequence_axis(
     (n, L) sequences, the id's error was not named; the fix now says to run on the CPU to see torch's own error."""
     monkeypatch.setenv("COLUMNS", "1000")
     assert "return self.head(self.tok(ids))" in ONE_ID and ONE_ID_ON_A_GPU != ONE_ID
-    run = tmp_path / "run"
-    run.mkdir()
-    net = model_file(tmp_path, ONE_ID_ON_A_GPU).build()
-    torch.save({"model_state_dict": net.state_dict(), "step": 0}, run / "step_0.pt")
-    np.savez(tmp_path / "probe.npz", x=np.arange(20) % 9 + 5, y=np.arange(20) % 3)
-    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                          tmp_path / "probe.npz", "--out", tmp_path / "s.h5")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "device-side assert triggered" in done.stderr
-    assert "run with --device cpu to see torch's own error" in done.stderr, done.stderr
-    assert "takes x of shape (n, L)" not in done.stderr, done.stderr
+    said = _analyze(tmp_path, ONE_ID_ON_A_GPU, np.arange(20) % 9 + 5)
+    assert "device-side assert triggered" in said
+    assert "run with --device cpu to see torch's own error" in said, said
+    assert "takes x of shape (n, L)" not in said, said
