@@ -4,7 +4,8 @@
   was taken for one that redraws: fdl turned its plain progress lines off and rich showed nothing either, so a
   long `fdl analyze` said nothing until its summary (checked under a real pseudo-terminal with `script`).
 - A model that takes one token id a sample (x of shape (n,), an nn.Embedding of it: a shape that works) given an id
-  beyond its table was told to save x as (n, L) sequences, on top of the id's range.
+  beyond its table was told to save x as (n, L) sequences, on top of the id's range; on a GPU, where torch says
+  such an id only as "device-side assert triggered", that was all it was told.
 """
 
 from __future__ import annotations
