@@ -164,7 +164,15 @@ def fit_fix(probe: Probe, error: str, tables: Sequence[tuple[str, int]] = ()) ->
             + ", then normalised as your transforms do"
             + (", or keep them uint8 and normalise in a --model wrapper (docs/usage.md, Inputs x)" if images else "")
         )
-    if len(shape) == 1 and x_dtype.kind in "iu":
+    # on a GPU torch reports an id beyond an nn.Embedding's table (and any other check inside its kernels) only as
+    # this, naming neither id nor table, where `token_id_hint` reads the CPU's "index out of range in self"
+    device_assert = "device-side assert" in text
+    if device_assert:
+        hints.append("on a GPU torch reports an error inside its kernels (most often a token id beyond an "
+                     "nn.Embedding's table) only as a device-side assert, which names neither: run with --device cpu "
+                     "to see torch's own error, said with the ids' range")
+    # not where the ids' values are refused: an nn.Embedding takes x of shape (n,), one id a sample, as it is
+    if len(shape) == 1 and x_dtype.kind in "iu" and token_ids is None and not device_assert:
         hints.append(f"x has shape {shape}, one value a sample: a model of token sequences takes x of shape (n, L), "
                      "L ids a sample (x[:, None] for sequences of one id)")
     if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):

@@ -88,10 +88,16 @@ def redraws(console: Any) -> bool:
     wherever FORCE_COLOR is set (a request for colour that CI systems and cluster profiles set): a batch job's
     log file then got the progress bar redrawn ten times a second, kilobytes a second of cursor moves; it gets
     the plain progress lines instead, in colour. rich's TTY_COMPATIBLE=1 ("this is a terminal") still redraws,
-    as does a console made with `force_terminal=True` (a program's own choice)."""
+    as does a console made with `force_terminal=True` (a program's own choice). A terminal rich draws no live
+    display on, `TERM=dumb` (Emacs' M-x shell) or rich's `TTY_INTERACTIVE=0` (its `is_interactive` false), gets
+    the plain lines: it was given the live display, which rich then left blank until the summary."""
     if not console.is_terminal:
         return False
-    if getattr(console, "_force_terminal", None) or os.environ.get("TTY_COMPATIBLE") == "1":
+    if getattr(console, "_force_terminal", None):
+        return True
+    if not console.is_interactive:
+        return False
+    if os.environ.get("TTY_COMPATIBLE") == "1":
         return True
     try:
         return bool(console.file.isatty())
