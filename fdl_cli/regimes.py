@@ -918,7 +918,8 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if isinstance(low, Mapping) and low.get("note"):
         lines.append(str(low["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs", "final_r2_outputs", "narrow_layer", "low_rank_reference"}  # each output's R²: in --json; the line above
+            "constant_outputs", "final_r2_outputs", "narrow_layer",
+            "low_rank_reference"}  # each output's R²: in --json; the lines above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append(thresholds_line(verdict.thresholds))
     lines.append(f"note: {NOTE}")
