@@ -748,10 +748,10 @@ def low_rank_reference(records: Sequence[Mapping[str, Any]], reference_step: Any
     rank = reference.get("rank") if reference is not None else None
     later = [r for r in records if isinstance(r.get("step"), int) and isinstance(reference_step, int)
              and r["step"] > reference_step]
-    if not isinstance(rank, int) or not 0 < rank < k or not later:
+    if reference is None or not isinstance(rank, int) or not 0 < rank < k or not later:
         return None
     final = max(later, key=lambda r: int(r["step"]))
-    width = reference.get("n_features") if reference is not None else None
+    width = reference.get("n_features")
     if isinstance(width, int) and width < k:  # a narrow layer: every checkpoint's overlap, the reference's alone
         note = (f"the layer has {width} unit{'s' if width != 1 else ''}, fewer than the overlaps' k = {k}: overlap_init "
                 f"is taken at k ≤ {width} at every checkpoint, the top {width} eigenfunction{'s' if width != 1 else ''}, "
@@ -764,6 +764,11 @@ def low_rank_reference(records: Sequence[Mapping[str, Any]], reference_step: Any
             f"eigenfunction{'s' if rank != 1 else ''} and not the top {k} (docs/measures.md){alone}; a low "
             "overlap_init can say that the features left a degenerate reference rather than how a top-k eigenspace "
             "moved (analyze --reference with a later checkpoint measures from features of full rank)")
+    pr, dlr = reference.get("feature_pr"), reference.get("d_lr")
+    if isinstance(pr, float) and abs(pr - 1.0) <= 1e-9 and isinstance(dlr, float) and dlr <= 1e-9:
+        # centered rank 1 whose direction the outputs span: D_LR 0 by the formula, "maximally rich" at initialisation
+        note += (f"; its D_LR {dlr:.4f} there is that of features of centered rank 1 (feature_pr 1) whose one direction "
+                 "the outputs span: 0 by the formula, not a measure of richness")
     return {"step": reference_step, "rank": rank, "k": rank, "overlap_k": k, "note": note}
 
 

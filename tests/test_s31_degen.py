@@ -20,10 +20,11 @@ from tests.tiny_models import mlp
 STEPS = (0, 10, 20)
 
 
-def _run(root: Path, hidden: int, *, constant_reference: bool = False) -> Path:
+def _run(root: Path, hidden: int, *, constant_reference: bool = False, equal_reference: bool = False) -> Path:
     """A 4-`hidden`-3 ReLU MLP trained 20 SGD steps on a 3-class probe (checkpoints 0, 10, 20). With
     `constant_reference`, step 0 holds a first layer of zero weights and bias 1: every hidden unit is 1 on
-    every input, features of rank 1 (uncentered), and the later checkpoints are of full rank."""
+    every input, features of rank 1 (uncentered), and the later checkpoints are of full rank. With `equal_reference`,
+    every hidden unit of step 0 is the first (equal rows, no bias): features of rank 1 that vary over the probe."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)).astype(np.float32)
@@ -38,6 +39,9 @@ def _run(root: Path, hidden: int, *, constant_reference: bool = False) -> Path:
             if step == 0 and constant_reference:
                 state["0.weight"][:] = 0.0
                 state["0.bias"][:] = 1.0
+            if step == 0 and equal_reference:
+                state["0.weight"][:] = state["0.weight"][:1].clone()
+                state["0.bias"][:] = 0.0
             torch.save(state, root / "ckpts" / f"step_{step}.pt")
         loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
         optimizer.zero_grad()
@@ -107,6 +111,23 @@ def test_classify_names_the_reference_rank_and_k_and_keeps_the_verdict(constant:
     low = verdict["evidence"]["low_rank_reference"]
     assert (low["step"], low["rank"], low["k"], low["overlap_k"]) == (0, 1, 1, 3), low
     assert "rank 1" in low["note"] and "k = 1" in low["note"] and "cka_init is null" in low["note"], low
+    assert low["note"] in text, text
+
+
+def test_a_rank_one_reference_of_varying_features_gets_the_note_and_its_trivial_d_lr(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = _run(tmp_path_factory.mktemp("equal"), 8, equal_reference=True)
+    brute = _brute(root, 8, 0)
+    # centered rank 1: a linear head's outputs span that one direction, so D_LR is 0 by the formula at initialisation
+    assert brute.scalars["rank"] == 1 and brute.scalars["feature_pr"] == pytest.approx(1.0, abs=1e-12)
+    assert brute.scalars["d_lr"] == pytest.approx(0.0, abs=1e-9)
+    assert _records(root)[0]["d_lr"] == pytest.approx(brute.scalars["d_lr"], abs=1e-9)
+    warned = [line for line in (root / "analyze.txt").read_text().splitlines() if "overlaps' k" in line]
+    assert len(warned) == 1 and "rank 1" in warned[0] and "k = 1, not 3" in warned[0], warned
+    text, verdict = _classify(root)
+    low = verdict["evidence"]["low_rank_reference"]
+    assert (low["rank"], low["k"], low["overlap_k"]) == (1, 1, 3), low
+    assert "cka_init is null" not in low["note"] and "D_LR 0.0000 there" in low["note"], low  # CKA measured here
     assert low["note"] in text, text
 
 
