@@ -682,9 +682,9 @@ def narrow_dlr_clause(final: Mapping[str, Any], reference: Mapping[str, Any] | N
     at_reference = (f" ({value:.4f} at the reference, step {reference.get('step')})"
                     if reference is not None and isinstance(value, float) else "")
     if width == 1:
-        return ("and D_LR = 0 by the formula: one unit's centered features span one direction, which the outputs of a "
-                f"linear head on them span too (dlr_alignment 1, feature_pr 1), at initialisation as after training"
-                f"{at_reference}, so D_LR does not measure richness here")
+        return ("and D_LR = 0 by the formula wherever the outputs span the one unit's direction (a linear head on it: "
+                f"dlr_alignment 1, feature_pr 1), at initialisation as after training{at_reference}, so D_LR does not "
+                "measure richness here")
     return (f"and D_LR is bounded by the width too: outputs that span all p = {width} ≤ C = {outputs} feature directions "
             "(dlr_alignment 1, as a linear head on them gives unless --dlr-energy leaves one out) make D_LR = "
             f"1 − √(feature_pr / p) ≤ 1 − 1/√p = {1 - 1 / math.sqrt(width):.3f}{at_reference}, however the features "
