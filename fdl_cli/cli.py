@@ -1204,6 +1204,12 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     if rep.zero_one_targets(run, chosen):
         verdict.evidence[ZERO_ONE_FIELD] = True
     verdict.evidence.update(rep.probe_chance(run, chosen))  # what describe reads accuracy and CE against
+    # A reference of rank below the overlaps' k: its overlaps are at k = rank (a caveat, the verdict unchanged)
+    wanted = rep.recorded_overlap_k(run.provenance) or max(
+        (r["n_outputs"] for r in chosen.records if isinstance(r.get("n_outputs"), int)), default=0)
+    low = regimes.low_rank_reference(chosen.records, verdict.evidence.get("reference_step"), wanted)
+    if low is not None:
+        verdict.evidence["low_rank_reference"] = low
     if verdict.regime != "coefficient":
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
         if tie is not None:

@@ -343,6 +343,33 @@ def _warn_flat_anchors(ctx: _Context, series: _Series, wanted: int, where: str) 
         )
 
 
+def _warn_low_rank_reference(ctx: _Context, series: _Series, wanted: int, scalars: Mapping[str, Any], step: int,
+                             where: str) -> None:
+    """Warn when the reference's features have rank r below the overlaps' k (constant features at initialisation:
+    r = 1): every overlap_init is then taken at k = r (`_overlap`), so a low one can say that the features left a
+    degenerate reference, not how a top-k eigenspace moved; a layer of fewer than k units: every overlap is taken
+    at k ≤ p, whatever the reference (session 31: nothing said so). Said once, when the
+    reference is analysed; `fdl classify` repeats it in its evidence (`regimes.low_rank_reference`)."""
+    rank, m = series.eigenfunctions.shape[1], series.eigenfunctions.shape[0]
+    if not 0 < rank < wanted < m:  # rank 0: no overlap at all (null); m ≤ k: `_validate`'s warning says it
+        return
+    width = scalars.get("n_features")
+    head = (f"{where}: the reference's features (step {step}) have rank {rank} on the probe, below the overlaps' "
+            f"k = {wanted}")
+    functions = f"top {rank} eigenfunction{'s' if rank != 1 else ''}"
+    if isinstance(width, int) and width < wanted:  # every checkpoint's, not the reference's alone
+        ctx.reporter.warn(
+            f"{head} (the layer has {counted(width, 'unit')}): overlap_init and overlap_prev compare at most the top "
+            f"{width}, all the layer spans, at every checkpoint (k ≤ {width}, not {wanted}; docs/measures.md)")
+        return
+    ctx.reporter.warn(
+        f"{head} (constant or collapsed features there: a layer initialised to equal or zero weights?): overlap_init "
+        f"compares only its {functions} with each checkpoint's (k = {rank}, not {wanted}), so a low overlap_init can "
+        "say that the features left a degenerate reference rather than how a top-k eigenspace moved; read cka_init "
+        "beside it, or choose a later --reference (docs/measures.md)"
+    )
+
+
 #: CKA on fewer anchor points than this is 1 whatever the features do (the centered anchors of two
 #: points span one direction, of one point none), so it is not measured there (null).
 CKA_MIN_ANCHORS = 3
@@ -5104,6 +5131,7 @@ def _analyze_one(
             scalars["overlap_init"] = _overlap(mine, base, k)
             if is_reference:
                 _warn_flat_anchors(ctx, mine, k, f"{probe.name}/{spec.label}")
+                _warn_low_rank_reference(ctx, mine, k, scalars, ref.step, f"{probe.name}/{spec.label}")
             scalars["cka_prev"] = _cka(mine, before) if before else None
             scalars["overlap_prev"] = _overlap(mine, before, k) if before else None
             scalars["prev_step"] = previous_step if before else None

@@ -377,7 +377,8 @@ def classify_run(
 
     def verdict(regime: str, rule: str) -> RunVerdict:
         evidence["rule"] = rule
-        narrow = narrow_width_line(ordered[-1], thresholds) if ordered else None
+        at_reference = next((r for r in ordered if int(r["step"]) == reference_step), None)
+        narrow = narrow_width_line(ordered[-1], thresholds, at_reference) if ordered else None
         if narrow is not None:  # beside the verdict, whose rules are unchanged (docs/regimes.md, "A layer that cannot…")
             evidence["narrow_layer"] = narrow
         if final_records and final_records[0].get("output_rank") == 0:
@@ -668,7 +669,30 @@ def constant_outputs_line(regime: str, step: int, pi_hat_c: float | None) -> str
             f"degenerate rule, and {pi_hat}")
 
 
-def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds) -> str | None:
+def narrow_dlr_clause(final: Mapping[str, Any], reference: Mapping[str, Any] | None) -> str | None:
+    """The narrow-layer notes' word on D_LR, for a layer of p ≤ C units (`final`'s `n_features`): the outputs of a
+    linear head on it can span every feature direction (dlr_alignment 1), so D_LR = 1 − √(feature_pr / p), set by
+    how evenly the features spread over p directions whatever was learned: 0 by the formula for one unit, at most
+    1 − 1/√p otherwise, at initialisation too (a 2-unit layer before a 3-class head read 0.078 at step 0, a 1-unit
+    one 0.0, "maximally rich"). None for a wider layer. `reference` gives the reference's D_LR to show it."""
+    width, outputs = final.get("n_features"), final.get("n_outputs")
+    if not isinstance(width, int) or not isinstance(outputs, int) or not 0 < width <= outputs:
+        return None
+    value = reference.get("d_lr") if reference is not None else None
+    at_reference = (f" ({value:.4f} at the reference, step {reference.get('step')})"
+                    if reference is not None and isinstance(value, float) else "")
+    if width == 1:
+        return ("and D_LR = 0 by the formula wherever the outputs span the one unit's direction (a linear head on it: "
+                f"dlr_alignment 1, feature_pr 1), at initialisation as after training{at_reference}, so D_LR does not "
+                "measure richness here")
+    return (f"and D_LR is bounded by the width too: outputs that span all p = {width} ≤ C = {outputs} feature directions "
+            "(dlr_alignment 1, as a linear head on them gives unless --dlr-energy leaves one out) make D_LR = "
+            f"1 − √(feature_pr / p) ≤ 1 − 1/√p = {1 - 1 / math.sqrt(width):.3f}{at_reference}, however the features "
+            "were learned: it cannot read lazy here")
+
+
+def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds,
+                      reference: Mapping[str, Any] | None = None) -> str | None:
     """The evidence `narrow_layer` of a run whose layer (at its last checkpoint, `record`) has p ≤ C + mf_extra
     units: k95_utility ≤ rank ≤ p, so the MF-vs-EF rule cannot return EF, whatever the verdict (a 64-unit layer
     before a 1 000-class head read MF, coefficient or undetermined with nothing in `--json` to say EF was out of
@@ -679,8 +703,9 @@ def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds) -> str 
     limit = outputs + thresholds.mf_extra
     if width > limit:
         return None
+    dlr = narrow_dlr_clause(record, reference)
     return (f"k95_utility ≤ p = {width} ≤ C + mf_extra = {threshold_text(limit)}: the layer is too narrow for the rule "
-            "to find EF")
+            "to find EF" + (f"; {dlr}" if dlr else ""))
 
 
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -708,7 +733,43 @@ def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]])
         f"{rank} ≤ C + mf_extra = {threshold_text(limit)}; {why}), so k95_utility cannot exceed the MF limit: MF "
         "here follows from the layer (its width, or a bottleneck before it), not from what was learned, and EF "
         "could not be read; what was measured is that the features moved (cka_init, overlap_init)"
-    )
+    ) + (f"; {dlr}" if (dlr := narrow_dlr_clause(final, reference)) else "")
+
+
+def low_rank_reference(records: Sequence[Mapping[str, Any]], reference_step: Any, k: int) -> dict[str, Any] | None:
+    """The evidence `low_rank_reference` of a run whose reference checkpoint's features have rank r with 0 < r < k,
+    the overlaps' k (C, or --overlap-k): constant features at initialisation (r = 1), a layer of fewer than k
+    units. analyze takes every overlap_init at k = r then (docs/measures.md), so a run can read moved, and MF,
+    from an overlap that says the features left a degenerate reference; with constant reference features CKA is
+    null and the overlap is all the movement rule reads. A caveat beside the verdict, whose rules are unchanged
+    (docs/regimes.md is silent on such a reference; the conservative choice of the other notes). None otherwise."""
+    by_step = {r.get("step"): r for r in records}
+    reference = by_step.get(reference_step)
+    rank = reference.get("rank") if reference is not None else None
+    later = [r for r in records if isinstance(r.get("step"), int) and isinstance(reference_step, int)
+             and r["step"] > reference_step]
+    if reference is None or not isinstance(rank, int) or not 0 < rank < k or not later:
+        return None
+    final = max(later, key=lambda r: int(r["step"]))
+    width = reference.get("n_features")
+    if isinstance(width, int) and width < k:  # a narrow layer: every checkpoint's overlap, the reference's alone
+        note = (f"the layer has {width} unit{'s' if width != 1 else ''}, fewer than the overlaps' k = {k}: overlap_init "
+                f"is taken at k ≤ {width} at every checkpoint, the top {width} eigenfunction{'s' if width != 1 else ''}, "
+                "all the layer spans, not the top k (docs/measures.md)")
+        return {"step": reference_step, "rank": rank, "k": rank, "overlap_k": k, "note": note}
+    alone = (", and cka_init is null (the reference's features are constant over the anchor points), so the move "
+             "rests on that overlap alone") if final.get("cka_init") is None else ""
+    note = (f"the reference checkpoint (step {reference_step}) has features of rank {rank} on the probe, below the "
+            f"overlaps' k = {k}: overlap_init is taken at k = {rank} there, the top {rank} "
+            f"eigenfunction{'s' if rank != 1 else ''} and not the top {k} (docs/measures.md){alone}; a low "
+            "overlap_init can say that the features left a degenerate reference rather than how a top-k eigenspace "
+            "moved (analyze --reference with a later checkpoint measures from features of full rank)")
+    pr, dlr = reference.get("feature_pr"), reference.get("d_lr")
+    if isinstance(pr, float) and abs(pr - 1.0) <= 1e-9 and isinstance(dlr, float) and dlr <= 1e-9:
+        # centered rank 1 whose direction the outputs span: D_LR 0 by the formula, "maximally rich" at initialisation
+        note += (f"; its D_LR {dlr:.4f} there is that of features of centered rank 1 (feature_pr 1) whose one direction "
+                 "the outputs span: 0 by the formula, not a measure of richness")
+    return {"step": reference_step, "rank": rank, "k": rank, "overlap_k": k, "note": note}
 
 
 def one_eigenfunction_line(first: Mapping[str, Any]) -> str | None:
@@ -858,8 +919,12 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     constant = ev.get("constant_outputs")
     if isinstance(constant, Mapping) and constant.get("note"):
         lines.append(str(constant["note"]))
+    low = ev.get("low_rank_reference")
+    if isinstance(low, Mapping) and low.get("note"):
+        lines.append(str(low["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs", "final_r2_outputs", "narrow_layer"}  # each output's R²: in --json; the line above
+            "constant_outputs", "final_r2_outputs", "narrow_layer",
+            "low_rank_reference"}  # each output's R²: in --json; the lines above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append(thresholds_line(verdict.thresholds))
     lines.append(f"note: {NOTE}")
