@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from fdl_cli.report import Match, align_steps
 from tests.cli_run import fdl_in_process
-from tests.test_prev_walkback import _make_run
-from tests.test_s31_refused import run, store  # noqa: F401 - the module fixtures of a diverged run (steps 30, 40)
+from tests.test_prev_walkback import _make_run, _spoil
+from tests.test_s31_refused import _analyze, run, store  # noqa: F401 - the module fixtures of a diverged run (steps 30, 40)
 
 # ------------------------------------------------------------------------ a store with refusals, other readers
 
@@ -143,3 +143,21 @@ def test_align_steps_agrees_with_the_oracle_on_duplicated_negative_and_huge_step
         # a shift of every step shifts the pairs alike: nothing hangs on the steps' size or sign
         shifted = align_steps([x - offset for x in a], [y - offset for y in b])
         assert [(m.step_a + offset, m.step_b + offset) for m in shifted] == [(m.step_a, m.step_b) for m in matches]
+
+
+def test_strict_records_the_refusal_it_stops_at_on_a_resume_as_on_a_fresh_run(tmp_path: Path) -> None:
+    """`--strict` stopped at step 30's NaN weights: a fresh run recorded the refusal (committed with the steps
+    before it), a resume over a store of steps 0 - 20 did not (nothing else to commit, and nothing is committed
+    alone after an error), so report and classify then said nothing of step 30."""
+    folder = _make_run(tmp_path / "run", [0, 10, 20, 30])
+    spoiled = folder / "step_30.safetensors"
+    spoiled.rename(tmp_path / "step_30.safetensors")
+    out = tmp_path / "run.h5"
+    assert _analyze(folder, out).returncode == 0
+    (tmp_path / "step_30.safetensors").rename(spoiled)
+    _spoil(folder, 30, "nan")
+    done = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+                          "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, "--strict")
+    assert done.returncode == 1 and "--strict stops" in done.stderr, done.stderr
+    said = fdl_in_process("report", out)
+    assert [line.split(" (")[0] for line in _notes(said.stderr)] == ["refused: step 30"], said.stderr
