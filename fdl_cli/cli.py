@@ -1197,7 +1197,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     refused = rep.refused_line(run, "the verdict")
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=[
-            {"step": item["step"], "path": item.get("path"), "reason": item.get("reason")} for item in run.refused])
+            {"step": item["step"], "path": item.get("path"), "kind": item.get("kind"), "reason": item.get("reason")}
+            for item in run.refused])
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
                        others, rep.probe_sha(run, chosen), refused)
 

@@ -74,6 +74,9 @@ def test_a_float16_overflow_is_not_called_a_diverged_run(tmp_path: Path) -> None
         "refused: step 20 (a float16 forward pass that overflowed to inf or NaN: float32 holds more, `fdl analyze "
         "--dtype float32` into another --out), "
         "by `fdl analyze`: not in the store, so the verdict covers steps 0–10 only"], said.stdout + said.stderr
+    # a script reads which kind of refusal it is, as the line says it, without parsing the reason
+    listed = json.loads(fdl_in_process("classify", out, "--json").stdout)["refused_steps"]
+    assert [(item["step"], item["kind"]) for item in listed] == [(20, "overflow_float16")], listed
     # analysed again in float32 (a store holds one --dtype's numbers: --overwrite), it is stored and not listed
     again = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
                            "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, "--overwrite")
