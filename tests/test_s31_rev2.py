@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,15 @@ from safetensors.torch import load_file, save_file
 from fdl_cli.report import Match, align_steps
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _make_run, _spoil
-from tests.test_s31_refused import _analyze, run, store  # noqa: F401 - the module fixtures of a diverged run (steps 30, 40)
+from tests.test_s31_refused import run, store  # noqa: F401 - the module fixtures of a diverged run (steps 30, 40)
 
 # ------------------------------------------------------------------------ a store with refusals, other readers
+
+
+def _analyze_with(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """test_s31_refused's `fdl analyze` of the tiny run, with more options."""
+    return fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+                          "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, *extra)
 
 
 def _notes(stderr: str) -> list[str]:
@@ -65,8 +72,7 @@ def test_a_float16_overflow_is_not_called_a_diverged_run(tmp_path: Path) -> None
     state["0.weight"].fill_(1e5)
     save_file(state, str(path))
     out = tmp_path / "run.h5"
-    done = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
-                          "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, "--dtype", "float16")
+    done = _analyze_with(folder, out, "--dtype", "float16")
     assert done.returncode == 1, done.stderr
     said = fdl_in_process("classify", out)
     assert said.returncode == 0, said.stderr
@@ -78,8 +84,7 @@ def test_a_float16_overflow_is_not_called_a_diverged_run(tmp_path: Path) -> None
     listed = json.loads(fdl_in_process("classify", out, "--json").stdout)["refused_steps"]
     assert [(item["step"], item["kind"]) for item in listed] == [(20, "overflow_float16")], listed
     # analysed again in float32 (a store holds one --dtype's numbers: --overwrite), it is stored and not listed
-    again = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
-                           "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, "--overwrite")
+    again = _analyze_with(folder, out, "--overwrite")
     assert again.returncode == 0, again.stderr
     assert _notes(fdl_in_process("classify", out).stdout) == []
 
@@ -156,11 +161,10 @@ def test_strict_records_the_refusal_it_stops_at_on_a_resume_as_on_a_fresh_run(tm
     spoiled = folder / "step_30.safetensors"
     spoiled.rename(tmp_path / "step_30.safetensors")
     out = tmp_path / "run.h5"
-    assert _analyze(folder, out).returncode == 0
+    assert _analyze_with(folder, out).returncode == 0
     (tmp_path / "step_30.safetensors").rename(spoiled)
     _spoil(folder, 30, "nan")
-    done = fdl_in_process("analyze", folder, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
-                          "--probe", folder / "probe.npz", "--anchor-size", "100", "-o", out, "--strict")
+    done = _analyze_with(folder, out, "--strict")
     assert done.returncode == 1 and "--strict stops" in done.stderr, done.stderr
     said = fdl_in_process("report", out)
     assert [line.split(" (")[0] for line in _notes(said.stderr)] == ["refused: step 30"], said.stderr
