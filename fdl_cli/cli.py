@@ -1016,6 +1016,11 @@ def compare(**kwargs: Any) -> None:
         console.print(f"warning: {said}", markup=False, style="yellow")
     if (note := rep.option_difference_note(comparison)) is not None:
         console.print(f"warning: {note}", markup=False, style="yellow")
+    # the checkpoints `fdl analyze` refused (NaN weights), which the matched steps lack: said as report says it
+    # beside --json, on stderr in every format (the records are the stored checkpoints', as before)
+    for name, run in [("run A", run_a), ("run B", run_b)] if run_b.path != run_a.path else [("runs A and B", run_a)]:
+        if (refused := rep.refused_line(run, "the comparison")) is not None:
+            console.print(f"note: {name} ({run.path}): {refused}", markup=False, highlight=False)
     if kwargs["fmt"] == "table":
         rep.print_comparison(console, comparison)
     else:
@@ -1091,6 +1096,9 @@ def export(**kwargs: Any) -> None:
                 and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
             click.echo(terminal_safe(f"note: {caveat}"), err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
+        # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
+        if steps is None and (refused := rep.refused_line(run, "this export")) is not None:
+            click.echo(terminal_safe(f"note: {refused}"), err=True)
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:
         click.echo(terminal_safe(note), err=True)
@@ -1223,7 +1231,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     refused = rep.refused_line(run, "the verdict")
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=[
-            {"step": item["step"], "path": item.get("path"), "reason": item.get("reason")} for item in run.refused])
+            {"step": item["step"], "path": item.get("path"), "kind": item.get("kind"), "reason": item.get("reason")}
+            for item in run.refused])
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
                        others, rep.probe_sha(run, chosen), refused)
 

@@ -78,9 +78,10 @@ class FdlError(Exception):
     #: GPUs and the command line; its local rank 0 says it); see `distributed.voice`. An error not so
     #: marked ("") is said by each rank that raises it, naming the rank: it may be that rank's alone.
     alike: str = ""
-    #: What refused a checkpoint for its own values, not for its file (`REFUSALS`: "weights", NaN or Inf
-    #: weights; "overflow", a forward pass that overflowed): `fdl analyze` records such a checkpoint in the
-    #: store's `refused` list (docs/store.md), which `fdl report` and `fdl classify` name. "": another error.
+    #: What refused a checkpoint for its own values, not for its file ("weights", NaN or Inf weights;
+    #: "overflow", a forward pass that overflowed; "overflow_float16", one in --dtype float16, whose range
+    #: float32 passes): `fdl analyze` records such a checkpoint in the store's `refused` list (docs/store.md), which
+    #: the reading commands name (`report.refused_line`). "": another error.
     refused_as: str = ""
 
     def __init__(self, what: str, *, got: str | None = None, fix: str | None = None) -> None:
@@ -100,10 +101,6 @@ class FdlError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-#: `FdlError.refused_as` -> how the reading commands name such a refusal
-REFUSALS = {"weights": "NaN or Inf weights", "overflow": "a forward pass that overflowed to inf or NaN"}
 
 
 class CheckpointError(FdlError):

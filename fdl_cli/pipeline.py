@@ -4003,11 +4003,15 @@ def _run_refs(
                 if ref.step in lacking:  # a stored checkpoint: the "previous" of its stored series all the same
                     exc = _adding_failed(exc, ref, lacking[ref.step])
                 _failed(ctx, summary, ref, exc, lacking.get(ref.step))
-                if ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo:
-                    _refused(summary, writer, ref, exc)
+                recorded = (ref.step != reference.step and ref.step not in lacking and ref.step not in ctx.redo
+                            and _refused(summary, writer, ref, exc))
                 if ref.step in ctx.redo:
                     raise _redo_failed(exc, ref) from None
                 if options.strict or ref.step == reference.step:
+                    if recorded:
+                        # --strict stops at a refusal: committed before the error holds back what a commit alone
+                        # records (a resume with nothing else to commit recorded none, a fresh run did)
+                        announce(writer.flush())
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
                 if walk is not None and walk.chain and ref.step == walk.chain[0].step:
@@ -4278,16 +4282,17 @@ def _failed(
     _remember_failed_files(ctx, [ref.path])
 
 
-def _refused(summary: AnalyzeSummary, writer: Any, ref: CheckpointRef, exc: FdlError) -> None:
+def _refused(summary: AnalyzeSummary, writer: Any, ref: CheckpointRef, exc: FdlError) -> bool:
     """A checkpoint the store does not hold, refused for its values (NaN or Inf weights, a forward pass that
     overflowed: `FdlError.refused_as`): recorded in the summary and, by one process, in the store's `refused`
     list (`StoreWriter.refuse`), so the reading commands say which steps their verdict leaves out. Under torchrun
     the rank that owns it sends it to rank 0 with its failures (`sharding`), which records it. Not a stored
-    checkpoint's (--redo, a series added to it: the store keeps it), nor the reference's (the run stops)."""
+    checkpoint's (--redo, a series added to it: the store keeps it), nor the reference's (the run stops). Whether
+    this process's writer was given it."""
     from fdl_cli.store import StoreWriter
 
     if not exc.refused_as:
-        return
+        return False
     path = str(ref.path)
     what = exc.what.removeprefix(f"{path}: ")
     reason = " ".join((f"{what} ({exc.got})" if exc.got else what).split())  # one line
@@ -4295,6 +4300,8 @@ def _refused(summary: AnalyzeSummary, writer: Any, ref: CheckpointRef, exc: FdlE
     summary.refused[:] = [*[one for one in summary.refused if one[0] != ref.step], item]
     if isinstance(writer, StoreWriter):
         writer.refuse(*item)
+        return True
+    return False
 
 
 def _source_folder_gone(ctx: _Context, ref: CheckpointRef) -> bool:

@@ -297,7 +297,7 @@ class RunVerdict:
     trajectory: tuple[tuple[int, CheckpointVerdict], ...]
     thresholds: Thresholds
     #: the checkpoints `fdl analyze` refused for their values (NaN or Inf weights, an overflow), which the store
-    #: lacks and the verdict does not cover: {"step", "path", "reason"} each; None: the store records none
+    #: lacks and the verdict does not cover: {"step", "path", "kind", "reason"} each; None: the store records none
     refused: list[dict[str, Any]] | None = None
 
     def as_json(self) -> dict[str, Any]:

@@ -1303,6 +1303,16 @@ _REFUSED_MEANS = {"weights": "NaN or Inf weights: the run diverged?",
                   "overflow": "a forward pass that overflowed to inf or NaN: the run diverged?"}
 
 
+def _refusal_means(kind: str) -> str:
+    """What a refusal of `kind` says of the run: an overflow in --dtype float16 ("overflow_float16") is no sign of
+    divergence, and `--dtype float32` may analyse the checkpoint (a run of its own: a store holds one
+    --dtype's numbers, and a resume with another is refused)."""
+    if kind.startswith("overflow_"):
+        return (f"a {kind.removeprefix('overflow_')} forward pass that overflowed to inf or NaN: float32 holds more, "
+                "`fdl analyze --dtype float32` into another --out")
+    return _REFUSED_MEANS.get(kind, "its values")
+
+
 def refused_line(run: Run, covers: str) -> str | None:
     """One line naming the checkpoints `fdl analyze` refused for their values (the store's `refused` list: NaN or
     Inf weights, a forward pass that overflowed), by kind, and which steps `covers` (what the command shows: "the
@@ -1313,7 +1323,7 @@ def refused_line(run: Run, covers: str) -> str | None:
     kinds: dict[str, list[int]] = {}
     for item in run.refused:
         kinds.setdefault(str(item.get("kind", "")), []).append(int(item["step"]))
-    said = "; ".join(f"{_steps_said(steps)} ({_REFUSED_MEANS.get(kind, 'its values')})" for kind, steps in kinds.items())
+    said = "; ".join(f"{_steps_said(steps)} ({_refusal_means(kind)})" for kind, steps in kinds.items())
     refused = [int(item["step"]) for item in run.refused]
     stored = sorted({int(record["step"]) for series in run.series for record in series.records})
     if not stored:

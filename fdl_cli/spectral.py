@@ -336,7 +336,10 @@ class NonFiniteError(NumericalError):
                                    "model's float32 forward pass, from finite weights",
                                    fix="the checkpoint has diverged (its values pass float32's largest, 3.4e38; no "
                                    "--dtype holds more): skip it (--steps/--glob)")
-        error.refused_as = self.refused_as
+        # **(choice)** recorded in the store as refused either way (it lacks the step), a float16 overflow by its
+        # dtype: float16 ends at 65504, and float32 may analyse the checkpoint; bfloat16 ends where float32 does
+        # (3.4e38), so its overflow is said as a float32 one's, of a run that diverged
+        error.refused_as = f"{self.refused_as}_float16" if dtype == "float16" else self.refused_as
         return error
 
 
