@@ -25,6 +25,7 @@ import click
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import ESCAPE, FdlError, StoreError, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
+from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -300,10 +301,24 @@ class _Group(click.Group):
 
 def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: str) -> click.UsageError | None:
     """An option of the command given before the command's name (`fdl --json report run.h5`), where fdl's own
-    options go: said so, where click suggested fdl's --version for it. None when the command named has no such
-    option (click's message and suggestion stand)."""
+    options go: said so, where click suggested fdl's --version for it; with no command named, the commands that
+    take it. None when the command named, or every command, has no such option (click's message stands)."""
+    def takes(command: click.Command) -> bool:
+        return any(option in (*param.opts, *param.secondary_opts) for param in command.params)
+
     named = next((group.commands[arg] for arg in args if arg in group.commands), None)
-    if named is None or not any(option in (*param.opts, *param.secondary_opts) for param in named.params):
+    if named is None:  # no command (`fdl --json`): click suggested --version; those that take it, aliases left out
+        by_callback: dict[Any, str] = {}  # an alias (`_alias`) shares its command's callback: one name each
+        for name, command in sorted(group.commands.items()):
+            if takes(command):
+                by_callback.setdefault(command.callback, name)
+        owners = [f"'fdl {name}'" for name in by_callback.values()]
+        if not owners:
+            return None
+        listed = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
+        return click.UsageError(f"{option!r} is an option of {listed}, not of fdl: give it after one of them, as "
+                                f"in {owners[0][:-1]} ... {option}'", ctx=ctx)
+    if not takes(named):
         return None
     return click.UsageError(f"{option!r} is an option of 'fdl {named.name}', not of fdl: give it after the command, "
                             f"as in 'fdl {named.name} ... {option}'", ctx=ctx)
@@ -1213,8 +1228,10 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
         verdict.evidence[ZERO_ONE_FIELD] = True
     verdict.evidence.update(rep.probe_chance(run, chosen))  # what describe reads accuracy and CE against
     # A reference of rank below the overlaps' k: its overlaps are at k = rank (a caveat, the verdict unchanged)
-    wanted = rep.recorded_overlap_k(run.provenance) or max(
-        (r["n_outputs"] for r in chosen.records if isinstance(r.get("n_outputs"), int)), default=0)
+    # no `overlap_k` recorded: min(top_k, C), not C (--overlap-k equal to a --top-k below C records none)
+    outputs = max((r["n_outputs"] for r in chosen.records if isinstance(r.get("n_outputs"), int)), default=0)
+    options = run.provenance.get("options")
+    wanted = (overlap_k_recorded(options, outputs) if isinstance(options, Mapping) else None) or outputs
     low = regimes.low_rank_reference(chosen.records, verdict.evidence.get("reference_step"), wanted)
     if low is not None:
         verdict.evidence["low_rank_reference"] = low
