@@ -1285,9 +1285,11 @@ SWEEP_FIELDS: Mapping[str, str] = {
     "final_n_outputs": "C", "final_pi_hat_C": "Π̂(C)", "final_d_lr": "D_LR", "final_accuracy": "acc", "final_r2": "r2",
     "mf_since_step": "MF since", "final_step": "final step",
 }
-#: The further columns of its csv and markdown
+#: The further columns of its csv and markdown. `refused_steps` last: the steps `fdl analyze` refused (a run that
+#: diverged), ascending, a list as JSON text as every CSV list (`[30, 40]`); an empty cell where the store records
+#: none, as `--json` then has no `refused_steps` (null), so a script tells a diverged run without reading stderr
 SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer",
-              "probe_sha256")
+              "probe_sha256", "refused_steps")
 
 
 def _trend(stores: Sequence[str], values: Sequence[Any]) -> str:
@@ -1354,7 +1356,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         # concatenates sweeps of both kinds; only the table, for people, leaves out a column no row fills
         names = ["store", *SWEEP_FIELDS, *SWEEP_MORE]
         rows = [{"store": one.store, "regime": one.verdict.regime,
-                 **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha}
+                 **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha,
+                 "refused_steps": sorted(item["step"] for item in one.verdict.refused or ()) or None}
                 for one in done]
         sys.stdout.write(rep.rows_to_text(names, rows, fmt))
         sys.stdout.flush()

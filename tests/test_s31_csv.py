@@ -112,9 +112,10 @@ def test_compare_csv_holds_its_json(stores: tuple[Path, Path]) -> None:
 
 def test_classify_csv_holds_its_json(stores: tuple[Path, Path]) -> None:
     """Of several stores and of one (whose --json has neither `store` nor `probe_sha256`: the CSV's row of it is
-    the several stores' first)."""
+    the several stores' first). `refused_steps` is the steps of --json's `refused_steps` (absent: none, null)."""
     objects = json.loads(_out("classify", *stores, "--json"))
-    rows = [{**one["evidence"], "store": one["store"], "regime": one["regime"], "probe_sha256": one["probe_sha256"]}
+    rows = [{**one["evidence"], "store": one["store"], "regime": one["regime"], "probe_sha256": one["probe_sha256"],
+             "refused_steps": [item["step"] for item in one.get("refused_steps", [])] or None}
             for one in objects]
     assert rows[0]["store"] == str(stores[0]) and rows[0]["layer"] == ODD_LAYER
     _assert_cells(_out("classify", *stores, "--format", "csv"), rows)
