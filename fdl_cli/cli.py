@@ -25,7 +25,6 @@ import click
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import ESCAPE, FdlError, StoreError, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
-from fdl_cli.options import overlap_k_recorded
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -941,6 +940,10 @@ def report(**kwargs: Any) -> None:
         # the records are the stored checkpoints', as before; what they leave out is said beside them
         if (refused := rep.refused_line(run, "this report")) is not None:
             console.print(f"note: {refused}", markup=False, highlight=False)
+        for series in run.series:  # what the table and the page say of a degenerate layer, as classify
+            where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
+            for line in rep.degenerate_layer_lines(run, series):
+                console.print(f"note: {where}{line}", markup=False, highlight=False)
     else:
         rep.print_run(console, run, wide=kwargs["wide"])
     # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
@@ -1228,11 +1231,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
         verdict.evidence[ZERO_ONE_FIELD] = True
     verdict.evidence.update(rep.probe_chance(run, chosen))  # what describe reads accuracy and CE against
     # A reference of rank below the overlaps' k: its overlaps are at k = rank (a caveat, the verdict unchanged)
-    # no `overlap_k` recorded: min(top_k, C), not C (--overlap-k equal to a --top-k below C records none)
-    outputs = max((r["n_outputs"] for r in chosen.records if isinstance(r.get("n_outputs"), int)), default=0)
-    options = run.provenance.get("options")
-    wanted = (overlap_k_recorded(options, outputs) if isinstance(options, Mapping) else None) or outputs
-    low = regimes.low_rank_reference(chosen.records, verdict.evidence.get("reference_step"), wanted)
+    low = rep.reference_rank_note(run, chosen, verdict.evidence.get("reference_step"))
     if low is not None:
         verdict.evidence["low_rank_reference"] = low
     if verdict.regime != "coefficient":

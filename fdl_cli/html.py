@@ -122,6 +122,7 @@ def run_page(
     from fdl_cli import __version__
     from fdl_cli.report import (
         constant_outputs_line,
+        degenerate_layer_lines,
         provenance_lines,
         r2_outputs_line,
         reference_step_of,
@@ -143,8 +144,8 @@ def run_page(
             Section(
                 heading=f"probe {series.probe}, layer {series.layer}",
                 summary=[*summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
-                         *filter(None, [constant_outputs_line(series), r2_outputs_line(series),
-                                        targets_caveat(run, series)])],
+                         *filter(None, [constant_outputs_line(series)]), *degenerate_layer_lines(run, series),
+                         *filter(None, [r2_outputs_line(series), targets_caveat(run, series)])],
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),

@@ -55,7 +55,10 @@ from fdl_cli.regimes import (
     Thresholds,
     after_reference,
     feature_movement,
+    low_rank_reference,
     movement_thresholds,
+    narrow_dlr_clause,
+    narrow_width_line,
     threshold_text,
 )
 from fdl_cli.regimes import probe_chance as probe_chance_of
@@ -271,6 +274,36 @@ def constant_outputs_line(series: Series) -> str | None:
     return (f"D_LR is 1.0 at step{'s' if len(steps) > 1 else ''} {shown} by its degenerate rule, not a measurement: "
             "the model's outputs are constant over the probe there (output_rank 0: a zero or constant head, or a "
             "dead layer before it), so the output span is empty (docs/measures.md)")
+
+
+def reference_rank_note(run: Run, series: Series, reference_step: Any) -> dict[str, Any] | None:
+    """classify's evidence `low_rank_reference` of `series` (`regimes.low_rank_reference`): the overlaps' k is the
+    recorded --overlap-k, else C (a --top-k below C records none: min(top_k, C))."""
+    outputs = max((r["n_outputs"] for r in series.records if isinstance(r.get("n_outputs"), int)), default=0)
+    options = run.provenance.get("options")
+    wanted = (overlap_k_recorded(options, outputs) if isinstance(options, Mapping) else None) or outputs
+    return low_rank_reference(series.records, reference_step, wanted)
+
+
+def degenerate_layer_lines(run: Run, series: Series) -> list[str]:
+    """The report's lines on a degenerate layer, in classify's words: its note on a reference of rank below the
+    overlaps' k, and, for a layer of p ≤ C units, its line that D_LR is fixed by the width
+    (`regimes.narrow_width_line` at the default thresholds, the report's; printed only where
+    `regimes.narrow_dlr_clause` has a word on D_LR, since the table shows D_LR and not the run's verdict)."""
+    steps = [int(r["step"]) for r in series.records if isinstance(r.get("step"), int)]
+    if not steps:
+        return []
+    reference_step = reference_step_of(run.provenance)
+    reference_step = min(steps) if reference_step is None else reference_step  # as `regimes.classify_run`
+    lines = []
+    if (low := reference_rank_note(run, series, reference_step)) is not None:
+        lines.append(str(low["note"]))
+    by_step = {r.get("step"): r for r in series.records}
+    final, reference = by_step[max(steps)], by_step.get(reference_step)
+    if narrow_dlr_clause(final, reference) is not None \
+            and (narrow := narrow_width_line(final, Thresholds(), reference)) is not None:
+        lines.append(narrow)
+    return lines
 
 
 #: At most this many outputs are named one by one in `r2_outputs_line`; of more, the worst few and the best.
@@ -1377,6 +1410,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(line, markup=False, highlight=False)
         if (constant := constant_outputs_line(series)) is not None:
             console.print(constant, markup=False, highlight=False)
+        for line in degenerate_layer_lines(run, series):
+            console.print(line, markup=False, highlight=False)
         if (per_output := r2_outputs_line(series)) is not None:
             console.print(per_output, markup=False, highlight=False)
         if (caveat := targets_caveat(run, series)) is not None:
