@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, cast
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, listed_names, shown_name, terminal_safe
+from fdl_cli.errors import ESCAPE, PLAIN, FdlError, StoreError, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import ZERO_ONE_FIELD
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
@@ -1476,8 +1476,9 @@ def configure_blas_threads(environ: Any = os.environ) -> None:
 def tolerate_unencodable_output() -> None:
     """Write what stdout's and stderr's encoding cannot (a path with "ü" under PYTHONIOENCODING=ascii or
     a Latin-1 terminal; a file name whose bytes are not UTF-8, `$'\\xffstep_0.pt'`) escaped as \\xfc, \\xff
-    (`errors.ESCAPE`) instead of failing with UnicodeEncodeError. Only text the encoding cannot hold
-    changes; fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid.
+    (`errors.ESCAPE`) instead of failing with UnicodeEncodeError, and fdl's own glyphs ("─", "₀", "→") as their
+    ASCII stand-ins (`errors.PLAIN`). Only text the encoding cannot hold changes;
+    fdl's JSON is ASCII (json.dumps escapes as \\u00fc) and stays valid.
 
     A stdout piped or redirected (a program's input, a file) is UTF-8 whatever the locale, as the files fdl writes
     are: a CSV of Latin-1 bytes was refused by pandas' read_csv, and under ASCII "ü" was written \\xfc, the
@@ -1486,7 +1487,7 @@ def tolerate_unencodable_output() -> None:
         reconfigure = getattr(stream, "reconfigure", None)  # io.TextIOWrapper; a StringIO has none
         if reconfigure is not None:
             with contextlib.suppress(Exception):
-                reconfigure(errors=ESCAPE)
+                reconfigure(errors=PLAIN)  # a person reads it: ASCII stand-ins for fdl's glyphs, the rest escaped
             if stream is sys.stdout and codecs.lookup(stream.encoding).name != "utf-8":
                 with contextlib.suppress(Exception):
                     if not stream.isatty():  # errors given again: a new encoding alone resets them to strict

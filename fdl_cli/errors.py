@@ -231,6 +231,50 @@ def _escape(exc: UnicodeError) -> tuple[str, int]:
 
 codecs.register_error(ESCAPE, _escape)
 
+#: The codec error handler for text written for people (stderr; stdout on a terminal) on a stream whose
+#: encoding lacks fdl's typography (PYTHONIOENCODING=ascii, a Latin-1 terminal): each glyph fdl prints has an
+#: ASCII stand-in (`STAND_INS`: "─" -, "₀" 0, "Π̂" Pi^, "→" ->, "≤" <=), a run of superscripts a leading ^
+#: ("10⁶" 10^6); any other character is escaped as `ESCAPE` does (a path's "ü" stays \\xfc, a name one can
+#: find). Escaping the glyphs too gave a table rule 540 characters long and headers off their columns. A file
+#: name that holds one of these glyphs shows its stand-in there; JSON and a piped stdout (UTF-8) are exact.
+PLAIN = "fdl.plain"
+
+_SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻ᵀ", "0123456789+-T", strict=True))
+STAND_INS: dict[str, str] = {
+    **dict(zip("₀₁₂₃₄₅₆₇₈₉₋", "0123456789-", strict=True)),
+    "─": "-", "━": "-", "│": "|", "┃": "|", "┼": "+", "•": "*", "\u00a0": " ",
+    "−": "-", "–": "-", "—": "-", "→": "->", "←": "<-", "↔": "<->", "≤": "<=", "≥": ">=", "≠": "!=",
+    "≈": "~", "×": "x", "·": ".", "…": "...", "√": "sqrt", "μ": "u", "µ": "u", "‖": "||", "⟨": "<", "⟩": ">",
+    "‘": "'", "’": "'", "“": '"', "”": '"', "§": "sec. ", "\u0302": "^", "\u0303": "~", "ŷ": "y^", "Ŷ": "Y^",
+    "ȳ": "ybar", "Δ": "Delta", "Π": "Pi", "Σ": "Sum", "Φ": "Phi", "α": "alpha", "η": "eta", "θ": "theta",
+    "λ": "lambda", "ρ": "rho", "σ": "sigma", "τ": "tau", "φ": "phi",
+}
+
+
+def _plain(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text, said = exc.object, []
+    for at in range(exc.start, exc.end):
+        char = text[at]
+        if char in _SUPERSCRIPTS or char == "\u00b2":
+            after = at > exc.start and (text[at - 1] in _SUPERSCRIPTS or text[at - 1] == "\u00b2")
+            said.append(("" if after else "^") + _SUPERSCRIPTS.get(char, "2"))
+        else:
+            said.append(STAND_INS.get(char) or _escape(UnicodeEncodeError(exc.encoding, char, 0, 1, exc.reason))[0])
+    return "".join(said), exc.end
+
+
+codecs.register_error(PLAIN, _plain)
+
+
+def legible(text: str, encoding: str | None) -> str:
+    """`text` as a stream of `encoding` writes it with `PLAIN` (itself for UTF-8): what a table measures, so that
+    its columns line up with the stand-ins written."""
+    if encoding is None or codecs.lookup(encoding).name == "utf-8":
+        return text
+    return text.encode(encoding, PLAIN).decode(encoding)
+
 
 def utf8_path(path: object) -> bool:
     """Whether a path's text is UTF-8: False for a name of bytes that are not (`$'\\xffstep_0.pt'`), which

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import stat
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, first_and_more, write_refused
+from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, first_and_more, legible, write_refused
 from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -787,6 +788,15 @@ class PlainTable:
 
     def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
                  *, title: str | None = None) -> None:
+        # the cells as stderr will write them: a stream without fdl's typography gets its ASCII stand-ins, whose
+        # widths the columns take (`legible`); a UTF-8 one, the cells as they are
+        self.rule = "─"
+        encoding = getattr(sys.stderr, "encoding", None)
+        if legible(self.rule, encoding) != self.rule:
+            self.rule = legible(self.rule, encoding)
+            title = None if title is None else legible(title, encoding)
+            headers = [legible(header, encoding) for header in headers]
+            rows = [[legible(cell, encoding) for cell in row] for row in rows]
         self.title = title
         self.widths = [
             max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)
@@ -855,7 +865,7 @@ class PlainTable:
             yield Segment.line()
         yield Segment(fit(self.lines[0]), Style(bold=True))
         yield Segment.line()
-        yield Segment("─" * min(self.width, max_width), Style(dim=True))
+        yield Segment(self.rule * min(self.width, max_width), Style(dim=True))
         yield Segment.line()
         for line in self.lines[1:]:
             yield Segment(fit(line))
