@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import h5py
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from tests.cli_run import fdl_in_process
+from tests.test_report import make_store
 
 torch.set_num_threads(1)
 
@@ -79,3 +83,26 @@ def test_a_non_persistent_buffer_is_not_named_as_moved(tmp_path: Path) -> None:
     assert "head:input: the features moved from the reference at step 10" in err, err
     assert "only buffers changed (gate.mask)" in err, err
     assert "gate.seen" not in err, err
+
+
+# ------------------------------------------------------------------ 2. compare --json's refused steps
+
+REFUSED = [{"step": 300, "path": "ckpt/step_300.pt", "kind": "weights",
+            "reason": "tensor 'fc1.weight' (8, 4) holds NaN or Inf", "refused": "2026-01-01T00:00:00+00:00"}]
+
+
+def test_compare_json_carries_each_sides_refused_steps_as_classify_does(tmp_path: Path) -> None:
+    """Run A's step 300 was refused; run B records none. `compare --json` said so on stderr alone, so a script
+    reading its object took run A as ending at step 200."""
+    a, b = make_store(tmp_path / "a.h5"), make_store(tmp_path / "b.h5", seed=1)
+    with h5py.File(a, "a") as handle:
+        handle.attrs["refused"] = json.dumps(REFUSED)
+    done = fdl_in_process("compare", a, b, "--json")
+    assert done.returncode == 0, done.stderr
+    compared = json.loads(done.stdout)
+    classified = json.loads(fdl_in_process("classify", a, "--json").stdout)["refused_steps"]
+    assert compared["refused_steps"] == {"a": classified, "b": None}, compared.get("refused_steps")
+    assert [item["step"] for item in classified] == [300]
+
+    clean = json.loads(fdl_in_process("compare", b, b, "--json").stdout)
+    assert "refused_steps" not in clean  # no store records any: the object as it was
