@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -106,3 +108,18 @@ def test_compare_json_carries_each_sides_refused_steps_as_classify_does(tmp_path
 
     clean = json.loads(fdl_in_process("compare", b, b, "--json").stdout)
     assert "refused_steps" not in clean  # no store records any: the object as it was
+
+
+# ------------------------------------------------------------------ 3. CSV cells that look like formulas
+
+
+def test_csv_writes_names_as_they_are_and_negative_numbers_as_numbers(tmp_path: Path) -> None:
+    """Layers named `=SUM(1,2)` and `-b` (a model's module names) and a negative `param_dist_init`: the CSV holds
+    the names unchanged (a script matches them against the model's) and the number as a number."""
+    store = make_store(tmp_path / "run.h5", layers=("=SUM(1,2)", "-b"), scalars={100: {"d_lr": -0.25}})
+    done = fdl_in_process("report", store, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert {row["layer"] for row in rows} == {"=SUM(1,2)", "-b"}, rows
+    assert {row["d_lr"] for row in rows if row["step"] == "100"} == {"-0.25"}, rows
+    assert '"=SUM(1,2)"' in done.stdout  # quoted for its comma, as every text with one, and nothing added
