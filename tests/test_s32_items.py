@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import h5py
-
 import numpy as np
 import torch
 from safetensors.torch import save_file
