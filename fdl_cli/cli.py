@@ -1246,9 +1246,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     header = f"{store}: probe {chosen.probe}, layer {chosen.layer}{how if others else ''}"
     refused = rep.refused_line(run, "the verdict")
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
-        verdict = dataclasses.replace(verdict, refused=[
-            {"step": item["step"], "path": item.get("path"), "kind": item.get("kind"), "reason": item.get("reason")}
-            for item in run.refused])
+        verdict = dataclasses.replace(verdict, refused=rep.refused_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
                        others, rep.probe_sha(run, chosen), refused)
 

@@ -4095,11 +4095,23 @@ def _warn_constant_anchors(ctx: _Context) -> None:
 _RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
-def _buffers_of(model: Any) -> dict[str, Any]:
+def _buffers_of(model: Any, loaded: LoadedCheckpoint) -> dict[str, Any]:
     """A copy of the model's buffers, by name, but BatchNorm's `num_batches_tracked`: a count of training's
-    batches, which eval mode does not read (its statistics, `running_mean` and `running_var`, are kept)."""
+    batches, which eval mode does not read (its statistics, `running_mean` and `running_var`, are kept).
+    **(choice)** Nor, when the model was built by its code and given the file's weights, its non-persistent buffers
+    (`register_buffer(..., persistent=False)`): in no state_dict, they come from the model code, the same at every
+    checkpoint, and differ only where the forward pass writes them (a cache, a monitor), which no checkpoint
+    caused; copying them (a causal mask, a table of positions) would only hold memory on the device. A pickled
+    module's are kept: its file holds them."""
+    skipped = set() if loaded.module is not None else _non_persistent_buffers(model)
     return {name: value.detach().clone() for name, value in model.named_buffers()
-            if name.rsplit(".", 1)[-1] != "num_batches_tracked"}
+            if name.rsplit(".", 1)[-1] != "num_batches_tracked" and name not in skipped}
+
+
+def _non_persistent_buffers(model: Any) -> set[str]:
+    """The names of `model`'s buffers registered with persistent=False (kept out of its state_dict)."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(module, "_non_persistent_buffers_set", ())}
 
 
 def _same_tensor(value: Any, before: Any) -> bool:
@@ -4887,7 +4899,7 @@ def _reference_series(
     model = _prepare(ctx, loaded)
     if ctx.reference_state is None:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
-        ctx.reference_buffers = _buffers_of(model)
+        ctx.reference_buffers = _buffers_of(model, loaded)
     with StoreReader(out) as reader:
         keys = [key for key in needed if key not in ctx.reference and key in reader.held(reference.step)]
         if keys:
@@ -5079,7 +5091,7 @@ def _analyze_one(
     parameters = _parameters_of(loaded, model)
     if is_reference:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
-        ctx.reference_buffers = _buffers_of(model)
+        ctx.reference_buffers = _buffers_of(model, loaded)
     param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state)
     moved_parameters: list[str] | None = None  # found once a series' features moved (`_statistics_only`)
     current: dict[tuple[str, str], _Series] = {}

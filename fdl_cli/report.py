@@ -1356,6 +1356,13 @@ def _refusal_means(kind: str) -> str:
     return _REFUSED_MEANS.get(kind, "its values")
 
 
+def refused_items(run: Run) -> list[dict[str, Any]] | None:
+    """The checkpoints `fdl analyze` refused for their values, as `--json` gives them (`refused_steps` of
+    `fdl classify`, and of each side of `fdl compare`): {"step", "path", "kind", "reason"} each; None for none."""
+    return [{"step": item["step"], "path": item.get("path"), "kind": item.get("kind"), "reason": item.get("reason")}
+            for item in run.refused] or None
+
+
 def refused_line(run: Run, covers: str) -> str | None:
     """One line naming the checkpoints `fdl analyze` refused for their values (the store's `refused` list: NaN or
     Inf weights, a forward pass that overflowed), by kind, and which steps `covers` (what the command shows: "the
@@ -1649,6 +1656,8 @@ class Comparison:
     #: the (probe, layer) of run A and of run B where either store holds several series or they differ, named in
     #: the header and carried by every `--json` record as `probe` and `layer` (DESIGN.md); None otherwise
     series: tuple[tuple[str | None, str | None], tuple[str | None, str | None]] | None = None
+    #: the checkpoints `fdl analyze` refused in run A and in run B (`refused_items`; None: the store records none)
+    refused: tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -2379,6 +2388,7 @@ def compare_runs(
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
         series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
         if run_a.several or run_b.several or series_a.label != series_b.label else None,
+        refused=(refused_items(run_a), refused_items(run_b)),
     )
 
 
@@ -2515,6 +2525,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         # `fdl report --format json`: the comparisons of other runs print as before
         **({ZERO_ONE_FIELD: dict(zip("ab", comparison.zero_one_targets, strict=True))}
            if any(comparison.zero_one_targets) else {}),
+        # only when a store records checkpoints `fdl analyze` refused, each side's as `fdl classify --json` gives
+        # them (null for a side with none): the matched steps leave them out, and the stderr note says so too
+        **({"refused_steps": dict(zip("ab", comparison.refused, strict=True))} if any(comparison.refused) else {}),
     }
 
 
