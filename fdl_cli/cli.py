@@ -1380,7 +1380,7 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
                       markup=False)
         if not by_row:
             console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
-        for line in _probe_files_differ(done):
+        for line in [*_probe_files_differ(done), *_final_steps_differ(done)]:
             console.print(line, markup=False)
         for one in done:
             if one.others:
@@ -1419,6 +1419,19 @@ def _probe_files_differ(done: Sequence[_Classified]) -> list[str]:
                         for i, (sha, stores) in enumerate(files.items()))
             + ": those rows measure other data"
             for name, files in by_name.items() if len(files) > 1]
+
+
+def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
+    """A line where the rows' final checkpoints are at other steps (a seed stopped early, a run still training):
+    the columns are each run's last checkpoint, so such rows compare other points of training. A line, as for the
+    probes; `final_step` is a column of the table and of --format/--json already, so machine output is as it was."""
+    by_step: dict[Any, list[str]] = {}
+    for one in done:
+        by_step.setdefault(one.verdict.evidence.get("final_step"), []).append(_row_name(one.store))
+    if len(by_step) < 2:
+        return []
+    return ["the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}" for step, stores in by_step.items())
+            + ": those rows measure other points of training"]
 
 
 def _row_name(store: str) -> str:

@@ -83,3 +83,19 @@ def test_one_step_has_one_d_lr_in_every_command(seeds: list[Path]) -> None:
     # the seed-averaged table usage.md's seed study builds with the csv module
     mean_last = sum(exported[s][200] for s in seeds) / len(seeds)
     assert mean_last == pytest.approx(0.141666, abs=1e-6)
+
+
+def test_a_sweep_whose_runs_end_at_other_steps_says_so(seeds: list[Path], tmp_path: Path) -> None:
+    """A seed that stopped early (or a run still training) has its last checkpoint in the same columns as the
+    others' last: the rows then compare other points of training, which a line says, as for other probes."""
+    a, b, _ = seeds
+    short = make_store(tmp_path / "run_s3.h5", steps=(0, 100), seed=3)
+    done = fdl_in_process("classify", a, short, b)
+    assert done.returncode == 0, done.stderr
+    assert (f"the final steps differ: 200 in {a}, {b}; 100 in {short}: those rows measure other points of "
+            "training\n") in done.stderr
+    same = fdl_in_process("classify", a, b)
+    assert same.returncode == 0 and "final steps differ" not in same.stderr
+    # machine output is unchanged: the final_step column says it for each row
+    rows = list(csv.DictReader(io.StringIO(fdl_in_process("classify", a, short, b, "--format", "csv").stdout)))
+    assert [row["final_step"] for row in rows] == ["200", "100", "200"]
