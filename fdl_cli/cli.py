@@ -245,7 +245,27 @@ def _require_file_locks() -> None:
         ) from None
 
 
+#: What a command that reads one store (two, compare) adds to click's "Got unexpected extra arguments" when given
+#: more, as a glob over a sweep's stores does: the command that reads several, or a loop.
+_ONE_STORE_HINTS = {
+    "report": "fdl report reads one store: for a row per store, fdl classify STORE...; or one report per store "
+              "(for s in runs/*.h5; do fdl report \"$s\"; done)",
+    "export": "fdl export reads one store: one export per store, named after it "
+              "(for s in runs/*.h5; do fdl export \"$s\" --what trajectories > \"${s%.h5}.csv\"; done)",
+    "compare": "fdl compare reads two stores: for a row per store, fdl classify STORE...",
+}
+
+
 class _Command(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            hint = _ONE_STORE_HINTS.get(self.name or "")
+            if hint is None or not exc.message.startswith("Got unexpected extra argument"):
+                raise
+            raise click.UsageError(f"{exc.message}: {hint}", ctx=ctx) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
         if self.name in STORE_COMMANDS:
