@@ -245,7 +245,27 @@ def _require_file_locks() -> None:
         ) from None
 
 
+#: What a command that reads one store (two, compare) adds to click's "Got unexpected extra arguments" when given
+#: more, as a glob over a sweep's stores does: the command that reads several, or a loop.
+_ONE_STORE_HINTS = {
+    "report": "fdl report reads one store: for a row per store, fdl classify STORE...; or one report per store "
+              "(for s in runs/*.h5; do fdl report \"$s\"; done)",
+    "export": "fdl export reads one store: one export per store, named after it "
+              "(for s in runs/*.h5; do fdl export \"$s\" --what trajectories > \"${s%.h5}.csv\"; done)",
+    "compare": "fdl compare reads two stores: for a row per store, fdl classify STORE...",
+}
+
+
 class _Command(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            hint = _ONE_STORE_HINTS.get(self.name or "")
+            if hint is None or not exc.message.startswith("Got unexpected extra argument"):
+                raise
+            raise click.UsageError(f"{exc.message}: {hint}", ctx=ctx) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
         if self.name in STORE_COMMANDS:
@@ -1378,7 +1398,7 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
                       markup=False)
         if not by_row:
             console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
-        for line in _probe_files_differ(done):
+        for line in [*_probe_files_differ(done), *_final_steps_differ(done)]:
             console.print(line, markup=False)
         for one in done:
             if one.others:
@@ -1417,6 +1437,19 @@ def _probe_files_differ(done: Sequence[_Classified]) -> list[str]:
                         for i, (sha, stores) in enumerate(files.items()))
             + ": those rows measure other data"
             for name, files in by_name.items() if len(files) > 1]
+
+
+def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
+    """A line where the rows' final checkpoints are at other steps (a seed stopped early, a run still training):
+    the columns are each run's last checkpoint, so such rows compare other points of training. A line, as for the
+    probes; `final_step` is a column of the table and of --format/--json already, so machine output is as it was."""
+    by_step: dict[Any, list[str]] = {}
+    for one in done:
+        by_step.setdefault(one.verdict.evidence.get("final_step"), []).append(_row_name(one.store))
+    if len(by_step) < 2:
+        return []
+    return ["the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}" for step, stores in by_step.items())
+            + ": those rows measure other points of training"]
 
 
 def _row_name(store: str) -> str:

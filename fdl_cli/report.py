@@ -1785,9 +1785,12 @@ def compare_thresholds(overrides: Sequence[str]) -> dict[str, float]:
 
 
 def thresholds_line(thresholds: Mapping[str, float]) -> str:
-    """The line `thresholds:` of `fdl compare`: every threshold in force, each with what it decides."""
-    return (f"thresholds: dlr_tie = {threshold_text(thresholds['dlr_tie'])} (a D_LR difference up to it is a tie: "
-            "rounding's, as between float32 and bfloat16 analyses); "
+    """The line `thresholds:` of `fdl compare`: every threshold in force, each with what it decides. A tie other
+    than the default is the user's (a seed study's spread, say), so it is not given the default's reason."""
+    tie = thresholds["dlr_tie"]
+    why = (": rounding's, as between float32 and bfloat16 analyses" if tie == DLR_TIE else
+           f", as given; the default {threshold_text(DLR_TIE)} is rounding's")
+    return (f"thresholds: dlr_tie = {threshold_text(tie)} (a D_LR difference up to it is a tie{why}); "
             + ", ".join(f"{name} = {threshold_text(thresholds[name])}" for name in MOVEMENT)
             + " (whether a run's features moved, by fdl classify's rule)")
 

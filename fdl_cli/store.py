@@ -724,6 +724,12 @@ class StoreReader:
                     f"no checkpoint is stored in {path} yet: it is being written by {writer}",
                     fix="wait until it has stored its first checkpoint, then run this again",
                 )
+            if any(char in str(path) for char in "*?["):  # a glob the shell matched to nothing, passed as written
+                raise StoreError(
+                    f"no fdl store at {path}",
+                    got="no file matches this pattern: the shell passes a pattern that matches nothing as written",
+                    fix=f"check the pattern (`ls {path}`) and the folder it names",
+                )
             raise StoreError(
                 f"no fdl store at {path}",
                 fix=f"run `fdl analyze CKPT_DIR --out {shlex.quote(str(path))}` first (`fdl analyze --watch` writes it "
