@@ -1529,7 +1529,10 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             got=("its step keys are not read, since it pickles Python objects (read with --trust-pickle), and "
                  "no integer in its name") if unread else f"no {'/'.join(STEP_KEYS)} in the file and no integer in its name",
             # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
-            fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
+            # ... unless the file is given beside a run's (the model before fine-tuning, `base.pt`): that regex
+            # would read it at its folder's number, and the run's files not at all, so its name is to hold the step
+            fix=(f"pass --step-regex '{folder}' to take the step from its folder's name, or put its step in its name "
+                 "(step_0.pt for the model before training)") if folder else _STEP_FIX,
         )
     return step, "name"
 

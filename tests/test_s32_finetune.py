@@ -148,3 +148,20 @@ def test_merged_weights_into_a_model_built_with_adapters_are_named_so(tmp_path: 
     said = " ".join(done.stderr.split())
     assert "wrong --model" not in said
     assert "the model built by --model holds LoRA adapters (0.lora_A, 0.lora_B) that the file lacks" in said
+
+
+def test_a_pretrained_file_without_a_step_given_beside_the_run_is_told_to_carry_one(tmp_path: Path) -> None:
+    """`fdl analyze base.pt run/`: the model before fine-tuning given as a file of no step. The fix offered only
+    the --step-regex of its folder's name (`exp(\\d+)/`: step 3 for every file of exp3/, which the run's own files
+    then fail to match); naming the file with its step is what such a file needs."""
+    folder = tmp_path / "exp3"
+    run = folder / "run"
+    run.mkdir(parents=True)
+    pretrained = mlp(n_out=10, seed=1).state_dict()
+    torch.save(_fine_tuned(pretrained, step=0, frozen=True), folder / "base.pt")
+    torch.save(_fine_tuned(pretrained, step=1, frozen=False), run / "step_1.pt")
+    done = _analyze(tmp_path, folder / "base.pt", run)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert "cannot tell the training step of" in said
+    assert "or put its step in its name (step_0.pt for the model before training)" in said
