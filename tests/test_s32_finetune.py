@@ -22,9 +22,24 @@ def _probe(tmp_path: Path) -> Path:
     return tmp_path / "probe.npz"
 
 
-def _analyze(tmp_path: Path, run: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return fdl_in_process("analyze", run, "--model", MODEL, "--probe", _probe(tmp_path),
-                          "--out", tmp_path / "run.h5", *extra)
+def _refused(tmp_path: Path, *sources: Path, model: str = MODEL) -> str:
+    """What `fdl analyze SOURCES` says (its words joined by single spaces) when it refuses the run: exit 1, no
+    traceback, and never the "wrong --model" that sent a fine-tuning user to change the model the run fits."""
+    done = fdl_in_process("analyze", *sources, "--model", model, "--probe", _probe(tmp_path),
+                          "--out", tmp_path / "refused.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert "wrong --model" not in said
+    return said
+
+
+def _run(tmp_path: Path, name: str, *states: dict[str, torch.Tensor]) -> Path:
+    """A folder `name` holding `states` as step_0.pt, step_1.pt, ..."""
+    run = tmp_path / name
+    run.mkdir(parents=True)
+    for step, state in enumerate(states):
+        torch.save(state, run / f"step_{step}.pt")
+    return run
 
 
 def _fine_tuned(pretrained: dict[str, torch.Tensor], *, step: int, frozen: bool) -> dict[str, torch.Tensor]:
@@ -40,16 +55,9 @@ def test_a_pretrained_head_of_other_classes_is_named_as_a_replaced_head(tmp_path
     """The run's step 0 is the pretrained model (10 classes), the later steps the fine-tuned one (3 classes):
     the error said "wrong --model or --model-kwargs?", sending the user to change the model every other file
     fits. It now names the head and the ways to measure the fine-tuning."""
-    run = tmp_path / "run"
-    run.mkdir()
     pretrained = mlp(n_out=10, seed=1).state_dict()
-    torch.save(pretrained, run / "step_0.pt")
-    for step in (1, 5):
-        torch.save(_fine_tuned(pretrained, step=step, frozen=True), run / f"step_{step}.pt")
-    done = _analyze(tmp_path, run)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    said = " ".join(done.stderr.split())
-    assert "wrong --model" not in said
+    said = _refused(tmp_path, _run(tmp_path, "run", pretrained, *(_fine_tuned(pretrained, step=step, frozen=True)
+                                                                  for step in (1, 5))))
     assert "only the outputs of 2 differ (10 in the file, 3 in the model)" in said
     assert "head replaced for fine-tuning" in said and "--steps" in said and "before its first update" in said
 
@@ -60,12 +68,8 @@ def test_a_frozen_backbone_saved_before_its_first_update_reads_coefficient(tmp_p
     pretrained = mlp(n_out=10, seed=1).state_dict()
     verdicts = {}
     for frozen in (True, False):
-        run = tmp_path / f"frozen_{frozen}"
-        run.mkdir()
-        start = _fine_tuned(pretrained, step=0, frozen=True)
-        torch.save(start, run / "step_0.pt")
-        for step in (1, 5):
-            torch.save(_fine_tuned(pretrained, step=step, frozen=frozen), run / f"step_{step}.pt")
+        run = _run(tmp_path, f"frozen_{frozen}", *(_fine_tuned(pretrained, step=step, frozen=frozen or not step)
+                                                    for step in (0, 1, 5)))
         assert fdl_in_process("analyze", run, "--model", MODEL, "--probe", _probe(tmp_path),
                               "--out", tmp_path / f"{frozen}.h5").returncode == 0
         verdicts[frozen] = fdl_in_process("classify", tmp_path / f"{frozen}.h5").stderr
@@ -81,16 +85,9 @@ def test_lora_adapters_beside_the_base_weights_are_named_with_their_fixes(tmp_pa
     unmerged = {"0.base_layer.weight": base["0.weight"], "0.base_layer.bias": base["0.bias"], **adapters,
                 "2.weight": base["2.weight"], "2.bias": base["2.bias"]}
     alone = {**adapters, "2.weight": base["2.weight"], "2.bias": base["2.bias"]}
-    said = {}
-    for name, state in (("unmerged", unmerged), ("alone", alone)):
-        run = tmp_path / name
-        run.mkdir()
-        torch.save(state, run / "step_0.pt")
-        done = fdl_in_process("analyze", run, "--model", MODEL, "--probe", _probe(tmp_path),
-                              "--out", tmp_path / f"{name}.h5")
-        assert done.returncode == 1 and "Traceback" not in done.stderr
-        said[name] = " ".join(done.stderr.split())
-        assert "wrong --model" not in said[name] and "LoRA adapters (0.lora_A, 0.lora_B)" in said[name]
+    said = {name: _refused(tmp_path, _run(tmp_path, name, state)) for name, state in (("unmerged", unmerged),
+                                                                                       ("alone", alone))}
+    assert all("LoRA adapters (0.lora_A, 0.lora_B)" in text for text in said.values())
     assert "beside the base weights" in said["unmerged"] and "merge_and_unload()" in said["unmerged"]
     assert "without the base weights" in said["alone"] and "one file per step" in said["alone"]
 
@@ -112,14 +109,8 @@ def test_a_backbone_saved_without_its_head_or_prefix_is_named_so(tmp_path: Path)
         "        return self.head(self.backbone(x))\n"
         "def build():\n"
         "    return Net()\n")
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save(nn.Sequential(nn.Linear(4, 8), nn.Tanh()).state_dict(), run / "step_0.pt")
-    done = fdl_in_process("analyze", run, "--model", f"{model}:build", "--probe", _probe(tmp_path),
-                          "--out", tmp_path / "run.h5")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    said = " ".join(done.stderr.split())
-    assert "wrong --model" not in said
+    said = _refused(tmp_path, _run(tmp_path, "run", nn.Sequential(nn.Linear(4, 8), nn.Tanh()).state_dict()),
+                    model=f"{model}:build")
     assert "the weights of the model's backbone alone (its keys without 'backbone.'; none of head)" in said
 
 
@@ -139,14 +130,7 @@ def test_merged_weights_into_a_model_built_with_adapters_are_named_so(tmp_path: 
         "        return self.base_layer(x) + x @ self.lora_A.T @ self.lora_B.T\n"
         "def build():\n"
         "    return nn.Sequential(LoRA(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 3))\n")
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save(mlp(n_out=3).state_dict(), run / "step_0.pt")
-    done = fdl_in_process("analyze", run, "--model", f"{model}:build", "--probe", _probe(tmp_path),
-                          "--out", tmp_path / "run.h5")
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    said = " ".join(done.stderr.split())
-    assert "wrong --model" not in said
+    said = _refused(tmp_path, _run(tmp_path, "run", mlp(n_out=3).state_dict()), model=f"{model}:build")
     assert "the model built by --model holds LoRA adapters (0.lora_A, 0.lora_B) that the file lacks" in said
 
 
@@ -154,14 +138,9 @@ def test_a_pretrained_file_without_a_step_given_beside_the_run_is_told_to_carry_
     """`fdl analyze base.pt run/`: the model before fine-tuning given as a file of no step. The fix offered only
     the --step-regex of its folder's name (`exp(\\d+)/`: step 3 for every file of exp3/, which the run's own files
     then fail to match); naming the file with its step is what such a file needs."""
-    folder = tmp_path / "exp3"
-    run = folder / "run"
-    run.mkdir(parents=True)
     pretrained = mlp(n_out=10, seed=1).state_dict()
-    torch.save(_fine_tuned(pretrained, step=0, frozen=True), folder / "base.pt")
-    torch.save(_fine_tuned(pretrained, step=1, frozen=False), run / "step_1.pt")
-    done = _analyze(tmp_path, folder / "base.pt", run)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    said = " ".join(done.stderr.split())
+    run = _run(tmp_path, "exp3/run", _fine_tuned(pretrained, step=1, frozen=False))
+    torch.save(_fine_tuned(pretrained, step=0, frozen=True), tmp_path / "exp3" / "base.pt")
+    said = _refused(tmp_path, tmp_path / "exp3" / "base.pt", run)
     assert "cannot tell the training step of" in said
     assert "or put its step in its name (step_0.pt for the model before training)" in said
