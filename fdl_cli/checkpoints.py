@@ -5088,8 +5088,8 @@ def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None]
         spare = collections.Counter(tuple(_shape(state[key]) or ()) for key in unexpected if key not in file_adapters)
         needed = collections.Counter(tuple(expected[key] or ()) for key in missing)
         if missing and not needed - spare or not missing:
-            return (f"the file holds LoRA adapters ({shown}) beside the base weights, which the model built by "
-                    "--model does not hold: have the factory build the model with the adapters as training wrapped "
+            return (f"the file holds LoRA adapters ({shown}) beside the base weights, which the model built "
+                    "does not hold: have the factory build the model with the adapters as training wrapped "
                     "it (peft's get_peft_model with the same config), or merge them into the base weights (peft's "
                     "merge_and_unload(); W + B·A·scale) and save each step's merged state_dict")
         return (f"the file holds LoRA adapters ({shown}) without the base weights they adapt "
@@ -5097,7 +5097,7 @@ def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None]
                 "adapters into the base model (peft: PeftModel.from_pretrained(base, ADAPTER_DIR).merge_and_unload()) "
                 "and save its state_dict, one file per step")
     if model_adapters and not file_adapters and any(_ADAPTER_KEY.search(key) for key in missing):
-        return (f"the model built by --model holds LoRA adapters ({first_names(model_adapters, 4)}) that the file "
+        return (f"the model built holds LoRA adapters ({first_names(model_adapters, 4)}) that the file "
                 "lacks (weights merged, or saved before the adapters were added): build the model without them")
     if not missing and not unexpected:
         return _head_fix(model, expected, state)

@@ -131,7 +131,7 @@ def test_merged_weights_into_a_model_built_with_adapters_are_named_so(tmp_path: 
         "def build():\n"
         "    return nn.Sequential(LoRA(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 3))\n")
     said = _refused(tmp_path, _run(tmp_path, "run", mlp(n_out=3).state_dict()), model=f"{model}:build")
-    assert "the model built by --model holds LoRA adapters (0.lora_A, 0.lora_B) that the file lacks" in said
+    assert "the model built holds LoRA adapters (0.lora_A, 0.lora_B) that the file lacks" in said
 
 
 def test_a_pretrained_file_without_a_step_given_beside_the_run_is_told_to_carry_one(tmp_path: Path) -> None:
