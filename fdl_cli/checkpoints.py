@@ -1529,7 +1529,10 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
             got=("its step keys are not read, since it pickles Python objects (read with --trust-pickle), and "
                  "no integer in its name") if unread else f"no {'/'.join(STEP_KEYS)} in the file and no integer in its name",
             # --step-regex 'step_(\d+)' cannot match the name model.pt: its folder's name holds the step
-            fix=f"pass --step-regex '{folder}' to take the step from its folder's name" if folder else _STEP_FIX,
+            # ... unless the file is given beside a run's (the model before fine-tuning, `base.pt`): that regex
+            # would read it at its folder's number, and the run's files not at all, so its name is to hold the step
+            fix=(f"pass --step-regex '{folder}' to take the step from its folder's name, or put its step in its name "
+                 "(step_0.pt for the model before training)") if folder else _STEP_FIX,
         )
     return step, "name"
 
@@ -5063,6 +5066,80 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
             "model.state_dict() with torch.save, which holds it, or build the model without that state")
 
 
+#: A LoRA adapter's tensor, as peft (`lora_A`, `lora_B`, `lora_embedding_A`, `lora_magnitude_vector`) and
+#: kohya / diffusers (`lora_down`, `lora_up`) name them
+_ADAPTER_KEY = re.compile(r"(?:^|\.)lora_[A-Za-z_]+(?:\.|$)")
+
+
+def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None],
+                     state: Mapping[str, Any]) -> str | None:
+    """The fix for the mismatches a fine-tuning run's files make (None for any other): a pretrained model whose
+    head has another number of outputs than the fine-tuned one's, LoRA adapters beside or instead of the base
+    weights, and a backbone saved apart from its head. "Wrong --model?" sent the user to change the model that
+    every fine-tuning checkpoint fits."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    file_adapters = [key for key in state if _ADAPTER_KEY.search(key)]
+    model_adapters = [key for key in expected if _ADAPTER_KEY.search(key)]
+    if file_adapters and not model_adapters or file_adapters and missing:
+        shown = first_names(file_adapters, 4)
+        # the base weights are in the file when each tensor the model lacks has one of its shape under another
+        # name (peft's `base_layer.weight` for the plain model's `weight`)
+        spare = collections.Counter(tuple(_shape(state[key]) or ()) for key in unexpected if key not in file_adapters)
+        needed = collections.Counter(tuple(expected[key] or ()) for key in missing)
+        if missing and not needed - spare or not missing:
+            return (f"the file holds LoRA adapters ({shown}) beside the base weights, which the model built "
+                    "does not hold: have the factory build the model with the adapters as training wrapped "
+                    "it (peft's get_peft_model with the same config), or merge them into the base weights (peft's "
+                    "merge_and_unload(); W + B·A·scale) and save each step's merged state_dict")
+        return (f"the file holds LoRA adapters ({shown}) without the base weights they adapt "
+                f"({first_names(missing, 4)}): fdl loads each step's whole model from its file; merge each step's "
+                "adapters into the base model (peft: PeftModel.from_pretrained(base, ADAPTER_DIR).merge_and_unload()) "
+                "and save its state_dict, one file per step")
+    if model_adapters and not file_adapters and any(_ADAPTER_KEY.search(key) for key in missing):
+        return (f"the model built holds LoRA adapters ({first_names(model_adapters, 4)}) that the file "
+                "lacks (weights merged, or saved before the adapters were added): build the model without them")
+    if not missing and not unexpected:
+        return _head_fix(model, expected, state)
+    return _backbone_fix(expected, state) if missing else None
+
+
+def _head_fix(model: nn.Module, expected: Mapping[str, torch.Size | None], state: Mapping[str, Any]) -> str | None:
+    """The fix when only one nn.Linear's number of outputs differs: a pretrained model's head, which fine-tuning
+    replaced by one of its own classes."""
+    wrong = [key for key, shape in expected.items()
+             if shape is not None and (theirs := _shape(state[key])) is not None and tuple(theirs) != tuple(shape)]
+    modules = {key.rpartition(".")[0] for key in wrong}
+    if len(modules) != 1:
+        return None
+    name = modules.pop()
+    head = model.get_submodule(name) if name else model
+    weight = _shape(state.get(f"{name}.weight" if name else "weight"))
+    if not isinstance(head, nn.Linear) or weight is None or len(weight) != 2 or weight[1] != head.in_features:
+        return None
+    return (f"only the outputs of {shown_name(name)} differ ({weight[0]} in the file, {head.out_features} in the "
+            "model): a pretrained model, its head replaced for fine-tuning? Every checkpoint loads into one model; "
+            "measure from the first fine-tuning checkpoint (leave this file out with --steps or --glob: the first "
+            "one kept is the reference), or save the fine-tuning model before its first update (the pretrained body "
+            "under the new head) as the run's first checkpoint; a file of the run itself with other outputs: "
+            "--model-kwargs")
+
+
+def _backbone_fix(expected: Mapping[str, torch.Size | None], state: Mapping[str, Any]) -> str | None:
+    """The fix for a file that holds one module of the model alone, its keys without the module's name (a
+    pretrained backbone saved apart from its head: `backbone.state_dict()`)."""
+    for prefix in {key.partition(".")[0] + "." for key in expected if "." in key}:
+        if state and all(tuple(expected.get(prefix + key) or ()) == tuple(_shape(value) or ())
+                         and prefix + key in expected for key, value in state.items()):
+            rest = list(dict.fromkeys(key.partition(".")[0] for key in expected if not key.startswith(prefix)))
+            return (f"the file holds the weights of the model's {shown_name(prefix[:-1])} alone (its keys without "
+                    f"{prefix!r}; none of {first_names(rest, 4)}): a part saved apart from the model, as a "
+                    "pretrained backbone is; fdl measures the whole model at every step: save the fine-tuning model "
+                    "(its backbone and new head) before its first update as the run's first checkpoint, or leave "
+                    "this file out (--steps or --glob)")
+    return None
+
+
 _QUANTIZED_MODEL_FIX = ("have the factory return the float network (before quantize_dynamic or convert): fdl loads a "
                         "quantized checkpoint's Linears dequantized into the float ones, and analyses the float model")
 
@@ -5204,6 +5281,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
              "(self.module = net), the one prefix that fdl puts before the checkpoints' keys" if wrapper else
              "keep the probe out of the checkpoints' folder (or leave it out with --glob) and pass it as --probe"
              if probe else _renamed_fix(expected, state) or _extra_state_fix(expected, state) or
+             _fine_tuning_fix(model, expected, state) or
              "wrong --model or --model-kwargs? (the sizes in the checkpoint say which width/depth it was)"),
         )
     state = _dequantized(own, state)
