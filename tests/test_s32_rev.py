@@ -80,3 +80,34 @@ def test_the_layers_own_pruning_mask_is_still_not_named_at_its_input(tmp_path: P
     status, err = _analyze(tmp_path, HOOKED, {"gain": torch.linspace(0.1, 5.0, 8), "head.weight_mask": mask})
     assert status == 0, err
     assert "only buffers changed (gain)" in err, err
+
+
+# ------------------------------------------------------------------ an option given before its command
+
+
+def test_an_option_before_its_command_is_shown_with_its_value() -> None:
+    """`fdl --device cpu analyze ...` was told 'as in fdl analyze ... --device', which, copied, lacks its value."""
+    for given in (["--device", "cpu"], ["--device=cpu"]):
+        done = fdl_in_process(*given, "analyze", "ckpts", "--model", "m.py:build")
+        assert done.returncode == 2, done.stderr
+        said = " ".join(done.stderr.split())
+        assert "'--device' is an option of 'fdl analyze', not of fdl" in said, said
+        assert "as in 'fdl analyze ... --device cpu'" in said, said
+
+
+def test_an_options_value_is_not_taken_for_the_command() -> None:
+    """`fdl -o report analyze ckpts`: 'report' is -o's value (a store's name), the command is analyze; click's bare
+    "No such option '-o'" was all it said, as report takes no -o."""
+    done = fdl_in_process("-o", "report", "analyze", "ckpts")
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "'-o' is an option of 'fdl analyze', not of fdl" in said and "'fdl analyze ... -o report'" in said, said
+
+
+def test_an_option_of_one_command_given_with_no_command_names_that_command() -> None:
+    """`fdl --device cpu`: 'give it after one of them' of the one command that takes it."""
+    done = fdl_in_process("--device", "cpu")
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert ("'--device' is an option of 'fdl analyze', not of fdl: give it after the command, as in "
+            "'fdl analyze ... --device cpu'") in said, said
