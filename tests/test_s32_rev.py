@@ -5,17 +5,19 @@
    weights (pruning's mask); but a pre-hook may change the input itself (`args[0] * self.gain`), and the features
    taken are the input those hooks return. A buffer outside the module read there moved the features and the
    warning fell silent.
+2. An option given before its command (`fdl --device cpu analyze ...`) was told to go after it "as in 'fdl
+   analyze ... --device'", its value lost; an option's value that is a command's name (`fdl -o report analyze`)
+   was taken for the command; and an option of one command, given with none, was told "after one of them".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from tests.cli_run import fdl_in_process
+from tests.test_s31_small import _run
 
 torch.set_num_threads(1)
 
@@ -45,28 +47,8 @@ def build():
 """
 
 
-def _analyze(tmp_path: Path, model: str, change: dict[str, torch.Tensor]) -> tuple[int, str]:
-    """`fdl analyze` at head:input of two checkpoints, the second the first with the tensors `change` replaced."""
-    (tmp_path / "model.py").write_text(model, encoding="utf-8")
-    namespace: dict[str, object] = {}
-    exec(model, namespace)  # noqa: S102 - the test's own model text
-    torch.manual_seed(0)
-    state = namespace["build"]().state_dict()  # type: ignore[operator]
-    run = tmp_path / "run"
-    run.mkdir()
-    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "step_0.safetensors"))
-    state.update(change)
-    save_file({key: value.contiguous() for key, value in state.items()}, str(run / "step_10.safetensors"))
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(60, 6)).astype(np.float32), y=rng.integers(0, 3, 60))
-    done = fdl_in_process("analyze", run, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
-                          tmp_path / "probe.npz", "--out", tmp_path / "out.h5", "--layer", "head:input",
-                          "--anchor-size", "32", "--top-k", "3")
-    return done.returncode, " ".join(done.stderr.split())
-
-
 def test_a_buffer_read_by_a_pre_hook_that_changes_the_input_is_named(tmp_path: Path) -> None:
-    status, err = _analyze(tmp_path, HOOKED, {"gain": torch.linspace(0.1, 5.0, 8)})
+    status, err = _run(tmp_path, {"gain": torch.linspace(0.1, 5.0, 8)}, model=HOOKED)
     assert status == 0, err
     assert "head:input: the features moved from the reference at step 10" in err, err
     assert "only buffers changed (gain)" in err, err
@@ -77,7 +59,7 @@ def test_the_layers_own_pruning_mask_is_still_not_named_at_its_input(tmp_path: P
     moved, only gain is named."""
     mask = torch.ones(3, 8)
     mask[0, :4] = 0
-    status, err = _analyze(tmp_path, HOOKED, {"gain": torch.linspace(0.1, 5.0, 8), "head.weight_mask": mask})
+    status, err = _run(tmp_path, {"gain": torch.linspace(0.1, 5.0, 8), "head.weight_mask": mask}, model=HOOKED)
     assert status == 0, err
     assert "only buffers changed (gain)" in err, err
 
