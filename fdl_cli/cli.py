@@ -316,7 +316,8 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
     skipped = {at}
     if at >= 0 and valued and args[at] != option:
         value = args[at].partition("=")[2]
-    elif at >= 0 and valued and at + 1 < len(args):
+    elif at >= 0 and valued and at + 1 < len(args) and (  # a command's name with none after it is the command
+            args[at + 1] not in group.commands or any(arg in group.commands for arg in args[at + 2:])):
         value = args[at + 1]
         skipped.add(at + 1)
     option_given = option if value is None else f"{option} {shlex.quote(value)}"

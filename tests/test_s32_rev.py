@@ -7,7 +7,8 @@
    warning fell silent.
 2. An option given before its command (`fdl --device cpu analyze ...`) was told to go after it "as in 'fdl
    analyze ... --device'", its value lost; an option's value that is a command's name (`fdl -o report analyze`)
-   was taken for the command; and an option of one command, given with none, was told "after one of them".
+   was taken for the command (but a command's name with none after it is the command: `fdl --device analyze`);
+   and an option of one command, given with none, was told "after one of them".
 """
 
 from __future__ import annotations
@@ -93,3 +94,10 @@ def test_an_option_of_one_command_given_with_no_command_names_that_command() -> 
     said = " ".join(done.stderr.split())
     assert ("'--device' is an option of 'fdl analyze', not of fdl: give it after the command, as in "
             "'fdl analyze ... --device cpu'") in said, said
+
+
+def test_an_option_missing_its_value_before_the_command_is_not_given_the_command_as_value() -> None:
+    """`fdl --device analyze ckpts` (no value): analyze is the command, not --device's value."""
+    done = fdl_in_process("--device", "analyze", "ckpts")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "as in 'fdl analyze ... --device'" in said, said
