@@ -58,9 +58,10 @@ def build():
 
 
 def _run(tmp_path: Path, change: dict[str, torch.Tensor], layer: str = "head:input",
-         model: str = MODEL) -> tuple[int, str]:
-    """`fdl analyze` of a run of two checkpoints of `model` (its text), the second the first with the buffers
-    `change` replaced and every parameter unchanged, at `layer`; the exit status and stderr."""
+         model: str | None = None) -> tuple[int, str]:
+    """`fdl analyze` of a run of two checkpoints of `model` (its text; MODEL, read when called), the second the
+    first with the buffers `change` replaced and every parameter unchanged, at `layer`; the exit status and stderr."""
+    model = MODEL if model is None else model
     (tmp_path / "model.py").write_text(model, encoding="utf-8")
     namespace: dict[str, object] = {}
     exec(model, namespace)  # noqa: S102 - the test's own model text
