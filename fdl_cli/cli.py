@@ -280,10 +280,11 @@ class _Group(click.Group):
     command_class = _Command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser takes the arguments out of `args` as it reads them
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as exc:
-            raise _misplaced(self, ctx, args, exc.option_name) or exc from None
+            raise _misplaced(self, ctx, given, exc.option_name) or exc from None
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -321,26 +322,41 @@ class _Group(click.Group):
 def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: str) -> click.UsageError | None:
     """An option of the command given before the command's name (`fdl --json report run.h5`), where fdl's own
     options go: said so, where click suggested fdl's --version for it; with no command named, the commands that
-    take it. None when the command named, or every command, has no such option (click's message stands)."""
+    take it; the example says the option with the value given it. None when the command named, or every command,
+    has no such option (click's message stands)."""
     def takes(command: click.Command) -> bool:
         return any(option in (*param.opts, *param.secondary_opts) for param in command.params)
 
-    named = next((group.commands[arg] for arg in args if arg in group.commands), None)
+    # the option as given, with its value (`--device cpu`, `--device=cpu`): the example then says it whole, and
+    # that value is not the command's name (`fdl -o report analyze ckpts`: -o's store, then the command)
+    valued = any(option in param.opts and not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+                 for command in group.commands.values() for param in command.params)
+    at = next((i for i, arg in enumerate(args) if arg == option or arg.startswith(option + "=")), -1)
+    value: str | None = None
+    skipped = {at}
+    if at >= 0 and valued and args[at] != option:
+        value = args[at].partition("=")[2]
+    elif at >= 0 and valued and at + 1 < len(args) and (  # a command's name with none after it is the command
+            args[at + 1] not in group.commands or any(arg in group.commands for arg in args[at + 2:])):
+        value = args[at + 1]
+        skipped.add(at + 1)
+    option_given = option if value is None else f"{option} {shlex.quote(value)}"
+    named = next((group.commands[arg] for i, arg in enumerate(args) if arg in group.commands and i not in skipped),
+                 None)
     if named is None:  # no command (`fdl --json`): click suggested --version; those that take it, aliases left out
         by_callback: dict[Any, str] = {}  # an alias (`_alias`) shares its command's callback: one name each
         for name, command in sorted(group.commands.items()):
             if takes(command):
                 by_callback.setdefault(command.callback, name)
-        owners = [f"'fdl {name}'" for name in by_callback.values()]
-        if not owners:
-            return None
-        listed = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
-        return click.UsageError(f"{option!r} is an option of {listed}, not of fdl: give it after one of them, as "
-                                f"in {owners[0][:-1]} ... {option}'", ctx=ctx)
-    if not takes(named):
+        owners = list(by_callback.values())
+    else:
+        owners = [named.name] if takes(named) and named.name else []
+    if not owners:
         return None
-    return click.UsageError(f"{option!r} is an option of 'fdl {named.name}', not of fdl: give it after the command, "
-                            f"as in 'fdl {named.name} ... {option}'", ctx=ctx)
+    listed = " and ".join(", ".join(f"'fdl {name}'" for name in owners).rsplit(", ", 1))
+    return click.UsageError(f"{option!r} is an option of {listed}, not of fdl: give it after "
+                            f"{'the command' if len(owners) == 1 else 'one of them'}, as in "
+                            f"'fdl {owners[0]} ... {option_given}'", ctx=ctx)
 
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)

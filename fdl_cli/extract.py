@@ -954,7 +954,9 @@ def buffers_read_before(
     model: nn.Module, layers: Sequence[LayerSpec], found: dict[str, set[str]] | None
 ) -> Iterator[None]:
     """Over the next forward pass, add to `found` (label -> buffer names) the model's buffers that an operation read
-    before each layer's features were taken: before its module began, for NAME:input, else before it returned.
+    before each layer's features were taken: for NAME:input before its module began, with those its forward
+    pre-hooks read but its own buffers (the input those hooks return is the features; pruning's reads its mask
+    for the module's weight), else before the module returned.
     Only these can have made the features: not a buffer of a head after the layer, nor one of the model itself
     read after it (a temperature on the logits), whatever module holds it; and a buffer read by another module's
     code (`F.batch_norm(x, self.bn.running_mean, ...)`, its own module never called) is one. The reads are seen
@@ -986,13 +988,21 @@ def buffers_read_before(
     def take(label: str) -> None:
         taken.setdefault(label, set(read))
 
+    def take_hooked(label: str, own: str) -> None:  # what the module's own pre-hooks read, but its own buffers
+        taken[label] |= {name for name in read if not name.startswith(own)}
+
     modules = dict(model.named_modules())
-    handles = [
-        modules[spec.module].register_forward_pre_hook(lambda *_args, label=spec.label: take(label), prepend=True)
-        if spec.use_input else  # before the module's own pre-hooks (pruning's reads its mask for its weight)
-        modules[spec.module].register_forward_hook(lambda *_args, label=spec.label: take(label))
-        for spec in layers if spec.module in modules and spec.module != LAST_LINEAR_OP
-    ]  # a hook that returned a value would replace the module's input or output
+    handles = []  # a hook that returned a value would replace the module's input or output
+    for spec in (spec for spec in layers if spec.module in modules and spec.module != LAST_LINEAR_OP):
+        module, label = modules[spec.module], spec.label
+        if not spec.use_input:
+            handles.append(module.register_forward_hook(lambda *_args, label=label: take(label)))
+            continue
+        # NAME:input is the input the module's pre-hooks return: what they read counts, but the module's own
+        # buffers, which a pre-hook reads for the module's weights (pruning's mask), not for its input
+        handles.append(module.register_forward_pre_hook(lambda *_args, label=label: take(label), prepend=True))
+        handles.append(module.register_forward_pre_hook(
+            lambda *_args, label=label, own=spec.module + ".": take_hooked(label, own)))
     try:
         with Reads():
             yield

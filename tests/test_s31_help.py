@@ -73,8 +73,9 @@ def test_an_option_before_its_command_is_named_as_the_command_s(args: tuple[str,
     done = fdl_in_process(*args)
     assert done.returncode == 2
     assert "--version" not in done.stderr
+    given = " ".join(args[: args.index(command)]).replace("=", " ", 1)  # with its value, as the user gave it
     assert (f"Error: {option!r} is an option of 'fdl {command}', not of fdl: give it after the command, "
-            f"as in 'fdl {command} ... {option}'") in done.stderr
+            f"as in 'fdl {command} ... {given}'") in done.stderr
 
 
 def test_an_option_of_no_command_keeps_click_s_suggestion() -> None:

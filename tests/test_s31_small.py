@@ -57,12 +57,14 @@ def build():
 """
 
 
-def _run(tmp_path: Path, change: dict[str, torch.Tensor], layer: str = "head:input") -> tuple[int, str]:
-    """`fdl analyze` of a run of two checkpoints, the second the first with the buffers `change` replaced and
-    every parameter unchanged, at `layer`; the exit status and stderr."""
-    (tmp_path / "model.py").write_text(MODEL, encoding="utf-8")
+def _run(tmp_path: Path, change: dict[str, torch.Tensor], layer: str = "head:input",
+         model: str | None = None) -> tuple[int, str]:
+    """`fdl analyze` of a run of two checkpoints of `model` (its text; MODEL, read when called), the second the
+    first with the buffers `change` replaced and every parameter unchanged, at `layer`; the exit status and stderr."""
+    model = MODEL if model is None else model
+    (tmp_path / "model.py").write_text(model, encoding="utf-8")
     namespace: dict[str, object] = {}
-    exec(MODEL, namespace)  # noqa: S102 - the test's own model text
+    exec(model, namespace)  # noqa: S102 - the test's own model text
     torch.manual_seed(0)
     state = namespace["build"]().state_dict()  # type: ignore[operator]
     run = tmp_path / "run"
