@@ -16,6 +16,13 @@ for arg in "$@"; do
     esac
 done
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# the examples run `python`: the one on PATH must be fdl's environment (a shell that has not activated it
+# would run each example into a ModuleNotFoundError)
+if ! python -c "import torch, sklearn, fdl_cli" 2>/dev/null; then
+    echo "run_all.sh: $(command -v python || echo python) cannot import torch, sklearn and fdl_cli: activate the" \
+         "environment fdl is installed in, with the dev extras (README: pip install -e \".[dev]\")" >&2
+    exit 1
+fi
 for name in rich_vs_lazy label_shuffle batchnorm grokking; do
     echo "=== ${name} ==="
     python "${here}/${name}.py" --out "${out}/${name}" ${options[@]+"${options[@]}"}

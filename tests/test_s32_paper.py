@@ -43,6 +43,22 @@ def test_run_all_without_options_runs_full_size_into_the_default_folder(tmp_path
     assert calls == [f"{RUN_ALL.parent / name}.py --out runs/examples/{name}" for name in NAMES]
 
 
+def test_run_all_without_torch_says_which_python_and_what_to_do(tmp_path: Path) -> None:
+    """A shell without fdl's environment active ran each example into a ModuleNotFoundError traceback."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\necho "$*" >> "$(dirname "$0")/calls.log"\nexit 1\n')
+    (stub / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["bash", str(RUN_ALL), "--tiny"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert f"{stub / 'python'} cannot import torch, sklearn and fdl_cli" in done.stderr
+    assert 'pip install -e ".[dev]"' in done.stderr
+    assert "=== rich_vs_lazy ===" not in done.stdout  # no example started
+    assert not (tmp_path / "runs").exists()
+
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
