@@ -84,7 +84,8 @@ def main() -> None:
     for name in results:
         train_last, test_last = results[name]["train"][-1], results[name]["test"][-1]
         print(summary_line(f"{name} [train probe]", results[name]["train"]))
-        print(f"{'':<24} held-out accuracy {test_last['accuracy']:.3f}   paper D_LR {PAPER[name]}")
+        print(f"{'':<24} held-out accuracy {test_last['accuracy']:.3f}   D_LR on held-out {test_last['d_lr']:.4f}   "
+              f"paper D_LR {PAPER[name]}")
         outcome[name] = {
             "d_lr_train": train_last["d_lr"],
             "d_lr_test": test_last["d_lr"],

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # Reproduce the paper's qualitative findings at CPU scale, one example after another (~6-8 min on
-# one core). Usage: examples/run_all.sh [OUT] [--tiny]   (OUT defaults to runs/examples)
+# one core). Usage: examples/run_all.sh [OUT] [--tiny], in either order   (OUT defaults to runs/examples)
 # Each example writes OUT/<name>/{*.fdl.h5, <name>.png, plots_*/, outcome.json} and prints its numbers;
 # docs/findings.md records them beside the paper's.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${1:-runs/examples}"
-shift || true
+# OUT is the one argument that is not an option, before or after them (`run_all.sh --tiny` is the quick
+# run); every option goes to each example as given.
+out="runs/examples"
+options=()
+for arg in "$@"; do
+    case "${arg}" in
+        -*) options+=("${arg}") ;;
+        *) out="${arg}" ;;
+    esac
+done
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# the examples run `python`: the one on PATH must be fdl's environment (a shell that has not activated it
+# would run each example into a ModuleNotFoundError)
+if ! python -c "import torch, sklearn, fdl_cli" 2>/dev/null; then
+    echo "run_all.sh: $(command -v python || echo python) cannot import torch, sklearn and fdl_cli: activate the" \
+         "environment fdl is installed in, with the dev extras (README: pip install -e \".[dev]\")" >&2
+    exit 1
+fi
 for name in rich_vs_lazy label_shuffle batchnorm grokking; do
     echo "=== ${name} ==="
-    python "${here}/${name}.py" --out "${out}/${name}" "$@"
+    python "${here}/${name}.py" --out "${out}/${name}" ${options[@]+"${options[@]}"}
 done
 echo "outcomes:"
 for name in rich_vs_lazy label_shuffle batchnorm grokking; do
