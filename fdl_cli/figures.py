@@ -728,7 +728,10 @@ def _fit_title(figure: Figure, text: Any, title: str, label: str) -> None:
     centred over: its axes' (beside them lie the legends), else the figure's. A long series name
     (`train/encoder.layers.11.mlp.fc2:input`) ran past the figure's edge: where the title does not fit on one line,
     the label takes a line of its own (a compare's `A: …, B: …` a line each), and where a line is still too wide,
-    the font is smaller. Measured as laid out (`draw_without_rendering`), only where a title names a series."""
+    the font is smaller. Measured as laid out (`draw_without_rendering`), only where a title names a series.
+    The label's `$` are escaped: matplotlib drew the text between two as TeX (a layer `fc$\\alpha$` as `fcα`, and
+    `fc$\\x$` failed the drawing); the titles' own TeX (`$\\hat{\\Pi}$`) is fdl's, and stays."""
+    label = label.replace("$", r"\$")
     named = f"({label})" if title else label
     lines = [f"{title} {named}".strip(), f"{title}\n{named}".strip()]
     if ", B: " in label:  # a compare of two series: A's and B's each a line

@@ -989,17 +989,35 @@ def _markdown_value(name: str, value: Any) -> str:
         return number_text(value, ".6g")
     if isinstance(value, list):  # `r2_outputs`: JSON text, its floats rounded as the table's others are
         return "[" + ", ".join("null" if item is None else _markdown_value(name, item) for item in value) + "]"
-    # a line break would end the table's row (a path may hold one): GFM cells take <br>
-    return re.sub(r"\r\n|\r|\n", "<br>", str(value).replace("|", "\\|"))
+    return markdown_text(str(value))
+
+
+#: The characters a text (a name: a checkpoint's path, a store's, a probe's, a layer's) is written with a backslash
+#: before in a markdown cell: the backslash itself, the cell's `|`, and those that open or close GFM's inline markup,
+#: emphasis `*` `_`, code `` ` ``, links `[` `]`, raw HTML and autolinks `<`, entities `&`, strikethrough `~` and
+#: GitHub's math `$`. Each is ASCII punctuation, which CommonMark shows as itself after a backslash. The others
+#: (`.`, `/`, `-`, `#`) have no meaning inside a cell and stay bare, and so does a `_` between two letters or digits
+#: (`step_0.pt`), which can neither open nor close emphasis: a path reads as itself in the raw text too.
+_MARKDOWN_ESCAPED = re.compile(r"([\\|*`\[\]<&~$]|(?<![^\W_])_|_(?![^\W_]))")
+
+
+def markdown_text(text: str) -> str:
+    """A text as a GFM table cell shows it as written: `_MARKDOWN_ESCAPED` backslash-escaped, and a line break (it
+    would end the row) a `<br>`, which no text can then be taken for (its `<` is escaped)."""
+    return re.sub(r"\r\n|\r|\n", "<br>", _MARKDOWN_ESCAPED.sub(r"\\\1", text))
+
+
+def markdown_table(names: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured markdown table: `names` as the header, a row of `_markdown_value` cells per row. The
+    names are fdl's field names, bare: their `_` lie within words, which GFM never takes for emphasis."""
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+    lines += ["| " + " | ".join(_markdown_value(name, row.get(name)) for name in names) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def records_to_markdown(records: Sequence[Record]) -> str:
     """A GitHub-flavoured markdown table of every field (floats to 6 significant digits, null empty)."""
-    fields = _output_fields(records)
-    lines = ["| " + " | ".join(fields) + " |", "|" + "|".join("---" for _ in fields) + "|"]
-    for record in records:
-        lines.append("| " + " | ".join(_markdown_value(name, record.get(name)) for name in fields) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(_output_fields(records), records)
 
 
 FORMATTERS: Mapping[str, Callable[[Sequence[Record]], str]] = {
@@ -2588,10 +2606,7 @@ def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: s
     """Flat rows as csv (null: the empty cell) or a markdown table, with `names` as the header."""
     if fmt == "csv":
         return "".join([csv_line(names), *(csv_line(row[name] for name in names) for row in rows)])
-    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_markdown_value(name, row[name]) for name in names) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(names, rows)
 
 
 def print_comparison(console: Any, comparison: Comparison) -> None:

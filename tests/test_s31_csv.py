@@ -154,7 +154,9 @@ def _markdown_cell(value: Any) -> str:
         return number_text(value, ".6g")
     if isinstance(value, list):
         return "[" + ", ".join("null" if v is None else _markdown_cell(v) for v in value) + "]"
-    return re.sub(r"\r\n|\r|\n", "<br>", _cell(value).replace("|", "\\|"))
+    # a backslash before `\ | * ` [ ] < & ~ $` and a `_` not between two letters or digits (docs/usage.md)
+    escaped = re.sub(r"([\\|*`\[\]<&~$]|(?<![^\W_])_|_(?![^\W_]))", r"\\\1", _cell(value))
+    return re.sub(r"\r\n|\r|\n", "<br>", escaped)
 
 
 @pytest.mark.parametrize("command", ["report", "compare"])
