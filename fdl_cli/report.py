@@ -789,14 +789,13 @@ class PlainTable:
     def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
                  *, title: str | None = None) -> None:
         # the cells as stderr will write them: a stream without fdl's typography gets its ASCII stand-ins, whose
-        # widths the columns take (`legible`); a UTF-8 one, the cells as they are
-        self.rule = "─"
+        # widths the columns take (`legible`); a UTF-8 one, the cells as they are. Every cell is converted, whatever
+        # the rule becomes: KOI8-R and cp437 hold "─" but not "Π̂" or "ρ", written "Pi^", "rho"
         encoding = getattr(sys.stderr, "encoding", None)
-        if legible(self.rule, encoding) != self.rule:
-            self.rule = legible(self.rule, encoding)
-            title = None if title is None else legible(title, encoding)
-            headers = [legible(header, encoding) for header in headers]
-            rows = [[legible(cell, encoding) for cell in row] for row in rows]
+        self.rule = legible("─", encoding)
+        title = None if title is None else legible(title, encoding)
+        headers = [legible(header, encoding) for header in headers]
+        rows = [[legible(cell, encoding) for cell in row] for row in rows]
         self.title = title
         self.widths = [
             max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)

@@ -1,0 +1,45 @@
+"""Review of this round's changes: a terminal whose encoding has the table rule "─" but not the other glyphs, a
+missing store under a folder whose name holds "[", and a module whose name starts with "lora_"."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tests.cli_run import fdl_in_process
+from tests.test_report import make_store
+from tests.test_s32_term import _ends, _table
+
+
+def _run_on_streams(encoding: str, *argv: str) -> tuple[int, str]:
+    """`fdl ARGV` with stderr a stream of `encoding` (strict), as PYTHONIOENCODING makes it: (exit code, stderr)."""
+    from fdl_cli.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.stdout, sys.stderr = saved
+    err.flush()
+    return code, err.buffer.getvalue().decode(encoding)  # type: ignore[attr-defined]
+
+
+def test_a_koi8_terminal_keeps_the_headers_over_their_columns(tmp_path: Path) -> None:
+    # KOI8-R (a Russian locale) has box drawing, so the rule "─" is written as it is, but not "Π̂" or "ρ": those
+    # headers are written "Pi^(C)", "D_rho" and must be measured so
+    store = make_store(tmp_path / "run.h5")
+    code, err = _run_on_streams("koi8-r", "report", str(store))
+    assert code == 0, err
+    header, _, row = _table(err, "step")
+    assert "Pi^(C)" in header and "D_rho" in header, header
+    assert _ends(header)[:-1] == _ends(row)[:-1], f"{header}\n{row}"
