@@ -43,3 +43,22 @@ def test_a_koi8_terminal_keeps_the_headers_over_their_columns(tmp_path: Path) ->
     header, _, row = _table(err, "step")
     assert "Pi^(C)" in header and "D_rho" in header, header
     assert _ends(header)[:-1] == _ends(row)[:-1], f"{header}\n{row}"
+
+
+def test_a_line_cut_at_an_ascii_terminals_edge_fits_it_with_its_ellipsis(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # a narrow terminal cuts a row wider than it with "…", written "..." on ASCII: two characters more than the
+    # terminal has, so each cut row wrapped onto a second line
+    from rich.console import Console
+
+    from fdl_cli.errors import PLAIN
+    from fdl_cli.report import PlainTable
+
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors=PLAIN)
+    monkeypatch.setattr(sys, "stderr", err)
+    table = PlainTable.fitted(["step", "store"], ["right", "left"], [["100", "runs/" + "x" * 40 + ".h5"]],
+                              max_width=24, always=2)
+    Console(file=err, width=24, force_terminal=True, color_system=None).print(table)
+    err.flush()
+    lines = err.buffer.getvalue().decode("ascii").splitlines()  # type: ignore[attr-defined]
+    assert lines[2].endswith("...") and "100   runs/xxx" in lines[2], lines
+    assert max(len(line) for line in lines) == 24, lines
