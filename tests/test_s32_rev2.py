@@ -62,3 +62,17 @@ def test_a_line_cut_at_an_ascii_terminals_edge_fits_it_with_its_ellipsis(monkeyp
     lines = err.buffer.getvalue().decode("ascii").splitlines()  # type: ignore[attr-defined]
     assert lines[2].endswith("...") and "100   runs/xxx" in lines[2], lines
     assert max(len(line) for line in lines) == 24, lines
+
+
+def test_a_missing_store_in_a_folder_whose_name_holds_a_bracket_is_not_called_a_pattern(tmp_path: Path) -> None:
+    # "exp[seed=1]" is a folder that exists (as written: no shell pattern matched nothing there): its store is
+    # missing because the run was not analysed yet, so the fix is fdl analyze's, not "check the pattern"
+    folder = tmp_path / "exp[seed=1]"
+    folder.mkdir()
+    done = fdl_in_process("report", folder / "run.h5")
+    assert done.returncode == 1, done.stderr
+    assert "no file matches this pattern" not in done.stderr, done.stderr
+    assert "fix: run `fdl analyze CKPT_DIR --out" in done.stderr, done.stderr
+    # a pattern below that folder is still one
+    done = fdl_in_process("report", folder / "*.h5")
+    assert "got: no file matches this pattern" in done.stderr, done.stderr
