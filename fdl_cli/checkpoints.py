@@ -5067,8 +5067,9 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
 
 
 #: A LoRA adapter's tensor, as peft (`lora_A`, `lora_B`, `lora_embedding_A`, `lora_magnitude_vector`) and
-#: kohya / diffusers (`lora_down`, `lora_up`) name them
-_ADAPTER_KEY = re.compile(r"(?:^|\.)lora_[A-Za-z_]+(?:\.|$)")
+#: kohya / diffusers (`lora_down`, `lora_up`) name them. **(choice)** Those names only, not any `lora_*`: a module
+#: of the model's own so named (`lora_gate`) is no adapter, and its mismatches get the older "wrong --model?"
+_ADAPTER_KEY = re.compile(r"(?:^|\.)lora_(?:A|B|embedding_A|embedding_B|magnitude_vector|down|up)(?:\.|$)")
 
 
 def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None],

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
@@ -76,3 +75,35 @@ def test_a_missing_store_in_a_folder_whose_name_holds_a_bracket_is_not_called_a_
     # a pattern below that folder is still one
     done = fdl_in_process("report", folder / "*.h5")
     assert "got: no file matches this pattern" in done.stderr, done.stderr
+
+
+def test_a_module_named_lora_something_is_no_adapter(tmp_path: Path) -> None:
+    # a gate that happens to be called "lora_gate" (no LoRA tensor: lora_A/B, lora_down/up...) in a model that
+    # does not fit the file: the older "wrong --model" message, not one about LoRA adapters
+    from tests.test_s32_finetune import _probe, _run
+
+    model = tmp_path / "gated.py"
+    model.write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, deep=False, gate=True):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Linear(4, 8)\n"
+        "        self.lora_gate = nn.Linear(8, 8) if gate else None\n"
+        "        self.more = nn.Linear(8, 8) if deep else None\n"
+        "        self.head = nn.Linear(8, 3)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x))\n"
+        "def build(deep=False, gate=True):\n"
+        "    return Net(deep, gate)\n")
+    def state(*names: str) -> dict[str, torch.Tensor]:
+        sizes = {"body": (8, 4), "lora_gate": (8, 8), "head": (3, 8)}
+        return {f"{name}.{kind}": torch.zeros(sizes[name] if kind == "weight" else sizes[name][:1])
+                for name in names for kind in ("weight", "bias")}
+
+    for name, kwargs, file in (("deeper", '{"deep": true}', state("body", "lora_gate", "head")),
+                               ("ungated", "{}", state("body", "head"))):
+        done = fdl_in_process("analyze", _run(tmp_path, name, file), "--model", f"{model}:build",
+                              "--model-kwargs", kwargs, "--probe", _probe(tmp_path), "--out", tmp_path / f"{name}.h5")
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 1 and "LoRA" not in said and "wrong --model or --model-kwargs?" in said, said
