@@ -10,34 +10,16 @@ from pathlib import Path
 import torch
 
 from tests.cli_run import fdl_in_process
+from tests.test_io_fixes import _run_on_ascii_streams
 from tests.test_report import make_store
 from tests.test_s32_term import _ends, _table
-
-
-def _run_on_streams(encoding: str, *argv: str) -> tuple[int, str]:
-    """`fdl ARGV` with stderr a stream of `encoding` (strict), as PYTHONIOENCODING makes it: (exit code, stderr)."""
-    from fdl_cli.cli import main
-
-    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
-    err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.stdout, sys.stderr = saved
-    err.flush()
-    return code, err.buffer.getvalue().decode(encoding)  # type: ignore[attr-defined]
 
 
 def test_a_koi8_terminal_keeps_the_headers_over_their_columns(tmp_path: Path) -> None:
     # KOI8-R (a Russian locale) has box drawing, so the rule "─" is written as it is, but not "Π̂" or "ρ": those
     # headers are written "Pi^(C)", "D_rho" and must be measured so
     store = make_store(tmp_path / "run.h5")
-    code, err = _run_on_streams("koi8-r", "report", str(store))
+    code, _, err = _run_on_ascii_streams("report", str(store), encoding="koi8-r")
     assert code == 0, err
     header, _, row = _table(err, "step")
     assert "Pi^(C)" in header and "D_rho" in header, header
