@@ -5128,17 +5128,21 @@ def _head_fix(model: nn.Module, expected: Mapping[str, torch.Size | None], state
 
 def _backbone_fix(expected: Mapping[str, torch.Size | None], state: Mapping[str, Any]) -> str | None:
     """The fix for a file that holds one module of the model alone, its keys without the module's name (a
-    pretrained backbone saved apart from its head: `backbone.state_dict()`)."""
-    for prefix in {key.partition(".")[0] + "." for key in expected if "." in key}:
-        if state and all(tuple(expected.get(prefix + key) or ()) == tuple(_shape(value) or ())
-                         and prefix + key in expected for key, value in state.items()):
-            rest = list(dict.fromkeys(key.partition(".")[0] for key in expected if not key.startswith(prefix)))
-            return (f"the file holds the weights of the model's {shown_name(prefix[:-1])} alone (its keys without "
-                    f"{prefix!r}; none of {first_names(rest, 4)}): a part saved apart from the model, as a "
-                    "pretrained backbone is; fdl measures the whole model at every step: save the fine-tuning model "
-                    "(its backbone and new head) before its first update as the run's first checkpoint, or leave "
-                    "this file out (--steps or --glob)")
-    return None
+    pretrained backbone saved apart from its head: `backbone.state_dict()`). **(choice)** Every module it fits is
+    named, in the model's order: a distillation model's student and teacher of one shape both fit a file of
+    either, and naming one (the first a set gave, as the hash seed fell) guessed."""
+    fits = [prefix for prefix in dict.fromkeys(key.partition(".")[0] + "." for key in expected if "." in key)
+            if state and all(prefix + key in expected and tuple(expected[prefix + key] or ()) == tuple(_shape(value) or ())
+                             for key, value in state.items())]
+    if not fits:
+        return None
+    rest = list(dict.fromkeys(key.partition(".")[0] for key in expected if not key.startswith(tuple(fits))))
+    return (f"the file holds the weights of the model's {' or '.join(shown_name(prefix[:-1]) for prefix in fits)} "
+            f"alone (its keys without {' or '.join(repr(prefix) for prefix in fits)}"
+            f"{f'; none of {first_names(rest, 4)}' if rest else ''}): a part saved apart from the model, as a "
+            "pretrained backbone is; fdl measures the whole model at every step: save the fine-tuning model "
+            "(its backbone and new head) before its first update as the run's first checkpoint, or leave "
+            "this file out (--steps or --glob)")
 
 
 _QUANTIZED_MODEL_FIX = ("have the factory return the float network (before quantize_dynamic or convert): fdl loads a "

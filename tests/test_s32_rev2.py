@@ -89,3 +89,29 @@ def test_a_module_named_lora_something_is_no_adapter(tmp_path: Path) -> None:
                               "--model-kwargs", kwargs, "--probe", _probe(tmp_path), "--out", tmp_path / f"{name}.h5")
         said = " ".join(done.stderr.split())
         assert done.returncode == 1 and "LoRA" not in said and "wrong --model or --model-kwargs?" in said, said
+
+
+def test_a_part_that_two_twin_modules_fit_names_both(tmp_path: Path) -> None:
+    # a distillation model holds a student and a teacher of one shape; a file of one of them alone (its keys
+    # without the prefix) fits both: the message named one of them, which one as the hash seed fell
+    from tests.test_s32_finetune import _probe, _run
+
+    model = tmp_path / "twins.py"
+    model.write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.student = nn.Linear(4, 3)\n"
+        "        self.teacher = nn.Linear(4, 3)\n"
+        "    def forward(self, x):\n"
+        "        return self.student(x)\n"
+        "def build():\n"
+        "    return Net()\n")
+    file = {"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}
+    done = fdl_in_process("analyze", _run(tmp_path, "run", file), "--model", f"{model}:build",
+                          "--probe", _probe(tmp_path), "--out", tmp_path / "out.h5")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1, said
+    assert ("the file holds the weights of the model's student or teacher alone (its keys without 'student.' or "
+            "'teacher.')") in said, said
