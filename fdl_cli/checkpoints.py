@@ -5082,7 +5082,12 @@ def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None]
     unexpected = [key for key in state if key not in expected]
     file_adapters = [key for key in state if _ADAPTER_KEY.search(key)]
     model_adapters = [key for key in expected if _ADAPTER_KEY.search(key)]
-    if file_adapters and not model_adapters or file_adapters and missing:
+    # **(choice)** the model holding adapters too, the file's are at fault only where they are named otherwise
+    # (peft's saved `lora_A.weight` for the model's `lora_A.default.weight`) or where all it lacks is base weights:
+    # a model one adapted layer deeper than the file lacks that layer's adapters too, a wrong --model-kwargs
+    adapters_at_fault = not model_adapters or bool(missing) and (
+        any(_ADAPTER_KEY.search(key) for key in unexpected) or not any(_ADAPTER_KEY.search(key) for key in missing))
+    if file_adapters and adapters_at_fault:
         shown = first_names(file_adapters, 4)
         # the base weights are in the file when each tensor the model lacks has one of its shape under another
         # name (peft's `base_layer.weight` for the plain model's `weight`)

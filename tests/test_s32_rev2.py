@@ -115,3 +115,52 @@ def test_a_part_that_two_twin_modules_fit_names_both(tmp_path: Path) -> None:
     assert done.returncode == 1, said
     assert ("the file holds the weights of the model's student or teacher alone (its keys without 'student.' or "
             "'teacher.')") in said, said
+
+
+LORA_NET = """
+import torch
+from torch import nn
+
+
+class LoRA(nn.Module):
+    def __init__(self, base):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.Parameter(torch.zeros(2, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, 2))
+
+    def forward(self, x):
+        return self.base_layer(x) + x @ self.lora_A.T @ self.lora_B.T
+
+
+class Net(nn.Module):
+    def __init__(self, deep=False):
+        super().__init__()
+        self.a = LoRA(nn.Linear(4, 8))
+        self.b = LoRA(nn.Linear(8, 8)) if deep else None
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.head(x if self.b is None else self.b(x))
+
+
+def build(deep=False):
+    return Net(deep)
+"""
+
+
+def test_a_model_with_adapters_one_layer_deeper_than_the_file_is_the_wrong_model(tmp_path: Path) -> None:
+    # model and file both hold adapters, named alike; the model has a layer the file lacks (adapters and all): a
+    # wrong --model-kwargs, not "adapters without the base weights they adapt"
+    from tests.test_s32_finetune import _probe, _run
+
+    (tmp_path / "lora_net.py").write_text(LORA_NET, encoding="utf-8")
+    namespace: dict[str, object] = {}
+    exec(LORA_NET, namespace)  # noqa: S102 - the test's own model text
+    file = namespace["build"]().state_dict()  # type: ignore[operator]
+    done = fdl_in_process("analyze", _run(tmp_path, "run", file), "--model", f"{tmp_path / 'lora_net.py'}:build",
+                          "--model-kwargs", '{"deep": true}', "--probe", _probe(tmp_path), "--out", tmp_path / "o.h5")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "got: 4 missing keys: b.lora_A, b.lora_B, b.base_layer.weight" in said, said
+    assert "LoRA" not in said and "wrong --model or --model-kwargs?" in said, said
