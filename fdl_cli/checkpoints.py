@@ -5067,8 +5067,9 @@ def _extra_state_fix(expected: Mapping[str, Any], state: Mapping[str, Any]) -> s
 
 
 #: A LoRA adapter's tensor, as peft (`lora_A`, `lora_B`, `lora_embedding_A`, `lora_magnitude_vector`) and
-#: kohya / diffusers (`lora_down`, `lora_up`) name them
-_ADAPTER_KEY = re.compile(r"(?:^|\.)lora_[A-Za-z_]+(?:\.|$)")
+#: kohya / diffusers (`lora_down`, `lora_up`) name them. **(choice)** Those names only, not any `lora_*`: a module
+#: of the model's own so named (`lora_gate`) is no adapter, and its mismatches get the older "wrong --model?"
+_ADAPTER_KEY = re.compile(r"(?:^|\.)lora_(?:A|B|embedding_A|embedding_B|magnitude_vector|down|up)(?:\.|$)")
 
 
 def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None],
@@ -5081,7 +5082,12 @@ def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None]
     unexpected = [key for key in state if key not in expected]
     file_adapters = [key for key in state if _ADAPTER_KEY.search(key)]
     model_adapters = [key for key in expected if _ADAPTER_KEY.search(key)]
-    if file_adapters and not model_adapters or file_adapters and missing:
+    # **(choice)** the model holding adapters too, the file's are at fault only where they are named otherwise
+    # (peft's saved `lora_A.weight` for the model's `lora_A.default.weight`) or where all it lacks is base weights:
+    # a model one adapted layer deeper than the file lacks that layer's adapters too, a wrong --model-kwargs
+    adapters_at_fault = not model_adapters or bool(missing) and (
+        any(_ADAPTER_KEY.search(key) for key in unexpected) or not any(_ADAPTER_KEY.search(key) for key in missing))
+    if file_adapters and adapters_at_fault:
         shown = first_names(file_adapters, 4)
         # the base weights are in the file when each tensor the model lacks has one of its shape under another
         # name (peft's `base_layer.weight` for the plain model's `weight`)
@@ -5127,17 +5133,21 @@ def _head_fix(model: nn.Module, expected: Mapping[str, torch.Size | None], state
 
 def _backbone_fix(expected: Mapping[str, torch.Size | None], state: Mapping[str, Any]) -> str | None:
     """The fix for a file that holds one module of the model alone, its keys without the module's name (a
-    pretrained backbone saved apart from its head: `backbone.state_dict()`)."""
-    for prefix in {key.partition(".")[0] + "." for key in expected if "." in key}:
-        if state and all(tuple(expected.get(prefix + key) or ()) == tuple(_shape(value) or ())
-                         and prefix + key in expected for key, value in state.items()):
-            rest = list(dict.fromkeys(key.partition(".")[0] for key in expected if not key.startswith(prefix)))
-            return (f"the file holds the weights of the model's {shown_name(prefix[:-1])} alone (its keys without "
-                    f"{prefix!r}; none of {first_names(rest, 4)}): a part saved apart from the model, as a "
-                    "pretrained backbone is; fdl measures the whole model at every step: save the fine-tuning model "
-                    "(its backbone and new head) before its first update as the run's first checkpoint, or leave "
-                    "this file out (--steps or --glob)")
-    return None
+    pretrained backbone saved apart from its head: `backbone.state_dict()`). **(choice)** Every module it fits is
+    named, in the model's order: a distillation model's student and teacher of one shape both fit a file of
+    either, and naming one (the first a set gave, as the hash seed fell) guessed."""
+    fits = [prefix for prefix in dict.fromkeys(key.partition(".")[0] + "." for key in expected if "." in key)
+            if state and all(prefix + key in expected and tuple(expected[prefix + key] or ()) == tuple(_shape(value) or ())
+                             for key, value in state.items())]
+    if not fits:
+        return None
+    rest = list(dict.fromkeys(key.partition(".")[0] for key in expected if not key.startswith(tuple(fits))))
+    return (f"the file holds the weights of the model's {' or '.join(shown_name(prefix[:-1]) for prefix in fits)} "
+            f"alone (its keys without {' or '.join(repr(prefix) for prefix in fits)}"
+            f"{f'; none of {first_names(rest, 4)}' if rest else ''}): a part saved apart from the model, as a "
+            "pretrained backbone is; fdl measures the whole model at every step: save the fine-tuning model "
+            "(its backbone and new head) before its first update as the run's first checkpoint, or leave "
+            "this file out (--steps or --glob)")
 
 
 _QUANTIZED_MODEL_FIX = ("have the factory return the float network (before quantize_dynamic or convert): fdl loads a "

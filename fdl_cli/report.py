@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from rich.cells import cell_len
+from rich.cells import cell_len, set_cell_size
 from rich.measure import Measurement
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 
 from fdl_cli.errors import ESCAPE, FdlError, StoreError, counted, first_and_more, legible, write_refused
 from fdl_cli.fields import (
@@ -789,14 +788,14 @@ class PlainTable:
     def __init__(self, headers: Sequence[str], justify: Sequence[str], rows: Sequence[Sequence[str]],
                  *, title: str | None = None) -> None:
         # the cells as stderr will write them: a stream without fdl's typography gets its ASCII stand-ins, whose
-        # widths the columns take (`legible`); a UTF-8 one, the cells as they are
-        self.rule = "─"
+        # widths the columns take (`legible`); a UTF-8 one, the cells as they are. Every cell is converted, whatever
+        # the rule becomes: KOI8-R and cp437 hold "─" but not "Π̂" or "ρ", written "Pi^", "rho"
         encoding = getattr(sys.stderr, "encoding", None)
-        if legible(self.rule, encoding) != self.rule:
-            self.rule = legible(self.rule, encoding)
-            title = None if title is None else legible(title, encoding)
-            headers = [legible(header, encoding) for header in headers]
-            rows = [[legible(cell, encoding) for cell in row] for row in rows]
+        self.rule = legible("─", encoding)
+        self.ellipsis = legible("…", encoding)  # where a line is cut at the terminal's edge: "..." on ASCII, 3 cells
+        title = None if title is None else legible(title, encoding)
+        headers = [legible(header, encoding) for header in headers]
+        rows = [[legible(cell, encoding) for cell in row] for row in rows]
         self.title = title
         self.widths = [
             max([cell_len(header), *(cell_len(row[i]) for row in rows)]) for i, header in enumerate(headers)
@@ -856,9 +855,9 @@ class PlainTable:
         def fit(line: str) -> str:
             if cell_len(line) <= max_width:
                 return line
-            text = Text(line)
-            text.truncate(max_width, overflow="ellipsis")
-            return text.plain
+            if max_width <= cell_len(self.ellipsis):
+                return set_cell_size(line, max_width)
+            return set_cell_size(line, max_width - cell_len(self.ellipsis)) + self.ellipsis
 
         if self.title:
             yield Segment(fit(self.title), Style(italic=True))

@@ -668,6 +668,16 @@ def _not_a_step(step: object) -> bool:
     return not math.isfinite(step) or float(step) != int(step)
 
 
+def _unmatched_pattern(path: Path) -> bool:
+    """Whether a missing `path` reads as a shell pattern that matched nothing: one of * ? [ in the part of it that
+    does not exist. **(choice)** A folder that exists is a name, not a pattern, brackets and all (`exp[seed=1]/run.h5`:
+    its store is not written yet, and the fix is fdl analyze's); a missing name that holds one may be either, and is
+    taken for a pattern, as a glob over a sweep is the likelier."""
+    missing = [path, *path.parents]
+    existing = next((at for at, part in enumerate(missing) if part.exists()), len(missing))
+    return any(char in part.name for part in missing[:existing] for char in "*?[")
+
+
 class StoreReader:
     """Read-only view of a store, as it was when opened (the writer replaces the file, never edits it).
 
@@ -724,7 +734,7 @@ class StoreReader:
                     f"no checkpoint is stored in {path} yet: it is being written by {writer}",
                     fix="wait until it has stored its first checkpoint, then run this again",
                 )
-            if any(char in str(path) for char in "*?["):  # a glob the shell matched to nothing, passed as written
+            if _unmatched_pattern(path):  # a glob the shell matched to nothing, passed as written
                 raise StoreError(
                     f"no fdl store at {path}",
                     got="no file matches this pattern: the shell passes a pattern that matches nothing as written",

@@ -295,15 +295,16 @@ def test_the_models_prints_go_to_stderr_and_stdout_carries_only_json(tmp_path: P
 # ------------------------------------------- D11: output on streams that cannot encode a path
 
 
-def _run_on_ascii_streams(*argv: str) -> tuple[int, str, str]:
-    """`fdl ARGV` with stdout and stderr as PYTHONIOENCODING=ascii makes them (strict ASCII)."""
+def _run_on_ascii_streams(*argv: str, encoding: str = "ascii") -> tuple[int, str, str]:
+    """`fdl ARGV` with stdout and stderr as PYTHONIOENCODING=ascii makes them (strict ASCII), or another
+    `encoding` (strict)."""
     import io
     import sys
 
     from fdl_cli.cli import main
 
-    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
-    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     code = 0
@@ -317,7 +318,9 @@ def _run_on_ascii_streams(*argv: str) -> tuple[int, str, str]:
     err.flush()
     # click.echo writes UTF-8 to a stream it finds misconfigured as ASCII: its messages are read as UTF-8
     # stdout, no terminal, is made UTF-8 whatever the locale (a program reads it: pandas, jq)
-    return code, out.buffer.getvalue().decode("utf-8"), err.buffer.getvalue().decode("utf-8")  # type: ignore[attr-defined]
+    # (ASCII read as UTF-8 too, its superset); another encoding's stderr is read as that encoding
+    said = "utf-8" if encoding == "ascii" else encoding
+    return code, out.buffer.getvalue().decode("utf-8"), err.buffer.getvalue().decode(said)  # type: ignore[attr-defined]
 
 
 def test_a_path_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(tmp_path: Path) -> None:
