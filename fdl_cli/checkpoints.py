@@ -5123,7 +5123,9 @@ def _head_fix(model: nn.Module, expected: Mapping[str, torch.Size | None], state
     weight = _shape(state.get(f"{name}.weight" if name else "weight"))
     if not isinstance(head, nn.Linear) or weight is None or len(weight) != 2 or weight[1] != head.in_features:
         return None
-    return (f"only the outputs of {shown_name(name)} differ ({weight[0]} in the file, {head.out_features} in the "
+    # a Sequential's index ("2") read as a count: "only the outputs of 2 differ"; so the module is named as one
+    which = f"module {quoted_name(name)}" if name else "the model"
+    return (f"only the outputs of {which} differ ({weight[0]} in the file, {head.out_features} in the "
             "model): a pretrained model, its head replaced for fine-tuning? Every checkpoint loads into one model; "
             "measure from the first fine-tuning checkpoint (leave this file out with --steps or --glob: the first "
             "one kept is the reference), or save the fine-tuning model before its first update (the pretrained body "

@@ -58,7 +58,7 @@ def test_a_pretrained_head_of_other_classes_is_named_as_a_replaced_head(tmp_path
     pretrained = mlp(n_out=10, seed=1).state_dict()
     said = _refused(tmp_path, _run(tmp_path, "run", pretrained, *(_fine_tuned(pretrained, step=step, frozen=True)
                                                                   for step in (1, 5))))
-    assert "only the outputs of 2 differ (10 in the file, 3 in the model)" in said
+    assert "only the outputs of module '2' differ (10 in the file, 3 in the model)" in said
     assert "head replaced for fine-tuning" in said and "--steps" in said and "before its first update" in said
 
 
