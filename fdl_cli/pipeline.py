@@ -1855,6 +1855,10 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
                 exc.what, got=f"{exc.got}; the model's outputs are {''.join(source)}",
                 fix=tuple_outputs_fix(exc.fix or ""),
             ) from None
+        if n_outputs == 1 and "".join(source) and probe is ctx.probes[0]:
+            # an actor-critic's (value, policy) fits a probe without labels: its run would measure the value head
+            ctx.reporter.note(f"the model's one output is {''.join(source)}: fdl reads a tuple's first element as "
+                              "the outputs; return the logits first if they are another element")
         raw_pixels = raw_pixels_warning(probe)
         if raw_pixels is not None:
             ctx.reporter.warn(raw_pixels)

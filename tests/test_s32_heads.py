@@ -132,3 +132,15 @@ def test_a_dict_of_heads_without_logits_shows_each_heads_shape(tmp_path: Path) -
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "their shapes: 'policy' (1, 3), 'value' (1, 1)" in result.stderr
     assert "of several heads, the one whose outputs the targets are for" in result.stderr
+
+
+def test_a_tuples_first_element_of_one_output_is_noted_without_labels(tmp_path: Path) -> None:
+    """Without targets nothing refused the (value, policy) actor-critic: its run measured the value head, said
+    nowhere."""
+    model, probe = _run(tmp_path, "three", np.arange(12) % 3)
+    np.savez(probe, x=np.zeros((12, 4), np.float32) + np.arange(12, dtype=np.float32)[:, None] / 12)
+    result = fdl("analyze", tmp_path / "runs", "--model", model, "--probe", probe, "-o", tmp_path / "s.h5")
+    assert result.returncode == 0, result.stderr
+    note = next(line for line in result.stderr.splitlines() if "tuple the model returns" in line)
+    assert note.startswith("note: the model's one output is the first of the 2 elements of the tuple")
+    assert "element 1: shape (1, 3)" in note
