@@ -504,6 +504,14 @@ def _read_npz(path: Path) -> dict[str, Any]:
     return arrays
 
 
+def _scalar_list(value: Any) -> bool:
+    """Whether `value` is a non-empty list or tuple of Python numbers or of strings (not both), one a sample."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    text = all(isinstance(item, str) for item in value)
+    return text or all(isinstance(item, (bool, int, float)) for item in value)
+
+
 def _npz_object_arrays(path: Path) -> list[str]:
     """The names of an .npz's arrays of dtype object, read from their .npy headers alone (nothing unpickled);
     none where the file is no zip of .npy members."""
@@ -568,6 +576,10 @@ def _read_pt(path: Path) -> dict[str, Any]:
             out[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
         elif isinstance(value, np.ndarray):
             out[str(key)] = value
+        elif _scalar_list(value):
+            # labels kept as a Python list (`labels.tolist()`, class names): read as the array they make, so class
+            # numbers are labels and names get the text labels' error, not left unread without a word
+            out[str(key)] = np.asarray(value)
     if not out and obj:
         # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
         # said "has no inputs, got: keys: none"

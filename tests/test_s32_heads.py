@@ -18,6 +18,7 @@ import torch
 
 from tests.cli_run import fdl_in_process as fdl
 from tests.cli_run import model_file
+from tests.tiny_models import mlp
 
 MODEL = """
 import torch
@@ -144,3 +145,33 @@ def test_a_tuples_first_element_of_one_output_is_noted_without_labels(tmp_path: 
     note = next(line for line in result.stderr.splitlines() if "tuple the model returns" in line)
     assert note.startswith("note: the model's one output is the first of the 2 elements of the tuple")
     assert "element 1: shape (1, 3)" in note
+
+
+@pytest.mark.parametrize("layout", ["dict", "tuple"])
+def test_labels_kept_as_a_python_list_in_a_pt_probe_are_read_not_dropped(tmp_path: Path, layout: str) -> None:
+    """torch.save({"x": x, "y": labels.tolist()}): the list was left unread, without a word, and the run was
+    analysed without targets (no accuracy, no Π*)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    torch.save(mlp().state_dict(), runs / "step_0.pt")
+    (tmp_path / "model.py").write_text("from tests.tiny_models import mlp\n", encoding="utf-8")
+    x = torch.randn(9, 4)
+    labels = [0, 1, 2] * 3
+    probe = tmp_path / "probe.pt"
+    torch.save({"x": x, "y": labels} if layout == "dict" else (x, labels), probe)
+    result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:mlp", "--probe", probe, "-o", tmp_path / "s.h5",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"accuracy": null' not in result.stdout and '"accuracy": ' in result.stdout
+
+
+def test_class_names_kept_as_a_python_list_in_a_pt_probe_get_the_text_labels_error(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    torch.save(mlp().state_dict(), runs / "step_0.pt")
+    (tmp_path / "model.py").write_text("from tests.tiny_models import mlp\n", encoding="utf-8")
+    probe = tmp_path / "probe.pt"
+    torch.save({"x": torch.randn(6, 4), "y": ["cat", "dog", "bird"] * 2}, probe)
+    result = fdl("analyze", runs, "--model", f"{tmp_path / 'model.py'}:mlp", "--probe", probe, "-o", tmp_path / "s.h5")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "(class names)" in result.stderr and "number the classes 0..C-1" in result.stderr
