@@ -574,11 +574,14 @@ def _output_tensor(raw: Any, calls: Sequence[LinearCall] = ()) -> torch.Tensor:
             tensors = [key for key, value in raw.items() if isinstance(value, torch.Tensor)]
             head = calls[-1].output if calls else None
             first = next((key for key in tensors if _shares_storage(head, raw[key])), tensors[0] if tensors else "out")
+            # several heads (an actor-critic's {"policy", "value"}): their shapes say which holds the logits
+            shapes = ", ".join(f"{key!r} {tuple(int(size) for size in raw[key].shape)}" for key in tensors[:6])
             raise ModelError(
                 "the model's forward returned a dict without a 'logits' entry, so its outputs cannot be told",
-                got=f"dict keys: {keys}",
+                got=f"dict keys: {keys}" + (f"; their shapes: {shapes}" if len(tensors) > 1 else ""),
                 fix="make forward return the logits / predictions tensor, or a dict / ModelOutput with 'logits'; "
-                + _wrapper_fix(f"[{first!r}]"),
+                + _wrapper_fix(f"[{first!r}]")
+                + ("; of several heads, the one whose outputs the targets are for" if len(tensors) > 1 else ""),
             )
         tensor = raw["logits"]
     elif hasattr(raw, "logits"):
@@ -603,6 +606,28 @@ def _output_tensor(raw: Any, calls: Sequence[LinearCall] = ()) -> torch.Tensor:
             fix="make forward return the logits / predictions tensor; " + _wrapper_fix(""),
         )
     return tensor
+
+
+def tuple_outputs(returned: Any) -> str:
+    """Where the outputs are in what the model returned, for the messages that count them, when it is a tuple (or
+    list) of several elements, whose first fdl reads (`_output_tensor`): "the first of the 2 elements of the
+    tuple the model returns (element 1: shape (1, 3))". An actor-critic returning (value, policy) has one output
+    there; said only as "the model has 1 output", its policy's labels read as a mismatch of probe and model.
+    "" for anything else."""
+    if not isinstance(returned, (tuple, list)) or len(returned) < 2 or not isinstance(returned[0], torch.Tensor):
+        return ""
+    others = [f"element {index}: " + (f"shape {tuple(int(size) for size in value.shape)}"
+                                      if isinstance(value, torch.Tensor) else type(value).__name__)
+              for index, value in enumerate(returned[1:5], start=1)]
+    more = ", ..." if len(returned) > 5 else ""
+    return (f"the first of the {len(returned)} elements of the {type(returned).__name__} the model returns "
+            f"({', '.join(others)}{more})")
+
+
+def tuple_outputs_fix(fix: str) -> str:
+    """The fix of targets that do not fit a tuple's first element (`tuple_outputs`), before the error's own `fix`."""
+    return ("if the targets are another element's, return the logits first, as (logits, ...), "
+            + _wrapper_fix("[1]") + f"; else {fix}")
 
 
 def _tensor_fields(raw: Any) -> list[str]:
@@ -1024,7 +1049,7 @@ def _storage_address(tensor: torch.Tensor) -> int:
 
 def forward_one_shapes(
     model: nn.Module, layers: Sequence[LayerSpec], sample: np.ndarray, *, device: torch.device, dtype: str,
-    ran_before: dict[str, set[str]] | None = None,
+    ran_before: dict[str, set[str]] | None = None, source: list[str] | None = None,
 ) -> tuple[dict[str, int], int, tuple[int, ...]]:
     """One forward pass of one sample: the width of each layer's features, the number of outputs, and the
     shape of one sample's outputs before they are flattened ((C,) for a classifier's logits, (T, C) for a
@@ -1034,6 +1059,7 @@ def forward_one_shapes(
     is refused: its hook would see only the last call, silently.
     ran_before: filled, label -> the names of the buffers read before the layer's features were taken
     (`buffers_read_before`), added to what it holds.
+    source: given, `tuple_outputs` of what the model returned is appended to it.
     """
     calls: dict[str, int] = {}
     modules = dict(model.named_modules())
@@ -1055,6 +1081,8 @@ def forward_one_shapes(
             with signals.model_code(FORWARD):
                 returned = model(_inputs(sample[:1], device=device, dtype=dtype))
             check_outputs_order(linears, returned)
+            if source is not None:
+                source.append(tuple_outputs(returned))
             rows = len(sample[:1])  # the sample's, not the outputs' (a forward ending in .squeeze() drops their batch)
             raw = batch_first(returned, _output_tensor(returned, linears), rows)
             shape = tuple(int(size) for size in raw.shape[1:])

@@ -1786,7 +1786,7 @@ def _store_opened(ctx: _Context, writer: Any) -> None:
 def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple[str, dict[str, int], int, int]]:
     """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
     sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
-    from fdl_cli.extract import forward_one_shapes, resolve_layers
+    from fdl_cli.extract import forward_one_shapes, resolve_layers, tuple_outputs_fix
     from fdl_cli.probes import (
         dominant_class_note,
         float_one_hot,
@@ -1808,8 +1808,10 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
                         note=ctx.reporter.note, warn=ctx.reporter.warn,
                         inspect=_inspect_command(ctx, reference, probe),
                     )
+            source: list[str] = []  # where the outputs are in a tuple the model returns, for the messages below
             widths, n_outputs, shape = forward_one_shapes(
-                model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype, ran_before=ctx.ran_before
+                model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype, ran_before=ctx.ran_before,
+                source=source,
             )
         except FdlError:
             raise
@@ -1841,8 +1843,22 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
             ) from None
         _check_output_shape(ctx, probe, shape)
         if n_outputs == 1 and _binary_labels(ctx.probes):
-            n_outputs = _binary_logit(ctx, probe)
-        validate_probe(probe, n_outputs=n_outputs)
+            n_outputs = _binary_logit(ctx, probe, source="".join(source))
+        try:
+            validate_probe(probe, n_outputs=n_outputs)
+        except ProbeError as exc:
+            if not "".join(source):
+                raise
+            # the outputs counted are a tuple's first element: the model's other heads (an actor-critic's
+            # (value, policy)) are what the targets may have been meant for
+            raise ProbeError(
+                exc.what, got=f"{exc.got}; the model's outputs are {''.join(source)}",
+                fix=tuple_outputs_fix(exc.fix or ""),
+            ) from None
+        if n_outputs == 1 and "".join(source) and probe is ctx.probes[0]:
+            # an actor-critic's (value, policy) fits a probe without labels: its run would measure the value head
+            ctx.reporter.note(f"the model's one output is {''.join(source)}: fdl reads a tuple's first element as "
+                              "the outputs; return the logits first if they are another element")
         raw_pixels = raw_pixels_warning(probe)
         if raw_pixels is not None:
             ctx.reporter.warn(raw_pixels)
@@ -1978,12 +1994,13 @@ def _binary_labels(probes: Sequence[Any]) -> bool:
     return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2 for probe in probes)
 
 
-def _binary_logit(ctx: _Context, probe: Any) -> int:
+def _binary_logit(ctx: _Context, probe: Any, *, source: str = "") -> int:
     """A model of one output z with probes of labels 0/1: a binary classifier (BCEWithLogitsLoss), whose
     class probabilities are (1 − σ(z), σ(z)) = softmax((0, z)). It is analysed as the two-class
     classifier of logits (0, z): accuracy thresholds z at 0, the cross-entropy is BCE-with-logits, the
     one-hot targets have C = 2 columns (the constant and the class contrast, as for any C), and the
-    output span of D_LR is z's. Returns C = 2. A probe of regression targets cannot share that run."""
+    output span of D_LR is z's. Returns C = 2. A probe of regression targets cannot share that run.
+    source: `extract.tuple_outputs`, said in the note where z is a tuple's first element (a value head?)."""
     if probe.task == "regression":
         labelled = next(other.name for other in ctx.probes if other.task == "classes")
         raise ProbeError(
@@ -1999,6 +2016,7 @@ def _binary_logit(ctx: _Context, probe: Any) -> int:
             "the model has one output and the probe's labels are 0/1: analysed as a binary classifier whose logit z "
             "gives the class probabilities softmax((0, z)) = (1 − σ(z), σ(z)): accuracy thresholds z at 0, "
             "cross_entropy is BCE-with-logits, and C = 2 classes (MF: k95 of the utility ≤ C + 1 = 3)"
+            + (f"; that output is {source}" if source else "")
         )
     return 2
 

@@ -504,6 +504,31 @@ def _read_npz(path: Path) -> dict[str, Any]:
     return arrays
 
 
+def _scalar_list(value: Any) -> bool:
+    """Whether `value` is a non-empty list or tuple of Python numbers or of strings (not both), one a sample."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    text = all(isinstance(item, str) for item in value)
+    return text or all(isinstance(item, (bool, int, float)) for item in value)
+
+
+def _npz_object_arrays(path: Path) -> list[str]:
+    """The names of an .npz's arrays of dtype object, read from their .npy headers alone (nothing unpickled);
+    none where the file is no zip of .npy members."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    names = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as stream:
+                    reader = readers.get(np.lib.format.read_magic(stream))
+                    if reader is not None and reader(stream)[2].hasobject:
+                        names.append(member.removesuffix(".npy"))
+    except Exception:  # noqa: BLE001 - not such a file: the caller keeps its general words
+        return []
+    return names
+
+
 def _read_pt(path: Path) -> dict[str, Any]:
     import pickle
 
@@ -551,6 +576,10 @@ def _read_pt(path: Path) -> dict[str, Any]:
             out[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
         elif isinstance(value, np.ndarray):
             out[str(key)] = value
+        elif _scalar_list(value):
+            # labels kept as a Python list (`labels.tolist()`, class names): read as the array they make, so class
+            # numbers are labels and names get the text labels' error, not left unread without a word
+            out[str(key)] = np.asarray(value)
     if not out and obj:
         # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
         # said "has no inputs, got: keys: none"
@@ -981,13 +1010,26 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged file
         reason = f"{type(exc).__name__}: {exc}"
-        if "allow_pickle" in reason or "pickled (object) data" in reason:
-            # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
-            reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
         fix = (
             "the file is corrupt or not of the format its suffix says; save plain numeric arrays "
             "(np.savez(FILE, x=..., y=...))"
         )
+        if "allow_pickle" in reason or "pickled (object) data" in reason:
+            # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
+            reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
+            objects = _npz_object_arrays(path)
+            if objects:  # a sound file whose arrays of Python objects (a pandas column's .values) fdl cannot read
+                one = len(objects) == 1
+                reason = (f"{'its array' if one else 'its arrays'} {', '.join(map(quoted_name, objects[:4]))} "
+                          f"{'holds' if one else 'hold'} pickled Python objects (dtype object: strings or numbers "
+                          "kept as Python objects, a pandas column's .values); fdl never unpickles a probe")
+                if any(name in Y_KEYS for name in objects):
+                    fix = ("save the targets as numbers: class names numbered 0..C-1 in the order of the model's "
+                           "outputs (class c is output c), class numbers as np.asarray(y, dtype=np.int64), regression "
+                           "targets as np.float32 (or the names as text, np.asarray(y, dtype=str), which fdl reads "
+                           "and refuses with their conversion)")
+                else:
+                    fix = "save them as numeric arrays: np.asarray(x, dtype=np.float32) (token ids: np.int64)"
         empty = _empty_file(path)
         if empty:  # "EOFError: ", numpy's "No data left in file": a save that never ran, or a copy cut to nothing
             reason = "the file is empty (0 bytes)"
