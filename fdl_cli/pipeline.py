@@ -735,6 +735,8 @@ def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]
 def invocation(ctx: _Context) -> dict[str, Any]:
     """This `fdl analyze` as a row of the store's history (docs/store.md): where and how the checkpoints it
     stores were computed. Under torchrun, that of this rank (rank 0 for the store, rank K for its part)."""
+    import torch
+
     world = ctx.world
     return {
         "started": ctx.started,
@@ -743,6 +745,10 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         "dtype": ctx.options.dtype,
         "world_size": world.size if world is not None else 1,
         "rank": world.rank if world is not None else 0,
+        # what sets the last bits of the numbers besides the device (docs/reliability.md, "Reproducibility")
+        "batch_size": ctx.options.batch_size,
+        "threads": torch.get_num_threads(),
+        "numpy_version": np.__version__,
         # the folder the checkpoints' paths, recorded as typed, are relative to (`_stored_places`)
         "cwd": _working_folder(),
     }

@@ -554,12 +554,20 @@ def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     absolute path, `model_file`, and content, `model_file_sha256`) and the same factory's code
     (`model_sha256`) say they are the same model; the factory's code alone does not (two files that
     each configure one shared factory, `build = make_builder(nn.ReLU)` against `nn.Tanh`). Stores
-    written before `model_file` was recorded keep the spec's text."""
+    written before `model_file` was recorded keep the spec's text.
+
+    A run moved whole to another folder (an artifact unpacked elsewhere: the model file with the checkpoints)
+    names its model file by another path. **(choice)** Once the recorded file is gone, a file of the same
+    content and factory code is the moved one, as a checkpoint's recorded path is then read in the run's new
+    folder (docs/store.md); while the recorded file is there, another path is another model, whose folder's
+    other modules may differ."""
     spec_old, spec_new = old.get("model"), new.get("model")
     same = [old.get(key) == new.get(key) and isinstance(old.get(key), str)
-            for key in ("model_sha256", "model_file", "model_file_sha256")]
+            for key in ("model_sha256", "model_file_sha256")]
+    recorded = old.get("model_file")
+    same_file = isinstance(recorded, str) and (recorded == new.get("model_file") or not os.path.lexists(recorded))
     return (
-        isinstance(spec_old, str) and isinstance(spec_new, str) and all(same)
+        isinstance(spec_old, str) and isinstance(spec_new, str) and all(same) and same_file
         and spec_old.rpartition(":")[2] == spec_new.rpartition(":")[2]
     )
 
