@@ -749,6 +749,8 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         "batch_size": ctx.options.batch_size,
         "threads": torch.get_num_threads(),
         "numpy_version": np.__version__,
+        # the probes' files (their sha256 is the provenance's `probes`), as this run read them
+        "probe_files": {probe.name: shown_path(str(probe.path)) for probe in ctx.probes},
         # the folder the checkpoints' paths, recorded as typed, are relative to (`_stored_places`)
         "cwd": _working_folder(),
     }

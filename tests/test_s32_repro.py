@@ -21,12 +21,13 @@ def _history(store: Path) -> list[dict[str, object]]:
         return list(json.loads(handle.attrs["history"]))
 
 
-def test_history_records_the_batch_size_threads_and_numpy_that_set_the_bits(
+def test_history_records_batch_size_threads_numpy_and_probe_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch size and torch's thread count change a float32 model's features and the float64 sums in the
     last bits (docs/reliability.md, "Reproducibility"): a store that did not record them could not be analysed
-    again to the same bits. Each invocation's row names them, and numpy's version beside torch's."""
+    again to the same bits. Each invocation's row names them, numpy's version beside torch's, and the probe
+    files it read (the provenance holds their sha256 alone)."""
     root = _run_folder(tmp_path)
     monkeypatch.chdir(root)
     threads = torch.get_num_threads()
@@ -40,6 +41,7 @@ def test_history_records_the_batch_size_threads_and_numpy_that_set_the_bits(
     assert [row.get("batch_size") for row in rows] == [16, 5]
     assert [row.get("threads") for row in rows] == [threads, threads]
     assert [row.get("numpy_version") for row in rows] == [np.__version__] * 2
+    assert [row.get("probe_files") for row in rows] == [{"probe": "probe.npz"}] * 2
 
 
 def _moved_run(tmp_path: Path) -> tuple[Path, Path]:
