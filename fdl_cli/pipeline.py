@@ -737,6 +737,8 @@ def invocation(ctx: _Context) -> dict[str, Any]:
     stores were computed. Under torchrun, that of this rank (rank 0 for the store, rank K for its part)."""
     import torch
 
+    from fdl_cli.moments import _numpy_blas_threads
+
     world = ctx.world
     return {
         "started": ctx.started,
@@ -748,6 +750,7 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         # what sets the last bits of the numbers besides the device (docs/reliability.md, "Reproducibility")
         "batch_size": ctx.options.batch_size,
         "threads": torch.get_num_threads(),
+        "blas_threads": _numpy_blas_threads(),  # numpy's BLAS (None: not known); both 1 take numpy's dsyrk
         "numpy_version": np.__version__,
         # the probes' files (their sha256 is the provenance's `probes`), as this run read them
         "probe_files": {probe.name: shown_path(str(probe.path)) for probe in ctx.probes},

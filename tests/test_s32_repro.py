@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.test_analyze import fdl
+from tests.test_s15_redo import _assert_same_store
 from tests.test_walk_fixes import SMALL, _run_folder
 
 
@@ -40,8 +41,28 @@ def test_history_records_batch_size_threads_numpy_and_probe_files(
     rows = _history(root / "run.h5")
     assert [row.get("batch_size") for row in rows] == [16, 5]
     assert [row.get("threads") for row in rows] == [threads, threads]
+    assert all("blas_threads" in row for row in rows)
     assert [row.get("numpy_version") for row in rows] == [np.__version__] * 2
     assert [row.get("probe_files") for row in rows] == [{"probe": "probe.npz"}] * 2
+
+
+def test_order_glob_and_resume_give_the_store_of_one_run_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/reliability.md, "Reproducibility": the checkpoints given as a folder, as files in another order, or
+    through --glob and analysed in two runs (the second storing a checkpoint before a stored one), give the
+    same store to the bit, but for when and where it was computed (`created`, `history`)."""
+    root = _run_folder(tmp_path)
+    monkeypatch.chdir(root)
+    common = ("--model", "model.py:build", "--probe", "probe.npz", *SMALL)
+    assert fdl("analyze", "run", *common, "--out", "folder.h5").code == 0
+    files = sorted((f"run/{path.name}" for path in (root / "run").iterdir()), reverse=True)
+    assert fdl("analyze", *files, *common, "--out", "files.h5").code == 0
+    for steps in ("0,20", "0,10,20"):
+        done = fdl("analyze", "run", "--glob", "ckpt_step*.pt", "--steps", steps, *common, "--out", "parts.h5")
+        assert done.code == 0, done.stderr
+    _assert_same_store(root / "files.h5", root / "folder.h5")
+    _assert_same_store(root / "parts.h5", root / "folder.h5")
 
 
 def _moved_run(tmp_path: Path) -> tuple[Path, Path]:
