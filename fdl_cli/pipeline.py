@@ -2311,8 +2311,8 @@ def _analyze_refs(
                             ctx.reporter.note(
                                 f"--redo {entry.step}: the file of step {entry.step} is the one stored (same sha256 "
                                 f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
-                                "but where fdl, torch or the device differ from those that stored it (or the stored "
-                                "arrays were damaged)")
+                                "but where fdl, torch, the device, --batch-size or the thread count differ from "
+                                "those that stored it (or the stored arrays were damaged)")
                 if on_record is not None:
                     for record in entry_records(entry, **shape):
                         on_record(record)
