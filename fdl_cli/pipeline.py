@@ -751,7 +751,6 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         "batch_size": ctx.options.batch_size,
         "threads": torch.get_num_threads(),
         "blas_threads": _numpy_blas_threads(),  # numpy's BLAS (None: not known); both 1 take numpy's dsyrk
-        "numpy_version": np.__version__,
         # the probes' files (their sha256 is the provenance's `probes`), as this run read them
         "probe_files": {probe.name: shown_path(str(probe.path)) for probe in ctx.probes},
         # the folder the checkpoints' paths, recorded as typed, are relative to (`_stored_places`)
@@ -790,6 +789,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
         "fdl_version": __version__,
     }
 

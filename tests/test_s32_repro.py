@@ -43,6 +43,8 @@ def test_history_records_batch_size_threads_numpy_and_probe_files(
     assert [row.get("threads") for row in rows] == [threads, threads]
     assert all("blas_threads" in row for row in rows)
     assert [row.get("numpy_version") for row in rows] == [np.__version__] * 2
+    with h5py.File(root / "run.h5", "r", locking=False) as handle:
+        assert json.loads(handle.attrs["provenance"])["environment"]["numpy_version"] == np.__version__
     assert [row.get("probe_files") for row in rows] == [{"probe": "probe.npz"}] * 2
 
 
