@@ -96,8 +96,12 @@ def test_a_moved_run_resumes_with_its_model_file_at_the_new_place(tmp_path: Path
 
 def test_a_copy_of_the_model_file_is_another_run_while_the_recorded_one_is_there(tmp_path: Path) -> None:
     """While the recorded model file exists, another file of the same bytes is another model (its folder's
-    other modules may differ): refused as before."""
+    other modules may differ): refused as before, the fix naming the recorded file (it said --overwrite alone,
+    as for other code)."""
     old, new = _moved_run(tmp_path)
     other = fdl("analyze", new / "run", "--model", f"{new / 'model.py'}:build", "--probe", new / "probe.npz",
                 "--out", new / "run.h5", *SMALL)
     assert other.code == 1 and "different run" in other.stderr, other.stderr
+    said = " ".join(other.stderr.split())
+    assert f"a copy of {old / 'model.py'}, which the store was analysed with and which is still there" in said
+    assert f"--model {old / 'model.py'}:build" in said
