@@ -558,9 +558,9 @@ def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
     A run moved whole to another folder (an artifact unpacked elsewhere: the model file with the checkpoints)
     names its model file by another path. **(choice)** Once the recorded file is gone, a file of the same
-    content and factory code is the moved one, as a checkpoint's recorded path is then read in the run's new
-    folder (docs/store.md); while the recorded file is there, another path is another model, whose folder's
-    other modules may differ."""
+    content and factory code is the moved one, as the checkpoints found at their steps in the new folder are
+    checked against the stored ones (docs/store.md); while the recorded file is there, another path is another
+    model, whose folder's other modules may differ."""
     recorded = old.get("model_file")
     same_file = isinstance(recorded, str) and (recorded == new.get("model_file") or not os.path.lexists(recorded))
     return same_file and _same_model_content(old, new)
