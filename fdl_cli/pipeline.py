@@ -735,6 +735,10 @@ def _overlap_k_option(options: AnalyzeOptions, n_outputs: int) -> dict[str, int]
 def invocation(ctx: _Context) -> dict[str, Any]:
     """This `fdl analyze` as a row of the store's history (docs/store.md): where and how the checkpoints it
     stores were computed. Under torchrun, that of this rank (rank 0 for the store, rank K for its part)."""
+    import torch
+
+    from fdl_cli.moments import _numpy_blas_threads
+
     world = ctx.world
     return {
         "started": ctx.started,
@@ -743,6 +747,12 @@ def invocation(ctx: _Context) -> dict[str, Any]:
         "dtype": ctx.options.dtype,
         "world_size": world.size if world is not None else 1,
         "rank": world.rank if world is not None else 0,
+        # what sets the last bits of the numbers besides the device (docs/reliability.md, "Reproducibility")
+        "batch_size": ctx.options.batch_size,
+        "threads": torch.get_num_threads(),
+        "blas_threads": _numpy_blas_threads(),  # numpy's BLAS (None: not known); both 1 take numpy's dsyrk
+        # the probes' files (their sha256 is the provenance's `probes`), as this run read them
+        "probe_files": {probe.name: shown_path(str(probe.path)) for probe in ctx.probes},
         # the folder the checkpoints' paths, recorded as typed, are relative to (`_stored_places`)
         "cwd": _working_folder(),
     }
@@ -779,6 +789,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
         "fdl_version": __version__,
     }
 
@@ -2318,8 +2329,8 @@ def _analyze_refs(
                             ctx.reporter.note(
                                 f"--redo {entry.step}: the file of step {entry.step} is the one stored (same sha256 "
                                 f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
-                                "but where fdl, torch or the device differ from those that stored it (or the stored "
-                                "arrays were damaged)")
+                                "but where fdl, torch, the device, --batch-size or the thread count differ from "
+                                "those that stored it (or the stored arrays were damaged)")
                 if on_record is not None:
                     for record in entry_records(entry, **shape):
                         on_record(record)

@@ -554,10 +554,23 @@ def _same_model_code(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     absolute path, `model_file`, and content, `model_file_sha256`) and the same factory's code
     (`model_sha256`) say they are the same model; the factory's code alone does not (two files that
     each configure one shared factory, `build = make_builder(nn.ReLU)` against `nn.Tanh`). Stores
-    written before `model_file` was recorded keep the spec's text."""
+    written before `model_file` was recorded keep the spec's text.
+
+    A run moved whole to another folder (an artifact unpacked elsewhere: the model file with the checkpoints)
+    names its model file by another path. **(choice)** Once the recorded file is gone, a file of the same
+    content and factory code is the moved one, as the checkpoints found at their steps in the new folder are
+    checked against the stored ones (docs/store.md); while the recorded file is there, another path is another
+    model, whose folder's other modules may differ."""
+    recorded = old.get("model_file")
+    same_file = isinstance(recorded, str) and (recorded == new.get("model_file") or not os.path.lexists(recorded))
+    return same_file and _same_model_content(old, new)
+
+
+def _same_model_content(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Two provenances whose --model specs name the same factory in files of the same sha256, wherever they lie."""
     spec_old, spec_new = old.get("model"), new.get("model")
     same = [old.get(key) == new.get(key) and isinstance(old.get(key), str)
-            for key in ("model_sha256", "model_file", "model_file_sha256")]
+            for key in ("model_sha256", "model_file_sha256")]
     return (
         isinstance(spec_old, str) and isinstance(spec_new, str) and all(same)
         and spec_old.rpartition(":")[2] == spec_new.rpartition(":")[2]
@@ -2380,6 +2393,14 @@ class StoreWriter:
                            "DataParallel's, DDP's and torch.compile's wrappers off a pickled module or a --model "
                            "factory's network, whose own module names the layers then have, and a store is not "
                            "resumed under other names; " + fix)
+                if _same_model_content(reader.provenance, self._provenance) \
+                        and all(line.startswith("model: ") for line in differences):
+                    # a copy of the recorded model file, which is still there (`_same_model_code`)
+                    recorded = reader.provenance["model_file"]
+                    factory = str(reader.provenance["model"]).rpartition(":")[2]
+                    fix = (f"this run's model file is a copy of {recorded}, which the store was analysed with and "
+                           f"which is still there: give --model {shlex.quote(f'{recorded}:{factory}')} to go on with "
+                           "that file (a run moved whole resumes as it is once its old folder is gone); else " + fix)
                 raise StoreError(f"{self._path} holds the results of a different run", got="; ".join(differences), fix=fix)
             self.warnings = list(reader.warnings)
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}
