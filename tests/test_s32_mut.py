@@ -11,8 +11,11 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pytest
+import torch
 
 from fdl_cli.probes import Probe, raw_pixels_warning
+from tests import test_s31_small as small
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _good, _make_run, _spoil
 from tests.test_report import SCALARS, STEPS, make_store
@@ -174,3 +177,28 @@ def test_a_reference_of_rank_equal_to_k_gets_no_low_rank_note(tmp_path: Path) ->
     """rank 2 = k = C at the reference: of full rank for the overlaps, nothing to say."""
     said = _report_of(tmp_path, step_0={"rank": 2})
     assert "overlaps' k" not in said, said
+
+
+# ------------------------------------------------------------------ the buffers read before a layer
+
+
+def test_a_buffer_given_by_keyword_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.mul(x, other=self.mask)`: the mask reaches torch as a keyword argument, and moved the features all
+    the same; it is named as when given by position (tests/test_s31_small.py)."""
+    model = small.MODEL.replace("return x * self.mask", "return torch.mul(x, other=self.mask)")
+    assert model != small.MODEL
+    monkeypatch.setattr(small, "MODEL", model)
+    mask = torch.ones(8)
+    mask[:5] = 0
+    status, err = small._run(tmp_path, {"gate.mask": mask})
+    assert status == 0, err
+    assert "only buffers changed (gate.mask)" in err, err
+
+
+def test_a_reference_of_low_rank_with_no_checkpoint_after_it_is_reported_without_the_note(tmp_path: Path) -> None:
+    """One checkpoint, the reference, of rank 1 < k = 2: no overlap was taken from it, so no note (and no crash
+    looking for the last checkpoint after it)."""
+    store = make_store(tmp_path / "run.h5", steps=(0,), scalars={0: {**SCALARS[0], "rank": 1}})
+    done = fdl_in_process("report", store)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "overlaps' k" not in _said(done.stdout + done.stderr), done.stderr
