@@ -19,6 +19,7 @@ from tests import test_s31_small as small
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _good, _make_run, _spoil
 from tests.test_report import SCALARS, STEPS, make_store
+from tests.test_s31_degen import _run as _degenerate_run
 from tests.test_s31_refused import _analyze
 
 
@@ -202,3 +203,12 @@ def test_a_reference_of_low_rank_with_no_checkpoint_after_it_is_reported_without
     done = fdl_in_process("report", store)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "overlaps' k" not in _said(done.stdout + done.stderr), done.stderr
+
+
+def test_analyze_tells_a_degenerate_reference_of_a_layer_of_exactly_k_units(tmp_path: Path) -> None:
+    """3 units before a 3-class head, constant at the reference (rank 1 < k = 3): the overlaps of the later,
+    full-rank checkpoints are taken at k = 3, so the warning is the degenerate reference's, not the narrow
+    layer's "at most the top 3 ... (k ≤ 3, not 3)"."""
+    warned = [line for line in (_degenerate_run(tmp_path, 3, constant_reference=True) / "analyze.txt").read_text()
+              .splitlines() if "overlaps' k" in line]
+    assert len(warned) == 1 and "(constant or collapsed features there" in warned[0], warned
