@@ -44,6 +44,14 @@ def test_raw_pixel_check_of_rows_over_a_piece_each_takes_the_extremes_of_every_p
     assert said is not None and "whole numbers from 0 to 200 as floats" in said, said
 
 
+def test_raw_pixel_check_says_a_negative_zero_as_0() -> None:
+    """Pixels of -0.0 (a sign flipped by a transform) are whole numbers from 0: said 0, not "-0"."""
+    x = np.full((2, 1, 4), -0.0, np.float32)
+    x[1, 0, 3] = 100.0
+    said = raw_pixels_warning(_probe(x))
+    assert said is not None and "whole numbers from 0 to 100 as floats" in said, said
+
+
 def test_raw_pixel_check_of_samples_of_no_values_says_nothing() -> None:
     """x of shape (4, 0, 3): each sample holds no value (0 bytes), so nothing is read and nothing said."""
     assert raw_pixels_warning(_probe(np.zeros((4, 0, 3), np.float32))) is None
