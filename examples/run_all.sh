@@ -6,15 +6,24 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # OUT is the one argument that is not an option, before or after them (`run_all.sh --tiny` is the quick
-# run); every option goes to each example as given.
-out="runs/examples"
+# run). --tiny is the one option every example takes; any other (label_shuffle.py's --n-train N: its N would
+# be taken for OUT) and a second folder are refused before anything runs: run that example alone for those.
+usage="usage: examples/run_all.sh [OUT] [--tiny]   (OUT defaults to runs/examples; an example's own options: run it alone, docs/findings.md)"
+out=""
 options=()
 for arg in "$@"; do
     case "${arg}" in
-        -*) options+=("${arg}") ;;
-        *) out="${arg}" ;;
+        --tiny) options+=("${arg}") ;;
+        -*) printf "run_all.sh: unknown option '%s'\n%s\n" "${arg}" "${usage}" >&2; exit 2 ;;
+        *)
+            if [[ -n "${out}" ]]; then
+                printf "run_all.sh: two folders given, '%s' and '%s'\n%s\n" "${out}" "${arg}" "${usage}" >&2
+                exit 2
+            fi
+            out="${arg}" ;;
     esac
 done
+out="${out:-runs/examples}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # the examples run `python`: the one on PATH must be fdl's environment (a shell that has not activated it
 # would run each example into a ModuleNotFoundError)

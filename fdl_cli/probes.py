@@ -504,29 +504,78 @@ def _read_npz(path: Path) -> dict[str, Any]:
     return arrays
 
 
-def _scalar_list(value: Any) -> bool:
-    """Whether `value` is a non-empty list or tuple of Python numbers or of strings (not both), one a sample."""
-    if not isinstance(value, (list, tuple)) or not value:
-        return False
-    text = all(isinstance(item, str) for item in value)
-    return text or all(isinstance(item, (bool, int, float)) for item in value)
+def _list_array(value: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray | None, str]:
+    """A Python list (or tuple) of numbers or of strings, one an item, or of rows of one length of them (one-hot
+    rows, [[0, 1], [1, 0]]), as the array it makes; else (None, what it holds instead) for a message."""
+    kind = type(value).__name__
+    leaves: list[Any] = []
+    stack: list[Any] = [value]
+    while stack:  # its items, however nested (a loop: a forged nesting is no recursion to overflow)
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            leaves.append(item)
+    if not leaves:
+        return None, f"an empty {kind}" if not value else f"a {kind} of empty {kind}s"
+    numbers = all(isinstance(item, (bool, int, float)) for item in leaves)
+    if not numbers and not all(isinstance(item, str) for item in leaves):
+        types = sorted({type(item).__name__ for item in leaves})
+        return None, f"items of mixed types: {', '.join(types[:4])}" + (", ..." if len(types) > 4 else "")
+    try:
+        array = np.asarray(value)
+    except ValueError:  # numpy's "inhomogeneous shape": rows of several lengths
+        return None, f"{kind}s of different lengths"
+    if array.dtype == object:  # integers numpy holds in no integer dtype
+        return None, "integers beyond 64 bits"
+    return array, ""
 
 
 def _npz_object_arrays(path: Path) -> list[str]:
     """The names of an .npz's arrays of dtype object, read from their .npy headers alone (nothing unpickled);
-    none where the file is no zip of .npy members."""
+    none where the file is no zip. A member that is no .npy (a `meta.json` written into the zip, which np.load
+    reads as bytes) or whose header is damaged is passed over: the others are still named."""
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     names = []
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
-                with archive.open(member) as stream:
-                    reader = readers.get(np.lib.format.read_magic(stream))
-                    if reader is not None and reader(stream)[2].hasobject:
-                        names.append(member.removesuffix(".npy"))
+                try:
+                    with archive.open(member) as stream:
+                        reader = readers.get(np.lib.format.read_magic(stream))
+                        if reader is not None and reader(stream)[2].hasobject:
+                            names.append(member.removesuffix(".npy"))
+                except Exception:  # noqa: BLE001 - no .npy, or a damaged one: not named, the others still are
+                    continue
     except Exception:  # noqa: BLE001 - not such a file: the caller keeps its general words
         return []
     return names
+
+
+def _object_arrays_said(objects: Sequence[str]) -> tuple[str, str]:
+    """(got, fix) of an .npz whose arrays `objects` hold Python objects (`_npz_object_arrays`): each named (the
+    first four, and how many in all), with the fix of what fdl reads them as, the targets, the inputs, or
+    nothing (another array, which still stops np.load)."""
+    one = len(objects) == 1
+    named = first_few([quoted_name(name) for name in objects], 4) + (
+        f" ({len(objects)} in all)" if len(objects) > 4 else "")
+    got = (f"{'its array' if one else 'its arrays'} {named} {'holds' if one else 'hold'} pickled Python objects "
+           "(dtype object: strings or numbers kept as Python objects, a pandas column's .values); fdl never "
+           "unpickles a probe")
+    fixes = []
+    if any(name in Y_KEYS for name in objects):
+        fixes.append("save the targets as numbers: class names numbered 0..C-1 in the order of the model's outputs "
+                     "(class c is output c), class numbers as np.asarray(y, dtype=np.int64), regression targets as "
+                     "np.float32 (or the names as text, np.asarray(y, dtype=str), which fdl reads and refuses with "
+                     "their conversion)")
+    if any(name in (*X_KEYS, "arr_0") for name in objects):
+        fixes.append("save the inputs as numeric arrays: np.asarray(x, dtype=np.float32) (token ids: np.int64)")
+    others = [name for name in objects if name not in (*X_KEYS, *Y_KEYS, "arr_0")]
+    if others:
+        fixes.append(f"fdl reads only the inputs and the targets: save the file without {quoted_name(others[0])}"
+                     f"{' and the others' if len(others) > 1 else ''}, or as numbers or text "
+                     "(np.asarray(a, dtype=str))")
+    return got, "; ".join(fixes)
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
@@ -576,10 +625,23 @@ def _read_pt(path: Path) -> dict[str, Any]:
             out[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
         elif isinstance(value, np.ndarray):
             out[str(key)] = value
-        elif _scalar_list(value):
-            # labels kept as a Python list (`labels.tolist()`, class names): read as the array they make, so class
-            # numbers are labels and names get the text labels' error, not left unread without a word
-            out[str(key)] = np.asarray(value)
+        elif isinstance(value, (list, tuple)):
+            # labels kept as a Python list (`labels.tolist()`, class names, one-hot rows): read as the array they
+            # make, so class numbers are labels and names get the text labels' error; inputs or targets that make
+            # no array are refused, not left unread without a word (a run analysed without its targets). Another
+            # key's list (class names beside x and y) that makes none is metadata, passed over.
+            array, holds = _list_array(value)
+            if array is not None:
+                out[str(key)] = array
+            elif str(key) in (*X_KEYS, *Y_KEYS):
+                named = str(key) if str(key).isidentifier() else "values"
+                raise ProbeError(
+                    f"the probe {path}: {quoted_name(str(key))} is a Python {type(value).__name__} that fdl cannot "
+                    "read as one array",
+                    got=holds,
+                    fix=f"save it as a tensor, an item a sample: torch.tensor({named}) (class labels as integers, "
+                    "regression targets as floats, one-hot rows as an (n, C) tensor)",
+                )
     if not out and obj:
         # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
         # said "has no inputs, got: keys: none"
@@ -1009,27 +1071,18 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged file
-        reason = f"{type(exc).__name__}: {exc}"
+        raw = f"{type(exc).__name__}: {exc}"
+        reason = raw[:300]  # an exception's own words, cut; fdl's below are said whole
         fix = (
             "the file is corrupt or not of the format its suffix says; save plain numeric arrays "
             "(np.savez(FILE, x=..., y=...))"
         )
-        if "allow_pickle" in reason or "pickled (object) data" in reason:
+        if "allow_pickle" in raw or "pickled (object) data" in raw:
             # numpy's advice here is to load it unsafely, i.e. to run the file's code: never repeat it.
             reason = "it holds pickled Python objects (or is not an .npz at all); fdl never unpickles a probe"
             objects = _npz_object_arrays(path)
             if objects:  # a sound file whose arrays of Python objects (a pandas column's .values) fdl cannot read
-                one = len(objects) == 1
-                reason = (f"{'its array' if one else 'its arrays'} {', '.join(map(quoted_name, objects[:4]))} "
-                          f"{'holds' if one else 'hold'} pickled Python objects (dtype object: strings or numbers "
-                          "kept as Python objects, a pandas column's .values); fdl never unpickles a probe")
-                if any(name in Y_KEYS for name in objects):
-                    fix = ("save the targets as numbers: class names numbered 0..C-1 in the order of the model's "
-                           "outputs (class c is output c), class numbers as np.asarray(y, dtype=np.int64), regression "
-                           "targets as np.float32 (or the names as text, np.asarray(y, dtype=str), which fdl reads "
-                           "and refuses with their conversion)")
-                else:
-                    fix = "save them as numeric arrays: np.asarray(x, dtype=np.float32) (token ids: np.int64)"
+                reason, fix = _object_arrays_said(objects)
         empty = _empty_file(path)
         if empty:  # "EOFError: ", numpy's "No data left in file": a save that never ran, or a copy cut to nothing
             reason = "the file is empty (0 bytes)"
@@ -1038,7 +1091,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
         if isinstance(exc, PermissionError):  # not damage: this user may not read it
             reason = "permission denied: this user may not read the file"
             fix = f"make it readable (chmod a+r {path}; the folders above it need a+x), or run fdl as a user who may"
-        raise ProbeError(f"cannot read the probe {path}", got=reason[:300], fix=fix) from None
+        raise ProbeError(f"cannot read the probe {path}", got=reason, fix=fix) from None
     if "x" not in arrays and set(arrays) <= {"arr_0", "arr_1"} and "arr_0" in arrays:
         arrays = {"x": arrays["arr_0"], **({"y": arrays["arr_1"]} if "arr_1" in arrays else {})}
     x_key, x = _pick(arrays, X_KEYS)
