@@ -1462,10 +1462,19 @@ def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
     by_step: dict[Any, list[str]] = {}
     for one in done:
         by_step.setdefault(one.verdict.evidence.get("final_step"), []).append(_row_name(one.store))
-    if len(by_step) < 2:
-        return []
-    return ["the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}" for step, stores in by_step.items())
-            + ": those rows measure other points of training"]
+    # A run with no checkpoint after the reference (its reference alone stored so far) has no final step, and its
+    # row no final measures ("—"): said so, not compared as a step (it was "None in run.h5")
+    lines: list[str] = []
+    if (none := by_step.pop(None, None)) is not None:
+        single = len(none) == 1
+        rule = f"its rule: fdl classify {none[0]}" if single else "each one's rule: fdl classify STORE"
+        lines.append(f"{', '.join(none)} {'has' if single else 'have'} no checkpoint after the reference: "
+                     f"{'its row has' if single else 'their rows have'} no final measures ({rule})")
+    if len(by_step) > 1:
+        lines.insert(0, "the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}"
+                                                             for step, stores in by_step.items())
+                     + ": those rows measure other points of training")
+    return lines
 
 
 def _row_name(store: str) -> str:
