@@ -258,13 +258,39 @@ _ONE_STORE_HINTS = {
 
 class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser takes the arguments out of `args` as it reads them
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            extra = exc.message.startswith("Got unexpected extra argument")
+            if (extra or isinstance(exc, click.MissingParameter)) and (choice := self._choice_as_word(ctx, given)):
+                # `fdl export run.h5 trajectories`, `fdl report run.h5 json`: an option's value without its name
+                raise click.UsageError(f"{exc.format_message()}\n{choice}", ctx=ctx) from None
             hint = _ONE_STORE_HINTS.get(self.name or "")
-            if hint is None or not exc.message.startswith("Got unexpected extra argument"):
+            if hint is None or not extra:
                 raise
             raise click.UsageError(f"{exc.message}: {hint}", ctx=ctx) from None
+
+    def _choice_as_word(self, ctx: click.Context, given: list[str]) -> str | None:
+        """A hint for a word given where the command takes a store that is one of an option's choices, and no file
+        (a store named `json` is a store): "'json' is one of --format's choices: give it as --format json"."""
+        try:
+            opts, rest, _ = self.make_parser(ctx).parse_args(args=list(given))
+        except click.UsageError:
+            return None
+        # the words left over and those taken as the command's arguments (`fdl report json run.h5`)
+        taken = [opts.get(param.name or "") for param in self.params if isinstance(param, click.Argument)]
+        words = [*rest, *(str(word) for value in taken if value is not None
+                          for word in (value if isinstance(value, (list, tuple)) else [value]))]
+        for param in self.params:
+            if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
+                continue
+            for word in words:
+                named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
+                if named is not None and not os.path.exists(word):
+                    option = max(param.opts, key=len)
+                    return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
