@@ -1267,6 +1267,7 @@ class _Classified:
     others: int = 0  # the store's series besides the one classified
     probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
     refused: str | None = None  # the line naming the checkpoints `fdl analyze` refused (`report.refused_line`)
+    binary: bool = False  # a one-logit binary classifier's store, whose C is 2 (`report.BINARY_LOGIT_LINE`)
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1310,12 +1311,13 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=rep.refused_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others, rep.probe_sha(run, chosen), refused)
+                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
     """`fdl classify STORE`: the verdict, its rule, trajectory, evidence and thresholds (or its JSON object)."""
     from fdl_cli import regimes
+    from fdl_cli import report as rep
 
     one = _classified(store, kwargs, thresholds)
     verdict = one.verdict
@@ -1331,6 +1333,9 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), one.caveat)
         if one.refused is not None:  # after the trajectory, whose steps it qualifies
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1, one.refused)
+        if one.binary:  # after the rule, whose "C + mf_extra = 3" it explains
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("rule: ")) + 1,
+                         rep.BINARY_LOGIT_LINE)
         for line in lines:
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
@@ -1442,6 +1447,9 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
             console.print(f"every row: probe {series[0][0]}, layer {series[0][1]}", markup=False)
         for line in [*_probe_files_differ(done), *_final_steps_differ(done)]:
             console.print(line, markup=False)
+        for one in done:
+            if one.binary:  # its C column's 2
+                console.print(f"{_row_name(one.store)}: {rep.BINARY_LOGIT_LINE}", markup=False)
         for one in done:
             if one.others:
                 console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",
