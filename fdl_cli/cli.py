@@ -258,13 +258,39 @@ _ONE_STORE_HINTS = {
 
 class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser takes the arguments out of `args` as it reads them
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            extra = exc.message.startswith("Got unexpected extra argument")
+            if (extra or isinstance(exc, click.MissingParameter)) and (choice := self._choice_as_word(ctx, given)):
+                # `fdl export run.h5 trajectories`, `fdl report run.h5 json`: an option's value without its name
+                raise click.UsageError(f"{exc.format_message()}\n{choice}", ctx=ctx) from None
             hint = _ONE_STORE_HINTS.get(self.name or "")
-            if hint is None or not exc.message.startswith("Got unexpected extra argument"):
+            if hint is None or not extra:
                 raise
             raise click.UsageError(f"{exc.message}: {hint}", ctx=ctx) from None
+
+    def _choice_as_word(self, ctx: click.Context, given: list[str]) -> str | None:
+        """A hint for a word given where the command takes a store that is one of an option's choices, and no file
+        (a store named `json` is a store): "'json' is one of --format's choices: give it as --format json"."""
+        try:
+            opts, rest, _ = self.make_parser(ctx).parse_args(args=list(given))
+        except click.UsageError:
+            return None
+        # the words left over and those taken as the command's arguments (`fdl report json run.h5`)
+        taken = [opts.get(param.name or "") for param in self.params if isinstance(param, click.Argument)]
+        words = [*rest, *(str(word) for value in taken if value is not None
+                          for word in (value if isinstance(value, (list, tuple)) else [value]))]
+        for param in self.params:
+            if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
+                continue
+            for word in words:
+                named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
+                if named is not None and not os.path.exists(word):
+                    option = max(param.opts, key=len)
+                    return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
@@ -1241,6 +1267,7 @@ class _Classified:
     others: int = 0  # the store's series besides the one classified
     probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
     refused: str | None = None  # the line naming the checkpoints `fdl analyze` refused (`report.refused_line`)
+    binary: bool = False  # a one-logit binary classifier's store, whose C is 2 (`report.BINARY_LOGIT_LINE`)
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1284,12 +1311,13 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=rep.refused_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others, rep.probe_sha(run, chosen), refused)
+                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
     """`fdl classify STORE`: the verdict, its rule, trajectory, evidence and thresholds (or its JSON object)."""
     from fdl_cli import regimes
+    from fdl_cli import report as rep
 
     one = _classified(store, kwargs, thresholds)
     verdict = one.verdict
@@ -1305,6 +1333,9 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), one.caveat)
         if one.refused is not None:  # after the trajectory, whose steps it qualifies
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1, one.refused)
+        if one.binary:  # after the rule, whose "C + mf_extra = 3" it explains
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("rule: ")) + 1,
+                         rep.BINARY_LOGIT_LINE)
         for line in lines:
             console.print(line, markup=False)
     if kwargs["expect"] and kwargs["expect"] != verdict.regime:
@@ -1417,6 +1448,9 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         for line in [*_probe_files_differ(done), *_final_steps_differ(done)]:
             console.print(line, markup=False)
         for one in done:
+            if one.binary:  # its C column's 2
+                console.print(f"{_row_name(one.store)}: {rep.BINARY_LOGIT_LINE}", markup=False)
+        for one in done:
             if one.others:
                 console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",
                               markup=False)
@@ -1462,10 +1496,19 @@ def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
     by_step: dict[Any, list[str]] = {}
     for one in done:
         by_step.setdefault(one.verdict.evidence.get("final_step"), []).append(_row_name(one.store))
-    if len(by_step) < 2:
-        return []
-    return ["the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}" for step, stores in by_step.items())
-            + ": those rows measure other points of training"]
+    # A run with no checkpoint after the reference (its reference alone stored so far) has no final step, and its
+    # row no final measures ("—"): said so, not compared as a step (it was "None in run.h5")
+    lines: list[str] = []
+    if (none := by_step.pop(None, None)) is not None:
+        single = len(none) == 1
+        rule = f"its rule: fdl classify {none[0]}" if single else "each one's rule: fdl classify STORE"
+        lines.append(f"{', '.join(none)} {'has' if single else 'have'} no checkpoint after the reference: "
+                     f"{'its row has' if single else 'their rows have'} no final measures ({rule})")
+    if len(by_step) > 1:
+        lines.insert(0, "the final steps differ: " + "; ".join(f"{step} in {', '.join(stores)}"
+                                                             for step, stores in by_step.items())
+                     + ": those rows measure other points of training")
+    return lines
 
 
 def _row_name(store: str) -> str:

@@ -222,6 +222,28 @@ def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     return line
 
 
+#: Why a store of a one-logit binary classifier has C = 2 (`pipeline._binary_logit`, which analyze's note says):
+#: classify's rule ("k95_utility ≤ C + mf_extra = 3") and compare's "top C" and Π̂(C) read C = 2 of a model of one
+#: output. **(choice)** Text only: classify's --json keeps the verdict's fields (final_n_outputs is 2; no field
+#: there is about the model's outputs), and the store's provenance records binary_logit in its options.
+BINARY_LOGIT_LINE = ("C = 2 for a model of one output: its output z is a binary classifier's logit, analysed as the "
+                     "two classes' logits (0, z) (the store's options: binary_logit)")
+
+
+def binary_logit(run: Run) -> bool:
+    """Whether the store's options record a one-logit binary classifier (`BINARY_LOGIT_LINE`)."""
+    options = run.provenance.get("options")
+    return isinstance(options, Mapping) and options.get("binary_logit") is True
+
+
+def binary_logit_note(run_a: Run, run_b: Run) -> str | None:
+    """compare's note on why C is 2 for a run of a one-logit binary classifier, or None."""
+    runs = [name for name, run in (("A", run_a), ("B", run_b)) if binary_logit(run)]
+    if not runs:
+        return None
+    return (f"run {runs[0]}'s " if len(runs) == 1 else "runs A and B: ") + BINARY_LOGIT_LINE
+
+
 def targets_without_energy(run: Run, series: Series) -> bool:
     """Whether the series' targets carry no energy (all 0; with --center, constant or one class), read from its
     records: a probe with targets whose Π*(C) is null (0/0: `spectral.measure`) and whose D of the quality is
@@ -2380,6 +2402,8 @@ def compare_runs(
     if (devices := device_difference_note(run_a, series_a, run_b, series_b)) is not None:
         notes.append(devices)
     notes += zero_one_notes(run_a, series_a, run_b, series_b)
+    if (binary := binary_logit_note(run_a, run_b)) is not None:
+        notes.append(binary)
     steps = [
         ComparedStep(
             match=match,
