@@ -3326,7 +3326,7 @@ def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:
         return False  # another model's layer, or a wrapper's name (the writer's fix says which)
     ctx.layers = resolve_layers(model, [label])
     ctx.reporter.note(
-        f"{out} was analysed at the layer {label}, and this fdl's default feature layer is {default} (the input of "
+        f"{out} was analysed at the layer {label}, and the default feature layer is {default} (the input of "
         "the nn.Linear whose output the model's outputs are, or are computed from, else of the last one to run): the "
         f"store goes on at {label}; --layer {label} --layer {default} adds it beside the stored layer, --overwrite "
         "or another --out analyses at it alone")

@@ -149,7 +149,7 @@ def test_a_store_at_the_layer_an_earlier_default_took_is_resumed_with_that_layer
     code, err, _store = _analyze(folder, run, "Monitored", "--resume")
     said = " ".join(err.split())
     assert code == 0, err
-    assert "note: " + str(store) + " was analysed at the layer monitor:input, and this fdl's default feature " \
+    assert "note: " + str(store) + " was analysed at the layer monitor:input, and the default feature " \
            "layer is head:input" in said
     assert "the store goes on at monitor:input; --layer monitor:input --layer head:input adds it" in said
     assert "not of the last one to run, 'monitor'" not in said  # the default's own note: another layer's

@@ -124,7 +124,7 @@ def test_a_store_at_the_layer_an_earlier_default_took_is_resumed_at_it_with_a_no
                           json.dumps({"name": "ScaledPolicy"}), "--probe", probe, "-o", store, "--device", "cpu")
     said = " ".join(done.stderr.split())
     assert done.returncode == 0, done.stderr
-    assert f"note: {store} was analysed at the layer value:input, and this fdl's default feature layer is " \
+    assert f"note: {store} was analysed at the layer value:input, and the default feature layer is " \
            "policy:input" in said, said
     assert "--layer value:input --layer policy:input adds it beside the stored layer" in said
     with h5py.File(store, "r") as handle:
