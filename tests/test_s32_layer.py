@@ -134,8 +134,8 @@ def test_a_store_at_the_layer_an_earlier_default_took_is_resumed_at_it_with_a_no
 
 def test_the_pass_that_finds_the_head_keeps_no_activation() -> None:
     """`log_softmax(head(h))` after a stack of Linear + ReLU: the head's input is taken, and the second pass, which
-    records the autograd graph, holds no layer's activation once the next layer ran (but the first, which the auxiliary head reads) (a backward pass would keep each
-    ReLU's output: GBs for a long-context LLM)."""
+    records the autograd graph, holds no layer's activation once the next layer ran, but the first, which the
+    auxiliary head reads (a backward pass would keep each ReLU's output: GBs for a long-context LLM)."""
     import torch
     from torch import nn
 
