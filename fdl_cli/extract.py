@@ -113,7 +113,8 @@ def default_layer(
         )
     check_outputs_order(calls, raw)
     batch_first(raw, _output_tensor(raw, calls), int(inputs.shape[0]))
-    choice = chosen_default(calls, raw, frozen=frozen_linears(model), shapes=linear_shapes(model))
+    choice = chosen_default(calls, raw, frozen=frozen_linears(model), shapes=linear_shapes(model),
+                            made_from=lambda: outputs_made_from(model, inputs))
     if choice.note is not None and note is not None:
         note(choice.note)
     if choice.warning is not None and warn is not None:
@@ -286,6 +287,54 @@ def linear_calls(model: nn.Module) -> Iterator[LinearCalls]:
             handle.remove()
 
 
+def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] | None:
+    """The nn.Linear modules whose output the model's outputs (`_output_tensor`) are computed from, in a second
+    forward pass of `inputs` that records the autograd graph and walks it back from the outputs. For `chosen_default`
+    where no nn.Linear's output tensor is the outputs (`policy(h) / T`, `log_softmax(head(h))`): the last nn.Linear
+    to run may then be another head on features of its own (an actor-critic's value on a trunk of its own).
+
+    No activation is kept: every tensor autograd would save for a backward pass (never run) is dropped as it is
+    saved, so the pass needs the memory of the no_grad one. Float inputs are made to require gradients (a model
+    whose parameters are all frozen still builds a graph). None where it cannot tell: no graph (integer inputs and
+    frozen parameters), or the pass fails with gradients on (a model writing in place into a tensor that requires
+    them), where the rule before it stands."""
+    reached: dict[str, list[Any]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
+                if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                    reached.setdefault(name, []).append(output.grad_fn)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        given = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_dropped, _never_unpacked), \
+                quiet_nested_tensors(), signals.model_code(FORWARD):
+            outputs = _output_tensor(model(given))
+    except Exception:  # noqa: BLE001 - the no_grad pass ran: the rule before this one stands
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen: set[Any] = set()
+    stack = [outputs.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(parent for parent, _index in node.next_functions)
+    return frozenset(name for name, nodes in reached.items() if any(node in seen for node in nodes)) if seen else None
+
+
+def _dropped(_saved: torch.Tensor) -> None:
+    """A tensor autograd saves for a backward pass `outputs_made_from` never runs: not kept."""
+
+
+def _never_unpacked(_packed: None) -> torch.Tensor:
+    raise RuntimeError("outputs_made_from's graph is walked, never run backward")
+
+
 def _gave(call: LinearCall, outputs: torch.Tensor) -> bool:
     """Whether `outputs` are what `call` gave: a view of its memory, or the very tensor it returned, whose data the
     forward replaced (`out = head(h); out.data = out.data * 2`: new memory, the old one freed)."""
@@ -335,7 +384,8 @@ def linear_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[str] = (),
-                   shapes: Mapping[str, tuple[int, ...]] | None = None) -> DefaultChoice:
+                   shapes: Mapping[str, tuple[int, ...]] | None = None,
+                   made_from: Callable[[], frozenset[str] | None] | None = None) -> DefaultChoice:
     """The default feature layer of a forward pass whose nn.Linear calls were `calls` (not empty) and which
     returned `raw`: the input of the nn.Linear whose output the outputs are (views of the same memory: a
     reshape, a squeeze, a slice); where it is not the last one to run (two heads, each on a tower of its own,
@@ -354,7 +404,12 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
     Warned, not taken: the default stays the same for a store that is resumed. `shapes` (`linear_shapes`; None:
     not known): a trainable one counts only where its weight has the frozen one's shape, as a copy's has: a
     trained hidden layer as wide as the outputs under a fixed (frozen) readout, `readout(relu(hidden(x))) / 3`,
-    is no copy's twin, and its input is no head's."""
+    is no copy's twin, and its input is no head's.
+
+    `made_from` (`outputs_made_from`; None: not known), asked only where no nn.Linear gives the outputs and more
+    than one ran: the nn.Linear whose outputs the model's are computed from. Where the last to run is not one of
+    them (`return policy(pi(x)) / T, value(vf(x))`), its input is another head's features, whatever its size: the
+    last of them to run is taken, with a note."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     at, producer = next(((at, call) for at, call in reversed(list(enumerate(calls))) if _gave(call, outputs)),
@@ -375,6 +430,13 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
             f"it ran (y = {producer.name}(x); y += ...): the features are the input of {which}, "
             f"{added[-1].name}{INPUT_SUFFIX} (--layer {producer.name}{INPUT_SUFFIX} for the other)"))
     same_input = producer is not None and producer.input is not None and producer.input_first == last.input_first
+    if producer is None and made_from is not None and any(call.name != last.name for call in calls):
+        sources = made_from() or ()
+        head = next((call for call in reversed(calls) if call.name in sources), None)
+        if head is not None and last.name not in sources:
+            return DefaultChoice(head.name, note=(
+                f"{_outputs_said(raw)} are computed from the output of nn.Linear {head.name!r}, not of the last one "
+                f"to run, {last.name!r}: the features are {head.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
     if producer is None or producer.name == last.name or same_input:
         if producer is None and last.values_a_sample is not None and last.values_a_sample != outputs[:1].numel():
             sizes = (last.values_a_sample, int(outputs[:1].numel()))

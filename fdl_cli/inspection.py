@@ -361,6 +361,7 @@ def _default_choice(
         frozen_linears,
         linear_shapes,
         not_the_head,
+        outputs_made_from,
     )
 
     default_module: str | None = None
@@ -371,15 +372,16 @@ def _default_choice(
     elif linears_run:
         # analyze's choice (`extract.chosen_default`): the nn.Linear whose output the outputs are, else the last to run
         last = linears_run[-1].name
-        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model), shapes=linear_shapes(model))
+        choice = (chosen_default(linears_run, returned[0], frozen=frozen_linears(model), shapes=linear_shapes(model),
+                                 made_from=lambda: outputs_made_from(model, sample))
                   if returned and outputs_error is None else DefaultChoice(last))
         default_module = choice.module
         source = "the probe's first sample" if from_probe else (
             "random token ids" if sample is not None and not sample.is_floating_point() else "a random input"
         ) + " (--probe FILE for a real one)"
         default_basis = (f"the last nn.Linear to run in a forward pass of {source}" if choice.module == last else
-                         f"the nn.Linear whose output the model's outputs are, in a forward pass of {source}; the "
-                         f"last to run is {last}")
+                         f"the nn.Linear whose output the model's outputs are (or are computed from), in a forward "
+                         f"pass of {source}; the last to run is {last}")
         if choice.sizes is not None:
             default_basis += f", but {not_the_head(choice.sizes)}: pick --layer NAME"
         if choice.rivals:

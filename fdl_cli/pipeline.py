@@ -1794,9 +1794,11 @@ def _store_opened(ctx: _Context, writer: Any) -> None:
         ctx.reporter.note(note)
 
 
-def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple[str, dict[str, int], int, int]]:
+def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
+              out: Path | None = None) -> list[tuple[str, dict[str, int], int, int]]:
     """Resolve the layers (on `reference`, the checkpoint loaded) and check every probe against the model with one
-    sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m)."""
+    sample, before long work. Returns each probe's pass for `_check_memory`: (probe, {layer: p}, n, m). `out`: the
+    store, whose own layer a resume without --layer goes on at (`_stored_layer_kept`)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers, tuple_outputs_fix
     from fdl_cli.probes import (
         dominant_class_note,
@@ -1813,12 +1815,20 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef) -> list[tuple
         try:
             if not ctx.layers:
                 # The default layer is found by running this first sample (execution order, not registration).
+                # what the default needs said (a note, then a warning), said once it is taken
+                default_notes: list[str] = []
+                default_warnings: list[str] = []
                 with _layer_source_named(ctx):
                     ctx.layers = resolve_layers(
                         model, ctx.layer_names, sample=probe.x[:1], device=ctx.device, dtype=ctx.options.dtype,
-                        note=ctx.reporter.note, warn=ctx.reporter.warn,
+                        note=default_notes.append, warn=default_warnings.append,
                         inspect=_inspect_command(ctx, reference, probe),
                     )
+                if not _stored_layer_kept(ctx, out, model):
+                    for text in default_notes:
+                        ctx.reporter.note(text)
+                    for text in default_warnings:
+                        ctx.reporter.warn(text)
             source: list[str] = []  # where the outputs are in a tuple the model returns, for the messages below
             widths, n_outputs, shape = forward_one_shapes(
                 model, ctx.layers, probe.x[:1], device=ctx.device, dtype=ctx.options.dtype, ran_before=ctx.ran_before,
@@ -2250,7 +2260,7 @@ def _analyze_refs(
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
             model = _prepare(ctx, loaded)
-            passes = _validate(ctx, model, reference)
+            passes = _validate(ctx, model, reference, out)
         failure = None
     except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
         if not spread:
@@ -2270,7 +2280,6 @@ def _analyze_refs(
     addition = None
     try:
         _check_reference_of_store(ctx, out, reference, reference_sha, refs)
-        _check_default_layer_of_store(ctx, out, provenance, model)
         addition = _addition(ctx, refs, out, provenance, [path for path, _ in summary.failed])
         refusal = None
     except FdlError as exc:
@@ -3302,47 +3311,37 @@ def _check_reference_of_store(
         )
 
 
-def _check_default_layer_of_store(ctx: _Context, out: Path, provenance: Mapping[str, Any], model: Any) -> None:
+def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:
     """A resume without --layer (nor fdl.toml's `layer`) of a store analysed at one layer of the model that is not
-    this run's default: the store's is the default an earlier fdl took (the input of the last nn.Linear to run, which
-    for a model whose outputs are another Linear's is not the head's), or a --layer the command now leaves out. It was
-    refused with a fix that only offered to add the default beside the stored layer: it now says which layer each
-    is, and that --layer STORED goes on as the store was analysed. Other differences of the provenance stay said."""
-    if not ctx.options.resume or ctx.layer_names or not out.is_file():
-        return
-    from fdl_cli.store import StoreReader, resume_differences
+    this run's default goes on at the store's layer, with a note naming both (True; the default's own notes are then
+    not said). Such a store is one an earlier fdl made at its default (the input of the last nn.Linear to run, which
+    for a model whose outputs are computed from another head's is not theirs), or one a --layer now left out made: a
+    resume continues the store's series; it was refused, and a resume at the new default would start another
+    series in the same store. A store of several layers, or at a layer the model lacks, is left to the writer's
+    errors, which name the differences."""
+    if out is None or not ctx.options.resume or ctx.layer_names or len(ctx.layers) != 1 or not out.is_file():
+        return False
+    from fdl_cli.extract import resolve_layers
+    from fdl_cli.store import StoreReader
 
     try:
         with StoreReader(out) as reader:
             stored = reader.provenance.get("layers")
-            differences, _grown = resume_differences(
-                reader.provenance, reader.probes(), provenance, {probe.name: probe for probe in _probe_infos(ctx)})
     except FdlError:
-        return  # the writer says what is wrong with the store
-    run = provenance.get("layers")
-    if not (isinstance(stored, list) and len(stored) == 1 and isinstance(stored[0], str) and isinstance(run, list)
-            and len(run) == 1 and stored != run):
-        return
-    label, default = stored[0], run[0]
-    modules = dict(model.named_modules()) if model is not None else {}
-    module = label.removesuffix(":input")
-    if not module or module not in modules:
-        return  # another model's layer, or a wrapper's name (the writer's fix says which)
-    from torch import nn
-
-    earlier = " (an earlier fdl took the input of the last nn.Linear to run)" if (
-        label.endswith(":input") and isinstance(modules[module], nn.Linear)) else ""
-    others = [difference.split(": ")[0] for difference in differences if not difference.startswith("layers: ")]
-    raise StoreError(
-        f"{out} was analysed at the layer {label}, and this run's default feature layer is {default}: fdl takes the "
-        f"input of the nn.Linear whose output the model's outputs are, else of the last one to run{earlier}, and a "
-        "store is resumed at its own layers",
-        got="; ".join(differences) or None,
-        fix=f"pass --layer {label} to go on as the store was analysed"
-        + (f" (the other differences remain: {', '.join(others)})" if others else "")
-        + f"; or --layer {label} --layer {default} to add the default beside it; else --overwrite to replace the "
-        "store, or another --out to keep both",
-    )
+        return False  # the writer says what is wrong with the store
+    default = ctx.layers[0].label
+    if not (isinstance(stored, list) and len(stored) == 1 and isinstance(stored[0], str) and stored[0] != default):
+        return False
+    label = stored[0]
+    if not hasattr(model, "named_modules") or label.removesuffix(":input") not in dict(model.named_modules()):
+        return False  # another model's layer, or a wrapper's name (the writer's fix says which)
+    ctx.layers = resolve_layers(model, [label])
+    ctx.reporter.note(
+        f"{out} was analysed at the layer {label}, and the default feature layer is {default} (the input of "
+        "the nn.Linear whose output the model's outputs are, or are computed from, else of the last one to run): the "
+        f"store goes on at {label}; --layer {label} --layer {default} adds it beside the stored layer, --overwrite "
+        "or another --out analyses at it alone")
+    return True
 
 
 def _addition(

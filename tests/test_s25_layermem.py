@@ -174,8 +174,12 @@ class Copied(nn.Module):
 
 
 def test_a_copy_in_another_dtype_is_no_linear_output() -> None:
+    """No Linear's memory, but computed from head_a's output (the autograd graph of a second pass says so): head_a,
+    where the last Linear to run, head_b, was taken before (tests/test_s32_layer.py)."""
     torch.manual_seed(0)
-    assert _choice(Copied().eval(), torch.randn(1, 4)) == ("head_b:input", [])
+    label, notes = _choice(Copied().eval(), torch.randn(1, 4))
+    assert label == "head_a:input"
+    assert len(notes) == 1 and "computed from the output of nn.Linear 'head_a', not of the last one to run" in notes[0]
 
 
 def test_views_of_an_earlier_head_and_a_linear_called_twice() -> None:
