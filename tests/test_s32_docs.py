@@ -5,7 +5,6 @@ leads to a file and a heading that exist."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tests.test_s16_docs import REPO, USAGE
 
@@ -32,7 +31,7 @@ def test_usage_md_lists_every_section_in_order_at_its_top() -> None:
     listed = re.findall(r"^- \[(.+?)\]\(#([^)]+)\)$", top, flags=re.MULTILINE)
     sections = _headings(USAGE, "##")
     assert [anchor for _, anchor in listed] == [_anchor(heading) for heading in sections]
-    # the list's words are the heading's (its code spans as plain text is allowed)
+    # and each entry reads as its heading, word for word
     assert [name for name, _ in listed] == [heading for heading in sections]
 
 
