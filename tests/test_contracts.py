@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,9 +121,11 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_is_clean(tmp_path: Path) -> None:
+def test_mypy_is_clean() -> None:
+    """No cache written (os.devnull, mypy's documented way): a fresh cache was written for torch's and numpy's
+    stubs and thrown away with tmp_path, ~8 % of the check's CPU; the errors reported are the same."""
     root = PACKAGE.parent
-    result = subprocess.run([_tool("mypy"), "--cache-dir", str(tmp_path / "cache"), "fdl_cli"],
+    result = subprocess.run([_tool("mypy"), "--cache-dir", os.devnull, "fdl_cli"],
                             cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
