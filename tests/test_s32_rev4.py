@@ -1,0 +1,76 @@
+"""Review of the default layer's second pass (`extract.outputs_made_from`), the resume at a store's own layer and
+the moved-run resume: the cases where they were wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fdl_cli.extract import default_layer
+
+
+def _choice(model: nn.Module, sample: np.ndarray) -> tuple[str, list[str]]:
+    said: list[str] = []
+    spec = default_layer(model, sample=sample, note=said.append, warn=said.append)
+    return spec.label, said
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.gelu(self.up(self.norm(x))))
+
+
+class TiedWithValue(nn.Module):
+    """A language model whose head is its embedding's weight (`F.linear(h, embed.weight)`, no nn.Linear), with a
+    value head on the same last hidden state, run after it (an RLHF policy with a value head)."""
+
+    def __init__(self, vocab: int = 11, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList([_Block(width), _Block(width)])
+        self.norm = nn.LayerNorm(width)
+        self.value = nn.Linear(width, 1)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(ids)
+        for block in self.blocks:
+            h = block(h)
+        h = self.norm(h)
+        return F.linear(h, self.embed.weight), self.value(h)
+
+
+class ConvHead(nn.Module):
+    """An nn.Linear stem, a 1x1 convolution as the classifier, and an auxiliary nn.Linear head run last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 6)
+        self.classifier = nn.Conv1d(6, 3, 1)
+        self.aux = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.stem(x))
+        return self.classifier(h.unsqueeze(-1)).squeeze(-1), self.aux(h)
+
+
+def test_a_linear_the_outputs_reach_only_through_another_weight_is_no_head() -> None:
+    """The outputs are computed from the last block's `down` projection, but through the tied embedding's matrix
+    product: `down`'s input (the MLP's hidden units, 4x wide) is no head's input. It was taken, with a note saying
+    that the outputs are computed from it; the rule before the second pass stands (the last nn.Linear to run, with
+    the warning that the head is no nn.Linear), as for a 1x1 convolution's classifier after an nn.Linear stem,
+    where the stem's input, the model's own input, was taken."""
+    torch.manual_seed(0)
+    label, said = _choice(TiedWithValue().eval(), np.zeros((1, 5), np.int64))
+    assert label == "value:input", said
+    assert len(said) == 1 and "the head is no nn.Linear (a functional or weight-tied one" in said[0], said
+    label, said = _choice(ConvHead().eval(), np.ones((1, 4), np.float32))
+    assert label == "aux:input", said
+    assert not any("computed from the output of nn.Linear 'stem'" in text for text in said), said
