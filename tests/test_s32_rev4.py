@@ -3,12 +3,17 @@ the moved-run resume: the cases where they were wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fdl_cli.extract import default_layer
+from tests.cli_run import fdl_in_process
+from tests.test_report import make_store
 
 
 def _choice(model: nn.Module, sample: np.ndarray) -> tuple[str, list[str]]:
@@ -74,3 +79,21 @@ def test_a_linear_the_outputs_reach_only_through_another_weight_is_no_head() -> 
     label, said = _choice(ConvHead().eval(), np.ones((1, 4), np.float32))
     assert label == "aux:input", said
     assert not any("computed from the output of nn.Linear 'stem'" in text for text in said), said
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (("classify", "{a}", "json"), "'json' is one of --format's choices: give it as --format json"),
+    (("classify", "csv", "{a}"), "'csv' is one of --format's choices: give it as --format csv"),
+    (("report", "markdown"), "'markdown' is one of --format's choices: give it as --format markdown"),
+])
+def test_a_choice_taken_as_a_store_that_is_not_there_names_the_option(
+    tmp_path: Path, args: tuple[str, ...], hint: str,
+) -> None:
+    """classify takes several stores: `fdl classify run.h5 json` classified run.h5, then said "no fdl store at
+    json" (exit 1), where report's and export's extra word got the hint; `fdl report markdown` (the store left out)
+    said only that there is no store at markdown."""
+    a = make_store(tmp_path / "a.h5")
+    done = fdl_in_process(*(arg.format(a=a) for arg in args))
+    assert done.returncode == 2, done.stderr
+    assert hint in done.stderr
+    assert done.stdout == "" and "regime" not in done.stderr.casefold()
