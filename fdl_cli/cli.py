@@ -1509,7 +1509,7 @@ def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
     lines: list[str] = []
     if (none := by_step.pop(None, None)) is not None:
         single = len(none) == 1
-        rule = f"its rule: fdl classify {none[0]}" if single else "each one's rule: fdl classify STORE"
+        rule = f"its rule: fdl classify {shlex.quote(none[0])}" if single else "each one's rule: fdl classify STORE"
         lines.append(f"{', '.join(none)} {'has' if single else 'have'} no checkpoint after the reference: "
                      f"{'its row has' if single else 'their rows have'} no final measures ({rule})")
     if len(by_step) > 1:

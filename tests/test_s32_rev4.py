@@ -97,3 +97,13 @@ def test_a_choice_taken_as_a_store_that_is_not_there_names_the_option(
     assert done.returncode == 2, done.stderr
     assert hint in done.stderr
     assert done.stdout == "" and "regime" not in done.stderr.casefold()
+
+
+def test_the_rule_command_of_a_row_without_a_final_step_is_quoted(tmp_path: Path) -> None:
+    """The line of a sweep's row with no checkpoint after the reference gives the command that prints its rule:
+    for a store whose path has a space, `fdl classify /path/my run.h5` classified two stores that are not there."""
+    a = make_store(tmp_path / "a.h5")
+    first = make_store(tmp_path / "my run.h5", steps=(0,), seed=2)
+    done = fdl_in_process("classify", a, first)
+    assert done.returncode == 0, done.stderr
+    assert f"(its rule: fdl classify '{first}')\n" in done.stderr, done.stderr
