@@ -1,5 +1,5 @@
-"""Review of the default layer's second pass (`extract.outputs_made_from`), the resume at a store's own layer and
-the moved-run resume: the cases where they were wrong."""
+"""Review of the default layer's second pass (`extract.outputs_made_from`) and of the usage hints and sweep lines of
+classify: the cases where they were wrong."""
 
 from __future__ import annotations
 
