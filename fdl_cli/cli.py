@@ -282,21 +282,26 @@ class _Command(click.Command):
         taken = [opts.get(param.name or "") for param in self.params if isinstance(param, click.Argument)]
         words = [*rest, *(str(word) for value in taken if value is not None
                           for word in (value if isinstance(value, (list, tuple)) else [value]))]
-        for param in self.params:
-            if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
-                continue
-            for word in words:
-                named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
-                if named is not None and not os.path.exists(word):
-                    option = max(param.opts, key=len)
-                    return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
-        return None
+        return next((hint for word in words if (hint := _choice_hint(self, word)) is not None), None)
 
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
         if self.name in STORE_COMMANDS:
             _require_file_locks()
         return super().invoke(ctx)
+
+
+def _choice_hint(command: click.Command, word: str) -> str | None:
+    """"'json' is one of --format's choices: give it as --format json" where `word` is a choice of one of the
+    command's options and no file (a store named `json` is a store)."""
+    for param in command.params:
+        if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
+            continue
+        named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
+        if named is not None and not os.path.exists(word):
+            option = max(param.opts, key=len)
+            return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+    return None
 
 
 class _Group(click.Group):
@@ -512,6 +517,9 @@ class StorePath(click.Path):
                      f" (its --out; ./{store} without one, which is not here)")
             self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {shlex.quote(value)}` "
                       f"wrote{there}", param, ctx)
+        if isinstance(value, str) and ctx is not None and (hint := _choice_hint(ctx.command, value)) is not None:
+            # `fdl classify run.h5 json` (several stores: no word is left over), `fdl report json` (the store left out)
+            self.fail(f"no fdl store at {value!r}: {hint}", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -1501,7 +1509,7 @@ def _final_steps_differ(done: Sequence[_Classified]) -> list[str]:
     lines: list[str] = []
     if (none := by_step.pop(None, None)) is not None:
         single = len(none) == 1
-        rule = f"its rule: fdl classify {none[0]}" if single else "each one's rule: fdl classify STORE"
+        rule = f"its rule: fdl classify {shlex.quote(none[0])}" if single else "each one's rule: fdl classify STORE"
         lines.append(f"{', '.join(none)} {'has' if single else 'have'} no checkpoint after the reference: "
                      f"{'its row has' if single else 'their rows have'} no final measures ({rule})")
     if len(by_step) > 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -288,8 +289,9 @@ def linear_calls(model: nn.Module) -> Iterator[LinearCalls]:
 
 
 def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] | None:
-    """The nn.Linear modules whose output the model's outputs (`_output_tensor`) are computed from, in a second
-    forward pass of `inputs` that records the autograd graph and walks it back from the outputs. For `chosen_default`
+    """The nn.Linear modules whose output the model's outputs (`_output_tensor`) are computed from, by operations
+    that apply no weight of their own (`WEIGHT_PRODUCT`), in a second forward pass of `inputs` that records the
+    autograd graph and walks it back from the outputs. For `chosen_default`
     where no nn.Linear's output tensor is the outputs (`policy(h) / T`, `log_softmax(head(h))`): the last nn.Linear
     to run may then be another head on features of its own (an actor-critic's value on a trunk of its own).
 
@@ -317,14 +319,31 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
     finally:
         for handle in handles:
             handle.remove()
+    linear_of = {node: name for name, nodes in reached.items() for node in nodes}
+    found: set[str] = set()
     seen: set[Any] = set()
     stack = [outputs.grad_fn]
     while stack:
         node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in linear_of:  # the Linear's output: what it was computed from is no head's
+            found.add(linear_of[node])
+        elif not WEIGHT_PRODUCT.fullmatch(node.name()):
             stack.extend(parent for parent, _index in node.next_functions)
-    return frozenset(name for name, nodes in reached.items() if any(node in seen for node in nodes)) if seen else None
+    return frozenset(found) if seen else None
+
+
+#: The autograd nodes of the operations that apply a weight of their own, as a head does (a matrix product, a
+#: convolution, a recurrent layer, attention): `outputs_made_from` walks no further back through them. **(choice)**
+#: An nn.Linear reached only through one (`F.linear(h, embed.weight)` after a block's `down` projection, a 1x1
+#: convolution after an nn.Linear stem) is no head of the outputs: its input is not what they are read from.
+#: Elementwise operations stay walked through, a learned scale (`policy(h) * logit_scale.exp()`) or a LayerNorm
+#: among them. Matched by the nodes' names, which torch gives as the operation's `...Backward0`.
+WEIGHT_PRODUCT = re.compile(
+    r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|Linear|\w*Conv\w*|"
+    r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*|Cudnn\w*|Mkldnn\w*)Backward\d*")
 
 
 def _dropped(_saved: torch.Tensor) -> None:
