@@ -1,0 +1,111 @@
+"""Mutation testing of this session's additions (and three survivors of an earlier round): each test here failed
+with a mutant (a comparison flipped, a branch dropped, a key swapped, an escape skipped) that every test of that
+code let pass. It asserts what the user reads: the message, the store's list, the number."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from tests.test_prev_walkback import _analyze as _analyze_here
+from tests.test_prev_walkback import _arrive, _make_run, _polls, _spoil
+from tests.test_s32_mut import _report_of
+
+
+def _said(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------------------ the store's `refused` list under --watch
+
+
+def test_watch_keeps_an_earlier_refusal_when_a_later_one_is_committed(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps 0 - 20, then a diverged 30 (committed as refused at that wait), then a good 40 and a diverged 50: the
+    store's `refused` list names 30 and 50. The writer forgetting what it committed wrote [50] alone."""
+    source = _make_run(tmp_path / "source")
+    for step in (30, 50):
+        _spoil(source, step, "nan")
+    folder = _make_run(tmp_path / "run", [0, 10, 20])
+    out = tmp_path / "run.h5"
+    with _polls(monkeypatch, lambda: _arrive(source, folder, "step_30.safetensors"),
+                lambda: _arrive(source, folder, "step_40.safetensors", "step_50.safetensors")):
+        summary, _ = _analyze_here(folder, out, watch=True, poll_seconds=0.01)
+    assert summary.interrupted
+    with h5py.File(out, "r") as store:
+        assert [item["step"] for item in json.loads(store.attrs["refused"])] == [30, 50]
+
+
+# ------------------------------------------------------------------ fdl's glyphs on a stream without them
+
+
+def test_an_ascii_stderr_writes_superscripts_r2_and_other_names_as_they_read() -> None:
+    """stderr as fdl sets it on an ASCII terminal (`errors.PLAIN`): R² is R^2 (its ² is Latin-1's, not among the
+    superscripts), a run of superscripts takes one ^ (10⁻¹⁰ is 10^-10, not 10^-^1^0), Π̂ is Pi^, and a character
+    of no stand-in (a path's ü) is escaped as a name one can find, \\xfc."""
+    from fdl_cli.errors import PLAIN
+
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors=PLAIN)
+    err.write("R² 0.950; eps 10⁻¹⁰; Π̂(C); runs/lr_ü.h5")
+    err.flush()
+    said = err.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
+    assert said == "R^2 0.950; eps 10^-10; Pi^(C); runs/lr_\\xfc.h5", said
+
+
+# ------------------------------------------------------------------ the low-rank reference's D_LR clause
+
+
+@pytest.mark.parametrize(("feature_pr", "said"), [(1.0, True), (1.6, False)])
+def test_a_reference_of_d_lr_zero_is_called_rank_one_only_where_its_feature_pr_is_one(
+        tmp_path: Path, feature_pr: float, said: bool) -> None:
+    """The reference of rank 1 < k = 2 and D_LR 0: with feature_pr 1, the report says that D_LR 0 is the formula's
+    for one direction the outputs span, not richness; with feature_pr 1.6 (not one direction), it says nothing of
+    the kind."""
+    text = _report_of(tmp_path, step_0={"rank": 1, "feature_pr": feature_pr, "d_lr": 0.0})
+    assert "the reference checkpoint (step 0) has features of rank 1" in text, text
+    clause = ("its D_LR 0.0000 there is that of features of centered rank 1 (feature_pr 1) whose one direction the "
+              "outputs span: 0 by the formula, not a measure of richness")
+    assert (clause in text) is said, text
+
+
+# ------------------------------------------------------------------ a table's title and cells on an ASCII terminal
+
+
+def test_a_narrow_ascii_terminal_cuts_a_title_and_a_cell_of_escaped_names_at_its_edge(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The title and a row name a path with "ü", written \\xfc (4 characters for the 1 cell "ü" takes): each is
+    measured as written, so its line, cut at a terminal 24 columns wide, ends at the edge with "...". Measured as
+    "ü", each was 3 characters wider than the terminal and wrapped."""
+    from rich.console import Console
+
+    from fdl_cli.errors import PLAIN
+    from fdl_cli.report import PlainTable
+
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors=PLAIN)
+    monkeypatch.setattr(sys, "stderr", err)
+    name = "runs/lr_ü_" + "x" * 30 + ".h5"
+    table = PlainTable.fitted(["step", "store"], ["right", "left"], [["100", name]], title=f"{name}: probe train",
+                              max_width=24, always=2)
+    Console(file=err, width=24, force_terminal=True, color_system=None).print(table)
+    err.flush()
+    lines = err.buffer.getvalue().decode("ascii").splitlines()  # type: ignore[attr-defined]
+    assert lines[0] == "runs/lr_\\xfc_xxxxxxxx...", lines
+    assert lines[3] == " 100   runs/lr_\\xfc_x...", lines
+    assert max(len(line) for line in lines) == 24, lines
+
+
+# ------------------------------------------------------------------ a markdown cell's raw text
+
+
+def test_a_markdown_cell_escapes_githubs_math_and_leaves_a_file_names_underscore_bare() -> None:
+    """GitHub draws `$1e-3$` as math: the cell's `$` are escaped. A `_` inside a word (`step_0.pt`) opens no
+    emphasis, so the raw table reads the path as written: not `step\\_0.pt`. Emphasis at a word's edge is escaped."""
+    from fdl_cli.report import markdown_table
+
+    table = markdown_table(["step", "path"], [{"step": 0, "path": "runs/lr$1e-3$/_best_/step_0.pt"}])
+    assert table.splitlines()[2] == "| 0 | runs/lr\\$1e-3\\$/\\_best\\_/step_0.pt |", table
