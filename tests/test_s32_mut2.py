@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import h5py
 import pytest
 
+from tests.cli_run import fdl_in_process
+from tests.test_analyze import fdl
 from tests.test_prev_walkback import _analyze as _analyze_here
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _spoil
+from tests.test_report import make_store
 from tests.test_s32_mut import _report_of
+from tests.test_s32_repro import _moved_run
+from tests.test_walk_fixes import SMALL
 
 
 def _said(text: str) -> str:
@@ -109,3 +115,55 @@ def test_a_markdown_cell_escapes_githubs_math_and_leaves_a_file_names_underscore
 
     table = markdown_table(["step", "path"], [{"step": 0, "path": "runs/lr$1e-3$/_best_/step_0.pt"}])
     assert table.splitlines()[2] == "| 0 | runs/lr\\$1e-3\\$/\\_best\\_/step_0.pt |", table
+
+
+# ------------------------------------------------------------------ compare's thresholds line
+
+
+def test_a_tie_the_user_sets_below_the_default_is_not_called_rounding(tmp_path: Path) -> None:
+    """dlr_tie = 0.0001, stricter than the default 0.001: the user's still, not rounding's."""
+    a, b = make_store(tmp_path / "a.h5"), make_store(tmp_path / "b.h5", seed=1)
+    done = fdl_in_process("compare", a, b, "--no-overlap", "--threshold", "dlr_tie=0.0001")
+    assert done.returncode == 0, done.stderr
+    assert "thresholds: dlr_tie = 0.0001 (a D_LR difference up to it is a tie, as given; the default 0.001 is " \
+           "rounding's); cka_static" in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ an option before its command, a missing store
+
+
+def test_an_option_before_its_command_is_shown_with_its_value_quoted_for_the_shell() -> None:
+    """`fdl --model-kwargs '{"hidden": 8}' analyze ckpts`: the example, copied into a shell, gives the value whole."""
+    done = fdl_in_process("--model-kwargs", '{"hidden": 8}', "analyze", "ckpts")
+    assert done.returncode == 2, done.stderr
+    assert "as in 'fdl analyze ... --model-kwargs '{\"hidden\": 8}''" in _said(done.stderr), done.stderr
+
+
+def test_a_missing_store_named_with_brackets_in_a_missing_folder_is_a_pattern(tmp_path: Path) -> None:
+    """`fdl report runs/seed[0-2]/run.h5` where no such folder exists: a pattern the shell matched to nothing."""
+    done = fdl_in_process("report", tmp_path / "seed[0-2]" / "run.h5")
+    assert done.returncode == 1, done.stderr
+    assert "got: no file matches this pattern" in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ a moved run, a copy of its model file
+
+
+def test_a_copy_of_the_model_file_with_other_layers_is_not_told_to_use_the_recorded_file(tmp_path: Path) -> None:
+    """A copy of the recorded model file, and other layers than the store's: --model of the recorded file would not
+    make it the same run, so the fix does not say so."""
+    old, new = _moved_run(tmp_path)
+    other = fdl("analyze", new / "run", "--model", f"{new / 'model.py'}:build", "--probe", new / "probe.npz",
+                "--out", new / "run.h5", "--layer", "0", *SMALL)
+    assert other.code == 1 and "different run" in other.stderr, other.stderr
+    assert "layers" in other.stderr and "a copy of" not in other.stderr, other.stderr
+
+
+def test_the_recorded_model_file_in_a_folder_with_a_space_is_quoted_in_the_fix(tmp_path: Path) -> None:
+    root = tmp_path / "my runs"
+    root.mkdir()
+    old, new = _moved_run(root)
+    other = fdl("analyze", new / "run", "--model", f"{new / 'model.py'}:build", "--probe", new / "probe.npz",
+                "--out", new / "run.h5", *SMALL)
+    assert other.code == 1, other.stderr
+    assert f"give --model '{old / 'model.py'}:build' to go on" in _said(other.stderr), other.stderr
