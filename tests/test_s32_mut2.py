@@ -11,16 +11,25 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
+import torch
+
+from fdl_cli.errors import FdlError
+from fdl_cli.probes import load_probe
 
 from tests.cli_run import fdl_in_process
 from tests.test_analyze import fdl
 from tests.test_prev_walkback import _analyze as _analyze_here
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _spoil
 from tests.test_report import make_store
+from tests.test_s31_small import _run as _small_run
+from tests.test_s32_heads import _run as _heads_run
 from tests.test_s32_mut import _report_of
 from tests.test_s32_repro import _moved_run
+from tests.test_s32_rev import HOOKED
 from tests.test_walk_fixes import SMALL
+from tests.tiny_models import mlp
 
 
 def _said(text: str) -> str:
@@ -167,3 +176,91 @@ def test_the_recorded_model_file_in_a_folder_with_a_space_is_quoted_in_the_fix(t
                 "--out", new / "run.h5", *SMALL)
     assert other.code == 1, other.stderr
     assert f"give --model '{old / 'model.py'}:build' to go on" in _said(other.stderr), other.stderr
+
+
+# ------------------------------------------------------------------ fine-tuning's fixes where they do not apply
+
+
+def _refused_with_wrong_model(tmp_path: Path, state: dict[str, torch.Tensor]) -> str:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    torch.save(state, runs / "step_0.pt")
+    np.savez(tmp_path / "probe.npz", x=np.zeros((8, 4), np.float32))
+    done = fdl_in_process("analyze", runs, "--model", "tests.tiny_models:mlp", "--probe", tmp_path / "probe.npz",
+                          "--out", tmp_path / "s.h5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    return _said(done.stderr)
+
+
+def test_a_first_layer_of_other_inputs_is_no_replaced_head(tmp_path: Path) -> None:
+    """Only Linear 0's weight differs, in its inputs (6 in the file, 4 in the model): not "only the outputs of
+    module '0' differ (8 in the file, 8 in the model)", but the wrong model's words."""
+    state = mlp().state_dict()
+    state["0.weight"] = torch.zeros(8, 6)
+    said = _refused_with_wrong_model(tmp_path, state)
+    assert "only the outputs of" not in said and "wrong --model or --model-kwargs?" in said, said
+
+
+def test_a_part_of_other_shapes_saved_alone_is_not_named_as_the_models_part(tmp_path: Path) -> None:
+    """A Linear's weight and bias saved alone, 16 outputs wide: named like each of mlp's Linears but fitting neither,
+    so no "the file holds the weights of the model's 0 or 2 alone"."""
+    said = _refused_with_wrong_model(tmp_path, {"weight": torch.zeros(16, 4), "bias": torch.zeros(16)})
+    assert "alone" not in said and "wrong --model or --model-kwargs?" in said, said
+
+
+# ------------------------------------------------------------------ probes of Python objects
+
+
+def test_a_pt_probes_regression_targets_kept_as_a_python_list_of_floats_are_read(tmp_path: Path) -> None:
+    torch.save({"x": torch.zeros(4, 2), "y": [0.5, 1.5, -2.0, 3.25]}, tmp_path / "probe.pt")
+    probe = load_probe(tmp_path / "probe.pt")
+    assert probe.task == "regression" and probe.y is not None and probe.y.ravel().tolist() == [0.5, 1.5, -2.0, 3.25]
+
+
+def test_an_npz_of_inputs_and_targets_as_python_objects_names_both_and_asks_for_numeric_targets(
+        tmp_path: Path) -> None:
+    np.savez(tmp_path / "probe.npz", x=np.array([[1.0], [2.0]], dtype=object), y=np.array(["a", "b"], dtype=object))
+    with pytest.raises(FdlError) as caught:
+        load_probe(tmp_path / "probe.npz")
+    said = _said(f"{caught.value.got} {caught.value.fix}")
+    assert "its arrays 'x', 'y' hold pickled Python objects" in said, said
+    assert "save the targets as numbers" in said, said
+
+
+# ------------------------------------------------------------------ buffers a layer's pre-hook reads
+
+
+#: head's pre-hook scales its input by a buffer of head_scale, a sibling whose name starts with "head"
+SIBLING = HOOKED.replace('self.register_buffer("gain", torch.ones(8))',
+                         'self.head_scale = nn.Module()\n        self.head_scale.register_buffer("gain", torch.ones(8))'
+                         ).replace("args[0] * self.gain", "args[0] * self.head_scale.gain")
+
+
+def test_a_buffer_of_a_sibling_module_whose_name_extends_the_layers_is_named(tmp_path: Path) -> None:
+    """head_scale.gain, read by head's pre-hook for head's input, is not one of head's own buffers ("head." ones)."""
+    assert SIBLING != HOOKED and "self.gain" not in SIBLING
+    status, err = _small_run(tmp_path, {"head_scale.gain": torch.linspace(0.1, 5.0, 8)}, model=SIBLING)
+    assert status == 0, err
+    assert "only buffers changed (head_scale.gain)" in err, err
+
+
+# ------------------------------------------------------------------ a tuple's first element as the outputs
+
+
+def test_a_tuple_of_more_than_five_elements_says_there_are_more() -> None:
+    from fdl_cli.extract import tuple_outputs
+
+    said = tuple_outputs(tuple(torch.zeros(1, size) for size in range(1, 8)))
+    assert said.startswith("the first of the 7 elements of the tuple the model returns (element 1: shape (1, 2), ")
+    assert said.endswith("element 4: shape (1, 5), ...)"), said
+
+
+def test_the_note_on_a_tuples_one_output_is_said_once_for_two_probes(tmp_path: Path) -> None:
+    model, probe = _heads_run(tmp_path, "three", np.arange(12) % 3)
+    x = np.arange(12, dtype=np.float32)[:, None] / 12 + np.zeros((12, 4), np.float32)
+    np.savez(probe, x=x)
+    np.savez(tmp_path / "other.npz", x=x[::-1].copy())
+    done = fdl_in_process("analyze", tmp_path / "runs", "--model", model, "--probe", f"a={probe}",
+                          "--probe", f"b={tmp_path / 'other.npz'}", "-o", tmp_path / "s.h5")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("tuple the model returns") == 1, done.stderr
