@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import torch
 
 from fdl_cli.errors import FdlError
 from fdl_cli.probes import load_probe
-
-from tests.cli_run import fdl_in_process
+from tests.cli_run import fdl_in_process, model_file
 from tests.test_analyze import fdl
 from tests.test_prev_walkback import _analyze as _analyze_here
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _spoil
@@ -264,3 +262,48 @@ def test_the_note_on_a_tuples_one_output_is_said_once_for_two_probes(tmp_path: P
                           "--probe", f"b={tmp_path / 'other.npz'}", "-o", tmp_path / "s.h5")
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("tuple the model returns") == 1, done.stderr
+
+
+# ------------------------------------------------------------------ LoRA adapters in the file, in the model
+
+
+def test_lora_adapters_saved_beside_every_base_weight_are_said_to_be_beside_them(tmp_path: Path) -> None:
+    """The plain model's every key and two adapters more (nothing missing): "beside the base weights", not
+    "without the base weights they adapt ()"."""
+    state = {**mlp().state_dict(), "0.lora_A.weight": torch.zeros(2, 4), "0.lora_B.weight": torch.zeros(8, 2)}
+    said = _refused_with_wrong_model(tmp_path, state)
+    assert "holds LoRA adapters (0.lora_A.weight, 0.lora_B.weight) beside the base weights" in said, said
+
+
+LORA_MODEL = """
+from torch import nn
+
+
+class Adapted(nn.Module):
+    def __init__(self, rank):
+        super().__init__()
+        self.base = nn.Linear(4, 8)
+        self.lora_A = nn.Linear(4, rank, bias=False)
+        self.lora_B = nn.Linear(rank, 8, bias=False)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x))
+
+
+def build(rank=4):
+    return nn.Sequential(Adapted(rank), nn.ReLU(), nn.Linear(8, 3))
+"""
+
+
+def test_adapters_of_another_rank_than_the_models_are_the_wrong_model_kwargs(tmp_path: Path) -> None:
+    """Model and file both hold the adapters, of rank 4 and 2: every key there, only their shapes differ. Not "the
+    file holds LoRA adapters beside the base weights, which the model built does not hold": it does."""
+    module = model_file(tmp_path, LORA_MODEL)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    torch.save(module.build(rank=2).state_dict(), runs / "step_0.pt")
+    np.savez(tmp_path / "probe.npz", x=np.zeros((8, 4), np.float32))
+    done = fdl_in_process("analyze", runs, "--model", f"{tmp_path / 'model.py'}:build", "--probe",
+                          tmp_path / "probe.npz", "--out", tmp_path / "s.h5")
+    said = _said(done.stderr)
+    assert done.returncode == 1 and "LoRA" not in said and "wrong --model or --model-kwargs?" in said, said
