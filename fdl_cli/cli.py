@@ -256,6 +256,10 @@ _ONE_STORE_HINTS = {
 }
 
 
+def _as_choice(option: str, named: str) -> str:
+    return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+
+
 class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         given = list(args)  # click's parser takes the arguments out of `args` as it reads them
@@ -282,21 +286,45 @@ class _Command(click.Command):
         taken = [opts.get(param.name or "") for param in self.params if isinstance(param, click.Argument)]
         words = [*rest, *(str(word) for value in taken if value is not None
                           for word in (value if isinstance(value, (list, tuple)) else [value]))]
+        for word in words:
+            if (choice := self._choice_named(word)) is not None:
+                return _as_choice(*choice)
+        return None
+
+    def _choice_named(self, word: str) -> tuple[str, str] | None:
+        """The option (its long name) and the choice that a word is, where it is one of an option's choices and no
+        file (a store named `json` is a store); else None."""
         for param in self.params:
             if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
                 continue
-            for word in words:
-                named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
-                if named is not None and not os.path.exists(word):
-                    option = max(param.opts, key=len)
-                    return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+            named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
+            if named is not None and not os.path.exists(word):
+                return max(param.opts, key=len), named
         return None
+
+    def store_fix(self, exc: FdlError, store: object) -> None:
+        """The fix of a missing store given as a word that is one of an option's choices (`fdl report json`, no
+        file named json: the store left out, not one to write with `fdl analyze`). It stays the missing store's
+        error, exit 1, as any other name's: parsed, the command line is a store and nothing else."""
+        if isinstance(exc, StoreError) and exc.what == f"no fdl store at {store}" \
+                and (choice := self._choice_named(str(store))) is not None:
+            stores = " ".join(param.human_readable_name for param in self.params
+                              if isinstance(param, click.Argument) and isinstance(param.type, StorePath))
+            exc.fix = f"{_as_choice(*choice)}: fdl {self.name} {stores} {' '.join(choice)}"
 
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
         if self.name in STORE_COMMANDS:
             _require_file_locks()
-        return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            for param in self.params:
+                if isinstance(param, click.Argument) and isinstance(param.type, StorePath):
+                    given = ctx.params.get(param.name or "")
+                    for store in given if isinstance(given, tuple) else [given]:
+                        self.store_fix(exc, store)
+            raise
 
 
 class _Group(click.Group):
@@ -1467,7 +1495,10 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         listed = ", ".join(f"{_row_name(one.store)} ({one.verdict.regime})" for one in differ)
         console.print(f"expected {kwargs['expect']}: {len(differ)} of {len(done)} stores differ: {listed}",
                       markup=False, style="red")
+    command = click.get_current_context().command
     for store, error in failed:
+        if isinstance(command, _Command):  # `fdl classify a.h5 csv`: csv, --format's choice, named so
+            command.store_fix(error, store)
         click.echo(terminal_safe(f"error: {_row_name(store)}: {error.message}"), err=True)
     if failed or differ:
         sys.exit(1 if failed else 3)
