@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the paper's qualitative findings at CPU scale, one example after another (~6-8 min on
-# one core). Usage: examples/run_all.sh [OUT] [--tiny], in either order   (OUT defaults to runs/examples)
+# one free core). Usage: examples/run_all.sh [OUT] [--tiny], in either order   (OUT defaults to runs/examples)
 # Each example writes OUT/<name>/{*.fdl.h5, <name>.png, plots_*/, outcome.json} and prints its numbers;
 # docs/findings.md records them beside the paper's.
 set -euo pipefail

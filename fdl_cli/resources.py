@@ -107,8 +107,10 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
         sums = (width + 1) ** 2 + (outputs * (outputs + 1) if task == "classes" else 0)
         needs += [
             Need(f"{where}: the outputs' C×C sums of products (C = {outputs:,})", FLOAT64 * sums, True),
-            Need(f"{where}: the measures' copies of the outputs' C×C sums "
-                 f"({'Σŷŷᵀ' if task == 'none' else 'Σŷŷᵀ, Σŷyᵀ, Σyyᵀ'})",
+            # Σŷŷᵀ (and with targets Σŷyᵀ, Σyyᵀ) said in words: through the ASCII stand-ins of a stream without
+            # these glyphs (errors.PLAIN) the symbols read "Sumy^y^^T"
+            Need(f"{where}: the measures' copies of the outputs' C×C sums of products (the predictions with "
+                 f"{'themselves' if task == 'none' else 'themselves and with the targets, the targets with themselves'})",
                  FLOAT64 * outputs * outputs * (1 if task == "none" else 3), False),
         ]
     if anchor_copies:

@@ -372,4 +372,5 @@ def test_the_memory_check_counts_the_targets_sums_of_a_class_label_probe() -> No
     needs = resources.run_needs([resources.Pass("probe", {"l": 8}, 100, 16, None, 1000, "classes")])
     copies = [need for need in needs if "the measures' copies" in need.what]
     assert [(need.what, need.bytes) for need in copies] == [
-        ("probe/l: the measures' copies of the outputs' C×C sums (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ)", 8 * 3 * 1000 * 1000)]
+        ("probe/l: the measures' copies of the outputs' C×C sums of products (the predictions with themselves and "
+         "with the targets, the targets with themselves)", 8 * 3 * 1000 * 1000)]

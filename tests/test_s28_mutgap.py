@@ -190,7 +190,8 @@ def test_a_class_label_probe_s_output_sums_are_what_refuses_the_run(tmp_path: Pa
     said = " ".join(done.stderr.split())
     assert done.returncode == 1 and "Traceback" not in said, said
     assert "error: this analysis needs at least 14.4 MB of memory for its float64 statistics" in said, said
-    assert "the measures' copies of the outputs' C×C sums (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ): 8.6 MB" in said, said
+    assert ("the measures' copies of the outputs' C×C sums of products (the predictions with themselves and with "
+            "the targets, the targets with themselves): 8.6 MB") in said, said
     assert not out.exists()
 
 
