@@ -340,10 +340,13 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 #: An nn.Linear reached only through one (`F.linear(h, embed.weight)` after a block's `down` projection, a 1x1
 #: convolution after an nn.Linear stem) is no head of the outputs: its input is not what they are read from.
 #: Elementwise operations stay walked through, a learned scale (`policy(h) * logit_scale.exp()`) or a LayerNorm
-#: among them. Matched by the nodes' names, which torch gives as the operation's `...Backward0`.
+#: among them. Matched by the nodes' names, which torch gives as the operation's `...Backward0`; a backend's own
+#: kernel's node is matched by the operation alone (`CudnnConvolution`, `MkldnnRnnLayer`, `MkldnnLinear`), not by the
+#: backend: a BatchNorm on the logits computed by cuDNN (`CudnnBatchNormBackward0`) is walked through on a GPU as on
+#: the CPU, and the same model gets the same default layer on either device.
 WEIGHT_PRODUCT = re.compile(
-    r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|Linear|\w*Conv\w*|"
-    r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*|Cudnn\w*|Mkldnn\w*)Backward\d*")
+    r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|\w*Linear|\w*Conv\w*|"
+    r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
 
 
 def _dropped(_saved: torch.Tensor) -> None:
