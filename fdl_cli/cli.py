@@ -271,6 +271,10 @@ class _Command(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            if (isinstance(exc, click.BadOptionUsage) and exc.message.endswith(" requires an argument.")
+                    and (listed := _choices_of(self, exc.option_name)) is not None):
+                # `fdl report run.h5 --format`: the value forgotten, and click's message said not which it takes
+                raise click.UsageError(f"{exc.message[:-1]}, {listed}", ctx=ctx) from None
             extra = exc.message.startswith("Got unexpected extra argument")
             if not extra and not isinstance(exc, click.MissingParameter):
                 raise
@@ -325,6 +329,15 @@ def _choice_hint(command: click.Command, word: str) -> str | None:
         if named is not None and not os.path.exists(word):
             option = max(param.opts, key=len)
             return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+    return None
+
+
+def _choices_of(command: click.Command, option: str) -> str | None:
+    """"one of 'table', 'json', 'csv', 'markdown': give it as --format table" for a choice option of the command."""
+    for param in command.params:
+        if isinstance(param, click.Option) and option in param.opts and isinstance(param.type, click.Choice):
+            choices = [str(choice) for choice in param.type.choices]
+            return f"one of {', '.join(map(repr, choices))}: give it as {option} {choices[0]}"
     return None
 
 

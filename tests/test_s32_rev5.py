@@ -78,3 +78,16 @@ def test_an_alias_given_a_store_too_many_gets_its_commands_hint(
     done = fdl_in_process(command, *_stores(tmp_path, count))
     assert (done.returncode, done.stdout) == (2, ""), done
     assert hint in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("args", "choices"), [
+    (["report", "{store}", "--format"], "one of 'table', 'json', 'csv', 'markdown': give it as --format table"),
+    (["export", "{store}", "--what"], "one of 'eigenvalues', 'quality', 'utility', 'eigenfunctions', 'trajectories'"),
+    (["classify", "{store}", "--expect"], "one of 'coefficient', 'MF', 'EF'"),
+])
+def test_a_choice_option_without_its_value_lists_the_choices(tmp_path: Path, args: list[str], choices: str) -> None:
+    # `fdl report run.h5 --format` (the value forgotten) said "requires an argument" and not which
+    store = str(_stores(tmp_path, 1)[0])
+    done = fdl_in_process(*(store if arg == "{store}" else arg for arg in args))
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert f"Option '{args[-1]}' requires an argument" in done.stderr and choices in done.stderr, done.stderr
