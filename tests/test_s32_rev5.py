@@ -1,5 +1,6 @@
 """Review of the argument-error hints taken together (a choice word without its option, more stores than a command
-reads, a word after `--`): the cases where one hint hid another or contradicted what the user wrote."""
+reads, an alias, a word after `--`, a choice option without its value): the cases where a hint was missing, hid
+another or contradicted what the user wrote."""
 
 from __future__ import annotations
 
