@@ -246,43 +246,71 @@ def _require_file_locks() -> None:
 
 
 #: What a command that reads one store (two, compare) adds to click's "Got unexpected extra arguments" when given
-#: more, as a glob over a sweep's stores does: the command that reads several, or a loop.
+#: more, as a glob over a sweep's stores does: the command that reads several, or a loop. {name}: the command's
+#: name as given, an alias's too (`fdl diff a.h5 b.h5 c.h5`: "fdl diff reads two stores").
 _ONE_STORE_HINTS = {
-    "report": "fdl report reads one store: for a row per store, fdl classify STORE...; or one report per store "
-              "(for s in runs/*.h5; do fdl report \"$s\"; done)",
-    "export": "fdl export reads one store: one export per store, named after it "
-              "(for s in runs/*.h5; do fdl export \"$s\" --what trajectories > \"${s%.h5}.csv\"; done)",
-    "compare": "fdl compare reads two stores: for a row per store, fdl classify STORE...",
+    "report": "fdl {name} reads one store: for a row per store, fdl classify STORE...; or one report per store "
+              "(for s in runs/*.h5; do fdl {name} \"$s\"; done)",
+    "export": "fdl {name} reads one store: one export per store, named after it "
+              "(for s in runs/*.h5; do fdl {name} \"$s\" --what trajectories > \"${{s%.h5}}.csv\"; done)",
+    "compare": "fdl {name} reads two stores: for a row per store, fdl classify STORE...",
 }
+
+#: An alias's command (`_alias`): `fdl summarize` is `fdl report`, `fdl diff` is `fdl compare`.
+_ALIAS_OF: dict[str, str] = {}
+
+
+#: ctx.meta's key of the words after the `--` that ends a command's options (`_Command.operands`).
+_OPERANDS = "fdl.operands"
 
 
 class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         given = list(args)  # click's parser takes the arguments out of `args` as it reads them
+        ctx.meta[_OPERANDS] = self.operands(ctx, given)
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            if (isinstance(exc, click.BadOptionUsage) and exc.message.endswith(" requires an argument.")
+                    and (listed := _choices_of(self, exc.option_name)) is not None):
+                # `fdl report run.h5 --format`: the value forgotten, and click's message said not which it takes
+                raise click.UsageError(f"{exc.message[:-1]}, {listed}", ctx=ctx) from None
             extra = exc.message.startswith("Got unexpected extra argument")
-            if (extra or isinstance(exc, click.MissingParameter)) and (choice := self._choice_as_word(ctx, given)):
-                # `fdl export run.h5 trajectories`, `fdl report run.h5 json`: an option's value without its name
-                raise click.UsageError(f"{exc.format_message()}\n{choice}", ctx=ctx) from None
-            hint = _ONE_STORE_HINTS.get(self.name or "")
-            if hint is None or not extra:
+            if not extra and not isinstance(exc, click.MissingParameter):
                 raise
-            raise click.UsageError(f"{exc.message}: {hint}", ctx=ctx) from None
+            # `fdl export run.h5 trajectories`, `fdl report run.h5 json`: an option's value without its name; a word
+            # after `--` is an operand by the user's say (`fdl report run.h5 -- json`: a store too many)
+            left = self._left_over(ctx, given)
+            hints = [None] if left is None else [
+                None if word in ctx.meta[_OPERANDS] else _choice_hint(self, word) for word in left]
+            choice = next((hint for hint in hints if hint is not None), None)
+            # a word left over that is no choice is a store too many (`fdl compare a.h5 b.h5 c.h5 json`: c.h5)
+            name = self.name or ""
+            stores = _ONE_STORE_HINTS.get(_ALIAS_OF.get(name, name)) if extra and None in hints else None
+            if choice is None and stores is None:
+                raise
+            message = exc.format_message() if stores is None else f"{exc.format_message()}: {stores.format(name=name)}"
+            raise click.UsageError(message if choice is None else f"{message}\n{choice}", ctx=ctx) from None
 
-    def _choice_as_word(self, ctx: click.Context, given: list[str]) -> str | None:
-        """A hint for a word given where the command takes a store that is one of an option's choices, and no file
-        (a store named `json` is a store): "'json' is one of --format's choices: give it as --format json"."""
+    def operands(self, ctx: click.Context, given: list[str]) -> list[str]:
+        """The words after the `--` that ends the options, as click's parser reads them: a `--` that is an option's
+        value (`--layer --`) ends nothing."""
+        takes = {name: param.nargs for param in self.get_params(ctx) if isinstance(param, click.Option)
+                 and not param.is_flag and not param.count for name in param.opts}
+        at = 0
+        while at < len(given):
+            if given[at] == "--":
+                return given[at + 1:]
+            at += 1 + takes.get(given[at], 0)
+        return []
+
+    def _left_over(self, ctx: click.Context, given: list[str]) -> list[str] | None:
+        """The words that none of the command's arguments took (None where the arguments do not parse). A word
+        taken as a store is StorePath's to hint (`fdl report json run.h5`)."""
         try:
-            opts, rest, _ = self.make_parser(ctx).parse_args(args=list(given))
+            return self.make_parser(ctx).parse_args(args=list(given))[1]
         except click.UsageError:
             return None
-        # the words left over and those taken as the command's arguments (`fdl report json run.h5`)
-        taken = [opts.get(param.name or "") for param in self.params if isinstance(param, click.Argument)]
-        words = [*rest, *(str(word) for value in taken if value is not None
-                          for word in (value if isinstance(value, (list, tuple)) else [value]))]
-        return next((hint for word in words if (hint := _choice_hint(self, word)) is not None), None)
 
     def invoke(self, ctx: click.Context) -> Any:
         # after the arguments are parsed: `fdl report --help` still prints its help
@@ -301,6 +329,15 @@ def _choice_hint(command: click.Command, word: str) -> str | None:
         if named is not None and not os.path.exists(word):
             option = max(param.opts, key=len)
             return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
+    return None
+
+
+def _choices_of(command: click.Command, option: str) -> str | None:
+    """"one of 'table', 'json', 'csv', 'markdown': give it as --format table" for a choice option of the command."""
+    for param in command.params:
+        if isinstance(param, click.Option) and option in param.opts and isinstance(param.type, click.Choice):
+            choices = [str(choice) for choice in param.type.choices]
+            return f"one of {', '.join(map(repr, choices))}: give it as {option} {choices[0]}"
     return None
 
 
@@ -517,7 +554,8 @@ class StorePath(click.Path):
                      f" (its --out; ./{store} without one, which is not here)")
             self.fail(f"{value!r} is a folder, not an fdl store: pass the .h5 file that `fdl analyze {shlex.quote(value)}` "
                       f"wrote{there}", param, ctx)
-        if isinstance(value, str) and ctx is not None and (hint := _choice_hint(ctx.command, value)) is not None:
+        if (isinstance(value, str) and ctx is not None and value not in ctx.meta.get(_OPERANDS, ())
+                and (hint := _choice_hint(ctx.command, value)) is not None):
             # `fdl classify run.h5 json` (several stores: no word is left over), `fdl report json` (the store left out)
             self.fail(f"no fdl store at {value!r}: {hint}", param, ctx)
         return super().convert(value, param, ctx)
@@ -954,6 +992,7 @@ def _alias(command: click.Command, name: str) -> click.Command:
     alias = copy.copy(command)
     alias.name = name
     alias.short_help = f"Same as `fdl {command.name}`."
+    _ALIAS_OF[name] = command.name or name
     return alias
 
 FORMATS = SuggestingChoice(["table", "json", "csv", "markdown"])
