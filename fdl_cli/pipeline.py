@@ -3317,8 +3317,9 @@ def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:
     not said). Such a store is one an earlier fdl made at its default (the input of the last nn.Linear to run, which
     for a model whose outputs are computed from another head's is not theirs), or one a --layer now left out made: a
     resume continues the store's series; it was refused, and a resume at the new default would start another
-    series in the same store. A store of several layers, or at a layer the model lacks, is left to the writer's
-    errors, which name the differences."""
+    series in the same store. The note is said once the writer took the store (`_store_opened`): a store refused
+    for another reason (another --top-k, another probe) was first said to go on. A store of several layers, or at a
+    layer the model lacks, is left to the writer's errors, which name the differences."""
     if out is None or not ctx.options.resume or ctx.layer_names or len(ctx.layers) != 1 or not out.is_file():
         return False
     from fdl_cli.extract import resolve_layers
@@ -3336,7 +3337,7 @@ def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:
     if not hasattr(model, "named_modules") or label.removesuffix(":input") not in dict(model.named_modules()):
         return False  # another model's layer, or a wrapper's name (the writer's fix says which)
     ctx.layers = resolve_layers(model, [label])
-    ctx.reporter.note(
+    ctx.store_notes.append(
         f"{out} was analysed at the layer {label}, and the default feature layer is {default} (the input of "
         "the nn.Linear whose output the model's outputs are, or are computed from, else of the last one to run): the "
         f"store goes on at {label}; --layer {label} --layer {default} adds it beside the stored layer, --overwrite "
