@@ -390,8 +390,9 @@ class _Group(click.Group):
 def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: str) -> click.UsageError | None:
     """An option of the command given before the command's name (`fdl --json report run.h5`), where fdl's own
     options go: said so, where click suggested fdl's --version for it; with no command named, the commands that
-    take it; the example says the option with the value given it. None when the command named, or every command,
-    has no such option (click's message stands)."""
+    take it; the example says the option with the value given it, or with a stand-in for one left out
+    (`_value_placeholder`). None when the command named, or every command, has no such option (click's message
+    stands)."""
     def takes(command: click.Command) -> bool:
         return any(option in (*param.opts, *param.secondary_opts) for param in command.params)
 
@@ -408,7 +409,6 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
             args[at + 1] not in group.commands or any(arg in group.commands for arg in args[at + 2:])):
         value = args[at + 1]
         skipped.add(at + 1)
-    option_given = option if value is None else f"{option} {shlex.quote(value)}"
     named = next((group.commands[arg] for i, arg in enumerate(args) if arg in group.commands and i not in skipped),
                  None)
     if named is None:  # no command (`fdl --json`): click suggested --version; those that take it, aliases left out
@@ -422,9 +422,29 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
     if not owners:
         return None
     listed = " and ".join(", ".join(f"'fdl {name}'" for name in owners).rsplit(", ", 1))
+    if value is not None:
+        option_given = f"{option} {shlex.quote(value)}"
+    else:  # given with no value (`fdl --format report run.h5`): the example says what the value is
+        param = next(param for param in group.commands[owners[0]].params
+                     if option in (*param.opts, *param.secondary_opts))
+        flag = getattr(param, "is_flag", False) or getattr(param, "count", False)
+        option_given = option if flag else f"{option} {_value_placeholder(param)}"
     return click.UsageError(f"{option!r} is an option of {listed}, not of fdl: give it after "
                             f"{'the command' if len(owners) == 1 else 'one of them'}, as in "
                             f"'fdl {owners[0]} ... {option_given}'", ctx=ctx)
+
+
+def _value_placeholder(param: click.Parameter) -> str:
+    """What stands for a valued option's value in an example that lacks it: the name --help gives it (FILE, NAME),
+    its choices as `{a|b}` (one of them, where --help's `[a|b]` reads as optional), else the option's name in
+    capitals (`--device DEVICE`, not --help's type name, TEXT)."""
+    if param.metavar:
+        return param.metavar
+    if isinstance(param.type, click.Choice):
+        return "{" + "|".join(map(str, param.type.choices)) + "}"
+    if isinstance(param.type, click.Path):
+        return param.type.name.upper()  # FILE, DIRECTORY, PATH
+    return (param.name or "value").upper()
 
 
 @click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)

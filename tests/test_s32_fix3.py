@@ -51,6 +51,7 @@ def test_a_store_at_another_layer_refused_is_not_said_to_go_on(tmp_path: Path, c
     (("--device", "analyze", "ckpts"), "'fdl analyze ... --device DEVICE'"),
     (("-o", "analyze", "ckpts"), "'fdl analyze ... -o FILE'"),
     (("--format",), "'fdl classify ... --format {table|json|csv|markdown}'"),
+    (("--no-center", "analyze", "ckpts"), "'fdl analyze ... --no-center'"),  # a flag's other name: no value
 ])
 def test_a_valued_option_with_no_value_is_shown_with_what_its_value_is(args: tuple[str, ...], example: str) -> None:
     """The example says what goes after the option: its choices, its --help name (FILE), else its name in capitals;

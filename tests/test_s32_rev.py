@@ -97,7 +97,8 @@ def test_an_option_of_one_command_given_with_no_command_names_that_command() -> 
 
 
 def test_an_option_missing_its_value_before_the_command_is_not_given_the_command_as_value() -> None:
-    """`fdl --device analyze ckpts` (no value): analyze is the command, not --device's value."""
+    """`fdl --device analyze ckpts` (no value): analyze is the command, not --device's value (the example's DEVICE
+    stands for the value left out: tests/test_s32_fix3.py)."""
     done = fdl_in_process("--device", "analyze", "ckpts")
     said = " ".join(done.stderr.split())
-    assert done.returncode == 2 and "as in 'fdl analyze ... --device'" in said, said
+    assert done.returncode == 2 and "as in 'fdl analyze ... --device DEVICE'" in said, said
