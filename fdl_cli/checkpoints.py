@@ -5091,7 +5091,7 @@ def _fine_tuning_fix(model: nn.Module, expected: Mapping[str, torch.Size | None]
         shown = first_names(file_adapters, 4)
         # the base weights are in the file when each tensor the model lacks has one of its shape under another
         # name (peft's `base_layer.weight` for the plain model's `weight`)
-        spare = collections.Counter(tuple(_shape(state[key]) or ()) for key in unexpected if key not in file_adapters)
+        spare = collections.Counter(tuple(_shape(state[key]) or ()) for key in unexpected if not _ADAPTER_KEY.search(key))
         needed = collections.Counter(tuple(expected[key] or ()) for key in missing)
         if missing and not needed - spare or not missing:
             return (f"the file holds LoRA adapters ({shown}) beside the base weights, which the model built "

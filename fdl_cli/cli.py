@@ -295,8 +295,7 @@ class _Command(click.Command):
     def operands(self, ctx: click.Context, given: list[str]) -> list[str]:
         """The words after the `--` that ends the options, as click's parser reads them: a `--` that is an option's
         value (`--layer --`) ends nothing."""
-        takes = {name: param.nargs for param in self.get_params(ctx) if isinstance(param, click.Option)
-                 and not param.is_flag and not param.count for name in param.opts}
+        takes = {name: param.nargs for param in self.get_params(ctx) if _takes_value(param) for name in param.opts}
         at = 0
         while at < len(given):
             if given[at] == "--":
@@ -319,13 +318,18 @@ class _Command(click.Command):
         return super().invoke(ctx)
 
 
+def _takes_value(param: click.Parameter) -> bool:
+    """Whether `param` is an option given with a value (`--format json`), not a flag (`--json`) nor a count."""
+    return isinstance(param, click.Option) and not param.is_flag and not param.count
+
+
 def _choice_hint(command: click.Command, word: str) -> str | None:
     """"'json' is one of --format's choices: give it as --format json" where `word` is a choice of one of the
     command's options and no file (a store named `json` is a store)."""
     for param in command.params:
         if not isinstance(param, click.Option) or not isinstance(param.type, SuggestingChoice):
             continue
-        named = next((str(c) for c in param.type.choices if str(c).casefold() == word.casefold()), None)
+        named = param.type.named(word)
         if named is not None and not os.path.exists(word):
             option = max(param.opts, key=len)
             return f"'{named}' is one of {option}'s choices: give it as {option} {named}"
@@ -398,7 +402,7 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
 
     # the option as given, with its value (`--device cpu`, `--device=cpu`): the example then says it whole, and
     # that value is not the command's name (`fdl -o report analyze ckpts`: -o's store, then the command)
-    valued = any(option in param.opts and not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+    valued = any(option in param.opts and _takes_value(param)
                  for command in group.commands.values() for param in command.params)
     at = next((i for i, arg in enumerate(args) if arg == option or arg.startswith(option + "=")), -1)
     value: str | None = None
@@ -412,11 +416,7 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
     named = next((group.commands[arg] for i, arg in enumerate(args) if arg in group.commands and i not in skipped),
                  None)
     if named is None:  # no command (`fdl --json`): click suggested --version; those that take it, aliases left out
-        by_callback: dict[Any, str] = {}  # an alias (`_alias`) shares its command's callback: one name each
-        for name, command in sorted(group.commands.items()):
-            if takes(command):
-                by_callback.setdefault(command.callback, name)
-        owners = list(by_callback.values())
+        owners = [name for name, command in sorted(group.commands.items()) if takes(command) and name not in _ALIAS_OF]
     else:
         owners = [named.name] if takes(named) and named.name else []
     if not owners:
@@ -547,6 +547,10 @@ class SuggestingChoice(click.Choice):  # type: ignore[type-arg]
     the choice it is likely meant as, "'jsn' is not one of 'table', 'json', 'csv', 'markdown'. Did you mean
     'json'?", as click suggests for a misspelt option and `--threshold` for a misspelt name (`near_names`)."""
 
+    def named(self, value: Any) -> str | None:
+        """The choice `value` is in any case ('JSON': 'json'; 'mf': 'MF'), or None."""
+        return next((str(choice) for choice in self.choices if str(choice).casefold() == str(value).casefold()), None)
+
     def suggestion(self, value: Any) -> str:
         """" Did you mean 'json'?" (in any case: 'mf' for 'MF'), or "" for a value close to no choice."""
         folded = {str(choice).casefold(): str(choice) for choice in self.choices}
@@ -560,7 +564,8 @@ class SuggestingChoice(click.Choice):  # type: ignore[type-arg]
 class StorePath(click.Path):
     """A store argument (`report`, `classify`, `compare`, `export`): a file; a folder given there (the run's
     folder of checkpoints, for the store `fdl analyze` wrote of it) is the usage error click gives, "File
-    'runs/a' is a directory.", said with the store meant: `fdl analyze FOLDER`'s, and whether it is there."""
+    'runs/a' is a directory.", said with the store meant: `fdl analyze FOLDER`'s, and whether it is there. A word
+    that is one of the command's choices and no file (`fdl report json`) is named as that (`_choice_hint`)."""
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False)
@@ -1261,7 +1266,7 @@ class _AnyCase(SuggestingChoice):
         self.hints = dict(hints or {})
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        taken = next((choice for choice in self.choices if str(choice).casefold() == str(value).casefold()), None)
+        taken = self.named(value)
         if taken is None:
             self.fail(self.get_invalid_choice_message(value, ctx), param, ctx)
         return taken

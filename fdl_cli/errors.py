@@ -257,9 +257,9 @@ def _plain(exc: UnicodeError) -> tuple[str, int]:
     text, said = exc.object, []
     for at in range(exc.start, exc.end):
         char = text[at]
-        if char in _SUPERSCRIPTS or char == "\u00b2":
-            after = at > exc.start and (text[at - 1] in _SUPERSCRIPTS or text[at - 1] == "\u00b2")
-            said.append(("" if after else "^") + _SUPERSCRIPTS.get(char, "2"))
+        if char in _SUPERSCRIPTS:  # "¹²³" (Latin-1's) among them
+            after = at > exc.start and text[at - 1] in _SUPERSCRIPTS
+            said.append(("" if after else "^") + _SUPERSCRIPTS[char])
         else:
             said.append(STAND_INS.get(char) or _escape(UnicodeEncodeError(exc.encoding, char, 0, 1, exc.reason))[0])
     return "".join(said), exc.end

@@ -1863,22 +1863,23 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
                 fix=fit_fix(probe, said, embedding_tables(model)),
             ) from None
         _check_output_shape(ctx, probe, shape)
+        outputs_in = "".join(source)  # `extract.tuple_outputs`; "" where the outputs are no tuple's first element
         if n_outputs == 1 and _binary_labels(ctx.probes):
-            n_outputs = _binary_logit(ctx, probe, source="".join(source))
+            n_outputs = _binary_logit(ctx, probe, source=outputs_in)
         try:
             validate_probe(probe, n_outputs=n_outputs)
         except ProbeError as exc:
-            if not "".join(source):
+            if not outputs_in:
                 raise
             # the outputs counted are a tuple's first element: the model's other heads (an actor-critic's
             # (value, policy)) are what the targets may have been meant for
             raise ProbeError(
-                exc.what, got=f"{exc.got}; the model's outputs are {''.join(source)}",
+                exc.what, got=f"{exc.got}; the model's outputs are {outputs_in}",
                 fix=tuple_outputs_fix(exc.fix or ""),
             ) from None
-        if n_outputs == 1 and "".join(source) and probe is ctx.probes[0]:
+        if n_outputs == 1 and outputs_in and probe is ctx.probes[0]:
             # an actor-critic's (value, policy) fits a probe without labels: its run would measure the value head
-            ctx.reporter.note(f"the model's one output is {''.join(source)}: fdl reads a tuple's first element as "
+            ctx.reporter.note(f"the model's one output is {outputs_in}: fdl reads a tuple's first element as "
                               "the outputs; return the logits first if they are another element")
         raw_pixels = raw_pixels_warning(probe)
         if raw_pixels is not None:
