@@ -551,8 +551,9 @@ class _Context:
     #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
     zero_one: dict[str, bool] = field(default_factory=dict)
     #: notes that say what the store will record (the dominant-class note: classify reads accuracy against the
-    #: labels' shares), said by `_store_opened` once the store is open for writing: a resume refused before it
-    #: (a newer schema, a store locked by another fdl, read-only) writes nothing, and the note would be false
+    #: labels' shares; the series a resume adds, `_addition`; the stored layer a resume goes on at), said by
+    #: `_store_opened` once the store is open for writing: a resume refused before it (a newer schema, a store
+    #: locked by another fdl, read-only, another run's) writes nothing, and the note would be false
     store_notes: list[str] = field(default_factory=list)
     #: probe name -> {step: whether Π̂ is 0/0 there} of the checkpoints analysed since the last
     #: `_warn_constant_outputs` whose outputs are constant over the probe (output_rank 0: D_LR 1.0 by its rule)
@@ -2289,8 +2290,8 @@ def _analyze_refs(
         refusal = exc
     if spread:  # every rank read the store: its refusal (another reference, other model code, adding) said once
         agree_on_refusal(refusal, ctx.world)
-    if addition is not None:
-        ctx.reporter.note(addition.note(out))
+    if addition is not None:  # said once the writer took the store: it may refuse it yet (locked, read-only)
+        ctx.store_notes.append(addition.note(out))
     shape = record_shape(ctx)
     if ctx.world is not None and ctx.world.distributed:
         _analyze_distributed(ctx, refs, out, summary, on_record, provenance, reference, (loaded, reference_sha))
