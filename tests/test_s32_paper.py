@@ -18,17 +18,24 @@ RUN_ALL = Path(__file__).resolve().parents[1] / "examples" / "run_all.sh"
 NAMES = ("rich_vs_lazy", "label_shuffle", "batchnorm", "grokking")
 
 
-def _run_all(tmp_path: Path, *args: str) -> list[str]:
+def _stub_run_all(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """run_all.sh with a stub `python` on PATH that logs each call's arguments to calls.log, one call a line,
+    each argument ended by "|" (a folder with spaces stays one argument), and answers True to the torch check."""
     stub = tmp_path / "bin"
     stub.mkdir()
     log = tmp_path / "calls.log"
-    (stub / "python").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\necho True\n')
+    (stub / "python").write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> "{log}"\necho >> "{log}"\necho True\n')
     (stub / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
-    done = subprocess.run(["bash", str(RUN_ALL), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+    return subprocess.run(["bash", str(RUN_ALL), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
+
+
+def _run_all(tmp_path: Path, *args: str) -> list[str]:
+    done = _stub_run_all(tmp_path, *args)
     assert done.returncode == 0, done.stderr
-    return [line for line in log.read_text().splitlines() if not line.startswith("-c ")]
+    calls = [line.split("|")[:-1] for line in (tmp_path / "calls.log").read_text().splitlines()]
+    return [" ".join(call) for call in calls if call[:1] != ["-c"]]
 
 
 @pytest.mark.parametrize("args", [("--tiny",), ("--tiny", "out"), ("out", "--tiny")])

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 
 from fdl_cli.errors import ProbeError
 from fdl_cli.probes import load_probe
+from tests.test_s32_paper import _stub_run_all as _run_all
 
 RUN_ALL = Path(__file__).resolve().parents[1] / "examples" / "run_all.sh"
 
@@ -92,17 +91,6 @@ def test_targets_kept_as_a_python_list_are_read_or_refused_never_dropped(
     assert "'y' is a Python list that fdl cannot read as one array" in said
     assert shown in said
     assert "torch.tensor(y)" in said
-
-
-def _run_all(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    log = tmp_path / "calls.log"
-    (stub / "python").write_text(f'#!/bin/sh\nprintf "%s|" "$@" >> "{log}"\necho >> "{log}"\necho True\n')
-    (stub / "python").chmod(0o755)
-    env = dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(["bash", str(RUN_ALL), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
 
 
 @pytest.mark.parametrize(("args", "said"), [
