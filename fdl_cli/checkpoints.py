@@ -4246,6 +4246,30 @@ def _model_file_module(file: Path) -> str:
     return "fdl_user_model_" + hashlib.sha256(os.fsencode(file.resolve())).hexdigest()[:12]
 
 
+def model_folder_imports(factory: Any, spec_file: Path | None) -> dict[str, str] | None:
+    """The modules of the model's folder that its code imported so far, by name -> their source file: those fdl
+    served from the folder of the --model spec's file (or, for a module spec, of the factory's module) and ran from
+    their source (`_SourceLoader`), the model file itself left out (its sha256 is recorded on its own). {} for a
+    model file that imports none; None where fdl served no folder (an installed package's factory). Compiled code
+    and modules found elsewhere on sys.path (PYTHONPATH, an editable install) are not among them."""
+    module = sys.modules.get(_model_file_module(spec_file)) if spec_file is not None else None
+    if module is None:
+        module = sys.modules.get(getattr(factory, "__module__", None) or "")
+    loader = getattr(getattr(module, "__spec__", None), "loader", None)
+    if not isinstance(loader, _SourceLoader):
+        return None
+    own = {os.path.realpath(loader.path)}
+    if spec_file is not None:
+        own.add(os.path.realpath(spec_file))
+    found: dict[str, str] = {}
+    for name, imported in list(loader.load.modules.items()):
+        source = getattr(getattr(imported, "__spec__", None), "loader", None)
+        if isinstance(source, _SourceLoader) and not name.startswith("fdl_user_model_") \
+                and os.path.realpath(source.path) not in own:
+            found[name] = source.path
+    return dict(sorted(found.items()))
+
+
 def _forget_model_file(name: str) -> None:
     """The model file's module `name`, whose import failed, out of sys.modules, as Python takes out a module that
     failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there,

@@ -543,6 +543,9 @@ class _Context:
     world: Any = None  # fdl_cli.distributed.World under torchrun, else None
     model_source: tuple[str, str] | None = None  # (file, sha256) of the factory's code (`_model_source`)
     spec_source: tuple[str, str] | None = None  # (file, sha256) of the file the --model spec names (`_spec_source`)
+    #: module -> (file, sha256) of the modules of the model's folder its code imported (`_model_imports`); None: not
+    #: known (no --model, an installed package's factory)
+    model_imports: dict[str, tuple[str, str]] | None = None
     #: called after every probe batch: announces what became durable (a checkpoint's computation may take
     #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
     #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
@@ -1143,6 +1146,7 @@ def _prepare_run(
         reporter.note(other)
     model_source = _model_source(factory)
     spec_source = _spec_source(model_spec, base_dir) if factory is not None else None
+    model_imports = _model_imports(factory, model_spec, base_dir)
     ctx = _Context(
         options=options,
         probes=probes,
@@ -1155,6 +1159,7 @@ def _prepare_run(
         world=world,
         model_source=model_source,
         spec_source=spec_source,
+        model_imports=model_imports,
         steps_found=None if discovery.steps_found is None else frozenset(discovery.steps_found),
         copies=list(discovery.copies),
         started=started,
@@ -2305,6 +2310,7 @@ def _analyze_refs(
         invocation=invocation(ctx),
         abandon_addition=options.abandon_addition,
         claimed=ctx.claimed,
+        model_imports=_recorded_imports(ctx),
     ) as writer:
         _store_opened(ctx, writer)
         if options.abandon_addition:
@@ -2842,6 +2848,22 @@ def _spec_source(spec: str | None, base_dir: Path | None) -> tuple[str, str] | N
     return _file_source(file) if file is not None else None
 
 
+def _model_imports(
+    factory: Callable[..., Any] | None, spec: str | None, base_dir: Path | None
+) -> dict[str, tuple[str, str]] | None:
+    """module -> (absolute path, sha256) of each module of the model's folder that its code imported
+    (`checkpoints.model_folder_imports`: `from mylayers import Block` beside model.py), taken as the model file was
+    imported: their edits change the model as the model file's do. None where it is not known."""
+    from fdl_cli.checkpoints import model_folder_imports, model_spec_file
+
+    if factory is None or not spec:
+        return None
+    files = model_folder_imports(factory, model_spec_file(spec, base_dir=base_dir))
+    if files is None:
+        return None
+    return {name: source for name, file in files.items() if (source := _file_source(Path(file))) is not None}
+
+
 def _file_source(file: Path) -> tuple[str, str] | None:
     """(absolute path, sha256) of a file of the user's model code; None for one of an installed package
     (site-packages: its version is not the run's business, and an upgrade would refuse every resume) or
@@ -3269,6 +3291,8 @@ def _check_reference_of_store(
             stored_spec = reader.provenance.get("model_file_sha256")
             stored_file = reader.provenance.get("model_file")
             stored_spec_text = reader.provenance.get("model")
+            stored_imports = reader.model_imports
+            imports_recorded = reader.has_model_imports  # a damaged one: left as it is, not recorded again
     except StoreError:
         return  # the writer explains what is wrong with the file
     if isinstance(stored_model, str) and ctx.model_source is not None and stored_model != ctx.model_source[1]:
@@ -3295,6 +3319,7 @@ def _check_reference_of_store(
             fix=f"pass --model naming that file (the store's spec: {stored_spec_text}) to add to it, or --overwrite "
             "(or another --out) to analyse with this model",
         )
+    _check_model_imports(ctx, out, stored_imports, imports_recorded)
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         if ctx.steps_found is not None and stored not in ctx.steps_found:
             raise _reference_not_found(out, stored, refs, ctx.options.sources)
@@ -3311,6 +3336,40 @@ def _check_reference_of_store(
             f"the reference checkpoint (step {reference.step}, {reference.path})", reference_sha, stored_sha,
             f"recorded in {out}", why=f": the checkpoints in {out} were compared with another file",
         )
+
+
+def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | None, recorded: bool) -> None:
+    """Refuse a resume whose model's folder modules (`_model_imports`: `from mylayers import Block` beside model.py)
+    changed since the store recorded them, as an edit of the model file is; a module imported by one run only is not
+    compared (the file that imports it changed, which its own sha256 says). A store written before fdl recorded
+    them resumes as before, with a note that they are recorded from now on."""
+    if ctx.model_imports is None:
+        return
+    if stored is None:
+        if not recorded and ctx.model_imports:
+            names = ", ".join(ctx.model_imports)
+            ctx.store_notes.append(
+                f"{out} does not record the modules its model file imports (written by an earlier fdl): their "
+                f"sha256 ({names}) is recorded now, and an edit of them is refused from the next resume on; the "
+                "checkpoints stored so far were not checked against them")
+        return
+    changed = [(name, *ctx.model_imports[name], stored[name]) for name in sorted(stored)
+               if name in ctx.model_imports and ctx.model_imports[name][1] != stored[name]]
+    if not changed:
+        return
+    first = changed[0]
+    raise StoreError(
+        f"the model code {first[1]} (the module {first[0]}, which the model imports) changed since {out} was analysed: "
+        "its checkpoints were run through another version of it",
+        got="; ".join(f"{name}: sha256 {now[:16]}… now, {old[:16]}… recorded in {out}" for name, _, now, old in changed),
+        fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
+        "(or another --out)",
+    )
+
+
+def _recorded_imports(ctx: _Context) -> dict[str, str] | None:
+    """module -> sha256 of `ctx.model_imports`, as the store's `model_imports` records them."""
+    return None if ctx.model_imports is None else {name: sha for name, (_, sha) in ctx.model_imports.items()}
 
 
 def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:

@@ -28,6 +28,7 @@ from fdl_cli.pipeline import (
     _note_moved,
     _prepare,
     _probe_infos,
+    _recorded_imports,
     _refresh_successors,
     _run_refs,
     _sha256_once,
@@ -494,6 +495,7 @@ def _analyze_distributed(
                 overwrite=not options.resume,
                 min_interval=options.min_commit_interval,
                 invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
+                model_imports=_recorded_imports(ctx),
             )
             _store_opened(ctx, writer)
             writer.note_file_signatures(touched)

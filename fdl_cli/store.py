@@ -861,6 +861,13 @@ class StoreReader:
         refused = self._objects_attribute("refused", "which checkpoints `fdl analyze` refused is unknown")
         self._refused_items, self._refused_damaged = refused or [], refused is None
         self._pending_text = _as_str(attrs["pending_series"]) if "pending_series" in attrs else None
+        self.has_model_imports = "model_imports" in attrs
+        self.model_imports = _model_imports_attribute(attrs)
+
+    #: module -> sha256 of the modules of the model's folder that its code imported (the root attribute
+    #: `model_imports`, docs/store.md); None where the store does not record them (written before fdl did, or
+    #: without a --model file) or the attribute is damaged
+    model_imports: dict[str, str] | None
 
     @property
     def refused(self) -> list[dict[str, Any]]:
@@ -1883,6 +1890,7 @@ class _CommitPlan:
     stale: frozenset[Series]  # trajectories of series with no intact group, to remove
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
+    model_imports: str | None = None  # the `model_imports` attribute to write (`StoreWriter._imports_update`)
     probes: tuple[tuple[str, dict[str, Any]], ...] = ()  # (probe, attributes) to record in a resumed store lacking them
     signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
@@ -2138,6 +2146,7 @@ class StoreWriter:
         invocation: Mapping[str, Any] | None = None,
         abandon_addition: bool = False,
         claimed: _WriterLock | None = None,
+        model_imports: Mapping[str, str] | None = None,
     ) -> None:
         self._path = store_target(path)
         if claimed is not None and claimed.store != self._path:
@@ -2169,6 +2178,9 @@ class StoreWriter:
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
         self._provenance_update: str | None = None  # see _load_existing
+        #: the `model_imports` attribute to write: a fresh store's, or one a resumed store lacks (written by an fdl
+        #: before it); a store's is never changed. None: nothing to write
+        self._imports_update = None if model_imports is None else json.dumps(dict(model_imports), sort_keys=True)
         #: the probes and layers this run adds to the store (None: none; `growth`)
         self.growth: Growth | None = None
         #: (the grown provenance, the added probes) to write with the first checkpoint stored (`_load_existing`)
@@ -2429,6 +2441,8 @@ class StoreWriter:
             # model_sha256): added at the next commit, so later resumes check them. Stored keys are
             # never changed.
             missing = {key: value for key, value in self._provenance.items() if key not in reader.provenance}
+            if reader.has_model_imports:
+                self._imports_update = None
             if missing:
                 self._provenance_update = json.dumps({**reader.provenance, **missing}, sort_keys=True)
             if self.abandoned is not None:
@@ -2935,6 +2949,7 @@ class StoreWriter:
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
             provenance=None if self._fresh else growth_update[0] if growth_update else self._provenance_update,
+            model_imports=self._imports_update,
             new_probes=growth_update[1] if growth_update else (),
             pending=None if self._fresh else pending,
             probes=() if self._fresh else tuple(sorted(self._probe_updates.items())),
@@ -3064,6 +3079,8 @@ class StoreWriter:
         """What `_execute` writes into the store's copy; stops at the step after a write the system refused."""
         if plan.provenance is not None:
             store.attrs["provenance"] = plan.provenance
+        if plan.model_imports is not None:
+            store.attrs["model_imports"] = plan.model_imports
         for probe in plan.new_probes:
             _write_probe(store.require_group("probes"), probe)
         for name, updates in plan.probes:
@@ -3165,6 +3182,8 @@ class StoreWriter:
             self._history = list(plan.history)
         if plan.provenance is not None and plan.provenance == self._provenance_update:
             self._provenance_update = None
+        if plan.model_imports is not None and plan.model_imports == self._imports_update:
+            self._imports_update = None
         if self._growth_update is not None and plan.provenance == self._growth_update[0]:
             self._growth_update = self._provenance_update = None  # the grown provenance holds the keys it lacked
         for name, _ in plan.probes:
@@ -3190,6 +3209,19 @@ class StoreWriter:
             _write_probe(probes, probe)
         store.create_group("checkpoints")
         store.create_group("trajectories")
+
+
+def _model_imports_attribute(attrs: Any) -> dict[str, str] | None:
+    """The store's `model_imports` (module -> sha256), None when absent or not such a JSON object."""
+    if "model_imports" not in attrs:
+        return None
+    try:
+        value = json.loads(_as_str(attrs["model_imports"]))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        return None
+    return value
 
 
 def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
