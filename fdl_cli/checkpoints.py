@@ -4264,8 +4264,8 @@ def model_folder_imports(factory: Any, spec_file: Path | None) -> dict[str, str]
     found: dict[str, str] = {}
     for name, imported in list(loader.load.modules.items()):
         source = getattr(getattr(imported, "__spec__", None), "loader", None)
-        if isinstance(source, _SourceLoader) and not name.startswith("fdl_user_model_") \
-                and os.path.realpath(source.path) not in own:
+        own_file = isinstance(source, _SourceLoader) and os.path.realpath(source.path) in own
+        if isinstance(source, _SourceLoader) and not own_file and not name.startswith("fdl_user_model_"):
             found[name] = source.path
     return dict(sorted(found.items()))
 

@@ -3272,6 +3272,12 @@ def _stored_places(out: Path, reader: Any = None) -> dict[int, _StoredPlace]:
     return places
 
 
+#: the fix of a resume refused for edited model code (the factory's file, the spec's, a module of its folder)
+_MODEL_CODE_FIX = (
+    "restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite (or another --out)"
+)
+
+
 def _check_reference_of_store(
     ctx: _Context, out: Path, reference: CheckpointRef, reference_sha: str, refs: Sequence[CheckpointRef] = ()
 ) -> None:
@@ -3300,8 +3306,7 @@ def _check_reference_of_store(
             f"the model code {ctx.model_source[0]} changed since {out} was analysed: its checkpoints were run "
             "through another version of it",
             got=f"sha256 {ctx.model_source[1][:16]}… now, {stored_model[:16]}… recorded in {out}",
-            fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
-            "(or another --out)",
+            fix=_MODEL_CODE_FIX,
         )
     if isinstance(stored_spec, str) and ctx.spec_source is not None and stored_spec != ctx.spec_source[1]:
         if stored_file == ctx.spec_source[0]:
@@ -3309,8 +3314,7 @@ def _check_reference_of_store(
                 f"the model file {ctx.spec_source[0]} changed since {out} was analysed: its checkpoints were "
                 "run through another version of it",
                 got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
-                fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
-                "(or another --out)",
+                fix=_MODEL_CODE_FIX,
             )
         raise StoreError(
             f"{out} was analysed with the model file {stored_file}; this run's --model names "
@@ -3351,10 +3355,14 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
             ctx.store_notes.append(
                 f"{out} does not record the modules its model file imports (written by an earlier fdl): their "
                 f"sha256 ({names}) is recorded now, and an edit of them is refused from the next resume on; the "
-                "checkpoints stored so far were not checked against them")
+                "checkpoints stored so far were not checked against them"
+            )
         return
-    changed = [(name, *ctx.model_imports[name], stored[name]) for name in sorted(stored)
-               if name in ctx.model_imports and ctx.model_imports[name][1] != stored[name]]
+    changed = [
+        (name, *ctx.model_imports[name], stored[name])
+        for name in sorted(stored)
+        if name in ctx.model_imports and ctx.model_imports[name][1] != stored[name]
+    ]
     if not changed:
         return
     first = changed[0]
@@ -3362,8 +3370,7 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
         f"the model code {first[1]} (the module {first[0]}, which the model imports) changed since {out} was analysed: "
         "its checkpoints were run through another version of it",
         got="; ".join(f"{name}: sha256 {now[:16]}… now, {old[:16]}… recorded in {out}" for name, _, now, old in changed),
-        fix="restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite "
-        "(or another --out)",
+        fix=_MODEL_CODE_FIX,
     )
 
 

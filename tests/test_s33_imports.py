@@ -44,8 +44,18 @@ def _helper_run(root: Path) -> Path:
 
 
 def _analyze(root: Path, *extra: str) -> tuple[int, str]:
-    done = fdl("analyze", root / "run", "--model", f"{root / 'model.py'}:build", "--probe", root / "probe.npz",
-               "--out", root / "run.h5", *extra, *SMALL)
+    done = fdl(
+        "analyze",
+        root / "run",
+        "--model",
+        f"{root / 'model.py'}:build",
+        "--probe",
+        root / "probe.npz",
+        "--out",
+        root / "run.h5",
+        *extra,
+        *SMALL,
+    )
     return done.code, " ".join(done.stderr.split())
 
 
@@ -60,8 +70,9 @@ def test_an_edited_helper_module_is_refused_and_an_unchanged_or_moved_one_resume
     (root / "mylayers.py").write_text(LAYERS.format("Tanh"))
     code, said = _analyze(root)
     assert code == 1 and "Traceback" not in said
-    assert (f"error: the model code {root / 'mylayers.py'} (the module mylayers, which the model imports) changed "
-            "since") in said
+    assert (
+        f"error: the model code {root / 'mylayers.py'} (the module mylayers, which the model imports) changed since"
+    ) in said
     assert f"mylayers: sha256 {_sha(root / 'mylayers.py')[:16]}… now" in said and "--overwrite" in said
     with StoreReader(root / "run.h5") as reader:
         assert reader.steps() == [0, 10] and reader.model_imports == {"mylayers": recorded}
@@ -83,8 +94,10 @@ def test_a_store_written_before_they_were_recorded_resumes_and_records_them(tmp_
         del store.attrs["model_imports"]
     code, said = _analyze(root)
     assert code == 0, said
-    assert (f"note: {root / 'run.h5'} does not record the modules its model file imports (written by an earlier fdl): "
-            "their sha256 (mylayers) is recorded now") in said
+    assert (
+        f"note: {root / 'run.h5'} does not record the modules its model file imports (written by an earlier fdl): "
+        "their sha256 (mylayers) is recorded now"
+    ) in said
     with StoreReader(root / "run.h5") as reader:
         assert reader.steps() == [0, 10, 20] and reader.model_imports == {"mylayers": _sha(root / "mylayers.py")}
     (root / "mylayers.py").write_text(LAYERS.format("Tanh"))
