@@ -299,14 +299,20 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
     saved, so the pass needs the memory of the no_grad one. Float inputs are made to require gradients (a model
     whose parameters are all frozen still builds a graph). None where it cannot tell: no graph (integer inputs and
     frozen parameters), or the pass fails with gradients on (a model writing in place into a tensor that requires
-    them), where the rule before it stands."""
+    them), where the rule before it stands. None too where the walk goes through a custom autograd Function's node
+    (a reentrant activation checkpoint, a fused op of the model's own) and an nn.Linear ran with no node in the graph:
+    one run inside the Function is hidden in it, and the nn.Linear the walk reaches beyond it is no head (its input
+    was the probe itself for `checkpoint(self.policy, h) / T`)."""
     reached: dict[str, list[Any]] = {}
+    hidden: list[str] = []  # the nn.Linear whose output has no node: run with gradients off
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
                 if isinstance(output, torch.Tensor) and output.grad_fn is not None:
                     reached.setdefault(name, []).append(output.grad_fn)
+                else:
+                    hidden.append(name)
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -330,6 +336,8 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
         seen.add(node)
         if node in linear_of:  # the Linear's output: what it was computed from is no head's
             found.add(linear_of[node])
+        elif hidden and isinstance(node, torch.autograd.function.BackwardCFunction):
+            return None  # a Function's node: which of the hidden nn.Linear ran inside it is not known
         elif not WEIGHT_PRODUCT.fullmatch(node.name()):
             stack.extend(parent for parent, _index in node.next_functions)
     return frozenset(found) if seen else None

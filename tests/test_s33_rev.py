@@ -1,0 +1,49 @@
+"""Review of the last changes to the default feature layer, the ASCII stand-ins and the usage hints: the cases where
+they were wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from fdl_cli.extract import default_layer
+
+
+def _choice(model: nn.Module, sample: np.ndarray) -> tuple[str, list[str]]:
+    said: list[str] = []
+    spec = default_layer(model, sample=sample, note=said.append, warn=said.append)
+    return spec.label, said
+
+
+class _CheckpointedPolicy(nn.Module):
+    """An actor-critic whose policy head runs inside a reentrant activation checkpoint (a custom autograd Function:
+    the nn.Linear inside it runs with gradients off, no node of its own in the graph), then at a temperature; the
+    value head runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pi = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.vf = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.policy = nn.Linear(6, 3)
+        self.value = nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return checkpoint(self.policy, self.pi(x), use_reentrant=True) / 2.0, self.value(self.vf(x))
+
+
+def test_a_head_hidden_in_an_autograd_function_is_not_taken_for_the_linear_before_it() -> None:
+    # the graph walk went through the checkpoint's node to pi.0, the trunk's first layer: its input, the probe itself,
+    # was taken as the features, with a note saying the outputs are computed from pi.0's output
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # checkpoint's "None of the inputs have requires_grad=True"
+        label, said = _choice(_CheckpointedPolicy().eval(), np.zeros((1, 4), np.float32))
+    assert label != "pi.0:input"
+    assert not any("pi.0" in text for text in said)
+    # the rule before the walk stands: the last nn.Linear to run, warned as no source of the 3 outputs
+    assert label == "value:input"
+    assert any("no source of the model's 3 outputs" in text for text in said), said
