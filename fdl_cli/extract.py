@@ -297,9 +297,10 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 
     No activation is kept: every tensor autograd would save for a backward pass (never run) is dropped as it is
     saved, so the pass needs the memory of the no_grad one. Float inputs are made to require gradients (a model
-    whose parameters are all frozen still builds a graph). None where it cannot tell: no graph (integer inputs and
-    frozen parameters), or the pass fails with gradients on (a model writing in place into a tensor that requires
-    them), where the rule before it stands. None too where the walk goes through a custom autograd Function's node
+    whose parameters are all frozen still builds a graph), given as a copy of the leaf that does (a model may write
+    into its input in place). None where it cannot tell: no graph (integer inputs and frozen parameters), or the
+    pass fails with gradients on (a model writing in place into another tensor that requires them, a parameter),
+    where the rule before it stands. None too where the walk goes through a custom autograd Function's node
     (a reentrant activation checkpoint, a fused op of the model's own) and an nn.Linear ran with no node in the graph:
     one run inside the Function is hidden in it, and the nn.Linear the walk reaches beyond it is no head (its input
     was the probe itself for `checkpoint(self.policy, h) / T`)."""
@@ -316,9 +317,11 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 
             handles.append(module.register_forward_hook(hook))
     try:
-        given = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_dropped, _never_unpacked), \
                 quiet_nested_tensors(), signals.model_code(FORWARD):
+            # a copy made from the leaf, which the model may write into as it does in its pass (`x.mul_(0.5)`,
+            # `x -= mean`): into the leaf itself, torch refuses
+            given = inputs.detach().requires_grad_().clone() if inputs.is_floating_point() else inputs
             outputs = _output_tensor(model(given))
     except Exception:  # noqa: BLE001 - the no_grad pass ran: the rule before this one stands
         return None

@@ -47,3 +47,28 @@ def test_a_head_hidden_in_an_autograd_function_is_not_taken_for_the_linear_befor
     # the rule before the walk stands: the last nn.Linear to run, warned as no source of the 3 outputs
     assert label == "value:input"
     assert any("no source of the model's 3 outputs" in text for text in said), said
+
+
+class _InPlaceInput(nn.Module):
+    """An actor-critic that scales its input in place (`x.mul_`, `x -= mean`) before two trunks; the value head, as
+    wide as the policy's, runs last: no size tells the heads apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pi = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.vf = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.policy = nn.Linear(6, 3)
+        self.value = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x.mul_(0.5)
+        return self.policy(self.pi(x)) / 2.0, self.value(self.vf(x))
+
+
+def test_a_model_writing_in_place_into_its_input_gets_the_policy_head() -> None:
+    # the graph pass gave up (an in-place write into a leaf that requires grad), and the last nn.Linear to run, the
+    # value head of the policy's size, was taken without a word: the value trunk's features analysed as the policy's
+    torch.manual_seed(0)
+    label, said = _choice(_InPlaceInput().eval(), np.ones((1, 4), np.float32))
+    assert label == "policy:input"
+    assert any("computed from the output of nn.Linear 'policy'" in text for text in said), said
