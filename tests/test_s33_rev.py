@@ -3,12 +3,17 @@ they were wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fdl_cli.errors import ProbeError
 from fdl_cli.extract import default_layer
+from fdl_cli.probes import load_probe
 
 
 def _choice(model: nn.Module, sample: np.ndarray) -> tuple[str, list[str]]:
@@ -72,3 +77,15 @@ def test_a_model_writing_in_place_into_its_input_gets_the_policy_head() -> None:
     label, said = _choice(_InPlaceInput().eval(), np.ones((1, 4), np.float32))
     assert label == "policy:input"
     assert any("computed from the output of nn.Linear 'policy'" in text for text in said), said
+
+
+def test_labels_kept_as_a_list_of_tensors_are_said_as_such(tmp_path: Path) -> None:
+    # `list(labels)` of a tensor: its items are 0-dim tensors, said "items of mixed types: Tensor", with a fix,
+    # torch.tensor(y), that fails for a list of batches (1-D tensors of several lengths)
+    probe = tmp_path / "probe.pt"
+    torch.save({"x": torch.randn(6, 4), "y": list(torch.tensor([0, 1, 2] * 2))}, probe)
+    with pytest.raises(ProbeError) as caught:
+        load_probe(probe)
+    assert "mixed" not in (caught.value.got or "")
+    assert caught.value.got == "items that are tensors, not numbers"
+    assert "torch.stack(y)" in (caught.value.fix or "") and "torch.cat(y)" in (caught.value.fix or "")
