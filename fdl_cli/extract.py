@@ -301,11 +301,13 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
     into its input in place). None where it cannot tell: no graph (integer inputs and frozen parameters), or the
     pass fails with gradients on (a model writing in place into another tensor that requires them, a parameter),
     where the rule before it stands. None too where the walk goes through a custom autograd Function's node
-    (a reentrant activation checkpoint, a fused op of the model's own) and an nn.Linear ran with no node in the graph:
-    one run inside the Function is hidden in it, and the nn.Linear the walk reaches beyond it is no head (its input
-    was the probe itself for `checkpoint(self.policy, h) / T`)."""
+    (a reentrant activation checkpoint, a fused op of the model's own) inside whose forward an nn.Linear ran, with
+    no node in the graph (`_inside`): the nn.Linear the walk reaches beyond it is no head (its input was the probe
+    itself for `checkpoint(self.policy, h) / T`). A Function applying no weight (a straight-through estimator) is
+    walked through."""
     reached: dict[str, list[Any]] = {}
-    hidden: list[str] = []  # the nn.Linear whose output has no node: run with gradients off
+    # the nn.Linear whose output has no node (run with gradients off): the number autograd gives the next node then
+    hidden: list[int | None] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -313,7 +315,7 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
                 if isinstance(output, torch.Tensor) and output.grad_fn is not None:
                     reached.setdefault(name, []).append(output.grad_fn)
                 else:
-                    hidden.append(name)
+                    hidden.append(_next_node_number())
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -339,8 +341,8 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
         seen.add(node)
         if node in linear_of:  # the Linear's output: what it was computed from is no head's
             found.add(linear_of[node])
-        elif hidden and isinstance(node, torch.autograd.function.BackwardCFunction):
-            return None  # a Function's node: which of the hidden nn.Linear ran inside it is not known
+        elif isinstance(node, torch.autograd.function.BackwardCFunction) and _inside(node, hidden):
+            return None  # which nn.Linear inside the Function the outputs are computed from is not known
         elif not WEIGHT_PRODUCT.fullmatch(node.name()):
             stack.extend(parent for parent, _index in node.next_functions)
     return frozenset(found) if seen else None
@@ -358,6 +360,22 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 WEIGHT_PRODUCT = re.compile(
     r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|\w*Linear|\w*Conv\w*|"
     r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
+
+
+def _next_node_number() -> int | None:
+    """The sequence number autograd gives the next node made in this thread (None: this torch does not say)."""
+    number = getattr(torch._C._autograd, "_get_sequence_nr", None)
+    return None if number is None else int(number())
+
+
+def _inside(node: Any, hidden: Sequence[int | None]) -> bool:
+    """Whether an nn.Linear of `hidden` (`_next_node_number` as it ran) may have run in the forward of the custom
+    Function whose node is `node`: its node is made before its forward runs, which, gradients off, makes none, so
+    one run inside found the next number the node's own plus one. So does one run with gradients off right after
+    the Function returned (a trunk under torch.no_grad), before any other node was made: taken as inside, and
+    every one where torch gives no number."""
+    after = int(node._sequence_nr()) + 1
+    return any(number is None or number == after for number in hidden)
 
 
 def _dropped(_saved: torch.Tensor) -> None:

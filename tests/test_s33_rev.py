@@ -54,6 +54,34 @@ def test_a_head_hidden_in_an_autograd_function_is_not_taken_for_the_linear_befor
     assert any("no source of the model's 3 outputs" in text for text in said), said
 
 
+class _RoundedOverFrozenTrunk(_CheckpointedPolicy):
+    """The policy's logits rounded by a straight-through estimator (a custom autograd Function applying no weight),
+    on a trunk run under torch.no_grad (frozen features): the trunk's nn.Linear run with no node in the graph, but
+    not inside the Function."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            h = self.pi(x)
+        return _StraightThrough.apply(self.policy(h)) / 2.0, self.value(self.vf(x))
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def test_a_function_applying_no_weight_is_walked_through_beside_a_frozen_trunk() -> None:
+    torch.manual_seed(0)
+    label, said = _choice(_RoundedOverFrozenTrunk().eval(), np.ones((1, 4), np.float32))
+    assert label == "policy:input"
+    assert any("computed from the output of nn.Linear 'policy'" in text for text in said), said
+
+
 class _InPlaceInput(nn.Module):
     """An actor-critic that scales its input in place (`x.mul_`, `x -= mean`) before two trunks; the value head, as
     wide as the policy's, runs last: no size tells the heads apart."""
