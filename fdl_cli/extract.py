@@ -297,22 +297,33 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 
     No activation is kept: every tensor autograd would save for a backward pass (never run) is dropped as it is
     saved, so the pass needs the memory of the no_grad one. Float inputs are made to require gradients (a model
-    whose parameters are all frozen still builds a graph). None where it cannot tell: no graph (integer inputs and
-    frozen parameters), or the pass fails with gradients on (a model writing in place into a tensor that requires
-    them), where the rule before it stands."""
+    whose parameters are all frozen still builds a graph), given as a copy of the leaf that does (a model may write
+    into its input in place). None where it cannot tell: no graph (integer inputs and frozen parameters), or the
+    pass fails with gradients on (a model writing in place into another tensor that requires them, a parameter),
+    where the rule before it stands. None too where the walk goes through a custom autograd Function's node
+    (a reentrant activation checkpoint, a fused op of the model's own) inside whose forward an nn.Linear ran, with
+    no node in the graph (`_inside`): the nn.Linear the walk reaches beyond it is no head (its input was the probe
+    itself for `checkpoint(self.policy, h) / T`). A Function applying no weight (a straight-through estimator) is
+    walked through."""
     reached: dict[str, list[Any]] = {}
+    # the nn.Linear whose output has no node (run with gradients off): the number autograd gives the next node then
+    hidden: list[int | None] = []
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
                 if isinstance(output, torch.Tensor) and output.grad_fn is not None:
                     reached.setdefault(name, []).append(output.grad_fn)
+                else:
+                    hidden.append(_next_node_number())
 
             handles.append(module.register_forward_hook(hook))
     try:
-        given = inputs.detach().requires_grad_() if inputs.is_floating_point() else inputs
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_dropped, _never_unpacked), \
                 quiet_nested_tensors(), signals.model_code(FORWARD):
+            # a copy made from the leaf, which the model may write into as it does in its pass (`x.mul_(0.5)`,
+            # `x -= mean`): into the leaf itself, torch refuses
+            given = inputs.detach().requires_grad_().clone() if inputs.is_floating_point() else inputs
             outputs = _output_tensor(model(given))
     except Exception:  # noqa: BLE001 - the no_grad pass ran: the rule before this one stands
         return None
@@ -330,6 +341,8 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
         seen.add(node)
         if node in linear_of:  # the Linear's output: what it was computed from is no head's
             found.add(linear_of[node])
+        elif isinstance(node, torch.autograd.function.BackwardCFunction) and _inside(node, hidden):
+            return None  # which nn.Linear inside the Function the outputs are computed from is not known
         elif not WEIGHT_PRODUCT.fullmatch(node.name()):
             stack.extend(parent for parent, _index in node.next_functions)
     return frozenset(found) if seen else None
@@ -347,6 +360,22 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 WEIGHT_PRODUCT = re.compile(
     r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|\w*Linear|\w*Conv\w*|"
     r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
+
+
+def _next_node_number() -> int | None:
+    """The sequence number autograd gives the next node made in this thread (None: this torch does not say)."""
+    number = getattr(torch._C._autograd, "_get_sequence_nr", None)
+    return None if number is None else int(number())
+
+
+def _inside(node: Any, hidden: Sequence[int | None]) -> bool:
+    """Whether an nn.Linear of `hidden` (`_next_node_number` as it ran) may have run in the forward of the custom
+    Function whose node is `node`: its node is made before its forward runs, which, gradients off, makes none, so
+    one run inside found the next number the node's own plus one. So does one run with gradients off right after
+    the Function returned (a trunk under torch.no_grad), before any other node was made: taken as inside, and
+    every one where torch gives no number."""
+    after = int(node._sequence_nr()) + 1
+    return any(number is None or number == after for number in hidden)
 
 
 def _dropped(_saved: torch.Tensor) -> None:

@@ -521,6 +521,10 @@ def _list_array(value: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray | None, 
     numbers = all(isinstance(item, (bool, int, float)) for item in leaves)
     if not numbers and not all(isinstance(item, str) for item in leaves):
         types = sorted({type(item).__name__ for item in leaves})
+        if types == ["Tensor"]:  # `list(labels)` of a tensor, or a list of batches: `_TENSORS_FIX`
+            return None, "items that are tensors, not numbers"
+        if len(types) == 1:
+            return None, f"items of type {types[0]}, neither numbers nor text"
         return None, f"items of mixed types: {', '.join(types[:4])}" + (", ..." if len(types) > 4 else "")
     try:
         array = np.asarray(value)
@@ -529,6 +533,10 @@ def _list_array(value: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray | None, 
     if array.dtype == object:  # integers numpy holds in no integer dtype
         return None, "integers beyond 64 bits"
     return array, ""
+
+
+#: What a list of tensors is made one with (`_list_array`): torch.tensor refuses tensors of more than one value
+_TENSORS_FIX = "; a list of tensors: torch.stack({named}) (one a sample), torch.cat({named}) (one a batch)"
 
 
 def _npz_object_arrays(path: Path) -> list[str]:
@@ -640,7 +648,8 @@ def _read_pt(path: Path) -> dict[str, Any]:
                     "read as one array",
                     got=holds,
                     fix=f"save it as a tensor, an item a sample: torch.tensor({named}) (class labels as integers, "
-                    "regression targets as floats, one-hot rows as an (n, C) tensor)",
+                    "regression targets as floats, one-hot rows as an (n, C) tensor)"
+                    + (_TENSORS_FIX.format(named=named) if holds == "items that are tensors, not numbers" else ""),
                 )
     if not out and obj:
         # a training checkpoint given as the probe ({"model": state_dict, "optimizer": ..., "step": s})
