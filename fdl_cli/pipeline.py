@@ -2013,8 +2013,9 @@ def _zero_one_warning(probe: Any) -> str:
 
 def _binary_labels(probes: Sequence[Any]) -> bool:
     """Whether a probe holds class labels that a model of one output can only mean as a binary
-    classifier's: 0 and 1 (or one of them)."""
-    return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2 for probe in probes)
+    classifier's: 0 and 1 (or one of them); of an integer one-hot matrix, of 2 columns (one of more is refused)."""
+    return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2
+               and probe.one_hot_columns in (None, 2) for probe in probes)
 
 
 def _binary_logit(ctx: _Context, probe: Any, *, source: str = "") -> int:
