@@ -1805,6 +1805,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
         dominant_class_note,
         float_one_hot,
         raw_pixels_warning,
+        soft_labels,
         targets_without_energy,
         validate_probe,
         zero_one_targets,
@@ -1891,6 +1892,12 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             ctx.reporter.warn(
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
+            )
+        elif soft_labels(probe):
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: y holds class probabilities (soft labels: each row sums to 1), analysed as "
+                "regression targets (r2, but no accuracy or nc1): loss and r2 compare the raw outputs (logits) with "
+                "the probabilities; to analyse classes, save integer labels: y = y.argmax(1)"
             )
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:

@@ -1256,6 +1256,18 @@ def float_one_hot(probe: Probe) -> bool:
     )
 
 
+def soft_labels(probe: Probe) -> bool:
+    """Whether the probe's regression targets are rows of class probabilities that are no one-hot matrix
+    (`float_one_hot`): soft labels (distillation, label smoothing), each row in [0, 1] summing to 1 (to 1e-6),
+    some row holding a value strictly between 0 and 1. Targets read in place are checked a chunk at a time."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1 and not float_one_hot(probe)
+        and all(bool(((rows >= 0) & (rows <= 1)).all() and np.allclose(rows.sum(axis=1), 1.0, rtol=0, atol=1e-6))
+                for rows in _target_blocks(y))
+    )
+
+
 def zero_one_targets(probe: Probe) -> bool:
     """Whether the probe's regression targets hold 0 and 1 alone and are not a float one-hot matrix
     (`float_one_hot`): multi-label targets, or a binary classifier's as floats. A model trained on them with a

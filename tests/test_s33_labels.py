@@ -100,3 +100,13 @@ def test_a_probe_of_npy_files_gets_the_savez_that_joins_them(tmp_path: Path) -> 
     with pytest.raises(ProbeError) as raised:
         load_probe(path)
     assert "np.savez('probe.npz', x=np.load('x.npy'), y=np.load('y.npy'))" in raised.value.fix
+
+
+def test_soft_labels_are_said_to_be_analysed_as_regression_targets(runs: dict[int, Path], tmp_path: Path) -> None:
+    """Rows of class probabilities (soft labels, distillation targets) were analysed as regression targets of the
+    logits with no word: r2 far below 0 for a good classifier, and no accuracy."""
+    soft = np.random.default_rng(3).random((N, 3))
+    code, err, out = _analyze(runs[3], 3, soft / soft.sum(axis=1, keepdims=True), tmp_path)
+    assert code == 0 and out.exists(), err
+    assert "warning: probe 'probe': y holds class probabilities (soft labels: each row sums to 1)" in err, err
+    assert "to analyse classes, save integer labels: y = y.argmax(1)" in err, err
