@@ -1810,6 +1810,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
         dominant_class_note,
         float_one_hot,
         raw_pixels_warning,
+        soft_labels,
         targets_without_energy,
         validate_probe,
         zero_one_targets,
@@ -1896,6 +1897,12 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             ctx.reporter.warn(
                 f"probe {probe.name!r}: y is a float one-hot matrix, analysed as regression targets (r2, but no "
                 "accuracy or nc1); to analyse classes, save integer labels: y = y.argmax(1)"
+            )
+        elif soft_labels(probe):
+            ctx.reporter.warn(
+                f"probe {probe.name!r}: y holds class probabilities (soft labels: each row sums to 1), analysed as "
+                "regression targets (r2, but no accuracy or nc1): loss and r2 compare the raw outputs (logits) with "
+                "the probabilities; to analyse classes, save integer labels: y = y.argmax(1)"
             )
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:
@@ -2018,8 +2025,9 @@ def _zero_one_warning(probe: Any) -> str:
 
 def _binary_labels(probes: Sequence[Any]) -> bool:
     """Whether a probe holds class labels that a model of one output can only mean as a binary
-    classifier's: 0 and 1 (or one of them)."""
-    return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2 for probe in probes)
+    classifier's: 0 and 1 (or one of them); of an integer one-hot matrix, of 2 columns (one of more is refused)."""
+    return any(probe.task == "classes" and probe.n_classes is not None and probe.n_classes <= 2
+               and probe.one_hot_columns in (None, 2) for probe in probes)
 
 
 def _binary_logit(ctx: _Context, probe: Any, *, source: str = "") -> int:

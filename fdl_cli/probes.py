@@ -84,6 +84,9 @@ class Probe:
     #: of `unused`, without targets: the arrays of one value a sample (a row each, or a vector of n), which may
     #: be the targets saved under another name (`y_test`)
     unread_targets: tuple[str, ...] = ()
+    #: the number of columns of an integer one-hot `y` (turned into the labels `y`), None for other targets: the
+    #: classes the file says there are, which must be the model's outputs
+    one_hot_columns: int | None = None
 
     @property
     def n(self) -> int:
@@ -921,8 +924,9 @@ def _values_said(y: np.ndarray) -> str | None:
     return "e.g. " + ", ".join(map(quoted_name, names[:3])) + f" ({distinct} distinct name{'s' if distinct != 1 else ''})"
 
 
-def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None]:
-    """(targets, task, n_classes) of the probe's `y`, checked against the n samples of x.
+def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowReader, str, int | None, int | None]:
+    """(targets, task, n_classes, one_hot_columns) of the probe's `y`, checked against the n samples of x
+    (one_hot_columns: the width of an integer one-hot `y`, turned into labels; else None).
 
     Float targets read in place (a `RowReader`, float64) stay in the file: their values are checked
     a chunk at a time, with the messages (and the indices into the array as stored) of a whole read.
@@ -953,17 +957,23 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
             _check_finite(path, key, rows.reshape((len(rows), *shape[1:])), first_row=first)
             peak = max(peak, float(np.max(np.abs(rows))) if rows.size else 0.0)
         _check_target_range(path, key, peak)
-        return y, "regression", None
+        return y, "regression", None, None
+    one_hot_columns = None
     if y.dtype.kind in "biu":
+        kind = "boolean" if y.dtype.kind == "b" else "integer"
+        if y.ndim == 2 and y.shape[1] == 1:  # y.reshape(-1, 1): a label per sample, in a column; never a one-hot
+            # matrix of one column, which made a column of 1s (a probe of the positive class) class 0
+            raise ProbeError(
+                f"the probe {path}: {kind} '{key}' of shape {y.shape}: one label per sample, in a column",
+                fix=f"save the labels as a vector, shape (n,): {key} = {key}[:, 0]",
+            )
         if y.ndim == 2:
             if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
                 labels_per_position = y.size and (y.min() < 0 or y.max() > 1)  # token ids, -100 (ignored)
                 fix = ("give (n,) class labels (for sequences, one per sequence, e.g. its class or y[:, -1]), "
                        "or float (n, C) regression targets")
-                if y.shape[1] == 1:  # y.reshape(-1, 1): a label per sample, in a column
-                    got: str | None = "one label per sample in a column: give y[:, 0]"
-                elif labels_per_position:
-                    got = (f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
+                if labels_per_position:
+                    got: str | None = (f"values {int(y.min())} .. {int(y.max())}: a label per position (a language model's "
                            "next tokens)? fdl measures one target per sample")
                 else:  # 0/1 with rows of several 1s or none: a multi-label probe (a sigmoid per output)
                     several = int(np.count_nonzero(y.sum(axis=1) != 1))
@@ -973,23 +983,26 @@ def _targets(path: Path, key: str, y: Any, n: int) -> tuple[np.ndarray | RowRead
                            "to measure the features against these targets, save them as floats, "
                            f"{key} = {key}.astype(np.float32): they are analysed as regression targets, and loss and "
                            "r2 then compare the raw outputs (logits) with 0/1, not a sigmoid model's fit")
-                kind = "boolean" if y.dtype.kind == "b" else "integer"
                 raise ProbeError(
                     f"the probe {path}: {kind} '{key}' of shape {y.shape} is not one-hot", got=got, fix=fix,
                 )
+            one_hot_columns = int(y.shape[1])
             y = y.argmax(axis=1)
         labels = y.astype(np.int64)
         if labels.min() < 0:
             first = int(np.argmax(labels < 0))
+            plus_minus = bool(np.isin(labels, (-1, 1)).all())
             raise ProbeError(
                 f"the probe {path}: '{key}' holds a negative class label ({labels[first]} at {first})",
-                fix="class labels must be 0..C-1",
+                fix="class labels must be 0..C-1" + (
+                    f"; labels -1 and +1 (a binary ±1 encoding): save {key} = ({key} > 0).astype(np.int64), class 1 "
+                    "for +1" if plus_minus else ""),
             )
-        return labels, "classes", int(labels.max()) + 1
+        return labels, "classes", int(labels.max()) + 1, one_hot_columns
     targets = y.astype(np.float64)
     _check_finite(path, key, targets)
     _check_target_range(path, key, float(np.max(np.abs(targets))) if targets.size else 0.0)
-    return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None
+    return (targets.reshape(-1, 1) if targets.ndim == 1 else targets), "regression", None, None
 
 
 #: a probe given as what a training job reads its data from: images, tables (fdl reads neither: the fixes say how to
@@ -1003,6 +1016,10 @@ _IMAGES_FIX = ("fdl reads no image files: save the probe images as the model see
 _TABLE_FIX = ("fdl reads no tables: save the feature columns as x (floats) and the target column as y, e.g. with "
               "pandas: df = pd.read_csv(FILE); np.savez('probe.npz', x=df.drop(columns='label').to_numpy('float32'), "
               "y=df['label'].to_numpy()) (class labels as integers 0..C-1)")
+
+#: a probe saved as one .npy array a file (x.npy, y.npy): fdl reads one file holding both
+_NPY_FIX = ("a .npy file holds one array, and a probe is x with its y in one file: join them, "
+            "np.savez('probe.npz', x=np.load('x.npy'), y=np.load('y.npy'))")
 
 
 def _directory_error(path: Path) -> ProbeError:
@@ -1073,7 +1090,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
             f"probe {path}: unknown format {path.suffix!r}",
             got=path.suffix,
             fix=_IMAGES_FIX if suffix in _IMAGE_SUFFIXES else _TABLE_FIX if suffix in _TABLE_SUFFIXES
-            else f"save it as one of {', '.join(PROBE_SUFFIXES)}",
+            else _NPY_FIX if suffix == ".npy" else f"save it as one of {', '.join(PROBE_SUFFIXES)}",
         )
     try:
         arrays = reader(path)
@@ -1116,13 +1133,14 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     stored_dtype = str(x.stored if isinstance(x, RowReader) else getattr(x, "dtype", ""))
     inputs, x_sha256 = _inputs(path, x_key, x)
     y_key, y = _pick(arrays, Y_KEYS)
-    targets, task, n_classes = (None, None, None)
+    targets, task, n_classes, one_hot_columns = (None, None, None, None)
     if y_key is not None:
-        targets, task, n_classes = _targets(path, y_key, y, inputs.shape[0])
+        targets, task, n_classes, one_hot_columns = _targets(path, y_key, y, inputs.shape[0])
     unused = tuple(str(key) for key in arrays if key not in (x_key, y_key))
     return Probe(
         name=name, path=path, x=inputs, y=targets, task=task, n_classes=n_classes, sha256=_file_sha256(path),
         stored_dtype=stored_dtype, unused=unused, keys=(x_key, y_key or ""), x_sha256=x_sha256,
+        one_hot_columns=one_hot_columns,
         unread_targets=() if y_key is not None else tuple(
             key for key in unused if _one_value_a_sample(key, arrays[key], tuple(inputs.shape))),
     )
@@ -1181,6 +1199,17 @@ def validate_probe(probe: Probe, *, n_outputs: int) -> None:
     """Check the targets against the model's number of outputs C (labels < C, target width == C)."""
     if probe.y is None:
         return
+    if probe.one_hot_columns is not None and probe.one_hot_columns != n_outputs:
+        # an integer one-hot matrix says how many classes there are: of another width, it is another model's
+        # probe, whose labels would be read as classes of this one (a float one is refused as regression targets)
+        y_key = probe.keys[1]
+        raise ProbeError(
+            f"the probe {probe.path} ({probe.name}): '{y_key}' is a one-hot matrix of {probe.one_hot_columns} "
+            f"columns (classes) but the model has {counted(n_outputs, 'output')}",
+            fix=f"use the probe that matches this model, or the right --model-kwargs for its output size; if its "
+                f"columns are the model's classes 0..{probe.one_hot_columns - 1} (class c is output c), save "
+                f"{y_key}.argmax(1)",
+        )
     if probe.task == "classes" and probe.n_classes is not None and probe.n_classes > n_outputs:
         # the labels' own range: "labels 0..10" was printed for labels 1..10, hiding labels numbered from 1
         lowest, highest = min(int(np.min(rows)) for rows in _target_blocks(probe.y)), probe.n_classes - 1
@@ -1233,6 +1262,18 @@ def float_one_hot(probe: Probe) -> bool:
     return (
         probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1
         and all(bool(np.isin(rows, (0.0, 1.0)).all() and (rows.sum(axis=1) == 1).all()) for rows in _target_blocks(y))
+    )
+
+
+def soft_labels(probe: Probe) -> bool:
+    """Whether the probe's regression targets are rows of class probabilities that are no one-hot matrix
+    (`float_one_hot`): soft labels (distillation, label smoothing), each row in [0, 1] summing to 1 (to 1e-6),
+    some row holding a value strictly between 0 and 1. Targets read in place are checked a chunk at a time."""
+    y = probe.y
+    return (
+        probe.task == "regression" and y is not None and y.ndim == 2 and y.shape[1] > 1 and not float_one_hot(probe)
+        and all(bool(((rows >= 0) & (rows <= 1)).all() and np.allclose(rows.sum(axis=1), 1.0, rtol=0, atol=1e-6))
+                for rows in _target_blocks(y))
     )
 
 

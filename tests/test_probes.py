@@ -186,5 +186,5 @@ def test_a_column_of_class_labels_is_not_named_labels_per_position(tmp_path: Pat
     with pytest.raises(ProbeError) as raised:
         load_probe(path)
     message = raised.value.message
-    assert "is not one-hot" in message and "per position" not in message
-    assert "one label per sample in a column: give y[:, 0]" in message
+    assert "one label per sample, in a column" in message and "per position" not in message
+    assert "y = y[:, 0]" in message
