@@ -381,6 +381,9 @@ def classify_run(
         narrow = narrow_width_line(ordered[-1], thresholds, at_reference) if ordered else None
         if narrow is not None:  # beside the verdict, whose rules are unchanged (docs/regimes.md, "A layer that cannot…")
             evidence["narrow_layer"] = narrow
+        small = small_probe_line(ordered[-1], thresholds) if ordered else None
+        if small is not None:  # likewise (docs/regimes.md, "A probe too small for EF")
+            evidence["small_probe"] = small
         if final_records and final_records[0].get("output_rank") == 0:
             # A note beside the verdict, whose rules are unchanged (docs/regimes.md, "Constant outputs")
             step = evidence["final_step"]
@@ -708,6 +711,22 @@ def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds,
             "to find EF" + (f"; {dlr}" if dlr else ""))
 
 
+def small_probe_line(record: Mapping[str, Any], thresholds: Thresholds) -> str | None:
+    """The evidence `small_probe` of a run whose probe has n ≤ C + mf_extra inputs and whose layer (at its last
+    checkpoint, `record`) has more units than that: k95_utility ≤ rank ≤ n, so the MF-vs-EF rule cannot return EF,
+    whatever the layer learned (a 1 000-class head and a probe of one image a class; the narrow-layer note blamed
+    the layer's width or a bottleneck). None otherwise: a layer of p ≤ C + mf_extra units is `narrow_width_line`'s."""
+    n, width, outputs = record.get("n_probe"), record.get("n_features"), record.get("n_outputs")
+    if not isinstance(n, int) or not isinstance(width, int) or not isinstance(outputs, int) or outputs < 1:
+        return None
+    limit = outputs + thresholds.mf_extra
+    if n > limit or width <= limit:
+        return None
+    return (f"k95_utility ≤ rank ≤ n = {n} probe inputs ≤ C + mf_extra = {threshold_text(limit)}: the probe is too "
+            f"small for the rule to find EF, whatever the layer's {width} units learned; analyse with a probe of more "
+            f"than {threshold_text(limit)} inputs")
+
+
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
     """For an MF verdict whose layer spans at most C + mf_extra directions on the probe (its rank) at the final
     checkpoint and already at the reference (or has no more units): k95_utility ≤ rank, so EF could not be read
@@ -723,6 +742,8 @@ def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]])
     if not isinstance(rank, int) or rank > limit:
         return None
     units = isinstance(width, int) and width <= limit
+    if not units and small_probe_line(final, verdict.thresholds) is not None:
+        return None  # the probe, not the layer, caps the rank: the evidence's `small_probe` line says so
     start = reference.get("rank") if reference is not None else None
     if not units and not (isinstance(start, int) and start <= limit):
         return None
@@ -911,7 +932,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
             "training (e.g. as checkpoint-0) to measure from the start"
         )
     # Under MF, the line that says what MF means then; else the evidence's own (`narrow_width_line`)
-    narrow = narrow_layer_line(verdict, records) or ev.get("narrow_layer")
+    narrow = narrow_layer_line(verdict, records) or ev.get("narrow_layer") or ev.get("small_probe")
     if narrow is not None:
         lines.append(narrow)
     if ev.get("overlap_tie"):
@@ -923,7 +944,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     if isinstance(low, Mapping) and low.get("note"):
         lines.append(str(low["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
-            "constant_outputs", "final_r2_outputs", "narrow_layer",
+            "constant_outputs", "final_r2_outputs", "narrow_layer", "small_probe",
             "low_rank_reference"}  # each output's R²: in --json; the lines above
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append(thresholds_line(verdict.thresholds))
