@@ -24,7 +24,7 @@ def fdl(*args: object) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, check=False)
 
 
-def fdl_in_process(*args: object) -> subprocess.CompletedProcess[str]:
+def fdl_in_process(*args: object, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """`fdl ARGS` as `fdl` does, but in this process (tests/test_analyze.py's runner), answered as `fdl` is:
     for a test of exit status, stdout, stderr and the files written only, which needs no fresh interpreter
     (no signals, no environment read at start-up, no import-time behaviour), and so saves the ~2 s of
@@ -32,27 +32,27 @@ def fdl_in_process(*args: object) -> subprocess.CompletedProcess[str]:
     from tests.test_analyze import fdl as run
 
     text = [str(arg) for arg in args]
-    with _as_a_fresh_process() as written_to_the_fds:
+    with _as_a_fresh_process(cwd) as written_to_the_fds:
         done = run(*text)
     out, err = written_to_the_fds()
     return subprocess.CompletedProcess(["fdl", *text], done.code, done.stdout + out, done.stderr + err)
 
 
 @contextlib.contextmanager
-def _as_a_fresh_process() -> Iterator[Callable[[], tuple[str, str]]]:
-    """Run as `fdl` runs in its own process: from the repository root; Python's warnings filtered as a fresh
+def _as_a_fresh_process(cwd: Path = REPO) -> Iterator[Callable[[], tuple[str, str]]]:
+    """Run as `fdl` runs in its own process: from `cwd` (the repository root); Python's warnings filtered as a fresh
     interpreter filters them and printed on sys.stderr, and a library's logging (nothing configured) on it
     too, where pytest would record them and a test of stderr miss them; what C code writes to file
     descriptors 1 and 2 kept, to be added to stdout and stderr (the callable yielded, after the block); and
     sys.path and sys.meta_path as they were after (a --model file's folder is served through the latter)."""
-    cwd, path, meta_path, root = Path.cwd(), list(sys.path), list(sys.meta_path), logging.getLogger()
+    was, path, meta_path, root = Path.cwd(), list(sys.path), list(sys.meta_path), logging.getLogger()
     handlers, held = list(root.handlers), [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(1), os.dup(2)]
     os.dup2(held[0].fileno(), 1)
     os.dup2(held[1].fileno(), 2)
-    os.chdir(REPO)
+    os.chdir(cwd)
     root.handlers = []
     try:
         with warnings.catch_warnings():
@@ -64,7 +64,7 @@ def _as_a_fresh_process() -> Iterator[Callable[[], tuple[str, str]]]:
             yield lambda: (_read(held[0]), _read(held[1]))
     finally:
         root.handlers = handlers
-        os.chdir(cwd)
+        os.chdir(was)
         sys.path[:], sys.meta_path[:] = path, meta_path
         for fd, copy in ((1, saved[0]), (2, saved[1])):
             os.dup2(copy, fd)

@@ -9,29 +9,34 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fdl_cli import progress
-from tests.cli_run import REPO
+from tests.cli_run import REPO, fdl_in_process
 
 SAMPLE = REPO / "sample_checkpoints"
 LINE = re.compile(r"^progress: (\d+)/25 checkpoints, last step (\d+) \((step_\d+\.safetensors)\); "
                   r"\d+:\d\d:\d\d elapsed(, about \d+:\d\d:\d\d left)?$")
 
 
-def analyze(tmp_path: Path, interval: str | None, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != progress.LOG_INTERVAL_ENV}
-    if interval is not None:
-        env[progress.LOG_INTERVAL_ENV] = interval
-    return subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(SAMPLE), "-o", str(tmp_path / "run.h5"),
-                           *extra], capture_output=True, text=True, cwd=REPO, env=env, check=False)
+def analyze(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str | None, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`fdl analyze` of the sample run, FDL_PROGRESS_INTERVAL set to `interval` (unset: None); in this process, since
+    fdl reads the variable as each run starts (`progress.log_interval`), not as the interpreter does."""
+    if interval is None:
+        monkeypatch.delenv(progress.LOG_INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(progress.LOG_INTERVAL_ENV, interval)
+    return fdl_in_process("analyze", SAMPLE, "-o", tmp_path / "run.h5", *extra)
 
 
-def test_a_line_after_every_checkpoint_with_interval_zero_and_stdout_untouched(tmp_path: Path) -> None:
-    done = analyze(tmp_path, "0", "--json")
+def test_a_line_after_every_checkpoint_with_interval_zero_and_stdout_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = analyze(tmp_path, monkeypatch, "0", "--json")
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("progress:")]
     matches = [LINE.match(line) for line in lines]
@@ -45,8 +50,8 @@ def test_a_line_after_every_checkpoint_with_interval_zero_and_stdout_untouched(t
     assert [record["step"] for record in records] == steps
 
 
-def test_a_short_run_prints_no_progress_line_by_default(tmp_path: Path) -> None:
-    done = analyze(tmp_path, None)
+def test_a_short_run_prints_no_progress_line_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = analyze(tmp_path, monkeypatch, None)
     assert done.returncode == 0, done.stderr
     assert "progress:" not in done.stderr
     assert "25 checkpoints analysed" in done.stderr

@@ -10,12 +10,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from tests.cli_run import REPO
+from tests.cli_run import REPO, fdl_in_process
 from tests.tiny_models import mlp
 
 MODEL = f"{REPO / 'tests' / 'tiny_models.py'}:mlp"
@@ -23,11 +24,18 @@ SMALL = ["--top-k", "4", "--anchor-size", "16", "--batch-size", "16"]
 torch.set_num_threads(1)
 
 
-def _fdl(cwd: Path, *args: object) -> subprocess.CompletedProcess[str]:
-    """`fdl ARGS` run in `cwd` (this checkout's fdl_cli), never raising."""
+def _fdl_process(cwd: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """`fdl ARGS` run in `cwd` (this checkout's fdl_cli) in a process of its own, never raising."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "1000"}
     return subprocess.run([sys.executable, "-m", "fdl_cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, check=False, timeout=300)
+
+
+def _fdl(cwd: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """`fdl ARGS` run in `cwd`, as `_fdl_process` answers, in this process (the relative paths are read against
+    the working directory, which `fdl_in_process` sets; test_s30_ci's moved run keeps a process of its own)."""
+    with mock.patch.dict(os.environ, {"COLUMNS": "1000"}):
+        return fdl_in_process(*args, cwd=cwd)
 
 
 def _exp(tmp_path: Path, out: str = "s.h5") -> Path:

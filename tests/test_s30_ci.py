@@ -43,9 +43,10 @@ def test_a_run_moved_whole_with_its_times_is_not_hashed_again(tmp_path: Path) ->
     a.rename(moved / "a")
     (tmp_path / "s.h5").rename(moved / "s.h5")
     (tmp_path / "probe.npz").rename(moved / "probe.npz")
-    from tests.test_s28_relpath import MODEL, SMALL, _fdl
+    from tests.test_s28_relpath import MODEL, SMALL, _fdl_process
 
-    done = _fdl(moved / "a", "analyze", "run", "--model", MODEL, "--probe", "../probe.npz", "--out", "../s.h5", *SMALL)
+    done = _fdl_process(moved / "a", "analyze", "run", "--model", MODEL, "--probe", "../probe.npz", "--out", "../s.h5",
+                        *SMALL)
     assert done.returncode == 0, done.stderr
     assert "hashing" not in done.stderr, done.stderr
 
