@@ -4291,10 +4291,11 @@ def pickled_model_modules(model: nn.Module) -> dict[str, str]:
         if module is None or file is None:
             continue
         found[name] = file
-        for value in list(vars(module).values()):
-            if isinstance(value, types.ModuleType):  # read without an attribute lookup: a lazy module stays unloaded
+        for value in list(object.__getattribute__(module, "__dict__").values()):
+            kind = type(value)  # not isinstance: a proxy's `__class__` runs its code
+            if issubclass(kind, types.ModuleType):  # read without an attribute lookup: a lazy module stays unloaded
                 todo.append(object.__getattribute__(value, "__dict__").get("__name__"))
-            elif isinstance(value, (type, types.FunctionType)):
+            elif issubclass(kind, type) or kind is types.FunctionType:
                 todo.append(getattr(value, "__module__", None))
     return dict(sorted(found.items()))
 
