@@ -6,7 +6,6 @@ runs on one store, resumed in silence, mixing checkpoints run through two versio
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -20,6 +19,7 @@ import torch
 
 from fdl_cli.store import StoreReader
 from tests.test_analyze import fdl
+from tests.test_s33_imports import _sha, _wide_terminal
 from tests.test_walk_fixes import SMALL
 
 NETDEF = """
@@ -38,10 +38,7 @@ class Net(nn.Module):
 """
 LAYERS = "import torch\n\n\ndef act(x):\n    return torch.{}(x)\n"
 
-
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "1000")
+__all__ = ["_wide_terminal"]  # an autouse fixture
 
 
 def _forget() -> None:
@@ -73,10 +70,6 @@ def _analyze(root: Path, run: str, store: str, *extra: str) -> tuple[int, str]:
     _forget()
     done = fdl("analyze", root / run, "--trust-pickle", "--probe", root / "probe.npz", "--out", root / store, *extra, *SMALL)
     return done.code, " ".join(done.stderr.split())
-
-
-def _sha(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def test_an_edited_module_of_the_pickled_models_code_is_refused_and_an_unchanged_one_resumes(pickled_run: Path) -> None:
