@@ -4270,6 +4270,52 @@ def model_folder_imports(factory: Any, spec_file: Path | None) -> dict[str, str]
     return dict(sorted(found.items()))
 
 
+def pickled_model_modules(model: nn.Module) -> dict[str, str]:
+    """The user's modules whose code a model pickled whole (`torch.save(model)`, read with --trust-pickle) runs, by
+    name -> their source file: those that define the classes of its submodules (their base classes too), and the
+    user's modules those name at their top level (`from mylayers import Block`, `import helpers`), followed in turn.
+    The pickle holds no code, only the classes' names, which unpickling imports as they are now. A module of the
+    standard library, of an installed package (`_in_library`), of a library fdl runs on (`_protected_modules`: torch,
+    fdl_cli), or of no source file is none of them: {} for a model of torch's layers alone; and so is the --model
+    file's own (`fdl_user_model_`), whose sha256 is recorded on its own."""
+    todo: list[str | None] = [cls.__module__ for sub in model.modules() for cls in type(sub).__mro__]
+    seen: set[str] = set()
+    found: dict[str, str] = {}
+    while todo:
+        name = todo.pop()
+        if not isinstance(name, str) or name in seen:
+            continue
+        seen.add(name)
+        module = sys.modules.get(name)
+        file = _user_source(name, module)
+        if module is None or file is None:
+            continue
+        found[name] = file
+        for value in list(object.__getattribute__(module, "__dict__").values()):
+            kind = type(value)  # not isinstance: a proxy's `__class__` runs its code
+            if issubclass(kind, types.ModuleType):  # read without an attribute lookup: a lazy module stays unloaded
+                todo.append(object.__getattribute__(value, "__dict__").get("__name__"))
+            elif issubclass(kind, type) or kind is types.FunctionType:
+                todo.append(getattr(value, "__module__", None))
+    return dict(sorted(found.items()))
+
+
+def _user_source(name: str, module: types.ModuleType | None) -> str | None:
+    """The source file of the module `name` where it is the user's code (`pickled_model_modules`), else None."""
+    if module is None or name == "__main__" or name.startswith("fdl_user_model_"):
+        return None
+    if name.partition(".")[0] in _protected_modules():
+        return None
+    try:
+        spec = object.__getattribute__(module, "__dict__").get("__spec__")
+    except (AttributeError, TypeError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not os.path.isabs(origin) or not os.path.isfile(origin) or _in_library(origin):
+        return None
+    return origin
+
+
 def _forget_model_file(name: str) -> None:
     """The model file's module `name`, whose import failed, out of sys.modules, as Python takes out a module that
     failed: under the names its neighbours imported it by too (`_Running`), which a later import would find there,

@@ -546,6 +546,9 @@ class _Context:
     #: module -> (file, sha256) of the modules of the model's folder its code imported (`_model_imports`); None: not
     #: known (no --model, an installed package's factory)
     model_imports: dict[str, tuple[str, str]] | None = None
+    #: module -> (file, sha256) of the user's modules whose code the reference's model, pickled whole, runs
+    #: (`_pickled_code`), recorded in the store's `model_imports` beside those; None: not such a checkpoint
+    pickled_code: dict[str, tuple[str, str]] | None = None
     #: called after every probe batch: announces what became durable (a checkpoint's computation may take
     #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
     #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
@@ -2274,6 +2277,7 @@ def _analyze_refs(
                 raise _fatal(exc, reference, is_reference=True) from None
             if loaded.file_signature:  # not hashed again (`_check_stored_files`, `_reference_series`)
                 ctx.hashed[str(reference.path)] = (loaded.file_signature, reference_sha)
+            ctx.pickled_code = _pickled_code(loaded)
             model = _prepare(ctx, loaded)
             passes = _validate(ctx, model, reference, out)
         failure = None
@@ -2867,8 +2871,22 @@ def _model_imports(
     if factory is None or not spec:
         return None
     files = model_folder_imports(factory, model_spec_file(spec, base_dir=base_dir))
-    if files is None:
-        return None
+    return None if files is None else _hashed_modules(files)
+
+
+def _pickled_code(loaded: LoadedCheckpoint) -> dict[str, tuple[str, str]] | None:
+    """module -> (absolute path, sha256) of the user's modules whose code a model pickled whole runs (the classes of
+    its submodules, and the user's modules they import: `checkpoints.pickled_model_modules`), taken from the reference
+    checkpoint: the pickle holds the classes' names, not their code, and provenance has no model file to hash.
+    None for a checkpoint of weights alone."""
+    from fdl_cli.checkpoints import pickled_model_modules
+
+    return None if loaded.module is None else _hashed_modules(pickled_model_modules(loaded.module))
+
+
+def _hashed_modules(files: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """module -> (absolute path, sha256) of those of `files` (module -> source file) that are the user's code
+    (`_file_source`)."""
     return {name: source for name, file in files.items() if (source := _file_source(Path(file))) is not None}
 
 
@@ -3352,39 +3370,52 @@ def _check_reference_of_store(
 
 def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | None, recorded: bool) -> None:
     """Refuse a resume whose model's folder modules (`_model_imports`: `from mylayers import Block` beside model.py)
-    changed since the store recorded them, as an edit of the model file is; a module imported by one run only is not
-    compared (the file that imports it changed, which its own sha256 says). A store written before fdl recorded
-    them resumes as before, with a note that they are recorded from now on."""
-    if ctx.model_imports is None:
+    or modules of a model pickled whole (`_pickled_code`: netdef.py of its class) changed since the store recorded
+    them, as an edit of the model file is; a module of one run only is not compared (the file that imports it
+    changed, which its own sha256 says; a checkpoint whose classes moved to another module). A store written before
+    fdl recorded them resumes as before, with a note that they are recorded from now on."""
+    code = _model_code(ctx)
+    if code is None:
         return
     if stored is None:
-        if not recorded and ctx.model_imports:
-            names = ", ".join(ctx.model_imports)
+        if not recorded and code:
+            kinds = [
+                ("the modules its model file imports", ctx.model_imports),
+                ("the modules of its pickled model's code", ctx.pickled_code),
+            ]
             ctx.store_notes.append(
-                f"{out} holds no record of the modules its model file imports (an earlier fdl kept none): their "
-                f"sha256 ({names}) is recorded now, and an edit of them is refused from the next resume on; the "
-                "checkpoints stored so far were not checked against them"
+                f"{out} holds no record of {' and '.join(kind for kind, held in kinds if held)} (an earlier fdl kept "
+                f"none): their sha256 ({', '.join(sorted(code))}) is recorded now, and an edit of them is refused from "
+                "the next resume on; the checkpoints stored so far were not checked against them"
             )
         return
     changed = [
-        (name, *ctx.model_imports[name], stored[name])
-        for name in sorted(stored)
-        if name in ctx.model_imports and ctx.model_imports[name][1] != stored[name]
+        (name, *code[name], stored[name]) for name in sorted(stored) if name in code and code[name][1] != stored[name]
     ]
     if not changed:
         return
     first = changed[0]
+    role = "which the model imports" if first[0] in (ctx.model_imports or {}) else "code of the model the checkpoints pickle"
     raise StoreError(
-        f"the model code {first[1]} (the module {first[0]}, which the model imports) changed since {out} was analysed: "
+        f"the model code {first[1]} (the module {first[0]}, {role}) changed since {out} was analysed: "
         "its checkpoints were run through another version of it",
         got="; ".join(f"{name}: sha256 {now[:16]}… now, {old[:16]}… recorded in {out}" for name, _, now, old in changed),
         fix=_MODEL_CODE_FIX,
     )
 
 
+def _model_code(ctx: _Context) -> dict[str, tuple[str, str]] | None:
+    """module -> (file, sha256) of the model's code beyond its model file: `ctx.model_imports` and
+    `ctx.pickled_code` together; None where neither is known."""
+    if ctx.model_imports is None and ctx.pickled_code is None:
+        return None
+    return {**(ctx.pickled_code or {}), **(ctx.model_imports or {})}
+
+
 def _recorded_imports(ctx: _Context) -> dict[str, str] | None:
-    """module -> sha256 of `ctx.model_imports`, as the store's `model_imports` records them."""
-    return None if ctx.model_imports is None else {name: sha for name, (_, sha) in ctx.model_imports.items()}
+    """module -> sha256 of `_model_code`, as the store's `model_imports` records them."""
+    code = _model_code(ctx)
+    return None if code is None else {name: sha for name, (_, sha) in code.items()}
 
 
 def _stored_layer_kept(ctx: _Context, out: Path | None, model: Any) -> bool:
