@@ -151,8 +151,9 @@ def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
         ) from None
     if not steps:  # '' or ',' (an unset shell variable, say): --steps would select nothing, so analyse everything
         # --drop removes stored checkpoints (its fix said "to analyse again", --redo's words)
-        fix = {"--steps": "give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
-               "--drop": "give the stored steps to remove (e.g. --drop 100,500)"}.get(
-            option, f"give the stored steps to analyse again (e.g. {option} 100,500)")
+        fix = {
+            "--steps": "give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
+            "--drop": "give the stored steps to remove (e.g. --drop 100,500)",
+        }.get(option, f"give the stored steps to analyse again (e.g. {option} 100,500)")
         raise FdlError(f"{option} is an empty list of steps", got=repr(text), fix=fix)
     return steps
