@@ -74,6 +74,27 @@ def test_the_recorded_overlap_k_is_the_option_else_top_k_capped_at_the_outputs(o
     assert overlap_k_recorded(options, outputs) == k
 
 
+def test_the_numeric_options_leave_out_the_defaults_stores_of_older_fdl_lack() -> None:
+    """A store records these options and refuses a resume whose differ: cka_dtype float64 and no --weights are
+    left out, as stores written before those options were."""
+    base = {
+        "center": False,
+        "top_k": 64,
+        "anchor_size": 4096,
+        "dlr_energy": 0.99,
+        "dtype": "float32",
+        "product_dtype": "float64",
+    }
+    assert AnalyzeOptions(sources=("run",)).numeric_options() == base
+    given = AnalyzeOptions(sources=("run",), cka_dtype="float32", weights="ema.").numeric_options()
+    assert given == {**base, "cka_dtype": "float32", "weights": "ema."}
+
+
+def test_one_source_given_as_a_path_is_a_tuple_of_one() -> None:
+    assert AnalyzeOptions(sources=Path("run"), probe_specs=Path("probe.npz")).sources == ("run",)
+    assert AnalyzeOptions(sources=Path("run"), probe_specs=Path("probe.npz")).probe_specs == ("probe.npz",)
+
+
 # ------------------------------------------------------------------------------------------------- adding.py
 
 ONE = frozenset({("test", "fc")})
@@ -163,3 +184,71 @@ def test_a_layer_as_wide_as_the_probe_takes_the_moments_route_on_a_gpu_too() -> 
 @pytest.mark.parametrize("text", ["Out of memory.", "HIP OUT OF MEMORY"])
 def test_an_allocation_failure_said_in_capitals_is_one(text: str) -> None:
     assert resources.out_of_memory(RuntimeError(text)) and not resources.out_of_memory(ValueError(text))
+
+
+def test_a_gpu_gram_route_under_shard_probe_counts_this_process_s_slice_on_the_gpu() -> None:
+    """--shard-probe: the features kept on the GPU are this rank's n_here rows; the host's copy holds all n."""
+    gpu, host = resources.layer_needs("fc", 200, 100, 50, probe="test", gpu=True, n_here=40, anchor_copies=0)
+    assert (gpu.what, gpu.bytes, gpu.on_device) == (
+        "test/fc: the n×p features of the Gram route kept on the GPU and their concatenation (n = 40, p = 200)",
+        2 * 8 * 40 * 200,
+        True,
+    )
+    assert (host.bytes, host.on_device) == (8 * (100 * 200 + 2 * 100 * 100), False)
+
+
+def test_the_least_room_of_nested_cgroup_limits_is_what_the_process_has(tmp_path: Path) -> None:
+    """A job's group of 8 GiB (5 of them in use) above a task's of 4 GiB (1 in use): 3 GiB left, the job's; a limit
+    of 2⁶³ rounded down to a page, as cgroup v1 writes 'none', is no limit."""
+    from tests.test_s16_rev import _fake_machine
+
+    top = _fake_machine(tmp_path, cgroup="0::/job/task\n")
+    job, task = top / "job", top / "job" / "task"
+    task.mkdir(parents=True)
+    for group, limit, anon in ((job, 8 << 30, 5 << 30), (task, 4 << 30, 1 << 30)):
+        (group / "memory.max").write_text(f"{limit}\n")
+        (group / "memory.swap.max").write_text("0\n")
+        (group / "memory.stat").write_text(f"anon {anon}\n")
+    assert resources.available_host_bytes(tmp_path) == 3 << 30
+    for group in (job, task):
+        (group / "memory.max").write_text("9223372036854771712\n")
+    assert resources.available_host_bytes(tmp_path) == 50_000_000 * 1024  # MemAvailable's
+
+
+def test_a_cgroup_v1_swap_allowance_less_the_swap_in_use_counts(tmp_path: Path) -> None:
+    """v1: memsw 12 GiB over a limit of 8 GiB leaves 4 GiB of swap, 1 GiB of it used: 3 GiB beside the 2 free."""
+    from tests.test_s16_rev import _fake_machine
+
+    v1 = _fake_machine(tmp_path, cgroup="4:memory:/\n", swap_free_kb=16 << 20) / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.stat").write_text(
+        f"hierarchical_memory_limit {8 << 30}\nhierarchical_memsw_limit {12 << 30}\ntotal_rss {6 << 30}\n"
+        f"total_swap {1 << 30}\n"
+    )
+    assert resources.available_host_bytes(tmp_path) == (2 << 30) + (3 << 30)
+
+
+# --------------------------------------------------------------------------------------------------- html.py
+
+
+def test_the_html_table_s_cells_and_figures_as_the_page_shows_them() -> None:
+    """A checkpoint before the reference with no regime shows '—', not a lone '*'; a step is a number (right
+    aligned) with its full value on hover, a missing value has no hover text; a figure's title is escaped in
+    its alt text and its caption; every summary sentence is listed."""
+    from fdl_cli.html import Section, render_html
+
+    section = Section(
+        heading="h",
+        summary=["first", "second"],
+        records=[{"step": 10}, {"step": 200, "regime": "MF"}],
+        figures=[('a "b" <c>', b"PNG")],
+        reference_step=100,
+    )
+    page = render_html(title="t", provenance=[], warnings=[], sections=[section])
+    rows = page.split("<tbody>", 1)[1].split("</tr>")
+    assert rows[0].startswith('<tr><td class="num" title="10">10</td><td class="text">—</td>')
+    assert rows[0].count('<td class="text">—</td>') == 3  # path, sha256 and the regime: no '*' without one
+    assert '<td class="text" title="MF">MF</td>' in rows[1]
+    escaped = "a &quot;b&quot; &lt;c&gt;"
+    assert f'<img alt="{escaped}" src="data:image/png;base64,UE5H"><figcaption>{escaped}</figcaption>' in page
+    assert '<ul class="summary"><li>first</li><li>second</li></ul>' in page
