@@ -198,18 +198,18 @@ def test_a_gpu_gram_route_under_shard_probe_counts_this_process_s_slice_on_the_g
 
 
 def test_the_least_room_of_nested_cgroup_limits_is_what_the_process_has(tmp_path: Path) -> None:
-    """A job's group of 8 GiB (5 of them in use) above a task's of 4 GiB (1 in use): 3 GiB left, the job's; a limit
+    """A job's group of 8 GiB (5 of them in use) above a task's of 4 GiB (2 in use): 2 GiB left, the task's; a limit
     of 2⁶³ rounded down to a page, as cgroup v1 writes 'none', is no limit."""
     from tests.test_s16_rev import _fake_machine
 
     top = _fake_machine(tmp_path, cgroup="0::/job/task\n")
     job, task = top / "job", top / "job" / "task"
     task.mkdir(parents=True)
-    for group, limit, anon in ((job, 8 << 30, 5 << 30), (task, 4 << 30, 1 << 30)):
+    for group, limit, anon in ((job, 8 << 30, 5 << 30), (task, 4 << 30, 2 << 30)):
         (group / "memory.max").write_text(f"{limit}\n")
         (group / "memory.swap.max").write_text("0\n")
         (group / "memory.stat").write_text(f"anon {anon}\n")
-    assert resources.available_host_bytes(tmp_path) == 3 << 30
+    assert resources.available_host_bytes(tmp_path) == 2 << 30
     for group in (job, task):
         (group / "memory.max").write_text("9223372036854771712\n")
     assert resources.available_host_bytes(tmp_path) == 50_000_000 * 1024  # MemAvailable's
