@@ -150,7 +150,10 @@ def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
             f"{option} must be integers separated by commas", got=text, fix=f"e.g. {option} 0,100,500"
         ) from None
     if not steps:  # '' or ',' (an unset shell variable, say): --steps would select nothing, so analyse everything
-        fix = ("give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them"
-               if option == "--steps" else f"give the stored steps to analyse again (e.g. {option} 100,500)")
+        # --drop removes stored checkpoints (its fix said "to analyse again", --redo's words)
+        fix = {
+            "--steps": "give the steps to analyse (e.g. --steps 0,100,500), or leave --steps out for all of them",
+            "--drop": "give the stored steps to remove (e.g. --drop 100,500)",
+        }.get(option, f"give the stored steps to analyse again (e.g. {option} 100,500)")
         raise FdlError(f"{option} is an empty list of steps", got=repr(text), fix=fix)
     return steps
