@@ -30,6 +30,7 @@ import pytest
 
 from fdl_cli import fields
 from tests.cli_run import fdl_in_process as fdl
+from tests.test_s24_docs import _layout_levels
 
 REPO = Path(__file__).resolve().parents[1]
 STORE_MD = (REPO / "docs" / "store.md").read_text(encoding="utf-8")
@@ -76,34 +77,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- the layout
-
-
-def _layout_levels() -> dict[str, tuple[set[str], dict[str, str]]]:
-    """store.md's layout block by level ("/", "/probes/<probe>/", "/checkpoints/step_<step>/", "<probe>/<layer>/",
-    "/trajectories/<probe>/<layer>/<field>"): the attribute names and the datasets (name -> dtype) listed there."""
-    block = STORE_MD.split("## Layout", 1)[1].split("```", 2)[1]
-    levels: dict[str, tuple[set[str], dict[str, str]]] = {}
-    level = ""
-    for line in block.splitlines():
-        head = re.match(r"^\s{0,4}(\S*/\S*)\s", line + " ")
-        if head and (head.group(1).startswith("/") or head.group(1).endswith("/")):
-            level = head.group(1)
-            levels[level] = (set(), {})
-        if not level:
-            continue
-        attributes, datasets = levels[level]
-        if "attrs:" in line:
-            part = line.split("attrs:", 1)[1].strip()
-        elif re.match(r"\s{40,}\S", line):  # an attribute list's continuation
-            part = line.strip()
-        else:
-            dataset = re.match(r"\s{4,}([a-z][a-z0-9_]*)\s+\(.*?\)\s+(float32|float64|int64)", line)
-            if dataset:
-                datasets[dataset.group(1)] = dataset.group(2)
-            continue
-        # `name = value`, `name (type ...)`, or names sharing one type: `chance_accuracy, label_entropy (float64 ...)`
-        attributes.update(re.findall(r"(?:^|, )([a-z][a-z0-9_]*)(?=(?:, [a-z][a-z0-9_]*)* (?:=|\())", part))
-    return levels
 
 
 def test_the_layout_is_read_by_level() -> None:
