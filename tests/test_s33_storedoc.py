@@ -150,6 +150,7 @@ def test_attribute_types_shapes_and_orders_are_the_layout_s(store: Path) -> None
     max(top_k, k)), m anchors), eigenvalues descending, eigenvectors signed as docs/measures.md says, NaN = null."""
     prose = " ".join(STORE_MD.split("- The fields are those of `fdl_cli.fields`", 1)[1].split("\n- ", 1)[0].split())
     assert sorted(name for name in fields.INT_FIELDS - {"step"} if f"`{name}`" not in prose) == []
+    assert "each signed so that its largest-|·| entry is positive" in LAYOUT and "descending" in LAYOUT
     with h5py.File(store, "r", locking=False) as opened:
         root = opened.attrs
         assert root["format"] == "fdl-store" and root["schema_version"] == 1
