@@ -115,12 +115,20 @@ def test_the_defaults_usage_md_states_are_the_options_defaults() -> None:
 # ------------------------------------------------------------------------------------------ the store
 
 
-def _layout() -> tuple[set[str], dict[str, str]]:
-    """The attribute names and the datasets (name -> dtype) of store.md's layout block."""
+def _layout_levels() -> dict[str, tuple[set[str], dict[str, str]]]:
+    """store.md's layout block by level ("/", "/probes/<probe>/", "/checkpoints/step_<step>/", "<probe>/<layer>/",
+    "/trajectories/<probe>/<layer>/<field>"): the attribute names and the datasets (name -> dtype) listed there."""
     block = STORE.split("## Layout", 1)[1].split("```", 2)[1]
-    attributes: set[str] = set()
-    datasets: dict[str, str] = {}
+    levels: dict[str, tuple[set[str], dict[str, str]]] = {}
+    level = ""
     for line in block.splitlines():
+        head = re.match(r"^\s{0,4}(\S*/\S*)\s", line + " ")
+        if head and (head.group(1).startswith("/") or head.group(1).endswith("/")):
+            level = head.group(1)
+            levels[level] = (set(), {})
+        if not level:
+            continue
+        attributes, datasets = levels[level]
         if "attrs:" in line:
             part = line.split("attrs:", 1)[1].strip()
         elif re.match(r"\s{40,}\S", line):  # an attribute list's continuation
@@ -130,7 +138,18 @@ def _layout() -> tuple[set[str], dict[str, str]]:
             if dataset:
                 datasets[dataset.group(1)] = dataset.group(2)
             continue
-        attributes.update(re.findall(r"(?:^|, )([a-z][a-z0-9_]*) (?:=|\()", part))
+        # `name = value`, `name (type ...)`, or names sharing one type: `chance_accuracy, label_entropy (float64 ...)`
+        attributes.update(re.findall(r"(?:^|, )([a-z][a-z0-9_]*)(?=(?:, [a-z][a-z0-9_]*)* (?:=|\())", part))
+    return levels
+
+
+def _layout() -> tuple[set[str], dict[str, str]]:
+    """The attribute names and the datasets (name -> dtype) of store.md's layout block, all levels together."""
+    attributes: set[str] = set()
+    datasets: dict[str, str] = {}
+    for names, arrays in _layout_levels().values():
+        attributes |= names
+        datasets |= arrays
     return attributes, datasets
 
 
