@@ -356,10 +356,12 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 #: among them. Matched by the nodes' names, which torch gives as the operation's `...Backward0`; a backend's own
 #: kernel's node is matched by the operation alone (`CudnnConvolution`, `MkldnnRnnLayer`, `MkldnnLinear`), not by the
 #: backend: a BatchNorm on the logits computed by cuDNN (`CudnnBatchNormBackward0`) is walked through on a GPU as on
-#: the CPU, and the same model gets the same default layer on either device.
+#: the CPU, and the same model gets the same default layer on either device. nn.Bilinear's `_trilinear`
+#: (`TrilinearBackward0`) and the sparse products (`SparseAddmmBackward0`, `SparseSampledAddmmBackward0`) apply a
+#: weight too, as a fused addmm and activation would (`_addmm_activation`: no node of its own in this torch).
 WEIGHT_PRODUCT = re.compile(
-    r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|\w*Linear|\w*Conv\w*|"
-    r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
+    r"_?(Mm|Addmm|AddmmActivation|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|"
+    r"Trilinear|Sparse\w*(Mm|Addmm)\w*|\w*Linear|\w*Conv\w*|\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
 
 
 def _next_node_number() -> int | None:

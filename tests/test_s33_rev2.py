@@ -1,0 +1,44 @@
+"""Review of the store's `model_imports` and the default layer's graph walk: the cases where they were wrong (a head
+applying its weight in an operation the walk went through as if it applied none, a damaged `model_imports` that
+turned the check off without a word), and an option of one command given before another's name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.test_s33_rev import _choice
+
+
+class _TwoHeads(nn.Module):
+    """An actor-critic whose 3 policy logits come from `head(h)` at a temperature, the value head run last."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.kind = head
+        self.bilinear = nn.Bilinear(6, 6, 3)
+        self.weight = nn.Parameter(torch.randn(6, 3))
+        self.value = nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        if self.kind == "bilinear":
+            logits = self.bilinear(h, h)
+        else:  # a sparse product (a pruned head stored sparse)
+            logits = torch.sparse.mm(h.to_sparse(), self.weight)
+        self.value(h)
+        return logits / 2.0
+
+
+@pytest.mark.parametrize("head", ["bilinear", "sparse"])
+def test_a_head_that_is_no_linear_is_not_walked_through_to_the_trunk(head: str) -> None:
+    # nn.Bilinear's node (TrilinearBackward0) and the sparse product's (SparseAddmmBackward0) were taken for operations
+    # applying no weight: the walk reached trunk.0 beyond them, and its input, the probe itself, was the features
+    torch.manual_seed(0)
+    label, said = _choice(_TwoHeads(head).eval(), np.zeros((1, 4), np.float32))
+    assert label == "value:input"  # the rule before the walk: the last nn.Linear to run, warned as no source of them
+    assert not any("trunk.0" in text for text in said), said
+    assert any("no source of the model's 3 outputs" in text for text in said), said
