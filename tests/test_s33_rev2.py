@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.cli_run import fdl_in_process
 from tests.test_s33_rev import _choice
 
 
@@ -42,3 +43,14 @@ def test_a_head_that_is_no_linear_is_not_walked_through_to_the_trunk(head: str) 
     assert label == "value:input"  # the rule before the walk: the last nn.Linear to run, warned as no source of them
     assert not any("trunk.0" in text for text in said), said
     assert any("no source of the model's 3 outputs" in text for text in said), said
+
+
+def test_an_option_of_another_command_before_the_command_says_which_takes_it() -> None:
+    done = fdl_in_process("--steps", "1", "report", "store.h5")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said
+    assert "Did you mean '--help'" not in said
+    assert "'--steps' is an option of 'fdl analyze' and 'fdl export', not of 'fdl report' nor of fdl" in said, said
+    done = fdl_in_process("--top-k", "4", "compare", "a.h5", "b.h5")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "'--top-k' is an option of 'fdl analyze', not of 'fdl compare'" in said, said
