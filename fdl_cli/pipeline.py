@@ -3350,6 +3350,11 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
     if ctx.model_imports is None:
         return
     if stored is None:
+        if recorded and ctx.model_imports:  # damaged (the reader warns of it): kept as it is, never refused for
+            ctx.store_notes.append(
+                f"{out}'s model_imports attribute is damaged: an edit of the modules its model file imports "
+                f"({', '.join(ctx.model_imports)}) is not seen; --overwrite (or another --out) records them afresh"
+            )
         if not recorded and ctx.model_imports:
             names = ", ".join(ctx.model_imports)
             ctx.store_notes.append(

@@ -4,12 +4,17 @@ turned the check off without a word), and an option of one command given before 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fdl_cli.store import StoreReader
 from tests.cli_run import fdl_in_process
+from tests.test_s33_imports import LAYERS, _analyze, _helper_run
 from tests.test_s33_rev import _choice
 
 
@@ -54,3 +59,23 @@ def test_an_option_of_another_command_before_the_command_says_which_takes_it() -
     done = fdl_in_process("--top-k", "4", "compare", "a.h5", "b.h5")
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "'--top-k' is an option of 'fdl analyze', not of 'fdl compare'" in said, said
+
+
+def test_a_damaged_model_imports_is_said_not_taken_for_a_store_without_it(tmp_path: Path) -> None:
+    root = _helper_run(tmp_path)
+    assert _analyze(root, "--steps", "0")[0] == 0
+    with h5py.File(root / "run.h5", "r+") as store:
+        store.attrs["model_imports"] = "{not json"
+    with StoreReader(root / "run.h5") as reader:
+        assert reader.model_imports is None and reader.has_model_imports
+        assert any("its model_imports attribute is damaged and was ignored" in text for text in reader.warnings)
+    (root / "mylayers.py").write_text(LAYERS.format("Tanh"))
+    # not refused (the damage may be the attribute's alone), but not in silence either, and the attribute is kept
+    code, said = _analyze(root, "--steps", "0,10")
+    assert code == 0, said
+    assert (
+        f"note: {root / 'run.h5'}'s model_imports attribute is damaged: an edit of the modules its model file "
+        "imports (mylayers) is not seen"
+    ) in said, said
+    with h5py.File(root / "run.h5", "r") as store:
+        assert store.attrs["model_imports"] == "{not json"
