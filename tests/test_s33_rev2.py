@@ -79,3 +79,58 @@ def test_a_damaged_model_imports_is_said_not_taken_for_a_store_without_it(tmp_pa
     ) in said, said
     with h5py.File(root / "run.h5", "r") as store:
         assert store.attrs["model_imports"] == "{not json"
+
+
+class _LinearFunction(torch.autograd.Function):
+    """torch's own example of a custom autograd Function ("Extending torch.autograd"): a linear layer."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return x @ weight.t() + bias
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[None, None, None]:
+        return None, None, None
+
+
+class _CustomLinearPolicy(nn.Module):
+    """A policy head that is no nn.Linear but a layer of the custom Function above, at a temperature; the value head
+    runs last. A learned scale given to a Function (`_Scaled`) applies no weight."""
+
+    def __init__(self, scaled: bool = False) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh())
+        self.weight = nn.Parameter(torch.randn(3, 6))
+        self.bias = nn.Parameter(torch.zeros(3))
+        self.scale = nn.Parameter(torch.ones(3))
+        self.policy = nn.Linear(6, 3)
+        self.value = nn.Linear(6, 1)
+        self.scaled = scaled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        logits = (
+            _Scaled.apply(self.policy(h), self.scale) if self.scaled else _LinearFunction.apply(h, self.weight, self.bias)
+        )
+        self.value(h)
+        return logits / 2.0
+
+
+class _Scaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def test_a_custom_function_given_a_weight_matrix_is_a_weight_product() -> None:
+    # walked through as if it applied none, to trunk.2: the trunk's inner features were taken, with a note saying the
+    # outputs are computed from trunk.2's output
+    torch.manual_seed(0)
+    label, said = _choice(_CustomLinearPolicy().eval(), np.zeros((1, 4), np.float32))
+    assert label == "value:input" and not any("trunk.2" in text for text in said), said
+    label, said = _choice(_CustomLinearPolicy(scaled=True).eval(), np.zeros((1, 4), np.float32))
+    assert label == "policy:input", said
