@@ -3358,7 +3358,7 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
         if not recorded and ctx.model_imports:
             names = ", ".join(ctx.model_imports)
             ctx.store_notes.append(
-                f"{out} holds no record of the modules its model file imports (an earlier fdl kept none): their "
+                f"{out} holds no record of the modules its model file imports: their "
                 f"sha256 ({names}) is recorded now, and an edit of them is refused from the next resume on; the "
                 "checkpoints stored so far were not checked against them"
             )
