@@ -415,13 +415,15 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
         skipped.add(at + 1)
     named = next((group.commands[arg] for i, arg in enumerate(args) if arg in group.commands and i not in skipped),
                  None)
-    if named is None:  # no command (`fdl --json`): click suggested --version; those that take it, aliases left out
-        owners = [name for name, command in sorted(group.commands.items()) if takes(command) and name not in _ALIAS_OF]
-    else:
-        owners = [named.name] if takes(named) and named.name else []
+    # those that take it, aliases left out
+    owners = [name for name, command in sorted(group.commands.items()) if takes(command) and name not in _ALIAS_OF]
+    if named is not None and not takes(named):  # `fdl --steps 1 report`: click's "Did you mean '--help'?" alone
+        return _not_of(named, option, _listed(owners), len(owners), ctx) if owners else None
+    if named is not None:
+        owners = [named.name] if named.name else []
     if not owners:
         return None
-    listed = " and ".join(", ".join(f"'fdl {name}'" for name in owners).rsplit(", ", 1))
+    listed = _listed(owners)
     if value is not None:
         option_given = f"{option} {shlex.quote(value)}"
     else:  # given with no value (`fdl --format report run.h5`): the example says what the value is
@@ -432,6 +434,18 @@ def _misplaced(group: click.Group, ctx: click.Context, args: list[str], option: 
     return click.UsageError(f"{option!r} is an option of {listed}, not of fdl: give it after "
                             f"{'the command' if len(owners) == 1 else 'one of them'}, as in "
                             f"'fdl {owners[0]} ... {option_given}'", ctx=ctx)
+
+
+def _listed(owners: Sequence[str]) -> str:
+    """"'fdl analyze', 'fdl report' and 'fdl export'": the commands `owners`, as a message names them."""
+    return " and ".join(", ".join(f"'fdl {name}'" for name in owners).rsplit(", ", 1))
+
+
+def _not_of(named: click.Command, option: str, listed: str, count: int, ctx: click.Context) -> click.UsageError:
+    """`option`, given before the command `named`'s name, is an option of the `count` commands `listed`, not of it."""
+    return click.UsageError(f"{option!r} is an option of {listed}, not of 'fdl {named.name}' nor of fdl: leave it out, "
+                            f"or run {'that command' if count == 1 else 'one of them'} with it ("
+                            f"'fdl {named.name} --help' lists the options of 'fdl {named.name}')", ctx=ctx)
 
 
 def _value_placeholder(param: click.Parameter) -> str:

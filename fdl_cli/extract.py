@@ -343,7 +343,7 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
             found.add(linear_of[node])
         elif isinstance(node, torch.autograd.function.BackwardCFunction) and _inside(node, hidden):
             return None  # which nn.Linear inside the Function the outputs are computed from is not known
-        elif not WEIGHT_PRODUCT.fullmatch(node.name()):
+        elif not WEIGHT_PRODUCT.fullmatch(node.name()) and not _given_a_weight(node):
             stack.extend(parent for parent, _index in node.next_functions)
     return frozenset(found) if seen else None
 
@@ -356,10 +356,12 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 #: among them. Matched by the nodes' names, which torch gives as the operation's `...Backward0`; a backend's own
 #: kernel's node is matched by the operation alone (`CudnnConvolution`, `MkldnnRnnLayer`, `MkldnnLinear`), not by the
 #: backend: a BatchNorm on the logits computed by cuDNN (`CudnnBatchNormBackward0`) is walked through on a GPU as on
-#: the CPU, and the same model gets the same default layer on either device.
+#: the CPU, and the same model gets the same default layer on either device. nn.Bilinear's `_trilinear`
+#: (`TrilinearBackward0`) and the sparse products (`SparseAddmmBackward0`, `SparseSampledAddmmBackward0`) apply a
+#: weight too, as a fused addmm and activation would (`_addmm_activation`: no node of its own in this torch).
 WEIGHT_PRODUCT = re.compile(
-    r"_?(Mm|Addmm|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|\w*Linear|\w*Conv\w*|"
-    r"\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
+    r"_?(Mm|Addmm|AddmmActivation|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|"
+    r"Trilinear|Sparse\w*(Mm|Addmm)\w*|\w*Linear|\w*Conv\w*|\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
 
 
 def _next_node_number() -> int | None:
@@ -376,6 +378,22 @@ def _inside(node: Any, hidden: Sequence[int | None]) -> bool:
     every one where torch gives no number."""
     after = int(node._sequence_nr()) + 1
     return any(number is None or number == after for number in hidden)
+
+
+def _given_a_weight(node: Any) -> bool:
+    """Whether `node` is a custom autograd Function's given a learned matrix (a parameter of two or more dimensions,
+    as it is or through one view of it, `weight.t()`): it applies a weight of its own as `WEIGHT_PRODUCT`'s do (torch's
+    own example Function, `LinearFunction.apply(x, self.weight, self.bias)`), whatever its name. A learned scale or
+    bias (one dimension) is no weight: a Function applying one is walked through."""
+    if not isinstance(node, torch.autograd.function.BackwardCFunction):
+        return False
+    leaves = []
+    for parent, _index in node.next_functions:
+        leaves.append(parent)
+        if parent is not None and len(parent.next_functions) == 1:
+            leaves.append(parent.next_functions[0][0])
+    return any(isinstance(variable := getattr(leaf, "variable", None), nn.Parameter) and variable.dim() >= 2
+               for leaf in leaves)
 
 
 def _dropped(_saved: torch.Tensor) -> None:

@@ -3378,15 +3378,21 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
     if code is None:
         return
     if stored is None:
-        if not recorded and code:
-            kinds = [
-                ("the modules its model file imports", ctx.model_imports),
-                ("the modules of its pickled model's code", ctx.pickled_code),
-            ]
+        kinds = [
+            ("the modules its model file imports", ctx.model_imports),
+            ("the modules of its pickled model's code", ctx.pickled_code),
+        ]
+        held = " and ".join(kind for kind, modules in kinds if modules)
+        if recorded and code:  # damaged (the reader warns of it): kept as it is, never refused for
             ctx.store_notes.append(
-                f"{out} holds no record of {' and '.join(kind for kind, held in kinds if held)} (an earlier fdl kept "
-                f"none): their sha256 ({', '.join(sorted(code))}) is recorded now, and an edit of them is refused from "
-                "the next resume on; the checkpoints stored so far were not checked against them"
+                f"{out}'s model_imports attribute is damaged: an edit of {held} ({', '.join(sorted(code))}) is not "
+                "seen; --overwrite (or another --out) records them afresh"
+            )
+        if not recorded and code:
+            ctx.store_notes.append(
+                f"{out} holds no record of {held}: their sha256 ({', '.join(sorted(code))}) is recorded now, and an "
+                "edit of them is refused from the next resume on; the checkpoints stored so far were not checked "
+                "against them"
             )
         return
     changed = [

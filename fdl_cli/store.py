@@ -863,6 +863,10 @@ class StoreReader:
         self._pending_text = _as_str(attrs["pending_series"]) if "pending_series" in attrs else None
         self.has_model_imports = "model_imports" in attrs
         self.model_imports = _model_imports_attribute(attrs)
+        if self.has_model_imports and self.model_imports is None:
+            self.warnings.append(f"{self._path}: its model_imports attribute is damaged and was ignored (not a JSON "
+                                 "object of module -> sha256); an edit of the modules its model file imports is not "
+                                 "seen by a resume")
 
     #: module -> sha256 of the modules of the model's folder that its code imported (the root attribute
     #: `model_imports`, docs/store.md); None where the store does not record them (written before fdl did, or

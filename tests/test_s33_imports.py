@@ -95,8 +95,8 @@ def test_a_store_written_before_they_were_recorded_resumes_and_records_them(tmp_
     code, said = _analyze(root)
     assert code == 0, said
     assert (
-        f"note: {root / 'run.h5'} holds no record of the modules its model file imports (an earlier fdl kept none): "
-        "their sha256 (mylayers) is recorded now"
+        f"note: {root / 'run.h5'} holds no record of the modules its model file imports: their "
+        "sha256 (mylayers) is recorded now"
     ) in said
     with StoreReader(root / "run.h5") as reader:
         assert reader.steps() == [0, 10, 20] and reader.model_imports == {"mylayers": _sha(root / "mylayers.py")}

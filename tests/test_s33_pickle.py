@@ -106,9 +106,9 @@ def test_a_store_without_the_record_resumes_with_a_note_and_records_it(pickled_r
     code, said = _analyze(root, "run", "run.h5")
     assert code == 0, said
     assert (
-        f"note: {root / 'run.h5'} holds no record of the modules of its pickled model's code (an earlier fdl kept "
-        "none): their sha256 (s33pk_layers, s33pk_netdef) is recorded now, and an edit of them is refused from the next "
-        "resume on; the checkpoints stored so far were not checked against them"
+        f"note: {root / 'run.h5'} holds no record of the modules of its pickled model's code: their sha256 "
+        "(s33pk_layers, s33pk_netdef) is recorded now, and an edit of them is refused from the next resume on; the "
+        "checkpoints stored so far were not checked against them"
     ) in said
     with StoreReader(root / "run.h5") as reader:
         assert reader.steps() == [0, 10, 20]
