@@ -2069,12 +2069,14 @@ def _check_memory(
     reference: CheckpointRef,
     failure: ResourceError | None = None,
 ) -> None:
-    """Refuse, before any checkpoint is analysed, a run whose float64 statistics and anchors alone
-    (`resources.run_needs`, a lower bound) do not fit in the memory available; warn when they take most
-    of it. A layer of 60 000 features failed at its first batch with the allocator's traceback.
+    """Refuse, before any checkpoint is analysed, a run whose float64 statistics, their decomposition and
+    the anchors alone (`resources.run_needs`: what is alive together at a checkpoint's peak, a lower bound)
+    do not fit in the memory available; warn when they take most of it. A layer of 60 000 features failed at
+    its first batch with the allocator's traceback.
 
     Counted for what this process analyses: nothing when every checkpoint is stored already (a run with
-    nothing to do needs nothing), one copy of the anchors when the reference is all it analyses, its
+    nothing to do needs nothing), one copy of the anchors when the reference is all it analyses, three when
+    a checkpoint it analyses is compared with a previous one other than the reference (or --watch), its
     slice of the probe and no anchors on a rank that only contributes one (--shard-probe). Under torchrun
     every rank stops when one is refused (alone, it left the others in a collective), or ran out of
     memory before (`failure`: reading the reference, its first sample)."""
@@ -2089,10 +2091,15 @@ def _check_memory(
     todo = [ref.step for ref in refs if ref.step not in stored or ref.step in ctx.redo]
     mine = distributed.block(todo, world) if spread and not sharded else todo
     error: ResourceError | None = failure
+    # a checkpoint whose previous is not the reference holds that one's anchors too (`_previous_series`)
+    order = [ref.step for ref in refs]  # `_previous_step` walks them in this order
+    before = dict(zip(order[1:], order, strict=False))
+    third = options.watch or any(before.get(step, reference.step) != reference.step for step in mine)
     if failure is None and (mine or options.watch):
         error = _memory_shortfall(ctx, passes, sharded=sharded, copies=(
             0 if sharded and not world.writes
             else 1 if not options.watch and mine == [reference.step] and not stored & {ref.step for ref in refs}
+            else 3 if third
             else 2
         ))
     if spread:
@@ -2136,7 +2143,7 @@ def _memory_shortfall(
     series = [resources.Pass(probe, widths, n, m, (lambda span: span[1] - span[0])(block_bounds(n, ctx.world))
                              if sharded else None, ctx.n_outputs, tasks.get(probe, "none"))
               for probe, widths, n, m in passes]
-    needs = resources.run_needs(series, gpu=gpu, anchor_copies=copies)
+    needs = resources.run_needs(series, gpu=gpu, anchor_copies=copies, uncentered=not ctx.options.center)
     host = resources.available_host_bytes()
     device = None
     if gpu:
@@ -2169,7 +2176,7 @@ def _memory_shortfall(
             f"this machine has {size(available or 0)} of memory available"
         return ResourceError(
             f"this analysis needs at least {size(needed)} of {'GPU ' if on_device else ''}memory for its float64 "
-            f"statistics and anchors alone, and {where}",
+            f"statistics, their decomposition and the anchors alone, and {where}",
             got=listed or None,
             fix=fix + ("; or --device cpu" if on_device else ""),
         )
@@ -2177,9 +2184,9 @@ def _memory_shortfall(
         total = sum(need.bytes for need in needs if device is None or not need.on_device)
         if total > resources.WARN_SHARE * host:
             ctx.reporter.warn(
-                f"this analysis needs at least {size(total)} of memory for its float64 statistics and anchors "
-                f"alone, {100 * total / host:.0f} % of the {size(host)} available: the model and other programs "
-                f"need some too{f' ({listed})' if listed else ''}; if it runs out, {fix}"
+                f"this analysis needs at least {size(total)} of memory for its float64 statistics, their "
+                f"decomposition and the anchors alone, {100 * total / host:.0f} % of the {size(host)} available: the "
+                f"model and other programs need some too{f' ({listed})' if listed else ''}; if it runs out, {fix}"
             )
     return None
 

@@ -3,10 +3,11 @@
 `fdl analyze` checks, once the layers' widths are known and before any checkpoint is read, that the
 memory the analysis cannot do without fits in what the machine (or the GPU) has free: a layer of
 60 000 features needs a 60 000² float64 second moment, 28.8 GB, and failed at the first batch with
-torch's allocator traceback. The estimate is a lower bound (the arrays named below, nothing else), so
-a refusal is certain to be right; a run that passes can still need more (the model, the batch, the
-eigen-decomposition's workspace), and an allocation that fails mid-run is explained by
-`out_of_memory` instead of a traceback. No torch here: the pipeline passes the GPU's free memory in.
+torch's allocator traceback. The estimate counts the float64 arrays alive together at a checkpoint's
+peak (named below, nothing else), so a refusal is certain to be right; a run that passes can still need
+more (the model, the batch, the allocator's unreturned free memory, arrays whose size depends on the
+rank found), and an allocation that fails mid-run is explained by `out_of_memory` instead of a traceback.
+No torch here: the pipeline passes the GPU's free memory in.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class Need:
     #: one probe pass's statistics (passes run one after another: only the largest counts); False: anchors,
     #: which stay for the whole run
     statistics: bool = True
+    #: "decomposition": one layer's eigen-decomposition, made and let go a layer at a time (only a pass's
+    #: largest counts); "copy": this checkpoint's float64 anchor copy, made after its decomposition (a pass
+    #: counts the larger of its largest decomposition and its copies: `run_needs`); "": held through the pass
+    transient: str = ""
 
 
 class Pass(NamedTuple):
@@ -61,21 +66,35 @@ class Pass(NamedTuple):
     task: str = "none"
 
 
+def syevd_workspace(size: int) -> int:
+    """The float64 values of LAPACK's syevd workspace for the eigenvalues and eigenvectors of a size×size
+    matrix (`eigh`: 1 + 6·size + 2·size², its LWORK; the 3 + 5·size integers of IWORK beside it are left out)."""
+    return 1 + 6 * size + 2 * size * size
+
+
 def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = False, n_here: int | None = None,
-                anchor_copies: int = 2, outputs: int = 0, task: str = "none") -> list[Need]:
+                anchor_copies: int = 2, outputs: int = 0, task: str = "none", uncentered: bool = False) -> list[Need]:
     """The float64 arrays one layer of width p needs on a probe of n inputs with m anchors, each counted
-    where and when it exists (extract.py, moments.py, spectral.py):
+    where and when it exists (extract.py, moments.py, spectral.py, pipeline.py):
 
     p ≤ n: the (p+1)×(p+1) sums of [φ 1][φ 1]ᵀ and their p×p copy taken at the last anchor (CKA's
-    anchor moment), side by side where the statistics are taken (the GPU with `gpu`).
+    anchor moment), side by side where the statistics are taken (the GPU with `gpu`; on the host, their
+    copies for the measures too); then, on the host, the decomposition: the symmetrized p×p matrix that
+    `eigh` takes, its eigenvectors and LAPACK syevd's workspace (`syevd_workspace`), and for the `uncentered`
+    spectrum the copy of the sums about 0 it is taken from (`Moments.unshifted`: made when some feature's
+    mean lies SHIFT_RATIO standard deviations from 0, as in nearly every wide layer).
     p > n (the n×n Gram route, docs/measures.md): on a GPU, the n×p features kept there and their
-    concatenation (n_here×p each: this process's slice of the probe under --shard-probe), then on the
-    host a copy of all n×p, the n×n Gram and its eigenvectors; on the CPU, the n×p features and the
-    n×n Gram and its eigenvectors, side by side while it is decomposed.
-    And the anchors' m×p features in float64, `anchor_copies` of them: this checkpoint's and the
-    reference's (2), one in a run whose only checkpoint is the reference, none on a rank that only
-    contributes a probe slice; for p ≤ m each row padded by ANCHOR_ROW_PAD values, as they are
-    allocated (m×(p + 8)). A third copy (the previous checkpoint's) is not counted.
+    concatenation (n_here×p each: this process's slice of the probe under --shard-probe), and on the host
+    a copy of all n×p; on the CPU, the n×p features; then, on the host, the decomposition: the centered
+    n×p features the Gram is formed from, the n×n Gram, its eigenvectors and syevd's workspace.
+    A decomposition is made and let go a layer at a time (`Need.transient`). Not counted: the eigenvectors
+    of the features (p × the rank found, and the copies `fix_signs` makes of them), CKA's p×p cross product,
+    the GPU's own workspace.
+    And the anchors' m×p features (`anchor_copies`: 0 on a rank that only contributes a probe slice):
+    this checkpoint's as the model gave them (float32) and their float64 copy, made after the
+    decomposition (`Need.transient`), with CKA's m×m Gram of them for p > m (kept with them); with 2
+    copies also the reference's float64 anchors, with 3 the previous checkpoint's too, kept for the whole
+    run. For p ≤ m each float64 row is padded by ANCHOR_ROW_PAD values, as they are allocated (m×(p + 8)).
     And, whatever p, the C `outputs`' own sums (moments.py), which a model of many outputs (a language
     model's vocabulary: C = 32 000 is 8.2 GB a C×C float64 array) makes the largest: where the statistics
     are taken, the (w+1)² products of [Ŷ Y 1] (w = C, or 2C with regression targets) and, with class
@@ -85,23 +104,30 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     every layer's accumulator still holds its sums, and the pipeline measures them from that one dict."""
     where = f"{probe}/{label}"
     here = n if n_here is None else n_here
-    if p > n and gpu:
+    if p > n:
         needs = [
             Need(f"{where}: the n×p features of the Gram route kept on the GPU and their concatenation "
                  f"(n = {here:,}, p = {p:,})", 2 * FLOAT64 * here * p, True),
-            Need(f"{where}: the n×p features on the host, the n×n Gram and its eigenvectors (n = {n:,})",
-                 FLOAT64 * (n * p + 2 * n * n), False),
-        ]
-    elif p > n:
-        needs = [
+            Need(f"{where}: the n×p features on the host (n = {n:,}, p = {p:,})", FLOAT64 * n * p, False),
+        ] if gpu else [
             Need(f"{where}: the n×p features of the Gram route (n = {n:,}, p = {p:,})", FLOAT64 * n * p, True),
-            Need(f"{where}: the n×n Gram and its eigenvectors", 2 * FLOAT64 * n * n, True),
         ]
+        needs.append(Need(f"{where}: the decomposition of the n×n Gram: the centered n×p features, the Gram, its "
+                          f"eigenvectors and LAPACK's workspace (n = {n:,})",
+                          FLOAT64 * (n * p + 2 * n * n + syevd_workspace(n)), False, transient="decomposition"))
     else:
         needs = [
             Need(f"{where}: the p×p second moment and its copy over the anchors (p = {p:,})",
                  FLOAT64 * ((p + 1) ** 2 + p * p), True),
         ]
+        if gpu:
+            needs.append(Need(f"{where}: the host copies of the p×p second moment and of its copy over the anchors",
+                              2 * FLOAT64 * p * p, False))
+        raw = " and the sums about 0 it is taken from" if uncentered else ""
+        needs.append(Need(f"{where}: the decomposition of the p×p second moment: its symmetrized copy{raw}, its "
+                          f"eigenvectors and LAPACK's workspace (p = {p:,})",
+                          FLOAT64 * ((3 if uncentered else 2) * p * p + syevd_workspace(p)), False,
+                          transient="decomposition"))
     if outputs:
         width = outputs * (2 if task == "regression" else 1)
         sums = (width + 1) ** 2 + (outputs * (outputs + 1) if task == "classes" else 0)
@@ -114,25 +140,50 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
                  FLOAT64 * outputs * outputs * (1 if task == "none" else 3), False),
         ]
     if anchor_copies:
-        whose = {1: "this checkpoint's", 2: "this checkpoint's and the reference's"}.get(anchor_copies, "")
         row = p + ANCHOR_ROW_PAD if p <= m else p  # as `pipeline._float64_copy` allocates them
-        needs.append(Need(f"{where}: the anchors' features, {whose} (m = {m:,})",
-                          anchor_copies * FLOAT64 * m * row, False, statistics=False))
+        gram = m * m if p > m else 0  # `pipeline._Series.kernel`, cached with the anchors
+        with_gram = " and CKA's m×m Gram of them" if gram else ""
+        needs += [
+            Need(f"{where}: this checkpoint's anchor features as the model gave them (m = {m:,}, float32)",
+                 4 * m * p, False),
+            Need(f"{where}: this checkpoint's float64 copy of its anchors{with_gram} (m = {m:,})",
+                 FLOAT64 * (m * row + gram), False, transient="copy"),
+        ]
+        kept = min(anchor_copies, 3) - 1
+        if kept:
+            whose = "the reference's" if kept == 1 else "the reference's and the previous checkpoint's"
+            needs.append(Need(f"{where}: the float64 anchors{with_gram}, {whose} (m = {m:,})",
+                              kept * FLOAT64 * (m * row + gram), False, statistics=False))
     return needs
 
 
-def run_needs(series: Sequence[Pass | tuple[Any, ...]], *, gpu: bool = False, anchor_copies: int = 2) -> list[Need]:
+def _at_the_peak(needs: Sequence[Need]) -> list[Need]:
+    """The needs of one pass alive together: what the pass holds, and the larger of its largest layer's
+    decomposition and this checkpoint's float64 anchor copies (made once the decompositions are let go)."""
+    held = [need for need in needs if need.statistics and not need.transient]
+    decompositions = [need for need in needs if need.transient == "decomposition"]
+    copies = [need for need in needs if need.transient == "copy"]
+    largest = [max(decompositions, key=lambda need: need.bytes)] if decompositions else []
+    later = copies if sum(need.bytes for need in copies) > sum(need.bytes for need in largest) else largest
+    return held + later
+
+
+def run_needs(series: Sequence[Pass | tuple[Any, ...]], *, gpu: bool = False, anchor_copies: int = 2,
+              uncentered: bool = False) -> list[Need]:
     """The needs of a run: `series` holds a `Pass` (probe, {layer: p}, n, m[, n_here]) for each probe. The
     probes are passed over one after another, so only the largest pass's statistics count (on the GPU
-    and on the host each); every series' anchors stay."""
+    and on the host each), with one decomposition at a time (`_at_the_peak`); every series' anchors of
+    the reference (and of the previous checkpoint: `anchor_copies` = 3) stay."""
     passes = [[need for label, p in entry.widths.items()
                for need in layer_needs(label, p, entry.n, entry.m, probe=entry.probe, gpu=gpu, n_here=entry.n_here,
-                                       anchor_copies=anchor_copies, outputs=entry.outputs, task=entry.task)]
+                                       anchor_copies=anchor_copies, outputs=entry.outputs, task=entry.task,
+                                       uncentered=uncentered)]
               for entry in (Pass(*item) for item in series)]
     anchors = [need for needs in passes for need in needs if not need.statistics]
+    peaks = [_at_the_peak(needs) for needs in passes]
 
     def largest(on_device: bool) -> list[Need]:
-        chosen = [[need for need in needs if need.statistics and need.on_device == on_device] for needs in passes]
+        chosen = [[need for need in needs if need.on_device == on_device] for needs in peaks]
         return max(chosen, key=lambda needs: sum(need.bytes for need in needs), default=[])
 
     return [*largest(True), *largest(False), *anchors]

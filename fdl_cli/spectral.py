@@ -773,6 +773,13 @@ def _performance(moments: Moments) -> dict[str, float | None]:
     return result
 
 
+def _top_columns(vectors: np.ndarray, k: int) -> np.ndarray:
+    """The first k columns of `vectors`, a copy when fewer than all: a view kept all p × rank eigenvectors
+    alive in the store writer's buffer until the entry was committed, one p×p float64 more at the next
+    checkpoint's peak (docs/benchmarks.md, "The memory estimate against the peak")."""
+    return vectors if k >= vectors.shape[1] else vectors[:, :k].copy(order="K")
+
+
 def measure(
     moments: Moments,
     *,
@@ -827,7 +834,7 @@ def measure(
     scalars.update(_performance(moments))
     return CheckpointMeasures(
         spectrum=spectrum,
-        eigenvectors=spectrum.eigenvectors[:, : min(top_k, spectrum.rank)],
+        eigenvectors=_top_columns(spectrum.eigenvectors, top_k),
         quality=quality,
         utility=utility,
         pi_star=pi_star,

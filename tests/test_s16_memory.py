@@ -131,11 +131,15 @@ def test_what_is_available_is_read_from_meminfo_and_the_cgroup(tmp_path: Path) -
 def test_needs_count_the_largest_pass_and_every_series_anchors() -> None:
     needs = resources.run_needs([("train", {"a": 100, "b": 2000}, 1000, 512), ("test", {"a": 100, "b": 2000}, 500, 500)])
     on_device = sum(need.bytes for need in needs if need.on_device)
-    # train: a (moments) 8·(101² + 100²), b (Gram route, p > n) 8·(1000·2000 + 2·1000²); test: smaller
-    assert on_device == 8 * (101**2 + 100**2) + 8 * (1000 * 2000 + 2 * 1000**2)
+    # train: a (moments) 8·(101² + 100²), b (Gram route, p > n) the n×p features 8·1000·2000; test: smaller
+    assert on_device == 8 * (101**2 + 100**2) + 8 * (1000 * 2000)
     anchors = sum(need.bytes for need in needs if not need.on_device)
-    # rows of p ≤ m padded by ANCHOR_ROW_PAD = 8 values, as the anchors are allocated; p > m not padded
-    assert anchors == 16 * (512 * (100 + 8) + 512 * 2000 + 500 * (100 + 8) + 500 * 2000)
+    # on the host, the train pass: the largest decomposition (b's n×n Gram: the centered n×p features, the Gram,
+    # its eigenvectors, syevd's 1 + 6n + 2n² workspace), larger than this checkpoint's float64 anchor copies; its
+    # float32 anchors; then every series' reference anchors, rows of p ≤ m padded by ANCHOR_ROW_PAD = 8 values
+    # as they are allocated, p > m with CKA's m×m Gram of them
+    assert anchors == (8 * (1000 * 2000 + 2 * 1000**2 + 1 + 6 * 1000 + 2 * 1000**2) + 4 * 512 * (100 + 2000)
+                       + 8 * (512 * (100 + 8) + 512 * 2000 + 512**2 + 500 * (100 + 8) + 500 * 2000 + 500**2))
     assert resources.shortfall(needs, host=on_device + anchors, device=None) is None
     assert resources.shortfall(needs, host=on_device + anchors - 1, device=None) == (False, on_device + anchors,
                                                                                       on_device + anchors - 1)
@@ -157,9 +161,11 @@ def test_most_of_the_memory_taken_is_a_warning(tmp_path: Path, monkeypatch: pyte
     main(["analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(probe),
           "-o", str(tmp_path / "run.h5"), "--steps", "0,10"])
     err = capsys.readouterr().err
-    # 8·(9² + 8²) of sums, two 300×(8 + 8) float64 anchor copies (rows padded: ANCHOR_ROW_PAD), and the
-    # outputs' 8·(4² + 3·4) sums and 8·3·3² copies (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ)
-    assert "warning: this analysis needs at least 78.4 kB of memory" in err and "80 % of the 98.0 kB available" in err
+    # 8·(9² + 8²) of sums, the 300×8 float32 anchors, two 300×(8 + 8) float64 anchor copies (rows padded:
+    # ANCHOR_ROW_PAD; this checkpoint's larger than the 8·(2·8² + 1 + 6·8 + 2·8²) of its decomposition), and
+    # the outputs' 8·(4² + 3·4) sums and 8·3·3² copies (Σŷŷᵀ, Σŷyᵀ, Σyyᵀ)
+    assert need == 8 * (9**2 + 8**2) + 4 * 300 * 8 + 2 * 8 * 300 * (8 + 8) + 8 * (4**2 + 3 * 4) + 8 * 3 * 3**2
+    assert "warning: this analysis needs at least 88.0 kB of memory" in err and "80 % of the 110 kB available" in err
     assert "too; if it runs out" in err  # no empty list of the arrays over 1 MB
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0, 10]

@@ -33,9 +33,10 @@ def _analyze(tmp_path: Path, ckpts: Path, probe: Path, *extra: str) -> int:
 
 
 # The Expand layer of tests/test_s16_memory.py's model with copies = 4: p = 64 features on n = 300 inputs,
-# m = 300 anchors. Its float64 statistics (the sums and their copy over the anchors) and one anchor copy
-# (its rows padded by ANCHOR_ROW_PAD = 8 values, as it is allocated):
-STATISTICS = 8 * (65**2 + 64**2)
+# m = 300 anchors. Its float64 statistics (the sums and their copy over the anchors), its float32 anchors and
+# one float64 anchor copy (its rows padded by ANCHOR_ROW_PAD = 8 values, as it is allocated; larger than the
+# 8·(2·64² + 1 + 6·64 + 2·64²) of the decomposition):
+STATISTICS = 8 * (65**2 + 64**2) + 4 * 300 * 64
 ANCHORS = 8 * 300 * (64 + 8)
 
 
@@ -53,7 +54,7 @@ def test_a_run_of_one_checkpoint_counts_one_copy_of_the_anchors(
     # a second checkpoint compared with the reference holds both copies: still refused, the store as it was
     assert _analyze(tmp_path, ckpts, probe, "--steps", "0,10", "--overwrite") == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: this analysis needs at least 413 kB of memory"), err
+    assert err.startswith("error: this analysis needs at least 489 kB of memory"), err
     with StoreReader(tmp_path / "run.h5") as reader:
         assert reader.steps() == [0]
 
@@ -80,7 +81,7 @@ def test_a_run_with_nothing_left_to_analyse_is_not_refused(
 
 def _context(device: str, **options: Any) -> Any:
     warnings: list[str] = []
-    settings = {"resume": True, "watch": False, "shard_probe": False, "anchor_size": 4096, **options}
+    settings = {"resume": True, "watch": False, "shard_probe": False, "anchor_size": 4096, "center": False, **options}
     return SimpleNamespace(
         options=SimpleNamespace(**settings), device=torch.device(device), world=None, redo=set(), probes=[], n_outputs=0,
         reporter=SimpleNamespace(warn=warnings.append), warnings=warnings,
@@ -110,7 +111,9 @@ def test_on_a_gpu_the_gram_route_counts_on_the_gpu_only_what_is_there(
 
     n, p = 10_000, 12_000
     on_gpu = 2 * 8 * n * p + 2 * 4 * 4096 * p  # the kept features and their concatenation; the float32 anchors
-    on_host = 8 * n * p + 16 * n * n + 2 * 8 * 4096 * p  # host copy, Gram, eigenvectors; two anchor copies
+    # host copy; the decomposition: the centered features, the Gram, its eigenvectors, syevd's workspace; this
+    # checkpoint's float32 anchors, the reference's float64 ones and CKA's m×m Gram of them
+    on_host = 8 * n * p + 8 * (n * p + 2 * n * n + 1 + 6 * n + 2 * n * n) + 4 * 4096 * p + 8 * (4096 * p + 4096**2)
     _no_cache(monkeypatch)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (on_gpu, 10 * on_gpu))
     monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: on_host)
@@ -137,10 +140,15 @@ def test_a_gpu_whose_free_memory_cannot_be_read_does_not_put_its_statistics_in_h
     def unknown(device: Any = None) -> tuple[int, int]:
         raise RuntimeError("CUDA driver initialization failed")
 
-    p = 20_000  # 6.4 GB of sums on the GPU; the host has 1 GB, enough for the 0.3 GB of anchors
+    # 6.4 GB of sums on the GPU; the host holds their 6.4 GB of copies, the 16 GB decomposition and the anchors:
+    # with 34 GB available that is under the warning's 70 %, which the GPU's sums counted there would pass
+    p = 20_000
+    needs = resources.run_needs([("probe", {"wide": p}, 100_000, 1000)], gpu=True, uncentered=True)
+    host = sum(need.bytes for need in needs if not need.on_device)
+    assert host < 0.7 * 34e9 < host + 6.4e9
     _no_cache(monkeypatch)
     monkeypatch.setattr(torch.cuda, "mem_get_info", unknown)
-    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 10**9)
+    monkeypatch.setattr(resources, "available_host_bytes", lambda root=None: 34 * 10**9)
     refs = _refs(tmp_path)
     ctx = _context("cuda", anchor_size=1000)
     _check_memory(ctx, [("probe", {"wide": p}, 100_000, 1000)], refs=refs, out=tmp_path / "run.h5",

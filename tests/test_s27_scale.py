@@ -63,7 +63,7 @@ def test_the_outputs_needs_are_counted_per_layer_with_class_sums() -> None:
     classes = resources.layer_needs("head", 4, 40, 40, probe="probe", anchor_copies=0, outputs=600, task="classes")
     regression = resources.layer_needs("head", 4, 40, 40, probe="probe", anchor_copies=0, outputs=600,
                                        task="regression")
-    layer = 8 * (5**2 + 4**2)
+    layer = 8 * (5**2 + 4**2) + 8 * (2 * 4**2 + 1 + 6 * 4 + 2 * 4**2)  # the sums; the decomposition (p = 4)
     # the (w+1)² products of [Ŷ | Y] (w = C, or 2C with regression targets), the host copies of Σŷŷᵀ (and with
     # targets of Σŷyᵀ and Σyyᵀ: tests/test_s27_outputs.py measures them)
     assert sum(need.bytes for need in plain) == layer + 8 * (601**2 + 600**2)
