@@ -165,20 +165,26 @@ def test_sizes_are_said_in_the_largest_unit_they_reach_with_a_decimal_below_100(
 
 
 def test_the_anchors_needs_name_whose_copies_they_count() -> None:
-    def anchors(copies: int) -> resources.Need:
+    def kept(copies: int) -> resources.Need:
         return resources.layer_needs("fc", 8, 100, 50, probe="test", anchor_copies=copies)[-1]
 
-    assert anchors(1).what == "test/fc: the anchors' features, this checkpoint's (m = 50)"
-    assert anchors(2).what == "test/fc: the anchors' features, this checkpoint's and the reference's (m = 50)"
-    assert (anchors(1).bytes, anchors(2).bytes) == (8 * 50 * 16, 2 * 8 * 50 * 16)
+    assert resources.layer_needs("fc", 8, 100, 50, probe="test", anchor_copies=1)[-1].what == (
+        "test/fc: this checkpoint's float64 copy of its anchors (m = 50)"
+    )
+    assert kept(2).what == "test/fc: the float64 anchors, the reference's (m = 50)"
+    assert kept(3).what == "test/fc: the float64 anchors, the reference's and the previous checkpoint's (m = 50)"
+    assert (kept(2).bytes, kept(3).bytes) == (8 * 50 * 16, 2 * 8 * 50 * 16)  # rows padded to p + 8 = 16 (p ≤ m)
 
 
 def test_a_layer_as_wide_as_the_probe_takes_the_moments_route_on_a_gpu_too() -> None:
     """p = n: the (p+1)² sums, not the n×p features of the Gram route (p > n only), wherever they are taken."""
     needs = resources.layer_needs("fc", 100, 100, 50, probe="test", gpu=True, anchor_copies=0)
-    assert [(need.what, need.bytes, need.on_device) for need in needs] == [
-        ("test/fc: the p×p second moment and its copy over the anchors (p = 100)", 8 * (101**2 + 100**2), True)
-    ]
+    assert (needs[0].what, needs[0].bytes, needs[0].on_device) == (
+        "test/fc: the p×p second moment and its copy over the anchors (p = 100)",
+        8 * (101**2 + 100**2),
+        True,
+    )
+    assert not any("Gram" in need.what for need in needs)
 
 
 @pytest.mark.parametrize("text", ["Out of memory.", "HIP OUT OF MEMORY"])
@@ -188,13 +194,14 @@ def test_an_allocation_failure_said_in_capitals_is_one(text: str) -> None:
 
 def test_a_gpu_gram_route_under_shard_probe_counts_this_process_s_slice_on_the_gpu() -> None:
     """--shard-probe: the features kept on the GPU are this rank's n_here rows; the host's copy holds all n."""
-    gpu, host = resources.layer_needs("fc", 200, 100, 50, probe="test", gpu=True, n_here=40, anchor_copies=0)
+    gpu, host, decomposition = resources.layer_needs("fc", 200, 100, 50, probe="test", gpu=True, n_here=40, anchor_copies=0)
     assert (gpu.what, gpu.bytes, gpu.on_device) == (
         "test/fc: the n×p features of the Gram route kept on the GPU and their concatenation (n = 40, p = 200)",
         2 * 8 * 40 * 200,
         True,
     )
-    assert (host.bytes, host.on_device) == (8 * (100 * 200 + 2 * 100 * 100), False)
+    assert (host.bytes, host.on_device) == (8 * 100 * 200, False)
+    assert (decomposition.bytes, decomposition.on_device) == (8 * (100 * 200 + 2 * 100 * 100 + 1 + 600 + 20000), False)
 
 
 def test_the_least_room_of_nested_cgroup_limits_is_what_the_process_has(tmp_path: Path) -> None:
