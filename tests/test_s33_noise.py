@@ -1,0 +1,31 @@
+"""A new user's first hour on an 80-column terminal: what the happy path (the sample run) prints, and the lines
+that said a thing twice, or left out the main answer for a column that never changes. Each test failed before its
+fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import REPO, fdl_in_process
+
+SAMPLE = REPO / "sample_checkpoints"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four checkpoints of the sample run: MF from step 5, at chance accuracy there, as in the whole run."""
+    out = tmp_path_factory.mktemp("noise") / "sample.fdl.h5"
+    done = fdl_in_process("analyze", SAMPLE, "--steps", "0,5,50,1000", "-o", out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_classify_names_the_first_mf_step_once(sample: Path) -> None:
+    """The sample run read "MF from step 5 to the end (first MF checkpoint: step 5)": step 5 twice in a line, under
+    the trajectory's "5–1000: MF" and above "at step 5, the first MF checkpoint, ..."."""
+    lines = fdl_in_process("classify", sample).stderr.splitlines()
+    assert "MF from step 5 to the end" in lines
+    assert not any("(first MF checkpoint" in line for line in lines)
+    assert sum("at step 5, the first MF checkpoint, the accuracy is 0.096" in line for line in lines) == 1
