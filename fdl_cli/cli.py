@@ -840,8 +840,8 @@ def _print_whole(console: Any, table: Any, hidden: list[str]) -> None:
         console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
     console.print(table)
     if hidden:
-        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
-                      "as does --json)", markup=False, highlight=False)
+        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows "
+                      f"{'it' if len(hidden) == 1 else 'them'}, as does --json)", markup=False, highlight=False)
 
 
 def _print_tensors(result: dict[str, Any]) -> None:

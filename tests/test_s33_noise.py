@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fdl_cli.report import PlainTable
 from tests.cli_run import REPO, fdl_in_process
 
 SAMPLE = REPO / "sample_checkpoints"
@@ -29,3 +30,13 @@ def test_classify_names_the_first_mf_step_once(sample: Path) -> None:
     assert "MF from step 5 to the end" in lines
     assert not any("(first MF checkpoint" in line for line in lines)
     assert sum("at step 5, the first MF checkpoint, the accuracy is 0.096" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize(("hidden", "words"), [(1, "shows it,"), (2, "shows them,")])
+def test_the_left_out_line_agrees_with_the_number_of_columns(hidden: int, words: str) -> None:
+    """One column left out (`fdl compare`'s Δ Π̂(C) at 80 columns) read "a terminal 90 columns wide shows them"."""
+    headers = ["step", "aaaaaa", "bbbbbb"]
+    table = PlainTable.fitted(headers, ["right"] * 3, [["1", "2", "3"]], max_width=21 if hidden == 1 else 12)
+    assert len(table.hidden) == hidden
+    note = table.left_out_note("--format csv", "--json")
+    assert note is not None and words in note, note
