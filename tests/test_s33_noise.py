@@ -4,12 +4,14 @@ fix."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fdl_cli.report import PlainTable
 from tests.cli_run import REPO, fdl_in_process
+from tests.test_s16_tty import ANSI, left_out
 
 SAMPLE = REPO / "sample_checkpoints"
 
@@ -30,6 +32,23 @@ def test_classify_names_the_first_mf_step_once(sample: Path) -> None:
     assert "MF from step 5 to the end" in lines
     assert not any("(first MF checkpoint" in line for line in lines)
     assert sum("at step 5, the first MF checkpoint, the accuracy is 0.096" in line for line in lines) == 1
+
+
+def test_a_sweep_on_a_narrow_terminal_keeps_d_lr_and_the_accuracy(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fdl classify a.h5 b.h5 c.h5` at 80 columns kept C (10 in every row) and left out D_LR and acc, the columns
+    a sweep is read by (and its `down the rows:` line describes), as `fdl report` keeps them."""
+    stores = ["a.h5", "b.h5", "c.h5"]
+    for name in stores:
+        shutil.copy(sample, tmp_path / name)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal, whatever stderr is
+    monkeypatch.setenv("COLUMNS", "60")
+    text = ANSI.sub("", fdl_in_process("classify", *stores, cwd=tmp_path).stderr)
+    header = text.splitlines()[0].split()
+    assert {"store", "regime", "D_LR", "acc"} <= set(header) and "C" not in header, text
+    hidden = left_out(text)
+    assert "C" in hidden and "D_LR" not in hidden and "acc" not in hidden, hidden
 
 
 @pytest.mark.parametrize(("hidden", "words"), [(1, "shows it,"), (2, "shows them,")])
