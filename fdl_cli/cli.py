@@ -854,8 +854,8 @@ def _print_whole(console: Any, table: Any, hidden: list[str]) -> None:
         console.width = max(console.width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
     console.print(table)
     if hidden:
-        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows them, "
-                      "as does --json)", markup=False, highlight=False)
+        console.print(f"(left out for this terminal's width: {', '.join(hidden)}; a wider terminal shows "
+                      f"{'it' if len(hidden) == 1 else 'them'}, as does --json)", markup=False, highlight=False)
 
 
 def _print_tensors(result: dict[str, Any]) -> None:
@@ -1435,6 +1435,9 @@ SWEEP_FIELDS: Mapping[str, str] = {
     "final_n_outputs": "C", "final_pi_hat_C": "Π̂(C)", "final_d_lr": "D_LR", "final_accuracy": "acc", "final_r2": "r2",
     "mf_since_step": "MF since", "final_step": "final step",
 }
+#: The columns of `fdl classify STORE...`'s table a narrow terminal keeps, in this order (the others follow).
+SWEEP_PRIORITY = ("store", "regime", "probe", "layer", "final_d_lr", "final_accuracy", "final_r2", "final_cka_init",
+                  "final_k95_utility", "final_overlap_init", "final_pi_hat_C")
 #: The further columns of its csv and markdown. `refused_steps` last: the steps `fdl analyze` refused (a run that
 #: diverged), ascending, a list as JSON text as every CSV list (`[30, 40]`); an empty cell where the store records
 #: none, as `--json` then has no `refused_steps` (null), so a script tells a diverged run without reading stderr
@@ -1520,8 +1523,12 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         headers = ["store", SWEEP_FIELDS["regime"], *(("probe", "layer") if by_row else ()),
                    *(SWEEP_FIELDS[name] for name in fields[1:])]
         justify = ["left" if index < (4 if by_row else 2) else "right" for index in range(len(headers))]
+        # a narrow terminal keeps D_LR and the accuracy (or R²) after the store and its regime, as `fdl report`
+        # does: by the left-to-right order it kept C, 10 in every row, and left out D_LR
+        keys = ["store", "regime", *(("probe", "layer") if by_row else ()), *fields[1:]]
+        kept = [keys.index(name) for name in SWEEP_PRIORITY if name in keys]
         table = rep.PlainTable.fitted(headers, justify, cells, max_width=console.width if console.is_terminal else None,
-                                      always=4 if by_row else 2)
+                                      priority=kept, always=4 if by_row else 2)
         if not console.is_terminal:
             console.width = max(console.width, table.width)
         console.print(table)

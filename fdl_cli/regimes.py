@@ -863,8 +863,11 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     # first_mf_step and mf_since_step count the checkpoints after the reference only (`classify_run`)
     after = " after the reference" if mid_run else ""
     if ev.get("mf_since_step") is not None:
-        lines.append(f"MF from step {ev['mf_since_step']} to the end (first MF checkpoint{after}: step "
-                     f"{ev['first_mf_step']})")
+        # the first MF step in brackets where it says more: an earlier one (the run left MF and came back), or the
+        # first after a mid-run reference; else "MF from step 5 to the end (first MF checkpoint: step 5)"
+        first_mf = ev["first_mf_step"] != ev["mf_since_step"] or mid_run
+        lines.append(f"MF from step {ev['mf_since_step']} to the end"
+                     + (f" (first MF checkpoint{after}: step {ev['first_mf_step']})" if first_mf else ""))
     elif ev.get("first_mf_step") is not None:
         lines.append(f"MF first at step {ev['first_mf_step']}{after}, but the run did not stay MF")
     else:

@@ -899,8 +899,9 @@ class PlainTable:
             return None
         names = ", ".join(self.hidden) if self.hidden else "none"
         cut = "; lines cut at the terminal's edge" if self.cut else ""
+        them = "it" if len(self.hidden) == 1 and not self.cut else "them"
         return (f"(left out for this terminal's width: {names}{cut}; a terminal {self.full_width} columns wide "
-                f"shows them, as do {', '.join(ways[:-1])} and {ways[-1]})")
+                f"shows {them}, as do {', '.join(ways[:-1])} and {ways[-1]})")
 
 
 #: The columns of the narrow table in the order a narrow terminal keeps them: the step and the regime
