@@ -28,6 +28,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests.ranks import torchrun
 from tests.tiny_models import mlp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,11 +56,10 @@ def _args(run: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _torchrun_process(run: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "fdl_cli", *_args(run, out, *extra)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+def _torchrun_process(run: Path, out: Path, *extra: str, direct: bool = True) -> subprocess.CompletedProcess[str]:
+    """`fdl analyze` of `run` by two ranks: started directly as torchrun starts them (`tests.ranks`), or by torchrun
+    itself (`direct=False`: one test of each main path)."""
+    return torchrun("-m", "fdl_cli", *_args(run, out, *extra), direct=direct)
 
 
 def _torchrun(run: Path, out: Path, *extra: str) -> list[dict]:
@@ -113,7 +113,8 @@ def _assert_two_ranks_equal_one_process(
 def test_two_ranks_equal_one_process(run_and_single: tuple[Path, dict[int, dict]], tmp_path: Path) -> None:
     """Sharded checkpoints; sharded probe: test_shard_probe_with_one_slice_far_from_zero_equals_one_process."""
     run, expected = run_and_single
-    _assert_two_ranks_equal_one_process(_torchrun_process(run, tmp_path / "two.h5"), expected, tmp_path / "two.h5")
+    done = _torchrun_process(run, tmp_path / "two.h5", direct=False)  # torchrun itself: this main path's real job
+    _assert_two_ranks_equal_one_process(done, expected, tmp_path / "two.h5")
 
 
 def test_shard_probe_with_a_later_reference_equals_one_process(
@@ -595,9 +596,7 @@ def test_a_failure_on_one_ranks_probe_slice_stops_every_rank(tmp_path: Path) -> 
     (tmp_path / "picky.py").write_text(PICKY_MODEL)
     args = _args(run, tmp_path / "s.h5", "--shard-probe")
     args[args.index("--model") + 1] = f"{tmp_path / 'picky.py'}:build"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    done = torchrun("-m", "fdl_cli", *args, direct=True)
     assert done.returncode == 1, done.stderr[-4000:]
     assert "forward pass failed" in done.stderr and "(on rank 1's probe slice)" in done.stderr
     assert "ValueError: input out of the range this model accepts" in done.stderr
@@ -674,5 +673,5 @@ def test_shard_probe_with_one_slice_far_from_zero_equals_one_process(tmp_path: P
     np.savez(run / "probe.npz", x=x, y=rng.integers(0, 3, size=300))
     _single(run, tmp_path / "single.h5")
     expected = _stored(tmp_path / "single.h5")
-    done = _torchrun_process(run, tmp_path / "two.h5", "--shard-probe")
+    done = _torchrun_process(run, tmp_path / "two.h5", "--shard-probe", direct=False)
     _assert_two_ranks_equal_one_process(done, expected, tmp_path / "two.h5", "run", "single.h5")

@@ -33,6 +33,7 @@ from fdl_cli import signals
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests.ranks import torchrun
 from tests.test_distributed import STALLING_MODEL, _descendants, _stored_steps
 from tests.tiny_models import mlp
 
@@ -345,14 +346,12 @@ def test_watch_skips_over_a_failing_checkpoint(
 
 
 def _torchrun(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-        "analyze", str(folder), "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+    """Two ranks started as torchrun starts them (`tests.ranks`)."""
+    return torchrun(
+        "-m", "fdl_cli", "analyze", str(folder), "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
         "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
-        "--anchor-size", "100", "--json", *extra,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+        "--anchor-size", "100", "--json", *extra, direct=True,
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,6 @@ need less; an allocation that fails mid-run is explained, and the checkpoints st
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,8 @@ import torch
 
 from fdl_cli import resources
 from fdl_cli.store import StoreReader
-from tests.cli_run import REPO, fdl_in_process, model_file
+from tests.cli_run import fdl_in_process, model_file
+from tests.ranks import torchrun
 
 MODEL = '''
 import torch
@@ -186,10 +184,7 @@ def test_an_allocation_failing_on_one_ranks_probe_slice_stops_every_rank(tmp_pat
         'raise RuntimeError("DefaultCPUAllocator: can\'t allocate memory: you tried to allocate 9 bytes.")'))
     args = _args(run, tmp_path / "s.h5", "--shard-probe")
     args[args.index("--model") + 1] = f"{tmp_path / 'greedy.py'}:build"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-               *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    done = torchrun("-m", "fdl_cli", *args, direct=True, timeout=240)
     assert done.returncode == 1, done.stderr[-4000:]
     assert "ran out of memory at step 0" in done.stderr and "(on rank 1's probe slice)" in done.stderr
     assert "can't allocate memory" in done.stderr

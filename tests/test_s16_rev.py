@@ -4,7 +4,6 @@ allocation that fails is said to be one, wherever it fails."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ from fdl_cli import resources
 from fdl_cli.cli import main
 from fdl_cli.store import StoreReader
 from tests.cli_run import model_file
+from tests.ranks import torchrun
 from tests.test_s16_memory import _run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,12 +170,8 @@ def test_under_torchrun_a_rank_refused_for_memory_stops_every_rank_with_its_erro
         encoding="utf-8",
     )
     out = tmp_path / "run.h5"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(wrapper),
-         "analyze", "sample_checkpoints", "--steps", "0,5,10,15", "-o", str(out), "--device", "cpu"],
-        capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-    )
+    done = torchrun(str(wrapper), "analyze", "sample_checkpoints", "--steps", "0,5,10,15", "-o", str(out), "--device",
+                    "cpu", direct=True)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     # said once, by rank 0, naming the rank refused (every rank printed it before session 19)
@@ -442,9 +438,6 @@ def _children(parent: int) -> list[int]:
 def _torchrun_ranked(tmp_path: Path, boom: str, *extra: str) -> tuple[int, str]:
     """`fdl analyze` of RANKED's three checkpoints under torchrun (2 CPU ranks): (status, stderr). A run that
     hangs is killed (its whole process group) and fails the test."""
-    import contextlib
-    import os
-    import signal
 
     import numpy as np
 
@@ -456,25 +449,13 @@ def _torchrun_ranked(tmp_path: Path, boom: str, *extra: str) -> tuple[int, str]:
             net.hidden.weight.mul_(1.2)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(300, 16)).astype(np.float32), y=rng.integers(0, 3, 300))
-    log = tmp_path / "stderr.txt"
-    with log.open("w", encoding="utf-8") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-             "analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/model.py:build", "--probe",
-             str(tmp_path / "probe.npz"), "-o", str(tmp_path / "run.h5"), "--device", "cpu", *extra],
-            stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "BOOM": boom},
-        )
-        try:
-            process.wait(timeout=150)
-        except subprocess.TimeoutExpired:
-            # torchrun starts each rank in a session of its own: its children by their parent's id, then it
-            for pid in _children(process.pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            process.kill()
-            process.wait()
-            pytest.fail("the ranks hung")
-    return process.returncode, log.read_text(encoding="utf-8")
+    try:  # the ranks as torchrun starts them (`tests.ranks`); a rank that hangs is killed
+        done = torchrun("-m", "fdl_cli", "analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/model.py:build",
+                        "--probe", str(tmp_path / "probe.npz"), "-o", str(tmp_path / "run.h5"), "--device", "cpu",
+                        *extra, direct=True, env={"BOOM": boom}, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung")
+    return done.returncode, done.stderr
 
 
 def test_under_shard_probe_an_allocation_failing_on_one_ranks_slice_stops_every_rank(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from fdl_cli.errors import NumericalError
 from fdl_cli.moments import RANGE_MIN, MomentAccumulator
 from fdl_cli.spectral import measure, merge_all
 from tests.cli_run import REPO, fdl_in_process, model_file
+from tests.ranks import torchrun
 
 RNG = np.random.default_rng(1717)
 
@@ -113,10 +113,7 @@ def test_shard_probe_checks_the_range_on_the_whole_probe_as_one_process(tmp_path
     one = fdl_in_process(*args, "-o", tmp_path / "one.h5")  # the one process compared with, in this one
     assert one.returncode == 1, one.stderr
     assert "step_1.pt: the features are too small for fdl's float64 statistics" in one.stderr
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-               *map(str, args), "-o", str(tmp_path / "two.h5"), "--shard-probe"]
-    two = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300, check=False)
+    two = torchrun("-m", "fdl_cli", *map(str, args), "-o", str(tmp_path / "two.h5"), "--shard-probe", direct=True)
     # rank 1's slice (inputs 6..11) refused the reference: "largest magnitude is 1.1e-90 ... the run cannot go on"
     assert two.returncode == 1, two.stderr[-3000:]
     assert "the run cannot go on" not in two.stderr

@@ -14,9 +14,7 @@ copy left out of two folders whose files share names names them with their folde
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +35,7 @@ from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.report import history_lines, load_run, provenance_lines
 from fdl_cli.store import CheckpointEntry, StoreReader, StoreWriter, history_row
+from tests.ranks import torchrun
 from tests.test_store import probes, provenance, random_entry
 from tests.tiny_models import mlp
 
@@ -322,12 +321,9 @@ def test_a_part_store_taken_in_keeps_the_rank_that_computed_it(tmp_path: Path) -
 def test_torchrun_records_one_row_by_the_writing_rank(tmp_path: Path) -> None:
     run = _run(tmp_path / "run", steps=(0, 10, 20, 30))
     out = tmp_path / "two.h5"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
-               "analyze", str(run), "--model", MODEL, "--probe", str(run / "probe.npz"), "--out", str(out),
-               "--device", "cpu", "--top-k", "4", "--anchor-size", "16", "--batch-size", "16"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    done = torchrun("-m", "fdl_cli", "analyze", str(run), "--model", MODEL, "--probe", str(run / "probe.npz"), "--out",
+                    str(out), "--device", "cpu", "--top-k", "4", "--anchor-size", "16", "--batch-size", "16",
+                    direct=True)
     assert done.returncode == 0, done.stderr[-4000:]
     rows, steps = _history(out)
     assert [(row["world_size"], row["rank"], row["device"]) for row in rows] == [(2, 0, "cpu")]

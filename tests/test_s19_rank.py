@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from fdl_cli import distributed
 from fdl_cli.distributed import World, agree_on_refusal, voice
 from fdl_cli.errors import FdlError, ProbeError
+from tests.ranks import torchrun
 from tests.test_analyze import fdl
 from tests.test_distributed import REPO, _args, _make_run
 
@@ -30,11 +31,9 @@ TWO = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
 
 
 def _torchrun(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`torchrun --nproc-per-node 2 -m fdl_cli ARGS`, with `stdin` piped in when given (as from `find ... |`)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "fdl_cli", *args]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=240)
+    """`torchrun --nproc-per-node 2 -m fdl_cli ARGS`, with `stdin` piped in when given (as from `find ... |`): the two
+    ranks started as torchrun starts them, without its agent (`tests.ranks`); what is said is fdl's alone."""
+    return torchrun("-m", "fdl_cli", *args, direct=True, stdin=stdin, timeout=240)
 
 
 def _torchrun_model(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 from fdl_cli.checkpoints import discover_checkpoints, load_checkpoint
 from fdl_cli.dcp import read_metadata
 from fdl_cli.errors import UnsafeCheckpointError
+from tests.ranks import torchrun
 from tests.test_analyze import fdl
 from tests.test_s15_formats import MODEL, _probe, _weights
 
@@ -267,9 +266,9 @@ def test_two_ranks_shards_are_assembled_into_the_whole_tensors(tmp_path: Path) -
     plain = _plain_run(tmp_path / "plain")
     script = tmp_path / "save_sharded.py"
     script.write_text(SHARDED)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-               str(tmp_path / "run"), *(str(plain / f"step_{step}.pt") for step in STEPS)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path), timeout=240)
+    # the ranks as torchrun starts them (`tests.ranks`): what is tested is torch's saving and fdl's reading
+    done = torchrun(str(script), str(tmp_path / "run"), *(str(plain / f"step_{step}.pt") for step in STEPS),
+                    direct=True, cwd=tmp_path, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "run" / "step-10"
     assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]

@@ -216,11 +216,8 @@ def test_under_torchrun_a_ctrl_c_while_reading_the_new_checkpoint_leaves_an_old_
     read: nothing of the run is stored, and the chance is not committed alone (docs/store.md), as in one
     process (tests/test_s28_rev1.py)."""
     import hashlib
-    import os
-    import subprocess
-    import sys
 
-    from tests.cli_run import REPO
+    from tests.ranks import torchrun
     from tests.test_s27_compat import _chance, _run
 
     ckpts, out, _ = old_store
@@ -228,13 +225,8 @@ def test_under_torchrun_a_ctrl_c_while_reading_the_new_checkpoint_leaves_an_old_
     before = hashlib.sha256(out.read_bytes()).hexdigest()
     wrapper = tmp_path / "interrupted.py"
     wrapper.write_text(_INTERRUPTED_WRAPPER, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(wrapper),
-         "analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(tmp_path / "probe.npz"),
-         "-o", str(out), "--device", "cpu"],
-        capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = torchrun(str(wrapper), "analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe",
+                    str(tmp_path / "probe.npz"), "-o", str(out), "--device", "cpu", direct=True)
     assert done.returncode != 0, done.stderr
     assert _chance(out) == {}
     assert hashlib.sha256(out.read_bytes()).hexdigest() == before

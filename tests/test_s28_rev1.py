@@ -80,24 +80,16 @@ def test_under_torchrun_a_run_that_fails_leaves_an_old_store_as_it_was(
         tmp_path, old_store, boom) -> None:  # noqa: F811 - the fixture's value
     """Rank 0 closes its writer outside a `with` block (after an error too), so the chance was committed alone
     by a run that failed, where one process leaves the store as it was."""
-    import os
-    import subprocess
-    import sys
 
-    from tests.cli_run import REPO
+    from tests.ranks import torchrun
 
     ckpts, out, fresh = old_store
     _run(tmp_path, (20,))
     before = _digest(out)
     wrapper = tmp_path / "boom.py"
     wrapper.write_text(_WRAPPER, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(wrapper),
-         "analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe", str(tmp_path / "probe.npz"),
-         "-o", str(out), "--device", "cpu"],
-        capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "BOOM": boom},
-    )
+    done = torchrun(str(wrapper), "analyze", str(ckpts), "--model", f"{tmp_path}/model.py:build", "--probe",
+                    str(tmp_path / "probe.npz"), "-o", str(out), "--device", "cpu", direct=True, env={"BOOM": boom})
     assert done.returncode != 0 and "(injected)" in done.stderr, done.stderr
     assert _chance(out) == {}
     assert _digest(out) == before

@@ -1,0 +1,134 @@
+"""Two ranks of a torchrun job, with or without torchrun's agent.
+
+`torchrun --standalone --nproc-per-node 2 ...` is one more Python process that imports torch (its elastic agent,
+a few CPU seconds) on top of the two ranks. A test of what fdl does as a rank of a job of two (sharding, rank 0's
+store, a refusal met on one rank, the history's rows) runs the ranks directly (`direct=True`) the way the agent
+starts them: the variables it sets, `python -u`, a session of their own, one stdout and one stderr shared by both,
+the job's store served by this process (TORCHELASTIC_USE_AGENT_STORE, as under --standalone), and the other
+rank stopped (SIGTERM to its process group, SIGKILL 30 s later) as soon as one fails, the job's status then 1.
+
+A test of torchrun itself or of what the user sees from it (a Ctrl-C or a kill of the job, torchrun's lines, its
+exit) keeps the real torchrun (`direct=False`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: torchrun's --monitor-interval and the wait before its SIGKILL of a rank that ignored the SIGTERM
+_MONITOR_S = 0.1
+_TERM_GRACE_S = 30.0
+
+
+def torchrun(
+    *entry: str,
+    direct: bool,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node=2 ENTRY` (ENTRY: `-m fdl_cli ARGS`, or a script and its arguments),
+    with REPO on PYTHONPATH and `stdin` piped in when given; its status, stdout and stderr."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    if not direct:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *entry]
+        return subprocess.run(
+            command, input=stdin, capture_output=True, text=True, env=environ, cwd=str(cwd), timeout=timeout
+        )
+    return _direct(list(entry), environ, stdin, cwd, timeout)
+
+
+def _direct(
+    entry: list[str], environ: dict[str, str], stdin: str | None, cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    job = {
+        "LOCAL_WORLD_SIZE": "2",
+        "WORLD_SIZE": "2",
+        "GROUP_RANK": "0",
+        "GROUP_WORLD_SIZE": "1",
+        "ROLE_NAME": "default",
+        "ROLE_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "0",
+        "TORCHELASTIC_RUN_ID": uuid.uuid4().hex,
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", "1"),
+    }  # torchrun's default for more than one rank
+    command = [sys.executable, "-u", *entry]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as given:
+        if stdin is not None:
+            given.write(stdin.encode())
+            given.seek(0)
+        ranks = [
+            subprocess.Popen(
+                command,
+                env={**environ, **job, "RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)},
+                stdin=given if stdin is not None else None,
+                stdout=out,
+                stderr=err,
+                cwd=str(cwd),
+                start_new_session=True,
+            )
+            for rank in range(2)
+        ]
+        try:
+            status = _monitor(ranks, time.monotonic() + timeout)
+        finally:
+            for rank in ranks:
+                if rank.poll() is None:
+                    _signal(rank, signal.SIGKILL)
+                    rank.wait()
+            del store
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, status, _text(out.read()), _text(err.read()))
+
+
+def _monitor(ranks: Sequence[subprocess.Popen[bytes]], deadline: float) -> int:
+    """As torchrun's agent: once a rank fails, SIGTERM to the others (SIGKILL after the grace); 0 when every rank
+    succeeded, else 1. TimeoutExpired past `deadline`."""
+    stop_by = None
+    while any(rank.poll() is None for rank in ranks):
+        now = time.monotonic()
+        if now > deadline:
+            raise subprocess.TimeoutExpired([str(rank.args) for rank in ranks], 0)
+        failed = any(rank.returncode not in (None, 0) for rank in ranks)
+        if failed and stop_by is None:
+            stop_by = now + _TERM_GRACE_S
+            for rank in ranks:
+                if rank.poll() is None:
+                    _signal(rank, signal.SIGTERM)
+        elif stop_by is not None and now > stop_by:
+            for rank in ranks:
+                if rank.poll() is None:
+                    _signal(rank, signal.SIGKILL)
+        time.sleep(_MONITOR_S)
+    return 0 if all(rank.returncode == 0 for rank in ranks) else 1
+
+
+def _signal(rank: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """`sig` to the rank's process group (its session), as torchrun's agent sends it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(rank.pid, sig)
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace").replace("\r\n", "\n")
