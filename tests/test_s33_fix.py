@@ -8,12 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from fdl_cli.extract import default_layer
 from tests.cli_run import fdl_in_process
 from tests.test_walk_fixes import SMALL, _run_folder
 
@@ -92,3 +98,67 @@ def test_python_m_records_and_checks_the_current_folders_package_as_fdl_does(
         said = _analyze(root, out, python_m=python_m, monkeypatch=monkeypatch, steps="0,10,20")
         assert said.startswith("exit 1: error: the model code ") and "Traceback" not in said
         assert f"{layers} (the module {PACKAGE}.layers, which the model imports) changed since {out} was" in said
+
+
+class _TwoHeads(nn.Module):
+    """An actor-critic whose value head, as wide as the policy's (no size tells them apart), runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pi = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.vf = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
+        self.policy = nn.Linear(6, 3)
+        self.value = nn.Linear(5, 3)
+
+
+class _FusedPolicy(_TwoHeads):
+    """The policy head's weight applied by torch._addmm_activation (a fused matrix product and ReLU), an operation of
+    no derivative on the CPU: its autograd node (torch::autograd::NotImplemented) names no weight product."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch._addmm_activation(self.policy.bias, self.pi(x), self.policy.weight.t())
+        return logits / 2.0, self.value(self.vf(x))
+
+
+class _CheckpointedPolicy(_TwoHeads):
+    """The policy head run inside a reentrant activation checkpoint (a custom autograd Function hiding its nn.Linear)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return checkpoint(self.policy, self.pi(x), use_reentrant=True) / 2.0, self.value(self.vf(x))
+
+
+def _choice(model: nn.Module) -> tuple[str, list[str]]:
+    said: list[str] = []
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # checkpoint's "None of the inputs have requires_grad=True"
+        spec = default_layer(model.eval(), sample=np.ones((1, 4), np.float32), note=said.append, warn=said.append)
+    return spec.label, said
+
+
+def test_an_operation_of_no_derivative_is_not_walked_through_as_if_it_applied_no_weight() -> None:
+    # the walk went through the fused product to pi.0, the trunk's first layer: its input, the probe itself, was taken
+    # as the features, with a note that the outputs are computed from pi.0's output
+    label, said = _choice(_FusedPolicy())
+    assert label == "value:input"  # the rule before the walk: the last nn.Linear to run
+    assert said == [
+        "the model's outputs (the first element of the tuple its forward returns) could not be traced back through an "
+        "operation of no derivative (torch::autograd::NotImplemented, as torch._addmm_activation on the CPU) to the "
+        "nn.Linear they are computed from: the features are the input of the last nn.Linear to run, value:input "
+        "(--layer NAME:input picks another; `fdl inspect CHECKPOINT` lists the layers)"
+    ]
+
+
+def test_a_head_in_a_reentrant_checkpoint_is_said_not_traced_where_the_last_linear_is_taken() -> None:
+    # the default fell back to the value head's input, of the policy's size, without a word
+    label, said = _choice(_CheckpointedPolicy())
+    assert label == "value:input"
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "the model's outputs (the first element of the tuple its forward returns) could not be traced back through the "
+        "custom autograd Function CheckpointFunctionBackward (a reentrant activation checkpoint"
+    )
+    assert said[0].endswith(
+        "the features are the input of the last nn.Linear to run, value:input (--layer NAME:input picks another; "
+        "`fdl inspect CHECKPOINT` lists the layers)"
+    )
