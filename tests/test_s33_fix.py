@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from fdl_cli.extract import default_layer
 from tests.cli_run import fdl_in_process
+from tests.test_s33_rev import _CheckpointedPolicy as _ReviewedPolicy
 from tests.test_walk_fixes import SMALL, _run_folder
 
 PACKAGE = "s33fixpkg"  # a name of this test's own: the package stays in sys.modules for the in-process runs
@@ -100,31 +100,22 @@ def test_python_m_records_and_checks_the_current_folders_package_as_fdl_does(
         assert f"{layers} (the module {PACKAGE}.layers, which the model imports) changed since {out} was" in said
 
 
-class _TwoHeads(nn.Module):
-    """An actor-critic whose value head, as wide as the policy's (no size tells them apart), runs last."""
+class _CheckpointedPolicy(_ReviewedPolicy):
+    """test_s33_rev's actor-critic, whose policy head runs inside a reentrant activation checkpoint (a custom autograd
+    Function hiding its nn.Linear), its value head as wide as the policy's (no size tells them apart), run last."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.pi = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
-        self.vf = nn.Sequential(nn.Linear(4, 5), nn.Tanh())
-        self.policy = nn.Linear(6, 3)
         self.value = nn.Linear(5, 3)
 
 
-class _FusedPolicy(_TwoHeads):
+class _FusedPolicy(_CheckpointedPolicy):
     """The policy head's weight applied by torch._addmm_activation (a fused matrix product and ReLU), an operation of
     no derivative on the CPU: its autograd node (torch::autograd::NotImplemented) names no weight product."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch._addmm_activation(self.policy.bias, self.pi(x), self.policy.weight.t())
         return logits / 2.0, self.value(self.vf(x))
-
-
-class _CheckpointedPolicy(_TwoHeads):
-    """The policy head run inside a reentrant activation checkpoint (a custom autograd Function hiding its nn.Linear)."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return checkpoint(self.policy, self.pi(x), use_reentrant=True) / 2.0, self.value(self.vf(x))
 
 
 def _choice(model: nn.Module) -> tuple[str, list[str]]:
