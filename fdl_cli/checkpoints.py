@@ -3846,9 +3846,7 @@ def resolve_model_factory(
         named = target.partition(".")[0]
         if found is None or found.is_dir():
             with contextlib.suppress(OSError):  # the current folder may have been removed
-                if "" not in sys.path and "." not in sys.path:  # `python -m` has it first already
-                    # a package in the current folder, as `python -c` finds it, after an installed one
-                    _serve_folder(Path.cwd(), first=False, named=named)
+                _serve_current_folder(named)
         if beside is not None:  # ahead of an installed module of that name
             _serve_folder(beside, first=True, named=named, manifest=None if named_by is None else str(named_by))
         try:
@@ -3892,6 +3890,32 @@ def resolve_model_factory(
     if named_by is not None:
         _check_manifest_factory(spec, named_by, module, factory)
     return factory  # type: ignore[no-any-return]
+
+
+def _serve_current_folder(named: str) -> None:
+    """The current folder's module `named` (of a module spec, `pkg.model:build`) imported through `_FolderModules` by
+    `fdl` and `python -m fdl_cli` alike, so that both run the same code of it and record the same modules of the
+    folder in the store (`model_folder_imports`). The `fdl` console script's sys.path lacks the current folder: it is
+    served after installed modules (an installed package wins, as for `python -c`). `python -m` (and an interpreter
+    of the Python API) has it on sys.path, whose own finder imported the package with nothing recorded or checked: it
+    is served first where sys.path finds `named` there, and what Python imports stays the one it would."""
+    cwd = Path.cwd()
+    here = os.path.realpath(cwd)
+    if not any(isinstance(entry, str) and os.path.realpath(entry or os.curdir) == here for entry in sys.path):
+        _serve_folder(cwd, first=False, named=named)
+        return
+    try:
+        found = importlib.machinery.PathFinder.find_spec(named)  # what sys.path gives
+    except (ImportError, OSError, ValueError):
+        found = None
+    origin = getattr(found, "origin", None)
+    if not isinstance(origin, str) or origin == "namespace" or not os.path.isabs(origin):
+        return  # none, a namespace package (Python joins its portions), or no file: imported as before
+    file = Path(os.path.realpath(origin))
+    if not file.is_relative_to(here) or file.relative_to(here).parts[0].partition(".")[0] != named or _in_library(file):
+        return  # found elsewhere on sys.path, ahead of the current folder: that one is imported, as before
+    if named not in _protected_modules():
+        _serve_folder(cwd, first=True, named=named)
 
 
 def _colons_error(spec: str, label: str, named_by: Path | None) -> ModelError:

@@ -115,7 +115,7 @@ def default_layer(
     check_outputs_order(calls, raw)
     batch_first(raw, _output_tensor(raw, calls), int(inputs.shape[0]))
     choice = chosen_default(calls, raw, frozen=frozen_linears(model), shapes=linear_shapes(model),
-                            made_from=lambda: outputs_made_from(model, inputs))
+                            made_from=lambda: outputs_made_from(model, inputs), inspect=inspect)
     if choice.note is not None and note is not None:
         note(choice.note)
     if choice.warning is not None and warn is not None:
@@ -288,7 +288,15 @@ def linear_calls(model: nn.Module) -> Iterator[LinearCalls]:
             handle.remove()
 
 
-def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] | None:
+@dataclass(frozen=True)
+class Untraced:
+    """`outputs_made_from`'s answer where its walk met a node it cannot see through, an nn.Linear perhaps behind it:
+    `through` says which, for the note of the default that falls back (`chosen_default`)."""
+
+    through: str
+
+
+def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] | Untraced | None:
     """The nn.Linear modules whose output the model's outputs (`_output_tensor`) are computed from, by operations
     that apply no weight of their own (`WEIGHT_PRODUCT`), in a second forward pass of `inputs` that records the
     autograd graph and walks it back from the outputs. For `chosen_default`
@@ -300,11 +308,12 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
     whose parameters are all frozen still builds a graph), given as a copy of the leaf that does (a model may write
     into its input in place). None where it cannot tell: no graph (integer inputs and frozen parameters), or the
     pass fails with gradients on (a model writing in place into another tensor that requires them, a parameter),
-    where the rule before it stands. None too where the walk goes through a custom autograd Function's node
+    where the rule before it stands. `Untraced` where the walk goes through a custom autograd Function's node
     (a reentrant activation checkpoint, a fused op of the model's own) inside whose forward an nn.Linear ran, with
     no node in the graph (`_inside`): the nn.Linear the walk reaches beyond it is no head (its input was the probe
-    itself for `checkpoint(self.policy, h) / T`). A Function applying no weight (a straight-through estimator) is
-    walked through."""
+    itself for `checkpoint(self.policy, h) / T`); and where it meets the node of an operation of no derivative
+    (`NO_DERIVATIVE`: `torch._addmm_activation` on the CPU), which may apply a weight as a head does, its node
+    naming none. A Function applying no weight (a straight-through estimator) is walked through."""
     reached: dict[str, list[Any]] = {}
     # the nn.Linear whose output has no node (run with gradients off): the number autograd gives the next node then
     hidden: list[int | None] = []
@@ -342,11 +351,20 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
         if node in linear_of:  # the Linear's output: what it was computed from is no head's
             found.add(linear_of[node])
         elif isinstance(node, torch.autograd.function.BackwardCFunction) and _inside(node, hidden):
-            return None  # which nn.Linear inside the Function the outputs are computed from is not known
+            # which nn.Linear inside the Function the outputs are computed from is not known
+            return Untraced(f"the custom autograd Function {node.name()}" + (
+                " (a reentrant activation checkpoint, whose nn.Linear ran with gradients off)"
+                if node.name() == "CheckpointFunctionBackward" else ", in whose forward an nn.Linear ran"))
+        elif node.name() in NO_DERIVATIVE:  # whether the operation applied a weight is not known
+            return Untraced(f"an operation of no derivative ({node.name()}, as torch._addmm_activation on the CPU)")
         elif not WEIGHT_PRODUCT.fullmatch(node.name()) and not _given_a_weight(node):
             stack.extend(parent for parent, _index in node.next_functions)
     return frozenset(found) if seen else None
 
+
+#: The names of the autograd nodes torch gives an operation of no derivative (`torch._addmm_activation` on the CPU): the
+#: node does not say what the operation did, a weight product perhaps, so `outputs_made_from` cannot tell past it.
+NO_DERIVATIVE = frozenset({"torch::autograd::NotImplemented", "torch::autograd::Error"})
 
 #: The autograd nodes of the operations that apply a weight of their own, as a head does (a matrix product, a
 #: convolution, a recurrent layer, attention): `outputs_made_from` walks no further back through them. **(choice)**
@@ -358,7 +376,8 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
 #: backend: a BatchNorm on the logits computed by cuDNN (`CudnnBatchNormBackward0`) is walked through on a GPU as on
 #: the CPU, and the same model gets the same default layer on either device. nn.Bilinear's `_trilinear`
 #: (`TrilinearBackward0`) and the sparse products (`SparseAddmmBackward0`, `SparseSampledAddmmBackward0`) apply a
-#: weight too, as a fused addmm and activation would (`_addmm_activation`: no node of its own in this torch).
+#: weight too, as a fused addmm and activation would (`_addmm_activation`, whose node in this torch is
+#: `NO_DERIVATIVE`'s).
 WEIGHT_PRODUCT = re.compile(
     r"_?(Mm|Addmm|AddmmActivation|Bmm|Baddbmm|Addbmm|Mv|Addmv|Dot|Vdot|Matmul|Einsum|Tensordot|Outer|Ger|Kron|"
     r"Trilinear|Sparse\w*(Mm|Addmm)\w*|\w*Linear|\w*Conv\w*|\w*Attention\w*|\w*(Rnn|Lstm|Gru)\w*)Backward\d*")
@@ -454,7 +473,8 @@ def linear_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[str] = (),
                    shapes: Mapping[str, tuple[int, ...]] | None = None,
-                   made_from: Callable[[], frozenset[str] | None] | None = None) -> DefaultChoice:
+                   made_from: Callable[[], frozenset[str] | Untraced | None] | None = None,
+                   inspect: str | None = None) -> DefaultChoice:
     """The default feature layer of a forward pass whose nn.Linear calls were `calls` (not empty) and which
     returned `raw`: the input of the nn.Linear whose output the outputs are (views of the same memory: a
     reshape, a squeeze, a slice); where it is not the last one to run (two heads, each on a tower of its own,
@@ -478,7 +498,9 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
     `made_from` (`outputs_made_from`; None: not known), asked only where no nn.Linear gives the outputs and more
     than one ran: the nn.Linear whose outputs the model's are computed from. Where the last to run is not one of
     them (`return policy(pi(x)) / T, value(vf(x))`), its input is another head's features, whatever its size: the
-    last of them to run is taken, with a note."""
+    last of them to run is taken, with a note. Where the walk could not tell (`Untraced`: a reentrant activation
+    checkpoint's Function hiding the head), the last to run is taken as before, with a note saying so and how to
+    pick another (`inspect`: the `fdl inspect` command that lists the layers)."""
     last = calls[-1]
     outputs = _output_tensor(raw, calls)
     at, producer = next(((at, call) for at, call in reversed(list(enumerate(calls))) if _gave(call, outputs)),
@@ -499,8 +521,15 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
             f"it ran (y = {producer.name}(x); y += ...): the features are the input of {which}, "
             f"{added[-1].name}{INPUT_SUFFIX} (--layer {producer.name}{INPUT_SUFFIX} for the other)"))
     same_input = producer is not None and producer.input is not None and producer.input_first == last.input_first
+    untraced = None  # the note of a fallback where the walk could not tell
     if producer is None and made_from is not None and any(call.name != last.name for call in calls):
         sources = made_from() or ()
+        if isinstance(sources, Untraced):
+            untraced = (
+                f"{_outputs_said(raw)} could not be traced back through {sources.through} to the nn.Linear they are "
+                f"computed from: the features are the input of the last nn.Linear to run, {last.name}{INPUT_SUFFIX} "
+                f"(--layer NAME{INPUT_SUFFIX} picks another; `{inspect or 'fdl inspect CHECKPOINT'}` lists the layers)")
+            sources = frozenset()
         head = next((call for call in reversed(calls) if call.name in sources), None)
         if head is not None and last.name not in sources:
             return DefaultChoice(head.name, note=(
@@ -509,7 +538,7 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
     if producer is None or producer.name == last.name or same_input:
         if producer is None and last.values_a_sample is not None and last.values_a_sample != outputs[:1].numel():
             sizes = (last.values_a_sample, int(outputs[:1].numel()))
-            return DefaultChoice(last.name, sizes=sizes, warning=(
+            return DefaultChoice(last.name, note=untraced, sizes=sizes, warning=(
                 f"the default feature layer, {last.name}{INPUT_SUFFIX}, is the input of the last nn.Linear to run, "
                 f"but {not_the_head(sizes)}; check the layers with `fdl inspect CHECKPOINT --probe FILE` and pick "
                 "one with --layer NAME (NAME:input for a module's input)"))
@@ -518,8 +547,8 @@ def chosen_default(calls: Sequence[LinearCall], raw: Any, *, frozen: Collection[
                                      if call.name not in frozen and call.values_a_sample == size
                                      and (shapes is None or shapes.get(call.name) == shapes.get(last.name))))
         if producer is None and rivals and last.name in frozen and last.values_a_sample == size:
-            return DefaultChoice(last.name, rivals=rivals, warning=rivals_warning(last.name, rivals))
-        return DefaultChoice(last.name)
+            return DefaultChoice(last.name, note=untraced, rivals=rivals, warning=rivals_warning(last.name, rivals))
+        return DefaultChoice(last.name, note=untraced)
     return DefaultChoice(producer.name, note=(
         f"{_outputs_said(raw)} are the output of nn.Linear {producer.name!r}, not of the last one to run, "
         f"{last.name!r}: the features are {producer.name}{INPUT_SUFFIX} (--layer NAME picks another)"))
