@@ -4278,7 +4278,7 @@ def pickled_model_modules(model: nn.Module) -> dict[str, str]:
     standard library, of an installed package (`_in_library`), of a library fdl runs on (`_protected_modules`: torch,
     fdl_cli), or of no source file is none of them: {} for a model of torch's layers alone; and so is the --model
     file's own (`fdl_user_model_`), whose sha256 is recorded on its own."""
-    todo: list[str | None] = [cls.__module__ for sub in model.modules() for cls in type(sub).__mro__]
+    todo: list[str | None] = [_defined_in(cls) for sub in model.modules() for cls in type(sub).__mro__]
     seen: set[str] = set()
     found: dict[str, str] = {}
     while todo:
@@ -4295,9 +4295,22 @@ def pickled_model_modules(model: nn.Module) -> dict[str, str]:
             kind = type(value)  # not isinstance: a proxy's `__class__` runs its code
             if issubclass(kind, types.ModuleType):  # read without an attribute lookup: a lazy module stays unloaded
                 todo.append(object.__getattribute__(value, "__dict__").get("__name__"))
-            elif issubclass(kind, type) or kind is types.FunctionType:
-                todo.append(getattr(value, "__module__", None))
+            elif issubclass(kind, type):
+                todo.append(_defined_in(value))
+            elif kind is types.FunctionType:
+                todo.append(value.__module__)
     return dict(sorted(found.items()))
+
+
+def _defined_in(cls: type) -> str | None:
+    """The name of the module that defines `cls`, read past its metaclass's `__getattribute__` (a class of the user's
+    module may be any object's: a registry's metaclass that runs code, and raised, on every attribute); None where
+    even that raises."""
+    try:
+        name = type.__getattribute__(cls, "__module__")
+    except Exception:  # noqa: BLE001 - a metaclass's descriptor of __module__: a name not known, not a failed run
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _user_source(name: str, module: types.ModuleType | None) -> str | None:
