@@ -1359,7 +1359,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     given = rep.series_order(run.provenance)[2]
     if not chosen.records:
         raise FdlError(f"{store} holds no analysed checkpoints", fix="run `fdl analyze` first")
-    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
+    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step,
+                                  center=rep.centered(run))
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
     caveat = rep.targets_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
     if rep.zero_one_targets(run, chosen):

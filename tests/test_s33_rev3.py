@@ -50,3 +50,32 @@ def test_a_class_whose_metaclass_runs_code_on_its_module_name_is_walked_without_
     model = importlib.import_module("s33rv_hostile").Net()
     assert pickled_model_modules(model) == {"s33rv_hostile": str(hostile)}
     assert isinstance(model, torch.nn.Module)
+
+
+def test_a_centered_probe_of_one_more_input_than_the_mf_limit_is_said_too_small(tmp_path: Path) -> None:
+    """--center takes the mean out: rank ≤ n − 1, so n = C + mf_extra + 1 = 5 inputs (C = 3) cannot read EF either.
+    classify said nothing of the probe there, and its narrow-layer line blamed the layer's 8 units ("its width, or a
+    bottleneck before it")."""
+    import json
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from tests.cli_run import fdl_in_process
+    from tests.test_reliability_inputs import MODEL, _weights
+
+    (tmp_path / "run").mkdir()
+    for step in (0, 10):
+        save_file(_weights(step // 10, n_out=3), str(tmp_path / "run" / f"step_{step}.safetensors"))
+    x = np.random.default_rng(5).normal(size=(5, 4)).astype(np.float32)
+    np.savez(tmp_path / "probe.npz", x=x, y=np.arange(5) % 3)
+    done = fdl_in_process("analyze", tmp_path / "run", "--model", MODEL, "--center", "--probe", tmp_path / "probe.npz",
+                          "--device", "cpu", "-o", tmp_path / "run.h5")
+    assert done.returncode == 0, done.stderr
+    text = fdl_in_process("classify", tmp_path / "run.h5")
+    said = " ".join((text.stdout + text.stderr).split())
+    assert ("k95_utility ≤ rank ≤ n − 1 = 4 (--center) ≤ C + mf_extra = 4: the probe is too small for the rule to "
+            "find EF, whatever the layer's 8 units learned; analyse with a probe of more than 5 inputs") in said, said
+    assert "bottleneck" not in said, said
+    evidence = json.loads(fdl_in_process("classify", tmp_path / "run.h5", "--json").stdout)["evidence"]
+    assert "n − 1 = 4 (--center)" in evidence["small_probe"]
