@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import pickled_model_modules
+from tests.test_s33_labels import runs
+
+__all__ = ["runs"]  # a module-scoped fixture: one checkpoint of the 4-8-n_out MLP for n_out 1 and 3
 
 HOSTILE = """
 from torch import nn
@@ -79,3 +82,51 @@ def test_a_centered_probe_of_one_more_input_than_the_mf_limit_is_said_too_small(
     assert "bottleneck" not in said, said
     evidence = json.loads(fdl_in_process("classify", tmp_path / "run.h5", "--json").stdout)["evidence"]
     assert "n − 1 = 4 (--center)" in evidence["small_probe"]
+
+
+def _labels_run(folder: Path, n_out: int, tmp_path: Path, **probes: object) -> tuple[int, str]:
+    """`fdl analyze` of the 4-8-n_out MLP's folder on the probes NAME=y (x: 24 normal 4-d inputs)."""
+    import numpy as np
+
+    from tests.cli_run import fdl_in_process
+    from tests.test_reliability_inputs import MODEL, SMALL
+
+    x = np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32)
+    given = []
+    for name, y in probes.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        given += ["--probe", f"{name}={tmp_path / f'{name}.npz'}"]
+    done = fdl_in_process("analyze", folder, "--model", MODEL, "--model-kwargs", f'{{"n_out": {n_out}}}', *SMALL,
+                          "--device", "cpu", *given, "-o", tmp_path / "run.h5")
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, " ".join(done.stderr.split())
+
+
+def test_rows_summing_to_1_are_asked_about_not_said_to_be_class_probabilities(
+    runs: dict[int, Path], tmp_path: Path
+) -> None:
+    """Proportions a model regresses (compositional data: shares of 3 parts) sum to 1 a row too: the warning said
+    "y holds class probabilities" of them, and its one fix, y.argmax(1), threw their values away."""
+    import numpy as np
+
+    shares = np.random.default_rng(3).random((24, 3))
+    code, err = _labels_run(runs[3], 3, tmp_path, probe=shares / shares.sum(axis=1, keepdims=True))
+    assert code == 0, err
+    assert ("warning: probe 'probe': each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)? "
+            "They are analysed as regression targets (r2, but no accuracy or nc1)") in err, err
+    assert "y holds class probabilities" not in err, err
+    assert ("if they are class probabilities, to analyse classes save integer labels: y = y.argmax(1); proportions "
+            "the model regresses (compositional data) are analysed rightly as they are") in err, err
+
+
+def test_a_one_hot_of_3_columns_beside_binary_labels_names_the_models_one_output(
+    runs: dict[int, Path], tmp_path: Path
+) -> None:
+    """A model of one output, a probe of 0/1 labels (C = 2, the binary logit) and one of a one-hot matrix of 3
+    columns: the refusal said "the model has 2 outputs" of a model of one."""
+    import numpy as np
+
+    labels = np.arange(24) % 2
+    code, err = _labels_run(runs[1], 1, tmp_path, a=labels, b=np.eye(3, dtype=np.int64)[labels])
+    assert code == 1, err
+    assert "'y' is a one-hot matrix of 3 columns (classes) but the model has 1 output" in err, err
