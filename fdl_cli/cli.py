@@ -480,14 +480,15 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     variable, say) would select nothing and so analyse everything; `--steps 10,a` was status 1."""
     if value is None:
         return value
-    option = f"--{_param.name}"  # --steps, --redo
+    option = f"--{_param.name}"  # --steps, --redo, --drop
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
         raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint=option)
     wrong = [part for part in parts if not _is_int(part)]
     if wrong:
+        example = "0,100,500" if option == "--steps" else "100,500"  # --redo and --drop refuse the reference
         raise click.BadParameter(
-            f"steps are integers separated by commas, e.g. {option} 0,100,500 (got {', '.join(map(repr, wrong))})",
+            f"steps are integers separated by commas, e.g. {option} {example} (got {', '.join(map(repr, wrong))})",
             param_hint=option,
         )
     return value

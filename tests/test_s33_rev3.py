@@ -130,3 +130,15 @@ def test_a_one_hot_of_3_columns_beside_binary_labels_names_the_models_one_output
     code, err = _labels_run(runs[1], 1, tmp_path, a=labels, b=np.eye(3, dtype=np.int64)[labels])
     assert code == 1, err
     assert "'y' is a one-hot matrix of 3 columns (classes) but the model has 1 output" in err, err
+
+
+@pytest.mark.parametrize("option", ["--drop", "--redo"])
+def test_a_malformed_drop_or_redo_is_shown_an_example_without_the_reference(option: str, tmp_path: Path) -> None:
+    """--drop and --redo refuse the reference (step 0, most often); their usage error's example was
+    `--drop 0,100,500`, a list the next run refuses, where the empty list's fix says `--drop 100,500`."""
+    from tests.cli_run import fdl_in_process
+
+    done = fdl_in_process("analyze", tmp_path, option, "1,a", "-o", tmp_path / "run.h5")
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"steps are integers separated by commas, e.g. {option} 100,500 (got 'a')" in said, said
