@@ -3605,7 +3605,8 @@ def _library_homes() -> tuple[str, ...]:
     homes = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
     with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
         homes += [*site.getsitepackages(), site.getusersitepackages()]
-    return tuple(os.path.normcase(os.path.join(os.path.realpath(home), "")) for home in homes if home)  # ".../lib/python3.11/"
+    # ".../lib/python3.11/": a folder, its separator at the end
+    return tuple(os.path.normcase(os.path.join(os.path.realpath(home), "")) for home in homes if home)
 
 
 def _in_library(path: str | Path) -> bool:

@@ -72,13 +72,26 @@ def test_a_centered_probe_of_one_more_input_than_the_mf_limit_is_said_too_small(
         save_file(_weights(step // 10, n_out=3), str(tmp_path / "run" / f"step_{step}.safetensors"))
     x = np.random.default_rng(5).normal(size=(5, 4)).astype(np.float32)
     np.savez(tmp_path / "probe.npz", x=x, y=np.arange(5) % 3)
-    done = fdl_in_process("analyze", tmp_path / "run", "--model", MODEL, "--center", "--probe", tmp_path / "probe.npz",
-                          "--device", "cpu", "-o", tmp_path / "run.h5")
+    done = fdl_in_process(
+        "analyze",
+        tmp_path / "run",
+        "--model",
+        MODEL,
+        "--center",
+        "--probe",
+        tmp_path / "probe.npz",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "run.h5",
+    )
     assert done.returncode == 0, done.stderr
     text = fdl_in_process("classify", tmp_path / "run.h5")
     said = " ".join((text.stdout + text.stderr).split())
-    assert ("k95_utility ≤ rank ≤ n − 1 = 4 (--center) ≤ C + mf_extra = 4: the probe is too small for the rule to "
-            "find EF, whatever the layer's 8 units learned; analyse with a probe of more than 5 inputs") in said, said
+    assert (
+        "k95_utility ≤ rank ≤ n − 1 = 4 (--center) ≤ C + mf_extra = 4: the probe is too small for the rule to "
+        "find EF, whatever the layer's 8 units learned; analyse with a probe of more than 5 inputs"
+    ) in said, said
     assert "bottleneck" not in said, said
     evidence = json.loads(fdl_in_process("classify", tmp_path / "run.h5", "--json").stdout)["evidence"]
     assert "n − 1 = 4 (--center)" in evidence["small_probe"]
@@ -96,15 +109,25 @@ def _labels_run(folder: Path, n_out: int, tmp_path: Path, **probes: object) -> t
     for name, y in probes.items():
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         given += ["--probe", f"{name}={tmp_path / f'{name}.npz'}"]
-    done = fdl_in_process("analyze", folder, "--model", MODEL, "--model-kwargs", f'{{"n_out": {n_out}}}', *SMALL,
-                          "--device", "cpu", *given, "-o", tmp_path / "run.h5")
+    done = fdl_in_process(
+        "analyze",
+        folder,
+        "--model",
+        MODEL,
+        "--model-kwargs",
+        f'{{"n_out": {n_out}}}',
+        *SMALL,
+        "--device",
+        "cpu",
+        *given,
+        "-o",
+        tmp_path / "run.h5",
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, " ".join(done.stderr.split())
 
 
-def test_rows_summing_to_1_are_asked_about_not_said_to_be_class_probabilities(
-    runs: dict[int, Path], tmp_path: Path
-) -> None:
+def test_rows_summing_to_1_are_asked_about_not_said_to_be_class_probabilities(runs: dict[int, Path], tmp_path: Path) -> None:
     """Proportions a model regresses (compositional data: shares of 3 parts) sum to 1 a row too: the warning said
     "y holds class probabilities" of them, and its one fix, y.argmax(1), threw their values away."""
     import numpy as np
@@ -112,11 +135,15 @@ def test_rows_summing_to_1_are_asked_about_not_said_to_be_class_probabilities(
     shares = np.random.default_rng(3).random((24, 3))
     code, err = _labels_run(runs[3], 3, tmp_path, probe=shares / shares.sum(axis=1, keepdims=True))
     assert code == 0, err
-    assert ("warning: probe 'probe': each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)? "
-            "They are analysed as regression targets (r2, but no accuracy or nc1)") in err, err
+    assert (
+        "warning: probe 'probe': each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)? "
+        "They are analysed as regression targets (r2, but no accuracy or nc1)"
+    ) in err, err
     assert "y holds class probabilities" not in err, err
-    assert ("if they are class probabilities, to analyse classes save integer labels: y = y.argmax(1); proportions "
-            "the model regresses (compositional data) are analysed rightly as they are") in err, err
+    assert (
+        "if they are class probabilities, to analyse classes save integer labels: y = y.argmax(1); proportions "
+        "the model regresses (compositional data) are analysed rightly as they are"
+    ) in err, err
 
 
 def test_a_one_hot_of_3_columns_beside_binary_labels_names_the_models_one_output(
@@ -156,7 +183,8 @@ def test_the_walk_of_a_projects_modules_reads_the_library_folders_once(
     for index in range(3):
         (tmp_path / f"s33rv_part{index}.py").write_text("import torch\n\n\ndef f(x):\n    return x\n")
     (tmp_path / "s33rv_net.py").write_text(
-        "from torch import nn\nimport s33rv_part0, s33rv_part1, s33rv_part2\n\n\nclass Net(nn.Module):\n    pass\n")
+        "from torch import nn\nimport s33rv_part0, s33rv_part1, s33rv_part2\n\n\nclass Net(nn.Module):\n    pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     checkpoints._protected_modules()  # read once a process, with the installed metadata (which may ask sysconfig)
     asked = []  # fdl's calls, of no arguments (sysconfig calls itself with some, the first time)
