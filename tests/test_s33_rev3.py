@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fdl_cli.checkpoints import pickled_model_modules
-from tests.test_s33_labels import runs
+from tests.test_s33_labels import _analyze, runs
 
 __all__ = ["runs"]  # a module-scoped fixture: one checkpoint of the 4-8-n_out MLP for n_out 1 and 3
 
@@ -97,43 +97,13 @@ def test_a_centered_probe_of_one_more_input_than_the_mf_limit_is_said_too_small(
     assert "n − 1 = 4 (--center)" in evidence["small_probe"]
 
 
-def _labels_run(folder: Path, n_out: int, tmp_path: Path, **probes: object) -> tuple[int, str]:
-    """`fdl analyze` of the 4-8-n_out MLP's folder on the probes NAME=y (x: 24 normal 4-d inputs)."""
-    import numpy as np
-
-    from tests.cli_run import fdl_in_process
-    from tests.test_reliability_inputs import MODEL, SMALL
-
-    x = np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32)
-    given = []
-    for name, y in probes.items():
-        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
-        given += ["--probe", f"{name}={tmp_path / f'{name}.npz'}"]
-    done = fdl_in_process(
-        "analyze",
-        folder,
-        "--model",
-        MODEL,
-        "--model-kwargs",
-        f'{{"n_out": {n_out}}}',
-        *SMALL,
-        "--device",
-        "cpu",
-        *given,
-        "-o",
-        tmp_path / "run.h5",
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, " ".join(done.stderr.split())
-
-
 def test_rows_summing_to_1_are_asked_about_not_said_to_be_class_probabilities(runs: dict[int, Path], tmp_path: Path) -> None:
     """Proportions a model regresses (compositional data: shares of 3 parts) sum to 1 a row too: the warning said
     "y holds class probabilities" of them, and its one fix, y.argmax(1), threw their values away."""
     import numpy as np
 
     shares = np.random.default_rng(3).random((24, 3))
-    code, err = _labels_run(runs[3], 3, tmp_path, probe=shares / shares.sum(axis=1, keepdims=True))
+    code, err, _ = _analyze(runs[3], 3, shares / shares.sum(axis=1, keepdims=True), tmp_path)
     assert code == 0, err
     assert (
         "warning: probe 'probe': each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)? "
@@ -153,8 +123,16 @@ def test_a_one_hot_of_3_columns_beside_binary_labels_names_the_models_one_output
     columns: the refusal said "the model has 2 outputs" of a model of one."""
     import numpy as np
 
-    labels = np.arange(24) % 2
-    code, err = _labels_run(runs[1], 1, tmp_path, a=labels, b=np.eye(3, dtype=np.int64)[labels])
+    from tests.cli_run import fdl_in_process
+    from tests.test_reliability_inputs import MODEL, SMALL
+
+    labels, x = np.arange(24) % 2, np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", x=x, y=labels)
+    np.savez(tmp_path / "b.npz", x=x, y=np.eye(3, dtype=np.int64)[labels])
+    probes = ["--probe", f"a={tmp_path / 'a.npz'}", "--probe", f"b={tmp_path / 'b.npz'}"]
+    done = fdl_in_process("analyze", runs[1], "--model", MODEL, "--model-kwargs", '{"n_out": 1}', *SMALL, *probes,
+                          "-o", tmp_path / "run.h5")  # fmt: skip
+    code, err = done.returncode, " ".join(done.stderr.split())
     assert code == 1, err
     assert "'y' is a one-hot matrix of 3 columns (classes) but the model has 1 output" in err, err
 
