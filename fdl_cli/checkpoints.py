@@ -3593,9 +3593,11 @@ def _inside(path: str | Path, folder: Path, *, links: bool = True) -> bool:
         return False
 
 
-def _in_library(path: str | Path) -> bool:
-    """`path`, its links followed, is a file of Python's standard library or of an installed distribution (the
-    interpreter's library and site-packages folders): nobody's model code, whatever link in a folder leads to it."""
+@functools.lru_cache(maxsize=1)
+def _library_homes() -> tuple[str, ...]:
+    """The interpreter's library and site-packages folders, their links followed (`_in_library`): read once, since
+    sysconfig and the realpath of each took ~5 ms a call, 10 s for the 2 000 modules of a project a pickled model's
+    code imports (`pickled_model_modules`)."""
     import site
     import sysconfig
 
@@ -3603,8 +3605,15 @@ def _in_library(path: str | Path) -> bool:
     homes = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
     with contextlib.suppress(AttributeError):  # virtualenv's old site.py has neither
         homes += [*site.getsitepackages(), site.getusersitepackages()]
+    # ".../lib/python3.11/": a folder, its separator at the end
+    return tuple(os.path.normcase(os.path.join(os.path.realpath(home), "")) for home in homes if home)
+
+
+def _in_library(path: str | Path) -> bool:
+    """`path`, its links followed, is a file of Python's standard library or of an installed distribution (the
+    interpreter's library and site-packages folders): nobody's model code, whatever link in a folder leads to it."""
     real = Path(os.path.realpath(path))
-    if any(home and real.is_relative_to(os.path.realpath(home)) for home in homes):
+    if os.path.normcase(os.path.join(real, "")).startswith(_library_homes()):  # one string test: pathlib's was slow
         return True
     # another Python's (the system's /usr/lib/python3.11/subprocess.py, beside a pyenv or conda interpreter's)
     parts = [part.lower() for part in real.parts]
@@ -4302,7 +4311,7 @@ def pickled_model_modules(model: nn.Module) -> dict[str, str]:
     standard library, of an installed package (`_in_library`), of a library fdl runs on (`_protected_modules`: torch,
     fdl_cli), or of no source file is none of them: {} for a model of torch's layers alone; and so is the --model
     file's own (`fdl_user_model_`), whose sha256 is recorded on its own."""
-    todo: list[str | None] = [cls.__module__ for sub in model.modules() for cls in type(sub).__mro__]
+    todo: list[str | None] = [_defined_in(cls) for sub in model.modules() for cls in type(sub).__mro__]
     seen: set[str] = set()
     found: dict[str, str] = {}
     while todo:
@@ -4319,9 +4328,22 @@ def pickled_model_modules(model: nn.Module) -> dict[str, str]:
             kind = type(value)  # not isinstance: a proxy's `__class__` runs its code
             if issubclass(kind, types.ModuleType):  # read without an attribute lookup: a lazy module stays unloaded
                 todo.append(object.__getattribute__(value, "__dict__").get("__name__"))
-            elif issubclass(kind, type) or kind is types.FunctionType:
-                todo.append(getattr(value, "__module__", None))
+            elif issubclass(kind, type):
+                todo.append(_defined_in(value))
+            elif kind is types.FunctionType:
+                todo.append(value.__module__)
     return dict(sorted(found.items()))
+
+
+def _defined_in(cls: type) -> str | None:
+    """The name of the module that defines `cls`, read past its metaclass's `__getattribute__` (a class of the user's
+    module may be any object's: a registry's metaclass that runs code, and raised, on every attribute); None where
+    even that raises."""
+    try:
+        name = type.__getattribute__(cls, "__module__")
+    except Exception:  # noqa: BLE001 - a metaclass's descriptor of __module__: a name not known, not a failed run
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _user_source(name: str, module: types.ModuleType | None) -> str | None:

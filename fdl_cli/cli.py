@@ -494,14 +494,15 @@ def _steps_list(_ctx: click.Context, _param: click.Parameter, value: str | None)
     variable, say) would select nothing and so analyse everything; `--steps 10,a` was status 1."""
     if value is None:
         return value
-    option = f"--{_param.name}"  # --steps, --redo
+    option = f"--{_param.name}"  # --steps, --redo, --drop
     parts = [part.strip() for part in value.split(",") if part.strip()]
     if not parts:
         raise click.BadParameter(f"the list of steps is empty (got {value!r})", param_hint=option)
     wrong = [part for part in parts if not _is_int(part)]
     if wrong:
+        example = "0,100,500" if option == "--steps" else "100,500"  # --redo and --drop refuse the reference
         raise click.BadParameter(
-            f"steps are integers separated by commas, e.g. {option} 0,100,500 (got {', '.join(map(repr, wrong))})",
+            f"steps are integers separated by commas, e.g. {option} {example} (got {', '.join(map(repr, wrong))})",
             param_hint=option,
         )
     return value
@@ -1373,7 +1374,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     given = rep.series_order(run.provenance)[2]
     if not chosen.records:
         raise FdlError(f"{store} holds no analysed checkpoints", fix="run `fdl analyze` first")
-    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step)
+    verdict = regimes.classify_run(chosen.records, thresholds, reference_step=reference_step,
+                                  center=rep.centered(run))
     verdict.evidence.update(probe=chosen.probe, layer=chosen.layer, note=regimes.NOTE)
     caveat = rep.targets_caveat(run, chosen)  # what the evidence's final_r2 measures (the store records it)
     if rep.zero_one_targets(run, chosen):

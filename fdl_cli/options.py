@@ -140,14 +140,15 @@ def overlap_k_recorded(options: Mapping[str, Any], outputs: int | None) -> int |
 
 
 def _step_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    """A comma-separated list of steps (--steps, --redo); None when the option was not given."""
+    """A comma-separated list of steps (--steps, --redo, --drop); None when the option was not given."""
     if text is None:
         return None
     try:
         steps = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
+        example = "0,100,500" if option == "--steps" else "100,500"  # --redo and --drop refuse the reference
         raise FdlError(
-            f"{option} must be integers separated by commas", got=text, fix=f"e.g. {option} 0,100,500"
+            f"{option} must be integers separated by commas", got=text, fix=f"e.g. {option} {example}"
         ) from None
     if not steps:  # '' or ',' (an unset shell variable, say): --steps would select nothing, so analyse everything
         # --drop removes stored checkpoints (its fix said "to analyse again", --redo's words)

@@ -1903,9 +1903,11 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             )
         elif soft_labels(probe):
             ctx.reporter.warn(
-                f"probe {probe.name!r}: y holds class probabilities (soft labels: each row sums to 1), analysed as "
-                "regression targets (r2, but no accuracy or nc1): loss and r2 compare the raw outputs (logits) with "
-                "the probabilities; to analyse classes, save integer labels: y = y.argmax(1)"
+                f"probe {probe.name!r}: each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)? "
+                "They are analysed as regression targets (r2, but no accuracy or nc1): loss and r2 compare the raw "
+                "outputs with them as they are, which a classifier's are logits, not probabilities; if they are class "
+                "probabilities, to analyse classes save integer labels: y = y.argmax(1); proportions the model "
+                "regresses (compositional data) are analysed rightly as they are"
             )
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:
@@ -2047,8 +2049,11 @@ def _binary_logit(ctx: _Context, probe: Any, *, source: str = "") -> int:
             f"classifier's logit for the 0/1 labels of probe {labelled!r} (as the two-class logits (0, z))",
             fix=f"analyse probe {probe.name!r} into a store of its own (--out), or save its targets as 0/1 labels",
         )
-    if probe.task == "classes" and probe.n_classes is not None and probe.n_classes > 2:
-        return 1  # refused by `validate_probe` with the model's own width (it said "the model has 2 outputs")
+    if probe.task == "classes" and (probe.n_classes is not None and probe.n_classes > 2
+                                    or probe.one_hot_columns not in (None, 2)):
+        # refused by `validate_probe` with the model's own width (it said "the model has 2 outputs"): labels beyond
+        # 0/1, or a one-hot matrix of 3 columns or more whose rows name classes 0 and 1 alone
+        return 1
     if not ctx.binary_logit:
         ctx.binary_logit = True
         ctx.reporter.note(

@@ -346,6 +346,7 @@ def classify_run(
     thresholds: Thresholds = Thresholds(),
     *,
     reference_step: int | None = None,
+    center: bool = False,
 ) -> RunVerdict:
     """The run's regime, recomputed from the stored measures with `thresholds` (the stored `regime` is ignored).
 
@@ -356,7 +357,8 @@ def classify_run(
       4. features moved, but the final checkpoint is static -> undetermined
       5. the last `final_window` moved checkpoints mix MF and EF -> undetermined
       6. otherwise the final checkpoint's regime (MF or EF).
-    `records` are sorted by step here; the reference is `reference_step` or the first step.
+    `records` are sorted by step here; the reference is `reference_step` or the first step. `center`: the store's
+    --center, under which the rank is at most n − 1 (`small_probe_line`).
     """
     ordered = sorted(records, key=lambda record: int(record["step"]))
     if reference_step is None and ordered:
@@ -381,7 +383,7 @@ def classify_run(
         narrow = narrow_width_line(ordered[-1], thresholds, at_reference) if ordered else None
         if narrow is not None:  # beside the verdict, whose rules are unchanged (docs/regimes.md, "A layer that cannot…")
             evidence["narrow_layer"] = narrow
-        small = small_probe_line(ordered[-1], thresholds) if ordered else None
+        small = small_probe_line(ordered[-1], thresholds, center=center) if ordered else None
         if small is not None:  # likewise (docs/regimes.md, "A probe too small for EF")
             evidence["small_probe"] = small
         if final_records and final_records[0].get("output_rank") == 0:
@@ -711,20 +713,22 @@ def narrow_width_line(record: Mapping[str, Any], thresholds: Thresholds,
             "to find EF" + (f"; {dlr}" if dlr else ""))
 
 
-def small_probe_line(record: Mapping[str, Any], thresholds: Thresholds) -> str | None:
-    """The evidence `small_probe` of a run whose probe has n ≤ C + mf_extra inputs and whose layer (at its last
-    checkpoint, `record`) has more units than that: k95_utility ≤ rank ≤ n, so the MF-vs-EF rule cannot return EF,
-    whatever the layer learned (a 1 000-class head and a probe of one image a class; the narrow-layer note blamed
-    the layer's width or a bottleneck). None otherwise: a layer of p ≤ C + mf_extra units is `narrow_width_line`'s."""
+def small_probe_line(record: Mapping[str, Any], thresholds: Thresholds, *, center: bool = False) -> str | None:
+    """The evidence `small_probe` of a run whose probe has n ≤ C + mf_extra inputs (n − 1 with `center`, --center:
+    the mean taken out leaves rank ≤ n − 1) and whose layer (at its last checkpoint, `record`) has more units than
+    C + mf_extra: k95_utility ≤ rank ≤ n, so the MF-vs-EF rule cannot return EF, whatever the layer learned (a
+    1 000-class head and a probe of one image a class; the narrow-layer note blamed the layer's width or a
+    bottleneck). None otherwise: a layer of p ≤ C + mf_extra units is `narrow_width_line`'s."""
     n, width, outputs = record.get("n_probe"), record.get("n_features"), record.get("n_outputs")
     if not isinstance(n, int) or not isinstance(width, int) or not isinstance(outputs, int) or outputs < 1:
         return None
-    limit = outputs + thresholds.mf_extra
-    if n > limit or width <= limit:
+    limit, bound = outputs + thresholds.mf_extra, n - int(center)
+    if bound > limit or width <= limit:
         return None
-    return (f"k95_utility ≤ rank ≤ n = {n} probe inputs ≤ C + mf_extra = {threshold_text(limit)}: the probe is too "
+    said = f"n − 1 = {bound} (--center)" if center else f"n = {n} probe inputs"
+    return (f"k95_utility ≤ rank ≤ {said} ≤ C + mf_extra = {threshold_text(limit)}: the probe is too "
             f"small for the rule to find EF, whatever the layer's {width} units learned; analyse with a probe of more "
-            f"than {threshold_text(limit)} inputs")
+            f"than {threshold_text(limit + int(center))} inputs")
 
 
 def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -742,7 +746,7 @@ def narrow_layer_line(verdict: RunVerdict, records: Sequence[Mapping[str, Any]])
     if not isinstance(rank, int) or rank > limit:
         return None
     units = isinstance(width, int) and width <= limit
-    if not units and small_probe_line(final, verdict.thresholds) is not None:
+    if not units and ev.get("small_probe") is not None:
         return None  # the probe, not the layer, caps the rank: the evidence's `small_probe` line says so
     start = reference.get("rank") if reference is not None else None
     if not units and not (isinstance(start, int) and start <= limit):

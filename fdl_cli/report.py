@@ -258,6 +258,12 @@ def targets_without_energy(run: Run, series: Series) -> bool:
                     for record in measured))
 
 
+def centered(run: Run) -> bool:
+    """Whether the store was analysed with --center (its recorded options; False where they are not recorded)."""
+    options = run.provenance.get("options")
+    return bool(options.get("center")) if isinstance(options, Mapping) else False
+
+
 def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     """The one line said beside loss and r2 of a series: that its probe has no targets (its acc and loss are
     blank), that its targets carry no energy (analyze warned it: `pipeline._no_energy_warning`), said in place
@@ -270,10 +276,8 @@ def targets_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
                 "overlaps and the regime do not read targets")
     if not targets_without_energy(run, series):
         return zero_one_caveat(run, series, of=of)
-    options = run.provenance.get("options")
-    centered = bool(options.get("center")) if isinstance(options, Mapping) else False
     return (f"probe {series.probe!r}{of} holds targets that carry no energy ("
-            + ("constant or one class, which --center removes" if centered else "all 0") + "): the quality Q*, Π* "
+            + ("constant or one class, which --center removes" if centered(run) else "all 0") + "): the quality Q*, Π* "
             "is 0/0, not a measurement, so pi_star_C and k90/k95/k99_quality are null at every checkpoint (and r2, "
             "of a regression); the spectrum, the utility, D_LR, CKA, the overlaps and the regime do not read the "
             "targets")
@@ -2310,7 +2314,7 @@ def overlap_tie(run: Run, series: Series, evidence: Mapping[str, Any], threshold
         "crossing": min(gap_reference, gap_final) < NEAR_TIE_GAP <= max(gap_reference, gap_final),
         "wider_k": None, "wider_overlap": None,
         # --center: the eigenfunctions, hence the overlap, are centered as CKA is
-        "centered": bool(options.get("center")) if isinstance(options, Mapping) else False,
+        "centered": centered(run),
     }
     if not (tie["near_tie"] or tie["crossing"]):
         return tie

@@ -108,5 +108,5 @@ def test_soft_labels_are_said_to_be_analysed_as_regression_targets(runs: dict[in
     soft = np.random.default_rng(3).random((N, 3))
     code, err, out = _analyze(runs[3], 3, soft / soft.sum(axis=1, keepdims=True), tmp_path)
     assert code == 0 and out.exists(), err
-    assert "warning: probe 'probe': y holds class probabilities (soft labels: each row sums to 1)" in err, err
-    assert "to analyse classes, save integer labels: y = y.argmax(1)" in err, err
+    assert "warning: probe 'probe': each row of y lies in [0, 1] and sums to 1: soft labels (class probabilities)?" in err
+    assert "to analyse classes save integer labels: y = y.argmax(1)" in err, err

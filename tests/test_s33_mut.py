@@ -39,7 +39,7 @@ def test_a_step_list_of_other_words_is_named_with_the_option_and_an_example() ->
     assert (caught.value.what, caught.value.got, caught.value.fix) == (
         "--redo must be integers separated by commas",
         "10,a",
-        "e.g. --redo 0,100,500",
+        "e.g. --redo 100,500",
     )
 
 
