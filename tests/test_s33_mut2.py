@@ -1,0 +1,39 @@
+"""Mutation testing, second round: the survivors of fdl_cli/adding.py that need a real store, and fdl_cli/html.py.
+Each test here failed with a mutant (a branch dropped, a bound moved) that every other test let pass: it asserts
+what the user reads. One store of two checkpoints of a tiny MLP is shared by the module; the runs that use it are
+refused before they write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+
+
+@pytest.fixture(scope="module")
+def store(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """A store of steps 0 and 10 of `run`, analysed with its one probe."""
+    out = tmp_path_factory.mktemp("store") / "s.h5"
+    done = analyze(run, out, "--steps", "0,10")
+    assert done.code == 0, done.stderr
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ adding.py
+
+
+def test_adding_a_probe_with_another_option_is_refused_as_another_run_not_for_a_missing_file(
+    run: Path,  # noqa: F811
+    store: Path,
+) -> None:
+    """A run that adds a probe but differs from the store in an option too is no resume of it
+    (`adding.stored_addition` is None): it is told the option that differs, not that the file of stored step 10,
+    which --glob leaves out, is missing (which, selected, would only lead to the refusal of the option)."""
+    done = analyze(run, store, "--probe", f"test={run / 'test.npz'}", "--glob", "epoch_0.pt", "--top-k", "2")
+    text = " ".join(done.stderr.split())
+    assert done.code == 1, done.stderr
+    assert f"error: {store} holds the results of a different run" in text
+    assert "got: options.top_k: 64 (store) vs 2 (this run)" in text
+    assert "cannot add" not in text and "adding probe" not in text
