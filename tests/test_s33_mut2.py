@@ -37,3 +37,19 @@ def test_adding_a_probe_with_another_option_is_refused_as_another_run_not_for_a_
     assert f"error: {store} holds the results of a different run" in text
     assert "got: options.top_k: 64 (store) vs 2 (this run)" in text
     assert "cannot add" not in text and "adding probe" not in text
+
+
+# -------------------------------------------------------------------------------------------------- html.py
+
+
+def test_the_page_of_a_store_says_the_store_first_and_embeds_no_figure_when_told_not_to(store: Path) -> None:
+    """`run_page`: the provenance opens with the store's path; with_figures=False draws none (no <img>); the favicon
+    request is pre-empted with an empty data URI (nothing the page asks for lies outside it)."""
+    from fdl_cli.html import run_page
+    from fdl_cli.report import load_run
+
+    page = run_page(load_run(store, history=True), with_figures=False)
+    assert f'<p class="meta">store: {store}<br>model: ' in page
+    assert "<h2>probe probe, layer 2:input</h2>" in page
+    assert "<img" not in page
+    assert '<link rel="icon" href="data:,">' in page
