@@ -53,3 +53,26 @@ def test_the_page_of_a_store_says_the_store_first_and_embeds_no_figure_when_told
     assert "<h2>probe probe, layer 2:input</h2>" in page
     assert "<img" not in page
     assert '<link rel="icon" href="data:,">' in page
+    assert '<th class="num" title="step">step</th>' in page  # an integer column is right-aligned as a number
+
+
+def test_the_page_marks_the_regime_of_a_checkpoint_before_the_store_s_reference(store: Path) -> None:
+    """`run_page` passes the store's reference step to the table: step 0 of a store referenced at 10 is marked."""
+    from dataclasses import replace
+
+    from fdl_cli.html import run_page
+    from fdl_cli.report import load_run
+
+    loaded = load_run(store)
+    page = run_page(replace(loaded, provenance={**loaded.provenance, "reference_step": 10}), with_figures=False)
+    rows = page.split("<tbody>", 1)[1].split("</tr>")
+    assert '<td class="text" title="coefficient">coefficient*</td>' in rows[0]
+    assert '<td class="text" title="MF">MF</td>' in rows[1]
+
+
+def test_a_table_cell_s_text_is_escaped_as_its_hover_text_is() -> None:
+    from fdl_cli.html import Section, render_html
+
+    section = Section(heading="h", summary=[], records=[{"step": 1, "path": "a<b&c.pt"}], figures=[])
+    page = render_html(title="t", provenance=[], warnings=[], sections=[section])
+    assert '<td class="text" title="a&lt;b&amp;c.pt">a&lt;b&amp;c.pt</td>' in page
