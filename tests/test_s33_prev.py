@@ -31,8 +31,10 @@ def test_text_leaves_out_steps_whose_previous_checkpoints_differ(stores: tuple[P
     assert done.returncode == 0, done.stderr
     said = " ".join((done.stdout + done.stderr).split())
     assert "cka_prev: differs" not in said and "overlap_prev: differs" not in said
-    assert ("cka_prev, overlap_prev: compared at 2 of 3 matched steps; at 1 step the runs' previous checkpoints "
-            "differ (at step 30: A's is step 20, B's step 10)") in said
+    assert (
+        "cka_prev, overlap_prev: compared at 2 of 3 matched steps; at 1 step the runs' previous checkpoints "
+        "differ (at step 30: A's is step 20, B's step 10)"
+    ) in said
 
 
 def test_json_and_csv_carry_the_steps_left_out(stores: tuple[Path, Path]) -> None:
