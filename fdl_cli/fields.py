@@ -59,6 +59,10 @@ MEASURE_FIELDS: Final = (
 #: resume recomputes a stored checkpoint's cka_prev / overlap_prev whose prev_step is null, and fills it).
 ADDED_FIELDS: Final = frozenset({"cross_entropy", "prev_step"})
 
+#: Fields measured against the checkpoint before this one among those analysed (its step: `prev_step`): two stores
+#: with different previous checkpoints at a step (one analysed at a subset of the other's) measure different pairs.
+PREVIOUS_FIELDS: Final = ("cka_prev", "overlap_prev")
+
 #: All fields of a record, in output order.
 RECORD_FIELDS: Final = CHECKPOINT_FIELDS + MEASURE_FIELDS
 

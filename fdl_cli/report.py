@@ -38,6 +38,7 @@ from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
     INTEGER_LABELS_RECIPE,
+    PREVIOUS_FIELDS,
     R2_OUTPUT_FIELDS,
     RECORD_FIELDS,
     SERIES_FIELDS,
@@ -1646,13 +1647,17 @@ def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
     is no difference between the runs. With R2_OUTPUT_FIELDS (`compared_fields`): `r2_min` B − A, `r2_outputs`
     the list of each output's B − A (None where either is null, or all of it where the runs' outputs differ in
-    number), `r2_min_output` as a text field ('0 → 2', the worst output changed), None where either is null."""
+    number), `r2_min_output` as a text field ('0 → 2', the worst output changed), None where either is null.
+    PREVIOUS_FIELDS are None where the records' previous checkpoints differ (`previous_differs`)."""
     diffs: dict[str, Any] = {}
+    apart = previous_differs(record_a, record_b)
     for name in compared_fields(record_a, record_b):
         if name in ("step", "prev_step", "path", "sha256"):
             continue
         value_a, value_b = record_a.get(name), record_b.get(name)
-        if name == "r2_outputs":
+        if apart and name in PREVIOUS_FIELDS:
+            diffs[name] = None
+        elif name == "r2_outputs":
             diffs[name] = None if value_a is None or value_b is None or len(value_a) != len(value_b) else [
                 None if a is None or b is None else b - a for a, b in zip(value_a, value_b, strict=True)]
         elif name == "r2_min_output":
@@ -1662,6 +1667,46 @@ def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
         else:
             diffs[name] = None if value_a == value_b else f"{value_a} → {value_b}"
     return diffs
+
+
+def previous_differs(record_a: Record, record_b: Record) -> bool:
+    """Whether two records' PREVIOUS_FIELDS measure against different checkpoints: their prev_step differ (a
+    store analysed at a subset of another's checkpoints, `--steps` or `--every`, compares a step with an earlier
+    one; null: no previous checkpoint). A prev_step not recorded (null beside a cka_prev or overlap_prev: a store
+    written before fdl recorded it, which its reader warns of) cannot tell, and the records are compared as before."""
+    def previous(record: Record) -> tuple[bool, Any]:  # (recorded, prev_step)
+        value = record.get("prev_step")
+        return value is not None or all(record.get(name) is None for name in PREVIOUS_FIELDS), value
+
+    (known_a, prev_a), (known_b, prev_b) = previous(record_a), previous(record_b)
+    return known_a and known_b and prev_a != prev_b
+
+
+def previous_apart(comparison: Comparison) -> list[ComparedStep]:
+    """The matched steps whose records' previous checkpoints differ (`previous_differs`): PREVIOUS_FIELDS are not
+    compared there."""
+    return [compared for compared in comparison.steps
+            if previous_differs(getattr(compared, "record_a", {}), getattr(compared, "record_b", {}))]
+
+
+def previous_line(comparison: Comparison) -> str | None:
+    """"cka_prev, overlap_prev: compared at 2 of 3 matched steps; at 1 step the runs' previous checkpoints differ
+    (at step 30: A's is step 20, B's step 10)", or None where they differ at no matched step."""
+    apart = previous_apart(comparison)
+    if not apart:
+        return None
+    first = apart[0]
+    step_a, step_b = first.match.step_a, first.match.step_b
+    where = f"step {step_a}" if step_a == step_b else f"steps {step_a}↔{step_b}"
+
+    def said(record: Record) -> str:
+        value = record.get("prev_step")
+        return "none" if value is None else f"step {value}"
+
+    total = len(comparison.steps)
+    return (f"{', '.join(PREVIOUS_FIELDS)}: compared at {total - len(apart)} of {total} matched steps; at "
+            f"{counted(len(apart), 'step')} the runs' previous checkpoints differ ({'e.g. ' if len(apart) > 1 else ''}"
+            f"at {where}: A's is {said(first.record_a)}, B's {said(first.record_b)})")
 
 
 @dataclass(frozen=True)
@@ -2577,6 +2622,12 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         # only when a store records checkpoints `fdl analyze` refused, each side's as `fdl classify --json` gives
         # them (null for a side with none): the matched steps leave them out, and the stderr note says so too
         **({"refused_steps": dict(zip("ab", comparison.refused, strict=True))} if any(comparison.refused) else {}),
+        # only where the runs' previous checkpoints differ at some matched step (`previous_line`): there the
+        # differences of PREVIOUS_FIELDS are null, each run's prev_step ("a", "b") the checkpoint its values measure against
+        **({"prev_step_differs": [
+            {"step_a": compared.match.step_a, "step_b": compared.match.step_b,
+             "a": compared.record_a.get("prev_step"), "b": compared.record_b.get("prev_step")}
+            for compared in apart]} if (apart := previous_apart(comparison)) else {}),
     }
 
 
@@ -2604,6 +2655,9 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
     then each run's own values, `a_<field>` and `b_<field>` (a table of the two runs side by side
     needs them, not only their differences)."""
     rows = []
+    # each run's prev_step where the runs' previous checkpoints differ at some step (`previous_line`), which leaves
+    # `delta_cka_prev` / `delta_overlap_prev` empty there
+    previous = ("prev_step",) if previous_apart(comparison) else ()
     for compared in comparison.steps:
         row: dict[str, Any] = {
             "step_a": compared.match.step_a,
@@ -2614,9 +2668,9 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
         row.update((f"a_{name}", value) for name, value in _series_keys(comparison, "a").items())
-        row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in compared.differences)
+        row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in (*compared.differences, *previous))
         row.update((f"b_{name}", value) for name, value in _series_keys(comparison, "b").items())
-        row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in compared.differences)
+        row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in (*compared.differences, *previous))
         rows.append(row)
     return rows
 
@@ -2751,7 +2805,8 @@ def difference_lines(comparison: Comparison) -> list[str]:
                 ways.setdefault(nulls, []).append(name)
         lines += [f"{counted(len(names), 'other field')} null in one run only {_null_sides(*sides)}: {', '.join(names)}"
                   for sides, names in ways.items()]
-    return lines or ["no field differs at any matched step"]
+    previous = previous_line(comparison)
+    return (lines or ["no field differs at any matched step"]) + ([previous] if previous is not None else [])
 
 
 def _null_sides(in_a: int, in_b: int) -> str:
@@ -2772,6 +2827,7 @@ def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, tupl
     `r2_min_output` as a text field (the list `r2_outputs` only in --json and CSV)."""
     per_output = any(R2_OUTPUT_FIELDS[0] in getattr(compared, side, {}) for compared in comparison.steps
                      for side in ("record_a", "record_b"))
+    apart = {id(compared) for compared in previous_apart(comparison)}
     for name in RECORD_FIELDS + (R2_OUTPUT_FIELDS[1:] if per_output else ()):
         if name in ("step", "path", "sha256"):
             continue
@@ -2787,8 +2843,10 @@ def _field_lines(comparison: Comparison) -> Iterator[tuple[str, str | None, tupl
             differs = f"{label}: differs at {counted(len(text), 'step')} (e.g. {text[0]})"
         nulls = None
         if (name in INT_FIELDS or name in FLOAT_FIELDS or name == "r2_min") and name != "prev_step":
+            # a step left out of the previous fields (`previous_line` says why) is no null of either run's there
+            kept = [compared for compared in comparison.steps if name not in PREVIOUS_FIELDS or id(compared) not in apart]
             sides = [(getattr(compared, "record_a", {}).get(name) is None,
-                      getattr(compared, "record_b", {}).get(name) is None) for compared in comparison.steps]
+                      getattr(compared, "record_b", {}).get(name) is None) for compared in kept]
             in_a, in_b = sum(1 for a, b in sides if a and not b), sum(1 for a, b in sides if b and not a)
             if in_a or in_b:
                 nulls = (in_a, in_b)
