@@ -74,6 +74,13 @@ SERIES_FIELDS: Final = ("probe", "layer")
 #: outputs with 0/1. true for such a series, false (null: not recorded) for the others; absent otherwise.
 ZERO_ONE_FIELD: Final = "zero_one_targets"
 
+#: Extra key of every record of `fdl report --format json|csv|markdown` when a selected series' probe is too small
+#: for the MF-vs-EF rule to find EF (n ≤ C + mf_extra inputs, n − 1 under --center, before a wider layer: `fdl
+#: classify`'s evidence `small_probe`, docs/regimes.md): true for such a series, false for the others; absent
+#: otherwise, so the records of every other store are as before. `fdl compare --json` has {"a", "b"} of it, and its
+#: CSV `a_small_probe` and `b_small_probe`.
+SMALL_PROBE_FIELD: Final = "small_probe"
+
 #: Extra keys of every record of `fdl report --format json|csv|markdown` when a selected series is a regression of
 #: C > 1 outputs whose store holds their R² one by one (the `r2_outputs` dataset: docs/store.md): `r2_outputs` the
 #: list of C values (null for a constant target column), `r2_min` the smallest of them and `r2_min_output` its

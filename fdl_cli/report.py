@@ -42,6 +42,7 @@ from fdl_cli.fields import (
     R2_OUTPUT_FIELDS,
     RECORD_FIELDS,
     SERIES_FIELDS,
+    SMALL_PROBE_FIELD,
     STR_FIELDS,
     ZERO_ONE_FIELD,
     number_text,
@@ -60,6 +61,7 @@ from fdl_cli.regimes import (
     movement_thresholds,
     narrow_dlr_clause,
     narrow_width_line,
+    small_probe_line,
     threshold_text,
 )
 from fdl_cli.regimes import probe_chance as probe_chance_of
@@ -175,9 +177,11 @@ class Run:
         """Every selected record; with several series in the store, each with `probe` and `layer`; when a
         selected series has per-output R² (`StoreReader.records(r2_outputs=True)`), each with R2_OUTPUT_FIELDS (null
         for the others); when a selected series' probe holds float 0/1 targets, each with `zero_one_targets`
-        (ZERO_ONE_FIELD), last."""
+        (ZERO_ONE_FIELD), last; when a selected series' probe is too small for EF (`small_probe_note`), each with
+        SMALL_PROBE_FIELD after it."""
         flags = {series.label: zero_one_targets(self, series) for series in self.series}
         flagged = any(flags.values())
+        small = {series.label: small_probe_note(self, series) is not None for series in self.series}
         per_output = any(R2_OUTPUT_FIELDS[0] in record for series in self.series for record in series.records)
         out: list[Record] = []
         for series in self.series:
@@ -189,6 +193,8 @@ class Run:
                     row.update((name, record.get(name)) for name in R2_OUTPUT_FIELDS)
                 if flagged:  # last, as before the per-output fields came
                     row[ZERO_ONE_FIELD] = flags[series.label]
+                if any(small.values()):
+                    row[SMALL_PROBE_FIELD] = small[series.label]
                 out.append(row)
         return out
 
@@ -312,11 +318,19 @@ def reference_rank_note(run: Run, series: Series, reference_step: Any) -> dict[s
     return low_rank_reference(series.records, reference_step, wanted)
 
 
+def small_probe_note(run: Run, series: Series) -> str | None:
+    """classify's evidence `small_probe` of `series` (`regimes.small_probe_line` of its last checkpoint, at the
+    default thresholds, the report's, and the store's --center): its probe has too few inputs for the MF-vs-EF rule
+    to find EF, so no regime of it can read EF. None otherwise."""
+    return small_probe_line(series.records[-1], Thresholds(), center=centered(run)) if series.records else None
+
+
 def degenerate_layer_lines(run: Run, series: Series) -> list[str]:
-    """The report's lines on a degenerate layer, in classify's words: its note on a reference of rank below the
-    overlaps' k, and, for a layer of p ≤ C units, its line that D_LR is fixed by the width
+    """The report's lines on a degenerate layer or probe, in classify's words: its note on a reference of rank below
+    the overlaps' k; for a layer of p ≤ C units, its line that D_LR is fixed by the width
     (`regimes.narrow_width_line` at the default thresholds, the report's; printed only where
-    `regimes.narrow_dlr_clause` has a word on D_LR, since the table shows D_LR and not the run's verdict)."""
+    `regimes.narrow_dlr_clause` has a word on D_LR, since the table shows D_LR and not the run's verdict); and for
+    a probe too small for EF, its `small_probe` line (`small_probe_note`: the table's regimes cannot read EF)."""
     steps = [int(r["step"]) for r in series.records if isinstance(r.get("step"), int)]
     if not steps:
         return []
@@ -330,6 +344,8 @@ def degenerate_layer_lines(run: Run, series: Series) -> list[str]:
     if narrow_dlr_clause(final, reference) is not None \
             and (narrow := narrow_width_line(final, Thresholds(), reference)) is not None:
         lines.append(narrow)
+    if (small := small_probe_note(run, series)) is not None:
+        lines.append(small)
     return lines
 
 
@@ -963,8 +979,9 @@ def _output_fields(records: Sequence[Record]) -> list[str]:
     several = any("probe" in record for record in records)
     flagged = any(ZERO_ONE_FIELD in record for record in records)
     per_output = any(R2_OUTPUT_FIELDS[0] in record for record in records)
+    small = any(SMALL_PROBE_FIELD in record for record in records)
     return (list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + (list(R2_OUTPUT_FIELDS) if per_output else [])
-            + ([ZERO_ONE_FIELD] if flagged else []))
+            + ([ZERO_ONE_FIELD] if flagged else []) + ([SMALL_PROBE_FIELD] if small else []))
 
 
 def _cell_value(value: Any) -> Any:
@@ -1747,6 +1764,8 @@ class Comparison:
     series: tuple[tuple[str | None, str | None], tuple[str | None, str | None]] | None = None
     #: the checkpoints `fdl analyze` refused in run A and in run B (`refused_items`; None: the store records none)
     refused: tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None] = (None, None)
+    #: whether run A's and run B's probes are too small for EF (`small_probe_note`; the notes give the line)
+    small_probe: tuple[bool, bool] = (False, False)
 
 
 @dataclass(frozen=True)
@@ -2452,6 +2471,9 @@ def compare_runs(
     if (devices := device_difference_note(run_a, series_a, run_b, series_b)) is not None:
         notes.append(devices)
     notes += zero_one_notes(run_a, series_a, run_b, series_b)
+    small = (small_probe_note(run_a, series_a), small_probe_note(run_b, series_b))
+    notes += [f"runs A and B: {small[0]}"] if small[0] is not None and small[0] == small[1] else \
+        [f"run {side}: {line}" for side, line in zip("AB", small, strict=True) if line is not None]
     if (binary := binary_logit_note(run_a, run_b)) is not None:
         notes.append(binary)
     steps = [
@@ -2483,6 +2505,7 @@ def compare_runs(
         series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
         if run_a.several or run_b.several or series_a.label != series_b.label else None,
         refused=(refused_items(run_a), refused_items(run_b)),
+        small_probe=(small[0] is not None, small[1] is not None),
     )
 
 
@@ -2622,6 +2645,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         # only when a store records checkpoints `fdl analyze` refused, each side's as `fdl classify --json` gives
         # them (null for a side with none): the matched steps leave them out, and the stderr note says so too
         **({"refused_steps": dict(zip("ab", comparison.refused, strict=True))} if any(comparison.refused) else {}),
+        # only when a run's probe is too small for EF (its note says so), as in `fdl report --format json`
+        **({SMALL_PROBE_FIELD: dict(zip("ab", comparison.small_probe, strict=True))}
+           if any(comparison.small_probe) else {}),
         # only where the runs' previous checkpoints differ at some matched step (`previous_line`): there the
         # differences of PREVIOUS_FIELDS are null, each run's prev_step ("a", "b") the checkpoint its values measure against
         **({"prev_step_differs": [
@@ -2671,6 +2697,9 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
         row.update((f"a_{name}", _clean(compared.record_a.get(name))) for name in (*compared.differences, *previous))
         row.update((f"b_{name}", value) for name, value in _series_keys(comparison, "b").items())
         row.update((f"b_{name}", _clean(compared.record_b.get(name))) for name in (*compared.differences, *previous))
+        if any(comparison.small_probe):  # last, where a run's probe is too small for EF (its stderr note says so)
+            row.update((f"{side}_{SMALL_PROBE_FIELD}", flag) for side, flag in zip("ab", comparison.small_probe,
+                                                                                   strict=True))
         rows.append(row)
     return rows
 

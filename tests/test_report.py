@@ -57,12 +57,15 @@ def _entry(step: int, *, probe: str, layer: str, seed: int, scalars: dict[str, A
 def make_store(
     path: Path, *, steps: Sequence[int] = STEPS, probe_sha: str = "a" * 64, seed: int = 0,
     layers: Sequence[str] = ("fc1",), scalars: dict[int, dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
-    """A small regression run (1-D probe, C = 2) with known scalars, written by the store writer."""
+    """A small regression run (1-D probe, C = 2) with known scalars, written by the store writer; `options`: the
+    recorded `fdl analyze` options (none recorded by default)."""
     x = np.linspace(-1.0, 1.0, N_PROBE)
     probe = ProbeInfo(name="train", sha256=probe_sha, n=N_PROBE, task="regression", n_outputs=N_OUTPUTS,
                       anchor_x=x[:, None], anchor_y=np.sin(3 * x)[:, None])
-    provenance = {"model": "model.py:build", "layers": list(layers), "host": "testhost", "fdl_version": "0.1.0"}
+    provenance = {"model": "model.py:build", "layers": list(layers), "host": "testhost", "fdl_version": "0.1.0",
+                  **({"options": options} if options is not None else {})}
     table = scalars or SCALARS
     with StoreWriter(path, provenance=provenance, probes=[probe]) as writer:
         for step in steps:
