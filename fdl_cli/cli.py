@@ -24,7 +24,7 @@ import click
 
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import ESCAPE, PLAIN, FdlError, StoreError, listed_names, shown_name, terminal_safe
-from fdl_cli.fields import ZERO_ONE_FIELD
+from fdl_cli.fields import SMALL_PROBE_FIELD, ZERO_ONE_FIELD
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -1442,7 +1442,9 @@ SWEEP_PRIORITY = ("store", "regime", "probe", "layer", "final_d_lr", "final_accu
                   "final_k95_utility", "final_overlap_init", "final_pi_hat_C")
 #: The further columns of its csv and markdown. `refused_steps` last: the steps `fdl analyze` refused (a run that
 #: diverged), ascending, a list as JSON text as every CSV list (`[30, 40]`); an empty cell where the store records
-#: none, as `--json` then has no `refused_steps` (null), so a script tells a diverged run without reading stderr
+#: none, as `--json` then has no `refused_steps` (null), so a script tells a diverged run without reading stderr.
+#: `small_probe` after it where some row's probe is too small for EF (evidence `small_probe`; the text's line says so):
+#: true or false a row, absent otherwise, as `fdl report`'s field, so every other sweep's columns are as they were
 SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer",
               "probe_sha256", "refused_steps")
 
@@ -1508,11 +1510,14 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         _emit_json([{"store": one.store, **one.verdict.as_json(), "probe_sha256": one.probe_sha} for one in done])
     elif fmt in ("csv", "markdown"):
         # every column, filled or not: a script reads `final_r2` of a classification sweep (empty) and
-        # concatenates sweeps of both kinds; only the table, for people, leaves out a column no row fills
-        names = ["store", *SWEEP_FIELDS, *SWEEP_MORE]
+        # concatenates sweeps of both kinds; only the table, for people, leaves out a column no row fills (and
+        # `small_probe` is there only where a row's probe is too small for EF: SWEEP_MORE's note)
+        small = any(one.verdict.evidence.get("small_probe") is not None for one in done)
+        names = ["store", *SWEEP_FIELDS, *SWEEP_MORE, *([SMALL_PROBE_FIELD] if small else [])]
         rows = [{"store": one.store, "regime": one.verdict.regime,
                  **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha,
-                 "refused_steps": sorted(item["step"] for item in one.verdict.refused or ()) or None}
+                 "refused_steps": sorted(item["step"] for item in one.verdict.refused or ()) or None,
+                 SMALL_PROBE_FIELD: one.verdict.evidence.get("small_probe") is not None}
                 for one in done]
         sys.stdout.write(rep.rows_to_text(names, rows, fmt))
         sys.stdout.flush()
@@ -1545,6 +1550,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         for one in done:
             if one.binary:  # its C column's 2
                 console.print(f"{_row_name(one.store)}: {rep.BINARY_LOGIT_LINE}", markup=False)
+            if (small := one.verdict.evidence.get("small_probe")) is not None:  # its regime cannot be EF
+                console.print(f"{_row_name(one.store)}: {small}", markup=False)
         for one in done:
             if one.others:
                 console.print(f"{_row_name(one.store)} holds {one.others} other series: choose with --probe/--layer",

@@ -97,3 +97,16 @@ def test_under_center_a_probe_of_c_plus_mf_extra_plus_1_inputs_is_too_small(tmp_
     ) in " ".join(done.stderr.split())
     plain = fdl_in_process("report", make_store(tmp_path / "plain.h5", scalars=four), "--json")
     assert "small_probe" not in plain.stdout and "too small" not in plain.stderr
+
+
+def test_a_sweep_names_the_store_whose_probe_is_too_small(stores: tuple[Path, Path]) -> None:
+    """`fdl classify A B`: a row per store and its regime, with the line below the table for the small probe's store,
+    and a `small_probe` column, last, in its CSV where a row has such a probe."""
+    small, big = stores
+    text = fdl_in_process("classify", small, big)
+    assert f"{small}: {LINE}" in " ".join(text.stderr.split()), text.stderr
+    assert f"{big}: k95" not in text.stderr
+    rows = list(csv.DictReader(io.StringIO(fdl_in_process("classify", small, big, "--format", "csv").stdout)))
+    assert [(row["store"], row["small_probe"]) for row in rows] == [(str(small), "True"), (str(big), "False")]
+    assert list(rows[0])[-2:] == ["refused_steps", "small_probe"]
+    assert "small_probe" not in fdl_in_process("classify", big, big, "--format", "csv").stdout  # others as before
