@@ -1262,6 +1262,10 @@ def export(**kwargs: Any) -> None:
         if kwargs["what"] == "trajectories" and len(run.series) == 1 \
                 and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
             click.echo(terminal_safe(f"note: {caveat}"), err=True)
+        # what the exported regime column cannot read, as report says it beside its --json
+        if kwargs["what"] == "trajectories" and len(run.series) == 1 \
+                and (small := rep.small_probe_note(run, run.series[0])) is not None:
+            click.echo(terminal_safe(f"note: {small}"), err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
         # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
         if steps is None and (refused := rep.refused_line(run, "this export")) is not None:

@@ -110,3 +110,12 @@ def test_a_sweep_names_the_store_whose_probe_is_too_small(stores: tuple[Path, Pa
     assert [(row["store"], row["small_probe"]) for row in rows] == [(str(small), "True"), (str(big), "False")]
     assert list(rows[0])[-2:] == ["refused_steps", "small_probe"]
     assert "small_probe" not in fdl_in_process("classify", big, big, "--format", "csv").stdout  # others as before
+
+
+def test_export_of_the_trajectories_gives_the_line_beside_the_regime_column(stores: tuple[Path, Path]) -> None:
+    small, big = stores
+    done = fdl_in_process("export", small, "--what", "trajectories")
+    assert done.returncode == 0, done.stderr
+    assert f"note: {LINE}" in " ".join(done.stderr.split())
+    assert "small_probe" not in done.stdout  # its columns are the stored fields', as before
+    assert "too small" not in fdl_in_process("export", big, "--what", "trajectories").stderr
