@@ -1,0 +1,40 @@
+"""A review of the recent code (compare's previous checkpoints, ...): each test fails without its fix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.cli_run import fdl_in_process
+from tests.test_report import make_store
+
+
+def _chained(steps: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Scalars of a store analysed at every one of `steps`: each compared with the step before it."""
+    return {
+        step: {"prev_step": steps[i - 1] if i else None, "cka_prev": None if i == 0 else 0.9 - 0.01 * i}
+        for i, step in enumerate(steps)
+    }
+
+
+def test_compare_keeps_cka_prev_where_the_previous_checkpoints_are_matched_to_each_other(tmp_path: Path) -> None:
+    """Two runs saved a step apart (0, 100, 200 against 1, 101, 201) are matched to the nearest steps, and so are
+    their previous checkpoints: compare left cka_prev / overlap_prev out at every step ("the runs' previous
+    checkpoints differ (e.g. at steps 100↔101: A's is step 0, B's step 1)"), though 0 and 1 are a matched pair."""
+    a = make_store(tmp_path / "a.h5", steps=(0, 100, 200), scalars=_chained((0, 100, 200)))
+    b = make_store(tmp_path / "b.h5", steps=(1, 101, 201), scalars=_chained((1, 101, 201)))
+    done = fdl_in_process("compare", a, b, "--no-overlap", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert "prev_step_differs" not in data
+    assert [step["differences"]["cka_prev"] for step in data["steps"]] == [None, 0, 0]
+    done = fdl_in_process("compare", a, b, "--no-overlap")
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "previous checkpoints differ" not in said, said
+    from fdl_cli.report import previous_differs
+
+    # a previous checkpoint of one run against none in the other, or against one not its partner, still differs
+    assert previous_differs({"prev_step": 10, "cka_prev": 0.5}, {"prev_step": None, "cka_prev": None}, {10: 11})
+    assert previous_differs({"prev_step": 10, "cka_prev": 0.5}, {"prev_step": 5, "cka_prev": 0.5}, {10: 11})
