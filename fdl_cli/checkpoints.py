@@ -3920,8 +3920,10 @@ def _serve_current_folder(named: str) -> None:
     origin = getattr(found, "origin", None)
     if not isinstance(origin, str) or origin == "namespace" or not os.path.isabs(origin):
         return  # none, a namespace package (Python joins its portions), or no file: imported as before
-    file = Path(os.path.realpath(origin))
-    if not file.is_relative_to(here) or file.relative_to(here).parts[0].partition(".")[0] != named or _in_library(file):
+    # the sys.path entry it was found in: the folder of the module, or of the package's folder, taken as it is named
+    # there (a package that is a symlink to a checkout elsewhere is the current folder's, as `fdl` serves it)
+    entry = Path(origin).parent if getattr(found, "submodule_search_locations", None) is None else Path(origin).parent.parent
+    if os.path.realpath(entry) != here or _in_library(os.path.realpath(origin)):
         return  # found elsewhere on sys.path, ahead of the current folder: that one is imported, as before
     if named not in _protected_modules():
         _serve_folder(cwd, first=True, named=named)

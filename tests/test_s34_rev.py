@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
+from tests.test_s33_fix import LAYERS, PACKAGE, _analyze, _recorded, package_run  # noqa: F401 - a fixture
 
 
 def _chained(steps: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -38,3 +41,24 @@ def test_compare_keeps_cka_prev_where_the_previous_checkpoints_are_matched_to_ea
     # a previous checkpoint of one run against none in the other, or against one not its partner, still differs
     assert previous_differs({"prev_step": 10, "cka_prev": 0.5}, {"prev_step": None, "cka_prev": None}, {10: 11})
     assert previous_differs({"prev_step": 10, "cka_prev": 0.5}, {"prev_step": 5, "cka_prev": 0.5}, {10: 11})
+
+
+def test_python_m_records_a_symlinked_package_of_the_current_folder_as_fdl_does(
+    package_run: Path,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The current folder's package a symlink to a checkout elsewhere (`ln -s ../repo/src/pkg pkg`): `python -m fdl_cli`
+    took its real path for one outside the current folder and imported it through sys.path, recording and checking
+    none of its modules (model_imports absent), so a store it made resumed in silence after an edit of pkg/layers.py,
+    while `fdl` refused."""
+    root = package_run
+    elsewhere = root / "checkout" / PACKAGE
+    elsewhere.parent.mkdir()
+    (root / PACKAGE).rename(elsewhere)
+    (root / PACKAGE).symlink_to(elsewhere, target_is_directory=True)
+    assert _analyze(root, "m.h5", python_m=True, monkeypatch=monkeypatch).startswith("exit 0")
+    recorded = _recorded(root / "m.h5")
+    assert recorded is not None and f"{PACKAGE}.layers" in recorded
+    (elsewhere / "layers.py").write_text(LAYERS.format("Tanh"))
+    said = _analyze(root, "m.h5", python_m=True, monkeypatch=monkeypatch, steps="0,10,20")
+    assert said.startswith("exit 1: error: the model code ") and f"(the module {PACKAGE}.layers, which the model" in said
