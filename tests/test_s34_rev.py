@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,45 @@ def test_python_m_records_a_symlinked_package_of_the_current_folder_as_fdl_does(
     (elsewhere / "layers.py").write_text(LAYERS.format("Tanh"))
     said = _analyze(root, "m.h5", python_m=True, monkeypatch=monkeypatch, steps="0,10,20")
     assert said.startswith("exit 1: error: the model code ") and f"(the module {PACKAGE}.layers, which the model" in said
+
+
+def test_python_m_records_a_namespace_package_of_the_current_folder_as_fdl_does(
+    package_run: Path,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The current folder's package without an __init__.py (a namespace package, as many a research folder is):
+    `python -m fdl_cli` left it to sys.path's finder, recording and checking none of its modules, while `fdl` served it
+    and recorded pkg.layers: a store made by fdl, resumed by python -m after an edit of pkg/layers.py, resumed silently."""
+    root = package_run
+    (root / PACKAGE / "__init__.py").unlink()
+    for python_m in (True, False):
+        out = f"{'m' if python_m else 'script'}.h5"
+        assert _analyze(root, out, python_m=python_m, monkeypatch=monkeypatch).startswith("exit 0")
+        assert list(_recorded(root / out) or {}) == [f"{PACKAGE}.layers"], out
+    (root / PACKAGE / "layers.py").write_text(LAYERS.format("Tanh"))
+    said = _analyze(root, "script.h5", python_m=True, monkeypatch=monkeypatch, steps="0,10,20")
+    assert said.startswith("exit 1: error: the model code ") and f"(the module {PACKAGE}.layers, which the model" in said
+
+
+def test_a_served_namespace_package_leaves_the_folders_other_namespace_folders_to_python(
+    package_run: Path,  # noqa: F811 - the fixture
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python takes a regular package found anywhere on sys.path over a namespace portion: a run folder `s34revlib/` of
+    no __init__.py (as `wandb/` beside a training script) does not stand in for the installed s34revlib that the model
+    imports, under python -m as under fdl, once the model's own namespace package is served."""
+    root = package_run
+    (root / PACKAGE / "__init__.py").unlink()
+    (root / PACKAGE / "layers.py").write_text("import s34revlib\n\n\ndef act():\n    return s34revlib.activation()\n")
+    (root / "s34revlib").mkdir()  # a folder of run outputs, no code
+    installed = tmp_path_factory.mktemp("site") / "s34revlib"
+    installed.mkdir()
+    (installed / "__init__.py").write_text("from torch import nn\n\n\ndef activation():\n    return nn.ReLU()\n")
+    monkeypatch.syspath_prepend(str(installed.parent))
+    try:
+        for python_m in (True, False):
+            said = _analyze(root, f"{python_m}.h5", python_m=python_m, monkeypatch=monkeypatch)
+            assert said.startswith("exit 0"), said
+    finally:
+        sys.modules.pop("s34revlib", None)
