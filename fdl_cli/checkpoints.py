@@ -3918,10 +3918,20 @@ def _serve_current_folder(named: str) -> None:
     except (ImportError, OSError, ValueError):
         found = None
     origin = getattr(found, "origin", None)
-    if not isinstance(origin, str) or origin == "namespace" or not os.path.isabs(origin):
-        return  # none, a namespace package (Python joins its portions), or no file: imported as before
-    file = Path(os.path.realpath(origin))
-    if not file.is_relative_to(here) or file.relative_to(here).parts[0].partition(".")[0] != named or _in_library(file):
+    if found is not None and origin in (None, "namespace"):
+        # a namespace package (no __init__.py), which Python joins of its portions on sys.path: served, ahead of
+        # sys.path's finder, where the current folder holds its only one (what Python imports is that one too)
+        portions = list(getattr(found, "submodule_search_locations", None) or ())
+        if portions and all(os.path.realpath(Path(portion).parent) == here for portion in portions) \
+                and named not in _protected_modules():
+            _serve_folder(cwd, first=True, named=named, named_namespace_first=True)
+        return
+    if not isinstance(origin, str) or not os.path.isabs(origin):
+        return  # none, or no file: imported as before
+    # the sys.path entry it was found in: the folder of the module, or of the package's folder, taken as it is named
+    # there (a package that is a symlink to a checkout elsewhere is the current folder's, as `fdl` serves it)
+    entry = Path(origin).parent if getattr(found, "submodule_search_locations", None) is None else Path(origin).parent.parent
+    if os.path.realpath(entry) != here or _in_library(os.path.realpath(origin)):
         return  # found elsewhere on sys.path, ahead of the current folder: that one is imported, as before
     if named not in _protected_modules():
         _serve_folder(cwd, first=True, named=named)
@@ -4219,11 +4229,13 @@ class _FolderModules(importlib.abc.MetaPathFinder):
     only modules and packages. Every module of the folder is compiled from its source (`_from_source`), and for
     the model of the fdl.toml `manifest` compiled code there is refused."""
 
-    def __init__(self, folder: Path, *, named: str | None, namespaces: bool, manifest: str | None = None) -> None:
+    def __init__(self, folder: Path, *, named: str | None, namespaces: bool, manifest: str | None = None,
+                 only_named: bool = False) -> None:
         self.folder = os.path.realpath(folder)
         self.named = named
         self.namespaces = namespaces
         self.manifest = manifest
+        self.only_named = only_named  # serves `named` alone (`_serve_folder`'s named_namespace_first)
         self.load = _load_of(self.folder, manifest)
 
     def __eq__(self, other: object) -> bool:
@@ -4236,7 +4248,7 @@ class _FolderModules(importlib.abc.MetaPathFinder):
         return self.load.holds(importer)
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if path is not None:
+        if path is not None or (self.only_named and fullname != self.named):
             return None
         importing = _IMPORTING.get()
         if importing is not None and importing.folder == self.folder and importing is not self.load:
@@ -4523,7 +4535,7 @@ def _forget_other_folders(folder: str, *, checked: bool = False, afresh: bool = 
 
 
 def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manifest: str | None = None,
-                  afresh: bool = False) -> _Load:
+                  afresh: bool = False, named_namespace_first: bool = False) -> _Load:
     """Let the code of `folder` (and fdl, for the module `named`) import the folder's modules for the rest of the
     run (the factory and forward may import them lazily), through `_FolderModules`, never through sys.path.
 
@@ -4531,8 +4543,10 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     in `python model.py`); else after them (the current folder for `pkg.module:factory`, which the `fdl`
     console script lacks while `python -m` has it: an installed package still wins). manifest: the fdl.toml whose
     model the folder's code is, for which compiled code there is refused (`_from_source`). afresh: the folder's
-    modules imported before are imported again, as its model file is (`_forget_other_folders`). Returns the
-    `_Load` whose rules and modules the folder's code gets."""
+    modules imported before are imported again, as its model file is (`_forget_other_folders`).
+    named_namespace_first: `named`, a namespace package of the folder, is served ahead of sys.path's finder
+    (`_serve_current_folder`); the folder's other namespace packages after everything, as Python ranks a portion
+    below a regular package. Returns the `_Load` whose rules and modules the folder's code gets."""
     if _SUBMODULES not in sys.meta_path:
         sys.meta_path.insert(0, _SUBMODULES)
     _follow_spawned()
@@ -4548,6 +4562,10 @@ def _serve_folder(folder: Path, *, first: bool, named: str | None = None, manife
     namespaces = _FolderModules(folder, named=named, namespaces=True, manifest=manifest)
     if namespaces not in sys.meta_path:
         sys.meta_path.append(namespaces)
+    if named_namespace_first:
+        named_first = _FolderModules(folder, named=named, namespaces=True, manifest=manifest, only_named=True)
+        if named_first not in sys.meta_path:
+            sys.meta_path.insert(0, named_first)
     return regular.load
 
 

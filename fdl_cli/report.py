@@ -1659,15 +1659,15 @@ def compared_fields(record_a: Record, record_b: Record) -> tuple[str, ...]:
     return RECORD_FIELDS + (R2_OUTPUT_FIELDS if per_output else ())
 
 
-def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
+def field_differences(record_a: Record, record_b: Record, partners: Mapping[int, int] | None = None) -> dict[str, Any]:
     """B − A for every numeric field (None when either side is null); for text fields None when equal,
     else 'a → b'. Identity fields (step, prev_step, path, sha256) are left out: a difference of steps
     is no difference between the runs. With R2_OUTPUT_FIELDS (`compared_fields`): `r2_min` B − A, `r2_outputs`
     the list of each output's B − A (None where either is null, or all of it where the runs' outputs differ in
     number), `r2_min_output` as a text field ('0 → 2', the worst output changed), None where either is null.
-    PREVIOUS_FIELDS are None where the records' previous checkpoints differ (`previous_differs`)."""
+    PREVIOUS_FIELDS are None where the records' previous checkpoints differ (`previous_differs`, `partners`)."""
     diffs: dict[str, Any] = {}
-    apart = previous_differs(record_a, record_b)
+    apart = previous_differs(record_a, record_b, partners)
     for name in compared_fields(record_a, record_b):
         if name in ("step", "prev_step", "path", "sha256"):
             continue
@@ -1686,24 +1686,29 @@ def field_differences(record_a: Record, record_b: Record) -> dict[str, Any]:
     return diffs
 
 
-def previous_differs(record_a: Record, record_b: Record) -> bool:
+def previous_differs(record_a: Record, record_b: Record, partners: Mapping[int, int] | None = None) -> bool:
     """Whether two records' PREVIOUS_FIELDS measure against different checkpoints: their prev_step differ (a
     store analysed at a subset of another's checkpoints, `--steps` or `--every`, compares a step with an earlier
-    one; null: no previous checkpoint). A prev_step not recorded (null beside a cka_prev or overlap_prev: a store
-    written before fdl recorded it, which its reader warns of) cannot tell, and the records are compared as before."""
+    one; null: no previous checkpoint), and are not matched to each other (`partners`: run A's step -> run B's, the
+    matched steps; runs saved a step apart, 0, 100 against 1, 101, compare 100 with 0 and 101 with 1 alike). A
+    prev_step not recorded (null beside a cka_prev or overlap_prev: a store written before fdl recorded it, which
+    its reader warns of) cannot tell, and the records are compared as before."""
     def previous(record: Record) -> tuple[bool, Any]:  # (recorded, prev_step)
         value = record.get("prev_step")
         return value is not None or all(record.get(name) is None for name in PREVIOUS_FIELDS), value
 
     (known_a, prev_a), (known_b, prev_b) = previous(record_a), previous(record_b)
-    return known_a and known_b and prev_a != prev_b
+    return known_a and known_b and prev_a != prev_b and (
+        prev_a is None or prev_b is None or (partners or {}).get(prev_a) != prev_b)
 
 
 def previous_apart(comparison: Comparison) -> list[ComparedStep]:
     """The matched steps whose records' previous checkpoints differ (`previous_differs`): PREVIOUS_FIELDS are not
     compared there."""
+    partners = {match.step_a: match.step_b for compared in comparison.steps
+                if (match := getattr(compared, "match", None)) is not None}
     return [compared for compared in comparison.steps
-            if previous_differs(getattr(compared, "record_a", {}), getattr(compared, "record_b", {}))]
+            if previous_differs(getattr(compared, "record_a", {}), getattr(compared, "record_b", {}), partners)]
 
 
 def previous_line(comparison: Comparison) -> str | None:
@@ -2476,12 +2481,13 @@ def compare_runs(
         [f"run {side}: {line}" for side, line in zip("AB", small, strict=True) if line is not None]
     if (binary := binary_logit_note(run_a, run_b)) is not None:
         notes.append(binary)
+    partners = {match.step_a: match.step_b for match in matches}
     steps = [
         ComparedStep(
             match=match,
             record_a=record_a[match.step_a],
             record_b=record_b[match.step_b],
-            differences=field_differences(record_a[match.step_a], record_b[match.step_b]),
+            differences=field_differences(record_a[match.step_a], record_b[match.step_b], partners),
             overlap=overlaps.values.get(match),
             overlap_k=overlaps.ks.get(match),
         )
