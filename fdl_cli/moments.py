@@ -635,16 +635,10 @@ class MomentAccumulator:
 
         features = None
         if self.keep_features:
-            # The batches give way to their concatenation (more batches still join it): held beside it, they were
-            # one n×p float64 more while the anchors were gathered (docs/benchmarks.md, "The Gram route's
-            # eigenvectors").
             if self._torch is not None:
-                whole = self._torch.cat(self._kept)
-                self._kept = [whole]
-                features = whole.cpu().numpy()
+                features = self._torch.cat(self._kept).cpu().numpy()
             else:
                 features = np.concatenate(self._kept)
-                self._kept = [features]
         correct = self._sums.get("n_correct", 0)
         xent = self._sums.get("sum_xent")
         sums = {name: host(view) for name, view in self._output_views(current).items()}
