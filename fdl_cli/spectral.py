@@ -502,14 +502,23 @@ def _centering_scale(moments: Moments) -> float:
     return sum(float(np.sum(np.square(block, out=block))) for block in blocks) / moments.n
 
 
-def feature_spectrum(moments: Moments, *, center: bool = False, centering_scale: float | None = None) -> Spectrum:
-    """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route.
-    `centering_scale`: `_centering_scale(moments)` when already known."""
+def _check_statistics(moments: Moments) -> None:
+    """Before any measure is taken: the statistics finite, and within float64's range over the whole probe."""
     _check_finite(moments)
     if moments.peaks is not None:
         from fdl_cli.moments import check_range
 
         check_range(moments.peaks)  # float64 values too small (or too large) over the whole probe
+
+
+def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
+    """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
+    _check_statistics(moments)
+    return _spectrum(moments, center=center, centering_scale=None)
+
+
+def _spectrum(moments: Moments, *, center: bool, centering_scale: float | None) -> Spectrum:
+    """`feature_spectrum` of checked statistics; `centering_scale`: `_centering_scale(moments)` when known."""
     if not center:
         moments = moments.unshifted()
     n = moments.n
@@ -840,9 +849,10 @@ def measure(
         raise NumericalError("the probe is empty", got="n = 0 samples", fix="use a probe with samples")
     # What reads the kept features a block of rows at a time (the Gram route's centering scale, NC1) runs before
     # the spectrum: the blocks (up to KEPT_BLOCK × p float64) were alive beside its p × rank eigenvectors.
+    _check_statistics(moments)
     scale = _centering_scale(moments)
     nc1 = neural_collapse_nc1(moments)
-    spectrum = feature_spectrum(moments, center=center, centering_scale=scale)
+    spectrum = _spectrum(moments, center=center, centering_scale=scale)
     n = moments.n
     # Centered measures take the shifted sums (shift-invariant, precise); uncentered ones the raw sums.
     base = moments if center else moments.unshifted()

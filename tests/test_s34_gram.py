@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import resources, spectral
-from fdl_cli.spectral import eigenfunctions, feature_spectrum, fix_signs, measure
+from fdl_cli.spectral import NonFiniteError, eigenfunctions, feature_spectrum, fix_signs, measure
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
     from tests.reference import reference_measures
@@ -113,3 +113,15 @@ def test_gram_route_peak_is_what_the_estimate_counts(center: bool) -> None:
         assert peak <= counted + resources.FLOAT64 * p * rank + sign_block + 1_000_000
     else:  # formed from the kept features, beside the n×n eigenvectors only: p × rank ≤ the centered n×p
         assert counted <= peak <= counted + sign_block + 1_000_000
+
+
+@pytest.mark.parametrize("keep_features", [True, False])
+def test_non_finite_features_are_said_before_nc1_runs(keep_features: bool) -> None:
+    """NC1 and the centering scale now run before the spectrum: the statistics are still checked first, so
+    features that overflowed give fdl's NonFiniteError (the `--dtype` advice), not numpy's SVD failure."""
+    case = make_case("random", seed=2, n=12, p=30 if keep_features else 6)
+    features = case["features"].copy()
+    features[3, 1] = np.inf
+    moments = stats(features, case["outputs"], labels=case["labels"], keep_features=keep_features)
+    with pytest.raises(NonFiniteError):
+        measure(moments)
