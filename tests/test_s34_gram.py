@@ -115,6 +115,7 @@ def test_gram_route_peak_is_what_the_estimate_counts(center: bool) -> None:
         assert counted <= peak <= counted + sign_block + 1_000_000
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.parametrize("keep_features", [True, False])
 def test_non_finite_features_are_said_before_nc1_runs(keep_features: bool) -> None:
     """NC1 and the centering scale now run before the spectrum: the statistics are still checked first, so
