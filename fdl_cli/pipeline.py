@@ -5281,7 +5281,8 @@ def _analyze_one(
             # At least the overlaps' top k (C) are stored: the overlaps are O_C (SPEC §5), whatever --top-k says.
             stored = stored_columns(options, result.moments.n_outputs)
             try:
-                measures = measure(result.moments, center=options.center, top_k=stored, dlr_energy=options.dlr_energy)
+                measures = measure(result.moments, center=options.center, top_k=stored,
+                                   dlr_energy=options.dlr_energy).stored_only()
             except NonFiniteError as exc:
                 raise exc.for_dtype(options.dtype) from None
             anchor = _float64_copy(result.anchor_features)  # one copy, centered later in place

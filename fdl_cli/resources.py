@@ -72,6 +72,17 @@ def syevd_workspace(size: int) -> int:
     return 1 + 6 * size + 2 * size * size
 
 
+def gram_decomposition(p: int, n: int, *, uncentered: bool) -> int:
+    """The float64 values alive on the host at the peak of the n×n Gram route's decomposition of n×p features
+    (`spectral.feature_spectrum`), less the kept features themselves: the larger of forming the Gram (the
+    centered n×p features and the n×n Gram) and decomposing it (the Gram, its n×n eigenvectors and syevd's
+    workspace, or torch's eigenvectors and their copy in descending order, the smaller; the centered
+    features beside them for the centered spectrum, which takes its eigenvectors from them). The p × rank
+    eigenvectors formed afterwards are not counted (`layer_needs`)."""
+    centered = n * p
+    return max(centered + n * n, (0 if uncentered else centered) + 2 * n * n + syevd_workspace(n))
+
+
 def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = False, n_here: int | None = None,
                 anchor_copies: int = 2, outputs: int = 0, task: str = "none", uncentered: bool = False) -> list[Need]:
     """The float64 arrays one layer of width p needs on a probe of n inputs with m anchors, each counted
@@ -85,11 +96,15 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
     mean lies SHIFT_RATIO standard deviations from 0, as in nearly every wide layer).
     p > n (the n×n Gram route, docs/measures.md): on a GPU, the n×p features kept there and their
     concatenation (n_here×p each: this process's slice of the probe under --shard-probe), and on the host
-    a copy of all n×p; on the CPU, the n×p features; then, on the host, the decomposition: the centered
-    n×p features the Gram is formed from, the n×n Gram, its eigenvectors and syevd's workspace.
+    a copy of all n×p; on the CPU, the n×p features; then, on the host, the decomposition, the larger of
+    its two steps (`gram_decomposition`): the centered n×p features and the n×n Gram formed from them; then
+    the Gram, its eigenvectors and syevd's workspace, with the centered features beside them only for the
+    centered spectrum (the uncentered one lets them go first).
     A decomposition is made and let go a layer at a time (`Need.transient`). Not counted: the eigenvectors
-    of the features (p × the rank found, and the copies `fix_signs` makes of them), CKA's p×p cross product,
-    the GPU's own workspace.
+    of the features (p × the rank found, which an unknown rank must not turn into a refusal; on the Gram
+    route one array, divided and signed in place beside the n×n eigenvectors: within the Gram's forming
+    step for the uncentered spectrum (rank ≤ n), past the decomposition's peak for the centered one from a
+    rank of about 3n²/p on), CKA's p×p cross product, the GPU's own workspace.
     And the anchors' m×p features (`anchor_copies`: 0 on a rank that only contributes a probe slice):
     this checkpoint's as the model gave them (float32) and their float64 copy, made after the
     decomposition (`Need.transient`), with CKA's m×m Gram of them for p > m (kept with them); with 2
@@ -112,9 +127,11 @@ def layer_needs(label: str, p: int, n: int, m: int, *, probe: str, gpu: bool = F
         ] if gpu else [
             Need(f"{where}: the n×p features of the Gram route (n = {n:,}, p = {p:,})", FLOAT64 * n * p, True),
         ]
-        needs.append(Need(f"{where}: the decomposition of the n×n Gram: the centered n×p features, the Gram, its "
-                          f"eigenvectors and LAPACK's workspace (n = {n:,})",
-                          FLOAT64 * (n * p + 2 * n * n + syevd_workspace(n)), False, transient="decomposition"))
+        needs.append(Need(f"{where}: the decomposition of the n×n Gram: the centered n×p features and the Gram, "
+                          f"or the Gram, its eigenvectors{'' if uncentered else ', the centered features'} and "
+                          f"LAPACK's workspace (n = {n:,})",
+                          FLOAT64 * gram_decomposition(p, n, uncentered=uncentered), False,
+                          transient="decomposition"))
     else:
         needs = [
             Need(f"{where}: the p×p second moment and its copy over the anchors (p = {p:,})",

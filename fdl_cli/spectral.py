@@ -300,6 +300,12 @@ class CheckpointMeasures:
     def clipped_eigenvalue(self) -> float:
         return self.spectrum.clipped
 
+    def stored_only(self) -> CheckpointMeasures:
+        """These measures with the spectrum's eigenvectors cut to the stored top K (`eigenvectors`), all that
+        `eigenfunctions` then reads: the p × rank of them are let go before the anchors' float64 copy, where
+        they were alive with the kept features (docs/benchmarks.md, "The Gram route's eigenvectors")."""
+        return replace(self, spectrum=replace(self.spectrum, eigenvectors=self.eigenvectors))
+
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -356,15 +362,36 @@ def _check_finite(moments: Moments) -> None:
 SIGN_TIE_RTOL = 1e-12
 
 
-def fix_signs(vectors: np.ndarray) -> np.ndarray:
+#: Entries of the eigenvectors `fix_signs` looks at a time: its |·| of a block of rows (2 MB), not of all p × rank.
+SIGN_BLOCK = 1 << 18
+
+
+def fix_signs(vectors: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """Flip each column so that its largest-|·| entry is positive (deterministic, like svd_flip); entries
-    within SIGN_TIE_RTOL of the largest tie with it, and the first of them is made positive."""
+    within SIGN_TIE_RTOL of the largest tie with it, and the first of them is made positive. `in_place`:
+    flip `vectors` itself (an array the caller owns) and return it; else a new array.
+
+    The |·| are taken a block of SIGN_BLOCK entries' rows at a time: of all p × rank of them, with the
+    comparison's p × rank booleans and the flipped copy, they were three p × rank arrays at the Gram route's
+    peak (docs/benchmarks.md, "The Gram route's eigenvectors"). The same rows are chosen: |·| is exact, and
+    max|v| is max(max v, −min v)."""
     if vectors.size == 0:
         return vectors
-    magnitudes = np.abs(vectors)
-    rows = np.argmax(magnitudes >= magnitudes.max(axis=0) * (1.0 - SIGN_TIE_RTOL), axis=0)
-    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
+    columns = vectors.shape[1]
+    threshold = np.maximum(vectors.max(axis=0), -vectors.min(axis=0)) * (1.0 - SIGN_TIE_RTOL)
+    rows = np.full(columns, -1)
+    step = max(1, SIGN_BLOCK // columns)
+    for start in range(0, vectors.shape[0], step):
+        reached = np.abs(vectors[start : start + step]) >= threshold
+        first = (rows < 0) & reached.any(axis=0)
+        rows[first] = start + np.argmax(reached, axis=0)[first]
+        if np.all(rows >= 0):
+            break
+    signs = np.sign(vectors[rows, np.arange(columns)])
     signs[signs == 0] = 1.0
+    if in_place:
+        vectors *= signs
+        return vectors
     return vectors * signs
 
 
@@ -433,7 +460,7 @@ def _uncentered_trace(moments: Moments) -> float:
     if moments.sum_ff is not None:
         return float(np.trace(moments.sum_ff)) / moments.n
     about = 0.0 if moments.shift_f is None else moments.shift_f
-    return sum(float(np.sum(np.square(block))) for block in _kept_blocks(moments, about)) / moments.n
+    return sum(float(np.sum(np.square(block, out=block))) for block in _kept_blocks(moments, about)) / moments.n
 
 
 #: Rows of the kept features taken at a time where they are moved to another point (`_kept_blocks`).
@@ -471,21 +498,34 @@ def _centering_scale(moments: Moments) -> float:
     if not _gram_route(moments):
         return _uncentered_trace(moments)
     assert moments.features is not None
-    return sum(float(np.sum(np.square(block))) for block in _kept_blocks(moments, moments.features[:1])) / moments.n
+    blocks = _kept_blocks(moments, moments.features[:1])
+    return sum(float(np.sum(np.square(block, out=block))) for block in blocks) / moments.n
 
 
-def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
-    """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
+def _check_statistics(moments: Moments) -> None:
+    """Before any measure is taken: the statistics finite, and within float64's range over the whole probe."""
     _check_finite(moments)
     if moments.peaks is not None:
         from fdl_cli.moments import check_range
 
         check_range(moments.peaks)  # float64 values too small (or too large) over the whole probe
+
+
+def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
+    """Eigenpairs of M = FᵀF/n (or the centered covariance), by the p×p or the n×n Gram route."""
+    _check_statistics(moments)
+    return _spectrum(moments, center=center, centering_scale=None)
+
+
+def _spectrum(moments: Moments, *, center: bool, centering_scale: float | None) -> Spectrum:
+    """`feature_spectrum` of checked statistics; `centering_scale`: `_centering_scale(moments)` when known."""
     if not center:
         moments = moments.unshifted()
     n = moments.n
     mean = moments.mean_f if center else None
-    floor = CANCELLATION_RTOL * _centering_scale(moments) if center else 0.0
+    if center and centering_scale is None:
+        centering_scale = _centering_scale(moments)
+    floor = CANCELLATION_RTOL * centering_scale if center and centering_scale is not None else 0.0
     norms = None
     if _gram_route(moments):
         # One n×n product whichever is asked: the centered Gram G_c = F_cF_cᵀ/n, whose trace and
@@ -495,8 +535,12 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         # centering a direct G by subtraction would lose the spread's digits to the mean.
         assert moments.features is not None
         probe_mean = moments.mean_f  # the raw sums here (uncentered), and the kept features are never shifted
+        # Each array is let go once used, and the p × rank eigenvectors are divided and their signs fixed in
+        # place: the uncentered spectrum's n×p centered copy, the Gram and two p × rank copies were alive at
+        # the route's peak (docs/benchmarks.md, "The Gram route's eigenvectors"); the same numbers.
         centered = _centered_kept(moments)
-        gram = centered @ centered.T / n
+        gram = centered @ centered.T
+        gram /= n
         norms = (float(np.trace(gram)), float(np.linalg.norm(gram)))
         if mean is not None:
             feats = centered
@@ -505,11 +549,15 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
             offsets = centered @ probe_mean / n
             gram += offsets[:, None] + offsets[None, :]  # (u_i + u_j) first: G stays exactly symmetric
             gram += float(probe_mean @ probe_mean) / n
+        del centered
         values, left = _descending_eigh(gram)
+        del gram
         rank, clipped = _truncate(values, floor)
         values = values[:rank]
         # v_k = Fᵀ u_k / √(n ρ_k): the right singular vectors of F/√n.
-        vectors = feats.T @ left[:, :rank] / np.sqrt(n * values)
+        vectors = feats.T @ left[:, :rank]
+        del feats, left
+        vectors /= np.sqrt(n * values)
         route = "gram"
     else:
         second = moments.second_moment_sum() / n  # about the shift a (0 when uncentered)
@@ -523,7 +571,7 @@ def feature_spectrum(moments: Moments, *, center: bool = False) -> Spectrum:
         route = "moments"
     return Spectrum(
         eigenvalues=np.maximum(values, 0.0),
-        eigenvectors=fix_signs(vectors),
+        eigenvectors=fix_signs(vectors, in_place=route == "gram"),  # the Gram route's are its own; p×p: a view
         mean=mean,
         clipped=clipped if clipped < -NEGATIVE_WARN_RTOL else 0.0,
         route=route,
@@ -635,11 +683,16 @@ def output_span_rank(energies: np.ndarray, energy_share: float, *, floor: float 
 
 
 def dynamical_low_rank(
-    moments: Moments, *, energy_share: float = DLR_ENERGY, covariance_norms: tuple[float, float] | None = None
+    moments: Moments,
+    *,
+    energy_share: float = DLR_ENERGY,
+    covariance_norms: tuple[float, float] | None = None,
+    centering_scale: float | None = None,
 ) -> DLR:
     """D_LR = 1 − ‖QᵀF_c‖_F² / (‖F_cᵀF_c‖_F √r_Ŷ) from the statistics (SPEC.md §4).
 
-    `covariance_norms`: (tr Σ_c, ‖Σ_c‖_F) when already known (`Spectrum.covariance_norms`).
+    `covariance_norms`: (tr Σ_c, ‖Σ_c‖_F) when already known (`Spectrum.covariance_norms`); `centering_scale`:
+    `_centering_scale(moments)` when already known.
     Degenerate cases: no centered output energy (r_Ŷ = 0) or no centered feature energy → d_lr = 1
     (nothing rich can be seen), alignment = 0; participation ratio 0 for zero features.
     """
@@ -661,7 +714,7 @@ def dynamical_low_rank(
         energies, energy_share, floor=CANCELLATION_RTOL * float(np.trace(moments.sum_oo)) / n
     )
     trace, frob = covariance_norms if covariance_norms is not None else _centered_covariance_norms(moments)
-    if trace <= CANCELLATION_RTOL * _centering_scale(moments):
+    if trace <= CANCELLATION_RTOL * (_centering_scale(moments) if centering_scale is None else centering_scale):
         trace = frob = 0.0
     pr = trace**2 / frob**2 if frob > 0.0 else 0.0
     if rank == 0 or trace <= 0.0:
@@ -794,7 +847,12 @@ def measure(
     """
     if moments.n < 1:
         raise NumericalError("the probe is empty", got="n = 0 samples", fix="use a probe with samples")
-    spectrum = feature_spectrum(moments, center=center)
+    # What reads the kept features a block of rows at a time (the Gram route's centering scale, NC1) runs before
+    # the spectrum: the blocks (up to KEPT_BLOCK × p float64) were alive beside its p × rank eigenvectors.
+    _check_statistics(moments)
+    scale = _centering_scale(moments)
+    nc1 = neural_collapse_nc1(moments)
+    spectrum = _spectrum(moments, center=center, centering_scale=scale)
     n = moments.n
     # Centered measures take the shifted sums (shift-invariant, precise); uncentered ones the raw sums.
     base = moments if center else moments.unshifted()
@@ -807,7 +865,8 @@ def measure(
         quality = alignment(spectrum, _cross(base, base.sum_fy, base.sum_y, center), target_energy)
     pi_hat = np.cumsum(utility)
     pi_star = np.cumsum(quality) if quality is not None else None
-    dlr = dynamical_low_rank(moments, energy_share=dlr_energy, covariance_norms=spectrum.covariance_norms)
+    dlr = dynamical_low_rank(moments, energy_share=dlr_energy, covariance_norms=spectrum.covariance_norms,
+                             centering_scale=scale)
     n_outputs = moments.n_outputs
     scalars: dict[str, Any] = {
         "n_probe": n,
@@ -830,7 +889,7 @@ def measure(
     # None, where 0.0 would read as features that carry none of it (k_τ is None there too).
     scalars["pi_star_C"] = _cumulative_at(pi_star, n_outputs) if target_energy > 0.0 else None
     scalars["pi_hat_C"] = _cumulative_at(pi_hat, n_outputs) if output_energy > 0.0 else None
-    scalars["nc1"] = neural_collapse_nc1(moments)
+    scalars["nc1"] = nc1
     scalars.update(_performance(moments))
     return CheckpointMeasures(
         spectrum=spectrum,
