@@ -1347,20 +1347,10 @@ def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
     --watch or --redo (one repair at a time), nor under torchrun; refused alike on every rank."""
     if options.drop is None:
         return
-    drop = ",".join(map(str, options.drop))
     clash = ("--overwrite" if not options.resume else "--watch" if options.watch
              else "--redo" if options.redo is not None else None)
-    if clash is not None:
-        raise FdlError(
-            f"--drop {drop} and {clash} together: --drop removes steps from the store it resumes, alone",
-            fix=f"run `fdl analyze ... --drop {drop}` first, then the {clash} command"
-            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to drop)",
-        )
-    if world.distributed:
-        raise FdlError(
-            f"--drop {drop} runs as one process, not under torchrun",
-            fix=f"run `python -m fdl_cli analyze ... --drop {drop}` (or `fdl analyze`) without torchrun",
-        )
+    _one_repair_alone(f"--drop {','.join(map(str, options.drop))}", "removes steps from the store it resumes", clash,
+                      "nothing is kept to drop", world)
 
 
 def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
@@ -1371,39 +1361,34 @@ def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
         return
     clash = ("--overwrite" if not options.resume else "--watch" if options.watch
              else "--redo" if options.redo is not None else "--drop" if options.drop is not None else None)
-    if clash is not None:
-        raise FdlError(
-            f"--abandon-addition and {clash} together: --abandon-addition gives up an addition to the store it "
-            "resumes, alone",
-            fix=f"run `fdl analyze ... --abandon-addition` first, then the {clash} command"
-            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to give up)",
-        )
-    if world.distributed:
-        raise FdlError(
-            "--abandon-addition runs as one process, not under torchrun",
-            fix="run `python -m fdl_cli analyze ... --abandon-addition` (or `fdl analyze`) without torchrun",
-        )
+    _one_repair_alone("--abandon-addition", "gives up an addition to the store it resumes", clash,
+                      "nothing is kept to give up", world)
 
 
 def _check_accept_options(options: AnalyzeOptions, world: Any) -> None:
     """--accept-model-change resumes a store across a change of its model code as one process: not with --overwrite
-    (nothing is kept, nothing to accept), --redo, --drop or --abandon-addition (one repair at a time), nor under
-    torchrun; refused alike on every rank."""
+    (nothing is kept), --redo, --drop or --abandon-addition (one repair at a time), nor under torchrun; refused alike
+    on every rank."""
     if not options.accept_model_change:
         return
     clash = ("--overwrite" if not options.resume else "--redo" if options.redo is not None
              else "--drop" if options.drop is not None else "--abandon-addition" if options.abandon_addition else None)
+    _one_repair_alone("--accept-model-change", "resumes the store across a change of its model code", clash,
+                      "with the new code: nothing is kept to accept it for", world)
+
+
+def _one_repair_alone(flag: str, does: str, clash: str | None, nothing: str, world: Any) -> None:
+    """Refuse `flag` (a repair of a resumed store: it `does` so) given with `clash`, or under torchrun."""
     if clash is not None:
         raise FdlError(
-            f"--accept-model-change and {clash} together: --accept-model-change resumes the store it finds, alone",
-            fix=f"run `fdl analyze ... {clash}` first, then the --accept-model-change command"
-            if clash != "--overwrite" else "--overwrite alone re-analyses everything with the new code (nothing to accept)",
+            f"{flag} and {clash} together: {flag.split()[0]} {does}, alone",
+            fix=f"run `fdl analyze ... {flag}` first, then the {clash} command"
+            if clash != "--overwrite" else f"--overwrite alone re-analyses everything ({nothing})",
         )
     if world.distributed:
         raise FdlError(
-            "--accept-model-change runs as one process, not under torchrun",
-            fix="run `python -m fdl_cli analyze ... --accept-model-change` (or `fdl analyze`) without torchrun, then "
-                "torchrun as before",
+            f"{flag} runs as one process, not under torchrun",
+            fix=f"run `python -m fdl_cli analyze ... {flag}` (or `fdl analyze`) without torchrun",
         )
 
 

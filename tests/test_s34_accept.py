@@ -146,7 +146,7 @@ def test_an_edited_module_of_the_model_folder_is_accepted_and_recorded(tmp_path:
     assert _analyze(root)[0] == 0  # later resumes compare with the new code
 
 
-def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str]) -> None:
+def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     root, _, _ = edited
     store = root / "run.h5"
     before = store.read_bytes()
@@ -159,6 +159,7 @@ def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str]) ->
         ("--probe", f"more={root / 'other.npz'}"): f"{FLAG} resumes {store} across a change of its model code, and "
         "this run adds probe 'more': one at a time",
         ("--overwrite",): f"{FLAG} and --overwrite together",
+        ("--redo", "10"): f"{FLAG} and --redo together",
     }
     for extra, refusal in refusals.items():
         code, said = _analyze(root, FLAG, *extra)
@@ -166,3 +167,8 @@ def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str]) ->
         assert store.read_bytes() == before, extra
     code, said = _analyze(root, FLAG, probe="other.npz")  # another probe file under the store's probe's name
     assert code == 1 and "holds the results of a different run" in said and store.read_bytes() == before
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():  # refused before any rendezvous
+        monkeypatch.setenv(name, value)
+    code, said = _analyze(root, FLAG)
+    assert code == 1 and f"error: {FLAG} runs as one process, not under torchrun" in said
+    assert store.read_bytes() == before
