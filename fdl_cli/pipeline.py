@@ -3475,7 +3475,8 @@ class _AcceptedChange:
         self.ctx.store_notes.append(
             f"--accept-model-change: the model code changed since {self.out} was analysed ({files}): its "
             "checkpoints stored so far keep the numbers of the old code, those this run stores get the new code's; "
-            "the store records from which step on (its model_changes, which fdl report and fdl classify name)"
+            "the store records from which step on with the first checkpoint this run stores (its model_changes, "
+            "which fdl report and fdl classify name; a run that stores none records nothing)"
         )
 
 

@@ -3255,6 +3255,8 @@ class StoreWriter:
             self._imports_update = None
         if self._growth_update is not None and plan.provenance == self._growth_update[0]:
             self._growth_update = self._provenance_update = None  # the grown provenance holds the keys it lacked
+        if plan.provenance is not None:  # what a later `_code_change_plan` starts from
+            self._stored_provenance = json.loads(plan.provenance)
         if plan.model_changes is not None and self._code_change is not None:
             # the new code's provenance holds the keys the store lacked; its model_imports, the ones to record
             self._code_change = self._provenance_update = self._imports_update = None

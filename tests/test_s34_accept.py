@@ -6,7 +6,6 @@ the flag nothing changed; with it, nothing but the code's change is accepted."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import pytest
 from fdl_cli import __version__
 from tests.test_analyze import fdl
 from tests.test_s24_docs import _layout_levels
-from tests.test_s33_imports import LAYERS, _helper_run
+from tests.test_s33_imports import LAYERS, _analyze, _helper_run, _sha
 from tests.test_s33_storedoc import STORE_MD, _bullet
-from tests.test_walk_fixes import SMALL, _run_folder
+from tests.test_walk_fixes import _run_folder
 
 FLAG = "--accept-model-change"
 
@@ -27,26 +26,6 @@ FLAG = "--accept-model-change"
 @pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "1000")
-
-
-def _analyze(root: Path, *extra: object, probe: str = "probe.npz") -> tuple[int, str]:
-    done = fdl(
-        "analyze",
-        root / "run",
-        "--model",
-        f"{root / 'model.py'}:build",
-        "--probe",
-        f"probe={root / probe}",
-        "--out",
-        root / "run.h5",
-        *SMALL,
-        *map(str, extra),
-    )
-    return done.code, " ".join(done.stderr.split())
-
-
-def _sha(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def _attrs(store: Path) -> tuple[dict, list | None, dict | None]:
@@ -155,7 +134,7 @@ def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str], mo
     refusals = {
         ("--reference", "10"): "reference_step: 0 (store) vs 10 (this run)",
         ("--layer", "1"): "holds the results of a different run",
-        ("--top-k", "3"): "holds the results of a different run",
+        ("--center",): "options.center: False (store) vs True (this run)",
         ("--probe", f"more={root / 'other.npz'}"): f"{FLAG} resumes {store} across a change of its model code, and "
         "this run adds probe 'more': one at a time",
         ("--overwrite",): f"{FLAG} and --overwrite together",
@@ -165,7 +144,8 @@ def test_the_flag_accepts_nothing_but_the_code(edited: tuple[Path, str, str], mo
         code, said = _analyze(root, FLAG, *extra)
         assert code == 1 and refusal in said and "Traceback" not in said, (extra, said)
         assert store.read_bytes() == before, extra
-    code, said = _analyze(root, FLAG, probe="other.npz")  # another probe file under the store's probe's name
+    (root / "probe.npz").write_bytes((root / "other.npz").read_bytes())  # another probe file under the store's name
+    code, said = _analyze(root, FLAG)
     assert code == 1 and "holds the results of a different run" in said and store.read_bytes() == before
     for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():  # refused before any rendezvous
         monkeypatch.setenv(name, value)
