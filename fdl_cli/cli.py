@@ -657,6 +657,11 @@ class StorePath(click.Path):
                    "some checkpoints: the store's probes and layers that this run leaves out are taken out of the "
                    "store (at every checkpoint), which is then as before the addition; then it resumes. Not under "
                    "torchrun.")
+@click.option("--accept-model-change", is_flag=True,
+              help="Resume although the model's code changed since the store was analysed (its --model file, a "
+                   "module of its folder, a pickled model's code): the checkpoints stored so far keep the numbers of "
+                   "the old code, the new ones get the new code's; the store records the change, which `fdl report` "
+                   "and `fdl classify` name. Not under torchrun.")
 @click.option("--every", type=click.IntRange(min=1),
               help="Analyse every N-th checkpoint (first and last kept; with --steps, every N-th of those steps).")
 @click.option("--glob", "glob_pattern", metavar="PAT", help="Only checkpoint names matching this glob.")
@@ -1089,6 +1094,8 @@ def report(**kwargs: Any) -> None:
         # the records are the stored checkpoints', as before; what they leave out is said beside them
         if (refused := rep.refused_line(run, "this report")) is not None:
             console.print(f"note: {refused}", markup=False, highlight=False)
+        if (mixed := rep.model_change_line(run)) is not None:
+            console.print(f"note: {mixed}", markup=False, highlight=False)
         for series in run.series:  # what the table and the page say of a degenerate layer, as classify
             where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
             for line in rep.degenerate_layer_lines(run, series):
@@ -1359,6 +1366,7 @@ class _Classified:
     probe_sha: str | None = None  # the classified series' probe file's sha256, as the store records it
     refused: str | None = None  # the line naming the checkpoints `fdl analyze` refused (`report.refused_line`)
     binary: bool = False  # a one-logit binary classifier's store, whose C is 2 (`report.BINARY_LOGIT_LINE`)
+    mixed: str | None = None  # the line saying the store mixes model code (`report.model_change_line`)
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1402,8 +1410,10 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     refused = rep.refused_line(run, "the verdict")
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=rep.refused_items(run))
+    if run.model_changes:  # said, and listed in the JSON: the verdict's checkpoints ran two versions of the code
+        verdict = dataclasses.replace(verdict, model_changes=[dict(change) for change in run.model_changes])
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run))
+                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run), rep.model_change_line(run))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1425,6 +1435,9 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("evidence: ")), one.caveat)
         if one.refused is not None:  # after the trajectory, whose steps it qualifies
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1, one.refused)
+        if one.mixed is not None:  # after the trajectory, whose checkpoints ran two versions of the model's code
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1,
+                         f"note: {one.mixed}")
         if one.binary:  # after the rule, whose "C + mf_extra = 3" it explains
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("rule: ")) + 1,
                          rep.BINARY_LOGIT_LINE)
@@ -1505,6 +1518,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
             console.print(f"warning: {_row_name(store)}: {warning}", markup=False, style="yellow")
         if one.refused is not None:  # its row's verdict leaves those steps out (JSON: the row's refused_steps)
             console.print(f"note: {_row_name(store)}: {one.refused}", markup=False, highlight=False)
+        if one.mixed is not None:
+            console.print(f"note: {_row_name(store)}: {one.mixed}", markup=False, highlight=False)
     fields = [name for name in SWEEP_FIELDS
               if name not in ("final_accuracy", "final_r2")
               or any(one.verdict.evidence.get(name) is not None for one in done)]

@@ -43,6 +43,9 @@ class AnalyzeOptions:
     #: --abandon-addition: give up the unfinished addition of the probes and layers of the store this run leaves out
     #: (its pending_series), taking them out of the store, then resume
     abandon_addition: bool = False
+    #: --accept-model-change: resume across a change of the model's code (the store's checkpoints ran the old code, the
+    #: ones this run adds the new), recorded in the store's `model_changes`
+    accept_model_change: bool = False
     every: int | None = None
     glob_pattern: str | None = None
     step_regex: str | None = None

@@ -549,6 +549,9 @@ class _Context:
     #: module -> (file, sha256) of the user's modules whose code the reference's model, pickled whole, runs
     #: (`_pickled_code`), recorded in the store's `model_imports` beside those; None: not such a checkpoint
     pickled_code: dict[str, tuple[str, str]] | None = None
+    #: --accept-model-change: what of the model's code changed since the store recorded it, for the writer to record
+    #: (`StoreWriter`'s model_change); None: nothing changed, or no such flag
+    model_change: dict[str, Any] | None = None
     #: called after every probe batch: announces what became durable (a checkpoint's computation may take
     #: long; finished ones must not wait unannounced meanwhile) and starts the store's due commit, which
     #: the writer's scheduler thread starts by itself when this is not called (a hung forward pass)
@@ -822,6 +825,7 @@ def run_analyze(
         _check_redo_options(options, world)
         _check_drop_options(options, world)
         _check_abandon_options(options, world)
+        _check_accept_options(options, world)
         if options.watch and world.distributed:  # before the wait for a first checkpoint
             raise _watch_under_torchrun()
         if options.device != "auto":
@@ -1343,20 +1347,10 @@ def _check_drop_options(options: AnalyzeOptions, world: Any) -> None:
     --watch or --redo (one repair at a time), nor under torchrun; refused alike on every rank."""
     if options.drop is None:
         return
-    drop = ",".join(map(str, options.drop))
     clash = ("--overwrite" if not options.resume else "--watch" if options.watch
              else "--redo" if options.redo is not None else None)
-    if clash is not None:
-        raise FdlError(
-            f"--drop {drop} and {clash} together: --drop removes steps from the store it resumes, alone",
-            fix=f"run `fdl analyze ... --drop {drop}` first, then the {clash} command"
-            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to drop)",
-        )
-    if world.distributed:
-        raise FdlError(
-            f"--drop {drop} runs as one process, not under torchrun",
-            fix=f"run `python -m fdl_cli analyze ... --drop {drop}` (or `fdl analyze`) without torchrun",
-        )
+    _one_repair_alone(f"--drop {','.join(map(str, options.drop))}", "removes steps from the store it resumes", clash,
+                      "nothing is kept to drop", world)
 
 
 def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
@@ -1367,17 +1361,34 @@ def _check_abandon_options(options: AnalyzeOptions, world: Any) -> None:
         return
     clash = ("--overwrite" if not options.resume else "--watch" if options.watch
              else "--redo" if options.redo is not None else "--drop" if options.drop is not None else None)
+    _one_repair_alone("--abandon-addition", "gives up an addition to the store it resumes", clash,
+                      "nothing is kept to give up", world)
+
+
+def _check_accept_options(options: AnalyzeOptions, world: Any) -> None:
+    """--accept-model-change resumes a store across a change of its model code as one process: not with --overwrite
+    (nothing is kept), --redo, --drop or --abandon-addition (one repair at a time), nor under torchrun; refused alike
+    on every rank."""
+    if not options.accept_model_change:
+        return
+    clash = ("--overwrite" if not options.resume else "--redo" if options.redo is not None
+             else "--drop" if options.drop is not None else "--abandon-addition" if options.abandon_addition else None)
+    _one_repair_alone("--accept-model-change", "resumes the store across a change of its model code", clash,
+                      "with the new code: nothing is kept to accept it for", world)
+
+
+def _one_repair_alone(flag: str, does: str, clash: str | None, nothing: str, world: Any) -> None:
+    """Refuse `flag` (a repair of a resumed store: it `does` so) given with `clash`, or under torchrun."""
     if clash is not None:
         raise FdlError(
-            f"--abandon-addition and {clash} together: --abandon-addition gives up an addition to the store it "
-            "resumes, alone",
-            fix=f"run `fdl analyze ... --abandon-addition` first, then the {clash} command"
-            if clash != "--overwrite" else "--overwrite alone re-analyses everything (nothing is kept to give up)",
+            f"{flag} and {clash} together: {flag.split()[0]} {does}, alone",
+            fix=f"run `fdl analyze ... {flag}` first, then the {clash} command"
+            if clash != "--overwrite" else f"--overwrite alone re-analyses everything ({nothing})",
         )
     if world.distributed:
         raise FdlError(
-            "--abandon-addition runs as one process, not under torchrun",
-            fix="run `python -m fdl_cli analyze ... --abandon-addition` (or `fdl analyze`) without torchrun",
+            f"{flag} runs as one process, not under torchrun",
+            fix=f"run `python -m fdl_cli analyze ... {flag}` (or `fdl analyze`) without torchrun",
         )
 
 
@@ -2335,6 +2346,7 @@ def _analyze_refs(
         abandon_addition=options.abandon_addition,
         claimed=ctx.claimed,
         model_imports=_recorded_imports(ctx),
+        model_change=ctx.model_change,
     ) as writer:
         _store_opened(ctx, writer)
         if options.abandon_addition:
@@ -3312,7 +3324,10 @@ def _stored_places(out: Path, reader: Any = None) -> dict[int, _StoredPlace]:
 
 #: the fix of a resume refused for edited model code (the factory's file, the spec's, a module of its folder)
 _MODEL_CODE_FIX = (
-    "restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite (or another --out)"
+    "restore the file (e.g. git stash / git checkout), or re-analyse everything with --overwrite (or another --out), "
+    "or resume with --accept-model-change if the change leaves the numbers as they were (a comment, a logging "
+    "helper): the checkpoints stored so far keep the old code's numbers, which nothing recomputes, and the store "
+    "records from which step on the new code ran"
 )
 
 
@@ -3339,29 +3354,38 @@ def _check_reference_of_store(
             imports_recorded = reader.has_model_imports  # a damaged one: left as it is, not recorded again
     except StoreError:
         return  # the writer explains what is wrong with the file
+    accepted = _AcceptedChange(ctx, out)
     if isinstance(stored_model, str) and ctx.model_source is not None and stored_model != ctx.model_source[1]:
-        raise StoreError(
-            f"the model code {ctx.model_source[0]} changed since {out} was analysed: its checkpoints were run "
-            "through another version of it",
-            got=f"sha256 {ctx.model_source[1][:16]}… now, {stored_model[:16]}… recorded in {out}",
-            fix=_MODEL_CODE_FIX,
-        )
+        if not ctx.options.accept_model_change:
+            raise StoreError(
+                f"the model code {ctx.model_source[0]} changed since {out} was analysed: its checkpoints were run "
+                "through another version of it",
+                got=f"sha256 {ctx.model_source[1][:16]}… now, {stored_model[:16]}… recorded in {out}",
+                fix=_MODEL_CODE_FIX,
+            )
+        accepted.provenance["model_sha256"] = ctx.model_source[1]
+        accepted.add(ctx.model_source[0], None, stored_model, ctx.model_source[1])
     if isinstance(stored_spec, str) and ctx.spec_source is not None and stored_spec != ctx.spec_source[1]:
-        if stored_file == ctx.spec_source[0]:
+        if stored_file == ctx.spec_source[0] and ctx.options.accept_model_change:
+            accepted.provenance["model_file_sha256"] = ctx.spec_source[1]
+            accepted.add(ctx.spec_source[0], None, stored_spec, ctx.spec_source[1])
+        elif stored_file == ctx.spec_source[0]:
             raise StoreError(
                 f"the model file {ctx.spec_source[0]} changed since {out} was analysed: its checkpoints were "
                 "run through another version of it",
                 got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
                 fix=_MODEL_CODE_FIX,
             )
-        raise StoreError(
-            f"{out} was analysed with the model file {stored_file}; this run's --model names "
-            f"{ctx.spec_source[0]}, which holds other code",
-            got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
-            fix=f"pass --model naming that file (the store's spec: {stored_spec_text}) to add to it, or --overwrite "
-            "(or another --out) to analyse with this model",
-        )
-    _check_model_imports(ctx, out, stored_imports, imports_recorded)
+        else:
+            raise StoreError(
+                f"{out} was analysed with the model file {stored_file}; this run's --model names "
+                f"{ctx.spec_source[0]}, which holds other code",
+                got=f"sha256 {ctx.spec_source[1][:16]}… now, {stored_spec[:16]}… recorded in {out}",
+                fix=f"pass --model naming that file (the store's spec: {stored_spec_text}) to add to it, or "
+                "--overwrite (or another --out) to analyse with this model",
+            )
+    _check_model_imports(ctx, out, stored_imports, imports_recorded, accepted)
+    accepted.record()
     if ctx.options.reference_step is None and stored is not None and stored != ctx.reference_step:
         if ctx.steps_found is not None and stored not in ctx.steps_found:
             raise _reference_not_found(out, stored, refs, ctx.options.sources)
@@ -3380,7 +3404,9 @@ def _check_reference_of_store(
         )
 
 
-def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | None, recorded: bool) -> None:
+def _check_model_imports(
+    ctx: _Context, out: Path, stored: Mapping[str, str] | None, recorded: bool, accepted: _AcceptedChange
+) -> None:
     """Refuse a resume whose model's folder modules (`_model_imports`: `from mylayers import Block` beside model.py)
     or modules of a model pickled whole (`_pickled_code`: netdef.py of its class) changed since the store recorded
     them, as an edit of the model file is; a module of one run only is not compared (the file that imports it
@@ -3412,6 +3438,11 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
     ]
     if not changed:
         return
+    if ctx.options.accept_model_change:
+        for name, file, now, old in changed:
+            accepted.add(file, name, old, now)
+        accepted.imports = {**stored, **{name: sha for name, (_, sha) in code.items()}}
+        return
     first = changed[0]
     role = "which the model imports" if first[0] in (ctx.model_imports or {}) else "code of the model the checkpoints pickle"
     raise StoreError(
@@ -3420,6 +3451,33 @@ def _check_model_imports(ctx: _Context, out: Path, stored: Mapping[str, str] | N
         got="; ".join(f"{name}: sha256 {now[:16]}… now, {old[:16]}… recorded in {out}" for name, _, now, old in changed),
         fix=_MODEL_CODE_FIX,
     )
+
+
+class _AcceptedChange:
+    """The changes of the model's code that --accept-model-change lets a resume of `out` go on across, collected by
+    `_check_reference_of_store`, then handed to the writer (`ctx.model_change`) with a note of what it records."""
+
+    def __init__(self, ctx: _Context, out: Path) -> None:
+        self.ctx, self.out = ctx, out
+        self.provenance: dict[str, str] = {}  # provenance key -> the new code's sha256
+        self.imports: dict[str, str] | None = None  # the store's model_imports once changed; None: unchanged
+        self.changed: list[dict[str, Any]] = []  # {code, module, old, new}: one a file
+
+    def add(self, code: str, module: str | None, old: str, new: str) -> None:
+        if not any(item["code"] == code for item in self.changed):  # the factory's file is often the spec's
+            self.changed.append({"code": code, "module": module, "old": old, "new": new})
+
+    def record(self) -> None:
+        if not self.changed:
+            return
+        self.ctx.model_change = {"provenance": self.provenance, "model_imports": self.imports, "changed": self.changed}
+        files = ", ".join(item["code"] for item in self.changed)
+        self.ctx.store_notes.append(
+            f"--accept-model-change: the model code changed since {self.out} was analysed ({files}): its "
+            "checkpoints stored so far keep the numbers of the old code, those this run stores get the new code's; "
+            "the store records from which step on with the first checkpoint this run stores (its model_changes, "
+            "which fdl report and fdl classify name; a run that stores none records nothing)"
+        )
 
 
 def _model_code(ctx: _Context) -> dict[str, tuple[str, str]] | None:

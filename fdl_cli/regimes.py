@@ -299,16 +299,21 @@ class RunVerdict:
     #: the checkpoints `fdl analyze` refused for their values (NaN or Inf weights, an overflow), which the store
     #: lacks and the verdict does not cover: {"step", "path", "kind", "reason"} each; None: the store records none
     refused: list[dict[str, Any]] | None = None
+    #: the changes of the model's code the store was resumed across (`fdl analyze --accept-model-change`, the store's
+    #: `model_changes`): the checkpoints from each one's from_step on ran the new code; None: the store records none
+    model_changes: list[dict[str, Any]] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """`{"regime", "evidence", "thresholds", "trajectory": [{"step", "regime"}, ...]}` (DESIGN.md), and
-        `refused_steps` where the store records refused checkpoints (absent otherwise: the object as before)."""
+        `refused_steps` where the store records refused checkpoints, `model_changes` where it mixes model code
+        (absent otherwise: the object as before)."""
         return {
             "regime": self.regime,
             "evidence": dict(self.evidence),
             "thresholds": self.thresholds.as_dict(),
             "trajectory": [{"step": step, "regime": verdict.regime} for step, verdict in self.trajectory],
             **({"refused_steps": self.refused} if self.refused else {}),
+            **({"model_changes": self.model_changes} if self.model_changes else {}),
         }
 
 

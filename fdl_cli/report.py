@@ -169,6 +169,9 @@ class Run:
     dropped: tuple[Mapping[str, Any], ...] = ()
     #: the checkpoints `fdl analyze` refused for their values and the store lacks: its `refused` list (`refused_line`)
     refused: tuple[Mapping[str, Any], ...] = ()
+    #: the changes of the model's code that `fdl analyze --accept-model-change` resumed the store across: its
+    #: `model_changes` list (`model_change_line`)
+    model_changes: tuple[Mapping[str, Any], ...] = ()
     #: Every (probe, layer) series of the store, selected or not, in the order of `series`: where a selected one
     #: stands among them (the names of a report's and a compare's figures, `figures._store_suffixes`).
     available: tuple[tuple[str, str], ...] = ()
@@ -513,6 +516,7 @@ def _read_run(
         history_damaged=bool(getattr(reader, "_history_damaged", False)),
         dropped=tuple(reader.dropped) if history else (),
         refused=tuple(reader.refused),
+        model_changes=tuple(reader.model_changes),
         added=tuple((reader.history[index], key, tuple(steps)) for index, series in reader.added_history().items()
                     for key, steps in series.items()) if history else (),
     )
@@ -1425,6 +1429,22 @@ def refused_items(run: Run) -> list[dict[str, Any]] | None:
             for item in run.refused] or None
 
 
+def model_change_line(run: Run) -> str | None:
+    """One line saying that the store mixes model code: from which step on its checkpoints ran code changed since
+    the store was made (`fdl analyze --accept-model-change`, the store's `model_changes`); None when it does not."""
+    said = []
+    for change in run.model_changes:
+        listed = change.get("changed")
+        changed = listed if isinstance(listed, list) else []
+        files = ", ".join(f"{Path(str(item.get('code'))).name} (sha256 {str(item.get('old'))[:12]}… → "
+                          f"{str(item.get('new'))[:12]}…)" for item in changed if isinstance(item, Mapping))
+        said.append(f"from step {change.get('from_step')} on its checkpoints ran changed code ({files or '?'}; "
+                    f"`fdl analyze --accept-model-change`, {change.get('time')}, fdl {change.get('fdl_version')})")
+    if not said:
+        return None
+    return "this store mixes model code: " + "; ".join(said) + "; the checkpoints before keep the old code's numbers"
+
+
 def refused_line(run: Run, covers: str) -> str | None:
     """One line naming the checkpoints `fdl analyze` refused for their values (the store's `refused` list: NaN or
     Inf weights, a forward pass that overflowed), by kind, and which steps `covers` (what the command shows: "the
@@ -1470,6 +1490,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
         console.print(line, markup=False, highlight=False)
     if (refused := refused_line(run, "this report")) is not None:
         console.print(refused, markup=False, highlight=False)
+    if (mixed := model_change_line(run)) is not None:
+        console.print(f"note: {mixed}", markup=False, highlight=False)
     for series in run.series:
         title = f"{run.path.name}: probe {series.probe}, layer {series.layer}"
         # A pipe or a log file has no width: print the table whole rather than cut at rich's 80 columns.

@@ -861,6 +861,9 @@ class StoreReader:
         refused = self._objects_attribute("refused", "which checkpoints `fdl analyze` refused is unknown")
         self._refused_items, self._refused_damaged = refused or [], refused is None
         self._pending_text = _as_str(attrs["pending_series"]) if "pending_series" in attrs else None
+        changes = self._objects_attribute("model_changes", "from which step on its checkpoints ran other model code "
+                                          "is unknown")
+        self.model_changes, self._model_changes_damaged = changes or [], changes is None
         self.has_model_imports = "model_imports" in attrs
         self.model_imports = _model_imports_attribute(attrs)
         if self.has_model_imports and self.model_imports is None:
@@ -872,6 +875,10 @@ class StoreReader:
     #: `model_imports`, docs/store.md); None where the store does not record them (written before fdl did, or
     #: without a --model file) or the attribute is damaged
     model_imports: dict[str, str] | None
+    #: the changes of the model's code that `fdl analyze --accept-model-change` resumed the store across (the root
+    #: attribute `model_changes`, docs/store.md), oldest first: one dict each (from_step, run, time, fdl_version,
+    #: changed: [{code, module, old, new}]); [] where there were none (or the list is damaged: a warning)
+    model_changes: list[dict[str, Any]]
 
     @property
     def refused(self) -> list[dict[str, Any]]:
@@ -1895,6 +1902,7 @@ class _CommitPlan:
     fresh: bool  # create the file instead of copying the store
     provenance: str | None = None  # the resumed store's provenance with keys it lacked, to write
     model_imports: str | None = None  # the `model_imports` attribute to write (`StoreWriter._imports_update`)
+    model_changes: str | None = None  # the `model_changes` attribute to write (`StoreWriter._code_change`)
     probes: tuple[tuple[str, dict[str, Any]], ...] = ()  # (probe, attributes) to record in a resumed store lacking them
     signatures: tuple[tuple[int, str], ...] = ()  # (step, file signature) of stored checkpoints to update
     history: tuple[str, ...] | None = None  # every row of the store's history once committed, when it grows
@@ -2151,6 +2159,7 @@ class StoreWriter:
         abandon_addition: bool = False,
         claimed: _WriterLock | None = None,
         model_imports: Mapping[str, str] | None = None,
+        model_change: Mapping[str, Any] | None = None,
     ) -> None:
         self._path = store_target(path)
         if claimed is not None and claimed.store != self._path:
@@ -2185,6 +2194,12 @@ class StoreWriter:
         #: the `model_imports` attribute to write: a fresh store's, or one a resumed store lacks (written by an fdl
         #: before it); a store's is never changed. None: nothing to write
         self._imports_update = None if model_imports is None else json.dumps(dict(model_imports), sort_keys=True)
+        #: --accept-model-change: the model code this resume runs that the store recorded otherwise (`provenance`:
+        #: its keys' new values; `model_imports`: the attribute's new value, or None; `changed`: [{code, module, old,
+        #: new}]), recorded with the first checkpoint stored (`_code_change_plan`); None: no change, or recorded
+        self._code_change = None if model_change is None else dict(model_change)
+        self._stored_changes: list[dict[str, Any]] = []  # the store's `model_changes`
+        self._stored_provenance: dict[str, Any] = {}  # the resumed store's provenance (`_code_change_plan`)
         #: the probes and layers this run adds to the store (None: none; `growth`)
         self.growth: Growth | None = None
         #: (the grown provenance, the added probes) to write with the first checkpoint stored (`_load_existing`)
@@ -2280,7 +2295,24 @@ class StoreWriter:
                 stored = self.abandoned.provenance
                 stored_probes = {name: info for name, info in stored_probes.items()
                                  if name not in self.abandoned.probes}
+            if self._code_change is not None:  # compared as the store will be once it records the new code
+                stored = {**stored, **self._code_change["provenance"]}
             differences, grown = resume_differences(stored, stored_probes, self._provenance, self._probes)
+            if grown is not None and self._code_change is not None:
+                raise StoreError(
+                    f"--accept-model-change resumes {self._path} across a change of its model code, and this run "
+                    f"adds {grown.describe()}: one at a time",
+                    fix=f"run it without {grown.describe()} first, then the command that adds {grown.describe()}",
+                )
+            if self._code_change is not None and reader._model_changes_damaged:
+                raise StoreError(
+                    f"{self._path}'s model_changes attribute is damaged: --accept-model-change would lose the record "
+                    "of the model code its checkpoints ran",
+                    fix="restore the model code the store recorded, or re-analyse everything with --overwrite (or "
+                        "another --out)",
+                )
+            self._stored_changes = list(reader.model_changes)
+            self._stored_provenance = dict(stored)
             if grown is not None and self.abandoned is not None:
                 raise StoreError(
                     f"--abandon-addition gives up adding {self.abandoned.describe()} to {self._path}, and this run adds "
@@ -2936,6 +2968,10 @@ class StoreWriter:
         rewrite = tuple(sorted(set(changed) | stale))
         history, computed_by, series_computed_by = self._history_plan(latest.values())
         growth_update = self._growth_update if entries else None  # written with a checkpoint, never alone
+        provenance = None if self._fresh else growth_update[0] if growth_update else self._provenance_update
+        model_imports, model_changes = self._imports_update, None
+        if self._code_change is not None and not self._fresh and entries:  # with a checkpoint, never alone
+            provenance, model_imports, model_changes = self._code_change_plan(entries, provenance, computed_by)
         pending: tuple[Series, ...] | None = None  # the store's pending_series after this commit (None: as it is)
         if (self._pending or self._abandoning) and (growth_update is not None or self._growth_update is None):
             steps = {step for step in self._sha256 if step not in self._drop_steps} | set(latest)
@@ -2952,8 +2988,9 @@ class StoreWriter:
             dropped=frozenset(self._drop_steps),
             stale=frozenset(self._stale_trajectories),
             fresh=self._fresh,
-            provenance=None if self._fresh else growth_update[0] if growth_update else self._provenance_update,
-            model_imports=self._imports_update,
+            provenance=provenance,
+            model_imports=model_imports,
+            model_changes=model_changes,
             new_probes=growth_update[1] if growth_update else (),
             pending=None if self._fresh else pending,
             probes=() if self._fresh else tuple(sorted(self._probe_updates.items())),
@@ -2968,6 +3005,32 @@ class StoreWriter:
             refusing=tuple(self._refusing.items()),
             abandoned=self.abandoned.series if self._abandoning and self.abandoned else frozenset(),
             abandoned_probes=self.abandoned.probes if self._abandoning and self.abandoned else (),
+        )
+
+    def _code_change_plan(
+        self, entries: Sequence[CheckpointEntry], provenance: str | None,
+        computed_by: Mapping[int, int],
+    ) -> tuple[str, str | None, str]:
+        """(provenance, model_imports, model_changes) to write with the first checkpoints stored after
+        --accept-model-change: the store's provenance (with the keys it lacked, or grown) holding the new code's
+        sha256, so later resumes (and an fdl before the flag) compare with it; model_imports likewise; and the store's
+        `model_changes` with this change appended. Under `_guard`."""
+        assert self._code_change is not None
+        base = json.loads(provenance) if provenance is not None else dict(self._stored_provenance)
+        steps = sorted({entry.step for entry in entries if not entry.series_only} or {entry.step for entry in entries})
+        run = computed_by.get(steps[0])
+        change = {
+            "from_step": steps[0],
+            "run": run,  # the row of the store's history of the run that stored it; None: unknown
+            "time": _utc_now(),
+            "fdl_version": __version__,
+            "changed": list(self._code_change["changed"]),
+        }
+        imports = self._code_change.get("model_imports")
+        return (
+            json.dumps({**base, **self._code_change["provenance"]}, sort_keys=True),
+            json.dumps(dict(imports), sort_keys=True) if imports is not None else self._imports_update,
+            json.dumps([*self._stored_changes, change], sort_keys=True),
         )
 
     def _refused_plan(self, latest: Mapping[int, CheckpointEntry]) -> tuple[str, ...] | None:
@@ -3085,6 +3148,8 @@ class StoreWriter:
             store.attrs["provenance"] = plan.provenance
         if plan.model_imports is not None:
             store.attrs["model_imports"] = plan.model_imports
+        if plan.model_changes is not None:
+            store.attrs["model_changes"] = plan.model_changes
         for probe in plan.new_probes:
             _write_probe(store.require_group("probes"), probe)
         for name, updates in plan.probes:
@@ -3190,6 +3255,12 @@ class StoreWriter:
             self._imports_update = None
         if self._growth_update is not None and plan.provenance == self._growth_update[0]:
             self._growth_update = self._provenance_update = None  # the grown provenance holds the keys it lacked
+        if plan.provenance is not None:  # what a later `_code_change_plan` starts from
+            self._stored_provenance = json.loads(plan.provenance)
+        if plan.model_changes is not None and self._code_change is not None:
+            # the new code's provenance holds the keys the store lacked; its model_imports, the ones to record
+            self._code_change = self._provenance_update = self._imports_update = None
+            self._stored_changes = json.loads(plan.model_changes)
         for name, _ in plan.probes:
             self._probe_updates.pop(name, None)
         for step, signature in plan.signatures:

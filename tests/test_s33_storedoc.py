@@ -96,7 +96,8 @@ def test_the_layout_is_read_by_level() -> None:
 
 def test_every_object_of_the_store_is_in_the_layout_at_its_own_level(store: Path) -> None:
     """Every group, dataset and attribute of the store, at the level the layout lists it; and each dataset and
-    attribute the layout lists is in this store (but for `dropped`: no drop here, tests/test_s20_drop.py)."""
+    attribute the layout lists is in this store (but for `dropped`: no drop here, tests/test_s20_drop.py; and
+    `model_changes`: tests/test_s34_accept.py)."""
     levels = _layout_levels()
     found: dict[str, tuple[set[str], dict[str, str]]] = {level: (set(), {}) for level in levels}
     strays: list[str] = []
@@ -140,7 +141,8 @@ def test_every_object_of_the_store_is_in_the_layout_at_its_own_level(store: Path
             listed_attributes = listed_attributes | set(fields.MEASURE_FIELDS)  # "every MEASURE field that applies"
         assert sorted(attributes - listed_attributes) == [], level
         assert datasets == listed_datasets, level
-    assert sorted(levels["/"][0] - found["/"][0]) == ["dropped"]
+    # no drop here (tests/test_s20_drop.py), nor a change of the model's code (tests/test_s34_accept.py)
+    assert sorted(levels["/"][0] - found["/"][0]) == ["dropped", "model_changes"]
     for level in ("/probes/<probe>/", "/checkpoints/step_<step>/"):
         assert levels[level][0] <= found[level][0], level
 
