@@ -1528,9 +1528,10 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
     elif done:
         series = [(str(one.verdict.evidence.get("probe")), str(one.verdict.evidence.get("layer"))) for one in done]
         by_row = len(set(series)) > 1  # each row's probe and layer in the table, kept on a narrow terminal
-        cells = [[_row_name(one.store), one.verdict.regime, *(pair if by_row else ()),
-                  *(rep.format_value(name.removeprefix("final_"), one.verdict.evidence.get(name)) for name in fields[1:])]
-                 for one, pair in zip(done, series, strict=True)]
+        columns = [rep.column_texts(name.removeprefix("final_"), [one.verdict.evidence.get(name) for one in done])
+                   for name in fields[1:]]
+        cells = [[_row_name(one.store), one.verdict.regime, *(pair if by_row else ()), *(column[i] for column in columns)]
+                 for i, (one, pair) in enumerate(zip(done, series, strict=True))]
         headers = ["store", SWEEP_FIELDS["regime"], *(("probe", "layer") if by_row else ()),
                    *(SWEEP_FIELDS[name] for name in fields[1:])]
         justify = ["left" if index < (4 if by_row else 2) else "right" for index in range(len(headers))]
