@@ -44,6 +44,7 @@ from fdl_cli.fields import (
     SERIES_FIELDS,
     SMALL_PROBE_FIELD,
     STR_FIELDS,
+    UNIT_SPEC,
     ZERO_ONE_FIELD,
     number_text,
 )
@@ -782,7 +783,7 @@ def format_value(name: str, value: Any) -> str:
     if name in INT_FIELDS:
         return str(int(value))
     if name in FLOAT_FIELDS and isinstance(value, (int, float)):
-        return number_text(value, ".4f" if name in UNIT_FIELDS else ".4g")
+        return number_text(value, UNIT_SPEC if name in UNIT_FIELDS else ".4g")
     return str(value)
 
 
