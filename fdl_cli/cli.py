@@ -35,6 +35,7 @@ SIGPIPE_STATUS = 141
 
 def _stderr_console() -> Any:
     from rich.console import Console
+    from rich.text import Text
 
     class StderrConsole(Console):
         def on_broken_pipe(self) -> None:
@@ -52,6 +53,23 @@ def _stderr_console() -> Any:
             `step_3.pt`, a name no file has."""
             return super().render_str(terminal_safe(text), **options)
 
+        def print(self, *objects: Any, **options: Any) -> None:
+            """On a terminal, a line of text (a note, a verdict, the key of a table's columns) wrapped at its
+            spaces to the terminal's width (`word_breaks`), where the terminal itself broke it mid-word; elsewhere
+            (a pipe, a log: no width) as it is, one line, which `grep` finds whole. A terminal as the progress
+            display takes one (`progress.redraws`): FORCE_COLOR=1 makes rich take a batch job's log for one."""
+            from fdl_cli.progress import redraws
+
+            if len(objects) == 1 and isinstance(objects[0], str) and redraws(self):
+                text = self.render_str(objects[0], markup=options.get("markup"), highlight=options.get("highlight"),
+                                       emoji=options.get("emoji"))
+                breaks = word_breaks(text.plain, self.width)
+                if breaks:
+                    ends = [0, *(at for space in breaks for at in (space, space + 1)), len(text.plain)]
+                    lines = [text[start:end] for start, end in zip(ends[::2], ends[1::2], strict=True)]
+                    objects = (Text("\n").join(lines),)
+            super().print(*objects, **options)
+
         def _render_buffer(self, buffer: Any) -> str:
             """The text printed (names of files, tensors, modules: a folder's) with its control characters
             written `\\x1b` (`terminal_safe`); rich's own control segments (a progress bar's cursor moves) and
@@ -66,6 +84,34 @@ def _stderr_console() -> Any:
     # an error stays on one line (greppable, copy-pastable).
     # emoji=False: a name holding `:rocket:` is shown as it is, not as an emoji
     return StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def word_breaks(text: str, width: int) -> list[int]:
+    """The spaces of `text` at which a terminal `width` columns wide breaks its lines, greedily. A word (a path)
+    or a command in backticks (`fdl report run.h5 --wide 2>&1 | less -S`) wider than the terminal is never broken:
+    its line is longer (the terminal folds it, and a copy of it is whole). Widths are terminal cells."""
+    from rich.cells import cell_len
+
+    breaks: list[int] = []
+    start = 0
+    for line in text.split("\n"):
+        quoted = False
+        spaces = []  # the spaces outside backticks, where the line may break
+        for offset, char in enumerate(line):
+            quoted = quoted != (char == "`")
+            if char == " " and not quoted:
+                spaces.append(start + offset)
+        word_start, column = start, -1  # -1: the line's first word has no space before it
+        for end in [*spaces, start + len(line)]:
+            word = cell_len(text[word_start:end])
+            if column >= 0 and column + 1 + word > width:
+                breaks.append(word_start - 1)
+                column = word
+            else:
+                column += 1 + word
+            word_start = end + 1
+        start += len(line) + 1
+    return breaks
 
 
 def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
@@ -1543,9 +1589,10 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
     elif done:
         series = [(str(one.verdict.evidence.get("probe")), str(one.verdict.evidence.get("layer"))) for one in done]
         by_row = len(set(series)) > 1  # each row's probe and layer in the table, kept on a narrow terminal
-        cells = [[_row_name(one.store), one.verdict.regime, *(pair if by_row else ()),
-                  *(rep.format_value(name.removeprefix("final_"), one.verdict.evidence.get(name)) for name in fields[1:])]
-                 for one, pair in zip(done, series, strict=True)]
+        columns = [rep.column_texts(name.removeprefix("final_"), [one.verdict.evidence.get(name) for one in done])
+                   for name in fields[1:]]
+        cells = [[_row_name(one.store), one.verdict.regime, *(pair if by_row else ()), *(column[i] for column in columns)]
+                 for i, (one, pair) in enumerate(zip(done, series, strict=True))]
         headers = ["store", SWEEP_FIELDS["regime"], *(("probe", "layer") if by_row else ()),
                    *(SWEEP_FIELDS[name] for name in fields[1:])]
         justify = ["left" if index < (4 if by_row else 2) else "right" for index in range(len(headers))]

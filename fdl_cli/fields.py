@@ -118,6 +118,12 @@ FLOAT_FIELDS: Final = frozenset(RECORD_FIELDS) - INT_FIELDS - STR_FIELDS
 REGIMES: Final = ("coefficient", "MF", "EF", "undetermined")
 
 
+#: How text shows a [0, 1] measure (D_LR, CKA, an accuracy, R²): 4 decimals, in the tables' columns and in a line of
+#: prose alike, so that "the accuracy is 0.8125" reads as the table's cell at that step does (the accuracy of a
+#: probe of a few thousand points moves in its fourth decimal). JSON and CSV keep the number itself.
+UNIT_SPEC: Final = ".4f"
+
+
 def number_text(value: float, spec: str) -> str:
     """`value` formatted with the format `spec` (".3f", ".4g") for text (tables, notes, verdicts): a value
     that rounds to zero shows no sign, as PEP 682's "z" option does on Python ≥ 3.11 (fdl runs on 3.10).

@@ -39,7 +39,7 @@ from fdl_cli.errors import (
     shown_name,
     special_file,
 )
-from fdl_cli.fields import INTEGER_LABELS_RECIPE
+from fdl_cli.fields import INTEGER_LABELS_RECIPE, UNIT_SPEC
 
 X_KEYS = ("x", "inputs", "data", "images", "X", "input_ids")  # first found wins; input_ids, label: Hugging Face's
 # target: scikit-learn's Bunch (beside its data); last, so that a file holding it beside another name of y reads
@@ -1327,9 +1327,9 @@ def dominant_class_note(probe: Probe, *, n_outputs: int) -> str | None:
     counts = np.bincount(labels)
     top = int(counts.argmax())
     return (f"probe {probe.name!r}: {counts[top]} of {labels.size} labels ({100 * share:.1f} %) are class {top}: a "
-            f"constant guess of it scores accuracy {share:.3f} and cross_entropy {entropy:.3f} (the labels' entropy), "
-            f"not chance 1/C = {1 / n_outputs:.3f} and log C = {np.log(n_outputs):.3f}: read accuracy and cross_entropy "
-            "against those, as fdl classify's lines on a near-chance or already fitting checkpoint do")
+            f"constant guess of it scores accuracy {share:{UNIT_SPEC}} and cross_entropy {entropy:.3f} (the labels' "
+            f"entropy), not chance 1/C = {1 / n_outputs:{UNIT_SPEC}} and log C = {np.log(n_outputs):.3f}: read accuracy "
+            "and cross_entropy against those, as fdl classify's lines on a near-chance or already fitting checkpoint do")
 
 
 def targets_without_energy(probe: Probe, *, center: bool) -> str | None:

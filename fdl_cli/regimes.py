@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fdl_cli.errors import FdlError
-from fdl_cli.fields import R2_OUTPUT_FIELDS, number_text
+from fdl_cli.fields import R2_OUTPUT_FIELDS, UNIT_SPEC, number_text
 
 #: Printed with every verdict: the regimes describe how features were learned, not whether that is good.
 NOTE = (
@@ -537,10 +537,10 @@ def chance(evidence: Mapping[str, Any], classes: int) -> tuple[float, float, str
     where a guess that ignores the input scores 0.200 (docs/regimes.md)."""
     share, entropy = evidence.get("chance_accuracy"), evidence.get("label_entropy")
     if isinstance(share, float) and isinstance(entropy, float):
-        return (share, entropy, f"chance {share:.3f}: the largest class's share of the probe's labels",
+        return (share, entropy, f"chance {share:{UNIT_SPEC}}: the largest class's share of the probe's labels",
                 f"the labels' entropy {entropy:.3f}")
     # "1/C =": a bare "chance 0.250" of a store written before the probe's chance reads as the probe's own
-    return 1 / classes, math.log(classes), f"chance 1/C = {1 / classes:.3f}", f"log C = {math.log(classes):.3f}"
+    return 1 / classes, math.log(classes), f"chance 1/C = {1 / classes:{UNIT_SPEC}}", f"log C = {math.log(classes):.3f}"
 
 #: A reference checkpoint at least this far from chance to a perfect fit ((accuracy − 1/C) / (1 − 1/C),
 #: and 1 − cross-entropy / log C where it is stored; or R² for regression) already fits the probe: a
@@ -653,7 +653,7 @@ def reference_fit(record: Mapping[str, Any], evidence: Mapping[str, Any] | None 
         if level >= 1.0 or baseline <= 0.0:
             return None
         share = (accuracy - level) / (1 - level)
-        words = f"accuracy {number_text(accuracy, '.3f')}, {level_words}"
+        words = f"accuracy {number_text(accuracy, UNIT_SPEC)}, {level_words}"
         entropy = record.get("cross_entropy")  # null in stores written before it (fields.ADDED_FIELDS)
         if entropy is not None:
             share = min(share, 1 - entropy / baseline)
@@ -843,7 +843,7 @@ def final_near_chance_line(verdict: RunVerdict, records: Sequence[Mapping[str, A
     level, _, level_words, _ = chance(verdict.evidence, classes)
     if not near_chance(accuracy, level):
         return None
-    return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, '.3f')} ({level_words}): "
+    return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, UNIT_SPEC)} ({level_words}): "
             "the network's function there is little better than a guess that ignores the input (features that "
             f"collapsed, a layer that died, a run that diverged?), so {verdict.regime} says how the features moved "
             "and how few eigenfunctions carry that function, not that the task was learned")
@@ -906,7 +906,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
     level, _, level_words, _ = chance(ev, classes) if classes and classes >= 2 else (1.0, 0.0, "", "")
     if first is not None and accuracy is not None and near_chance(accuracy, level):
         lines.append(
-            f"at step {ev['first_mf_step']}, the first MF checkpoint, the accuracy is {number_text(accuracy, '.3f')} "
+            f"at step {ev['first_mf_step']}, the first MF checkpoint, the accuracy is {number_text(accuracy, UNIT_SPEC)} "
             f"({level_words}) and k95 of Π̂ is {_fmt(first.get('k95_utility'))}: the network's function is still "
             "nearly constant, which few eigenfunctions carry; MF means more from where the accuracy has risen"
         )

@@ -44,6 +44,7 @@ from fdl_cli.fields import (
     SERIES_FIELDS,
     SMALL_PROBE_FIELD,
     STR_FIELDS,
+    UNIT_SPEC,
     ZERO_ONE_FIELD,
     number_text,
 )
@@ -98,7 +99,8 @@ HEADERS: Mapping[str, str] = {
     "r2_min": "worst r2",
 }
 
-#: Fields bounded in [0, 1] (or close to it): shown with four decimals; other floats with 4 significant digits.
+#: Fields bounded in [0, 1] (or close to it): shown with four decimals; other floats with 4 significant digits (in a
+#: table, a column by `column_texts`).
 UNIT_FIELDS = frozenset(
     {
         "d_lr",
@@ -785,8 +787,41 @@ def format_value(name: str, value: Any) -> str:
     if name in INT_FIELDS:
         return str(int(value))
     if name in FLOAT_FIELDS and isinstance(value, (int, float)):
-        return number_text(value, ".4f" if name in UNIT_FIELDS else ".4g")
+        return number_text(value, UNIT_SPEC if name in UNIT_FIELDS else ".4g")
     return str(value)
+
+
+#: The most decimals a text table's column of floats shows (as a [0, 1] measure's), and the largest magnitude it
+#: shows fixed: a column with a value that needs more decimals for its 4 significant digits, or one as large, is
+#: written in scientific notation, every cell alike (`column_texts`).
+COLUMN_DECIMALS, COLUMN_FIXED_BELOW = 4, 1e6
+
+
+def column_texts(name: str, values: Sequence[Any]) -> list[str]:
+    """The cells of one text table's column of field `name` (`fdl report`'s, `fdl classify STORE...`'s), one rule for
+    the column so that its numbers read down it: a float field other than a [0, 1] measure (a loss, D_ρ, a norm)
+    has the fewest fixed decimals that show each value as 4 significant digits would (at most COLUMN_DECIMALS), its
+    decimal points one above the other (right-justified); in scientific notation, 4 significant digits, where a value
+    needs more decimals or is COLUMN_FIXED_BELOW or more. `format_value` shows every other field, and one value in a
+    line of text; JSON, CSV and markdown keep their own (the number itself; 6 significant digits)."""
+    if name not in FLOAT_FIELDS or name in UNIT_FIELDS or name == "r2_min":
+        return [format_value(name, value) for value in values]
+    numbers = [float(value) for value in values if isinstance(value, (int, float)) and math.isfinite(value)]
+    needed = [_decimals(number) for number in numbers if number != 0.0]
+    if any(places > COLUMN_DECIMALS for places in needed) or any(abs(number) >= COLUMN_FIXED_BELOW for number in numbers):
+        spec = ".3e"
+    else:
+        spec = f".{max(needed, default=0)}f"
+    return ["—" if value is None else number_text(float(value), spec) if isinstance(value, (int, float))
+            else format_value(name, value) for value in values]
+
+
+def _decimals(value: float) -> int:
+    """The decimals 4 significant digits of `value` take written fixed, its trailing zeros dropped (1.25: 2, 0.0625:
+    4, 1234.5: 0, 1.2e-05: 8)."""
+    digits = max(0, 3 - math.floor(math.log10(abs(value))))
+    shown = f"{value:.{digits}f}".rstrip("0")
+    return len(shown.partition(".")[2])
 
 
 #: The fields measured against a probe's targets that the tables show: none of them in any record, the probe had none
@@ -953,14 +988,15 @@ def render_table(
     justify = ["right" if name in INT_FIELDS or name in FLOAT_FIELDS or name == "r2_min" else "left"
                for name in fields]
 
-    def cell(name: str, record: Record) -> str:
+    def cell(name: str, record: Record, text: str) -> str:
         if name == "r2_min":
             return worst_r2_text(record)
-        text = format_value(name, record.get(name))
         early = reference_step is not None and int(record["step"]) < reference_step
         return text + BEFORE_REFERENCE if name == "regime" and early and record.get(name) is not None else text
 
-    rows = [[cell(name, record) for name in fields] for record in records]
+    columns = [column_texts(name, [record.get(name) for record in records]) for name in fields]
+    rows = [[cell(name, record, column[i]) for name, column in zip(fields, columns, strict=True)]
+            for i, record in enumerate(records)]
     return PlainTable.fitted([HEADERS.get(name, name) for name in fields], justify, rows, title=title,
                              max_width=max_width, priority=priority, always=2)
 

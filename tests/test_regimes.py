@@ -201,7 +201,7 @@ def test_describe_says_when_mf_came_at_chance_accuracy() -> None:
     verdict = classify_run(early)
     assert verdict.regime == "MF" and verdict.evidence["first_mf_step"] == 10
     text = "\n".join(describe(verdict, early))
-    assert ("at step 10, the first MF checkpoint, the accuracy is 0.110 (chance 1/C = 0.100) and k95 of Π̂ is 1: the "
+    assert ("at step 10, the first MF checkpoint, the accuracy is 0.1100 (chance 1/C = 0.1000) and k95 of Π̂ is 1: the "
             "network's function is still nearly constant") in text
     assert "nearly constant" not in "\n".join(describe(verdict))  # without the records: nothing to say
     learned = [dict(r, accuracy=0.9) if r["step"] == 10 else r for r in early]

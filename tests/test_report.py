@@ -98,10 +98,11 @@ def render(renderable: Any, width: int = 200) -> str:
 GOLDEN_TABLE = """\
 step     D_LR     CKA₀   overlap₀   k95 Π̂     Π̂(C)   D_ρ       r2     loss   regime
 ────────────────────────────────────────────────────────────────────────────────────────
-   0   0.9000   1.0000     1.0000       5   {p0}   2.5   0.5000     1.25   coefficient
- 100   0.5000   0.8000     0.7000       4   {p1}   3.5   0.5000      0.5   EF
+   0   0.9000   1.0000     1.0000       5   {p0}   2.5   0.5000   1.2500   coefficient
+ 100   0.5000   0.8000     0.7000       4   {p1}   3.5   0.5000   0.5000   EF
  200   0.1250   0.6250     0.5000       2   {p2}   4.5   0.5000   0.0625   MF
 """
+# (the loss column's decimals one above the other: `column_texts`, 4 of them for 0.0625)
 # (a regression probe: r2 in the place of the accuracy, which a regression run does not have)
 
 

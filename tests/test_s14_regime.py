@@ -74,7 +74,7 @@ def test_a_coefficient_verdict_says_when_the_reference_already_fits_the_probe() 
     verdict = classify_run(trained)
     assert verdict.regime == "coefficient"
     text = "\n".join(describe(verdict, trained))
-    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 1.000, chance 1/C = 0.100): "
+    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 1.0000, chance 1/C = 0.1000): "
             "'coefficient' says its features did not move after it") in text
     # an initialised (or head-reinitialised) reference near chance: no such line
     fresh = [{**r, "accuracy": a} for r, a in zip(trained, (0.131, 0.9, 1.0), strict=True)]

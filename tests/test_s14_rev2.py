@@ -41,7 +41,7 @@ def test_an_untrained_majority_class_predictor_is_not_said_to_fit_the_probe() ->
     assert "already fits" not in "\n".join(describe(verdict, rows))
     # a trained reference (a cross-entropy far below log C) still gets the line, its cross-entropy shown
     trained = [{**r, "accuracy": 0.97, "cross_entropy": 0.09} for r in rows]
-    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 0.970, chance 1/C = 0.500, "
+    assert ("the reference checkpoint (step 0) already fits the probe (accuracy 0.9700, chance 1/C = 0.5000, "
             "cross-entropy 0.090 against log C = 0.693)") in "\n".join(describe(classify_run(trained), trained))
 
 

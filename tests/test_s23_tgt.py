@@ -78,8 +78,8 @@ def test_a_probe_of_one_dominant_class_says_what_a_constant_guess_scores(tmp_pat
     assert done.returncode == 0, done.stderr
     assert "198 of 200 labels (99.0 %) are class 0" in done.stderr
     entropy = -(0.99 * math.log(0.99) + 0.01 * math.log(0.01))
-    assert f"accuracy 0.990 and cross_entropy {entropy:.3f}" in done.stderr
-    assert "1/C = 0.500" in done.stderr
+    assert f"accuracy 0.9900 and cross_entropy {entropy:.3f}" in done.stderr
+    assert "1/C = 0.5000" in done.stderr
 
 
 def test_balanced_classes_get_no_such_note(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_an_old_store_s_chance_is_said_to_be_one_over_c_not_the_probe_s(tmp_path
     from fdl_cli.regimes import reference_fit
 
     record = {"accuracy": 0.9, "n_outputs": 4, "cross_entropy": 0.3}
-    assert reference_fit(record)[1] == "accuracy 0.900, chance 1/C = 0.250, cross-entropy 0.300 against log C = 1.386"
+    assert reference_fit(record)[1] == "accuracy 0.9000, chance 1/C = 0.2500, cross-entropy 0.300 against log C = 1.386"
     recorded = reference_fit(record, {"chance_accuracy": 0.8, "label_entropy": 0.7})
-    assert recorded[1] == ("accuracy 0.900, chance 0.800: the largest class's share of the probe's labels, "
+    assert recorded[1] == ("accuracy 0.9000, chance 0.8000: the largest class's share of the probe's labels, "
                            "cross-entropy 0.300 against the labels' entropy 0.700")

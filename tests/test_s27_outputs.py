@@ -110,7 +110,7 @@ def test_a_probe_of_one_class_notes_its_cross_entropy_as_zero_not_minus_zero() -
 
     probe = SimpleNamespace(task="classes", y=np.zeros(40, dtype=np.int64), name="probe")
     note = dominant_class_note(probe, n_outputs=10)  # type: ignore[arg-type]
-    assert note is not None and "accuracy 1.000 and cross_entropy 0.000 (the labels' entropy)" in note
+    assert note is not None and "accuracy 1.0000 and cross_entropy 0.000 (the labels' entropy)" in note
 
 
 def test_negative_zero_measures_read_as_zero_in_tables_and_classify_lines() -> None:
@@ -155,7 +155,7 @@ def test_chance_is_the_probe_s_largest_class_share_not_one_over_the_model_s_outp
     assert done.returncode == 0, done.stderr
     shown = fdl_in_process("classify", out)
     assert shown.returncode == 0, shown.stderr
-    assert "(chance 0.200: the largest class's share of the probe's labels)" in shown.stderr, shown.stderr
-    assert "chance 0.020" not in shown.stderr
+    assert "(chance 0.2000: the largest class's share of the probe's labels)" in shown.stderr, shown.stderr
+    assert "chance 0.0200" not in shown.stderr
     evidence = json.loads(fdl_in_process("classify", out, "--json").stdout)["evidence"]
     assert evidence["chance_accuracy"] == pytest.approx(0.2) and evidence["label_entropy"] == pytest.approx(np.log(5))

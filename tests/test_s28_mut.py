@@ -25,7 +25,7 @@ def test_a_store_recording_one_of_the_probe_s_chance_values_reads_both_as_one_ov
     one)."""
     fit = reference_fit({"accuracy": 0.9, "n_outputs": 4, "cross_entropy": 0.3}, recorded)
     assert fit is not None
-    assert fit[1] == "accuracy 0.900, chance 1/C = 0.250, cross-entropy 0.300 against log C = 1.386"
+    assert fit[1] == "accuracy 0.9000, chance 1/C = 0.2500, cross-entropy 0.300 against log C = 1.386"
     assert fit[0] == pytest.approx(min((0.9 - 0.25) / 0.75, 1 - 0.3 / math.log(4)))
 
 
@@ -58,14 +58,14 @@ def test_the_near_chance_line_stops_half_way_from_a_high_chance_to_one() -> None
     chance = {"chance_accuracy": 0.8, "label_entropy": 0.5}
     assert not any(NEAR in line for line in _mf_run(0.95, chance))
     near = [line for line in _mf_run(0.85, chance) if NEAR in line]
-    assert len(near) == 1 and "accuracy is 0.850 (chance 0.800: the largest class's share of the probe's labels)" \
+    assert len(near) == 1 and "accuracy is 0.8500 (chance 0.8000: the largest class's share of the probe's labels)" \
         in near[0], near
 
 
 def test_the_near_chance_line_takes_in_one_and_a_half_times_chance_itself() -> None:
     """1.5/C = 0.375 of 4 classes: an accuracy of exactly that is within the factor (`NEAR_CHANCE`), said so."""
     near = [line for line in _mf_run(0.375, {}) if NEAR in line]
-    assert len(near) == 1 and "accuracy is 0.375 (chance 1/C = 0.250)" in near[0], near
+    assert len(near) == 1 and "accuracy is 0.3750 (chance 1/C = 0.2500)" in near[0], near
 
 
 def test_a_probe_of_one_class_has_no_near_chance_line_and_keeps_its_zero_entropy() -> None:
@@ -139,7 +139,7 @@ def test_a_reference_already_fits_from_half_way_between_chance_and_one(accuracy,
     said = [line for line in _coefficient_run(accuracy, chance, entropy) if FITS in line]
     assert len(said) == int(fits), said
     if fits:
-        assert f"(accuracy {accuracy:.3f}, chance " in said[0]
+        assert f"(accuracy {accuracy:.4f}, chance " in said[0]
 
 
 # ------------------------------------------------------------------ the store's chance attributes, as classify reads them

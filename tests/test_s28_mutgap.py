@@ -243,7 +243,7 @@ def test_a_class_holding_half_the_labels_is_said_to_be_what_a_constant_guess_sco
     note = dominant_class_note(types.SimpleNamespace(task="classes", y=labels, name="probe"),  # type: ignore[arg-type]
                                n_outputs=outputs)
     assert note == (f"probe 'probe': 20 of 40 labels (50.0 %) are class 0: a constant guess of it scores accuracy "
-                    f"0.500 and cross_entropy 1.040 (the labels' entropy), not chance 1/C = {1 / outputs:.3f} and "
+                    f"0.5000 and cross_entropy 1.040 (the labels' entropy), not chance 1/C = {1 / outputs:.4f} and "
                     f"log C = {np.log(outputs):.3f}: read accuracy and cross_entropy against those, as fdl classify's "
                     "lines on a near-chance or already fitting checkpoint do")
     fewer = np.array([0] * 20 + [1] * 11 + [2] * 10)

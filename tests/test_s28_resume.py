@@ -15,7 +15,7 @@ from fdl_cli import store as store_module
 from tests.cli_run import fdl_in_process
 from tests.test_s27_compat import _analyze, _chance, _make_old, _run
 
-NOTE = "a constant guess of it scores accuracy 0.800 and cross_entropy 0.717 (the labels' entropy)"
+NOTE = "a constant guess of it scores accuracy 0.8000 and cross_entropy 0.717 (the labels' entropy)"
 
 
 def _records(out):

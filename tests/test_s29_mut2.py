@@ -168,7 +168,7 @@ def test_a_reference_exactly_half_way_from_chance_to_a_perfect_fit_already_fits(
     from tests.test_s28_mut import FITS, _coefficient_run
 
     said = [line for line in _coefficient_run(0.625, {}) if FITS in line]
-    assert len(said) == 1 and "(accuracy 0.625, chance 1/C = 0.250)" in said[0], said
+    assert len(said) == 1 and "(accuracy 0.6250, chance 1/C = 0.2500)" in said[0], said
 
 
 @pytest.mark.parametrize(("rank", "said"), [(11, True), (12, False)])
