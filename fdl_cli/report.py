@@ -1474,7 +1474,10 @@ def model_change_line(run: Run) -> str | None:
         changed = listed if isinstance(listed, list) else []
         files = ", ".join(f"{Path(str(item.get('code'))).name} (sha256 {str(item.get('old'))[:12]}… → "
                           f"{str(item.get('new'))[:12]}…)" for item in changed if isinstance(item, Mapping))
-        said.append(f"from step {change.get('from_step')} on its checkpoints ran changed code ({files or '?'}; "
+        kept = change.get("kept_old")
+        but = (f", but for step{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))}, stored before it"
+               if isinstance(kept, list) and kept else "")
+        said.append(f"from step {change.get('from_step')} on its checkpoints ran changed code{but} ({files or '?'}; "
                     f"`fdl analyze --accept-model-change`, {change.get('time')}, fdl {change.get('fdl_version')})")
     if not said:
         return None

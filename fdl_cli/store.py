@@ -876,7 +876,7 @@ class StoreReader:
     #: without a --model file) or the attribute is damaged
     model_imports: dict[str, str] | None
     #: the changes of the model's code that `fdl analyze --accept-model-change` resumed the store across (the root
-    #: attribute `model_changes`, docs/store.md), oldest first: one dict each (from_step, run, time, fdl_version,
+    #: attribute `model_changes`, docs/store.md), oldest first: one dict each (from_step, kept_old, run, time, fdl_version,
     #: changed: [{code, module, old, new}]); [] where there were none (or the list is damaged: a warning)
     model_changes: list[dict[str, Any]]
 
@@ -3019,8 +3019,11 @@ class StoreWriter:
         base = json.loads(provenance) if provenance is not None else dict(self._stored_provenance)
         steps = sorted({entry.step for entry in entries if not entry.series_only} or {entry.step for entry in entries})
         run = computed_by.get(steps[0])
+        # a resume can fill in a step below one the old code stored: "from step … on" is then not the whole story
+        kept = sorted(step for step in self._sha256 if step > steps[0] and step not in self._drop_steps)
         change = {
             "from_step": steps[0],
+            "kept_old": kept,  # the steps stored before, above from_step, that keep the old code's numbers
             "run": run,  # the row of the store's history of the run that stored it; None: unknown
             "time": _utc_now(),
             "fdl_version": __version__,
