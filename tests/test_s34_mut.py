@@ -16,6 +16,9 @@ from tests.test_report import SCALARS, STEPS, make_store
 from tests.test_s34_report import LINE
 from tests.test_s34_rev import _chained
 
+#: make_store's scalars on a probe of 3 inputs, too small for EF before its layer of 8 units (tests/test_s34_report.py)
+SMALL = {step: {**SCALARS[step], "n_probe": 3} for step in STEPS}
+
 
 def _said(*args: object) -> str:
     done = fdl_in_process(*args)
@@ -97,7 +100,7 @@ def test_compare_with_a_store_that_recorded_no_prev_step_compares_cka_prev_as_be
 
 def test_compare_of_two_runs_of_a_too_small_probe_says_it_once_for_both(tmp_path: Path) -> None:
     """Both runs' probes too small for EF, with the same line: one note for runs A and B, not one each."""
-    small = make_store(tmp_path / "small.h5", scalars={step: {**SCALARS[step], "n_probe": 3} for step in STEPS})
+    small = make_store(tmp_path / "small.h5", scalars=SMALL)
     said = _said("compare", small, small)
     assert f"note: runs A and B: {LINE}" in said, said
     assert "run A: k95" not in said and "run B: k95" not in said
@@ -120,8 +123,7 @@ def test_the_records_of_a_store_flag_only_the_series_whose_probe_is_too_small(tm
     only where every series is small, or true for each row)."""
     from fdl_cli.report import load_run
 
-    small = {step: {**SCALARS[step], "n_probe": 3} for step in STEPS}
-    run = load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"), scalars=small))
+    run = load_run(make_store(tmp_path / "two.h5", layers=("fc1", "fc2"), scalars=SMALL))
     for record in run.series[1].records:
         record["n_features"] = 3
     assert [(row["layer"], row["small_probe"]) for row in run.records()] == [("fc1", True)] * 3 + [("fc2", False)] * 3
@@ -130,7 +132,7 @@ def test_the_records_of_a_store_flag_only_the_series_whose_probe_is_too_small(tm
 def test_export_of_arrays_has_no_regime_column_and_no_small_probe_note(tmp_path: Path) -> None:
     """The note is for the regime column of `--what trajectories` (tests/test_s34_report.py); the eigenvalues have
     none, and their export says nothing of it (mutant: the note for every --what)."""
-    small = make_store(tmp_path / "small.h5", scalars={step: {**SCALARS[step], "n_probe": 3} for step in STEPS})
+    small = make_store(tmp_path / "small.h5", scalars=SMALL)
     done = fdl_in_process("export", small, "--what", "eigenvalues")
     assert done.returncode == 0, done.stderr
     assert "too small" not in done.stderr and done.stdout.startswith("step,")
