@@ -291,7 +291,7 @@ def _cgroup_room(root: Path, swap_free: int) -> int | None:
     if rooms:
         return min(rooms)
     v1 = next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "")
-    for group in _ancestors(top / "memory", v1)[:1] or [top / "memory"]:
+    for group in _ancestors(top / "memory", v1)[:1]:  # the group itself or the nearest above that exists
         stat = _stat(group / "memory.stat")
         limit = stat.get("hierarchical_memory_limit")
         if limit is None or limit >= NO_LIMIT:
