@@ -6,6 +6,8 @@ store, a refusal met on one rank, the history's rows) runs the ranks directly (`
 starts them: the variables it sets, `python -u`, a session of their own, one stdout and one stderr shared by both,
 the job's store served by this process (TORCHELASTIC_USE_AGENT_STORE, as under --standalone), and the other
 rank stopped (SIGTERM to its process group, SIGKILL 30 s later) as soon as one fails, the job's status then 1.
+Each rank is a warm process (tests/warm.py): forked from an interpreter that imported torch already, it runs
+`python -u ENTRY` as a fresh one would, without the ~3.5 CPU-s of `import torch` per rank.
 
 A test of torchrun itself or of what the user sees from it (a Ctrl-C or a kill of the job, torchrun's lines, its
 exit) keeps the real torchrun (`direct=False`).
@@ -24,6 +26,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+
+from tests import warm
 
 REPO = Path(__file__).resolve().parents[1]
 #: torchrun's --monitor-interval and the wait before its SIGKILL of a rank that ignored the SIGTERM
@@ -78,10 +82,10 @@ def _direct(
             given.write(stdin.encode())
             given.seek(0)
         ranks = [
-            subprocess.Popen(
+            warm.spawn(
                 command,
                 env={**environ, **job, "RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)},
-                stdin=given if stdin is not None else None,
+                stdin=given if stdin is not None else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 cwd=str(cwd),
@@ -102,7 +106,7 @@ def _direct(
         return subprocess.CompletedProcess(command, status, _text(out.read()), _text(err.read()))
 
 
-def _monitor(ranks: Sequence[subprocess.Popen[bytes]], deadline: float) -> int:
+def _monitor(ranks: Sequence[warm.WarmProcess], deadline: float) -> int:
     """As torchrun's agent: once a rank fails, SIGTERM to the others (SIGKILL after the grace); 0 when every rank
     succeeded, else 1. TimeoutExpired past `deadline`."""
     stop_by = None
@@ -124,7 +128,7 @@ def _monitor(ranks: Sequence[subprocess.Popen[bytes]], deadline: float) -> int:
     return 0 if all(rank.returncode == 0 for rank in ranks) else 1
 
 
-def _signal(rank: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal(rank: warm.WarmProcess, sig: signal.Signals) -> None:
     """`sig` to the rank's process group (its session), as torchrun's agent sends it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(rank.pid, sig)

@@ -1,0 +1,407 @@
+"""`python -m fdl_cli ...` and `python SCRIPT ...` started without paying `import torch` each time.
+
+Importing torch costs ~3.5 CPU-s on CI's machine, and the suite starts a few hundred processes that do (every
+`fdl analyze` a test runs in a process of its own, two per torchrun job): half the suite's CPU went to it. Here a
+"zygote", one per pytest worker and per import-time environment, imports torch and numpy once and then forks: each
+child becomes the process the test asked for, a real process of its own (its own pid, signals, exit status, session
+when asked, file descriptors 0–2) that runs the entry exactly as the interpreter would (`runpy`'s `-m` path into a
+fresh `__main__`), from the test's cwd and environment.
+
+What a child shares with the zygote, and why a test still sees what a fresh process shows:
+- torch and numpy (and what they import) are already imported. A zygote serves only requests whose environment
+  is the same as its own in every variable read while importing them (`_IMPORT_TIME`: TORCH*, OMP_*, OPENBLAS*,
+  PYTHON*, locale, ...); any other environment gets a zygote of its own. Nothing of fdl's and nothing of the
+  test's is imported there (the zygote's code is exec'd, never imported), nor matplotlib, h5py, safetensors.
+- the interpreter's flags: a zygote per `-u` or not; no other option is accepted.
+- stdio is made anew as CPython makes it, over the child's fds; tempfile's directory, numpy's global random state
+  and (by CPython itself) `random`'s are drawn anew; signal dispositions are the interpreter's defaults.
+- str hashes: a child shares the zygote's PYTHONHASHSEED draw (a fresh process draws its own).
+Not for a test of import-time behaviour (what gets imported, when, in which order), of interpreter start-up, or
+with a terminal on its fds (`spawn` refuses a tty): those keep a real `subprocess`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Prefixes of the environment variables torch's and numpy's import reads (found with a spy on os.environ while
+#: importing them, plus the C libraries' own: OpenMP, OpenBLAS, MKL, glibc) and the interpreter's own start-up
+#: reads; two environments that agree on all of them can share a zygote.
+_IMPORT_TIME = (
+    "TORCH",
+    "PYTORCH",
+    "COMPILE_",
+    "FX_",
+    "KINETO",
+    "NPY_",
+    "NUMPY",
+    "OPENBLAS",
+    "GOTO",
+    "OMP_",
+    "GOMP",
+    "KMP_",
+    "MKL",
+    "LD_",
+    "MALLOC",
+    "GLIBC",
+    "PYTHON",
+    "LC_",
+    "LANG",
+    "CUDA",
+    "NVIDIA",
+)
+#: ... but not those torchrun sets per job and rank (read when the process group starts, not at import).
+_PER_JOB = ("TORCHELASTIC_", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+
+
+def _key(env: Mapping[str, str], unbuffered: bool) -> tuple[Any, ...]:
+    relevant = {
+        name: value for name, value in env.items() if name.startswith(_IMPORT_TIME) and not name.startswith(_PER_JOB)
+    }
+    return (unbuffered, tuple(sorted(relevant.items())))
+
+
+class WarmProcess:
+    """A child of a zygote, as much of `subprocess.Popen` as the tests use: pid, poll, wait, send_signal,
+    terminate, kill, returncode (negative: the signal that ended it)."""
+
+    def __init__(self, args: list[str], pid: int, status_fd: int) -> None:
+        self.args, self.pid, self._status_fd, self.returncode = args, pid, status_fd, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._status_fd], [], [], 0)[0]:
+            self._collect()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not select.select([self._status_fd], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._collect()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _collect(self) -> None:
+        data = b""
+        while len(data) < 4:
+            chunk = os.read(self._status_fd, 4 - len(data))
+            if not chunk:
+                raise RuntimeError(f"the zygote of {self.pid} ended before it: its status is lost")
+            data += chunk
+        os.close(self._status_fd)
+        self.returncode = os.waitstatus_to_exitcode(struct.unpack("i", data)[0])
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:  # as Popen: never a signal to a pid that may since be another process's
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __del__(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.close(self._status_fd)
+
+
+class _Zygote:
+    def __init__(self, env: Mapping[str, str], unbuffered: bool) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        code = (
+            f"path = {str(Path(__file__))!r}; zygote = {{'__name__': '__fdl_zygote__', '__file__': path}}; "
+            f"exec(compile(open(path).read(), path, 'exec'), zygote); zygote['_zygote']({theirs.fileno()})"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, *(["-u"] if unbuffered else []), "-c", code],
+            env=dict(env),
+            cwd=str(REPO),
+            stdin=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        self.socket, self.lock = ours, threading.Lock()
+
+    def spawn(self, request: dict[str, Any], fds: Sequence[int]) -> int:
+        payload = pickle.dumps(request)
+        with self.lock:
+            self.socket.sendmsg(
+                [struct.pack("q", len(payload))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+            )
+            self.socket.sendall(payload)
+            answer = _receive_exactly(self.socket, 8)
+        if len(answer) < 8:
+            raise RuntimeError(f"the zygote (pid {self.process.pid}) ended: status {self.process.poll()}")
+        return int(struct.unpack("q", answer)[0])
+
+    def close(self) -> None:
+        self.socket.close()  # its end of file ends the zygote's loop
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+_zygotes: dict[tuple[Any, ...], _Zygote] = {}
+_zygotes_lock = threading.Lock()
+
+
+def _close_all() -> None:
+    for zygote in _zygotes.values():
+        zygote.close()
+    _zygotes.clear()
+
+
+def _entry(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """(unbuffered, the rest) of `[sys.executable, ("-u"), ("-m" MODULE | SCRIPT), ARGS...]`."""
+    args = [str(arg) for arg in argv]
+    if not args or args[0] != sys.executable:
+        raise ValueError(f"a warm process runs this interpreter ({sys.executable}), not {args[:1]}")
+    unbuffered = len(args) > 1 and args[1] == "-u"
+    rest = args[2:] if unbuffered else args[1:]
+    if not rest or (rest[0].startswith("-") and rest[0] != "-m") or (rest[0] == "-m" and len(rest) < 2):
+        raise ValueError(f"a warm process takes `-m MODULE ...` or `SCRIPT ...` after -u at most, not {rest[:2]}")
+    return unbuffered, rest
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    start_new_session: bool = False,
+) -> WarmProcess:
+    """Start `argv` (see `_entry`) as `subprocess.Popen` would, its streams a file object, a descriptor,
+    `subprocess.DEVNULL` or None (this process's own), as a child of a warm zygote."""
+    unbuffered, rest = _entry([str(arg) for arg in argv])
+    environ = dict(os.environ if env is None else env)
+    opened: list[int] = []
+    fds = []
+    for stream, default in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        if stream is None:
+            fd = default
+        elif stream == subprocess.DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR)
+            opened.append(fd)
+        elif isinstance(stream, int):
+            if stream < 0:
+                raise ValueError("a warm process takes no PIPE: give a file (tempfile.TemporaryFile()) instead")
+            fd = stream
+        else:
+            stream.flush()
+            fd = stream.fileno()
+        if os.isatty(fd):
+            raise ValueError("a warm process is not for a terminal: start a real process (subprocess) for that")
+        fds.append(fd)
+    status_r, status_w = os.pipe()
+    key = _key(environ, unbuffered)
+    try:
+        with _zygotes_lock:
+            zygote = _zygotes.get(key)
+            if zygote is None or zygote.process.poll() is not None:
+                if not _zygotes:
+                    import atexit
+
+                    atexit.register(_close_all)
+                zygote = _zygotes[key] = _Zygote(environ, unbuffered)
+        request = {
+            "rest": rest,
+            "env": environ,
+            "cwd": str(Path(cwd) if cwd is not None else Path.cwd()),
+            "new_session": start_new_session,
+            "u": unbuffered,
+        }
+        pid = zygote.spawn(request, [*fds, status_w])
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
+        for fd in opened:
+            os.close(fd)
+    return WarmProcess([str(arg) for arg in argv], pid, status_r)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(argv, input=..., capture_output=True, text=True, env=..., cwd=..., timeout=...)`, warm:
+    killed (SIGKILL) and TimeoutExpired past `timeout`, as subprocess.run does."""
+    with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        if input is not None:
+            given.write(input.encode())
+            given.seek(0)
+        process = spawn(
+            argv, env=env, cwd=cwd, stdin=given if input is not None else subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess([str(arg) for arg in argv], status, _text(out.read()), _text(err.read()))
+
+
+def _text(data: bytes) -> str:
+    """As `text=True` decodes: the locale's encoding (UTF-8 here), universal newlines."""
+    return data.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# ---- in the zygote (this file exec'd by `python -c`, never imported there) ----
+
+
+def _zygote(fd: int) -> None:
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+
+    gc.freeze()  # what was imported here is never collected: a child's collections (and exit) leave those pages shared
+    control = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    statuses: dict[int, int] = {}
+    while True:
+        readable = select.select([control, wake_r], [], [])[0]
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+            _reap(statuses)
+        if control not in readable:
+            continue
+        header, ancillary, _flags, _address = control.recvmsg(8, socket.CMSG_SPACE(4 * struct.calcsize("i")))
+        if not header:  # the tests' process is done
+            return
+        fds: list[int] = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += struct.unpack(f"{len(data) // struct.calcsize('i')}i", data)
+        size = struct.unpack("q", header)[0]
+        request = pickle.loads(_receive_exactly(control, size))
+        pid = os.fork()
+        if pid == 0:
+            for other in (control.detach(), wake_r, wake_w, *statuses.values()):
+                os.close(other)
+            _become(request, fds)
+            return
+        for given in fds[:3]:
+            os.close(given)
+        statuses[pid] = fds[3]
+        control.sendall(struct.pack("q", pid))
+        _reap(statuses)
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    while statuses:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = statuses.pop(pid, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, struct.pack("i", status))
+            os.close(fd)
+
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become `python [-u] REST` as started by Popen with the request's cwd, environment,
+    session and streams, then run it; what it raises ends this interpreter as it would end a fresh one."""
+    import io
+    import runpy
+    import types
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.close(fds[3])
+    if request["new_session"]:
+        os.setsid()
+    for target, fd in enumerate(fds[:3]):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in set(fds[:3]) - {0, 1, 2}:
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    old = (sys.stdin, sys.stdout, sys.stderr)
+    unbuffered = sys.stdout.write_through  # as CPython made the zygote's (its -u, its PYTHONUNBUFFERED)
+    streams = []
+    for fd, was in enumerate(old):
+        write = fd > 0
+        buffering = 0 if unbuffered and write else -1
+        binary = open(fd, "wb" if write else "rb", buffering=buffering, closefd=False)
+        line = not unbuffered and (fd == 2 or os.isatty(fd))
+        text = io.TextIOWrapper(
+            binary, encoding=was.encoding, errors=was.errors, newline="\n", line_buffering=line, write_through=unbuffered
+        )
+        streams.append(text)
+    sys.stdin, sys.stdout, sys.stderr = streams
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams  # type: ignore[misc]
+    tempfile.tempdir = None
+    import numpy.random
+
+    numpy.random.seed()
+    rest = request["rest"]
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    if rest[0] == "-m":
+        sys.path[0] = os.getcwd()
+        sys.argv = ["-m", *rest[2:]]
+        sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
+        runpy._run_module_as_main(rest[1], alter_argv=True)  # type: ignore[attr-defined]
+    else:
+        script = os.path.abspath(rest[0])
+        sys.path[0] = os.path.dirname(script)
+        sys.argv = list(rest)
+        sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
+        main.__file__ = rest[0]
+        main.__builtins__ = __builtins__  # type: ignore[attr-defined]
+        with open(script, "rb") as file:
+            code = compile(file.read(), rest[0], "exec")
+        exec(code, main.__dict__)
