@@ -111,14 +111,44 @@ def test_the_import_time_environment_picks_the_zygote(tmp_path: Path) -> None:
     assert seen["1"][0] != seen["1"][1]  # numpy's global random state drawn anew per child, as per fresh process
 
 
-def test_a_terminal_or_another_interpreter_is_refused(tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
-    try:
-        with pytest.raises(ValueError, match="terminal"):
-            warm.spawn([sys.executable, "-c", "pass"][:1] + [str(tmp_path / "x.py")], stdout=follower)
-    finally:
-        os.close(leader)
-        os.close(follower)
+def test_pipes_communicate_and_a_terminal_are_as_popens(tmp_path: Path) -> None:
+    script = tmp_path / "echo.py"
+    script.write_text(
+        "import sys\nprint(sys.stdin.read().upper(), sys.stdout.isatty(), sys.stdout.line_buffering)\n"
+        "print('err', file=sys.stderr)\n",
+        encoding="utf-8",
+    )
+    argv = [sys.executable, str(script)]
+    for merged in (False, True):
+        pipes = {
+            "stdin": subprocess.PIPE,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.STDOUT if merged else subprocess.PIPE,
+        }
+        with subprocess.Popen(argv, text=True, **pipes) as fresh:  # type: ignore[call-overload]
+            expected = fresh.communicate("abc", timeout=60)
+        with warm.spawn(argv, text=True, **pipes) as forked:  # type: ignore[arg-type]
+            assert forked.communicate("abc", timeout=60) == expected
+        out, err = expected  # merged: in the order the buffers were flushed (stdout's at the exit unless unbuffered)
+        assert (sorted(out.splitlines()), err) == (
+            (["ABC False False", "err"], None) if merged else (["ABC False False"], "err\n")
+        )
+        assert forked.returncode == fresh.returncode == 0
+    seen = []
+    for start in (subprocess.Popen, warm.spawn):
+        leader, follower = pty.openpty()
+        try:
+            process = start(argv, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)  # type: ignore[operator]
+            assert process.wait(timeout=60) == 0
+            seen.append(os.read(leader, 1000))
+        finally:
+            os.close(leader)
+            os.close(follower)
+    assert seen[0] == seen[1]  # line buffered on a terminal, but not under PYTHONUNBUFFERED, as CPython decides
+    assert seen[0].startswith(b" True ") and seen[0].endswith(b"\r\nerr\r\n")
+
+
+def test_another_interpreter_or_option_is_refused() -> None:
     with pytest.raises(ValueError, match="interpreter"):
         warm.spawn(["python3", "x.py"])
     with pytest.raises(ValueError, match="-m MODULE"):

@@ -16,8 +16,10 @@ What a child shares with the zygote, and why a test still sees what a fresh proc
 - stdio is made anew as CPython makes it, over the child's fds; tempfile's directory, numpy's global random state
   and (by CPython itself) `random`'s are drawn anew; signal dispositions are the interpreter's defaults.
 - str hashes: a child shares the zygote's PYTHONHASHSEED draw (a fresh process draws its own).
-Not for a test of import-time behaviour (what gets imported, when, in which order), of interpreter start-up, or
-with a terminal on its fds (`spawn` refuses a tty): those keep a real `subprocess`.
+Not for a test of import-time behaviour (what gets imported, when, in which order: a module planted to stand in for
+torch or numpy, say) or of the interpreter's start-up: those keep a real `subprocess`. Nor for a command that
+never imports torch (`fdl report`, `classify`, ...): a child pays the exit of an interpreter holding torch
+(~0.5 s), more than such a fresh process costs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -78,11 +81,52 @@ def _key(env: Mapping[str, str], unbuffered: bool) -> tuple[Any, ...]:
 
 
 class WarmProcess:
-    """A child of a zygote, as much of `subprocess.Popen` as the tests use: pid, poll, wait, send_signal,
-    terminate, kill, returncode (negative: the signal that ended it)."""
+    """A child of a zygote, as much of `subprocess.Popen` as the tests use: pid, poll, wait, communicate,
+    send_signal, terminate, kill, returncode (negative: the signal that ended it), and stdin/stdout/stderr
+    (file objects where PIPE was asked for, else None)."""
 
-    def __init__(self, args: list[str], pid: int, status_fd: int) -> None:
+    def __init__(self, args: list[str], pid: int, status_fd: int, pipes: Sequence[IO[Any] | None]) -> None:
         self.args, self.pid, self._status_fd, self.returncode = args, pid, status_fd, None
+        self.stdin, self.stdout, self.stderr = pipes
+
+    def __enter__(self) -> WarmProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.wait()
+
+    def communicate(self, input: str | bytes | None = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """As Popen.communicate: `input` written to stdin (then closed), stdout and stderr read to their end
+        (None where not a PIPE), the process waited for; TimeoutExpired past `timeout` (the process left running)."""
+        results: dict[int, Any] = {}
+
+        def drain(index: int, pipe: IO[Any]) -> None:
+            results[index] = pipe.read()
+            pipe.close()
+
+        readers = [
+            threading.Thread(target=drain, args=(index, pipe), daemon=True)
+            for index, pipe in enumerate((self.stdout, self.stderr))
+            if pipe is not None
+        ]
+        for reader in readers:
+            reader.start()
+        if self.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                if input:
+                    self.stdin.write(input)
+                self.stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return results.get(0), results.get(1)
 
     def poll(self) -> int | None:
         if self.returncode is None and select.select([self._status_fd], [], [], 0)[0]:
@@ -192,32 +236,44 @@ def spawn(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     start_new_session: bool = False,
+    text: bool = False,
 ) -> WarmProcess:
-    """Start `argv` (see `_entry`) as `subprocess.Popen` would, its streams a file object, a descriptor,
-    `subprocess.DEVNULL` or None (this process's own), as a child of a warm zygote."""
+    """Start `argv` (see `_entry`) as `subprocess.Popen` would, as a child of a warm zygote: each stream a file
+    object, a descriptor, `subprocess.PIPE` (then a file object of this process's end: text with `text`),
+    `subprocess.STDOUT` for stderr, `subprocess.DEVNULL` or None (this process's own)."""
     unbuffered, rest = _entry([str(arg) for arg in argv])
     environ = dict(os.environ if env is None else env)
-    opened: list[int] = []
-    fds = []
-    for stream, default in ((stdin, 0), (stdout, 1), (stderr, 2)):
-        if stream is None:
-            fd = default
-        elif stream == subprocess.DEVNULL:
-            fd = os.open(os.devnull, os.O_RDWR)
-            opened.append(fd)
-        elif isinstance(stream, int):
-            if stream < 0:
-                raise ValueError("a warm process takes no PIPE: give a file (tempfile.TemporaryFile()) instead")
-            fd = stream
-        else:
-            stream.flush()
-            fd = stream.fileno()
-        if os.isatty(fd):
-            raise ValueError("a warm process is not for a terminal: start a real process (subprocess) for that")
-        fds.append(fd)
-    status_r, status_w = os.pipe()
-    key = _key(environ, unbuffered)
+    opened: list[int] = []  # descriptors of ours given to the child, closed here once it has them
+    fds: list[int] = []
+    pipes: list[IO[Any] | None] = [None, None, None]
     try:
+        for index, (stream, default) in enumerate(((stdin, 0), (stdout, 1), (stderr, 2))):
+            if stream is None:
+                fd = default
+            elif stream == subprocess.STDOUT and index == 2:
+                fd = fds[1]
+            elif stream == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR)
+                opened.append(fd)
+            elif stream == subprocess.PIPE:
+                read, write = os.pipe()
+                ours, fd = (write, read) if index == 0 else (read, write)
+                opened.append(fd)
+                mode = "w" if index == 0 else "r"
+                pipes[index] = (
+                    open(ours, mode, buffering=1 if index == 0 else -1, encoding="utf-8")
+                    if text
+                    else open(ours, mode + "b", buffering=0 if index == 0 else -1)
+                )
+            elif isinstance(stream, int):
+                fd = stream
+            else:
+                stream.flush()
+                fd = stream.fileno()
+            fds.append(fd)
+        status_r, status_w = os.pipe()
+        opened.append(status_w)
+        key = _key(environ, unbuffered)
         with _zygotes_lock:
             zygote = _zygotes.get(key)
             if zygote is None or zygote.process.poll() is not None:
@@ -233,15 +289,20 @@ def spawn(
             "new_session": start_new_session,
             "u": unbuffered,
         }
-        pid = zygote.spawn(request, [*fds, status_w])
+        try:
+            pid = zygote.spawn(request, [*fds, status_w])
+        except BaseException:
+            os.close(status_r)
+            raise
     except BaseException:
-        os.close(status_r)
+        for pipe in pipes:
+            if pipe is not None:
+                pipe.close()
         raise
     finally:
-        os.close(status_w)
         for fd in opened:
             os.close(fd)
-    return WarmProcess([str(arg) for arg in argv], pid, status_r)
+    return WarmProcess([str(arg) for arg in argv], pid, status_r, pipes)
 
 
 def run(
