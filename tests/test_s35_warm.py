@@ -27,7 +27,7 @@ STATE = textwrap.dedent(
                for s in (sys.stdin, sys.stdout, sys.stderr)]
     print(json.dumps({
         "argv": sys.argv, "orig_argv": sys.orig_argv[1:], "path0": sys.path[0], "cwd": os.getcwd(),
-        "env": os.environ.get("S35_WARM"), "name": __name__, "file": __file__, "line": line,
+        "env": os.environ.get("S35_WARM"), "name": __name__, "file": globals().get("__file__"), "line": line,
         "main": sorted(k for k in vars(sys.modules["__main__"]) if not k.startswith("__")),
         "streams": streams, "stdio_same": [sys.stdin is sys.__stdin__, sys.stdout is sys.__stdout__],
         "signals": [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD,
@@ -69,6 +69,20 @@ def test_a_module_run_with_m_sees_what_python_m_gives_it(tmp_path: Path) -> None
     fresh, forked = _both([sys.executable, "-m", "pkg.state", "0"], env={**os.environ, "PYTHONPATH": ""}, cwd=str(tmp_path))
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert '"name": "__main__"' in forked.stdout and '"argv": ["' + str(tmp_path / "pkg" / "state.py") in forked.stdout
+
+
+def test_code_given_with_c_sees_what_python_c_gives_it(tmp_path: Path) -> None:
+    fresh, forked = _both([sys.executable, "-c", STATE, "a", "5"], input="", cwd=str(tmp_path))
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert forked.returncode == 5 and '"argv": ["-c", "a", "5"]' in forked.stdout and '"path0": ""' in forked.stdout
+
+
+def test_what_ends_a_program_is_printed_as_a_fresh_interpreter_prints_it(tmp_path: Path) -> None:
+    (tmp_path / "boom.py").write_text("def boom():\n    raise ValueError('no')\nboom()\n", encoding="utf-8")
+    for entry in (["boom.py"], ["-m", "boom"], ["-c", "import boom"]):
+        fresh, forked = _both([sys.executable, *entry], cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ""})
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+        assert fresh.returncode == 1 and fresh.stderr.startswith("Traceback") and "ValueError: no" in fresh.stderr
 
 
 def test_a_session_of_its_own_signals_and_statuses_are_a_processs(tmp_path: Path) -> None:
@@ -152,4 +166,4 @@ def test_another_interpreter_or_option_is_refused() -> None:
     with pytest.raises(ValueError, match="interpreter"):
         warm.spawn(["python3", "x.py"])
     with pytest.raises(ValueError, match="-m MODULE"):
-        warm.spawn([sys.executable, "-c", "pass"])
+        warm.spawn([sys.executable, "-X", "dev", "x.py"])

@@ -216,14 +216,14 @@ def _close_all() -> None:
 
 
 def _entry(argv: Sequence[str]) -> tuple[bool, list[str]]:
-    """(unbuffered, the rest) of `[sys.executable, ("-u"), ("-m" MODULE | SCRIPT), ARGS...]`."""
+    """(unbuffered, the rest) of `[sys.executable, ("-u"), ("-m" MODULE | "-c" CODE | SCRIPT), ARGS...]`."""
     args = [str(arg) for arg in argv]
     if not args or args[0] != sys.executable:
         raise ValueError(f"a warm process runs this interpreter ({sys.executable}), not {args[:1]}")
     unbuffered = len(args) > 1 and args[1] == "-u"
     rest = args[2:] if unbuffered else args[1:]
-    if not rest or (rest[0].startswith("-") and rest[0] != "-m") or (rest[0] == "-m" and len(rest) < 2):
-        raise ValueError(f"a warm process takes `-m MODULE ...` or `SCRIPT ...` after -u at most, not {rest[:2]}")
+    if not rest or (rest[0].startswith("-") and (rest[0] not in ("-m", "-c") or len(rest) < 2)):
+        raise ValueError(f"a warm process takes `-m MODULE`, `-c CODE` or `SCRIPT` after -u at most, not {rest[:2]}")
     return unbuffered, rest
 
 
@@ -448,21 +448,37 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     import numpy.random
 
     numpy.random.seed()
+    sys.excepthook = _without_the_zygote
     rest = request["rest"]
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
+    sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
     if rest[0] == "-m":
         sys.path[0] = os.getcwd()
         sys.argv = ["-m", *rest[2:]]
-        sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
         runpy._run_module_as_main(rest[1], alter_argv=True)  # type: ignore[attr-defined]
+        return
+    import builtins
+
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    if rest[0] == "-c":
+        sys.path[0] = ""
+        sys.argv = ["-c", *rest[2:]]
+        source, name = rest[1].encode(), "<string>"
     else:
-        script = os.path.abspath(rest[0])
-        sys.path[0] = os.path.dirname(script)
+        sys.path[0] = os.path.dirname(os.path.abspath(rest[0]))
         sys.argv = list(rest)
-        sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
-        main.__file__ = rest[0]
-        main.__builtins__ = __builtins__  # type: ignore[attr-defined]
-        with open(script, "rb") as file:
-            code = compile(file.read(), rest[0], "exec")
-        exec(code, main.__dict__)
+        main.__file__ = name = os.path.abspath(rest[0])  # as CPython gives a script's path since 3.9
+        with open(rest[0], "rb") as file:
+            source = file.read()
+    exec(compile(source, name, "exec"), main.__dict__)
+
+
+def _without_the_zygote(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+    """sys.excepthook of a child: the traceback of what ended it without the zygote's frames under the program's
+    (its `-c` line and this file's functions), as a fresh interpreter prints it."""
+    if trace is not None and trace.tb_next is not None and trace.tb_next.tb_frame.f_code.co_filename == __file__:
+        trace = trace.tb_next  # the zygote's `-c` line
+    while trace is not None and trace.tb_frame.f_code.co_filename == __file__:
+        trace = trace.tb_next
+    sys.__excepthook__(kind, value.with_traceback(trace), trace)  # CPython prints the exception's own traceback
