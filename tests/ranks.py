@@ -48,9 +48,7 @@ def torchrun(
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     if not direct:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *entry]
-        return subprocess.run(
-            command, input=stdin, capture_output=True, text=True, env=environ, cwd=str(cwd), timeout=timeout
-        )
+        return warm.run(command, input=stdin, env=environ, cwd=cwd, timeout=timeout)  # the agent warm, its ranks not
     return _direct(list(entry), environ, stdin, cwd, timeout)
 
 

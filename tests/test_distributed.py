@@ -28,6 +28,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.ranks import torchrun
 from tests.tiny_models import mlp
 
@@ -231,8 +232,8 @@ def test_checkpoints_are_durable_during_the_run(
     args[args.index("--model") + 1] = f"{model}:factory"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
-                           start_new_session=True)
+    job = warm.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                     start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while job.poll() is None and time.monotonic() < deadline:

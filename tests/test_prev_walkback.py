@@ -33,6 +33,7 @@ from fdl_cli import signals
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.ranks import torchrun
 from tests.test_distributed import STALLING_MODEL, _descendants, _stored_steps
 from tests.tiny_models import mlp
@@ -426,8 +427,8 @@ def killed_over_30(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
         "--anchor-size", "100", "--commit-interval", "0",
     ]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
-                           start_new_session=True)
+    job = warm.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                     start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while job.poll() is None and time.monotonic() < deadline:

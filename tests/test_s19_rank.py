@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from fdl_cli import distributed
 from fdl_cli.distributed import World, agree_on_refusal, voice
 from fdl_cli.errors import FdlError, ProbeError
+from tests import warm
 from tests.ranks import torchrun
 from tests.test_analyze import fdl
 from tests.test_distributed import REPO, _args, _make_run
@@ -272,7 +273,6 @@ def test_watch_under_torchrun_is_refused_before_waiting_for_a_checkpoint(tmp_pat
     """It was refused once a checkpoint had been found: on an empty folder every rank waited for one first."""
     (tmp_path / "empty").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "empty"), "--watch", "--poll",
-                           "0.1", "--probe", str(tmp_path / "p.npz"), "--device", "cpu"],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+    done = warm.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "empty"), "--watch", "--poll",
+                     "0.1", "--probe", str(tmp_path / "p.npz"), "--device", "cpu"], env=env, cwd=REPO, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("error: --watch cannot run under torchrun"), done.stderr

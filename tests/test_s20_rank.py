@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from fdl_cli import distributed
 from fdl_cli.distributed import World, detect_world, device_for, voice
 from fdl_cli.errors import FdlError
+from tests import warm
 from tests.cli_run import fdl_in_process
 from tests.test_analyze import Result, fdl
 from tests.test_distributed import REPO, _args, _make_run
@@ -121,8 +122,8 @@ def test_a_ctrl_c_of_a_torchrun_job_is_said_once(tmp_path: Path) -> None:
            "FDL_TEST_MARKS": str(tmp_path / "marks")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
                *args]
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - as from a terminal
+    job = warm.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    # (SIGINT as from a terminal: a warm child takes it as Python does, whatever the test process inherited)
     try:
         deadline = time.monotonic() + 120
         while len(list((tmp_path / "marks").iterdir())) < 2 and time.monotonic() < deadline and job.poll() is None:

@@ -27,6 +27,7 @@ from fdl_cli import distributed, signals
 from fdl_cli.distributed import World
 from fdl_cli.errors import FdlError
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.cli_run import model_file
 from tests.test_analyze import fdl
 from tests.test_distributed import REPO, _args, _make_run, _stored_steps
@@ -163,17 +164,16 @@ def _slow_run(tmp_path: Path) -> list[str]:
             str(tmp_path / "probe.npz"), "-o", str(tmp_path / "s.h5"), "--device", "cpu", "--commit-interval", "0"]
 
 
-def _job(tmp_path: Path, args: list[str], **env: str) -> subprocess.Popen[str]:
+def _job(tmp_path: Path, args: list[str], **env: str) -> warm.WarmProcess:
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                "FDL_TEST_MARKS": str(tmp_path / "marks"), "SLOW_RANK": "1", "SLOW_STEP": "50", **env}
-    return subprocess.Popen(
+    return warm.spawn(  # SIGINT as from a terminal: a warm child takes it as Python does, whatever was inherited
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environ, cwd=str(REPO),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - as from a terminal
     )
 
 
-def _ended(job: subprocess.Popen[str], within: float) -> str:
+def _ended(job: warm.WarmProcess, within: float) -> str:
     """The job's stderr, once it ended (within `within` s, or the test fails and the ranks are killed)."""
     try:
         return job.communicate(timeout=within)[1]
@@ -275,8 +275,8 @@ def test_a_rank_waiting_for_one_that_never_joins_gives_up_when_told(tmp_path: Pa
            "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True", "FDL_TORCHRUN_TIMEOUT": "2"}
     try:
-        done = subprocess.run([sys.executable, "-m", "fdl_cli", *_args(run, tmp_path / "s.h5")], capture_output=True,
-                              text=True, env=env, cwd=str(REPO), timeout=90)
+        done = warm.run([sys.executable, "-m", "fdl_cli", *_args(run, tmp_path / "s.h5")], env=env, cwd=REPO,
+                        timeout=90)
     except subprocess.TimeoutExpired:
         pytest.fail("rank 1 waited on for the rank that never joined")
     assert done.returncode == 1, done.stderr[-4000:]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from tests import warm
 from tests.test_distributed import REPO, _args, _make_run
 from tests.test_s19_rank import _no_traceback_of_fdl
 
@@ -51,8 +52,8 @@ def _signalled_while_joining(tmp_path: Path, rank: int, *, model: str = "tests.t
            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     args = [model if arg == "tests.tiny_models:mlp" else arg for arg in _args(run, tmp_path / "s.h5")]
-    job = subprocess.Popen([sys.executable, "-m", "fdl_cli", *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+    job = warm.spawn([sys.executable, "-m", "fdl_cli", *args], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
     try:
         deadline = time.monotonic() + 120
         while store.num_keys() == before and job.poll() is None and time.monotonic() < deadline:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fdl_cli import distributed
+from tests import warm
 from tests.cli_run import fdl_in_process as fdl
 from tests.test_distributed import REPO, _args, _make_run
 from tests.test_io_fixes import MODEL
@@ -118,8 +119,8 @@ def test_a_rank_whose_rendezvous_address_never_answers_gives_up_when_told(tmp_pa
                "MASTER_PORT": str(port), "FDL_TORCHRUN_TIMEOUT": "1"}
         began = time.monotonic()
         try:
-            done = subprocess.run([sys.executable, "-m", "fdl_cli", *_args(run, tmp_path / "s.h5")],
-                                  capture_output=True, text=True, env=env, cwd=str(REPO), timeout=60)
+            done = warm.run([sys.executable, "-m", "fdl_cli", *_args(run, tmp_path / "s.h5")], env=env, cwd=REPO,
+                            timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail("rank 1 waited on past FDL_TORCHRUN_TIMEOUT and its grace")
     took = time.monotonic() - began

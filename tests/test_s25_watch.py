@@ -24,6 +24,7 @@ import torch
 
 from fdl_cli.errors import StoreLockedError
 from fdl_cli.store import _WriterLock
+from tests import warm
 from tests.cli_run import REPO, fdl_in_process
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
 from tests.test_s24_watch import _watch
@@ -126,11 +127,11 @@ def test_a_second_watch_of_the_same_store_is_refused_at_once_and_a_sigterm_leave
     argv = [sys.executable, "-m", "fdl_cli", "analyze", str(folder), *MODEL, "--probe", str(folder / "probe.npz"),
             "--out", str(out), "--watch", "--poll", "0.2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    first = warm.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
         _until(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), first, "the lock")
         try:
-            second = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+            second = warm.run(argv, cwd=REPO, env=env, timeout=120)
         except subprocess.TimeoutExpired:
             pytest.fail("the second watch was not refused: it waited for a checkpoint")
         assert second.returncode == 1, second.stderr

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fdl_cli import report
+from tests import warm
 from tests.cli_run import fdl_in_process
 from tests.test_analyze import fdl
 from tests.test_report import SCALARS, make_store
@@ -275,16 +276,14 @@ def build():
 def test_a_sigterm_as_the_interpreter_ends_keeps_the_status_of_a_command_that_succeeded(tmp_path: Path) -> None:
     """The command is over (inspect said all it says, status 0) when an atexit handler of the model's module gets
     a SIGTERM and hangs: fdl's process ends at once, with 0, not killed by the signal nor left hanging."""
-    import subprocess
     import sys
 
     from tests.cli_run import REPO
 
     (tmp_path / "model.py").write_text(_SIGNALS_AT_EXIT, encoding="utf-8")
     torch.save({"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(3)}, tmp_path / "step_1.pt")
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "inspect", str(tmp_path / "step_1.pt"), "--model",
-                           f"{tmp_path}/model.py:build"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    done = warm.run([sys.executable, "-m", "fdl_cli", "inspect", str(tmp_path / "step_1.pt"), "--model",
+                     f"{tmp_path}/model.py:build"], cwd=tmp_path, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert "default feature layer: 0:input (4 features" in done.stderr, done.stderr
 

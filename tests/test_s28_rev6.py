@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fdl_cli import checkpoints, pipeline
+from tests import warm
 from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _make_run, _stored
 
@@ -137,15 +138,13 @@ def test_the_count_of_stored_checkpoints_gone_holds_for_a_store_made_from_anothe
     """A store made with `cd ~/exp; fdl analyze run` records `run/step_N.safetensors`; a resume from elsewhere
     after the rotation deleted steps 0 and 10 counted every stored checkpoint as gone ("without the 3 stored
     checkpoints whose files are gone"), step 20's file there all the same: --overwrite drops 2."""
-    import subprocess
     import sys
 
     from tests.cli_run import REPO
 
     folder = _make_run(tmp_path / "run", [0, 10, 20])
-    made = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", "run", "--probe", "run/probe.npz", "--out",
-                           "s.h5", *MODEL], capture_output=True, text=True, cwd=tmp_path, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    made = warm.run([sys.executable, "-m", "fdl_cli", "analyze", "run", "--probe", "run/probe.npz", "--out",
+                     "s.h5", *MODEL], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert made.returncode == 0, made.stderr
     (folder / "step_0.safetensors").unlink()
     (folder / "step_10.safetensors").unlink()

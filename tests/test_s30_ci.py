@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests import warm
 from tests.test_s29_rev1 import _resume_from, _two_runs
 
 
@@ -69,7 +70,6 @@ def build():
 
 
 def test_a_rank_whose_process_teardown_would_abort_ends_with_the_commands_status(tmp_path: Path) -> None:
-    import subprocess
     import sys
 
     from tests.test_distributed import N_CHECKPOINTS, REPO, _args, _make_run, _stored_steps
@@ -81,8 +81,8 @@ def test_a_rank_whose_process_teardown_would_abort_ends_with_the_commands_status
     args.remove('{"hidden": 8}')
     args.remove("--model-kwargs")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "fdl_cli", *args], capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    done = warm.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                     "-m", "fdl_cli", *args], env=env, cwd=REPO, timeout=300)  # the agent warm, its ranks fresh
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SIGABRT" not in done.stderr, done.stderr[-3000:]
     assert _stored_steps(tmp_path / "s.h5") == [10 * index for index in range(N_CHECKPOINTS)]

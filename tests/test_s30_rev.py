@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import warm
 from tests.test_analyze import fdl
 from tests.test_prev_walkback import _arrive, _make_run, _polls, _stored
 from tests.test_s30_watch import _analyze
@@ -185,7 +186,6 @@ def test_what_model_code_leaves_in_sys_dunder_stdout_goes_to_stderr(tmp_path: Pa
     import json
     import os
     import shutil
-    import subprocess
 
     from tests.cli_run import REPO
 
@@ -196,8 +196,8 @@ def test_what_model_code_leaves_in_sys_dunder_stdout_goes_to_stderr(tmp_path: Pa
     (run / "model.py").write_text(DUNDER_MODEL, encoding="utf-8")
     (run / "fdl.toml").write_text('model = "model.py:build"\nprobe = "probe.npz"\n', encoding="utf-8")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(run), "--out", str(tmp_path / "s.h5"),
-                           "--json"], capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    done = warm.run([sys.executable, "-m", "fdl_cli", "analyze", str(run), "--out", str(tmp_path / "s.h5"),
+                     "--json"], cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["step"] for line in done.stdout.splitlines()] == [0, 10], done.stdout
     assert "noise: sys.__stdout__ in forward" in done.stderr
