@@ -26,7 +26,7 @@ STATE = textwrap.dedent(
     streams = [[s.encoding, s.errors, s.line_buffering, s.write_through, s.newlines, s.fileno()]
                for s in (sys.stdin, sys.stdout, sys.stderr)]
     print(json.dumps({
-        "argv": sys.argv, "orig_argv": sys.orig_argv[1:], "path0": sys.path[0], "cwd": os.getcwd(),
+        "argv": sys.argv, "orig_argv": sys.orig_argv[1:], "path0": sys.path[0], "path": sys.path, "cwd": os.getcwd(),
         "env": os.environ.get("S35_WARM"), "name": __name__, "file": globals().get("__file__"), "line": line,
         "main": sorted(k for k in vars(sys.modules["__main__"]) if not k.startswith("__")),
         "streams": streams, "stdio_same": [sys.stdin is sys.__stdin__, sys.stdout is sys.__stdout__],
@@ -52,7 +52,8 @@ def test_a_script_sees_what_a_fresh_process_sees(tmp_path: Path, unbuffered: boo
     script = tmp_path / "state.py"
     script.write_text(STATE, encoding="utf-8")
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "S35_WARM": "yes", "TMPDIR": str(tmp_path / "tmp")}
+    # PYTHONPATH's empty entry is the current folder, the test's, not the zygote's
+    env = {**os.environ, "S35_WARM": "yes", "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": f"{warm.REPO}{os.pathsep}"}
     argv = [sys.executable, *(["-u"] if unbuffered else []), str(script), "x", "3"]
     fresh, forked = _both(argv, input="given\n", env=env, cwd=str(tmp_path))
     assert forked.returncode == fresh.returncode == 3
@@ -105,6 +106,18 @@ def test_a_session_of_its_own_signals_and_statuses_are_a_processs(tmp_path: Path
             assert (b"KeyboardInterrupt" in err.read()) == (sig == signal.SIGINT)
     with pytest.raises(subprocess.TimeoutExpired):
         warm.run([sys.executable, str(script)], timeout=0.5)
+
+
+def test_a_child_outlives_its_zygote_being_closed_for_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One zygote kept: starting a child of another environment closes the first zygote, which ends only once its
+    child has, whose status still arrives."""
+    monkeypatch.setattr(warm, "_KEEP", 1)
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\ntime.sleep(float(sys.argv[1]))\nsys.exit(4)\n", encoding="utf-8")
+    first = warm.spawn([sys.executable, str(script), "2"], stdout=subprocess.DEVNULL)
+    other = warm.run([sys.executable, str(script), "0"], env={**os.environ, "S35_WARM_OTHER": "1", "OMP_NUM_THREADS": "2"})
+    assert other.returncode == 4 and len(warm._zygotes) == 1
+    assert first.wait(timeout=60) == 4
 
 
 def test_the_import_time_environment_picks_the_zygote(tmp_path: Path) -> None:

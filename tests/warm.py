@@ -77,7 +77,18 @@ def _key(env: Mapping[str, str], unbuffered: bool) -> tuple[Any, ...]:
     relevant = {
         name: value for name, value in env.items() if name.startswith(_IMPORT_TIME) and not name.startswith(_PER_JOB)
     }
-    return (unbuffered, tuple(sorted(relevant.items())))
+    # PYTHONPATH's entries are put on a child's sys.path anew (`_python_path`); only a folder that could hold
+    # something torch's import would find (a sitecustomize, a module of the same name) needs a zygote of its own,
+    # and neither the repository nor the current folder (an empty entry) is one.
+    entries = [entry for entry in relevant.pop("PYTHONPATH", "").split(os.pathsep) if entry and entry != str(REPO)]
+    return (unbuffered, tuple(sorted(relevant.items())), tuple(entries))
+
+
+def _python_path(value: str, cwd: str) -> list[str]:
+    """The folders PYTHONPATH=`value` puts on sys.path of an interpreter started in `cwd`, as CPython does: each
+    made absolute, an empty entry the current folder, the first of equal ones kept (site's removeduppaths)."""
+    folders = [os.path.abspath(os.path.join(cwd, entry)) for entry in value.split(os.pathsep)] if value else []
+    return list(dict.fromkeys(folders))
 
 
 class WarmProcess:
@@ -196,22 +207,31 @@ class _Zygote:
             raise RuntimeError(f"the zygote (pid {self.process.pid}) ended: status {self.process.poll()}")
         return int(struct.unpack("q", answer)[0])
 
-    def close(self) -> None:
-        self.socket.close()  # its end of file ends the zygote's loop
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    def close(self, wait: float = 0) -> None:
+        """No more children: the zygote ends once those it has are done (their statuses still reach their
+        processes). With `wait`, waited for that long, then killed."""
+        self.socket.close()
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=wait)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
 
 
-_zygotes: dict[tuple[Any, ...], _Zygote] = {}
+_zygotes: dict[tuple[Any, ...], _Zygote] = {}  # the most recently used last
+#: Zygotes kept per test process (each holds torch's ~300 MB); the least recently used is closed for another.
+_KEEP = 3
+_at_exit: list[bool] = []
 _zygotes_lock = threading.Lock()
 
 
 def _close_all() -> None:
+    """Every zygote closed and waited for (at this process's exit: its children should be done by then)."""
     for zygote in _zygotes.values():
-        zygote.close()
+        zygote.socket.close()
+    for zygote in _zygotes.values():
+        zygote.close(wait=10)
     _zygotes.clear()
 
 
@@ -275,13 +295,20 @@ def spawn(
         opened.append(status_w)
         key = _key(environ, unbuffered)
         with _zygotes_lock:
-            zygote = _zygotes.get(key)
-            if zygote is None or zygote.process.poll() is not None:
-                if not _zygotes:
+            zygote = _zygotes.pop(key, None)
+            if zygote is not None and zygote.process.poll() is not None:
+                zygote.close()
+                zygote = None
+            if zygote is None:
+                while len(_zygotes) >= _KEEP:
+                    _zygotes.pop(next(iter(_zygotes))).close()
+                if not _at_exit:
                     import atexit
 
                     atexit.register(_close_all)
-                zygote = _zygotes[key] = _Zygote(environ, unbuffered)
+                    _at_exit.append(True)
+                zygote = _Zygote(environ, unbuffered)
+            _zygotes[key] = zygote
         request = {
             "rest": rest,
             "env": environ,
@@ -350,12 +377,18 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
 
 # ---- in the zygote (this file exec'd by `python -c`, never imported there) ----
 
+_SITE_PATH: list[str] = []
+
 
 def _zygote(fd: int) -> None:
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
     gc.freeze()  # what was imported here is never collected: a child's collections (and exit) leave those pages shared
+    global _SITE_PATH
+    ours = _python_path(os.environ.get("PYTHONPATH", ""), os.getcwd())
+    assert sys.path[1 : 1 + len(ours)] == ours, (sys.path, ours)
+    _SITE_PATH = sys.path[1 + len(ours) :]  # the interpreter's own folders, after PYTHONPATH's
     control = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -363,8 +396,9 @@ def _zygote(fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     statuses: dict[int, int] = {}
-    while True:
-        readable = select.select([control, wake_r], [], [])[0]
+    open_for_more = True
+    while open_for_more or statuses:
+        readable = select.select([control, wake_r] if open_for_more else [wake_r], [], [])[0]
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 while os.read(wake_r, 512):
@@ -373,8 +407,9 @@ def _zygote(fd: int) -> None:
         if control not in readable:
             continue
         header, ancillary, _flags, _address = control.recvmsg(8, socket.CMSG_SPACE(4 * struct.calcsize("i")))
-        if not header:  # the tests' process is done
-            return
+        if not header:  # no more children: end once those there are have ended
+            open_for_more = False
+            continue
         fds: list[int] = []
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -453,6 +488,7 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
     sys.orig_argv = [sys.executable, *(["-u"] if request["u"] else []), *rest]
+    sys.path[:] = ["", *dict.fromkeys([*_python_path(os.environ.get("PYTHONPATH", ""), os.getcwd()), *_SITE_PATH])]
     if rest[0] == "-m":
         sys.path[0] = os.getcwd()
         sys.argv = ["-m", *rest[2:]]
