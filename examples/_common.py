@@ -31,7 +31,9 @@ def quiet_cpu(seed: int) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     np.random.seed(seed)
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) as the eager ops read it; that function also imports
+    # torch._inductor's config to set torch.compile's flag, and the examples compile nothing
+    torch.set_deterministic_debug_mode("error")
 
 
 # -------------------------------------------------------------------------------------------- data

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from fdl_cli import checkpoints
 from fdl_cli.store import StoreReader
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_reliability_inputs import MODEL, SMALL, _weights, _wide_terminal  # noqa: F401 (an autouse fixture)
 from tests.test_s19_store import _damaged, _drop_signatures, _records, _run, _steps, fdl
 
@@ -112,6 +113,7 @@ def _history(store: Path) -> tuple[list[dict[str, Any]], dict[int | None, list[i
         return reader.history, reader.history_steps(), getattr(reader, "dropped", None)
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_a_drop_is_recorded_and_the_history_row_of_the_dropped_checkpoints_is_not_left_pointing_at_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
