@@ -86,6 +86,20 @@ def test_what_ends_a_program_is_printed_as_a_fresh_interpreter_prints_it(tmp_pat
         assert fresh.returncode == 1 and fresh.stderr.startswith("Traceback") and "ValueError: no" in fresh.stderr
 
 
+def test_a_process_started_by_spawn_finds_the_script_and_a_key_of_its_own(tmp_path: Path) -> None:
+    """multiprocessing (imported with torch, in the zygote) took its start folder and authkey there: a child has
+    its own, as a fresh process, so a relative script's spawned process finds it."""
+    (tmp_path / "spawns.py").write_text(
+        "import multiprocessing\n\ndef work():\n    pass\n\nif __name__ == '__main__':\n"
+        "    process = multiprocessing.get_context('spawn').Process(target=work)\n    process.start()\n"
+        "    process.join()\n    print(process.exitcode, multiprocessing.current_process().authkey.hex())\n",
+        encoding="utf-8",
+    )
+    runs = [warm.run([sys.executable, "spawns.py"], cwd=tmp_path, timeout=120) for _ in range(2)]
+    assert [run.stdout.split()[0] for run in runs] == ["0", "0"], runs[0].stderr
+    assert runs[0].stdout != runs[1].stdout
+
+
 def test_a_session_of_its_own_signals_and_statuses_are_a_processs(tmp_path: Path) -> None:
     script = tmp_path / "wait.py"
     script.write_text(

@@ -483,6 +483,11 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     import numpy.random
 
     numpy.random.seed()
+    if "multiprocessing.process" in sys.modules:  # imported by torch: what it took from the zygote's start, anew
+        import multiprocessing.process
+
+        multiprocessing.process.ORIGINAL_DIR = os.getcwd()  # type: ignore[attr-defined]
+        multiprocessing.process.current_process().authkey = os.urandom(32)
     sys.excepthook = _without_the_zygote
     rest = request["rest"]
     main = types.ModuleType("__main__")
