@@ -61,11 +61,11 @@ def test_triptych_of_a_long_spectrum_labels_decades_only() -> None:
 def test_finding_examples_run_as_modules(name: str) -> None:
     """`python -m examples.calibration` is the documented form of the calibration suite, but the
     four finding scripts died on `python -m examples.NAME` with ModuleNotFoundError: _common."""
-    import subprocess
     import sys
 
+    from tests import warm
+
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", f"examples.{name}", "--help"], cwd=repo,
-                          capture_output=True, text=True, timeout=120)
+    done = warm.run([sys.executable, "-m", f"examples.{name}", "--help"], cwd=repo, timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
     assert "--out" in done.stdout and "Traceback" not in done.stderr

@@ -100,6 +100,7 @@ def test_torch_compile_called_by_model_code_gets_none_of_the_folders_modules(tmp
         "import torch\nimport torch.nn as nn\n\n\ndef build():\n"
         "    torch.compile(lambda x: torch.relu(x) * 2, backend='eager', fullgraph=True)(torch.ones(2))\n"
         "    return nn.Linear(2, 3)\n")
+    # a real process: the planted modules stand in for torch's optional imports (what gets imported, and from where)
     run = subprocess.run(
         [sys.executable, "-c", "import sys; from fdl_cli.checkpoints import resolve_model_factory as r; "
          "print(r(sys.argv[1])().out_features)", f"{folder / 'model.py'}:build"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import py_compile
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from fdl_cli.checkpoints import CompiledCodeError, resolve_model_factory
+from tests import warm
 from tests.test_s23_sec2 import _linear_run
 from tests.test_s25_note import _clean_imports  # noqa: F401 - the fixture
 
@@ -198,11 +198,15 @@ def test_two_analyses_in_one_process_store_what_two_processes_store(tmp_path: Pa
 
     runs = [_scaled_run(tmp_path / "a", 1.0), _scaled_run(tmp_path / "b", 3.0)]
     apart = [tmp_path / "apart_a.h5", tmp_path / "apart_b.h5"]
+    script = tmp_path / "apart" / "analyze.py"  # a folder of its own: the script's folder is first on its sys.path
+    script.parent.mkdir()
+    script.write_text(
+        "import sys; from pathlib import Path; from fdl_cli.pipeline import AnalyzeOptions, run_analyze; "
+        "run_analyze(AnalyzeOptions(sources=(sys.argv[1],), out=Path(sys.argv[2]), device='cpu'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     for run, out in zip(runs, apart, strict=True):
-        code = ("import sys; from pathlib import Path; from fdl_cli.pipeline import AnalyzeOptions, run_analyze; "
-                "run_analyze(AnalyzeOptions(sources=(sys.argv[1],), out=Path(sys.argv[2]), device='cpu'))")
-        done = subprocess.run([sys.executable, "-c", code, str(run), str(out)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
+        done = warm.run([sys.executable, str(script), str(run), str(out)], env=env, timeout=300)
         assert done.returncode == 0, done.stderr
     together = [tmp_path / "together_a.h5", tmp_path / "together_b.h5"]
     for run, out in zip(runs, together, strict=True):

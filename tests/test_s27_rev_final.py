@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from tests import warm
+
 _REPO = Path(__file__).resolve().parents[1]
 
 _SPAWNS = """\
@@ -38,6 +40,7 @@ def test_a_spawned_child_that_cannot_import_fdl_runs_as_it_did(tmp_path: Path) -
     script.write_text(_SPAWNS.format(repo=str(_REPO), site=str(Path(torch.__file__).parents[1]),
                                      model=f"{tmp_path / 'model.py'}:build"))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # a real process: -S is an interpreter option, which a warm one (tests/warm.py) does not take
     # -S: no site-packages, so fdl's editable install is not found either, only the script's sys.path has it
     done = subprocess.run([sys.executable, "-S", str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
@@ -66,7 +69,8 @@ def _saved_by_script(tmp_path: Path, kind: str) -> Path:
     """A checkpoint saved by a script run as `python train.py`: its dict-like Config is `__main__.Config`."""
     (tmp_path / "train.py").write_text(_SAVES)
     path = tmp_path / f"{kind}.pt"
-    subprocess.run([sys.executable, str(tmp_path / "train.py"), str(path), kind], check=True, timeout=120)
+    saved = warm.run([sys.executable, str(tmp_path / "train.py"), str(path), kind], timeout=120)
+    assert saved.returncode == 0, saved.stderr
     return path
 
 

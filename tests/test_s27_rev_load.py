@@ -96,14 +96,18 @@ def test_model_code_that_starts_processes_by_spawn_gets_its_functions_there(tmp_
     named 'fdl_user_model_...'" (the model's folder being on no sys.path), and the pool broke (a
     multiprocessing.Pool hung for good), where `python` running the same code from the folder works. The child's
     own lazy import of a neighbour is served too."""
-    from tests.cli_run import fdl
+    import sys
+
+    from tests import warm
+    from tests.cli_run import REPO
 
     run = _linear_run(tmp_path / "run", "")
     (run / "model.py").write_text(_SPAWNING_MODEL)
     (run / "s27rl_shapes.py").write_text("import dataclasses\n\n\n@dataclasses.dataclass\nclass Shape:\n"
                                          "    times: int\n")
     (run / "s27rl_sizes.py").write_text("OUT = 3\n")
-    done = fdl("analyze", run, "--model", f"{run / 'model.py'}:build", "--out", tmp_path / "a.h5")
+    analyze = ["analyze", str(run), "--model", f"{run / 'model.py'}:build", "--out", str(tmp_path / "a.h5")]
+    done = warm.run([sys.executable, "-m", "fdl_cli", *analyze], cwd=REPO)  # a process of its own: __main__ is fdl's
     assert done.returncode == 0, done.stderr
     assert "2 checkpoints analysed" in done.stderr, done.stderr
 

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import warm
 from tests.cli_run import REPO
 from tests.test_analyze import fdl
 from tests.tiny_models import mlp
@@ -345,8 +345,8 @@ def test_a_named_pipe_a_folder_scan_skips_is_not_opened_to_tell_what_it_is(tmp_p
     torch.save(mlp(seed=0).state_dict(), run / "step_0.pt")
     os.mkfifo(run / "checkpoint_5")
     os.mkfifo(run / "weights.h5")
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(run), *MODEL, "--probe",
-                           str(_probe(tmp_path / "probe.pt")), "--out", str(tmp_path / "out.h5"), "--device", "cpu"],
-                          capture_output=True, text=True, check=False, cwd=REPO, timeout=60)
+    probe, out = _probe(tmp_path / "probe.pt"), tmp_path / "out.h5"
+    analyze = ["analyze", str(run), *MODEL, "--probe", str(probe), "--out", str(out), "--device", "cpu"]
+    done = warm.run([sys.executable, "-m", "fdl_cli", *analyze], cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "1 checkpoint analysed" in done.stderr

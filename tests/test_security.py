@@ -181,14 +181,22 @@ _LOAD_PROBE = (
 )
 
 
+def _in_a_process(source: str, script: Path, *args: str) -> Any:
+    """`python SCRIPT ARGS` of `source`, in another process (a crash is its exit status, not this run's): a warm one
+    (tests/warm.py), forked from an interpreter that imported torch already, with the repository on PYTHONPATH."""
+    import sys
+
+    from tests import warm
+
+    script.write_text(source, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return warm.run([sys.executable, str(script), *args], env=env)
+
+
 def _load_in_a_subprocess(path: Path) -> Any:
     """Discover and load `path` in another process (a crash is its exit status, not this run's):
     stdout 'loaded KEYS' or 'refused ERROR'; the process must exit 0."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(path)], capture_output=True, text=True, env=env)
+    result = _in_a_process(_LOAD_PROBE, path.parent / "load_probe.py", str(path))
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     return result
 
@@ -235,11 +243,9 @@ def test_forged_numpy_dtype_neither_crashes_nor_loads_raw_pointers(tmp_path: Pat
     dereferences them (a segfault, or worse, in the restricted unpickler). Found by a review while
     numpy arrays were allowed to the restricted unpickler (withdrawn since): fdl rebuilds no array
     (`NumpyArrayNotLoaded`) and admits no object dtype, so such a file is refused, without a crash."""
-    import subprocess
-    import sys
-
     path = tmp_path / "forged_1.pt"
-    subprocess.run([sys.executable, "-c", _FORGED_NUMPY, str(path), kind], check=True)
+    forged = _in_a_process(_FORGED_NUMPY, tmp_path / "forge.py", str(path), kind)
+    assert forged.returncode == 0, forged.stderr
     result = _load_in_a_subprocess(path)
     assert result.stdout.startswith("refused"), result.stdout
 
