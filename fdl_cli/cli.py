@@ -1130,39 +1130,41 @@ def report(**kwargs: Any) -> None:
     _check_plots_dir(kwargs["plots_dir"])
     fmt = kwargs["fmt"]
     # where the checkpoints were computed: for the table and the HTML page (an attribute read per checkpoint)
-    run = rep.load_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
-                       history=fmt == "table" or bool(kwargs["html_path"]), r2_outputs=True)
-    console = _stderr_console()
-    for warning in run.warnings:
-        console.print(f"warning: {warning}", markup=False, style="yellow")
-    if fmt != "table":
-        sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
-        # the records are the stored checkpoints', as before; what they leave out is said beside them
-        if (refused := rep.refused_line(run, "this report")) is not None:
-            console.print(f"note: {refused}", markup=False, highlight=False)
-        if (mixed := rep.model_change_line(run)) is not None:
-            console.print(f"note: {mixed}", markup=False, highlight=False)
-        for series in run.series:  # what the table and the page say of a degenerate layer, as classify
-            where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
-            for line in rep.degenerate_layer_lines(run, series):
-                console.print(f"note: {where}{line}", markup=False, highlight=False)
-    else:
-        rep.print_run(console, run, wide=kwargs["wide"])
-    # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
-    page: dict[str, list[tuple[str, bytes]]] | None = {} if kwargs["plots_dir"] and kwargs["html_path"] else None
-    if kwargs["plots_dir"]:
-        from fdl_cli.figures import write_run_figures
+    # one opening of the store for the records and the figures' arrays (they opened it anew, scanning it again, three
+    # times a series): the figures are of the very commit the records are, while `fdl analyze --watch` commits others
+    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
+                        history=fmt == "table" or bool(kwargs["html_path"]), r2_outputs=True) as run:
+        console = _stderr_console()
+        for warning in run.warnings:
+            console.print(f"warning: {warning}", markup=False, style="yellow")
+        if fmt != "table":
+            sys.stdout.write(rep.FORMATTERS[fmt](run.records()))
+            # the records are the stored checkpoints', as before; what they leave out is said beside them
+            if (refused := rep.refused_line(run, "this report")) is not None:
+                console.print(f"note: {refused}", markup=False, highlight=False)
+            if (mixed := rep.model_change_line(run)) is not None:
+                console.print(f"note: {mixed}", markup=False, highlight=False)
+            for series in run.series:  # what the table and the page say of a degenerate layer, as classify
+                where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
+                for line in rep.degenerate_layer_lines(run, series):
+                    console.print(f"note: {where}{line}", markup=False, highlight=False)
+        else:
+            rep.print_run(console, run, wide=kwargs["wide"])
+        # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
+        page: dict[str, list[tuple[str, bytes]]] | None = {} if kwargs["plots_dir"] and kwargs["html_path"] else None
+        if kwargs["plots_dir"]:
+            from fdl_cli.figures import write_run_figures
 
-        notes: list[str] = []
-        paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes, page=page)
-        console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
-        for note in notes:
-            console.print(f"note: {note}", markup=False)
-    if kwargs["html_path"]:
-        from fdl_cli.html import run_page
+            notes: list[str] = []
+            paths = write_run_figures(run, Path(kwargs["plots_dir"]), notes=notes, page=page)
+            console.print(f"wrote {len(paths)} figure files to {kwargs['plots_dir']}", markup=False)
+            for note in notes:
+                console.print(f"note: {note}", markup=False)
+        if kwargs["html_path"]:
+            from fdl_cli.html import run_page
 
-        rep.write_text_file(kwargs["html_path"], run_page(run, figures=page))
-        console.print(f"wrote {kwargs['html_path']}", markup=False)
+            rep.write_text_file(kwargs["html_path"], run_page(run, figures=page))
+            console.print(f"wrote {kwargs['html_path']}", markup=False)
 
 
 cli.add_command(_alias(report, "summarize"))

@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -18,13 +21,27 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 
 
+def _artists(artist: Artist) -> Iterator[Artist]:
+    """`artist` and those it holds, as `findobj` walks them, but of an axis only its label and offset text: its
+    ticks are made on asking (a tick a Text and lines; most of the digest's time) and follow from the axes' limits
+    and scales, hashed instead."""
+    yield artist
+    for child in artist.get_children():
+        if isinstance(child, Axis):
+            yield from (child.label, child.offsetText)
+        else:
+            yield from _artists(child)
+
+
 def _digest(figure: Figure, options: dict[str, Any]) -> bytes:
-    """The figure's texts, line data, images and collections' arrays, and the save options, hashed: two figures
-    of other series, steps or layers give other bytes, the same figure the same."""
+    """The figure's texts, line data, images and collections' arrays, axes' limits and scales, and the save
+    options, hashed: two figures of other series, steps or layers give other bytes, the same figure the same."""
     digest = hashlib.sha256(repr(sorted(options.items())).encode())
     digest.update(repr(figure.get_size_inches().tolist()).encode())
-    for artist in figure.findobj():
-        if isinstance(artist, Text):
+    for artist in _artists(figure):
+        if isinstance(artist, Axes):
+            digest.update(repr((artist.get_xlim(), artist.get_ylim(), artist.get_xscale(), artist.get_yscale())).encode())
+        elif isinstance(artist, Text):
             digest.update(artist.get_text().encode())
         elif isinstance(artist, Line2D):
             digest.update(np.asarray(artist.get_xydata(), dtype=float).tobytes())

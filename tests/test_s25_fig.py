@@ -23,11 +23,13 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 
+from tests.cheap_figures import cheap_figures  # noqa: E402, F401 - a fixture
 from tests.test_report import make_store  # noqa: E402
 
 LONG = "encoder.layers.11.mlp.fc2:input"
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the save at the end: which files, not their images
 def test_fitting_a_series_name_into_the_titles_draws_no_figure_and_lays_out_only_titles_over_axes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,7 +62,8 @@ def test_fitting_a_series_name_into_the_titles_draws_no_figure_and_lays_out_only
                      "trajectories_train-encoder.layers.11.mlp.fc2_input": 1,
                      "spectrum_train-encoder.layers.11.mlp.fc2_input": 2}, tried
     # the titles' layouts are those savefig's first draw then runs again: the files are the same (a drawn figure
-    # is laid out anew at each file's resolution)
+    # is laid out anew at each file's resolution; test_s26_figs compares this store's long name's files, byte for
+    # byte, with savefig's); here, saved as digests (cheap_figures), the files written
     for _label, _named, stem, _title, figure in drawn[:4]:
         figures.save_figure(figure, tmp_path / "plots", stem)
     assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(

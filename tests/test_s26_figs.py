@@ -61,36 +61,63 @@ def _counted(monkeypatch: pytest.MonkeyPatch) -> tuple[collections.Counter[int],
     return counters[0], counters[1]
 
 
-def test_each_figure_file_is_drawn_and_laid_out_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def decades(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A regression run of two series over decades of steps (log step axes, eigenfunctions) whose long name's series
+    is written as `fdl report --plots DIR --html FILE` writes it (`_write_listed`, then `page_figures` of the figures
+    drawn), and compared with a store of that layer alone, whose figures are saved as `fdl compare --plots DIR` saves
+    them, the draws and layouts of each figure counted while they are written. Drawn once for the two tests that read
+    it: test_each_figure_file_is_drawn_and_laid_out_once counts the draws, test_files_are_those_savefig_writes
+    compares the files with savefig's (each figure file drawn once more was a second of CPU)."""
     from fdl_cli import figures
     from fdl_cli import report as rep
 
-    run = rep.load_run(make_store(tmp_path / "run.h5", steps=DECADES))
-    drawn = figures._draw_run(run)
+    folder = tmp_path_factory.mktemp("decades")
+    store = make_store(folder / "run.h5", steps=DECADES, layers=(LONG, "fc1"))
+    run, one = rep.load_run(store), rep.load_run(store, layer=LONG)  # one: of the long name, fitted into the titles
+    other = rep.load_run(make_store(folder / "other.h5", seed=7, layers=(LONG,)))
+    comparison = rep.compare_runs(one, other, overlap=False)
+    every = figures._draw_run(run)
+    label = one.series[0].label
+    # fc1's figures are of the kinds the long name's are and go through the same saving: made and counted, not drawn
+    drawn = [entry for entry in every if entry[0] == label]
+    compared = figures.compare_figures(one, other, comparison)  # its titles fitted (laid out) before the counts
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        draws, layouts = _counted(monkeypatch)
+        figures._write_listed(folder / "plots", ("report", str(run.path)),
+                              ((stem, figure) for _label, _named, stem, _title, figure in drawn), [])
+        page = figures.page_figures(one, drawn)
+        counted = {"report": (dict(draws), dict(layouts))}
+        draws.clear()
+        layouts.clear()
+        for stem, figure in compared:
+            figures.save_figure(figure, folder / "compare", stem)
+        counted["compare"] = (dict(draws), dict(layouts))
+    files = [(stem, figure, folder / "plots", image) for (_label, _named, stem, _title, figure), (_, image)
+             in zip(drawn, page[label], strict=True)]
+    files += [(stem, figure, folder / "compare", figures.png_bytes(figure)) for stem, figure in compared]
+    return {"one": one, "other": other, "comparison": comparison, "every": every, "drawn": drawn, "page": page,
+            "compared": compared, "counted": counted, "files": files}
+
+
+def test_each_figure_file_is_drawn_and_laid_out_once(decades: dict[str, Any]) -> None:
+    drawn, compared = decades["drawn"], decades["compared"]
     stems = {id(figure): stem for _label, _named, stem, _title, figure in drawn}
-    assert sorted(stems.values()) == ["eigenfunctions", "spectrum", "trajectories", "triptych"]
-    draws, layouts = _counted(monkeypatch)
-    page: dict[str, list[tuple[str, bytes]]] = {}
-    figures._write_listed(tmp_path / "plots", ("report", str(run.path)),
-                          ((stem, figure) for _label, _named, stem, _title, figure in drawn), [])
-    page.update(figures.page_figures(run, drawn))
+    assert sorted(stem.split("_train")[0] for stem in stems.values()) == [
+        "eigenfunctions", "spectrum", "trajectories", "triptych"]
     # three files a figure (PNG, SVG, the page's PNG): one draw and one layout each (savefig's own: two draws)
+    draws, layouts = decades["counted"]["report"]
     every = dict.fromkeys(stems.values(), 3)
     assert {stems[key]: count for key, count in draws.items()} == every
     assert {stems[key]: count for key, count in layouts.items()} == every
-    assert len(page[run.series[0].label]) == 4
+    assert len(decades["page"][decades["one"].series[0].label]) == 4
     for _label, _named, _stem, _title, figure in drawn:  # the figure as it was: its engine, Figure's own draw
         assert isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine)
         assert "draw" not in vars(figure)
 
     # a compare's figures alike
-    draws.clear()
-    layouts.clear()
-    other = rep.load_run(make_store(tmp_path / "other.h5", steps=DECADES, seed=5))
-    compared = figures.compare_figures(run, other, rep.compare_runs(run, other, overlap=False))
     names = {id(figure): stem for stem, figure in compared}
-    for stem, figure in compared:
-        figures.save_figure(figure, tmp_path / "compare", stem)
+    draws, layouts = decades["counted"]["compare"]
     assert {names[key]: count for key, count in draws.items()} == dict.fromkeys(names.values(), 2)
     assert {names[key]: count for key, count in layouts.items()} == dict.fromkeys(names.values(), 2)
 
@@ -115,39 +142,51 @@ def _pixels(png: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["regression", "classification"])
-def test_files_are_those_savefig_writes(tmp_path: Path, kind: str) -> None:
+def test_files_are_those_savefig_writes(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
     from fdl_cli import figures
     from fdl_cli import report as rep
 
-    if kind == "regression":  # log step axes, eigenfunctions, a long series name fitted into the titles
-        store = make_store(tmp_path / "run.h5", steps=DECADES, layers=(LONG, "fc1"))
+    if kind == "regression":  # log step axes, eigenfunctions, a long series name fitted into the titles (`decades`)
+        decades = request.getfixturevalue("decades")
+        one, other, comparison = decades["one"], decades["other"], decades["comparison"]
+        every = [stem for _label, _named, stem, _title, _figure in decades["every"]]
+        every += [stem for stem, _figure in decades["compared"]]
+        files = decades["files"]  # (stem, figure, folder, page PNG) of the long name's series, then of the compare
     else:
         store = classification_store(tmp_path / "run.h5")
-    run = rep.load_run(store)
-    # a compare of one series each: of the long name's, in the regression's
-    one = rep.load_run(store, layer=LONG) if kind == "regression" else run
-    other = rep.load_run(make_store(tmp_path / "other.h5", seed=7, layers=(LONG,)) if kind == "regression"
-                         else classification_store(tmp_path / "other.h5", steps=(0, 50, 100, 200)))
-    comparison = rep.compare_runs(one, other, overlap=False)
-    ours = [(stem, figure) for stem, _title, figure in figures.run_figures(run)]
-    ours += figures.compare_figures(one, other, comparison)
-    theirs = [(stem, figure) for stem, _title, figure in figures.run_figures(run)]
-    theirs += figures.compare_figures(one, other, comparison)  # the same figures drawn anew, for savefig alone
-    kinds = {stem.split("_train")[0] for stem, _ in ours}
+        one = rep.load_run(store)
+        other = rep.load_run(classification_store(tmp_path / "other.h5", steps=(0, 50, 100, 200)))
+        comparison = rep.compare_runs(one, other, overlap=False)
+        ours = [(stem, figure) for stem, _title, figure in figures.run_figures(one)]
+        ours += figures.compare_figures(one, other, comparison)
+        every = [stem for stem, _figure in ours]
+        files = []
+        for stem, figure in ours:
+            figures.save_figure(figure, tmp_path / "ours", stem)
+            assert isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine), stem  # set aside for the draw
+            files.append((stem, figure, tmp_path / "ours", figures.png_bytes(figure)))
+    kinds = {stem.split("_train")[0] for stem in every}
     expected = {"triptych", "trajectories", "spectrum", "compare_trajectories", "compare_k95_utility"}
     assert kinds == (expected | {"eigenfunctions"} if kind == "regression" else expected)
-    assert len(ours) == (4 * 2 if kind == "regression" else 3) + 2  # every series' figures, then the compare's
-    for (stem, figure), (same, again) in zip(ours, theirs, strict=True):
+    assert len(every) == (4 * 2 if kind == "regression" else 3) + 2  # every series' figures, then the compare's
+    # The files compared: of every kind; of the regression, its long name's series' (test_s25_fig: its names fitted
+    # into the titles, the spectrum's on a line of its own), fc1's being of the same kinds (each figure compared is
+    # drawn nine times: its three files, and savefig's six of it drawn anew)
+    assert {stem.split("_train")[0] for stem, _figure, _folder, _page in files} == kinds
+    theirs = [(stem, figure) for stem, _title, figure in figures.run_figures(one)]
+    theirs += figures.compare_figures(one, other, comparison)  # the same figures drawn anew, for savefig alone
+    for (stem, figure, folder, page), (same, again) in zip(files, theirs, strict=True):
         assert stem == same
-        png, svg = figures.save_figure(figure, tmp_path / "ours", stem)
         assert isinstance(figure.get_layout_engine(), ConstrainedLayoutEngine), stem  # set aside for the draw
-        page = figures.png_bytes(figure)
         plain_png, plain_svg, plain_page = _plain(again)
-        assert svg.read_bytes() == plain_svg, stem
-        for mine, plain in ((png.read_bytes(), plain_png), (page, plain_page)):
+        assert (folder / f"{stem}.svg").read_bytes() == plain_svg, stem
+        shapes = []
+        for mine, plain in (((folder / f"{stem}.png").read_bytes(), plain_png), (page, plain_page)):
             assert mine == plain, stem
-            assert np.array_equal(_pixels(mine), _pixels(plain)), stem
-        assert _pixels(page).shape[:2] != _pixels(png.read_bytes()).shape[:2]  # two resolutions, each laid out
+            pixels = _pixels(mine)
+            assert np.array_equal(pixels, _pixels(plain)), stem
+            shapes.append(pixels.shape[:2])
+        assert shapes[0] != shapes[1], stem  # two resolutions, each laid out
 
 
 def test_a_matplotlibrc_of_autolayout_gives_the_figure_no_other_engine(
