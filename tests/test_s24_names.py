@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -29,8 +30,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from fdl_cli.checkpoints import _corrupt_error, discover_checkpoints, load_checkpoint
 from fdl_cli.errors import CheckpointError
+from tests import warm
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
-from tests.cli_run import fdl, fdl_in_process
+from tests.cli_run import REPO, fdl_in_process
 from tests.tiny_models import mlp
 
 MODEL = "tests.tiny_models:mlp"
@@ -101,10 +103,11 @@ def test_such_a_name_is_shown_escaped_on_the_terminal(tmp_path: Path) -> None:
     run.mkdir()
     _pt(run / f"{FF}step_0.pt", 0, 0)
     (run / f"{FF}step_1.pt").write_text("garbage\n")
-    shown = fdl("inspect", run / f"{FF}step_0.pt", "--model", MODEL)
+    inspect = [sys.executable, "-m", "fdl_cli", "inspect"]  # a process of its own: its stdout's and stderr's encoding
+    shown = warm.run([*inspect, run / f"{FF}step_0.pt", "--model", MODEL], cwd=REPO)
     assert shown.returncode == 0, shown.stderr
     assert f"modules of {run}/\\xffstep_0.pt" in shown.stdout + shown.stderr
-    failed = fdl("inspect", run / f"{FF}step_1.pt", "--model", MODEL)
+    failed = warm.run([*inspect, run / f"{FF}step_1.pt", "--model", MODEL], cwd=REPO)
     assert failed.returncode == 1
     assert f"error: {run}/\\xffstep_1.pt is a text file, not a checkpoint" in failed.stderr
     assert "udcff" not in shown.stdout + shown.stderr + failed.stderr

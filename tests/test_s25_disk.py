@@ -13,9 +13,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from fdl_cli import store as store_module
+from tests import warm
 from tests.test_analyze import REPO, analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 
 
@@ -47,18 +48,26 @@ def _report(path: Path) -> list[dict[str, Any]]:
     return json.loads(done.stdout)
 
 
+#: `python limited.py LIMIT ARGS`: `python -m fdl_cli ARGS` (run as `-m` runs it) in a process that may write no file
+#: past LIMIT bytes, the limit set before fdl is imported (a warm process, tests/warm.py, takes no preexec_fn)
+_LIMITED = """
+import os, resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.argv, sys.path[0] = ["-m", *sys.argv[2:]], os.getcwd()
+runpy._run_module_as_main("fdl_cli")
+"""
+
+
 def _analyze_limited(run: Path, out: Path, limit: int, *extra: str) -> subprocess.CompletedProcess[str]:  # noqa: F811
     """`python -m fdl_cli analyze` of the tiny run into `out`, in a process that may write no file past `limit` bytes."""
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-    return subprocess.run(
-        [sys.executable, "-m", "fdl_cli", "analyze", str(run / "ckpts"), "--model", f"{run}/model.py:build",
-         "--probe", str(run / "probe.npz"), "--out", str(out), "--json", *extra],
-        capture_output=True, text=True, preexec_fn=limited, timeout=240, cwd=out.parent,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        limited = Path(folder) / "limited.py"
+        limited.write_text(_LIMITED)
+        return warm.run(
+            [sys.executable, limited, str(limit), "analyze", str(run / "ckpts"), "--model",
+             f"{run}/model.py:build", "--probe", str(run / "probe.npz"), "--out", str(out), "--json", *extra],
+            timeout=240, cwd=out.parent, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
 
 
 def _assert_clean_error(done: subprocess.CompletedProcess[str], store: Path, got: str, fix: str) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import struct
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from fdl_cli import dcp
 from fdl_cli.errors import CheckpointError
+from tests import warm
 from tests.test_analyze import fdl
 from tests.test_s26_rev_dcp import PROTO, _global, _handmade, _metadata_file, _tuple_tower
 
@@ -88,8 +88,9 @@ def test_a_small_forged_metadata_is_refused_in_bounded_time_and_memory(tmp_path:
     """Each attack read in a child process capped at 1 GiB over its imports and 20 s of CPU (a hang or a flood
     is ended, and said, rather than left to the machine); each must be refused by name."""
     folders = {name: _metadata_file(tmp_path / name, data) for name, (data, _) in ATTACKS.items()}
-    done = subprocess.run([sys.executable, "-c", _DRIVER, *map(str, folders.values())], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    driver = tmp_path / "driver.py"  # a script: a warm process (tests/warm.py) runs no `python -c`
+    driver.write_text(_DRIVER)
+    done = warm.run([sys.executable, driver, *folders.values()], timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
     said = json.loads(done.stdout)
     for name, (_, expected) in ATTACKS.items():

@@ -6,9 +6,10 @@ swallows the KeyboardInterrupt) left fdl running until SIGKILL, the store's lock
 that left a thread of its own running made fdl wait for it after saying "interrupted", and the workers of a
 model's forked `multiprocessing.Pool` printed fdl's `Interrupted` tracebacks when the pool ended them.
 
-Each test runs a real `python -m fdl_cli analyze` (real signals, the interpreter's real exit) on six
-tiny checkpoints; step 2's weights are marked (its first bias 7.0) and its forward pass is where the
-model hangs. Every wait is on a file the model or fdl writes, bounded; every child is killed in a finally.
+Each test runs a real `python -m fdl_cli analyze` (real signals, the interpreter's real exit; forked from a
+zygote that imported torch, tests/warm.py) on six tiny checkpoints; step 2's weights are marked (its first bias
+7.0) and its forward pass is where the model hangs. Every wait is on a file the model or fdl writes, bounded;
+every child is killed in a finally.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 
 from fdl_cli.store import StoreReader
+from tests import warm
 
 TESTS = Path(__file__).resolve().parent
 
@@ -148,9 +150,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def started(run_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def started(run_dir: Path) -> Iterator[list[warm.WarmProcess]]:
     """The processes a test starts (each in a session of its own), killed with their children at the end."""
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[warm.WarmProcess] = []
     yield processes
     for process in processes:
         if process.poll() is None:
@@ -162,15 +164,15 @@ def started(run_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
             pass
 
 
-def _start(run_dir: Path, started: list[subprocess.Popen[bytes]], model: str, **env: str) -> subprocess.Popen[bytes]:
+def _start(run_dir: Path, started: list[warm.WarmProcess], model: str, **env: str) -> warm.WarmProcess:
     with open(run_dir / "out.txt", "wb") as out, open(run_dir / "err.txt", "wb") as err:
-        process = subprocess.Popen(_argv(model), cwd=run_dir, stdout=out, stderr=err, env=_env(**env),
-                                   start_new_session=True)
+        process = warm.spawn(_argv(model), cwd=run_dir, stdout=out, stderr=err, env=_env(**env),
+                             start_new_session=True)
     started.append(process)
     return process
 
 
-def _wait_for(process: subprocess.Popen[bytes], ready: Path, run_dir: Path) -> None:
+def _wait_for(process: warm.WarmProcess, ready: Path, run_dir: Path) -> None:
     """Until `ready` exists (the model hangs) and steps 0 and 1 are in the store (the writer's scheduler commits
     them while the main thread is stuck; --json prints them only once it goes on)."""
     deadline = time.monotonic() + 120  # generous: the machine may be shared
@@ -184,7 +186,7 @@ def _wait_for(process: subprocess.Popen[bytes], ready: Path, run_dir: Path) -> N
     pytest.fail(f"the model never hung after steps 0 and 1: {(run_dir / 'err.txt').read_text()}")
 
 
-def _ended(process: subprocess.Popen[bytes], run_dir: Path) -> tuple[int, str]:
+def _ended(process: warm.WarmProcess, run_dir: Path) -> tuple[int, str]:
     try:
         status = process.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -201,7 +203,7 @@ def _assert_store_kept(run_dir: Path) -> None:
     assert not list(run_dir.glob("run.h5.tmp-*"))
 
 
-def _sigterm_once_stuck(run_dir: Path, started: list[subprocess.Popen[bytes]], model: str, **env: str) -> str:
+def _sigterm_once_stuck(run_dir: Path, started: list[warm.WarmProcess], model: str, **env: str) -> str:
     """SIGTERM to `fdl analyze` with `model`, once it hangs at step 2: it ends with 143, says how to resume, and
     keeps steps 0 and 1 (lock and copies gone); its stderr."""
     process = _start(run_dir, started, model, **env)
@@ -216,7 +218,7 @@ def _sigterm_once_stuck(run_dir: Path, started: list[subprocess.Popen[bytes]], m
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
 def test_sigterm_ends_fdl_whose_model_hangs_in_c_keeping_what_was_analysed(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:
     err = _sigterm_once_stuck(run_dir, started, "in_c", FDL_STOP_GRACE="0.5")
     assert "SIGTERM: the model's forward pass of step 2 (" in err and "step_2.safetensors" in err, err
     assert "did not return within 0.5 s" in err and "2 checkpoints analysed" in err, err
@@ -224,13 +226,13 @@ def test_sigterm_ends_fdl_whose_model_hangs_in_c_keeping_what_was_analysed(
     assert [json.loads(line)["step"] for line in (run_dir / "out.txt").read_text().splitlines()] == [0, 1]
     # the same command resumes (the model no longer hangs) and completes the store
     (run_dir / "release").touch()
-    resumed = subprocess.run(_argv("in_c"), cwd=run_dir, env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = warm.run(_argv("in_c"), cwd=run_dir, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["step"] for line in resumed.stdout.splitlines()] == [2, 3, 4, 5]
 
 
 def test_a_second_ctrl_c_ends_fdl_whose_model_swallows_the_first(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:
     process = _start(run_dir, started, "swallows", FDL_STOP_GRACE="600")  # only the second Ctrl-C can end it
     _wait_for(process, run_dir / "stuck", run_dir)
     process.send_signal(signal.SIGINT)
@@ -248,13 +250,13 @@ def test_a_second_ctrl_c_ends_fdl_whose_model_swallows_the_first(
 
 
 def test_sigterm_does_not_wait_for_a_thread_the_model_left_running(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:
     err = _sigterm_once_stuck(run_dir, started, "with_thread")
     assert "model-prefetch" in err and "not waited for" in err, err
 
 
 def test_the_workers_of_a_models_forked_pool_end_quietly_on_sigterm(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:
     err = _sigterm_once_stuck(run_dir, started, "pool")
     # the pool's terminate() sends its workers SIGTERM: they printed fdl's Interrupted traceback each
     assert "Interrupted" not in err, err

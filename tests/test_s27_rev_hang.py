@@ -23,6 +23,8 @@ sys.path.insert(0, str(TESTS))
 # the models of the watcher's own tests, and their fixture `started` (the processes a test starts, killed at its end)
 from test_s27_hang import _MODELS, _env, started  # noqa: E402, F401
 
+from tests import warm  # noqa: E402
+
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
@@ -39,11 +41,11 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _stopped_once_stuck(run_dir: Path, processes: list[subprocess.Popen[bytes]], argv: list[str]) -> str:
+def _stopped_once_stuck(run_dir: Path, processes: list[warm.WarmProcess], argv: list[str]) -> str:
     """Run `argv` (grace 0.5 s), SIGTERM it once the model hangs (its `stuck` file): its stderr, once it ended with 143."""
     with open(run_dir / "err.txt", "wb") as err:
-        process = subprocess.Popen(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
-                                   env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
+        process = warm.spawn(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
+                             env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
     processes.append(process)
     deadline = time.monotonic() + 120
     while not (run_dir / "stuck").exists():
@@ -65,7 +67,7 @@ def _stopped_once_stuck(run_dir: Path, processes: list[subprocess.Popen[bytes]],
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
 def test_sigterm_ends_fdl_inspect_whose_model_hangs_in_c(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:  # noqa: F811 - the fixture
     argv = [sys.executable, "-m", "fdl_cli", "inspect", "step_2.safetensors", "--model", "models.py:in_c",
             "--probe", "probe.npz"]
     err_text = _stopped_once_stuck(run_dir, started, argv)
@@ -96,15 +98,14 @@ def test_running_fdl_in_process_again_and_again_keeps_no_thread_or_file_per_run(
     with open(run_dir / "models.py", "a") as models:
         models.write("\n\ndef plain():\n    return nn.Sequential(*_layers())\n")
     (run_dir / "again.py").write_text(_IN_PROCESS)
-    done = subprocess.run([sys.executable, "again.py"], cwd=run_dir, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    done = warm.run([sys.executable, "again.py"], cwd=run_dir, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-2:] == ["0", "0"], done.stdout[-2000:] + done.stderr[-2000:]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the C hang relocks a glibc mutex")
 def test_sigterm_ends_a_watch_whose_model_hangs_at_the_reference_leaving_no_lock_file(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:  # noqa: F811 - the fixture
     """--watch takes the store's lock before the reference's forward pass: the watcher's end left STORE.lock."""
     (run_dir / "ckpts").mkdir()
     (run_dir / "step_2.safetensors").rename(run_dir / "ckpts" / "step_2.safetensors")

@@ -32,6 +32,8 @@ from test_s27_hang import (  # noqa: E402
 )
 from test_s28_dcpcover import Box, _said  # noqa: E402
 
+from tests import warm  # noqa: E402
+
 _LOOP_MODEL = r'''
 
 
@@ -64,7 +66,7 @@ def term_loop():
 
 
 def test_sigterm_stops_fdl_whose_model_left_an_asyncio_loop_handling_sigterm(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:  # noqa: F811 - the fixture
     with open(run_dir / "models.py", "a") as models:
         models.write(_LOOP_MODEL)
     _sigterm_once_stuck(run_dir, started, "term_loop", FDL_STOP_GRACE="600")  # 143, steps 0 and 1 kept
@@ -86,7 +88,7 @@ print("exit", code, "heard", len(heard), file=sys.stderr)
 
 
 def test_a_sigterm_of_a_program_running_fdl_in_process_is_its_own_not_fdls(
-        run_dir: Path, started: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811 - the fixture
+        run_dir: Path, started: list[warm.WarmProcess]) -> None:  # noqa: F811 - the fixture
     """A program that handles SIGTERM itself and calls fdl's `main`: fdl leaves SIGTERM to it, yet its stop watcher
     counted a SIGTERM during a forward pass as one of its own and, the pass lasting past the grace period, ended the
     whole program (`os._exit(143)`, "did not return within 0.5 s")."""
@@ -95,8 +97,8 @@ def test_a_sigterm_of_a_program_running_fdl_in_process_is_its_own_not_fdls(
     (run_dir / "embedded.py").write_text(_EMBEDDED)
     argv = [sys.executable, "embedded.py", *_argv("slow")[3:]]
     with open(run_dir / "err.txt", "wb") as err:
-        process = subprocess.Popen(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
-                                   env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
+        process = warm.spawn(argv, cwd=run_dir, stdout=subprocess.DEVNULL, stderr=err,
+                             env=_env(FDL_STOP_GRACE="0.5"), start_new_session=True)
     started.append(process)
     _wait_for(process, run_dir / "stuck", run_dir)
     process.send_signal(signal.SIGTERM)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,11 +23,14 @@ import torch
 
 from fdl_cli import moments
 from fdl_cli.moments import MomentAccumulator
+from tests import warm
 from tests.cli_run import REPO
 from tests.test_s28_perf import one_thread  # noqa: F401  (autouse there and here: torch on one thread, numpy's dsyrk)
 
 
-def test_the_steps_benchmark_counts_every_product_as_statistics(tmp_path: Path) -> None:
+def test_the_steps_benchmark_counts_every_product_as_statistics(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """A probe of 300 rows (one chunk): its products are all summed when the sums are read, and the "statistics"
     row of `steps.py --role fdl` must hold them. A fake clock advances by the rows each `_flush` sums, so the row
     is the rows summed under its timers, compared with every row summed."""
@@ -51,6 +53,7 @@ def test_the_steps_benchmark_counts_every_product_as_statistics(tmp_path: Path) 
                 sys.modules[name] = module
     code = f"""
 import atexit, runpy, sys, time
+sys.path[0] = {str(REPO)!r}  # as `python -c` run from the repository has it
 from fdl_cli import moments
 clock, summed = [0.0], [0]
 time.thread_time = lambda: clock[0]
@@ -68,8 +71,10 @@ sys.argv = ["steps.py", "--role", "fdl", {str(tmp_path)!r}, "--model", {str(REPO
 runpy.run_path({str(REPO / 'benchmarks' / 'steps.py')!r}, run_name="__main__")
 """
     env = {"FDL_STEPS_CLOCK": "thread", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False,
-                          timeout=300, env={**os.environ, **env})
+    # a script (a warm process, tests/warm.py, runs no `python -c`), out of the run's folder
+    script = tmp_path_factory.mktemp("script") / "counted.py"
+    script.write_text(code)
+    done = warm.run([sys.executable, script], cwd=REPO, timeout=300, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-3000:]
     summed = int(done.stdout.strip().splitlines()[-1].split()[1])
     report = json.loads(next(line for line in done.stderr.splitlines() if line.startswith("FDL_STEPS="))[10:])

@@ -8,9 +8,10 @@ were gone, Python's default ones back.
 
 Each test runs a real `python -m fdl_cli analyze` (real signals, the interpreter's real exit) on six tiny
 checkpoints whose step 2 forward pass waits in Python until the first signal stops it. One test holds the
-teardown at a known point with an atexit handler of the model's, which waits on a file; the others send a burst
-of signals from the moment "interrupted" is read off stderr until the process is gone, so that some land in
-each part of the teardown. Waits are on markers (files, stderr), each bounded generously.
+teardown at a known point with an atexit handler of the model's, which waits on a file (a warm process,
+tests/warm.py); the others send a burst of signals from the moment "interrupted" is read off stderr until the
+process is gone, so that some land in each part of the teardown (a fresh process, whose atexit handlers run in
+the order a user's fdl runs them). Waits are on markers (files, stderr), each bounded generously.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from test_s27_hang import (  # noqa: E402
     run_dir,  # noqa: F401 - the fixture
     started,  # noqa: F401 - the fixture
 )
+
+from tests import warm  # noqa: E402
 
 _MODELS = r'''
 import atexit, os, sys, time
@@ -110,17 +113,23 @@ def _argv(model: str) -> list[str]:
             "--commit-interval", "0"]
 
 
-def _start(folder: Path, started: list[subprocess.Popen[bytes]], model: str) -> subprocess.Popen[bytes]:  # noqa: F811
+#: `fdl analyze` as a process of its own: a warm one (tests/warm.py), or where the test is about every atexit handler
+#: (their order) a fresh one, whose torch is imported after fdl's `signals.own_process` registered its own handler
+Process = warm.WarmProcess | subprocess.Popen[bytes]
+
+
+def _start(folder: Path, started: list[Process], model: str, *, fresh: bool = False) -> Process:  # noqa: F811
     (folder / "teardown_models.py").write_text(_MODELS)
     with open(folder / "out.txt", "wb") as out:
-        process = subprocess.Popen(_argv(model), cwd=folder, stdout=out, stderr=subprocess.PIPE, env=_env(),
-                                   start_new_session=True)
+        process = (subprocess.Popen if fresh else warm.spawn)(
+            _argv(model), cwd=folder, stdout=out, stderr=subprocess.PIPE, env=_env(), start_new_session=True
+        )
     os.set_blocking(process.stderr.fileno(), False)  # type: ignore[union-attr]
     started.append(process)
     return process
 
 
-def _read(process: subprocess.Popen[bytes], said: bytearray) -> bool:
+def _read(process: Process, said: bytearray) -> bool:
     """What the process wrote to stderr since the last call, appended to `said`; False at its end."""
     try:
         chunk = os.read(process.stderr.fileno(), 65536)  # type: ignore[union-attr]
@@ -130,7 +139,7 @@ def _read(process: subprocess.Popen[bytes], said: bytearray) -> bool:
     return bool(chunk)
 
 
-def _stop_at_step_2(folder: Path, process: subprocess.Popen[bytes], first: signal.Signals) -> bytearray:
+def _stop_at_step_2(folder: Path, process: Process, first: signal.Signals) -> bytearray:
     """Steps 0 and 1 stored, step 2 waiting: `first` sent; stderr read until fdl says it was interrupted."""
     said = bytearray()
     _wait_for(process, folder / "stuck", folder)
@@ -142,7 +151,7 @@ def _stop_at_step_2(folder: Path, process: subprocess.Popen[bytes], first: signa
     return said
 
 
-def _rest(process: subprocess.Popen[bytes], said: bytearray) -> str:
+def _rest(process: Process, said: bytearray) -> str:
     """Everything stderr says up to its end (the process's), once the process is gone."""
     deadline = time.monotonic() + 60
     while _read(process, said):
@@ -161,7 +170,7 @@ def _assert_ended_as_interrupted(status: int, err: str, expected: int, folder: P
 
 def _resumes(folder: Path, model: str) -> None:
     (folder / "release").touch()
-    resumed = subprocess.run(_argv(model), cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = warm.run(_argv(model), cwd=folder, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["step"] for line in resumed.stdout.splitlines()] == [2, 3, 4, 5]
 
@@ -169,7 +178,7 @@ def _resumes(folder: Path, model: str) -> None:
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("model", ["waits_at_exit", "waits_at_cleanup"])
 def test_a_signal_while_the_interpreter_ends_keeps_the_status_of_the_interrupted_run(
-        run_dir: Path, started: list[subprocess.Popen[bytes]], model: str, second: signal.Signals) -> None:  # noqa: F811
+        run_dir: Path, started: list[Process], model: str, second: signal.Signals) -> None:  # noqa: F811
     # held at a known point of the teardown: an atexit handler, then the modules' cleanup (a finaliser)
     process = _start(run_dir, started, model)
     said = _stop_at_step_2(run_dir, process, signal.SIGINT)
@@ -193,9 +202,11 @@ def test_a_signal_while_the_interpreter_ends_keeps_the_status_of_the_interrupted
     (signal.SIGTERM, signal.SIGINT, 143),
 ], ids=["SIGINT-SIGINT", "SIGINT-SIGTERM", "SIGTERM-SIGINT"])
 def test_signals_all_through_the_teardown_keep_the_status_and_the_store(
-        run_dir: Path, started: list[subprocess.Popen[bytes]],  # noqa: F811
+        run_dir: Path, started: list[Process],  # noqa: F811
         first: signal.Signals, second: signal.Signals, expected: int) -> None:
-    process = _start(run_dir, started, "sleeps")
+    # a fresh process: in a warm one torch's atexit handlers (multiprocessing's, logging's, ...), registered in the
+    # zygote before fdl's, run after fdl's last one, where a fresh fdl runs them before it, under fdl's `_ending`
+    process = _start(run_dir, started, "sleeps", fresh=True)
     said = _stop_at_step_2(run_dir, process, first)
     # from "interrupted" on, a signal every millisecond or so until the process is gone: they land in the
     # interpreter's exit (sys.exit's unwinding, atexit handlers, module cleanup) wherever it is by then
