@@ -12,10 +12,17 @@ What a child shares with the zygote, and why a test still sees what a fresh proc
   is the same as its own in every variable read while importing them (`_IMPORT_TIME`: TORCH*, OMP_*, OPENBLAS*,
   PYTHON*, locale, ...); any other environment gets a zygote of its own. Nothing of fdl's and nothing of the
   test's is imported there (the zygote's code is exec'd, never imported), nor matplotlib, h5py, safetensors.
-- the interpreter's flags: a zygote per `-u` or not; no other option is accepted.
-- stdio is made anew as CPython makes it, over the child's fds; tempfile's directory, numpy's global random state
-  and (by CPython itself) `random`'s are drawn anew; signal dispositions are the interpreter's defaults.
+- the interpreter's flags: a zygote per `-u` or not; `-m MODULE`, `-c CODE` or `SCRIPT` after it, no other option.
+- stdio is made anew as CPython makes it, over the child's fds; sys.path from the child's PYTHONPATH and cwd;
+  tempfile's directory, numpy's global random state, multiprocessing's start folder and authkey and (by CPython
+  itself) `random`'s are drawn anew; an uncaught exception's traceback is printed without the zygote's frames.
+- signal dispositions are the interpreter's defaults: SIGINT raises KeyboardInterrupt even where the test process
+  inherited it ignored (a fresh interpreter keeps an inherited SIG_IGN); no preexec_fn, no other user.
 - str hashes: a child shares the zygote's PYTHONHASHSEED draw (a fresh process draws its own).
+- exit handlers torch and numpy register when imported were registered in the zygote, before the program's: they
+  run after the program's own at exit, where a fresh process that imports torch late runs them first.
+- memory: a child starts with the zygote's pages (shared, copied on write) and its peak RSS (`ru_maxrss`).
+Not for a test of the order of exit handlers or of a process's peak memory, then.
 Not for a test of import-time behaviour (what gets imported, when, in which order: a module planted to stand in for
 torch or numpy, say) or of the interpreter's start-up: those keep a real `subprocess`. Nor for a command that
 never imports torch (`fdl report`, `classify`, ...): a child pays the exit of an interpreter holding torch
