@@ -112,6 +112,7 @@ CODE = "from fdl_cli.cli import main; main()"
 
 def _fdl_process(*args: Any, stdout: Any, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     """fdl in a process of its own whose stdout is `stdout` (a file the test opened, or PIPE)."""
+    # a real process, not a warm one: report and export never import torch
     return subprocess.run(
         [sys.executable, "-c", CODE, *(str(a) for a in args)], stdout=stdout, stderr=subprocess.PIPE,
         timeout=timeout, cwd=Path(__file__).resolve().parents[1],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import warm
 from tests.tiny_models import mlp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,12 +55,10 @@ def _make_run(root: Path, steps: tuple[int, ...] = (0, 10, 20)) -> Path:
 
 def _fdl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m fdl_cli ARGS` in its own interpreter, ended the way a user's shell sees it end."""
-    return subprocess.run(
-        [sys.executable, "-m", "fdl_cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        # Ctrl-C as from a terminal, even when the tests run with SIGINT ignored (a background job)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # a warm process (tests/warm.py): Ctrl-C as from a terminal (Python's handler), even when the tests run with
+    # SIGINT ignored (a background job), as a fresh one started with SIGINT at its default action
+    return warm.run([sys.executable, "-m", "fdl_cli", *args], cwd=cwd, timeout=300,
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.parametrize(("name", "status"), [("SIGTERM", 143), ("SIGINT", 130)])
@@ -161,7 +159,7 @@ def test_a_signal_during_import_torch_stops_fdl_instead_of_aborting_it(tmp_path:
     back, and the signal stops fdl right after the import."""
     folder = _make_run(tmp_path)
     (tmp_path / "model.py").write_text(PLAIN_MODEL)
-    result = subprocess.run(
+    result = subprocess.run(  # a real process: the signal is sent during its own `import torch`
         [sys.executable, "-c", SIGNAL_IN_TORCH_IMPORT, "analyze", str(folder), "--model", "model.py:build",
          "--probe", "probe.npz", "--out", "run.h5"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,

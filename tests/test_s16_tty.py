@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests import warm
 from tests.test_report import SCALARS, make_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +46,13 @@ def on_terminal(columns: int, *args: str) -> tuple[int, str]:
     """`fdl ARGS` with stdin, stdout and stderr on a pseudo-terminal `columns` wide: (status, text seen)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "fdl_cli", *args], stdin=slave, stdout=slave,
-                               stderr=slave, env=_env(columns), cwd=REPO, close_fds=True)
+    argv = [sys.executable, "-m", "fdl_cli", *args]
+    if args[0] == "inspect":  # imports torch: a warm process (tests/warm.py)
+        process: subprocess.Popen[bytes] | warm.WarmProcess = warm.spawn(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=_env(columns), cwd=REPO)
+    else:  # report and compare never import torch: a fresh process is the cheaper
+        process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=_env(columns), cwd=REPO,
+                                   close_fds=True)
     os.close(slave)
     chunks = []
     deadline = time.monotonic() + 120
@@ -74,8 +80,11 @@ def on_terminal(columns: int, *args: str) -> tuple[int, str]:
 
 
 def piped(columns: int, *args: str) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", *args], capture_output=True, text=True,
-                          env=_env(columns), cwd=REPO, timeout=120)
+    argv = [sys.executable, "-m", "fdl_cli", *args]
+    if args[0] == "inspect":  # as in on_terminal
+        done = warm.run(argv, env=_env(columns), cwd=REPO, timeout=120)
+    else:
+        done = subprocess.run(argv, capture_output=True, text=True, env=_env(columns), cwd=REPO, timeout=120)
     return done.returncode, done.stderr
 
 
@@ -365,6 +374,7 @@ def slow_torch(tmp_path: Path) -> dict[str, str]:
 
 
 def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], Stderr]:
+    # a real process, not a warm one: the test is of `import torch` itself (a planted torch), at start-up
     process = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     return process, Stderr(process)

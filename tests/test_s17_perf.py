@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from fdl_cli import cli
+from tests.cli_run import fdl_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
+    # a real process, never a warm one: these tests are of what fdl does while it imports torch (gc freezing)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
 
 
@@ -29,6 +31,7 @@ import atexit, gc, json, sys
 seen = {{}}
 atexit.register(lambda: print(json.dumps(seen)))
 from fdl_cli import cli
+from tests.cli_run import fdl_in_process
 run = cli.analyze.callback
 def spy(**kwargs):
     try:
@@ -47,8 +50,7 @@ except SystemExit as exc:
     assert "exit" not in seen
     assert seen["enabled"] is True
     assert seen["frozen"] > 50_000  # torch's modules alone make ~150 000 objects
-    command = [sys.executable, "-m", "fdl_cli", "export", str(out), "--what", "trajectories", "--format", "json"]
-    listed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    listed = fdl_in_process("export", out, "--what", "trajectories", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["step"] == [0, 100]
 
@@ -57,6 +59,7 @@ def test_untracked_imports_turn_the_collector_on_again_after_a_failed_import() -
     code = """
 import gc, json
 from fdl_cli import cli
+from tests.cli_run import fdl_in_process
 try:
     with cli._untracked_imports():
         import torch  # noqa: F401

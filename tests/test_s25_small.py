@@ -53,6 +53,7 @@ def _store(path: Path) -> Path:
 
 def _python(*args: object) -> subprocess.CompletedProcess[str]:
     """`python ARGS` from the repository root, killed after 30 s (a read that hangs fails the test)."""
+    # a real process, not a warm one: report and export never import torch
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO, check=False,
                           timeout=30)
 
@@ -126,6 +127,7 @@ def test_an_export_past_the_file_size_limit_says_so_not_that_the_folder_refused(
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
+    # a real process (its own file size limit), not a warm one: export never imports torch
     done = subprocess.run([sys.executable, "-m", "fdl_cli", "export", str(store), "--what", "eigenvalues", "--out",
                            str(tmp_path / "out.csv")], capture_output=True, text=True, cwd=REPO, check=False,
                           timeout=60, preexec_fn=limited)

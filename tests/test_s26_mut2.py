@@ -268,6 +268,7 @@ def test_an_hdf5_probe_reading_a_fifo_named_relative_to_the_current_folder_is_re
         handle["y"] = np.zeros(16, dtype=np.int64)
     code = ("import sys\nfrom fdl_cli.errors import ProbeError\nfrom fdl_cli.probes import load_probe\n"
             "try:\n    load_probe(sys.argv[1])\nexcept ProbeError as exc:\n    print(exc.what)\n")
+    # a real process (no torch here, so no warm one): a read that waits for ever is killed with it
     done = subprocess.run([sys.executable, "-c", code, str(probe)], capture_output=True, text=True, check=False,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert done.stdout.strip() == f"the probe {probe}: its 'x' is read from fifo, which is no regular file", done

@@ -113,10 +113,11 @@ def test_a_warning_of_the_models_forward_is_not_repeated_at_every_batch(tmp_path
     forget the warnings it had shown: the model's own warning, shown once per checkpoint before, came again at every
     batch (40 samples in batches of 8: 14 times for 3 checkpoints, 6 in batches of 40). A process of its own each,
     as Python shows such a warning once a process."""
-    import subprocess
     import sys
 
     import numpy as np
+
+    from tests import warm
 
     (tmp_path / "model.py").write_text(_WARNING_MODEL)
     namespace: dict = {}
@@ -129,10 +130,9 @@ def test_a_warning_of_the_models_forward_is_not_repeated_at_every_batch(tmp_path
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 4)).astype("float32"), y=rng.integers(0, 3, 40))
     shown = []
     for batch in (8, 40):
-        done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "run"), "--model",
-                               f"{tmp_path / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
-                               "--batch-size", str(batch), "--out", str(tmp_path / f"s{batch}.h5")],
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = warm.run([sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "run"), "--model",
+                         f"{tmp_path / 'model.py'}:build", "--probe", str(tmp_path / "probe.npz"),
+                         "--batch-size", str(batch), "--out", str(tmp_path / f"s{batch}.h5")], timeout=300)
         assert done.returncode == 0, done.stderr
         shown.append(done.stderr.count("s26r: the model's own warning"))
     assert shown[0] == shown[1] > 0

@@ -22,6 +22,7 @@ import pytest
 
 from fdl_cli import signals
 from fdl_cli import store as store_module
+from tests.cli_run import fdl_in_process
 from tests.test_store import probes, provenance, random_entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_a_signal_during_a_commit_in_the_main_thread_stops_it_and_keeps_the_stor
     path = tmp_path / "run.h5"
     with store_module.StoreWriter(path, provenance=provenance(), probes=probes(), background=False) as writer:
         writer.add(random_entry(0))
-    done = subprocess.run(
+    done = subprocess.run(  # a real process: it never imports torch, and its signal handlers are its own
         [sys.executable, "-c", _CHILD, str(path), str(fraction), signame], capture_output=True, text=True,
         timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -103,10 +104,7 @@ def test_a_signal_during_a_commit_in_the_main_thread_stops_it_and_keeps_the_stor
         assert reader.checkpoint_steps() == [0, 1, 2]
         assert [record["step"] for record in reader.records()] == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
-    report = subprocess.run(
-        [sys.executable, "-m", "fdl_cli", "report", str(path), "--format", "json"], capture_output=True, text=True,
-        timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    report = fdl_in_process("report", path, "--format", "json", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert [record["step"] for record in json.loads(report.stdout)] == [0, 1, 2]
 
@@ -165,7 +163,7 @@ def test_a_refused_write_then_a_ctrl_c_is_raised_as_the_ctrl_c(tmp_path: Path) -
     path = tmp_path / "run.h5"
     with store_module.StoreWriter(path, provenance=provenance(), probes=probes(), background=False) as writer:
         writer.add(random_entry(0))
-    done = subprocess.run(
+    done = subprocess.run(  # a real process: it never imports torch, and its signal handlers are its own
         [sys.executable, "-c", _REFUSED_THEN_CTRL_C, str(path)], capture_output=True, text=True,
         timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -19,13 +19,13 @@ before its fix.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests import warm
 from tests.test_s19_store import fdl
 
 torch.set_num_threads(1)
@@ -193,9 +193,8 @@ def test_torch_s_nested_tensor_warning_is_not_shown(tmp_path: Path) -> None:
     """torch warns (once a process) that its nested tensors are a prototype when the encoder packs a padded batch:
     printed amid fdl's progress, of no use to the user. A process of its own, as the warning is once a process."""
     folder, model, probe = _masked_run(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "fdl_cli", "analyze", str(folder), "--model", f"{model}:build",
-                           "--probe", str(probe), "--top-k", "8", "--out", str(tmp_path / "s.h5")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = warm.run([sys.executable, "-m", "fdl_cli", "analyze", str(folder), "--model", f"{model}:build",
+                     "--probe", str(probe), "--top-k", "8", "--out", str(tmp_path / "s.h5")], timeout=300)
     assert done.returncode == 0, done.stderr
     assert "3 checkpoints analysed" in done.stderr and "nested tensors" not in done.stderr
 

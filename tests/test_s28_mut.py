@@ -332,12 +332,13 @@ for kind, value in extra.items():
 @pytest.fixture(scope="module")
 def saved_by_script(tmp_path_factory) -> Path:
     """The checkpoints a script run as `python train.py` saves, one of each kind: its classes are __main__'s."""
-    import subprocess
     import sys
+
+    from tests import warm
 
     folder = tmp_path_factory.mktemp("saved")
     (folder / "train.py").write_text(_SAVES)
-    subprocess.run([sys.executable, str(folder / "train.py"), str(folder)], check=True, timeout=120)
+    warm.run([sys.executable, str(folder / "train.py"), str(folder)], timeout=120).check_returncode()
     return folder
 
 

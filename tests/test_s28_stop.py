@@ -34,6 +34,8 @@ from test_s27_hang import (  # noqa: E402
     started,  # noqa: F401 - the fixture
 )
 
+from tests import warm  # noqa: E402
+
 _MODELS = r'''
 import asyncio, ctypes, os, signal, time
 from pathlib import Path
@@ -163,16 +165,16 @@ def _argv(model: str) -> list[str]:
 
 
 def _start(run_dir: Path, started: list[subprocess.Popen[bytes]], model: str,  # noqa: F811
-           grace: str = "0.5") -> subprocess.Popen[bytes]:
+           grace: str = "0.5") -> warm.WarmProcess:
     (run_dir / "s28models.py").write_text(_MODELS)
     with open(run_dir / "out.txt", "wb") as out, open(run_dir / "err.txt", "wb") as err:
-        process = subprocess.Popen(_argv(model), cwd=run_dir, stdout=out, stderr=err,
-                                   env=_env(FDL_STOP_GRACE=grace), start_new_session=True)
-    started.append(process)
+        process = warm.spawn(_argv(model), cwd=run_dir, stdout=out, stderr=err, env=_env(FDL_STOP_GRACE=grace),
+                             start_new_session=True)
+    started.append(process)  # type: ignore[arg-type]  # killed and waited for as a Popen would be
     return process
 
 
-def _wait_for_file(process: subprocess.Popen[bytes], path: Path, folder: Path) -> None:
+def _wait_for_file(process: warm.WarmProcess, path: Path, folder: Path) -> None:
     deadline = time.monotonic() + 120  # generous: the machine may be shared
     while not path.exists():
         assert process.poll() is None, (folder / "err.txt").read_text()
@@ -180,7 +182,7 @@ def _wait_for_file(process: subprocess.Popen[bytes], path: Path, folder: Path) -
         time.sleep(0.02)
 
 
-def _stopped(folder: Path, process: subprocess.Popen[bytes]) -> str:
+def _stopped(folder: Path, process: warm.WarmProcess) -> str:
     """fdl ended with 143 and no traceback, steps 0 and 1 kept, no lock or copy left: its stderr."""
     status, err = _ended(process, folder)
     assert status == 143, err
@@ -191,7 +193,7 @@ def _stopped(folder: Path, process: subprocess.Popen[bytes]) -> str:
 
 def _resumes(folder: Path, model: str) -> None:
     (folder / "release").touch()
-    resumed = subprocess.run(_argv(model), cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = warm.run(_argv(model), cwd=folder, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["step"] for line in resumed.stdout.splitlines()] == [2, 3, 4, 5]
 
