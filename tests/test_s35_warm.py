@@ -33,7 +33,7 @@ STATE = textwrap.dedent(
         "signals": [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD,
                                                        signal.SIGPIPE, signal.SIGHUP)],
         "wakeup": signal.set_wakeup_fd(-1), "fds": sorted(os.listdir("/proc/self/fd")),
-        "tmp": tempfile.gettempdir(), "session": os.getsid(0) == os.getpid(),
+        "tmp": tempfile.gettempdir(), "no_pyc": sys.dont_write_bytecode, "session": os.getsid(0) == os.getpid(),
         "imported": [m for m in ("fdl_cli", "tests", "matplotlib", "h5py") if m in sys.modules],
     }))
     print("to stderr", file=sys.stderr)
@@ -47,13 +47,24 @@ def _both(argv: list[str], **kwargs: object) -> tuple[subprocess.CompletedProces
     return fresh, warm.run(argv, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "u"])
-def test_a_script_sees_what_a_fresh_process_sees(tmp_path: Path, unbuffered: bool) -> None:
+@pytest.mark.parametrize(
+    ("unbuffered", "variables"), [(False, "1"), (True, ""), (False, "")], ids=["buffered", "u", "variables-unset"]
+)
+def test_a_script_sees_what_a_fresh_process_sees(tmp_path: Path, unbuffered: bool, variables: str) -> None:
+    """-u, PYTHONUNBUFFERED and PYTHONDONTWRITEBYTECODE set or not: one zygote serves them all, each child's stdio
+    and bytecode writing are its own."""
     script = tmp_path / "state.py"
     script.write_text(STATE, encoding="utf-8")
     (tmp_path / "tmp").mkdir()
     # PYTHONPATH's empty entry is the current folder, the test's, not the zygote's
-    env = {**os.environ, "S35_WARM": "yes", "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": f"{warm.REPO}{os.pathsep}"}
+    env = {
+        **os.environ,
+        "S35_WARM": "yes",
+        "TMPDIR": str(tmp_path / "tmp"),
+        "PYTHONPATH": f"{warm.REPO}{os.pathsep}",
+        "PYTHONUNBUFFERED": variables,
+        "PYTHONDONTWRITEBYTECODE": variables,
+    }
     argv = [sys.executable, *(["-u"] if unbuffered else []), str(script), "x", "3"]
     fresh, forked = _both(argv, input="given\n", env=env, cwd=str(tmp_path))
     assert forked.returncode == fresh.returncode == 3

@@ -12,7 +12,8 @@ What a child shares with the zygote, and why a test still sees what a fresh proc
   is the same as its own in every variable read while importing them (`_IMPORT_TIME`: TORCH*, OMP_*, OPENBLAS*,
   PYTHON*, locale, ...); any other environment gets a zygote of its own. Nothing of fdl's and nothing of the
   test's is imported there (the zygote's code is exec'd, never imported), nor matplotlib, h5py, safetensors.
-- the interpreter's flags: a zygote per `-u` or not; `-m MODULE`, `-c CODE` or `SCRIPT` after it, no other option.
+- the interpreter's flags: `-u` or not (stdio is made per child, from it, PYTHONUNBUFFERED and, for bytecode,
+  PYTHONDONTWRITEBYTECODE of the child's environment); `-m MODULE`, `-c CODE` or `SCRIPT` after it, nothing else.
 - stdio is made anew as CPython makes it, over the child's fds; sys.path from the child's PYTHONPATH and cwd;
   tempfile's directory, numpy's global random state, multiprocessing's start folder and authkey and (by CPython
   itself) `random`'s are drawn anew; an uncaught exception's traceback is printed without the zygote's frames.
@@ -76,11 +77,12 @@ _IMPORT_TIME = (
     "CUDA",
     "NVIDIA",
 )
-#: ... but not those torchrun sets per job and rank (read when the process group starts, not at import).
-_PER_JOB = ("TORCHELASTIC_", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+#: ... but not those torchrun sets per job and rank (read when the process group starts, not at import), nor those
+#: that only shape the interpreter's stdio and bytecode writing, which a child sets up anew from its own (`_become`).
+_PER_JOB = ("TORCHELASTIC_", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
 
 
-def _key(env: Mapping[str, str], unbuffered: bool) -> tuple[Any, ...]:
+def _key(env: Mapping[str, str]) -> tuple[Any, ...]:
     relevant = {
         name: value for name, value in env.items() if name.startswith(_IMPORT_TIME) and not name.startswith(_PER_JOB)
     }
@@ -88,7 +90,7 @@ def _key(env: Mapping[str, str], unbuffered: bool) -> tuple[Any, ...]:
     # something torch's import would find (a sitecustomize, a module of the same name) needs a zygote of its own,
     # and neither the repository nor the current folder (an empty entry) is one.
     entries = [entry for entry in relevant.pop("PYTHONPATH", "").split(os.pathsep) if entry and entry != str(REPO)]
-    return (unbuffered, tuple(sorted(relevant.items())), tuple(entries))
+    return (tuple(sorted(relevant.items())), tuple(entries))
 
 
 def _python_path(value: str, cwd: str) -> list[str]:
@@ -186,14 +188,14 @@ class WarmProcess:
 
 
 class _Zygote:
-    def __init__(self, env: Mapping[str, str], unbuffered: bool) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         code = (
             f"path = {str(Path(__file__))!r}; zygote = {{'__name__': '__fdl_zygote__', '__file__': path}}; "
             f"exec(compile(open(path).read(), path, 'exec'), zygote); zygote['_zygote']({theirs.fileno()})"
         )
         self.process = subprocess.Popen(
-            [sys.executable, *(["-u"] if unbuffered else []), "-c", code],
+            [sys.executable, "-c", code],
             env=dict(env),
             cwd=str(REPO),
             stdin=subprocess.DEVNULL,
@@ -228,7 +230,7 @@ class _Zygote:
 
 _zygotes: dict[tuple[Any, ...], _Zygote] = {}  # the most recently used last
 #: Zygotes kept per test process (each holds torch's ~300 MB); the least recently used is closed for another.
-_KEEP = 3
+_KEEP = 4
 _at_exit: list[bool] = []
 _zygotes_lock = threading.Lock()
 
@@ -300,7 +302,7 @@ def spawn(
             fds.append(fd)
         status_r, status_w = os.pipe()
         opened.append(status_w)
-        key = _key(environ, unbuffered)
+        key = _key(environ)
         with _zygotes_lock:
             zygote = _zygotes.pop(key, None)
             if zygote is not None and zygote.process.poll() is not None:
@@ -314,7 +316,7 @@ def spawn(
 
                     atexit.register(_close_all)
                     _at_exit.append(True)
-                zygote = _Zygote(environ, unbuffered)
+                zygote = _Zygote(environ)
             _zygotes[key] = zygote
         request = {
             "rest": rest,
@@ -473,7 +475,8 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     old = (sys.stdin, sys.stdout, sys.stderr)
-    unbuffered = sys.stdout.write_through  # as CPython made the zygote's (its -u, its PYTHONUNBUFFERED)
+    unbuffered = request["u"] or bool(os.environ.get("PYTHONUNBUFFERED"))  # as CPython reads -u and the variable
+    sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     streams = []
     for fd, was in enumerate(old):
         write = fd > 0
