@@ -897,6 +897,7 @@ def _torchscript_refused(path: Path) -> UnsafeCheckpointError:
 def _corrupt_error(path: Path, exc: BaseException) -> FdlError:
     from fdl_cli.resources import memory_error, out_of_memory
 
+    signals.through(exc)  # not damage: a Ctrl-C met inside the loader's C code (the error's cause)
     if out_of_memory(exc):  # not damage: reported as a bad file, it was skipped and the run went on
         return memory_error(exc, f"reading the checkpoint {path}")
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ELOOP):

@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from fdl_cli import signals
 from fdl_cli.errors import (
     NAME_SHOWN,
     CheckpointError,
@@ -315,6 +316,7 @@ def read_metadata(folder: Path) -> dict[str, Entry]:
     try:
         root = unpickler.load()
     except Exception as exc:  # noqa: BLE001 - any failure of the restricted unpickler: refused or damaged
+        signals.through(exc)  # a Ctrl-C met in C code: not damage
         if unpickler.refused:
             raise UnsafeCheckpointError(
                 f"{path}: this DCP metadata names {first_few(unpickler.refused, 3)}, which could run code when "
@@ -698,6 +700,7 @@ def read_items(folder: Path, entries: Iterable[Entry], load: Callable[[io.BytesI
                 except pickle.UnpicklingError as exc:
                     out[entry.fqn] = ItemNotRead(entry.fqn, str(exc).splitlines()[0][:120] if str(exc) else "refused")
                 except Exception as exc:  # noqa: BLE001 - damaged bytes
+                    signals.through(exc)
                     raise bad_folder(folder, f"{shown_name(entry.fqn)} in {entry.chunks[0].file} is not readable "
                                              f"({first_line(exc, 160) or type(exc).__name__})") from None
                 continue
@@ -716,6 +719,7 @@ def _tensor(folder: Path, entry: Entry, load: Callable[[io.BytesIO], Any], handl
         try:
             piece = load(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001 - damaged bytes, or an object where a tensor belongs
+            signals.through(exc)
             raise bad_folder(folder, f"the chunk of {name} at {list(chunk.offsets)} in {chunk.file} is not a "
                                f"readable tensor ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
                        ) from None

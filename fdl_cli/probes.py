@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from fdl_cli import signals
 from fdl_cli.errors import (
     ProbeError,
     counted,
@@ -1097,6 +1098,7 @@ def load_probe(path: Path, *, name: str = DEFAULT_NAME) -> Probe:
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a damaged file
+        signals.through(exc)  # a Ctrl-C met in a reader's C code: not damage
         raw = f"{type(exc).__name__}: {exc}"
         reason = raw[:300]  # an exception's own words, cut; fdl's below are said whole
         fix = (

@@ -408,6 +408,25 @@ def ending_at_once(*, quiet: bool = False, give_up: tuple[float, str] | None = N
         os.close(write)
 
 
+def through(exc: BaseException) -> None:
+    """Raise again the Ctrl-C (or SIGTERM) that `exc` is the debris of, if it is; else return.
+
+    A signal's handler runs wherever the main thread is, also inside Python code called from C: h5py's
+    Cython (a `FastRLock.__exit__` while a store is read) or a library's C++. Code that does not look for
+    an exception there returns as if nothing happened, and the interpreter raises SystemError("... returned
+    a result with an exception set") with the KeyboardInterrupt as its cause. Caught as "any failure"
+    (`except Exception`), it was said as damage: a Ctrl-C during a `--watch` poll ended the run with
+    "error: run.h5 is damaged" and status 1, where the store was whole and 130 was due. Such handlers
+    call this first; the interrupt goes on from there as any other does."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            raise Interrupted from exc
+        seen.add(id(cause))
+        cause = cause.__cause__
+
+
 def check() -> None:
     """Raise KeyboardInterrupt (once) if a Ctrl-C arrived and was swallowed before it reached fdl."""
     global _pending

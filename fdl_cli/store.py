@@ -767,6 +767,7 @@ class StoreReader:
         try:
             self._file: h5py.File | None = _open_read_only(path)
         except Exception as exc:  # h5py reports a bad file with several exception types
+            signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
             if _LOCKING_MISMATCH.search(str(exc)):
                 raise StoreError(
                     f"{path} is open in this process already, with HDF5 file-locking flags fdl cannot share",
@@ -803,6 +804,7 @@ class StoreReader:
             raise
         except Exception as exc:
             self.close()
+            signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
             raise self._damage_error(exc) from None
 
     def _damage_error(self, exc: BaseException | None, what: str = "", *, step: int | None = None,
@@ -984,6 +986,7 @@ class StoreReader:
             except StoreError:
                 raise
             except Exception as exc:
+                signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
                 self.warnings.append(f"probe /probes/{name} is damaged and was skipped ({_one_line(exc)})")
 
     def _zero_one_targets(self, probe: str, value: object) -> bool | None:
@@ -1052,6 +1055,7 @@ class StoreReader:
                 if deep:
                     self._check_group(step, group[name], members)
             except Exception as exc:
+                signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
                 self.warnings.append(
                     f"checkpoint step {step} (/checkpoints/{name}) is damaged: skipped; "
                     f"`fdl analyze` will redo it ({_one_line(exc)})"
@@ -1133,6 +1137,7 @@ class StoreReader:
                 except StoreError:
                     raise
                 except Exception as exc:
+                    signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
                     problem = f"unreadable ({_one_line(exc)})"
             if problem is not None:
                 self.warnings.append(
@@ -1268,6 +1273,7 @@ class StoreReader:
                 row[field_name] = _to_python(field_name, leaf.attrs.get(field_name))
             return row
         except Exception as exc:
+            signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
             self.warnings.append(f"checkpoint step {step} of {series[0]}/{series[1]} is damaged: skipped ({_one_line(exc)})")
             return None
 
@@ -1457,6 +1463,7 @@ class StoreReader:
         except StoreError:
             raise
         except Exception as exc:
+            signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
     def array(
@@ -1488,6 +1495,7 @@ class StoreReader:
         except StoreError:
             raise
         except Exception as exc:
+            signals.through(exc)  # a Ctrl-C inside h5py's C code: no damage
             raise self._damage_error(exc, f" at checkpoint step {step} ({chosen[0]}/{chosen[1]})", step=step) from None
 
     def entry(self, step: int) -> CheckpointEntry:
@@ -1529,7 +1537,8 @@ class StoreReader:
             value = np.empty(attribute.shape, dtype=np.int64)
             attribute.read(value)
             index = int(value.reshape(-1)[0]) if value.size == 1 else -1
-        except Exception:  # noqa: BLE001 - a damaged or hand-written attribute: not recorded
+        except Exception as exc:  # noqa: BLE001 - a damaged or hand-written attribute: not recorded
+            signals.through(exc)
             return None
         return index if 0 <= index < len(self.history) else None
 
@@ -1583,7 +1592,8 @@ class StoreReader:
         for step in self._group_names:
             try:
                 identities[step] = self._identity(step)
-            except Exception:  # noqa: BLE001 - a damaged group: its own checks report it
+            except Exception as exc:  # noqa: BLE001 - a damaged group: its own checks report it
+                signals.through(exc)
                 continue
         return identities
 
