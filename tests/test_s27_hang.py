@@ -32,18 +32,41 @@ from tests import warm
 TESTS = Path(__file__).resolve().parent
 
 _MODELS = r'''
-import ctypes, multiprocessing, os, threading, time
+import ctypes, multiprocessing, os, sys, threading, time
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _at_step_2(module):
+def _stuck():
+    open(os.path.join(HERE, "stuck"), "w").close()
+
+
+def _at_step_2(module, mark=True):
     """The forward pass of the marked checkpoint (step 2), unless the test wrote `release`."""
     if float(module[0].bias[0]) != 7.0 or os.path.exists(os.path.join(HERE, "release")):
         return False
-    open(os.path.join(HERE, "stuck"), "w").close()
+    if mark:
+        _stuck()
     return True
+
+
+def _mark_once_in_c(code, line):
+    """`stuck` once the main thread has been at `line` of `code` (the hanging C call) for 0.1 s: in C by then.
+    Marked before the call, a signal sent at the mark on a loaded machine could come while the thread still ran
+    Python on its way there, and stopped it as any interrupted forward pass (no hang to report)."""
+    main = threading.main_thread().ident
+
+    def watch():
+        while True:
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code is code and frame.f_lineno == line:
+                break
+            time.sleep(0.005)
+        time.sleep(0.1)
+        _stuck()
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class InC(nn.Sequential):
@@ -51,10 +74,11 @@ class InC(nn.Sequential):
     GIL released, as a hung GPU or I/O call releases it). Python's signal handler never runs."""
 
     def forward(self, x):
-        if _at_step_2(self):
+        if _at_step_2(self, mark=False):
             mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER on glibc
             libc = ctypes.CDLL(None)
             libc.pthread_mutex_lock(mutex)
+            _mark_once_in_c(sys._getframe().f_code, sys._getframe().f_lineno + 1)
             libc.pthread_mutex_lock(mutex)
         return super().forward(x)
 
