@@ -87,9 +87,10 @@ class Swallows(nn.Sequential):
     """Python code that takes the KeyboardInterrupt and goes on waiting (a retry loop with a bare except)."""
 
     def forward(self, x):
-        if _at_step_2(self):
+        if _at_step_2(self, mark=False):
             while True:
                 try:
+                    _stuck()  # marked where a Ctrl-C is taken: one sent at the mark is swallowed too
                     time.sleep(600)
                 except BaseException:
                     open(os.path.join(HERE, "swallowed"), "a").write("x")
