@@ -16,7 +16,25 @@ import pytest
 
 import fdl_cli.pipeline
 from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
-from tests.test_s20_add import _assert_as_analysed_at_once
+from tests.test_s20_add import _comparable, _same
+
+
+@pytest.fixture(scope="module")
+def at_once(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
+    """`at_once(store, *args)`: `store` equals a fresh one analysed by one `fdl analyze` with `args`
+    (test_s20_add's `_assert_as_analysed_at_once`), each fresh store analysed once for the module: the tests of a
+    layer added before the stored one and of a layer addition resumed, and those of a probe and a layer added at
+    once, compare with the same."""
+    fresh: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def check(store: Path, *args: str) -> None:
+        if args not in fresh:
+            path = tmp_path_factory.mktemp("at_once") / "fresh.h5"
+            assert analyze(run, path, *args).code == 0
+            fresh[args] = _comparable(path)
+        _same(_comparable(store), fresh[args])
+
+    return check
 
 
 @pytest.mark.parametrize(("stored", "given", "ordered"), [
@@ -24,7 +42,8 @@ from tests.test_s20_add import _assert_as_analysed_at_once
     (("0", "2"), ("0", "1", "2"), ("0", "2", "1")),
 ], ids=["before", "between"])
 def test_a_layer_given_before_a_stored_one_is_refused_naming_the_order_that_adds_it(
-    run: Path, tmp_path: Path, stored: tuple[str, ...], given: tuple[str, ...], ordered: tuple[str, ...]  # noqa: F811
+    run: Path, tmp_path: Path, at_once: Any,  # noqa: F811
+    stored: tuple[str, ...], given: tuple[str, ...], ordered: tuple[str, ...],
 ) -> None:
     def layers(names: tuple[str, ...]) -> list[str]:
         return [arg for name in names for arg in ("--layer", name)]
@@ -43,7 +62,7 @@ def test_a_layer_given_before_a_stored_one_is_refused_naming_the_order_that_adds
     assert grown.code == 0 and "4 stored checkpoints given the added probe/layer series" in grown.stderr
     again = analyze(run, store, *layers(ordered))  # the command that added it resumes the store it left
     assert again.code == 0 and "0 checkpoints analysed, 4 already in the store" in again.stderr
-    _assert_as_analysed_at_once(run, store, *layers(ordered))
+    at_once(store, *layers(ordered))
 
 
 def _stopped_at_20(monkeypatch: pytest.MonkeyPatch, run: Path, store: Path, *extra: str) -> None:  # noqa: F811
@@ -74,7 +93,8 @@ LAYER_SAID = ("the store also holds the layer '0', added to 2 of its 4 checkpoin
     (("--probe", "test=TEST", "--layer", "2:input", "--layer", "0"), (PROBE_SAID, LAYER_SAID)),
 ], ids=["probe", "layer", "both"])
 def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_got_and_how_to_finish(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...], said: tuple[str, ...],  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any,  # noqa: F811
+    extra: tuple[str, ...], said: tuple[str, ...],
 ) -> None:
     extra = tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
     store = tmp_path / "s.h5"
@@ -88,11 +108,11 @@ def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_g
     assert all(part in text for part in said) and "analysed with this run's at each checkpoint" not in text
     assert "else pass --overwrite to replace it, or another --out to keep both" in text
     assert analyze(run, store, *extra).code == 0
-    _assert_as_analysed_at_once(run, store, *extra)
+    at_once(store, *extra)
 
 
 def test_adding_a_layer_to_a_store_midway_through_adding_a_probe_says_it_adds_both(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any  # noqa: F811
 ) -> None:
     store = tmp_path / "s.h5"
     test = ("--probe", f"test={run / 'test.npz'}")
@@ -104,4 +124,4 @@ def test_adding_a_layer_to_a_store_midway_through_adding_a_probe_says_it_adds_bo
     assert (f"note: adding layer '0' to the 4 stored checkpoints of {store} (analysing only the series they lack), "
             "and test/2:input to 2 of them, which lack it (an earlier `fdl analyze` that added it stopped before it "
             "was done)") in " ".join(done.stderr.split())
-    _assert_as_analysed_at_once(run, store, *both)
+    at_once(store, *both)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import REPO, fdl_in_process, model_file
 from tests.test_report import SCALARS, make_store
 from tests.test_s22_user import TRANSFORMER
@@ -28,7 +29,8 @@ FROZEN = {step: {**values, "cka_init": 1.0, "overlap_init": 1.0} for step, value
 
 
 def _drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: object) -> dict[str, Any]:
-    """The figures `fdl ARGS` writes, by stem (as drawn, before they are saved)."""
+    """The figures `fdl ARGS` writes, by stem (as drawn, before they are saved). The tests read the figures, not
+    the files (`cheap_figures`): each test draws the figures it reads itself (`_assert_every_curve_in_sight`)."""
     from fdl_cli import figures
 
     drawn: dict[str, Any] = {}
@@ -85,6 +87,7 @@ def _assert_every_curve_in_sight(figure: Any) -> None:
     assert figure.bbox.contains(legend_box.x1 - 1, legend_box.y0 + 1)  # within the figure, not cut off
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the figures, not their files
 def test_compare_figures_keep_coinciding_curves_in_sight_and_the_legend_off_the_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,6 +104,7 @@ def test_compare_figures_keep_coinciding_curves_in_sight_and_the_legend_off_the_
     assert "overlap A·B" in labels and "A: CKA to reference (cka_init)" in labels
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the figures, not their files
 def test_report_trajectories_keep_a_frozen_runs_cka_and_overlap_in_sight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
