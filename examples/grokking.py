@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="300 steps, no grokking (smoke test)")
     parser.add_argument(
         "--no-report", action="store_true",
-        help="skip `fdl report --plots` (its 18 figure files take as much CPU as a --tiny run's training and analysis)",
+        help="skip `fdl report --plots` (its 18 figure files cost about as much CPU as the --tiny training and analysis)",
     )  # fmt: skip
     args = parser.parse_args()
     out: Path = args.out

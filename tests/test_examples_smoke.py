@@ -3,8 +3,8 @@
 At 300 steps the transformer has memorised but not grokked, so no direction of the finding is
 robust; the test checks that the whole path (training, checkpoints, `fdl analyze` on three probes,
 one without labels, the outcome file) ran and stored every checkpoint. It skips the example's
-`fdl report --plots` (`--no-report`): nothing here read its figures, a failed report is only a note
-in the example's output, and its 18 files cost as much CPU as the rest (the report's figures have
+`fdl report --plots` (`--no-report`): nothing here reads its figures, a failed report is only a note
+in the example's output, and its 18 files took a third of the test's CPU (the report's figures have
 tests of their own). The script runs as a warm child (tests/warm.py): nothing checked here depends
 on the interpreter's start-up, whose `import torch` was a tenth of the test's CPU.
 """
