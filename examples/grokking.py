@@ -1,6 +1,6 @@
 """Finding 4: D_LR falls when a transformer groks modular addition (paper: mod 97, 0.51 before -> 0.11 after).
 
-    python examples/grokking.py --out runs/grokking [--tiny]
+    python examples/grokking.py --out runs/grokking [--tiny] [--no-report]
 
 A one-layer transformer (d_model 64, 4 heads, MLP 256, no LayerNorm) learns (a + b) mod 23 from half
 of the 529 pairs, full batch, AdamW (lr 3e-3, weight decay 1, betas 0.9/0.98), 8000 steps. It
@@ -73,6 +73,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiny", action="store_true", help="300 steps, no grokking (smoke test)")
+    parser.add_argument(
+        "--no-report", action="store_true",
+        help="skip `fdl report --plots` (its 18 figure files cost about as much CPU as the --tiny training and analysis)",
+    )  # fmt: skip
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,8 @@ def main() -> None:
     records = run_fdl_analyze(
         folder, model=model_spec("build_transformer"), model_kwargs=model_kwargs, probes=probes, store=store
     )
-    try_fdl_report(store, out / "plots")
+    if not args.no_report:
+        try_fdl_report(store, out / "plots")
     plot_curves(
         out / "grokking.png",
         {"all pairs (unlabelled)": records["all"], "held-out pairs": records["test"]},

@@ -1,19 +1,24 @@
-"""Smoke test of the paper-reproduction examples: the grokking example at --tiny size (~15 s).
+"""Smoke test of the paper-reproduction examples: the grokking example at --tiny size (~10 s).
 
 At 300 steps the transformer has memorised but not grokked, so no direction of the finding is
 robust; the test checks that the whole path (training, checkpoints, `fdl analyze` on three probes,
-one without labels, the outcome file) ran and stored every checkpoint.
+one without labels, the outcome file) ran and stored every checkpoint. It skips the example's
+`fdl report --plots` (`--no-report`): nothing here reads its figures, a failed report is only a note
+in the example's output, and its 18 files took a third of the test's CPU (the report's figures have
+tests of their own). The script runs as a warm child (tests/warm.py): nothing checked here depends
+on the interpreter's start-up, whose `import torch` was a tenth of the test's CPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import sklearn  # noqa: F401 - a dev dependency the examples use: missing, the test fails
+
+from tests import warm
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -22,9 +27,9 @@ def test_grokking_tiny_runs_and_stores_every_checkpoint(tmp_path: Path) -> None:
     from fdl_cli.store import StoreReader
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "grokking.py"), "--out", str(tmp_path), "--tiny"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    done = warm.run(
+        [sys.executable, str(EXAMPLES / "grokking.py"), "--out", str(tmp_path), "--tiny", "--no-report"],
+        cwd=tmp_path, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
 

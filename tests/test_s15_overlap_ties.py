@@ -20,14 +20,16 @@ import pytest
 import sklearn  # noqa: F401 - a dev dependency: missing, the test fails
 import torch  # noqa: F401 - a hard dependency: missing, the test fails
 
+from tests import warm
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _example(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return subprocess.run([sys.executable, "-m", "examples.overlap_ties", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
+    # a warm child (tests/warm.py): a real process, exit status and streams its own, without its own `import torch`
+    return warm.run([sys.executable, "-m", "examples.overlap_ties", *args], cwd=REPO, env=env, timeout=300)
 
 
 def test_fast_runs_reproduce_the_study(tmp_path: Path) -> None:
