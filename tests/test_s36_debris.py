@@ -48,8 +48,8 @@ def _signals_reset() -> Iterator[None]:
     signals.terminated = False
 
 
-def _hit_at(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
-    """The next read of the group or dataset `name` (a path inside the store) meets the debris, once."""
+def _hit_at(monkeypatch: pytest.MonkeyPatch, name: str, error: Callable[[], Exception] = _debris) -> list[str]:
+    """The next read of the group or dataset `name` (a path inside the store) meets `error()` (the debris), once."""
     hits: list[str] = []
     get: Callable[..., Any] = h5py.Group._get  # what `group[key]` and `group.get(key)` call
 
@@ -57,7 +57,7 @@ def _hit_at(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
         found = get(self, key, *args, **kwargs)
         if not hits and getattr(found, "name", None) == name:
             hits.append(name)
-            raise _debris()
+            raise error()
         return found
 
     monkeypatch.setattr(h5py.Group, "_get", reading)
@@ -125,15 +125,12 @@ def test_fdl_report_interrupted_inside_h5py_says_interrupted_with_130(
 
 
 def test_a_system_error_of_no_interrupt_is_still_damage(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    get: Callable[..., Any] = h5py.Group._get
+    def damage() -> SystemError:
+        error = SystemError("<cyfunction x> returned a result with an exception set")
+        error.__cause__ = ValueError("bad bytes")
+        return error
 
-    def reading(self: h5py.Group, key: Any, *args: Any, **kwargs: Any) -> Any:
-        found = get(self, key, *args, **kwargs)
-        if getattr(found, "name", None) == "/checkpoints":
-            raise SystemError("<cyfunction x> returned a result with an exception set") from ValueError("bad bytes")
-        return found
-
-    monkeypatch.setattr(h5py.Group, "_get", reading)
+    _hit_at(monkeypatch, "/checkpoints", damage)
     with pytest.raises(StoreError, match="is damaged"):
         StoreReader(run)
 
