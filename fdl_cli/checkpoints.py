@@ -2085,7 +2085,8 @@ def _unpickled_tensors(obj: Any) -> Mapping[str, torch.Tensor] | None:
         return None
     try:
         state = module.state_dict()
-    except Exception:  # noqa: BLE001 - a pickled module's own state_dict() may fail: no fingerprint, the plain note
+    except Exception as exc:  # noqa: BLE001 - a pickled module's own state_dict() may fail: no fingerprint, the plain note
+        signals.through(exc)  # a Ctrl-C met in C code the module's state_dict() ran through: not its failure
         return None
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
@@ -2808,7 +2809,8 @@ def _extra_state_bytes(value: Any) -> bytes:
         return f"{type(value).__name__}:{value!r}".encode()
     try:
         return b"P" + pickle.dumps(value, protocol=4)
-    except Exception:  # noqa: BLE001 - unpicklable now: equal to nothing, so no copy is dropped for it
+    except Exception as exc:  # noqa: BLE001 - unpicklable now: equal to nothing, so no copy is dropped for it
+        signals.through(exc)  # a Ctrl-C met in the value's own __reduce__'s C code: not unpicklable
         return f"U{id(value)}".encode()
 
 
@@ -3734,7 +3736,8 @@ def _defined_by(factory: Any, folder: Path, *, links: bool) -> tuple[Any, str | 
             inner = (factory.func if isinstance(factory, functools.partial)
                      else factory.__func__ if isinstance(factory, types.MethodType)
                      else getattr(factory, "__wrapped__", None))
-        except Exception:  # noqa: BLE001 - a `__getattr__` of the folder's that raises: no wrapper
+        except Exception as exc:  # noqa: BLE001 - a `__getattr__` of the folder's that raises: no wrapper
+            signals.through(exc)
             inner = None
         if inner is None:
             break
@@ -3837,6 +3840,7 @@ def resolve_model_factory(
             _forget_model_file(module_name)
             raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
+            signals.through(exc)  # a Ctrl-C met in C code the user's code ran through: not its failure
             _forget_model_file(module_name)
             unreadable = isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == file
             fix = (_os_reason(file, exc)[1] if unreadable else shadowing_fix(exc)
@@ -3867,6 +3871,7 @@ def resolve_model_factory(
         except CompiledCodeError:
             raise
         except Exception as exc:  # noqa: BLE001 - user code can raise anything
+            signals.through(exc)  # a Ctrl-C met in C code the user's code ran through: not its failure
             raise ModelError(
                 f"{label}: cannot import {target}",
                 got=f"{type(exc).__name__}: {exc}{raised_at(exc)}",
@@ -4354,7 +4359,8 @@ def _defined_in(cls: type) -> str | None:
     even that raises."""
     try:
         name = type.__getattribute__(cls, "__module__")
-    except Exception:  # noqa: BLE001 - a metaclass's descriptor of __module__: a name not known, not a failed run
+    except Exception as exc:  # noqa: BLE001 - a metaclass's descriptor of __module__: a name not known, not a failed run
+        signals.through(exc)
         return None
     return name if isinstance(name, str) else None
 
@@ -4972,6 +4978,7 @@ def _call_factory(factory: Callable[..., nn.Module], kwargs: dict[str, Any] | No
     except CompiledCodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
+        signals.through(exc)  # a Ctrl-C met in C code the user's code ran through: not its failure
         memory = ("the model does not fit in this machine's memory: build a smaller one (--model-kwargs), or run on "
                   "a machine with more") if isinstance(exc, MemoryError) else None
         raise ModelError(
@@ -5124,7 +5131,8 @@ def _library_renamed(
     try:
         with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
             loaded = loader(None, config=config, state_dict=state, output_loading_info=True, dtype=torch.float32)
-    except Exception:  # noqa: BLE001 - a library's loader can raise anything; fdl's own error follows
+    except Exception as exc:  # noqa: BLE001 - a library's loader can raise anything; fdl's own error follows
+        signals.through(exc)  # not the loader's failure: a Ctrl-C met in its C code
         return None
     finally:
         logging.disable(disabled)
@@ -5153,7 +5161,8 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
         try:
             data = tensor.detach().to("cpu", torch.float32).contiguous()
             return tuple(data.shape), hashlib.sha256(data.numpy().tobytes()).hexdigest()
-        except Exception:  # noqa: BLE001 - a library's tensor can fail in any way; refused, not a traceback
+        except Exception as exc:  # noqa: BLE001 - a library's tensor can fail in any way; refused, not a traceback
+            signals.through(exc)
             return None
 
     def counted(tensors: Iterable[Any]) -> collections.Counter[tuple[tuple[int, ...], str] | None]:
@@ -5162,7 +5171,8 @@ def _all_from(converted: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
             if isinstance(tensor, torch.Tensor):
                 try:
                     identity: Any = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-                except Exception:  # noqa: BLE001 - no storage (meta, sparse): each one its own
+                except Exception as exc:  # noqa: BLE001 - no storage (meta, sparse): each one its own
+                    signals.through(exc)
                     identity = id(tensor)
                 unique[identity] = tensor
         return collections.Counter(digest(tensor) for tensor in unique.values())

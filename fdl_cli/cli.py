@@ -1812,8 +1812,14 @@ def _run(argv: list[str] | None) -> None:
     """`main`'s command, each way it can end said as the user should read it."""
     try:
         with signals.installed():
-            cli.main(args=argv, prog_name="fdl", standalone_mode=False)
-            sys.stdout.flush()  # here, not in the interpreter's last flush, where a failure is no error of fdl's
+            try:
+                cli.main(args=argv, prog_name="fdl", standalone_mode=False)
+                sys.stdout.flush()  # here, not in the interpreter's last flush, where a failure is no error of fdl's
+            except Exception as exc:
+                # the last net for a Ctrl-C that C code turned into its own error (a SystemError whose cause is the
+                # KeyboardInterrupt) where no handler on the way looked for one: "interrupted", not a traceback
+                signals.through(exc)
+                raise
     except click.exceptions.Abort:  # a Ctrl-C while click parses the command line: click wrote a blank line
         _say_interrupted(closing_line=False)
     except _Interrupted:

@@ -334,7 +334,8 @@ def outputs_made_from(model: nn.Module, inputs: torch.Tensor) -> frozenset[str] 
             # `x -= mean`): into the leaf itself, torch refuses
             given = inputs.detach().requires_grad_().clone() if inputs.is_floating_point() else inputs
             outputs = _output_tensor(model(given))
-    except Exception:  # noqa: BLE001 - the no_grad pass ran: the rule before this one stands
+    except Exception as exc:  # noqa: BLE001 - the no_grad pass ran: the rule before this one stands
+        signals.through(exc)  # a Ctrl-C met in C code the model's pass ran through: the run stops, no rule falls back
         return None
     finally:
         for handle in handles:
@@ -1394,6 +1395,7 @@ def _forward(model: nn.Module, x: Any, start: int, stop: int, *, device: torch.d
     except FdlError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own error, explained
+        signals.through(exc)  # not the model's error: a Ctrl-C met in C code its pass ran through
         if out_of_memory(exc):
             raise  # not the model's error: the pipeline says so, with what to do (`_memory_explained`)
         mixed = mixed_devices_error(exc, device)

@@ -154,6 +154,7 @@ def inspect_checkpoint(
             try:
                 forward(sample)
             except Exception as exc:
+                signals.through(exc)  # a Ctrl-C met in C code the model's pass ran through: no other input tried
                 # The first module registered need not be the first to run (a head declared before the
                 # embedding, a class embedding beside an image's convolutions): the other kind of input; nor
                 # the table the ids go to (positions before tokens): ids that every table holds.
@@ -164,7 +165,8 @@ def inspect_checkpoint(
                     linears_run.clear()
                     try:
                         forward(retry[0])
-                    except Exception:  # noqa: BLE001 - the next input, else the first one's error
+                    except Exception as again:  # noqa: BLE001 - the next input, else the first one's error
+                        signals.through(again)
                         continue
                     sample, sample_said = retry
                     break
@@ -173,6 +175,7 @@ def inspect_checkpoint(
     except ckpts.CompiledCodeError:  # the folder's, not the probe's: said as such, before any listing
         raise
     except Exception as exc:  # noqa: BLE001 - reported as "shapes unknown", not a crash
+        signals.through(exc)  # not unknown shapes: a Ctrl-C met in C code the model's pass ran through
         shape = tuple(sample.shape) if sample is not None else ()
         said = first_line(exc)
         at = ckpts.raised_at(exc)  # the model code's line, which no traceback shows

@@ -1858,6 +1858,7 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
         except FdlError:
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own error on this input, explained
+            signals.through(exc)  # not the model's error, nor the probe's: a Ctrl-C met in C code its pass ran through
             from fdl_cli.resources import out_of_memory
 
             if out_of_memory(exc):
