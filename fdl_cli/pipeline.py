@@ -509,6 +509,8 @@ class _Context:
     #: --watch: path -> the sha256 of the bytes of each of those fdl.toml files when last read ("" for none): one
     #: written again with the same bytes (a trainer that writes it at every save) is no change to say
     manifest_digests: dict[str, str] = field(default_factory=dict)
+    #: --watch: file -> how each file of the model's code was last looked at (`_check_model_code_changes`)
+    code_looks: dict[str, _CodeLook] | None = None
     #: the fdl.toml the run read (checkpoints.Manifest), None for none; and the options as given, before it
     manifest: Any = None
     #: the fdl.toml files read (`_read_manifests`): their own files are skipped without a note (`_note_skipped`)
@@ -2421,6 +2423,7 @@ def _analyze_refs(
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
                     _note_reference_gone(ctx, reference, refs)
                     _check_manifest_changes(ctx, manifest_dir)
+                    _check_model_code_changes(ctx)
                     _run_refs(ctx, refs, writer, summary, announce, reference, None, out)
         except BaseException:
             writer.hold_back_chance()  # before the flush below, which the `with` block's exit would come too late for
@@ -3771,6 +3774,68 @@ def _check_manifest_changes(ctx: _Context, base_dir: Path | None) -> None:
                           f"{used})" for key, value, used in changes)
         ctx.reporter.warn(f"{said}, and is not read{' again' if kind == 'changed' else ''}: it sets {shown}, and "
                           + (f"{kept}, as " if kind == "changed" else "") + _ONE_WAY)
+
+
+def _check_model_code_changes(ctx: _Context) -> None:
+    """--watch: a file of the model's code (`_model_code_files`) edited or removed while the watch runs, which it
+    said nothing of, the next run refused for it. The watch never imports that code again (each checkpoint runs
+    through the model built at its start, a pickled model's classes as imported then), so it goes on as it was,
+    its checkpoints recorded as that code's; the change is warned of once (a file that holds that code again, a
+    note), with what the same command does run again. Looked at by size and time at each poll, hashed once they
+    moved and settled."""
+    if ctx.code_looks is None:
+        ctx.code_looks = {file: _CodeLook(None, sha, sha) for file, sha in _model_code_files(ctx).items()}
+    now = time.time()
+    for file, look in ctx.code_looks.items():
+        signature = _signature_of(file)
+        if signature == look.signature or (
+            signature and not _settled(file, ctx.options.poll_seconds, now, ctx.settle_looks)
+        ):
+            continue  # unchanged, or being written: looked at again at the next poll
+        look.signature = signature
+        source = _file_source(Path(file)) if signature else None
+        digest = source[1] if source is not None else ""
+        if digest == look.said:
+            continue  # the bytes said last (its time moved alone)
+        look.said = digest
+        if digest == look.imported:
+            ctx.reporter.note(f"the model code {file} is again the one this watch runs (sha256 {digest[:16]}…)")
+            continue
+        kept = "the watch goes on running the code it started with, which its checkpoints are recorded as"
+        if not digest:
+            ctx.reporter.warn(
+                f"the model code {file} was removed (or cannot be read) while this watch runs: {kept}; "
+                "put it back before running the same command again"
+            )
+            continue
+        then = (
+            "the same command (--accept-model-change) records the change as a further one: only if it leaves the "
+            "numbers as they were, else restore the file"
+            if ctx.options.accept_model_change
+            else "the same command is refused for the change: restore the file, or add --accept-model-change if it "
+            "leaves the numbers as they were"
+        )
+        ctx.reporter.warn(
+            f"the model code {file} changed while this watch runs (sha256 {digest[:16]}… now, {look.imported[:16]}… "
+            f"when it started): {kept}; run again, {then}, or re-analyse everything with --overwrite (or another --out)"
+        )
+
+
+@dataclass
+class _CodeLook:
+    """--watch: a file of the model's code as last looked at (`_check_model_code_changes`)."""
+
+    signature: str | None  # its size and time ("" for none); None before the first look
+    imported: str  # the sha256 of the code this run imported
+    said: str  # the sha256 last said of ("" for a file removed), at first the imported one
+
+
+def _model_code_files(ctx: _Context) -> dict[str, str]:
+    """file -> sha256, as this run imported it, of each file of the model's code whose edit a resume refuses
+    (`_check_reference_of_store`): the factory's, the --model spec's, the modules of their folder and of a pickled
+    model's code (`_model_code`)."""
+    sources = [ctx.model_source, ctx.spec_source, *(_model_code(ctx) or {}).values()]
+    return {file: sha for file, sha in (source for source in sources if source is not None)}
 
 
 def _manifest_changes(ctx: _Context, manifest: Any, base_dir: Path | None) -> list[tuple[str, str | None, str]]:
