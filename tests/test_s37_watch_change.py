@@ -55,7 +55,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Steps 0 and 10 stored with model code A; model.py then edited (a comment: code B), and watched with the flag
     while steps 20, 30 and 40 arrive and model.py is edited again (code C, which raises if anything imports it);
     then, model.py B again, watched with the flag while step 50 arrives (nothing changed); then watched without
-    the flag while model.py is edited (a comment) and restored. What each said, and the store after each."""
+    the flag while model.py is edited (a comment), removed and restored. What each said, and the store after each."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COLUMNS", "1000")  # each message on one line
         root = _run_folder(tmp_path_factory.mktemp("watch"))
@@ -101,6 +101,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             root,
             [
                 lambda: _write_settled(model, code_b + "# another comment\n"),
+                lambda: None,
+                model.unlink,  # then removed (a checkout of another branch, midway)
                 lambda: None,
                 lambda: _write_settled(model, code_b),
             ],
@@ -165,7 +167,7 @@ def test_a_watch_of_unchanged_code_with_the_flag_records_and_says_nothing_of_it(
     assert changes == watched["after_first"][1] and provenance["model_sha256"] == watched["B"]
 
 
-def test_a_plain_watch_warns_of_an_edit_once_and_notes_its_undoing(watched: dict[str, Any]) -> None:
+def test_a_plain_watch_warns_of_an_edit_and_a_removal_once_each_and_notes_the_undoing(watched: dict[str, Any]) -> None:
     model, b = watched["model"], watched["B"]
     code, said = watched["plain"]
     assert code == 130 and "Traceback" not in said
@@ -175,5 +177,11 @@ def test_a_plain_watch_warns_of_an_edit_once_and_notes_its_undoing(watched: dict
         f"same command is refused for the change: restore the file, or add {FLAG} if it leaves the numbers as they "
         "were, or re-analyse everything with --overwrite (or another --out)"
     ) in said
+    removed = (
+        f"warning: the model code {model} was removed (or cannot be read) while this watch runs: the watch goes on "
+        "running the code it started with, which its checkpoints are recorded as; put it back before running the "
+        "same command again"
+    )
+    assert said.count(removed) == 1 and said.index(removed) > said.index("changed while this watch runs"), said
     assert said.count(f"note: the model code {model} is again the one this watch runs (sha256 {b[:16]}…)") == 1
     assert watched["after_plain"] == watched["after_unchanged"]
