@@ -101,7 +101,7 @@ def _direct(
             del store
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(command, status, _text(out.read()), _text(err.read()))
+        return subprocess.CompletedProcess(command, status, warm.decoded(out.read()), warm.decoded(err.read()))
 
 
 def _monitor(ranks: Sequence[warm.WarmProcess], deadline: float) -> int:
@@ -130,7 +130,3 @@ def _signal(rank: warm.WarmProcess, sig: signal.Signals) -> None:
     """`sig` to the rank's process group (its session), as torchrun's agent sends it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(rank.pid, sig)
-
-
-def _text(data: bytes) -> str:
-    return data.decode(errors="replace").replace("\r\n", "\n")

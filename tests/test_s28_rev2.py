@@ -42,13 +42,26 @@ import asyncio, signal
 LOOP = None
 
 
+def _wait(until, seconds):
+    end = time.monotonic() + seconds
+    while not until() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 class Slow(nn.Sequential):
-    """Step 2's first forward pass takes 3 s, in Python (a handler that raises nothing does not cut a sleep short)."""
+    """Step 2's first forward pass waits in Python (a handler that raises nothing does not cut a sleep short): until
+    the test has sent its signal and written `sent` (bounded: a test that never does fails, it does not hang), then
+    `after_s` more, or less once fdl has heard the signal (`terminated`) where `until_heard`. A fixed 3 s from `stuck`
+    on was a window that a loaded machine missed: the signal came once the pass was over, step 2 analysed."""
+
+    after_s, until_heard = 3.0, False
 
     def forward(self, x):
         if _at_step_2(self) and not os.path.exists(os.path.join(HERE, "slept")):
             open(os.path.join(HERE, "slept"), "w").close()
-            time.sleep(3.0)
+            _wait(lambda: os.path.exists(os.path.join(HERE, "sent")), 120)
+            fdl = sys.modules["fdl_cli.signals"]
+            _wait(lambda: self.until_heard and fdl.terminated, self.after_s)
         return super().forward(x)
 
 
@@ -57,11 +70,14 @@ def slow():
 
 
 def term_loop():
-    """A build that leaves an asyncio loop open with a SIGTERM handler of its own."""
+    """A build that leaves an asyncio loop open with a SIGTERM handler of its own; its pass waits for fdl to hear
+    the SIGTERM (up to 30 s: fdl deaf to it, the pass returns and the run goes on to its end)."""
     global LOOP
     LOOP = asyncio.new_event_loop()
     LOOP.add_signal_handler(signal.SIGTERM, lambda: None)
-    return Slow(*_layers())
+    model = Slow(*_layers())
+    model.after_s, model.until_heard = 30.0, True
+    return model
 '''
 
 
@@ -102,6 +118,7 @@ def test_a_sigterm_of_a_program_running_fdl_in_process_is_its_own_not_fdls(
     started.append(process)
     _wait_for(process, run_dir / "stuck", run_dir)
     process.send_signal(signal.SIGTERM)
+    (run_dir / "sent").touch()  # the pass goes on 3 s more: past the 0.5 s grace, fdl's watcher would have ended it
     status, err = _ended(process, run_dir)
     assert status == 0 and err.rstrip().endswith("exit 0 heard 1"), err
 

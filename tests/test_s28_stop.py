@@ -66,8 +66,8 @@ def _hang_in_c():
 
 def _swallow_one():
     """Wait, take the KeyboardInterrupt of the signal and go on (a retry loop with a bare except)."""
-    _mark("stuck")
     try:
+        _mark("stuck")  # marked where the signal is taken: one that comes as the mark is made is swallowed too
         time.sleep(600)
     except BaseException:
         _mark("swallowed")

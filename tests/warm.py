@@ -366,11 +366,11 @@ def run(
             raise
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess([str(arg) for arg in argv], status, _text(out.read()), _text(err.read()))
+        return subprocess.CompletedProcess([str(arg) for arg in argv], status, decoded(out.read()), decoded(err.read()))
 
 
-def _text(data: bytes) -> str:
-    """As `text=True` decodes: the locale's encoding (UTF-8 here), universal newlines."""
+def decoded(data: bytes) -> str:
+    """As `text=True` decodes: the locale's encoding (UTF-8 here), universal newlines (also for `ranks`)."""
     return data.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
