@@ -34,6 +34,24 @@ def test_folders_of_one_checkpoint_each_holding_global_steps_are_not_told_to_tak
     assert "--step-regex" not in said
 
 
+def test_folders_of_one_checkpoint_each_holding_only_epochs_are_told_to_take_the_steps_from_their_names(
+    tmp_path: Path,
+) -> None:
+    """`step_N/model.pt` holding only an epoch: an epoch is no step of the file's own (docs/usage.md, "Epochs only"),
+    so the names' steps are the ones to take, whichever folder the advice reads."""
+    run = tmp_path / "run"
+    for epoch, step in enumerate((0, 50, 100)):
+        (run / f"step_{step}").mkdir(parents=True)
+        torch.save(
+            {"model_state_dict": {"weight": torch.full((2, 3), float(epoch))}, "epoch": epoch},
+            run / f"step_{step}" / "model.pt",
+        )
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "run.h5", cwd=tmp_path)
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert f"fdl analyze {run}/step_* --step-regex 'step_(\\d+)/' ..." in said, said
+
+
 # ------------------------------------------------------------------ analyze --json stopped by Ctrl-C / SIGTERM
 
 
