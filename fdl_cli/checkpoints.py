@@ -2053,8 +2053,11 @@ def _raise_none_found(
         if nested:
             got = ("" if got == "nothing" else got + "; ") + (
                 "one checkpoint in each of the sub-folders " + first_few(folders, 3))
-        held = _held_step(folders[0]) if not stepless else None
-        if held is not None and held[1] != _name_step(folders[0]):
+        # the last folder's: the first is often step 0 (the initialisation), where a held global_step 0 and the
+        # 0 of `epoch_0` agree by chance
+        held = _held_step(folders[-1]) if not stepless else None
+        # an epoch is no step of the file's own ("Epochs only"): the names' numbers are the steps to take
+        if held is not None and "epoch" not in held[0] and held[1] != _name_step(folders[-1]):
             # nanoGPT's out1/ckpt.pt: the file holds its step (iter_num), which --step-regex would override
             fix = f"pass the folders, whose checkpoints hold their steps ({held[0]}): fdl analyze {where_folders} ..."
         else:

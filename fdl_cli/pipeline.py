@@ -12,6 +12,7 @@ Beside it: the options (options.py), fdl.toml (manifests.py), torchrun's ranks a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -2362,34 +2363,47 @@ def _analyze_refs(
                 ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
             )
         announced: set[int] = set()
+        # Durable entries not yet counted, and records not yet printed: a Ctrl-C or SIGTERM that landed in a record's
+        # print stopped the loop, and the rest of the commit's checkpoints, stored, were neither printed nor counted.
+        # Each entry is counted, and each record printed, whole (the signal held back meanwhile, then raised); what
+        # is left stays queued for the next announce (the `finally` below).
+        uncounted: collections.deque[tuple[CheckpointEntry, bool]] = collections.deque()
+        unprinted: collections.deque[dict[str, Any]] = collections.deque()
+
+        def count(entry: CheckpointEntry, refreshed: bool) -> None:
+            # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
+            # later but lies before it in step order gave it a new previous checkpoint), is updated, not
+            # analysed again; its record is printed again, with the new values.
+            if entry.file_signature:
+                ctx.read_signatures[(entry.path, entry.step)] = entry.file_signature
+            if entry.series_only:  # a stored checkpoint given the series added to the store: partly analysed
+                summary.added.append(entry.step)
+                announced.add(entry.step)
+            elif entry.step in summary.already or entry.step in summary.lacking or entry.step in announced \
+                    or refreshed:
+                summary.refreshed.append(entry.step)
+            else:
+                summary.analysed.append(entry.step)
+                announced.add(entry.step)
+                if entry.step in ctx.redo:
+                    summary.redone.append(entry.step)
+                    if entry.sha256 == ctx.redo_sha256.get(entry.step):  # hashed to analyse it: no extra read
+                        ctx.reporter.note(
+                            f"--redo {entry.step}: the file of step {entry.step} is the one stored (same sha256 "
+                            f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
+                            "but where fdl, torch, the device, --batch-size or the thread count differ from "
+                            "those that stored it (or the stored arrays were damaged)")
+            if on_record is not None:
+                unprinted.extend(entry_records(entry, **shape))
 
         def announce(entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
-            for entry in entries:
-                # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
-                # later but lies before it in step order gave it a new previous checkpoint), is updated, not
-                # analysed again; its record is printed again, with the new values.
-                if entry.file_signature:
-                    ctx.read_signatures[(entry.path, entry.step)] = entry.file_signature
-                if entry.series_only:  # a stored checkpoint given the series added to the store: partly analysed
-                    summary.added.append(entry.step)
-                    announced.add(entry.step)
-                elif entry.step in summary.already or entry.step in summary.lacking or entry.step in announced \
-                        or refreshed:
-                    summary.refreshed.append(entry.step)
-                else:
-                    summary.analysed.append(entry.step)
-                    announced.add(entry.step)
-                    if entry.step in ctx.redo:
-                        summary.redone.append(entry.step)
-                        if entry.sha256 == ctx.redo_sha256.get(entry.step):  # hashed to analyse it: no extra read
-                            ctx.reporter.note(
-                                f"--redo {entry.step}: the file of step {entry.step} is the one stored (same sha256 "
-                                f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
-                                "but where fdl, torch, the device, --batch-size or the thread count differ from "
-                                "those that stored it (or the stored arrays were damaged)")
-                if on_record is not None:
-                    for record in entry_records(entry, **shape):
-                        on_record(record)
+            uncounted.extend((entry, refreshed) for entry in entries)
+            while uncounted:
+                with signals.deferred():
+                    count(*uncounted.popleft())
+            while unprinted and on_record is not None:
+                with signals.deferred():
+                    on_record(unprinted.popleft())
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         if ctx.drop:

@@ -1,0 +1,103 @@
+"""A first-time user's real training run (digits, a CNN, checkpoints saved the ways people save them), the defects it
+met, each pinned by what the user sees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fdl_cli import cli, signals
+from tests.cli_run import fdl_in_process
+from tests.test_s27_compat import _run
+
+
+def test_folders_of_one_checkpoint_each_holding_global_steps_are_not_told_to_take_epochs_from_names(tmp_path: Path) -> None:
+    """A Lightning-like loop saving `epoch_E/last.ckpt` ({"state_dict": {"model.…"}, "global_step", "epoch"}) from
+    epoch 0, the initialisation: its first folder's global_step 0 equals the 0 of its name, and the fix told the
+    user `--step-regex 'epoch_(\\d+)/'`, which stores the run at its epochs over the steps its files hold (a compare
+    with a run stored by steps then matches step 0 alone). The fix names the folders alone, as the docs say."""
+    run = tmp_path / "run"
+    for epoch in range(3):
+        (run / f"epoch_{epoch}").mkdir(parents=True)
+        torch.save(
+            {"state_dict": {"model.weight": torch.full((2, 3), float(epoch))}, "global_step": 22 * epoch, "epoch": epoch},
+            run / f"epoch_{epoch}" / "last.ckpt",
+        )
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "run.h5", cwd=tmp_path)
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert (
+        f"fix: pass the folders, whose checkpoints hold their steps (global_step): fdl analyze {run}/epoch_* ..." in said
+    ), said
+    assert "--step-regex" not in said
+
+
+def test_folders_of_one_checkpoint_each_holding_only_epochs_are_told_to_take_the_steps_from_their_names(
+    tmp_path: Path,
+) -> None:
+    """`step_N/model.pt` holding only an epoch: an epoch is no step of the file's own (docs/usage.md, "Epochs only"),
+    so the names' steps are the ones to take, whichever folder the advice reads."""
+    run = tmp_path / "run"
+    for epoch, step in enumerate((0, 50, 100)):
+        (run / f"step_{step}").mkdir(parents=True)
+        torch.save(
+            {"model_state_dict": {"weight": torch.full((2, 3), float(epoch))}, "epoch": epoch},
+            run / f"step_{step}" / "model.pt",
+        )
+    done = fdl_in_process("analyze", run, "--out", tmp_path / "run.h5", cwd=tmp_path)
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert f"fdl analyze {run}/step_* --step-regex 'step_(\\d+)/' ..." in said, said
+
+
+# ------------------------------------------------------------------ analyze --json stopped by Ctrl-C / SIGTERM
+
+
+def _stored_steps(out: Path) -> list[int]:
+    done = fdl_in_process("report", out, "--json")
+    assert done.returncode == 0, done.stderr
+    return sorted(record["step"] for record in json.loads(done.stdout))
+
+
+def _printed_steps(stdout: str) -> list[int]:
+    return sorted(json.loads(line)["step"] for line in stdout.splitlines())
+
+
+def test_a_ctrl_c_while_records_are_printed_leaves_none_of_the_batch_unprinted(tmp_path, monkeypatch) -> None:
+    """`fdl analyze --json` stopped by Ctrl-C or SIGTERM while it printed the records of one commit (in the flush of
+    stdout after step 10's): the rest of that commit's checkpoints were stored but neither printed nor counted (a run
+    of 8 said `1 checkpoint analysed`, printed one record and stored 4), so a `| jq` consumer, and the resume that
+    finds them stored, never saw them. With commits throttled (--commit-interval), steps 10 and 20 are one commit."""
+    ckpts = _run(tmp_path, (0, 10, 20))
+    emit = cli._emit_json
+
+    def interrupted_emit(obj, stream=None):
+        emit(obj, stream)
+        if isinstance(obj, dict) and obj.get("step") == 10 and not getattr(interrupted_emit, "done", False):
+            interrupted_emit.done = True  # type: ignore[attr-defined]
+            raise signals.Interrupted
+
+    monkeypatch.setattr(cli, "_emit_json", interrupted_emit)
+    out = tmp_path / "run.h5"
+    done = fdl_in_process(
+        "analyze",
+        ckpts,
+        "--model",
+        f"{tmp_path}/model.py:build",
+        "--probe",
+        tmp_path / "probe.npz",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--json",
+        "--commit-interval",
+        "1000",
+    )
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _stored_steps(out) == [0, 10, 20]
+    assert _printed_steps(done.stdout) == [0, 10, 20]
+    assert "3 checkpoints analysed" in done.stderr, done.stderr
