@@ -2402,7 +2402,7 @@ def _analyze_refs(
                 with signals.deferred():
                     count(*uncounted.popleft())
             while unprinted and on_record is not None:
-                with signals.deferred():
+                with signals.deferred(second_through=True):  # a second Ctrl-C: where stdout's reader reads nothing
                     on_record(unprinted.popleft())
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)

@@ -160,15 +160,19 @@ def held() -> Iterator[None]:
 class Deferred:
     """The SIGINT or SIGTERM that `deferred` kept back, if one came; `deliver` raises it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, second_through: bool = False) -> None:
         self.signum: int | None = None
         self.handlers: dict[int, Any] = {}  # signum -> the Python handler `deferred` replaced
+        self.second_through = second_through  # a second signal is delivered when it comes (`deferred`)
 
     def record(self, signum: int, frame: FrameType | None) -> None:
         # One is delivered: the first, but a SIGTERM after a Ctrl-C wins (a scheduler's kill after the user's
         # Ctrl-C wants the job gone, and reads 143), as it does outside a commit (`_on_sigint`)
+        again = self.signum is not None
         if self.signum is None or signum == signal.SIGTERM:
             self.signum = signum
+        if again and self.second_through:
+            self.deliver()
 
     def deliver(self) -> None:
         """Run the replaced handler of the signal that came (fdl's raises its KeyboardInterrupt), once."""
@@ -178,10 +182,12 @@ class Deferred:
 
 
 @contextmanager
-def deferred() -> Iterator[Deferred]:
+def deferred(*, second_through: bool = False) -> Iterator[Deferred]:
     """Keep SIGINT and SIGTERM from raising for the duration, in the main thread: a signal that comes is
     recorded, and its handler runs when the caller `deliver`s it at a safe point, or on the way out. Of several,
-    one is delivered: the first, or a SIGTERM that came after a SIGINT (exit status 143, as outside).
+    one is delivered: the first, or a SIGTERM that came after a SIGINT (exit status 143, as outside); with
+    `second_through`, when the second comes (a print to a pipe that its reader does not empty, `fdl analyze --json
+    | less`, waits for ever: a second Ctrl-C stops it there, as it did any print before).
 
     For a store's commit in the main thread (`StoreWriter.flush`, `close`): HDF5 writes the copy by calling
     Python (`store._GuardedFile`), and a KeyboardInterrupt raised there failed HDF5's write, which printed
@@ -189,7 +195,7 @@ def deferred() -> Iterator[Deferred]:
     segmentation fault, the copy and the lock file left behind. Only Python handlers are replaced (a
     signal left at its default still ends the process); the mask is not used, since a signal blocked in
     the main thread is taken by another thread and its Python handler still runs in the main thread."""
-    held_back = Deferred()
+    held_back = Deferred(second_through=second_through)
     if threading.current_thread() is not threading.main_thread():
         yield held_back
         return

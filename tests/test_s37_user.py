@@ -101,3 +101,83 @@ def test_a_ctrl_c_while_records_are_printed_leaves_none_of_the_batch_unprinted(t
     assert _stored_steps(out) == [0, 10, 20]
     assert _printed_steps(done.stdout) == [0, 10, 20]
     assert "3 checkpoints analysed" in done.stderr, done.stderr
+
+
+def _analyze_json(tmp_path: Path, ckpts: Path, out: Path):
+    return fdl_in_process(
+        "analyze", ckpts, "--model", f"{tmp_path}/model.py:build", "--probe", tmp_path / "probe.npz", "-o", out,
+        "--device", "cpu", "--json", "--commit-interval", "1000",
+    )
+
+
+def _emitting(monkeypatch, signals_at_step_10: int) -> list[str]:
+    """`cli._emit_json` met by `signals_at_step_10` real SIGINTs (fdl's handler in place) as it prints step 10's
+    record, before writing a byte of it, as where the print waits on a pipe its reader does not empty. What it
+    did: "printed" once the print went on past the signals."""
+    import signal
+
+    emit, did = cli._emit_json, []
+
+    def emitting(obj, stream=None):
+        if isinstance(obj, dict) and obj.get("step") == 10 and not did:
+            did.append("signalled")
+            for _ in range(signals_at_step_10):
+                signal.raise_signal(signal.SIGINT)
+            did.append("printed")
+        emit(obj, stream)
+
+    monkeypatch.setattr(cli, "_emit_json", emitting)
+    return did
+
+
+def test_one_ctrl_c_during_a_records_print_lets_it_end_whole_then_stops(tmp_path, monkeypatch) -> None:
+    ckpts = _run(tmp_path, (0, 10, 20))
+    did = _emitting(monkeypatch, 1)
+    done = _analyze_json(tmp_path, ckpts, tmp_path / "run.h5")
+    monkeypatch.undo()
+    assert done.returncode == 130 and did == ["signalled", "printed"], done.stderr
+    assert _printed_steps(done.stdout) == [0, 10, 20] and _stored_steps(tmp_path / "run.h5") == [0, 10, 20]
+    assert done.stderr.strip().splitlines()[-1].startswith("interrupted: "), done.stderr
+
+
+def test_a_second_ctrl_c_during_a_records_print_stops_it_there(tmp_path, monkeypatch) -> None:
+    """A print that waits for ever (`fdl analyze --json | less`, scrolled no further, its Ctrl-C fdl's too): the
+    first Ctrl-C waits for the record, the second stops fdl in the print, which never went on. The others are
+    printed in the way out, every checkpoint stored."""
+    ckpts = _run(tmp_path, (0, 10, 20))
+    did = _emitting(monkeypatch, 2)
+    done = _analyze_json(tmp_path, ckpts, tmp_path / "run.h5")
+    monkeypatch.undo()
+    assert done.returncode == 130 and did == ["signalled"], done.stderr
+    assert _printed_steps(done.stdout) == [0, 20] and _stored_steps(tmp_path / "run.h5") == [0, 10, 20]
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("interrupted: ")
+
+
+def test_deferred_signals_one_delivered_on_the_way_out_or_the_second_at_once() -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signals._on_sigint)
+    try:
+        reached = []
+        try:
+            with signals.deferred():
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+                reached.append("end of the block")
+        except signals.Interrupted:
+            reached.append("delivered")
+        assert reached == ["end of the block", "delivered"]
+        reached.clear()
+        try:
+            with signals.deferred(second_through=True):
+                signal.raise_signal(signal.SIGINT)
+                reached.append("past the first")
+                signal.raise_signal(signal.SIGINT)
+                reached.append("past the second")
+        except signals.Interrupted:
+            reached.append("delivered")
+        assert reached == ["past the first", "delivered"]
+        assert signal.getsignal(signal.SIGINT) is signals._on_sigint  # the handler given back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signals._pending = False
