@@ -121,7 +121,8 @@ MOVEMENT = ("cka_static", "overlap_static", "overlap_moved")
 #: when deciding which run is richer. Measured (session 21) on the sample run (25 checkpoints) and on a wider
 #: LayerNorm/GELU MLP (6 checkpoints, two layers), each analysed again: in bfloat16 |Δ D_LR| reached 2.3e-4, in
 #: float16 3.9e-5, with another --batch-size 4e-9. A run called richer by less was rounding's, not training's;
-#: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034).
+#: 1e-3 keeps ~4x that margin and stays below the smallest gap the paper tells apart (0.031 vs 0.034). Not a bound:
+#: a small CNN's initialisation moved by 0.0107 in bfloat16 (docs/measures.md, "Tie tolerance").
 DLR_TIE = 1e-3
 #: The thresholds `fdl compare --threshold NAME=VALUE` takes, with their defaults: its own dlr_tie, then the movement
 #: thresholds it shares with classify (`MOVEMENT`, defaults from `Thresholds`). Here, in the pure core: classify names
