@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fdl_cli.errors import CheckpointError, FdlError, ModelError, first_line, shown_path
-from fdl_cli.manifests import _manifest_kwargs
+from fdl_cli.manifests import _manifest_kwargs, _note_unread_manifest
 from fdl_cli.options import AnalyzeOptions
 from fdl_cli.pipeline import _check_manifest_probes, _other_model_file
 from fdl_cli.progress import NullReporter
@@ -66,6 +66,11 @@ def inspect_checkpoint(
     ref = discovery.checkpoints[0]
     folder = path if path.is_dir() else path.parent
     manifest = ckpts.read_manifest(folder)
+    if manifest is None:  # one folder per step given (`fdl inspect run/checkpoint-500`): the fdl.toml above it is not
+        above = NullReporter()  # read, said as analyze says it (the listing's advice names the folder given)
+        _note_unread_manifest([folder], above)
+        for note in above.notes:
+            ckpts.say_on_stderr(note)
     spec = model_spec or (manifest.model if manifest else None)
     kwargs = AnalyzeOptions.from_cli(sources=(checkpoint,), model_kwargs=model_kwargs).model_kwargs
     kwargs_notes = NullReporter()

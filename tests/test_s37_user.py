@@ -181,3 +181,27 @@ def test_deferred_signals_one_delivered_on_the_way_out_or_the_second_at_once() -
     finally:
         signal.signal(signal.SIGINT, previous)
         signals._pending = False
+
+
+# ------------------------------------------------------------------ fdl inspect of one folder of a run's
+
+
+def test_inspect_of_one_checkpoint_folder_says_the_runs_fdl_toml_above_it_is_not_read(tmp_path: Path) -> None:
+    """`fdl inspect runH/checkpoint-22` listed the tensors and advised adding the model to
+    runH/checkpoint-22/fdl.toml, silent of runH/fdl.toml, which names it; `fdl analyze runH/checkpoint-*` says it
+    is not read (the fdl.toml of a folder given is read, not of the folder above)."""
+    run = tmp_path / "runH"
+    for step in (0, 22):
+        (run / f"epoch_{step}").mkdir(parents=True)
+        torch.save({"state_dict": {"weight": torch.full((2, 3), float(step))}, "global_step": step},
+                   run / f"epoch_{step}" / "last.ckpt")
+    (run / "fdl.toml").write_text('model = "model.py:build"\n')
+    note = (f"note: {run / 'fdl.toml'} is not read: fdl reads the fdl.toml of a folder given, or of the folder of "
+            "the files given, not of the folder above them")
+    for given in (run / "epoch_22", run / "epoch_22" / "last.ckpt"):
+        done = fdl_in_process("inspect", given, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert note in " ".join(done.stderr.split()), done.stderr
+    (run / "epoch_22" / "fdl.toml").write_text("")  # the folder given holds one: that one is read, no note
+    done = fdl_in_process("inspect", run / "epoch_22", cwd=tmp_path)
+    assert done.returncode == 0 and "is not read" not in done.stderr, done.stderr
