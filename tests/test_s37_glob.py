@@ -20,30 +20,28 @@ from tests.cli_run import fdl_in_process
 from tests.test_prev_walkback import _arrive, _polls
 from tests.tiny_models import mlp
 
-SMALL = ("--model", "tests.tiny_models:mlp", "--device", "cpu", "--top-k", "4", "--anchor-size", "16",
-         "--batch-size", "16")
+SMALL = ("--model", "tests.tiny_models:mlp", "--device", "cpu", "--top-k", "4", "--anchor-size", "16", "--batch-size", "16")
 
 
 def _epochs(root: Path, epochs: range, *, steps: bool = True) -> Path:
     """root/probe.npz and root/runL/epoch_E/last.ckpt, a training-loop dict holding global_step 10 E (a state_dict
     alone, no step, without `steps`)."""
     root.mkdir(parents=True, exist_ok=True)
-    np.savez(root / "probe.npz", x=np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32),
-             y=np.arange(24) % 3)
+    np.savez(root / "probe.npz", x=np.random.default_rng(0).normal(size=(24, 4)).astype(np.float32), y=np.arange(24) % 3)
     for epoch in epochs:
         folder = root / "runL" / f"epoch_{epoch}"
         folder.mkdir(parents=True)
         weights = mlp(seed=epoch).state_dict()
-        torch.save({"state_dict": weights, "epoch": epoch, "global_step": 10 * epoch} if steps else weights,
-                   folder / "last.ckpt")
+        torch.save(
+            {"state_dict": weights, "epoch": epoch, "global_step": 10 * epoch} if steps else weights, folder / "last.ckpt"
+        )
     return root / "runL"
 
 
 def _stored(store: Path) -> dict[int, str]:
     """step -> the checkpoint's path, as the store records it."""
     with h5py.File(store, "r") as handle:
-        return {int(name.removeprefix("step_")): handle["checkpoints"][name].attrs["path"]
-                for name in handle["checkpoints"]}
+        return {int(name.removeprefix("step_")): handle["checkpoints"][name].attrs["path"] for name in handle["checkpoints"]}
 
 
 def _said(done: object) -> str:
@@ -64,11 +62,15 @@ def test_a_quoted_pattern_analyses_what_the_shell_s_expansion_does_into_fdl_h5(r
     assert done.returncode == 0, done.stderr
     assert "3 checkpoints analysed" in done.stderr
     assert sorted(path.name for path in root.glob("*.h5")) == ["fdl.h5"]
-    shell = fdl_in_process("analyze", *(f"runL/epoch_{epoch}" for epoch in range(3)), "--probe", "probe.npz",
-                           "-o", "shell.h5", *SMALL, cwd=root)
+    shell = fdl_in_process(
+        "analyze", *(f"runL/epoch_{epoch}" for epoch in range(3)), "--probe", "probe.npz", "-o", "shell.h5", *SMALL, cwd=root
+    )
     assert shell.returncode == 0, shell.stderr
-    assert _stored(root / "fdl.h5") == _stored(root / "shell.h5") == {
-        step: f"runL/epoch_{step // 10}/last.ckpt" for step in (0, 10, 20)}
+    assert (
+        _stored(root / "fdl.h5")
+        == _stored(root / "shell.h5")
+        == {step: f"runL/epoch_{step // 10}/last.ckpt" for step in (0, 10, 20)}
+    )
 
 
 def test_a_pattern_that_matches_nothing_is_an_error_and_an_existing_path_is_taken_literally(root: Path) -> None:
@@ -99,8 +101,10 @@ def test_the_folder_above_one_folder_per_step_tells_the_quoted_pattern_under_wat
     _epochs(tmp_path, range(2), steps=False)
     done = fdl_in_process("analyze", "runL", "--watch", "--probe", "probe.npz", *SMALL, cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert ("fix: one folder per step: pass the folders and take the steps from their names: fdl analyze "
-            "'runL/epoch_*' --watch --step-regex 'epoch_(\\d+)/' ...") in _said(done)
+    assert (
+        "fix: one folder per step: pass the folders and take the steps from their names: fdl analyze "
+        "'runL/epoch_*' --watch --step-regex 'epoch_(\\d+)/' ..."
+    ) in _said(done)
     plain = fdl_in_process("analyze", "runL", "--probe", "probe.npz", *SMALL, cwd=tmp_path)
     assert "fdl analyze runL/epoch_* --step-regex" in _said(plain)  # without --watch, the shell's form
 
@@ -118,8 +122,9 @@ def test_watch_expands_the_pattern_at_each_poll(tmp_path: Path, monkeypatch: pyt
             _arrive(held / f"epoch_{epoch}", run / f"epoch_{epoch}", "last.ckpt")
 
     with _polls(monkeypatch, lambda: arrive(0, 1), lambda: None, lambda: arrive(2), lambda: None):
-        done = fdl_in_process("analyze", "runL/epoch_*", "--watch", "--poll", "0.1", "--probe", "probe.npz",
-                              *SMALL, cwd=tmp_path)
+        done = fdl_in_process(
+            "analyze", "runL/epoch_*", "--watch", "--poll", "0.1", "--probe", "probe.npz", *SMALL, cwd=tmp_path
+        )
     said = _said(done)
     assert done.returncode == 130, said  # stopped by Ctrl-C after the last poll
     assert "note: runL/epoch_* matches nothing yet" in said and "does not exist yet" not in said
