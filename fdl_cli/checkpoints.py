@@ -1618,9 +1618,15 @@ def is_pattern(source: str | Path) -> bool:
     """Whether a checkpoint source given as an argument is a pattern fdl expands itself: it does not exist and
     holds glob magic (* ? [), as the quoted `fdl analyze 'run/epoch_*' --watch` gives it, which --watch expands
     again at each poll (the shell expands `run/epoch_*` once). A path that exists is taken as it is, a `*` in its
-    name too."""
+    name too, and one that cannot be looked at (a closed folder above it) is reported as the path it is."""
     text = str(source)
-    return text != "-" and has_magic(text) and not os.path.lexists(text)
+    if text == "-" or not has_magic(text):
+        return False
+    try:
+        os.lstat(text)
+    except OSError as exc:
+        return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+    return False
 
 
 def expand_sources(sources: Sequence[str | Path], *, notes: list[str] | None = None,
