@@ -1999,9 +1999,10 @@ def discover_checkpoints(
                      "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them or their "
                      "folders of one checkpoint each)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
-    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
+    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards, nor one folder per step
+    # of files without a step ('run/epoch_*/last.ckpt' wants --step-regex): that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
-    if below is not None and not below[0]:
+    if below is not None and not below[0] and _folder_per_step([p.parent for p in stepless if not p.is_dir()]) is None:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found:
         _raise_none_found(sources, notes=notes, unnoted=quiet.unnoted, bad=bad, looked_at=looked_at,

@@ -107,6 +107,12 @@ def test_the_folder_above_one_folder_per_step_tells_the_quoted_pattern_under_wat
     ) in _said(done)
     plain = fdl_in_process("analyze", "runL", "--probe", "probe.npz", *SMALL, cwd=tmp_path)
     assert "fdl analyze runL/epoch_* --step-regex" in _said(plain)  # without --watch, the shell's form
+    # the pattern itself, without the --step-regex: said at once, where the watch waited for ever
+    with pytest.MonkeyPatch.context() as patch, _polls(patch):
+        done = fdl_in_process("analyze", "runL/epoch_*", "--watch", "--probe", "probe.npz", *SMALL, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "no training step in its metadata or name" in _said(done)
+    assert "fdl analyze 'runL/epoch_*' --watch --step-regex 'epoch_(\\d+)/' ..." in _said(done)
 
 
 def test_watch_expands_the_pattern_at_each_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
