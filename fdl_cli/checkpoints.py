@@ -28,6 +28,7 @@ import os
 import pickle
 import pickletools
 import re
+import shlex
 import struct
 import sys
 import threading
@@ -37,6 +38,8 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
+from glob import glob as glob_paths
+from glob import has_magic
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, NoReturn, TextIO, TypeVar
 
@@ -1611,6 +1614,44 @@ def _candidates(
             yield from ((path, True) for path in _scan_folder(source, glob, notes, quiet))
 
 
+def is_pattern(source: str | Path) -> bool:
+    """Whether a checkpoint source given as an argument is a pattern fdl expands itself: it does not exist and
+    holds glob magic (* ? [), as the quoted `fdl analyze 'run/epoch_*' --watch` gives it, which --watch expands
+    again at each poll (the shell expands `run/epoch_*` once). A path that exists is taken as it is, a `*` in its
+    name too, and one that cannot be looked at (a closed folder above it) is reported as the path it is."""
+    text = str(source)
+    if text == "-" or not has_magic(text):
+        return False
+    try:
+        os.lstat(text)
+    except OSError as exc:
+        return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+    return False
+
+
+def expand_sources(sources: Sequence[str | Path], *, notes: list[str] | None = None,
+                   missing_ok: bool = True) -> list[str]:
+    """`sources` with each pattern (`is_pattern`) replaced by the paths it matches now, in sorted order, each then
+    taken as if given as an argument. A pattern that matches nothing gives nothing: with `missing_ok` a note into
+    `notes` (--watch waits for its first match), else an error."""
+    expanded: list[str] = []
+    for source in map(str, sources):
+        if not is_pattern(source):
+            expanded.append(source)
+            continue
+        matches = sorted(glob_paths(source))
+        if not matches and not missing_ok:
+            raise CheckpointError(
+                f"no checkpoint file or folder matches {source}",
+                fix="check the pattern (relative paths are taken from the current folder), or add --watch to wait "
+                "for the training job to write what it matches",
+            )
+        if not matches and notes is not None:
+            notes.append(f"{source} matches nothing yet")
+        expanded.extend(matches)
+    return expanded
+
+
 def stdin_paths(stream: TextIO) -> list[str]:
     """The paths `-` reads: NUL-separated when stdin holds a NUL byte (`find -print0`), else one a line. Each is
     taken whole but for its line ending (\\n, \\r\\n): a name may begin or end with a space. Blank lines (spaces
@@ -1805,7 +1846,8 @@ def discover_checkpoints(
     """Find the checkpoints in ``sources`` and order them by training step.
 
     A source is a file, a folder (its files with a checkpoint suffix, not recursive, plus HF-style
-    sub-folders, each ONE checkpoint), or ``-`` (paths read from ``stdin``, one a line). ``glob``
+    sub-folders, each ONE checkpoint), a pattern (`is_pattern`: the paths it matches now, each as if given),
+    or ``-`` (paths read from ``stdin``, one a line). ``glob``
     filters the names found in folders (explicit files are always kept).
 
     Step, first match wins: ``step_regex`` when given (its first group, searched in the name, or in
@@ -1838,6 +1880,14 @@ def discover_checkpoints(
     (`_foreign_flat_dicts`).
     """
     notes: list[str] = []
+    if for_inspect and (patterns := [source for source in sources if is_pattern(source)]):
+        raise CheckpointError(
+            f"no such checkpoint file or folder: {patterns[0]}",
+            got="fdl inspect reads one checkpoint, and expands no pattern",
+            fix="give one checkpoint's path (`fdl analyze` expands a quoted pattern, e.g. 'run/epoch_*')",
+        )
+    # a pattern (`fdl analyze 'run/epoch_*'`) as the paths it matches now: --watch expands it again at each poll
+    sources = expand_sources(sources, notes=notes, missing_ok=missing_ok)
     quiet = _Quiet(frozenset(_resolved(Path(path)) for path in probes))
     pattern = None
     if step_regex is not None:
@@ -1949,13 +1999,14 @@ def discover_checkpoints(
                      "from the right, as --glob: 'resume_*', 'run2/*'; or a folder, as given, that holds them or their "
                      "folders of one checkpoint each)")
     # --watch before the first checkpoint is written; not when they are written to a sub-folder (a
-    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards: that waited for ever
+    # Lightning default_root_dir's lightning_logs/version_N/checkpoints) or as DCP shards, nor one folder per step
+    # of files without a step ('run/epoch_*/last.ckpt' wants --step-regex): that waited for ever
     below = _checkpoints_below([Path(s) for s in sources if str(s) != "-"]) if not found and empty_ok else None
-    if below is not None and not below[0]:
+    if below is not None and not below[0] and _folder_per_step([p.parent for p in stepless if not p.is_dir()]) is None:
         return Discovery(checkpoints=[], notes=notes, duplicates=[], bad=[(path, exc.message) for path, exc in bad])
     if not found:
         _raise_none_found(sources, notes=notes, unnoted=quiet.unnoted, bad=bad, looked_at=looked_at,
-                          stepless=stepless, glob=glob, for_inspect=for_inspect)
+                          stepless=stepless, glob=glob, for_inspect=for_inspect, watch=missing_ok)
     found.sort(key=lambda item: (item[0].step_source == "none", item[0].step, str(item[0].path)))
     if for_inspect:
         return Discovery(checkpoints=[ref for ref, _ in found], notes=notes, duplicates=[],
@@ -1979,11 +2030,12 @@ def discover_checkpoints(
 def _raise_none_found(
     sources: Sequence[str | Path], *, notes: list[str], unnoted: list[str],
     bad: list[tuple[Path, CheckpointError]], looked_at: list[str], stepless: list[Path], glob: str | None,
-    for_inspect: bool,
+    for_inspect: bool, watch: bool = False,
 ) -> NoReturn:
     """`discover_checkpoints` found no checkpoint in `sources`: raise the error that says why, from what the scan
     met (`notes`, the probe files' `unnoted` skips, the `bad` files, the names `looked_at`, the `stepless` files
-    a folder scan skipped) and, where that says nothing, the sub-folders below the sources."""
+    a folder scan skipped) and, where that says nothing, the sub-folders below the sources. `watch`: the folders
+    of one step each are given as the quoted pattern --watch expands at each poll."""
     if bad and len(bad) == len(looked_at):
         raise bad[0][1]  # nothing readable: the first file's own error says what is wrong
     # the errors below say what was found, the --probe file included (`fdl analyze probe.pt`)
@@ -2050,6 +2102,8 @@ def _raise_none_found(
         # checkpoint, and a --step-regex matching names could not match model.pt
         folders, regex = per_step
         where_folders = f"{folders[0].parent}/{_name_glob(folders[0].name)}"
+        if watch:  # the shell expands `run/epoch_*` once: the folders the job makes later were never seen
+            where_folders = f"{shlex.quote(where_folders)} --watch"
         if nested:
             got = ("" if got == "nothing" else got + "; ") + (
                 "one checkpoint in each of the sub-folders " + first_few(folders, 3))

@@ -283,7 +283,7 @@ def _manifest_folders(options: AnalyzeOptions) -> list[Path]:
     itself and its ignored keys warned of twice)."""
     from fdl_cli import checkpoints as ckpts
 
-    given = [Path(s) for s in options.sources if s != "-"]
+    given = [Path(s) for s in ckpts.expand_sources(options.sources) if s != "-"]  # a pattern as its matches now
     spelled = list(dict.fromkeys(path if _is(path, "dir") else path.parent for path in given
                                  if _is(path, "dir") or _is(path, "file")))
     places: set[Path] = set()
@@ -334,8 +334,11 @@ def _note_empty_folders(options: AnalyzeOptions, discovery: Any, manifest: Any, 
     --every too, which select among the checkpoints found, and cannot have left it out (a wrong path, or a
     run that has saved nothing yet: the run is analysed without it, as the user asked for the others; alone,
     it is "no checkpoints found")."""
-    sources = [Path(s) for s in options.sources if s != "-"]
-    if len(options.sources) < 2:
+    from fdl_cli import checkpoints as ckpts
+
+    expanded = ckpts.expand_sources(options.sources)  # a pattern as the paths it matches
+    sources = [Path(s) for s in expanded if s != "-"]
+    if len(expanded) < 2:
         return
     selected = options.steps is not None or options.every is not None  # may leave a folder out on purpose
     found = [ref.path for ref in discovery.checkpoints] + [path for path, _ in discovery.bad]

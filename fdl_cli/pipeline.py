@@ -664,7 +664,9 @@ def _odd_weights(count: int) -> np.ndarray:
 
 
 def default_store_path(sources: Sequence[str]) -> Path:
-    """./<folder>.fdl.h5 for one folder, else ./fdl.h5."""
+    """./<folder>.fdl.h5 for one folder, else ./fdl.h5: for a pattern too (`checkpoints.is_pattern`), which stands
+    for several folders, and whose store keeps its name under --watch as the folders it matches come (one match
+    named the store after it, two did not)."""
     if len(sources) == 1 and sources[0] != "-" and Path(sources[0]).is_dir():
         return Path(f"{Path(sources[0]).resolve().name}.fdl.h5")
     return Path("fdl.h5")
@@ -1001,7 +1003,7 @@ def _prepare_run(
 
     # fdl.toml (`_read_manifests`), read first: it may say how the folder's checkpoints are named (glob,
     # step_regex).
-    given = [Path(s) for s in options.sources if s != "-"]
+    given = [Path(s) for s in ckpts.expand_sources(options.sources) if s != "-"]  # a pattern as its matches now
     dirs = [path for path in given if _is(path, "dir")]
     given_options = options
     watched = options.watch and "-" not in options.sources  # an fdl.toml changed meanwhile is looked for
@@ -1073,7 +1075,7 @@ def _prepare_run(
         # What the folder holds is said before the wait (a --glob or manifest glob that matches nothing,
         # a file without a step), and a settled unreadable file as it is found: waiting without a word
         # for a folder whose only checkpoint is a Git LFS pointer looked like a trainer not started.
-        _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
+        _note_skipped(notes, manifests, reporter, _model_file(options), ckpts.expand_sources(options.sources))
         shown = set(notes)
         discovery = _wait_for_a_checkpoint(options, reporter, discovery, reported_bad,
                                            _named_files(options, manifest), model_keys)
@@ -1091,7 +1093,8 @@ def _prepare_run(
             signatures = _manifest_signatures(options)  # read once settled: not moved since
             digests = _manifest_digests(signatures)
         if manifest is not None:
-            dirs = [path for path in given if _is(path, "dir")]
+            # a pattern's folders as found now, with the first checkpoint
+            dirs = [Path(s) for s in ckpts.expand_sources(options.sources) if s != "-" and _is(Path(s), "dir")]
             before = options
             options = _settled_options(options, manifest, reporter)
             if (options.glob_pattern, options.step_regex, options.weights) != (
@@ -1102,13 +1105,14 @@ def _prepare_run(
                         options, reporter, discovery, reported_bad, _named_files(options, manifest), model_keys)
                 notes = [note for note in discovery.notes if note not in shown]
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
+    sources = ckpts.expand_sources(options.sources)  # a pattern as the paths it matches now
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
     if claimed is not None:  # its lock file, which a folder holding --out shows once it has waited
         from fdl_cli.store import is_store_file
 
         notes = [note for note in notes
-                 if (path := _skipped_path(options.sources, note)) is None or not is_store_file(claimed.store, path)]
-    _note_skipped(notes, manifests, reporter, _model_file(options), options.sources)
+                 if (path := _skipped_path(sources, note)) is None or not is_store_file(claimed.store, path)]
+    _note_skipped(notes, manifests, reporter, _model_file(options), sources)
     said = {_note_key(note) for note in [*shown, *notes]}  # --watch says those of later polls (`_note_new_skips`)
     if not options.watch:
         _note_empty_folders(options, discovery, manifest, reporter)
@@ -1228,10 +1232,12 @@ def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | Non
     yet: the one source does not exist yet (a folder names it, a file not), whose writer takes the lock."""
     if not options.watch or claims is None:
         return None
-    if options.out is None and len(options.sources) == 1 and options.sources[0] != "-" \
-            and not os.path.lexists(options.sources[0]):
-        return None
+    from fdl_cli.checkpoints import is_pattern
     from fdl_cli.store import claim
+
+    if options.out is None and len(options.sources) == 1 and options.sources[0] != "-" \
+            and not os.path.lexists(options.sources[0]) and not is_pattern(options.sources[0]):
+        return None  # a pattern's store is ./fdl.h5, known from the start (`default_store_path`)
 
     lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
     claims.callback(lock.release)
@@ -1463,7 +1469,8 @@ def _model_file(options: AnalyzeOptions) -> Path | None:
 
     if options.model_spec is not None and ":" in options.model_spec:
         target = options.model_spec.rpartition(":")[0]
-        dirs = [Path(source) for source in options.sources if source != "-" and _is(Path(source), "dir")]
+        dirs = [Path(source) for source in ckpts.expand_sources(options.sources)
+                if source != "-" and _is(Path(source), "dir")]
         # a path spec as resolve_model_factory finds it; a module spec's file in the current folder, whence
         # it is imported (`cd run && fdl analyze . --model model:build`)
         # (none for a module name with an empty part, `:build`, `.:build`: refused as malformed when it is read)
@@ -4052,15 +4059,17 @@ def _note_new_skips(ctx: _Context, notes: Sequence[str]) -> None:
     (`_note_key`), where a file written again at every save was never said. A folder skipped is said once a later
     poll finds it still there, settled (`_settled`): the tmp-checkpoint-N/ of a save in progress, renamed once
     complete, is not; one left behind is. The store's own files (an --out beside the checkpoints) are not said."""
+    from fdl_cli.checkpoints import expand_sources
     from fdl_cli.store import is_store_file
 
     options = ctx.options
+    sources = expand_sources(options.sources)  # a pattern as the paths it matches now
     fresh, now, pending = [], time.time(), set()
     for note in notes:
         key = _note_key(note)
         if key in ctx.said_notes:
             continue
-        path = _skipped_path(options.sources, note)
+        path = _skipped_path(sources, note)
         if path is not None and ctx.store is not None and is_store_file(ctx.store, path):
             ctx.said_notes.add(key)
             continue
@@ -4071,7 +4080,7 @@ def _note_new_skips(ctx: _Context, notes: Sequence[str]) -> None:
         ctx.said_notes.add(key)
         fresh.append(note)
     ctx.unsaid_folders = pending
-    _note_skipped(fresh, ctx.manifests, ctx.reporter, _model_file(options), options.sources)
+    _note_skipped(fresh, ctx.manifests, ctx.reporter, _model_file(options), sources)
 
 
 def _skipped_path(sources: Sequence[str], note: str) -> Path | None:
