@@ -1617,8 +1617,9 @@ def _candidates(
 def is_pattern(source: str | Path) -> bool:
     """Whether a checkpoint source given as an argument is a pattern fdl expands itself: it does not exist and
     holds glob magic (* ? [), as the quoted `fdl analyze 'run/epoch_*' --watch` gives it, which --watch expands
-    again at each poll (the shell expands `run/epoch_*` once). A path that exists is taken as it is, a `*` in its
-    name too, and one that cannot be looked at (a closed folder above it) is reported as the path it is."""
+    again at each poll (the shell expands `run/epoch_*` once); `**` is any number of folders. A path that exists is
+    taken as it is, a `*` in its name too, and one that cannot be looked at (a closed folder above it) is reported
+    as the path it is."""
     text = str(source)
     if text == "-" or not has_magic(text):
         return False
@@ -1639,7 +1640,7 @@ def expand_sources(sources: Sequence[str | Path], *, notes: list[str] | None = N
         if not is_pattern(source):
             expanded.append(source)
             continue
-        matches = sorted(glob_paths(source))
+        matches = sorted(glob_paths(source, recursive=True))  # `**`: any depth of folders, zsh's and bash's globstar
         if not matches and not missing_ok:
             raise CheckpointError(
                 f"no checkpoint file or folder matches {source}",
