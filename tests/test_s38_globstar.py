@@ -6,10 +6,13 @@ Tiny MLPs (tests/tiny_models.py) on a 24-input probe, run in this process."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from tests.cli_run import fdl_in_process
@@ -33,3 +36,19 @@ def test_double_star_matches_checkpoints_at_every_depth_but_hidden_folders(tmp_p
     assert done.returncode == 0, done.stderr
     assert "3 checkpoints analysed" in done.stderr
     assert _stored(tmp_path / "out.h5") == {0: "run/step_0.pt", 10: "run/a/step_10.pt", 20: "run/a/b/step_20.pt"}
+
+
+def test_a_source_that_cannot_be_looked_at_is_taken_as_the_path_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed folder above a name holding `*` (EACCES from lstat): not a pattern expanded to nothing, but the path
+    given, which the reading then reports as what it is. ENOENT and ENOTDIR make a pattern."""
+    from fdl_cli import checkpoints
+
+    def lstat(path: str, errno_value: int = errno.EACCES) -> None:
+        raise OSError(errno_value, os.strerror(errno_value), path)
+
+    monkeypatch.setattr(checkpoints.os, "lstat", lstat)
+    assert not checkpoints.is_pattern("closed/step_*.pt")
+    assert checkpoints.expand_sources(["closed/step_*.pt"], missing_ok=False) == ["closed/step_*.pt"]
+    for value in (errno.ENOENT, errno.ENOTDIR):
+        monkeypatch.setattr(checkpoints.os, "lstat", lambda path, value=value: lstat(path, value))
+        assert checkpoints.is_pattern("closed/step_*.pt")
