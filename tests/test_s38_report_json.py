@@ -1,19 +1,24 @@
 """A store whose checkpoints ran two versions of the model code (`fdl analyze --accept-model-change`, its
 `model_changes`) says so in the machine output of every command that summarises it, not only in `fdl classify
 --json`: each record of `fdl report --format json|csv|markdown` carries the store's `model_changes` (classify's
-list, as classify gives it), `fdl compare --json` one list a run (`{"a": [...], "b": null}`), and compare's CSV and
-`fdl export` a note on stderr. A store without a change prints as before: no such key or column."""
+list, as classify gives it), `fdl compare --json` one list a run (`{"a": [...], "b": null}`), compare's CSV and
+`fdl export` a note on stderr, and the `--html` page the table's note. A store without a change prints as before:
+no such key or column."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from fdl_cli.html import run_page
+from fdl_cli.report import load_run
 from tests.cli_run import fdl_in_process
 from tests.test_s33_imports import _analyze
 from tests.test_walk_fixes import _run_folder
@@ -38,8 +43,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[d
     return root / "run.h5", Path(plain), changes
 
 
-def _said(done: object) -> str:
-    return " ".join(getattr(done, "stderr").split())
+def _said(done: subprocess.CompletedProcess[str]) -> str:
+    return " ".join(done.stderr.split())
 
 
 def test_report_json_records_carry_the_model_changes_as_classify_gives_them(stores: tuple[Path, Path, list]) -> None:
@@ -98,3 +103,12 @@ def test_compare_csv_and_table_and_export_say_it_on_stderr(stores: tuple[Path, P
     assert exported.returncode == 0 and "model_changes" not in exported.stdout
     assert f"note: {MIXED}" in _said(exported)
     assert "mixes" not in fdl_in_process("export", plain, "--what", "trajectories").stderr
+
+
+def test_the_html_page_says_it_as_the_table_does(stores: tuple[Path, Path, list]) -> None:
+    mixed, plain, _ = stores
+    said = [
+        " ".join(html.unescape(run_page(load_run(store, history=True), with_figures=False)).split())
+        for store in (mixed, plain)
+    ]
+    assert f"note: {MIXED}" in said[0] and "mixes model code" not in said[1]
