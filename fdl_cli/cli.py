@@ -1243,6 +1243,8 @@ def compare(**kwargs: Any) -> None:
     for name, run in [("run A", run_a), ("run B", run_b)] if run_b.path != run_a.path else [("runs A and B", run_a)]:
         if (refused := rep.refused_line(run, "the comparison")) is not None:
             console.print(f"note: {name} ({run.path}): {refused}", markup=False, highlight=False)
+        if (mixed := rep.model_change_line(run)) is not None:  # --json: its `model_changes`, a list a run
+            console.print(f"note: {name} ({run.path}): {mixed}", markup=False, highlight=False)
     if kwargs["fmt"] == "table":
         rep.print_comparison(console, comparison)
     else:
@@ -1325,6 +1327,10 @@ def export(**kwargs: Any) -> None:
         # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
         if steps is None and (refused := rep.refused_line(run, "this export")) is not None:
             click.echo(terminal_safe(f"note: {refused}"), err=True)
+        # the arrays of some checkpoints ran other model code: said as report says it beside --json (no column:
+        # export's rows are the stored values alone, as for zero_one_targets and small_probe)
+        if (mixed := rep.model_change_line(run)) is not None:
+            click.echo(terminal_safe(f"note: {mixed}"), err=True)
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
     if note:
         click.echo(terminal_safe(note), err=True)
@@ -1459,7 +1465,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     if refused is not None:  # said, and listed in the JSON; the verdict and --expect are the stored checkpoints'
         verdict = dataclasses.replace(verdict, refused=rep.refused_items(run))
     if run.model_changes:  # said, and listed in the JSON: the verdict's checkpoints ran two versions of the code
-        verdict = dataclasses.replace(verdict, model_changes=[dict(change) for change in run.model_changes])
+        verdict = dataclasses.replace(verdict, model_changes=rep.model_change_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
                        others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run), rep.model_change_line(run))
 

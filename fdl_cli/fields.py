@@ -81,6 +81,12 @@ ZERO_ONE_FIELD: Final = "zero_one_targets"
 #: CSV `a_small_probe` and `b_small_probe`.
 SMALL_PROBE_FIELD: Final = "small_probe"
 
+#: Extra key of every record of `fdl report --format json|csv|markdown` when the store mixes model code (`fdl analyze
+#: --accept-model-change` resumed it across an edit of the model's code: its `model_changes`, docs/store.md): the
+#: store's list, as `fdl classify --json` gives it (the CSV its JSON text), last; absent otherwise, so the records of
+#: every other store are as before. `fdl compare --json` has {"a", "b"} of it (null for a run without a change).
+MODEL_CHANGES_FIELD: Final = "model_changes"
+
 #: Extra keys of every record of `fdl report --format json|csv|markdown` when a selected series is a regression of
 #: C > 1 outputs whose store holds their R² one by one (the `r2_outputs` dataset: docs/store.md): `r2_outputs` the
 #: list of C values (null for a constant target column), `r2_min` the smallest of them and `r2_min_output` its

@@ -123,6 +123,7 @@ def run_page(
     from fdl_cli.report import (
         constant_outputs_line,
         degenerate_layer_lines,
+        model_change_line,
         provenance_lines,
         r2_outputs_line,
         reference_step_of,
@@ -157,7 +158,8 @@ def run_page(
         provenance=[f"store: {run.path}", *provenance_lines(run.provenance, run.history, store=run.path,
                                                                damaged=run.history_damaged, dropped=run.dropped,
                                                                added=run.added),
-                    *filter(None, [refused_line(run, "this report")])],
+                    *filter(None, [refused_line(run, "this report")]),
+                    *(f"note: {mixed}" for mixed in filter(None, [model_change_line(run)]))],
         warnings=list(run.warnings),
         sections=sections,
         generator=f"fdl {__version__}",

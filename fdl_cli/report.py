@@ -38,6 +38,7 @@ from fdl_cli.fields import (
     FLOAT_FIELDS,
     INT_FIELDS,
     INTEGER_LABELS_RECIPE,
+    MODEL_CHANGES_FIELD,
     PREVIOUS_FIELDS,
     R2_OUTPUT_FIELDS,
     RECORD_FIELDS,
@@ -183,11 +184,13 @@ class Run:
         selected series has per-output R² (`StoreReader.records(r2_outputs=True)`), each with R2_OUTPUT_FIELDS (null
         for the others); when a selected series' probe holds float 0/1 targets, each with `zero_one_targets`
         (ZERO_ONE_FIELD), last; when a selected series' probe is too small for EF (`small_probe_note`), each with
-        SMALL_PROBE_FIELD after it."""
+        SMALL_PROBE_FIELD after it; when the store mixes model code, each with MODEL_CHANGES_FIELD (the store's list,
+        `model_change_items`) after them."""
         flags = {series.label: zero_one_targets(self, series) for series in self.series}
         flagged = any(flags.values())
         small = {series.label: small_probe_note(self, series) is not None for series in self.series}
         per_output = any(R2_OUTPUT_FIELDS[0] in record for series in self.series for record in series.records)
+        changes = model_change_items(self)
         out: list[Record] = []
         for series in self.series:
             for record in series.records:
@@ -200,6 +203,8 @@ class Run:
                     row[ZERO_ONE_FIELD] = flags[series.label]
                 if any(small.values()):
                     row[SMALL_PROBE_FIELD] = small[series.label]
+                if changes is not None:  # the store's list, whole, in each record (as `fdl classify --json` gives it)
+                    row[MODEL_CHANGES_FIELD] = changes
                 out.append(row)
         return out
 
@@ -1020,8 +1025,10 @@ def _output_fields(records: Sequence[Record]) -> list[str]:
     flagged = any(ZERO_ONE_FIELD in record for record in records)
     per_output = any(R2_OUTPUT_FIELDS[0] in record for record in records)
     small = any(SMALL_PROBE_FIELD in record for record in records)
+    mixed = any(MODEL_CHANGES_FIELD in record for record in records)
     return (list(RECORD_FIELDS) + (list(SERIES_FIELDS) if several else []) + (list(R2_OUTPUT_FIELDS) if per_output else [])
-            + ([ZERO_ONE_FIELD] if flagged else []) + ([SMALL_PROBE_FIELD] if small else []))
+            + ([ZERO_ONE_FIELD] if flagged else []) + ([SMALL_PROBE_FIELD] if small else [])
+            + ([MODEL_CHANGES_FIELD] if mixed else []))
 
 
 def _cell_value(value: Any) -> Any:
@@ -1071,6 +1078,8 @@ def _markdown_value(name: str, value: Any) -> str:
         return ""
     if isinstance(value, float):
         return number_text(value, ".6g")
+    if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):  # `model_changes`: as in CSV
+        return markdown_text(json.dumps(value, allow_nan=False))
     if isinstance(value, list):  # `r2_outputs`: JSON text, its floats rounded as the table's others are
         return "[" + ", ".join("null" if item is None else _markdown_value(name, item) for item in value) + "]"
     return markdown_text(str(value))
@@ -1465,6 +1474,12 @@ def refused_items(run: Run) -> list[dict[str, Any]] | None:
             for item in run.refused] or None
 
 
+def model_change_items(run: Run) -> list[dict[str, Any]] | None:
+    """The store's `model_changes` as `--json` gives them (`fdl classify`'s `model_changes`, each record's of `fdl
+    report`, each side's of `fdl compare`): its list, oldest first, as stored; None when it records none."""
+    return [dict(change) for change in run.model_changes] or None
+
+
 def model_change_line(run: Run) -> str | None:
     """One line saying that the store mixes model code: from which step on its checkpoints ran code changed since
     the store was made (`fdl analyze --accept-model-change`, the store's `model_changes`); None when it does not."""
@@ -1832,6 +1847,8 @@ class Comparison:
     refused: tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None] = (None, None)
     #: whether run A's and run B's probes are too small for EF (`small_probe_note`; the notes give the line)
     small_probe: tuple[bool, bool] = (False, False)
+    #: the changes of the model's code run A's and run B's stores mix (`model_change_items`; None: none recorded)
+    model_changes: tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -2572,6 +2589,7 @@ def compare_runs(
         series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
         if run_a.several or run_b.several or series_a.label != series_b.label else None,
         refused=(refused_items(run_a), refused_items(run_b)),
+        model_changes=(model_change_items(run_a), model_change_items(run_b)),
         small_probe=(small[0] is not None, small[1] is not None),
     )
 
@@ -2712,6 +2730,10 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         # only when a store records checkpoints `fdl analyze` refused, each side's as `fdl classify --json` gives
         # them (null for a side with none): the matched steps leave them out, and the stderr note says so too
         **({"refused_steps": dict(zip("ab", comparison.refused, strict=True))} if any(comparison.refused) else {}),
+        # only when a store mixes model code, each side's list as `fdl classify --json` gives it (null for a side
+        # without a change): the stderr note says so too
+        **({MODEL_CHANGES_FIELD: dict(zip("ab", comparison.model_changes, strict=True))}
+           if any(comparison.model_changes) else {}),
         # only when a run's probe is too small for EF (its note says so), as in `fdl report --format json`
         **({SMALL_PROBE_FIELD: dict(zip("ab", comparison.small_probe, strict=True))}
            if any(comparison.small_probe) else {}),
