@@ -708,6 +708,40 @@ def entry_records(entry: CheckpointEntry, *, tagged: bool, per_output: bool = Fa
     return records
 
 
+class Announcer:
+    """`fdl analyze`'s announce of what a commit made durable: each entry counted (`count(entry, refreshed)`: the
+    summary's lists), then, with --json, its records printed (`on_record`), in the order committed. The run's one
+    process and rank 0 of a torchrun job (`sharding`) share it.
+
+    A Ctrl-C or SIGTERM that landed in a record's print stopped a plain loop, and the rest of the commit's
+    checkpoints, stored, were neither printed nor counted. Each entry is counted, and each record printed, whole (the
+    signal held back meanwhile, then raised); what is left stays queued for the next call, which the run's way out
+    makes with what its last flush commits (a second Ctrl-C stops a print that waits for ever, `| less`)."""
+
+    def __init__(
+        self,
+        count: Callable[[CheckpointEntry, bool], None],
+        on_record: Callable[[dict[str, Any]], None] | None,
+        shape: Mapping[str, bool],
+    ) -> None:
+        self._count, self._on_record, self._shape = count, on_record, shape
+        #: durable entries not yet counted, and records not yet printed
+        self._uncounted: collections.deque[tuple[CheckpointEntry, bool]] = collections.deque()
+        self._unprinted: collections.deque[dict[str, Any]] = collections.deque()
+
+    def __call__(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
+        self._uncounted.extend((entry, refreshed) for entry in entries)
+        while self._uncounted:
+            with signals.deferred():
+                entry, again = self._uncounted.popleft()
+                self._count(entry, again)
+                if self._on_record is not None:
+                    self._unprinted.extend(entry_records(entry, **self._shape))
+        while self._unprinted and self._on_record is not None:
+            with signals.deferred(second_through=True):  # a second Ctrl-C: where stdout's reader reads nothing
+                self._on_record(self._unprinted.popleft())
+
+
 def _provenance(options: AnalyzeOptions, ctx: _Context, model_spec: str | None, reference_sha: str) -> dict[str, Any]:
     return {
         "model": model_spec,
@@ -2370,12 +2404,6 @@ def _analyze_refs(
                 ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
             )
         announced: set[int] = set()
-        # Durable entries not yet counted, and records not yet printed: a Ctrl-C or SIGTERM that landed in a record's
-        # print stopped the loop, and the rest of the commit's checkpoints, stored, were neither printed nor counted.
-        # Each entry is counted, and each record printed, whole (the signal held back meanwhile, then raised); what
-        # is left stays queued for the next announce (the `finally` below).
-        uncounted: collections.deque[tuple[CheckpointEntry, bool]] = collections.deque()
-        unprinted: collections.deque[dict[str, Any]] = collections.deque()
 
         def count(entry: CheckpointEntry, refreshed: bool) -> None:
             # A checkpoint stored before this run, or announced earlier in it (--watch: one that arrived
@@ -2400,17 +2428,8 @@ def _analyze_refs(
                             f"{entry.sha256[:12]}), analysed again as asked: its numbers equal the stored ones "
                             "but where fdl, torch, the device, --batch-size or the thread count differ from "
                             "those that stored it (or the stored arrays were damaged)")
-            if on_record is not None:
-                unprinted.extend(entry_records(entry, **shape))
 
-        def announce(entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
-            uncounted.extend((entry, refreshed) for entry in entries)
-            while uncounted:
-                with signals.deferred():
-                    count(*uncounted.popleft())
-            while unprinted and on_record is not None:
-                with signals.deferred(second_through=True):  # a second Ctrl-C: where stdout's reader reads nothing
-                    on_record(unprinted.popleft())
+        announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
         if ctx.drop:

@@ -21,6 +21,7 @@ from typing import Any
 from fdl_cli.errors import FdlError, StoreError, StoreLockedError, counted, shown_path
 from fdl_cli.pipeline import (
     AnalyzeSummary,
+    Announcer,
     _check_stored_files,
     _check_stored_to_read,
     _file_identity,
@@ -519,6 +520,12 @@ def _analyze_distributed(
             raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
     stored, kept = set(status[1]), set(status[2])
     assert writer is not None or not world.writes
+
+    def count(entry: CheckpointEntry, refreshed: bool) -> None:
+        (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
+
+    shape = record_shape(ctx)
+    announce = Announcer(count, on_record, shape)  # rank 0's; what is left queued is announced by the `finally` below
     part = None
     try:
         todo = [ref for ref in refs if ref.step not in stored]
@@ -549,15 +556,6 @@ def _analyze_distributed(
                 chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
-        shape = record_shape(ctx)
-
-        def announce(entries: Sequence[CheckpointEntry]) -> None:
-            for entry in entries:
-                (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
-                if on_record is not None:
-                    for record in entry_records(entry, **shape):
-                        on_record(record)
-
         _print_taken_in(taken, on_record, shape)
         del taken  # stored: not kept for the rest of the run
         # what this rank notes, warns of or reports from here is its own (opening its part too)
@@ -667,7 +665,12 @@ def _analyze_distributed(
             with contextlib.suppress(Exception):
                 part.close()  # no-op if closed above
         if writer is not None:
-            writer.close()
+            try:
+                # On the way out of a Ctrl-C too: what the last commit makes durable is printed and counted, as by
+                # one process (its `finally`); closed alone, the writer committed it unannounced.
+                announce(writer.flush())
+            finally:
+                writer.close()
 
 
 def _open_rank_part(
