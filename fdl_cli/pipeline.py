@@ -737,6 +737,20 @@ class Announcer:
                 self._count(entry, again)
                 if self._on_record is not None:
                     self._unprinted.extend(entry_records(entry, **self._shape))
+        self._print()
+
+    def print_only(self, entries: Sequence[CheckpointEntry]) -> None:
+        """--json prints the records of `entries`, uncounted: the checkpoints taken in from part stores
+        (`sharding._take_in_rank_parts`), which no run printed once stored and which count as already in the
+        store. Queued as the others: a Ctrl-C in a print leaves the rest to the way out."""
+        if self._on_record is None:
+            return
+        for entry in entries:
+            with signals.deferred():
+                self._unprinted.extend(entry_records(entry, **self._shape))
+        self._print()
+
+    def _print(self) -> None:
         while self._unprinted and self._on_record is not None:
             with signals.deferred(second_through=True):  # a second Ctrl-C: where stdout's reader reads nothing
                 self._on_record(self._unprinted.popleft())
@@ -2320,7 +2334,7 @@ def _analyze_refs(
     stdin_text: str | None,
 ) -> None:
     from fdl_cli.distributed import agree_on_refusal
-    from fdl_cli.sharding import _analyze_distributed, _print_taken_in, _take_in_rank_parts  # sharding imports this module
+    from fdl_cli.sharding import _analyze_distributed, _take_in_rank_parts  # sharding imports this module
     from fdl_cli.store import StoreWriter
 
     options = ctx.options
@@ -2440,8 +2454,6 @@ def _analyze_refs(
                 on_record({"dropped": list(summary.dropped)})
             announce(compared_again, refreshed=True)
         taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
-        _print_taken_in(taken, on_record, shape)
-        del taken  # stored: not kept for the rest of the run
 
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
@@ -2453,6 +2465,8 @@ def _analyze_refs(
             return summary.message()
 
         try:
+            announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below
+            del taken  # stored: not kept for the rest of the run
             with signals.ending_when_stalled(stalled):
                 _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
                 while options.watch:

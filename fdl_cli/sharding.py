@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ from fdl_cli.pipeline import (
     _warn_constant_outputs,
     _warn_statistics_moved,
     _watch_under_torchrun,
-    entry_records,
     invocation,
     record_shape,
 )
@@ -370,17 +369,6 @@ def _take_in_rank_parts(
     return everything, kept
 
 
-def _print_taken_in(
-    taken: Sequence[CheckpointEntry], on_record: Callable[[dict[str, Any]], None] | None, shape: Mapping[str, bool]
-) -> None:
-    """--json prints the checkpoints taken in from part stores: no run printed them once stored (they
-    count as already in the store); `shape`: `record_shape`'s keywords of `entry_records`."""
-    if on_record is not None:
-        for entry in taken:
-            for record in entry_records(entry, **shape):
-                on_record(record)
-
-
 class _LocalWriter:
     """Stands in for the StoreWriter on every rank of a torchrun job: keeps this rank's entries.
 
@@ -556,7 +544,7 @@ def _analyze_distributed(
                 chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
-        _print_taken_in(taken, on_record, shape)
+        announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below
         del taken  # stored: not kept for the rest of the run
         # what this rank notes, warns of or reports from here is its own (opening its part too)
         said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
