@@ -750,6 +750,11 @@ class Announcer:
                 self._unprinted.extend(entry_records(entry, **self._shape))
         self._print()
 
+    def queue_line(self, record: dict[str, Any]) -> None:
+        """--json: a line of its own (`{"dropped": [...]}`), printed with the next call's records, before them."""
+        if self._on_record is not None:
+            self._unprinted.append(record)
+
     def _print(self) -> None:
         while self._unprinted and self._on_record is not None:
             with signals.deferred(second_through=True):  # a second Ctrl-C: where stdout's reader reads nothing
@@ -2446,14 +2451,17 @@ def _analyze_refs(
         announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
-        if ctx.drop:
-            ctx.refs_by_step = {ref.step: ref for ref in refs}
-            compared_again = _drop_steps(ctx, writer, out)  # durable: the steps are gone
-            summary.dropped.extend(sorted(ctx.drop))
-            if on_record is not None:  # a line of its own, before the records of the checkpoints compared again
-                on_record({"dropped": list(summary.dropped)})
-            announce(compared_again, refreshed=True)
-        taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
+        try:
+            if ctx.drop:
+                ctx.refs_by_step = {ref.step: ref for ref in refs}
+                compared_again = _drop_steps(ctx, writer, out)  # durable: the steps are gone
+                summary.dropped.extend(sorted(ctx.drop))
+                announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
+                announce(compared_again, refreshed=True)
+            taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
+        except BaseException:
+            announce(())  # a Ctrl-C in a print: the rest of what the drop made durable, printed on the way out
+            raise
 
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
