@@ -93,8 +93,14 @@ def test_analyze_json_to_a_full_disk_keeps_what_it_stored(tmp_path: Path) -> Non
     args = ["analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
             "--probe", run / "probe.npz", "--out", out, "--steps", "0,10", "--json"]
     with FULL.open("w") as full:  # a warm child (tests/warm.py): its stdout made anew over the full device
-        process = warm.spawn([sys.executable, "-m", "fdl_cli", *map(str, args)], stdout=full, stderr=subprocess.PIPE,
-                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        process = warm.spawn(
+            [sys.executable, "-m", "fdl_cli", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr
     assert "error: could not write to stdout: No space left on device" in stderr
