@@ -42,18 +42,21 @@ def torchrun(
     env: Mapping[str, str] | None = None,
     cwd: Path = REPO,
     timeout: float = 300,
+    stderr: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc-per-node=2 ENTRY` (ENTRY: `-m fdl_cli ARGS`, or a script and its arguments),
-    with REPO on PYTHONPATH and `stdin` piped in when given; its status, stdout and stderr."""
+    with REPO on PYTHONPATH and `stdin` piped in when given; its status, stdout and stderr. With `stderr` (`direct`
+    only), the ranks write their stderr to that file as they run, for a test to watch from another thread."""
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     if not direct:
+        assert stderr is None, "stderr= is for direct=True"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *entry]
         return warm.run(command, input=stdin, env=environ, cwd=cwd, timeout=timeout)  # the agent warm, its ranks not
-    return _direct(list(entry), environ, stdin, cwd, timeout)
+    return _direct(list(entry), environ, stdin, cwd, timeout, stderr)
 
 
 def _direct(
-    entry: list[str], environ: dict[str, str], stdin: str | None, cwd: Path, timeout: float
+    entry: list[str], environ: dict[str, str], stdin: str | None, cwd: Path, timeout: float, stderr: Path | None
 ) -> subprocess.CompletedProcess[str]:
     import torch.distributed as dist
 
@@ -75,7 +78,8 @@ def _direct(
         "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", "1"),
     }  # torchrun's default for more than one rank
     command = [sys.executable, "-u", *entry]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as given:
+    err_file = open(stderr, "w+b") if stderr is not None else tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    with tempfile.TemporaryFile() as out, err_file as err, tempfile.TemporaryFile() as given:
         if stdin is not None:
             given.write(stdin.encode())
             given.seek(0)

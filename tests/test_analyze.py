@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from fdl_cli.cli import main
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.reference import reference_measures
 from tests.tiny_models import mlp
 
@@ -381,20 +382,17 @@ def test_resume_on_another_host_is_allowed(run: Path, tmp_path: Path) -> None:
 def test_watch_analyses_checkpoints_as_they_appear(run: Path, tmp_path: Path) -> None:
     """--watch keeps polling; new checkpoints are analysed; SIGINT ends it cleanly with a resume hint."""
     import signal
-    import subprocess
-    import time
 
     folder = tmp_path / "live"
     folder.mkdir()
     (folder / "epoch_0.pt").write_bytes((run / "ckpts" / "epoch_0.pt").read_bytes())
     store = tmp_path / "w.h5"
-    process = subprocess.Popen(
+    process = warm.spawn(  # a warm child (tests/warm.py): a process of its own, without its own `import torch`
         [sys.executable, "-m", "fdl_cli", "analyze", str(folder), "--model", f"{run}/model.py:build",
          "--probe", str(run / "probe.npz"), "--out", str(store), "--json", "--watch", "--poll", "0.3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        # Ctrl-C as from a terminal, even when this test runs with SIGINT ignored (a background job of
-        # a non-interactive shell): Python leaves an inherited SIG_IGN alone.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Ctrl-C as from a terminal even when this test runs with SIGINT ignored (a background job of a
+        # non-interactive shell): a warm child takes it as Python's default does, whatever was inherited
     )
     try:
         assert process.stdout is not None

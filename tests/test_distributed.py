@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -603,14 +604,16 @@ def test_a_failure_on_one_ranks_probe_slice_stops_every_rank(tmp_path: Path) -> 
     assert "ValueError: input out of the range this model accepts" in done.stderr
 
 
+#: `python -u -c _LATE_RANK ARGS`: `python -m fdl_cli ARGS`, rank 1 held until the file $FDL_TEST_GO exists
 _LATE_RANK = """
-import os, time
+import os, runpy, time
 from pathlib import Path
-if os.environ.get("RANK") == "1" and os.environ.get("FDL_TEST_GO"):
+if os.environ.get("RANK") == "1":
     go = Path(os.environ["FDL_TEST_GO"])
     deadline = time.monotonic() + 60
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+runpy.run_module("fdl_cli", run_name="__main__", alter_sys=True)
 """
 
 
@@ -623,7 +626,8 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
     one more round of collectives, for ever (found by a review with --shard-probe). Rank 0's list is
     now every rank's; the newcomer is for the next run. Rank 1 is held at start-up until the test has
     seen rank 0's discovery (its note on a text file of the folder: since session 19 the --probe file
-    has none, and the test waited out its 60 s deadline instead) and added the checkpoint."""
+    has none, and the test waited out its 60 s deadline instead) and added the checkpoint. The ranks
+    are started as torchrun starts them (`tests.ranks`, direct): the agent has no part in this."""
     run, expected = run_and_single
     folder = tmp_path / "live"
     folder.mkdir()
@@ -631,29 +635,26 @@ def test_a_checkpoint_written_between_the_ranks_discoveries_is_left_to_the_next_
         if path.name != "step_60.safetensors":
             (folder / path.name).write_bytes(path.read_bytes())
     (folder / "notes.txt").write_text("not a checkpoint: discovery notes it\n")
-    (tmp_path / "late").mkdir()
-    (tmp_path / "late" / "sitecustomize.py").write_text(_LATE_RANK)
     go, err = tmp_path / "go", tmp_path / "err.txt"
-    env = {**os.environ, "FDL_TEST_GO": str(go),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "late"), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "fdl_cli", *_args(folder, tmp_path / "two.h5", *extra)]
-    with open(err, "w") as stderr:
-        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=str(REPO))
-        try:
-            deadline = time.monotonic() + 60
-            while "notes.txt" not in err.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert "notes.txt" in err.read_text(), "rank 0 never said what its discovery skipped"
-            (folder / "step_60.safetensors").write_bytes((run / "step_60.safetensors").read_bytes())
-            go.touch()
-            stdout, _ = job.communicate(timeout=120)
-        finally:
-            if job.poll() is None:
-                job.kill()
-                job.wait()
-    assert job.returncode == 0, err.read_text()[-3000:]
-    steps = sorted(json.loads(line)["step"] for line in stdout.splitlines() if line.strip())
+    done: list[subprocess.CompletedProcess[str]] = []
+    args = _args(folder, tmp_path / "two.h5", *extra)
+
+    def ranks() -> None:
+        done.append(torchrun("-c", _LATE_RANK, *args, direct=True, stderr=err, env={"FDL_TEST_GO": str(go)}, timeout=120))
+
+    job = threading.Thread(target=ranks)
+    job.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (err.exists() and "notes.txt" in err.read_text()) and job.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "notes.txt" in err.read_text(), "rank 0 never said what its discovery skipped"
+        (folder / "step_60.safetensors").write_bytes((run / "step_60.safetensors").read_bytes())
+    finally:
+        go.touch()  # rank 1 goes on (or, the test failed, ends): the job ends within its timeout
+        job.join()
+    assert done and done[0].returncode == 0, err.read_text()[-3000:]
+    steps = sorted(json.loads(line)["step"] for line in done[0].stdout.splitlines() if line.strip())
     assert steps == [0, 10, 20, 30, 40, 50]
     _assert_same({step: record for step, record in _here(expected, folder).items() if step < 60},
                  _stored(tmp_path / "two.h5"))

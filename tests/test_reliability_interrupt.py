@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.cli_run import fdl_in_process
 
 TESTS = Path(__file__).resolve().parent
@@ -542,8 +543,9 @@ def test_checkpoints_analysed_before_a_forward_pass_that_hangs_are_committed_and
     """`fdl analyze` whose model hangs in the forward pass of step 3: steps 0-2, analysed before, were
     held in the writer's buffer for as long as it hung (commits were started only by add/tick, which the
     stuck main thread never reached), and a kill -9 lost them. The writer's scheduler now commits them
-    once the throttle's wait (--commit-interval) has passed. A real `python -m fdl_cli` process, killed
-    with SIGKILL; the same command then resumes and finishes."""
+    once the throttle's wait (--commit-interval) has passed. A real `python -m fdl_cli` process (a warm
+    child, tests/warm.py: its start-up is no part of this), killed with SIGKILL; the same command then
+    resumes and finishes."""
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "ckpts"
@@ -565,7 +567,7 @@ def test_checkpoints_analysed_before_a_forward_pass_that_hangs_are_committed_and
            "OMP_NUM_THREADS": "1"}
     stdout, stderr = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        process = subprocess.Popen(argv, cwd=tmp_path, stdout=out, stderr=err, env=env)
+        process = warm.spawn(argv, cwd=tmp_path, stdout=out, stderr=err, env=env)
     try:
         deadline = time.monotonic() + 180  # generous: the whole suite may share the machine's cores
         steps: list[int] = []

@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import torch
 
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.cli_run import fdl_in_process
 from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
 
@@ -308,7 +308,8 @@ def test_a_redo_killed_at_any_pass_leaves_old_or_new_entries_and_a_second_redo_c
     environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     # the stores before and after the retraining: in this process (FDL_KILL_AT unset, nothing is killed), ~2 s
     # of `import torch` less each; only the killed redos need a process of their own (the redos that finish them
-    # run here too: what they must show, a whole store and no copy left, does not depend on the process)
+    # run here too: what they must show, a whole store and no copy left, does not depend on the process); the killed
+    # ones are warm children (tests/warm.py), real processes killed as any, without their own `import torch`
     assert fdl_in_process(*argv[3:], "--out", original).returncode == 0
     _retrain(folder, 10, factor=0.5)
     _retrain(folder, 20, factor=1.5)
@@ -323,9 +324,9 @@ def test_a_redo_killed_at_any_pass_leaves_old_or_new_entries_and_a_second_redo_c
     for kill_at in (2, 4):
         store = tmp_path / f"s{kill_at}.h5"
         shutil.copyfile(original, store)
-        killed = subprocess.run([*argv, "--out", str(store), "--redo", "10,20"],
-                                env={**environment, "FDL_KILL_AT": str(kill_at)}, capture_output=True)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+        killed = warm.run([*argv, "--out", str(store), "--redo", "10,20"],
+                          env={**environment, "FDL_KILL_AT": str(kill_at)}, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
         with StoreReader(store) as reader:  # it opens, whole
             assert reader.warnings == [] and [record["step"] for record in reader.records()] == [0, 10, 20, 30]
         state = []

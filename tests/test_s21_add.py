@@ -19,6 +19,7 @@ import pytest
 import fdl_cli.pipeline
 from fdl_cli.errors import NumericalError
 from fdl_cli.store import StoreReader
+from tests import warm
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
 from tests.test_s15_redo import _dump
@@ -305,9 +306,9 @@ main(sys.argv[1:])
 def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_and_the_same_command_finishes(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str  # noqa: F811
 ) -> None:
-    """kill -9 as the commit that takes the addition out puts its copy in place (before, or after the rename)."""
+    """kill -9 as the commit that takes the addition out puts its copy in place (before, or after the rename); the
+    killed command is a warm child (tests/warm.py), a process of its own without its own `import torch`."""
     import signal
-    import subprocess
     import sys
 
     store = tmp_path / "s.h5"
@@ -316,9 +317,9 @@ def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_an
     _stopped_at_20(monkeypatch, run, store, "--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
     command = ("analyze", str(run / "ckpts"), "--model", f"{run}/model.py:build", "--probe", str(run / "probe.npz"),
                "--out", str(store), "--abandon-addition")
-    killed = subprocess.run([sys.executable, "-c", KILLED, *command], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "FDL_KILL": when,
-                                 "FDL_STORE": str(store)}, check=False)
+    killed = warm.run([sys.executable, "-c", KILLED, *command], cwd=tmp_path, timeout=300,
+                      env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "FDL_KILL": when,
+                           "FDL_STORE": str(store)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     with StoreReader(store) as reader:  # it reads: the addition whole (as it stopped), or given up
         assert reader.steps(probe="probe") == [0, 10, 20, 30]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.test_analyze import fdl
 from tests.test_report import make_store, run_fdl
 
@@ -91,11 +92,19 @@ def test_analyze_json_to_a_full_disk_keeps_what_it_stored(tmp_path: Path) -> Non
     out = tmp_path / "run.h5"
     args = ["analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
             "--probe", run / "probe.npz", "--out", out, "--steps", "0,10", "--json"]
-    with FULL.open("w") as full:
-        done = _with_stdout(full, *args)
-    assert done.returncode == 1, done.stderr
-    assert "error: could not write to stdout: No space left on device" in done.stderr
-    assert "Traceback" not in done.stderr
+    with FULL.open("w") as full:  # a warm child (tests/warm.py): its stdout made anew over the full device
+        process = warm.spawn(
+            [sys.executable, "-m", "fdl_cli", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    assert "error: could not write to stdout: No space left on device" in stderr
+    assert "Traceback" not in stderr
     again = run_fdl("report", out, "--json")
     assert again.returncode == 0, again.stderr
     assert '"step": 0' in again.stdout  # the first record was committed before its line failed

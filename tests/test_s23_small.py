@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from fdl_cli import distributed
 from fdl_cli.distributed import World
 from fdl_cli.errors import FdlError
 from fdl_cli.figures import series_suffixes
+from tests import warm
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process as fdl
 from tests.test_distributed import REPO, _args, _make_run
@@ -192,8 +192,8 @@ def test_rank_0_whose_rendezvous_port_is_in_use_says_so_and_leaves_the_store(tmp
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": port, "FDL_TORCHRUN_TIMEOUT": "5"}
-        done = subprocess.run([sys.executable, "-m", "fdl_cli", *_args(run, out)], capture_output=True, text=True,
-                              env=env, cwd=str(REPO), timeout=90)
+        # a warm child (tests/warm.py): a process of its own, without its own `import torch`
+        done = warm.run([sys.executable, "-m", "fdl_cli", *_args(run, out)], env=env, cwd=str(REPO), timeout=90)
     assert done.returncode == 1, done.stderr[-4000:]
     lines = done.stderr.splitlines()
     assert (f"error on rank 0: could not join the job's process group at 127.0.0.1:{port} (MASTER_ADDR:MASTER_PORT) "
