@@ -1,6 +1,9 @@
 """Figures saved without rendering, for tests of which figure files fdl writes, lists and removes (not of what
 they show): `figures._savefig` writes a digest of what the figure holds instead of PNG or SVG, ~5 times cheaper.
-The figures are still built by fdl's own code; a test of the files' images (tests/test_s26_figs.py) renders them."""
+The figures are still built by fdl's own code; a test of the files' images (tests/test_s26_figs.py) renders them.
+
+`shared_mathtext`, for the tests that do render: the same pixels and bytes, with each TeX text (a log axis' tick
+label, a title's $\\hat{\\Pi}$) parsed once rather than once for each renderer, i.e. for each file of each figure."""
 
 from __future__ import annotations
 
@@ -68,3 +71,35 @@ def cheap_figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(figures, "_savefig", _saved)
     yield
+
+
+@pytest.fixture(scope="module")
+def shared_mathtext() -> Iterator[None]:
+    """matplotlib parses a TeX text anew for each renderer (its cache is a parser's, and each renderer has one): a
+    figure saved as PNG, SVG and the page's PNG, and savefig's files compared with it, parsed each tick label ~6 times,
+    ~15 % of a rendering test's time. Here the parses are shared among the renderers of a module's tests: the parse is
+    a function of what its key holds (the parser's output type, the text, dpi, font, antialiasing, glyph loading, and
+    the mathtext settings, which matplotlib's own cache leaves out), so the files are the same, byte for byte.
+    `pytestmark = pytest.mark.usefixtures("shared_mathtext")` on a module of tests that render figures; where
+    matplotlib's parser has no `_parse_cached` (another version) it does nothing."""
+    import matplotlib
+    from matplotlib.mathtext import MathTextParser
+
+    parse = getattr(MathTextParser.__dict__.get("_parse_cached"), "__wrapped__", None)
+    if parse is None:
+        yield
+        return
+    parsed: dict[tuple[Any, ...], Any] = {}
+    settings = sorted(name for name in matplotlib.rcParams if name.startswith("mathtext."))
+
+    def shared(self: Any, s: str, dpi: float, prop: Any, antialiased: Any, load_glyph_flags: Any) -> Any:
+        # read as a dict (RcParams' own lookup validates each: a parse's worth of time for all of them)
+        now = tuple(repr(dict.__getitem__(matplotlib.rcParams, name)) for name in settings)
+        key = (self._output_type, s, dpi, prop, antialiased, load_glyph_flags, now)
+        if key not in parsed:
+            parsed[key] = parse(self, s, dpi, prop, antialiased, load_glyph_flags)
+        return parsed[key]
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(MathTextParser, "_parse_cached", shared)
+        yield

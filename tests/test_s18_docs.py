@@ -10,7 +10,10 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import warm
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import fdl
 from tests.test_s16_docs import MEASURES, README, REGIMES, RELIABILITY, REPO, SAMPLES
 
@@ -111,6 +114,7 @@ def test_measures_md_says_the_spectrum_is_never_approximated() -> None:
     assert "randomi" not in help_text and "approximat" not in help_text and "landmark" not in help_text
 
 
+@pytest.mark.usefixtures("cheap_figures")  # which files, not their images
 def test_reliability_md_says_a_missing_plots_folder_is_created(tmp_path: Path) -> None:
     """reliability.md listed "a missing folder" among the output paths refused before any output; that is
     --html's folder: a missing --plots folder is created with its parents (report's: test_output_paths.py)."""

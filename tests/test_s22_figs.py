@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
+from tests.cheap_figures import cheap_figures, shared_mathtext  # noqa: F401 - fixtures
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
 from tests.test_s20_out import _files, _report_names
+
+#: the TeX texts of the figures these tests render parsed once for all their renderers (the same bytes)
+pytestmark = pytest.mark.usefixtures("shared_mathtext")
 
 PAGE_IMAGE = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">')
 

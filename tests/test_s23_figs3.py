@@ -20,7 +20,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fdl_cli.figures import TARGETLESS, Curves, triptych_figure  # noqa: E402
+from tests.cheap_figures import shared_mathtext  # noqa: E402, F401 - a fixture
 from tests.test_report import make_store  # noqa: E402
+
+#: the TeX texts of the figures these tests render parsed once for all their renderers (the same bytes)
+pytestmark = pytest.mark.usefixtures("shared_mathtext")
 
 K = np.arange(1.0, 65.0)
 LONG = "encoder.layers.11.mlp.fc2:input"

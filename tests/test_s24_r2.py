@@ -20,6 +20,7 @@ from sklearn.metrics import r2_score
 
 from fdl_cli.fields import R2_OUTPUT_FIELDS, RECORD_FIELDS
 from fdl_cli.spectral import measure
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process, model_file
 from tests.test_spectral import stats
 
@@ -183,6 +184,7 @@ def test_report_json_csv_give_each_outputs_r2_and_the_worst(run: dict) -> None:
     assert "| r2_outputs | r2_min | r2_min_output |" in markdown and ", null] |" in markdown
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_report_text_shows_the_worst_output(run: dict) -> None:
     """The table gets a `worst r2` column beside r2 (value and target column), and a line lists each output's R²
     at the last checkpoint, the constant column said so; the HTML page has the line too."""

@@ -24,7 +24,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 
 from fdl_cli.store import CheckpointEntry, ProbeInfo, StoreWriter  # noqa: E402
+from tests.cheap_figures import shared_mathtext  # noqa: E402, F401 - a fixture
 from tests.test_report import SCALARS, _entry, make_store  # noqa: E402
+
+#: the TeX texts of the figures these tests render parsed once for all their renderers (the same bytes)
+pytestmark = pytest.mark.usefixtures("shared_mathtext")
 
 LONG = "encoder.layers.11.mlp.fc2:input"
 #: Steps spanning decades (a symlog step axis, its 10⁴ tick in mathtext) and spectra falling below the ratio limit.

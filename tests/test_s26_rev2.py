@@ -14,8 +14,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fdl_cli.store import StoreReader  # noqa: E402
+from tests.cheap_figures import shared_mathtext  # noqa: E402, F401 - a fixture
 from tests.test_report import make_store  # noqa: E402
 from tests.test_s26_figs import _plain, classification_store  # noqa: E402
+
+#: the TeX texts of the figures these tests render parsed once for all their renderers (the same bytes)
+pytestmark = pytest.mark.usefixtures("shared_mathtext")
 
 # ------------------------------------------------------------------ figures under a matplotlibrc's savefig.bbox
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import fdl_in_process
 from tests.test_report import SCALARS, STEPS, make_store
 
@@ -64,6 +65,7 @@ def test_report_json_and_csv_carry_a_small_probe_field_and_the_line_on_stderr(st
     assert "small_probe" not in fdl_in_process("report", big, "--format", "csv").stdout
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_the_html_page_gives_the_line(stores: tuple[Path, Path], tmp_path: Path) -> None:
     small, _ = stores
     done = fdl_in_process("report", small, "--html", tmp_path / "page.html")
