@@ -48,12 +48,17 @@ def torchrun(
     """`torchrun --standalone --nproc-per-node=2 ENTRY` (ENTRY: `-m fdl_cli ARGS`, or a script and its arguments),
     with REPO on PYTHONPATH and `stdin` piped in when given; its status, stdout and stderr. With `stderr` (`direct`
     only), the ranks write their stderr to that file as they run, for a test to watch from another thread."""
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    environ = _environ(env)
     if not direct:
         assert stderr is None, "stderr= is for direct=True"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *entry]
         return warm.run(command, input=stdin, env=environ, cwd=cwd, timeout=timeout)  # the agent warm, its ranks not
     return _direct(list(entry), environ, stdin, cwd, timeout, stderr)
+
+
+def _environ(env: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment with REPO on PYTHONPATH, then `env`."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
 
 
 def _direct(
@@ -70,7 +75,7 @@ def spawn(*entry: str, env: Mapping[str, str] | None = None, cwd: Path = REPO, s
     """`torchrun(..., direct=True)` left running, for a test that watches or kills the job as it runs: the two
     ranks as one Popen-like handle (`poll`, `wait`, `kill`, `output`), stdin empty. Leaving the block kills the
     ranks still running and waits for them."""
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    environ = _environ(env)
     with _Job(list(entry), environ, None, cwd, stderr) as job:
         yield job
 
@@ -107,18 +112,23 @@ class _Job:
         if stdin is not None:
             given.write(stdin.encode())
             given.seek(0)
-        self.ranks = [
-            warm.spawn(
-                self.command,
-                env={**environ, **job, "RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)},
-                stdin=given if stdin is not None else subprocess.DEVNULL,
-                stdout=self._out,
-                stderr=self._err,
-                cwd=str(cwd),
-                start_new_session=True,
-            )
-            for rank in range(2)
-        ]
+        self.ranks: list[warm.WarmProcess] = []
+        try:
+            for rank in range(2):
+                self.ranks.append(
+                    warm.spawn(
+                        self.command,
+                        env={**environ, **job, "RANK": str(rank), "LOCAL_RANK": str(rank), "ROLE_RANK": str(rank)},
+                        stdin=given if stdin is not None else subprocess.DEVNULL,
+                        stdout=self._out,
+                        stderr=self._err,
+                        cwd=str(cwd),
+                        start_new_session=True,
+                    )
+                )
+        except BaseException:  # rank 0 not left running, the files not left open
+            self.__exit__()
+            raise
         self._stop_by: float | None = None
 
     def __enter__(self) -> _Job:
