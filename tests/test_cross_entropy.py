@@ -24,6 +24,7 @@ from fdl_cli.extract import LayerSpec, extract
 from fdl_cli.moments import MomentAccumulator
 from fdl_cli.spectral import measure
 from fdl_cli.store import StoreReader
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run, _single, _stored, _torchrun
 from tests.tiny_models import mlp
@@ -216,6 +217,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _make_run(tmp_path_factory.mktemp("xent") / "run")
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_analyze_then_report_json_csv_table_html(run: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.h5"
     _analyze_cli(run, store)

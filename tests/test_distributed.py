@@ -7,13 +7,9 @@ every record field. Sums are exact but added in another order, so floats agree t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -29,8 +25,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
-from tests import warm
-from tests.ranks import torchrun
+from tests.ranks import spawn, torchrun
 from tests.tiny_models import mlp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,25 +175,6 @@ def _stored_steps(out: Path) -> list[int]:
         return []
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below `pid` (torchrun starts its ranks in sessions of their own: killpg misses them)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
 @pytest.mark.parametrize(
     ("extra", "durable", "in_part"),
     [((), [0, 10, 20, 30], [40]), (("--shard-probe",), None, None)],
@@ -231,11 +207,7 @@ def test_checkpoints_are_durable_during_the_run(
     part = tmp_path / "s.h5.rank-1"
     args = _args(run, out, "--commit-interval", "0", *extra)
     args[args.index("--model") + 1] = f"{model}:factory"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args]
-    job = warm.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
-                     start_new_session=True)
-    try:
+    with spawn("-m", "fdl_cli", *args) as job:  # the ranks run directly: a kill -9 of the job is one of each rank
         deadline = time.monotonic() + 180
         while job.poll() is None and time.monotonic() < deadline:
             stored = _stored_steps(out)
@@ -244,13 +216,10 @@ def test_checkpoints_are_durable_during_the_run(
             time.sleep(0.2)
         if durable is None:  # give the throttled commits of steps 10 - 40 their chance to land
             time.sleep(2)
-        assert job.poll() is None, job.communicate()[1][-4000:]  # still running: stalled at step 50
+        assert job.poll() is None, job.output()[1][-4000:]  # still running: stalled at step 50
         during, during_in_part = _stored_steps(out), _stored_steps(part)
-    finally:
-        for pid in [*_descendants(job.pid), job.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        job.communicate(timeout=60)
+        job.kill()
+        job.wait(60)
     if durable is None:
         assert during and during == [0, 10, 20, 30, 40][: len(during)], during
         assert not part.exists()

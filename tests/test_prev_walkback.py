@@ -15,9 +15,7 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -33,9 +31,8 @@ from fdl_cli import signals
 from fdl_cli.pipeline import AnalyzeOptions, AnalyzeSummary, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
-from tests import warm
-from tests.ranks import torchrun
-from tests.test_distributed import STALLING_MODEL, _descendants, _stored_steps
+from tests.ranks import spawn, torchrun
+from tests.test_distributed import STALLING_MODEL, _stored_steps
 from tests.tiny_models import mlp
 
 torch.set_num_threads(1)
@@ -420,27 +417,21 @@ def killed_over_30(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     model = root / "stalling.py"
     model.write_text(STALLING_MODEL)
     out, part = job_dir / "s.h5", job_dir / "s.h5.rank-1"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli",
+    args = [
         "analyze", str(folder), "--model", f"{model}:factory", "--model-kwargs", '{"hidden": 8}',
         "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
         "--anchor-size", "100", "--commit-interval", "0",
     ]
-    job = warm.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
-                     start_new_session=True)
-    try:
+    with spawn("-m", "fdl_cli", *args) as job:  # the ranks run directly: a kill -9 of the job is one of each rank
         deadline = time.monotonic() + 180
         while job.poll() is None and time.monotonic() < deadline:
             if _stored_steps(out) == [0] and _stored_steps(part) == [40, 50, 60]:
                 break
             time.sleep(0.2)
         running = job.poll() is None
-    finally:
-        for pid in [*_descendants(job.pid), job.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, stderr = job.communicate(timeout=60)
+        job.kill()
+        job.wait(60)
+        stderr = job.output()[1]
     shutil.copytree(job_dir, kept_dir)  # copy2: modification times kept
 
     def as_killed() -> tuple[Path, Path, Path, str, bytes, Any]:
@@ -451,7 +442,6 @@ def killed_over_30(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield as_killed
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
 @pytest.mark.parametrize("fixed", [False, True], ids=["still-corrupt", "fixed"])
 def test_a_part_compared_across_a_failing_checkpoint_is_taken_in(tmp_path: Path, fixed: bool, killed_over_30: Any) -> None:
     """The job of `killed_over_30`, killed while it stalled at step 10 with rank 1's part stored. A resume

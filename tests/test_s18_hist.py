@@ -35,6 +35,7 @@ from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.report import history_lines, load_run, provenance_lines
 from fdl_cli.store import CheckpointEntry, StoreReader, StoreWriter, history_row
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.ranks import torchrun
 from tests.test_store import probes, provenance, random_entry
 from tests.tiny_models import mlp
@@ -154,6 +155,7 @@ def test_a_resume_on_another_device_is_a_second_row_with_its_own_checkpoints(
     assert redone_steps == {0: [0, 20, 40, 60], 1: [10, 50], 2: [30]}
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_fdl_report_says_where_the_checkpoints_were_computed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

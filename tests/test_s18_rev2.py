@@ -24,6 +24,7 @@ from fdl_cli.checkpoints import discover_checkpoints
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import REPO, fdl_in_process, model_file
 
 torch.set_num_threads(1)
@@ -207,6 +208,7 @@ def _store_of_five_places(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_the_rest_of_many_places_is_read_with_the_stores_own_path(tmp_path: Path) -> None:
     """It said `h5dump -a /history STORE`, though the report knows the store it reads (a path to paste)."""
     out = _store_of_five_places(tmp_path)

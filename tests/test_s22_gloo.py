@@ -29,6 +29,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.store import StoreReader
 from tests import warm
 from tests.cli_run import model_file
+from tests.ranks import torchrun
 from tests.test_analyze import fdl
 from tests.test_distributed import REPO, _args, _make_run, _stored_steps
 from tests.test_s16_rev import _children
@@ -164,13 +165,28 @@ def _slow_run(tmp_path: Path) -> list[str]:
             str(tmp_path / "probe.npz"), "-o", str(tmp_path / "s.h5"), "--device", "cpu", "--commit-interval", "0"]
 
 
+def _env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The slow model's settings: rank 1 slow on step 50, marks in tmp_path/marks."""
+    return {"FDL_TEST_MARKS": str(tmp_path / "marks"), "SLOW_RANK": "1", "SLOW_STEP": "50", **env}
+
+
 def _job(tmp_path: Path, args: list[str], **env: str) -> warm.WarmProcess:
+    """The job under torchrun's agent, for a test of a Ctrl-C it hands the ranks or of how it notices one killed."""
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               "FDL_TEST_MARKS": str(tmp_path / "marks"), "SLOW_RANK": "1", "SLOW_STEP": "50", **env}
+               **_env(tmp_path, **env)}
     return warm.spawn(  # SIGINT as from a terminal: a warm child takes it as Python does, whatever was inherited
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fdl_cli", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environ, cwd=str(REPO),
     )
+
+
+def _direct(tmp_path: Path, args: list[str], within: float, **env: str) -> str:
+    """The job's stderr, its two ranks run directly (tests/ranks.py), once it ended (within `within` s, or the test
+    fails and the ranks are killed)."""
+    try:
+        return torchrun("-m", "fdl_cli", *args, direct=True, env=_env(tmp_path, **env), timeout=within).stderr
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job did not end within {within} s")
 
 
 def _ended(job: warm.WarmProcess, within: float) -> str:
@@ -208,8 +224,8 @@ def test_a_wait_that_runs_out_under_torchrun_says_so_and_the_same_command_resume
     a commit's duration) let rank 1 commit step 40, killed with the job."""
     args = _slow_run(tmp_path)
     began = time.monotonic()
-    stderr = _ended(_job(tmp_path, args, FDL_TORCHRUN_TIMEOUT="10", SLOW_S="120", HOLD_STEP="20",
-                         HOLD_STORE=str(tmp_path / "s.h5.rank-1"), HOLD_STEPS="30,40"), within=100)
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="10", SLOW_S="120", HOLD_STEP="20",
+                     HOLD_STORE=str(tmp_path / "s.h5.rank-1"), HOLD_STEPS="30,40")
     assert time.monotonic() - began < 100
     assert ("error on rank 0: gave up after waiting 10 s for the other ranks to finish their checkpoints (the longest "
             "a rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)") in stderr.splitlines(), stderr[-4000:]
@@ -292,7 +308,7 @@ def test_under_shard_probe_a_wait_that_runs_out_stops_the_rank_there(tmp_path: P
     wait, named after the gather."""
     args = [*_slow_run(tmp_path), "--shard-probe"]
     began = time.monotonic()
-    stderr = _ended(_job(tmp_path, args, FDL_TORCHRUN_TIMEOUT="8", SLOW_S="120"), within=100)
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="8", SLOW_S="120")
     assert time.monotonic() - began < 100
     said = [line for line in stderr.splitlines() if line.startswith("error")]
     assert said == ["error on rank 0: gave up after waiting 8 s for the other ranks' probe slices (the longest a "
