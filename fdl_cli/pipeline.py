@@ -2367,6 +2367,8 @@ def _analyze_refs(
             ctx.pickled_code = _pickled_code(loaded)
             model = _prepare(ctx, loaded)
             passes = _validate(ctx, model, reference, out)
+            # the modules its factory and forward pass imported: recorded, compared and watched as model.py's own
+            ctx.model_imports = _model_imports(ctx.factory, model_spec, manifest_dir, ctx.model_imports)
         failure = None
     except ResourceError as exc:  # one rank short of memory: every rank stops with it (`_check_memory`)
         if not spread:
@@ -2951,17 +2953,24 @@ def _spec_source(spec: str | None, base_dir: Path | None) -> tuple[str, str] | N
 
 
 def _model_imports(
-    factory: Callable[..., Any] | None, spec: str | None, base_dir: Path | None
+    factory: Callable[..., Any] | None,
+    spec: str | None,
+    base_dir: Path | None,
+    known: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, tuple[str, str]] | None:
-    """module -> (absolute path, sha256) of each module of the model's folder that its code imported
-    (`checkpoints.model_folder_imports`: `from mylayers import Block` beside model.py), taken as the model file was
-    imported: their edits change the model as the model file's do. None where it is not known."""
+    """module -> (absolute path, sha256) of each module of the model's folder that its code imported so far
+    (`checkpoints.model_folder_imports`: `from mylayers import Block` beside model.py), each hashed once, as it was
+    imported: their edits change the model as the model file's do. Taken as the model file was imported, and again
+    (`known`: those taken then, kept as they were) once the factory and a forward pass ran, which import modules of
+    the folder too (`def build(): from mylayers import act`). None where it is not known."""
     from fdl_cli.checkpoints import model_folder_imports, model_spec_file
 
     if factory is None or not spec:
-        return None
+        return known
     files = model_folder_imports(factory, model_spec_file(spec, base_dir=base_dir))
-    return None if files is None else _hashed_modules(files)
+    if files is None:
+        return known
+    return {**_hashed_modules({name: file for name, file in files.items() if name not in (known or {})}), **(known or {})}
 
 
 def _pickled_code(loaded: LoadedCheckpoint) -> dict[str, tuple[str, str]] | None:

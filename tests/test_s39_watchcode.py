@@ -7,7 +7,8 @@ imported) and are recorded as that code; the next plain run is refused for the c
 records it as a change of that module.
 
 Two stores, each made in its module fixture by a plain run, a plain watch and a further run (tiny MLPs, a 24-input
-probe), each watch's polls steps of the test in place of its sleeps (`_polls`), the last one's Ctrl-C."""
+probe), each watch's polls steps of the test in place of its sleeps (`_polls`), the last one's Ctrl-C. And a module of
+the folder that the factory or a forward pass imports, recorded and so compared and watched as model.py's own."""
 
 from __future__ import annotations
 
@@ -228,3 +229,45 @@ def test_the_next_plain_run_is_refused_and_the_flag_records_the_pickled_codes_ch
     (change,) = changes
     assert change["from_step"] == 30
     assert change["changed"] == [{"code": str(layers), "module": "s33pk_layers", "old": a, "new": d}]
+
+
+LAZY = """
+import torch
+from torch import nn
+
+
+class Head(nn.Linear):
+    def forward(self, x):
+        from myhead import scale  # imported by the first forward pass
+
+        return super().forward(x) * scale()
+
+
+def build():
+    from mylayers import act  # imported by the factory, not as model.py is
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), act(), Head(8, 3))
+"""
+
+
+def test_a_folder_module_the_factory_or_forward_pass_imports_is_recorded_and_an_edit_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`def build(): from mylayers import act`, and an import in a forward pass, are imports of the model's code as
+    model.py's own top-level ones: recorded (they were not, being made after model.py was imported), so an edit of
+    one between two runs is refused, and one while a watch runs warned of, where both went on in silence."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    root = imports._helper_run(tmp_path)
+    (root / "model.py").write_text(LAZY)
+    (root / "myhead.py").write_text("def scale():\n    return 1.0\n")
+    assert imports._analyze(root, "--steps", "0,10")[0] == 0
+    recorded = {name: imports._sha(root / f"{name}.py") for name in ("mylayers", "myhead")}
+    assert _model_imports(root / "run.h5") == recorded
+    _write_settled(root / "myhead.py", "def scale():\n    return 2.0\n")
+    code, said = imports._analyze(root)
+    assert code == 1 and "Traceback" not in said
+    assert f"error: the model code {root / 'myhead.py'} (the module myhead, which the model imports) changed" in said
+    _write_settled(root / "myhead.py", "def scale():\n    return 1.0\n")
+    code, said = _watch(root, [lambda: _write_settled(root / "mylayers.py", imports.LAYERS.format("Tanh"))])
+    assert code == 130 and said.count(f"warning: the model code {root / 'mylayers.py'} changed while this watch") == 1
