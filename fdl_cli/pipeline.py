@@ -1884,6 +1884,8 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
     store, whose own layer a resume without --layer goes on at (`_stored_layer_kept`)."""
     from fdl_cli.extract import forward_one_shapes, resolve_layers, tuple_outputs_fix
     from fdl_cli.probes import (
+        anchor_class_skew,
+        anchor_skew_warning,
         dominant_class_note,
         float_one_hot,
         raw_pixels_warning,
@@ -1987,6 +1989,10 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
         dominant = dominant_class_note(probe, n_outputs=n_outputs)
         if dominant is not None:
             ctx.store_notes.append(dominant)
+        if probe.task == "classes" and probe.y is not None:  # CKA and the overlaps see the first m rows alone
+            skew = anchor_class_skew(probe.y, min(ctx.options.anchor_size, int(probe.x.shape[0])))
+            if skew is not None:
+                ctx.reporter.warn(anchor_skew_warning(probe, skew))
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)
