@@ -20,7 +20,7 @@ from tests.tiny_models import mlp
 
 
 def test_a_shuffled_probe_is_not_warned_even_of_many_classes() -> None:
-    """ImageNet-like: 1 000 classes of 50, 4 096 anchors of 50 000, where ~1.6 % of the classes are absent from
+    """ImageNet-like: 1 000 classes of 50, 4 096 anchors of 50 000, where ~1.4 % of the classes are absent from
     random anchors and their class mix differs from the probe's by ~0.19 by chance; and 10 or 2 classes."""
     cases = [
         (np.repeat(np.arange(1000), 50), 4096),
