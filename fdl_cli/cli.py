@@ -1148,6 +1148,8 @@ def report(**kwargs: Any) -> None:
                 where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
                 for line in rep.degenerate_layer_lines(run, series):
                     console.print(f"note: {where}{line}", markup=False, highlight=False)
+                if (skew := rep.anchor_skew_line(run, series)) is not None:  # what CKA and the overlaps see
+                    console.print(f"note: {skew}", markup=False, highlight=False)
         else:
             rep.print_run(console, run, wide=kwargs["wide"])
         # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
@@ -1421,6 +1423,9 @@ class _Classified:
     refused: str | None = None  # the line naming the checkpoints `fdl analyze` refused (`report.refused_line`)
     binary: bool = False  # a one-logit binary classifier's store, whose C is 2 (`report.BINARY_LOGIT_LINE`)
     mixed: str | None = None  # the line saying the store mixes model code (`report.model_change_line`)
+    #: the line saying the anchor rows misrepresent the probe's classes, which the verdict's CKA and overlaps see
+    #: alone (`report.anchor_skew_line`)
+    anchors: str | None = None
 
 
 def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _Classified:
@@ -1467,7 +1472,8 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     if run.model_changes:  # said, and listed in the JSON: the verdict's checkpoints ran two versions of the code
         verdict = dataclasses.replace(verdict, model_changes=rep.model_change_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
-                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run), rep.model_change_line(run))
+                       others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run), rep.model_change_line(run),
+                       rep.anchor_skew_line(run, chosen))
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:
@@ -1482,6 +1488,8 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
         console.print(f"warning: {warning}", markup=False, style="yellow")
     if as_json:
         _emit_json(verdict.as_json())
+        if one.anchors is not None:  # beside the JSON, as report says it beside its --json
+            console.print(f"note: {one.anchors}", markup=False, highlight=False)
     else:
         console.print(one.header, markup=False)
         lines = regimes.describe(verdict, one.records)
@@ -1492,6 +1500,9 @@ def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *,
         if one.mixed is not None:  # after the trajectory, whose checkpoints ran two versions of the model's code
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1,
                          f"note: {one.mixed}")
+        if one.anchors is not None:  # after the trajectory, whose CKA and overlaps saw the anchor rows alone
+            lines.insert(next(i for i, line in enumerate(lines) if line.startswith("trajectory")) + 1,
+                         f"note: {one.anchors}")
         if one.binary:  # after the rule, whose "C + mf_extra = 3" it explains
             lines.insert(next(i for i, line in enumerate(lines) if line.startswith("rule: ")) + 1,
                          rep.BINARY_LOGIT_LINE)
@@ -1574,6 +1585,8 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
             console.print(f"note: {_row_name(store)}: {one.refused}", markup=False, highlight=False)
         if one.mixed is not None:
             console.print(f"note: {_row_name(store)}: {one.mixed}", markup=False, highlight=False)
+        if one.anchors is not None:  # its row's regime rests on CKA and overlaps of the anchor rows alone
+            console.print(f"note: {_row_name(store)}: {one.anchors}", markup=False, highlight=False)
     fields = [name for name in SWEEP_FIELDS
               if name not in ("final_accuracy", "final_r2")
               or any(one.verdict.evidence.get(name) is not None for one in done)]

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISDIR
@@ -562,6 +562,9 @@ class _Context:
     #: probe name -> whether its targets are float 0/1 (`probes.zero_one_targets`, found by `_validate`), which
     #: the store records (`ProbeInfo.zero_one_targets`) for the reading commands' caveat on loss and r2
     zero_one: dict[str, bool] = field(default_factory=dict)
+    #: probe name -> how its anchor subset misrepresents its classes (`probes.anchor_class_skew`, found by
+    #: `_validate`, which warns of it), which the store records (`ProbeInfo.anchor_skew`) for report and classify
+    anchor_skew: dict[str, Any] = field(default_factory=dict)
     #: notes that say what the store will record (the dominant-class note: classify reads accuracy against the
     #: labels' shares; the series a resume adds, `_addition`; the stored layer a resume goes on at), said by
     #: `_store_opened` once the store is open for writing: a resume refused before it (a newer schema, a store
@@ -1991,8 +1994,9 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             ctx.store_notes.append(dominant)
         if probe.task == "classes" and probe.y is not None:  # CKA and the overlaps see the first m rows alone
             skew = anchor_class_skew(probe.y, min(ctx.options.anchor_size, int(probe.x.shape[0])))
-            if skew is not None:
-                ctx.reporter.warn(anchor_skew_warning(probe, skew))
+            if skew is not None:  # recorded in the store too (`_probe_infos`): report and classify repeat it
+                ctx.anchor_skew[probe.name] = skew
+                ctx.reporter.warn(anchor_skew_warning(probe.name, skew, path=probe.path))
         # recorded in the store too (`_probe_infos`): report, compare and classify repeat the caveat on loss and r2
         ctx.zero_one[probe.name] = not one_hot and zero_one_targets(probe)
         no_energy = targets_without_energy(probe, center=ctx.options.center)
@@ -2328,6 +2332,7 @@ def _probe_infos(ctx: _Context) -> list[Any]:
                 zero_one_targets=ctx.zero_one.get(probe.name),  # None where not validated: not recorded
                 x_sha256=probe.x_sha256 or None,
                 **dict(zip(("chance_accuracy", "label_entropy"), label_chance(probe) or (None, None), strict=True)),
+                anchor_skew=asdict(skew) if (skew := ctx.anchor_skew.get(probe.name)) else None,
             )
         )
     return infos

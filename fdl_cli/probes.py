@@ -1383,16 +1383,22 @@ def anchor_class_skew(labels: Any, m: int) -> AnchorSkew | None:
                       random=random)
 
 
-def anchor_skew_warning(probe: Probe, skew: AnchorSkew) -> str:
-    """analyze's warning on a probe whose anchor subset misrepresents its classes (`anchor_class_skew`)."""
+#: The fields of an `AnchorSkew`, as the store records them (`ProbeInfo.anchor_skew`, a JSON object)
+ANCHOR_SKEW_KEYS = ("m", "n", "held", "classes", "distance", "random")
+
+
+def anchor_skew_warning(name: str, skew: AnchorSkew, *, path: Path | None = None) -> str:
+    """What a probe whose anchor subset misrepresents its classes (`anchor_class_skew`) does to the fields on it:
+    analyze's warning (with the probe file's `path`), and the note report and classify repeat from the store."""
+    where = f" ({path})" if path is not None else ""
     return (
-        f"probe {probe.name!r} ({probe.path}): its first {skew.m} of {skew.n} rows, the anchor subset (--anchor-size "
-        f"{skew.m}), hold {skew.held} of its {skew.classes} classes, in a class mix that differs from the probe's by "
+        f"probe {name!r}{where}: its first {skew.m} of {skew.n} rows, the anchor subset (--anchor-size {skew.m}), "
+        f"hold {skew.held} of its {skew.classes} classes, in a class mix that differs from the probe's by "
         f"{skew.distance:.2f} (total variation; random rows differ by at most {skew.random:.2f}): is the probe "
         "sorted by class? cka_init, cka_prev, overlap_init and overlap_prev, and the regime that rests on them, "
-        "see those rows alone (docs/measures.md, \"Row order\"); shuffle the probe's rows once, x and y alike, with "
-        "a fixed seed, and analyse it into a new store, or pass --anchor-size " + str(skew.n) + " (every row) where "
-        "memory allows"
+        "see those rows alone (docs/measures.md, \"Anchors of a class-sorted probe\"); shuffle the probe's rows "
+        "once, x and y alike, with a fixed seed, and analyse it into a new store, or analyse with --anchor-size "
+        f"{skew.n} (every row) where memory allows"
     )
 
 

@@ -223,6 +223,18 @@ def probe_chance(run: Run, series: Series) -> dict[str, float]:
     return probe_chance_of(run.probes.get(series.probe) if series.probe is not None else None)
 
 
+def anchor_skew_line(run: Run, series: Series) -> str | None:
+    """analyze's warning that the series' probe's anchor subset misrepresents its classes (`probes.anchor_skew_warning`),
+    as the store records it (`ProbeInfo.anchor_skew`), for report and classify: CKA, the overlaps and the regime see
+    those rows alone. None where not recorded."""
+    skew = getattr(run.probes.get(series.probe) if series.probe is not None else None, "anchor_skew", None)
+    if skew is None:
+        return None
+    from fdl_cli.probes import AnchorSkew, anchor_skew_warning
+
+    return anchor_skew_warning(str(series.probe), AnchorSkew(**skew))
+
+
 def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:
     """One line on what loss and r2 measure for a series whose probe holds float 0/1 targets (analyze warned
     it: `pipeline._zero_one_warning`), or None. `of`: whose probe, such as " of run A"."""
@@ -1571,6 +1583,8 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.print(per_output, markup=False, highlight=False)
         if (caveat := targets_caveat(run, series)) is not None:
             console.print(caveat, markup=False, highlight=False)
+        if (skew := anchor_skew_line(run, series)) is not None:
+            console.print(f"note: {skew}", markup=False, highlight=False)
     if run.series:
         shown = dict.fromkeys(name for series in run.series for name in table_fields(wide=wide, records=series.records))
         console.print(column_key(tuple(shown), series_tasks(run, run.series)), markup=False, highlight=False)

@@ -19,6 +19,9 @@ Layout (schema_version 1; docs/store.md has the full account)::
                                                `probes.inputs_digest`; absent: not recorded),
                                                chance_accuracy, label_entropy (class labels: the largest
                                                class's share, the labels' entropy; absent: not recorded)
+                                               anchor_skew (JSON object: the anchor subset misrepresents
+                                               the probe's classes, `probes.anchor_class_skew`; absent: it
+                                               does not, or not recorded)
         anchor_x (m,) f64               optional: only for 1-D float inputs (for e_k(x) plots)
         anchor_y (m, ...) f64           optional, beside anchor_x (class labels as floats too; int64 if a caller
                                         passes integers)
@@ -221,6 +224,11 @@ class ProbeInfo:
     #: session; classify then takes 1/C and log C). Derived from the probe file, so not part of equality.
     chance_accuracy: float | None = None
     label_entropy: float | None = None
+    #: for class labels whose anchor subset (the first m rows) misrepresents the probe's classes, what analyze warned
+    #: (`probes.anchor_class_skew`: m, n, held, classes, distance, random), which report and classify repeat, since
+    #: CKA, the overlaps and the regime see those rows alone. None: no such skew, or not recorded (a store written
+    #: before it was). Derived from the probe file and --anchor-size, so not part of equality.
+    anchor_skew: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_name("probe", self.name, identifier=True)
@@ -982,6 +990,7 @@ class StoreReader:
                     x_sha256=_as_str(attrs["x_sha256"]) if "x_sha256" in attrs else None,
                     chance_accuracy=self._chance_attr(name, attrs, "chance_accuracy", 1.0),
                     label_entropy=self._chance_attr(name, attrs, "label_entropy", math.inf),
+                    anchor_skew=self._anchor_skew(name, attrs),
                 )
             except StoreError:
                 raise
@@ -1011,6 +1020,26 @@ class StoreReader:
             return number
         self.warnings.append(f"probe /probes/{probe} has {name} = {_short(value)}, not a number in [0, {top:g}]: "
                              "ignored (fdl classify takes chance as 1/C and log C for it)")
+        return None
+
+    def _anchor_skew(self, probe: str, attrs: Any) -> dict[str, float] | None:
+        """A probe's `anchor_skew` attribute (`probes.ANCHOR_SKEW_KEYS`): None where absent, or, with a warning,
+        not such a JSON object (the probe's other attributes are read all the same)."""
+        if "anchor_skew" not in attrs:
+            return None
+        value = attrs["anchor_skew"]
+        try:
+            skew = json.loads(_as_str(value))
+        except (ValueError, TypeError):
+            skew = None
+        counts, distances = ("m", "n", "held", "classes"), ("distance", "random")
+        if (isinstance(skew, dict) and set(skew) == {*counts, *distances}
+                and all(type(skew[key]) is int for key in counts)
+                and all(type(skew[key]) in (int, float) and 0.0 <= skew[key] <= 1.0 for key in distances)
+                and 1 <= skew["m"] < skew["n"] and 1 <= skew["held"] <= skew["classes"]):
+            return {key: skew[key] for key in (*counts, *distances)}
+        self.warnings.append(f"probe /probes/{probe} has anchor_skew = {_short(value)}, not the JSON object analyze "
+                             "writes: ignored (whether its anchor rows misrepresent its classes is taken as not recorded)")
         return None
 
     def _scan_checkpoints(self, *, deep: bool) -> None:
@@ -3315,8 +3344,9 @@ def _model_imports_attribute(attrs: Any) -> dict[str, str] | None:
 def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
     """The attributes of `probe` that a resumed store's record of it (`stored`, written by an older fdl) lacks:
     zero_one_targets, and a class-label probe's chance_accuracy and label_entropy: both where it lacks either
-    (absent, or out of range and so read as absent), as classify reads them together (`regimes.chance`); the
-    probe file is the stored one (its sha256), so a value stored is the one written again."""
+    (absent, or out of range and so read as absent), as classify reads them together (`regimes.chance`), and its
+    anchor_skew; the probe file is the stored one (its sha256), so a value stored is the one written again (the
+    --anchor-size too: a resume of other options is refused, `resume_differences`)."""
     updates: dict[str, Any] = {}
     if probe.zero_one_targets is not None and stored.zero_one_targets is None:
         updates["zero_one_targets"] = bool(probe.zero_one_targets)
@@ -3324,6 +3354,8 @@ def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
             and (stored.chance_accuracy is None or stored.label_entropy is None) and probe.sha256 == stored.sha256):
         updates["chance_accuracy"] = np.float64(probe.chance_accuracy)
         updates["label_entropy"] = np.float64(probe.label_entropy)
+    if probe.anchor_skew is not None and stored.anchor_skew is None and probe.sha256 == stored.sha256:
+        updates["anchor_skew"] = json.dumps(dict(probe.anchor_skew))
     return updates
 
 
@@ -3341,6 +3373,8 @@ def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
     if probe.chance_accuracy is not None and probe.label_entropy is not None:  # class labels only
         node.attrs["chance_accuracy"] = np.float64(probe.chance_accuracy)
         node.attrs["label_entropy"] = np.float64(probe.label_entropy)
+    if probe.anchor_skew is not None:  # class labels whose anchor rows misrepresent the probe's classes only
+        node.attrs["anchor_skew"] = json.dumps(dict(probe.anchor_skew))
     for name in ("anchor_x", "anchor_y"):
         value = getattr(probe, name)
         if value is not None:

@@ -9,9 +9,13 @@ against 0.550 unsorted. analyze now warns where the anchors' class mix is far fr
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pytest
 import torch
 
 from fdl_cli.probes import anchor_class_skew
@@ -57,42 +61,82 @@ def test_the_bundled_sample_probe_is_not_warned_and_sorted_it_is() -> None:
     assert skew is not None and (skew.held, skew.classes) == (3, 10)
 
 
-def _analyze(tmp_path: Path, labels: np.ndarray, name: str) -> str:
-    run = tmp_path / "run"
-    if not run.is_dir():
-        run.mkdir()
-        for step in (0, 10):
-            torch.save(mlp(4, 8, 4, seed=step).state_dict(), run / f"step_{step}.pt")
-    x = np.random.default_rng(1).normal(size=(len(labels), 4)).astype(np.float32)
-    np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
-    done = fdl_in_process(
-        "analyze",
-        run,
-        "--model",
-        "tests.tiny_models:mlp",
-        "--model-kwargs",
-        '{"n_in": 4, "hidden": 8, "n_out": 4}',
-        "--probe",
-        tmp_path / f"{name}.npz",
-        "--anchor-size",
-        "40",
-        "--out",
-        tmp_path / f"{name}.h5",
-    )
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """A tiny MLP's two checkpoints analysed on a probe of 4 classes of 30, sorted and shuffled, with 40 anchors
+    (the sorted probe's first 40 rows hold classes 0 (30) and 1 (10)): name -> (store, analyze's stderr)."""
+    folder = tmp_path_factory.mktemp("anchors")
+    run = folder / "run"
+    run.mkdir()
+    for step in (0, 10):
+        torch.save(mlp(4, 8, 4, seed=step).state_dict(), run / f"step_{step}.pt")
+    x = np.random.default_rng(1).normal(size=(120, 4)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 30)
+    out: dict[str, tuple[Path, str]] = {}
+    for name, y in (("sorted", labels), ("shuffled", np.random.default_rng(0).permutation(labels))):
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+        done = fdl_in_process(
+            "analyze",
+            run,
+            "--model",
+            "tests.tiny_models:mlp",
+            "--model-kwargs",
+            '{"n_in": 4, "hidden": 8, "n_out": 4}',
+            "--probe",
+            folder / f"{name}.npz",
+            "--anchor-size",
+            "40",
+            "--out",
+            folder / f"{name}.h5",
+        )
+        assert done.returncode == 0, done.stderr
+        out[name] = (folder / f"{name}.h5", " ".join(done.stderr.split()))
+    return out
+
+
+#: what analyze, report and classify say of the sorted probe (the path is said by analyze alone)
+SAID = (
+    "its first 40 of 120 rows, the anchor subset (--anchor-size 40), hold 2 of its 4 classes, in a class mix that "
+    "differs from the probe's by 0.50 (total variation"
+)
+WHY = "cka_init, cka_prev, overlap_init and overlap_prev, and the regime that rests on them, see those rows alone"
+FIX = "shuffle the probe's rows once, x and y alike, with a fixed seed, and analyse it into a new store"
+
+
+def test_analyze_warns_of_a_class_sorted_probe_and_not_of_it_shuffled(runs: dict[str, tuple[Path, str]]) -> None:
+    store, said = runs["sorted"]
+    assert f"warning: probe 'probe' ({store.with_suffix('.npz')}): {SAID}" in said
+    assert WHY in said and FIX in said and "or analyse with --anchor-size 120 (every row)" in said
+    assert said.count(SAID) == 1  # once per probe
+    assert "anchor subset" not in runs["shuffled"][1] and "class mix" not in runs["shuffled"][1]
+
+
+def test_the_store_records_it_and_report_and_classify_repeat_it(runs: dict[str, tuple[Path, str]]) -> None:
+    store, _ = runs["sorted"]
+    with h5py.File(store, "r") as opened:
+        recorded = json.loads(opened["probes/probe"].attrs["anchor_skew"])
+    assert {key: recorded[key] for key in ("m", "n", "held", "classes")} == {"m": 40, "n": 120, "held": 2, "classes": 4}
+    assert recorded["distance"] == pytest.approx(0.5) and 0 < recorded["random"] < 0.25
+    for command in (["report"], ["report", "--json"], ["classify"], ["classify", "--json"]):
+        done = fdl_in_process(*command, store)
+        assert done.returncode == 0, done.stderr
+        shown = " ".join((done.stdout + done.stderr).split())
+        assert f"note: probe 'probe': {SAID}" in shown and WHY in shown, command
+    shuffled, _ = runs["shuffled"]
+    with h5py.File(shuffled, "r") as opened:
+        assert "anchor_skew" not in opened["probes/probe"].attrs
+    for command in (["report"], ["classify"]):
+        done = fdl_in_process(*command, shuffled)
+        assert done.returncode == 0 and "anchor subset" not in done.stdout + done.stderr, command
+
+
+def test_a_damaged_record_is_a_reader_warning(runs: dict[str, tuple[Path, str]], tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.h5"
+    shutil.copyfile(runs["sorted"][0], damaged)
+    with h5py.File(damaged, "r+") as opened:
+        opened["probes/probe"].attrs["anchor_skew"] = '{"m": 40}'
+    done = fdl_in_process("classify", damaged)
     assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
-def test_analyze_warns_of_a_class_sorted_probe_and_not_of_it_shuffled(tmp_path: Path) -> None:
-    labels = np.repeat(np.arange(4), 30)  # sorted: the first 40 rows hold classes 0 (30) and 1 (10)
-    said = " ".join(_analyze(tmp_path, labels, "sorted").split())
-    probe = tmp_path / "sorted.npz"
-    assert (
-        f"warning: probe 'probe' ({probe}): its first 40 of 120 rows, the anchor subset (--anchor-size 40), hold "
-        "2 of its 4 classes, in a class mix that differs from the probe's by 0.50 (total variation"
-    ) in said
-    assert "cka_init, cka_prev, overlap_init and overlap_prev, and the regime that rests on them, see those rows" in said
-    assert "shuffle the probe's rows once, x and y alike, with a fixed seed, and analyse it into a new store" in said
-    assert "--anchor-size 120 (every row)" in said
-    shuffled = _analyze(tmp_path, np.random.default_rng(0).permutation(labels), "shuffled")
-    assert "anchor subset" not in shuffled and "class mix" not in shuffled
+    shown = " ".join(done.stderr.split())
+    assert "probe /probes/probe has anchor_skew = " in shown and "ignored" in shown
+    assert "anchor subset" not in shown
