@@ -1383,10 +1383,6 @@ def anchor_class_skew(labels: Any, m: int) -> AnchorSkew | None:
                       random=random)
 
 
-#: The fields of an `AnchorSkew`, as the store records them (`ProbeInfo.anchor_skew`, a JSON object)
-ANCHOR_SKEW_KEYS = ("m", "n", "held", "classes", "distance", "random")
-
-
 def anchor_skew_warning(name: str, skew: AnchorSkew, *, path: Path | None = None) -> str:
     """What a probe whose anchor subset misrepresents its classes (`anchor_class_skew`) does to the fields on it:
     analyze's warning (with the probe file's `path`), and the note report and classify repeat from the store."""

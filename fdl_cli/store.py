@@ -1023,7 +1023,7 @@ class StoreReader:
         return None
 
     def _anchor_skew(self, probe: str, attrs: Any) -> dict[str, float] | None:
-        """A probe's `anchor_skew` attribute (`probes.ANCHOR_SKEW_KEYS`): None where absent, or, with a warning,
+        """A probe's `anchor_skew` attribute (the fields of a `probes.AnchorSkew`): None where absent, or, with a warning,
         not such a JSON object (the probe's other attributes are read all the same)."""
         if "anchor_skew" not in attrs:
             return None
