@@ -1338,11 +1338,11 @@ def dominant_class_note(probe: Probe, *, n_outputs: int) -> str | None:
 #: (`anchor_class_skew`) where the total variation distance between the anchors' class proportions and the
 #: probe's exceeds both ANCHOR_SKEW_FLOOR and ANCHOR_SKEW_FACTOR times the largest distance of ANCHOR_SKEW_DRAWS
 #: random choices of m of the n rows (drawn with a fixed seed: the same probe is judged alike every time).
-#: Why (docs/measures.md, "Row order"): the distance of random anchors is no constant: ~0.19 on average for
-#: ImageNet's 1 000 classes at 4 096 of 50 000 rows (a few anchors a class), 0.01 for 10 classes at 4 096 of
-#: 5 000, and half-normal, heavy-tailed for 2 classes; the largest of 64 draws follows each, and twice it is
-#: far beyond what a shuffled probe reaches, while a class-sorted probe (0.92 and 0.18 in those two cases) is
-#: far beyond it.
+#: Why (docs/measures.md, "Anchors of a class-sorted probe"): the distance of random anchors is no constant:
+#: ~0.19 on average for ImageNet's 1 000 classes at 4 096 of 50 000 rows (a few anchors a class), 0.01 for 10
+#: classes at 4 096 of 5 000, half-normal and heavy-tailed for 2 classes; the largest of the draws follows each
+#: shape, twice it is beyond what shuffled probes reached, and class-sorted ones (0.92 and 0.18 in those two
+#: cases) lie far past it.
 ANCHOR_SKEW_FLOOR = 0.1
 ANCHOR_SKEW_FACTOR = 2.0
 ANCHOR_SKEW_DRAWS = 64
