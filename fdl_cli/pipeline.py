@@ -1825,9 +1825,9 @@ def _prepare(ctx: _Context, loaded: LoadedCheckpoint, *, parameters: bool = True
             return build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs, into=ctx.model)
         model = build_model(loaded, factory=ctx.factory, kwargs=ctx.model_kwargs)
     except WeightsMismatchError as exc:
-        if _model_named_by(ctx) is None:
+        if _model_named_by(ctx) is None and _kwargs_from(ctx) != "manifest":
             raise
-        raise _manifest_model(exc, ctx.manifest) from None
+        raise _manifest_model(exc, ctx) from None
     ctx.model = prepare_model(model, device=ctx.device, dtype=ctx.options.dtype)
     return ctx.model
 
@@ -4361,7 +4361,7 @@ def _run_refs(
                 # not a probe's file or a wrapper's keys: the model, of --model or an fdl.toml
                 if isinstance(exc, WeightsMismatchError) and ref.step != reference.step \
                         and (exc.fix or "").startswith(("wrong --model", "wrong model")):
-                    exc = _another_model(exc, reference, _model_named_by(ctx))
+                    exc = _another_model(exc, reference, ctx)
                 if ref.step in lacking:  # a stored checkpoint: the "previous" of its stored series all the same
                     exc = _adding_failed(exc, ref, lacking[ref.step])
                 _failed(ctx, summary, ref, exc, lacking.get(ref.step))
@@ -4604,34 +4604,59 @@ def _memory_explained(ref: CheckpointRef) -> Iterator[None]:
         raise resources.memory_error(exc, f"at step {ref.step} ({ref.path})") from None
 
 
-def _another_model(exc: WeightsMismatchError, reference: CheckpointRef, toml: Path | None) -> WeightsMismatchError:
+def _another_model(exc: WeightsMismatchError, reference: CheckpointRef, ctx: _Context) -> WeightsMismatchError:
     """The weights of one checkpoint of the run do not fit the model that the reference's fit: a file of
     another model among the run's ("wrong --model?" sent the user to change the model that fits the others)."""
+    toml, kwargs = _model_named_by(ctx), _kwargs_from(ctx)
+    if toml is not None:
+        check = (f"the model in {toml} and the --model-kwargs given on the command line" if kwargs == "command line"
+                 else f"the model and model_kwargs in {toml}")
+    else:
+        check = ("--model / --model-kwargs" if kwargs != "manifest"
+                 else f"--model and the model_kwargs in {ctx.manifest.path}")
     return WeightsMismatchError(
         exc.what, got=exc.got,
         fix=f"the reference checkpoint {reference.path} (step {reference.step}) fits this model: this file holds "
         "another model's weights (its sizes say which); leave it out (move it out of the folder, or select the run's "
-        "files with --glob or --steps), or, if it is the run's, check "
-        + (f"the model and model_kwargs in {toml}" if toml is not None else "--model / --model-kwargs"),
+        f"files with --glob or --steps), or, if it is the run's, check {check}",
     )
 
 
-def _manifest_model(exc: WeightsMismatchError, manifest: Any) -> WeightsMismatchError:
-    """The error of weights that do not fit the model an fdl.toml named, no --model given: it spoke of the
-    model "built by --model" and sent the user to a flag never passed; it now names the fdl.toml to fix."""
-    toml, model = manifest.path, str(manifest.model)
-    for folder in (f"{manifest.path.parent.absolute()}{os.sep}", f"{manifest.path.parent.resolve()}{os.sep}"):
-        model = model[len(folder):] if model.startswith(folder) else model  # model.py:build, as the file says
-    fix = exc.fix or ""
-    for flag, named in (("wrong --model or --model-kwargs?", f"wrong model or model_kwargs in {toml}?"),
-                        ("wrong --model?", f"wrong model in {toml}?")):
+def _kwargs_from(ctx: _Context) -> str:
+    """Where the model factory's keyword arguments came from (`_model_kwargs`), for its errors to name: "command
+    line" (--model-kwargs given), "manifest" (an fdl.toml's model_kwargs) or "none"."""
+    options = ctx.options
+    if "model_kwargs" in options.given or bool(options.model_kwargs):
+        return "command line"
+    return "manifest" if ctx.manifest is not None and ctx.model_kwargs else "none"
+
+
+def _manifest_model(exc: WeightsMismatchError, ctx: _Context) -> WeightsMismatchError:
+    """The error of weights that do not fit a model of which an fdl.toml gave the model or its model_kwargs: it
+    spoke of the model "built by --model" and sent the user to flags never passed (or to an fdl.toml's
+    model_kwargs where --model-kwargs gave them); it now names where the model and its keyword arguments came
+    from, the fdl.toml or the command line, and so where to fix them."""
+    manifest, kwargs = ctx.manifest, _kwargs_from(ctx)
+    toml, fix, what = manifest.path, exc.fix or "", exc.what
+    there = "; fix it there, or give --model (and --model-kwargs), which overrides it"
+    if _model_named_by(ctx) is not None:
+        model = str(manifest.model)
+        for folder in (f"{manifest.path.parent.absolute()}{os.sep}", f"{manifest.path.parent.resolve()}{os.sep}"):
+            model = model[len(folder):] if model.startswith(folder) else model  # model.py:build, as the file says
+        what = what.replace("the model built by --model", f"the model built by {toml}'s model ({model})")
+        both = ((f"wrong model in {toml}, or wrong --model-kwargs given on the command line?",
+                 "; fix the model there or the --model-kwargs, or give --model too, which overrides the fdl.toml's")
+                if kwargs == "command line" else (f"wrong model or model_kwargs in {toml}?", there))
+        rewrites = {"wrong --model or --model-kwargs?": both, "wrong --model?": (f"wrong model in {toml}?", there)}
+    else:  # --model, with the fdl.toml's model_kwargs (they go with that same model: `_manifest_kwargs`)
+        rewrites = {"wrong --model or --model-kwargs?": (f"wrong --model, or wrong model_kwargs in {toml}?",
+                                                         "; fix them there, or pass --model-kwargs JSON, which "
+                                                         "overrides them")}
+    for flag, (named, how) in rewrites.items():
         if fix.startswith(flag):
-            fix = f"{named}{fix[len(flag):]}; fix it there, or give --model (and --model-kwargs), which overrides it"
+            fix = f"{named}{fix[len(flag):]}{how}"
             break
-    return WeightsMismatchError(
-        exc.what.replace("the model built by --model", f"the model built by {toml}'s model ({model})"), got=exc.got,
-        fix=fix,
-    )
+    return WeightsMismatchError(what, got=exc.got, fix=fix)
 
 
 def _model_named_by(ctx: _Context) -> Path | None:

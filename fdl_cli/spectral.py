@@ -36,6 +36,8 @@ NEGATIVE_WARN_RTOL = 1e-8
 CANCELLATION_RTOL = 1e-12
 #: Thresholds τ of k_τ (SPEC.md §3).
 TAUS = (0.90, 0.95, 0.99)
+#: float64's machine epsilon: k_τ's Π(k) reaches τ·Π(r) when short of it by at most r·K_TAU_EPS·Π(r) (`k_tau`).
+K_TAU_EPS = float(np.finfo(np.float64).eps)
 #: Default share η of the centered output energy kept in the D_LR output span (SPEC.md §4).
 DLR_ENERGY = 0.99
 #: Default number of eigenvectors / eigenfunctions kept (SPEC.md §5).
@@ -620,10 +622,16 @@ def alignment(spectrum: Spectrum, cross: np.ndarray, energy: float) -> np.ndarra
 
 
 def k_tau(cumulative: np.ndarray, tau: float) -> int | None:
-    """min{k : Π(k) ≥ τ·Π(r)} (1-based), None when Π(r) = 0 or r = 0."""
+    """min{k : Π(k) ≥ τ·Π(r)} (1-based), None when Π(r) = 0 or r = 0.
+
+    Π(k) counts as reaching τ·Π(r) when short of it by at most r·eps·Π(r), the rounding of the comparison: the
+    float64 running sums of the non-negative Q_k are off by at most (k−1)·eps/2 and (r−1)·eps/2 of Π(r), τ·Π(r)
+    by eps/2 more, (k + r)·eps/2 ≤ r·eps in all. Without it an exact tie was decided by that rounding: C = 20
+    balanced classes (every Q̂_k = 1/20, Π(18) = 0.9·Π(20)) read k90 = 19, where it is 18."""
     if cumulative.size == 0 or cumulative[-1] <= 0.0:
         return None
-    return int(np.argmax(cumulative >= tau * cumulative[-1])) + 1
+    total = float(cumulative[-1])
+    return int(np.argmax(cumulative >= tau * total - cumulative.size * K_TAU_EPS * total)) + 1
 
 
 def effective_dimension(weights: np.ndarray) -> float:

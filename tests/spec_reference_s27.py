@@ -116,7 +116,7 @@ def k_tau(q: np.ndarray, tau: float) -> int | None:
     if len(cum) == 0 or cum[-1] <= 0:
         return None
     for k in range(len(cum)):
-        if cum[k] >= tau * cum[-1]:
+        if cum[k] >= tau * cum[-1] - len(cum) * np.finfo(float).eps * cum[-1]:  # the sums' rounding (docs)
             return k + 1
     return len(cum)
 

@@ -175,7 +175,9 @@ def _eff(q: np.ndarray) -> float:
 
 def _k(q: np.ndarray, tau: float) -> int | None:
     cum = np.cumsum(q)
-    return int(np.argmax(cum >= tau * cum[-1])) + 1 if len(q) and cum[-1] > 0 else None
+    if not len(q) or cum[-1] <= 0:
+        return None
+    return int(np.argmax(cum >= tau * cum[-1] - len(q) * np.finfo(float).eps * cum[-1])) + 1  # sums' rounding
 
 
 def _one(F: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str, center: bool, eta: float) -> dict[str, Any]:

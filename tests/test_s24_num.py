@@ -54,7 +54,7 @@ def _shares(E: np.ndarray, G: np.ndarray) -> np.ndarray:
 
 def _k_tau(q: np.ndarray, tau: float) -> int:
     P = np.cumsum(q)
-    return int(np.argmax(P >= tau * P[-1])) + 1
+    return int(np.argmax(P >= tau * P[-1] - len(P) * np.finfo(float).eps * P[-1])) + 1  # the sums' rounding
 
 
 def _eff_dim(q: np.ndarray) -> float:

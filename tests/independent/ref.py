@@ -109,7 +109,7 @@ def k_tau(q: np.ndarray, tau: float) -> int | None:
     if cum[-1] <= 0:
         return None
     for k in range(len(cum)):
-        if cum[k] >= tau * cum[-1]:
+        if cum[k] >= tau * cum[-1] - len(cum) * np.finfo(float).eps * cum[-1]:  # the sums' rounding
             return k + 1
     return len(cum)
 
