@@ -1325,6 +1325,10 @@ def export(**kwargs: Any) -> None:
         if kwargs["what"] == "trajectories" and len(run.series) == 1 \
                 and (small := rep.small_probe_note(run, run.series[0])) is not None:
             click.echo(terminal_safe(f"note: {small}"), err=True)
+        # what the exported CKA and overlap columns, and e_k(x) on the anchor points, see: as report says it
+        if kwargs["what"] in ("trajectories", "eigenfunctions") and len(run.series) == 1 \
+                and (skew := rep.anchor_skew_line(run, run.series[0])) is not None:
+            click.echo(terminal_safe(f"note: {skew}"), err=True)
         steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
         # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
         if steps is None and (refused := rep.refused_line(run, "this export")) is not None:

@@ -121,6 +121,7 @@ def run_page(
     (title, PNG) of each series by its label, drawn already (`figures.write_run_figures(..., page=...)` for --plots)."""
     from fdl_cli import __version__
     from fdl_cli.report import (
+        anchor_skew_line,
         constant_outputs_line,
         degenerate_layer_lines,
         model_change_line,
@@ -146,7 +147,8 @@ def run_page(
                 heading=f"probe {series.probe}, layer {series.layer}",
                 summary=[*summary_lines(summarize(series.records, reference_step=reference_step_of(run.provenance))),
                          *filter(None, [constant_outputs_line(series)]), *degenerate_layer_lines(run, series),
-                         *filter(None, [r2_outputs_line(series), targets_caveat(run, series)])],
+                         *filter(None, [r2_outputs_line(series), targets_caveat(run, series)]),
+                         *(f"note: {skew}" for skew in filter(None, [anchor_skew_line(run, series)]))],
                 records=series.records,
                 figures=figures_by_series.get(series.label, []),
                 reference_step=reference_step_of(run.provenance),

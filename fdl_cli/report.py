@@ -2571,6 +2571,10 @@ def compare_runs(
     small = (small_probe_note(run_a, series_a), small_probe_note(run_b, series_b))
     notes += [f"runs A and B: {small[0]}"] if small[0] is not None and small[0] == small[1] else \
         [f"run {side}: {line}" for side, line in zip("AB", small, strict=True) if line is not None]
+    # the overlap A·B, and each run's CKA and overlaps, see the first m rows of each probe alone
+    skews = (anchor_skew_line(run_a, series_a), anchor_skew_line(run_b, series_b))
+    notes += [f"runs A and B: {skews[0]}"] if skews[0] is not None and skews[0] == skews[1] else \
+        [f"run {side}: {line}" for side, line in zip("AB", skews, strict=True) if line is not None]
     if (binary := binary_logit_note(run_a, run_b)) is not None:
         notes.append(binary)
     partners = {match.step_a: match.step_b for match in matches}

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fdl_cli.probes import anchor_class_skew
+from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.cli_run import REPO, fdl_in_process
 from tests.tiny_models import mlp
 
@@ -140,3 +141,28 @@ def test_a_damaged_record_is_a_reader_warning(runs: dict[str, tuple[Path, str]],
     shown = " ".join(done.stderr.split())
     assert "probe /probes/probe has anchor_skew = " in shown and "ignored" in shown
     assert "anchor subset" not in shown
+
+
+@pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
+def test_compare_export_and_the_html_page_repeat_it(runs: dict[str, tuple[Path, str]], tmp_path: Path) -> None:
+    """compare's overlap A·B and each run's CKA and overlaps, export's CKA and overlap columns and e_k(x) on the
+    anchor points, and the --html page's numbers see the first m rows alone: each says so, as report does."""
+    store, _ = runs["sorted"]
+    shuffled, _ = runs["shuffled"]
+    one = fdl_in_process("compare", store, shuffled)
+    assert one.returncode == 0, one.stderr
+    shown = " ".join((one.stdout + one.stderr).split())
+    assert f"run A: probe 'probe': {SAID}" in shown and "run B: probe" not in shown
+    both = " ".join(fdl_in_process("compare", store, store).stderr.split())
+    assert f"runs A and B: probe 'probe': {SAID}" in both and both.count(SAID) == 1
+    for what in ("trajectories", "eigenfunctions"):
+        done = fdl_in_process("export", store, "--what", what, "--out", tmp_path / f"{what}.csv")
+        assert done.returncode == 0, done.stderr
+        assert f"note: probe 'probe': {SAID}" in " ".join(done.stderr.split()), what
+    plain = fdl_in_process("export", shuffled, "--what", "trajectories", "--out", tmp_path / "plain.csv")
+    assert plain.returncode == 0 and "anchor subset" not in plain.stderr
+    page = tmp_path / "page.html"
+    done = fdl_in_process("report", store, "--html", page)
+    assert done.returncode == 0, done.stderr
+    escaped = "note: probe 'probe': " + SAID
+    assert escaped.replace("'", "&#x27;") in " ".join(page.read_text().split())
