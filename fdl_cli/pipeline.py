@@ -2451,6 +2451,7 @@ def _analyze_refs(
         announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
+        taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
         try:
             if ctx.drop:
                 ctx.refs_by_step = {ref.step: ref for ref in refs}
@@ -2458,9 +2459,10 @@ def _analyze_refs(
                 summary.dropped.extend(sorted(ctx.drop))
                 announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
                 announce(compared_again, refreshed=True)
-            taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
+            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=taken)
         except BaseException:
             announce(())  # a Ctrl-C in a print: the rest of what the drop made durable, printed on the way out
+            announce.print_only(taken)  # one in the take-in: the parts' checkpoints it committed before it
             raise
 
         def stalled() -> str:

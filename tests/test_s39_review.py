@@ -1,0 +1,67 @@
+"""Defects found reading the code of the --json announce queue, taken-in part records, `**` patterns, model_changes
+and the --watch model-code check (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from fdl_cli import sharding
+from tests.cli_run import fdl_in_process
+from tests.ranks import torchrun
+from tests.test_s37_user import _printed_steps, _stored_steps
+from tests.test_s38_takenin import _left_by_the_job, stopped_job  # noqa: F401 - the module's fixture, shared
+
+
+def test_a_ctrl_c_after_a_parts_take_in_committed_leaves_its_records_printed(
+    stopped_job: tuple[Path, Path, Path],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C (a real SIGINT) once a part's checkpoints are committed into the store, as its part is removed: they
+    were stored and the part gone, but never printed (no later run prints them: it finds them stored)."""
+    out = tmp_path / "s.h5"
+    part, args = _left_by_the_job(stopped_job, out)
+    remove = sharding._remove_rank_part
+
+    def removing(path: Path) -> None:
+        signal.raise_signal(signal.SIGINT)
+        remove(path)
+
+    monkeypatch.setattr(sharding, "_remove_rank_part", removing)
+    done = fdl_in_process(*args)
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _stored_steps(out) == [0, 10, 20]
+    assert _printed_steps(done.stdout) == [10, 20], done.stderr
+
+
+#: `fdl analyze` as a rank of a torchrun job, rank 0 given a Ctrl-C (a real SIGINT) as it removes a part it took in
+_RANK_REMOVING = """
+import os, signal, sys
+from fdl_cli import cli, sharding
+if os.environ["RANK"] == "0":
+    remove = sharding._remove_rank_part
+    def removing(path):
+        signal.raise_signal(signal.SIGINT)
+        remove(path)
+    sharding._remove_rank_part = removing
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_ctrl_c_of_rank_0_after_a_parts_take_in_committed_leaves_its_records_printed(
+    stopped_job: tuple[Path, Path, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same under a torchrun job of two ranks: rank 0 takes the part in."""
+    out = tmp_path / "s.h5"
+    _, args = _left_by_the_job(stopped_job, out)
+    wrapper = tmp_path / "rank.py"
+    wrapper.write_text(_RANK_REMOVING, encoding="utf-8")
+    done = torchrun(str(wrapper), *args, direct=True)
+    assert done.returncode != 0
+    assert _stored_steps(out) == [0, 10, 20]
+    assert sorted(_printed_steps(done.stdout)) == [10, 20], done.stderr[-4000:]
