@@ -65,3 +65,27 @@ def test_a_ctrl_c_of_rank_0_after_a_parts_take_in_committed_leaves_its_records_p
     assert done.returncode != 0
     assert _stored_steps(out) == [0, 10, 20]
     assert sorted(_printed_steps(done.stdout)) == [10, 20], done.stderr[-4000:]
+
+
+# ------------------------------------------------------------------ `**` and links to folders
+
+
+def test_double_star_enters_no_link_to_a_folder_as_bash_globstar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's glob went into each link to a folder: a link to the folder above (`run/a/up -> ..`) gave each
+    checkpoint again under run/a/up/a/up/..., 40 links deep, and fdl took the deepest path; two such links, a walk
+    with no end. bash's globstar takes a link to a folder as one folder, and goes no further through it."""
+    from fdl_cli.checkpoints import expand_sources
+
+    (tmp_path / "run/a/s100").mkdir(parents=True)
+    for name in ("run/step_0.pt", "run/a/step_10.pt", "run/a/s100/model.pt"):
+        (tmp_path / name).touch()
+    (tmp_path / "run/a/up").symlink_to("..")
+    (tmp_path / "run/latest").symlink_to("a/s100")
+    monkeypatch.chdir(tmp_path)
+    assert expand_sources(["run/**/*.pt"]) == [  # bash -O globstar's `run/**/*.pt` lists these
+        "run/a/s100/model.pt", "run/a/step_10.pt", "run/a/up/step_0.pt", "run/latest/model.pt", "run/step_0.pt"
+    ]  # fmt: skip
+    (tmp_path / "run/a/up2").symlink_to("..")
+    assert expand_sources(["run/**/step_*.pt"]) == [
+        "run/a/step_10.pt", "run/a/up/step_0.pt", "run/a/up2/step_0.pt", "run/step_0.pt"
+    ]  # fmt: skip
