@@ -3,14 +3,23 @@ and the --watch model-code check (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fdl_cli import sharding
+from tests import warm
 from tests.cli_run import fdl_in_process
 from tests.ranks import torchrun
+from tests.test_s27_compat import _run as _compat_run
 from tests.test_s37_user import _printed_steps, _stored_steps
 from tests.test_s38_takenin import _left_by_the_job, stopped_job  # noqa: F401 - the module's fixture, shared
 
@@ -89,3 +98,87 @@ def test_double_star_enters_no_link_to_a_folder_as_bash_globstar(tmp_path: Path,
     assert expand_sources(["run/**/step_*.pt"]) == [
         "run/a/step_10.pt", "run/a/up/step_0.pt", "run/a/up2/step_0.pt", "run/step_0.pt"
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ analyze --json | a reader that reads nothing
+
+#: `fdl analyze` as its process runs it, marking in MARKS each record's print as it begins and each SIGINT or SIGTERM
+#: as fdl's held-back handler takes it (the test sends the next signal once the last one was taken)
+_MARKING = """
+import os, sys
+from fdl_cli import cli, signals
+
+def mark(what):
+    with open(os.environ["MARKS"], "a") as marks:
+        marks.write(what + "\\n")
+
+emit, record = cli._emit_json, signals.Deferred.record
+
+def emitting(obj, stream=None):
+    mark("print")
+    emit(obj, stream)
+
+def recording(self, signum, frame):
+    mark("signal")
+    record(self, signum, frame)
+
+cli._emit_json, signals.Deferred.record = emitting, recording
+sys.argv[0] = "fdl"
+from fdl_cli.__main__ import run
+run()
+"""
+
+
+def _marks(path: Path, what: str, count: int, process: Any) -> None:
+    """Wait until MARKS holds `count` lines of `what` (the process still running)."""
+    for _ in range(1200):
+        if path.exists() and path.read_text().split().count(what) >= count:
+            return
+        assert process.poll() is None, f"ended with {process.returncode} before {count} {what}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} {what} in {path}")
+
+
+def test_a_second_ctrl_c_ends_a_json_print_that_waits_on_a_pipe_nobody_reads(tmp_path: Path) -> None:
+    """`fdl analyze --json | less`, scrolled no further: its stdout's pipe full, the first record's print waits. The
+    second Ctrl-C stopped that print, but the way out printed the rest to the same pipe and waited again, as did its
+    last flush of what stdout still held: seven Ctrl-Cs in all, the summary lost. What stdout holds or is left to
+    print is dropped once a print was stopped so (the store holds every checkpoint)."""
+    ckpts = _compat_run(tmp_path, (0, 10, 20))
+    marks = tmp_path / "marks"
+    (tmp_path / "marking.py").write_text(_MARKING, encoding="utf-8")
+    read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, 1031, 4096)  # F_SETPIPE_SZ: a page; filled, a print waits
+        os.set_blocking(write, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write, b"x" * 512)
+        os.set_blocking(write, True)
+        process = warm.spawn(
+            [sys.executable, tmp_path / "marking.py", "analyze", ckpts, "--model", f"{tmp_path}/model.py:build",
+             "--probe", tmp_path / "probe.npz", "-o", tmp_path / "run.h5", "--device", "cpu", "--json"],
+            stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ, "MARKS": str(marks)},
+        )  # fmt: skip
+        os.close(write)
+        write = -1
+        try:
+            _marks(marks, "print", 1, process)
+            for count in (1, 2):
+                process.send_signal(signal.SIGINT)
+                _marks(marks, "signal", count, process)
+            try:
+                _, stderr = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("two Ctrl-Cs, and fdl still waits on the pipe") from None
+        finally:
+            process.kill()
+            process.wait()
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
+    assert process.returncode == 130, stderr
+    said = stderr.strip().splitlines()
+    assert said[-1] == "interrupted: what was completed is in the store; run the same command again to resume", stderr
+    assert _stored_steps(tmp_path / "run.h5")[0] == 0
