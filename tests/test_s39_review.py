@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -182,3 +183,35 @@ def test_a_second_ctrl_c_ends_a_json_print_that_waits_on_a_pipe_nobody_reads(tmp
     said = stderr.strip().splitlines()
     assert said[-1] == "interrupted: what was completed is in the store; run the same command again to resume", stderr
     assert _stored_steps(tmp_path / "run.h5")[0] == 0
+
+
+# ------------------------------------------------------------------ analyze --drop stopped in its commit
+
+
+def test_a_ctrl_c_during_the_drops_commit_says_the_drop_and_prints_the_record_compared_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (a real SIGINT) while `--drop`'s commit runs is held back to its end, then raised by the writer's
+    flush: the steps were gone and step 10 compared again, durably, but neither `{"dropped": [...]}` nor step
+    10's record was printed, and the summary said no drop."""
+    from fdl_cli.store import StoreWriter
+    from tests.test_s19_store import _read_by_regex_too, _steps, fdl
+
+    common, _, out, _ = _read_by_regex_too(tmp_path, capsys)
+    execute, did = StoreWriter._execute, []
+
+    def executing(self: StoreWriter, plan: Any) -> Any:
+        if self._drop_steps and not did:  # the drop's commit, as it begins
+            did.append("signalled")
+            signal.raise_signal(signal.SIGINT)
+        return execute(self, plan)
+
+    monkeypatch.setattr(StoreWriter, "_execute", executing)
+    status, stdout, err = fdl(capsys, "analyze", *common, "-o", out, "--drop", "1,2,3", "--json")
+    monkeypatch.undo()
+    assert status == 130 and did == ["signalled"], err
+    assert _steps(out) == [0, 10, 20, 30]
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines[0] == {"dropped": [1, 2, 3]}, stdout
+    assert [(line["step"], line["prev_step"]) for line in lines[1:]] == [(10, 0)], lines
+    assert "3 dropped (--drop 1,2,3)" in err, err
