@@ -1665,7 +1665,7 @@ def _globstar(pattern: str) -> Iterator[str]:
     at = parts.index("**")
     head = os.sep.join(parts[:at]) or (os.sep if at else "")
     bases = [""] if not head else glob_paths(head) if has_magic(head) else [head]
-    for base in bases:
+    for base in (base for base in bases if not base or os.path.isdir(base)):  # as glob's: `missing/**` matches none
         for folder, link in _folders_from(base):
             if at < len(parts) - 1:
                 yield from _globstar(os.path.join(glob_escape(folder), *parts[at + 1 :]))

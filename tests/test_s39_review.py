@@ -95,6 +95,7 @@ def test_double_star_enters_no_link_to_a_folder_as_bash_globstar(tmp_path: Path,
     assert expand_sources(["run/**/*.pt"]) == [  # bash -O globstar's `run/**/*.pt` lists these
         "run/a/s100/model.pt", "run/a/step_10.pt", "run/a/up/step_0.pt", "run/latest/model.pt", "run/step_0.pt"
     ]  # fmt: skip
+    assert expand_sources(["missing/**", "run/step_0.pt/**"]) == []
     (tmp_path / "run/a/up2").symlink_to("..")
     assert expand_sources(["run/**/step_*.pt"]) == [
         "run/a/step_10.pt", "run/a/up/step_0.pt", "run/a/up2/step_0.pt", "run/step_0.pt"
