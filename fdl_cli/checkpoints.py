@@ -1640,7 +1640,7 @@ def expand_sources(sources: Sequence[str | Path], *, notes: list[str] | None = N
         if not is_pattern(source):
             expanded.append(source)
             continue
-        matches = sorted(glob_paths(source, recursive=True))  # `**`: any depth of folders, zsh's and bash's globstar
+        matches = sorted(dict.fromkeys(_globstar(source)))  # `**`: any depth of folders, as bash's globstar
         if not matches and not missing_ok:
             raise CheckpointError(
                 f"no checkpoint file or folder matches {source}",
@@ -1651,6 +1651,46 @@ def expand_sources(sources: Sequence[str | Path], *, notes: list[str] | None = N
             notes.append(f"{source} matches nothing yet")
         expanded.extend(matches)
     return expanded
+
+
+def _globstar(pattern: str) -> Iterator[str]:
+    """The paths `pattern` matches, `**` (a whole part) any number of folders, none too, as bash's globstar: a link
+    to a folder is one of them, not gone into. Python's glob went into each: a link to the folder above
+    (`run/a/up -> ..`) gave every checkpoint again under run/a/up/a/up/..., 40 links deep, and two of them a walk
+    that never ended."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        yield from glob_paths(pattern)
+        return
+    at = parts.index("**")
+    head = os.sep.join(parts[:at]) or (os.sep if at else "")
+    bases = [""] if not head else glob_paths(head) if has_magic(head) else [head]
+    for base in (base for base in bases if not base or os.path.isdir(base)):  # as glob's: `missing/**` matches none
+        for folder, link in _folders_from(base):
+            if at < len(parts) - 1:
+                yield from _globstar(os.path.join(glob_escape(folder), *parts[at + 1 :]))
+                continue
+            if folder:  # `run/**`: the folders and files below, as glob's
+                yield folder
+            if not link:
+                yield from (path for path in glob_paths(os.path.join(glob_escape(folder), "*")) if not os.path.isdir(path))
+
+
+def _folders_from(base: str) -> Iterator[tuple[str, bool]]:
+    """`base` ("": the current folder) and the folders below it, hidden ones left out, each with whether it is a
+    link: a link to a folder is yielded, never gone into (`_globstar`)."""
+    yield base, False
+    try:
+        with os.scandir(base or os.curdir) as entries:
+            found = sorted((entry.name, entry.is_symlink()) for entry in entries
+                           if not entry.name.startswith(".") and entry.is_dir())
+    except OSError:  # not a folder, or not readable: nothing below, as glob's
+        return
+    for name, link in found:
+        if link:
+            yield os.path.join(base, name), True
+        else:
+            yield from _folders_from(os.path.join(base, name))
 
 
 def stdin_paths(stream: TextIO) -> list[str]:

@@ -119,8 +119,14 @@ def _emit_json(obj: Any, stream: TextIO | None = None) -> None:
 
     ``stream``: the real stdout, while `_user_output_to_stderr` sends everything else to stderr."""
     out = stream if stream is not None else sys.stdout
-    out.write(json.dumps(obj, allow_nan=False) + "\n")
-    out.flush()
+    try:
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+        out.flush()
+    except KeyboardInterrupt:
+        # A Ctrl-C stopped the print (`analyze`'s second, `signals.deferred`): one that waited on a reader that reads
+        # nothing (`| less`). What the stream holds, and what the way out prints, would wait again: dropped.
+        _stdout_to_devnull(out)
+        raise
 
 
 @contextlib.contextmanager
@@ -1867,8 +1873,11 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(SIGPIPE_STATUS)
 
 
-def _stdout_to_devnull() -> None:
-    """Point stdout at /dev/null, or the interpreter's last flush of what stdout still holds would fail again on
-    the way out."""
+def _stdout_to_devnull(stream: Any = None) -> None:
+    """Point stdout (or the descriptor of `stream`, fdl's machine output) at /dev/null, or the interpreter's last
+    flush of what it still holds would fail, or wait, again on the way out."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        fd = (sys.stdout if stream is None else stream).fileno()  # none for a test's StringIO: nothing opened
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)

@@ -733,7 +733,7 @@ class Announcer:
         self._unprinted: collections.deque[dict[str, Any]] = collections.deque()
 
     def __call__(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
-        self._uncounted.extend((entry, refreshed) for entry in entries)
+        self.queue(entries, refreshed=refreshed)
         while self._uncounted:
             with signals.deferred():
                 entry, again = self._uncounted.popleft()
@@ -741,6 +741,10 @@ class Announcer:
                 if self._on_record is not None:
                     self._unprinted.extend(entry_records(entry, **self._shape))
         self._print()
+
+    def queue(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
+        """`entries`, durable, to count and print at the next call (`--drop`'s, queued as its commit ends)."""
+        self._uncounted.extend((entry, refreshed) for entry in entries)
 
     def print_only(self, entries: Sequence[CheckpointEntry]) -> None:
         """--json prints the records of `entries`, uncounted: the checkpoints taken in from part stores
@@ -2464,16 +2468,22 @@ def _analyze_refs(
         announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
         _check_stored_files(ctx, out, refs, writer.note_file_signatures)
+        taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
         try:
             if ctx.drop:
                 ctx.refs_by_step = {ref.step: ref for ref in refs}
-                compared_again = _drop_steps(ctx, writer, out)  # durable: the steps are gone
-                summary.dropped.extend(sorted(ctx.drop))
-                announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
-                announce(compared_again, refreshed=True)
-            taken, _ = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha))
+                _drop_steps(ctx, writer, out)
+                # A Ctrl-C in the commit is raised at its end: once the drop, durable, is said and its records queued
+                with signals.deferred():
+                    compared_again = writer.flush()  # durable: the steps are gone
+                    summary.dropped.extend(sorted(ctx.drop))
+                    announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
+                    announce.queue(compared_again, refreshed=True)
+                announce(())
+            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=taken)
         except BaseException:
             announce(())  # a Ctrl-C in a print: the rest of what the drop made durable, printed on the way out
+            announce.print_only(taken)  # one in the take-in: the parts' checkpoints it committed before it
             raise
 
         def stalled() -> str:
@@ -2747,15 +2757,15 @@ def _abandon(
         on_record({"abandoned": [list(key) for key in sorted(abandoned.series)]})
 
 
-def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
+def _drop_steps(ctx: _Context, writer: Any, out: Path) -> None:
     """--drop: remove the steps, and store again the checkpoints compared with them, compared now with the
-    nearest kept checkpoint before them (or with none), in one commit; returns what became durable."""
+    nearest kept checkpoint before them (or with none), in one commit: handed to `writer`, for the caller's flush."""
     from dataclasses import replace as replace_entry
 
     from fdl_cli.store import StoreReader
 
     if not ctx.drop:
-        return []
+        return
     listed = ",".join(map(str, sorted(ctx.drop)))
     with StoreReader(out) as reader:
         stored = reader.file_identities()
@@ -2792,7 +2802,6 @@ def _drop_steps(ctx: _Context, writer: Any, out: Path) -> list[CheckpointEntry]:
            if entries else "")
     )
     writer.drop(sorted(ctx.drop), *entries)
-    return writer.flush()
 
 
 def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntry]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fdl_cli import signals
 from fdl_cli.errors import FdlError, StoreError, StoreLockedError, counted, shown_path
 from fdl_cli.pipeline import (
     AnalyzeSummary,
@@ -211,7 +212,9 @@ def _take_in_rank_parts(
     provenance: dict[str, Any],
     refs: Sequence[CheckpointRef],
     reference: tuple[int, str],
-) -> tuple[list[CheckpointEntry], list[str]]:
+    *,
+    into: list[CheckpointEntry],
+) -> list[str]:
     """The checkpoints that ranks of a torchrun job stored in their part files before the job was
     stopped join the store (under --overwrite, the parts are removed unread).
 
@@ -228,12 +231,13 @@ def _take_in_rank_parts(
     otherwise (not selected by --steps / --every, or analysed again by this run) it is kept for a
     later run, as is a part that is locked (a rank still running), unreadable or of another run, with
     a note; under --overwrite, a part that is locked is kept alike, with a warning.
-    Returns the entries taken in and the names of the parts kept."""
+    Each part's entries taken in are appended to `into` with its commit, the signals held back between the two: a
+    Ctrl-C later in the take-in (the next part, a removal) leaves the caller those committed, to print. Returns the
+    names of the parts kept."""
     from fdl_cli.store import StoreReader, StoreWriter, _WriterLock
 
     by_step = {ref.step: ref for ref in refs}
     order = sorted(by_step)
-    everything: list[CheckpointEntry] = []
     kept: list[str] = []
 
     def unchanged(step: int, sha: str) -> bool:
@@ -343,7 +347,9 @@ def _take_in_rank_parts(
                     have[step] = entry.sha256
                 for entry in taken:
                     writer.add(entry)
-                writer.flush()
+                with signals.deferred():  # durable, and the caller's to print: never one without the other
+                    writer.flush()
+                    into.extend(taken)
                 if settled + len(taken) == len(steps):
                     # Still holding the part's lock: once it is released, a rank of another job on this --out may
                     # open the part afresh, and a removal then deleted its new part and sidecar.
@@ -357,7 +363,6 @@ def _take_in_rank_parts(
                 f"{counted(len(taken), 'checkpoint')} that a rank of an interrupted torchrun job stored in "
                 f"{part.name} {'was' if len(taken) == 1 else 'were'} added to {out.name}"
             )
-        everything.extend(taken)
         if not removed:
             left = len(steps) - settled - len(taken)
             ctx.reporter.note(
@@ -366,7 +371,7 @@ def _take_in_rank_parts(
             )
             kept.append(part.name)
     _remove_orphan_sidecars(out)  # after the parts: --overwrite removes a part and its sidecar, not its lock file
-    return everything, kept
+    return kept
 
 
 class _LocalWriter:
@@ -473,7 +478,13 @@ def _analyze_distributed(
     except FdlError as exc:
         raise distributed.alike(exc) from None
     writer = None
-    taken: list[CheckpointEntry] = []
+    taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
+
+    def count(entry: CheckpointEntry, refreshed: bool) -> None:
+        (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
+
+    # rank 0's; what is left queued is announced by the `finally` below
+    announce = Announcer(count, on_record, record_shape(ctx))
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
     if world.writes:
         try:
@@ -489,7 +500,7 @@ def _analyze_distributed(
             _store_opened(ctx, writer)
             writer.note_file_signatures(touched)
             # before any other rank opens its part afresh
-            taken, left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]))
+            left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]), into=taken)
             status = ("ok", sorted(writer.completed()), left)
         except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
             if isinstance(exc, FdlError):
@@ -499,6 +510,7 @@ def _analyze_distributed(
                 with contextlib.suppress(Exception):
                     writer.hold_back_chance()  # as leaving a `with` block on an error: nothing committed alone
                     writer.close()
+            announce.print_only(taken)  # those a part's commit stored before it stopped (a Ctrl-C, a later part's error)
             raise
         finally:
             status = distributed.broadcast_from_writer(status, world, _OPENING)
@@ -508,12 +520,6 @@ def _analyze_distributed(
             raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
     stored, kept = set(status[1]), set(status[2])
     assert writer is not None or not world.writes
-
-    def count(entry: CheckpointEntry, refreshed: bool) -> None:
-        (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
-
-    shape = record_shape(ctx)
-    announce = Announcer(count, on_record, shape)  # rank 0's; what is left queued is announced by the `finally` below
     part = None
     try:
         todo = [ref for ref in refs if ref.step not in stored]
