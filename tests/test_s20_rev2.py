@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import fdl_cli.pipeline
-from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_analyze import analysed_copy, analyze, run  # noqa: F401 - `run`, `analysed_copy`: the module's fixtures
 from tests.test_s20_add import _comparable, _same
 
 
@@ -81,7 +81,7 @@ def _stopped_at_20(monkeypatch: pytest.MonkeyPatch, run: Path, store: Path, *ext
 
 
 @pytest.fixture(scope="module")
-def stopped_copy(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
+def stopped_copy(run: Path, analysed_copy: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
     """`stopped_copy(to, *extra)`: `to` becomes a copy of the run analysed with --commit-interval 0 and then, with
     `extra` (and --commit-interval 0), stopped at step 20 (`_stopped_at_20`: an addition stopped midway); with no
     `extra`, the analysed store alone. Each store is made once for the module, the first time it is asked for
@@ -89,14 +89,12 @@ def stopped_copy(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:  #
     made: dict[tuple[str, ...], Path] = {}
 
     def copy(to: Path, *extra: str) -> Path:
+        if not extra:
+            return analysed_copy(to, "--commit-interval", "0")
         if extra not in made:
-            path = tmp_path_factory.mktemp("stopped") / "s.h5"
-            if extra:
-                copy(path)
-                with pytest.MonkeyPatch.context() as patch:
-                    _stopped_at_20(patch, run, path, *extra, "--commit-interval", "0")
-            else:
-                assert analyze(run, path, "--commit-interval", "0").code == 0
+            path = analysed_copy(tmp_path_factory.mktemp("stopped") / to.name, "--commit-interval", "0")
+            with pytest.MonkeyPatch.context() as patch:
+                _stopped_at_20(patch, run, path, *extra, "--commit-interval", "0")
             made[extra] = path
         shutil.copyfile(made[extra], to)
         return to
