@@ -17,25 +17,7 @@ import pytest
 
 import fdl_cli.pipeline
 from tests.test_analyze import analysed_copy, analyze, run  # noqa: F401 - `run`, `analysed_copy`: the module's fixtures
-from tests.test_s20_add import _comparable, _same
-
-
-@pytest.fixture(scope="module")
-def at_once(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
-    """`at_once(store, *args)`: `store` equals a fresh one analysed by one `fdl analyze` with `args`
-    (test_s20_add's `_assert_as_analysed_at_once`), each fresh store analysed once for the module: the tests of a
-    layer added before the stored one and of a layer addition resumed, and those of a probe and a layer added at
-    once, compare with the same."""
-    fresh: dict[tuple[str, ...], dict[str, Any]] = {}
-
-    def check(store: Path, *args: str) -> None:
-        if args not in fresh:
-            path = tmp_path_factory.mktemp("at_once") / "fresh.h5"
-            assert analyze(run, path, *args).code == 0
-            fresh[args] = _comparable(path)
-        _same(_comparable(store), fresh[args])
-
-    return check
+from tests.test_s20_add import at_once  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize(("stored", "given", "ordered"), [

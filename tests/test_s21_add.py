@@ -23,8 +23,8 @@ from tests import warm
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_analyze import analysed_copy, analyze, fdl, run  # noqa: F401 - `run`, `analysed_copy`: the module's fixtures
 from tests.test_s15_redo import _dump
-from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
-from tests.test_s20_rev2 import _stopped_at_20, at_once, stopped_copy  # noqa: F401 - at_once, stopped_copy: fixtures
+from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items, at_once  # noqa: F401 - at_once: a fixture
+from tests.test_s20_rev2 import _stopped_at_20, stopped_copy  # noqa: F401 - stopped_copy: a fixture
 
 NON_FINITE = "the features or outputs contain non-finite values"
 
