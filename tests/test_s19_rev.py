@@ -30,7 +30,10 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("option", [["--redo", "10"], ["--watch", "--poll", "0.1"]], ids=["redo", "watch"])
 def test_the_stored_twice_fix_works_as_written_from_a_redo_or_watch_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any, option: list[str]  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damaged: Any,  # noqa: F811
+    option: list[str],
 ) -> None:
     """The fix of a command with --redo (or --watch) named the same command with --drop, which is refused with
     them; it now says to run it without that option first, and that command mends the store."""
@@ -50,7 +53,9 @@ def test_the_stored_twice_fix_works_as_written_from_a_redo_or_watch_command(
 
 
 def test_the_stored_twice_fix_of_a_plain_command_is_unchanged(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damaged: Any,  # noqa: F811
 ) -> None:
     common, run2, out, _, _ = damaged(tmp_path)
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
