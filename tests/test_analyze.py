@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,25 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         loss.backward()
         optimizer.step()
     return root
+
+
+@pytest.fixture(scope="module")
+def analysed_copy(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`analysed_copy(to, *extra)`: `to` becomes a copy of the store `analyze(run, ..., *extra)` makes (exit 0), analysed
+    once for the module, the first time a test asks for it, under `to`'s file name: for the tests that start from
+    the same store, each changing (or only reading) a copy of its own."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def copy(to: Path, *extra: str) -> Path:
+        if extra not in made:
+            path = tmp_path_factory.mktemp("analysed") / to.name
+            done = analyze(run, path, *extra)
+            assert done.code == 0, done.stderr
+            made[extra] = path
+        shutil.copyfile(made[extra], to)
+        return to
+
+    return copy
 
 
 def brute_force(model_state: dict, probe: Path) -> dict:

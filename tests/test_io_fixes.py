@@ -109,6 +109,44 @@ def _unprivileged(argv: list[str]) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
+#: `python -c _WITHOUT_DAC ARGS`: `python -m fdl_cli ARGS` (run as `-m` runs it) in a process where file modes apply:
+#: as root, CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are dropped from its bounding set and from the sets it holds
+#: (where a root process run by `setpriv --bounding-set -dac_override,-dac_read_search` is left by its exec) before
+#: fdl is imported, or it exits 77 saying why it cannot; for a warm child (tests/warm.py), which execs nothing
+_WITHOUT_DAC = """
+import ctypes, os, runpy, sys
+if os.geteuid() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    header, data, dac = Header(0x20080522, 0), (Data * 2)(), (1 << 1) | (1 << 2)
+    dropped = all(libc.prctl(24, cap, 0, 0, 0) == 0 for cap in (1, 2))  # PR_CAPBSET_DROP
+    if dropped and libc.capget(ctypes.byref(header), data) == 0:
+        for name in ("effective", "permitted", "inheritable"):
+            setattr(data[0], name, getattr(data[0], name) & ~dac)
+        dropped = libc.capset(ctypes.byref(header), data) == 0
+    if not dropped:
+        sys.stderr.write(f"cannot drop the capabilities: {os.strerror(ctypes.get_errno())}")
+        sys.exit(77)
+sys.argv, sys.path[0] = ["-m", *sys.argv[1:]], os.getcwd()
+runpy._run_module_as_main("fdl_cli")
+"""
+
+
+def _unprivileged_fdl(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m fdl_cli ARGS` as `_unprivileged` runs it (file modes apply, or skip), in a warm child (tests/warm.py:
+    an analyze's process without its own `import torch`; what is tested is the messages, not the process's start)."""
+    from tests import warm
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "1000"}
+    done = warm.run([sys.executable, "-c", _WITHOUT_DAC, *args], cwd=REPO, env=env, timeout=300)
+    if done.returncode == 77 and done.stderr.startswith("cannot drop the capabilities"):
+        pytest.skip(f"running as root, and {done.stderr[:200]}: file modes cannot be enforced")
+    return done
+
+
 @pytest.fixture
 def unreadable_run(tmp_path: Path) -> Iterator[Path]:
     """A run folder holding an unreadable checkpoint file (.pt and .safetensors) and sub-folder, beside
@@ -136,8 +174,8 @@ def unreadable_run(tmp_path: Path) -> Iterator[Path]:
 
 def test_unreadable_entries_are_reported_and_the_others_analysed(unreadable_run: Path) -> None:
     folder = unreadable_run / "run"
-    result = _unprivileged(["-m", "fdl_cli", "analyze", str(folder), "--model", MODEL, "--probe",
-                            str(unreadable_run / "probe.npz"), "--out", str(unreadable_run / "s.h5"), "--json", *SMALL])
+    result = _unprivileged_fdl("analyze", str(folder), "--model", MODEL, "--probe", str(unreadable_run / "probe.npz"),
+                               "--out", str(unreadable_run / "s.h5"), "--json", *SMALL)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1, result.stderr
     assert [json.loads(line)["step"] for line in result.stdout.splitlines()] == [0, 10]
@@ -162,8 +200,8 @@ def test_an_unreadable_manifest_folder_probe_or_model_is_a_clear_error(
     folder = unreadable_run / where
     store = unreadable_run / "m.h5"
     model = f"{folder}/model.py:mlp" if where.startswith("model") else MODEL
-    result = _unprivileged(["-m", "fdl_cli", "analyze", str(folder), "--model", model, "--probe",
-                            f"{folder}/../probe.npz", "--out", str(store), *SMALL])
+    result = _unprivileged_fdl("analyze", str(folder), "--model", model, "--probe", f"{folder}/../probe.npz",
+                               "--out", str(store), *SMALL)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
     assert message.format(path=folder) in result.stderr

@@ -17,7 +17,7 @@ import random
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,21 @@ def _plain(tmp_path: Path, name: str, weights: Any) -> Path:
     return tmp_path / f"plain_{name}.h5"
 
 
+@pytest.fixture(scope="module", name="plain")
+def _plain_stores(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Any], Path]:
+    """`plain(name, weights)`: `_plain`'s store, made once for the module per name (the tests compare their stores'
+    numbers with it, never its paths, and only read it)."""
+    made: dict[str, tuple[Any, Path]] = {}
+
+    def store(name: str, weights: Any) -> Path:
+        if name not in made:
+            made[name] = (weights, _plain(tmp_path_factory.mktemp("plain"), name, weights))
+        assert made[name][0] is weights, name
+        return made[name][1]
+
+    return store
+
+
 def _numbers(store: Path) -> dict[str, Any]:
     """Every dataset and attribute of a store but those naming its files (path, sha256, signature) and
     the run's provenance (its command and sources)."""
@@ -134,13 +149,13 @@ def _torchvision_run(folder: Path) -> None:
         torch.save(checkpoint, folder / "checkpoint.pth")
 
 
-def test_torchvision_reference_checkpoints_note_their_model_ema(tmp_path: Path) -> None:
+def test_torchvision_reference_checkpoints_note_their_model_ema(tmp_path: Path, plain: Any) -> None:
     """The args Namespace loads without --trust-pickle, and the numbers are the plain state_dicts'. The
     `model_ema` an AveragedModel saves (n_averaged beside `module.` keys) went without the note that names
     --weights: its keys were compared with the model's only once every key lost `module.`."""
     run = tmp_path / "tv"
     _torchvision_run(run)
-    _own_and_ema(tmp_path, run, "tv", "model_ema", [
+    _own_and_ema(tmp_path, plain, run, "tv", "model_ema", [
         "skipped checkpoint.pth: same weights and step (300) as model_300.pth",
         "model_100.pth also holds weights under 'model_ema' (an EMA or teacher copy?): fdl analyses the model's "
         "own; --weights model_ema analyses that copy",
@@ -148,16 +163,16 @@ def test_torchvision_reference_checkpoints_note_their_model_ema(tmp_path: Path) 
 
 
 
-def _own_and_ema(tmp_path: Path, run: Path, name: str, weights: str, notes: list[str]) -> None:
+def _own_and_ema(tmp_path: Path, plain: Any, run: Path, name: str, weights: str, notes: list[str]) -> None:
     """The run analysed as it is gives `notes` and the numbers of plain state_dicts of the model's own
     weights; with `--weights WEIGHTS`, those of the EMA's."""
     done = _analyze(tmp_path, [run], f"{name}.h5")
     assert done.code == 0, done.stderr
     assert _notes(done) == notes
-    _assert_same_numbers(tmp_path / f"{name}.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / f"{name}.h5", plain("own", _sd))
     ema = _analyze(tmp_path, [run], f"{name}_ema.h5", "--weights", weights)
     assert ema.code == 0, ema.stderr
-    _assert_same_numbers(tmp_path / f"{name}_ema.h5", _plain(tmp_path, "ema", _ema))
+    _assert_same_numbers(tmp_path / f"{name}_ema.h5", plain("ema", _ema))
 
 # ------------------------------------------------------------------------------------------------ fairseq
 
@@ -189,7 +204,7 @@ def _fairseq_state(index: int, epoch: int, updates: int, *, legacy: bool) -> dic
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_fairseq_steps_are_its_updates_and_its_ema_is_reached(tmp_path: Path, legacy: bool) -> None:
+def test_fairseq_steps_are_its_updates_and_its_ema_is_reached(tmp_path: Path, plain: Any, legacy: bool) -> None:
     """checkpoint{epoch}.pt was read at its epoch (1, 2, 3: its name), beside checkpoint_best.pt and
     checkpoint_last.pt skipped for want of a step; the EMA under extra_state went unmentioned, and
     --weights could not reach it (`extra_state` holds no state_dict, `extra_state.ema` was taken as a key
@@ -206,7 +221,7 @@ def test_fairseq_steps_are_its_updates_and_its_ema_is_reached(tmp_path: Path, le
     assert [(ref.path.name, ref.step, ref.step_source) for ref in found.checkpoints] == [
         (f"checkpoint{epoch}.pt", step, "metadata:optimizer_history[-1].num_updates")
         for epoch, step in zip((1, 2, 3), STEPS, strict=True)]
-    _own_and_ema(tmp_path, run, "fairseq", "extra_state.ema", [
+    _own_and_ema(tmp_path, plain, run, "fairseq", "extra_state.ema", [
         "skipped checkpoint_best.pt: same weights and step (200) as checkpoint2.pt",
         "skipped checkpoint_last.pt: same weights and step (300) as checkpoint3.pt",
         "checkpoint1.pt also holds weights under 'extra_state.ema' (an EMA or teacher copy?): fdl analyses the "
@@ -221,7 +236,7 @@ def test_fairseq_steps_are_its_updates_and_its_ema_is_reached(tmp_path: Path, le
 # ------------------------------------------------------------------------------------------------ nanoGPT
 
 
-def test_nanogpt_runs_one_a_folder_are_pointed_at_without_a_step_regex(tmp_path: Path) -> None:
+def test_nanogpt_runs_one_a_folder_are_pointed_at_without_a_step_regex(tmp_path: Path, plain: Any) -> None:
     """nanoGPT writes out_dir/ckpt.pt (keys _orig_mod.-prefixed when compiled, its step in iter_num). For
     the folder above one out_dir a run, the error's fix was --step-regex 'out(\\d+)/', which overrides
     iter_num: following it stored the runs at steps 1, 2, 3. The fix names the folders alone."""
@@ -244,13 +259,13 @@ def test_nanogpt_runs_one_a_folder_are_pointed_at_without_a_step_regex(tmp_path:
     folders = sorted(root.glob("out*"))
     followed = _analyze(tmp_path, folders, "nanogpt.h5")
     assert followed.code == 0, followed.stderr
-    _assert_same_numbers(tmp_path / "nanogpt.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / "nanogpt.h5", plain("own", _sd))
 
 
 # ------------------------------------------------------------------------------------ accelerate save_state
 
 
-def test_accelerate_save_state_folders(tmp_path: Path) -> None:
+def test_accelerate_save_state_folders(tmp_path: Path, plain: Any) -> None:
     """accelerator.save_state(): model.safetensors (pytorch_model.bin with safe_serialization=False) beside
     optimizer.bin, scheduler.bin and random_states_0.pkl, in checkpoint_N under automatic naming (N counts
     saves: a note says so) or in the folder the script names. Already read right; pinned here."""
@@ -269,11 +284,11 @@ def test_accelerate_save_state_folders(tmp_path: Path) -> None:
             torch.save(torch.optim.lr_scheduler.StepLR(optimizer, 3).state_dict(), folder / "scheduler.bin")
             torch.save({"random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
                         "torch_manual_seed": torch.get_rng_state()}, folder / "random_states_0.pkl")
-    plain = _plain(tmp_path, "own", _sd)
+    own = plain("own", _sd)
     for source, name in ((named, "named.h5"), (counted, "counted.h5")):
         done = _analyze(tmp_path, [source], name)
         assert done.code == 0, done.stderr
-        _assert_same_numbers(tmp_path / name, plain)
+        _assert_same_numbers(tmp_path / name, own)
     assert "which count saves, not training steps" in done.stderr
 
 
@@ -338,7 +353,7 @@ def _mmengine_save(folder: Path, history_buffer: type, index: int, epoch: int, i
     (folder / "last_checkpoint").write_text(str(folder / f"epoch_{epoch}.pth"))
 
 
-def test_mmengine_checkpoints_load_without_trust_at_their_iterations(tmp_path: Path) -> None:
+def test_mmengine_checkpoints_load_without_trust_at_their_iterations(tmp_path: Path, plain: Any) -> None:
     """mmengine's MessageHub pickles HistoryBuffer objects: every checkpoint was refused ("could run code")
     and, with --trust-pickle, failed where mmengine is not installed. They load as placeholders now; the
     step is meta's iter (the names hold epochs), and of the best copy and epoch_2.pth, which hold the same
@@ -351,10 +366,10 @@ def test_mmengine_checkpoints_load_without_trust_at_their_iterations(tmp_path: P
     found = discover_checkpoints([run])
     assert [(ref.path.name, ref.step, ref.step_source) for ref in found.checkpoints] == [
         (f"epoch_{epoch}.pth", step, "metadata:meta.iter") for epoch, step in zip((1, 2, 3), STEPS, strict=True)]
-    _assert_same_numbers(tmp_path / "mm.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / "mm.h5", plain("own", _sd))
 
 
-def test_mmengine_ema_hook_says_which_weights_are_which(tmp_path: Path) -> None:
+def test_mmengine_ema_hook_says_which_weights_are_which(tmp_path: Path, plain: Any) -> None:
     """With EMAHook, `state_dict` holds the EMA's weights and `ema_state_dict` the trained model's: fdl
     analysed the EMA's without a word (the `steps` key kept `ema_state_dict` from counting as a copy)."""
     run = tmp_path / "mmengine"
@@ -364,10 +379,10 @@ def test_mmengine_ema_hook_says_which_weights_are_which(tmp_path: Path) -> None:
     assert "epoch_1.pth is mmengine's with its EMAHook, which saves the EMA's weights under 'state_dict' and the " \
            "trained model's under 'ema_state_dict': fdl analyses the EMA's; --weights ema_state_dict analyses the " \
            "trained model's" in _notes(done)
-    _assert_same_numbers(tmp_path / "mm.h5", _plain(tmp_path, "ema", _ema))
+    _assert_same_numbers(tmp_path / "mm.h5", plain("ema", _ema))
     trained = _analyze(tmp_path, [run], "mm_trained.h5", "--weights", "ema_state_dict")
     assert trained.code == 0, trained.stderr
-    _assert_same_numbers(tmp_path / "mm_trained.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / "mm_trained.h5", plain("own", _sd))
 
 
 class _Reduced:
@@ -424,7 +439,7 @@ def test_weight_copies_below_the_top_level_and_beside_a_count() -> None:
         assert _weight_copies(obj, own) == copies, obj.keys()
 
 
-def test_weights_takes_an_entry_below_the_top_level(tmp_path: Path) -> None:
+def test_weights_takes_an_entry_below_the_top_level(tmp_path: Path, plain: Any) -> None:
     """--weights model.ema of `{"model": {"model": ..., "ema": ...}}` was looked for as a key prefix of the
     model's own weights, and refused."""
     run = tmp_path / "nested"
@@ -434,13 +449,13 @@ def test_weights_takes_an_entry_below_the_top_level(tmp_path: Path) -> None:
     done = _analyze(tmp_path, [run], "own.h5")
     assert done.code == 0, done.stderr
     assert "ckpt_100.pt also holds weights under 'model.ema'" in " ".join(done.stderr.split())
-    _assert_same_numbers(tmp_path / "own.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / "own.h5", plain("own", _sd))
     ema = _analyze(tmp_path, [run], "ema.h5", "--weights", "model.ema")
     assert ema.code == 0, ema.stderr
-    _assert_same_numbers(tmp_path / "ema.h5", _plain(tmp_path, "ema", _ema))
+    _assert_same_numbers(tmp_path / "ema.h5", plain("ema", _ema))
 
 
-def test_an_ema_module_pickled_whole(tmp_path: Path) -> None:
+def test_an_ema_module_pickled_whole(tmp_path: Path, plain: Any) -> None:
     """`{"model": state_dict, "ema": module, "step": N}` (an EMA kept as a deep copy of the model): without
     --trust-pickle, the error said the file held no step key (it was never read); with it, the step key
     was still not read (discovery peeks without unpickling) and the EMA went unmentioned."""
@@ -457,7 +472,7 @@ def test_an_ema_module_pickled_whole(tmp_path: Path) -> None:
     done = _analyze(tmp_path, [run], "own.h5", "--trust-pickle")
     assert done.code == 0, done.stderr
     assert "ckpt_a.pt also holds weights under 'ema'" in " ".join(done.stderr.split())
-    _assert_same_numbers(tmp_path / "own.h5", _plain(tmp_path, "own", _sd))
+    _assert_same_numbers(tmp_path / "own.h5", plain("own", _sd))
     ema = _analyze(tmp_path, [run], "ema.h5", "--trust-pickle", "--weights", "ema")
     assert ema.code == 0, ema.stderr
-    _assert_same_numbers(tmp_path / "ema.h5", _plain(tmp_path, "ema", _ema))
+    _assert_same_numbers(tmp_path / "ema.h5", plain("ema", _ema))

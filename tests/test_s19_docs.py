@@ -9,6 +9,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import torch
 from fdl_cli import distributed, inspection, pipeline
 from tests.test_analyze import fdl
 from tests.test_s16_docs import README, REGIMES, STORE
+from tests.test_s19_store import damaged  # noqa: F401 - a fixture
 from tests.tiny_models import mlp, token_mlp
 
 
@@ -195,16 +197,17 @@ def test_an_older_store_resumed_with_nothing_to_analyse_is_left_as_it_was(zero_o
     assert old.read_bytes() == before
 
 
-def test_a_drop_records_no_invocation_in_the_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_drop_records_no_invocation_in_the_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
+) -> None:
     """docs/store.md: "The history records no invocation for a drop, which analyses no checkpoint"; the
     checkpoints kept keep their invocation."""
     import h5py
 
-    from tests.test_s19_store import _damaged
     from tests.test_s19_store import fdl as fdl_captured
 
     assert "history records no invocation for a drop, which analyses no checkpoint" in _one_line(STORE)
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    common, run2, out, _, _ = damaged(tmp_path)
 
     def history() -> tuple[list, dict[str, int]]:
         with h5py.File(out, "r") as store:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.test_reliability_inputs import MODEL, SMALL, _weights, _wide_terminal  # noqa: F401 (an autouse fixture)
-from tests.test_s19_store import _damaged, _records, fdl
+from tests.test_s19_store import _records, damaged, fdl  # noqa: F401 - damaged: a fixture
 
 torch.set_num_threads(1)
 
@@ -30,11 +30,14 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("option", [["--redo", "10"], ["--watch", "--poll", "0.1"]], ids=["redo", "watch"])
 def test_the_stored_twice_fix_works_as_written_from_a_redo_or_watch_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damaged: Any,  # noqa: F811
+    option: list[str],
 ) -> None:
     """The fix of a command with --redo (or --watch) named the same command with --drop, which is refused with
     them; it now says to run it without that option first, and that command mends the store."""
-    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    common, run2, out, twenty, _ = damaged(tmp_path)
     base = [*common, "-o", out, "--step-offset", f"{run2}=20"]
     before = out.read_bytes()
     status, _, err = fdl(capsys, "analyze", *base, *option)
@@ -49,8 +52,12 @@ def test_the_stored_twice_fix_works_as_written_from_a_redo_or_watch_command(
     assert _records(out) == _records(twenty)
 
 
-def test_the_stored_twice_fix_of_a_plain_command_is_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+def test_the_stored_twice_fix_of_a_plain_command_is_unchanged(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damaged: Any,  # noqa: F811
+) -> None:
+    common, run2, out, _, _ = damaged(tmp_path)
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
     flat = " ".join(err.split())
     assert status == 1 and "fix: run the same command with --drop 110,120: it removes those steps" in flat, flat

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,28 +174,47 @@ def _stored_again(store: Path, source: Path, steps: tuple[int, ...], **replaced:
             writer.add(replace(entry, **replaced.get(str(entry.step), {})))
 
 
-def _damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[Any], Path, Path, Path, Path]:
+def _damaged(root: Path) -> tuple[list[Any], Path, Path, Path, Path]:
     """The store of --step-offset run2=20 (steps 0 .. 40), into which an fdl before session 18 resumed with
-    run2=100 stored run2's files again at 110 and 120; and the stores of each offset alone."""
-    run1, run2, probe = _restarted(tmp_path)
+    run2=100 stored run2's files again at 110 and 120; and the stores of each offset alone (all in `root`)."""
+    from tests.test_analyze import fdl as in_process
+
+    run1, run2, probe = _restarted(root)
     common: list[Any] = [run1, run2, "--model", MODEL, "--probe", probe, *SMALL]
-    twenty, hundred, out = tmp_path / "twenty.h5", tmp_path / "hundred.h5", tmp_path / "run.h5"
+    twenty, hundred, out = root / "twenty.h5", root / "hundred.h5", root / "run.h5"
     for store, offset in ((twenty, 20), (hundred, 100), (out, 20)):
-        status, _, err = fdl(capsys, "analyze", *common, "-o", store, "--step-offset", f"{run2}={offset}")
-        assert status == 0, err
+        done = in_process("analyze", *common, "-o", store, "--step-offset", f"{run2}={offset}")
+        assert done.code == 0 and "Traceback" not in done.stderr, done.stderr
     _stored_again(out, hundred, (110, 120))
     assert _steps(out) == [0, 10, 20, 30, 40, 110, 120]
     return common, run2, out, twenty, hundred
 
 
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], tuple[list[Any], Path, Path, Path, Path]]:
+    """`damaged(tmp_path)`: `_damaged`'s runs and stores, made once for the module: its two run folders and probe,
+    which the tests that use them only read, stay where they were made; its three stores (the damaged one, run.h5,
+    and those of each offset) are copied into `tmp_path`, each test changing its own."""
+    made: list[tuple[list[Any], Path, Path, Path, Path]] = []
+
+    def copy(tmp_path: Path) -> tuple[list[Any], Path, Path, Path, Path]:
+        if not made:
+            made.append(_damaged(tmp_path_factory.mktemp("damaged")))
+        common, run2, *stores = made[0]
+        out, twenty, hundred = (shutil.copyfile(store, tmp_path / store.name) for store in stores)
+        return common, run2, out, twenty, hundred
+
+    return copy
+
+
 def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """Every resume of such a store was refused ("the store would hold the same checkpoint at two steps ...
     give the options that read the steps as the store has them"), whichever the options: only --overwrite
     went on. The error names both steps of each file and `--drop` of those this run does not read, which
     leaves the store of the options given, every other checkpoint as it was."""
-    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    common, run2, out, twenty, _ = damaged(tmp_path)
     before = out.read_bytes()
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20")
     flat = " ".join(err.split())
@@ -216,12 +237,12 @@ def test_a_store_holding_files_at_two_steps_names_them_and_drop_mends_it(
 
 
 def test_readers_warn_of_a_file_stored_at_two_steps_until_it_is_dropped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """Only `fdl analyze` told: `fdl report`, `classify`, `compare` and `export` showed steps 110 and 120 (copies of 30
     and 40) as checkpoints of their own, in silence. Each now warns once, naming the files and their steps and
     the command that names the steps to --drop; the mended store reads without it."""
-    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    common, run2, out, twenty, _ = damaged(tmp_path)
     said = (f"the store holds the same checkpoint file at two steps: {run2 / 'step_10.safetensors'} at steps 30, 110; "
             f"{run2 / 'step_20.safetensors'} at steps 40, 120 (stored a second time by a resume with "
             "other --step-offset / --step-regex options, which fdl now refuses)")
@@ -256,11 +277,11 @@ def test_drop_of_one_step_is_said_in_the_singular(tmp_path: Path, capsys: pytest
 
 
 def test_drop_keeps_the_steps_the_run_reads_whichever_options_it_is_given(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """The same damaged store resumed with run2=100: the error names --drop 30,40, which leaves the store of
     run2=100 (the steps 110 and 120 were compared with step 20, as that run compares them)."""
-    common, run2, out, _, hundred = _damaged(tmp_path, capsys)
+    common, run2, out, _, hundred = damaged(tmp_path)
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=100")
     flat = " ".join(err.split())
     assert status == 1 and "run the same command with --drop 30,40" in flat, flat
@@ -270,12 +291,12 @@ def test_drop_keeps_the_steps_the_run_reads_whichever_options_it_is_given(
 
 
 def test_drop_refuses_what_would_lose_a_checkpoint_and_leaves_the_store_as_it_was(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """--drop of a step whose file the store holds nowhere else (or of every copy), of a step not stored, of a
     step this run reads (analysed again at once), with --overwrite, or a malformed list: refused, the store
     byte for byte as it was."""
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    common, run2, out, _, _ = damaged(tmp_path)
     before = out.read_bytes()
     base = [*common, "-o", out, "--step-offset", f"{run2}=20"]
     for drop, message in (
@@ -347,8 +368,10 @@ def test_drop_compares_the_checkpoint_after_a_dropped_step_again(
     assert _records(out) == _records(names)
 
 
-def test_drop_given_in_part_names_every_step_to_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+def test_drop_given_in_part_names_every_step_to_drop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
+) -> None:
+    common, run2, out, _, _ = damaged(tmp_path)
     before = out.read_bytes()
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110")
     flat = " ".join(err.split())

@@ -29,7 +29,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.pipeline import AnalyzeOptions, run_analyze
 from fdl_cli.progress import NullReporter
 from fdl_cli.store import StoreReader
-from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_analyze import analysed_copy, analyze, fdl, run  # noqa: F401 - `run`, `analysed_copy`: fixtures
 from tests.test_prev_walkback import _arrive, _make_run, _polls
 from tests.test_s15_redo import _dump, _retrain
 
@@ -67,6 +67,22 @@ def _assert_as_analysed_at_once(run: Path, store: Path,  # noqa: F811 - the fixt
     _same(_comparable(store), _comparable(fresh))
 
 
+@pytest.fixture(scope="module")
+def at_once(analysed_copy: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
+    """`at_once(store, *args)`: `_assert_as_analysed_at_once(run, store, *args)`, each fresh store analysed once for
+    the module (`analysed_copy`, which a test that reads such a store shares): the tests of a layer added before
+    the stored one and of a layer addition resumed, and those of a probe and a layer added at once, compare with
+    the same."""
+    fresh: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def check(store: Path, *args: str) -> None:
+        if args not in fresh:
+            fresh[args] = _comparable(analysed_copy(tmp_path_factory.mktemp("at_once") / "fresh.h5", *args))
+        _same(_comparable(store), fresh[args])
+
+    return check
+
+
 @contextmanager
 def _passes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int, tuple[str, ...]]]]:
     """The forward passes a run makes: ("extract" | "anchors", probe rows, layers hooked), in order."""
@@ -88,12 +104,11 @@ def _passes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int, tu
     (("--layer", "2:input", "--layer", "0"), ("probe", "0"), [("extract", 60, ("0",))] * 4),  # layer 0 alone hooked
 ], ids=["probe", "layer"])
 def test_a_probe_or_layer_added_to_a_store_is_all_that_is_analysed_and_the_store_is_that_of_all_at_once(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, analysed_copy: Any, at_once: Any,  # noqa: F811
     extra: tuple[str, ...], added: tuple[str, str], passes_made: list[Any],
 ) -> None:
     extra = tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
-    store = tmp_path / "s.h5"
-    assert analyze(run, store).code == 0
+    store = analysed_copy(tmp_path / "s.h5")
     before = _series_items(store, "probe/2:input")
     assert len(before) > 4 * 5 and "trajectories/probe/2:input/d_lr" in before
     with _passes(monkeypatch) as passes:
@@ -106,7 +121,7 @@ def test_a_probe_or_layer_added_to_a_store_is_all_that_is_analysed_and_the_store
             "analysed)") in grown.stderr
     assert [(r["step"], r["probe"], r["layer"]) for r in grown.records] == [(step, *added) for step in STEPS]
     _same(_series_items(store, "probe/2:input"), before)  # the stored series, byte for byte as they were
-    _assert_as_analysed_at_once(run, store, *extra)
+    at_once(store, *extra)
     leaf = "/".join(added)
     with h5py.File(store, "r") as handle:
         assert "pending_series" not in handle.attrs
@@ -139,7 +154,7 @@ def test_added_series_at_stored_checkpoints_beside_new_ones_and_a_reference_in_t
 
 
 def test_steps_and_every_select_new_checkpoints_while_every_stored_one_is_given_the_added_series(
-    run: Path, tmp_path: Path  # noqa: F811
+    run: Path, tmp_path: Path, at_once: Any  # noqa: F811
 ) -> None:
     store = tmp_path / "s.h5"
     assert analyze(run, store, "--steps", "0,10,20").code == 0
@@ -148,7 +163,7 @@ def test_steps_and_every_select_new_checkpoints_while_every_stored_one_is_given_
     assert added.code == 0, added.stderr
     assert "adding probe 'test' to the 3 stored checkpoints" in added.stderr
     assert "1 checkpoint analysed, 3 stored checkpoints given the added probe/layer series" in added.stderr
-    _assert_as_analysed_at_once(run, store, *test)
+    at_once(store, *test)
 
 
 def test_an_addition_stopped_midway_leaves_a_store_that_reads_and_that_the_same_command_completes(
@@ -271,11 +286,12 @@ def test_watch_adds_the_probe_to_the_stored_checkpoints_then_follows_the_run(
     _same(_comparable(store), _comparable(fresh))
 
 
-def test_the_reading_commands_read_a_grown_store_as_one_made_at_once(run: Path, tmp_path: Path) -> None:  # noqa: F811
-    store, fresh = tmp_path / "s.h5", tmp_path / "fresh.h5"
+def test_the_reading_commands_read_a_grown_store_as_one_made_at_once(
+    run: Path, tmp_path: Path, analysed_copy: Any  # noqa: F811
+) -> None:
     both = ("--probe", f"test={run / 'test.npz'}")
-    assert analyze(run, store).code == 0 and analyze(run, store, *both).code == 0
-    assert analyze(run, fresh, *both).code == 0
+    store, fresh = analysed_copy(tmp_path / "s.h5"), analysed_copy(tmp_path / "fresh.h5", *both)
+    assert analyze(run, store, *both).code == 0
     for command in (("report", "--format", "json"), ("classify", "--json", "--probe", "test"),
                     ("export", "--what", "trajectories", "--format", "csv", "--probe", "test"),
                     ("export", "--what", "eigenfunctions", "--format", "json", "--probe", "test")):

@@ -27,7 +27,7 @@ from fdl_cli import checkpoints
 from fdl_cli.store import StoreReader
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
 from tests.test_reliability_inputs import MODEL, SMALL, _weights, _wide_terminal  # noqa: F401 (an autouse fixture)
-from tests.test_s19_store import _damaged, _drop_signatures, _records, _run, _steps, fdl
+from tests.test_s19_store import _drop_signatures, _records, _run, _steps, damaged, fdl  # noqa: F401 - damaged: a fixture
 
 torch.set_num_threads(1)
 
@@ -91,11 +91,11 @@ def test_a_stored_file_now_at_another_step_is_hashed_once_in_a_store_without_sig
 
 
 def test_drop_says_which_steps_it_removed_in_its_json_and_its_summary(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """`--drop 120,110 --json` printed nothing on stdout (no checkpoint was compared again), and the summary
     said "2 dropped (--drop)": a script, or a log read later, could not tell which steps were removed."""
-    common, run2, out, twenty, _ = _damaged(tmp_path, capsys)
+    common, run2, out, twenty, _ = damaged(tmp_path)
     status, stdout, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20",
                               "--drop", "120,110", "--json")
     flat = " ".join(err.split())
@@ -115,14 +115,14 @@ def _history(store: Path) -> tuple[list[dict[str, Any]], dict[int | None, list[i
 
 @pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_a_drop_is_recorded_and_the_history_row_of_the_dropped_checkpoints_is_not_left_pointing_at_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
     """The resume that stored run2's files again at 110 and 120 is a row of the history of its own. --drop
     removed both, and left that row naming no checkpoint, with nothing in the store or in `fdl report` to say
     what it had computed or that a drop removed it. The history stays as it was (append-only: the run did
     happen); the store's `dropped` attribute names each removed checkpoint, its file, the step that keeps
     that file and the row that computed it, and `fdl report` says it in a line; its JSON stays records."""
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    common, run2, out, _, _ = damaged(tmp_path)
     rows, steps, _ = _history(out)
     assert len(rows) == 2 and steps == {0: [0, 10, 20, 30, 40], 1: [110, 120]}
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "110,120")
@@ -230,9 +230,9 @@ def test_drop_on_a_store_without_copies_refuses_clearly(tmp_path: Path, capsys: 
 
 
 def test_drop_of_the_reference_s_only_copy_in_a_damaged_store_names_no_redo_of_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any  # noqa: F811
 ) -> None:
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    common, run2, out, _, _ = damaged(tmp_path)
     before = out.read_bytes()
     status, _, err = fdl(capsys, "analyze", *common, "-o", out, "--step-offset", f"{run2}=20", "--drop", "0")
     flat = " ".join(err.split())
@@ -243,9 +243,10 @@ def test_drop_of_the_reference_s_only_copy_in_a_damaged_store_names_no_redo_of_i
 
 @pytest.mark.parametrize("option", [["--watch"], ["--redo", "10"], ["--overwrite"], "torchrun"])
 def test_drop_with_what_it_does_not_go_with_is_refused_before_anything_is_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, option: Any
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damaged: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, option: Any,
 ) -> None:
-    common, run2, out, _, _ = _damaged(tmp_path, capsys)
+    common, run2, out, _, _ = damaged(tmp_path)
     before = out.read_bytes()
     if option == "torchrun":
         for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",

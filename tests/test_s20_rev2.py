@@ -9,32 +9,15 @@ layer, with no word of the addition at all.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import fdl_cli.pipeline
-from tests.test_analyze import analyze, run  # noqa: F401 - `run` is the module's fixture
-from tests.test_s20_add import _comparable, _same
-
-
-@pytest.fixture(scope="module")
-def at_once(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
-    """`at_once(store, *args)`: `store` equals a fresh one analysed by one `fdl analyze` with `args`
-    (test_s20_add's `_assert_as_analysed_at_once`), each fresh store analysed once for the module: the tests of a
-    layer added before the stored one and of a layer addition resumed, and those of a probe and a layer added at
-    once, compare with the same."""
-    fresh: dict[tuple[str, ...], dict[str, Any]] = {}
-
-    def check(store: Path, *args: str) -> None:
-        if args not in fresh:
-            path = tmp_path_factory.mktemp("at_once") / "fresh.h5"
-            assert analyze(run, path, *args).code == 0
-            fresh[args] = _comparable(path)
-        _same(_comparable(store), fresh[args])
-
-    return check
+from tests.test_analyze import analysed_copy, analyze, run  # noqa: F401 - `run`, `analysed_copy`: the module's fixtures
+from tests.test_s20_add import at_once  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize(("stored", "given", "ordered"), [
@@ -79,6 +62,28 @@ def _stopped_at_20(monkeypatch: pytest.MonkeyPatch, run: Path, store: Path, *ext
         assert analyze(run, store, *extra).code == 130
 
 
+@pytest.fixture(scope="module")
+def stopped_copy(run: Path, analysed_copy: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
+    """`stopped_copy(to, *extra)`: `to` becomes a copy of the run analysed with --commit-interval 0 and then, with
+    `extra` (and --commit-interval 0), stopped at step 20 (`_stopped_at_20`: an addition stopped midway); with no
+    `extra`, the analysed store alone. Each store is made once for the module, the first time it is asked for
+    (the tests here and in test_s21_add start from the same few), and each test changes its own copy."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def copy(to: Path, *extra: str) -> Path:
+        if not extra:
+            return analysed_copy(to, "--commit-interval", "0")
+        if extra not in made:
+            path = analysed_copy(tmp_path_factory.mktemp("stopped") / to.name, "--commit-interval", "0")
+            with pytest.MonkeyPatch.context() as patch:
+                _stopped_at_20(patch, run, path, *extra, "--commit-interval", "0")
+            made[extra] = path
+        shutil.copyfile(made[extra], to)
+        return to
+
+    return copy
+
+
 PROBE_SAID = ("the store also holds the probe 'test', added to 2 of its 4 checkpoints by an `fdl analyze` that "
               "stopped before it was done (the same command with it adds it to the other 2): give it too, --probe "
               "test=PATH (sha256 ")
@@ -93,13 +98,11 @@ LAYER_SAID = ("the store also holds the layer '0', added to 2 of its 4 checkpoin
     (("--probe", "test=TEST", "--layer", "2:input", "--layer", "0"), (PROBE_SAID, LAYER_SAID)),
 ], ids=["probe", "layer", "both"])
 def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_got_and_how_to_finish(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any,  # noqa: F811
+    run: Path, tmp_path: Path, at_once: Any, stopped_copy: Any,  # noqa: F811
     extra: tuple[str, ...], said: tuple[str, ...],
 ) -> None:
     extra = tuple(arg.replace("TEST", str(run / "test.npz")) for arg in extra)
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
-    _stopped_at_20(monkeypatch, run, store, *extra, "--commit-interval", "0")
+    store = stopped_copy(tmp_path / "s.h5", *extra)
     on_disk = store.read_bytes()
     gave_up = analyze(run, store)  # the store's probes and layers before the addition
     assert gave_up.code == 1 and "Traceback" not in gave_up.stderr
@@ -112,12 +115,10 @@ def test_a_store_midway_through_an_addition_resumed_without_it_says_how_far_it_g
 
 
 def test_adding_a_layer_to_a_store_midway_through_adding_a_probe_says_it_adds_both(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any  # noqa: F811
+    run: Path, tmp_path: Path, at_once: Any, stopped_copy: Any  # noqa: F811
 ) -> None:
-    store = tmp_path / "s.h5"
     test = ("--probe", f"test={run / 'test.npz'}")
-    assert analyze(run, store, "--commit-interval", "0").code == 0
-    _stopped_at_20(monkeypatch, run, store, *test, "--commit-interval", "0")
+    store = stopped_copy(tmp_path / "s.h5", *test)
     both = (*test, "--layer", "2:input", "--layer", "0")
     done = analyze(run, store, *both)
     assert done.code == 0, done.stderr

@@ -21,10 +21,10 @@ from fdl_cli.errors import NumericalError
 from fdl_cli.store import StoreReader
 from tests import warm
 from tests.cheap_figures import cheap_figures  # noqa: F401 - a fixture
-from tests.test_analyze import analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_analyze import analysed_copy, analyze, fdl, run  # noqa: F401 - `run`, `analysed_copy`: the module's fixtures
 from tests.test_s15_redo import _dump
-from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items
-from tests.test_s20_rev2 import _stopped_at_20
+from tests.test_s20_add import _assert_as_analysed_at_once, _same, _series_items, at_once  # noqa: F401 - at_once: a fixture
+from tests.test_s20_rev2 import _stopped_at_20, stopped_copy  # noqa: F401 - stopped_copy: a fixture
 
 NON_FINITE = "the features or outputs contain non-finite values"
 
@@ -60,10 +60,9 @@ def _assert_added_as_in_a_run_where_20_fails(
 
 
 def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoint_and_the_others_get_the_probe(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any, stopped_copy: Any  # noqa: F811
 ) -> None:
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
+    store = stopped_copy(tmp_path / "s.h5")  # the run analysed, with --commit-interval 0
     before = _series_items(store, "probe/2:input")
     test = ("--probe", f"test={run / 'test.npz'}")
     with _failing_at(monkeypatch, 20):
@@ -88,7 +87,7 @@ def test_a_stored_checkpoint_that_fails_for_the_added_probe_is_a_failed_checkpoi
     assert "adding test/2:input to 1 of the 4 stored checkpoints" in done.stderr
     assert "1 stored checkpoint given the added probe/layer series (those alone analysed)" in done.stderr
     assert [(r["step"], r["probe"]) for r in done.records if r["probe"] == "test"] == [(20, "test"), (30, "test")]
-    _assert_as_analysed_at_once(run, store, *test)
+    at_once(store, *test)
 
 
 def test_a_stored_file_that_became_unreadable_is_said_and_once_restored_is_given_the_added_layer(
@@ -125,7 +124,7 @@ def test_a_stored_file_that_became_unreadable_is_said_and_once_restored_is_given
 
 
 def test_two_stored_checkpoints_failing_in_a_row_mended_one_at_a_time(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_once: Any  # noqa: F811
 ) -> None:
     """Step 30's added series compares with the nearest checkpoint that holds it at each stage: 0, then 10 once
     step 10 is mended while step 20 still fails (its stored series keep comparing with 20), then 20."""
@@ -143,7 +142,7 @@ def test_two_stored_checkpoints_failing_in_a_row_mended_one_at_a_time(
         assert reader.steps(probe="test") == [0, 10, 30]
     _assert_added_as_in_a_run_where_20_fails(run, store, monkeypatch, *test)  # 30's compared with 10
     assert analyze(run, store, *test).code == 0
-    _assert_as_analysed_at_once(run, store, *test)
+    at_once(store, *test)
 
 
 def test_watch_goes_on_past_a_stored_checkpoint_the_added_probe_fails_at_and_leaves_its_stored_series(
@@ -221,14 +220,12 @@ def _given(run: Path, extra: tuple[str, ...]) -> tuple[str, ...]:  # noqa: F811
 
 @pytest.mark.parametrize("added", list(ADDED))
 def test_an_addition_stopped_midway_is_given_up_and_the_store_is_as_before_it(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, added: str  # noqa: F811
+    run: Path, tmp_path: Path, at_once: Any, stopped_copy: Any, added: str  # noqa: F811
 ) -> None:
     extra, what, series = ADDED[added]
     extra = _given(run, extra)
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
-    before = _dump(store)
-    _stopped_at_20(monkeypatch, run, store, *extra, "--commit-interval", "0")
+    before = _dump(stopped_copy(tmp_path / "before.h5"))
+    store = stopped_copy(tmp_path / "s.h5", *extra)
     refused = analyze(run, store)  # the store's probes and layers before the addition: the option is named
     assert refused.code == 1
     assert ("or, to give the addition up, this command with --abandon-addition, which takes "
@@ -249,16 +246,14 @@ def test_an_addition_stopped_midway_is_given_up_and_the_store_is_as_before_it(
         in again.stderr
     assert store.read_bytes() == on_disk
     assert analyze(run, store, *extra).code == 0  # added afresh, whole
-    _assert_as_analysed_at_once(run, store, *extra)
+    at_once(store, *extra)
 
 
 def test_giving_up_an_addition_is_refused_where_the_run_leaves_out_another_part_or_goes_with_other_work(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run: Path, tmp_path: Path, stopped_copy: Any  # noqa: F811
 ) -> None:
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
     both = _given(run, ADDED["both"][0])
-    _stopped_at_20(monkeypatch, run, store, *both, "--commit-interval", "0")
+    store = stopped_copy(tmp_path / "s.h5", *both)
     on_disk = store.read_bytes()
     extra = tmp_path / "extra.npz"
     shutil.copyfile(run / "test.npz", extra)
@@ -304,17 +299,15 @@ main(sys.argv[1:])
 
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_and_the_same_command_finishes(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str  # noqa: F811
+    run: Path, tmp_path: Path, stopped_copy: Any, when: str  # noqa: F811
 ) -> None:
     """kill -9 as the commit that takes the addition out puts its copy in place (before, or after the rename); the
     killed command is a warm child (tests/warm.py), a process of its own without its own `import torch`."""
     import signal
     import sys
 
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
-    before = _dump(store)
-    _stopped_at_20(monkeypatch, run, store, "--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
+    before = _dump(stopped_copy(tmp_path / "before.h5"))
+    store = stopped_copy(tmp_path / "s.h5", "--probe", f"test={run / 'test.npz'}")
     command = ("analyze", str(run / "ckpts"), "--model", f"{run}/model.py:build", "--probe", str(run / "probe.npz"),
                "--out", str(store), "--abandon-addition")
     killed = warm.run([sys.executable, "-c", KILLED, *command], cwd=tmp_path, timeout=300,
@@ -335,7 +328,7 @@ def test_giving_up_an_addition_killed_in_its_commit_leaves_a_store_that_reads_an
 
 @pytest.mark.usefixtures("cheap_figures")  # the page's text, not its images
 def test_report_says_where_the_series_added_to_the_store_were_computed(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_copy: Any  # noqa: F811
 ) -> None:
     """A probe added on a GPU to a store analysed on the CPU: the computed: lines named the CPU alone, for every
     checkpoint, though the added probe's numbers are the GPU's."""
@@ -345,8 +338,7 @@ def test_report_says_where_the_series_added_to_the_store_were_computed(
 
     from fdl_cli import __version__
 
-    store = tmp_path / "s.h5"
-    assert analyze(run, store, "--commit-interval", "0").code == 0
+    store = stopped_copy(tmp_path / "s.h5")  # the run analysed, with --commit-interval 0
     test = ("--probe", f"test={run / 'test.npz'}", "--commit-interval", "0")
     monkeypatch.setattr(fdl_cli.pipeline, "describe_device", lambda device: "cuda:0 (NVIDIA H200)")
     _stopped_at_20(monkeypatch, run, store, *test)

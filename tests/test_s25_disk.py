@@ -25,7 +25,7 @@ import pytest
 
 from fdl_cli import store as store_module
 from tests import warm
-from tests.test_analyze import REPO, analyze, fdl, run  # noqa: F401 - `run` is the module's fixture
+from tests.test_analyze import REPO, analysed_copy, analyze, fdl, run  # noqa: F401 - `run`, `analysed_copy`: fixtures
 
 
 def _contents(path: Path) -> dict[str, Any]:
@@ -80,10 +80,9 @@ def _assert_clean_error(done: subprocess.CompletedProcess[str], store: Path, got
 
 @pytest.mark.parametrize("watch", [False, True], ids=["analyze", "watch"])
 def test_a_file_size_limit_met_by_hdf5_in_a_resume_leaves_the_store_as_it_was(
-    run: Path, tmp_path: Path, watch: bool  # noqa: F811
+    run: Path, tmp_path: Path, analysed_copy: Any, watch: bool  # noqa: F811
 ) -> None:
-    store = tmp_path / "run.h5"
-    assert analyze(run, store, "--steps", "0,10").code == 0
+    store = analysed_copy(tmp_path / "run.h5", "--steps", "0,10")
     before, contents, records = store.read_bytes(), _contents(store), _report(store)
     limit = len(before) + 4096  # the store's copy fits: HDF5 meets the limit while it adds steps 20 and 30
     done = _analyze_limited(run, store, limit, *(("--watch", "--poll", "1") if watch else ()))
@@ -137,10 +136,9 @@ class _Refusing:
 @pytest.mark.parametrize("budget", [0, 6000], ids=["first_write", "midway"])
 def test_a_full_disk_or_quota_met_by_hdf5_gives_one_error_and_keeps_the_store(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],  # noqa: F811
-    code: int, budget: int,
+    analysed_copy: Any, code: int, budget: int,  # noqa: F811
 ) -> None:
-    store = tmp_path / "run.h5"
-    assert analyze(run, store, "--steps", "0,10").code == 0
+    store = analysed_copy(tmp_path / "run.h5", "--steps", "0,10")
     before, contents = store.read_bytes(), _contents(store)
     refusing = _Refusing(budget, code)
     monkeypatch.setattr(store_module.os, "pwrite", refusing)
@@ -162,14 +160,9 @@ def test_a_full_disk_or_quota_met_by_hdf5_gives_one_error_and_keeps_the_store(
     again = analyze(run, store)
     assert again.code == 0, again.stderr
     assert [record["step"] for record in again.records] == [20, 30]
-    assert _report(store) == _report(_whole(run, tmp_path))
-
-
-def _whole(run: Path, tmp_path: Path) -> Path:  # noqa: F811
     whole = tmp_path / "whole" / "run.h5"
     whole.parent.mkdir()
-    assert analyze(run, whole).code == 0
-    return whole
+    assert _report(store) == _report(analysed_copy(whole))  # the store of one analyze of every step
 
 
 def test_a_lock_file_that_cannot_be_written_is_an_error(
