@@ -19,10 +19,12 @@ import pytest
 
 from tests.cli_run import fdl_in_process
 from tests.test_report import make_store
+from tests.test_s31_csv import _odd_store
 
 #: a.h5: one series, steps 0, 100, 200; b.h5: two layers (fc1, fc2), other arrays; c.h5: steps 0, 100 alone,
-#: given as "./c.h5" (the path as given is the store's name); r.h5: c.h5 whose store records a refused step 300.
-A, B, C, R = "a.h5", "b.h5", "./c.h5", "r.h5"
+#: given as "./c.h5" (the path as given is the store's name); r.h5: c.h5 whose store records a refused step 300;
+#: odd.h5: a regression of two outputs storing each one's R² (`r2_outputs`), float 0/1 targets, layers "fc\r1", fc2.
+A, B, C, R, ODD = "a.h5", "b.h5", "./c.h5", "r.h5", "odd.h5"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_store(where / R, steps=(0, 100), seed=3)
     with h5py.File(where / R, "a") as handle:
         handle.attrs["refused"] = json.dumps([{"step": 300, "kind": "weights", "path": "ckpt/step_300.pt"}])
+    _odd_store(where / ODD)
     return where
 
 
@@ -88,6 +91,20 @@ def test_columns_one_store_lacks_are_empty_in_its_rows(folder: Path) -> None:
     assert columns["layer"] == [None] * 3 + ["fc1"] * 3
     records = json.loads(_export(folder, B, A, "--what", "quality", "--layer", "fc1", "--json").stdout)
     assert [(r["store"], r["probe"], r["layer"]) for r in records] == [(B, "train", "fc1")] * 3 + [(A, None, None)] * 3
+
+
+def test_a_regressions_r2_outputs_are_empty_in_the_other_stores_rows(folder: Path) -> None:
+    # odd.h5's own export adds r2_outputs, r2_min and r2_min_output before probe and layer; b.h5's rows have them
+    # empty. odd.h5's caveat (its 0/1 targets) is said naming it.
+    alone = _export(folder, ODD, "--what", "trajectories", "--layer", "fc2")
+    both = _export(folder, B, ODD, "--what", "trajectories", "--layer", "fc2")
+    assert both.returncode == 0, both.stderr
+    table, own = _csv(both.stdout), _csv(alone.stdout)
+    assert table[0] == ["store", *own[0]] and own[0][-5:] == ["r2_outputs", "r2_min", "r2_min_output", "probe", "layer"]
+    assert [row[1:] for row in table[1:] if row[0] == ODD] == own[1:]
+    at = table[0].index("r2_outputs")
+    assert {tuple(row[at : at + 3]) for row in table[1:] if row[0] == B} == {("", "", "")}
+    assert alone.stderr.startswith("note: ") and both.stderr == alone.stderr.replace("note: ", "note: odd.h5: ")
 
 
 def test_a_store_that_cannot_be_exported_is_named_and_nothing_is_written(folder: Path, tmp_path: Path) -> None:
