@@ -18,14 +18,17 @@ import os
 import shlex
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TextIO, cast
 
 import click
 
 from fdl_cli import __version__, completion, signals
-from fdl_cli.errors import ESCAPE, PLAIN, FdlError, StoreError, listed_names, shown_name, terminal_safe
+from fdl_cli.errors import ESCAPE, PLAIN, FdlError, StoreError, counted, listed_names, shown_name, terminal_safe
 from fdl_cli.fields import SMALL_PROBE_FIELD, ZERO_ONE_FIELD
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -303,8 +306,6 @@ def _require_file_locks() -> None:
 _ONE_STORE_HINTS = {
     "report": "fdl {name} reads one store: for a row per store, fdl classify STORE...; or one report per store "
               "(for s in runs/*.h5; do fdl {name} \"$s\"; done)",
-    "export": "fdl {name} reads one store: one export per store, named after it "
-              "(for s in runs/*.h5; do fdl {name} \"$s\" --what trajectories > \"${{s%.h5}}.csv\"; done)",
     "compare": "fdl {name} reads two stores: for a row per store, fdl classify STORE...",
 }
 
@@ -1276,7 +1277,7 @@ cli.add_command(_alias(compare, "diff"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS, short_help="Export stored arrays or trajectories.")
-@click.argument("store", type=StorePath())
+@click.argument("stores", nargs=-1, required=True, type=StorePath(), metavar="STORE...")
 @click.option("--what", type=SuggestingChoice(["eigenvalues", "quality", "utility", "eigenfunctions", "trajectories"]),
               required=True,
               help="eigenvalues: the spectrum λ_k of each checkpoint; quality: Q*_k, the targets' share along each "
@@ -1284,15 +1285,15 @@ cli.add_command(_alias(compare, "diff"))
                    "eigenfunctions: the top-K e_k(x) on the anchor points; trajectories: the per-checkpoint fields "
                    "of `fdl report`.")
 @click.option("--format", "fmt", type=SuggestingChoice(["csv", "json", "npy"]), default="csv", show_default=True,
-              help="csv, json: on stdout (or --out); npy: a NumPy .npz archive, to the file --out names.")
+              help="csv, json: on stdout (or --out); npy: a NumPy .npz archive, to the file --out names (one store).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--out", "-o", "out", cls=OutputOption, type=click.Path(dir_okay=False),
               help="Output file (required for npy).")
 @click.option("--steps", "steps", metavar="S1,S2,...", callback=_steps_list,
-              help="Export only these stored steps (default: every checkpoint).")
-@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "store"),
+              help="Export only these stored steps (default: every checkpoint); of several stores, of each.")
+@click.option("--probe", default=None, metavar="NAME", shell_complete=completion.store_names("probe", "stores"),
               help="Select a probe (needed when the store has several series).")
-@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "store"),
+@click.option("--layer", default=None, metavar="NAME", shell_complete=completion.store_names("layer", "stores"),
               help="Select a layer (needed when the store has several series).")
 def export(**kwargs: Any) -> None:
     """Export stored arrays or trajectories as CSV, JSON or NumPy.
@@ -1300,7 +1301,8 @@ def export(**kwargs: Any) -> None:
     csv/json go to stdout (or --out). npy writes a NumPy .npz archive to --out: `steps` and one array
     `step_<N>` per checkpoint (ragged, never padded; NaN where a checkpoint stores no quality); for
     trajectories `steps` and one float64 array per numeric field (NaN = null; path, sha256 and regime are
-    in the csv/json forms).
+    in the csv/json forms). Several stores (a sweep's runs, csv/json) give one table: each row's first
+    column `store`, the path as given, in the order given.
     """
     from pathlib import Path
 
@@ -1314,36 +1316,94 @@ def export(**kwargs: Any) -> None:
     if kwargs["out"] == "-":  # as analyze's: a file named "-" was written in the current folder
         raise FdlError("--out -: fdl export writes to stdout without --out, and takes --out as a file's path",
                        fix="omit --out to print CSV or JSON on stdout (npy needs a file: --out arrays.npz)")
+    stores = kwargs.pop("stores")
+    if len(stores) > 1 and kwargs["fmt"] == "npy":
+        # an archive's arrays are named by step (`step_<N>`), which two runs share: one archive a store
+        raise click.UsageError(
+            f"--format npy exports one store ({len(stores)} given): its arrays are named by step, which the "
+            "stores share; export each to its own archive (for s in runs/*.h5; do fdl export \"$s\" --what "
+            f"{kwargs['what']} --format npy --out \"${{s%.h5}}.npz\"; done), or all as one table with --format csv "
+            "or json")
     out = Path(kwargs["out"]) if kwargs["out"] else None
+    steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
+    if len(stores) > 1:
+        _export_several(stores, kwargs, out, steps)
+        return
     # The store stays open while the arrays are streamed out, one checkpoint at a time.
     # the trajectories with the R² of each output, where a regression of several outputs stores them
-    with rep.opened_run(kwargs["store"], probe=kwargs["probe"], layer=kwargs["layer"],
+    with rep.opened_run(stores[0], probe=kwargs["probe"], layer=kwargs["layer"],
                         r2_outputs=kwargs["what"] == "trajectories") as run:
-        # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
-        # report and classify say it
-        for warning in run.warnings:
-            click.echo(terminal_safe(f"warning: {warning}"), err=True)
-        # what the exported loss and r2 measure, as report's table and classify say it (the store records it)
-        if kwargs["what"] == "trajectories" and len(run.series) == 1 \
-                and (caveat := rep.targets_caveat(run, run.series[0])) is not None:
-            click.echo(terminal_safe(f"note: {caveat}"), err=True)
-        # what the exported regime column cannot read, as report says it beside its --json
-        if kwargs["what"] == "trajectories" and len(run.series) == 1 \
-                and (small := rep.small_probe_note(run, run.series[0])) is not None:
-            click.echo(terminal_safe(f"note: {small}"), err=True)
-        # what the exported CKA and overlap columns, and e_k(x) on the anchor points, see: as report says it
-        if kwargs["what"] in ("trajectories", "eigenfunctions") and len(run.series) == 1 \
-                and (skew := rep.anchor_skew_line(run, run.series[0])) is not None:
-            click.echo(terminal_safe(f"note: {skew}"), err=True)
-        steps = None if kwargs["steps"] is None else [int(part) for part in kwargs["steps"].split(",") if part.strip()]
-        # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
-        if steps is None and (refused := rep.refused_line(run, "this export")) is not None:
-            click.echo(terminal_safe(f"note: {refused}"), err=True)
-        # the arrays of some checkpoints ran other model code: said as report says it beside --json (no column:
-        # export's rows are the stored values alone, as for zero_one_targets and small_probe)
-        if (mixed := rep.model_change_line(run)) is not None:
-            click.echo(terminal_safe(f"note: {mixed}"), err=True)
+        for kind, line in _export_lines(run, kwargs["what"], steps):
+            click.echo(terminal_safe(f"{kind}: {line}"), err=True)
         note = rep.write_export(run, kwargs["what"], kwargs["fmt"], stdout=sys.stdout, out=out, steps=steps)
+    if note:
+        click.echo(terminal_safe(note), err=True)
+
+
+def _export_lines(run: Any, what: str, steps: Sequence[int] | None) -> list[tuple[str, str]]:
+    """What `fdl export` says of a store on stderr beside its rows: ("warning" or "note", the line)."""
+    from fdl_cli import report as rep
+
+    # what the reader skipped or rebuilt (a checkpoint never completed: absent from the export), as
+    # report and classify say it
+    lines = [("warning", warning) for warning in run.warnings]
+    one = run.series[0] if len(run.series) == 1 else None
+    # what the exported loss and r2 measure, as report's table and classify say it (the store records it)
+    if what == "trajectories" and one is not None and (caveat := rep.targets_caveat(run, one)) is not None:
+        lines.append(("note", caveat))
+    # what the exported regime column cannot read, as report says it beside its --json
+    if what == "trajectories" and one is not None and (small := rep.small_probe_note(run, one)) is not None:
+        lines.append(("note", small))
+    # what the exported CKA and overlap columns, and e_k(x) on the anchor points, see: as report says it
+    if what in ("trajectories", "eigenfunctions") and one is not None \
+            and (skew := rep.anchor_skew_line(run, one)) is not None:
+        lines.append(("note", skew))
+    # as report's beside --json; not of steps chosen (--steps), which name stored ones alone
+    if steps is None and (refused := rep.refused_line(run, "this export")) is not None:
+        lines.append(("note", refused))
+    # the arrays of some checkpoints ran other model code: said as report says it beside --json (no column:
+    # export's rows are the stored values alone, as for zero_one_targets and small_probe)
+    if (mixed := rep.model_change_line(run)) is not None:
+        lines.append(("note", mixed))
+    return lines
+
+
+def _export_several(stores: Sequence[str], kwargs: dict[str, Any], out: Path | None,
+                    steps: Sequence[int] | None) -> None:
+    """`fdl export STORE...` (csv/json): one table of every store's rows (`report.write_export_several`), each
+    store's lines on stderr named by it, as `fdl classify STORE...` names them. A store that cannot be exported
+    (unreadable, without the --probe/--layer/--steps asked for) is an error naming it, every such store said after
+    the others' lines, and the command exits 1 writing nothing: a table that silently lacks a run of the sweep
+    would be read as the whole sweep (classify shows the others: its table is read by a person, beside the error)."""
+    from fdl_cli import report as rep
+
+    what = kwargs["what"]
+    parts: list[rep.ExportPart] = []
+    failed: list[tuple[str, FdlError]] = []
+    for store in stores:
+        try:
+            with rep.opened_run(store, probe=kwargs["probe"], layer=kwargs["layer"],
+                                r2_outputs=what == "trajectories") as run:
+                for kind, line in _export_lines(run, what, steps):
+                    # once named: a line that begins with the store's path names it already
+                    said = line if line.startswith(str(run.path)) else f"{_row_name(store)}: {line}"
+                    click.echo(terminal_safe(f"{kind}: {said}"), err=True)
+                series, tag = rep.export_series(run, what, steps)
+                columns = rep.trajectories(run, series) if what == "trajectories" else None
+                parts.append(rep.ExportPart(store, tag, series.steps, columns))
+        except FdlError as exc:
+            failed.append((store, exc))
+    if failed:
+        for store, error in failed:
+            said = error.message if error.message.startswith(store) else f"{_row_name(store)}: {error.message}"
+            click.echo(terminal_safe(f"error: {said}"), err=True)
+        written = "no output written" if out is None else f"{out} not written"
+        them = "it" if len(failed) == 1 else "them"
+        click.echo(terminal_safe(f"{counted(len(failed), 'store')} of {len(stores)} could not be exported, "
+                                 f"{written}: fix {them} or leave {them} out"), err=True)
+        sys.exit(1)
+    note = rep.write_export_several(parts, what, kwargs["fmt"], stdout=sys.stdout, out=out,
+                                    probe=kwargs["probe"], layer=kwargs["layer"])
     if note:
         click.echo(terminal_safe(note), err=True)
 

@@ -3061,10 +3061,7 @@ def write_export(
         raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
     if fmt == "npy" and out is None:
         raise FdlError("--format npy writes a binary .npz archive and needs --out FILE", fix="add --out FILE.npz")
-    series = select_steps(run, _single_series(run), steps)
-    # a store of several series: each row names its series, as `report --format csv|json` does (two exports of
-    # two probes, concatenated, are told apart); a store of one keeps its columns
-    tag = (str(series.probe), str(series.layer)) if run.several else None
+    series, tag = export_series(run, what, steps)
     if what == "trajectories":
         columns = trajectories(run, series)
         if fmt == "npy":
@@ -3083,22 +3080,13 @@ def write_export(
                 arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             _save_npz(out, arrays.items())
             return f"wrote {len(arrays) - 1} trajectories of {counted(len(columns['step']), 'checkpoint')} to {out}"
-        if tag is not None:
-            count = len(columns["step"])
-            columns = {**columns, **{name: [value] * count for name, value in zip(SERIES_FIELDS, tag, strict=True)}}
-        text = _trajectories_text(columns, fmt)
+        text = _trajectories_text(_tagged(columns, tag), fmt)
         if out is not None:
             write_text_file(out, text)
             return f"wrote {what} to {out}"
         stdout.write(text)
         return None
     steps = series.steps
-    if steps and not _stores_any(run, series, what):
-        raise FdlError(
-            f"{run.path} stores no {what}",
-            got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
-            fix="analyse with a probe holding targets y" if what == "quality" else None,
-        )
     per_step = _finite(run, series, what, iter_array(run, series, steps, what))
     if fmt == "npy":
         assert out is not None
@@ -3116,9 +3104,88 @@ def write_export(
             whole_or_untouched(target) as path,
             path.open(text_mode(path), encoding="utf-8") as handle,
         ):
-            _write_arrays_text(handle, per_step, what, fmt, tag)
+            _write_arrays_text(handle, [(None, tag, per_step)], what, fmt, tagged=tag is not None)
         return f"wrote {what} to {out}"
-    _write_arrays_text(stdout, per_step, what, fmt, tag)
+    _write_arrays_text(stdout, [(None, tag, per_step)], what, fmt, tagged=tag is not None)
+    return None
+
+
+def export_series(run: Run, what: str, steps: Sequence[int] | None) -> tuple[Series, tuple[str, str] | None]:
+    """The series `fdl export` writes of `run` (its one selected series, at `steps`) and the (probe, layer) its rows
+    end with, None for a store of one series; FdlError where it cannot be exported (several series, a step not
+    stored, no such array stored)."""
+    series = select_steps(run, _single_series(run), steps)
+    # a store of several series: each row names its series, as `report --format csv|json` does (two exports of
+    # two probes, concatenated, are told apart); a store of one keeps its columns
+    tag = (str(series.probe), str(series.layer)) if run.several else None
+    if what != "trajectories" and series.steps and not _stores_any(run, series, what):
+        raise FdlError(
+            f"{run.path} stores no {what}",
+            got="null at every checkpoint (the probe has no targets)" if what == "quality" else None,
+            fix="analyse with a probe holding targets y" if what == "quality" else None,
+        )
+    return series, tag
+
+
+def _tagged(columns: Mapping[str, list[Any]], tag: tuple[str, str] | None) -> dict[str, list[Any]]:
+    """The trajectories' `columns` with the (probe, layer) columns of `tag` after them (SERIES_FIELDS)."""
+    if tag is None:
+        return dict(columns)
+    count = len(columns["step"])
+    return {**columns, **{name: [value] * count for name, value in zip(SERIES_FIELDS, tag, strict=True)}}
+
+
+@dataclass
+class ExportPart:
+    """One store of `fdl export STORE...` (`write_export_several`): the store as given, the (probe, layer) its rows
+    name (None: a store of one series), and its trajectories' columns (`--what trajectories`) or the steps whose
+    arrays are read when written (the store is opened again then, one store at a time)."""
+
+    store: str
+    tag: tuple[str, str] | None
+    steps: list[int]
+    columns: dict[str, list[Any]] | None = None
+
+
+def write_export_several(
+    parts: Sequence[ExportPart], what: str, fmt: str, *, stdout: IO[str], out: Path | None,
+    probe: str | None, layer: str | None,
+) -> str | None:
+    """Write `fdl export STORE...` (csv/json): one table of every store's rows, in the order given, each row's first
+    column (a JSON record's first key) `store`, the path as given. The columns are the union of the stores' (a
+    store of several series adds `probe` and `layer`, a regression of several outputs `r2_outputs`...), in the order
+    one store has them, empty (null) in the rows of a store without them. Trajectories' JSON stays columns (a list a
+    field); the arrays' JSON an array of records. Returns a note for the terminal, or None."""
+    tagged = any(part.tag is not None for part in parts)
+    if what == "trajectories":
+        tables = [_tagged(part.columns or {"step": []}, part.tag) for part in parts]
+        names = [name for name in (*RECORD_FIELDS, *R2_OUTPUT_FIELDS, *SERIES_FIELDS)
+                 if any(name in table for table in tables)]
+        columns = {"store": [part.store for part, table in zip(parts, tables, strict=True) for _ in table["step"]]}
+        for name in names:  # null in the rows of a store without the column
+            columns[name] = [value for table in tables for value in table.get(name, [None] * len(table["step"]))]
+        text = _trajectories_text(columns, fmt)
+        if out is not None:
+            write_text_file(out, text)
+            return f"wrote {what} of {counted(len(parts), 'store')} to {out}"
+        stdout.write(text)
+        return None
+
+    def per_store() -> Iterator[tuple[str | None, tuple[str, str] | None, Iterable[tuple[int, np.ndarray | None]]]]:
+        for part in parts:  # each store open while its rows are written (`_write_arrays_text` reads them all)
+            with opened_run(part.store, probe=probe, layer=layer) as run:
+                series = select_steps(run, _single_series(run), part.steps)
+                yield part.store, part.tag, _finite(run, series, what, iter_array(run, series, part.steps, what))
+
+    if out is not None:
+        with (
+            writing(out) as target,
+            whole_or_untouched(target) as path,
+            path.open(text_mode(path), encoding="utf-8") as handle,
+        ):
+            _write_arrays_text(handle, per_store(), what, fmt, tagged=tagged)
+        return f"wrote {what} of {counted(len(parts), 'store')} to {out}"
+    _write_arrays_text(stdout, per_store(), what, fmt, tagged=tagged)
     return None
 
 
@@ -3197,43 +3264,55 @@ def _trajectories_text(columns: Mapping[str, list[Any]], fmt: str) -> str:
 
 
 def _write_arrays_text(
-    stream: IO[str], per_step: Iterable[tuple[int, np.ndarray | None]], what: str, fmt: str,
-    tag: tuple[str, str] | None = None,
+    stream: IO[str],
+    parts: Iterable[tuple[str | None, tuple[str, str] | None, Iterable[tuple[int, np.ndarray | None]]]],
+    what: str, fmt: str, *, tagged: bool,
 ) -> None:
     """The per-checkpoint arrays as CSV or JSON, written to `stream` one checkpoint at a time (the
-    text is what `csv_line` and `json.dumps(rows, indent=2)` of all the rows would give); `tag`: the
-    (probe, layer) each row ends with (SERIES_FIELDS), for a store of several series."""
+    text is what `csv_line` and `json.dumps(rows, indent=2)` of all the rows would give). `parts`: a store's
+    name (its rows' first column `store`; None: one store, no such column), the (probe, layer) its rows end with
+    (SERIES_FIELDS; None: a store of one series) and its (step, array) pairs; `tagged`: whether the rows have
+    the (probe, layer) columns (empty in the rows of a part without them)."""
     if fmt == "json":
         first = True
-        for step, values in per_step:
-            row = {"step": step, what: None if values is None else values.astype(np.float64).tolist()}
-            if tag is not None:
-                row.update(zip(SERIES_FIELDS, tag, strict=True))
-            text = json.dumps(row, indent=2, allow_nan=False).replace("\n", "\n  ")
-            stream.write(("[\n  " if first else ",\n  ") + text)
-            first = False
+        for store, tag, per_step in parts:
+            for step, values in per_step:
+                row: dict[str, Any] = {} if store is None else {"store": store}
+                row.update({"step": step, what: None if values is None else values.astype(np.float64).tolist()})
+                if tagged:
+                    row.update(zip(SERIES_FIELDS, tag or (None, None), strict=True))
+                text = json.dumps(row, indent=2, allow_nan=False).replace("\n", "\n  ")
+                stream.write(("[\n  " if first else ",\n  ") + text)
+                first = False
         stream.write("[]\n" if first else "\n]\n")
         return
     # Every value is a number: no field needs quoting, so lines are joined directly (`csv_line` costs ~1 µs a
     # cell, minutes for the eigenfunctions of a large run). A checkpoint that stores no such array (quality
     # without targets) is one row of empty cells, as JSON's null: without it the CSV said nothing of that
     # checkpoint, and read as though it were not in the store.
-    # The series' names (a layer's may hold a comma) are quoted by `csv_line`, once.
-    end = "\n" if tag is None else "," + csv_line(tag)
-    header = "" if tag is None else "," + ",".join(SERIES_FIELDS)
-    if what == "eigenfunctions":
-        stream.write(f"step,point,k,value{header}\n")
-        for step, values in per_step:
-            if values is None:
-                stream.write(f"{step},,,{end}")
-                continue
-            for point, row in enumerate(values.astype(np.float64).tolist()):
-                stream.write("".join(f"{step},{point},{k},{value!r}{end}" for k, value in enumerate(row, start=1)))
-    else:
-        stream.write(f"step,k,{what}{header}\n")
-        for step, values in per_step:
-            if values is None:
-                stream.write(f"{step},,{end}")
-                continue
-            listed = values.astype(np.float64).tolist()
-            stream.write("".join(f"{step},{k},{value!r}{end}" for k, value in enumerate(listed, start=1)))
+    # The series' names (a layer's may hold a comma) and the store's are quoted by `csv_cell`, once.
+    header = "" if not tagged else "," + ",".join(SERIES_FIELDS)
+    written = False
+    for store, tag, per_step in parts:
+        if not written:
+            named = "" if store is None else "store,"
+            stream.write(f"{named}step,point,k,value{header}\n" if what == "eigenfunctions"
+                         else f"{named}step,k,{what}{header}\n")
+            written = True
+        end = "\n" if not tagged else "," + csv_line(tag or (None, None))
+        start = "" if store is None else csv_cell(store) + ","
+        if what == "eigenfunctions":
+            for step, values in per_step:
+                if values is None:
+                    stream.write(f"{start}{step},,,{end}")
+                    continue
+                for point, row in enumerate(values.astype(np.float64).tolist()):
+                    stream.write("".join(f"{start}{step},{point},{k},{value!r}{end}"
+                                         for k, value in enumerate(row, start=1)))
+        else:
+            for step, values in per_step:
+                if values is None:
+                    stream.write(f"{start}{step},,{end}")
+                    continue
+                listed = values.astype(np.float64).tolist()
+                stream.write("".join(f"{start}{step},{k},{value!r}{end}" for k, value in enumerate(listed, start=1)))

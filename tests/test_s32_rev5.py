@@ -20,15 +20,13 @@ def _stores(folder: Path, count: int) -> list[Path]:
 
 @pytest.mark.parametrize(("command", "count", "hint"), [
     ("report", 2, "fdl report reads one store: for a row per store, fdl classify STORE..."),
-    ("export", 2, "fdl export reads one store: one export per store"),
     ("compare", 3, "fdl compare reads two stores: for a row per store, fdl classify STORE..."),
 ])
 def test_an_extra_store_beside_a_choice_word_keeps_the_one_store_hint(
         tmp_path: Path, command: str, count: int, hint: str) -> None:
     # `fdl compare a.h5 b.h5 c.h5 json`: the choice's hint said nothing of c.h5, the store too many
     stores = _stores(tmp_path, count)
-    extra = ["--what", "trajectories"] if command == "export" else []
-    done = fdl_in_process(command, *stores, "json", *extra)
+    done = fdl_in_process(command, *stores, "json")
     assert (done.returncode, done.stdout) == (2, ""), done
     assert hint in done.stderr and CHOICE in done.stderr, done.stderr
     assert "Traceback" not in done.stderr

@@ -103,13 +103,11 @@ def test_a_sweep_whose_runs_end_at_other_steps_says_so(seeds: list[Path], tmp_pa
 
 @pytest.mark.parametrize(("command", "hint"), [
     ("report", "fdl report reads one store: for a row per store, fdl classify STORE...; or one report per store"),
-    ("export", "fdl export reads one store: one export per store, named after it"),
     ("compare", "fdl compare reads two stores: for a row per store, fdl classify STORE..."),
 ])
 def test_a_glob_of_stores_given_to_a_command_of_one_says_which_takes_several(
         seeds: list[Path], command: str, hint: str) -> None:
-    extra = ("--what", "trajectories") if command == "export" else ()
-    done = fdl_in_process(command, *seeds, *extra)
+    done = fdl_in_process(command, *seeds)
     assert done.returncode == 2
     assert "Got unexpected extra argument" in done.stderr  # click's own words stay first
     assert hint in done.stderr
