@@ -509,6 +509,16 @@ def _to_python(name: str, value: object) -> Scalar:
     return int(number) if name in INT_FIELDS else number
 
 
+def _provenance_series(provenance: Mapping[str, Any]) -> frozenset[Series] | None:
+    """The (probe, layer) series a provenance names (its probes × layers: an fdl analyze store's); None
+    where it names none."""
+    probes, layers = provenance.get("probes"), provenance.get("layers")
+    if isinstance(probes, dict) and probes and isinstance(layers, list) and layers:
+        if all(isinstance(name, str) for name in [*probes, *layers]):
+            return frozenset((probe, layer) for probe in probes for layer in layers)
+    return None
+
+
 def _normalized_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     try:
         normalized = json.loads(json.dumps(dict(provenance), sort_keys=True))
@@ -1098,10 +1108,9 @@ class StoreReader:
     def _expected_series(self) -> frozenset[Series]:
         """Every (probe, layer) a checkpoint of this store holds: the provenance's probes × layers when
         it names them (an fdl analyze store), else those of any checkpoint."""
-        probes, layers = self.provenance.get("probes"), self.provenance.get("layers")
-        if isinstance(probes, dict) and probes and isinstance(layers, list) and layers:
-            if all(isinstance(name, str) for name in [*probes, *layers]):
-                return frozenset((probe, layer) for probe in probes for layer in layers)
+        named = _provenance_series(self.provenance)
+        if named is not None:
+            return named
         return frozenset().union(*self._group_series.values()) if self._group_series else frozenset()
 
     def _drop_incomplete_series(self) -> None:
@@ -2229,6 +2238,7 @@ class StoreWriter:
         self._drop_steps: set[int] = set()  # stored checkpoints to remove at the next commit (`drop`)
         self._stale_trajectories: set[Series] = set()  # trajectories of series with no intact group
         self._fresh = True  # the next commit creates the file instead of copying it
+        self._own_file = True  # no store was read at `path` (none there, or --overwrite): see `committed_previous`
         self._provenance_update: str | None = None  # see _load_existing
         #: the `model_imports` attribute to write: a fresh store's, or one a resumed store lacks (written by an fdl
         #: before it); a store's is never changed. None: nothing to write
@@ -2304,6 +2314,7 @@ class StoreWriter:
         remove_stale_copies(self._path)
 
     def _load_existing(self) -> None:
+        self._own_file = False
         try:
             reader = StoreReader._open_deep(self._path)
         except StoreError as exc:
@@ -2579,6 +2590,32 @@ class StoreWriter:
             for step in steps - holding:
                 missing.setdefault(step, set()).add(key)
         return {step: frozenset(keys) for step, keys in sorted(missing.items())}
+
+    def committed_previous(
+        self,
+    ) -> tuple[dict[int, dict[Series, int | None]], dict[int, str], dict[int, frozenset[Series]]] | None:
+        """What a `StoreReader` of the file would read for `_refresh_successors` (pipeline.py), from memory: step ->
+        {series: its prev_step} of every complete checkpoint, step -> its sha256, step -> the series it holds. Only
+        where this writer wrote the whole file (no store was read at its path, it has committed since, nothing is
+        buffered or to be dropped) and every checkpoint holds every series the provenance names (as a reader
+        skips a group lacking one); None otherwise (the caller reads the store)."""
+        with self._mutex:
+            if not self._own_file or self._fresh or self._buffer or self._job is not None or self._failed \
+                    or self._drop_steps or self._drop or self._pending:
+                return None
+            steps = set(self._sha256)
+            if set(self._rows) != _provenance_series(self._provenance) \
+                    or any(set(by_step) != steps for by_step in self._rows.values()) \
+                    or not all(self._sha256.values()):  # a reader reads an empty text as null
+                return None
+            keys = frozenset(self._rows)
+            compared: dict[int, dict[Series, int | None]] = {step: {} for step in sorted(steps)}
+            for key in sorted(self._rows):  # a reader's order: its series sorted
+                for step, row in self._rows[key].items():
+                    # as stored (a float64 column, `_trajectory_column`) and read back (`_column_values`)
+                    previous = math.nan if row.get("prev_step") is None else float(row["prev_step"])
+                    compared[step][key] = None if math.isnan(previous) else int(previous)
+            return compared, dict(self._sha256), dict.fromkeys(steps, keys)
 
     def note_file_signatures(self, signatures: Mapping[int, str]) -> None:
         """Record new file signatures (`checkpoints.file_signature`) of stored checkpoints whose file
