@@ -2569,12 +2569,9 @@ def compare_runs(
         notes.append(devices)
     notes += zero_one_notes(run_a, series_a, run_b, series_b)
     small = (small_probe_note(run_a, series_a), small_probe_note(run_b, series_b))
-    notes += [f"runs A and B: {small[0]}"] if small[0] is not None and small[0] == small[1] else \
-        [f"run {side}: {line}" for side, line in zip("AB", small, strict=True) if line is not None]
+    notes += _per_run(*small)
     # the overlap A·B, and each run's CKA and overlaps, see the first m rows of each probe alone
-    skews = (anchor_skew_line(run_a, series_a), anchor_skew_line(run_b, series_b))
-    notes += [f"runs A and B: {skews[0]}"] if skews[0] is not None and skews[0] == skews[1] else \
-        [f"run {side}: {line}" for side, line in zip("AB", skews, strict=True) if line is not None]
+    notes += _per_run(anchor_skew_line(run_a, series_a), anchor_skew_line(run_b, series_b))
     if (binary := binary_logit_note(run_a, run_b)) is not None:
         notes.append(binary)
     partners = {match.step_a: match.step_b for match in matches}
@@ -2650,6 +2647,13 @@ def _largest_outputs(run: Run) -> int | None:
     """The largest C of a store's probes (the C its options' `overlap_k` is recorded against), None without one."""
     counts = [info.n_outputs for info in run.probes.values() if type(getattr(info, "n_outputs", None)) is int]
     return max(counts) if counts else None
+
+
+def _per_run(line_a: str | None, line_b: str | None) -> list[str]:
+    """compare's notes of a line each run may have: one for both where they say the same, else one a run."""
+    if line_a is not None and line_a == line_b:
+        return [f"runs A and B: {line_a}"]
+    return [f"run {side}: {line}" for side, line in (("A", line_a), ("B", line_b)) if line is not None]
 
 
 def zero_one_notes(run_a: Run, series_a: Series, run_b: Run, series_b: Series) -> list[str]:
