@@ -264,8 +264,18 @@ def test_every_field_and_array_matches_the_reference(runs: dict, name: str) -> N
                 assert got[field] == pytest.approx(value, rel=rtol, abs=1e-13), (name, want["step"], field)
     for want, arr in zip(records, arrays, strict=True):
         stored = _stored(store, want["step"])
-        for field in ("eigenvalues", "quality", "utility"):
-            np.testing.assert_allclose(stored[field], arr[field], rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(stored["eigenvalues"], arr["eigenvalues"], rtol=1e-9, atol=1e-13)
+        # A direction's share is as well determined as its eigenvector: float64's rounding of the second moment
+        # (~eps * rho_0 an entry, whatever the order of the sums) moves v_k by ~eps * rho_0 / gap_k and rho_k by
+        # ~eps * rho_0, so a share's relative error can reach eps * kappa_k, kappa_k = rho_0 / min(gap_k, rho_k).
+        # The MF run's last checkpoint has rho = 6.2e-8 and 1.2e-8 beside rho_0 = 1.16 (kappa 2.3e7): against
+        # a 40-digit reference its weakest shares are off by 2.0e-9 in fdl and 2.1e-10 in this float64
+        # reference, which rounds otherwise (and whose error grows with the machine's BLAS kernels alike).
+        rho = arr["eigenvalues"]
+        gaps = np.minimum(np.abs(np.diff(rho, prepend=np.inf)), np.abs(np.diff(rho, append=-np.inf)))
+        rtol = np.maximum(1e-9, 100 * np.finfo(float).eps * rho[0] / np.minimum(gaps, rho))
+        for field in ("quality", "utility"):
+            assert np.all(np.abs(stored[field] - arr[field]) <= rtol * np.abs(arr[field]) + 1e-13), (name, field)
         K = stored["eigenvectors"].shape[1]
         np.testing.assert_allclose(stored["eigenvectors"], arr["eigenvectors"][:, :K], atol=1e-9)  # signs included
         np.testing.assert_allclose(stored["eigenfunctions"], arr["eigenfunctions"][:, :K], rtol=1e-6, atol=1e-6)
