@@ -1526,6 +1526,10 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
     low = rep.reference_rank_note(run, chosen, verdict.evidence.get("reference_step"))
     if low is not None:
         verdict.evidence["low_rank_reference"] = low
+    # the anchor rows misrepresent the probe's classes: the verdict's CKA and overlaps saw them alone (a note only)
+    anchors = rep.anchor_skew_evidence(run, chosen)
+    if anchors is not None:
+        verdict.evidence["anchor_skew"] = anchors
     if verdict.regime != "coefficient":
         tie = rep.overlap_tie(run, chosen, verdict.evidence, thresholds)
         if tie is not None:
@@ -1543,7 +1547,7 @@ def _classified(store: str, kwargs: dict[str, Any], thresholds: Thresholds) -> _
         verdict = dataclasses.replace(verdict, model_changes=rep.model_change_items(run))
     return _Classified(store, verdict, list(chosen.records), header, caveat, [*run.warnings, *provenance_warnings],
                        others, rep.probe_sha(run, chosen), refused, rep.binary_logit(run), rep.model_change_line(run),
-                       rep.anchor_skew_line(run, chosen))
+                       anchors["note"] if anchors is not None else None)
 
 
 def _classify_one(store: str, kwargs: dict[str, Any], thresholds: Thresholds, *, as_json: bool) -> None:

@@ -958,7 +958,7 @@ def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> 
         lines.append(str(low["note"]))
     skip = {"rule", "final_window", "final_rule", "note", "probe", "layer", "overlap_tie", "zero_one_targets",
             "constant_outputs", "final_r2_outputs", "narrow_layer", "small_probe",
-            "low_rank_reference"}  # each output's R²: in --json; the lines above
+            "low_rank_reference", "anchor_skew"}  # each output's R²: in --json; the lines above; classify's note
     lines.append("evidence: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in ev.items() if k not in skip))
     lines.append(thresholds_line(verdict.thresholds))
     lines.append(f"note: {NOTE}")

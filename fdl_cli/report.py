@@ -227,12 +227,19 @@ def anchor_skew_line(run: Run, series: Series) -> str | None:
     """analyze's warning that the series' probe's anchor subset misrepresents its classes (`probes.anchor_skew_warning`),
     as the store records it (`ProbeInfo.anchor_skew`), for report and classify: CKA, the overlaps and the regime see
     those rows alone. None where not recorded."""
+    evidence = anchor_skew_evidence(run, series)
+    return None if evidence is None else str(evidence["note"])
+
+
+def anchor_skew_evidence(run: Run, series: Series) -> dict[str, Any] | None:
+    """classify's evidence `anchor_skew` of `series`: the store's record (m, n, held, classes, distance, random) and
+    the note (`anchor_skew_line`); None where not recorded."""
     skew = getattr(run.probes.get(series.probe) if series.probe is not None else None, "anchor_skew", None)
     if skew is None:
         return None
     from fdl_cli.probes import AnchorSkew, anchor_skew_warning
 
-    return anchor_skew_warning(str(series.probe), AnchorSkew(**skew))
+    return {**skew, "note": anchor_skew_warning(str(series.probe), AnchorSkew(**skew))}
 
 
 def zero_one_caveat(run: Run, series: Series, *, of: str = "") -> str | None:

@@ -166,3 +166,21 @@ def test_compare_export_and_the_html_page_repeat_it(runs: dict[str, tuple[Path, 
     assert done.returncode == 0, done.stderr
     escaped = "note: probe 'probe': " + SAID
     assert escaped.replace("'", "&#x27;") in " ".join(page.read_text().split())
+
+
+def test_classify_json_carries_the_skew_in_its_evidence(runs: dict[str, tuple[Path, str]]) -> None:
+    """A script reading `fdl classify --json` learns of the skew from the evidence, not from stderr alone: the store's
+    record and the note (session 40). Absent for the shuffled probe, so other stores' JSON is as before."""
+    store, _ = runs["sorted"]
+    done = fdl_in_process("classify", store, "--json")
+    assert done.returncode == 0, done.stderr
+    skew = json.loads(done.stdout)["evidence"]["anchor_skew"]
+    assert {key: skew[key] for key in ("m", "n", "held", "classes")} == {"m": 40, "n": 120, "held": 2, "classes": 4}
+    assert skew["distance"] == pytest.approx(0.5) and 0 < skew["random"] < 0.25
+    assert SAID in " ".join(skew["note"].split()) and WHY in " ".join(skew["note"].split())
+    text = fdl_in_process("classify", store)
+    shown = text.stdout + text.stderr
+    evidence = next(line for line in shown.splitlines() if line.startswith("evidence: "))
+    assert "anchor_skew" not in evidence and " ".join(shown.split()).count(SAID) == 1  # said once, as a note
+    shuffled = fdl_in_process("classify", runs["shuffled"][0], "--json")
+    assert shuffled.returncode == 0 and "anchor_skew" not in json.loads(shuffled.stdout)["evidence"]
