@@ -7,34 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fdl_cli.checkpoints import expand_sources
-from tests.cli_run import fdl_in_process
-from tests.tiny_models import mlp
+from tests.cli_run import REPO, fdl_in_process
 
 
 @pytest.fixture(scope="module")
 def two_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store of one class-sorted probe (4 classes of 30, 40 anchors: classes 0 and 1 alone) at two layers, and
-    a second probe, shuffled, at the same two layers: four series."""
+    """The sample run's steps 0 and 5 analysed on its probe sorted by label (100 anchors: 3 of its 10 classes, the
+    audit's case) and on its probe as it is, at two layers each: four series, one probe's anchors skewed."""
     folder = tmp_path_factory.mktemp("skew")
-    run = folder / "run"
-    run.mkdir()
-    for step in (0, 10):
-        torch.save(mlp(4, 8, 4, seed=step).state_dict(), run / f"step_{step}.pt")
-    x = np.random.default_rng(1).normal(size=(120, 4)).astype(np.float32)
-    labels = np.repeat(np.arange(4), 30)
-    np.savez(folder / "sorted.npz", x=x, y=labels)
-    np.savez(folder / "shuffled.npz", x=x, y=np.random.default_rng(0).permutation(labels))
+    sample = np.load(REPO / "sample_checkpoints" / "probe.npz")
+    order = np.argsort(sample["y"], kind="stable")
+    np.savez(folder / "sorted.npz", x=sample["x"][order], y=sample["y"][order])
     store = folder / "s.h5"
     done = fdl_in_process(
-        "analyze", run, "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"n_in": 4, "hidden": 8, "n_out": 4}',
-        "--probe", f"a={folder / 'sorted.npz'}", "--probe", f"b={folder / 'shuffled.npz'}",
-        "--layer", "2:input", "--layer", "1", "--anchor-size", "40", "--out", store,
+        "analyze", REPO / "sample_checkpoints", "--steps", "0,5", "--probe", f"a={folder / 'sorted.npz'}",
+        "--probe", f"b={REPO / 'sample_checkpoints' / 'probe.npz'}", "--layer", "4:input", "--layer", "2",
+        "--anchor-size", "100", "--out", store,
     )
     assert done.returncode == 0, done.stderr
-    assert " ".join(done.stderr.split()).count("its first 40 of 120 rows") == 1
+    assert " ".join(done.stderr.split()).count("its first 100 of 500 rows") == 1
     return store
 
 
@@ -45,7 +38,7 @@ def test_report_beside_its_rows_says_a_probes_anchor_skew_once(two_layers: Path,
     done = fdl_in_process("report", two_layers, fmt)
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stderr.split())
-    assert said.count("note: probe 'a': its first 40 of 120 rows") == 1, said
+    assert said.count("note: probe 'a': its first 100 of 500 rows") == 1, said
     assert "probe 'b': its first" not in said
 
 
