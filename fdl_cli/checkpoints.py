@@ -1658,7 +1658,9 @@ def _globstar(pattern: str) -> Iterator[str]:
     to a folder is one of them, not gone into. Python's glob went into each: a link to the folder above
     (`run/a/up -> ..`) gave every checkpoint again under run/a/up/a/up/..., 40 links deep, and two of them a walk
     that never ended."""
-    parts = pattern.split(os.sep)
+    # `**/**` is one `**`, as bash's: the second went into the links to folders the first had matched
+    split = pattern.split(os.sep)
+    parts = [part for at, part in enumerate(split) if not (part == "**" and at and split[at - 1] == "**")]
     if "**" not in parts:
         yield from glob_paths(pattern)
         return

@@ -1155,8 +1155,9 @@ def report(**kwargs: Any) -> None:
                 where = f"probe {series.probe}, layer {series.layer}: " if len(run.series) > 1 else ""
                 for line in rep.degenerate_layer_lines(run, series):
                     console.print(f"note: {where}{line}", markup=False, highlight=False)
-                if (skew := rep.anchor_skew_line(run, series)) is not None:  # what CKA and the overlaps see
-                    console.print(f"note: {skew}", markup=False, highlight=False)
+            # what CKA and the overlaps see: a probe's (its anchor rows are the same at every layer), once a probe
+            for skew in dict.fromkeys(filter(None, (rep.anchor_skew_line(run, series) for series in run.series))):
+                console.print(f"note: {skew}", markup=False, highlight=False)
         else:
             rep.print_run(console, run, wide=kwargs["wide"])
         # both: each figure drawn once, written as files and rendered for the page (it was drawn twice)
