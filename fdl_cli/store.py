@@ -709,6 +709,16 @@ def _unmatched_pattern(path: Path) -> bool:
     return any(char in part.name for part in missing[:existing] for char in "*?[")
 
 
+def _quoted_pattern_matches(path: Path) -> list[str]:
+    """The files a missing `path` matches as the shell would match it (`*`, `?`, `[...]`; hidden names only where
+    the pattern's part starts with a dot), sorted; [] where it reads as no pattern (`_unmatched_pattern`) or
+    matches none. A store's name given in quotes ('runs/*.h5') reached fdl as written, where the shell, the
+    pattern unquoted, would have expanded it into these."""
+    if not _unmatched_pattern(path):
+        return []
+    return sorted(name for name in glob.glob(str(path)) if os.path.isfile(name))
+
+
 class StoreReader:
     """Read-only view of a store, as it was when opened (the writer replaces the file, never edits it).
 
@@ -764,6 +774,16 @@ class StoreReader:
                 raise StoreError(
                     f"no checkpoint is stored in {path} yet: it is being written by {writer}",
                     fix="wait until it has stored its first checkpoint, then run this again",
+                )
+            matched = _quoted_pattern_matches(path)
+            if matched:  # a pattern that matches, quoted: the shell passed it as written
+                shown = ", ".join(shlex.quote(name) for name in matched[:3]) + (", ..." if len(matched) > 3 else "")
+                raise StoreError(
+                    f"no fdl store at {path}",
+                    got=f"it is a pattern, which matches {len(matched)} file{'s' if len(matched) != 1 else ''} "
+                    f"({shown}): fdl reads a store from the name given, as written, and does not expand patterns in "
+                    "store names (the shell does, where the pattern is not quoted)",
+                    fix="write the pattern without quotes, for the shell to expand it into the stores' names",
                 )
             if _unmatched_pattern(path):  # a glob the shell matched to nothing, passed as written
                 raise StoreError(
