@@ -1391,7 +1391,7 @@ def _export_several(stores: Sequence[str], kwargs: dict[str, Any], out: Path | N
                     click.echo(terminal_safe(f"{kind}: {said}"), err=True)
                 series, tag = rep.export_series(run, what, steps)
                 columns = rep.trajectories(run, series) if what == "trajectories" else None
-                parts.append(rep.ExportPart(store, tag, series.steps, columns))
+                parts.append(rep.ExportPart(store, tag, series.steps, columns, (str(series.probe), str(series.layer))))
         except FdlError as exc:
             failed.append((store, exc))
     if failed:

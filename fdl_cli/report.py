@@ -3156,6 +3156,8 @@ class ExportPart:
     tag: tuple[str, str] | None
     steps: list[int]
     columns: dict[str, list[Any]] | None = None
+    #: the (probe, layer) of its series, which a store of one series names too where another store's rows name theirs
+    names: tuple[str, str] | None = None
 
 
 def write_export_several(
@@ -3164,10 +3166,13 @@ def write_export_several(
 ) -> str | None:
     """Write `fdl export STORE...` (csv/json): one table of every store's rows, in the order given, each row's first
     column (a JSON record's first key) `store`, the path as given. The columns are the union of the stores' (a
-    store of several series adds `probe` and `layer`, a regression of several outputs `r2_outputs`...), in the order
-    one store has them, empty (null) in the rows of a store without them. Trajectories' JSON stays columns (a list a
-    field); the arrays' JSON an array of records. Returns a note for the terminal, or None."""
+    store of several series adds `probe` and `layer`, which then name a store of one series' too; a regression of
+    several outputs `r2_outputs`...), in the order one store has them, empty (null) in the rows of a store without
+    them. Trajectories' JSON stays columns (a list a field); the arrays' JSON an array of records. Returns a note
+    for the terminal, or None."""
     tagged = any(part.tag is not None for part in parts)
+    if tagged:  # a store of several series among them: every row names its series, one store's only one too
+        parts = [dataclasses.replace(part, tag=part.tag or part.names) for part in parts]
     if what == "trajectories":
         tables = [_tagged(part.columns or {"step": []}, part.tag) for part in parts]
         names = [name for name in (*RECORD_FIELDS, *R2_OUTPUT_FIELDS, *SERIES_FIELDS)

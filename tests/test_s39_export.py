@@ -80,17 +80,20 @@ def test_two_stores_json_keeps_each_layout_with_store_first(folder: Path) -> Non
 
 
 def test_columns_one_store_lacks_are_empty_in_its_rows(folder: Path) -> None:
-    # b.h5 holds two series: its rows end with probe and layer, as its own export's; a.h5's there are empty (null)
+    # b.h5 holds two series: its rows end with probe and layer, as its own export's; a.h5's, of its one series, name
+    # that series too (session 40: they were empty, and a filter on the layer dropped a.h5's rows)
     table = _csv(_export(folder, A, B, "--what", "eigenvalues", "--layer", "fc1").stdout)
     assert table[0] == ["store", "step", "k", "eigenvalues", "probe", "layer"]
-    assert {tuple(row[-2:]) for row in table[1:] if row[0] == A} == {("", "")}
+    assert {tuple(row[-2:]) for row in table[1:] if row[0] == A} == {("train", "fc1")}
     alone = _csv(_export(folder, B, "--what", "eigenvalues", "--layer", "fc1").stdout)
     assert [row[1:] for row in table[1:] if row[0] == B] == alone[1:]
     columns = json.loads(_export(folder, A, B, "--what", "trajectories", "--layer", "fc1", "--json").stdout)
     assert list(columns)[-2:] == ["probe", "layer"]
-    assert columns["layer"] == [None] * 3 + ["fc1"] * 3
+    assert columns["layer"] == ["fc1"] * 6 and columns["probe"] == ["train"] * 6
     records = json.loads(_export(folder, B, A, "--what", "quality", "--layer", "fc1", "--json").stdout)
-    assert [(r["store"], r["probe"], r["layer"]) for r in records] == [(B, "train", "fc1")] * 3 + [(A, None, None)] * 3
+    assert [(r["store"], r["probe"], r["layer"]) for r in records] == [(B, "train", "fc1")] * 3 + [(A, "train", "fc1")] * 3
+    # stores of one series alone keep their columns: no probe or layer
+    assert "layer" not in _csv(_export(folder, A, C, "--what", "eigenvalues").stdout)[0]
 
 
 def test_a_regressions_r2_outputs_are_empty_in_the_other_stores_rows(folder: Path) -> None:
