@@ -1377,7 +1377,10 @@ def anchor_class_skew(labels: Any, m: int) -> AnchorSkew | None:
     distance = 0.5 * float(np.abs(held / m - shares).sum())
     draws = np.random.default_rng(0).multivariate_hypergeometric(counts, m, size=ANCHOR_SKEW_DRAWS)
     random = 0.5 * float(np.abs(draws / m - shares).sum(axis=1).max())
-    if distance <= max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * random):
+    # Where m is small for the classes (100 anchors of 1 000 classes) random rows are as far from the probe's mix
+    # as sorted ones, but hold far more classes: fewer than 1/ANCHOR_SKEW_FACTOR of the fewest any draw held.
+    few = ANCHOR_SKEW_FACTOR * np.count_nonzero(held) < int(np.count_nonzero(draws, axis=1).min())
+    if distance <= max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * random) and not few:
         return None
     return AnchorSkew(m=m, n=n, held=int(np.count_nonzero(held)), classes=int(counts.size), distance=distance,
                       random=random)
@@ -1387,10 +1390,14 @@ def anchor_skew_warning(name: str, skew: AnchorSkew, *, path: Path | None = None
     """What a probe whose anchor subset misrepresents its classes (`anchor_class_skew`) does to the fields on it:
     analyze's warning (with the probe file's `path`), and the note report and classify repeat from the store."""
     where = f" ({path})" if path is not None else ""
+    if skew.distance > max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * skew.random):
+        mix = (f"in a class mix that differs from the probe's by {skew.distance:.2f} (total variation; random rows "
+               f"differ by at most {skew.random:.2f})")
+    else:  # flagged for the classes held alone: m is small for the classes, and random rows are as far from the mix
+        mix = f"far fewer than {skew.m} rows drawn at random hold"
     return (
         f"probe {name!r}{where}: its first {skew.m} of {skew.n} rows, the anchor subset (--anchor-size {skew.m}), "
-        f"hold {skew.held} of its {skew.classes} classes, in a class mix that differs from the probe's by "
-        f"{skew.distance:.2f} (total variation; random rows differ by at most {skew.random:.2f}): is the probe "
+        f"hold {skew.held} of its {skew.classes} classes, {mix}: is the probe "
         "sorted by class? cka_init, cka_prev, overlap_init and overlap_prev, and the regime that rests on them, "
         "see those rows alone (docs/measures.md, \"Anchors of a class-sorted probe\"); shuffle the probe's rows "
         "once, x and y alike, with a fixed seed, and analyse it into a new store, or analyse with --anchor-size "
