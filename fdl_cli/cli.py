@@ -24,7 +24,7 @@ import click
 
 from fdl_cli import __version__, completion, signals
 from fdl_cli.errors import ESCAPE, PLAIN, FdlError, StoreError, counted, listed_names, shown_name, terminal_safe
-from fdl_cli.fields import SMALL_PROBE_FIELD, ZERO_ONE_FIELD
+from fdl_cli.fields import MODEL_CHANGES_FIELD, SMALL_PROBE_FIELD, ZERO_ONE_FIELD
 from fdl_cli.regimes import COMPARE_THRESHOLDS, MOVEMENT, Thresholds, near_names
 
 if TYPE_CHECKING:
@@ -1601,7 +1601,9 @@ SWEEP_PRIORITY = ("store", "regime", "probe", "layer", "final_d_lr", "final_accu
 #: diverged), ascending, a list as JSON text as every CSV list (`[30, 40]`); an empty cell where the store records
 #: none, as `--json` then has no `refused_steps` (null), so a script tells a diverged run without reading stderr.
 #: `small_probe` after it where some row's probe is too small for EF (evidence `small_probe`; the text's line says so):
-#: true or false a row, absent otherwise, as `fdl report`'s field, so every other sweep's columns are as they were
+#: true or false a row, absent otherwise, as `fdl report`'s field, so every other sweep's columns are as they were;
+#: then, each likewise, `model_changes` (the row's list where its store mixes model code) and `anchor_skew` (true or
+#: false: the row's anchor rows misrepresent its probe's classes, evidence `anchor_skew`)
 SWEEP_MORE = ("min_cka_init", "min_overlap_init", "first_mf_step", "n_checkpoints", "reference_step", "probe", "layer",
               "probe_sha256", "refused_steps")
 
@@ -1674,11 +1676,17 @@ def _classify_several(stores: Sequence[str], kwargs: dict[str, Any], thresholds:
         # concatenates sweeps of both kinds; only the table, for people, leaves out a column no row fills (and
         # `small_probe` is there only where a row's probe is too small for EF: SWEEP_MORE's note)
         small = any(one.verdict.evidence.get("small_probe") is not None for one in done)
-        names = ["store", *SWEEP_FIELDS, *SWEEP_MORE, *([SMALL_PROBE_FIELD] if small else [])]
+        # likewise `model_changes` where a row's store mixes model code (the --json row's list, as report's CSV has
+        # it; empty in the other rows) and `anchor_skew` where a row's anchor rows misrepresent its probe's classes
+        mixed = any(one.verdict.model_changes for one in done)
+        skewed = any(one.anchors is not None for one in done)
+        names = ["store", *SWEEP_FIELDS, *SWEEP_MORE, *([SMALL_PROBE_FIELD] if small else []),
+                 *([MODEL_CHANGES_FIELD] if mixed else []), *(["anchor_skew"] if skewed else [])]
         rows = [{"store": one.store, "regime": one.verdict.regime,
                  **{name: one.verdict.evidence.get(name) for name in names[2:]}, "probe_sha256": one.probe_sha,
                  "refused_steps": sorted(item["step"] for item in one.verdict.refused or ()) or None,
-                 SMALL_PROBE_FIELD: one.verdict.evidence.get("small_probe") is not None}
+                 SMALL_PROBE_FIELD: one.verdict.evidence.get("small_probe") is not None,
+                 MODEL_CHANGES_FIELD: one.verdict.model_changes or None, "anchor_skew": one.anchors is not None}
                 for one in done]
         sys.stdout.write(rep.rows_to_text(names, rows, fmt))
         sys.stdout.flush()

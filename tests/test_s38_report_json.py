@@ -112,3 +112,22 @@ def test_the_html_page_says_it_as_the_table_does(stores: tuple[Path, Path, list]
         for store in (mixed, plain)
     ]
     assert f"note: {MIXED}" in said[0] and "mixes model code" not in said[1]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown"])
+def test_a_classify_sweeps_csv_and_markdown_end_with_model_changes_where_a_store_has_them(
+        stores: tuple[Path, Path, list], fmt: str) -> None:
+    """Session 40: `fdl classify STORE... --format csv|markdown` had no such column (its --json had the list)."""
+    mixed, plain, changes = stores
+    done = fdl_in_process("classify", plain, mixed, "--format", fmt)
+    assert done.returncode == 0, done.stderr
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(done.stdout)))
+        assert rows[0][-1] == "model_changes"
+        assert rows[1][-1] == "" and json.loads(rows[2][-1]) == changes
+    else:
+        lines = done.stdout.splitlines()
+        assert lines[0].rstrip(" |").endswith("model_changes")
+        assert lines[2].strip().strip("|").split("|")[-1].strip() == "" and '"from_step": 20' in lines[3]
+    alone = fdl_in_process("classify", plain, plain, "--format", fmt)  # no store mixes code: no column
+    assert alone.returncode == 0 and "model_changes" not in alone.stdout, alone.stderr

@@ -9,6 +9,8 @@ against 0.550 unsorted. analyze now warns where the anchors' class mix is far fr
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -184,3 +186,14 @@ def test_classify_json_carries_the_skew_in_its_evidence(runs: dict[str, tuple[Pa
     assert "anchor_skew" not in evidence and " ".join(shown.split()).count(SAID) == 1  # said once, as a note
     shuffled = fdl_in_process("classify", runs["shuffled"][0], "--json")
     assert shuffled.returncode == 0 and "anchor_skew" not in json.loads(shuffled.stdout)["evidence"]
+
+
+def test_a_classify_sweeps_csv_has_an_anchor_skew_column_where_a_store_has_one(
+        runs: dict[str, tuple[Path, str]]) -> None:
+    """Session 40: the sweep's CSV said nothing of it (a stderr note only)."""
+    done = fdl_in_process("classify", runs["shuffled"][0], runs["sorted"][0], "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    assert rows[0][-1] == "anchor_skew" and [row[-1] for row in rows[1:]] == ["False", "True"]
+    alone = fdl_in_process("classify", runs["shuffled"][0], runs["shuffled"][0], "--format", "csv")
+    assert alone.returncode == 0 and "anchor_skew" not in alone.stdout, alone.stderr
