@@ -3419,19 +3419,19 @@ def _missing_probe_attrs(probe: ProbeInfo, stored: ProbeInfo) -> dict[str, Any]:
 def _write_probe(probes: h5py.Group, probe: ProbeInfo) -> None:
     """/probes/<name>: its attributes and, for 1-D inputs, its anchors (a fresh store's, or one added to a store)."""
     node = probes.create_group(probe.name)
-    node.attrs["sha256"] = probe.sha256
-    node.attrs["n"] = np.int64(probe.n)
-    node.attrs["task"] = probe.task
-    node.attrs["n_outputs"] = np.int64(probe.n_outputs)
+    _new_attr(node, "sha256", probe.sha256)
+    _new_attr(node, "n", np.int64(probe.n))
+    _new_attr(node, "task", probe.task)
+    _new_attr(node, "n_outputs", np.int64(probe.n_outputs))
     if probe.zero_one_targets is not None:
-        node.attrs["zero_one_targets"] = probe.zero_one_targets
+        _new_attr(node, "zero_one_targets", np.bool_(probe.zero_one_targets))
     if probe.x_sha256:
-        node.attrs["x_sha256"] = probe.x_sha256
+        _new_attr(node, "x_sha256", probe.x_sha256)
     if probe.chance_accuracy is not None and probe.label_entropy is not None:  # class labels only
-        node.attrs["chance_accuracy"] = np.float64(probe.chance_accuracy)
-        node.attrs["label_entropy"] = np.float64(probe.label_entropy)
+        _new_attr(node, "chance_accuracy", np.float64(probe.chance_accuracy))
+        _new_attr(node, "label_entropy", np.float64(probe.label_entropy))
     if probe.anchor_skew is not None:  # class labels whose anchor rows misrepresent the probe's classes only
-        node.attrs["anchor_skew"] = json.dumps(dict(probe.anchor_skew))
+        _new_attr(node, "anchor_skew", json.dumps(dict(probe.anchor_skew)))
     for name in ("anchor_x", "anchor_y"):
         value = getattr(probe, name)
         if value is not None:
@@ -3510,9 +3510,7 @@ def _write_trajectory(
     ):
         start = len(old_steps)
         for name in RECORD_FIELDS:
-            dataset = datasets[name]
-            dataset.resize((len(rows),))
-            dataset[start:] = _trajectory_column(name, rows[start:])
+            _append_column(datasets[name], start, len(rows), _trajectory_column(name, rows[start:]))
         return
     datasets.clear()  # closed before the series is deleted and written anew
     parent = trajectories.require_group(probe)
@@ -3522,15 +3520,27 @@ def _write_trajectory(
         return
     group = parent.create_group(layer)
     for name in RECORD_FIELDS:
-        column = _trajectory_column(name, rows)
-        group.create_dataset(
-            name,
-            data=column,
-            dtype=_STR if name in STR_FIELDS else column.dtype,
-            maxshape=(None,),
-            chunks=(_TRAJECTORY_CHUNK,),
-            fletcher32=name not in STR_FIELDS,
-        )
+        _new_column(group, name, _trajectory_column(name, rows))
+
+
+def _new_column(group: h5py.Group, name: str, column: np.ndarray) -> None:
+    """`group.create_dataset(name, data=column, dtype=_STR or the column's, maxshape=(None,), chunks=(256,),
+    fletcher32=not a str)`, the same dataset through h5py's low-level calls (`_write_array`): a trajectory."""
+    text = column.dtype.kind == "O"
+    _new_dataset(group, name, column.view(_STR) if text else column, _dcpl((_TRAJECTORY_CHUNK,), fletcher32=not text),
+                 h5py.h5s.create_simple(column.shape, (h5py.h5s.UNLIMITED,)))
+
+
+def _append_column(dataset: h5py.Dataset, start: int, length: int, column: np.ndarray) -> None:
+    """`dataset.resize((length,)); dataset[start:] = column` through h5py's low-level calls (the rows `start` on of
+    a trajectory `_appendable` took; a str column as h5py's variable-length UTF-8)."""
+    dataset.id.set_extent((length,))
+    if not len(column):
+        return
+    selected = dataset.id.get_space()
+    selected.select_hyperslab((start,), (len(column),))
+    data = column.view(_STR) if column.dtype.kind == "O" else column
+    dataset.id.write(h5py.h5s.create_simple((len(column),)), selected, data, _h5_types(data.dtype)[1])
 
 
 def _renamed_probes(stored: Mapping[str, ProbeInfo], run: Mapping[str, ProbeInfo]) -> list[tuple[str, str, str]]:
@@ -3829,11 +3839,76 @@ def _describe_probe(probe: ProbeInfo | None) -> str:
 
 
 def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
-    # Checksummed chunks turn flipped bytes into a read error instead of silently wrong numbers.
-    if value.size:
-        group.create_dataset(name, data=value, chunks=True, fletcher32=True)
-    else:
+    """`group.create_dataset(name, data=value, chunks=True, fletcher32=True)` (an empty array: `data=value` alone),
+    the same dataset in the file, through h5py's low-level calls. Checksummed chunks turn flipped bytes into a read
+    error instead of silently wrong numbers. h5py's high-level layer made a property list, guessed the chunks and
+    checked its arguments anew for each dataset (70 in a commit of 7 tiny checkpoints, with the trajectories'): the
+    lists are kept (`_dcpl`), the chunks still h5py's own guess (`_array_dcpl`), and tests/test_s40_commit.py
+    compares each object with what the high-level calls write."""
+    if not value.size:
         group.create_dataset(name, data=value)
+        return
+    data = np.asarray(value, order="C")
+    _new_dataset(group, name, data, _array_dcpl(data.shape, data.dtype), h5py.h5s.create_simple(data.shape))
+
+
+def _new_dataset(group: h5py.Group, name: str, data: np.ndarray, dcpl: Any, space: Any) -> None:
+    """What h5py's `create_dataset` does once it has its property list and dataspace: the dataset, of `data`'s
+    type as h5py maps it (`_h5_types`), created and written whole."""
+    stored, memory = _h5_types(data.dtype)
+    dataset = h5py.h5d.create(group.id, name.encode(), stored, space, dcpl=dcpl)
+    try:
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, data, memory)
+    finally:
+        dataset.close()
+
+
+#: The HDF5 types h5py gives each NumPy dtype the store writes (`h5t.py_create`), by the dtype's `str` (an object
+#: dtype's with its metadata: h5py's str dtype): the file's (logical: a bool an enum, a str variable-length UTF-8)
+#: and the memory's, which h5py's writes take when given none (a str: its Python object type, which h5py converts).
+_H5_TYPES: dict[Any, tuple[Any, Any]] = {}
+#: Dataset creation property lists by what sets them; HDF5 copies the list into each dataset it creates.
+_DCPLS: dict[tuple[Any, ...], Any] = {}
+#: `_write_array`'s chunk shapes by array shape and item size, as h5py guesses them.
+_CHUNKS: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+_KEPT = 256  # shapes met by one process: a handful a model; a cache starts over past this many
+
+
+def _h5_types(dtype: np.dtype) -> tuple[Any, Any]:
+    key = dtype.str if dtype.kind != "O" else (dtype.str, repr(dtype.metadata))
+    types = _H5_TYPES.get(key)
+    if types is None:
+        types = _H5_TYPES[key] = (h5py.h5t.py_create(dtype, logical=True), h5py.h5t.py_create(dtype))
+    return types
+
+
+def _dcpl(chunks: tuple[int, ...], *, fletcher32: bool) -> Any:
+    """The creation property list h5py's `create_dataset` makes for these chunks and this checksum, with its defaults
+    (no fill value set, no timestamps, attribute creation order not tracked: h5py's `track_order`, never set)."""
+    key = (chunks, fletcher32)
+    dcpl = _DCPLS.get(key)
+    if dcpl is None:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(chunks)
+        if fletcher32:
+            dcpl.set_fletcher32()
+        dcpl.set_obj_track_times(False)
+        dcpl.set_attr_creation_order(0)
+        if len(_DCPLS) >= _KEPT:
+            _DCPLS.clear()
+        _DCPLS[key] = dcpl
+    return dcpl
+
+
+def _array_dcpl(shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """`chunks=True, fletcher32=True`'s property list: the chunk shape h5py guesses for `shape` (its own function)."""
+    key = (shape, dtype.itemsize)
+    chunks = _CHUNKS.get(key)
+    if chunks is None:
+        if len(_CHUNKS) >= _KEPT:
+            _CHUNKS.clear()
+        chunks = _CHUNKS[key] = h5py.filters.guess_chunk(shape, None, dtype.itemsize)
+    return _dcpl(chunks, fletcher32=True)
 
 
 def _write_checkpoint(
@@ -3856,29 +3931,28 @@ def _write_checkpoint(
         del checkpoints[name]
     group = checkpoints.create_group(name)
     _write_series(group, entry.series, series_computed_by or {})
-    group.attrs["step"] = np.int64(entry.step)
-    group.attrs["path"] = entry.path
-    group.attrs["sha256"] = entry.sha256
+    _new_attr(group, "step", np.int64(entry.step))
+    _new_attr(group, "path", entry.path)
+    _new_attr(group, "sha256", entry.sha256)
     if entry.file_signature:
-        group.attrs["file_signature"] = entry.file_signature
+        _new_attr(group, "file_signature", entry.file_signature)
     if computed_by is not None:
-        group.attrs["history"] = np.int64(computed_by)
-    group.attrs["complete"] = True  # last: a group without it was never finished
+        _new_attr(group, "history", np.int64(computed_by))
+    _new_attr(group, "complete", np.bool_(True))  # last: a group without it was never finished
 
 
-_NUMBER_TYPES: dict[type[np.generic], Any] = {}
+_SCALAR_SPACE = h5py.h5s.create_simple(())
 
 
-def _new_number_attr(node: h5py.Group, name: str, value: np.int64 | np.float64) -> None:
+def _new_attr(node: h5py.Group, name: str, value: np.int64 | np.float64 | np.bool_ | str) -> None:
     """`node.attrs[name] = value` for an attribute `node` does not hold yet: the same attribute, byte for byte in
-    the file, through h5py's low-level calls, without the checks and conversions of `attrs.__setitem__` (~60 µs of
-    ~35 a series; a thousand checkpoints hold 33 000 of them)."""
-    kind = type(value)
-    if kind not in _NUMBER_TYPES:
-        _NUMBER_TYPES[kind] = h5py.h5t.py_create(np.dtype(kind), logical=True)
-    attr = h5py.h5a.create(node.id, name.encode(), _NUMBER_TYPES[kind], h5py.h5s.create_simple(()))
+    the file (a str variable-length UTF-8, a bool h5py's enum), through h5py's low-level calls, without the checks
+    and conversions of `attrs.__setitem__` (~60 µs of ~35 a series; a thousand checkpoints hold 33 000 of them)."""
+    data = np.array(value, dtype=_STR) if isinstance(value, str) else np.asarray(value)
+    stored, memory = _h5_types(data.dtype)
+    attr = h5py.h5a.create(node.id, name.encode(), stored, _SCALAR_SPACE)
     try:
-        attr.write(np.asarray(value))
+        attr.write(data, memory)
     finally:
         attr.close()
 
@@ -3890,13 +3964,13 @@ def _write_series(group: h5py.Group, series_entries: Sequence[SeriesEntry], comp
             if value is None:
                 continue
             if field_name in STR_FIELDS:
-                leaf.attrs[field_name] = value
+                _new_attr(leaf, field_name, str(value))
             else:
-                _new_number_attr(leaf, field_name, np.int64(value) if field_name in INT_FIELDS else np.float64(value))
+                _new_attr(leaf, field_name, np.int64(value) if field_name in INT_FIELDS else np.float64(value))
         for array_name in _ARRAY_DTYPES:
             value = getattr(series, array_name)
             if value is not None:
                 _write_array(leaf, array_name, value)
         index = computed_by.get((series.probe, series.layer))
         if index is not None:
-            leaf.attrs["history"] = np.int64(index)
+            _new_attr(leaf, "history", np.int64(index))
