@@ -750,12 +750,17 @@ class Announcer:
         """--json prints the records of `entries`, uncounted: the checkpoints taken in from part stores
         (`sharding._take_in_rank_parts`), which no run printed once stored and which count as already in the
         store. Queued as the others: a Ctrl-C in a print leaves the rest to the way out."""
+        self.queue_only(entries)
+        self._print()
+
+    def queue_only(self, entries: Sequence[CheckpointEntry]) -> None:
+        """`print_only`'s records of `entries` queued, printed at the next call: rank 0 of a torchrun job takes
+        the parts in before the other ranks go to work, and prints their records once they have."""
         if self._on_record is None:
             return
-        for entry in entries:
-            with signals.deferred():
+        with signals.deferred():  # all or none: a Ctrl-C is raised once every record is queued
+            for entry in entries:
                 self._unprinted.extend(entry_records(entry, **self._shape))
-        self._print()
 
     def queue_line(self, record: dict[str, Any]) -> None:
         """--json: a line of its own (`{"dropped": [...]}`), printed with the next call's records, before them."""
