@@ -733,6 +733,12 @@ class Announcer:
         self._unprinted: collections.deque[dict[str, Any]] = collections.deque()
 
     def __call__(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
+        self.count_only(entries, refreshed=refreshed)
+        self._print()
+
+    def count_only(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
+        """`entries`, durable, counted, their records queued for the next call (the stalled run's end counts them
+        before it closes the store, and prints them after: `_analyze_refs`)."""
         self.queue(entries, refreshed=refreshed)
         while self._uncounted:
             with signals.deferred():
@@ -740,7 +746,6 @@ class Announcer:
                 self._count(entry, again)
                 if self._on_record is not None:
                     self._unprinted.extend(entry_records(entry, **self._shape))
-        self._print()
 
     def queue(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
         """`entries`, durable, to count and print at the next call (`--drop`'s, queued as its commit ends)."""
@@ -750,12 +755,17 @@ class Announcer:
         """--json prints the records of `entries`, uncounted: the checkpoints taken in from part stores
         (`sharding._take_in_rank_parts`), which no run printed once stored and which count as already in the
         store. Queued as the others: a Ctrl-C in a print leaves the rest to the way out."""
+        self.queue_only(entries)
+        self._print()
+
+    def queue_only(self, entries: Sequence[CheckpointEntry]) -> None:
+        """`print_only`'s records of `entries` queued, printed at the next call: rank 0 of a torchrun job takes
+        the parts in before the other ranks go to work, and prints their records once they have."""
         if self._on_record is None:
             return
-        for entry in entries:
-            with signals.deferred():
+        with signals.deferred():  # all or none: a Ctrl-C is raised once every record is queued
+            for entry in entries:
                 self._unprinted.extend(entry_records(entry, **self._shape))
-        self._print()
 
     def queue_line(self, record: dict[str, Any]) -> None:
         """--json: a line of its own (`{"dropped": [...]}`), printed with the next call's records, before them."""
@@ -2488,12 +2498,24 @@ def _analyze_refs(
 
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
-            thread that then ends the process: what was analysed is committed, and the lock released."""
+            thread that then ends the process: what was analysed is committed, and the lock released; then the
+            records printed. Printed first, a print that waited (stdout a full pipe nobody reads) held the store and
+            this thread for ever (no signal ends fdl then: the main thread is stuck, and this thread reads them), and
+            one that failed (its reader gone) left the store unclosed."""
             writer.hold_back_chance()  # a Ctrl-C: an older store's missing chance is not committed alone
-            announce(writer.flush())
+            announce.count_only(writer.flush())
             writer.close()
             summary.interrupted = True
-            return summary.message()
+            bound = signals.print_bound()
+            try:
+                printed = signals.within(bound, lambda: announce(()))
+                why = f"stdout took none for {bound:g} s"
+            except Exception as exc:  # noqa: BLE001 - the store is closed; the run ends all the same
+                printed, why = False, str(exc)
+            if printed:
+                return summary.message()
+            return (f"the --json records of the checkpoints stored now were not all printed ({why}): they are in the "
+                    f"store\n{summary.message()}")
 
         try:
             announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below

@@ -488,40 +488,47 @@ def _analyze_distributed(
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
     if world.writes:
         try:
-            writer = StoreWriter(
-                out,
-                provenance=provenance,
-                probes=_probe_infos(ctx),
-                overwrite=not options.resume,
-                min_interval=options.min_commit_interval,
-                invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
-                model_imports=_recorded_imports(ctx),
-            )
-            _store_opened(ctx, writer)
-            writer.note_file_signatures(touched)
-            # before any other rank opens its part afresh
-            left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]), into=taken)
-            status = ("ok", sorted(writer.completed()), left)
-        except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
-            if isinstance(exc, FdlError):
-                status = ("error", exc.message, [])
-                distributed.alike(exc)  # rank 0 says it; the others stop with it
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.hold_back_chance()  # as leaving a `with` block on an error: nothing committed alone
-                    writer.close()
-            announce.print_only(taken)  # those a part's commit stored before it stopped (a Ctrl-C, a later part's error)
+            try:
+                writer = StoreWriter(
+                    out,
+                    provenance=provenance,
+                    probes=_probe_infos(ctx),
+                    overwrite=not options.resume,
+                    min_interval=options.min_commit_interval,
+                    invocation=invocation(ctx),  # rank 0's: the other ranks computed their blocks on their own devices
+                    model_imports=_recorded_imports(ctx),
+                )
+                _store_opened(ctx, writer)
+                writer.note_file_signatures(touched)
+                # before any other rank opens its part afresh
+                left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]), into=taken)
+                status = ("ok", sorted(writer.completed()), left)
+            except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
+                if isinstance(exc, FdlError):
+                    status = ("error", exc.message, [])
+                    distributed.alike(exc)  # rank 0 says it; the others stop with it
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.hold_back_chance()  # as leaving a `with` block on an error: nothing committed alone
+                        writer.close()
+                raise
+            finally:
+                # Before any print: a print that waits (rank 0's stdout a full pipe nobody reads) kept the other
+                # ranks waiting for this status up to FDL_TORCHRUN_TIMEOUT.
+                status = distributed.broadcast_from_writer(status, world, _OPENING)
+        except BaseException:
+            # those a part's commit stored before rank 0 stopped (a Ctrl-C, a later part's error, the wait above)
+            announce.print_only(taken)
             raise
-        finally:
-            status = distributed.broadcast_from_writer(status, world, _OPENING)
     else:
         status = distributed.broadcast_from_writer(status, world, _OPENING)
         if status[0] == "error":
             raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
-    stored, kept = set(status[1]), set(status[2])
     assert writer is not None or not world.writes
     part = None
     try:
+        announce.queue_only(taken)  # rank 0's, printed below once the other ranks are at work, or by the `finally`
+        stored, kept = set(status[1]), set(status[2])
         todo = [ref for ref in refs if ref.step not in stored]
         # Stored checkpoints read back (a block's previous, the reference) checked by rank 0 for every rank,
         # before any work: one rank stopping on its own would leave the others waiting in a collective.
@@ -550,7 +557,7 @@ def _analyze_distributed(
                 chain.append(earlier)
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
-        announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below
+        announce(())  # those taken in; a Ctrl-C in a print: the rest printed by the `finally` below
         del taken  # stored: not kept for the rest of the run
         # what this rank notes, warns of or reports from here is its own (opening its part too)
         said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}

@@ -471,6 +471,34 @@ def stop_grace() -> float:
     return grace if 0 <= grace < float("inf") else STOP_GRACE_S
 
 
+def print_bound() -> float:
+    """How long the thread that ends a stalled run (`_Stall`) waits for a print: `stop_grace`, 1 s at least."""
+    return max(stop_grace(), 1.0)
+
+
+def within(seconds: float, call: Any) -> bool:
+    """`call()` in a daemon thread, waited for `seconds` at most: whether it ended (what it raised is raised here).
+    For a print by the thread that ends a stalled run: one to a full pipe that nobody reads waits for ever, and
+    `os._exit` leaves it where it waits."""
+    ended = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            raised.append(exc)
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, name="fdl-stop-print", daemon=True).start()
+    if not ended.wait(seconds):
+        return False
+    if raised:
+        raise raised[0]
+    return True
+
+
 class _Stall:
     """Ends fdl when the main thread, inside the model's code (`model_code`), does not come back after a SIGINT or
     SIGTERM: the handler's KeyboardInterrupt is raised only when the main thread runs Python, so a C call that does
@@ -635,10 +663,19 @@ class _Stall:
                 lines.append(said)
         if len(lines) == 1:  # stopped before the store was opened (the model's build): nothing to commit
             lines.append("interrupted")
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()  # the --json records of what the endings committed
-        with contextlib.suppress(OSError):
-            os.write(2, ("\n".join(lines) + "\n").encode(errors="replace"))
+
+        def flush() -> None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()  # the --json records of what the endings committed
+
+        def say() -> None:
+            with contextlib.suppress(OSError):
+                os.write(2, ("\n".join(lines) + "\n").encode(errors="replace"))
+
+        # each bounded: stdout or stderr a full pipe nobody reads (`2>&1 | less`), the process ends all the same
+        for call in (flush, say):
+            with contextlib.suppress(Exception):
+                within(print_bound(), call)
         os._exit(128 + signum)
 
 

@@ -146,7 +146,10 @@ class _Job:
     def poll(self) -> int | None:
         """As torchrun's agent at each look: once a rank failed, SIGTERM to the others (SIGKILL after the grace);
         None while a rank runs, then 0 when every rank succeeded, else 1."""
-        if all(rank.poll() is not None for rank in self.ranks):
+        # each rank looked at (`all` over a generator stopped at the first one running: rank 1 ended with an error
+        # went unseen while rank 0 ran, and rank 0 was never stopped)
+        ended = [rank.poll() is not None for rank in self.ranks]
+        if all(ended):
             return 0 if all(rank.returncode == 0 for rank in self.ranks) else 1
         now = time.monotonic()
         if any(rank.returncode not in (None, 0) for rank in self.ranks) and self._stop_by is None:
