@@ -1576,8 +1576,11 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.width = max(console.width, table.width)
         console.print(table)
         store = shlex.quote(str(run.path))
-        note = table.left_out_note(f"`fdl report {store} --wide 2>&1 | less -S` (every field)", "--format csv",
-                                   "--json", f"`fdl export {store} --what trajectories`")
+        # of a store of several series, the commands name this one: export refuses such a store without it
+        chosen = (f" --probe {shlex.quote(str(series.probe))} --layer {shlex.quote(str(series.layer))}"
+                  if run.several else "")
+        note = table.left_out_note(f"`fdl report {store}{chosen} --wide 2>&1 | less -S` (every field)",
+                                   "--format csv", "--json", f"`fdl export {store} --what trajectories{chosen}`")
         if note:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
@@ -2838,8 +2841,9 @@ def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: s
     return markdown_table(names, rows)
 
 
-def print_comparison(console: Any, comparison: Comparison) -> None:
-    """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
+def print_comparison(console: Any, comparison: Comparison, options: Sequence[str] = ()) -> None:
+    """The human comparison: matched-step table, the fields that differ, notes and the verdict. `options`: those
+    given that choose what is compared (`compare_options`), which the command a narrow terminal is pointed to keeps."""
     console.print(f"A: {_compared_path(comparison, 'a')}\nB: {_compared_path(comparison, 'b')}", markup=False,
                   highlight=False)
     # As `print_run`: a pipe gets the whole table, a narrow terminal fewer columns, named below it.
@@ -2848,7 +2852,8 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
         console.width = max(console.width, table.width)
     console.print(table)
     paths = f"{shlex.quote(str(comparison.path_a))} {shlex.quote(str(comparison.path_b))}"
-    note = table.left_out_note(f"`fdl compare {paths} 2>&1 | less -S`", "--format csv", "--json")
+    given = "".join(f" {shlex.quote(option)}" for option in options)
+    note = table.left_out_note(f"`fdl compare {paths}{given} 2>&1 | less -S`", "--format csv", "--json")
     if note:
         console.print(note, markup=False, highlight=False)
     for line in difference_lines(comparison):
@@ -2883,6 +2888,20 @@ def _signed(name: str, value: Any) -> str:
 
 #: The columns of the comparison a narrow terminal keeps, in this order (the others follow).
 COMPARE_PRIORITY: tuple[str, ...] = ("step A", "step B", "Δ D_LR", "overlap A·B", "Δ acc", "Δ CKA₀")
+
+
+def compare_options(*, probe: str | None = None, layer: str | None = None, probe_b: str | None = None,
+                    layer_b: str | None = None, no_overlap: bool = False, overlap_steps: str = str(OVERLAP_STEPS),
+                    thresholds: Sequence[str] = ()) -> list[str]:
+    """The options of `fdl compare` given that choose what it compares and says (the series, the overlap, the
+    thresholds), in the order `--help` lists them, those at their defaults left out: the command to rerun it."""
+    chosen = [(flag, value) for flag, value in
+              (("--probe", probe), ("--layer", layer), ("--probe-b", probe_b), ("--layer-b", layer_b))
+              if value is not None]
+    words = [word for pair in chosen for word in pair]
+    words += ["--no-overlap"] if no_overlap else []
+    words += ["--overlap-steps", overlap_steps] if overlap_steps != str(OVERLAP_STEPS) else []
+    return words + [word for threshold in thresholds for word in ("--threshold", threshold)]
 
 
 def render_comparison_table(comparison: Comparison, *, max_width: int | None = None) -> PlainTable:

@@ -1,0 +1,83 @@
+"""An audit of what docs/usage.md and README.md say of `fdl report` and `fdl compare`, tried for real.
+
+- On a narrow terminal the line under a table names the commands that show every column. Of a store of several
+  series, those commands lacked the series shown (`fdl export run.h5 --what trajectories`, `fdl compare a.h5 b.h5
+  2>&1 | less -S`), and so failed ("holds several series"), and compare's dropped the options that change what it
+  shows (`--no-overlap`, `--overlap-steps`, `--threshold`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.cli_run import fdl_in_process
+from tests.test_report import make_store
+
+
+def _said(stderr: str) -> str:
+    """What fdl printed, the lines a terminal's width wrapped joined again."""
+    return " ".join(stderr.split())
+
+
+def _backticked(text: str, start: str) -> str:
+    """The command in backticks in `text` that begins with `start`."""
+    begin = text.index("`" + start) + 1
+    return text[begin:text.index("`", begin)]
+
+
+@pytest.fixture
+def narrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stderr taken for a terminal 60 columns wide (rich reads both variables)."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "60")
+
+
+def test_a_narrow_report_of_several_series_names_commands_that_run(tmp_path: Path, narrow: None) -> None:
+    store = make_store(tmp_path / "run.h5", layers=("fc1", "fc2"))
+    done = fdl_in_process("report", store, "--layer", "fc2")
+    assert done.returncode == 0, done.stderr
+    said = _said(done.stderr)
+    assert "left out for this terminal's width" in said
+    export = _backticked(said, "fdl export")
+    assert export == f"fdl export {store} --what trajectories --probe train --layer fc2"
+    wide = _backticked(said, "fdl report")
+    assert wide.startswith(f"fdl report {store} --probe train --layer fc2 --wide")
+    # the command named runs: export writes that series
+    ran = fdl_in_process(*shlex.split(export)[1:])
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[1].endswith(",train,fc2")
+
+
+def test_a_narrow_report_of_one_series_names_the_plain_commands(tmp_path: Path, narrow: None) -> None:
+    store = make_store(tmp_path / "run.h5")
+    said = _said(fdl_in_process("report", store).stderr)
+    assert _backticked(said, "fdl export") == f"fdl export {store} --what trajectories"
+    assert _backticked(said, "fdl report").startswith(f"fdl report {store} --wide")
+
+
+def test_a_narrow_compare_names_the_command_with_its_options(tmp_path: Path, narrow: None) -> None:
+    a = make_store(tmp_path / "a.h5", layers=("fc1", "fc2"))
+    b = make_store(tmp_path / "b.h5", layers=("fc1", "fc2"), seed=1)
+    given = ["--layer", "fc1", "--layer-b", "fc2", "--no-overlap", "--threshold", "dlr_tie=0.01"]
+    done = fdl_in_process("compare", a, b, *given)
+    assert done.returncode == 0, done.stderr
+    said = _said(done.stderr)
+    assert "left out for this terminal's width" in said
+    hint = _backticked(said, "fdl compare")
+    assert hint == f"fdl compare {a} {b} {' '.join(given)} 2>&1 | less -S"
+    # the command named runs, and compares what this one did
+    ran = fdl_in_process(*shlex.split(hint.removesuffix(" 2>&1 | less -S"))[1:])
+    assert ran.returncode == 0, ran.stderr
+    assert "dlr_tie = 0.01" in _said(ran.stderr)
+
+
+def test_a_narrow_compare_keeps_overlap_steps_and_leaves_defaults_out(tmp_path: Path, narrow: None) -> None:
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", seed=1)
+    assert _backticked(_said(fdl_in_process("compare", a, b).stderr), "fdl compare") == (
+        f"fdl compare {a} {b} 2>&1 | less -S")
+    said = _said(fdl_in_process("compare", a, b, "--overlap-steps", "all").stderr)
+    assert _backticked(said, "fdl compare") == f"fdl compare {a} {b} --overlap-steps all 2>&1 | less -S"
