@@ -1894,8 +1894,11 @@ UNRECORDED_OPTIONS: Mapping[str, Any] = {"cka_dtype": "float64", "weights": None
 
 
 def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any], *,
-                       outputs: tuple[int | None, int | None] = (None, None)) -> list[OptionDifference]:
-    """The analysis choices recorded in both stores' provenance that differ (options first, by name). An option a
+                       outputs: tuple[int | None, int | None] = (None, None),
+                       layers: tuple[str, str] | None = None) -> list[OptionDifference]:
+    """The analysis choices recorded in both stores' provenance that differ (options first, by name). `layers`: the
+    layers of the two series compared, which then stand for the stores' lists of layers (`layer`): another layer a
+    store holds takes no part in the comparison, whose numbers a layer analysed beside them leaves as they are. An option a
     store records only when not its default is that default where absent: `cka_dtype` and `weights`
     (UNRECORDED_OPTIONS), and `overlap_k` min(top_k, C), C a store's `outputs` (its probes' largest n_outputs;
     None: not known, and overlap_k compared only where both record it). Compared as recorded, a run analysed
@@ -1906,8 +1909,10 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
     pairs += [
         (name, provenance_a[name], provenance_b[name])
         for name in COMPARED_PROVENANCE
-        if name in provenance_a and name in provenance_b
+        if name in provenance_a and name in provenance_b and not (layers is not None and name == "layers")
     ]
+    if layers is not None:
+        pairs.append(("layer", *layers))
     differences = []
     for name, value_a, value_b in pairs:
         value_a, value_b = _plain(value_a), _plain(value_b)
@@ -1939,7 +1944,7 @@ def _plain(value: Any) -> Any:
 
 def option_difference_note(comparison: Comparison) -> str | None:
     """One warning naming every analysis choice that differs between the runs (A vs B), or None. Each value is said
-    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layers: A 4:input vs B 4:input, 6:input`);
+    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layer: A fc1 vs B fc2`);
     Python's reprs (`A False vs B True`, `A ['4:input']`) read as code. `--json` keeps the values themselves."""
     if not comparison.option_differences:
         return None
@@ -2608,7 +2613,8 @@ def compare_runs(
         verdict=verdict, richer=richer, thresholds=thresholds,
         moved=features_moved(steps, thresholds=movement, unmatched=rest, references=references),
         option_differences=option_differences(run_a.provenance, run_b.provenance,
-                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
+                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b)),
+                                              layers=(series_a.layer, series_b.layer)),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
         series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))

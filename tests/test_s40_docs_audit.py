@@ -4,10 +4,15 @@
   series, those commands lacked the series shown (`fdl export run.h5 --what trajectories`, `fdl compare a.h5 b.h5
   2>&1 | less -S`), and so failed ("holds several series"), and compare's dropped the options that change what it
   shows (`--no-overlap`, `--overlap-steps`, `--threshold`).
+- `fdl compare` warned "the two runs were analysed with different options (layers: A 4:input vs B 4:input, 2)" of
+  two series of the same layer, one store holding another layer too: that layer takes no part in the comparison,
+  and the warning that the field differences "mix these analysis choices with differences in training" was false.
+  The layers compared are what counts: warned of where they differ (`--layer-b`), `layer: A fc1 vs B fc2`.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -81,3 +86,20 @@ def test_a_narrow_compare_keeps_overlap_steps_and_leaves_defaults_out(tmp_path: 
         f"fdl compare {a} {b} 2>&1 | less -S")
     said = _said(fdl_in_process("compare", a, b, "--overlap-steps", "all").stderr)
     assert _backticked(said, "fdl compare") == f"fdl compare {a} {b} --overlap-steps all 2>&1 | less -S"
+
+
+def test_compare_warns_of_the_layers_compared_not_of_another_the_store_holds(tmp_path: Path) -> None:
+    one = make_store(tmp_path / "one.h5")
+    two = make_store(tmp_path / "two.h5", layers=("fc1", "fc2"), seed=1)
+    done = fdl_in_process("compare", one, two, "--layer", "fc1", "--no-overlap")
+    assert done.returncode == 0, done.stderr
+    assert "analysed with different options" not in done.stderr
+    document = json.loads(fdl_in_process("compare", one, two, "--layer", "fc1", "--no-overlap", "--json").stdout)
+    assert document["option_differences"] == []
+    # the layers compared differ: that is said, as the layer's name
+    done = fdl_in_process("compare", one, two, "--layer", "fc1", "--layer-b", "fc2", "--no-overlap")
+    assert done.returncode == 0, done.stderr
+    assert "analysed with different options (layer: A fc1 vs B fc2); their field differences" in _said(done.stderr)
+    document = json.loads(fdl_in_process("compare", one, two, "--layer", "fc1", "--layer-b", "fc2", "--no-overlap",
+                                         "--json").stdout)
+    assert document["option_differences"] == [{"option": "layer", "a": "fc1", "b": "fc2"}]
