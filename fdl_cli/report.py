@@ -1842,6 +1842,9 @@ class ComparedStep:
     overlap: float | None
     #: the k of `overlap` (C, run A's --overlap-k, or fewer where a run stores fewer); None without one
     overlap_k: int | None = None
+    #: whether the overlap was computed at this step, one of the `--overlap-steps` spread over the run (`overlap`
+    #: None there: it cannot be, a gap in the figure); a step not chosen is no gap, the line drawn past it
+    overlap_computed: bool = False
 
 
 @dataclass(frozen=True)
@@ -2598,6 +2601,7 @@ def compare_runs(
             differences=field_differences(record_a[match.step_a], record_b[match.step_b], partners),
             overlap=overlaps.values.get(match),
             overlap_k=overlaps.ks.get(match),
+            overlap_computed=match in overlaps.values,
         )
         for match in matches
     ]

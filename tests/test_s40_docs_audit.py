@@ -103,3 +103,22 @@ def test_compare_warns_of_the_layers_compared_not_of_another_the_store_holds(tmp
     document = json.loads(fdl_in_process("compare", one, two, "--layer", "fc1", "--layer-b", "fc2", "--no-overlap",
                                          "--json").stdout)
     assert document["option_differences"] == [{"option": "layer", "a": "fc1", "b": "fc2"}]
+
+
+def test_the_compare_figure_draws_the_overlap_where_computed_without_gaps_between(tmp_path: Path) -> None:
+    """`--overlap-steps N` (20 by default) computes the overlap A·B at N matched steps: the others were drawn as
+    gaps, the line of a run of 25 checkpoints broken in five places, as a field that does not apply is drawn."""
+    from fdl_cli import report
+    from fdl_cli.figures import compare_figures
+
+    steps = tuple(range(0, 90, 10))
+    a = report.load_run(make_store(tmp_path / "a.h5", steps=steps))
+    b = report.load_run(make_store(tmp_path / "b.h5", steps=steps, seed=1))
+    comparison = report.compare_runs(a, b, overlap_steps=3)
+    computed = [c.match.step_a for c in comparison.steps if c.overlap is not None]
+    assert computed == [0, 40, 80]
+    figures = dict(compare_figures(a, b, comparison))
+    line = next(line for line in figures["compare_trajectories"].axes[0].get_lines()
+                if line.get_label() == "overlap A·B")
+    assert list(line.get_xdata()) == computed
+    assert all(value == value for value in line.get_ydata())  # no NaN: no gap
