@@ -1898,7 +1898,7 @@ UNRECORDED_OPTIONS: Mapping[str, Any] = {"cka_dtype": "float64", "weights": None
 
 def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any], *,
                        outputs: tuple[int | None, int | None] = (None, None),
-                       layers: tuple[str, str] | None = None) -> list[OptionDifference]:
+                       layers: tuple[str | None, str | None] | None = None) -> list[OptionDifference]:
     """The analysis choices recorded in both stores' provenance that differ (options first, by name). `layers`: the
     layers of the two series compared, which then stand for the stores' lists of layers (`layer`): another layer a
     store holds takes no part in the comparison, whose numbers a layer analysed beside them leaves as they are. An option a
