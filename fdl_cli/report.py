@@ -2918,13 +2918,17 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
     """Matched steps with the differences (B − A) of the key fields and the cross-run overlap; within
     `max_width` (a terminal's) whole columns are left out, the last of `COMPARE_PRIORITY` last."""
     fields = compare_fields(comparison)
-    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields), "overlap A·B"]
+    # no overlap at any step (--no-overlap, or none measurable: a note says why): no column of dashes, which a
+    # narrow terminal kept before the fields that hold numbers
+    overlap = any(compared.overlap is not None for compared in comparison.steps)
+    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields),
+               *(("overlap A·B",) if overlap else ())]
     rows = [
         [
             str(compared.match.step_a),
             str(compared.match.step_b),
             *(_signed(name, compared.differences.get(name)) for name in fields),
-            "—" if compared.overlap is None else f"{compared.overlap:.4f}",
+            *(("—" if compared.overlap is None else f"{compared.overlap:.4f}",) if overlap else ()),
         ]
         for compared in comparison.steps
     ]
@@ -2932,7 +2936,7 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
     fit = next((name for name in fields if name in ("accuracy", "r2")), None)
     shown = [(None if fit is None else "Δ " + HEADERS.get(fit, fit)) if name == "Δ acc" else name
              for name in COMPARE_PRIORITY]
-    priority = [headers.index(name) for name in shown if name is not None]
+    priority = [headers.index(name) for name in shown if name is not None and name in headers]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
                              max_width=max_width, priority=priority, always=3)
 

@@ -8,11 +8,15 @@
   two series of the same layer, one store holding another layer too: that layer takes no part in the comparison,
   and the warning that the field differences "mix these analysis choices with differences in training" was false.
   The layers compared are what counts: warned of where they differ (`--layer-b`), `layer: A fc1 vs B fc2`.
+- compare's figure drew the overlap A·B with a gap at each matched step `--overlap-steps` did not choose.
+- `fdl compare --no-overlap` kept the column `overlap A·B`, a dash in every row, and a narrow terminal kept it
+  before the fields that hold numbers (Δ overlap₀ left out for a column of dashes).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -25,6 +29,11 @@ from tests.test_report import make_store
 def _said(stderr: str) -> str:
     """What fdl printed, the lines a terminal's width wrapped joined again."""
     return " ".join(stderr.split())
+
+
+def _header(stderr: str) -> str:
+    """The compare table's header line, without the terminal's styles."""
+    return next(line for line in re.sub(r"\x1b\[[0-9;]*m", "", stderr).splitlines() if line.startswith("step A"))
 
 
 def _backticked(text: str, start: str) -> str:
@@ -122,3 +131,17 @@ def test_the_compare_figure_draws_the_overlap_where_computed_without_gaps_betwee
                 if line.get_label() == "overlap A·B")
     assert list(line.get_xdata()) == computed
     assert all(value == value for value in line.get_ydata())  # no NaN: no gap
+
+
+def test_compare_without_the_overlap_has_no_column_of_dashes(tmp_path: Path, narrow: None) -> None:
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", seed=1)
+    done = fdl_in_process("compare", a, b, "--no-overlap")
+    assert done.returncode == 0, done.stderr
+    header = _header(done.stderr)
+    assert "overlap A·B" not in header and "Δ D_LR" in header
+    assert "overlap A·B" not in _said(done.stderr)
+    # with the overlap, the column stays, and is kept on a narrow terminal
+    done = fdl_in_process("compare", a, b)
+    header = _header(done.stderr)
+    assert header.rstrip().endswith("overlap A·B")
