@@ -2431,6 +2431,15 @@ def cross_overlaps(
         # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
         k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or probe_outputs or 1)
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
+        if a.ndim == 2 and b.ndim == 2 and a.shape[0] != b.shape[0]:
+            # said by `eigenspace_overlap` too, without saying which run holds which: the one to analyse again
+            raise StoreError(
+                "eigenspace overlap needs eigenfunction values on the same inputs: the runs were analysed with "
+                "other --anchor-size",
+                got=f"{run_a.path} (A) holds them on {a.shape[0]} anchor points, {run_b.path} (B) on {b.shape[0]}",
+                fix="analyse one run again with the other's --anchor-size (into a new --out), or pass --no-overlap "
+                    "to compare only the per-checkpoint fields",
+            )
         # the anchor points' distinct inputs: a repeated input has the same row of values in both runs
         # (the same probe), and bases spanning the functions on the distinct ones overlap 1 whatever
         points = (_distinct_rows(a, b) if a.ndim == 2 and b.ndim == 2 and a.size and a.shape[0] == b.shape[0]

@@ -11,6 +11,8 @@
 - compare's figure drew the overlap A·B with a gap at each matched step `--overlap-steps` did not choose.
 - `fdl compare --no-overlap` kept the column `overlap A·B`, a dash in every row, and a narrow terminal kept it
   before the fields that hold numbers (Δ overlap₀ left out for a column of dashes).
+- Runs analysed with another `--anchor-size` were refused with "got: 500 and 100 anchor points": which run holds
+  which, to analyse again, was not said.
 """
 
 from __future__ import annotations
@@ -145,3 +147,17 @@ def test_compare_without_the_overlap_has_no_column_of_dashes(tmp_path: Path, nar
     done = fdl_in_process("compare", a, b)
     header = _header(done.stderr)
     assert header.rstrip().endswith("overlap A·B")
+
+
+def test_runs_of_other_anchor_counts_are_refused_naming_each_store_s(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import test_report
+
+    a = make_store(tmp_path / "a.h5")
+    monkeypatch.setattr(test_report, "N_PROBE", 8)  # the same probe file, its eigenfunctions on 8 anchor points
+    b = make_store(tmp_path / "b.h5", seed=1)
+    done = fdl_in_process("compare", a, b)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    said = _said(done.stderr)
+    assert f"got: {a} (A) holds them on 16 anchor points, {b} (B) on 8" in said
+    assert "--anchor-size" in said and "--no-overlap" in said
