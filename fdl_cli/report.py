@@ -2435,7 +2435,7 @@ def cross_overlaps(
             # said by `eigenspace_overlap` too, without saying which run holds which: the one to analyse again
             raise StoreError(
                 "eigenspace overlap needs eigenfunction values on the same inputs: the runs were analysed with "
-                "other --anchor-size",
+                "different --anchor-size values",
                 got=f"{run_a.path} (A) holds them on {a.shape[0]} anchor points, {run_b.path} (B) on {b.shape[0]}",
                 fix="analyse one run again with the other's --anchor-size (into a new --out), or pass --no-overlap "
                     "to compare only the per-checkpoint fields",
