@@ -1256,7 +1256,10 @@ def compare(**kwargs: Any) -> None:
         if (mixed := rep.model_change_line(run)) is not None:  # --json: its `model_changes`, a list a run
             console.print(f"note: {name} ({run.path}): {mixed}", markup=False, highlight=False)
     if kwargs["fmt"] == "table":
-        rep.print_comparison(console, comparison)
+        options = rep.compare_options(probe=kwargs["probe"], layer=kwargs["layer"], probe_b=kwargs["probe_b"],
+                                      layer_b=kwargs["layer_b"], no_overlap=kwargs["no_overlap"],
+                                      overlap_steps=steps, thresholds=kwargs["thresholds"])
+        rep.print_comparison(console, comparison, options)
     else:
         sys.stdout.write(rep.comparison_to_text(comparison, kwargs["fmt"]))
         if kwargs["fmt"] != "json":  # JSON carries them; a CSV or markdown table has no place for them

@@ -956,7 +956,8 @@ def compare_figures(run_a: Run, run_b: Run, comparison: Comparison) -> list[tupl
     """(stem, figure) of the overlay figures of two runs: trajectories of both (A solid, B dashed) with the
     overlap A·B, and the k95 of Π̂ of both; curves that coincide stay in sight (`_layered`), legends outside."""
     records_a, records_b = run_a.series[0].records, run_b.series[0].records
-    cross = [(c.match.step_a, c.overlap) for c in comparison.steps]
+    # at the steps where it was computed (`--overlap-steps`): one not chosen is no gap, one that cannot be is
+    cross = [(c.match.step_a, c.overlap) for c in comparison.steps if c.overlap_computed]
     trajectories = trajectory_figure([("A", records_a), ("B", records_b)], cross_overlap=cross)
     points = {"A": records_a, "B": records_b}
     figure = _new_figure(10.0, 4.0)

@@ -1576,8 +1576,11 @@ def print_run(console: Any, run: Run, *, wide: bool = False) -> None:
             console.width = max(console.width, table.width)
         console.print(table)
         store = shlex.quote(str(run.path))
-        note = table.left_out_note(f"`fdl report {store} --wide 2>&1 | less -S` (every field)", "--format csv",
-                                   "--json", f"`fdl export {store} --what trajectories`")
+        # of a store of several series, the commands name this one: export refuses such a store without it
+        chosen = (f" --probe {shlex.quote(str(series.probe))} --layer {shlex.quote(str(series.layer))}"
+                  if run.several else "")
+        note = table.left_out_note(f"`fdl report {store}{chosen} --wide 2>&1 | less -S` (every field)",
+                                   "--format csv", "--json", f"`fdl export {store} --what trajectories{chosen}`")
         if note:
             console.print(note, markup=False, highlight=False)
         for line in summary_lines(summarize(series.records, reference_step=reference)):
@@ -1839,6 +1842,9 @@ class ComparedStep:
     overlap: float | None
     #: the k of `overlap` (C, run A's --overlap-k, or fewer where a run stores fewer); None without one
     overlap_k: int | None = None
+    #: whether the overlap was computed at this step, one of the `--overlap-steps` spread over the run (`overlap`
+    #: None there: it cannot be, a gap in the figure); a step not chosen is no gap, the line drawn past it
+    overlap_computed: bool = False
 
 
 @dataclass(frozen=True)
@@ -1891,8 +1897,11 @@ UNRECORDED_OPTIONS: Mapping[str, Any] = {"cka_dtype": "float64", "weights": None
 
 
 def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[str, Any], *,
-                       outputs: tuple[int | None, int | None] = (None, None)) -> list[OptionDifference]:
-    """The analysis choices recorded in both stores' provenance that differ (options first, by name). An option a
+                       outputs: tuple[int | None, int | None] = (None, None),
+                       layers: tuple[str | None, str | None] | None = None) -> list[OptionDifference]:
+    """The analysis choices recorded in both stores' provenance that differ (options first, by name). `layers`: the
+    layers of the two series compared, which then stand for the stores' lists of layers (`layer`): another layer a
+    store holds takes no part in the comparison, whose numbers a layer analysed beside them leaves as they are. An option a
     store records only when not its default is that default where absent: `cka_dtype` and `weights`
     (UNRECORDED_OPTIONS), and `overlap_k` min(top_k, C), C a store's `outputs` (its probes' largest n_outputs;
     None: not known, and overlap_k compared only where both record it). Compared as recorded, a run analysed
@@ -1903,8 +1912,10 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
     pairs += [
         (name, provenance_a[name], provenance_b[name])
         for name in COMPARED_PROVENANCE
-        if name in provenance_a and name in provenance_b
+        if name in provenance_a and name in provenance_b and not (layers is not None and name == "layers")
     ]
+    if layers is not None:
+        pairs.append(("layer", *layers))
     differences = []
     for name, value_a, value_b in pairs:
         value_a, value_b = _plain(value_a), _plain(value_b)
@@ -1936,7 +1947,7 @@ def _plain(value: Any) -> Any:
 
 def option_difference_note(comparison: Comparison) -> str | None:
     """One warning naming every analysis choice that differs between the runs (A vs B), or None. Each value is said
-    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layers: A 4:input vs B 4:input, 6:input`);
+    as `fdl report` says it (`_option_text`: `center: A no vs B yes`, `layer: A fc1 vs B fc2`);
     Python's reprs (`A False vs B True`, `A ['4:input']`) read as code. `--json` keeps the values themselves."""
     if not comparison.option_differences:
         return None
@@ -2420,6 +2431,15 @@ def cross_overlaps(
         # run A's --overlap-k when it was analysed with one, else C (the stored columns bound both)
         k = int(recorded if recorded is not None else by_step_a[match.step_a].get("n_outputs") or probe_outputs or 1)
         a, b = np.asarray(stored_a, dtype=np.float64), np.asarray(stored_b, dtype=np.float64)
+        if a.ndim == 2 and b.ndim == 2 and a.shape[0] != b.shape[0]:
+            # said by `eigenspace_overlap` too, without saying which run holds which: the one to analyse again
+            raise StoreError(
+                "eigenspace overlap needs eigenfunction values on the same inputs: the runs were analysed with "
+                "different --anchor-size values",
+                got=f"{run_a.path} (A) holds them on {a.shape[0]} anchor points, {run_b.path} (B) on {b.shape[0]}",
+                fix="analyse one run again with the other's --anchor-size (into a new --out), or pass --no-overlap "
+                    "to compare only the per-checkpoint fields",
+            )
         # the anchor points' distinct inputs: a repeated input has the same row of values in both runs
         # (the same probe), and bases spanning the functions on the distinct ones overlap 1 whatever
         points = (_distinct_rows(a, b) if a.ndim == 2 and b.ndim == 2 and a.size and a.shape[0] == b.shape[0]
@@ -2590,6 +2610,7 @@ def compare_runs(
             differences=field_differences(record_a[match.step_a], record_b[match.step_b], partners),
             overlap=overlaps.values.get(match),
             overlap_k=overlaps.ks.get(match),
+            overlap_computed=match in overlaps.values,
         )
         for match in matches
     ]
@@ -2605,7 +2626,8 @@ def compare_runs(
         verdict=verdict, richer=richer, thresholds=thresholds,
         moved=features_moved(steps, thresholds=movement, unmatched=rest, references=references),
         option_differences=option_differences(run_a.provenance, run_b.provenance,
-                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b))),
+                                              outputs=(_largest_outputs(run_a), _largest_outputs(run_b)),
+                                              layers=(series_a.layer, series_b.layer)),
         overlap_label=overlaps.label(),
         zero_one_targets=(zero_one_targets(run_a, series_a), zero_one_targets(run_b, series_b)),
         series=((series_a.probe, series_a.layer), (series_b.probe, series_b.layer))
@@ -2838,8 +2860,9 @@ def rows_to_text(names: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: s
     return markdown_table(names, rows)
 
 
-def print_comparison(console: Any, comparison: Comparison) -> None:
-    """The human comparison: matched-step table, the fields that differ, notes and the verdict."""
+def print_comparison(console: Any, comparison: Comparison, options: Sequence[str] = ()) -> None:
+    """The human comparison: matched-step table, the fields that differ, notes and the verdict. `options`: those
+    given that choose what is compared (`compare_options`), which the command a narrow terminal is pointed to keeps."""
     console.print(f"A: {_compared_path(comparison, 'a')}\nB: {_compared_path(comparison, 'b')}", markup=False,
                   highlight=False)
     # As `print_run`: a pipe gets the whole table, a narrow terminal fewer columns, named below it.
@@ -2848,7 +2871,8 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
         console.width = max(console.width, table.width)
     console.print(table)
     paths = f"{shlex.quote(str(comparison.path_a))} {shlex.quote(str(comparison.path_b))}"
-    note = table.left_out_note(f"`fdl compare {paths} 2>&1 | less -S`", "--format csv", "--json")
+    given = "".join(f" {shlex.quote(option)}" for option in options)
+    note = table.left_out_note(f"`fdl compare {paths}{given} 2>&1 | less -S`", "--format csv", "--json")
     if note:
         console.print(note, markup=False, highlight=False)
     for line in difference_lines(comparison):
@@ -2885,17 +2909,35 @@ def _signed(name: str, value: Any) -> str:
 COMPARE_PRIORITY: tuple[str, ...] = ("step A", "step B", "Δ D_LR", "overlap A·B", "Δ acc", "Δ CKA₀")
 
 
+def compare_options(*, probe: str | None = None, layer: str | None = None, probe_b: str | None = None,
+                    layer_b: str | None = None, no_overlap: bool = False, overlap_steps: str = str(OVERLAP_STEPS),
+                    thresholds: Sequence[str] = ()) -> list[str]:
+    """The options of `fdl compare` given that choose what it compares and says (the series, the overlap, the
+    thresholds), in the order `--help` lists them, those at their defaults left out: the command to rerun it."""
+    chosen = [(flag, value) for flag, value in
+              (("--probe", probe), ("--layer", layer), ("--probe-b", probe_b), ("--layer-b", layer_b))
+              if value is not None]
+    words = [word for pair in chosen for word in pair]
+    words += ["--no-overlap"] if no_overlap else []
+    words += ["--overlap-steps", overlap_steps] if overlap_steps != str(OVERLAP_STEPS) else []
+    return words + [word for threshold in thresholds for word in ("--threshold", threshold)]
+
+
 def render_comparison_table(comparison: Comparison, *, max_width: int | None = None) -> PlainTable:
     """Matched steps with the differences (B − A) of the key fields and the cross-run overlap; within
     `max_width` (a terminal's) whole columns are left out, the last of `COMPARE_PRIORITY` last."""
     fields = compare_fields(comparison)
-    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields), "overlap A·B"]
+    # no overlap at any step (--no-overlap, or none measurable: a note says why): no column of dashes, which a
+    # narrow terminal kept before the fields that hold numbers
+    overlap = any(compared.overlap is not None for compared in comparison.steps)
+    headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields),
+               *(("overlap A·B",) if overlap else ())]
     rows = [
         [
             str(compared.match.step_a),
             str(compared.match.step_b),
             *(_signed(name, compared.differences.get(name)) for name in fields),
-            "—" if compared.overlap is None else f"{compared.overlap:.4f}",
+            *(("—" if compared.overlap is None else f"{compared.overlap:.4f}",) if overlap else ()),
         ]
         for compared in comparison.steps
     ]
@@ -2903,7 +2945,7 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
     fit = next((name for name in fields if name in ("accuracy", "r2")), None)
     shown = [(None if fit is None else "Δ " + HEADERS.get(fit, fit)) if name == "Δ acc" else name
              for name in COMPARE_PRIORITY]
-    priority = [headers.index(name) for name in shown if name is not None]
+    priority = [headers.index(name) for name in shown if name is not None and name in headers]
     return PlainTable.fitted(headers, ["right"] * len(headers), rows, title="B − A at matched steps",
                              max_width=max_width, priority=priority, always=3)
 
