@@ -235,20 +235,22 @@ def _resumed(tmp_path: Path, args: list[str]) -> None:
 
 
 def test_a_wait_that_runs_out_under_torchrun_says_so_and_the_same_command_resumes(tmp_path: Path) -> None:
-    """Rank 1 still on its last checkpoint when rank 0's wait at the gather runs out (10 s here, a week by default):
-    before, torch's 30 minutes applied whatever FDL_TORCHRUN_TIMEOUT said (and their end was a traceback).
+    """Rank 1 still on its last checkpoint when rank 0's wait at the gather runs out (5 s here, a week by default):
+    before, torch's 30 minutes applied whatever FDL_TORCHRUN_TIMEOUT said (and their end was a traceback). The wait
+    is the test's idle time: 5 s, as the ranks need it only to join and for rank 0 to open the store, both started
+    together (the hold below keeps rank 0 out of the gather until rank 1's part holds what the resume asserts).
 
     Rank 0 holds its last checkpoint until rank 1's part store holds steps 30 and 40, which the resume takes in: its
     wait began as soon as its own block was done, and on a busy machine ran out before the writer's throttle (10 x
     a commit's duration) let rank 1 commit step 40, killed with the job."""
     args = _slow_run(tmp_path)
     began = time.monotonic()
-    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="10", SLOW_S="120", HOLD_STEP="20",
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="5", SLOW_S="120", HOLD_STEP="20",
                      HOLD_STORE=str(tmp_path / "s.h5.rank-1"), HOLD_STEPS="30,40")
     assert time.monotonic() - began < 100
-    assert ("error on rank 0: gave up after waiting 10 s for the other ranks to finish their checkpoints (the longest "
+    assert ("error on rank 0: gave up after waiting 5 s for the other ranks to finish their checkpoints (the longest "
             "a rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)") in stderr.splitlines(), stderr[-4000:]
-    assert "  got: Timed out waiting 10000ms for " in stderr
+    assert "  got: Timed out waiting 5000ms for " in stderr
     _no_traceback_of_fdl(stderr)
     assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
     assert _steps(tmp_path / "s.h5") == [0, 10, 20]  # rank 0's block, committed before it waited
