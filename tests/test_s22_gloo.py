@@ -332,10 +332,10 @@ def test_under_shard_probe_a_wait_that_runs_out_stops_the_rank_there(tmp_path: P
     wait, named after the gather."""
     args = [*_slow_run(tmp_path), "--shard-probe"]
     began = time.monotonic()
-    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="8", SLOW_S="120")
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="5", SLOW_S="120")
     assert time.monotonic() - began < 100
     said = [line for line in stderr.splitlines() if line.startswith("error")]
-    assert said == ["error on rank 0: gave up after waiting 8 s for the other ranks' probe slices (the longest a "
+    assert said == ["error on rank 0: gave up after waiting 5 s for the other ranks' probe slices (the longest a "
                     "rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)"], stderr[-4000:]
     _no_traceback_of_fdl(stderr)
     assert _steps(tmp_path / "s.h5") == [0, 10, 20, 30, 40]  # every checkpoint before the one rank 1 was slow on
