@@ -13,34 +13,36 @@ from tests import warm
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: an "example" that runs fdl as the examples do (examples/_common.py) and says what it got, and whether fdl's
-#: CLI was imported into its own process (answered here) or not (a process of its own)
+#: an "example" that runs fdl as the examples do (examples/_common.py) and says what it got, and how many processes
+#: each call started (none: answered in its own process)
 SCRIPT = """
 import json, os, subprocess, sys
 
-calls = [
-    ([sys.executable, "-m", "fdl_cli", "--version"], dict(capture_output=True, text=True)),
-    ([sys.executable, "-m", "fdl_cli", "report", "missing.h5"], dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                                    text=True, env=dict(os.environ))),
-    ([sys.executable, "-m", "fdl_cli", "--version"], dict(capture_output=True, text=True,
-                                                          env=dict(os.environ, FDL_S40="other"))),
+started = []
+
+
+class Counted(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        if args[0][:1] == [sys.executable]:  # not platform's `uname -p` as the CLI starts
+            started.append(args[0])
+        super().__init__(*args, **kwargs)
+
+
+subprocess.Popen = Counted
+calls = [  # the environment made at the call, as the examples make it
+    ([sys.executable, "-m", "fdl_cli", "--version"], lambda: dict(capture_output=True, text=True)),
+    ([sys.executable, "-m", "fdl_cli", "report", "missing.h5"],
+     lambda: dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))),
+    ([sys.executable, "-m", "fdl_cli", "--version"],
+     lambda: dict(capture_output=True, text=True, env=dict(os.environ, FDL_S40="other"))),
 ]
 seen = []
-for index in sys.argv[1].split(","):
-    argv, options = calls[int(index)]
-    done = subprocess.run(argv, **options)
-    seen.append([done.returncode, done.stdout, done.stderr, "fdl_cli.cli" in sys.modules])
+for argv, options in calls:
+    before = len(started)
+    done = subprocess.run(argv, **options())
+    seen.append([done.returncode, done.stdout, done.stderr, len(started) - before])
 print(json.dumps(seen))
 """
-
-
-def _example(tmp_path: Path, calls: str) -> list[list[object]]:
-    (tmp_path / "s40_example.py").write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
-    done = warm.run([sys.executable, "-m", "tests.example_run", "s40_example", calls], cwd=tmp_path, env=env,
-                    timeout=120)
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout))
 
 
 def _real(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -50,13 +52,14 @@ def _real(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_an_examples_fdl_commands_are_answered_in_its_process_as_the_process_answers(tmp_path: Path) -> None:
-    version, missing = _example(tmp_path, "0,1")
+    (tmp_path / "s40_example.py").write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    done = warm.run([sys.executable, "-m", "tests.example_run", "s40_example"], cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    version, missing, elsewhere = json.loads(done.stdout)
     real_version, real_missing = _real(tmp_path, "--version"), _real(tmp_path, "report", "missing.h5")
-    assert version == [real_version.returncode, real_version.stdout, real_version.stderr, True]
+    assert version == [real_version.returncode, real_version.stdout, real_version.stderr, 0]
     assert real_missing.returncode == 1 and "missing.h5" in real_missing.stderr
-    assert missing == [real_missing.returncode, None, real_missing.stderr, True]  # stdout=DEVNULL: None, as run gives
-
-
-def test_a_call_in_another_environment_gets_a_process_of_its_own(tmp_path: Path) -> None:
-    real_version = _real(tmp_path, "--version")
-    assert _example(tmp_path, "2") == [[0, real_version.stdout, real_version.stderr, False]]  # fdl not imported here
+    assert missing == [real_missing.returncode, None, real_missing.stderr, 0]  # stdout=DEVNULL: None, as run gives
+    # another environment than the example's: the process it asked for
+    assert elsewhere == [0, real_version.stdout, real_version.stderr, 1]
