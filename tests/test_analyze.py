@@ -671,7 +671,7 @@ def test_a_reader_that_stops_early_ends_analyze_quietly(tmp_path: Path) -> None:
         save_file(state, str(tmp_path / "ckpts" / f"step_{step}.safetensors"))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "probe.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, 32))
-    process = subprocess.Popen(
+    process = warm.spawn(  # a real process (its own SIGPIPE status) without its own `import torch` (tests/warm.py)
         [sys.executable, "-m", "fdl_cli", "analyze", str(tmp_path / "ckpts"), "--model", f"{tmp_path}/gated.py:build",
          "--probe", str(tmp_path / "probe.npz"), "--out", str(store), "--json", "--commit-interval", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "GATE": str(gate)},

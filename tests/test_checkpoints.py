@@ -22,6 +22,7 @@ from fdl_cli.checkpoints import (
     weights_digest,
 )
 from fdl_cli.errors import CheckpointError, ModelError, UnsafeCheckpointError
+from tests import warm
 from tests.tiny_models import cnn, mlp
 
 torch.set_num_threads(1)
@@ -605,7 +606,6 @@ print(json.dumps(started))
 def test_analyze_loads_in_its_thread_without_starting_threads(tmp_path: Path, suffix: str) -> None:
     """Through `fdl analyze` (2 torch threads, weights above OpenMP's grain size): loading each
     checkpoint in the loader thread starts no OpenMP or BLAS thread, for safetensors and .pt files."""
-    import subprocess
     import sys
 
     run = tmp_path / "run"
@@ -622,8 +622,10 @@ def test_analyze_loads_in_its_thread_without_starting_threads(tmp_path: Path, su
                tmp_path / "probe.pt")
     argv = [str(run), "--model", "tests.tiny_models:mlp", "--model-kwargs", json.dumps(kwargs),
             "--probe", str(tmp_path / "probe.pt"), "--out", str(tmp_path / "out.h5"), "--batch-size", "32"]
-    done = subprocess.run([sys.executable, "-c", ANALYZE_WATCHING_THE_LOADER, *argv], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    # a process of its own (2 torch threads; this one runs torch on one), warm (tests/warm.py): forked from an
+    # interpreter that imported torch and started no thread, it runs the code as a fresh one would
+    done = warm.run([sys.executable, "-c", ANALYZE_WATCHING_THE_LOADER, *argv], timeout=300,
+                    cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     loads = json.loads(done.stdout.strip().splitlines()[-1])
     in_thread = [count for on_main, count in loads if not on_main]

@@ -6,7 +6,8 @@ one without labels, the outcome file) ran and stored every checkpoint. It skips 
 `fdl report --plots` (`--no-report`): nothing here reads its figures, a failed report is only a note
 in the example's output, and its 18 files took a third of the test's CPU (the report's figures have
 tests of their own). The script runs as a warm child (tests/warm.py): nothing checked here depends
-on the interpreter's start-up, whose `import torch` was a tenth of the test's CPU.
+on the interpreter's start-up, whose `import torch` was a tenth of the test's CPU, and its `fdl analyze` runs in
+that process (tests/example_run.py), not in an interpreter of its own that imports torch again.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import sklearn  # noqa: F401 - a dev dependency the examples use: missing, the t
 
 from tests import warm
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grokking_tiny_runs_and_stores_every_checkpoint(tmp_path: Path) -> None:
     from fdl_cli.store import StoreReader
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
     done = warm.run(
-        [sys.executable, str(EXAMPLES / "grokking.py"), "--out", str(tmp_path), "--tiny", "--no-report"],
+        [sys.executable, "-m", "tests.example_run", "examples.grokking", "--out", str(tmp_path), "--tiny", "--no-report"],
         cwd=tmp_path, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -28,8 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _example(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))  # fmt: skip
-    # a warm child (tests/warm.py): a real process, exit status and streams its own, without its own `import torch`
-    return warm.run([sys.executable, "-m", "examples.overlap_ties", *args], cwd=REPO, env=env, timeout=300)
+    # a warm child (tests/warm.py): a real process, exit status and streams its own, without its own `import torch`;
+    # its `fdl analyze` and `fdl classify` answered in it (tests/example_run.py), not by 6 more interpreters
+    return warm.run(
+        [sys.executable, "-m", "tests.example_run", "examples.overlap_ties", *args], cwd=REPO, env=env, timeout=300
+    )
 
 
 def test_fast_runs_reproduce_the_study(tmp_path: Path) -> None:

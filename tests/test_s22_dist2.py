@@ -23,7 +23,7 @@ from fdl_cli.distributed import World
 from tests.test_analyze import fdl
 from tests.test_distributed import _make_run
 from tests.test_s19_rank import _no_traceback_of_fdl
-from tests.test_s22_gloo import _ended, _job, _slow_run, _steps
+from tests.test_s22_gloo import _ended, _ranks, _slow_run, _steps
 
 ALL = [0, 10, 20, 30, 40, 50]
 
@@ -36,14 +36,14 @@ def test_a_rank_killed_before_its_first_commit_leaves_sidecars_that_the_next_run
     """Rank 1 (block 30..50) killed on its first checkpoint: its part store was opened (sidecar written, lock taken)
     but holds nothing yet, so no part file exists. The same command, as one process, removes both."""
     args = _slow_run(tmp_path)
-    job = _job(tmp_path, args, SLOW_STEP="30", SLOW_S="120")
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "marks").iterdir()) and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    marks = list((tmp_path / "marks").iterdir())
-    assert marks, _ended(job, 1)  # rank 1 is on the first checkpoint of its block
-    os.kill(int(marks[0].name), signal.SIGKILL)
-    stderr = _ended(job, within=60)
+    with _ranks(tmp_path, args, SLOW_STEP="30", SLOW_S="120") as job:  # run directly: no agent's interpreters
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "marks").iterdir()) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        marks = list((tmp_path / "marks").iterdir())
+        assert marks, _ended(job, 1)  # rank 1 is on the first checkpoint of its block
+        os.kill(int(marks[0].name), signal.SIGKILL)
+        stderr = _ended(job, within=60)
     _no_traceback_of_fdl(stderr)
     assert _sidecars(tmp_path) == ["s.h5.rank-1.json", "s.h5.rank-1.lock"], stderr[-4000:]
     again = fdl(*args)

@@ -10,13 +10,16 @@ the way out of a Ctrl-C no longer replaces the interrupt with a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +32,7 @@ from fdl_cli.errors import FdlError
 from fdl_cli.store import StoreReader
 from tests import warm
 from tests.cli_run import model_file
-from tests.ranks import torchrun
+from tests.ranks import spawn, torchrun
 from tests.test_analyze import fdl
 from tests.test_distributed import REPO, _args, _make_run, _stored_steps
 from tests.test_s16_rev import _children
@@ -180,6 +183,15 @@ def _job(tmp_path: Path, args: list[str], **env: str) -> warm.WarmProcess:
     )
 
 
+@contextlib.contextmanager
+def _ranks(tmp_path: Path, args: list[str], **env: str) -> Iterator[Any]:
+    """The job's two ranks run directly and left running (tests/ranks.py's `spawn`: the agent's part, the other
+    rank stopped once one failed, played by the test), for a test of what the ranks do when one of them is killed:
+    without the agent's two fresh interpreters that import torch. Leaving the block kills the ranks still running."""
+    with spawn("-m", "fdl_cli", *args, env=_env(tmp_path, **env)) as job:
+        yield job
+
+
 def _direct(tmp_path: Path, args: list[str], within: float, **env: str) -> str:
     """The job's stderr, its two ranks run directly (tests/ranks.py), once it ended (within `within` s, or the test
     fails and the ranks are killed)."""
@@ -189,11 +201,18 @@ def _direct(tmp_path: Path, args: list[str], within: float, **env: str) -> str:
         pytest.fail(f"the job did not end within {within} s")
 
 
-def _ended(job: warm.WarmProcess, within: float) -> str:
-    """The job's stderr, once it ended (within `within` s, or the test fails and the ranks are killed)."""
+def _ended(job: Any, within: float) -> str:
+    """The job's stderr, once it ended (within `within` s, or the test fails and the ranks are killed); `job` under
+    torchrun's agent (`_job`) or its ranks run directly (`_ranks`)."""
     try:
+        if not isinstance(job, warm.WarmProcess):
+            job.wait(within)
+            return str(job.output()[1])
         return job.communicate(timeout=within)[1]
     except subprocess.TimeoutExpired:
+        if not isinstance(job, warm.WarmProcess):
+            job.kill()
+            pytest.fail(f"the job did not end within {within} s")
         for pid in _children(job.pid):
             os.kill(pid, signal.SIGKILL)
         job.kill()
@@ -216,27 +235,29 @@ def _resumed(tmp_path: Path, args: list[str]) -> None:
 
 
 def test_a_wait_that_runs_out_under_torchrun_says_so_and_the_same_command_resumes(tmp_path: Path) -> None:
-    """Rank 1 still on its last checkpoint when rank 0's wait at the gather runs out (10 s here, a week by default):
-    before, torch's 30 minutes applied whatever FDL_TORCHRUN_TIMEOUT said (and their end was a traceback).
+    """Rank 1 still on its last checkpoint when rank 0's wait at the gather runs out (5 s here, a week by default):
+    before, torch's 30 minutes applied whatever FDL_TORCHRUN_TIMEOUT said (and their end was a traceback). The wait
+    is the test's idle time: 5 s, as the ranks need it only to join and for rank 0 to open the store, both started
+    together (the hold below keeps rank 0 out of the gather until rank 1's part holds what the resume asserts).
 
     Rank 0 holds its last checkpoint until rank 1's part store holds steps 30 and 40, which the resume takes in: its
     wait began as soon as its own block was done, and on a busy machine ran out before the writer's throttle (10 x
     a commit's duration) let rank 1 commit step 40, killed with the job."""
     args = _slow_run(tmp_path)
     began = time.monotonic()
-    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="10", SLOW_S="120", HOLD_STEP="20",
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="5", SLOW_S="120", HOLD_STEP="20",
                      HOLD_STORE=str(tmp_path / "s.h5.rank-1"), HOLD_STEPS="30,40")
     assert time.monotonic() - began < 100
-    assert ("error on rank 0: gave up after waiting 10 s for the other ranks to finish their checkpoints (the longest "
+    assert ("error on rank 0: gave up after waiting 5 s for the other ranks to finish their checkpoints (the longest "
             "a rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)") in stderr.splitlines(), stderr[-4000:]
-    assert "  got: Timed out waiting 10000ms for " in stderr
+    assert "  got: Timed out waiting 5000ms for " in stderr
     _no_traceback_of_fdl(stderr)
     assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
     assert _steps(tmp_path / "s.h5") == [0, 10, 20]  # rank 0's block, committed before it waited
     _resumed(tmp_path, args)
 
 
-def _marked_once_stored(tmp_path: Path, job: subprocess.Popen[str]) -> list[Path]:
+def _marked_once_stored(tmp_path: Path, job: Any) -> list[Path]:
     """Rank 1's mark (it is on its last checkpoint, step 50), once the store holds rank 0's block and rank 1's part
     store its checkpoints before the last: what a resume takes in. Rank 1 moves on to step 50 as soon as step 40 is
     analysed, and its part commits step 40 only once the writer's throttle allows (10 x a commit's duration, seconds
@@ -256,14 +277,17 @@ def test_a_rank_waiting_in_a_collective_ends_at_once_when_the_job_is_stopped(tmp
     """The week-long wait keeps a Ctrl-C prompt (the interrupted rank's exit closes its connections) and a rank
     killed (SIGKILL: the OOM killer) is noticed at once; rank 0, waiting at the gather, said a gloo traceback then."""
     args = _slow_run(tmp_path)
-    job = _job(tmp_path, args, SLOW_S="120")
-    marks = _marked_once_stored(tmp_path, job)
-    began = time.monotonic()
-    if stop == "ctrl-c":
-        job.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C reaches
-    else:
-        os.kill(int(marks[0].name), signal.SIGKILL)
-    stderr = _ended(job, within=60)
+    # a Ctrl-C reaches torchrun's agent, which hands it to the ranks; a rank killed is the ranks' own (rank 0 notices
+    # the lost connection, or the agent's SIGTERM ends it): run directly, the test playing the agent's part
+    with _ranks(tmp_path, args, SLOW_S="120") if stop == "sigkill" else contextlib.nullcontext(
+            _job(tmp_path, args, SLOW_S="120")) as job:
+        marks = _marked_once_stored(tmp_path, job)
+        began = time.monotonic()
+        if stop == "ctrl-c":
+            job.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C reaches
+        else:
+            os.kill(int(marks[0].name), signal.SIGKILL)
+        stderr = _ended(job, within=60)
     # not torchrun's 30 s before its SIGKILL; on a machine at load 16 on 2 cores a prompt end took 11 s (torchrun
     # and the ranks ending), so the bound is under the 30 s but not at 10 s
     assert time.monotonic() - began < 25, stderr[-4000:]
@@ -308,10 +332,10 @@ def test_under_shard_probe_a_wait_that_runs_out_stops_the_rank_there(tmp_path: P
     wait, named after the gather."""
     args = [*_slow_run(tmp_path), "--shard-probe"]
     began = time.monotonic()
-    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="8", SLOW_S="120")
+    stderr = _direct(tmp_path, args, 100, FDL_TORCHRUN_TIMEOUT="5", SLOW_S="120")
     assert time.monotonic() - began < 100
     said = [line for line in stderr.splitlines() if line.startswith("error")]
-    assert said == ["error on rank 0: gave up after waiting 8 s for the other ranks' probe slices (the longest a "
+    assert said == ["error on rank 0: gave up after waiting 5 s for the other ranks' probe slices (the longest a "
                     "rank of a torchrun job waits, FDL_TORCHRUN_TIMEOUT)"], stderr[-4000:]
     _no_traceback_of_fdl(stderr)
     assert _steps(tmp_path / "s.h5") == [0, 10, 20, 30, 40]  # every checkpoint before the one rank 1 was slow on
