@@ -1362,6 +1362,12 @@ class AnchorSkew:
     random: float
 
 
+def _mix_skewed(distance: float, random: float) -> bool:
+    """Whether anchors at total variation `distance` from the probe's class mix, where random rows reached at most
+    `random`, are far from it: the check (`anchor_class_skew`), and the warning's words for it (`anchor_skew_warning`)."""
+    return distance > max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * random)
+
+
 def anchor_class_skew(labels: Any, m: int) -> AnchorSkew | None:
     """An `AnchorSkew` where the first m of the class `labels` (n,) are far from the labels' class mix
     (ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR); None where they are not, or m >= n (the anchors are every row)."""
@@ -1380,7 +1386,7 @@ def anchor_class_skew(labels: Any, m: int) -> AnchorSkew | None:
     # Where m is small for the classes (100 anchors of 1 000 classes) random rows are as far from the probe's mix
     # as sorted ones, but hold far more classes: fewer than 1/ANCHOR_SKEW_FACTOR of the fewest any draw held.
     few = ANCHOR_SKEW_FACTOR * np.count_nonzero(held) < int(np.count_nonzero(draws, axis=1).min())
-    if distance <= max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * random) and not few:
+    if not _mix_skewed(distance, random) and not few:
         return None
     return AnchorSkew(m=m, n=n, held=int(np.count_nonzero(held)), classes=int(counts.size), distance=distance,
                       random=random)
@@ -1390,7 +1396,7 @@ def anchor_skew_warning(name: str, skew: AnchorSkew, *, path: Path | None = None
     """What a probe whose anchor subset misrepresents its classes (`anchor_class_skew`) does to the fields on it:
     analyze's warning (with the probe file's `path`), and the note report and classify repeat from the store."""
     where = f" ({path})" if path is not None else ""
-    if skew.distance > max(ANCHOR_SKEW_FLOOR, ANCHOR_SKEW_FACTOR * skew.random):
+    if _mix_skewed(skew.distance, skew.random):
         mix = (f"in a class mix that differs from the probe's by {skew.distance:.2f} (total variation; random rows "
                f"differ by at most {skew.random:.2f})")
     else:  # flagged for the classes held alone: m is small for the classes, and random rows are as far from the mix
