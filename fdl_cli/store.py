@@ -3467,11 +3467,13 @@ def _outdated_fields(group: h5py.Group) -> list[str]:
 def _appendable(dataset: Any, name: str) -> bool:
     """Whether a stored trajectory dataset takes rows appended as fdl writes it: 1-D, chunked and resizable, of
     the field's dtype. One rewritten by hand with h5py or by a tool (`h5repack -l CONTI`: contiguous, of fixed
-    size; `step` as floats) reads as ever but is rewritten whole (h5py's resize raised a TypeError)."""
+    size; `step` as floats; a str field of fixed-length strings, into which HDF5 converts no variable-length
+    one) reads as ever but is rewritten whole (h5py's resize raised a TypeError, the write an OSError)."""
     if not isinstance(dataset, h5py.Dataset) or dataset.chunks is None or dataset.maxshape != (None,):
         return False
     if name in STR_FIELDS:
-        return h5py.check_string_dtype(dataset.dtype) is not None
+        text = h5py.check_string_dtype(dataset.dtype)
+        return text is not None and text.length is None
     return bool(dataset.dtype == (np.int64 if name == "step" else np.float64))
 
 
