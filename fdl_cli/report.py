@@ -2392,6 +2392,11 @@ class CrossOverlaps:
             return (f"the cross-run overlap is not measured: the stores hold the eigenfunctions on "
                     f"{counted(points, 'distinct anchor point')}, which the top {k} span whole (the overlap would be 1 "
                     "whatever the features do); analyse with a larger --anchor-size")
+        if self.values and all(value is None for value in self.values.values()):
+            # the table then has no column of it (`render_comparison_table`): why, said
+            where = "the matched step" if len(self.values) == 1 else f"any of the {len(self.values)} matched steps"
+            return (f"the cross-run overlap is not measured: the runs do not both hold eigenfunctions to compare at "
+                    f"{where} compared (a run whose features have rank 0 on the probe stores none)")
         if not self.used or min(self.used) >= min(self.wanted):
             return None
         fewest = min(self.columns, key=lambda run: self.columns[run])

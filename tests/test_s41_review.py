@@ -41,3 +41,35 @@ def test_a_resume_rewrites_a_fixed_length_string_trajectory_it_cannot_append_to(
     assert after.returncode == 0, after.stderr
     rows = list(csv.DictReader(io.StringIO(after.stdout)))
     assert [(row["step"], row["sha256"]) for row in rows] == [(str(step), f"{step:064x}") for step in (0, 100, 200)]
+
+
+def _rank_zero_entry(step: int, **kwargs: Any) -> Any:
+    """test_report's series with no eigenfunction stored (features of rank 0 on the probe: a dead layer)."""
+    entry = _ORIGINAL_ENTRY(step, **kwargs)
+    return dataclasses.replace(entry, eigenvectors=np.zeros((8, 0)), eigenfunctions=np.zeros((test_report.N_PROBE, 0)))
+
+
+_ORIGINAL_ENTRY = test_report._entry
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_compare_says_why_the_overlap_is_measured_at_no_step(tmp_path: Path, fmt: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/usage.md: "where it is measured at no step (a note says why), the table has no column `overlap A·B`".
+    Of two runs that store no eigenfunction at the matched steps, the column was left out and nothing said why
+    (the `--json` had `"overlap": null` at every step, no note either)."""
+    monkeypatch.setattr(test_report, "_entry", _rank_zero_entry)
+    a, b = make_store(tmp_path / "a.h5"), make_store(tmp_path / "b.h5", seed=1)
+    done = fdl_in_process("compare", a, b, *(["--json"] if fmt == "json" else []))
+    assert done.returncode == 0, done.stderr
+    if fmt == "json":
+        import json
+
+        document = json.loads(done.stdout)
+        assert [step["overlap"] for step in document["steps"]] == [None, None, None]
+        said = " ".join(document["notes"])
+    else:
+        assert "overlap A·B" not in done.stderr
+        said = " ".join(done.stderr.split())
+    assert ("the cross-run overlap is not measured: the runs do not both hold eigenfunctions to compare at any of "
+            "the 3 matched steps compared") in said
