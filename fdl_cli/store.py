@@ -2078,7 +2078,8 @@ def _write_error(store: Path, tmp: Path, exc: OSError, *, fresh: bool) -> StoreE
         got = f"{exc.strerror or _one_line(exc)} in {folder} while writing the store's updated copy{room[0]}"
         fix = f"{room[1]}, {rerun}"
     else:
-        got, fix = _one_line(exc), f"free disk space or choose another --out, {rerun}"
+        # not a refusal the system names (HDF5's own error, a conversion it cannot make): no room is missing
+        got, fix = _one_line(exc), f"choose another --out (a new store), {rerun}; if it fails there too, report it"
     if tmp.exists():
         got += f"; its partial copy {tmp} could not be removed (fdl removes it when it next writes this store)"
     return StoreError(f"could not write {store} (the store on disk is unchanged)", got=got, fix=fix)
