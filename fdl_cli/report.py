@@ -2754,6 +2754,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "exact": compared.match.exact,
                 "overlap": compared.overlap,
                 "overlap_k": compared.overlap_k,
+                # whether the overlap was computed here (one of the --overlap-steps): a null `overlap` is then one
+                # that cannot be (no eigenfunction stored on a side, bases spanning the anchors), else a step left out
+                "overlap_computed": compared.overlap_computed,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
                 **{side: {**_series_keys(comparison, side),
                           **{name: _clean(record.get(name))
@@ -2831,6 +2834,7 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "exact": compared.match.exact,
             "overlap": compared.overlap,
             "overlap_k": compared.overlap_k,
+            "overlap_computed": compared.overlap_computed,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
         row.update((f"a_{name}", value) for name, value in _series_keys(comparison, "a").items())
@@ -2849,7 +2853,7 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
     if fmt == "json":
         return comparison_to_json(comparison) + "\n"
     rows = comparison_rows(comparison)
-    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k"]
+    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k", "overlap_computed"]
     return rows_to_text(names, rows, fmt)
 
 
