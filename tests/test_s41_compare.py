@@ -76,3 +76,20 @@ def test_csv_and_markdown_carry_the_column_too(runs: tuple[Path, Path]) -> None:
     assert list(rows[0])[:6] == ["step_a", "step_b", "exact", "overlap", "overlap_k", "overlap_computed"]
     markdown = fdl_in_process("compare", *runs, *SAMPLED, "--format", "markdown").stdout
     assert markdown.startswith("| step_a | step_b | exact | overlap | overlap_k | overlap_computed | delta_")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown"])
+def test_the_notes_beside_a_table_on_stdout_give_the_thresholds(runs: tuple[Path, Path], fmt: str) -> None:
+    """The table and `--json` gave the thresholds in force; `--format csv|markdown` said the verdict without them."""
+    given = ("--threshold", "dlr_tie=0.01")
+    table = fdl_in_process("compare", *runs, *SAMPLED, *given).stderr.splitlines()
+    thresholds = next(line for line in table if line.startswith("thresholds: "))
+    assert "dlr_tie = 0.01 (" in thresholds
+    done = fdl_in_process("compare", *runs, *SAMPLED, *given, "--format", fmt)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    # the notes, the thresholds, then the verdict last, as the table's output ends
+    assert lines[-2:] == [thresholds, table[-1]], done.stderr
+    assert "thresholds" not in done.stdout  # stdout is the table alone
+    if fmt == "csv":
+        assert [row["step_a"] for row in csv.DictReader(io.StringIO(done.stdout))] == [str(s) for s in STEPS]
