@@ -17,6 +17,7 @@ import pytest
 from fdl_cli.store import CheckpointEntry, ProbeInfo, StoreWriter
 from tests.cli_run import fdl_in_process
 from tests.test_report import N_OUTPUTS, N_PROBE, _entry
+from tests.test_s34_fmt import _rows
 
 STEPS = (0, 10, 20, 30, 40)
 #: run B's D_LR minus run A's at each step: one difference below the table's 4 decimals, one at their last
@@ -93,3 +94,28 @@ def test_the_notes_beside_a_table_on_stdout_give_the_thresholds(runs: tuple[Path
     assert "thresholds" not in done.stdout  # stdout is the table alone
     if fmt == "csv":
         assert [row["step_a"] for row in csv.DictReader(io.StringIO(done.stdout))] == [str(s) for s in STEPS]
+
+
+def test_a_delta_column_has_one_format_down_it(runs: tuple[Path, Path]) -> None:
+    """Δ D_LR read +1.5e-05 over −0.0001 over +0.0123: a difference the 4 decimals round to zero in two significant
+    digits, the others with 4 decimals. A column holding such a difference is in scientific notation in every cell
+    (as report's columns that need more decimals are), exact zeros "0"; the others keep their 4 decimals."""
+    done = fdl_in_process("compare", *runs, *SAMPLED)
+    assert done.returncode == 0, done.stderr
+    rows = _rows(done.stderr)
+    assert [row[2] for row in rows] == ["+1.500e-05", "−1.000e-04", "+1.230e-02", "0", "−2.500e-01"], done.stderr
+    assert all(len(row[6]) == 7 and row[6][0] in "+−" and row[6][2] == "." for row in rows), done.stderr  # Δ Π̂(C)
+    # one value in a line of text keeps its own rule, as report's lines do
+    assert "d_lr: differs at 4 steps, largest B − A −0.2500" in done.stderr.splitlines()
+    # machine output keeps the numbers
+    data = json.loads(fdl_in_process("compare", *runs, *SAMPLED, "--json").stdout)
+    assert [step["differences"]["d_lr"] for step in data["steps"]] == pytest.approx(list(DELTAS), abs=1e-12)
+
+
+def test_a_delta_column_without_a_tiny_difference_keeps_four_decimals(tmp_path: Path) -> None:
+    a_values = [0.9, 0.5, 0.4, 0.3, 0.2]
+    a = _store(tmp_path / "a.h5", seed=0, d_lr=a_values)
+    b = _store(tmp_path / "b.h5", seed=5, d_lr=[v + d for v, d in zip(a_values, (0.0, -1e-4, 0.0123, 0.0, -0.25),
+                                                                       strict=True)])
+    rows = _rows(fdl_in_process("compare", a, b).stderr)
+    assert [row[2] for row in rows] == ["0", "−0.0001", "+0.0123", "0", "−0.2500"]
