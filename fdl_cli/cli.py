@@ -1265,7 +1265,9 @@ def compare(**kwargs: Any) -> None:
         if kwargs["fmt"] != "json":  # JSON carries them; a CSV or markdown table has no place for them
             for note in comparison.notes:
                 console.print(f"note: {note}", markup=False, highlight=False)
-            # nor for the verdict, said last as the table format says it (it was said nowhere)
+            # nor for the thresholds the verdict used (JSON's `thresholds`) or the verdict, said last as the table
+            # format says them (the verdict was said nowhere, then the thresholds beside it were not)
+            console.print(rep.thresholds_line(comparison.thresholds), markup=False, highlight=False)
             console.print(comparison.verdict, markup=False, highlight=False)
     if kwargs["plots_dir"]:
         from fdl_cli.figures import write_compare_figures

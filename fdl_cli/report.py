@@ -819,6 +819,8 @@ def format_value(name: str, value: Any) -> str:
 #: shows fixed: a column with a value that needs more decimals for its 4 significant digits, or one as large, is
 #: written in scientific notation, every cell alike (`column_texts`).
 COLUMN_DECIMALS, COLUMN_FIXED_BELOW = 4, 1e6
+#: The scientific notation of such a column, every cell's (4 significant digits): `column_texts`, `signed_column`
+COLUMN_SCIENTIFIC = ".3e"
 
 
 def column_texts(name: str, values: Sequence[Any]) -> list[str]:
@@ -833,7 +835,7 @@ def column_texts(name: str, values: Sequence[Any]) -> list[str]:
     numbers = [float(value) for value in values if isinstance(value, (int, float)) and math.isfinite(value)]
     needed = [_decimals(number) for number in numbers if number != 0.0]
     if any(places > COLUMN_DECIMALS for places in needed) or any(abs(number) >= COLUMN_FIXED_BELOW for number in numbers):
-        spec = ".3e"
+        spec = COLUMN_SCIENTIFIC
     else:
         spec = f".{max(needed, default=0)}f"
     return ["—" if value is None else number_text(float(value), spec) if isinstance(value, (int, float))
@@ -2759,6 +2761,9 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
                 "exact": compared.match.exact,
                 "overlap": compared.overlap,
                 "overlap_k": compared.overlap_k,
+                # whether the overlap was computed here (one of the --overlap-steps): a null `overlap` is then one
+                # that cannot be (no eigenfunction stored on a side, bases spanning the anchors), else a step left out
+                "overlap_computed": compared.overlap_computed,
                 "differences": {name: _clean(value) for name, value in compared.differences.items()},
                 **{side: {**_series_keys(comparison, side),
                           **{name: _clean(record.get(name))
@@ -2836,6 +2841,7 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, Any]]:
             "exact": compared.match.exact,
             "overlap": compared.overlap,
             "overlap_k": compared.overlap_k,
+            "overlap_computed": compared.overlap_computed,
         }
         row.update((f"delta_{name}", _clean(value)) for name, value in compared.differences.items())
         row.update((f"a_{name}", value) for name, value in _series_keys(comparison, "a").items())
@@ -2854,7 +2860,7 @@ def comparison_to_text(comparison: Comparison, fmt: str) -> str:
     if fmt == "json":
         return comparison_to_json(comparison) + "\n"
     rows = comparison_rows(comparison)
-    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k"]
+    names = list(rows[0]) if rows else ["step_a", "step_b", "exact", "overlap", "overlap_k", "overlap_computed"]
     return rows_to_text(names, rows, fmt)
 
 
@@ -2895,19 +2901,32 @@ def print_comparison(console: Any, comparison: Comparison, options: Sequence[str
     console.print(comparison.verdict, markup=False, highlight=False)
 
 
-def _signed(name: str, value: Any) -> str:
+def _signed(name: str, value: Any, spec: str | None = None) -> str:
+    """A difference B − A as text: "+" or "−" before it, in the field's own digits (`format_value`), or `spec`."""
     if value is None:
         return "—"
     if isinstance(value, str):
         return value
     if value == 0:
         return "0"
+    if spec is not None:
+        return ("+" if value > 0 else "−") + number_text(abs(float(value)), spec)
     text = format_value(name, abs(value))
     if isinstance(value, float) and float(text) == 0.0:
         # a difference that the field's 4 decimals round to zero (rounding's, 1e-16 of Π*(C)) read "−0.0000":
         # none, beside the same line's "differs"; its own digits say how small it is
         text = format(abs(value), ".2g")
     return ("+" if value > 0 else "−") + text
+
+
+def signed_column(name: str, values: Sequence[Any]) -> list[str]:
+    """The cells of the compare table's column of the differences of field `name`, one rule down it as
+    `column_texts` gives report's columns: the field's own digits (a [0, 1] measure's 4 decimals), or, where a
+    difference in the column is one those round to zero, scientific notation in every cell (`+1.500e-05` over
+    `−1.000e-04`; `_signed` alone read `+1.5e-05` over `−0.0001`); an exact zero "0", null "—"."""
+    tiny = any(isinstance(value, float) and value != 0 and math.isfinite(value)
+               and float(format_value(name, abs(value))) == 0.0 for value in values)
+    return [_signed(name, value, COLUMN_SCIENTIFIC if tiny else None) for value in values]
 
 
 #: The columns of the comparison a narrow terminal keeps, in this order (the others follow).
@@ -2937,14 +2956,17 @@ def render_comparison_table(comparison: Comparison, *, max_width: int | None = N
     overlap = any(compared.overlap is not None for compared in comparison.steps)
     headers = ["step A", "step B", *("Δ " + HEADERS.get(name, name) for name in fields),
                *(("overlap A·B",) if overlap else ())]
+    # each column's cells by one rule (`signed_column`)
+    columns = [signed_column(name, [compared.differences.get(name) for compared in comparison.steps])
+               for name in fields]
     rows = [
         [
             str(compared.match.step_a),
             str(compared.match.step_b),
-            *(_signed(name, compared.differences.get(name)) for name in fields),
+            *(column[i] for column in columns),
             *(("—" if compared.overlap is None else f"{compared.overlap:.4f}",) if overlap else ()),
         ]
-        for compared in comparison.steps
+        for i, compared in enumerate(comparison.steps)
     ]
     # the accuracy's place, R² of regression probes; none where neither probe has targets
     fit = next((name for name in fields if name in ("accuracy", "r2")), None)

@@ -136,7 +136,7 @@ def test_csv_rows_carry_deltas(tmp_path: Path) -> None:
     path = make_store(tmp_path / "a.h5")
     text = report.comparison_to_text(report.compare_runs(report.load_run(path), report.load_run(path)), "csv")
     header, *rows = text.splitlines()
-    assert header.startswith("step_a,step_b,exact,overlap,overlap_k,delta_n_probe,")
+    assert header.startswith("step_a,step_b,exact,overlap,overlap_k,overlap_computed,delta_n_probe,")
     assert rows[0].split(",")[4] == "2"  # the k of the overlap: C = 2
     assert len(rows) == 3 and rows[0].startswith("0,0,True,")
     # The runs' own values beside their differences (only deltas: no A/B table for a paper), and no

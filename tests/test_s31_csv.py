@@ -89,7 +89,7 @@ def _compare_rows(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """compare --json's steps as the columns of its CSV name them: delta_F of `differences`, a_F and b_F of
     each run's record."""
     for step in document["steps"]:
-        row = {name: step[name] for name in ("step_a", "step_b", "exact", "overlap", "overlap_k")}
+        row = {name: step[name] for name in ("step_a", "step_b", "exact", "overlap", "overlap_k", "overlap_computed")}
         row.update((f"delta_{name}", value) for name, value in step["differences"].items())
         row.update((f"{side}_{name}", value) for side in "ab" for name, value in step[side].items())
         yield row
