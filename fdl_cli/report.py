@@ -1695,7 +1695,7 @@ def few_matches_note(steps_a: Sequence[int], steps_b: Sequence[int], matches: Se
     sorted_a, sorted_b = sorted(set(steps_a)), sorted(set(steps_b))
     if not matches or 2 * len(matches) >= min(len(sorted_a), len(sorted_b)):
         return None
-    shown = ", ".join(str(m.step_a) if m.exact else f"{m.step_a}↔{m.step_b}" for m in matches[:3])
+    shown = ", ".join(_step_pair(m) for m in matches[:3])
     shown += f" and {len(matches) - 3} more" if len(matches) > 3 else ""
     return (
         f"only {len(matches)} of A's {len(sorted_a)} and B's {len(sorted_b)} checkpoints are matched by step "
@@ -2108,6 +2108,11 @@ def _constant_outputs_note(constant: Sequence[tuple[Match, list[str]]]) -> str:
             "a zero or constant head?), so D_LR is 1.0 there by its degenerate rule, not a measurement.")
 
 
+def _step_pair(match: Match) -> str:
+    """"100", or for a nearest-step pair "100↔105" (A's step, B's), as compare's notes name a matched step."""
+    return str(match.step_a) if match.exact else f"{match.step_a}↔{match.step_b}"
+
+
 def _matched_step(match: Match) -> str:
     """"step 100", or for a nearest-step pair "step 100 of A and 105 of B": the verdict named A's step alone,
     "run B is richer from step 55 on" for a run B without a step 55. Without parentheses, since the verdict puts
@@ -2373,6 +2378,8 @@ class CrossOverlaps:
     columns: dict[str, int] = field(default_factory=dict)
     #: (anchor points, k) of the steps left unmeasured because both top-k bases span every anchor point
     spanned: set[tuple[int, int]] = field(default_factory=set)
+    #: the steps so left unmeasured
+    spanned_at: set[Match] = field(default_factory=set)
 
     @property
     def used(self) -> set[int]:
@@ -2408,6 +2415,24 @@ class CrossOverlaps:
             why = f"run {fewest} stores {self.columns[fewest]} a checkpoint (its --top-k / --overlap-k, or its rank)"
         used, wanted = min(self.used), min(self.wanted)
         return f"the cross-run overlap compares the top {counted(used, 'eigenfunction')}, not the top {wanted}: {why}"
+
+    def missing_note(self) -> str | None:
+        """Where the overlap was computed at some steps but has no value at others: which, and why (the table
+        shows "—" there as at a step --overlap-steps left out; `note` speaks for a step-less overlap)."""
+        missing = [match for match, value in self.values.items() if value is None]
+        if not missing or len(missing) == len(self.values):
+            return None
+        shown = ", ".join(_step_pair(match) for match in missing[:5])
+        shown += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        why = []
+        if any(match in self.spanned_at for match in missing):
+            why.append("both runs' top k span every distinct anchor point (the overlap would be 1 whatever the "
+                       "features do; a larger --anchor-size measures it)")
+        if any(match not in self.spanned_at for match in missing):
+            why.append("the runs do not both hold eigenfunctions (a run whose features have rank 0 on the probe "
+                       "stores none)")
+        return (f"the cross-run overlap is not measured at {counted(len(missing), 'step')} of the "
+                f"{len(self.values)} it was computed at ({shown}): " + ", or ".join(why))
 
 
 def _distinct_rows(values_a: np.ndarray, values_b: np.ndarray) -> int:
@@ -2455,6 +2480,7 @@ def cross_overlaps(
         spans = b.ndim == 2 and points is not None and 0 < points <= min(k, a.shape[1], b.shape[1])
         if spans and result.values[match] is None:
             result.spanned.add((int(points or 0), k))
+            result.spanned_at.add(match)
         # a step with nothing to compare (rank 0 on a side: no eigenfunction stored) names no k
         if a.ndim == 2 and b.ndim == 2 and result.values[match] is not None:
             result.wanted.add(k)
@@ -2580,8 +2606,7 @@ def compare_runs(
     if overlap and matches:
         chosen = spread(matches, overlap_steps)
         overlaps = cross_overlaps(run_a, series_a, run_b, series_b, chosen)
-        if (fewer := overlaps.note()) is not None:
-            notes.append(fewer)
+        notes.extend(note for note in (overlaps.note(), overlaps.missing_note()) if note is not None)
         if len(chosen) < len(matches):
             notes.append(
                 f"eigenspace overlap A·B computed at {len(chosen)} of {len(matches)} matched steps "
@@ -2888,11 +2913,12 @@ def print_comparison(console: Any, comparison: Comparison, options: Sequence[str
         console.print(note, markup=False, highlight=False)
     for line in difference_lines(comparison):
         console.print(line, markup=False, highlight=False)
-    overlaps = [c.overlap for c in comparison.steps if c.overlap is not None]
-    if overlaps:
+    measured = [(c.match, c.overlap) for c in comparison.steps if c.overlap is not None]
+    if measured:
+        # "last" is the last step with a value, which the step names (the last matched step may have none)
         console.print(
-            f"eigenspace overlap A·B ({comparison.overlap_label}): min {min(overlaps):.4f}, "
-            f"last {overlaps[-1]:.4f}",
+            f"eigenspace overlap A·B ({comparison.overlap_label}): min {min(v for _, v in measured):.4f}, "
+            f"last {measured[-1][1]:.4f} at step {_step_pair(measured[-1][0])}",
             markup=False, highlight=False,
         )
     for note in comparison.notes:
