@@ -1392,9 +1392,10 @@ def _export_several(stores: Sequence[str], kwargs: dict[str, Any], out: Path | N
                     # once named: a line that begins with the store's path names it already
                     said = line if line.startswith(str(run.path)) else f"{_row_name(store)}: {line}"
                     click.echo(terminal_safe(f"{kind}: {said}"), err=True)
-                series, tag = rep.export_series(run, what, steps)
+                series, _ = rep.export_series(run, what, steps)
                 columns = rep.trajectories(run, series) if what == "trajectories" else None
-                parts.append(rep.ExportPart(store, tag, series.steps, columns, (str(series.probe), str(series.layer))))
+                parts.append(rep.ExportPart(store, (str(series.probe), str(series.layer)), run.several, series.steps,
+                                            columns))
         except FdlError as exc:
             failed.append((store, exc))
     if failed:

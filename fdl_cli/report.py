@@ -3190,16 +3190,16 @@ def _tagged(columns: Mapping[str, list[Any]], tag: tuple[str, str] | None) -> di
 
 @dataclass
 class ExportPart:
-    """One store of `fdl export STORE...` (`write_export_several`): the store as given, the (probe, layer) its rows
-    name (None: a store of one series), and its trajectories' columns (`--what trajectories`) or the steps whose
-    arrays are read when written (the store is opened again then, one store at a time)."""
+    """One store of `fdl export STORE...` (`write_export_several`): the store as given, the (probe, layer) of its
+    series, whether it holds several (its rows then name that series, and so do every store's), and its
+    trajectories' columns (`--what trajectories`) or the steps whose arrays are read when written (the store is
+    opened again then, one store at a time)."""
 
     store: str
-    tag: tuple[str, str] | None
+    series: tuple[str, str]
+    several: bool
     steps: list[int]
     columns: dict[str, list[Any]] | None = None
-    #: the (probe, layer) of its series, which a store of one series names too where another store's rows name theirs
-    names: tuple[str, str] | None = None
 
 
 def write_export_several(
@@ -3212,11 +3212,10 @@ def write_export_several(
     several outputs `r2_outputs`...), in the order one store has them, empty (null) in the rows of a store without
     them. Trajectories' JSON stays columns (a list a field); the arrays' JSON an array of records. Returns a note
     for the terminal, or None."""
-    tagged = any(part.tag is not None for part in parts)
-    if tagged:  # a store of several series among them: every row names its series, one store's only one too
-        parts = [dataclasses.replace(part, tag=part.tag or part.names) for part in parts]
+    # a store of several series among them: every row names its series, one store's only one too
+    tagged = any(part.several for part in parts)
     if what == "trajectories":
-        tables = [_tagged(part.columns or {"step": []}, part.tag) for part in parts]
+        tables = [_tagged(part.columns or {"step": []}, part.series if tagged else None) for part in parts]
         names = [name for name in (*RECORD_FIELDS, *R2_OUTPUT_FIELDS, *SERIES_FIELDS)
                  if any(name in table for table in tables)]
         columns = {"store": [part.store for part, table in zip(parts, tables, strict=True) for _ in table["step"]]}
@@ -3233,7 +3232,7 @@ def write_export_several(
         for part in parts:  # each store open while its rows are written (`_write_arrays_text` reads them all)
             with opened_run(part.store, probe=probe, layer=layer) as run:
                 series = select_steps(run, _single_series(run), part.steps)
-                yield part.store, part.tag, _finite(run, series, what, iter_array(run, series, part.steps, what))
+                yield part.store, part.series if tagged else None, _finite(run, series, what, iter_array(run, series, part.steps, what))
 
     if out is not None:
         with (
