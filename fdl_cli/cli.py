@@ -1378,9 +1378,10 @@ def _export_several(stores: Sequence[str], kwargs: dict[str, Any], out: Path | N
                     steps: Sequence[int] | None) -> None:
     """`fdl export STORE...` (csv/json): one table of every store's rows (`report.write_export_several`), each
     store's lines on stderr named by it, as `fdl classify STORE...` names them. A store that cannot be exported
-    (unreadable, without the --probe/--layer/--steps asked for) is an error naming it, every such store said after
-    the others' lines, and the command exits 1 writing nothing: a table that silently lacks a run of the sweep
-    would be read as the whole sweep (classify shows the others: its table is read by a person, beside the error)."""
+    (unreadable, without the --probe/--layer/--steps asked for, an array asked for damaged: `report.export_part`
+    reads them all) is an error naming it, every such store said after the others' lines, and the command exits 1
+    writing nothing: a table that silently lacks a run of the sweep would be read as the whole sweep (classify shows
+    the others: its table is read by a person, beside the error)."""
     from fdl_cli import report as rep
 
     what = kwargs["what"]
@@ -1394,9 +1395,7 @@ def _export_several(stores: Sequence[str], kwargs: dict[str, Any], out: Path | N
                     # once named: a line that begins with the store's path names it already
                     said = line if line.startswith(str(run.path)) else f"{_row_name(store)}: {line}"
                     click.echo(terminal_safe(f"{kind}: {said}"), err=True)
-                series, tag = rep.export_series(run, what, steps)
-                columns = rep.trajectories(run, series) if what == "trajectories" else None
-                parts.append(rep.ExportPart(store, tag, series.steps, columns, (str(series.probe), str(series.layer))))
+                parts.append(rep.export_part(run, store, what, steps))
         except FdlError as exc:
             failed.append((store, exc))
     if failed:

@@ -3161,7 +3161,8 @@ def write_export(
     Stored arrays are read and written one checkpoint at a time: the eigenfunctions of 1 000
     checkpoints at m = 4 096 anchors and K = 64 are 1 GB stored and ~8 GB as CSV text, which must not
     be held in memory. A store that turns out damaged part-way leaves what was written on stdout so far
-    (and fdl exits 1 naming the step); an `out` file is replaced only once complete (`whole_or_untouched`).
+    (and fdl exits 1 naming the step, and saying the output is incomplete: `_write_rows`); an `out` file is
+    replaced only once complete (`whole_or_untouched`).
     """
     if what not in EXPORT_WHATS:
         raise FdlError(f"unknown --what {what!r}", fix=f"use one of {', '.join(EXPORT_WHATS)}")
@@ -3204,16 +3205,9 @@ def write_export(
         )
         _save_npz(out, itertools.chain([("steps", np.asarray(steps, dtype=np.int64))], stored))
         return f"wrote {what} of {counted(len(steps), 'checkpoint')} to {out}"
-    if out is not None:
-        with (
-            writing(out) as target,
-            whole_or_untouched(target) as path,
-            path.open(text_mode(path), encoding="utf-8") as handle,
-        ):
-            _write_arrays_text(handle, [(None, tag, per_step)], what, fmt, tagged=tag is not None)
-        return f"wrote {what} to {out}"
-    _write_arrays_text(stdout, [(None, tag, per_step)], what, fmt, tagged=tag is not None)
-    return None
+    at = _Reading(steps)
+    _write_rows(stdout, out, [(None, tag, at.tally(per_step))], what, fmt, tagged=tag is not None, at=at)
+    return None if out is None else f"wrote {what} to {out}"
 
 
 def export_series(run: Run, what: str, steps: Sequence[int] | None) -> tuple[Series, tuple[str, str] | None]:
@@ -3243,16 +3237,40 @@ def _tagged(columns: Mapping[str, list[Any]], tag: tuple[str, str] | None) -> di
 
 @dataclass
 class ExportPart:
-    """One store of `fdl export STORE...` (`write_export_several`): the store as given, the (probe, layer) its rows
-    name (None: a store of one series), and its trajectories' columns (`--what trajectories`) or the steps whose
-    arrays are read when written (the store is opened again then, one store at a time)."""
+    """One store of `fdl export STORE...` (`write_export_several`): the store as given, the (probe, layer) of its
+    series, whether it holds several (its rows then name that series, and so do every store's), and its
+    trajectories' columns (`--what trajectories`) or the steps whose arrays are read when written (the store is
+    opened again then, one store at a time)."""
 
     store: str
-    tag: tuple[str, str] | None
+    series: tuple[str, str]
+    several: bool
     steps: list[int]
     columns: dict[str, list[Any]] | None = None
-    #: the (probe, layer) of its series, which a store of one series names too where another store's rows name theirs
-    names: tuple[str, str] | None = None
+    #: the store's file that was checked (`StoreReader.file_version`): another when its rows are written replaced it
+    version: tuple[int, int, int] | None = None
+
+
+def export_part(run: Run, store: str, what: str, steps: Sequence[int] | None) -> ExportPart:
+    """`run`, given as `store`, as one part of `fdl export STORE...`, checked before any store's row is written:
+    FdlError where it cannot be exported (`export_series`), or where an array asked for is damaged. Every such array
+    is read here, one at a time (and dropped): data failing its checksum, an array of the wrong rank or one not
+    finite shows only when read, and was met while the rows went out, after the other stores'. Reading costs little
+    beside the text: docs/benchmarks.md's `--format npy` export of 1 000 checkpoints' eigenfunctions, reading them
+    all, took 1.2 s where the CSV took 66 s."""
+    series, _ = export_series(run, what, steps)
+    columns = trajectories(run, series) if what == "trajectories" else None
+    if columns is None:
+        for _ in _finite(run, series, what, iter_array(run, series, series.steps, what)):
+            pass
+    return ExportPart(store, (str(series.probe), str(series.layer)), run.several, series.steps, columns,
+                      _file_version(run))
+
+
+def _file_version(run: Run) -> tuple[int, int, int] | None:
+    """`StoreReader.file_version` of the store `opened_run` holds open for `run`; None without one."""
+    reader = _open_reader(run)
+    return None if reader is None else reader.file_version()
 
 
 def write_export_several(
@@ -3264,12 +3282,12 @@ def write_export_several(
     store of several series adds `probe` and `layer`, which then name a store of one series' too; a regression of
     several outputs `r2_outputs`...), in the order one store has them, empty (null) in the rows of a store without
     them. Trajectories' JSON stays columns (a list a field); the arrays' JSON an array of records. Returns a note
-    for the terminal, or None."""
-    tagged = any(part.tag is not None for part in parts)
-    if tagged:  # a store of several series among them: every row names its series, one store's only one too
-        parts = [dataclasses.replace(part, tag=part.tag or part.names) for part in parts]
+    for the terminal, or None. The parts were checked (`export_part`); a store that fails when read again for its
+    rows (replaced since) is an FdlError saying where the output stops (`_write_rows`)."""
+    # a store of several series among them: every row names its series, one store's only one too
+    tagged = any(part.several for part in parts)
     if what == "trajectories":
-        tables = [_tagged(part.columns or {"step": []}, part.tag) for part in parts]
+        tables = [_tagged(part.columns or {"step": []}, part.series if tagged else None) for part in parts]
         names = [name for name in (*RECORD_FIELDS, *R2_OUTPUT_FIELDS, *SERIES_FIELDS)
                  if any(name in table for table in tables)]
         columns = {"store": [part.store for part, table in zip(parts, tables, strict=True) for _ in table["step"]]}
@@ -3282,22 +3300,99 @@ def write_export_several(
         stdout.write(text)
         return None
 
-    def per_store() -> Iterator[tuple[str | None, tuple[str, str] | None, Iterable[tuple[int, np.ndarray | None]]]]:
-        for part in parts:  # each store open while its rows are written (`_write_arrays_text` reads them all)
-            with opened_run(part.store, probe=probe, layer=layer) as run:
-                series = select_steps(run, _single_series(run), part.steps)
-                yield part.store, part.tag, _finite(run, series, what, iter_array(run, series, part.steps, what))
+    at = _Reading()
 
-    if out is not None:
+    def per_store() -> Iterator[tuple[str | None, tuple[str, str] | None, Iterable[tuple[int, np.ndarray | None]]]]:
+        for index, part in enumerate(parts):  # each store open while its rows are written (`_write_arrays_text`)
+            at.part(part, index, len(parts))
+            with at.reading(), opened_run(part.store, probe=probe, layer=layer) as run:
+                at.changed = _file_version(run) != part.version
+                series = _single_series(run)
+                per_step = _finite(run, series, what, iter_array(run, series, part.steps, what))
+                yield part.store, part.series if tagged else None, at.tally(per_step)
+
+    _write_rows(stdout, out, per_store(), what, fmt, tagged=tagged, at=at)
+    return None if out is None else f"wrote {what} of {counted(len(parts), 'store')} to {out}"
+
+
+class _Reading:
+    """Where an export of stored arrays is (the store and the step whose rows come next), to say where it stopped
+    when reading fails after rows went out (`_write_rows`)."""
+
+    def __init__(self, steps: Sequence[int] = ()) -> None:
+        self.store: str | None = None  # None: one store's export
+        self.of = ""  # which of the stores: "(store 2 of 3)"
+        self.steps = list(steps)
+        self.done = 0  # the steps whose rows were written
+        self.changed = False  # the store's file is not the one checked (`export_part`)
+
+    def part(self, part: ExportPart, index: int, count: int) -> None:
+        self.store, self.of, self.steps, self.done, self.changed = (
+            part.store, f"(store {index + 1} of {count})", part.steps, 0, False)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """An FdlError of the block (opening or reading a store) as `_ReadFailed`: not one of writing `out`."""
+        try:
+            yield
+        except FdlError as error:
+            raise _ReadFailed(error) from None
+
+    def tally(self, per_step: Iterable[tuple[int, np.ndarray | None]]) -> Iterator[tuple[int, np.ndarray | None]]:
+        with self.reading():
+            for item in per_step:
+                yield item
+                self.done += 1  # the next asked for: this one's rows are written
+
+    def where(self) -> str:
+        """Where the rows stop: "before step 200" (one store's export), "at b.h5 (store 2 of 3), before its step
+        200", "... before its first row"."""
+        step = f"step {self.steps[self.done]}" if self.done < len(self.steps) else "end"
+        if self.store is None:
+            return f"before {step}"
+        return f"at {self.store} {self.of}, before its {step if self.done else 'first row'}"
+
+
+class _ReadFailed(Exception):
+    """The FdlError of a store read while an export's rows are written (`_Reading.reading`)."""
+
+    def __init__(self, error: FdlError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _write_rows(
+    stdout: IO[str], out: Path | None,
+    parts: Iterable[tuple[str | None, tuple[str, str] | None, Iterable[tuple[int, np.ndarray | None]]]],
+    what: str, fmt: str, *, tagged: bool, at: _Reading,
+) -> None:
+    """`_write_arrays_text` of `parts` to `out`, replaced once whole (`whole_or_untouched`), or to `stdout`. A store
+    that fails to be read part-way, after rows went out (one replaced since `export_part` checked it, as a running
+    `fdl analyze` commits; one store's export, which reads each array once), is an FdlError that says so after the
+    store's error: the output incomplete (JSON: no whole document) and where it stops, or `out` not written."""
+    place = "on stdout" if out is None else ""  # "": `out` left as it was
+    try:
+        if out is None:
+            _write_arrays_text(stdout, parts, what, fmt, tagged=tagged)
+            return
         with (
             writing(out) as target,
             whole_or_untouched(target) as path,
             path.open(text_mode(path), encoding="utf-8") as handle,
         ):
-            _write_arrays_text(handle, per_store(), what, fmt, tagged=tagged)
-        return f"wrote {what} of {counted(len(parts), 'store')} to {out}"
-    _write_arrays_text(stdout, per_store(), what, fmt, tagged=tagged)
-    return None
+            if path == target:  # written in place (a FIFO, /dev/stdout redirected): incomplete there
+                place = f"in {out}"
+            _write_arrays_text(handle, parts, what, fmt, tagged=tagged)
+    except _ReadFailed as failed:
+        why = f" ({at.store} changed after the export checked it: a running `fdl analyze` committed to it?)" \
+            if at.changed else ""
+        if not place:
+            said = f"{out} not written (left as it was): the export stopped {at.where()}{why}"
+        elif fmt == "json":
+            said = f"the JSON {place} is cut off, no whole document: it stops {at.where()}{why}"
+        else:
+            said = f"the CSV {place} is incomplete: it stops {at.where()}, and lacks the rows from there on{why}"
+        raise FdlError(f"{failed.error.message}\n{said}") from None
 
 
 def _finite(

@@ -1664,6 +1664,16 @@ class StoreReader:
         """Whether `close` ran: the arrays are then read by opening the store again (`report.iter_array`)."""
         return self._file is None
 
+    def file_version(self) -> tuple[int, int, int] | None:
+        """The inode, size and modification time (ns) of the file this reader holds open, None once closed or where
+        HDF5's driver has no descriptor: each commit of `fdl analyze` renames a new file over the store, which a
+        reader opening the store later reads instead (and ext4 may give it a freed inode, so not that alone)."""
+        try:
+            found = os.fstat(self._file.id.get_vfd_handle()) if self._file is not None else None
+        except Exception:  # noqa: BLE001 - a driver without a POSIX descriptor
+            return None
+        return None if found is None else (found.st_ino, found.st_size, found.st_mtime_ns)
+
     def close(self) -> None:
         """Close the file; records, steps and probes stay available, arrays() does not."""
         if self._file is not None:
