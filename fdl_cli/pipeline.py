@@ -2440,15 +2440,6 @@ def _analyze_refs(
         model_change=ctx.model_change,
     ) as writer:
         _store_opened(ctx, writer)
-        if options.abandon_addition:
-            _abandon(ctx, writer, out, summary, on_record)
-        if options.watch:
-            # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
-            # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
-            stored_before = writer.completed()
-            ctx.read_signatures.update(
-                ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
-            )
         announced: set[int] = set()
 
         def count(entry: CheckpointEntry, refreshed: bool) -> None:
@@ -2477,25 +2468,6 @@ def _analyze_refs(
 
         announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
-        _check_stored_files(ctx, out, refs, writer.note_file_signatures)
-        taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
-        try:
-            if ctx.drop:
-                ctx.refs_by_step = {ref.step: ref for ref in refs}
-                _drop_steps(ctx, writer, out)
-                # A Ctrl-C in the commit is raised at its end: once the drop, durable, is said and its records queued
-                with signals.deferred():
-                    compared_again = writer.flush()  # durable: the steps are gone
-                    summary.dropped.extend(sorted(ctx.drop))
-                    announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
-                    announce.queue(compared_again, refreshed=True)
-                announce(())
-            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=taken)
-        except BaseException:
-            announce(())  # a Ctrl-C in a print: the rest of what the drop made durable, printed on the way out
-            announce.print_only(taken)  # one in the take-in: the parts' checkpoints it committed before it
-            raise
-
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
             thread that then ends the process: what was analysed is committed, and the lock released; then the
@@ -2517,9 +2489,34 @@ def _analyze_refs(
             return (f"the --json records of the checkpoints stored now were not all printed ({why}): they are in the "
                     f"store\n{summary.message()}")
 
+        # One `try` from here to the end: whatever the run made durable (an addition given up, a drop, the parts taken
+        # in, the checkpoints analysed) is queued to print with its commit, and a Ctrl-C anywhere, between two
+        # statements too, finds it printed by the `finally` (two blocks lost what one committed and the other was to
+        # print, where the Ctrl-C landed between them).
         try:
-            announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below
-            del taken  # stored: not kept for the rest of the run
+            if options.abandon_addition:
+                _abandon(ctx, writer, out, summary, announce)
+            if options.watch:
+                # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
+                # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
+                stored_before = writer.completed()
+                ctx.read_signatures.update(
+                    ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
+                )
+            _check_stored_files(ctx, out, refs, writer.note_file_signatures)
+            if ctx.drop:
+                ctx.refs_by_step = {ref.step: ref for ref in refs}
+                _drop_steps(ctx, writer, out)
+                # A Ctrl-C in the commit is raised at its end: once the drop, durable, is said and its records queued
+                with signals.deferred():
+                    compared_again = writer.flush()  # durable: the steps are gone
+                    summary.dropped.extend(sorted(ctx.drop))
+                    announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
+                    announce.queue(compared_again, refreshed=True)
+                announce(())
+            # the checkpoints of the parts taken in, queued as each part's commit makes them durable
+            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=announce)
+            announce(())  # a Ctrl-C in a print: the rest printed by the `finally` below
             with signals.ending_when_stalled(stalled):
                 _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
                 while options.watch:
@@ -2762,21 +2759,22 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     ctx.drop_successors = successors
 
 
-def _abandon(
-    ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, on_record: Callable[[dict[str, Any]], None] | None
-) -> None:
+def _abandon(ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, announce: Announcer) -> None:
     """--abandon-addition: the unfinished addition the writer found (`store.abandonment`) taken out of the store in
     one commit, durable before the run goes on (its --json line first); a store without one (given up already, by
-    this command killed once it had committed) is resumed as any other, with a note."""
+    this command killed once it had committed) is resumed as any other, with a note. A Ctrl-C in the commit is
+    raised at its end, once the summary and the --json line (printed on the caller's way out) say it: raised
+    before, they said nothing of an addition the store no longer held."""
     abandoned = writer.abandoned
     if abandoned is None:
         ctx.reporter.note(f"--abandon-addition: {out} holds no unfinished addition of a probe or layer: nothing to "
                           "give up")
         return
-    writer.flush()
-    summary.abandoned = (abandoned.describe(), abandoned.held)
-    if on_record is not None:
-        on_record({"abandoned": [list(key) for key in sorted(abandoned.series)]})
+    with signals.deferred():
+        writer.flush()
+        summary.abandoned = (abandoned.describe(), abandoned.held)
+        announce.queue_line({"abandoned": [list(key) for key in sorted(abandoned.series)]})
+    announce(())
 
 
 def _drop_steps(ctx: _Context, writer: Any, out: Path) -> None:

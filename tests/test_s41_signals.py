@@ -1,0 +1,199 @@
+"""A Ctrl-C landing between two statements of `fdl analyze` where what was done (checkpoints taken in from the part
+stores of an interrupted torchrun job, an addition given up) is durable but not yet in the hands of what prints it,
+or a store writer open outside every block that closes it (docs/reliability.md, 55).
+
+CPython runs a signal's handler at the next function entry (or backward jump, or return from C) after it arrives: a
+signal that arrives as a function returns is raised at the entry of the next function called. `_signal_at_next_call`
+plays that exactly: a real SIGINT, sent at the next Python call after the hook (fdl's handler, or the one
+`signals.deferred` put in place, runs as it would).
+"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fdl_cli import sharding
+from fdl_cli.store import StoreWriter
+from tests.cli_run import fdl_in_process
+from tests.ranks import torchrun
+from tests.test_analyze import analysed_copy, analyze, run  # noqa: F401 - the module's fixtures
+from tests.test_s20_rev2 import stopped_copy  # noqa: F401 - a fixture
+from tests.test_s37_user import _printed_steps, _stored_steps
+from tests.test_s38_takenin import INTERRUPTED, _left_by_the_job, stopped_job  # noqa: F401 - a fixture
+
+
+def _signal_at_next_call() -> None:
+    """A real SIGINT at the next Python call of this thread (handled as if it had arrived just before)."""
+    import signal
+    import sys
+
+    def trace(frame: Any, event: str, arg: Any) -> None:
+        sys.settrace(None)
+        signal.raise_signal(signal.SIGINT)
+
+    sys.settrace(trace)
+
+
+#: the helper, as each rank's script defines it too (`_RANK_AFTER_OPENING`)
+_AT_NEXT_CALL = "from typing import Any\n" + inspect.getsource(_signal_at_next_call)
+
+
+@pytest.fixture(autouse=True)
+def _no_trace_left() -> Any:
+    yield
+    sys.settrace(None)
+
+
+# ------------------------------------------------------------------ one process: the take-in of part stores
+
+
+def test_a_ctrl_c_as_the_take_in_returns_leaves_its_records_printed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The take-in stored steps 10 and 20 and removed the part; its records were printed only by the next statement
+    (`print_only(taken)`, in another `try` than the take-in's): a Ctrl-C handled at that call's entry lost them,
+    stored and never printed (no later run prints them: it finds them stored)."""
+    out = tmp_path / "s.h5"
+    part, args = _left_by_the_job(stopped_job, out)
+    take_in = sharding._take_in_rank_parts
+
+    def taking_in(*given: Any, **kwargs: Any) -> Any:
+        kept = take_in(*given, **kwargs)
+        _signal_at_next_call()
+        return kept
+
+    monkeypatch.setattr(sharding, "_take_in_rank_parts", taking_in)
+    done = fdl_in_process(*args)
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _stored_steps(out) == [0, 10, 20] and not part.exists()
+    assert _printed_steps(done.stdout) == [10, 20], done.stderr
+    assert done.stderr.strip().splitlines()[-1] == INTERRUPTED
+    assert not Path(f"{out}.lock").exists()
+
+
+def test_a_ctrl_c_between_a_parts_checkpoints_handed_to_the_store_and_its_commit_leaves_them_printed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The part's checkpoints were handed to the writer one by one, then committed with the signals held back: a
+    Ctrl-C after step 10's hand-over stored step 10 (the writer's close commits it), printed it nowhere, and left
+    step 20 out; the part stayed, step 20 taken in by the next run."""
+    out = tmp_path / "s.h5"
+    part, args = _left_by_the_job(stopped_job, out)
+    add, take_in, within = StoreWriter.add, sharding._take_in_rank_parts, []
+
+    def taking_in(*given: Any, **kwargs: Any) -> Any:
+        within.append(True)
+        try:
+            return take_in(*given, **kwargs)
+        finally:
+            within.clear()
+
+    def adding(self: StoreWriter, entry: Any, *together: Any) -> Any:
+        durable = add(self, entry, *together)
+        if within and entry.step == 10:
+            _signal_at_next_call()
+        return durable
+
+    monkeypatch.setattr(sharding, "_take_in_rank_parts", taking_in)
+    monkeypatch.setattr(StoreWriter, "add", adding)
+    done = fdl_in_process(*args)
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _stored_steps(out) == [0, 10, 20]
+    assert _printed_steps(done.stdout) == [10, 20], done.stderr
+    assert done.stderr.strip().splitlines()[-1] == INTERRUPTED
+    again = fdl_in_process(*args)  # the part, kept (stopped before its removal), is settled and removed
+    assert again.returncode == 0, again.stderr
+    assert _printed_steps(again.stdout) == [] and not part.exists()
+
+
+# ------------------------------------------------------------------ one process: --abandon-addition
+
+
+def test_a_ctrl_c_in_the_commit_that_gives_an_addition_up_leaves_it_said(
+    run: Path, tmp_path: Path, stopped_copy: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """--abandon-addition's commit took the addition out of the store; a Ctrl-C in it (held back to its end, then
+    raised) left the summary without "given up" and --json without its `{"abandoned": ...}` line, though the store
+    no longer held the addition: a resume then said that nothing was left to give up."""
+    before = stopped_copy(tmp_path / "before.h5")
+    store = stopped_copy(tmp_path / "s.h5", "--probe", f"test={run / 'test.npz'}")
+    flush, stopped = StoreWriter.flush, []
+
+    def flushing(self: StoreWriter) -> Any:
+        durable = flush(self)
+        if self.abandoned is not None and not stopped:
+            stopped.append(True)
+            signal.raise_signal(signal.SIGINT)  # as one met in the commit, raised at its end
+        return durable
+
+    monkeypatch.setattr(StoreWriter, "flush", flushing)
+    given_up = analyze(run, store, "--abandon-addition")
+    monkeypatch.undo()
+    assert stopped and given_up.code == 130, given_up.stderr
+    assert given_up.records == [{"abandoned": [["test", "2:input"]]}], given_up.stderr
+    text = " ".join(given_up.stderr.split())
+    assert ("probe 'test' given up (--abandon-addition: taken out of the 2 checkpoints that held some of it) →"
+            in text), text
+    assert text.endswith(INTERRUPTED), text
+    assert _stored_steps(store) == _stored_steps(before)
+    assert not Path(f"{store}.lock").exists()
+
+
+# ------------------------------------------------------------------ rank 0 of a torchrun job: the store's opening
+
+#: rank 0 given a Ctrl-C that arrives as the opening's broadcast (the take-in's outcome, told to every rank) returns:
+#: handled at the next call, which was the main `try`'s first (queuing the taken-in records), before it queued them
+_RANK_AFTER_OPENING = _AT_NEXT_CALL + """
+import os, sys
+from fdl_cli import cli, distributed, sharding
+if os.environ["RANK"] == "0":
+    broadcast = distributed.broadcast_from_writer
+    def broadcasting(payload, world, waiting_for="rank 0"):
+        told = broadcast(payload, world, waiting_for)
+        if waiting_for == sharding._OPENING:
+            _signal_at_next_call()
+        return told
+    distributed.broadcast_from_writer = broadcasting
+cli.main(sys.argv[1:])
+"""
+
+#: rank 0 given a Ctrl-C in the opening's broadcast, handled as the collective returns (in the `finally` that tells
+#: the other ranks): the writer, open, was closed by no block, and its lock file left beside the store
+_RANK_IN_OPENING = """
+import os, signal, sys
+from fdl_cli import cli, distributed, sharding
+if os.environ["RANK"] == "0":
+    broadcast = distributed.broadcast_from_writer
+    def broadcasting(payload, world, waiting_for="rank 0"):
+        told = broadcast(payload, world, waiting_for)
+        if waiting_for == sharding._OPENING:
+            signal.raise_signal(signal.SIGINT)
+        return told
+    distributed.broadcast_from_writer = broadcasting
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("rank", [_RANK_AFTER_OPENING, _RANK_IN_OPENING], ids=["after", "in"])
+def test_a_ctrl_c_of_rank_0_at_the_opening_broadcast_leaves_the_taken_in_records_printed_and_the_store_closed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, rank: str  # noqa: F811
+) -> None:
+    out = tmp_path / "s.h5"
+    part, args = _left_by_the_job(stopped_job, out)
+    wrapper = tmp_path / "rank.py"
+    wrapper.write_text(rank, encoding="utf-8")
+    done = torchrun(str(wrapper), *args, direct=True)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    assert done.stderr.splitlines().count(INTERRUPTED) == 1, done.stderr[-4000:]
+    assert not Path(f"{out}.lock").exists(), done.stderr[-4000:]
+    assert _stored_steps(out) == [0, 10, 20] and not part.exists()
+    assert sorted(_printed_steps(done.stdout)) == [10, 20], done.stderr[-4000:]
