@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
 import math
@@ -746,6 +747,20 @@ class Announcer:
                 self._count(entry, again)
                 if self._on_record is not None:
                     self._unprinted.extend(entry_records(entry, **self._shape))
+
+    def take(self, commit: Callable[[], Sequence[CheckpointEntry]], *, refreshed: bool = False) -> None:
+        """`self(commit())` with no Ctrl-C between the two calls: what a writer's add, tick or flush returns is durable
+        and handed over once, and a signal handled at the entry of the second call lost it (stored, neither counted
+        nor printed). Held back from the commit's call to the entries' queue; a second one goes through (a commit
+        that waits on a hung disk), as in a print."""
+        with signals.deferred(second_through=True):
+            self.queue(commit(), refreshed=refreshed)
+        self(())
+
+    @classmethod
+    def silent(cls) -> Announcer:
+        """One that counts and prints nothing: a torchrun rank's own loop (rank 0 announces through its writer)."""
+        return cls(lambda entry, refreshed: None, None, {})
 
     def queue(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
         """`entries`, durable, to count and print at the next call (`--drop`'s, queued as its commit ends)."""
@@ -2522,7 +2537,7 @@ def _analyze_refs(
                 while options.watch:
                     # Throttled commits would otherwise leave the last checkpoints unannounced (and not
                     # durable) until a new checkpoint appears.
-                    announce(writer.flush())
+                    announce.take(writer.flush)
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
                     _note_reference_gone(ctx, reference, refs)
@@ -2533,7 +2548,7 @@ def _analyze_refs(
             writer.hold_back_chance()  # before the flush below, which the `with` block's exit would come too late for
             raise
         finally:
-            announce(writer.flush())
+            announce.take(writer.flush)
 
 
 def _note_reference_gone(ctx: _Context, reference: CheckpointRef, refs: Sequence[CheckpointRef]) -> None:
@@ -4275,7 +4290,7 @@ def _run_refs(
     refs: list[CheckpointRef],
     writer: Any,
     summary: AnalyzeSummary,
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     reference: CheckpointRef,
     preloaded: tuple[LoadedCheckpoint, str] | None,
     out: Path,
@@ -4369,16 +4384,21 @@ def _run_refs(
             signals.check()
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
+            entry: CheckpointEntry | None = None  # analysed, not yet handed to the writer
             try:
                 with _memory_explained(ref), signals.analysing(f"step {ref.step} ({ref.path})"):
                     loaded, sha = _loaded(pending.pop(index), ctx.tick)
                     if ref.step == reference.step and reference_ahead:
-                        entry: CheckpointEntry | None = (
-                            _with_previous(ctx, held, steps_in_order, out) if held is not None else None
-                        )
+                        entry = _with_previous(ctx, held, steps_in_order, out) if held is not None else None
                     else:
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
+                if ref.step not in ctx.redo:
+                    # handed to the writer, and what it made durable queued: both or neither (a second signal goes
+                    # through: rank 0's writer prints, `sharding._StoringWriter`)
+                    with signals.deferred(second_through=True):
+                        handed, entry = entry, None
+                        announce.queue(writer.add(handed))
             except (CheckpointError, NumericalError) as exc:
                 # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
                 # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
@@ -4402,20 +4422,27 @@ def _run_refs(
                     if recorded:
                         # --strict stops at a refusal: committed before the error holds back what a commit alone
                         # records (a resume with nothing else to commit recorded none, a fresh run did)
-                        announce(writer.flush())
+                        announce.take(writer.flush)
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
                 if walk is not None and walk.chain and ref.step == walk.chain[0].step:
                     _walk_back(ctx, walk, summary, steps_in_order, reference, out)
                 continue
+            except KeyboardInterrupt:
+                # Analysed as a Ctrl-C or SIGTERM came, before it was handed to the writer (the blocks around the
+                # analysis ending): stored all the same, as it would have been a moment later; the whole analysis was
+                # lost. Not a redone one, which one commit holds with its successors or not at all.
+                if entry is not None and ref.step not in ctx.redo:
+                    announce.take(functools.partial(writer.add, entry))
+                raise
             finally:
                 reporter.end_checkpoint()
             if ref.step in ctx.redo and entry is not None:
                 # one commit holds the redone checkpoint and its successors compared with it, or none of
                 # them: never the new numbers beside comparisons with the old ones
-                announce(writer.add(entry, *_redo_successors(ctx, ref.step, out)))
-            else:
-                announce(writer.add(entry))
+                successors = _redo_successors(ctx, ref.step, out)
+                announce.take(functools.partial(writer.add, entry, *successors))
+            announce(())  # the records of what the writer made durable (after the progress line's end, as before)
     signals.check()
     if ctx.world is None or not ctx.world.distributed:  # a torchrun job's rank 0 says them for every rank's steps
         _warn_constant_outputs(ctx)
@@ -4941,14 +4968,14 @@ def _loaded(future: Future[tuple[LoadedCheckpoint, str]], tick: Callable[[], Non
     return future.result()
 
 
-def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None]) -> Callable[[], None] | None:
+def _ticking(writer: Any, announce: Announcer) -> Callable[[], None] | None:
     tick = getattr(writer, "tick", None)
     if tick is None:
         return None
 
     def ticked() -> None:
         try:
-            announce(tick())
+            announce.take(tick)
         except StoreError:
             pass  # a failed background commit: its entries stay buffered, the next add or flush retries and says why
 
@@ -5112,7 +5139,7 @@ def _refresh_successors(
     writer: Any,
     out: Path,
     steps_in_order: list[int],
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
 ) -> None:
     """A checkpoint stored after the one its cka_prev / overlap_prev compare with becomes its stored
     successor's "previous": recompute those successors' cka_prev / overlap_prev (an anchor pass of
@@ -5127,7 +5154,7 @@ def _refresh_successors(
     stored checkpoint at which it failed in this run (`ctx.failed_series`), as over one whose file failed, and
     is compared with a checkpoint once both hold it."""
 
-    announce(writer.flush())
+    announce.take(writer.flush)
     failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     # each series' prev_step: a series added to the store was compared with the checkpoint before in this
     # run's order while the others of its checkpoint may still compare with an earlier one. From the writer's
@@ -5163,7 +5190,7 @@ def _refresh_successors(
         _refresh_pairs(ctx, writer, out, pairs, stored_sha, announce, done)
     finally:  # also for a run stopped half-way: those added are committed as the writer closes
         _note_refreshed(ctx.reporter, done)
-    announce(writer.flush())
+    announce.take(writer.flush)
 
 
 def _read_previous(
@@ -5202,7 +5229,7 @@ def _refresh_pairs(
     out: Path,
     pairs: Sequence[tuple[int, int, frozenset[tuple[str, str]]]],
     stored_sha: Mapping[int, str],
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     done: list[tuple[int, int]],
 ) -> None:
     """`_refresh_successors`' work: each (before, successor, its series compared with before) compared again and
@@ -5210,10 +5237,10 @@ def _refresh_pairs(
     for before, successor, keys in pairs:
         if done and done[-1][1] == successor:
             # its other series compare with another checkpoint (one at which the rest failed): read back as stored
-            announce(writer.flush())
+            announce.take(writer.flush)
         entry = _refreshed_entry(ctx, out, before, successor, stored_sha, keys)
         try:
-            announce(writer.add(entry))
+            announce.take(functools.partial(writer.add, entry))
         finally:  # buffered even when add() raises (an earlier commit's error): committed, or retried
             done.append((before, successor))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import stat
@@ -411,7 +412,7 @@ class _StoringWriter(_LocalWriter):
         completed: dict[int, str],
         writer: Any,
         owned: set[int],
-        announce: Callable[[Sequence[CheckpointEntry]], None],
+        announce: Announcer,
         reporter: Reporter,
     ) -> None:
         super().__init__(completed)
@@ -438,7 +439,7 @@ class _StoringWriter(_LocalWriter):
 
     def _store(self, call: Callable[[], list[CheckpointEntry]]) -> None:
         try:
-            self._announce(call())
+            self._announce.take(call)
         except FdlError as exc:
             if self.error is None:
                 self.error = exc
@@ -567,7 +568,7 @@ def _analyze_distributed(
         if writer is not None:
             local = _StoringWriter(skip, writer, owned, announce, ctx.reporter)
         elif part is not None:
-            local = _StoringWriter(skip, part, owned, lambda entries: None, ctx.reporter)
+            local = _StoringWriter(skip, part, owned, Announcer.silent(), ctx.reporter)
         else:
             local = _LocalWriter(skip)
         local_summary = AnalyzeSummary(store=out)
@@ -591,7 +592,7 @@ def _analyze_distributed(
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
         try:
-            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
+            _run_refs(ctx, refs, local, local_summary, Announcer.silent(), reference, preloaded, out, walk)
         except distributed.WaitError:
             raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
@@ -666,7 +667,7 @@ def _analyze_distributed(
             try:
                 # On the way out of a Ctrl-C too: what the last commit makes durable is printed and counted, as by
                 # one process (its `finally`); closed alone, the writer committed it unannounced.
-                announce(writer.flush())
+                announce.take(writer.flush)
             finally:
                 writer.close()
 
@@ -800,7 +801,7 @@ def _write_gathered(
     writer: Any,
     gathered: list[Any],
     summary: AnalyzeSummary,
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     handed: set[int],
 ) -> None:
     """Rank 0: the entries of every rank not yet `handed` to the writer (rank 0's own were, as they
@@ -817,8 +818,8 @@ def _write_gathered(
         for refused in part[5]:
             writer.refuse(*refused)  # once a step: each checkpoint is one rank's
     for entry in entries:
-        announce(writer.add(entry))
-    announce(writer.flush())
+        announce.take(functools.partial(writer.add, entry))
+    announce.take(writer.flush)
 
 
 def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:

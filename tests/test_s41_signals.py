@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fdl_cli import sharding
+from fdl_cli import pipeline, sharding
 from fdl_cli.store import StoreWriter
 from tests.cli_run import fdl_in_process
 from tests.ranks import torchrun
@@ -197,3 +197,68 @@ def test_a_ctrl_c_of_rank_0_at_the_opening_broadcast_leaves_the_taken_in_records
     assert not Path(f"{out}.lock").exists(), done.stderr[-4000:]
     assert _stored_steps(out) == [0, 10, 20] and not part.exists()
     assert sorted(_printed_steps(done.stdout)) == [10, 20], done.stderr[-4000:]
+
+
+# ------------------------------------------------------------------ one process: a checkpoint analysed, and its commit
+
+
+def _fresh_args(stopped_job: tuple[Path, Path, Path], out: Path) -> list[str]:  # noqa: F811
+    """`fdl analyze --json` of the run's steps 0, 10 and 20 into `out`."""
+    folder = stopped_job[0]
+    return [
+        "analyze", str(folder), "--model", "tests.tiny_models:mlp", "--model-kwargs", '{"hidden": 8}',
+        "--probe", str(folder / "probe.npz"), "--out", str(out), "--device", "cpu", "--batch-size", "64",
+        "--anchor-size", "100", "--json",
+    ]  # fmt: skip
+
+
+def test_a_ctrl_c_as_a_checkpoints_analysis_returns_leaves_it_stored_and_printed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Step 10 analysed, its entry was handed to the writer only after the blocks around the analysis ended and the
+    progress line said so: a Ctrl-C handled in between (the first call after the analysis returned) lost the whole
+    analysis, and the summary said one checkpoint analysed."""
+    out = tmp_path / "s.h5"
+    analyze_one = pipeline._analyze_one
+
+    def analysing(ctx: Any, ref: Any, *args: Any, **kwargs: Any) -> Any:
+        entry = analyze_one(ctx, ref, *args, **kwargs)
+        if ref.step == 10:
+            _signal_at_next_call()
+        return entry
+
+    monkeypatch.setattr(pipeline, "_analyze_one", analysing)
+    done = fdl_in_process(*_fresh_args(stopped_job, out))
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert _stored_steps(out) == [0, 10]
+    assert _printed_steps(done.stdout) == [0, 10], done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [f"2 checkpoints analysed → {out}", INTERRUPTED], done.stderr
+
+
+def test_a_ctrl_c_as_a_commit_returns_leaves_what_it_stored_printed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The writer hands what a commit made durable over once (`add`, `tick`, `flush`), to the announce that counts and
+    prints it: a Ctrl-C handled at the announce's entry lost the commit's checkpoints, stored and never printed (the
+    run's last `flush` finds nothing left to hand over). Here the commit after the last checkpoint (steps 0, 10 and
+    20 at once: throttled commits)."""
+    out = tmp_path / "s.h5"
+    flush, stopped = StoreWriter.flush, []
+
+    def flushing(self: StoreWriter) -> Any:
+        durable = flush(self)
+        if durable and not stopped:
+            stopped.append([entry.step for entry in durable])
+            _signal_at_next_call()
+        return durable
+
+    monkeypatch.setattr(StoreWriter, "flush", flushing)
+    done = fdl_in_process(*_fresh_args(stopped_job, out), "--commit-interval", "3600")
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert stopped == [[0, 10, 20]]
+    assert _stored_steps(out) == [0, 10, 20]
+    assert _printed_steps(done.stdout) == [0, 10, 20], done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [f"3 checkpoints analysed → {out}", INTERRUPTED], done.stderr
+
