@@ -262,3 +262,27 @@ def test_a_ctrl_c_as_a_commit_returns_leaves_what_it_stored_printed(
     assert _printed_steps(done.stdout) == [0, 10, 20], done.stderr
     assert done.stderr.strip().splitlines()[-2:] == [f"3 checkpoints analysed → {out}", INTERRUPTED], done.stderr
 
+
+# ------------------------------------------------------------------ the store's lock
+
+
+def test_a_ctrl_c_between_the_writers_opening_and_its_block_leaves_no_lock_file(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """`with StoreWriter(...) as writer:` opens the writer (taking the store's lock), then enters its block: a Ctrl-C
+    handled at the block's entry (the writer's `__enter__`) left the writer open, closed by nothing, its lock file
+    beside the store (and its descriptor open in a program that calls fdl's `main`)."""
+    out = tmp_path / "s.h5"
+    init = StoreWriter.__init__
+
+    def opening(self: StoreWriter, path: Any, **kwargs: Any) -> None:
+        init(self, path, **kwargs)
+        if Path(path) == out:
+            _signal_at_next_call()
+
+    monkeypatch.setattr(StoreWriter, "__init__", opening)
+    done = fdl_in_process(*_fresh_args(stopped_job, out))
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("interrupted"), done.stderr
+    assert not Path(f"{out}.lock").exists() and not out.exists()
