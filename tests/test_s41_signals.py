@@ -286,3 +286,38 @@ def test_a_ctrl_c_between_the_writers_opening_and_its_block_leaves_no_lock_file(
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("interrupted"), done.stderr
     assert not Path(f"{out}.lock").exists() and not out.exists()
+
+
+#: rank 0 given a Ctrl-C as its first commit returns (its own block's checkpoints, committed before it waits for the
+#: other ranks): handled at the next call, which announced them
+_RANK_AFTER_COMMIT = _AT_NEXT_CALL + """
+import os, sys
+from fdl_cli import cli
+from fdl_cli.store import StoreWriter
+if os.environ["RANK"] == "0":
+    flush = StoreWriter.flush
+    def flushing(self):
+        durable = flush(self)
+        if durable and not getattr(flushing, "done", False):
+            flushing.done = True
+            _signal_at_next_call()
+        return durable
+    StoreWriter.flush = flushing
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_ctrl_c_of_rank_0_as_its_commit_returns_leaves_what_it_stored_printed(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path  # noqa: F811
+) -> None:
+    """Rank 0 commits its block (steps 0 and 10) before it waits for rank 1's: a Ctrl-C handled as that commit
+    returned lost both from the records and the count, stored all the same."""
+    out = tmp_path / "s.h5"
+    wrapper = tmp_path / "rank.py"
+    wrapper.write_text(_RANK_AFTER_COMMIT, encoding="utf-8")
+    done = torchrun(str(wrapper), *_fresh_args(stopped_job, out), "--commit-interval", "3600", direct=True)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    assert _stored_steps(out) == [0, 10]
+    assert sorted(_printed_steps(done.stdout)) == [0, 10], done.stderr[-4000:]
+    assert f"2 checkpoints analysed → {out}" in done.stderr.splitlines(), done.stderr[-4000:]
