@@ -26,6 +26,7 @@ from tests.test_analyze import analysed_copy, analyze, run  # noqa: F401 - the m
 from tests.test_s20_rev2 import stopped_copy  # noqa: F401 - a fixture
 from tests.test_s37_user import _printed_steps, _stored_steps
 from tests.test_s38_takenin import INTERRUPTED, _left_by_the_job, stopped_job  # noqa: F401 - a fixture
+from tests.test_s40_rank0 import _resumed
 
 
 def _signal_at_next_call() -> None:
@@ -42,6 +43,14 @@ def _signal_at_next_call() -> None:
 
 #: the helper, as each rank's script defines it too (`_RANK_AFTER_OPENING`)
 _AT_NEXT_CALL = "from typing import Any\n" + inspect.getsource(_signal_at_next_call)
+
+
+def _stopped(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
+    """`fdl ARGS` in this process with the hooks `monkeypatch` set (taken off after), stopped by their Ctrl-C."""
+    done = fdl_in_process(*args)
+    monkeypatch.undo()
+    assert done.returncode == 130, done.stderr
+    return done
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +78,7 @@ def test_a_ctrl_c_as_the_take_in_returns_leaves_its_records_printed(
         return kept
 
     monkeypatch.setattr(sharding, "_take_in_rank_parts", taking_in)
-    done = fdl_in_process(*args)
-    monkeypatch.undo()
-    assert done.returncode == 130, done.stderr
+    done = _stopped(monkeypatch, *args)
     assert _stored_steps(out) == [0, 10, 20] and not part.exists()
     assert _printed_steps(done.stdout) == [10, 20], done.stderr
     assert done.stderr.strip().splitlines()[-1] == INTERRUPTED
@@ -103,9 +110,7 @@ def test_a_ctrl_c_between_a_parts_checkpoints_handed_to_the_store_and_its_commit
 
     monkeypatch.setattr(sharding, "_take_in_rank_parts", taking_in)
     monkeypatch.setattr(StoreWriter, "add", adding)
-    done = fdl_in_process(*args)
-    monkeypatch.undo()
-    assert done.returncode == 130, done.stderr
+    done = _stopped(monkeypatch, *args)
     assert _stored_steps(out) == [0, 10, 20]
     assert _printed_steps(done.stdout) == [10, 20], done.stderr
     assert done.stderr.strip().splitlines()[-1] == INTERRUPTED
@@ -186,16 +191,12 @@ cli.main(sys.argv[1:])
 def test_a_ctrl_c_of_rank_0_at_the_opening_broadcast_leaves_the_taken_in_records_printed_and_the_store_closed(
     stopped_job: tuple[Path, Path, Path], tmp_path: Path, rank: str  # noqa: F811
 ) -> None:
-    out = tmp_path / "s.h5"
-    part, args = _left_by_the_job(stopped_job, out)
-    wrapper = tmp_path / "rank.py"
-    wrapper.write_text(rank, encoding="utf-8")
-    done = torchrun(str(wrapper), *args, direct=True)
+    out, done = _resumed(stopped_job, tmp_path, rank)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
     assert done.stderr.splitlines().count(INTERRUPTED) == 1, done.stderr[-4000:]
     assert not Path(f"{out}.lock").exists(), done.stderr[-4000:]
-    assert _stored_steps(out) == [0, 10, 20] and not part.exists()
+    assert _stored_steps(out) == [0, 10, 20] and not Path(f"{out}.rank-1").exists()
     assert sorted(_printed_steps(done.stdout)) == [10, 20], done.stderr[-4000:]
 
 
@@ -228,9 +229,7 @@ def test_a_ctrl_c_as_a_checkpoints_analysis_returns_leaves_it_stored_and_printed
         return entry
 
     monkeypatch.setattr(pipeline, "_analyze_one", analysing)
-    done = fdl_in_process(*_fresh_args(stopped_job, out))
-    monkeypatch.undo()
-    assert done.returncode == 130, done.stderr
+    done = _stopped(monkeypatch, *_fresh_args(stopped_job, out))
     assert _stored_steps(out) == [0, 10]
     assert _printed_steps(done.stdout) == [0, 10], done.stderr
     assert done.stderr.strip().splitlines()[-2:] == [f"2 checkpoints analysed → {out}", INTERRUPTED], done.stderr
@@ -254,9 +253,7 @@ def test_a_ctrl_c_as_a_commit_returns_leaves_what_it_stored_printed(
         return durable
 
     monkeypatch.setattr(StoreWriter, "flush", flushing)
-    done = fdl_in_process(*_fresh_args(stopped_job, out), "--commit-interval", "3600")
-    monkeypatch.undo()
-    assert done.returncode == 130, done.stderr
+    done = _stopped(monkeypatch, *_fresh_args(stopped_job, out), "--commit-interval", "3600")
     assert stopped == [[0, 10, 20]]
     assert _stored_steps(out) == [0, 10, 20]
     assert _printed_steps(done.stdout) == [0, 10, 20], done.stderr
@@ -281,9 +278,7 @@ def test_a_ctrl_c_between_the_writers_opening_and_its_block_leaves_no_lock_file(
             _signal_at_next_call()
 
     monkeypatch.setattr(StoreWriter, "__init__", opening)
-    done = fdl_in_process(*_fresh_args(stopped_job, out))
-    monkeypatch.undo()
-    assert done.returncode == 130, done.stderr
+    done = _stopped(monkeypatch, *_fresh_args(stopped_job, out))
     assert done.stderr.strip().splitlines()[-1].startswith("interrupted"), done.stderr
     assert not Path(f"{out}.lock").exists() and not out.exists()
 
@@ -313,8 +308,7 @@ def test_a_ctrl_c_of_rank_0_as_its_commit_returns_leaves_what_it_stored_printed(
     """Rank 0 commits its block (steps 0 and 10) before it waits for rank 1's: a Ctrl-C handled as that commit
     returned lost both from the records and the count, stored all the same."""
     out = tmp_path / "s.h5"
-    wrapper = tmp_path / "rank.py"
-    wrapper.write_text(_RANK_AFTER_COMMIT, encoding="utf-8")
+    (wrapper := tmp_path / "rank.py").write_text(_RANK_AFTER_COMMIT, encoding="utf-8")
     done = torchrun(str(wrapper), *_fresh_args(stopped_job, out), "--commit-interval", "3600", direct=True)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-4000:]
