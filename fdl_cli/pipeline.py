@@ -1324,8 +1324,9 @@ def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | Non
             and not os.path.lexists(options.sources[0]) and not is_pattern(options.sources[0]):
         return None  # a pattern's store is ./fdl.h5, known from the start (`default_store_path`)
 
-    lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
-    claims.callback(lock.release)
+    with signals.deferred():  # the lock and its release's registration, both or neither (its file was left behind)
+        lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
+        claims.callback(lock.release)
     # the model's code hung before the writer took the lock over (the reference's forward pass): the lock file
     # removed all the same by the thread that ends fdl (`signals._Stall`); a second release does nothing
     claims.enter_context(signals.ending_when_stalled(lock.release))

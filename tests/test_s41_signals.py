@@ -315,3 +315,24 @@ def test_a_ctrl_c_of_rank_0_as_its_commit_returns_leaves_what_it_stored_printed(
     assert _stored_steps(out) == [0, 10]
     assert sorted(_printed_steps(done.stdout)) == [0, 10], done.stderr[-4000:]
     assert f"2 checkpoints analysed → {out}" in done.stderr.splitlines(), done.stderr[-4000:]
+
+
+def test_a_ctrl_c_as_a_watch_takes_its_stores_lock_leaves_no_lock_file(
+    stopped_job: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """--watch takes the store's lock at its start, then registers its release: a Ctrl-C handled in between (at the
+    registration's entry) left the lock file behind."""
+    from fdl_cli import store
+
+    out = tmp_path / "s.h5"
+    claim = store.claim
+
+    def claiming(path: Any, **kwargs: Any) -> Any:
+        lock = claim(path, **kwargs)
+        _signal_at_next_call()
+        return lock
+
+    monkeypatch.setattr(store, "claim", claiming)
+    done = _stopped(monkeypatch, *_fresh_args(stopped_job, out), "--watch")
+    assert done.stderr.strip().splitlines()[-1].startswith("interrupted"), done.stderr
+    assert not Path(f"{out}.lock").exists() and not out.exists()
