@@ -4434,7 +4434,8 @@ def _run_refs(
                 # analysis ending): stored all the same, as it would have been a moment later; the whole analysis was
                 # lost. Not a redone one, which one commit holds with its successors or not at all.
                 if entry is not None and ref.step not in ctx.redo:
-                    announce.take(functools.partial(writer.add, entry))
+                    with contextlib.suppress(FdlError):  # an earlier commit's error: said by the way out's flush
+                        announce.take(functools.partial(writer.add, entry))
                 raise
             finally:
                 reporter.end_checkpoint()
