@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import json
 import math
@@ -747,6 +748,20 @@ class Announcer:
                 if self._on_record is not None:
                     self._unprinted.extend(entry_records(entry, **self._shape))
 
+    def take(self, commit: Callable[[], Sequence[CheckpointEntry]], *, refreshed: bool = False) -> None:
+        """`self(commit())` with no Ctrl-C between the two calls: what a writer's add, tick or flush returns is durable
+        and handed over once, and a signal handled at the entry of the second call lost it (stored, neither counted
+        nor printed). Held back from the commit's call to the entries' queue; a second one goes through (a commit
+        that waits on a hung disk), as in a print."""
+        with signals.deferred(second_through=True):
+            self.queue(commit(), refreshed=refreshed)
+        self(())
+
+    @classmethod
+    def silent(cls) -> Announcer:
+        """One that counts and prints nothing: a torchrun rank's own loop (rank 0 announces through its writer)."""
+        return cls(lambda entry, refreshed: None, None, {})
+
     def queue(self, entries: Sequence[CheckpointEntry], *, refreshed: bool = False) -> None:
         """`entries`, durable, to count and print at the next call (`--drop`'s, queued as its commit ends)."""
         self._uncounted.extend((entry, refreshed) for entry in entries)
@@ -1309,8 +1324,9 @@ def _claim_for_watch(options: AnalyzeOptions, claims: contextlib.ExitStack | Non
             and not os.path.lexists(options.sources[0]) and not is_pattern(options.sources[0]):
         return None  # a pattern's store is ./fdl.h5, known from the start (`default_store_path`)
 
-    lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
-    claims.callback(lock.release)
+    with signals.deferred():  # the lock and its release's registration, both or neither (its file was left behind)
+        lock = claim(options.out or default_store_path(options.sources), replacing=not options.resume)
+        claims.callback(lock.release)
     # the model's code hung before the writer took the lock over (the reference's forward pass): the lock file
     # removed all the same by the thread that ends fdl (`signals._Stall`); a second release does nothing
     claims.enter_context(signals.ending_when_stalled(lock.release))
@@ -2440,15 +2456,6 @@ def _analyze_refs(
         model_change=ctx.model_change,
     ) as writer:
         _store_opened(ctx, writer)
-        if options.abandon_addition:
-            _abandon(ctx, writer, out, summary, on_record)
-        if options.watch:
-            # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
-            # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
-            stored_before = writer.completed()
-            ctx.read_signatures.update(
-                ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
-            )
         announced: set[int] = set()
 
         def count(entry: CheckpointEntry, refreshed: bool) -> None:
@@ -2477,25 +2484,6 @@ def _analyze_refs(
 
         announce = Announcer(count, on_record, shape)  # what is left queued is announced by the `finally` below
 
-        _check_stored_files(ctx, out, refs, writer.note_file_signatures)
-        taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
-        try:
-            if ctx.drop:
-                ctx.refs_by_step = {ref.step: ref for ref in refs}
-                _drop_steps(ctx, writer, out)
-                # A Ctrl-C in the commit is raised at its end: once the drop, durable, is said and its records queued
-                with signals.deferred():
-                    compared_again = writer.flush()  # durable: the steps are gone
-                    summary.dropped.extend(sorted(ctx.drop))
-                    announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
-                    announce.queue(compared_again, refreshed=True)
-                announce(())
-            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=taken)
-        except BaseException:
-            announce(())  # a Ctrl-C in a print: the rest of what the drop made durable, printed on the way out
-            announce.print_only(taken)  # one in the take-in: the parts' checkpoints it committed before it
-            raise
-
         def stalled() -> str:
             """The run's end where the main thread is stuck in the model's code (`signals.model_code`), run by the
             thread that then ends the process: what was analysed is committed, and the lock released; then the
@@ -2517,15 +2505,40 @@ def _analyze_refs(
             return (f"the --json records of the checkpoints stored now were not all printed ({why}): they are in the "
                     f"store\n{summary.message()}")
 
+        # One `try` from here to the end: whatever the run made durable (an addition given up, a drop, the parts taken
+        # in, the checkpoints analysed) is queued to print with its commit, and a Ctrl-C anywhere, between two
+        # statements too, finds it printed by the `finally` (two blocks lost what one committed and the other was to
+        # print, where the Ctrl-C landed between them).
         try:
-            announce.print_only(taken)  # a Ctrl-C in a print: the rest printed by the `finally` below
-            del taken  # stored: not kept for the rest of the run
+            if options.abandon_addition:
+                _abandon(ctx, writer, out, summary, announce)
+            if options.watch:
+                # --resume: a checkpoint stored before this run is watched for a rewrite as one analysed in it
+                # (`_report_rewritten`); its signature taken before the check below, which verified it unchanged
+                stored_before = writer.completed()
+                ctx.read_signatures.update(
+                    ((str(ref.path), ref.step), _signature_of(ref.path)) for ref in refs if ref.step in stored_before
+                )
+            _check_stored_files(ctx, out, refs, writer.note_file_signatures)
+            if ctx.drop:
+                ctx.refs_by_step = {ref.step: ref for ref in refs}
+                _drop_steps(ctx, writer, out)
+                # A Ctrl-C in the commit is raised at its end: once the drop, durable, is said and its records queued
+                with signals.deferred():
+                    compared_again = writer.flush()  # durable: the steps are gone
+                    summary.dropped.extend(sorted(ctx.drop))
+                    announce.queue_line({"dropped": list(summary.dropped)})  # before the records of those compared again
+                    announce.queue(compared_again, refreshed=True)
+                announce(())
+            # the checkpoints of the parts taken in, queued as each part's commit makes them durable
+            _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, reference_sha), into=announce)
+            announce(())  # a Ctrl-C in a print: the rest printed by the `finally` below
             with signals.ending_when_stalled(stalled):
                 _run_refs(ctx, refs, writer, summary, announce, reference, (loaded, reference_sha), out)
                 while options.watch:
                     # Throttled commits would otherwise leave the last checkpoints unannounced (and not
                     # durable) until a new checkpoint appears.
-                    announce(writer.flush())
+                    announce.take(writer.flush)
                     signals.sleep(options.poll_seconds)
                     refs = _rediscover(ctx, refs, stdin_text, writer.completed(), summary)
                     _note_reference_gone(ctx, reference, refs)
@@ -2536,7 +2549,7 @@ def _analyze_refs(
             writer.hold_back_chance()  # before the flush below, which the `with` block's exit would come too late for
             raise
         finally:
-            announce(writer.flush())
+            announce.take(writer.flush)
 
 
 def _note_reference_gone(ctx: _Context, reference: CheckpointRef, refs: Sequence[CheckpointRef]) -> None:
@@ -2762,21 +2775,22 @@ def _check_drop(ctx: _Context, refs: Sequence[CheckpointRef], out: Path) -> None
     ctx.drop_successors = successors
 
 
-def _abandon(
-    ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, on_record: Callable[[dict[str, Any]], None] | None
-) -> None:
+def _abandon(ctx: _Context, writer: Any, out: Path, summary: AnalyzeSummary, announce: Announcer) -> None:
     """--abandon-addition: the unfinished addition the writer found (`store.abandonment`) taken out of the store in
     one commit, durable before the run goes on (its --json line first); a store without one (given up already, by
-    this command killed once it had committed) is resumed as any other, with a note."""
+    this command killed once it had committed) is resumed as any other, with a note. A Ctrl-C in the commit is
+    raised at its end, once the summary and the --json line (printed on the caller's way out) say it: raised
+    before, they said nothing of an addition the store no longer held."""
     abandoned = writer.abandoned
     if abandoned is None:
         ctx.reporter.note(f"--abandon-addition: {out} holds no unfinished addition of a probe or layer: nothing to "
                           "give up")
         return
-    writer.flush()
-    summary.abandoned = (abandoned.describe(), abandoned.held)
-    if on_record is not None:
-        on_record({"abandoned": [list(key) for key in sorted(abandoned.series)]})
+    with signals.deferred():
+        writer.flush()
+        summary.abandoned = (abandoned.describe(), abandoned.held)
+        announce.queue_line({"abandoned": [list(key) for key in sorted(abandoned.series)]})
+    announce(())
 
 
 def _drop_steps(ctx: _Context, writer: Any, out: Path) -> None:
@@ -4277,7 +4291,7 @@ def _run_refs(
     refs: list[CheckpointRef],
     writer: Any,
     summary: AnalyzeSummary,
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     reference: CheckpointRef,
     preloaded: tuple[LoadedCheckpoint, str] | None,
     out: Path,
@@ -4371,16 +4385,21 @@ def _run_refs(
             signals.check()
             fetch(index + 1)  # load the next checkpoint while this one computes
             reporter.start_checkpoint(index, len(todo), f"step {ref.step} ({Path(ref.path).name})")
+            entry: CheckpointEntry | None = None  # analysed, not yet handed to the writer
             try:
                 with _memory_explained(ref), signals.analysing(f"step {ref.step} ({ref.path})"):
                     loaded, sha = _loaded(pending.pop(index), ctx.tick)
                     if ref.step == reference.step and reference_ahead:
-                        entry: CheckpointEntry | None = (
-                            _with_previous(ctx, held, steps_in_order, out) if held is not None else None
-                        )
+                        entry = _with_previous(ctx, held, steps_in_order, out) if held is not None else None
                     else:
                         entry = _analyze_one(ctx, ref, loaded, sha, steps_in_order, reference, out,
                                              wanted=_wanted(lacking, completed, ref, sha, out))
+                if ref.step not in ctx.redo:
+                    # handed to the writer, and what it made durable queued: both or neither (a second signal goes
+                    # through: rank 0's writer prints, `sharding._StoringWriter`)
+                    with signals.deferred(second_through=True):
+                        handed, entry = entry, None
+                        announce.queue(writer.add(handed))
             except (CheckpointError, NumericalError) as exc:
                 # Deleted (a training job's rotation; a folder's half deleted) after discovery found it, in a watch
                 # or a plain run of one process (a torchrun rank's block compares across ranks: an error there)
@@ -4404,20 +4423,28 @@ def _run_refs(
                     if recorded:
                         # --strict stops at a refusal: committed before the error holds back what a commit alone
                         # records (a resume with nothing else to commit recorded none, a fresh run did)
-                        announce(writer.flush())
+                        announce.take(writer.flush)
                     raise _fatal(exc, ref, is_reference=ref.step == reference.step) from None
                 reporter.error(_named(ref.path, exc.message))
                 if walk is not None and walk.chain and ref.step == walk.chain[0].step:
                     _walk_back(ctx, walk, summary, steps_in_order, reference, out)
                 continue
+            except KeyboardInterrupt:
+                # Analysed as a Ctrl-C or SIGTERM came, before it was handed to the writer (the blocks around the
+                # analysis ending): stored all the same, as it would have been a moment later; the whole analysis was
+                # lost. Not a redone one, which one commit holds with its successors or not at all.
+                if entry is not None and ref.step not in ctx.redo:
+                    with contextlib.suppress(FdlError):  # an earlier commit's error: said by the way out's flush
+                        announce.take(functools.partial(writer.add, entry))
+                raise
             finally:
                 reporter.end_checkpoint()
             if ref.step in ctx.redo and entry is not None:
                 # one commit holds the redone checkpoint and its successors compared with it, or none of
                 # them: never the new numbers beside comparisons with the old ones
-                announce(writer.add(entry, *_redo_successors(ctx, ref.step, out)))
-            else:
-                announce(writer.add(entry))
+                successors = _redo_successors(ctx, ref.step, out)
+                announce.take(functools.partial(writer.add, entry, *successors))
+            announce(())  # the records of what the writer made durable (after the progress line's end, as before)
     signals.check()
     if ctx.world is None or not ctx.world.distributed:  # a torchrun job's rank 0 says them for every rank's steps
         _warn_constant_outputs(ctx)
@@ -4943,14 +4970,14 @@ def _loaded(future: Future[tuple[LoadedCheckpoint, str]], tick: Callable[[], Non
     return future.result()
 
 
-def _ticking(writer: Any, announce: Callable[[Sequence[CheckpointEntry]], None]) -> Callable[[], None] | None:
+def _ticking(writer: Any, announce: Announcer) -> Callable[[], None] | None:
     tick = getattr(writer, "tick", None)
     if tick is None:
         return None
 
     def ticked() -> None:
         try:
-            announce(tick())
+            announce.take(tick)
         except StoreError:
             pass  # a failed background commit: its entries stay buffered, the next add or flush retries and says why
 
@@ -5114,7 +5141,7 @@ def _refresh_successors(
     writer: Any,
     out: Path,
     steps_in_order: list[int],
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
 ) -> None:
     """A checkpoint stored after the one its cka_prev / overlap_prev compare with becomes its stored
     successor's "previous": recompute those successors' cka_prev / overlap_prev (an anchor pass of
@@ -5129,7 +5156,7 @@ def _refresh_successors(
     stored checkpoint at which it failed in this run (`ctx.failed_series`), as over one whose file failed, and
     is compared with a checkpoint once both hold it."""
 
-    announce(writer.flush())
+    announce.take(writer.flush)
     failed = {step for step, ref in ctx.refs_by_step.items() if str(ref.path) in ctx.failed_paths}
     # each series' prev_step: a series added to the store was compared with the checkpoint before in this
     # run's order while the others of its checkpoint may still compare with an earlier one. From the writer's
@@ -5165,7 +5192,7 @@ def _refresh_successors(
         _refresh_pairs(ctx, writer, out, pairs, stored_sha, announce, done)
     finally:  # also for a run stopped half-way: those added are committed as the writer closes
         _note_refreshed(ctx.reporter, done)
-    announce(writer.flush())
+    announce.take(writer.flush)
 
 
 def _read_previous(
@@ -5204,7 +5231,7 @@ def _refresh_pairs(
     out: Path,
     pairs: Sequence[tuple[int, int, frozenset[tuple[str, str]]]],
     stored_sha: Mapping[int, str],
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     done: list[tuple[int, int]],
 ) -> None:
     """`_refresh_successors`' work: each (before, successor, its series compared with before) compared again and
@@ -5212,10 +5239,10 @@ def _refresh_pairs(
     for before, successor, keys in pairs:
         if done and done[-1][1] == successor:
             # its other series compare with another checkpoint (one at which the rest failed): read back as stored
-            announce(writer.flush())
+            announce.take(writer.flush)
         entry = _refreshed_entry(ctx, out, before, successor, stored_sha, keys)
         try:
-            announce(writer.add(entry))
+            announce.take(functools.partial(writer.add, entry))
         finally:  # buffered even when add() raises (an earlier commit's error): committed, or retried
             done.append((before, successor))
 

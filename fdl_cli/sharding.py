@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import stat
@@ -213,7 +214,7 @@ def _take_in_rank_parts(
     refs: Sequence[CheckpointRef],
     reference: tuple[int, str],
     *,
-    into: list[CheckpointEntry],
+    into: Announcer,
 ) -> list[str]:
     """The checkpoints that ranks of a torchrun job stored in their part files before the job was
     stopped join the store (under --overwrite, the parts are removed unread).
@@ -231,9 +232,10 @@ def _take_in_rank_parts(
     otherwise (not selected by --steps / --every, or analysed again by this run) it is kept for a
     later run, as is a part that is locked (a rank still running), unreadable or of another run, with
     a note; under --overwrite, a part that is locked is kept alike, with a warning.
-    Each part's entries taken in are appended to `into` with its commit, the signals held back between the two: a
-    Ctrl-C later in the take-in (the next part, a removal) leaves the caller those committed, to print. Returns the
-    names of the parts kept."""
+    Each part's entries taken in are handed to the writer, committed and queued in `into` (the caller's announcer,
+    `Announcer.queue_only`) with the signals held back throughout: a Ctrl-C anywhere from here on (the next part, a
+    removal, the caller's next statement) finds them queued, and the caller's way out prints them. Returns the names
+    of the parts kept."""
     from fdl_cli.store import StoreReader, StoreWriter, _WriterLock
 
     by_step = {ref.step: ref for ref in refs}
@@ -345,11 +347,13 @@ def _take_in_rank_parts(
                             continue  # compared with a file that has changed since
                     taken.append(replace(entry, path=shown_path(ref.path)))
                     have[step] = entry.sha256
-                for entry in taken:
-                    writer.add(entry)
-                with signals.deferred():  # durable, and the caller's to print: never one without the other
+                # durable, and the caller's to print: never one without the other (a Ctrl-C between the adds and the
+                # commit had the writer's close commit some, printed by nobody)
+                with signals.deferred():
+                    for entry in taken:
+                        writer.add(entry)
                     writer.flush()
-                    into.extend(taken)
+                    into.queue_only(taken)
                 if settled + len(taken) == len(steps):
                     # Still holding the part's lock: once it is released, a rank of another job on this --out may
                     # open the part afresh, and a removal then deleted its new part and sidecar.
@@ -408,7 +412,7 @@ class _StoringWriter(_LocalWriter):
         completed: dict[int, str],
         writer: Any,
         owned: set[int],
-        announce: Callable[[Sequence[CheckpointEntry]], None],
+        announce: Announcer,
         reporter: Reporter,
     ) -> None:
         super().__init__(completed)
@@ -435,7 +439,7 @@ class _StoringWriter(_LocalWriter):
 
     def _store(self, call: Callable[[], list[CheckpointEntry]]) -> None:
         try:
-            self._announce(call())
+            self._announce.take(call)
         except FdlError as exc:
             if self.error is None:
                 self.error = exc
@@ -478,7 +482,8 @@ def _analyze_distributed(
     except FdlError as exc:
         raise distributed.alike(exc) from None
     writer = None
-    taken: list[CheckpointEntry] = []  # those of the parts taken in, each part's as its commit makes them durable
+    part = None
+    stored: set[int] = set()
 
     def count(entry: CheckpointEntry, refreshed: bool) -> None:
         (summary.refreshed if entry.step in stored else summary.analysed).append(entry.step)
@@ -486,8 +491,12 @@ def _analyze_distributed(
     # rank 0's; what is left queued is announced by the `finally` below
     announce = Announcer(count, on_record, record_shape(ctx))
     status: tuple[Any, ...] = ("error", "rank 0 stopped while opening the store", [])
-    if world.writes:
-        try:
+    # One `try` from the store's opening to the end: its `finally` closes the writer and prints what was queued (the
+    # records of the parts taken in, queued with each part's commit), whatever stops rank 0 and wherever. The opening
+    # had a `try` of its own: a Ctrl-C as its last wait returned left the writer open (its lock file behind the
+    # process) or, at the next statement, the records of the parts it took in unprinted.
+    try:
+        if world.writes:
             try:
                 writer = StoreWriter(
                     out,
@@ -501,33 +510,23 @@ def _analyze_distributed(
                 _store_opened(ctx, writer)
                 writer.note_file_signatures(touched)
                 # before any other rank opens its part afresh
-                left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]), into=taken)
+                left = _take_in_rank_parts(ctx, writer, out, provenance, refs, (reference.step, preloaded[1]),
+                                           into=announce)
                 status = ("ok", sorted(writer.completed()), left)
             except BaseException as exc:  # every rank waits for this status, whatever stopped rank 0
                 if isinstance(exc, FdlError):
                     status = ("error", exc.message, [])
                     distributed.alike(exc)  # rank 0 says it; the others stop with it
-                if writer is not None:
-                    with contextlib.suppress(Exception):
-                        writer.hold_back_chance()  # as leaving a `with` block on an error: nothing committed alone
-                        writer.close()
                 raise
             finally:
-                # Before any print: a print that waits (rank 0's stdout a full pipe nobody reads) kept the other
-                # ranks waiting for this status up to FDL_TORCHRUN_TIMEOUT.
+                # Before any print (the `finally` below): a print that waits (rank 0's stdout a full pipe nobody
+                # reads) kept the other ranks waiting for this status up to FDL_TORCHRUN_TIMEOUT.
                 status = distributed.broadcast_from_writer(status, world, _OPENING)
-        except BaseException:
-            # those a part's commit stored before rank 0 stopped (a Ctrl-C, a later part's error, the wait above)
-            announce.print_only(taken)
-            raise
-    else:
-        status = distributed.broadcast_from_writer(status, world, _OPENING)
-        if status[0] == "error":
-            raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
-    assert writer is not None or not world.writes
-    part = None
-    try:
-        announce.queue_only(taken)  # rank 0's, printed below once the other ranks are at work, or by the `finally`
+        else:
+            status = distributed.broadcast_from_writer(status, world, _OPENING)
+            if status[0] == "error":
+                raise distributed.alike(FdlError(f"rank 0 could not open the store: {status[1]}"))
+        assert writer is not None or not world.writes
         stored, kept = set(status[1]), set(status[2])
         todo = [ref for ref in refs if ref.step not in stored]
         # Stored checkpoints read back (a block's previous, the reference) checked by rank 0 for every rank,
@@ -558,7 +557,6 @@ def _analyze_distributed(
         needed -= stored  # what the store holds is read back from it
         skip = {ref.step: "" for ref in refs if ref.step not in needed}
         announce(())  # those taken in; a Ctrl-C in a print: the rest printed by the `finally` below
-        del taken  # stored: not kept for the rest of the run
         # what this rank notes, warns of or reports from here is its own (opening its part too)
         said = {kind: len(getattr(ctx.reporter, kind, ())) for kind in _RELAYED}
         noted_once = dict(ctx.noted_once)
@@ -570,7 +568,7 @@ def _analyze_distributed(
         if writer is not None:
             local = _StoringWriter(skip, writer, owned, announce, ctx.reporter)
         elif part is not None:
-            local = _StoringWriter(skip, part, owned, lambda entries: None, ctx.reporter)
+            local = _StoringWriter(skip, part, owned, Announcer.silent(), ctx.reporter)
         else:
             local = _LocalWriter(skip)
         local_summary = AnalyzeSummary(store=out)
@@ -594,7 +592,7 @@ def _analyze_distributed(
         walk = _WalkBack(chain, moved) if chain else None
         failure = None
         try:
-            _run_refs(ctx, refs, local, local_summary, lambda entries: None, reference, preloaded, out, walk)
+            _run_refs(ctx, refs, local, local_summary, Announcer.silent(), reference, preloaded, out, walk)
         except distributed.WaitError:
             raise  # a collective of --shard-probe that could not complete: the gather below would wait in vain
         except FdlError as exc:
@@ -669,7 +667,7 @@ def _analyze_distributed(
             try:
                 # On the way out of a Ctrl-C too: what the last commit makes durable is printed and counted, as by
                 # one process (its `finally`); closed alone, the writer committed it unannounced.
-                announce(writer.flush())
+                announce.take(writer.flush)
             finally:
                 writer.close()
 
@@ -803,7 +801,7 @@ def _write_gathered(
     writer: Any,
     gathered: list[Any],
     summary: AnalyzeSummary,
-    announce: Callable[[Sequence[CheckpointEntry]], None],
+    announce: Announcer,
     handed: set[int],
 ) -> None:
     """Rank 0: the entries of every rank not yet `handed` to the writer (rank 0's own were, as they
@@ -820,8 +818,8 @@ def _write_gathered(
         for refused in part[5]:
             writer.refuse(*refused)  # once a step: each checkpoint is one rank's
     for entry in entries:
-        announce(writer.add(entry))
-    announce(writer.flush())
+        announce.take(functools.partial(writer.add, entry))
+    announce.take(writer.flush)
 
 
 def _probe_slice(ctx: _Context, probe: Probe) -> tuple[Any, Any]:

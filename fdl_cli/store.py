@@ -68,6 +68,7 @@ import stat
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -2331,6 +2332,10 @@ class StoreWriter:
         self._scheduler: threading.Thread | None = None  # started by the first add (background only)
         self._lock = claimed if claimed is not None else claim(self._path, replacing=overwrite)
         try:
+            # The lock given back where this writer is dropped unclosed: a Ctrl-C between its opening and the block
+            # that closes it (at the entry of `with`'s `__enter__`, or before the caller holds it) left the lock file
+            # behind, and its descriptor open. Not at exit: only a writer that no commit's thread holds is collected.
+            weakref.finalize(self, self._lock.release).atexit = False
             self._remove_stale_tmp()
             if self._path.exists() and not overwrite:
                 self._load_existing()

@@ -504,6 +504,7 @@ def test_rank_0_store_errors_wait_for_the_end() -> None:
     there (the other ranks may be waiting in a collective); the entries count as handed over (the
     writer keeps them buffered) and the other checkpoints are still kept for the gather."""
     from fdl_cli.errors import StoreError
+    from fdl_cli.pipeline import Announcer
     from fdl_cli.progress import NullReporter
     from fdl_cli.sharding import _StoringWriter
     from fdl_cli.store import CheckpointEntry
@@ -527,7 +528,7 @@ def test_rank_0_store_errors_wait_for_the_end() -> None:
 
     announced: list[CheckpointEntry] = []
     reporter, store = Warnings(), FullDisk()
-    local = _StoringWriter({}, store, {0, 10}, announced.extend, reporter)
+    local = _StoringWriter({}, store, {0, 10}, Announcer(lambda entry, again: announced.append(entry), None, {}), reporter)
     entries = [CheckpointEntry(step=step, path=f"step_{step}.pt", sha256="0" * 64, series=()) for step in (0, 10, 20)]
     for entry in entries:
         assert local.add(entry) == []
