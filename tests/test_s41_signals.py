@@ -1,6 +1,6 @@
 """A Ctrl-C landing between two statements of `fdl analyze` where what was done (checkpoints taken in from the part
 stores of an interrupted torchrun job, an addition given up) is durable but not yet in the hands of what prints it,
-or a store writer open outside every block that closes it (docs/reliability.md, 55).
+or a store writer open outside every block that closes it (docs/reliability.md, 56).
 
 CPython runs a signal's handler at the next function entry (or backward jump, or return from C) after it arrives: a
 signal that arrives as a function returns is raised at the entry of the next function called. `_signal_at_next_call`
