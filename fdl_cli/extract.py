@@ -1529,11 +1529,15 @@ def _squared_norm(flat: torch.Tensor, minus: torch.Tensor | None = None) -> floa
 
 
 def parameter_vector_norms(
-    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None,
+    *, reference_squares: dict[str, float] | None = None,
 ) -> tuple[float, float | None]:
     """‖θ‖² and ‖θ − θ_ref‖ / ‖θ_ref‖ over the floating tensors (BatchNorm running statistics excluded),
     summed by `_squared_norm` (thread- and device-invariant digits). A quantized tensor (qint8: the file's
-    own, which loading dequantized into the model) counts as its dequantized values."""
+    own, which loading dequantized into the model) counts as its dequantized values. `reference_squares`:
+    the reference's squared norm of each tensor by name, filled here when missing and read when there (the
+    same `reference` at every call: the pipeline's `_reference_squares`), so that ‖θ_ref‖² is summed once a
+    run, not once a checkpoint (a third of this function's work)."""
     squared, distance, ref_squared = [], [], []
     for name, saved in state.items():
         tensor = saved.dequantize() if saved.is_quantized else saved
@@ -1544,7 +1548,12 @@ def parameter_vector_norms(
         if reference is not None and name in reference and reference[name].shape == tensor.shape:
             held = reference[name]
             ref = (held.dequantize() if held.is_quantized else held).detach().reshape(-1)
-            ref_squared.append(_squared_norm(ref))
+            known = reference_squares.get(name) if reference_squares is not None else None
+            if known is None:
+                known = _squared_norm(ref)
+                if reference_squares is not None:
+                    reference_squares[name] = known
+            ref_squared.append(known)
             distance.append(_squared_norm(values, ref))
     total = math.fsum(squared)
     if reference is None:

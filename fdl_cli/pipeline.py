@@ -476,6 +476,8 @@ class _Context:
     binary_logit: bool = False
     reference_step: int = 0
     reference_state: dict[str, Any] | None = None
+    #: (reference_state, its tensors' squared norms by name) once a checkpoint's norms were taken (`_reference_squares`)
+    reference_squares: tuple[dict[str, Any], dict[str, float]] | None = None
     reference: dict[tuple[str, str], _Series] = field(default_factory=dict)
     previous: dict[tuple[str, str], _Series] = field(default_factory=dict)
     previous_step: int | None = None
@@ -5550,7 +5552,8 @@ def _analyze_one(
     if is_reference:
         ctx.reference_state = _parameters_of(loaded, model, copy=True)
         ctx.reference_buffers = _buffers_of(model, loaded)
-    param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state)
+    param_norm, param_dist = parameter_vector_norms(parameters, ctx.reference_state,
+                                                    reference_squares=_reference_squares(ctx))
     moved_parameters: list[str] | None = None  # found once a series' features moved (`_statistics_only`)
     current: dict[tuple[str, str], _Series] = {}
     series = []
@@ -5654,6 +5657,17 @@ def _analyze_one(
         step=ref.step, path=shown_path(ref.path), sha256=sha, series=tuple(series), file_signature=loaded.file_signature,
         series_only=wanted is not None,
     )
+
+
+def _reference_squares(ctx: _Context) -> dict[str, float] | None:
+    """The squared norms of the reference's parameters that `parameter_vector_norms` fills and reads, kept for as
+    long as `ctx.reference_state` is the same dict (a new reference's parameters are a new one: a new cache)."""
+    state = ctx.reference_state
+    if state is None:
+        return None
+    if ctx.reference_squares is None or ctx.reference_squares[0] is not state:
+        ctx.reference_squares = (state, {})
+    return ctx.reference_squares[1]
 
 
 def _file_identity(path: Path) -> tuple[int, ...]:

@@ -562,10 +562,10 @@ def _spectrum(moments: Moments, *, center: bool, centering_scale: float | None) 
         vectors /= np.sqrt(n * values)
         route = "gram"
     else:
-        second = moments.second_moment_sum() / n  # about the shift a (0 when uncentered)
+        second = moments.second_moment_sum() / n  # about the shift a (0 when uncentered); a new array
         if center:
             deviation = moments.sum_f / n  # μ − a
-            second = second - np.outer(deviation, deviation)
+            second -= np.outer(deviation, deviation)  # in place: one p×p array less to allocate and write
         second = _symmetrized(second)
         values, vectors = _descending_eigh(second)
         rank, clipped = _truncate(values, floor)
