@@ -2469,10 +2469,13 @@ class StoreWriter:
                                "the store: there is none to give up; " + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
-                    # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
+                    # k = min(top_k, C): over the top top_k where a store written before --overlap-k had --top-k
+                    # below C, else over C, the default, which no store records (`pipeline._overlap_k_option`)
+                    why = ("they were taken over --top-k, below the model's outputs; fdl takes them over C unless "
+                           "--overlap-k" if stored_k < max(int(info.n_outputs) for info in stored_probes.values())
+                           else "they were taken over C, the model's outputs, the default")
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (the store records "
-                           "no overlap_k: they were taken over --top-k, below the model's outputs; fdl takes them "
-                           f"over C unless --overlap-k): pass --overlap-k {stored_k} to go on as it was analysed, or " + fix)
+                           f"no overlap_k: {why}): pass --overlap-k {stored_k} to go on as it was analysed, or " + fix)
                 ordered = _layers_after_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if ordered is not None:
                     added = [label for label in ordered if label not in reader.provenance["layers"]]

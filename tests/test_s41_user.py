@@ -1,0 +1,61 @@
+"""A first-time user's runs (a tiny MLP saved as state_dicts, as whole pickled modules, as loose files) and the
+messages that misled them, each pinned by what the user sees."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.cli_run import fdl_in_process
+
+C = 4
+
+
+def _mlp() -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, C))
+
+
+def _run(tmp_path: Path, name: str = "run", *, whole: bool = False, seed: int = 0) -> Path:
+    """Three checkpoints of a 6-40-C MLP (moved at random) in tmp_path/name, as state_dicts or, `whole`, as the
+    pickled module; the model file and a probe of 40 beside them in tmp_path."""
+    (tmp_path / "model.py").write_text(
+        "from torch import nn\n\ndef build():\n"
+        f"    return nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, {C}))\n"
+    )
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 6)).astype(np.float32), y=rng.integers(0, C, 40))
+    folder = tmp_path / name
+    folder.mkdir()
+    torch.manual_seed(seed)
+    model = _mlp()
+    for step in (0, 1, 2):
+        if step:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.4 * torch.randn_like(p))
+        torch.save(model if whole else model.state_dict(), folder / f"step_{step}.pt")
+    return folder
+
+
+def _said(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_overlap_k_refusal_of_a_default_store_does_not_say_top_k_was_below_C(tmp_path: Path) -> None:
+    """`--overlap-k 2` on a store analysed with the defaults (top_k 64 >= C = 4, k = C, so no overlap_k recorded):
+    the fix explained that the store's overlaps "were taken over --top-k, below the model's outputs", which is false
+    of it (its --top-k is 64); they were taken over C, the default."""
+    folder = _run(tmp_path)
+    out = tmp_path / "run.h5"
+    common = ("analyze", folder, "--model", "model.py:build", "--probe", "probe.npz", "--out", out)
+    assert fdl_in_process(*common, cwd=tmp_path).returncode == 0
+    refused = fdl_in_process(*common, "--overlap-k", "2", cwd=tmp_path)
+    said = _said(refused.stderr)
+    assert refused.returncode == 1, said
+    assert "options.overlap_k: absent (store) vs 2 (this run)" in said
+    assert "below the model's outputs" not in said and "taken over --top-k" not in said
+    assert ("the store's overlaps compare the top 4 eigenfunctions (the store records no overlap_k: they were taken "
+            "over C, the model's outputs, the default): pass --overlap-k 4 to go on as it was analysed") in said, said
