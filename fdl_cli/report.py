@@ -46,6 +46,7 @@ from fdl_cli.fields import (
     SMALL_PROBE_FIELD,
     STR_FIELDS,
     UNIT_SPEC,
+    WHOLE_MODULES,
     ZERO_ONE_FIELD,
     number_text,
 )
@@ -1324,6 +1325,9 @@ def provenance_lines(
     lines = []
     for key in ("model", "model_kwargs", "layers", "probes", "options"):
         value = provenance.get(key)
+        if key == "model" and value is None and key in provenance:  # recorded null: no --model, no model line said so
+            lines.append(f"model: {WHOLE_MODULES}")
+            continue
         if value in (None, "", [], {}):
             continue
         lines.append(_provenance_line(key, value, provenance.get("probe_order")))

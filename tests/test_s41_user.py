@@ -59,3 +59,24 @@ def test_overlap_k_refusal_of_a_default_store_does_not_say_top_k_was_below_C(tmp
     assert "below the model's outputs" not in said and "taken over --top-k" not in said
     assert ("the store's overlaps compare the top 4 eigenfunctions (the store records no overlap_k: they were taken "
             "over C, the model's outputs, the default): pass --overlap-k 4 to go on as it was analysed") in said, said
+
+
+def test_a_store_of_whole_pickled_modules_is_said_in_words_not_as_none(tmp_path: Path) -> None:
+    """A run saved as `torch.save(model)`, analysed with --trust-pickle (no --model: each file is its own model), then
+    resumed with --model: the refusal said `got: model: None (store) vs 'model.py:build' (this run)`, Python's None
+    for "no --model", with no word of how to resume; and `fdl report`'s provenance had no model line at all."""
+    folder = _run(tmp_path, whole=True)
+    out = tmp_path / "run.h5"
+    common = ("analyze", folder, "--probe", "probe.npz", "--out", out, "--trust-pickle")
+    assert fdl_in_process(*common, cwd=tmp_path).returncode == 0
+    refused = fdl_in_process(*common, "--model", "model.py:build", cwd=tmp_path)
+    said = _said(refused.stderr)
+    assert refused.returncode == 1, said
+    assert "None" not in said, said
+    assert ("got: model: the modules the checkpoints hold, saved whole (no --model) (store) vs 'model.py:build' "
+            "(this run)") in said, said
+    assert ("fix: the store was analysed with the modules its checkpoints hold: leave --model out to resume it; else "
+            "pass --overwrite to replace it, or another --out to keep both") in said, said
+    shown = fdl_in_process("report", out, cwd=tmp_path)
+    assert shown.returncode == 0
+    assert shown.stderr.splitlines()[0] == "model: the modules the checkpoints hold, saved whole (no --model)", shown.stderr
