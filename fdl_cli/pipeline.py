@@ -2855,6 +2855,11 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     return entries
 
 
+#: Where `fdl analyze` writes without --out (`default_store_path`), as its fixes say it: one folder's name is not
+#: the default of files, which every run given as files shares.
+_DEFAULT_OUT = ("without one, a run of files (or -, several folders, a pattern) writes ./fdl.h5, a run of one folder "
+                "./<folder>.fdl.h5")
+
 #: The first bytes of every HDF5 file (a store, even a damaged one, starts with them).
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -2870,7 +2875,7 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
             if Path(path).resolve() == target:
                 raise StoreError(
                     f"--out {out} is one of this run's inputs ({path})",
-                    fix="give the store a name of its own, such as run.h5 (the default is ./<folder>.fdl.h5)",
+                    fix=f"give the store a name of its own, such as run.h5 ({_DEFAULT_OUT})",
                 )
     special = special_store(out, named=f"--out {out}")
     if special is not None:  # opened to be read, a FIFO waits for a writer that never comes
@@ -2925,7 +2930,7 @@ def _other_files(
         f"{out} holds other files' numbers: its step {step} was analysed from {recorded}, and this run's step "
         f"{step} is {now}, another file{more}",
         got=f"step {step}: sha256 {sha_now[:16]}… now, {sha_stored[:16]}… in {out}",
-        fix="give this run its own --out (the default is ./<folder>.fdl.h5), or --overwrite to replace that store; "
+        fix=f"give this run its own --out ({_DEFAULT_OUT}), or --overwrite to replace that store; "
         "if these are the same checkpoints moved or copied, restore the files as they were",
     )
 

@@ -80,3 +80,20 @@ def test_a_store_of_whole_pickled_modules_is_said_in_words_not_as_none(tmp_path:
     shown = fdl_in_process("report", out, cwd=tmp_path)
     assert shown.returncode == 0
     assert shown.stderr.splitlines()[0] == "model: the modules the checkpoints hold, saved whole (no --model)", shown.stderr
+
+
+def test_two_runs_given_as_files_without_out_are_told_the_default_store_they_share(tmp_path: Path) -> None:
+    """`fdl analyze runA/*.pt` then `fdl analyze runB/*.pt`, neither with --out: both write ./fdl.h5, and the
+    second was refused with `give this run its own --out (the default is ./<folder>.fdl.h5)`, which is the default
+    of one folder, not of files: the user's next try, files again, met the same store."""
+    first, second = _run(tmp_path, "runA"), _run(tmp_path, "runB", seed=1)
+    model = ("--model", "model.py:build", "--probe", "probe.npz")
+    assert fdl_in_process("analyze", *sorted(first.glob("*.pt")), *model, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "fdl.h5").is_file()
+    refused = fdl_in_process("analyze", *sorted(second.glob("*.pt")), *model, cwd=tmp_path)
+    said = _said(refused.stderr)
+    assert refused.returncode == 1, said
+    assert "fdl.h5 holds other files' numbers" in said
+    assert "the default is ./<folder>.fdl.h5" not in said
+    assert ("fix: give this run its own --out (without one, a run of files (or -, several folders, a pattern) writes "
+            "./fdl.h5, a run of one folder ./<folder>.fdl.h5), or --overwrite to replace that store") in said, said
