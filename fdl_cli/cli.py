@@ -1019,7 +1019,7 @@ def _modules_table(
              str(row["output_shape"]) + (f" ({NO_BATCH_CELL})" if row.get("note") else "")
              if row["output_shape"] is not None else
              CONTAINER if row["name"] in containers else "unknown" if row["name"] in unhooked else unknown,
-             str(row["parameters"]),
+             f"{row['parameters']:,}",  # as the listing without a model writes its counts
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)

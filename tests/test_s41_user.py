@@ -97,3 +97,21 @@ def test_two_runs_given_as_files_without_out_are_told_the_default_store_they_sha
     assert "the default is ./<folder>.fdl.h5" not in said
     assert ("fix: give this run its own --out (without one, a run of files (or -, several folders, a pattern) writes "
             "./fdl.h5, a run of one folder ./<folder>.fdl.h5), or --overwrite to replace that store") in said, said
+
+
+def test_inspect_counts_a_models_parameters_as_it_counts_a_files_values(tmp_path: Path) -> None:
+    """`fdl inspect CKPT` without a model wrote its counts `1,200`; with `--model` the parameters column wrote
+    `1200`, and a ResNet's `25557032` beside a listing of `2,359,296`: one command, two ways of writing a count."""
+    (tmp_path / "model.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Linear(6, 200), nn.Tanh(), nn.Linear(200, 4))\n"
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(6, 200), torch.nn.Tanh(), torch.nn.Linear(200, 4))
+    torch.save(model.state_dict(), tmp_path / "step_0.pt")
+    plain = fdl_in_process("inspect", "step_0.pt", cwd=tmp_path)
+    assert plain.returncode == 0 and "total: 2,204 values in 4 tensors" in plain.stderr, plain.stderr
+    built = fdl_in_process("inspect", "step_0.pt", "--model", "model.py:build", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in built.stderr.splitlines()
+            if line.startswith("│")}
+    assert rows == {"(model)": "2,204", "0": "1,400", "1": "0", "2": "804 ← default (input)"}, built.stderr
+    assert not re.search(r"\b2204\b|\b1400\b", built.stderr), built.stderr
