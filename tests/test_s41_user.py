@@ -115,3 +115,11 @@ def test_inspect_counts_a_models_parameters_as_it_counts_a_files_values(tmp_path
             if line.startswith("│")}
     assert rows == {"(model)": "2,204", "0": "1,400", "1": "0", "2": "804 ← default (input)"}, built.stderr
     assert not re.search(r"\b2204\b|\b1400\b", built.stderr), built.stderr
+
+
+def test_readme_exit_statuses_include_the_closed_pipe() -> None:
+    """`fdl export run.h5 --what eigenvalues | head -1` exits 141 (docs/usage.md, "Exit status"), a status the
+    README's list, which reads as every status fdl gives, did not hold: a user seeing it in a CI log found no word."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    statuses = _said(readme.split("- **Exit status**:", 1)[1].split("\n\n", 1)[0])
+    assert "141 when a reader closes the pipe fdl writes to (`| head -1`)" in statuses, statuses
