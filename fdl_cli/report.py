@@ -1912,6 +1912,12 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
     with `--overlap-k 5` or `--cka-dtype float32` against one analysed without was warned of nothing."""
     options_a, options_b = (_options_as_run(provenance, count)
                             for provenance, count in ((provenance_a, outputs[0]), (provenance_b, outputs[1])))
+    if not any(isinstance(options := provenance.get("options"), Mapping) and "overlap_k" in options
+               for provenance in (provenance_a, provenance_b)):
+        # neither run was given --overlap-k (each k is min(top_k, C)): a difference is top_k's, said as such, or
+        # C's, which compare's note of the outputs says; "overlap_k: A 4 vs B 10" named an option no one chose
+        options_a.pop("overlap_k", None)
+        options_b.pop("overlap_k", None)
     pairs = [(name, options_a[name], options_b[name]) for name in sorted(set(options_a) & set(options_b))]
     pairs += [
         (name, provenance_a[name], provenance_b[name])

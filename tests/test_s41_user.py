@@ -3,6 +3,7 @@ messages that misled them, each pinned by what the user sees."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -123,3 +124,37 @@ def test_readme_exit_statuses_include_the_closed_pipe() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     statuses = _said(readme.split("- **Exit status**:", 1)[1].split("\n\n", 1)[0])
     assert "141 when a reader closes the pipe fdl writes to (`| head -1`)" in statuses, statuses
+
+
+def test_compare_of_runs_of_other_C_warns_of_no_overlap_k_neither_chose(tmp_path: Path) -> None:
+    """Two runs of 4 and 3 outputs, both analysed with the defaults (the overlaps' k is each run's C): compare warned
+    `analysed with different options (overlap_k: A 4 vs B 3)`, an option neither run was given, with the fix to
+    re-analyse one with the other's; the difference is C's, which its own note says."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 6)).astype(np.float32))
+    (tmp_path / "model.py").write_text(
+        "from torch import nn\n\ndef build(c):\n    return nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, c))\n"
+    )
+    stores = []
+    for outputs in (4, 3):
+        folder = tmp_path / f"c{outputs}"
+        folder.mkdir()
+        torch.manual_seed(outputs)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, outputs))
+        for step in (0, 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.4 * step * torch.randn_like(p))
+            torch.save(model.state_dict(), folder / f"step_{step}.pt")
+        out = tmp_path / f"c{outputs}.h5"
+        done = fdl_in_process("analyze", folder, "--model", "model.py:build", "--model-kwargs", f'{{"c": {outputs}}}',
+                              "--probe", "probe.npz", "--out", out, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        stores.append(out)
+    shown = fdl_in_process("compare", *stores, cwd=tmp_path)
+    said = _said(shown.stderr)
+    assert shown.returncode == 0, said
+    assert "overlap_k" not in said and "different options" not in said, said
+    assert "the runs have different numbers of outputs C (A 4, B 3)" in said, said
+    machine = fdl_in_process("compare", *stores, "--json", cwd=tmp_path)
+    assert machine.returncode == 0 and json.loads(machine.stdout)["option_differences"] == [], machine.stderr
