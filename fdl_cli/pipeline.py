@@ -1177,11 +1177,13 @@ def _prepare_run(
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     sources = ckpts.expand_sources(options.sources)  # a pattern as the paths it matches now
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    if claimed is not None:  # its lock file, which a folder holding --out shows once it has waited
-        from fdl_cli.store import is_store_file
+    # the store's own files in a folder it analyses (`cd run && fdl analyze .`, an --out beside the checkpoints)
+    # are no skipped files: said on every run after the first; under --watch its lock file too, once it has waited
+    from fdl_cli.store import is_store_file
 
-        notes = [note for note in notes
-                 if (path := _skipped_path(sources, note)) is None or not is_store_file(claimed.store, path)]
+    own_store = claimed.store if claimed is not None else options.out or default_store_path(options.sources)
+    notes = [note for note in notes
+             if (path := _skipped_path(sources, note)) is None or not is_store_file(own_store, path)]
     _note_skipped(notes, manifests, reporter, _model_file(options), sources)
     said = {_note_key(note) for note in [*shown, *notes]}  # --watch says those of later polls (`_note_new_skips`)
     if not options.watch:

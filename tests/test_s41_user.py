@@ -158,3 +158,24 @@ def test_compare_of_runs_of_other_C_warns_of_no_overlap_k_neither_chose(tmp_path
     assert "the runs have different numbers of outputs C (A 4, B 3)" in said, said
     machine = fdl_in_process("compare", *stores, "--json", cwd=tmp_path)
     assert machine.returncode == 0 and json.loads(machine.stdout)["option_differences"] == [], machine.stderr
+
+
+def test_a_store_written_into_the_folder_analysed_is_not_noted_as_skipped_on_the_next_run(tmp_path: Path) -> None:
+    """`cd run && fdl analyze .` writes ./run.fdl.h5 into the folder it scans; the same command again (a resume, or
+    a later look at a run still training) noted `skipped 1 file without a checkpoint suffix (...): run.fdl.h5`, the
+    store it was writing, on every run after the first (as `--watch` never did, docs/usage.md)."""
+    folder = _run(tmp_path)
+    command = ("analyze", ".", "--model", "../model.py:build", "--probe", "../probe.npz")
+    assert fdl_in_process(*command, cwd=folder).returncode == 0
+    assert (folder / "run.fdl.h5").is_file()
+    again = fdl_in_process(*command, cwd=folder)
+    assert again.returncode == 0, again.stderr
+    assert "run.fdl.h5" in again.stderr and "skipped" not in again.stderr, again.stderr
+    # an --out beside the checkpoints likewise; another file there is still said
+    (folder / "notes.txt").write_text("lr 0.1\n")
+    out = ("--out", folder / "store.h5")
+    assert fdl_in_process("analyze", folder, *command[2:], *out, cwd=folder).returncode == 0
+    later = fdl_in_process("analyze", folder, *command[2:], *out, cwd=folder)
+    assert later.returncode == 0, later.stderr
+    skipped = [line for line in later.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and skipped[0].endswith(": notes.txt, run.fdl.h5"), later.stderr
