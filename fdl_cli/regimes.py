@@ -847,7 +847,7 @@ def final_near_chance_line(verdict: RunVerdict, records: Sequence[Mapping[str, A
     return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, UNIT_SPEC)} ({level_words}): "
             "the network's function there is little better than a guess that ignores the input (features that "
             f"collapsed, a layer that died, a run that diverged?), so {verdict.regime} says how the features moved "
-            "and how few eigenfunctions carry that function, not that the task was learned")
+            "and how many eigenfunctions carry that function, not that the task was learned")
 
 
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:

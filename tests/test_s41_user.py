@@ -179,3 +179,29 @@ def test_a_store_written_into_the_folder_analysed_is_not_noted_as_skipped_on_the
     assert later.returncode == 0, later.stderr
     skipped = [line for line in later.stderr.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and skipped[0].endswith(": notes.txt, run.fdl.h5"), later.stderr
+
+
+def test_an_ef_verdict_at_chance_does_not_say_few_eigenfunctions_carry_the_function() -> None:
+    """classify's line on a final checkpoint near chance said "so EF says how the features moved and how few
+    eigenfunctions carry that function": EF is the verdict of many (k95 of Π̂ above C + mf_extra), so the words
+    contradicted the rule line above them; the lines of MF and EF say how many."""
+    from fdl_cli import regimes
+
+    base = {"n_outputs": 4, "accuracy": 0.25, "cka_prev": None}
+    records = [
+        {**base, "step": 0, "cka_init": 1.0, "overlap_init": 1.0, "k95_utility": 14},
+        {**base, "step": 10, "cka_init": 0.98, "overlap_init": 0.97, "k95_utility": 14},
+        {**base, "step": 20, "cka_init": 0.98, "overlap_init": 0.97, "k95_utility": 14},
+    ]
+    lines = {}
+    for regime, k95 in (("EF", 14), ("MF", 3)):
+        run = [{**record, "k95_utility": k95} if record["step"] else record for record in records]
+        verdict = regimes.classify_run(run)
+        assert verdict.regime == regime
+        lines[regime] = regimes.final_near_chance_line(verdict, run)
+    assert lines["EF"] is not None and "how few eigenfunctions" not in lines["EF"], lines
+    assert lines["EF"].endswith("so EF says how the features moved and how many eigenfunctions carry that function, "
+                                "not that the task was learned"), lines
+    assert lines["MF"] is not None and lines["MF"].endswith("so MF says how the features moved and how many "
+                                                            "eigenfunctions carry that function, not that the task "
+                                                            "was learned"), lines
