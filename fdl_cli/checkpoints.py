@@ -1469,6 +1469,10 @@ class _NoStep(CheckpointError):
 
 
 _SKIP_FIX = "rename it, or select files with --glob"
+#: The note of a file a folder scan skipped because --step-regex does not match its name (`_raw_step_of`):
+#: its name, the regex.
+_REGEX_MISSED = re.compile(r"skipped (.*): --step-regex '(.*)' does not match (?:its name|its folder and name) "
+                           + re.escape(f"({_SKIP_FIX})"))
 
 
 def _step_regex_subject(path: Path, step_regex: re.Pattern[str]) -> str:
@@ -1494,10 +1498,13 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         match = step_regex.search(subject)
         if match is None or match.group(1) is None:
             where = "its folder and name" if "/" in step_regex.pattern else "its name"
+            # one that reads this file (the generic 'step(\d+)' was often the very regex that failed)
+            example = _folder_regex(path) if "/" in step_regex.pattern else _name_regex(path.name)
             raise _NoStep(
                 f"--step-regex '{step_regex.pattern}' does not match {subject} with a group", shown=path.name,
                 note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
-                fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
+                fix="use one capture group around the step, e.g. --step-regex "
+                + (f"'{example}' (which reads {subject})" if example else "'step(\\d+)'") + ", or --glob",
             )
         try:
             return int(match.group(1)), "step_regex"
@@ -2130,6 +2137,33 @@ def _raise_none_found(
            + (", or loosen --glob" if glob is not None else ""))
     if strange:  # skipped for what they are: how to get PyTorch weights from them
         fix = _foreign_fixes(kind for _, kind in strange)
+    regex_missed = [match for match in map(_REGEX_MISSED.fullmatch, notes) if match is not None]
+    if regex_missed and len(regex_missed) == len(notes):
+        # each file skipped for --step-regex alone: the note once a file said the same thing over, and the fix
+        # "point at a folder of ... files" sent the user back to the folder given; the regex is what to change
+        names = [match.group(1) for match in regex_missed]
+        got = (f"--step-regex '{regex_missed[0].group(2)}' "
+               + (f"matches none of the {len(names)} files' names: {first_and_more(names, 6)}" if len(names) > 1
+                  else f"does not match the name {names[0]}"))
+        example = _name_regex(names[0])
+        fix = ("give a --step-regex whose first group is the step in these names"
+               + (f" (--step-regex '{example}' reads {names[0]})" if example else "")
+               + ", or leave --step-regex out: the step is then read from each file's metadata, else the last number "
+               "of its name")
+    elif glob is not None and not notes and not looked_at:
+        # "got: nothing": which files were there for the glob to keep, and a glob that keeps them
+        left_out: list[str] = []
+        for source in sources:
+            with contextlib.suppress(OSError):
+                if str(source) != "-" and Path(source).is_dir():
+                    left_out += [entry.name for entry in Path(source).iterdir()
+                                 if checkpoint_suffix(entry) and entry.is_file()]
+        left_out.sort(key=lambda name: (_name_step(Path(name)) is None, _name_step(Path(name)) or 0, name))
+        if left_out:
+            got = (f"--glob '{glob}' matches none of the {counted(len(left_out), 'checkpoint file')} there: "
+                   f"{first_and_more(left_out, 6)}")
+            fix = (f"give a --glob that matches their names (--glob '{_name_glob(left_out[0])}' keeps {left_out[0]}), "
+                   "or leave --glob out")
     if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
         # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
         fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "

@@ -205,3 +205,46 @@ def test_an_ef_verdict_at_chance_does_not_say_few_eigenfunctions_carry_the_funct
     assert lines["MF"] is not None and lines["MF"].endswith("so MF says how the features moved and how many "
                                                             "eigenfunctions carry that function, not that the task "
                                                             "was learned"), lines
+
+
+def test_a_step_regex_that_matches_no_name_says_so_once_and_how_to_write_one(tmp_path: Path) -> None:
+    """`--step-regex 'step(\\d+)'` on step_0.pt ... (the underscore forgotten): "no checkpoints found", got the
+    same skip note once per file, and the fix "point at a folder of .pt/.pth/... files (or pass the files)", which
+    is where the user had pointed; the regex is what to change."""
+    folder = _run(tmp_path)
+    done = fdl_in_process("analyze", folder, "--model", "model.py:build", "--probe", "probe.npz",
+                          "--step-regex", r"step(\d+)", cwd=tmp_path)
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert f"error: no checkpoints found in {folder}" in said
+    assert (r"got: --step-regex 'step(\d+)' matches none of the 3 files' names: step_0.pt, step_1.pt, step_2.pt "
+            r"fix: give a --step-regex whose first group is the step in these names (--step-regex 'step_(\d+)\.pt' "
+            r"reads step_0.pt), or leave --step-regex out: the step is then read from each file's metadata, else "
+            r"the last number of its name") in said, said
+    assert said.count("does not match") == 0, said
+
+
+def test_a_glob_that_matches_no_checkpoint_names_the_ones_it_left_out(tmp_path: Path) -> None:
+    """`--glob '*.pth'` over a folder of .pt files: "no checkpoints found", `got: nothing`: nothing said which files
+    were there for the glob to match, or what a glob that keeps them looks like."""
+    folder = _run(tmp_path)
+    done = fdl_in_process("analyze", folder, "--model", "model.py:build", "--probe", "probe.npz",
+                          "--glob", "*.pth", cwd=tmp_path)
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert "got: nothing" not in said, said
+    assert (f"error: no checkpoints found in {folder} got: --glob '*.pth' matches none of the 3 checkpoint files there: "
+            "step_0.pt, step_1.pt, step_2.pt fix: give a --glob that matches their names (--glob 'step_*.pt' keeps "
+            "step_0.pt), or leave --glob out") in said, said
+
+
+def test_a_step_regex_that_misses_a_file_given_suggests_one_that_reads_it(tmp_path: Path) -> None:
+    """A file given (not a folder) that --step-regex 'step(\\d+)' does not match: the fix said "e.g. --step-regex
+    'step(\\d+)'", the very regex that had just failed; it gives one that reads that file's name."""
+    folder = _run(tmp_path)
+    done = fdl_in_process("analyze", folder / "step_0.pt", folder / "step_1.pt", "--model", "model.py:build",
+                          "--probe", "probe.npz", "--step-regex", r"step(\d+)", cwd=tmp_path)
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert (r"error: --step-regex 'step(\d+)' does not match step_0.pt with a group fix: use one capture group "
+            r"around the step, e.g. --step-regex 'step_(\d+)\.pt' (which reads step_0.pt), or --glob") in said, said
