@@ -248,3 +248,27 @@ def test_a_step_regex_that_misses_a_file_given_suggests_one_that_reads_it(tmp_pa
     assert done.returncode == 1, said
     assert (r"error: --step-regex 'step(\d+)' does not match step_0.pt with a group fix: use one capture group "
             r"around the step, e.g. --step-regex 'step_(\d+)\.pt' (which reads step_0.pt), or --glob") in said, said
+
+
+def test_report_classify_compare_given_out_say_where_their_output_goes(tmp_path: Path) -> None:
+    """`fdl report run.h5 --out report.csv` (as analyze and export take --out): click answered "No such option
+    '--out'. (Did you mean one of: '--format', '--plots'?)", and `-o` had no hint at all; these commands write
+    their machine output on stdout, to redirect."""
+    cases = {
+        ("report", "run.h5", "--out", "r.csv"): "fdl report has no --out: its machine output goes to stdout, so "
+        "redirect it: fdl report run.h5 --format csv > r.csv (or --format markdown, --json); --html FILE writes a page",
+        ("summarize", "run.h5", "-o", "r.md"): "fdl summarize has no -o: its machine output goes to stdout, so "
+        "redirect it: fdl summarize run.h5 --format csv > r.md (or --format markdown, --json); --html FILE writes a "
+        "page",
+        ("classify", "a.h5", "b.h5", "--output=s.csv"): "fdl classify has no --output: its machine output goes to "
+        "stdout, so redirect it: fdl classify a.h5 b.h5 --format csv > s.csv (or --format markdown, --json)",
+        ("compare", "a.h5", "b.h5", "-o", "c.csv"): "fdl compare has no -o: its machine output goes to stdout, so "
+        "redirect it: fdl compare a.h5 b.h5 --format csv > c.csv (or --format markdown, --json)",
+    }
+    for args, hint in cases.items():
+        done = fdl_in_process(*args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"Error: {hint}" in done.stderr, done.stderr
+    # an option of no such kind keeps click's words
+    other = fdl_in_process("report", "run.h5", "--jsn", cwd=tmp_path)
+    assert other.returncode == 2 and "No such option '--jsn'. Did you mean '--json'?" in other.stderr
