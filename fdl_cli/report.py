@@ -63,6 +63,7 @@ from fdl_cli.regimes import (
     low_rank_reference,
     movement_thresholds,
     narrow_dlr_clause,
+    near_names,
     narrow_width_line,
     small_probe_line,
     threshold_text,
@@ -468,10 +469,16 @@ def select_series(
         listing = ", ".join(f"--probe {name} --layer {module}" for name, module in available) or "none"
         # only what was asked for: "probe=None layer='nope'" showed Python's None for the --probe not given
         asked = " ".join(f"{name}={value!r}" for name, value in (("probe", probe), ("layer", layer)) if value is not None)
+        # a name the store does not hold at all, close to one it does (`--layer FC1`, `--probe tset`): that one
+        meant = [(f"--{option} {near[0]}", repr(value)) for option, value, names in (
+            ("probe", probe, {name for name, _ in available}), ("layer", layer, {module for _, module in available}))
+            if value is not None and value not in names and len(near := near_names(value, sorted(names))) == 1]
         raise StoreError(
             f"{path} holds no series for {asked}",
             got=f"series in the store: {listing}",
-            fix="pick one of the series listed above",
+            fix=(f"did you mean {' '.join(option for option, _ in meant)}? (the store's "
+                 f"name{'s' if len(meant) > 1 else ''} nearest to {' and '.join(value for _, value in meant)}); else "
+                 if meant else "") + "pick one of the series listed above",
         )
     return chosen
 

@@ -272,3 +272,25 @@ def test_report_classify_compare_given_out_say_where_their_output_goes(tmp_path:
     # an option of no such kind keeps click's words
     other = fdl_in_process("report", "run.h5", "--jsn", cwd=tmp_path)
     assert other.returncode == 2 and "No such option '--jsn'. Did you mean '--json'?" in other.stderr
+
+
+def test_a_misspelt_probe_or_layer_of_a_reading_command_gets_the_name_meant(tmp_path: Path) -> None:
+    """`fdl report run.h5 --layer Tanh` of a store of layers 1 and 2:input, or `--probe tset` of probes train and test:
+    "holds no series for layer=..." listed every series and said "pick one of the series listed above" (a store of
+    12 blocks x 3 probes lists 36); analyze's own `--layer` typo gets the closest module names, these none."""
+    folder = _run(tmp_path)
+    out = tmp_path / "run.h5"
+    done = fdl_in_process("analyze", folder, "--model", "model.py:build", "--probe", "train=probe.npz", "--probe",
+                          "test=probe.npz", "--layer", "2:input", "--layer", "1", "--out", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    wrong_layer = fdl_in_process("report", out, "--layer", "2:Input", cwd=tmp_path)
+    said = _said(wrong_layer.stderr)
+    assert wrong_layer.returncode == 1, said
+    assert ("fix: did you mean --layer 2:input? (the store's name nearest to '2:Input'); else pick one of the series "
+            "listed above") in said, said
+    wrong_probe = fdl_in_process("classify", out, "--probe", "tset", cwd=tmp_path)
+    said = _said(wrong_probe.stderr)
+    assert wrong_probe.returncode == 1, said
+    assert "fix: did you mean --probe test? (the store's name nearest to 'tset'); else pick one" in said, said
+    nothing_near = fdl_in_process("export", out, "--what", "eigenvalues", "--probe", "validation", cwd=tmp_path)
+    assert "did you mean" not in nothing_near.stderr and "pick one of the series listed above" in nothing_near.stderr
