@@ -63,8 +63,8 @@ from fdl_cli.regimes import (
     low_rank_reference,
     movement_thresholds,
     narrow_dlr_clause,
-    near_names,
     narrow_width_line,
+    near_names,
     small_probe_line,
     threshold_text,
 )
