@@ -294,3 +294,19 @@ def test_a_misspelt_probe_or_layer_of_a_reading_command_gets_the_name_meant(tmp_
     assert "fix: did you mean --probe test? (the store's name nearest to 'tset'); else pick one" in said, said
     nothing_near = fdl_in_process("export", out, "--what", "eigenvalues", "--probe", "validation", cwd=tmp_path)
     assert "did you mean" not in nothing_near.stderr and "pick one of the series listed above" in nothing_near.stderr
+
+
+def test_a_measure_just_below_its_threshold_is_not_shown_equal_to_it() -> None:
+    """A run whose final cka_init is 0.98996 (moved: below cka_static 0.99) read "rule: final checkpoint (step 20):
+    cka_init = 0.99, overlap_init = 0.99: features moved (below 0.99 or 0.95)": 0.99 is not below 0.99. Such a value
+    is shown with the digits that put it below; others keep their 4 significant digits."""
+    from fdl_cli import regimes
+
+    base = {"n_outputs": 4, "k95_utility": 3}
+    run = [{**base, "step": 0, "cka_init": 1.0, "overlap_init": 1.0},
+           {**base, "step": 10, "cka_init": 0.98996, "overlap_init": 0.99},
+           {**base, "step": 20, "cka_init": 0.98996, "overlap_init": 0.9912345}]
+    rule = regimes.classify_run(run).rule
+    assert "cka_init = 0.98996, overlap_init = 0.9912: features moved (below 0.99 or 0.95)" in rule, rule
+    conflict = regimes.feature_movement({"cka_init": 0.995, "overlap_init": 0.799996}, regimes.Thresholds())[1]
+    assert "(overlap_init = 0.799996 < 0.8)" in conflict, conflict
