@@ -4909,6 +4909,12 @@ def raised_at(exc: BaseException) -> str:
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
 
 
+#: Errors of the model's own code, whatever its input (a library not installed, a SyntaxError in a module it imports
+#: late, a name it never defined, a module without forward): no probe of another shape or dtype mends them, and
+#: `import_fix` says what does.
+CODE_FAULTS: tuple[type[BaseException], ...] = (ImportError, SyntaxError, NameError, NotImplementedError)
+
+
 def import_fix(exc: BaseException, file: Path | str) -> str:
     """What to do where importing the model's code (`file`, or the module it names) raised `exc`, not of fdl's
     making: a library its code imports that is not installed, named, and how to install it; else fix the error in

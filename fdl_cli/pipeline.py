@@ -1952,15 +1952,15 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             mixed = mixed_devices_error(exc, ctx.device)
             if mixed is not None:  # the model's fault, not the probe's (on a GPU: a tensor made on the CPU)
                 raise mixed from None
-            from fdl_cli.checkpoints import import_fix, raised_at, shadowing_fix
+            from fdl_cli.checkpoints import CODE_FAULTS, import_fix, raised_at, shadowing_fix
             from fdl_cli.probes import embedding_tables, fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
             raised = f"{type(exc).__name__}{': ' * bool(said)}{said}{raised_at(exc)}"  # the model code's line
             shadowing = shadowing_fix(exc)
             # the model's fault too: a lazy import in its forward got a module not its own, or none (a library not
-            # installed, a SyntaxError in the module), which no probe of another shape would mend
-            if shadowing is not None or isinstance(exc, (ImportError, SyntaxError)):
+            # installed, a SyntaxError in the module), a name it never defined, which no probe of another shape mends
+            if shadowing is not None or isinstance(exc, CODE_FAULTS):
                 raise ModelError(f"the model's forward pass failed on the first sample of probe {probe.name!r}",
                                  got=raised, fix=shadowing or import_fix(exc, "the model's code")) from None
             raise ProbeError(

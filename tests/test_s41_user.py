@@ -310,3 +310,28 @@ def test_a_measure_just_below_its_threshold_is_not_shown_equal_to_it() -> None:
     assert "cka_init = 0.98996, overlap_init = 0.9912: features moved (below 0.99 or 0.95)" in rule, rule
     conflict = regimes.feature_movement({"cka_init": 0.995, "overlap_init": 0.799996}, regimes.Thresholds())[1]
     assert "(overlap_init = 0.799996 < 0.8)" in conflict, conflict
+
+
+def test_a_name_error_in_the_models_forward_is_the_codes_fault_not_the_probes(tmp_path: Path) -> None:
+    """A typo in forward (`undefined_thing(h)`): analyze said "probe 'probe' (probe.npz) does not fit the model",
+    fix "give the probe inputs the shape and dtype the model's forward expects", and inspect without a probe "pass
+    --probe FILE": no probe mends a NameError. Said as the model code's error, with the line to fix (as an
+    ImportError there already was)."""
+    folder = _run(tmp_path)
+    (tmp_path / "typo.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Sequential):\n    def forward(self, x):\n"
+        "        return self[2](undefined_thing(self[0](x)))\n\n"
+        f"def build():\n    return Net(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, {C}))\n"
+    )
+    done = fdl_in_process("analyze", folder, "--model", "typo.py:build", "--probe", "probe.npz", cwd=tmp_path)
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert "does not fit the model" not in said and "give the probe inputs" not in said, said
+    assert ("error: the model's forward pass failed on the first sample of probe 'probe' got: NameError: name "
+            "'undefined_thing' is not defined (raised at") in said, said
+    assert f"fix: fix the error in {tmp_path / 'typo.py'}" in said, said
+    listed = fdl_in_process("inspect", folder, "--model", "typo.py:build", cwd=tmp_path)
+    said = _said(listed.stderr)
+    assert listed.returncode == 1, said
+    assert "--probe FILE to find" not in said and f"fix: fix the error in {tmp_path / 'typo.py'}" in said, said
+    assert "as no forward pass ran; mend the model's code (its error below) to find the one that runs last" in said
