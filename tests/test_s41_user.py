@@ -335,3 +335,14 @@ def test_a_name_error_in_the_models_forward_is_the_codes_fault_not_the_probes(tm
     assert listed.returncode == 1, said
     assert "--probe FILE to find" not in said and f"fix: fix the error in {tmp_path / 'typo.py'}" in said, said
     assert "as no forward pass ran; mend the model's code (its error below) to find the one that runs last" in said
+
+
+def test_the_runs_own_store_among_the_files_given_is_not_noted(tmp_path: Path) -> None:
+    """`fdl analyze run/* --out run/run.h5`, run again: the shell's `run/*` now holds the store, which was noted
+    "skipped run.h5: an HDF5 file (an fdl store, or an .h5 probe), not a checkpoint" on every run after the first."""
+    folder = _run(tmp_path)
+    out = folder / "run.h5"
+    model = ("--model", "model.py:build", "--probe", "probe.npz", "--out", out)
+    assert fdl_in_process("analyze", *sorted(folder.iterdir()), *model, cwd=tmp_path).returncode == 0
+    again = fdl_in_process("analyze", *sorted(folder.iterdir()), *model, cwd=tmp_path)
+    assert again.returncode == 0 and "skipped" not in again.stderr, again.stderr
