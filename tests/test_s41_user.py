@@ -11,33 +11,18 @@ import numpy as np
 import torch
 
 from tests.cli_run import fdl_in_process
-
-C = 4
-
-
-def _mlp() -> torch.nn.Sequential:
-    return torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.Tanh(), torch.nn.Linear(40, C))
+from tests.test_overlap_top_k import C
+from tests.test_overlap_top_k import _run as _mlp_run
 
 
-def _run(tmp_path: Path, name: str = "run", *, whole: bool = False, seed: int = 0) -> Path:
-    """Three checkpoints of a 6-40-C MLP (moved at random) in tmp_path/name, as state_dicts or, `whole`, as the
-    pickled module; the model file and a probe of 40 beside them in tmp_path."""
-    (tmp_path / "model.py").write_text(
-        "from torch import nn\n\ndef build():\n"
-        f"    return nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, {C}))\n"
-    )
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "probe.npz", x=rng.normal(size=(40, 6)).astype(np.float32), y=rng.integers(0, C, 40))
-    folder = tmp_path / name
-    folder.mkdir()
-    torch.manual_seed(seed)
-    model = _mlp()
-    for step in (0, 1, 2):
-        if step:
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(0.4 * torch.randn_like(p))
-        torch.save(model if whole else model.state_dict(), folder / f"step_{step}.pt")
+def _run(tmp_path: Path, *, whole: bool = False, seed: int = 0) -> Path:
+    """Three checkpoints of a 6-16-C MLP with model.py and probe.npz beside them (test_overlap_top_k's run: its
+    folder `ckpts`, `ckpts1` of seed 1); `whole`: each saved again as the pickled module (`torch.save(model)`)."""
+    folder = _mlp_run(tmp_path, seed)[0]
+    for path in sorted(folder.glob("*.pt")) if whole else ():
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, C))
+        model.load_state_dict(torch.load(path))
+        torch.save(model, path)
     return folder
 
 
@@ -87,7 +72,7 @@ def test_two_runs_given_as_files_without_out_are_told_the_default_store_they_sha
     """`fdl analyze runA/*.pt` then `fdl analyze runB/*.pt`, neither with --out: both write ./fdl.h5, and the
     second was refused with `give this run its own --out (the default is ./<folder>.fdl.h5)`, which is the default
     of one folder, not of files: the user's next try, files again, met the same store."""
-    first, second = _run(tmp_path, "runA"), _run(tmp_path, "runB", seed=1)
+    first, second = _run(tmp_path), _run(tmp_path, seed=1)
     model = ("--model", "model.py:build", "--probe", "probe.npz")
     assert fdl_in_process("analyze", *sorted(first.glob("*.pt")), *model, cwd=tmp_path).returncode == 0
     assert (tmp_path / "fdl.h5").is_file()
@@ -167,10 +152,10 @@ def test_a_store_written_into_the_folder_analysed_is_not_noted_as_skipped_on_the
     folder = _run(tmp_path)
     command = ("analyze", ".", "--model", "../model.py:build", "--probe", "../probe.npz")
     assert fdl_in_process(*command, cwd=folder).returncode == 0
-    assert (folder / "run.fdl.h5").is_file()
+    assert (folder / "ckpts.fdl.h5").is_file()
     again = fdl_in_process(*command, cwd=folder)
     assert again.returncode == 0, again.stderr
-    assert "run.fdl.h5" in again.stderr and "skipped" not in again.stderr, again.stderr
+    assert "ckpts.fdl.h5" in again.stderr and "skipped" not in again.stderr, again.stderr
     # an --out beside the checkpoints likewise; another file there is still said
     (folder / "notes.txt").write_text("lr 0.1\n")
     out = ("--out", folder / "store.h5")
@@ -178,7 +163,7 @@ def test_a_store_written_into_the_folder_analysed_is_not_noted_as_skipped_on_the
     later = fdl_in_process("analyze", folder, *command[2:], *out, cwd=folder)
     assert later.returncode == 0, later.stderr
     skipped = [line for line in later.stderr.splitlines() if "skipped" in line]
-    assert len(skipped) == 1 and skipped[0].endswith(": notes.txt, run.fdl.h5"), later.stderr
+    assert len(skipped) == 1 and skipped[0].endswith(": ckpts.fdl.h5, notes.txt"), later.stderr
 
 
 def test_an_ef_verdict_at_chance_does_not_say_few_eigenfunctions_carry_the_function() -> None:
@@ -321,7 +306,7 @@ def test_a_name_error_in_the_models_forward_is_the_codes_fault_not_the_probes(tm
     (tmp_path / "typo.py").write_text(
         "from torch import nn\n\nclass Net(nn.Sequential):\n    def forward(self, x):\n"
         "        return self[2](undefined_thing(self[0](x)))\n\n"
-        f"def build():\n    return Net(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, {C}))\n"
+        f"def build():\n    return Net(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, {C}))\n"
     )
     done = fdl_in_process("analyze", folder, "--model", "typo.py:build", "--probe", "probe.npz", cwd=tmp_path)
     said = _said(done.stderr)
