@@ -865,13 +865,37 @@ def _unimportable_error(path: Path, exc: BaseException) -> CheckpointError:
     config (``__main__.Config``, ``train.Args``), a module whose folder is not on the path, a package
     (omegaconf, transformers) that is not installed."""
     said = first_line(exc)
+    fix = ("run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
+           "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
+           "model.state_dict(), 'step': step}, ...)")
+    found = _module_beside_run(path, exc)
+    if found is not None:
+        # "run fdl where the training code imports" was no fix where the user ran it beside that code: fdl puts no
+        # folder of a run, nor the current one, on the path (docs/usage.md, "What runs Python code")
+        file, folder = found
+        fix = (f"{file} is that module, which fdl does not import on its own (no folder of a run or the current one "
+               f"is on the path): if you trust it, PYTHONPATH={shlex.quote(str(folder))} fdl ...; else " + fix)
     return CheckpointError(
         f"cannot unpickle {path}: it holds an object whose class cannot be imported here",
         got=f"{type(exc).__name__}: {said}",
-        fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
-        "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
-        "model.state_dict(), 'step': step}, ...)",
+        fix=fix,
     )
+
+
+def _module_beside_run(path: Path, exc: BaseException) -> tuple[Path, Path] | None:
+    """(the file, the folder to put on the path) of the top-level module a ModuleNotFoundError names (`NAME.py`, or a
+    package's `NAME/__init__.py`) in the current folder, the checkpoint's or the one above it (a training script's
+    neighbour), or None."""
+    name = getattr(exc, "name", None)
+    if not isinstance(exc, ModuleNotFoundError) or not name or not name.partition(".")[0].isidentifier():
+        return None
+    top = name.partition(".")[0]
+    for folder in dict.fromkeys([Path.cwd(), path.absolute().parent, path.absolute().parent.parent]):
+        for candidate in (folder / f"{top}.py", folder / top / "__init__.py"):
+            with contextlib.suppress(OSError):
+                if candidate.is_file():
+                    return candidate, folder
+    return None
 
 
 def _export_refused(path: Path) -> UnsafeCheckpointError:

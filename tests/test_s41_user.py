@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.cli_run import fdl_in_process
@@ -331,3 +333,30 @@ def test_the_runs_own_store_among_the_files_given_is_not_noted(tmp_path: Path) -
     assert fdl_in_process("analyze", *sorted(folder.iterdir()), *model, cwd=tmp_path).returncode == 0
     again = fdl_in_process("analyze", *sorted(folder.iterdir()), *model, cwd=tmp_path)
     assert again.returncode == 0 and "skipped" not in again.stderr, again.stderr
+
+
+def test_a_pickled_class_whose_module_lies_beside_the_run_names_the_pythonpath_that_imports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`torch.save(model)` of a `mynet.Net`, mynet.py beside the run's folder: --trust-pickle said "No module named
+    'mynet'", fix "run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE ...)"; fdl imports nothing
+    from the folder it runs in or the run's (docs/usage.md, Safety), so "where" was no fix. It names the file found and
+    the PYTHONPATH that imports it."""
+    (tmp_path / "mynet.py").write_text("from torch import nn\n\nclass Net(nn.Sequential):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynet  # type: ignore[import-not-found]
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(mynet.Net(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, C)), folder / "step_0.pt")
+    monkeypatch.delitem(sys.modules, "mynet")
+    sys.path.remove(str(tmp_path))  # as in a fresh `fdl` (syspath_prepend restores sys.path whole at the end)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    np.savez(elsewhere / "probe.npz", x=np.zeros((8, 6), np.float32))
+    done = fdl_in_process("analyze", folder, "--probe", "probe.npz", "--trust-pickle", cwd=elsewhere)
+    said = _said(done.stderr)
+    assert done.returncode == 1, said
+    assert "got: ModuleNotFoundError: No module named 'mynet'" in said, said
+    assert (f"fix: {tmp_path / 'mynet.py'} is that module, which fdl does not import on its own (no folder of a run "
+            f"or the current one is on the path): if you trust it, PYTHONPATH={tmp_path} fdl ...; else ") in said, said
