@@ -2186,8 +2186,8 @@ def _raise_none_found(
         if left_out:
             got = (f"--glob '{glob}' matches none of the {counted(len(left_out), 'checkpoint file')} there: "
                    f"{first_and_more(left_out, 6)}")
-            fix = (f"give a --glob that matches their names (--glob '{_name_glob(left_out[0])}' keeps {left_out[0]}), "
-                   "or leave --glob out")
+            fix = (f"loosen --glob to match their names (--glob '{_name_glob(left_out[0])}' keeps {left_out[0]}), "
+                   "or leave it out")
     if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
         # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
         fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "

@@ -221,8 +221,8 @@ def test_a_glob_that_matches_no_checkpoint_names_the_ones_it_left_out(tmp_path: 
     assert done.returncode == 1, said
     assert "got: nothing" not in said, said
     assert (f"error: no checkpoints found in {folder} got: --glob '*.pth' matches none of the 3 checkpoint files there: "
-            "step_0.pt, step_1.pt, step_2.pt fix: give a --glob that matches their names (--glob 'step_*.pt' keeps "
-            "step_0.pt), or leave --glob out") in said, said
+            "step_0.pt, step_1.pt, step_2.pt fix: loosen --glob to match their names (--glob 'step_*.pt' keeps "
+            "step_0.pt), or leave it out") in said, said
 
 
 def test_a_step_regex_that_misses_a_file_given_suggests_one_that_reads_it(tmp_path: Path) -> None:
