@@ -865,13 +865,37 @@ def _unimportable_error(path: Path, exc: BaseException) -> CheckpointError:
     config (``__main__.Config``, ``train.Args``), a module whose folder is not on the path, a package
     (omegaconf, transformers) that is not installed."""
     said = first_line(exc)
+    fix = ("run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
+           "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
+           "model.state_dict(), 'step': step}, ...)")
+    found = _module_beside_run(path, exc)
+    if found is not None:
+        # "run fdl where the training code imports" was no fix where the user ran it beside that code: fdl puts no
+        # folder of a run, nor the current one, on the path (docs/usage.md, "What runs Python code")
+        file, folder = found
+        fix = (f"{file} is that module, which fdl does not import on its own (no folder of a run or the current one "
+               f"is on the path): if you trust it, PYTHONPATH={shlex.quote(str(folder))} fdl ...; else " + fix)
     return CheckpointError(
         f"cannot unpickle {path}: it holds an object whose class cannot be imported here",
         got=f"{type(exc).__name__}: {said}",
-        fix="run fdl where the training code imports (PYTHONPATH=FOLDER_OF_THAT_CODE, or install the package it "
-        "names); a class pickled from a script run as __main__ can only be re-saved: torch.save({'model': "
-        "model.state_dict(), 'step': step}, ...)",
+        fix=fix,
     )
+
+
+def _module_beside_run(path: Path, exc: BaseException) -> tuple[Path, Path] | None:
+    """(the file, the folder to put on the path) of the top-level module a ModuleNotFoundError names (`NAME.py`, or a
+    package's `NAME/__init__.py`) in the current folder, the checkpoint's or the one above it (a training script's
+    neighbour), or None."""
+    name = getattr(exc, "name", None)
+    if not isinstance(exc, ModuleNotFoundError) or not name or not name.partition(".")[0].isidentifier():
+        return None
+    top = name.partition(".")[0]
+    for folder in dict.fromkeys([Path.cwd(), path.absolute().parent, path.absolute().parent.parent]):
+        for candidate in (folder / f"{top}.py", folder / top / "__init__.py"):
+            with contextlib.suppress(OSError):
+                if candidate.is_file():
+                    return candidate, folder
+    return None
 
 
 def _export_refused(path: Path) -> UnsafeCheckpointError:
@@ -1469,6 +1493,10 @@ class _NoStep(CheckpointError):
 
 
 _SKIP_FIX = "rename it, or select files with --glob"
+#: The note of a file a folder scan skipped because --step-regex does not match its name (`_raw_step_of`):
+#: its name, the regex.
+_REGEX_MISSED = re.compile(r"skipped (.*): --step-regex '(.*)' does not match (?:its name|its folder and name) "
+                           + re.escape(f"({_SKIP_FIX})"))
 
 
 def _step_regex_subject(path: Path, step_regex: re.Pattern[str]) -> str:
@@ -1494,10 +1522,13 @@ def _raw_step_of(path: Path, peek: _Peek, step_regex: re.Pattern[str] | None) ->
         match = step_regex.search(subject)
         if match is None or match.group(1) is None:
             where = "its folder and name" if "/" in step_regex.pattern else "its name"
+            # one that reads this file (the generic 'step(\d+)' was often the very regex that failed)
+            example = _folder_regex(path) if "/" in step_regex.pattern else _name_regex(path.name)
             raise _NoStep(
                 f"--step-regex '{step_regex.pattern}' does not match {subject} with a group", shown=path.name,
                 note=f"skipped {path.name}: --step-regex '{step_regex.pattern}' does not match {where} ({_SKIP_FIX})",
-                fix="use one capture group around the step, e.g. --step-regex 'step(\\d+)', or --glob",
+                fix="use one capture group around the step, e.g. --step-regex "
+                + (f"'{example}' (which reads {subject})" if example else "'step(\\d+)'") + ", or --glob",
             )
         try:
             return int(match.group(1)), "step_regex"
@@ -2130,6 +2161,33 @@ def _raise_none_found(
            + (", or loosen --glob" if glob is not None else ""))
     if strange:  # skipped for what they are: how to get PyTorch weights from them
         fix = _foreign_fixes(kind for _, kind in strange)
+    regex_missed = [match for match in map(_REGEX_MISSED.fullmatch, notes) if match is not None]
+    if regex_missed and len(regex_missed) == len(notes):
+        # each file skipped for --step-regex alone: the note once a file said the same thing over, and the fix
+        # "point at a folder of ... files" sent the user back to the folder given; the regex is what to change
+        names = [match.group(1) for match in regex_missed]
+        got = (f"--step-regex '{regex_missed[0].group(2)}' "
+               + (f"matches none of the {len(names)} files' names: {first_and_more(names, 6)}" if len(names) > 1
+                  else f"does not match the name {names[0]}"))
+        example = _name_regex(names[0])
+        fix = ("give a --step-regex whose first group is the step in these names"
+               + (f" (--step-regex '{example}' reads {names[0]})" if example else "")
+               + ", or leave --step-regex out: the step is then read from each file's metadata, else the last number "
+               "of its name")
+    elif glob is not None and not notes and not looked_at:
+        # "got: nothing": which files were there for the glob to keep, and a glob that keeps them
+        left_out: list[str] = []
+        for source in sources:
+            with contextlib.suppress(OSError):
+                if str(source) != "-" and Path(source).is_dir():
+                    left_out += [entry.name for entry in Path(source).iterdir()
+                                 if checkpoint_suffix(entry) and entry.is_file()]
+        left_out.sort(key=lambda name: (_name_step(Path(name)) is None, _name_step(Path(name)) or 0, name))
+        if left_out:
+            got = (f"--glob '{glob}' matches none of the {counted(len(left_out), 'checkpoint file')} there: "
+                   f"{first_and_more(left_out, 6)}")
+            fix = (f"loosen --glob to match their names (--glob '{_name_glob(left_out[0])}' keeps {left_out[0]}), "
+                   "or leave it out")
     if sources and all(str(s) != "-" and Path(s).is_file() for s in sources):
         # files given, each read and skipped (optimizer.pt, scheduler.pt): "or pass the files" was given already
         fix = ("give a file of the model's weights (a state_dict, or a training-loop dict holding one, as "
@@ -4873,6 +4931,12 @@ def raised_at(exc: BaseException) -> str:
     if not code and isinstance(exc, SyntaxError) and exc.text:
         code = exc.text.strip()
     return f" (raised at {where[0]}, line {where[1]}" + (f": {code[:160]}" if code else "") + ")"
+
+
+#: Errors of the model's own code, whatever its input (a library not installed, a SyntaxError in a module it imports
+#: late, a name it never defined, a module without forward): no probe of another shape or dtype mends them, and
+#: `import_fix` says what does.
+CODE_FAULTS: tuple[type[BaseException], ...] = (ImportError, SyntaxError, NameError, NotImplementedError)
 
 
 def import_fix(exc: BaseException, file: Path | str) -> str:

@@ -324,6 +324,8 @@ class _Command(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
+            if isinstance(exc, click.NoSuchOption) and (redirect := _redirect_hint(self, given, exc.option_name)):
+                raise click.UsageError(redirect, ctx=ctx) from None
             if (isinstance(exc, click.BadOptionUsage) and exc.message.endswith(" requires an argument.")
                     and (listed := _choices_of(self, exc.option_name)) is not None):
                 # `fdl report run.h5 --format`: the value forgotten, and click's message said not which it takes
@@ -369,6 +371,36 @@ class _Command(click.Command):
         if self.name in STORE_COMMANDS:
             _require_file_locks()
         return super().invoke(ctx)
+
+
+#: The options of an output file that `report`, `classify` and `compare` lack (analyze and export take --out).
+_OUT_OPTIONS = ("-o", "--out", "--output")
+
+
+def _redirect_hint(command: click.Command, given: Sequence[str], option: str) -> str | None:
+    """"fdl report has no --out: its machine output goes to stdout, so redirect it: fdl report run.h5 --format csv >
+    r.csv ..." for an output file given to a command that writes to stdout (click suggested --format or --plots, and
+    nothing for -o); None for any other option, or a command that has one."""
+    name = command.name or ""
+    if option not in _OUT_OPTIONS or _ALIAS_OF.get(name, name) not in ("report", "classify", "compare") or any(
+            option in param.opts for param in command.params):
+        return None
+    words, target, at = [], "FILE", 0
+    while at < len(given):
+        word = given[at]
+        if word == option and at + 1 < len(given):
+            target, at = given[at + 1], at + 2
+            continue
+        if word.startswith(option + "=") or (word.startswith(option) and option == "-o" and len(word) > 2):
+            target = word.split("=", 1)[1] if "=" in word else word[2:]
+        elif word != option:
+            words.append(word)
+        at += 1
+    page = "; --html FILE writes a page" if _ALIAS_OF.get(name, name) == "report" else ""
+    chosen = any(word == "--json" or word.startswith("--format") for word in words)  # a format given: kept
+    return (f"fdl {name} has no {option}: its machine output goes to stdout, so redirect it: fdl {name} "
+            f"{shlex.join([*words, *(() if chosen else ('--format', 'csv'))])} > {shlex.quote(target)}"
+            f"{'' if chosen else ' (or --format markdown, --json)'}{page}")
 
 
 def _takes_value(param: click.Parameter) -> bool:
@@ -1019,7 +1051,7 @@ def _modules_table(
              str(row["output_shape"]) + (f" ({NO_BATCH_CELL})" if row.get("note") else "")
              if row["output_shape"] is not None else
              CONTAINER if row["name"] in containers else "unknown" if row["name"] in unhooked else unknown,
-             str(row["parameters"]),
+             f"{row['parameters']:,}",  # as the listing without a model writes its counts
              " ← default (input)" if row["name"] == result["default_module"] else "")
             for row in result["modules"]]
     longest = max((len(row["name"]) for row in result["modules"]), default=7)

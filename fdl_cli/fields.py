@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
+#: A store's `model` in words where it records none (null): no --model, each checkpoint a module saved whole
+#: (pickled, TorchScript, torch.export), as `fdl report`'s provenance and a refused resume say it.
+WHOLE_MODULES: Final = "the modules the checkpoints hold, saved whole (no --model)"
+
 #: Fields that identify the checkpoint (the same for every probe and layer).
 CHECKPOINT_FIELDS: Final = ("step", "path", "sha256")
 

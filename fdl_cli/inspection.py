@@ -189,7 +189,7 @@ def inspect_checkpoint(
         shadowing = ckpts.shadowing_fix(exc)
         # the model's own fault, whatever its input (a lazy import of a module not its own, or of none: a library not
         # installed, a SyntaxError): said below the listing, exit 1
-        if shadowing is not None or isinstance(exc, (ImportError, SyntaxError)):
+        if shadowing is not None or isinstance(exc, ckpts.CODE_FAULTS):
             outputs_error = ModelError(f"the model's forward pass failed on a sample of shape {shape}",
                                        got=f"{type(exc).__name__}: {said}{at}",
                                        fix=shadowing or ckpts.import_fix(exc, "the model's code"))
@@ -401,7 +401,10 @@ def _default_choice(
         try:
             default_module = default_layer_by_registration(model).module
             default_basis = ("a guess: the last nn.Linear in registration order, as no forward pass ran; "
-                             + (f"{WRAP_INPUTS} to find the one that runs last" if several_inputs else
+                             # the pass failed for the code's own error, whatever the input (`CODE_FAULTS`)
+                             + ("mend the model's code (its error below) to find the one that runs last"
+                                if outputs_error is not None else
+                                f"{WRAP_INPUTS} to find the one that runs last" if several_inputs else
                                 "give a probe that fits the model (fix the one fdl.toml names, or pass --probe "
                                 "FILE) to find the one that runs last" if probe_of is not None else
                                 "pass --probe FILE to find the one that runs last"))

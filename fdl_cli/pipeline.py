@@ -1194,11 +1194,13 @@ def _prepare_run(
     # As soon as they were found bad: --watch tries one again once it changed (a file being written)
     sources = ckpts.expand_sources(options.sources)  # a pattern as the paths it matches now
     bad_signatures = {str(bad_path): _signature_of(bad_path) for bad_path, _ in discovery.bad}
-    if claimed is not None:  # its lock file, which a folder holding --out shows once it has waited
-        from fdl_cli.store import is_store_file
+    # the store's own files in a folder it analyses (`cd run && fdl analyze .`, an --out beside the checkpoints)
+    # are no skipped files: said on every run after the first; under --watch its lock file too, once it has waited
+    from fdl_cli.store import is_store_file
 
-        notes = [note for note in notes
-                 if (path := _skipped_path(sources, note)) is None or not is_store_file(claimed.store, path)]
+    own_store = claimed.store if claimed is not None else options.out or default_store_path(options.sources)
+    notes = [note for note in notes
+             if (path := _skipped_path(sources, note)) is None or not is_store_file(own_store, path)]
     _note_skipped(notes, manifests, reporter, _model_file(options), sources)
     said = {_note_key(note) for note in [*shown, *notes]}  # --watch says those of later polls (`_note_new_skips`)
     if not options.watch:
@@ -1968,15 +1970,15 @@ def _validate(ctx: _Context, model: Any, reference: CheckpointRef,
             mixed = mixed_devices_error(exc, ctx.device)
             if mixed is not None:  # the model's fault, not the probe's (on a GPU: a tensor made on the CPU)
                 raise mixed from None
-            from fdl_cli.checkpoints import import_fix, raised_at, shadowing_fix
+            from fdl_cli.checkpoints import CODE_FAULTS, import_fix, raised_at, shadowing_fix
             from fdl_cli.probes import embedding_tables, fit_fix
 
             said = str(exc).splitlines()[0] if str(exc) else ""
             raised = f"{type(exc).__name__}{': ' * bool(said)}{said}{raised_at(exc)}"  # the model code's line
             shadowing = shadowing_fix(exc)
             # the model's fault too: a lazy import in its forward got a module not its own, or none (a library not
-            # installed, a SyntaxError in the module), which no probe of another shape would mend
-            if shadowing is not None or isinstance(exc, (ImportError, SyntaxError)):
+            # installed, a SyntaxError in the module), a name it never defined, which no probe of another shape mends
+            if shadowing is not None or isinstance(exc, CODE_FAULTS):
                 raise ModelError(f"the model's forward pass failed on the first sample of probe {probe.name!r}",
                                  got=raised, fix=shadowing or import_fix(exc, "the model's code")) from None
             raise ProbeError(
@@ -2871,6 +2873,11 @@ def _redo_successors(ctx: _Context, step: int, out: Path) -> list[CheckpointEntr
     return entries
 
 
+#: Where `fdl analyze` writes without --out (`default_store_path`), as its fixes say it: one folder's name is not
+#: the default of files, which every run given as files shares.
+_DEFAULT_OUT = ("without one, a run of files (or -, several folders, a pattern) writes ./fdl.h5, a run of one folder "
+                "./<folder>.fdl.h5")
+
 #: The first bytes of every HDF5 file (a store, even a damaged one, starts with them).
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -2886,7 +2893,7 @@ def _check_out_is_no_input(out: Path, inputs: Sequence[Any]) -> None:
             if Path(path).resolve() == target:
                 raise StoreError(
                     f"--out {out} is one of this run's inputs ({path})",
-                    fix="give the store a name of its own, such as run.h5 (the default is ./<folder>.fdl.h5)",
+                    fix=f"give the store a name of its own, such as run.h5 ({_DEFAULT_OUT})",
                 )
     special = special_store(out, named=f"--out {out}")
     if special is not None:  # opened to be read, a FIFO waits for a writer that never comes
@@ -2941,7 +2948,7 @@ def _other_files(
         f"{out} holds other files' numbers: its step {step} was analysed from {recorded}, and this run's step "
         f"{step} is {now}, another file{more}",
         got=f"step {step}: sha256 {sha_now[:16]}… now, {sha_stored[:16]}… in {out}",
-        fix="give this run its own --out (the default is ./<folder>.fdl.h5), or --overwrite to replace that store; "
+        fix=f"give this run its own --out ({_DEFAULT_OUT}), or --overwrite to replace that store; "
         "if these are the same checkpoints moved or copied, restore the files as they were",
     )
 

@@ -232,6 +232,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt_below(value: Any, threshold: float) -> str:
+    """`_fmt`, with the significant digits it takes for a value below `threshold` not to read as it: cka_init
+    0.98996 read "0.99" beside "features moved (below 0.99 ...)"."""
+    shown = _fmt(value)
+    digits = 4
+    while isinstance(value, float) and value < threshold and digits < 17 and not shown.startswith("1 −") \
+            and float(shown) >= threshold:
+        digits += 1
+        shown = number_text(value, f".{digits}g")
+    return shown
+
+
 def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple[str, str]:
     """(movement, reason): did the features move relative to the reference?
 
@@ -251,14 +263,14 @@ def feature_movement(record: Mapping[str, Any], thresholds: Thresholds) -> tuple
     th = thresholds
     cka_static = cka is None or cka >= th.cka_static
     overlap_static = overlap is None or overlap >= th.overlap_static
-    shown = f"cka_init = {_fmt(cka)}, overlap_init = {_fmt(overlap)}"
+    shown = f"cka_init = {_fmt_below(cka, th.cka_static)}, overlap_init = {_fmt_below(overlap, th.overlap_static)}"
     if cka_static and overlap_static:
         return STATIC, (f"{shown} (≥ {threshold_text(th.cka_static)}, ≥ {threshold_text(th.overlap_static)}): "
                         "features unchanged")
     if cka is not None and overlap is not None and cka_static and overlap < th.overlap_moved:
         return CONFLICT, (
             f"CKA says static (cka_init = {_fmt(cka)} ≥ {threshold_text(th.cka_static)}) but the top-C eigenspace moved "
-            f"(overlap_init = {_fmt(overlap)} < {threshold_text(th.overlap_moved)})"
+            f"(overlap_init = {_fmt_below(overlap, th.overlap_moved)} < {threshold_text(th.overlap_moved)})"
         )
     return MOVED, f"{shown}: features moved (below {threshold_text(th.cka_static)} or {threshold_text(th.overlap_static)})"
 
@@ -847,7 +859,7 @@ def final_near_chance_line(verdict: RunVerdict, records: Sequence[Mapping[str, A
     return (f"at step {step}, the final checkpoint, the accuracy is {number_text(accuracy, UNIT_SPEC)} ({level_words}): "
             "the network's function there is little better than a guess that ignores the input (features that "
             f"collapsed, a layer that died, a run that diverged?), so {verdict.regime} says how the features moved "
-            "and how few eigenfunctions carry that function, not that the task was learned")
+            "and how many eigenfunctions carry that function, not that the task was learned")
 
 
 def describe(verdict: RunVerdict, records: Sequence[Mapping[str, Any]] = ()) -> list[str]:

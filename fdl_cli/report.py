@@ -46,6 +46,7 @@ from fdl_cli.fields import (
     SMALL_PROBE_FIELD,
     STR_FIELDS,
     UNIT_SPEC,
+    WHOLE_MODULES,
     ZERO_ONE_FIELD,
     number_text,
 )
@@ -63,6 +64,7 @@ from fdl_cli.regimes import (
     movement_thresholds,
     narrow_dlr_clause,
     narrow_width_line,
+    near_names,
     small_probe_line,
     threshold_text,
 )
@@ -467,10 +469,16 @@ def select_series(
         listing = ", ".join(f"--probe {name} --layer {module}" for name, module in available) or "none"
         # only what was asked for: "probe=None layer='nope'" showed Python's None for the --probe not given
         asked = " ".join(f"{name}={value!r}" for name, value in (("probe", probe), ("layer", layer)) if value is not None)
+        # a name the store does not hold at all, close to one it does (`--layer FC1`, `--probe tset`): that one
+        meant = [(f"--{option} {near[0]}", repr(value)) for option, value, names in (
+            ("probe", probe, {name for name, _ in available}), ("layer", layer, {module for _, module in available}))
+            if value is not None and value not in names and len(near := near_names(value, sorted(names))) == 1]
         raise StoreError(
             f"{path} holds no series for {asked}",
             got=f"series in the store: {listing}",
-            fix="pick one of the series listed above",
+            fix=(f"did you mean {' '.join(option for option, _ in meant)}? (the store's "
+                 f"name{'s' if len(meant) > 1 else ''} nearest to {' and '.join(value for _, value in meant)}); else "
+                 if meant else "") + "pick one of the series listed above",
         )
     return chosen
 
@@ -1326,6 +1334,9 @@ def provenance_lines(
     lines = []
     for key in ("model", "model_kwargs", "layers", "probes", "options"):
         value = provenance.get(key)
+        if key == "model" and value is None and key in provenance:  # recorded null: no --model, no model line said so
+            lines.append(f"model: {WHOLE_MODULES}")
+            continue
         if value in (None, "", [], {}):
             continue
         lines.append(_provenance_line(key, value, provenance.get("probe_order")))
@@ -1910,6 +1921,12 @@ def option_differences(provenance_a: Mapping[str, Any], provenance_b: Mapping[st
     with `--overlap-k 5` or `--cka-dtype float32` against one analysed without was warned of nothing."""
     options_a, options_b = (_options_as_run(provenance, count)
                             for provenance, count in ((provenance_a, outputs[0]), (provenance_b, outputs[1])))
+    if not any(isinstance(options := provenance.get("options"), Mapping) and "overlap_k" in options
+               for provenance in (provenance_a, provenance_b)):
+        # neither run was given --overlap-k (each k is min(top_k, C)): a difference is top_k's, said as such, or
+        # C's, which compare's note of the outputs says; "overlap_k: A 4 vs B 10" named an option no one chose
+        options_a.pop("overlap_k", None)
+        options_b.pop("overlap_k", None)
     pairs = [(name, options_a[name], options_b[name]) for name in sorted(set(options_a) & set(options_b))]
     pairs += [
         (name, provenance_a[name], provenance_b[name])

@@ -101,6 +101,7 @@ from fdl_cli.fields import (
     RECORD_FIELDS,
     SERIES_FIELDS,
     STR_FIELDS,
+    WHOLE_MODULES,
 )
 from fdl_cli.options import overlap_k_recorded
 
@@ -2485,10 +2486,13 @@ class StoreWriter:
                                "the store: there is none to give up; " + fix)
                 stored_k = _stored_overlap_k(reader.provenance, stored_probes, differences, self._provenance)
                 if stored_k is not None:
-                    # Written before --overlap-k with --top-k below C, the overlaps are over the top top_k.
+                    # k = min(top_k, C): over the top top_k where a store written before --overlap-k had --top-k
+                    # below C, else over C, the default, which no store records (`pipeline._overlap_k_option`)
+                    why = ("they were taken over --top-k, below the model's outputs; fdl takes them over C unless "
+                           "--overlap-k" if stored_k < max(int(info.n_outputs) for info in stored_probes.values())
+                           else "they were taken over C, the model's outputs, the default")
                     fix = (f"the store's overlaps compare the top {stored_k} eigenfunctions (the store records "
-                           "no overlap_k: they were taken over --top-k, below the model's outputs; fdl takes them "
-                           f"over C unless --overlap-k): pass --overlap-k {stored_k} to go on as it was analysed, or " + fix)
+                           f"no overlap_k: {why}): pass --overlap-k {stored_k} to go on as it was analysed, or " + fix)
                 ordered = _layers_after_stored(reader.provenance.get("layers"), self._provenance.get("layers"))
                 if ordered is not None:
                     added = [label for label in ordered if label not in reader.provenance["layers"]]
@@ -2535,6 +2539,10 @@ class StoreWriter:
                     fix = (f"this run's model file is a copy of {recorded}, which the store was analysed with and "
                            f"which is still there: give --model {shlex.quote(f'{recorded}:{factory}')} to go on with "
                            "that file (a run moved whole resumes as it is once its old folder is gone); else " + fix)
+                if reader.provenance.get("model", "") is None and self._provenance.get("model") is not None \
+                        and all(line.startswith("model: ") for line in differences):
+                    fix = ("the store was analysed with the modules its checkpoints hold: leave --model out to resume "
+                           "it; else " + fix)
                 raise StoreError(f"{self._path} holds the results of a different run", got="; ".join(differences), fix=fix)
             self.warnings = list(reader.warnings)
             self._sha256 = {step: ids[1] for step, ids in reader._group_ids.items()}
@@ -3698,8 +3706,8 @@ def resume_differences(
     grown = growth(stored, stored_probes, run, run_probes)
     compared = run if grown is None else {**run, "probes": stored.get("probes"), "layers": stored.get("layers")}
     differences = _dict_diff(
-        {k: v for k, v in stored.items() if k not in ignored},
-        {k: v for k, v in compared.items() if k not in ignored},
+        {k: _model_in_words(k, v) for k, v in stored.items() if k not in ignored},
+        {k: _model_in_words(k, v) for k, v in compared.items() if k not in ignored},
     )
     for name in sorted(set(stored_probes) | (set(run_probes) if grown is None else set())):
         old, new = stored_probes.get(name), run_probes.get(name)
@@ -3714,6 +3722,18 @@ def resume_differences(
             not d.startswith("options.overlap_k: ") for d in differences):
         differences = [d for d in differences if not d.startswith("options.overlap_k: ")]
     return differences, grown
+
+
+class _Words(str):
+    """A text that a message says as it is, unquoted (`_short` quotes the others as their repr)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _model_in_words(key: str, value: Any) -> Any:
+    """The provenance's `model` null (no --model: the checkpoints' modules saved whole) said in words, not `None`."""
+    return _Words(WHOLE_MODULES) if key == "model" and value is None else value
 
 
 def _same_overlap_k(
