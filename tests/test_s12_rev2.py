@@ -65,7 +65,9 @@ def test_a_step_of_rank_0_does_not_set_the_cross_overlaps_k(tmp_path: Path) -> N
     assert comparison.overlap_label == "top C" and [step.overlap is None for step in comparison.steps] == [
         False, True, False
     ]
-    assert report.comparison_to_dict(comparison)["notes"] == []
+    # the rank-0 step is named as the one where the overlap is not measured, and no note about a smaller k
+    notes = report.comparison_to_dict(comparison)["notes"]
+    assert len(notes) == 1 and notes[0].startswith("the cross-run overlap is not measured at 1 step of the 3 "), notes
 
 
 def test_fewer_than_run_as_overlap_k_are_not_named_its_overlap_k(tmp_path: Path) -> None:
