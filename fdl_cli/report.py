@@ -2608,7 +2608,7 @@ def compare_runs(
              if note is not None]
     nearest = [match for match in matches if not match.exact]
     if nearest:
-        shown = ", ".join(f"{m.step_a}↔{m.step_b}" for m in nearest[:5])
+        shown = ", ".join(_step_pair(m) for m in nearest[:5])
         more = f" and {len(nearest) - 5} more" if len(nearest) > 5 else ""
         notes.append(f"{counted(len(nearest), 'step')} matched to the nearest step of the other run: {shown}{more}")
     if (unmatched := unmatched_note(series_a.steps, series_b.steps, matches)) is not None:
